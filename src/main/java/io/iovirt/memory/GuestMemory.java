@@ -1,0 +1,187 @@
+package io.iovirt.memory;
+
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/**
+ * An immutable snapshot of guest RAM: the only place where a guest address becomes host memory. Every translation
+ * is bounds-checked against the regions; a range must lie inside one region (QEMU never splits a descriptor across
+ * regions that are not host-contiguous, and we do not try to join them).
+ *
+ * <p>Replacing the memory table builds a new snapshot ({@link #with}, {@link #without}); holders swap the reference
+ * atomically (see {@link GuestMemoryHolder}). Lookups are a binary search over a few regions and allocate only the
+ * returned slice.
+ */
+public final class GuestMemory {
+    /** Upper bound on regions, matching what we advertise in VHOST_USER_GET_MAX_MEM_SLOTS. */
+    public static final int MAX_REGIONS = 509;
+
+    private static final GuestMemory EMPTY = new GuestMemory(new MemoryRegion[0]);
+
+    private final MemoryRegion[] byGpa;
+    private final MemoryRegion[] byUva;
+    private final long[] gpaStarts;
+    private final long[] uvaStarts;
+
+    private GuestMemory(MemoryRegion[] regions) {
+        this.byGpa = regions.clone();
+        Arrays.sort(byGpa, (a, b) -> Long.compareUnsigned(a.guestPhysAddr(), b.guestPhysAddr()));
+        this.byUva = regions.clone();
+        Arrays.sort(byUva, (a, b) -> Long.compareUnsigned(a.userAddr(), b.userAddr()));
+        for (int i = 1; i < byGpa.length; i++) {
+            if (Long.compareUnsigned(byGpa[i - 1].guestPhysLast(), byGpa[i].guestPhysAddr()) >= 0) {
+                throw new IllegalArgumentException("regions overlap in guest physical space: " + byGpa[i - 1] + " and " + byGpa[i]);
+            }
+        }
+        for (int i = 1; i < byUva.length; i++) {
+            if (Long.compareUnsigned(byUva[i - 1].userLast(), byUva[i].userAddr()) >= 0) {
+                throw new IllegalArgumentException("regions overlap in frontend address space: " + byUva[i - 1] + " and " + byUva[i]);
+            }
+        }
+        this.gpaStarts = Arrays.stream(byGpa).mapToLong(MemoryRegion::guestPhysAddr).toArray();
+        this.uvaStarts = Arrays.stream(byUva).mapToLong(MemoryRegion::userAddr).toArray();
+    }
+
+    public static GuestMemory empty() {
+        return EMPTY;
+    }
+
+    /**
+     * A snapshot of exactly these regions.
+     *
+     * @throws IllegalArgumentException when regions overlap (in GPA or frontend VA space) or are too many
+     */
+    public static GuestMemory of(List<MemoryRegion> regions) {
+        if (regions.size() > MAX_REGIONS) {
+            throw new IllegalArgumentException("too many memory regions: " + regions.size() + " > " + MAX_REGIONS);
+        }
+        return new GuestMemory(regions.toArray(MemoryRegion[]::new));
+    }
+
+    /** This snapshot plus one region (VHOST_USER_ADD_MEM_REG). */
+    public GuestMemory with(MemoryRegion region) {
+        List<MemoryRegion> all = new ArrayList<>(Arrays.asList(byGpa));
+        all.add(region);
+        return of(all);
+    }
+
+    /**
+     * This snapshot without the region matching {@code gpa}, {@code size} and {@code userAddr}
+     * (VHOST_USER_REM_MEM_REG identifies a region by those).
+     *
+     * @throws IllegalArgumentException when no such region exists
+     */
+    public GuestMemory without(long gpa, long size, long userAddr) {
+        List<MemoryRegion> rest = new ArrayList<>(byGpa.length);
+        boolean found = false;
+        for (MemoryRegion r : byGpa) {
+            if (!found && r.guestPhysAddr() == gpa && r.size() == size && r.userAddr() == userAddr) {
+                found = true;
+            } else {
+                rest.add(r);
+            }
+        }
+        if (!found) {
+            throw new IllegalArgumentException(String.format("no region at GPA 0x%x size 0x%x UVA 0x%x", gpa, size, userAddr));
+        }
+        return of(rest);
+    }
+
+    /** The region removed by {@link #without}, for the caller to release once no queue uses the old snapshot. */
+    public MemoryRegion find(long gpa, long size, long userAddr) {
+        for (MemoryRegion r : byGpa) {
+            if (r.guestPhysAddr() == gpa && r.size() == size && r.userAddr() == userAddr) {
+                return r;
+            }
+        }
+        return null;
+    }
+
+    public List<MemoryRegion> regions() {
+        return List.of(byGpa);
+    }
+
+    public int regionCount() {
+        return byGpa.length;
+    }
+
+    /**
+     * Host memory for guest physical range [gpa, gpa+len).
+     *
+     * @throws GuestMemoryFault when the range is empty-wrapped, negative, or not inside a single region
+     */
+    public MemorySegment translate(long gpa, long len) throws GuestMemoryFault {
+        MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
+        if (r == null || len < 0 || !fits(r.guestPhysAddr(), r.size(), gpa, len)) {
+            throw new GuestMemoryFault(String.format("guest address range 0x%x+0x%x is outside guest memory", gpa, len));
+        }
+        return r.mapping().asSlice(gpa - r.guestPhysAddr(), len);
+    }
+
+    /** True when [gpa, gpa+len) lies inside one region. */
+    public boolean contains(long gpa, long len) {
+        MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
+        return r != null && len >= 0 && fits(r.guestPhysAddr(), r.size(), gpa, len);
+    }
+
+    /**
+     * Guest physical address of a frontend virtual address range (vhost-user vring addresses are frontend VAs).
+     *
+     * @throws GuestMemoryFault when [uva, uva+len) is not inside a single region
+     */
+    public long userToGuestPhys(long uva, long len) throws GuestMemoryFault {
+        MemoryRegion r = regionFor(byUva, uvaStarts, uva);
+        if (r == null || len < 0 || !fits(r.userAddr(), r.size(), uva, len)) {
+            throw new GuestMemoryFault(String.format("frontend address range 0x%x+0x%x is outside guest memory", uva, len));
+        }
+        return r.guestPhysAddr() + (uva - r.userAddr());
+    }
+
+    /** Releases every region's mapping. Only the last holder of a snapshot that is no longer in use calls this. */
+    public void releaseAll() {
+        for (MemoryRegion r : byGpa) {
+            r.release();
+        }
+    }
+
+    /** Releases the mappings of regions in this snapshot that {@code next} no longer has. */
+    public void releaseRemovedIn(GuestMemory next) {
+        outer:
+        for (MemoryRegion r : byGpa) {
+            for (MemoryRegion n : next.byGpa) {
+                if (n == r) {
+                    continue outer;
+                }
+            }
+            r.release();
+        }
+    }
+
+    private static boolean fits(long start, long size, long addr, long len) {
+        long off = addr - start; // unsigned offset; addr >= start established by the search
+        return Long.compareUnsigned(off, size) < 0 && Long.compareUnsigned(len, size - off) <= 0;
+    }
+
+    private static MemoryRegion regionFor(MemoryRegion[] sorted, long[] starts, long addr) {
+        int lo = 0;
+        int hi = starts.length - 1;
+        int found = -1;
+        while (lo <= hi) { // last region whose start <= addr (unsigned)
+            int mid = (lo + hi) >>> 1;
+            if (Long.compareUnsigned(starts[mid], addr) <= 0) {
+                found = mid;
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        return found < 0 ? null : sorted[found];
+    }
+
+    @Override
+    public String toString() {
+        return "GuestMemory" + Arrays.toString(byGpa);
+    }
+}
