@@ -1,0 +1,121 @@
+package io.iovirt.cli;
+
+import io.iovirt.net.Ethernet;
+import io.iovirt.net.Port;
+import io.iovirt.net.PortStats;
+import io.iovirt.net.StreamPort;
+import io.iovirt.net.Switch;
+import io.iovirt.net.TapPort;
+import java.io.PrintWriter;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/** {@code iovirt serve net}: the virtual switch. */
+@Command(name = "net", mixinStandardHelpOptions = true,
+        usageHelpWidth = 110,
+        description = {"Run an L2 learning switch whose ports are guests and host interfaces until SIGINT/SIGTERM,",
+            "then print each port's counters. Port kinds:",
+            "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
+            "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
+            "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)"},
+        sortOptions = false)
+final class ServeNetCommand implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--port", required = true, paramLabel = "KIND:ARG",
+            description = "A switch port (repeat for more): stream:PATH or tap:IFNAME.")
+    List<String> ports;
+
+    @Option(names = "--mac-aging", paramLabel = "S", defaultValue = "" + Switch.DEFAULT_MAC_AGING_SECONDS,
+            description = "Forget a MAC address S seconds after its last frame (default: ${DEFAULT-VALUE}).")
+    int macAging;
+
+    @Option(names = "--mtu", paramLabel = "BYTES", defaultValue = "" + Ethernet.DEFAULT_MTU,
+            description = "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
+    int mtu;
+
+    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
+            description = "Print every port's counters every S seconds (0: only on exit).")
+    int statsInterval;
+
+    @Option(names = "--verbose", description = "Print stack traces with errors.")
+    boolean verbose;
+
+    @Override
+    public Integer call() throws Exception {
+        if (macAging < 1) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--mac-aging must be at least 1 second");
+        }
+        if (mtu < Ethernet.MIN_MTU || mtu > Ethernet.MAX_MTU) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--mtu must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU);
+        }
+        if (statsInterval < 0) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--stats-interval must not be negative");
+        }
+        List<PortFactory> factories = ports.stream().map(this::parse).toList();
+        PrintWriter out = spec.commandLine().getOut();
+        ShutdownSignal signal = ShutdownSignal.install();
+        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
+            for (PortFactory f : factories) {
+                Port p = sw.addPort(f.create());
+                out.println("port " + p.index() + ": " + p.name());
+            }
+            sw.startHousekeeping();
+            out.println("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C or SIGTERM");
+            out.flush();
+            while (!signal.await(statsInterval > 0 ? statsInterval * 1000L : Long.MAX_VALUE)) {
+                printStats(out, sw, "counters");
+            }
+            out.println("stopping");
+            sw.close(); // stop forwarding first, so the final counters are final
+            printStats(out, sw, "final counters");
+        } finally {
+            signal.finished();
+        }
+        return 0;
+    }
+
+    private static void printStats(PrintWriter out, Switch sw, String title) {
+        out.println(title + " (MAC table: " + sw.macTable().size() + " addresses):");
+        for (PortStats s : sw.stats()) {
+            out.println("  " + s);
+        }
+        out.flush();
+    }
+
+    @FunctionalInterface
+    private interface PortFactory {
+        Port create() throws Exception;
+    }
+
+    private PortFactory parse(String spec) {
+        int colon = spec.indexOf(':');
+        String kind = colon < 0 ? spec : spec.substring(0, colon);
+        String arg = colon < 0 ? "" : spec.substring(colon + 1);
+        if (arg.isEmpty()) {
+            throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
+        }
+        return switch (kind) {
+            case "stream" -> () -> new StreamPort(Path.of(arg));
+            case "tap" -> {
+                try {
+                    TapPort probe = new TapPort(arg); // validates the name now, before anything starts
+                    yield () -> probe;
+                } catch (IllegalArgumentException e) {
+                    throw usage("--port " + spec + ": " + e.getMessage());
+                }
+            }
+            default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: stream, tap)");
+        };
+    }
+
+    private CommandLine.ParameterException usage(String msg) {
+        return new CommandLine.ParameterException(spec.commandLine(), msg);
+    }
+}
