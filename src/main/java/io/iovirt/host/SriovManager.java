@@ -117,7 +117,16 @@ public final class SriovManager {
                 forgetDriversOf(sriov.vfs());
                 PciDevice after = PciInventory.scan(sys).require(pfBdf);
                 if (provisionNvme) {
-                    Map<Integer, Map<String, Object>> state = nvme.provision(after, count, nvmeRequest, notes);
+                    Map<Integer, Map<String, Object>> state;
+                    try {
+                        state = nvme.provision(after, count, nvmeRequest, notes);
+                    } catch (HostConfigException e) {
+                        if (sriov.autoprobe() != null) {
+                            write(writes, dir + "sriov_drivers_autoprobe", Boolean.TRUE.equals(probeAfter) ? "1" : "0");
+                        }
+                        throw new HostConfigException(count + " VFs of " + pfBdf + " exist but have no queues: " + e.problem(),
+                                e.remedy() + "; remove them with iovirt host vfs " + pfBdf + " --count 0, or retry", e);
+                    }
                     if (sriov.autoprobe() != null) {
                         if (Boolean.TRUE.equals(probeAfter)) {
                             for (Bdf vf : after.sriov().vfs()) {
