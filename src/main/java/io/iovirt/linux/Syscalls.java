@@ -1,0 +1,613 @@
+package io.iovirt.linux;
+
+import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.Linker;
+import java.lang.foreign.MemoryLayout;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.StructLayout;
+import java.lang.invoke.MethodHandle;
+import java.util.Arrays;
+import java.util.Locale;
+
+/**
+ * The project's only downcalls into libc. Each function has one method handle, created the first time its group
+ * (a nested holder class) is used. Every handle captures errno into a per-thread preallocated segment.
+ *
+ * <p>Convention: wrappers return the call's result, or {@code -errno} when it failed; calls that are safe to restart
+ * are retried on EINTR here. Callers turn negative results into {@link LinuxException} with {@link #check} (or act
+ * on specific errnos such as EAGAIN without paying for an exception).
+ */
+@SuppressWarnings("restricted") // the linux package is where native access is meant to happen
+final class Syscalls {
+    static final Linker LINKER = Linker.nativeLinker();
+    private static final StructLayout CAPTURE_LAYOUT = Linker.Option.captureStateLayout();
+    private static final long ERRNO_OFFSET = CAPTURE_LAYOUT.byteOffset(MemoryLayout.PathElement.groupElement("errno"));
+    private static final Linker.Option CAPTURE = Linker.Option.captureCallState("errno");
+
+    /** x86_64 packs some structs (epoll_event) and numbers some flags (O_DIRECT) differently from aarch64. */
+    static final boolean X86_64;
+
+    static {
+        String os = System.getProperty("os.name", "").toLowerCase(Locale.ROOT);
+        String arch = System.getProperty("os.arch", "").toLowerCase(Locale.ROOT);
+        if (!os.startsWith("linux") || ADDRESS.byteSize() != 8) {
+            throw new UnsupportedOperationException("iovirt needs 64-bit Linux; this is " + os + "/" + arch);
+        }
+        X86_64 = arch.equals("amd64") || arch.equals("x86_64");
+        if (!X86_64 && !arch.equals("aarch64")) {
+            throw new UnsupportedOperationException("iovirt supports x86_64 and aarch64; this is " + arch);
+        }
+    }
+
+    /** Per-thread scratch: the errno capture segment and 64 bytes for small in/out values (eventfd counters). */
+    static final class PerThread {
+        final MemorySegment capture;
+        final MemorySegment scratch;
+
+        private PerThread() {
+            Arena arena = Arena.ofAuto();
+            this.capture = arena.allocate(CAPTURE_LAYOUT);
+            this.scratch = arena.allocate(64, 8);
+        }
+
+        int errno() {
+            return capture.get(JAVA_INT, ERRNO_OFFSET);
+        }
+    }
+
+    private static final ThreadLocal<PerThread> PER_THREAD = ThreadLocal.withInitial(PerThread::new);
+
+    private Syscalls() {
+    }
+
+    static PerThread perThread() {
+        return PER_THREAD.get();
+    }
+
+    /** Throws when {@code r} is a negative errno; returns {@code r} otherwise. */
+    static long check(long r, String call, Object what) throws LinuxException {
+        if (r < 0) {
+            throw new LinuxException(call, what == null ? null : String.valueOf(what), (int) -r);
+        }
+        return r;
+    }
+
+    static int check(int r, String call, Object what) throws LinuxException {
+        if (r < 0) {
+            throw new LinuxException(call, what == null ? null : String.valueOf(what), -r);
+        }
+        return r;
+    }
+
+    static MethodHandle fn(String name, FunctionDescriptor desc, Linker.Option... extra) {
+        MemorySegment addr = LINKER.defaultLookup().find(name)
+                .orElseThrow(() -> new UnsatisfiedLinkError("libc has no " + name));
+        Linker.Option[] opts = Arrays.copyOf(extra, extra.length + 1);
+        opts[extra.length] = CAPTURE;
+        return LINKER.downcallHandle(addr, desc, opts);
+    }
+
+    /** Downcall handles never throw checked exceptions; anything else is a bug in the binding. */
+    static AssertionError unexpected(Throwable t) {
+        if (t instanceof RuntimeException re) {
+            throw re; // e.g. IllegalStateException: the segment's arena was closed
+        }
+        if (t instanceof Error e) {
+            throw e;
+        }
+        return new AssertionError("downcall failed unexpectedly", t);
+    }
+
+    private static int ret(int r, PerThread t) {
+        return r < 0 ? -t.errno() : r;
+    }
+
+    private static long ret(long r, PerThread t) {
+        return r < 0 ? -t.errno() : r;
+    }
+
+    // ---- core: read, write, close, fcntl, poll, sysconf ---------------------------------------------------------
+
+    private static final class Core {
+        static final MethodHandle READ = fn("read", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG));
+        static final MethodHandle WRITE = fn("write", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG));
+        static final MethodHandle CLOSE = fn("close", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
+        static final MethodHandle DUP3 = fn("dup3", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
+        static final MethodHandle FCNTL = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT),
+                Linker.Option.firstVariadicArg(2));
+        static final MethodHandle POLL = fn("poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
+        static final MethodHandle SYSCONF = fn("sysconf", FunctionDescriptor.of(JAVA_LONG, JAVA_INT));
+    }
+
+    static long read(int fd, MemorySegment buf, long len) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Core.READ.invokeExact(t.capture, fd, buf, len);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long write(int fd, MemorySegment buf, long len) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Core.WRITE.invokeExact(t.capture, fd, buf, len);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** Never retried: Linux releases the descriptor even when close reports EINTR. */
+    static int close(int fd) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Core.CLOSE.invokeExact(t.capture, fd), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** Retried on EINTR; EBUSY (a race with open in another thread) is reported to the caller. */
+    static int dup3(int oldfd, int newfd, int flags) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Core.DUP3.invokeExact(t.capture, oldfd, newfd, flags);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int fcntl(int fd, int cmd, int arg) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Core.FCNTL.invokeExact(t.capture, fd, cmd, arg);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** EINTR is reported as 0 ready descriptors: callers loop anyway and re-arm their own deadline. */
+    static int poll(MemorySegment fds, long nfds, int timeoutMs) {
+        PerThread t = perThread();
+        try {
+            int r = (int) Core.POLL.invokeExact(t.capture, fds, nfds, timeoutMs);
+            return r < 0 && t.errno() == Errno.EINTR ? 0 : ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long sysconf(int name) {
+        PerThread t = perThread();
+        try {
+            return ret((long) Core.SYSCONF.invokeExact(t.capture, name), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    // ---- eventfd and epoll -----------------------------------------------------------------------------------
+
+    private static final class Events {
+        static final MethodHandle EVENTFD = fn("eventfd", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT));
+        static final MethodHandle EPOLL_CREATE1 = fn("epoll_create1", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
+        static final MethodHandle EPOLL_CTL = fn("epoll_ctl",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle EPOLL_WAIT = fn("epoll_wait",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
+    }
+
+    static int eventfd(int initval, int flags) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Events.EVENTFD.invokeExact(t.capture, initval, flags), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int epollCreate1(int flags) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Events.EPOLL_CREATE1.invokeExact(t.capture, flags), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int epollCtl(int epfd, int op, int fd, MemorySegment event) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Events.EPOLL_CTL.invokeExact(t.capture, epfd, op, fd, event), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** EINTR is reported as 0 events (a spurious wake-up), which every wait loop handles already. */
+    static int epollWait(int epfd, MemorySegment events, int max, int timeoutMs) {
+        PerThread t = perThread();
+        try {
+            int r = (int) Events.EPOLL_WAIT.invokeExact(t.capture, epfd, events, max, timeoutMs);
+            return r < 0 && t.errno() == Errno.EINTR ? 0 : ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    // ---- memory: memfd, ftruncate, mmap --------------------------------------------------------------------------
+
+    private static final class Mem {
+        static final MethodHandle MEMFD_CREATE = fn("memfd_create", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle FTRUNCATE = fn("ftruncate", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG));
+        static final MethodHandle MMAP = fn("mmap",
+                FunctionDescriptor.of(JAVA_LONG, ADDRESS, JAVA_LONG, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG));
+        static final MethodHandle MUNMAP = fn("munmap", FunctionDescriptor.of(JAVA_INT, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle MADVISE = fn("madvise", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
+    }
+
+    static int memfdCreate(MemorySegment name, int flags) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Mem.MEMFD_CREATE.invokeExact(t.capture, name, flags), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int ftruncate(int fd, long size) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Mem.FTRUNCATE.invokeExact(t.capture, fd, size);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** Returns the mapping's address, or {@code -errno} (MAP_FAILED is -1, and no valid mapping is negative). */
+    static long mmap(long length, int prot, int flags, int fd, long offset) {
+        PerThread t = perThread();
+        try {
+            long r = (long) Mem.MMAP.invokeExact(t.capture, MemorySegment.NULL, length, prot, flags, fd, offset);
+            return r == -1L ? -t.errno() : r;
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int munmap(long address, long length) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Mem.MUNMAP.invokeExact(t.capture, address, length), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int madvise(MemorySegment addr, long length, int advice) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Mem.MADVISE.invokeExact(t.capture, addr, length, advice), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    // ---- files ------------------------------------------------------------------------------------------------
+
+    private static final class Files {
+        static final MethodHandle OPEN = fn("open", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT),
+                Linker.Option.firstVariadicArg(2));
+        static final MethodHandle PREAD = fn("pread",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle PWRITE = fn("pwrite",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle PREADV = fn("preadv",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
+        static final MethodHandle PWRITEV = fn("pwritev",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
+        static final MethodHandle FSYNC = fn("fsync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
+        static final MethodHandle FDATASYNC = fn("fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
+        static final MethodHandle FALLOCATE = fn("fallocate",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle STATX = fn("statx",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
+    }
+
+    static int open(MemorySegment path, int flags, int mode) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Files.OPEN.invokeExact(t.capture, path, flags, mode);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long pread(int fd, MemorySegment buf, long len, long offset) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Files.PREAD.invokeExact(t.capture, fd, buf, len, offset);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long pwrite(int fd, MemorySegment buf, long len, long offset) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Files.PWRITE.invokeExact(t.capture, fd, buf, len, offset);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long preadv(int fd, MemorySegment iov, int iovcnt, long offset) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Files.PREADV.invokeExact(t.capture, fd, iov, iovcnt, offset);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long pwritev(int fd, MemorySegment iov, int iovcnt, long offset) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Files.PWRITEV.invokeExact(t.capture, fd, iov, iovcnt, offset);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int fsync(int fd, boolean dataOnly) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = dataOnly ? (int) Files.FDATASYNC.invokeExact(t.capture, fd) : (int) Files.FSYNC.invokeExact(t.capture, fd);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int fallocate(int fd, int mode, long offset, long len) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Files.FALLOCATE.invokeExact(t.capture, fd, mode, offset, len);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int statx(int dirfd, MemorySegment path, int flags, int mask, MemorySegment buf) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.STATX.invokeExact(t.capture, dirfd, path, flags, mask, buf), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    // ---- sockets ----------------------------------------------------------------------------------------------
+
+    private static final class Sockets {
+        static final MethodHandle SOCKET = fn("socket", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
+        static final MethodHandle SOCKETPAIR = fn("socketpair",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle BIND = fn("bind", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle LISTEN = fn("listen", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT));
+        static final MethodHandle ACCEPT4 = fn("accept4",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT));
+        static final MethodHandle CONNECT = fn("connect", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle SENDMSG = fn("sendmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle RECVMSG = fn("recvmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle SHUTDOWN = fn("shutdown", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT));
+        static final MethodHandle SETSOCKOPT = fn("setsockopt",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle GETSOCKOPT = fn("getsockopt",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS));
+    }
+
+    static int socket(int domain, int type, int protocol) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.SOCKET.invokeExact(t.capture, domain, type, protocol), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int socketpair(int domain, int type, int protocol, MemorySegment sv) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.SOCKETPAIR.invokeExact(t.capture, domain, type, protocol, sv), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int bind(int fd, MemorySegment addr, int len) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.BIND.invokeExact(t.capture, fd, addr, len), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int listen(int fd, int backlog) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.LISTEN.invokeExact(t.capture, fd, backlog), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int accept4(int fd, int flags) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Sockets.ACCEPT4.invokeExact(t.capture, fd, MemorySegment.NULL, MemorySegment.NULL, flags);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** Not retried on EINTR: the connection attempt continues and a retry would report EALREADY/EISCONN. */
+    static int connect(int fd, MemorySegment addr, int len) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.CONNECT.invokeExact(t.capture, fd, addr, len), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long sendmsg(int fd, MemorySegment msg, int flags) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Sockets.SENDMSG.invokeExact(t.capture, fd, msg, flags);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long recvmsg(int fd, MemorySegment msg, int flags) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Sockets.RECVMSG.invokeExact(t.capture, fd, msg, flags);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int shutdown(int fd, int how) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.SHUTDOWN.invokeExact(t.capture, fd, how), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int setsockopt(int fd, int level, int name, MemorySegment value, int len) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.SETSOCKOPT.invokeExact(t.capture, fd, level, name, value, len), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int getsockopt(int fd, int level, int name, MemorySegment value, MemorySegment len) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.GETSOCKOPT.invokeExact(t.capture, fd, level, name, value, len), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    // ---- ioctl: one handle per argument shape -----------------------------------------------------------------
+
+    private static final class Ioctls {
+        private static FunctionDescriptor shape(MemoryLayout arg) {
+            return FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, arg);
+        }
+
+        static final MethodHandle INT = fn("ioctl", shape(JAVA_INT), Linker.Option.firstVariadicArg(2));
+        static final MethodHandle LONG = fn("ioctl", shape(JAVA_LONG), Linker.Option.firstVariadicArg(2));
+        static final MethodHandle PTR = fn("ioctl", shape(ADDRESS), Linker.Option.firstVariadicArg(2));
+    }
+
+    /** ioctl is never retried: not every request is idempotent. */
+    static int ioctl(int fd, long request, int arg) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Ioctls.INT.invokeExact(t.capture, fd, request, arg), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int ioctl(int fd, long request, long arg) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Ioctls.LONG.invokeExact(t.capture, fd, request, arg), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int ioctl(int fd, long request, MemorySegment arg) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Ioctls.PTR.invokeExact(t.capture, fd, request, arg), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+}
