@@ -35,8 +35,8 @@ public final class NvmeAdmin implements AutoCloseable {
             ValueLayout.JAVA_INT.withName("timeout_ms"),
             ValueLayout.JAVA_INT.withName("result")).withName("nvme_passthru_cmd");
 
-    /** _IOWR('N', 0x41, struct nvme_admin_cmd): direction 3 (read|write), size 72, type 'N', number 0x41. */
-    public static final long NVME_IOCTL_ADMIN_CMD = ioc(3, 'N', 0x41, PASSTHRU_CMD.byteSize());
+    /** _IOWR('N', 0x41, struct nvme_admin_cmd) = 0xC0484E41. */
+    public static final long NVME_IOCTL_ADMIN_CMD = io.iovirt.linux.Ioctl.iowr('N', 0x41, PASSTHRU_CMD.byteSize());
 
     public static final int OPC_IDENTIFY = 0x06;
     public static final int OPC_VIRT_MGMT = 0x1C;
@@ -163,10 +163,6 @@ public final class NvmeAdmin implements AutoCloseable {
 
     static String hex(int v) {
         return "0x" + Integer.toHexString(v);
-    }
-
-    static long ioc(int dir, char type, int nr, long size) {
-        return (long) dir << 30 | size << 16 | (long) type << 8 | nr;
     }
 
     @Override
