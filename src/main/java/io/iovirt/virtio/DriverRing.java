@@ -39,6 +39,9 @@ public sealed interface DriverRing permits SplitDriverRing, PackedDriverRing {
      */
     long pollUsed();
 
+    /** True when {@link #pollUsed} would return a request (acquire read, consumes nothing). */
+    boolean hasUsed();
+
     static int usedId(long used) {
         return (int) (used >>> 32);
     }

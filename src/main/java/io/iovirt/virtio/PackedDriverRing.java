@@ -151,9 +151,7 @@ public final class PackedDriverRing implements DriverRing {
         freeSlots -= slots;
         inFlight[id] = true;
         inFlightCount++;
-        if (addedSinceKick < size) {
-            addedSinceKick += slots;
-        }
+        addedSinceKick = Math.min(addedSinceKick + slots, 2 * size); // two laps or more: always kick
         U16.setRelease(ring, (long) head * DESC_SIZE + 14, (short) headFlags); // the whole list before its head
         return id;
     }
@@ -186,7 +184,7 @@ public final class PackedDriverRing implements DriverRing {
         if (flags == VirtioRing.EVENT_FLAGS_DISABLE) {
             return false;
         }
-        if (flags != VirtioRing.EVENT_FLAGS_DESC || !eventIdx || added >= size) {
+        if (flags != VirtioRing.EVENT_FLAGS_DESC || !eventIdx) {
             return true;
         }
         return PackedQueue.crossed(offWrap, nextAvail, availWrap, added, size);
@@ -235,6 +233,11 @@ public final class PackedDriverRing implements DriverRing {
             driverEvent.set(LE16, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_ENABLE);
         }
         VarHandle.fullFence(); // publish the request before looking at the ring again
+        return hasUsed();
+    }
+
+    @Override
+    public boolean hasUsed() {
         int flags = Short.toUnsignedInt((short) U16.getAcquire(ring, (long) nextUsed * DESC_SIZE + 14));
         return ((flags & DESC_F_AVAIL) != 0) == usedWrap && ((flags & DESC_F_USED) != 0) == usedWrap;
     }

@@ -196,7 +196,7 @@ public final class PackedQueue extends Virtqueue {
             nextUsed -= size;
             usedWrap = !usedWrap;
         }
-        usedSinceDecision = Math.min(usedSinceDecision + slots, size); // size or more: always notify
+        usedSinceDecision = Math.min(usedSinceDecision + slots, 2 * size); // two laps or more: always notify
     }
 
     @Override
@@ -218,7 +218,7 @@ public final class PackedQueue extends Virtqueue {
         if (flags != VirtioRing.EVENT_FLAGS_DESC || !eventIdx) {
             return true; // ENABLE, or a value we must not interpret: notify rather than risk a hang
         }
-        if (!valid || advanced >= size) {
+        if (!valid) {
             return true;
         }
         return crossed(offWrap, nextUsed, usedWrap, advanced, size);
@@ -226,16 +226,22 @@ public final class PackedQueue extends Virtqueue {
 
     /**
      * Whether moving a ring position forward by {@code advanced} slots to ({@code newPos}, {@code newWrap}) passed the
-     * event descriptor {@code offWrap} (offset in bits 0-14, wrap counter in bit 15). An event tagged with the other
-     * wrap counter lies in the previous lap. Shared with the driver side.
+     * event descriptor {@code offWrap} (offset in bits 0-14, wrap counter in bit 15). A (position, wrap) pair recurs
+     * every two laps; the event was passed when its latest occurrence before {@code newPos} lies within the last
+     * {@code advanced} slots. Shared with the driver side.
      */
     static boolean crossed(int offWrap, int newPos, boolean newWrap, int advanced, int size) {
+        if (advanced >= 2 * size) {
+            return true; // every (position, wrap) pair was passed
+        }
         int event = offWrap & 0x7fff;
         if (((offWrap & 0x8000) != 0) != newWrap) {
-            event -= size;
+            event -= size; // tagged with the other wrap counter: the previous lap
         }
-        int oldPos = newPos - advanced;
-        return oldPos <= event && event < newPos;
+        if (event >= newPos) {
+            event -= 2 * size; // not reached yet in this lap: its last occurrence was two laps back
+        }
+        return event >= newPos - advanced;
     }
 
     private void writeDeviceEventPosition() {

@@ -195,6 +195,11 @@ public final class SplitDriverRing implements DriverRing {
     }
 
     @Override
+    public boolean hasUsed() {
+        return Short.toUnsignedInt((short) U16.getAcquire(used, IDX)) != lastUsed;
+    }
+
+    @Override
     public boolean enableInterrupts() {
         interruptsEnabled = true;
         if (eventIdx) {
@@ -203,7 +208,7 @@ public final class SplitDriverRing implements DriverRing {
             avail.set(LE16, 0, (short) 0);
         }
         VarHandle.fullFence(); // publish the request before re-reading used.idx
-        return Short.toUnsignedInt((short) U16.getAcquire(used, IDX)) != lastUsed;
+        return hasUsed();
     }
 
     @Override
