@@ -36,7 +36,7 @@ final class BlkQueueHandler implements AutoCloseable {
     private final BlkLimits limits;
     private final BlkStats stats;
     private final byte[] serial;
-    private final Arena arena = Arena.ofConfined();
+    private final Arena arena = Arena.ofShared(); // built on the control thread, used and closed on the queue thread
     private final MemorySegment header = arena.allocate(HEADER_BYTES);
     private final MemorySegment discardSegment = arena.allocate(DISCARD_SEGMENT_BYTES);
     private final MemorySegment status = arena.allocate(1);
