@@ -267,7 +267,8 @@ public final class Connection implements AutoCloseable {
             }
         }
         if (fdCount < expectedMin || fdCount > expectedMax) {
-            throw new ProtocolException(type.specName() + " came with " + fdCount + " file descriptors, expected "
+            throw new ProtocolException(type.specName() + " came with " + fdCount + " file descriptor"
+                    + (fdCount == 1 ? "" : "s") + ", expected "
                     + (expectedMin == expectedMax ? String.valueOf(expectedMin) : expectedMin + ".." + expectedMax)
                     + " (all closed)");
         }

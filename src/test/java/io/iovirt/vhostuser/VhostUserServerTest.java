@@ -245,7 +245,6 @@ class VhostUserServerTest {
     @Test
     void packedRingsTakeAnySizeAndAWrapCounterInTheBase() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
              FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
              EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
@@ -367,6 +366,7 @@ class VhostUserServerTest {
         try (VhostUserServer s = VhostUserServer.start(stale, new RecordingBackend(1));
              VhostUserFrontend fe = VhostUserFrontend.connect(stale, TIMEOUT)) {
             assertTrue(fe.getFeatures() != 0);
+            assertTrue(s.connected());
             IOException live = assertThrows(IOException.class, () -> VhostUserServer.start(stale, new RecordingBackend(1)));
             assertTrue(live.getMessage().contains("in use by another running server"), live.getMessage());
         }
@@ -390,6 +390,7 @@ class VhostUserServerTest {
             assertThrows(RequestRejectedException.class, () -> fe.setMtu(20));
             assertEquals("rarp 52:54:00:12:34:56", net.await("rarp"));
             assertEquals("mtu 9000", net.await("mtu"));
+            assertEquals(netSocket, s.socketPath());
         }
     }
 }
