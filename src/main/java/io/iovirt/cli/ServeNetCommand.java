@@ -60,7 +60,6 @@ final class ServeNetCommand implements Callable<Integer> {
         }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
         PrintWriter out = spec.commandLine().getOut();
-        ShutdownSignal signal = ShutdownSignal.install();
         try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
             for (PortFactory f : factories) {
                 Port p = sw.addPort(f.create());
@@ -69,14 +68,27 @@ final class ServeNetCommand implements Callable<Integer> {
             sw.startHousekeeping();
             out.println("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C or SIGTERM");
             out.flush();
-            while (!signal.await(statsInterval > 0 ? statsInterval * 1000L : Long.MAX_VALUE)) {
-                printStats(out, sw, "counters");
+            Thread printer = null;
+            if (statsInterval > 0) {
+                printer = Thread.ofPlatform().daemon().name("stats").start(() -> {
+                    try {
+                        while (true) {
+                            Thread.sleep(statsInterval * 1000L);
+                            printStats(out, sw, "counters");
+                        }
+                    } catch (InterruptedException e) {
+                        // stopping
+                    }
+                });
             }
-            out.println("stopping");
+            String signal = Signals.awaitTermination();
+            out.println("received " + signal + ", stopping");
+            if (printer != null) {
+                printer.interrupt();
+                printer.join();
+            }
             sw.close(); // stop forwarding first, so the final counters are final
             printStats(out, sw, "final counters");
-        } finally {
-            signal.finished();
         }
         return 0;
     }

@@ -117,6 +117,7 @@ final class Syscalls {
         static final MethodHandle READ = fn("read", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG));
         static final MethodHandle WRITE = fn("write", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG));
         static final MethodHandle CLOSE = fn("close", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
+        static final MethodHandle DUP3 = fn("dup3", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
         static final MethodHandle FCNTL = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT),
                 Linker.Option.firstVariadicArg(2));
         static final MethodHandle POLL = fn("poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
@@ -154,6 +155,20 @@ final class Syscalls {
         PerThread t = perThread();
         try {
             return ret((int) Core.CLOSE.invokeExact(t.capture, fd), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** Retried on EINTR; EBUSY (a race with open in another thread) is reported to the caller. */
+    static int dup3(int oldfd, int newfd, int flags) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Core.DUP3.invokeExact(t.capture, oldfd, newfd, flags);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
         } catch (Throwable e) {
             throw unexpected(e);
         }

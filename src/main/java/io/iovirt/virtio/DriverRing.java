@@ -1,9 +1,5 @@
 package io.iovirt.virtio;
 
-import io.iovirt.memory.GuestMemory;
-import io.iovirt.memory.GuestMemoryFault;
-import java.lang.foreign.MemorySegment;
-
 /**
  * The driver side of a virtqueue, as a guest's virtio driver runs it: lays the ring out in guest memory, makes
  * buffers available, reads used ones, and follows both notification-suppression schemes. Used by the Java
@@ -67,27 +63,4 @@ public sealed interface DriverRing permits SplitDriverRing, PackedDriverRing {
 
     /** What a device attaching to this ring is told (the frontend sends the same through vhost-user). */
     QueueConfig queueConfig(int index, boolean indirectDesc);
-
-    static MemorySegment area(GuestMemory mem, long gpa, long bytes, int align, String what) {
-        if ((gpa & (align - 1)) != 0) {
-            throw new IllegalArgumentException(String.format("%s at 0x%x must be %d-byte aligned", what, gpa, align));
-        }
-        try {
-            return mem.translate(gpa, bytes);
-        } catch (GuestMemoryFault f) {
-            throw new IllegalArgumentException(what + " does not fit the driver's memory: " + f.getMessage(), f);
-        }
-    }
-
-    static void checkRequest(int size, long[] addrs, int[] lens, boolean[] writable, int count) {
-        if (count < 1 || count > size || count > addrs.length || count > lens.length || count > writable.length) {
-            throw new IllegalArgumentException("request of " + count + " buffers does not fit a queue of " + size
-                    + " or the arrays given");
-        }
-        for (int i = 1; i < count; i++) {
-            if (writable[i - 1] && !writable[i]) {
-                throw new IllegalArgumentException("device-readable buffer " + i + " follows a device-writable one");
-            }
-        }
-    }
 }

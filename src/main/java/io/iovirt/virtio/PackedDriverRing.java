@@ -73,10 +73,10 @@ public final class PackedDriverRing implements DriverRing {
         this.ringGpa = ringGpa;
         this.driverEventGpa = driverEventGpa;
         this.deviceEventGpa = deviceEventGpa;
-        this.ring = DriverRing.area(mem, ringGpa, (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
-        this.driverEvent = DriverRing.area(mem, driverEventGpa, VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
+        this.ring = VirtioRing.area(mem, ringGpa, (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
+        this.driverEvent = VirtioRing.area(mem, driverEventGpa, VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
                 "driver event suppression");
-        this.deviceEvent = DriverRing.area(mem, deviceEventGpa, VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
+        this.deviceEvent = VirtioRing.area(mem, deviceEventGpa, VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
                 "device event suppression");
         ring.fill((byte) 0);
         driverEvent.fill((byte) 0);
@@ -117,7 +117,7 @@ public final class PackedDriverRing implements DriverRing {
 
     @Override
     public int add(long[] addrs, int[] lens, boolean[] writable, int count, long indirectTable) {
-        DriverRing.checkRequest(size, addrs, lens, writable, count);
+        VirtioRing.checkRequest(size, addrs, lens, writable, count);
         boolean indirect = indirectTable != NO_INDIRECT;
         int slots = indirect ? 1 : count;
         if (freeSlots < slots || freeIdCount == 0) {
@@ -127,7 +127,7 @@ public final class PackedDriverRing implements DriverRing {
         int head = nextAvail;
         int headFlags;
         if (indirect) {
-            MemorySegment table = DriverRing.area(memory, indirectTable, (long) DESC_SIZE * count, 1, "indirect table");
+            MemorySegment table = VirtioRing.area(memory, indirectTable, (long) DESC_SIZE * count, 1, "indirect table");
             for (int i = 0; i < count; i++) {
                 putDesc(table, i, addrs[i], lens[i], 0, writable[i] ? DESC_F_WRITE : 0);
             }
@@ -297,7 +297,7 @@ public final class PackedDriverRing implements DriverRing {
 
     /** Writes an entry of an indirect table at {@code tableGpa} verbatim. */
     void writeIndirect(long tableGpa, int i, long addr, int len, int id, int flags) {
-        putDesc(DriverRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"), 0, addr, len, id, flags);
+        putDesc(VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"), 0, addr, len, id, flags);
     }
 
     MemorySegment descRing() {

@@ -73,9 +73,9 @@ public final class SplitDriverRing implements DriverRing {
         this.descGpa = descGpa;
         this.availGpa = availGpa;
         this.usedGpa = usedGpa;
-        this.desc = DriverRing.area(mem, descGpa, VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
-        this.avail = DriverRing.area(mem, availGpa, VirtioRing.splitAvailBytes(size, true), VirtioRing.SPLIT_AVAIL_ALIGN, "available ring");
-        this.used = DriverRing.area(mem, usedGpa, VirtioRing.splitUsedBytes(size, true), VirtioRing.SPLIT_USED_ALIGN, "used ring");
+        this.desc = VirtioRing.area(mem, descGpa, VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
+        this.avail = VirtioRing.area(mem, availGpa, VirtioRing.splitAvailBytes(size, true), VirtioRing.SPLIT_AVAIL_ALIGN, "available ring");
+        this.used = VirtioRing.area(mem, usedGpa, VirtioRing.splitUsedBytes(size, true), VirtioRing.SPLIT_USED_ALIGN, "used ring");
         this.usedEventOffset = RING + 2L * size;
         this.availEventOffset = RING + 8L * size;
         desc.fill((byte) 0);
@@ -111,7 +111,7 @@ public final class SplitDriverRing implements DriverRing {
 
     @Override
     public int add(long[] addrs, int[] lens, boolean[] writable, int count, long indirectTable) {
-        DriverRing.checkRequest(size, addrs, lens, writable, count);
+        VirtioRing.checkRequest(size, addrs, lens, writable, count);
         boolean indirect = indirectTable != NO_INDIRECT;
         int needed = indirect ? 1 : count;
         if (freeCount < needed) {
@@ -119,7 +119,7 @@ public final class SplitDriverRing implements DriverRing {
         }
         int head;
         if (indirect) {
-            MemorySegment table = DriverRing.area(memory, indirectTable, (long) DESC_SIZE * count, 1, "indirect table");
+            MemorySegment table = VirtioRing.area(memory, indirectTable, (long) DESC_SIZE * count, 1, "indirect table");
             for (int i = 0; i < count; i++) {
                 int flags = (writable[i] ? DESC_F_WRITE : 0) | (i + 1 < count ? DESC_F_NEXT : 0);
                 putDesc(table, i, addrs[i], lens[i], flags, i + 1 < count ? i + 1 : 0);
@@ -261,7 +261,7 @@ public final class SplitDriverRing implements DriverRing {
 
     /** Writes a descriptor into an indirect table at {@code tableGpa} verbatim. */
     void writeIndirect(long tableGpa, int i, long addr, int len, int flags, int nxt) {
-        putDesc(DriverRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"), 0, addr, len, flags, nxt);
+        putDesc(VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"), 0, addr, len, flags, nxt);
     }
 
     /** Puts {@code head} (any value) in the next available ring entry and publishes the index. */

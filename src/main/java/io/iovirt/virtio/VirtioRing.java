@@ -1,5 +1,8 @@
 package io.iovirt.virtio;
 
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.memory.GuestMemoryFault;
+import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
@@ -75,4 +78,29 @@ public final class VirtioRing {
     static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     /** 16-bit ring field with acquire/release access; coordinates (MemorySegment, long offset). */
     static final VarHandle U16 = ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
+
+    /** Driver side: translates a ring area of the driver's own memory (a wrong address is a bug, not guest input). */
+    static MemorySegment area(GuestMemory mem, long gpa, long bytes, int align, String what) {
+        if ((gpa & (align - 1)) != 0) {
+            throw new IllegalArgumentException(String.format("%s at 0x%x must be %d-byte aligned", what, gpa, align));
+        }
+        try {
+            return mem.translate(gpa, bytes);
+        } catch (GuestMemoryFault f) {
+            throw new IllegalArgumentException(what + " does not fit the driver's memory: " + f.getMessage(), f);
+        }
+    }
+
+    /** Driver side: the rules {@link DriverRing#add} callers must follow. */
+    static void checkRequest(int size, long[] addrs, int[] lens, boolean[] writable, int count) {
+        if (count < 1 || count > size || count > addrs.length || count > lens.length || count > writable.length) {
+            throw new IllegalArgumentException("request of " + count + " buffers does not fit a queue of " + size
+                    + " or the arrays given");
+        }
+        for (int i = 1; i < count; i++) {
+            if (writable[i - 1] && !writable[i]) {
+                throw new IllegalArgumentException("device-readable buffer " + i + " follows a device-writable one");
+            }
+        }
+    }
 }
