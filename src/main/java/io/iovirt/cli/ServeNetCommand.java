@@ -1,6 +1,8 @@
 package io.iovirt.cli;
 
+import io.iovirt.devices.net.VirtioNetPort;
 import io.iovirt.net.Ethernet;
+import io.iovirt.net.Mac;
 import io.iovirt.net.Port;
 import io.iovirt.net.PortStats;
 import io.iovirt.net.StreamPort;
@@ -21,14 +23,20 @@ import picocli.CommandLine.Option;
             "then print each port's counters. Port kinds:",
             "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
             "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
-            "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)"},
+            "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)",
+            "  vhost-user:PATH[,queues=N][,mac=MAC][,poll-us=US]",
+            "               a virtio-net device served on UNIX socket PATH (QEMU: -chardev socket,id=c0,path=PATH",
+            "               -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,netdev=n0,vectors=0;",
+            "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
+            "               (default 1); mac: the guest's address, announced when it connects; poll-us: keep polling",
+            "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0)"},
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
     @Option(names = "--port", required = true, paramLabel = "KIND:ARG",
-            description = "A switch port (repeat for more): stream:PATH or tap:IFNAME.")
+            description = "A switch port (repeat for more): vhost-user:PATH, stream:PATH or tap:IFNAME.")
     List<String> ports;
 
     @Option(names = "--mac-aging", paramLabel = "S", defaultValue = "" + Switch.DEFAULT_MAC_AGING_SECONDS,
@@ -123,8 +131,38 @@ final class ServeNetCommand implements Callable<Integer> {
                     throw usage("--port " + spec + ": " + e.getMessage());
                 }
             }
-            default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: stream, tap)");
+            case "vhost-user" -> {
+                VirtioNetPort.Options o = vhostUserOptions(spec, arg);
+                yield () -> new VirtioNetPort(o);
+            }
+            default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };
+    }
+
+    private VirtioNetPort.Options vhostUserOptions(String spec, String arg) {
+        String[] parts = arg.split(",");
+        int queues = 1;
+        long mac = -1;
+        int pollUs = 0;
+        for (int i = 1; i < parts.length; i++) {
+            String[] kv = parts[i].split("=", 2);
+            try {
+                switch (kv.length == 2 ? kv[0] : "") {
+                    case "queues" -> queues = Integer.parseInt(kv[1]);
+                    case "mac" -> mac = Mac.parse(kv[1]);
+                    case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
+                    default -> throw usage("--port " + spec + ": unknown option '" + parts[i]
+                            + "' (known: queues=N, mac=MAC, poll-us=US)");
+                }
+            } catch (NumberFormatException e) {
+                throw usage("--port " + spec + ": '" + parts[i] + "' needs a number");
+            }
+        }
+        try {
+            return new VirtioNetPort.Options(Path.of(parts[0]), queues, mac, pollUs);
+        } catch (IllegalArgumentException e) {
+            throw usage("--port " + spec + ": " + e.getMessage());
+        }
     }
 
     private CommandLine.ParameterException usage(String msg) {

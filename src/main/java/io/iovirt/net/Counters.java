@@ -19,6 +19,14 @@ public final class Counters {
     Counters() {
     }
 
+    /**
+     * A block that belongs to no port: for frames a port originates itself (a RARP announcement on a guest's
+     * behalf), which must not show up as received from the peer.
+     */
+    public static Counters detached() {
+        return new Counters();
+    }
+
     /** Adds {@code n} to {@code stat}. Only this block's single writer may call it. */
     public void add(PortStat stat, long n) {
         int i = PAD + stat.ordinal();
