@@ -50,6 +50,8 @@ final class Handler implements AutoCloseable {
 
     private long ackedFeatures;
     private long ackedProtocolFeatures;
+    /** SET_PROTOCOL_FEATURES was received: the frontend speaks the protocol-features dialect. */
+    private boolean protocolFeaturesExchanged;
     private int status;
 
     /** One virtqueue's protocol-side state. */
@@ -206,6 +208,7 @@ final class Handler implements AutoCloseable {
                     features & ~offeredProtocolFeatures, offeredProtocolFeatures));
         }
         ackedProtocolFeatures = features;
+        protocolFeaturesExchanged = true;
     }
 
     // ---- memory -----------------------------------------------------------------------------------------------
@@ -464,7 +467,9 @@ final class Handler implements AutoCloseable {
 
     private void setVringEnable(int index, int num) throws IOException, BackendException {
         Queue q = queue(MessageType.SET_VRING_ENABLE, Integer.toUnsignedLong(index));
-        if (!protocolFeaturesNegotiated()) {
+        // QEMU's vhost-user-net disables every ring (SET_VRING_ENABLE 0) in vhost_net_init, after the protocol
+        // features handshake but before SET_FEATURES: "negotiated" there means offered and handshaken.
+        if (!protocolFeaturesNegotiated() && !protocolFeaturesExchanged) {
             throw new ProtocolException("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated");
         }
         if (num != 0 && num != 1) {
