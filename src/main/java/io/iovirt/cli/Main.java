@@ -18,6 +18,10 @@ public final class Main implements Runnable {
     }
 
     public static void main(String[] args) {
+        // One line per record: time, level, message (java.util.logging's default spreads each over two lines).
+        if (System.getProperty("java.util.logging.SimpleFormatter.format") == null) {
+            System.setProperty("java.util.logging.SimpleFormatter.format", "%1$tT.%1$tL %4$s %5$s%6$s%n");
+        }
         System.exit(commandLine().execute(args));
     }
 
