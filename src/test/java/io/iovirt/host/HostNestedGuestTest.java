@@ -61,7 +61,11 @@ class HostNestedGuestTest {
                 "host vfs " + PF + " --count 0" + state,                                 // 12
                 "host vfs " + PF + " --count 2 --autoprobe --json" + state,              // 13
                 "@wait-nvme " + VF1,                                                     // 14
-                "@wait-nvme " + VF2);                                                    // 15
+                "@wait-nvme " + VF2,                                                     // 15
+                "host bind " + VF2 + " --json" + state,                                  // 16 from nvme to vfio-pci
+                "host reset " + VF2 + " --json" + state,                                 // 17
+                "host unbind " + VF2 + " --json" + state,                                // 18 back to nvme
+                "@wait-nvme " + VF2);                                                    // 19
         StringBuilder quoted = new StringBuilder();
         for (String c : commands) {
             quoted.append(" '").append(c).append('\'');
@@ -160,6 +164,19 @@ class HostNestedGuestTest {
         s.get(13).assertRc(0);
         assertTrue(s.get(14).out.contains("nvme-state " + VF1 + "=live"), s.get(14).out);
         assertTrue(s.get(15).out.contains("nvme-state " + VF2 + "=live"), s.get(15).out);
+
+        // A device the host driver holds: bind takes it from nvme, reset works on vfio-pci, unbind gives it back
+        // to the remembered nvme driver, whose controller comes up again.
+        s.get(16).assertRc(0);
+        assertTrue(s.get(16).out.contains("\"driver_before\": \"nvme\""), s.get(16).out);
+        assertTrue(s.get(16).out.contains("\"driver_after\": \"vfio-pci\""), s.get(16).out);
+        assertTrue(s.get(16).out.contains("/drivers/nvme/unbind <- " + VF2), s.get(16).out);
+        s.get(17).assertRc(0);
+        assertTrue(s.get(17).out.contains("/reset <- 1"), s.get(17).out);
+        s.get(18).assertRc(0);
+        assertTrue(s.get(18).out.contains("\"driver_after\": \"nvme\""), s.get(18).out);
+        assertTrue(s.get(18).out.contains("\"note\": \"restored to nvme\""), s.get(18).out);
+        assertTrue(s.get(19).out.contains("nvme-state " + VF2 + "=live"), s.get(19).out);
         assertEquals("nvme", r.field("driver_" + VF1), r.output());
         assertEquals("nvme", r.field("driver_" + VF2), r.output());
     }
