@@ -50,6 +50,8 @@ final class Handler implements AutoCloseable {
 
     private long ackedFeatures;
     private long ackedProtocolFeatures;
+    /** SET_PROTOCOL_FEATURES was received on this connection. */
+    private boolean protocolFeaturesSet;
     private int status;
 
     /** One virtqueue's protocol-side state. */
@@ -134,8 +136,14 @@ final class Handler implements AutoCloseable {
         return (ackedProtocolFeatures & Features.bit(Features.PROTOCOL_REPLY_ACK)) != 0;
     }
 
+    /**
+     * True when the frontend speaks the protocol-features dialect: it acknowledged VHOST_USER_F_PROTOCOL_FEATURES, or
+     * it completed SET_PROTOCOL_FEATURES. The second matters: QEMU 7.2's vhost-user-net drops bit 30 from the
+     * SET_FEATURES it sends (fixed in later QEMU), yet enables rings with SET_VRING_ENABLE; DPDK and libvhost-user
+     * accept that, and so do we.
+     */
     private boolean protocolFeaturesNegotiated() {
-        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0;
+        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0 || protocolFeaturesSet;
     }
 
     private void dispatch(Message m, Connection c) throws IOException, BackendException {
@@ -206,6 +214,7 @@ final class Handler implements AutoCloseable {
                     features & ~offeredProtocolFeatures, offeredProtocolFeatures));
         }
         ackedProtocolFeatures = features;
+        protocolFeaturesSet = true;
     }
 
     // ---- memory -----------------------------------------------------------------------------------------------
