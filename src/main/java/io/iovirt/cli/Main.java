@@ -13,6 +13,7 @@ import picocli.CommandLine.Command;
                 io.iovirt.bench.BenchCommand.class,
                 io.iovirt.host.HostCommand.class,
                 VfioCommand.class,
+                VmCommand.class,
         })
 public final class Main implements Runnable {
 

@@ -32,5 +32,6 @@ class NetDemoTest {
     @Test
     void pingSummaryIsParsed() {
         assertEquals(532.0, NetDemo.averageRttMicros("round-trip min/avg/max = 0.372/0.532/2.104 ms"), 1e-9);
+        assertEquals(372.0, NetDemo.minimumRttMicros("round-trip min/avg/max = 0.372/0.532/2.104 ms"), 1e-9);
     }
 }
