@@ -571,6 +571,63 @@ final class Syscalls {
         }
     }
 
+    // ---- io_uring: raw system calls (glibc has no wrappers; the numbers are the same on x86_64 and aarch64) ----
+
+    private static final class Uring {
+        static final long NR_SETUP = 425;
+        static final long NR_ENTER = 426;
+        static final long NR_REGISTER = 427;
+        // syscall(2) is variadic: every argument goes as a 64-bit value so no register carries stale upper bits.
+        static final MethodHandle SYSCALL3 = fn("syscall",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS), Linker.Option.firstVariadicArg(1));
+        static final MethodHandle SYSCALL5 = fn("syscall",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS, JAVA_LONG),
+                Linker.Option.firstVariadicArg(1));
+        static final MethodHandle SYSCALL7 = fn("syscall",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS, JAVA_LONG),
+                Linker.Option.firstVariadicArg(1));
+    }
+
+    /** io_uring_setup(2): the ring's descriptor, or -errno. {@code params} is the 120-byte struct io_uring_params. */
+    static int ioUringSetup(int entries, MemorySegment params) {
+        PerThread t = perThread();
+        try {
+            return (int) ret((long) Uring.SYSCALL3.invokeExact(t.capture, Uring.NR_SETUP, Integer.toUnsignedLong(entries), params), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /**
+     * io_uring_enter(2) without a signal mask: SQEs consumed, or -errno. Not retried on EINTR here: the caller
+     * recomputes what is left to submit and wait for.
+     */
+    static int ioUringEnter(int fd, int toSubmit, int minComplete, int flags) {
+        PerThread t = perThread();
+        try {
+            return (int) ret((long) Uring.SYSCALL7.invokeExact(t.capture, Uring.NR_ENTER, (long) fd,
+                    Integer.toUnsignedLong(toSubmit), Integer.toUnsignedLong(minComplete), Integer.toUnsignedLong(flags),
+                    MemorySegment.NULL, 0L), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** io_uring_register(2): the opcode's result, or -errno. */
+    static int ioUringRegister(int fd, int opcode, MemorySegment arg, int nrArgs) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Uring.SYSCALL5.invokeExact(t.capture, Uring.NR_REGISTER, (long) fd, Integer.toUnsignedLong(opcode),
+                        arg, Integer.toUnsignedLong(nrArgs));
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return (int) ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
     // ---- ioctl: one handle per argument shape -----------------------------------------------------------------
 
     private static final class Ioctls {

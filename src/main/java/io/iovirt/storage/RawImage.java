@@ -3,19 +3,22 @@ package io.iovirt.storage;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
+import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
 import io.iovirt.linux.LinuxException;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
+import java.util.Arrays;
 
 /**
  * A raw disk image: a regular file (sparse allowed) or a block device, opened buffered or with O_DIRECT.
  *
- * <p>Thread-safe for concurrent positional I/O (one {@link IoContext} per queue thread); the descriptor is shared
- * and nothing here locks. Flush is fsync: once {@link #flush()} returns, every write completed before it is on
- * stable storage.
+ * <p>Thread-safe for concurrent positional I/O (one {@link IoContext} per queue thread, or per request in flight
+ * when I/O goes through an {@link IoUring}); the descriptor is shared and nothing here locks. Flush is fdatasync:
+ * once {@link #flush()} returns, every write completed before it is on stable storage, with the metadata needed to
+ * read it back (block allocation, size); timestamps are not worth a journal commit per guest flush.
  */
 public final class RawImage implements AutoCloseable {
     private final Path path;
@@ -104,9 +107,38 @@ public final class RawImage implements AutoCloseable {
         return new IoContext(maxSegments, bounceBytes);
     }
 
-    /** Makes every completed write durable (fsync). */
+    /**
+     * I/O state over caller-owned memory, for one request in flight among many: {@code iov} holds its iovec array,
+     * and {@code bounce} (O_DIRECT only; aligned to {@link #blockSize()}, a multiple of it) serves unaligned guest
+     * buffers. Contexts used by one thread may share one bounce buffer: the bounce path is synchronous. The caller
+     * frees the memory after closing the contexts.
+     */
+    public IoContext newContext(IoVec iov, MemorySegment bounce) {
+        if (direct) {
+            if (bounce == null || (bounce.address() & (directAlign - 1)) != 0 || bounce.byteSize() < directAlign) {
+                throw new IllegalArgumentException("O_DIRECT needs a bounce buffer of at least " + directAlign
+                        + " bytes aligned to " + directAlign);
+            }
+        }
+        return new IoContext(iov, bounce);
+    }
+
+    /** Makes every completed write durable (fdatasync). */
     public void flush() throws LinuxException {
-        FileIo.fsync(fd);
+        FileIo.fdatasync(fd);
+    }
+
+    /**
+     * Queues the asynchronous equivalent of {@link #flush()} on {@code ring}; pass its result to
+     * {@link #flushCompleted}. It covers the writes completed before it is submitted, not those still in flight.
+     */
+    public void submitFlush(IoUring ring, long userData) {
+        ring.fsync(fd, IoUring.FSYNC_DATASYNC, userData);
+    }
+
+    /** Checks the result of a flush queued with {@link #submitFlush}. */
+    public void flushCompleted(int result) throws LinuxException {
+        IoUring.check(IoUring.OP_FSYNC, result, path.toString());
     }
 
     /** Deallocates [offset, offset+len): the range then reads as zeros. */
@@ -153,18 +185,28 @@ public final class RawImage implements AutoCloseable {
      * {@link #read} or {@link #write} them at an offset; the context is reused for the next request.
      */
     public final class IoContext implements AutoCloseable {
-        private final Arena arena = Arena.ofShared();
+        /** Owns the memory of a context made by {@link #newContext(int, int)}; null for caller-owned memory. */
+        private final Arena arena;
         private final IoVec iov;
-        private final MemorySegment[] buffers;
+        /** Grows up to the iovec capacity as requests need it, so thousands of idle contexts stay small. */
+        private MemorySegment[] buffers;
         private final MemorySegment bounce;
         private int count;
         private long bytes;
         private boolean aligned = true;
 
         private IoContext(int maxSegments, int bounceBytes) {
+            this.arena = Arena.ofShared();
             this.iov = IoVec.allocate(arena, Math.min(maxSegments, IoVec.IOV_MAX));
             this.buffers = new MemorySegment[iov.capacity()];
             this.bounce = direct ? FileIo.directBuffer(arena, Math.max(bounceBytes, directAlign)) : null;
+        }
+
+        private IoContext(IoVec iov, MemorySegment bounce) {
+            this.arena = null;
+            this.iov = iov;
+            this.buffers = new MemorySegment[Math.min(8, iov.capacity())];
+            this.bounce = direct ? bounce : null;
         }
 
         /** Starts a new request. */
@@ -183,7 +225,10 @@ public final class RawImage implements AutoCloseable {
                 return true;
             }
             if (count == buffers.length) {
-                return false;
+                if (count == iov.capacity()) {
+                    return false;
+                }
+                buffers = Arrays.copyOf(buffers, Math.min(iov.capacity(), count * 2));
             }
             buffers[count] = buffer;
             iov.set(count, buffer);
@@ -228,6 +273,58 @@ public final class RawImage implements AutoCloseable {
             long n = FileIo.pwritev(fd, iov, count, offset);
             if (n < bytes) {
                 finishShort(offset, n, true);
+            }
+        }
+
+        /**
+         * Queues the read of {@link #bytes()} at {@code offset} on {@code ring} with {@code userData}, straight into
+         * the buffers, and returns true; pass the completion's result to {@link #completed}. Returns false, queueing
+         * nothing, when the request must run synchronously with {@link #read}: nothing to read, or O_DIRECT with
+         * buffers that need the bounce path. The buffers must stay mapped until the completion is reaped.
+         */
+        public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
+            checkRange(offset, bytes, false);
+            if (count == 0 || !aligned) {
+                return false;
+            }
+            if (count == 1) {
+                ring.read(fd, buffers[0], offset, userData);
+            } else {
+                ring.readv(fd, iov, count, offset, userData);
+            }
+            return true;
+        }
+
+        /** The write counterpart of {@link #submitRead}. */
+        public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
+            checkRange(offset, bytes, true);
+            if (count == 0 || !aligned) {
+                return false;
+            }
+            if (count == 1) {
+                ring.write(fd, buffers[0], offset, userData);
+            } else {
+                ring.writev(fd, iov, count, offset, userData);
+            }
+            return true;
+        }
+
+        /**
+         * Finishes a read or write queued with {@link #submitRead}/{@link #submitWrite} from its completion result:
+         * an error becomes an exception naming the operation; a short transfer is completed synchronously, like a
+         * short preadv/pwritev.
+         */
+        public void completed(boolean write, long offset, int result) throws IOException {
+            if (result == -Errno.EAGAIN) {
+                finishShort(offset, 0, write); // the kernel would not block for us: do it ourselves
+                return;
+            }
+            if (result < 0) {
+                int op = count == 1 ? (write ? IoUring.OP_WRITE : IoUring.OP_READ) : (write ? IoUring.OP_WRITEV : IoUring.OP_READV);
+                throw IoUring.error(op, result, path + ", " + bytes + " bytes at " + offset);
+            }
+            if (result < bytes) {
+                finishShort(offset, result, write);
             }
         }
 
@@ -305,7 +402,9 @@ public final class RawImage implements AutoCloseable {
         @Override
         public void close() {
             clear();
-            arena.close();
+            if (arena != null) {
+                arena.close();
+            }
         }
     }
 }

@@ -50,8 +50,8 @@ final class Handler implements AutoCloseable {
 
     private long ackedFeatures;
     private long ackedProtocolFeatures;
-    /** SET_PROTOCOL_FEATURES was received: the frontend speaks the protocol-features dialect. */
-    private boolean protocolFeaturesExchanged;
+    /** SET_PROTOCOL_FEATURES was received on this connection. */
+    private boolean protocolFeaturesSet;
     private int status;
 
     /** One virtqueue's protocol-side state. */
@@ -136,8 +136,14 @@ final class Handler implements AutoCloseable {
         return (ackedProtocolFeatures & Features.bit(Features.PROTOCOL_REPLY_ACK)) != 0;
     }
 
+    /**
+     * True when the frontend speaks the protocol-features dialect: it acknowledged VHOST_USER_F_PROTOCOL_FEATURES, or
+     * it completed SET_PROTOCOL_FEATURES. The second matters: QEMU 7.2's vhost-user-net drops bit 30 from the
+     * SET_FEATURES it sends (fixed in later QEMU), yet enables rings with SET_VRING_ENABLE; DPDK and libvhost-user
+     * accept that, and so do we.
+     */
     private boolean protocolFeaturesNegotiated() {
-        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0;
+        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0 || protocolFeaturesSet;
     }
 
     private void dispatch(Message m, Connection c) throws IOException, BackendException {
@@ -208,7 +214,7 @@ final class Handler implements AutoCloseable {
                     features & ~offeredProtocolFeatures, offeredProtocolFeatures));
         }
         ackedProtocolFeatures = features;
-        protocolFeaturesExchanged = true;
+        protocolFeaturesSet = true;
     }
 
     // ---- memory -----------------------------------------------------------------------------------------------
@@ -467,9 +473,7 @@ final class Handler implements AutoCloseable {
 
     private void setVringEnable(int index, int num) throws IOException, BackendException {
         Queue q = queue(MessageType.SET_VRING_ENABLE, Integer.toUnsignedLong(index));
-        // QEMU's vhost-user-net disables every ring (SET_VRING_ENABLE 0) in vhost_net_init, after the protocol
-        // features handshake but before SET_FEATURES: "negotiated" there means offered and handshaken.
-        if (!protocolFeaturesNegotiated() && !protocolFeaturesExchanged) {
+        if (!protocolFeaturesNegotiated()) {
             throw new ProtocolException("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated");
         }
         if (num != 0 && num != 1) {

@@ -19,6 +19,17 @@ public final class VirtioRing {
     public static final int DESC_SIZE = 16;
     /** Largest queue size either layout allows. */
     public static final int MAX_QUEUE_SIZE = 32768;
+    /**
+     * Most buffers in one chain, whatever the queue size: Linux sizes indirect tables by the device's seg_max (plus
+     * header and status), not by the queue size, and QEMU and libvhost-user accept that, so a 128-entry queue sees
+     * 1024-entry tables. Chains of a larger queue may be as long as the queue.
+     */
+    public static final int MAX_INDIRECT_DESCRIPTORS = 1024;
+
+    /** The chain length bound for a queue of {@code size} entries. */
+    public static int maxChain(int size) {
+        return Math.max(size, MAX_INDIRECT_DESCRIPTORS);
+    }
 
     public static final int DESC_F_NEXT = 1;
     public static final int DESC_F_WRITE = 2;

@@ -64,7 +64,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw fail(Reason.BAD_CONFIG, "queue size " + size + " is outside 1.." + VirtioRing.MAX_QUEUE_SIZE);
         }
         this.inFlight = new boolean[size];
-        this.ownChain = new DescriptorChain(this, size);
+        this.ownChain = new DescriptorChain(this, VirtioRing.maxChain(size));
     }
 
     /**
@@ -101,7 +101,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     /** A new chain holder for {@link #pop(DescriptorChain)}; allocate these once, not per request. */
     public final DescriptorChain newChain() {
-        return new DescriptorChain(this, size);
+        return new DescriptorChain(this, VirtioRing.maxChain(size));
     }
 
     /**
@@ -240,8 +240,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * total, and translates it through guest memory.
      */
     final void appendBuffer(DescriptorChain c, GuestMemory mem, long addr, long len, boolean writable) throws VirtqueueException {
-        if (c.count == size) {
-            throw fail(Reason.CHAIN_TOO_LONG, "descriptor chain has more than the queue size of " + size + " buffers");
+        if (c.count == VirtioRing.maxChain(size)) {
+            throw fail(Reason.CHAIN_TOO_LONG, "descriptor chain has more than " + VirtioRing.maxChain(size) + " buffers");
         }
         if (writable) {
             c.writableBytes += len;

@@ -198,6 +198,22 @@ public final class ChildProcess implements AutoCloseable {
             return this;
         }
 
+        /**
+         * Starts the process and returns once it listens on the UNIX socket {@code socket}; if it exits or does not
+         * listen within {@code timeout}, it is killed and the exception carries its log.
+         */
+        public ChildProcess startListening(Path socket, Duration timeout) {
+            UnixSockets.checkPath(socket);
+            ChildProcess child = start();
+            try {
+                UnixSockets.awaitListening(socket, child, timeout);
+                return child;
+            } catch (RuntimeException e) {
+                child.close();
+                throw e;
+            }
+        }
+
         public ChildProcess start() {
             Objects.requireNonNull(log, "log file");
             ProcessBuilder pb = new ProcessBuilder(new ArrayList<>(command))

@@ -3,7 +3,6 @@ package io.iovirt.vm;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.Objects;
 
@@ -98,9 +97,7 @@ public final class QemuStorageDaemon implements AutoCloseable {
             String export = "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path="
                     + QemuGuest.escape(socket.toAbsolutePath().toString())
                     + ",writable=" + (writable ? "on" : "off") + ",num-queues=" + numQueues;
-            List<String> cmd = new ArrayList<>(List.of(PROGRAM, "--blockdev", file, "--blockdev", raw,
-                    "--export", export));
-            return cmd;
+            return List.of(PROGRAM, "--blockdev", file, "--blockdev", raw, "--export", export);
         }
 
         /** Starts the daemon and returns once it listens on the socket; kills it if that fails. */
@@ -108,16 +105,9 @@ public final class QemuStorageDaemon implements AutoCloseable {
             if (!Files.isRegularFile(image)) {
                 throw new IllegalArgumentException("image " + image + " is not a regular file");
             }
-            UnixSockets.checkPath(socket);
             Path logFile = log != null ? log : socket.resolveSibling(socket.getFileName() + ".qsd.log");
-            ChildProcess child = ChildProcess.builder(command()).name(PROGRAM).log(logFile).start();
-            try {
-                UnixSockets.awaitListening(socket, child, startTimeout);
-                return new QemuStorageDaemon(child, socket);
-            } catch (RuntimeException e) {
-                child.close();
-                throw e;
-            }
+            return new QemuStorageDaemon(ChildProcess.builder(command()).name(PROGRAM).log(logFile)
+                    .startListening(socket, startTimeout), socket);
         }
     }
 }

@@ -5,6 +5,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.IoVec;
 import io.iovirt.linux.LinuxException;
 import java.io.IOException;
 import java.io.RandomAccessFile;
@@ -14,6 +17,7 @@ import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Random;
+import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -58,6 +62,78 @@ class RawImageTest {
             io.add(back.asSlice(512));
             io.read(65536);
             assertArrayEquals(data, back.toArray(ValueLayout.JAVA_BYTE));
+        }
+    }
+
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void asynchronousRoundTripThroughIoUringWithContextsOverSharedMemory(boolean direct) throws Exception {
+        String why = IoUring.unavailableReason();
+        Assumptions.assumeTrue(why == null, why);
+        Path p = image(1 << 20);
+        byte[] data = new byte[3 * 4096];
+        new Random(11).nextBytes(data);
+        try (RawImage img = RawImage.open(p, false, direct); Arena arena = Arena.ofConfined(); IoUring ring = IoUring.create(8)) {
+            MemorySegment iovMemory = arena.allocate(2 * IoVec.bytes(4), 8);
+            MemorySegment bounce = arena.allocate(4096, 4096);
+            RawImage.IoContext one = img.newContext(IoVec.over(iovMemory.asSlice(0, IoVec.bytes(4))), bounce);
+            RawImage.IoContext two = img.newContext(IoVec.over(iovMemory.asSlice(IoVec.bytes(4))), bounce);
+            MemorySegment buf = arena.allocate(data.length, 4096);
+            MemorySegment.copy(data, 0, buf, ValueLayout.JAVA_BYTE, 0, data.length);
+            one.clear();
+            one.add(buf.asSlice(0, 4096));
+            one.add(buf.asSlice(4096, 8192));
+            two.clear();
+            two.add(buf.asSlice(0, 4096));
+            assertTrue(one.submitWrite(ring, 0, 1));
+            assertTrue(two.submitWrite(ring, 65536, 2));
+            img.submitFlush(ring, 3); // not ordered after the writes: only its result is checked here
+            ring.submitAndWait(3);
+            int[] res = new int[4];
+            assertEquals(3, ring.reap((ud, r, f) -> res[(int) ud] = r));
+            one.completed(true, 0, res[1]);
+            two.completed(true, 65536, res[2]);
+            img.flushCompleted(res[3]);
+            byte[] file = Files.readAllBytes(p);
+            assertArrayEquals(data, java.util.Arrays.copyOfRange(file, 0, data.length));
+            assertArrayEquals(java.util.Arrays.copyOf(data, 4096), java.util.Arrays.copyOfRange(file, 65536, 65536 + 4096));
+
+            MemorySegment back = arena.allocate(data.length, 4096);
+            one.clear();
+            one.add(back.asSlice(0, 8192));
+            one.add(back.asSlice(8192));
+            assertTrue(one.submitRead(ring, 0, 4));
+            ring.submitAndWait(1);
+            ring.reap((ud, r, f) -> res[0] = r);
+            assertEquals(data.length, res[0]);
+            one.completed(false, 0, res[0]);
+            assertArrayEquals(data, back.toArray(ValueLayout.JAVA_BYTE));
+
+            // A short completion is finished synchronously: pretend the kernel stopped after the first 4 KiB.
+            back.asSlice(4096).fill((byte) 0);
+            one.completed(false, 0, 4096);
+            assertArrayEquals(data, back.toArray(ValueLayout.JAVA_BYTE));
+
+            // An error result names the operation and the image.
+            LinuxException e = assertThrows(LinuxException.class, () -> one.completed(false, 0, -Errno.EIO));
+            assertEquals("io_uring READV", e.call());
+            assertTrue(e.getMessage().contains(p.toString()), e.getMessage());
+
+            // Unaligned buffers in O_DIRECT mode are not submitted: the caller runs them synchronously (bounced).
+            back.fill((byte) 0);
+            two.clear();
+            two.add(back.asSlice(1, 4096));
+            assertEquals(!direct, two.submitRead(ring, 0, 5));
+            if (direct) {
+                two.read(0);
+            } else {
+                ring.submitAndWait(1);
+                ring.reap((ud, r, f) -> two.completed(false, 0, r));
+            }
+            assertArrayEquals(java.util.Arrays.copyOf(data, 4096), back.asSlice(1, 4096).toArray(ValueLayout.JAVA_BYTE));
+            assertEquals(0, ring.outstanding());
+            one.close();
+            two.close();
         }
     }
 

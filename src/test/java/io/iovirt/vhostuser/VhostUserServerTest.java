@@ -220,6 +220,29 @@ class VhostUserServerTest {
         }
     }
 
+    /** QEMU 7.2's vhost-user-net exchanges protocol features but drops bit 30 from SET_FEATURES. */
+    @Test
+    void protocolFeaturesExchangedButBit30DroppedFromSetFeaturesStillEnablesRings() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            fe.setFeatures(FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES);
+            fe.addMemRegion(low.descriptor());
+            fe.addMemRegion(high.descriptor());
+            fe.setVringNum(0, 256);
+            fe.setVringBase(0, 0);
+            fe.setVringAddr(0, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
+            fe.setVringKick(0, kick);
+            fe.setVringCall(0, call);
+            assertTrue(backend.running.isEmpty(), "the protocol-features dialect: the ring waits for SET_VRING_ENABLE");
+            fe.setVringEnable(0, true);
+            backend.await("queueStarted 0");
+            assertEquals(0, fe.getVringBase(0));
+        }
+    }
+
     @Test
     void withoutProtocolFeaturesARingStartsOnItsKickAndCannotBeEnabled() throws Exception {
         try (VhostUserFrontend fe = connect();

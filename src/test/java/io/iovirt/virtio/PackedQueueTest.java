@@ -235,11 +235,12 @@ class PackedQueueTest {
 
     @Test
     void indirectTableLengthsAndPlacementAreChecked() throws Exception {
-        for (int len : new int[] {0, 40, 16 * (SIZE + 1)}) {
+        int tooMany = VirtioRing.MAX_INDIRECT_DESCRIPTORS + 1;
+        for (int len : new int[] {0, 40, 16 * tooMany}) {
             try (GuestFixture f = new GuestFixture()) {
                 PackedDriverRing d = PackedDriverRing.create(f.memory, f.alloc(PackedDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
                 Virtqueue q = Virtqueue.create(d.queueConfig(0, true), f.holder);
-                d.writeDescriptor(0, f.alloc(16 * (SIZE + 1), 16), len, 0, DESC_F_AVAIL | DESC_F_INDIRECT);
+                d.writeDescriptor(0, f.alloc(16 * tooMany, 16), len, 0, DESC_F_AVAIL | DESC_F_INDIRECT);
                 assertPopFails(q, Reason.BAD_INDIRECT_TABLE);
             }
         }

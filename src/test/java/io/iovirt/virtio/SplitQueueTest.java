@@ -332,11 +332,12 @@ class SplitQueueTest {
 
     @Test
     void indirectTableLengthsAreChecked() throws Exception {
-        for (int len : new int[] {0, 24, 16 * (SIZE + 1)}) {
+        int tooMany = VirtioRing.MAX_INDIRECT_DESCRIPTORS + 1;
+        for (int len : new int[] {0, 24, 16 * tooMany}) {
             try (GuestFixture f = new GuestFixture()) {
                 SplitDriverRing d = SplitDriverRing.create(f.memory, f.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
                 Virtqueue q = Virtqueue.create(d.queueConfig(0, true), f.holder);
-                d.writeDescriptor(0, f.alloc(16 * (SIZE + 1), 16), len, DESC_F_INDIRECT, 0);
+                d.writeDescriptor(0, f.alloc(16 * tooMany, 16), len, DESC_F_INDIRECT, 0);
                 d.exposeHead(0);
                 assertPopFails(q, Reason.BAD_INDIRECT_TABLE);
             }
@@ -353,18 +354,32 @@ class SplitQueueTest {
     }
 
     @Test
-    void chainsLongerThanTheQueueAreRefused() throws Exception {
+    void chainsLongerThanTheBoundAreRefused() throws Exception {
         SplitDriverRing d = driver(false);
         Virtqueue q = device(d);
-        long buf = g.alloc(8, 8), t = g.alloc(32, 16);
-        for (int i = 0; i < SIZE - 1; i++) {
-            d.writeDescriptor(i, buf, 8, DESC_F_NEXT, i + 1);
+        int table = VirtioRing.MAX_INDIRECT_DESCRIPTORS;
+        long buf = g.alloc(8, 8), t = g.alloc(16L * table, 16);
+        for (int i = 0; i < table; i++) {
+            d.writeIndirect(t, i, buf, 8, i + 1 < table ? DESC_F_NEXT : 0, i + 1);
         }
-        d.writeIndirect(t, 0, buf, 8, DESC_F_NEXT, 1);
-        d.writeIndirect(t, 1, buf, 8, 0, 0);
-        d.writeDescriptor(SIZE - 1, t, 32, DESC_F_INDIRECT, 0); // 7 direct + 2 indirect buffers > 8
+        d.writeDescriptor(0, buf, 8, DESC_F_NEXT, 1);
+        d.writeDescriptor(1, t, 16 * table, DESC_F_INDIRECT, 0); // 1 direct + a full indirect table: one too many
         d.exposeHead(0);
         assertPopFails(q, Reason.CHAIN_TOO_LONG);
+    }
+
+    @Test
+    void indirectTablesLargerThanTheQueueAreAccepted() throws Exception {
+        SplitDriverRing d = driver(false); // Linux sizes tables by seg_max, not by the queue size
+        Virtqueue q = device(d);
+        int table = 4 * SIZE;
+        long buf = g.alloc(8, 8), t = g.alloc(16L * table, 16);
+        for (int i = 0; i < table; i++) {
+            d.writeIndirect(t, i, buf, 8, i + 1 < table ? DESC_F_NEXT : 0, i + 1);
+        }
+        d.writeDescriptor(0, t, 16 * table, DESC_F_INDIRECT, 0);
+        d.exposeHead(0);
+        assertEquals(table, q.pop().count());
     }
 
     @Test

@@ -81,7 +81,9 @@ final class BlkQueueWorker implements Runnable {
             }
         } catch (LinuxException e) {
             fail("cannot wait for kicks: " + e.getMessage());
-        } catch (RuntimeException e) {
+        } catch (RuntimeException | InternalError e) {
+            // InternalError: the frontend shrank a file we had mapped (SIGBUS caught by the JVM). This queue stops;
+            // the process and the other devices go on.
             LOG.log(Level.ERROR, name + ": internal error", e);
             fail("internal error: " + e);
         } finally {
