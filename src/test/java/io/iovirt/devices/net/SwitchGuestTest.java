@@ -22,12 +22,12 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * Real QEMU 7.2 guests on one iovirt switch: virtio-net guests over vhost-user (paravirtual; one with the split ring,
- * one with the packed ring) and guests with QEMU's
- * emulated e1000 on {@code stream:} ports (fully virtualized). Every guest pings every other one and sends a file
- * with busybox nc to the next one in a ring (virtio→virtio, virtio→e1000, e1000→virtio, ...); the received data's
- * md5 must match, and once all traffic has stopped each guest's interface counters must agree exactly with its
- * switch port's (the guest's tx is the port's rx and the other way round).
+ * Real QEMU 7.2 guests on one iovirt switch: virtio-net guests over vhost-user (paravirtual; one on the split ring,
+ * one on the packed ring) and guests with QEMU's emulated e1000 on {@code stream:} ports (fully virtualized). Every
+ * guest pings every other one and sends a file with busybox nc to the next one in a ring (virtio→virtio,
+ * virtio→e1000, e1000→virtio, ...); the received data's md5 must match, and once all traffic has stopped each
+ * guest's interface counters must agree exactly with its switch port's (the guest's tx is the port's rx and the
+ * other way round).
  *
  * <p>virtio-net uses {@code vectors=0} (INTx): QEMU 7.2 under TCG segfaults in vhost_net_start when a vhost-user
  * virtio-net device has MSI-X vectors.
