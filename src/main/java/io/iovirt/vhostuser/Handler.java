@@ -16,7 +16,9 @@ import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * The vhost-user protocol state of one connection: validates each message against what was negotiated and the
@@ -219,6 +221,17 @@ final class Handler implements AutoCloseable {
 
     // ---- memory -----------------------------------------------------------------------------------------------
 
+    /**
+     * How many times each region (GPA, size, UVA) was added. QEMU's vhost-user-net with several queue pairs runs one
+     * vhost device per pair over the same connection, and each sends ADD_MEM_REG (and later REM_MEM_REG) for the same
+     * regions: a region is mapped once and unmapped when the last of them removes it, as libvhost-user does.
+     */
+    private final Map<List<Long>, Integer> regionRefs = new HashMap<>();
+
+    private static List<Long> regionKey(long gpa, long size, long uva) {
+        return List.of(gpa, size, uva);
+    }
+
     private void setMemTable(Message m) throws ProtocolException {
         MemorySegment p = m.payload();
         int n = Payloads.MemoryTable.count(p);
@@ -236,11 +249,24 @@ final class Handler implements AutoCloseable {
             throw e instanceof ProtocolException pe ? pe : new ProtocolException("SET_MEM_TABLE: " + e.getMessage());
         }
         install(next).releaseAll();
+        regionRefs.clear();
+        for (MemoryRegion r : mapped) {
+            regionRefs.put(regionKey(r.guestPhysAddr(), r.size(), r.userAddr()), 1);
+        }
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": memory table " + next);
     }
 
     private void addMemRegion(Message m) throws ProtocolException {
-        MemoryRegion r = mapRegion(Payloads.SingleRegion.region(m.payload()), m.takeFd(0), "ADD_MEM_REG");
+        MemorySegment region = Payloads.SingleRegion.region(m.payload());
+        List<Long> key = regionKey(Payloads.Region.guestPhysAddr(region), Payloads.Region.size(region),
+                Payloads.Region.userAddr(region));
+        MemoryRegion same = memory.get().find(key.get(0), key.get(1), key.get(2));
+        if (same != null && same.mmapOffset() == Payloads.Region.mmapOffset(region)) {
+            m.takeFd(0).close(); // already mapped for another of the frontend's vhost devices
+            regionRefs.merge(key, 1, Integer::sum);
+            return;
+        }
+        MemoryRegion r = mapRegion(region, m.takeFd(0), "ADD_MEM_REG");
         GuestMemory next;
         try {
             next = memory.get().with(r);
@@ -249,6 +275,7 @@ final class Handler implements AutoCloseable {
             throw new ProtocolException("ADD_MEM_REG: " + e.getMessage());
         }
         install(next);
+        regionRefs.put(key, 1);
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": added " + r);
     }
 
@@ -261,6 +288,13 @@ final class Handler implements AutoCloseable {
             throw new ProtocolException(String.format("REM_MEM_REG of a region that is not mapped: GPA 0x%x size 0x%x UVA 0x%x",
                     gpa, size, uva));
         }
+        List<Long> key = regionKey(gpa, size, uva);
+        int refs = regionRefs.getOrDefault(key, 1);
+        if (refs > 1) {
+            regionRefs.put(key, refs - 1); // another vhost device of the frontend still uses it
+            return;
+        }
+        regionRefs.remove(key);
         GuestMemory next = current.without(gpa, size, uva);
         install(next).releaseRemovedIn(next);
     }

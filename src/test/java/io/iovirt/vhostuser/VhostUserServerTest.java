@@ -155,6 +155,32 @@ class VhostUserServerTest {
         assertThrows(IllegalStateException.class, () -> unmapped.get(JAVA_LONG, 0), "the backend unmapped guest memory");
     }
 
+    /**
+     * QEMU's vhost-user-net with two queue pairs runs two vhost devices over one connection; each adds (and removes)
+     * the same regions. The region is mapped once and unmapped only when the last one removes it.
+     */
+    @Test
+    void theSameRegionAddedByTwoVhostDevicesIsMappedOnceAndReferenceCounted() throws Exception {
+        try (VhostUserFrontend fe = connect(); FrontendMemory ram = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            fe.setFeatures(FEATURES);
+            fe.addMemRegion(ram.descriptor());
+            fe.addMemRegion(ram.descriptor()); // the second queue pair's vhost device
+            GuestMemory mem = backend.memories.get(backend.memories.size() - 1);
+            assertEquals(1, mem.regionCount());
+            assertEquals(1, backend.memories.size(), "the duplicate changed nothing");
+            fe.removeMemRegion(ram.descriptor());
+            assertEquals(1, backend.memories.get(backend.memories.size() - 1).regionCount(), "still in use");
+            ram.segment().set(JAVA_LONG, 8, 77);
+            assertEquals(77, mem.translate(RING_GPA + 8, 8).get(JAVA_LONG, 0), "still mapped");
+            fe.removeMemRegion(ram.descriptor());
+            assertEquals(0, backend.memories.get(backend.memories.size() - 1).regionCount());
+            assertThrows(IllegalStateException.class, () -> mem.translate(RING_GPA, 8).get(JAVA_LONG, 0),
+                    "unmapped after the last removal");
+        }
+    }
+
     @Test
     void aReconnectingFrontendIsServedFromScratch() throws Exception {
         for (int round = 0; round < 3; round++) {
