@@ -128,6 +128,20 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         return false;
     }
 
+    /** Receive queues the frontend has enabled and the device is filling (MQ: the guest's active queue pairs). */
+    public int activeQueuePairs() {
+        NetRxQueue[] rqs = rxQueues;
+        int n = 0;
+        if (rqs != null) {
+            for (NetRxQueue q : rqs) {
+                if (q.running()) {
+                    n++;
+                }
+            }
+        }
+        return n;
+    }
+
     @Override
     protected void start() throws IOException {
         int pairs = options.queuePairs();

@@ -68,6 +68,12 @@ final class NetGuest implements AutoCloseable {
      */
     static NetGuest start(GuestImage image, Path dir, String name, String ip, long mac, Nic nic, Path socket,
                           List<Peer> peers, String body, Duration lifetime) throws IOException {
+        return start(image, dir, name, ip, mac, nic, 1, socket, peers, body, lifetime);
+    }
+
+    /** As above, with {@code queuePairs} virtio-net queue pairs (MQ) and as many vCPUs. */
+    static NetGuest start(GuestImage image, Path dir, String name, String ip, long mac, Nic nic, int queuePairs,
+                          Path socket, List<Peer> peers, String body, Duration lifetime) throws IOException {
         Path control = dir.resolve(name + "-ctl.sock");
         List<String> args = new ArrayList<>(List.of(
                 "-chardev", "socket,id=ctl,server=on,wait=off,path=" + QemuGuest.escape(control.toString()),
@@ -75,9 +81,9 @@ final class NetGuest implements AutoCloseable {
         String macText = Mac.toString(mac);
         if (nic != Nic.E1000) {
             args.addAll(List.of("-chardev", "socket,id=c0,path=" + QemuGuest.escape(socket.toString()),
-                    "-netdev", "vhost-user,id=n0,chardev=c0",
+                    "-netdev", "vhost-user,id=n0,chardev=c0" + (queuePairs > 1 ? ",queues=" + queuePairs : ""),
                     "-device", "virtio-net-pci,netdev=n0,mac=" + macText + ",vectors=0,romfile="
-                            + (nic == Nic.VIRTIO_PACKED ? ",packed=on" : "")));
+                            + (nic == Nic.VIRTIO_PACKED ? ",packed=on" : "") + (queuePairs > 1 ? ",mq=on" : "")));
         } else {
             args.addAll(List.of("-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="
                             + QemuGuest.escape(socket.toString()),
@@ -114,7 +120,7 @@ final class NetGuest implements AutoCloseable {
                 [ -d /sys/module/e1000 ] && sleep 3 # e1000 folds its hardware drop counter (MPC) in every 2 s
                 say STATS $(stats)
                 """.formatted(ip, arp, body);
-        QemuGuest.Builder b = QemuGuest.builder(image).name(name).workDir(dir).memoryMiB(256)
+        QemuGuest.Builder b = QemuGuest.builder(image).name(name).workDir(dir).memoryMiB(256).cpus(queuePairs)
                 .modules(nic != Nic.E1000 ? new String[] {"virtio_pci", "virtio_net"} : new String[] {"e1000"})
                 .args(args);
         String setup = "";

@@ -59,7 +59,10 @@ class SwitchGuestTest {
         return false;
     }
 
-    record Node(String name, NetGuest.Nic nic) {
+    record Node(String name, NetGuest.Nic nic, int queuePairs) {
+        Node(String name, NetGuest.Nic nic) {
+            this(name, nic, 1);
+        }
     }
 
     @Test
@@ -71,6 +74,15 @@ class SwitchGuestTest {
     void twoVirtioGuestsAndAnE1000Guest() throws Exception {
         run(List.of(new Node("pv1", NetGuest.Nic.VIRTIO), new Node("pv2", NetGuest.Nic.VIRTIO_PACKED),
                 new Node("fv1", NetGuest.Nic.E1000)));
+    }
+
+    /**
+     * Multiqueue: QEMU's {@code queues=2,mq=on} with two vCPUs; Linux enables both queue pairs through the control
+     * queue (QEMU's own), QEMU then enables rings 2 and 3 on the backend.
+     */
+    @Test
+    void twoVirtioGuestsWithTwoQueuePairs() throws Exception {
+        run(List.of(new Node("mq1", NetGuest.Nic.VIRTIO, 2), new Node("mq2", NetGuest.Nic.VIRTIO, 2)));
     }
 
     private void run(List<Node> nodes) throws Exception {
@@ -85,7 +97,8 @@ class SwitchGuestTest {
                 macs[i] = Mac.parse(String.format("52:54:00:00:00:%02x", i + 1));
                 Path sock = dir.resolve(nodes.get(i).name() + ".sock");
                 ports.add(sw.addPort(nodes.get(i).nic() != NetGuest.Nic.E1000
-                        ? new VirtioNetPort(VirtioNetPort.Options.of(sock)) : new StreamPort(sock)));
+                        ? new VirtioNetPort(new VirtioNetPort.Options(sock, nodes.get(i).queuePairs(), -1, 0))
+                        : new StreamPort(sock)));
             }
             for (int i = 0; i < n; i++) {
                 List<NetGuest.Peer> peers = new ArrayList<>();
@@ -111,7 +124,7 @@ class SwitchGuestTest {
                         say RECEIVED $(md5sum < /tmp/in | cut -d' ' -f1) $(wc -c < /tmp/in)
                         """.formatted(FILE_KB, peerIps.toString().trim(), ips[(i + 1) % n]);
                 Node node = nodes.get(i);
-                guests.add(NetGuest.start(image, dir, node.name(), ips[i], macs[i], node.nic(),
+                guests.add(NetGuest.start(image, dir, node.name(), ips[i], macs[i], node.nic(), node.queuePairs(),
                         dir.resolve(node.name() + ".sock"), peers, body, BOOT.plus(TRAFFIC).multipliedBy(2)));
             }
             for (NetGuest g : guests) {
@@ -126,6 +139,13 @@ class SwitchGuestTest {
                             g.name + ": VIRTIO_F_RING_PACKED " + f);
                     assertEquals('1', f.charAt(15), g.name + ": VIRTIO_NET_F_MRG_RXBUF " + f);
                     assertEquals('0', f.charAt(0), g.name + ": no checksum offload (VIRTIO_NET_F_CSUM) " + f);
+                }
+            }
+            for (int i = 0; i < n; i++) { // every queue pair the guest's driver enabled is served
+                if (ports.get(i) instanceof VirtioNetPort vp) {
+                    int want = nodes.get(i).queuePairs();
+                    awaitCondition(() -> vp.activeQueuePairs() == want, nodes.get(i).name() + ": " + want
+                            + " active queue pair(s), device has " + vp.activeQueuePairs());
                 }
             }
             for (NetGuest g : guests) {
