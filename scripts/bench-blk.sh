@@ -139,15 +139,16 @@ echo "means other work on this machine took the client's core, and that run's nu
 echo
 echo "Backend memory at the end of each QD 32 randwrite run (RSS; guest RAM = the part that is our shared memfd):"
 echo
-echo "| backend | mode | RSS MiB | guest RAM mapped MiB | beyond guest mappings MiB |"
-echo "|---|---|---:|---:|---:|"
+echo "| backend | mode | RSS MiB | guest RAM mapped MiB | beyond guest mappings MiB | of which anon / file-backed MiB |"
+echo "|---|---|---:|---:|---:|---:|"
 for be in iovirt qsd; do
   for mode in buffered direct; do
     f="$DIR/$be-$mode-randwrite-qd32.json"
     printf '| %s | %s | %s |\n' "$be" "$([ "$mode" = direct ] && echo O_DIRECT || echo buffered)" \
-      "$(q "$f" 'if .backend_memory == null then "n/a | n/a | n/a" else
-                 ([.backend_memory.rss_kib, .backend_memory.guest_mapping_kib, .backend_memory.beyond_guest_kib]
-                  | map(. / 1024 * 10 | round / 10 | tostring) | join(" | ")) end')"
+      "$(q "$f" 'def mib: . / 1024 * 10 | round / 10 | tostring;
+                 if .backend_memory == null then "n/a | n/a | n/a | n/a" else .backend_memory
+                 | ([.rss_kib, .guest_mapping_kib, .beyond_guest_kib] | map(mib) | join(" | "))
+                   + " | " + (.anon_kib | mib) + " / " + (.file_kib | mib) end')"
   done
 done
 echo
