@@ -136,16 +136,21 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 ip link set lo up 2>/dev/null
 
-# load NAME...: insmod NAME and its dependencies in the order modprobe resolved at build time.
+# load NAME...: insmod NAME and its dependencies in the order modprobe resolved at build time. Soft dependencies
+# may refuse this CPU (crct10dif-pclmul without PCLMULQDQ under TCG: "No such device"), so an insmod failure is
+# only fatal when the module asked for does not end up loaded.
 load() {
   for want in "$@"; do
-    order="/lib/modules/order/$(echo "$want" | tr - _)"
+    name="$(echo "$want" | tr - _)"
+    order="/lib/modules/order/$name"
     [ -f "$order" ] || { echo "iovirt-guest: module $want is not in the image"; return 1; }
+    failed=""
     while read -r ko; do
       mod="$(basename "$ko" .ko | tr - _)"
       [ -d "/sys/module/$mod" ] && continue
-      insmod "/lib/modules/$ko" || { echo "iovirt-guest: insmod $ko failed"; return 1; }
+      insmod "/lib/modules/$ko" 2>/tmp/insmod.err || failed="$failed; $ko: $(cat /tmp/insmod.err)"
     done <"$order"
+    [ -d "/sys/module/$name" ] || { echo "iovirt-guest: module $want failed to load$failed"; return 1; }
   done
 }
 
@@ -200,10 +205,8 @@ mkcpio "$F" "$WORK/out/fio.cpio"
 
 rm -rf "$OUT"
 mv "$WORK/out" "$OUT"
-# Older stamps are stale builds of an earlier script: drop them (the downloaded .deb stays for reuse).
-for old in "$CACHE"/*/; do
-  old="${old%/}"
-  case "$(basename "$old")" in "$STAMP"|debs) ;; *) [ -f "$old/manifest" ] && rm -rf "$old" ;; esac
-done
+# Older stamps are builds of earlier scripts; keep the two newest of them (a guest of another checkout may be
+# booting from one right now) and drop the rest. The downloaded .deb stays for reuse.
+ls -1dt "$CACHE"/*/manifest 2>/dev/null | sed 's,/manifest$,,' | grep -vxF "$OUT" | tail -n +3 | xargs -r rm -rf || true
 log "guest ready in $(( $(date +%s) - T0 )) s: $OUT ($(du -sh "$OUT" | cut -f1))"
 cat "$OUT/manifest"

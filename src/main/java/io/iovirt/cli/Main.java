@@ -6,7 +6,14 @@ import picocli.CommandLine.Command;
 /** Entry point of the {@code iovirt} command: one line of reason and a non-zero exit on errors. */
 @Command(name = "iovirt", mixinStandardHelpOptions = true, version = "iovirt 0.1.0",
         description = "I/O virtualization for KVM/QEMU guests.",
-        subcommands = {CommandLine.HelpCommand.class, ServeCommand.class, io.iovirt.host.HostCommand.class})
+        subcommands = {
+                CommandLine.HelpCommand.class,
+                DemoCommand.class,
+                ServeCommand.class,
+                io.iovirt.bench.BenchCommand.class,
+                io.iovirt.host.HostCommand.class,
+                VfioCommand.class,
+        })
 public final class Main implements Runnable {
 
     @CommandLine.Spec

@@ -88,7 +88,7 @@ public record DeviceReport(PciInventory inventory, List<Entry> entries) {
             switch (a.status()) {
                 case READY -> o.println("    assignable: yes (bound to " + d.driver() + ")");
                 case ASSIGNED -> o.println("    assigned to VM " + a.vm());
-                case AFTER_BIND -> o.println("    assignable: after binding — " + a.reasons().getFirst());
+                case AFTER_BIND -> o.println("    assignable: after binding: " + a.reasons().getFirst());
                 case NO -> o.println("    assignable: no");
             }
             if (a.status() != Assignability.Status.AFTER_BIND) {

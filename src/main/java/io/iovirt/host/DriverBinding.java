@@ -265,7 +265,7 @@ public final class DriverBinding {
 
     private void write(List<String> log, String relative, String value) {
         sys.write(relative, value);
-        log.add(sys.path(relative) + " ← " + (value.equals("\n") ? "(clear)" : value));
+        log.add(sys.path(relative) + " <- " + (value.equals("\n") ? "(clear)" : value));
     }
 
     static String checkDriverName(String driver) {

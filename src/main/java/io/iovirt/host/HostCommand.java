@@ -58,6 +58,30 @@ public final class HostCommand implements Runnable {
         }
     }
 
+    /** PCI addresses on the command line: a bad one is a usage error (exit 2) with an example. */
+    static final class BdfConverter implements CommandLine.ITypeConverter<Bdf> {
+        @Override
+        public Bdf convert(String value) {
+            Bdf b = Bdf.tryParse(value);
+            if (b == null) {
+                throw new CommandLine.TypeConversionException("'" + SysfsTree.printable(value)
+                        + "' is not a PCI address; write it as domain:bus:device.function, e.g. 0000:01:00.1");
+            }
+            return b;
+        }
+    }
+
+    static final class TechniqueConverter implements CommandLine.ITypeConverter<HostCheck.Technique> {
+        @Override
+        public HostCheck.Technique convert(String value) {
+            try {
+                return HostCheck.Technique.parse(value);
+            } catch (HostConfigException e) {
+                throw new CommandLine.TypeConversionException(e.getMessage());
+            }
+        }
+    }
+
     abstract static class Base implements Callable<Integer> {
         @Mixin
         Options opts;
@@ -92,9 +116,9 @@ public final class HostCommand implements Runnable {
             description = {"Check the host's requirements for each technique (PASS/WARN/FAIL with remedies).",
                     "Exit status 0 when every requested technique is possible, 1 otherwise."})
     static final class Check extends Base {
-        @Option(names = "--require", split = ",", paramLabel = "TECHNIQUE",
+        @Option(names = "--require", split = ",", paramLabel = "TECHNIQUE", converter = TechniqueConverter.class,
                 description = "techniques that must be possible: fv, pv, pvhvm, vfio, sriov (default: all five)")
-        List<String> require;
+        List<HostCheck.Technique> require;
         @Option(names = "--guest-memory", paramLabel = "SIZE", defaultValue = "1G",
                 description = "guest RAM that VFIO must be able to pin, for the memlock check (default: ${DEFAULT-VALUE})")
         String guestMemory;
@@ -104,9 +128,7 @@ public final class HostCommand implements Runnable {
             Set<HostCheck.Technique> requested = EnumSet.allOf(HostCheck.Technique.class);
             if (require != null && !require.isEmpty()) {
                 requested.clear();
-                for (String r : require) {
-                    requested.add(HostCheck.Technique.parse(r));
-                }
+                requested.addAll(require);
             }
             HostCheck.Report report = HostCheck.run(opts.paths(), parseSize(guestMemory));
             boolean ok = report.allPossible(requested);
@@ -184,8 +206,8 @@ public final class HostCommand implements Runnable {
     @Command(name = "devices", mixinStandardHelpOptions = true,
             description = "List PCI devices: IDs and names, class, driver, IOMMU group and its members, SR-IOV, and whether each can be assigned now.")
     static final class Devices extends Base {
-        @Parameters(paramLabel = "BDF", arity = "0..*", description = "only these devices")
-        List<String> only;
+        @Parameters(paramLabel = "BDF", arity = "0..*", description = "only these devices", converter = BdfConverter.class)
+        List<Bdf> only;
 
         @Override
         public Integer call() {
@@ -194,8 +216,7 @@ public final class HostCommand implements Runnable {
             List<DeviceReport.Entry> entries = report.entries();
             if (only != null && !only.isEmpty()) {
                 List<DeviceReport.Entry> filtered = new ArrayList<>();
-                for (String s : only) {
-                    Bdf b = Bdf.parse(s);
+                for (Bdf b : only) {
                     report.inventory().require(b);
                     entries.stream().filter(e -> e.device().bdf().equals(b)).forEach(filtered::add);
                 }
@@ -221,8 +242,8 @@ public final class HostCommand implements Runnable {
     @Command(name = "bind", mixinStandardHelpOptions = true,
             description = "Bind a device to vfio-pci (or --driver) via driver_override and drivers_probe; the previous driver is remembered.")
     static final class Bind extends Base {
-        @Parameters(paramLabel = "BDF")
-        String bdf;
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        Bdf bdf;
         @Option(names = "--driver", defaultValue = "vfio-pci", description = "driver to bind (default: ${DEFAULT-VALUE})")
         String driver;
         @Option(names = "--force", description = "bind even if the host uses the device or its IOMMU group is not viable")
@@ -230,7 +251,7 @@ public final class HostCommand implements Runnable {
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).bind(Bdf.parse(bdf), driver, force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths()).bind(bdf, driver, force);
             return printOutcome(this, o, "bound to " + o.after());
         }
     }
@@ -238,28 +259,28 @@ public final class HostCommand implements Runnable {
     @Command(name = "unbind", mixinStandardHelpOptions = true,
             description = "Take a device from its driver and give it back to the driver it had before iovirt bound it.")
     static final class Unbind extends Base {
-        @Parameters(paramLabel = "BDF")
-        String bdf;
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        Bdf bdf;
         @Option(names = "--force", description = "unbind even if the device is assigned to a VM")
         boolean force;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).unbind(Bdf.parse(bdf), force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths()).unbind(bdf, force);
             return printOutcome(this, o, o.before() == null ? "was unbound" : "unbound from " + o.before());
         }
     }
 
     @Command(name = "reset", mixinStandardHelpOptions = true, description = "Reset a device (function-level reset through the kernel).")
     static final class Reset extends Base {
-        @Parameters(paramLabel = "BDF")
-        String bdf;
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        Bdf bdf;
         @Option(names = "--force", description = "reset even if the host or a VM uses the device")
         boolean force;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).reset(Bdf.parse(bdf), force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths()).reset(bdf, force);
             return printOutcome(this, o, "reset");
         }
     }
@@ -293,8 +314,8 @@ public final class HostCommand implements Runnable {
             description = {"Create or remove SR-IOV virtual functions of a PF, and show each VF's resources.",
                     "NVMe PFs: each VF gets flexible queue and interrupt resources and is brought online."})
     static final class Vfs extends Base {
-        @Parameters(paramLabel = "PF")
-        String pf;
+        @Parameters(paramLabel = "PF", converter = BdfConverter.class)
+        Bdf pf;
         @Option(names = "--count", paramLabel = "N", description = "number of VFs wanted (0 removes them); without it, show the VFs")
         Integer count;
         @Option(names = "--autoprobe", negatable = true, description = "let host drivers probe new VFs (default: unchanged)")
@@ -316,7 +337,7 @@ public final class HostCommand implements Runnable {
                 throw new HostConfigException("--vf-queues and --vf-interrupts must not be negative", "");
             }
             SriovManager m = new SriovManager(opts.paths());
-            Bdf pfBdf = Bdf.parse(pf);
+            Bdf pfBdf = pf;
             SriovManager.Outcome o = count == null ? m.status(pfBdf)
                     : m.setVfs(pfBdf, count, autoprobe, new SriovManager.NvmeRequest(vfQueues, vfInterrupts, !noProvision), force);
             if (opts.json) {
@@ -365,8 +386,8 @@ public final class HostCommand implements Runnable {
 
     @Command(name = "assign", mixinStandardHelpOptions = true, description = "Give a device (bound to vfio-pci) to one VM exclusively.")
     static final class Assign extends Base {
-        @Parameters(paramLabel = "BDF")
-        String bdf;
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        Bdf bdf;
         @Option(names = "--vm", required = true, paramLabel = "NAME")
         String vm;
         @Option(names = "--force", description = "record the assignment even if the device is not ready (not bound to vfio-pci, group not viable)")
@@ -374,7 +395,7 @@ public final class HostCommand implements Runnable {
 
         @Override
         public Integer call() {
-            AssignmentRegistry.Result r = Assigning.assign(opts.paths(), Bdf.parse(bdf), vm, force);
+            AssignmentRegistry.Result r = Assigning.assign(opts.paths(), bdf, vm, force);
             Bdf b = r.assignment().bdf();
             if (opts.json) {
                 Map<String, Object> m = new LinkedHashMap<>();
@@ -396,14 +417,14 @@ public final class HostCommand implements Runnable {
 
     @Command(name = "release", mixinStandardHelpOptions = true, description = "Take a device back from its VM.")
     static final class Release extends Base {
-        @Parameters(paramLabel = "BDF")
-        String bdf;
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        Bdf bdf;
         @Option(names = "--vm", paramLabel = "NAME", description = "refuse unless this VM owns it")
         String vm;
 
         @Override
         public Integer call() {
-            AssignmentRegistry.Assignment a = new AssignmentRegistry(opts.stateDir).release(Bdf.parse(bdf), vm);
+            AssignmentRegistry.Assignment a = new AssignmentRegistry(opts.stateDir).release(bdf, vm);
             if (opts.json) {
                 json(Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "released", true));
             } else {
@@ -441,8 +462,9 @@ public final class HostCommand implements Runnable {
     @Command(name = "config", mixinStandardHelpOptions = true,
             description = "Print QEMU arguments or libvirt <hostdev> XML for assigned devices.")
     static final class Config extends Base {
-        @Parameters(paramLabel = "BDF", arity = "0..*", description = "assigned devices (default: all of --vm's)")
-        List<String> devices;
+        @Parameters(paramLabel = "BDF", arity = "0..*", description = "assigned devices (default: all of --vm's)",
+                converter = BdfConverter.class)
+        List<Bdf> devices;
         @Option(names = "--vm", paramLabel = "NAME", description = "the VM whose devices to print")
         String vm;
         @Option(names = "--format", defaultValue = "qemu", description = "qemu or libvirt (default: ${DEFAULT-VALUE})")
@@ -456,8 +478,7 @@ public final class HostCommand implements Runnable {
             List<AssignmentRegistry.Assignment> all = new AssignmentRegistry(opts.stateDir).list();
             List<Bdf> chosen = new ArrayList<>();
             if (devices != null && !devices.isEmpty()) {
-                for (String d : devices) {
-                    Bdf b = Bdf.parse(d);
+                for (Bdf b : devices) {
                     AssignmentRegistry.Assignment a = all.stream().filter(x -> x.bdf().equals(b)).findFirst().orElse(null);
                     if (a == null || (vm != null && !a.vm().equals(vm))) {
                         throw new HostConfigException(b + " is not assigned" + (vm == null ? "" : " to VM " + vm),

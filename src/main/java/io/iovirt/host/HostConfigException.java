@@ -2,7 +2,8 @@ package io.iovirt.host;
 
 /**
  * The host is not set up for what was asked, or refused an operation: carries what failed and the remedy a person
- * can act on. The CLI prints {@link #getMessage()} as one line (problem, then remedy), never a stack trace.
+ * can act on. The CLI prints {@link #getMessage()} as one line (problem -- remedy, in ASCII so any locale shows it),
+ * never a stack trace.
  */
 public class HostConfigException extends RuntimeException {
     private final String problem;
@@ -13,7 +14,7 @@ public class HostConfigException extends RuntimeException {
     }
 
     public HostConfigException(String problem, String remedy, Throwable cause) {
-        super(remedy == null || remedy.isEmpty() ? problem : problem + " — " + remedy, cause);
+        super(remedy == null || remedy.isEmpty() ? problem : problem + " -- " + remedy, cause);
         this.problem = problem;
         this.remedy = remedy == null ? "" : remedy;
     }

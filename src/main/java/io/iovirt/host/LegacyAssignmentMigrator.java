@@ -54,7 +54,7 @@ public final class LegacyAssignmentMigrator {
         checkWellFormed(text, "the input");
         List<String> changes = new ArrayList<>();
         String out = replace(HOSTDEV_BLOCK, text, block -> replace(KVM_DRIVER, block.group(), d -> {
-            changes.add(describeHostdev(block.group()) + ": <driver name='kvm'/> → <driver name='vfio'/>");
+            changes.add(describeHostdev(block.group()) + ": <driver name='kvm'/> -> <driver name='vfio'/>");
             return d.group(1) + d.group(2) + "vfio" + d.group(2);
         }));
         out = replace(QEMU_ARG_XML, out, m -> m.group(1) + "vfio-pci" + rewriteOptions(m.group(3), changes));
@@ -90,7 +90,7 @@ public final class LegacyAssignmentMigrator {
                 default -> b.append(',').append(opt);
             }
         }
-        changes.add("pci-assign " + host + " → vfio-pci" + (notes.isEmpty() ? "" : " (" + String.join("; ", notes) + ")"));
+        changes.add("pci-assign " + host + " -> vfio-pci" + (notes.isEmpty() ? "" : " (" + String.join("; ", notes) + ")"));
         return b.toString();
     }
 

@@ -24,8 +24,8 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
         try (NvmeAdmin admin = NvmeAdmin.open(controllerDevice(pf))) {
             NvmeAdmin.ControllerId id = NvmeAdmin.ControllerId.parse(admin.identify(NvmeAdmin.CNS_CONTROLLER, 0));
             if (!id.virtualizationManagement()) {
-                throw new HostConfigException(pf.bdf() + " (" + id.model() + ") does not support NVMe Virtualization Management",
-                        "its VFs cannot get queues from this tool; check the drive's firmware documentation");
+                // QEMU before 8.0 implements the command without advertising it: try, and let the status decide.
+                notes.add(pf.bdf() + " does not advertise Virtualization Management (OACS bit 7); tried it anyway");
             }
             List<NvmeAdmin.SecondaryController> targets = targets(admin, pf, count);
             for (NvmeAdmin.SecondaryController sc : targets) {
@@ -103,7 +103,7 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
         if (asked > 0) {
             n = asked;
             if ((long) n * count > free) {
-                throw new HostConfigException(count + " VFs × " + n + " " + kind + " resources exceed the " + free + " free on " + pf.bdf(),
+                throw new HostConfigException(count + " VFs x " + n + " " + kind + " resources exceed the " + free + " free on " + pf.bdf(),
                         "ask for at most " + (free / count) + " per VF, or create fewer VFs");
             }
         } else {

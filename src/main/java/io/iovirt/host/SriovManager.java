@@ -128,12 +128,13 @@ public final class SriovManager {
                                 e.remedy() + "; remove them with iovirt host vfs " + pfBdf + " --count 0, or retry", e);
                     }
                     if (sriov.autoprobe() != null) {
+                        // First: with autoprobe off the kernel refuses to probe a VF that has no driver_override.
+                        write(writes, dir + "sriov_drivers_autoprobe", Boolean.TRUE.equals(probeAfter) ? "1" : "0");
                         if (Boolean.TRUE.equals(probeAfter)) {
                             for (Bdf vf : after.sriov().vfs()) {
                                 write(writes, "bus/pci/drivers_probe", vf.toString());
                             }
                         }
-                        write(writes, dir + "sriov_drivers_autoprobe", Boolean.TRUE.equals(probeAfter) ? "1" : "0");
                     }
                     return outcome(pfBdf, sriov.numVfs(), writes, notes, state);
                 }
@@ -184,6 +185,10 @@ public final class SriovManager {
         }
         if (!vfs.isEmpty() && !pf.isNvme()) {
             notes.add("a VF's queues are fixed by the PF driver and usually far fewer than the PF's; they show once a driver binds the VF");
+            long totalMsix = sys.readDecimalOptional(PciDevice.dir(pfBdf) + "/sriov_vf_total_msix");
+            if (totalMsix > 0) {
+                notes.add("the PF shares " + totalMsix + " MSI-X vectors among all its VFs (sriov_vf_total_msix)");
+            }
         }
         return new Outcome(pfBdf, before, pf.sriov().numVfs(), pf.sriov().totalVfs(), pf.sriov().autoprobe(), vfs, writes, notes);
     }
@@ -192,10 +197,7 @@ public final class SriovManager {
     private Map<String, Object> sysfsResources(PciDevice vf, HostUsage usage) {
         Map<String, Object> res = new LinkedHashMap<>();
         String dir = PciDevice.dir(vf.bdf()) + "/";
-        long msix = sys.readDecimalOptional(dir + "sriov_vf_msix_count");
-        if (msix >= 0) {
-            res.put("msix_vectors", msix);
-        }
+        // (A VF's sriov_vf_msix_count is write-only: the kernel offers no way to read a VF's vector count back.)
         List<String> irqs = sys.list(dir + "msi_irqs");
         if (!irqs.isEmpty()) {
             res.put("interrupts_in_use", irqs.size());
@@ -250,6 +252,6 @@ public final class SriovManager {
 
     private void write(List<String> log, String relative, String value) {
         sys.write(relative, value);
-        log.add(sys.path(relative) + " ← " + value);
+        log.add(sys.path(relative) + " <- " + value);
     }
 }

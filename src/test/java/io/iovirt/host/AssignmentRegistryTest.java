@@ -96,7 +96,7 @@ class AssignmentRegistryTest {
         FakeHost h = DevicesTest.desktop(tmp.resolve("h"));
         CliRun notBound = CliRun.host(h, "assign", "0000:03:10.0", "--vm", "vm-a");
         assertEquals(1, notBound.exit());
-        assertTrue(notBound.err().contains("it is bound to igbvf, not vfio-pci — bind it first: iovirt host bind 0000:03:10.0"), notBound.err());
+        assertTrue(notBound.err().contains("it is bound to igbvf, not vfio-pci -- bind it first: iovirt host bind 0000:03:10.0"), notBound.err());
         CliRun blocked = CliRun.host(h, "assign", "0000:00:1f.3", "--vm", "vm-a");
         assertTrue(blocked.err().contains("group 7 also holds 0000:00:1f.4, bound to i801_smbus"), blocked.err());
 

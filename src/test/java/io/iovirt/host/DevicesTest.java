@@ -122,7 +122,7 @@ class DevicesTest {
         assertTrue(text.out().contains("SR-IOV: 2 of 7 VFs enabled, drivers autoprobe on: 0000:03:10.0 0000:03:10.2"), text.out());
         assertTrue(text.out().contains("virtual function of 0000:03:00.0"));
         assertTrue(text.out().contains("- group 7 also holds 0000:00:1f.3, bound to snd_hda_intel"), text.out());
-        assertTrue(text.out().contains("assignable: after binding — bound to igbvf; run: iovirt host bind 0000:03:10.0"), text.out());
+        assertTrue(text.out().contains("assignable: after binding: bound to igbvf; run: iovirt host bind 0000:03:10.0"), text.out());
 
         CliRun one = CliRun.host(h, "devices", "--json", "0000:04:00.0");
         assertEquals(0, one.exit(), one.err());

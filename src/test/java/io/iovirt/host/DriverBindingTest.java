@@ -136,9 +136,9 @@ class DriverBindingTest {
         new StateStore(h.state).write(DriverBinding.TABLE, List.<String[]>of(new String[] {"0000:04:00.0", "nouveau"}));
         DriverBinding.Outcome o = binding(h).unbind(Bdf.parse("0000:04:00.0"), false);
         assertEquals(List.of(
-                h.sys.resolve("bus/pci/devices/0000:04:00.0/driver_override") + " ← (clear)",
-                h.sys.resolve("bus/pci/drivers/vfio-pci/unbind") + " ← 0000:04:00.0",
-                h.sys.resolve("bus/pci/drivers/nouveau/bind") + " ← 0000:04:00.0"), o.writes());
+                h.sys.resolve("bus/pci/devices/0000:04:00.0/driver_override") + " <- (clear)",
+                h.sys.resolve("bus/pci/drivers/vfio-pci/unbind") + " <- 0000:04:00.0",
+                h.sys.resolve("bus/pci/drivers/nouveau/bind") + " <- 0000:04:00.0"), o.writes());
         assertEquals("0000:04:00.0", h.read("bus/pci/drivers/nouveau/bind"));
         assertTrue(o.note().contains("the kernel did not give it back to nouveau"), o.note());
         assertNull(binding(h).previousDriver(Bdf.parse("0000:04:00.0")));

@@ -135,7 +135,7 @@ class HostCheckTest {
         assertTrue(json.out().contains("\"requested\": [\n    \"pv\"\n  ]"), json.out());
 
         CliRun usage = CliRun.host(off, "check", "--require", "warp");
-        assertEquals(1, usage.exit());
+        assertEquals(2, usage.exit());
         assertTrue(usage.err().contains("unknown technique 'warp'"), usage.err());
         assertTrue(usage.noStackTrace(), usage.err());
     }

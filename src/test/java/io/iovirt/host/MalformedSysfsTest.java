@@ -111,10 +111,13 @@ class MalformedSysfsTest {
     void badAddressesAreUsageErrorsWithAnExample() {
         FakeHost h = host();
         CliRun r = CliRun.host(h, "bind", "02:00");
-        assertEquals(1, r.exit());
+        assertEquals(2, r.exit());
         assertTrue(r.err().contains("'02:00' is not a PCI address"), r.err());
         assertTrue(r.err().contains("0000:01:00.1"), r.err());
+        assertTrue(r.noStackTrace(), r.err());
         assertEquals(Bdf.parse("0000:02:00.0"), Bdf.parse("02:00.0"));
         assertEquals("0001:ff:1f.7", Bdf.parse("0001:ff:1f.7").toString());
+        assertThrows(HostConfigException.class, () -> Bdf.parse("0000:00:20.0"));
+        assertThrows(HostConfigException.class, () -> Bdf.parse("0000:00:1f.8"));
     }
 }

@@ -93,7 +93,7 @@ class NvmeAdminTest {
         HostConfigException few = assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("queue", 0, 3, 2, 0, 2, pf));
         assertTrue(few.getMessage().contains("only 3 flexible queue resources are free"), few.getMessage());
         HostConfigException asked = assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("interrupt", 2, 2, 2, 0, 1, pf));
-        assertTrue(asked.getMessage().contains("2 VFs × 2 interrupt resources exceed the 2 free"), asked.getMessage());
+        assertTrue(asked.getMessage().contains("2 VFs x 2 interrupt resources exceed the 2 free"), asked.getMessage());
     }
 
     @Test

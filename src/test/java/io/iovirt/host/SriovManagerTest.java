@@ -23,8 +23,8 @@ class SriovManagerTest {
     void changingTheCountGoesThroughZero() {
         FakeHost h = DevicesTest.desktop(tmp);
         SriovManager.Outcome o = new SriovManager(h.paths()).setVfs(PF, 4, null, SriovManager.NvmeRequest.DEFAULT, false);
-        assertEquals(List.of(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " ← 0",
-                h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " ← 4"), o.writes());
+        assertEquals(List.of(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " <- 0",
+                h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " <- 4"), o.writes());
         assertEquals("4", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
         assertEquals(2, o.before());
         assertEquals(4, o.after());
@@ -35,7 +35,7 @@ class SriovManagerTest {
     void autoprobeIsWrittenBeforeTheVfsAppear() {
         FakeHost h = DevicesTest.desktop(tmp);
         SriovManager.Outcome o = new SriovManager(h.paths()).setVfs(PF, 0, false, SriovManager.NvmeRequest.DEFAULT, false);
-        assertEquals(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe") + " ← 0", o.writes().getFirst());
+        assertEquals(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe") + " <- 0", o.writes().getFirst());
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe"));
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
     }
@@ -43,7 +43,7 @@ class SriovManagerTest {
     @Test
     void vfResourcesShowWhatSysfsKnows() {
         FakeHost h = DevicesTest.desktop(tmp);
-        h.dev("0000:03:10.0").attr("sriov_vf_msix_count", "3\n");
+        h.dev("0000:03:00.0").attr("sriov_vf_total_msix", "22\n");
         FakeHost.mkdir(h.sys.resolve("devices/pci0000:00/0000:03:10.0/msi_irqs/40"));
         FakeHost.mkdir(h.sys.resolve("devices/pci0000:00/0000:03:10.0/msi_irqs/41"));
         SriovManager.Outcome o = new SriovManager(h.paths()).status(PF);
@@ -52,15 +52,15 @@ class SriovManagerTest {
         assertEquals(Bdf.parse("0000:03:10.0"), vf0.bdf());
         assertEquals("igbvf", vf0.driver());
         assertEquals(21, vf0.iommuGroup());
-        assertEquals(3L, vf0.resources().get("msix_vectors"));
         assertEquals(2, vf0.resources().get("interrupts_in_use"));
         assertEquals("enp3s16", vf0.resources().get("interface"));
         assertEquals(1L, vf0.resources().get("rx_queues"));
         assertTrue(o.notes().getFirst().contains("usually far fewer than the PF's"), o.notes().toString());
+        assertTrue(o.notes().get(1).contains("the PF shares 22 MSI-X vectors among all its VFs"), o.notes().toString());
         // The PF's own netdev has 8 queue pairs; the VF has one: shown, not hidden.
         CliRun r = CliRun.host(h, "vfs", PF.toString());
         assertEquals(0, r.exit(), r.err());
-        assertTrue(r.out().contains("VF 1   0000:03:10.0  driver: igbvf      group: 21    msix_vectors=3, interrupts_in_use=2, interface=enp3s16, rx_queues=1, tx_queues=1"),
+        assertTrue(r.out().contains("VF 1   0000:03:10.0  driver: igbvf      group: 21    interrupts_in_use=2, interface=enp3s16, rx_queues=1, tx_queues=1"),
                 r.out());
     }
 

@@ -165,6 +165,51 @@ class BlkQueueHandlerTest {
         assertThrows(BlkQueueHandler.UnanswerableRequest.class, () -> handler.process(c));
     }
 
+    /**
+     * A real I/O error from the kernel, not a simulated one: the image is a sparse file on a 1 MiB tmpfs, so writing
+     * past what the file system can hold fails with ENOSPC. The guest gets IOERR; the queue keeps serving.
+     */
+    @Test
+    void hostIoErrorsBecomeIoerrAndTheQueueKeepsServing() throws Exception {
+        Path mnt = dir.resolve("small-fs");
+        Files.createDirectories(mnt);
+        Process mount = new ProcessBuilder("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt.toString())
+                .redirectErrorStream(true).start();
+        org.junit.jupiter.api.Assumptions.assumeTrue(mount.waitFor() == 0, "needs root to mount a small tmpfs");
+        try {
+            handler.close();
+            image.close();
+            imagePath = mnt.resolve("disk.raw");
+            try (RandomAccessFile f = new RandomAccessFile(imagePath.toFile(), "rw")) {
+                f.setLength(8 << 20); // 8 MiB of sparse image on 1 MiB of file system
+            }
+            image = RawImage.open(imagePath, false, false);
+            handler = new BlkQueueHandler(image, BlkLimits.defaults(), new byte[20], stats);
+            long before = stats.ioErrors.sum();
+            byte st = S_OK;
+            for (int i = 0; i < 4 && st == S_OK; i++) { // 4 x 512 KiB > 1 MiB
+                header(T_OUT, i * 1024L);
+                st = (byte) run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512 * 1024, 1}, new boolean[] {false, false, true})[0];
+            }
+            assertEquals(S_IOERR, st);
+            assertEquals(before + 1, stats.ioErrors.sum());
+            header(T_IN, 0); // the same queue still serves reads
+            assertEquals(S_OK, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 4096, 1}, new boolean[] {false, true, true})[0]);
+        } finally {
+            handler.close();
+            image.close();
+            handler = null;
+            new ProcessBuilder("umount", "-l", mnt.toString()).start().waitFor();
+            openImageAt(dir.resolve("disk.raw"));
+        }
+    }
+
+    private void openImageAt(Path p) throws Exception {
+        imagePath = p;
+        image = RawImage.open(p, false, false);
+        handler = new BlkQueueHandler(image, BlkLimits.defaults(), new byte[20], stats);
+    }
+
     @Test
     void readOnlyDiskRefusesWritesButServesReadsAndFlush() throws Exception {
         openImage(true);

@@ -1,0 +1,510 @@
+package io.iovirt.cli;
+
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.vfio.DeviceInfo;
+import io.iovirt.vfio.DmaBuffer;
+import io.iovirt.vfio.IommuEnvironment;
+import io.iovirt.vfio.IommuInfo;
+import io.iovirt.vfio.IrqInfo;
+import io.iovirt.vfio.PciAddress;
+import io.iovirt.vfio.PciSysfs;
+import io.iovirt.vfio.RegionInfo;
+import io.iovirt.vfio.VfioContainer;
+import io.iovirt.vfio.VfioDevice;
+import io.iovirt.vfio.VfioException;
+import io.iovirt.vfio.VfioGroup;
+import io.iovirt.vfio.VfioSession;
+import io.iovirt.vfio.nvme.IommuCheck;
+import io.iovirt.vfio.nvme.NvmeBench;
+import io.iovirt.vfio.nvme.NvmeController;
+import io.iovirt.vfio.nvme.NvmeController.IrqMode;
+import java.io.PrintWriter;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.Optional;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.ParentCommand;
+
+/** {@code iovirt vfio ...}: devices owned from user space through VFIO, and the Java NVMe driver on top. */
+@Command(name = "vfio", mixinStandardHelpOptions = true,
+        description = "Own a PCI device from user space through VFIO (the device must be bound to vfio-pci).",
+        subcommands = {VfioCommand.Info.class, VfioCommand.Nvme.class})
+public final class VfioCommand implements Runnable {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public void run() {
+        spec.commandLine().usage(spec.commandLine().getOut());
+    }
+
+    static final class PciAddressConverter implements CommandLine.ITypeConverter<PciAddress> {
+        @Override
+        public PciAddress convert(String value) {
+            try {
+                return PciAddress.parse(value);
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.TypeConversionException(e.getMessage());
+            }
+        }
+    }
+
+    // ---- vfio info ------------------------------------------------------------------------------------------------
+
+    @Command(name = "info", mixinStandardHelpOptions = true,
+            description = "Show a device's IOMMU group, the container's IOMMU, and the regions and interrupts VFIO reports.")
+    static final class Info implements Callable<Integer> {
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Parameters(index = "0", paramLabel = "BDF", description = "PCI address, e.g. 0000:01:00.0",
+                converter = PciAddressConverter.class)
+        PciAddress address;
+
+        @Option(names = "--verbose", description = "Print stack traces of errors.")
+        boolean verbose;
+
+        @Override
+        public Integer call() throws Exception {
+            PrintWriter out = spec.commandLine().getOut();
+            PciSysfs sysfs = PciSysfs.SYSTEM;
+            int group = sysfs.iommuGroup(address);
+            out.printf("device:      %s [%s], driver %s%n", address, sysfs.ids(address),
+                    sysfs.driver(address).orElse("none"));
+            List<String> members = new ArrayList<>();
+            for (PciAddress m : sysfs.groupMembers(group)) {
+                members.add(m + " (" + sysfs.driver(m).orElse("no driver") + ")");
+            }
+            IommuEnvironment env = IommuEnvironment.detect();
+            out.printf("interfaces:  %s%n", env.summary());
+            Optional<String> cdev = IommuEnvironment.deviceCdev(sysfs, address);
+            cdev.ifPresent(c -> out.printf("device cdev: /dev/vfio/devices/%s (usable with iommufd)%n", c));
+            try (VfioContainer container = VfioContainer.open()) {
+                List<String> types = new ArrayList<>();
+                for (VfioContainer.IommuType t : container.supportedIommuTypes()) {
+                    types.add(t.label);
+                }
+                List<String> ext = new ArrayList<>();
+                for (VfioContainer.Extension x : container.supportedExtensions()) {
+                    ext.add(x.label);
+                }
+                out.printf("container:   VFIO API %d; IOMMU types: %s; extensions: %s%n", container.apiVersion(),
+                        types.isEmpty() ? "none (load vfio_iommu_type1)" : String.join(", ", types),
+                        ext.isEmpty() ? "none" : String.join(", ", ext));
+                try (VfioGroup g = VfioGroup.open(group)) {
+                    VfioGroup.Status st = g.status();
+                    out.printf("group:       %d, %s; members: %s%n", group, st.viable() ? "viable" : "NOT viable",
+                            String.join(", ", members));
+                    out.flush();
+                    g.requireViable(sysfs);
+                }
+            }
+            try (VfioSession s = VfioSession.open(address)) {
+                IommuInfo iommu = s.iommu().info();
+                out.printf("iommu:       %s; page sizes %s; IOVA ranges %s; DMA mappings available %s%n",
+                        s.container().iommuType().label, iommu.pageSizesText(),
+                        iommu.iovaRanges().isEmpty() ? "not reported" : iommu.iovaRanges().toString(),
+                        iommu.dmaMappingsAvailable().isPresent() ? iommu.dmaMappingsAvailable().getAsInt()
+                                : "not reported");
+                VfioDevice d = s.device();
+                DeviceInfo di = d.info();
+                out.printf("vfio device: flags %s; %d regions, %d IRQ indexes%n", di.flagsText(), di.numRegions(),
+                        di.numIrqs());
+                out.println("regions:");
+                out.printf("  %-5s %-7s %-8s %-14s %-9s %s%n", "index", "name", "size", "offset", "flags", "caps");
+                for (RegionInfo r : d.regions()) {
+                    out.printf("  %-5d %-7s %-8s 0x%-12x %-9s %s%n", r.index(), r.name(), human(r.size()),
+                            r.offset(), r.flagsText(), r.capsText());
+                }
+                out.println("irqs:");
+                out.printf("  %-5s %-6s %-6s %s%n", "index", "type", "count", "flags");
+                for (IrqInfo i : d.irqs()) {
+                    out.printf("  %-5d %-6s %-6d %s%n", i.index(), i.name(), i.count(), i.flagsText());
+                }
+            }
+            out.flush();
+            return 0;
+        }
+    }
+
+    static String human(long bytes) {
+        if (bytes == 0) {
+            return "0";
+        }
+        String[] u = {"B", "K", "M", "G", "T"};
+        int i = 0;
+        double v = bytes;
+        while (v >= 1024 && i < u.length - 1 && bytes % (1L << (10 * (i + 1))) == 0) {
+            v /= 1024;
+            i++;
+        }
+        return String.format(Locale.ROOT, "%.0f%s", v, u[i]);
+    }
+
+    // ---- vfio nvme ------------------------------------------------------------------------------------------------
+
+    @Command(name = "nvme", mixinStandardHelpOptions = true,
+            description = "Drive an NVMe controller with iovirt's user-space driver (bind it to vfio-pci first).",
+            subcommands = {Identify.class, Read.class, Write.class, Bench.class, IommuCheckCommand.class})
+    static final class Nvme implements Runnable {
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Parameters(index = "0", paramLabel = "BDF", description = "PCI address of the controller, e.g. 0000:01:00.0",
+                converter = PciAddressConverter.class)
+        PciAddress address;
+
+        @Override
+        public void run() {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "say what to do: identify, read, write, bench or iommu-check");
+        }
+    }
+
+    /** Options every NVMe subcommand takes. */
+    static final class NvmeOptions {
+        @Option(names = "--irq", paramLabel = "MODE", defaultValue = "auto",
+                description = "How completions are noticed: auto (MSI-X, else MSI, else INTx), poll, msix, msi, intx. "
+                        + "Default: ${DEFAULT-VALUE}.")
+        String irq;
+
+        @Option(names = "--timeout", paramLabel = "SECONDS", defaultValue = "30",
+                description = "Per-command timeout. Default: ${DEFAULT-VALUE}.")
+        int timeoutSeconds;
+
+        @Option(names = "--verbose", description = "Print stack traces of errors.")
+        boolean verbose;
+
+        IrqMode irqMode() {
+            try {
+                return IrqMode.valueOf(irq.toUpperCase(Locale.ROOT));
+            } catch (IllegalArgumentException e) {
+                throw new IllegalArgumentException("--irq must be auto, poll, msix, msi or intx: " + irq);
+            }
+        }
+
+        NvmeController.Options options(int depth, long dataBytes) {
+            if (timeoutSeconds < 1 || timeoutSeconds > 3600) {
+                throw new IllegalArgumentException("--timeout must be 1..3600 seconds: " + timeoutSeconds);
+            }
+            return NvmeController.Options.defaults().withIrqMode(irqMode()).withIoQueueDepth(depth)
+                    .withDataBytes(dataBytes).withCommandTimeout(Duration.ofSeconds(timeoutSeconds));
+        }
+    }
+
+    /**
+     * An open session and controller that are released on every path: normal return, exception, and SIGTERM/SIGINT
+     * (a shutdown hook closes them; the kernel would release the device anyway, but the controller gets an orderly
+     * shutdown and the release order stays device → mappings → group → container).
+     */
+    static final class OpenController implements AutoCloseable {
+        final VfioSession session;
+        final NvmeController controller;
+        private final Thread hook;
+
+        OpenController(PciAddress address, NvmeController.Options options) throws VfioException {
+            VfioSession s = VfioSession.open(address);
+            try {
+                this.controller = NvmeController.open(s, options);
+            } catch (VfioException | RuntimeException e) {
+                s.close();
+                throw e;
+            }
+            this.session = s;
+            this.hook = new Thread(this::release, "iovirt-vfio-release");
+            Runtime.getRuntime().addShutdownHook(hook);
+        }
+
+        private void release() {
+            try {
+                controller.close();
+            } finally {
+                session.close();
+            }
+        }
+
+        @Override
+        public void close() {
+            try {
+                Runtime.getRuntime().removeShutdownHook(hook);
+            } catch (IllegalStateException shuttingDown) {
+                // the hook is running or will run: it releases everything
+            }
+            release();
+        }
+    }
+
+    @Command(name = "identify", mixinStandardHelpOptions = true,
+            description = "Print the controller's serial number, model, firmware and its first namespace's size.")
+    static final class Identify implements Callable<Integer> {
+        @ParentCommand
+        Nvme parent;
+        @Mixin
+        NvmeOptions opts = new NvmeOptions();
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Override
+        public Integer call() throws Exception {
+            PrintWriter out = spec.commandLine().getOut();
+            try (OpenController oc = new OpenController(parent.address, opts.options(16, 64 << 10))) {
+                NvmeController c = oc.controller;
+                var id = c.identity();
+                var ns = c.namespace();
+                out.printf("device:      %s%n", parent.address);
+                out.printf("model:       %s%n", id.model());
+                out.printf("serial:      %s%n", id.serial());
+                out.printf("firmware:    %s%n", id.firmware());
+                out.printf("version:     NVMe %s, vendor %04x, controller id %d%n", c.version(), id.vendorId(),
+                        id.controllerId());
+                out.printf("transfers:   up to %s per command, I/O queue depth %d, completions by %s%n",
+                        human(c.maxTransferBytes()), c.ioQueueDepth(), c.irqMode());
+                out.printf("namespace:   %d: %d blocks of %d bytes (%s), LBA format %d of %d%n", ns.nsid(), ns.size(),
+                        ns.blockSize(), human(ns.bytes()), ns.formatIndex(), ns.formats().size());
+            }
+            out.flush();
+            return 0;
+        }
+    }
+
+    @Command(name = "read", mixinStandardHelpOptions = true,
+            description = "Read logical blocks; writes them to --out FILE, or prints a hex dump.")
+    static final class Read implements Callable<Integer> {
+        @ParentCommand
+        Nvme parent;
+        @Mixin
+        NvmeOptions opts = new NvmeOptions();
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Option(names = "--lba", required = true, description = "First logical block.")
+        long lba;
+
+        @Option(names = "--count", defaultValue = "1", description = "Number of logical blocks. Default: 1.")
+        long count;
+
+        @Option(names = "--out", paramLabel = "FILE", description = "Write the data to FILE instead of dumping it.")
+        Path outFile;
+
+        @Override
+        public Integer call() throws Exception {
+            if (count < 1 || count > (1L << 32)) {
+                throw new IllegalArgumentException("--count must be 1..2^32: " + count);
+            }
+            PrintWriter out = spec.commandLine().getOut();
+            try (OpenController oc = new OpenController(parent.address, opts.options(16, 1 << 20))) {
+                NvmeController c = oc.controller;
+                int bs = c.blockSize();
+                int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
+                DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
+                try (var file = outFile == null ? null
+                        : FileIo.open(outFile, FileIo.O_WRONLY | FileIo.O_CREAT | FileIo.O_TRUNC, 0644)) {
+                    long done = 0;
+                    while (done < count) {
+                        int n = (int) Math.min(perCommand, count - done);
+                        c.read(lba + done, n, buf);
+                        MemorySegment data = buf.segment().asSlice(0, (long) n * bs);
+                        if (file != null) {
+                            FileIo.writeFully(file, data, done * bs);
+                        } else {
+                            hexdump(out, data, (lba + done) * bs);
+                        }
+                        done += n;
+                    }
+                }
+                if (outFile != null) {
+                    out.printf("read %d blocks of %d bytes at LBA %d into %s%n", count, bs, lba, outFile);
+                }
+            }
+            out.flush();
+            return 0;
+        }
+    }
+
+    @Command(name = "write", mixinStandardHelpOptions = true,
+            description = "Write logical blocks from --pattern TEXT (repeated) or --in FILE (zero-padded), then flush.")
+    static final class Write implements Callable<Integer> {
+        @ParentCommand
+        Nvme parent;
+        @Mixin
+        NvmeOptions opts = new NvmeOptions();
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Option(names = "--lba", required = true, description = "First logical block.")
+        long lba;
+
+        @Option(names = "--count", description = "Number of logical blocks (default: 1 for --pattern, the file's "
+                + "size for --in).")
+        Long count;
+
+        @CommandLine.ArgGroup(exclusive = true, multiplicity = "1")
+        Source source;
+
+        static final class Source {
+            @Option(names = "--pattern", paramLabel = "TEXT", description = "Bytes of TEXT (UTF-8), repeated.")
+            String pattern;
+
+            @Option(names = "--in", paramLabel = "FILE", description = "Data from FILE.")
+            Path in;
+        }
+
+        @Override
+        public Integer call() throws Exception {
+            PrintWriter out = spec.commandLine().getOut();
+            try (OpenController oc = new OpenController(parent.address, opts.options(16, 1 << 20));
+                 Arena arena = Arena.ofConfined()) {
+                NvmeController c = oc.controller;
+                int bs = c.blockSize();
+                MemorySegment data;
+                if (source.pattern != null) {
+                    byte[] p = source.pattern.getBytes(StandardCharsets.UTF_8);
+                    if (p.length == 0) {
+                        throw new IllegalArgumentException("--pattern must not be empty");
+                    }
+                    long blocks = count == null ? 1 : count;
+                    checkCount(blocks);
+                    data = arena.allocate(blocks * bs);
+                    for (long i = 0; i < data.byteSize(); i++) {
+                        data.set(ValueLayout.JAVA_BYTE, i, p[(int) (i % p.length)]);
+                    }
+                } else {
+                    try (var f = FileIo.open(source.in, FileIo.O_RDONLY)) {
+                        long size = FileIo.size(f);
+                        long blocks = count == null ? Math.max(1, (size + bs - 1) / bs) : count;
+                        checkCount(blocks);
+                        data = arena.allocate(blocks * bs);
+                        FileIo.readFully(f, data, 0);
+                    } catch (LinuxException e) {
+                        throw new IllegalArgumentException("cannot read --in " + source.in + ": " + e.getMessage(), e);
+                    }
+                }
+                long blocks = data.byteSize() / bs;
+                int perCommand = (int) Math.min(blocks, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
+                DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
+                long done = 0;
+                while (done < blocks) {
+                    int n = (int) Math.min(perCommand, blocks - done);
+                    MemorySegment.copy(data, done * bs, buf.segment(), 0, (long) n * bs);
+                    c.write(lba + done, n, buf);
+                    done += n;
+                }
+                c.flush();
+                out.printf("wrote %d blocks of %d bytes at LBA %d%n", blocks, bs, lba);
+            }
+            out.flush();
+            return 0;
+        }
+
+        private static void checkCount(long blocks) {
+            if (blocks < 1 || blocks > (1L << 24)) {
+                throw new IllegalArgumentException("--count must be 1..2^24 blocks: " + blocks);
+            }
+        }
+    }
+
+    @Command(name = "bench", mixinStandardHelpOptions = true,
+            description = "4 KiB random reads at a fixed queue depth for a fixed time; prints IOPS and latency.")
+    static final class Bench implements Callable<Integer> {
+        @ParentCommand
+        Nvme parent;
+        @Mixin
+        NvmeOptions opts = new NvmeOptions();
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Option(names = "--qd", defaultValue = "1", description = "Reads kept outstanding. Default: ${DEFAULT-VALUE}.")
+        int qd;
+
+        @Option(names = "--seconds", defaultValue = "10", description = "Duration. Default: ${DEFAULT-VALUE}.")
+        double seconds;
+
+        @Option(names = "--json", description = "One JSON object instead of text.")
+        boolean json;
+
+        @Override
+        public Integer call() throws Exception {
+            PrintWriter out = spec.commandLine().getOut();
+            if (qd < 1 || qd > 1023) {
+                throw new IllegalArgumentException("--qd must be 1..1023: " + qd);
+            }
+            int depth = Math.max(qd + 1, 16);
+            try (OpenController oc = new OpenController(parent.address,
+                    opts.options(depth, (long) depth * NvmeBench.IO_SIZE))) {
+                NvmeBench.Result r = NvmeBench.randomRead(oc.controller, qd, seconds, System.nanoTime());
+                out.println(json ? r.json() : r.describe());
+            }
+            out.flush();
+            return 0;
+        }
+    }
+
+    @Command(name = "iommu-check", mixinStandardHelpOptions = true,
+            description = "Point the controller at an IOVA that was never mapped and show the IOMMU blocks it "
+                    + "(reads LBA 0; writes nothing to the disk). Exit 0 when confined, 1 otherwise.")
+    static final class IommuCheckCommand implements Callable<Integer> {
+        @ParentCommand
+        Nvme parent;
+        @Mixin
+        NvmeOptions opts = new NvmeOptions();
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Override
+        public Integer call() throws Exception {
+            PrintWriter out = spec.commandLine().getOut();
+            try (OpenController oc = new OpenController(parent.address, opts.options(16, 64 << 10))) {
+                IommuCheck.Result r = IommuCheck.run(oc.controller);
+                out.println(r.describe());
+                out.flush();
+                return r.blocked() ? 0 : 1;
+            }
+        }
+    }
+
+    /** xxd-like: offset, 16 bytes in hex, ASCII; runs of identical lines collapse to "*". */
+    static void hexdump(PrintWriter out, MemorySegment data, long base) {
+        byte[] prev = null;
+        boolean starred = false;
+        long n = data.byteSize();
+        for (long off = 0; off < n; off += 16) {
+            int len = (int) Math.min(16, n - off);
+            byte[] line = data.asSlice(off, len).toArray(ValueLayout.JAVA_BYTE);
+            if (prev != null && len == 16 && java.util.Arrays.equals(prev, line) && off + 16 < n) {
+                if (!starred) {
+                    out.println("*");
+                    starred = true;
+                }
+                continue;
+            }
+            starred = false;
+            prev = line;
+            StringBuilder sb = new StringBuilder(String.format("%08x: ", base + off));
+            for (int i = 0; i < 16; i++) {
+                sb.append(i < len ? String.format("%02x", line[i] & 0xff) : "  ");
+                if (i % 2 == 1) {
+                    sb.append(' ');
+                }
+            }
+            sb.append(' ');
+            for (int i = 0; i < len; i++) {
+                int b = line[i] & 0xff;
+                sb.append(b >= 0x20 && b < 0x7f ? (char) b : '.');
+            }
+            out.println(sb);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+package io.iovirt.vfio;
+
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
+
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Walks the capability chain that VFIO appends to an info struct ({@code struct vfio_info_cap_header}: id, version,
+ * and {@code next}, the offset of the next header from the start of the info struct, 0 at the end).
+ *
+ * <p>The chain comes from the kernel, but it is still walked defensively: every header must lie after the fixed part
+ * of the struct and inside the buffer, and a chain longer than {@link #MAX_CAPS} (a loop) is refused.
+ */
+final class InfoCapabilities {
+    static final int MAX_CAPS = 64;
+    static final long HEADER_SIZE = VfioAbi.INFO_CAP_HEADER.byteSize();
+
+    /** One capability: its id, version, and the slice of the buffer from its header to the end of the buffer. */
+    record Cap(int id, int version, long offset, MemorySegment data) {
+    }
+
+    private InfoCapabilities() {
+    }
+
+    /**
+     * @param info      the whole info buffer as filled by the kernel (its argsz bytes)
+     * @param first     the struct's {@code cap_offset} (0: no capabilities)
+     * @param fixedSize size of the struct's fixed part: no capability may start inside it
+     */
+    static List<Cap> walk(MemorySegment info, long first, long fixedSize, String what) throws VfioException {
+        List<Cap> caps = new ArrayList<>();
+        long off = first;
+        while (off != 0) {
+            if (caps.size() == MAX_CAPS) {
+                throw new VfioException(what + ": capability chain longer than " + MAX_CAPS + " entries (a loop?)");
+            }
+            if (off < fixedSize || off % 4 != 0 || off + HEADER_SIZE > info.byteSize()) {
+                throw new VfioException(what + ": capability header at offset " + off + " outside the "
+                        + info.byteSize() + "-byte info buffer (fixed part " + fixedSize + " bytes)");
+            }
+            int id = Short.toUnsignedInt(info.get(JAVA_SHORT, off + VfioAbi.CAP_ID));
+            int version = Short.toUnsignedInt(info.get(JAVA_SHORT, off + VfioAbi.CAP_VERSION));
+            caps.add(new Cap(id, version, off, info.asSlice(off)));
+            off = Integer.toUnsignedLong(info.get(JAVA_INT, off + VfioAbi.CAP_NEXT));
+        }
+        return caps;
+    }
+
+    /** Throws unless {@code cap} holds at least {@code size} bytes. */
+    static void require(Cap cap, long size, String what) throws VfioException {
+        if (cap.data().byteSize() < size) {
+            throw new VfioException(what + ": capability " + cap.id() + " needs " + size + " bytes, the buffer has "
+                    + cap.data().byteSize() + " after offset " + cap.offset());
+        }
+    }
+}

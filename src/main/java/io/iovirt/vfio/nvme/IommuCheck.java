@@ -1,0 +1,99 @@
+package io.iovirt.vfio.nvme;
+
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+
+import io.iovirt.vfio.DmaBuffer;
+import io.iovirt.vfio.VfioException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * Shows that the IOMMU confines the controller to the DMA mappings: the controller is told to transfer to an IOVA
+ * that was never mapped, and afterwards nothing outside the mappings has changed.
+ *
+ * <ol>
+ *   <li>A Read whose data pointer (PRP1) is the first page past the DMA arena: the device's writes to host memory must
+ *       be blocked. (A controller may still report success — QEMU's emulated one does — because it cannot tell a
+ *       blocked write from a completed one; the IOMMU records the fault, which the kernel logs as a DMAR fault.)</li>
+ *   <li>A three-page Read whose PRP list (PRP2) is at that unmapped IOVA: the device cannot even fetch the list, and
+ *       the command completes with an error status, typically Data Transfer Error.</li>
+ * </ol>
+ * Before both, a canary page outside every mapping and a sentinel buffer inside the arena (never given to the device)
+ * are filled with a pattern; both must be intact afterwards, and a normal read must still work.
+ */
+public final class IommuCheck {
+    /**
+     * @param unmappedIova        the IOVA the controller was pointed at
+     * @param dataPointerStatus   completion status of the Read with PRP1 unmapped (15-bit, 0 = success)
+     * @param prpListStatus       completion status of the Read with its PRP list unmapped
+     * @param canaryIntact        process memory outside every mapping is unchanged
+     * @param sentinelIntact      an arena buffer the device was never told about is unchanged
+     * @param controllerHealthy   a normal Read afterwards succeeded
+     */
+    public record Result(long unmappedIova, int dataPointerStatus, int prpListStatus, boolean canaryIntact,
+                         boolean sentinelIntact, boolean controllerHealthy) {
+        /** The IOMMU confined the device: nothing outside the mappings changed, and the PRP-list fetch failed. */
+        public boolean blocked() {
+            return canaryIntact && sentinelIntact && !NvmeStatus.success(prpListStatus) && controllerHealthy;
+        }
+
+        public String describe() {
+            return String.format("""
+                    unmapped IOVA:             0x%x (first page past the DMA arena)
+                    read, data at that IOVA:   %s
+                    read, PRP list there:      %s
+                    canary outside mappings:   %s
+                    sentinel in the arena:     %s
+                    controller afterwards:     %s
+                    verdict:                   %s""", unmappedIova,
+                    NvmeStatus.describe(dataPointerStatus) + (NvmeStatus.success(dataPointerStatus)
+                            ? " — the device's writes went nowhere: see 'dmesg | grep -i dmar' for the fault" : ""),
+                    NvmeStatus.describe(prpListStatus), canaryIntact ? "unchanged" : "CHANGED",
+                    sentinelIntact ? "unchanged" : "CHANGED", controllerHealthy ? "reads normally" : "FAILED",
+                    blocked() ? "the IOMMU blocked DMA outside the mappings" : "NOT CONFINED");
+        }
+    }
+
+    private static final byte CANARY = (byte) 0x5a;
+    private static final byte SENTINEL = (byte) 0xa5;
+
+    private IommuCheck() {
+    }
+
+    /** Runs both probes on the controller's first namespace, reading LBA 0 (nothing is written to the disk). */
+    public static Result run(NvmeController c) throws VfioException {
+        long page = NvmeController.PAGE;
+        long unmapped = c.arena().iova() + c.arena().size();
+        int blocksPerPage = (int) (page / c.blockSize());
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment canary = a.allocate(page, page);
+            canary.fill(CANARY);
+            DmaBuffer target = c.allocateBuffer(3 * page); // PRP1 of the second probe: mapped, may be written
+            DmaBuffer sentinel = c.allocateBuffer(page); // never given to the device
+            sentinel.segment().fill(SENTINEL);
+
+            int dataStatus = c.rawIo(NvmeRegs.NVM_READ, 0, blocksPerPage, unmapped, 0);
+            int listStatus = c.rawIo(NvmeRegs.NVM_READ, 0, 3 * blocksPerPage, target.iova(), unmapped);
+
+            boolean canaryOk = all(canary, CANARY);
+            boolean sentinelOk = all(sentinel.segment(), SENTINEL);
+            boolean healthy;
+            try {
+                c.read(0, blocksPerPage, target.slice(0, page));
+                healthy = true;
+            } catch (NvmeException e) {
+                healthy = false;
+            }
+            return new Result(unmapped, dataStatus, listStatus, canaryOk, sentinelOk, healthy);
+        }
+    }
+
+    private static boolean all(MemorySegment s, byte value) {
+        for (long i = 0; i < s.byteSize(); i++) {
+            if (s.get(JAVA_BYTE, i) != value) {
+                return false;
+            }
+        }
+        return true;
+    }
+}

@@ -1,0 +1,582 @@
+package io.iovirt.vfio.nvme;
+
+import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
+
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.vfio.DmaArena;
+import io.iovirt.vfio.DmaBuffer;
+import io.iovirt.vfio.IrqInfo;
+import io.iovirt.vfio.MmioRegion;
+import io.iovirt.vfio.VfioDevice;
+import io.iovirt.vfio.VfioException;
+import io.iovirt.vfio.VfioSession;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * A user-space NVMe driver over VFIO: it maps BAR0, puts the admin and one I/O queue pair in IOMMU-mapped memory,
+ * brings the controller up (disable, admin queues, enable within CAP.TO), identifies it and its first active
+ * namespace, and reads and writes logical blocks with PRP data pointers. Completions are found by polling the CQ
+ * phase tag, or by waiting on the eventfd VFIO signals for the queue's MSI-X, MSI or INTx interrupt.
+ *
+ * <p>Every address given to the controller lies in the controller's {@link DmaArena}; buffers passed to
+ * {@link #read}/{@link #write} must come from {@link #allocateBuffer}. One thread at a time drives a controller.
+ * {@link #close()} shuts the controller down (CC.SHN), disables it and its interrupts, and unmaps BAR0; the DMA
+ * arena goes with the {@link VfioSession}.
+ */
+public final class NvmeController implements AutoCloseable {
+    /** How completions are noticed. AUTO: MSI-X, else MSI, else INTx. */
+    public enum IrqMode { AUTO, POLL, MSIX, MSI, INTX }
+
+    /**
+     * @param ioQueueDepth entries in the I/O SQ and CQ (at most depth-1 commands in flight)
+     * @param dataBytes    DMA memory reserved for {@link #allocateBuffer}
+     * @param iovaBase     where the DMA arena is mapped in the device's address space
+     */
+    public record Options(IrqMode irqMode, int ioQueueDepth, long dataBytes, long iovaBase, Duration commandTimeout) {
+        public Options {
+            if (ioQueueDepth < 2 || ioQueueDepth > 4096) {
+                throw new IllegalArgumentException("I/O queue depth must be 2..4096: " + ioQueueDepth);
+            }
+            if (dataBytes < 0 || dataBytes > (1L << 34)) {
+                throw new IllegalArgumentException("data pool size out of range: " + dataBytes);
+            }
+            if ((iovaBase & 0xfff) != 0) {
+                throw new IllegalArgumentException("IOVA base must be page aligned: 0x" + Long.toHexString(iovaBase));
+            }
+        }
+
+        public static Options defaults() {
+            return new Options(IrqMode.AUTO, 64, 1 << 20, 0x10_0000L, Duration.ofSeconds(30));
+        }
+
+        public Options withIrqMode(IrqMode m) {
+            return new Options(m, ioQueueDepth, dataBytes, iovaBase, commandTimeout);
+        }
+
+        public Options withIoQueueDepth(int d) {
+            return new Options(irqMode, d, dataBytes, iovaBase, commandTimeout);
+        }
+
+        public Options withDataBytes(long b) {
+            return new Options(irqMode, ioQueueDepth, b, iovaBase, commandTimeout);
+        }
+
+        public Options withCommandTimeout(Duration t) {
+            return new Options(irqMode, ioQueueDepth, dataBytes, iovaBase, t);
+        }
+    }
+
+    static final long PAGE = 4096;
+    private static final int ADMIN_DEPTH = 32;
+    private static final int PCI_COMMAND = 0x04;
+    private static final int PCI_COMMAND_MEMORY = 1 << 1;
+    private static final int PCI_COMMAND_MASTER = 1 << 2;
+    private static final int PCI_COMMAND_INTX_DISABLE = 1 << 10;
+
+    private final VfioSession session;
+    private final VfioDevice device;
+    private final Options options;
+    private MmioRegion bar;
+    private NvmeRegs.Capabilities cap;
+    private DmaArena arena;
+    private QueuePair admin;
+    private QueuePair io;
+    private DmaBuffer scratch;
+    private DmaBuffer[] prpLists;
+    private final List<EventFd> eventfds = new ArrayList<>();
+    private CompletionWaiter adminWaiter = CompletionWaiter.polling();
+    private CompletionWaiter ioWaiter = CompletionWaiter.polling();
+    private IrqMode irqMode = IrqMode.POLL;
+    private IdentifyController identity;
+    private IdentifyNamespace namespace;
+    private long maxTransfer;
+    private boolean ioQueuesCreated;
+    private volatile boolean failed;
+    private boolean closed;
+    private final long[] prp = new long[2];
+
+    private NvmeController(VfioSession session, Options options) {
+        this.session = session;
+        this.device = session.device();
+        this.options = options;
+    }
+
+    /** Brings the controller up and creates one I/O queue pair; on failure everything done so far is undone. */
+    public static NvmeController open(VfioSession session, Options options) throws VfioException {
+        NvmeController c = new NvmeController(session, options);
+        try {
+            c.start();
+            return c;
+        } catch (VfioException | RuntimeException e) {
+            c.close();
+            throw e;
+        }
+    }
+
+    private void start() throws VfioException {
+        int classCode = device.readConfig(0x08, 4) >>> 8;
+        if (classCode != 0x010802) {
+            throw new NvmeException(String.format("%s is not an NVMe controller (PCI class %06x, NVMe is 010802)",
+                    device.name(), classCode));
+        }
+        bar = device.mapRegion(0);
+        cap = new NvmeRegs.Capabilities(bar.read64(NvmeRegs.CAP));
+        if (!cap.nvmCommandSet()) {
+            throw new NvmeException(device.name() + " does not support the NVM command set (CAP.CSS)");
+        }
+        if (cap.minPageShift() > 12 || cap.maxPageShift() < 12) {
+            throw new NvmeException(String.format("%s supports memory pages of 2^%d..2^%d bytes; this driver uses 4 KiB",
+                    device.name(), cap.minPageShift(), cap.maxPageShift()));
+        }
+        int ioDepth = Math.min(options.ioQueueDepth(), cap.maxQueueEntries());
+        int adminDepth = Math.min(ADMIN_DEPTH, cap.maxQueueEntries());
+
+        long bytes = round(adminDepth * Sqe.SIZE) + round(adminDepth * Cqe.SIZE) + PAGE
+                + round(ioDepth * Sqe.SIZE) + round(ioDepth * Cqe.SIZE) + (long) (ioDepth - 1) * PAGE
+                + round(options.dataBytes());
+        arena = session.createDmaArena(options.iovaBase(), bytes);
+
+        disable();
+        enableBusMaster();
+        admin = new QueuePair(0, adminDepth, arena.allocate(adminDepth * Sqe.SIZE, PAGE),
+                arena.allocate(adminDepth * Cqe.SIZE, PAGE), bar, cap.doorbellStride());
+        scratch = arena.allocate(PAGE, PAGE);
+        setUpInterrupts();
+
+        bar.write32(NvmeRegs.AQA, (adminDepth - 1) << 16 | (adminDepth - 1));
+        bar.write64(NvmeRegs.ASQ, admin.sq.iova());
+        bar.write64(NvmeRegs.ACQ, admin.cq.iova());
+        bar.write32(NvmeRegs.CC, NvmeRegs.CC_EN | NvmeRegs.CC_CSS_NVM | 0 << NvmeRegs.CC_MPS_SHIFT | NvmeRegs.CC_AMS_RR
+                | NvmeRegs.SQES_LOG2 << NvmeRegs.CC_IOSQES_SHIFT | NvmeRegs.CQES_LOG2 << NvmeRegs.CC_IOCQES_SHIFT);
+        waitReady(true);
+
+        identity = identifyController();
+        if (!identity.supportsStandardEntrySizes()) {
+            throw new NvmeException(String.format("%s does not accept 64-byte SQ / 16-byte CQ entries (SQES %#x, "
+                    + "CQES %#x)", device.name(), identity.sqes(), identity.cqes()));
+        }
+        long mdts = identity.maxTransferBytes(cap.minPageShift());
+        maxTransfer = mdts == 0 ? Prp.maxTransfer(PAGE) : Math.min(mdts, Prp.maxTransfer(PAGE));
+        int nsid = firstActiveNamespace();
+        namespace = identifyNamespace(nsid);
+
+        // One I/O queue pair: ask for it (Number of Queues is zero-based) and check what was granted.
+        int granted = adminCommand("Set Features (Number of Queues)", NvmeRegs.ADMIN_SET_FEATURES, 0, 0, 0,
+                NvmeRegs.FEATURE_NUMBER_OF_QUEUES, 0, 0);
+        if ((granted & 0xffff) == 0xffff || (granted >>> 16) == 0xffff) {
+            throw new NvmeException(device.name() + " granted no I/O queues (Number of Queues: 0x"
+                    + Integer.toHexString(granted) + ")");
+        }
+        DmaBuffer ioSq = arena.allocate(ioDepth * Sqe.SIZE, PAGE);
+        DmaBuffer ioCq = arena.allocate(ioDepth * Cqe.SIZE, PAGE);
+        prpLists = new DmaBuffer[ioDepth - 1];
+        for (int i = 0; i < prpLists.length; i++) {
+            prpLists[i] = arena.allocate(PAGE, PAGE);
+        }
+        io = new QueuePair(1, ioDepth, ioSq, ioCq, bar, cap.doorbellStride());
+        int vector = eventfds.size() > 1 ? 1 : 0;
+        int ien = irqMode == IrqMode.POLL ? 0 : 2;
+        adminCommand("Create I/O Completion Queue", NvmeRegs.ADMIN_CREATE_CQ, 0, ioCq.iova(), 0,
+                (ioDepth - 1) << 16 | 1, vector << 16 | ien | 1, 0);
+        try {
+            adminCommand("Create I/O Submission Queue", NvmeRegs.ADMIN_CREATE_SQ, 0, ioSq.iova(), 0,
+                    (ioDepth - 1) << 16 | 1, 1 << 16 | 1, 0);
+        } catch (NvmeException e) {
+            adminCommand("Delete I/O Completion Queue", NvmeRegs.ADMIN_DELETE_CQ, 0, 0, 0, 1, 0, 0);
+            throw e;
+        }
+        ioQueuesCreated = true;
+    }
+
+    private static long round(long bytes) {
+        return (bytes + PAGE - 1) & -PAGE;
+    }
+
+    private void enableBusMaster() throws VfioException {
+        int cmd = device.readConfig(PCI_COMMAND, 2);
+        cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+        // INTx stays disabled unless it is how completions are signalled
+        cmd = options.irqMode() == IrqMode.INTX ? cmd & ~PCI_COMMAND_INTX_DISABLE : cmd | PCI_COMMAND_INTX_DISABLE;
+        device.writeConfig(PCI_COMMAND, 2, cmd);
+    }
+
+    /** Wires eventfds to the interrupt the options ask for (AUTO: MSI-X, else MSI, else INTx). */
+    private void setUpInterrupts() throws VfioException {
+        IrqMode want = options.irqMode();
+        if (want == IrqMode.POLL) {
+            irqMode = IrqMode.POLL;
+            return;
+        }
+        IrqInfo msix = device.irqInfo(2);
+        IrqInfo msi = device.irqInfo(1);
+        IrqInfo intxInfo = device.irqInfo(0);
+        IrqMode mode;
+        IrqInfo info;
+        if (want == IrqMode.MSIX || (want == IrqMode.AUTO && msix.count() > 0)) {
+            mode = IrqMode.MSIX;
+            info = msix;
+        } else if (want == IrqMode.MSI || (want == IrqMode.AUTO && msi.count() > 0)) {
+            mode = IrqMode.MSI;
+            info = msi;
+        } else {
+            mode = IrqMode.INTX;
+            info = intxInfo;
+        }
+        if (info.count() == 0 || !info.eventfd()) {
+            throw new NvmeException(device.name() + " has no " + info.name() + " interrupt VFIO can signal through an "
+                    + "eventfd (count " + info.count() + ") — choose another interrupt mode, or poll");
+        }
+        int vectors = mode == IrqMode.INTX ? 1 : Math.min(2, info.count());
+        try {
+            for (int i = 0; i < vectors; i++) {
+                eventfds.add(EventFd.create(true));
+            }
+        } catch (LinuxException e) {
+            throw new VfioException("cannot create eventfds for interrupts: " + e.getMessage(), e);
+        }
+        device.setIrqEventFds(info.index(), 0, eventfds);
+        irqMode = mode;
+        if (mode == IrqMode.INTX) {
+            // an INTx enable from a device whose command register still says INTX_DISABLE would never fire
+            device.writeConfig(PCI_COMMAND, 2, device.readConfig(PCI_COMMAND, 2) & ~PCI_COMMAND_INTX_DISABLE);
+        }
+        VfioDevice intx = mode == IrqMode.INTX ? device : null;
+        adminWaiter = new CompletionWaiter.Interrupt(eventfds.get(0), intx, info.name() + " vector 0");
+        ioWaiter = vectors > 1 ? new CompletionWaiter.Interrupt(eventfds.get(1), null, info.name() + " vector 1")
+                : adminWaiter;
+    }
+
+    private void disable() throws VfioException {
+        int cc = bar.read32(NvmeRegs.CC);
+        if ((cc & NvmeRegs.CC_EN) != 0) {
+            bar.write32(NvmeRegs.CC, cc & ~NvmeRegs.CC_EN);
+        }
+        waitReady(false);
+    }
+
+    /** Waits up to CAP.TO for CSTS.RDY to become {@code ready}; a fatal status ends the wait at once. */
+    private void waitReady(boolean ready) throws VfioException {
+        long timeoutMs = Math.max(cap.readyTimeoutMillis(), 500);
+        long deadline = System.nanoTime() + timeoutMs * 1_000_000;
+        while (true) {
+            int csts = bar.read32(NvmeRegs.CSTS);
+            if (csts == -1) {
+                throw new NvmeException(device.name() + ": CSTS reads as all ones — the device is gone or its BAR is "
+                        + "not decoded");
+            }
+            if (ready && (csts & NvmeRegs.CSTS_CFS) != 0) {
+                throw new NvmeException(device.name() + ": controller fatal status (CSTS.CFS) while enabling — check "
+                        + "the admin queue addresses; the controller needs a reset");
+            }
+            if (((csts & NvmeRegs.CSTS_RDY) != 0) == ready) {
+                return;
+            }
+            if (System.nanoTime() - deadline > 0) {
+                throw new NvmeException(String.format("%s: CSTS.RDY did not become %d within CAP.TO = %d ms "
+                        + "(CSTS 0x%x)", device.name(), ready ? 1 : 0, timeoutMs, csts));
+            }
+            sleepMillis(1);
+        }
+    }
+
+    private static void sleepMillis(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    // ---- command execution --------------------------------------------------------------------------------------
+
+    /** Runs one admin command to completion; returns DW0 of the completion. */
+    private int adminCommand(String what, int opcode, int nsid, long prp1, long prp2, int cdw10, int cdw11, int cdw12)
+            throws VfioException {
+        return execute(admin, adminWaiter, what, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12);
+    }
+
+    private int execute(QueuePair q, CompletionWaiter w, String what, int opcode, int nsid, long prp1, long prp2,
+                        int cdw10, int cdw11, int cdw12) throws VfioException {
+        return execute(q, w, what, allocate(q, what), opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12);
+    }
+
+    private int allocate(QueuePair q, String what) throws NvmeException {
+        if (closed || failed) {
+            throw new NvmeException(what + ": the controller is " + (closed ? "closed" : "in an unknown state after "
+                    + "an earlier failure; reopen it (which resets it)"));
+        }
+        int cid = q.allocate();
+        if (cid < 0) {
+            throw new IllegalStateException(q + " has no free command identifier");
+        }
+        return cid;
+    }
+
+    /** Submits under the already allocated {@code cid} and waits; returns DW0 or throws the decoded status. */
+    private int execute(QueuePair q, CompletionWaiter w, String what, int cid, int opcode, int nsid, long prp1,
+                        long prp2, int cdw10, int cdw11, int cdw12) throws VfioException {
+        q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, 0, 0);
+        awaitCommand(q, w, cid, what);
+        int status = q.lastStatus[cid];
+        if (!NvmeStatus.success(status)) {
+            throw NvmeException.failed(what, status);
+        }
+        return q.lastDw0[cid];
+    }
+
+    private void awaitCommand(QueuePair q, CompletionWaiter w, int cid, String what) throws VfioException {
+        long timeout = options.commandTimeout().toNanos();
+        long deadline = System.nanoTime() + timeout;
+        while (true) {
+            q.reap(null);
+            w.afterReap();
+            if (q.completed[cid]) {
+                return;
+            }
+            long left = deadline - System.nanoTime();
+            if (left <= 0) {
+                failed = true; // the command may still complete and write its buffer: only a reset makes it safe
+                int csts = bar.read32(NvmeRegs.CSTS);
+                throw new NvmeException(String.format("%s timed out after %d ms on %s (CSTS 0x%x%s, completion by %s)"
+                        + " — no completion was posted; if the command or its data pointed outside the DMA mappings, "
+                        + "the IOMMU blocked the transfer (dmesg shows a DMAR fault); the controller must be reset",
+                        what, timeout / 1_000_000, q, csts, (csts & NvmeRegs.CSTS_CFS) != 0 ? ", fatal status" : "",
+                        w));
+            }
+            w.await(left);
+        }
+    }
+
+    private IdentifyController identifyController() throws VfioException {
+        adminCommand("Identify Controller", NvmeRegs.ADMIN_IDENTIFY, 0, scratch.iova(), 0, NvmeRegs.CNS_CONTROLLER,
+                0, 0);
+        return IdentifyController.parse(scratch.segment());
+    }
+
+    private int firstActiveNamespace() throws VfioException {
+        adminCommand("Identify (active namespace list)", NvmeRegs.ADMIN_IDENTIFY, 0, scratch.iova(), 0,
+                NvmeRegs.CNS_ACTIVE_NAMESPACES, 0, 0);
+        int nsid = scratch.segment().get(JAVA_INT_UNALIGNED, 0);
+        if (nsid == 0) {
+            throw new NvmeException(device.name() + " has no active namespace — attach one (nvme-cli: create-ns and "
+                    + "attach-ns; QEMU: -device nvme-ns)");
+        }
+        return nsid;
+    }
+
+    private IdentifyNamespace identifyNamespace(int nsid) throws VfioException {
+        adminCommand("Identify Namespace " + nsid, NvmeRegs.ADMIN_IDENTIFY, nsid, scratch.iova(), 0,
+                NvmeRegs.CNS_NAMESPACE, 0, 0);
+        return IdentifyNamespace.parse(nsid, scratch.segment());
+    }
+
+    // ---- public API ---------------------------------------------------------------------------------------------
+
+    public IdentifyController identity() {
+        return identity;
+    }
+
+    public IdentifyNamespace namespace() {
+        return namespace;
+    }
+
+    /** NVMe version from the VS register, e.g. "1.4". */
+    public String version() {
+        return NvmeRegs.version(bar.read32(NvmeRegs.VS));
+    }
+
+    public int blockSize() {
+        return namespace.blockSize();
+    }
+
+    /** The largest single transfer (MDTS, and one PRP list page). */
+    public long maxTransferBytes() {
+        return maxTransfer;
+    }
+
+    public int ioQueueDepth() {
+        return io.depth;
+    }
+
+    /** The interrupt completions are signalled by (POLL when none). */
+    public IrqMode irqMode() {
+        return irqMode;
+    }
+
+    /** Interrupts received on the I/O queue's vector so far. */
+    public long ioInterrupts() {
+        return ioWaiter.interrupts();
+    }
+
+    public DmaArena arena() {
+        return arena;
+    }
+
+    /** A zeroed, page-aligned buffer in DMA memory for {@link #read}/{@link #write}. */
+    public DmaBuffer allocateBuffer(long bytes) throws VfioException {
+        return arena.allocate(round(bytes), PAGE);
+    }
+
+    /** Reads {@code blocks} logical blocks at {@code lba} into {@code dst}. */
+    public void read(long lba, int blocks, DmaBuffer dst) throws VfioException {
+        io(NvmeRegs.NVM_READ, "Read", lba, blocks, dst);
+    }
+
+    /** Writes {@code blocks} logical blocks at {@code lba} from {@code src}. */
+    public void write(long lba, int blocks, DmaBuffer src) throws VfioException {
+        io(NvmeRegs.NVM_WRITE, "Write", lba, blocks, src);
+    }
+
+    /** Flush: the controller commits its volatile write cache. */
+    public void flush() throws VfioException {
+        execute(io, ioWaiter, "Flush", NvmeRegs.NVM_FLUSH, namespace.nsid(), 0, 0, 0, 0, 0);
+    }
+
+    private void io(int opcode, String name, long lba, int blocks, DmaBuffer buf) throws VfioException {
+        long bytes = checkIo(name, lba, blocks, buf);
+        String what = String.format("%s LBA %d+%d", name, lba, blocks);
+        int cid = allocate(io, what);
+        DmaBuffer list = prpLists[cid]; // each command identifier owns one PRP list page
+        try {
+            Prp.build(buf.iova(), bytes, PAGE, list.segment(), list.iova(), prp);
+        } catch (IllegalArgumentException e) {
+            io.release(cid);
+            throw e;
+        }
+        execute(io, ioWaiter, what, cid, opcode, namespace.nsid(), prp[0], prp[1], (int) lba, (int) (lba >>> 32),
+                blocks - 1);
+    }
+
+    /** Validates a transfer against the namespace and the DMA arena; returns its length in bytes. */
+    long checkIo(String name, long lba, int blocks, DmaBuffer buf) {
+        if (blocks < 1 || blocks > 65536) {
+            throw new IllegalArgumentException(name + ": block count must be 1..65536: " + blocks);
+        }
+        long bytes = (long) blocks * blockSize();
+        if (bytes > maxTransfer) {
+            throw new IllegalArgumentException(String.format("%s of %d bytes exceeds the controller's maximum "
+                    + "transfer of %d bytes; split it", name, bytes, maxTransfer));
+        }
+        if (lba < 0 || lba > namespace.size() - blocks) {
+            throw new IllegalArgumentException(String.format("%s LBA %d+%d lies beyond the namespace's %d blocks",
+                    name, lba, blocks, namespace.size()));
+        }
+        if (buf.size() < bytes || !arena.containsIova(buf.iova(), bytes) || arena.iovaOf(buf.segment()) != buf.iova()) {
+            throw new IllegalArgumentException(name + ": the buffer must come from allocateBuffer and hold " + bytes
+                    + " bytes");
+        }
+        return bytes;
+    }
+
+    // ---- access for the benchmark and the IOMMU check in this package -------------------------------------------
+
+    QueuePair ioQueue() {
+        return io;
+    }
+
+    CompletionWaiter ioWaiter() {
+        return ioWaiter;
+    }
+
+    DmaBuffer prpList(int cid) {
+        return prpLists[cid];
+    }
+
+    Options options() {
+        return options;
+    }
+
+    void markFailed() {
+        failed = true;
+    }
+
+    /**
+     * Submits one I/O command with the given data pointers and waits for it, without checking them against the DMA
+     * mappings: the way to show the IOMMU stops a device that was told a bad address. Returns the 15-bit status.
+     */
+    int rawIo(int opcode, long lba, int blocks, long prp1, long prp2) throws VfioException {
+        if (closed || failed) {
+            throw new NvmeException("the controller is closed or failed");
+        }
+        int cid = allocate(io, "raw I/O");
+        io.submit(cid, opcode, namespace.nsid(), prp1, prp2, (int) lba, (int) (lba >>> 32), blocks - 1, 0, 0, 0);
+        awaitCommand(io, ioWaiter, cid, "raw I/O");
+        return io.lastStatus[cid];
+    }
+
+    // ---- shutdown -----------------------------------------------------------------------------------------------
+
+    /**
+     * Deletes the I/O queues, shuts the controller down (CC.SHN, CAP.TO), disables it, turns its interrupts off and
+     * unmaps BAR0. Best effort and idempotent: a controller that stopped answering is still disabled and released.
+     */
+    @Override
+    public synchronized void close() {
+        if (closed) {
+            return;
+        }
+        try {
+            if (ioQueuesCreated && !failed) {
+                try {
+                    adminCommand("Delete I/O Submission Queue", NvmeRegs.ADMIN_DELETE_SQ, 0, 0, 0, 1, 0, 0);
+                    adminCommand("Delete I/O Completion Queue", NvmeRegs.ADMIN_DELETE_CQ, 0, 0, 0, 1, 0, 0);
+                } catch (VfioException | RuntimeException e) {
+                    // disabling the controller below drops the queues anyway
+                }
+            }
+            closed = true;
+            if (bar != null && cap != null) {
+                try {
+                    shutdown();
+                } catch (VfioException | RuntimeException e) {
+                    // a controller that cannot shut down is still disabled and released below
+                }
+            }
+        } finally {
+            closed = true;
+            try {
+                if (!eventfds.isEmpty()) {
+                    device.disableIrq(irqIndex());
+                }
+            } catch (VfioException | RuntimeException e) {
+                // closing the device descriptor disables interrupts too
+            }
+            adminWaiter.close();
+            ioWaiter.close();
+            eventfds.forEach(EventFd::close);
+            if (bar != null) {
+                bar.close();
+            }
+        }
+    }
+
+    private int irqIndex() {
+        return switch (irqMode) {
+            case MSIX -> 2;
+            case MSI -> 1;
+            default -> 0;
+        };
+    }
+
+    private void shutdown() throws VfioException {
+        int cc = bar.read32(NvmeRegs.CC);
+        if ((cc & NvmeRegs.CC_EN) != 0 && (bar.read32(NvmeRegs.CSTS) & NvmeRegs.CSTS_RDY) != 0) {
+            bar.write32(NvmeRegs.CC, (cc & ~NvmeRegs.CC_SHN_MASK) | NvmeRegs.CC_SHN_NORMAL);
+            long deadline = System.nanoTime() + Math.max(cap.readyTimeoutMillis(), 500) * 1_000_000;
+            while ((bar.read32(NvmeRegs.CSTS) & NvmeRegs.CSTS_SHST_MASK) != NvmeRegs.CSTS_SHST_COMPLETE
+                    && System.nanoTime() - deadline < 0) {
+                sleepMillis(1);
+            }
+        }
+        disable();
+    }
+
+    @Override
+    public String toString() {
+        return "NVMe controller " + device.name() + (identity == null ? "" : " (" + identity.model() + ", serial "
+                + identity.serial() + ")") + ", completions by " + ioWaiter;
+    }
+}

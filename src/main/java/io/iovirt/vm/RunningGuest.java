@@ -1,0 +1,141 @@
+package io.iovirt.vm;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.Comparator;
+import java.util.regex.MatchResult;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.stream.Stream;
+
+/** A started QEMU guest. Closing it kills QEMU (SIGKILL) if it still runs and removes its initrd copy. */
+public final class RunningGuest implements AutoCloseable {
+
+    private static final long POLL_MS = 50;
+
+    private final String name;
+    private final ChildProcess qemu;
+    private final Path dir;
+    private final Path console;
+    private final Path initrd;
+    private final boolean deleteDir;
+    private final long startNanos = System.nanoTime();
+
+    RunningGuest(String name, ChildProcess qemu, Path dir, Path console, Path initrd, boolean deleteDir) {
+        this.name = name;
+        this.qemu = qemu;
+        this.dir = dir;
+        this.console = console;
+        this.initrd = initrd;
+        this.deleteDir = deleteDir;
+    }
+
+    public long pid() {
+        return qemu.pid();
+    }
+
+    public boolean isAlive() {
+        return qemu.isAlive();
+    }
+
+    /** This guest's directory: console.log, qemu.log, command.txt. */
+    public Path directory() {
+        return dir;
+    }
+
+    /** The serial console so far, carriage returns removed. */
+    public String console() {
+        try {
+            return Files.readString(console, StandardCharsets.ISO_8859_1).replace("\r", "");
+        } catch (NoSuchFileException e) {
+            return "";
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot read " + console, e);
+        }
+    }
+
+    /**
+     * Waits until the console shows {@code pattern}. Throws if QEMU exits first or the timeout passes, with the
+     * console's last lines and QEMU's log in the message.
+     */
+    public MatchResult awaitConsole(Pattern pattern, Duration timeout) {
+        long deadline = System.nanoTime() + timeout.toNanos();
+        while (true) {
+            Matcher m = pattern.matcher(console());
+            if (m.find()) {
+                return m.toMatchResult();
+            }
+            if (!qemu.isAlive()) {
+                throw failure("QEMU exited with status " + qemu.exitValue() + " before the console showed /"
+                        + pattern + "/");
+            }
+            if (System.nanoTime() > deadline) {
+                throw failure("the console did not show /" + pattern + "/ within " + timeout.toSeconds() + " s");
+            }
+            sleep();
+        }
+    }
+
+    /**
+     * Waits until QEMU exits after the payload finished and returns the result. On timeout QEMU is killed and a
+     * {@link GuestException} tells where the guest was.
+     */
+    public GuestResult awaitExit(Duration timeout) {
+        if (!qemu.waitFor(timeout)) {
+            qemu.kill();
+            throw failure("guest did not finish within " + timeout.toSeconds() + " s (killed)");
+        }
+        String text = console();
+        Matcher m = GuestResult.EXIT.matcher(text);
+        Integer exit = null;
+        while (m.find()) {
+            exit = Integer.parseInt(m.group(1));
+        }
+        if (exit == null) {
+            throw failure("QEMU exited with status " + qemu.exitValue() + " but the payload never finished");
+        }
+        return new GuestResult(exit, text, GuestResult.countBoots(text),
+                Duration.ofNanos(System.nanoTime() - startNanos));
+    }
+
+    /** SIGKILL to QEMU, as a host crash or an OOM kill would do; waits until it is gone. */
+    public void kill() {
+        qemu.kill();
+    }
+
+    @Override
+    public void close() {
+        qemu.close();
+        try {
+            if (deleteDir) {
+                try (Stream<Path> all = Files.walk(dir)) {
+                    all.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                }
+            } else {
+                Files.deleteIfExists(initrd);
+            }
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot clean up " + dir, e);
+        }
+    }
+
+    private GuestException failure(String what) {
+        return new GuestException(name + ": " + what + "\n--- console (last lines) ---\n"
+                + ChildProcess.tail(console(), 25) + "\n--- qemu log ---\n" + qemu.logTail(10)
+                + "\n--- directory: " + dir);
+    }
+
+    private static void sleep() {
+        try {
+            Thread.sleep(POLL_MS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new GuestException("interrupted while waiting for the guest", e);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+package io.iovirt.devices.blk;
+
+import io.iovirt.vm.ChildProcess;
+import java.nio.file.Path;
+import java.time.Duration;
+
+/**
+ * A vhost-user-blk backend that the real-guest tests in {@link VhostUserBlkGuestTest} run against. Each backend is
+ * a separate process that listens on a UNIX socket; QEMU connects to it as the client.
+ *
+ * <p>Running the suite against another backend is one class, e.g. for {@code iovirt serve blk}:
+ * <pre>{@code
+ * class IovirtVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
+ *     protected BlkBackendUnderTest backend() {
+ *         return new BlkBackendUnderTest() {
+ *             public String name() { return "iovirt"; }
+ *             public boolean offersPackedRing() { return true; }
+ *             public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
+ *                 List<String> args = new ArrayList<>(List.of("serve", "blk", "--image", image.toString(),
+ *                         "--socket", socket.toString(), "--queues", Integer.toString(queues)));
+ *                 if (readonly) args.add("--readonly");
+ *                 return ChildProcess.builder(IovirtCli.command(args)).name("iovirt serve blk")
+ *                         .log(workDir.resolve("iovirt.log")).startListening(socket, START_TIMEOUT);
+ *             }
+ *         };
+ *     }
+ * }
+ * }</pre>
+ */
+public interface BlkBackendUnderTest {
+
+    /** How long a backend may take to listen (a JVM start on a loaded 2-core machine is the slow case). */
+    Duration START_TIMEOUT = Duration.ofSeconds(30);
+
+    /** Name in test reports. */
+    String name();
+
+    /**
+     * Starts serving {@code image} (a raw file) on {@code socket} and returns once the backend listens. The caller
+     * closes the returned process (which kills it), or kills it to simulate a crash.
+     *
+     * @param queues   virtqueues offered to the guest (num-queues)
+     * @param readonly serve the disk read-only (VIRTIO_BLK_F_RO), refusing writes
+     * @param workDir  where the backend may put its log
+     */
+    ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir);
+
+    /**
+     * Whether the backend offers VIRTIO_F_RING_PACKED. When it does not, QEMU silently negotiates the split ring
+     * even with {@code packed=on}; the packed test then asserts the ring only when this is true.
+     */
+    boolean offersPackedRing();
+
+}
