@@ -32,6 +32,7 @@ public final class Errno {
     public static final int ENOTTY = 25;
     public static final int EFBIG = 27;
     public static final int ENOSPC = 28;
+    public static final int EROFS = 30;
     public static final int EPIPE = 32;
     public static final int ERANGE = 34;
     public static final int ENAMETOOLONG = 36;

@@ -28,6 +28,7 @@ public final class Fd implements AutoCloseable {
     private static final int F_SETFL = 4;
     private static final int FD_CLOEXEC = 1;
     private static final int O_NONBLOCK = 04000;
+    private static final int O_CLOEXEC = 02000000;
 
     @SuppressWarnings("unused") // accessed through FD
     private volatile int fd;
@@ -70,6 +71,21 @@ public final class Fd implements AutoCloseable {
     public Fd dup() throws LinuxException {
         int v = get();
         return adopt(Syscalls.check(Syscalls.fcntl(v, F_DUPFD_CLOEXEC, 0), "fcntl", "F_DUPFD_CLOEXEC, fd " + v));
+    }
+
+    /**
+     * Makes this descriptor number refer to {@code source}'s open file (dup3), atomically: a thread writing to this
+     * descriptor concurrently reaches either the old or the new file, never a closed or reused number. The old file
+     * loses this reference; {@code source} stays open and owned by its caller. Used to swap a running queue's call
+     * eventfd without stopping the queue.
+     */
+    public void replaceWith(Fd source) throws LinuxException {
+        int target = get();
+        int src = source.get();
+        if (src == target) {
+            return;
+        }
+        Syscalls.check(Syscalls.dup3(src, target, O_CLOEXEC), "dup3", "fd " + src + " onto fd " + target);
     }
 
     public boolean isCloseOnExec() throws LinuxException {

@@ -51,6 +51,7 @@ public final class FileIo {
     private static final int S_IFMT = 0170000;
     private static final int S_IFREG = 0100000;
     private static final int S_IFBLK = 0060000;
+    private static final int S_IFSOCK = 0140000;
 
     private FileIo() {
     }
@@ -66,6 +67,10 @@ public final class FileIo {
 
         public boolean isBlockDevice() {
             return (mode & S_IFMT) == S_IFBLK;
+        }
+
+        public boolean isSocket() {
+            return (mode & S_IFMT) == S_IFSOCK;
         }
     }
 

@@ -29,6 +29,26 @@ public final class IoVec {
         return new IoVec(arena.allocate(ENTRY * capacity, 8), capacity);
     }
 
+    /**
+     * An iovec array in caller-provided native memory ({@code memory.byteSize() / 16} entries), e.g. one slice per
+     * in-flight request of a larger mapping whose pages are only touched when used.
+     */
+    public static IoVec over(MemorySegment memory) {
+        if (!memory.isNative() || (memory.address() & 7) != 0) {
+            throw new IllegalArgumentException("an iovec array needs 8-byte aligned native memory");
+        }
+        long capacity = memory.byteSize() / ENTRY;
+        if (capacity < 1 || capacity > IOV_MAX) {
+            throw new IllegalArgumentException("iovec capacity must be 1.." + IOV_MAX + ": " + capacity);
+        }
+        return new IoVec(memory.asSlice(0, capacity * ENTRY), (int) capacity);
+    }
+
+    /** Bytes of memory an array of {@code capacity} entries takes. */
+    public static long bytes(int capacity) {
+        return ENTRY * capacity;
+    }
+
     public int capacity() {
         return capacity;
     }

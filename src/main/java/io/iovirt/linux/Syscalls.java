@@ -117,6 +117,7 @@ final class Syscalls {
         static final MethodHandle READ = fn("read", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG));
         static final MethodHandle WRITE = fn("write", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG));
         static final MethodHandle CLOSE = fn("close", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
+        static final MethodHandle DUP3 = fn("dup3", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
         static final MethodHandle FCNTL = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT),
                 Linker.Option.firstVariadicArg(2));
         static final MethodHandle POLL = fn("poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
@@ -154,6 +155,20 @@ final class Syscalls {
         PerThread t = perThread();
         try {
             return ret((int) Core.CLOSE.invokeExact(t.capture, fd), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** Retried on EINTR; EBUSY (a race with open in another thread) is reported to the caller. */
+    static int dup3(int oldfd, int newfd, int flags) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Core.DUP3.invokeExact(t.capture, oldfd, newfd, flags);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
         } catch (Throwable e) {
             throw unexpected(e);
         }
@@ -551,6 +566,63 @@ final class Syscalls {
         PerThread t = perThread();
         try {
             return ret((int) Sockets.GETSOCKOPT.invokeExact(t.capture, fd, level, name, value, len), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    // ---- io_uring: raw system calls (glibc has no wrappers; the numbers are the same on x86_64 and aarch64) ----
+
+    private static final class Uring {
+        static final long NR_SETUP = 425;
+        static final long NR_ENTER = 426;
+        static final long NR_REGISTER = 427;
+        // syscall(2) is variadic: every argument goes as a 64-bit value so no register carries stale upper bits.
+        static final MethodHandle SYSCALL3 = fn("syscall",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS), Linker.Option.firstVariadicArg(1));
+        static final MethodHandle SYSCALL5 = fn("syscall",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS, JAVA_LONG),
+                Linker.Option.firstVariadicArg(1));
+        static final MethodHandle SYSCALL7 = fn("syscall",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS, JAVA_LONG),
+                Linker.Option.firstVariadicArg(1));
+    }
+
+    /** io_uring_setup(2): the ring's descriptor, or -errno. {@code params} is the 120-byte struct io_uring_params. */
+    static int ioUringSetup(int entries, MemorySegment params) {
+        PerThread t = perThread();
+        try {
+            return (int) ret((long) Uring.SYSCALL3.invokeExact(t.capture, Uring.NR_SETUP, Integer.toUnsignedLong(entries), params), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /**
+     * io_uring_enter(2) without a signal mask: SQEs consumed, or -errno. Not retried on EINTR here: the caller
+     * recomputes what is left to submit and wait for.
+     */
+    static int ioUringEnter(int fd, int toSubmit, int minComplete, int flags) {
+        PerThread t = perThread();
+        try {
+            return (int) ret((long) Uring.SYSCALL7.invokeExact(t.capture, Uring.NR_ENTER, (long) fd,
+                    Integer.toUnsignedLong(toSubmit), Integer.toUnsignedLong(minComplete), Integer.toUnsignedLong(flags),
+                    MemorySegment.NULL, 0L), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** io_uring_register(2): the opcode's result, or -errno. */
+    static int ioUringRegister(int fd, int opcode, MemorySegment arg, int nrArgs) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Uring.SYSCALL5.invokeExact(t.capture, Uring.NR_REGISTER, (long) fd, Integer.toUnsignedLong(opcode),
+                        arg, Integer.toUnsignedLong(nrArgs));
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return (int) ret(r, t);
         } catch (Throwable e) {
             throw unexpected(e);
         }

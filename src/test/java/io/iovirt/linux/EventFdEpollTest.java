@@ -117,6 +117,22 @@ class EventFdEpollTest {
     }
 
     @Test
+    void replacingTheFileBehindADescriptorRedirectsLaterWrites() throws Exception {
+        try (EventFd oldCall = EventFd.create(true); EventFd newCall = EventFd.create(true);
+             EventFd user = EventFd.adopt(oldCall.fd().dup())) {
+            int number = user.fd().get();
+            user.signal();
+            assertEquals(1, oldCall.read());
+            user.fd().replaceWith(newCall.fd()); // the worker's descriptor number stays the same ...
+            assertEquals(number, user.fd().get());
+            assertTrue(user.fd().isCloseOnExec());
+            user.write(7); // ... but now reaches the new eventfd
+            assertEquals(7, newCall.read());
+            assertEquals(0, oldCall.read());
+        }
+    }
+
+    @Test
     void eventLayoutMatchesTheArchitecture() {
         String arch = System.getProperty("os.arch");
         boolean x86 = arch.equals("amd64") || arch.equals("x86_64");

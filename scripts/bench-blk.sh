@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Side-by-side vhost-user-blk benchmark: `iovirt serve blk` vs qemu-storage-daemon on the same image file, both
+# driven by the same client (`iovirt bench blk`), one run per case, printed as a Markdown table on stdout.
+#
+#   scripts/bench-blk.sh [--seconds S] [--warmup S] [--size BYTES] [--dir DIR] [--backend-cpu N] [--client-cpu N]
+#
+# Cases: {buffered, O_DIRECT} x {randread, randwrite} x {QD 1, QD 32}, 4 KiB, one queue, split ring, polling client.
+# Each backend gets one queue / one thread of work (iovirt: --queues 1; qsd: its main loop, no iothread) and is
+# pinned with taskset to --backend-cpu; the client to --client-cpu. The two backends run alternately on each case.
+# Env: BACKEND_JAVA_OPTS is passed to the iovirt backend JVM (e.g. a JFR recording), CLIENT_JAVA_OPTS to the client.
+# Raw JSON results stay in DIR (default: a new temporary directory, printed at the end).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+SECONDS_PER_RUN=10
+WARMUP=2
+SIZE=$((1 << 30))
+DIR=""
+BACKEND_CPU=0
+CLIENT_CPU=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
+    --warmup) WARMUP="$2"; shift 2 ;;
+    --size) SIZE="$2"; shift 2 ;;
+    --dir) DIR="$2"; shift 2 ;;
+    --backend-cpu) BACKEND_CPU="$2"; shift 2 ;;
+    --client-cpu) CLIENT_CPU="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench-blk: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+for tool in qemu-storage-daemon taskset jq; do
+  command -v "$tool" >/dev/null || {
+    echo "bench-blk: '$tool' is missing — apt-get install qemu-system-x86 util-linux jq" >&2; exit 1; }
+done
+"$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
+
+[ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-blk.XXXXXX)"
+mkdir -p "$DIR"
+IMAGE="$DIR/disk.raw"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+trap cleanup EXIT
+
+# O_DIRECT needs a file system that supports it (not tmpfs), and reads must hit written blocks, not holes.
+if [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != "$SIZE" ]; then
+  echo "bench-blk: writing a $((SIZE >> 20)) MiB image at $IMAGE ..." >&2
+  rm -f "$IMAGE"
+  dd if=/dev/urandom of="$IMAGE" bs=1M count=$((SIZE >> 20)) iflag=fullblock oflag=direct status=none
+  sync "$IMAGE"
+fi
+cat "$IMAGE" > /dev/null # the buffered cases start with the image in the page cache, for both backends alike
+
+wait_socket() { # socket pid name
+  for _ in $(seq 1 600); do
+    [ -S "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || { echo "bench-blk: $3 exited before listening; its log:" >&2; cat "$DIR/$3.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "bench-blk: $3 did not listen on $1 within 60 s" >&2; exit 1
+}
+
+start_backends() { # mode: buffered|direct
+  local mode="$1" direct_flag="" qsd_cache="cache.direct=off"
+  if [ "$mode" = direct ]; then direct_flag="--direct"; qsd_cache="cache.direct=on,aio=native"; fi
+  rm -f "$DIR/iovirt.sock" "$DIR/qsd.sock"
+  IOVIRT_JAVA_OPTS="${BACKEND_JAVA_OPTS:-}" taskset -c "$BACKEND_CPU" "$ROOT/iovirt" serve blk --image "$IMAGE" \
+    --socket "$DIR/iovirt.sock" --queues 1 $direct_flag > "$DIR/iovirt-$mode.log" 2>&1 &
+  PIDS+=($!)
+  wait_socket "$DIR/iovirt.sock" "$!" "iovirt-$mode"
+  taskset -c "$BACKEND_CPU" qemu-storage-daemon \
+    --blockdev "driver=file,node-name=file0,filename=$IMAGE,$qsd_cache" \
+    --blockdev driver=raw,node-name=disk0,file=file0 \
+    --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$DIR/qsd.sock,writable=on,num-queues=1" \
+    > "$DIR/qsd-$mode.log" 2>&1 &
+  PIDS+=($!)
+  wait_socket "$DIR/qsd.sock" "$!" "qsd-$mode"
+}
+
+run_case() { # backend mode rw qd
+  local out="$DIR/$1-$2-$3-qd$4.json"
+  echo "bench-blk: $1 $2 $3 QD $4 ..." >&2
+  IOVIRT_JAVA_OPTS="${CLIENT_JAVA_OPTS:-}" taskset -c "$CLIENT_CPU" "$ROOT/iovirt" bench blk --socket "$DIR/$1.sock" \
+    --rw "$3" --bs 4096 --qd "$4" --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" --queues 1 --json > "$out"
+}
+
+CASES=()
+for mode in buffered direct; do
+  start_backends "$mode"
+  for rw in randread randwrite; do
+    for qd in 1 32; do
+      run_case iovirt "$mode" "$rw" "$qd"
+      run_case qsd "$mode" "$rw" "$qd"
+      CASES+=("$mode $rw $qd")
+    done
+  done
+  cleanup
+done
+
+# ---- report ----------------------------------------------------------------------------------------------------
+q() { jq -r "$2" "$1"; }
+SHARE='.client_cpu_us_per_io * .iops / 1e4 | round' # percent of one core
+JAVA_VERSION="unknown JDK"
+for jdk in "${JAVA_HOME:-}" /usr/lib/jvm/*25*; do # the launcher's search order
+  if [ -n "$jdk" ] && [ -x "$jdk/bin/java" ] && "$jdk/bin/java" -version 2>&1 | grep -qE 'version "25'; then
+    JAVA_VERSION="$("$jdk/bin/java" -version 2>&1 | sed -n 3p)"; break
+  fi
+done
+echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r),"\
+     "$(qemu-storage-daemon --version | head -1), $JAVA_VERSION"
+echo "Command: scripts/bench-blk.sh --seconds $SECONDS_PER_RUN --warmup $WARMUP --size $SIZE --backend-cpu $BACKEND_CPU --client-cpu $CLIENT_CPU"
+echo "Load average before the report: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| mode | rw | QD | iovirt IOPS | qsd IOPS | IOPS ratio | iovirt p50 µs | qsd p50 µs | iovirt p99 µs | qsd p99 µs | iovirt CPU µs/IO | qsd CPU µs/IO | client core % |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for c in "${CASES[@]}"; do
+  set -- $c
+  a="$DIR/iovirt-$1-$2-qd$3.json"
+  b="$DIR/qsd-$1-$2-qd$3.json"
+  mode=$([ "$1" = direct ] && echo "O_DIRECT" || echo "buffered")
+  printf '| %s | %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.1f | %.1f | %s | %s | %s |\n' "$mode" "$2" "$3" \
+    "$(q "$a" .iops)" "$(q "$b" .iops)" "$(jq -n "$(q "$a" .iops) / $(q "$b" .iops)")" \
+    "$(q "$a" '.latency_ns.p50 / 1000')" "$(q "$b" '.latency_ns.p50 / 1000')" \
+    "$(q "$a" '.latency_ns.p99 / 1000')" "$(q "$b" '.latency_ns.p99 / 1000')" \
+    "$(q "$a" 'if .backend_cpu_us_per_io == null then "n/a" else (.backend_cpu_us_per_io * 10 | round / 10 | tostring) end')" \
+    "$(q "$b" 'if .backend_cpu_us_per_io == null then "n/a" else (.backend_cpu_us_per_io * 10 | round / 10 | tostring) end')" \
+    "$(q "$a" "$SHARE") / $(q "$b" "$SHARE")"
+done
+echo
+echo "client core %: CPU time of the (busy-polling) client over the measured time, iovirt run / qsd run; well below 100"
+echo "means other work on this machine took the client's core, and that run's numbers are noise-bound."
+echo
+echo "Backend memory at the end of each QD 32 randwrite run (RSS; guest RAM = the part that is our shared memfd):"
+echo
+echo "| backend | mode | RSS MiB | guest RAM mapped MiB | beyond guest mappings MiB |"
+echo "|---|---|---:|---:|---:|"
+for be in iovirt qsd; do
+  for mode in buffered direct; do
+    f="$DIR/$be-$mode-randwrite-qd32.json"
+    printf '| %s | %s | %s |\n' "$be" "$([ "$mode" = direct ] && echo O_DIRECT || echo buffered)" \
+      "$(q "$f" 'if .backend_memory == null then "n/a | n/a | n/a" else
+                 ([.backend_memory.rss_kib, .backend_memory.guest_mapping_kib, .backend_memory.beyond_guest_kib]
+                  | map(. / 1024 * 10 | round / 10 | tostring) | join(" | ")) end')"
+  done
+done
+echo
+echo "Raw results: $DIR" >&2

@@ -1,0 +1,171 @@
+package io.iovirt.cli;
+
+import io.iovirt.devices.net.VirtioNetPort;
+import io.iovirt.net.Ethernet;
+import io.iovirt.net.Mac;
+import io.iovirt.net.Port;
+import io.iovirt.net.PortStats;
+import io.iovirt.net.StreamPort;
+import io.iovirt.net.Switch;
+import io.iovirt.net.TapPort;
+import java.io.PrintWriter;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/** {@code iovirt serve net}: the virtual switch. */
+@Command(name = "net", mixinStandardHelpOptions = true,
+        usageHelpWidth = 110,
+        description = {"Run an L2 learning switch whose ports are guests and host interfaces until SIGINT/SIGTERM,",
+            "then print each port's counters. Port kinds:",
+            "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
+            "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
+            "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)",
+            "  vhost-user:PATH[,queues=N][,mac=MAC][,poll-us=US]",
+            "               a virtio-net device served on UNIX socket PATH (QEMU: -chardev socket,id=c0,path=PATH",
+            "               -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,netdev=n0,vectors=0;",
+            "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
+            "               (default 1); mac: the guest's address, announced when it connects; poll-us: keep polling",
+            "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0)"},
+        sortOptions = false)
+final class ServeNetCommand implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--port", required = true, paramLabel = "KIND:ARG",
+            description = "A switch port (repeat for more): vhost-user:PATH, stream:PATH or tap:IFNAME.")
+    List<String> ports;
+
+    @Option(names = "--mac-aging", paramLabel = "S", defaultValue = "" + Switch.DEFAULT_MAC_AGING_SECONDS,
+            description = "Forget a MAC address S seconds after its last frame (default: ${DEFAULT-VALUE}).")
+    int macAging;
+
+    @Option(names = "--mtu", paramLabel = "BYTES", defaultValue = "" + Ethernet.DEFAULT_MTU,
+            description = "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
+    int mtu;
+
+    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
+            description = "Print every port's counters every S seconds (0: only on exit).")
+    int statsInterval;
+
+    @Option(names = "--verbose", description = "Print stack traces with errors.")
+    boolean verbose;
+
+    @Override
+    public Integer call() throws Exception {
+        if (macAging < 1) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--mac-aging must be at least 1 second");
+        }
+        if (mtu < Ethernet.MIN_MTU || mtu > Ethernet.MAX_MTU) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--mtu must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU);
+        }
+        if (statsInterval < 0) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--stats-interval must not be negative");
+        }
+        List<PortFactory> factories = ports.stream().map(this::parse).toList();
+        PrintWriter out = spec.commandLine().getOut();
+        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
+            for (PortFactory f : factories) {
+                Port p = sw.addPort(f.create());
+                out.println("port " + p.index() + ": " + p.name());
+            }
+            sw.startHousekeeping();
+            out.println("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C or SIGTERM");
+            out.flush();
+            Thread printer = null;
+            if (statsInterval > 0) {
+                printer = Thread.ofPlatform().daemon().name("stats").start(() -> {
+                    try {
+                        while (true) {
+                            Thread.sleep(statsInterval * 1000L);
+                            printStats(out, sw, "counters");
+                        }
+                    } catch (InterruptedException e) {
+                        // stopping
+                    }
+                });
+            }
+            String signal = Signals.awaitTermination();
+            out.println("received " + signal + ", stopping");
+            if (printer != null) {
+                printer.interrupt();
+                printer.join();
+            }
+            sw.close(); // stop forwarding first, so the final counters are final
+            printStats(out, sw, "final counters");
+        }
+        return 0;
+    }
+
+    private static void printStats(PrintWriter out, Switch sw, String title) {
+        out.println(title + " (MAC table: " + sw.macTable().size() + " addresses):");
+        for (PortStats s : sw.stats()) {
+            out.println("  " + s);
+        }
+        out.flush();
+    }
+
+    @FunctionalInterface
+    private interface PortFactory {
+        Port create() throws Exception;
+    }
+
+    private PortFactory parse(String spec) {
+        int colon = spec.indexOf(':');
+        String kind = colon < 0 ? spec : spec.substring(0, colon);
+        String arg = colon < 0 ? "" : spec.substring(colon + 1);
+        if (arg.isEmpty()) {
+            throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
+        }
+        return switch (kind) {
+            case "stream" -> () -> new StreamPort(Path.of(arg));
+            case "tap" -> {
+                try {
+                    TapPort probe = new TapPort(arg); // validates the name now, before anything starts
+                    yield () -> probe;
+                } catch (IllegalArgumentException e) {
+                    throw usage("--port " + spec + ": " + e.getMessage());
+                }
+            }
+            case "vhost-user" -> {
+                VirtioNetPort.Options o = vhostUserOptions(spec, arg);
+                yield () -> new VirtioNetPort(o);
+            }
+            default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
+        };
+    }
+
+    private VirtioNetPort.Options vhostUserOptions(String spec, String arg) {
+        String[] parts = arg.split(",");
+        int queues = 1;
+        long mac = -1;
+        int pollUs = 0;
+        for (int i = 1; i < parts.length; i++) {
+            String[] kv = parts[i].split("=", 2);
+            try {
+                switch (kv.length == 2 ? kv[0] : "") {
+                    case "queues" -> queues = Integer.parseInt(kv[1]);
+                    case "mac" -> mac = Mac.parse(kv[1]);
+                    case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
+                    default -> throw usage("--port " + spec + ": unknown option '" + parts[i]
+                            + "' (known: queues=N, mac=MAC, poll-us=US)");
+                }
+            } catch (NumberFormatException e) {
+                throw usage("--port " + spec + ": '" + parts[i] + "' needs a number");
+            }
+        }
+        try {
+            return new VirtioNetPort.Options(Path.of(parts[0]), queues, mac, pollUs);
+        } catch (IllegalArgumentException e) {
+            throw usage("--port " + spec + ": " + e.getMessage());
+        }
+    }
+
+    private CommandLine.ParameterException usage(String msg) {
+        return new CommandLine.ParameterException(spec.commandLine(), msg);
+    }
+}

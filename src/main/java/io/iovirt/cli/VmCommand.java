@@ -1,0 +1,170 @@
+package io.iovirt.cli;
+
+import io.iovirt.host.HostPaths;
+import io.iovirt.net.Mac;
+import io.iovirt.vm.GuestImage;
+import io.iovirt.vm.GuestResult;
+import io.iovirt.vm.QemuGuest;
+import io.iovirt.vm.compose.VmComposer;
+import io.iovirt.vm.compose.VmSpec;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+
+/** {@code iovirt vm}: compose one QEMU guest from any mix of the five techniques. */
+@Command(name = "vm", mixinStandardHelpOptions = true, description = "Compose and run VMs.",
+        subcommands = {VmCommand.Run.class})
+final class VmCommand {
+
+    @Command(name = "run", mixinStandardHelpOptions = true, usageHelpWidth = 110,
+            description = {"Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
+                    "(vhost-user), FV devices emulated by QEMU (NICs on iovirt's switch), VFIO devices and SR-IOV VFs",
+                    "passed through after the host registry assigns them to this VM.",
+                    "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:",
+                    "list what the guest sees). With --serve, starts only the backends, prints the QEMU device",
+                    "arguments for your own guest, and runs until SIGINT/SIGTERM."})
+    static final class Run implements Callable<Integer> {
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Parameters(index = "0", paramLabel = "NAME", description = "VM name (owner of its assigned devices).")
+        String name;
+
+        @Option(names = "--profile", defaultValue = "pvhvm", paramLabel = "P",
+                description = "pvhvm (default: any mix; PV devices with MSI-X via eventfds, kvmclock under KVM) or hvm (emulated devices only).")
+        String profile;
+
+        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro]", description = "A disk: pv (virtio-blk by iovirt) or fv (AHCI by QEMU).")
+        List<String> disks = new ArrayList<>();
+
+        @Option(names = "--nic", paramLabel = "pv|fv[,mac=MAC]", description = "A NIC on iovirt's switch: pv (virtio-net) or fv (e1000).")
+        List<String> nics = new ArrayList<>();
+
+        @Option(names = "--vfio", paramLabel = "BDF", description = "Pass a host device (bound to vfio-pci) through.")
+        List<String> vfio = new ArrayList<>();
+
+        @Option(names = "--vf", paramLabel = "PF", description = "Pass through a free virtual function of this SR-IOV physical function.")
+        List<String> vfPools = new ArrayList<>();
+
+        @Option(names = "--memory", defaultValue = "512", paramLabel = "MiB", description = "Guest RAM (default ${DEFAULT-VALUE}).")
+        int memory;
+
+        @Option(names = "--cpus", defaultValue = "1", paramLabel = "N", description = "vCPUs (default ${DEFAULT-VALUE}).")
+        int cpus;
+
+        @Option(names = "--command", paramLabel = "SCRIPT", description = "Shell script to run in the test guest.")
+        String command;
+
+        @Option(names = "--serve", description = "Only run the backends and print the QEMU device arguments.")
+        boolean serve;
+
+        @Option(names = "--state-dir", paramLabel = "DIR", description = "Assignment registry (default /var/lib/iovirt).")
+        Path stateDir;
+
+        @Option(names = "--timeout", defaultValue = "300", paramLabel = "S", description = "Kill the guest after S seconds (default ${DEFAULT-VALUE}).")
+        int timeout;
+
+        @Option(names = "--verbose", description = "Print stack traces on errors.")
+        boolean verbose;
+
+        static final String DEFAULT_COMMAND = """
+                echo "block devices: $(ls /sys/block | tr '\\n' ' ')"
+                for i in /sys/class/net/*; do [ -e $i/device/driver ] && echo "nic $(basename $i): $(basename $(readlink $i/device/driver)) $(cat $i/address)"; done
+                echo "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+                grep -E 'virtio|ahci|eth|vfio|nvme' /proc/interrupts | awk '{print "irq " $1 " " $(NF-1) " " $NF}'
+                """;
+
+        @Override
+        public Integer call() throws Exception {
+            VmSpec vm = new VmSpec(name, parseProfile(), memory, cpus, disks.stream().map(this::disk).toList(),
+                    nics.stream().map(this::nic).toList(), vfio, vfPools);
+            HostPaths host = HostPaths.system();
+            if (stateDir != null) {
+                host = host.withStateDir(stateDir);
+            }
+            Path runDir = Files.createTempDirectory("iovirt-vm-" + name + "-");
+            try (VmComposer c = VmComposer.compose(vm, runDir, host)) {
+                for (VmComposer.Device d : c.devices()) {
+                    System.err.printf("%-7s %s%n", d.technique(), d.description());
+                }
+                if (serve) {
+                    System.out.println("qemu-system-x86_64 -machine q35 -m " + memory + "M -object memory-backend-memfd,id=mem,size="
+                            + memory + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
+                    System.err.println("backends running; stop with Ctrl-C or SIGTERM");
+                    Signals.awaitTermination();
+                    return 0;
+                }
+                QemuGuest guest = QemuGuest.builder(GuestImage.ensure()).name(name).memoryMiB(memory).cpus(cpus)
+                        .modules(c.modules().toArray(String[]::new)).args(c.qemuArgs())
+                        .payload(command != null ? command : DEFAULT_COMMAND).build();
+                GuestResult r = guest.run(Duration.ofSeconds(timeout));
+                System.out.print(r.output());
+                return r.exitCode() == 0 ? 0 : 1;
+            } finally {
+                try (var files = Files.walk(runDir)) {
+                    files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                }
+            }
+        }
+
+        private VmSpec.Profile parseProfile() {
+            return switch (profile.toLowerCase(Locale.ROOT)) {
+                case "pvhvm" -> VmSpec.Profile.PVHVM;
+                case "hvm" -> VmSpec.Profile.HVM;
+                default -> throw usage("--profile must be pvhvm or hvm, got '" + profile + "'");
+            };
+        }
+
+        private VmSpec.Disk disk(String text) {
+            String[] parts = text.split(",");
+            String[] kindAndPath = parts[0].split(":", 2);
+            if (kindAndPath.length != 2 || kindAndPath[1].isEmpty()) {
+                throw usage("--disk " + text + ": want pv:IMAGE or fv:IMAGE");
+            }
+            boolean ro = false;
+            for (int i = 1; i < parts.length; i++) {
+                if (!parts[i].equals("ro")) {
+                    throw usage("--disk " + text + ": unknown option '" + parts[i] + "' (known: ro)");
+                }
+                ro = true;
+            }
+            return new VmSpec.Disk(kind(kindAndPath[0], "--disk " + text), Path.of(kindAndPath[1]), ro);
+        }
+
+        private VmSpec.Nic nic(String text) {
+            String[] parts = text.split(",");
+            long mac = -1;
+            for (int i = 1; i < parts.length; i++) {
+                if (!parts[i].startsWith("mac=")) {
+                    throw usage("--nic " + text + ": unknown option '" + parts[i] + "' (known: mac=MAC)");
+                }
+                try {
+                    mac = Mac.parse(parts[i].substring(4));
+                } catch (IllegalArgumentException e) {
+                    throw usage("--nic " + text + ": " + e.getMessage());
+                }
+            }
+            return new VmSpec.Nic(kind(parts[0], "--nic " + text), mac);
+        }
+
+        private VmSpec.Kind kind(String k, String where) {
+            return switch (k) {
+                case "pv" -> VmSpec.Kind.PV;
+                case "fv" -> VmSpec.Kind.FV;
+                default -> throw usage(where + ": kind must be pv or fv, got '" + k + "'");
+            };
+        }
+
+        private CommandLine.ParameterException usage(String msg) {
+            return new CommandLine.ParameterException(spec.commandLine(), msg);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+package io.iovirt.devices.blk;
+
+import static io.iovirt.devices.blk.BlkRequests.*;
+
+import io.iovirt.linux.LinuxException;
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.storage.RawImage;
+import io.iovirt.vhostuser.BackendException;
+import io.iovirt.vhostuser.Features;
+import io.iovirt.vhostuser.VhostUserBackend;
+import io.iovirt.vhostuser.VringSetup;
+import io.iovirt.virtio.QueueConfig;
+import io.iovirt.virtio.Virtqueue;
+import io.iovirt.virtio.VirtqueueException;
+import java.lang.System.Logger.Level;
+import java.nio.charset.StandardCharsets;
+
+/**
+ * A virtio-blk device (VIRTIO 1.2 §5.2) over a raw image, served through vhost-user. Each queue runs on its own
+ * thread ({@link BlkQueueWorker}) with its own I/O state; queues share only the image descriptor and counters.
+ *
+ * <p>Called by the protocol layer from one control thread; the workers never call back into it.
+ */
+public final class BlkDevice implements VhostUserBackend {
+    private static final System.Logger LOG = System.getLogger(BlkDevice.class.getName());
+    private static final int DEVICE_NEEDS_RESET = 0x40;
+
+    private final String name;
+    private final RawImage image;
+    private final int queues;
+    private final BlkLimits limits = BlkLimits.defaults();
+    private final BlkConfig config;
+    private final byte[] serial;
+    private final BlkStats stats = new BlkStats();
+    private final BlkQueueWorker[] workers;
+    private final VringSetup[] setups;
+    private long acked;
+
+    /**
+     * @param name   identifies the device in log lines (the socket path)
+     * @param queues request queues offered (the guest may use fewer)
+     * @param serial the GET_ID string, at most 20 bytes of ASCII
+     */
+    public BlkDevice(String name, RawImage image, int queues, String serial) {
+        if (queues < 1 || queues > 64) {
+            throw new IllegalArgumentException("queues must be 1..64: " + queues);
+        }
+        byte[] id = serial.getBytes(StandardCharsets.US_ASCII);
+        if (id.length > ID_BYTES) {
+            throw new IllegalArgumentException("serial '" + serial + "' is longer than " + ID_BYTES + " bytes");
+        }
+        this.name = name;
+        this.image = image;
+        this.queues = queues;
+        this.serial = java.util.Arrays.copyOf(id, ID_BYTES); // NUL-padded, as the spec allows
+        this.config = new BlkConfig(image.size() >>> SECTOR_SHIFT, image.blockSize(), limits.segMax(), limits.sizeMax(),
+                queues, limits.maxDiscardSectors(), limits.maxDiscardSegments());
+        this.workers = new BlkQueueWorker[queues];
+        this.setups = new VringSetup[queues];
+    }
+
+    public BlkStats stats() {
+        return stats;
+    }
+
+    @Override
+    public long features() {
+        long f = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_INDIRECT_DESC | Features.VIRTIO_RING_F_EVENT_IDX
+                | Features.VIRTIO_F_RING_PACKED
+                | bit(F_SIZE_MAX) | bit(F_SEG_MAX) | bit(F_BLK_SIZE) | bit(F_FLUSH) | bit(F_MQ);
+        if (image.readOnly()) {
+            f |= bit(F_RO);
+        } else {
+            f |= bit(F_DISCARD) | bit(F_WRITE_ZEROES);
+        }
+        return f;
+    }
+
+    private static long bit(int n) {
+        return 1L << n;
+    }
+
+    @Override
+    public int queueCount() {
+        return queues;
+    }
+
+    @Override
+    public int maxQueueSize() {
+        return BlkLimits.MAX_QUEUE_SIZE;
+    }
+
+    @Override
+    public void setFeatures(long acked) throws BackendException {
+        if ((acked & ~features()) != 0) {
+            throw new BackendException(String.format("driver acknowledged features 0x%x that were not offered", acked & ~features()));
+        }
+        this.acked = acked;
+    }
+
+    @Override
+    public byte[] readConfig(int offset, int size) throws BackendException {
+        try {
+            return config.read(offset, size);
+        } catch (IllegalArgumentException e) {
+            throw new BackendException(e.getMessage());
+        }
+    }
+
+    @Override
+    public void queueStarted(int index, VringSetup setup) throws BackendException {
+        if (workers[index] != null) {
+            throw new BackendException("queue " + index + " is already running");
+        }
+        QueueConfig qc = (setup.packed()
+                ? QueueConfig.packed(index, setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(), setup.eventIdx(),
+                        setup.indirect(), 0, true, 0, true)
+                : QueueConfig.split(index, setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(), setup.eventIdx(),
+                        setup.indirect(), 0))
+                .withVringBase(setup.base());
+        start(index, setup, qc);
+    }
+
+    private void start(int index, VringSetup setup, QueueConfig qc) throws BackendException {
+        if (setup.kick() == null) {
+            throw new BackendException("queue " + index + ": polling mode without a kick eventfd is not supported");
+        }
+        try {
+            Virtqueue q = Virtqueue.create(qc, setup.memory());
+            BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
+            BlkQueueWorker w = new BlkQueueWorker("blk " + name + " q" + index, q, handler, setup.kick(), setup.call(),
+                    setup.err(), stats);
+            workers[index] = w;
+            setups[index] = setup;
+            w.start();
+        } catch (VirtqueueException e) {
+            throw new BackendException("queue " + index + ": " + e.getMessage());
+        } catch (LinuxException e) {
+            throw new BackendException("queue " + index + ": cannot start its thread: " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public int queueStopped(int index) {
+        BlkQueueWorker w = workers[index];
+        if (w == null) {
+            return 0;
+        }
+        w.stop();
+        workers[index] = null;
+        setups[index] = null;
+        return w.vringBase();
+    }
+
+    /**
+     * Queues read the memory snapshot per batch; to guarantee none still holds a buffer of the old one when this
+     * returns, each running queue is stopped (drained: requests are served synchronously) and restarted where it
+     * left off, on the new memory.
+     */
+    @Override
+    public void memoryChanged(GuestMemory memory) {
+        for (int i = 0; i < queues; i++) {
+            BlkQueueWorker w = workers[i];
+            if (w == null) {
+                continue;
+            }
+            VringSetup setup = setups[i];
+            int base = queueStopped(i);
+            try {
+                queueStarted(i, new VringSetup(setup.index(), setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(),
+                        base, setup.features(), setup.kick(), setup.call(), setup.err(), setup.memory()));
+            } catch (BackendException e) {
+                LOG.log(Level.ERROR, "blk {0} q{1}: cannot resume after the memory table changed: {2}", name, i, e.getMessage());
+            }
+        }
+    }
+
+    @Override
+    public int deviceStatus() {
+        for (BlkQueueWorker w : workers) {
+            if (w != null && w.failure() != null) {
+                return DEVICE_NEEDS_RESET;
+            }
+        }
+        return 0;
+    }
+
+    @Override
+    public void reset() {
+        for (int i = 0; i < queues; i++) {
+            queueStopped(i);
+        }
+        acked = 0;
+    }
+
+    /** Makes every acknowledged write durable; used at shutdown. */
+    public void flush() throws LinuxException {
+        if (!image.readOnly()) {
+            image.flush();
+        }
+    }
+
+    long ackedFeatures() {
+        return acked;
+    }
+}

@@ -1,0 +1,386 @@
+package io.iovirt.devices.net;
+
+import io.iovirt.linux.LinuxException;
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.net.Counters;
+import io.iovirt.net.Ethernet;
+import io.iovirt.net.Frame;
+import io.iovirt.net.Mac;
+import io.iovirt.net.Port;
+import io.iovirt.net.PortStat;
+import io.iovirt.net.RateLimitedLog;
+import io.iovirt.vhostuser.BackendException;
+import io.iovirt.vhostuser.Features;
+import io.iovirt.vhostuser.VhostUserBackend;
+import io.iovirt.vhostuser.VhostUserServer;
+import io.iovirt.vhostuser.VringSetup;
+import io.iovirt.virtio.QueueConfig;
+import io.iovirt.virtio.Virtqueue;
+import io.iovirt.virtio.VirtqueueException;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.nio.file.Path;
+import java.util.Objects;
+
+/**
+ * {@code vhost-user:PATH} — a virtio-net device (VIRTIO 1.2 §5.1) served over vhost-user, as a switch port. iovirt
+ * listens on PATH; the frontend (QEMU {@code -netdev vhost-user}, DPDK {@code net_virtio_user}) connects, shares the
+ * guest's memory and hands over the rings. Queue 2k receives (switch → guest), queue 2k+1 transmits (guest →
+ * switch), for k below the number of queue pairs (MQ when more than one).
+ *
+ * <p>Offered: VERSION_1, MRG_RXBUF, MTU, STATUS, MAC (when one is configured), MQ (with more than one pair), split
+ * and packed rings, EVENT_IDX, INDIRECT_DESC, ANY_LAYOUT. Not offered: checksum and segmentation offloads
+ * (CSUM, GUEST_CSUM, *_TSO*, *_UFO, *_USO) — the switch passes frames between guests, TAP and QEMU's stream netdev
+ * that could not all honour them, so frames are always complete and checksummed; a header asking for them is
+ * rejected per frame. Protocol extras: NET_MTU (the guest may lower its MTU, never raise it above the switch's) and
+ * RARP (SEND_RARP broadcasts a RARP frame from the guest's address into the switch). After a frontend reconnects,
+ * the port announces the guest's address the same way (the configured MAC, else the last source address the guest
+ * used), so the switch and anything behind a TAP learn where it is before the guest speaks.
+ *
+ * <p>QEMU's own virtio-net model owns the configuration space, the control queue and the guest-visible MAC
+ * ({@code -device virtio-net-pci,mac=...}); the configuration this device serves (GET_CONFIG) is for frontends
+ * without a device model of their own.
+ */
+public final class VirtioNetPort extends Port implements VhostUserBackend {
+    /** Largest ring this device accepts (the spec's maximum). */
+    public static final int MAX_QUEUE_SIZE = 32768;
+    private static final long RING_FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_F_RING_PACKED
+            | Features.VIRTIO_RING_F_EVENT_IDX | Features.VIRTIO_RING_F_INDIRECT_DESC;
+
+    /**
+     * @param socket     where to listen
+     * @param queuePairs receive/transmit queue pairs (1..256: vhost-user queue indices are 8 bits)
+     * @param mac        the guest's address if known (offered as VIRTIO_NET_F_MAC and announced), else -1
+     * @param pollMicros how long a transmit queue keeps polling after it ran dry (0: sleep at once until kicked)
+     */
+    public record Options(Path socket, int queuePairs, long mac, int pollMicros) {
+        public Options {
+            Objects.requireNonNull(socket);
+            if (queuePairs < 1 || queuePairs > 128) {
+                throw new IllegalArgumentException("queue pairs must be 1..128: " + queuePairs);
+            }
+            if (mac != -1 && (mac < 0 || mac > Mac.BROADCAST || !Mac.isValidSource(mac))) {
+                throw new IllegalArgumentException("the guest MAC must be a unicast address: " + Mac.toString(mac));
+            }
+            if (pollMicros < 0 || pollMicros > 1_000_000) {
+                throw new IllegalArgumentException("poll time must be 0..1000000 µs: " + pollMicros);
+            }
+        }
+
+        public static Options of(Path socket) {
+            return new Options(socket, 1, -1, 0);
+        }
+    }
+
+    private final Options options;
+    private final Object control = new Object();
+    private NetRxQueue[] rxQueues;
+    private final NetTxQueue[] txQueues;
+    private Counters[] txCounters; // per transmit queue (the port's rx side), kept across reconnects
+    private Counters controlCounters;
+    private Frame announceFrame;
+    private VhostUserServer server;
+    private volatile long guestMac;
+    private volatile boolean needsReset;
+    private volatile int guestMtu;
+    // guarded by control
+    private long ackedFeatures;
+    private boolean announced;
+    private long announcements;
+    private boolean closed;
+
+    public VirtioNetPort(Options options) {
+        super("vhost-user:" + options.socket());
+        this.options = options;
+        this.txQueues = new NetTxQueue[options.queuePairs()];
+        this.guestMac = options.mac();
+    }
+
+    public VirtioNetPort(Path socket) {
+        this(Options.of(socket));
+    }
+
+    public Options options() {
+        return options;
+    }
+
+    /** True while a frontend is connected. */
+    public boolean connected() {
+        VhostUserServer s = server;
+        return s != null && s.connected();
+    }
+
+    @Override
+    public boolean isLinkUp() {
+        NetRxQueue[] rqs = rxQueues;
+        if (rqs == null) {
+            return false;
+        }
+        for (NetRxQueue q : rqs) {
+            if (q.running()) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    @Override
+    protected void start() throws IOException {
+        int pairs = options.queuePairs();
+        NetRxQueue[] rqs = new NetRxQueue[pairs];
+        txCounters = new Counters[pairs];
+        for (int i = 0; i < pairs; i++) {
+            rqs[i] = new NetRxQueue(2 * i, name(), newCounters());
+            txCounters[i] = newCounters();
+        }
+        controlCounters = Counters.detached(); // announcements are ours, not the guest's: not in its counters
+        announceFrame = new Frame(Arena.ofAuto().allocate(Ethernet.MIN_FRAME, 8));
+        rxQueues = rqs;
+        guestMtu = mtu();
+        server = VhostUserServer.start(options.socket(), this);
+    }
+
+    // ---- the switch side ---------------------------------------------------------------------------------------
+
+    @Override
+    protected void transmit(Frame frame) {
+        NetRxQueue[] rqs = rxQueues;
+        int n = rqs.length;
+        int first = n == 1 ? 0 : Math.floorMod(FlowHash.of(frame), n);
+        for (int k = 0; k < n; k++) { // the flow's queue, else the next one the guest enabled
+            NetRxQueue q = rqs[(first + k) % n];
+            if (k == n - 1 || q.running()) {
+                q.transmit(frame);
+                return;
+            }
+        }
+    }
+
+    /** A transmit queue forwards a frame from the guest. */
+    void forward(Counters rx, Frame frame) {
+        receive(rx, frame);
+    }
+
+    void guestAddressSeen(long mac) {
+        if (options.mac() == -1 && Mac.isValidSource(mac)) {
+            guestMac = mac;
+        }
+    }
+
+    void queueFailed(int index, Exception e) {
+        needsReset = true;
+        RateLimitedLog.warning(name() + ": queue " + index + " stopped: " + e.getMessage());
+    }
+
+    // ---- vhost-user backend ------------------------------------------------------------------------------------
+
+    @Override
+    public long features() {
+        long f = RING_FEATURES | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MTU | VirtioNet.F_STATUS | VirtioNet.F_ANY_LAYOUT;
+        if (options.mac() != -1) {
+            f |= VirtioNet.F_MAC;
+        }
+        if (options.queuePairs() > 1) {
+            f |= VirtioNet.F_MQ;
+        }
+        return f;
+    }
+
+    @Override
+    public long protocolFeatures() {
+        return Features.bit(Features.PROTOCOL_RARP) | Features.bit(Features.PROTOCOL_NET_MTU);
+    }
+
+    @Override
+    public int queueCount() {
+        return 2 * options.queuePairs();
+    }
+
+    @Override
+    public int maxQueueSize() {
+        return MAX_QUEUE_SIZE;
+    }
+
+    @Override
+    public void setFeatures(long acked) throws BackendException {
+        synchronized (control) {
+            ackedFeatures = acked;
+        }
+    }
+
+    @Override
+    public byte[] readConfig(int offset, int size) throws BackendException {
+        if (offset < 0 || size < 0 || offset + size > VirtioNet.CFG_READ_LIMIT) {
+            throw new BackendException("virtio-net configuration read " + offset + "+" + size + " is outside 0.."
+                    + VirtioNet.CFG_READ_LIMIT);
+        }
+        MemorySegment cfg = MemorySegment.ofArray(new byte[VirtioNet.CFG_READ_LIMIT]);
+        ValueLayout.OfShort le16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+        long mac = guestMac;
+        if (mac != -1) {
+            Mac.write(cfg, VirtioNet.CFG_MAC, mac);
+        }
+        cfg.set(le16, VirtioNet.CFG_STATUS, (short) VirtioNet.S_LINK_UP);
+        cfg.set(le16, VirtioNet.CFG_MAX_VQ_PAIRS, (short) options.queuePairs());
+        cfg.set(le16, VirtioNet.CFG_MTU, (short) mtu());
+        cfg.set(ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN), VirtioNet.CFG_SPEED, -1); // unknown
+        cfg.set(ValueLayout.JAVA_BYTE, VirtioNet.CFG_DUPLEX, (byte) 0xff); // unknown
+        return cfg.asSlice(offset, size).toArray(ValueLayout.JAVA_BYTE);
+    }
+
+    @Override
+    public void queueStarted(int index, VringSetup setup) throws BackendException {
+        int pair = index / 2;
+        if (index < 0 || pair >= options.queuePairs()) {
+            throw new BackendException("queue " + index + " does not exist: " + options.queuePairs() + " queue pair(s)");
+        }
+        long f = setup.features();
+        boolean version1 = (f & Features.VIRTIO_F_VERSION_1) != 0;
+        boolean mrg = (f & VirtioNet.F_MRG_RXBUF) != 0;
+        int hdr = version1 || mrg ? VirtioNet.HDR_SIZE : VirtioNet.HDR_SIZE_LEGACY;
+        Virtqueue vq;
+        try {
+            vq = Virtqueue.create(queueConfig(setup), setup.memory());
+        } catch (VirtqueueException e) {
+            throw new BackendException(name() + ": cannot attach queue " + index + ": " + e.getMessage());
+        }
+        if (index % 2 == 0) {
+            rxQueues[pair].start(vq, setup.call(), hdr, mrg);
+            synchronized (control) {
+                if (!announced) {
+                    announced = true;
+                    announce();
+                }
+            }
+        } else {
+            try {
+                NetTxQueue tq = new NetTxQueue(this, index, vq, setup.kick(), setup.call(), txCounters[pair], hdr,
+                        Ethernet.maxFrame(mtu()), options.pollMicros() * 1000L);
+                txQueues[pair] = tq;
+                tq.start();
+            } catch (LinuxException e) {
+                throw new BackendException(name() + ": cannot start transmit queue " + index + ": " + e.getMessage());
+            }
+        }
+    }
+
+    private static QueueConfig queueConfig(VringSetup s) {
+        QueueConfig c = s.packed()
+                ? QueueConfig.packed(s.index(), s.size(), s.descGpa(), s.availGpa(), s.usedGpa(), s.eventIdx(),
+                        s.indirect(), 0, true, 0, true)
+                : QueueConfig.split(s.index(), s.size(), s.descGpa(), s.availGpa(), s.usedGpa(), s.eventIdx(),
+                        s.indirect(), 0);
+        return c.withVringBase(s.base());
+    }
+
+    @Override
+    public int queueStopped(int index) {
+        int pair = index / 2;
+        if (index % 2 == 0) {
+            return rxQueues[pair].stop();
+        }
+        NetTxQueue tq = txQueues[pair];
+        txQueues[pair] = null;
+        return tq == null ? 0 : tq.stop();
+    }
+
+    @Override
+    public void memoryChanged(GuestMemory memory) {
+        for (NetRxQueue q : rxQueues) {
+            q.memoryBarrier();
+        }
+        for (NetTxQueue q : txQueues) {
+            if (q != null) {
+                q.memoryBarrier();
+            }
+        }
+    }
+
+    @Override
+    public int deviceStatus() {
+        return needsReset ? 0x40 : 0; // DEVICE_NEEDS_RESET after a queue failed
+    }
+
+    @Override
+    public void reset() {
+        synchronized (control) {
+            ackedFeatures = 0;
+            announced = false; // a new connection or driver: announce again when its receive queue starts
+        }
+        needsReset = false;
+        guestMtu = mtu();
+        peerGone();
+    }
+
+    @Override
+    public void sendRarp(byte[] mac) throws BackendException {
+        if (mac.length != 6) {
+            throw new BackendException("SEND_RARP needs a 6-byte MAC");
+        }
+        long m = Mac.read(MemorySegment.ofArray(mac), 0);
+        if (!Mac.isValidSource(m)) {
+            throw new BackendException("SEND_RARP for " + Mac.toString(m) + ", which is not a unicast address");
+        }
+        synchronized (control) {
+            injectRarp(m);
+        }
+    }
+
+    @Override
+    public void setMtu(int mtu) throws BackendException {
+        if (mtu > mtu()) {
+            throw new BackendException("guest MTU " + mtu + " is larger than the switch MTU " + mtu()
+                    + "; start the switch with a larger --mtu or give the guest a smaller one");
+        }
+        guestMtu = mtu;
+    }
+
+    /** The MTU the frontend set (NET_SET_MTU), else the switch's. */
+    public int guestMtu() {
+        return guestMtu;
+    }
+
+    /** Broadcasts a RARP from the guest's address, if it is known (control thread, under {@link #control}). */
+    private void announce() {
+        long mac = guestMac;
+        if (mac != -1) {
+            injectRarp(mac);
+        }
+    }
+
+    private void injectRarp(long mac) {
+        MemorySegment b = announceFrame.buffer();
+        Rarp.write(b, mac);
+        receive(controlCounters, announceFrame.set(0, Ethernet.MIN_FRAME));
+        announcements++;
+    }
+
+    /** RARP announcements sent on the guest's behalf (SEND_RARP and reconnects). */
+    public long announcements() {
+        synchronized (control) {
+            return announcements;
+        }
+    }
+
+    @Override
+    public void close() {
+        synchronized (control) {
+            if (closed) {
+                return;
+            }
+            closed = true;
+        }
+        VhostUserServer s = server;
+        if (s != null) {
+            s.close(); // stops every queue through the backend interface
+        }
+    }
+
+    /** Frames the guest sent that were dropped because of their header (for tests and statistics). */
+    long malformed() {
+        return stats().get(PortStat.RX_DROPPED_MALFORMED);
+    }
+}

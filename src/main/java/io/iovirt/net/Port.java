@@ -1,0 +1,104 @@
+package io.iovirt.net;
+
+import java.io.IOException;
+import java.util.concurrent.CopyOnWriteArrayList;
+
+/**
+ * A switch port: a transport that delivers frames from its peer into the switch ({@link #receive}) and accepts
+ * frames from the switch for its peer ({@link #transmit}).
+ *
+ * <p>Threading contract. A port owns the thread(s) that receive from its peer and forwards each frame on that same
+ * thread (run to completion). {@link #transmit} is therefore called by any port's receive thread, concurrently:
+ * the implementation serializes its own transmit path (a lock per port or per queue, never one shared with other
+ * ports), must not block (no room → count a drop and return) and must not keep the frame after returning. Counting
+ * uses {@link Counters} blocks from {@link #newCounters()}, one per writer (per receive thread, per transmit lock).
+ */
+public abstract class Port implements AutoCloseable {
+    private final String name;
+    private final CopyOnWriteArrayList<Counters> counters = new CopyOnWriteArrayList<>();
+    private volatile Switch owner;
+    private volatile int index = -1;
+
+    protected Port(String name) {
+        this.name = name;
+    }
+
+    /** How the port was specified, e.g. {@code stream:/run/b.sock}. */
+    public final String name() {
+        return name;
+    }
+
+    /** The port number in its switch (-1 before it was added). */
+    public final int index() {
+        return index;
+    }
+
+    /** A counters block for one writer of this port (a receive thread or a transmit lock holder). */
+    protected final Counters newCounters() {
+        Counters c = new Counters();
+        counters.add(c);
+        return c;
+    }
+
+    /** The sum of this port's counters now. */
+    public final PortStats stats() {
+        long[] sums = new long[PortStat.ALL.length];
+        for (Counters c : counters) {
+            c.addTo(sums);
+        }
+        return new PortStats(name, sums);
+    }
+
+    /** True when a peer is attached that frames can be sent to; flooding skips ports whose link is down. */
+    public abstract boolean isLinkUp();
+
+    /**
+     * Sends one frame to the peer, or counts why not. Called concurrently by the receive threads of all ports;
+     * never blocks; {@code frame} (a valid frame: header present, not over the MTU) may be read only until this
+     * returns.
+     */
+    protected abstract void transmit(Frame frame);
+
+    /** Starts receiving; called once by {@link Switch#addPort} after the port got its number. */
+    protected abstract void start() throws IOException;
+
+    /** Stops the port's threads and releases its transport. Idempotent. */
+    @Override
+    public abstract void close();
+
+    /** Forwards a frame received from the peer, on the calling receive thread, counting into {@code rx}. */
+    protected final void receive(Counters rx, Frame frame) {
+        owner.forward(this, rx, frame);
+    }
+
+    /** The peer went away: the switch forgets the addresses learned here (their frames flood until relearned). */
+    protected final void peerGone() {
+        Switch s = owner;
+        if (s != null) {
+            s.macTable().flushPort(index);
+        }
+    }
+
+    /** The switch's MTU; valid once added. */
+    protected final int mtu() {
+        return owner.mtu();
+    }
+
+    /** The largest frame the switch forwards; valid once added. */
+    protected final int maxFrame() {
+        return Ethernet.maxFrame(owner.mtu());
+    }
+
+    final void attach(Switch s, int i) {
+        if (owner != null) {
+            throw new IllegalStateException("port " + name + " is already on a switch");
+        }
+        owner = s;
+        index = i;
+    }
+
+    @Override
+    public String toString() {
+        return name + (index >= 0 ? " (port " + index + ")" : "");
+    }
+}

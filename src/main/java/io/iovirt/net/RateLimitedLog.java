@@ -1,0 +1,41 @@
+package io.iovirt.net;
+
+import java.lang.System.Logger;
+import java.lang.System.Logger.Level;
+
+/**
+ * A warning a peer can trigger per frame (a bad length, a write error): logged at most once per interval, with the
+ * number of repeats suppressed since, so a hostile or broken peer cannot flood the log.
+ */
+public final class RateLimitedLog {
+    private static final Logger LOG = System.getLogger("io.iovirt.net");
+    private final long intervalNanos;
+    private long last = Long.MIN_VALUE;
+    private long suppressed;
+
+    public RateLimitedLog(long intervalMillis) {
+        this.intervalNanos = intervalMillis * 1_000_000L;
+    }
+
+    /** Logs {@code message} unless one was logged within the interval. */
+    public synchronized void warn(String message) {
+        long now = System.nanoTime();
+        if (last != Long.MIN_VALUE && now - last < intervalNanos) {
+            suppressed++;
+            return;
+        }
+        String extra = suppressed > 0 ? " (" + suppressed + " similar messages suppressed)" : "";
+        last = now;
+        suppressed = 0;
+        LOG.log(Level.WARNING, message + extra);
+    }
+
+    /** Logs unconditionally (state changes such as connect/disconnect). */
+    public static void info(String message) {
+        LOG.log(Level.INFO, message);
+    }
+
+    public static void warning(String message) {
+        LOG.log(Level.WARNING, message);
+    }
+}

@@ -1,0 +1,41 @@
+package io.iovirt.net;
+
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.UnixSocket;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
+
+/** Listening on a UNIX socket path the way a long-running server should: reuse stale paths, never steal live ones. */
+public final class SocketPaths {
+    private SocketPaths() {
+    }
+
+    /**
+     * Binds and listens on {@code path}. A socket file left behind by a process that died is removed first; a path
+     * some process still listens on, or a path that is not a socket, is refused with a message saying so.
+     */
+    public static UnixSocket listen(Path path) throws IOException {
+        if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
+            BasicFileAttributes a = Files.readAttributes(path, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+            if (!a.isOther()) {
+                throw new IOException(path + " exists and is not a socket; choose another path or remove it");
+            }
+            try {
+                UnixSocket.connect(path).close();
+                throw new IOException("another process is listening on " + path + "; stop it or choose another path");
+            } catch (LinuxException e) {
+                if (e.errno() != Errno.ECONNREFUSED) {
+                    throw new IOException("cannot tell whether " + path + " is in use: " + e.getMessage(), e);
+                }
+                Files.deleteIfExists(path); // nobody listens: a stale socket from an earlier run
+            }
+        } else if (path.getParent() != null && !Files.isDirectory(path.getParent())) {
+            throw new IOException("directory " + path.getParent() + " for socket " + path + " does not exist");
+        }
+        return UnixSocket.listen(path, 4);
+    }
+}

@@ -1,0 +1,178 @@
+package io.iovirt.net;
+
+import io.iovirt.linux.Epoll;
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.PacketIo;
+import io.iovirt.linux.Tun;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * {@code tap:IFNAME} — the host's network stack through a TAP interface (IFF_TAP | IFF_NO_PI, no virtio-net header:
+ * the kernel hands over whole, already segmented and checksummed frames). The interface is created if it does not
+ * exist (needs CAP_NET_ADMIN) and disappears when the port closes unless it was made persistent beforehand; its
+ * address and link state are the host administrator's business ({@code ip addr add ... dev IFNAME; ip link set
+ * IFNAME up}). Keep the interface's MTU at or below the switch's: longer frames are dropped as oversize.
+ *
+ * <p>One platform thread reads frames (non-blocking descriptor, epoll with a wake-up eventfd) into a 64 KiB buffer
+ * and forwards each in place. Transmit writes one frame per write(2) under this port's lock; a full queue drops.
+ */
+public final class TapPort extends Port {
+    private static final int RX_BUFFER = 65536 + 64;
+    private static final long TAP = 0;
+    private static final long WAKE = 1;
+
+    private final String ifname;
+    private final Object txLock = new Object();
+    private final RateLimitedLog txLog = new RateLimitedLog(5000);
+    private Tun tun;
+    private Epoll epoll;
+    private EventFd wake;
+    private Thread thread;
+    private volatile boolean closing;
+    private MemorySegment rxBuf;
+    private Frame rxFrame;
+    private Counters rx;
+    private Counters tx; // guarded by txLock
+
+    public TapPort(String ifname) {
+        super("tap:" + ifname);
+        if (ifname.isEmpty() || ifname.length() > 15 || ifname.contains("/") || ifname.contains(" ")) {
+            throw new IllegalArgumentException("not a valid interface name (1..15 characters, no '/' or spaces): " + ifname);
+        }
+        this.ifname = ifname;
+    }
+
+    /** The interface's name as the kernel reports it. */
+    public String interfaceName() {
+        return tun != null ? tun.name() : ifname;
+    }
+
+    @Override
+    public boolean isLinkUp() {
+        return tun != null && !closing;
+    }
+
+    @Override
+    protected void start() throws IOException {
+        rxBuf = Arena.ofAuto().allocate(RX_BUFFER, 64);
+        rxFrame = new Frame(rxBuf);
+        rx = newCounters();
+        tx = newCounters();
+        try {
+            try {
+                tun = Tun.openTap(ifname);
+            } catch (LinuxException e) {
+                if (e.errno() == Errno.EPERM || e.errno() == Errno.EACCES) {
+                    throw new IOException("cannot open TAP interface " + ifname + ": " + e.getMessage()
+                            + " — run as root or with CAP_NET_ADMIN", e);
+                }
+                if (e.errno() == Errno.EBUSY) {
+                    throw new IOException("TAP interface " + ifname + " is in use by another process: " + e.getMessage(), e);
+                }
+                throw new IOException("cannot open TAP interface " + ifname + ": " + e.getMessage(), e);
+            }
+            tun.fd().setNonBlocking(true);
+            epoll = Epoll.create(4);
+            wake = EventFd.create(true);
+            epoll.add(tun.fd(), Epoll.EPOLLIN, TAP);
+            epoll.add(wake.fd(), Epoll.EPOLLIN, WAKE);
+        } catch (IOException | RuntimeException e) {
+            close();
+            throw e;
+        }
+        thread = Thread.ofPlatform().name("port-" + index() + "-tap").start(this::run);
+    }
+
+    private void run() {
+        try {
+            while (!closing) {
+                int n = epoll.wait(-1);
+                for (int i = 0; i < n; i++) {
+                    if (epoll.data(i) == WAKE) {
+                        return;
+                    }
+                    readAvailable();
+                }
+            }
+        } catch (IOException | RuntimeException e) {
+            if (!closing) {
+                RateLimitedLog.warning(this + " stopped receiving: " + e.getMessage());
+            }
+        }
+    }
+
+    private void readAvailable() throws LinuxException {
+        for (;;) {
+            long n = PacketIo.read(tun.fd(), rxBuf, 0, RX_BUFFER);
+            if (n == PacketIo.WOULD_BLOCK) {
+                return;
+            }
+            receive(rx, rxFrame.set(0, (int) n)); // the switch counts runts and oversize frames
+        }
+    }
+
+    @Override
+    protected void transmit(Frame frame) {
+        synchronized (txLock) {
+            if (closing) {
+                tx.increment(PortStat.TX_DROPPED_LINK_DOWN);
+                return;
+            }
+            long n;
+            try {
+                n = PacketIo.write(tun.fd(), frame.buffer(), frame.offset(), frame.length());
+            } catch (LinuxException e) {
+                if (e.errno() == Errno.EIO) {
+                    tx.increment(PortStat.TX_DROPPED_LINK_DOWN); // the interface is administratively down
+                } else {
+                    tx.increment(PortStat.TX_DROPPED_ERROR);
+                    txLog.warn(this + ": write failed: " + e.getMessage());
+                }
+                return;
+            }
+            if (n == PacketIo.WOULD_BLOCK) {
+                tx.increment(PortStat.TX_DROPPED_NO_BUFFERS);
+                return;
+            }
+            tx.tx(frame.length());
+        }
+    }
+
+    @Override
+    public void close() {
+        synchronized (txLock) {
+            if (closing) {
+                return;
+            }
+            closing = true;
+        }
+        if (wake != null) {
+            try {
+                wake.signal();
+            } catch (LinuxException e) {
+                // the thread also stops at its next event
+            }
+        }
+        Thread t = thread;
+        if (t != null && t != Thread.currentThread()) {
+            try {
+                t.join(5000);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        if (tun != null) {
+            tun.close();
+        }
+        if (epoll != null) {
+            epoll.close();
+        }
+        if (wake != null) {
+            wake.close();
+        }
+    }
+}

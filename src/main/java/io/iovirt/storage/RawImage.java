@@ -1,0 +1,410 @@
+package io.iovirt.storage;
+
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.IoVec;
+import io.iovirt.linux.LinuxException;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Path;
+import java.util.Arrays;
+
+/**
+ * A raw disk image: a regular file (sparse allowed) or a block device, opened buffered or with O_DIRECT.
+ *
+ * <p>Thread-safe for concurrent positional I/O (one {@link IoContext} per queue thread, or per request in flight
+ * when I/O goes through an {@link IoUring}); the descriptor is shared and nothing here locks. Flush is fdatasync:
+ * once {@link #flush()} returns, every write completed before it is on stable storage, with the metadata needed to
+ * read it back (block allocation, size); timestamps are not worth a journal commit per guest flush.
+ */
+public final class RawImage implements AutoCloseable {
+    private final Path path;
+    private final Fd fd;
+    private final boolean readOnly;
+    private final boolean direct;
+    private final boolean blockDevice;
+    private final long size;
+    /** Alignment O_DIRECT needs for file offsets and lengths (and, conservatively, memory). 1 when buffered. */
+    private final int directAlign;
+
+    private RawImage(Path path, Fd fd, boolean readOnly, boolean direct, boolean blockDevice, long size, int directAlign) {
+        this.path = path;
+        this.fd = fd;
+        this.readOnly = readOnly;
+        this.direct = direct;
+        this.blockDevice = blockDevice;
+        this.size = size;
+        this.directAlign = directAlign;
+    }
+
+    /**
+     * Opens {@code path}.
+     *
+     * @throws IOException with the reason and what to do when the image is missing, not a file/device, not
+     *                     accessible, or does not support O_DIRECT
+     */
+    public static RawImage open(Path path, boolean readOnly, boolean direct) throws IOException {
+        int flags = (readOnly ? FileIo.O_RDONLY : FileIo.O_RDWR) | (direct ? FileIo.O_DIRECT : 0);
+        Fd fd;
+        try {
+            fd = FileIo.open(path, flags);
+        } catch (LinuxException e) {
+            String hint = switch (e.errnoName()) {
+                case "ENOENT" -> "create it first, e.g. 'truncate -s 1G " + path + "'";
+                case "EACCES", "EPERM", "EROFS" -> readOnly ? "check its permissions" : "check its permissions or use --readonly";
+                case "EINVAL" -> direct ? "the file system does not support O_DIRECT: drop --direct" : "check the path";
+                default -> "check the path";
+            };
+            throw new IOException("cannot open image " + path + ": " + e.errnoName() + " (" + hint + ")", e);
+        }
+        try {
+            FileIo.Stat st = FileIo.stat(fd);
+            if (!st.isRegularFile() && !st.isBlockDevice()) {
+                throw new IOException("image " + path + " is neither a regular file nor a block device");
+            }
+            long size = st.isBlockDevice() ? FileIo.blockDeviceSize(fd) : st.size();
+            int align = 1;
+            if (direct) {
+                int logical = st.isBlockDevice() ? FileIo.logicalBlockSize(fd) : 512;
+                align = Math.max(512, Math.max(logical, Math.max(st.directIoOffsetAlign(), st.directIoMemoryAlign())));
+            }
+            if (size < 512) {
+                throw new IOException("image " + path + " is " + size + " bytes: a disk needs at least one 512-byte sector");
+            }
+            return new RawImage(path, fd, readOnly, direct, st.isBlockDevice(), size, align);
+        } catch (IOException | RuntimeException e) {
+            fd.close();
+            throw e;
+        }
+    }
+
+    public Path path() {
+        return path;
+    }
+
+    public long size() {
+        return size;
+    }
+
+    public boolean readOnly() {
+        return readOnly;
+    }
+
+    public boolean direct() {
+        return direct;
+    }
+
+    /** Smallest block the guest should address: the O_DIRECT alignment, else 512. */
+    public int blockSize() {
+        return Math.max(512, directAlign);
+    }
+
+    /** Per-thread I/O state: a preallocated iovec array and, in O_DIRECT mode, an aligned bounce buffer. */
+    public IoContext newContext(int maxSegments, int bounceBytes) {
+        return new IoContext(maxSegments, bounceBytes);
+    }
+
+    /**
+     * I/O state over caller-owned memory, for one request in flight among many: {@code iov} holds its iovec array,
+     * and {@code bounce} (O_DIRECT only; aligned to {@link #blockSize()}, a multiple of it) serves unaligned guest
+     * buffers. Contexts used by one thread may share one bounce buffer: the bounce path is synchronous. The caller
+     * frees the memory after closing the contexts.
+     */
+    public IoContext newContext(IoVec iov, MemorySegment bounce) {
+        if (direct) {
+            if (bounce == null || (bounce.address() & (directAlign - 1)) != 0 || bounce.byteSize() < directAlign) {
+                throw new IllegalArgumentException("O_DIRECT needs a bounce buffer of at least " + directAlign
+                        + " bytes aligned to " + directAlign);
+            }
+        }
+        return new IoContext(iov, bounce);
+    }
+
+    /** Makes every completed write durable (fdatasync). */
+    public void flush() throws LinuxException {
+        FileIo.fdatasync(fd);
+    }
+
+    /**
+     * Queues the asynchronous equivalent of {@link #flush()} on {@code ring}; pass its result to
+     * {@link #flushCompleted}. It covers the writes completed before it is submitted, not those still in flight.
+     */
+    public void submitFlush(IoUring ring, long userData) {
+        ring.fsync(fd, IoUring.FSYNC_DATASYNC, userData);
+    }
+
+    /** Checks the result of a flush queued with {@link #submitFlush}. */
+    public void flushCompleted(int result) throws LinuxException {
+        IoUring.check(IoUring.OP_FSYNC, result, path.toString());
+    }
+
+    /** Deallocates [offset, offset+len): the range then reads as zeros. */
+    public void discard(long offset, long len) throws LinuxException {
+        checkWritable();
+        if (blockDevice) {
+            FileIo.blockDiscard(fd, offset, len);
+        } else {
+            FileIo.fallocate(fd, FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
+        }
+    }
+
+    /** Makes [offset, offset+len) read as zeros; with {@code unmap} the space may be deallocated. */
+    public void writeZeroes(long offset, long len, boolean unmap) throws LinuxException {
+        checkWritable();
+        if (blockDevice) {
+            FileIo.blockZeroOut(fd, offset, len);
+            return;
+        }
+        int mode = unmap ? FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE : FileIo.FALLOC_FL_ZERO_RANGE | FileIo.FALLOC_FL_KEEP_SIZE;
+        try {
+            FileIo.fallocate(fd, mode, offset, len);
+        } catch (LinuxException e) {
+            if (e.errno() != Errno.EOPNOTSUPP) {
+                throw e;
+            }
+            FileIo.fallocate(fd, FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
+        }
+    }
+
+    private void checkWritable() throws LinuxException {
+        if (readOnly) {
+            throw new LinuxException("write", path.toString(), Errno.EROFS);
+        }
+    }
+
+    @Override
+    public void close() {
+        fd.close();
+    }
+
+    /**
+     * Scatter-gather I/O between the image and guest buffers for one thread. Add buffers with {@link #add}, then
+     * {@link #read} or {@link #write} them at an offset; the context is reused for the next request.
+     */
+    public final class IoContext implements AutoCloseable {
+        /** Owns the memory of a context made by {@link #newContext(int, int)}; null for caller-owned memory. */
+        private final Arena arena;
+        private final IoVec iov;
+        /** Grows up to the iovec capacity as requests need it, so thousands of idle contexts stay small. */
+        private MemorySegment[] buffers;
+        private final MemorySegment bounce;
+        private int count;
+        private long bytes;
+        private boolean aligned = true;
+
+        private IoContext(int maxSegments, int bounceBytes) {
+            this.arena = Arena.ofShared();
+            this.iov = IoVec.allocate(arena, Math.min(maxSegments, IoVec.IOV_MAX));
+            this.buffers = new MemorySegment[iov.capacity()];
+            this.bounce = direct ? FileIo.directBuffer(arena, Math.max(bounceBytes, directAlign)) : null;
+        }
+
+        private IoContext(IoVec iov, MemorySegment bounce) {
+            this.arena = null;
+            this.iov = iov;
+            this.buffers = new MemorySegment[Math.min(8, iov.capacity())];
+            this.bounce = direct ? bounce : null;
+        }
+
+        /** Starts a new request. */
+        public void clear() {
+            for (int i = 0; i < count; i++) {
+                buffers[i] = null;
+            }
+            count = 0;
+            bytes = 0;
+            aligned = true;
+        }
+
+        /** Adds a guest buffer; returns false when the request has more segments than this context takes. */
+        public boolean add(MemorySegment buffer) {
+            if (buffer.byteSize() == 0) {
+                return true;
+            }
+            if (count == buffers.length) {
+                if (count == iov.capacity()) {
+                    return false;
+                }
+                buffers = Arrays.copyOf(buffers, Math.min(iov.capacity(), count * 2));
+            }
+            buffers[count] = buffer;
+            iov.set(count, buffer);
+            count++;
+            bytes += buffer.byteSize();
+            if (direct && ((buffer.address() | buffer.byteSize()) & (directAlign - 1)) != 0) {
+                aligned = false;
+            }
+            return true;
+        }
+
+        public long bytes() {
+            return bytes;
+        }
+
+        /** Reads {@link #bytes()} at {@code offset} into the buffers; the range must lie inside the image. */
+        public void read(long offset) throws IOException {
+            checkRange(offset, bytes, false);
+            if (count == 0) {
+                return;
+            }
+            if (!aligned) {
+                bounced(offset, false);
+                return;
+            }
+            long n = FileIo.preadv(fd, iov, count, offset);
+            if (n < bytes) {
+                finishShort(offset, n, false);
+            }
+        }
+
+        /** Writes the buffers at {@code offset}; the range must lie inside the image. */
+        public void write(long offset) throws IOException {
+            checkRange(offset, bytes, true);
+            if (count == 0) {
+                return;
+            }
+            if (!aligned) {
+                bounced(offset, true);
+                return;
+            }
+            long n = FileIo.pwritev(fd, iov, count, offset);
+            if (n < bytes) {
+                finishShort(offset, n, true);
+            }
+        }
+
+        /**
+         * Queues the read of {@link #bytes()} at {@code offset} on {@code ring} with {@code userData}, straight into
+         * the buffers, and returns true; pass the completion's result to {@link #completed}. Returns false, queueing
+         * nothing, when the request must run synchronously with {@link #read}: nothing to read, or O_DIRECT with
+         * buffers that need the bounce path. The buffers must stay mapped until the completion is reaped.
+         */
+        public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
+            checkRange(offset, bytes, false);
+            if (count == 0 || !aligned) {
+                return false;
+            }
+            if (count == 1) {
+                ring.read(fd, buffers[0], offset, userData);
+            } else {
+                ring.readv(fd, iov, count, offset, userData);
+            }
+            return true;
+        }
+
+        /** The write counterpart of {@link #submitRead}. */
+        public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
+            checkRange(offset, bytes, true);
+            if (count == 0 || !aligned) {
+                return false;
+            }
+            if (count == 1) {
+                ring.write(fd, buffers[0], offset, userData);
+            } else {
+                ring.writev(fd, iov, count, offset, userData);
+            }
+            return true;
+        }
+
+        /**
+         * Finishes a read or write queued with {@link #submitRead}/{@link #submitWrite} from its completion result:
+         * an error becomes an exception naming the operation; a short transfer is completed synchronously, like a
+         * short preadv/pwritev.
+         */
+        public void completed(boolean write, long offset, int result) throws IOException {
+            if (result == -Errno.EAGAIN) {
+                finishShort(offset, 0, write); // the kernel would not block for us: do it ourselves
+                return;
+            }
+            if (result < 0) {
+                int op = count == 1 ? (write ? IoUring.OP_WRITE : IoUring.OP_READ) : (write ? IoUring.OP_WRITEV : IoUring.OP_READV);
+                throw IoUring.error(op, result, path + ", " + bytes + " bytes at " + offset);
+            }
+            if (result < bytes) {
+                finishShort(offset, result, write);
+            }
+        }
+
+        /** Completes a short preadv/pwritev buffer by buffer (a signal, or a read across a hole's end). */
+        private void finishShort(long offset, long done, boolean write) throws IOException {
+            long pos = 0;
+            for (int i = 0; i < count; i++) {
+                MemorySegment b = buffers[i];
+                long end = pos + b.byteSize();
+                if (end > done) {
+                    long skip = Math.max(0, done - pos);
+                    MemorySegment rest = b.asSlice(skip);
+                    if (write) {
+                        FileIo.writeFully(fd, rest, offset + pos + skip);
+                    } else {
+                        long got = FileIo.readFully(fd, rest, offset + pos + skip);
+                        if (got < rest.byteSize()) {
+                            rest.asSlice(got).fill((byte) 0); // the file shrank under us: past its end reads as zeros
+                        }
+                    }
+                }
+                pos = end;
+            }
+        }
+
+        /** O_DIRECT with guest buffers that are not aligned: go through the aligned bounce buffer in chunks. */
+        private void bounced(long offset, boolean write) throws IOException {
+            if ((offset & (directAlign - 1)) != 0 || (bytes & (directAlign - 1)) != 0) {
+                throw new LinuxException(write ? "pwrite" : "pread",
+                        "O_DIRECT request at " + offset + "+" + bytes + " is not " + directAlign + "-byte aligned", Errno.EINVAL);
+            }
+            long chunkMax = bounce.byteSize() - bounce.byteSize() % directAlign;
+            int seg = 0;
+            long segOff = 0;
+            for (long done = 0; done < bytes; ) {
+                long chunk = Math.min(chunkMax, bytes - done);
+                MemorySegment b = bounce.asSlice(0, chunk);
+                if (!write) {
+                    long got = FileIo.readFully(fd, b, offset + done);
+                    if (got < chunk) {
+                        b.asSlice(got).fill((byte) 0);
+                    }
+                }
+                for (long c = 0; c < chunk; ) { // scatter/gather between the bounce chunk and the guest buffers
+                    long n = Math.min(chunk - c, buffers[seg].byteSize() - segOff);
+                    if (write) {
+                        MemorySegment.copy(buffers[seg], segOff, b, c, n);
+                    } else {
+                        MemorySegment.copy(b, c, buffers[seg], segOff, n);
+                    }
+                    c += n;
+                    segOff += n;
+                    if (segOff == buffers[seg].byteSize()) {
+                        seg++;
+                        segOff = 0;
+                    }
+                }
+                if (write) {
+                    FileIo.writeFully(fd, b, offset + done);
+                }
+                done += chunk;
+            }
+        }
+
+        private void checkRange(long offset, long len, boolean write) throws LinuxException {
+            if (write && readOnly) {
+                throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
+            }
+            if (offset < 0 || len < 0 || offset > size || len > size - offset) {
+                throw new LinuxException(write ? "pwrite" : "pread",
+                        "range " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+            }
+        }
+
+        @Override
+        public void close() {
+            clear();
+            if (arena != null) {
+                arena.close();
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+package io.iovirt.vhostuser;
+
+import io.iovirt.memory.GuestMemory;
+
+/**
+ * A virtio device served over vhost-user. The protocol layer ({@link VhostUserServer}) negotiates, validates every
+ * message and calls these methods from its one control thread per connection, never concurrently. Data-path threads
+ * are the device's own.
+ */
+public interface VhostUserBackend {
+    /**
+     * The virtio features the device offers (device bits, VIRTIO_F_VERSION_1, ring layouts, EVENT_IDX...). The
+     * protocol layer adds VHOST_USER_F_PROTOCOL_FEATURES and never offers VHOST_F_LOG_ALL or ACCESS_PLATFORM.
+     */
+    long features();
+
+    /**
+     * Protocol features the device handles itself, on top of the core set (MQ, REPLY_ACK, CONFIG,
+     * CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS): only RARP and NET_MTU are accepted.
+     */
+    default long protocolFeatures() {
+        return 0;
+    }
+
+    /** How many virtqueues the device has (GET_QUEUE_NUM; indices beyond are refused). */
+    int queueCount();
+
+    /** Largest ring size the device accepts (at most 32768). */
+    int maxQueueSize();
+
+    /** The features the driver acknowledged (SET_FEATURES), without the vhost-user protocol bit. */
+    void setFeatures(long acked) throws BackendException;
+
+    /**
+     * {@code size} bytes of configuration space from {@code offset} (GET_CONFIG).
+     *
+     * @throws BackendException the range is outside the configuration space
+     */
+    byte[] readConfig(int offset, int size) throws BackendException;
+
+    /**
+     * The driver wrote configuration space (SET_CONFIG). {@code migration} means restoring state on a migration
+     * destination; otherwise only writable fields may change.
+     */
+    default void writeConfig(int offset, byte[] data, boolean migration) throws BackendException {
+        throw new BackendException("configuration space is read-only");
+    }
+
+    /**
+     * Start processing queue {@code index}: it is started and enabled, addresses validated. Called again only after
+     * {@link #queueStopped}.
+     */
+    void queueStarted(int index, VringSetup setup) throws BackendException;
+
+    /**
+     * Stop processing queue {@code index} and return where to resume: on return the device no longer touches the
+     * ring, its descriptors or guest memory for it, and every request it took is completed in the used ring.
+     *
+     * @return split: the next available index; packed: position | wrap counter << 15
+     */
+    int queueStopped(int index);
+
+    /**
+     * The memory table changed; {@code memory} is already installed in every running queue's holder. On return no
+     * device thread may still use memory from the previous snapshot: the caller unmaps regions that left.
+     */
+    default void memoryChanged(GuestMemory memory) {
+    }
+
+    /** The driver wrote the device status (SET_STATUS; 0 resets). */
+    default void setStatus(int status) throws BackendException {
+    }
+
+    /** Status bits the device raises itself (e.g. DEVICE_NEEDS_RESET 0x40), OR-ed into GET_STATUS. */
+    default int deviceStatus() {
+        return 0;
+    }
+
+    /**
+     * Back to the initial state: the frontend disconnected or sent RESET_DEVICE. All queues are stopped already;
+     * configuration state the driver changed (e.g. writeback cache mode) reverts.
+     */
+    void reset();
+
+    /** SEND_RARP (net, after migration): broadcast a RARP for {@code mac}. Only with the RARP protocol feature. */
+    default void sendRarp(byte[] mac) throws BackendException {
+        throw new BackendException("this device does not send RARP announcements");
+    }
+
+    /** NET_SET_MTU. Only with the NET_MTU protocol feature. */
+    default void setMtu(int mtu) throws BackendException {
+        throw new BackendException("this device does not support setting the MTU");
+    }
+}

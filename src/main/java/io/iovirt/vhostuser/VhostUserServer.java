@@ -1,0 +1,299 @@
+package io.iovirt.vhostuser;
+
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.UnixSocket;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.time.Duration;
+
+/**
+ * Serves one {@link VhostUserBackend} on a UNIX socket path that the frontend (QEMU: {@code -chardev
+ * socket,path=...}) connects to. One frontend at a time: a second one is turned away with a log line while the
+ * first is connected. When a frontend disconnects, for whatever reason, its queues are stopped, guest memory is
+ * unmapped and the device is reset; the next connection (a restarted VM) is served without restarting anything.
+ *
+ * <p>Threads: one platform thread accepts, one serves the current connection with blocking receives. A protocol
+ * violation closes only that connection, logged in one line with the socket path. {@link #close()} wakes both
+ * threads through socket shutdown (interrupts cannot break a blocked native call) and waits for them.
+ */
+public final class VhostUserServer implements AutoCloseable {
+    private static final System.Logger LOG = System.getLogger("io.iovirt.vhostuser");
+    private static final Duration STOP_WAIT = Duration.ofSeconds(30);
+
+    private final Path path;
+    private final String name;
+    private final VhostUserBackend backend;
+    private final UnixSocket listener;
+    private final Thread acceptor;
+    private final Object lock = new Object();
+    private boolean closed; // guarded by lock
+    private Session current; // guarded by lock
+
+    private final class Session {
+        final Connection connection;
+        final String peer;
+        final Thread thread;
+        volatile boolean ended;
+
+        Session(UnixSocket socket, String peer) {
+            this.connection = new Connection(socket, Connection.Role.BACKEND, name);
+            this.peer = peer;
+            this.thread = Thread.ofPlatform().name("vhost-user " + path).unstarted(this::serve);
+        }
+
+        private void serve() {
+            Handler handler = new Handler(backend, name);
+            try {
+                Message m;
+                while ((m = connection.receiveRequest()) != null) {
+                    handler.handle(m, connection);
+                }
+                LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " disconnected");
+            } catch (ProtocolException e) {
+                LOG.log(System.Logger.Level.ERROR, name + ": protocol error from frontend " + peer + ": " + e.getMessage()
+                        + "; closing the connection");
+            } catch (IOException e) {
+                if (!isClosed()) {
+                    LOG.log(System.Logger.Level.WARNING, name + ": connection to frontend " + peer + " failed: "
+                            + e.getMessage() + "; closing it");
+                }
+            } catch (RuntimeException | Error e) {
+                LOG.log(System.Logger.Level.ERROR, name + ": internal error serving frontend " + peer
+                        + "; closing the connection", e);
+            } finally {
+                ended = true;
+                connection.shutdown(); // the frontend sees the hang-up at once, cleanup may take a moment
+                try {
+                    handler.close();
+                } catch (RuntimeException | Error e) {
+                    LOG.log(System.Logger.Level.ERROR, name + ": resetting the device after the connection failed", e);
+                } finally {
+                    connection.close();
+                }
+            }
+        }
+
+        /** True when this session is over or its frontend has gone (the session thread may not have noticed yet). */
+        boolean finishing() {
+            if (ended) {
+                return true;
+            }
+            try {
+                return connection.socket().peerHungUp();
+            } catch (IOException | IllegalStateException e) {
+                return true; // already closed by the session thread
+            }
+        }
+    }
+
+    private VhostUserServer(Path path, VhostUserBackend backend, UnixSocket listener) {
+        this.path = path;
+        this.name = "vhost-user " + path;
+        this.backend = backend;
+        this.listener = listener;
+        this.acceptor = Thread.ofPlatform().name("vhost-user accept " + path).unstarted(this::acceptLoop);
+    }
+
+    /**
+     * Listens on {@code socketPath} and serves {@code backend}. A leftover socket file nobody listens on is
+     * replaced; a live one (another server) or a non-socket file is an error.
+     */
+    public static VhostUserServer start(Path socketPath, VhostUserBackend backend) throws IOException {
+        new Handler(backend, socketPath.toString()); // validates the device's queue count, sizes and features now
+        removeStaleSocket(socketPath);
+        UnixSocket listener;
+        try {
+            listener = UnixSocket.listen(socketPath, 4);
+        } catch (LinuxException e) {
+            throw new IOException("cannot listen on " + socketPath + ": " + e.getMessage()
+                    + (e.errno() == Errno.ENOENT ? " (does its directory exist?)" : ""), e);
+        }
+        VhostUserServer server = new VhostUserServer(socketPath, backend, listener);
+        server.acceptor.start();
+        LOG.log(System.Logger.Level.INFO, server.name + ": listening");
+        return server;
+    }
+
+    private static void removeStaleSocket(Path p) throws IOException {
+        FileIo.Stat st;
+        try {
+            st = FileIo.stat(p);
+        } catch (LinuxException e) {
+            if (e.errno() == Errno.ENOENT) {
+                return;
+            }
+            throw e;
+        }
+        if (!st.isSocket()) {
+            throw new IOException(p + " exists and is not a socket; remove it or choose another --socket path");
+        }
+        UnixSocket probe;
+        try {
+            probe = UnixSocket.connect(p);
+        } catch (LinuxException e) {
+            if (e.errno() != Errno.ECONNREFUSED) {
+                throw e;
+            }
+            probe = null;
+        }
+        if (probe != null) {
+            probe.close();
+            throw new IOException(p + " is in use by another running server; stop it or choose another --socket path");
+        }
+        try {
+            Files.delete(p); // nobody listens: left over from a server that did not exit cleanly
+        } catch (NoSuchFileException e) {
+            // removed meanwhile
+        }
+    }
+
+    public Path socketPath() {
+        return path;
+    }
+
+    /** True while a frontend is connected and being served. */
+    public boolean connected() {
+        synchronized (lock) {
+            return current != null && !current.ended;
+        }
+    }
+
+    /**
+     * Waits until no frontend is being served and the last one's cleanup (queues stopped, memory unmapped, device
+     * reset) has finished. Returns false if that did not happen within {@code timeout}.
+     */
+    public boolean awaitIdle(Duration timeout) throws InterruptedException {
+        Session s;
+        synchronized (lock) {
+            s = current;
+        }
+        return s == null || s.thread.join(timeout);
+    }
+
+    private boolean isClosed() {
+        synchronized (lock) {
+            return closed;
+        }
+    }
+
+    private void acceptLoop() {
+        while (true) {
+            UnixSocket socket;
+            try {
+                socket = listener.accept();
+            } catch (LinuxException e) {
+                if (isClosed()) {
+                    return;
+                }
+                LOG.log(System.Logger.Level.ERROR, name + ": accept failed: " + e.getMessage());
+                if (e.errno() == Errno.EMFILE || e.errno() == Errno.ENOBUFS || e.errno() == Errno.ENOMEM) {
+                    sleepQuietly(100); // resource exhaustion: back off instead of spinning
+                    continue;
+                }
+                return;
+            }
+            String peer = describePeer(socket);
+            Session previous;
+            synchronized (lock) {
+                if (closed) {
+                    socket.close();
+                    return;
+                }
+                previous = current;
+            }
+            if (previous != null && !previous.finishing()) {
+                LOG.log(System.Logger.Level.WARNING, name + ": refusing frontend " + peer + ": already serving "
+                        + previous.peer + " (one frontend per socket)");
+                socket.close();
+                continue;
+            }
+            if (previous != null) {
+                joinQuietly(previous.thread); // its queues are being stopped and memory unmapped: finish first
+            }
+            Session s = new Session(socket, peer);
+            synchronized (lock) {
+                if (closed) {
+                    socket.close();
+                    return;
+                }
+                current = s;
+                LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
+                s.thread.start();
+            }
+        }
+    }
+
+    private static String describePeer(UnixSocket s) {
+        try {
+            return "pid " + s.peerCredentials().pid();
+        } catch (LinuxException e) {
+            return "(unknown pid)";
+        }
+    }
+
+    /** Stops accepting, disconnects the frontend (its queues stop, memory is unmapped, the device reset) and removes the socket file. */
+    @Override
+    public void close() {
+        Session s;
+        synchronized (lock) {
+            if (closed) {
+                return;
+            }
+            closed = true;
+            s = current;
+        }
+        try {
+            listener.shutdown(UnixSocket.SHUT_RDWR); // wakes accept with EINVAL
+        } catch (LinuxException e) {
+            LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
+        }
+        joinQuietly(acceptor);
+        synchronized (lock) {
+            s = current; // the acceptor may have started one more before it saw the shutdown
+        }
+        if (s != null) {
+            s.connection.shutdown();
+            joinQuietly(s.thread);
+        }
+        listener.close();
+        try {
+            Files.deleteIfExists(path);
+        } catch (IOException e) {
+            LOG.log(System.Logger.Level.WARNING, name + ": could not remove the socket file: " + e.getMessage());
+        }
+        LOG.log(System.Logger.Level.INFO, name + ": stopped");
+    }
+
+    private void joinQuietly(Thread t) {
+        if (t == Thread.currentThread()) {
+            return;
+        }
+        boolean interrupted = false;
+        while (true) {
+            try {
+                if (!t.join(STOP_WAIT)) {
+                    LOG.log(System.Logger.Level.WARNING, name + ": still waiting for " + t.getName() + " to finish");
+                    continue;
+                }
+                break;
+            } catch (InterruptedException e) {
+                interrupted = true;
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    private static void sleepQuietly(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+package io.iovirt.virtio;
+
+import static io.iovirt.virtio.VirtioRing.DESC_F_AVAIL;
+import static io.iovirt.virtio.VirtioRing.DESC_F_INDIRECT;
+import static io.iovirt.virtio.VirtioRing.DESC_F_NEXT;
+import static io.iovirt.virtio.VirtioRing.DESC_F_USED;
+import static io.iovirt.virtio.VirtioRing.DESC_F_WRITE;
+import static io.iovirt.virtio.VirtioRing.DESC_SIZE;
+import static io.iovirt.virtio.VirtioRing.LE16;
+import static io.iovirt.virtio.VirtioRing.LE32;
+import static io.iovirt.virtio.VirtioRing.LE64;
+import static io.iovirt.virtio.VirtioRing.U16;
+
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.memory.GuestMemoryFault;
+import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.virtio.VirtqueueException.Reason;
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.VarHandle;
+
+/**
+ * Device side of a packed virtqueue (VIRTIO 1.2 §2.8): one descriptor ring both sides write, the driver event
+ * suppression structure (driver area, read here) and the device event suppression structure (device area, written
+ * here).
+ */
+public final class PackedQueue extends Virtqueue {
+    private static final long EVENT_OFF_WRAP = 0;
+    private static final long EVENT_FLAGS = 2;
+    private static final long DESC_LEN = 8;
+    private static final long DESC_ID = 12;
+    private static final long DESC_FLAGS = 14;
+
+    private final boolean indirectDesc;
+    private MemorySegment ring;
+    private MemorySegment driverEvent;
+    private MemorySegment deviceEvent;
+
+    /** Next ring position to look for an available descriptor at, and the wrap counter it must carry. */
+    private int nextAvail;
+    private boolean availWrap;
+    /** Next ring position to write a used descriptor at, and the device ring wrap counter. */
+    private int nextUsed;
+    private boolean usedWrap;
+    /** Ring slots each in-flight buffer ID occupies: the used side skips that many when it completes. */
+    private final int[] slotsById;
+    private int slotsInFlight;
+    /** Slots the used side advanced since the last notification decision. */
+    private int usedSinceDecision;
+    private boolean decidedValid;
+
+    PackedQueue(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
+        super(config, memory);
+        if (config.availIndex() < 0 || config.availIndex() >= size || config.usedIndex() < 0 || config.usedIndex() >= size) {
+            throw fail(Reason.BAD_CONFIG, "starting positions avail " + config.availIndex() + " / used " + config.usedIndex()
+                    + " are outside the ring of " + size);
+        }
+        this.indirectDesc = config.indirectDesc();
+        this.slotsById = new int[size];
+        this.nextAvail = config.availIndex();
+        this.availWrap = config.availWrap();
+        this.nextUsed = config.usedIndex();
+        this.usedWrap = config.usedWrap();
+        refresh();
+    }
+
+    @Override
+    void mapRings(GuestMemory mem) throws VirtqueueException {
+        ring = mapArea(mem, config.descAddr(), (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
+        driverEvent = mapArea(mem, config.driverArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
+                "driver event suppression");
+        deviceEvent = mapArea(mem, config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
+                "device event suppression");
+    }
+
+    /** A driver descriptor is available for lap {@code wrap} when AVAIL matches it and USED does not (§2.8.1). */
+    private static boolean isAvail(int flags, boolean wrap) {
+        return ((flags & DESC_F_AVAIL) != 0) == wrap && ((flags & DESC_F_USED) != 0) != wrap;
+    }
+
+    @Override
+    boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
+        int pos = nextAvail;
+        boolean wrap = availWrap;
+        // Acquire: the rest of the list and its buffers were written before the driver published the head's flags.
+        int flags = Short.toUnsignedInt((short) U16.getAcquire(ring, (long) pos * DESC_SIZE + DESC_FLAGS));
+        if (!isAvail(flags, wrap)) {
+            return false;
+        }
+        int slots = 0;
+        int id;
+        for (;;) {
+            long off = (long) pos * DESC_SIZE;
+            long addr = ring.get(LE64, off);
+            long len = Integer.toUnsignedLong(ring.get(LE32, off + DESC_LEN));
+            int descId = Short.toUnsignedInt(ring.get(LE16, off + DESC_ID));
+            slots++;
+            if ((flags & DESC_F_INDIRECT) != 0) {
+                if (slots != 1 || (flags & DESC_F_NEXT) != 0) {
+                    throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor at ring position " + pos
+                            + " is part of a descriptor list");
+                }
+                expandIndirect(chain, mem, addr, len, pos);
+                id = descId;
+                break;
+            }
+            appendBuffer(chain, mem, addr, len, (flags & DESC_F_WRITE) != 0);
+            if ((flags & DESC_F_NEXT) == 0) {
+                id = descId; // the buffer ID is in the last descriptor of the list
+                break;
+            }
+            if (slots == size) {
+                throw fail(Reason.CHAIN_TOO_LONG, "descriptor list at ring position " + nextAvail
+                        + " is longer than the queue size " + size);
+            }
+            if (++pos == size) {
+                pos = 0;
+                wrap = !wrap;
+            }
+            flags = Short.toUnsignedInt(ring.get(LE16, (long) pos * DESC_SIZE + DESC_FLAGS));
+            if (!isAvail(flags, wrap)) {
+                throw fail(Reason.CHAIN_INCOMPLETE, "descriptor at ring position " + pos
+                        + " continues a list but is not marked available");
+            }
+        }
+        if (id >= size) {
+            throw fail(Reason.ID_OUT_OF_RANGE, "buffer ID " + id + " at ring position " + pos + ", queue size is " + size);
+        }
+        if (inFlight[id]) {
+            throw fail(Reason.ID_IN_USE, "buffer ID " + id + " made available again while the device still owns it");
+        }
+        if (slotsInFlight + slots > size) {
+            throw fail(Reason.RING_OVERRUN, "driver made " + (slotsInFlight + slots) + " descriptors available in a ring of "
+                    + size);
+        }
+        if (++pos == size) {
+            pos = 0;
+            wrap = !wrap;
+        }
+        nextAvail = pos;
+        availWrap = wrap;
+        chain.id = id;
+        inFlight[id] = true;
+        inFlightCount++;
+        slotsById[id] = slots;
+        slotsInFlight += slots;
+        if (eventIdx && notificationsEnabled) {
+            writeDeviceEventPosition();
+        }
+        return true;
+    }
+
+    private void expandIndirect(DescriptorChain chain, GuestMemory mem, long addr, long len, int pos) throws VirtqueueException {
+        if (!indirectDesc) {
+            throw fail(Reason.INDIRECT_NOT_NEGOTIATED, "ring position " + pos
+                    + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
+        }
+        if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > VirtioRing.maxChain(size)) {
+            throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table at ring position " + pos + " is " + len
+                    + " bytes: must be a non-zero multiple of 16 of at most " + VirtioRing.maxChain(size) + " descriptors");
+        }
+        MemorySegment table;
+        try {
+            table = mem.translate(addr, len);
+        } catch (GuestMemoryFault f) {
+            throw fail(Reason.INDIRECT_TABLE_OUTSIDE_MEMORY, String.format(
+                    "indirect table 0x%x+0x%x at ring position %d is outside guest memory", addr, len, pos));
+        }
+        int n = (int) (len / DESC_SIZE);
+        for (int i = 0; i < n; i++) {
+            long off = (long) i * DESC_SIZE;
+            long a = table.get(LE64, off);
+            long l = Integer.toUnsignedLong(table.get(LE32, off + DESC_LEN));
+            int f = Short.toUnsignedInt(table.get(LE16, off + DESC_FLAGS));
+            // Entries are consecutive; only WRITE means something in them (NEXT and the ID are ignored, §2.8.7).
+            if ((f & DESC_F_INDIRECT) != 0) {
+                throw fail(Reason.NESTED_INDIRECT, "indirect table at ring position " + pos + " contains an indirect descriptor");
+            }
+            appendBuffer(chain, mem, a, l, (f & DESC_F_WRITE) != 0);
+        }
+    }
+
+    @Override
+    void writeUsed(int id, int len) {
+        long off = (long) nextUsed * DESC_SIZE;
+        ring.set(LE16, off + DESC_ID, (short) id);
+        ring.set(LE32, off + DESC_LEN, len);
+        int flags = usedWrap ? DESC_F_AVAIL | DESC_F_USED : 0;
+        if (len != 0) {
+            flags |= DESC_F_WRITE; // §2.8.3: in a used descriptor WRITE says data was written
+        }
+        U16.setRelease(ring, off + DESC_FLAGS, (short) flags); // id and len visible before the flags
+        int slots = slotsById[id];
+        slotsInFlight -= slots;
+        nextUsed += slots;
+        if (nextUsed >= size) {
+            nextUsed -= size;
+            usedWrap = !usedWrap;
+        }
+        usedSinceDecision = Math.min(usedSinceDecision + slots, 2 * size); // two laps or more: always notify
+    }
+
+    @Override
+    public boolean needsNotification() throws VirtqueueException {
+        refresh();
+        int advanced = usedSinceDecision;
+        if (advanced == 0) {
+            return false;
+        }
+        usedSinceDecision = 0;
+        boolean valid = decidedValid;
+        decidedValid = true;
+        VarHandle.fullFence(); // used flags stored before the driver's event structure is read
+        int offWrap = Short.toUnsignedInt(driverEvent.get(LE16, EVENT_OFF_WRAP));
+        int flags = driverEvent.get(LE16, EVENT_FLAGS) & 0x3;
+        if (flags == VirtioRing.EVENT_FLAGS_DISABLE) {
+            return false;
+        }
+        if (flags != VirtioRing.EVENT_FLAGS_DESC || !eventIdx) {
+            return true; // ENABLE, or a value we must not interpret: notify rather than risk a hang
+        }
+        if (!valid) {
+            return true;
+        }
+        return crossed(offWrap, nextUsed, usedWrap, advanced, size);
+    }
+
+    /**
+     * Whether moving a ring position forward by {@code advanced} slots to ({@code newPos}, {@code newWrap}) passed the
+     * event descriptor {@code offWrap} (offset in bits 0-14, wrap counter in bit 15). A (position, wrap) pair recurs
+     * every two laps; the event was passed when its latest occurrence before {@code newPos} lies within the last
+     * {@code advanced} slots. Shared with the driver side.
+     */
+    static boolean crossed(int offWrap, int newPos, boolean newWrap, int advanced, int size) {
+        if (advanced >= 2 * size) {
+            return true; // every (position, wrap) pair was passed
+        }
+        int event = offWrap & 0x7fff;
+        if (((offWrap & 0x8000) != 0) != newWrap) {
+            event -= size; // tagged with the other wrap counter: the previous lap
+        }
+        if (event >= newPos) {
+            event -= 2 * size; // not reached yet in this lap: its last occurrence was two laps back
+        }
+        return event >= newPos - advanced;
+    }
+
+    private void writeDeviceEventPosition() {
+        deviceEvent.set(LE16, EVENT_OFF_WRAP, (short) (nextAvail | (availWrap ? 0x8000 : 0)));
+    }
+
+    @Override
+    public void disableNotifications() throws VirtqueueException {
+        refresh();
+        notificationsEnabled = false;
+        deviceEvent.set(LE16, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_DISABLE);
+    }
+
+    @Override
+    public boolean enableNotifications() throws VirtqueueException {
+        refresh();
+        notificationsEnabled = true;
+        if (eventIdx) {
+            writeDeviceEventPosition();
+            U16.setRelease(deviceEvent, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_DESC); // position before mode
+        } else {
+            deviceEvent.set(LE16, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_ENABLE);
+        }
+        VarHandle.fullFence(); // publish the request to kick before looking at the ring again
+        return hasAvailable();
+    }
+
+    @Override
+    public boolean hasAvailable() throws VirtqueueException {
+        refresh();
+        int flags = Short.toUnsignedInt((short) U16.getAcquire(ring, (long) nextAvail * DESC_SIZE + DESC_FLAGS));
+        return isAvail(flags, availWrap);
+    }
+
+    @Override
+    public int vringBase() {
+        int avail = nextAvail | (availWrap ? 0x8000 : 0);
+        int used = nextUsed | (usedWrap ? 0x8000 : 0);
+        return avail | used << 16;
+    }
+}

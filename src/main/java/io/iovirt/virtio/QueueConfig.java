@@ -1,0 +1,61 @@
+package io.iovirt.virtio;
+
+/**
+ * Everything a device needs to attach to one virtqueue the driver set up. Addresses are guest physical; the
+ * vhost-user layer converts the frontend's virtual addresses with {@code GuestMemory.userToGuestPhys} first.
+ * The values are not trusted: {@link Virtqueue#create} checks them and throws {@link VirtqueueException}.
+ *
+ * @param index          queue index, used in error messages
+ * @param size           queue size (split: power of two; both: 1..32768)
+ * @param packed         VIRTIO_F_RING_PACKED negotiated
+ * @param descAddr       descriptor table (split) / descriptor ring (packed)
+ * @param driverArea     available ring (split) / driver event suppression (packed)
+ * @param deviceArea     used ring (split) / device event suppression (packed)
+ * @param eventIdx       VIRTIO_F_EVENT_IDX (VIRTIO_RING_F_EVENT_IDX) negotiated
+ * @param indirectDesc   VIRTIO_F_INDIRECT_DESC negotiated
+ * @param availIndex     split: next available ring index to consume (16 bits); packed: next descriptor ring position
+ * @param availWrap      packed: device's view of the driver ring wrap counter at {@code availIndex} (starts true)
+ * @param usedIndex      packed: next position the device writes a used descriptor at; split: ignored, the used
+ *                       index is read from the used ring (the driver zeroes it; after a reconnect it holds what the
+ *                       previous backend published), as the Linux vhost and libvhost-user do
+ * @param usedWrap       packed: device ring wrap counter at {@code usedIndex} (starts true)
+ */
+public record QueueConfig(int index, int size, boolean packed, long descAddr, long driverArea, long deviceArea,
+                          boolean eventIdx, boolean indirectDesc, int availIndex, boolean availWrap, int usedIndex,
+                          boolean usedWrap) {
+
+    /** A split queue starting at available index {@code availIndex}. */
+    public static QueueConfig split(int index, int size, long desc, long avail, long used, boolean eventIdx,
+                                    boolean indirectDesc, int availIndex) {
+        return new QueueConfig(index, size, false, desc, avail, used, eventIdx, indirectDesc, availIndex, true, 0, true);
+    }
+
+    /** A packed queue starting at the given positions and wrap counters (a fresh ring: 0, true, 0, true). */
+    public static QueueConfig packed(int index, int size, long desc, long driverArea, long deviceArea, boolean eventIdx,
+                                     boolean indirectDesc, int availIndex, boolean availWrap, int usedIndex,
+                                     boolean usedWrap) {
+        return new QueueConfig(index, size, true, desc, driverArea, deviceArea, eventIdx, indirectDesc, availIndex,
+                availWrap, usedIndex, usedWrap);
+    }
+
+    /**
+     * This configuration with the starting state from a VHOST_USER_SET_VRING_BASE value, encoded as QEMU does: split
+     * rings carry the last available index in the low 16 bits; packed rings carry the available position in bits
+     * 0-14 and its wrap counter in bit 15, and the used position and wrap counter the same way in bits 16-31. A packed
+     * value with zero upper half (frontends that send only the available half) starts the used side where the
+     * available side is, which is right when nothing was in flight.
+     */
+    public QueueConfig withVringBase(int num) {
+        if (!packed) {
+            return new QueueConfig(index, size, false, descAddr, driverArea, deviceArea, eventIdx, indirectDesc,
+                    num & 0xffff, true, 0, true);
+        }
+        int avail = num & 0x7fff;
+        boolean aWrap = (num & 0x8000) != 0;
+        int usedHalf = num >>> 16;
+        int used = usedHalf == 0 ? avail : usedHalf & 0x7fff;
+        boolean uWrap = usedHalf == 0 ? aWrap : (usedHalf & 0x8000) != 0;
+        return new QueueConfig(index, size, true, descAddr, driverArea, deviceArea, eventIdx, indirectDesc, avail,
+                aWrap, used, uWrap);
+    }
+}

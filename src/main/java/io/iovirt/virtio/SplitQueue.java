@@ -1,0 +1,265 @@
+package io.iovirt.virtio;
+
+import static io.iovirt.virtio.VirtioRing.DESC_F_INDIRECT;
+import static io.iovirt.virtio.VirtioRing.DESC_F_NEXT;
+import static io.iovirt.virtio.VirtioRing.DESC_F_WRITE;
+import static io.iovirt.virtio.VirtioRing.DESC_SIZE;
+import static io.iovirt.virtio.VirtioRing.LE16;
+import static io.iovirt.virtio.VirtioRing.LE32;
+import static io.iovirt.virtio.VirtioRing.LE64;
+import static io.iovirt.virtio.VirtioRing.U16;
+
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.memory.GuestMemoryFault;
+import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.virtio.VirtqueueException.Reason;
+import java.lang.foreign.MemorySegment;
+import java.lang.invoke.VarHandle;
+import java.util.Arrays;
+
+/**
+ * Device side of a split virtqueue (VIRTIO 1.2 §2.7): descriptor table, available ring (driver area), used ring
+ * (device area).
+ */
+public final class SplitQueue extends Virtqueue {
+    private static final long AVAIL_IDX = 2;
+    private static final long USED_IDX = 2;
+    private static final long RING = 4;
+
+    private final int mask;
+    private final boolean indirectDesc;
+    private final long usedEventOffset; // in the available ring
+    private final long availEventOffset; // in the used ring
+    private MemorySegment desc;
+    private MemorySegment avail;
+    private MemorySegment used;
+
+    /** Next available ring index to consume (16-bit counter). */
+    private int lastAvail;
+    /** Last available index read from the ring; saves re-reading it while a batch is pending. */
+    private int shadowAvail;
+    /** Used index the device publishes next (16-bit counter). */
+    private int usedIdx;
+    /** Used index at the last notification decision; valid after the first one. */
+    private int decidedUsed;
+    private boolean decidedValid;
+    /** Entries pushed since the last decision (more than 2^16 would defeat 16-bit event arithmetic). */
+    private int pushedSinceDecision;
+
+    // Loop detection without clearing per request: a descriptor is visited in this walk when its stamp equals the
+    // walk's stamp.
+    private final int[] visitedDirect;
+    private final int[] visitedIndirect;
+    private int stamp;
+
+    SplitQueue(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
+        super(config, memory);
+        if (Integer.bitCount(size) != 1) {
+            throw fail(Reason.BAD_CONFIG, "split queue size " + size + " is not a power of two");
+        }
+        if (config.availIndex() < 0 || config.availIndex() > 0xffff) {
+            throw fail(Reason.BAD_CONFIG, "starting available index " + config.availIndex() + " does not fit 16 bits");
+        }
+        this.mask = size - 1;
+        this.indirectDesc = config.indirectDesc();
+        this.usedEventOffset = RING + 2L * size;
+        this.availEventOffset = RING + 8L * size;
+        this.visitedDirect = new int[size];
+        this.visitedIndirect = new int[VirtioRing.maxChain(size)];
+        refresh();
+        this.lastAvail = config.availIndex();
+        this.shadowAvail = lastAvail;
+        this.usedIdx = Short.toUnsignedInt((short) U16.getAcquire(used, USED_IDX));
+        this.decidedUsed = usedIdx;
+    }
+
+    @Override
+    void mapRings(GuestMemory mem) throws VirtqueueException {
+        desc = mapArea(mem, config.descAddr(), VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
+        avail = mapArea(mem, config.driverArea(), VirtioRing.splitAvailBytes(size, eventIdx), VirtioRing.SPLIT_AVAIL_ALIGN,
+                "available ring");
+        used = mapArea(mem, config.deviceArea(), VirtioRing.splitUsedBytes(size, eventIdx), VirtioRing.SPLIT_USED_ALIGN,
+                "used ring");
+    }
+
+    /** Reads avail.idx (acquire: ring entries and descriptors written before it become visible) and checks it. */
+    private int readAvailIdx() throws VirtqueueException {
+        int idx = Short.toUnsignedInt((short) U16.getAcquire(avail, AVAIL_IDX));
+        int pending = (idx - lastAvail) & 0xffff;
+        if (pending > size) {
+            throw fail(Reason.AVAIL_INDEX_OUT_OF_RANGE, String.format(
+                    "available index moved from %d to %d, more than the queue size %d", lastAvail, idx, size));
+        }
+        return idx;
+    }
+
+    @Override
+    boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
+        if (lastAvail == shadowAvail) {
+            shadowAvail = readAvailIdx();
+            if (lastAvail == shadowAvail) {
+                return false;
+            }
+        }
+        int head = Short.toUnsignedInt(avail.get(LE16, RING + 2L * (lastAvail & mask)));
+        if (head >= size) {
+            throw fail(Reason.ID_OUT_OF_RANGE, "available ring entry " + lastAvail + " names head " + head
+                    + ", queue size is " + size);
+        }
+        if (inFlight[head]) {
+            throw fail(Reason.ID_IN_USE, "head " + head + " made available again while the device still owns it");
+        }
+        walk(head, chain, mem);
+        chain.id = head;
+        inFlight[head] = true;
+        inFlightCount++;
+        lastAvail = (lastAvail + 1) & 0xffff;
+        if (eventIdx && notificationsEnabled) {
+            // Keep avail_event at the next entry we will look at, so a driver that adds after we go idle kicks us.
+            used.set(LE16, availEventOffset, (short) lastAvail);
+        }
+        return true;
+    }
+
+    /** Walks the chain from {@code head}, expanding at most one indirect table at its end. */
+    private void walk(int head, DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
+        int s = ++stamp;
+        if (s == 0) {
+            Arrays.fill(visitedDirect, 0);
+            Arrays.fill(visitedIndirect, 0);
+            s = stamp = 1;
+        }
+        MemorySegment table = desc;
+        int tableSize = size;
+        int[] visited = visitedDirect;
+        boolean indirect = false;
+        int i = head;
+        for (;;) {
+            if (visited[i] == s) {
+                throw fail(Reason.LOOP, String.format("chain from head %d revisits %sdescriptor %d", head,
+                        indirect ? "indirect " : "", i));
+            }
+            visited[i] = s;
+            long off = (long) i * DESC_SIZE;
+            // Each field is read exactly once: the guest may rewrite the descriptor while we look at it.
+            long addr = table.get(LE64, off);
+            long len = Integer.toUnsignedLong(table.get(LE32, off + 8));
+            int flags = Short.toUnsignedInt(table.get(LE16, off + 12));
+            int next = Short.toUnsignedInt(table.get(LE16, off + 14));
+            if ((flags & DESC_F_INDIRECT) != 0) {
+                if (indirect) {
+                    throw fail(Reason.NESTED_INDIRECT, "indirect table of head " + head + " contains an indirect descriptor");
+                }
+                if (!indirectDesc) {
+                    throw fail(Reason.INDIRECT_NOT_NEGOTIATED, "head " + head + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
+                }
+                if ((flags & DESC_F_NEXT) != 0) {
+                    throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor " + i + " of head " + head + " also has NEXT set");
+                }
+                if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > VirtioRing.maxChain(size)) {
+                    throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table of head " + head + " is " + len
+                            + " bytes: must be a non-zero multiple of 16 of at most " + VirtioRing.maxChain(size) + " descriptors");
+                }
+                try {
+                    table = mem.translate(addr, len);
+                } catch (GuestMemoryFault f) {
+                    throw fail(Reason.INDIRECT_TABLE_OUTSIDE_MEMORY, String.format(
+                            "indirect table 0x%x+0x%x of head %d is outside guest memory", addr, len, head));
+                }
+                tableSize = (int) (len / DESC_SIZE);
+                visited = visitedIndirect;
+                indirect = true;
+                i = 0;
+                continue;
+            }
+            appendBuffer(chain, mem, addr, len, (flags & DESC_F_WRITE) != 0);
+            if ((flags & DESC_F_NEXT) == 0) {
+                return;
+            }
+            if (next >= tableSize) {
+                throw fail(Reason.NEXT_OUT_OF_RANGE, String.format("%sdescriptor %d of head %d links to %d, table has %d",
+                        indirect ? "indirect " : "", i, head, next, tableSize));
+            }
+            i = next;
+        }
+    }
+
+    @Override
+    void writeUsed(int id, int len) {
+        long off = RING + 8L * (usedIdx & mask);
+        used.set(LE32, off, id);
+        used.set(LE32, off + 4, len);
+        usedIdx = (usedIdx + 1) & 0xffff;
+        U16.setRelease(used, USED_IDX, (short) usedIdx); // element visible before the index
+        if (pushedSinceDecision <= 0xffff) {
+            pushedSinceDecision++;
+        }
+    }
+
+    @Override
+    public boolean needsNotification() throws VirtqueueException {
+        refresh();
+        int pushed = pushedSinceDecision;
+        if (pushed == 0) {
+            return false;
+        }
+        int old = decidedUsed;
+        boolean valid = decidedValid;
+        pushedSinceDecision = 0;
+        decidedUsed = usedIdx;
+        decidedValid = true;
+        // Order our used.idx store before the load of the driver's suppression state (the driver does the mirror
+        // image); without it both sides can miss each other's update and the interrupt is lost.
+        VarHandle.fullFence();
+        if (!eventIdx) {
+            return (avail.get(LE16, 0) & VirtioRing.AVAIL_F_NO_INTERRUPT) == 0;
+        }
+        int usedEvent = Short.toUnsignedInt(avail.get(LE16, usedEventOffset));
+        // First decision after attaching: we do not know which used_event the driver has already seen crossed (by a
+        // previous backend), so notify; a spurious interrupt is harmless, a lost one hangs the driver.
+        return !valid || pushed > 0xffff || VirtioRing.needEvent(usedEvent, usedIdx, old);
+    }
+
+    @Override
+    public void disableNotifications() throws VirtqueueException {
+        refresh();
+        notificationsEnabled = false;
+        if (!eventIdx) {
+            used.set(LE16, 0, (short) VirtioRing.USED_F_NO_NOTIFY);
+        }
+        // With EVENT_IDX, avail_event simply stays behind: the driver stops kicking once it has passed it.
+    }
+
+    @Override
+    public boolean enableNotifications() throws VirtqueueException {
+        refresh();
+        notificationsEnabled = true;
+        if (eventIdx) {
+            used.set(LE16, availEventOffset, (short) lastAvail);
+        } else {
+            used.set(LE16, 0, (short) 0);
+        }
+        VarHandle.fullFence(); // publish the request to kick before re-reading avail.idx
+        shadowAvail = readAvailIdx();
+        return shadowAvail != lastAvail;
+    }
+
+    @Override
+    public boolean hasAvailable() throws VirtqueueException {
+        refresh();
+        if (shadowAvail == lastAvail) {
+            shadowAvail = readAvailIdx();
+        }
+        return shadowAvail != lastAvail;
+    }
+
+    @Override
+    public int vringBase() {
+        return lastAvail;
+    }
+
+    /** Used index the device will publish next. */
+    public int usedIndex() {
+        return usedIdx;
+    }
+}

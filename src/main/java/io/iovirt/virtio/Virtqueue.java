@@ -1,0 +1,284 @@
+package io.iovirt.virtio;
+
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.memory.GuestMemoryFault;
+import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.virtio.VirtqueueException.Reason;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * The device side of one virtqueue, split (§2.7) or packed (§2.8) behind one API. Everything read from guest memory is
+ * hostile: each value is read once, checked, and every buffer is translated through {@link GuestMemory}; a rule
+ * violation throws {@link VirtqueueException} and leaves the queue failed.
+ *
+ * <p>One thread owns a queue (pop, push and the notification calls); nothing here locks. The guest memory snapshot is
+ * re-read at each call (one volatile read) and the ring areas re-translated only when it changed. The owner of the
+ * {@link GuestMemoryHolder} must not release a replaced snapshot's mappings while the queue's thread may still use
+ * chains popped from it.
+ *
+ * <p>A worker loop that neither loses kicks nor takes needless ones:
+ * <pre>{@code
+ * for (;;) {                                  // woken by the kick eventfd
+ *     q.disableNotifications();
+ *     do {
+ *         DescriptorChain c;
+ *         while ((c = q.pop()) != null) {
+ *             long written = device.process(c);
+ *             q.push(c, written);
+ *         }
+ *         q.notifyIfNeeded(callEventFd::signal);
+ *     } while (q.enableNotifications());     // re-check after enabling: the driver may have raced us
+ *     waitForKick();
+ * }
+ * }</pre>
+ */
+public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
+    /** Signals the driver (writes the call eventfd / raises the interrupt). */
+    @FunctionalInterface
+    public interface Notifier<E extends Exception> {
+        void notifyDriver() throws E;
+    }
+
+    final QueueConfig config;
+    final int index;
+    final int size;
+    final boolean eventIdx;
+    final GuestMemoryHolder memory;
+    /** The snapshot the ring segments were translated from. */
+    GuestMemory mapped;
+    /** Which head indices / buffer IDs the device owns. */
+    final boolean[] inFlight;
+    int inFlightCount;
+    /** Driver→device notifications wanted; pop keeps the event index current while true. */
+    boolean notificationsEnabled = true;
+    private VirtqueueException failure;
+    private final DescriptorChain ownChain;
+
+    Virtqueue(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
+        this.config = config;
+        this.index = config.index();
+        this.size = config.size();
+        this.eventIdx = config.eventIdx();
+        this.memory = memory;
+        if (size < 1 || size > VirtioRing.MAX_QUEUE_SIZE) {
+            throw fail(Reason.BAD_CONFIG, "queue size " + size + " is outside 1.." + VirtioRing.MAX_QUEUE_SIZE);
+        }
+        this.inFlight = new boolean[size];
+        this.ownChain = new DescriptorChain(this, VirtioRing.maxChain(size));
+    }
+
+    /**
+     * Attaches to the rings described by {@code config}.
+     *
+     * @throws VirtqueueException when the size, alignment or starting indices are invalid or a ring area is not
+     *                            inside the current guest memory
+     */
+    public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
+        return config.packed() ? new PackedQueue(config, memory) : new SplitQueue(config, memory);
+    }
+
+    public final QueueConfig config() {
+        return config;
+    }
+
+    public final int index() {
+        return index;
+    }
+
+    public final int size() {
+        return size;
+    }
+
+    /** Requests the device has popped and not yet pushed. */
+    public final int inFlight() {
+        return inFlightCount;
+    }
+
+    /** The error that failed this queue, or null while it works. */
+    public final VirtqueueException failure() {
+        return failure;
+    }
+
+    /** A new chain holder for {@link #pop(DescriptorChain)}; allocate these once, not per request. */
+    public final DescriptorChain newChain() {
+        return new DescriptorChain(this, VirtioRing.maxChain(size));
+    }
+
+    /**
+     * Takes the next available request into the queue's own chain object, which the next {@code pop()} overwrites.
+     * For several requests in flight at once use {@link #pop(DescriptorChain)} with one chain per request.
+     *
+     * @return the request, or null when the driver has made nothing new available
+     */
+    public final DescriptorChain pop() throws VirtqueueException {
+        return pop(ownChain) ? ownChain : null;
+    }
+
+    /**
+     * Takes the next available request into {@code chain}, overwriting what it held.
+     *
+     * @return false when the driver has made nothing new available
+     * @throws VirtqueueException when the request or ring breaks the rules; the queue is failed from then on
+     */
+    public final boolean pop(DescriptorChain chain) throws VirtqueueException {
+        if (chain.queue() != this) {
+            throw new IllegalArgumentException("chain was created for virtqueue " + chain.queue().index + ", not " + index);
+        }
+        GuestMemory mem = refresh();
+        chain.reset();
+        return popInto(chain, mem);
+    }
+
+    /**
+     * Returns a popped request to the driver.
+     *
+     * @param bytesWritten bytes the device wrote into the writable buffers (from their start)
+     * @throws IllegalArgumentException when the chain is not in flight or more was written than it can hold
+     */
+    public final void push(DescriptorChain chain, long bytesWritten) throws VirtqueueException {
+        if (chain.queue() != this) {
+            throw new IllegalArgumentException("chain was created for virtqueue " + chain.queue().index + ", not " + index);
+        }
+        if (bytesWritten < 0 || bytesWritten > chain.writableBytes) {
+            throw new IllegalArgumentException("virtqueue " + index + ": " + bytesWritten + " bytes written into a chain with "
+                    + chain.writableBytes + " writable bytes");
+        }
+        addUsed(chain.id, bytesWritten);
+    }
+
+    /**
+     * Returns the request with head index / buffer ID {@code id} to the driver, reporting {@code len} bytes written.
+     *
+     * @throws IllegalArgumentException when {@code id} is not in flight or {@code len} does not fit 32 bits
+     */
+    public final void addUsed(int id, long len) throws VirtqueueException {
+        if (id < 0 || id >= size || !inFlight[id]) {
+            throw new IllegalArgumentException("virtqueue " + index + ": id " + id + " is not in flight");
+        }
+        if (len < 0 || len > 0xffff_ffffL) {
+            throw new IllegalArgumentException("virtqueue " + index + ": used length " + len + " does not fit 32 bits");
+        }
+        refresh();
+        writeUsed(id, (int) len);
+        inFlight[id] = false;
+        inFlightCount--;
+    }
+
+    /**
+     * Decides whether the driver wants a used-buffer notification for what was pushed since the last decision
+     * (§2.7.7 / §2.8.10: avail.flags or used_event; packed: driver event suppression), after a full fence so the used
+     * index is visible before the driver's suppression state is read. Returns false when nothing was pushed.
+     */
+    public abstract boolean needsNotification() throws VirtqueueException;
+
+    /** Calls {@code notifier} when {@link #needsNotification()} says the driver wants it; returns whether it did. */
+    public final <E extends Exception> boolean notifyIfNeeded(Notifier<E> notifier) throws E, VirtqueueException {
+        if (needsNotification()) {
+            notifier.notifyDriver();
+            return true;
+        }
+        return false;
+    }
+
+    /** Asks the driver not to kick (while the device is processing anyway). Advisory: kicks may still arrive. */
+    public abstract void disableNotifications() throws VirtqueueException;
+
+    /**
+     * Asks the driver to kick on its next available buffer, then (after a full fence) checks the ring again.
+     *
+     * @return true when buffers are already available: keep processing instead of waiting for a kick
+     */
+    public abstract boolean enableNotifications() throws VirtqueueException;
+
+    /** True when the driver has made a request available that {@link #pop} would take. */
+    public abstract boolean hasAvailable() throws VirtqueueException;
+
+    /**
+     * The ring state for VHOST_USER_GET_VRING_BASE (QEMU's encoding, see {@link QueueConfig#withVringBase}). Requests
+     * still in flight count as consumed: drain them first.
+     */
+    public abstract int vringBase();
+
+    abstract boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException;
+
+    abstract void writeUsed(int id, int len);
+
+    abstract void mapRings(GuestMemory mem) throws VirtqueueException;
+
+    /** The current snapshot, re-translating the ring areas when it changed; rethrows an earlier failure. */
+    final GuestMemory refresh() throws VirtqueueException {
+        if (failure != null) {
+            throw failure;
+        }
+        GuestMemory mem = memory.get();
+        if (mem != mapped) {
+            mapRings(mem);
+            mapped = mem;
+        }
+        return mem;
+    }
+
+    /** Translates one ring area, checking the spec's alignment (guest side) and that host access can be atomic. */
+    final MemorySegment mapArea(GuestMemory mem, long gpa, long bytes, int align, String what) throws VirtqueueException {
+        if ((gpa & (align - 1)) != 0) {
+            throw fail(Reason.BAD_CONFIG, String.format("%s at 0x%x is not %d-byte aligned", what, gpa, align));
+        }
+        MemorySegment s;
+        try {
+            s = mem.translate(gpa, bytes);
+        } catch (GuestMemoryFault f) {
+            throw fail(Reason.RING_OUTSIDE_MEMORY, String.format("%s 0x%x+0x%x is outside guest memory", what, gpa, bytes));
+        }
+        if ((s.address() & (align - 1)) != 0) {
+            throw fail(Reason.BAD_CONFIG, String.format("%s at 0x%x maps to unaligned host address 0x%x", what, gpa, s.address()));
+        }
+        return s;
+    }
+
+    /**
+     * Adds one buffer to {@code c}: enforces the chain length bound, readable-before-writable order and the 2^32-byte
+     * total, and translates it through guest memory.
+     */
+    final void appendBuffer(DescriptorChain c, GuestMemory mem, long addr, long len, boolean writable) throws VirtqueueException {
+        if (c.count == VirtioRing.maxChain(size)) {
+            throw fail(Reason.CHAIN_TOO_LONG, "descriptor chain has more than " + VirtioRing.maxChain(size) + " buffers");
+        }
+        if (writable) {
+            c.writableBytes += len;
+        } else {
+            if (c.count > c.readable) {
+                throw fail(Reason.READABLE_AFTER_WRITABLE, String.format(
+                        "device-readable buffer 0x%x+0x%x follows a device-writable one", addr, len));
+            }
+            c.readable++;
+            c.readableBytes += len;
+        }
+        if (c.readableBytes + c.writableBytes > VirtioRing.MAX_CHAIN_BYTES) {
+            throw fail(Reason.CHAIN_TOO_LARGE, "descriptor chain describes more than 2^32 bytes");
+        }
+        MemorySegment seg;
+        if (len == 0) {
+            seg = MemorySegment.NULL; // nothing to access, so the address does not matter
+        } else {
+            try {
+                seg = mem.translate(addr, len);
+            } catch (GuestMemoryFault f) {
+                throw fail(Reason.BUFFER_OUTSIDE_MEMORY, String.format("buffer 0x%x+0x%x is outside guest memory", addr, len));
+            }
+        }
+        c.append(addr, seg);
+    }
+
+    /** Records the failure (the queue stays failed) and returns it for the caller to throw. */
+    final VirtqueueException fail(Reason reason, String detail) {
+        VirtqueueException e = new VirtqueueException(index, reason, detail);
+        failure = e;
+        return e;
+    }
+
+    @Override
+    public String toString() {
+        return getClass().getSimpleName() + "[index=" + index + ", size=" + size + ", inFlight=" + inFlightCount
+                + (failure != null ? ", failed" : "") + "]";
+    }
+}

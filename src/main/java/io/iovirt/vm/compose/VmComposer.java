@@ -1,0 +1,220 @@
+package io.iovirt.vm.compose;
+
+import io.iovirt.devices.blk.BlkDevice;
+import io.iovirt.devices.net.VirtioNetPort;
+import io.iovirt.host.AssignmentRegistry;
+import io.iovirt.host.Assigning;
+import io.iovirt.host.Bdf;
+import io.iovirt.host.HostConfigException;
+import io.iovirt.host.HostPaths;
+import io.iovirt.host.PciDevice;
+import io.iovirt.host.PciInventory;
+import io.iovirt.host.VfioConfig;
+import io.iovirt.net.Mac;
+import io.iovirt.net.StreamPort;
+import io.iovirt.net.Switch;
+import io.iovirt.storage.RawImage;
+import io.iovirt.vhostuser.VhostUserServer;
+import io.iovirt.vm.QemuGuest;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Set;
+
+/**
+ * Wires a {@link VmSpec} into one QEMU guest: starts the iovirt backends its PV devices need (a vhost-user-blk
+ * server per PV disk, one switch for all NICs with a vhost-user port per PV NIC and a stream port per emulated NIC),
+ * checks and records VFIO and SR-IOV assignments in the host registry, and returns the QEMU arguments and guest
+ * modules. Closing the composition stops the backends; assignments stay until {@code iovirt host release}.
+ */
+public final class VmComposer implements AutoCloseable {
+    /** One line per device, for the user. */
+    public record Device(String technique, String description) {
+    }
+
+    private final VmSpec spec;
+    private final Path runDir;
+    private final HostPaths host;
+    private final List<AutoCloseable> backends = new ArrayList<>();
+    private final List<String> args = new ArrayList<>();
+    private final Set<String> modules = new LinkedHashSet<>();
+    private final List<Device> devices = new ArrayList<>();
+    private Switch netSwitch;
+
+    private VmComposer(VmSpec spec, Path runDir, HostPaths host) {
+        this.spec = spec;
+        this.runDir = runDir;
+        this.host = host;
+    }
+
+    /**
+     * Starts the backends and checks the host devices.
+     *
+     * @throws HostConfigException a VFIO device or VF pool is not ready (with the remedy)
+     */
+    public static VmComposer compose(VmSpec spec, Path runDir, HostPaths host) throws IOException {
+        VmComposer c = new VmComposer(spec, runDir, host);
+        try {
+            c.wire();
+            return c;
+        } catch (IOException | RuntimeException e) {
+            c.close();
+            throw e;
+        }
+    }
+
+    private void wire() throws IOException {
+        boolean kvm = QemuGuest.kvmUsable();
+        int d = 0;
+        for (VmSpec.Disk disk : spec.disks()) {
+            String id = "disk" + d++;
+            String ro = disk.readOnly() ? ",readonly=on" : "";
+            if (disk.kind() == VmSpec.Kind.PV) {
+                Path sock = runDir.resolve(id + ".sock");
+                RawImage img = RawImage.open(disk.image(), disk.readOnly(), false);
+                backends.add(img);
+                backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id))));
+                args.addAll(List.of("-chardev", "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
+                        "-device", "vhost-user-blk-pci,chardev=" + id + ",num-queues=1"));
+                modules.addAll(List.of("virtio_pci", "virtio_blk"));
+                devices.add(new Device("PV", "virtio-blk " + disk.image() + " served by iovirt over vhost-user (MSI-X via eventfds)"));
+            } else {
+                if (!modules.contains("ahci")) {
+                    args.addAll(List.of("-device", "ahci,id=ahci0"));
+                }
+                args.addAll(List.of("-drive", "file=" + QemuGuest.escape(disk.image().toString()) + ",if=none,id=" + id
+                                + ",format=raw" + ro,
+                        "-device", "ide-hd,drive=" + id + ",bus=ahci0." + (d - 1)));
+                modules.addAll(List.of("ahci", "sd_mod"));
+                devices.add(new Device("FV", "AHCI disk " + disk.image() + " emulated by QEMU"));
+            }
+        }
+        int n = 0;
+        for (VmSpec.Nic nic : spec.nics()) {
+            String id = "nic" + n++;
+            Path sock = runDir.resolve(id + ".sock");
+            long mac = nic.mac() >= 0 ? nic.mac() : Mac.randomLocal();
+            if (netSwitch == null) {
+                netSwitch = new Switch(Switch.Config.defaults());
+                backends.add(netSwitch);
+                netSwitch.startHousekeeping();
+            }
+            if (nic.kind() == VmSpec.Kind.PV) {
+                netSwitch.addPort(new VirtioNetPort(new VirtioNetPort.Options(sock, 1, mac, 0)));
+                // vectors=0 under TCG: QEMU 7.2 segfaults in vhost_net_start when vhost-user-net uses MSI-X
+                args.addAll(List.of("-chardev", "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
+                        "-netdev", "vhost-user,id=" + id + ",chardev=" + id,
+                        "-device", "virtio-net-pci,netdev=" + id + ",mac=" + Mac.toString(mac) + (kvm ? "" : ",vectors=0") + ",romfile="));
+                modules.addAll(List.of("virtio_pci", "virtio_net"));
+                devices.add(new Device("PV", "virtio-net " + Mac.toString(mac) + " on the iovirt switch (vhost-user"
+                        + (kvm ? ", MSI-X" : ", INTx: QEMU 7.2 TCG cannot do MSI-X here") + ")"));
+            } else {
+                netSwitch.addPort(new StreamPort(sock));
+                args.addAll(List.of("-netdev", "stream,id=" + id + ",server=off,addr.type=unix,addr.path=" + QemuGuest.escape(sock.toString()),
+                        "-device", "e1000,netdev=" + id + ",mac=" + Mac.toString(mac) + ",romfile="));
+                modules.add("e1000");
+                devices.add(new Device("FV", "e1000 " + Mac.toString(mac) + " emulated by QEMU, on the iovirt switch (stream)"));
+            }
+        }
+        List<Bdf> passthrough = new ArrayList<>();
+        for (String text : spec.vfio()) {
+            Bdf bdf = Bdf.parse(text);
+            claim(bdf);
+            passthrough.add(bdf);
+            devices.add(new Device("VFIO", bdf + " passed through (vfio-pci, IOMMU-protected)"));
+        }
+        for (String pfText : spec.vfPools()) {
+            Bdf vf = claimFreeVf(Bdf.parse(pfText));
+            passthrough.add(vf);
+            devices.add(new Device("SR-IOV", "virtual function " + vf + " of " + pfText + " passed through"));
+        }
+        if (!passthrough.isEmpty()) {
+            args.addAll(VfioConfig.qemuArgs(passthrough));
+        }
+    }
+
+    /** GET_ID: the VM name and disk index, cut to virtio-blk's 20 bytes keeping the index. */
+    private String serial(String diskId) {
+        String s = spec.name().replaceAll("[^A-Za-z0-9._-]", "_") + "-" + diskId;
+        return s.length() <= 20 ? s : s.substring(s.length() - 20);
+    }
+
+    /** The device must be on vfio-pci and end up assigned to this VM in the registry (exclusive). */
+    private void claim(Bdf bdf) {
+        AssignmentRegistry registry = new AssignmentRegistry(host.stateDir());
+        AssignmentRegistry.Assignment owner = registry.owner(bdf);
+        if (owner != null && owner.vm().equals(spec.name())) {
+            return;
+        }
+        if (owner != null) {
+            throw new HostConfigException(bdf + " is assigned to VM " + owner.vm(),
+                    "release it first: iovirt host release " + bdf + " (one device, one VM)");
+        }
+        Assigning.assign(host, bdf, spec.name(), false);
+    }
+
+    private Bdf claimFreeVf(Bdf pf) {
+        PciInventory inv = PciInventory.scan(host.sys());
+        PciDevice dev = inv.require(pf);
+        if (dev.sriov() == null || dev.sriov().vfs().isEmpty()) {
+            throw new HostConfigException(pf + " has no virtual functions",
+                    "create some: iovirt host vfs " + pf + " --count N, then bind them: iovirt host bind VF");
+        }
+        AssignmentRegistry registry = new AssignmentRegistry(host.stateDir());
+        List<String> why = new ArrayList<>();
+        for (Bdf vf : dev.sriov().vfs()) {
+            AssignmentRegistry.Assignment owner = registry.owner(vf);
+            PciDevice v = inv.device(vf);
+            if (owner != null && owner.vm().equals(spec.name())) {
+                return vf;
+            }
+            if (owner != null) {
+                why.add(vf + " belongs to " + owner.vm());
+            } else if (v == null || !PciDevice.isVfioDriver(v.driver())) {
+                why.add(vf + " is " + (v == null || v.driver() == null ? "unbound" : "on " + v.driver()));
+            } else {
+                try {
+                    claim(vf);
+                    return vf;
+                } catch (RuntimeException e) {
+                    why.add(vf + ": " + e.getMessage()); // lost a race to another VM: try the next one
+                }
+            }
+        }
+        throw new HostConfigException("no free virtual function of " + pf + " (" + String.join("; ", why) + ")",
+                "bind one to vfio-pci (iovirt host bind VF), release one, or create more (iovirt host vfs " + pf + " --count N)");
+    }
+
+    /** QEMU arguments for the devices (after the machine, memory and boot arguments). */
+    public List<String> qemuArgs() {
+        return List.copyOf(args);
+    }
+
+    /** Guest kernel modules the devices need. */
+    public List<String> modules() {
+        return List.copyOf(modules);
+    }
+
+    public List<Device> devices() {
+        return List.copyOf(devices);
+    }
+
+    /** The switch the NICs are on, or null. */
+    public Switch netSwitch() {
+        return netSwitch;
+    }
+
+    @Override
+    public void close() {
+        for (int i = backends.size() - 1; i >= 0; i--) {
+            try {
+                backends.get(i).close();
+            } catch (Exception e) {
+                // stopping a backend at teardown: nothing left to do with the error
+            }
+        }
+        backends.clear();
+    }
+}

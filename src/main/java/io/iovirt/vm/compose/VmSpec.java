@@ -1,0 +1,57 @@
+package io.iovirt.vm.compose;
+
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Objects;
+
+/**
+ * What a VM should get, technique by technique: disks and NICs either emulated by QEMU (FV) or served by iovirt
+ * over vhost-user (PV), host devices by VFIO, and SR-IOV virtual functions picked from a physical function's pool.
+ *
+ * @param profile  {@link Profile#HVM}: only emulated devices; {@link Profile#PVHVM}: any mix (PV devices with
+ *                 MSI-X through eventfds and EVENT_IDX; kvmclock under KVM)
+ * @param vfio     host devices (already bound to vfio-pci) to pass through
+ * @param vfPools  physical functions: one free virtual function of each is assigned to this VM
+ */
+public record VmSpec(String name, Profile profile, int memoryMiB, int cpus, List<Disk> disks, List<Nic> nics,
+                     List<String> vfio, List<String> vfPools) {
+    public enum Profile { HVM, PVHVM }
+
+    public enum Kind { FV, PV }
+
+    public record Disk(Kind kind, Path image, boolean readOnly) {
+        public Disk {
+            Objects.requireNonNull(image, "image");
+        }
+    }
+
+    public record Nic(Kind kind, long mac) {
+    }
+
+    public VmSpec {
+        Objects.requireNonNull(name, "name");
+        disks = List.copyOf(disks);
+        nics = List.copyOf(nics);
+        vfio = List.copyOf(vfio);
+        vfPools = List.copyOf(vfPools);
+        if (memoryMiB < 64 || memoryMiB > 1 << 20) {
+            throw new IllegalArgumentException("memory must be 64 MiB .. 1 TiB, got " + memoryMiB + " MiB");
+        }
+        if (cpus < 1 || cpus > 64) {
+            throw new IllegalArgumentException("cpus must be 1..64, got " + cpus);
+        }
+        if (profile == Profile.HVM) {
+            for (Disk d : disks) {
+                if (d.kind() == Kind.PV) {
+                    throw new IllegalArgumentException("profile hvm has only emulated devices: disk " + d.image()
+                            + " is pv (use fv:" + d.image() + ", or --profile pvhvm)");
+                }
+            }
+            for (Nic n : nics) {
+                if (n.kind() == Kind.PV) {
+                    throw new IllegalArgumentException("profile hvm has only emulated devices: use --nic fv, or --profile pvhvm");
+                }
+            }
+        }
+    }
+}

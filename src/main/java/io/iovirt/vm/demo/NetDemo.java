@@ -1,0 +1,207 @@
+package io.iovirt.vm.demo;
+
+import io.iovirt.devices.net.VirtioNetPort;
+import io.iovirt.net.Mac;
+import io.iovirt.net.Port;
+import io.iovirt.net.StreamPort;
+import io.iovirt.net.Switch;
+import io.iovirt.vm.GuestImage;
+import io.iovirt.vm.QemuGuest;
+import io.iovirt.vm.RunningGuest;
+import java.io.IOException;
+import java.io.PrintStream;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.function.Consumer;
+import java.util.regex.MatchResult;
+import java.util.regex.Pattern;
+
+/**
+ * The NIC half of the demo: one guest with an emulated e1000 (FV: QEMU traps every register access and hands frames
+ * to the switch over a {@code -netdev stream} socket) and a virtio-net NIC (PV: iovirt moves frames through the
+ * guest's rings over vhost-user), both on one iovirt switch, talking to the same peer guest (virtio-net). Each NIC
+ * runs the same ping (latency) and TCP send (throughput) against the peer.
+ *
+ * <p>Throughput and packet counts come from the switch's counters for the NIC's port between the guest's phase
+ * markers, so they do not depend on the guest's clock; host CPU per packet is both QEMUs' plus iovirt's CPU time over
+ * the phase divided by the packets the NIC's port carried.
+ */
+public final class NetDemo {
+    /** One measured phase: {@code value} in {@code unit}. */
+    public record Result(String path, String workload, double value, String unit, long packets, long bytes,
+                         long cpuNanos) {
+        public double cpuMicrosPerPacket() {
+            return packets == 0 ? Double.NaN : cpuNanos / 1000.0 / packets;
+        }
+    }
+
+    static final String PV = "PV  virtio-net, iovirt (vhost-user)";
+    static final String FV = "FV  e1000, emulated by QEMU (stream)";
+    private static final long PEER_MAC = Mac.parse("52:54:00:1d:00:01");
+    private static final long PV_MAC = Mac.parse("52:54:00:1d:00:02");
+    private static final long FV_MAC = Mac.parse("52:54:00:1d:00:03");
+    private static final int TCP_MIB = 16;
+
+    private final Path workDir;
+    private final Consumer<String> progress;
+
+    public NetDemo(Path workDir, Consumer<String> progress) {
+        this.workDir = workDir;
+        this.progress = progress;
+    }
+
+    public List<Result> run() throws IOException {
+        GuestImage image = GuestImage.ensure(line -> progress.accept("  " + line));
+        Path peerSock = workDir.resolve("net-peer.sock");
+        Path pvSock = workDir.resolve("net-pv.sock");
+        Path fvSock = workDir.resolve("net-fv.sock");
+        try (Switch sw = new Switch(Switch.Config.defaults())) {
+            sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(peerSock, 1, PEER_MAC, 0)));
+            Port pvPort = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(pvSock, 1, PV_MAC, 0)));
+            Port fvPort = sw.addPort(new StreamPort(fvSock));
+            sw.startHousekeeping();
+            progress.accept("booting a peer guest and the demo guest with an e1000 and a virtio-net NIC on one iovirt switch");
+            Duration life = Duration.ofMinutes(6);
+            try (RunningGuest peer = peerGuest(image, peerSock).start(life);
+                 RunningGuest guest = nicGuest(image, pvSock, fvSock).start(life)) {
+                peer.awaitConsole(Pattern.compile("peer-ready\\n"), Duration.ofSeconds(120));
+                List<Result> results = new ArrayList<>();
+                for (String nic : new String[] {"pv", "fv"}) {
+                    Port port = nic.equals("pv") ? pvPort : fvPort;
+                    String path = nic.equals("pv") ? PV : FV;
+                    for (String phase : new String[] {"ping", "tcp"}) {
+                        progress.accept("running " + (phase.equals("ping") ? "ping (300 round trips)" : "a " + TCP_MIB + " MiB TCP send")
+                                + " on " + path.substring(4));
+                        guest.awaitConsole(Pattern.compile("net-start " + nic + " " + phase + "\\n"), Duration.ofSeconds(180));
+                        long t0 = System.nanoTime();
+                        long c0 = HostCpu.of(guest.pid()) + HostCpu.of(peer.pid()) + HostCpu.self();
+                        long p0 = port.stats().rxPackets() + port.stats().txPackets();
+                        long b0 = port.stats().rxBytes();
+                        MatchResult end = guest.awaitConsole(Pattern.compile("net-end " + nic + " " + phase + "(.*)\\n"),
+                                Duration.ofSeconds(180));
+                        long t1 = System.nanoTime();
+                        long c1 = HostCpu.of(guest.pid()) + HostCpu.of(peer.pid()) + HostCpu.self();
+                        long packets = port.stats().rxPackets() + port.stats().txPackets() - p0;
+                        long bytes = port.stats().rxBytes() - b0;
+                        if (phase.equals("ping")) {
+                            results.add(new Result(path, "ping RTT avg (min " + Math.round(minimumRttMicros(end.group(1))) + ")",
+                                    averageRttMicros(end.group(1)), "us", packets, bytes, c1 - c0));
+                        } else {
+                            double mibs = bytes / 1048576.0 / ((t1 - t0) / 1e9);
+                            results.add(new Result(path, "TCP send " + TCP_MIB + " MiB", mibs, "MiB/s", packets, bytes, c1 - c0));
+                        }
+                    }
+                }
+                guest.awaitExit(Duration.ofSeconds(60));
+                return results;
+            }
+        }
+    }
+
+    /** busybox ping -q: "round-trip min/avg/max = 0.372/0.532/2.104 ms". */
+    static double averageRttMicros(String pingSummary) {
+        return rtt(pingSummary, 2);
+    }
+
+    static double minimumRttMicros(String pingSummary) {
+        return rtt(pingSummary, 1);
+    }
+
+    private static double rtt(String pingSummary, int field) {
+        java.util.regex.Matcher m = Pattern.compile("= ([0-9.]+)/([0-9.]+)/([0-9.]+) ms").matcher(pingSummary);
+        if (!m.find()) {
+            throw new IllegalStateException("ping gave no round-trip summary: " + pingSummary.trim());
+        }
+        return Double.parseDouble(m.group(field)) * 1000;
+    }
+
+    private QemuGuest peerGuest(GuestImage image, Path sock) {
+        String script = """
+                printf '#!/bin/sh\\nexec cat > /dev/null\\n' > /sink.sh; chmod +x /sink.sh
+                IF=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+                ip addr add 10.77.1.1/24 dev $IF
+                ip addr add 10.77.2.1/24 dev $IF
+                ip link set $IF up
+                arp -i $IF -s 10.77.1.2 %s
+                arp -i $IF -s 10.77.2.2 %s
+                arping -U -c 1 -I $IF 10.77.1.1 >/dev/null 2>&1
+                nc -ll -p 5001 -e /sink.sh </dev/null >/dev/null 2>&1 &
+                echo peer-ready
+                sleep 100000
+                """.formatted(Mac.toString(PV_MAC), Mac.toString(FV_MAC));
+        return QemuGuest.builder(image).name("demo-peer").workDir(workDir).memoryMiB(256)
+                .modules("virtio_pci", "virtio_net")
+                .args("-chardev", "socket,id=c0,path=" + QemuGuest.escape(sock.toString()),
+                        "-netdev", "vhost-user,id=n0,chardev=c0",
+                        "-device", "virtio-net-pci,netdev=n0,mac=" + Mac.toString(PEER_MAC) + ",vectors=0,romfile=")
+                .payload(script).build();
+    }
+
+    private QemuGuest nicGuest(GuestImage image, Path pvSock, Path fvSock) {
+        String script = """
+                ifname() { for i in /sys/class/net/*; do [ "$(basename "$(readlink $i/device/driver)")" = "$1" ] && basename $i; done; }
+                for i in $(seq 100); do PV=$(ifname virtio_net); FV=$(ifname e1000); [ -n "$PV" ] && [ -n "$FV" ] && break; sleep 0.1; done
+                [ -n "$PV" ] && [ -n "$FV" ] || { echo "NICs missing: virtio '$PV' e1000 '$FV'"; exit 90; }
+                ip addr add 10.77.1.2/24 dev $PV; ip link set $PV up
+                ip addr add 10.77.2.2/24 dev $FV; ip link set $FV up
+                arp -i $PV -s 10.77.1.1 %1$s
+                arp -i $FV -s 10.77.2.1 %1$s
+                for i in $(seq 100); do [ "$(cat /sys/class/net/$FV/operstate)" = up ] && break; sleep 0.1; done
+                arping -U -c 1 -I $PV 10.77.1.2 >/dev/null 2>&1; arping -U -c 1 -I $FV 10.77.2.2 >/dev/null 2>&1
+                for i in $(seq 60); do ping -c 1 -W 1 10.77.1.1 >/dev/null 2>&1 && ping -c 1 -W 1 10.77.2.1 >/dev/null 2>&1 && break; done
+                for nic in pv fv; do
+                  if [ $nic = pv ]; then peer=10.77.1.1; else peer=10.77.2.1; fi
+                  echo "net-start $nic ping"
+                  ping -A -q -c 300 $peer > /tmp/ping 2>&1
+                  echo "net-end $nic ping $(grep round-trip /tmp/ping)"
+                  echo "net-start $nic tcp"
+                  dd if=/dev/zero bs=64k count=%2$d 2>/dev/null | nc $peer 5001
+                  echo "net-end $nic tcp"
+                done
+                """.formatted(Mac.toString(PEER_MAC), TCP_MIB * 16);
+        return QemuGuest.builder(image).name("demo-nics").workDir(workDir).memoryMiB(256)
+                .modules("virtio_pci", "virtio_net", "e1000")
+                .args("-chardev", "socket,id=c0,path=" + QemuGuest.escape(pvSock.toString()),
+                        "-netdev", "vhost-user,id=pv0,chardev=c0",
+                        "-device", "virtio-net-pci,netdev=pv0,mac=" + Mac.toString(PV_MAC) + ",vectors=0,romfile=",
+                        "-netdev", "stream,id=fv0,server=off,addr.type=unix,addr.path=" + QemuGuest.escape(fvSock.toString()),
+                        "-device", "e1000,netdev=fv0,mac=" + Mac.toString(FV_MAC) + ",romfile=")
+                .payload(script).build();
+    }
+
+    public static void print(List<Result> results, PrintStream out) {
+        out.println();
+        out.println("NICs: one guest, an emulated e1000 and a virtio-net on one iovirt switch, the same peer guest");
+        out.println("  (virtio-net with vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net)");
+        out.println();
+        out.printf("%-38s %-24s %14s %10s %16s%n", "path", "workload", "result", "packets", "host CPU/packet");
+        for (Result r : results) {
+            out.printf("%-38s %-24s %8.1f %-5s %10d %13.1f us%n", r.path(), r.workload(), r.value(), r.unit(), r.packets(),
+                    r.cpuMicrosPerPacket());
+        }
+        out.println();
+        for (int i = 0; i < results.size() / 2; i++) {
+            Result pv = results.get(i);
+            Result fv = results.get(i + results.size() / 2);
+            out.printf(Locale.ROOT, "  %-24s PV/FV: %s x%.2f, host CPU per packet x%.2f%n", pv.workload(),
+                    pv.unit().equals("us") ? "latency" : "throughput", pv.value() / fv.value(),
+                    pv.cpuMicrosPerPacket() / fv.cpuMicrosPerPacket());
+        }
+        out.println("  host CPU/packet = (both QEMUs' + iovirt's CPU time during the phase) / packets through the NIC's port.");
+    }
+
+    public static String json(List<Result> results) {
+        StringBuilder s = new StringBuilder("[");
+        for (int i = 0; i < results.size(); i++) {
+            Result r = results.get(i);
+            s.append(i == 0 ? "" : ",").append(String.format(Locale.ROOT,
+                    "{\"path\":\"%s\",\"workload\":\"%s\",\"value\":%.2f,\"unit\":\"%s\",\"packets\":%d,\"bytes\":%d,"
+                            + "\"cpu_ns\":%d,\"cpu_us_per_packet\":%.2f}",
+                    r.path(), r.workload(), r.value(), r.unit(), r.packets(), r.bytes(), r.cpuNanos(), r.cpuMicrosPerPacket()));
+        }
+        return s.append("]").toString();
+    }
+}

@@ -1,0 +1,357 @@
+package io.iovirt.devices.net;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.net.Mac;
+import io.iovirt.net.PortStat;
+import io.iovirt.net.PortStats;
+import io.iovirt.net.Switch;
+import io.iovirt.vhostuser.Features;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.HashSet;
+import java.util.Set;
+import java.util.function.BooleanSupplier;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/**
+ * The virtio-net port against a real vhost-user frontend over real sockets (the project's frontend client and driver
+ * rings in shared memfd memory): frames between two "guests", merged receive buffers, every drop reason, hostile
+ * headers and rings, announcements, MTU, multiqueue.
+ */
+@Timeout(120)
+class VirtioNetPortTest {
+    static final long A = Mac.parse("52:54:00:00:00:0a");
+    static final long B = Mac.parse("52:54:00:00:00:0b");
+    static final long BASE = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
+            | Features.VIRTIO_RING_F_INDIRECT_DESC;
+
+    @TempDir
+    Path dir;
+    Switch sw;
+
+    @AfterEach
+    void stop() {
+        if (sw != null) {
+            sw.close();
+        }
+    }
+
+    VirtioNetPort port(String name, int pairs, long mac) throws IOException {
+        return sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve(name), pairs, mac, 0)));
+    }
+
+    static byte[] frame(long dst, long src, int len) {
+        ByteBuffer b = ByteBuffer.allocate(len);
+        b.put(Mac.toBytes(dst)).put(Mac.toBytes(src)).putShort((short) 0x88b5);
+        for (int i = 14; i < len; i++) {
+            b.put((byte) (i * 13 + len));
+        }
+        return b.array();
+    }
+
+    static void await(BooleanSupplier c, String what) throws InterruptedException {
+        long deadline = System.nanoTime() + 20_000_000_000L;
+        while (!c.getAsBoolean()) {
+            if (System.nanoTime() > deadline) {
+                throw new AssertionError("timed out waiting for " + what);
+            }
+            Thread.sleep(2);
+        }
+    }
+
+    @ParameterizedTest(name = "packed={0}")
+    @ValueSource(booleans = {false, true})
+    void framesMoveBetweenTwoGuestsAndCountersAgree(boolean packed) throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        long f = BASE | VirtioNet.F_MRG_RXBUF | (packed ? Features.VIRTIO_F_RING_PACKED : 0);
+        try (NetDriver a = new NetDriver(pa.options().socket(), f, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), f, 1)) {
+            assertEquals(packed, a.negotiated(Features.VIRTIO_F_RING_PACKED));
+            await(() -> pa.isLinkUp() && pb.isLinkUp(), "links up");
+            a.postRx(0, 2048, 64);
+            b.postRx(0, 2048, 64);
+            int frames = 40;
+            long bytes = 0;
+            for (int i = 0; i < frames; i++) {
+                byte[] fr = frame(B, A, 60 + 37 * i);
+                bytes += fr.length;
+                a.send(0, fr);
+                assertArrayEquals(fr, b.receive(0), "frame " + i);
+            }
+            a.awaitTxUsed(0, frames);
+            byte[] back = frame(A, B, 1514);
+            b.sendRaw(0, concat(new byte[12], back), 12, 12 + 1514); // header in its own buffer
+            assertArrayEquals(back, a.receive(0));
+            PortStats sa = pa.stats();
+            PortStats sb = pb.stats();
+            assertEquals(frames, sa.rxPackets());
+            assertEquals(bytes, sa.rxBytes());
+            assertEquals(frames, sb.txPackets());
+            assertEquals(bytes, sb.txBytes());
+            assertEquals(1, sb.rxPackets());
+            assertEquals(1, sa.txPackets());
+            assertEquals(0, sa.rxDropped() + sa.txDropped() + sb.rxDropped() + sb.txDropped());
+        }
+    }
+
+    @Test
+    void mergeableBuffersCarryAJumboFrameAcrossChains() throws Exception {
+        sw = new Switch(Switch.Config.defaults().withMtu(9000));
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+            await(() -> pb.isLinkUp(), "link");
+            b.postRx(0, 2048, 8);
+            byte[] jumbo = frame(B, A, 9014);
+            a.send(0, jumbo);
+            NetDriver.Rx first = b.pollRx(0, NetDriver.TIMEOUT);
+            assertNotNull(first);
+            assertEquals(5, first.numBuffers(), "12 + 9014 bytes over 2048-byte buffers");
+            assertEquals(2048, first.length());
+            byte[] got = new byte[9014];
+            System.arraycopy(first.data(), 12, got, 0, 2036);
+            int at = 2036;
+            for (int i = 1; i < 5; i++) {
+                NetDriver.Rx r = b.pollRx(0, NetDriver.TIMEOUT);
+                System.arraycopy(r.data(), 0, got, at, r.length());
+                at += r.length();
+            }
+            assertEquals(9014, at);
+            assertArrayEquals(jumbo, got);
+            assertEquals(1, pb.stats().txPackets());
+        }
+    }
+
+    @Test
+    void withoutMergeableBuffersTooSmallChainsAreReturnedAndTheFrameCounted() throws Exception {
+        sw = new Switch(Switch.Config.defaults().withMtu(9000));
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1)) {
+            assertFalse(b.negotiated(VirtioNet.F_MRG_RXBUF));
+            await(() -> pb.isLinkUp(), "link");
+            b.postRx(0, 2048, 1);
+            a.send(0, frame(B, A, 3000));
+            NetDriver.Rx r = b.pollRx(0, NetDriver.TIMEOUT);
+            assertNotNull(r, "the chain comes back");
+            assertEquals(0, r.length(), "unused");
+            assertEquals(1, pb.stats().get(PortStat.TX_DROPPED_BUFFER_TOO_SMALL));
+            // a chain of several small buffers that together hold the frame is fine without merging
+            b.postRxChain(0, 12, 100, 1000, 2000);
+            byte[] fr = frame(B, A, 3000);
+            a.send(0, fr);
+            assertArrayEquals(fr, b.receive(0));
+            assertEquals(1, pb.stats().txPackets());
+        }
+    }
+
+    @Test
+    void noReceiveBuffersDropsAndCountsWithoutStallingTheSender() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+            await(() -> pb.isLinkUp(), "link");
+            for (int i = 0; i < 100; i++) {
+                a.send(0, frame(B, A, 100));
+            }
+            a.awaitTxUsed(0, 100);
+            assertEquals(100, pa.stats().rxPackets());
+            assertEquals(100, pb.stats().get(PortStat.TX_DROPPED_NO_BUFFERS));
+            assertEquals(0, pb.stats().txPackets());
+            b.postRx(0, 2048, 4);
+            byte[] fr = frame(B, A, 100);
+            a.send(0, fr);
+            assertArrayEquals(fr, b.receive(0), "delivery resumes once buffers are posted");
+        }
+    }
+
+    @Test
+    void hostileHeadersAndFramesAreCountedDroppedAndThePortKeepsRunning() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+            await(() -> pb.isLinkUp(), "link");
+            b.postRx(0, 2048, 16);
+            byte[] good = frame(B, A, 200);
+            byte[] csum = concat(new byte[12], good);
+            csum[0] = VirtioNet.HDR_F_NEEDS_CSUM; // checksum offload was not negotiated
+            a.sendRaw(0, csum, csum.length);
+            byte[] gso = concat(new byte[12], good);
+            gso[1] = 1; // GSO_TCPV4, not negotiated
+            a.sendRaw(0, gso, gso.length);
+            byte[] dataValid = concat(new byte[12], good);
+            dataValid[0] = 2; // DATA_VALID is for the receive direction only
+            a.sendRaw(0, dataValid, dataValid.length);
+            a.sendRaw(0, new byte[5], 5); // shorter than a header
+            a.sendRaw(0, new byte[0], 0); // an empty buffer
+            a.send(0, new byte[10]); // runt frame
+            a.send(0, frame(B, A, 1500 + 18 + 1)); // over the MTU
+            a.send(0, frame(B, Mac.BROADCAST, 100)); // group source address
+            a.send(0, good);
+            a.awaitTxUsed(0, 9);
+            assertArrayEquals(good, b.receive(0), "the good frame after all the bad ones");
+            assertNull(b.pollRx(0, Duration.ofMillis(200)), "nothing else got through");
+            PortStats s = pa.stats();
+            assertEquals(5, s.get(PortStat.RX_DROPPED_MALFORMED));
+            assertEquals(1, s.get(PortStat.RX_DROPPED_RUNT));
+            assertEquals(1, s.get(PortStat.RX_DROPPED_OVERSIZE));
+            assertEquals(1, s.get(PortStat.RX_DROPPED_BAD_SOURCE));
+            assertEquals(1, s.rxPackets());
+            assertTrue(pa.isLinkUp());
+            assertEquals(0, pa.deviceStatus(), "frame errors do not need a reset");
+        }
+    }
+
+    @Test
+    void aBrokenRingFailsOnlyItsQueue() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        VirtioNetPort pc = port("c.sock", 1, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
+             NetDriver c = new NetDriver(pc.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+            await(() -> pc.isLinkUp(), "link");
+            c.postRx(0, 2048, 8);
+            // a's transmit descriptor points far outside its memory
+            a.sendRawAt(0, 0x7fff_0000_0000L, 100);
+            await(() -> pa.deviceStatus() == 0x40, "DEVICE_NEEDS_RESET");
+            byte[] fr = frame(Mac.parse("52:54:00:00:00:0c"), B, 80);
+            b.send(0, fr);
+            assertArrayEquals(fr, c.receive(0), "the switch and the other ports carry on");
+        }
+    }
+
+    @Test
+    void sendRarpAndReconnectAnnounceTheGuest() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        long guest = Mac.parse("52:54:00:12:34:56");
+        VirtioNetPort pa = port("a.sock", 1, guest);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        try (NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+            await(() -> pb.isLinkUp(), "link");
+            b.postRx(0, 2048, 16);
+            try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MAC, 1)) {
+                assertTrue(a.negotiated(VirtioNet.F_MAC), "a configured MAC is offered");
+                assertRarp(b.receive(0), guest);
+                assertEquals(pa.index(), sw.macTable().lookup(guest, sw.now()));
+                long moved = Mac.parse("52:54:00:99:99:99");
+                a.fe.sendRarp(Mac.toBytes(moved));
+                assertRarp(b.receive(0), moved);
+                assertEquals(2, pa.announcements());
+                assertEquals(0, pa.stats().rxPackets(), "announcements are not counted as the guest's frames");
+            }
+            await(() -> !pa.isLinkUp(), "link down after disconnect");
+            await(() -> sw.macTable().lookup(guest, sw.now()) == -1, "the guest's address forgotten with the peer");
+            try (NetDriver again = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+                assertRarp(b.receive(0), guest);
+                assertEquals(pa.index(), sw.macTable().lookup(guest, sw.now()), "relearned before the guest spoke");
+            }
+        }
+    }
+
+    static void assertRarp(byte[] f, long mac) {
+        assertEquals(60, f.length);
+        ByteBuffer b = ByteBuffer.wrap(f);
+        assertEquals(Mac.BROADCAST, Mac.read(java.lang.foreign.MemorySegment.ofArray(f), 0));
+        assertEquals(mac, Mac.read(java.lang.foreign.MemorySegment.ofArray(f), 6));
+        assertEquals(0x8035, Short.toUnsignedInt(b.getShort(12)));
+        assertEquals(3, b.getShort(20), "RARP request reverse");
+        assertEquals(mac, Mac.read(java.lang.foreign.MemorySegment.ofArray(f), 22));
+    }
+
+    @Test
+    void aGuestMayLowerItsMtuButNotRaiseItAboveTheSwitch() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MTU, 1)) {
+            assertTrue(a.negotiated(VirtioNet.F_MTU));
+            byte[] cfg = a.fe.getConfig(0, VirtioNet.CFG_SIZE);
+            assertEquals(1500, (cfg[VirtioNet.CFG_MTU] & 0xff) | (cfg[VirtioNet.CFG_MTU + 1] & 0xff) << 8);
+            assertEquals(VirtioNet.S_LINK_UP, cfg[VirtioNet.CFG_STATUS]);
+            a.fe.setMtu(1400);
+            assertEquals(1400, pa.guestMtu());
+            IOException e = assertThrows(IOException.class, () -> a.fe.setMtu(9000));
+            assertTrue(e.getMessage() != null);
+            assertEquals(1400, pa.guestMtu());
+        }
+    }
+
+    @Test
+    void multiqueueSpreadsFlowsAndEveryQueueForwards() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 2, -1);
+        VirtioNetPort pb = port("b.sock", 2, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MQ, 2);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MQ, 2)) {
+            assertTrue(a.negotiated(VirtioNet.F_MQ));
+            await(() -> pb.isLinkUp(), "link");
+            b.postRx(0, 2048, 64);
+            b.postRx(1, 2048, 64);
+            Set<Integer> queuesUsed = new HashSet<>();
+            int total = 0;
+            for (int flow = 0; flow < 16; flow++) {
+                byte[] fr = ipv4Udp(B, A, 1000 + flow);
+                a.send(flow % 2, fr); // both transmit queues
+                for (int pair = 0; pair < 2; pair++) {
+                    NetDriver.Rx r = b.pollRx(pair, Duration.ofMillis(pair == 0 ? 2000 : 0));
+                    if (r != null) {
+                        queuesUsed.add(pair);
+                        assertEquals(12 + fr.length, r.length());
+                        total++;
+                    }
+                }
+                if (total <= flow) { // arrived late on queue 0? look again at both
+                    for (int pair = 0; pair < 2 && total <= flow; pair++) {
+                        if (b.pollRx(pair, Duration.ofSeconds(5)) != null) {
+                            queuesUsed.add(pair);
+                            total++;
+                        }
+                    }
+                }
+            }
+            assertEquals(16, total);
+            assertEquals(Set.of(0, 1), queuesUsed, "16 flows use both receive queues");
+            assertEquals(16, pa.stats().rxPackets());
+        }
+    }
+
+    /** An IPv4/UDP frame whose source port makes it its own flow. */
+    static byte[] ipv4Udp(long dst, long src, int sport) {
+        ByteBuffer b = ByteBuffer.allocate(14 + 20 + 8 + 32);
+        b.put(Mac.toBytes(dst)).put(Mac.toBytes(src)).putShort((short) 0x0800);
+        b.put((byte) 0x45).put((byte) 0).putShort((short) (20 + 8 + 32)).putInt(0).put((byte) 64).put((byte) 17)
+                .putShort((short) 0).putInt(0x0a000001).putInt(0x0a000002);
+        b.putShort((short) sport).putShort((short) 9).putShort((short) 40).putShort((short) 0);
+        return b.array();
+    }
+
+    static byte[] concat(byte[] x, byte[] y) {
+        byte[] r = new byte[x.length + y.length];
+        System.arraycopy(x, 0, r, 0, x.length);
+        System.arraycopy(y, 0, r, x.length, y.length);
+        return r;
+    }
+}

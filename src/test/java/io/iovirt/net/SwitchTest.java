@@ -1,0 +1,225 @@
+package io.iovirt.net;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.management.ManagementFactory;
+import java.util.List;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+
+@Timeout(60)
+class SwitchTest {
+    static final String A = "52:54:00:00:00:0a";
+    static final String B = "52:54:00:00:00:0b";
+    static final String C = "52:54:00:00:00:0c";
+    static final String BCAST = "ff:ff:ff:ff:ff:ff";
+
+    Switch sw;
+    TestPort pa;
+    TestPort pb;
+    TestPort pc;
+
+    @BeforeEach
+    void setUp() throws Exception {
+        sw = new Switch(Switch.Config.defaults().withMacAging(10));
+        pa = sw.addPort(new TestPort("a"));
+        pb = sw.addPort(new TestPort("b"));
+        pc = sw.addPort(new TestPort("c"));
+    }
+
+    @AfterEach
+    void tearDown() {
+        sw.close();
+    }
+
+    @Test
+    void unknownUnicastFloodsToEveryOtherPortButNeverBack() {
+        byte[] f = Frames.ethernet(B, A, 100);
+        pa.inject(f);
+        assertEquals(0, pa.takeSent().size(), "no hairpin");
+        assertArrayEquals(f, pb.takeSent().get(0));
+        assertArrayEquals(f, pc.takeSent().get(0));
+        PortStats s = pa.stats();
+        assertEquals(1, s.rxPackets());
+        assertEquals(100, s.rxBytes());
+        assertEquals(1, s.get(PortStat.RX_FLOODED));
+        assertEquals(0, s.get(PortStat.RX_MULTICAST));
+        assertEquals(1, pb.stats().txPackets());
+        assertEquals(100, pc.stats().txBytes());
+    }
+
+    @Test
+    void learnedDestinationGetsTheFrameAlone() {
+        pb.inject(Frames.ethernet(BCAST, B, 60)); // b announces itself
+        pa.takeSent();
+        pc.takeSent();
+        byte[] f = Frames.ethernet(B, A, 1514);
+        pa.inject(f);
+        assertArrayEquals(f, pb.takeSent().get(0));
+        assertEquals(0, pc.takeSent().size());
+        assertEquals(0, pa.stats().get(PortStat.RX_FLOODED));
+        assertEquals(pb.index(), sw.macTable().lookup(Mac.parse(B), sw.now()));
+        assertEquals(pa.index(), sw.macTable().lookup(Mac.parse(A), sw.now()));
+    }
+
+    @Test
+    void broadcastAndMulticastFloodEvenWhenTheSourceIsKnown() {
+        pb.inject(Frames.ethernet(A, B, 60));
+        pa.inject(Frames.ethernet(BCAST, A, 60));
+        pa.inject(Frames.ethernet("01:00:5e:00:00:01", A, 60));
+        pa.inject(Frames.ethernet("33:33:00:00:00:01", A, 60));
+        assertEquals(3, pb.takeSent().size() - 0);
+        assertEquals(3 + 1, pc.takeSent().size(), "c also got b's frame to the then unknown a");
+        PortStats s = pa.stats();
+        assertEquals(3, s.get(PortStat.RX_MULTICAST));
+        assertEquals(3, s.get(PortStat.RX_FLOODED));
+    }
+
+    @Test
+    void frameToAnAddressLearnedOnTheIngressPortIsFiltered() {
+        pa.inject(Frames.ethernet(BCAST, A, 60));
+        pa.inject(Frames.ethernet(BCAST, "52:54:00:00:00:aa", 60)); // a second station behind port a
+        pb.takeSent();
+        pc.takeSent();
+        pa.inject(Frames.ethernet("52:54:00:00:00:aa", A, 80));
+        assertEquals(0, pa.takeSent().size());
+        assertEquals(0, pb.takeSent().size());
+        assertEquals(0, pc.takeSent().size());
+        assertEquals(1, pa.stats().get(PortStat.RX_FILTERED));
+        assertEquals(3, pa.stats().rxPackets());
+    }
+
+    @Test
+    void addressesAgeOutAfterTheAgingTime() {
+        sw.tick(100);
+        pb.inject(Frames.ethernet(BCAST, B, 60));
+        sw.tick(109);
+        pc.takeSent();
+        pa.inject(Frames.ethernet(B, A, 60));
+        assertEquals(0, pc.takeSent().size(), "9 s after: still known");
+        sw.tick(110);
+        assertEquals(-1, sw.macTable().lookup(Mac.parse(B), sw.now()));
+        pa.inject(Frames.ethernet(B, A, 60));
+        assertEquals(1, pc.takeSent().size(), "10 s after: forgotten, flooded");
+        assertEquals(1, pb.takeSent().size() - 1);
+    }
+
+    @Test
+    void trafficRefreshesTheAge() {
+        pb.inject(Frames.ethernet(BCAST, B, 60));
+        sw.tick(8);
+        pb.inject(Frames.ethernet(A, B, 60));
+        sw.tick(16);
+        assertEquals(pb.index(), sw.macTable().lookup(Mac.parse(B), sw.now()));
+    }
+
+    @Test
+    void aStationThatMovesIsFollowed() {
+        pb.inject(Frames.ethernet(BCAST, B, 60));
+        pc.inject(Frames.ethernet(BCAST, B, 60)); // b moved to port c
+        pb.takeSent();
+        pc.takeSent();
+        pa.inject(Frames.ethernet(B, A, 60));
+        assertEquals(0, pb.takeSent().size());
+        assertEquals(1, pc.takeSent().size());
+    }
+
+    @Test
+    void runtAndOversizedFramesAreCountedAndDropped() {
+        pa.inject(Frames.ethernet(B, A, 13));
+        pa.inject(new byte[0]);
+        pa.inject(Frames.ethernet(B, A, 1500 + 18 + 1));
+        pa.inject(Frames.ethernet(B, A, 9000));
+        assertEquals(0, pb.takeSent().size());
+        PortStats s = pa.stats();
+        assertEquals(2, s.get(PortStat.RX_DROPPED_RUNT));
+        assertEquals(2, s.get(PortStat.RX_DROPPED_OVERSIZE));
+        assertEquals(0, s.rxPackets());
+        assertEquals(4, s.rxDropped());
+        // the limits themselves pass: a bare header, and MTU + header + one VLAN tag
+        pa.inject(Frames.ethernet(B, A, 14));
+        pa.inject(Frames.ethernet(B, A, 1518));
+        assertEquals(2, pb.takeSent().size());
+        assertEquals(2, pa.stats().rxPackets());
+    }
+
+    @Test
+    void groupOrZeroSourceAddressesAreDroppedAndNotLearned() {
+        pa.inject(Frames.ethernet(B, BCAST, 60));
+        pa.inject(Frames.ethernet(B, "01:00:5e:00:00:01", 60));
+        pa.inject(Frames.ethernet(B, "00:00:00:00:00:00", 60));
+        assertEquals(3, pa.stats().get(PortStat.RX_DROPPED_BAD_SOURCE));
+        assertEquals(0, pb.takeSent().size());
+        assertEquals(0, sw.macTable().size());
+    }
+
+    @Test
+    void floodingSkipsPortsWhoseLinkIsDown() {
+        pc.link = false;
+        pa.inject(Frames.ethernet(BCAST, A, 60));
+        assertEquals(1, pb.takeSent().size());
+        assertEquals(0, pc.takeSent().size());
+        assertEquals(0, pc.stats().txDropped(), "a down port is not a drop target for floods");
+    }
+
+    @Test
+    void aPeerGoingAwayForgetsItsAddresses() {
+        pb.inject(Frames.ethernet(BCAST, B, 60));
+        assertEquals(pb.index(), sw.macTable().lookup(Mac.parse(B), 0));
+        pb.peerGone();
+        assertEquals(-1, sw.macTable().lookup(Mac.parse(B), 0));
+        pc.takeSent();
+        sw.removePort(pc);
+        assertEquals(List.of(pa, pb), sw.ports());
+        pa.inject(Frames.ethernet(B, A, 60));
+        assertEquals(1, pb.takeSent().size());
+        assertEquals(0, pc.takeSent().size(), "a removed port gets nothing");
+    }
+
+    @Test
+    void portNamesAreUnique() {
+        assertThrows(IllegalArgumentException.class, () -> sw.addPort(new TestPort("a")));
+    }
+
+    @Test
+    void forwardingAllocatesNothingPerFrame() {
+        Switch s = new Switch(Switch.Config.defaults());
+        try {
+            TestPort in = assertDoesNotThrowAdd(s, new TestPort("in", false));
+            TestPort out = assertDoesNotThrowAdd(s, new TestPort("out", false));
+            TestPort other = assertDoesNotThrowAdd(s, new TestPort("other", false));
+            byte[] known = Frames.ethernet(B, A, 1514);
+            out.inject(Frames.ethernet(BCAST, B, 60));
+            java.lang.foreign.MemorySegment.copy(java.lang.foreign.MemorySegment.ofArray(known), 0, in.buffer(), 0, known.length);
+            com.sun.management.ThreadMXBean mx = (com.sun.management.ThreadMXBean) ManagementFactory.getThreadMXBean();
+            long tid = Thread.currentThread().threadId();
+            for (int i = 0; i < 300_000; i++) { // warm up: let the JIT compile the path
+                in.injectInPlace(known.length);
+            }
+            long before = mx.getThreadAllocatedBytes(tid);
+            int frames = 200_000;
+            for (int i = 0; i < frames; i++) {
+                in.injectInPlace(known.length);
+            }
+            long allocated = mx.getThreadAllocatedBytes(tid) - before;
+            assertTrue(allocated < frames / 10, allocated + " bytes allocated for " + frames + " frames");
+            assertEquals(300_000 + frames, out.stats().txPackets());
+            assertEquals(1, other.stats().txPackets());
+        } finally {
+            s.close();
+        }
+    }
+
+    private static TestPort assertDoesNotThrowAdd(Switch s, TestPort p) {
+        try {
+            return s.addPort(p);
+        } catch (Exception e) {
+            throw new AssertionError(e);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+package io.iovirt.vhostuser;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.function.BooleanSupplier;
+
+/** A peer process (QEMU, qemu-storage-daemon) for a test: output to a log file, always killed on close. */
+final class ChildProcess implements AutoCloseable {
+    private final Process process;
+    private final Path log;
+    private final String name;
+
+    private ChildProcess(Process process, Path log, String name) {
+        this.process = process;
+        this.log = log;
+        this.name = name;
+    }
+
+    static ChildProcess start(Path dir, String name, List<String> command) throws IOException {
+        Path log = dir.resolve(name + ".log");
+        Process p = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(log.toFile())
+                .redirectInput(ProcessBuilder.Redirect.from(Path.of("/dev/null").toFile())).start();
+        return new ChildProcess(p, log, name);
+    }
+
+    static boolean installed(String program) {
+        for (String dir : System.getenv().getOrDefault("PATH", "/usr/bin").split(":")) {
+            if (Files.isExecutable(Path.of(dir, program))) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Waits (bounded) until {@code condition} holds; fails with the process's output if it exits or time runs out. */
+    void await(String what, Duration timeout, BooleanSupplier condition) throws Exception {
+        long deadline = System.nanoTime() + timeout.toNanos();
+        while (!condition.getAsBoolean()) {
+            if (!process.isAlive()) {
+                throw new AssertionError(name + " exited with " + process.exitValue() + " before " + what + ":\n" + output());
+            }
+            if (System.nanoTime() > deadline) {
+                throw new AssertionError("no " + what + " within " + timeout + "; " + name + " said:\n" + output());
+            }
+            Thread.sleep(20);
+        }
+    }
+
+    boolean isAlive() {
+        return process.isAlive();
+    }
+
+    String output() {
+        try {
+            return Files.readString(log);
+        } catch (IOException e) {
+            return "(no output: " + e.getMessage() + ")";
+        }
+    }
+
+    /** Kills the process and waits for it to be gone. */
+    @Override
+    public void close() {
+        process.destroyForcibly();
+        try {
+            process.waitFor(30, TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+}

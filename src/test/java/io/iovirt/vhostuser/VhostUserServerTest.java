@@ -1,0 +1,419 @@
+package io.iovirt.vhostuser;
+
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.UnixSocket;
+import io.iovirt.memory.GuestMemory;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The protocol layer against a real frontend over a real socket, as QEMU 7.2 drives a vhost-user-blk backend. */
+@Timeout(60)
+class VhostUserServerTest {
+    static final Duration TIMEOUT = Duration.ofSeconds(20);
+    static final long RING_GPA = 0x100000;
+    static final long DESC = RING_GPA;
+    static final long AVAIL = RING_GPA + 0x1000;
+    static final long USED = RING_GPA + 0x2000;
+
+    @TempDir
+    Path dir;
+    Path socket;
+    RecordingBackend backend;
+    VhostUserServer server;
+    LogCapture log;
+
+    @BeforeEach
+    void start() throws IOException {
+        log = LogCapture.start();
+        socket = dir.resolve("vub.sock");
+        backend = new RecordingBackend(2);
+        server = VhostUserServer.start(socket, backend);
+    }
+
+    @AfterEach
+    void stop() {
+        server.close();
+        log.close();
+    }
+
+    VhostUserFrontend connect() throws IOException {
+        return VhostUserFrontend.connect(socket, TIMEOUT);
+    }
+
+    /** QEMU's vhost_user_backend_init + vhost_dev_init + realize for vhost-user-blk. */
+    static void initLikeQemu(VhostUserFrontend fe, EventFd call, EventFd err) throws IOException {
+        assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES, fe.getFeatures());
+        long pf = fe.getProtocolFeatures();
+        assertEquals(Features.CORE_PROTOCOL_FEATURES, pf);
+        fe.setProtocolFeatures(pf);
+        assertEquals(2, fe.getQueueNum());
+        assertEquals(509, fe.getMaxMemSlots());
+        fe.setOwner();
+        fe.getFeatures();
+        fe.setVringCall(0, call);
+        fe.setVringErr(0, err);
+        byte[] cfg = fe.getConfig(0, RecordingBackend.CONFIG_SIZE);
+        assertEquals(2, cfg[2]);
+    }
+
+    /** QEMU's vhost_dev_start for one split queue of 256 entries. */
+    static void startLikeQemu(VhostUserFrontend fe, FrontendMemory low, FrontendMemory high, EventFd kick, EventFd call,
+                              long features) throws IOException {
+        fe.setFeatures(features);
+        fe.addMemRegion(low.descriptor());
+        fe.addMemRegion(high.descriptor());
+        fe.setVringNum(0, 256);
+        fe.setVringBase(0, 0);
+        fe.setVringAddr(0, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
+        fe.setVringKick(0, kick);
+        fe.setVringCall(0, call);
+        fe.setVringEnable(0, true);
+    }
+
+    static final long FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
+            | Features.VHOST_USER_F_PROTOCOL_FEATURES;
+
+    @Test
+    void fullBlkSessionAsQemuDrivesIt() throws Exception {
+        GuestMemory sessionMemory;
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd initCall = EventFd.create(true); EventFd err = EventFd.create(true);
+             EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true)) {
+            initLikeQemu(fe, initCall, err);
+            fe.setFeatures(FEATURES);
+            fe.addMemRegion(low.descriptor());
+            fe.addMemRegion(high.descriptor());
+            fe.setVringNum(0, 256);
+            fe.setVringBase(0, 0);
+            fe.setVringAddr(0, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
+            fe.setVringKick(0, kick);
+            fe.setVringCall(0, call);
+            assertTrue(backend.running.isEmpty(), "protocol features negotiated: the ring waits for SET_VRING_ENABLE");
+            fe.setVringEnable(0, true);
+
+            VringSetup s = backend.running.get(0);
+            assertNotNull(s);
+            assertEquals(256, s.size());
+            assertEquals(DESC, s.descGpa());
+            assertEquals(AVAIL, s.availGpa());
+            assertEquals(USED, s.usedGpa());
+            assertEquals(0, s.base());
+            assertTrue(s.eventIdx());
+            assertFalse(s.packed());
+            assertEquals(Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX, s.features());
+            assertNotNull(s.err());
+
+            // guest memory is shared: what the frontend writes, the device reads through its snapshot, and back
+            high.segment().set(JAVA_LONG, 0x10, 0x1122_3344_5566_7788L);
+            assertEquals(0x1122_3344_5566_7788L, s.memory().get().translate(DESC + 0x10, 8).get(JAVA_LONG, 0));
+            s.memory().get().translate(0x9fff8, 8).set(JAVA_LONG, 0, 42);
+            assertEquals(42, low.segment().get(JAVA_LONG, 0x9fff8));
+
+            kick.signal(); // the driver's kick reaches the device's descriptor ...
+            assertEquals(1, s.kick().read());
+            s.call().signal(); // ... and the device's interrupt reaches the driver
+            assertEquals(1, call.read());
+            assertEquals(0, initCall.read(), "the call descriptor set at init was replaced");
+
+            fe.setStatus(0xf);
+            assertEquals(0xf, fe.getStatus());
+
+            backend.stopIndexOffset = 17;
+            fe.setVringEnable(0, false); // QEMU 7.2 disables before GET_VRING_BASE
+            assertTrue(backend.running.isEmpty());
+            assertEquals(17, fe.getVringBase(0));
+            assertEquals(17, fe.getVringBase(0), "a stopped ring keeps reporting where it stopped");
+            fe.setStatus(0);
+            sessionMemory = backend.memories.get(backend.memories.size() - 1);
+            assertEquals(2, sessionMemory.regionCount());
+        }
+        assertTrue(server.awaitIdle(TIMEOUT));
+        assertEquals(List.of("readConfig 0+60", "setFeatures 0x" + Long.toHexString(FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES),
+                "memoryChanged 1", "memoryChanged 2", "queueStarted 0", "setStatus 15", "queueStopped 0", "setStatus 0",
+                "reset", "memoryChanged 0"), backend.snapshot());
+        MemorySegment unmapped = sessionMemory.regions().get(0).mapping();
+        assertThrows(IllegalStateException.class, () -> unmapped.get(JAVA_LONG, 0), "the backend unmapped guest memory");
+    }
+
+    @Test
+    void aReconnectingFrontendIsServedFromScratch() throws Exception {
+        for (int round = 0; round < 3; round++) {
+            try (VhostUserFrontend fe = connect();
+                 FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                 FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                 EventFd call = EventFd.create(true); EventFd err = EventFd.create(true);
+                 EventFd kick = EventFd.create(true)) {
+                initLikeQemu(fe, call, err);
+                startLikeQemu(fe, low, high, kick, call, FEATURES);
+                assertEquals(256, backend.running.get(0).size());
+            } // the frontend goes away with the queue running, as when QEMU is killed
+            backend.await("queueStopped 0");
+            backend.await("reset");
+            backend.await("memoryChanged 0");
+        }
+    }
+
+    @Test
+    void aSecondFrontendIsTurnedAwayWhileTheFirstIsServed() throws Exception {
+        try (VhostUserFrontend first = connect()) {
+            assertTrue(first.getFeatures() != 0);
+            try (VhostUserFrontend second = connect()) {
+                assertThrows(IOException.class, second::getFeatures);
+            }
+            assertTrue(log.awaitLine("refusing frontend").contains(socket.toString()));
+            assertTrue(first.getFeatures() != 0, "the first frontend is unaffected");
+        }
+    }
+
+    @Test
+    void callDescriptorIsSwappedUnderARunningQueueWithoutStoppingIt() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call1 = EventFd.create(true); EventFd call2 = EventFd.create(true); EventFd err = EventFd.create(true);
+             EventFd kick = EventFd.create(true)) {
+            initLikeQemu(fe, call1, err);
+            startLikeQemu(fe, low, high, kick, call1, FEATURES);
+            VringSetup s = backend.running.get(0);
+            int number = s.call().fd().get();
+            fe.setVringCall(0, call2); // QEMU does this when the guest masks the queue's MSI-X vector
+            assertEquals(s, backend.running.get(0), "the queue kept running");
+            assertEquals(number, s.call().fd().get());
+            s.call().signal();
+            assertEquals(1, call2.read());
+            assertEquals(0, call1.read());
+            fe.setVringCall(0, null); // no descriptor: the device's signals go nowhere, harmlessly
+            s.call().signal();
+            assertEquals(0, call2.read());
+        }
+    }
+
+    @Test
+    void kickWithoutDescriptorMeansPolling() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            startLikeQemu(fe, low, high, null, call, FEATURES);
+            assertNull(backend.running.get(0).kick());
+        }
+    }
+
+    /** QEMU 7.2's vhost-user-net exchanges protocol features but drops bit 30 from SET_FEATURES. */
+    @Test
+    void protocolFeaturesExchangedButBit30DroppedFromSetFeaturesStillEnablesRings() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            fe.setFeatures(FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES);
+            fe.addMemRegion(low.descriptor());
+            fe.addMemRegion(high.descriptor());
+            fe.setVringNum(0, 256);
+            fe.setVringBase(0, 0);
+            fe.setVringAddr(0, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
+            fe.setVringKick(0, kick);
+            fe.setVringCall(0, call);
+            assertTrue(backend.running.isEmpty(), "the protocol-features dialect: the ring waits for SET_VRING_ENABLE");
+            fe.setVringEnable(0, true);
+            backend.await("queueStarted 0");
+            assertEquals(0, fe.getVringBase(0));
+        }
+    }
+
+    @Test
+    void withoutProtocolFeaturesARingStartsOnItsKickAndCannotBeEnabled() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+            // a legacy frontend: no GET_PROTOCOL_FEATURES and no memory slots protocol, plain SET_MEM_TABLE
+            fe.setOwner();
+            fe.setFeatures(Features.VIRTIO_F_VERSION_1);
+            fe.setMemTable(List.of(low.descriptor(), high.descriptor()));
+            fe.setVringNum(0, 128);
+            fe.setVringBase(0, 3);
+            fe.setVringAddr(0, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
+            fe.setVringCall(0, call);
+            fe.setVringKick(0, kick);
+            assertEquals(3, backend.await("queueStarted 0") != null ? backend.running.get(0).base() : -1);
+            assertEquals(3, fe.getVringBase(0));
+            fe.setVringEnable(0, true);
+            assertTrue(log.awaitLine("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES").contains(socket.toString()));
+        }
+    }
+
+    @Test
+    void packedRingsTakeAnySizeAndAWrapCounterInTheBase() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            fe.setFeatures(FEATURES | Features.VIRTIO_F_RING_PACKED);
+            fe.addMemRegion(high.descriptor());
+            fe.setVringNum(1, 100);
+            fe.setVringBase(1, 0x8000 | 99);
+            fe.setVringAddr(1, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
+            fe.setVringKick(1, kick);
+            fe.setVringEnable(1, true);
+            VringSetup s = backend.running.get(1);
+            assertTrue(s.packed());
+            assertEquals(100, s.size());
+            assertEquals(0x8000 | 99, s.base());
+            assertEquals(0x8000 | 99, fe.getVringBase(1));
+            fe.setVringBase(1, 100); // position == size: outside the ring
+            assertThrows(IOException.class, () -> fe.setVringKick(1, kick)); // still enabled: starts on the kick
+            assertTrue(log.awaitLine("points outside its 100-entry packed ring").contains(socket.toString()));
+        }
+    }
+
+    @Test
+    void memoryTableChangesReachRunningQueuesAndUnmapWhatLeft() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             FrontendMemory extra = FrontendMemory.allocate(0x4000_0000L, 1 << 16);
+             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            startLikeQemu(fe, low, high, kick, call, FEATURES);
+            VringSetup s = backend.running.get(0);
+            GuestMemory before = s.memory().get();
+
+            fe.addMemRegion(extra.descriptor()); // hot-plugged while the queue runs
+            extra.segment().set(JAVA_LONG, 8, 99);
+            assertEquals(99, s.memory().get().translate(0x4000_0000L + 8, 8).get(JAVA_LONG, 0));
+            assertEquals(before.regions().get(0).mapping().get(JAVA_LONG, 0), low.segment().get(JAVA_LONG, 0),
+                    "regions that stayed are still mapped");
+
+            fe.removeMemRegion(low.descriptor());
+            MemorySegment gone = before.regions().get(0).mapping(); // GPA 0: the low region
+            assertThrows(IllegalStateException.class, () -> gone.get(JAVA_LONG, 0));
+            assertThrows(io.iovirt.memory.GuestMemoryFault.class, () -> s.memory().get().translate(0, 8));
+            assertEquals(backend.running.get(0), s, "the queue kept running");
+
+            // SET_MEM_TABLE replaces everything at once (frontends without CONFIGURE_MEM_SLOTS)
+            GuestMemory beforeTable = s.memory().get();
+            fe.setMemTable(List.of(low.descriptor(), high.descriptor()));
+            assertEquals(2, s.memory().get().regionCount());
+            for (var r : beforeTable.regions()) {
+                assertThrows(IllegalStateException.class, () -> r.mapping().get(JAVA_LONG, 0));
+            }
+            assertEquals(backend.running.get(0), s);
+        }
+    }
+
+    @Test
+    void resetDeviceStopsQueuesButKeepsMemory() throws Exception {
+        try (VhostUserFrontend fe = connect();
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            startLikeQemu(fe, low, high, kick, call, FEATURES);
+            fe.setConfig(32, new byte[] {0}, 0);
+            assertEquals(0, backend.config[32]);
+            fe.resetDevice();
+            assertTrue(backend.running.isEmpty());
+            assertEquals(1, backend.config[32], "the device's configuration reverted");
+            // the frontend only re-sends what changed: memory stays, the rings are set up again
+            fe.setFeatures(FEATURES);
+            fe.setVringNum(0, 64);
+            fe.setVringAddr(0, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
+            fe.setVringKick(0, kick);
+            assertTrue(backend.running.isEmpty(), "reset disabled the ring");
+            fe.setVringEnable(0, true);
+            assertEquals(64, backend.running.get(0).size());
+        }
+    }
+
+    @Test
+    void refusedRequestsAreAnsweredAndTheConnectionStays() throws Exception {
+        try (VhostUserFrontend fe = connect(); EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            RequestRejectedException e = assertThrows(RequestRejectedException.class, () -> fe.setConfig(0, new byte[8], 0));
+            assertEquals(1, e.status());
+            assertThrows(RequestRejectedException.class, () -> fe.getConfig(56, 8)); // past the 60-byte space
+            assertTrue(log.awaitLine("SET_CONFIG refused").contains(socket.toString()));
+
+            // SET_LOG_BASE: logging is never offered; refused without dropping the frontend
+            MemorySegment logPayload = Arena.ofAuto().allocate(16);
+            fe.connection().sendRequest(MessageType.SET_LOG_BASE, true, logPayload, List.of());
+            try (Message ack = fe.connection().receiveReply(MessageType.SET_LOG_BASE)) {
+                assertEquals(1, Payloads.u64(ack.payload()));
+            }
+            fe.setConfig(32, new byte[] {0}, 0);
+            assertEquals(0, backend.config[32]);
+            assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES, fe.getFeatures());
+        }
+    }
+
+    @Test
+    void closingTheServerDisconnectsResetsAndRemovesTheSocket() throws Exception {
+        VhostUserFrontend fe = connect();
+        try (fe; EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            server.close();
+            assertThrows(IOException.class, fe::getFeatures);
+        }
+        assertTrue(backend.snapshot().contains("reset"));
+        assertFalse(Files.exists(socket));
+        server.close(); // idempotent
+    }
+
+    @Test
+    void aStaleSocketFileIsReplacedButALiveOneOrAFileIsNot() throws Exception {
+        Path stale = dir.resolve("stale.sock");
+        UnixSocket.listen(stale, 1).close(); // leaves the file, nobody listens
+        try (VhostUserServer s = VhostUserServer.start(stale, new RecordingBackend(1));
+             VhostUserFrontend fe = VhostUserFrontend.connect(stale, TIMEOUT)) {
+            assertTrue(fe.getFeatures() != 0);
+            assertTrue(s.connected());
+            IOException live = assertThrows(IOException.class, () -> VhostUserServer.start(stale, new RecordingBackend(1)));
+            assertTrue(live.getMessage().contains("in use by another running server"), live.getMessage());
+        }
+        Path file = Files.writeString(dir.resolve("file"), "x");
+        IOException notSocket = assertThrows(IOException.class, () -> VhostUserServer.start(file, new RecordingBackend(1)));
+        assertTrue(notSocket.getMessage().contains("is not a socket"), notSocket.getMessage());
+        assertTrue(Files.exists(file));
+    }
+
+    @Test
+    void netExtrasGoToTheDeviceWhenItOffersThem() throws Exception {
+        Path netSocket = dir.resolve("net.sock");
+        RecordingBackend net = new RecordingBackend(2, Features.bit(Features.PROTOCOL_RARP) | Features.bit(Features.PROTOCOL_NET_MTU));
+        try (VhostUserServer s = VhostUserServer.start(netSocket, net);
+             VhostUserFrontend fe = VhostUserFrontend.connect(netSocket, TIMEOUT)) {
+            long pf = fe.getProtocolFeatures();
+            assertEquals(Features.CORE_PROTOCOL_FEATURES | Features.DEVICE_PROTOCOL_FEATURES, pf);
+            fe.setProtocolFeatures(pf);
+            fe.sendRarp(new byte[] {0x52, 0x54, 0, 0x12, 0x34, 0x56});
+            fe.setMtu(9000);
+            assertThrows(RequestRejectedException.class, () -> fe.setMtu(20));
+            assertEquals("rarp 52:54:00:12:34:56", net.await("rarp"));
+            assertEquals("mtu 9000", net.await("mtu"));
+            assertEquals(netSocket, s.socketPath());
+        }
+    }
+}

@@ -1,0 +1,387 @@
+package io.iovirt.virtio;
+
+import static io.iovirt.virtio.QueueAssertions.assertCreateFails;
+import static io.iovirt.virtio.QueueAssertions.assertPopFails;
+import static io.iovirt.virtio.QueueAssertions.bytes;
+import static io.iovirt.virtio.QueueAssertions.fill;
+import static io.iovirt.virtio.VirtioRing.DESC_F_AVAIL;
+import static io.iovirt.virtio.VirtioRing.DESC_F_INDIRECT;
+import static io.iovirt.virtio.VirtioRing.DESC_F_NEXT;
+import static io.iovirt.virtio.VirtioRing.DESC_F_USED;
+import static io.iovirt.virtio.VirtioRing.DESC_F_WRITE;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.virtio.VirtqueueException.Reason;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+
+class PackedQueueTest {
+    private static final int SIZE = 8;
+    private final GuestFixture g = new GuestFixture();
+
+    @AfterEach
+    void guardsIntactAndClose() {
+        assertTrue(g.guardsIntact(), "a device access escaped guest memory");
+        g.close();
+    }
+
+    private PackedDriverRing driver(boolean eventIdx) {
+        return PackedDriverRing.create(g.memory, g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16), SIZE, eventIdx);
+    }
+
+    private PackedDriverRing driverAt(int pos, boolean wrap, boolean eventIdx) {
+        long base = g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16);
+        return new PackedDriverRing(g.memory, SIZE, base, base + 16 * SIZE, base + 16 * SIZE + 4, eventIdx, pos, wrap);
+    }
+
+    private Virtqueue device(DriverRing d) throws VirtqueueException {
+        return Virtqueue.create(d.queueConfig(1, true), g.holder);
+    }
+
+    private static long[] addrs(long... a) {
+        return a;
+    }
+
+    @Test
+    void listsCrossingTheRingEndRoundTrip() throws Exception {
+        for (boolean wrap : new boolean[] {true, false}) {
+            PackedDriverRing d = driverAt(SIZE - 2, wrap, false);
+            Virtqueue q = device(d);
+            long r = g.alloc(8, 8), w1 = g.alloc(8, 8), w2 = g.alloc(8, 8), w3 = g.alloc(8, 8);
+            fill(g.at(r, 8), 7);
+            int id = d.add(addrs(r, w1, w2, w3), new int[] {8, 8, 8, 8}, new boolean[] {false, true, true, true}, 4,
+                    DriverRing.NO_INDIRECT);
+            assertTrue(d.kickNeeded());
+            DescriptorChain c = q.pop();
+            assertEquals(id, c.id());
+            assertEquals(4, c.count());
+            assertEquals(w3, c.guestAddress(3));
+            assertArrayEquals(bytes(g.at(r, 8)), bytes(c.segment(0)));
+            assertEquals(4, c.copyToWritable(0, g.at(r, 4)));
+            assertArrayEquals(bytes(g.at(r, 4)), bytes(g.at(w1, 4)));
+            q.push(c, 4);
+            assertNull(q.pop());
+            assertTrue(q.needsNotification());
+            long used = d.pollUsed();
+            assertEquals(id, DriverRing.usedId(used));
+            assertEquals(4, DriverRing.usedLen(used));
+            // The next list starts after the wrap, with the flipped counter on both sides.
+            int id2 = d.add(addrs(w1), new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+            DescriptorChain c2 = q.pop();
+            assertEquals(id2, c2.id());
+            q.push(c2, 0);
+            assertEquals(0, DriverRing.usedLen(d.pollUsed()));
+            assertEquals(((2 + 1) | (wrap ? 0 : 0x8000)) * 0x10001, q.vringBase(), "avail and used at position 3");
+        }
+    }
+
+    @Test
+    void outOfOrderCompletionSkipsEachListsSlots() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        int a = d.add(addrs(buf, buf, buf), new int[] {8, 8, 8}, new boolean[] {false, true, true}, 3, DriverRing.NO_INDIRECT);
+        int b = d.add(addrs(buf), new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        int c = d.add(addrs(buf, buf), new int[] {8, 8}, new boolean[] {false, true}, 2, DriverRing.NO_INDIRECT);
+        DescriptorChain ca = q.newChain(), cb = q.newChain(), cc = q.newChain();
+        assertTrue(q.pop(ca));
+        assertTrue(q.pop(cb));
+        assertTrue(q.pop(cc));
+        assertEquals(3, q.inFlight());
+        q.push(cb, 1);
+        q.push(cc, 2);
+        q.push(ca, 3);
+        assertEquals(b, DriverRing.usedId(d.pollUsed()));
+        assertEquals(c, DriverRing.usedId(d.pollUsed()));
+        assertEquals(a, DriverRing.usedId(d.pollUsed()));
+        assertEquals(-1, d.pollUsed());
+        // Several more laps stay in step.
+        for (int i = 0; i < 5 * SIZE; i++) {
+            int n = 1 + i % 3;
+            int id = d.add(addrs(buf, buf, buf), new int[] {8, 8, 8}, new boolean[] {true, true, true}, n, DriverRing.NO_INDIRECT);
+            DescriptorChain ch = q.pop();
+            assertEquals(id, ch.id());
+            assertEquals(n, ch.count());
+            q.push(ch, n);
+            long used = d.pollUsed();
+            assertEquals(id, DriverRing.usedId(used));
+            assertEquals(n, DriverRing.usedLen(used));
+        }
+    }
+
+    @Test
+    void indirectTablesAreExpanded() throws Exception {
+        PackedDriverRing d = driver(true);
+        Virtqueue q = device(d);
+        long t = g.alloc(16 * SIZE, 16), a = g.alloc(32, 8), b = g.allocHigh(32, 8);
+        int id = d.add(addrs(a, b, a), new int[] {32, 32, 1}, new boolean[] {false, true, true}, 3, t);
+        DescriptorChain c = q.pop();
+        assertEquals(id, c.id());
+        assertEquals(3, c.count());
+        assertEquals(1, c.readableCount());
+        assertEquals(33, c.writableBytes());
+        assertEquals(b, c.guestAddress(1));
+        q.push(c, 33);
+        assertEquals(33, DriverRing.usedLen(d.pollUsed()));
+    }
+
+    @Test
+    void usedDescriptorsSayWhetherDataWasWritten() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        d.add(addrs(buf), new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        d.add(addrs(buf), new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        DescriptorChain c0 = q.newChain(), c1 = q.newChain();
+        q.pop(c0);
+        q.pop(c1);
+        q.push(c0, 0);
+        q.push(c1, 5);
+        int f0 = d.descRing().get(VirtioRing.LE16, 14) & 0xffff;
+        int f1 = d.descRing().get(VirtioRing.LE16, 16 + 14) & 0xffff;
+        assertEquals(DESC_F_AVAIL | DESC_F_USED, f0);
+        assertEquals(DESC_F_AVAIL | DESC_F_USED | DESC_F_WRITE, f1);
+    }
+
+    // ---- hostile drivers ----
+
+    @Test
+    void descriptorsNotMarkedAvailableAreNotConsumed() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        d.writeDescriptor(0, buf, 8, 0, DESC_F_AVAIL | DESC_F_USED); // looks used, not available
+        assertNull(q.pop());
+        d.writeDescriptor(0, buf, 8, 0, DESC_F_USED); // available for the wrap-0 lap, not this one
+        assertNull(q.pop());
+        assertNull(q.failure());
+        d.writeDescriptor(0, buf, 8, 0, DESC_F_AVAIL);
+        assertEquals(0, q.pop().id());
+    }
+
+    @Test
+    void listWhoseContinuationIsNotAvailableIsRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        d.writeDescriptor(1, buf, 8, 0, DESC_F_USED); // wrong lap
+        d.writeDescriptor(0, buf, 8, 0, DESC_F_AVAIL | DESC_F_NEXT);
+        assertPopFails(q, Reason.CHAIN_INCOMPLETE);
+    }
+
+    @Test
+    void bufferIdsBeyondQueueSizeAreRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        d.writeDescriptor(1, buf, 8, SIZE, DESC_F_AVAIL); // the ID of the last descriptor counts
+        d.writeDescriptor(0, buf, 8, 0, DESC_F_AVAIL | DESC_F_NEXT);
+        assertPopFails(q, Reason.ID_OUT_OF_RANGE);
+    }
+
+    @Test
+    void bufferIdReusedWhileInFlightIsRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        d.writeDescriptor(0, buf, 8, 5, DESC_F_AVAIL);
+        d.writeDescriptor(1, buf, 8, 5, DESC_F_AVAIL);
+        DescriptorChain first = q.newChain();
+        assertTrue(q.pop(first));
+        assertEquals(5, first.id());
+        assertPopFails(q, Reason.ID_IN_USE);
+    }
+
+    @Test
+    void indirectDescriptorsInsideListsAreRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long t = g.alloc(16, 16), buf = g.alloc(8, 8);
+        d.writeIndirect(t, 0, buf, 8, 0, 0);
+        d.writeDescriptor(1, t, 16, 0, DESC_F_AVAIL | DESC_F_INDIRECT);
+        d.writeDescriptor(0, buf, 8, 0, DESC_F_AVAIL | DESC_F_NEXT);
+        assertPopFails(q, Reason.INDIRECT_MISPLACED);
+
+        PackedDriverRing d2 = driver(false);
+        Virtqueue q2 = device(d2);
+        d2.writeDescriptor(1, buf, 8, 0, DESC_F_AVAIL);
+        d2.writeDescriptor(0, t, 16, 0, DESC_F_AVAIL | DESC_F_INDIRECT | DESC_F_NEXT);
+        assertPopFails(q2, Reason.INDIRECT_MISPLACED);
+    }
+
+    @Test
+    void nestedIndirectIsRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long t = g.alloc(32, 16), inner = g.alloc(16, 16);
+        d.writeIndirect(inner, 0, g.alloc(8, 8), 8, 0, 0);
+        d.writeIndirect(t, 0, g.alloc(8, 8), 8, 0, 0);
+        d.writeIndirect(t, 1, inner, 16, 0, DESC_F_INDIRECT);
+        d.writeDescriptor(0, t, 32, 0, DESC_F_AVAIL | DESC_F_INDIRECT);
+        assertPopFails(q, Reason.NESTED_INDIRECT);
+    }
+
+    @Test
+    void indirectWithoutTheFeatureIsRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
+        d.add(addrs(g.alloc(8, 8)), new int[] {8}, new boolean[] {false}, 1, g.alloc(16, 16));
+        assertPopFails(q, Reason.INDIRECT_NOT_NEGOTIATED);
+    }
+
+    @Test
+    void indirectTableLengthsAndPlacementAreChecked() throws Exception {
+        int tooMany = VirtioRing.MAX_INDIRECT_DESCRIPTORS + 1;
+        for (int len : new int[] {0, 40, 16 * tooMany}) {
+            try (GuestFixture f = new GuestFixture()) {
+                PackedDriverRing d = PackedDriverRing.create(f.memory, f.alloc(PackedDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+                Virtqueue q = Virtqueue.create(d.queueConfig(0, true), f.holder);
+                d.writeDescriptor(0, f.alloc(16 * tooMany, 16), len, 0, DESC_F_AVAIL | DESC_F_INDIRECT);
+                assertPopFails(q, Reason.BAD_INDIRECT_TABLE);
+            }
+        }
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        d.writeDescriptor(0, GuestFixture.LOW_GPA + g.lowSize - 16, 32, 0, DESC_F_AVAIL | DESC_F_INDIRECT);
+        assertPopFails(q, Reason.INDIRECT_TABLE_OUTSIDE_MEMORY);
+    }
+
+    @Test
+    void listsCoveringTheWholeRingAndMoreAreRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        for (int i = SIZE - 1; i >= 0; i--) {
+            d.writeDescriptor(i, buf, 8, 0, DESC_F_AVAIL | DESC_F_NEXT); // NEXT everywhere: the list would wrap onto itself
+        }
+        assertPopFails(q, Reason.CHAIN_TOO_LONG);
+    }
+
+    @Test
+    void moreDescriptorsInFlightThanTheRingHoldsIsRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        int id = d.add(addrs(buf, buf, buf, buf, buf, buf, buf, buf), new int[] {8, 8, 8, 8, 8, 8, 8, 8},
+                new boolean[8], SIZE, DriverRing.NO_INDIRECT);
+        DescriptorChain whole = q.newChain();
+        assertTrue(q.pop(whole));
+        assertEquals(id, whole.id());
+        // The device has not used anything, yet the driver re-marks slot 0 available for the next lap.
+        d.writeDescriptor(0, buf, 8, id + 1, DESC_F_USED);
+        assertPopFails(q, Reason.RING_OVERRUN);
+    }
+
+    @Test
+    void buffersOutsideMemoryAndWrongDirectionsAreRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        d.writeDescriptor(0, GuestFixture.HIGH_GPA - 4, 8, 0, DESC_F_AVAIL);
+        assertPopFails(q, Reason.BUFFER_OUTSIDE_MEMORY);
+
+        PackedDriverRing d2 = driver(false);
+        Virtqueue q2 = device(d2);
+        long buf = g.alloc(8, 8);
+        d2.writeDescriptor(1, buf, 8, 0, DESC_F_AVAIL);
+        d2.writeDescriptor(0, buf, 8, 0, DESC_F_AVAIL | DESC_F_WRITE | DESC_F_NEXT);
+        assertPopFails(q2, Reason.READABLE_AFTER_WRITABLE);
+    }
+
+    @Test
+    void configurationIsChecked() throws Exception {
+        long base = g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16);
+        long drv = base + 16 * SIZE, dev = drv + 4;
+        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv, dev, false, false, SIZE, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv, dev, false, false, 0, true, -1, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(QueueConfig.packed(0, SIZE, base + 4, drv, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv + 2, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(QueueConfig.packed(0, 32769, base, drv, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv, GuestFixture.HIGH_GPA + g.highSize, false, false, 0, true, 0, true),
+                g, Reason.RING_OUTSIDE_MEMORY);
+        // Packed sizes need not be powers of two.
+        long b6 = g.alloc(PackedDriverRing.bytesNeeded(6), 16);
+        Virtqueue.create(QueueConfig.packed(0, 6, b6, b6 + 96, b6 + 100, false, false, 5, false, 5, false), g.holder);
+    }
+
+    @Test
+    void vringBaseRoundTripsThroughTheVhostUserEncoding() throws Exception {
+        PackedDriverRing d = driverAt(5, false, true);
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        d.add(addrs(buf, buf, buf, buf), new int[] {8, 8, 8, 8}, new boolean[4], 4, DriverRing.NO_INDIRECT);
+        DescriptorChain c = q.pop();
+        int base = q.vringBase();
+        assertEquals(1 | 0x8000 | (5 << 16), base, "avail at 1 after the wrap, used still at 5 on the old lap");
+        QueueConfig back = q.config().withVringBase(base);
+        assertEquals(1, back.availIndex());
+        assertTrue(back.availWrap());
+        assertEquals(5, back.usedIndex());
+        assertFalse(back.usedWrap());
+        QueueConfig availOnly = q.config().withVringBase(3 | 0x8000);
+        assertEquals(3, availOnly.usedIndex());
+        assertTrue(availOnly.usedWrap());
+        q.push(c, 0);
+    }
+
+    // ---- notification suppression ----
+
+    @Test
+    void enableAndDisableFlagsWithoutEventIdx() throws Exception {
+        PackedDriverRing d = driver(false);
+        Virtqueue q = device(d);
+        long[] a = {g.alloc(8, 8)};
+        int[] l = {8};
+        boolean[] w = {true};
+        d.disableInterrupts();
+        d.add(a, l, w, 1, DriverRing.NO_INDIRECT);
+        assertTrue(d.kickNeeded(), "device event flags start at ENABLE");
+        q.push(q.pop(), 1);
+        assertFalse(q.needsNotification(), "driver event flags DISABLE");
+        assertTrue(d.enableInterrupts());
+        d.pollUsed();
+        q.disableNotifications();
+        d.add(a, l, w, 1, DriverRing.NO_INDIRECT);
+        assertFalse(d.kickNeeded(), "device event flags DISABLE");
+        assertTrue(q.enableNotifications(), "re-check after enabling finds the buffer");
+        q.push(q.pop(), 1);
+        assertTrue(q.needsNotification());
+        assertFalse(q.needsNotification(), "nothing new since the last decision");
+    }
+
+    @Test
+    void descriptorEventsSuppressNotifications() throws Exception {
+        PackedDriverRing d = driverAt(SIZE - 1, true, true);
+        Virtqueue q = device(d);
+        long[] a = {g.alloc(8, 8)};
+        int[] l = {8};
+        boolean[] w = {true};
+        q.disableNotifications();
+        assertFalse(q.enableNotifications());
+        assertEquals(VirtioRing.EVENT_FLAGS_DESC, d.deviceEventArea().get(VirtioRing.LE16, 2));
+        d.add(a, l, w, 1, DriverRing.NO_INDIRECT);
+        assertTrue(d.kickNeeded(), "the device asked for position 7, lap 1");
+        q.disableNotifications(); // DISABLE
+        d.add(a, l, w, 1, DriverRing.NO_INDIRECT);
+        assertFalse(d.kickNeeded());
+        DescriptorChain c0 = q.newChain(), c1 = q.newChain();
+        assertTrue(q.pop(c0));
+        assertTrue(q.pop(c1));
+        assertFalse(q.enableNotifications()); // event at position 1, lap 0
+        d.add(a, l, w, 1, DriverRing.NO_INDIRECT);
+        assertTrue(d.kickNeeded());
+
+        assertFalse(d.enableInterrupts()); // DESC mode, event at position 7, lap 1
+        q.push(c0, 0);
+        assertTrue(q.needsNotification(), "first decision after attaching always notifies");
+        d.pollUsed(); // event follows to position 0, lap 0
+        q.push(c1, 0);
+        assertTrue(q.needsNotification(), "used position 0 -> 1 crosses the event at 0");
+        DescriptorChain c2 = q.pop();
+        q.push(c2, 0);
+        assertFalse(q.needsNotification(), "the driver has not read position 1 yet: event still at 0");
+    }
+}
