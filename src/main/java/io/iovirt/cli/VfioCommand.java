@@ -206,33 +206,55 @@ public final class VfioCommand implements Runnable {
     }
 
     /**
-     * An open session and controller that are released on every path: normal return, exception, and SIGTERM/SIGINT
-     * (a shutdown hook closes them; the kernel would release the device anyway, but the controller gets an orderly
-     * shutdown and the release order stays device → mappings → group → container).
+     * An open session and controller that are released on every path: normal return, exception, and SIGTERM/SIGINT.
+     * The shutdown hook is registered before anything is opened, so a signal at any moment releases what is open by
+     * then (the kernel would release the device anyway when the process dies, but this way the controller gets an
+     * orderly shutdown and the release order stays device → mappings → group → container).
      */
     static final class OpenController implements AutoCloseable {
-        final VfioSession session;
-        final NvmeController controller;
+        private final PciAddress address;
         private final Thread hook;
+        private volatile VfioSession session;
+        private volatile NvmeController controller;
 
         OpenController(PciAddress address, NvmeController.Options options) throws VfioException {
-            VfioSession s = VfioSession.open(address);
+            this.address = address;
+            this.hook = new Thread(this::releaseOnSignal, "iovirt-vfio-release");
+            Runtime.getRuntime().addShutdownHook(hook);
             try {
-                this.controller = NvmeController.open(s, options);
+                session = VfioSession.open(address);
+                controller = NvmeController.open(session, options);
             } catch (VfioException | RuntimeException e) {
-                s.close();
+                close();
                 throw e;
             }
-            this.session = s;
-            this.hook = new Thread(this::release, "iovirt-vfio-release");
-            Runtime.getRuntime().addShutdownHook(hook);
         }
 
-        private void release() {
+        NvmeController controller() {
+            return controller;
+        }
+
+        private void releaseOnSignal() {
+            if (session == null) {
+                return;
+            }
+            release();
+            System.err.println("iovirt: terminating: NVMe controller " + address + " shut down; device, DMA mappings, "
+                    + "group and container released");
+            System.err.flush();
+        }
+
+        private synchronized void release() {
+            NvmeController c = controller;
+            VfioSession s = session;
             try {
-                controller.close();
+                if (c != null) {
+                    c.close();
+                }
             } finally {
-                session.close();
+                if (s != null) {
+                    s.close();
+                }
             }
         }
 
@@ -241,7 +263,7 @@ public final class VfioCommand implements Runnable {
             try {
                 Runtime.getRuntime().removeShutdownHook(hook);
             } catch (IllegalStateException shuttingDown) {
-                // the hook is running or will run: it releases everything
+                return; // the hook is running or will run: it releases everything
             }
             release();
         }
@@ -261,7 +283,7 @@ public final class VfioCommand implements Runnable {
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
             try (OpenController oc = new OpenController(parent.address, opts.options(16, 64 << 10))) {
-                NvmeController c = oc.controller;
+                NvmeController c = oc.controller();
                 var id = c.identity();
                 var ns = c.namespace();
                 out.printf("device:      %s%n", parent.address);
@@ -306,7 +328,7 @@ public final class VfioCommand implements Runnable {
             }
             PrintWriter out = spec.commandLine().getOut();
             try (OpenController oc = new OpenController(parent.address, opts.options(16, 1 << 20))) {
-                NvmeController c = oc.controller;
+                NvmeController c = oc.controller();
                 int bs = c.blockSize();
                 int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
                 DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
@@ -367,7 +389,7 @@ public final class VfioCommand implements Runnable {
             PrintWriter out = spec.commandLine().getOut();
             try (OpenController oc = new OpenController(parent.address, opts.options(16, 1 << 20));
                  Arena arena = Arena.ofConfined()) {
-                NvmeController c = oc.controller;
+                NvmeController c = oc.controller();
                 int bs = c.blockSize();
                 MemorySegment data;
                 if (source.pattern != null) {
@@ -444,7 +466,12 @@ public final class VfioCommand implements Runnable {
             int depth = Math.max(qd + 1, 16);
             try (OpenController oc = new OpenController(parent.address,
                     opts.options(depth, (long) depth * NvmeBench.IO_SIZE))) {
-                NvmeBench.Result r = NvmeBench.randomRead(oc.controller, qd, seconds, System.nanoTime());
+                NvmeController c = oc.controller();
+                spec.commandLine().getErr().printf("bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, "
+                        + "completions by %s%n", parent.address, c.namespace().nsid(), human(c.namespace().bytes()),
+                        qd, seconds, c.irqMode());
+                spec.commandLine().getErr().flush();
+                NvmeBench.Result r = NvmeBench.randomRead(c, qd, seconds, System.nanoTime());
                 out.println(json ? r.json() : r.describe());
             }
             out.flush();
@@ -467,7 +494,7 @@ public final class VfioCommand implements Runnable {
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
             try (OpenController oc = new OpenController(parent.address, opts.options(16, 64 << 10))) {
-                IommuCheck.Result r = IommuCheck.run(oc.controller);
+                IommuCheck.Result r = IommuCheck.run(oc.controller());
                 out.println(r.describe());
                 out.flush();
                 return r.blocked() ? 0 : 1;

@@ -123,6 +123,10 @@ public final class NvmeController implements AutoCloseable {
                     device.name(), classCode));
         }
         bar = device.mapRegion(0);
+        if ((bar.read32(NvmeRegs.CSTS) & NvmeRegs.CSTS_CFS) != 0 && device.info().resettable()) {
+            // a controller left in fatal status (by a crashed earlier user) only recovers through a reset
+            device.reset();
+        }
         cap = new NvmeRegs.Capabilities(bar.read64(NvmeRegs.CAP));
         if (!cap.nvmCommandSet()) {
             throw new NvmeException(device.name() + " does not support the NVM command set (CAP.CSS)");
