@@ -8,10 +8,12 @@ import java.util.concurrent.CopyOnWriteArrayList;
  * frames from the switch for its peer ({@link #transmit}).
  *
  * <p>Threading contract. A port owns the thread(s) that receive from its peer and forwards each frame on that same
- * thread (run to completion). {@link #transmit} is therefore called by any port's receive thread, concurrently:
- * the implementation serializes its own transmit path (a lock per port or per queue, never one shared with other
- * ports), must not block (no room → count a drop and return) and must not keep the frame after returning. Counting
- * uses {@link Counters} blocks from {@link #newCounters()}, one per writer (per receive thread, per transmit lock).
+ * thread (run to completion): each such thread has an {@link Ingress} ({@link #newIngress()}), hands frames over
+ * with {@link #receive} and ends each burst with {@link #endBurst}. {@link #transmit} is therefore called by any
+ * port's receive thread, concurrently: the implementation serializes its own transmit path (a lock per port or per
+ * queue, never one shared with other ports), must not block (no room → count a drop and return) and must not keep
+ * the frame after returning; work it may defer to the end of the sender's burst (an interrupt) goes in
+ * {@link #flush}. Counting uses {@link Counters} blocks, one per writer (per receive thread, per transmit lock).
  */
 public abstract class Port implements AutoCloseable {
     private final String name;
@@ -40,6 +42,19 @@ public abstract class Port implements AutoCloseable {
         return c;
     }
 
+    /** The context for one thread that receives from this port's peer. */
+    protected final Ingress newIngress() {
+        return new Ingress(newCounters());
+    }
+
+    /**
+     * A context for frames the port originates itself (a RARP announcement on a guest's behalf): they are
+     * forwarded like any other but counted nowhere, since the peer did not send them.
+     */
+    protected final Ingress newDetachedIngress() {
+        return new Ingress(Counters.detached());
+    }
+
     /** The sum of this port's counters now. */
     public final PortStats stats() {
         long[] sums = new long[PortStat.ALL.length];
@@ -59,6 +74,13 @@ public abstract class Port implements AutoCloseable {
      */
     protected abstract void transmit(Frame frame);
 
+    /**
+     * Completes what {@link #transmit} deferred (e.g. one guest interrupt for a burst of frames). Called by the
+     * sending thread at the end of its burst, on any port it sent to; must not block.
+     */
+    protected void flush() {
+    }
+
     /** Starts receiving; called once by {@link Switch#addPort} after the port got its number. */
     protected abstract void start() throws IOException;
 
@@ -66,9 +88,14 @@ public abstract class Port implements AutoCloseable {
     @Override
     public abstract void close();
 
-    /** Forwards a frame received from the peer, on the calling receive thread, counting into {@code rx}. */
-    protected final void receive(Counters rx, Frame frame) {
-        owner.forward(this, rx, frame);
+    /** Forwards a frame received from the peer, on the calling receive thread. */
+    protected final void receive(Ingress in, Frame frame) {
+        owner.forward(this, in, frame);
+    }
+
+    /** Ends a burst of {@link #receive} calls: the destinations complete what they deferred. */
+    protected final void endBurst(Ingress in) {
+        in.flush();
     }
 
     /** The peer went away: the switch forgets the addresses learned here (their frames flood until relearned). */

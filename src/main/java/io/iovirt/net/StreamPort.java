@@ -55,7 +55,7 @@ public final class StreamPort extends Port {
     private MemorySegment rxBuf;
     private Frame rxFrame;
     private int fill;
-    private Counters rx;
+    private Ingress rx;
     private long connections;
 
     // transmit side: guarded by txLock
@@ -91,7 +91,7 @@ public final class StreamPort extends Port {
         rxBuf = arena.allocate(RX_BUFFER, 64);
         txBuf = arena.allocate(PREFIX + maxFrame(), 64);
         rxFrame = new Frame(rxBuf);
-        rx = newCounters();
+        rx = newIngress();
         tx = newCounters();
         try {
             epoll = Epoll.create(8);
@@ -201,7 +201,8 @@ public final class StreamPort extends Port {
         while (fill - pos >= PREFIX) {
             int len = rxBuf.get(LENGTH, pos);
             if (len < 0 || len > MAX_STREAM_FRAME) {
-                rx.increment(PortStat.RX_DROPPED_MALFORMED);
+                rx.counters().increment(PortStat.RX_DROPPED_MALFORMED);
+                endBurst(rx);
                 disconnect("bogus frame length " + Integer.toUnsignedString(len) + " (QEMU sends at most "
                         + MAX_STREAM_FRAME + "): the stream lost its framing");
                 return false;
@@ -212,6 +213,7 @@ public final class StreamPort extends Port {
             receive(rx, rxFrame.set(pos + PREFIX, len)); // the switch counts runts and oversize frames
             pos += PREFIX + len;
         }
+        endBurst(rx);
         if (pos > 0) {
             MemorySegment.copy(rxBuf, pos, rxBuf, 0, fill - pos);
             fill -= pos;
@@ -294,6 +296,7 @@ public final class StreamPort extends Port {
         if (c == null) {
             return;
         }
+        peerGone(); // before the peer sees the hang-up: its addresses are already forgotten then
         try {
             epoll.delete(c.fd());
         } catch (LinuxException | IllegalStateException e) {
@@ -301,7 +304,6 @@ public final class StreamPort extends Port {
         }
         c.close();
         fill = 0;
-        peerGone();
         if (why != null) {
             RateLimitedLog.info(this + ": " + why + "; waiting for the next peer");
         }

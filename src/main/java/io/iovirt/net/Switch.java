@@ -22,9 +22,10 @@ import java.util.Objects;
  * scales with the number of ingress threads. Two ingress threads sending to the same destination do contend on that
  * destination's lock, which is the same serialization a NIC queue imposes.
  *
- * <p>The data path allocates nothing: frames arrive as slices of buffers each port preallocated, counters are plain
- * per-writer stores, and the clock the MAC table needs is a field advanced by {@link #tick}, not a system call per
- * frame.
+ * <p>The data path allocates nothing: frames arrive as windows onto buffers each port preallocated, counters are
+ * plain per-writer stores, and the clock the MAC table needs is a field advanced by {@link #tick}, not a system call
+ * per frame. Destinations may defer per-burst work (a guest interrupt) until the ingress thread ends its burst
+ * ({@link Ingress}), so a burst of frames costs one notification, not one per frame.
  */
 public final class Switch implements AutoCloseable {
     public static final int DEFAULT_MAC_AGING_SECONDS = 300;
@@ -183,7 +184,8 @@ public final class Switch implements AutoCloseable {
      * Forwards one frame received on {@code in}; runs on the receiving thread. {@code frame} only needs to stay
      * valid until this returns.
      */
-    void forward(Port in, Counters rx, Frame frame) {
+    void forward(Port in, Ingress ingress, Frame frame) {
+        Counters rx = ingress.counters();
         int len = frame.length();
         if (len < Ethernet.HEADER) {
             rx.increment(PortStat.RX_DROPPED_RUNT);
@@ -207,7 +209,7 @@ public final class Switch implements AutoCloseable {
         if (Mac.isMulticast(dst)) {
             rx.increment(PortStat.RX_MULTICAST);
             rx.increment(PortStat.RX_FLOODED);
-            flood(self, ps, frame);
+            flood(self, ps, frame, ingress);
             return;
         }
         int out = macs.lookup(dst, t);
@@ -218,17 +220,19 @@ public final class Switch implements AutoCloseable {
         Port p = out >= 0 && out < ps.length ? ps[out] : null;
         if (p == null) {
             rx.increment(PortStat.RX_FLOODED);
-            flood(self, ps, frame);
+            flood(self, ps, frame, ingress);
             return;
         }
         p.transmit(frame);
+        ingress.touch(p);
     }
 
-    private static void flood(int self, Port[] ps, Frame frame) {
+    private static void flood(int self, Port[] ps, Frame frame, Ingress ingress) {
         for (int i = 0; i < ps.length; i++) {
             Port p = ps[i];
             if (i != self && p != null && p.isLinkUp()) {
                 p.transmit(frame);
+                ingress.touch(p);
             }
         }
     }

@@ -35,7 +35,7 @@ public final class TapPort extends Port {
     private volatile boolean closing;
     private MemorySegment rxBuf;
     private Frame rxFrame;
-    private Counters rx;
+    private Ingress rx;
     private Counters tx; // guarded by txLock
 
     public TapPort(String ifname) {
@@ -60,7 +60,7 @@ public final class TapPort extends Port {
     protected void start() throws IOException {
         rxBuf = Arena.ofAuto().allocate(RX_BUFFER, 64);
         rxFrame = new Frame(rxBuf);
-        rx = newCounters();
+        rx = newIngress();
         tx = newCounters();
         try {
             try {
@@ -106,12 +106,19 @@ public final class TapPort extends Port {
     }
 
     private void readAvailable() throws LinuxException {
-        for (;;) {
-            long n = PacketIo.read(tun.fd(), rxBuf, 0, RX_BUFFER);
-            if (n == PacketIo.WOULD_BLOCK) {
-                return;
+        try {
+            for (int n = 1; ; n++) {
+                long len = PacketIo.read(tun.fd(), rxBuf, 0, RX_BUFFER);
+                if (len == PacketIo.WOULD_BLOCK) {
+                    return;
+                }
+                receive(rx, rxFrame.set(0, (int) len)); // the switch counts runts and oversize frames
+                if (n % 64 == 0) {
+                    endBurst(rx);
+                }
             }
-            receive(rx, rxFrame.set(0, (int) n)); // the switch counts runts and oversize frames
+        } finally {
+            endBurst(rx);
         }
     }
 

@@ -13,7 +13,7 @@ final class TestPort extends Port {
     private final boolean record;
     private final List<byte[]> sent = new ArrayList<>();
     volatile boolean link = true;
-    private Counters rx;
+    private Ingress rx;
     private Counters tx;
     private MemorySegment buf;
     private Frame frame;
@@ -34,7 +34,7 @@ final class TestPort extends Port {
 
     @Override
     protected void start() {
-        rx = newCounters();
+        rx = newIngress();
         tx = newCounters();
         buf = Arena.ofAuto().allocate(70_000);
         frame = new Frame(buf);
@@ -44,11 +44,13 @@ final class TestPort extends Port {
     void inject(byte[] bytes) {
         MemorySegment.copy(MemorySegment.ofArray(bytes), 0, buf, 0, bytes.length);
         receive(rx, frame.set(0, bytes.length));
+        endBurst(rx);
     }
 
     /** Delivers the first {@code length} bytes already in the buffer (no copy: for the allocation test). */
     void injectInPlace(int length) {
         receive(rx, frame.set(0, length));
+        endBurst(rx);
     }
 
     MemorySegment buffer() {

@@ -17,8 +17,9 @@ import java.lang.foreign.MemorySegment;
 /**
  * A receive queue: frames from the switch into the guest's buffers. There is no thread: the receive thread of
  * whichever port the frame came from fills the guest's buffers under this queue's lock (one lock per queue, so
- * frames for different guests, or different queues of one guest, are copied in parallel). When the guest has no
- * buffer posted the frame is dropped and counted at once; the switch never waits for a guest.
+ * frames for different guests, or different queues of one guest, are copied in parallel), and interrupts the guest
+ * once at the end of its burst ({@link #flush}). When the guest has no buffer posted the frame is dropped and
+ * counted at once; the switch never waits for a guest.
  *
  * <p>Buffers too small for a frame (without MRG_RXBUF: one chain must hold header and frame; with it, at most
  * {@link #MAX_BUFFERS} chains) are returned to the guest unused (length 0, which Linux counts as a length error
@@ -27,6 +28,8 @@ import java.lang.foreign.MemorySegment;
 final class NetRxQueue {
     /** Most chains one frame may be spread over with MRG_RXBUF (a 64 KiB frame over 1 KiB buffers). */
     static final int MAX_BUFFERS = 64;
+    /** A sender that never ends its burst still gets the guest interrupted every this many frames. */
+    static final int MAX_UNNOTIFIED = 64;
 
     final Object lock = new Object();
     private final int index;
@@ -42,6 +45,8 @@ final class NetRxQueue {
     private int headerSize;
     private boolean mergeable;
     private boolean running;
+    /** Frames delivered since the driver's notification state was last checked. */
+    private int unnotified;
 
     NetRxQueue(int index, String name, Counters tx) {
         this.index = index;
@@ -57,6 +62,7 @@ final class NetRxQueue {
         synchronized (lock) {
             vq = q;
             call = callFd;
+            unnotified = 0;
             chains = cs;
             headerSize = hdrSize;
             mergeable = mrgRxBuf;
@@ -99,8 +105,9 @@ final class NetRxQueue {
                 if (fill(f)) {
                     tx.tx(f.length());
                 }
-                if (vq.needsNotification()) {
-                    call.signal();
+                // the interrupt waits for the sender's end of burst (flush), but not for ever
+                if (++unnotified >= MAX_UNNOTIFIED) {
+                    notifyGuest();
                 }
             } catch (VirtqueueException e) {
                 running = false; // the queue stays failed until the frontend restarts it
@@ -109,6 +116,29 @@ final class NetRxQueue {
             } catch (LinuxException e) {
                 log.warn(name + " rx queue " + index + ": cannot interrupt the guest: " + e.getMessage());
             }
+        }
+    }
+
+    /** Interrupts the guest for what was delivered since the last time, if its driver wants that. */
+    void flush() {
+        synchronized (lock) {
+            if (running && unnotified > 0) {
+                try {
+                    notifyGuest();
+                } catch (VirtqueueException e) {
+                    running = false;
+                    log.warn(name + " rx queue " + index + ": " + e.getMessage());
+                } catch (LinuxException e) {
+                    log.warn(name + " rx queue " + index + ": cannot interrupt the guest: " + e.getMessage());
+                }
+            }
+        }
+    }
+
+    private void notifyGuest() throws VirtqueueException, LinuxException {
+        unnotified = 0;
+        if (vq.needsNotification()) {
+            call.signal();
         }
     }
 

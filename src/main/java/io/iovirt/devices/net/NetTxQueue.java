@@ -5,7 +5,7 @@ import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
-import io.iovirt.net.Counters;
+import io.iovirt.net.Ingress;
 import io.iovirt.net.Frame;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.RateLimitedLog;
@@ -21,8 +21,9 @@ import java.util.concurrent.locks.LockSupport;
  * kick, then drains the ring with kicks suppressed: for each chain it copies the virtio-net header into private
  * memory and checks it (no offload was negotiated, so flags and GSO type must be zero — anything else is counted as
  * malformed and dropped, never forwarded half-understood), copies the frame into a private buffer (the guest cannot
- * change it while the switch decides) and forwards it on this thread, then returns the chain. Interrupts are sent
- * per batch of up to {@link #BATCH} chains, as the driver's event index asks.
+ * change it while the switch decides) and forwards it on this thread, then returns the chain. Interrupts — to this
+ * guest for its returned chains, and to the guests that received the frames — are sent once per batch of up to
+ * {@link #BATCH} chains, as each driver's event index asks.
  *
  * <p>With {@code pollNanos > 0} the thread keeps polling the ring that long after it ran dry before it re-enables
  * kicks and sleeps: a frontend that sends continuously then never has to kick (a system call on its side) and this
@@ -41,7 +42,7 @@ final class NetTxQueue {
     private final Virtqueue vq;
     private final EventFd kick;
     private final EventFd call;
-    private final Counters rx;
+    private final Ingress rx;
     private final int headerSize;
     private final int maxFrame;
     private final long pollNanos;
@@ -55,7 +56,7 @@ final class NetTxQueue {
     private volatile boolean stopping;
     private long lastSource = -1;
 
-    NetTxQueue(VirtioNetPort port, int index, Virtqueue vq, EventFd kick, EventFd call, Counters rx, int headerSize,
+    NetTxQueue(VirtioNetPort port, int index, Virtqueue vq, EventFd kick, EventFd call, Ingress rx, int headerSize,
                int maxFrame, long pollNanos) throws LinuxException {
         this.port = port;
         this.name = port.name();
@@ -151,10 +152,15 @@ final class NetTxQueue {
                 vq.push(c, 0);
                 n++;
             }
+            endBurst(); // the destinations interrupt their guests once for the batch
             if (n > 0 && vq.needsNotification()) {
                 call.signal();
             }
         } while (n == BATCH && !stopping);
+    }
+
+    void endBurst() {
+        port.endBatch(rx);
     }
 
     /** Spins up to pollNanos for new buffers; true when some arrived. */
@@ -183,19 +189,26 @@ final class NetTxQueue {
     }
 
     /** One chain: header, frame, forward; anything the guest got wrong is counted and dropped. */
-    private void handle(DescriptorChain c) {
+    void handle(DescriptorChain c) {
         long readable = c.readableBytes();
         if (readable < headerSize) {
-            rx.increment(PortStat.RX_DROPPED_MALFORMED);
+            rx.counters().increment(PortStat.RX_DROPPED_MALFORMED);
             log.warn(name + " tx queue " + index + ": a " + readable + "-byte request is shorter than the "
                     + headerSize + "-byte virtio-net header; dropped");
             return;
         }
-        Chains.gather(c, 0, header, 0, headerSize); // private copy: read once, then checked
-        int flags = Byte.toUnsignedInt(header.get(JAVA_BYTE, VirtioNet.HDR_FLAGS));
-        int gso = Byte.toUnsignedInt(header.get(JAVA_BYTE, VirtioNet.HDR_GSO_TYPE));
+        // Usually header and frame share one buffer (Linux and DPDK put the header in the frame's headroom): read
+        // the two header fields straight from it, once each. Otherwise copy the header out first.
+        MemorySegment first = c.segment(0);
+        boolean oneBuffer = first.byteSize() >= readable;
+        MemorySegment hdr = oneBuffer ? first : header;
+        if (!oneBuffer) {
+            Chains.gather(c, 0, header, 0, headerSize);
+        }
+        int flags = Byte.toUnsignedInt(hdr.get(JAVA_BYTE, VirtioNet.HDR_FLAGS));
+        int gso = Byte.toUnsignedInt(hdr.get(JAVA_BYTE, VirtioNet.HDR_GSO_TYPE));
         if (flags != 0 || gso != VirtioNet.GSO_NONE) {
-            rx.increment(PortStat.RX_DROPPED_MALFORMED);
+            rx.counters().increment(PortStat.RX_DROPPED_MALFORMED);
             log.warn(name + " tx queue " + index + ": virtio-net header asks for checksum/segmentation offload"
                     + " (flags 0x" + Integer.toHexString(flags) + ", gso_type 0x" + Integer.toHexString(gso)
                     + ") that was not negotiated; dropped");
@@ -203,10 +216,14 @@ final class NetTxQueue {
         }
         long len = readable - headerSize;
         if (len > maxFrame) {
-            rx.increment(PortStat.RX_DROPPED_OVERSIZE);
+            rx.counters().increment(PortStat.RX_DROPPED_OVERSIZE);
             return;
         }
-        Chains.gather(c, headerSize, buffer, 0, len);
+        if (oneBuffer) {
+            MemorySegment.copy(first, headerSize, buffer, 0, len);
+        } else {
+            Chains.gather(c, headerSize, buffer, 0, len);
+        }
         frame.set(0, (int) len);
         if (len >= 12) {
             long src = frame.source();

@@ -5,6 +5,7 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.net.Counters;
 import io.iovirt.net.Ethernet;
 import io.iovirt.net.Frame;
+import io.iovirt.net.Ingress;
 import io.iovirt.net.Mac;
 import io.iovirt.net.Port;
 import io.iovirt.net.PortStat;
@@ -79,8 +80,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     private final Object control = new Object();
     private NetRxQueue[] rxQueues;
     private final NetTxQueue[] txQueues;
-    private Counters[] txCounters; // per transmit queue (the port's rx side), kept across reconnects
-    private Counters controlCounters;
+    private Ingress[] txIngress; // per transmit queue (the port's rx side), kept across reconnects
+    private Ingress announceIngress;
     private Frame announceFrame;
     private VhostUserServer server;
     private volatile long guestMac;
@@ -131,12 +132,12 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     protected void start() throws IOException {
         int pairs = options.queuePairs();
         NetRxQueue[] rqs = new NetRxQueue[pairs];
-        txCounters = new Counters[pairs];
+        txIngress = new Ingress[pairs];
         for (int i = 0; i < pairs; i++) {
             rqs[i] = new NetRxQueue(2 * i, name(), newCounters());
-            txCounters[i] = newCounters();
+            txIngress[i] = newIngress();
         }
-        controlCounters = Counters.detached(); // announcements are ours, not the guest's: not in its counters
+        announceIngress = newDetachedIngress(); // announcements are ours, not the guest's: not in its counters
         announceFrame = new Frame(Arena.ofAuto().allocate(Ethernet.MIN_FRAME, 8));
         rxQueues = rqs;
         guestMtu = mtu();
@@ -160,8 +161,25 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     }
 
     /** A transmit queue forwards a frame from the guest. */
-    void forward(Counters rx, Frame frame) {
+    void forward(Ingress rx, Frame frame) {
         receive(rx, frame);
+    }
+
+    /** The receive context of transmit queue pair {@code pair}. */
+    Ingress ingress(int pair) {
+        return txIngress[pair];
+    }
+
+    /** A transmit queue ends its batch. */
+    void endBatch(Ingress rx) {
+        endBurst(rx);
+    }
+
+    @Override
+    protected void flush() {
+        for (NetRxQueue q : rxQueues) {
+            q.flush();
+        }
     }
 
     void guestAddressSeen(long mac) {
@@ -257,7 +275,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             }
         } else {
             try {
-                NetTxQueue tq = new NetTxQueue(this, index, vq, setup.kick(), setup.call(), txCounters[pair], hdr,
+                NetTxQueue tq = new NetTxQueue(this, index, vq, setup.kick(), setup.call(), ingress(pair), hdr,
                         Ethernet.maxFrame(mtu()), options.pollMicros() * 1000L);
                 txQueues[pair] = tq;
                 tq.start();
@@ -354,7 +372,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     private void injectRarp(long mac) {
         MemorySegment b = announceFrame.buffer();
         Rarp.write(b, mac);
-        receive(controlCounters, announceFrame.set(0, Ethernet.MIN_FRAME));
+        receive(announceIngress, announceFrame.set(0, Ethernet.MIN_FRAME));
+        endBurst(announceIngress);
         announcements++;
     }
 
