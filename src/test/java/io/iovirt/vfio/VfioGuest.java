@@ -68,17 +68,38 @@ final class VfioGuest {
                 """.formatted(javaHome, classPath(), BDF);
     }
 
-    /** This build's classes and picocli: real paths (not surefire's manifest jar in /tmp, which the chroot hides). */
+    /**
+     * This build's classes and picocli: real paths (not surefire's manifest jar in /tmp, which the chroot hides). A
+     * checkout under /tmp (CI may clone there) is staged to /var/tmp first, since the guest mounts a tmpfs on /tmp.
+     */
     static String classPath() {
         List<String> cp = new ArrayList<>();
         for (Class<?> c : new Class<?>[]{io.iovirt.cli.Main.class, picocli.CommandLine.class}) {
             try {
-                cp.add(Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI()).toString());
-            } catch (java.net.URISyntaxException e) {
-                throw new IllegalStateException(e);
+                Path p = Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI());
+                cp.add((p.startsWith("/tmp") ? stage(p) : p).toString());
+            } catch (java.net.URISyntaxException | java.io.IOException e) {
+                throw new IllegalStateException("cannot prepare the guest's class path: " + e.getMessage(), e);
             }
         }
         return String.join(":", cp);
+    }
+
+    private static Path stage(Path source) throws java.io.IOException {
+        Path target = Path.of("/var/tmp/iovirt-guest-classpath", Integer.toHexString(source.toString().hashCode()),
+                source.getFileName().toString());
+        try (var files = java.nio.file.Files.walk(source)) {
+            for (Path f : (Iterable<Path>) files::iterator) {
+                Path t = target.resolve(source.relativize(f).toString());
+                if (java.nio.file.Files.isDirectory(f)) {
+                    java.nio.file.Files.createDirectories(t);
+                } else {
+                    java.nio.file.Files.createDirectories(t.getParent());
+                    java.nio.file.Files.copy(f, t, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                }
+            }
+        }
+        return target;
     }
 
     static byte[] pattern(long seed, int size) {
