@@ -148,7 +148,9 @@ class VfioNvmeGuestTest {
         assertTrue(iommu.contains("sentinel in the arena:     unchanged"), iommu);
         String dmesg = section(out, "dmesg");
         assertTrue(dmesg.matches("(?s).*DMA Write.*Request device \\[01:00\\.0\\] fault addr 0x" + iova + ".*"), dmesg);
-        assertTrue(dmesg.matches("(?s).*DMA Read.*Request device \\[01:00\\.0\\] fault addr 0x" + iova + ".*"), dmesg);
+        // The PRP-list read is blocked too: the command failed with Data Transfer Error above. Its DMAR record is not
+        // asserted: emulated VT-d keeps one fault record, and a second fault raised before the kernel has cleared the
+        // first is only counted as an overflow (seen under load in CI), so the log line is not guaranteed.
     }
 
     /** The lines after "=== name" up to the next "=== " or "name_rc=". */
