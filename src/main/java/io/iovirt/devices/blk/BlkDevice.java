@@ -194,7 +194,7 @@ public final class BlkDevice implements VhostUserBackend {
     /** One operation per queue entry; null (synchronous I/O) when the kernel refuses a ring now, e.g. ENOMEM. */
     private IoUring newRing(String queueName, int size) {
         try {
-            return IoUring.create(size);
+            return IoUring.create(BlkQueueWorker.ringEntries(size));
         } catch (LinuxException e) {
             LOG.log(Level.WARNING, "{0}: serving with synchronous I/O: {1}", queueName, IoUring.explain(e));
             return null;

@@ -1,6 +1,7 @@
 package io.iovirt.devices.blk;
 
 import io.iovirt.linux.Epoll;
+import io.iovirt.linux.Errno;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
@@ -14,30 +15,35 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
 /**
- * The thread that serves one virtio-blk queue: blocks in epoll on the kick eventfd, drains the ring with kicks
- * suppressed, completes requests and interrupts the driver only when it asked (EVENT_IDX or flags), once per batch.
+ * The thread that serves one virtio-blk queue: waits for kicks, drains the ring with kicks suppressed, completes
+ * requests and interrupts the driver only when it asked (EVENT_IDX or flags), once per batch.
  *
  * <p>Two ways to serve, chosen when the queue starts:
  * <ul>
- * <li>synchronously: each request's preadv/pwritev/fdatasync runs on this thread before the next is popped;
+ * <li>synchronously: the thread blocks in epoll on the kick eventfd, and each request's preadv/pwritev/fdatasync
+ *     runs on it before the next is popped;
  * <li>through an io_uring: up to queue-size requests in flight at once. Each in-flight request owns a slot (its
  *     chain object, its iovec array; all preallocated), its I/O goes straight between the image and the guest
- *     buffers, and completions, in whatever order the kernel finishes them, are pushed as they are reaped. The
- *     ring's eventfd sits in the same epoll set as the kick. A FLUSH is an asynchronous fdatasync: it covers the
- *     writes completed before it was submitted, which includes every write already pushed to the used ring — all
- *     that VIRTIO 1.2 §5.2.6 asks; writes still in flight are not waited for.
+ *     buffers, and completions, in whatever order the kernel finishes them, are pushed as they are reaped. The kick
+ *     and stop eventfds are polled through the same ring, so one io_uring_enter per wake-up both submits the new
+ *     requests and sleeps until the next completion, kick or stop. (The kick counter is never read in this mode:
+ *     only the wake-ups matter, a 64-bit counter does not overflow, and QEMU's kick eventfds are non-blocking,
+ *     which a ring read would turn into a stream of -EAGAIN completions.) A FLUSH is an asynchronous fdatasync: it covers
+ *     the writes completed before it was submitted, which includes every write already pushed to the used ring —
+ *     all that VIRTIO 1.2 §5.2.6 asks; writes still in flight are not waited for.
  * </ul>
  *
- * <p>A platform thread: epoll_wait is a blocking native call and would pin a virtual thread's carrier. It is
- * stopped through its own eventfd, since interrupting a thread does not break a native call. Before the thread
- * ends, every request in flight has completed and been pushed, so when {@link #stop()} returns the ring position is
- * final and no I/O still targets guest memory.
+ * <p>A platform thread: it blocks in native calls, which would pin a virtual thread's carrier. It is stopped through
+ * its own eventfd, since interrupting a thread does not break a native call. Before the thread ends, every request
+ * in flight has completed and been pushed, and the ring's poll of the kick eventfd is cancelled, so when {@link #stop()} returns the ring position is final and no I/O
+ * still targets guest memory.
  */
 final class BlkQueueWorker implements Runnable {
     private static final System.Logger LOG = System.getLogger(BlkQueueWorker.class.getName());
     private static final long KICK = 0;
     private static final long STOP = 1;
-    private static final long COMPLETION = 2;
+    /** Ring operations besides the requests: the kick poll, the stop poll and a cancel. */
+    private static final int CONTROL_OPS = 3;
 
     private final String name;
     private final Virtqueue queue;
@@ -47,18 +53,29 @@ final class BlkQueueWorker implements Runnable {
     private final EventFd err;
     private final BlkStats stats;
     private final EventFd stopFd;
-    private final Epoll epoll;
     private final Thread thread;
     private volatile String failure;
 
+    // synchronous mode only
+    private final Epoll epoll;
+
     // io_uring mode only (ring == null: synchronous)
     private final IoUring ring;
-    private final EventFd completions;
-    /** Owns the slots' iovec arrays and the shared bounce buffer: anonymous memory, touched only where used. */
+    /** Owns the slots' iovec arrays, the bounce buffer and the eventfd read buffers; touched only where used. */
     private final Arena slotArena;
     private final BlkQueueHandler.Request[] slots;
     private final int[] freeSlots;
     private int freeCount;
+    /** Requests whose I/O the ring holds (submitted or queued, not yet reaped). */
+    private int ringRequests;
+    /** User data of the control operations: after the slot indices. */
+    private final long kickPoll;
+    private final long stopPoll;
+    private final long cancelKick;
+    private boolean kickArmed;
+    private boolean cancelPending;
+    private boolean stopRequested;
+    private String controlError;
     private final IoUring.CompletionHandler<VirtqueueException> onCompletion = this::completion;
 
     /**
@@ -75,7 +92,7 @@ final class BlkQueueWorker implements Runnable {
 
     /**
      * A queue served through {@code ring} when it is not null; the worker owns the ring from now on (closes it when
-     * the thread ends). The ring must take one operation per queue entry.
+     * the thread ends). The ring needs {@link #ringEntries} SQ entries for the queue size.
      */
     BlkQueueWorker(String name, Virtqueue queue, BlkQueueHandler handler, EventFd kick, EventFd call, EventFd err,
                    BlkStats stats, IoUring ring) throws LinuxException {
@@ -87,44 +104,48 @@ final class BlkQueueWorker implements Runnable {
         this.err = err;
         this.stats = stats;
         this.ring = ring;
+        int n = queue.size();
+        this.kickPoll = n;
+        this.stopPoll = n + 1L;
+        this.cancelKick = n + 2L;
         EventFd stop = null;
-        EventFd done = null;
         Epoll ep = null;
         Arena arena = null;
         try {
             stop = EventFd.create(true);
-            ep = Epoll.create(3);
-            ep.add(kick.fd(), Epoll.EPOLLIN, KICK);
-            ep.add(stop.fd(), Epoll.EPOLLIN, STOP);
-            if (ring != null) {
-                if (ring.capacity() < queue.size() || ring.sqEntries() < queue.size()) {
-                    throw new IllegalArgumentException(ring + " is too small for a queue of " + queue.size());
-                }
-                done = EventFd.create(true);
-                ring.registerEventFd(done);
-                ep.add(done.fd(), Epoll.EPOLLIN, COMPLETION);
-                arena = Arena.ofShared();
-                this.slots = newSlots(queue, handler, arena);
-                this.freeSlots = new int[slots.length];
-                for (int i = 0; i < slots.length; i++) {
-                    freeSlots[i] = slots.length - 1 - i;
-                }
-                this.freeCount = slots.length;
-            } else {
+            if (ring == null) {
+                ep = Epoll.create(2);
+                ep.add(kick.fd(), Epoll.EPOLLIN, KICK);
+                ep.add(stop.fd(), Epoll.EPOLLIN, STOP);
                 this.slots = null;
                 this.freeSlots = null;
+            } else {
+                if (ring.sqEntries() < ringEntries(n) || ring.capacity() < ringEntries(n)) {
+                    throw new IllegalArgumentException(ring + " is too small for a queue of " + n);
+                }
+                arena = Arena.ofShared();
+                this.slots = newSlots(queue, handler, arena);
+                this.freeSlots = new int[n];
+                for (int i = 0; i < n; i++) {
+                    freeSlots[i] = n - 1 - i;
+                }
+                this.freeCount = n;
             }
         } catch (LinuxException | RuntimeException e) {
-            for (AutoCloseable c : new AutoCloseable[] {ep, stop, done, arena, ring}) {
+            for (AutoCloseable c : new AutoCloseable[] {ep, stop, arena, ring}) {
                 closeQuietly(c);
             }
             throw e;
         }
         this.stopFd = stop;
-        this.completions = done;
         this.epoll = ep;
         this.slotArena = arena;
         this.thread = Thread.ofPlatform().name("iovirt-" + name).daemon().unstarted(this);
+    }
+
+    /** SQ entries a ring needs to serve a queue of {@code queueSize}: one per request, plus the control polls. */
+    static int ringEntries(int queueSize) {
+        return queueSize + CONTROL_OPS;
     }
 
     private static BlkQueueHandler.Request[] newSlots(Virtqueue queue, BlkQueueHandler handler, Arena arena)
@@ -176,9 +197,8 @@ final class BlkQueueWorker implements Runnable {
             fail("internal error: " + e);
         } finally {
             if (ring != null) {
-                abandonInFlight();
+                quiesce();
                 ring.close();
-                completions.close();
                 for (BlkQueueHandler.Request r : slots) {
                     r.io.close();
                 }
@@ -235,38 +255,59 @@ final class BlkQueueWorker implements Runnable {
     // ---- io_uring ---------------------------------------------------------------------------------------------
 
     private void runAsynchronously() throws LinuxException {
-        boolean stopping = false;
-        serveAsynchronously();
-        while (!stopping) {
-            // Submissions the kernel could not take (EAGAIN under memory pressure) are retried every millisecond.
-            int n = epoll.wait(ring.unsubmitted() > 0 ? 1 : -1);
-            for (int i = 0; i < n; i++) { // reset the eventfds before looking at the rings: no wake-up is lost
-                long what = epoll.data(i);
-                if (what == STOP) {
-                    stopping = true;
-                } else if (what == KICK) {
-                    kick.read();
-                } else {
-                    completions.read();
-                }
+        ring.poll(stopFd.fd(), Epoll.EPOLLIN, stopPoll);
+        armKick();
+        serveAsynchronously(); // requests made available before the first kick (e.g. after a reconnect)
+        while (!stopRequested) {
+            // The one system call per wake-up: hands over what the last batch queued, sleeps until something is done.
+            ring.submitAndWait(1);
+            reap();
+            if (controlError != null) {
+                fail(controlError);
+                return;
             }
-            if (failure == null) {
-                if (stopping) {
-                    drain();
-                } else {
-                    serveAsynchronously();
-                }
+            if (!kickArmed && !stopRequested) {
+                armKick();
+            }
+            if (failure == null && !stopRequested) {
+                serveAsynchronously();
+            }
+        }
+        // Stopping: requests in flight complete and are pushed; nothing new is popped.
+        while (ringRequests > 0) {
+            ring.submitAndWait(1);
+            reap();
+        }
+        if (failure == null) {
+            try {
+                notifyDriver();
+            } catch (VirtqueueException e) {
+                fail(e.getMessage());
             }
         }
     }
 
+    private void armKick() {
+        ring.pollMultishot(kick.fd(), Epoll.EPOLLIN, kickPoll);
+        kickArmed = true;
+    }
+
+    /** Takes every completion; a ring rule broken while pushing fails the queue (its other requests are dropped). */
+    private void reap() {
+        try {
+            ring.reap(onCompletion);
+        } catch (VirtqueueException e) {
+            fail(e.getMessage());
+        }
+    }
+
     /**
-     * Pushes what completed, then pops and submits new requests while slots are free, and interrupts the driver
-     * once for the whole batch. With every slot busy, kicks stay suppressed: the next completion brings us back.
+     * Pops and queues new requests while slots are free, pushes those that need no I/O, and interrupts the driver
+     * once for everything pushed since the last wake-up. With every slot busy, kicks stay suppressed: the next
+     * completion brings us back. Queued I/O reaches the kernel with the next io_uring_enter.
      */
     private void serveAsynchronously() throws LinuxException {
         try {
-            ring.reap(onCompletion);
             queue.disableNotifications();
             for (;;) {
                 while (freeCount > 0) {
@@ -275,14 +316,12 @@ final class BlkQueueWorker implements Runnable {
                         break;
                     }
                     freeCount--;
-                    if (handler.start(r) == BlkQueueHandler.DONE || !handler.submit(r, ring)) {
+                    if (handler.start(r) != BlkQueueHandler.DONE && handler.submit(r, ring)) {
+                        ringRequests++;
+                    } else {
                         complete(r);
                     }
                 }
-                if (ring.unsubmitted() > 0) {
-                    ring.submit();
-                }
-                ring.reap(onCompletion); // page-cache hits and errors complete during submission
                 if (freeCount == 0 || !queue.enableNotifications()) {
                     break;
                 }
@@ -291,30 +330,35 @@ final class BlkQueueWorker implements Runnable {
             notifyDriver();
         } catch (VirtqueueException | BlkQueueHandler.UnanswerableRequest e) {
             fail(e.getMessage());
-            abandonInFlight();
         }
     }
 
-    /** Waits for every request in flight and pushes it: the stop path. */
-    private void drain() throws LinuxException {
-        try {
-            while (ring.outstanding() > 0) {
-                if (ring.ready() == 0) {
-                    ring.submitAndWait(1);
-                }
-                ring.reap(onCompletion);
+    private void completion(long userData, int result, int flags) throws VirtqueueException {
+        if (userData < slots.length) {
+            BlkQueueHandler.Request r = slots[(int) userData];
+            ringRequests--;
+            if (failure != null) { // a failed queue cannot push: the request is dropped once its I/O is over
+                r.io.clear();
+                return;
             }
-            notifyDriver();
-        } catch (VirtqueueException e) {
-            fail(e.getMessage());
-            abandonInFlight();
+            handler.completed(r, result);
+            complete(r);
+        } else if (userData == kickPoll) {
+            if ((flags & IoUring.CQE_F_MORE) == 0) {
+                kickArmed = false; // ended: cancelled, failed, or ended by the kernel (re-armed by the loop)
+                if (result < 0 && result != -Errno.ECANCELED) {
+                    controlError = "cannot poll the kick eventfd: "
+                            + IoUring.error(IoUring.OP_POLL_ADD, result, kick.toString()).getMessage();
+                }
+            }
+        } else if (userData == stopPoll) {
+            stopRequested = true;
+            if (result < 0) {
+                LOG.log(Level.ERROR, "{0}: polling the stop eventfd failed ({1}); stopping", name, Errno.name(-result));
+            }
+        } else if (userData == cancelKick) {
+            cancelPending = false;
         }
-    }
-
-    private void completion(long slot, int result, int flags) throws VirtqueueException {
-        BlkQueueHandler.Request r = slots[(int) slot];
-        handler.completed(r, result);
-        complete(r);
     }
 
     private void complete(BlkQueueHandler.Request r) throws VirtqueueException {
@@ -333,20 +377,27 @@ final class BlkQueueWorker implements Runnable {
     }
 
     /**
-     * After a failure: waits until the kernel is done with every request in flight (their buffers are guest memory
-     * that may be unmapped once we return) and drops them; a failed queue cannot push.
+     * Before the ring goes away: waits until the kernel is done with every request (their buffers are guest memory
+     * that may be unmapped once we return; a failed queue drops them) and cancels the kick poll, so nothing of this
+     * ring still watches the kick eventfd when a successor starts on it.
      */
-    private void abandonInFlight() {
+    private void quiesce() {
         try {
-            while (ring.outstanding() > 0) {
-                if (ring.ready() == 0) {
-                    ring.submitAndWait(1);
-                }
-                ring.reap((slot, result, flags) -> slots[(int) slot].io.clear());
+            while (ringRequests > 0) {
+                ring.submitAndWait(1);
+                ring.reap(onCompletion);
             }
-        } catch (LinuxException | RuntimeException e) {
-            // Closing the ring makes the kernel cancel or finish them; their pages stay pinned until then.
-            LOG.log(Level.ERROR, "{0}: cannot wait for {1} requests in flight: {2}", name, ring.outstanding(), e.getMessage());
+            if (kickArmed) {
+                ring.cancel(kickPoll, cancelKick);
+                cancelPending = true;
+            }
+            while (kickArmed || cancelPending) {
+                ring.submitAndWait(1);
+                ring.reap(onCompletion);
+            }
+        } catch (LinuxException | VirtqueueException | RuntimeException e) {
+            // Closing the ring makes the kernel cancel or finish what is left; their pages stay pinned until then.
+            LOG.log(Level.ERROR, "{0}: cannot wait for {1} requests in flight: {2}", name, ringRequests, e.getMessage());
         }
     }
 
@@ -400,7 +451,9 @@ final class BlkQueueWorker implements Runnable {
                 interrupted = true;
             }
         }
-        epoll.close();
+        if (epoll != null) {
+            epoll.close();
+        }
         stopFd.close();
         if (interrupted) {
             Thread.currentThread().interrupt();

@@ -62,6 +62,7 @@ class BlkQueueWorkerTest {
     private Path imagePath;
     private RawImage image;
     private BlkQueueWorker worker;
+    private GuestMemoryHolder holder;
     private EventFd kick;
     private EventFd call;
     private Epoll interrupts;
@@ -78,7 +79,7 @@ class BlkQueueWorkerTest {
         arena = Arena.ofShared();
         ram = arena.allocate(DATA + 4096L * QUEUE_SIZE * 2, 4096);
         GuestMemory mem = GuestMemory.of(List.of(new MemoryRegion(0, ram.byteSize(), 0x7000_0000L, 0, ram, null)));
-        GuestMemoryHolder holder = new GuestMemoryHolder();
+        holder = new GuestMemoryHolder();
         holder.swap(mem);
         driver = SplitDriverRing.create(mem, RING, QUEUE_SIZE, true);
         queue = Virtqueue.create(driver.queueConfig(0, true), holder);
@@ -87,15 +88,20 @@ class BlkQueueWorkerTest {
         new Random(5).nextBytes(content);
         Files.write(imagePath, content);
         image = RawImage.open(imagePath, false, direct);
-        BlkQueueHandler handler = new BlkQueueHandler(image, BlkLimits.defaults(),
-                "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
-        kick = EventFd.create(true);
+        kick = EventFd.create(true); // non-blocking, as QEMU makes its kick eventfds
         call = EventFd.create(true);
         interrupts = Epoll.create(1);
         interrupts.add(call.fd(), Epoll.EPOLLIN, 0);
-        worker = new BlkQueueWorker("blk test q0", queue, handler, kick, call, null, stats,
-                async ? IoUring.create(QUEUE_SIZE) : null);
-        assertEquals(async, worker.asynchronous());
+        worker = newWorker(async);
+    }
+
+    private BlkQueueWorker newWorker(boolean async) throws Exception {
+        BlkQueueHandler handler = new BlkQueueHandler(image, BlkLimits.defaults(),
+                "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        BlkQueueWorker w = new BlkQueueWorker("blk test q0", queue, handler, kick, call, null, stats,
+                async ? IoUring.create(BlkQueueWorker.ringEntries(QUEUE_SIZE)) : null);
+        assertEquals(async, w.asynchronous());
+        return w;
     }
 
     @AfterEach
@@ -379,6 +385,32 @@ class BlkQueueWorkerTest {
         awaitUsed(1);
         assertEquals(S_OK, status(back));
         assertArrayEquals(pattern, guest(data(4) + 3, 4096));
+    }
+
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void aSuccessorWorkerTakesOverWhereTheStoppedOneLeftOff(boolean async) throws Exception {
+        setUp(true, true);
+        worker.start();
+        int first = read(0, 0, 4096);
+        kick();
+        assertEquals(first, awaitUsed(1).get(0)[0]);
+        // What BlkDevice does when the memory table changes: stop (drained), then a new queue object from the ring
+        // position and a new worker on the same kick eventfd; here alternately synchronous and through io_uring.
+        worker.stop();
+        int base = worker.vringBase();
+        queue = Virtqueue.create(driver.queueConfig(0, true).withVringBase(base), holder);
+        worker = newWorker(async);
+        worker.start();
+        for (int i = 0; i < 20; i++) { // one request per kick: each kick must reach the new worker
+            int h = read(8L * i, 1 + i % 8, 4096);
+            kick();
+            List<long[]> used = awaitUsed(1);
+            assertEquals(h, used.get(0)[0]);
+            assertEquals(S_OK, status(h));
+            assertArrayEquals(disk(4096L * i, 4096), guest(data(1 + i % 8), 4096));
+        }
+        assertNull(worker.failure());
     }
 
     @Test

@@ -82,6 +82,8 @@ class IovirtIoUringVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
             assertEquals(0, r.exitCode(), r.consoleTail(40));
             assertTrue(r.output().contains("err= 0"), r.output());
             assertTrue(r.output().contains("READ:") && r.output().contains("WRITE:"), r.output());
+            r.outputLines().stream().filter(l -> l.contains("IOPS=") || l.contains("verify")) // for the CI log
+                    .forEach(l -> System.out.println("fio-randrw: " + l.strip()));
             assertTrue(backend.isAlive(), backend.logTail(20));
         }
     }
