@@ -146,11 +146,12 @@ class VfioNvmeGuestTest {
         assertTrue(iommu.contains("read, PRP list there:      Data Transfer Error"), iommu);
         assertTrue(iommu.contains("canary outside mappings:   unchanged"), iommu);
         assertTrue(iommu.contains("sentinel in the arena:     unchanged"), iommu);
+        // Both probes fault (a DMA write, then a DMA read at that IOVA), but QEMU's VT-d does not record a fault while
+        // an earlier one is still pending ("compression of faults"), so the guest may log only the first.
         String dmesg = section(out, "dmesg");
-        assertTrue(dmesg.matches("(?s).*DMA Write.*Request device \\[01:00\\.0\\] fault addr 0x" + iova + ".*"), dmesg);
-        // The PRP-list read is blocked too: the command failed with Data Transfer Error above. Its DMAR record is not
-        // asserted: emulated VT-d keeps one fault record, and a second fault raised before the kernel has cleared the
-        // first is only counted as an overflow (seen under load in CI), so the log line is not guaranteed.
+        assertTrue(dmesg.matches("(?s).*DMAR: \\[DMA (Write|Read) NO_PASID\\] Request device \\[01:00\\.0\\] fault addr 0x"
+                + iova + " .*"), dmesg);
+        assertTrue(!bench.contains("iovirt vfio nvme bench:"), "no error reported for a signalled exit: " + bench);
     }
 
     /** The lines after "=== name" up to the next "=== " or "name_rc=". */
