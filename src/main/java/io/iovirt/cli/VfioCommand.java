@@ -90,8 +90,8 @@ public final class VfioCommand implements Runnable {
             }
             IommuEnvironment env = IommuEnvironment.detect();
             out.printf("interfaces:  %s%n", env.summary());
-            Optional<String> cdev = IommuEnvironment.deviceCdev(sysfs, address);
-            cdev.ifPresent(c -> out.printf("device cdev: /dev/vfio/devices/%s (usable with iommufd)%n", c));
+            Optional<Path> cdev = IommuEnvironment.deviceCdev(sysfs, Path.of("/dev"), address);
+            cdev.ifPresent(c -> out.printf("device cdev: %s (for iommufd; iovirt uses the group interface)%n", c));
             try (VfioContainer container = VfioContainer.open()) {
                 List<String> types = new ArrayList<>();
                 for (VfioContainer.IommuType t : container.supportedIommuTypes()) {

@@ -53,9 +53,10 @@ final class VfioGuest {
                 CP=%s
                 BDF=%s
                 D=/sys/bus/pci/devices/$BDF
-                # a script that execs the JVM, so "sh /root/iovirt ... &" gives the JVM's own pid in $!
+                # a script that execs the JVM, so "sh /root/iovirt ... &" gives the JVM's own pid in $!;
+                # $IOVIRT_PREFIX runs before the JVM inside the chroot (e.g. setpriv to drop capabilities)
                 cat >/root/iovirt <<EOF
-                exec chroot /host env LD_LIBRARY_PATH=$JH/lib $JH/bin/java --enable-native-access=ALL-UNNAMED \\
+                exec chroot /host \\$IOVIRT_PREFIX env LD_LIBRARY_PATH=$JH/lib $JH/bin/java --enable-native-access=ALL-UNNAMED \\
                     -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$CP" io.iovirt.cli.Main "\\$@"
                 EOF
                 iovirt() { sh /root/iovirt "$@"; }

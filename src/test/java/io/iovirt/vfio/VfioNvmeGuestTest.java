@@ -84,6 +84,8 @@ class VfioNvmeGuestTest {
                         kill -TERM $pid; wait $pid; echo sigterm_rc=$?
                         echo "=== bench"; cat /root/bench.out
 
+                        # without CAP_IPC_LOCK, pinning DMA memory is charged to RLIMIT_MEMLOCK: 64 KiB is too little
+                        step memlock sh -c 'ulimit -l 64; IOVIRT_PREFIX="/usr/bin/setpriv --bounding-set=-ipc_lock --inh-caps=-ipc_lock" sh /root/iovirt vfio nvme $0 identify' $BDF
                         step iommu iovirt vfio nvme $BDF iommu-check
                         echo "=== dmesg"; dmesg | grep -i dmar
 
@@ -136,6 +138,13 @@ class VfioNvmeGuestTest {
         String bench = section(out, "bench");
         assertTrue(bench.startsWith("bench: " + VfioGuest.BDF + ", namespace 1 (64M), randread 4k qd 4"), bench);
         assertTrue(bench.contains("iovirt: terminating: NVMe controller " + VfioGuest.BDF + " shut down"), bench);
+
+        // a mapping beyond the locked-memory limit fails with the limit and the remedy named
+        assertEquals("1", r.field("memlock_rc"), out);
+        String memlock = section(out, "memlock");
+        assertTrue(memlock.startsWith("iovirt vfio nvme identify: VFIO_IOMMU_MAP_DMA of "), memlock);
+        assertTrue(memlock.contains("ENOMEM") && memlock.contains("RLIMIT_MEMLOCK, now 64 KiB (soft)")
+                && memlock.contains("ulimit -l"), memlock);
 
         // the IOMMU: the PRP list fetch fails, memory outside the mappings is unchanged, the kernel logs the fault
         assertEquals("0", r.field("iommu_rc"), out);
