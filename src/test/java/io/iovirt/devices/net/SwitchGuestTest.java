@@ -169,13 +169,15 @@ class SwitchGuestTest {
                 String ctx = g.name + all;
                 assertEquals(0, p.rxDropped(), ctx);
                 assertEquals(c.txPackets(), p.rxPackets(), "guest tx_packets = port rx_packets: " + ctx);
-                // frames the NIC had no buffer for are counted by the guest as missed (e1000) or dropped
-                assertEquals(c.rxPackets() + c.rxMissed() + c.rxDropped(), p.txPackets(),
-                        "guest rx_packets + rx_missed_errors + rx_dropped = port tx_packets: " + ctx);
+                if (g.nic == NetGuest.Nic.E1000) { // see NetGuest: its missed counter would be inflated
+                    assertEquals(0, c.rxMissed(), "the e1000 ran out of receive buffers: " + ctx);
+                }
+                assertEquals(c.rxPackets() + c.rxDropped(), p.txPackets(),
+                        "guest rx_packets + rx_dropped = port tx_packets: " + ctx);
                 assertEquals(c.txBytes(), p.rxBytes(), "guest tx_bytes = port rx_bytes: " + ctx);
                 // QEMU's e1000 pads received frames shorter than 60 bytes (a virtio guest's ARP is 42) and the guest
-                // counts the padded length; a missed frame's bytes are counted nowhere
-                if (g.nic == NetGuest.Nic.VIRTIO && c.rxMissed() + c.rxDropped() == 0) {
+                // counts the padded length; a dropped frame's bytes are counted nowhere
+                if (g.nic == NetGuest.Nic.VIRTIO && c.rxDropped() == 0) {
                     assertEquals(c.rxBytes(), p.txBytes(), "guest rx_bytes = port tx_bytes: " + ctx);
                 }
                 assertTrue(c.rxPackets() > FILE_KB / 2, "the transfer went through this guest: " + ctx);
