@@ -37,7 +37,8 @@ class VfioNvmeGuestTest {
     static final long DISK = 64L << 20;
     static final long LBA_HOST = 4096;     // pre-filled by the host, read by the Java driver
     static final long LBA_JAVA = 10240;    // written by the Java driver
-    static final int BYTES = 4096;         // 8 blocks of 512 bytes (QEMU's default LBA format)
+    /** 32 blocks of 512 bytes (QEMU's default LBA format): four pages, so PRP1 and a PRP list of three entries. */
+    static final int BYTES = 16384;
 
     static GuestImage image;
 
@@ -70,10 +71,10 @@ class VfioNvmeGuestTest {
                         echo group=$(basename "$(readlink $D/iommu_group)")
                         step info iovirt vfio info $BDF
                         step identify iovirt vfio nvme $BDF identify --irq poll
-                        step readhost iovirt vfio nvme $BDF read --lba %1$d --count 8 --out /tmp/host.bin --irq msix
+                        step readhost iovirt vfio nvme $BDF read --lba %1$d --count 32 --out /tmp/host.bin --irq msix
                         echo readhost_sha=$(sha256sum /host/tmp/host.bin | cut -d' ' -f1)
                         step write iovirt vfio nvme $BDF write --lba %2$d --in /tmp/pattern.bin --irq msix
-                        step readback iovirt vfio nvme $BDF read --lba %2$d --count 8 --out /tmp/back.bin --irq intx
+                        step readback iovirt vfio nvme $BDF read --lba %2$d --count 32 --out /tmp/back.bin --irq intx
                         echo readback_sha=$(sha256sum /host/tmp/back.bin | cut -d' ' -f1)
 
                         # SIGTERM while the driver is busy: the shutdown hook releases everything
@@ -92,7 +93,7 @@ class VfioNvmeGuestTest {
                         bind nvme || exit 94
                         for i in $(seq 100); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done
                         echo kernel_serial=$(cat /sys/class/nvme/nvme0/serial)
-                        echo kernel_sha=$(dd if=/dev/nvme0n1 bs=512 skip=%2$d count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+                        echo kernel_sha=$(dd if=/dev/nvme0n1 bs=512 skip=%2$d count=32 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                         """.formatted(LBA_HOST, LBA_JAVA))
                 .build().run(TIMEOUT);
 

@@ -35,6 +35,8 @@ final class NetGuest implements AutoCloseable {
     enum Nic {
         /** virtio-net over vhost-user. {@code vectors=0}: QEMU 7.2 under TCG segfaults in vhost_net_start with MSI-X. */
         VIRTIO,
+        /** The same with the packed virtqueue layout ({@code packed=on}). */
+        VIRTIO_PACKED,
         /** QEMU's emulated Intel e1000 on a {@code -netdev stream} socket. */
         E1000
     }
@@ -71,10 +73,11 @@ final class NetGuest implements AutoCloseable {
                 "-chardev", "socket,id=ctl,server=on,wait=off,path=" + QemuGuest.escape(control.toString()),
                 "-serial", "chardev:ctl"));
         String macText = Mac.toString(mac);
-        if (nic == Nic.VIRTIO) {
+        if (nic != Nic.E1000) {
             args.addAll(List.of("-chardev", "socket,id=c0,path=" + QemuGuest.escape(socket.toString()),
                     "-netdev", "vhost-user,id=n0,chardev=c0",
-                    "-device", "virtio-net-pci,netdev=n0,mac=" + macText + ",vectors=0,romfile="));
+                    "-device", "virtio-net-pci,netdev=n0,mac=" + macText + ",vectors=0,romfile="
+                            + (nic == Nic.VIRTIO_PACKED ? ",packed=on" : "")));
         } else {
             args.addAll(List.of("-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="
                             + QemuGuest.escape(socket.toString()),
@@ -99,6 +102,7 @@ final class NetGuest implements AutoCloseable {
                 %s
                 ip link set $IF up
                 for i in $(seq 200); do [ "$(cat /sys/class/net/$IF/operstate)" = up ] && break; sleep 0.1; done
+                [ -f /sys/class/net/$IF/device/features ] && say FEATURES $(cat /sys/class/net/$IF/device/features)
                 say UP
                 ask
                 arping -U -c 1 -I $IF $IP >/dev/null 2>&1 || true
@@ -111,7 +115,7 @@ final class NetGuest implements AutoCloseable {
                 say STATS $(stats)
                 """.formatted(ip, arp, body);
         QemuGuest.Builder b = QemuGuest.builder(image).name(name).workDir(dir).memoryMiB(256)
-                .modules(nic == Nic.VIRTIO ? new String[] {"virtio_pci", "virtio_net"} : new String[] {"e1000"})
+                .modules(nic != Nic.E1000 ? new String[] {"virtio_pci", "virtio_net"} : new String[] {"e1000"})
                 .args(args);
         String setup = "";
         if (nic == Nic.E1000) {
