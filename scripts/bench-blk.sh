@@ -105,6 +105,7 @@ done
 
 # ---- report ----------------------------------------------------------------------------------------------------
 q() { jq -r "$2" "$1"; }
+SHARE='.client_cpu_us_per_io * .iops / 1e4 | round' # percent of one core
 JAVA_VERSION="unknown JDK"
 for jdk in "${JAVA_HOME:-}" /usr/lib/jvm/*25*; do # the launcher's search order
   if [ -n "$jdk" ] && [ -x "$jdk/bin/java" ] && "$jdk/bin/java" -version 2>&1 | grep -qE 'version "25'; then
@@ -117,32 +118,37 @@ echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f
 echo "Command: scripts/bench-blk.sh --seconds $SECONDS_PER_RUN --warmup $WARMUP --size $SIZE --backend-cpu $BACKEND_CPU --client-cpu $CLIENT_CPU"
 echo "Load average before the report: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| mode | rw | QD | iovirt IOPS | qsd IOPS | IOPS ratio | iovirt p50 µs | qsd p50 µs | iovirt p99 µs | qsd p99 µs | iovirt CPU µs/IO | qsd CPU µs/IO |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| mode | rw | QD | iovirt IOPS | qsd IOPS | IOPS ratio | iovirt p50 µs | qsd p50 µs | iovirt p99 µs | qsd p99 µs | iovirt CPU µs/IO | qsd CPU µs/IO | client core % |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in "${CASES[@]}"; do
   set -- $c
   a="$DIR/iovirt-$1-$2-qd$3.json"
   b="$DIR/qsd-$1-$2-qd$3.json"
   mode=$([ "$1" = direct ] && echo "O_DIRECT" || echo "buffered")
-  printf '| %s | %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.1f | %.1f | %s | %s |\n' "$mode" "$2" "$3" \
+  printf '| %s | %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.1f | %.1f | %s | %s | %s |\n' "$mode" "$2" "$3" \
     "$(q "$a" .iops)" "$(q "$b" .iops)" "$(jq -n "$(q "$a" .iops) / $(q "$b" .iops)")" \
     "$(q "$a" '.latency_ns.p50 / 1000')" "$(q "$b" '.latency_ns.p50 / 1000')" \
     "$(q "$a" '.latency_ns.p99 / 1000')" "$(q "$b" '.latency_ns.p99 / 1000')" \
     "$(q "$a" 'if .backend_cpu_us_per_io == null then "n/a" else (.backend_cpu_us_per_io * 10 | round / 10 | tostring) end')" \
-    "$(q "$b" 'if .backend_cpu_us_per_io == null then "n/a" else (.backend_cpu_us_per_io * 10 | round / 10 | tostring) end')"
+    "$(q "$b" 'if .backend_cpu_us_per_io == null then "n/a" else (.backend_cpu_us_per_io * 10 | round / 10 | tostring) end')" \
+    "$(q "$a" "$SHARE") / $(q "$b" "$SHARE")"
 done
+echo
+echo "client core %: CPU time of the (busy-polling) client over the measured time, iovirt run / qsd run; well below 100"
+echo "means other work on this machine took the client's core, and that run's numbers are noise-bound."
 echo
 echo "Backend memory at the end of each QD 32 randwrite run (RSS; guest RAM = the part that is our shared memfd):"
 echo
-echo "| backend | mode | RSS MiB | guest RAM mapped MiB | beyond guest mappings MiB |"
-echo "|---|---|---:|---:|---:|"
+echo "| backend | mode | RSS MiB | guest RAM mapped MiB | beyond guest mappings MiB | of which anon / file-backed MiB |"
+echo "|---|---|---:|---:|---:|---:|"
 for be in iovirt qsd; do
   for mode in buffered direct; do
     f="$DIR/$be-$mode-randwrite-qd32.json"
     printf '| %s | %s | %s |\n' "$be" "$([ "$mode" = direct ] && echo O_DIRECT || echo buffered)" \
-      "$(q "$f" 'if .backend_memory == null then "n/a | n/a | n/a" else
-                 ([.backend_memory.rss_kib, .backend_memory.guest_mapping_kib, .backend_memory.beyond_guest_kib]
-                  | map(. / 1024 * 10 | round / 10 | tostring) | join(" | ")) end')"
+      "$(q "$f" 'def mib: . / 1024 * 10 | round / 10 | tostring;
+                 if .backend_memory == null then "n/a | n/a | n/a | n/a" else .backend_memory
+                 | ([.rss_kib, .guest_mapping_kib, .beyond_guest_kib] | map(mib) | join(" | "))
+                   + " | " + (.anon_kib | mib) + " / " + (.file_kib | mib) end')"
   done
 done
 echo

@@ -37,8 +37,8 @@ public final class BlkBench {
             QueueRunner.Phase phase = new QueueRunner.Phase();
             List<QueueRunner> runners = new ArrayList<>();
             for (DriverQueue q : queues) {
-                runners.add(new QueueRunner(q, new QueueRunner.Workload(o.pattern().write(), o.pattern().random(),
-                        o.interrupts(), o.verify(), o.seed(), o.queueDepth()),
+                runners.add(new QueueRunner(q, new QueueRunner.Workload(o.pattern().write(), o.interrupts(),
+                        o.verify(), o.seed(), o.queueDepth()),
                         new BlockSequence(blocks, o.pattern().random(), o.seed(), o.queues(), q.index()), phase, STALL_NANOS));
             }
             List<Thread> threads = new ArrayList<>();

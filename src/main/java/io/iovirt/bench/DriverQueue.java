@@ -17,7 +17,6 @@ final class DriverQueue {
     private final EventFd call;
     private final MemorySegment control;
     private final MemorySegment data;
-    private final int slots;
     private final int descriptors;
     private final int blockBytes;
 
@@ -39,7 +38,6 @@ final class DriverQueue {
         this.call = call;
         this.control = control;
         this.data = data;
-        this.slots = slots;
         this.descriptors = dataSegments + 2;
         this.blockBytes = blockBytes;
         this.addrs = new long[slots][descriptors];
@@ -96,10 +94,6 @@ final class DriverQueue {
     /** The region holding data buffers. */
     MemorySegment data() {
         return data;
-    }
-
-    int slots() {
-        return slots;
     }
 
     /** Descriptors per request: header, data segments, status. */

@@ -61,11 +61,10 @@ final class QueueRunner implements Runnable {
     private int idleSpins;
     private long allocatedAtMeasure = -1;
     private long allocatedAtStop = -1;
-    private long completedAtStop;
     private volatile String failure;
 
-    /** What the queue does: direction, pattern, and whether reads are checked. */
-    record Workload(boolean write, boolean random, boolean interrupts, boolean verify, long seed, int qd) {
+    /** What the queue does: direction, completion mode, whether data is checked, depth (the order is the sequence's). */
+    record Workload(boolean write, boolean interrupts, boolean verify, long seed, int qd) {
     }
 
     QueueRunner(DriverQueue q, Workload workload, BlockSequence sequence, Phase phase, long stallNanos) throws LinuxException {
@@ -141,7 +140,6 @@ final class QueueRunner implements Runnable {
             kickIfNeeded();
         }
         allocatedAtStop = allocatedBytes();
-        completedAtStop = completedMeasured;
         drain();
         if (workload.verify()) {
             verifyWritten();
@@ -309,10 +307,6 @@ final class QueueRunner implements Runnable {
     /** Heap bytes this thread allocated between its first measured completion and the stop, or -1 if unknown. */
     long allocatedWhileMeasuring() {
         return allocatedAtMeasure < 0 || allocatedAtStop < 0 ? -1 : allocatedAtStop - allocatedAtMeasure;
-    }
-
-    long completedBeforeStop() {
-        return completedAtStop;
     }
 
     /** A run-ending problem with a message for the user. */

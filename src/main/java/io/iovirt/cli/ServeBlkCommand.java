@@ -34,6 +34,24 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--direct", description = "Open the image with O_DIRECT (bypass the host page cache).")
     boolean direct;
 
+    @Option(names = "--io-engine", defaultValue = "auto", paramLabel = "auto|sync|io_uring", converter = EngineConverter.class,
+            description = {"How queues reach the image: io_uring keeps up to queue-size requests in flight per queue;",
+                    "sync serves one at a time; auto (default) uses io_uring when the kernel allows it."})
+    BlkDevice.IoEngine ioEngine;
+
+    static final class EngineConverter implements picocli.CommandLine.ITypeConverter<BlkDevice.IoEngine> {
+        @Override
+        public BlkDevice.IoEngine convert(String value) {
+            return switch (value) {
+                case "auto" -> BlkDevice.IoEngine.AUTO;
+                case "sync" -> BlkDevice.IoEngine.SYNC;
+                case "io_uring" -> BlkDevice.IoEngine.IO_URING;
+                default -> throw new picocli.CommandLine.TypeConversionException(
+                        "'" + value + "' is not an I/O engine: use auto, sync or io_uring");
+            };
+        }
+    }
+
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
@@ -47,10 +65,11 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
         String id = serial != null ? serial : defaultSerial(image);
         try (RawImage img = RawImage.open(image, readOnly, direct)) {
-            BlkDevice device = new BlkDevice(socket.toString(), img, queues, id);
+            BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
             try (VhostUserServer server = VhostUserServer.start(socket, device)) {
-                System.err.printf("iovirt: serving %s (%d MiB%s%s, %d queue%s) on %s%n", image, img.size() >> 20,
-                        readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues, queues == 1 ? "" : "s", socket);
+                System.err.printf("iovirt: serving %s (%d MiB%s%s, %d queue%s, %s) on %s%n", image, img.size() >> 20,
+                        readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues, queues == 1 ? "" : "s",
+                        device.ioDescription(), socket);
                 String signal = Signals.awaitTermination();
                 System.err.println("iovirt: " + signal + ": stopping (in-flight requests complete first)");
             } // closing the server stops every queue: requests in flight are completed

@@ -90,8 +90,8 @@ public final class VfioCommand implements Runnable {
             }
             IommuEnvironment env = IommuEnvironment.detect();
             out.printf("interfaces:  %s%n", env.summary());
-            Optional<String> cdev = IommuEnvironment.deviceCdev(sysfs, address);
-            cdev.ifPresent(c -> out.printf("device cdev: /dev/vfio/devices/%s (usable with iommufd)%n", c));
+            Optional<Path> cdev = IommuEnvironment.deviceCdev(sysfs, Path.of("/dev"), address);
+            cdev.ifPresent(c -> out.printf("device cdev: %s (for iommufd; iovirt uses the group interface)%n", c));
             try (VfioContainer container = VfioContainer.open()) {
                 List<String> types = new ArrayList<>();
                 for (VfioContainer.IommuType t : container.supportedIommuTypes()) {
@@ -206,33 +206,62 @@ public final class VfioCommand implements Runnable {
     }
 
     /**
-     * An open session and controller that are released on every path: normal return, exception, and SIGTERM/SIGINT
-     * (a shutdown hook closes them; the kernel would release the device anyway, but the controller gets an orderly
-     * shutdown and the release order stays device → mappings → group → container).
+     * An open session and controller that are released on every path: normal return, exception, and SIGTERM/SIGINT.
+     * The shutdown hook is registered before anything is opened, so a signal at any moment releases what is open by
+     * then (the kernel would release the device anyway when the process dies, but this way the controller gets an
+     * orderly shutdown and the release order stays device → mappings → group → container).
      */
     static final class OpenController implements AutoCloseable {
-        final VfioSession session;
-        final NvmeController controller;
+        private final PciAddress address;
         private final Thread hook;
+        private volatile VfioSession session;
+        private volatile NvmeController controller;
+        private volatile boolean signalled;
 
         OpenController(PciAddress address, NvmeController.Options options) throws VfioException {
-            VfioSession s = VfioSession.open(address);
+            this.address = address;
+            this.hook = new Thread(this::releaseOnSignal, "iovirt-vfio-release");
+            Runtime.getRuntime().addShutdownHook(hook);
             try {
-                this.controller = NvmeController.open(s, options);
+                session = VfioSession.open(address);
+                controller = NvmeController.open(session, options);
             } catch (VfioException | RuntimeException e) {
-                s.close();
+                close();
                 throw e;
             }
-            this.session = s;
-            this.hook = new Thread(this::release, "iovirt-vfio-release");
-            Runtime.getRuntime().addShutdownHook(hook);
         }
 
-        private void release() {
+        NvmeController controller() {
+            return controller;
+        }
+
+        /** Whether the shutdown hook has released the device (the command's thread then fails on closed memory). */
+        boolean signalled() {
+            return signalled;
+        }
+
+        private void releaseOnSignal() {
+            if (session == null) {
+                return;
+            }
+            signalled = true;
+            release();
+            System.err.println("iovirt: terminating: NVMe controller " + address + " shut down; device, DMA mappings, "
+                    + "group and container released");
+            System.err.flush();
+        }
+
+        private synchronized void release() {
+            NvmeController c = controller;
+            VfioSession s = session;
             try {
-                controller.close();
+                if (c != null) {
+                    c.close();
+                }
             } finally {
-                session.close();
+                if (s != null) {
+                    s.close();
+                }
             }
         }
 
@@ -241,9 +270,33 @@ public final class VfioCommand implements Runnable {
             try {
                 Runtime.getRuntime().removeShutdownHook(hook);
             } catch (IllegalStateException shuttingDown) {
-                // the hook is running or will run: it releases everything
+                return; // the hook is running or will run: it releases everything
             }
             release();
+        }
+    }
+
+    /** What an NVMe subcommand does with the open controller; returns the exit code. */
+    @FunctionalInterface
+    interface NvmeBody {
+        Integer run(NvmeController c) throws Exception;
+    }
+
+    /**
+     * Opens the controller, runs {@code body}, releases everything. When a signal's shutdown hook releases the device
+     * while the body runs, the body's resulting failure (closed memory, closed descriptors) is not reported: the
+     * process is exiting because it was asked to.
+     */
+    static Integer withController(PciAddress address, NvmeController.Options options, NvmeBody body) throws Exception {
+        try (OpenController oc = new OpenController(address, options)) {
+            try {
+                return body.run(oc.controller());
+            } catch (Exception | Error e) {
+                if (oc.signalled()) {
+                    return 128 + 15;
+                }
+                throw e;
+            }
         }
     }
 
@@ -260,8 +313,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            try (OpenController oc = new OpenController(parent.address, opts.options(16, 64 << 10))) {
-                NvmeController c = oc.controller;
+            return withController(parent.address, opts.options(16, 64 << 10), c -> {
                 var id = c.identity();
                 var ns = c.namespace();
                 out.printf("device:      %s%n", parent.address);
@@ -274,9 +326,9 @@ public final class VfioCommand implements Runnable {
                         human(c.maxTransferBytes()), c.ioQueueDepth(), c.irqMode());
                 out.printf("namespace:   %d: %d blocks of %d bytes (%s), LBA format %d of %d%n", ns.nsid(), ns.size(),
                         ns.blockSize(), human(ns.bytes()), ns.formatIndex(), ns.formats().size());
-            }
-            out.flush();
-            return 0;
+                out.flush();
+                return 0;
+            });
         }
     }
 
@@ -305,8 +357,7 @@ public final class VfioCommand implements Runnable {
                 throw new IllegalArgumentException("--count must be 1..2^32: " + count);
             }
             PrintWriter out = spec.commandLine().getOut();
-            try (OpenController oc = new OpenController(parent.address, opts.options(16, 1 << 20))) {
-                NvmeController c = oc.controller;
+            return withController(parent.address, opts.options(16, 1 << 20), c -> {
                 int bs = c.blockSize();
                 int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
                 DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
@@ -328,9 +379,9 @@ public final class VfioCommand implements Runnable {
                 if (outFile != null) {
                     out.printf("read %d blocks of %d bytes at LBA %d into %s%n", count, bs, lba, outFile);
                 }
-            }
-            out.flush();
-            return 0;
+                out.flush();
+                return 0;
+            });
         }
     }
 
@@ -365,46 +416,50 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            try (OpenController oc = new OpenController(parent.address, opts.options(16, 1 << 20));
-                 Arena arena = Arena.ofConfined()) {
-                NvmeController c = oc.controller;
-                int bs = c.blockSize();
-                MemorySegment data;
-                if (source.pattern != null) {
-                    byte[] p = source.pattern.getBytes(StandardCharsets.UTF_8);
-                    if (p.length == 0) {
-                        throw new IllegalArgumentException("--pattern must not be empty");
-                    }
-                    long blocks = count == null ? 1 : count;
+            return withController(parent.address, opts.options(16, 1 << 20), c -> {
+                try (Arena arena = Arena.ofConfined()) {
+                    return write(c, arena, out);
+                }
+            });
+        }
+
+        private int write(NvmeController c, Arena arena, PrintWriter out) throws Exception {
+            int bs = c.blockSize();
+            MemorySegment data;
+            if (source.pattern != null) {
+                byte[] p = source.pattern.getBytes(StandardCharsets.UTF_8);
+                if (p.length == 0) {
+                    throw new IllegalArgumentException("--pattern must not be empty");
+                }
+                long blocks = count == null ? 1 : count;
+                checkCount(blocks);
+                data = arena.allocate(blocks * bs);
+                for (long i = 0; i < data.byteSize(); i++) {
+                    data.set(ValueLayout.JAVA_BYTE, i, p[(int) (i % p.length)]);
+                }
+            } else {
+                try (var f = FileIo.open(source.in, FileIo.O_RDONLY)) {
+                    long size = FileIo.size(f);
+                    long blocks = count == null ? Math.max(1, (size + bs - 1) / bs) : count;
                     checkCount(blocks);
                     data = arena.allocate(blocks * bs);
-                    for (long i = 0; i < data.byteSize(); i++) {
-                        data.set(ValueLayout.JAVA_BYTE, i, p[(int) (i % p.length)]);
-                    }
-                } else {
-                    try (var f = FileIo.open(source.in, FileIo.O_RDONLY)) {
-                        long size = FileIo.size(f);
-                        long blocks = count == null ? Math.max(1, (size + bs - 1) / bs) : count;
-                        checkCount(blocks);
-                        data = arena.allocate(blocks * bs);
-                        FileIo.readFully(f, data, 0);
-                    } catch (LinuxException e) {
-                        throw new IllegalArgumentException("cannot read --in " + source.in + ": " + e.getMessage(), e);
-                    }
+                    FileIo.readFully(f, data, 0);
+                } catch (LinuxException e) {
+                    throw new IllegalArgumentException("cannot read --in " + source.in + ": " + e.getMessage(), e);
                 }
-                long blocks = data.byteSize() / bs;
-                int perCommand = (int) Math.min(blocks, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
-                DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
-                long done = 0;
-                while (done < blocks) {
-                    int n = (int) Math.min(perCommand, blocks - done);
-                    MemorySegment.copy(data, done * bs, buf.segment(), 0, (long) n * bs);
-                    c.write(lba + done, n, buf);
-                    done += n;
-                }
-                c.flush();
-                out.printf("wrote %d blocks of %d bytes at LBA %d%n", blocks, bs, lba);
             }
+            long blocks = data.byteSize() / bs;
+            int perCommand = (int) Math.min(blocks, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
+            DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
+            long done = 0;
+            while (done < blocks) {
+                int n = (int) Math.min(perCommand, blocks - done);
+                MemorySegment.copy(data, done * bs, buf.segment(), 0, (long) n * bs);
+                c.write(lba + done, n, buf);
+                done += n;
+            }
+            c.flush();
+            out.printf("wrote %d blocks of %d bytes at LBA %d%n", blocks, bs, lba);
             out.flush();
             return 0;
         }
@@ -442,13 +497,16 @@ public final class VfioCommand implements Runnable {
                 throw new IllegalArgumentException("--qd must be 1..1023: " + qd);
             }
             int depth = Math.max(qd + 1, 16);
-            try (OpenController oc = new OpenController(parent.address,
-                    opts.options(depth, (long) depth * NvmeBench.IO_SIZE))) {
-                NvmeBench.Result r = NvmeBench.randomRead(oc.controller, qd, seconds, System.nanoTime());
+            return withController(parent.address, opts.options(depth, (long) depth * NvmeBench.IO_SIZE), c -> {
+                spec.commandLine().getErr().printf("bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, "
+                        + "completions by %s%n", parent.address, c.namespace().nsid(), human(c.namespace().bytes()),
+                        qd, seconds, c.irqMode());
+                spec.commandLine().getErr().flush();
+                NvmeBench.Result r = NvmeBench.randomRead(c, qd, seconds, System.nanoTime());
                 out.println(json ? r.json() : r.describe());
-            }
-            out.flush();
-            return 0;
+                out.flush();
+                return 0;
+            });
         }
     }
 
@@ -466,12 +524,12 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            try (OpenController oc = new OpenController(parent.address, opts.options(16, 64 << 10))) {
-                IommuCheck.Result r = IommuCheck.run(oc.controller);
+            return withController(parent.address, opts.options(16, 64 << 10), c -> {
+                IommuCheck.Result r = IommuCheck.run(c);
                 out.println(r.describe());
                 out.flush();
                 return r.blocked() ? 0 : 1;
-            }
+            });
         }
     }
 

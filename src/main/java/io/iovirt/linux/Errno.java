@@ -46,6 +46,8 @@ public final class Errno {
     public static final int ENOTCONN = 107;
     public static final int ETIMEDOUT = 110;
     public static final int ECONNREFUSED = 111;
+    public static final int EALREADY = 114;
+    public static final int ECANCELED = 125;
 
     private static final MethodHandle NAME = lookup("strerrorname_np");
     private static final MethodHandle DESC = lookup("strerrordesc_np");

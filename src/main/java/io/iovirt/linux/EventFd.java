@@ -65,7 +65,9 @@ public final class EventFd implements AutoCloseable {
         if (r == -Errno.EAGAIN) {
             return 0;
         }
-        Syscalls.check(r, "read", "eventfd " + f);
+        if (r < 0) { // no message string on the hot path
+            throw new LinuxException("read", "eventfd " + f, (int) -r);
+        }
         return t.scratch.get(JAVA_LONG, 0);
     }
 

@@ -88,13 +88,13 @@ public final class FileIo {
     /** One pread(2) into {@code dst}; returns the bytes read (fewer at end of file, 0 past it). */
     public static long pread(Fd fd, MemorySegment dst, long offset) throws LinuxException {
         int f = fd.get();
-        return Syscalls.check(Syscalls.pread(f, dst, dst.byteSize(), offset), "pread", "fd " + f);
+        return Syscalls.check(Syscalls.pread(f, dst, dst.byteSize(), offset), "pread", fd); // Fd prints "fd N" only on error: no string per call
     }
 
     /** One pwrite(2) from {@code src}; returns the bytes written. */
     public static long pwrite(Fd fd, MemorySegment src, long offset) throws LinuxException {
         int f = fd.get();
-        return Syscalls.check(Syscalls.pwrite(f, src, src.byteSize(), offset), "pwrite", "fd " + f);
+        return Syscalls.check(Syscalls.pwrite(f, src, src.byteSize(), offset), "pwrite", fd);
     }
 
     /** Reads until {@code dst} is full or the file ends; returns the bytes read. */
@@ -124,14 +124,14 @@ public final class FileIo {
     public static long preadv(Fd fd, IoVec iov, int count, long offset) throws LinuxException {
         checkCount(iov, count);
         int f = fd.get();
-        return Syscalls.check(Syscalls.preadv(f, iov.segment(), count, offset), "preadv", "fd " + f);
+        return Syscalls.check(Syscalls.preadv(f, iov.segment(), count, offset), "preadv", fd);
     }
 
     /** One pwritev(2) from the first {@code count} entries of {@code iov}. */
     public static long pwritev(Fd fd, IoVec iov, int count, long offset) throws LinuxException {
         checkCount(iov, count);
         int f = fd.get();
-        return Syscalls.check(Syscalls.pwritev(f, iov.segment(), count, offset), "pwritev", "fd " + f);
+        return Syscalls.check(Syscalls.pwritev(f, iov.segment(), count, offset), "pwritev", fd);
     }
 
     private static void checkCount(IoVec iov, int count) {
@@ -142,12 +142,12 @@ public final class FileIo {
 
     public static void fsync(Fd fd) throws LinuxException {
         int f = fd.get();
-        Syscalls.check(Syscalls.fsync(f, false), "fsync", "fd " + f);
+        Syscalls.check(Syscalls.fsync(f, false), "fsync", fd);
     }
 
     public static void fdatasync(Fd fd) throws LinuxException {
         int f = fd.get();
-        Syscalls.check(Syscalls.fsync(f, true), "fdatasync", "fd " + f);
+        Syscalls.check(Syscalls.fsync(f, true), "fdatasync", fd);
     }
 
     /** fallocate(2): e.g. {@code FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE} for discard. */

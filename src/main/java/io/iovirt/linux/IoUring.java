@@ -23,9 +23,11 @@ import java.nio.file.Path;
  * {@code userData} and the operation's result) with {@link #reap}, possibly woken by an eventfd registered with
  * {@link #registerEventFd}.
  *
- * <p>One thread owns an instance (nothing here locks); preparing, submitting and reaping allocate nothing. The
- * ring never overflows: at most {@link #capacity()} operations may be outstanding (prepared and not yet reaped),
- * which is the CQ size, and the prepare methods refuse more.
+ * <p>One thread owns an instance (nothing here locks); preparing, submitting and reaping allocate nothing. At most
+ * {@link #capacity()} operations may be outstanding (prepared and not yet completed), which is the CQ size, and the
+ * prepare methods refuse more, so single-shot operations never overflow the CQ. A multishot poll may post more
+ * completions than that between two reaps; the kernel (FEAT_NODROP, 5.5) then keeps them aside rather than drop
+ * them, and ends the multishot operation, which its owner re-arms.
  *
  * <p>Memory given to an operation (the iovec array and the buffers it points at, or a plain buffer) holds raw
  * addresses in the SQE: the caller keeps it mapped until the operation's completion has been reaped.
@@ -40,6 +42,8 @@ public final class IoUring implements AutoCloseable {
     public static final int OP_READV = 1;
     public static final int OP_WRITEV = 2;
     public static final int OP_FSYNC = 3;
+    public static final int OP_POLL_ADD = 6;
+    public static final int OP_ASYNC_CANCEL = 14;
     public static final int OP_READ = 22;
     public static final int OP_WRITE = 23;
 
@@ -53,6 +57,10 @@ public final class IoUring implements AutoCloseable {
 
     /** fsync_flags: fdatasync(2) semantics. */
     public static final int FSYNC_DATASYNC = 1;
+
+    /** CQE flag: the operation (a multishot poll) stays armed and posts more completions. */
+    public static final int CQE_F_MORE = 1 << 1;
+    static final int POLL_ADD_MULTI = 1;
 
     // io_uring_params.features
     public static final int FEAT_SINGLE_MMAP = 1;
@@ -388,6 +396,32 @@ public final class IoUring implements AutoCloseable {
         prep(OP_FSYNC, sqeFlags, file.get(), 0, 0, 0, fsyncFlags, userData);
     }
 
+    /**
+     * Completes once when {@code file} is ready for {@code events} (poll(2) bits, e.g. {@link Epoll#EPOLLIN}); the
+     * result is the ready mask. Reads nothing: the caller consumes the readiness itself.
+     */
+    public void poll(Fd file, int events, long userData) {
+        prep(OP_POLL_ADD, 0, file.get(), 0, 0, 0, events, userData);
+    }
+
+    /**
+     * Like {@link #poll} but stays armed (Linux 5.13): each wake-up of {@code file}'s wait queue while it is ready
+     * posts a completion flagged {@link #CQE_F_MORE}; a completion without that flag (an error, or -ECANCELED after
+     * {@link #cancel}) ends it. Wake-ups that come together may be reported once.
+     */
+    public void pollMultishot(Fd file, int events, long userData) {
+        prep(OP_POLL_ADD, 0, file.get(), 0, 0, POLL_ADD_MULTI, events, userData);
+    }
+
+    /**
+     * Asks the kernel to cancel the outstanding operation queued with {@code targetUserData}. This operation
+     * completes with 0 (cancelled: the target then completes with -ECANCELED), -ENOENT (the target already
+     * completed or does not exist) or -EALREADY (it is running and will complete by itself).
+     */
+    public void cancel(long targetUserData, long userData) {
+        prep(OP_ASYNC_CANCEL, 0, -1, 0, targetUserData, 0, 0, userData);
+    }
+
     /** An operation that does nothing and completes with 0 (tests, wake-ups). */
     public void nop(long userData) {
         prep(OP_NOP, 0, -1, 0, 0, 0, 0, userData);
@@ -508,7 +542,9 @@ public final class IoUring implements AutoCloseable {
             int flags = cqRing.get(JAVA_INT, e + CQE_FLAGS);
             localCqHead++;
             U32.setRelease(cqRing, cqHead, localCqHead);
-            outstanding--;
+            if ((flags & CQE_F_MORE) == 0) { // a multishot operation stays outstanding until its last completion
+                outstanding--;
+            }
             n++;
             handler.complete(userData, res, flags);
         }
@@ -563,6 +599,8 @@ public final class IoUring implements AutoCloseable {
             case OP_READV -> "READV";
             case OP_WRITEV -> "WRITEV";
             case OP_FSYNC -> "FSYNC";
+            case OP_POLL_ADD -> "POLL_ADD";
+            case OP_ASYNC_CANCEL -> "ASYNC_CANCEL";
             case OP_READ -> "READ";
             case OP_WRITE -> "WRITE";
             default -> "op " + opcode;

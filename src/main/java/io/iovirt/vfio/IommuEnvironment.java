@@ -33,10 +33,14 @@ public record IommuEnvironment(boolean vfioContainer, boolean iommufd, List<Stri
                 sysfs.iommuGroupCount());
     }
 
-    /** The device's VFIO character device (6.6+: {@code vfio-dev/vfioX} in its sysfs directory), if any. */
-    public static Optional<String> deviceCdev(PciSysfs sysfs, PciAddress a) {
+    /**
+     * The device's VFIO character device, {@code /dev/vfio/devices/vfioX}, if the kernel offers one (6.6+). Linux 6.1
+     * already lists {@code vfio-dev/vfioX} in the device's sysfs directory, but creates no device node for it.
+     */
+    public static Optional<Path> deviceCdev(PciSysfs sysfs, Path dev, PciAddress a) {
         try (Stream<Path> s = Files.list(sysfs.deviceDir(a).resolve("vfio-dev"))) {
-            return s.map(p -> p.getFileName().toString()).findFirst();
+            return s.map(p -> dev.resolve("vfio/devices").resolve(p.getFileName().toString()))
+                    .filter(Files::exists).findFirst();
         } catch (IOException e) {
             return Optional.empty();
         }

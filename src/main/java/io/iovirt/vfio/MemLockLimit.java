@@ -55,8 +55,7 @@ final class MemLockLimit {
         String now = l.soft().isPresent() ? l.soft().getAsLong() / 1024 + " KiB (soft), "
                 + (l.hard().isPresent() ? l.hard().getAsLong() / 1024 + " KiB" : "unlimited") + " (hard)" : "unlimited";
         return "the VFIO type1 IOMMU pins every mapped page and charges it to the locked-memory limit "
-                + "(RLIMIT_MEMLOCK, now " + now + "; this mapping needs " + bytes / 1024 + " KiB more than is already "
-                + "pinned) — raise it with 'ulimit -l <KiB>' or 'ulimit -l unlimited' in the shell that starts iovirt "
+                + "(RLIMIT_MEMLOCK, now " + now + "; this mapping would pin " + bytes / 1024 + " KiB more) — raise it with 'ulimit -l <KiB>' or 'ulimit -l unlimited' in the shell that starts iovirt "
                 + "(systemd: LimitMEMLOCK=; /etc/security/limits.conf: memlock), or run with CAP_IPC_LOCK";
     }
 }

@@ -344,19 +344,6 @@ public final class VfioDevice implements AutoCloseable {
         simpleIrqSet(VfioAbi.IRQ_SET_DATA_NONE | VfioAbi.IRQ_SET_ACTION_TRIGGER, index, 0, 0, "disable");
     }
 
-    /** Fires vector {@code sub} of interrupt {@code index} from software (VFIO's loopback test of the wiring). */
-    public void triggerIrq(int index, int sub) throws VfioException {
-        simpleIrqSet(VfioAbi.IRQ_SET_DATA_NONE | VfioAbi.IRQ_SET_ACTION_TRIGGER, index, sub, 1, "trigger");
-    }
-
-    public void maskIrq(int index, int sub) throws VfioException {
-        simpleIrqSet(VfioAbi.IRQ_SET_DATA_NONE | VfioAbi.IRQ_SET_ACTION_MASK, index, sub, 1, "mask");
-    }
-
-    public void unmaskIrq(int index, int sub) throws VfioException {
-        simpleIrqSet(VfioAbi.IRQ_SET_DATA_NONE | VfioAbi.IRQ_SET_ACTION_UNMASK, index, sub, 1, "unmask");
-    }
-
     /** Re-arms the automasked INTx line after its interrupt has been handled; allocates nothing. */
     public void unmaskIntx() throws VfioException {
         try {

@@ -52,8 +52,8 @@ final class Handler implements AutoCloseable {
 
     private long ackedFeatures;
     private long ackedProtocolFeatures;
-    /** SET_PROTOCOL_FEATURES was received on this connection. */
-    private boolean protocolFeaturesSet;
+    /** SET_PROTOCOL_FEATURES was received: the frontend speaks the protocol-features dialect. */
+    private boolean protocolFeaturesExchanged;
     private int status;
 
     /** One virtqueue's protocol-side state. */
@@ -145,7 +145,7 @@ final class Handler implements AutoCloseable {
      * accept that, and so do we.
      */
     private boolean protocolFeaturesNegotiated() {
-        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0 || protocolFeaturesSet;
+        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0 || protocolFeaturesExchanged;
     }
 
     private void dispatch(Message m, Connection c) throws IOException, BackendException {
@@ -216,7 +216,7 @@ final class Handler implements AutoCloseable {
                     features & ~offeredProtocolFeatures, offeredProtocolFeatures));
         }
         ackedProtocolFeatures = features;
-        protocolFeaturesSet = true;
+        protocolFeaturesExchanged = true;
     }
 
     // ---- memory -----------------------------------------------------------------------------------------------
@@ -507,6 +507,8 @@ final class Handler implements AutoCloseable {
 
     private void setVringEnable(int index, int num) throws IOException, BackendException {
         Queue q = queue(MessageType.SET_VRING_ENABLE, Integer.toUnsignedLong(index));
+        // QEMU's vhost-user-net disables every ring (SET_VRING_ENABLE 0) in vhost_net_init, after the protocol
+        // features handshake but before SET_FEATURES: "negotiated" there means offered and handshaken.
         if (!protocolFeaturesNegotiated()) {
             throw new ProtocolException("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated");
         }

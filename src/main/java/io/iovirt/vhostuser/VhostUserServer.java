@@ -205,6 +205,11 @@ public final class VhostUserServer implements AutoCloseable {
                 }
                 previous = current;
             }
+            // A frontend that closes and reconnects at once (a reconnecting QEMU, a benchmark's next run) can beat
+            // the hang-up to us: give the old session a moment to notice before calling this a second frontend.
+            for (int i = 0; i < 100 && previous != null && !previous.finishing(); i++) {
+                sleepQuietly(10);
+            }
             if (previous != null && !previous.finishing()) {
                 LOG.log(System.Logger.Level.WARNING, name + ": refusing frontend " + peer + ": already serving "
                         + previous.peer + " (one frontend per socket)");

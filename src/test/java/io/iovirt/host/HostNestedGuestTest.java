@@ -44,7 +44,7 @@ class HostNestedGuestTest {
         try (RandomAccessFile f = new RandomAccessFile(pfImage.toFile(), "rw")) {
             f.setLength(64L << 20);
         }
-        String state = " --state-dir /tmp/iovirt";
+        String state = " --state-dir /run/iovirt";
         List<String> commands = List.of(
                 "host check --require vfio,sriov --json" + state,                        // 0
                 "host vfs " + PF + " --count 2 --no-provision --json" + state,           // 1 VFs without resources
@@ -74,17 +74,17 @@ class HostNestedGuestTest {
         String classpath = String.join(":", codeSource(HostCommand.class), codeSource(GuestScriptMain.class),
                 codeSource(CommandLine.class));
         for (String p : List.of(jdk.toString(), classpath)) {
-            assertFalse(p.startsWith("/tmp/") || p.contains(":/tmp/"), "the guest mounts a tmpfs over /tmp, hiding " + p);
+            assertFalse(p.startsWith("/run/") || p.contains(":/run/"), "the guest mounts a tmpfs over /run, hiding " + p);
         }
         String payload = """
                 set -u
                 mkdir -p /host
                 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot /host || exit 90
                 mount -t proc proc /host/proc && mount -t sysfs sysfs /host/sys && mount -t devtmpfs devtmpfs /host/dev \
-                  && mount -t tmpfs tmpfs /host/tmp || exit 91
+                  && mount -t tmpfs tmpfs /host/run || exit 91
                 JDK=%s
                 chroot /host env LD_LIBRARY_PATH=$JDK/lib $JDK/bin/java --enable-native-access=ALL-UNNAMED \
-                  -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xmx192m -cp %s io.iovirt.host.GuestScriptMain %s
+                  -XX:-UsePerfData -Djava.io.tmpdir=/run -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xmx192m -cp %s io.iovirt.host.GuestScriptMain %s
                 echo "java_exit=$?"
                 for vf in %s %s; do echo "driver_$vf=$(basename "$(readlink /sys/bus/pci/devices/$vf/driver)")"; done
                 dmesg | grep -e nvme -e vfio | sed 's/^/dmesg: /'

@@ -103,6 +103,22 @@ class VfioErrorsTest {
     }
 
     @Test
+    void aVfioDevCdevCountsOnlyWhenItsDeviceNodeExists() throws Exception {
+        PciSysfs s = fixture();
+        PciAddress a = PciAddress.parse("03:00.0");
+        Files.createDirectories(tmp.resolve("sys/bus/pci/devices/0000:03:00.0/vfio-dev/vfio0"));
+        Path dev = Files.createDirectories(tmp.resolve("dev"));
+        assertTrue(IommuEnvironment.deviceCdev(s, dev, a).isEmpty(), "6.1: sysfs lists vfio-dev, /dev has no node");
+        Files.createDirectories(dev.resolve("vfio/devices"));
+        Files.writeString(dev.resolve("vfio/devices/vfio0"), "");
+        assertEquals(dev.resolve("vfio/devices/vfio0"), IommuEnvironment.deviceCdev(s, dev, a).orElseThrow());
+        IommuEnvironment env = IommuEnvironment.detect(dev, s);
+        assertEquals(List.of("vfio0"), env.vfioDeviceCdevs());
+        assertTrue(!env.iommufd() && !env.vfioContainer());
+        assertTrue(env.summary().contains("iommufd: no"), env.summary());
+    }
+
+    @Test
     void memlockLimitIsParsedAndExplained() {
         MemLockLimit.Limit l = MemLockLimit.parse(List.of(
                 "Limit                     Soft Limit           Hard Limit           Units     ",

@@ -2,6 +2,7 @@ package io.iovirt.devices.blk;
 
 import static io.iovirt.devices.blk.BlkRequests.*;
 
+import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.storage.RawImage;
@@ -17,13 +18,28 @@ import java.nio.charset.StandardCharsets;
 
 /**
  * A virtio-blk device (VIRTIO 1.2 §5.2) over a raw image, served through vhost-user. Each queue runs on its own
- * thread ({@link BlkQueueWorker}) with its own I/O state; queues share only the image descriptor and counters.
+ * thread ({@link BlkQueueWorker}) with its own I/O state (and its own io_uring); queues share only the image
+ * descriptor and counters.
  *
  * <p>Called by the protocol layer from one control thread; the workers never call back into it.
  */
 public final class BlkDevice implements VhostUserBackend {
     private static final System.Logger LOG = System.getLogger(BlkDevice.class.getName());
     private static final int DEVICE_NEEDS_RESET = 0x40;
+
+    /** How the queues reach the image. */
+    public enum IoEngine {
+        /**
+         * io_uring when the kernel allows it, else synchronous. Also for buffered images: measured here (4 KiB,
+         * one queue, page-cache hits), io_uring beat synchronous preadv/pwritev even at QD 1 (randread p50 ~10 µs
+         * against 40-80 µs), so there is no case where the synchronous engine is the faster default.
+         */
+        AUTO,
+        /** One request at a time per queue, preadv/pwritev/fdatasync on the queue thread. */
+        SYNC,
+        /** Up to queue-size requests in flight per queue through io_uring; fails when io_uring is unavailable. */
+        IO_URING
+    }
 
     private final String name;
     private final RawImage image;
@@ -34,6 +50,9 @@ public final class BlkDevice implements VhostUserBackend {
     private final BlkStats stats = new BlkStats();
     private final BlkQueueWorker[] workers;
     private final VringSetup[] setups;
+    /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
+    private final boolean ioUring;
+    private final String ioDescription;
     private long acked;
 
     /**
@@ -42,6 +61,14 @@ public final class BlkDevice implements VhostUserBackend {
      * @param serial the GET_ID string, at most 20 bytes of ASCII
      */
     public BlkDevice(String name, RawImage image, int queues, String serial) {
+        this(name, image, queues, serial, IoEngine.AUTO);
+    }
+
+    /**
+     * @param engine how queues do I/O
+     * @throws IllegalStateException when {@code engine} is IO_URING and io_uring is not available here
+     */
+    public BlkDevice(String name, RawImage image, int queues, String serial, IoEngine engine) {
         if (queues < 1 || queues > 64) {
             throw new IllegalArgumentException("queues must be 1..64: " + queues);
         }
@@ -57,6 +84,29 @@ public final class BlkDevice implements VhostUserBackend {
                 queues, limits.maxDiscardSectors(), limits.maxDiscardSegments());
         this.workers = new BlkQueueWorker[queues];
         this.setups = new VringSetup[queues];
+        String unavailable = engine == IoEngine.SYNC ? null : IoUring.unavailableReason();
+        switch (engine) {
+            case SYNC -> {
+                ioUring = false;
+                ioDescription = "synchronous I/O";
+            }
+            case IO_URING -> {
+                if (unavailable != null) {
+                    throw new IllegalStateException(unavailable + "; serve with synchronous I/O instead (--io-engine sync)");
+                }
+                ioUring = true;
+                ioDescription = "io_uring";
+            }
+            default -> {
+                ioUring = unavailable == null;
+                ioDescription = ioUring ? "io_uring" : "synchronous I/O (" + unavailable + ")";
+            }
+        }
+    }
+
+    /** How the queues do I/O, e.g. {@code "io_uring"} or {@code "synchronous I/O (buffered image)"}, for the user. */
+    public String ioDescription() {
+        return ioDescription;
     }
 
     public BlkStats stats() {
@@ -128,8 +178,9 @@ public final class BlkDevice implements VhostUserBackend {
         try {
             Virtqueue q = Virtqueue.create(qc, setup.memory());
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
-            BlkQueueWorker w = new BlkQueueWorker("blk " + name + " q" + index, q, handler, setup.kick(), setup.call(),
-                    setup.err(), stats);
+            String queueName = "blk " + name + " q" + index;
+            BlkQueueWorker w = new BlkQueueWorker(queueName, q, handler, setup.kick(), setup.call(), setup.err(), stats,
+                    ioUring ? newRing(queueName, q.size()) : null);
             workers[index] = w;
             setups[index] = setup;
             w.start();
@@ -137,6 +188,16 @@ public final class BlkDevice implements VhostUserBackend {
             throw new BackendException("queue " + index + ": " + e.getMessage());
         } catch (LinuxException e) {
             throw new BackendException("queue " + index + ": cannot start its thread: " + e.getMessage(), e);
+        }
+    }
+
+    /** One operation per queue entry; null (synchronous I/O) when the kernel refuses a ring now, e.g. ENOMEM. */
+    private IoUring newRing(String queueName, int size) {
+        try {
+            return IoUring.create(BlkQueueWorker.ringEntries(size));
+        } catch (LinuxException e) {
+            LOG.log(Level.WARNING, "{0}: serving with synchronous I/O: {1}", queueName, IoUring.explain(e));
+            return null;
         }
     }
 
@@ -154,7 +215,7 @@ public final class BlkDevice implements VhostUserBackend {
 
     /**
      * Queues read the memory snapshot per batch; to guarantee none still holds a buffer of the old one when this
-     * returns, each running queue is stopped (drained: requests are served synchronously) and restarted where it
+     * returns, each running queue is stopped (drained: its requests in flight complete first) and restarted where it
      * left off, on the new memory.
      */
     @Override

@@ -2,7 +2,7 @@ package io.iovirt.devices.blk;
 
 import static io.iovirt.devices.blk.BlkRequests.*;
 
-import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.IoUring;
 import io.iovirt.storage.RawImage;
 import io.iovirt.virtio.DescriptorChain;
 import java.io.IOException;
@@ -12,23 +12,53 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 
 /**
- * Executes virtio-blk requests of one queue against the image. One instance per queue thread: its header copy,
- * iovec array and bounce buffer are reused, so a request allocates nothing here.
+ * Executes virtio-blk requests of one queue against the image, synchronously ({@link #process}) or split in steps
+ * so that many run at once through an io_uring: {@link #start} validates a request and prepares its I/O,
+ * {@link #submit} queues it, {@link #completed} takes the kernel's result and {@link #finish} writes the status byte.
+ * One instance per queue thread; its buffers are reused, so a request allocates nothing here.
  *
  * <p>Every field of a request is guest-controlled. The header is copied out of guest memory before it is looked at
  * (the guest could change it under us), then the type, sector, lengths and segment counts are checked against the
- * image and our advertised limits before any I/O. A request that fails a check completes with
- * {@code VIRTIO_BLK_S_IOERR} or {@code S_UNSUPP}; only a request with no room for a status byte cannot be answered
- * and is reported to the caller as a protocol violation.
+ * image and our advertised limits before any I/O — in {@link #start}, for both paths. A request that fails a check
+ * completes with {@code VIRTIO_BLK_S_IOERR} or {@code S_UNSUPP}; only a request with no room for a status byte
+ * cannot be answered and is reported to the caller as a protocol violation.
  */
 final class BlkQueueHandler implements AutoCloseable {
     private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final ValueLayout.OfLong LE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
+    /** What a started request still needs. */
+    static final int DONE = 0;
+    static final int READ = 1;
+    static final int WRITE = 2;
+    static final int FLUSH = 3;
+
     /** A request the device cannot even answer (no writable status byte). */
     static final class UnanswerableRequest extends Exception {
         UnanswerableRequest(String message) {
             super(message, null, false, false);
+        }
+    }
+
+    /** One request from pop to push: its chain, its I/O state and what {@link #start} decided. */
+    static final class Request {
+        final int slot;
+        final RawImage.IoContext io;
+        DescriptorChain chain;
+        int kind;
+        /** Image byte offset of a read or write. */
+        long offset;
+        /** Bytes the device writes into the chain before the status byte when the request succeeds. */
+        long dataWritten;
+        long writable;
+        byte status;
+        /** Why the request got a non-OK status, for the caller's rate-limited log line; null when it succeeded. */
+        String error;
+
+        Request(int slot, DescriptorChain chain, RawImage.IoContext io) {
+            this.slot = slot;
+            this.chain = chain;
+            this.io = io;
         }
     }
 
@@ -40,104 +70,217 @@ final class BlkQueueHandler implements AutoCloseable {
     private final MemorySegment header = arena.allocate(HEADER_BYTES);
     private final MemorySegment discardSegment = arena.allocate(DISCARD_SEGMENT_BYTES);
     private final MemorySegment status = arena.allocate(1);
-    private final RawImage.IoContext io;
-    /** Why the last request got a non-OK status, for the caller's rate-limited log line. */
-    private String lastError;
+    /** The synchronous path's request, made on first use: a queue served through io_uring never needs it. */
+    private Request syncRequest;
 
+    /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
     BlkQueueHandler(RawImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
         this.image = image;
         this.limits = limits;
-        this.serial = serial;
+        this.serial = java.util.Arrays.copyOf(serial, ID_BYTES);
         this.stats = stats;
-        this.io = image.newContext(limits.segMax(), limits.bounceBytes());
     }
 
-    /** The reason of the last failed request (null after a successful one). */
+    RawImage image() {
+        return image;
+    }
+
+    BlkLimits limits() {
+        return limits;
+    }
+
+    /** The reason of the last failed {@link #process} request (null after a successful one). */
     String lastError() {
-        return lastError;
+        return syncRequest == null ? null : syncRequest.error;
     }
 
     /**
-     * Executes one request and writes its status byte.
+     * Executes one request synchronously and writes its status byte.
      *
      * @return bytes written into the chain's writable buffers (data + status), for the used ring
      */
     long process(DescriptorChain chain) throws UnanswerableRequest {
+        if (syncRequest == null) {
+            syncRequest = new Request(-1, chain, image.newContext(limits.segMax(), limits.bounceBytes()));
+        }
+        Request r = syncRequest;
+        r.chain = chain;
+        if (start(r) != DONE) {
+            runSync(r);
+        }
+        return finish(r);
+    }
+
+    /**
+     * Reads and checks the request in {@code r.chain}. Requests without data I/O (GET_ID, DISCARD, WRITE_ZEROES,
+     * bad ones) are executed here; for IN and OUT the guest buffers are added to {@code r.io}.
+     *
+     * @return {@link #DONE} (only {@link #finish} is left), or {@link #READ}/{@link #WRITE}/{@link #FLUSH}
+     */
+    int start(Request r) throws UnanswerableRequest {
+        DescriptorChain chain = r.chain;
         long writable = chain.writableBytes();
         if (writable < 1) {
             throw new UnanswerableRequest("request " + chain.id() + " has no device-writable byte for its status");
         }
-        lastError = null;
-        byte st;
-        long dataWritten = 0;
+        r.writable = writable;
+        r.error = null;
+        r.dataWritten = 0;
+        r.status = S_OK;
+        r.kind = DONE;
         if (chain.readableBytes() < HEADER_BYTES || chain.copyFromReadable(0, header) != HEADER_BYTES) {
-            st = fail("request header is " + chain.readableBytes() + " bytes, needs " + HEADER_BYTES);
-        } else {
-            int type = header.get(LE32, 0);
-            long sector = header.get(LE64, 8);
-            try {
-                switch (type) {
-                    case T_IN -> {
-                        dataWritten = writable - 1;
-                        st = read(chain, sector, dataWritten);
-                        if (st != S_OK) {
-                            dataWritten = 0;
-                        }
-                    }
-                    case T_OUT -> st = write(chain, sector);
-                    case T_FLUSH -> st = flush();
-                    case T_GET_ID -> {
-                        dataWritten = Math.min(ID_BYTES, writable - 1);
-                        chain.copyToWritable(0, MemorySegment.ofArray(serial).asSlice(0, dataWritten));
-                        st = S_OK;
-                    }
-                    case T_DISCARD, T_WRITE_ZEROES -> st = discardOrZero(chain, type == T_WRITE_ZEROES);
-                    default -> {
-                        st = S_UNSUPP;
-                        lastError = "unsupported request type " + Integer.toUnsignedString(type);
-                    }
-                }
-            } catch (IOException e) {
-                stats.ioErrors.increment();
-                st = fail("I/O error: " + e.getMessage());
-                dataWritten = 0;
-            }
+            fail(r, "request header is " + chain.readableBytes() + " bytes, needs " + HEADER_BYTES);
+            return DONE;
         }
-        status.set(ValueLayout.JAVA_BYTE, 0, st);
-        chain.copyToWritable(writable - 1, status);
-        return dataWritten + 1;
+        int type = header.get(LE32, 0);
+        long sector = header.get(LE64, 8);
+        try {
+            switch (type) {
+                case T_IN -> startRead(r, sector, writable - 1);
+                case T_OUT -> startWrite(r, sector);
+                case T_FLUSH -> r.kind = FLUSH;
+                case T_GET_ID -> {
+                    r.dataWritten = Math.min(ID_BYTES, writable - 1);
+                    chain.copyToWritable(0, MemorySegment.ofArray(serial).asSlice(0, r.dataWritten));
+                }
+                case T_DISCARD, T_WRITE_ZEROES -> discardOrZero(r, type == T_WRITE_ZEROES);
+                default -> {
+                    r.status = S_UNSUPP;
+                    r.error = "unsupported request type " + Integer.toUnsignedString(type);
+                }
+            }
+        } catch (IOException e) {
+            ioError(r, e);
+        }
+        return r.kind;
     }
 
-    private byte read(DescriptorChain chain, long sector, long len) throws IOException {
-        byte st = checkData(sector, len, "read");
-        if (st != S_OK) {
-            return st;
+    /**
+     * Queues a started read, write or flush on {@code ring} with the request's slot as user data. Returns false
+     * when the request ran synchronously instead (O_DIRECT with unaligned guest buffers, nothing to transfer, a
+     * flush of a read-only disk): then only {@link #finish} is left.
+     */
+    boolean submit(Request r, IoUring ring) {
+        try {
+            boolean queued = switch (r.kind) {
+                case READ -> r.io.submitRead(ring, r.offset, r.slot);
+                case WRITE -> r.io.submitWrite(ring, r.offset, r.slot);
+                case FLUSH -> {
+                    if (!image.readOnly()) {
+                        image.submitFlush(ring, r.slot);
+                        yield true;
+                    }
+                    yield false;
+                }
+                default -> throw new IllegalStateException("request kind " + r.kind + " has no I/O to submit");
+            };
+            if (queued) {
+                return true;
+            }
+        } catch (IOException e) {
+            ioError(r, e);
+            return false;
         }
+        runSync(r);
+        return false;
+    }
+
+    /** Executes a started read, write or flush synchronously. */
+    void runSync(Request r) {
+        try {
+            switch (r.kind) {
+                case READ -> r.io.read(r.offset);
+                case WRITE -> r.io.write(r.offset);
+                case FLUSH -> {
+                    if (!image.readOnly()) {
+                        image.flush();
+                    }
+                }
+                default -> throw new IllegalStateException("request kind " + r.kind + " has no I/O to run");
+            }
+            succeeded(r);
+        } catch (IOException e) {
+            ioError(r, e);
+        }
+    }
+
+    /** Takes the completion result of a request queued by {@link #submit}. */
+    void completed(Request r, int result) {
+        try {
+            switch (r.kind) {
+                case READ -> r.io.completed(false, r.offset, result);
+                case WRITE -> r.io.completed(true, r.offset, result);
+                case FLUSH -> image.flushCompleted(result);
+                default -> throw new IllegalStateException("request kind " + r.kind + " was not submitted");
+            }
+            succeeded(r);
+        } catch (IOException e) {
+            ioError(r, e);
+        }
+    }
+
+    /**
+     * Writes the status byte and forgets the request's guest buffers.
+     *
+     * @return bytes written into the chain's writable buffers (data + status), for the used ring
+     */
+    long finish(Request r) {
+        long data = r.status == S_OK ? r.dataWritten : 0;
+        status.set(ValueLayout.JAVA_BYTE, 0, r.status);
+        r.chain.copyToWritable(r.writable - 1, status);
+        r.io.clear();
+        return data + 1;
+    }
+
+    private void succeeded(Request r) {
+        switch (r.kind) {
+            case READ -> {
+                stats.reads.increment();
+                stats.bytesRead.add(r.dataWritten);
+            }
+            case WRITE -> {
+                stats.writes.increment();
+                stats.bytesWritten.add(r.io.bytes());
+            }
+            case FLUSH -> stats.flushes.increment();
+            default -> {
+            }
+        }
+    }
+
+    private void startRead(Request r, long sector, long len) {
+        if (!checkData(r, sector, len, "read")) {
+            return;
+        }
+        RawImage.IoContext io = r.io;
         io.clear();
+        DescriptorChain chain = r.chain;
         long left = len;
         for (int i = chain.readableCount(); i < chain.count() && left > 0; i++) {
             MemorySegment s = chain.segment(i);
             long n = Math.min(left, s.byteSize());
             if (!io.add(n == s.byteSize() ? s : s.asSlice(0, n))) {
-                return fail("read has more than " + limits.segMax() + " segments");
+                fail(r, "read has more than " + limits.segMax() + " segments");
+                return;
             }
             left -= n;
         }
-        io.read(sector << SECTOR_SHIFT);
-        stats.reads.increment();
-        stats.bytesRead.add(len);
-        return S_OK;
+        r.offset = sector << SECTOR_SHIFT;
+        r.dataWritten = len;
+        r.kind = READ;
     }
 
-    private byte write(DescriptorChain chain, long sector) throws IOException {
+    private void startWrite(Request r, long sector) {
         if (image.readOnly()) {
-            return fail("write to a read-only disk");
+            fail(r, "write to a read-only disk");
+            return;
         }
+        DescriptorChain chain = r.chain;
         long len = chain.readableBytes() - HEADER_BYTES;
-        byte st = checkData(sector, len, "write");
-        if (st != S_OK) {
-            return st;
+        if (!checkData(r, sector, len, "write")) {
+            return;
         }
+        RawImage.IoContext io = r.io;
         io.clear();
         long skip = HEADER_BYTES; // the header may share a buffer with data (the spec allows any framing)
         for (int i = 0; i < chain.readableCount(); i++) {
@@ -147,35 +290,30 @@ final class BlkQueueHandler implements AutoCloseable {
                 continue;
             }
             if (!io.add(skip == 0 ? s : s.asSlice(skip))) {
-                return fail("write has more than " + limits.segMax() + " segments");
+                fail(r, "write has more than " + limits.segMax() + " segments");
+                return;
             }
             skip = 0;
         }
-        io.write(sector << SECTOR_SHIFT);
-        stats.writes.increment();
-        stats.bytesWritten.add(len);
-        return S_OK;
+        r.offset = sector << SECTOR_SHIFT;
+        r.kind = WRITE;
     }
 
-    private byte flush() throws LinuxException {
-        if (!image.readOnly()) {
-            image.flush();
-        }
-        stats.flushes.increment();
-        return S_OK;
-    }
-
-    private byte discardOrZero(DescriptorChain chain, boolean zeroes) throws IOException {
+    private void discardOrZero(Request r, boolean zeroes) throws IOException {
         if (image.readOnly()) {
-            return fail((zeroes ? "write-zeroes" : "discard") + " on a read-only disk");
+            fail(r, (zeroes ? "write-zeroes" : "discard") + " on a read-only disk");
+            return;
         }
+        DescriptorChain chain = r.chain;
         long len = chain.readableBytes() - HEADER_BYTES;
         if (len <= 0 || len % DISCARD_SEGMENT_BYTES != 0) {
-            return fail("discard/write-zeroes payload of " + len + " bytes is not a whole number of 16-byte segments");
+            fail(r, "discard/write-zeroes payload of " + len + " bytes is not a whole number of 16-byte segments");
+            return;
         }
         long segments = len / DISCARD_SEGMENT_BYTES;
         if (segments > limits.maxDiscardSegments()) {
-            return fail(segments + " discard/write-zeroes segments, limit " + limits.maxDiscardSegments());
+            fail(r, segments + " discard/write-zeroes segments, limit " + limits.maxDiscardSegments());
+            return;
         }
         // Validate every segment before touching the image: a request is all or nothing where we can make it so.
         for (int pass = 0; pass < 2; pass++) {
@@ -186,15 +324,16 @@ final class BlkQueueHandler implements AutoCloseable {
                 int flags = discardSegment.get(LE32, 12);
                 int allowed = zeroes ? WRITE_ZEROES_FLAG_UNMAP : 0;
                 if ((flags & ~allowed) != 0) {
-                    lastError = "discard/write-zeroes segment flags 0x" + Integer.toHexString(flags) + " not supported";
-                    return S_UNSUPP;
+                    r.status = S_UNSUPP;
+                    r.error = "discard/write-zeroes segment flags 0x" + Integer.toHexString(flags) + " not supported";
+                    return;
                 }
                 if (sectors > limits.maxDiscardSectors()) {
-                    return fail(sectors + " sectors in one discard/write-zeroes segment, limit " + limits.maxDiscardSectors());
+                    fail(r, sectors + " sectors in one discard/write-zeroes segment, limit " + limits.maxDiscardSectors());
+                    return;
                 }
-                byte st = checkData(sector, sectors << SECTOR_SHIFT, zeroes ? "write-zeroes" : "discard");
-                if (st != S_OK) {
-                    return st;
+                if (!checkData(r, sector, sectors << SECTOR_SHIFT, zeroes ? "write-zeroes" : "discard")) {
+                    return;
                 }
                 if (pass == 1) {
                     long off = sector << SECTOR_SHIFT;
@@ -208,36 +347,46 @@ final class BlkQueueHandler implements AutoCloseable {
             }
         }
         stats.discards.increment();
-        return S_OK;
     }
 
     /** Checks a data range: whole sectors, inside the image, aligned to the advertised block size. */
-    private byte checkData(long sector, long len, String what) {
+    private boolean checkData(Request r, long sector, long len, String what) {
         long capacitySectors = image.size() >>> SECTOR_SHIFT;
         if (len < 0 || (len & 511) != 0) {
-            return fail(what + " of " + len + " bytes is not a multiple of 512");
+            return fail(r, what + " of " + len + " bytes is not a multiple of 512");
         }
         long sectors = len >>> SECTOR_SHIFT;
         if (Long.compareUnsigned(sector, capacitySectors) > 0 || sectors > capacitySectors - sector) {
-            return fail(what + " of " + sectors + " sectors at sector " + Long.toUnsignedString(sector)
+            return fail(r, what + " of " + sectors + " sectors at sector " + Long.toUnsignedString(sector)
                     + " is beyond the disk's " + capacitySectors + " sectors");
         }
         int blockSectors = image.blockSize() >>> SECTOR_SHIFT;
         if (image.direct() && ((sector | sectors) & (blockSectors - 1)) != 0) {
-            return fail(what + " at sector " + sector + " is not aligned to the " + image.blockSize() + "-byte block size");
+            return fail(r, what + " at sector " + sector + " is not aligned to the " + image.blockSize() + "-byte block size");
         }
-        return S_OK;
+        return true;
     }
 
-    private byte fail(String why) {
-        lastError = why;
+    /** Marks a request invalid: IOERR, no I/O. Returns false for the callers' convenience. */
+    private boolean fail(Request r, String why) {
+        r.error = why;
+        r.status = S_IOERR;
+        r.kind = DONE;
         stats.requestErrors.increment();
-        return S_IOERR;
+        return false;
+    }
+
+    private void ioError(Request r, IOException e) {
+        stats.ioErrors.increment();
+        r.error = "I/O error: " + e.getMessage();
+        r.status = S_IOERR;
     }
 
     @Override
     public void close() {
-        io.close();
+        if (syncRequest != null) {
+            syncRequest.io.close();
+        }
         arena.close();
     }
 }

@@ -93,7 +93,6 @@ public final class NvmeController implements AutoCloseable {
     private IdentifyController identity;
     private IdentifyNamespace namespace;
     private long maxTransfer;
-    private boolean ioQueuesCreated;
     private volatile boolean failed;
     private boolean closed;
     private final long[] prp = new long[2];
@@ -123,6 +122,10 @@ public final class NvmeController implements AutoCloseable {
                     device.name(), classCode));
         }
         bar = device.mapRegion(0);
+        if ((bar.read32(NvmeRegs.CSTS) & NvmeRegs.CSTS_CFS) != 0 && device.info().resettable()) {
+            // a controller left in fatal status (by a crashed earlier user) only recovers through a reset
+            device.reset();
+        }
         cap = new NvmeRegs.Capabilities(bar.read64(NvmeRegs.CAP));
         if (!cap.nvmCommandSet()) {
             throw new NvmeException(device.name() + " does not support the NVM command set (CAP.CSS)");
@@ -188,7 +191,6 @@ public final class NvmeController implements AutoCloseable {
             adminCommand("Delete I/O Completion Queue", NvmeRegs.ADMIN_DELETE_CQ, 0, 0, 0, 1, 0, 0);
             throw e;
         }
-        ioQueuesCreated = true;
     }
 
     private static long round(long bytes) {
@@ -319,15 +321,25 @@ public final class NvmeController implements AutoCloseable {
     private int execute(QueuePair q, CompletionWaiter w, String what, int cid, int opcode, int nsid, long prp1,
                         long prp2, int cdw10, int cdw11, int cdw12) throws VfioException {
         q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, 0, 0);
-        awaitCommand(q, w, cid, what);
+        awaitCommand(q, w, cid, what, opcode, cdw10, cdw11, cdw12);
         int status = q.lastStatus[cid];
         if (!NvmeStatus.success(status)) {
-            throw NvmeException.failed(what, status);
+            throw NvmeException.failed(describe(q, what, opcode, cdw10, cdw11, cdw12), status);
         }
         return q.lastDw0[cid];
     }
 
-    private void awaitCommand(QueuePair q, CompletionWaiter w, int cid, String what) throws VfioException {
+    /** "Read LBA 8+8" for I/O commands, the name alone for admin commands; built only for messages. */
+    private String describe(QueuePair q, String what, int opcode, int cdw10, int cdw11, int cdw12) {
+        if (q == io && (opcode == NvmeRegs.NVM_READ || opcode == NvmeRegs.NVM_WRITE)) {
+            long lba = Integer.toUnsignedLong(cdw10) | (long) cdw11 << 32;
+            return what + " LBA " + lba + "+" + ((cdw12 & 0xffff) + 1);
+        }
+        return what;
+    }
+
+    private void awaitCommand(QueuePair q, CompletionWaiter w, int cid, String what, int opcode, int cdw10, int cdw11,
+                              int cdw12) throws VfioException {
         long timeout = options.commandTimeout().toNanos();
         long deadline = System.nanoTime() + timeout;
         while (true) {
@@ -343,7 +355,7 @@ public final class NvmeController implements AutoCloseable {
                 throw new NvmeException(String.format("%s timed out after %d ms on %s (CSTS 0x%x%s, completion by %s)"
                         + " — no completion was posted; if the command or its data pointed outside the DMA mappings, "
                         + "the IOMMU blocked the transfer (dmesg shows a DMAR fault); the controller must be reset",
-                        what, timeout / 1_000_000, q, csts, (csts & NvmeRegs.CSTS_CFS) != 0 ? ", fatal status" : "",
+                        describe(q, what, opcode, cdw10, cdw11, cdw12), timeout / 1_000_000, q, csts, (csts & NvmeRegs.CSTS_CFS) != 0 ? ", fatal status" : "",
                         w));
             }
             w.await(left);
@@ -437,7 +449,7 @@ public final class NvmeController implements AutoCloseable {
 
     private void io(int opcode, String name, long lba, int blocks, DmaBuffer buf) throws VfioException {
         long bytes = checkIo(name, lba, blocks, buf);
-        String what = String.format("%s LBA %d+%d", name, lba, blocks);
+        String what = name; // messages add the LBA range from the command itself, only when they are built
         int cid = allocate(io, what);
         DmaBuffer list = prpLists[cid]; // each command identifier owns one PRP list page
         try {
@@ -503,30 +515,25 @@ public final class NvmeController implements AutoCloseable {
         }
         int cid = allocate(io, "raw I/O");
         io.submit(cid, opcode, namespace.nsid(), prp1, prp2, (int) lba, (int) (lba >>> 32), blocks - 1, 0, 0, 0);
-        awaitCommand(io, ioWaiter, cid, "raw I/O");
+        awaitCommand(io, ioWaiter, cid, "raw I/O", opcode, (int) lba, (int) (lba >>> 32), blocks - 1);
         return io.lastStatus[cid];
     }
 
     // ---- shutdown -----------------------------------------------------------------------------------------------
 
     /**
-     * Deletes the I/O queues, shuts the controller down (CC.SHN, CAP.TO), disables it, turns its interrupts off and
-     * unmaps BAR0. Best effort and idempotent: a controller that stopped answering is still disabled and released.
+     * Shuts the controller down (CC.SHN, waiting up to CAP.TO), disables it (which also deletes its I/O queues), turns
+     * its interrupts off and unmaps BAR0. Best effort and idempotent: a controller that stopped answering is still
+     * disabled and released.
      */
     @Override
     public synchronized void close() {
         if (closed) {
             return;
         }
+        // No Delete I/O Queue commands: disabling the controller deletes every I/O queue, and close() may run on a
+        // shutdown-hook thread while another thread is in the middle of an admin command.
         try {
-            if (ioQueuesCreated && !failed) {
-                try {
-                    adminCommand("Delete I/O Submission Queue", NvmeRegs.ADMIN_DELETE_SQ, 0, 0, 0, 1, 0, 0);
-                    adminCommand("Delete I/O Completion Queue", NvmeRegs.ADMIN_DELETE_CQ, 0, 0, 0, 1, 0, 0);
-                } catch (VfioException | RuntimeException e) {
-                    // disabling the controller below drops the queues anyway
-                }
-            }
             closed = true;
             if (bar != null && cap != null) {
                 try {

@@ -111,8 +111,7 @@ final class QueuePair {
         if (cid < 0 || cid >= inFlight.length || inFlight[cid]) {
             throw new IllegalStateException("command identifier " + cid + " is not allocated or already in flight");
         }
-        MemorySegment slot = sqMem.asSlice(sqTail * Sqe.SIZE, Sqe.SIZE);
-        Sqe.write(slot, opcode, cid, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15);
+        Sqe.write(sqMem, sqTail * Sqe.SIZE, opcode, cid, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15);
         inFlight[cid] = true;
         sqTail = sqTail + 1 == depth ? 0 : sqTail + 1;
         bar.write32(sqDoorbell, sqTail); // volatile store: the entry's plain stores are visible before it

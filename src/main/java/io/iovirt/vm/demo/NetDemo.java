@@ -154,10 +154,10 @@ public final class NetDemo {
                 for i in $(seq 60); do ping -c 1 -W 1 10.77.1.1 >/dev/null 2>&1 && ping -c 1 -W 1 10.77.2.1 >/dev/null 2>&1 && break; done
                 for nic in pv fv; do
                   if [ $nic = pv ]; then peer=10.77.1.1; else peer=10.77.2.1; fi
-                  echo "net-start $nic ping"
+                  echo "net-start $nic ping"; sleep 0.5  # the host samples its counters when it sees the marker
                   ping -A -q -c 300 $peer > /tmp/ping 2>&1
                   echo "net-end $nic ping $(grep round-trip /tmp/ping)"
-                  echo "net-start $nic tcp"
+                  echo "net-start $nic tcp"; sleep 0.5
                   dd if=/dev/zero bs=64k count=%2$d 2>/dev/null | nc $peer 5001
                   echo "net-end $nic tcp"
                 done

@@ -47,10 +47,15 @@ class NvmeLayoutTest {
     @Test
     void aReadCommandEncodesAsTheSpecSays() {
         try (Arena a = Arena.ofConfined()) {
-            MemorySegment slot = a.allocate(64);
-            slot.fill((byte) 0xee); // a reused slot: every byte must be rewritten
+            MemorySegment sq = a.allocate(3 * 64);
+            sq.fill((byte) 0xee); // a reused queue: every byte of the entry must be rewritten, none around it
             long lba = 0x1_2345_6789L;
-            Sqe.write(slot, NvmeRegs.NVM_READ, 0x1234, 1, 0x100000, 0x101000, (int) lba, (int) (lba >>> 32), 7, 0, 0, 0);
+            Sqe.write(sq, 64, NvmeRegs.NVM_READ, 0x1234, 1, 0x100000, 0x101000, (int) lba, (int) (lba >>> 32), 7, 0, 0, 0);
+            MemorySegment slot = sq.asSlice(64, 64);
+            byte[] untouched = new byte[64];
+            java.util.Arrays.fill(untouched, (byte) 0xee);
+            assertArrayEquals(untouched, sq.asSlice(0, 64).toArray(JAVA_BYTE));
+            assertArrayEquals(untouched, sq.asSlice(128, 64).toArray(JAVA_BYTE));
             byte[] expected = HexFormat.of().parseHex(
                     "02003412" + "01000000" + "00000000" + "00000000" + "0000000000000000"
                             + "0000100000000000" + "0010100000000000"

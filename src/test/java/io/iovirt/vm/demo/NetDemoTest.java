@@ -22,8 +22,8 @@ class NetDemoTest {
         for (NetDemo.Result r : results) {
             assertTrue(r.value() > 0 && r.packets() > 0 && r.cpuNanos() > 0, r.toString());
         }
-        // 300 echo requests and 300 replies cross the NIC's port; ARP is static, so little else does
-        assertTrue(results.get(0).packets() >= 600, results.get(0).toString());
+        // 300 echo requests and their replies cross the NIC's port (a loaded host may lose a few to ping's timeout)
+        assertTrue(results.get(0).packets() >= 500, results.get(0).toString());
         // the TCP send moved at least the 16 MiB of payload through the port
         assertTrue(results.get(1).bytes() >= 16L << 20, results.get(1).toString());
         assertTrue(results.get(3).bytes() >= 16L << 20, results.get(3).toString());

@@ -1,0 +1,435 @@
+package io.iovirt.devices.blk;
+
+import static io.iovirt.devices.blk.BlkRequests.*;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import io.iovirt.linux.Epoll;
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.IoUring;
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.memory.MemoryRegion;
+import io.iovirt.storage.RawImage;
+import io.iovirt.virtio.DriverRing;
+import io.iovirt.virtio.SplitDriverRing;
+import io.iovirt.virtio.Virtqueue;
+import java.io.RandomAccessFile;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/**
+ * A queue worker on its own thread, driven like a guest driver would: requests in a real split ring in native guest
+ * memory, kicks and interrupts through eventfds, I/O through a real io_uring to a real file (buffered or O_DIRECT).
+ */
+@Timeout(120)
+class BlkQueueWorkerTest {
+    private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfLong LE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final int QUEUE_SIZE = 128;
+    private static final long RING = 0x1000;
+    private static final long HDR = 0x10000;
+    private static final long STATUS = 0x20000;
+    private static final long DATA = 0x100000; // 4 KiB per request slot, page aligned
+    private static final long DISK = 4 << 20;
+
+    @TempDir
+    Path dir;
+    private Arena arena;
+    private MemorySegment ram;
+    private SplitDriverRing driver;
+    private Virtqueue queue;
+    private Path imagePath;
+    private RawImage image;
+    private BlkQueueWorker worker;
+    private GuestMemoryHolder holder;
+    private EventFd kick;
+    private EventFd call;
+    private Epoll interrupts;
+    private final BlkStats stats = new BlkStats();
+    /** Per head index: the request slot k whose header/data/status areas it uses. */
+    private final Map<Integer, Integer> slotOfHead = new HashMap<>();
+    private int nextSlot;
+
+    private void setUp(boolean direct, boolean async) throws Exception {
+        if (async) {
+            String why = IoUring.unavailableReason();
+            assumeTrue(why == null, why);
+        }
+        arena = Arena.ofShared();
+        ram = arena.allocate(DATA + 4096L * QUEUE_SIZE * 2, 4096);
+        GuestMemory mem = GuestMemory.of(List.of(new MemoryRegion(0, ram.byteSize(), 0x7000_0000L, 0, ram, null)));
+        holder = new GuestMemoryHolder();
+        holder.swap(mem);
+        driver = SplitDriverRing.create(mem, RING, QUEUE_SIZE, true);
+        queue = Virtqueue.create(driver.queueConfig(0, true), holder);
+        imagePath = dir.resolve("disk.raw");
+        byte[] content = new byte[(int) DISK];
+        new Random(5).nextBytes(content);
+        Files.write(imagePath, content);
+        image = RawImage.open(imagePath, false, direct);
+        kick = EventFd.create(true); // non-blocking, as QEMU makes its kick eventfds
+        call = EventFd.create(true);
+        interrupts = Epoll.create(1);
+        interrupts.add(call.fd(), Epoll.EPOLLIN, 0);
+        worker = newWorker(async);
+    }
+
+    private BlkQueueWorker newWorker(boolean async) throws Exception {
+        BlkQueueHandler handler = new BlkQueueHandler(image, BlkLimits.defaults(),
+                "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        BlkQueueWorker w = new BlkQueueWorker("blk test q0", queue, handler, kick, call, null, stats,
+                async ? IoUring.create(BlkQueueWorker.ringEntries(QUEUE_SIZE)) : null);
+        assertEquals(async, w.asynchronous());
+        return w;
+    }
+
+    @AfterEach
+    void tearDown() {
+        if (worker != null) {
+            worker.stop();
+        }
+        for (AutoCloseable c : new AutoCloseable[] {interrupts, kick, call, image}) {
+            try {
+                if (c != null) {
+                    c.close();
+                }
+            } catch (Exception ignored) {
+                // best effort
+            }
+        }
+        if (arena != null) {
+            arena.close();
+        }
+    }
+
+    // ---- a minimal guest driver -------------------------------------------------------------------------------
+
+    /** Makes a request available: header, then {@code buffers} (address, length, device-writable), then status. */
+    private int request(int type, long sector, long[] addrs, int[] lens, boolean write) {
+        int k = nextSlot++;
+        long hdr = HDR + 16L * k;
+        ram.set(LE32, hdr, type);
+        ram.set(LE32, hdr + 4, 0);
+        ram.set(LE64, hdr + 8, sector);
+        ram.set(ValueLayout.JAVA_BYTE, STATUS + k, (byte) 0x7f);
+        int n = addrs.length + 2;
+        long[] a = new long[n];
+        int[] l = new int[n];
+        boolean[] w = new boolean[n];
+        a[0] = hdr;
+        l[0] = 16;
+        for (int i = 0; i < addrs.length; i++) {
+            a[i + 1] = addrs[i];
+            l[i + 1] = lens[i];
+            w[i + 1] = !write;
+        }
+        a[n - 1] = STATUS + k;
+        l[n - 1] = 1;
+        w[n - 1] = true;
+        int head = driver.add(a, l, w, n, DriverRing.NO_INDIRECT);
+        assertTrue(head >= 0, "ring full");
+        slotOfHead.put(head, k);
+        return head;
+    }
+
+    private static long data(int k) {
+        return DATA + 4096L * k;
+    }
+
+    private int read(long sector, int k, int len) {
+        return request(T_IN, sector, new long[] {data(k)}, new int[] {len}, false);
+    }
+
+    private int write(long sector, int k, int len) {
+        return request(T_OUT, sector, new long[] {data(k)}, new int[] {len}, true);
+    }
+
+    private void kick() throws Exception {
+        if (driver.kickNeeded()) {
+            kick.signal();
+        }
+    }
+
+    /** Waits for {@code n} used entries; returns {id, len} in the order the device pushed them. */
+    private List<long[]> awaitUsed(int n) throws Exception {
+        List<long[]> out = new ArrayList<>();
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        while (out.size() < n) {
+            long u;
+            while ((u = driver.pollUsed()) != -1) {
+                out.add(new long[] {DriverRing.usedId(u), DriverRing.usedLen(u)});
+            }
+            if (out.size() >= n) {
+                break;
+            }
+            assertTrue(System.nanoTime() < deadline, "device completed " + out.size() + " of " + n + " requests");
+            driver.enableInterrupts();
+            if (!driver.hasUsed() && interrupts.wait(100) > 0) {
+                call.read();
+            }
+        }
+        return out;
+    }
+
+    private byte status(int head) {
+        return ram.get(ValueLayout.JAVA_BYTE, STATUS + slotOfHead.get(head));
+    }
+
+    private byte[] disk(long offset, int len) throws Exception {
+        try (RandomAccessFile f = new RandomAccessFile(imagePath.toFile(), "r")) {
+            byte[] b = new byte[len];
+            f.seek(offset);
+            f.readFully(b);
+            return b;
+        }
+    }
+
+    private byte[] guest(long addr, int len) {
+        return ram.asSlice(addr, len).toArray(ValueLayout.JAVA_BYTE);
+    }
+
+    // ---- tests ------------------------------------------------------------------------------------------------
+
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void manyReadsAndWritesInFlightCompleteWithTheirOwnData(boolean direct) throws Exception {
+        setUp(direct, true);
+        worker.start();
+        Random rnd = new Random(9);
+        // 32 writes of fresh data to distinct 4 KiB blocks, published together and kicked once.
+        byte[][] written = new byte[32][4096];
+        long[] sector = new long[32];
+        for (int k = 0; k < 32; k++) {
+            rnd.nextBytes(written[k]);
+            MemorySegment.copy(written[k], 0, ram, ValueLayout.JAVA_BYTE, data(k), 4096);
+            sector[k] = 8L * (k * 7 % 1024); // distinct blocks, scattered
+            write(sector[k], k, 4096);
+        }
+        kick();
+        List<long[]> used = awaitUsed(32);
+        for (long[] u : used) {
+            assertEquals(1, u[1], "a write reports only its status byte");
+            assertEquals(S_OK, status((int) u[0]));
+        }
+        for (int k = 0; k < 32; k++) {
+            assertArrayEquals(written[k], disk(sector[k] << 9, 4096), "block of write " + k);
+        }
+        // Read them back into other buffers, 32 at once, half of them split over two buffers (READV).
+        for (int k = 0; k < 32; k++) {
+            int g = 32 + k;
+            ram.asSlice(data(g), 4096).fill((byte) 0);
+            if (k % 2 == 0) {
+                read(sector[k], g, 4096);
+            } else {
+                request(T_IN, sector[k], new long[] {data(g), data(g) + 1024}, new int[] {1024, 3072}, false);
+            }
+        }
+        kick();
+        used = awaitUsed(32);
+        for (long[] u : used) {
+            assertEquals(4097, u[1], "data plus status");
+            assertEquals(S_OK, status((int) u[0]));
+        }
+        for (int k = 0; k < 32; k++) {
+            assertArrayEquals(written[k], guest(data(32 + k), 4096), "read back " + k);
+        }
+        assertEquals(32, stats.reads.sum());
+        assertEquals(32, stats.writes.sum());
+        assertNull(worker.failure());
+    }
+
+    @Test
+    void requestsCompleteOutOfOrder() throws Exception {
+        setUp(true, true);
+        // Published before the worker starts, so its first batch takes all three: the reads go to the kernel after
+        // the batch is popped, while GET_ID needs no I/O and is pushed at once — ahead of the reads before it.
+        int r1 = read(0, 0, 4096);
+        int r2 = read(8, 1, 4096);
+        int id = request(T_GET_ID, 0, new long[] {data(2)}, new int[] {20}, false);
+        worker.start();
+        kick();
+        List<long[]> used = awaitUsed(3);
+        assertEquals(id, used.get(0)[0], "GET_ID overtakes the reads made available before it");
+        assertEquals(21, used.get(0)[1]);
+        assertEquals("worker-test", new String(guest(data(2), 11), StandardCharsets.US_ASCII));
+        assertTrue(List.of((long) r1, (long) r2).containsAll(List.of(used.get(1)[0], used.get(2)[0])));
+        assertArrayEquals(disk(0, 4096), guest(data(0), 4096));
+        assertArrayEquals(disk(4096, 4096), guest(data(1), 4096));
+    }
+
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void flushCompletesAfterTheWritesItCovers(boolean direct) throws Exception {
+        setUp(direct, true);
+        worker.start();
+        byte[] pattern = new byte[4096];
+        Arrays.fill(pattern, (byte) 0x3c);
+        MemorySegment.copy(pattern, 0, ram, ValueLayout.JAVA_BYTE, data(0), 4096);
+        int w = write(64, 0, 4096);
+        kick();
+        assertEquals(w, awaitUsed(1).get(0)[0]);
+        // The write is used: a flush submitted now must cover it (VIRTIO 1.2 §5.2.6.1). It goes to the kernel as an
+        // fdatasync through the ring, together with a write it does not cover and need not wait for.
+        int w2 = write(128, 1, 4096);
+        int f = request(T_FLUSH, 0, new long[0], new int[0], true);
+        kick();
+        List<long[]> used = awaitUsed(2);
+        assertTrue(List.of((long) w2, (long) f).containsAll(List.of(used.get(0)[0], used.get(1)[0])));
+        assertEquals(S_OK, status(f));
+        assertEquals(S_OK, status(w2));
+        assertEquals(1, stats.flushes.sum());
+        assertArrayEquals(pattern, disk(64 << 9, 4096));
+    }
+
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void stopWaitsForRequestsInFlightAndLeavesAFinalRingPosition(boolean async) throws Exception {
+        setUp(true, async);
+        byte[][] written = new byte[40][4096];
+        Random rnd = new Random(3);
+        for (int k = 0; k < 40; k++) {
+            rnd.nextBytes(written[k]);
+            MemorySegment.copy(written[k], 0, ram, ValueLayout.JAVA_BYTE, data(k), 4096);
+            write(8L * k, k, 4096);
+        }
+        worker.start(); // its first batch pops all 40 and submits them; stop comes right behind
+        worker.stop();
+        int base = worker.vringBase();
+        worker = null;
+        assertEquals(40, base, "every request popped");
+        assertEquals(0, queue.inFlight(), "and pushed before stop returned");
+        List<long[]> used = new ArrayList<>();
+        long u;
+        while ((u = driver.pollUsed()) != -1) {
+            used.add(new long[] {DriverRing.usedId(u), DriverRing.usedLen(u)});
+        }
+        assertEquals(40, used.size());
+        for (long[] e : used) {
+            assertEquals(S_OK, status((int) e[0]));
+        }
+        for (int k = 0; k < 40; k++) {
+            assertArrayEquals(written[k], disk(4096L * k, 4096), "write " + k + " reached the image before stop returned");
+        }
+    }
+
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void badRequestsGetAnErrorStatusNextToGoodOnes(boolean direct) throws Exception {
+        setUp(direct, true);
+        worker.start();
+        int good = read(16, 0, 4096);
+        int past = read(DISK / 512, 1, 512); // first sector past the end
+        int huge = read(-1L, 2, 512); // sector 2^64-1
+        int odd = write(0, 3, 100); // not a whole sector
+        int type = request(0x7777, 0, new long[0], new int[0], true);
+        int getId = request(T_GET_ID, 0, new long[] {data(5)}, new int[] {20}, false);
+        int good2 = write(24, 6, 4096);
+        kick();
+        List<long[]> used = awaitUsed(7);
+        Map<Long, Long> len = new HashMap<>();
+        for (long[] u : used) {
+            len.put(u[0], u[1]);
+        }
+        assertEquals(S_OK, status(good));
+        assertEquals(4097, len.get((long) good));
+        assertEquals(S_IOERR, status(past));
+        assertEquals(1, len.get((long) past), "a failed read reports no data");
+        assertEquals(S_IOERR, status(huge));
+        assertEquals(S_IOERR, status(odd));
+        assertEquals(S_UNSUPP, status(type));
+        assertEquals(S_OK, status(getId));
+        assertEquals(S_OK, status(good2));
+        assertEquals(3, stats.requestErrors.sum());
+        assertNull(worker.failure(), "bad requests do not fail the queue");
+    }
+
+    @Test
+    void unalignedGuestBuffersInDirectModeAreBouncedNextToAsynchronousRequests() throws Exception {
+        setUp(true, true);
+        worker.start();
+        byte[] pattern = new byte[4096];
+        new Random(1).nextBytes(pattern);
+        // A write from a buffer at an odd address: O_DIRECT cannot take it, the bounce path does.
+        MemorySegment.copy(pattern, 0, ram, ValueLayout.JAVA_BYTE, data(0) + 1, 4096);
+        int w = request(T_OUT, 40, new long[] {data(0) + 1}, new int[] {4096}, true);
+        int r = read(48, 2, 4096); // an aligned one in the same batch goes through the ring
+        kick();
+        awaitUsed(2);
+        assertEquals(S_OK, status(w));
+        assertEquals(S_OK, status(r));
+        assertArrayEquals(pattern, disk(40 << 9, 4096));
+        assertArrayEquals(disk(48 << 9, 4096), guest(data(2), 4096));
+        int back = request(T_IN, 40, new long[] {data(4) + 3}, new int[] {4096}, false);
+        kick();
+        awaitUsed(1);
+        assertEquals(S_OK, status(back));
+        assertArrayEquals(pattern, guest(data(4) + 3, 4096));
+    }
+
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void aSuccessorWorkerTakesOverWhereTheStoppedOneLeftOff(boolean async) throws Exception {
+        setUp(true, true);
+        worker.start();
+        int first = read(0, 0, 4096);
+        kick();
+        assertEquals(first, awaitUsed(1).get(0)[0]);
+        // What BlkDevice does when the memory table changes: stop (drained), then a new queue object from the ring
+        // position and a new worker on the same kick eventfd; here alternately synchronous and through io_uring.
+        worker.stop();
+        int base = worker.vringBase();
+        queue = Virtqueue.create(driver.queueConfig(0, true).withVringBase(base), holder);
+        worker = newWorker(async);
+        worker.start();
+        for (int i = 0; i < 20; i++) { // one request per kick: each kick must reach the new worker
+            int h = read(8L * i, 1 + i % 8, 4096);
+            kick();
+            List<long[]> used = awaitUsed(1);
+            assertEquals(h, used.get(0)[0]);
+            assertEquals(S_OK, status(h));
+            assertArrayEquals(disk(4096L * i, 4096), guest(data(1 + i % 8), 4096));
+        }
+        assertNull(worker.failure());
+    }
+
+    @Test
+    void aCorruptRingFailsTheQueueAfterItsIoInFlightIsDone() throws Exception {
+        setUp(true, true);
+        worker.start();
+        int ok = read(0, 0, 4096);
+        kick();
+        awaitUsed(1);
+        assertEquals(S_OK, status(ok));
+        // A request whose buffer lies outside guest memory breaks the ring: the queue fails, the process goes on.
+        request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
+        kick();
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        while (worker.failure() == null) {
+            assertTrue(System.nanoTime() < deadline, "queue did not fail");
+            Thread.sleep(10);
+        }
+        assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
+        assertEquals(1, stats.queueFailures.sum());
+    }
+}
