@@ -42,17 +42,26 @@ public final class QemuTools {
 
     /** qemu-io on an image with the given commands (-c each). */
     public static Result qemuIo(Path image, String format, String... commands) throws IOException, InterruptedException {
+        return qemuIo(image.toString(), format, commands);
+    }
+
+    /** qemu-io on an image file or an NBD URI. */
+    public static Result qemuIo(String image, String format, String... commands) throws IOException, InterruptedException {
         List<String> cmd = new ArrayList<>(List.of("qemu-io", "-f", format));
         for (String c : commands) {
             cmd.add("-c");
             cmd.add(c);
         }
-        cmd.add(image.toString());
+        cmd.add(image);
         return run(cmd.toArray(String[]::new));
     }
 
     /** qemu-io that must succeed and whose pattern checks must all match ("Pattern verification failed" absent). */
     public static String qemuIoOk(Path image, String format, String... commands) throws IOException, InterruptedException {
+        return qemuIoOk(image.toString(), format, commands);
+    }
+
+    public static String qemuIoOk(String image, String format, String... commands) throws IOException, InterruptedException {
         Result r = qemuIo(image, format, commands);
         assertEquals(0, r.exit(), r.output());
         if (r.output().contains("Pattern verification failed") || r.output().contains("failed:")) {
