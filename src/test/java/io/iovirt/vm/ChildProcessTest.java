@@ -63,6 +63,40 @@ class ChildProcessTest {
         }
     }
 
+    /**
+     * A child that dies from SIGSEGV in its directory: the report names the signal and carries gdb's backtrace of
+     * the core (or, on a host whose core_pattern pipes cores elsewhere, says where they went). The core is removed.
+     */
+    @Test
+    void aChildKilledBySigsegvComesWithItsBacktrace() throws Exception {
+        Path cwd = java.nio.file.Files.createDirectories(dir.resolve("crash"));
+        try (ChildProcess p = ChildProcess.builder("sh", "-c", "echo started; kill -SEGV $$")
+                .log(dir.resolve("crash.log")).directory(cwd).start()) {
+            assertTrue(p.waitFor(Duration.ofSeconds(30)));
+            assertEquals(128 + 11, p.exitValue());
+            String report = p.crashReport();
+            assertTrue(report.startsWith("sh (pid " + p.pid() + ") was killed by SIGSEGV"), report);
+            if (CoreDump.corePattern().startsWith("|")) {
+                assertTrue(report.contains("no core dump found") && report.contains("core_pattern: |"), report);
+            } else {
+                assertTrue(report.contains("; backtrace from " + cwd), report);
+                assertTrue(report.contains("#0 "), "gdb printed no frame: " + report);
+                try (var files = java.nio.file.Files.list(cwd)) {
+                    assertEquals(0, files.count(), "the core is deleted after the backtrace");
+                }
+            }
+            assertEquals(report, p.crashReport(), "read once, reported the same every time");
+        }
+    }
+
+    @Test
+    void aNormalExitHasNoCrashReport() {
+        try (ChildProcess p = ChildProcess.builder("sh", "-c", "exit 0").log(dir.resolve("ok.log")).directory(dir).start()) {
+            assertTrue(p.waitFor(Duration.ofSeconds(30)));
+            assertEquals("", p.crashReport());
+        }
+    }
+
     @Test
     void missingProgramSaysWhatToDo() {
         UncheckedIOException e = assertThrows(UncheckedIOException.class,
