@@ -1,5 +1,6 @@
 package io.iovirt.vm;
 
+import io.iovirt.testing.Await;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -52,10 +53,7 @@ class ChildProcessTest {
     void stopSendsSigtermFirst() {
         try (ChildProcess p = ChildProcess.builder("sh", "-c", "trap 'echo got-term; exit 0' TERM; "
                 + "echo ready; while :; do sleep 0.1; done").log(dir.resolve("t.log")).start()) {
-            long deadline = System.nanoTime() + Duration.ofSeconds(30).toNanos();
-            while (!p.log().contains("ready") && System.nanoTime() < deadline) {
-                Thread.onSpinWait();
-            }
+            Await.until(Duration.ofSeconds(30), "the shell's trap is set", () -> p.log().contains("ready"));
             p.stop(Duration.ofSeconds(20));
             assertFalse(p.isAlive());
             assertEquals(0, p.exitValue());
@@ -104,15 +102,10 @@ class ChildProcessTest {
         assertTrue(e.getMessage().contains("install-deps.sh"), e.getMessage());
     }
 
-    private static List<ProcessHandle> awaitChildren(ChildProcess p, int n) throws InterruptedException {
-        long deadline = System.nanoTime() + Duration.ofSeconds(30).toNanos();
-        while (System.nanoTime() < deadline) {
+    private static List<ProcessHandle> awaitChildren(ChildProcess p, int n) {
+        return Await.value(Duration.ofSeconds(30), "the shell starts " + n + " children", () -> {
             List<ProcessHandle> kids = ProcessHandle.of(p.pid()).orElseThrow().children().toList();
-            if (kids.size() >= n) {
-                return kids;
-            }
-            Thread.sleep(10);
-        }
-        throw new AssertionError("the shell did not start its children");
+            return kids.size() >= n ? java.util.Optional.of(kids) : java.util.Optional.empty();
+        });
     }
 }
