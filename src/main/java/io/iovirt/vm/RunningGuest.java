@@ -159,8 +159,10 @@ public final class RunningGuest implements AutoCloseable {
     }
 
     private GuestException failure(String what) {
+        String crash = qemu.crashReport();
         return new GuestException(name + ": " + what + "\n--- console (last lines) ---\n"
                 + ChildProcess.tail(console(), 25) + "\n--- qemu log ---\n" + qemu.logTail(10)
+                + (crash.isEmpty() ? "" : "\n--- crash ---\n" + crash)
                 + "\n--- directory: " + dir);
     }
 

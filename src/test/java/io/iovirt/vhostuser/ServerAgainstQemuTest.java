@@ -1,9 +1,9 @@
 package io.iovirt.vhostuser;
 
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.memory.GuestMemory;
 import java.nio.file.Path;
@@ -44,7 +44,7 @@ class ServerAgainstQemuTest {
 
     @Test
     void qemuNegotiatesStartsTheQueueAndReconnects() throws Exception {
-        assumeTrue(ChildProcess.installed("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
+        Require.that(ChildProcess.installed("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
         Path sock = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(1);
         List<String> messages = new ArrayList<>();
