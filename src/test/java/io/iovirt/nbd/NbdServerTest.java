@@ -30,6 +30,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /** iovirt's NBD server against QEMU's NBD client (qemu-io, qemu-img) and against hand-made hostile clients. */
+@org.junit.jupiter.api.Tag("peer") // qemu-img / qemu-io / an iovirt server process: Failsafe
 class NbdServerTest {
     static final int MIB = 1 << 20;
 

@@ -22,6 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
  * SIGKILL of the backend at random points while a client writes: {@code qemu-img check} must never find corruption
  * (leaked clusters are allowed), and data the client flushed before the kill must be there afterwards.
  */
+@org.junit.jupiter.api.Tag("peer") // qemu-img / qemu-io / an iovirt server process: Failsafe
 class Qcow2CrashTest {
     static final int MIB = 1 << 20;
 

@@ -33,6 +33,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
 /** iovirt's qcow2 against images made, read and checked by qemu-img and qemu-io. */
+@org.junit.jupiter.api.Tag("peer") // qemu-img / qemu-io / an iovirt server process: Failsafe
 class Qcow2ImageTest {
     static final int MIB = 1 << 20;
 

@@ -23,6 +23,7 @@ import net.jqwik.api.Provide;
  * boundaries and evicts from a tiny metadata cache. After each sequence the image must read exactly like the model
  * through iovirt, through {@code qemu-img compare}, and pass {@code qemu-img check}.
  */
+@net.jqwik.api.Tag("peer") // qemu-img create/check/compare: Failsafe
 class Qcow2ModelPropertiesTest {
     static final int SIZE = 4 << 20;
 
