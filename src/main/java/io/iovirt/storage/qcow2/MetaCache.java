@@ -23,6 +23,8 @@ final class MetaCache {
         final long offset;
         final MemorySegment data;
         volatile boolean referenced = true;
+        /** For an L2 table: the L1 index whose lookup slot points here, or -1. */
+        volatile int slot = -1;
         /** Dirty byte range [dirtyLo, dirtyHi), written at the next metadata flush; lo >= hi when clean. */
         int dirtyLo = Integer.MAX_VALUE;
         int dirtyHi;
@@ -58,11 +60,16 @@ final class MetaCache {
 
     private final ConcurrentHashMap<Long, Table> tables = new ConcurrentHashMap<>();
     private final int capacity;
+    private final java.util.function.Consumer<Table> evicted;
     private Iterator<Table> hand;
 
-    /** @param capacity tables kept (at least 2) */
-    MetaCache(int capacity) {
+    /**
+     * @param capacity tables kept (at least 2)
+     * @param evicted  told of each table dropped (the image clears its index of it)
+     */
+    MetaCache(int capacity, java.util.function.Consumer<Table> evicted) {
         this.capacity = Math.max(2, capacity);
+        this.evicted = evicted;
     }
 
     int capacity() {
@@ -119,14 +126,10 @@ final class MetaCache {
                 continue;
             }
             tables.remove(t.offset, t); // a reader still holding t keeps reading consistent (clean) entries
+            evicted.accept(t);
             return true;
         }
         return false;
-    }
-
-    /** Removes {@code offset} from the cache (a table freed by the image). */
-    void remove(long offset) {
-        tables.remove(offset);
     }
 
     Iterable<Table> all() {

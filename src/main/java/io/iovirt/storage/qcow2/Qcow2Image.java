@@ -86,6 +86,11 @@ public final class Qcow2Image implements DiskImage {
 
     private final ReentrantLock meta = new ReentrantLock();
     private final MetaCache l2Cache;
+    /**
+     * The cached L2 table of each L1 entry: the lock-free lookup of the data path (an array index, no boxing or
+     * hashing per request). Set when a table is cached, cleared when it is evicted.
+     */
+    private final java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
     private final MetaCache refCache;
     private final Arena arena = Arena.ofShared();
     /** Native staging for metadata I/O and the copy-on-write cluster; used under the metadata lock only. */
@@ -127,8 +132,9 @@ public final class Qcow2Image implements DiskImage {
         this.refBlockEntries = clusterSize * 8 >> refcountOrder;
         this.maxRefcount = refcountOrder == 6 ? Long.MAX_VALUE : (1L << (1 << refcountOrder)) - 1;
         this.compressedX = 62 - (clusterBits - 8);
-        this.l2Cache = new MetaCache((int) Math.max(4, l2CacheBytes / clusterSize));
-        this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize));
+        this.l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
+        this.l2Cache = new MetaCache((int) Math.max(4, l2CacheBytes / clusterSize), this::l2Evicted);
+        this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> { });
         long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
         this.staging = arena.allocate(Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
         this.cowBuffer = arena.allocate(clusterSize, 4096);
@@ -327,16 +333,27 @@ public final class Qcow2Image implements DiskImage {
         if (l2Offset == 0) {
             return 0;
         }
-        MetaCache.Table t = l2Cache.get(l2Offset);
-        if (t == null) {
+        MetaCache.Table t = l2ByL1.get(l1i);
+        if (t == null || t.offset != l2Offset) {
             meta.lock();
             try {
                 t = l2Table(l2Offset);
+                t.slot = l1i;
+                l2ByL1.set(l1i, t);
             } finally {
                 meta.unlock();
             }
+        } else if (!t.referenced) {
+            t.referenced = true;
         }
         return t.entry(l2Index(guestOffset));
+    }
+
+    /** Called by the L2 cache (metadata lock held) when it drops a table. */
+    private void l2Evicted(MetaCache.Table t) {
+        if (t.slot >= 0) {
+            l2ByL1.compareAndSet(t.slot, t, null);
+        }
     }
 
     private int l2Index(long guestOffset) {
@@ -565,6 +582,8 @@ public final class Qcow2Image implements DiskImage {
         makeRoom(l2Cache);
         MetaCache.Table t = l2Cache.put(newOff, MetaCache.allocate(clusterSize));
         t.markDirty(0, (int) clusterSize); // written whole at the next flush, before the L1 entry
+        t.slot = l1i;
+        l2ByL1.set(l1i, t);
         l1.set(l1i, newOff | OFLAG_COPIED);
         l1DirtyLo = Math.min(l1DirtyLo, l1i);
         l1DirtyHi = Math.max(l1DirtyHi, l1i + 1);
