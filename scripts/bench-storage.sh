@@ -78,7 +78,7 @@ start_nbd() { # iovirt|qemu-nbd
   if [ "$1" = iovirt ]; then
     taskset -c "$BACKEND_CPU" "$ROOT/iovirt" serve nbd --image "$IMG" --socket "$DIR/nbd.sock" --name bench > "$DIR/iovirt-nbd.log" 2>&1 &
   else
-    taskset -c "$BACKEND_CPU" qemu-nbd -f qcow2 --cache=writeback -k "$DIR/nbd.sock" -x bench --shared=4 "$IMG" > "$DIR/qemu-nbd.log" 2>&1 &
+    taskset -c "$BACKEND_CPU" qemu-nbd -t -f qcow2 --cache=writeback -k "$DIR/nbd.sock" -x bench --shared=4 "$IMG" > "$DIR/qemu-nbd.log" 2>&1 &
   fi
   PIDS+=($!)
   wait_socket "$DIR/nbd.sock" "$!" "$([ "$1" = iovirt ] && echo iovirt-nbd || echo qemu-nbd)"

@@ -263,4 +263,18 @@ class Qcow2ImageTest {
         assertTrue(e.getMessage().contains("qemu-img check -r all"), e.getMessage());
         Images.open(img, null, true, false).close(); // read-only is fine
     }
+
+    @Test
+    void anImageIsOpenedForWritingOncePerProcess() throws Exception {
+        Path img = create("once.qcow2", "16M");
+        try (DiskImage a = Images.open(img, null, false, false)) {
+            IOException e = assertThrows(IOException.class, () -> Images.open(dir.resolve(".").resolve("once.qcow2"), null, false, false));
+            assertTrue(e.getMessage().contains("already open for writing"), e.getMessage());
+            Images.open(img, null, true, false).close(); // readers are fine (a shared backing file)
+            write(a, 0, fill(4096, 1));
+        }
+        try (DiskImage again = Images.open(img, null, false, false)) {
+            assertArrayEquals(fill(4096, 1), read(again, 0, 4096));
+        }
+    }
 }
