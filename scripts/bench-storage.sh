@@ -86,7 +86,11 @@ start_nbd() { # iovirt|qemu-nbd
 declare -A R
 for srv in iovirt qemu-nbd; do
   start_nbd "$srv"
-  qemu-img bench -f raw -c 5000 -d 8 -s 4096 "nbd+unix:///bench?socket=$DIR/nbd.sock" > /dev/null # warm-up (JIT)
+  # warm-up (JIT); retried while the socket exists but is not listening yet (bind and listen are two steps)
+  for _ in $(seq 1 100); do
+    qemu-img bench -f raw -c 5000 -d 8 -s 4096 "nbd+unix:///bench?socket=$DIR/nbd.sock" > /dev/null 2>&1 && break
+    sleep 0.2
+  done
   for rw in read write; do
     for qd in 1 32; do
       echo "bench-storage: nbd $srv $rw QD $qd ..." >&2
