@@ -2,10 +2,10 @@ package io.iovirt.cli;
 
 import io.iovirt.vm.demo.DiskDemo;
 import io.iovirt.vm.demo.NetDemo;
-import java.util.List;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Comparator;
+import java.util.List;
 import java.util.concurrent.Callable;
 import java.util.stream.Stream;
 import picocli.CommandLine.Command;
@@ -29,8 +29,6 @@ final class DemoCommand implements Callable<Integer> {
     @Option(names = "--keep", paramLabel = "DIR", description = "Keep images and logs in DIR instead of a temporary directory.")
     Path keep;
 
-    @Option(names = "--verbose", description = "Print stack traces on errors.")
-    boolean verbose;
 
     private static void progress(String line) {
         System.err.println("demo: " + line);

@@ -72,8 +72,6 @@ final class VmCommand {
         @Option(names = "--timeout", defaultValue = "300", paramLabel = "S", description = "Kill the guest after S seconds (default ${DEFAULT-VALUE}).")
         int timeout;
 
-        @Option(names = "--verbose", description = "Print stack traces on errors.")
-        boolean verbose;
 
         static final String DEFAULT_COMMAND = """
                 echo "block devices: $(ls /sys/block | tr '\\n' ' ')"

@@ -4,6 +4,7 @@ import io.iovirt.host.HostConfigException;
 import io.iovirt.host.HostPaths;
 import io.iovirt.pci.IommuGroups;
 import io.iovirt.pci.SysfsTree;
+import io.iovirt.util.ByteSizes;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.EnumMap;
@@ -332,8 +333,8 @@ public final class HostCheck {
                 try {
                     long soft = Long.parseLong(f[0]);
                     Status s = soft >= memlockNeeded ? Status.PASS : Status.WARN;
-                    add("memlock", s, "locked-memory limit is " + human(soft) + " (VFIO pins all guest RAM; "
-                            + human(memlockNeeded) + " wanted)",
+                    add("memlock", s, "locked-memory limit is " + ByteSizes.human(soft) + " (VFIO pins all guest RAM; "
+                            + ByteSizes.human(memlockNeeded) + " wanted)",
                             "raise it for the VM's process: ulimit -l unlimited, LimitMEMLOCK=infinity (systemd) or memlock in /etc/security/limits.conf; libvirt does this itself",
                             NONE);
                     return;
@@ -400,18 +401,5 @@ public final class HostCheck {
             }
         }
         return out;
-    }
-
-    static String human(long bytes) {
-        if (bytes >= 1L << 30 && bytes % (1L << 30) == 0) {
-            return (bytes >> 30) + " GiB";
-        }
-        if (bytes >= 1L << 20) {
-            return (bytes >> 20) + " MiB";
-        }
-        if (bytes >= 1L << 10) {
-            return (bytes >> 10) + " KiB";
-        }
-        return bytes + " bytes";
     }
 }
