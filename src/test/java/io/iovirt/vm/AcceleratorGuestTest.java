@@ -73,7 +73,7 @@ class AcceleratorGuestTest {
     @Test
     void kvmModeRefusesAnUnusableKvmInOneLine() throws Exception {
         Accelerator.KvmStatus probe = Accelerator.probeSystem();
-        CliResult r = cli(List.of(), "vm", "run", "--accel", "kvm", "--command", "echo guest-ran=yes");
+        CliResult r = cli(List.of(), "vm", "run", "--accel", "kvm", "--command", "echo guest-ran=yes", "accel-kvm");
         if (probe.usable()) {
             assertEquals(0, r.exit, r.output);
             assertTrue(r.output.contains("guest-ran=yes"), r.output);
@@ -93,12 +93,12 @@ class AcceleratorGuestTest {
     @Test
     void withoutDevKvmEverythingAgreesOnTcg() throws Exception {
         Require.program("unshare", "apt-get install util-linux");
-        CliResult run = cli(hideKvm(), "vm", "run", "--command", "echo guest-ran=yes");
+        CliResult run = cli(hideKvm(), "vm", "run", "--command", "echo guest-ran=yes", "accel-nokvm");
         assertEquals(0, run.exit, run.output);
         assertTrue(run.output.contains("accelerator: TCG (KVM unusable: /dev/kvm does not exist"), run.output);
         assertTrue(run.output.contains("guest-ran=yes"), run.output);
 
-        CliResult kvm = cli(hideKvm(), "vm", "run", "--accel", "kvm", "--command", "true");
+        CliResult kvm = cli(hideKvm(), "vm", "run", "--accel", "kvm", "--command", "true", "accel-nokvm-kvm");
         assertEquals(1, kvm.exit, kvm.output);
         assertTrue(kvm.output.contains("iovirt vm run: --accel kvm: KVM cannot run a guest here: /dev/kvm does not exist"),
                 kvm.output);
