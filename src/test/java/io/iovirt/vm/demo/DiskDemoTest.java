@@ -34,6 +34,12 @@ class DiskDemoTest {
         DiskDemo.print(report, new PrintStream(table, true, StandardCharsets.UTF_8));
         String text = table.toString(StandardCharsets.UTF_8);
         assertTrue(text.contains("PV/FV: IOPS"), text);
+        // the header states the accelerator the guest ran under and why (this host's decision, IOVIRT_ACCEL honoured)
+        io.iovirt.vm.Accelerator.Decision accel = io.iovirt.vm.Accelerator.system();
+        assertTrue(text.contains("\n  accelerator: " + accel.kind() + " ("), text);
+        if (!accel.mayFallBack()) {
+            assertTrue(text.contains("  accelerator: " + accel.describe() + "\n"), text);
+        }
         assertTrue(DiskDemo.json(report).startsWith("{\"platform\""));
     }
 }
