@@ -52,9 +52,6 @@ final class ServeNbdCommand implements Callable<Integer> {
             description = "Connections served at once; more are refused in the handshake (default ${DEFAULT-VALUE}).")
     int maxConnections;
 
-    @Option(names = "--verbose", description = "Print stack traces on errors.")
-    boolean verbose;
-
     @Override
     public Integer call() throws Exception {
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
