@@ -101,6 +101,12 @@ public final class Qcow2Image implements DiskImage {
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
     private volatile boolean closed;
+    /**
+     * Sorted cluster indices of every metadata cluster (header, L1 table, refcount table and blocks, L2 tables): a
+     * data write whose L2 entry points into one of them is refused, so a crafted or damaged image cannot make a
+     * guest write overwrite the image's own metadata. Copy-on-write under the metadata lock; read lock-free.
+     */
+    private volatile long[] metadataClusters = new long[0];
     private final ThreadLocal<Scratch> scratch;
 
     /** Per-thread decompression state: the last compressed cluster inflated, by its L2 entry. */
@@ -157,6 +163,66 @@ public final class Qcow2Image implements DiskImage {
         for (int i = 0; i < refTable.length; i++) {
             refTable[i] = buf.get(Qcow2Header.BE64, (long) i * 8) & ~511L;
             checkTableOffset(refTable[i], "refcount table entry " + i);
+        }
+        java.util.TreeSet<Long> meta = new java.util.TreeSet<>();
+        meta.add(0L);
+        addRange(meta, h.l1Offset(), (long) h.l1Size() * 8);
+        addRange(meta, refTableOffset, (long) refTableClusters * clusterSize);
+        for (long r : refTable) {
+            if (r != 0) {
+                meta.add(r >>> clusterBits);
+            }
+        }
+        for (int i = 0; i < l1.length(); i++) {
+            long o = l1.get(i) & OFFSET_MASK;
+            if (o != 0) {
+                meta.add(o >>> clusterBits);
+            }
+        }
+        metadataClusters = meta.stream().mapToLong(Long::longValue).toArray();
+    }
+
+    private void addRange(java.util.Set<Long> set, long offset, long bytes) {
+        for (long c = offset >>> clusterBits; c <= (offset + Math.max(1, bytes) - 1) >>> clusterBits; c++) {
+            set.add(c);
+        }
+    }
+
+    /** Records a new metadata cluster (metadata lock held). */
+    private void addMetadataCluster(long offset) {
+        long c = offset >>> clusterBits;
+        long[] old = metadataClusters;
+        int i = Arrays.binarySearch(old, c);
+        if (i >= 0) {
+            return;
+        }
+        int at = -i - 1;
+        long[] n = new long[old.length + 1];
+        System.arraycopy(old, 0, n, 0, at);
+        n[at] = c;
+        System.arraycopy(old, at, n, at + 1, old.length - at);
+        metadataClusters = n;
+    }
+
+    private boolean overlapsMetadata(long host, long len) {
+        long[] m = metadataClusters;
+        for (long c = host >>> clusterBits; c <= (host + len - 1) >>> clusterBits; c++) {
+            if (Arrays.binarySearch(m, c) >= 0) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Refuses a data write to [host, host+len) when it touches a metadata cluster. */
+    private void checkDataWrite(long guestOffset, long host, long len) throws IOException {
+        long[] m = metadataClusters;
+        for (long c = host >>> clusterBits; c <= (host + len - 1) >>> clusterBits; c++) {
+            if (Arrays.binarySearch(m, c) >= 0) {
+                throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
+                        + " points at metadata cluster " + (c << clusterBits) + "; the write was refused (check the "
+                        + "image with 'qemu-img check " + path + "')");
+            }
         }
     }
 
@@ -515,6 +581,7 @@ public final class Qcow2Image implements DiskImage {
         long in = guestOffset & (clusterSize - 1);
         long h = ownedHost(l2Entry(guestOffset));
         if (h >= 0) {
+            checkDataWrite(guestOffset, h + in, n);
             src.writeTo(fd, srcPos, n, h + in);
             return;
         }
@@ -527,6 +594,7 @@ public final class Qcow2Image implements DiskImage {
             long e = t.entry(idx);
             h = ownedHost(e);
             if (h >= 0) { // another queue allocated it meanwhile
+                checkDataWrite(guestOffset, h + in, n);
                 src.writeTo(fd, srcPos, n, h + in);
                 return;
             }
@@ -548,6 +616,7 @@ public final class Qcow2Image implements DiskImage {
             long target = (e & OFLAG_ZERO) != 0 && (e & OFLAG_COPIED) != 0 && (e & OFFSET_MASK) != 0
                     ? e & OFFSET_MASK // a preallocated zero cluster: write in place
                     : allocateCluster();
+            checkDataWrite(cluster, target, clusterSize);
             FileIo.writeFully(fd, buf, target);
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
@@ -584,6 +653,7 @@ public final class Qcow2Image implements DiskImage {
         t.markDirty(0, (int) clusterSize); // written whole at the next flush, before the L1 entry
         t.slot = l1i;
         l2ByL1.set(l1i, t);
+        addMetadataCluster(newOff);
         l1.set(l1i, newOff | OFLAG_COPIED);
         l1DirtyLo = Math.min(l1DirtyLo, l1i);
         l1DirtyHi = Math.max(l1DirtyHi, l1i + 1);
@@ -812,6 +882,7 @@ public final class Qcow2Image implements DiskImage {
         FileIo.writeFully(fd, s, refTableOffset + bi * 8);
         FileIo.fdatasync(fd);
         refCache.put(off, data);
+        addMetadataCluster(off);
     }
 
     /**
@@ -856,6 +927,18 @@ public final class Qcow2Image implements DiskImage {
         refTableOffset = tableOff;
         refTableClusters = (int) newClusters;
         refCache.put(blockOff, block);
+        addMetadataCluster(blockOff);
+        for (long i = 0; i < newClusters; i++) {
+            addMetadataCluster(tableOff + i * clusterSize);
+        }
+        long[] m = metadataClusters.clone();
+        for (int i = 0; i < oldClusters; i++) {
+            int k = Arrays.binarySearch(m, (oldOff >>> clusterBits) + i);
+            if (k >= 0) {
+                m[k] = -1; // the old table's clusters become free data clusters
+            }
+        }
+        metadataClusters = Arrays.stream(m).filter(c -> c >= 0).toArray();
         for (int i = 0; i < oldClusters; i++) {
             long c = (oldOff >>> clusterBits) + i;
             setRefcount(c, refcount(c) - 1);
@@ -1113,6 +1196,7 @@ public final class Qcow2Image implements DiskImage {
             checkRange(offset, bytes, true);
             long host = contiguousHost(offset, bytes);
             if (host >= 0) {
+                checkDataWrite(offset, host, bytes);
                 raw.write(host);
                 return;
             }
@@ -1154,8 +1238,8 @@ public final class Qcow2Image implements DiskImage {
             } catch (IOException e) {
                 return false;
             }
-            if (host < 0 || !raw.submitWrite(ring, host, userData)) {
-                return false;
+            if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
+                return false; // the synchronous path writes, or reports the damaged entry
             }
             submittedHost = host;
             return true;

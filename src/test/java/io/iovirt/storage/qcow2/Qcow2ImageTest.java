@@ -277,4 +277,27 @@ class Qcow2ImageTest {
             assertArrayEquals(fill(4096, 1), read(again, 0, 4096));
         }
     }
+
+    @Test
+    void aDataWriteIntoMetadataOfACraftedImageIsRefused() throws Exception {
+        Path img = create("evil.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 1 0 64k");
+        long l1Offset;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            l1Offset = f.readLong();
+            f.seek(l1Offset);
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            f.writeLong(Qcow2Image.OFLAG_COPIED | l1Offset); // guest cluster 0 "stored" on the L1 table
+        }
+        byte[] before = Files.readAllBytes(img);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            IOException e = assertThrows(IOException.class, () -> write(q, 0, fill(4096, 0x66)));
+            assertTrue(e.getMessage().contains("points at metadata"), e.getMessage());
+        }
+        assertArrayEquals(java.util.Arrays.copyOfRange(before, (int) l1Offset, (int) l1Offset + 65536),
+                java.util.Arrays.copyOfRange(Files.readAllBytes(img), (int) l1Offset, (int) l1Offset + 65536),
+                "the L1 table was overwritten");
+    }
 }
