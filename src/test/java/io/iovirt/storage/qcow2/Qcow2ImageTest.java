@@ -300,4 +300,18 @@ class Qcow2ImageTest {
                 java.util.Arrays.copyOfRange(Files.readAllBytes(img), (int) l1Offset, (int) l1Offset + 65536),
                 "the L1 table was overwritten");
     }
+
+    @Test
+    void lazyRefcountImagesAreWrittenWithExactRefcountsAndStayClean() throws Exception {
+        Path img = create("lazy.qcow2", "16M", "lazy_refcounts=on");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 5 * MIB, fill(MIB, 0x21)); // iovirt keeps refcounts exact and never sets the dirty bit
+        }
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "r")) {
+            f.seek(72);
+            assertEquals(0, f.readLong() & 1, "dirty bit set");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x21 5M 1M");
+    }
 }
