@@ -337,6 +337,16 @@ final class Syscalls {
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG));
         static final MethodHandle STATX = fn("statx",
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle FSTATFS = fn("fstatfs", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
+    }
+
+    static int fstatfs(int fd, MemorySegment buf) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.FSTATFS.invokeExact(t.capture, fd, buf), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
     }
 
     static int open(MemorySegment path, int flags, int mode) {

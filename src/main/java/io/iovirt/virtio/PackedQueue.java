@@ -154,9 +154,9 @@ public final class PackedQueue extends Virtqueue {
             throw fail(Reason.INDIRECT_NOT_NEGOTIATED, "ring position " + pos
                     + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
         }
-        if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > VirtioRing.maxChain(size)) {
+        if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > maxChain) {
             throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table at ring position " + pos + " is " + len
-                    + " bytes: must be a non-zero multiple of 16 of at most " + VirtioRing.maxChain(size) + " descriptors");
+                    + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
         }
         MemorySegment table;
         try {

@@ -65,7 +65,7 @@ public final class SplitQueue extends Virtqueue {
         this.usedEventOffset = RING + 2L * size;
         this.availEventOffset = RING + 8L * size;
         this.visitedDirect = new int[size];
-        this.visitedIndirect = new int[VirtioRing.maxChain(size)];
+        this.visitedIndirect = new int[maxChain];
         refresh();
         this.lastAvail = config.availIndex();
         this.shadowAvail = lastAvail;
@@ -156,9 +156,9 @@ public final class SplitQueue extends Virtqueue {
                 if ((flags & DESC_F_NEXT) != 0) {
                     throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor " + i + " of head " + head + " also has NEXT set");
                 }
-                if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > VirtioRing.maxChain(size)) {
+                if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > maxChain) {
                     throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table of head " + head + " is " + len
-                            + " bytes: must be a non-zero multiple of 16 of at most " + VirtioRing.maxChain(size) + " descriptors");
+                            + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
                 }
                 try {
                     table = mem.translate(addr, len);
