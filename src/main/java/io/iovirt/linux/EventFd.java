@@ -52,13 +52,14 @@ public final class EventFd implements AutoCloseable {
      * the data path never reads a peer's eventfd (kicks are watched edge-triggered, see {@link #EPOLL_KICK}) and
      * treats a write that would block as the peer's fault ({@link #trySignal}).
      *
-     * @throws LinuxException when it is not an eventfd (EINVAL) or cannot be inspected
+     * @throws NotAnEventFd  when it is something else
+     * @throws LinuxException when it cannot be inspected
      */
     public static EventFd adoptFromPeer(Fd fd, String what) throws LinuxException {
         try {
             String kind = kindOf(fd);
             if (!"anon_inode:[eventfd]".equals(kind)) {
-                throw new LinuxException("adopt", what + " is " + kind + ", not an eventfd", Errno.EINVAL);
+                throw new NotAnEventFd(what + " is " + kind + ", not an eventfd");
             }
             fd.setNonBlocking(true);
             EventFd e = new EventFd(fd, true);
@@ -67,6 +68,13 @@ public final class EventFd implements AutoCloseable {
         } catch (LinuxException | RuntimeException e) {
             fd.close();
             throw e;
+        }
+    }
+
+    /** A peer sent some other kind of descriptor where an eventfd belongs. */
+    public static final class NotAnEventFd extends IllegalArgumentException {
+        NotAnEventFd(String message) {
+            super(message);
         }
     }
 

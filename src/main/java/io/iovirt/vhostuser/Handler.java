@@ -560,8 +560,10 @@ final class Handler implements AutoCloseable {
     private static EventFd peerEventFd(Message m, String what, int queue) throws ProtocolException {
         try {
             return EventFd.adoptFromPeer(m.takeFd(0), what + " descriptor of queue " + queue);
+        } catch (EventFd.NotAnEventFd e) {
+            throw new ProtocolException(e.getMessage() + " (kick, call and err descriptors must be eventfds)");
         } catch (LinuxException e) {
-            throw new ProtocolException(e.getMessage(), e);
+            throw new ProtocolException(what + " descriptor of queue " + queue + ": " + e.getMessage(), e);
         }
     }
 

@@ -226,7 +226,7 @@ class HostileNetFrontendTest {
             org.junit.jupiter.api.Assertions.assertThrows(IOException.class,
                     () -> a.fe.setVringCall(1, EventFd.adopt(file.dup())));
             String line = log.awaitLine("protocol error");
-            assertTrue(line.contains("is /") && line.contains("not an eventfd"), line);
+            assertTrue(line.contains("SET_VRING_CALL descriptor of queue 1 is /") && line.contains("not an eventfd"), line);
             learn(b, B, C);
             learn(c, C, B);
             b.drainRx(0);
