@@ -4,6 +4,10 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.host.binding.DriverBinding;
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciInventory;
+import io.iovirt.pci.SysfsTree;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;

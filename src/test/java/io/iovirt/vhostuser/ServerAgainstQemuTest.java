@@ -32,12 +32,14 @@ class ServerAgainstQemuTest {
     Path dir;
 
     private ChildProcess qemu(Path sock, String name) throws Exception {
-        return ChildProcess.start(dir, name, List.of("qemu-system-x86_64", "-accel", "tcg",
-                "-machine", "q35,memory-backend=mem", "-m", "64M",
+        List<String> cmd = new ArrayList<>(List.of("qemu-system-x86_64"));
+        cmd.addAll(io.iovirt.vm.Accelerator.system().qemuArgs());
+        cmd.addAll(List.of("-machine", "q35,memory-backend=mem", "-m", "64M",
                 "-object", "memory-backend-memfd,id=mem,size=64M,share=on",
                 "-nodefaults", "-display", "none", "-serial", "none", "-monitor", "none", "-nic", "none",
                 "-chardev", "socket,id=c0,path=" + sock,
                 "-device", "vhost-user-blk-pci,chardev=c0,num-queues=1"));
+        return ChildProcess.start(dir, name, cmd);
     }
 
     @Test

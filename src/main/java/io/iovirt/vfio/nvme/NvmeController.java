@@ -4,6 +4,8 @@ import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.nvme.IdentifyController;
+import io.iovirt.nvme.IdentifyNamespace;
 import io.iovirt.vfio.DmaArena;
 import io.iovirt.vfio.DmaBuffer;
 import io.iovirt.vfio.IrqInfo;
@@ -382,7 +384,11 @@ public final class NvmeController implements AutoCloseable {
     private IdentifyNamespace identifyNamespace(int nsid) throws VfioException {
         adminCommand("Identify Namespace " + nsid, NvmeRegs.ADMIN_IDENTIFY, nsid, scratch.iova(), 0,
                 NvmeRegs.CNS_NAMESPACE, 0, 0);
-        return IdentifyNamespace.parse(nsid, scratch.segment());
+        try {
+            return IdentifyNamespace.parse(nsid, scratch.segment());
+        } catch (IllegalArgumentException e) {
+            throw new NvmeException(device.name() + ": " + e.getMessage());
+        }
     }
 
     // ---- public API ---------------------------------------------------------------------------------------------
