@@ -51,6 +51,19 @@ final class ServeNetCommand implements Callable<Integer> {
             description = "Print every port's counters every S seconds (0: only on exit).")
     int statsInterval;
 
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Make socket files (vhost-user and stream ports) mode 0660 and owned by GROUP, so that group's peers may connect "
+                    + "(default: mode 0600, owner only).")
+    String socketGroup;
+
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve peers running as these uids (default: our own uid and root only).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
+    private io.iovirt.linux.SocketAccess access() {
+        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
+    }
+
     @Option(names = "--verbose", description = "Print stack traces with errors.")
     boolean verbose;
 
@@ -122,7 +135,7 @@ final class ServeNetCommand implements Callable<Integer> {
             throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
         }
         return switch (kind) {
-            case "stream" -> () -> new StreamPort(Path.of(arg));
+            case "stream" -> () -> new StreamPort(Path.of(arg), access());
             case "tap" -> {
                 try {
                     TapPort probe = new TapPort(arg); // validates the name now, before anything starts
@@ -133,7 +146,7 @@ final class ServeNetCommand implements Callable<Integer> {
             }
             case "vhost-user" -> {
                 VirtioNetPort.Options o = vhostUserOptions(spec, arg);
-                yield () -> new VirtioNetPort(o);
+                yield () -> new VirtioNetPort(o).withAccess(access());
             }
             default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };

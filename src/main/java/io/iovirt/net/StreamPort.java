@@ -6,6 +6,7 @@ import io.iovirt.linux.Epoll;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.PacketIo;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.UnixSocket;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -65,9 +66,17 @@ public final class StreamPort extends Port {
     private Counters tx;
     private volatile boolean linkUp;
 
+    private final SocketAccess access;
+
     public StreamPort(Path path) {
+        this(path, SocketAccess.ownerOnly());
+    }
+
+    /** With the socket file's mode/group and the peer uids served taken from {@code access}. */
+    public StreamPort(Path path, SocketAccess access) {
         super("stream:" + path);
         this.path = path;
+        this.access = access;
     }
 
     public Path path() {
@@ -93,7 +102,7 @@ public final class StreamPort extends Port {
         rx = newIngress();
         tx = newCounters();
         try {
-            listener = SocketPaths.listen(path);
+            listener = SocketPaths.listen(path, access);
             worker = QueueWorker.builder(this + " receive")
                     .source(listener.fd(), Epoll.EPOLLIN, LISTENER)
                     .build(new QueueWorker.Handler() {
@@ -151,7 +160,19 @@ public final class StreamPort extends Port {
             current = conn;
         }
         if (current != null) {
-            RateLimitedLog.warning(this + ": refused a second connection while a peer is attached");
+            acceptLog.warn(this + ": refused a second connection while a peer is attached");
+            s.close();
+            return;
+        }
+        UnixSocket.Credentials cred;
+        try {
+            cred = s.peerCredentials();
+        } catch (LinuxException e) {
+            cred = null;
+        }
+        if (cred == null || !access.allows(cred.uid())) {
+            acceptLog.warn(this + ": refused a peer with " + (cred == null ? "unreadable credentials"
+                    : "uid " + cred.uid() + " (" + access + ")"));
             s.close();
             return;
         }

@@ -114,6 +114,14 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         this(Options.of(socket));
     }
 
+    private io.iovirt.linux.SocketAccess access = io.iovirt.linux.SocketAccess.ownerOnly();
+
+    /** The socket file's mode/group and the frontend uids served (before the port is added to a switch). */
+    public VirtioNetPort withAccess(io.iovirt.linux.SocketAccess a) {
+        this.access = java.util.Objects.requireNonNull(a);
+        return this;
+    }
+
     public Options options() {
         return options;
     }
@@ -165,7 +173,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         announceFrame = new Frame(Arena.ofAuto().allocate(Ethernet.MIN_FRAME, 8));
         rxQueues = rqs;
         guestMtu = mtu();
-        server = VhostUserServer.start(options.socket(), this);
+        server = VhostUserServer.start(options.socket(), this, access);
     }
 
     // ---- the switch side ---------------------------------------------------------------------------------------
