@@ -90,6 +90,25 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         return maxChain;
     }
 
+    /** Dirty logging: null unless migration asked for it. */
+    GuestWriteLog writeLog;
+
+    /**
+     * Reports every guest memory write of this queue to {@code log} from now on (null: stop). See
+     * {@link GuestWriteLog} for what is reported and when.
+     */
+    public final void setWriteLog(GuestWriteLog log) {
+        this.writeLog = log;
+    }
+
+    /** A device-side write to a ring area at guest address {@code gpa}. */
+    final void logged(long gpa, long len) {
+        GuestWriteLog l = writeLog;
+        if (l != null) {
+            l.written(gpa, len);
+        }
+    }
+
     /**
      * Unpins guest memory: call when no popped chain is in flight (the worker does before it sleeps). The next call
      * pins the then current snapshot again.
@@ -178,6 +197,14 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         if (bytesWritten < 0 || bytesWritten > chain.writableBytes) {
             throw new IllegalArgumentException("virtqueue " + index + ": " + bytesWritten + " bytes written into a chain with "
                     + chain.writableBytes + " writable bytes");
+        }
+        GuestWriteLog l = writeLog;
+        if (l != null) {
+            for (int i = chain.readable; i < chain.count; i++) { // all of them: a status byte may follow a short write
+                if (chain.length(i) > 0) {
+                    l.written(chain.guestAddress(i), chain.length(i));
+                }
+            }
         }
         addUsed(chain.id, bytesWritten);
     }
