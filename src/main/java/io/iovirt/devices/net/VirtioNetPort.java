@@ -116,6 +116,25 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     private io.iovirt.linux.SocketAccess access = io.iovirt.linux.SocketAccess.ownerOnly();
 
+    private boolean pin;
+
+    /**
+     * Pins the guest's source MAC to the configured one ({@link Options#mac()}): frames from any other source are
+     * dropped, so the guest cannot spoof other stations or fill the MAC table.
+     */
+    public VirtioNetPort pinSource(boolean on) {
+        if (on && options.mac() == -1) {
+            throw new IllegalArgumentException("pinning the source MAC needs a configured MAC (mac=...)");
+        }
+        this.pin = on;
+        return this;
+    }
+
+    @Override
+    protected long pinnedSource() {
+        return pin ? options.mac() : -1;
+    }
+
     /** The socket file's mode/group and the frontend uids served (before the port is added to a switch). */
     public VirtioNetPort withAccess(io.iovirt.linux.SocketAccess a) {
         this.access = java.util.Objects.requireNonNull(a);

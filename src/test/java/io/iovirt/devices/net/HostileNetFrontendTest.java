@@ -239,4 +239,37 @@ class HostileNetFrontendTest {
             }
         }
     }
+
+    @Test
+    void aPinnedPortCannotSpoofOrFillTheMacTable() throws Exception {
+        sw.close();
+        sw = new Switch(Switch.Config.defaults());
+        pa = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pa.sock"), 1, A, 0)).pinSource(true));
+        pb = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pb.sock"), 1, -1, 0)));
+        pc = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pc.sock"), 1, -1, 0)));
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            learn(b, B, C);
+            learn(c, C, B);
+            b.drainRx(0);
+            c.drainRx(0);
+            int before = sw.macTable().size();
+            // A claims to be B (to steal B's traffic) and then floods 200 made-up sources.
+            a.send(0, VirtioNetPortTest.frame(C, B, 60));
+            for (int i = 0; i < 200; i++) {
+                a.send(0, VirtioNetPortTest.frame(C, 0x0252_5400_1000L + i, 60));
+            }
+            a.awaitTxUsed(0, 201);
+            assertEquals(201, pa.stats().get(PortStat.RX_DROPPED_BAD_SOURCE));
+            assertEquals(before, sw.macTable().size(), "nothing learned from A's spoofed frames");
+            honestTrafficFlows(b, c, 1); // B's traffic still goes to B
+            a.send(0, VirtioNetPortTest.frame(C, A, 70)); // its own address is forwarded
+            assertEquals(70, c.receive(0).length);
+            assertTrue(log.awaitLine("the port is pinned to").contains(pa.name()));
+        }
+    }
 }
