@@ -77,9 +77,6 @@ final class VmCommand {
                 description = "Accelerator: kvm only if it can run a stock guest (hardware virtualization), else tcg (default ${DEFAULT-VALUE}).")
         String accel;
 
-        @Option(names = "--verbose", description = "Print stack traces on errors.")
-        boolean verbose;
-
         static final String DEFAULT_COMMAND = """
                 echo "block devices: $(ls /sys/block | tr '\\n' ' ')"
                 for i in /sys/class/net/*; do [ -e $i/device/driver ] && echo "nic $(basename $i): $(basename $(readlink $i/device/driver)) $(cat $i/address)"; done

@@ -426,11 +426,6 @@ public final class NvmeController implements AutoCloseable {
         return irqMode;
     }
 
-    /** Interrupts received on the I/O queue's vector so far. */
-    public long ioInterrupts() {
-        return ioWaiter.interrupts();
-    }
-
     public DmaArena arena() {
         return arena;
     }
