@@ -21,6 +21,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.EnumSet;
 import java.util.LinkedHashMap;
@@ -44,6 +45,9 @@ import picocli.CommandLine.Spec;
 public final class HostCommand implements Runnable {
     @Spec
     CommandLine.Model.CommandSpec spec;
+
+    /** How long bind and unbind wait for the kernel's asynchronous probe to show in the driver link. */
+    static final Duration PROBE_WAIT = Duration.ofSeconds(2);
 
     @Override
     public void run() {
@@ -101,8 +105,9 @@ public final class HostCommand implements Runnable {
             out().flush();
         }
 
+        /** Each sysfs write, with --verbose; always for a dry run (that is what it is for). */
         void writes(List<String> writes) {
-            if (Main.verbose(spec)) {
+            if (Main.verbose(spec) || writes.stream().anyMatch(w -> w.endsWith("(would write)"))) {
                 for (String w : writes) {
                     out().println("  wrote " + w);
                 }
@@ -223,12 +228,14 @@ public final class HostCommand implements Runnable {
         Bdf bdf;
         @Option(names = "--driver", defaultValue = "vfio-pci", description = "driver to bind (default: ${DEFAULT-VALUE})")
         String driver;
-        @Option(names = "--force", description = "bind even if the host uses the device or its IOMMU group is not viable")
+        @Option(names = "--force", description = "Bind even if the host uses the device or its IOMMU group is not viable.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).bind(bdf, driver, force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).bind(bdf, driver, force);
             return printOutcome(this, o, "bound to " + o.after());
         }
     }
@@ -238,12 +245,14 @@ public final class HostCommand implements Runnable {
     static final class Unbind extends Base {
         @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
         Bdf bdf;
-        @Option(names = "--force", description = "unbind even if the device is assigned to a VM")
+        @Option(names = "--force", description = "Unbind even if the host uses the device or a VM owns it.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).unbind(bdf, force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).unbind(bdf, force);
             return printOutcome(this, o, o.before() == null ? "was unbound" : "unbound from " + o.before());
         }
     }
@@ -252,12 +261,14 @@ public final class HostCommand implements Runnable {
     static final class Reset extends Base {
         @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
         Bdf bdf;
-        @Option(names = "--force", description = "reset even if the host or a VM uses the device")
+        @Option(names = "--force", description = "Reset even if the host or a VM uses the device.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).reset(bdf, force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).reset(bdf, force);
             return printOutcome(this, o, "reset");
         }
     }
@@ -305,15 +316,17 @@ public final class HostCommand implements Runnable {
         int vfInterrupts;
         @Option(names = "--no-provision", description = "NVMe: do not assign resources or bring VFs online")
         boolean noProvision;
-        @Option(names = "--force", description = "change VFs even if one is assigned to a VM or used by the host")
+        @Option(names = "--force", description = "Change VFs even if one is assigned to a VM or used by the host.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
             if (vfQueues < 0 || vfInterrupts < 0) {
                 throw new HostConfigException("--vf-queues and --vf-interrupts must not be negative", "");
             }
-            SriovManager m = new SriovManager(opts.paths());
+            SriovManager m = new SriovManager(opts.paths(), dryRun);
             Bdf pfBdf = pf;
             SriovManager.Outcome o = count == null ? m.status(pfBdf)
                     : m.setVfs(pfBdf, count, autoprobe, new SriovManager.NvmeRequest(vfQueues, vfInterrupts, !noProvision), force);
@@ -367,24 +380,28 @@ public final class HostCommand implements Runnable {
         Bdf bdf;
         @Option(names = "--vm", required = true, paramLabel = "NAME")
         String vm;
-        @Option(names = "--force", description = "record the assignment even if the device is not ready (not bound to vfio-pci, group not viable)")
+        @Option(names = "--force", description = "Record the assignment even if the device is not ready (not bound to vfio-pci, group not viable).")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print the assignment, record nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            AssignmentRegistry.Result r = Assigning.assign(opts.paths(), bdf, vm, force);
+            AssignmentRegistry.Result r = Assigning.assign(opts.paths(), bdf, vm, force, dryRun);
             Bdf b = r.assignment().bdf();
             if (opts.json) {
                 Map<String, Object> m = new LinkedHashMap<>();
                 m.put("bdf", b.toString());
                 m.put("vm", r.assignment().vm());
                 m.put("since", r.assignment().since().toString());
-                m.put("created", r.created());
+                m.put("created", r.created() && !dryRun);
+                m.put("dry_run", dryRun);
                 m.put("qemu", VfioConfig.qemuArgs(List.of(b)));
                 json(m);
                 return 0;
             }
-            out().println(b + " " + (r.created() ? "assigned to VM " : "was already assigned to VM ") + r.assignment().vm());
+            out().println(b + " " + (!r.created() ? "was already assigned to VM " : dryRun ? "would be assigned to VM "
+                    : "assigned to VM ") + r.assignment().vm() + (dryRun ? " (" + DriverBinding.DRY_RUN_NOTE + ")" : ""));
             out().println("  QEMU: " + String.join(" ", VfioConfig.qemuArgs(List.of(b))));
             out().println("  libvirt: iovirt host config --vm " + r.assignment().vm() + " --format libvirt");
             out().flush();
@@ -396,16 +413,19 @@ public final class HostCommand implements Runnable {
     static final class Release extends Base {
         @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
         Bdf bdf;
-        @Option(names = "--vm", paramLabel = "NAME", description = "refuse unless this VM owns it")
+        @Option(names = "--vm", paramLabel = "NAME", description = "Refuse unless this VM owns it.")
         String vm;
+        @Option(names = "--dry-run", description = "Check and print what would be released, change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            AssignmentRegistry.Assignment a = new AssignmentRegistry(opts.stateDir).release(bdf, vm);
+            AssignmentRegistry.Assignment a = new AssignmentRegistry(opts.stateDir).release(bdf, vm, dryRun);
             if (opts.json) {
-                json(Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "released", true));
+                json(Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "released", !dryRun, "dry_run", dryRun));
             } else {
-                out().println(a.bdf() + " released from VM " + a.vm());
+                out().println(a.bdf() + (dryRun ? " would be released from VM " : " released from VM ") + a.vm()
+                        + (dryRun ? " (" + DriverBinding.DRY_RUN_NOTE + ")" : ""));
                 out().flush();
             }
             return 0;
