@@ -1,7 +1,10 @@
 package io.iovirt.cli;
 
 import io.iovirt.devices.blk.BlkDevice;
+import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.RawImage;
+import io.iovirt.util.ActionableException;
+import java.io.IOException;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.nio.file.Path;
 import java.util.HexFormat;
@@ -52,6 +55,27 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
     }
 
+    @Option(names = "--format", paramLabel = "raw", converter = FormatConverter.class,
+            description = {"The image's format. Without it the header is checked, and an image that says it is not raw",
+                    "(qcow2, VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the file's bytes as they are."})
+    ImageFormat format;
+
+    static final class FormatConverter implements picocli.CommandLine.ITypeConverter<ImageFormat> {
+        @Override
+        public ImageFormat convert(String value) {
+            if (!value.equals("raw")) {
+                throw new picocli.CommandLine.TypeConversionException("'" + value + "' is not a format serve blk "
+                        + "serves: use raw (convert other images with qemu-img convert -O raw)");
+            }
+            return ImageFormat.RAW;
+        }
+    }
+
+    @Option(names = "--allow-partial-sector",
+            description = {"Serve an image whose size is not a multiple of 512 bytes, with a warning: the guest sees",
+                    "the whole sectors, and the last partial one is neither read nor written."})
+    boolean allowPartialSector;
+
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
@@ -62,7 +86,9 @@ final class ServeBlkCommand implements Callable<Integer> {
             throw new IllegalArgumentException("--queues must be between 1 and 64, got " + queues);
         }
         String id = serial != null ? serial : defaultSerial(image);
+        checkFormat(image, format);
         try (RawImage img = RawImage.open(image, readOnly, direct)) {
+            checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
             try (VhostUserServer server = VhostUserServer.start(socket, device)) {
                 System.err.printf("iovirt: serving %s (%d MiB%s%s, %d queue%s, %s) on %s%n", image, img.size() >> 20,
@@ -75,6 +101,33 @@ final class ServeBlkCommand implements Callable<Integer> {
             System.err.println("iovirt: stopped; image synced. " + device.stats());
         }
         return 0;
+    }
+
+    /** Refuses an image whose header says it is not raw, unless {@code format} is RAW: the operator said so. */
+    static void checkFormat(Path image, ImageFormat format) throws IOException {
+        if (format == null && java.nio.file.Files.isReadable(image)) { // else open() says what is wrong with the path
+            ImageFormat detected = ImageFormat.detect(image);
+            if (detected != ImageFormat.RAW) {
+                throw new ActionableException("cannot serve " + image + ": its header says it is "
+                        + detected.description() + ", and serve blk serves raw images (a guest writing to it would "
+                        + "destroy the " + detected.qemuName() + " metadata)", "convert it (qemu-img convert -f "
+                        + detected.qemuName() + " -O raw " + image + " disk.raw), or pass --format raw if the guest "
+                        + "is meant to see these bytes");
+            }
+        }
+    }
+
+    /** Refuses an image that is not a whole number of 512-byte sectors, or only warns when that is allowed. */
+    static void checkSize(Path image, long size, boolean allowPartialSector) {
+        if (size % 512 != 0) {
+            String what = image + " is " + size + " bytes, not a multiple of 512: the guest would see "
+                    + (size / 512) * 512 + " bytes and the last " + size % 512 + " would be neither read nor written";
+            if (!allowPartialSector) {
+                throw new ActionableException("cannot serve " + what, "resize it to whole sectors (truncate -s "
+                        + ((size + 511) / 512) * 512 + " " + image + "), or pass --allow-partial-sector");
+            }
+            System.err.println("iovirt serve blk: warning: " + what);
+        }
     }
 
     /** "iovirt-" and 13 hex digits of a hash of the absolute path: stable for one image, distinct between images. */
