@@ -17,6 +17,9 @@ import picocli.CommandLine.Option;
                 "fio workload on a disk QEMU emulates (AHCI, full virtualization) and on a virtio-blk disk iovirt serves",
                 "over vhost-user (paravirtualization); print throughput, latency and host CPU per I/O of each."})
 final class DemoCommand implements Callable<Integer> {
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
+
     @Option(names = "--seconds", defaultValue = "5", paramLabel = "N", description = "Seconds per fio phase (default ${DEFAULT-VALUE}).")
     int seconds;
 
@@ -37,10 +40,10 @@ final class DemoCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         if (seconds < 1 || seconds > 600) {
-            throw new IllegalArgumentException("--seconds must be between 1 and 600, got " + seconds);
+            throw Contract.usage(spec, "--seconds must be between 1 and 600, got " + seconds);
         }
         if (only != null && !only.equals("disk") && !only.equals("net")) {
-            throw new picocli.CommandLine.ParameterException(new picocli.CommandLine(this), "--only must be 'disk' or 'net', got '" + only + "'");
+            throw Contract.usage(spec, "--only must be 'disk' or 'net', got '" + only + "'");
         }
         Path dir = keep != null ? Files.createDirectories(keep) : Files.createTempDirectory("iovirt-demo");
         try {

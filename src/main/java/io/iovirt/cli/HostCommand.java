@@ -51,7 +51,7 @@ public final class HostCommand implements Runnable {
 
     @Override
     public void run() {
-        spec.commandLine().usage(spec.commandLine().getOut());
+        throw Contract.subcommandRequired(spec);
     }
 
     /** Options every host command shares: where the kernel interfaces and the state live, and the output format. */
@@ -188,11 +188,21 @@ public final class HostCommand implements Runnable {
     @Command(name = "devices", mixinStandardHelpOptions = true,
             description = "List PCI devices: IDs and names, class, driver, IOMMU group and its members, SR-IOV, and whether each can be assigned now.")
     static final class Devices extends Base {
-        @Parameters(paramLabel = "BDF", arity = "0..*", description = "only these devices", converter = BdfConverter.class)
+        // Strings converted in call(): a converter on a variable-arity positional makes picocli report a bad address as
+        // an "unmatched argument" instead of saying what is wrong with it.
+        @Parameters(paramLabel = "BDF", arity = "0..*", description = "Only these devices (PCI addresses).")
+        List<String> onlyArgs;
         List<Bdf> only;
 
         @Override
         public Integer call() {
+            only = onlyArgs == null ? null : onlyArgs.stream().map(a -> {
+                try {
+                    return new BdfConverter().convert(a);
+                } catch (CommandLine.TypeConversionException e) {
+                    throw Contract.usage(spec, e.getMessage());
+                }
+            }).toList();
             HostPaths paths = opts.paths();
             DeviceReport report = DeviceReport.collect(paths);
             List<DeviceReport.Entry> entries = report.entries();
@@ -324,7 +334,7 @@ public final class HostCommand implements Runnable {
         @Override
         public Integer call() {
             if (vfQueues < 0 || vfInterrupts < 0) {
-                throw new HostConfigException("--vf-queues and --vf-interrupts must not be negative", "");
+                throw Contract.usage(spec, "--vf-queues and --vf-interrupts must not be negative");
             }
             SriovManager m = new SriovManager(opts.paths(), dryRun);
             Bdf pfBdf = pf;
@@ -524,7 +534,7 @@ public final class HostCommand implements Runnable {
         @Override
         public Integer call() throws IOException {
             if (inPlace && output != null) {
-                throw new HostConfigException("--in-place and --output exclude each other", "choose one");
+                throw Contract.usage(spec, "--in-place and --output exclude each other: choose one");
             }
             String text;
             try {

@@ -4,8 +4,8 @@ import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.RawImage;
 import io.iovirt.util.ActionableException;
-import java.io.IOException;
 import io.iovirt.vhostuser.VhostUserServer;
+import java.io.IOException;
 import java.nio.file.Path;
 import java.util.HexFormat;
 import java.util.concurrent.Callable;
@@ -22,6 +22,9 @@ import picocli.CommandLine.Option;
                 "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
                         + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."})
 final class ServeBlkCommand implements Callable<Integer> {
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
+
     @Option(names = "--image", required = true, paramLabel = "FILE", description = "Raw image file or block device.")
     Path image;
 
@@ -83,7 +86,7 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         if (queues < 1 || queues > 64) {
-            throw new IllegalArgumentException("--queues must be between 1 and 64, got " + queues);
+            throw Contract.usage(spec, "--queues must be between 1 and 64, got " + queues);
         }
         String id = serial != null ? serial : defaultSerial(image);
         checkFormat(image, format);

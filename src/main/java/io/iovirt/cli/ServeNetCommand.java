@@ -147,7 +147,13 @@ final class ServeNetCommand implements Callable<Integer> {
             try {
                 switch (kv.length == 2 ? kv[0] : "") {
                     case "queues" -> queues = Integer.parseInt(kv[1]);
-                    case "mac" -> mac = Mac.parse(kv[1]);
+                    case "mac" -> {
+                        try {
+                            mac = Mac.parse(kv[1]);
+                        } catch (IllegalArgumentException e) {
+                            throw usage("--port " + spec + ": " + e.getMessage());
+                        }
+                    }
                     case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
                     default -> throw usage("--port " + spec + ": unknown option '" + parts[i]
                             + "' (known: queues=N, mac=MAC, poll-us=US)");

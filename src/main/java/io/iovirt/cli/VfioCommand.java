@@ -49,7 +49,7 @@ public final class VfioCommand implements Runnable {
 
     @Override
     public void run() {
-        spec.commandLine().usage(spec.commandLine().getOut());
+        throw Contract.subcommandRequired(spec);
     }
 
     // ---- vfio info ------------------------------------------------------------------------------------------------
@@ -137,19 +137,32 @@ public final class VfioCommand implements Runnable {
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
 
-        @Parameters(index = "0", paramLabel = "BDF", description = "PCI address of the controller, e.g. 0000:01:00.0",
+        // Optional to picocli so that 'vfio nvme identify --help' shows help; every subcommand requires it (address()).
+        @Parameters(index = "0", arity = "0..1", paramLabel = "BDF",
+                description = "PCI address of the controller, e.g. 0000:01:00.0 (bound to vfio-pci).",
                 converter = BdfConverter.class)
         Bdf address;
 
         @Override
         public void run() {
-            throw new CommandLine.ParameterException(spec.commandLine(),
-                    "say what to do: identify, read, write, bench or iommu-check");
+            throw Contract.subcommandRequired(spec);
+        }
+
+        /** The controller's address; a usage error of {@code sub} when it was not given. */
+        Bdf address(CommandLine.Model.CommandSpec sub) {
+            if (address == null) {
+                throw Contract.usage(sub, "missing the controller's address: iovirt vfio nvme BDF "
+                        + sub.name() + " ...");
+            }
+            return address;
         }
     }
 
     /** Options every NVMe subcommand takes. */
     static final class NvmeOptions {
+        @CommandLine.Spec(CommandLine.Spec.Target.MIXEE)
+        CommandLine.Model.CommandSpec mixee;
+
         @Option(names = "--irq", paramLabel = "MODE", defaultValue = "auto",
                 description = "How completions are noticed: auto (MSI-X, else MSI, else INTx), poll, msix, msi, intx. "
                         + "Default: ${DEFAULT-VALUE}.")
@@ -164,13 +177,13 @@ public final class VfioCommand implements Runnable {
             try {
                 return IrqMode.valueOf(irq.toUpperCase(Locale.ROOT));
             } catch (IllegalArgumentException e) {
-                throw new IllegalArgumentException("--irq must be auto, poll, msix, msi or intx: " + irq);
+                throw Contract.usage(mixee, "--irq must be auto, poll, msix, msi or intx: " + irq);
             }
         }
 
         NvmeController.Options options(int depth, long dataBytes) {
             if (timeoutSeconds < 1 || timeoutSeconds > 3600) {
-                throw new IllegalArgumentException("--timeout must be 1..3600 seconds: " + timeoutSeconds);
+                throw Contract.usage(mixee, "--timeout must be 1..3600 seconds: " + timeoutSeconds);
             }
             return NvmeController.Options.defaults().withIrqMode(irqMode()).withIoQueueDepth(depth)
                     .withDataBytes(dataBytes).withCommandTimeout(Duration.ofSeconds(timeoutSeconds));
@@ -285,7 +298,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 64 << 10), c -> {
+            return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
                 var id = c.identity();
                 var ns = c.namespace();
                 out.printf("device:      %s%n", parent.address);
@@ -326,10 +339,10 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             if (count < 1 || count > (1L << 32)) {
-                throw new IllegalArgumentException("--count must be 1..2^32: " + count);
+                throw Contract.usage(spec, "--count must be 1..2^32: " + count);
             }
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 1 << 20), c -> {
+            return withController(parent.address(spec), opts.options(16, 1 << 20), c -> {
                 int bs = c.blockSize();
                 int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
                 DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
@@ -388,7 +401,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 1 << 20), c -> {
+            return withController(parent.address(spec), opts.options(16, 1 << 20), c -> {
                 try (Arena arena = Arena.ofConfined()) {
                     return write(c, arena, out);
                 }
@@ -401,7 +414,7 @@ public final class VfioCommand implements Runnable {
             if (source.pattern != null) {
                 byte[] p = source.pattern.getBytes(StandardCharsets.UTF_8);
                 if (p.length == 0) {
-                    throw new IllegalArgumentException("--pattern must not be empty");
+                    throw Contract.usage(spec, "--pattern must not be empty");
                 }
                 long blocks = count == null ? 1 : count;
                 checkCount(blocks);
@@ -436,9 +449,9 @@ public final class VfioCommand implements Runnable {
             return 0;
         }
 
-        private static void checkCount(long blocks) {
+        private void checkCount(long blocks) {
             if (blocks < 1 || blocks > (1L << 24)) {
-                throw new IllegalArgumentException("--count must be 1..2^24 blocks: " + blocks);
+                throw Contract.usage(spec, "--count must be 1..2^24 blocks: " + blocks);
             }
         }
     }
@@ -466,10 +479,10 @@ public final class VfioCommand implements Runnable {
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
             if (qd < 1 || qd > 1023) {
-                throw new IllegalArgumentException("--qd must be 1..1023: " + qd);
+                throw Contract.usage(spec, "--qd must be 1..1023: " + qd);
             }
             int depth = Math.max(qd + 1, 16);
-            return withController(parent.address, opts.options(depth, (long) depth * NvmeBench.IO_SIZE), c -> {
+            return withController(parent.address(spec), opts.options(depth, (long) depth * NvmeBench.IO_SIZE), c -> {
                 spec.commandLine().getErr().printf("bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, "
                         + "completions by %s%n", parent.address, c.namespace().nsid(), ByteSizes.binary(c.namespace().bytes()),
                         qd, seconds, c.irqMode());
@@ -496,7 +509,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 64 << 10), c -> {
+            return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
                 IommuCheck.Result r = IommuCheck.run(c);
                 out.println(r.describe());
                 out.flush();

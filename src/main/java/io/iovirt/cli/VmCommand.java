@@ -22,7 +22,14 @@ import picocli.CommandLine.Parameters;
 /** {@code iovirt vm}: compose one QEMU guest from any mix of the five techniques. */
 @Command(name = "vm", mixinStandardHelpOptions = true, description = "Compose and run VMs.",
         subcommands = {VmCommand.Run.class})
-final class VmCommand {
+final class VmCommand implements Runnable {
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public void run() {
+        throw Contract.subcommandRequired(spec);
+    }
 
     @Command(name = "run", mixinStandardHelpOptions = true, usageHelpWidth = 110,
             description = {"Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
