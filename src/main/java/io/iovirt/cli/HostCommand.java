@@ -117,7 +117,8 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ check
 
-    @Command(name = "check", mixinStandardHelpOptions = true,
+    @Command(name = "check", footerHeading = "%nExamples:%n", footer = {"  iovirt host check", "  iovirt host check --require vfio,sriov --json"},
+            mixinStandardHelpOptions = true,
             description = {"Check the host's requirements for each technique (PASS/WARN/FAIL with remedies).",
                     "Exit status 0 when every requested technique is possible, 1 otherwise."})
     static final class Check extends Base {
@@ -185,7 +186,8 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ devices
 
-    @Command(name = "devices", mixinStandardHelpOptions = true,
+    @Command(name = "devices", footerHeading = "%nExamples:%n", footer = {"  iovirt host devices", "  iovirt host devices 0000:01:00.0 --json"},
+            mixinStandardHelpOptions = true,
             description = "List PCI devices: IDs and names, class, driver, IOMMU group and its members, SR-IOV, and whether each can be assigned now.")
     static final class Devices extends Base {
         // Strings converted in call(): a converter on a variable-arity positional makes picocli report a bad address as
@@ -231,10 +233,11 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ bind / unbind / reset
 
-    @Command(name = "bind", mixinStandardHelpOptions = true,
+    @Command(name = "bind", footerHeading = "%nExamples:%n", footer = {"  iovirt host bind 0000:01:00.0 --dry-run", "  iovirt host bind 0000:01:00.0"},
+            mixinStandardHelpOptions = true,
             description = "Bind a device to vfio-pci (or --driver) via driver_override and drivers_probe; the previous driver is remembered.")
     static final class Bind extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
         @Option(names = "--driver", defaultValue = "vfio-pci", description = "driver to bind (default: ${DEFAULT-VALUE})")
         String driver;
@@ -250,10 +253,11 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "unbind", mixinStandardHelpOptions = true,
+    @Command(name = "unbind", footerHeading = "%nExamples:%n", footer = {"  iovirt host unbind 0000:01:00.0 --dry-run", "  iovirt host unbind 0000:01:00.0"},
+            mixinStandardHelpOptions = true,
             description = "Take a device from its driver and give it back to the driver it had before iovirt bound it.")
     static final class Unbind extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
         @Option(names = "--force", description = "Unbind even if the host uses the device or a VM owns it.")
         boolean force;
@@ -267,9 +271,10 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "reset", mixinStandardHelpOptions = true, description = "Reset a device (function-level reset through the kernel).")
+    @Command(name = "reset", footerHeading = "%nExamples:%n", footer = {"  iovirt host reset 0000:01:00.0"},
+            mixinStandardHelpOptions = true, description = "Reset a device (function-level reset through the kernel).")
     static final class Reset extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
         @Option(names = "--force", description = "Reset even if the host or a VM uses the device.")
         boolean force;
@@ -308,11 +313,12 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ vfs
 
-    @Command(name = "vfs", mixinStandardHelpOptions = true,
+    @Command(name = "vfs", footerHeading = "%nExamples:%n", footer = {"  iovirt host vfs 0000:03:00.0", "  iovirt host vfs 0000:03:00.0 --count 4 --no-autoprobe --dry-run", "  iovirt host vfs 0000:03:00.0 --count 0"},
+            mixinStandardHelpOptions = true,
             description = {"Create or remove SR-IOV virtual functions of a PF, and show each VF's resources.",
                     "NVMe PFs: each VF gets flexible queue and interrupt resources and is brought online."})
     static final class Vfs extends Base {
-        @Parameters(paramLabel = "PF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "PF", converter = BdfConverter.class, description = "The physical function's PCI address, e.g. 0000:03:00.0.")
         Bdf pf;
         @Option(names = "--count", paramLabel = "N", description = "number of VFs wanted (0 removes them); without it, show the VFs")
         Integer count;
@@ -384,11 +390,12 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ assignment
 
-    @Command(name = "assign", mixinStandardHelpOptions = true, description = "Give a device (bound to vfio-pci) to one VM exclusively.")
+    @Command(name = "assign", footerHeading = "%nExamples:%n", footer = {"  iovirt host assign 0000:03:10.0 --vm web1"},
+            mixinStandardHelpOptions = true, description = "Give a device (bound to vfio-pci) to one VM exclusively.")
     static final class Assign extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
-        @Option(names = "--vm", required = true, paramLabel = "NAME")
+        @Option(names = "--vm", required = true, paramLabel = "NAME", description = "The VM that gets the device.")
         String vm;
         @Option(names = "--force", description = "Record the assignment even if the device is not ready (not bound to vfio-pci, group not viable).")
         boolean force;
@@ -419,9 +426,10 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "release", mixinStandardHelpOptions = true, description = "Take a device back from its VM.")
+    @Command(name = "release", footerHeading = "%nExamples:%n", footer = {"  iovirt host release 0000:03:10.0 --vm web1"},
+            mixinStandardHelpOptions = true, description = "Take a device back from its VM.")
     static final class Release extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
         @Option(names = "--vm", paramLabel = "NAME", description = "Refuse unless this VM owns it.")
         String vm;
@@ -442,7 +450,8 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "assignments", mixinStandardHelpOptions = true, description = "List which VM owns which device.")
+    @Command(name = "assignments", footerHeading = "%nExamples:%n", footer = {"  iovirt host assignments", "  iovirt host assignments --vm web1 --json"},
+            mixinStandardHelpOptions = true, description = "List which VM owns which device.")
     static final class Assignments extends Base {
         @Option(names = "--vm", paramLabel = "NAME", description = "only this VM's devices")
         String vm;
@@ -466,7 +475,8 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "config", mixinStandardHelpOptions = true,
+    @Command(name = "config", footerHeading = "%nExamples:%n", footer = {"  iovirt host config --vm web1", "  iovirt host config --vm web1 --format libvirt"},
+            mixinStandardHelpOptions = true,
             description = "Print QEMU arguments or libvirt <hostdev> XML for assigned devices.")
     static final class Config extends Base {
         @Parameters(paramLabel = "BDF", arity = "0..*", description = "assigned devices (default: all of --vm's)",
@@ -520,7 +530,8 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "migrate-config", mixinStandardHelpOptions = true,
+    @Command(name = "migrate-config", footerHeading = "%nExamples:%n", footer = {"  iovirt host migrate-config vm1.xml", "  iovirt host migrate-config vm1.xml --in-place"},
+            mixinStandardHelpOptions = true,
             description = {"Rewrite legacy KVM device assignment (QEMU pci-assign, libvirt <driver name='kvm'/>) to VFIO.",
                     "Prints the result (or writes --output / --in-place); the changes go to stderr."})
     static final class MigrateConfig extends Base {

@@ -17,7 +17,8 @@ import picocli.CommandLine.Option;
  * disconnects (guest reboot, VM stop) the next connection is accepted. SIGINT/SIGTERM finish in-flight requests,
  * fsync the image and exit 0.
  */
-@Command(name = "blk", mixinStandardHelpOptions = true,
+@Command(name = "blk", footerHeading = "%nExamples:%n", footer = {"  iovirt serve blk --image disk.raw --socket /run/iovirt/blk0.sock", "  iovirt serve blk --image /dev/vg0/vm1 --socket /run/iovirt/vm1.sock --queues 4 --direct", "  iovirt serve blk --image disk.raw --socket blk.sock --log-format json --stats-interval 10"},
+            mixinStandardHelpOptions = true,
         description = {"Serve a raw disk image to QEMU guests as vhost-user-blk.",
                 "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
                         + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."})

@@ -54,7 +54,8 @@ public final class VfioCommand implements Runnable {
 
     // ---- vfio info ------------------------------------------------------------------------------------------------
 
-    @Command(name = "info", mixinStandardHelpOptions = true,
+    @Command(name = "info", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio info 0000:01:00.0"},
+            mixinStandardHelpOptions = true,
             description = "Show a device's IOMMU group, the container's IOMMU, and the regions and interrupts VFIO reports.")
     static final class Info implements Callable<Integer> {
         @CommandLine.Spec
@@ -285,7 +286,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "identify", mixinStandardHelpOptions = true,
+    @Command(name = "identify", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 identify"},
+            mixinStandardHelpOptions = true,
             description = "Print the controller's serial number, model, firmware and its first namespace's size.")
     static final class Identify implements Callable<Integer> {
         @ParentCommand
@@ -317,7 +319,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "read", mixinStandardHelpOptions = true,
+    @Command(name = "read", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 read --lba 0 --count 8 --out first-4k.bin"},
+            mixinStandardHelpOptions = true,
             description = "Read logical blocks; writes them to --out FILE, or prints a hex dump.")
     static final class Read implements Callable<Integer> {
         @ParentCommand
@@ -370,7 +373,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "write", mixinStandardHelpOptions = true,
+    @Command(name = "write", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 write --lba 0 --count 8 --in block.bin"},
+            mixinStandardHelpOptions = true,
             description = "Write logical blocks from --pattern TEXT (repeated) or --in FILE (zero-padded), then flush.")
     static final class Write implements Callable<Integer> {
         @ParentCommand
@@ -456,7 +460,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "bench", mixinStandardHelpOptions = true,
+    @Command(name = "bench", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 bench --seconds 10 --qd 32"},
+            mixinStandardHelpOptions = true,
             description = "4 KiB random reads at a fixed queue depth for a fixed time; prints IOPS and latency.")
     static final class Bench implements Callable<Integer> {
         @ParentCommand
@@ -495,7 +500,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "iommu-check", mixinStandardHelpOptions = true,
+    @Command(name = "iommu-check", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 iommu-check"},
+            mixinStandardHelpOptions = true,
             description = "Point the controller at an IOVA that was never mapped and show the IOMMU blocks it "
                     + "(reads LBA 0; writes nothing to the disk). Exit 0 when confined, 1 otherwise.")
     static final class IommuCheckCommand implements Callable<Integer> {
