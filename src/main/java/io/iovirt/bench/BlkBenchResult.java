@@ -1,5 +1,6 @@
 package io.iovirt.bench;
 
+import io.iovirt.util.LatencyHistogram;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
