@@ -62,6 +62,8 @@ run() { # tag, trace(0|1)
     perf record -q -o "$DIR/trace.data" -a -e syscalls:sys_enter_write --filter "common_pid == $ctid" \
       -e syscalls:sys_exit_write --filter "common_pid == $ctid" \
       -e syscalls:sys_enter_io_uring_enter,syscalls:sys_exit_io_uring_enter \
+      -e syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_exit_epoll_pwait \
+      -e syscalls:sys_enter_read --filter "common_pid != $ctid" -e syscalls:sys_enter_preadv,syscalls:sys_enter_pwritev \
       -e sched:sched_waking,sched:sched_wakeup,sched:sched_switch \
       -e io_uring:io_uring_submit_req,io_uring:io_uring_complete -- sleep 0.5 > /dev/null 2>&1
   fi
@@ -137,6 +139,27 @@ while i < n:
         i = j
     else:
         i += 1
+# Whatever the backend's design: the system calls its queue thread makes per request (kick to next kick), by kind
+seqs = {}
+i = 0
+while i < n:
+    if ev[i][1] == client and ev[i][2] == 'syscalls:sys_enter_write':
+        j = i + 1
+        seq = []
+        while j < n and not (ev[j][1] == client and ev[j][2] == 'syscalls:sys_enter_write'):
+            if ev[j][1] == backend and ev[j][2].startswith('syscalls:sys_enter_'):
+                seq.append(ev[j][2][len('syscalls:sys_enter_'):])
+            j += 1
+        if j < n:
+            key = ' '.join(seq)
+            seqs[key] = seqs.get(key, 0) + 1
+        i = j
+    else:
+        i += 1
+total = sum(seqs.values())
+print('backend system calls per request (kick to next kick), most frequent sequences:')
+for k, c in sorted(seqs.items(), key=lambda kv: -kv[1])[:4]:
+    print(f'  {100 * c / total:5.1f} %  {k or "(none)"}')
 print(f'{cycles} complete request cycles (client thread {client}, backend queue thread {backend})')
 if cycles == 0:
     print('no cycle matched the io_uring pattern (kick, wake, io_uring_enter returns, submit READ, complete, wait): '
