@@ -6,11 +6,12 @@
 #
 # The backend is `iovirt vm run NAME --disk pv:IMAGE --nic pv --serve`: one JVM running a vhost-user-blk device and
 # the switch with one vhost-user-net port (what a per-VM backend runs). Its JVM options are the launcher's, plus
-# --java-opts (IOVIRT_JAVA_OPTS, which comes last and so overrides). While it runs, for S seconds (default 20):
+# --java-opts (IOVIRT_JAVA_OPTS, which comes last and so overrides). While it runs, for S seconds (default 40):
 #   blk: `iovirt bench blk` (a virtio-blk driver without a VM, its own JVM) — randread, 4 KiB, QD 32, 1 queue
 #   net: DPDK testpmd with net_virtio_user, txonly 64-byte frames into the port
-# Then the backend's /proc/PID/smaps is read: RSS, the part that maps the frontends' shared memory (shared mappings
-# of memfd files: the bench's "guest RAM" and testpmd's memory), and the rest, which is the footprint.
+# The backend's /proc/PID/smaps is read 10 s after both frontends connected (the JIT compilers still at work) and
+# after S seconds (steady state): RSS, the part that maps the frontends' shared memory (shared mappings of memfd
+# files: the bench's "guest RAM" and testpmd's memory), and the rest, which is the footprint.
 # Start-up: wall time from launching the process until both vhost-user sockets exist (it listens on them), and the
 # same for `iovirt serve blk` alone (the median of --starts starts each, default 5); also the CPU time the process
 # used until then, which a loaded machine does not inflate. Env (e.g. MALLOC_ARENA_MAX) reaches the backend as is.
@@ -20,7 +21,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-SECS=20
+SECS=40
 LABEL="launcher defaults"
 OPTS=""
 DIR=""
@@ -131,7 +132,9 @@ for _ in $(seq 1 1200); do # both frontends connected (the backend logs each con
 done
 [ "$(grep -c 'frontend pid .* connected' "$DIR/backend.err")" -ge 2 ] || {
   echo "bench-footprint: the frontends did not both connect within 120 s" >&2; cat "$DIR/backend.err" >&2; exit 1; }
-sleep "$SECS"
+sleep 10
+cp "/proc/$BEPID/smaps" "$DIR/smaps-10s"
+sleep "$((SECS > 10 ? SECS - 10 : 0))"
 # sampled with both devices busy, after S seconds of traffic
 cp "/proc/$BEPID/smaps" "$DIR/smaps"
 cp "/proc/$BEPID/status" "$DIR/status"
@@ -145,16 +148,18 @@ grep -q 'TX-packets' "$DIR/testpmd.log" || { echo "bench-footprint: testpmd sent
 TX="$(grep -E '^ +TX-packets: [0-9]+' "$DIR/testpmd.log" | tail -1 | awk '{print $2}')"
 IOPS="$(jq -r '.iops | round' "$DIR/blk.json")"
 # RSS split: shared memfd mappings are the frontends' memory (guest RAM); everything else is the backend's own.
-read -r RSS GUEST ANON FILE <<< "$(awk '
+split() { awk '
   /^[0-9a-f]+-[0-9a-f]+ / { guest = ($2 ~ /s$/ && $6 ~ /^\/memfd:/); anon = ($6 == "" || $6 ~ /^\[/); next }
   /^Rss:/ { rss += $2; if (guest) g += $2; else if (anon) a += $2; else f += $2 }
-  END { print rss, g, a, f }' "$DIR/smaps")"
+  END { print rss, g, a, f }' "$1"; }
+read -r RSS GUEST ANON FILE <<< "$(split "$DIR/smaps")"
+read -r RSS10 GUEST10 _ _ <<< "$(split "$DIR/smaps-10s")"
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 if [ "$HEADER" = 1 ]; then
-  echo "| JVM options (beyond the launcher's) | RSS MiB | frontends' shared memory MiB | beyond guest mappings MiB | of which anon / file MiB | threads idle / busy | serve blk start: wall / CPU ms | blk+net backend start: wall / CPU ms | load avg |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| JVM options (beyond the launcher's) | beyond guest mappings MiB at 10 s | at ${SECS} s | RSS MiB | frontends' shared memory MiB | anon / file MiB | threads idle / busy | serve blk start: wall / CPU ms | blk+net backend start: wall / CPU ms | load avg |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 fi
-echo "| $LABEL | $(mib "$RSS") | $(mib "$GUEST") | $(mib $((RSS - GUEST))) | $(mib "$ANON") / $(mib "$FILE") | $THREADS_IDLE / $THREADS_BUSY | $SERVE_MS / $SERVE_CPU | $VM_MS / $VM_CPU | $(cut -d' ' -f1 /proc/loadavg) |"
+echo "| $LABEL | $(mib $((RSS10 - GUEST10))) | **$(mib $((RSS - GUEST)))** | $(mib "$RSS") | $(mib "$GUEST") | $(mib "$ANON") / $(mib "$FILE") | $THREADS_IDLE / $THREADS_BUSY | $SERVE_MS / $SERVE_CPU | $VM_MS / $VM_CPU | $(cut -d' ' -f1 /proc/loadavg) |"
 echo "bench-footprint: traffic during the sample: bench blk $IOPS IOPS, testpmd sent $TX frames" >&2
 echo "bench-footprint: raw files in $DIR (launcher: $(grep -o 'exec .*' "$ROOT/iovirt" | head -1 | cut -c1-60)...)" >&2
