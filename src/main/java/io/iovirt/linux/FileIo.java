@@ -157,6 +157,22 @@ public final class FileIo {
                 "fd " + f + ", mode 0x" + Integer.toHexString(mode) + ", " + offset + "+" + length);
     }
 
+    public static final int SEEK_DATA = 3;
+    public static final int SEEK_HOLE = 4;
+
+    /**
+     * lseek(2) with SEEK_DATA or SEEK_HOLE: the next data or hole offset at or after {@code offset}; -1 when
+     * {@code offset} is at or past the end of the file (ENXIO), which for SEEK_DATA means "only a hole is left".
+     */
+    public static long seek(Fd fd, long offset, int whence) throws LinuxException {
+        int f = fd.get();
+        long r = Syscalls.lseek(f, offset, whence);
+        if (r == -Errno.ENXIO) {
+            return -1;
+        }
+        return Syscalls.check(r, "lseek", "fd " + f + ", offset " + offset + ", whence " + whence);
+    }
+
     public static Stat stat(Fd fd) throws LinuxException {
         int f = fd.get();
         try (Arena a = Arena.ofConfined()) {
@@ -167,6 +183,21 @@ public final class FileIo {
             boolean dio = (mask & STATX_DIOALIGN) != 0;
             return new Stat(Short.toUnsignedInt(buf.get(JAVA_SHORT, 28)), buf.get(JAVA_LONG, 40), buf.get(JAVA_INT, 4),
                     buf.get(JAVA_LONG, 48), dio ? buf.get(JAVA_INT, 152) : 0, dio ? buf.get(JAVA_INT, 156) : 0);
+        }
+    }
+
+    /** statfs f_type of tmpfs (and of memfd_create files, which live on an internal tmpfs/shmem mount). */
+    public static final long TMPFS_MAGIC = 0x01021994L;
+    /** statfs f_type of hugetlbfs (and of MFD_HUGETLB memfds). */
+    public static final long HUGETLBFS_MAGIC = 0x958458f6L;
+
+    /** The file system type (statfs f_type, e.g. {@link #TMPFS_MAGIC}) of the file behind {@code fd}. */
+    public static long filesystemType(Fd fd) throws LinuxException {
+        int f = fd.get();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment buf = a.allocate(256, 8); // struct statfs: 120 bytes on x86_64 and aarch64; f_type first
+            Syscalls.check(Syscalls.fstatfs(f, buf), "fstatfs", "fd " + f);
+            return buf.get(JAVA_LONG, 0) & 0xffff_ffffL;
         }
     }
 
