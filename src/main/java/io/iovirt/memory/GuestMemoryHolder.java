@@ -6,6 +6,8 @@ package io.iovirt.memory;
  */
 public final class GuestMemoryHolder {
     private volatile GuestMemory current = GuestMemory.empty();
+    /** migration: the dirty log while the frontend has logging on, else null (see {@link WriteLog}). */
+    private volatile WriteLog writeLog;
 
     public GuestMemory get() {
         return current;
@@ -16,5 +18,15 @@ public final class GuestMemoryHolder {
         GuestMemory prev = current;
         current = next;
         return prev;
+    }
+
+    /** The dirty log devices report their guest-memory writes to, or null while no migration tracks them. */
+    public WriteLog writeLog() {
+        return writeLog;
+    }
+
+    /** Installs (or with null removes) the dirty log; the protocol layer calls this as the frontend toggles it. */
+    public void writeLog(WriteLog log) {
+        this.writeLog = log;
     }
 }

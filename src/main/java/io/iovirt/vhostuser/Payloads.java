@@ -145,6 +145,25 @@ public final class Payloads {
         }
     }
 
+    /** SET_LOG_BASE: {@code u64 mmap_size, u64 mmap_offset} (the dirty log's bytes and where they start in the fd). */
+    public static final class Log {
+        private Log() {
+        }
+
+        public static long size(MemorySegment p) {
+            return p.get(U64, 0);
+        }
+
+        public static long offset(MemorySegment p) {
+            return p.get(U64, 8);
+        }
+
+        public static void write(MemorySegment p, long size, long offset) {
+            p.set(U64, 0, size);
+            p.set(U64, 8, offset);
+        }
+    }
+
     /** SET_MEM_TABLE: {@code u32 nregions, u32 padding, region[nregions]}. */
     public static final class MemoryTable {
         private MemoryTable() {

@@ -10,7 +10,8 @@ import io.iovirt.memory.GuestMemory;
 public interface VhostUserBackend {
     /**
      * The virtio features the device offers (device bits, VIRTIO_F_VERSION_1, ring layouts, EVENT_IDX...). The
-     * protocol layer adds VHOST_USER_F_PROTOCOL_FEATURES and never offers VHOST_F_LOG_ALL or ACCESS_PLATFORM.
+     * protocol layer adds VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (dirty logging is its own: {@link DirtyLog})
+     * and never offers ACCESS_PLATFORM.
      */
     long features();
 

@@ -135,6 +135,29 @@ public final class VhostUserFrontend implements AutoCloseable {
         send(MessageType.SET_VRING_ADDR, p.byteSize(), List.of());
     }
 
+    /**
+     * SET_VRING_ADDR with VHOST_VRING_F_LOG when {@code logGuestAddr} is not -1: the backend logs used-ring writes
+     * at that guest address (migration).
+     */
+    public synchronized void setVringAddr(int index, long descUserAddr, long usedUserAddr, long availUserAddr,
+                                          long logGuestAddr) throws IOException {
+        MemorySegment p = payload(Payloads.VRING_ADDR_SIZE);
+        Payloads.VringAddr.write(p, index, logGuestAddr == -1 ? 0 : Payloads.VringAddr.F_LOG, descUserAddr, usedUserAddr,
+                availUserAddr, logGuestAddr == -1 ? 0 : logGuestAddr);
+        send(MessageType.SET_VRING_ADDR, p.byteSize(), List.of());
+    }
+
+    /**
+     * SET_LOG_BASE (needs LOG_SHMFD): the dirty log is {@code size} bytes of {@code log} from {@code offset}. Waits
+     * for the backend's reply, which the message always has.
+     */
+    public synchronized void setLogBase(Fd log, long size, long offset) throws IOException {
+        MemorySegment p = payload(Payloads.LOG_SIZE);
+        Payloads.Log.write(p, size, offset);
+        connection.sendRequest(MessageType.SET_LOG_BASE, false, p, List.of(log));
+        connection.receiveReply(MessageType.SET_LOG_BASE).close();
+    }
+
     public synchronized void setVringBase(int index, int base) throws IOException {
         sendVringState(MessageType.SET_VRING_BASE, index, base);
     }

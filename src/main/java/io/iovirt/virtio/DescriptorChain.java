@@ -1,5 +1,6 @@
 package io.iovirt.virtio;
 
+import io.iovirt.memory.WriteLog;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 import java.util.Objects;
@@ -149,7 +150,36 @@ public final class DescriptorChain {
             done += k;
             skip = 0;
         }
+        if (!intoOther && done > 0) {
+            // migration (issue 11): report what was copied into guest memory, reading the log after the write
+            WriteLog log = queue.memory.writeLog();
+            if (log != null) {
+                logRange(log, offset, done);
+            }
+        }
         return done;
+    }
+
+    /** Reports the first {@code bytes} of the writable part to {@code log} (the device wrote them in place). */
+    void logWritable(WriteLog log, long bytes) {
+        logRange(log, 0, bytes);
+    }
+
+    /** Reports {@code len} bytes from {@code offset} into the writable part to {@code log}. */
+    private void logRange(WriteLog log, long offset, long len) {
+        long skip = offset;
+        long left = len;
+        for (int i = readable; i < count && left > 0; i++) {
+            long n = segments[i].byteSize();
+            if (skip >= n) {
+                skip -= n;
+                continue;
+            }
+            long k = Math.min(n - skip, left);
+            log.written(addresses[i] + skip, k);
+            left -= k;
+            skip = 0;
+        }
     }
 
     @Override

@@ -189,6 +189,7 @@ public final class PackedQueue extends Virtqueue {
             flags |= DESC_F_WRITE; // §2.8.3: in a used descriptor WRITE says data was written
         }
         U16.setRelease(ring, off + DESC_FLAGS, (short) flags); // id and len visible before the flags
+        logWritten(config.descAddr() + off, DESC_SIZE);
         int slots = slotsById[id];
         slotsInFlight -= slots;
         nextUsed += slots;
@@ -246,6 +247,7 @@ public final class PackedQueue extends Virtqueue {
 
     private void writeDeviceEventPosition() {
         deviceEvent.set(LE16, EVENT_OFF_WRAP, (short) (nextAvail | (availWrap ? 0x8000 : 0)));
+        logUsed(0, 4);
     }
 
     @Override
@@ -253,6 +255,7 @@ public final class PackedQueue extends Virtqueue {
         refresh();
         notificationsEnabled = false;
         deviceEvent.set(LE16, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_DISABLE);
+        logUsed(0, 4);
     }
 
     @Override
@@ -265,6 +268,7 @@ public final class PackedQueue extends Virtqueue {
         } else {
             deviceEvent.set(LE16, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_ENABLE);
         }
+        logUsed(0, 4);
         VarHandle.fullFence(); // publish the request to kick before looking at the ring again
         return hasAvailable();
     }

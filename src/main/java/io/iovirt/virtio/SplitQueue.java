@@ -117,6 +117,7 @@ public final class SplitQueue extends Virtqueue {
         if (eventIdx && notificationsEnabled) {
             // Keep avail_event at the next entry we will look at, so a driver that adds after we go idle kicks us.
             used.set(LE16, availEventOffset, (short) lastAvail);
+            logUsed(availEventOffset, 2);
         }
         return true;
     }
@@ -191,6 +192,8 @@ public final class SplitQueue extends Virtqueue {
         used.set(LE32, off + 4, len);
         usedIdx = (usedIdx + 1) & 0xffff;
         U16.setRelease(used, USED_IDX, (short) usedIdx); // element visible before the index
+        logUsed(off, 8);
+        logUsed(USED_IDX, 2);
         if (pushedSinceDecision <= 0xffff) {
             pushedSinceDecision++;
         }
@@ -226,6 +229,7 @@ public final class SplitQueue extends Virtqueue {
         notificationsEnabled = false;
         if (!eventIdx) {
             used.set(LE16, 0, (short) VirtioRing.USED_F_NO_NOTIFY);
+            logUsed(0, 2);
         }
         // With EVENT_IDX, avail_event simply stays behind: the driver stops kicking once it has passed it.
     }
@@ -236,8 +240,10 @@ public final class SplitQueue extends Virtqueue {
         notificationsEnabled = true;
         if (eventIdx) {
             used.set(LE16, availEventOffset, (short) lastAvail);
+            logUsed(availEventOffset, 2);
         } else {
             used.set(LE16, 0, (short) 0);
+            logUsed(0, 2);
         }
         VarHandle.fullFence(); // publish the request to kick before re-reading avail.idx
         shadowAvail = readAvailIdx();

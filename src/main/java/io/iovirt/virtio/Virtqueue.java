@@ -3,6 +3,7 @@ package io.iovirt.virtio;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.memory.WriteLog;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import java.lang.foreign.MemorySegment;
 
@@ -144,6 +145,11 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
                     + chain.writableBytes + " writable bytes");
         }
         addUsed(chain.id, bytesWritten);
+        // migration (issue 11): the data the device wrote is dirty; read the log after the write (see WriteLog)
+        WriteLog log = memory.writeLog();
+        if (log != null && bytesWritten > 0) {
+            chain.logWritable(log, bytesWritten);
+        }
     }
 
     /**
@@ -267,6 +273,24 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             }
         }
         c.append(addr, seg);
+    }
+
+    // ---- migration: dirty page logging (issue 11). Ring writes report here; off, each is one volatile read. ----
+
+    /** The device wrote ring memory at guest address {@code gpa} (packed descriptors written back). */
+    final void logWritten(long gpa, long len) {
+        WriteLog log = memory.writeLog();
+        if (log != null) {
+            log.written(gpa, len);
+        }
+    }
+
+    /** The device wrote {@code len} bytes at {@code offset} of the used ring (split) or device event area (packed). */
+    final void logUsed(long offset, long len) {
+        WriteLog log = memory.writeLog();
+        if (log != null) {
+            log.usedWritten(index, offset, len);
+        }
     }
 
     /** Records the failure (the queue stays failed) and returns it for the caller to throw. */
