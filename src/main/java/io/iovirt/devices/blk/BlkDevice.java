@@ -5,6 +5,7 @@ import static io.iovirt.devices.blk.BlkRequests.*;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
@@ -13,6 +14,7 @@ import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
+import java.io.IOException;
 import java.lang.System.Logger.Level;
 import java.nio.charset.StandardCharsets;
 
@@ -54,6 +56,14 @@ public final class BlkDevice implements VhostUserBackend {
     private final boolean ioUring;
     private final String ioDescription;
     private long acked;
+
+    // ---- image ownership (issue 11): the image lock follows the active frontend ----
+    /** Opened when a frontend first starts a queue. */
+    private ImageLock imageLock;
+    /** Why this frontend may not use the image (another VM holds it), or null. */
+    private String fenced;
+    /** Set while memoryChanged restarts queues: the image stays with this frontend. */
+    private boolean keepImage;
 
     /**
      * @param name   identifies the device in log lines (the socket path)
@@ -168,7 +178,41 @@ public final class BlkDevice implements VhostUserBackend {
                 : QueueConfig.split(index, setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(), setup.eventIdx(),
                         setup.indirect(), 0))
                 .withVringBase(setup.base());
+        if (!anyRunning() && !keepImage) {
+            fenced = takeImage(); // image ownership (issue 11): the first queue takes the image
+        }
         start(index, setup, qc);
+    }
+
+    private boolean anyRunning() {
+        for (BlkQueueWorker w : workers) {
+            if (w != null) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /**
+     * Takes the image for this frontend: null when it may use it, else why not (logged with the holder). A file
+     * system without OFD locks is served unlocked, with a warning (as QEMU's locking=auto does).
+     */
+    private String takeImage() {
+        try {
+            if (imageLock == null) {
+                imageLock = ImageLock.open(image.path(), image.readOnly());
+            }
+            String why = imageLock.acquire();
+            if (why != null) {
+                LOG.log(Level.ERROR, "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device "
+                        + "reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate instead "
+                        + "of starting a second one)", name, why);
+            }
+            return why;
+        } catch (IOException e) { // LinuxException included
+            LOG.log(Level.WARNING, "blk {0}: serving {1} without the image lock: {2}", name, image.path(), e.getMessage());
+            return null;
+        }
     }
 
     private void start(int index, VringSetup setup, QueueConfig qc) throws BackendException {
@@ -178,6 +222,10 @@ public final class BlkDevice implements VhostUserBackend {
         try {
             Virtqueue q = Virtqueue.create(qc, setup.memory());
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
+            if (fenced != null) {
+                handler.fence(fenced); // image ownership (issue 11)
+                signalQuietly(setup.err()); // QEMU reports "vhost vring error" for the queue
+            }
             String queueName = "blk " + name + " q" + index;
             BlkQueueWorker w = new BlkQueueWorker(queueName, q, handler, setup.kick(), setup.call(), setup.err(), stats,
                     ioUring ? newRing(queueName, q.size()) : null);
@@ -188,6 +236,16 @@ public final class BlkDevice implements VhostUserBackend {
             throw new BackendException("queue " + index + ": " + e.getMessage());
         } catch (LinuxException e) {
             throw new BackendException("queue " + index + ": cannot start its thread: " + e.getMessage(), e);
+        }
+    }
+
+    private static void signalQuietly(io.iovirt.linux.EventFd err) {
+        if (err != null) {
+            try {
+                err.signal();
+            } catch (LinuxException ignored) {
+                // the frontend closed it: the log line is the report
+            }
         }
     }
 
@@ -210,6 +268,12 @@ public final class BlkDevice implements VhostUserBackend {
         w.stop();
         workers[index] = null;
         setups[index] = null;
+        if (!anyRunning() && !keepImage) { // image ownership (issue 11): the last queue hands the image back
+            if (imageLock != null) {
+                imageLock.release();
+            }
+            fenced = null;
+        }
         return w.vringBase();
     }
 
@@ -220,6 +284,15 @@ public final class BlkDevice implements VhostUserBackend {
      */
     @Override
     public void memoryChanged(GuestMemory memory) {
+        keepImage = true;
+        try {
+            restartAll();
+        } finally {
+            keepImage = false;
+        }
+    }
+
+    private void restartAll() {
         for (int i = 0; i < queues; i++) {
             BlkQueueWorker w = workers[i];
             if (w == null) {
@@ -238,6 +311,9 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public int deviceStatus() {
+        if (fenced != null) {
+            return DEVICE_NEEDS_RESET; // image ownership (issue 11)
+        }
         for (BlkQueueWorker w : workers) {
             if (w != null && w.failure() != null) {
                 return DEVICE_NEEDS_RESET;
