@@ -154,8 +154,8 @@ public final class ImageLock implements AutoCloseable {
         try {
             byte[] raw = Files.readAllBytes(Path.of("/proc", Long.toString(pid), "cmdline"));
             String cmd = new String(raw, StandardCharsets.UTF_8).replace('\0', ' ').strip();
-            if (cmd.length() > 160) {
-                cmd = cmd.substring(0, 157) + "...";
+            if (cmd.length() > 200) { // the end names the export (socket, image), the start the program
+                cmd = cmd.substring(0, 60) + " ... " + cmd.substring(cmd.length() - 135);
             }
             return cmd.isEmpty() ? "" : " '" + cmd + "'";
         } catch (IOException e) {

@@ -106,6 +106,11 @@ public final class DirtyLog implements AutoCloseable {
         return new DirtyLog(name, null, bitmap, bitmap.byteSize());
     }
 
+    /** What devices see of this log while logging is on ({@code usedLogAddr}: per queue, -1 = used ring not logged). */
+    public WriteLog writeLog(long[] usedLogAddr) {
+        return new Active(this, usedLogAddr);
+    }
+
     /** The log's size in bytes, as the frontend gave it. */
     public long size() {
         return size;

@@ -210,9 +210,14 @@ final class Handler implements AutoCloseable {
                 throw new ProtocolException("SET_FEATURES changes features while queue " + q.index + " is running");
             }
         }
+        boolean wasLogging = logging();
         ackedFeatures = features;
         backend.setFeatures(deviceFeatures());
         publishLog(); // migration (issue 11)
+        if (wasLogging != logging()) {
+            LOG.log(System.Logger.Level.INFO, name + ": dirty page logging " + (logging() ? "on" : "off")
+                    + (dirtyLog == null && logging() ? " (no log yet)" : ""));
+        }
     }
 
     /** What the device sees of the acknowledged features: no vhost-user protocol bit, no VHOST_F_LOG_ALL. */
@@ -480,6 +485,9 @@ final class Handler implements AutoCloseable {
     private void getVringBase(int index, Connection c) throws IOException {
         Queue q = queue(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
         stopDevice(q);
+        if (logging()) { // a migration's switch-over: worth a line with its time
+            LOG.log(System.Logger.Level.INFO, name + ": queue " + q.index + " stopped at " + q.base + " (logging on)");
+        }
         q.ringStarted = false;
         closeQuietly(q.kick);
         q.kick = null;

@@ -80,6 +80,18 @@ abstract class BlkMigrationGuestTest {
         while (!toClose.isEmpty()) {
             toClose.pop().close();
         }
+        // The backends' and guests' logs, for the report (the temporary directory goes away)
+        Path keep = Path.of("target", "migration-logs", getClass().getSimpleName());
+        java.nio.file.Files.createDirectories(keep);
+        try (var files = java.nio.file.Files.walk(dir)) {
+            for (Path f : (Iterable<Path>) files::iterator) {
+                String n = f.getFileName().toString();
+                if (n.endsWith(".log")) {
+                    java.nio.file.Files.copy(f, keep.resolve(dir.relativize(f).toString().replace('/', '_')),
+                            java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+                }
+            }
+        }
     }
 
     @Test
