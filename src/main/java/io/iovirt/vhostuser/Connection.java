@@ -148,6 +148,12 @@ public final class Connection implements AutoCloseable {
         send(type.code(), Header.VERSION | Header.REPLY, payload, List.of());
     }
 
+    /** Sends a reply carrying {@code payload} and descriptors (GET_INFLIGHT_FD). */
+    public synchronized void sendReply(MessageType type, MemorySegment payload, List<Fd> fds) throws IOException {
+        requireRole(Role.BACKEND);
+        send(type.code(), Header.VERSION | Header.REPLY, payload, fds);
+    }
+
     /** Sends a u64 reply (REPLY_ACK status: 0 success, non-zero failure; or a GET_* value). */
     public synchronized void sendReply(MessageType type, long value) throws IOException {
         requireRole(Role.BACKEND);

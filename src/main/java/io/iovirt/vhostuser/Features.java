@@ -37,8 +37,13 @@ public final class Features {
     /** What every backend served by {@link VhostUserServer} offers. */
     public static final long CORE_PROTOCOL_FEATURES = bit(PROTOCOL_MQ) | bit(PROTOCOL_LOG_SHMFD) | bit(PROTOCOL_REPLY_ACK) | bit(PROTOCOL_CONFIG)
             | bit(PROTOCOL_CONFIGURE_MEM_SLOTS) | bit(PROTOCOL_RESET_DEVICE) | bit(PROTOCOL_STATUS);
-    /** Extras a device may add through {@link VhostUserBackend#protocolFeatures()}; their messages go to the device. */
-    public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU);
+    /**
+     * Extras a device may add through {@link VhostUserBackend#protocolFeatures()}: RARP and NET_MTU messages go to
+     * the device; INFLIGHT_SHMFD (crash recovery, for devices whose requests survive a resubmission) is handled by
+     * the protocol layer and reaches the device as {@link VringSetup#inflight()}.
+     */
+    public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU)
+            | bit(PROTOCOL_INFLIGHT_SHMFD);
 
     private Features() {
     }

@@ -94,7 +94,8 @@ final class Handler implements AutoCloseable {
         }
         long extra = backend.protocolFeatures();
         if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
-            throw new IllegalArgumentException("a device may add only RARP and NET_MTU protocol features, not 0x" + Long.toHexString(extra));
+            throw new IllegalArgumentException("a device may add only RARP, NET_MTU and INFLIGHT_SHMFD protocol features, not 0x"
+                    + Long.toHexString(extra));
         }
         // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
         this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
@@ -160,6 +161,8 @@ final class Handler implements AutoCloseable {
                 // marks the start of a session; all session state already belongs to this connection
             }
             case SET_LOG_BASE -> setLogBase(m, c); // migration (issue 11)
+            case GET_INFLIGHT_FD -> getInflightFd(p, c); // crash recovery (issue 11)
+            case SET_INFLIGHT_FD -> setInflightFd(m);
             case SET_LOG_FD -> throw new BackendException("SET_LOG_FD is not supported: the log is shared memory (LOG_SHMFD)");
             case RESET_OWNER -> stopAll(); // deprecated; the spec recommends at most disabling the rings
             case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), offeredProtocolFeatures);
@@ -568,7 +571,8 @@ final class Handler implements AutoCloseable {
             q.call = EventFd.create(true); // the driver polls; the device may signal freely
         }
         VringSetup setup = new VringSetup(q.index, q.size, q.descGpa, q.availGpa, q.usedGpa, q.base,
-                deviceFeatures(), q.kick, q.call, q.err, memory);
+                deviceFeatures(), q.kick, q.call, q.err, memory,
+                inflight == null ? null : inflight.queue(q.index, q.size)); // crash recovery (issue 11)
         backend.queueStarted(q.index, setup);
         q.running = true;
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": started " + setup);
@@ -721,6 +725,55 @@ final class Handler implements AutoCloseable {
         }
     }
 
+    // ---- crash recovery: in-flight memory (issue 11) ---------------------------------------------------------------
+
+    /** The in-flight region queues record their requests in (INFLIGHT_SHMFD), or null. */
+    private InflightRegion inflight;
+
+    private void getInflightFd(MemorySegment p, Connection c) throws IOException {
+        int n = Payloads.Inflight.numQueues(p);
+        int qs = Payloads.Inflight.queueSize(p);
+        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+                    + " queues of at most " + maxQueueSize);
+        }
+        InflightRegion next;
+        try {
+            next = InflightRegion.create(name, n, qs);
+        } catch (LinuxException e) {
+            throw new ProtocolException("GET_INFLIGHT_FD: cannot create the in-flight memory: " + e.getMessage(), e);
+        }
+        replaceInflight(next);
+        MemorySegment reply = Arena.ofAuto().allocate(Payloads.INFLIGHT_SIZE);
+        Payloads.Inflight.write(reply, next.size(), 0, n, qs);
+        c.sendReply(MessageType.GET_INFLIGHT_FD, reply, List.of(next.fd()));
+        LOG.log(System.Logger.Level.DEBUG, () -> name + ": created " + next);
+    }
+
+    private void setInflightFd(Message m) throws ProtocolException {
+        MemorySegment p = m.payload();
+        int n = Payloads.Inflight.numQueues(p);
+        int qs = Payloads.Inflight.queueSize(p);
+        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+                    + " queues of at most " + maxQueueSize);
+        }
+        InflightRegion next = InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
+        replaceInflight(next);
+        LOG.log(System.Logger.Level.INFO, name + ": frontend kept " + next);
+    }
+
+    private void replaceInflight(InflightRegion next) throws ProtocolException {
+        if (anyRunning()) {
+            next.close();
+            throw new ProtocolException("in-flight memory changed while queues run");
+        }
+        if (inflight != null) {
+            inflight.close();
+        }
+        inflight = next;
+    }
+
     // ---- config, status, reset --------------------------------------------------------------------------------
 
     private void getConfig(MemorySegment p, Connection c) throws IOException, BackendException {
@@ -805,6 +858,10 @@ final class Handler implements AutoCloseable {
         } finally {
             install(GuestMemory.empty()).releaseAll();
             closeLogs(); // migration (issue 11): every queue is stopped, nothing marks the logs any more
+            if (inflight != null) {
+                inflight.close();
+                inflight = null;
+            }
         }
     }
 

@@ -75,7 +75,22 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      *                            inside the current guest memory
      */
     public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
-        return config.packed() ? new PackedQueue(config, memory) : new SplitQueue(config, memory);
+        return config.packed() ? new PackedQueue(config, memory) : new SplitQueue(config, memory, null);
+    }
+
+    /**
+     * Attaches with crash recovery (vhost-user INFLIGHT_SHMFD, issue 11): {@code inflight} is the queue's region of
+     * the frontend-kept in-flight memory, or null. A split queue records in it every request it takes and returns,
+     * and on attaching to a region a previous backend left, first hands out again the requests that were in flight
+     * (in the order they were taken) and resumes the available ring after them, whatever base the frontend gave.
+     * The packed layout is not tracked: a packed queue ignores the region.
+     */
+    public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory, MemorySegment inflight)
+            throws VirtqueueException {
+        if (config.packed()) {
+            return new PackedQueue(config, memory);
+        }
+        return new SplitQueue(config, memory, inflight == null ? null : new InflightQueue(inflight, config.size()));
     }
 
     public final QueueConfig config() {
@@ -88,6 +103,11 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     public final int size() {
         return size;
+    }
+
+    /** Requests handed out again from the in-flight record after a backend restart (crash recovery, issue 11). */
+    public int resubmitted() {
+        return 0;
     }
 
     /** Requests the device has popped and not yet pushed. */

@@ -140,6 +140,12 @@ public final class BlkDevice implements VhostUserBackend {
         return 1L << n;
     }
 
+    /** Crash recovery (issue 11): reads and writes can be resubmitted, so in-flight requests survive a restart. */
+    @Override
+    public long protocolFeatures() {
+        return Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD);
+    }
+
     @Override
     public int queueCount() {
         return queues;
@@ -220,7 +226,11 @@ public final class BlkDevice implements VhostUserBackend {
             throw new BackendException("queue " + index + ": polling mode without a kick eventfd is not supported");
         }
         try {
-            Virtqueue q = Virtqueue.create(qc, setup.memory());
+            Virtqueue q = Virtqueue.create(qc, setup.memory(), setup.inflight()); // inflight: crash recovery (issue 11)
+            if (q.resubmitted() > 0) {
+                LOG.log(Level.INFO, "blk {0} q{1}: resubmitting {2} request(s) that were in flight when the previous "
+                        + "backend stopped", name, index, q.resubmitted());
+            }
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
             if (fenced != null) {
                 handler.fence(fenced); // image ownership (issue 11)
@@ -301,8 +311,7 @@ public final class BlkDevice implements VhostUserBackend {
             VringSetup setup = setups[i];
             int base = queueStopped(i);
             try {
-                queueStarted(i, new VringSetup(setup.index(), setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(),
-                        base, setup.features(), setup.kick(), setup.call(), setup.err(), setup.memory()));
+                queueStarted(i, setup.withBase(base));
             } catch (BackendException e) {
                 LOG.log(Level.ERROR, "blk {0} q{1}: cannot resume after the memory table changed: {2}", name, i, e.getMessage());
             }
