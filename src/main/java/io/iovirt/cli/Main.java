@@ -10,8 +10,8 @@ import picocli.CommandLine.Command;
                 CommandLine.HelpCommand.class,
                 DemoCommand.class,
                 ServeCommand.class,
-                io.iovirt.bench.BenchCommand.class,
-                io.iovirt.host.HostCommand.class,
+                io.iovirt.cli.BenchCommand.class,
+                io.iovirt.cli.HostCommand.class,
                 VfioCommand.class,
                 VmCommand.class,
         })

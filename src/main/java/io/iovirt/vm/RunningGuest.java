@@ -24,9 +24,12 @@ public final class RunningGuest implements AutoCloseable {
     private final Path console;
     private final Path initrd;
     private final boolean deleteDir;
+    private final Accelerator.Decision accelerator;
     private final long startNanos = System.nanoTime();
 
-    RunningGuest(String name, ChildProcess qemu, Path dir, Path console, Path initrd, boolean deleteDir) {
+    RunningGuest(String name, ChildProcess qemu, Path dir, Path console, Path initrd, boolean deleteDir,
+                 Accelerator.Decision accelerator) {
+        this.accelerator = accelerator;
         this.name = name;
         this.qemu = qemu;
         this.dir = dir;
@@ -37,6 +40,37 @@ public final class RunningGuest implements AutoCloseable {
 
     public long pid() {
         return qemu.pid();
+    }
+
+    /** The accelerator this guest runs under, and why. */
+    public Accelerator.Decision accelerator() {
+        return accelerator;
+    }
+
+    /**
+     * For a KVM guest in auto mode: waits until the console shows its first line. Returns null when it did, or why
+     * KVM failed (QEMU's KVM error line, or silence for {@code timeout}); null also when QEMU exited without a KVM
+     * error, which the caller then reports as usual. QEMU does not exit on a KVM
+     * internal error (the vCPU stops), so its log is watched too.
+     */
+    String awaitFirstOutputUnderKvm(Duration timeout) {
+        long deadline = System.nanoTime() + timeout.toNanos();
+        while (true) {
+            if (console().indexOf('\n') >= 0) {
+                return null;
+            }
+            String error = Accelerator.earlyKvmFailure(qemu.log());
+            if (error != null) {
+                return "QEMU: " + error;
+            }
+            if (!qemu.isAlive()) {
+                return null; // not KVM's doing (bad arguments, a crash): the caller reports the exit as usual
+            }
+            if (System.nanoTime() > deadline) {
+                return "the guest printed nothing on its console within " + timeout.toSeconds() + " s";
+            }
+            sleep();
+        }
     }
 
     public boolean isAlive() {
@@ -125,8 +159,10 @@ public final class RunningGuest implements AutoCloseable {
     }
 
     private GuestException failure(String what) {
+        String crash = qemu.crashReport();
         return new GuestException(name + ": " + what + "\n--- console (last lines) ---\n"
                 + ChildProcess.tail(console(), 25) + "\n--- qemu log ---\n" + qemu.logTail(10)
+                + (crash.isEmpty() ? "" : "\n--- crash ---\n" + crash)
                 + "\n--- directory: " + dir);
     }
 

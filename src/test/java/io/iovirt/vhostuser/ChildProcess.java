@@ -1,5 +1,6 @@
 package io.iovirt.vhostuser;
 
+import io.iovirt.testing.Await;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -37,17 +38,16 @@ final class ChildProcess implements AutoCloseable {
     }
 
     /** Waits (bounded) until {@code condition} holds; fails with the process's output if it exits or time runs out. */
-    void await(String what, Duration timeout, BooleanSupplier condition) throws Exception {
-        long deadline = System.nanoTime() + timeout.toNanos();
-        while (!condition.getAsBoolean()) {
+    void await(String what, Duration timeout, BooleanSupplier condition) {
+        Await.until(timeout, () -> what + "; " + name + " said:\n" + output(), () -> {
+            if (condition.getAsBoolean()) {
+                return true;
+            }
             if (!process.isAlive()) {
                 throw new AssertionError(name + " exited with " + process.exitValue() + " before " + what + ":\n" + output());
             }
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("no " + what + " within " + timeout + "; " + name + " said:\n" + output());
-            }
-            Thread.sleep(20);
-        }
+            return false;
+        });
     }
 
     boolean isAlive() {

@@ -2,7 +2,7 @@
 package io.iovirt.vm;
 
 import io.iovirt.bench.StrictJson;
-import io.iovirt.host.Json;
+import io.iovirt.util.Json;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStreamReader;

@@ -1,5 +1,6 @@
 package io.iovirt.devices.net;
 
+import io.iovirt.testing.Await;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -63,14 +64,8 @@ class VirtioNetPortTest {
         return b.array();
     }
 
-    static void await(BooleanSupplier c, String what) throws InterruptedException {
-        long deadline = System.nanoTime() + 20_000_000_000L;
-        while (!c.getAsBoolean()) {
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("timed out waiting for " + what);
-            }
-            Thread.sleep(2);
-        }
+    static void await(BooleanSupplier c, String what) {
+        Await.until(java.time.Duration.ofSeconds(20), what, c);
     }
 
     @ParameterizedTest(name = "packed={0}")

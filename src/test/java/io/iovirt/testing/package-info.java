@@ -1,0 +1,8 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * Test fixtures shared by every test package: {@link io.iovirt.testing.Await} (the one bounded wait with a message),
+ * {@link io.iovirt.testing.Require} (a missing prerequisite fails the test with the reason and the remedy; nothing is
+ * skipped). Real-guest and real-peer tests carry {@code @Tag("guest")} or {@code @Tag("peer")} and run in Failsafe
+ * (see the pom).
+ */
+package io.iovirt.testing;
