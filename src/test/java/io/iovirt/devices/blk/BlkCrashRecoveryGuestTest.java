@@ -128,6 +128,6 @@ class BlkCrashRecoveryGuestTest {
         return ChildProcess.builder(IovirtCli.command(List.of("serve", "blk", "--image", disk.toString(),
                         "--socket", sock.toString(), "--direct", "--io-engine", "io_uring")))
                 .name("iovirt serve blk #" + generation).log(dir.resolve("iovirt-" + generation + ".log"))
-                .startListening(sock, BlkBackendUnderTest.START_TIMEOUT);
+                .startListening(sock, Duration.ofSeconds(120)); // a JVM start on a loaded 2-core host
     }
 }
