@@ -107,7 +107,8 @@ public final class Connection implements AutoCloseable {
                     || (flags & ~(Header.VERSION_MASK | Header.REPLY)) != 0) {
                 throw new ProtocolException("reply to " + request.specName() + " has flags 0x" + Integer.toHexString(flags));
             }
-            if (!fds.isEmpty()) {
+            int allowedFds = request == MessageType.GET_INFLIGHT_FD ? 1 : 0; // the in-flight memory (issue 11)
+            if (fds.size() > allowedFds) {
                 throw new ProtocolException("reply to " + request.specName() + " carries " + fds.size() + " descriptors");
             }
             boolean ok = switch (request.reply()) {
@@ -120,7 +121,7 @@ public final class Connection implements AutoCloseable {
                         + "-byte payload");
             }
             MemorySegment payload = receivePayload(size, fds);
-            if (!fds.isEmpty()) {
+            if (fds.size() > allowedFds) {
                 throw new ProtocolException("reply to " + request.specName() + " carries descriptors");
             }
             if (request.reply() == MessageType.Reply.CONFIG && size > 0

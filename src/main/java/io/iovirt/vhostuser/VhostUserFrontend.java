@@ -158,6 +158,33 @@ public final class VhostUserFrontend implements AutoCloseable {
         connection.receiveReply(MessageType.SET_LOG_BASE).close();
     }
 
+    /** What GET_INFLIGHT_FD returned: the backend's in-flight memory. The caller owns {@code fd}. */
+    public record Inflight(long mmapSize, long mmapOffset, int numQueues, int queueSize, Fd fd) {
+    }
+
+    /** GET_INFLIGHT_FD (needs INFLIGHT_SHMFD): asks the backend for in-flight memory for the queues. */
+    public synchronized Inflight getInflightFd(int numQueues, int queueSize) throws IOException {
+        MemorySegment p = payload(Payloads.INFLIGHT_SIZE);
+        Payloads.Inflight.write(p, 0, 0, numQueues, queueSize);
+        connection.sendRequest(MessageType.GET_INFLIGHT_FD, false, p, List.of());
+        try (Message reply = connection.receiveReply(MessageType.GET_INFLIGHT_FD)) {
+            if (reply.fdCount() != 1 || reply.payload().byteSize() != Payloads.INFLIGHT_SIZE) {
+                throw new ProtocolException("GET_INFLIGHT_FD reply has " + reply.fdCount() + " descriptors and "
+                        + reply.payload().byteSize() + " bytes");
+            }
+            MemorySegment r = reply.payload();
+            return new Inflight(Payloads.Inflight.mmapSize(r), Payloads.Inflight.mmapOffset(r),
+                    Payloads.Inflight.numQueues(r), Payloads.Inflight.queueSize(r), reply.takeFd(0));
+        }
+    }
+
+    /** SET_INFLIGHT_FD: gives the backend the in-flight memory (after a reconnect: what the previous one handed out). */
+    public synchronized void setInflightFd(Inflight inflight) throws IOException {
+        MemorySegment p = payload(Payloads.INFLIGHT_SIZE);
+        Payloads.Inflight.write(p, inflight.mmapSize(), inflight.mmapOffset(), inflight.numQueues(), inflight.queueSize());
+        send(MessageType.SET_INFLIGHT_FD, p.byteSize(), List.of(inflight.fd()));
+    }
+
     public synchronized void setVringBase(int index, int base) throws IOException {
         sendVringState(MessageType.SET_VRING_BASE, index, base);
     }
