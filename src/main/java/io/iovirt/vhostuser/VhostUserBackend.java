@@ -16,8 +16,10 @@ public interface VhostUserBackend {
     long features();
 
     /**
-     * Protocol features the device handles itself, on top of the core set (MQ, REPLY_ACK, CONFIG,
-     * CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS): only RARP and NET_MTU are accepted.
+     * Protocol features the device adds to the core set (MQ, LOG_SHMFD, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS,
+     * RESET_DEVICE, STATUS): RARP and NET_MTU (their messages come here), and INFLIGHT_SHMFD for a device whose
+     * requests may be resubmitted after a backend restart (the protocol layer keeps the memory; each queue gets its
+     * region as {@link VringSetup#inflight()}).
      */
     default long protocolFeatures() {
         return 0;
