@@ -121,6 +121,21 @@ public final class Qmp implements AutoCloseable {
         return (Map<String, Object>) execute(command, Map.of());
     }
 
+    /** Polls query-status until the VM runs (a migration destination resumes shortly after the source completes). */
+    public void awaitRunning(Duration limit) throws IOException, InterruptedException {
+        long deadline = System.nanoTime() + limit.toNanos();
+        for (;;) {
+            Object status = query("query-status").get("status");
+            if ("running".equals(status)) {
+                return;
+            }
+            if (System.nanoTime() > deadline) {
+                throw new IOException("the VM is still '" + status + "' after " + limit);
+            }
+            Thread.sleep(100);
+        }
+    }
+
     /** Events seen so far. */
     public List<Map<String, Object>> events() {
         return events;
