@@ -3,10 +3,10 @@ package io.iovirt.cli;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.demo.DiskDemo;
 import io.iovirt.vm.demo.NetDemo;
-import java.util.List;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Comparator;
+import java.util.List;
 import java.util.concurrent.Callable;
 import java.util.stream.Stream;
 import picocli.CommandLine.Command;
@@ -35,9 +35,6 @@ final class DemoCommand implements Callable<Integer> {
                     "(/dev/kvm opens, API 12, KVM_CREATE_VM works, CPU has vmx/svm) and falls back to TCG if a KVM guest",
                     "fails early; kvm refuses to run on an unusable KVM; tcg always emulates."})
     String accel;
-
-    @Option(names = "--verbose", description = "Print stack traces on errors.")
-    boolean verbose;
 
     private static void progress(String line) {
         System.err.println("demo: " + line);

@@ -13,6 +13,7 @@ import io.iovirt.host.sriov.SriovManager;
 import io.iovirt.pci.Bdf;
 import io.iovirt.pci.SysfsTree;
 import io.iovirt.util.ActionableException;
+import io.iovirt.util.ByteSizes;
 import io.iovirt.util.Json;
 import java.io.IOException;
 import java.io.PrintWriter;
@@ -63,25 +64,10 @@ public final class HostCommand implements Runnable {
         Path pciIds;
         @Option(names = "--json", description = "machine-readable output")
         boolean json;
-        @Option(names = "--verbose", description = "show stack traces on errors and each sysfs write")
-        boolean verbose;
 
         HostPaths paths() {
             return new HostPaths(sysfsRoot, procRoot, devRoot, stateDir, pciIds != null ? pciIds : HostPaths.findPciIds(),
                     HostPaths.pathFromEnv());
-        }
-    }
-
-    /** PCI addresses on the command line: a bad one is a usage error (exit 2) with an example. */
-    static final class BdfConverter implements CommandLine.ITypeConverter<Bdf> {
-        @Override
-        public Bdf convert(String value) {
-            Bdf b = Bdf.tryParse(value);
-            if (b == null) {
-                throw new CommandLine.TypeConversionException("'" + SysfsTree.printable(value)
-                        + "' is not a PCI address; write it as domain:bus:device.function, e.g. 0000:01:00.1");
-            }
-            return b;
         }
     }
 
@@ -116,7 +102,7 @@ public final class HostCommand implements Runnable {
         }
 
         void writes(List<String> writes) {
-            if (opts.verbose) {
+            if (Main.verbose(spec)) {
                 for (String w : writes) {
                     out().println("  wrote " + w);
                 }
@@ -144,7 +130,7 @@ public final class HostCommand implements Runnable {
                 requested.clear();
                 requested.addAll(require);
             }
-            HostCheck.Report report = HostCheck.run(opts.paths(), parseSize(guestMemory));
+            HostCheck.Report report = HostCheck.run(opts.paths(), ByteSizes.parse(guestMemory));
             boolean ok = report.allPossible(requested);
             if (opts.json) {
                 List<Object> checks = new ArrayList<>();
@@ -197,29 +183,6 @@ public final class HostCommand implements Runnable {
             o.println(ok ? "All requested techniques (*) are possible." : "Not every requested technique (*) is possible.");
             o.flush();
             return ok ? 0 : 1;
-        }
-    }
-
-    static long parseSize(String s) {
-        String t = s.trim().toUpperCase();
-        long mult = 1;
-        if (t.endsWith("IB")) {
-            t = t.substring(0, t.length() - 2);
-        } else if (t.endsWith("B")) {
-            t = t.substring(0, t.length() - 1);
-        }
-        if (t.endsWith("K")) { mult = 1L << 10; t = t.substring(0, t.length() - 1); }
-        else if (t.endsWith("M")) { mult = 1L << 20; t = t.substring(0, t.length() - 1); }
-        else if (t.endsWith("G")) { mult = 1L << 30; t = t.substring(0, t.length() - 1); }
-        else if (t.endsWith("T")) { mult = 1L << 40; t = t.substring(0, t.length() - 1); }
-        try {
-            long v = Long.parseLong(t);
-            if (v < 0 || v > Long.MAX_VALUE / mult) {
-                throw new NumberFormatException();
-            }
-            return v * mult;
-        } catch (NumberFormatException e) {
-            throw new HostConfigException("'" + SysfsTree.printable(s) + "' is not a size", "write e.g. 4G, 512M or 1073741824");
         }
     }
 

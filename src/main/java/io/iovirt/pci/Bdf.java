@@ -5,9 +5,11 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
 /**
- * A PCI function address, domain:bus:device.function, as the kernel names it in sysfs (0000:01:00.1).
+ * A PCI function address, domain:bus:device.function, as the kernel names it in sysfs and VFIO expects it in
+ * VFIO_GROUP_GET_DEVICE_FD (0000:01:00.1). The one PCI address type of iovirt: host tooling and the VFIO driver share
+ * it, so an address one accepts the other accepts too.
  *
- * @param domain 0..0xffff (sysfs prints 4 digits; VMD domains use 0x10000+, printed with 5)
+ * @param domain 0..0xfffff (sysfs prints 4 digits; Intel VMD domains start at 0x10000 and print with 5)
  * @param bus 0..0xff
  * @param device 0..0x1f
  * @param function 0..7

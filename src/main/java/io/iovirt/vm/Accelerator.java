@@ -40,11 +40,14 @@ public final class Accelerator {
 
     /**
      * What QEMU prints when a KVM guest cannot run: an internal error or emulation failure (the vCPU stops, QEMU keeps
-     * running), or KVM failing to initialize at all.
+     * running), KVM failing to initialize at all, or QEMU aborting while it sets up a vCPU. Seen on this project's PVM
+     * host: with {@code -cpu host} QEMU 7.2 prints "error: failed to set MSR 0x10a to 0x69" and aborts on the assertion
+     * in kvm_buf_set_msrs (target/i386/kvm/kvm.c) from kvm_arch_init_vcpu; with other CPU models the guest starts and
+     * stops with "KVM internal error" at a lock cmpxchg16b.
      */
     private static final Pattern KVM_FAILURE = Pattern.compile(
             "KVM internal error|emulation failure|failed to initialize kvm|Could not access KVM kernel module"
-                    + "|kvm run failed|KVM_CREATE_VM", Pattern.CASE_INSENSITIVE);
+                    + "|kvm run failed|KVM_CREATE_VM|failed to set MSR|target/i386/kvm/", Pattern.CASE_INSENSITIVE);
 
     /** What the user asked for. */
     public enum Mode {

@@ -103,6 +103,8 @@ public final class QemuGuest {
         if (why == null) {
             return guest;
         }
+        guest.kill();
+        guest.discardCoreDumps();
         guest.close();
         Accelerator.Decision tcg = accel.fallBack(why);
         b.notice.accept(b.name + ": KVM guest failed early (" + why + "); booting it again under TCG");

@@ -64,12 +64,29 @@ public final class RunningGuest implements AutoCloseable {
                 return "QEMU: " + error;
             }
             if (!qemu.isAlive()) {
-                return null; // not KVM's doing (bad arguments, a crash): the caller reports the exit as usual
+                // QEMU may abort while KVM sets up a vCPU; any other early exit is not KVM's doing (bad arguments):
+                // the caller reports that as usual
+                String exitError = Accelerator.earlyKvmFailure(qemu.log());
+                return exitError == null ? null : "QEMU exited with status " + qemu.exitValue() + ": " + exitError;
             }
             if (System.nanoTime() > deadline) {
                 return "the guest printed nothing on its console within " + timeout.toSeconds() + " s";
             }
             sleep();
+        }
+    }
+
+    /** Deletes core dumps QEMU left in this guest's directory (after a failed KVM attempt nobody reads them). */
+    void discardCoreDumps() {
+        try (Stream<Path> files = Files.list(dir)) {
+            for (Path f : (Iterable<Path>) files::iterator) {
+                String n = f.getFileName().toString();
+                if (n.equals("core") || n.startsWith("core.")) {
+                    Files.deleteIfExists(f);
+                }
+            }
+        } catch (IOException e) {
+            // the directory is deleted with the guest, or kept for a person to look at
         }
     }
 

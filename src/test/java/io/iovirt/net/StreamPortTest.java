@@ -1,5 +1,6 @@
 package io.iovirt.net;
 
+import io.iovirt.testing.Frames;
 import io.iovirt.testing.Await;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;

@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.memory.WriteLog;
+import io.iovirt.testing.GuestFixture;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;

@@ -9,6 +9,7 @@ import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.vm.Accelerator;
 import java.nio.file.Path;
+import io.iovirt.util.ByteSizes;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.EnumMap;
@@ -266,7 +267,7 @@ public final class HostCheck {
         } else if (total == 0) {
             add("hugepages", Status.WARN, "no huge pages reserved: " + use + " is backed by 4 KiB pages", remedy, NONE);
         } else {
-            add("hugepages", Status.PASS, total + " huge pages of " + human(sizeKib * 1024) + " reserved, " + free
+            add("hugepages", Status.PASS, total + " huge pages of " + ByteSizes.human(sizeKib * 1024) + " reserved, " + free
                     + " free: for " + use, "", NONE);
         }
     }
@@ -422,8 +423,8 @@ public final class HostCheck {
                 try {
                     long soft = Long.parseLong(f[0]);
                     Status s = soft >= memlockNeeded ? Status.PASS : Status.WARN;
-                    add("memlock", s, "locked-memory limit is " + human(soft) + " (VFIO pins all guest RAM; "
-                            + human(memlockNeeded) + " wanted)",
+                    add("memlock", s, "locked-memory limit is " + ByteSizes.human(soft) + " (VFIO pins all guest RAM; "
+                            + ByteSizes.human(memlockNeeded) + " wanted)",
                             "raise it for the VM's process: ulimit -l unlimited, LimitMEMLOCK=infinity (systemd) or memlock in /etc/security/limits.conf; libvirt does this itself",
                             NONE);
                     return;
@@ -490,18 +491,5 @@ public final class HostCheck {
             }
         }
         return out;
-    }
-
-    static String human(long bytes) {
-        if (bytes >= 1L << 30 && bytes % (1L << 30) == 0) {
-            return (bytes >> 30) + " GiB";
-        }
-        if (bytes >= 1L << 20) {
-            return (bytes >> 20) + " MiB";
-        }
-        if (bytes >= 1L << 10) {
-            return (bytes >> 10) + " KiB";
-        }
-        return bytes + " bytes";
     }
 }

@@ -426,11 +426,6 @@ public final class NvmeController implements AutoCloseable {
         return irqMode;
     }
 
-    /** Interrupts received on the I/O queue's vector so far. */
-    public long ioInterrupts() {
-        return ioWaiter.interrupts();
-    }
-
     public DmaArena arena() {
         return arena;
     }
@@ -509,6 +504,13 @@ public final class NvmeController implements AutoCloseable {
         return options;
     }
 
+    private volatile String quiesceReport = "no I/O queue";
+
+    /** What {@link #close()} found in flight and whether it drained before the controller was disabled. */
+    public String quiesceReport() {
+        return quiesceReport;
+    }
+
     /** True once {@link #close()} has begun: submit nothing more. */
     boolean quiescing() {
         return quiescing;
@@ -555,7 +557,13 @@ public final class NvmeController implements AutoCloseable {
         try {
             closed = true;
             if (io != null) {
-                awaitIdle(io, Math.min(options.commandTimeout().toMillis(), QUIESCE_LIMIT_MS));
+                int before = io.outstandingFromOtherThread();
+                long limit = Math.min(options.commandTimeout().toMillis(), QUIESCE_LIMIT_MS);
+                awaitIdle(io, limit);
+                int after = io.outstandingFromOtherThread();
+                quiesceReport = before == 0 ? "no I/O in flight"
+                        : after == 0 ? before + " I/O commands in flight completed first"
+                        : after + " of " + before + " I/O commands still in flight after " + limit + " ms";
             }
             if (bar != null && cap != null) {
                 try {

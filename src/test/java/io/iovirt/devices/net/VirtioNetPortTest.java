@@ -1,5 +1,6 @@
 package io.iovirt.devices.net;
 
+import io.iovirt.testing.Frames;
 import io.iovirt.testing.Await;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -56,12 +57,7 @@ class VirtioNetPortTest {
     }
 
     static byte[] frame(long dst, long src, int len) {
-        ByteBuffer b = ByteBuffer.allocate(len);
-        b.put(Mac.toBytes(dst)).put(Mac.toBytes(src)).putShort((short) 0x88b5);
-        for (int i = 14; i < len; i++) {
-            b.put((byte) (i * 13 + len));
-        }
-        return b.array();
+        return Frames.ethernet(dst, src, len);
     }
 
     static void await(BooleanSupplier c, String what) {

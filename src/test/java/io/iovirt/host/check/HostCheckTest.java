@@ -208,6 +208,67 @@ public class HostCheckTest {
         assertTrue(ok.result("hugepages").detail().startsWith("512 huge pages of 2 MiB reserved, 512 free"), ok.result("hugepages").detail());
     }
 
+    /**
+     * /dev/kvm is opened as the user running the check, for real: a node that user may not open is a FAIL naming the
+     * user, with the kvm group as the remedy. As root the check runs in a child JVM switched to nobody (setpriv);
+     * as any other user it runs here, on a node of mode 000.
+     */
+    @Test
+    void kvmIsCheckedAsTheInvokingUser() throws Exception {
+        Path root = java.nio.file.Files.createTempDirectory(Path.of("/var/tmp"), "iovirt-kvm-user-");
+        try {
+            FakeHost h = new FakeHost(root).intelCpu(true).kvm();
+            java.nio.file.Files.setPosixFilePermissions(h.dev.resolve("kvm"), java.util.Set.of());
+            try (var all = java.nio.file.Files.walk(root)) {
+                for (Path p : (Iterable<Path>) all::iterator) {
+                    if (java.nio.file.Files.isDirectory(p)) {
+                        java.nio.file.Files.setPosixFilePermissions(p, java.nio.file.attribute.PosixFilePermissions.fromString("rwxr-xr-x"));
+                    }
+                }
+            }
+            String out;
+            String user;
+            if (new com.sun.security.auth.module.UnixSystem().getUid() == 0) {
+                io.iovirt.testing.Require.program("setpriv", "apt-get install util-linux");
+                user = "nobody";
+                List<String> cmd = new java.util.ArrayList<>(List.of("setpriv", "--reuid=65534", "--regid=65534",
+                        "--clear-groups", "--"));
+                // nobody cannot read root's Maven repository: jars are copied next to the fixture
+                List<String> cp = new java.util.ArrayList<>();
+                for (Class<?> c : new Class<?>[] {io.iovirt.cli.Main.class, picocli.CommandLine.class}) {
+                    Path where = Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI());
+                    if (java.nio.file.Files.isDirectory(where)) {
+                        cp.add(where.toString());
+                    } else {
+                        Path copy = root.resolve(where.getFileName().toString());
+                        java.nio.file.Files.copy(where, copy);
+                        cp.add(copy.toString());
+                    }
+                }
+                cmd.addAll(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
+                        "--enable-native-access=ALL-UNNAMED", "-cp", String.join(":", cp), "io.iovirt.cli.Main",
+                        "host", "check", "--json"));
+                cmd.addAll(h.cliRoots());
+                Path log = root.resolve("check.log");
+                try (io.iovirt.vm.ChildProcess p = io.iovirt.vm.ChildProcess.builder(cmd).name("iovirt host check as nobody")
+                        .log(log).start()) {
+                    assertTrue(p.waitFor(java.time.Duration.ofSeconds(120)), p.log());
+                    out = p.log();
+                }
+            } else {
+                user = System.getProperty("user.name");
+                out = CliRun.host(h, "check", "--json").out();
+            }
+            assertTrue(out.contains("\"id\": \"kvm\",\n      \"status\": \"FAIL\""), out);
+            assertTrue(out.contains("read-write as this user: EACCES") && out.contains("(as user " + user + ")"), out);
+            assertTrue(out.contains("add the user to the kvm group"), out);
+        } finally {
+            try (var all = java.nio.file.Files.walk(root)) {
+                all.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            }
+        }
+    }
+
     /** Text and JSON carry the same checks and the same accelerator decision. */
     @Test
     void textAndJsonAgree() {
