@@ -61,6 +61,18 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Make the socket file mode 0660 and owned by GROUP, so that group's frontends may connect "
+                    + "(default: mode 0600, owner only).")
+    String socketGroup;
+
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve frontends running as these uids (default: our own uid and root only).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
+    private io.iovirt.linux.SocketAccess access() {
+        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
+    }
 
     @Override
     public Integer call() throws Exception {
@@ -71,7 +83,7 @@ final class ServeBlkCommand implements Callable<Integer> {
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
         try (DiskImage img = Images.open(image, fmt, readOnly, direct)) {
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
-            try (VhostUserServer server = VhostUserServer.start(socket, device)) {
+            try (VhostUserServer server = VhostUserServer.start(socket, device, access())) {
                 System.err.printf("iovirt: serving %s (%s, %d MiB%s%s, %d queue%s, %s) on %s%n", image, img.format(), img.size() >> 20,
                         readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues, queues == 1 ? "" : "s",
                         device.ioDescription(), socket);

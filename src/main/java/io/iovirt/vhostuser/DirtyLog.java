@@ -5,12 +5,11 @@ import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.Mmap;
-import io.iovirt.memory.WriteLog;
+import io.iovirt.memory.GuestWriteLog;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
-import java.util.Arrays;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
@@ -28,7 +27,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * it is counted and logged once per log (that migration may then copy a stale page — the frontend's log was too
  * small for the guest memory it described).
  */
-public final class DirtyLog implements AutoCloseable {
+public final class DirtyLog implements GuestWriteLog, AutoCloseable {
     private static final System.Logger LOG = System.getLogger(DirtyLog.class.getName());
     /** VHOST_LOG_PAGE. */
     public static final int PAGE_SHIFT = 12;
@@ -106,11 +105,6 @@ public final class DirtyLog implements AutoCloseable {
         return new DirtyLog(name, null, bitmap, bitmap.byteSize());
     }
 
-    /** What devices see of this log while logging is on ({@code usedLogAddr}: per queue, -1 = used ring not logged). */
-    public WriteLog writeLog(long[] usedLogAddr) {
-        return new Active(this, usedLogAddr);
-    }
-
     /** The log's size in bytes, as the frontend gave it. */
     public long size() {
         return size;
@@ -124,6 +118,12 @@ public final class DirtyLog implements AutoCloseable {
     /** Marks written that the log could not cover. */
     public long outOfRange() {
         return outOfRange.get();
+    }
+
+    /** Devices report their writes here (through the memory holder) while logging is on. */
+    @Override
+    public void written(long gpa, long len) {
+        mark(gpa, len);
     }
 
     /**
@@ -177,43 +177,5 @@ public final class DirtyLog implements AutoCloseable {
     @Override
     public String toString() {
         return "dirty log of " + size + " bytes covering 0x" + Long.toHexString(coveredBytes()) + " bytes of guest memory";
-    }
-
-    /**
-     * What devices see while logging is on: the log, plus the used-ring log address of each queue whose frontend
-     * set VHOST_VRING_F_LOG (-1 for the others). Immutable: the protocol layer installs a new one on each change.
-     */
-    static final class Active implements WriteLog {
-        private final DirtyLog log;
-        private final long[] usedLogAddr;
-
-        Active(DirtyLog log, long[] usedLogAddr) {
-            this.log = log;
-            this.usedLogAddr = usedLogAddr.clone();
-        }
-
-        @Override
-        public void written(long gpa, long len) {
-            log.mark(gpa, len);
-        }
-
-        @Override
-        public void usedWritten(int queue, long offset, long len) {
-            if (queue >= 0 && queue < usedLogAddr.length) {
-                long base = usedLogAddr[queue];
-                if (base != -1) {
-                    log.mark(base + offset, len);
-                }
-            }
-        }
-
-        DirtyLog log() {
-            return log;
-        }
-
-        @Override
-        public String toString() {
-            return log + ", used rings logged at " + Arrays.toString(usedLogAddr);
-        }
     }
 }

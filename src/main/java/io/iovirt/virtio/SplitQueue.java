@@ -70,7 +70,7 @@ public final class SplitQueue extends Virtqueue {
         this.usedEventOffset = RING + 2L * size;
         this.availEventOffset = RING + 8L * size;
         this.visitedDirect = new int[size];
-        this.visitedIndirect = new int[VirtioRing.maxChain(size)];
+        this.visitedIndirect = new int[maxChain];
         refresh();
         this.lastAvail = config.availIndex();
         this.shadowAvail = lastAvail;
@@ -83,11 +83,6 @@ public final class SplitQueue extends Virtqueue {
             this.lastAvail = (usedIdx + resubmit.length) & 0xffff;
             this.shadowAvail = lastAvail;
         }
-    }
-
-    @Override
-    public int resubmitted() {
-        return resubmit.length;
     }
 
     @Override
@@ -108,6 +103,11 @@ public final class SplitQueue extends Virtqueue {
                     "available index moved from %d to %d, more than the queue size %d", lastAvail, idx, size));
         }
         return idx;
+    }
+
+    @Override
+    public int resubmitted() {
+        return resubmit.length;
     }
 
     @Override
@@ -148,7 +148,7 @@ public final class SplitQueue extends Virtqueue {
         if (eventIdx && notificationsEnabled) {
             // Keep avail_event at the next entry we will look at, so a driver that adds after we go idle kicks us.
             used.set(LE16, availEventOffset, (short) lastAvail);
-            logUsed(availEventOffset, 2);
+            logged(config.deviceArea() + availEventOffset, 2);
         }
         return true;
     }
@@ -188,9 +188,9 @@ public final class SplitQueue extends Virtqueue {
                 if ((flags & DESC_F_NEXT) != 0) {
                     throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor " + i + " of head " + head + " also has NEXT set");
                 }
-                if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > VirtioRing.maxChain(size)) {
+                if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > maxChain) {
                     throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table of head " + head + " is " + len
-                            + " bytes: must be a non-zero multiple of 16 of at most " + VirtioRing.maxChain(size) + " descriptors");
+                            + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
                 }
                 try {
                     table = mem.translate(addr, len);
@@ -226,8 +226,8 @@ public final class SplitQueue extends Virtqueue {
         used.set(LE32, off + 4, len);
         usedIdx = (usedIdx + 1) & 0xffff;
         U16.setRelease(used, USED_IDX, (short) usedIdx); // element visible before the index
-        logUsed(off, 8);
-        logUsed(USED_IDX, 2);
+        logged(config.deviceArea() + off, 8);
+        logged(config.deviceArea() + USED_IDX, 2);
         if (inflight != null) {
             inflight.afterUsed(id, usedIdx);
         }
@@ -266,7 +266,7 @@ public final class SplitQueue extends Virtqueue {
         notificationsEnabled = false;
         if (!eventIdx) {
             used.set(LE16, 0, (short) VirtioRing.USED_F_NO_NOTIFY);
-            logUsed(0, 2);
+            logged(config.deviceArea(), 2);
         }
         // With EVENT_IDX, avail_event simply stays behind: the driver stops kicking once it has passed it.
     }
@@ -277,10 +277,10 @@ public final class SplitQueue extends Virtqueue {
         notificationsEnabled = true;
         if (eventIdx) {
             used.set(LE16, availEventOffset, (short) lastAvail);
-            logUsed(availEventOffset, 2);
+            logged(config.deviceArea() + availEventOffset, 2);
         } else {
             used.set(LE16, 0, (short) 0);
-            logUsed(0, 2);
+            logged(config.deviceArea(), 2);
         }
         VarHandle.fullFence(); // publish the request to kick before re-reading avail.idx
         shadowAvail = readAvailIdx();
@@ -290,13 +290,10 @@ public final class SplitQueue extends Virtqueue {
     @Override
     public boolean hasAvailable() throws VirtqueueException {
         refresh();
-        if (resubmitted < resubmit.length) {
-            return true;
-        }
         if (shadowAvail == lastAvail) {
             shadowAvail = readAvailIdx();
         }
-        return shadowAvail != lastAvail;
+        return shadowAvail != lastAvail || resubmitted < resubmit.length;
     }
 
     @Override

@@ -60,7 +60,7 @@ class MigrationProtocolTest {
                     "the device never sees LOG_ALL");
 
             setup.memory().writeLog().written(0x5000, 1); // page 5
-            setup.memory().writeLog().usedWritten(0, 0, 2); // used ring at GPA RING_GPA + 0x2000: page 0x102
+            setup.memory().writeLog().written(VhostUserServerTest.USED, 2); // the used ring: page 0x102
             MemorySegment bitmap = Mmap.map(logFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
             assertEquals(1 << 5, bitmap.get(ValueLayout.JAVA_BYTE, 0));
             long usedPage = VhostUserServerTest.USED >>> 12;

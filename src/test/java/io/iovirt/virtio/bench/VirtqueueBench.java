@@ -77,8 +77,7 @@ public class VirtqueueBench {
         if (dirtyLog.equals("on")) {
             bitmap = arena.allocate(bytes / 4096 / 8, 8);
             DirtyLog log = DirtyLog.over("bench", bitmap);
-            long usedLog = driver.queueConfig(0, true).deviceArea();
-            holder.writeLog(log.writeLog(new long[] {usedLog}));
+            holder.writeLog(log);
         }
         addrs[0] = 0x10000;
         addrs[1] = 0x20000;
