@@ -98,4 +98,28 @@ class MigrationProtocolTest {
             }
         }
     }
+
+    /** A frontend's in-flight description is checked: too many queues, a size that does not match the layout. */
+    @Test
+    void inflightDescriptionsThatDoNotFitAreRefused() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2, Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD));
+        try (VhostUserServer server = VhostUserServer.start(socket, backend)) {
+            try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT)) {
+                fe.setProtocolFeatures(fe.getProtocolFeatures());
+                org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class, () -> fe.getInflightFd(3, 256),
+                        "3 queues on a 2-queue device: the backend closes the connection");
+            }
+            try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+                 Fd small = MemFd.allocate("inflight", 4096)) {
+                fe.setProtocolFeatures(fe.getProtocolFeatures());
+                org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+                        () -> fe.setInflightFd(new VhostUserFrontend.Inflight(4096, 0, 2, 256, small)),
+                        "4096 bytes cannot hold 2 queues of 256");
+            }
+            try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT)) {
+                assertTrue(fe.getFeatures() != 0, "the server goes on serving");
+            }
+        }
+    }
 }
