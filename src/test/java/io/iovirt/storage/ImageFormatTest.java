@@ -3,7 +3,6 @@ package io.iovirt.storage;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.IOException;
 import java.nio.file.Files;
@@ -21,7 +20,7 @@ class ImageFormatTest {
 
     @Test
     void detectsWhatQemuImgCreates() throws Exception {
-        assumeTrue(Files.isExecutable(Path.of("/usr/bin/qemu-img")), "qemu-img (scripts/install-deps.sh installs it)");
+        io.iovirt.testing.Require.program("qemu-img", "scripts/install-deps.sh installs qemu-utils");
         for (ImageFormat f : List.of(ImageFormat.RAW, ImageFormat.QCOW2, ImageFormat.QCOW, ImageFormat.QED,
                 ImageFormat.VMDK, ImageFormat.VHDX, ImageFormat.VPC, ImageFormat.VDI, ImageFormat.PARALLELS,
                 ImageFormat.LUKS)) {
