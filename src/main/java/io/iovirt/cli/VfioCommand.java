@@ -519,7 +519,7 @@ public final class VfioCommand implements Runnable {
                 IommuCheck.Result r = IommuCheck.run(c);
                 out.println(r.describe());
                 out.flush();
-                return r.blocked() ? 0 : 1;
+                return r.blocked() ? Contract.OK : Contract.CHECK_FAILED; // 1 stays "could not run the check"
             });
         }
     }
