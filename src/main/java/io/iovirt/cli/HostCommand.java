@@ -156,8 +156,14 @@ public final class HostCommand implements Runnable {
                     m.put("missing", s.missing());
                     techniques.put(t.name().toLowerCase(), m);
                 });
+                Map<String, Object> accel = new LinkedHashMap<>();
+                accel.put("kind", report.accelerator().kind().name().toLowerCase());
+                accel.put("reason", report.accelerator().reason());
+                accel.put("kvm_usable", report.accelerator().kvm().usable());
+                accel.put("kvm_remedy", report.accelerator().kvm().remedy().isEmpty() ? null : report.accelerator().kvm().remedy());
                 Map<String, Object> doc = new LinkedHashMap<>();
                 doc.put("checks", checks);
+                doc.put("accelerator", accel);
                 doc.put("techniques", techniques);
                 doc.put("requested", requested.stream().map(t -> t.name().toLowerCase()).toList());
                 doc.put("ok", ok);
@@ -171,6 +177,8 @@ public final class HostCommand implements Runnable {
                     o.printf("      %-20s remedy: %s%n", "", r.remedy());
                 }
             }
+            o.println();
+            o.println("Guests run under " + report.accelerator().describe());
             o.println();
             o.println("Techniques this host can offer:");
             report.techniques().forEach((t, s) -> {

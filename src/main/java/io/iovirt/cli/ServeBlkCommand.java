@@ -1,8 +1,9 @@
 package io.iovirt.cli;
 
 import io.iovirt.devices.blk.BlkDevice;
+import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.Images;
 import io.iovirt.util.ActionableException;
 import io.iovirt.util.ByteSizes;
 import io.iovirt.vhostuser.VhostUserServer;
@@ -20,7 +21,7 @@ import picocli.CommandLine.Option;
  */
 @Command(name = "blk", footerHeading = "%nExamples:%n", footer = {"  iovirt serve blk --image disk.raw --socket /run/iovirt/blk0.sock", "  iovirt serve blk --image /dev/vg0/vm1 --socket /run/iovirt/vm1.sock --queues 4 --direct", "  iovirt serve blk --image disk.raw --socket blk.sock --log-format json --stats-interval 10"},
             mixinStandardHelpOptions = true,
-        description = {"Serve a raw disk image to QEMU guests as vhost-user-blk.",
+        description = {"Serve a disk image (raw or qcow2) to QEMU guests as vhost-user-blk.",
                 "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
                         + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."})
 final class ServeBlkCommand implements Callable<Integer> {
@@ -29,7 +30,7 @@ final class ServeBlkCommand implements Callable<Integer> {
     @picocli.CommandLine.Spec
     picocli.CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--image", required = true, paramLabel = "FILE", description = "Raw image file or block device.")
+    @Option(names = "--image", required = true, paramLabel = "FILE", description = "Disk image: a raw file or block device, or qcow2 (the format is read from the header).")
     Path image;
 
     @Option(names = "--socket", required = true, paramLabel = "PATH", description = "UNIX socket to listen on.")
@@ -62,19 +63,21 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
     }
 
-    @Option(names = "--format", paramLabel = "raw", converter = FormatConverter.class,
-            description = {"The image's format. Without it the header is checked, and an image that says it is not raw",
-                    "(qcow2, VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the file's bytes as they are."})
+    @Option(names = "--format", paramLabel = "raw|qcow2", converter = FormatConverter.class,
+            description = {"The image's format. Without it the header decides: raw and qcow2 are served, an image that",
+                    "says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the file's bytes as",
+                    "they are, whatever the header says."})
     ImageFormat format;
 
     static final class FormatConverter implements picocli.CommandLine.ITypeConverter<ImageFormat> {
         @Override
         public ImageFormat convert(String value) {
-            if (!value.equals("raw")) {
-                throw new picocli.CommandLine.TypeConversionException("'" + value + "' is not a format serve blk "
-                        + "serves: use raw (convert other images with qemu-img convert -O raw)");
-            }
-            return ImageFormat.RAW;
+            return switch (value) {
+                case "raw" -> ImageFormat.RAW;
+                case "qcow2" -> ImageFormat.QCOW2;
+                default -> throw new picocli.CommandLine.TypeConversionException("'" + value + "' is not a format "
+                        + "serve blk serves: use raw or qcow2 (convert other images with qemu-img convert -O qcow2)");
+            };
         }
     }
 
@@ -93,6 +96,18 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Make the socket file mode 0660 and owned by GROUP, so that group's frontends may connect "
+                    + "(default: mode 0600, owner only).")
+    String socketGroup;
+
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve frontends running as these uids (default: our own uid and root only).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
+    private io.iovirt.linux.SocketAccess access() {
+        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
+    }
 
     @Override
     public Integer call() throws Exception {
@@ -105,11 +120,11 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
         String id = serial != null ? serial : defaultSerial(image);
         checkFormat(image, format);
-        try (RawImage img = RawImage.open(image, readOnly, direct)) {
+        try (DiskImage img = Images.open(image, format, readOnly, direct)) {
             checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
-            try (VhostUserServer server = VhostUserServer.start(socket, device)) {
-                LOG.info(String.format("serving %s (%s%s%s, %d queue%s, %s) on %s", image,
+            try (VhostUserServer server = VhostUserServer.start(socket, device, access())) {
+                LOG.info(String.format("serving %s (%s, %s%s%s, %d queue%s, %s) on %s", image, img.format(),
                         ByteSizes.human(img.size()), readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues,
                         queues == 1 ? "" : "s", device.ioDescription(), socket));
                 Thread stats = statsInterval == 0 ? null : Thread.ofPlatform().daemon().name("stats").start(() -> {
@@ -135,16 +150,19 @@ final class ServeBlkCommand implements Callable<Integer> {
         return 0;
     }
 
-    /** Refuses an image whose header says it is not raw, unless {@code format} is RAW: the operator said so. */
+    /**
+     * Refuses an image whose header names a format iovirt does not serve (VMDK, VHDX, VDI, LUKS...), unless
+     * {@code format} says how to read it: serving its bytes as raw would let a guest destroy its metadata.
+     */
     static void checkFormat(Path image, ImageFormat format) throws IOException {
         if (format == null && java.nio.file.Files.isReadable(image)) { // else open() says what is wrong with the path
             ImageFormat detected = ImageFormat.detect(image);
-            if (detected != ImageFormat.RAW) {
+            if (detected != ImageFormat.RAW && detected != ImageFormat.QCOW2) {
                 throw new ActionableException("cannot serve " + image + ": its header says it is "
-                        + detected.description() + ", and serve blk serves raw images (a guest writing to it would "
-                        + "destroy the " + detected.qemuName() + " metadata)", "convert it (qemu-img convert -f "
-                        + detected.qemuName() + " -O raw " + image + " disk.raw), or pass --format raw if the guest "
-                        + "is meant to see these bytes");
+                        + detected.description() + ", and serve blk serves raw and qcow2 images (a guest writing to it "
+                        + "would destroy the " + detected.qemuName() + " metadata)", "convert it (qemu-img convert -f "
+                        + detected.qemuName() + " -O qcow2 " + image + " disk.qcow2), or pass --format raw if the "
+                        + "guest is meant to see these bytes");
             }
         }
     }

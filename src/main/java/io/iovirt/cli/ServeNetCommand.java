@@ -24,11 +24,12 @@ import picocli.CommandLine.Option;
             "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
             "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
             "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)",
-            "  vhost-user:PATH[,queues=N][,mac=MAC][,poll-us=US]",
+            "  vhost-user:PATH[,queues=N][,mac=MAC][,pin-mac][,poll-us=US]",
             "               a virtio-net device served on UNIX socket PATH (QEMU: -chardev socket,id=c0,path=PATH",
             "               -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,netdev=n0,vectors=0;",
             "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
-            "               (default 1); mac: the guest's address, announced when it connects; poll-us: keep polling",
+            "               (default 1); mac: the guest's address, announced when it connects; pin-mac: drop frames",
+            "               from any other source (no spoofing, one MAC table entry); poll-us: keep polling",
             "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0)"},
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {
@@ -56,6 +57,18 @@ final class ServeNetCommand implements Callable<Integer> {
 
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.net");
 
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Make socket files (vhost-user and stream ports) mode 0660 and owned by GROUP, so that group's peers may connect "
+                    + "(default: mode 0600, owner only).")
+    String socketGroup;
+
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve peers running as these uids (default: our own uid and root only).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
+    private io.iovirt.linux.SocketAccess access() {
+        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
+    }
 
     @Override
     public Integer call() throws Exception {
@@ -124,7 +137,7 @@ final class ServeNetCommand implements Callable<Integer> {
             throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
         }
         return switch (kind) {
-            case "stream" -> () -> new StreamPort(Path.of(arg));
+            case "stream" -> () -> new StreamPort(Path.of(arg), access());
             case "tap" -> {
                 try {
                     TapPort probe = new TapPort(arg); // validates the name now, before anything starts
@@ -135,7 +148,11 @@ final class ServeNetCommand implements Callable<Integer> {
             }
             case "vhost-user" -> {
                 VirtioNetPort.Options o = vhostUserOptions(spec, arg);
-                yield () -> new VirtioNetPort(o);
+                boolean pin = java.util.Arrays.asList(arg.split(",")).contains("pin-mac");
+                if (pin && o.mac() == -1) {
+                    throw usage("--port " + spec + ": pin-mac needs mac=MAC");
+                }
+                yield () -> new VirtioNetPort(o).withAccess(access()).pinSource(pin);
             }
             default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };
@@ -148,6 +165,9 @@ final class ServeNetCommand implements Callable<Integer> {
         int pollUs = 0;
         for (int i = 1; i < parts.length; i++) {
             String[] kv = parts[i].split("=", 2);
+            if (parts[i].equals("pin-mac")) {
+                continue;
+            }
             try {
                 switch (kv.length == 2 ? kv[0] : "") {
                     case "queues" -> queues = Integer.parseInt(kv[1]);
@@ -160,7 +180,7 @@ final class ServeNetCommand implements Callable<Integer> {
                     }
                     case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
                     default -> throw usage("--port " + spec + ": unknown option '" + parts[i]
-                            + "' (known: queues=N, mac=MAC, poll-us=US)");
+                            + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US)");
                 }
             } catch (NumberFormatException e) {
                 throw usage("--port " + spec + ": '" + parts[i] + "' needs a number");

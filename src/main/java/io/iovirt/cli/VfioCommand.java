@@ -236,9 +236,10 @@ public final class VfioCommand implements Runnable {
                 return;
             }
             signalled = true;
+            NvmeController c = controller;
             release();
-            System.err.println("iovirt: terminating: NVMe controller " + address + " shut down; device, DMA mappings, "
-                    + "group and container released");
+            System.err.println("iovirt: terminating: NVMe controller " + address + " shut down ("
+                    + (c == null ? "not started" : c.quiesceReport()) + "); device, DMA mappings, group and container released");
             System.err.flush();
         }
 

@@ -2,6 +2,7 @@ package io.iovirt.cli;
 
 import io.iovirt.host.HostPaths;
 import io.iovirt.net.Mac;
+import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.GuestResult;
 import io.iovirt.vm.QemuGuest;
@@ -35,7 +36,7 @@ final class VmCommand implements Runnable {
             mixinStandardHelpOptions = true, 
             description = {"Run one QEMU guest with disks, NICs and host devices wired to iovirt.",
                     "Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
-                    "(vhost-user), FV devices emulated by QEMU (NICs on iovirt's switch), VFIO devices and SR-IOV VFs",
+                    "(vhost-user), FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO devices and SR-IOV VFs",
                     "passed through after the host registry assigns them to this VM.",
                     "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:",
                     "list what the guest sees). With --serve, starts only the backends, prints the QEMU device",
@@ -51,7 +52,7 @@ final class VmCommand implements Runnable {
                 description = "pvhvm (default: any mix; PV devices with MSI-X via eventfds, kvmclock under KVM) or hvm (emulated devices only).")
         String profile;
 
-        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro]", description = "A disk: pv (virtio-blk by iovirt) or fv (AHCI by QEMU).")
+        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro]", description = "A disk (raw or qcow2): pv (virtio-blk served by iovirt) or fv (AHCI emulated by QEMU on iovirt's NBD export).")
         List<String> disks = new ArrayList<>();
 
         @Option(names = "--nic", paramLabel = "pv|fv[,mac=MAC]", description = "A NIC on iovirt's switch: pv (virtio-net) or fv (e1000).")
@@ -81,6 +82,9 @@ final class VmCommand implements Runnable {
         @Option(names = "--timeout", defaultValue = "300", paramLabel = "S", description = "Kill the guest after S seconds (default ${DEFAULT-VALUE}).")
         int timeout;
 
+        @Option(names = "--accel", defaultValue = "auto", paramLabel = "auto|kvm|tcg",
+                description = "Accelerator: kvm only if it can run a stock guest (hardware virtualization), else tcg (default ${DEFAULT-VALUE}).")
+        String accel;
 
         static final String DEFAULT_COMMAND = """
                 echo "block devices: $(ls /sys/block | tr '\\n' ' ')"
@@ -93,12 +97,14 @@ final class VmCommand implements Runnable {
         public Integer call() throws Exception {
             VmSpec vm = new VmSpec(name, parseProfile(), memory, cpus, disks.stream().map(this::disk).toList(),
                     nics.stream().map(this::nic).toList(), vfio, vfPools);
+            Accelerator.Decision decision = Accelerator.forMode(parseAccel(accel));
+            System.err.println("accelerator: " + decision.describe());
             HostPaths host = HostPaths.system();
             if (stateDir != null) {
                 host = host.withStateDir(stateDir);
             }
             Path runDir = Files.createTempDirectory("iovirt-vm-" + name + "-");
-            try (VmComposer c = VmComposer.compose(vm, runDir, host)) {
+            try (VmComposer c = VmComposer.compose(vm, runDir, host, decision)) {
                 for (VmComposer.Device d : c.devices()) {
                     System.err.printf("%-7s %s%n", d.technique(), d.description());
                 }
@@ -109,7 +115,7 @@ final class VmCommand implements Runnable {
                     Signals.awaitTermination();
                     return 0;
                 }
-                QemuGuest guest = QemuGuest.builder(GuestImage.ensure()).name(name).memoryMiB(memory).cpus(cpus)
+                QemuGuest guest = QemuGuest.builder(GuestImage.ensure()).name(name).accelerator(decision).memoryMiB(memory).cpus(cpus)
                         .modules(c.modules().toArray(String[]::new)).args(c.qemuArgs())
                         .payload(command != null ? command : DEFAULT_COMMAND).build();
                 GuestResult r = guest.run(Duration.ofSeconds(timeout));
@@ -119,6 +125,14 @@ final class VmCommand implements Runnable {
                 try (var files = Files.walk(runDir)) {
                     files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
                 }
+            }
+        }
+
+        private Accelerator.Mode parseAccel(String text) {
+            try {
+                return Accelerator.Mode.parse(text);
+            } catch (IllegalArgumentException e) {
+                throw usage("--accel: " + e.getMessage());
             }
         }
 

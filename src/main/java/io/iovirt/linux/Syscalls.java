@@ -120,6 +120,9 @@ final class Syscalls {
         static final MethodHandle DUP3 = fn("dup3", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
         static final MethodHandle FCNTL = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT),
                 Linker.Option.firstVariadicArg(2));
+        /** fcntl with a pointer argument (struct flock for the OFD lock commands). */
+        static final MethodHandle FCNTL_PTR = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS),
+                Linker.Option.firstVariadicArg(2));
         static final MethodHandle POLL = fn("poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
         static final MethodHandle SYSCONF = fn("sysconf", FunctionDescriptor.of(JAVA_LONG, JAVA_INT));
     }
@@ -180,6 +183,20 @@ final class Syscalls {
             int r;
             do {
                 r = (int) Core.FCNTL.invokeExact(t.capture, fd, cmd, arg);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** fcntl(2) whose third argument is a pointer; retried on EINTR. */
+    static int fcntl(int fd, int cmd, MemorySegment arg) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Core.FCNTL_PTR.invokeExact(t.capture, fd, cmd, arg);
             } while (r < 0 && t.errno() == Errno.EINTR);
             return ret(r, t);
         } catch (Throwable e) {
@@ -335,8 +352,54 @@ final class Syscalls {
         static final MethodHandle FDATASYNC = fn("fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
         static final MethodHandle FALLOCATE = fn("fallocate",
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle LSEEK = fn("lseek", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_INT));
         static final MethodHandle STATX = fn("statx",
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle FSTATFS = fn("fstatfs", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle CHMOD = fn("chmod", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle LCHOWN = fn("lchown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
+        static final MethodHandle GETGRNAM = fn("getgrnam", FunctionDescriptor.of(ADDRESS, ADDRESS));
+    }
+
+    static int chmod(MemorySegment path, int mode) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.CHMOD.invokeExact(t.capture, path, mode), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int lchown(MemorySegment path, int uid, int gid) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.LCHOWN.invokeExact(t.capture, path, uid, gid), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** The gid of group {@code name}, or -1 when there is none. */
+    static int groupId(MemorySegment name) {
+        PerThread t = perThread();
+        try {
+            MemorySegment g = (MemorySegment) Files.GETGRNAM.invokeExact(t.capture, name);
+            if (g.equals(MemorySegment.NULL)) {
+                return -1;
+            }
+            return g.reinterpret(24).get(JAVA_INT, 16); // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ...}
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int fstatfs(int fd, MemorySegment buf) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.FSTATFS.invokeExact(t.capture, fd, buf), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
     }
 
     static int open(MemorySegment path, int flags, int mode) {
@@ -425,6 +488,15 @@ final class Syscalls {
                 r = (int) Files.FALLOCATE.invokeExact(t.capture, fd, mode, offset, len);
             } while (r < 0 && t.errno() == Errno.EINTR);
             return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long lseek(int fd, long offset, int whence) {
+        PerThread t = perThread();
+        try {
+            return ret((long) Files.LSEEK.invokeExact(t.capture, fd, offset, whence), t);
         } catch (Throwable e) {
             throw unexpected(e);
         }

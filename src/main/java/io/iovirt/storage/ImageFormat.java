@@ -46,6 +46,11 @@ public enum ImageFormat {
         return qemuName;
     }
 
+    /** The same as {@link #qemuName()}: "raw", "qcow2". */
+    public String id() {
+        return qemuName;
+    }
+
     /** "a qcow2 image", for messages. */
     public String description() {
         return description;

@@ -12,6 +12,7 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.virtio.VirtioRing;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -73,6 +74,8 @@ final class Handler implements AutoCloseable {
         EventFd kick;
         EventFd call;
         EventFd err;
+        /** migration: log_guest_addr of SET_VRING_ADDR when it had VHOST_VRING_F_LOG, else -1. */
+        long usedLogAddr = -1;
 
         Queue(int index) {
             this.index = index;
@@ -92,10 +95,12 @@ final class Handler implements AutoCloseable {
         }
         long extra = backend.protocolFeatures();
         if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
-            throw new IllegalArgumentException("a device may add only RARP and NET_MTU protocol features, not 0x" + Long.toHexString(extra));
+            throw new IllegalArgumentException("a device may add only RARP, NET_MTU and INFLIGHT_SHMFD protocol features, not 0x"
+                    + Long.toHexString(extra));
         }
-        this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES)
-                & ~(Features.VHOST_F_LOG_ALL | Features.VIRTIO_F_ACCESS_PLATFORM);
+        // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
+        this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
+                & ~Features.VIRTIO_F_ACCESS_PLATFORM;
         this.offeredProtocolFeatures = Features.CORE_PROTOCOL_FEATURES | extra;
         this.queues = new Queue[n];
         for (int i = 0; i < n; i++) {
@@ -156,8 +161,10 @@ final class Handler implements AutoCloseable {
             case SET_OWNER -> {
                 // marks the start of a session; all session state already belongs to this connection
             }
-            case SET_LOG_BASE, SET_LOG_FD ->
-                    throw new BackendException("dirty page logging is not supported (LOG_SHMFD and LOG_ALL are not offered)");
+            case SET_LOG_BASE -> setLogBase(m, c); // migration (issue 11)
+            case GET_INFLIGHT_FD -> getInflightFd(p, c); // crash recovery (issue 11)
+            case SET_INFLIGHT_FD -> setInflightFd(m);
+            case SET_LOG_FD -> throw new BackendException("SET_LOG_FD is not supported: the log is shared memory (LOG_SHMFD)");
             case RESET_OWNER -> stopAll(); // deprecated; the spec recommends at most disabling the rings
             case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), offeredProtocolFeatures);
             case SET_PROTOCOL_FEATURES -> setProtocolFeatures(Payloads.u64(p));
@@ -202,12 +209,24 @@ final class Handler implements AutoCloseable {
                     features & ~offeredFeatures, offeredFeatures));
         }
         for (Queue q : queues) {
-            if (q.running && features != ackedFeatures) {
+            // migration: the frontend turns dirty logging on and off (VHOST_F_LOG_ALL) while the rings run
+            if (q.running && (features ^ ackedFeatures) != 0 && (features ^ ackedFeatures) != Features.VHOST_F_LOG_ALL) {
                 throw new ProtocolException("SET_FEATURES changes features while queue " + q.index + " is running");
             }
         }
+        boolean wasLogging = logging();
         ackedFeatures = features;
-        backend.setFeatures(features & ~VHOST_USER_F_PROTOCOL_FEATURES);
+        backend.setFeatures(deviceFeatures());
+        publishLog(); // migration (issue 11)
+        if (wasLogging != logging()) {
+            LOG.log(System.Logger.Level.INFO, name + ": dirty page logging " + (logging() ? "on" : "off")
+                    + (dirtyLog == null && logging() ? " (no log yet)" : ""));
+        }
+    }
+
+    /** What the device sees of the acknowledged features: no vhost-user protocol bit, no VHOST_F_LOG_ALL. */
+    private long deviceFeatures() {
+        return ackedFeatures & ~(VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL);
     }
 
     private void setProtocolFeatures(long features) throws ProtocolException {
@@ -232,9 +251,35 @@ final class Handler implements AutoCloseable {
         return List.of(gpa, size, uva);
     }
 
+    /**
+     * Most guest memory one connection may have mapped: the host's RAM. A frontend cannot make a guest larger than
+     * that useful, and sparse memory files with MAP_NORESERVE would otherwise let it reserve address space and page
+     * tables without bound.
+     */
+    static final long MAX_MAPPED_BYTES = hostMemory();
+
+    private static long hostMemory() {
+        java.lang.management.OperatingSystemMXBean os = java.lang.management.ManagementFactory.getOperatingSystemMXBean();
+        long total = os instanceof com.sun.management.OperatingSystemMXBean sun ? sun.getTotalMemorySize() : 0;
+        return total > 0 ? total : 1L << 40;
+    }
+
+    private static void checkMappedTotal(String what, long total) throws ProtocolException {
+        if (total < 0 || total > MAX_MAPPED_BYTES) {
+            throw new ProtocolException(what + ": " + (total < 0 ? "overflowing sizes" : Long.toUnsignedString(total)
+                    + " bytes of guest memory") + " exceed the " + MAX_MAPPED_BYTES + " bytes this host has");
+        }
+    }
+
     private void setMemTable(Message m) throws ProtocolException {
         MemorySegment p = m.payload();
         int n = Payloads.MemoryTable.count(p);
+        long total = 0;
+        for (int i = 0; i < n; i++) {
+            long size = Payloads.Region.size(Payloads.MemoryTable.region(p, i));
+            total = size < 0 || total + size < 0 ? -1 : total + size;
+            checkMappedTotal("SET_MEM_TABLE", total);
+        }
         List<MemoryRegion> mapped = new ArrayList<>(n);
         GuestMemory next;
         try {
@@ -248,7 +293,7 @@ final class Handler implements AutoCloseable {
             }
             throw e instanceof ProtocolException pe ? pe : new ProtocolException("SET_MEM_TABLE: " + e.getMessage());
         }
-        install(next).releaseAll();
+        install(next);
         regionRefs.clear();
         for (MemoryRegion r : mapped) {
             regionRefs.put(regionKey(r.guestPhysAddr(), r.size(), r.userAddr()), 1);
@@ -266,6 +311,9 @@ final class Handler implements AutoCloseable {
             regionRefs.merge(key, 1, Integer::sum);
             return;
         }
+        long size = Payloads.Region.size(region);
+        long total = memory.get().totalBytes() + size;
+        checkMappedTotal("ADD_MEM_REG", size < 0 || total < 0 ? -1 : total);
         MemoryRegion r = mapRegion(region, m.takeFd(0), "ADD_MEM_REG");
         GuestMemory next;
         try {
@@ -296,14 +344,16 @@ final class Handler implements AutoCloseable {
         }
         regionRefs.remove(key);
         GuestMemory next = current.without(gpa, size, uva);
-        install(next).releaseRemovedIn(next);
+        install(next);
     }
 
-    /** Installs {@code next}, lets the device drop the old snapshot and returns it for the caller to release. */
-    private GuestMemory install(GuestMemory next) {
-        GuestMemory prev = memory.swap(next);
+    /**
+     * Installs {@code next} and drops our reference to the snapshot it replaces: regions that left are unmapped as
+     * soon as no queue pins that snapshot any more (queues let go before they sleep), without waiting here.
+     */
+    private void install(GuestMemory next) {
+        memory.swap(next);
         backend.memoryChanged(next);
-        return prev;
     }
 
     /**
@@ -342,6 +392,19 @@ final class Handler implements AutoCloseable {
             if (offset + size > st.size()) {
                 throw new ProtocolException(desc + ": extends past the end of its " + st.size() + "-byte file");
             }
+            long fsType;
+            try {
+                fsType = FileIo.filesystemType(fd);
+            } catch (LinuxException e) {
+                throw new ProtocolException(desc + ": " + e.getMessage(), e);
+            }
+            if (fsType != FileIo.TMPFS_MAGIC && fsType != FileIo.HUGETLBFS_MAGIC) {
+                // A file on a disk file system could be truncated by anyone with access to it, and its pages
+                // written back to disk: guest RAM must come from memfd, tmpfs (/dev/shm) or hugetlbfs.
+                throw new ProtocolException(desc + ": the file is on a file system of type 0x" + Long.toHexString(fsType)
+                        + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
+                        + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
+            }
             Mmap.Mapping mapping;
             try {
                 mapping = Mmap.map(fd, offset, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_NORESERVE);
@@ -352,20 +415,17 @@ final class Handler implements AutoCloseable {
         }
     }
 
-    /** Unmaps once no downcall holds the mapping (the JDK refuses to unmap memory a native call is using). */
-    private void unmap(Mmap.Mapping mapping) throws InterruptedException {
-        for (int attempt = 0; ; attempt++) {
-            try {
-                mapping.close();
-                return;
-            } catch (IllegalStateException inUse) {
-                if (attempt == 500) {
-                    LOG.log(System.Logger.Level.ERROR, name + ": a guest memory mapping is still in use after "
-                            + "its region was removed; leaving it mapped");
-                    return;
-                }
-                Thread.sleep(10);
-            }
+    /**
+     * Unmaps a region whose last snapshot was released, on whichever thread released it. No queue pins it, so no
+     * access is in progress; should the JDK still refuse (a native call holding the segment), the mapping is left
+     * in place and reported rather than retried.
+     */
+    private void unmap(Mmap.Mapping mapping) {
+        try {
+            mapping.close();
+        } catch (IllegalStateException inUse) {
+            LOG.log(System.Logger.Level.ERROR, name + ": a guest memory mapping is still in use after its region was"
+                    + " released; leaving it mapped");
         }
     }
 
@@ -418,12 +478,14 @@ final class Handler implements AutoCloseable {
 
     private void setVringAddr(MemorySegment p) throws ProtocolException {
         Queue q = queue(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p)));
-        requireStopped(q, MessageType.SET_VRING_ADDR);
         int flags = Payloads.VringAddr.flags(p);
-        if (flags != 0) {
-            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + " has flags 0x" + Integer.toHexString(flags)
-                    + (flags == Payloads.VringAddr.F_LOG ? " (logging was not negotiated)" : ""));
+        if ((flags & ~Payloads.VringAddr.F_LOG) != 0) {
+            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + " has unknown flags 0x" + Integer.toHexString(flags));
         }
+        if (q.ringStarted && setVringLog(q, p)) {
+            return; // migration: only logging changed on a started ring
+        }
+        requireStopped(q, MessageType.SET_VRING_ADDR);
         GuestMemory mem = memory.get();
         int size = q.size == 0 ? 1 : q.size; // checked again with the final size when the queue starts
         try {
@@ -439,18 +501,25 @@ final class Handler implements AutoCloseable {
                     + (mem.regionCount() == 0 ? " (no memory table yet)" : ""));
         }
         q.addrSet = true;
+        q.usedLogAddr = (flags & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
+        publishLog();
     }
 
     private long descBytes(int size) {
-        return 16L * size;
+        return VirtioRing.splitDescBytes(size);
     }
 
+    /** Sizes as {@link VirtioRing} gives them, with the event fields only when EVENT_IDX was negotiated. */
     private long availBytes(int size) {
-        return packed() ? 4 : 6 + 2L * size;
+        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitAvailBytes(size, eventIdx());
     }
 
     private long usedBytes(int size) {
-        return packed() ? 4 : 6 + 8L * size;
+        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitUsedBytes(size, eventIdx());
+    }
+
+    private boolean eventIdx() {
+        return (ackedFeatures & Features.VIRTIO_RING_F_EVENT_IDX) != 0;
     }
 
     private void setVringBase(int index, int num) throws ProtocolException {
@@ -466,6 +535,9 @@ final class Handler implements AutoCloseable {
     private void getVringBase(int index, Connection c) throws IOException {
         Queue q = queue(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
         stopDevice(q);
+        if (logging()) { // a migration's switch-over: worth a line with its time
+            LOG.log(System.Logger.Level.INFO, name + ": queue " + q.index + " stopped at " + q.base + " (logging on)");
+        }
         q.ringStarted = false;
         closeQuietly(q.kick);
         q.kick = null;
@@ -479,7 +551,7 @@ final class Handler implements AutoCloseable {
         Queue q = queue(MessageType.SET_VRING_KICK, v & Payloads.VRING_IDX_MASK);
         stopDevice(q); // a new kick descriptor: restart the device's processing on it
         closeQuietly(q.kick);
-        q.kick = m.fdCount() == 1 ? EventFd.adopt(m.takeFd(0)) : null;
+        q.kick = m.fdCount() == 1 ? peerEventFd(m, "SET_VRING_KICK", q.index) : null;
         q.ringStarted = true;
         maybeStart(q);
     }
@@ -489,7 +561,7 @@ final class Handler implements AutoCloseable {
         long v = Payloads.u64(m.payload());
         Queue q = queue(m.type(), v & Payloads.VRING_IDX_MASK);
         EventFd current = call ? q.call : q.err;
-        EventFd next = m.fdCount() == 1 ? EventFd.adopt(m.takeFd(0)) : null;
+        EventFd next = m.fdCount() == 1 ? peerEventFd(m, m.type().specName(), q.index) : null;
         if (q.running && current != null) {
             // The device is signalling this descriptor: swap the file behind its number instead of closing it.
             try (EventFd replacement = next != null ? next : EventFd.create(true)) {
@@ -502,6 +574,21 @@ final class Handler implements AutoCloseable {
             q.call = next;
         } else {
             q.err = next;
+        }
+    }
+
+    /**
+     * The message's descriptor as an eventfd, checked: a frontend may send a socket, a pipe, a regular file or a
+     * blocking eventfd it pre-filled. Anything but an eventfd is a protocol error; the eventfd is made non-blocking
+     * (see {@link EventFd#adoptFromPeer} for why that alone is not relied on).
+     */
+    private static EventFd peerEventFd(Message m, String what, int queue) throws ProtocolException {
+        try {
+            return EventFd.adoptFromPeer(m.takeFd(0), what + " descriptor of queue " + queue);
+        } catch (EventFd.NotAnEventFd e) {
+            throw new ProtocolException(e.getMessage() + " (kick, call and err descriptors must be eventfds)");
+        } catch (LinuxException e) {
+            throw new ProtocolException(what + " descriptor of queue " + queue + ": " + e.getMessage(), e);
         }
     }
 
@@ -546,7 +633,8 @@ final class Handler implements AutoCloseable {
             q.call = EventFd.create(true); // the driver polls; the device may signal freely
         }
         VringSetup setup = new VringSetup(q.index, q.size, q.descGpa, q.availGpa, q.usedGpa, q.base,
-                ackedFeatures & ~VHOST_USER_F_PROTOCOL_FEATURES, q.kick, q.call, q.err, memory);
+                deviceFeatures(), q.kick, q.call, q.err, memory,
+                inflight == null ? null : inflight.queue(q.index, q.size)); // crash recovery (issue 11)
         backend.queueStarted(q.index, setup);
         q.running = true;
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": started " + setup);
@@ -569,6 +657,7 @@ final class Handler implements AutoCloseable {
             q.running = false;
             q.base = backend.queueStopped(q.index);
             LOG.log(System.Logger.Level.DEBUG, () -> name + ": stopped queue " + q.index + " at base " + q.base);
+            closeRetiredLogs(); // migration (issue 11)
         }
     }
 
@@ -576,6 +665,170 @@ final class Handler implements AutoCloseable {
         for (Queue q : queues) {
             stopDevice(q);
         }
+    }
+
+    // ---- migration: dirty page logging (issue 11) ----------------------------------------------------------------
+    //
+    // QEMU, when a migration starts: SET_LOG_BASE (the bitmap), SET_FEATURES with VHOST_F_LOG_ALL, then SET_VRING_ADDR
+    // with VHOST_VRING_F_LOG for each ring - all while the rings run; the reverse when it ends or fails, and
+    // SET_LOG_BASE again with a bigger log when guest memory grows meanwhile. Devices see the log through their
+    // memory holder (WriteLog), and only while it is on.
+
+    /** The log the frontend gave last (mapped), or null. */
+    private DirtyLog dirtyLog;
+    /** Logs replaced while logging was off: a device thread may still be finishing a mark in one of them. */
+    private final List<DirtyLog> retiredLogs = new ArrayList<>();
+
+    private boolean logging() {
+        return (ackedFeatures & Features.VHOST_F_LOG_ALL) != 0;
+    }
+
+    /**
+     * Installs what devices mark (or nothing) after any change of the log or of LOG_ALL. Ring writes are logged at
+     * the rings' guest addresses; QEMU's log_guest_addr is the used ring's guest address, so that is the same bit.
+     */
+    private void publishLog() {
+        memory.writeLog(logging() ? dirtyLog : null);
+    }
+
+    /**
+     * SET_VRING_ADDR on a started ring: accepted only when nothing but logging changes (the same three addresses).
+     *
+     * @return true when handled; false when the addresses differ (the caller then refuses: the ring runs)
+     */
+    private boolean setVringLog(Queue q, MemorySegment p) throws ProtocolException {
+        GuestMemory mem = memory.get();
+        int size = q.size == 0 ? 1 : q.size;
+        try {
+            if (!q.addrSet || mem.userToGuestPhys(Payloads.VringAddr.desc(p), descBytes(size)) != q.descGpa
+                    || mem.userToGuestPhys(Payloads.VringAddr.avail(p), availBytes(size)) != q.availGpa
+                    || mem.userToGuestPhys(Payloads.VringAddr.used(p), usedBytes(size)) != q.usedGpa) {
+                return false;
+            }
+        } catch (GuestMemoryFault e) {
+            return false;
+        }
+        q.usedLogAddr = (Payloads.VringAddr.flags(p) & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
+        publishLog();
+        LOG.log(System.Logger.Level.DEBUG, () -> name + ": queue " + q.index + " used-ring logging "
+                + (q.usedLogAddr == -1 ? "off" : String.format("at 0x%x", q.usedLogAddr)));
+        return true;
+    }
+
+    /**
+     * SET_LOG_BASE: maps the new log and replies (the frontend waits for it). While logging is on and queues run, a
+     * device thread may be between reading the old log and marking it, and the frontend syncs and frees the old log
+     * as soon as we reply: the running queues are stopped (drained) and restarted around the swap so that no mark
+     * can go to the old log after the reply.
+     */
+    private void setLogBase(Message m, Connection c) throws IOException, BackendException {
+        if ((ackedProtocolFeatures & Features.bit(Features.PROTOCOL_LOG_SHMFD)) == 0) {
+            throw new ProtocolException("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated");
+        }
+        MemorySegment p = m.payload();
+        if (p.byteSize() != Payloads.LOG_SIZE || m.fdCount() != 1) {
+            throw new ProtocolException("SET_LOG_BASE needs a " + Payloads.LOG_SIZE + "-byte log description and one "
+                    + "descriptor, got " + p.byteSize() + " bytes and " + m.fdCount());
+        }
+        DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
+        DirtyLog old = dirtyLog;
+        List<Queue> paused = new ArrayList<>();
+        if (old != null && logging()) {
+            for (Queue q : queues) {
+                if (q.running) {
+                    stopDevice(q);
+                    paused.add(q);
+                }
+            }
+        }
+        dirtyLog = next;
+        publishLog();
+        if (old != null) {
+            if (logging() || !anyRunning()) {
+                old.close();
+            } else {
+                retiredLogs.add(old);
+            }
+        }
+        for (Queue q : paused) {
+            maybeStart(q);
+        }
+        LOG.log(System.Logger.Level.INFO, name + ": " + next + (logging() ? " (logging on)" : ""));
+        c.sendReply(MessageType.SET_LOG_BASE, 0L);
+    }
+
+    private boolean anyRunning() {
+        for (Queue q : queues) {
+            if (q.running) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private void closeRetiredLogs() {
+        if (!retiredLogs.isEmpty() && !anyRunning()) {
+            retiredLogs.forEach(DirtyLog::close);
+            retiredLogs.clear();
+        }
+    }
+
+    private void closeLogs() {
+        memory.writeLog(null);
+        closeRetiredLogs();
+        if (dirtyLog != null) {
+            dirtyLog.close();
+            dirtyLog = null;
+        }
+    }
+
+    // ---- crash recovery: in-flight memory (issue 11) ---------------------------------------------------------------
+
+    /** The in-flight region queues record their requests in (INFLIGHT_SHMFD), or null. */
+    private InflightRegion inflight;
+
+    private void getInflightFd(MemorySegment p, Connection c) throws IOException {
+        int n = Payloads.Inflight.numQueues(p);
+        int qs = Payloads.Inflight.queueSize(p);
+        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+                    + " queues of at most " + maxQueueSize);
+        }
+        InflightRegion next;
+        try {
+            next = InflightRegion.create(name, n, qs);
+        } catch (LinuxException e) {
+            throw new ProtocolException("GET_INFLIGHT_FD: cannot create the in-flight memory: " + e.getMessage(), e);
+        }
+        replaceInflight(next);
+        MemorySegment reply = Arena.ofAuto().allocate(Payloads.INFLIGHT_SIZE);
+        Payloads.Inflight.write(reply, next.size(), 0, n, qs);
+        c.sendReply(MessageType.GET_INFLIGHT_FD, reply, List.of(next.fd()));
+        LOG.log(System.Logger.Level.DEBUG, () -> name + ": created " + next);
+    }
+
+    private void setInflightFd(Message m) throws ProtocolException {
+        MemorySegment p = m.payload();
+        int n = Payloads.Inflight.numQueues(p);
+        int qs = Payloads.Inflight.queueSize(p);
+        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+                    + " queues of at most " + maxQueueSize);
+        }
+        InflightRegion next = InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
+        replaceInflight(next);
+        LOG.log(System.Logger.Level.INFO, name + ": frontend kept " + next);
+    }
+
+    private void replaceInflight(InflightRegion next) throws ProtocolException {
+        if (anyRunning()) {
+            next.close();
+            throw new ProtocolException("in-flight memory changed while queues run");
+        }
+        if (inflight != null) {
+            inflight.close();
+        }
+        inflight = next;
     }
 
     // ---- config, status, reset --------------------------------------------------------------------------------
@@ -639,8 +892,10 @@ final class Handler implements AutoCloseable {
             q.addrSet = false;
             q.size = 0;
             q.base = 0;
+            q.usedLogAddr = -1;
         }
         ackedFeatures = 0;
+        publishLog();
         status = 0;
         backend.reset();
     }
@@ -658,7 +913,12 @@ final class Handler implements AutoCloseable {
         try {
             backend.reset();
         } finally {
-            install(GuestMemory.empty()).releaseAll();
+            install(GuestMemory.empty());
+            closeLogs(); // migration (issue 11): every queue is stopped, nothing marks the logs any more
+            if (inflight != null) {
+                inflight.close();
+                inflight = null;
+            }
         }
     }
 

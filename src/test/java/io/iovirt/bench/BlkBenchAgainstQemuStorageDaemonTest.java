@@ -3,9 +3,9 @@ package io.iovirt.bench;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.cli.Main;
+import io.iovirt.testing.Require;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.QemuStorageDaemon;
 import java.io.IOException;
@@ -22,7 +22,7 @@ class BlkBenchAgainstQemuStorageDaemonTest extends BlkBenchContract {
 
     @Override
     ChildProcess startBackend(Path image, Path socket, Path dir) {
-        assumeTrue(installed(), "qemu-storage-daemon is not installed (scripts/install-deps.sh installs it)");
+        Require.that(installed(), "qemu-storage-daemon is not installed (scripts/install-deps.sh installs it)");
         return QemuStorageDaemon.builder(image, socket).cacheDirect(false).log(dir.resolve("qsd.log")).start().process();
     }
 
@@ -45,7 +45,7 @@ class BlkBenchAgainstQemuStorageDaemonTest extends BlkBenchContract {
                 "--blockdev", "driver=raw,node-name=disk0,file=dbg",
                 "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
                         + ",writable=on,num-queues=1");
-        try (ChildProcess eio = ChildProcess.builder(cmd).name("qsd-eio").log(dir.resolve("eio.log"))
+        try (ChildProcess eio = ChildProcess.builder(cmd).name("qsd-eio").log(dir.resolve("eio.log")).directory(dir)
                 .lifetime(Duration.ofMinutes(5)).startListening(sock, Duration.ofSeconds(30))) {
             IOException e = assertThrows(IOException.class, () -> BlkBench.run(new BlkBenchOptions(sock,
                     BlkBenchOptions.Pattern.RANDREAD, 4096, 4, 1, 0, 1, 256, false, false, true, false, 5)));

@@ -11,8 +11,8 @@ import java.io.PrintWriter;
 import java.io.RandomAccessFile;
 import java.io.StringWriter;
 import java.lang.foreign.MemorySegment;
-import java.nio.channels.FileChannel;
 import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
@@ -21,6 +21,7 @@ import java.util.List;
 import java.util.Map;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestInstance;
 import org.junit.jupiter.api.Timeout;
@@ -32,6 +33,7 @@ import org.junit.jupiter.api.Timeout;
  */
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
 @Timeout(180)
+@Tag("peer") // a real qemu-storage-daemon / iovirt backend process: Failsafe
 abstract class BlkBenchContract {
     static final long DISK = 32 << 20;
 
@@ -154,5 +156,22 @@ abstract class BlkBenchContract {
         Map<String, Object> lat = (Map<String, Object>) j.get("latency_ns");
         assertTrue((Long) lat.get("p99_9") >= (Long) lat.get("p50"));
         assertTrue(j.get("backend_cpu_us_per_io") instanceof Double);
+        // the percentile curve: [percentile, ns] pairs, both non-decreasing, p50 where latency_ns says it is
+        @SuppressWarnings("unchecked")
+        List<List<Object>> curve = (List<List<Object>>) j.get("latency_curve_ns");
+        assertTrue(curve.size() > 10, out.toString());
+        double lastQ = -1;
+        long lastNs = -1;
+        for (List<Object> point : curve) {
+            double q = ((Number) point.get(0)).doubleValue();
+            long ns = ((Number) point.get(1)).longValue();
+            assertTrue(q > lastQ && ns >= lastNs, "not non-decreasing at " + point + " in " + curve);
+            if (q == 50.0) {
+                assertEquals(lat.get("p50"), ns);
+            }
+            lastQ = q;
+            lastNs = ns;
+        }
+        assertEquals(99.99, ((Number) curve.getLast().get(0)).doubleValue(), 1e-9);
     }
 }

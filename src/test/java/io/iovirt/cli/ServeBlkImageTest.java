@@ -20,17 +20,17 @@ class ServeBlkImageTest {
     Path tmp;
 
     @Test
-    void aQcow2ImageIsRefusedUnlessTheOperatorSaysRaw() throws Exception {
-        Path q = tmp.resolve("q.qcow2");
-        // A qcow2 version 3 header as qemu-img writes it: magic, version, then the rest (zeros are fine to detect).
-        ByteBuffer h = ByteBuffer.allocate(1 << 20).put("QFI\u00fb".getBytes("ISO-8859-1")).putInt(3);
+    void anImageOfAFormatNotServedIsRefusedUnlessTheOperatorSaysRaw() throws Exception {
+        Path q = tmp.resolve("q.vmdk");
+        // A VMDK sparse extent header as qemu-img writes it: magic "KDMV", version 1 (the rest may be zeros).
+        ByteBuffer h = ByteBuffer.allocate(1 << 20).put("KDMV".getBytes("ISO-8859-1")).putInt(Integer.reverseBytes(1));
         Files.write(q, h.array());
         Path socket = tmp.resolve("blk.sock");
         CliRun r = CliRun.run(List.of("serve", "blk", "--image", q.toString(), "--socket", socket.toString()));
         assertEquals(1, r.exit(), r.err());
-        assertTrue(r.err().startsWith("iovirt serve blk: cannot serve " + q + ": its header says it is a qcow2 image"),
+        assertTrue(r.err().startsWith("iovirt serve blk: cannot serve " + q + ": its header says it is a VMware VMDK image"),
                 r.err());
-        assertTrue(r.err().contains(" — convert it (qemu-img convert -f qcow2 -O raw"), r.err());
+        assertTrue(r.err().contains(" — convert it (qemu-img convert -f vmdk -O qcow2"), r.err());
         assertEquals(1, r.err().strip().lines().count(), r.err());
         assertFalse(Files.exists(socket), "refused before listening");
         assertDoesNotThrow(() -> ServeBlkCommand.checkFormat(q, io.iovirt.storage.ImageFormat.RAW));
@@ -50,7 +50,7 @@ class ServeBlkImageTest {
 
     @Test
     void aFormatOtherThanRawIsAUsageError() {
-        CliRun r = CliRun.run(List.of("serve", "blk", "--image", "x", "--socket", "y", "--format", "qcow2"));
+        CliRun r = CliRun.run(List.of("serve", "blk", "--image", "x", "--socket", "y", "--format", "vmdk"));
         assertEquals(2, r.exit(), r.err());
     }
 }

@@ -90,8 +90,46 @@ public final class FakeHost {
         return this;
     }
 
+    /**
+     * A /dev/kvm node. A fixture file cannot answer KVM ioctls, so a check run through {@link #kvmProbe()} sees it as
+     * the kind of KVM given here; the real probe (the CLI on fixture roots) sees "not a KVM device".
+     */
     public FakeHost kvm() {
+        return kvm(KvmKind.WORKING);
+    }
+
+    public FakeHost kvm(KvmKind kind) {
         write(dev.resolve("kvm"), "");
+        kvmKind = kind;
+        return this;
+    }
+
+    /** What {@link #kvmProbe()} reports for the fixture's /dev/kvm. */
+    public enum KvmKind { WORKING, DENIED, NO_VM }
+
+    private KvmKind kvmKind = KvmKind.WORKING;
+
+    /** A KVM probe for {@link HostCheck#run(HostPaths, long, java.util.function.BiFunction)} on this fixture. */
+    public java.util.function.BiFunction<Path, String, io.iovirt.vm.Accelerator.KvmFacts> kvmProbe() {
+        return (device, cpuinfo) -> {
+            io.iovirt.vm.Accelerator.KvmFacts real = io.iovirt.vm.Accelerator.probe(device, cpuinfo);
+            if (!real.exists()) {
+                return real;
+            }
+            return switch (kvmKind) {
+                case WORKING -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, 0, 12, 0, real.cpuFlags());
+                case DENIED -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, io.iovirt.linux.Errno.EACCES, 0, 0, real.cpuFlags());
+                case NO_VM -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, 0, 12, -io.iovirt.linux.Errno.EBUSY, real.cpuFlags());
+            };
+        };
+    }
+
+    /** /dev/net/tun, /dev/vhost-net and reserved huge pages: what a host for every technique has. */
+    public FakeHost netDevicesAndHugepages(long hugepages) {
+        write(dev.resolve("net/tun"), "");
+        write(dev.resolve("vhost-net"), "");
+        write(proc.resolve("meminfo"), "MemTotal:       24000000 kB\nHugePages_Total:    " + hugepages
+                + "\nHugePages_Free:     " + hugepages + "\nHugepagesize:       2048 kB\n");
         return this;
     }
 
@@ -126,12 +164,14 @@ public final class FakeHost {
     /** A typical Intel host with the IOMMU on: VT-x, /dev/kvm, DMAR, dmar0, IR, intel_iommu=on iommu=pt, vfio. */
     public FakeHost intelHostWithIommu() {
         return intelCpu(true).kvm().acpiTable("DMAR").iommu("dmar0").interruptRemapping()
-                .cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt").vfio().capIpcLock();
+                .cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt").vfio().capIpcLock()
+                .netDevicesAndHugepages(512);
     }
 
     /** An AMD host: AMD-V, IVRS, ivhd0, IR, no command-line switch needed. */
     public FakeHost amdHostWithIommu() {
-        return amdCpu(true).kvm().acpiTable("IVRS").iommu("ivhd0").interruptRemapping().vfio().capIpcLock();
+        return amdCpu(true).kvm().acpiTable("IVRS").iommu("ivhd0").interruptRemapping().vfio().capIpcLock()
+                .netDevicesAndHugepages(512);
     }
 
     // ---------------------------------------------------------------- PCI devices
@@ -140,7 +180,7 @@ public final class FakeHost {
         final String bdf;
         final Path dir;
 
-        Dev(String bdf) {
+        public Dev(String bdf) {
             this.bdf = bdf;
             this.dir = sys.resolve("devices/pci0000:00/" + bdf);
         }

@@ -3,10 +3,12 @@ package io.iovirt.vhostuser;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
+import io.iovirt.vm.ChildProcess;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
@@ -17,6 +19,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Arrays;
 import java.util.List;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -27,6 +30,7 @@ import org.junit.jupiter.api.io.TempDir;
  * driver lives in io.iovirt.virtio). Proves the frontend's messages are what a real backend expects.
  */
 @Timeout(120)
+@Tag("peer") // a real qemu-storage-daemon / iovirt backend process: Failsafe
 class FrontendAgainstQemuStorageDaemonTest {
     private static final ValueLayout.OfShort U16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final ValueLayout.OfInt U32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
@@ -42,7 +46,7 @@ class FrontendAgainstQemuStorageDaemonTest {
 
     @Test
     void negotiatesAndMovesDataThroughARealBackend() throws Exception {
-        assumeTrue(ChildProcess.installed("qemu-storage-daemon"), "qemu-storage-daemon is not installed (apt-get install qemu-system-x86)");
+        Require.program("qemu-storage-daemon", "apt-get install qemu-system-x86");
         Path image = dir.resolve("disk.raw");
         byte[] sector0 = new byte[512];
         for (int i = 0; i < 512; i++) {
@@ -55,12 +59,13 @@ class FrontendAgainstQemuStorageDaemonTest {
             ch.write(ByteBuffer.wrap(new byte[1]), DISK - 1);
         }
         Path sock = dir.resolve("qsd.sock");
-        try (ChildProcess qsd = ChildProcess.start(dir, "qemu-storage-daemon", List.of("qemu-storage-daemon",
+        try (ChildProcess qsd = ChildProcess.builder(List.of("qemu-storage-daemon",
                 "--blockdev", "driver=file,node-name=file0,filename=" + image,
                 "--blockdev", "driver=raw,node-name=disk0,file=file0",
                 "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
-                        + ",writable=on,num-queues=1"))) {
-            qsd.await("socket " + sock, Duration.ofSeconds(60), () -> Files.exists(sock));
+                        + ",writable=on,num-queues=1")).name("qemu-storage-daemon").log(dir.resolve("qsd.log"))
+                .directory(dir).start()) {
+            Await.until(Duration.ofSeconds(60), "qemu-storage-daemon listens on " + sock, qsd, () -> Files.exists(sock));
             try (VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(30));
                  FrontendMemory ram = FrontendMemory.allocate(0, 1 << 20);
                  EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true); Epoll ep = Epoll.create(1)) {

@@ -2,24 +2,30 @@ package io.iovirt.devices.blk;
 
 import static io.iovirt.devices.blk.BlkRequests.*;
 
+import io.iovirt.linux.EventFd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
 import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.QueueConfig;
+import io.iovirt.virtio.QueueWorker;
+import io.iovirt.virtio.RingHandler;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
+import java.io.IOException;
 import java.lang.System.Logger.Level;
 import java.nio.charset.StandardCharsets;
 
 /**
  * A virtio-blk device (VIRTIO 1.2 §5.2) over a raw image, served through vhost-user. Each queue runs on its own
- * thread ({@link BlkQueueWorker}) with its own I/O state (and its own io_uring); queues share only the image
- * descriptor and counters.
+ * {@link QueueWorker} with one of two engines — {@link SyncEngine} (one request at a time) or {@link UringEngine}
+ * (queue-size requests in flight through the queue's own io_uring) — and its own I/O state; queues share only the
+ * image descriptor and counters. Chains are bounded by seg_max + 2 (header and status), segments by size_max.
  *
  * <p>Called by the protocol layer from one control thread; the workers never call back into it.
  */
@@ -42,14 +48,21 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     private final String name;
-    private final RawImage image;
+    private final DiskImage image;
     private final int queues;
     private final BlkLimits limits = BlkLimits.defaults();
     private final BlkConfig config;
     private final byte[] serial;
     private final BlkStats stats = new BlkStats();
-    private final BlkQueueWorker[] workers;
-    private final VringSetup[] setups;
+    private final QueueWorker[] workers;
+    private final Virtqueue[] vqs;
+
+    // ---- image ownership (issue 11): the image lock follows the active frontend ----
+    /** Opened when a frontend first starts a queue. */
+    private ImageLock imageLock;
+    /** Why this frontend may not use the image (another VM holds it), or null. */
+    private volatile String fenced;
+    private final boolean[] failed;
     /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
     private final boolean ioUring;
     private final String ioDescription;
@@ -60,7 +73,7 @@ public final class BlkDevice implements VhostUserBackend {
      * @param queues request queues offered (the guest may use fewer)
      * @param serial the GET_ID string, at most 20 bytes of ASCII
      */
-    public BlkDevice(String name, RawImage image, int queues, String serial) {
+    public BlkDevice(String name, DiskImage image, int queues, String serial) {
         this(name, image, queues, serial, IoEngine.AUTO);
     }
 
@@ -68,7 +81,7 @@ public final class BlkDevice implements VhostUserBackend {
      * @param engine how queues do I/O
      * @throws IllegalStateException when {@code engine} is IO_URING and io_uring is not available here
      */
-    public BlkDevice(String name, RawImage image, int queues, String serial, IoEngine engine) {
+    public BlkDevice(String name, DiskImage image, int queues, String serial, IoEngine engine) {
         if (queues < 1 || queues > 64) {
             throw new IllegalArgumentException("queues must be 1..64: " + queues);
         }
@@ -82,8 +95,9 @@ public final class BlkDevice implements VhostUserBackend {
         this.serial = java.util.Arrays.copyOf(id, ID_BYTES); // NUL-padded, as the spec allows
         this.config = new BlkConfig(image.size() >>> SECTOR_SHIFT, image.blockSize(), limits.segMax(), limits.sizeMax(),
                 queues, limits.maxDiscardSectors(), limits.maxDiscardSegments());
-        this.workers = new BlkQueueWorker[queues];
-        this.setups = new VringSetup[queues];
+        this.workers = new QueueWorker[queues];
+        this.vqs = new Virtqueue[queues];
+        this.failed = new boolean[queues];
         String unavailable = engine == IoEngine.SYNC ? null : IoUring.unavailableReason();
         switch (engine) {
             case SYNC -> {
@@ -130,6 +144,12 @@ public final class BlkDevice implements VhostUserBackend {
         return 1L << n;
     }
 
+    /** Crash recovery (issue 11): reads and writes can be resubmitted, so in-flight requests survive a restart. */
+    @Override
+    public long protocolFeatures() {
+        return Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD);
+    }
+
     @Override
     public int queueCount() {
         return queues;
@@ -168,7 +188,51 @@ public final class BlkDevice implements VhostUserBackend {
                 : QueueConfig.split(index, setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(), setup.eventIdx(),
                         setup.indirect(), 0))
                 .withVringBase(setup.base());
+        if (!anyRunning()) {
+            fenced = takeImage(); // image ownership (issue 11): the first queue takes the image
+        }
         start(index, setup, qc);
+    }
+
+    private boolean anyRunning() {
+        for (QueueWorker w : workers) {
+            if (w != null) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /**
+     * Takes the image for this frontend: null when it may use it, else why not (logged with the holder). A file
+     * system without OFD locks is served unlocked, with a warning (as QEMU's locking=auto does).
+     */
+    private String takeImage() {
+        try {
+            if (imageLock == null) {
+                imageLock = ImageLock.open(image.path(), image.readOnly());
+            }
+            String why = imageLock.acquire();
+            if (why != null) {
+                LOG.log(Level.ERROR, "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device "
+                        + "reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate instead "
+                        + "of starting a second one)", name, why);
+            }
+            return why;
+        } catch (IOException e) { // LinuxException included
+            LOG.log(Level.WARNING, "blk {0}: serving {1} without the image lock: {2}", name, image.path(), e.getMessage());
+            return null;
+        }
+    }
+
+    private static void signalQuietly(EventFd err) {
+        if (err != null) {
+            try {
+                err.signal();
+            } catch (LinuxException ignored) {
+                // the frontend closed it: the log line is the report
+            }
+        }
     }
 
     private void start(int index, VringSetup setup, QueueConfig qc) throws BackendException {
@@ -176,13 +240,31 @@ public final class BlkDevice implements VhostUserBackend {
             throw new BackendException("queue " + index + ": polling mode without a kick eventfd is not supported");
         }
         try {
-            Virtqueue q = Virtqueue.create(qc, setup.memory());
+            // inflight: crash recovery (issue 11)
+            Virtqueue q = Virtqueue.create(qc, setup.memory(), setup.inflight()).limitChain(limits.segMax() + 2);
+            if (q.resubmitted() > 0) {
+                LOG.log(Level.INFO, "blk {0} q{1}: resubmitting {2} request(s) that were in flight when the previous "
+                        + "backend stopped", name, index, q.resubmitted());
+            }
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
+            if (fenced != null) {
+                handler.fence(fenced); // image ownership (issue 11)
+                signalQuietly(setup.err()); // QEMU reports "vhost vring error" for the queue
+            }
             String queueName = "blk " + name + " q" + index;
-            BlkQueueWorker w = new BlkQueueWorker(queueName, q, handler, setup.kick(), setup.call(), setup.err(), stats,
-                    ioUring ? newRing(queueName, q.size()) : null);
+            QueueWorker w;
+            try {
+                w = newWorker(queueName, q, handler, setup.kick(), setup.call(),
+                        setup.err(), stats, ioUring ? newRing(queueName, q.size()) : null, reason -> markFailed(index));
+            } catch (LinuxException | RuntimeException e) {
+                q.releaseMemory();
+                throw e;
+            }
+            synchronized (failed) {
+                failed[index] = false;
+            }
             workers[index] = w;
-            setups[index] = setup;
+            vqs[index] = q;
             w.start();
         } catch (VirtqueueException e) {
             throw new BackendException("queue " + index + ": " + e.getMessage());
@@ -191,10 +273,39 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
+    /**
+     * The worker of one queue, not started: synchronous I/O when {@code ring} is null, else through {@code ring},
+     * which the worker then owns.
+     */
+    static QueueWorker newWorker(String name, Virtqueue q, BlkQueueHandler handler, EventFd kick, EventFd call,
+                                 EventFd err, BlkStats stats, IoUring ring, QueueWorker.FailureListener onFailure)
+            throws LinuxException {
+        QueueWorker.Builder b = QueueWorker.builder(name).kick(kick).err(err).onFailure(reason -> {
+            stats.queueFailures.increment();
+            onFailure.failed(reason);
+        });
+        RequestLog log = new RequestLog(name);
+        if (ring == null) {
+            return b.build(new RingHandler(q, call, SYNC_BATCH, new SyncEngine(handler, log)));
+        }
+        UringEngine engine = new UringEngine(q, handler, call, log, ring);
+        engine.register(b);
+        return b.build(engine);
+    }
+
+    /** Requests a synchronous queue pops before it pushes them and decides on one interrupt. */
+    static final int SYNC_BATCH = 16;
+
+    private void markFailed(int index) {
+        synchronized (failed) {
+            failed[index] = true;
+        }
+    }
+
     /** One operation per queue entry; null (synchronous I/O) when the kernel refuses a ring now, e.g. ENOMEM. */
     private IoUring newRing(String queueName, int size) {
         try {
-            return IoUring.create(BlkQueueWorker.ringEntries(size));
+            return IoUring.create(UringEngine.ringEntries(size));
         } catch (LinuxException e) {
             LOG.log(Level.WARNING, "{0}: serving with synchronous I/O: {1}", queueName, IoUring.explain(e));
             return null;
@@ -203,44 +314,38 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public int queueStopped(int index) {
-        BlkQueueWorker w = workers[index];
+        QueueWorker w = workers[index];
         if (w == null) {
             return 0;
         }
         w.stop();
         workers[index] = null;
-        setups[index] = null;
-        return w.vringBase();
+        Virtqueue q = vqs[index];
+        vqs[index] = null;
+        if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
+            if (imageLock != null) {
+                imageLock.release();
+            }
+            fenced = null;
+        }
+        return q.vringBase();
     }
 
-    /**
-     * Queues read the memory snapshot per batch; to guarantee none still holds a buffer of the old one when this
-     * returns, each running queue is stopped (drained: its requests in flight complete first) and restarted where it
-     * left off, on the new memory.
-     */
+    /** The queues pin the snapshot they work from and let go before they sleep: nothing to wait for here. */
     @Override
     public void memoryChanged(GuestMemory memory) {
-        for (int i = 0; i < queues; i++) {
-            BlkQueueWorker w = workers[i];
-            if (w == null) {
-                continue;
-            }
-            VringSetup setup = setups[i];
-            int base = queueStopped(i);
-            try {
-                queueStarted(i, new VringSetup(setup.index(), setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(),
-                        base, setup.features(), setup.kick(), setup.call(), setup.err(), setup.memory()));
-            } catch (BackendException e) {
-                LOG.log(Level.ERROR, "blk {0} q{1}: cannot resume after the memory table changed: {2}", name, i, e.getMessage());
-            }
-        }
     }
 
     @Override
     public int deviceStatus() {
-        for (BlkQueueWorker w : workers) {
-            if (w != null && w.failure() != null) {
-                return DEVICE_NEEDS_RESET;
+        if (fenced != null) {
+            return DEVICE_NEEDS_RESET; // image ownership (issue 11)
+        }
+        synchronized (failed) {
+            for (boolean f : failed) {
+                if (f) {
+                    return DEVICE_NEEDS_RESET;
+                }
             }
         }
         return 0;
@@ -251,11 +356,14 @@ public final class BlkDevice implements VhostUserBackend {
         for (int i = 0; i < queues; i++) {
             queueStopped(i);
         }
+        synchronized (failed) {
+            java.util.Arrays.fill(failed, false);
+        }
         acked = 0;
     }
 
     /** Makes every acknowledged write durable; used at shutdown. */
-    public void flush() throws LinuxException {
+    public void flush() throws java.io.IOException {
         if (!image.readOnly()) {
             image.flush();
         }

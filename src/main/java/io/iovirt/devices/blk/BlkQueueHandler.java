@@ -3,7 +3,8 @@ package io.iovirt.devices.blk;
 import static io.iovirt.devices.blk.BlkRequests.*;
 
 import io.iovirt.linux.IoUring;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageIo;
 import io.iovirt.virtio.DescriptorChain;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -43,7 +44,7 @@ final class BlkQueueHandler implements AutoCloseable {
     /** One request from pop to push: its chain, its I/O state and what {@link #start} decided. */
     static final class Request {
         final int slot;
-        final RawImage.IoContext io;
+        final ImageIo io;
         DescriptorChain chain;
         int kind;
         /** Image byte offset of a read or write. */
@@ -55,14 +56,14 @@ final class BlkQueueHandler implements AutoCloseable {
         /** Why the request got a non-OK status, for the caller's rate-limited log line; null when it succeeded. */
         String error;
 
-        Request(int slot, DescriptorChain chain, RawImage.IoContext io) {
+        Request(int slot, DescriptorChain chain, ImageIo io) {
             this.slot = slot;
             this.chain = chain;
             this.io = io;
         }
     }
 
-    private final RawImage image;
+    private final DiskImage image;
     private final BlkLimits limits;
     private final BlkStats stats;
     private final byte[] serial;
@@ -70,19 +71,27 @@ final class BlkQueueHandler implements AutoCloseable {
     private final MemorySegment header = arena.allocate(HEADER_BYTES);
     private final MemorySegment discardSegment = arena.allocate(DISCARD_SEGMENT_BYTES);
     private final MemorySegment status = arena.allocate(1);
+    /** Image ownership (issue 11): why this frontend may not use the image (another VM holds it), or null. */
+    private volatile String fenced;
     /** The synchronous path's request, made on first use: a queue served through io_uring never needs it. */
+
     private Request syncRequest;
 
     /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
-    BlkQueueHandler(RawImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
+    BlkQueueHandler(DiskImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
         this.image = image;
         this.limits = limits;
         this.serial = java.util.Arrays.copyOf(serial, ID_BYTES);
         this.stats = stats;
     }
 
-    RawImage image() {
+    DiskImage image() {
         return image;
+    }
+
+    /** Image ownership (issue 11): from now on every request fails with VIRTIO_BLK_S_IOERR, for {@code why}. */
+    void fence(String why) {
+        this.fenced = why;
     }
 
     BlkLimits limits() {
@@ -128,6 +137,12 @@ final class BlkQueueHandler implements AutoCloseable {
         r.dataWritten = 0;
         r.status = S_OK;
         r.kind = DONE;
+        String fence = fenced;
+        if (fence != null) { // image ownership (issue 11): not one byte of the image through this frontend
+            r.status = S_IOERR;
+            r.error = fence;
+            return DONE;
+        }
         if (chain.readableBytes() < HEADER_BYTES || chain.copyFromReadable(0, header) != HEADER_BYTES) {
             fail(r, "request header is " + chain.readableBytes() + " bytes, needs " + HEADER_BYTES);
             return DONE;
@@ -166,11 +181,7 @@ final class BlkQueueHandler implements AutoCloseable {
                 case READ -> r.io.submitRead(ring, r.offset, r.slot);
                 case WRITE -> r.io.submitWrite(ring, r.offset, r.slot);
                 case FLUSH -> {
-                    if (!image.readOnly()) {
-                        image.submitFlush(ring, r.slot);
-                        yield true;
-                    }
-                    yield false;
+                    yield !image.readOnly() && image.submitFlush(ring, r.slot); // qcow2: synchronous, below
                 }
                 default -> throw new IllegalStateException("request kind " + r.kind + " has no I/O to submit");
             };
@@ -252,11 +263,15 @@ final class BlkQueueHandler implements AutoCloseable {
         if (!checkData(r, sector, len, "read")) {
             return;
         }
-        RawImage.IoContext io = r.io;
+        ImageIo io = r.io;
         io.clear();
         DescriptorChain chain = r.chain;
         long left = len;
         for (int i = chain.readableCount(); i < chain.count() && left > 0; i++) {
+            if (chain.length(i) > limits.sizeMax()) {
+                fail(r, "read segment of " + chain.length(i) + " bytes exceeds size_max " + limits.sizeMax());
+                return;
+            }
             MemorySegment s = chain.segment(i);
             long n = Math.min(left, s.byteSize());
             if (!io.add(n == s.byteSize() ? s : s.asSlice(0, n))) {
@@ -280,10 +295,14 @@ final class BlkQueueHandler implements AutoCloseable {
         if (!checkData(r, sector, len, "write")) {
             return;
         }
-        RawImage.IoContext io = r.io;
+        ImageIo io = r.io;
         io.clear();
         long skip = HEADER_BYTES; // the header may share a buffer with data (the spec allows any framing)
         for (int i = 0; i < chain.readableCount(); i++) {
+            if (chain.length(i) > limits.sizeMax()) {
+                fail(r, "write segment of " + chain.length(i) + " bytes exceeds size_max " + limits.sizeMax());
+                return;
+            }
             MemorySegment s = chain.segment(i);
             if (skip >= s.byteSize()) {
                 skip -= s.byteSize();

@@ -2,9 +2,14 @@ package io.iovirt.host.check;
 
 import io.iovirt.host.HostConfigException;
 import io.iovirt.host.HostPaths;
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
 import io.iovirt.pci.IommuGroups;
 import io.iovirt.pci.SysfsTree;
 import io.iovirt.util.ByteSizes;
+import io.iovirt.vm.Accelerator;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.EnumMap;
@@ -14,6 +19,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.function.BiFunction;
 
 /**
  * The host's readiness for each of iovirt's five I/O virtualization techniques: one result per requirement (PASS,
@@ -63,7 +69,8 @@ public final class HostCheck {
     public record TechniqueStatus(boolean possible, String how, List<String> missing) {
     }
 
-    public record Report(List<Result> results, Map<Technique, TechniqueStatus> techniques) {
+    /** @param accelerator what iovirt would run guests under on this host ({@code --accel auto}), and why */
+    public record Report(List<Result> results, Map<Technique, TechniqueStatus> techniques, Accelerator.Decision accelerator) {
         /** True when every requested technique is possible. */
         public boolean allPossible(Set<Technique> requested) {
             return requested.stream().allMatch(t -> techniques.get(t).possible());
@@ -83,9 +90,12 @@ public final class HostCheck {
     private final SysfsTree proc;
     private final SysfsTree dev;
     private final long memlockNeeded;
+    private final BiFunction<Path, String, Accelerator.KvmFacts> kvmProbe;
     private final List<Result> results = new ArrayList<>();
+    private Accelerator.KvmStatus kvmStatus;
 
-    private HostCheck(HostPaths paths, long memlockNeeded) {
+    private HostCheck(HostPaths paths, long memlockNeeded, BiFunction<Path, String, Accelerator.KvmFacts> kvmProbe) {
+        this.kvmProbe = kvmProbe;
         this.paths = paths;
         this.sys = paths.sys();
         this.proc = paths.proc();
@@ -99,7 +109,15 @@ public final class HostCheck {
      * @param memlockNeeded bytes a VFIO user must be able to pin (the guest's RAM)
      */
     public static Report run(HostPaths paths, long memlockNeeded) {
-        return new HostCheck(paths, memlockNeeded).run();
+        return run(paths, memlockNeeded, Accelerator::probe);
+    }
+
+    /**
+     * As {@link #run(HostPaths, long)} with another KVM probe ({@code (device, cpuinfo) -> facts}): fixture trees have
+     * no real KVM device to issue ioctls to.
+     */
+    public static Report run(HostPaths paths, long memlockNeeded, BiFunction<Path, String, Accelerator.KvmFacts> kvmProbe) {
+        return new HostCheck(paths, memlockNeeded, kvmProbe).run();
     }
 
     private enum Vendor { INTEL, AMD, OTHER }
@@ -112,8 +130,13 @@ public final class HostCheck {
         Map<String, String> cmdline = cmdline(proc.readOptional("cmdline").orElse(""));
 
         checkCpu(flags, vendor, nestedGuest);
-        checkKvm(flags, vendor);
+        checkKvm(cpuinfo);
         checkQemu();
+        checkDevice("tun", "net/tun", "tap ports: the iovirt switch's uplink to the host network, QEMU -netdev tap",
+                "modprobe tun; the device must be read-write for the user running iovirt");
+        checkDevice("vhost-net", "vhost-net", "QEMU's in-kernel virtio-net datapath (vhost=on), the PV baseline "
+                + "iovirt's vhost-user NIC is compared with", "modprobe vhost_net");
+        checkHugepages();
         boolean dmar = sys.exists("firmware/acpi/tables/DMAR");
         boolean ivrs = sys.exists("firmware/acpi/tables/IVRS");
         List<String> iommus = sys.list("class/iommu");
@@ -127,7 +150,8 @@ public final class HostCheck {
         checkSriov();
 
         Map<Technique, TechniqueStatus> techniques = new EnumMap<>(Technique.class);
-        boolean kvm = result("kvm").status() != Status.FAIL;
+        Accelerator.Decision accel = Accelerator.decide(Accelerator.Mode.AUTO, kvmStatus);
+        boolean kvm = accel.kind() == Accelerator.Kind.KVM;
         for (Technique t : Technique.values()) {
             List<String> missing = new ArrayList<>();
             for (Result r : results) {
@@ -136,16 +160,16 @@ public final class HostCheck {
                 }
             }
             String how = switch (t) {
-                case FV -> kvm ? "QEMU device emulation, KVM-accelerated CPU" : "QEMU device emulation under TCG (no KVM: slow)";
+                case FV -> kvm ? "QEMU device emulation, KVM-accelerated CPU" : "QEMU device emulation under TCG (KVM unusable: slow)";
                 case PV -> kvm ? "virtio devices served by iovirt over vhost-user, KVM guest"
-                        : "virtio devices served by iovirt over vhost-user, TCG guest (no KVM: slow CPU)";
+                        : "virtio devices served by iovirt over vhost-user, TCG guest (KVM unusable: slow CPU)";
                 case PVHVM -> "hardware-virtualized (KVM) guest with PV devices and PV clock/interrupts";
                 case VFIO -> "whole PCI functions handed to a guest or user-space driver through the IOMMU";
                 case SRIOV -> "virtual functions of an SR-IOV device, each assigned through VFIO";
             };
             techniques.put(t, new TechniqueStatus(missing.isEmpty(), how, missing));
         }
-        return new Report(List.copyOf(results), techniques);
+        return new Report(List.copyOf(results), techniques, accel);
     }
 
     private Result result(String id) {
@@ -170,16 +194,82 @@ public final class HostCheck {
         }
     }
 
-    private void checkKvm(Set<String> flags, Vendor vendor) {
-        if (dev.exists("kvm")) {
-            add("kvm", Status.PASS, dev.path("kvm") + " exists", "", NONE);
+    /**
+     * /dev/kvm probed as the user running the check (open read-write, KVM_GET_API_VERSION, KVM_CREATE_VM) together
+     * with the CPU flags: the same facts {@link Accelerator} decides on, so the summary cannot disagree with it.
+     */
+    private void checkKvm(String cpuinfo) {
+        Accelerator.KvmFacts f = kvmProbe.apply(dev.path("kvm"), cpuinfo);
+        kvmStatus = Accelerator.status(f);
+        String user = System.getProperty("user.name");
+        if (kvmStatus.usable()) {
+            add("kvm", Status.PASS, kvmStatus.reason() + " (as user " + user + ")", "", NONE);
+        } else if (f.exists() && f.openError() == 0 && f.apiVersion() == Accelerator.KVM_API_VERSION && f.createVm() == 0) {
+            // Works, but without VT-x/AMD-V: PVM or another software-nested KVM. Seen here: stock guests stop with
+            // "KVM internal error" (kvm-pvm: INTERNAL_ERROR in batch emul). Not a FAIL: guests run, under TCG.
+            add("kvm", Status.WARN, dev.path("kvm") + " works but the CPU has no hardware virtualization (no vmx/svm): "
+                    + "a PVM / software-nested KVM; stock guests may not run on it, so iovirt uses TCG", kvmStatus.remedy(), NONE);
+        } else {
+            add("kvm", Status.FAIL, kvmStatus.reason() + (f.exists() ? " (as user " + user + ")" : "")
+                    + ": no hardware-accelerated guests", kvmStatus.remedy(), EnumSet.of(Technique.PVHVM));
+        }
+    }
+
+    /** A device node opened read-write as the user running the check; missing or denied is a WARN naming its use. */
+    private void checkDevice(String id, String relative, String mattersFor, String remedy) {
+        java.nio.file.Path node = dev.path(relative);
+        String user = System.getProperty("user.name");
+        if (!java.nio.file.Files.exists(node)) {
+            add(id, Status.WARN, node + " does not exist; needed for " + mattersFor, remedy, NONE);
             return;
         }
-        boolean hw = flags.contains("vmx") || flags.contains("svm");
-        String remedy = hw ? "load KVM: modprobe " + (flags.contains("svm") ? "kvm_amd" : "kvm_intel")
-                : "KVM needs the CPU virtualization extensions (see cpu-virt); until then QEMU runs guests under TCG";
-        add("kvm", Status.FAIL, dev.path("kvm") + " does not exist: no hardware-accelerated guests", remedy,
-                EnumSet.of(Technique.PVHVM));
+        try {
+            FileIo.open(node, FileIo.O_RDWR).close();
+            add(id, Status.PASS, node + " opens read-write as user " + user + " (for " + mattersFor + ")", "", NONE);
+        } catch (LinuxException e) {
+            boolean denied = e.errno() == Errno.EACCES || e.errno() == Errno.EPERM;
+            add(id, Status.WARN, "cannot open " + node + " read-write as user " + user + ": " + e.errnoName()
+                    + "; needed for " + mattersFor,
+                    denied ? "give the user access to " + node + " (a udev rule or group membership)" : remedy, NONE);
+        }
+    }
+
+    /**
+     * Reserved huge pages: guest RAM is a shared memfd that vhost-user backends map too; on huge pages QEMU, the
+     * backends and VFIO's IOMMU mappings need 512 times fewer page-table entries.
+     */
+    private void checkHugepages() {
+        String meminfo = proc.readTextOptional("meminfo").orElse("");
+        long total = -1;
+        long free = -1;
+        long sizeKib = -1;
+        for (String line : meminfo.split("\n")) {
+            String[] f = line.split(":\\s*");
+            if (f.length < 2) {
+                continue;
+            }
+            String v = f[1].trim().split("\\s+")[0];
+            try {
+                switch (f[0]) {
+                    case "HugePages_Total" -> total = Long.parseLong(v);
+                    case "HugePages_Free" -> free = Long.parseLong(v);
+                    case "Hugepagesize" -> sizeKib = Long.parseLong(v);
+                    default -> { }
+                }
+            } catch (NumberFormatException e) {
+                // leave it unknown
+            }
+        }
+        String use = "guest RAM shared with vhost-user backends (PV, PVHVM) and pinned for VFIO";
+        String remedy = "reserve some: echo 512 > /proc/sys/vm/nr_hugepages (1 GiB of 2 MiB pages), or hugepages=N on the kernel command line";
+        if (total < 0) {
+            add("hugepages", Status.WARN, "cannot read HugePages_Total from " + proc.path("meminfo"), remedy, NONE);
+        } else if (total == 0) {
+            add("hugepages", Status.WARN, "no huge pages reserved: " + use + " is backed by 4 KiB pages", remedy, NONE);
+        } else {
+            add("hugepages", Status.PASS, total + " huge pages of " + ByteSizes.human(sizeKib * 1024) + " reserved, " + free
+                    + " free: for " + use, "", NONE);
+        }
     }
 
     private void checkQemu() {

@@ -160,7 +160,8 @@ public final class NvmeBench {
                 return;
             }
             histogram.record(now - started[cid]);
-            if (failedStatus < 0 && now - deadline < 0) {
+            // a controller being closed (SIGTERM) gets no new commands: the reads in flight drain, then run() returns
+            if (failedStatus < 0 && now - deadline < 0 && !c.quiescing()) {
                 submitOne();
             }
         }

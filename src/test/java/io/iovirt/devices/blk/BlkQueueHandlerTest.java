@@ -9,6 +9,7 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.RawImage;
+import io.iovirt.testing.Require;
 import io.iovirt.virtio.DescriptorChain;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;
@@ -175,7 +176,7 @@ class BlkQueueHandlerTest {
         Files.createDirectories(mnt);
         Process mount = new ProcessBuilder("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt.toString())
                 .redirectErrorStream(true).start();
-        org.junit.jupiter.api.Assumptions.assumeTrue(mount.waitFor() == 0, "needs root to mount a small tmpfs");
+        Require.that(mount.waitFor() == 0, "needs root to mount a small tmpfs");
         try {
             handler.close();
             image.close();

@@ -1,14 +1,16 @@
-package io.iovirt.net;
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.testing;
 
+import io.iovirt.net.Mac;
 import java.nio.ByteBuffer;
 
-/** Test frames. */
-final class Frames {
+/** Ethernet frames for tests, one copy for every package (switch, ports, virtio-net). */
+public final class Frames {
     private Frames() {
     }
 
     /** An Ethernet II frame of {@code length} bytes (header included) with a recognizable payload. */
-    static byte[] ethernet(long dst, long src, int length) {
+    public static byte[] ethernet(long dst, long src, int length) {
         ByteBuffer b = ByteBuffer.allocate(length);
         byte[] d = Mac.toBytes(dst);
         byte[] s = Mac.toBytes(src);
@@ -25,7 +27,7 @@ final class Frames {
         return b.array();
     }
 
-    static byte[] ethernet(String dst, String src, int length) {
+    public static byte[] ethernet(String dst, String src, int length) {
         return ethernet(Mac.parse(dst), Mac.parse(src), length);
     }
 }

@@ -1,4 +1,5 @@
-package io.iovirt.virtio;
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.testing;
 
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
@@ -13,28 +14,28 @@ import java.util.List;
  * carved from one host allocation with canary-filled guard zones around each region, so a test can prove that no
  * device access strayed outside guest memory.
  */
-final class GuestFixture implements AutoCloseable {
-    static final long GUARD = 4096;
-    static final long LOW_GPA = 0;
-    static final long HIGH_GPA = 0x10_0000;
-    static final byte CANARY = (byte) 0xA5;
+public final class GuestFixture implements AutoCloseable {
+    public static final long GUARD = 4096;
+    public static final long LOW_GPA = 0;
+    public static final long HIGH_GPA = 0x10_0000;
+    public static final byte CANARY = (byte) 0xA5;
 
-    final long lowSize;
-    final long highSize;
+    public final long lowSize;
+    public final long highSize;
     private final Arena arena = Arena.ofShared();
     private final MemorySegment backing;
-    final MemorySegment low;
-    final MemorySegment high;
-    final GuestMemory memory;
-    final GuestMemoryHolder holder = new GuestMemoryHolder();
+    public final MemorySegment low;
+    public final MemorySegment high;
+    public final GuestMemory memory;
+    public final GuestMemoryHolder holder = new GuestMemoryHolder();
     private long lowNext;
     private long highNext;
 
-    GuestFixture() {
+    public GuestFixture() {
         this(256 * 1024, 64 * 1024);
     }
 
-    GuestFixture(long lowSize, long highSize) {
+    public GuestFixture(long lowSize, long highSize) {
         this.lowSize = lowSize;
         this.highSize = highSize;
         backing = arena.allocate(3 * GUARD + lowSize + highSize, 4096);
@@ -52,7 +53,7 @@ final class GuestFixture implements AutoCloseable {
     }
 
     /** Bump-allocates guest memory in the low region. */
-    long alloc(long bytes, int align) {
+    public long alloc(long bytes, int align) {
         long gpa = (LOW_GPA + lowNext + align - 1) & -align;
         lowNext = gpa - LOW_GPA + bytes;
         if (lowNext > lowSize) {
@@ -62,7 +63,7 @@ final class GuestFixture implements AutoCloseable {
     }
 
     /** Bump-allocates guest memory in the high region. */
-    long allocHigh(long bytes, int align) {
+    public long allocHigh(long bytes, int align) {
         long gpa = (HIGH_GPA + highNext + align - 1) & -align;
         highNext = gpa - HIGH_GPA + bytes;
         if (highNext > highSize) {
@@ -72,7 +73,7 @@ final class GuestFixture implements AutoCloseable {
     }
 
     /** Host view of guest range [gpa, gpa+len), for test-side reads and writes. */
-    MemorySegment at(long gpa, long len) {
+    public MemorySegment at(long gpa, long len) {
         try {
             return memory.translate(gpa, len);
         } catch (Exception e) {
@@ -81,7 +82,7 @@ final class GuestFixture implements AutoCloseable {
     }
 
     /** True when [segment] lies inside one of the regions. */
-    boolean insideGuest(MemorySegment s) {
+    public boolean insideGuest(MemorySegment s) {
         return within(s, low) || within(s, high);
     }
 
@@ -91,7 +92,7 @@ final class GuestFixture implements AutoCloseable {
     }
 
     /** True when every guard byte still holds the canary. */
-    boolean guardsIntact() {
+    public boolean guardsIntact() {
         return intact(backing.asSlice(0, GUARD)) && intact(backing.asSlice(GUARD + lowSize, GUARD))
                 && intact(backing.asSlice(2 * GUARD + lowSize + highSize, GUARD));
     }
