@@ -168,7 +168,7 @@ public final class HostCommand implements Runnable {
                 doc.put("requested", requested.stream().map(t -> t.name().toLowerCase()).toList());
                 doc.put("ok", ok);
                 json(doc);
-                return ok ? 0 : 1;
+                return ok ? Contract.OK : Contract.CHECK_FAILED;
             }
             PrintWriter o = out();
             for (HostCheck.Result r : report.results()) {
@@ -188,7 +188,7 @@ public final class HostCommand implements Runnable {
             });
             o.println(ok ? "All requested techniques (*) are possible." : "Not every requested technique (*) is possible.");
             o.flush();
-            return ok ? 0 : 1;
+            return ok ? Contract.OK : Contract.CHECK_FAILED;
         }
     }
 

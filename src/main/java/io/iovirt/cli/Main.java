@@ -4,7 +4,7 @@ import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
 /** Entry point of the {@code iovirt} command: one line of reason and a non-zero exit on errors. */
-@Command(name = "iovirt", mixinStandardHelpOptions = true, version = "iovirt 0.1.0",
+@Command(name = "iovirt", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
         description = "I/O virtualization for KVM/QEMU guests.",
         subcommands = {
                 HelpCommand.class,

@@ -5,6 +5,7 @@ import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
 import io.iovirt.util.ActionableException;
+import io.iovirt.util.ByteSizes;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -15,7 +16,7 @@ import picocli.CommandLine.Option;
 
 /**
  * {@code iovirt serve blk}: a vhost-user-blk backend on a UNIX socket. QEMU connects as the client; after it
- * disconnects (guest reboot, VM stop) the next connection is accepted. SIGINT/SIGTERM finish in-flight requests,
+ * disconnects (guest reboot, VM stop) the next connection is accepted. SIGINT, SIGTERM and SIGHUP finish in-flight requests,
  * fsync the image and exit 0.
  */
 @Command(name = "blk", footerHeading = "%nExamples:%n", footer = {"  iovirt serve blk --image disk.raw --socket /run/iovirt/blk0.sock", "  iovirt serve blk --image /dev/vg0/vm1 --socket /run/iovirt/vm1.sock --queues 4 --direct", "  iovirt serve blk --image disk.raw --socket blk.sock --log-format json --stats-interval 10"},
@@ -24,6 +25,8 @@ import picocli.CommandLine.Option;
                 "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
                         + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."})
 final class ServeBlkCommand implements Callable<Integer> {
+    private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.blk");
+
     @picocli.CommandLine.Spec
     picocli.CommandLine.Model.CommandSpec spec;
 
@@ -83,6 +86,13 @@ final class ServeBlkCommand implements Callable<Integer> {
                     "the whole sectors, and the last partial one is neither read nor written."})
     boolean allowPartialSector;
 
+    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
+            description = "Log the device's counters every S seconds (0: only at exit).")
+    int statsInterval;
+
+    @picocli.CommandLine.Mixin
+    LogOptions logOptions;
+
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
@@ -101,6 +111,10 @@ final class ServeBlkCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        logOptions.apply();
+        if (statsInterval < 0) {
+            throw Contract.usage(spec, "--stats-interval must not be negative");
+        }
         if (queues < 1 || queues > 64) {
             throw Contract.usage(spec, "--queues must be between 1 and 64, got " + queues);
         }
@@ -110,14 +124,28 @@ final class ServeBlkCommand implements Callable<Integer> {
             checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
             try (VhostUserServer server = VhostUserServer.start(socket, device, access())) {
-                System.err.printf("iovirt: serving %s (%s, %d MiB%s%s, %d queue%s, %s) on %s%n", image, img.format(), img.size() >> 20,
-                        readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues, queues == 1 ? "" : "s",
-                        device.ioDescription(), socket);
+                LOG.info(String.format("serving %s (%s, %s%s%s, %d queue%s, %s) on %s", image, img.format(),
+                        ByteSizes.human(img.size()), readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues,
+                        queues == 1 ? "" : "s", device.ioDescription(), socket));
+                Thread stats = statsInterval == 0 ? null : Thread.ofPlatform().daemon().name("stats").start(() -> {
+                    try {
+                        while (true) {
+                            Thread.sleep(statsInterval * 1000L);
+                            LOG.info("counters: " + device.stats());
+                        }
+                    } catch (InterruptedException e) {
+                        // stopping
+                    }
+                });
                 String signal = Signals.awaitTermination();
-                System.err.println("iovirt: " + signal + ": stopping (in-flight requests complete first)");
+                LOG.info(signal + ": stopping (in-flight requests complete first)");
+                if (stats != null) {
+                    stats.interrupt();
+                    stats.join();
+                }
             } // closing the server stops every queue: requests in flight are completed
             device.flush();
-            System.err.println("iovirt: stopped; image synced. " + device.stats());
+            LOG.info("stopped; image synced. " + device.stats());
         }
         return 0;
     }
@@ -148,7 +176,7 @@ final class ServeBlkCommand implements Callable<Integer> {
                 throw new ActionableException("cannot serve " + what, "resize it to whole sectors (truncate -s "
                         + ((size + 511) / 512) * 512 + " " + image + "), or pass --allow-partial-sector");
             }
-            System.err.println("iovirt serve blk: warning: " + what);
+            LOG.warning(what);
         }
     }
 

@@ -8,7 +8,6 @@ import io.iovirt.net.PortStats;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
 import io.iovirt.net.TapPort;
-import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.Callable;
@@ -50,8 +49,13 @@ final class ServeNetCommand implements Callable<Integer> {
     int mtu;
 
     @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
-            description = "Print every port's counters every S seconds (0: only on exit).")
+            description = "Log every port's counters every S seconds (0: only at exit).")
     int statsInterval;
+
+    @CommandLine.Mixin
+    LogOptions logOptions;
+
+    private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.net");
 
     @Option(names = "--socket-group", paramLabel = "GROUP",
             description = "Make socket files (vhost-user and stream ports) mode 0660 and owned by GROUP, so that group's peers may connect "
@@ -68,6 +72,7 @@ final class ServeNetCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        logOptions.apply();
         if (macAging < 1) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--mac-aging must be at least 1 second");
         }
@@ -79,22 +84,20 @@ final class ServeNetCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(spec.commandLine(), "--stats-interval must not be negative");
         }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
-        PrintWriter out = spec.commandLine().getOut();
         try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
             for (PortFactory f : factories) {
                 Port p = sw.addPort(f.create());
-                out.println("port " + p.index() + ": " + p.name());
+                LOG.info("port " + p.index() + ": " + p.name());
             }
             sw.startHousekeeping();
-            out.println("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C or SIGTERM");
-            out.flush();
+            LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C, SIGTERM or SIGHUP");
             Thread printer = null;
             if (statsInterval > 0) {
                 printer = Thread.ofPlatform().daemon().name("stats").start(() -> {
                     try {
                         while (true) {
                             Thread.sleep(statsInterval * 1000L);
-                            printStats(out, sw, "counters");
+                            logStats(sw, "counters");
                         }
                     } catch (InterruptedException e) {
                         // stopping
@@ -102,23 +105,23 @@ final class ServeNetCommand implements Callable<Integer> {
                 });
             }
             String signal = Signals.awaitTermination();
-            out.println("received " + signal + ", stopping");
+            LOG.info("received " + signal + ", stopping");
             if (printer != null) {
                 printer.interrupt();
                 printer.join();
             }
             sw.close(); // stop forwarding first, so the final counters are final
-            printStats(out, sw, "final counters");
+            logStats(sw, "final counters");
         }
         return 0;
     }
 
-    private static void printStats(PrintWriter out, Switch sw, String title) {
-        out.println(title + " (MAC table: " + sw.macTable().size() + " addresses):");
+    private static void logStats(Switch sw, String title) {
+        StringBuilder b = new StringBuilder(title + " (MAC table: " + sw.macTable().size() + " addresses):");
         for (PortStats s : sw.stats()) {
-            out.println("  " + s);
+            b.append("\n  ").append(s);
         }
-        out.flush();
+        LOG.info(b.toString());
     }
 
     @FunctionalInterface

@@ -3,8 +3,11 @@ package io.iovirt.cli;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciSysfs;
+import io.iovirt.util.ActionableException;
 import io.iovirt.util.ByteSizes;
+import io.iovirt.util.Json;
 import io.iovirt.vfio.DeviceInfo;
 import io.iovirt.vfio.DmaBuffer;
 import io.iovirt.vfio.IommuEnvironment;
@@ -28,8 +31,10 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Optional;
 import java.util.concurrent.Callable;
 import picocli.CommandLine;
@@ -274,7 +279,23 @@ public final class VfioCommand implements Runnable {
      * while the body runs, the body's resulting failure (closed memory, closed descriptors) is not reported: the
      * process is exiting because it was asked to.
      */
+    /**
+     * Says "not an NVMe controller" before anything else: opening the device first would blame the IOMMU (or the
+     * driver) for what is a wrong address.
+     */
+    static void requireNvme(PciSysfs sysfs, Bdf address) {
+        if (!sysfs.exists(address)) {
+            return; // opening it says there is no such device, with the remedy
+        }
+        int cls = sysfs.tree().readHex(PciDevice.dir(address) + "/class", 6);
+        if (cls != PciDevice.CLASS_NVME) {
+            throw new ActionableException(address + " is not an NVMe controller (PCI class " + String.format("%06x",
+                    cls) + ", an NVMe controller is 010802)", "pick the controller's address from iovirt host devices");
+        }
+    }
+
     static Integer withController(Bdf address, NvmeController.Options options, NvmeBody body) throws Exception {
+        requireNvme(PciSysfs.SYSTEM, address);
         try (OpenController oc = new OpenController(address, options)) {
             try {
                 return body.run(oc.controller());
@@ -297,6 +318,8 @@ public final class VfioCommand implements Runnable {
         NvmeOptions opts = new NvmeOptions();
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
+        @Option(names = "--json", description = "Print the identity as JSON (schema in docs/cli.md).")
+        boolean json;
 
         @Override
         public Integer call() throws Exception {
@@ -304,6 +327,30 @@ public final class VfioCommand implements Runnable {
             return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
                 var id = c.identity();
                 var ns = c.namespace();
+                if (json) {
+                    Map<String, Object> nsDoc = new LinkedHashMap<>();
+                    nsDoc.put("nsid", ns.nsid());
+                    nsDoc.put("blocks", ns.size());
+                    nsDoc.put("block_size", ns.blockSize());
+                    nsDoc.put("bytes", ns.bytes());
+                    nsDoc.put("lba_format", ns.formatIndex());
+                    nsDoc.put("lba_formats", ns.formats().size());
+                    Map<String, Object> doc = new LinkedHashMap<>();
+                    doc.put("device", parent.address.toString());
+                    doc.put("model", id.model());
+                    doc.put("serial", id.serial());
+                    doc.put("firmware", id.firmware());
+                    doc.put("nvme_version", c.version());
+                    doc.put("vendor_id", id.vendorId());
+                    doc.put("controller_id", id.controllerId());
+                    doc.put("max_transfer_bytes", c.maxTransferBytes());
+                    doc.put("io_queue_depth", c.ioQueueDepth());
+                    doc.put("irq_mode", c.irqMode().name().toLowerCase(Locale.ROOT));
+                    doc.put("namespace", nsDoc);
+                    out.println(Json.write(doc));
+                    out.flush();
+                    return Contract.OK;
+                }
                 out.printf("device:      %s%n", parent.address);
                 out.printf("model:       %s%n", id.model());
                 out.printf("serial:      %s%n", id.serial());
@@ -520,7 +567,7 @@ public final class VfioCommand implements Runnable {
                 IommuCheck.Result r = IommuCheck.run(c);
                 out.println(r.describe());
                 out.flush();
-                return r.blocked() ? 0 : 1;
+                return r.blocked() ? Contract.OK : Contract.CHECK_FAILED; // 1 stays "could not run the check"
             });
         }
     }

@@ -8,6 +8,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.PacketIo;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -15,7 +16,6 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import io.iovirt.virtio.QueueWorker;
 
 /**
  * {@code stream:PATH} — the peer is QEMU's {@code -netdev stream} on a UNIX socket (any emulated NIC behind it, e.g.

@@ -18,6 +18,12 @@ public final class Json {
         return b.toString();
     }
 
+    /** The same value on one line, without indentation: for JSON-lines logs and streams. */
+    public static String writeLine(Object value) {
+        // Strings escape their newlines, so every newline in write()'s output is layout, as is the indentation after it.
+        return write(value).replaceAll("\n *", "");
+    }
+
     private static void write(StringBuilder b, Object v, int indent) {
         switch (v) {
             case null -> b.append("null");

@@ -1,11 +1,11 @@
 package io.iovirt.bench;
 
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.cli.Main;
+import io.iovirt.testing.Require;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.QemuStorageDaemon;
 import java.io.IOException;

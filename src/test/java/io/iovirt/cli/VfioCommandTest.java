@@ -72,4 +72,22 @@ class VfioCommandTest {
                 00001040: 0000 0000 0000 0000 0000 0000 0000 0001  ................
                 """, s.toString());
     }
+
+    @Test
+    void aDeviceThatIsNotNvmeIsSaidSoBeforeTheIommuIsBlamed(@org.junit.jupiter.api.io.TempDir java.nio.file.Path tmp) {
+        io.iovirt.host.FakeHost h = new io.iovirt.host.FakeHost(tmp);
+        h.device("0000:02:00.0", 0x8086, 0x15b8, 0x020000).driver("e1000e");
+        h.device("0000:01:00.0", 0x1b36, 0x0010, 0x010802).driver("vfio-pci");
+        io.iovirt.pci.PciSysfs sysfs = new io.iovirt.pci.PciSysfs(h.sys);
+        io.iovirt.util.ActionableException e = org.junit.jupiter.api.Assertions.assertThrows(
+                io.iovirt.util.ActionableException.class,
+                () -> VfioCommand.requireNvme(sysfs, io.iovirt.pci.Bdf.parse("0000:02:00.0")));
+        assertTrue(e.getMessage().startsWith("0000:02:00.0 is not an NVMe controller (PCI class 020000"), e.getMessage());
+        VfioCommand.requireNvme(sysfs, io.iovirt.pci.Bdf.parse("0000:01:00.0"));
+        // This machine's host bridge, through the real CLI: exit 1 with that message, not an IOMMU remedy.
+        Run r = run("vfio", "nvme", "0000:00:00.0", "identify", "--json");
+        assertEquals(1, r.rc(), r.err());
+        assertTrue(r.err().contains("is not an NVMe controller"), r.err());
+    }
+
 }

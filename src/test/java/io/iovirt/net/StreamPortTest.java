@@ -1,7 +1,5 @@
 package io.iovirt.net;
 
-import io.iovirt.testing.Frames;
-import io.iovirt.testing.Await;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -10,6 +8,8 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Frames;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;

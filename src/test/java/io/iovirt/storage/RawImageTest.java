@@ -1,6 +1,5 @@
 package io.iovirt.storage;
 
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -10,6 +9,7 @@ import io.iovirt.linux.Errno;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.testing.Require;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;

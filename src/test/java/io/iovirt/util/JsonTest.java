@@ -33,6 +33,11 @@ class JsonTest {
     }
 
     @Test
+    void oneLineFormKeepsNewlinesInStringsEscaped() {
+        assertEquals("{\"a\": [1,\"x\\ny\"]}", Json.writeLine(Map.of("a", List.of(1, "x\ny"))));
+    }
+
+    @Test
     void nonFiniteNumbersBecomeNull() {
         assertEquals("[\n  null,\n  null,\n  1.5\n]", Json.write(List.of(Double.NaN, Double.POSITIVE_INFINITY, 1.5)));
     }

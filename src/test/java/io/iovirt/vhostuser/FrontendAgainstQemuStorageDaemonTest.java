@@ -1,14 +1,14 @@
 package io.iovirt.vhostuser;
 
-import io.iovirt.testing.Await;
-import io.iovirt.vm.ChildProcess;
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
+import io.iovirt.vm.ChildProcess;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;

@@ -1,13 +1,13 @@
 package io.iovirt.vhostuser;
 
-import io.iovirt.testing.Await;
-import io.iovirt.vm.ChildProcess;
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.memory.GuestMemory;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
+import io.iovirt.vm.ChildProcess;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;

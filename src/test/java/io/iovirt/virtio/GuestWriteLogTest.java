@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.virtio;
 
-import io.iovirt.testing.GuestFixture;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.GuestFixture;
 import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.AfterEach;

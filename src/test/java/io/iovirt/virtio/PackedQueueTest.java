@@ -1,6 +1,5 @@
 package io.iovirt.virtio;
 
-import io.iovirt.testing.GuestFixture;
 import static io.iovirt.virtio.QueueAssertions.assertCreateFails;
 import static io.iovirt.virtio.QueueAssertions.assertPopFails;
 import static io.iovirt.virtio.QueueAssertions.bytes;
@@ -16,6 +15,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.GuestFixture;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;

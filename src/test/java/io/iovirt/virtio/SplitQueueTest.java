@@ -1,6 +1,5 @@
 package io.iovirt.virtio;
 
-import io.iovirt.testing.GuestFixture;
 import static io.iovirt.virtio.QueueAssertions.assertCreateFails;
 import static io.iovirt.virtio.QueueAssertions.assertPopFails;
 import static io.iovirt.virtio.QueueAssertions.bytes;
@@ -13,16 +12,15 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
-import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.testing.GuestFixture;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.nio.channels.FileChannel;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;

@@ -1,11 +1,11 @@
 package io.iovirt.vm;
 
-import io.iovirt.testing.Await;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
 import java.io.UncheckedIOException;
 import java.nio.file.Path;
 import java.time.Duration;

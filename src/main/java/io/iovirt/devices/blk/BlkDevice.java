@@ -7,7 +7,6 @@ import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.storage.DiskImage;
-import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;

@@ -2,7 +2,6 @@ package io.iovirt.devices.net;
 
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
-import io.iovirt.net.Counters;
 import io.iovirt.net.Ethernet;
 import io.iovirt.net.Frame;
 import io.iovirt.net.Ingress;

@@ -2,14 +2,14 @@ package io.iovirt.host.check;
 
 import io.iovirt.host.HostConfigException;
 import io.iovirt.host.HostPaths;
-import io.iovirt.pci.IommuGroups;
-import io.iovirt.pci.SysfsTree;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.pci.IommuGroups;
+import io.iovirt.pci.SysfsTree;
+import io.iovirt.util.ByteSizes;
 import io.iovirt.vm.Accelerator;
 import java.nio.file.Path;
-import io.iovirt.util.ByteSizes;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.EnumMap;

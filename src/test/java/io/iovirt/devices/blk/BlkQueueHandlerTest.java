@@ -1,6 +1,5 @@
 package io.iovirt.devices.blk;
 
-import io.iovirt.testing.Require;
 import static io.iovirt.devices.blk.BlkRequests.*;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -10,6 +9,7 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.RawImage;
+import io.iovirt.testing.Require;
 import io.iovirt.virtio.DescriptorChain;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;

@@ -1,7 +1,5 @@
 package io.iovirt.devices.blk;
 
-import io.iovirt.testing.Await;
-import io.iovirt.testing.Require;
 import static io.iovirt.devices.blk.BlkRequests.*;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -15,8 +13,10 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.RawImage;
-import io.iovirt.virtio.QueueWorker;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
 import io.iovirt.virtio.DriverRing;
+import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.Virtqueue;
 import java.io.RandomAccessFile;

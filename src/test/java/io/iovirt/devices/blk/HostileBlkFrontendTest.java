@@ -25,7 +25,6 @@ import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;

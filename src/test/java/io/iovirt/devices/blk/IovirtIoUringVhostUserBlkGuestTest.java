@@ -1,12 +1,12 @@
 package io.iovirt.devices.blk;
 
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.testing.Require;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.GuestResult;
 import io.iovirt.vm.IovirtCli;

@@ -1,13 +1,13 @@
 package io.iovirt.devices.net;
 
-import io.iovirt.testing.Await;
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
 import io.iovirt.net.Switch;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
 import java.nio.file.Path;
 import java.util.function.BooleanSupplier;
 import org.junit.jupiter.api.Tag;

@@ -12,7 +12,6 @@ import io.iovirt.net.PortStat;
 import io.iovirt.net.Switch;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.LogCapture;
-import io.iovirt.virtio.DriverRing;
 import java.io.IOException;
 import java.lang.management.ManagementFactory;
 import java.nio.file.Path;

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.net;
 
-import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.net.Mac;

@@ -1,7 +1,5 @@
 package io.iovirt.devices.net;
 
-import io.iovirt.testing.Await;
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -11,6 +9,8 @@ import io.iovirt.net.Port;
 import io.iovirt.net.PortStats;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
 import io.iovirt.vm.GuestImage;
 import java.nio.file.Path;
 import java.time.Duration;

@@ -1,11 +1,11 @@
 package io.iovirt.devices.net;
 
-import io.iovirt.testing.Await;
-import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.net.Mac;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
 import io.iovirt.vm.GuestImage;
 import java.io.IOException;
 import java.nio.file.Files;

@@ -1,7 +1,5 @@
 package io.iovirt.devices.net;
 
-import io.iovirt.testing.Frames;
-import io.iovirt.testing.Await;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -14,6 +12,8 @@ import io.iovirt.net.Mac;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
 import io.iovirt.net.Switch;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Frames;
 import io.iovirt.vhostuser.Features;
 import java.io.IOException;
 import java.nio.ByteBuffer;

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.cli.Contract;
 import io.iovirt.host.CliRun;
 import io.iovirt.host.FakeHost;
 import io.iovirt.host.HostPaths;
@@ -301,7 +302,7 @@ public class HostCheckTest {
 
         FakeHost off = new FakeHost(tmp.resolve("off")).intelCpu(false);
         CliRun bad = CliRun.host(off, "check", "--require", "vfio");
-        assertEquals(1, bad.exit());
+        assertEquals(Contract.CHECK_FAILED, bad.exit(), "3: the check ran and a requirement failed");
         assertTrue(bad.out().contains("FAIL  iommu-enabled"), bad.out());
         assertTrue(bad.out().contains("remedy: enable VT-d"), bad.out());
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Builds a self-contained iovirt install tree and a Debian package from it, with Debian's own tools:
+#   target/dist/root/usr/lib/iovirt/{iovirt.jar,lib/*.jar}   the jar and its dependencies
+#   target/dist/root/usr/bin/iovirt                          the launcher (finds a JDK 25)
+#   target/dist/root/usr/share/man/man1/iovirt*.1.gz         man pages (picocli ManPageGenerator -> asciidoctor)
+#   target/dist/root/usr/share/bash-completion/completions/iovirt, .../zsh/vendor-completions/_iovirt
+#   target/dist/root/lib/systemd/system/                     units from packaging/systemd (the daemon's)
+#   target/iovirt_<version>_all.deb                          dpkg-deb --build of that tree
+# Options: --install (dpkg -i the package), --prefix DIR (with --install: copy the tree under DIR instead).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+INSTALL=0
+PREFIX=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --install) INSTALL=1 ;;
+    --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
+    *) echo "package.sh: unknown argument '$1' — use --install and/or --prefix DIR" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+for tool in asciidoctor dpkg-deb gzip; do
+  command -v "$tool" >/dev/null || "$ROOT/scripts/install-deps.sh" >&2
+done
+JDK=""
+for cand in "${JAVA_HOME:-}" /usr/lib/jvm/*25*; do
+  if [ -n "$cand" ] && [ -x "$cand/bin/java" ] && "$cand/bin/java" -version 2>&1 | grep -q 'version "25'; then JDK="$cand"; break; fi
+done
+[ -n "$JDK" ] || { echo "package.sh: JDK 25 not found — set JAVA_HOME" >&2; exit 1; }
+export JAVA_HOME="$JDK"
+
+COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+(cd "$ROOT" && ./mvnw -B -q -DskipTests -Diovirt.commit="$COMMIT" package) >&2
+VERSION="$(sed -n 's/^version=//p' "$ROOT/target/classes/io/iovirt/cli/version.properties")"
+DEB_VERSION="${VERSION/-SNAPSHOT/~snapshot}+git$COMMIT"
+
+DIST="$ROOT/target/dist"
+TREE="$DIST/root"
+rm -rf "$DIST"
+install -d "$TREE/usr/lib/iovirt/lib" "$TREE/usr/bin" "$TREE/usr/share/man/man1" \
+  "$TREE/usr/share/bash-completion/completions" "$TREE/usr/share/zsh/vendor-completions" \
+  "$TREE/usr/share/doc/iovirt" "$TREE/lib/systemd/system" "$TREE/DEBIAN"
+install -m 0644 "$ROOT/target/iovirt.jar" "$TREE/usr/lib/iovirt/"
+install -m 0644 "$ROOT"/target/lib/*.jar "$TREE/usr/lib/iovirt/lib/"
+install -m 0755 "$ROOT/packaging/iovirt.sh" "$TREE/usr/bin/iovirt"
+for adoc in "$ROOT"/target/man/*.adoc; do
+  asciidoctor -b manpage -a reproducible -D "$DIST/man" "$adoc"
+done
+for page in "$DIST"/man/*.1; do
+  gzip -9n -c "$page" > "$TREE/usr/share/man/man1/$(basename "$page").gz"
+done
+install -m 0644 "$ROOT/target/completion/iovirt" "$TREE/usr/share/bash-completion/completions/iovirt"
+cat > "$TREE/usr/share/zsh/vendor-completions/_iovirt" <<'ZSH'
+#compdef iovirt
+# picocli generates a bash completion script; zsh runs it through bashcompinit.
+autoload -U +X bashcompinit && bashcompinit
+source /usr/share/bash-completion/completions/iovirt
+ZSH
+install -m 0644 "$ROOT/LICENSE" "$TREE/usr/share/doc/iovirt/copyright"
+find "$ROOT/packaging/systemd" -maxdepth 1 -type f \( -name '*.service' -o -name '*.socket' -o -name '*.path' \) \
+  -exec install -m 0644 {} "$TREE/lib/systemd/system/" \;
+
+cat > "$TREE/DEBIAN/control" <<CONTROL
+Package: iovirt
+Version: $DEB_VERSION
+Architecture: all
+Maintainer: iovirt developers <iovirt@localhost>
+Section: admin
+Priority: optional
+Installed-Size: $(du -sk --exclude=DEBIAN "$TREE" | cut -f1)
+Recommends: qemu-system-x86, qemu-utils
+Description: I/O virtualization for KVM/QEMU guests
+ vhost-user virtio-blk and virtio-net backends, a virtual switch, VFIO and
+ SR-IOV host tooling, and a user-space VFIO NVMe driver. Needs a JDK 25
+ (found in /usr/lib/jvm or through JAVA_HOME).
+CONTROL
+DEB="$ROOT/target/iovirt_${DEB_VERSION}_all.deb"
+dpkg-deb --root-owner-group -Zxz --build "$TREE" "$DEB" >&2
+echo "$DEB"
+
+if [ "$INSTALL" = 1 ]; then
+  if [ -n "$PREFIX" ]; then
+    install -d "$PREFIX"
+    (cd "$TREE" && tar --exclude=./DEBIAN -cf - .) | (cd "$PREFIX" && tar -xf -)
+    echo "iovirt: installed under $PREFIX (run $PREFIX/usr/bin/iovirt)" >&2
+  else
+    dpkg -i "$DEB" >&2
+    echo "iovirt: installed $DEB (iovirt --version; man iovirt)" >&2
+  fi
+fi

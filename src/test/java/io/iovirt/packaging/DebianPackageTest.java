@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.packaging;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The Debian package as an administrator gets it: scripts/package.sh builds it with dpkg-deb, dpkg installs it on
+ * this machine, and the installed command, man page and completion work; it is removed again afterwards. Needs root
+ * and dpkg; tagged "peer" (Failsafe, with the real third-party tools it drives: dpkg, man, bash).
+ */
+@Tag("peer")
+class DebianPackageTest {
+    private static final Path ROOT = Path.of("").toAbsolutePath();
+    private static Path deb;
+
+    @BeforeAll
+    static void buildAndInstall() throws Exception {
+        assertTrue("root".equals(System.getProperty("user.name")) && Files.isExecutable(Path.of("/usr/bin/dpkg")),
+                "installing a package needs root and dpkg");
+        Result built = run(List.of(ROOT.resolve("scripts/package.sh").toString()), 1200);
+        assertEquals(0, built.exit, built.out);
+        deb = Path.of(built.out.strip().lines().reduce((a, b) -> b).orElseThrow());
+        assertTrue(deb.getFileName().toString().matches("iovirt_.*_all\\.deb"), built.out);
+        Result info = run(List.of("dpkg-deb", "--info", deb.toString()), 60);
+        assertTrue(info.out.contains("Package: iovirt"), info.out);
+        Result installed = run(List.of("dpkg", "-i", deb.toString()), 300);
+        assertEquals(0, installed.exit, installed.out);
+    }
+
+    @AfterAll
+    static void remove() throws Exception {
+        if (deb != null) {
+            run(List.of("dpkg", "--purge", "iovirt"), 300);
+        }
+    }
+
+    @Test
+    void versionShowsVersionAndCommit() throws Exception {
+        Result r = run(List.of("/usr/bin/iovirt", "--version"), 120);
+        assertEquals(0, r.exit, r.out);
+        String commit = run(List.of("git", "-C", ROOT.toString(), "rev-parse", "--short", "HEAD"), 30).out.strip();
+        assertTrue(r.out.startsWith("iovirt 0.") && r.out.contains("(commit " + commit + ")"), r.out);
+    }
+
+    @Test
+    void hostCheckAndServeBlkHelpRun() throws Exception {
+        Result check = run(List.of("/usr/bin/iovirt", "host", "check"), 120);
+        assertTrue(check.exit == 0 || check.exit == 3, check.out); // 3: a requirement failed on this host
+        assertTrue(check.out.contains("kvm") && check.out.contains("iommu"), check.out);
+        Result help = run(List.of("/usr/bin/iovirt", "serve", "blk", "--help"), 120);
+        assertEquals(0, help.exit, help.out);
+        assertTrue(help.out.startsWith("Usage: iovirt serve blk") && help.out.contains("Examples:"), help.out);
+    }
+
+    @Test
+    void manPagesOpenAndCompletionIsInstalled() throws Exception {
+        Result where = run(List.of("man", "-w", "iovirt"), 60);
+        assertEquals("/usr/share/man/man1/iovirt.1.gz", where.out.strip());
+        Result page = run(List.of("sh", "-c", "MANPAGER=cat MANWIDTH=100 man iovirt-serve-blk"), 120);
+        assertEquals(0, page.exit, page.out);
+        assertTrue(page.out.contains("iovirt-serve-blk") && page.out.contains("--image"), page.out);
+        Result completion = run(List.of("bash", "-c", "source /usr/share/bash-completion/completions/iovirt && "
+                + "COMP_WORDS=(iovirt ho) COMP_CWORD=1 && _complete_iovirt && echo \"${COMPREPLY[@]}\""), 60);
+        assertTrue(completion.out.contains("host"), completion.out);
+    }
+
+    private record Result(int exit, String out) {
+    }
+
+    private static Result run(List<String> cmd, int seconds) throws IOException, InterruptedException {
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        byte[] out;
+        try {
+            out = p.getInputStream().readAllBytes();
+            if (!p.waitFor(seconds, TimeUnit.SECONDS)) {
+                throw new AssertionError("timed out: " + cmd);
+            }
+        } finally {
+            p.destroyForcibly();
+        }
+        return new Result(p.exitValue(), new String(out));
+    }
+}
