@@ -83,11 +83,6 @@ final class ServeBlkCommand implements Callable<Integer> {
                     "the whole sectors, and the last partial one is neither read nor written."})
     boolean allowPartialSector;
 
-    @Option(names = "--poll-us", defaultValue = "0", paramLabel = "US",
-            description = {"Keep polling a queue this long after it ran dry before sleeping: requests arriving meanwhile",
-                    "cost no kick and no wake-up (lower latency at low queue depth), polling costs CPU (default 0)."})
-    int pollMicros;
-
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
@@ -113,7 +108,7 @@ final class ServeBlkCommand implements Callable<Integer> {
         checkFormat(image, format);
         try (DiskImage img = Images.open(image, format, readOnly, direct)) {
             checkSize(image, img.size(), allowPartialSector);
-            BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine).pollMicros(pollMicros);
+            BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
             try (VhostUserServer server = VhostUserServer.start(socket, device, access())) {
                 System.err.printf("iovirt: serving %s (%s, %d MiB%s%s, %d queue%s, %s) on %s%n", image, img.format(), img.size() >> 20,
                         readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues, queues == 1 ? "" : "s",

@@ -60,8 +60,6 @@ public final class BlkDevice implements VhostUserBackend {
     private final boolean ioUring;
     private final String ioDescription;
     private long acked;
-    /** How long a queue keeps polling its ring after it ran dry before it sleeps (0: sleep at once). */
-    private volatile long spinNanos;
 
     /**
      * @param name   identifies the device in log lines (the socket path)
@@ -111,20 +109,6 @@ public final class BlkDevice implements VhostUserBackend {
                 ioDescription = ioUring ? "io_uring" : "synchronous I/O (" + unavailable + ")";
             }
         }
-    }
-
-    /**
-     * Queues started from now on keep polling their ring for up to {@code micros} after it ran dry, with the
-     * driver's kicks still suppressed, before they sleep: a request that comes within that time costs the driver no
-     * kick and the queue no wake-up (at QD 1 the wake-up was 13.5 µs of a 22 µs request here; docs/benchmarks.md),
-     * at the price of the CPU spent polling, at most {@code micros} per idle period.
-     */
-    public BlkDevice pollMicros(int micros) {
-        if (micros < 0 || micros * 1000L > QueueWorker.MAX_SPIN_NANOS) {
-            throw new IllegalArgumentException("poll time must be 0.." + QueueWorker.MAX_SPIN_NANOS / 1000 + " µs: " + micros);
-        }
-        this.spinNanos = micros * 1000L;
-        return this;
     }
 
     /** How the queues do I/O, e.g. {@code "io_uring"} or {@code "synchronous I/O (buffered image)"}, for the user. */
@@ -204,8 +188,7 @@ public final class BlkDevice implements VhostUserBackend {
             QueueWorker w;
             try {
                 w = newWorker(queueName, q, new BlkQueueHandler(image, limits, serial, stats), setup.kick(), setup.call(),
-                        setup.err(), stats, ioUring ? newRing(queueName, q.size()) : null, reason -> markFailed(index),
-                        spinNanos);
+                        setup.err(), stats, ioUring ? newRing(queueName, q.size()) : null, reason -> markFailed(index));
             } catch (LinuxException | RuntimeException e) {
                 q.releaseMemory();
                 throw e;
@@ -230,14 +213,7 @@ public final class BlkDevice implements VhostUserBackend {
     static QueueWorker newWorker(String name, Virtqueue q, BlkQueueHandler handler, EventFd kick, EventFd call,
                                  EventFd err, BlkStats stats, IoUring ring, QueueWorker.FailureListener onFailure)
             throws LinuxException {
-        return newWorker(name, q, handler, kick, call, err, stats, ring, onFailure, 0);
-    }
-
-    /** As above, polling the ring for up to {@code spinNanos} after it ran dry before sleeping. */
-    static QueueWorker newWorker(String name, Virtqueue q, BlkQueueHandler handler, EventFd kick, EventFd call,
-                                 EventFd err, BlkStats stats, IoUring ring, QueueWorker.FailureListener onFailure,
-                                 long spinNanos) throws LinuxException {
-        QueueWorker.Builder b = QueueWorker.builder(name).kick(kick).err(err).spin(spinNanos).onFailure(reason -> {
+        QueueWorker.Builder b = QueueWorker.builder(name).kick(kick).err(err).onFailure(reason -> {
             stats.queueFailures.increment();
             onFailure.failed(reason);
         });

@@ -98,14 +98,10 @@ class BlkQueueWorkerTest {
     }
 
     private QueueWorker newWorker(boolean async) throws Exception {
-        return newWorker(async, 0);
-    }
-
-    private QueueWorker newWorker(boolean async, long spinNanos) throws Exception {
         BlkQueueHandler handler = new BlkQueueHandler(image, BlkLimits.defaults(),
                 "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
         return BlkDevice.newWorker("blk test q0", queue, handler, kick, call, null, stats,
-                async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null, reason -> { }, spinNanos);
+                async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null, reason -> { });
     }
 
     @AfterEach
@@ -260,36 +256,6 @@ class BlkQueueWorkerTest {
         }
         assertEquals(32, stats.reads.sum());
         assertEquals(32, stats.writes.sum());
-        assertNull(worker.failure());
-    }
-
-    /**
-     * A queue that polls its ring before sleeping (serve blk --poll-us): requests published one after another, with
-     * a kick only when the ring asks for one (while it polls, kicks stay suppressed), all complete with their data,
-     * whether they arrived during a poll or after a sleep; and the polling queue still stops.
-     */
-    @ParameterizedTest
-    @ValueSource(booleans = {false, true})
-    void aPollingQueueServesRequestsWithOrWithoutKicks(boolean async) throws Exception {
-        setUp(false, async);
-        worker = newWorker(async, 200_000);
-        worker.start();
-        for (int i = 0; i < 64; i++) {
-            int k = i % 32;
-            long sector = 8L * (i * 13 % 1024);
-            ram.asSlice(data(k), 4096).fill((byte) 0);
-            int head = read(sector, k, 4096);
-            kick();
-            List<long[]> used = awaitUsed(1);
-            assertEquals(head, (int) used.get(0)[0]);
-            assertEquals(4097, used.get(0)[1], "data plus status");
-            assertEquals(S_OK, status(head));
-            assertArrayEquals(disk(sector << 9, 4096), guest(data(k), 4096), "read " + i);
-            if (i == 31) {
-                Thread.sleep(5); // longer than the poll: the next request finds the queue asleep and needs its kick
-            }
-        }
-        assertEquals(64, stats.reads.sum());
         assertNull(worker.failure());
     }
 
