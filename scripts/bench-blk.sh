@@ -210,12 +210,13 @@ set style fill solid 0.85 border -1
 set logscale y
 set format y "%.0s%c"
 set ylabel 'IOPS (log scale)'
+iops(v) = v >= 10000 ? sprintf("%.0fk", v / 1000) : sprintf("%.0f", v)
 set grid ytics
 set key top left
 set bmargin 5
 plot '$DIR/iops.dat' using 2:xticlabels(1) title 'iovirt' lc rgb '#1f77b4', '' using 3 title 'qemu-storage-daemon' lc rgb '#ff7f0e', \
-     '' using (\$0-0.17):2:(sprintf("%.0fk",\$2/1000)) with labels offset 0,0.7 font ",9" notitle, \
-     '' using (\$0+0.17):3:(sprintf("%.0fk",\$3/1000)) with labels offset 0,0.7 font ",9" notitle
+     '' using (\$0-0.17):2:(iops(\$2)) with labels offset 0,0.7 font ",9" notitle, \
+     '' using (\$0+0.17):3:(iops(\$3)) with labels offset 0,0.7 font ",9" notitle
 EOF_GP
 gnuplot <<EOF_GP
 set terminal pngcairo size 1600,900 font "DejaVu Sans,10" noenhanced
