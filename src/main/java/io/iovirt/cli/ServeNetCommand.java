@@ -17,10 +17,11 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 /** {@code iovirt serve net}: the virtual switch. */
-@Command(name = "net", mixinStandardHelpOptions = true,
-        usageHelpWidth = 110,
-        description = {"Run an L2 learning switch whose ports are guests and host interfaces until SIGINT/SIGTERM,",
-            "then print each port's counters. Port kinds:",
+@Command(name = "net", footerHeading = "%nExamples:%n", footer = {"  iovirt serve net --port vhost-user:/run/iovirt/vm1-net.sock,mac=52:54:00:00:00:01 --port tap:iov0", "  iovirt serve net --port stream:/run/iovirt/e1000.sock --port vhost-user:/run/iovirt/vm2.sock --stats-interval 5"},
+            mixinStandardHelpOptions = true,
+        description = {"Run a virtual switch whose ports are guests and host interfaces.",
+            "An L2 learning switch that runs until SIGINT, SIGTERM or SIGHUP, then prints each port's counters.",
+            "Port kinds:",
             "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
             "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
             "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)",
@@ -167,7 +168,13 @@ final class ServeNetCommand implements Callable<Integer> {
             try {
                 switch (kv.length == 2 ? kv[0] : "") {
                     case "queues" -> queues = Integer.parseInt(kv[1]);
-                    case "mac" -> mac = Mac.parse(kv[1]);
+                    case "mac" -> {
+                        try {
+                            mac = Mac.parse(kv[1]);
+                        } catch (IllegalArgumentException e) {
+                            throw usage("--port " + spec + ": " + e.getMessage());
+                        }
+                    }
                     case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
                     default -> throw usage("--port " + spec + ": unknown option '" + parts[i]
                             + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US)");

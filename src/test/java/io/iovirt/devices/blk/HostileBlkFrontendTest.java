@@ -128,7 +128,8 @@ class HostileBlkFrontendTest {
     @ParameterizedTest
     @EnumSource(value = BlkDevice.IoEngine.class, names = {"SYNC", "IO_URING"})
     void aTwoGibDescriptorGetsAnIoErrorAndTheQueueGoesOn(BlkDevice.IoEngine engine) throws Exception {
-        org.junit.jupiter.api.Assumptions.assumeTrue(engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available());
+        io.iovirt.testing.Require.that(engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
+                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
         Path sock = dir.resolve("blk.sock");
         try (RawImage img = RawImage.open(image(1 << 20), false, false);
              VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s", engine));
