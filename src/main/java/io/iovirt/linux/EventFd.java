@@ -14,9 +14,11 @@ public final class EventFd implements AutoCloseable {
     private final Fd fd;
     /** A peer's eventfd: its writes are watched ({@link #trySignal}). */
     private final boolean fromPeer;
-    /** System.nanoTime() when a {@link #trySignal} write began, 0 when none is in progress. */
-    private volatile long writeSince;
-    /** The watchdog had to drain the counter to end a write that blocked. */
+    /** System.nanoTime() when a watched write ({@link #trySignal}) or read ({@link #consume}) began, 0 when none. */
+    private volatile long opSince;
+    /** Whether that operation is a read. */
+    private volatile boolean opIsRead;
+    /** The watchdog had to end a blocked operation (drain the counter for a write, bump it for a read). */
     private volatile boolean stuck;
 
     private EventFd(Fd fd) {
@@ -49,8 +51,8 @@ public final class EventFd implements AutoCloseable {
      * descriptor is closed.
      *
      * <p>The non-blocking flag lives in the open file description, which the peer shares and could clear again; so
-     * the data path never reads a peer's eventfd (kicks are watched edge-triggered, see {@link #EPOLL_KICK}) and
-     * treats a write that would block as the peer's fault ({@link #trySignal}).
+     * reads ({@link #consume}) and writes ({@link #trySignal}) of a peer's eventfd are watched, and one that blocks is
+     * ended by the {@link Watchdog} within a fraction of a second; a write that would block is the peer's fault.
      *
      * @throws NotAnEventFd  when it is something else
      * @throws LinuxException when it cannot be inspected
@@ -89,8 +91,7 @@ public final class EventFd implements AutoCloseable {
         }
     }
 
-    /** The epoll events to watch a peer's kick eventfd with: edge-triggered, so its counter need never be read. */
-    public static final int EPOLL_KICK = 0x001 | (1 << 31);
+
 
     public Fd fd() {
         return fd;
@@ -117,9 +118,10 @@ public final class EventFd implements AutoCloseable {
         t.scratch.set(JAVA_LONG, 0, 1L);
         long r;
         if (fromPeer) {
-            writeSince = System.nanoTime() | 1; // never 0
+            opIsRead = false;
+            opSince = System.nanoTime() | 1; // never 0
             r = Syscalls.write(f, t.scratch, 8);
-            writeSince = 0;
+            opSince = 0;
             if (stuck) {
                 stuck = false;
                 return false;
@@ -134,6 +136,33 @@ public final class EventFd implements AutoCloseable {
             throw new LinuxException("write", "eventfd " + f, (int) -r);
         }
         return true;
+    }
+
+    /**
+     * Reads and resets the counter of a peer's eventfd (a kick), never blocking for long: 0 when nothing was pending.
+     * Made non-blocking when adopted; should the peer clear the flag and empty the counter between our epoll wake-up
+     * and this read, the watchdog ends the read by adding 1 (a spurious kick, harmless).
+     */
+    public long consume() throws LinuxException {
+        int f = fd.get();
+        Syscalls.PerThread t = Syscalls.perThread();
+        long r;
+        if (fromPeer) {
+            opIsRead = true;
+            opSince = System.nanoTime() | 1;
+            r = Syscalls.read(f, t.scratch, 8);
+            opSince = 0;
+            stuck = false;
+        } else {
+            r = Syscalls.read(f, t.scratch, 8);
+        }
+        if (r == -Errno.EAGAIN) {
+            return 0;
+        }
+        if (r < 0) {
+            throw new LinuxException("read", "eventfd " + f, (int) -r);
+        }
+        return t.scratch.get(JAVA_LONG, 0);
     }
 
     /**
@@ -176,7 +205,7 @@ public final class EventFd implements AutoCloseable {
     }
 
     /**
-     * Ends writes to peers' eventfds that block (see {@link #trySignal}). One daemon thread checks the watched
+     * Ends reads and writes of peers' eventfds that block (see {@link #trySignal}). One daemon thread checks the watched
      * descriptors ten times a second; the check is a volatile read per descriptor. Draining runs on a new daemon
      * thread each time (only a hostile peer makes that happen), so the watchdog itself never blocks on a peer's fd.
      */
@@ -212,23 +241,29 @@ public final class EventFd implements AutoCloseable {
                 }
                 long now = System.nanoTime();
                 for (EventFd e : WATCHED) {
-                    long since = e.writeSince;
+                    long since = e.opSince;
                     if (since != 0 && now - since > STUCK_NANOS && !e.stuck) {
                         e.stuck = true;
-                        Thread.ofPlatform().daemon().name("iovirt eventfd drain " + e.fd).start(() -> drain(e));
+                        boolean read = e.opIsRead;
+                        Thread.ofPlatform().daemon().name("iovirt eventfd unblock " + e.fd).start(() -> unblock(e, read));
                     }
                 }
             }
         }
 
-        /** Reads the counter to zero, which ends the blocked write. */
-        private static void drain(EventFd e) {
+        /** Ends a blocked write by reading the counter to zero, a blocked read by adding 1. */
+        private static void unblock(EventFd e, boolean read) {
             try {
                 e.fd.setNonBlocking(true);
                 Syscalls.PerThread t = Syscalls.perThread();
-                Syscalls.read(e.fd.get(), t.scratch, 8);
+                if (read) {
+                    t.scratch.set(JAVA_LONG, 0, 1L);
+                    Syscalls.write(e.fd.get(), t.scratch, 8);
+                } else {
+                    Syscalls.read(e.fd.get(), t.scratch, 8);
+                }
             } catch (LinuxException | IllegalStateException ignored) {
-                // closed meanwhile: the write ended anyway
+                // closed meanwhile: the operation ended anyway
             }
         }
     }

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.linux;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A peer's "eventfd": checked when adopted, and never able to hold one of our threads, even when the peer clears
+ * O_NONBLOCK on the file description it shares with us.
+ */
+@Timeout(60)
+class PeerEventFdTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void onlyEventfdsAreAdopted() throws Exception {
+        UnixSocket[] pair = UnixSocket.pair();
+        try (Fd file = FileIo.open(dir.resolve("f"), FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
+            var e = assertThrows(EventFd.NotAnEventFd.class, () -> EventFd.adoptFromPeer(pair[0].fd().dup(), "kick"));
+            assertTrue(e.getMessage().startsWith("kick is socket:["), e.getMessage());
+            e = assertThrows(EventFd.NotAnEventFd.class, () -> EventFd.adoptFromPeer(file.dup(), "call"));
+            assertTrue(e.getMessage().contains(dir.resolve("f").toString()), e.getMessage());
+            try (Fd mem = MemFd.allocate("x", 4096)) {
+                assertThrows(EventFd.NotAnEventFd.class, () -> EventFd.adoptFromPeer(mem.dup(), "err"));
+            }
+        } finally {
+            pair[0].close();
+            pair[1].close();
+        }
+        try (EventFd real = EventFd.create(0, EventFd.EFD_CLOEXEC);
+             EventFd adopted = EventFd.adoptFromPeer(real.fd().dup(), "kick")) {
+            assertTrue(real.fd().isNonBlocking(), "made non-blocking (the file description is shared)");
+            adopted.trySignal();
+            assertEquals(1, real.read());
+        }
+    }
+
+    @Test
+    void aFullBlockingCounterCannotHoldAWriter() throws Exception {
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
+             EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
+            peer.write(0xffff_ffff_ffff_fffeL);
+            peer.fd().setNonBlocking(false); // the peer undoes what we did
+            long start = System.nanoTime();
+            assertFalse(ours.trySignal(), "a write that blocked is the peer's fault");
+            assertTrue(System.nanoTime() - start < 10_000_000_000L);
+        }
+    }
+
+    @Test
+    void anEmptyBlockingCounterCannotHoldAReader() throws Exception {
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
+             EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "kick")) {
+            peer.fd().setNonBlocking(false);
+            ours.consume(); // ended by the watchdog adding 1
+            assertEquals(0, ours.consume(), "nothing pending afterwards, and no block");
+        }
+    }
+}
