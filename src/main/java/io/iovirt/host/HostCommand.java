@@ -178,7 +178,7 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    static long parseSize(String s) {
+    public static long parseSize(String s) {
         String t = s.trim().toUpperCase();
         long mult = 1;
         if (t.endsWith("IB")) {

@@ -14,7 +14,18 @@ public final class Json {
         return b.toString();
     }
 
+    /** One line, no spaces: for line-delimited protocols (the daemon's JSON-RPC). */
+    public static String compact(Object value) {
+        StringBuilder b = new StringBuilder();
+        write(b, value, -1);
+        return b.toString();
+    }
+
     private static void write(StringBuilder b, Object v, int indent) {
+        if (indent < 0) {
+            writeCompact(b, v);
+            return;
+        }
         switch (v) {
             case null -> b.append("null");
             case String s -> string(b, s);
@@ -55,6 +66,36 @@ public final class Json {
                 b.append(']');
             }
             default -> string(b, v.toString());
+        }
+    }
+
+    private static void writeCompact(StringBuilder b, Object v) {
+        switch (v) {
+            case Map<?, ?> m -> {
+                b.append('{');
+                int i = 0;
+                for (Map.Entry<?, ?> e : m.entrySet()) {
+                    if (i++ > 0) {
+                        b.append(',');
+                    }
+                    string(b, String.valueOf(e.getKey()));
+                    b.append(':');
+                    writeCompact(b, e.getValue());
+                }
+                b.append('}');
+            }
+            case Collection<?> c -> {
+                b.append('[');
+                int i = 0;
+                for (Object o : c) {
+                    if (i++ > 0) {
+                        b.append(',');
+                    }
+                    writeCompact(b, o);
+                }
+                b.append(']');
+            }
+            case null, default -> write(b, v, 0);
         }
     }
 

@@ -38,7 +38,7 @@ public final class Features {
     public static final long CORE_PROTOCOL_FEATURES = bit(PROTOCOL_MQ) | bit(PROTOCOL_REPLY_ACK) | bit(PROTOCOL_CONFIG)
             | bit(PROTOCOL_CONFIGURE_MEM_SLOTS) | bit(PROTOCOL_RESET_DEVICE) | bit(PROTOCOL_STATUS);
     /** Extras a device may add through {@link VhostUserBackend#protocolFeatures()}; their messages go to the device. */
-    public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU);
+    public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU) | bit(PROTOCOL_BACKEND_REQ);
 
     private Features() {
     }

@@ -16,7 +16,8 @@ public interface VhostUserBackend {
 
     /**
      * Protocol features the device handles itself, on top of the core set (MQ, REPLY_ACK, CONFIG,
-     * CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS): only RARP and NET_MTU are accepted.
+     * CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS): only RARP, NET_MTU and BACKEND_REQ are accepted. With BACKEND_REQ
+     * the device gets the frontend's backend channel through {@link #backendChannel}.
      */
     default long protocolFeatures() {
         return 0;
@@ -90,5 +91,13 @@ public interface VhostUserBackend {
     /** NET_SET_MTU. Only with the NET_MTU protocol feature. */
     default void setMtu(int mtu) throws BackendException {
         throw new BackendException("this device does not support setting the MTU");
+    }
+
+    /**
+     * The frontend's backend-to-frontend channel (SET_BACKEND_REQ_FD), or null when the connection ended. Only with
+     * the BACKEND_REQ protocol feature. Called on the control thread; the device may use the channel from any
+     * thread that is not a queue thread (e.g. to announce a resize) until it is replaced or withdrawn.
+     */
+    default void backendChannel(BackendChannel channel) {
     }
 }
