@@ -9,6 +9,8 @@ import picocli.CommandLine.Command;
         subcommands = {
                 CommandLine.HelpCommand.class,
                 DemoCommand.class,
+                DaemonCommand.class,
+                CtlCommand.class,
                 ServeCommand.class,
                 io.iovirt.bench.BenchCommand.class,
                 io.iovirt.host.HostCommand.class,

@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.cli;
+
+import io.iovirt.daemon.DaemonService;
+import java.nio.file.Path;
+import java.util.concurrent.Callable;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/** {@code iovirt daemon}: many devices in one process, managed through the control socket. */
+@Command(name = "daemon", mixinStandardHelpOptions = true, usageHelpWidth = 110, sortOptions = false,
+        description = {"Host any number of vhost-user-blk exports and switches in one process, managed at run time",
+            "through a JSON-RPC control socket (iovirt ctl, docs/api.md). SIGHUP re-reads --config and applies the",
+            "difference; SIGTERM/SIGINT stop every device in order. Under systemd (Type=notify) it reports READY=1 once",
+            "the control socket accepts, STOPPING=1, and WATCHDOG=1 when WatchdogSec= is set."})
+final class DaemonCommand implements Callable<Integer> {
+    @Option(names = "--config", paramLabel = "FILE", description = "Devices to start (JSON; see docs/api.md), re-read on SIGHUP.")
+    Path config;
+
+    @Option(names = "--control", required = true, paramLabel = "PATH", description = "Control socket to listen on (mode 0600).")
+    Path control;
+
+    @Option(names = "--metrics", paramLabel = "HOST:PORT", description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only).")
+    String metrics;
+
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Give device sockets to GROUP with mode 0660, so QEMU running as a member can connect (default: 0600).")
+    String socketGroup;
+
+    @Option(names = "--verbose", description = "Print stack traces on errors.")
+    boolean verbose;
+
+    @Override
+    public Integer call() throws Exception {
+        String signal = DaemonService.run(new DaemonService.Options(config, control, metrics, socketGroup));
+        System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
+        return 0;
+    }
+}
