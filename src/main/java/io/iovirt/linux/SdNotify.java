@@ -118,4 +118,95 @@ public final class SdNotify {
             }
         }
     }
+
+    private static final MethodHandle BIND = Syscalls.fn("bind", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+    private static final MethodHandle RECV = Syscalls.fn("recv", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
+    private static final MethodHandle SETSOCKOPT = Syscalls.fn("setsockopt",
+            FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+
+    /**
+     * The service manager's end: a datagram socket bound to a path that receives notifications, as systemd's
+     * $NOTIFY_SOCKET does. For supervising a daemon without systemd (and for testing the protocol).
+     */
+    public static final class Listener implements AutoCloseable {
+        private final Fd fd;
+        private final Arena arena = Arena.ofShared();
+        private final MemorySegment buf = arena.allocate(4096);
+
+        /** Binds {@code path} (which must not exist); receives wait at most {@code timeoutMillis}. */
+        public Listener(java.nio.file.Path path, long timeoutMillis) throws LinuxException {
+            Syscalls.PerThread t = Syscalls.perThread();
+            int s;
+            try {
+                s = (int) SOCKET.invokeExact(t.capture, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            } catch (Throwable e) {
+                throw Syscalls.unexpected(e);
+            }
+            if (s < 0) {
+                throw new LinuxException("socket(AF_UNIX, SOCK_DGRAM)", path.toString(), t.errno());
+            }
+            fd = Fd.adopt(s);
+            try (Arena a = Arena.ofConfined()) {
+                byte[] p = path.toString().getBytes(StandardCharsets.UTF_8);
+                if (p.length >= SUN_PATH_MAX) {
+                    throw new LinuxException("bind", path + " (longer than " + (SUN_PATH_MAX - 1) + " bytes)", Errno.ENAMETOOLONG);
+                }
+                MemorySegment addr = a.allocate(2 + p.length + 1, 8);
+                addr.set(JAVA_SHORT, 0, (short) AF_UNIX);
+                MemorySegment.copy(p, 0, addr, JAVA_BYTE, 2, p.length);
+                MemorySegment tv = a.allocate(16, 8);
+                tv.set(JAVA_LONG, 0, timeoutMillis / 1000);
+                tv.set(JAVA_LONG, 8, (timeoutMillis % 1000) * 1000);
+                int r1;
+                int r2;
+                try {
+                    r1 = (int) BIND.invokeExact(t.capture, s, addr, (int) addr.byteSize());
+                    int e1 = r1 < 0 ? t.errno() : 0;
+                    if (r1 < 0) {
+                        throw new LinuxException("bind", path.toString(), e1);
+                    }
+                    r2 = (int) SETSOCKOPT.invokeExact(t.capture, s, 1 /* SOL_SOCKET */, 20 /* SO_RCVTIMEO */, tv, 16);
+                } catch (LinuxException e) {
+                    throw e;
+                } catch (Throwable e) {
+                    throw Syscalls.unexpected(e);
+                }
+                if (r2 < 0) {
+                    throw new LinuxException("setsockopt(SO_RCVTIMEO)", path.toString(), t.errno());
+                }
+            } catch (LinuxException | RuntimeException e) {
+                fd.close();
+                arena.close();
+                throw e;
+            }
+        }
+
+        /** The next notification's text, or null when none arrived within the timeout. */
+        public String receive() throws LinuxException {
+            Syscalls.PerThread t = Syscalls.perThread();
+            long n;
+            int err;
+            do {
+                try {
+                    n = (long) RECV.invokeExact(t.capture, fd.get(), buf, buf.byteSize(), 0);
+                } catch (Throwable e) {
+                    throw Syscalls.unexpected(e);
+                }
+                err = n < 0 ? t.errno() : 0;
+            } while (n < 0 && err == Errno.EINTR);
+            if (n < 0) {
+                if (err == Errno.EAGAIN) {
+                    return null;
+                }
+                throw new LinuxException("recv", "notify socket", err);
+            }
+            return new String(buf.asSlice(0, n).toArray(JAVA_BYTE), StandardCharsets.UTF_8);
+        }
+
+        @Override
+        public void close() {
+            fd.close();
+            arena.close();
+        }
+    }
 }

@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.RandomAccessFile;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Every control method with good and bad input, over the real control socket of an in-process daemon. */
+class DaemonApiTest {
+    @TempDir
+    Path dir;
+    Daemon daemon;
+    RpcServer server;
+    RpcClient client;
+
+    @BeforeEach
+    void start() throws Exception {
+        daemon = new Daemon(null);
+        server = RpcServer.start(dir.resolve("control.sock"), daemon);
+        client = RpcClient.connect(server.path(), Duration.ofSeconds(30));
+    }
+
+    @AfterEach
+    void stop() {
+        client.close();
+        server.close();
+        daemon.close();
+    }
+
+    static Map<String, Object> p(Object... kv) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        for (int i = 0; i < kv.length; i += 2) {
+            m.put((String) kv[i], kv[i + 1]);
+        }
+        return m;
+    }
+
+    @SuppressWarnings("unchecked")
+    Map<String, Object> ok(String method, Object... kv) throws Exception {
+        Object r = client.call(method, p(kv));
+        return r instanceof Map ? (Map<String, Object>) r : Map.of("list", r);
+    }
+
+    RpcClient.RemoteError bad(long code, String method, Object... kv) {
+        RpcClient.RemoteError e = assertThrows(RpcClient.RemoteError.class, () -> client.call(method, p(kv)));
+        assertEquals(code, e.code(), e.getMessage());
+        return e;
+    }
+
+    Path image(String name, long size) throws Exception {
+        Path f = dir.resolve(name);
+        try (RandomAccessFile r = new RandomAccessFile(f.toFile(), "rw")) {
+            r.setLength(size);
+        }
+        return f;
+    }
+
+    @Test
+    void version() throws Exception {
+        Map<String, Object> v = ok("version");
+        assertEquals(Daemon.VERSION, v.get("version"));
+        assertEquals((long) Daemon.API_VERSION, v.get("api"));
+        assertEquals(ProcessHandle.current().pid(), v.get("pid"));
+        bad(RpcException.INVALID_PARAMS, "version", "verbose", true);
+        assertTrue(bad(RpcException.METHOD_NOT_FOUND, "blk.explode").getMessage().contains("blk.add"));
+    }
+
+    @Test
+    void controlSocketIsOwnerOnly() throws Exception {
+        assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(server.path())));
+    }
+
+    @Test
+    void blkLifecycle() throws Exception {
+        Path img = image("d.raw", 8 << 20);
+        Path sock = dir.resolve("d.sock");
+        assertEquals("blk0", ok("blk.add", "image", img.toString(), "socket", sock.toString(), "queues", 2).get("id"));
+        assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
+        // bad input
+        assertTrue(bad(RpcException.INVALID_PARAMS, "blk.add", "socket", "x").getMessage().contains("missing parameter 'image'"));
+        assertTrue(bad(RpcException.FAILED, "blk.add", "image", dir.resolve("nope").toString(), "socket", dir.resolve("n.sock").toString())
+                .getMessage().contains("truncate -s"));
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", 0);
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", "many");
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "readonly", "maybe");
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "colour", "red");
+        bad(RpcException.INVALID_PARAMS, "blk.add", "id", "../etc", "image", img.toString(), "socket", "s");
+        bad(RpcException.EXISTS, "blk.add", "id", "blk0", "image", image("e.raw", 1 << 20).toString(), "socket", dir.resolve("e.sock").toString());
+        bad(RpcException.EXISTS, "blk.add", "image", image("f.raw", 1 << 20).toString(), "socket", sock.toString());
+        assertTrue(bad(RpcException.EXISTS, "blk.add", "image", img.toString(), "socket", dir.resolve("g.sock").toString())
+                .getMessage().contains("corrupt"));
+        // list and info
+        List<?> list = (List<?>) ok("blk.list").get("list");
+        assertEquals(1, list.size());
+        assertEquals(8L << 20, ((Map<?, ?>) list.get(0)).get("size"));
+        Map<String, Object> info = ok("blk.info", "id", "blk0");
+        assertEquals(false, info.get("connected"));
+        assertEquals(-1L, info.get("frontend_pid"));
+        assertEquals(2L, info.get("queues"));
+        bad(RpcException.NOT_FOUND, "blk.info", "id", "blk9");
+        bad(RpcException.INVALID_PARAMS, "blk.info");
+        // resize
+        Map<String, Object> r = ok("blk.resize", "id", "blk0", "size", "16M");
+        assertEquals(16L << 20, r.get("size"));
+        assertEquals(false, r.get("frontend_notified"));
+        assertEquals(16L << 20, Files.size(img));
+        assertTrue(bad(RpcException.FAILED, "blk.resize", "id", "blk0", "size", "1M").getMessage().contains("shrink"));
+        bad(RpcException.INVALID_PARAMS, "blk.resize", "id", "blk0", "size", "lots");
+        bad(RpcException.INVALID_PARAMS, "blk.resize", "id", "blk0");
+        bad(RpcException.FAILED, "blk.resize", "id", "blk0", "size", (16L << 20) + 100);
+        bad(RpcException.NOT_FOUND, "blk.resize", "id", "nope", "size", "32M");
+        // read-only
+        assertEquals(true, ok("blk.set-readonly", "id", "blk0", "readonly", true).get("readonly"));
+        assertEquals(true, ok("blk.info", "id", "blk0").get("readonly"));
+        assertEquals(false, ok("blk.set-readonly", "id", "blk0", "readonly", "false").get("readonly"));
+        bad(RpcException.INVALID_PARAMS, "blk.set-readonly", "id", "blk0");
+        bad(RpcException.NOT_FOUND, "blk.set-readonly", "id", "x", "readonly", true);
+        Path roImg = image("ro.raw", 1 << 20);
+        ok("blk.add", "id", "ro", "image", roImg.toString(), "socket", dir.resolve("ro.sock").toString(), "readonly", true);
+        assertTrue(bad(RpcException.FAILED, "blk.set-readonly", "id", "ro", "readonly", false).getMessage().contains("opened read-only"));
+        // remove
+        assertEquals(true, ok("blk.remove", "id", "blk0").get("removed"));
+        assertFalse(Files.exists(sock), "the socket file stays after blk.remove");
+        bad(RpcException.NOT_FOUND, "blk.remove", "id", "blk0");
+        bad(RpcException.INVALID_PARAMS, "blk.remove");
+        assertEquals(1, ((List<?>) ok("blk.list").get("list")).size());
+    }
+
+    @Test
+    void netLifecycle() throws Exception {
+        assertEquals("net0", ok("net.add").get("id"));
+        assertEquals("lan", ok("net.add", "id", "lan", "mtu", 9000).get("id"));
+        bad(RpcException.EXISTS, "net.add", "id", "lan");
+        bad(RpcException.INVALID_PARAMS, "net.add", "mtu", 10);
+        bad(RpcException.INVALID_PARAMS, "net.add", "mac-aging", 0);
+        Path a = dir.resolve("a.sock");
+        assertEquals("port0", ok("net.port.add", "net", "net0", "kind", "vhost-user", "path", a.toString(), "mac", "52:54:00:00:00:01").get("id"));
+        assertEquals("s", ok("net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("s.sock").toString()).get("id"));
+        assertTrue(Files.exists(a));
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "carrier-pigeon", "path", "x");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "tap", "path", "x");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "tap", "ifname", "much-too-long-interface-name");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "stream", "path", "y", "queues", 2);
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "vhost-user", "path", "y", "mac", "ff:ff:ff:ff:ff:ff");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "vhost-user");
+        bad(RpcException.NOT_FOUND, "net.port.add", "net", "wan", "kind", "stream", "path", "z");
+        bad(RpcException.EXISTS, "net.port.add", "net", "lan", "kind", "stream", "path", a.toString());
+        bad(RpcException.EXISTS, "net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("t.sock").toString());
+        List<?> nets = (List<?>) ok("net.list").get("list");
+        assertEquals(2, nets.size());
+        List<?> ports = (List<?>) ((Map<?, ?>) nets.get(0)).get("ports");
+        assertEquals(2, ports.size());
+        assertEquals("down", ((Map<?, ?>) ports.get(0)).get("link"));
+        assertEquals(List.of(), ok("net.macs", "net", "net0").get("list"));
+        bad(RpcException.NOT_FOUND, "net.macs", "net", "nope");
+        bad(RpcException.INVALID_PARAMS, "net.macs");
+        Map<String, Object> st = ok("stats", "id", "net0");
+        assertEquals(2, ((List<?>) st.get("ports")).size());
+        assertEquals(0L, ((Map<?, ?>) ((List<?>) st.get("ports")).get(0)).get("rx_packets"));
+        assertEquals(true, ok("net.port.remove", "net", "net0", "id", "port0").get("removed"));
+        assertFalse(Files.exists(a));
+        bad(RpcException.NOT_FOUND, "net.port.remove", "net", "net0", "id", "port0");
+        bad(RpcException.NOT_FOUND, "net.port.remove", "net", "nope", "id", "port0");
+        assertEquals(true, ok("net.remove", "id", "lan").get("removed"));
+        bad(RpcException.NOT_FOUND, "net.remove", "id", "lan");
+    }
+
+    @Test
+    void statsAndLibvirtXml() throws Exception {
+        Path img = image("d.raw", 4 << 20);
+        ok("blk.add", "id", "vm1-disk", "image", img.toString(), "socket", dir.resolve("d.sock").toString(), "queues", 2);
+        ok("net.add", "id", "sw");
+        ok("net.port.add", "net", "sw", "id", "vm1", "kind", "vhost-user", "path", dir.resolve("n.sock").toString(), "mac", "52:54:00:00:00:07");
+        ok("net.port.add", "net", "sw", "id", "fv", "kind", "stream", "path", dir.resolve("f.sock").toString());
+        Map<String, Object> all = ok("stats");
+        assertEquals(1, ((List<?>) all.get("blk")).size());
+        assertEquals(1, ((List<?>) all.get("net")).size());
+        Map<String, Object> b = ok("stats", "id", "vm1-disk");
+        assertEquals(0L, b.get("requests"));
+        assertEquals(2, ((List<?>) b.get("queues")).size());
+        bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
+        String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1").get("xml");
+        assertTrue(xml.contains("<disk type='vhostuser' device='disk'>"), xml);
+        assertTrue(xml.contains("<interface type='vhostuser'>"), xml);
+        assertTrue(xml.contains("<access mode='shared'/>"), xml);
+        assertTrue(xml.contains("<hostdev mode='subsystem' type='pci'"), xml);
+        assertTrue(xml.contains("e1000,netdev="), xml);
+        assertTrue(xml.contains("52:54:00:00:00:07"), xml);
+        LibvirtXmlTest.validate(dir, xml);
+        bad(RpcException.NOT_FOUND, "libvirt-xml", "id", "ghost");
+        bad(RpcException.INVALID_PARAMS, "libvirt-xml");
+        bad(RpcException.INVALID_PARAMS, "libvirt-xml", "id", "vm1-disk", "name", "bad name");
+        String text = Metrics.render(daemon);
+        assertTrue(text.contains("iovirt_blk_requests_total{device=\"vm1-disk\",queue=\"1\"} 0"), text);
+        MetricsTest.promtool(text);
+    }
+
+    @Test
+    void jsonRpcFraming() throws Exception {
+        client.sendLine("this is not json");
+        assertTrue(client.readLine().contains("\"code\":-32700"));
+        client.sendLine("[1,2");
+        assertTrue(client.readLine().contains("\"code\":-32700"));
+        client.sendLine("42");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("{\"id\":1,\"method\":\"version\"}");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"version\",\"params\":[1]}");
+        assertTrue(client.readLine().contains("\"code\":-32602"));
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":{\"a\":1},\"method\":\"version\"}");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("[]");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"method\":\"version\"}"); // a notification: no reply
+        client.sendLine("[{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"version\"},{\"jsonrpc\":\"2.0\",\"id\":\"b\",\"method\":\"nope\"}]");
+        String batch = client.readLine();
+        assertTrue(batch.startsWith("[") && batch.contains("\"id\":\"a\"") && batch.contains("-32601"), batch);
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"version\",\"params\":{},\"x\":" + "[".repeat(100) + "]".repeat(100) + "}");
+        assertTrue(client.readLine().contains("-32700"));
+        client.sendRaw(new byte[] {(byte) 0xff, (byte) 0xfe, 0, 1, '\n'});
+        assertTrue(client.readLine().contains("-32700"));
+        assertEquals(Daemon.VERSION, ((Map<?, ?>) client.call("version", null)).get("version"), "the connection stays usable");
+    }
+
+    @Test
+    void hostileClientsDoNotHarmTheDaemon() throws Exception {
+        // a line longer than the limit: an error, then the connection is dropped
+        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+            byte[] junk = new byte[RpcServer.MAX_LINE + 100_000];
+            java.util.Arrays.fill(junk, (byte) 'x');
+            try {
+                c.sendRaw(junk);
+            } catch (java.io.IOException e) {
+                // the daemon may hang up before everything was sent
+            }
+            String reply = c.readLine();
+            assertTrue(reply.contains("-32004") && reply.contains("longer than"), reply);
+            assertThrows(java.io.IOException.class, c::readLine);
+        }
+        // random bytes with newlines: parse errors only
+        java.util.Random rnd = new java.util.Random(12);
+        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+            for (int i = 0; i < 50; i++) {
+                byte[] g = new byte[1 + rnd.nextInt(2000)];
+                rnd.nextBytes(g);
+                for (int k = 0; k < g.length; k++) {
+                    if (g[k] == '\n') {
+                        g[k] = ' ';
+                    }
+                }
+                g[g.length - 1] = '\n';
+                c.sendRaw(g);
+                String r = c.readLine();
+                assertTrue(r.contains("-32700") || r.contains("-32600"), r);
+            }
+        }
+        // many connections at once: the excess is told to come back later, none of it hurts the daemon
+        List<RpcClient> many = new java.util.ArrayList<>();
+        int refused = 0;
+        try {
+            for (int i = 0; i < 3 * RpcServer.MAX_CLIENTS; i++) {
+                RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30));
+                many.add(c);
+            }
+            for (RpcClient c : many) {
+                try {
+                    c.call("version", null);
+                } catch (RpcClient.RemoteError e) {
+                    assertEquals(RpcException.LIMIT, e.code());
+                    refused++;
+                } catch (java.io.IOException e) {
+                    refused++; // told and closed before the request
+                }
+            }
+        } finally {
+            many.forEach(RpcClient::close);
+        }
+        assertTrue(refused >= 2 * RpcServer.MAX_CLIENTS - 2, "refused " + refused);
+        // afterwards the daemon serves as before
+        for (int i = 0; i < 50; i++) {
+            try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+                try {
+                    assertEquals(Daemon.VERSION, ((Map<?, ?>) c.call("version", null)).get("version"));
+                    break;
+                } catch (RpcClient.RemoteError e) {
+                    Thread.sleep(100); // the excess connections' threads are still ending
+                }
+            }
+        }
+        assertEquals(Daemon.VERSION, ((Map<?, ?>) client.call("version", null)).get("version"));
+    }
+
+    @Test
+    void anotherUserIsRefusedByPeerCredentials() throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue("root".equals(System.getProperty("user.name")), "needs root to act as nobody");
+        Files.setPosixFilePermissions(server.path(), PosixFilePermissions.fromString("rw-rw-rw-")); // only SO_PEERCRED stands in the way
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x"));
+        Process p = new ProcessBuilder("runuser", "-u", "nobody", "--", "python3", "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+                        + "s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"version\"}\\n'); print(s.makefile().readline())",
+                server.path().toString()).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(30, TimeUnit.SECONDS));
+        assertTrue(out.contains("-32003") && out.contains("may not control"), out);
+    }
+}

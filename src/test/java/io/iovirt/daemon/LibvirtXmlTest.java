@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import java.io.RandomAccessFile;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The domain XML for each device kind passes libvirt's own schema check (virt-xml-validate, libvirt 9.0). */
+class LibvirtXmlTest {
+    @TempDir
+    Path dir;
+
+    static void validate(Path dir, String xml) throws Exception {
+        assumeTrue(Files.isExecutable(Path.of("/usr/bin/virt-xml-validate")) && Files.isExecutable(Path.of("/usr/bin/xmllint")),
+                "virt-xml-validate is not installed (scripts/install-deps.sh: libvirt-clients, libxml2-utils)");
+        Path f = Files.createTempFile(dir, "domain", ".xml");
+        Files.writeString(f, xml);
+        Process p = new ProcessBuilder("virt-xml-validate", f.toString(), "domain").redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+        assertEquals(0, p.exitValue(), out + "\n" + xml);
+        assertTrue(out.contains("validates"), out);
+    }
+
+    @Test
+    void eachDeviceKindValidates() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            Path img = dir.resolve("d.raw");
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            d.call("blk.add", Map.of("id", "disk", "image", img.toString(), "socket", dir.resolve("d.sock").toString(),
+                    "readonly", true));
+            d.call("net.add", Map.of("id", "sw"));
+            d.call("net.port.add", Map.of("net", "sw", "id", "pv", "kind", "vhost-user", "path", dir.resolve("pv.sock").toString(),
+                    "queues", 2L, "mac", "52:54:00:aa:bb:cc"));
+            d.call("net.port.add", Map.of("net", "sw", "id", "fv", "kind", "stream", "path", dir.resolve("fv.sock").toString()));
+            for (String id : new String[] {"disk", "pv", "sw/fv", "01:00.1", "disk,pv,fv,0000:3b:02.7"}) {
+                String xml = (String) ((Map<?, ?>) d.call("libvirt-xml", Map.of("id", id, "kernel", "/boot/vmlinuz",
+                        "initrd", "/boot/initrd", "cmdline", "console=ttyS0 <&>"))).get("xml");
+                validate(dir, xml);
+                assertTrue(xml.contains("memAccess='shared'"), xml);
+                assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
+            }
+        }
+    }
+}
