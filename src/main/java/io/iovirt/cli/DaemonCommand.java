@@ -32,8 +32,34 @@ final class DaemonCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        if (System.getenv("JOURNAL_STREAM") != null) {
+            journalFormat();
+        }
         String signal = DaemonService.run(new DaemonService.Options(config, control, metrics, socketGroup));
         System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
         return 0;
+    }
+
+    /**
+     * Under systemd, stderr goes to the journal: each line starts with its syslog priority ({@code <3>} error,
+     * {@code <4>} warning, {@code <6>} info, {@code <7>} debug; sd-daemon(3)), and the journal adds the time.
+     */
+    static void journalFormat() {
+        java.util.logging.Formatter f = new java.util.logging.Formatter() {
+            @Override
+            public String format(java.util.logging.LogRecord r) {
+                int v = r.getLevel().intValue();
+                int prio = v >= java.util.logging.Level.SEVERE.intValue() ? 3 : v >= java.util.logging.Level.WARNING.intValue() ? 4
+                        : v >= java.util.logging.Level.INFO.intValue() ? 6 : 7;
+                StringBuilder b = new StringBuilder().append('<').append(prio).append('>').append(formatMessage(r));
+                if (r.getThrown() != null) {
+                    b.append(": ").append(r.getThrown());
+                }
+                return b.append('\n').toString();
+            }
+        };
+        for (java.util.logging.Handler h : java.util.logging.Logger.getLogger("").getHandlers()) {
+            h.setFormatter(f);
+        }
     }
 }

@@ -70,7 +70,7 @@ public final class Daemon implements AutoCloseable {
             case "net.list" -> netList(p.allow());
             case "net.macs" -> netMacs(p.allow("net"));
             case "stats" -> stats(p.allow("id"));
-            case "libvirt-xml" -> LibvirtXml.forDevice(this, p.allow("id", "memory", "name", "kernel", "initrd", "cmdline"));
+            case "libvirt-xml" -> LibvirtXml.forDevice(this, p.allow("id", "memory", "name", "kernel", "initrd", "cmdline", "console"));
             default -> throw new RpcException(RpcException.METHOD_NOT_FOUND, "no method '" + Params.printable(method)
                     + "' (methods: " + String.join(", ", METHODS) + ")");
         };

@@ -196,7 +196,7 @@ class DaemonApiTest {
         assertEquals(2, ((List<?>) b.get("queues")).size());
         bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
         String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1").get("xml");
-        assertTrue(xml.contains("<disk type='vhostuser' device='disk'>"), xml);
+        assertTrue(xml.contains("<disk type='vhostuser' device='disk' snapshot='no'>"), xml);
         assertTrue(xml.contains("<interface type='vhostuser'>"), xml);
         assertTrue(xml.contains("<access mode='shared'/>"), xml);
         assertTrue(xml.contains("<hostdev mode='subsystem' type='pci'"), xml);
@@ -318,5 +318,80 @@ class DaemonApiTest {
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(p.waitFor(30, TimeUnit.SECONDS));
         assertTrue(out.contains("-32003") && out.contains("may not control"), out);
+    }
+
+    /**
+     * Resize through the backend channel against a frontend played by the test: the frontend hands over one end of a
+     * socketpair with SET_BACKEND_REQ_FD; blk.resize sends BACKEND_CONFIG_CHANGE_MSG on it (REPLY_ACK: waits for
+     * the answer). A frontend that never answers costs the resize 5 s and a notice, nothing else. A second export
+     * keeps serving while the first one's frontend sends garbage.
+     */
+    @Test
+    void resizeNotifiesTheFrontendAndExportsAreIsolated() throws Exception {
+        ok("blk.add", "id", "a", "image", image("a.raw", 1 << 20).toString(), "socket", dir.resolve("a.sock").toString());
+        ok("blk.add", "id", "b", "image", image("b.raw", 1 << 20).toString(), "socket", dir.resolve("b.sock").toString());
+        try (io.iovirt.vhostuser.VhostUserFrontend fe = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"),
+                Duration.ofSeconds(10))) {
+            long pf = fe.getProtocolFeatures();
+            assertTrue((pf & io.iovirt.vhostuser.Features.bit(io.iovirt.vhostuser.Features.PROTOCOL_BACKEND_REQ)) != 0,
+                    "blk does not offer BACKEND_REQ");
+            fe.setProtocolFeatures(pf);
+            io.iovirt.linux.UnixSocket[] pair = io.iovirt.linux.UnixSocket.pair();
+            try (io.iovirt.linux.UnixSocket mine = pair[0]; java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+                fe.connection().sendRequest(io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD, true,
+                        arena.allocate(0), List.of(pair[1].fd()));
+                pair[1].close();
+                java.lang.foreign.MemorySegment hdr = arena.allocate(12);
+                // answer the notification from another thread, as QEMU's main loop would
+                Thread answer = Thread.ofPlatform().start(() -> {
+                    try {
+                        mine.recvFully(hdr, 0);
+                        java.lang.foreign.MemorySegment reply = arena.allocate(20);
+                        reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0));
+                        reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4, 0x5); // version 1 | REPLY
+                        reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 8, 8);
+                        mine.send(reply, List.of());
+                    } catch (Exception e) {
+                        throw new RuntimeException(e);
+                    }
+                });
+                // the reply ack of SET_BACKEND_REQ_FD itself
+                assertEquals(0L, fe.connection().receiveReply(io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD).payload()
+                        .get(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 0));
+                Map<String, Object> r = ok("blk.resize", "id", "a", "size", "2M");
+                answer.join();
+                assertEquals(true, r.get("frontend_notified"), r.toString());
+                assertEquals(2, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0), "BACKEND_CONFIG_CHANGE_MSG");
+                assertEquals(0x9, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4), "version 1 | NEED_REPLY");
+                assertEquals(0, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 8), "no payload");
+                // the frontend stops answering: the resize still happens, with a notice
+                Map<String, Object> slow = ok("blk.resize", "id", "a", "size", "3M");
+                assertEquals(false, slow.get("frontend_notified"));
+                assertTrue(((String) slow.get("notice")).contains("did not answer"), slow.toString());
+                assertEquals(3L << 20, Files.size(dir.resolve("a.raw")));
+            }
+        }
+        // garbage on a's socket closes only that connection; b serves, a accepts the next frontend
+        try (io.iovirt.linux.UnixSocket junk = io.iovirt.linux.UnixSocket.connect(dir.resolve("a.sock"));
+             java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+            java.lang.foreign.MemorySegment g = arena.allocate(64);
+            g.fill((byte) 0x7f);
+            junk.send(g, List.of());
+            try (io.iovirt.vhostuser.VhostUserFrontend fb = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("b.sock"),
+                    Duration.ofSeconds(10))) {
+                assertTrue(fb.getFeatures() != 0);
+            }
+        }
+        for (int i = 0; i < 100; i++) {
+            if (!(Boolean) ok("blk.info", "id", "a").get("connected")) {
+                break;
+            }
+            Thread.sleep(50);
+        }
+        try (io.iovirt.vhostuser.VhostUserFrontend fa = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"),
+                Duration.ofSeconds(10))) {
+            assertTrue(fa.getFeatures() != 0);
+        }
+        assertEquals(Daemon.VERSION, ok("version").get("version"));
     }
 }
