@@ -122,4 +122,23 @@ class DaemonServiceTest {
     static void signal(String sig, long pid) throws Exception {
         assertEquals(0, new ProcessBuilder("kill", "-" + sig, Long.toString(pid)).start().waitFor());
     }
+
+    /** The unit files in packaging/systemd pass systemd's own checker (with ExecStart pointed at this checkout). */
+    @Test
+    void unitFilesVerify() throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(Files.isExecutable(Path.of("/usr/bin/systemd-analyze")), "systemd-analyze is missing");
+        Path launcher = Path.of("iovirt").toAbsolutePath();
+        List<String> cmd = new ArrayList<>(List.of("systemd-analyze", "verify", "--man=no"));
+        for (String unit : new String[] {"iovirt.service", "iovirt-blk@.service"}) {
+            String text = Files.readString(Path.of("packaging/systemd", unit)).replace("/usr/bin/iovirt", launcher.toString());
+            Path copy = dir.resolve(unit.equals("iovirt-blk@.service") ? "iovirt-blk@vm1.service" : unit);
+            Files.writeString(copy, text);
+            cmd.add(copy.toString());
+        }
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(60, java.util.concurrent.TimeUnit.SECONDS));
+        assertEquals(0, p.exitValue(), out);
+        assertEquals("", out.trim(), "systemd-analyze verify complains");
+    }
 }

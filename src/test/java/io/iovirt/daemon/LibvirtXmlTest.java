@@ -9,6 +9,7 @@ import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
@@ -51,6 +52,36 @@ class LibvirtXmlTest {
                 assertTrue(xml.contains("memAccess='shared'"), xml);
                 assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
             }
+        }
+    }
+
+    /** {@code vm run --libvirt-xml}: the composer's devices (PV and FV disks and NICs) as a domain libvirt accepts. */
+    @Test
+    void composedVmBecomesAValidDomain() throws Exception {
+        Path a = dir.resolve("a.raw");
+        Path b = dir.resolve("b.raw");
+        for (Path p : List.of(a, b)) {
+            try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+        }
+        io.iovirt.vm.compose.VmSpec spec = new io.iovirt.vm.compose.VmSpec("vm1", io.iovirt.vm.compose.VmSpec.Profile.PVHVM, 256, 1,
+                List.of(new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.PV, a, false),
+                        new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.FV, b, true)),
+                List.of(new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.PV, -1),
+                        new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.FV, -1)),
+                List.of(), List.of());
+        Path run = Files.createDirectories(dir.resolve("run"));
+        try (io.iovirt.vm.compose.VmComposer c = io.iovirt.vm.compose.VmComposer.compose(spec, run,
+                io.iovirt.host.HostPaths.system().withStateDir(dir.resolve("state")))) {
+            List<LibvirtXml.Device> devices = LibvirtXml.fromQemuArgs(c.qemuArgs());
+            assertEquals(4, devices.size(), devices + " from " + c.qemuArgs());
+            String xml = LibvirtXml.domain(new LibvirtXml.Domain("vm1", 256, 1, null, null, null, null), devices);
+            assertTrue(xml.contains("<disk type='vhostuser'"), xml);
+            assertTrue(xml.contains("bus='sata'") && xml.contains("<readonly/>"), xml);
+            assertTrue(xml.contains("<interface type='vhostuser'>") && xml.contains("e1000,netdev="), xml);
+            assertTrue(xml.contains("name='vectors' type='unsigned' value='0'"), xml);
+            validate(dir, xml);
         }
     }
 }
