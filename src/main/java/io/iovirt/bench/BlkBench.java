@@ -1,6 +1,7 @@
 package io.iovirt.bench;
 
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.util.LatencyHistogram;
 import io.iovirt.vhostuser.Features;
 import java.io.IOException;
 import java.time.Duration;

@@ -1,5 +1,6 @@
 package io.iovirt.bench;
 
+import io.iovirt.util.LatencyHistogram;
 import java.util.LinkedHashMap;
 import java.util.Locale;
 import java.util.Map;

@@ -2,6 +2,7 @@ package io.iovirt.bench;
 
 import io.iovirt.linux.Epoll;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.util.LatencyHistogram;
 import io.iovirt.virtio.DriverRing;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;

@@ -2,7 +2,7 @@
 package io.iovirt.cli;
 
 import io.iovirt.daemon.RpcClient;
-import io.iovirt.host.Json;
+import io.iovirt.util.Json;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Path;

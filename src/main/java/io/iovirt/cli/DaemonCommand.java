@@ -27,9 +27,6 @@ final class DaemonCommand implements Callable<Integer> {
             description = "Give device sockets to GROUP with mode 0660, so QEMU running as a member can connect (default: 0600).")
     String socketGroup;
 
-    @Option(names = "--verbose", description = "Print stack traces on errors.")
-    boolean verbose;
-
     @Override
     public Integer call() throws Exception {
         if (System.getenv("JOURNAL_STREAM") != null) {

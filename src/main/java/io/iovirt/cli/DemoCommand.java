@@ -1,11 +1,12 @@
 package io.iovirt.cli;
 
+import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.demo.DiskDemo;
 import io.iovirt.vm.demo.NetDemo;
-import java.util.List;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Comparator;
+import java.util.List;
 import java.util.concurrent.Callable;
 import java.util.stream.Stream;
 import picocli.CommandLine.Command;
@@ -29,8 +30,11 @@ final class DemoCommand implements Callable<Integer> {
     @Option(names = "--keep", paramLabel = "DIR", description = "Keep images and logs in DIR instead of a temporary directory.")
     Path keep;
 
-    @Option(names = "--verbose", description = "Print stack traces on errors.")
-    boolean verbose;
+    @Option(names = "--accel", defaultValue = "auto", paramLabel = "auto|kvm|tcg",
+            description = {"Accelerator (default ${DEFAULT-VALUE}): auto uses KVM only when it can run a stock guest",
+                    "(/dev/kvm opens, API 12, KVM_CREATE_VM works, CPU has vmx/svm) and falls back to TCG if a KVM guest",
+                    "fails early; kvm refuses to run on an unusable KVM; tcg always emulates."})
+    String accel;
 
     private static void progress(String line) {
         System.err.println("demo: " + line);
@@ -44,12 +48,20 @@ final class DemoCommand implements Callable<Integer> {
         if (only != null && !only.equals("disk") && !only.equals("net")) {
             throw new picocli.CommandLine.ParameterException(new picocli.CommandLine(this), "--only must be 'disk' or 'net', got '" + only + "'");
         }
+        Accelerator.Mode mode;
+        try {
+            mode = Accelerator.Mode.parse(accel);
+        } catch (IllegalArgumentException e) {
+            throw new picocli.CommandLine.ParameterException(new picocli.CommandLine(this), "--accel: " + e.getMessage());
+        }
+        Accelerator.Decision decision = Accelerator.forMode(mode);
+        progress("accelerator " + decision.describe());
         Path dir = keep != null ? Files.createDirectories(keep) : Files.createTempDirectory("iovirt-demo");
         try {
             boolean disk = only == null || only.equals("disk");
             boolean net = only == null || only.equals("net");
-            DiskDemo.Report disks = disk ? new DiskDemo(dir, seconds, DemoCommand::progress).run() : null;
-            List<NetDemo.Result> nics = net ? new NetDemo(dir, DemoCommand::progress).run() : null;
+            DiskDemo.Report disks = disk ? new DiskDemo(dir, seconds, DemoCommand::progress, decision).run() : null;
+            List<NetDemo.Result> nics = net ? new NetDemo(dir, DemoCommand::progress, decision).run() : null;
             if (json) {
                 System.out.println("{\"disk\":" + (disks == null ? "null" : DiskDemo.json(disks))
                         + ",\"net\":" + (nics == null ? "null" : NetDemo.json(nics)) + "}");

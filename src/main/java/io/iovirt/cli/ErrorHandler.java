@@ -13,7 +13,7 @@ final class ErrorHandler implements CommandLine.IExecutionExceptionHandler {
     public int handleExecutionException(Exception ex, CommandLine cl, CommandLine.ParseResult parsed) {
         String msg = ex.getMessage() == null ? ex.getClass().getSimpleName() : ex.getMessage();
         cl.getErr().println("iovirt " + commandPath(cl) + ": " + msg);
-        if (verbose(parsed)) {
+        if (Main.verbose(parsed)) {
             ex.printStackTrace(cl.getErr());
         }
         cl.getErr().flush();
@@ -23,17 +23,5 @@ final class ErrorHandler implements CommandLine.IExecutionExceptionHandler {
     private static String commandPath(CommandLine cl) {
         String full = cl.getCommandSpec().qualifiedName(" ");
         return full.startsWith("iovirt ") ? full.substring(7) : full;
-    }
-
-    private static boolean verbose(CommandLine.ParseResult parsed) {
-        if ("1".equals(System.getenv("IOVIRT_VERBOSE"))) {
-            return true;
-        }
-        for (CommandLine.ParseResult p = parsed; p != null; p = p.subcommand()) {
-            if (p.originalArgs().contains("--verbose")) {
-                return true;
-            }
-        }
-        return false;
     }
 }

@@ -12,8 +12,8 @@ import picocli.CommandLine.Command;
                 DaemonCommand.class,
                 CtlCommand.class,
                 ServeCommand.class,
-                io.iovirt.bench.BenchCommand.class,
-                io.iovirt.host.HostCommand.class,
+                io.iovirt.cli.BenchCommand.class,
+                io.iovirt.cli.HostCommand.class,
                 VfioCommand.class,
                 VmCommand.class,
         })
@@ -22,9 +22,31 @@ public final class Main implements Runnable {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
+    /** Declared once here and inherited by every subcommand; read with {@link #verbose}. */
+    @CommandLine.Option(names = {"-v", "--verbose"}, scope = CommandLine.ScopeType.INHERIT,
+            description = "Print stack traces with errors, and each step a host command takes (sysfs writes).")
+    boolean verbose;
+
     @Override
     public void run() {
         spec.commandLine().usage(System.out);
+    }
+
+    /** Whether --verbose was given anywhere on the command line (or IOVIRT_VERBOSE=1 is set). */
+    static boolean verbose(CommandLine.Model.CommandSpec spec) {
+        return verbose(spec.root().commandLine().getParseResult());
+    }
+
+    static boolean verbose(CommandLine.ParseResult parsed) {
+        if ("1".equals(System.getenv("IOVIRT_VERBOSE"))) {
+            return true;
+        }
+        for (CommandLine.ParseResult p = parsed; p != null; p = p.subcommand()) {
+            if (p.hasMatchedOption("--verbose")) {
+                return true;
+            }
+        }
+        return false;
     }
 
     public static void main(String[] args) {

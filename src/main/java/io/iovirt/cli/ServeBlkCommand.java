@@ -55,8 +55,6 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
-    @Option(names = "--verbose", description = "Print stack traces on errors.")
-    boolean verbose;
 
     @Override
     public Integer call() throws Exception {

@@ -51,8 +51,6 @@ final class ServeNetCommand implements Callable<Integer> {
             description = "Print every port's counters every S seconds (0: only on exit).")
     int statsInterval;
 
-    @Option(names = "--verbose", description = "Print stack traces with errors.")
-    boolean verbose;
 
     @Override
     public Integer call() throws Exception {

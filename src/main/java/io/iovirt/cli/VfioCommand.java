@@ -2,13 +2,14 @@ package io.iovirt.cli;
 
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciSysfs;
+import io.iovirt.util.ByteSizes;
 import io.iovirt.vfio.DeviceInfo;
 import io.iovirt.vfio.DmaBuffer;
 import io.iovirt.vfio.IommuEnvironment;
 import io.iovirt.vfio.IommuInfo;
 import io.iovirt.vfio.IrqInfo;
-import io.iovirt.vfio.PciAddress;
-import io.iovirt.vfio.PciSysfs;
 import io.iovirt.vfio.RegionInfo;
 import io.iovirt.vfio.VfioContainer;
 import io.iovirt.vfio.VfioDevice;
@@ -51,17 +52,6 @@ public final class VfioCommand implements Runnable {
         spec.commandLine().usage(spec.commandLine().getOut());
     }
 
-    static final class PciAddressConverter implements CommandLine.ITypeConverter<PciAddress> {
-        @Override
-        public PciAddress convert(String value) {
-            try {
-                return PciAddress.parse(value);
-            } catch (IllegalArgumentException e) {
-                throw new CommandLine.TypeConversionException(e.getMessage());
-            }
-        }
-    }
-
     // ---- vfio info ------------------------------------------------------------------------------------------------
 
     @Command(name = "info", mixinStandardHelpOptions = true,
@@ -71,11 +61,9 @@ public final class VfioCommand implements Runnable {
         CommandLine.Model.CommandSpec spec;
 
         @Parameters(index = "0", paramLabel = "BDF", description = "PCI address, e.g. 0000:01:00.0",
-                converter = PciAddressConverter.class)
-        PciAddress address;
+                converter = BdfConverter.class)
+        Bdf address;
 
-        @Option(names = "--verbose", description = "Print stack traces of errors.")
-        boolean verbose;
 
         @Override
         public Integer call() throws Exception {
@@ -85,7 +73,7 @@ public final class VfioCommand implements Runnable {
             out.printf("device:      %s [%s], driver %s%n", address, sysfs.ids(address),
                     sysfs.driver(address).orElse("none"));
             List<String> members = new ArrayList<>();
-            for (PciAddress m : sysfs.groupMembers(group)) {
+            for (Bdf m : sysfs.groupMembers(group)) {
                 members.add(m + " (" + sysfs.driver(m).orElse("no driver") + ")");
             }
             IommuEnvironment env = IommuEnvironment.detect();
@@ -126,7 +114,7 @@ public final class VfioCommand implements Runnable {
                 out.println("regions:");
                 out.printf("  %-5s %-7s %-8s %-14s %-9s %s%n", "index", "name", "size", "offset", "flags", "caps");
                 for (RegionInfo r : d.regions()) {
-                    out.printf("  %-5d %-7s %-8s 0x%-12x %-9s %s%n", r.index(), r.name(), human(r.size()),
+                    out.printf("  %-5d %-7s %-8s 0x%-12x %-9s %s%n", r.index(), r.name(), ByteSizes.binary(r.size()),
                             r.offset(), r.flagsText(), r.capsText());
                 }
                 out.println("irqs:");
@@ -140,20 +128,6 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    static String human(long bytes) {
-        if (bytes == 0) {
-            return "0";
-        }
-        String[] u = {"B", "K", "M", "G", "T"};
-        int i = 0;
-        double v = bytes;
-        while (v >= 1024 && i < u.length - 1 && bytes % (1L << (10 * (i + 1))) == 0) {
-            v /= 1024;
-            i++;
-        }
-        return String.format(Locale.ROOT, "%.0f%s", v, u[i]);
-    }
-
     // ---- vfio nvme ------------------------------------------------------------------------------------------------
 
     @Command(name = "nvme", mixinStandardHelpOptions = true,
@@ -164,8 +138,8 @@ public final class VfioCommand implements Runnable {
         CommandLine.Model.CommandSpec spec;
 
         @Parameters(index = "0", paramLabel = "BDF", description = "PCI address of the controller, e.g. 0000:01:00.0",
-                converter = PciAddressConverter.class)
-        PciAddress address;
+                converter = BdfConverter.class)
+        Bdf address;
 
         @Override
         public void run() {
@@ -185,8 +159,6 @@ public final class VfioCommand implements Runnable {
                 description = "Per-command timeout. Default: ${DEFAULT-VALUE}.")
         int timeoutSeconds;
 
-        @Option(names = "--verbose", description = "Print stack traces of errors.")
-        boolean verbose;
 
         IrqMode irqMode() {
             try {
@@ -212,13 +184,13 @@ public final class VfioCommand implements Runnable {
      * orderly shutdown and the release order stays device → mappings → group → container).
      */
     static final class OpenController implements AutoCloseable {
-        private final PciAddress address;
+        private final Bdf address;
         private final Thread hook;
         private volatile VfioSession session;
         private volatile NvmeController controller;
         private volatile boolean signalled;
 
-        OpenController(PciAddress address, NvmeController.Options options) throws VfioException {
+        OpenController(Bdf address, NvmeController.Options options) throws VfioException {
             this.address = address;
             this.hook = new Thread(this::releaseOnSignal, "iovirt-vfio-release");
             Runtime.getRuntime().addShutdownHook(hook);
@@ -245,9 +217,10 @@ public final class VfioCommand implements Runnable {
                 return;
             }
             signalled = true;
+            NvmeController c = controller;
             release();
-            System.err.println("iovirt: terminating: NVMe controller " + address + " shut down; device, DMA mappings, "
-                    + "group and container released");
+            System.err.println("iovirt: terminating: NVMe controller " + address + " shut down ("
+                    + (c == null ? "not started" : c.quiesceReport()) + "); device, DMA mappings, group and container released");
             System.err.flush();
         }
 
@@ -287,7 +260,7 @@ public final class VfioCommand implements Runnable {
      * while the body runs, the body's resulting failure (closed memory, closed descriptors) is not reported: the
      * process is exiting because it was asked to.
      */
-    static Integer withController(PciAddress address, NvmeController.Options options, NvmeBody body) throws Exception {
+    static Integer withController(Bdf address, NvmeController.Options options, NvmeBody body) throws Exception {
         try (OpenController oc = new OpenController(address, options)) {
             try {
                 return body.run(oc.controller());
@@ -323,9 +296,9 @@ public final class VfioCommand implements Runnable {
                 out.printf("version:     NVMe %s, vendor %04x, controller id %d%n", c.version(), id.vendorId(),
                         id.controllerId());
                 out.printf("transfers:   up to %s per command, I/O queue depth %d, completions by %s%n",
-                        human(c.maxTransferBytes()), c.ioQueueDepth(), c.irqMode());
+                        ByteSizes.binary(c.maxTransferBytes()), c.ioQueueDepth(), c.irqMode());
                 out.printf("namespace:   %d: %d blocks of %d bytes (%s), LBA format %d of %d%n", ns.nsid(), ns.size(),
-                        ns.blockSize(), human(ns.bytes()), ns.formatIndex(), ns.formats().size());
+                        ns.blockSize(), ByteSizes.binary(ns.bytes()), ns.formatIndex(), ns.formats().size());
                 out.flush();
                 return 0;
             });
@@ -499,7 +472,7 @@ public final class VfioCommand implements Runnable {
             int depth = Math.max(qd + 1, 16);
             return withController(parent.address, opts.options(depth, (long) depth * NvmeBench.IO_SIZE), c -> {
                 spec.commandLine().getErr().printf("bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, "
-                        + "completions by %s%n", parent.address, c.namespace().nsid(), human(c.namespace().bytes()),
+                        + "completions by %s%n", parent.address, c.namespace().nsid(), ByteSizes.binary(c.namespace().bytes()),
                         qd, seconds, c.irqMode());
                 spec.commandLine().getErr().flush();
                 NvmeBench.Result r = NvmeBench.randomRead(c, qd, seconds, System.nanoTime());

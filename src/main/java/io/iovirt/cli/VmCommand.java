@@ -2,6 +2,7 @@ package io.iovirt.cli;
 
 import io.iovirt.host.HostPaths;
 import io.iovirt.net.Mac;
+import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.GuestResult;
 import io.iovirt.vm.QemuGuest;
@@ -76,8 +77,9 @@ final class VmCommand {
         @Option(names = "--timeout", defaultValue = "300", paramLabel = "S", description = "Kill the guest after S seconds (default ${DEFAULT-VALUE}).")
         int timeout;
 
-        @Option(names = "--verbose", description = "Print stack traces on errors.")
-        boolean verbose;
+        @Option(names = "--accel", defaultValue = "auto", paramLabel = "auto|kvm|tcg",
+                description = "Accelerator: kvm only if it can run a stock guest (hardware virtualization), else tcg (default ${DEFAULT-VALUE}).")
+        String accel;
 
         static final String DEFAULT_COMMAND = """
                 echo "block devices: $(ls /sys/block | tr '\\n' ' ')"
@@ -90,12 +92,14 @@ final class VmCommand {
         public Integer call() throws Exception {
             VmSpec vm = new VmSpec(name, parseProfile(), memory, cpus, disks.stream().map(this::disk).toList(),
                     nics.stream().map(this::nic).toList(), vfio, vfPools);
+            Accelerator.Decision decision = Accelerator.forMode(parseAccel(accel));
+            System.err.println("accelerator: " + decision.describe());
             HostPaths host = HostPaths.system();
             if (stateDir != null) {
                 host = host.withStateDir(stateDir);
             }
             Path runDir = Files.createTempDirectory("iovirt-vm-" + name + "-");
-            try (VmComposer c = VmComposer.compose(vm, runDir, host)) {
+            try (VmComposer c = VmComposer.compose(vm, runDir, host, decision)) {
                 for (VmComposer.Device d : c.devices()) {
                     System.err.printf("%-7s %s%n", d.technique(), d.description());
                 }
@@ -114,7 +118,7 @@ final class VmCommand {
                     Signals.awaitTermination();
                     return 0;
                 }
-                QemuGuest guest = QemuGuest.builder(GuestImage.ensure()).name(name).memoryMiB(memory).cpus(cpus)
+                QemuGuest guest = QemuGuest.builder(GuestImage.ensure()).name(name).accelerator(decision).memoryMiB(memory).cpus(cpus)
                         .modules(c.modules().toArray(String[]::new)).args(c.qemuArgs())
                         .payload(command != null ? command : DEFAULT_COMMAND).build();
                 GuestResult r = guest.run(Duration.ofSeconds(timeout));
@@ -124,6 +128,14 @@ final class VmCommand {
                 try (var files = Files.walk(runDir)) {
                     files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
                 }
+            }
+        }
+
+        private Accelerator.Mode parseAccel(String text) {
+            try {
+                return Accelerator.Mode.parse(text);
+            } catch (IllegalArgumentException e) {
+                throw usage("--accel: " + e.getMessage());
             }
         }
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.daemon;
 
-import io.iovirt.host.HostCommand;
-import io.iovirt.host.HostConfigException;
+import io.iovirt.util.ActionableException;
+import io.iovirt.util.ByteSizes;
 import java.math.BigDecimal;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -114,8 +114,8 @@ final class Params {
             return l;
         }
         try {
-            return HostCommand.parseSize(v.toString());
-        } catch (HostConfigException e) {
+            return ByteSizes.parse(v.toString());
+        } catch (ActionableException e) {
             throw RpcException.params(method + ": parameter '" + name + "': '" + printable(v.toString())
                     + "' is not a size (write e.g. 4G, 512M or 1073741824)");
         }

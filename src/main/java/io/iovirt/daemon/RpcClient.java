@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.daemon;
 
-import io.iovirt.host.Json;
+import io.iovirt.util.Json;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.UnixSocket;

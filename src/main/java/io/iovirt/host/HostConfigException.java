@@ -1,31 +1,18 @@
 package io.iovirt.host;
 
+import io.iovirt.util.ActionableException;
+
 /**
  * The host is not set up for what was asked, or refused an operation: carries what failed and the remedy a person
- * can act on. The CLI prints {@link #getMessage()} as one line (problem -- remedy, in ASCII so any locale shows it),
- * never a stack trace.
+ * can act on. The CLI prints {@link #getMessage()} as one line, never a stack trace. Errors read from sysfs (package
+ * {@code pci}) are {@link ActionableException}s too; catch that type to handle both.
  */
-public class HostConfigException extends RuntimeException {
-    private final String problem;
-    private final String remedy;
-
+public class HostConfigException extends ActionableException {
     public HostConfigException(String problem, String remedy) {
-        this(problem, remedy, null);
+        super(problem, remedy);
     }
 
     public HostConfigException(String problem, String remedy, Throwable cause) {
-        super(remedy == null || remedy.isEmpty() ? problem : problem + " -- " + remedy, cause);
-        this.problem = problem;
-        this.remedy = remedy == null ? "" : remedy;
-    }
-
-    /** What failed and why. */
-    public String problem() {
-        return problem;
-    }
-
-    /** What to do about it (may be empty). */
-    public String remedy() {
-        return remedy;
+        super(problem, remedy, cause);
     }
 }

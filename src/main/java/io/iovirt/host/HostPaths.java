@@ -1,5 +1,6 @@
 package io.iovirt.host;
 
+import io.iovirt.pci.SysfsTree;
 import java.io.File;
 import java.nio.file.Files;
 import java.nio.file.Path;

@@ -1,5 +1,7 @@
 package io.iovirt.host;
 
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.SysfsTree;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashSet;

@@ -1,5 +1,6 @@
 package io.iovirt.host;
 
+import io.iovirt.pci.SysfsTree;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
@@ -30,7 +31,7 @@ import java.util.stream.Stream;
  * makes a truncated file (edited by hand, or by a tool that writes in place) detectable.
  */
 public final class StateStore {
-    static final String CRASHPOINT_PROPERTY = "iovirt.test.crashpoint";
+    public static final String CRASHPOINT_PROPERTY = "iovirt.test.crashpoint";
     private static final ConcurrentHashMap<Path, ReentrantLock> JVM_LOCKS = new ConcurrentHashMap<>();
     private static final AtomicLong TEMP_COUNTER = new AtomicLong();
     private static final int MAX_TABLE_BYTES = 16 * 1024 * 1024;

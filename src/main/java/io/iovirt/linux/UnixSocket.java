@@ -355,6 +355,20 @@ public final class UnixSocket implements AutoCloseable {
     }
 
     /**
+     * Bytes this socket has sent that the peer has not read yet (SIOCOUTQ: for AF_UNIX, the memory of the queued
+     * messages, so 0 exactly when the peer has read everything sent).
+     */
+    public int unreadByPeer() throws LinuxException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment out = a.allocate(JAVA_INT);
+            Ioctl.call(fd, SIOCOUTQ, out);
+            return out.get(JAVA_INT, 0);
+        }
+    }
+
+    private static final long SIOCOUTQ = 0x5411; // TIOCOUTQ
+
+    /**
      * Shuts down one or both directions. On a connected socket this wakes a thread blocked in recv (it sees EOF);
      * on a listening socket it wakes a thread blocked in accept (EINVAL). An unconnected socket is not an error.
      */

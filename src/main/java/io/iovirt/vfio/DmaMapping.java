@@ -39,10 +39,6 @@ public final class DmaMapping implements AutoCloseable {
         return memory.byteSize();
     }
 
-    public synchronized boolean isMapped() {
-        return mapped;
-    }
-
     /** Unmaps; throws when the kernel refused, in which case the memory must not be freed. */
     public synchronized void unmap() throws VfioException {
         if (mapped) {

@@ -1,5 +1,7 @@
 package io.iovirt.vfio;
 
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciSysfs;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -37,7 +39,7 @@ public record IommuEnvironment(boolean vfioContainer, boolean iommufd, List<Stri
      * The device's VFIO character device, {@code /dev/vfio/devices/vfioX}, if the kernel offers one (6.6+). Linux 6.1
      * already lists {@code vfio-dev/vfioX} in the device's sysfs directory, but creates no device node for it.
      */
-    public static Optional<Path> deviceCdev(PciSysfs sysfs, Path dev, PciAddress a) {
+    public static Optional<Path> deviceCdev(PciSysfs sysfs, Path dev, Bdf a) {
         try (Stream<Path> s = Files.list(sysfs.deviceDir(a).resolve("vfio-dev"))) {
             return s.map(p -> dev.resolve("vfio/devices").resolve(p.getFileName().toString()))
                     .filter(Files::exists).findFirst();

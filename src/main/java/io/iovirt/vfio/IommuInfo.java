@@ -1,5 +1,6 @@
 package io.iovirt.vfio;
 
+import io.iovirt.util.ByteSizes;
 import java.util.List;
 import java.util.OptionalInt;
 
@@ -45,7 +46,7 @@ public record IommuInfo(long pageSizes, List<IovaRange> iovaRanges, OptionalInt 
                 if (!sb.isEmpty()) {
                     sb.append(' ');
                 }
-                sb.append(Units.binary(1L << bit));
+                sb.append(ByteSizes.binary(1L << bit));
             }
         }
         return sb.isEmpty() ? "none reported" : sb.toString();

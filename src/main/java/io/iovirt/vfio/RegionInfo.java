@@ -1,5 +1,6 @@
 package io.iovirt.vfio;
 
+import io.iovirt.util.ByteSizes;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -82,7 +83,7 @@ public record RegionInfo(int index, String name, int flags, long size, long offs
                 case SparseMmap s -> {
                     List<String> a = new ArrayList<>();
                     for (Area area : s.areas()) {
-                        a.add(String.format("0x%x+%s", area.offset(), Units.binary(area.size())));
+                        a.add(String.format("0x%x+%s", area.offset(), ByteSizes.binary(area.size())));
                     }
                     yield "sparse-mmap[" + String.join(",", a) + "]";
                 }

@@ -7,6 +7,9 @@ import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.Ioctl;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciSysfs;
+import io.iovirt.util.ActionableException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
@@ -90,13 +93,13 @@ public final class VfioGroup implements AutoCloseable {
     static String notViableMessage(int group, PciSysfs sysfs) {
         List<String> blockers = new ArrayList<>();
         try {
-            for (PciAddress m : sysfs.groupMembers(group)) {
+            for (Bdf m : sysfs.groupMembers(group)) {
                 Optional<String> drv = sysfs.driver(m);
                 if (drv.isPresent() && !drv.get().equals("vfio-pci")) {
                     blockers.add(m + " (bound to " + drv.get() + ")");
                 }
             }
-        } catch (VfioException e) {
+        } catch (ActionableException e) {
             blockers.add("(members unknown: " + e.getMessage() + ")");
         }
         return "IOMMU group " + group + " is not viable: every device in it must be bound to vfio-pci or have no "
@@ -135,7 +138,7 @@ public final class VfioGroup implements AutoCloseable {
     }
 
     /** VFIO_GROUP_GET_DEVICE_FD: the device {@code address}, which must be a member of this group. */
-    public VfioDevice openDevice(PciAddress address) throws VfioException {
+    public VfioDevice openDevice(Bdf address) throws VfioException {
         if (container == null) {
             throw new VfioException("attach IOMMU group " + number + " to a container (with its IOMMU set) before "
                     + "opening its devices");

@@ -1,5 +1,7 @@
 package io.iovirt.vfio;
 
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciSysfs;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -11,25 +13,25 @@ import java.util.List;
  * device (vfio-pci resets it, so it stops DMA) → DMA arenas (unmapped, then freed) → group → container.
  */
 public final class VfioSession implements AutoCloseable {
-    private final PciAddress address;
+    private final Bdf address;
     private final VfioContainer container;
     private final VfioGroup group;
     private final VfioDevice device;
     private final List<DmaArena> arenas = new ArrayList<>();
     private boolean closed;
 
-    private VfioSession(PciAddress address, VfioContainer container, VfioGroup group, VfioDevice device) {
+    private VfioSession(Bdf address, VfioContainer container, VfioGroup group, VfioDevice device) {
         this.address = address;
         this.container = container;
         this.group = group;
         this.device = device;
     }
 
-    public static VfioSession open(PciAddress address) throws VfioException {
+    public static VfioSession open(Bdf address) throws VfioException {
         return open(address, PciSysfs.SYSTEM, VfioGroup.DEFAULT_DIR, VfioContainer.DEFAULT_PATH);
     }
 
-    public static VfioSession open(PciAddress address, PciSysfs sysfs, Path vfioDir, Path containerPath)
+    public static VfioSession open(Bdf address, PciSysfs sysfs, Path vfioDir, Path containerPath)
             throws VfioException {
         int groupNumber = sysfs.iommuGroup(address);
         VfioContainer container = null;
@@ -55,7 +57,7 @@ public final class VfioSession implements AutoCloseable {
         }
     }
 
-    public PciAddress address() {
+    public Bdf address() {
         return address;
     }
 

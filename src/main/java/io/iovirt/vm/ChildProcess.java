@@ -22,6 +22,10 @@ import java.util.concurrent.TimeUnit;
  * A child process (QEMU, qemu-storage-daemon, a backend under test) whose stdout and stderr go to a log file, that
  * is killed with its whole process tree on {@link #close()}, when its optional lifetime runs out, and when this JVM
  * exits. Its stdin is /dev/null.
+ *
+ * <p>A child started in a {@linkplain Builder#directory directory} may dump core there (RLIMIT_CORE raised for it
+ * alone, shared memory such as guest RAM left out of the dump): when it dies from a signal, {@link #crashReport()}
+ * names the signal and carries gdb's backtrace, so a crash in CI is diagnosable from the log alone.
  */
 public final class ChildProcess implements AutoCloseable {
 
@@ -38,9 +42,12 @@ public final class ChildProcess implements AutoCloseable {
     private final List<String> command;
     private final Process process;
     private final Path log;
+    private final Path directory;
+    private String crash; // guarded by this: the core is read (and deleted) once
     private final CompletableFuture<Void> watchdog;
 
-    private ChildProcess(String name, List<String> command, Process process, Path log, Duration lifetime) {
+    private ChildProcess(String name, List<String> command, Process process, Path log, Path directory, Duration lifetime) {
+        this.directory = directory;
         this.name = name;
         this.command = command;
         this.process = process;
@@ -93,6 +100,23 @@ public final class ChildProcess implements AutoCloseable {
     /** The exit status; the process must have exited. */
     public int exitValue() {
         return process.exitValue();
+    }
+
+    /**
+     * When the process has exited from a signal: one line naming it, and gdb's backtrace if it left a core in its
+     * directory; "" while it runs or after a normal exit. A process killed by {@link #kill()}/{@link #stop} has no
+     * core (SIGKILL/SIGTERM), so this is only the signal line then.
+     */
+    public String crashReport() {
+        if (process.isAlive()) {
+            return "";
+        }
+        synchronized (this) {
+            if (crash == null) {
+                crash = CoreDump.report(name, process.pid(), process.exitValue(), directory, command.getFirst());
+            }
+            return crash;
+        }
     }
 
     /** Everything the process printed so far (stdout and stderr interleaved). */
@@ -182,6 +206,7 @@ public final class ChildProcess implements AutoCloseable {
             return this;
         }
 
+        /** The working directory; a core dump of the child lands here (see {@link ChildProcess#crashReport()}). */
         public Builder directory(Path directory) {
             this.directory = directory;
             return this;
@@ -216,7 +241,11 @@ public final class ChildProcess implements AutoCloseable {
 
         public ChildProcess start() {
             Objects.requireNonNull(log, "log file");
-            ProcessBuilder pb = new ProcessBuilder(new ArrayList<>(command))
+            List<String> argv = new ArrayList<>(command);
+            if (directory != null) {
+                argv = CoreDump.wrap(command);
+            }
+            ProcessBuilder pb = new ProcessBuilder(argv)
                     .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
                     .redirectErrorStream(true)
                     .redirectOutput(log.toFile());
@@ -225,7 +254,7 @@ public final class ChildProcess implements AutoCloseable {
             }
             pb.environment().putAll(env);
             try {
-                return new ChildProcess(name, command, pb.start(), log, lifetime);
+                return new ChildProcess(name, command, pb.start(), log, directory, lifetime);
             } catch (IOException e) {
                 throw new UncheckedIOException("cannot start " + name + " (" + command.getFirst() + "): "
                         + e.getMessage() + " — is it installed? scripts/install-deps.sh installs what iovirt uses", e);

@@ -23,7 +23,9 @@ import java.util.regex.Pattern;
  * kernel unpacks concatenated cpio archives in order, so nothing is rebuilt per run).
  *
  * <p>Guest RAM is a shared memfd bound to a NUMA node, which vhost-user backends need to map it. The accelerator
- * is KVM when /dev/kvm is usable, otherwise TCG.
+ * is {@link Accelerator#system()} (KVM only when it can run a stock guest; {@code IOVIRT_ACCEL} overrides) unless the
+ * builder is given one. In auto mode a KVM guest that fails early (QEMU reports a KVM internal error or emulation
+ * failure, or the console stays silent) is killed and booted again under TCG, with one line to the notice sink.
  *
  * <pre>{@code
  * GuestResult r = QemuGuest.builder(GuestImage.ensure())
@@ -38,6 +40,11 @@ import java.util.regex.Pattern;
 public final class QemuGuest {
 
     public static final String PROGRAM = "qemu-system-x86_64";
+    /**
+     * How long a KVM guest in auto mode has to print its first console line. A working KVM guest's kernel reaches
+     * the serial console in about a second; the margin is for a loaded host.
+     */
+    static final Duration KVM_FIRST_OUTPUT = Duration.ofSeconds(60);
     /**
      * no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer probe can miss its window and panic
      * ("IO-APIC + timer doesn't work", seen in CI); the check proves nothing about an emulated board.
@@ -64,10 +71,9 @@ public final class QemuGuest {
         return value.replace(",", ",,");
     }
 
-    /** True when /dev/kvm can be opened for reading and writing. */
-    public static boolean kvmUsable() {
-        Path kvm = Path.of("/dev/kvm");
-        return Files.isReadable(kvm) && Files.isWritable(kvm);
+    /** The accelerator this guest will be started with (before any fallback). */
+    public Accelerator.Decision accelerator() {
+        return b.accelerator != null ? b.accelerator : Accelerator.system();
     }
 
     /** Boots, waits for the payload to finish (at most {@code timeout}) and always kills QEMU before returning. */
@@ -82,6 +88,30 @@ public final class QemuGuest {
      * safety net: QEMU is killed after it even if nobody closes the guest.
      */
     public RunningGuest start(Duration lifetime) {
+        Accelerator.Decision accel = accelerator();
+        RunningGuest guest = start(accel, lifetime);
+        if (!accel.mayFallBack()) {
+            return guest;
+        }
+        String why;
+        try {
+            why = guest.awaitFirstOutputUnderKvm(KVM_FIRST_OUTPUT);
+        } catch (RuntimeException e) {
+            guest.close();
+            throw e;
+        }
+        if (why == null) {
+            return guest;
+        }
+        guest.kill();
+        guest.discardCoreDumps();
+        guest.close();
+        Accelerator.Decision tcg = accel.fallBack(why);
+        b.notice.accept(b.name + ": KVM guest failed early (" + why + "); booting it again under TCG");
+        return start(tcg, lifetime);
+    }
+
+    private RunningGuest start(Accelerator.Decision accel, Duration lifetime) {
         Path dir;
         try {
             Path parent = b.workDir != null ? b.workDir : Path.of(System.getProperty("java.io.tmpdir"));
@@ -90,25 +120,21 @@ public final class QemuGuest {
             Path initrd = dir.resolve("initrd.cpio");
             writeInitrd(initrd);
             Path console = dir.resolve("console.log");
-            List<String> cmd = command(initrd, console);
+            List<String> cmd = command(accel, initrd, console);
             Files.writeString(dir.resolve("command.txt"), String.join(" ", cmd) + "\n");
             ChildProcess qemu = ChildProcess.builder(cmd).name(b.name).log(dir.resolve("qemu.log"))
                     .directory(dir).lifetime(lifetime).start();
-            return new RunningGuest(b.name, qemu, dir, console, initrd, b.workDir == null);
+            return new RunningGuest(b.name, qemu, dir, console, initrd, b.workDir == null, accel);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot prepare guest " + b.name + ": " + e.getMessage(), e);
         }
     }
 
-    /** The QEMU command line for the given initrd and console file. */
-    List<String> command(Path initrd, Path console) {
+    /** The QEMU command line for the given accelerator, initrd and console file. */
+    List<String> command(Accelerator.Decision accel, Path initrd, Path console) {
         List<String> cmd = new ArrayList<>();
         cmd.add(PROGRAM);
-        if (kvmUsable()) {
-            cmd.addAll(List.of("-accel", "kvm", "-cpu", "host"));
-        } else {
-            cmd.addAll(List.of("-accel", "tcg"));
-        }
+        cmd.addAll(accel.qemuArgs());
         cmd.addAll(List.of("-machine", "q35" + (b.machineOptions.isEmpty() ? "" : "," + b.machineOptions),
                 "-smp", Integer.toString(b.cpus),
                 "-m", b.memoryMiB + "M",
@@ -199,6 +225,8 @@ public final class QemuGuest {
         private boolean fio;
         private Path workDir;
         private String payload;
+        private Accelerator.Decision accelerator;
+        private java.util.function.Consumer<String> notice = line -> System.err.println("iovirt: " + line);
         private final List<String> modules = new ArrayList<>();
         private final List<String> kernelArgs = new ArrayList<>();
         private final List<String> args = new ArrayList<>();
@@ -248,6 +276,18 @@ public final class QemuGuest {
         /** Append the fio layer (fio and its ~85 MB of libraries; costs ~0.7 s of boot under TCG). */
         public Builder fio() {
             this.fio = true;
+            return this;
+        }
+
+        /** The accelerator to use instead of {@link Accelerator#system()} (e.g. from an --accel option). */
+        public Builder accelerator(Accelerator.Decision accelerator) {
+            this.accelerator = Objects.requireNonNull(accelerator);
+            return this;
+        }
+
+        /** Where the one-line notice of a KVM-to-TCG fallback goes (default: standard error). */
+        public Builder notice(java.util.function.Consumer<String> notice) {
+            this.notice = Objects.requireNonNull(notice);
             return this;
         }
 

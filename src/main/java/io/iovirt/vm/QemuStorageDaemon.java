@@ -107,6 +107,7 @@ public final class QemuStorageDaemon implements AutoCloseable {
             }
             Path logFile = log != null ? log : socket.resolveSibling(socket.getFileName() + ".qsd.log");
             return new QemuStorageDaemon(ChildProcess.builder(command()).name(PROGRAM).log(logFile)
+                    .directory(logFile.toAbsolutePath().getParent())
                     .startListening(socket, startTimeout), socket);
         }
     }

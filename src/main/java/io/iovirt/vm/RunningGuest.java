@@ -24,9 +24,12 @@ public final class RunningGuest implements AutoCloseable {
     private final Path console;
     private final Path initrd;
     private final boolean deleteDir;
+    private final Accelerator.Decision accelerator;
     private final long startNanos = System.nanoTime();
 
-    RunningGuest(String name, ChildProcess qemu, Path dir, Path console, Path initrd, boolean deleteDir) {
+    RunningGuest(String name, ChildProcess qemu, Path dir, Path console, Path initrd, boolean deleteDir,
+                 Accelerator.Decision accelerator) {
+        this.accelerator = accelerator;
         this.name = name;
         this.qemu = qemu;
         this.dir = dir;
@@ -37,6 +40,54 @@ public final class RunningGuest implements AutoCloseable {
 
     public long pid() {
         return qemu.pid();
+    }
+
+    /** The accelerator this guest runs under, and why. */
+    public Accelerator.Decision accelerator() {
+        return accelerator;
+    }
+
+    /**
+     * For a KVM guest in auto mode: waits until the console shows its first line. Returns null when it did, or why
+     * KVM failed (QEMU's KVM error line, or silence for {@code timeout}); null also when QEMU exited without a KVM
+     * error, which the caller then reports as usual. QEMU does not exit on a KVM
+     * internal error (the vCPU stops), so its log is watched too.
+     */
+    String awaitFirstOutputUnderKvm(Duration timeout) {
+        long deadline = System.nanoTime() + timeout.toNanos();
+        while (true) {
+            if (console().indexOf('\n') >= 0) {
+                return null;
+            }
+            String error = Accelerator.earlyKvmFailure(qemu.log());
+            if (error != null) {
+                return "QEMU: " + error;
+            }
+            if (!qemu.isAlive()) {
+                // QEMU may abort while KVM sets up a vCPU; any other early exit is not KVM's doing (bad arguments):
+                // the caller reports that as usual
+                String exitError = Accelerator.earlyKvmFailure(qemu.log());
+                return exitError == null ? null : "QEMU exited with status " + qemu.exitValue() + ": " + exitError;
+            }
+            if (System.nanoTime() > deadline) {
+                return "the guest printed nothing on its console within " + timeout.toSeconds() + " s";
+            }
+            sleep();
+        }
+    }
+
+    /** Deletes core dumps QEMU left in this guest's directory (after a failed KVM attempt nobody reads them). */
+    void discardCoreDumps() {
+        try (Stream<Path> files = Files.list(dir)) {
+            for (Path f : (Iterable<Path>) files::iterator) {
+                String n = f.getFileName().toString();
+                if (n.equals("core") || n.startsWith("core.")) {
+                    Files.deleteIfExists(f);
+                }
+            }
+        } catch (IOException e) {
+            // the directory is deleted with the guest, or kept for a person to look at
+        }
     }
 
     public boolean isAlive() {
@@ -125,8 +176,10 @@ public final class RunningGuest implements AutoCloseable {
     }
 
     private GuestException failure(String what) {
+        String crash = qemu.crashReport();
         return new GuestException(name + ": " + what + "\n--- console (last lines) ---\n"
                 + ChildProcess.tail(console(), 25) + "\n--- qemu log ---\n" + qemu.logTail(10)
+                + (crash.isEmpty() ? "" : "\n--- crash ---\n" + crash)
                 + "\n--- directory: " + dir);
     }
 

@@ -39,7 +39,8 @@ public final class UnixSockets {
             }
             if (owner != null && !owner.isAlive()) {
                 throw new IllegalStateException(owner.name() + " exited with status " + owner.exitValue()
-                        + " before listening on " + path + ":\n" + owner.logTail(20));
+                        + " before listening on " + path + ":\n" + owner.logTail(20)
+                        + (owner.crashReport().isEmpty() ? "" : "\n" + owner.crashReport()));
             }
             if (System.nanoTime() > deadline) {
                 throw new IllegalStateException((owner == null ? "nobody" : owner.name()) + " is not listening on "

@@ -1,9 +1,9 @@
 package io.iovirt.bench;
 
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.cli.Main;
 import io.iovirt.vm.ChildProcess;
@@ -22,7 +22,7 @@ class BlkBenchAgainstQemuStorageDaemonTest extends BlkBenchContract {
 
     @Override
     ChildProcess startBackend(Path image, Path socket, Path dir) {
-        assumeTrue(installed(), "qemu-storage-daemon is not installed (scripts/install-deps.sh installs it)");
+        Require.that(installed(), "qemu-storage-daemon is not installed (scripts/install-deps.sh installs it)");
         return QemuStorageDaemon.builder(image, socket).cacheDirect(false).log(dir.resolve("qsd.log")).start().process();
     }
 

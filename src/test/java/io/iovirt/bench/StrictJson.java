@@ -7,7 +7,7 @@ import java.util.Map;
 
 /**
  * A strict JSON parser (RFC 8259) for tests: objects become maps, arrays lists, numbers Long or Double. Written
- * independently of {@link JsonWriter} so that a test checks the output is JSON, not that the writer agrees with
+ * independently of {@link io.iovirt.util.Json} so that a test checks the output is JSON, not that the writer agrees with
  * itself. Trailing garbage, trailing commas, bare words and control characters in strings are errors.
  */
 final class StrictJson {

@@ -8,8 +8,8 @@ import java.util.List;
 import picocli.CommandLine;
 
 /** Runs the real CLI in-process and captures exit code, stdout and stderr. */
-record CliRun(int exit, String out, String err) {
-    static CliRun run(List<String> args) {
+public record CliRun(int exit, String out, String err) {
+    public static CliRun run(List<String> args) {
         CommandLine cl = Main.commandLine();
         StringWriter out = new StringWriter();
         StringWriter err = new StringWriter();
@@ -19,7 +19,7 @@ record CliRun(int exit, String out, String err) {
         return new CliRun(exit, out.toString(), err.toString());
     }
 
-    static CliRun host(FakeHost h, String... args) {
+    public static CliRun host(FakeHost h, String... args) {
         List<String> all = new ArrayList<>(List.of("host"));
         all.addAll(List.of(args));
         all.addAll(h.cliRoots());
@@ -27,7 +27,7 @@ record CliRun(int exit, String out, String err) {
     }
 
     /** No Java stack trace reached the user. */
-    boolean noStackTrace() {
+    public boolean noStackTrace() {
         return !err.contains("\tat ") && !err.contains("Exception") && !out.contains("\tat ");
     }
 }

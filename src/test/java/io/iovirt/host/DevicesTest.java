@@ -4,19 +4,25 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.iovirt.host.Assignability.Status;
+import io.iovirt.host.assign.Assignability.Status;
+import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.host.assign.DeviceReport;
+import io.iovirt.host.check.HostCheckTest;
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciDevice;
+import io.iovirt.pci.PciIds;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-class DevicesTest {
+public class DevicesTest {
     @TempDir
     Path tmp;
 
     /** Intel desktop chipset: group 7 holds the LPC bridge, audio and SMBus; the NIC, NVMe and VFs have their own. */
-    static FakeHost desktop(Path dir) {
+    public static FakeHost desktop(Path dir) {
         FakeHost h = new FakeHost(dir).intelHostWithIommu();
         h.device("0000:00:00.0", 0x8086, 0x3e30, 0x060000).group(0);
         h.device("0000:00:01.0", 0x8086, 0x1901, 0x060400).driver("pcieport").group(1);

@@ -14,16 +14,16 @@ import java.util.List;
  * host package reads it exactly as it reads the real thing. It cannot play the kernel's part on writes: a write to
  * drivers_probe only leaves the written value in the file.
  */
-final class FakeHost {
-    final Path root;
-    final Path sys;
-    final Path proc;
-    final Path dev;
-    final Path state;
+public final class FakeHost {
+    public final Path root;
+    public final Path sys;
+    public final Path proc;
+    public final Path dev;
+    public final Path state;
     private final StringBuilder mounts = new StringBuilder();
     private final StringBuilder routes = new StringBuilder("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n");
 
-    FakeHost(Path root) {
+    public FakeHost(Path root) {
         this.root = root;
         this.sys = root.resolve("sys");
         this.proc = root.resolve("proc");
@@ -50,15 +50,15 @@ final class FakeHost {
 
     // ---------------------------------------------------------------- CPU, firmware, kernel
 
-    FakeHost intelCpu(boolean vmx) {
+    public FakeHost intelCpu(boolean vmx) {
         return cpu("GenuineIntel", "fpu vme de pse tsc msr pae" + (vmx ? " vmx" : "") + " sse sse2");
     }
 
-    FakeHost amdCpu(boolean svm) {
+    public FakeHost amdCpu(boolean svm) {
         return cpu("AuthenticAMD", "fpu vme de pse tsc msr pae" + (svm ? " svm" : "") + " sse sse2");
     }
 
-    FakeHost cpu(String vendor, String flags) {
+    public FakeHost cpu(String vendor, String flags) {
         StringBuilder b = new StringBuilder();
         for (int i = 0; i < 2; i++) {
             b.append("processor\t: ").append(i).append("\nvendor_id\t: ").append(vendor).append("\nflags\t\t: ").append(flags).append("\n\n");
@@ -67,41 +67,79 @@ final class FakeHost {
         return this;
     }
 
-    FakeHost cmdline(String text) {
+    public FakeHost cmdline(String text) {
         write(proc.resolve("cmdline"), text + "\n");
         return this;
     }
 
-    FakeHost acpiTable(String name) {
+    public FakeHost acpiTable(String name) {
         write(sys.resolve("firmware/acpi/tables/" + name), "table");
         return this;
     }
 
-    FakeHost iommu(String name) {
+    public FakeHost iommu(String name) {
         mkdir(sys.resolve("devices/virtual/iommu/" + name));
         mkdir(sys.resolve("class/iommu"));
         link(sys.resolve("class/iommu/" + name), "../../devices/virtual/iommu/" + name);
         return this;
     }
 
-    FakeHost interruptRemapping() {
+    public FakeHost interruptRemapping() {
         write(proc.resolve("interrupts"), "           CPU0\n  0:         10   IR-IO-APIC    2-edge      timer\n"
                 + " 24:          0   IR-PCI-MSI-0000:00:1f.2    0-edge      ahci\n");
         return this;
     }
 
-    FakeHost kvm() {
+    /**
+     * A /dev/kvm node. A fixture file cannot answer KVM ioctls, so a check run through {@link #kvmProbe()} sees it as
+     * the kind of KVM given here; the real probe (the CLI on fixture roots) sees "not a KVM device".
+     */
+    public FakeHost kvm() {
+        return kvm(KvmKind.WORKING);
+    }
+
+    public FakeHost kvm(KvmKind kind) {
         write(dev.resolve("kvm"), "");
+        kvmKind = kind;
         return this;
     }
 
-    FakeHost capIpcLock() {
+    /** What {@link #kvmProbe()} reports for the fixture's /dev/kvm. */
+    public enum KvmKind { WORKING, DENIED, NO_VM }
+
+    private KvmKind kvmKind = KvmKind.WORKING;
+
+    /** A KVM probe for {@link HostCheck#run(HostPaths, long, java.util.function.BiFunction)} on this fixture. */
+    public java.util.function.BiFunction<Path, String, io.iovirt.vm.Accelerator.KvmFacts> kvmProbe() {
+        return (device, cpuinfo) -> {
+            io.iovirt.vm.Accelerator.KvmFacts real = io.iovirt.vm.Accelerator.probe(device, cpuinfo);
+            if (!real.exists()) {
+                return real;
+            }
+            return switch (kvmKind) {
+                case WORKING -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, 0, 12, 0, real.cpuFlags());
+                case DENIED -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, io.iovirt.linux.Errno.EACCES, 0, 0, real.cpuFlags());
+                case NO_VM -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, 0, 12, -io.iovirt.linux.Errno.EBUSY, real.cpuFlags());
+            };
+        };
+    }
+
+    /** /dev/net/tun, /dev/vhost-net and reserved huge pages: what a host for every technique has. */
+    public FakeHost netDevicesAndHugepages(long hugepages) {
+        write(dev.resolve("net/tun"), "");
+        write(dev.resolve("vhost-net"), "");
+        write(proc.resolve("meminfo"), "MemTotal:       24000000 kB\nHugePages_Total:    " + hugepages
+                + "\nHugePages_Free:     " + hugepages + "\nHugepagesize:       2048 kB\n");
+        return this;
+    }
+
+    public FakeHost capIpcLock() {
         write(proc.resolve("self/status"), "Name:\tjava\nCapEff:\t000001ffffffffff\n");
         return this;
     }
 
     /** vfio, vfio_iommu_type1 and vfio-pci loaded, /dev/vfio/vfio present. */
-    FakeHost vfio() {
+    public FakeHost vfio() {
         mkdir(sys.resolve("module/vfio"));
         mkdir(sys.resolve("module/vfio_iommu_type1/parameters"));
         write(sys.resolve("module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"), "N\n");
@@ -112,7 +150,7 @@ final class FakeHost {
     }
 
     /** A driver directory with bind/unbind/new_id. */
-    FakeHost driver(String name) {
+    public FakeHost driver(String name) {
         Path d = sys.resolve("bus/pci/drivers/" + name);
         mkdir(d);
         for (String f : List.of("bind", "unbind", "new_id", "remove_id")) {
@@ -124,40 +162,42 @@ final class FakeHost {
     }
 
     /** A typical Intel host with the IOMMU on: VT-x, /dev/kvm, DMAR, dmar0, IR, intel_iommu=on iommu=pt, vfio. */
-    FakeHost intelHostWithIommu() {
+    public FakeHost intelHostWithIommu() {
         return intelCpu(true).kvm().acpiTable("DMAR").iommu("dmar0").interruptRemapping()
-                .cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt").vfio().capIpcLock();
+                .cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt").vfio().capIpcLock()
+                .netDevicesAndHugepages(512);
     }
 
     /** An AMD host: AMD-V, IVRS, ivhd0, IR, no command-line switch needed. */
-    FakeHost amdHostWithIommu() {
-        return amdCpu(true).kvm().acpiTable("IVRS").iommu("ivhd0").interruptRemapping().vfio().capIpcLock();
+    public FakeHost amdHostWithIommu() {
+        return amdCpu(true).kvm().acpiTable("IVRS").iommu("ivhd0").interruptRemapping().vfio().capIpcLock()
+                .netDevicesAndHugepages(512);
     }
 
     // ---------------------------------------------------------------- PCI devices
 
-    final class Dev {
+    public final class Dev {
         final String bdf;
         final Path dir;
 
-        Dev(String bdf) {
+        public Dev(String bdf) {
             this.bdf = bdf;
             this.dir = sys.resolve("devices/pci0000:00/" + bdf);
         }
 
-        Dev attr(String name, String value) {
+        public Dev attr(String name, String value) {
             write(dir.resolve(name), value);
             return this;
         }
 
-        Dev driver(String name) {
+        public Dev driver(String name) {
             FakeHost.this.driver(name);
             relink(dir.resolve("driver"), "../../../bus/pci/drivers/" + name);
             link(sys.resolve("bus/pci/drivers/" + name + "/" + bdf), "../../../../devices/pci0000:00/" + bdf);
             return this;
         }
 
-        Dev group(int n) {
+        public Dev group(int n) {
             Path g = sys.resolve("kernel/iommu_groups/" + n + "/devices");
             mkdir(g);
             write(g.getParent().resolve("type"), "DMA\n");
@@ -168,7 +208,7 @@ final class FakeHost {
         }
 
         /** SR-IOV PF attributes with {@code vfs} existing VF links. */
-        Dev sriov(int total, List<String> vfs) {
+        public Dev sriov(int total, List<String> vfs) {
             attr("sriov_totalvfs", total + "\n");
             attr("sriov_numvfs", vfs.size() + "\n");
             attr("sriov_drivers_autoprobe", "1\n");
@@ -180,19 +220,19 @@ final class FakeHost {
             return this;
         }
 
-        Dev physfn(String pf) {
+        public Dev physfn(String pf) {
             link(dir.resolve("physfn"), "../" + pf);
             return this;
         }
 
-        Dev nvmeController(String name) {
+        public Dev nvmeController(String name) {
             mkdir(dir.resolve("nvme/" + name));
             write(dev.resolve(name), "");
             return this;
         }
 
         /** A block device (and optional partitions) below this function, as /sys/class/block links. */
-        Dev block(String subpath, String name, String... partitions) {
+        public Dev block(String subpath, String name, String... partitions) {
             Path bdir = dir.resolve(subpath).resolve(name);
             mkdir(bdir);
             String rel = "../../devices/pci0000:00/" + bdf + "/" + subpath + "/" + name;
@@ -205,7 +245,7 @@ final class FakeHost {
             return this;
         }
 
-        Dev net(String iface, int queues) {
+        public Dev net(String iface, int queues) {
             Path ndir = dir.resolve("net/" + iface);
             mkdir(ndir);
             for (int q = 0; q < queues; q++) {
@@ -218,7 +258,7 @@ final class FakeHost {
     }
 
     /** A PCI function with its standard attributes. */
-    Dev device(String bdf, int vendor, int device, int cls) {
+    public Dev device(String bdf, int vendor, int device, int cls) {
         Dev d = new Dev(bdf);
         mkdir(d.dir);
         d.attr("vendor", String.format("0x%04x\n", vendor));
@@ -234,19 +274,19 @@ final class FakeHost {
         return d;
     }
 
-    Dev dev(String bdf) {
+    public Dev dev(String bdf) {
         return new Dev(bdf);
     }
 
     // ---------------------------------------------------------------- host usage
 
-    FakeHost mount(String source, String target) {
+    public FakeHost mount(String source, String target) {
         mounts.append(source).append(' ').append(target).append(" ext4 rw,relatime 0 0\n");
         flushMounts();
         return this;
     }
 
-    FakeHost defaultRoute(String iface) {
+    public FakeHost defaultRoute(String iface) {
         routes.append(iface).append("\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n");
         flushRoutes();
         return this;
@@ -262,21 +302,21 @@ final class FakeHost {
 
     // ---------------------------------------------------------------- access
 
-    HostPaths paths() {
+    public HostPaths paths() {
         return new HostPaths(sys, proc, dev, state, null, List.of());
     }
 
-    HostPaths paths(Path pciIds) {
+    public HostPaths paths(Path pciIds) {
         return new HostPaths(sys, proc, dev, state, pciIds, List.of());
     }
 
     /** The CLI options that point at this fixture. */
-    List<String> cliRoots() {
+    public List<String> cliRoots() {
         return new ArrayList<>(List.of("--sysfs-root", sys.toString(), "--proc-root", proc.toString(), "--dev-root", dev.toString(),
                 "--state-dir", state.toString()));
     }
 
-    String read(String sysRelative) {
+    public String read(String sysRelative) {
         try {
             return Files.readString(sys.resolve(sysRelative));
         } catch (IOException e) {
@@ -284,7 +324,7 @@ final class FakeHost {
         }
     }
 
-    static void write(Path p, String content) {
+    public static void write(Path p, String content) {
         try {
             Files.createDirectories(p.getParent());
             Files.writeString(p, content, StandardCharsets.ISO_8859_1);
@@ -293,7 +333,7 @@ final class FakeHost {
         }
     }
 
-    static void mkdir(Path p) {
+    public static void mkdir(Path p) {
         try {
             Files.createDirectories(p);
         } catch (IOException e) {
@@ -301,7 +341,7 @@ final class FakeHost {
         }
     }
 
-    static void link(Path link, String target) {
+    public static void link(Path link, String target) {
         try {
             Files.createDirectories(link.getParent());
             Files.createSymbolicLink(link, Path.of(target));
@@ -310,7 +350,7 @@ final class FakeHost {
         }
     }
 
-    static void relink(Path link, String target) {
+    public static void relink(Path link, String target) {
         try {
             Files.deleteIfExists(link);
         } catch (IOException e) {

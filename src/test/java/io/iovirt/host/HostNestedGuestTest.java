@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.cli.HostCommand;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.GuestResult;
 import io.iovirt.vm.QemuGuest;

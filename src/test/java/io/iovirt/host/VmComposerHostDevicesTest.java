@@ -4,6 +4,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.pci.Bdf;
 import io.iovirt.vm.compose.VmComposer;
 import io.iovirt.vm.compose.VmSpec;
 import java.nio.file.Path;

@@ -1,12 +1,12 @@
 package io.iovirt.linux;
 
+import io.iovirt.testing.Require;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -153,7 +153,7 @@ class FileIoTest {
             FileIo.fsync(fd);
         }
         String loop = attachLoop(backing);
-        assumeTrue(loop != null, "losetup could not attach a loop device here");
+        Require.that(loop != null, "losetup could not attach a loop device here");
         try (Arena a = Arena.ofConfined(); Fd dev = FileIo.open(Path.of(loop), FileIo.O_RDWR | FileIo.O_DIRECT)) {
             assertTrue(FileIo.stat(dev).isBlockDevice());
             assertEquals(1 << 20, FileIo.blockDeviceSize(dev));

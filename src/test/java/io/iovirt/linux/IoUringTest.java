@@ -1,12 +1,12 @@
 package io.iovirt.linux;
 
+import io.iovirt.testing.Require;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -29,7 +29,7 @@ class IoUringTest {
     @BeforeEach
     void needsIoUring() {
         String why = IoUring.unavailableReason();
-        assumeTrue(why == null, why);
+        Require.that(why == null, why);
     }
 
     private static MemorySegment pattern(Arena a, long size, int seed) {

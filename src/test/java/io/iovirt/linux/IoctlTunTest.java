@@ -1,11 +1,11 @@
 package io.iovirt.linux;
 
+import io.iovirt.testing.Require;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -51,13 +51,13 @@ class IoctlTunTest {
 
     @Test
     void tapInterfaceAnswersAnArpRequestWrittenToIt() throws Exception {
-        assumeTrue(Files.isWritable(Path.of("/dev/net/tun")), "/dev/net/tun is not accessible");
+        Require.that(Files.isWritable(Path.of("/dev/net/tun")), "/dev/net/tun is not accessible");
         String name = "iovt" + Integer.toHexString(ThreadLocalRandom.current().nextInt(0x10000, 0xfffff));
         Tun tap;
         try {
             tap = Tun.openTap(name);
         } catch (LinuxException e) {
-            assumeTrue(e.errno() != Errno.EPERM, "no CAP_NET_ADMIN: " + e.getMessage());
+            Require.that(e.errno() != Errno.EPERM, "no CAP_NET_ADMIN: " + e.getMessage());
             throw e;
         }
         // 198.18.0.0/15 is reserved for benchmarking: a /32 on our own interface cannot disturb anything else.

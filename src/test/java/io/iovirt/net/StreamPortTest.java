@@ -1,5 +1,7 @@
 package io.iovirt.net;
 
+import io.iovirt.testing.Frames;
+import io.iovirt.testing.Await;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -74,13 +76,17 @@ class StreamPortTest {
         }
     }
 
-    static void await(BooleanSupplier cond, String what) throws InterruptedException {
-        long deadline = System.nanoTime() + 20_000_000_000L;
-        while (!cond.getAsBoolean()) {
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("timed out waiting for " + what);
-            }
-            Thread.sleep(5);
+    static final Duration TIMEOUT = Duration.ofSeconds(20);
+
+    static void await(BooleanSupplier cond, String what) {
+        Await.until(TIMEOUT, what, cond);
+    }
+
+    private static int unreadByPort(UnixSocket peer) {
+        try {
+            return peer.unreadByPeer();
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException(e);
         }
     }
 
@@ -123,7 +129,8 @@ class StreamPortTest {
             for (int cut : cuts) {
                 send(peer, java.util.Arrays.copyOfRange(wire, from, cut));
                 from = cut;
-                Thread.sleep(20); // let the port read each piece on its own
+                // the port has read this piece before the next is sent: each piece arrives in a read of its own
+                Await.until(TIMEOUT, "the port read the piece ending at byte " + cut, () -> unreadByPort(peer) == 0);
             }
             await(() -> other.stats().txPackets() == 2, "both frames");
             for (byte[] g : other.takeSent()) {

@@ -1,5 +1,6 @@
 package io.iovirt.net;
 
+import io.iovirt.testing.Frames;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;

@@ -1,5 +1,6 @@
 package io.iovirt.storage;
 
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -17,7 +18,6 @@ import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Random;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -69,7 +69,7 @@ class RawImageTest {
     @ValueSource(booleans = {false, true})
     void asynchronousRoundTripThroughIoUringWithContextsOverSharedMemory(boolean direct) throws Exception {
         String why = IoUring.unavailableReason();
-        Assumptions.assumeTrue(why == null, why);
+        Require.that(why == null, why);
         Path p = image(1 << 20);
         byte[] data = new byte[3 * 4096];
         new Random(11).nextBytes(data);

@@ -1,9 +1,9 @@
 package io.iovirt.vfio;
 
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.IOException;
 import java.lang.foreign.GroupLayout;
@@ -80,7 +80,7 @@ class VfioAbiTest {
 
     @Test
     void ioctlNumbersMatchTheInstalledHeader() throws IOException {
-        assumeTrue(Files.isReadable(HEADER), HEADER + " is not installed (apt-get install linux-libc-dev)");
+        Require.that(Files.isReadable(HEADER), HEADER + " is not installed (apt-get install linux-libc-dev)");
         String h = Files.readString(HEADER);
         Map<String, Long> ours = Map.ofEntries(
                 Map.entry("VFIO_GET_API_VERSION", VfioAbi.GET_API_VERSION),
@@ -109,7 +109,7 @@ class VfioAbiTest {
 
     @Test
     void structLayoutsMatchTheInstalledHeader() throws IOException {
-        assumeTrue(Files.isReadable(HEADER), HEADER + " is not installed (apt-get install linux-libc-dev)");
+        Require.that(Files.isReadable(HEADER), HEADER + " is not installed (apt-get install linux-libc-dev)");
         Map<String, CStruct> structs = CStruct.parseAll(Files.readString(HEADER));
         check(structs, "vfio_group_status", VfioAbi.GROUP_STATUS);
         check(structs, "vfio_device_info", VfioAbi.DEVICE_INFO);

@@ -25,7 +25,7 @@ import org.junit.jupiter.api.io.TempDir;
  * driver with fio (libaio, O_DIRECT). Not a test: it asserts only that every run produced numbers, and prints a
  * Markdown table (also written to target/benchmarks-vfio.md).
  *
- * <p>Run: {@code ./mvnw -B test -Dtest=VfioNvmeBenchmark -Diovirt.bench=true [-Diovirt.bench.seconds=10]}
+ * <p>Run: {@code ./mvnw -B verify -DskipUTs -Dit.test=VfioNvmeBenchmark -Diovirt.bench=true [-Diovirt.bench.seconds=10]}
  */
 @Tag("guest")
 @EnabledIfSystemProperty(named = "iovirt.bench", matches = "true")

@@ -29,6 +29,13 @@ import org.junit.jupiter.api.io.TempDir;
  * in the middle of a benchmark releases the device; and a command pointing at an unmapped IOVA is stopped by the
  * IOMMU (DMAR fault in the guest's kernel log) without touching memory outside the mappings.
  */
+/*
+ * QEMU's SIGSEGV in this test (issue 8: QEMU 7.2 TCG on an Intel host with a PVM /dev/kvm, during the bench + SIGTERM
+ * step): not reproduced on this project's AMD EPYC machine in 4 runs (multi-threaded TCG, -smp 2). The driver's
+ * shutdown now quiesces before it disables the controller (see NvmeController.close() and the assertion on the
+ * terminating line below), and a QEMU that dies from a signal puts gdb's backtrace of its core into the failure
+ * message (io.iovirt.vm.CoreDump), so the next crash names QEMU's function in the CI log.
+ */
 @Tag("guest")
 class VfioNvmeGuestTest {
     /** One run took 3.8 minutes with the 2-core machine's load average at 7-13 (JVM starts dominate); ~3x that. */
@@ -139,6 +146,9 @@ class VfioNvmeGuestTest {
         String bench = section(out, "bench");
         assertTrue(bench.startsWith("bench: " + VfioGuest.BDF + ", namespace 1 (64M), randread 4k qd 4"), bench);
         assertTrue(bench.contains("iovirt: terminating: NVMe controller " + VfioGuest.BDF + " shut down"), bench);
+        // the shutdown order: the reads in flight complete before CC.SHN / CC.EN=0, then BAR, DMA, group, container
+        assertTrue(bench.matches("(?s).*shut down \\((\\d+ I/O commands in flight completed first|no I/O in flight)\\); "
+                + "device, DMA mappings, group and container released.*"), bench);
 
         // a mapping beyond the locked-memory limit fails with the limit and the remedy named
         assertEquals("1", r.field("memlock_rc"), out);

@@ -1,5 +1,6 @@
 package io.iovirt.vhostuser;
 
+import io.iovirt.testing.Await;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -14,7 +15,12 @@ final class ChildProcess implements AutoCloseable {
     private final Path log;
     private final String name;
 
-    private ChildProcess(Process process, Path log, String name) {
+    private final Path dir;
+    private final String program;
+
+    private ChildProcess(Process process, Path log, String name, Path dir, String program) {
+        this.dir = dir;
+        this.program = program;
         this.process = process;
         this.log = log;
         this.name = name;
@@ -22,9 +28,11 @@ final class ChildProcess implements AutoCloseable {
 
     static ChildProcess start(Path dir, String name, List<String> command) throws IOException {
         Path log = dir.resolve(name + ".log");
-        Process p = new ProcessBuilder(command).redirectErrorStream(true).redirectOutput(log.toFile())
+        // may dump core into dir: a crash reaches the failure message as a gdb backtrace
+        Process p = new ProcessBuilder(io.iovirt.vm.CoreDump.wrap(command)).directory(dir.toFile())
+                .redirectErrorStream(true).redirectOutput(log.toFile())
                 .redirectInput(ProcessBuilder.Redirect.from(Path.of("/dev/null").toFile())).start();
-        return new ChildProcess(p, log, name);
+        return new ChildProcess(p, log, name, dir, command.getFirst());
     }
 
     static boolean installed(String program) {
@@ -37,17 +45,18 @@ final class ChildProcess implements AutoCloseable {
     }
 
     /** Waits (bounded) until {@code condition} holds; fails with the process's output if it exits or time runs out. */
-    void await(String what, Duration timeout, BooleanSupplier condition) throws Exception {
-        long deadline = System.nanoTime() + timeout.toNanos();
-        while (!condition.getAsBoolean()) {
+    void await(String what, Duration timeout, BooleanSupplier condition) {
+        Await.until(timeout, () -> what + "; " + name + " said:\n" + output(), () -> {
+            if (condition.getAsBoolean()) {
+                return true;
+            }
             if (!process.isAlive()) {
-                throw new AssertionError(name + " exited with " + process.exitValue() + " before " + what + ":\n" + output());
+                String crash = io.iovirt.vm.CoreDump.report(name, process.pid(), process.exitValue(), dir, program);
+                throw new AssertionError(name + " exited with " + process.exitValue() + " before " + what + ":\n" + output()
+                        + (crash.isEmpty() ? "" : "\n" + crash));
             }
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("no " + what + " within " + timeout + "; " + name + " said:\n" + output());
-            }
-            Thread.sleep(20);
-        }
+            return false;
+        });
     }
 
     boolean isAlive() {

@@ -1,9 +1,9 @@
 package io.iovirt.vhostuser;
 
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
@@ -17,6 +17,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Arrays;
 import java.util.List;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -27,6 +28,7 @@ import org.junit.jupiter.api.io.TempDir;
  * driver lives in io.iovirt.virtio). Proves the frontend's messages are what a real backend expects.
  */
 @Timeout(120)
+@Tag("peer") // a real qemu-storage-daemon / iovirt backend process: Failsafe
 class FrontendAgainstQemuStorageDaemonTest {
     private static final ValueLayout.OfShort U16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final ValueLayout.OfInt U32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
@@ -42,7 +44,7 @@ class FrontendAgainstQemuStorageDaemonTest {
 
     @Test
     void negotiatesAndMovesDataThroughARealBackend() throws Exception {
-        assumeTrue(ChildProcess.installed("qemu-storage-daemon"), "qemu-storage-daemon is not installed (apt-get install qemu-system-x86)");
+        Require.that(ChildProcess.installed("qemu-storage-daemon"), "qemu-storage-daemon is not installed (apt-get install qemu-system-x86)");
         Path image = dir.resolve("disk.raw");
         byte[] sector0 = new byte[512];
         for (int i = 0; i < 512; i++) {

@@ -1,9 +1,9 @@
 package io.iovirt.vhostuser;
 
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.memory.GuestMemory;
 import java.nio.file.Path;
@@ -32,17 +32,19 @@ class ServerAgainstQemuTest {
     Path dir;
 
     private ChildProcess qemu(Path sock, String name) throws Exception {
-        return ChildProcess.start(dir, name, List.of("qemu-system-x86_64", "-accel", "tcg",
-                "-machine", "q35,memory-backend=mem", "-m", "64M",
+        List<String> cmd = new ArrayList<>(List.of("qemu-system-x86_64"));
+        cmd.addAll(io.iovirt.vm.Accelerator.system().qemuArgs());
+        cmd.addAll(List.of("-machine", "q35,memory-backend=mem", "-m", "64M",
                 "-object", "memory-backend-memfd,id=mem,size=64M,share=on",
                 "-nodefaults", "-display", "none", "-serial", "none", "-monitor", "none", "-nic", "none",
                 "-chardev", "socket,id=c0,path=" + sock,
                 "-device", "vhost-user-blk-pci,chardev=c0,num-queues=1"));
+        return ChildProcess.start(dir, name, cmd);
     }
 
     @Test
     void qemuNegotiatesStartsTheQueueAndReconnects() throws Exception {
-        assumeTrue(ChildProcess.installed("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
+        Require.that(ChildProcess.installed("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
         Path sock = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(1);
         List<String> messages = new ArrayList<>();

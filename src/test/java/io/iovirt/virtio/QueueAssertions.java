@@ -1,5 +1,6 @@
 package io.iovirt.virtio;
 
+import io.iovirt.testing.GuestFixture;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;

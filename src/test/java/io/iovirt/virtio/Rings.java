@@ -1,5 +1,6 @@
 package io.iovirt.virtio;
 
+import io.iovirt.testing.GuestFixture;
 import net.jqwik.api.Arbitraries;
 import net.jqwik.api.Arbitrary;
 import net.jqwik.api.Combinators;

@@ -1,5 +1,6 @@
 package io.iovirt.virtio;
 
+import io.iovirt.testing.GuestFixture;
 import static io.iovirt.virtio.QueueAssertions.assertCreateFails;
 import static io.iovirt.virtio.QueueAssertions.assertPopFails;
 import static io.iovirt.virtio.QueueAssertions.bytes;

@@ -1,5 +1,6 @@
 package io.iovirt.vm;
 
+import io.iovirt.testing.Await;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -52,14 +53,45 @@ class ChildProcessTest {
     void stopSendsSigtermFirst() {
         try (ChildProcess p = ChildProcess.builder("sh", "-c", "trap 'echo got-term; exit 0' TERM; "
                 + "echo ready; while :; do sleep 0.1; done").log(dir.resolve("t.log")).start()) {
-            long deadline = System.nanoTime() + Duration.ofSeconds(30).toNanos();
-            while (!p.log().contains("ready") && System.nanoTime() < deadline) {
-                Thread.onSpinWait();
-            }
+            Await.until(Duration.ofSeconds(30), "the shell's trap is set", () -> p.log().contains("ready"));
             p.stop(Duration.ofSeconds(20));
             assertFalse(p.isAlive());
             assertEquals(0, p.exitValue());
             assertTrue(p.log().contains("got-term"), p.log());
+        }
+    }
+
+    /**
+     * A child that dies from SIGSEGV in its directory: the report names the signal and carries gdb's backtrace of
+     * the core (or, on a host whose core_pattern pipes cores elsewhere, says where they went). The core is removed.
+     */
+    @Test
+    void aChildKilledBySigsegvComesWithItsBacktrace() throws Exception {
+        Path cwd = java.nio.file.Files.createDirectories(dir.resolve("crash"));
+        try (ChildProcess p = ChildProcess.builder("sh", "-c", "echo started; kill -SEGV $$")
+                .log(dir.resolve("crash.log")).directory(cwd).start()) {
+            assertTrue(p.waitFor(Duration.ofSeconds(30)));
+            assertEquals(128 + 11, p.exitValue());
+            String report = p.crashReport();
+            assertTrue(report.startsWith("sh (pid " + p.pid() + ") was killed by SIGSEGV"), report);
+            if (CoreDump.corePattern().startsWith("|")) {
+                assertTrue(report.contains("no core dump found") && report.contains("core_pattern: |"), report);
+            } else {
+                assertTrue(report.contains("; backtrace from " + cwd), report);
+                assertTrue(report.contains("#0 "), "gdb printed no frame: " + report);
+                try (var files = java.nio.file.Files.list(cwd)) {
+                    assertEquals(0, files.count(), "the core is deleted after the backtrace");
+                }
+            }
+            assertEquals(report, p.crashReport(), "read once, reported the same every time");
+        }
+    }
+
+    @Test
+    void aNormalExitHasNoCrashReport() {
+        try (ChildProcess p = ChildProcess.builder("sh", "-c", "exit 0").log(dir.resolve("ok.log")).directory(dir).start()) {
+            assertTrue(p.waitFor(Duration.ofSeconds(30)));
+            assertEquals("", p.crashReport());
         }
     }
 
@@ -70,15 +102,10 @@ class ChildProcessTest {
         assertTrue(e.getMessage().contains("install-deps.sh"), e.getMessage());
     }
 
-    private static List<ProcessHandle> awaitChildren(ChildProcess p, int n) throws InterruptedException {
-        long deadline = System.nanoTime() + Duration.ofSeconds(30).toNanos();
-        while (System.nanoTime() < deadline) {
+    private static List<ProcessHandle> awaitChildren(ChildProcess p, int n) {
+        return Await.value(Duration.ofSeconds(30), "the shell starts " + n + " children", () -> {
             List<ProcessHandle> kids = ProcessHandle.of(p.pid()).orElseThrow().children().toList();
-            if (kids.size() >= n) {
-                return kids;
-            }
-            Thread.sleep(10);
-        }
-        throw new AssertionError("the shell did not start its children");
+            return kids.size() >= n ? java.util.Optional.of(kids) : java.util.Optional.empty();
+        });
     }
 }

@@ -6,10 +6,12 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.RandomAccessFile;
 import java.nio.file.Path;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /** Starts the real qemu-storage-daemon; no guest. */
+@Tag("peer") // a real qemu-storage-daemon / iovirt backend process: Failsafe
 class QemuStorageDaemonTest {
 
     @TempDir

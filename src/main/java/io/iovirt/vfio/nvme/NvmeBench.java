@@ -1,5 +1,6 @@
 package io.iovirt.vfio.nvme;
 
+import io.iovirt.util.LatencyHistogram;
 import io.iovirt.vfio.DmaBuffer;
 import io.iovirt.vfio.VfioException;
 import java.util.Locale;
@@ -66,8 +67,8 @@ public final class NvmeBench {
         r.run(w, queueDepth, seconds, true);
         double elapsed = (System.nanoTime() - t0) / 1e9;
         LatencyHistogram h = r.histogram;
-        return new Result(queueDepth, h.count(), elapsed, h.count() / elapsed, h.mean() / 1e3, h.quantile(0.5) / 1e3,
-                h.quantile(0.99) / 1e3, h.quantile(0.999) / 1e3, h.max() / 1e3, c.irqMode().name(),
+        return new Result(queueDepth, h.count(), elapsed, h.count() / elapsed, h.mean() / 1e3, h.valueAtQuantile(0.5) / 1e3,
+                h.valueAtQuantile(0.99) / 1e3, h.valueAtQuantile(0.999) / 1e3, h.max() / 1e3, c.irqMode().name(),
                 w.interrupts() - interruptsBefore);
     }
 
@@ -159,7 +160,8 @@ public final class NvmeBench {
                 return;
             }
             histogram.record(now - started[cid]);
-            if (failedStatus < 0 && now - deadline < 0) {
+            // a controller being closed (SIGTERM) gets no new commands: the reads in flight drain, then run() returns
+            if (failedStatus < 0 && now - deadline < 0 && !c.quiescing()) {
                 submitOne();
             }
         }

@@ -4,6 +4,8 @@ import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.nvme.IdentifyController;
+import io.iovirt.nvme.IdentifyNamespace;
 import io.iovirt.vfio.DmaArena;
 import io.iovirt.vfio.DmaBuffer;
 import io.iovirt.vfio.IrqInfo;
@@ -95,6 +97,8 @@ public final class NvmeController implements AutoCloseable {
     private long maxTransfer;
     private volatile boolean failed;
     private boolean closed;
+    /** Set first by {@link #close()}: I/O loops stop submitting so the commands in flight can drain. */
+    private volatile boolean quiescing;
     private final long[] prp = new long[2];
 
     private NvmeController(VfioSession session, Options options) {
@@ -382,7 +386,11 @@ public final class NvmeController implements AutoCloseable {
     private IdentifyNamespace identifyNamespace(int nsid) throws VfioException {
         adminCommand("Identify Namespace " + nsid, NvmeRegs.ADMIN_IDENTIFY, nsid, scratch.iova(), 0,
                 NvmeRegs.CNS_NAMESPACE, 0, 0);
-        return IdentifyNamespace.parse(nsid, scratch.segment());
+        try {
+            return IdentifyNamespace.parse(nsid, scratch.segment());
+        } catch (IllegalArgumentException e) {
+            throw new NvmeException(device.name() + ": " + e.getMessage());
+        }
     }
 
     // ---- public API ---------------------------------------------------------------------------------------------
@@ -416,11 +424,6 @@ public final class NvmeController implements AutoCloseable {
     /** The interrupt completions are signalled by (POLL when none). */
     public IrqMode irqMode() {
         return irqMode;
-    }
-
-    /** Interrupts received on the I/O queue's vector so far. */
-    public long ioInterrupts() {
-        return ioWaiter.interrupts();
     }
 
     public DmaArena arena() {
@@ -501,6 +504,18 @@ public final class NvmeController implements AutoCloseable {
         return options;
     }
 
+    private volatile String quiesceReport = "no I/O queue";
+
+    /** What {@link #close()} found in flight and whether it drained before the controller was disabled. */
+    public String quiesceReport() {
+        return quiesceReport;
+    }
+
+    /** True once {@link #close()} has begun: submit nothing more. */
+    boolean quiescing() {
+        return quiescing;
+    }
+
     void markFailed() {
         failed = true;
     }
@@ -533,8 +548,23 @@ public final class NvmeController implements AutoCloseable {
         }
         // No Delete I/O Queue commands: disabling the controller deletes every I/O queue, and close() may run on a
         // shutdown-hook thread while another thread is in the middle of an admin command.
+        //
+        // Order: (1) stop new submissions and let the commands in flight complete (bounded), so the controller is
+        // never disabled under the device's in-flight DMA and no doorbell is rung on a disabled controller;
+        // (2) CC.SHN, wait for CSTS.SHST; (3) CC.EN=0, wait for CSTS.RDY=0 — the device does no more DMA;
+        // (4) interrupts off; (5) BAR0 unmapped. The caller then closes the device, unmaps DMA and releases the group.
+        quiescing = true;
         try {
             closed = true;
+            if (io != null) {
+                int before = io.outstandingFromOtherThread();
+                long limit = Math.min(options.commandTimeout().toMillis(), QUIESCE_LIMIT_MS);
+                awaitIdle(io, limit);
+                int after = io.outstandingFromOtherThread();
+                quiesceReport = before == 0 ? "no I/O in flight"
+                        : after == 0 ? before + " I/O commands in flight completed first"
+                        : after + " of " + before + " I/O commands still in flight after " + limit + " ms";
+            }
             if (bar != null && cap != null) {
                 try {
                     shutdown();
@@ -557,6 +587,17 @@ public final class NvmeController implements AutoCloseable {
             if (bar != null) {
                 bar.close();
             }
+        }
+    }
+
+    /** Up to this long for the commands in flight to complete at close, even with a long command timeout. */
+    private static final long QUIESCE_LIMIT_MS = 2000;
+
+    /** Waits until {@code q} has no command in flight (its owner thread reaps them) or {@code limitMs} passes. */
+    private static void awaitIdle(QueuePair q, long limitMs) {
+        long deadline = System.nanoTime() + limitMs * 1_000_000;
+        while (q.outstandingFromOtherThread() > 0 && System.nanoTime() - deadline < 0) {
+            sleepMillis(1);
         }
     }
 

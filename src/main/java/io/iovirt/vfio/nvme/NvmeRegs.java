@@ -57,8 +57,8 @@ final class NvmeRegs {
     static final int FEATURE_NUMBER_OF_QUEUES = 0x07;
 
     /** Submission and completion queue entry sizes as log2, the only ones NVMe I/O queues use. */
-    static final int SQES_LOG2 = 6;
-    static final int CQES_LOG2 = 4;
+    static final int SQES_LOG2 = io.iovirt.nvme.IdentifyController.SQE_LOG2;
+    static final int CQES_LOG2 = io.iovirt.nvme.IdentifyController.CQE_LOG2;
 
     /** The decoded CAP register. */
     record Capabilities(long raw) {

@@ -22,6 +22,15 @@ final class QueuePair {
     }
 
     private static final VarHandle STATUS_WORD = JAVA_SHORT.varHandle();
+    private static final VarHandle PUBLISHED;
+
+    static {
+        try {
+            PUBLISHED = java.lang.invoke.MethodHandles.lookup().findVarHandle(QueuePair.class, "published", int.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
+    }
 
     final int qid;
     final int depth;
@@ -41,6 +50,9 @@ final class QueuePair {
     private final int[] freeCids;
     private int freeTop;
     private final boolean[] inFlight;
+    /** {@link #outstanding()} as last published (release store) for another thread: the one shutting down. */
+    @SuppressWarnings("unused") // accessed through PUBLISHED
+    private int published;
     // the last completion of each cid, for synchronous callers
     final int[] lastStatus;
     final int[] lastDw0;
@@ -83,6 +95,14 @@ final class QueuePair {
         return depth - 1 - freeTop;
     }
 
+    /**
+     * Commands in flight as seen from another thread (the owner publishes after each submit and each reap; a plain
+     * store on x86, no fence on the I/O path).
+     */
+    int outstandingFromOtherThread() {
+        return (int) PUBLISHED.getAcquire(this);
+    }
+
     int maxOutstanding() {
         return depth - 1;
     }
@@ -115,6 +135,7 @@ final class QueuePair {
         inFlight[cid] = true;
         sqTail = sqTail + 1 == depth ? 0 : sqTail + 1;
         bar.write32(sqDoorbell, sqTail); // volatile store: the entry's plain stores are visible before it
+        PUBLISHED.setRelease(this, outstanding());
     }
 
     /**
@@ -156,6 +177,7 @@ final class QueuePair {
         }
         if (n > 0) {
             bar.write32(cqDoorbell, cqHead);
+            PUBLISHED.setRelease(this, outstanding());
         }
         return n;
     }

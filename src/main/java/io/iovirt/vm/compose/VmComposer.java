@@ -2,19 +2,20 @@ package io.iovirt.vm.compose;
 
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.devices.net.VirtioNetPort;
-import io.iovirt.host.AssignmentRegistry;
-import io.iovirt.host.Assigning;
-import io.iovirt.host.Bdf;
 import io.iovirt.host.HostConfigException;
 import io.iovirt.host.HostPaths;
-import io.iovirt.host.PciDevice;
-import io.iovirt.host.PciInventory;
-import io.iovirt.host.VfioConfig;
+import io.iovirt.host.assign.Assigning;
+import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.host.assign.VfioConfig;
 import io.iovirt.net.Mac;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciDevice;
+import io.iovirt.pci.PciInventory;
 import io.iovirt.storage.RawImage;
 import io.iovirt.vhostuser.VhostUserServer;
+import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.QemuGuest;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -37,13 +38,15 @@ public final class VmComposer implements AutoCloseable {
     private final VmSpec spec;
     private final Path runDir;
     private final HostPaths host;
+    private final Accelerator.Decision accel;
     private final List<AutoCloseable> backends = new ArrayList<>();
     private final List<String> args = new ArrayList<>();
     private final Set<String> modules = new LinkedHashSet<>();
     private final List<Device> devices = new ArrayList<>();
     private Switch netSwitch;
 
-    private VmComposer(VmSpec spec, Path runDir, HostPaths host) {
+    private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel) {
+        this.accel = accel;
         this.spec = spec;
         this.runDir = runDir;
         this.host = host;
@@ -55,7 +58,12 @@ public final class VmComposer implements AutoCloseable {
      * @throws HostConfigException a VFIO device or VF pool is not ready (with the remedy)
      */
     public static VmComposer compose(VmSpec spec, Path runDir, HostPaths host) throws IOException {
-        VmComposer c = new VmComposer(spec, runDir, host);
+        return compose(spec, runDir, host, Accelerator.system());
+    }
+
+    /** As {@link #compose(VmSpec, Path, HostPaths)}, for a guest that will run under {@code accel}. */
+    public static VmComposer compose(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel) throws IOException {
+        VmComposer c = new VmComposer(spec, runDir, host, accel);
         try {
             c.wire();
             return c;
@@ -66,7 +74,8 @@ public final class VmComposer implements AutoCloseable {
     }
 
     private void wire() throws IOException {
-        boolean kvm = QemuGuest.kvmUsable();
+        // A guest in auto mode may be booted again under TCG after it started, so only a sure KVM gets MSI-X here.
+        boolean kvm = accel.kind() == Accelerator.Kind.KVM && !accel.mayFallBack();
         int d = 0;
         for (VmSpec.Disk disk : spec.disks()) {
             String id = "disk" + d++;

@@ -3,6 +3,7 @@ package io.iovirt.vm.demo;
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.storage.RawImage;
 import io.iovirt.vhostuser.VhostUserServer;
+import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
 import io.iovirt.vm.RunningGuest;
@@ -60,8 +61,14 @@ public final class DiskDemo {
     private final Path workDir;
     private final int seconds;
     private final Consumer<String> progress;
+    private final Accelerator.Decision accel;
 
     public DiskDemo(Path workDir, int seconds, Consumer<String> progress) {
+        this(workDir, seconds, progress, Accelerator.system());
+    }
+
+    public DiskDemo(Path workDir, int seconds, Consumer<String> progress, Accelerator.Decision accel) {
+        this.accel = accel;
         this.workDir = workDir;
         this.seconds = seconds;
         this.progress = progress;
@@ -83,7 +90,7 @@ public final class DiskDemo {
         }
         try (RawImage img = RawImage.open(pvImage, false, false);
              VhostUserServer server = VhostUserServer.start(socket, new BlkDevice(socket.toString(), img, 1, "iovirt-demo-pv"))) {
-            QemuGuest guest = QemuGuest.builder(image).name("demo").workDir(workDir).memoryMiB(512).fio()
+            QemuGuest guest = QemuGuest.builder(image).name("demo").accelerator(accel).notice(progress).workDir(workDir).memoryMiB(512).fio()
                     .modules("virtio_pci", "virtio_blk", "ahci", "sd_mod")
                     .args("-chardev", "socket,id=pv0,path=" + QemuGuest.escape(socket.toString()),
                             "-device", "vhost-user-blk-pci,chardev=pv0,num-queues=1",
@@ -92,12 +99,11 @@ public final class DiskDemo {
                             "-device", "ide-hd,drive=fv0,bus=ahci0.0")
                     .payload(payload(phases))
                     .build();
-            String accel = QemuGuest.kvmUsable() ? "KVM" : "TCG (no /dev/kvm: every guest instruction is emulated)";
-            progress.accept("booting the guest under QEMU, " + accel);
+            progress.accept("booting the guest under QEMU, " + accel.describe());
             Duration budget = Duration.ofSeconds(120L + (long) phases.size() * (seconds + 20));
             try (RunningGuest g = guest.start(budget)) {
                 MatchResult info = g.awaitConsole(Pattern.compile("demo-info clocksource=(\\S+) virtio-irq=(.*)\\n"), Duration.ofSeconds(120));
-                Platform platform = new Platform(accel, info.group(1), info.group(2).trim());
+                Platform platform = new Platform(g.accelerator().describe(), info.group(1), info.group(2).trim());
                 List<Result> results = new ArrayList<>();
                 for (Phase p : phases) {
                     String path = p.device().equals("vda") ? PV : FV;
@@ -160,7 +166,8 @@ public final class DiskDemo {
         Platform p = report.platform();
         out.println();
         out.println("iovirt demo: one guest, one workload (fio, libaio, O_DIRECT in the guest), two ways to give it a disk");
-        out.println("  guest: q35 HVM + PV drivers (PVHVM); accel " + p.accel() + "; clocksource " + p.clocksource());
+        out.println("  accelerator: " + p.accel());
+        out.println("  guest: q35 HVM + PV drivers (PVHVM); clocksource " + p.clocksource());
         out.println("  virtio interrupts: " + (p.virtioInterrupts().isEmpty() ? "(none listed)" : p.virtioInterrupts()));
         out.println();
         out.printf("%-38s %-20s %10s %10s %10s %14s%n", "path", "workload", "IOPS", "p50 (us)", "p99 (us)", "host CPU/IO");

@@ -5,6 +5,7 @@ import io.iovirt.net.Mac;
 import io.iovirt.net.Port;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
+import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
 import io.iovirt.vm.RunningGuest;
@@ -47,8 +48,14 @@ public final class NetDemo {
 
     private final Path workDir;
     private final Consumer<String> progress;
+    private final Accelerator.Decision accel;
 
     public NetDemo(Path workDir, Consumer<String> progress) {
+        this(workDir, progress, Accelerator.system());
+    }
+
+    public NetDemo(Path workDir, Consumer<String> progress, Accelerator.Decision accel) {
+        this.accel = accel;
         this.workDir = workDir;
         this.progress = progress;
     }
@@ -132,7 +139,7 @@ public final class NetDemo {
                 echo peer-ready
                 sleep 100000
                 """.formatted(Mac.toString(PV_MAC), Mac.toString(FV_MAC));
-        return QemuGuest.builder(image).name("demo-peer").workDir(workDir).memoryMiB(256)
+        return QemuGuest.builder(image).name("demo-peer").accelerator(accel).notice(progress).workDir(workDir).memoryMiB(256)
                 .modules("virtio_pci", "virtio_net")
                 .args("-chardev", "socket,id=c0,path=" + QemuGuest.escape(sock.toString()),
                         "-netdev", "vhost-user,id=n0,chardev=c0",
@@ -162,7 +169,7 @@ public final class NetDemo {
                   echo "net-end $nic tcp"
                 done
                 """.formatted(Mac.toString(PEER_MAC), TCP_MIB * 16);
-        return QemuGuest.builder(image).name("demo-nics").workDir(workDir).memoryMiB(256)
+        return QemuGuest.builder(image).name("demo-nics").accelerator(accel).notice(progress).workDir(workDir).memoryMiB(256)
                 .modules("virtio_pci", "virtio_net", "e1000")
                 .args("-chardev", "socket,id=c0,path=" + QemuGuest.escape(pvSock.toString()),
                         "-netdev", "vhost-user,id=pv0,chardev=c0",

@@ -1,5 +1,6 @@
 package io.iovirt.devices.blk;
 
+import io.iovirt.testing.Require;
 import static io.iovirt.devices.blk.BlkRequests.*;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -175,7 +176,7 @@ class BlkQueueHandlerTest {
         Files.createDirectories(mnt);
         Process mount = new ProcessBuilder("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt.toString())
                 .redirectErrorStream(true).start();
-        org.junit.jupiter.api.Assumptions.assumeTrue(mount.waitFor() == 0, "needs root to mount a small tmpfs");
+        Require.that(mount.waitFor() == 0, "needs root to mount a small tmpfs");
         try {
             handler.close();
             image.close();

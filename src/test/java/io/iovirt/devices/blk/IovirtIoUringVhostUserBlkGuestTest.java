@@ -1,8 +1,8 @@
 package io.iovirt.devices.blk;
 
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.IoUring;
@@ -27,11 +27,11 @@ class IovirtIoUringVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
     @BeforeEach
     void needsIoUringAndDirectIo() {
         String why = IoUring.unavailableReason();
-        assumeTrue(why == null, why);
+        Require.that(why == null, why);
         try (var fd = FileIo.open(disk, FileIo.O_RDWR | FileIo.O_DIRECT)) {
             // the temporary directory's file system takes O_DIRECT
         } catch (LinuxException e) {
-            assumeTrue(false, "O_DIRECT is not supported under " + dir + ": " + e.getMessage());
+            Require.that(false, "O_DIRECT is not supported under " + dir + ": " + e.getMessage());
         }
     }
 

@@ -1,8 +1,9 @@
 package io.iovirt.devices.net;
 
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
@@ -29,21 +30,15 @@ class DpdkVirtioUserTest {
     @TempDir
     Path dir;
 
-    static void await(BooleanSupplier c, String what, long seconds) throws InterruptedException {
-        long deadline = System.nanoTime() + seconds * 1_000_000_000L;
-        while (!c.getAsBoolean()) {
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("timed out waiting for " + what);
-            }
-            Thread.sleep(10);
-        }
+    static void await(BooleanSupplier c, String what, long seconds) {
+        Await.until(java.time.Duration.ofSeconds(seconds), what, c);
     }
 
     @ParameterizedTest(name = "{0} ring, {1} queue pair(s), {2}-byte frames")
     @CsvSource({"split, 1, 64", "packed, 1, 1500", "split, 2, 64"})
     void txonlyIntoOnePortRxonlyFromAnotherCountsAgree(String ring, int queues, int frameLen) throws Exception {
         Path bin = Testpmd.binary();
-        assumeTrue(bin != null, "dpdk-testpmd is not available: run scripts/install-dpdk.sh as root");
+        Require.that(bin != null, "dpdk-testpmd is not available: run scripts/install-dpdk.sh as root");
         try (Switch sw = new Switch(Switch.Config.defaults())) {
             VirtioNetPort in = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("in.sock"), queues, -1, 0)));
             VirtioNetPort out = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("out.sock"), queues, -1, 0)));

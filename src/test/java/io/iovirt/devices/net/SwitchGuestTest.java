@@ -1,9 +1,10 @@
 package io.iovirt.devices.net;
 
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.net.Mac;
 import io.iovirt.net.Port;
@@ -46,7 +47,7 @@ class SwitchGuestTest {
 
     @BeforeAll
     static void requirements() {
-        assumeTrue(onPath("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
+        Require.that(onPath("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
         image = GuestImage.ensure();
     }
 
@@ -235,13 +236,7 @@ class SwitchGuestTest {
         return last;
     }
 
-    static void awaitCondition(java.util.function.BooleanSupplier c, String what) throws InterruptedException {
-        long deadline = System.nanoTime() + 60_000_000_000L;
-        while (!c.getAsBoolean()) {
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("timed out: " + what);
-            }
-            Thread.sleep(50);
-        }
+    static void awaitCondition(java.util.function.BooleanSupplier c, String what) {
+        Await.until(java.time.Duration.ofSeconds(60), what, c);
     }
 }

@@ -1,8 +1,9 @@
 package io.iovirt.devices.net;
 
+import io.iovirt.testing.Await;
+import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.net.Mac;
 import io.iovirt.vm.GuestImage;
@@ -56,10 +57,10 @@ class TapGuestTest {
 
     @Test
     void aGuestPingsAndSendsAFileToTheHostThroughATapPortInANetworkNamespace() throws Exception {
-        assumeTrue(SwitchGuestTest.onPath("qemu-system-x86_64"), "QEMU is not installed");
-        assumeTrue(SwitchGuestTest.onPath("ip"), "iproute2 is not installed");
+        Require.that(SwitchGuestTest.onPath("qemu-system-x86_64"), "QEMU is not installed");
+        Require.that(SwitchGuestTest.onPath("ip"), "iproute2 is not installed");
         String ns = "iovirt-" + HexFormat.of().toHexDigits(ThreadLocalRandom.current().nextInt()).substring(0, 6);
-        assumeTrue(run("ip", "netns", "add", ns) == 0, "cannot create a network namespace (needs root)");
+        Require.that(run("ip", "netns", "add", ns) == 0, "cannot create a network namespace (needs root)");
         Process sw = null;
         Process listener = null;
         try {
@@ -119,15 +120,24 @@ class TapGuestTest {
         }
     }
 
-    static void awaitFile(Path log, String text, Process p) throws IOException, InterruptedException {
-        long deadline = System.nanoTime() + 60_000_000_000L;
-        while (!(Files.exists(log) && Files.readString(log).contains(text))) {
-            if (!p.isAlive() || System.nanoTime() > deadline) {
-                throw new AssertionError("iovirt serve net did not start:\n"
-                        + (Files.exists(log) ? Files.readString(log) : "(no output)"));
+    static void awaitFile(Path log, String text, Process p) {
+        java.util.function.Supplier<String> output = () -> {
+            try {
+                return Files.exists(log) ? Files.readString(log) : "(no output)";
+            } catch (IOException e) {
+                return "(cannot read " + log + ": " + e.getMessage() + ")";
             }
-            Thread.sleep(50);
-        }
+        };
+        Await.until(java.time.Duration.ofSeconds(60), () -> "'" + text + "' from iovirt serve net (alive: " + p.isAlive()
+                + "):\n" + output.get(), () -> {
+                    if (output.get().contains(text)) {
+                        return true;
+                    }
+                    if (!p.isAlive()) {
+                        throw new AssertionError("iovirt serve net exited with " + p.exitValue() + ":\n" + output.get());
+                    }
+                    return false;
+                });
     }
 
     static String md5(Path f) throws Exception {

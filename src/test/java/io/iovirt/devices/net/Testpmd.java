@@ -24,6 +24,8 @@ final class Testpmd implements AutoCloseable {
     private final Process process;
     private final OutputStream stdin;
     private final Path log;
+    private Path dir;
+    private Path binary;
 
     /** Forward statistics of port 0 as testpmd prints them on {@code stop}. */
     record Stats(long rxPackets, long rxDropped, long txPackets, long txDropped) {
@@ -63,9 +65,12 @@ final class Testpmd implements AutoCloseable {
                 "--total-num-mbufs=8192"));
         cmd.addAll(List.of(args));
         Path log = dir.resolve(name + ".log");
-        Process p = new ProcessBuilder(cmd).directory(dir.toFile()).redirectErrorStream(true)
+        // may dump core into dir: a crash reaches the test's failure message as a gdb backtrace
+        Process p = new ProcessBuilder(io.iovirt.vm.CoreDump.wrap(cmd)).directory(dir.toFile()).redirectErrorStream(true)
                 .redirectOutput(log.toFile()).start();
         Testpmd t = new Testpmd(p, log);
+        t.dir = dir;
+        t.binary = binary;
         try {
             t.awaitOutput(Pattern.compile("testpmd> "), Duration.ofSeconds(60));
         } catch (RuntimeException | IOException e) {
@@ -94,8 +99,10 @@ final class Testpmd implements AutoCloseable {
                 return m;
             }
             if (!process.isAlive()) {
+                String crash = io.iovirt.vm.CoreDump.report("testpmd", process.pid(), process.exitValue(), dir,
+                        binary.toString());
                 throw new AssertionError("testpmd exited with " + process.exitValue() + " before printing /" + pattern
-                        + "/:\n" + tail(out));
+                        + "/:\n" + tail(out) + (crash.isEmpty() ? "" : "\n" + crash));
             }
             if (System.nanoTime() > deadline) {
                 throw new AssertionError("testpmd did not print /" + pattern + "/ in time:\n" + tail(out));

@@ -1,5 +1,7 @@
 package io.iovirt.devices.net;
 
+import io.iovirt.testing.Frames;
+import io.iovirt.testing.Await;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -55,22 +57,11 @@ class VirtioNetPortTest {
     }
 
     static byte[] frame(long dst, long src, int len) {
-        ByteBuffer b = ByteBuffer.allocate(len);
-        b.put(Mac.toBytes(dst)).put(Mac.toBytes(src)).putShort((short) 0x88b5);
-        for (int i = 14; i < len; i++) {
-            b.put((byte) (i * 13 + len));
-        }
-        return b.array();
+        return Frames.ethernet(dst, src, len);
     }
 
-    static void await(BooleanSupplier c, String what) throws InterruptedException {
-        long deadline = System.nanoTime() + 20_000_000_000L;
-        while (!c.getAsBoolean()) {
-            if (System.nanoTime() > deadline) {
-                throw new AssertionError("timed out waiting for " + what);
-            }
-            Thread.sleep(2);
-        }
+    static void await(BooleanSupplier c, String what) {
+        Await.until(java.time.Duration.ofSeconds(20), what, c);
     }
 
     @ParameterizedTest(name = "packed={0}")

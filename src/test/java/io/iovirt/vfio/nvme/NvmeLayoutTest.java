@@ -9,6 +9,8 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.nvme.IdentifyController;
+import io.iovirt.nvme.IdentifyNamespace;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.charset.StandardCharsets;
@@ -159,10 +161,10 @@ class NvmeLayoutTest {
             assertEquals(8, ns.format().metadataSize());
             assertEquals(512L << 20, ns.bytes());
             d.set(JAVA_BYTE, 26, (byte) 2); // a format beyond the list
-            assertThrows(NvmeException.class, () -> IdentifyNamespace.parse(1, d));
+            assertThrows(IllegalArgumentException.class, () -> IdentifyNamespace.parse(1, d));
             d.set(JAVA_BYTE, 26, (byte) 0);
             d.set(JAVA_INT, 128, 30 << 16); // 1 GiB blocks
-            assertThrows(NvmeException.class, () -> IdentifyNamespace.parse(1, d));
+            assertThrows(IllegalArgumentException.class, () -> IdentifyNamespace.parse(1, d));
         }
     }
 }

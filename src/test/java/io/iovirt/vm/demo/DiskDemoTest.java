@@ -34,6 +34,13 @@ class DiskDemoTest {
         DiskDemo.print(report, new PrintStream(table, true, StandardCharsets.UTF_8));
         String text = table.toString(StandardCharsets.UTF_8);
         assertTrue(text.contains("PV/FV: IOPS"), text);
+        // the header states the accelerator the guest ran under and why (this host's decision, IOVIRT_ACCEL honoured)
+        io.iovirt.vm.Accelerator.Decision accel = io.iovirt.vm.Accelerator.system();
+        if (accel.mayFallBack()) { // KVM, or TCG after a KVM guest failed early
+            assertTrue(text.contains("\n  accelerator: KVM (") || text.contains("\n  accelerator: TCG (KVM looked usable but "), text);
+        } else {
+            assertTrue(text.contains("\n  accelerator: " + accel.describe() + "\n"), text);
+        }
         assertTrue(DiskDemo.json(report).startsWith("{\"platform\""));
     }
 }

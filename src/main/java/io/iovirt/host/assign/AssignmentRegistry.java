@@ -1,0 +1,155 @@
+package io.iovirt.host.assign;
+
+import io.iovirt.host.HostConfigException;
+import io.iovirt.host.StateStore;
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.SysfsTree;
+import java.nio.file.Path;
+import java.time.Instant;
+import java.time.format.DateTimeParseException;
+import java.time.temporal.ChronoUnit;
+import java.util.ArrayList;
+import java.util.Collection;
+import java.util.List;
+import java.util.regex.Pattern;
+
+/**
+ * Which VM owns which PCI function: a device or virtual function belongs to at most one VM, and the functions of
+ * one IOMMU group belong to one VM (the group is the unit the IOMMU isolates). Changes from several processes are
+ * serialized by the state directory's lock and survive a crash mid-write (see {@link StateStore}).
+ */
+public final class AssignmentRegistry {
+    static final String TABLE = "assignments";
+    private static final Pattern VM_NAME = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_.+:@-]{0,63}");
+
+    /** One entry: {@code bdf} belongs to {@code vm} since {@code since}. */
+    public record Assignment(Bdf bdf, String vm, Instant since) {
+    }
+
+    /** The outcome of {@link #assign}: the entry, and whether this call created it. */
+    public record Result(Assignment assignment, boolean created) {
+    }
+
+    private final StateStore store;
+
+    public AssignmentRegistry(Path stateDir) {
+        this.store = new StateStore(stateDir);
+    }
+
+    public StateStore store() {
+        return store;
+    }
+
+    /** Checks a VM name: letters, digits and _.+:@- (no blanks), at most 64 characters. */
+    public static String checkVmName(String vm) {
+        if (vm == null || !VM_NAME.matcher(vm).matches()) {
+            throw new HostConfigException("'" + SysfsTree.printable(String.valueOf(vm)) + "' is not a usable VM name",
+                    "use 1-64 letters, digits or _.+:@- starting with a letter or digit");
+        }
+        return vm;
+    }
+
+    public List<Assignment> list() {
+        List<Assignment> out = new ArrayList<>();
+        Path file = store.dir().resolve(TABLE);
+        int line = 1;
+        for (String[] row : store.read(TABLE)) {
+            line++;
+            if (row.length != 3) {
+                throw damaged(file, line, "expected 'BDF VM TIME'");
+            }
+            Bdf bdf = Bdf.tryParse(row[0]);
+            if (bdf == null || !VM_NAME.matcher(row[1]).matches()) {
+                throw damaged(file, line, "bad PCI address or VM name");
+            }
+            Instant since;
+            try {
+                since = Instant.parse(row[2]);
+            } catch (DateTimeParseException e) {
+                throw damaged(file, line, "bad time '" + SysfsTree.printable(row[2]) + "'");
+            }
+            out.add(new Assignment(bdf, row[1], since));
+        }
+        return out;
+    }
+
+    /** The VM that owns {@code bdf}, or null. */
+    public Assignment owner(Bdf bdf) {
+        for (Assignment a : list()) {
+            if (a.bdf().equals(bdf)) {
+                return a;
+            }
+        }
+        return null;
+    }
+
+    /**
+     * Gives {@code bdf} to {@code vm}, atomically with respect to every other iovirt process.
+     *
+     * @param groupPeers the other functions of its IOMMU group: none of them may belong to another VM
+     * @throws HostConfigException when the device or a group peer belongs to another VM
+     */
+    public Result assign(Bdf bdf, String vm, Collection<Bdf> groupPeers) {
+        checkVmName(vm);
+        return store.locked(() -> {
+            List<Assignment> all = list();
+            for (Assignment a : all) {
+                if (a.bdf().equals(bdf)) {
+                    if (a.vm().equals(vm)) {
+                        return new Result(a, false);
+                    }
+                    throw new HostConfigException(bdf + " is already assigned to VM " + a.vm() + " (since " + a.since() + ")",
+                            "a device belongs to one VM at a time: release it first (iovirt host release " + bdf + ")");
+                }
+            }
+            for (Assignment a : all) {
+                if (groupPeers.contains(a.bdf()) && !a.vm().equals(vm)) {
+                    throw new HostConfigException(bdf + " shares its IOMMU group with " + a.bdf() + ", assigned to VM " + a.vm(),
+                            "the functions of one IOMMU group can only go to one VM; release " + a.bdf() + " or pick another device");
+                }
+            }
+            Assignment created = new Assignment(bdf, vm, Instant.now().truncatedTo(ChronoUnit.SECONDS));
+            List<Assignment> next = new ArrayList<>(all);
+            next.add(created);
+            save(next);
+            return new Result(created, true);
+        });
+    }
+
+    /**
+     * Takes {@code bdf} back from its VM.
+     *
+     * @param vm when not null, the release is refused unless that VM owns the device
+     * @return the removed entry
+     */
+    public Assignment release(Bdf bdf, String vm) {
+        return store.locked(() -> {
+            List<Assignment> all = new ArrayList<>(list());
+            for (Assignment a : all) {
+                if (a.bdf().equals(bdf)) {
+                    if (vm != null && !a.vm().equals(vm)) {
+                        throw new HostConfigException(bdf + " belongs to VM " + a.vm() + ", not " + vm,
+                                "release it as its owner (--vm " + a.vm() + ") or leave it");
+                    }
+                    all.remove(a);
+                    save(all);
+                    return a;
+                }
+            }
+            throw new HostConfigException(bdf + " is not assigned to any VM", "see iovirt host assignments");
+        });
+    }
+
+    private void save(List<Assignment> all) {
+        List<String[]> rows = new ArrayList<>();
+        for (Assignment a : all) {
+            rows.add(new String[] {a.bdf().toString(), a.vm(), a.since().toString()});
+        }
+        store.write(TABLE, rows);
+    }
+
+    private static HostConfigException damaged(Path file, int line, String why) {
+        return new HostConfigException(file + " line " + line + " is damaged: " + why,
+                "it was edited outside iovirt; fix or remove that line");
+    }
+}

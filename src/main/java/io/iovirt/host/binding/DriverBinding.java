@@ -1,0 +1,289 @@
+package io.iovirt.host.binding;
+
+import io.iovirt.host.HostConfigException;
+import io.iovirt.host.HostPaths;
+import io.iovirt.host.HostUsage;
+import io.iovirt.host.StateStore;
+import io.iovirt.host.assign.Assignability;
+import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciDevice;
+import io.iovirt.pci.PciInventory;
+import io.iovirt.pci.SysfsTree;
+import io.iovirt.util.ActionableException;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.regex.Pattern;
+
+/**
+ * Moves PCI functions between host drivers and vfio-pci the way the kernel intends: {@code driver_override} names
+ * the driver, the current driver lets go ({@code driver/unbind}), and {@code drivers_probe} asks the kernel to bind
+ * again — so only the named driver can take the device, and no new_id side effects hit other devices with the same
+ * IDs. The previous driver is remembered in the state directory so {@link #unbind} gives the device back.
+ *
+ * <p>Refuses (unless forced) when the host uses the device or its IOMMU group would not be viable. The kernel
+ * decides whether the probe succeeds; the outcome is read back from the driver link, never assumed.
+ */
+public final class DriverBinding {
+    public static final String TABLE = "drivers";
+    private static final Pattern DRIVER_NAME = Pattern.compile("[A-Za-z0-9_.:+-]{1,64}");
+    private static final String NONE = "-";
+
+    /**
+     * What a bind, unbind or reset did.
+     *
+     * @param before the driver before the operation (null: unbound)
+     * @param after the driver after it (null: unbound)
+     * @param writes each sysfs write, in order ("path ← value"), for the log and for tests
+     * @param vfioDevice the /dev/vfio/N node of the device's group when it is bound to vfio-pci, else null
+     */
+    public record Outcome(Bdf bdf, String before, String after, List<String> writes, String vfioDevice, String note) {
+    }
+
+    private final HostPaths paths;
+    private final SysfsTree sys;
+    private final StateStore store;
+    private final AssignmentRegistry registry;
+    private final Duration probeWait;
+
+    public DriverBinding(HostPaths paths) {
+        this(paths, Duration.ofSeconds(2));
+    }
+
+    /** @param probeWait how long to wait for an asynchronous probe to show in the driver link */
+    public DriverBinding(HostPaths paths, Duration probeWait) {
+        this.paths = paths;
+        this.sys = paths.sys();
+        this.registry = new AssignmentRegistry(paths.stateDir());
+        this.store = registry.store();
+        this.probeWait = probeWait;
+    }
+
+    /** Binds {@code bdf} to {@code driver} (normally vfio-pci). */
+    public Outcome bind(Bdf bdf, String driver, boolean force) {
+        checkDriverName(driver);
+        return store.locked(() -> {
+            PciInventory inv = PciInventory.scan(sys);
+            PciDevice dev = inv.require(bdf);
+            if (driver.equals(dev.driver())) {
+                return new Outcome(bdf, driver, driver, List.of(), vfioNode(dev, driver), "already bound to " + driver);
+            }
+            if (!sys.isDirectory("bus/pci/drivers/" + driver)) {
+                throw new HostConfigException("driver " + driver + " is not loaded (no " + sys.path("bus/pci/drivers/" + driver) + ")",
+                        driver.equals("vfio-pci") ? "load it: modprobe vfio-pci" : "load its module with modprobe");
+            }
+            if (!force) {
+                List<String> problems = bindProblems(inv, dev, driver);
+                if (!problems.isEmpty()) {
+                    throw new HostConfigException("refusing to bind " + bdf + " to " + driver + ": " + String.join("; ", problems),
+                            "resolve that first, or pass --force if you are sure");
+                }
+            }
+            rememberPrevious(bdf, dev.driver());
+            List<String> writes = new ArrayList<>();
+            String dir = PciDevice.dir(bdf);
+            write(writes, dir + "/driver_override", driver);
+            if (dev.driver() != null) {
+                write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
+            }
+            write(writes, "bus/pci/drivers_probe", bdf.toString());
+            String now = awaitDriver(bdf, driver);
+            if (!driver.equals(now)) {
+                String rollback = rollBack(writes, dev, now);
+                throw new HostConfigException("the kernel did not bind " + bdf + " to " + driver + " (driver now: "
+                        + (now == null ? "none" : now) + "; " + rollback + ")",
+                        "dmesg says why; for vfio-pci the usual cause is a missing IOMMU group (error -22: see iovirt host check)");
+            }
+            return new Outcome(bdf, dev.driver(), driver, writes, vfioNode(dev, driver), null);
+        });
+    }
+
+    /** Detaches {@code bdf} from its driver and gives it back to the driver it had before {@link #bind}. */
+    public Outcome unbind(Bdf bdf, boolean force) {
+        return store.locked(() -> {
+            PciInventory inv = PciInventory.scan(sys);
+            PciDevice dev = inv.require(bdf);
+            AssignmentRegistry.Assignment owner = registry.owner(bdf);
+            if (owner != null && !force) {
+                throw new HostConfigException("refusing to unbind " + bdf + ": it is assigned to VM " + owner.vm(),
+                        "release it first (iovirt host release " + bdf + "), or pass --force");
+            }
+            String previous = previousDriver(bdf);
+            List<String> writes = new ArrayList<>();
+            String dir = PciDevice.dir(bdf);
+            if (dev.driverOverride() != null) {
+                write(writes, dir + "/driver_override", "\n");
+            }
+            if (dev.driver() != null) {
+                write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
+            }
+            String note = null;
+            String after = null;
+            if (previous != null && !previous.equals(dev.driver())) {
+                if (sys.isDirectory("bus/pci/drivers/" + previous)) {
+                    write(writes, "bus/pci/drivers/" + previous + "/bind", bdf.toString());
+                    after = awaitDriver(bdf, previous);
+                    note = previous.equals(after) ? "restored to " + previous
+                            : "the kernel did not give it back to " + previous + " (see dmesg); it is unbound";
+                } else {
+                    note = "its previous driver " + previous + " is not loaded; it stays unbound (modprobe " + previous
+                            + ", then: echo " + bdf + " > /sys/bus/pci/drivers_probe)";
+                }
+            } else if (dev.driver() == null && previous == null) {
+                note = "it was not bound to any driver";
+            }
+            forgetPrevious(bdf);
+            return new Outcome(bdf, dev.driver(), after, writes, null, note);
+        });
+    }
+
+    /** Function-level reset through the kernel ({@code reset}): refused while the host or a VM uses the device. */
+    public Outcome reset(Bdf bdf, boolean force) {
+        return store.locked(() -> {
+            PciInventory inv = PciInventory.scan(sys);
+            PciDevice dev = inv.require(bdf);
+            if (!dev.resettable()) {
+                throw new HostConfigException(bdf + " offers no reset method (no " + sys.path(PciDevice.dir(bdf) + "/reset") + ")",
+                        "the device supports neither FLR nor another reset the kernel knows; a VM gets it un-reset");
+            }
+            if (!force) {
+                List<String> problems = new ArrayList<>();
+                AssignmentRegistry.Assignment owner = registry.owner(bdf);
+                if (owner != null) {
+                    problems.add("it is assigned to VM " + owner.vm() + ", which would lose the device's state");
+                }
+                HostUsage usage = HostUsage.scan(sys, paths.proc(), paths.dev());
+                for (String use : usage.uses(bdf)) {
+                    problems.add("the host uses it: it " + use);
+                }
+                if (dev.driver() != null && !PciDevice.isVfioDriver(dev.driver()) && !dev.driver().equals("pci-stub")) {
+                    problems.add("its host driver " + dev.driver() + " would lose the device's state");
+                }
+                if (!problems.isEmpty()) {
+                    throw new HostConfigException("refusing to reset " + bdf + ": " + String.join("; ", problems),
+                            "release or unbind it first, or pass --force");
+                }
+            }
+            List<String> writes = new ArrayList<>();
+            write(writes, PciDevice.dir(bdf) + "/reset", "1");
+            String method = sys.readOptional(PciDevice.dir(bdf) + "/reset_method").orElse(null);
+            return new Outcome(bdf, dev.driver(), dev.driver(), writes, null, method == null ? null : "reset methods: " + method);
+        });
+    }
+
+    /** Why binding {@code dev} to {@code driver} would hurt the host or fail; empty when it is safe. */
+    public List<String> bindProblems(PciInventory inv, PciDevice dev, String driver) {
+        List<String> problems = new ArrayList<>();
+        HostUsage usage = HostUsage.scan(sys, paths.proc(), paths.dev());
+        for (String use : usage.uses(dev.bdf())) {
+            problems.add("the host uses it: it " + use);
+        }
+        boolean toVfio = PciDevice.isVfioDriver(driver);
+        if (toVfio) {
+            if (dev.isBridge()) {
+                problems.add("it is a PCI bridge: vfio-pci takes endpoint functions only");
+            }
+            if (dev.iommuGroup() < 0) {
+                problems.add("it has no IOMMU group: the IOMMU is off, vfio-pci would fail (see iovirt host check)");
+            } else {
+                problems.addAll(Assignability.groupBlockers(inv, dev));
+            }
+        } else {
+            AssignmentRegistry.Assignment owner = registry.owner(dev.bdf());
+            if (owner != null) {
+                problems.add("it is assigned to VM " + owner.vm() + "; a host driver must not take it");
+            }
+        }
+        if (dev.sriov() != null && dev.sriov().numVfs() > 0 && dev.driver() != null) {
+            problems.add("it has " + dev.sriov().numVfs() + " VFs enabled, which vanish when " + dev.driver()
+                    + " lets go (iovirt host vfs " + dev.bdf() + " --count 0 first)");
+        }
+        return problems;
+    }
+
+    /** The driver remembered for {@code bdf} before iovirt first bound it, or null. */
+    public String previousDriver(Bdf bdf) {
+        for (String[] row : store.read(TABLE)) {
+            if (row.length == 2 && row[0].equals(bdf.toString())) {
+                return row[1].equals(NONE) ? null : row[1];
+            }
+        }
+        return null;
+    }
+
+    private void rememberPrevious(Bdf bdf, String driver) {
+        List<String[]> rows = new ArrayList<>(store.read(TABLE));
+        for (String[] row : rows) {
+            if (row.length == 2 && row[0].equals(bdf.toString())) {
+                return; // keep the original host driver across vfio-pci ↔ pci-stub moves
+            }
+        }
+        rows.add(new String[] {bdf.toString(), driver == null ? NONE : driver});
+        store.write(TABLE, rows);
+    }
+
+    private void forgetPrevious(Bdf bdf) {
+        List<String[]> rows = new ArrayList<>(store.read(TABLE));
+        if (rows.removeIf(r -> r.length >= 1 && r[0].equals(bdf.toString()))) {
+            store.write(TABLE, rows);
+        }
+    }
+
+    /** Undoes a failed bind: clear the override and give the device back to its driver. */
+    private String rollBack(List<String> writes, PciDevice dev, String now) {
+        try {
+            write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", "\n");
+            if (now != null) {
+                write(writes, "bus/pci/drivers/" + now + "/unbind", dev.bdf().toString());
+            }
+            if (dev.driver() != null) {
+                write(writes, "bus/pci/drivers/" + dev.driver() + "/bind", dev.bdf().toString());
+            }
+            forgetPrevious(dev.bdf());
+            return dev.driver() == null ? "override cleared" : "override cleared, gave it back to " + dev.driver();
+        } catch (ActionableException e) {
+            return "rolling back failed too: " + e.problem();
+        }
+    }
+
+    private String awaitDriver(Bdf bdf, String expected) {
+        long deadline = System.nanoTime() + probeWait.toNanos();
+        while (true) {
+            String now = sys.linkName(PciDevice.dir(bdf) + "/driver").orElse(null);
+            if (expected.equals(now) || System.nanoTime() - deadline >= 0) {
+                return now;
+            }
+            try {
+                Thread.sleep(20);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return now;
+            }
+        }
+    }
+
+    private String vfioNode(PciDevice dev, String driver) {
+        if (!PciDevice.isVfioDriver(driver)) {
+            return null;
+        }
+        int group = dev.iommuGroup();
+        if (group < 0) {
+            group = sys.linkName(PciDevice.dir(dev.bdf()) + "/iommu_group").map(Integer::parseInt).orElse(-1);
+        }
+        return group < 0 ? null : paths.devRoot().resolve("vfio").resolve(Integer.toString(group)).toString();
+    }
+
+    private void write(List<String> log, String relative, String value) {
+        sys.write(relative, value);
+        log.add(sys.path(relative) + " <- " + (value.equals("\n") ? "(clear)" : value));
+    }
+
+    static String checkDriverName(String driver) {
+        if (driver == null || !DRIVER_NAME.matcher(driver).matches() || driver.equals(".") || driver.equals("..")) {
+            throw new HostConfigException("'" + SysfsTree.printable(String.valueOf(driver)) + "' is not a driver name",
+                    "name a PCI driver as in /sys/bus/pci/drivers, e.g. vfio-pci");
+        }
+        return driver;
+    }
+}

@@ -1,0 +1,191 @@
+package io.iovirt.host.binding;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.host.CliRun;
+import io.iovirt.host.DevicesTest;
+import io.iovirt.host.FakeHost;
+import io.iovirt.host.HostConfigException;
+import io.iovirt.host.StateStore;
+import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.pci.Bdf;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The binding logic on fixture trees: which files are written with what, and what is refused. A fixture cannot
+ * probe drivers, so every bind here ends in "the kernel did not bind" and a rollback — the successful probe is
+ * proven against a real kernel in HostNestedGuestTest.
+ */
+class DriverBindingTest {
+    @TempDir
+    Path tmp;
+
+    private DriverBinding binding(FakeHost h) {
+        return new DriverBinding(h.paths(), Duration.ZERO);
+    }
+
+    @Test
+    void bindWritesOverrideUnbindAndProbeThenRollsBackWhenTheKernelDoesNotBind() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        HostConfigException e = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:03:10.0"), "vfio-pci", false));
+        assertTrue(e.getMessage().contains("the kernel did not bind 0000:03:10.0 to vfio-pci (driver now: igbvf"), e.getMessage());
+        assertTrue(e.getMessage().contains("gave it back to igbvf"), e.getMessage());
+        // What the kernel was told, in order: override, unbind from igbvf, probe — then the rollback.
+        assertEquals("0000:03:10.0", h.read("bus/pci/drivers_probe"));
+        assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/unbind"));
+        assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/bind"));
+        assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"));
+        // A failed bind leaves nothing remembered.
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")));
+    }
+
+    @Test
+    void bindOfAnUnboundDeviceWritesOnlyOverrideAndProbe() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        // Record writes by making the rollback's target visible: the device had no driver, so no bind file is written.
+        HostConfigException e = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:03:10.2"), "vfio-pci", false));
+        assertTrue(e.getMessage().contains("driver now: none; override cleared)"), e.getMessage());
+        assertEquals("0000:03:10.2", h.read("bus/pci/drivers_probe"));
+        assertEquals("", h.read("bus/pci/drivers/vfio-pci/bind"));
+    }
+
+    @Test
+    void refusesANonViableGroupNamingTheCulprit() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        HostConfigException e = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:00:1f.3"), "vfio-pci", false));
+        assertTrue(e.getMessage().contains("refusing to bind 0000:00:1f.3 to vfio-pci: group 7 also holds 0000:00:1f.4, bound to i801_smbus"),
+                e.getMessage());
+        assertTrue(e.getMessage().contains("pass --force"), e.getMessage());
+        assertEquals("(null)\n", h.read("devices/pci0000:00/0000:00:1f.3/driver_override"), "nothing was written");
+        assertEquals("", h.read("bus/pci/drivers_probe"));
+    }
+
+    @Test
+    void refusesTheBootDiskAndTheDefaultRoute() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        HostConfigException disk = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:01:00.0"), "vfio-pci", false));
+        assertTrue(disk.getMessage().contains("the host uses it: it holds the mounted filesystem / (/dev/nvme0n1p2)"), disk.getMessage());
+        HostConfigException nic = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:02:00.0"), "vfio-pci", false));
+        assertTrue(nic.getMessage().contains("it carries the default route (eno1)"), nic.getMessage());
+        assertEquals("", h.read("bus/pci/drivers_probe"), "nothing was written");
+    }
+
+    @Test
+    void defaultRouteThroughABridgeProtectsTheBridgedNic() {
+        FakeHost h = new FakeHost(tmp).intelHostWithIommu();
+        h.device("0000:05:00.0", 0x8086, 0x1533, 0x020000).driver("igb").group(12).net("enp5s0", 4);
+        FakeHost.mkdir(h.sys.resolve("devices/virtual/net/br0/brif"));
+        FakeHost.link(h.sys.resolve("devices/virtual/net/br0/brif/enp5s0"), "../../../../pci0000:00/0000:05:00.0/net/enp5s0");
+        FakeHost.link(h.sys.resolve("class/net/br0"), "../../devices/virtual/net/br0");
+        h.defaultRoute("br0");
+        HostConfigException e = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
+        assertTrue(e.getMessage().contains("it carries the default route (br0 via enp5s0)"), e.getMessage());
+    }
+
+    @Test
+    void forceSkipsTheSafetyChecks() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        HostConfigException e = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:02:00.0"), "vfio-pci", true));
+        assertTrue(e.getMessage().contains("the kernel did not bind"), e.getMessage());
+        assertEquals("0000:02:00.0", h.read("bus/pci/drivers/e1000e/unbind"));
+    }
+
+    @Test
+    void refusesWithoutIommuGroupAndWhenVfioIsNotLoaded() {
+        FakeHost h = new FakeHost(tmp).intelCpu(true);
+        h.device("0000:05:00.0", 0x8086, 0x1533, 0x020000).driver("igb");
+        HostConfigException notLoaded = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
+        assertTrue(notLoaded.getMessage().contains("driver vfio-pci is not loaded"), notLoaded.getMessage());
+        assertTrue(notLoaded.getMessage().contains("modprobe vfio-pci"), notLoaded.getMessage());
+        h.vfio();
+        HostConfigException noGroup = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
+        assertTrue(noGroup.getMessage().contains("it has no IOMMU group: the IOMMU is off"), noGroup.getMessage());
+    }
+
+    @Test
+    void refusesAPfWhoseVfsWouldVanish() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        HostConfigException e = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:03:00.0"), "vfio-pci", false));
+        assertTrue(e.getMessage().contains("it has 2 VFs enabled, which vanish when igb lets go"), e.getMessage());
+    }
+
+    @Test
+    void alreadyBoundIsANoOp() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        DriverBinding.Outcome o = binding(h).bind(Bdf.parse("0000:04:00.0"), "vfio-pci", false);
+        assertEquals("already bound to vfio-pci", o.note());
+        assertTrue(o.writes().isEmpty());
+        assertEquals(h.dev.resolve("vfio/9").toString(), o.vfioDevice());
+    }
+
+    @Test
+    void unbindGivesTheDeviceBackToItsRememberedDriver() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        h.dev("0000:04:00.0").attr("driver_override", "vfio-pci\n");
+        h.driver("nouveau");
+        new StateStore(h.state).write(DriverBinding.TABLE, List.<String[]>of(new String[] {"0000:04:00.0", "nouveau"}));
+        DriverBinding.Outcome o = binding(h).unbind(Bdf.parse("0000:04:00.0"), false);
+        assertEquals(List.of(
+                h.sys.resolve("bus/pci/devices/0000:04:00.0/driver_override") + " <- (clear)",
+                h.sys.resolve("bus/pci/drivers/vfio-pci/unbind") + " <- 0000:04:00.0",
+                h.sys.resolve("bus/pci/drivers/nouveau/bind") + " <- 0000:04:00.0"), o.writes());
+        assertEquals("0000:04:00.0", h.read("bus/pci/drivers/nouveau/bind"));
+        assertTrue(o.note().contains("the kernel did not give it back to nouveau"), o.note());
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:04:00.0")));
+    }
+
+    @Test
+    void unbindRefusesAnAssignedDevice() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        new AssignmentRegistry(h.state).assign(Bdf.parse("0000:04:00.0"), "gpu-vm", List.of());
+        HostConfigException e = assertThrows(HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false));
+        assertTrue(e.getMessage().contains("it is assigned to VM gpu-vm"), e.getMessage());
+    }
+
+    @Test
+    void resetWritesOneAndRefusesWhileAssignedOrHostOwned() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        DriverBinding.Outcome o = binding(h).reset(Bdf.parse("0000:04:00.0"), false);
+        assertEquals("1", h.read("bus/pci/devices/0000:04:00.0/reset"));
+        assertEquals("reset methods: flr bus", o.note());
+        HostConfigException host = assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:02:00.0"), false));
+        assertTrue(host.getMessage().contains("its host driver e1000e would lose the device's state"), host.getMessage());
+        new AssignmentRegistry(h.state).assign(Bdf.parse("0000:04:00.0"), "gpu-vm", List.of());
+        HostConfigException vm = assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:04:00.0"), false));
+        assertTrue(vm.getMessage().contains("assigned to VM gpu-vm"), vm.getMessage());
+    }
+
+    @Test
+    void driverNamesCannotEscapeTheDriversDirectory() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        HostConfigException e = assertThrows(HostConfigException.class,
+                () -> binding(h).bind(Bdf.parse("0000:03:10.2"), "../../../x", false));
+        assertTrue(e.getMessage().contains("is not a driver name"), e.getMessage());
+    }
+
+    @Test
+    void cliBindRefusalIsOneLine() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        CliRun r = CliRun.host(h, "bind", "0000:00:1f.3");
+        assertEquals(1, r.exit());
+        assertTrue(r.err().startsWith("iovirt host bind: refusing to bind 0000:00:1f.3 to vfio-pci: group 7 also holds 0000:00:1f.4"), r.err());
+        assertTrue(r.noStackTrace(), r.err());
+    }
+}
