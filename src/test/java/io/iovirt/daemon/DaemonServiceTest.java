@@ -126,7 +126,7 @@ class DaemonServiceTest {
     /** The unit files in packaging/systemd pass systemd's own checker (with ExecStart pointed at this checkout). */
     @Test
     void unitFilesVerify() throws Exception {
-        org.junit.jupiter.api.Assumptions.assumeTrue(Files.isExecutable(Path.of("/usr/bin/systemd-analyze")), "systemd-analyze is missing");
+        assertTrue(Files.isExecutable(Path.of("/usr/bin/systemd-analyze")), "systemd-analyze is missing (Debian package systemd)");
         Path launcher = Path.of("iovirt").toAbsolutePath();
         List<String> cmd = new ArrayList<>(List.of("systemd-analyze", "verify", "--man=no"));
         for (String unit : new String[] {"iovirt.service", "iovirt-blk@.service"}) {

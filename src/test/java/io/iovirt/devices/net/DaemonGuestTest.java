@@ -3,7 +3,6 @@ package io.iovirt.devices.net;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.daemon.JsonParser;
 import io.iovirt.net.Mac;
@@ -59,8 +58,8 @@ class DaemonGuestTest {
 
     @BeforeAll
     static void requirements() {
-        assumeTrue(SwitchGuestTest.onPath("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
-        assumeTrue(SwitchGuestTest.onPath("promtool"), "promtool is not installed (scripts/install-deps.sh)");
+        assertTrue(SwitchGuestTest.onPath("qemu-system-x86_64"), "QEMU is not installed: run scripts/install-deps.sh");
+        assertTrue(SwitchGuestTest.onPath("promtool"), "promtool is not installed: run scripts/install-deps.sh");
         image = GuestImage.ensure();
     }
 
