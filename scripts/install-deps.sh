@@ -20,7 +20,7 @@ fi
 # The daemon's tests: libvirt (virt-xml-validate needs xmllint; libvirtd with the QEMU driver, started by the test
 # itself) and promtool. promtool ships only in Debian's 'prometheus' package (19 MB download, 96 MB installed, plus
 # JavaScript UI libraries and a system user): take just the promtool binary out of the .deb instead of installing it.
-DAEMON_PKGS=(libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu libxml2-utils curl)
+DAEMON_PKGS=(libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu libxml2-utils curl python3 util-linux passwd)
 missing=()
 for p in "${DAEMON_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
