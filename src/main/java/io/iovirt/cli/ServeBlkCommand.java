@@ -1,7 +1,9 @@
 package io.iovirt.cli;
 
 import io.iovirt.devices.blk.BlkDevice;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageFormat;
+import io.iovirt.storage.Images;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.nio.file.Path;
 import java.util.HexFormat;
@@ -15,12 +17,16 @@ import picocli.CommandLine.Option;
  * fsync the image and exit 0.
  */
 @Command(name = "blk", mixinStandardHelpOptions = true,
-        description = {"Serve a raw disk image to QEMU guests as vhost-user-blk.",
+        description = {"Serve a disk image (raw or qcow2) to QEMU guests as vhost-user-blk.",
                 "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
                         + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."})
 final class ServeBlkCommand implements Callable<Integer> {
-    @Option(names = "--image", required = true, paramLabel = "FILE", description = "Raw image file or block device.")
+    @Option(names = "--image", required = true, paramLabel = "FILE",
+            description = "Disk image: raw file or block device, or qcow2 (format detected from the header).")
     Path image;
+
+    @Option(names = "--format", paramLabel = "raw|qcow2", description = "Image format, overriding detection from the header.")
+    String format;
 
     @Option(names = "--socket", required = true, paramLabel = "PATH", description = "UNIX socket to listen on.")
     Path socket;
@@ -62,10 +68,11 @@ final class ServeBlkCommand implements Callable<Integer> {
             throw new IllegalArgumentException("--queues must be between 1 and 64, got " + queues);
         }
         String id = serial != null ? serial : defaultSerial(image);
-        try (RawImage img = RawImage.open(image, readOnly, direct)) {
+        ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
+        try (DiskImage img = Images.open(image, fmt, readOnly, direct)) {
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
             try (VhostUserServer server = VhostUserServer.start(socket, device)) {
-                System.err.printf("iovirt: serving %s (%d MiB%s%s, %d queue%s, %s) on %s%n", image, img.size() >> 20,
+                System.err.printf("iovirt: serving %s (%s, %d MiB%s%s, %d queue%s, %s) on %s%n", image, img.format(), img.size() >> 20,
                         readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues, queues == 1 ? "" : "s",
                         device.ioDescription(), socket);
                 String signal = Signals.awaitTermination();

@@ -5,6 +5,6 @@ import picocli.CommandLine.Command;
 /** {@code iovirt serve ...}: long-running backends that QEMU connects to. */
 @Command(name = "serve", mixinStandardHelpOptions = true,
         description = "Run a device backend in the foreground until SIGINT/SIGTERM.",
-        subcommands = {ServeBlkCommand.class, ServeNetCommand.class})
+        subcommands = {ServeBlkCommand.class, ServeNetCommand.class, ServeNbdCommand.class})
 final class ServeCommand {
 }

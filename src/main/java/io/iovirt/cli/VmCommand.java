@@ -27,7 +27,7 @@ final class VmCommand {
 
     @Command(name = "run", mixinStandardHelpOptions = true, usageHelpWidth = 110,
             description = {"Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
-                    "(vhost-user), FV devices emulated by QEMU (NICs on iovirt's switch), VFIO devices and SR-IOV VFs",
+                    "(vhost-user), FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO and SR-IOV VFs",
                     "passed through after the host registry assigns them to this VM.",
                     "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:",
                     "list what the guest sees). With --serve, starts only the backends, prints the QEMU device",
@@ -43,7 +43,7 @@ final class VmCommand {
                 description = "pvhvm (default: any mix; PV devices with MSI-X via eventfds, kvmclock under KVM) or hvm (emulated devices only).")
         String profile;
 
-        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro]", description = "A disk: pv (virtio-blk by iovirt) or fv (AHCI by QEMU).")
+        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro]", description = "A disk (raw or qcow2): pv (virtio-blk served by iovirt) or fv (AHCI emulated by QEMU on iovirt's NBD export).")
         List<String> disks = new ArrayList<>();
 
         @Option(names = "--nic", paramLabel = "pv|fv[,mac=MAC]", description = "A NIC on iovirt's switch: pv (virtio-net) or fv (e1000).")

@@ -2,7 +2,9 @@
 package io.iovirt.daemon;
 
 import io.iovirt.devices.blk.BlkDevice;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageFormat;
+import io.iovirt.storage.Images;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -14,17 +16,17 @@ import java.nio.file.Path;
 final class BlkExport implements AutoCloseable {
     /** What the export was made from (the config file's entry or blk.add's parameters). */
     record Spec(String id, Path image, Path socket, int queues, boolean readOnly, boolean direct, String serial,
-                BlkDevice.IoEngine engine) {
+                BlkDevice.IoEngine engine, ImageFormat format) {
     }
 
     final Spec spec;
-    final RawImage image;
+    final DiskImage image;
     final BlkDevice device;
     final VhostUserServer server;
     /** True when the configuration file declared it (SIGHUP may remove it); false when added through the API. */
     final boolean fromConfig;
 
-    private BlkExport(Spec spec, RawImage image, BlkDevice device, VhostUserServer server, boolean fromConfig) {
+    private BlkExport(Spec spec, DiskImage image, BlkDevice device, VhostUserServer server, boolean fromConfig) {
         this.spec = spec;
         this.image = image;
         this.device = device;
@@ -33,7 +35,7 @@ final class BlkExport implements AutoCloseable {
     }
 
     static BlkExport start(Spec spec, boolean fromConfig, SocketAccess access) throws IOException {
-        RawImage image = RawImage.open(spec.image(), spec.readOnly(), spec.direct());
+        DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), spec.direct());
         try {
             BlkDevice device = new BlkDevice(spec.id(), image, spec.queues(), spec.serial(), spec.engine());
             VhostUserServer server = VhostUserServer.start(spec.socket(), device);

@@ -57,7 +57,7 @@ final class ConfigFile {
             for (int i = 0; i < blkList.size(); i++) {
                 Map<String, Object> e = object(blkList.get(i), "blk[" + i + "]");
                 Params p = new Params(file + ": blk[" + i + "]", e).allow("id", "image", "socket", "queues", "readonly", "direct",
-                        "serial", "io-engine");
+                        "serial", "io-engine", "format");
                 p.id("id"); // mandatory in a file: reloads match entries by id
                 BlkExport.Spec s = d.blkSpec(p, null);
                 if (blks.put(s.id(), s) != null) {
@@ -141,7 +141,7 @@ final class ConfigFile {
                     removed.add("blk " + e.spec.id());
                 } else if (!w.equals(e.spec)) {
                     BlkExport.Spec sameButRo = new BlkExport.Spec(w.id(), w.image(), w.socket(), w.queues(), e.spec.readOnly(),
-                            w.direct(), w.serial(), w.engine());
+                            w.direct(), w.serial(), w.engine(), w.format());
                     if (sameButRo.equals(e.spec) && !e.spec.readOnly()) {
                         run(failed, "blk " + w.id(), () -> {
                             try {

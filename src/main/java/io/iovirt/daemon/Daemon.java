@@ -57,7 +57,7 @@ public final class Daemon implements AutoCloseable {
         Params p = new Params(method, params);
         return switch (method) {
             case "version" -> version(p.allow());
-            case "blk.add" -> blkAdd(p.allow("id", "image", "socket", "queues", "readonly", "direct", "serial", "io-engine"), false);
+            case "blk.add" -> blkAdd(p.allow("id", "image", "socket", "queues", "readonly", "direct", "serial", "io-engine", "format"), false);
             case "blk.remove" -> blkRemove(p.allow("id"));
             case "blk.list" -> blkList(p.allow());
             case "blk.info" -> blkInfo(p.allow("id"));
@@ -105,7 +105,13 @@ public final class Daemon implements AutoCloseable {
             case "io_uring" -> BlkDevice.IoEngine.IO_URING;
             default -> throw RpcException.params("blk.add: 'io-engine' must be auto, sync or io_uring");
         };
-        return new BlkExport.Spec(id, image, socket, queues, ro, direct, serial, engine);
+        io.iovirt.storage.ImageFormat format;
+        try {
+            format = p.has("format") && !p.string("format").equals("auto") ? io.iovirt.storage.ImageFormat.parse(p.string("format")) : null;
+        } catch (IllegalArgumentException e) {
+            throw RpcException.params("blk.add: " + e.getMessage() + " (or auto: detect from the header)");
+        }
+        return new BlkExport.Spec(id, image, socket, queues, ro, direct, serial, engine, format);
     }
 
     private Map<String, Object> blkAdd(Params p, boolean fromConfig) throws RpcException {
@@ -185,6 +191,7 @@ public final class Daemon implements AutoCloseable {
         m.put("id", e.spec.id());
         m.put("image", e.spec.image().toString());
         m.put("socket", e.spec.socket().toString());
+        m.put("format", e.image.format());
         m.put("size", e.image.size());
         m.put("queues", e.spec.queues());
         m.put("readonly", e.image.readOnly());

@@ -46,6 +46,10 @@ public final class LibvirtXml {
     public record EmulatedDisk(String image, boolean readOnly) implements Device {
     }
 
+    /** An emulated AHCI disk on an NBD export ({@code <disk type='network'>}, protocol nbd over a UNIX socket). */
+    public record NbdDisk(String socket, String export, boolean readOnly) implements Device {
+    }
+
     /** A VFIO PCI function ({@code <hostdev>}), e.g. {@code 0000:3b:02.1}. */
     public record Hostdev(String bdf) implements Device {
     }
@@ -97,6 +101,7 @@ public final class LibvirtXml {
         Map<String, String> streamPath = new java.util.HashMap<>();
         Map<String, String> drives = new java.util.HashMap<>();
         Map<String, Boolean> driveRo = new java.util.HashMap<>();
+        Map<String, NbdDisk> nbd = new java.util.HashMap<>();
         List<Device> out = new ArrayList<>();
         for (int i = 0; i + 1 < args.size(); i++) {
             String opt = args.get(i);
@@ -117,6 +122,9 @@ public final class LibvirtXml {
                 case "-drive" -> {
                     drives.put(kv.get("id"), kv.get("file"));
                     driveRo.put(kv.get("id"), "on".equals(kv.get("readonly")));
+                    if ("nbd".equals(kv.get("driver"))) {
+                        nbd.put(kv.get("id"), new NbdDisk(kv.get("server.path"), kv.get("export"), "on".equals(kv.get("readonly"))));
+                    }
                 }
                 case "-device" -> {
                     long mac = kv.containsKey("mac") ? io.iovirt.net.Mac.parse(kv.get("mac")) : -1;
@@ -127,7 +135,9 @@ public final class LibvirtXml {
                         out.add(new VhostUserNic(chardevPath.get(netdevChardev.get(kv.get("netdev"))), 1, mac));
                     } else if (kv.containsKey("e1000") && streamPath.containsKey(kv.get("netdev"))) {
                         out.add(new StreamNic(streamPath.get(kv.get("netdev")), mac));
-                    } else if (kv.containsKey("ide-hd") && drives.containsKey(kv.get("drive"))) {
+                    } else if (kv.containsKey("ide-hd") && nbd.containsKey(kv.get("drive"))) {
+                        out.add(nbd.get(kv.get("drive")));
+                    } else if (kv.containsKey("ide-hd") && drives.get(kv.get("drive")) != null) {
                         out.add(new EmulatedDisk(drives.get(kv.get("drive")), driveRo.get(kv.get("drive"))));
                     } else if (kv.containsKey("vfio-pci") && kv.containsKey("host")) {
                         out.add(new Hostdev(kv.get("host")));
@@ -205,6 +215,13 @@ public final class LibvirtXml {
                         .append("      <source file='").append(esc(e.image())).append("'/>\n")
                         .append("      <target dev='sd").append((char) ('a' + sata++)).append("' bus='sata'/>\n")
                         .append(e.readOnly() ? "      <readonly/>\n" : "")
+                        .append("    </disk>\n");
+                case NbdDisk n -> dev.append("    <disk type='network' device='disk'>\n")
+                        .append("      <driver name='qemu' type='raw'/>\n")
+                        .append("      <source protocol='nbd'").append(n.export() != null ? " name='" + esc(n.export()) + "'" : "")
+                        .append(">\n        <host transport='unix' socket='").append(esc(n.socket())).append("'/>\n      </source>\n")
+                        .append("      <target dev='sd").append((char) ('a' + sata++)).append("' bus='sata'/>\n")
+                        .append(n.readOnly() ? "      <readonly/>\n" : "")
                         .append("    </disk>\n");
                 case VhostUserNic v -> {
                     dev.append("    <interface type='vhostuser'>\n");

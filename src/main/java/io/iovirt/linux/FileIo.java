@@ -176,6 +176,22 @@ public final class FileIo {
                 "fd " + f + ", mode 0x" + Integer.toHexString(mode) + ", " + offset + "+" + length);
     }
 
+    public static final int SEEK_DATA = 3;
+    public static final int SEEK_HOLE = 4;
+
+    /**
+     * lseek(2) with SEEK_DATA or SEEK_HOLE: the next data or hole offset at or after {@code offset}; -1 when
+     * {@code offset} is at or past the end of the file (ENXIO), which for SEEK_DATA means "only a hole is left".
+     */
+    public static long seek(Fd fd, long offset, int whence) throws LinuxException {
+        int f = fd.get();
+        long r = Syscalls.lseek(f, offset, whence);
+        if (r == -Errno.ENXIO) {
+            return -1;
+        }
+        return Syscalls.check(r, "lseek", "fd " + f + ", offset " + offset + ", whence " + whence);
+    }
+
     public static Stat stat(Fd fd) throws LinuxException {
         int f = fd.get();
         try (Arena a = Arena.ofConfined()) {

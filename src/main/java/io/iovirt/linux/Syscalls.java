@@ -335,6 +335,7 @@ final class Syscalls {
         static final MethodHandle FDATASYNC = fn("fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
         static final MethodHandle FALLOCATE = fn("fallocate",
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle LSEEK = fn("lseek", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_INT));
         static final MethodHandle STATX = fn("statx",
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
     }
@@ -425,6 +426,15 @@ final class Syscalls {
                 r = (int) Files.FALLOCATE.invokeExact(t.capture, fd, mode, offset, len);
             } while (r < 0 && t.errno() == Errno.EINTR);
             return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static long lseek(int fd, long offset, int whence) {
+        PerThread t = perThread();
+        try {
+            return ret((long) Files.LSEEK.invokeExact(t.capture, fd, offset, whence), t);
         } catch (Throwable e) {
             throw unexpected(e);
         }

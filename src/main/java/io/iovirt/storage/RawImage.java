@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage;
 
 import io.iovirt.linux.Errno;
@@ -20,7 +21,7 @@ import java.util.Arrays;
  * once {@link #flush()} returns, every write completed before it is on stable storage, with the metadata needed to
  * read it back (block allocation, size); timestamps are not worth a journal commit per guest flush.
  */
-public final class RawImage implements AutoCloseable {
+public final class RawImage implements DiskImage {
     private final Path path;
     private final Fd fd;
     /** Opened O_RDONLY: can never take writes. */
@@ -33,6 +34,11 @@ public final class RawImage implements AutoCloseable {
     private volatile long size;
     /** Alignment O_DIRECT needs for file offsets and lengths (and, conservatively, memory). 1 when buffered. */
     private final int directAlign;
+    /**
+     * A container format's file (qcow2) grows as clusters are allocated: I/O is not bounded by the size at open,
+     * the format checks its own ranges.
+     */
+    private boolean growable;
 
     private RawImage(Path path, Fd fd, boolean readOnly, boolean direct, boolean blockDevice, long size, int directAlign) {
         this.path = path;
@@ -86,14 +92,42 @@ public final class RawImage implements AutoCloseable {
         }
     }
 
+    /**
+     * Opens the file of a container format (qcow2) for its data and metadata I/O: buffered, and not bounded by the
+     * file's size at open, since the format grows it.
+     */
+    public static RawImage openContainerFile(Path path, boolean readOnly) throws IOException {
+        RawImage f = open(path, readOnly, false);
+        f.growable = true;
+        return f;
+    }
+
+    /** The descriptor, for a container format's metadata I/O. */
+    public Fd fd() {
+        return fd;
+    }
+
+    @Override
     public Path path() {
         return path;
     }
 
+    @Override
+    public String format() {
+        return "raw";
+    }
+
+    @Override
+    public int zeroGranularity() {
+        return 1;
+    }
+
+    @Override
     public long size() {
         return size;
     }
 
+    @Override
     public boolean readOnly() {
         return readOnly;
     }
@@ -102,6 +136,7 @@ public final class RawImage implements AutoCloseable {
      * Refuses (or accepts again) writes from now on. Switching to read-only first makes every completed write
      * durable; an image opened read-only cannot be made writable.
      */
+    @Override
     public synchronized void setReadOnly(boolean ro) throws IOException {
         if (!ro && openedReadOnly) {
             throw new IOException("image " + path + " was opened read-only; remove the export and add it again without readonly");
@@ -116,6 +151,7 @@ public final class RawImage implements AutoCloseable {
      * Grows a regular-file image to {@code newSize} bytes (the new part reads as zeros). Shrinking is refused: a
      * guest may have data there. A block device cannot be resized here: grow the device, then it is re-read.
      */
+    @Override
     public synchronized void resize(long newSize) throws IOException {
         if (blockDevice) {
             long now = FileIo.blockDeviceSize(fd);
@@ -141,16 +177,19 @@ public final class RawImage implements AutoCloseable {
         size = newSize;
     }
 
+    @Override
     public boolean direct() {
         return direct;
     }
 
     /** Smallest block the guest should address: the O_DIRECT alignment, else 512. */
+    @Override
     public int blockSize() {
         return Math.max(512, directAlign);
     }
 
     /** Per-thread I/O state: a preallocated iovec array and, in O_DIRECT mode, an aligned bounce buffer. */
+    @Override
     public IoContext newContext(int maxSegments, int bounceBytes) {
         return new IoContext(maxSegments, bounceBytes);
     }
@@ -161,6 +200,7 @@ public final class RawImage implements AutoCloseable {
      * buffers. Contexts used by one thread may share one bounce buffer: the bounce path is synchronous. The caller
      * frees the memory after closing the contexts.
      */
+    @Override
     public IoContext newContext(IoVec iov, MemorySegment bounce) {
         if (direct) {
             if (bounce == null || (bounce.address() & (directAlign - 1)) != 0 || bounce.byteSize() < directAlign) {
@@ -172,6 +212,7 @@ public final class RawImage implements AutoCloseable {
     }
 
     /** Makes every completed write durable (fdatasync). */
+    @Override
     public void flush() throws LinuxException {
         FileIo.fdatasync(fd);
     }
@@ -180,16 +221,20 @@ public final class RawImage implements AutoCloseable {
      * Queues the asynchronous equivalent of {@link #flush()} on {@code ring}; pass its result to
      * {@link #flushCompleted}. It covers the writes completed before it is submitted, not those still in flight.
      */
-    public void submitFlush(IoUring ring, long userData) {
+    @Override
+    public boolean submitFlush(IoUring ring, long userData) {
         ring.fsync(fd, IoUring.FSYNC_DATASYNC, userData);
+        return true;
     }
 
     /** Checks the result of a flush queued with {@link #submitFlush}. */
+    @Override
     public void flushCompleted(int result) throws LinuxException {
         IoUring.check(IoUring.OP_FSYNC, result, path.toString());
     }
 
     /** Deallocates [offset, offset+len): the range then reads as zeros. */
+    @Override
     public void discard(long offset, long len) throws LinuxException {
         checkWritable();
         if (blockDevice) {
@@ -200,6 +245,7 @@ public final class RawImage implements AutoCloseable {
     }
 
     /** Makes [offset, offset+len) read as zeros; with {@code unmap} the space may be deallocated. */
+    @Override
     public void writeZeroes(long offset, long len, boolean unmap) throws LinuxException {
         checkWritable();
         if (blockDevice) {
@@ -214,6 +260,44 @@ public final class RawImage implements AutoCloseable {
                 throw e;
             }
             FileIo.fallocate(fd, FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
+        }
+    }
+
+    /**
+     * SEEK_DATA/SEEK_HOLE on a regular file: a hole reads as zeros. A block device reports everything as data
+     * (the kernel has no allocation map for it).
+     */
+    @Override
+    public Extent extent(long offset, long len) throws IOException {
+        if (offset < 0 || len <= 0 || offset >= size) {
+            throw new LinuxException("lseek", "extent " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+        }
+        long max = Math.min(len, size - offset);
+        if (blockDevice) {
+            return new Extent(max, false, false);
+        }
+        long data = FileIo.seek(fd, offset, FileIo.SEEK_DATA);
+        if (data < 0 || data >= offset + max) {
+            return new Extent(max, true, true); // a hole to the end of the range (or of the file)
+        }
+        if (data > offset) {
+            return new Extent(data - offset, true, true);
+        }
+        long hole = FileIo.seek(fd, offset, FileIo.SEEK_HOLE);
+        long end = hole < 0 ? offset + max : Math.min(hole, offset + max);
+        return new Extent(Math.max(1, end - offset), false, false);
+    }
+
+    /** Positional read; past the file's end (it shrank) reads as zeros. O_DIRECT images need an aligned {@code dst}. */
+    @Override
+    public void readAt(long offset, MemorySegment dst) throws IOException {
+        if (offset < 0 || (!growable && (offset > size || dst.byteSize() > size - offset))) {
+            throw new LinuxException("pread", "range " + offset + "+" + dst.byteSize() + " outside the " + size
+                    + "-byte image", Errno.EINVAL);
+        }
+        long got = FileIo.readFully(fd, dst, offset);
+        if (got < dst.byteSize()) {
+            dst.asSlice(got).fill((byte) 0);
         }
     }
 
@@ -232,7 +316,7 @@ public final class RawImage implements AutoCloseable {
      * Scatter-gather I/O between the image and guest buffers for one thread. Add buffers with {@link #add}, then
      * {@link #read} or {@link #write} them at an offset; the context is reused for the next request.
      */
-    public final class IoContext implements AutoCloseable {
+    public final class IoContext implements ImageIo {
         /** Owns the memory of a context made by {@link #newContext(int, int)}; null for caller-owned memory. */
         private final Arena arena;
         private final IoVec iov;
@@ -258,6 +342,7 @@ public final class RawImage implements AutoCloseable {
         }
 
         /** Starts a new request. */
+        @Override
         public void clear() {
             for (int i = 0; i < count; i++) {
                 buffers[i] = null;
@@ -268,6 +353,7 @@ public final class RawImage implements AutoCloseable {
         }
 
         /** Adds a guest buffer; returns false when the request has more segments than this context takes. */
+        @Override
         public boolean add(MemorySegment buffer) {
             if (buffer.byteSize() == 0) {
                 return true;
@@ -288,11 +374,13 @@ public final class RawImage implements AutoCloseable {
             return true;
         }
 
+        @Override
         public long bytes() {
             return bytes;
         }
 
         /** Reads {@link #bytes()} at {@code offset} into the buffers; the range must lie inside the image. */
+        @Override
         public void read(long offset) throws IOException {
             checkRange(offset, bytes, false);
             if (count == 0) {
@@ -309,6 +397,7 @@ public final class RawImage implements AutoCloseable {
         }
 
         /** Writes the buffers at {@code offset}; the range must lie inside the image. */
+        @Override
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
             if (count == 0) {
@@ -330,6 +419,7 @@ public final class RawImage implements AutoCloseable {
          * nothing, when the request must run synchronously with {@link #read}: nothing to read, or O_DIRECT with
          * buffers that need the bounce path. The buffers must stay mapped until the completion is reaped.
          */
+        @Override
         public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, false);
             if (count == 0 || !aligned) {
@@ -344,6 +434,7 @@ public final class RawImage implements AutoCloseable {
         }
 
         /** The write counterpart of {@link #submitRead}. */
+        @Override
         public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, true);
             if (count == 0 || !aligned) {
@@ -362,6 +453,7 @@ public final class RawImage implements AutoCloseable {
          * an error becomes an exception naming the operation; a short transfer is completed synchronously, like a
          * short preadv/pwritev.
          */
+        @Override
         public void completed(boolean write, long offset, int result) throws IOException {
             if (result == -Errno.EAGAIN) {
                 finishShort(offset, 0, write); // the kernel would not block for us: do it ourselves
@@ -441,7 +533,7 @@ public final class RawImage implements AutoCloseable {
             if (write && readOnly) {
                 throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
             }
-            if (offset < 0 || len < 0 || offset > size || len > size - offset) {
+            if (offset < 0 || len < 0 || (!growable && (offset > size || len > size - offset))) {
                 throw new LinuxException(write ? "pwrite" : "pread",
                         "range " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
             }

@@ -56,8 +56,8 @@ class CtlCommandTest {
             assertEquals(0, ctl("blk.add", "image=" + img, "socket=" + dir.resolve("d.sock"), "queues=2", "readonly=true").exit());
             Run list = ctl("blk.list");
             String[] lines = list.out().split("\n");
-            assertTrue(lines[0].matches("ID\\s+IMAGE\\s+SOCKET\\s+SIZE\\s+QUEUES\\s+READONLY.*"), list.out());
-            assertTrue(lines[1].matches("blk0\\s+\\S+d\\.raw\\s+\\S+d\\.sock\\s+1048576\\s+2\\s+true.*"), list.out());
+            assertTrue(lines[0].matches("ID\\s+IMAGE\\s+SOCKET\\s+FORMAT\\s+SIZE\\s+QUEUES\\s+READONLY.*"), list.out());
+            assertTrue(lines[1].matches("blk0\\s+\\S+d\\.raw\\s+\\S+d\\.sock\\s+raw\\s+1048576\\s+2\\s+true.*"), list.out());
             Run json = ctl("blk.list", "--json");
             List<?> parsed = (List<?>) JsonParser.parse(json.out());
             assertEquals(2L, ((Map<?, ?>) parsed.get(0)).get("queues"));

@@ -95,7 +95,7 @@ class DaemonApiTest {
         // bad input
         assertTrue(bad(RpcException.INVALID_PARAMS, "blk.add", "socket", "x").getMessage().contains("missing parameter 'image'"));
         assertTrue(bad(RpcException.FAILED, "blk.add", "image", dir.resolve("nope").toString(), "socket", dir.resolve("n.sock").toString())
-                .getMessage().contains("truncate -s"));
+                .getMessage().contains("create it first"));
         bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", 0);
         bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", "many");
         bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "readonly", "maybe");

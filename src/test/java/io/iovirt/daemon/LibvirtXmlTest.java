@@ -77,7 +77,7 @@ class LibvirtXmlTest {
             assertEquals(4, devices.size(), devices + " from " + c.qemuArgs());
             String xml = LibvirtXml.domain(new LibvirtXml.Domain("vm1", 256, 1, null, null, null, null), devices);
             assertTrue(xml.contains("<disk type='vhostuser'"), xml);
-            assertTrue(xml.contains("bus='sata'") && xml.contains("<readonly/>"), xml);
+            assertTrue(xml.contains("<source protocol='nbd'") && xml.contains("bus='sata'") && xml.contains("<readonly/>"), xml);
             assertTrue(xml.contains("<interface type='vhostuser'>") && xml.contains("e1000,netdev="), xml);
             assertTrue(xml.contains("name='vectors' type='unsigned' value='0'"), xml);
             validate(dir, xml);

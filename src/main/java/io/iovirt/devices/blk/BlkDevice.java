@@ -5,7 +5,8 @@ import static io.iovirt.devices.blk.BlkRequests.*;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageIo;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
@@ -42,7 +43,7 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     private final String name;
-    private final RawImage image;
+    private final DiskImage image;
     private final int queues;
     private final BlkLimits limits = BlkLimits.defaults();
     private final BlkConfig config;
@@ -63,7 +64,7 @@ public final class BlkDevice implements VhostUserBackend {
      * @param queues request queues offered (the guest may use fewer)
      * @param serial the GET_ID string, at most 20 bytes of ASCII
      */
-    public BlkDevice(String name, RawImage image, int queues, String serial) {
+    public BlkDevice(String name, DiskImage image, int queues, String serial) {
         this(name, image, queues, serial, IoEngine.AUTO);
     }
 
@@ -71,7 +72,7 @@ public final class BlkDevice implements VhostUserBackend {
      * @param engine how queues do I/O
      * @throws IllegalStateException when {@code engine} is IO_URING and io_uring is not available here
      */
-    public BlkDevice(String name, RawImage image, int queues, String serial, IoEngine engine) {
+    public BlkDevice(String name, DiskImage image, int queues, String serial, IoEngine engine) {
         if (queues < 1 || queues > 64) {
             throw new IllegalArgumentException("queues must be 1..64: " + queues);
         }
@@ -130,7 +131,7 @@ public final class BlkDevice implements VhostUserBackend {
         return queueStats[index].snapshot();
     }
 
-    public RawImage image() {
+    public DiskImage image() {
         return image;
     }
 
@@ -340,7 +341,7 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     /** Makes every acknowledged write durable; used at shutdown. */
-    public void flush() throws LinuxException {
+    public void flush() throws java.io.IOException {
         if (!image.readOnly()) {
             image.flush();
         }

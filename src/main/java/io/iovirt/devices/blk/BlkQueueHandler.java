@@ -3,7 +3,8 @@ package io.iovirt.devices.blk;
 import static io.iovirt.devices.blk.BlkRequests.*;
 
 import io.iovirt.linux.IoUring;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageIo;
 import io.iovirt.virtio.DescriptorChain;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -43,7 +44,7 @@ final class BlkQueueHandler implements AutoCloseable {
     /** One request from pop to push: its chain, its I/O state and what {@link #start} decided. */
     static final class Request {
         final int slot;
-        final RawImage.IoContext io;
+        final ImageIo io;
         DescriptorChain chain;
         int kind;
         /** Image byte offset of a read or write. */
@@ -57,14 +58,14 @@ final class BlkQueueHandler implements AutoCloseable {
         /** System.nanoTime() when the request was taken from the ring (latency histogram, in-flight gauge). */
         long startNanos;
 
-        Request(int slot, DescriptorChain chain, RawImage.IoContext io) {
+        Request(int slot, DescriptorChain chain, ImageIo io) {
             this.slot = slot;
             this.chain = chain;
             this.io = io;
         }
     }
 
-    private final RawImage image;
+    private final DiskImage image;
     private final BlkLimits limits;
     private final BlkStats stats;
     private final byte[] serial;
@@ -76,14 +77,14 @@ final class BlkQueueHandler implements AutoCloseable {
     private Request syncRequest;
 
     /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
-    BlkQueueHandler(RawImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
+    BlkQueueHandler(DiskImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
         this.image = image;
         this.limits = limits;
         this.serial = java.util.Arrays.copyOf(serial, ID_BYTES);
         this.stats = stats;
     }
 
-    RawImage image() {
+    DiskImage image() {
         return image;
     }
 
@@ -170,11 +171,7 @@ final class BlkQueueHandler implements AutoCloseable {
                 case READ -> r.io.submitRead(ring, r.offset, r.slot);
                 case WRITE -> r.io.submitWrite(ring, r.offset, r.slot);
                 case FLUSH -> {
-                    if (!image.readOnly()) {
-                        image.submitFlush(ring, r.slot);
-                        yield true;
-                    }
-                    yield false;
+                    yield !image.readOnly() && image.submitFlush(ring, r.slot); // qcow2: synchronous, below
                 }
                 default -> throw new IllegalStateException("request kind " + r.kind + " has no I/O to submit");
             };
@@ -257,7 +254,7 @@ final class BlkQueueHandler implements AutoCloseable {
         if (!checkData(r, sector, len, "read")) {
             return;
         }
-        RawImage.IoContext io = r.io;
+        ImageIo io = r.io;
         io.clear();
         DescriptorChain chain = r.chain;
         long left = len;
@@ -285,7 +282,7 @@ final class BlkQueueHandler implements AutoCloseable {
         if (!checkData(r, sector, len, "write")) {
             return;
         }
-        RawImage.IoContext io = r.io;
+        ImageIo io = r.io;
         io.clear();
         long skip = HEADER_BYTES; // the header may share a buffer with data (the spec allows any framing)
         for (int i = 0; i < chain.readableCount(); i++) {

@@ -10,10 +10,13 @@ import io.iovirt.host.assign.VfioConfig;
 import io.iovirt.net.Mac;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
+import io.iovirt.nbd.NbdExport;
+import io.iovirt.nbd.NbdServer;
 import io.iovirt.pci.Bdf;
 import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciInventory;
-import io.iovirt.storage.RawImage;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.Images;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.QemuGuest;
@@ -25,8 +28,8 @@ import java.util.List;
 import java.util.Set;
 
 /**
- * Wires a {@link VmSpec} into one QEMU guest: starts the iovirt backends its PV devices need (a vhost-user-blk
- * server per PV disk, one switch for all NICs with a vhost-user port per PV NIC and a stream port per emulated NIC),
+ * Wires a {@link VmSpec} into one QEMU guest: starts the iovirt backends its devices need (a vhost-user-blk
+ * server per PV disk, one NBD server exporting every FV disk to QEMU's emulated AHCI, one switch for all NICs with a vhost-user port per PV NIC and a stream port per emulated NIC),
  * checks and records VFIO and SR-IOV assignments in the host registry, and returns the QEMU arguments and guest
  * modules. Closing the composition stops the backends; assignments stay until {@code iovirt host release}.
  */
@@ -44,6 +47,7 @@ public final class VmComposer implements AutoCloseable {
     private final Set<String> modules = new LinkedHashSet<>();
     private final List<Device> devices = new ArrayList<>();
     private Switch netSwitch;
+    private NbdServer nbd;
 
     private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel) {
         this.accel = accel;
@@ -73,6 +77,11 @@ public final class VmComposer implements AutoCloseable {
         }
     }
 
+    /** The NBD server behind the FV disks, or null when the VM has none. */
+    public NbdServer nbdServer() {
+        return nbd;
+    }
+
     private void wire() throws IOException {
         // A guest in auto mode may be booted again under TCG after it started, so only a sure KVM gets MSI-X here.
         boolean kvm = accel.kind() == Accelerator.Kind.KVM && !accel.mayFallBack();
@@ -82,22 +91,34 @@ public final class VmComposer implements AutoCloseable {
             String ro = disk.readOnly() ? ",readonly=on" : "";
             if (disk.kind() == VmSpec.Kind.PV) {
                 Path sock = runDir.resolve(id + ".sock");
-                RawImage img = RawImage.open(disk.image(), disk.readOnly(), false);
+                DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
                 backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id))));
                 args.addAll(List.of("-chardev", "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
                         "-device", "vhost-user-blk-pci,chardev=" + id + ",num-queues=1"));
                 modules.addAll(List.of("virtio_pci", "virtio_blk"));
-                devices.add(new Device("PV", "virtio-blk " + disk.image() + " served by iovirt over vhost-user (MSI-X via eventfds)"));
+                devices.add(new Device("PV", "virtio-blk " + disk.image() + " (" + img.format()
+                        + ") served by iovirt over vhost-user (MSI-X via eventfds)"));
             } else {
+                // QEMU emulates the AHCI controller and disk; the blocks come from iovirt's storage over NBD, so
+                // both paths run through the same image code (qcow2, flush semantics, locking).
+                Path sock = runDir.resolve("nbd.sock");
+                if (nbd == null) {
+                    nbd = NbdServer.startUnix(sock, NbdServer.DEFAULT_MAX_CONNECTIONS);
+                    backends.add(nbd); // close() stops it before any image it exports is closed
+                }
+                DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
+                backends.add(img);
+                nbd.addExport(new NbdExport(id, img, disk.readOnly()));
                 if (!modules.contains("ahci")) {
                     args.addAll(List.of("-device", "ahci,id=ahci0"));
                 }
-                args.addAll(List.of("-drive", "file=" + QemuGuest.escape(disk.image().toString()) + ",if=none,id=" + id
-                                + ",format=raw" + ro,
+                args.addAll(List.of("-drive", "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(sock.toString())
+                                + ",export=" + id + ",if=none,id=" + id + ",cache.direct=off" + ro,
                         "-device", "ide-hd,drive=" + id + ",bus=ahci0." + (d - 1)));
                 modules.addAll(List.of("ahci", "sd_mod"));
-                devices.add(new Device("FV", "AHCI disk " + disk.image() + " emulated by QEMU"));
+                devices.add(new Device("FV", "AHCI disk " + disk.image() + " (" + img.format()
+                        + ") emulated by QEMU, its blocks served by iovirt over NBD"));
             }
         }
         int n = 0;
@@ -217,6 +238,9 @@ public final class VmComposer implements AutoCloseable {
 
     @Override
     public void close() {
+        if (nbd != null) {
+            nbd.close(); // disconnects QEMU's NBD clients before the images they use are closed
+        }
         for (int i = backends.size() - 1; i >= 0; i--) {
             try {
                 backends.get(i).close();

@@ -60,6 +60,9 @@ class VmComposerGuestTest {
             assertTrue(r.field("nics").contains("virtio_net") && r.field("nics").contains("e1000"), r.field("nics"));
             assertEquals("composed-pv", new String(java.nio.file.Files.readAllBytes(pv), 0, 11));
             assertEquals("composed-fv", new String(java.nio.file.Files.readAllBytes(fv), 0, 11));
+            // the FV disk's blocks went through iovirt's NBD export, not QEMU's file driver
+            assertTrue(c.nbdServer().exports().iterator().next().stats().writes.sum() >= 1,
+                    c.nbdServer().exports().iterator().next().stats().toString());
             // each NIC's gratuitous ARP entered the switch and was flooded to the other NIC
             for (PortStats s : c.netSwitch().stats()) {
                 assertTrue(s.rxPackets() >= 1 && s.txPackets() >= 1, s.toString());

@@ -1,0 +1,686 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.nbd;
+
+import static io.iovirt.nbd.Nbd.*;
+
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageIo;
+import java.io.EOFException;
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.nio.ByteBuffer;
+import java.nio.channels.ClosedChannelException;
+import java.nio.channels.SocketChannel;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
+
+/**
+ * One client connection: the fixed newstyle handshake, then requests served one at a time in order (a client
+ * that wants more in flight opens more connections; the export says CAN_MULTI_CONN). Every length, offset, flag
+ * and option field is checked before use; a violation gets the protocol's error reply, or — where the stream can
+ * no longer be trusted (a bad magic, a write payload we will not read) — a disconnect of this client only.
+ */
+final class NbdConnection implements Runnable {
+    private static final System.Logger LOG = System.getLogger(NbdConnection.class.getName());
+    /** Largest request payload (the NBD spec's recommended maximum block size). */
+    static final int MAX_PAYLOAD = 32 << 20;
+    /** Largest option data we read (export names are at most 4 KiB; the spec's LIST/INFO data are small). */
+    static final int MAX_OPTION = 64 << 10;
+    private static final int PREFERRED_BLOCK = 4096;
+    private static final int MAX_EXTENTS = 256;
+
+    private final NbdServer server;
+    private final SocketChannel ch;
+    private final int id;
+    /** Non-zero: refuse this connection in the handshake, naming the limit. */
+    private final int refuseLimit;
+    private final ByteBuffer header = ByteBuffer.allocateDirect(32);
+    private final ByteBuffer reply = ByteBuffer.allocateDirect(64);
+    private ByteBuffer payload = ByteBuffer.allocateDirect(64 << 10);
+    private volatile boolean transmission;
+    private boolean noZeroes;
+    private boolean structured;
+    /** Export name the base:allocation context was set for, or null. */
+    private String metaExport;
+    private NbdExport export;
+    private ImageIo io;
+
+    NbdConnection(NbdServer server, SocketChannel ch, int id, int refuseLimit) {
+        this.server = server;
+        this.ch = ch;
+        this.id = id;
+        this.refuseLimit = refuseLimit;
+    }
+
+    int id() {
+        return id;
+    }
+
+    /** Called by the server's timer: a client still in the handshake after the timeout is dropped. */
+    void handshakeDeadline() {
+        if (!transmission) {
+            log(System.Logger.Level.INFO, "handshake not finished in " + NbdServer.HANDSHAKE_TIMEOUT_SECONDS + " s: disconnecting");
+            close();
+        }
+    }
+
+    void close() {
+        try {
+            ch.close();
+        } catch (IOException e) {
+            // closing
+        }
+    }
+
+    @Override
+    public void run() {
+        try {
+            if (handshake()) {
+                transmission();
+            }
+        } catch (ClosedChannelException e) {
+            // closed by the server (shutdown, handshake timeout)
+        } catch (EOFException e) {
+            if (e.getMessage() != null) {
+                log(System.Logger.Level.INFO, e.getMessage());
+            }
+        } catch (ProtocolViolation e) {
+            log(System.Logger.Level.WARNING, "protocol violation, disconnecting: " + e.getMessage());
+        } catch (IOException e) {
+            log(System.Logger.Level.INFO, "connection ended: " + e.getMessage());
+        } catch (RuntimeException e) {
+            log(System.Logger.Level.ERROR, "internal error, disconnecting this client: " + e);
+        } finally {
+            if (export != null) {
+                export.stats().connections.decrementAndGet();
+            }
+            if (io != null) {
+                io.close();
+            }
+            close();
+        }
+    }
+
+    private void log(System.Logger.Level level, String msg) {
+        LOG.log(level, "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "") + ": " + msg);
+    }
+
+    /** The stream cannot be trusted any more: disconnect. */
+    static final class ProtocolViolation extends IOException {
+        ProtocolViolation(String m) {
+            super(m);
+        }
+    }
+
+    // ---- handshake ---------------------------------------------------------------------------------------------
+
+    /** @return true to enter transmission, false to close (ABORT, refused) */
+    private boolean handshake() throws IOException {
+        ByteBuffer b = reply.clear();
+        b.putLong(NBDMAGIC).putLong(IHAVEOPT).putShort((short) (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)).flip();
+        writeFully(b);
+        int clientFlags = readInt();
+        if ((clientFlags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) != 0) {
+            throw new ProtocolViolation("unknown client flags 0x" + Integer.toHexString(clientFlags));
+        }
+        if ((clientFlags & FLAG_FIXED_NEWSTYLE) == 0) {
+            throw new ProtocolViolation("client does not speak fixed newstyle negotiation");
+        }
+        noZeroes = (clientFlags & FLAG_NO_ZEROES) != 0;
+        while (true) {
+            long magic = readLong();
+            if (magic != IHAVEOPT) {
+                throw new ProtocolViolation("option without IHAVEOPT magic");
+            }
+            int option = readInt();
+            long len = Integer.toUnsignedLong(readInt());
+            if (len > MAX_OPTION) {
+                if (len > 16L << 20) {
+                    throw new ProtocolViolation("option " + option + " with " + len + " bytes of data");
+                }
+                skip(len);
+                optionReply(option, REP_ERR_TOO_BIG, "option data of " + len + " bytes is too large");
+                continue;
+            }
+            ByteBuffer data = readOption((int) len);
+            if (refuseLimit > 0) {
+                if (option == OPT_EXPORT_NAME) {
+                    return false; // no error reply exists for EXPORT_NAME: disconnect
+                }
+                optionReply(option, REP_ERR_POLICY, "too many connections: this server accepts " + refuseLimit
+                        + "; close another connection and retry");
+                if (option == OPT_ABORT) {
+                    return false;
+                }
+                continue;
+            }
+            switch (option) {
+                case OPT_EXPORT_NAME -> {
+                    String name = string(data, data.remaining());
+                    NbdExport e = name == null ? null : server.export(name);
+                    if (e == null) {
+                        log(System.Logger.Level.INFO, "EXPORT_NAME for unknown export '" + name + "': disconnecting");
+                        return false;
+                    }
+                    open(e);
+                    ByteBuffer r = reply.clear();
+                    r.putLong(e.image().size()).putShort((short) e.transmissionFlags()).flip();
+                    writeFully(r);
+                    if (!noZeroes) {
+                        writeFully(ByteBuffer.allocate(124));
+                    }
+                    return true;
+                }
+                case OPT_ABORT -> {
+                    optionReply(option, REP_ACK, (String) null);
+                    return false;
+                }
+                case OPT_LIST -> {
+                    if (len != 0) {
+                        optionReply(option, REP_ERR_INVALID, "LIST takes no data");
+                        continue;
+                    }
+                    for (NbdExport e : server.exports()) {
+                        byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
+                        ByteBuffer r = ByteBuffer.allocate(4 + n.length).putInt(n.length).put(n).flip();
+                        optionReply(option, REP_SERVER, r);
+                    }
+                    optionReply(option, REP_ACK, (String) null);
+                }
+                case OPT_STRUCTURED_REPLY -> {
+                    if (len != 0) {
+                        optionReply(option, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
+                        continue;
+                    }
+                    structured = true;
+                    optionReply(option, REP_ACK, (String) null);
+                }
+                case OPT_INFO, OPT_GO -> {
+                    if (infoOrGo(option, data)) {
+                        return true;
+                    }
+                }
+                case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(option, data);
+                case OPT_STARTTLS -> optionReply(option, REP_ERR_UNSUP, "TLS is not supported: use a UNIX socket or an SSH tunnel");
+                default -> optionReply(option, REP_ERR_UNSUP, "option " + option + " is not supported");
+            }
+        }
+    }
+
+    private void open(NbdExport e) {
+        export = e;
+        e.stats().connections.incrementAndGet();
+        e.stats().connectionsTotal.increment();
+        io = e.image().newContext(1, 1 << 20); // the bounce buffer (O_DIRECT only) works in 1 MiB chunks
+        if (metaExport != null && !metaExport.equals(e.name())) {
+            metaExport = null; // the context was negotiated for another export
+        }
+        transmission = true;
+    }
+
+    /** OPT_INFO / OPT_GO. Returns true when GO succeeded (transmission starts). */
+    private boolean infoOrGo(int option, ByteBuffer data) throws IOException {
+        if (data.remaining() < 6) {
+            optionReply(option, REP_ERR_INVALID, "INFO/GO data too short");
+            return false;
+        }
+        long nameLen = Integer.toUnsignedLong(data.getInt());
+        if (nameLen > data.remaining() - 2) {
+            optionReply(option, REP_ERR_INVALID, "export name length " + nameLen + " exceeds the option data");
+            return false;
+        }
+        String name = string(data, (int) nameLen);
+        int requests = Short.toUnsignedInt(data.getShort());
+        if (data.remaining() != requests * 2L) {
+            optionReply(option, REP_ERR_INVALID, requests + " information requests do not match the option data");
+            return false;
+        }
+        if (name == null) {
+            optionReply(option, REP_ERR_INVALID, "export name is not valid UTF-8");
+            return false;
+        }
+        NbdExport e = server.export(name);
+        if (e == null) {
+            optionReply(option, REP_ERR_UNKNOWN, "no export named '" + name + "' (OPT_LIST shows the exports)");
+            return false;
+        }
+        boolean wantName = false, wantDescription = false;
+        for (int i = 0; i < requests; i++) {
+            int t = Short.toUnsignedInt(data.getShort());
+            wantName |= t == INFO_NAME;
+            wantDescription |= t == INFO_DESCRIPTION;
+        }
+        ByteBuffer r = ByteBuffer.allocate(12).putShort((short) INFO_EXPORT).putLong(e.image().size())
+                .putShort((short) e.transmissionFlags()).flip();
+        optionReply(option, REP_INFO, r);
+        if (wantName) {
+            byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
+            optionReply(option, REP_INFO, ByteBuffer.allocate(2 + n.length).putShort((short) INFO_NAME).put(n).flip());
+        }
+        if (wantDescription && e.description() != null) {
+            byte[] d = e.description().getBytes(StandardCharsets.UTF_8);
+            int n = Math.min(d.length, 4096);
+            optionReply(option, REP_INFO, ByteBuffer.allocate(2 + n).putShort((short) INFO_DESCRIPTION).put(d, 0, n).flip());
+        }
+        // Block sizes are always sent (allowed even if not requested): minimum, preferred, maximum payload.
+        optionReply(option, REP_INFO, ByteBuffer.allocate(14).putShort((short) INFO_BLOCK_SIZE).putInt(e.minimumBlock())
+                .putInt(Math.max(PREFERRED_BLOCK, e.minimumBlock())).putInt(MAX_PAYLOAD).flip());
+        optionReply(option, REP_ACK, (String) null);
+        if (option == OPT_GO) {
+            open(e);
+            return true;
+        }
+        return false;
+    }
+
+    private void metaContext(int option, ByteBuffer data) throws IOException {
+        if (!structured) {
+            optionReply(option, REP_ERR_INVALID, "metadata contexts need structured replies (OPT_STRUCTURED_REPLY first)");
+            return;
+        }
+        if (data.remaining() < 8) {
+            optionReply(option, REP_ERR_INVALID, "meta context data too short");
+            return;
+        }
+        long nameLen = Integer.toUnsignedLong(data.getInt());
+        if (nameLen > data.remaining() - 4) {
+            optionReply(option, REP_ERR_INVALID, "export name length exceeds the option data");
+            return;
+        }
+        String name = string(data, (int) nameLen);
+        long queries = Integer.toUnsignedLong(data.getInt());
+        if (name == null || server.export(name) == null) {
+            optionReply(option, REP_ERR_UNKNOWN, "no export named '" + name + "'");
+            return;
+        }
+        boolean match = false;
+        for (long q = 0; q < queries; q++) {
+            if (data.remaining() < 4) {
+                optionReply(option, REP_ERR_INVALID, "query " + q + " runs past the option data");
+                return;
+            }
+            long ql = Integer.toUnsignedLong(data.getInt());
+            if (ql > data.remaining()) {
+                optionReply(option, REP_ERR_INVALID, "query " + q + " runs past the option data");
+                return;
+            }
+            String query = string(data, (int) ql);
+            if (query == null) {
+                optionReply(option, REP_ERR_INVALID, "query is not valid UTF-8");
+                return;
+            }
+            match |= query.equals(BASE_ALLOCATION) || (option == OPT_LIST_META_CONTEXT && query.equals("base:"));
+        }
+        if (data.hasRemaining()) {
+            optionReply(option, REP_ERR_INVALID, "trailing bytes after the queries");
+            return;
+        }
+        if (option == OPT_LIST_META_CONTEXT && queries == 0) {
+            match = true;
+        }
+        if (option == OPT_SET_META_CONTEXT) {
+            metaExport = match ? name : null;
+        }
+        if (match) {
+            byte[] n = BASE_ALLOCATION.getBytes(StandardCharsets.US_ASCII);
+            int ctx = option == OPT_SET_META_CONTEXT ? CONTEXT_ID : 0;
+            optionReply(option, REP_META_CONTEXT, ByteBuffer.allocate(4 + n.length).putInt(ctx).put(n).flip());
+        }
+        optionReply(option, REP_ACK, (String) null);
+    }
+
+    private void optionReply(int option, int type, String message) throws IOException {
+        optionReply(option, type, message == null ? ByteBuffer.allocate(0)
+                : ByteBuffer.wrap(message.getBytes(StandardCharsets.UTF_8)));
+    }
+
+    private void optionReply(int option, int type, ByteBuffer data) throws IOException {
+        ByteBuffer h = reply.clear();
+        h.putLong(OPT_REPLY_MAGIC).putInt(option).putInt(type).putInt(data.remaining()).flip();
+        writeFully(h, data);
+    }
+
+    // ---- transmission ------------------------------------------------------------------------------------------
+
+    private void transmission() throws IOException {
+        DiskImage image = export.image();
+        NbdExportStats st = export.stats();
+        while (true) {
+            ByteBuffer h = header.clear().limit(28);
+            if (!readFully(h, true)) {
+                return; // clean EOF between requests
+            }
+            h.flip();
+            int magic = h.getInt();
+            if (magic != REQUEST_MAGIC) {
+                throw new ProtocolViolation("request magic 0x" + Integer.toHexString(magic));
+            }
+            int flags = Short.toUnsignedInt(h.getShort());
+            int type = Short.toUnsignedInt(h.getShort());
+            long cookie = h.getLong();
+            long offset = h.getLong();
+            long length = Integer.toUnsignedLong(h.getInt());
+            switch (type) {
+                case CMD_READ -> read(image, st, flags, cookie, offset, length);
+                case CMD_WRITE -> write(image, st, flags, cookie, offset, length);
+                case CMD_DISC -> {
+                    return;
+                }
+                case CMD_FLUSH -> {
+                    int err = checkFlags(flags, 0);
+                    if (err == 0 && (offset != 0 || length != 0)) {
+                        err = EINVAL;
+                    }
+                    if (err == 0) {
+                        err = flush(image);
+                        st.flushes.increment();
+                    }
+                    done(st, cookie, err, "flush");
+                }
+                case CMD_TRIM -> {
+                    int err = checkFlags(flags, CMD_FLAG_FUA);
+                    if (err == 0) {
+                        err = checkWritable(offset, length, image);
+                    }
+                    if (err == 0) {
+                        err = io(() -> image.discard(offset, length));
+                        st.trims.increment();
+                    }
+                    if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
+                        err = flush(image);
+                    }
+                    done(st, cookie, err, "trim");
+                }
+                case CMD_WRITE_ZEROES -> {
+                    int err = checkFlags(flags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO);
+                    if (err == 0) {
+                        err = checkWritable(offset, length, image);
+                    }
+                    if (err == 0 && (flags & CMD_FLAG_FAST_ZERO) != 0) {
+                        long g = image.zeroGranularity();
+                        // Fast means metadata only: the range must be whole units of the image's zero granularity,
+                        // and a raw file zeroes by fallocate either way.
+                        if (g > 1 && (offset % g != 0 || (length % g != 0 && offset + length != image.size()))) {
+                            err = ENOTSUP;
+                        }
+                    }
+                    if (err == 0) {
+                        boolean unmap = (flags & CMD_FLAG_NO_HOLE) == 0;
+                        err = io(() -> image.writeZeroes(offset, length, unmap));
+                        st.writeZeroes.increment();
+                    }
+                    if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
+                        err = flush(image);
+                    }
+                    done(st, cookie, err, "write zeroes");
+                }
+                case CMD_BLOCK_STATUS -> blockStatus(image, st, flags, cookie, offset, length);
+                default -> done(st, cookie, EINVAL, "unknown command " + type);
+            }
+        }
+    }
+
+    private void read(DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
+        int err = checkFlags(flags, CMD_FLAG_DF | CMD_FLAG_FUA);
+        if (err == 0) {
+            err = length > MAX_PAYLOAD ? EINVAL : checkRange(offset, length, image, EINVAL);
+        }
+        if (err != 0) {
+            done(st, cookie, err, "read " + offset + "+" + length);
+            return;
+        }
+        ByteBuffer buf = payload((int) length);
+        MemorySegment seg = MemorySegment.ofBuffer(buf);
+        io.clear();
+        io.add(seg);
+        err = io(() -> io.read(offset));
+        io.clear();
+        if (err != 0) {
+            done(st, cookie, err, "read " + offset + "+" + length);
+            return;
+        }
+        st.reads.increment();
+        st.bytesRead.add(length);
+        ByteBuffer h = reply.clear();
+        if (structured) {
+            h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_OFFSET_DATA)
+                    .putLong(cookie).putInt((int) (8 + length)).putLong(offset).flip();
+        } else {
+            h.putInt(SIMPLE_REPLY_MAGIC).putInt(0).putLong(cookie).flip();
+        }
+        writeFully(h, buf);
+    }
+
+    private void write(DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
+        if (length > MAX_PAYLOAD) {
+            // We will not read that much: answer, then disconnect, since the payload still follows on the stream.
+            done(st, cookie, EINVAL, "write of " + length + " bytes, more than the " + MAX_PAYLOAD + "-byte maximum");
+            throw new ProtocolViolation("write payload of " + length + " bytes exceeds the advertised maximum");
+        }
+        ByteBuffer buf = payload((int) length);
+        if (!readFully(buf, false)) {
+            throw new EOFException("client disconnected in the middle of a write payload");
+        }
+        buf.flip();
+        int err = checkFlags(flags, CMD_FLAG_FUA);
+        if (err == 0) {
+            err = export.readOnly() ? EPERM : checkRange(offset, length, image, ENOSPC);
+        }
+        if (err == 0) {
+            io.clear();
+            io.add(MemorySegment.ofBuffer(buf));
+            err = io(() -> io.write(offset));
+            io.clear();
+        }
+        if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
+            err = flush(image);
+        }
+        if (err == 0) {
+            st.writes.increment();
+            st.bytesWritten.add(length);
+        }
+        done(st, cookie, err, "write " + offset + "+" + length);
+    }
+
+    private void blockStatus(DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
+        int err = checkFlags(flags, CMD_FLAG_REQ_ONE);
+        if (err == 0 && (!structured || metaExport == null)) {
+            err = EINVAL; // no metadata context negotiated
+        }
+        if (err == 0) {
+            err = checkRange(offset, length, image, EINVAL);
+        }
+        if (err != 0) {
+            done(st, cookie, err, "block status " + offset + "+" + length);
+            return;
+        }
+        int max = (flags & CMD_FLAG_REQ_ONE) != 0 ? 1 : MAX_EXTENTS;
+        ByteBuffer ext = ByteBuffer.allocate(4 + max * 8);
+        ext.putInt(CONTEXT_ID);
+        long pos = offset;
+        long end = offset + length;
+        try {
+            for (int n = 0; n < max && pos < end; n++) {
+                DiskImage.Extent e = image.extent(pos, Math.min(end - pos, 0xffff_f000L));
+                int state = (e.hole() ? STATE_HOLE : 0) | (e.zero() ? STATE_ZERO : 0);
+                ext.putInt((int) e.length()).putInt(state);
+                pos += e.length();
+            }
+        } catch (IOException ex) {
+            done(st, cookie, EIO, "block status " + offset + "+" + length + ": " + ex.getMessage());
+            return;
+        }
+        st.blockStatus.increment();
+        ext.flip();
+        ByteBuffer h = reply.clear();
+        h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_BLOCK_STATUS)
+                .putLong(cookie).putInt(ext.remaining()).flip();
+        writeFully(h, ext);
+    }
+
+    /** Replies to a request without data: success, or {@code err} (logged, counted). */
+    private void done(NbdExportStats st, long cookie, int err, String what) throws IOException {
+        ByteBuffer h = reply.clear();
+        if (err != 0) {
+            st.errors.increment();
+            log(System.Logger.Level.DEBUG, what + ": error " + err);
+        }
+        if (!structured) {
+            h.putInt(SIMPLE_REPLY_MAGIC).putInt(err).putLong(cookie).flip();
+            writeFully(h);
+        } else if (err == 0) {
+            h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_NONE)
+                    .putLong(cookie).putInt(0).flip();
+            writeFully(h);
+        } else {
+            byte[] msg = what.getBytes(StandardCharsets.UTF_8);
+            int n = Math.min(msg.length, 1024);
+            h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_ERROR)
+                    .putLong(cookie).putInt(6 + n).putInt(err).putShort((short) n).flip();
+            writeFully(h, ByteBuffer.wrap(msg, 0, n));
+        }
+    }
+
+    private static int checkFlags(int flags, int allowed) {
+        return (flags & ~allowed) != 0 ? EINVAL : 0;
+    }
+
+    private int checkWritable(long offset, long length, DiskImage image) {
+        if (export.readOnly()) {
+            return EPERM;
+        }
+        return checkRange(offset, length, image, ENOSPC);
+    }
+
+    private int checkRange(long offset, long length, DiskImage image, int beyondEnd) {
+        if (length == 0) {
+            return EINVAL;
+        }
+        if (Long.compareUnsigned(offset, image.size()) > 0 || length > image.size() - offset) {
+            return beyondEnd;
+        }
+        int min = export.minimumBlock();
+        if (min > 1 && ((offset | length) & (min - 1)) != 0) {
+            return EINVAL;
+        }
+        return 0;
+    }
+
+    private int flush(DiskImage image) {
+        return export.readOnly() ? 0 : io(image::flush);
+    }
+
+    private interface IoAction {
+        void run() throws IOException;
+    }
+
+    /** Runs image I/O; an error becomes its NBD errno (logged), the connection goes on. */
+    private int io(IoAction a) {
+        try {
+            a.run();
+            return 0;
+        } catch (LinuxException e) {
+            log(System.Logger.Level.WARNING, "I/O error: " + e.getMessage());
+            return switch (e.errno()) {
+                case Errno.ENOSPC -> ENOSPC;
+                case Errno.EROFS, Errno.EPERM -> EPERM;
+                case Errno.EINVAL -> EINVAL;
+                default -> EIO;
+            };
+        } catch (IOException e) {
+            log(System.Logger.Level.WARNING, "I/O error: " + e.getMessage());
+            return EIO;
+        }
+    }
+
+    // ---- socket helpers ----------------------------------------------------------------------------------------
+
+    private ByteBuffer payload(int length) {
+        if (payload.capacity() < length) {
+            payload = ByteBuffer.allocateDirect(Math.max(length, Math.min(MAX_PAYLOAD, payload.capacity() * 2)));
+        }
+        return payload.clear().limit(length);
+    }
+
+    private ByteBuffer readOption(int len) throws IOException {
+        ByteBuffer b = ByteBuffer.allocate(len);
+        if (!readFully(b, false)) {
+            throw new EOFException("client disconnected in the middle of an option");
+        }
+        return b.flip();
+    }
+
+    private void skip(long len) throws IOException {
+        ByteBuffer b = ByteBuffer.allocate(64 << 10);
+        while (len > 0) {
+            b.clear().limit((int) Math.min(b.capacity(), len));
+            if (!readFully(b, false)) {
+                throw new EOFException("client disconnected in the middle of an option");
+            }
+            len -= b.limit();
+        }
+    }
+
+    private int readInt() throws IOException {
+        ByteBuffer b = header.clear().limit(4);
+        if (!readFully(b, false)) {
+            throw new EOFException("client disconnected in the handshake");
+        }
+        return b.getInt(0);
+    }
+
+    private long readLong() throws IOException {
+        ByteBuffer b = header.clear().limit(8);
+        if (!readFully(b, true)) {
+            throw new EOFException(null);
+        }
+        return b.getLong(0);
+    }
+
+    /**
+     * Reads until {@code b} is full. Returns false on EOF before the first byte when {@code eofOk}; EOF after a
+     * partial read (a half-sent request) is an {@link EOFException}.
+     */
+    private boolean readFully(ByteBuffer b, boolean eofOk) throws IOException {
+        boolean first = true;
+        while (b.hasRemaining()) {
+            int n = ch.read(b);
+            if (n < 0) {
+                if (first && eofOk) {
+                    return false;
+                }
+                if (first && b.position() == 0) {
+                    return false;
+                }
+                throw new EOFException("client disconnected in the middle of a request (" + b.position() + " of "
+                        + b.limit() + " bytes)");
+            }
+            first = false;
+        }
+        return true;
+    }
+
+    private void writeFully(ByteBuffer... bufs) throws IOException {
+        long total = 0;
+        for (ByteBuffer b : bufs) {
+            total += b.remaining();
+        }
+        while (total > 0) {
+            total -= ch.write(bufs);
+        }
+    }
+
+    private static String string(ByteBuffer b, int len) {
+        ByteBuffer s = b.slice(b.position(), len);
+        b.position(b.position() + len);
+        try {
+            return StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT).decode(s).toString();
+        } catch (CharacterCodingException e) {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage;
+
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.IoVec;
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Path;
+
+/**
+ * A disk image as every frontend sees it (virtio-blk queues, the NBD server, a qcow2 overlay reading its backing
+ * file): a guest-visible byte range of {@link #size()} bytes, read and written through per-thread {@link ImageIo}
+ * contexts, flushed, discarded, zeroed, and asked for its allocation status. Open images with {@link Images#open}.
+ *
+ * <p>Implementations are safe for concurrent use by many threads, one {@link ImageIo} per thread (or per request
+ * in flight). Durability: once {@link #flush()} returns, every write completed before it was called — data and the
+ * format's metadata needed to find it — is on stable storage.
+ */
+public interface DiskImage extends AutoCloseable {
+
+    /** The file this image was opened from. */
+    Path path();
+
+    /** "raw" or "qcow2". */
+    String format();
+
+    /** Guest-visible size in bytes. */
+    long size();
+
+    boolean readOnly();
+
+    /** Whether data I/O bypasses the host page cache (O_DIRECT). */
+    boolean direct();
+
+    /** Smallest block the guest should address (512, or the O_DIRECT alignment). */
+    int blockSize();
+
+    /**
+     * Granularity at which {@link #writeZeroes} and {@link #discard} are metadata operations (no data written):
+     * 1 for a raw file (fallocate), the cluster size for qcow2. Parts of a request outside this alignment are
+     * written as zeros (write-zeroes) or ignored (discard).
+     */
+    int zeroGranularity();
+
+    /** Per-thread I/O state with its own iovec array and (O_DIRECT) bounce buffer. */
+    ImageIo newContext(int maxSegments, int bounceBytes);
+
+    /** I/O state over caller-owned memory, for one request in flight among many (see {@link RawImage}). */
+    ImageIo newContext(IoVec iov, MemorySegment bounce);
+
+    /** Makes every completed write, and the metadata that finds it, durable. */
+    void flush() throws IOException;
+
+    /**
+     * Queues an asynchronous {@link #flush()} on {@code ring} and returns true (pass the result to
+     * {@link #flushCompleted}); returns false, queueing nothing, when the format needs the synchronous flush.
+     */
+    boolean submitFlush(IoUring ring, long userData);
+
+    /** Checks the result of a flush queued with {@link #submitFlush}. */
+    void flushCompleted(int result) throws IOException;
+
+    /** Deallocates [offset, offset+len) where the format can; the range then reads as zeros or its old data. */
+    void discard(long offset, long len) throws IOException;
+
+    /** Makes [offset, offset+len) read as zeros; with {@code unmap} the space may be deallocated. */
+    void writeZeroes(long offset, long len, boolean unmap) throws IOException;
+
+    /**
+     * Allocation status of the extent starting at {@code offset}: its length (at least 1 byte, at most {@code len},
+     * at most to the end of the image) and whether it is a hole (not allocated in this image or its backing chain)
+     * and whether it reads as zeros. Frontends report it as NBD base:allocation.
+     */
+    Extent extent(long offset, long len) throws IOException;
+
+    /**
+     * Thread-safe positional read into one buffer, for backing-file reads and tools (not the data path): the range
+     * must lie inside the image.
+     */
+    void readAt(long offset, MemorySegment dst) throws IOException;
+
+    /**
+     * Grows the image to {@code newSize} bytes while it is served (the daemon's blk.resize). Formats that cannot
+     * say so.
+     */
+    default void resize(long newSize) throws IOException {
+        throw new IOException("resizing a " + format() + " image while it is served is not supported: remove the export,"
+                + " resize it with qemu-img resize, and add it again");
+    }
+
+    /** Refuses (true) or accepts again (false) writes from now on (the daemon's blk.set-readonly). */
+    default void setReadOnly(boolean readOnly) throws IOException {
+        throw new IOException("switching a " + format() + " image to read-only while it is served is not supported");
+    }
+
+    @Override
+    void close();
+
+    /** One extent of {@link #extent}. */
+    record Extent(long length, boolean hole, boolean zero) {
+    }
+}

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage;
+
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.IoVec;
+import io.iovirt.storage.qcow2.Qcow2Image;
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Path;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+
+/**
+ * The one place images are opened, by every frontend (vhost-user-blk, NBD, the composer) and for every backing
+ * file of a chain — so policies that apply to opening an image (format detection, read-only backing files, image
+ * locking) live here.
+ */
+public final class Images {
+    /** Files open for writing in this process: a second writer (two caches of one qcow2) would corrupt it. */
+    private static final Set<Path> WRITABLE = ConcurrentHashMap.newKeySet();
+
+    private Images() {
+    }
+
+    /**
+     * Opens {@code path}.
+     *
+     * @param format   the format, or null to detect it from the header
+     * @param readOnly refuse writes (backing files are always opened read-only)
+     * @param direct   O_DIRECT data I/O (raw only)
+     * @throws IOException naming the image, what is wrong and what to do
+     */
+    public static DiskImage open(Path path, ImageFormat format, boolean readOnly, boolean direct) throws IOException {
+        if (readOnly) {
+            return openFormat(path, format, true, direct);
+        }
+        Path real;
+        try {
+            real = path.toRealPath();
+        } catch (IOException e) {
+            real = path.toAbsolutePath().normalize(); // the format's open reports the missing file with the remedy
+        }
+        if (!WRITABLE.add(real)) {
+            throw new IOException("image " + path + " is already open for writing in this process (two writers would "
+                    + "corrupt it): give each disk its own image, or open one of them read-only");
+        }
+        try {
+            return new Exclusive(openFormat(path, format, false, direct), real);
+        } catch (IOException | RuntimeException e) {
+            WRITABLE.remove(real);
+            throw e;
+        }
+    }
+
+    private static DiskImage openFormat(Path path, ImageFormat format, boolean readOnly, boolean direct) throws IOException {
+        ImageFormat f = format != null ? format : ImageFormat.detect(path);
+        return switch (f) {
+            case RAW -> RawImage.open(path, readOnly, direct);
+            case QCOW2 -> {
+                if (direct) {
+                    throw new IOException("image " + path + " is qcow2: O_DIRECT is supported for raw images only; drop --direct");
+                }
+                yield Qcow2Image.open(path, readOnly);
+            }
+        };
+    }
+
+    /** A writable image registered in {@link #WRITABLE} until it is closed. */
+    private static final class Exclusive implements DiskImage {
+        private final DiskImage d;
+        private final Path real;
+        private volatile boolean closed;
+
+        Exclusive(DiskImage d, Path real) {
+            this.d = d;
+            this.real = real;
+        }
+
+        @Override public Path path() { return d.path(); }
+        @Override public String format() { return d.format(); }
+        @Override public long size() { return d.size(); }
+        @Override public void resize(long newSize) throws IOException { d.resize(newSize); }
+        @Override public void setReadOnly(boolean readOnly) throws IOException { d.setReadOnly(readOnly); }
+        @Override public boolean readOnly() { return d.readOnly(); }
+        @Override public boolean direct() { return d.direct(); }
+        @Override public int blockSize() { return d.blockSize(); }
+        @Override public int zeroGranularity() { return d.zeroGranularity(); }
+        @Override public ImageIo newContext(int maxSegments, int bounceBytes) { return d.newContext(maxSegments, bounceBytes); }
+        @Override public ImageIo newContext(IoVec iov, MemorySegment bounce) { return d.newContext(iov, bounce); }
+        @Override public void flush() throws IOException { d.flush(); }
+        @Override public boolean submitFlush(IoUring ring, long userData) { return d.submitFlush(ring, userData); }
+        @Override public void flushCompleted(int result) throws IOException { d.flushCompleted(result); }
+        @Override public void discard(long offset, long len) throws IOException { d.discard(offset, len); }
+        @Override public void writeZeroes(long offset, long len, boolean unmap) throws IOException { d.writeZeroes(offset, len, unmap); }
+        @Override public Extent extent(long offset, long len) throws IOException { return d.extent(offset, len); }
+        @Override public void readAt(long offset, MemorySegment dst) throws IOException { d.readAt(offset, dst); }
+
+        @Override
+        public void close() {
+            if (!closed) {
+                closed = true;
+                try {
+                    d.close();
+                } finally {
+                    WRITABLE.remove(real);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1211 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage.qcow2;
+
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.IoVec;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageFormat;
+import io.iovirt.storage.ImageIo;
+import io.iovirt.storage.Images;
+import io.iovirt.storage.RawImage;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicLongArray;
+import java.util.concurrent.locks.ReentrantLock;
+import java.util.zip.DataFormatException;
+import java.util.zip.Inflater;
+
+/**
+ * A qcow2 image (version 3; version 2 read-only): L1/L2 tables, refcounts, cluster allocation, copy-on-write from
+ * a backing chain, zero clusters, compressed clusters (read; a write turns the cluster into a normal one).
+ *
+ * <h2>Concurrency</h2>
+ * Reads and overwrites of allocated clusters take no lock: the L1 table is an atomic array, L2 tables are found in
+ * a lock-free {@link MetaCache} and their entries read with volatile semantics, and the data I/O goes straight to
+ * the file (through the caller's io_uring when the request is one host extent). Anything that changes metadata —
+ * allocating a cluster (copy-on-write), zeroing, discarding, loading or evicting a table, flushing — runs under one
+ * metadata lock.
+ *
+ * <h2>Crash consistency</h2>
+ * Metadata is written back, in the order that keeps the image consistent at every instant (a crash leaks clusters
+ * at worst, never leaves a reference to a cluster whose refcount is 0 or to unwritten data):
+ * <ol>
+ * <li>cluster data is written before any L2 entry points at it (data writes happen at allocation);</li>
+ * <li>a flush writes the dirty refcount blocks, fdatasync (which also makes the data durable), then the dirty L2
+ * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
+ * <li>a refcount decrement (a compressed cluster rewritten) is applied only after the flush that made the
+ * dereference durable;</li>
+ * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
+ * </ol>
+ * Evicting a dirty table runs the same flush first. Lazy refcounts are never used (so the dirty bit is never set by
+ * iovirt); an image whose dirty bit is set is refused for writing until {@code qemu-img check -r all} repaired it.
+ */
+public final class Qcow2Image implements DiskImage {
+    /** Default metadata cache: L2 tables covering 32 MiB of table data (256 GiB of disk at 64 KiB clusters). */
+    public static final long DEFAULT_L2_CACHE_BYTES = 32L << 20;
+    private static final long DEFAULT_REFCOUNT_CACHE_BYTES = 4L << 20;
+    private static final int MAX_CHAIN = 32;
+    private static final ThreadLocal<int[]> DEPTH = ThreadLocal.withInitial(() -> new int[1]);
+
+    static final long OFLAG_COPIED = 1L << 63;
+    static final long OFLAG_COMPRESSED = 1L << 62;
+    static final long OFLAG_ZERO = 1L;
+    static final long OFFSET_MASK = 0x00fffffffffffe00L;
+
+    private final Path path;
+    private final RawImage file;
+    private final Fd fd;
+    private final boolean readOnly;
+    private final Qcow2Header header;
+    private final int clusterBits;
+    private final long clusterSize;
+    private final int l2Bits;
+    private final long size;
+    private final AtomicLongArray l1;
+    private int l1DirtyLo = Integer.MAX_VALUE;
+    private int l1DirtyHi;
+    private long refTableOffset;
+    private int refTableClusters;
+    private long[] refTable;
+    private final int refcountOrder;
+    private final long refBlockEntries;
+    private final long maxRefcount;
+    private final DiskImage backing;
+    private final long backingSize;
+    private final int compressedX;
+
+    private final ReentrantLock meta = new ReentrantLock();
+    private final MetaCache l2Cache;
+    /**
+     * The cached L2 table of each L1 entry: the lock-free lookup of the data path (an array index, no boxing or
+     * hashing per request). Set when a table is cached, cleared when it is evicted.
+     */
+    private final java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
+    private final MetaCache refCache;
+    private final Arena arena = Arena.ofShared();
+    /** Native staging for metadata I/O and the copy-on-write cluster; used under the metadata lock only. */
+    private final MemorySegment staging;
+    private final MemorySegment cowBuffer;
+    private final MemorySegment zeroCluster;
+    private long freeHint;
+    /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
+    private final List<long[]> pendingFree = new ArrayList<>();
+    private volatile boolean closed;
+    private final ThreadLocal<Scratch> scratch;
+
+    /** Per-thread decompression state: the last compressed cluster inflated, by its L2 entry. */
+    private static final class Scratch {
+        final Inflater inflater = new Inflater(true);
+        final byte[] out;
+        byte[] in = new byte[0];
+        long key = -1;
+
+        Scratch(int clusterSize) {
+            out = new byte[clusterSize];
+        }
+    }
+
+    private Qcow2Image(Path path, RawImage file, boolean readOnly, Qcow2Header h, DiskImage backing, long l2CacheBytes)
+            throws IOException {
+        this.path = path;
+        this.file = file;
+        this.fd = file.fd();
+        this.readOnly = readOnly;
+        this.header = h;
+        this.clusterBits = h.clusterBits();
+        this.clusterSize = 1L << clusterBits;
+        this.l2Bits = clusterBits - 3;
+        this.size = h.size();
+        this.backing = backing;
+        this.backingSize = backing == null ? 0 : backing.size();
+        this.refcountOrder = h.refcountOrder();
+        this.refBlockEntries = clusterSize * 8 >> refcountOrder;
+        this.maxRefcount = refcountOrder == 6 ? Long.MAX_VALUE : (1L << (1 << refcountOrder)) - 1;
+        this.compressedX = 62 - (clusterBits - 8);
+        this.l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
+        this.l2Cache = new MetaCache((int) Math.max(4, l2CacheBytes / clusterSize), this::l2Evicted);
+        this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> { });
+        long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
+        this.staging = arena.allocate(Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
+        this.cowBuffer = arena.allocate(clusterSize, 4096);
+        this.zeroCluster = arena.allocate(clusterSize, 4096);
+        this.scratch = ThreadLocal.withInitial(() -> new Scratch((int) clusterSize));
+        // L1 and refcount tables are read whole and kept in memory.
+        this.l1 = new AtomicLongArray(h.l1Size());
+        MemorySegment buf = staging.asSlice(0, (long) h.l1Size() * 8);
+        readMeta(buf, h.l1Offset());
+        for (int i = 0; i < h.l1Size(); i++) {
+            long e = buf.get(Qcow2Header.BE64, (long) i * 8);
+            checkTableOffset(e & OFFSET_MASK, "L1 entry " + i);
+            l1.set(i, e);
+        }
+        this.refTableOffset = h.refTableOffset();
+        this.refTableClusters = h.refTableClusters();
+        this.refTable = new long[(int) ((long) refTableClusters * clusterSize / 8)];
+        buf = staging.asSlice(0, (long) refTable.length * 8);
+        readMeta(buf, refTableOffset);
+        for (int i = 0; i < refTable.length; i++) {
+            refTable[i] = buf.get(Qcow2Header.BE64, (long) i * 8) & ~511L;
+            checkTableOffset(refTable[i], "refcount table entry " + i);
+        }
+    }
+
+    /** Opens {@code path} as qcow2 with the default metadata cache; its backing chain opens read-only. */
+    public static Qcow2Image open(Path path, boolean readOnly) throws IOException {
+        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES);
+    }
+
+    /** @param l2CacheBytes bound on the L2 table cache (at least 4 tables are kept) */
+    public static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes) throws IOException {
+        int[] depth = DEPTH.get();
+        if (depth[0] >= MAX_CHAIN) {
+            throw new IOException("backing chain of " + path + " is deeper than " + MAX_CHAIN
+                    + " images (a loop?): check it with 'qemu-img info --backing-chain'");
+        }
+        RawImage file = RawImage.openContainerFile(path, readOnly);
+        DiskImage backing = null;
+        try {
+            Qcow2Header h;
+            try (Arena a = Arena.ofConfined()) {
+                MemorySegment first = a.allocate(65536);
+                long n = FileIo.readFully(file.fd(), first, 0);
+                h = Qcow2Header.parse(path, first.asSlice(0, n));
+            }
+            checkFeatures(path, h, readOnly);
+            if (h.backingFile() != null) {
+                Path bp = resolveBacking(path, h.backingFile());
+                ImageFormat bf = null;
+                if (h.backingFormat() != null) {
+                    try {
+                        bf = ImageFormat.parse(h.backingFormat());
+                    } catch (IllegalArgumentException e) {
+                        throw new IOException("backing file " + bp + " of " + path + " has format '" + h.backingFormat()
+                                + "': iovirt reads raw and qcow2 backing files");
+                    }
+                }
+                depth[0]++;
+                try {
+                    backing = Images.open(bp, bf, true, false);
+                } catch (IOException e) {
+                    throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
+                } finally {
+                    depth[0]--;
+                }
+            }
+            Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
+            if (!readOnly && h.autoclear() != 0) {
+                img.clearAutoclear();
+            }
+            return img;
+        } catch (IOException | RuntimeException e) {
+            if (backing != null) {
+                backing.close();
+            }
+            file.close();
+            throw e;
+        }
+    }
+
+    private static void checkFeatures(Path path, Qcow2Header h, boolean readOnly) throws IOException {
+        long known = Qcow2Header.INCOMPAT_DIRTY | Qcow2Header.INCOMPAT_CORRUPT | Qcow2Header.INCOMPAT_COMPRESSION;
+        List<String> unknown = h.unknownIncompatible(known);
+        if (!unknown.isEmpty()) {
+            throw new IOException("qcow2 image " + path + " uses incompatible features iovirt does not implement: "
+                    + String.join(", ", unknown) + "; convert it with 'qemu-img convert -O qcow2' to a plain qcow2 image");
+        }
+        if ((h.incompatible() & Qcow2Header.INCOMPAT_COMPRESSION) != 0 && h.compressionType() != 0) {
+            throw new IOException("qcow2 image " + path + " uses compression type " + h.compressionType()
+                    + " (zstd): iovirt reads zlib/deflate only; convert with 'qemu-img convert -O qcow2 -o compression_type=zlib'");
+        }
+        if (readOnly) {
+            return; // reading needs neither consistent refcounts nor a clean image
+        }
+        if (h.version() == 2) {
+            throw new IOException("qcow2 image " + path + " is version 2 (compat=0.10): iovirt writes version 3 only; "
+                    + "upgrade it with 'qemu-img amend -o compat=1.1 " + path + "' or open it read-only");
+        }
+        if ((h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+            throw new IOException("qcow2 image " + path + " has its dirty bit set (not closed cleanly with lazy refcounts): "
+                    + "its refcounts must be rebuilt before writing; run 'qemu-img check -r all " + path + "'");
+        }
+        if ((h.incompatible() & Qcow2Header.INCOMPAT_CORRUPT) != 0) {
+            throw new IOException("qcow2 image " + path + " is marked corrupt; repair it with 'qemu-img check -r all "
+                    + path + "' or open it read-only");
+        }
+        if (h.nbSnapshots() != 0) {
+            throw new IOException("qcow2 image " + path + " has " + h.nbSnapshots() + " internal snapshots: iovirt "
+                    + "serves such images read-only (writes would need copy-on-write of shared clusters); "
+                    + "use --readonly, or delete the snapshots with 'qemu-img snapshot -d'");
+        }
+    }
+
+    /** QEMU's rule: a relative backing file name is relative to the directory of the image naming it. */
+    static Path resolveBacking(Path overlay, String name) throws IOException {
+        if (name.startsWith("json:") || name.matches("^[a-zA-Z][a-zA-Z0-9+.-]*://.*")) {
+            throw new IOException("backing file '" + name + "' of " + overlay
+                    + " is a protocol or json: name: iovirt opens local files only");
+        }
+        Path p = Path.of(name);
+        if (p.isAbsolute()) {
+            return p;
+        }
+        Path dir = overlay.toAbsolutePath().getParent();
+        return dir.resolve(p).normalize();
+    }
+
+    // ---- accessors ---------------------------------------------------------------------------------------------
+
+    @Override
+    public Path path() {
+        return path;
+    }
+
+    @Override
+    public String format() {
+        return "qcow2";
+    }
+
+    @Override
+    public long size() {
+        return size;
+    }
+
+    @Override
+    public boolean readOnly() {
+        return readOnly;
+    }
+
+    @Override
+    public boolean direct() {
+        return false;
+    }
+
+    @Override
+    public int blockSize() {
+        return 512;
+    }
+
+    @Override
+    public int zeroGranularity() {
+        return (int) clusterSize;
+    }
+
+    public long clusterSize() {
+        return clusterSize;
+    }
+
+    /** The backing image, or null. */
+    public DiskImage backing() {
+        return backing;
+    }
+
+    /** L2 tables the metadata cache holds at most. */
+    public int l2CacheTables() {
+        return l2Cache.capacity();
+    }
+
+    @Override
+    public Qcow2Io newContext(int maxSegments, int bounceBytes) {
+        return new Qcow2Io(file.newContext(maxSegments, 0));
+    }
+
+    @Override
+    public Qcow2Io newContext(IoVec iov, MemorySegment bounce) {
+        return new Qcow2Io(file.newContext(iov, null));
+    }
+
+    // ---- lookup --------------------------------------------------------------------------------------------------
+
+    /** The L2 entry for {@code guestOffset} (0 when its L2 table is not allocated). Lock-free on a cache hit. */
+    long l2Entry(long guestOffset) throws IOException {
+        int l1i = (int) (guestOffset >>> (clusterBits + l2Bits));
+        long l2Offset = l1.get(l1i) & OFFSET_MASK;
+        if (l2Offset == 0) {
+            return 0;
+        }
+        MetaCache.Table t = l2ByL1.get(l1i);
+        if (t == null || t.offset != l2Offset) {
+            meta.lock();
+            try {
+                t = l2Table(l2Offset);
+                t.slot = l1i;
+                l2ByL1.set(l1i, t);
+            } finally {
+                meta.unlock();
+            }
+        } else if (!t.referenced) {
+            t.referenced = true;
+        }
+        return t.entry(l2Index(guestOffset));
+    }
+
+    /** Called by the L2 cache (metadata lock held) when it drops a table. */
+    private void l2Evicted(MetaCache.Table t) {
+        if (t.slot >= 0) {
+            l2ByL1.compareAndSet(t.slot, t, null);
+        }
+    }
+
+    private int l2Index(long guestOffset) {
+        return (int) ((guestOffset >>> clusterBits) & ((1L << l2Bits) - 1));
+    }
+
+    /** The cached L2 table at {@code offset}, loading it. Caller holds the lock. */
+    private MetaCache.Table l2Table(long offset) throws IOException {
+        return table(l2Cache, offset);
+    }
+
+    private MetaCache.Table table(MetaCache cache, long offset) throws IOException {
+        MetaCache.Table t = cache.get(offset);
+        if (t != null) {
+            return t;
+        }
+        makeRoom(cache);
+        MemorySegment data = MetaCache.allocate(clusterSize);
+        MemorySegment s = staging.asSlice(0, clusterSize);
+        readMeta(s, offset);
+        MemorySegment.copy(s, 0, data, 0, clusterSize);
+        return cache.put(offset, data);
+    }
+
+    private void makeRoom(MetaCache cache) throws IOException {
+        while (cache.full()) {
+            if (!cache.evictOne()) {
+                flushMetadata(); // every table is dirty: write them in order, then they can go
+                if (!cache.evictOne()) {
+                    throw new IllegalStateException("metadata cache cannot evict after a flush");
+                }
+            }
+        }
+    }
+
+    /** Host offset of a normal, exclusively owned cluster entry, or -1. */
+    private static long ownedHost(long e) {
+        if ((e & (OFLAG_COMPRESSED | OFLAG_ZERO)) != 0 || (e & OFLAG_COPIED) == 0) {
+            return -1;
+        }
+        long h = e & OFFSET_MASK;
+        return h == 0 ? -1 : h;
+    }
+
+    /**
+     * The host offset where [offset, offset+len) is stored as one contiguous run of allocated data clusters, or -1
+     * (some cluster is unallocated, zero, compressed, or the run is not contiguous). For writes the clusters must
+     * also be exclusively owned (COPIED).
+     */
+    long contiguousHost(long offset, long len) throws IOException {
+        if (len == 0) {
+            return -1;
+        }
+        long base = offset & -clusterSize;
+        long first = -1;
+        for (long c = base; c < offset + len; c += clusterSize) {
+            long h = ownedHost(l2Entry(c));
+            if (h < 0 || (c != base && h != first + (c - base))) {
+                return -1;
+            }
+            if (c == base) {
+                first = h;
+            }
+        }
+        return first + (offset - base);
+    }
+
+    // ---- reads -----------------------------------------------------------------------------------------------
+
+    /** Reads guest bytes [guestOffset, +dst.byteSize()) — within one cluster — into {@code dst}. */
+    private void readPiece(long guestOffset, MemorySegment dst) throws IOException {
+        long e = l2Entry(guestOffset);
+        long in = guestOffset & (clusterSize - 1);
+        if ((e & OFLAG_COMPRESSED) != 0) {
+            byte[] c = inflate(e);
+            MemorySegment.copy(MemorySegment.ofArray(c), in, dst, 0, dst.byteSize());
+        } else if ((e & OFLAG_ZERO) != 0) {
+            dst.fill((byte) 0);
+        } else if ((e & OFFSET_MASK) != 0) {
+            long got = FileIo.readFully(fd, dst, (e & OFFSET_MASK) + in);
+            if (got < dst.byteSize()) {
+                dst.asSlice(got).fill((byte) 0);
+            }
+        } else {
+            readBacking(guestOffset, dst);
+        }
+    }
+
+    /** The backing chain's bytes (zeros where there is no backing file or past its end). */
+    private void readBacking(long guestOffset, MemorySegment dst) throws IOException {
+        long n = dst.byteSize();
+        long fromBacking = backing == null ? 0 : Math.max(0, Math.min(n, backingSize - guestOffset));
+        if (fromBacking > 0) {
+            backing.readAt(guestOffset, dst.asSlice(0, fromBacking));
+        }
+        if (fromBacking < n) {
+            dst.asSlice(fromBacking).fill((byte) 0);
+        }
+    }
+
+    /** Inflates the compressed cluster of L2 entry {@code e} (raw deflate), cached per thread. */
+    private byte[] inflate(long e) throws IOException {
+        Scratch s = scratch.get();
+        if (s.key == e) {
+            return s.out;
+        }
+        long host = e & ((1L << compressedX) - 1);
+        long sectors = ((e & ~OFLAG_COPIED & ~OFLAG_COMPRESSED) >>> compressedX) + 1;
+        int len = (int) (sectors * 512 - (host & 511));
+        if (s.in.length < len) {
+            s.in = new byte[len];
+        }
+        MemorySegment in = MemorySegment.ofArray(s.in).asSlice(0, len);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment n = a.allocate(len);
+            long got = FileIo.readFully(fd, n, host);
+            MemorySegment.copy(n, 0, in, 0, got);
+            Inflater inf = s.inflater;
+            inf.reset();
+            inf.setInput(s.in, 0, (int) got);
+            int out = 0;
+            while (out < clusterSize) {
+                int k = inf.inflate(s.out, out, (int) clusterSize - out);
+                if (k == 0 && (inf.finished() || inf.needsInput() || inf.needsDictionary())) {
+                    break;
+                }
+                out += k;
+            }
+            if (out < clusterSize) {
+                s.key = -1;
+                throw new IOException("qcow2 image " + path + ": compressed cluster at " + host + " inflates to "
+                        + out + " bytes, not " + clusterSize + " (damaged image: 'qemu-img check " + path + "')");
+            }
+        } catch (DataFormatException ex) {
+            s.key = -1;
+            throw new IOException("qcow2 image " + path + ": compressed cluster at " + host + " is not valid deflate data: "
+                    + ex.getMessage(), ex);
+        }
+        s.key = e;
+        return s.out;
+    }
+
+    @Override
+    public void readAt(long offset, MemorySegment dst) throws IOException {
+        checkRange(offset, dst.byteSize(), false);
+        long pos = 0;
+        while (pos < dst.byteSize()) {
+            long g = offset + pos;
+            long n = Math.min(dst.byteSize() - pos, clusterSize - (g & (clusterSize - 1)));
+            readPiece(g, dst.asSlice(pos, n));
+            pos += n;
+        }
+    }
+
+    // ---- writes ----------------------------------------------------------------------------------------------
+
+    /** Writes one piece (within one cluster) whose bytes come from {@code src}, allocating as needed. */
+    private void writePiece(long guestOffset, Source src, long srcPos, long n) throws IOException {
+        long in = guestOffset & (clusterSize - 1);
+        long h = ownedHost(l2Entry(guestOffset));
+        if (h >= 0) {
+            src.writeTo(fd, srcPos, n, h + in);
+            return;
+        }
+        meta.lock();
+        try {
+            checkOpen();
+            long cluster = guestOffset & -clusterSize;
+            MetaCache.Table t = l2ForWrite(cluster);
+            int idx = l2Index(cluster);
+            long e = t.entry(idx);
+            h = ownedHost(e);
+            if (h >= 0) { // another queue allocated it meanwhile
+                src.writeTo(fd, srcPos, n, h + in);
+                return;
+            }
+            // Copy-on-write: the cluster's current content, overlaid with the new bytes, goes to a cluster we own.
+            MemorySegment buf = cowBuffer;
+            if (n < clusterSize) {
+                if ((e & OFLAG_COMPRESSED) != 0) {
+                    MemorySegment.copy(MemorySegment.ofArray(inflate(e)), 0, buf, 0, clusterSize);
+                } else if ((e & OFLAG_ZERO) != 0) {
+                    buf.fill((byte) 0);
+                } else if ((e & OFFSET_MASK) != 0) {
+                    long got = FileIo.readFully(fd, buf, e & OFFSET_MASK);
+                    buf.asSlice(got).fill((byte) 0);
+                } else {
+                    readBacking(cluster, buf);
+                }
+            }
+            src.copyTo(srcPos, buf, in, n);
+            long target = (e & OFLAG_ZERO) != 0 && (e & OFLAG_COPIED) != 0 && (e & OFFSET_MASK) != 0
+                    ? e & OFFSET_MASK // a preallocated zero cluster: write in place
+                    : allocateCluster();
+            FileIo.writeFully(fd, buf, target);
+            t.setEntry(idx, target | OFLAG_COPIED);
+            if ((e & OFLAG_COMPRESSED) != 0) {
+                pendingFree.add(compressedRange(e));
+            } else if ((e & OFLAG_ZERO) == 0 && (e & OFFSET_MASK) != 0) {
+                pendingFree.add(new long[] {e & OFFSET_MASK, clusterSize}); // a shared cluster we copied
+            }
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    private long[] compressedRange(long e) {
+        long host = e & ((1L << compressedX) - 1);
+        long sectors = ((e & ~OFLAG_COPIED & ~OFLAG_COMPRESSED) >>> compressedX) + 1;
+        return new long[] {host, sectors * 512 - (host & 511)};
+    }
+
+    /** The L2 table covering {@code cluster}, allocating it (zeroed) when absent. Caller holds the lock. */
+    private MetaCache.Table l2ForWrite(long cluster) throws IOException {
+        int l1i = (int) (cluster >>> (clusterBits + l2Bits));
+        long l1e = l1.get(l1i);
+        long off = l1e & OFFSET_MASK;
+        if (off != 0) {
+            if ((l1e & OFLAG_COPIED) == 0) {
+                throw new IOException("qcow2 image " + path + ": L2 table " + off + " is shared (internal snapshot); "
+                        + "iovirt does not copy shared tables");
+            }
+            return l2Table(off);
+        }
+        long newOff = allocateCluster();
+        makeRoom(l2Cache);
+        MetaCache.Table t = l2Cache.put(newOff, MetaCache.allocate(clusterSize));
+        t.markDirty(0, (int) clusterSize); // written whole at the next flush, before the L1 entry
+        t.slot = l1i;
+        l2ByL1.set(l1i, t);
+        l1.set(l1i, newOff | OFLAG_COPIED);
+        l1DirtyLo = Math.min(l1DirtyLo, l1i);
+        l1DirtyHi = Math.max(l1DirtyHi, l1i + 1);
+        return t;
+    }
+
+    // ---- zeroes and discard --------------------------------------------------------------------------------
+
+    @Override
+    public void writeZeroes(long offset, long len, boolean unmap) throws IOException {
+        zeroRange(offset, len, unmap, true);
+    }
+
+    @Override
+    public void discard(long offset, long len) throws IOException {
+        zeroRange(offset, len, true, false);
+    }
+
+    /**
+     * Whole clusters become zero clusters (metadata only; with {@code unmap} their host space is punched out but
+     * stays allocated to the cluster, so a concurrent request never sees it reused). Partial clusters are written
+     * with zeros (write-zeroes) or left alone (discard is advisory).
+     */
+    private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
+        checkRange(offset, len, true);
+        long end = offset + len;
+        long pos = offset;
+        while (pos < end) {
+            long cluster = pos & -clusterSize;
+            long n = Math.min(end, cluster + clusterSize) - pos;
+            if (n == clusterSize) {
+                zeroCluster(cluster, unmap);
+            } else if (mustZero && !readsZero(pos, n)) {
+                writePiece(pos, Source.zeroes(zeroCluster), 0, n);
+            }
+            pos += n;
+        }
+    }
+
+    private boolean readsZero(long pos, long n) throws IOException {
+        long e = l2Entry(pos);
+        if ((e & OFLAG_COMPRESSED) != 0) {
+            return false;
+        }
+        return (e & OFLAG_ZERO) != 0 || ((e & OFFSET_MASK) == 0 && (backing == null || pos >= backingSize));
+    }
+
+    private void zeroCluster(long cluster, boolean unmap) throws IOException {
+        meta.lock();
+        try {
+            checkOpen();
+            long e = l2Entry(cluster);
+            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0) {
+                return; // already zero
+            }
+            if (e == 0 && (backing == null || cluster >= backingSize)) {
+                return; // unallocated with nothing underneath reads as zeros
+            }
+            MetaCache.Table t = l2ForWrite(cluster);
+            int idx = l2Index(cluster);
+            e = t.entry(idx);
+            long host = ownedHost(e);
+            if (host >= 0) {
+                t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
+                if (unmap) {
+                    punch(host);
+                }
+            } else {
+                t.setEntry(idx, OFLAG_ZERO);
+                if ((e & OFLAG_COMPRESSED) != 0) {
+                    pendingFree.add(compressedRange(e));
+                } else if ((e & OFFSET_MASK) != 0 && (e & OFLAG_ZERO) == 0) {
+                    pendingFree.add(new long[] {e & OFFSET_MASK, clusterSize});
+                }
+            }
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    private void punch(long host) {
+        try {
+            FileIo.fallocate(fd, FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE, host, clusterSize);
+        } catch (LinuxException e) {
+            // EOPNOTSUPP: the file system cannot punch; the cluster still reads as zeros through its L2 entry.
+        }
+    }
+
+    // ---- allocation status ---------------------------------------------------------------------------------------
+
+    @Override
+    public Extent extent(long offset, long len) throws IOException {
+        if (offset < 0 || len <= 0 || offset >= size) {
+            throw new LinuxException("extent", offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+        }
+        long max = Math.min(len, size - offset);
+        long e0 = l2Entry(offset);
+        int kind = kind(e0);
+        if (kind == 0 && backing != null && offset < backingSize) {
+            long n = Math.min(max, clusterSize - (offset & (clusterSize - 1)));
+            n = Math.min(n, backingSize - offset);
+            Extent b = backing.extent(offset, n);
+            return new Extent(b.length(), b.hole(), b.zero());
+        }
+        long pos = (offset & -clusterSize) + clusterSize;
+        while (pos < offset + max && pos - offset < (1L << 30)) {
+            long e = l2Entry(pos);
+            int k = kind(e);
+            if (k != kind || (k == 0 && backing != null && pos < backingSize)) {
+                break;
+            }
+            pos += clusterSize;
+        }
+        long n = Math.min(pos - offset, max);
+        return switch (kind) {
+            case 0, 1 -> new Extent(n, true, true); // unallocated (nothing beneath) or a zero cluster
+            default -> new Extent(n, false, false);
+        };
+    }
+
+    /** 0 unallocated, 1 zero, 2 data (normal or compressed). */
+    private static int kind(long e) {
+        if ((e & OFLAG_COMPRESSED) != 0) {
+            return 2;
+        }
+        if ((e & OFLAG_ZERO) != 0) {
+            return 1;
+        }
+        return (e & OFFSET_MASK) != 0 ? 2 : 0;
+    }
+
+    // ---- refcounts and allocation (metadata lock held) -------------------------------------------------------
+
+    private long refcount(long cluster) throws IOException {
+        long bi = cluster / refBlockEntries;
+        if (bi >= refTable.length || refTable[(int) bi] == 0) {
+            return 0;
+        }
+        MetaCache.Table b = table(refCache, refTable[(int) bi]);
+        return getRef(b.data, cluster % refBlockEntries);
+    }
+
+    private void setRefcount(long cluster, long value) throws IOException {
+        if (value < 0 || value > maxRefcount) {
+            throw new IOException("qcow2 image " + path + ": refcount of cluster " + cluster + " would be " + value);
+        }
+        long bi = cluster / refBlockEntries;
+        ensureRefBlock(bi);
+        MetaCache.Table b = table(refCache, refTable[(int) bi]);
+        long i = cluster % refBlockEntries;
+        setRef(b.data, i, value);
+        int byteLo = (int) ((i << refcountOrder) >>> 3);
+        b.markDirty(byteLo, byteLo + Math.max(1, (1 << refcountOrder) >>> 3));
+    }
+
+    private long getRef(MemorySegment d, long i) {
+        return switch (refcountOrder) {
+            case 6 -> d.get(Qcow2Header.BE64, i * 8);
+            case 5 -> Integer.toUnsignedLong(d.get(Qcow2Header.BE32, i * 4));
+            case 4 -> Short.toUnsignedLong(d.get(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2));
+            case 3 -> Byte.toUnsignedLong(d.get(ValueLayout.JAVA_BYTE, i));
+            default -> {
+                int bits = 1 << refcountOrder;
+                long bit = i * bits;
+                int b = Byte.toUnsignedInt(d.get(ValueLayout.JAVA_BYTE, bit >>> 3));
+                yield (b >>> (bit & 7)) & ((1 << bits) - 1);
+            }
+        };
+    }
+
+    private void setRef(MemorySegment d, long i, long v) {
+        switch (refcountOrder) {
+            case 6 -> d.set(Qcow2Header.BE64, i * 8, v);
+            case 5 -> d.set(Qcow2Header.BE32, i * 4, (int) v);
+            case 4 -> d.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2, (short) v);
+            case 3 -> d.set(ValueLayout.JAVA_BYTE, i, (byte) v);
+            default -> {
+                int bits = 1 << refcountOrder;
+                long bit = i * bits;
+                int mask = ((1 << bits) - 1) << (bit & 7);
+                int b = Byte.toUnsignedInt(d.get(ValueLayout.JAVA_BYTE, bit >>> 3));
+                d.set(ValueLayout.JAVA_BYTE, bit >>> 3, (byte) ((b & ~mask) | ((int) v << (bit & 7))));
+            }
+        }
+    }
+
+    /** A free cluster, its refcount set to 1 (in memory; written at the next flush, before any reference). */
+    private long allocateCluster() throws IOException {
+        long c = freeHint;
+        while (true) {
+            if (refcount(c) == 0) {
+                ensureRefBlock(c / refBlockEntries); // may place a new refcount block on c itself
+                if (refcount(c) == 0) {
+                    break;
+                }
+            }
+            c++;
+        }
+        setRefcount(c, 1);
+        freeHint = c + 1;
+        return c << clusterBits;
+    }
+
+    /**
+     * Makes refcount block {@code bi} exist. A new block is placed on the first cluster it describes (free: no
+     * block described it, so its refcount was 0) and counts itself; it is written and synced before the refcount
+     * table points to it.
+     */
+    private void ensureRefBlock(long bi) throws IOException {
+        if (bi >= refTable.length) {
+            growRefTable(bi);
+        }
+        if (refTable[(int) bi] != 0) {
+            return;
+        }
+        long cluster = bi * refBlockEntries;
+        long off = cluster << clusterBits;
+        makeRoom(refCache);
+        MemorySegment data = MetaCache.allocate(clusterSize);
+        setRef(data, 0, 1);
+        writeMeta(data, 0, clusterSize, off);
+        FileIo.fdatasync(fd);
+        refTable[(int) bi] = off;
+        MemorySegment s = staging.asSlice(0, 8);
+        s.set(Qcow2Header.BE64, 0, off);
+        FileIo.writeFully(fd, s, refTableOffset + bi * 8);
+        FileIo.fdatasync(fd);
+        refCache.put(off, data);
+    }
+
+    /**
+     * Grows the refcount table to cover block {@code bi}: a new refcount block and the new table are placed past
+     * every cluster the old table covers (all free), written and synced, then the header is switched to the new
+     * table in one sector write and synced; the old table's clusters are freed.
+     */
+    private void growRefTable(long bi) throws IOException {
+        int oldEntries = refTable.length;
+        long entriesPerCluster = clusterSize / 8;
+        long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
+        if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > (64L << 20)) {
+            throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
+                    + " clusters; the image is too large for cluster size " + clusterSize);
+        }
+        long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
+        long blockOff = p << clusterBits;
+        long tableOff = (p + 1) << clusterBits;
+        MemorySegment block = MetaCache.allocate(clusterSize);
+        for (long i = 0; i <= newClusters; i++) {
+            setRef(block, i, 1);
+        }
+        writeMeta(block, 0, clusterSize, blockOff);
+        long[] table = Arrays.copyOf(refTable, (int) (newClusters * entriesPerCluster));
+        table[oldEntries] = blockOff;
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment t = a.allocate(newClusters * clusterSize, 4096);
+            for (int i = 0; i < table.length; i++) {
+                t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
+            }
+            FileIo.writeFully(fd, t, tableOff);
+            FileIo.fdatasync(fd);
+            MemorySegment h = a.allocate(12);
+            h.set(Qcow2Header.BE64, 0, tableOff);
+            h.set(Qcow2Header.BE32, 8, (int) newClusters);
+            FileIo.writeFully(fd, h, Qcow2Header.OFF_REFTABLE);
+            FileIo.fdatasync(fd);
+        }
+        long oldOff = refTableOffset;
+        int oldClusters = refTableClusters;
+        refTable = table;
+        refTableOffset = tableOff;
+        refTableClusters = (int) newClusters;
+        refCache.put(blockOff, block);
+        for (int i = 0; i < oldClusters; i++) {
+            long c = (oldOff >>> clusterBits) + i;
+            setRefcount(c, refcount(c) - 1);
+            freeHint = Math.min(freeHint, c);
+        }
+    }
+
+    // ---- flush ---------------------------------------------------------------------------------------------
+
+    @Override
+    public void flush() throws IOException {
+        if (readOnly) {
+            return;
+        }
+        meta.lock();
+        try {
+            checkOpen();
+            flushMetadata();
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    /** Writes dirty metadata in the consistency order; see the class comment. Caller holds the lock. */
+    private void flushMetadata() throws IOException {
+        for (MetaCache.Table b : refCache.all()) {
+            writeDirty(b);
+        }
+        FileIo.fdatasync(fd); // data and refcounts before the tables that reference them
+        boolean l2 = false;
+        for (MetaCache.Table t : l2Cache.all()) {
+            l2 |= writeDirty(t);
+        }
+        if (l2) {
+            FileIo.fdatasync(fd);
+        }
+        if (l1DirtyLo < l1DirtyHi) {
+            MemorySegment s = staging.asSlice(0, (long) (l1DirtyHi - l1DirtyLo) * 8);
+            for (int i = l1DirtyLo; i < l1DirtyHi; i++) {
+                s.set(Qcow2Header.BE64, (long) (i - l1DirtyLo) * 8, l1.get(i));
+            }
+            FileIo.writeFully(fd, s, header.l1Offset() + (long) l1DirtyLo * 8);
+            l1DirtyLo = Integer.MAX_VALUE;
+            l1DirtyHi = 0;
+            FileIo.fdatasync(fd);
+        }
+        // The dereferences are durable now: their clusters may be counted down (written at the next flush).
+        List<long[]> frees = new ArrayList<>(pendingFree);
+        pendingFree.clear();
+        for (long[] r : frees) {
+            long first = r[0] >>> clusterBits;
+            long last = (r[0] + r[1] - 1) >>> clusterBits;
+            for (long c = first; c <= last; c++) {
+                long rc = refcount(c);
+                if (rc > 0) {
+                    setRefcount(c, rc - 1);
+                    if (rc == 1) {
+                        freeHint = Math.min(freeHint, c);
+                    }
+                }
+            }
+        }
+    }
+
+    private boolean writeDirty(MetaCache.Table t) throws IOException {
+        if (!t.dirty()) {
+            return false;
+        }
+        int lo = t.dirtyLo & ~511;
+        int hi = (int) Math.min(clusterSize, (t.dirtyHi + 511L) & ~511L);
+        writeMeta(t.data, lo, hi - lo, t.offset + lo);
+        t.clean();
+        return true;
+    }
+
+    private void writeMeta(MemorySegment heap, long from, long len, long fileOffset) throws IOException {
+        MemorySegment s = staging.asSlice(0, len);
+        MemorySegment.copy(heap, from, s, 0, len);
+        FileIo.writeFully(fd, s, fileOffset);
+    }
+
+    private void readMeta(MemorySegment dst, long fileOffset) throws IOException {
+        long got = FileIo.readFully(fd, dst, fileOffset);
+        if (got < dst.byteSize()) {
+            throw new IOException("qcow2 image " + path + " is truncated: metadata at " + fileOffset + "+"
+                    + dst.byteSize() + " lies past the end of the file ('qemu-img check " + path + "')");
+        }
+    }
+
+    private void checkTableOffset(long off, String what) throws IOException {
+        if ((off & (clusterSize - 1)) != 0) {
+            throw new IOException("qcow2 image " + path + " is damaged: " + what + " points at " + off
+                    + ", not a cluster boundary ('qemu-img check " + path + "')");
+        }
+    }
+
+    private void clearAutoclear() throws IOException {
+        MemorySegment s = staging.asSlice(0, 8);
+        s.set(Qcow2Header.BE64, 0, 0L);
+        FileIo.writeFully(fd, s, Qcow2Header.OFF_AUTOCLEAR);
+        FileIo.fdatasync(fd);
+    }
+
+    @Override
+    public boolean submitFlush(IoUring ring, long userData) {
+        return false; // the metadata flush is several ordered steps: the caller runs flush()
+    }
+
+    @Override
+    public void flushCompleted(int result) throws IOException {
+        throw new IllegalStateException("qcow2 flushes are synchronous");
+    }
+
+    private void checkRange(long offset, long len, boolean write) throws LinuxException {
+        if (write && readOnly) {
+            throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
+        }
+        if (offset < 0 || len < 0 || offset > size || len > size - offset) {
+            throw new LinuxException(write ? "pwrite" : "pread",
+                    "range " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+        }
+    }
+
+    private void checkOpen() throws IOException {
+        if (closed) {
+            throw new IOException("qcow2 image " + path + " is closed");
+        }
+    }
+
+    /** Flushes (twice, so refcount decrements land too) and closes the chain. */
+    @Override
+    public void close() {
+        meta.lock();
+        try {
+            if (closed) {
+                return;
+            }
+            if (!readOnly) {
+                try {
+                    flushMetadata();
+                    flushMetadata();
+                } catch (IOException e) {
+                    System.getLogger(Qcow2Image.class.getName()).log(System.Logger.Level.ERROR,
+                            "qcow2 image " + path + ": metadata flush at close failed: " + e.getMessage()
+                                    + " (data written since the last guest flush may be lost; run 'qemu-img check')");
+                }
+            }
+            closed = true;
+        } finally {
+            meta.unlock();
+        }
+        l2Cache.close();
+        refCache.close();
+        file.close();
+        if (backing != null) {
+            backing.close();
+        }
+        arena.close();
+    }
+
+    // ---- sources of written bytes ----------------------------------------------------------------------------
+
+    /** Bytes a write takes from its caller: a context's scattered buffers, or zeros. */
+    private interface Source {
+        /** Writes source bytes [pos, pos+n) at file offset {@code at}. */
+        void writeTo(Fd fd, long pos, long n, long at) throws IOException;
+
+        /** Copies source bytes [pos, pos+n) into {@code dst} at {@code dstOffset}. */
+        void copyTo(long pos, MemorySegment dst, long dstOffset, long n);
+
+        static Source zeroes(MemorySegment zeroCluster) {
+            return new Source() {
+                @Override
+                public void writeTo(Fd fd, long pos, long n, long at) throws IOException {
+                    FileIo.writeFully(fd, zeroCluster.asSlice(0, n), at);
+                }
+
+                @Override
+                public void copyTo(long pos, MemorySegment dst, long dstOffset, long n) {
+                    dst.asSlice(dstOffset, n).fill((byte) 0);
+                }
+            };
+        }
+    }
+
+    /**
+     * A qcow2 request context. A request that is one run of allocated clusters goes straight to the file through
+     * the wrapped raw context (and the caller's io_uring); anything else is split at cluster boundaries.
+     */
+    public final class Qcow2Io implements ImageIo, Source {
+        private final RawImage.IoContext raw;
+        private MemorySegment[] buffers = new MemorySegment[8];
+        private int count;
+        private long bytes;
+        /** Host offset of the transfer queued by submitRead/submitWrite. */
+        private long submittedHost;
+
+        private Qcow2Io(RawImage.IoContext raw) {
+            this.raw = raw;
+        }
+
+        @Override
+        public void clear() {
+            raw.clear();
+            Arrays.fill(buffers, 0, count, null);
+            count = 0;
+            bytes = 0;
+        }
+
+        @Override
+        public boolean add(MemorySegment buffer) {
+            if (!raw.add(buffer)) {
+                return false;
+            }
+            if (buffer.byteSize() == 0) {
+                return true;
+            }
+            if (count == buffers.length) {
+                buffers = Arrays.copyOf(buffers, count * 2);
+            }
+            buffers[count++] = buffer;
+            bytes += buffer.byteSize();
+            return true;
+        }
+
+        @Override
+        public long bytes() {
+            return bytes;
+        }
+
+        @Override
+        public void read(long offset) throws IOException {
+            checkRange(offset, bytes, false);
+            long host = contiguousHost(offset, bytes);
+            if (host >= 0) {
+                raw.read(host);
+                return;
+            }
+            long pos = 0;
+            for (int i = 0; i < count; i++) {
+                MemorySegment b = buffers[i];
+                long done = 0;
+                while (done < b.byteSize()) {
+                    long g = offset + pos + done;
+                    long n = Math.min(b.byteSize() - done, clusterSize - (g & (clusterSize - 1)));
+                    readPiece(g, b.asSlice(done, n));
+                    done += n;
+                }
+                pos += b.byteSize();
+            }
+        }
+
+        @Override
+        public void write(long offset) throws IOException {
+            checkRange(offset, bytes, true);
+            long host = contiguousHost(offset, bytes);
+            if (host >= 0) {
+                raw.write(host);
+                return;
+            }
+            long pos = 0;
+            while (pos < bytes) {
+                long g = offset + pos;
+                long n = Math.min(bytes - pos, clusterSize - (g & (clusterSize - 1)));
+                writePiece(g, this, pos, n);
+                pos += n;
+            }
+        }
+
+        @Override
+        public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
+            checkRange(offset, bytes, false);
+            long host;
+            try {
+                host = contiguousHost(offset, bytes);
+            } catch (LinuxException e) {
+                throw e;
+            } catch (IOException e) {
+                return false; // the synchronous path reports it
+            }
+            if (host < 0 || !raw.submitRead(ring, host, userData)) {
+                return false;
+            }
+            submittedHost = host;
+            return true;
+        }
+
+        @Override
+        public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
+            checkRange(offset, bytes, true);
+            long host;
+            try {
+                host = contiguousHost(offset, bytes);
+            } catch (LinuxException e) {
+                throw e;
+            } catch (IOException e) {
+                return false;
+            }
+            if (host < 0 || !raw.submitWrite(ring, host, userData)) {
+                return false;
+            }
+            submittedHost = host;
+            return true;
+        }
+
+        @Override
+        public void completed(boolean write, long offset, int result) throws IOException {
+            raw.completed(write, submittedHost, result);
+        }
+
+        @Override
+        public void writeTo(Fd fd, long pos, long n, long at) throws IOException {
+            long p = 0;
+            for (int i = 0; i < count && n > 0; i++) {
+                MemorySegment b = buffers[i];
+                long bEnd = p + b.byteSize();
+                if (bEnd > pos) {
+                    long from = Math.max(0, pos - p);
+                    long k = Math.min(b.byteSize() - from, n);
+                    FileIo.writeFully(fd, b.asSlice(from, k), at);
+                    at += k;
+                    pos += k;
+                    n -= k;
+                }
+                p = bEnd;
+            }
+        }
+
+        @Override
+        public void copyTo(long pos, MemorySegment dst, long dstOffset, long n) {
+            long p = 0;
+            for (int i = 0; i < count && n > 0; i++) {
+                MemorySegment b = buffers[i];
+                long bEnd = p + b.byteSize();
+                if (bEnd > pos) {
+                    long from = Math.max(0, pos - p);
+                    long k = Math.min(b.byteSize() - from, n);
+                    MemorySegment.copy(b, from, dst, dstOffset, k);
+                    dstOffset += k;
+                    pos += k;
+                    n -= k;
+                }
+                p = bEnd;
+            }
+        }
+
+        @Override
+        public void close() {
+            clear();
+            raw.close();
+        }
+    }
+}

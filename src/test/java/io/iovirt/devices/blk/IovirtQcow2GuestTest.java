@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.devices.blk;
+
+import static io.iovirt.storage.qcow2.QemuTools.check;
+import static io.iovirt.storage.qcow2.QemuTools.ok;
+import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.GuestImage;
+import io.iovirt.vm.GuestResult;
+import io.iovirt.vm.IovirtCli;
+import io.iovirt.vm.QemuGuest;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * qcow2 images made by qemu-img, served by {@code iovirt serve blk} (format from the header) to a real Linux guest
+ * over vhost-user-blk, and by {@code iovirt serve nbd} to QEMU's emulated AHCI disk: the guest reads what qemu-io
+ * wrote, qemu-io and qemu-img compare find what the guest wrote, and qemu-img check is clean after fio's
+ * write+verify.
+ */
+@Tag("guest")
+class IovirtQcow2GuestTest {
+    static final int MIB = 1 << 20;
+    static final Duration TIMEOUT = Duration.ofSeconds(240);
+    static GuestImage image;
+
+    @TempDir
+    Path dir;
+
+    @BeforeAll
+    static void buildImage() {
+        image = GuestImage.ensure();
+    }
+
+    private ChildProcess serveBlk(Path img, int queues) {
+        Path sock = dir.resolve("vub.sock");
+        return ChildProcess.builder(IovirtCli.command("serve", "blk", "--image", img.toString(), "--socket", sock.toString(),
+                        "--queues", Integer.toString(queues)))
+                .name("iovirt serve blk").log(dir.resolve("iovirt.log")).startListening(sock, BlkBackendUnderTest.START_TIMEOUT);
+    }
+
+    private QemuGuest.Builder vhostGuest(String name, int queues) {
+        return QemuGuest.builder(image).name("qcow2/" + name).workDir(dir)
+                .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(dir.resolve("vub.sock").toString()),
+                        "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues);
+    }
+
+    private static final String WAIT = """
+            set -e -o pipefail
+            for i in $(seq 100); do [ -b /dev/DEV ] && break; sleep 0.1; done
+            [ -b /dev/DEV ] || { echo "no /dev/DEV"; exit 90; }
+            """;
+
+    /** 64 KiB clusters over a raw backing file: reads through the chain, COW writes, qemu-io finds them. */
+    @Test
+    void guestReadsQemuIoDataThroughABackingChainAndQemuFindsTheGuestsWrites() throws Exception {
+        Path base = dir.resolve("base.raw");
+        byte[] b = VhostUserBlkGuestTest.pattern(21, 16 * MIB);
+        Files.write(base, b);
+        Path img = dir.resolve("overlay.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw",
+                img.toString(), "64M");
+        qemuIoOk(img, "qcow2", "write -P 0x3c 4M 1M");
+        byte[] expected = Arrays.copyOf(b, 8 * MIB);
+        Arrays.fill(expected, 4 * MIB, 5 * MIB, (byte) 0x3c);
+        byte[] guestData = VhostUserBlkGuestTest.pattern(22, 2 * MIB);
+        try (ChildProcess p = serveBlk(img, 1)) {
+            GuestResult r = vhostGuest("chain", 1).file("/root/g.bin", guestData, 0644).payload(WAIT.replace("DEV", "vda") + """
+                    echo sha=$(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+                    # 2 MiB at 1 MiB + 4 KiB: partial clusters at both ends copy the backing data around the write
+                    dd if=/root/g.bin of=/dev/vda bs=4k seek=257 oflag=direct conv=fsync 2>/dev/null
+                    echo sha2=$(dd if=/dev/vda bs=4k skip=257 count=512 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+                    """).build().run(TIMEOUT);
+            assertEquals(0, r.exitCode(), r.consoleTail(40));
+            assertEquals(VhostUserBlkGuestTest.sha256(expected), r.field("sha"));
+            assertEquals(VhostUserBlkGuestTest.sha256(guestData), r.field("sha2"));
+            p.stop(Duration.ofSeconds(20));
+        }
+        check(img, false);
+        System.arraycopy(guestData, 0, expected, MIB + 4096, guestData.length);
+        byte[] all = Arrays.copyOf(b, 64 * MIB);
+        System.arraycopy(expected, 0, all, 0, expected.length);
+        Path want = dir.resolve("want.raw");
+        Files.write(want, all);
+        ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), want.toString());
+    }
+
+    /** 2 MiB clusters and compressed clusters (qemu-img convert -c); fio write+verify on two queues; check clean. */
+    @Test
+    void compressedTwoMegabyteClusterImageReadsAndFioVerifyLeavesACleanImage() throws Exception {
+        Path raw = dir.resolve("src.raw");
+        byte[] d = new byte[32 * MIB];
+        for (int i = 0; i < d.length; i += 512) {
+            Arrays.fill(d, i, i + 512, (byte) ((i >> 9) * 7));
+        }
+        Files.write(raw, d);
+        Path img = dir.resolve("c.qcow2");
+        ok("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=2M", raw.toString(), img.toString());
+        ok("qemu-img", "resize", "-q", "-f", "qcow2", img.toString(), "96M");
+        try (ChildProcess p = serveBlk(img, 2)) {
+            GuestResult r = vhostGuest("compressed-fio", 2).cpus(2).fio().payload(WAIT.replace("DEV", "vda") + """
+                    echo sha=$(dd if=/dev/vda bs=1M count=32 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+                    fio --name=verify --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randwrite --offset=16M \\
+                        --bsrange=4k-256k --size=64M --iodepth=16 --numjobs=2 --offset_increment=32M \\
+                        --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --randseed=7 --group_reporting
+                    """).build().run(TIMEOUT.multipliedBy(2));
+            assertEquals(0, r.exitCode(), r.consoleTail(60));
+            assertEquals(VhostUserBlkGuestTest.sha256(d), r.field("sha"));
+            assertTrue(r.output().contains("err= 0"), r.output());
+            p.stop(Duration.ofSeconds(20));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 0 512", "read -P 7 512 512");
+    }
+
+    /** QEMU's emulated AHCI disk on iovirt's NBD export of a qcow2 image: the PV data checks, on the FV path. */
+    @Test
+    void emulatedAhciDiskOnTheNbdExportPassesTheDataChecks() throws Exception {
+        Path img = dir.resolve("fv.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIoOk(img, "qcow2", "write -P 0x5e 8M 4M");
+        Path sock = dir.resolve("nbd.sock");
+        byte[] guestData = VhostUserBlkGuestTest.pattern(23, 4 * MIB);
+        try (ChildProcess p = ChildProcess.builder(IovirtCli.command("serve", "nbd", "--image", img.toString(),
+                        "--socket", sock.toString(), "--name", "fv"))
+                .name("iovirt serve nbd").log(dir.resolve("nbd.log")).startListening(sock, BlkBackendUnderTest.START_TIMEOUT)) {
+            List<String> args = new ArrayList<>(List.of(
+                    "-drive", "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(sock.toString())
+                            + ",export=fv,if=none,id=fv0",
+                    "-device", "ahci,id=ahci0", "-device", "ide-hd,drive=fv0,bus=ahci0.0"));
+            GuestResult r = QemuGuest.builder(image).name("qcow2/ahci-nbd").workDir(dir).modules("ahci", "sd_mod").fio()
+                    .args(args.toArray(String[]::new)).file("/root/g.bin", guestData, 0644)
+                    .payload(WAIT.replace("DEV", "sda") + """
+                            echo sha=$(dd if=/dev/sda bs=1M skip=8 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+                            dd if=/root/g.bin of=/dev/sda bs=1M seek=20 oflag=direct conv=fsync 2>/dev/null
+                            fio --name=verify --filename=/dev/sda --ioengine=libaio --direct=1 --rw=randwrite --offset=32M \\
+                                --bsrange=4k-64k --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \\
+                                --verify_state_save=0 --randseed=42
+                            """).build().run(TIMEOUT.multipliedBy(2));
+            assertEquals(0, r.exitCode(), r.consoleTail(60));
+            byte[] want = new byte[4 * MIB];
+            Arrays.fill(want, (byte) 0x5e);
+            assertEquals(VhostUserBlkGuestTest.sha256(want), r.field("sha"));
+            assertTrue(r.output().contains("err= 0"), r.output());
+            p.stop(Duration.ofSeconds(20));
+            assertTrue(p.log().contains("writes="), p.log());
+        }
+        check(img, false);
+        Path g = dir.resolve("g.bin");
+        Files.write(g, guestData);
+        ok("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img.toString(), dir.resolve("out.raw").toString());
+        byte[] out = Files.readAllBytes(dir.resolve("out.raw"));
+        assertEquals(VhostUserBlkGuestTest.sha256(guestData),
+                VhostUserBlkGuestTest.sha256(Arrays.copyOfRange(out, 20 * MIB, 24 * MIB)), "qemu-img does not see the guest's write");
+    }
+}

@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.nbd;
+
+import static io.iovirt.storage.qcow2.QemuTools.check;
+import static io.iovirt.storage.qcow2.QemuTools.ok;
+import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
+import static io.iovirt.storage.qcow2.QemuTools.run;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.Images;
+import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.IovirtCli;
+import java.io.IOException;
+import java.net.StandardProtocolFamily;
+import java.net.UnixDomainSocketAddress;
+import java.nio.ByteBuffer;
+import java.nio.channels.SocketChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** iovirt's NBD server against QEMU's NBD client (qemu-io, qemu-img) and against hand-made hostile clients. */
+@org.junit.jupiter.api.Tag("peer") // qemu-img / qemu-io / an iovirt server process: Failsafe
+class NbdServerTest {
+    static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+
+    private ChildProcess serve(Path image, String... extra) {
+        List<String> args = new ArrayList<>(List.of("serve", "nbd", "--image", image.toString(),
+                "--socket", dir.resolve("nbd.sock").toString(), "--name", "disk"));
+        args.addAll(List.of(extra));
+        return ChildProcess.builder(IovirtCli.command(args)).name("iovirt serve nbd")
+                .log(dir.resolve("iovirt-nbd.log")).startListening(dir.resolve("nbd.sock"), Duration.ofSeconds(30));
+    }
+
+    private String uri() {
+        return "nbd+unix:///disk?socket=" + dir.resolve("nbd.sock");
+    }
+
+    @Test
+    void qemuIoQemuImgCompareAndConvertReadAndWriteAQcow2ThroughServeNbd() throws Exception {
+        Path img = dir.resolve("a.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIoOk(img, "qcow2", "write -P 0x61 4M 2M");
+        byte[] data = new byte[8 * MIB];
+        new Random(5).nextBytes(data);
+        Path src = dir.resolve("src.raw");
+        Files.write(src, data);
+        try (ChildProcess p = serve(img)) {
+            qemuIoOk(uri(), "raw", "read -P 0x61 4M 2M", "write -P 0x62 20M 64k", "read -P 0x62 20M 64k",
+                    "write -z 30M 1M", "read -P 0 30M 1M", "discard 40M 1M", "flush");
+            // qemu-img convert writes into the export (-n: the target exists), compare reads it back
+            ok("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src.toString(), uri());
+            Path want = dir.resolve("want.raw");
+            byte[] w = new byte[64 * MIB];
+            System.arraycopy(data, 0, w, 0, data.length);
+            java.util.Arrays.fill(w, 20 * MIB, 20 * MIB + 65536, (byte) 0x62);
+            Files.write(want, w);
+            ok("qemu-img", "compare", "-f", "raw", "-F", "raw", uri(), want.toString());
+            // and out of it again
+            Path copy = dir.resolve("copy.raw");
+            ok("qemu-img", "convert", "-f", "raw", "-O", "raw", uri(), copy.toString());
+            assertArrayEquals(w, Files.readAllBytes(copy));
+            // holes: unallocated clusters of the qcow2 are reported as such by base:allocation
+            String map = ok("qemu-img", "map", "--output=json", "-f", "raw", uri());
+            assertTrue(map.contains("\"start\": 50331648") || map.matches("(?s).*\"zero\": true, \"data\": false.*"), map);
+            assertTrue(map.contains("\"data\": true"), map);
+            assertTrue(map.lines().anyMatch(l -> l.contains("\"data\": false") && l.contains("\"zero\": true")), map);
+            p.stop(Duration.ofSeconds(20));
+            assertTrue(p.log().contains("image synced"), p.log());
+        }
+        check(img, false);
+        ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), dir.resolve("want.raw").toString());
+    }
+
+    @Test
+    void tcpListenerAndExportList() throws Exception {
+        Path img = dir.resolve("b.raw");
+        Files.write(img, new byte[4 * MIB]);
+        try (DiskImage image = Images.open(img, null, false, false);
+             NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 4)) {
+            s.addExport(new NbdExport("one", image, false));
+            String u = "nbd://127.0.0.1:" + s.port() + "/one";
+            qemuIoOk(u, "raw", "write -P 0x44 0 1M", "read -P 0x44 0 1M");
+            // LIST through a raw client
+            try (RawClient c = RawClient.tcp(s.port())) {
+                c.option(Nbd.OPT_LIST, new byte[0]);
+                Reply r = c.optionReply();
+                assertEquals(Nbd.REP_SERVER, r.type);
+                assertEquals("one", new String(r.data, 4, r.data.length - 4, StandardCharsets.UTF_8));
+                assertEquals(Nbd.REP_ACK, c.optionReply().type);
+                c.option(Nbd.OPT_ABORT, new byte[0]);
+                assertEquals(Nbd.REP_ACK, c.optionReply().type);
+            }
+            assertEquals(1, s.exports().iterator().next().stats().writes.sum());
+        }
+        IOException e = org.junit.jupiter.api.Assertions.assertThrows(IOException.class, () -> NbdServer.startTcp("8.8.8.8", 0, 1));
+        assertTrue(e.getMessage().contains("loopback"), e.getMessage());
+    }
+
+    @Test
+    void hostileClientsGetErrorsAndNeverTakeTheServerDown() throws Exception {
+        Path img = dir.resolve("h.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("h.sock");
+        try (DiskImage image = Images.open(img, null, false, false); NbdServer s = NbdServer.startUnix(sock, 3)) {
+            s.addExport(new NbdExport("x", image, false));
+            // unknown option, then a GO for an unknown export, then a good GO; then bad requests
+            try (RawClient c = RawClient.unix(sock)) {
+                c.option(12345, new byte[3]);
+                assertEquals(Nbd.REP_ERR_UNSUP, c.optionReply().type);
+                c.option(Nbd.OPT_SET_META_CONTEXT, c.metaContextData("x", "base:allocation"));
+                assertEquals(Nbd.REP_ERR_INVALID, c.optionReply().type, "meta context before structured replies");
+                c.option(Nbd.OPT_GO, c.goData("nope"));
+                assertEquals(Nbd.REP_ERR_UNKNOWN, c.optionReply().type);
+                byte[] bad = c.goData("x");
+                bad[3] = 100; // name length past the data
+                c.option(Nbd.OPT_GO, bad);
+                assertEquals(Nbd.REP_ERR_INVALID, c.optionReply().type);
+                c.go("x");
+                assertEquals(Nbd.EINVAL, c.request(Nbd.CMD_READ, 0, MIB - 512, 1024).error, "read past the end");
+                assertEquals(Nbd.EINVAL, c.request(Nbd.CMD_READ, 0, 0, 64 << 20).error, "oversized read");
+                assertEquals(Nbd.EINVAL, c.request(Nbd.CMD_READ, 0, 0, 0).error, "zero-length read");
+                assertEquals(Nbd.EINVAL, c.request(77, 0, 0, 512).error, "unknown command");
+                assertEquals(Nbd.EINVAL, c.request(Nbd.CMD_READ, 0x8000, 0, 512).error, "unknown flag");
+                assertEquals(Nbd.EINVAL, c.request(Nbd.CMD_BLOCK_STATUS, 0, 0, 512).error, "no meta context");
+                assertEquals(Nbd.ENOSPC, c.request(Nbd.CMD_WRITE_ZEROES, 0, MIB, 512).error, "zeroes past the end");
+                Reply ok = c.request(Nbd.CMD_READ, 0, 4096, 512);
+                assertEquals(0, ok.error);
+                assertEquals(512, ok.data.length);
+            }
+            // a half-sent request, then the client vanishes
+            try (RawClient c = RawClient.unix(sock)) {
+                c.go("x");
+                c.raw(ByteBuffer.allocate(10).putInt(Nbd.REQUEST_MAGIC).putShort((short) 0).flip());
+            }
+            // an oversized write: error reply, then the server drops the connection (the payload cannot be skipped)
+            try (RawClient c = RawClient.unix(sock)) {
+                c.go("x");
+                Reply r = c.request(Nbd.CMD_WRITE, 0, 0, 0x7fff_0000);
+                assertEquals(Nbd.EINVAL, r.error);
+                assertTrue(c.closedByPeer());
+            }
+            // garbage instead of a request magic: disconnected
+            try (RawClient c = RawClient.unix(sock)) {
+                c.go("x");
+                c.raw(ByteBuffer.wrap(new byte[28]));
+                assertTrue(c.closedByPeer());
+            }
+            // too many connections: three held open, the fourth is refused in the handshake with a reason
+            List<RawClient> held = new ArrayList<>();
+            try {
+                for (int i = 0; i < 3; i++) {
+                    RawClient c = RawClient.unix(sock);
+                    c.go("x");
+                    held.add(c);
+                }
+                try (RawClient c = RawClient.unix(sock)) {
+                    c.option(Nbd.OPT_GO, c.goData("x"));
+                    Reply r = c.optionReply();
+                    assertEquals(Nbd.REP_ERR_POLICY, r.type);
+                    assertTrue(new String(r.data, StandardCharsets.UTF_8).contains("too many connections"));
+                }
+            } finally {
+                for (RawClient c : held) {
+                    c.close();
+                }
+            }
+            // the server still serves a real client
+            long deadline = System.nanoTime() + 10_000_000_000L;
+            while (s.connectionCount() > 0 && System.nanoTime() < deadline) {
+                Thread.sleep(20);
+            }
+            qemuIoOk("nbd+unix:///x?socket=" + sock, "raw", "write -P 0x12 0 64k", "read -P 0x12 0 64k");
+            assertNotEquals(0, s.exports().iterator().next().stats().errors.sum());
+        }
+    }
+
+    @Test
+    void readOnlyExportRefusesWrites() throws Exception {
+        Path img = dir.resolve("r.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "16M");
+        try (ChildProcess p = serve(img, "--readonly")) {
+            var r = run("qemu-io", "-f", "raw", "-c", "write 0 4k", uri());
+            assertTrue(r.output().contains("Operation not permitted") || r.output().contains("read-only")
+                    || r.output().contains("Permission denied"), r.output());
+            String out = ok("qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 1M", uri());
+            assertTrue(!out.contains("Pattern verification failed"), out);
+        }
+        check(img, false);
+    }
+
+    // ---- a minimal raw NBD client for the hostile cases ----
+
+    record Reply(int type, int error, byte[] data) {
+    }
+
+    static final class RawClient implements AutoCloseable {
+        final SocketChannel ch;
+        long cookie;
+
+        RawClient(SocketChannel ch) throws IOException {
+            this.ch = ch;
+            ByteBuffer g = read(18);
+            assertEquals(Nbd.NBDMAGIC, g.getLong());
+            assertEquals(Nbd.IHAVEOPT, g.getLong());
+            raw(ByteBuffer.allocate(4).putInt(Nbd.FLAG_FIXED_NEWSTYLE | Nbd.FLAG_NO_ZEROES).flip());
+        }
+
+        static RawClient unix(Path p) throws IOException {
+            SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX);
+            ch.connect(UnixDomainSocketAddress.of(p));
+            return new RawClient(ch);
+        }
+
+        static RawClient tcp(int port) throws IOException {
+            return new RawClient(SocketChannel.open(new java.net.InetSocketAddress("127.0.0.1", port)));
+        }
+
+        void raw(ByteBuffer b) throws IOException {
+            while (b.hasRemaining()) {
+                ch.write(b);
+            }
+        }
+
+        ByteBuffer read(int n) throws IOException {
+            ByteBuffer b = ByteBuffer.allocate(n);
+            while (b.hasRemaining()) {
+                if (ch.read(b) < 0) {
+                    throw new java.io.EOFException("server closed after " + b.position() + " of " + n);
+                }
+            }
+            return b.flip();
+        }
+
+        boolean closedByPeer() throws IOException {
+            try {
+                ByteBuffer b = ByteBuffer.allocate(1);
+                return ch.read(b) < 0;
+            } catch (IOException e) {
+                return true;
+            }
+        }
+
+        void option(int opt, byte[] data) throws IOException {
+            raw(ByteBuffer.allocate(16 + data.length).putLong(Nbd.IHAVEOPT).putInt(opt).putInt(data.length).put(data).flip());
+        }
+
+        Reply optionReply() throws IOException {
+            ByteBuffer h = read(20);
+            assertEquals(Nbd.OPT_REPLY_MAGIC, h.getLong());
+            h.getInt();
+            int type = h.getInt();
+            int len = h.getInt();
+            return new Reply(type, 0, read(len).array());
+        }
+
+        byte[] goData(String name) {
+            byte[] n = name.getBytes(StandardCharsets.UTF_8);
+            return ByteBuffer.allocate(6 + n.length).putInt(n.length).put(n).putShort((short) 0).array();
+        }
+
+        byte[] metaContextData(String name, String query) {
+            byte[] n = name.getBytes(StandardCharsets.UTF_8);
+            byte[] q = query.getBytes(StandardCharsets.UTF_8);
+            return ByteBuffer.allocate(12 + n.length + q.length).putInt(n.length).put(n).putInt(1).putInt(q.length).put(q).array();
+        }
+
+        void go(String name) throws IOException {
+            option(Nbd.OPT_GO, goData(name));
+            while (true) {
+                Reply r = optionReply();
+                if (r.type == Nbd.REP_ACK) {
+                    return;
+                }
+                assertEquals(Nbd.REP_INFO, r.type);
+            }
+        }
+
+        /** A request with simple replies; a READ's data is read when the reply is not an error. */
+        Reply request(int type, int flags, long offset, long length) throws IOException {
+            long c = ++cookie;
+            ByteBuffer b = ByteBuffer.allocate(28).putInt(Nbd.REQUEST_MAGIC).putShort((short) flags).putShort((short) type)
+                    .putLong(c).putLong(offset).putInt((int) length).flip();
+            raw(b);
+            ByteBuffer h = read(16);
+            assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
+            int err = h.getInt();
+            assertEquals(c, h.getLong());
+            byte[] data = err == 0 && type == Nbd.CMD_READ ? read((int) length).array() : new byte[0];
+            return new Reply(0, err, data);
+        }
+
+        @Override
+        public void close() throws IOException {
+            ch.close();
+        }
+    }
+}

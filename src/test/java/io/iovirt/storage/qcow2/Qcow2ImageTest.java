@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage.qcow2;
+
+import static io.iovirt.storage.qcow2.QemuTools.check;
+import static io.iovirt.storage.qcow2.QemuTools.ok;
+import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageIo;
+import io.iovirt.storage.Images;
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.Callable;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/** iovirt's qcow2 against images made, read and checked by qemu-img and qemu-io. */
+@org.junit.jupiter.api.Tag("peer") // qemu-img / qemu-io / an iovirt server process: Failsafe
+class Qcow2ImageTest {
+    static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+
+    private Path create(String name, String size, String... opts) throws Exception {
+        Path p = dir.resolve(name);
+        List<String> cmd = new ArrayList<>(List.of("qemu-img", "create", "-q", "-f", "qcow2"));
+        for (String o : opts) {
+            cmd.add("-o");
+            cmd.add(o);
+        }
+        cmd.add(p.toString());
+        cmd.add(size);
+        ok(cmd.toArray(String[]::new));
+        return p;
+    }
+
+    static byte[] read(DiskImage img, long off, int len) throws IOException {
+        try (Arena a = Arena.ofConfined(); ImageIo io = img.newContext(8, 0)) {
+            MemorySegment b = a.allocate(len);
+            io.add(b);
+            io.read(off);
+            return b.toArray(ValueLayout.JAVA_BYTE);
+        }
+    }
+
+    static void write(DiskImage img, long off, byte[] data) throws IOException {
+        try (Arena a = Arena.ofConfined(); ImageIo io = img.newContext(8, 0)) {
+            // two buffers, split at an odd place, to exercise scatter-gather across cluster boundaries
+            int half = data.length / 3 & ~511;
+            MemorySegment b = a.allocate(data.length);
+            MemorySegment.copy(data, 0, b, ValueLayout.JAVA_BYTE, 0, data.length);
+            io.add(b.asSlice(0, half));
+            io.add(b.asSlice(half));
+            io.write(off);
+        }
+    }
+
+    static byte[] fill(int len, int value) {
+        byte[] b = new byte[len];
+        java.util.Arrays.fill(b, (byte) value);
+        return b;
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"65536", "2097152", "512"})
+    void readsWhatQemuIoWroteAndQemuIoReadsWhatIovirtWrote(String clusterSize) throws Exception {
+        Path img = create("a.qcow2", "64M", "cluster_size=" + clusterSize);
+        qemuIoOk(img, "qcow2", "write -P 0xab 1M 192k", "write -z 8M 1M", "write -P 0x11 20M 4k");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            assertEquals("qcow2", q.format());
+            assertEquals(64L * MIB, q.size());
+            assertArrayEquals(fill(192 << 10, 0xab), read(q, MIB, 192 << 10));
+            assertArrayEquals(new byte[MIB], read(q, 8 * MIB, MIB));
+            assertArrayEquals(fill(4096, 0x11), read(q, 20 * MIB, 4096));
+            assertArrayEquals(new byte[4096], read(q, 40 * MIB, 4096));
+            // new clusters, partial clusters (COW over qemu's data), a run across cluster boundaries
+            write(q, 30 * MIB + 512, fill(300 << 10, 0xcd));
+            write(q, MIB + 4096, fill(8192, 0xee));
+            write(q, 63 * MIB, fill(MIB, 0x5a));
+            q.flush();
+            assertArrayEquals(fill(300 << 10, 0xcd), read(q, 30 * MIB + 512, 300 << 10));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0xcd " + (30 * MIB + 512) + " " + (300 << 10),
+                "read -P 0xab 1M 4k", "read -P 0xee " + (MIB + 4096) + " 8k", "read -P 0xab " + (MIB + 12288) + " 4k",
+                "read -P 0x5a 63M 1M", "read -P 0 " + (30 * MIB) + " 512", "read -P 0x11 20M 4k");
+    }
+
+    @Test
+    void copyOnWriteFromARelativeRawBackingFileAndAQcow2Chain() throws Exception {
+        Path sub = Files.createDirectories(dir.resolve("images"));
+        Path base = sub.resolve("base.raw");
+        byte[] baseData = new byte[8 * MIB];
+        new Random(1).nextBytes(baseData);
+        Files.write(base, baseData);
+        // relative names, resolved against the overlay's directory as QEMU does (not the working directory)
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", sub.resolve("mid.qcow2").toString());
+        qemuIoOk(sub.resolve("mid.qcow2"), "qcow2", "write -P 0x22 2M 64k");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", sub.resolve("top.qcow2").toString(), "16M");
+        Path top = sub.resolve("top.qcow2");
+        try (DiskImage q = Images.open(top, null, false, false)) {
+            assertEquals(16L * MIB, q.size());
+            byte[] expected = java.util.Arrays.copyOf(baseData, 16 * MIB);
+            java.util.Arrays.fill(expected, 2 * MIB, 2 * MIB + 65536, (byte) 0x22);
+            assertArrayEquals(expected, read(q, 0, 16 * MIB));
+            write(q, 4096, fill(4096, 0x77)); // COW: rest of the cluster from the raw base
+            write(q, 2 * MIB + 1024, fill(512, 0x78)); // COW over the middle qcow2
+            q.writeZeroes(5 * MIB, 64 << 10, false); // a zero cluster hides the backing data
+            System.arraycopy(fill(4096, 0x77), 0, expected, 4096, 4096);
+            System.arraycopy(fill(512, 0x78), 0, expected, 2 * MIB + 1024, 512);
+            java.util.Arrays.fill(expected, 5 * MIB, 5 * MIB + 65536, (byte) 0);
+            assertArrayEquals(expected, read(q, 0, 16 * MIB));
+            Path want = dir.resolve("want.raw");
+            Files.write(want, expected);
+            q.flush();
+            ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", top.toString(), want.toString());
+        }
+        check(top, false);
+        assertArrayEquals(baseData, Files.readAllBytes(base), "the backing file changed");
+    }
+
+    @Test
+    void compressedClustersWrittenByQemuImgConvertRead() throws Exception {
+        Path raw = dir.resolve("src.raw");
+        byte[] data = new byte[4 * MIB];
+        Random r = new Random(3);
+        for (int i = 0; i < data.length; i += 4096) { // compressible but not uniform
+            java.util.Arrays.fill(data, i, i + 4096, (byte) r.nextInt(4));
+            data[i + r.nextInt(4096)] = (byte) r.nextInt();
+        }
+        Files.write(raw, data);
+        Path img = dir.resolve("c.qcow2");
+        ok("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw.toString(), img.toString());
+        assertTrue(Files.size(img) < data.length / 4, "qemu-img did not compress");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            assertArrayEquals(data, read(q, 0, data.length));
+            write(q, 100_000, fill(1000, 0x99)); // a compressed cluster rewritten as a normal one
+            System.arraycopy(fill(1000, 0x99), 0, data, 100_000, 1000);
+            assertArrayEquals(data, read(q, 0, data.length));
+        }
+        check(img, false);
+        Files.write(raw, data);
+        ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), raw.toString());
+    }
+
+    @Test
+    void zeroAndDiscardBecomeZeroClustersThatQemuImgMapShows() throws Exception {
+        Path img = create("z.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            q.writeZeroes(MIB, MIB, true);
+            q.discard(3 * MIB, MIB + 4096); // the partial tail is ignored
+            q.writeZeroes(100, 1000, false); // partial: written as zeros
+            assertArrayEquals(new byte[MIB], read(q, MIB, MIB));
+            assertArrayEquals(new byte[1000], read(q, 100, 1000));
+            DiskImage.Extent e = q.extent(MIB, 16 * MIB);
+            assertEquals(new DiskImage.Extent(MIB, true, true), e);
+            assertFalse(q.extent(0, MIB).hole());
+            assertTrue(q.extent(5 * MIB, MIB).hole());
+        }
+        check(img, false);
+        String map = ok("qemu-img", "map", "--output=json", "-f", "qcow2", img.toString());
+        assertTrue(map.contains("\"start\": 1048576, \"length\": 1048576, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false")
+                || map.matches("(?s).*\"start\": 1048576, \"length\": 1048576,.*\"zero\": true, \"data\": false.*"), map);
+        qemuIoOk(img, "qcow2", "read -P 0 1M 1M", "read -P 0 3M 1M", "read -P 0x33 2M 1M", "read -P 0 100 1000",
+                "read -P 0x33 1100 4096");
+    }
+
+    @Test
+    void concurrentWritersOnManyThreadsStayConsistent() throws Exception {
+        Path img = create("mt.qcow2", "64M");
+        int threads = 4;
+        ExecutorService pool = Executors.newFixedThreadPool(threads);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            List<Future<?>> fs = new ArrayList<>();
+            for (int t = 0; t < threads; t++) {
+                int id = t;
+                fs.add(pool.submit((Callable<Void>) () -> {
+                    // interleaved 4 KiB blocks: threads allocate neighbouring pieces of the same clusters
+                    for (int i = 0; i < 512; i++) {
+                        long off = ((long) i * threads + id) * 4096;
+                        write(q, off, fill(4096, id + 1));
+                        if (i % 64 == 0) {
+                            q.flush();
+                        }
+                    }
+                    return null;
+                }));
+            }
+            for (Future<?> f : fs) {
+                f.get();
+            }
+            for (int i = 0; i < 512 * threads; i++) {
+                assertArrayEquals(fill(4096, i % threads + 1), read(q, (long) i * 4096, 4096), "block " + i);
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 1 0 4k", "read -P 4 " + (4096 * 2047) + " 4k");
+    }
+
+    @Test
+    void smallL2CacheEvictsAndWritesBackInOrder() throws Exception {
+        Path img = create("ev.qcow2", "2G", "cluster_size=4096"); // 512 entries per L2 table: 2 MiB per table
+        try (Qcow2Image q = Qcow2Image.open(img, false, 4 * 4096)) {
+            assertEquals(4, q.l2CacheTables());
+            for (int i = 0; i < 64; i++) {
+                write(q, (long) i * 3 * MIB, fill(4096, i + 1));
+            }
+            for (int i = 0; i < 64; i++) {
+                assertArrayEquals(fill(4096, i + 1), read(q, (long) i * 3 * MIB, 4096));
+            }
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 1 0 4k", "read -P 64 " + (63L * 3 * MIB) + " 4k");
+    }
+
+    @Test
+    void refcountTableGrowsWhenTheImageOutgrowsIt() throws Exception {
+        // 512-byte clusters, 64-bit refcounts: a refcount block covers 64 clusters, the first table 64 blocks
+        Path img = create("grow.qcow2", "8M", "cluster_size=512", "refcount_bits=64");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 0, fill(4 * MIB, 0x42));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x42 0 4M");
+    }
+
+    @Test
+    void refusesWhatItCannotWriteSafely() throws Exception {
+        Path img = create("f.qcow2", "16M");
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(72);
+            f.writeLong(1L << 9); // an incompatible feature nobody knows
+        }
+        IOException e = assertThrows(IOException.class, () -> Images.open(img, null, true, false));
+        assertTrue(e.getMessage().contains("incompatible features") && e.getMessage().contains("bit 9"), e.getMessage());
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(72);
+            f.writeLong(1L); // dirty
+        }
+        e = assertThrows(IOException.class, () -> Images.open(img, null, false, false));
+        assertTrue(e.getMessage().contains("qemu-img check -r all"), e.getMessage());
+        Images.open(img, null, true, false).close(); // read-only is fine
+    }
+
+    @Test
+    void anImageIsOpenedForWritingOncePerProcess() throws Exception {
+        Path img = create("once.qcow2", "16M");
+        try (DiskImage a = Images.open(img, null, false, false)) {
+            IOException e = assertThrows(IOException.class, () -> Images.open(dir.resolve(".").resolve("once.qcow2"), null, false, false));
+            assertTrue(e.getMessage().contains("already open for writing"), e.getMessage());
+            Images.open(img, null, true, false).close(); // readers are fine (a shared backing file)
+            write(a, 0, fill(4096, 1));
+        }
+        try (DiskImage again = Images.open(img, null, false, false)) {
+            assertArrayEquals(fill(4096, 1), read(again, 0, 4096));
+        }
+    }
+}

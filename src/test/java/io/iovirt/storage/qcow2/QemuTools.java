@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage.qcow2;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+/** Runs qemu-img / qemu-io (the real peers) for the storage tests, with a timeout and their output. */
+public final class QemuTools {
+    private QemuTools() {
+    }
+
+    public record Result(int exit, String output) {
+    }
+
+    /** Runs {@code cmd}, returning its exit code and combined output; fails after 120 s. */
+    public static Result run(String... cmd) throws IOException, InterruptedException {
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        byte[] out;
+        try {
+            if (!p.waitFor(120, TimeUnit.SECONDS)) {
+                throw new IOException(String.join(" ", cmd) + " did not finish in 120 s");
+            }
+            out = p.getInputStream().readAllBytes();
+        } finally {
+            p.destroyForcibly();
+        }
+        return new Result(p.exitValue(), new String(out, StandardCharsets.UTF_8));
+    }
+
+    /** Runs {@code cmd} and asserts it succeeded; returns its output. */
+    public static String ok(String... cmd) throws IOException, InterruptedException {
+        Result r = run(cmd);
+        assertEquals(0, r.exit(), () -> String.join(" ", cmd) + " failed:\n" + r.output());
+        return r.output();
+    }
+
+    /** qemu-io on an image with the given commands (-c each). */
+    public static Result qemuIo(Path image, String format, String... commands) throws IOException, InterruptedException {
+        return qemuIo(image.toString(), format, commands);
+    }
+
+    /** qemu-io on an image file or an NBD URI. */
+    public static Result qemuIo(String image, String format, String... commands) throws IOException, InterruptedException {
+        List<String> cmd = new ArrayList<>(List.of("qemu-io", "-f", format));
+        for (String c : commands) {
+            cmd.add("-c");
+            cmd.add(c);
+        }
+        cmd.add(image);
+        return run(cmd.toArray(String[]::new));
+    }
+
+    /** qemu-io that must succeed and whose pattern checks must all match ("Pattern verification failed" absent). */
+    public static String qemuIoOk(Path image, String format, String... commands) throws IOException, InterruptedException {
+        return qemuIoOk(image.toString(), format, commands);
+    }
+
+    public static String qemuIoOk(String image, String format, String... commands) throws IOException, InterruptedException {
+        Result r = qemuIo(image, format, commands);
+        assertEquals(0, r.exit(), r.output());
+        if (r.output().contains("Pattern verification failed") || r.output().contains("failed:")) {
+            throw new AssertionError("qemu-io found different data:\n" + r.output());
+        }
+        return r.output();
+    }
+
+    /** {@code qemu-img check}: asserts no corruption (leaks are allowed when {@code leaksOk}). */
+    public static String check(Path image, boolean leaksOk) throws IOException, InterruptedException {
+        Result r = run("qemu-img", "check", "-f", "qcow2", image.toString());
+        // exit 0 clean, 2 corruption, 3 leaks only
+        boolean fine = r.exit() == 0 || (leaksOk && r.exit() == 3);
+        if (!fine) {
+            throw new AssertionError("qemu-img check " + image + " exit " + r.exit() + ":\n" + r.output());
+        }
+        return r.output();
+    }
+}
