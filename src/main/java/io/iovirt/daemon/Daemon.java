@@ -30,11 +30,13 @@ public final class Daemon implements AutoCloseable {
     private final Object lock = new Object();
     private final Map<String, BlkExport> blks = new LinkedHashMap<>(); // guarded by lock
     private final Map<String, NetSwitch> nets = new LinkedHashMap<>(); // guarded by lock
+    private final Map<String, NbdExportEntry> nbds = new LinkedHashMap<>(); // guarded by lock
     private final SocketAccess access;
     private final long startMillis = System.currentTimeMillis();
     private int nextBlk;
     private int nextNet;
     private int nextPort;
+    private int nextNbd;
     private boolean closed;
 
     public Daemon(String socketGroup) throws IOException {
@@ -50,7 +52,7 @@ public final class Daemon implements AutoCloseable {
     /** The methods, for the documentation test and {@code ctl} help. */
     public static final List<String> METHODS = List.of("version", "blk.add", "blk.remove", "blk.list", "blk.info",
             "blk.resize", "blk.set-readonly", "net.add", "net.remove", "net.port.add", "net.port.remove", "net.list",
-            "net.macs", "stats", "libvirt-xml");
+            "net.macs", "nbd.add", "nbd.remove", "nbd.list", "stats", "libvirt-xml");
 
     /** Executes one control request. Never throws anything but {@link RpcException} for a bad or failed request. */
     public Object call(String method, Map<String, Object> params) throws RpcException {
@@ -69,6 +71,9 @@ public final class Daemon implements AutoCloseable {
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
             case "net.list" -> netList(p.allow());
             case "net.macs" -> netMacs(p.allow("net"));
+            case "nbd.add" -> nbdAdd(p.allow("id", "image", "socket", "readonly", "format"));
+            case "nbd.remove" -> nbdRemove(p.allow("id"));
+            case "nbd.list" -> nbdList(p.allow());
             case "stats" -> stats(p.allow("id"));
             case "libvirt-xml" -> LibvirtXml.forDevice(this, p.allow("id", "memory", "name", "kernel", "initrd", "cmdline", "console"));
             default -> throw new RpcException(RpcException.METHOD_NOT_FOUND, "no method '" + Params.printable(method)
@@ -124,7 +129,7 @@ public final class Daemon implements AutoCloseable {
     BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig) throws RpcException {
         synchronized (lock) {
             checkOpen();
-            if (blks.containsKey(spec.id()) || nets.containsKey(spec.id())) {
+            if (taken(spec.id())) {
                 throw new RpcException(RpcException.EXISTS, "id '" + spec.id() + "' is already in use; choose another id or remove it first");
             }
             for (BlkExport e : blks.values()) {
@@ -256,6 +261,104 @@ public final class Daemon implements AutoCloseable {
                         + " read-only flag change after its next reset");
     }
 
+    // ---- nbd ----------------------------------------------------------------------------------------------------
+
+    private Map<String, Object> nbdAdd(Params p) throws RpcException {
+        synchronized (lock) {
+            checkOpen();
+            String id = p.id("id", nextId("nbd", nbds));
+            if (taken(id)) {
+                throw new RpcException(RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
+            }
+            Path image = Path.of(p.string("image")).toAbsolutePath();
+            Path socket = Path.of(p.string("socket")).toAbsolutePath();
+            io.iovirt.storage.ImageFormat format;
+            try {
+                format = p.has("format") && !p.string("format").equals("auto") ? io.iovirt.storage.ImageFormat.parse(p.string("format")) : null;
+            } catch (IllegalArgumentException e) {
+                throw RpcException.params("nbd.add: " + e.getMessage() + " (or auto)");
+            }
+            NbdExportEntry.Spec spec = new NbdExportEntry.Spec(id, image, socket, p.bool("readonly", false), format);
+            for (NbdExportEntry e : nbds.values()) {
+                if (e.spec.socket().equals(socket)) {
+                    throw new RpcException(RpcException.EXISTS, "socket " + socket + " is already served by nbd '" + e.spec.id() + "'");
+                }
+            }
+            for (BlkExport b : blks.values()) {
+                if (b.spec.socket().equals(socket)) {
+                    throw new RpcException(RpcException.EXISTS, "socket " + socket + " is already served by blk '" + b.spec.id() + "'");
+                }
+            }
+            NbdExportEntry e;
+            try {
+                e = NbdExportEntry.start(spec, access);
+            } catch (IOException | RuntimeException ex) {
+                throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
+            }
+            nbds.put(id, e);
+            LOG.log(System.Logger.Level.INFO, "nbd " + id + ": exporting " + image + " on " + socket);
+            return Map.of("id", id);
+        }
+    }
+
+    private Map<String, Object> nbdRemove(Params p) throws RpcException {
+        String id = p.id("id");
+        synchronized (lock) {
+            NbdExportEntry e = nbds.remove(id);
+            if (e == null) {
+                throw new RpcException(RpcException.NOT_FOUND, "no NBD export '" + Params.printable(id) + "'"
+                        + (nbds.isEmpty() ? " (there are none; add one with nbd.add)" : " (exports: " + String.join(", ", nbds.keySet()) + ")"));
+            }
+            e.close();
+        }
+        return Map.of("id", id, "removed", true);
+    }
+
+    private List<Object> nbdList(Params p) {
+        synchronized (lock) {
+            List<Object> out = new ArrayList<>();
+            for (NbdExportEntry e : nbds.values()) {
+                Map<String, Object> m = new LinkedHashMap<>();
+                m.put("id", e.spec.id());
+                m.put("image", e.spec.image().toString());
+                m.put("socket", e.spec.socket().toString());
+                m.put("format", e.image.format());
+                m.put("size", e.image.size());
+                m.put("readonly", e.spec.readOnly());
+                m.put("connections", e.server.connectionCount());
+                out.add(m);
+            }
+            return out;
+        }
+    }
+
+    private static Map<String, Object> nbdStats(NbdExportEntry e) {
+        io.iovirt.nbd.NbdExportStats s = e.export.stats();
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("id", e.spec.id());
+        m.put("kind", "nbd");
+        m.put("connections", s.connections.get());
+        m.put("reads", s.reads.sum());
+        m.put("writes", s.writes.sum());
+        m.put("flushes", s.flushes.sum());
+        m.put("trims", s.trims.sum());
+        m.put("write_zeroes", s.writeZeroes.sum());
+        m.put("bytes_read", s.bytesRead.sum());
+        m.put("bytes_written", s.bytesWritten.sum());
+        m.put("errors", s.errors.sum());
+        return m;
+    }
+
+    List<NbdExportEntry> nbdExports() {
+        synchronized (lock) {
+            return List.copyOf(nbds.values());
+        }
+    }
+
+    private boolean taken(String id) {
+        return blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id);
+    }
+
     // ---- net ----------------------------------------------------------------------------------------------------
 
     NetSwitch.Spec netSpec(Params p, String defaultId) throws RpcException {
@@ -272,7 +375,7 @@ public final class Daemon implements AutoCloseable {
     NetSwitch addNet(NetSwitch.Spec spec, boolean fromConfig) throws RpcException {
         synchronized (lock) {
             checkOpen();
-            if (blks.containsKey(spec.id()) || nets.containsKey(spec.id())) {
+            if (taken(spec.id())) {
                 throw new RpcException(RpcException.EXISTS, "id '" + spec.id() + "' is already in use; choose another id or remove it first");
             }
             NetSwitch n;
@@ -483,6 +586,9 @@ public final class Daemon implements AutoCloseable {
                 if (nets.containsKey(id)) {
                     return netStats(nets.get(id));
                 }
+                if (nbds.containsKey(id)) {
+                    return nbdStats(nbds.get(id));
+                }
                 throw new RpcException(RpcException.NOT_FOUND, "no disk or switch '" + id + "'");
             }
             Map<String, Object> m = new LinkedHashMap<>();
@@ -494,8 +600,13 @@ public final class Daemon implements AutoCloseable {
             for (NetSwitch s : nets.values()) {
                 n.add(netStats(s));
             }
+            List<Object> nb = new ArrayList<>();
+            for (NbdExportEntry e : nbds.values()) {
+                nb.add(nbdStats(e));
+            }
             m.put("blk", b);
             m.put("net", n);
+            m.put("nbd", nb);
             return m;
         }
     }
@@ -595,14 +706,16 @@ public final class Daemon implements AutoCloseable {
 
     private String nextId(String prefix, Map<String, ?> taken) {
         String id;
-        int n = prefix.equals("blk") ? nextBlk : nextNet;
+        int n = prefix.equals("blk") ? nextBlk : prefix.equals("net") ? nextNet : nextNbd;
         do {
             id = prefix + n++;
-        } while (blks.containsKey(id) || nets.containsKey(id) || taken.containsKey(id));
+        } while (taken(id) || taken.containsKey(id));
         if (prefix.equals("blk")) {
             nextBlk = n;
-        } else {
+        } else if (prefix.equals("net")) {
             nextNet = n;
+        } else {
+            nextNbd = n;
         }
         return id;
     }
@@ -618,8 +731,11 @@ public final class Daemon implements AutoCloseable {
     public void close() {
         List<BlkExport> b;
         List<NetSwitch> n;
+        List<NbdExportEntry> nb;
         synchronized (lock) {
             closed = true;
+            nb = new ArrayList<>(nbds.values());
+            nbds.clear();
             b = new ArrayList<>(blks.values());
             n = new ArrayList<>(nets.values());
             blks.clear();
@@ -630,6 +746,13 @@ public final class Daemon implements AutoCloseable {
                 s.close();
             } catch (RuntimeException e) {
                 LOG.log(System.Logger.Level.ERROR, "net " + s.spec.id() + ": closing failed", e);
+            }
+        }
+        for (NbdExportEntry e : nb) {
+            try {
+                e.close();
+            } catch (RuntimeException ex) {
+                LOG.log(System.Logger.Level.ERROR, "nbd " + e.spec.id() + ": closing failed", ex);
             }
         }
         for (BlkExport e : b) {

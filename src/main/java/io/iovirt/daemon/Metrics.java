@@ -205,6 +205,26 @@ public final class Metrics implements AutoCloseable {
             }
         }
 
+        // ---- nbd
+        List<NbdExportEntry> nbds = daemon.nbdExports();
+        Family nconn = new Family(o, "iovirt_nbd_connections", "gauge", "NBD clients connected to the export.");
+        Family nops = new Family(o, "iovirt_nbd_operations_total", "counter", "NBD commands completed, by command.");
+        Family nbytes = new Family(o, "iovirt_nbd_bytes_total", "counter", "Bytes read and written through NBD.");
+        Family nerr = new Family(o, "iovirt_nbd_errors_total", "counter", "NBD commands answered with an error.");
+        for (NbdExportEntry e : nbds) {
+            io.iovirt.nbd.NbdExportStats st = e.export.stats();
+            String l = label("export", e.spec.id());
+            nconn.sample(l, st.connections.get());
+            nops.sample(l + "," + label("op", "read"), st.reads.sum());
+            nops.sample(l + "," + label("op", "write"), st.writes.sum());
+            nops.sample(l + "," + label("op", "flush"), st.flushes.sum());
+            nops.sample(l + "," + label("op", "trim"), st.trims.sum());
+            nops.sample(l + "," + label("op", "write_zeroes"), st.writeZeroes.sum());
+            nbytes.sample(l + "," + label("direction", "read"), st.bytesRead.sum());
+            nbytes.sample(l + "," + label("direction", "write"), st.bytesWritten.sum());
+            nerr.sample(l, st.errors.sum());
+        }
+
         // ---- net
         Family macs = new Family(o, "iovirt_net_mac_table_entries", "gauge", "Addresses the switch has learned.");
         for (NetSwitch n : nets) {

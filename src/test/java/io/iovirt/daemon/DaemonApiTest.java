@@ -394,4 +394,39 @@ class DaemonApiTest {
         }
         assertEquals(Daemon.VERSION, ok("version").get("version"));
     }
+
+    /** nbd.add/list/remove with qemu-io (QEMU's own NBD client) as the peer; the data lands in the image. */
+    @Test
+    void nbdExportServesQemuIo() throws Exception {
+        Path img = image("n.raw", 4 << 20);
+        Path sock = dir.resolve("n.sock");
+        assertEquals("nbd0", ok("nbd.add", "image", img.toString(), "socket", sock.toString()).get("id"));
+        bad(RpcException.EXISTS, "nbd.add", "id", "nbd0", "image", image("m.raw", 1 << 20).toString(), "socket", dir.resolve("m.sock").toString());
+        bad(RpcException.EXISTS, "nbd.add", "image", image("k.raw", 1 << 20).toString(), "socket", sock.toString());
+        bad(RpcException.INVALID_PARAMS, "nbd.add", "image", img.toString());
+        bad(RpcException.INVALID_PARAMS, "nbd.add", "image", img.toString(), "socket", "s", "format", "vmdk");
+        bad(RpcException.FAILED, "nbd.add", "image", dir.resolve("none.raw").toString(), "socket", dir.resolve("x.sock").toString());
+        assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
+        Process p = new ProcessBuilder("qemu-io", "--image-opts",
+                "driver=nbd,server.type=unix,server.path=" + sock + ",export=nbd0",
+                "-c", "write -P 0x5a 65536 65536", "-c", "read -P 0x5a 65536 65536", "-c", "flush").redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+        assertEquals(0, p.exitValue(), out);
+        assertFalse(out.contains("Pattern verification failed"), out);
+        byte[] data = Files.readAllBytes(img);
+        for (int i = 65536; i < 131072; i++) {
+            assertEquals((byte) 0x5a, data[i], "byte " + i);
+        }
+        List<?> list = (List<?>) ok("nbd.list").get("list");
+        assertEquals(4L << 20, ((Map<?, ?>) list.get(0)).get("size"));
+        Map<String, Object> st = ok("stats", "id", "nbd0");
+        assertTrue((Long) st.get("bytes_written") >= 65536, st.toString());
+        String metrics = Metrics.render(daemon);
+        assertTrue(metrics.contains("iovirt_nbd_bytes_total{export=\"nbd0\",direction=\"write\"} " + st.get("bytes_written")), metrics);
+        MetricsTest.promtool(metrics);
+        assertEquals(true, ok("nbd.remove", "id", "nbd0").get("removed"));
+        assertFalse(Files.exists(sock));
+        bad(RpcException.NOT_FOUND, "nbd.remove", "id", "nbd0");
+    }
 }

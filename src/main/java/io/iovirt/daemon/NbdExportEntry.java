@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import io.iovirt.nbd.NbdExport;
+import io.iovirt.nbd.NbdServer;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageFormat;
+import io.iovirt.storage.Images;
+import java.io.IOException;
+import java.nio.file.Path;
+
+/**
+ * An NBD export in the daemon (for QEMU's emulated disks: {@code -drive driver=nbd,server.type=unix,...}, or any NBD
+ * client): its own NBD server on its own UNIX socket, so its accept and connection threads are its own and one
+ * export's clients never wait on another's.
+ */
+final class NbdExportEntry implements AutoCloseable {
+    record Spec(String id, Path image, Path socket, boolean readOnly, ImageFormat format) {
+    }
+
+    final Spec spec;
+    final DiskImage image;
+    final NbdServer server;
+    final NbdExport export;
+
+    private NbdExportEntry(Spec spec, DiskImage image, NbdServer server, NbdExport export) {
+        this.spec = spec;
+        this.image = image;
+        this.server = server;
+        this.export = export;
+    }
+
+    static NbdExportEntry start(Spec spec, SocketAccess access) throws IOException {
+        DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
+        try {
+            NbdServer server = NbdServer.startUnix(spec.socket(), NbdServer.DEFAULT_MAX_CONNECTIONS);
+            try {
+                NbdExport export = new NbdExport(spec.id(), image, spec.readOnly());
+                server.addExport(export);
+                access.apply(spec.socket());
+                return new NbdExportEntry(spec, image, server, export);
+            } catch (IOException | RuntimeException e) {
+                server.close();
+                throw e;
+            }
+        } catch (IOException | RuntimeException e) {
+            image.close();
+            throw e;
+        }
+    }
+
+    /** Stops the server (its connections end), flushes and closes the image. */
+    @Override
+    public void close() {
+        server.close();
+        try {
+            image.flush();
+        } catch (IOException e) {
+            System.getLogger("io.iovirt.daemon").log(System.Logger.Level.ERROR, "nbd " + spec.id() + ": final flush failed: "
+                    + e.getMessage());
+        } finally {
+            image.close();
+        }
+    }
+}
