@@ -13,6 +13,6 @@ public final class BenchCommand implements Runnable {
 
     @Override
     public void run() {
-        spec.commandLine().usage(spec.commandLine().getOut());
+        throw Contract.subcommandRequired(spec);
     }
 }

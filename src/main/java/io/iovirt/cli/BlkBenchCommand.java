@@ -16,7 +16,8 @@ import picocli.CommandLine.Option;
  * {@code iovirt bench blk}: a vhost-user-blk driver without a VM (like DPDK's virtio-user) that drives any
  * vhost-user-blk backend — {@code iovirt serve blk}, qemu-storage-daemon — the same way, for side-by-side numbers.
  */
-@Command(name = "blk", mixinStandardHelpOptions = true, sortOptions = false,
+@Command(name = "blk", footerHeading = "%nExamples:%n", footer = {"  iovirt bench blk --socket /run/iovirt/blk0.sock", "  iovirt bench blk --socket blk.sock --rw randwrite --bs 4096 --qd 32 --queues 2 --json"},
+            mixinStandardHelpOptions = true, sortOptions = false,
         description = {"Drive a vhost-user-blk backend directly (no VM) and report IOPS, latency percentiles, the "
                 + "backend's CPU time per I/O and its memory.",
                 "The backend is found through the socket's peer credentials; its CPU time and RSS are read from /proc.",

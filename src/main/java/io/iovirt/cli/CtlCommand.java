@@ -30,7 +30,7 @@ import picocli.CommandLine.Parameters;
             "Methods: version, blk.add, blk.remove, blk.list, blk.info, blk.resize, blk.set-readonly, net.add, net.remove,",
             "net.port.add, net.port.remove, net.list, net.macs, stats, libvirt-xml (docs/api.md)."})
 final class CtlCommand implements Callable<Integer> {
-    static final int EXIT_USAGE = 2;
+    static final int EXIT_USAGE = Contract.USAGE;
 
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -75,11 +75,11 @@ final class CtlCommand implements Callable<Integer> {
         } catch (RpcClient.RemoteError e) {
             spec.commandLine().getErr().println("iovirt ctl: " + e.getMessage() + " (error " + e.code() + ")");
             spec.commandLine().getErr().flush();
-            return e.code() == -32602 || e.code() == -32601 ? EXIT_USAGE : ErrorHandler.EXIT_FAILED;
+            return e.code() == -32602 || e.code() == -32601 ? EXIT_USAGE : Contract.FAILED;
         } catch (IOException e) {
             spec.commandLine().getErr().println("iovirt ctl: " + e.getMessage());
             spec.commandLine().getErr().flush();
-            return ErrorHandler.EXIT_FAILED;
+            return Contract.FAILED;
         }
         if (json) {
             out.println(Json.write(result));

@@ -13,11 +13,16 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 /** {@code iovirt demo}: boots a guest and compares the I/O techniques on one workload. */
-@Command(name = "demo", mixinStandardHelpOptions = true,
-        description = {"Boot a guest (Debian kernel + busybox, built and cached on first use) under QEMU and run the same",
+@Command(name = "demo", footerHeading = "%nExamples:%n", footer = {"  iovirt demo", "  iovirt demo --only disk --seconds 10 --json"},
+            mixinStandardHelpOptions = true,
+        description = {"Compare a disk and a NIC QEMU emulates with the ones iovirt serves, in a real guest.",
+                "Boots a guest (Debian kernel + busybox, built and cached on first use) under QEMU and runs the same",
                 "fio workload on a disk QEMU emulates (AHCI, full virtualization) and on a virtio-blk disk iovirt serves",
-                "over vhost-user (paravirtualization); print throughput, latency and host CPU per I/O of each."})
+                "over vhost-user (paravirtualization); prints throughput, latency and host CPU per I/O of each."})
 final class DemoCommand implements Callable<Integer> {
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
+
     @Option(names = "--seconds", defaultValue = "5", paramLabel = "N", description = "Seconds per fio phase (default ${DEFAULT-VALUE}).")
     int seconds;
 
@@ -43,10 +48,10 @@ final class DemoCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         if (seconds < 1 || seconds > 600) {
-            throw new IllegalArgumentException("--seconds must be between 1 and 600, got " + seconds);
+            throw Contract.usage(spec, "--seconds must be between 1 and 600, got " + seconds);
         }
         if (only != null && !only.equals("disk") && !only.equals("net")) {
-            throw new picocli.CommandLine.ParameterException(new picocli.CommandLine(this), "--only must be 'disk' or 'net', got '" + only + "'");
+            throw Contract.usage(spec, "--only must be 'disk' or 'net', got '" + only + "'");
         }
         Accelerator.Mode mode;
         try {

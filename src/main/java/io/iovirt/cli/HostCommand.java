@@ -21,6 +21,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.EnumSet;
 import java.util.LinkedHashMap;
@@ -45,9 +46,12 @@ public final class HostCommand implements Runnable {
     @Spec
     CommandLine.Model.CommandSpec spec;
 
+    /** How long bind and unbind wait for the kernel's asynchronous probe to show in the driver link. */
+    static final Duration PROBE_WAIT = Duration.ofSeconds(2);
+
     @Override
     public void run() {
-        spec.commandLine().usage(spec.commandLine().getOut());
+        throw Contract.subcommandRequired(spec);
     }
 
     /** Options every host command shares: where the kernel interfaces and the state live, and the output format. */
@@ -101,8 +105,9 @@ public final class HostCommand implements Runnable {
             out().flush();
         }
 
+        /** Each sysfs write, with --verbose; always for a dry run (that is what it is for). */
         void writes(List<String> writes) {
-            if (Main.verbose(spec)) {
+            if (Main.verbose(spec) || writes.stream().anyMatch(w -> w.endsWith("(would write)"))) {
                 for (String w : writes) {
                     out().println("  wrote " + w);
                 }
@@ -112,7 +117,8 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ check
 
-    @Command(name = "check", mixinStandardHelpOptions = true,
+    @Command(name = "check", footerHeading = "%nExamples:%n", footer = {"  iovirt host check", "  iovirt host check --require vfio,sriov --json"},
+            mixinStandardHelpOptions = true,
             description = {"Check the host's requirements for each technique (PASS/WARN/FAIL with remedies).",
                     "Exit status 0 when every requested technique is possible, 1 otherwise."})
     static final class Check extends Base {
@@ -188,14 +194,25 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ devices
 
-    @Command(name = "devices", mixinStandardHelpOptions = true,
+    @Command(name = "devices", footerHeading = "%nExamples:%n", footer = {"  iovirt host devices", "  iovirt host devices 0000:01:00.0 --json"},
+            mixinStandardHelpOptions = true,
             description = "List PCI devices: IDs and names, class, driver, IOMMU group and its members, SR-IOV, and whether each can be assigned now.")
     static final class Devices extends Base {
-        @Parameters(paramLabel = "BDF", arity = "0..*", description = "only these devices", converter = BdfConverter.class)
+        // Strings converted in call(): a converter on a variable-arity positional makes picocli report a bad address as
+        // an "unmatched argument" instead of saying what is wrong with it.
+        @Parameters(paramLabel = "BDF", arity = "0..*", description = "Only these devices (PCI addresses).")
+        List<String> onlyArgs;
         List<Bdf> only;
 
         @Override
         public Integer call() {
+            only = onlyArgs == null ? null : onlyArgs.stream().map(a -> {
+                try {
+                    return new BdfConverter().convert(a);
+                } catch (CommandLine.TypeConversionException e) {
+                    throw Contract.usage(spec, e.getMessage());
+                }
+            }).toList();
             HostPaths paths = opts.paths();
             DeviceReport report = DeviceReport.collect(paths);
             List<DeviceReport.Entry> entries = report.entries();
@@ -224,48 +241,57 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ bind / unbind / reset
 
-    @Command(name = "bind", mixinStandardHelpOptions = true,
+    @Command(name = "bind", footerHeading = "%nExamples:%n", footer = {"  iovirt host bind 0000:01:00.0 --dry-run", "  iovirt host bind 0000:01:00.0"},
+            mixinStandardHelpOptions = true,
             description = "Bind a device to vfio-pci (or --driver) via driver_override and drivers_probe; the previous driver is remembered.")
     static final class Bind extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
         @Option(names = "--driver", defaultValue = "vfio-pci", description = "driver to bind (default: ${DEFAULT-VALUE})")
         String driver;
-        @Option(names = "--force", description = "bind even if the host uses the device or its IOMMU group is not viable")
+        @Option(names = "--force", description = "Bind even if the host uses the device or its IOMMU group is not viable.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).bind(bdf, driver, force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).bind(bdf, driver, force);
             return printOutcome(this, o, "bound to " + o.after());
         }
     }
 
-    @Command(name = "unbind", mixinStandardHelpOptions = true,
+    @Command(name = "unbind", footerHeading = "%nExamples:%n", footer = {"  iovirt host unbind 0000:01:00.0 --dry-run", "  iovirt host unbind 0000:01:00.0"},
+            mixinStandardHelpOptions = true,
             description = "Take a device from its driver and give it back to the driver it had before iovirt bound it.")
     static final class Unbind extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
-        @Option(names = "--force", description = "unbind even if the device is assigned to a VM")
+        @Option(names = "--force", description = "Unbind even if the host uses the device or a VM owns it.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).unbind(bdf, force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).unbind(bdf, force);
             return printOutcome(this, o, o.before() == null ? "was unbound" : "unbound from " + o.before());
         }
     }
 
-    @Command(name = "reset", mixinStandardHelpOptions = true, description = "Reset a device (function-level reset through the kernel).")
+    @Command(name = "reset", footerHeading = "%nExamples:%n", footer = {"  iovirt host reset 0000:01:00.0"},
+            mixinStandardHelpOptions = true, description = "Reset a device (function-level reset through the kernel).")
     static final class Reset extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
-        @Option(names = "--force", description = "reset even if the host or a VM uses the device")
+        @Option(names = "--force", description = "Reset even if the host or a VM uses the device.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths()).reset(bdf, force);
+            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).reset(bdf, force);
             return printOutcome(this, o, "reset");
         }
     }
@@ -295,11 +321,12 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ vfs
 
-    @Command(name = "vfs", mixinStandardHelpOptions = true,
+    @Command(name = "vfs", footerHeading = "%nExamples:%n", footer = {"  iovirt host vfs 0000:03:00.0", "  iovirt host vfs 0000:03:00.0 --count 4 --no-autoprobe --dry-run", "  iovirt host vfs 0000:03:00.0 --count 0"},
+            mixinStandardHelpOptions = true,
             description = {"Create or remove SR-IOV virtual functions of a PF, and show each VF's resources.",
                     "NVMe PFs: each VF gets flexible queue and interrupt resources and is brought online."})
     static final class Vfs extends Base {
-        @Parameters(paramLabel = "PF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "PF", converter = BdfConverter.class, description = "The physical function's PCI address, e.g. 0000:03:00.0.")
         Bdf pf;
         @Option(names = "--count", paramLabel = "N", description = "number of VFs wanted (0 removes them); without it, show the VFs")
         Integer count;
@@ -313,15 +340,17 @@ public final class HostCommand implements Runnable {
         int vfInterrupts;
         @Option(names = "--no-provision", description = "NVMe: do not assign resources or bring VFs online")
         boolean noProvision;
-        @Option(names = "--force", description = "change VFs even if one is assigned to a VM or used by the host")
+        @Option(names = "--force", description = "Change VFs even if one is assigned to a VM or used by the host.")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
             if (vfQueues < 0 || vfInterrupts < 0) {
-                throw new HostConfigException("--vf-queues and --vf-interrupts must not be negative", "");
+                throw Contract.usage(spec, "--vf-queues and --vf-interrupts must not be negative");
             }
-            SriovManager m = new SriovManager(opts.paths());
+            SriovManager m = new SriovManager(opts.paths(), dryRun);
             Bdf pfBdf = pf;
             SriovManager.Outcome o = count == null ? m.status(pfBdf)
                     : m.setVfs(pfBdf, count, autoprobe, new SriovManager.NvmeRequest(vfQueues, vfInterrupts, !noProvision), force);
@@ -369,30 +398,35 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ assignment
 
-    @Command(name = "assign", mixinStandardHelpOptions = true, description = "Give a device (bound to vfio-pci) to one VM exclusively.")
+    @Command(name = "assign", footerHeading = "%nExamples:%n", footer = {"  iovirt host assign 0000:03:10.0 --vm web1"},
+            mixinStandardHelpOptions = true, description = "Give a device (bound to vfio-pci) to one VM exclusively.")
     static final class Assign extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
-        @Option(names = "--vm", required = true, paramLabel = "NAME")
+        @Option(names = "--vm", required = true, paramLabel = "NAME", description = "The VM that gets the device.")
         String vm;
-        @Option(names = "--force", description = "record the assignment even if the device is not ready (not bound to vfio-pci, group not viable)")
+        @Option(names = "--force", description = "Record the assignment even if the device is not ready (not bound to vfio-pci, group not viable).")
         boolean force;
+        @Option(names = "--dry-run", description = "Check and print the assignment, record nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            AssignmentRegistry.Result r = Assigning.assign(opts.paths(), bdf, vm, force);
+            AssignmentRegistry.Result r = Assigning.assign(opts.paths(), bdf, vm, force, dryRun);
             Bdf b = r.assignment().bdf();
             if (opts.json) {
                 Map<String, Object> m = new LinkedHashMap<>();
                 m.put("bdf", b.toString());
                 m.put("vm", r.assignment().vm());
                 m.put("since", r.assignment().since().toString());
-                m.put("created", r.created());
+                m.put("created", r.created() && !dryRun);
+                m.put("dry_run", dryRun);
                 m.put("qemu", VfioConfig.qemuArgs(List.of(b)));
                 json(m);
                 return 0;
             }
-            out().println(b + " " + (r.created() ? "assigned to VM " : "was already assigned to VM ") + r.assignment().vm());
+            out().println(b + " " + (!r.created() ? "was already assigned to VM " : dryRun ? "would be assigned to VM "
+                    : "assigned to VM ") + r.assignment().vm() + (dryRun ? " (" + DriverBinding.DRY_RUN_NOTE + ")" : ""));
             out().println("  QEMU: " + String.join(" ", VfioConfig.qemuArgs(List.of(b))));
             out().println("  libvirt: iovirt host config --vm " + r.assignment().vm() + " --format libvirt");
             out().flush();
@@ -400,27 +434,32 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "release", mixinStandardHelpOptions = true, description = "Take a device back from its VM.")
+    @Command(name = "release", footerHeading = "%nExamples:%n", footer = {"  iovirt host release 0000:03:10.0 --vm web1"},
+            mixinStandardHelpOptions = true, description = "Take a device back from its VM.")
     static final class Release extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class)
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
-        @Option(names = "--vm", paramLabel = "NAME", description = "refuse unless this VM owns it")
+        @Option(names = "--vm", paramLabel = "NAME", description = "Refuse unless this VM owns it.")
         String vm;
+        @Option(names = "--dry-run", description = "Check and print what would be released, change nothing.")
+        boolean dryRun;
 
         @Override
         public Integer call() {
-            AssignmentRegistry.Assignment a = new AssignmentRegistry(opts.stateDir).release(bdf, vm);
+            AssignmentRegistry.Assignment a = new AssignmentRegistry(opts.stateDir).release(bdf, vm, dryRun);
             if (opts.json) {
-                json(Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "released", true));
+                json(Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "released", !dryRun, "dry_run", dryRun));
             } else {
-                out().println(a.bdf() + " released from VM " + a.vm());
+                out().println(a.bdf() + (dryRun ? " would be released from VM " : " released from VM ") + a.vm()
+                        + (dryRun ? " (" + DriverBinding.DRY_RUN_NOTE + ")" : ""));
                 out().flush();
             }
             return 0;
         }
     }
 
-    @Command(name = "assignments", mixinStandardHelpOptions = true, description = "List which VM owns which device.")
+    @Command(name = "assignments", footerHeading = "%nExamples:%n", footer = {"  iovirt host assignments", "  iovirt host assignments --vm web1 --json"},
+            mixinStandardHelpOptions = true, description = "List which VM owns which device.")
     static final class Assignments extends Base {
         @Option(names = "--vm", paramLabel = "NAME", description = "only this VM's devices")
         String vm;
@@ -444,7 +483,8 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "config", mixinStandardHelpOptions = true,
+    @Command(name = "config", footerHeading = "%nExamples:%n", footer = {"  iovirt host config --vm web1", "  iovirt host config --vm web1 --format libvirt"},
+            mixinStandardHelpOptions = true,
             description = "Print QEMU arguments or libvirt <hostdev> XML for assigned devices.")
     static final class Config extends Base {
         @Parameters(paramLabel = "BDF", arity = "0..*", description = "assigned devices (default: all of --vm's)",
@@ -498,7 +538,8 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "migrate-config", mixinStandardHelpOptions = true,
+    @Command(name = "migrate-config", footerHeading = "%nExamples:%n", footer = {"  iovirt host migrate-config vm1.xml", "  iovirt host migrate-config vm1.xml --in-place"},
+            mixinStandardHelpOptions = true,
             description = {"Rewrite legacy KVM device assignment (QEMU pci-assign, libvirt <driver name='kvm'/>) to VFIO.",
                     "Prints the result (or writes --output / --in-place); the changes go to stderr."})
     static final class MigrateConfig extends Base {
@@ -512,7 +553,7 @@ public final class HostCommand implements Runnable {
         @Override
         public Integer call() throws IOException {
             if (inPlace && output != null) {
-                throw new HostConfigException("--in-place and --output exclude each other", "choose one");
+                throw Contract.usage(spec, "--in-place and --output exclude each other: choose one");
             }
             String text;
             try {

@@ -7,7 +7,7 @@ import picocli.CommandLine.Command;
 @Command(name = "iovirt", mixinStandardHelpOptions = true, version = "iovirt 0.1.0",
         description = "I/O virtualization for KVM/QEMU guests.",
         subcommands = {
-                CommandLine.HelpCommand.class,
+                HelpCommand.class,
                 DemoCommand.class,
                 DaemonCommand.class,
                 CtlCommand.class,
@@ -29,7 +29,7 @@ public final class Main implements Runnable {
 
     @Override
     public void run() {
-        spec.commandLine().usage(System.out);
+        throw Contract.subcommandRequired(spec);
     }
 
     /** Whether --verbose was given anywhere on the command line (or IOVIRT_VERBOSE=1 is set). */
@@ -54,13 +54,20 @@ public final class Main implements Runnable {
         if (System.getProperty("java.util.logging.SimpleFormatter.format") == null) {
             System.setProperty("java.util.logging.SimpleFormatter.format", "%1$tT.%1$tL %4$s %5$s%6$s%n");
         }
-        System.exit(commandLine().execute(args));
+        CommandLine cl = commandLine();
+        // UTF-8 whatever the locale: messages use "—" and names from sysfs; a C locale would print '?' for them.
+        cl.setOut(new java.io.PrintWriter(new java.io.OutputStreamWriter(System.out, java.nio.charset.StandardCharsets.UTF_8), true));
+        cl.setErr(new java.io.PrintWriter(new java.io.OutputStreamWriter(System.err, java.nio.charset.StandardCharsets.UTF_8), true));
+        System.exit(cl.execute(args));
     }
 
     /** The configured command line; tests use it to run commands in-process. */
     public static CommandLine commandLine() {
         CommandLine cl = new CommandLine(new Main());
         cl.setExecutionExceptionHandler(new ErrorHandler());
+        cl.setParameterExceptionHandler(new UsageErrorHandler());
+        cl.setUsageHelpAutoWidth(false);
+        cl.setUsageHelpWidth(Contract.HELP_WIDTH);
         return cl;
     }
 }

@@ -4,7 +4,9 @@ import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
+import io.iovirt.util.ActionableException;
 import io.iovirt.vhostuser.VhostUserServer;
+import java.io.IOException;
 import java.nio.file.Path;
 import java.util.HexFormat;
 import java.util.concurrent.Callable;
@@ -16,17 +18,17 @@ import picocli.CommandLine.Option;
  * disconnects (guest reboot, VM stop) the next connection is accepted. SIGINT/SIGTERM finish in-flight requests,
  * fsync the image and exit 0.
  */
-@Command(name = "blk", mixinStandardHelpOptions = true,
+@Command(name = "blk", footerHeading = "%nExamples:%n", footer = {"  iovirt serve blk --image disk.raw --socket /run/iovirt/blk0.sock", "  iovirt serve blk --image /dev/vg0/vm1 --socket /run/iovirt/vm1.sock --queues 4 --direct", "  iovirt serve blk --image disk.raw --socket blk.sock --log-format json --stats-interval 10"},
+            mixinStandardHelpOptions = true,
         description = {"Serve a disk image (raw or qcow2) to QEMU guests as vhost-user-blk.",
                 "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
                         + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."})
 final class ServeBlkCommand implements Callable<Integer> {
-    @Option(names = "--image", required = true, paramLabel = "FILE",
-            description = "Disk image: raw file or block device, or qcow2 (format detected from the header).")
-    Path image;
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--format", paramLabel = "raw|qcow2", description = "Image format, overriding detection from the header.")
-    String format;
+    @Option(names = "--image", required = true, paramLabel = "FILE", description = "Disk image: a raw file or block device, or qcow2 (the format is read from the header).")
+    Path image;
 
     @Option(names = "--socket", required = true, paramLabel = "PATH", description = "UNIX socket to listen on.")
     Path socket;
@@ -58,20 +60,56 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
     }
 
+    @Option(names = "--format", paramLabel = "raw|qcow2", converter = FormatConverter.class,
+            description = {"The image's format. Without it the header decides: raw and qcow2 are served, an image that",
+                    "says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the file's bytes as",
+                    "they are, whatever the header says."})
+    ImageFormat format;
+
+    static final class FormatConverter implements picocli.CommandLine.ITypeConverter<ImageFormat> {
+        @Override
+        public ImageFormat convert(String value) {
+            return switch (value) {
+                case "raw" -> ImageFormat.RAW;
+                case "qcow2" -> ImageFormat.QCOW2;
+                default -> throw new picocli.CommandLine.TypeConversionException("'" + value + "' is not a format "
+                        + "serve blk serves: use raw or qcow2 (convert other images with qemu-img convert -O qcow2)");
+            };
+        }
+    }
+
+    @Option(names = "--allow-partial-sector",
+            description = {"Serve an image whose size is not a multiple of 512 bytes, with a warning: the guest sees",
+                    "the whole sectors, and the last partial one is neither read nor written."})
+    boolean allowPartialSector;
+
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Make the socket file mode 0660 and owned by GROUP, so that group's frontends may connect "
+                    + "(default: mode 0600, owner only).")
+    String socketGroup;
+
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve frontends running as these uids (default: our own uid and root only).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
+    private io.iovirt.linux.SocketAccess access() {
+        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
+    }
 
     @Override
     public Integer call() throws Exception {
         if (queues < 1 || queues > 64) {
-            throw new IllegalArgumentException("--queues must be between 1 and 64, got " + queues);
+            throw Contract.usage(spec, "--queues must be between 1 and 64, got " + queues);
         }
         String id = serial != null ? serial : defaultSerial(image);
-        ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
-        try (DiskImage img = Images.open(image, fmt, readOnly, direct)) {
+        checkFormat(image, format);
+        try (DiskImage img = Images.open(image, format, readOnly, direct)) {
+            checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
-            try (VhostUserServer server = VhostUserServer.start(socket, device)) {
+            try (VhostUserServer server = VhostUserServer.start(socket, device, access())) {
                 System.err.printf("iovirt: serving %s (%s, %d MiB%s%s, %d queue%s, %s) on %s%n", image, img.format(), img.size() >> 20,
                         readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues, queues == 1 ? "" : "s",
                         device.ioDescription(), socket);
@@ -82,6 +120,36 @@ final class ServeBlkCommand implements Callable<Integer> {
             System.err.println("iovirt: stopped; image synced. " + device.stats());
         }
         return 0;
+    }
+
+    /**
+     * Refuses an image whose header names a format iovirt does not serve (VMDK, VHDX, VDI, LUKS...), unless
+     * {@code format} says how to read it: serving its bytes as raw would let a guest destroy its metadata.
+     */
+    static void checkFormat(Path image, ImageFormat format) throws IOException {
+        if (format == null && java.nio.file.Files.isReadable(image)) { // else open() says what is wrong with the path
+            ImageFormat detected = ImageFormat.detect(image);
+            if (detected != ImageFormat.RAW && detected != ImageFormat.QCOW2) {
+                throw new ActionableException("cannot serve " + image + ": its header says it is "
+                        + detected.description() + ", and serve blk serves raw and qcow2 images (a guest writing to it "
+                        + "would destroy the " + detected.qemuName() + " metadata)", "convert it (qemu-img convert -f "
+                        + detected.qemuName() + " -O qcow2 " + image + " disk.qcow2), or pass --format raw if the "
+                        + "guest is meant to see these bytes");
+            }
+        }
+    }
+
+    /** Refuses an image that is not a whole number of 512-byte sectors, or only warns when that is allowed. */
+    static void checkSize(Path image, long size, boolean allowPartialSector) {
+        if (size % 512 != 0) {
+            String what = image + " is " + size + " bytes, not a multiple of 512: the guest would see "
+                    + (size / 512) * 512 + " bytes and the last " + size % 512 + " would be neither read nor written";
+            if (!allowPartialSector) {
+                throw new ActionableException("cannot serve " + what, "resize it to whole sectors (truncate -s "
+                        + ((size + 511) / 512) * 512 + " " + image + "), or pass --allow-partial-sector");
+            }
+            System.err.println("iovirt serve blk: warning: " + what);
+        }
     }
 
     /** "iovirt-" and 13 hex digits of a hash of the absolute path: stable for one image, distinct between images. */

@@ -6,5 +6,12 @@ import picocli.CommandLine.Command;
 @Command(name = "serve", mixinStandardHelpOptions = true,
         description = "Run a device backend in the foreground until SIGINT/SIGTERM.",
         subcommands = {ServeBlkCommand.class, ServeNetCommand.class, ServeNbdCommand.class})
-final class ServeCommand {
+final class ServeCommand implements Runnable {
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public void run() {
+        throw Contract.subcommandRequired(spec);
+    }
 }

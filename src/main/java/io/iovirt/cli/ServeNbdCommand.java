@@ -17,9 +17,12 @@ import picocli.CommandLine.Option;
  * emulated disks ({@code -drive driver=nbd,...}), qemu-img/qemu-io, or the kernel's nbd-client. SIGINT/SIGTERM
  * disconnect the clients, sync the image and exit 0.
  */
-@Command(name = "nbd", mixinStandardHelpOptions = true,
+@Command(name = "nbd", mixinStandardHelpOptions = true, footerHeading = "%nExamples:%n",
+        footer = {"  iovirt serve nbd --image disk.qcow2 --socket /run/iovirt/nbd0.sock --name disk0",
+                "  iovirt serve nbd --image base.raw --listen 127.0.0.1:10809 --readonly"},
         description = {"Export a disk image (raw or qcow2) over NBD.",
-                "QEMU: -drive driver=nbd,server.type=unix,server.path=SOCKET,export=NAME,if=none,id=d0 -device ide-hd,drive=d0",
+                "QEMU: -drive driver=nbd,server.type=unix,server.path=SOCKET,export=NAME,if=none,id=d0",
+                "      -device ide-hd,drive=d0",
                 "qemu-img/qemu-io: nbd+unix:///NAME?socket=SOCKET or nbd://127.0.0.1:PORT/NAME"})
 final class ServeNbdCommand implements Callable<Integer> {
     @Option(names = "--image", required = true, paramLabel = "FILE", description = "Image file (raw, qcow2) or block device.")

@@ -17,18 +17,20 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 /** {@code iovirt serve net}: the virtual switch. */
-@Command(name = "net", mixinStandardHelpOptions = true,
-        usageHelpWidth = 110,
-        description = {"Run an L2 learning switch whose ports are guests and host interfaces until SIGINT/SIGTERM,",
-            "then print each port's counters. Port kinds:",
+@Command(name = "net", footerHeading = "%nExamples:%n", footer = {"  iovirt serve net --port vhost-user:/run/iovirt/vm1-net.sock,mac=52:54:00:00:00:01 --port tap:iov0", "  iovirt serve net --port stream:/run/iovirt/e1000.sock --port vhost-user:/run/iovirt/vm2.sock --stats-interval 5"},
+            mixinStandardHelpOptions = true,
+        description = {"Run a virtual switch whose ports are guests and host interfaces.",
+            "An L2 learning switch that runs until SIGINT, SIGTERM or SIGHUP, then prints each port's counters.",
+            "Port kinds:",
             "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
             "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
             "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)",
-            "  vhost-user:PATH[,queues=N][,mac=MAC][,poll-us=US]",
+            "  vhost-user:PATH[,queues=N][,mac=MAC][,pin-mac][,poll-us=US]",
             "               a virtio-net device served on UNIX socket PATH (QEMU: -chardev socket,id=c0,path=PATH",
             "               -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,netdev=n0,vectors=0;",
             "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
-            "               (default 1); mac: the guest's address, announced when it connects; poll-us: keep polling",
+            "               (default 1); mac: the guest's address, announced when it connects; pin-mac: drop frames",
+            "               from any other source (no spoofing, one MAC table entry); poll-us: keep polling",
             "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0)"},
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {
@@ -51,6 +53,18 @@ final class ServeNetCommand implements Callable<Integer> {
             description = "Print every port's counters every S seconds (0: only on exit).")
     int statsInterval;
 
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Make socket files (vhost-user and stream ports) mode 0660 and owned by GROUP, so that group's peers may connect "
+                    + "(default: mode 0600, owner only).")
+    String socketGroup;
+
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve peers running as these uids (default: our own uid and root only).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
+    private io.iovirt.linux.SocketAccess access() {
+        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
+    }
 
     @Override
     public Integer call() throws Exception {
@@ -120,7 +134,7 @@ final class ServeNetCommand implements Callable<Integer> {
             throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
         }
         return switch (kind) {
-            case "stream" -> () -> new StreamPort(Path.of(arg));
+            case "stream" -> () -> new StreamPort(Path.of(arg), access());
             case "tap" -> {
                 try {
                     TapPort probe = new TapPort(arg); // validates the name now, before anything starts
@@ -131,7 +145,11 @@ final class ServeNetCommand implements Callable<Integer> {
             }
             case "vhost-user" -> {
                 VirtioNetPort.Options o = vhostUserOptions(spec, arg);
-                yield () -> new VirtioNetPort(o);
+                boolean pin = java.util.Arrays.asList(arg.split(",")).contains("pin-mac");
+                if (pin && o.mac() == -1) {
+                    throw usage("--port " + spec + ": pin-mac needs mac=MAC");
+                }
+                yield () -> new VirtioNetPort(o).withAccess(access()).pinSource(pin);
             }
             default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };
@@ -144,13 +162,22 @@ final class ServeNetCommand implements Callable<Integer> {
         int pollUs = 0;
         for (int i = 1; i < parts.length; i++) {
             String[] kv = parts[i].split("=", 2);
+            if (parts[i].equals("pin-mac")) {
+                continue;
+            }
             try {
                 switch (kv.length == 2 ? kv[0] : "") {
                     case "queues" -> queues = Integer.parseInt(kv[1]);
-                    case "mac" -> mac = Mac.parse(kv[1]);
+                    case "mac" -> {
+                        try {
+                            mac = Mac.parse(kv[1]);
+                        } catch (IllegalArgumentException e) {
+                            throw usage("--port " + spec + ": " + e.getMessage());
+                        }
+                    }
                     case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
                     default -> throw usage("--port " + spec + ": unknown option '" + parts[i]
-                            + "' (known: queues=N, mac=MAC, poll-us=US)");
+                            + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US)");
                 }
             } catch (NumberFormatException e) {
                 throw usage("--port " + spec + ": '" + parts[i] + "' needs a number");

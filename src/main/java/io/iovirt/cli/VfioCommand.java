@@ -49,12 +49,13 @@ public final class VfioCommand implements Runnable {
 
     @Override
     public void run() {
-        spec.commandLine().usage(spec.commandLine().getOut());
+        throw Contract.subcommandRequired(spec);
     }
 
     // ---- vfio info ------------------------------------------------------------------------------------------------
 
-    @Command(name = "info", mixinStandardHelpOptions = true,
+    @Command(name = "info", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio info 0000:01:00.0"},
+            mixinStandardHelpOptions = true,
             description = "Show a device's IOMMU group, the container's IOMMU, and the regions and interrupts VFIO reports.")
     static final class Info implements Callable<Integer> {
         @CommandLine.Spec
@@ -137,19 +138,32 @@ public final class VfioCommand implements Runnable {
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
 
-        @Parameters(index = "0", paramLabel = "BDF", description = "PCI address of the controller, e.g. 0000:01:00.0",
+        // Optional to picocli so that 'vfio nvme identify --help' shows help; every subcommand requires it (address()).
+        @Parameters(index = "0", arity = "0..1", paramLabel = "BDF",
+                description = "PCI address of the controller, e.g. 0000:01:00.0 (bound to vfio-pci).",
                 converter = BdfConverter.class)
         Bdf address;
 
         @Override
         public void run() {
-            throw new CommandLine.ParameterException(spec.commandLine(),
-                    "say what to do: identify, read, write, bench or iommu-check");
+            throw Contract.subcommandRequired(spec);
+        }
+
+        /** The controller's address; a usage error of {@code sub} when it was not given. */
+        Bdf address(CommandLine.Model.CommandSpec sub) {
+            if (address == null) {
+                throw Contract.usage(sub, "missing the controller's address: iovirt vfio nvme BDF "
+                        + sub.name() + " ...");
+            }
+            return address;
         }
     }
 
     /** Options every NVMe subcommand takes. */
     static final class NvmeOptions {
+        @CommandLine.Spec(CommandLine.Spec.Target.MIXEE)
+        CommandLine.Model.CommandSpec mixee;
+
         @Option(names = "--irq", paramLabel = "MODE", defaultValue = "auto",
                 description = "How completions are noticed: auto (MSI-X, else MSI, else INTx), poll, msix, msi, intx. "
                         + "Default: ${DEFAULT-VALUE}.")
@@ -164,13 +178,13 @@ public final class VfioCommand implements Runnable {
             try {
                 return IrqMode.valueOf(irq.toUpperCase(Locale.ROOT));
             } catch (IllegalArgumentException e) {
-                throw new IllegalArgumentException("--irq must be auto, poll, msix, msi or intx: " + irq);
+                throw Contract.usage(mixee, "--irq must be auto, poll, msix, msi or intx: " + irq);
             }
         }
 
         NvmeController.Options options(int depth, long dataBytes) {
             if (timeoutSeconds < 1 || timeoutSeconds > 3600) {
-                throw new IllegalArgumentException("--timeout must be 1..3600 seconds: " + timeoutSeconds);
+                throw Contract.usage(mixee, "--timeout must be 1..3600 seconds: " + timeoutSeconds);
             }
             return NvmeController.Options.defaults().withIrqMode(irqMode()).withIoQueueDepth(depth)
                     .withDataBytes(dataBytes).withCommandTimeout(Duration.ofSeconds(timeoutSeconds));
@@ -273,7 +287,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "identify", mixinStandardHelpOptions = true,
+    @Command(name = "identify", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 identify"},
+            mixinStandardHelpOptions = true,
             description = "Print the controller's serial number, model, firmware and its first namespace's size.")
     static final class Identify implements Callable<Integer> {
         @ParentCommand
@@ -286,7 +301,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 64 << 10), c -> {
+            return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
                 var id = c.identity();
                 var ns = c.namespace();
                 out.printf("device:      %s%n", parent.address);
@@ -305,7 +320,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "read", mixinStandardHelpOptions = true,
+    @Command(name = "read", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 read --lba 0 --count 8 --out first-4k.bin"},
+            mixinStandardHelpOptions = true,
             description = "Read logical blocks; writes them to --out FILE, or prints a hex dump.")
     static final class Read implements Callable<Integer> {
         @ParentCommand
@@ -327,10 +343,10 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             if (count < 1 || count > (1L << 32)) {
-                throw new IllegalArgumentException("--count must be 1..2^32: " + count);
+                throw Contract.usage(spec, "--count must be 1..2^32: " + count);
             }
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 1 << 20), c -> {
+            return withController(parent.address(spec), opts.options(16, 1 << 20), c -> {
                 int bs = c.blockSize();
                 int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
                 DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
@@ -358,7 +374,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "write", mixinStandardHelpOptions = true,
+    @Command(name = "write", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 write --lba 0 --count 8 --in block.bin"},
+            mixinStandardHelpOptions = true,
             description = "Write logical blocks from --pattern TEXT (repeated) or --in FILE (zero-padded), then flush.")
     static final class Write implements Callable<Integer> {
         @ParentCommand
@@ -389,7 +406,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 1 << 20), c -> {
+            return withController(parent.address(spec), opts.options(16, 1 << 20), c -> {
                 try (Arena arena = Arena.ofConfined()) {
                     return write(c, arena, out);
                 }
@@ -402,7 +419,7 @@ public final class VfioCommand implements Runnable {
             if (source.pattern != null) {
                 byte[] p = source.pattern.getBytes(StandardCharsets.UTF_8);
                 if (p.length == 0) {
-                    throw new IllegalArgumentException("--pattern must not be empty");
+                    throw Contract.usage(spec, "--pattern must not be empty");
                 }
                 long blocks = count == null ? 1 : count;
                 checkCount(blocks);
@@ -437,14 +454,15 @@ public final class VfioCommand implements Runnable {
             return 0;
         }
 
-        private static void checkCount(long blocks) {
+        private void checkCount(long blocks) {
             if (blocks < 1 || blocks > (1L << 24)) {
-                throw new IllegalArgumentException("--count must be 1..2^24 blocks: " + blocks);
+                throw Contract.usage(spec, "--count must be 1..2^24 blocks: " + blocks);
             }
         }
     }
 
-    @Command(name = "bench", mixinStandardHelpOptions = true,
+    @Command(name = "bench", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 bench --seconds 10 --qd 32"},
+            mixinStandardHelpOptions = true,
             description = "4 KiB random reads at a fixed queue depth for a fixed time; prints IOPS and latency.")
     static final class Bench implements Callable<Integer> {
         @ParentCommand
@@ -467,10 +485,10 @@ public final class VfioCommand implements Runnable {
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
             if (qd < 1 || qd > 1023) {
-                throw new IllegalArgumentException("--qd must be 1..1023: " + qd);
+                throw Contract.usage(spec, "--qd must be 1..1023: " + qd);
             }
             int depth = Math.max(qd + 1, 16);
-            return withController(parent.address, opts.options(depth, (long) depth * NvmeBench.IO_SIZE), c -> {
+            return withController(parent.address(spec), opts.options(depth, (long) depth * NvmeBench.IO_SIZE), c -> {
                 spec.commandLine().getErr().printf("bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, "
                         + "completions by %s%n", parent.address, c.namespace().nsid(), ByteSizes.binary(c.namespace().bytes()),
                         qd, seconds, c.irqMode());
@@ -483,7 +501,8 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "iommu-check", mixinStandardHelpOptions = true,
+    @Command(name = "iommu-check", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 iommu-check"},
+            mixinStandardHelpOptions = true,
             description = "Point the controller at an IOVA that was never mapped and show the IOMMU blocks it "
                     + "(reads LBA 0; writes nothing to the disk). Exit 0 when confined, 1 otherwise.")
     static final class IommuCheckCommand implements Callable<Integer> {
@@ -497,7 +516,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address, opts.options(16, 64 << 10), c -> {
+            return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
                 IommuCheck.Result r = IommuCheck.run(c);
                 out.println(r.describe());
                 out.flush();

@@ -23,11 +23,20 @@ import picocli.CommandLine.Parameters;
 /** {@code iovirt vm}: compose one QEMU guest from any mix of the five techniques. */
 @Command(name = "vm", mixinStandardHelpOptions = true, description = "Compose and run VMs.",
         subcommands = {VmCommand.Run.class})
-final class VmCommand {
+final class VmCommand implements Runnable {
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
 
-    @Command(name = "run", mixinStandardHelpOptions = true, usageHelpWidth = 110,
-            description = {"Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
-                    "(vhost-user), FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO and SR-IOV VFs",
+    @Override
+    public void run() {
+        throw Contract.subcommandRequired(spec);
+    }
+
+    @Command(name = "run", footerHeading = "%nExamples:%n", footer = {"  iovirt vm run --disk pv:disk.raw --nic pv,mac=52:54:00:00:00:01", "  iovirt vm run --vfio 0000:03:10.0 --command \"lspci\""},
+            mixinStandardHelpOptions = true, 
+            description = {"Run one QEMU guest with disks, NICs and host devices wired to iovirt.",
+                    "Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
+                    "(vhost-user), FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO devices and SR-IOV VFs",
                     "passed through after the host registry assigns them to this VM.",
                     "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:",
                     "list what the guest sees). With --serve, starts only the backends, prints the QEMU device",

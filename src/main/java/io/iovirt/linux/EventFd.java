@@ -12,9 +12,20 @@ public final class EventFd implements AutoCloseable {
     public static final int EFD_CLOEXEC = 02000000;
 
     private final Fd fd;
+    /** A peer's eventfd: its writes are watched ({@link #trySignal}). */
+    private final boolean fromPeer;
+    /** System.nanoTime() when a {@link #trySignal} write began, 0 when none is in progress. */
+    private volatile long writeSince;
+    /** The watchdog had to drain the counter to end a write that blocked. */
+    private volatile boolean stuck;
 
     private EventFd(Fd fd) {
+        this(fd, false);
+    }
+
+    private EventFd(Fd fd, boolean fromPeer) {
         this.fd = fd;
+        this.fromPeer = fromPeer;
     }
 
     /** A new close-on-exec eventfd with counter 0, blocking or not. */
@@ -26,10 +37,60 @@ public final class EventFd implements AutoCloseable {
         return new EventFd(Fd.adopt(Syscalls.check(Syscalls.eventfd(initialValue, flags), "eventfd", null)));
     }
 
-    /** Wraps a descriptor received from a peer (e.g. a vhost-user kick fd); this object now owns it. */
+    /** Wraps a descriptor we trust to be an eventfd (our own); this object now owns it. */
     public static EventFd adopt(Fd fd) {
         return new EventFd(fd);
     }
+
+    /**
+     * Wraps a descriptor a peer sent as an eventfd (a vhost-user kick, call or err fd) after checking that it is one:
+     * the kernel names an eventfd's file {@code anon_inode:[eventfd]} (read back through /proc/self/fd), which no
+     * socket, pipe, regular file or other anonymous inode can imitate. It is then made non-blocking. On failure the
+     * descriptor is closed.
+     *
+     * <p>The non-blocking flag lives in the open file description, which the peer shares and could clear again; so
+     * the data path never reads a peer's eventfd (kicks are watched edge-triggered, see {@link #EPOLL_KICK}) and
+     * treats a write that would block as the peer's fault ({@link #trySignal}).
+     *
+     * @throws NotAnEventFd  when it is something else
+     * @throws LinuxException when it cannot be inspected
+     */
+    public static EventFd adoptFromPeer(Fd fd, String what) throws LinuxException {
+        try {
+            String kind = kindOf(fd);
+            if (!"anon_inode:[eventfd]".equals(kind)) {
+                throw new NotAnEventFd(what + " is " + kind + ", not an eventfd");
+            }
+            fd.setNonBlocking(true);
+            EventFd e = new EventFd(fd, true);
+            Watchdog.watch(e);
+            return e;
+        } catch (LinuxException | RuntimeException e) {
+            fd.close();
+            throw e;
+        }
+    }
+
+    /** A peer sent some other kind of descriptor where an eventfd belongs. */
+    public static final class NotAnEventFd extends IllegalArgumentException {
+        NotAnEventFd(String message) {
+            super(message);
+        }
+    }
+
+    /** What the kernel says the descriptor is (the /proc/self/fd link: a path, "socket:[N]", "anon_inode:[...]"). */
+    public static String kindOf(Fd fd) throws LinuxException {
+        int n = fd.get();
+        try {
+            return java.nio.file.Files.readSymbolicLink(java.nio.file.Path.of("/proc/self/fd/" + n)).toString();
+        } catch (java.io.IOException e) {
+            throw new LinuxException("readlink", "/proc/self/fd/" + n + " (is /proc mounted?): " + e.getMessage(),
+                    Errno.EBADF);
+        }
+    }
+
+    /** The epoll events to watch a peer's kick eventfd with: edge-triggered, so its counter need never be read. */
+    public static final int EPOLL_KICK = 0x001 | (1 << 31);
 
     public Fd fd() {
         return fd;
@@ -38,6 +99,41 @@ public final class EventFd implements AutoCloseable {
     /** Adds 1 to the counter, waking readers. An overflowing counter (EAGAIN) is already signalled: not an error. */
     public void signal() throws LinuxException {
         write(1);
+    }
+
+    /**
+     * Adds 1 without blocking for long: false when the write would block (the counter is full) — the peer's fault,
+     * which the caller reports (the queue fails).
+     *
+     * <p>A peer's descriptor was made non-blocking when adopted, but the peer shares the open file description and
+     * may clear the flag again, and then fill the counter: the write would block until somebody reads. A watchdog
+     * thread ({@link Watchdog}) sees a peer write that has not returned within {@link Watchdog#STUCK_NANOS} and
+     * drains the counter from a throw-away thread, which ends the write; this call then returns false. So no thread
+     * of ours is held by a peer's eventfd for longer than a fraction of a second, whoever's thread it is.
+     */
+    public boolean trySignal() throws LinuxException {
+        int f = fd.get();
+        Syscalls.PerThread t = Syscalls.perThread();
+        t.scratch.set(JAVA_LONG, 0, 1L);
+        long r;
+        if (fromPeer) {
+            writeSince = System.nanoTime() | 1; // never 0
+            r = Syscalls.write(f, t.scratch, 8);
+            writeSince = 0;
+            if (stuck) {
+                stuck = false;
+                return false;
+            }
+        } else {
+            r = Syscalls.write(f, t.scratch, 8);
+        }
+        if (r == -Errno.EAGAIN) {
+            return false;
+        }
+        if (r < 0) {
+            throw new LinuxException("write", "eventfd " + f, (int) -r);
+        }
+        return true;
     }
 
     /**
@@ -73,7 +169,68 @@ public final class EventFd implements AutoCloseable {
 
     @Override
     public void close() {
+        if (fromPeer) {
+            Watchdog.unwatch(this);
+        }
         fd.close();
+    }
+
+    /**
+     * Ends writes to peers' eventfds that block (see {@link #trySignal}). One daemon thread checks the watched
+     * descriptors ten times a second; the check is a volatile read per descriptor. Draining runs on a new daemon
+     * thread each time (only a hostile peer makes that happen), so the watchdog itself never blocks on a peer's fd.
+     */
+    static final class Watchdog {
+        static final long STUCK_NANOS = 200_000_000L;
+        private static final java.util.Set<EventFd> WATCHED = java.util.concurrent.ConcurrentHashMap.newKeySet();
+        private static volatile Thread thread;
+
+        private Watchdog() {
+        }
+
+        static void watch(EventFd e) {
+            WATCHED.add(e);
+            if (thread == null) {
+                synchronized (Watchdog.class) {
+                    if (thread == null) {
+                        thread = Thread.ofPlatform().daemon().name("iovirt eventfd watchdog").start(Watchdog::run);
+                    }
+                }
+            }
+        }
+
+        static void unwatch(EventFd e) {
+            WATCHED.remove(e);
+        }
+
+        private static void run() {
+            for (;;) {
+                try {
+                    Thread.sleep(100);
+                } catch (InterruptedException ignored) {
+                    // a daemon: keeps watching
+                }
+                long now = System.nanoTime();
+                for (EventFd e : WATCHED) {
+                    long since = e.writeSince;
+                    if (since != 0 && now - since > STUCK_NANOS && !e.stuck) {
+                        e.stuck = true;
+                        Thread.ofPlatform().daemon().name("iovirt eventfd drain " + e.fd).start(() -> drain(e));
+                    }
+                }
+            }
+        }
+
+        /** Reads the counter to zero, which ends the blocked write. */
+        private static void drain(EventFd e) {
+            try {
+                e.fd.setNonBlocking(true);
+                Syscalls.PerThread t = Syscalls.perThread();
+                Syscalls.read(e.fd.get(), t.scratch, 8);
+            } catch (LinuxException | IllegalStateException ignored) {
+                // closed meanwhile: the write ended anyway
+            }
+        }
     }
 
     @Override

@@ -205,6 +205,21 @@ public final class FileIo {
         }
     }
 
+    /** statfs f_type of tmpfs (and of memfd_create files, which live on an internal tmpfs/shmem mount). */
+    public static final long TMPFS_MAGIC = 0x01021994L;
+    /** statfs f_type of hugetlbfs (and of MFD_HUGETLB memfds). */
+    public static final long HUGETLBFS_MAGIC = 0x958458f6L;
+
+    /** The file system type (statfs f_type, e.g. {@link #TMPFS_MAGIC}) of the file behind {@code fd}. */
+    public static long filesystemType(Fd fd) throws LinuxException {
+        int f = fd.get();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment buf = a.allocate(256, 8); // struct statfs: 120 bytes on x86_64 and aarch64; f_type first
+            Syscalls.check(Syscalls.fstatfs(f, buf), "fstatfs", "fd " + f);
+            return buf.get(JAVA_LONG, 0) & 0xffff_ffffL;
+        }
+    }
+
     public static Stat stat(Path path) throws LinuxException {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment buf = a.allocate(256, 8);

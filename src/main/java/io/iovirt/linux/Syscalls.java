@@ -338,6 +338,51 @@ final class Syscalls {
         static final MethodHandle LSEEK = fn("lseek", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_INT));
         static final MethodHandle STATX = fn("statx",
                 FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle FSTATFS = fn("fstatfs", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle CHMOD = fn("chmod", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle LCHOWN = fn("lchown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
+        static final MethodHandle GETGRNAM = fn("getgrnam", FunctionDescriptor.of(ADDRESS, ADDRESS));
+    }
+
+    static int chmod(MemorySegment path, int mode) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.CHMOD.invokeExact(t.capture, path, mode), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int lchown(MemorySegment path, int uid, int gid) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.LCHOWN.invokeExact(t.capture, path, uid, gid), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** The gid of group {@code name}, or -1 when there is none. */
+    static int groupId(MemorySegment name) {
+        PerThread t = perThread();
+        try {
+            MemorySegment g = (MemorySegment) Files.GETGRNAM.invokeExact(t.capture, name);
+            if (g.equals(MemorySegment.NULL)) {
+                return -1;
+            }
+            return g.reinterpret(24).get(JAVA_INT, 16); // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ...}
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int fstatfs(int fd, MemorySegment buf) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.FSTATFS.invokeExact(t.capture, fd, buf), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
     }
 
     static int open(MemorySegment path, int flags, int mode) {

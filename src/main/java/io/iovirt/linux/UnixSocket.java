@@ -84,16 +84,36 @@ public final class UnixSocket implements AutoCloseable {
     /**
      * Binds and listens on {@code path} (which must not exist: remove a stale socket file first).
      */
+    /** Listens with the socket file owner-only (mode 0600), whatever the umask. */
     public static UnixSocket listen(Path path, int backlog) throws LinuxException {
+        return listen(path, backlog, SocketAccess.ownerOnly());
+    }
+
+    /**
+     * Binds, sets the socket file's mode and group from {@code access} (before listen: nobody can connect while the
+     * mode is still the umask's), then listens. Peer uids are the accepting code's to check
+     * ({@link #peerCredentials}, {@link SocketAccess#allows}).
+     */
+    public static UnixSocket listen(Path path, int backlog, SocketAccess access) throws LinuxException {
         UnixSocket s = create(path.toString());
+        boolean bound = false;
         try (Arena a = Arena.ofConfined()) {
             MemorySegment addr = sockaddr(a, path);
             int f = s.fd.get();
             Syscalls.check(Syscalls.bind(f, addr, (int) addr.byteSize()), "bind", path);
+            bound = true;
+            access.apply(path);
             Syscalls.check(Syscalls.listen(f, backlog), "listen", path);
             return s;
         } catch (LinuxException | RuntimeException e) {
             s.close();
+            if (bound) {
+                try {
+                    java.nio.file.Files.deleteIfExists(path);
+                } catch (java.io.IOException ignored) {
+                    // the caller reports the first error
+                }
+            }
             throw e;
         }
     }

@@ -4,6 +4,7 @@ import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * An immutable snapshot of guest RAM: the only place where a guest address becomes host memory. Every translation
@@ -11,8 +12,13 @@ import java.util.List;
  * regions that are not host-contiguous, and we do not try to join them).
  *
  * <p>Replacing the memory table builds a new snapshot ({@link #with}, {@link #without}); holders swap the reference
- * atomically (see {@link GuestMemoryHolder}). Lookups are a binary search over a few regions and allocate only the
- * returned slice.
+ * atomically (see {@link GuestMemoryHolder}). Lookups are a binary search over a few regions; {@link #find} and
+ * {@link #mapping}/{@link #offset} allocate nothing, {@link #translate} allocates the returned slice.
+ *
+ * <p>Reclamation is by reference count, as vm-memory's GuestMemoryAtomic does with Arc: the holder owns one reference
+ * to its current snapshot, each queue thread pins the snapshot it is working from ({@link GuestMemoryHolder.Reader}),
+ * and a region's mapping is closed when the last snapshot containing it is released. Nobody waits or retries: the
+ * thread that drops the last reference unmaps.
  */
 public final class GuestMemory {
     /** Upper bound on regions, matching what we advertise in VHOST_USER_GET_MAX_MEM_SLOTS. */
@@ -24,6 +30,9 @@ public final class GuestMemory {
     private final MemoryRegion[] byUva;
     private final long[] gpaStarts;
     private final long[] uvaStarts;
+
+    /** References: the holder's, plus one per reader pinning it; at 0 the snapshot is dead (its regions unretained). */
+    private final AtomicInteger refs = new AtomicInteger(1);
 
     private GuestMemory(MemoryRegion[] regions) {
         this.byGpa = regions.clone();
@@ -42,6 +51,61 @@ public final class GuestMemory {
         }
         this.gpaStarts = Arrays.stream(byGpa).mapToLong(MemoryRegion::guestPhysAddr).toArray();
         this.uvaStarts = Arrays.stream(byUva).mapToLong(MemoryRegion::userAddr).toArray();
+        long total = 0;
+        for (MemoryRegion r : byGpa) {
+            total += r.size();
+        }
+        this.totalBytes = total;
+        for (MemoryRegion r : byGpa) {
+            r.retain();
+        }
+    }
+
+    private final long totalBytes;
+
+    /** Bytes of guest memory mapped in this snapshot. */
+    public long totalBytes() {
+        return totalBytes;
+    }
+
+    /**
+     * Takes a reference unless the snapshot is already dead (its last reference gone).
+     *
+     * @return false when it is dead: read the holder's current snapshot again
+     */
+    public boolean tryAcquire() {
+        if (this == EMPTY) {
+            return true;
+        }
+        for (;;) {
+            int n = refs.get();
+            if (n == 0) {
+                return false;
+            }
+            if (refs.compareAndSet(n, n + 1)) {
+                return true;
+            }
+        }
+    }
+
+    /** Drops a reference; the last one releases the regions no other live snapshot contains. */
+    public void release() {
+        if (this == EMPTY) {
+            return;
+        }
+        int n = refs.decrementAndGet();
+        if (n == 0) {
+            for (MemoryRegion r : byGpa) {
+                r.unretain();
+            }
+        } else if (n < 0) {
+            throw new IllegalStateException("guest memory snapshot released more often than acquired");
+        }
+    }
+
+    /** True while some holder or reader still references this snapshot. */
+    public boolean live() {
+        return this == EMPTY || refs.get() > 0;
     }
 
     public static GuestMemory empty() {
@@ -120,6 +184,29 @@ public final class GuestMemory {
         return r.mapping().asSlice(gpa - r.guestPhysAddr(), len);
     }
 
+    /**
+     * The index of the region holding all of [gpa, gpa+len), or -1; allocates nothing. Use with {@link #mapping} and
+     * {@link #offset}.
+     */
+    public int find(long gpa, long len) {
+        int i = indexFor(gpaStarts, gpa);
+        if (i < 0 || len < 0) {
+            return -1;
+        }
+        MemoryRegion r = byGpa[i];
+        return fits(r.guestPhysAddr(), r.size(), gpa, len) ? i : -1;
+    }
+
+    /** The whole mapping of region {@code i} (from {@link #find}). */
+    public MemorySegment mapping(int i) {
+        return byGpa[i].mapping();
+    }
+
+    /** The offset of {@code gpa} in region {@code i}'s mapping. */
+    public long offset(int i, long gpa) {
+        return gpa - byGpa[i].guestPhysAddr();
+    }
+
     /** True when [gpa, gpa+len) lies inside one region. */
     public boolean contains(long gpa, long len) {
         MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
@@ -139,32 +226,17 @@ public final class GuestMemory {
         return r.guestPhysAddr() + (uva - r.userAddr());
     }
 
-    /** Releases every region's mapping. Only the last holder of a snapshot that is no longer in use calls this. */
-    public void releaseAll() {
-        for (MemoryRegion r : byGpa) {
-            r.release();
-        }
-    }
-
-    /** Releases the mappings of regions in this snapshot that {@code next} no longer has. */
-    public void releaseRemovedIn(GuestMemory next) {
-        outer:
-        for (MemoryRegion r : byGpa) {
-            for (MemoryRegion n : next.byGpa) {
-                if (n == r) {
-                    continue outer;
-                }
-            }
-            r.release();
-        }
-    }
-
     private static boolean fits(long start, long size, long addr, long len) {
         long off = addr - start; // unsigned offset; addr >= start established by the search
         return Long.compareUnsigned(off, size) < 0 && Long.compareUnsigned(len, size - off) <= 0;
     }
 
     private static MemoryRegion regionFor(MemoryRegion[] sorted, long[] starts, long addr) {
+        int i = indexFor(starts, addr);
+        return i < 0 ? null : sorted[i];
+    }
+
+    private static int indexFor(long[] starts, long addr) {
         int lo = 0;
         int hi = starts.length - 1;
         int found = -1;
@@ -177,7 +249,7 @@ public final class GuestMemory {
                 hi = mid - 1;
             }
         }
-        return found < 0 ? null : sorted[found];
+        return found;
     }
 
     @Override

@@ -25,6 +25,15 @@ public abstract class Port implements AutoCloseable {
         this.name = name;
     }
 
+    /**
+     * The only source MAC this port's peer may send from, or -1 (any). A pinned port's frames from another source are
+     * dropped (counted as rx_dropped_bad_source) before the switch learns anything from them, so a guest can neither
+     * spoof another station nor fill the MAC table: it owns exactly one entry.
+     */
+    protected long pinnedSource() {
+        return -1;
+    }
+
     /** How the port was specified, e.g. {@code stream:/run/b.sock}. */
     public final String name() {
         return name;

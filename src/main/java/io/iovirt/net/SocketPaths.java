@@ -2,6 +2,7 @@ package io.iovirt.net;
 
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.UnixSocket;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -19,6 +20,11 @@ public final class SocketPaths {
      * some process still listens on, or a path that is not a socket, is refused with a message saying so.
      */
     public static UnixSocket listen(Path path) throws IOException {
+        return listen(path, SocketAccess.ownerOnly());
+    }
+
+    /** As {@link #listen(Path)}, the socket file's mode and group set from {@code access} before listening. */
+    public static UnixSocket listen(Path path, SocketAccess access) throws IOException {
         if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
             BasicFileAttributes a = Files.readAttributes(path, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
             if (!a.isOther()) {
@@ -36,6 +42,6 @@ public final class SocketPaths {
         } else if (path.getParent() != null && !Files.isDirectory(path.getParent())) {
             throw new IOException("directory " + path.getParent() + " for socket " + path + " does not exist");
         }
-        return UnixSocket.listen(path, 4);
+        return UnixSocket.listen(path, 4, access);
     }
 }

@@ -3,9 +3,10 @@ package io.iovirt.net;
 import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 
 import io.iovirt.linux.Epoll;
-import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.PacketIo;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.UnixSocket;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -14,6 +15,7 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import io.iovirt.virtio.QueueWorker;
 
 /**
  * {@code stream:PATH} — the peer is QEMU's {@code -netdev stream} on a UNIX socket (any emulated NIC behind it, e.g.
@@ -21,7 +23,7 @@ import java.nio.file.Path;
  * ({@code -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH}). Each frame travels as a 4-byte big-endian
  * length followed by the frame, in both directions.
  *
- * <p>One platform thread per port waits in epoll on the listening socket, the connection and a wake-up eventfd. It
+ * <p>One {@link QueueWorker} per port (a platform thread in epoll) wakes on the listening socket and the connection. It
  * reads as many bytes as the socket has into a 256 KiB buffer, forwards every complete frame in place (a
  * {@link Frame} window onto that buffer), and keeps a partial frame for the next read. A length prefix above QEMU's
  * own limit (NET_BUFSIZE, 69632) means the stream lost its framing: that connection is counted and closed, and the
@@ -38,18 +40,16 @@ public final class StreamPort extends Port {
     private static final int RX_BUFFER = 256 * 1024;
     private static final ValueLayout.OfInt LENGTH = JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
     private static final long LISTENER = 0;
-    private static final long WAKE = 1;
     private static final long CONNECTION = 2;
     private static final int CONNECTION_EVENTS = Epoll.EPOLLIN | Epoll.EPOLLRDHUP;
 
     private final Path path;
     private final RateLimitedLog txLog = new RateLimitedLog(5000);
     private final Object txLock = new Object();
-    private Epoll epoll;
-    private EventFd wake;
+    private QueueWorker worker;
     private UnixSocket listener;
-    private Thread thread;
     private volatile boolean closing;
+    private final RateLimitedLog acceptLog = new RateLimitedLog(5000);
 
     // receive side: the port thread only
     private MemorySegment rxBuf;
@@ -66,9 +66,17 @@ public final class StreamPort extends Port {
     private Counters tx;
     private volatile boolean linkUp;
 
+    private final SocketAccess access;
+
     public StreamPort(Path path) {
+        this(path, SocketAccess.ownerOnly());
+    }
+
+    /** With the socket file's mode/group and the peer uids served taken from {@code access}. */
+    public StreamPort(Path path, SocketAccess access) {
         super("stream:" + path);
         this.path = path;
+        this.access = access;
     }
 
     public Path path() {
@@ -94,62 +102,83 @@ public final class StreamPort extends Port {
         rx = newIngress();
         tx = newCounters();
         try {
-            epoll = Epoll.create(8);
-            wake = EventFd.create(true);
-            listener = SocketPaths.listen(path);
-            epoll.add(listener.fd(), Epoll.EPOLLIN, LISTENER);
-            epoll.add(wake.fd(), Epoll.EPOLLIN, WAKE);
+            listener = SocketPaths.listen(path, access);
+            worker = QueueWorker.builder(this + " receive")
+                    .source(listener.fd(), Epoll.EPOLLIN, LISTENER)
+                    .build(new QueueWorker.Handler() {
+                        @Override
+                        public boolean process() {
+                            return false; // all work happens in event()
+                        }
+
+                        @Override
+                        public void event(long token, int events) throws LinuxException {
+                            if (token == LISTENER) {
+                                accept();
+                            } else if (token == CONNECTION) {
+                                if ((events & Epoll.EPOLLOUT) != 0) {
+                                    flushPending();
+                                }
+                                if ((events & (Epoll.EPOLLIN | Epoll.EPOLLHUP | Epoll.EPOLLERR | Epoll.EPOLLRDHUP)) != 0) {
+                                    readAvailable();
+                                }
+                            }
+                        }
+
+                        @Override
+                        public void stopped(boolean failed) {
+                            disconnect(null);
+                        }
+                    });
         } catch (IOException | RuntimeException e) {
             close();
             throw e;
         }
-        thread = Thread.ofPlatform().name("port-" + index() + "-stream").start(this::run);
-    }
-
-    private void run() {
-        try {
-            while (!closing) {
-                int n = epoll.wait(-1);
-                for (int i = 0; i < n; i++) {
-                    long what = epoll.data(i);
-                    int ev = epoll.events(i);
-                    if (what == WAKE) {
-                        return;
-                    } else if (what == LISTENER) {
-                        accept();
-                    } else if (what == CONNECTION) {
-                        if ((ev & Epoll.EPOLLOUT) != 0) {
-                            flushPending();
-                        }
-                        if ((ev & (Epoll.EPOLLIN | Epoll.EPOLLHUP | Epoll.EPOLLERR | Epoll.EPOLLRDHUP)) != 0) {
-                            readAvailable();
-                        }
-                    }
-                }
-            }
-        } catch (IOException | RuntimeException e) {
-            if (!closing) {
-                RateLimitedLog.warning(this + " stopped: " + e.getMessage());
-            }
-        } finally {
-            disconnect(null);
-        }
+        worker.start();
     }
 
     private void accept() throws LinuxException {
-        UnixSocket s = listener.accept();
+        UnixSocket s;
+        try {
+            s = listener.accept();
+        } catch (LinuxException e) {
+            if (e.errno() == Errno.EAGAIN) {
+                return;
+            }
+            // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) or a connection that died in the
+            // backlog: the port goes on; back off briefly so a level-triggered listener does not spin.
+            acceptLog.warn(this + ": accept failed: " + e.getMessage() + "; retrying");
+            try {
+                Thread.sleep(50);
+            } catch (InterruptedException ie) {
+                Thread.currentThread().interrupt();
+            }
+            return;
+        }
         UnixSocket current;
         synchronized (txLock) {
             current = conn;
         }
         if (current != null) {
-            RateLimitedLog.warning(this + ": refused a second connection while a peer is attached");
+            acceptLog.warn(this + ": refused a second connection while a peer is attached");
+            s.close();
+            return;
+        }
+        UnixSocket.Credentials cred;
+        try {
+            cred = s.peerCredentials();
+        } catch (LinuxException e) {
+            cred = null;
+        }
+        if (cred == null || !access.allows(cred.uid())) {
+            acceptLog.warn(this + ": refused a peer with " + (cred == null ? "unreadable credentials"
+                    : "uid " + cred.uid() + " (" + access + ")"));
             s.close();
             return;
         }
         s.fd().setNonBlocking(true);
         fill = 0;
-        epoll.add(s.fd(), CONNECTION_EVENTS, CONNECTION);
+        worker.watch(s.fd(), CONNECTION_EVENTS, CONNECTION);
         synchronized (txLock) {
             conn = s;
             pendingOff = pendingEnd = 0;
@@ -253,7 +282,7 @@ public final class StreamPort extends Port {
                 pendingOff = (int) n;
                 pendingEnd = PREFIX + len;
                 try {
-                    epoll.modify(c.fd(), CONNECTION_EVENTS | Epoll.EPOLLOUT, CONNECTION);
+                    worker.modify(c.fd(), CONNECTION_EVENTS | Epoll.EPOLLOUT, CONNECTION);
                 } catch (LinuxException e) {
                     txLog.warn(this + ": cannot wait for the socket to drain: " + e.getMessage());
                 }
@@ -276,7 +305,7 @@ public final class StreamPort extends Port {
                 pendingOff += (int) n;
                 if (pendingOff == pendingEnd) {
                     pendingOff = pendingEnd = 0;
-                    epoll.modify(c.fd(), CONNECTION_EVENTS, CONNECTION);
+                    worker.modify(c.fd(), CONNECTION_EVENTS, CONNECTION);
                 }
             } catch (LinuxException e) {
                 txLog.warn(this + ": send failed: " + e.getMessage());
@@ -298,7 +327,7 @@ public final class StreamPort extends Port {
         }
         peerGone(); // before the peer sees the hang-up: its addresses are already forgotten then
         try {
-            epoll.delete(c.fd());
+            worker.unwatch(c.fd());
         } catch (LinuxException | IllegalStateException e) {
             // closing the socket removes it from the epoll set anyway
         }
@@ -317,20 +346,9 @@ public final class StreamPort extends Port {
             }
             closing = true;
         }
-        if (wake != null) {
-            try {
-                wake.signal();
-            } catch (LinuxException e) {
-                // the thread also stops at its next event
-            }
-        }
-        Thread t = thread;
-        if (t != null && t != Thread.currentThread()) {
-            try {
-                t.join(5000);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
+        QueueWorker w = worker;
+        if (w != null && !w.onWorkerThread()) {
+            w.stop(); // bounded; disconnects the peer on its way out
         }
         disconnect(null);
         if (listener != null) {
@@ -340,12 +358,6 @@ public final class StreamPort extends Port {
             } catch (IOException e) {
                 // a leftover socket file is reused on the next start
             }
-        }
-        if (epoll != null) {
-            epoll.close();
-        }
-        if (wake != null) {
-            wake.close();
         }
     }
 }

@@ -32,6 +32,7 @@ import java.util.Objects;
 public final class Switch implements AutoCloseable {
     public static final int DEFAULT_MAC_AGING_SECONDS = 300;
     public static final int DEFAULT_MAC_CAPACITY = 8192;
+    private final RateLimitedLog spoofLog = new RateLimitedLog(5000);
 
     /**
      * @param mtu              largest payload (frames may add the Ethernet header and one VLAN tag)
@@ -201,6 +202,13 @@ public final class Switch implements AutoCloseable {
         long src = frame.source();
         if (!Mac.isValidSource(src)) {
             rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
+            return;
+        }
+        long pinned = in.pinnedSource();
+        if (pinned != -1 && src != pinned) {
+            rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
+            spoofLog.warn(in + ": dropped frames from " + Mac.toString(src) + ": the port is pinned to "
+                    + Mac.toString(pinned));
             return;
         }
         rx.rx(len);

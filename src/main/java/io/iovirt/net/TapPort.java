@@ -2,10 +2,10 @@ package io.iovirt.net;
 
 import io.iovirt.linux.Epoll;
 import io.iovirt.linux.Errno;
-import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.PacketIo;
 import io.iovirt.linux.Tun;
+import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -17,21 +17,17 @@ import java.lang.foreign.MemorySegment;
  * address and link state are the host administrator's business ({@code ip addr add ... dev IFNAME; ip link set
  * IFNAME up}). Keep the interface's MTU at or below the switch's: longer frames are dropped as oversize.
  *
- * <p>One platform thread reads frames (non-blocking descriptor, epoll with a wake-up eventfd) into a 64 KiB buffer
- * and forwards each in place. Transmit writes one frame per write(2) under this port's lock; a full queue drops.
+ * <p>One {@link QueueWorker} reads frames (non-blocking descriptor) into a 64 KiB buffer and forwards each in place. Transmit writes one frame per write(2) under this port's lock; a full queue drops.
  */
 public final class TapPort extends Port {
     private static final int RX_BUFFER = 65536 + 64;
     private static final long TAP = 0;
-    private static final long WAKE = 1;
 
     private final String ifname;
     private final Object txLock = new Object();
     private final RateLimitedLog txLog = new RateLimitedLog(5000);
     private Tun tun;
-    private Epoll epoll;
-    private EventFd wake;
-    private Thread thread;
+    private QueueWorker worker;
     private volatile boolean closing;
     private MemorySegment rxBuf;
     private Frame rxFrame;
@@ -76,33 +72,24 @@ public final class TapPort extends Port {
                 throw new IOException("cannot open TAP interface " + ifname + ": " + e.getMessage(), e);
             }
             tun.fd().setNonBlocking(true);
-            epoll = Epoll.create(4);
-            wake = EventFd.create(true);
-            epoll.add(tun.fd(), Epoll.EPOLLIN, TAP);
-            epoll.add(wake.fd(), Epoll.EPOLLIN, WAKE);
+            worker = QueueWorker.builder(this + " receive")
+                    .source(tun.fd(), Epoll.EPOLLIN, TAP)
+                    .build(new QueueWorker.Handler() {
+                        @Override
+                        public boolean process() {
+                            return false; // all work happens in event()
+                        }
+
+                        @Override
+                        public void event(long token, int events) throws LinuxException {
+                            readAvailable();
+                        }
+                    });
         } catch (IOException | RuntimeException e) {
             close();
             throw e;
         }
-        thread = Thread.ofPlatform().name("port-" + index() + "-tap").start(this::run);
-    }
-
-    private void run() {
-        try {
-            while (!closing) {
-                int n = epoll.wait(-1);
-                for (int i = 0; i < n; i++) {
-                    if (epoll.data(i) == WAKE) {
-                        return;
-                    }
-                    readAvailable();
-                }
-            }
-        } catch (IOException | RuntimeException e) {
-            if (!closing) {
-                RateLimitedLog.warning(this + " stopped receiving: " + e.getMessage());
-            }
-        }
+        worker.start();
     }
 
     private void readAvailable() throws LinuxException {
@@ -157,29 +144,12 @@ public final class TapPort extends Port {
             }
             closing = true;
         }
-        if (wake != null) {
-            try {
-                wake.signal();
-            } catch (LinuxException e) {
-                // the thread also stops at its next event
-            }
-        }
-        Thread t = thread;
-        if (t != null && t != Thread.currentThread()) {
-            try {
-                t.join(5000);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
+        QueueWorker w = worker;
+        if (w != null && !w.onWorkerThread()) {
+            w.stop();
         }
         if (tun != null) {
             tun.close();
-        }
-        if (epoll != null) {
-            epoll.close();
-        }
-        if (wake != null) {
-            wake.close();
         }
     }
 }

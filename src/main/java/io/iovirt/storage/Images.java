@@ -53,7 +53,12 @@ public final class Images {
     }
 
     private static DiskImage openFormat(Path path, ImageFormat format, boolean readOnly, boolean direct) throws IOException {
-        ImageFormat f = format != null ? format : ImageFormat.detect(path);
+        ImageFormat f;
+        try {
+            f = format != null ? format : ImageFormat.detect(path);
+        } catch (java.nio.file.NoSuchFileException e) {
+            f = ImageFormat.RAW; // the raw open reports the missing file with its remedy
+        }
         return switch (f) {
             case RAW -> RawImage.open(path, readOnly, direct);
             case QCOW2 -> {
@@ -62,6 +67,9 @@ public final class Images {
                 }
                 yield Qcow2Image.open(path, readOnly);
             }
+            default -> throw new IOException("image " + path + " is " + f.description() + ": iovirt serves raw and qcow2 "
+                    + "images only — convert it with 'qemu-img convert -O qcow2 " + path + " NEW.qcow2', or pass "
+                    + "--format raw to serve its bytes as they are");
         };
     }
 

@@ -23,9 +23,19 @@ public final class FrontendMemory implements AutoCloseable {
 
     /** {@code size} bytes (zeroed) at guest physical address {@code guestPhysAddr}. */
     public static FrontendMemory allocate(long guestPhysAddr, long size) throws LinuxException {
+        return allocate(guestPhysAddr, size, true);
+    }
+
+    /**
+     * {@code size} bytes (zeroed) at guest physical address {@code guestPhysAddr}; unsealed (as QEMU's memfds are)
+     * when {@code seal} is false, so a test can play a frontend that truncates the file under the backend.
+     */
+    public static FrontendMemory allocate(long guestPhysAddr, long size, boolean seal) throws LinuxException {
         Fd fd = MemFd.allocate("iovirt-guest-ram", size);
         try {
-            MemFd.addSeals(fd, MemFd.F_SEAL_GROW | MemFd.F_SEAL_SHRINK | MemFd.F_SEAL_SEAL);
+            if (seal) {
+                MemFd.addSeals(fd, MemFd.F_SEAL_GROW | MemFd.F_SEAL_SHRINK | MemFd.F_SEAL_SEAL);
+            }
             Mmap.Mapping m = Mmap.map(fd, 0, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED);
             return new FrontendMemory(guestPhysAddr, fd, m);
         } catch (LinuxException | RuntimeException e) {

@@ -12,6 +12,7 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.virtio.VirtioRing;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -235,9 +236,35 @@ final class Handler implements AutoCloseable {
         return List.of(gpa, size, uva);
     }
 
+    /**
+     * Most guest memory one connection may have mapped: the host's RAM. A frontend cannot make a guest larger than
+     * that useful, and sparse memory files with MAP_NORESERVE would otherwise let it reserve address space and page
+     * tables without bound.
+     */
+    static final long MAX_MAPPED_BYTES = hostMemory();
+
+    private static long hostMemory() {
+        java.lang.management.OperatingSystemMXBean os = java.lang.management.ManagementFactory.getOperatingSystemMXBean();
+        long total = os instanceof com.sun.management.OperatingSystemMXBean sun ? sun.getTotalMemorySize() : 0;
+        return total > 0 ? total : 1L << 40;
+    }
+
+    private static void checkMappedTotal(String what, long total) throws ProtocolException {
+        if (total < 0 || total > MAX_MAPPED_BYTES) {
+            throw new ProtocolException(what + ": " + (total < 0 ? "overflowing sizes" : Long.toUnsignedString(total)
+                    + " bytes of guest memory") + " exceed the " + MAX_MAPPED_BYTES + " bytes this host has");
+        }
+    }
+
     private void setMemTable(Message m) throws ProtocolException {
         MemorySegment p = m.payload();
         int n = Payloads.MemoryTable.count(p);
+        long total = 0;
+        for (int i = 0; i < n; i++) {
+            long size = Payloads.Region.size(Payloads.MemoryTable.region(p, i));
+            total = size < 0 || total + size < 0 ? -1 : total + size;
+            checkMappedTotal("SET_MEM_TABLE", total);
+        }
         List<MemoryRegion> mapped = new ArrayList<>(n);
         GuestMemory next;
         try {
@@ -251,7 +278,7 @@ final class Handler implements AutoCloseable {
             }
             throw e instanceof ProtocolException pe ? pe : new ProtocolException("SET_MEM_TABLE: " + e.getMessage());
         }
-        install(next).releaseAll();
+        install(next);
         regionRefs.clear();
         for (MemoryRegion r : mapped) {
             regionRefs.put(regionKey(r.guestPhysAddr(), r.size(), r.userAddr()), 1);
@@ -269,6 +296,9 @@ final class Handler implements AutoCloseable {
             regionRefs.merge(key, 1, Integer::sum);
             return;
         }
+        long size = Payloads.Region.size(region);
+        long total = memory.get().totalBytes() + size;
+        checkMappedTotal("ADD_MEM_REG", size < 0 || total < 0 ? -1 : total);
         MemoryRegion r = mapRegion(region, m.takeFd(0), "ADD_MEM_REG");
         GuestMemory next;
         try {
@@ -299,14 +329,16 @@ final class Handler implements AutoCloseable {
         }
         regionRefs.remove(key);
         GuestMemory next = current.without(gpa, size, uva);
-        install(next).releaseRemovedIn(next);
+        install(next);
     }
 
-    /** Installs {@code next}, lets the device drop the old snapshot and returns it for the caller to release. */
-    private GuestMemory install(GuestMemory next) {
-        GuestMemory prev = memory.swap(next);
+    /**
+     * Installs {@code next} and drops our reference to the snapshot it replaces: regions that left are unmapped as
+     * soon as no queue pins that snapshot any more (queues let go before they sleep), without waiting here.
+     */
+    private void install(GuestMemory next) {
+        memory.swap(next);
         backend.memoryChanged(next);
-        return prev;
     }
 
     /**
@@ -345,6 +377,19 @@ final class Handler implements AutoCloseable {
             if (offset + size > st.size()) {
                 throw new ProtocolException(desc + ": extends past the end of its " + st.size() + "-byte file");
             }
+            long fsType;
+            try {
+                fsType = FileIo.filesystemType(fd);
+            } catch (LinuxException e) {
+                throw new ProtocolException(desc + ": " + e.getMessage(), e);
+            }
+            if (fsType != FileIo.TMPFS_MAGIC && fsType != FileIo.HUGETLBFS_MAGIC) {
+                // A file on a disk file system could be truncated by anyone with access to it, and its pages
+                // written back to disk: guest RAM must come from memfd, tmpfs (/dev/shm) or hugetlbfs.
+                throw new ProtocolException(desc + ": the file is on a file system of type 0x" + Long.toHexString(fsType)
+                        + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
+                        + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
+            }
             Mmap.Mapping mapping;
             try {
                 mapping = Mmap.map(fd, offset, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_NORESERVE);
@@ -355,20 +400,17 @@ final class Handler implements AutoCloseable {
         }
     }
 
-    /** Unmaps once no downcall holds the mapping (the JDK refuses to unmap memory a native call is using). */
-    private void unmap(Mmap.Mapping mapping) throws InterruptedException {
-        for (int attempt = 0; ; attempt++) {
-            try {
-                mapping.close();
-                return;
-            } catch (IllegalStateException inUse) {
-                if (attempt == 500) {
-                    LOG.log(System.Logger.Level.ERROR, name + ": a guest memory mapping is still in use after "
-                            + "its region was removed; leaving it mapped");
-                    return;
-                }
-                Thread.sleep(10);
-            }
+    /**
+     * Unmaps a region whose last snapshot was released, on whichever thread released it. No queue pins it, so no
+     * access is in progress; should the JDK still refuse (a native call holding the segment), the mapping is left
+     * in place and reported rather than retried.
+     */
+    private void unmap(Mmap.Mapping mapping) {
+        try {
+            mapping.close();
+        } catch (IllegalStateException inUse) {
+            LOG.log(System.Logger.Level.ERROR, name + ": a guest memory mapping is still in use after its region was"
+                    + " released; leaving it mapped");
         }
     }
 
@@ -445,15 +487,20 @@ final class Handler implements AutoCloseable {
     }
 
     private long descBytes(int size) {
-        return 16L * size;
+        return VirtioRing.splitDescBytes(size);
     }
 
+    /** Sizes as {@link VirtioRing} gives them, with the event fields only when EVENT_IDX was negotiated. */
     private long availBytes(int size) {
-        return packed() ? 4 : 6 + 2L * size;
+        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitAvailBytes(size, eventIdx());
     }
 
     private long usedBytes(int size) {
-        return packed() ? 4 : 6 + 8L * size;
+        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitUsedBytes(size, eventIdx());
+    }
+
+    private boolean eventIdx() {
+        return (ackedFeatures & Features.VIRTIO_RING_F_EVENT_IDX) != 0;
     }
 
     private void setVringBase(int index, int num) throws ProtocolException {
@@ -482,7 +529,7 @@ final class Handler implements AutoCloseable {
         Queue q = queue(MessageType.SET_VRING_KICK, v & Payloads.VRING_IDX_MASK);
         stopDevice(q); // a new kick descriptor: restart the device's processing on it
         closeQuietly(q.kick);
-        q.kick = m.fdCount() == 1 ? EventFd.adopt(m.takeFd(0)) : null;
+        q.kick = m.fdCount() == 1 ? peerEventFd(m, "SET_VRING_KICK", q.index) : null;
         q.ringStarted = true;
         maybeStart(q);
     }
@@ -492,7 +539,7 @@ final class Handler implements AutoCloseable {
         long v = Payloads.u64(m.payload());
         Queue q = queue(m.type(), v & Payloads.VRING_IDX_MASK);
         EventFd current = call ? q.call : q.err;
-        EventFd next = m.fdCount() == 1 ? EventFd.adopt(m.takeFd(0)) : null;
+        EventFd next = m.fdCount() == 1 ? peerEventFd(m, m.type().specName(), q.index) : null;
         if (q.running && current != null) {
             // The device is signalling this descriptor: swap the file behind its number instead of closing it.
             try (EventFd replacement = next != null ? next : EventFd.create(true)) {
@@ -505,6 +552,21 @@ final class Handler implements AutoCloseable {
             q.call = next;
         } else {
             q.err = next;
+        }
+    }
+
+    /**
+     * The message's descriptor as an eventfd, checked: a frontend may send a socket, a pipe, a regular file or a
+     * blocking eventfd it pre-filled. Anything but an eventfd is a protocol error; the eventfd is made non-blocking
+     * (see {@link EventFd#adoptFromPeer} for why that alone is not relied on).
+     */
+    private static EventFd peerEventFd(Message m, String what, int queue) throws ProtocolException {
+        try {
+            return EventFd.adoptFromPeer(m.takeFd(0), what + " descriptor of queue " + queue);
+        } catch (EventFd.NotAnEventFd e) {
+            throw new ProtocolException(e.getMessage() + " (kick, call and err descriptors must be eventfds)");
+        } catch (LinuxException e) {
+            throw new ProtocolException(what + " descriptor of queue " + queue + ": " + e.getMessage(), e);
         }
     }
 
@@ -677,7 +739,7 @@ final class Handler implements AutoCloseable {
         try {
             backend.reset();
         } finally {
-            install(GuestMemory.empty()).releaseAll();
+            install(GuestMemory.empty());
         }
     }
 

@@ -3,6 +3,7 @@ package io.iovirt.vhostuser;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.UnixSocket;
 import java.io.IOException;
 import java.nio.file.Files;
@@ -28,7 +29,10 @@ public final class VhostUserServer implements AutoCloseable {
     private final String name;
     private final VhostUserBackend backend;
     private final UnixSocket listener;
+    private final SocketAccess access;
     private final Thread acceptor;
+    /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
+    private final RateLimit errorLog = new RateLimit();
     private final Object lock = new Object();
     private boolean closed; // guarded by lock
     private Session current; // guarded by lock
@@ -54,8 +58,8 @@ public final class VhostUserServer implements AutoCloseable {
                 }
                 LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " disconnected");
             } catch (ProtocolException e) {
-                LOG.log(System.Logger.Level.ERROR, name + ": protocol error from frontend " + peer + ": " + e.getMessage()
-                        + "; closing the connection");
+                errorLog.log(System.Logger.Level.ERROR, name + ": protocol error from frontend " + peer + ": "
+                        + e.getMessage() + "; closing the connection");
             } catch (IOException e) {
                 if (!isClosed()) {
                     LOG.log(System.Logger.Level.WARNING, name + ": connection to frontend " + peer + " failed: "
@@ -90,11 +94,12 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
-    private VhostUserServer(Path path, VhostUserBackend backend, UnixSocket listener) {
+    private VhostUserServer(Path path, VhostUserBackend backend, UnixSocket listener, SocketAccess access) {
         this.path = path;
         this.name = "vhost-user " + path;
         this.backend = backend;
         this.listener = listener;
+        this.access = access;
         this.acceptor = Thread.ofPlatform().name("vhost-user accept " + path).unstarted(this::acceptLoop);
     }
 
@@ -103,16 +108,24 @@ public final class VhostUserServer implements AutoCloseable {
      * replaced; a live one (another server) or a non-socket file is an error.
      */
     public static VhostUserServer start(Path socketPath, VhostUserBackend backend) throws IOException {
+        return start(socketPath, backend, SocketAccess.ownerOnly());
+    }
+
+    /**
+     * As {@link #start(Path, VhostUserBackend)}, with the socket file's mode/group and the peer uids served taken
+     * from {@code access}.
+     */
+    public static VhostUserServer start(Path socketPath, VhostUserBackend backend, SocketAccess access) throws IOException {
         new Handler(backend, socketPath.toString()); // validates the device's queue count, sizes and features now
         removeStaleSocket(socketPath);
         UnixSocket listener;
         try {
-            listener = UnixSocket.listen(socketPath, 4);
+            listener = UnixSocket.listen(socketPath, 4, access);
         } catch (LinuxException e) {
             throw new IOException("cannot listen on " + socketPath + ": " + e.getMessage()
                     + (e.errno() == Errno.ENOENT ? " (does its directory exist?)" : ""), e);
         }
-        VhostUserServer server = new VhostUserServer(socketPath, backend, listener);
+        VhostUserServer server = new VhostUserServer(socketPath, backend, listener, access);
         server.acceptor.start();
         LOG.log(System.Logger.Level.INFO, server.name + ": listening");
         return server;
@@ -203,14 +216,28 @@ public final class VhostUserServer implements AutoCloseable {
                 if (isClosed()) {
                     return;
                 }
-                LOG.log(System.Logger.Level.ERROR, name + ": accept failed: " + e.getMessage());
-                if (e.errno() == Errno.EMFILE || e.errno() == Errno.ENOBUFS || e.errno() == Errno.ENOMEM) {
-                    sleepQuietly(100); // resource exhaustion: back off instead of spinning
-                    continue;
-                }
-                return;
+                // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a connection that died in the
+                // backlog: the server goes on serving, backing off instead of spinning or ending.
+                errorLog.log(System.Logger.Level.ERROR, name + ": accept failed: " + e.getMessage() + "; retrying");
+                sleepQuietly(100);
+                continue;
             }
-            String peer = describePeer(socket);
+            UnixSocket.Credentials cred;
+            try {
+                cred = socket.peerCredentials();
+            } catch (LinuxException e) {
+                errorLog.log(System.Logger.Level.WARNING, name + ": refusing a frontend whose credentials cannot be read: "
+                        + e.getMessage());
+                socket.close();
+                continue;
+            }
+            if (!access.allows(cred.uid())) {
+                errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend pid " + cred.pid() + ": uid "
+                        + cred.uid() + " is not allowed (" + access + "; serve with --allow-uid to add it)");
+                socket.close();
+                continue;
+            }
+            String peer = "pid " + cred.pid() + " uid " + cred.uid();
             Session previous;
             synchronized (lock) {
                 if (closed) {
@@ -246,11 +273,28 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
-    private static String describePeer(UnixSocket s) {
-        try {
-            return "pid " + s.peerCredentials().pid();
-        } catch (LinuxException e) {
-            return "(unknown pid)";
+    /**
+     * A token bucket: bursts of up to {@link #BURST} lines, then one a second; what is dropped is counted and the
+     * count reported with the next line, so a frontend reconnecting in a loop cannot flood the log.
+     */
+    static final class RateLimit {
+        static final int BURST = 20;
+        private double tokens = BURST;
+        private long last = System.nanoTime();
+        private long suppressed;
+
+        synchronized void log(System.Logger.Level level, String message) {
+            long now = System.nanoTime();
+            tokens = Math.min(BURST, tokens + (now - last) / 1e9);
+            last = now;
+            if (tokens < 1) {
+                suppressed++;
+                return;
+            }
+            tokens -= 1;
+            String more = suppressed > 0 ? " (" + suppressed + " similar lines suppressed)" : "";
+            suppressed = 0;
+            LOG.log(level, message + more);
         }
     }
 

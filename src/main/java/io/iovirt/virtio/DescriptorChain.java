@@ -6,7 +6,10 @@ import java.util.Objects;
 
 /**
  * One request the driver made available: the buffers of a descriptor chain (indirect tables already expanded), each
- * translated to host memory and bounds-checked when the chain was popped. Device-readable buffers come first
+ * bounds-checked against guest memory when the chain was popped and kept as (region mapping, offset, length) in
+ * primitive arrays: popping allocates nothing, and a slice is made only when a caller asks for one
+ * ({@link #segment}). The arrays grow only up to the queue's chain bound ({@link Virtqueue#maxChain()}), which the
+ * device sets ({@link Virtqueue#limitChain}), so per-request state is bounded whatever the guest does. Device-readable buffers come first
  * (indices {@code 0 .. readableCount()-1}), device-writable ones after them.
  *
  * <p>Chain objects are reusable: {@link Virtqueue#pop(DescriptorChain)} overwrites one in place, so the hot path
@@ -19,7 +22,10 @@ public final class DescriptorChain {
 
     private final Virtqueue queue;
     private final int maxBuffers;
-    private MemorySegment[] segments;
+    /** Whole region mappings (shared references, not slices), offsets and lengths of each buffer. */
+    private MemorySegment[] maps;
+    private long[] offsets;
+    private long[] lengths;
     private long[] addresses;
     int count;
     int readable;
@@ -31,12 +37,14 @@ public final class DescriptorChain {
         this.queue = queue;
         this.maxBuffers = maxBuffers;
         int cap = Math.min(INITIAL_CAPACITY, maxBuffers);
-        this.segments = new MemorySegment[cap];
+        this.maps = new MemorySegment[cap];
+        this.offsets = new long[cap];
+        this.lengths = new long[cap];
         this.addresses = new long[cap];
     }
 
     void reset() {
-        Arrays.fill(segments, 0, count, null); // drop references into guest memory of the previous request
+        Arrays.fill(maps, 0, count, null); // drop references to the previous request's guest memory
         count = 0;
         readable = 0;
         readableBytes = 0;
@@ -44,17 +52,26 @@ public final class DescriptorChain {
         id = -1;
     }
 
-    /** Appends one already translated buffer; the caller checked count, direction order and total length. */
-    void append(long gpa, MemorySegment segment) {
-        if (count == segments.length) {
-            // Grows geometrically up to the queue size: amortized, so a long-running queue stops allocating.
-            int cap = Math.min(maxBuffers, segments.length * 2);
-            segments = Arrays.copyOf(segments, cap);
+    /** Appends one checked buffer; the caller checked count, direction order and total length. */
+    void append(long gpa, MemorySegment map, long offset, long length) {
+        if (count == maps.length) {
+            // Grows geometrically up to the chain bound: amortized, so a long-running queue stops allocating.
+            int cap = Math.min(maxBuffers, maps.length * 2);
+            maps = Arrays.copyOf(maps, cap);
+            offsets = Arrays.copyOf(offsets, cap);
+            lengths = Arrays.copyOf(lengths, cap);
             addresses = Arrays.copyOf(addresses, cap);
         }
-        segments[count] = segment;
+        maps[count] = map;
+        offsets[count] = offset;
+        lengths[count] = length;
         addresses[count] = gpa;
         count++;
+    }
+
+    /** Most buffers this chain holds (the queue's chain bound when it was made). */
+    public int capacity() {
+        return maxBuffers;
     }
 
     /** The queue this chain was created for. */
@@ -85,10 +102,37 @@ public final class DescriptorChain {
         return i >= readable;
     }
 
-    /** Host memory of buffer {@code i} (zero length buffers are {@link MemorySegment#NULL}), for zero-copy I/O. */
+    /**
+     * Host memory of buffer {@code i} as a new slice (zero length buffers are {@link MemorySegment#NULL}). Allocates:
+     * hot paths use {@link #length}, {@link #mapping}/{@link #offset} or {@link #hostAddress} instead.
+     */
     public MemorySegment segment(int i) {
         Objects.checkIndex(i, count);
-        return segments[i];
+        return lengths[i] == 0 ? MemorySegment.NULL : maps[i].asSlice(offsets[i], lengths[i]);
+    }
+
+    /** Length of buffer {@code i}. */
+    public long length(int i) {
+        Objects.checkIndex(i, count);
+        return lengths[i];
+    }
+
+    /** The whole guest memory region buffer {@code i} lies in (bounds-checked accesses with {@link #offset}). */
+    public MemorySegment mapping(int i) {
+        Objects.checkIndex(i, count);
+        return maps[i];
+    }
+
+    /** Offset of buffer {@code i} in its {@link #mapping}. */
+    public long offset(int i) {
+        Objects.checkIndex(i, count);
+        return offsets[i];
+    }
+
+    /** Host address of buffer {@code i}'s first byte, for iovecs (0 for an empty buffer). */
+    public long hostAddress(int i) {
+        Objects.checkIndex(i, count);
+        return lengths[i] == 0 ? 0 : maps[i].address() + offsets[i];
     }
 
     /** Guest physical address of buffer {@code i}, for diagnostics. */
@@ -105,6 +149,45 @@ public final class DescriptorChain {
     /** Total bytes of the device-writable buffers. */
     public long writableBytes() {
         return writableBytes;
+    }
+
+    /**
+     * Copies {@code len} bytes of the device-readable part, from {@code offset} into it, to {@code dst[dstOff..]}.
+     *
+     * @return bytes copied ({@code len}, or fewer when the readable part ends first)
+     */
+    public long gather(long offset, MemorySegment dst, long dstOff, long len) {
+        return copyRange(0, readable, offset, dst, dstOff, len, true);
+    }
+
+    /**
+     * Copies {@code len} bytes from {@code src[srcOff..]} into the device-writable part, from {@code offset} into it.
+     *
+     * @return bytes copied ({@code len}, or fewer when the writable part ends first)
+     */
+    public long scatter(long offset, MemorySegment src, long srcOff, long len) {
+        return copyRange(readable, count, offset, src, srcOff, len, false);
+    }
+
+    private long copyRange(int from, int to, long offset, MemorySegment other, long otherOff, long len, boolean intoOther) {
+        long done = 0;
+        long skip = offset;
+        for (int i = from; i < to && done < len; i++) {
+            long n = lengths[i];
+            if (skip >= n) {
+                skip -= n;
+                continue;
+            }
+            long k = Math.min(n - skip, len - done);
+            if (intoOther) {
+                MemorySegment.copy(maps[i], offsets[i] + skip, other, otherOff + done, k);
+            } else {
+                MemorySegment.copy(other, otherOff + done, maps[i], offsets[i] + skip, k);
+            }
+            done += k;
+            skip = 0;
+        }
+        return done;
     }
 
     /**
@@ -134,17 +217,16 @@ public final class DescriptorChain {
         long done = 0;
         long skip = offset;
         for (int i = from; i < to && done < want; i++) {
-            MemorySegment s = segments[i];
-            long n = s.byteSize();
+            long n = lengths[i];
             if (skip >= n) {
                 skip -= n;
                 continue;
             }
             long k = Math.min(n - skip, want - done);
             if (intoOther) {
-                MemorySegment.copy(s, skip, other, done, k);
+                MemorySegment.copy(maps[i], offsets[i] + skip, other, done, k);
             } else {
-                MemorySegment.copy(other, done, s, skip, k);
+                MemorySegment.copy(other, done, maps[i], offsets[i] + skip, k);
             }
             done += k;
             skip = 0;
@@ -156,7 +238,7 @@ public final class DescriptorChain {
     public String toString() {
         StringBuilder b = new StringBuilder("DescriptorChain[id=").append(id).append(", ");
         for (int i = 0; i < count; i++) {
-            b.append(i < readable ? "R" : "W").append(String.format("0x%x+%d", addresses[i], segments[i].byteSize()));
+            b.append(i < readable ? "R" : "W").append(String.format("0x%x+%d", addresses[i], lengths[i]));
             b.append(i + 1 < count ? " " : "");
         }
         return b.append(']').toString();

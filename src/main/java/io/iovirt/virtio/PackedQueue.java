@@ -154,9 +154,9 @@ public final class PackedQueue extends Virtqueue {
             throw fail(Reason.INDIRECT_NOT_NEGOTIATED, "ring position " + pos
                     + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
         }
-        if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > VirtioRing.maxChain(size)) {
+        if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > maxChain) {
             throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table at ring position " + pos + " is " + len
-                    + " bytes: must be a non-zero multiple of 16 of at most " + VirtioRing.maxChain(size) + " descriptors");
+                    + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
         }
         MemorySegment table;
         try {
@@ -189,6 +189,7 @@ public final class PackedQueue extends Virtqueue {
             flags |= DESC_F_WRITE; // §2.8.3: in a used descriptor WRITE says data was written
         }
         U16.setRelease(ring, off + DESC_FLAGS, (short) flags); // id and len visible before the flags
+        logged(config.descAddr() + off, DESC_SIZE);
         int slots = slotsById[id];
         slotsInFlight -= slots;
         nextUsed += slots;
@@ -246,6 +247,7 @@ public final class PackedQueue extends Virtqueue {
 
     private void writeDeviceEventPosition() {
         deviceEvent.set(LE16, EVENT_OFF_WRAP, (short) (nextAvail | (availWrap ? 0x8000 : 0)));
+        logged(config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES);
     }
 
     @Override
@@ -253,6 +255,7 @@ public final class PackedQueue extends Virtqueue {
         refresh();
         notificationsEnabled = false;
         deviceEvent.set(LE16, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_DISABLE);
+        logged(config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES);
     }
 
     @Override
@@ -264,6 +267,7 @@ public final class PackedQueue extends Virtqueue {
             U16.setRelease(deviceEvent, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_DESC); // position before mode
         } else {
             deviceEvent.set(LE16, EVENT_FLAGS, (short) VirtioRing.EVENT_FLAGS_ENABLE);
+            logged(config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES);
         }
         VarHandle.fullFence(); // publish the request to kick before looking at the ring again
         return hasAvailable();

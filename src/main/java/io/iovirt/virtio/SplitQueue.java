@@ -65,7 +65,7 @@ public final class SplitQueue extends Virtqueue {
         this.usedEventOffset = RING + 2L * size;
         this.availEventOffset = RING + 8L * size;
         this.visitedDirect = new int[size];
-        this.visitedIndirect = new int[VirtioRing.maxChain(size)];
+        this.visitedIndirect = new int[maxChain];
         refresh();
         this.lastAvail = config.availIndex();
         this.shadowAvail = lastAvail;
@@ -117,6 +117,7 @@ public final class SplitQueue extends Virtqueue {
         if (eventIdx && notificationsEnabled) {
             // Keep avail_event at the next entry we will look at, so a driver that adds after we go idle kicks us.
             used.set(LE16, availEventOffset, (short) lastAvail);
+            logged(config.deviceArea() + availEventOffset, 2);
         }
         return true;
     }
@@ -156,9 +157,9 @@ public final class SplitQueue extends Virtqueue {
                 if ((flags & DESC_F_NEXT) != 0) {
                     throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor " + i + " of head " + head + " also has NEXT set");
                 }
-                if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > VirtioRing.maxChain(size)) {
+                if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > maxChain) {
                     throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table of head " + head + " is " + len
-                            + " bytes: must be a non-zero multiple of 16 of at most " + VirtioRing.maxChain(size) + " descriptors");
+                            + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
                 }
                 try {
                     table = mem.translate(addr, len);
@@ -191,6 +192,10 @@ public final class SplitQueue extends Virtqueue {
         used.set(LE32, off + 4, len);
         usedIdx = (usedIdx + 1) & 0xffff;
         U16.setRelease(used, USED_IDX, (short) usedIdx); // element visible before the index
+        if (writeLog != null) {
+            logged(config.deviceArea() + off, 8);
+            logged(config.deviceArea() + USED_IDX, 2);
+        }
         if (pushedSinceDecision <= 0xffff) {
             pushedSinceDecision++;
         }
@@ -226,6 +231,7 @@ public final class SplitQueue extends Virtqueue {
         notificationsEnabled = false;
         if (!eventIdx) {
             used.set(LE16, 0, (short) VirtioRing.USED_F_NO_NOTIFY);
+            logged(config.deviceArea(), 2);
         }
         // With EVENT_IDX, avail_event simply stays behind: the driver stops kicking once it has passed it.
     }
@@ -236,8 +242,10 @@ public final class SplitQueue extends Virtqueue {
         notificationsEnabled = true;
         if (eventIdx) {
             used.set(LE16, availEventOffset, (short) lastAvail);
+            logged(config.deviceArea() + availEventOffset, 2);
         } else {
             used.set(LE16, 0, (short) 0);
+            logged(config.deviceArea(), 2);
         }
         VarHandle.fullFence(); // publish the request to kick before re-reading avail.idx
         shadowAvail = readAvailIdx();

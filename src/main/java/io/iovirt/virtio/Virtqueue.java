@@ -12,9 +12,10 @@ import java.lang.foreign.MemorySegment;
  * violation throws {@link VirtqueueException} and leaves the queue failed.
  *
  * <p>One thread owns a queue (pop, push and the notification calls); nothing here locks. The guest memory snapshot is
- * re-read at each call (one volatile read) and the ring areas re-translated only when it changed. The owner of the
- * {@link GuestMemoryHolder} must not release a replaced snapshot's mappings while the queue's thread may still use
- * chains popped from it.
+ * re-read at each call through the queue's own {@link GuestMemoryHolder.Reader} (one volatile read), which pins it;
+ * the ring areas are re-translated only when it changed. The owner unpins with {@link #releaseMemory} when nothing
+ * popped is in flight any more (the queue worker does this before it sleeps), so a replaced snapshot is unmapped
+ * only once no chain popped from it can still be used.
  *
  * <p>A worker loop that neither loses kicks nor takes needless ones:
  * <pre>{@code
@@ -43,7 +44,9 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
     final int index;
     final int size;
     final boolean eventIdx;
-    final GuestMemoryHolder memory;
+    final GuestMemoryHolder.Reader memory;
+    /** Most buffers in one chain: the spec's bound, lowered by the device ({@link #limitChain}). */
+    int maxChain;
     /** The snapshot the ring segments were translated from. */
     GuestMemory mapped;
     /** Which head indices / buffer IDs the device owns. */
@@ -59,12 +62,64 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         this.index = config.index();
         this.size = config.size();
         this.eventIdx = config.eventIdx();
-        this.memory = memory;
+        this.memory = memory.newReader();
         if (size < 1 || size > VirtioRing.MAX_QUEUE_SIZE) {
             throw fail(Reason.BAD_CONFIG, "queue size " + size + " is outside 1.." + VirtioRing.MAX_QUEUE_SIZE);
         }
         this.inFlight = new boolean[size];
-        this.ownChain = new DescriptorChain(this, VirtioRing.maxChain(size));
+        this.maxChain = VirtioRing.maxChain(size);
+        this.ownChain = new DescriptorChain(this, maxChain);
+    }
+
+    /**
+     * Lowers the chain length bound to what the device can use (virtio-blk: seg_max + 2; virtio-net: what a 64 KiB
+     * frame needs): a longer chain fails the queue (CHAIN_TOO_LONG) as soon as the walk reaches the bound, so neither
+     * walking nor holding a request costs more than that. Call before the first pop and before {@link #newChain}.
+     */
+    public final Virtqueue limitChain(int max) {
+        if (max < 1) {
+            throw new IllegalArgumentException("chain bound must be positive: " + max);
+        }
+        maxChain = Math.min(maxChain, max);
+        ownChain.reset();
+        return this;
+    }
+
+    /** The chain length bound. */
+    public final int maxChain() {
+        return maxChain;
+    }
+
+    /** Dirty logging: null unless migration asked for it. */
+    GuestWriteLog writeLog;
+
+    /**
+     * Reports every guest memory write of this queue to {@code log} from now on (null: stop). See
+     * {@link GuestWriteLog} for what is reported and when.
+     */
+    public final void setWriteLog(GuestWriteLog log) {
+        this.writeLog = log;
+    }
+
+    /** A device-side write to a ring area at guest address {@code gpa}. */
+    final void logged(long gpa, long len) {
+        GuestWriteLog l = writeLog;
+        if (l != null) {
+            l.written(gpa, len);
+        }
+    }
+
+    /**
+     * Unpins guest memory: call when no popped chain is in flight (the worker does before it sleeps). The next call
+     * pins the then current snapshot again.
+     */
+    public final void releaseMemory() {
+        memory.leave();
+    }
+
+    /** Unpins snapshots older than the current one: call when nothing popped from them is still in flight. */
+    public final void quiesceMemory() {
+        memory.quiesce();
     }
 
     /**
@@ -101,7 +156,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     /** A new chain holder for {@link #pop(DescriptorChain)}; allocate these once, not per request. */
     public final DescriptorChain newChain() {
-        return new DescriptorChain(this, VirtioRing.maxChain(size));
+        return new DescriptorChain(this, maxChain);
     }
 
     /**
@@ -142,6 +197,14 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         if (bytesWritten < 0 || bytesWritten > chain.writableBytes) {
             throw new IllegalArgumentException("virtqueue " + index + ": " + bytesWritten + " bytes written into a chain with "
                     + chain.writableBytes + " writable bytes");
+        }
+        GuestWriteLog l = writeLog;
+        if (l != null) {
+            for (int i = chain.readable; i < chain.count; i++) { // all of them: a status byte may follow a short write
+                if (chain.length(i) > 0) {
+                    l.written(chain.guestAddress(i), chain.length(i));
+                }
+            }
         }
         addUsed(chain.id, bytesWritten);
     }
@@ -210,9 +273,14 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         if (failure != null) {
             throw failure;
         }
-        GuestMemory mem = memory.get();
+        GuestMemory mem = memory.current();
         if (mem != mapped) {
-            mapRings(mem);
+            try {
+                mapRings(mem);
+            } catch (VirtqueueException e) {
+                memory.leave(); // a failed queue touches guest memory no more
+                throw e;
+            }
             mapped = mem;
         }
         return mem;
@@ -240,8 +308,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * total, and translates it through guest memory.
      */
     final void appendBuffer(DescriptorChain c, GuestMemory mem, long addr, long len, boolean writable) throws VirtqueueException {
-        if (c.count == VirtioRing.maxChain(size)) {
-            throw fail(Reason.CHAIN_TOO_LONG, "descriptor chain has more than " + VirtioRing.maxChain(size) + " buffers");
+        if (c.count == maxChain) {
+            throw fail(Reason.CHAIN_TOO_LONG, "descriptor chain has more than " + maxChain + " buffers");
         }
         if (writable) {
             c.writableBytes += len;
@@ -256,17 +324,15 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         if (c.readableBytes + c.writableBytes > VirtioRing.MAX_CHAIN_BYTES) {
             throw fail(Reason.CHAIN_TOO_LARGE, "descriptor chain describes more than 2^32 bytes");
         }
-        MemorySegment seg;
         if (len == 0) {
-            seg = MemorySegment.NULL; // nothing to access, so the address does not matter
-        } else {
-            try {
-                seg = mem.translate(addr, len);
-            } catch (GuestMemoryFault f) {
-                throw fail(Reason.BUFFER_OUTSIDE_MEMORY, String.format("buffer 0x%x+0x%x is outside guest memory", addr, len));
-            }
+            c.append(addr, MemorySegment.NULL, 0, 0); // nothing to access, so the address does not matter
+            return;
         }
-        c.append(addr, seg);
+        int region = mem.find(addr, len);
+        if (region < 0) {
+            throw fail(Reason.BUFFER_OUTSIDE_MEMORY, String.format("buffer 0x%x+0x%x is outside guest memory", addr, len));
+        }
+        c.append(addr, mem.mapping(region), mem.offset(region, addr), len);
     }
 
     /** Records the failure (the queue stays failed) and returns it for the caller to throw. */

@@ -154,6 +154,11 @@ public final class RunningGuest implements AutoCloseable {
                 Duration.ofNanos(System.nanoTime() - startNanos));
     }
 
+    /** When QEMU died from a signal: the signal and gdb's backtrace of its core; "" while it runs or after a normal exit. */
+    public String crashReport() {
+        return qemu.crashReport();
+    }
+
     /** SIGKILL to QEMU, as a host crash or an OOM kill would do; waits until it is gone. */
     public void kill() {
         qemu.kill();

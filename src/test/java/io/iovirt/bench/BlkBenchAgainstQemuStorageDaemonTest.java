@@ -45,7 +45,7 @@ class BlkBenchAgainstQemuStorageDaemonTest extends BlkBenchContract {
                 "--blockdev", "driver=raw,node-name=disk0,file=dbg",
                 "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
                         + ",writable=on,num-queues=1");
-        try (ChildProcess eio = ChildProcess.builder(cmd).name("qsd-eio").log(dir.resolve("eio.log"))
+        try (ChildProcess eio = ChildProcess.builder(cmd).name("qsd-eio").log(dir.resolve("eio.log")).directory(dir)
                 .lifetime(Duration.ofMinutes(5)).startListening(sock, Duration.ofSeconds(30))) {
             IOException e = assertThrows(IOException.class, () -> BlkBench.run(new BlkBenchOptions(sock,
                     BlkBenchOptions.Pattern.RANDREAD, 4096, 4, 1, 0, 1, 256, false, false, true, false, 5)));

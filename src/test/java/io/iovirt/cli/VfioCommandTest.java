@@ -34,7 +34,7 @@ class VfioCommandTest {
     void nvmeWithoutAnActionIsAUsageError() {
         Run r = run("vfio", "nvme", "01:00.0");
         assertEquals(2, r.rc());
-        assertTrue(r.err().contains("identify, read, write, bench or iommu-check"), r.err());
+        assertTrue(r.err().contains("a subcommand is required: identify, read, write, bench, iommu-check"), r.err());
     }
 
     @Test

@@ -404,7 +404,7 @@ class DaemonApiTest {
         bad(RpcException.EXISTS, "nbd.add", "id", "nbd0", "image", image("m.raw", 1 << 20).toString(), "socket", dir.resolve("m.sock").toString());
         bad(RpcException.EXISTS, "nbd.add", "image", image("k.raw", 1 << 20).toString(), "socket", sock.toString());
         bad(RpcException.INVALID_PARAMS, "nbd.add", "image", img.toString());
-        bad(RpcException.INVALID_PARAMS, "nbd.add", "image", img.toString(), "socket", "s", "format", "vmdk");
+        bad(RpcException.INVALID_PARAMS, "nbd.add", "image", image("f.raw", 1 << 20).toString(), "socket", "s", "format", "floppy");
         bad(RpcException.FAILED, "nbd.add", "image", dir.resolve("none.raw").toString(), "socket", dir.resolve("x.sock").toString());
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
         Process p = new ProcessBuilder("qemu-io", "--image-opts",

@@ -133,8 +133,13 @@ class LibvirtGuestTest {
         try (ChildProcess daemon = ChildProcess.builder(as(SVC, Map.of(), java, "--enable-native-access=ALL-UNNAMED",
                         "-XX:+UseSerialGC", "-cp", String.join(":", cpEntries), "io.iovirt.cli.Main", "daemon",
                         "--control", control.toString(), "--socket-group", GROUP))
-                .name("iovirt daemon as " + SVC).log(dir.resolve("daemon.log")).startListening(control, Duration.ofSeconds(60));
-             RpcClient ctl = RpcClient.connect(control, Duration.ofSeconds(60))) {
+                .name("iovirt daemon as " + SVC).log(dir.resolve("daemon.log")).startListening(control, Duration.ofSeconds(60))) {
+            // a connection per request: the daemon drops control clients idle for 60 s, and the guest boot takes longer
+            Rpc ctl = (method, params) -> {
+                try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(60))) {
+                    return c.call(method, params);
+                }
+            };
             assertEquals(uid(SVC), statusUid(daemon.pid()), "the daemon is not running as " + SVC);
             ctl.call("blk.add", Map.of("id", "disk", "image", disk.toString(), "socket", run.resolve("disk.sock").toString()));
             ctl.call("net.add", Map.of("id", "sw"));
@@ -270,5 +275,10 @@ class LibvirtGuestTest {
 
     static String sha256(byte[] d) throws Exception {
         return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(d));
+    }
+
+    @FunctionalInterface
+    interface Rpc {
+        Object call(String method, Map<String, Object> params) throws Exception;
     }
 }

@@ -32,6 +32,26 @@ public final class Await {
         value(timeout, what, () -> condition.getAsBoolean() ? Optional.of(Boolean.TRUE) : Optional.empty());
     }
 
+    /**
+     * As {@link #until(Duration, String, BooleanSupplier)} while {@code process} (QEMU, qemu-storage-daemon, a backend)
+     * must stay alive: fails at once if it exits first, and every failure carries the tail of its log and, if it died
+     * from a signal, gdb's backtrace of its core.
+     */
+    public static void until(Duration timeout, String what, io.iovirt.vm.ChildProcess process, BooleanSupplier condition) {
+        Supplier<String> state = () -> process + (process.isAlive() ? " is running" : " exited with "
+                + process.exitValue()) + "; its log ends:\n" + process.logTail(30)
+                + (process.crashReport().isEmpty() ? "" : "\n" + process.crashReport());
+        until(timeout, () -> what + "; " + state.get(), () -> {
+            if (condition.getAsBoolean()) {
+                return true;
+            }
+            if (!process.isAlive()) {
+                throw new AssertionError(what + ": " + state.get());
+            }
+            return false;
+        });
+    }
+
     /** Polls {@code probe} until it yields a value and returns it; fails after {@code timeout}. */
     public static <T> T value(Duration timeout, String what, Supplier<Optional<T>> probe) {
         return value(timeout, () -> what, probe);

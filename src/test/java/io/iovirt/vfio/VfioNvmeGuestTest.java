@@ -31,7 +31,8 @@ import org.junit.jupiter.api.io.TempDir;
  */
 /*
  * QEMU's SIGSEGV in this test (issue 8: QEMU 7.2 TCG on an Intel host with a PVM /dev/kvm, during the bench + SIGTERM
- * step): not reproduced on this project's AMD EPYC machine in 4 runs (multi-threaded TCG, -smp 2). The driver's
+ * step): not reproduced on this project's AMD EPYC machine in 4 runs under multi-threaded TCG (-smp 2) and 1 with
+ * IOVIRT_TCG_THREAD=single (-accel tcg,thread=single, the workaround to try if it recurs under MTTCG). The driver's
  * shutdown now quiesces before it disables the controller (see NvmeController.close() and the assertion on the
  * terminating line below), and a QEMU that dies from a signal puts gdb's backtrace of its core into the failure
  * message (io.iovirt.vm.CoreDump), so the next crash names QEMU's function in the CI log.

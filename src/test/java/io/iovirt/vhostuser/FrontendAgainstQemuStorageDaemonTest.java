@@ -1,5 +1,7 @@
 package io.iovirt.vhostuser;
 
+import io.iovirt.testing.Await;
+import io.iovirt.vm.ChildProcess;
 import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -44,7 +46,7 @@ class FrontendAgainstQemuStorageDaemonTest {
 
     @Test
     void negotiatesAndMovesDataThroughARealBackend() throws Exception {
-        Require.that(ChildProcess.installed("qemu-storage-daemon"), "qemu-storage-daemon is not installed (apt-get install qemu-system-x86)");
+        Require.program("qemu-storage-daemon", "apt-get install qemu-system-x86");
         Path image = dir.resolve("disk.raw");
         byte[] sector0 = new byte[512];
         for (int i = 0; i < 512; i++) {
@@ -57,12 +59,13 @@ class FrontendAgainstQemuStorageDaemonTest {
             ch.write(ByteBuffer.wrap(new byte[1]), DISK - 1);
         }
         Path sock = dir.resolve("qsd.sock");
-        try (ChildProcess qsd = ChildProcess.start(dir, "qemu-storage-daemon", List.of("qemu-storage-daemon",
+        try (ChildProcess qsd = ChildProcess.builder(List.of("qemu-storage-daemon",
                 "--blockdev", "driver=file,node-name=file0,filename=" + image,
                 "--blockdev", "driver=raw,node-name=disk0,file=file0",
                 "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
-                        + ",writable=on,num-queues=1"))) {
-            qsd.await("socket " + sock, Duration.ofSeconds(60), () -> Files.exists(sock));
+                        + ",writable=on,num-queues=1")).name("qemu-storage-daemon").log(dir.resolve("qsd.log"))
+                .directory(dir).start()) {
+            Await.until(Duration.ofSeconds(60), "qemu-storage-daemon listens on " + sock, qsd, () -> Files.exists(sock));
             try (VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(30));
                  FrontendMemory ram = FrontendMemory.allocate(0, 1 << 20);
                  EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true); Epoll ep = Epoll.create(1)) {

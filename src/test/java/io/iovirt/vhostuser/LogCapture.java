@@ -7,20 +7,31 @@ import java.util.logging.Level;
 import java.util.logging.LogRecord;
 import java.util.logging.Logger;
 
-/** Collects what the vhost-user package logs (System.Logger goes to java.util.logging here). */
-final class LogCapture extends Handler implements AutoCloseable {
-    private static final Logger LOGGER = Logger.getLogger("io.iovirt.vhostuser");
+/** Collects what a package logs (System.Logger goes to java.util.logging here), parameters filled in. */
+public final class LogCapture extends Handler implements AutoCloseable {
+    private final Logger logger;
     final LinkedBlockingQueue<String> lines = new LinkedBlockingQueue<>();
+    private final java.util.logging.Formatter formatter = new java.util.logging.SimpleFormatter();
 
-    static LogCapture start() {
-        LogCapture c = new LogCapture();
+    private LogCapture(String name) {
+        this.logger = Logger.getLogger(name);
+    }
+
+    /** What the vhost-user package logs. */
+    public static LogCapture start() {
+        return start("io.iovirt.vhostuser");
+    }
+
+    /** What {@code loggerName} and the loggers below it log (e.g. {@code "io.iovirt"}: everything). */
+    public static LogCapture start(String loggerName) {
+        LogCapture c = new LogCapture(loggerName);
         c.setLevel(Level.ALL);
-        LOGGER.addHandler(c);
+        c.logger.addHandler(c);
         return c;
     }
 
     /** The next logged line containing {@code text}. */
-    String awaitLine(String text) throws InterruptedException {
+    public String awaitLine(String text) throws InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
         StringBuilder seen = new StringBuilder();
         while (System.nanoTime() < deadline) {
@@ -38,7 +49,7 @@ final class LogCapture extends Handler implements AutoCloseable {
     @Override
     public void publish(LogRecord r) {
         if (r.getLevel().intValue() >= Level.INFO.intValue()) {
-            lines.add(r.getMessage());
+            lines.add(formatter.formatMessage(r));
         }
     }
 
@@ -48,6 +59,6 @@ final class LogCapture extends Handler implements AutoCloseable {
 
     @Override
     public void close() {
-        LOGGER.removeHandler(this);
+        logger.removeHandler(this);
     }
 }

@@ -1,5 +1,7 @@
 package io.iovirt.vhostuser;
 
+import io.iovirt.testing.Await;
+import io.iovirt.vm.ChildProcess;
 import io.iovirt.testing.Require;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -39,12 +41,12 @@ class ServerAgainstQemuTest {
                 "-nodefaults", "-display", "none", "-serial", "none", "-monitor", "none", "-nic", "none",
                 "-chardev", "socket,id=c0,path=" + sock,
                 "-device", "vhost-user-blk-pci,chardev=c0,num-queues=1"));
-        return ChildProcess.start(dir, name, cmd);
+        return ChildProcess.builder(cmd).name(name).log(dir.resolve(name + ".log")).directory(dir).start();
     }
 
     @Test
     void qemuNegotiatesStartsTheQueueAndReconnects() throws Exception {
-        Require.that(ChildProcess.installed("qemu-system-x86_64"), "QEMU is not installed (apt-get install qemu-system-x86)");
+        Require.program("qemu-system-x86_64", "apt-get install qemu-system-x86");
         Path sock = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(1);
         List<String> messages = new ArrayList<>();
@@ -76,7 +78,7 @@ class ServerAgainstQemuTest {
         try (VhostUserServer server = VhostUserServer.start(sock, backend)) {
             for (int run = 1; run <= 2; run++) {
                 try (ChildProcess q = qemu(sock, "qemu-" + run)) {
-                    q.await("queue start", Duration.ofSeconds(120), () -> backend.running.containsKey(0));
+                    Await.until(Duration.ofSeconds(120), "QEMU starts queue 0", q, () -> backend.running.containsKey(0));
                     VringSetup s = backend.running.get(0);
                     GuestMemory mem = s.memory().get();
                     assertTrue(mem.regionCount() >= 1, mem.toString());
@@ -84,8 +86,8 @@ class ServerAgainstQemuTest {
                     assertTrue(mem.contains(s.availGpa(), 6 + 2L * s.size()));
                     assertTrue(mem.contains(s.usedGpa(), 6 + 8L * s.size()));
                     assertTrue(Features.has(backend.acked, Features.VIRTIO_F_VERSION_1), Long.toHexString(backend.acked));
-                    assertTrue(q.isAlive(), "QEMU accepted the backend:\n" + q.output());
-                    assertFalse(q.output().contains("vhost"), q.output());
+                    assertTrue(q.isAlive(), "QEMU accepted the backend:\n" + q.log());
+                    assertFalse(q.log().contains("vhost"), q.log());
                 }
                 backend.await("queueStopped 0"); // QEMU was killed with the queue running
                 assertTrue(server.awaitIdle(Duration.ofSeconds(30)));

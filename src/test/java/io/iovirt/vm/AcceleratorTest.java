@@ -52,7 +52,7 @@ class AcceleratorTest {
         assertTrue(s.reason().contains("no hardware virtualization") && s.reason().contains("PVM"), s.reason());
         Decision d = Accelerator.decide(Mode.AUTO, s);
         assertEquals(Kind.TCG, d.kind());
-        assertEquals(List.of("-accel", "tcg"), d.qemuArgs());
+        assertEquals(List.of("-accel", Accelerator.tcgOption(System.getenv(Accelerator.TCG_THREAD_ENV))), d.qemuArgs());
         assertFalse(d.mayFallBack());
         assertTrue(d.describe().startsWith("TCG (KVM unusable: /dev/kvm works but the CPU has no hardware"), d.describe());
     }
@@ -99,6 +99,16 @@ class AcceleratorTest {
         assertEquals(Kind.TCG, d.kind());
         assertFalse(d.mayFallBack());
         assertTrue(d.describe().contains("KVM internal error") && d.describe().contains("under TCG"), d.describe());
+    }
+
+    @Test
+    void tcgThreading() {
+        assertEquals("tcg", Accelerator.tcgOption(null));
+        assertEquals("tcg", Accelerator.tcgOption(""));
+        assertEquals("tcg,thread=single", Accelerator.tcgOption("single"));
+        assertEquals("tcg,thread=multi", Accelerator.tcgOption("MULTI"));
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Accelerator.tcgOption("two"));
+        assertTrue(e.getMessage().contains("IOVIRT_TCG_THREAD=two"), e.getMessage());
     }
 
     @Test

@@ -2,6 +2,7 @@ package io.iovirt.devices.blk;
 
 import static io.iovirt.devices.blk.BlkRequests.*;
 
+import io.iovirt.linux.EventFd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
@@ -12,6 +13,8 @@ import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
 import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.QueueConfig;
+import io.iovirt.virtio.QueueWorker;
+import io.iovirt.virtio.RingHandler;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
 import java.lang.System.Logger.Level;
@@ -19,8 +22,9 @@ import java.nio.charset.StandardCharsets;
 
 /**
  * A virtio-blk device (VIRTIO 1.2 §5.2) over a raw image, served through vhost-user. Each queue runs on its own
- * thread ({@link BlkQueueWorker}) with its own I/O state (and its own io_uring); queues share only the image
- * descriptor and counters.
+ * {@link QueueWorker} with one of two engines — {@link SyncEngine} (one request at a time) or {@link UringEngine}
+ * (queue-size requests in flight through the queue's own io_uring) — and its own I/O state; queues share only the
+ * image descriptor and counters. Chains are bounded by seg_max + 2 (header and status), segments by size_max.
  *
  * <p>Called by the protocol layer from one control thread; the workers never call back into it.
  */
@@ -52,8 +56,9 @@ public final class BlkDevice implements VhostUserBackend {
     private final BlkStats[] queueStats;
     /** The frontend's backend channel while one is connected (resize notifications). */
     private volatile io.iovirt.vhostuser.BackendChannel backendChannel;
-    private final BlkQueueWorker[] workers;
-    private final VringSetup[] setups;
+    private final QueueWorker[] workers;
+    private final Virtqueue[] vqs;
+    private final boolean[] failed;
     /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
     private final boolean ioUring;
     private final String ioDescription;
@@ -86,12 +91,13 @@ public final class BlkDevice implements VhostUserBackend {
         this.serial = java.util.Arrays.copyOf(id, ID_BYTES); // NUL-padded, as the spec allows
         this.config = new BlkConfig(image.size() >>> SECTOR_SHIFT, image.blockSize(), limits.segMax(), limits.sizeMax(),
                 queues, limits.maxDiscardSectors(), limits.maxDiscardSegments());
-        this.workers = new BlkQueueWorker[queues];
+        this.workers = new QueueWorker[queues];
         this.queueStats = new BlkStats[queues];
         for (int i = 0; i < queues; i++) {
             queueStats[i] = new BlkStats();
         }
-        this.setups = new VringSetup[queues];
+        this.vqs = new Virtqueue[queues];
+        this.failed = new boolean[queues];
         String unavailable = engine == IoEngine.SYNC ? null : IoUring.unavailableReason();
         switch (engine) {
             case SYNC -> {
@@ -143,7 +149,7 @@ public final class BlkDevice implements VhostUserBackend {
     /** Queues being served now. */
     public int runningQueues() {
         int n = 0;
-        for (BlkQueueWorker w : workers) {
+        for (QueueWorker w : workers) {
             if (w != null) {
                 n++;
             }
@@ -261,14 +267,22 @@ public final class BlkDevice implements VhostUserBackend {
             throw new BackendException("queue " + index + ": polling mode without a kick eventfd is not supported");
         }
         try {
-            Virtqueue q = Virtqueue.create(qc, setup.memory());
+            Virtqueue q = Virtqueue.create(qc, setup.memory()).limitChain(limits.segMax() + 2);
             BlkStats stats = queueStats[index];
-            BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
             String queueName = "blk " + name + " q" + index;
-            BlkQueueWorker w = new BlkQueueWorker(queueName, q, handler, setup.kick(), setup.call(), setup.err(), stats,
-                    ioUring ? newRing(queueName, q.size()) : null);
+            QueueWorker w;
+            try {
+                w = newWorker(queueName, q, new BlkQueueHandler(image, limits, serial, stats), setup.kick(), setup.call(),
+                        setup.err(), stats, ioUring ? newRing(queueName, q.size()) : null, reason -> markFailed(index));
+            } catch (LinuxException | RuntimeException e) {
+                q.releaseMemory();
+                throw e;
+            }
+            synchronized (failed) {
+                failed[index] = false;
+            }
             workers[index] = w;
-            setups[index] = setup;
+            vqs[index] = q;
             w.start();
         } catch (VirtqueueException e) {
             throw new BackendException("queue " + index + ": " + e.getMessage());
@@ -277,10 +291,39 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
+    /**
+     * The worker of one queue, not started: synchronous I/O when {@code ring} is null, else through {@code ring},
+     * which the worker then owns.
+     */
+    static QueueWorker newWorker(String name, Virtqueue q, BlkQueueHandler handler, EventFd kick, EventFd call,
+                                 EventFd err, BlkStats stats, IoUring ring, QueueWorker.FailureListener onFailure)
+            throws LinuxException {
+        QueueWorker.Builder b = QueueWorker.builder(name).kick(kick).err(err).onFailure(reason -> {
+            stats.queueFailures.increment();
+            onFailure.failed(reason);
+        });
+        RequestLog log = new RequestLog(name);
+        if (ring == null) {
+            return b.build(new RingHandler(q, call, SYNC_BATCH, new SyncEngine(handler, log)));
+        }
+        UringEngine engine = new UringEngine(q, handler, call, log, ring);
+        engine.register(b);
+        return b.build(engine);
+    }
+
+    /** Requests a synchronous queue pops before it pushes them and decides on one interrupt. */
+    static final int SYNC_BATCH = 16;
+
+    private void markFailed(int index) {
+        synchronized (failed) {
+            failed[index] = true;
+        }
+    }
+
     /** One operation per queue entry; null (synchronous I/O) when the kernel refuses a ring now, e.g. ENOMEM. */
     private IoUring newRing(String queueName, int size) {
         try {
-            return IoUring.create(BlkQueueWorker.ringEntries(size));
+            return IoUring.create(UringEngine.ringEntries(size));
         } catch (LinuxException e) {
             LOG.log(Level.WARNING, "{0}: serving with synchronous I/O: {1}", queueName, IoUring.explain(e));
             return null;
@@ -289,44 +332,29 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public int queueStopped(int index) {
-        BlkQueueWorker w = workers[index];
+        QueueWorker w = workers[index];
         if (w == null) {
             return 0;
         }
         w.stop();
         workers[index] = null;
-        setups[index] = null;
-        return w.vringBase();
+        Virtqueue q = vqs[index];
+        vqs[index] = null;
+        return q.vringBase();
     }
 
-    /**
-     * Queues read the memory snapshot per batch; to guarantee none still holds a buffer of the old one when this
-     * returns, each running queue is stopped (drained: its requests in flight complete first) and restarted where it
-     * left off, on the new memory.
-     */
+    /** The queues pin the snapshot they work from and let go before they sleep: nothing to wait for here. */
     @Override
     public void memoryChanged(GuestMemory memory) {
-        for (int i = 0; i < queues; i++) {
-            BlkQueueWorker w = workers[i];
-            if (w == null) {
-                continue;
-            }
-            VringSetup setup = setups[i];
-            int base = queueStopped(i);
-            try {
-                queueStarted(i, new VringSetup(setup.index(), setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(),
-                        base, setup.features(), setup.kick(), setup.call(), setup.err(), setup.memory()));
-            } catch (BackendException e) {
-                LOG.log(Level.ERROR, "blk {0} q{1}: cannot resume after the memory table changed: {2}", name, i, e.getMessage());
-            }
-        }
     }
 
     @Override
     public int deviceStatus() {
-        for (BlkQueueWorker w : workers) {
-            if (w != null && w.failure() != null) {
-                return DEVICE_NEEDS_RESET;
+        synchronized (failed) {
+            for (boolean f : failed) {
+                if (f) {
+                    return DEVICE_NEEDS_RESET;
+                }
             }
         }
         return 0;
@@ -336,6 +364,9 @@ public final class BlkDevice implements VhostUserBackend {
     public void reset() {
         for (int i = 0; i < queues; i++) {
             queueStopped(i);
+        }
+        synchronized (failed) {
+            java.util.Arrays.fill(failed, false);
         }
         acked = 0;
     }

@@ -259,6 +259,10 @@ final class BlkQueueHandler implements AutoCloseable {
         DescriptorChain chain = r.chain;
         long left = len;
         for (int i = chain.readableCount(); i < chain.count() && left > 0; i++) {
+            if (chain.length(i) > limits.sizeMax()) {
+                fail(r, "read segment of " + chain.length(i) + " bytes exceeds size_max " + limits.sizeMax());
+                return;
+            }
             MemorySegment s = chain.segment(i);
             long n = Math.min(left, s.byteSize());
             if (!io.add(n == s.byteSize() ? s : s.asSlice(0, n))) {
@@ -286,6 +290,10 @@ final class BlkQueueHandler implements AutoCloseable {
         io.clear();
         long skip = HEADER_BYTES; // the header may share a buffer with data (the spec allows any framing)
         for (int i = 0; i < chain.readableCount(); i++) {
+            if (chain.length(i) > limits.sizeMax()) {
+                fail(r, "write segment of " + chain.length(i) + " bytes exceeds size_max " + limits.sizeMax());
+                return;
+            }
             MemorySegment s = chain.segment(i);
             if (skip >= s.byteSize()) {
                 skip -= s.byteSize();

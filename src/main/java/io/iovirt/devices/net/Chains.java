@@ -16,20 +16,7 @@ final class Chains {
      * {@code dst[dstOff..]}. The caller checked that {@code at + len <= c.readableBytes()}.
      */
     static void gather(DescriptorChain c, long at, MemorySegment dst, long dstOff, long len) {
-        int n = c.readableCount();
-        for (int i = 0; i < n && len > 0; i++) {
-            MemorySegment s = c.segment(i);
-            long size = s.byteSize();
-            if (at >= size) {
-                at -= size;
-                continue;
-            }
-            long k = Math.min(size - at, len);
-            MemorySegment.copy(s, at, dst, dstOff, k);
-            dstOff += k;
-            len -= k;
-            at = 0;
-        }
+        c.gather(at, dst, dstOff, len);
     }
 
     /**
@@ -37,19 +24,6 @@ final class Chains {
      * bytes into it. The caller checked that {@code at + len <= c.writableBytes()}.
      */
     static void scatter(DescriptorChain c, long at, MemorySegment src, long srcOff, long len) {
-        int n = c.count();
-        for (int i = c.readableCount(); i < n && len > 0; i++) {
-            MemorySegment s = c.segment(i);
-            long size = s.byteSize();
-            if (at >= size) {
-                at -= size;
-                continue;
-            }
-            long k = Math.min(size - at, len);
-            MemorySegment.copy(src, srcOff, s, at, k);
-            srcOff += k;
-            len -= k;
-            at = 0;
-        }
+        c.scatter(at, src, srcOff, len);
     }
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.net;
 
 import static java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
@@ -20,6 +21,13 @@ import java.lang.foreign.MemorySegment;
  * frames for different guests, or different queues of one guest, are copied in parallel), and interrupts the guest
  * once at the end of its burst ({@link #flush}). When the guest has no buffer posted the frame is dropped and
  * counted at once; the switch never waits for a guest.
+ *
+ * <p>The guest's call eventfd is never written under the lock: the decision to interrupt is made under it, the write
+ * happens after it is released (a frontend that makes its eventfd blocking and full holds the sending thread only
+ * until the eventfd watchdog drains it, and never holds other senders). Stopping waits for such writes, so the
+ * descriptor is not closed under them. Anything that goes wrong with this guest's ring or memory on the sender's
+ * thread — a broken ring, a SIGBUS (InternalError) because the frontend truncated its memory file — fails this
+ * receive queue (NEEDS_RESET, one log line), never the sending port.
  *
  * <p>Buffers too small for a frame (without MRG_RXBUF: one chain must hold header and frame; with it, at most
  * {@link #MAX_BUFFERS} chains) are returned to the guest unused (length 0, which Linux counts as a length error
@@ -47,6 +55,10 @@ final class NetRxQueue {
     private boolean running;
     /** Frames delivered since the driver's notification state was last checked. */
     private int unnotified;
+    /** Senders writing the call eventfd outside the lock; {@link #stop} waits for them. */
+    private int signalling;
+    private VirtioNetPort port;
+    private EventFd err;
 
     NetRxQueue(int index, String name, Counters tx) {
         this.index = index;
@@ -54,7 +66,8 @@ final class NetRxQueue {
         this.tx = tx;
     }
 
-    void start(Virtqueue q, EventFd callFd, int hdrSize, boolean mrgRxBuf) {
+    void start(VirtioNetPort owner, Virtqueue q, EventFd callFd, EventFd errFd, int hdrSize, boolean mrgRxBuf) {
+        q.limitChain(VirtioNetPort.MAX_CHAIN);
         DescriptorChain[] cs = new DescriptorChain[mrgRxBuf ? MAX_BUFFERS : 1];
         for (int i = 0; i < cs.length; i++) {
             cs[i] = q.newChain();
@@ -62,6 +75,8 @@ final class NetRxQueue {
         synchronized (lock) {
             vq = q;
             call = callFd;
+            err = errFd;
+            port = owner;
             unnotified = 0;
             chains = cs;
             headerSize = hdrSize;
@@ -74,10 +89,26 @@ final class NetRxQueue {
     int stop() {
         synchronized (lock) {
             running = false;
+            boolean interrupted = false;
+            while (signalling > 0) { // bounded: a blocked eventfd write is ended by the watchdog
+                try {
+                    lock.wait();
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
             Virtqueue q = vq;
             vq = null;
             call = null;
-            return q == null ? 0 : q.vringBase();
+            err = null;
+            if (q == null) {
+                return 0;
+            }
+            q.releaseMemory();
+            return q.vringBase();
         }
     }
 
@@ -87,15 +118,9 @@ final class NetRxQueue {
         }
     }
 
-    /** Waits until no frame is being copied with the previous memory table (the caller already installed the new). */
-    void memoryBarrier() {
-        synchronized (lock) {
-            // nothing: taking the lock proves no copy is in progress
-        }
-    }
-
     /** Copies one frame into the guest's buffers, or counts why not. Any thread; never blocks on the guest. */
     void transmit(Frame f) {
+        EventFd toSignal = null;
         synchronized (lock) {
             if (!running) {
                 tx.increment(PortStat.TX_DROPPED_LINK_DOWN);
@@ -107,38 +132,81 @@ final class NetRxQueue {
                 }
                 // the interrupt waits for the sender's end of burst (flush), but not for ever
                 if (++unnotified >= MAX_UNNOTIFIED) {
-                    notifyGuest();
+                    toSignal = decideInterrupt();
                 }
-            } catch (VirtqueueException e) {
-                running = false; // the queue stays failed until the frontend restarts it
+            } catch (VirtqueueException | RuntimeException | Error e) {
                 tx.increment(PortStat.TX_DROPPED_ERROR);
-                log.warn(name + " rx queue " + index + ": " + e.getMessage());
-            } catch (LinuxException e) {
-                log.warn(name + " rx queue " + index + ": cannot interrupt the guest: " + e.getMessage());
+                toSignal = failLocked(e);
             }
         }
+        signal(toSignal);
     }
 
     /** Interrupts the guest for what was delivered since the last time, if its driver wants that. */
     void flush() {
+        EventFd toSignal = null;
         synchronized (lock) {
-            if (running && unnotified > 0) {
+            if (running) {
                 try {
-                    notifyGuest();
-                } catch (VirtqueueException e) {
-                    running = false;
-                    log.warn(name + " rx queue " + index + ": " + e.getMessage());
-                } catch (LinuxException e) {
-                    log.warn(name + " rx queue " + index + ": cannot interrupt the guest: " + e.getMessage());
+                    if (unnotified > 0) {
+                        toSignal = decideInterrupt();
+                    }
+                    vq.releaseMemory(); // end of the sender's burst: nothing of this ring is in use
+                } catch (VirtqueueException | RuntimeException | Error e) {
+                    toSignal = failLocked(e);
                 }
             }
         }
+        signal(toSignal);
     }
 
-    private void notifyGuest() throws VirtqueueException, LinuxException {
+    /** Under the lock: the call eventfd to write after unlocking (counted in {@link #signalling}), or null. */
+    private EventFd decideInterrupt() throws VirtqueueException {
         unnotified = 0;
-        if (vq.needsNotification()) {
-            call.signal();
+        if (call != null && vq.needsNotification()) {
+            signalling++;
+            return call;
+        }
+        return null;
+    }
+
+    /**
+     * Under the lock: this receive queue fails (the guest's fault, whatever thread found out); returns the err
+     * eventfd to write after unlocking, or null.
+     */
+    private EventFd failLocked(Throwable e) {
+        running = false; // the queue stays failed until the frontend restarts it
+        if (vq != null) {
+            vq.releaseMemory();
+        }
+        if (port != null) {
+            port.queueFailed(index, io.iovirt.virtio.QueueWorker.describe(e));
+        }
+        if (err != null) {
+            signalling++;
+            return err;
+        }
+        return null;
+    }
+
+    /** Writes a guest's eventfd outside the lock, never blocking for long; a full one is counted and logged. */
+    private void signal(EventFd e) {
+        if (e == null) {
+            return;
+        }
+        try {
+            if (!e.trySignal()) {
+                log.warn(name + " rx queue " + index + ": the frontend's eventfd is full or was made blocking;"
+                        + " interrupt dropped");
+            }
+        } catch (LinuxException | RuntimeException x) {
+            log.warn(name + " rx queue " + index + ": cannot interrupt the guest: " + x.getMessage());
+        } finally {
+            synchronized (lock) {
+                if (--signalling == 0) {
+                    lock.notifyAll();
+                }
+            }
         }
     }
 

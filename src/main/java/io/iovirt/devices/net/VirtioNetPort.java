@@ -16,6 +16,8 @@ import io.iovirt.vhostuser.VhostUserBackend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.QueueConfig;
+import io.iovirt.virtio.QueueWorker;
+import io.iovirt.virtio.RingHandler;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
 import java.io.IOException;
@@ -48,6 +50,12 @@ import java.util.Objects;
 public final class VirtioNetPort extends Port implements VhostUserBackend {
     /** Largest ring this device accepts (the spec's maximum). */
     public static final int MAX_QUEUE_SIZE = 32768;
+    /**
+     * Most buffers in one chain, on either ring: a 64 KiB frame plus its header in page-sized pieces needs 18 (Linux
+     * uses at most MAX_SKB_FRAGS + 2 = 19); DPDK may chain small mbufs, so a margin. Longer chains fail the queue
+     * as soon as the walk reaches the bound, which keeps per-request state small whatever the guest builds.
+     */
+    public static final int MAX_CHAIN = 256;
     private static final long RING_FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_F_RING_PACKED
             | Features.VIRTIO_RING_F_EVENT_IDX | Features.VIRTIO_RING_F_INDIRECT_DESC;
 
@@ -79,7 +87,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     private final Options options;
     private final Object control = new Object();
     private NetRxQueue[] rxQueues;
-    private final NetTxQueue[] txQueues;
+    private final QueueWorker[] txWorkers;
+    private final Virtqueue[] txRings;
     private Ingress[] txIngress; // per transmit queue (the port's rx side), kept across reconnects
     private Ingress announceIngress;
     private Frame announceFrame;
@@ -96,12 +105,40 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     public VirtioNetPort(Options options) {
         super("vhost-user:" + options.socket());
         this.options = options;
-        this.txQueues = new NetTxQueue[options.queuePairs()];
+        this.txWorkers = new QueueWorker[options.queuePairs()];
+        this.txRings = new Virtqueue[options.queuePairs()];
         this.guestMac = options.mac();
     }
 
     public VirtioNetPort(Path socket) {
         this(Options.of(socket));
+    }
+
+    private io.iovirt.linux.SocketAccess access = io.iovirt.linux.SocketAccess.ownerOnly();
+
+    private boolean pin;
+
+    /**
+     * Pins the guest's source MAC to the configured one ({@link Options#mac()}): frames from any other source are
+     * dropped, so the guest cannot spoof other stations or fill the MAC table.
+     */
+    public VirtioNetPort pinSource(boolean on) {
+        if (on && options.mac() == -1) {
+            throw new IllegalArgumentException("pinning the source MAC needs a configured MAC (mac=...)");
+        }
+        this.pin = on;
+        return this;
+    }
+
+    @Override
+    protected long pinnedSource() {
+        return pin ? options.mac() : -1;
+    }
+
+    /** The socket file's mode/group and the frontend uids served (before the port is added to a switch). */
+    public VirtioNetPort withAccess(io.iovirt.linux.SocketAccess a) {
+        this.access = java.util.Objects.requireNonNull(a);
+        return this;
     }
 
     public Options options() {
@@ -155,7 +192,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         announceFrame = new Frame(Arena.ofAuto().allocate(Ethernet.MIN_FRAME, 8));
         rxQueues = rqs;
         guestMtu = mtu();
-        server = VhostUserServer.start(options.socket(), this);
+        server = VhostUserServer.start(options.socket(), this, access);
     }
 
     // ---- the switch side ---------------------------------------------------------------------------------------
@@ -202,9 +239,10 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         }
     }
 
-    void queueFailed(int index, Exception e) {
+    /** A queue failed (its worker or, for a receive queue, a sender's thread already logged why): NEEDS_RESET. */
+    void queueFailed(int index, String why) {
         needsReset = true;
-        RateLimitedLog.warning(name() + ": queue " + index + " stopped: " + e.getMessage());
+        RateLimitedLog.warning(name() + " queue " + index + ": " + why + "; queue stopped until the driver resets the device");
     }
 
     // ---- vhost-user backend ------------------------------------------------------------------------------------
@@ -275,12 +313,12 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         int hdr = version1 || mrg ? VirtioNet.HDR_SIZE : VirtioNet.HDR_SIZE_LEGACY;
         Virtqueue vq;
         try {
-            vq = Virtqueue.create(queueConfig(setup), setup.memory());
+            vq = Virtqueue.create(queueConfig(setup), setup.memory()).limitChain(MAX_CHAIN);
         } catch (VirtqueueException e) {
             throw new BackendException(name() + ": cannot attach queue " + index + ": " + e.getMessage());
         }
         if (index % 2 == 0) {
-            rxQueues[pair].start(vq, setup.call(), hdr, mrg);
+            rxQueues[pair].start(this, vq, setup.call(), setup.err(), hdr, mrg);
             synchronized (control) {
                 if (!announced) {
                     announced = true;
@@ -288,12 +326,20 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                 }
             }
         } else {
+            NetTxQueue tq = new NetTxQueue(this, index, ingress(pair), hdr, Ethernet.maxFrame(mtu()));
             try {
-                NetTxQueue tq = new NetTxQueue(this, index, vq, setup.kick(), setup.call(), ingress(pair), hdr,
-                        Ethernet.maxFrame(mtu()), options.pollMicros() * 1000L);
-                txQueues[pair] = tq;
-                tq.start();
+                QueueWorker w = QueueWorker.builder(name() + " tx" + index)
+                        .kick(setup.kick())
+                        .err(setup.err())
+                        .spin(options.pollMicros() * 1000L)
+                        .pollEvery(setup.kick() == null ? 1 : -1)
+                        .onFailure(why -> needsReset = true)
+                        .build(new RingHandler(vq, setup.call(), NetTxQueue.BATCH, tq));
+                txWorkers[pair] = w;
+                txRings[pair] = vq;
+                w.start();
             } catch (LinuxException e) {
+                vq.releaseMemory();
                 throw new BackendException(name() + ": cannot start transmit queue " + index + ": " + e.getMessage());
             }
         }
@@ -314,21 +360,20 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         if (index % 2 == 0) {
             return rxQueues[pair].stop();
         }
-        NetTxQueue tq = txQueues[pair];
-        txQueues[pair] = null;
-        return tq == null ? 0 : tq.stop();
+        QueueWorker w = txWorkers[pair];
+        Virtqueue vq = txRings[pair];
+        txWorkers[pair] = null;
+        txRings[pair] = null;
+        if (w == null) {
+            return 0;
+        }
+        w.stop();
+        return vq.vringBase();
     }
 
+    /** Queues pin the memory snapshot they use and let go when idle: nothing to wait for. */
     @Override
     public void memoryChanged(GuestMemory memory) {
-        for (NetRxQueue q : rxQueues) {
-            q.memoryBarrier();
-        }
-        for (NetTxQueue q : txQueues) {
-            if (q != null) {
-                q.memoryBarrier();
-            }
-        }
     }
 
     @Override

@@ -19,6 +19,11 @@ public final class Assigning {
      * viable, not used by the host) — unless {@code force}. Exclusivity is enforced by the registry either way.
      */
     public static AssignmentRegistry.Result assign(HostPaths paths, Bdf bdf, String vm, boolean force) {
+        return assign(paths, bdf, vm, force, false);
+    }
+
+    /** @param dryRun check everything, but record nothing */
+    public static AssignmentRegistry.Result assign(HostPaths paths, Bdf bdf, String vm, boolean force, boolean dryRun) {
         AssignmentRegistry.checkVmName(vm);
         PciInventory inv = PciInventory.scan(paths.sys());
         PciDevice dev = inv.require(bdf);
@@ -44,6 +49,6 @@ public final class Assigning {
                 }
             }
         }
-        return registry.assign(bdf, vm, peers);
+        return registry.assign(bdf, vm, peers, dryRun);
     }
 }

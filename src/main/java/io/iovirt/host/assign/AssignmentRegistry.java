@@ -90,6 +90,11 @@ public final class AssignmentRegistry {
      * @throws HostConfigException when the device or a group peer belongs to another VM
      */
     public Result assign(Bdf bdf, String vm, Collection<Bdf> groupPeers) {
+        return assign(bdf, vm, groupPeers, false);
+    }
+
+    /** @param dryRun check everything, but record nothing */
+    public Result assign(Bdf bdf, String vm, Collection<Bdf> groupPeers, boolean dryRun) {
         checkVmName(vm);
         return store.locked(() -> {
             List<Assignment> all = list();
@@ -111,7 +116,9 @@ public final class AssignmentRegistry {
             Assignment created = new Assignment(bdf, vm, Instant.now().truncatedTo(ChronoUnit.SECONDS));
             List<Assignment> next = new ArrayList<>(all);
             next.add(created);
-            save(next);
+            if (!dryRun) {
+                save(next);
+            }
             return new Result(created, true);
         });
     }
@@ -123,6 +130,11 @@ public final class AssignmentRegistry {
      * @return the removed entry
      */
     public Assignment release(Bdf bdf, String vm) {
+        return release(bdf, vm, false);
+    }
+
+    /** @param dryRun check everything, but change nothing */
+    public Assignment release(Bdf bdf, String vm, boolean dryRun) {
         return store.locked(() -> {
             List<Assignment> all = new ArrayList<>(list());
             for (Assignment a : all) {
@@ -132,7 +144,9 @@ public final class AssignmentRegistry {
                                 "release it as its owner (--vm " + a.vm() + ") or leave it");
                     }
                     all.remove(a);
-                    save(all);
+                    if (!dryRun) {
+                        save(all);
+                    }
                     return a;
                 }
             }

@@ -29,6 +29,8 @@ public final class DriverBinding {
     public static final String TABLE = "drivers";
     private static final Pattern DRIVER_NAME = Pattern.compile("[A-Za-z0-9_.:+-]{1,64}");
     private static final String NONE = "-";
+    /** The note of every outcome of a dry run. */
+    public static final String DRY_RUN_NOTE = "dry run: nothing was changed";
 
     /**
      * What a bind, unbind or reset did.
@@ -46,13 +48,18 @@ public final class DriverBinding {
     private final StateStore store;
     private final AssignmentRegistry registry;
     private final Duration probeWait;
+    private final boolean dryRun;
 
     public DriverBinding(HostPaths paths) {
-        this(paths, Duration.ofSeconds(2));
+        this(paths, Duration.ofSeconds(2), false);
     }
 
-    /** @param probeWait how long to wait for an asynchronous probe to show in the driver link */
-    public DriverBinding(HostPaths paths, Duration probeWait) {
+    /**
+     * @param probeWait how long to wait for an asynchronous probe to show in the driver link
+     * @param dryRun check and list the sysfs writes an operation would make, but write nothing (sysfs or state)
+     */
+    public DriverBinding(HostPaths paths, Duration probeWait, boolean dryRun) {
+        this.dryRun = dryRun;
         this.paths = paths;
         this.sys = paths.sys();
         this.registry = new AssignmentRegistry(paths.stateDir());
@@ -80,7 +87,9 @@ public final class DriverBinding {
                             "resolve that first, or pass --force if you are sure");
                 }
             }
-            rememberPrevious(bdf, dev.driver());
+            if (!dryRun) {
+                rememberPrevious(bdf, dev.driver());
+            }
             List<String> writes = new ArrayList<>();
             String dir = PciDevice.dir(bdf);
             write(writes, dir + "/driver_override", driver);
@@ -88,6 +97,9 @@ public final class DriverBinding {
                 write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
             }
             write(writes, "bus/pci/drivers_probe", bdf.toString());
+            if (dryRun) {
+                return new Outcome(bdf, dev.driver(), driver, writes, vfioNode(dev, driver), DRY_RUN_NOTE);
+            }
             String now = awaitDriver(bdf, driver);
             if (!driver.equals(now)) {
                 String rollback = rollBack(writes, dev, now);
@@ -104,12 +116,28 @@ public final class DriverBinding {
         return store.locked(() -> {
             PciInventory inv = PciInventory.scan(sys);
             PciDevice dev = inv.require(bdf);
-            AssignmentRegistry.Assignment owner = registry.owner(bdf);
-            if (owner != null && !force) {
-                throw new HostConfigException("refusing to unbind " + bdf + ": it is assigned to VM " + owner.vm(),
-                        "release it first (iovirt host release " + bdf + "), or pass --force");
+            if (!force) {
+                List<String> problems = new ArrayList<>();
+                AssignmentRegistry.Assignment owner = registry.owner(bdf);
+                if (owner != null) {
+                    problems.add("it is assigned to VM " + owner.vm());
+                }
+                for (String use : HostUsage.scan(sys, paths.proc(), paths.dev()).uses(bdf)) {
+                    problems.add("the host uses it: it " + use);
+                }
+                if (!problems.isEmpty()) {
+                    throw new HostConfigException("refusing to unbind " + bdf + ": " + String.join("; ", problems),
+                            (owner != null ? "release it first (iovirt host release " + bdf + "), " : "stop using it first, ")
+                                    + "or pass --force if you are sure");
+                }
             }
             String previous = previousDriver(bdf);
+            List<String> warnings = new ArrayList<>();
+            if (dev.driver() != null && !boundByIovirt(bdf)) {
+                warnings.add("iovirt did not bind it: " + dev.driver() + " is the host's own driver, and nothing will "
+                        + "take the device afterwards (bind it again with: echo " + bdf + " > /sys/bus/pci/drivers/"
+                        + dev.driver() + "/bind)");
+            }
             List<String> writes = new ArrayList<>();
             String dir = PciDevice.dir(bdf);
             if (dev.driverOverride() != null) {
@@ -117,6 +145,13 @@ public final class DriverBinding {
             }
             if (dev.driver() != null) {
                 write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
+            }
+            if (dryRun) {
+                if (previous != null && !previous.equals(dev.driver())) {
+                    writes.add(sys.path("bus/pci/drivers/" + previous + "/bind") + " <- " + bdf + " (would write)");
+                }
+                warnings.add(DRY_RUN_NOTE);
+                return new Outcome(bdf, dev.driver(), previous, writes, null, String.join("; ", warnings));
             }
             String note = null;
             String after = null;
@@ -134,7 +169,10 @@ public final class DriverBinding {
                 note = "it was not bound to any driver";
             }
             forgetPrevious(bdf);
-            return new Outcome(bdf, dev.driver(), after, writes, null, note);
+            if (note != null) {
+                warnings.add(note);
+            }
+            return new Outcome(bdf, dev.driver(), after, writes, null, warnings.isEmpty() ? null : String.join("; ", warnings));
         });
     }
 
@@ -168,7 +206,11 @@ public final class DriverBinding {
             List<String> writes = new ArrayList<>();
             write(writes, PciDevice.dir(bdf) + "/reset", "1");
             String method = sys.readOptional(PciDevice.dir(bdf) + "/reset_method").orElse(null);
-            return new Outcome(bdf, dev.driver(), dev.driver(), writes, null, method == null ? null : "reset methods: " + method);
+            String note = method == null ? null : "reset methods: " + method;
+            if (dryRun) {
+                note = note == null ? DRY_RUN_NOTE : note + "; " + DRY_RUN_NOTE;
+            }
+            return new Outcome(bdf, dev.driver(), dev.driver(), writes, null, note);
         });
     }
 
@@ -200,6 +242,16 @@ public final class DriverBinding {
                     + " lets go (iovirt host vfs " + dev.bdf() + " --count 0 first)");
         }
         return problems;
+    }
+
+    /** Whether iovirt moved {@code bdf} to its current driver (it remembered the driver the device had before). */
+    public boolean boundByIovirt(Bdf bdf) {
+        for (String[] row : store.read(TABLE)) {
+            if (row.length == 2 && row[0].equals(bdf.toString())) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /** The driver remembered for {@code bdf} before iovirt first bound it, or null. */
@@ -275,8 +327,10 @@ public final class DriverBinding {
     }
 
     private void write(List<String> log, String relative, String value) {
-        sys.write(relative, value);
-        log.add(sys.path(relative) + " <- " + (value.equals("\n") ? "(clear)" : value));
+        if (!dryRun) {
+            sys.write(relative, value);
+        }
+        log.add(sys.path(relative) + " <- " + (value.equals("\n") ? "(clear)" : value) + (dryRun ? " (would write)" : ""));
     }
 
     static String checkDriverName(String driver) {

@@ -62,12 +62,23 @@ public final class SriovManager {
     private final SysfsTree sys;
     private final AssignmentRegistry registry;
     private final NvmeProvisioner nvme;
+    private final boolean dryRun;
 
     public SriovManager(HostPaths paths) {
-        this(paths, new NvmeVirtualization(paths));
+        this(paths, false);
+    }
+
+    /** @param dryRun check and list the sysfs writes {@link #setVfs} would make, but change nothing */
+    public SriovManager(HostPaths paths, boolean dryRun) {
+        this(paths, new NvmeVirtualization(paths), dryRun);
     }
 
     SriovManager(HostPaths paths, NvmeProvisioner nvme) {
+        this(paths, nvme, false);
+    }
+
+    SriovManager(HostPaths paths, NvmeProvisioner nvme, boolean dryRun) {
+        this.dryRun = dryRun;
         this.paths = paths;
         this.sys = paths.sys();
         this.registry = new AssignmentRegistry(paths.stateDir());
@@ -119,6 +130,14 @@ public final class SriovManager {
                 }
                 if (count > 0) {
                     write(writes, dir + "sriov_numvfs", Integer.toString(count));
+                }
+                if (dryRun) {
+                    if (provisionNvme) {
+                        notes.add("would give each NVMe VF flexible queue and interrupt resources and bring it online");
+                    }
+                    notes.add(DriverBinding.DRY_RUN_NOTE);
+                    return new Outcome(pfBdf, sriov.numVfs(), count, sriov.totalVfs(), sriov.autoprobe(), List.of(),
+                            writes, notes);
                 }
                 long now = sys.readDecimal(dir + "sriov_numvfs");
                 if (now != count) {
@@ -262,7 +281,9 @@ public final class SriovManager {
     }
 
     private void write(List<String> log, String relative, String value) {
-        sys.write(relative, value);
-        log.add(sys.path(relative) + " <- " + value);
+        if (!dryRun) {
+            sys.write(relative, value);
+        }
+        log.add(sys.path(relative) + " <- " + value + (dryRun ? " (would write)" : ""));
     }
 }

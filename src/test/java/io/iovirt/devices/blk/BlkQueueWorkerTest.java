@@ -15,6 +15,7 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.RawImage;
+import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.Virtqueue;
@@ -62,7 +63,7 @@ class BlkQueueWorkerTest {
     private Virtqueue queue;
     private Path imagePath;
     private RawImage image;
-    private BlkQueueWorker worker;
+    private QueueWorker worker;
     private GuestMemoryHolder holder;
     private EventFd kick;
     private EventFd call;
@@ -96,13 +97,11 @@ class BlkQueueWorkerTest {
         worker = newWorker(async);
     }
 
-    private BlkQueueWorker newWorker(boolean async) throws Exception {
+    private QueueWorker newWorker(boolean async) throws Exception {
         BlkQueueHandler handler = new BlkQueueHandler(image, BlkLimits.defaults(),
                 "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
-        BlkQueueWorker w = new BlkQueueWorker("blk test q0", queue, handler, kick, call, null, stats,
-                async ? IoUring.create(BlkQueueWorker.ringEntries(QUEUE_SIZE)) : null);
-        assertEquals(async, w.asynchronous());
-        return w;
+        return BlkDevice.newWorker("blk test q0", queue, handler, kick, call, null, stats,
+                async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null, reason -> { });
     }
 
     @AfterEach
@@ -314,22 +313,27 @@ class BlkQueueWorkerTest {
             MemorySegment.copy(written[k], 0, ram, ValueLayout.JAVA_BYTE, data(k), 4096);
             write(8L * k, k, 4096);
         }
-        worker.start(); // its first batch pops all 40 and submits them; stop comes right behind
+        worker.start(); // its first batch pops (io_uring: all 40, synchronous: one batch) and stop comes right behind
         worker.stop();
-        int base = worker.vringBase();
+        int base = queue.vringBase();
         worker = null;
-        assertEquals(40, base, "every request popped");
+        // The worker looks at the stop request between batches: a flooding guest cannot keep a queue from stopping.
+        if (async) {
+            assertEquals(40, base, "every request popped");
+        } else {
+            assertTrue(base >= BlkDevice.SYNC_BATCH && base <= 40, "at least the first batch was served: " + base);
+        }
         assertEquals(0, queue.inFlight(), "and pushed before stop returned");
         List<long[]> used = new ArrayList<>();
         long u;
         while ((u = driver.pollUsed()) != -1) {
             used.add(new long[] {DriverRing.usedId(u), DriverRing.usedLen(u)});
         }
-        assertEquals(40, used.size());
+        assertEquals(base, used.size());
         for (long[] e : used) {
             assertEquals(S_OK, status((int) e[0]));
         }
-        for (int k = 0; k < 40; k++) {
+        for (int k = 0; k < base; k++) {
             assertArrayEquals(written[k], disk(4096L * k, 4096), "write " + k + " reached the image before stop returned");
         }
     }
@@ -399,7 +403,7 @@ class BlkQueueWorkerTest {
         // What BlkDevice does when the memory table changes: stop (drained), then a new queue object from the ring
         // position and a new worker on the same kick eventfd; here alternately synchronous and through io_uring.
         worker.stop();
-        int base = worker.vringBase();
+        int base = queue.vringBase();
         queue = Virtqueue.create(driver.queueConfig(0, true).withVringBase(base), holder);
         worker = newWorker(async);
         worker.start();

@@ -49,8 +49,13 @@ final class NetDriver implements AutoCloseable {
      * {@code pairs} queue pairs.
      */
     NetDriver(Path socket, long wanted, int pairs) throws IOException {
+        this(socket, wanted, pairs, true);
+    }
+
+    /** With {@code sealed} false the memfd can be truncated under the backend, as a hostile frontend would. */
+    NetDriver(Path socket, long wanted, int pairs, boolean sealed) throws IOException {
         this.fe = VhostUserFrontend.connect(socket, TIMEOUT);
-        this.ram = FrontendMemory.allocate(0, RAM_SIZE);
+        this.ram = FrontendMemory.allocate(0, RAM_SIZE, sealed);
         this.mem = GuestMemory.of(List.of(new MemoryRegion(0, RAM_SIZE, ram.userAddr(), 0, ram.segment(), null)));
         this.pairs = pairs;
         long offered = fe.getFeatures();
@@ -131,6 +136,41 @@ final class NetDriver implements AutoCloseable {
             rec[2 * i + 1] = lens[i];
         }
         buffers.get(q).put(id, rec);
+    }
+
+    /** A hostile request of any shape on queue {@code q} (indirect: a table address, or NO_INDIRECT). */
+    int addRaw(int q, long[] addrs, int[] lens, boolean[] writable, long indirect) throws IOException {
+        int id = addRawNoKick(q, addrs, lens, writable, indirect);
+        kick(q);
+        return id;
+    }
+
+    int addRawNoKick(int q, long[] addrs, int[] lens, boolean[] writable, long indirect) {
+        int id = rings[q].add(addrs, lens, writable, addrs.length, indirect);
+        if (id < 0) {
+            throw new IllegalStateException("queue " + q + " is full");
+        }
+        return id;
+    }
+
+    void kickQueue(int q) throws IOException {
+        kicks[q].signal();
+    }
+
+    DriverRing ring(int q) {
+        return rings[q];
+    }
+
+    /** Takes every rx frame that arrives until none has for a moment (flooded learning frames). */
+    void drainRx(int pair) throws InterruptedException {
+        while (pollRx(pair, Duration.ofMillis(300)) != null) {
+            // discard
+        }
+    }
+
+    /** Replaces queue {@code q}'s call descriptor (SET_VRING_CALL while it runs). */
+    void replaceCall(int q, EventFd call) throws IOException {
+        fe.setVringCall(q, call);
     }
 
     private void kick(int q) throws IOException {

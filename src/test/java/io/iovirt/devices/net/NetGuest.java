@@ -199,7 +199,7 @@ final class NetGuest implements AutoCloseable {
                     if (!guest.isAlive() || System.nanoTime() > deadline) {
                         throw new IOException(name + ": cannot connect to the guest's control port " + control + " ("
                                 + e + "); QEMU " + (guest.isAlive() ? "runs" : "exited") + ", see "
-                                + guest.directory().resolve("qemu.log") + ":\n" + qemuLog(), e);
+                                + guest.directory().resolve("qemu.log") + ":\n" + qemuLog() + "\n" + guest.crashReport(), e);
                     }
                     Thread.sleep(20);
                 }

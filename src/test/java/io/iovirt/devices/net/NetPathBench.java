@@ -90,7 +90,7 @@ public class NetPathBench {
         long src = Mac.parse("52:54:00:00:00:0a");
         txDriver = SplitDriverRing.create(mem, 0, SIZE, true);
         txQueue = Virtqueue.create(txDriver.queueConfig(1, false), holder);
-        tx = new NetTxQueue(in, 1, txQueue, null, call, in.ingress(0), VirtioNet.HDR_SIZE, 1518, 0);
+        tx = new NetTxQueue(in, 1, in.ingress(0), VirtioNet.HDR_SIZE, 1518);
         // one frame buffer reused for every request: header (zero) + Ethernet frame
         txAddr[0] = 0x100000;
         txLen[0] = VirtioNet.HDR_SIZE + frameLen;
@@ -136,7 +136,7 @@ public class NetPathBench {
             tx.handle(c);
             txQueue.push(c, 0);
         }
-        tx.endBurst();
+        tx.batchDone();
         txQueue.needsNotification();
         for (long u; (u = txDriver.pollUsed()) != -1; ) {
             sum += u;

@@ -28,7 +28,7 @@ class DriverBindingTest {
     Path tmp;
 
     private DriverBinding binding(FakeHost h) {
-        return new DriverBinding(h.paths(), Duration.ZERO);
+        return new DriverBinding(h.paths(), Duration.ZERO, false);
     }
 
     @Test
@@ -188,4 +188,66 @@ class DriverBindingTest {
         assertTrue(r.err().startsWith("iovirt host bind: refusing to bind 0000:00:1f.3 to vfio-pci: group 7 also holds 0000:00:1f.4"), r.err());
         assertTrue(r.noStackTrace(), r.err());
     }
+
+    @Test
+    void unbindRefusesTheDiskHoldingTheRootFilesystemWithBindsMessage() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Bdf nvme = Bdf.parse("0000:01:00.0");
+        String before = h.read("bus/pci/drivers/nvme/unbind");
+        HostConfigException unbind = assertThrows(HostConfigException.class, () -> binding(h).unbind(nvme, false));
+        HostConfigException bind = assertThrows(HostConfigException.class, () -> binding(h).bind(nvme, "vfio-pci", false));
+        // The same check and the same words as bind and reset: the host uses it, and what for.
+        String use = "the host uses it: it holds the mounted filesystem /";
+        assertTrue(unbind.getMessage().startsWith("refusing to unbind 0000:01:00.0: " + use), unbind.getMessage());
+        assertTrue(bind.getMessage().contains(use), bind.getMessage());
+        assertTrue(unbind.remedy().contains("--force"), unbind.remedy());
+        assertEquals(before, h.read("bus/pci/drivers/nvme/unbind"), "nothing was written");
+
+        CliRun cli = CliRun.host(h, "unbind", "0000:01:00.0");
+        assertEquals(1, cli.exit());
+        assertTrue(cli.err().startsWith("iovirt host unbind: refusing to unbind 0000:01:00.0: " + use), cli.err());
+        assertEquals(1, cli.err().strip().lines().count(), cli.err());
+    }
+
+    @Test
+    void unbindWithForceDetachesAHostDeviceAndWarnsThatIovirtDidNotBindIt() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        DriverBinding.Outcome o = binding(h).unbind(Bdf.parse("0000:01:00.0"), true);
+        assertEquals("0000:01:00.0", h.read("bus/pci/drivers/nvme/unbind"));
+        assertTrue(o.note().contains("iovirt did not bind it: nvme is the host's own driver"), o.note());
+    }
+
+    @Test
+    void dryRunChecksAndListsTheWritesButChangesNothing() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Bdf vf = Bdf.parse("0000:03:10.0");
+        DriverBinding dry = new DriverBinding(h.paths(), Duration.ZERO, true);
+        String override = h.read("bus/pci/devices/0000:03:10.0/driver_override");
+        String reset = h.read("bus/pci/devices/0000:04:00.0/reset");
+        DriverBinding.Outcome o = dry.bind(vf, "vfio-pci", false);
+        assertEquals(List.of(
+                h.sys.resolve("bus/pci/devices/0000:03:10.0/driver_override") + " <- vfio-pci (would write)",
+                h.sys.resolve("bus/pci/drivers/igbvf/unbind") + " <- 0000:03:10.0 (would write)",
+                h.sys.resolve("bus/pci/drivers_probe") + " <- 0000:03:10.0 (would write)"), o.writes());
+        assertEquals(DriverBinding.DRY_RUN_NOTE, o.note());
+        assertEquals(override, h.read("bus/pci/devices/0000:03:10.0/driver_override"));
+        assertTrue(new StateStore(h.state).read(DriverBinding.TABLE).isEmpty(), "no driver remembered");
+        // A dry run refuses what the real one refuses.
+        assertThrows(HostConfigException.class, () -> dry.unbind(Bdf.parse("0000:01:00.0"), false));
+
+        CliRun cli = CliRun.host(h, "bind", "0000:03:10.0", "--dry-run");
+        assertEquals(0, cli.exit(), cli.err());
+        assertTrue(cli.out().contains("dry run: nothing was changed") && cli.out().contains("(would write)"), cli.out());
+        for (String cmd : new String[] {"unbind", "reset"}) {
+            CliRun r = CliRun.host(h, cmd, "0000:04:00.0", "--dry-run");
+            assertEquals(0, r.exit(), cmd + ": " + r.err());
+            assertTrue(r.out().contains("dry run: nothing was changed"), cmd + ": " + r.out());
+        }
+        assertEquals(reset, h.read("bus/pci/devices/0000:04:00.0/reset"), "no reset was written");
+        CliRun assign = CliRun.host(h, "assign", "0000:04:00.0", "--vm", "vm-a", "--dry-run");
+        assertEquals(0, assign.exit(), assign.err());
+        assertTrue(assign.out().contains("would be assigned to VM vm-a"), assign.out());
+        assertTrue(CliRun.host(h, "assignments", "--json").out().strip().equals("[]"), "nothing recorded");
+    }
+
 }

@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.devices.blk;
+
+import io.iovirt.linux.Epoll;
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.IoVec;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.Mmap;
+import io.iovirt.virtio.QueueWorker;
+import io.iovirt.virtio.Virtqueue;
+import io.iovirt.virtio.VirtqueueException;
+import java.lang.System.Logger.Level;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * Serves a virtio-blk queue through its own io_uring: up to queue-size requests in flight at once. Each in-flight
+ * request owns a slot (its chain object, its iovec array; all preallocated), its I/O goes straight between the image
+ * and the guest buffers, and completions, in whatever order the kernel finishes them, are pushed as they are
+ * reaped. The ring signals an eventfd of ours per completion (IORING_REGISTER_EVENTFD), which the queue's
+ * {@link QueueWorker} watches next to the kick and stop sources, so the worker sleeps in one epoll_wait for
+ * whichever comes first. A FLUSH is an asynchronous fdatasync: it covers the writes completed before it was
+ * submitted, which includes every write already pushed to the used ring — all that VIRTIO 1.2 §5.2.6 asks.
+ *
+ * <p>Guest memory: the queue pins the snapshot its requests were popped from; an older snapshot is unpinned only
+ * when no request is in flight ({@link Virtqueue#quiesceMemory}), so a memory table change never unmaps a buffer the
+ * kernel is still reading or writing. When the queue stops, every request in flight completes and is pushed first.
+ */
+final class UringEngine implements QueueWorker.Handler {
+    private static final System.Logger LOG = System.getLogger(UringEngine.class.getName());
+    private static final long COMPLETIONS = 0;
+
+    private final Virtqueue queue;
+    private final BlkQueueHandler handler;
+    private final EventFd call;
+    private final RequestLog log;
+    private final IoUring ring;
+    private final EventFd completions;
+    private final Arena slotArena;
+    private final BlkQueueHandler.Request[] slots;
+    private final int[] freeSlots;
+    private int freeCount;
+    /** Requests whose I/O the ring holds (submitted or queued, not yet reaped). */
+    private int ringRequests;
+    private boolean kicksOff;
+    private boolean failed;
+    private QueueWorker worker;
+    private final IoUring.CompletionHandler<VirtqueueException> onCompletion = this::completion;
+
+    /** SQ entries a ring needs to serve a queue of {@code queueSize}: one per request. */
+    static int ringEntries(int queueSize) {
+        return queueSize;
+    }
+
+    /** Takes ownership of {@code ring} (closed when the queue stops, or now if this throws). */
+    UringEngine(Virtqueue queue, BlkQueueHandler handler, EventFd call, RequestLog log, IoUring ring) throws LinuxException {
+        this.queue = queue;
+        this.handler = handler;
+        this.call = call;
+        this.log = log;
+        this.ring = ring;
+        int n = queue.size();
+        EventFd efd = null;
+        Arena arena = null;
+        try {
+            if (ring.sqEntries() < ringEntries(n) || ring.capacity() < ringEntries(n)) {
+                throw new IllegalArgumentException(ring + " is too small for a queue of " + n);
+            }
+            efd = EventFd.create(true);
+            ring.registerEventFd(efd);
+            arena = Arena.ofShared();
+            this.slots = newSlots(queue, handler, arena);
+        } catch (LinuxException | RuntimeException e) {
+            if (arena != null) {
+                arena.close();
+            }
+            if (efd != null) {
+                efd.close();
+            }
+            ring.close();
+            throw e;
+        }
+        this.completions = efd;
+        this.slotArena = arena;
+        this.freeSlots = new int[n];
+        for (int i = 0; i < n; i++) {
+            freeSlots[i] = n - 1 - i;
+        }
+        this.freeCount = n;
+    }
+
+    /** The source the worker must watch: the ring's completion eventfd. */
+    void register(QueueWorker.Builder b) {
+        b.source(completions.fd(), Epoll.EPOLLIN, COMPLETIONS);
+    }
+
+    private static BlkQueueHandler.Request[] newSlots(Virtqueue queue, BlkQueueHandler handler, Arena arena)
+            throws LinuxException {
+        int n = queue.size();
+        BlkLimits limits = handler.limits();
+        int iovEntries = Math.min(limits.segMax(), IoVec.IOV_MAX);
+        long iovBytes = IoVec.bytes(iovEntries);
+        // One mapping for all iovec arrays: a 4 KiB request touches one page of its slot's 16 KiB array.
+        MemorySegment iovs = Mmap.anonymous(iovBytes * n, arena);
+        MemorySegment bounce = handler.image().direct()
+                ? Mmap.anonymous(Math.max(limits.bounceBytes(), handler.image().blockSize()), arena) : null;
+        BlkQueueHandler.Request[] slots = new BlkQueueHandler.Request[n];
+        for (int i = 0; i < n; i++) {
+            IoVec iov = IoVec.over(iovs.asSlice(i * iovBytes, iovBytes));
+            slots[i] = new BlkQueueHandler.Request(i, queue.newChain(), handler.image().newContext(iov, bounce));
+        }
+        return slots;
+    }
+
+    @Override
+    public void attached(QueueWorker w) {
+        worker = w;
+    }
+
+    @Override
+    public void event(long token, int events) throws LinuxException {
+        completions.read(); // ours, non-blocking; read before reaping so no completion's wake-up is lost
+    }
+
+    /**
+     * Reaps completions, then pops and queues new requests while slots are free, pushes those that need no I/O, hands
+     * the queued I/O to the kernel and interrupts the driver once for everything pushed.
+     */
+    @Override
+    public boolean process() throws Exception {
+        ring.reap(onCompletion);
+        if (!kicksOff) {
+            queue.disableNotifications();
+            kicksOff = true;
+        }
+        while (freeCount > 0) {
+            BlkQueueHandler.Request r = slots[freeSlots[freeCount - 1]];
+            if (!queue.pop(r.chain)) {
+                break;
+            }
+            freeCount--;
+            if (handler.start(r) != BlkQueueHandler.DONE && handler.submit(r, ring)) {
+                ringRequests++;
+            } else {
+                complete(r);
+            }
+        }
+        if (ring.unsubmitted() > 0) {
+            ring.submit();
+        }
+        if (queue.needsNotification()) {
+            worker.signal(call);
+        }
+        if (ringRequests == 0) {
+            queue.quiesceMemory();
+        }
+        return false;
+    }
+
+    @Override
+    public boolean hasWork() throws Exception {
+        return ring.ready() > 0 || (freeCount > 0 && queue.hasAvailable());
+    }
+
+    /**
+     * With every slot busy kicks stay suppressed: the next completion wakes the worker. Otherwise kicks are
+     * re-enabled and the ring looked at again.
+     */
+    @Override
+    public boolean prepareToSleep() throws Exception {
+        if (ring.ready() > 0) {
+            return true;
+        }
+        if (freeCount == 0) {
+            return false;
+        }
+        kicksOff = false;
+        if (queue.enableNotifications()) {
+            return true;
+        }
+        if (ringRequests == 0) {
+            queue.releaseMemory();
+        }
+        return false;
+    }
+
+    private void completion(long userData, int result, int flags) throws VirtqueueException {
+        BlkQueueHandler.Request r = slots[(int) userData];
+        ringRequests--;
+        if (failed) { // a failed queue cannot push: the request is dropped once its I/O is over
+            r.io.clear();
+            return;
+        }
+        handler.completed(r, result);
+        complete(r);
+    }
+
+    private void complete(BlkQueueHandler.Request r) throws VirtqueueException {
+        long written = handler.finish(r);
+        if (r.error != null) {
+            log.requestFailed(r.error);
+        }
+        freeSlots[freeCount++] = r.slot;
+        queue.push(r.chain, written);
+    }
+
+    /**
+     * Before the ring goes away: waits until the kernel is done with every request (their buffers are guest memory;
+     * a failed queue drops them), pushes them and interrupts the driver, then unpins guest memory.
+     */
+    @Override
+    public void stopped(boolean failedQueue) {
+        failed = failedQueue;
+        try {
+            while (ringRequests > 0) {
+                ring.submitAndWait(1);
+                try {
+                    ring.reap(onCompletion);
+                } catch (VirtqueueException e) {
+                    failed = true; // the ring broke while pushing: drop the rest once their I/O is over
+                }
+            }
+            if (!failed && queue.needsNotification()) {
+                worker.signal(call);
+            }
+        } catch (LinuxException | VirtqueueException | RuntimeException e) {
+            // Closing the ring makes the kernel cancel or finish what is left; their pages stay pinned until then.
+            LOG.log(Level.ERROR, "{0}: cannot wait for {1} requests in flight: {2}", worker.name(), ringRequests,
+                    e.getMessage());
+        } finally {
+            ring.close();
+            for (BlkQueueHandler.Request r : slots) {
+                r.io.close();
+            }
+            slotArena.close();
+            completions.close();
+            queue.releaseMemory();
+            handler.close();
+        }
+    }
+}

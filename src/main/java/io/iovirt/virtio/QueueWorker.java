@@ -1,0 +1,457 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.virtio;
+
+import io.iovirt.linux.Epoll;
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.LinuxException;
+import java.lang.System.Logger.Level;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Objects;
+import java.util.concurrent.atomic.LongAdder;
+
+/**
+ * The thread of one queue: the one event loop every data-path thread of iovirt runs (virtio-blk and virtio-net
+ * queues, the switch ports' receive loops). A device implements only {@link Handler} — "process this queue" — and
+ * the worker owns everything around it:
+ *
+ * <ul>
+ * <li>a platform thread (it blocks in native calls, which would pin a virtual thread's carrier);
+ * <li>its wake-up sources in one epoll set: a stop eventfd of its own, the frontend's kick eventfd (watched
+ *     edge-triggered and never read: a peer's descriptor is never read or written in a way that can block), and any
+ *     descriptors the device adds ({@link Builder#source}, {@link #watch});
+ * <li>the idle strategy: sleep at once, or spin (polling {@link Handler#hasWork}) for a bounded time first
+ *     ({@link Builder#spin}); spins and sleeps are counted ({@link #stats});
+ * <li>batching: {@link Handler#process} does one batch and says whether work is left, and the worker calls it again
+ *     before it considers sleeping — the stop source is checked between batches, so a flooding guest cannot keep
+ *     the thread from stopping;
+ * <li>the failure policy: any {@link Throwable} out of the handler (a {@link VirtqueueException}, a bug, an
+ *     {@link InternalError} from a SIGBUS when a frontend truncated its memory file, an OutOfMemoryError) fails this
+ *     queue only: one log line naming the queue (its name names the frontend/guest and the queue), the err eventfd
+ *     signalled (QEMU logs "vhost vring error"), the device's {@link Builder#onFailure} listener called (it raises
+ *     DEVICE_NEEDS_RESET). The process and every other queue go on.
+ * <li>bounded stop: {@link #stop(Duration)} signals the stop eventfd and waits at most that long.
+ * </ul>
+ *
+ * <p>Guest memory is quiesced by reference, not by stopping: a virtqueue pins the memory snapshot it works from
+ * ({@link io.iovirt.memory.GuestMemoryHolder.Reader}) and {@link RingHandler} unpins it before the thread sleeps,
+ * so a memory table change never waits for or restarts a queue.
+ *
+ * <p>Models: rust-vmm vhost-user-backend's per-queue event loop, Cloud Hypervisor's EpollHelper and
+ * spawn_virtio_thread, Agrona's AgentRunner with an IdleStrategy.
+ */
+public final class QueueWorker {
+    private static final System.Logger LOG = System.getLogger(QueueWorker.class.getName());
+    /** Longest spin allowed: spinning costs a core, so it is bounded whatever the configuration says. */
+    public static final long MAX_SPIN_NANOS = 1_000_000_000L;
+    /** Wait used by {@link #stop()}. */
+    public static final Duration STOP_TIMEOUT = Duration.ofSeconds(3);
+
+    private static final long STOP = Long.MIN_VALUE;
+    private static final long KICK = Long.MIN_VALUE + 1;
+
+    /**
+     * What a device implements. All methods run on the worker thread, one at a time. Anything thrown fails the queue.
+     */
+    public interface Handler {
+        /** The worker was built for this handler (before its thread starts). */
+        default void attached(QueueWorker worker) {
+        }
+
+        /**
+         * Does the work that is ready, at most one batch.
+         *
+         * @return true when work is left (the batch bound was reached): the worker calls again before sleeping
+         */
+        boolean process() throws Exception;
+
+        /** A source the device registered became ready (its token and epoll events); {@link #process} follows. */
+        default void event(long token, int events) throws Exception {
+        }
+
+        /** True when work is ready without a wake-up; spinning idle strategies poll this. */
+        default boolean hasWork() throws Exception {
+            return false;
+        }
+
+        /**
+         * The worker is about to sleep: re-enable notifications and look again.
+         *
+         * @return true when work arrived meanwhile: do not sleep
+         */
+        default boolean prepareToSleep() throws Exception {
+            return false;
+        }
+
+        /**
+         * The loop ended (stopped, or failed when {@code failed}): finish or abandon what is in flight (bounded), unpin
+         * guest memory, release per-queue resources. Called exactly once, on the worker thread.
+         */
+        default void stopped(boolean failed) {
+        }
+    }
+
+    /** Told once, on the worker thread, that the queue failed (after the log line and the err signal). */
+    @FunctionalInterface
+    public interface FailureListener {
+        void failed(String reason);
+    }
+
+    /** Counters readable from any thread (the control API, metrics). */
+    public static final class Stats {
+        /** Handler batches run. */
+        public final LongAdder batches = new LongAdder();
+        /** Times the thread slept in epoll. */
+        public final LongAdder sleeps = new LongAdder();
+        /** Times spinning found work before the spin time ran out (a sleep and a wake-up saved). */
+        public final LongAdder spinHits = new LongAdder();
+        /** Notifications to the driver that could not be delivered because its call eventfd was full. */
+        public final LongAdder lostSignals = new LongAdder();
+    }
+
+    /** Builds and starts a worker. */
+    public static final class Builder {
+        private final String name;
+        private EventFd kick;
+        private EventFd err;
+        private long spinNanos;
+        private int pollMillis = -1;
+        private FailureListener onFailure = reason -> { };
+        private final List<Object[]> sources = new ArrayList<>();
+
+        private Builder(String name) {
+            this.name = Objects.requireNonNull(name);
+        }
+
+        /** The frontend's kick eventfd (may be null: the device polls, e.g. with {@link #spin}). */
+        public Builder kick(EventFd kick) {
+            this.kick = kick;
+            return this;
+        }
+
+        /** The frontend's err eventfd, signalled when the queue fails (may be null). */
+        public Builder err(EventFd err) {
+            this.err = err;
+            return this;
+        }
+
+        /** Spin up to {@code nanos} (at most {@link #MAX_SPIN_NANOS}) polling for work before sleeping; 0 sleeps at once. */
+        public Builder spin(long nanos) {
+            if (nanos < 0 || nanos > MAX_SPIN_NANOS) {
+                throw new IllegalArgumentException("spin time must be 0.." + MAX_SPIN_NANOS + " ns: " + nanos);
+            }
+            this.spinNanos = nanos;
+            return this;
+        }
+
+        /**
+         * Without a kick (the frontend asked for polling), wake every {@code millis} ms to look at the ring; -1
+         * (the default) sleeps until a source fires.
+         */
+        public Builder pollEvery(int millis) {
+            if (millis < -1 || millis == 0) {
+                throw new IllegalArgumentException("poll interval must be -1 or positive: " + millis);
+            }
+            this.pollMillis = millis;
+            return this;
+        }
+
+        public Builder onFailure(FailureListener listener) {
+            this.onFailure = Objects.requireNonNull(listener);
+            return this;
+        }
+
+        /** Another descriptor to wake on; the handler gets {@code token} (non-negative) in {@link Handler#event}. */
+        public Builder source(Fd fd, int events, long token) {
+            if (token < 0) {
+                throw new IllegalArgumentException("tokens are non-negative: " + token);
+            }
+            sources.add(new Object[] {fd, events, token});
+            return this;
+        }
+
+        /** Creates the worker (its epoll set and stop eventfd) without starting it. */
+        public QueueWorker build(Handler handler) throws LinuxException {
+            return new QueueWorker(this, Objects.requireNonNull(handler));
+        }
+
+        /** Creates the worker and starts its thread. */
+        public QueueWorker start(Handler handler) throws LinuxException {
+            QueueWorker w = build(handler);
+            w.start();
+            return w;
+        }
+    }
+
+    public static Builder builder(String name) {
+        return new Builder(name);
+    }
+
+    private final String name;
+    private final Handler handler;
+    private final EventFd err;
+    private final long spinNanos;
+    private final int pollMillis;
+    private final FailureListener onFailure;
+    private final EventFd stopFd;
+    private final Epoll epoll;
+    private final Thread thread;
+    private final Stats stats = new Stats();
+    private volatile boolean stopRequested;
+    private volatile String failure;
+    private volatile boolean ended;
+
+    private QueueWorker(Builder b, Handler handler) throws LinuxException {
+        this.name = b.name;
+        this.handler = handler;
+        this.err = b.err;
+        this.spinNanos = b.spinNanos;
+        this.pollMillis = b.pollMillis;
+        this.onFailure = b.onFailure;
+        EventFd stop = EventFd.create(true);
+        Epoll ep = null;
+        try {
+            ep = Epoll.create(16);
+            ep.add(stop.fd(), Epoll.EPOLLIN, STOP);
+            if (b.kick != null) {
+                ep.add(b.kick.fd(), EventFd.EPOLL_KICK, KICK);
+            }
+            for (Object[] s : b.sources) {
+                ep.add((Fd) s[0], (Integer) s[1], (Long) s[2]);
+            }
+        } catch (LinuxException | RuntimeException e) {
+            if (ep != null) {
+                ep.close();
+            }
+            stop.close();
+            throw e;
+        }
+        this.stopFd = stop;
+        this.epoll = ep;
+        this.thread = Thread.ofPlatform().name("iovirt " + name).daemon().unstarted(this::run);
+        handler.attached(this);
+    }
+
+    public void start() {
+        thread.start();
+    }
+
+    /** The name used in log lines, e.g. {@code "blk /run/vm1.sock q0"}. */
+    public String name() {
+        return name;
+    }
+
+    /** Why the queue failed, or null. */
+    public String failure() {
+        return failure;
+    }
+
+    /** True until the loop has ended (stopped or failed). */
+    public boolean running() {
+        return !ended;
+    }
+
+    public Stats stats() {
+        return stats;
+    }
+
+    /** True when called on this worker's thread. */
+    public boolean onWorkerThread() {
+        return Thread.currentThread() == thread;
+    }
+
+    /** Adds a descriptor to wake on (any thread; the handler sees {@code token} in {@link Handler#event}). */
+    public void watch(Fd fd, int events, long token) throws LinuxException {
+        epoll.add(fd, events, token);
+    }
+
+    /** Changes the events watched for {@code fd}. */
+    public void modify(Fd fd, int events, long token) throws LinuxException {
+        epoll.modify(fd, events, token);
+    }
+
+    /** Stops watching {@code fd} (before closing it). */
+    public void unwatch(Fd fd) throws LinuxException {
+        epoll.delete(fd);
+    }
+
+    /**
+     * Tells the driver about used buffers through its call eventfd, never blocking: a full counter (or one the
+     * frontend made blocking and full, which the eventfd watchdog ends) is counted and reported as the frontend's
+     * fault by a rate-limited line, and the queue goes on.
+     */
+    public void signal(EventFd call) throws LinuxException {
+        if (call != null && !call.trySignal()) {
+            stats.lostSignals.increment();
+            long now = System.nanoTime();
+            if (lastSignalLog == 0 || now - lastSignalLog > 5_000_000_000L) { // a hostile frontend cannot flood the log
+                lastSignalLog = now | 1;
+                LOG.log(Level.WARNING, "{0}: the frontend''s call eventfd is full or was made blocking; interrupts"
+                        + " dropped ({1} so far)", name, stats.lostSignals.sum());
+            }
+        }
+    }
+
+    private long lastSignalLog;
+
+    private void run() {
+        boolean failed = false;
+        try {
+            loop();
+        } catch (Throwable t) {
+            failed = true;
+            fail(t);
+        } finally {
+            try {
+                handler.stopped(failed);
+            } catch (Throwable t) {
+                LOG.log(Level.ERROR, "{0}: cleaning up after the queue stopped: {1}", name, t.toString());
+            }
+            ended = true;
+        }
+    }
+
+    private void loop() throws Exception {
+        for (;;) {
+            // Work made available before the first wake-up (a reconnect, a restart) is served at once; the stop
+            // request is looked at after each batch, so a flooding guest cannot keep the thread from stopping.
+            stats.batches.increment();
+            boolean more = handler.process();
+            if (stopRequested) {
+                return;
+            }
+            if (more) {
+                continue;
+            }
+            if (spinNanos > 0 && spin()) {
+                continue;
+            }
+            if (stopRequested) {
+                return;
+            }
+            if (handler.prepareToSleep()) {
+                continue;
+            }
+            stats.sleeps.increment();
+            int n = epoll.wait(pollMillis);
+            for (int i = 0; i < n; i++) {
+                long token = epoll.data(i);
+                if (token == STOP) {
+                    stopRequested = true;
+                } else if (token != KICK) {
+                    handler.event(token, epoll.events(i));
+                }
+                // KICK: edge-triggered, nothing to read; process() below looks at the ring
+            }
+        }
+    }
+
+    private boolean spin() throws Exception {
+        long end = System.nanoTime() + spinNanos;
+        do {
+            if (handler.hasWork()) {
+                stats.spinHits.increment();
+                return true;
+            }
+            Thread.onSpinWait();
+        } while (System.nanoTime() - end < 0 && !stopRequested);
+        return false;
+    }
+
+    /** Fails the queue (any thread may call it for the worker's queue, e.g. a device that noticed a broken ring). */
+    private void fail(Throwable t) {
+        String why = describe(t);
+        LOG.log(Level.ERROR, "{0}: {1}; queue stopped until the driver resets the device", name, why);
+        if (!(t instanceof VirtqueueException) && !(t instanceof LinuxException) && !(t instanceof InternalError)) {
+            LOG.log(Level.DEBUG, name + ": failure", t);
+        }
+        if (err != null) {
+            try {
+                err.trySignal(); // QEMU reports "vhost vring error" for the queue
+            } catch (LinuxException | RuntimeException ignored) {
+                // the frontend closed or broke its err fd: the log line above is all we can do
+            }
+        }
+        try {
+            onFailure.failed(why);
+        } catch (Throwable listenerFailure) {
+            LOG.log(Level.ERROR, "{0}: reporting the failure: {1}", name, listenerFailure.toString());
+        }
+        failure = why; // last: whoever sees it also sees what the listener recorded
+    }
+
+    /** One line for the log: what went wrong, in terms of the guest or frontend when it is theirs. */
+    public static String describe(Throwable t) {
+        if (t instanceof VirtqueueException) {
+            return t.getMessage();
+        }
+        if (t instanceof InternalError) {
+            return "guest memory access faulted (" + t.getMessage()
+                    + "): the frontend truncated or unmapped its memory file";
+        }
+        if (t instanceof LinuxException) {
+            return "cannot wait for work: " + t.getMessage();
+        }
+        if (t instanceof OutOfMemoryError) {
+            return "out of memory: " + t.getMessage();
+        }
+        if (t instanceof Exception && !(t instanceof RuntimeException)) {
+            return t.getMessage(); // a device's checked exception: its message explains the guest's fault
+        }
+        return "internal error: " + t;
+    }
+
+    /**
+     * Stops the loop and waits at most {@code timeout} for the thread to end. On true the handler's
+     * {@link Handler#stopped} has run: nothing of this queue touches the ring or guest memory any more.
+     *
+     * @return false when the thread did not end in time (it is stuck in a native call: its guest memory stays
+     *         pinned, so nothing is unmapped under it; the caller reports it)
+     */
+    public boolean stop(Duration timeout) {
+        stopRequested = true;
+        try {
+            stopFd.signal();
+        } catch (LinuxException e) {
+            LOG.log(Level.WARNING, "{0}: cannot wake the queue thread: {1}", name, e.getMessage());
+        }
+        boolean interrupted = false;
+        long deadline = System.nanoTime() + timeout.toNanos();
+        try {
+            while (thread.isAlive()) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) {
+                    break;
+                }
+                try {
+                    thread.join(Duration.ofNanos(left));
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        } finally {
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        if (thread.isAlive() && thread.getState() != Thread.State.NEW) {
+            LOG.log(Level.ERROR, "{0}: the queue thread did not stop within {1} ms; leaving it", name, timeout.toMillis());
+            return false;
+        }
+        epoll.close();
+        stopFd.close();
+        return true;
+    }
+
+    /** {@link #stop(Duration)} with {@link #STOP_TIMEOUT}. */
+    public boolean stop() {
+        return stop(STOP_TIMEOUT);
+    }
+
+    @Override
+    public String toString() {
+        return "QueueWorker[" + name + (failure != null ? ", failed: " + failure : "") + "]";
+    }
+}

@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.virtio;
+
+import io.iovirt.linux.EventFd;
+import java.util.Objects;
+
+/**
+ * The {@link QueueWorker.Handler} of a device that serves requests one chain at a time (virtio-blk with synchronous
+ * I/O, virtio-net transmit): the device implements only {@link Device#process}, this class runs the ring.
+ *
+ * <p>Per batch: pop up to {@code batch} chains (kicks suppressed while busy), process each, push them all, let the
+ * device end its batch, then interrupt the driver once if its suppression state asks for it. Before the worker
+ * sleeps, kicks are re-enabled and the ring looked at once more (the driver may have raced us), and guest memory is
+ * unpinned: nothing popped is in flight then.
+ */
+public final class RingHandler implements QueueWorker.Handler {
+    /** What the device does with one request. Runs on the queue's worker thread. */
+    public interface Device {
+        /**
+         * Serves one request. Guest mistakes inside the request are answered in the request (an error status, a
+         * dropped frame); throw only when the queue cannot go on (it fails).
+         *
+         * @return bytes written into the chain's device-writable buffers, for the used ring
+         */
+        long process(DescriptorChain chain) throws Exception;
+
+        /** After a batch was pushed, before the driver is interrupted (net: the switch ends its burst). */
+        default void batchDone() throws Exception {
+        }
+
+        /** The queue stopped (or failed); release per-queue state. */
+        default void stopped() {
+        }
+    }
+
+    private final Virtqueue vq;
+    private final EventFd call;
+    private final Device device;
+    private final DescriptorChain[] chains;
+    private final long[] written;
+    private QueueWorker worker;
+    private boolean kicksOff;
+
+    /**
+     * @param call  the driver's call eventfd (null: the driver polls)
+     * @param batch chains per batch: pushed together, one interrupt decision per batch
+     */
+    public RingHandler(Virtqueue vq, EventFd call, int batch, Device device) {
+        if (batch < 1) {
+            throw new IllegalArgumentException("batch must be positive: " + batch);
+        }
+        this.vq = Objects.requireNonNull(vq);
+        this.call = call;
+        this.device = Objects.requireNonNull(device);
+        this.chains = new DescriptorChain[batch];
+        this.written = new long[batch];
+        for (int i = 0; i < batch; i++) {
+            chains[i] = vq.newChain();
+        }
+    }
+
+    @Override
+    public void attached(QueueWorker w) {
+        worker = w;
+    }
+
+    public Virtqueue queue() {
+        return vq;
+    }
+
+    @Override
+    public boolean process() throws Exception {
+        if (!kicksOff) { // one store to the shared ring per busy period, not per batch
+            vq.disableNotifications();
+            kicksOff = true;
+        }
+        int n = 0;
+        while (n < chains.length && vq.pop(chains[n])) {
+            n++;
+        }
+        if (n == 0) {
+            return false;
+        }
+        for (int i = 0; i < n; i++) {
+            written[i] = device.process(chains[i]);
+        }
+        for (int i = 0; i < n; i++) {
+            vq.push(chains[i], written[i]);
+        }
+        device.batchDone();
+        if (vq.needsNotification()) {
+            worker.signal(call);
+        }
+        return n == chains.length;
+    }
+
+    @Override
+    public boolean hasWork() throws Exception {
+        return vq.hasAvailable();
+    }
+
+    @Override
+    public boolean prepareToSleep() throws Exception {
+        kicksOff = false;
+        if (vq.enableNotifications()) {
+            return true;
+        }
+        vq.releaseMemory();
+        return false;
+    }
+
+    @Override
+    public void stopped(boolean failed) {
+        vq.releaseMemory();
+        device.stopped();
+    }
+}

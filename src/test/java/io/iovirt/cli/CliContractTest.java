@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.host.CliRun;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.DynamicTest;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestFactory;
+import picocli.CommandLine;
+import picocli.CommandLine.Model.ArgSpec;
+import picocli.CommandLine.Model.CommandSpec;
+
+/** docs/cli.md, checked over every command picocli knows: a new command is covered as soon as it is registered. */
+class CliContractTest {
+    /** Every command's words ("host bind"), root first. */
+    static List<String> allCommands() {
+        List<String> out = new ArrayList<>();
+        walk(Main.commandLine(), out);
+        return out;
+    }
+
+    private static void walk(CommandLine cl, List<String> out) {
+        out.add(Contract.commandPath(cl));
+        for (CommandLine sub : cl.getSubcommands().values()) {
+            if (sub.getParent() == cl) { // aliases appear twice
+                walk(sub, out);
+            }
+        }
+    }
+
+    static CommandSpec spec(String path) {
+        CommandLine cl = Main.commandLine();
+        for (String w : words(path)) {
+            cl = cl.getSubcommands().get(w);
+        }
+        return cl.getCommandSpec();
+    }
+
+    static List<String> words(String path) {
+        return path.isEmpty() ? List.of() : List.of(path.split(" "));
+    }
+
+    static List<String> args(String path, String... more) {
+        List<String> a = new ArrayList<>(words(path));
+        a.addAll(List.of(more));
+        return a;
+    }
+
+    @TestFactory
+    Stream<DynamicTest> helpIsCompleteAndFitsIn100Columns() {
+        return allCommands().stream().map(path -> DynamicTest.dynamicTest("iovirt " + path + " --help", () -> {
+            CliRun r = CliRun.run(args(path, "--help"));
+            assertEquals(0, r.exit(), r.err());
+            for (String line : r.out().lines().toList()) {
+                assertTrue(line.length() <= Contract.HELP_WIDTH, "wider than 100 columns: " + line);
+            }
+            CommandSpec spec = spec(path);
+            String[] desc = spec.usageMessage().description();
+            assertTrue(desc.length > 0 && !desc[0].isBlank(), "no description");
+            assertTrue(desc[0].strip().endsWith("."), "the summary (first line) is not a sentence: " + desc[0]);
+            for (ArgSpec a : spec.args()) {
+                assertTrue(a.description().length > 0 && !String.join("", a.description()).isBlank(),
+                        "undescribed parameter " + (a.isOption() ? ((CommandLine.Model.OptionSpec) a).longestName()
+                                : a.paramLabel()));
+            }
+            if (spec.subcommands().isEmpty()) {
+                assertTrue(String.join("\n", spec.usageMessage().footer()).contains("iovirt "),
+                        "no example in the footer");
+            }
+        }));
+    }
+
+    @TestFactory
+    Stream<DynamicTest> usageErrorsAreOneLineExit2AndPointAtHelp() {
+        return allCommands().stream().map(path -> DynamicTest.dynamicTest("iovirt " + path + " --no-such-option",
+                () -> {
+                    CliRun r = CliRun.run(args(path, "--no-such-option"));
+                    String name = ("iovirt " + path).strip();
+                    assertEquals(2, r.exit(), r.err());
+                    assertEquals(1, r.err().strip().lines().count(), r.err());
+                    assertTrue(r.err().startsWith(name + ": "), r.err());
+                    assertTrue(r.err().strip().endsWith("— see '" + name + " --help'"), r.err());
+                    assertTrue(r.out().isEmpty(), r.out());
+                }));
+    }
+
+    @TestFactory
+    Stream<DynamicTest> withJsonUsageErrorsAreJsonToo() {
+        return allCommands().stream().filter(p -> spec(p).findOption("--json") != null)
+                .map(path -> DynamicTest.dynamicTest("iovirt " + path + " --json --no-such-option", () -> {
+                    CliRun r = CliRun.run(args(path, "--json", "--no-such-option"));
+                    assertEquals(2, r.exit(), r.err());
+                    String out = r.out().strip();
+                    assertTrue(out.startsWith("{") && out.endsWith("}") && out.contains("\"error\": {")
+                            && out.contains("\"exit\": 2") && out.contains("\"command\": \"" + path + "\""), out);
+                }));
+    }
+
+    @TestFactory
+    Stream<DynamicTest> commandGroupsWithoutASubcommandAreUsageErrors() {
+        return allCommands().stream().filter(p -> !spec(p).subcommands().isEmpty())
+                .map(path -> DynamicTest.dynamicTest("iovirt " + path, () -> {
+                    CliRun r = CliRun.run(args(path));
+                    assertEquals(2, r.exit(), r.err());
+                    assertTrue(r.err().contains("a subcommand is required: "), r.err());
+                    assertEquals(1, r.err().strip().lines().count(), r.err());
+                }));
+    }
+
+    @Test
+    void operationFailuresExit1WithTheErrorFormat() {
+        CliRun r = CliRun.run(List.of("host", "devices", "--sysfs-root", "/nonexistent-sysfs"));
+        assertEquals(1, r.exit(), r.err());
+        assertTrue(r.err().matches("iovirt host devices: [^\n]+: [^\n]+ — [^\n]+\n"), r.err());
+        CliRun j = CliRun.run(List.of("host", "devices", "--json", "--sysfs-root", "/nonexistent-sysfs"));
+        assertEquals(1, j.exit());
+        assertTrue(j.out().contains("\"exit\": 1") && j.out().contains("\"remedy\": \"mount sysfs"), j.out());
+    }
+
+    @Test
+    void helpTakesACommandPathOfAnyDepth() {
+        CliRun r = CliRun.run(List.of("help", "host", "check"));
+        assertEquals(0, r.exit(), r.err());
+        assertTrue(r.out().startsWith("Usage: iovirt host check"), r.out());
+        CliRun deep = CliRun.run(List.of("help", "vfio", "nvme", "identify"));
+        assertTrue(deep.out().startsWith("Usage: iovirt vfio nvme identify"), deep.out());
+        CliRun bad = CliRun.run(List.of("help", "host", "nope"));
+        assertEquals(2, bad.exit());
+        CliRun identify = CliRun.run(List.of("vfio", "nvme", "identify", "--help"));
+        assertEquals(0, identify.exit(), identify.err());
+    }
+
+    @Test
+    void theUsageErrorsTheIssueListedAreAllExit2() {
+        for (List<String> a : List.of(List.of("serve", "blk", "--queues", "0", "--image", "x", "--socket", "y"),
+                List.of("bench", "blk", "--bs", "1000", "--socket", "y"),
+                List.of("serve", "net", "--port", "vhost-user:/tmp/x,mac=zz"),
+                List.of("serve", "net", "--port", "vhost-user:/tmp/x,mac=01:00:00:00:00:01"),
+                List.of("host", "devices", "0000:zz:00.0"))) {
+            CliRun r = CliRun.run(a);
+            assertEquals(2, r.exit(), a + ": " + r.err());
+            assertEquals(1, r.err().strip().lines().count(), r.err());
+        }
+    }
+}

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.cli;
+
+import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.host.CliRun;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** serve blk refuses images it would corrupt or misrepresent, before it listens. */
+class ServeBlkImageTest {
+    @TempDir
+    Path tmp;
+
+    @Test
+    void anImageOfAFormatNotServedIsRefusedUnlessTheOperatorSaysRaw() throws Exception {
+        Path q = tmp.resolve("q.vmdk");
+        // A VMDK sparse extent header as qemu-img writes it: magic "KDMV", version 1 (the rest may be zeros).
+        ByteBuffer h = ByteBuffer.allocate(1 << 20).put("KDMV".getBytes("ISO-8859-1")).putInt(Integer.reverseBytes(1));
+        Files.write(q, h.array());
+        Path socket = tmp.resolve("blk.sock");
+        CliRun r = CliRun.run(List.of("serve", "blk", "--image", q.toString(), "--socket", socket.toString()));
+        assertEquals(1, r.exit(), r.err());
+        assertTrue(r.err().startsWith("iovirt serve blk: cannot serve " + q + ": its header says it is a VMware VMDK image"),
+                r.err());
+        assertTrue(r.err().contains(" — convert it (qemu-img convert -f vmdk -O qcow2"), r.err());
+        assertEquals(1, r.err().strip().lines().count(), r.err());
+        assertFalse(Files.exists(socket), "refused before listening");
+        assertDoesNotThrow(() -> ServeBlkCommand.checkFormat(q, io.iovirt.storage.ImageFormat.RAW));
+    }
+
+    @Test
+    void aSizeThatIsNotWholeSectorsIsRefusedOrWithTheFlagWarned() throws Exception {
+        Path odd = tmp.resolve("odd.raw");
+        Files.write(odd, new byte[1000]);
+        CliRun r = CliRun.run(List.of("serve", "blk", "--image", odd.toString(), "--socket",
+                tmp.resolve("s").toString()));
+        assertEquals(1, r.exit(), r.err());
+        assertTrue(r.err().contains("is 1000 bytes, not a multiple of 512: the guest would see 512 bytes"), r.err());
+        assertTrue(r.err().contains("--allow-partial-sector"), r.err());
+        assertDoesNotThrow(() -> ServeBlkCommand.checkSize(odd, 1000, true));
+    }
+
+    @Test
+    void aFormatOtherThanRawIsAUsageError() {
+        CliRun r = CliRun.run(List.of("serve", "blk", "--image", "x", "--socket", "y", "--format", "vmdk"));
+        assertEquals(2, r.exit(), r.err());
+    }
+}

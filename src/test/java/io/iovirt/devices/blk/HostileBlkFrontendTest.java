@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.devices.blk;
+
+import static io.iovirt.devices.blk.BlkRequests.HEADER_BYTES;
+import static io.iovirt.devices.blk.BlkRequests.S_IOERR;
+import static io.iovirt.devices.blk.BlkRequests.S_OK;
+import static io.iovirt.devices.blk.BlkRequests.T_IN;
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
+import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.EventFd;
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.memory.MemoryRegion;
+import io.iovirt.storage.RawImage;
+import io.iovirt.vhostuser.Features;
+import io.iovirt.vhostuser.FrontendMemory;
+import io.iovirt.vhostuser.LogCapture;
+import io.iovirt.vhostuser.VhostUserFrontend;
+import io.iovirt.vhostuser.VhostUserServer;
+import io.iovirt.virtio.DriverRing;
+import io.iovirt.virtio.SplitDriverRing;
+import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.IovirtCli;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+/**
+ * A hostile vhost-user-blk frontend against the data path: a 2 GiB data descriptor (the io_uring engine refused it
+ * with an uncaught exception before size_max was enforced), a blocking, full call eventfd (the queue thread blocked
+ * in write for ever: GET_VRING_BASE got no reply and SIGTERM no longer ended the process).
+ */
+@Timeout(180)
+class HostileBlkFrontendTest {
+    static final Duration TIMEOUT = Duration.ofSeconds(20);
+    static final int QSIZE = 64;
+
+    @TempDir
+    Path dir;
+
+    /** A minimal driver: one split queue in a (sparse) memfd, requests written by hand. */
+    static final class Driver implements AutoCloseable {
+        final VhostUserFrontend fe;
+        final FrontendMemory ram;
+        final SplitDriverRing ring;
+        final EventFd kick = EventFd.create(true);
+        final EventFd call;
+        long next = 0x10000;
+
+        Driver(Path socket, long ramBytes, EventFd call) throws IOException {
+            this.call = call;
+            fe = VhostUserFrontend.connect(socket, TIMEOUT);
+            ram = FrontendMemory.allocate(0, ramBytes);
+            GuestMemory mem = GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
+            fe.getFeatures();
+            fe.setProtocolFeatures(fe.getProtocolFeatures());
+            fe.setOwner();
+            fe.setFeatures(Features.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
+            fe.setMemTable(List.of(ram.descriptor()));
+            ring = SplitDriverRing.create(mem, alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
+            fe.setVringNum(0, QSIZE);
+            fe.setVringBase(0, 0);
+            fe.setVringAddr(0, ram.userAddrOf(ring.descAddr()), ram.userAddrOf(ring.deviceAreaAddr()),
+                    ram.userAddrOf(ring.driverAreaAddr()));
+            fe.setVringKick(0, kick);
+            fe.setVringCall(0, call);
+            fe.setVringEnable(0, true);
+        }
+
+        long alloc(long bytes, int align) {
+            long gpa = (next + align - 1) & -align;
+            next = gpa + bytes;
+            return gpa;
+        }
+
+        /** A read of {@code dataLen} bytes at sector 0 into a buffer at {@code dataGpa}; returns the status GPA. */
+        long read(long dataGpa, long dataLen) throws IOException {
+            long hdr = alloc(HEADER_BYTES, 16);
+            ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_IN);
+            ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
+            long status = alloc(1, 1);
+            ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
+            ring.add(new long[] {hdr, dataGpa, status}, new int[] {HEADER_BYTES, (int) dataLen, 1},
+                    new boolean[] {false, true, true}, 3, DriverRing.NO_INDIRECT);
+            kick.signal();
+            return status;
+        }
+
+        byte awaitStatus(long statusGpa) throws InterruptedException {
+            long deadline = System.nanoTime() + TIMEOUT.toNanos();
+            while (ring.pollUsed() == -1) {
+                assertTrue(System.nanoTime() < deadline, "request not completed");
+                Thread.sleep(1);
+            }
+            return ram.segment().get(JAVA_BYTE, statusGpa);
+        }
+
+        @Override
+        public void close() {
+            fe.close();
+            kick.close();
+            ram.close();
+        }
+    }
+
+    private Path image(long bytes) throws IOException {
+        Path p = dir.resolve("disk.img");
+        try (var f = java.nio.channels.FileChannel.open(p, java.nio.file.StandardOpenOption.CREATE,
+                java.nio.file.StandardOpenOption.WRITE)) {
+            f.truncate(bytes);
+            f.write(java.nio.ByteBuffer.allocate(1), bytes - 1);
+        }
+        return p;
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = BlkDevice.IoEngine.class, names = {"SYNC", "IO_URING"})
+    void aTwoGibDescriptorGetsAnIoErrorAndTheQueueGoesOn(BlkDevice.IoEngine engine) throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available());
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(image(1 << 20), false, false);
+             VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s", engine));
+             EventFd call = EventFd.create(true);
+             Driver d = new Driver(sock, 3L << 30, call)) { // sparse: the 2 GiB buffer lies inside guest memory
+            long big = d.alloc(Integer.MAX_VALUE, 4096);
+            assertEquals(S_IOERR, d.awaitStatus(d.read(big, 0x8000_0000L)), "2 GiB segment > size_max: IOERR");
+            assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "the queue still serves");
+            assertEquals(0, d.fe.getStatus() & 0x40, "no NEEDS_RESET: the request was answered");
+        }
+    }
+
+    @Test
+    void aBlockingFullCallEventfdDoesNotHoldTheQueueThread() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(image(1 << 20), false, false);
+             LogCapture log = LogCapture.start("io.iovirt");
+             VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s"));
+             EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
+             Driver d = new Driver(sock, 1 << 20, trap)) {
+            trap.write(0xffff_ffff_ffff_fffeL);
+            trap.fd().setNonBlocking(false); // undo what the backend did to the shared file description
+            long st = d.read(d.alloc(4096, 4096), 4096);
+            assertEquals(S_OK, d.awaitStatus(st));
+            // The queue thread tried to interrupt the guest; GET_VRING_BASE stops it and must get its answer.
+            CompletableFuture<Integer> base = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return d.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new RuntimeException(e);
+                }
+            });
+            assertEquals(1, base.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS));
+            assertTrue(log.awaitLine("call eventfd is full or was made blocking").contains("blk hostile q0"));
+        }
+        // and the server serves the next frontend
+        try (RawImage img = RawImage.open(dir.resolve("disk.img"), false, false);
+             VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("next", img, 1, "s"));
+             EventFd call = EventFd.create(true);
+             Driver d = new Driver(sock, 1 << 20, call)) {
+            assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+        }
+    }
+
+    @Test
+    void sigtermEndsServeBlkWithinFiveSecondsWhileAFrontendHoldsItsQueueHostage() throws Exception {
+        Path sock = dir.resolve("serve.sock");
+        Path img = image(1 << 20);
+        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command("serve", "blk", "--image", img.toString(),
+                        "--socket", sock.toString(), "--io-engine", "sync"))
+                .name("iovirt serve blk").log(dir.resolve("serve.log")).startListening(sock, TIMEOUT);
+             EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
+             Driver d = new Driver(sock, 1 << 20, trap)) {
+            trap.write(0xffff_ffff_ffff_fffeL);
+            trap.fd().setNonBlocking(false);
+            for (int i = 0; i < 8; i++) {
+                d.read(d.alloc(4096, 4096), 4096);
+            }
+            Thread.sleep(200); // the queue thread is now writing the trap
+            long start = System.nanoTime();
+            ProcessHandle.of(serve.pid()).orElseThrow().destroy(); // SIGTERM
+            assertTrue(serve.waitFor(Duration.ofSeconds(5)), "serve blk did not exit within 5 s of SIGTERM:\n"
+                    + serve.logTail(30));
+            assertTrue(System.nanoTime() - start < 5_000_000_000L);
+            assertEquals(0, serve.exitValue(), serve.logTail(30));
+        }
+    }
+}

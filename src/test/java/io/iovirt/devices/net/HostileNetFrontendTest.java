@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.devices.net;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.MemFd;
+import io.iovirt.net.Mac;
+import io.iovirt.net.PortStat;
+import io.iovirt.net.Switch;
+import io.iovirt.vhostuser.Features;
+import io.iovirt.vhostuser.LogCapture;
+import io.iovirt.virtio.DriverRing;
+import java.io.IOException;
+import java.lang.management.ManagementFactory;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A hostile vhost-user-net frontend attacks the data path of a switch with three ports: the attacker A, and two
+ * honest guests B and C. Each test checks that the attacked queue fails (or the attack is contained) with a clear log
+ * line, and that B and C keep exchanging frames — in particular on the cross-tenant path where frames to A are
+ * delivered on B's transmit thread.
+ */
+@Timeout(180)
+class HostileNetFrontendTest {
+    static final long A = Mac.parse("52:54:00:00:00:0a");
+    static final long B = Mac.parse("52:54:00:00:00:0b");
+    static final long C = Mac.parse("52:54:00:00:00:0c");
+    static final long BASE = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
+            | Features.VIRTIO_RING_F_INDIRECT_DESC | VirtioNet.F_MRG_RXBUF;
+    static final Duration BOUND = Duration.ofSeconds(20);
+
+    @TempDir
+    Path dir;
+    Switch sw;
+    VirtioNetPort pa;
+    VirtioNetPort pb;
+    VirtioNetPort pc;
+    LogCapture log;
+
+    @BeforeEach
+    void start() throws IOException {
+        log = LogCapture.start("io.iovirt");
+        sw = new Switch(Switch.Config.defaults());
+        pa = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("a.sock"), 1, -1, 0)));
+        pb = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("b.sock"), 1, -1, 0)));
+        pc = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("c.sock"), 1, -1, 0)));
+    }
+
+    @AfterEach
+    void stop() {
+        sw.close();
+        log.close();
+    }
+
+    /** B and C still exchange frames both ways, within the bound. */
+    static void honestTrafficFlows(NetDriver b, NetDriver c, int round) throws Exception {
+        for (int i = 0; i < 4; i++) {
+            byte[] f = VirtioNetPortTest.frame(C, B, 100 + round * 7 + i);
+            b.send(0, f);
+            assertArrayEquals(f, c.receive(0), "B -> C frame " + i + " of round " + round);
+            byte[] g = VirtioNetPortTest.frame(B, C, 200 + round * 7 + i);
+            c.send(0, g);
+            assertArrayEquals(g, b.receive(0), "C -> B frame " + i + " of round " + round);
+        }
+    }
+
+    private static void learn(NetDriver d, long src, long dst) throws Exception {
+        d.send(0, VirtioNetPortTest.frame(dst, src, 60)); // the switch learns src on that port
+    }
+
+    @Test
+    void aBlockingFullCallEventfdStallsNeitherTheSenderNorTheFrontendsControlRequests() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
+             EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) { // blocking
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            a.postRx(0, 2048, 128);
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            learn(a, A, B);
+            learn(b, B, C);
+            learn(c, C, B);
+            a.drainRx(0);
+            b.drainRx(0);
+            c.drainRx(0);
+            // A's rx call descriptor: a blocking eventfd whose counter is full. The backend makes it non-blocking
+            // when it arrives; A clears the flag again (they share the open file) — the attack in the issue.
+            trap.write(0xffff_ffff_ffff_fffeL);
+            a.replaceCall(0, trap);
+            trap.fd().setNonBlocking(false);
+            // B floods A: every frame is delivered on B's transmit thread, which then interrupts A's guest.
+            for (int i = 0; i < 100; i++) {
+                b.send(0, VirtioNetPortTest.frame(A, B, 60 + i));
+            }
+            b.awaitTxUsed(0, 100);
+            honestTrafficFlows(b, c, 1);
+            // A's own control requests are answered within the bound: stopping A's rx queue does not wait for ever.
+            CompletableFuture<Integer> base = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return a.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new RuntimeException(e);
+                }
+            });
+            base.get(BOUND.toSeconds(), TimeUnit.SECONDS);
+            honestTrafficFlows(b, c, 2);
+            String line = log.awaitLine("eventfd is full or was made blocking");
+            assertTrue(line.contains(pa.name()), line);
+        }
+    }
+
+    @Test
+    void aFrontendThatTruncatesItsMemoryFailsOnlyItsOwnQueueEvenOnAnotherPortsThread() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            a.postRx(0, 2048, 64);
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            learn(a, A, B);
+            learn(b, B, C);
+            learn(c, C, B);
+            b.drainRx(0);
+            c.drainRx(0);
+            // A truncates the memory file it shared: the backend's next access to A's rx buffers is a SIGBUS,
+            // on B's transmit thread.
+            MemFd.truncate(a.ram.fd(), 4096);
+            for (int i = 0; i < 10; i++) {
+                b.send(0, VirtioNetPortTest.frame(A, B, 60 + i));
+            }
+            b.awaitTxUsed(0, 10);
+            String line = log.awaitLine("queue 0: guest memory access faulted");
+            assertTrue(line.contains(pa.name()), line);
+            assertEquals(0x40, a.fe.getStatus() & 0x40, "A's device needs a reset");
+            honestTrafficFlows(b, c, 1); // B's thread survived the fault in A's memory
+            assertTrue(pb.stats().get(PortStat.RX_DROPPED_MALFORMED) == 0);
+        }
+    }
+
+    @Test
+    void overlongChainsFailTheQueueAndHeapStaysBounded() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            long before = retainedHeap();
+            // 64 heads, each the longest chain the device accepts: 256 one-byte buffers (a runt frame each).
+            int n = VirtioNetPort.MAX_CHAIN;
+            long[] addrs = new long[n];
+            int[] lens = new int[n];
+            boolean[] w = new boolean[n];
+            long buf = a.alloc(4096, 64);
+            for (int i = 0; i < n; i++) {
+                addrs[i] = buf + i;
+                lens[i] = 1;
+            }
+            long table = a.alloc(16L * n, 16);
+            for (int k = 0; k < 64; k++) {
+                a.addRaw(1, addrs, lens, w, table); // all share one indirect table
+            }
+            a.awaitTxUsed(0, 64);
+            long retained = retainedHeap() - before;
+            assertTrue(retained < 8 << 20, "64 maximal chains retain " + retained + " bytes of heap");
+            // One buffer more than the bound (the issue's attack used 32768): the queue fails at once. The driver
+            // helper refuses such a request, so its indirect descriptor is lengthened in the table before the kick.
+            long table2 = a.alloc(16L * 32768, 16);
+            int id = a.addRawNoKick(1, addrs, lens, w, table2);
+            io.iovirt.virtio.SplitDriverRing ring = (io.iovirt.virtio.SplitDriverRing) a.ring(1);
+            a.ram.segment().set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, ring.descAddr() + 16L * id + 8, 16 * 32768);
+            a.kickQueue(1);
+            String line = log.awaitLine("tx1: virtqueue 1:");
+            assertTrue(line.contains("BAD_INDIRECT_TABLE") || line.contains("CHAIN_TOO_LONG"), line);
+            VirtioNetPortTest.await(() -> {
+                try {
+                    return (a.fe.getStatus() & 0x40) != 0;
+                } catch (IOException e) {
+                    throw new RuntimeException(e);
+                }
+            }, "NEEDS_RESET");
+            learn(b, B, C);
+            learn(c, C, B);
+            b.drainRx(0);
+            c.drainRx(0);
+            honestTrafficFlows(b, c, 1);
+        }
+    }
+
+    /** Heap in use after a full collection: what the process retains, not what it allocated. */
+    static long retainedHeap() throws InterruptedException {
+        var mem = ManagementFactory.getMemoryMXBean();
+        long best = Long.MAX_VALUE;
+        for (int i = 0; i < 3; i++) {
+            System.gc();
+            Thread.sleep(50);
+            best = Math.min(best, mem.getHeapMemoryUsage().getUsed());
+        }
+        return best;
+    }
+
+    @Test
+    void kickCallAndErrMustBeEventfds() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
+             io.iovirt.linux.Fd file = io.iovirt.linux.FileIo.open(dir.resolve("regular"),
+                     io.iovirt.linux.FileIo.O_RDWR | io.iovirt.linux.FileIo.O_CREAT, 0600)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.postRx(0, 2048, 64);
+            c.postRx(0, 2048, 64);
+            // a regular file posing as the call eventfd: refused, the connection closed
+            org.junit.jupiter.api.Assertions.assertThrows(IOException.class,
+                    () -> a.fe.setVringCall(1, EventFd.adopt(file.dup())));
+            String line = log.awaitLine("protocol error");
+            assertTrue(line.contains("SET_VRING_CALL descriptor of queue 1 is /") && line.contains("not an eventfd"), line);
+            learn(b, B, C);
+            learn(c, C, B);
+            b.drainRx(0);
+            c.drainRx(0);
+            honestTrafficFlows(b, c, 1);
+            // the next frontend on A's socket is served
+            VirtioNetPortTest.await(() -> !pa.connected(), "A disconnected");
+            try (NetDriver again = new NetDriver(pa.options().socket(), BASE, 1)) {
+                VirtioNetPortTest.await(pa::isLinkUp, "A's link up again");
+            }
+        }
+    }
+
+    @Test
+    void aPinnedPortCannotSpoofOrFillTheMacTable() throws Exception {
+        sw.close();
+        sw = new Switch(Switch.Config.defaults());
+        pa = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pa.sock"), 1, A, 0)).pinSource(true));
+        pb = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pb.sock"), 1, -1, 0)));
+        pc = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pc.sock"), 1, -1, 0)));
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            learn(b, B, C);
+            learn(c, C, B);
+            b.drainRx(0);
+            c.drainRx(0);
+            int before = sw.macTable().size();
+            // A claims to be B (to steal B's traffic) and then floods 200 made-up sources.
+            a.send(0, VirtioNetPortTest.frame(C, B, 60));
+            for (int i = 0; i < 200; i++) {
+                a.send(0, VirtioNetPortTest.frame(C, 0x0252_5400_1000L + i, 60));
+            }
+            a.awaitTxUsed(0, 201);
+            assertEquals(201, pa.stats().get(PortStat.RX_DROPPED_BAD_SOURCE));
+            assertEquals(before, sw.macTable().size(), "nothing learned from A's spoofed frames");
+            honestTrafficFlows(b, c, 1); // B's traffic still goes to B
+            a.send(0, VirtioNetPortTest.frame(C, A, 70)); // its own address is forwarded
+            assertEquals(70, c.receive(0).length);
+            assertTrue(log.awaitLine("the port is pinned to").contains(pa.name()));
+        }
+    }
+}

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.vhostuser;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.SocketAccess;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.Set;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * Who may talk to a vhost-user socket: the file is 0600 (0660 with a group) whatever the umask, and a peer whose
+ * uid is not on the allow-list is refused with a log line even when the file mode let it connect. The other uid is a
+ * real process: python3 run as nobody:nogroup through setpriv.
+ */
+@Timeout(120)
+class SocketAccessTest {
+    static final int NOBODY = 65534;
+    static final String PYTHON = "/usr/bin/python3";
+
+    @TempDir
+    Path dir;
+
+    /** Connects as nobody, sends GET_FEATURES and prints the reply's size (0 when the server hung up), or the error. */
+    private String connectAsNobody(Path socket) throws Exception {
+        String script = "import socket,struct,sys\n"
+                + "s=socket.socket(socket.AF_UNIX)\n"
+                + "try:\n"
+                + "  s.connect(sys.argv[1])\n"
+                + "except OSError as e:\n"
+                + "  print('connect', e.errno); sys.exit(0)\n"
+                + "s.sendall(struct.pack('<III',1,1,0))\n"
+                + "s.settimeout(10)\n"
+                + "try:\n"
+                + "  print('reply', len(s.recv(64)))\n"
+                + "except ConnectionResetError:\n"
+                + "  print('reply', 0)\n";
+        Process p = new ProcessBuilder("setpriv", "--reuid=" + NOBODY, "--regid=" + NOBODY, "--clear-groups",
+                PYTHON, "-c", script, socket.toString()).redirectErrorStream(true).start();
+        assertTrue(p.waitFor(30, TimeUnit.SECONDS), "client hung");
+        return new String(p.getInputStream().readAllBytes()).trim();
+    }
+
+    private void openDir() throws Exception {
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x"));
+    }
+
+    @Test
+    void socketsAreOwnerOnlyAndOtherUidsCannotConnect() throws Exception {
+        Assumptions.assumeTrue(SocketAccess.ownUid() == 0 && Files.isExecutable(Path.of(PYTHON)), "needs root and python3");
+        openDir();
+        Path sock = dir.resolve("vub.sock");
+        try (VhostUserServer server = VhostUserServer.start(sock, new RecordingBackend(1))) {
+            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
+            assertEquals("connect 13", connectAsNobody(sock), "EACCES: the file mode keeps other users out");
+        }
+    }
+
+    @Test
+    void aGroupMayConnectButOnlyAllowedUidsAreServed() throws Exception {
+        Assumptions.assumeTrue(SocketAccess.ownUid() == 0 && Files.isExecutable(Path.of(PYTHON)), "needs root and python3");
+        openDir();
+        Path sock = dir.resolve("vub.sock");
+        try (LogCapture log = LogCapture.start();
+             VhostUserServer server = VhostUserServer.start(sock, new RecordingBackend(1),
+                     SocketAccess.of("nogroup", Set.of()))) {
+            assertEquals("rw-rw----", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
+            assertEquals("nogroup", Files.getAttribute(sock, "posix:group").toString());
+            assertEquals("reply 0", connectAsNobody(sock), "the server hangs up on a uid it does not serve");
+            String line = log.awaitLine("refusing frontend");
+            assertTrue(line.contains("uid " + NOBODY + " is not allowed"), line);
+            assertTrue(server.awaitIdle(Duration.ofSeconds(10)));
+            try (VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(10))) {
+                assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES, fe.getFeatures());
+            }
+        }
+        Files.deleteIfExists(sock);
+        try (VhostUserServer server = VhostUserServer.start(sock, new RecordingBackend(1),
+                SocketAccess.of("nogroup", Set.of(NOBODY)))) {
+            assertEquals("reply 20", connectAsNobody(sock), "an allowed uid gets its GET_FEATURES reply");
+        }
+    }
+}
