@@ -27,12 +27,17 @@ final class DaemonCommand implements Callable<Integer> {
             description = "Give device sockets to GROUP with mode 0660, so QEMU running as a member can connect (default: 0600).")
     String socketGroup;
 
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve device-socket peers with these uids (QEMU's user when it is not the daemon's; default: the daemon's uid and root).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
     @Override
     public Integer call() throws Exception {
         if (System.getenv("JOURNAL_STREAM") != null) {
             journalFormat();
         }
-        String signal = DaemonService.run(new DaemonService.Options(config, control, metrics, socketGroup));
+        String signal = DaemonService.run(new DaemonService.Options(config, control, metrics, socketGroup,
+                new java.util.HashSet<>(allowUids)));
         System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
         return 0;
     }

@@ -34,17 +34,11 @@ final class BlkExport implements AutoCloseable {
         this.fromConfig = fromConfig;
     }
 
-    static BlkExport start(Spec spec, boolean fromConfig, SocketAccess access) throws IOException {
+    static BlkExport start(Spec spec, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
         DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), spec.direct());
         try {
             BlkDevice device = new BlkDevice(spec.id(), image, spec.queues(), spec.serial(), spec.engine());
-            VhostUserServer server = VhostUserServer.start(spec.socket(), device);
-            try {
-                access.apply(spec.socket());
-            } catch (IOException | RuntimeException e) {
-                server.close();
-                throw e;
-            }
+            VhostUserServer server = VhostUserServer.start(spec.socket(), device, access);
             return new BlkExport(spec, image, device, server, fromConfig);
         } catch (IOException | RuntimeException e) {
             image.close();

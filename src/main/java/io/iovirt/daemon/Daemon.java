@@ -31,7 +31,7 @@ public final class Daemon implements AutoCloseable {
     private final Map<String, BlkExport> blks = new LinkedHashMap<>(); // guarded by lock
     private final Map<String, NetSwitch> nets = new LinkedHashMap<>(); // guarded by lock
     private final Map<String, NbdExportEntry> nbds = new LinkedHashMap<>(); // guarded by lock
-    private final SocketAccess access;
+    private final io.iovirt.linux.SocketAccess access;
     private final long startMillis = System.currentTimeMillis();
     private int nextBlk;
     private int nextNet;
@@ -40,10 +40,26 @@ public final class Daemon implements AutoCloseable {
     private boolean closed;
 
     public Daemon(String socketGroup) throws IOException {
-        this.access = SocketAccess.of(socketGroup);
+        this(socketGroup, java.util.Set.of());
     }
 
-    SocketAccess access() {
+    /**
+     * @param socketGroup device sockets are 0660 and owned by this group (null: 0600)
+     * @param allowUids   peer uids served besides the daemon's own and root (QEMU's user when it runs as another)
+     */
+    public Daemon(String socketGroup, java.util.Set<Integer> allowUids) throws IOException {
+        if (socketGroup != null) {
+            try {
+                java.nio.file.FileSystems.getDefault().getUserPrincipalLookupService().lookupPrincipalByGroupName(socketGroup);
+            } catch (java.nio.file.attribute.UserPrincipalNotFoundException e) {
+                throw new IOException("--socket-group " + socketGroup + ": no such group; create it (groupadd " + socketGroup
+                        + ") and add QEMU's user to it", e);
+            }
+        }
+        this.access = io.iovirt.linux.SocketAccess.of(socketGroup, allowUids);
+    }
+
+    io.iovirt.linux.SocketAccess access() {
         return access;
     }
 

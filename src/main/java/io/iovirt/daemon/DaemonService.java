@@ -20,7 +20,7 @@ public final class DaemonService {
     private DaemonService() {
     }
 
-    public record Options(Path config, Path control, String metrics, String socketGroup) {
+    public record Options(Path config, Path control, String metrics, String socketGroup, java.util.Set<Integer> allowUids) {
     }
 
     /** Runs until SIGTERM or SIGINT; returns the signal's name. */
@@ -30,7 +30,7 @@ public final class DaemonService {
         for (String name : new String[] {"TERM", "INT", "HUP"}) {
             Signal.handle(new Signal(name), s -> signals.add("SIG" + s.getName()));
         }
-        try (Daemon daemon = new Daemon(o.socketGroup())) {
+        try (Daemon daemon = new Daemon(o.socketGroup(), o.allowUids())) {
             if (o.config() != null) {
                 ConfigFile.Outcome out = ConfigFile.apply(daemon, ConfigFile.read(o.config(), daemon));
                 if (!out.failed().isEmpty()) {

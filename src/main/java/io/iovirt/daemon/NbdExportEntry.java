@@ -30,14 +30,14 @@ final class NbdExportEntry implements AutoCloseable {
         this.export = export;
     }
 
-    static NbdExportEntry start(Spec spec, SocketAccess access) throws IOException {
+    static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access) throws IOException {
         DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
         try {
             NbdServer server = NbdServer.startUnix(spec.socket(), NbdServer.DEFAULT_MAX_CONNECTIONS);
             try {
                 NbdExport export = new NbdExport(spec.id(), image, spec.readOnly());
                 server.addExport(export);
-                access.apply(spec.socket());
+                restrict(spec.socket(), access.group());
                 return new NbdExportEntry(spec, image, server, export);
             } catch (IOException | RuntimeException e) {
                 server.close();
@@ -47,6 +47,20 @@ final class NbdExportEntry implements AutoCloseable {
             image.close();
             throw e;
         }
+    }
+
+    /**
+     * The NBD server has no access option of its own (yet): the socket file gets the daemon's mode and group after
+     * listening. No uid allow-list: the file mode is the gate.
+     */
+    private static void restrict(Path socket, String group) throws IOException {
+        if (group != null) {
+            java.nio.file.attribute.GroupPrincipal g = socket.getFileSystem().getUserPrincipalLookupService()
+                    .lookupPrincipalByGroupName(group);
+            java.nio.file.Files.getFileAttributeView(socket, java.nio.file.attribute.PosixFileAttributeView.class).setGroup(g);
+        }
+        java.nio.file.Files.setPosixFilePermissions(socket,
+                java.nio.file.attribute.PosixFilePermissions.fromString(group != null ? "rw-rw----" : "rw-------"));
     }
 
     /** Stops the server (its connections end), flushes and closes the image. */

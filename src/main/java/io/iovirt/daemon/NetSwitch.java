@@ -38,22 +38,15 @@ final class NetSwitch implements AutoCloseable {
         sw.startHousekeeping();
     }
 
-    PortEntry addPort(PortSpec ps, boolean fromConfig, SocketAccess access) throws IOException {
+    PortEntry addPort(PortSpec ps, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
         Port p = switch (ps.kind()) {
-            case "vhost-user" -> new VirtioNetPort(new VirtioNetPort.Options(Path.of(ps.path()), ps.queues(), ps.mac(), 0));
-            case "stream" -> new StreamPort(Path.of(ps.path()));
+            case "vhost-user" -> new VirtioNetPort(new VirtioNetPort.Options(Path.of(ps.path()), ps.queues(), ps.mac(), 0))
+                    .withAccess(access);
+            case "stream" -> new StreamPort(Path.of(ps.path()), access);
             case "tap" -> new TapPort(ps.path());
             default -> throw new IllegalArgumentException("unknown port kind " + ps.kind());
         };
         sw.addPort(p);
-        if (!ps.kind().equals("tap")) {
-            try {
-                access.apply(Path.of(ps.path()));
-            } catch (IOException | RuntimeException e) {
-                sw.removePort(p);
-                throw e;
-            }
-        }
         PortEntry e = new PortEntry(ps, p, fromConfig);
         ports.put(ps.id(), e);
         return e;

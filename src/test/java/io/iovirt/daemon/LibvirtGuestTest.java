@@ -132,7 +132,7 @@ class LibvirtGuestTest {
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         try (ChildProcess daemon = ChildProcess.builder(as(SVC, Map.of(), java, "--enable-native-access=ALL-UNNAMED",
                         "-XX:+UseSerialGC", "-cp", String.join(":", cpEntries), "io.iovirt.cli.Main", "daemon",
-                        "--control", control.toString(), "--socket-group", GROUP))
+                        "--control", control.toString(), "--socket-group", GROUP, "--allow-uid", Integer.toString(uid(VM))))
                 .name("iovirt daemon as " + SVC).log(dir.resolve("daemon.log")).startListening(control, Duration.ofSeconds(60))) {
             // a connection per request: the daemon drops control clients idle for 60 s, and the guest boot takes longer
             Rpc ctl = (method, params) -> {
