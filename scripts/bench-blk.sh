@@ -3,12 +3,19 @@
 # driven by the same client (`iovirt bench blk`), one run per case, printed as a Markdown table on stdout.
 #
 #   scripts/bench-blk.sh [--seconds S] [--warmup S] [--size BYTES] [--dir DIR] [--backend-cpu N] [--client-cpu N]
+#                        [--charts DIR] [--report-only] [--boost N]
 #
 # Cases: {buffered, O_DIRECT} x {randread, randwrite} x {QD 1, QD 32}, 4 KiB, one queue, split ring, polling client.
 # Each backend gets one queue / one thread of work (iovirt: --queues 1; qsd: its main loop, no iothread) and is
 # pinned with taskset to --backend-cpu; the client to --client-cpu. The two backends run alternately on each case.
 # Env: BACKEND_JAVA_OPTS is passed to the iovirt backend JVM (e.g. a JFR recording), CLIENT_JAVA_OPTS to the client.
 # Raw JSON results stay in DIR (default: a new temporary directory, printed at the end).
+# Charts (gnuplot, PNG): IOPS of both backends side by side per case, and latency percentile curves, written to
+# --charts DIR (default docs/ of this repository) as bench-blk-iops.png and bench-blk-latency.png.
+# --report-only (with --dir): print the report and draw the charts from the JSON results already in DIR.
+# --boost N (root; e.g. -15): run everything in a scheduler autogroup of its own at nice N. With
+# kernel.sched_autogroup_enabled=1 (Debian's default) a process's nice value only counts within its session, so on
+# a machine shared with other sessions this is what gives client and backends their cores; it is in the report.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -18,6 +25,10 @@ SIZE=$((1 << 30))
 DIR=""
 BACKEND_CPU=0
 CLIENT_CPU=1
+CHARTS="$ROOT/docs"
+REPORT_ONLY=0
+BOOST=0
+ARGS=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
@@ -26,16 +37,23 @@ while [ $# -gt 0 ]; do
     --dir) DIR="$2"; shift 2 ;;
     --backend-cpu) BACKEND_CPU="$2"; shift 2 ;;
     --client-cpu) CLIENT_CPU="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --charts) CHARTS="$2"; shift 2 ;;
+    --report-only) REPORT_ONLY=1; shift ;;
+    --boost) BOOST="$2"; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-blk: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 
-for tool in qemu-storage-daemon taskset jq; do
-  command -v "$tool" >/dev/null || {
-    echo "bench-blk: '$tool' is missing — apt-get install qemu-system-x86 util-linux jq" >&2; exit 1; }
+if [ "$BOOST" != 0 ] && [ "$REPORT_ONLY" = 0 ] && [ "${BENCH_BOOSTED:-}" != 1 ]; then
+  exec setsid env BENCH_BOOSTED=1 bash -c 'echo "$0" > /proc/$$/autogroup && exec "$@"' "$BOOST" "$0" "${ARGS[@]}"
+fi
+for tool in qemu-storage-daemon taskset jq gnuplot; do
+  command -v "$tool" >/dev/null || "$ROOT/scripts/install-deps.sh" >&2 || {
+    echo "bench-blk: '$tool' is missing — apt-get install qemu-system-x86 util-linux jq gnuplot-nox" >&2; exit 1; }
 done
-"$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
+[ "$REPORT_ONLY" = 0 ] || [ -n "$DIR" ] || { echo "bench-blk: --report-only needs --dir DIR" >&2; exit 2; }
+[ "$REPORT_ONLY" = 1 ] || "$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
 
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-blk.XXXXXX)"
 mkdir -p "$DIR"
@@ -49,13 +67,13 @@ cleanup() {
 trap cleanup EXIT
 
 # O_DIRECT needs a file system that supports it (not tmpfs), and reads must hit written blocks, not holes.
-if [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != "$SIZE" ]; then
+if [ "$REPORT_ONLY" = 0 ] && { [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != "$SIZE" ]; }; then
   echo "bench-blk: writing a $((SIZE >> 20)) MiB image at $IMAGE ..." >&2
   rm -f "$IMAGE"
   dd if=/dev/urandom of="$IMAGE" bs=1M count=$((SIZE >> 20)) iflag=fullblock oflag=direct status=none
   sync "$IMAGE"
 fi
-cat "$IMAGE" > /dev/null # the buffered cases start with the image in the page cache, for both backends alike
+[ "$REPORT_ONLY" = 1 ] || cat "$IMAGE" > /dev/null # the buffered cases start with the image in the page cache, for both backends alike
 
 wait_socket() { # socket pid name
   for _ in $(seq 1 600); do
@@ -91,7 +109,7 @@ run_case() { # backend mode rw qd
 }
 
 CASES=()
-for mode in buffered direct; do
+[ "$REPORT_ONLY" = 1 ] || for mode in buffered direct; do
   start_backends "$mode"
   for rw in randread randwrite; do
     for qd in 1 32; do
@@ -102,6 +120,8 @@ for mode in buffered direct; do
   done
   cleanup
 done
+[ "$REPORT_ONLY" = 0 ] || for mode in buffered direct; do for rw in randread randwrite; do for qd in 1 32; do
+  CASES+=("$mode $rw $qd"); done; done; done
 
 # ---- report ----------------------------------------------------------------------------------------------------
 q() { jq -r "$2" "$1"; }
@@ -115,8 +135,8 @@ done
 echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r),"\
      "$(qemu-storage-daemon --version | head -1), $JAVA_VERSION"
-echo "Command: scripts/bench-blk.sh --seconds $SECONDS_PER_RUN --warmup $WARMUP --size $SIZE --backend-cpu $BACKEND_CPU --client-cpu $CLIENT_CPU"
-echo "Load average before the report: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "Command: scripts/bench-blk.sh --seconds $SECONDS_PER_RUN --warmup $WARMUP --size $SIZE --backend-cpu $BACKEND_CPU --client-cpu $CLIENT_CPU --boost $BOOST"
+echo "Load average before the report: $(cut -d' ' -f1-3 /proc/loadavg); scheduler boost (autogroup nice): $BOOST"
 echo
 echo "| mode | rw | QD | iovirt IOPS | qsd IOPS | IOPS ratio | iovirt p50 µs | qsd p50 µs | iovirt p99 µs | qsd p99 µs | iovirt CPU µs/IO | qsd CPU µs/IO | client core % |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -152,4 +172,65 @@ for be in iovirt qsd; do
   done
 done
 echo
+
+# ---- charts ----------------------------------------------------------------------------------------------------
+# Data files for gnuplot: one line per case (IOPS), one block per backend and case (latency percentile curve; from
+# latency_curve_ns, or the few named percentiles when the JSON came from an older client).
+mkdir -p "$CHARTS"
+: > "$DIR/iops.dat"
+for c in "${CASES[@]}"; do
+  set -- $c
+  a="$DIR/iovirt-$1-$2-qd$3.json"; b="$DIR/qsd-$1-$2-qd$3.json"
+  mode=$([ "$1" = direct ] && echo "O_DIRECT" || echo "buffered")
+  printf '"%s\\n%s QD %s\\nclient %s/%s %%" %s %s\n' "$mode" "$2" "$3" "$(q "$a" "$SHARE")" "$(q "$b" "$SHARE")" \
+    "$(q "$a" .iops)" "$(q "$b" .iops)" >> "$DIR/iops.dat"
+done
+CURVE='if .latency_curve_ns then .latency_curve_ns[] | "\(.[0]) \(.[1] / 1000)"
+       else .latency_ns | "50 \(.p50 / 1000)", "99 \(.p99 / 1000)", "99.9 \(.p99_9 / 1000)" end'
+PANELS=""
+for c in "${CASES[@]}"; do
+  set -- $c
+  for be in iovirt qsd; do
+    { echo "# $be $c"; q "$DIR/$be-$1-$2-qd$3.json" "$CURVE"; } > "$DIR/curve-$be-$1-$2-qd$3.dat"
+  done
+  mode=$([ "$1" = direct ] && echo "O_DIRECT" || echo "buffered")
+  PANELS+="set title '$mode $2 QD $3 (client core $(q "$DIR/iovirt-$1-$2-qd$3.json" "$SHARE") / $(q "$DIR/qsd-$1-$2-qd$3.json" "$SHARE") %)'
+plot '$DIR/curve-iovirt-$1-$2-qd$3.dat' using (nines(\$1)):2 with linespoints pt 7 ps 0.5 lw 2 lc rgb '#1f77b4' title 'iovirt', \
+     '$DIR/curve-qsd-$1-$2-qd$3.dat' using (nines(\$1)):2 with linespoints pt 7 ps 0.5 lw 2 lc rgb '#ff7f0e' title 'qemu-storage-daemon'
+"
+done
+STAMP="run of $(date -u -r "$DIR/qsd-direct-randwrite-qd32.json" '+%Y-%m-%d %H:%M UTC'); client core % below 95: noise-bound"
+gnuplot <<EOF_GP
+set terminal pngcairo size 1400,650 font "DejaVu Sans,11" noenhanced
+set output '$CHARTS/bench-blk-iops.png'
+set title "vhost-user-blk, 4 KiB random I/O, one queue, one backend core: iovirt vs qemu-storage-daemon\n$STAMP"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set logscale y
+set format y "%.0s%c"
+set ylabel 'IOPS (log scale)'
+set grid ytics
+set key top left
+set bmargin 5
+plot '$DIR/iops.dat' using 2:xticlabels(1) title 'iovirt' lc rgb '#1f77b4', '' using 3 title 'qemu-storage-daemon' lc rgb '#ff7f0e', \
+     '' using (\$0-0.17):2:(sprintf("%.0fk",\$2/1000)) with labels offset 0,0.7 font ",9" notitle, \
+     '' using (\$0+0.17):3:(sprintf("%.0fk",\$3/1000)) with labels offset 0,0.7 font ",9" notitle
+EOF_GP
+gnuplot <<EOF_GP
+set terminal pngcairo size 1600,900 font "DejaVu Sans,10" noenhanced
+set output '$CHARTS/bench-blk-latency.png'
+nines(p) = -log10(1 - p / 100.0)
+set xtics ("50" nines(50), "90" nines(90), "99" nines(99), "99.9" nines(99.9), "99.99" nines(99.99))
+set xrange [0:nines(99.99) + 0.1]
+set logscale y
+set xlabel 'percentile'
+set ylabel 'latency µs (log scale)'
+set grid
+set key top left
+set multiplot layout 2,4 title "vhost-user-blk request latency (submit to used) percentiles — $STAMP"
+$PANELS
+unset multiplot
+EOF_GP
+echo "bench-blk: charts $CHARTS/bench-blk-iops.png, $CHARTS/bench-blk-latency.png" >&2
 echo "Raw results: $DIR" >&2

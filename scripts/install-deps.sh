@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the host packages iovirt's demo and tests use (Debian 12, as root). Idempotent and quiet when done before.
 set -euo pipefail
-PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd pciutils iproute2 procps ethtool jq nbd-client)
+PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd pciutils iproute2 procps ethtool jq nbd-client gnuplot-nox)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,7 +1,9 @@
 package io.iovirt.bench;
 
 import io.iovirt.util.LatencyHistogram;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.OptionalLong;
@@ -132,6 +134,12 @@ public record BlkBenchResult(BlkBenchOptions options, VhostUserBlkDriver.Device 
         lat.put("p99_9", latency.valueAtQuantile(0.999));
         lat.put("max", latency.max());
         m.put("latency_ns", lat);
+        // the whole curve, for percentile plots: [percentile, latency ns] pairs
+        List<List<Object>> curve = new ArrayList<>();
+        for (double q : CURVE_QUANTILES) {
+            curve.add(List.of(q * 100, latency.valueAtQuantile(q)));
+        }
+        m.put("latency_curve_ns", curve);
         m.put("backend_cpu_seconds", backendCpuNanos.isPresent() ? backendCpuNanos.getAsLong() / 1e9 : null);
         m.put("backend_cpu_us_per_io", backendCpuMicrosPerIo());
         m.put("client_cpu_us_per_io", clientCpuMicrosPerIo());
@@ -152,6 +160,10 @@ public record BlkBenchResult(BlkBenchOptions options, VhostUserBlkDriver.Device 
         m.put("verified_blocks", verifiedBlocks);
         return m;
     }
+
+    /** Where the latency curve is sampled: denser towards the tail, which is where backends differ. */
+    private static final double[] CURVE_QUANTILES = {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95,
+            0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999};
 
     private static String hex(long v) {
         return "0x" + Long.toHexString(v);

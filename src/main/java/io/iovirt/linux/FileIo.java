@@ -176,6 +176,60 @@ public final class FileIo {
                 "fd " + f + ", mode 0x" + Integer.toHexString(mode) + ", " + offset + "+" + length);
     }
 
+    // ---- open file description locks (fcntl F_OFD_*, Linux 3.15) ----------------------------------------------
+
+    /** struct flock l_type values. */
+    public static final short F_RDLCK = 0;
+    public static final short F_WRLCK = 1;
+    public static final short F_UNLCK = 2;
+    private static final int F_OFD_GETLK = 36;
+    private static final int F_OFD_SETLK = 37;
+
+    /**
+     * Takes (or with {@link #F_UNLCK} drops) an OFD lock on the whole file, without waiting. OFD locks belong to the
+     * open file description, not the process: two opens of one file conflict even within one process, and the lock
+     * goes away with the last descriptor of the description (also when the process is killed).
+     *
+     * @param type {@link #F_RDLCK} (shared), {@link #F_WRLCK} (exclusive; the descriptor must be open for writing)
+     *             or {@link #F_UNLCK}
+     * @return false when another open file description holds a conflicting lock
+     */
+    public static boolean ofdLock(Fd fd, short type) throws LinuxException {
+        int f = fd.get();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment flock = flock(a, type);
+            int r = Syscalls.fcntl(f, F_OFD_SETLK, flock);
+            if (r == -Errno.EAGAIN || r == -Errno.EACCES) {
+                return false;
+            }
+            Syscalls.check(r, "fcntl", "F_OFD_SETLK type " + type + ", fd " + f);
+            return true;
+        }
+    }
+
+    /**
+     * The type of lock another open file description holds that would conflict with taking {@code type} on the
+     * whole file ({@link #F_RDLCK} or {@link #F_WRLCK}), or {@link #F_UNLCK} when there is none.
+     */
+    public static short ofdConflict(Fd fd, short type) throws LinuxException {
+        int f = fd.get();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment flock = flock(a, type);
+            Syscalls.check(Syscalls.fcntl(f, F_OFD_GETLK, flock), "fcntl", "F_OFD_GETLK type " + type + ", fd " + f);
+            return flock.get(JAVA_SHORT, 0);
+        }
+    }
+
+    /** struct flock {short l_type, l_whence; off_t l_start, l_len; pid_t l_pid;}: whole file, l_pid 0 (OFD rule). */
+    private static MemorySegment flock(Arena a, short type) {
+        MemorySegment flock = a.allocate(32, 8);
+        flock.set(JAVA_SHORT, 0, type);
+        flock.set(JAVA_SHORT, 2, (short) 0); // SEEK_SET
+        flock.set(JAVA_LONG, 8, 0);
+        flock.set(JAVA_LONG, 16, 0); // to the end, however the file grows
+        return flock;
+    }
+
     public static final int SEEK_DATA = 3;
     public static final int SEEK_HOLE = 4;
 

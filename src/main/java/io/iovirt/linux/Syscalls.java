@@ -120,6 +120,9 @@ final class Syscalls {
         static final MethodHandle DUP3 = fn("dup3", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
         static final MethodHandle FCNTL = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT),
                 Linker.Option.firstVariadicArg(2));
+        /** fcntl with a pointer argument (struct flock for the OFD lock commands). */
+        static final MethodHandle FCNTL_PTR = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS),
+                Linker.Option.firstVariadicArg(2));
         static final MethodHandle POLL = fn("poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
         static final MethodHandle SYSCONF = fn("sysconf", FunctionDescriptor.of(JAVA_LONG, JAVA_INT));
     }
@@ -180,6 +183,20 @@ final class Syscalls {
             int r;
             do {
                 r = (int) Core.FCNTL.invokeExact(t.capture, fd, cmd, arg);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** fcntl(2) whose third argument is a pointer; retried on EINTR. */
+    static int fcntl(int fd, int cmd, MemorySegment arg) {
+        PerThread t = perThread();
+        try {
+            int r;
+            do {
+                r = (int) Core.FCNTL_PTR.invokeExact(t.capture, fd, cmd, arg);
             } while (r < 0 && t.errno() == Errno.EINTR);
             return ret(r, t);
         } catch (Throwable e) {

@@ -13,6 +13,18 @@ import java.util.Arrays;
  */
 public final class GuestMemoryHolder {
     private volatile GuestMemory current = GuestMemory.empty();
+    /** Migration (issue 11): where devices report guest-memory writes while the frontend logs them, else null. */
+    private volatile GuestWriteLog writeLog;
+
+    /** The dirty log devices report their guest-memory writes to, or null while no migration tracks them. */
+    public GuestWriteLog writeLog() {
+        return writeLog;
+    }
+
+    /** Installs (or with null removes) the dirty log; the protocol layer calls this as the frontend toggles it. */
+    public void writeLog(GuestWriteLog log) {
+        this.writeLog = log;
+    }
 
     /** The current snapshot, unpinned: for the control thread (the only one that swaps) and for tests. */
     public GuestMemory get() {
@@ -49,6 +61,11 @@ public final class GuestMemoryHolder {
         private int retiredCount;
 
         private Reader() {
+        }
+
+        /** The holder's dirty log (one volatile read), or null. */
+        public GuestWriteLog writeLog() {
+            return writeLog;
         }
 
         /** The snapshot to work from, pinned until {@link #leave()}. */

@@ -31,6 +31,11 @@ final class NbdConnection implements Runnable {
     static final int MAX_OPTION = 64 << 10;
     private static final int PREFERRED_BLOCK = 4096;
     private static final int MAX_EXTENTS = 256;
+    /**
+     * Requests of one connection served at once. QEMU's client keeps up to 16 in flight on one connection; with a
+     * few workers a slow request (a qcow2 allocation, a flush) does not hold up reads behind it.
+     */
+    static final int WORKERS = 4;
 
     private final NbdServer server;
     private final SocketChannel ch;
@@ -39,14 +44,35 @@ final class NbdConnection implements Runnable {
     private final int refuseLimit;
     private final ByteBuffer header = ByteBuffer.allocateDirect(32);
     private final ByteBuffer reply = ByteBuffer.allocateDirect(64);
-    private ByteBuffer payload = ByteBuffer.allocateDirect(64 << 10);
     private volatile boolean transmission;
     private boolean noZeroes;
     private boolean structured;
     /** Export name the base:allocation context was set for, or null. */
     private String metaExport;
     private NbdExport export;
-    private ImageIo io;
+    /** Request slots: each has its own image context and buffers; a request runs on a worker holding one. */
+    private java.util.concurrent.ArrayBlockingQueue<Slot> freeSlots;
+    private Slot[] slots;
+    private java.util.concurrent.ExecutorService workers;
+    private final Object writeLock = new Object();
+
+    /** Per-request state of one worker. */
+    private static final class Slot {
+        final ImageIo io;
+        final ByteBuffer reply = ByteBuffer.allocateDirect(64);
+        ByteBuffer payload = ByteBuffer.allocateDirect(64 << 10);
+
+        Slot(ImageIo io) {
+            this.io = io;
+        }
+
+        ByteBuffer payload(int length) {
+            if (payload.capacity() < length) {
+                payload = ByteBuffer.allocateDirect(Math.max(length, Math.min(MAX_PAYLOAD, payload.capacity() * 2)));
+            }
+            return payload.clear().limit(length);
+        }
+    }
 
     NbdConnection(NbdServer server, SocketChannel ch, int id, int refuseLimit) {
         this.server = server;
@@ -94,13 +120,21 @@ final class NbdConnection implements Runnable {
         } catch (RuntimeException e) {
             log(System.Logger.Level.ERROR, "internal error, disconnecting this client: " + e);
         } finally {
+            close();
+            if (workers != null) {
+                workers.shutdown(); // requests already running finish their image I/O before the contexts go
+                try {
+                    workers.awaitTermination(60, java.util.concurrent.TimeUnit.SECONDS);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+                for (Slot sl : slots) {
+                    sl.io.close();
+                }
+            }
             if (export != null) {
                 export.stats().connections.decrementAndGet();
             }
-            if (io != null) {
-                io.close();
-            }
-            close();
         }
     }
 
@@ -214,7 +248,15 @@ final class NbdConnection implements Runnable {
         export = e;
         e.stats().connections.incrementAndGet();
         e.stats().connectionsTotal.increment();
-        io = e.image().newContext(1, 1 << 20); // the bounce buffer (O_DIRECT only) works in 1 MiB chunks
+        slots = new Slot[WORKERS];
+        freeSlots = new java.util.concurrent.ArrayBlockingQueue<>(WORKERS);
+        for (int i = 0; i < WORKERS; i++) {
+            slots[i] = new Slot(e.image().newContext(1, 1 << 20)); // O_DIRECT bounce buffer: 1 MiB chunks
+            freeSlots.add(slots[i]);
+        }
+        String name = "nbd " + server.name() + " #" + id + " worker";
+        workers = java.util.concurrent.Executors.newFixedThreadPool(WORKERS,
+                r -> Thread.ofPlatform().name(name).daemon().unstarted(r)); // image I/O is blocking FFM calls
         if (metaExport != null && !metaExport.equals(e.name())) {
             metaExport = null; // the context was negotiated for another export
         }
@@ -351,6 +393,7 @@ final class NbdConnection implements Runnable {
         while (true) {
             ByteBuffer h = header.clear().limit(28);
             if (!readFully(h, true)) {
+                drain();
                 return; // clean EOF between requests
             }
             h.flip();
@@ -363,108 +406,153 @@ final class NbdConnection implements Runnable {
             long cookie = h.getLong();
             long offset = h.getLong();
             long length = Integer.toUnsignedLong(h.getInt());
-            switch (type) {
-                case CMD_READ -> read(image, st, flags, cookie, offset, length);
-                case CMD_WRITE -> write(image, st, flags, cookie, offset, length);
-                case CMD_DISC -> {
-                    return;
+            if (type == CMD_DISC) {
+                drain();
+                return;
+            }
+            Slot slot;
+            try {
+                slot = freeSlots.take();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new java.io.InterruptedIOException("interrupted");
+            }
+            if (type == CMD_WRITE) {
+                if (length > MAX_PAYLOAD) {
+                    // We will not read that much: answer, then disconnect, since the payload still follows.
+                    done(slot, st, cookie, EINVAL, "write of " + length + " bytes, more than the " + MAX_PAYLOAD + "-byte maximum");
+                    freeSlots.add(slot);
+                    throw new ProtocolViolation("write payload of " + length + " bytes exceeds the advertised maximum");
                 }
-                case CMD_FLUSH -> {
-                    int err = checkFlags(flags, 0);
-                    if (err == 0 && (offset != 0 || length != 0)) {
-                        err = EINVAL;
-                    }
-                    if (err == 0) {
-                        err = flush(image);
-                        st.flushes.increment();
-                    }
-                    done(st, cookie, err, "flush");
+                ByteBuffer buf = slot.payload((int) length);
+                if (!readFully(buf, false)) {
+                    freeSlots.add(slot);
+                    throw new EOFException("client disconnected in the middle of a write payload");
                 }
-                case CMD_TRIM -> {
-                    int err = checkFlags(flags, CMD_FLAG_FUA);
-                    if (err == 0) {
-                        err = checkWritable(offset, length, image);
-                    }
-                    if (err == 0) {
-                        err = io(() -> image.discard(offset, length));
-                        st.trims.increment();
-                    }
-                    if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
-                        err = flush(image);
-                    }
-                    done(st, cookie, err, "trim");
+                buf.flip();
+            }
+            workers.execute(() -> {
+                try {
+                    serve(slot, image, st, type, flags, cookie, offset, length);
+                } catch (IOException | RuntimeException e) {
+                    log(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
+                    close(); // the reader sees the closed channel and ends the connection
+                } finally {
+                    freeSlots.add(slot);
                 }
-                case CMD_WRITE_ZEROES -> {
-                    int err = checkFlags(flags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO);
-                    if (err == 0) {
-                        err = checkWritable(offset, length, image);
-                    }
-                    if (err == 0 && (flags & CMD_FLAG_FAST_ZERO) != 0) {
-                        long g = image.zeroGranularity();
-                        // Fast means metadata only: the range must be whole units of the image's zero granularity,
-                        // and a raw file zeroes by fallocate either way.
-                        if (g > 1 && (offset % g != 0 || (length % g != 0 && offset + length != image.size()))) {
-                            err = ENOTSUP;
-                        }
-                    }
-                    if (err == 0) {
-                        boolean unmap = (flags & CMD_FLAG_NO_HOLE) == 0;
-                        err = io(() -> image.writeZeroes(offset, length, unmap));
-                        st.writeZeroes.increment();
-                    }
-                    if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
-                        err = flush(image);
-                    }
-                    done(st, cookie, err, "write zeroes");
-                }
-                case CMD_BLOCK_STATUS -> blockStatus(image, st, flags, cookie, offset, length);
-                default -> done(st, cookie, EINVAL, "unknown command " + type);
+            });
+        }
+    }
+
+    /** Waits until every request handed to the workers has been answered. */
+    private void drain() {
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        while (freeSlots.size() < WORKERS && System.nanoTime() < deadline) {
+            Thread.onSpinWait();
+            try {
+                Thread.sleep(1);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return;
             }
         }
     }
 
-    private void read(DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
+    /** One request on a worker: its I/O and its reply. */
+    private void serve(Slot slot, DiskImage image, NbdExportStats st, int type, int flags, long cookie, long offset,
+                       long length) throws IOException {
+        switch (type) {
+            case CMD_READ -> read(slot, image, st, flags, cookie, offset, length);
+            case CMD_WRITE -> write(slot, image, st, flags, cookie, offset, length);
+            case CMD_FLUSH -> {
+                int err = checkFlags(flags, 0);
+                if (err == 0 && (offset != 0 || length != 0)) {
+                    err = EINVAL;
+                }
+                if (err == 0) {
+                    err = flush(image);
+                    st.flushes.increment();
+                }
+                done(slot, st, cookie, err, "flush");
+            }
+            case CMD_TRIM -> {
+                int err = checkFlags(flags, CMD_FLAG_FUA);
+                if (err == 0) {
+                    err = checkWritable(offset, length, image);
+                }
+                if (err == 0) {
+                    err = io(() -> image.discard(offset, length));
+                    st.trims.increment();
+                }
+                if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
+                    err = flush(image);
+                }
+                done(slot, st, cookie, err, "trim");
+            }
+            case CMD_WRITE_ZEROES -> {
+                int err = checkFlags(flags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO);
+                if (err == 0) {
+                    err = checkWritable(offset, length, image);
+                }
+                if (err == 0 && (flags & CMD_FLAG_FAST_ZERO) != 0) {
+                    long g = image.zeroGranularity();
+                    // Fast means metadata only: the range must be whole units of the image's zero granularity,
+                    // and a raw file zeroes by fallocate either way.
+                    if (g > 1 && (offset % g != 0 || (length % g != 0 && offset + length != image.size()))) {
+                        err = ENOTSUP;
+                    }
+                }
+                if (err == 0) {
+                    boolean unmap = (flags & CMD_FLAG_NO_HOLE) == 0;
+                    err = io(() -> image.writeZeroes(offset, length, unmap));
+                    st.writeZeroes.increment();
+                }
+                if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
+                    err = flush(image);
+                }
+                done(slot, st, cookie, err, "write zeroes");
+            }
+            case CMD_BLOCK_STATUS -> blockStatus(slot, image, st, flags, cookie, offset, length);
+            default -> done(slot, st, cookie, EINVAL, "unknown command " + type);
+        }
+    }
+
+    private void read(Slot slot, DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
+        ImageIo io = slot.io;
         int err = checkFlags(flags, CMD_FLAG_DF | CMD_FLAG_FUA);
         if (err == 0) {
             err = length > MAX_PAYLOAD ? EINVAL : checkRange(offset, length, image, EINVAL);
         }
         if (err != 0) {
-            done(st, cookie, err, "read " + offset + "+" + length);
+            done(slot, st, cookie, err, "read " + offset + "+" + length);
             return;
         }
-        ByteBuffer buf = payload((int) length);
+        ByteBuffer buf = slot.payload((int) length);
         MemorySegment seg = MemorySegment.ofBuffer(buf);
         io.clear();
         io.add(seg);
         err = io(() -> io.read(offset));
         io.clear();
         if (err != 0) {
-            done(st, cookie, err, "read " + offset + "+" + length);
+            done(slot, st, cookie, err, "read " + offset + "+" + length);
             return;
         }
         st.reads.increment();
         st.bytesRead.add(length);
-        ByteBuffer h = reply.clear();
+        ByteBuffer h = slot.reply.clear();
         if (structured) {
             h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_OFFSET_DATA)
                     .putLong(cookie).putInt((int) (8 + length)).putLong(offset).flip();
         } else {
             h.putInt(SIMPLE_REPLY_MAGIC).putInt(0).putLong(cookie).flip();
         }
-        writeFully(h, buf);
+        reply(h, buf);
     }
 
-    private void write(DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
-        if (length > MAX_PAYLOAD) {
-            // We will not read that much: answer, then disconnect, since the payload still follows on the stream.
-            done(st, cookie, EINVAL, "write of " + length + " bytes, more than the " + MAX_PAYLOAD + "-byte maximum");
-            throw new ProtocolViolation("write payload of " + length + " bytes exceeds the advertised maximum");
-        }
-        ByteBuffer buf = payload((int) length);
-        if (!readFully(buf, false)) {
-            throw new EOFException("client disconnected in the middle of a write payload");
-        }
-        buf.flip();
+    /** A write whose payload the reader already put in the slot. */
+    private void write(Slot slot, DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
+        ImageIo io = slot.io;
+        ByteBuffer buf = slot.payload;
         int err = checkFlags(flags, CMD_FLAG_FUA);
         if (err == 0) {
             err = export.readOnly() ? EPERM : checkRange(offset, length, image, ENOSPC);
@@ -482,10 +570,10 @@ final class NbdConnection implements Runnable {
             st.writes.increment();
             st.bytesWritten.add(length);
         }
-        done(st, cookie, err, "write " + offset + "+" + length);
+        done(slot, st, cookie, err, "write " + offset + "+" + length);
     }
 
-    private void blockStatus(DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
+    private void blockStatus(Slot slot, DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
         int err = checkFlags(flags, CMD_FLAG_REQ_ONE);
         if (err == 0 && (!structured || metaExport == null)) {
             err = EINVAL; // no metadata context negotiated
@@ -494,7 +582,7 @@ final class NbdConnection implements Runnable {
             err = checkRange(offset, length, image, EINVAL);
         }
         if (err != 0) {
-            done(st, cookie, err, "block status " + offset + "+" + length);
+            done(slot, st, cookie, err, "block status " + offset + "+" + length);
             return;
         }
         int max = (flags & CMD_FLAG_REQ_ONE) != 0 ? 1 : MAX_EXTENTS;
@@ -510,37 +598,37 @@ final class NbdConnection implements Runnable {
                 pos += e.length();
             }
         } catch (IOException ex) {
-            done(st, cookie, EIO, "block status " + offset + "+" + length + ": " + ex.getMessage());
+            done(slot, st, cookie, EIO, "block status " + offset + "+" + length + ": " + ex.getMessage());
             return;
         }
         st.blockStatus.increment();
         ext.flip();
-        ByteBuffer h = reply.clear();
+        ByteBuffer h = slot.reply.clear();
         h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_BLOCK_STATUS)
                 .putLong(cookie).putInt(ext.remaining()).flip();
-        writeFully(h, ext);
+        reply(h, ext);
     }
 
     /** Replies to a request without data: success, or {@code err} (logged, counted). */
-    private void done(NbdExportStats st, long cookie, int err, String what) throws IOException {
-        ByteBuffer h = reply.clear();
+    private void done(Slot slot, NbdExportStats st, long cookie, int err, String what) throws IOException {
+        ByteBuffer h = slot.reply.clear();
         if (err != 0) {
             st.errors.increment();
             log(System.Logger.Level.DEBUG, what + ": error " + err);
         }
         if (!structured) {
             h.putInt(SIMPLE_REPLY_MAGIC).putInt(err).putLong(cookie).flip();
-            writeFully(h);
+            reply(h);
         } else if (err == 0) {
             h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_NONE)
                     .putLong(cookie).putInt(0).flip();
-            writeFully(h);
+            reply(h);
         } else {
             byte[] msg = what.getBytes(StandardCharsets.UTF_8);
             int n = Math.min(msg.length, 1024);
             h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_ERROR)
                     .putLong(cookie).putInt(6 + n).putInt(err).putShort((short) n).flip();
-            writeFully(h, ByteBuffer.wrap(msg, 0, n));
+            reply(h, ByteBuffer.wrap(msg, 0, n));
         }
     }
 
@@ -598,13 +686,6 @@ final class NbdConnection implements Runnable {
 
     // ---- socket helpers ----------------------------------------------------------------------------------------
 
-    private ByteBuffer payload(int length) {
-        if (payload.capacity() < length) {
-            payload = ByteBuffer.allocateDirect(Math.max(length, Math.min(MAX_PAYLOAD, payload.capacity() * 2)));
-        }
-        return payload.clear().limit(length);
-    }
-
     private ByteBuffer readOption(int len) throws IOException {
         ByteBuffer b = ByteBuffer.allocate(len);
         if (!readFully(b, false)) {
@@ -661,6 +742,13 @@ final class NbdConnection implements Runnable {
             first = false;
         }
         return true;
+    }
+
+    /** Sends one reply (header and payload together), from any worker. */
+    private void reply(ByteBuffer... bufs) throws IOException {
+        synchronized (writeLock) {
+            writeFully(bufs);
+        }
     }
 
     private void writeFully(ByteBuffer... bufs) throws IOException {

@@ -107,7 +107,8 @@ public final class Connection implements AutoCloseable {
                     || (flags & ~(Header.VERSION_MASK | Header.REPLY)) != 0) {
                 throw new ProtocolException("reply to " + request.specName() + " has flags 0x" + Integer.toHexString(flags));
             }
-            if (!fds.isEmpty()) {
+            int allowedFds = request == MessageType.GET_INFLIGHT_FD ? 1 : 0; // the in-flight memory (issue 11)
+            if (fds.size() > allowedFds) {
                 throw new ProtocolException("reply to " + request.specName() + " carries " + fds.size() + " descriptors");
             }
             boolean ok = switch (request.reply()) {
@@ -120,7 +121,7 @@ public final class Connection implements AutoCloseable {
                         + "-byte payload");
             }
             MemorySegment payload = receivePayload(size, fds);
-            if (!fds.isEmpty()) {
+            if (fds.size() > allowedFds) {
                 throw new ProtocolException("reply to " + request.specName() + " carries descriptors");
             }
             if (request.reply() == MessageType.Reply.CONFIG && size > 0
@@ -146,6 +147,12 @@ public final class Connection implements AutoCloseable {
     public synchronized void sendReply(MessageType type, MemorySegment payload) throws IOException {
         requireRole(Role.BACKEND);
         send(type.code(), Header.VERSION | Header.REPLY, payload, List.of());
+    }
+
+    /** Sends a reply carrying {@code payload} and descriptors (GET_INFLIGHT_FD). */
+    public synchronized void sendReply(MessageType type, MemorySegment payload, List<Fd> fds) throws IOException {
+        requireRole(Role.BACKEND);
+        send(type.code(), Header.VERSION | Header.REPLY, payload, fds);
     }
 
     /** Sends a u64 reply (REPLY_ACK status: 0 success, non-zero failure; or a GET_* value). */

@@ -8,7 +8,7 @@ public final class Features {
     public static final long VIRTIO_RING_F_EVENT_IDX = 1L << 29;
     /** vhost-user: the backend speaks GET/SET_PROTOCOL_FEATURES (reuses the reserved virtio bit 30). */
     public static final long VHOST_USER_F_PROTOCOL_FEATURES = 1L << 30;
-    /** vhost: dirty page logging for migration. Never offered: we do not implement the log. */
+    /** vhost: dirty page logging for migration; offered by the protocol layer ({@link DirtyLog}). */
     public static final long VHOST_F_LOG_ALL = 1L << 26;
     public static final long VIRTIO_F_VERSION_1 = 1L << 32;
     /** Ring addresses are IOVAs translated through an IOTLB. Never offered. */
@@ -35,10 +35,16 @@ public final class Features {
     public static final int PROTOCOL_STATUS = 16;
 
     /** What every backend served by {@link VhostUserServer} offers. */
-    public static final long CORE_PROTOCOL_FEATURES = bit(PROTOCOL_MQ) | bit(PROTOCOL_REPLY_ACK) | bit(PROTOCOL_CONFIG)
+    public static final long CORE_PROTOCOL_FEATURES = bit(PROTOCOL_MQ) | bit(PROTOCOL_LOG_SHMFD) | bit(PROTOCOL_REPLY_ACK) | bit(PROTOCOL_CONFIG)
             | bit(PROTOCOL_CONFIGURE_MEM_SLOTS) | bit(PROTOCOL_RESET_DEVICE) | bit(PROTOCOL_STATUS);
-    /** Extras a device may add through {@link VhostUserBackend#protocolFeatures()}; their messages go to the device. */
-    public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU) | bit(PROTOCOL_BACKEND_REQ);
+    /**
+     * Extras a device may add through {@link VhostUserBackend#protocolFeatures()}: RARP and NET_MTU messages go to
+     * the device; INFLIGHT_SHMFD (crash recovery, for devices whose requests survive a resubmission) is handled by
+     * the protocol layer and reaches the device as {@link VringSetup#inflight()}; BACKEND_REQ hands the device the
+     * frontend's backend channel ({@link VhostUserBackend#backendChannel}).
+     */
+    public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU)
+            | bit(PROTOCOL_INFLIGHT_SHMFD) | bit(PROTOCOL_BACKEND_REQ);
 
     private Features() {
     }

@@ -76,6 +76,8 @@ final class Handler implements AutoCloseable {
         EventFd kick;
         EventFd call;
         EventFd err;
+        /** migration: log_guest_addr of SET_VRING_ADDR when it had VHOST_VRING_F_LOG, else -1. */
+        long usedLogAddr = -1;
 
         Queue(int index) {
             this.index = index;
@@ -95,10 +97,12 @@ final class Handler implements AutoCloseable {
         }
         long extra = backend.protocolFeatures();
         if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
-            throw new IllegalArgumentException("a device may add only RARP, NET_MTU and BACKEND_REQ protocol features, not 0x" + Long.toHexString(extra));
+            throw new IllegalArgumentException("a device may add only RARP, NET_MTU, INFLIGHT_SHMFD and BACKEND_REQ protocol features, not 0x"
+                    + Long.toHexString(extra));
         }
-        this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES)
-                & ~(Features.VHOST_F_LOG_ALL | Features.VIRTIO_F_ACCESS_PLATFORM);
+        // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
+        this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
+                & ~Features.VIRTIO_F_ACCESS_PLATFORM;
         this.offeredProtocolFeatures = Features.CORE_PROTOCOL_FEATURES | extra;
         this.queues = new Queue[n];
         for (int i = 0; i < n; i++) {
@@ -159,8 +163,10 @@ final class Handler implements AutoCloseable {
             case SET_OWNER -> {
                 // marks the start of a session; all session state already belongs to this connection
             }
-            case SET_LOG_BASE, SET_LOG_FD ->
-                    throw new BackendException("dirty page logging is not supported (LOG_SHMFD and LOG_ALL are not offered)");
+            case SET_LOG_BASE -> setLogBase(m, c); // migration (issue 11)
+            case GET_INFLIGHT_FD -> getInflightFd(p, c); // crash recovery (issue 11)
+            case SET_INFLIGHT_FD -> setInflightFd(m);
+            case SET_LOG_FD -> throw new BackendException("SET_LOG_FD is not supported: the log is shared memory (LOG_SHMFD)");
             case RESET_OWNER -> stopAll(); // deprecated; the spec recommends at most disabling the rings
             case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), offeredProtocolFeatures);
             case SET_PROTOCOL_FEATURES -> setProtocolFeatures(Payloads.u64(p));
@@ -206,12 +212,24 @@ final class Handler implements AutoCloseable {
                     features & ~offeredFeatures, offeredFeatures));
         }
         for (Queue q : queues) {
-            if (q.running && features != ackedFeatures) {
+            // migration: the frontend turns dirty logging on and off (VHOST_F_LOG_ALL) while the rings run
+            if (q.running && (features ^ ackedFeatures) != 0 && (features ^ ackedFeatures) != Features.VHOST_F_LOG_ALL) {
                 throw new ProtocolException("SET_FEATURES changes features while queue " + q.index + " is running");
             }
         }
+        boolean wasLogging = logging();
         ackedFeatures = features;
-        backend.setFeatures(features & ~VHOST_USER_F_PROTOCOL_FEATURES);
+        backend.setFeatures(deviceFeatures());
+        publishLog(); // migration (issue 11)
+        if (wasLogging != logging()) {
+            LOG.log(System.Logger.Level.INFO, name + ": dirty page logging " + (logging() ? "on" : "off")
+                    + (dirtyLog == null && logging() ? " (no log yet)" : ""));
+        }
+    }
+
+    /** What the device sees of the acknowledged features: no vhost-user protocol bit, no VHOST_F_LOG_ALL. */
+    private long deviceFeatures() {
+        return ackedFeatures & ~(VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL);
     }
 
     private void setProtocolFeatures(long features) throws ProtocolException {
@@ -463,12 +481,14 @@ final class Handler implements AutoCloseable {
 
     private void setVringAddr(MemorySegment p) throws ProtocolException {
         Queue q = queue(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p)));
-        requireStopped(q, MessageType.SET_VRING_ADDR);
         int flags = Payloads.VringAddr.flags(p);
-        if (flags != 0) {
-            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + " has flags 0x" + Integer.toHexString(flags)
-                    + (flags == Payloads.VringAddr.F_LOG ? " (logging was not negotiated)" : ""));
+        if ((flags & ~Payloads.VringAddr.F_LOG) != 0) {
+            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + " has unknown flags 0x" + Integer.toHexString(flags));
         }
+        if (q.ringStarted && setVringLog(q, p)) {
+            return; // migration: only logging changed on a started ring
+        }
+        requireStopped(q, MessageType.SET_VRING_ADDR);
         GuestMemory mem = memory.get();
         int size = q.size == 0 ? 1 : q.size; // checked again with the final size when the queue starts
         try {
@@ -484,6 +504,8 @@ final class Handler implements AutoCloseable {
                     + (mem.regionCount() == 0 ? " (no memory table yet)" : ""));
         }
         q.addrSet = true;
+        q.usedLogAddr = (flags & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
+        publishLog();
     }
 
     private long descBytes(int size) {
@@ -516,6 +538,9 @@ final class Handler implements AutoCloseable {
     private void getVringBase(int index, Connection c) throws IOException {
         Queue q = queue(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
         stopDevice(q);
+        if (logging()) { // a migration's switch-over: worth a line with its time
+            LOG.log(System.Logger.Level.INFO, name + ": queue " + q.index + " stopped at " + q.base + " (logging on)");
+        }
         q.ringStarted = false;
         closeQuietly(q.kick);
         q.kick = null;
@@ -611,7 +636,8 @@ final class Handler implements AutoCloseable {
             q.call = EventFd.create(true); // the driver polls; the device may signal freely
         }
         VringSetup setup = new VringSetup(q.index, q.size, q.descGpa, q.availGpa, q.usedGpa, q.base,
-                ackedFeatures & ~VHOST_USER_F_PROTOCOL_FEATURES, q.kick, q.call, q.err, memory);
+                deviceFeatures(), q.kick, q.call, q.err, memory,
+                inflight == null ? null : inflight.queue(q.index, q.size)); // crash recovery (issue 11)
         backend.queueStarted(q.index, setup);
         q.running = true;
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": started " + setup);
@@ -634,6 +660,7 @@ final class Handler implements AutoCloseable {
             q.running = false;
             q.base = backend.queueStopped(q.index);
             LOG.log(System.Logger.Level.DEBUG, () -> name + ": stopped queue " + q.index + " at base " + q.base);
+            closeRetiredLogs(); // migration (issue 11)
         }
     }
 
@@ -641,6 +668,170 @@ final class Handler implements AutoCloseable {
         for (Queue q : queues) {
             stopDevice(q);
         }
+    }
+
+    // ---- migration: dirty page logging (issue 11) ----------------------------------------------------------------
+    //
+    // QEMU, when a migration starts: SET_LOG_BASE (the bitmap), SET_FEATURES with VHOST_F_LOG_ALL, then SET_VRING_ADDR
+    // with VHOST_VRING_F_LOG for each ring - all while the rings run; the reverse when it ends or fails, and
+    // SET_LOG_BASE again with a bigger log when guest memory grows meanwhile. Devices see the log through their
+    // memory holder (WriteLog), and only while it is on.
+
+    /** The log the frontend gave last (mapped), or null. */
+    private DirtyLog dirtyLog;
+    /** Logs replaced while logging was off: a device thread may still be finishing a mark in one of them. */
+    private final List<DirtyLog> retiredLogs = new ArrayList<>();
+
+    private boolean logging() {
+        return (ackedFeatures & Features.VHOST_F_LOG_ALL) != 0;
+    }
+
+    /**
+     * Installs what devices mark (or nothing) after any change of the log or of LOG_ALL. Ring writes are logged at
+     * the rings' guest addresses; QEMU's log_guest_addr is the used ring's guest address, so that is the same bit.
+     */
+    private void publishLog() {
+        memory.writeLog(logging() ? dirtyLog : null);
+    }
+
+    /**
+     * SET_VRING_ADDR on a started ring: accepted only when nothing but logging changes (the same three addresses).
+     *
+     * @return true when handled; false when the addresses differ (the caller then refuses: the ring runs)
+     */
+    private boolean setVringLog(Queue q, MemorySegment p) throws ProtocolException {
+        GuestMemory mem = memory.get();
+        int size = q.size == 0 ? 1 : q.size;
+        try {
+            if (!q.addrSet || mem.userToGuestPhys(Payloads.VringAddr.desc(p), descBytes(size)) != q.descGpa
+                    || mem.userToGuestPhys(Payloads.VringAddr.avail(p), availBytes(size)) != q.availGpa
+                    || mem.userToGuestPhys(Payloads.VringAddr.used(p), usedBytes(size)) != q.usedGpa) {
+                return false;
+            }
+        } catch (GuestMemoryFault e) {
+            return false;
+        }
+        q.usedLogAddr = (Payloads.VringAddr.flags(p) & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
+        publishLog();
+        LOG.log(System.Logger.Level.DEBUG, () -> name + ": queue " + q.index + " used-ring logging "
+                + (q.usedLogAddr == -1 ? "off" : String.format("at 0x%x", q.usedLogAddr)));
+        return true;
+    }
+
+    /**
+     * SET_LOG_BASE: maps the new log and replies (the frontend waits for it). While logging is on and queues run, a
+     * device thread may be between reading the old log and marking it, and the frontend syncs and frees the old log
+     * as soon as we reply: the running queues are stopped (drained) and restarted around the swap so that no mark
+     * can go to the old log after the reply.
+     */
+    private void setLogBase(Message m, Connection c) throws IOException, BackendException {
+        if ((ackedProtocolFeatures & Features.bit(Features.PROTOCOL_LOG_SHMFD)) == 0) {
+            throw new ProtocolException("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated");
+        }
+        MemorySegment p = m.payload();
+        if (p.byteSize() != Payloads.LOG_SIZE || m.fdCount() != 1) {
+            throw new ProtocolException("SET_LOG_BASE needs a " + Payloads.LOG_SIZE + "-byte log description and one "
+                    + "descriptor, got " + p.byteSize() + " bytes and " + m.fdCount());
+        }
+        DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
+        DirtyLog old = dirtyLog;
+        List<Queue> paused = new ArrayList<>();
+        if (old != null && logging()) {
+            for (Queue q : queues) {
+                if (q.running) {
+                    stopDevice(q);
+                    paused.add(q);
+                }
+            }
+        }
+        dirtyLog = next;
+        publishLog();
+        if (old != null) {
+            if (logging() || !anyRunning()) {
+                old.close();
+            } else {
+                retiredLogs.add(old);
+            }
+        }
+        for (Queue q : paused) {
+            maybeStart(q);
+        }
+        LOG.log(System.Logger.Level.INFO, name + ": " + next + (logging() ? " (logging on)" : ""));
+        c.sendReply(MessageType.SET_LOG_BASE, 0L);
+    }
+
+    private boolean anyRunning() {
+        for (Queue q : queues) {
+            if (q.running) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private void closeRetiredLogs() {
+        if (!retiredLogs.isEmpty() && !anyRunning()) {
+            retiredLogs.forEach(DirtyLog::close);
+            retiredLogs.clear();
+        }
+    }
+
+    private void closeLogs() {
+        memory.writeLog(null);
+        closeRetiredLogs();
+        if (dirtyLog != null) {
+            dirtyLog.close();
+            dirtyLog = null;
+        }
+    }
+
+    // ---- crash recovery: in-flight memory (issue 11) ---------------------------------------------------------------
+
+    /** The in-flight region queues record their requests in (INFLIGHT_SHMFD), or null. */
+    private InflightRegion inflight;
+
+    private void getInflightFd(MemorySegment p, Connection c) throws IOException {
+        int n = Payloads.Inflight.numQueues(p);
+        int qs = Payloads.Inflight.queueSize(p);
+        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+                    + " queues of at most " + maxQueueSize);
+        }
+        InflightRegion next;
+        try {
+            next = InflightRegion.create(name, n, qs);
+        } catch (LinuxException e) {
+            throw new ProtocolException("GET_INFLIGHT_FD: cannot create the in-flight memory: " + e.getMessage(), e);
+        }
+        replaceInflight(next);
+        MemorySegment reply = Arena.ofAuto().allocate(Payloads.INFLIGHT_SIZE);
+        Payloads.Inflight.write(reply, next.size(), 0, n, qs);
+        c.sendReply(MessageType.GET_INFLIGHT_FD, reply, List.of(next.fd()));
+        LOG.log(System.Logger.Level.DEBUG, () -> name + ": created " + next);
+    }
+
+    private void setInflightFd(Message m) throws ProtocolException {
+        MemorySegment p = m.payload();
+        int n = Payloads.Inflight.numQueues(p);
+        int qs = Payloads.Inflight.queueSize(p);
+        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+                    + " queues of at most " + maxQueueSize);
+        }
+        InflightRegion next = InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
+        replaceInflight(next);
+        LOG.log(System.Logger.Level.INFO, name + ": frontend kept " + next);
+    }
+
+    private void replaceInflight(InflightRegion next) throws ProtocolException {
+        if (anyRunning()) {
+            next.close();
+            throw new ProtocolException("in-flight memory changed while queues run");
+        }
+        if (inflight != null) {
+            inflight.close();
+        }
+        inflight = next;
     }
 
     // ---- config, status, reset --------------------------------------------------------------------------------
@@ -704,8 +895,10 @@ final class Handler implements AutoCloseable {
             q.addrSet = false;
             q.size = 0;
             q.base = 0;
+            q.usedLogAddr = -1;
         }
         ackedFeatures = 0;
+        publishLog();
         status = 0;
         backend.reset();
     }
@@ -740,6 +933,11 @@ final class Handler implements AutoCloseable {
             backend.reset();
         } finally {
             install(GuestMemory.empty());
+            closeLogs(); // migration (issue 11): every queue is stopped, nothing marks the logs any more
+            if (inflight != null) {
+                inflight.close();
+                inflight = null;
+            }
         }
     }
 

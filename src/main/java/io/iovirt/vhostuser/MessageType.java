@@ -27,8 +27,11 @@ public enum MessageType {
     RESET_OWNER(Dir.FRONTEND, 4, 0, 0, 0, Reply.ACK, -1),
     /** One descriptor per region, in order; the count is checked against the payload's region count. */
     SET_MEM_TABLE(Dir.FRONTEND, 5, MEMORY_HEADER_SIZE, MEMORY_MAX_SIZE, 0, Payloads.MAX_MEMORY_TABLE_REGIONS, Reply.ACK, -1),
-    /** Spec says u64, QEMU sends the 16-byte log description. Refused: LOG_SHMFD is never offered. */
-    SET_LOG_BASE(Dir.FRONTEND, 6, U64_SIZE, LOG_SIZE, 0, 1, Reply.ACK, -1),
+    /**
+     * The 16-byte log description and the log's shared-memory fd (LOG_SHMFD). With LOG_SHMFD the frontend always
+     * waits for a reply (QEMU reads one of any size), so it has a reply body here.
+     */
+    SET_LOG_BASE(Dir.FRONTEND, 6, U64_SIZE, LOG_SIZE, 0, 1, Reply.ANY, -1),
     SET_LOG_FD(Dir.FRONTEND, 7, 0, 0, 0, 1, Reply.ACK, -1),
     SET_VRING_NUM(Dir.FRONTEND, 8, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, -1),
     SET_VRING_ADDR(Dir.FRONTEND, 9, VRING_ADDR_SIZE, VRING_ADDR_SIZE, 0, Reply.ACK, -1),

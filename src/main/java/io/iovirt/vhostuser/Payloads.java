@@ -145,6 +145,55 @@ public final class Payloads {
         }
     }
 
+    /** GET/SET_INFLIGHT_FD: {@code u64 mmap_size, u64 mmap_offset; u16 num_queues, queue_size}. */
+    public static final class Inflight {
+        private Inflight() {
+        }
+
+        public static long mmapSize(MemorySegment p) {
+            return p.get(U64, 0);
+        }
+
+        public static long mmapOffset(MemorySegment p) {
+            return p.get(U64, 8);
+        }
+
+        public static int numQueues(MemorySegment p) {
+            return Short.toUnsignedInt(p.get(ValueLayout.JAVA_SHORT_UNALIGNED, 16));
+        }
+
+        public static int queueSize(MemorySegment p) {
+            return Short.toUnsignedInt(p.get(ValueLayout.JAVA_SHORT_UNALIGNED, 18));
+        }
+
+        public static void write(MemorySegment p, long mmapSize, long mmapOffset, int numQueues, int queueSize) {
+            p.set(U64, 0, mmapSize);
+            p.set(U64, 8, mmapOffset);
+            p.set(ValueLayout.JAVA_SHORT_UNALIGNED, 16, (short) numQueues);
+            p.set(ValueLayout.JAVA_SHORT_UNALIGNED, 18, (short) queueSize);
+            p.set(ValueLayout.JAVA_INT_UNALIGNED, 20, 0);
+        }
+    }
+
+    /** SET_LOG_BASE: {@code u64 mmap_size, u64 mmap_offset} (the dirty log's bytes and where they start in the fd). */
+    public static final class Log {
+        private Log() {
+        }
+
+        public static long size(MemorySegment p) {
+            return p.get(U64, 0);
+        }
+
+        public static long offset(MemorySegment p) {
+            return p.get(U64, 8);
+        }
+
+        public static void write(MemorySegment p, long size, long offset) {
+            p.set(U64, 0, size);
+            p.set(U64, 8, offset);
+        }
+    }
+
     /** SET_MEM_TABLE: {@code u32 nregions, u32 padding, region[nregions]}. */
     public static final class MemoryTable {
         private MemoryTable() {

@@ -10,14 +10,17 @@ import io.iovirt.memory.GuestMemory;
 public interface VhostUserBackend {
     /**
      * The virtio features the device offers (device bits, VIRTIO_F_VERSION_1, ring layouts, EVENT_IDX...). The
-     * protocol layer adds VHOST_USER_F_PROTOCOL_FEATURES and never offers VHOST_F_LOG_ALL or ACCESS_PLATFORM.
+     * protocol layer adds VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (dirty logging is its own: {@link DirtyLog})
+     * and never offers ACCESS_PLATFORM.
      */
     long features();
 
     /**
-     * Protocol features the device handles itself, on top of the core set (MQ, REPLY_ACK, CONFIG,
-     * CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS): only RARP, NET_MTU and BACKEND_REQ are accepted. With BACKEND_REQ
-     * the device gets the frontend's backend channel through {@link #backendChannel}.
+     * Protocol features the device adds to the core set (MQ, LOG_SHMFD, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS,
+     * RESET_DEVICE, STATUS): RARP and NET_MTU (their messages come here), INFLIGHT_SHMFD for a device whose
+     * requests may be resubmitted after a backend restart (the protocol layer keeps the memory; each queue gets its
+     * region as {@link VringSetup#inflight()}), and BACKEND_REQ (the device gets the frontend's backend channel
+     * through {@link #backendChannel}).
      */
     default long protocolFeatures() {
         return 0;

@@ -135,6 +135,56 @@ public final class VhostUserFrontend implements AutoCloseable {
         send(MessageType.SET_VRING_ADDR, p.byteSize(), List.of());
     }
 
+    /**
+     * SET_VRING_ADDR with VHOST_VRING_F_LOG when {@code logGuestAddr} is not -1: the backend logs used-ring writes
+     * at that guest address (migration).
+     */
+    public synchronized void setVringAddr(int index, long descUserAddr, long usedUserAddr, long availUserAddr,
+                                          long logGuestAddr) throws IOException {
+        MemorySegment p = payload(Payloads.VRING_ADDR_SIZE);
+        Payloads.VringAddr.write(p, index, logGuestAddr == -1 ? 0 : Payloads.VringAddr.F_LOG, descUserAddr, usedUserAddr,
+                availUserAddr, logGuestAddr == -1 ? 0 : logGuestAddr);
+        send(MessageType.SET_VRING_ADDR, p.byteSize(), List.of());
+    }
+
+    /**
+     * SET_LOG_BASE (needs LOG_SHMFD): the dirty log is {@code size} bytes of {@code log} from {@code offset}. Waits
+     * for the backend's reply, which the message always has.
+     */
+    public synchronized void setLogBase(Fd log, long size, long offset) throws IOException {
+        MemorySegment p = payload(Payloads.LOG_SIZE);
+        Payloads.Log.write(p, size, offset);
+        connection.sendRequest(MessageType.SET_LOG_BASE, false, p, List.of(log));
+        connection.receiveReply(MessageType.SET_LOG_BASE).close();
+    }
+
+    /** What GET_INFLIGHT_FD returned: the backend's in-flight memory. The caller owns {@code fd}. */
+    public record Inflight(long mmapSize, long mmapOffset, int numQueues, int queueSize, Fd fd) {
+    }
+
+    /** GET_INFLIGHT_FD (needs INFLIGHT_SHMFD): asks the backend for in-flight memory for the queues. */
+    public synchronized Inflight getInflightFd(int numQueues, int queueSize) throws IOException {
+        MemorySegment p = payload(Payloads.INFLIGHT_SIZE);
+        Payloads.Inflight.write(p, 0, 0, numQueues, queueSize);
+        connection.sendRequest(MessageType.GET_INFLIGHT_FD, false, p, List.of());
+        try (Message reply = connection.receiveReply(MessageType.GET_INFLIGHT_FD)) {
+            if (reply.fdCount() != 1 || reply.payload().byteSize() != Payloads.INFLIGHT_SIZE) {
+                throw new ProtocolException("GET_INFLIGHT_FD reply has " + reply.fdCount() + " descriptors and "
+                        + reply.payload().byteSize() + " bytes");
+            }
+            MemorySegment r = reply.payload();
+            return new Inflight(Payloads.Inflight.mmapSize(r), Payloads.Inflight.mmapOffset(r),
+                    Payloads.Inflight.numQueues(r), Payloads.Inflight.queueSize(r), reply.takeFd(0));
+        }
+    }
+
+    /** SET_INFLIGHT_FD: gives the backend the in-flight memory (after a reconnect: what the previous one handed out). */
+    public synchronized void setInflightFd(Inflight inflight) throws IOException {
+        MemorySegment p = payload(Payloads.INFLIGHT_SIZE);
+        Payloads.Inflight.write(p, inflight.mmapSize(), inflight.mmapOffset(), inflight.numQueues(), inflight.queueSize());
+        send(MessageType.SET_INFLIGHT_FD, p.byteSize(), List.of(inflight.fd()));
+    }
+
     public synchronized void setVringBase(int index, int base) throws IOException {
         sendVringState(MessageType.SET_VRING_BASE, index, base);
     }

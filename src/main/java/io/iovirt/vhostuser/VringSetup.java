@@ -2,6 +2,7 @@ package io.iovirt.vhostuser;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.memory.GuestMemoryHolder;
+import java.lang.foreign.MemorySegment;
 
 /**
  * Everything a device needs to run one virtqueue, validated by the protocol layer: the ring areas are guest
@@ -24,9 +25,21 @@ import io.iovirt.memory.GuestMemoryHolder;
  * @param call       signal to interrupt the driver; never null (a private eventfd when the frontend gave none)
  * @param err        signal for queue errors, or null
  * @param memory     the device's guest memory, swapped when the memory table changes
+ * @param inflight   this queue's region of the frontend-kept in-flight memory (INFLIGHT_SHMFD), or null
  */
 public record VringSetup(int index, int size, long descGpa, long availGpa, long usedGpa, int base, long features,
-                         EventFd kick, EventFd call, EventFd err, GuestMemoryHolder memory) {
+                         EventFd kick, EventFd call, EventFd err, GuestMemoryHolder memory, MemorySegment inflight) {
+
+    /** Without crash-recovery memory. */
+    public VringSetup(int index, int size, long descGpa, long availGpa, long usedGpa, int base, long features,
+                      EventFd kick, EventFd call, EventFd err, GuestMemoryHolder memory) {
+        this(index, size, descGpa, availGpa, usedGpa, base, features, kick, call, err, memory, null);
+    }
+
+    /** The same queue resuming at {@code newBase} (a device restarting it). */
+    public VringSetup withBase(int newBase) {
+        return new VringSetup(index, size, descGpa, availGpa, usedGpa, newBase, features, kick, call, err, memory, inflight);
+    }
 
     public boolean packed() {
         return (features & Features.VIRTIO_F_RING_PACKED) != 0;

@@ -52,7 +52,12 @@ public final class SplitQueue extends Virtqueue {
     private final int[] visitedIndirect;
     private int stamp;
 
-    SplitQueue(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
+    // crash recovery (issue 11): the in-flight record, and the heads to hand out again before the available ring
+    private final InflightQueue inflight;
+    private final int[] resubmit;
+    private int resubmitted;
+
+    SplitQueue(QueueConfig config, GuestMemoryHolder memory, InflightQueue inflight) throws VirtqueueException {
         super(config, memory);
         if (Integer.bitCount(size) != 1) {
             throw fail(Reason.BAD_CONFIG, "split queue size " + size + " is not a power of two");
@@ -71,6 +76,13 @@ public final class SplitQueue extends Virtqueue {
         this.shadowAvail = lastAvail;
         this.usedIdx = Short.toUnsignedInt((short) U16.getAcquire(used, USED_IDX));
         this.decidedUsed = usedIdx;
+        this.inflight = inflight;
+        this.resubmit = inflight == null ? new int[0] : inflight.attach(usedIdx);
+        if (inflight != null && resubmit.length > 0) {
+            // Every request taken so far was either returned (used idx) or is in flight: resume after them.
+            this.lastAvail = (usedIdx + resubmit.length) & 0xffff;
+            this.shadowAvail = lastAvail;
+        }
     }
 
     @Override
@@ -94,7 +106,23 @@ public final class SplitQueue extends Virtqueue {
     }
 
     @Override
+    public int resubmitted() {
+        return resubmit.length;
+    }
+
+    @Override
     boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
+        if (resubmitted < resubmit.length) { // crash recovery: what a previous backend took and never returned
+            int head = resubmit[resubmitted++];
+            if (inFlight[head]) {
+                throw fail(Reason.ID_IN_USE, "in-flight record names head " + head + " twice");
+            }
+            walk(head, chain, mem);
+            chain.id = head;
+            inFlight[head] = true;
+            inFlightCount++;
+            return true;
+        }
         if (lastAvail == shadowAvail) {
             shadowAvail = readAvailIdx();
             if (lastAvail == shadowAvail) {
@@ -113,6 +141,9 @@ public final class SplitQueue extends Virtqueue {
         chain.id = head;
         inFlight[head] = true;
         inFlightCount++;
+        if (inflight != null) {
+            inflight.popped(head);
+        }
         lastAvail = (lastAvail + 1) & 0xffff;
         if (eventIdx && notificationsEnabled) {
             // Keep avail_event at the next entry we will look at, so a driver that adds after we go idle kicks us.
@@ -187,14 +218,18 @@ public final class SplitQueue extends Virtqueue {
 
     @Override
     void writeUsed(int id, int len) {
+        if (inflight != null) {
+            inflight.beforeUsed(id);
+        }
         long off = RING + 8L * (usedIdx & mask);
         used.set(LE32, off, id);
         used.set(LE32, off + 4, len);
         usedIdx = (usedIdx + 1) & 0xffff;
         U16.setRelease(used, USED_IDX, (short) usedIdx); // element visible before the index
-        if (writeLog != null) {
-            logged(config.deviceArea() + off, 8);
-            logged(config.deviceArea() + USED_IDX, 2);
+        logged(config.deviceArea() + off, 8);
+        logged(config.deviceArea() + USED_IDX, 2);
+        if (inflight != null) {
+            inflight.afterUsed(id, usedIdx);
         }
         if (pushedSinceDecision <= 0xffff) {
             pushedSinceDecision++;
@@ -249,7 +284,7 @@ public final class SplitQueue extends Virtqueue {
         }
         VarHandle.fullFence(); // publish the request to kick before re-reading avail.idx
         shadowAvail = readAvailIdx();
-        return shadowAvail != lastAvail;
+        return shadowAvail != lastAvail || resubmitted < resubmit.length;
     }
 
     @Override
@@ -258,7 +293,7 @@ public final class SplitQueue extends Virtqueue {
         if (shadowAvail == lastAvail) {
             shadowAvail = readAvailIdx();
         }
-        return shadowAvail != lastAvail;
+        return shadowAvail != lastAvail || resubmitted < resubmit.length;
     }
 
     @Override

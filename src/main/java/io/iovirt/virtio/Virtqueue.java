@@ -3,6 +3,7 @@ package io.iovirt.virtio;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.memory.GuestWriteLog;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import java.lang.foreign.MemorySegment;
 
@@ -101,9 +102,18 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         this.writeLog = log;
     }
 
+    /**
+     * The log writes go to: this queue's own ({@link #setWriteLog}), else the one the vhost-user layer installs in
+     * the device's memory holder while a migration logs dirty pages (issue 11); null (one volatile read) otherwise.
+     */
+    final GuestWriteLog log() {
+        GuestWriteLog l = writeLog;
+        return l != null ? l : memory.writeLog();
+    }
+
     /** A device-side write to a ring area at guest address {@code gpa}. */
     final void logged(long gpa, long len) {
-        GuestWriteLog l = writeLog;
+        GuestWriteLog l = log();
         if (l != null) {
             l.written(gpa, len);
         }
@@ -129,7 +139,27 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      *                            inside the current guest memory
      */
     public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
-        return config.packed() ? new PackedQueue(config, memory) : new SplitQueue(config, memory);
+        return config.packed() ? new PackedQueue(config, memory) : new SplitQueue(config, memory, null);
+    }
+
+    /**
+     * Attaches with crash recovery (vhost-user INFLIGHT_SHMFD, issue 11): {@code inflight} is the queue's region of
+     * the frontend-kept in-flight memory, or null. A split queue records in it every request it takes and returns,
+     * and on attaching to a region a previous backend left, first hands out again the requests that were in flight
+     * (in the order they were taken) and resumes the available ring after them, whatever base the frontend gave.
+     * The packed layout is not tracked: a packed queue ignores the region.
+     */
+    public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory, MemorySegment inflight)
+            throws VirtqueueException {
+        if (config.packed()) {
+            return new PackedQueue(config, memory);
+        }
+        return new SplitQueue(config, memory, inflight == null ? null : new InflightQueue(inflight, config.size()));
+    }
+
+    /** Requests handed out again from the in-flight record after a backend restart (crash recovery, issue 11). */
+    public int resubmitted() {
+        return 0;
     }
 
     public final QueueConfig config() {
@@ -198,7 +228,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw new IllegalArgumentException("virtqueue " + index + ": " + bytesWritten + " bytes written into a chain with "
                     + chain.writableBytes + " writable bytes");
         }
-        GuestWriteLog l = writeLog;
+        GuestWriteLog l = log();
         if (l != null) {
             for (int i = chain.readable; i < chain.count; i++) { // all of them: a status byte may follow a short write
                 if (chain.length(i) > 0) {

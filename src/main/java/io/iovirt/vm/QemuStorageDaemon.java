@@ -50,6 +50,7 @@ public final class QemuStorageDaemon implements AutoCloseable {
         private int numQueues = 1;
         private boolean writable = true;
         private boolean cacheDirect = true;
+        private boolean locking = true;
         private Path log;
         private Duration startTimeout = Duration.ofSeconds(20);
 
@@ -77,6 +78,15 @@ public final class QemuStorageDaemon implements AutoCloseable {
             return this;
         }
 
+        /**
+         * QEMU's image locking on the file node (default on). Off lets two daemons serve one image, as a live
+         * migration between two daemons on one host needs.
+         */
+        public Builder locking(boolean locking) {
+            this.locking = locking;
+            return this;
+        }
+
         /** Where the daemon's output goes; defaults to {@code <socket>.qsd.log}. */
         public Builder log(Path log) {
             this.log = log;
@@ -92,7 +102,7 @@ public final class QemuStorageDaemon implements AutoCloseable {
         public List<String> command() {
             String file = "driver=file,node-name=file0,filename=" + QemuGuest.escape(image.toAbsolutePath().toString())
                     + (cacheDirect ? ",cache.direct=on,aio=native" : ",cache.direct=off")
-                    + (writable ? "" : ",read-only=on");
+                    + (writable ? "" : ",read-only=on") + (locking ? "" : ",locking=off");
             String raw = "driver=raw,node-name=disk0,file=file0" + (writable ? "" : ",read-only=on");
             String export = "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path="
                     + QemuGuest.escape(socket.toAbsolutePath().toString())

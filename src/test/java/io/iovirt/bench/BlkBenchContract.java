@@ -156,5 +156,22 @@ abstract class BlkBenchContract {
         Map<String, Object> lat = (Map<String, Object>) j.get("latency_ns");
         assertTrue((Long) lat.get("p99_9") >= (Long) lat.get("p50"));
         assertTrue(j.get("backend_cpu_us_per_io") instanceof Double);
+        // the percentile curve: [percentile, ns] pairs, both non-decreasing, p50 where latency_ns says it is
+        @SuppressWarnings("unchecked")
+        List<List<Object>> curve = (List<List<Object>>) j.get("latency_curve_ns");
+        assertTrue(curve.size() > 10, out.toString());
+        double lastQ = -1;
+        long lastNs = -1;
+        for (List<Object> point : curve) {
+            double q = ((Number) point.get(0)).doubleValue();
+            long ns = ((Number) point.get(1)).longValue();
+            assertTrue(q > lastQ && ns >= lastNs, "not non-decreasing at " + point + " in " + curve);
+            if (q == 50.0) {
+                assertEquals(lat.get("p50"), ns);
+            }
+            lastQ = q;
+            lastNs = ns;
+        }
+        assertEquals(99.99, ((Number) curve.getLast().get(0)).doubleValue(), 1e-9);
     }
 }

@@ -10,7 +10,7 @@ import java.util.Map;
  * independently of {@link io.iovirt.util.Json} so that a test checks the output is JSON, not that the writer agrees with
  * itself. Trailing garbage, trailing commas, bare words and control characters in strings are errors.
  */
-final class StrictJson {
+public final class StrictJson {
     private final String s;
     private int i;
 
@@ -18,7 +18,7 @@ final class StrictJson {
         this.s = s;
     }
 
-    static Object parse(String text) {
+    public static Object parse(String text) {
         StrictJson p = new StrictJson(text);
         p.ws();
         Object v = p.value();

@@ -77,7 +77,8 @@ class HostileFrontendTest {
         assertTrue(line.contains(reason), "expected '" + reason + "' in: " + line);
         assertTrue(server.awaitIdle(TIMEOUT));
         try (VhostUserFrontend next = VhostUserFrontend.connect(socket, TIMEOUT)) { // the server still serves
-            assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES, next.getFeatures());
+            assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
+                    next.getFeatures());
             next.setProtocolFeatures(next.getProtocolFeatures());
             assertEquals(2, next.getQueueNum());
         }
@@ -96,6 +97,12 @@ class HostileFrontendTest {
     private static MemorySegment u64(long v) {
         MemorySegment p = Arena.ofAuto().allocate(8);
         Payloads.u64(p, v);
+        return p;
+    }
+
+    private static MemorySegment log(long size, long offset) {
+        MemorySegment p = Arena.ofAuto().allocate(Payloads.LOG_SIZE);
+        Payloads.Log.write(p, size, offset);
         return p;
     }
 
@@ -256,13 +263,32 @@ class HostileFrontendTest {
                 Payloads.VringAddr.write(p, 0, 0, base, base + (1 << 20) - 6 - 8 * 256 + 8, base + 0x1000, 0);
                 raw(fe, MessageType.SET_VRING_ADDR, p);
             });
-            assertRejected("(logging was not negotiated)", fe -> {
+            assertRejected("has unknown flags 0x2", fe -> {
                 negotiate(fe, FEATURES);
                 fe.addMemRegion(ram.descriptor());
                 MemorySegment p = Arena.ofAuto().allocate(Payloads.VRING_ADDR_SIZE);
-                Payloads.VringAddr.write(p, 0, Payloads.VringAddr.F_LOG, base, base + 0x2000, base + 0x1000, 0x100000);
+                Payloads.VringAddr.write(p, 0, 2, base, base + 0x2000, base + 0x1000, 0x100000);
                 raw(fe, MessageType.SET_VRING_ADDR, p);
             });
+            // migration's dirty log (issue 11): the log description and its descriptor are checked before mapping
+            try (Fd logFd = MemFd.allocate("log", 4096)) {
+                assertRejected("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated", fe -> {
+                    fe.getFeatures();
+                    raw(fe, MessageType.SET_LOG_BASE, log(4096, 0), logFd);
+                });
+                assertRejected("the descriptor is not a shared memory file", fe -> {
+                    negotiate(fe, FEATURES);
+                    raw(fe, MessageType.SET_LOG_BASE, log(4096, 0), kick.fd());
+                });
+                assertRejected("extends past the end of its 4096-byte file", fe -> {
+                    negotiate(fe, FEATURES);
+                    raw(fe, MessageType.SET_LOG_BASE, log(8192, 0), logFd);
+                });
+                assertRejected("needs a 16-byte log description and one descriptor, got 16 bytes and 0", fe -> {
+                    negotiate(fe, FEATURES);
+                    raw(fe, MessageType.SET_LOG_BASE, log(4096, 0));
+                });
+            }
             assertRejected("descriptor table at GPA 0x100008 is not 16-byte aligned", fe -> {
                 negotiate(fe, FEATURES);
                 fe.addMemRegion(ram.descriptor());
@@ -298,8 +324,8 @@ class HostileFrontendTest {
         try (EventFd e = EventFd.create(true)) {
             assertRejected("SET_FEATURES acknowledges 0x10000000000, which was not offered",
                     fe -> raw(fe, MessageType.SET_FEATURES, u64(Features.VIRTIO_F_VERSION_1 | (1L << 40))));
-            assertRejected("SET_FEATURES acknowledges 0x4000000, which was not offered",
-                    fe -> raw(fe, MessageType.SET_FEATURES, u64(Features.VHOST_F_LOG_ALL)));
+            assertRejected("SET_FEATURES acknowledges 0x200000000, which was not offered",
+                    fe -> raw(fe, MessageType.SET_FEATURES, u64(Features.VIRTIO_F_ACCESS_PLATFORM)));
             assertRejected("SET_PROTOCOL_FEATURES acknowledges 0x1000, which was not offered",
                     fe -> raw(fe, MessageType.SET_PROTOCOL_FEATURES, u64(Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD))));
             assertRejected("GET_CONFIG needs protocol feature 9, which was not negotiated", fe -> {

@@ -60,7 +60,8 @@ class VhostUserServerTest {
 
     /** QEMU's vhost_user_backend_init + vhost_dev_init + realize for vhost-user-blk. */
     static void initLikeQemu(VhostUserFrontend fe, EventFd call, EventFd err) throws IOException {
-        assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES, fe.getFeatures());
+        assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
+                fe.getFeatures());
         long pf = fe.getProtocolFeatures();
         assertEquals(Features.CORE_PROTOCOL_FEATURES, pf);
         fe.setProtocolFeatures(pf);
@@ -383,15 +384,15 @@ class VhostUserServerTest {
             assertThrows(RequestRejectedException.class, () -> fe.getConfig(56, 8)); // past the 60-byte space
             assertTrue(log.awaitLine("SET_CONFIG refused").contains(socket.toString()));
 
-            // SET_LOG_BASE: logging is never offered; refused without dropping the frontend
-            MemorySegment logPayload = Arena.ofAuto().allocate(16);
-            fe.connection().sendRequest(MessageType.SET_LOG_BASE, true, logPayload, List.of());
-            try (Message ack = fe.connection().receiveReply(MessageType.SET_LOG_BASE)) {
+            // SET_LOG_FD: the log is shared memory only; refused without dropping the frontend
+            fe.connection().sendRequest(MessageType.SET_LOG_FD, true, Arena.ofAuto().allocate(0), List.of());
+            try (Message ack = fe.connection().receiveReply(MessageType.SET_LOG_FD)) {
                 assertEquals(1, Payloads.u64(ack.payload()));
             }
             fe.setConfig(32, new byte[] {0}, 0);
             assertEquals(0, backend.config[32]);
-            assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES, fe.getFeatures());
+            assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
+                fe.getFeatures());
         }
     }
 
@@ -432,7 +433,8 @@ class VhostUserServerTest {
         try (VhostUserServer s = VhostUserServer.start(netSocket, net);
              VhostUserFrontend fe = VhostUserFrontend.connect(netSocket, TIMEOUT)) {
             long pf = fe.getProtocolFeatures();
-            assertEquals(Features.CORE_PROTOCOL_FEATURES | Features.bit(Features.PROTOCOL_RARP) | Features.bit(Features.PROTOCOL_NET_MTU), pf);
+            assertEquals(Features.CORE_PROTOCOL_FEATURES | Features.bit(Features.PROTOCOL_RARP)
+                    | Features.bit(Features.PROTOCOL_NET_MTU), pf);
             fe.setProtocolFeatures(pf);
             fe.sendRarp(new byte[] {0x52, 0x54, 0, 0x12, 0x34, 0x56});
             fe.setMtu(9000);

@@ -8,6 +8,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageIo;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
@@ -17,6 +18,7 @@ import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
+import java.io.IOException;
 import java.lang.System.Logger.Level;
 import java.nio.charset.StandardCharsets;
 
@@ -58,6 +60,12 @@ public final class BlkDevice implements VhostUserBackend {
     private volatile io.iovirt.vhostuser.BackendChannel backendChannel;
     private final QueueWorker[] workers;
     private final Virtqueue[] vqs;
+
+    // ---- image ownership (issue 11): the image lock follows the active frontend ----
+    /** Opened when a frontend first starts a queue. */
+    private ImageLock imageLock;
+    /** Why this frontend may not use the image (another VM holds it), or null. */
+    private volatile String fenced;
     private final boolean[] failed;
     /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
     private final boolean ioUring;
@@ -157,12 +165,6 @@ public final class BlkDevice implements VhostUserBackend {
         return n;
     }
 
-    /** BACKEND_REQ: the channel announces resizes to the frontend. */
-    @Override
-    public long protocolFeatures() {
-        return io.iovirt.vhostuser.Features.bit(io.iovirt.vhostuser.Features.PROTOCOL_BACKEND_REQ);
-    }
-
     @Override
     public void backendChannel(io.iovirt.vhostuser.BackendChannel channel) {
         backendChannel = channel;
@@ -221,6 +223,15 @@ public final class BlkDevice implements VhostUserBackend {
         return 1L << n;
     }
 
+    /**
+     * Crash recovery (issue 11): reads and writes can be resubmitted, so in-flight requests survive a restart.
+     * BACKEND_REQ: the frontend's backend channel announces resizes (blk.resize).
+     */
+    @Override
+    public long protocolFeatures() {
+        return Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD) | Features.bit(Features.PROTOCOL_BACKEND_REQ);
+    }
+
     @Override
     public int queueCount() {
         return queues;
@@ -259,7 +270,51 @@ public final class BlkDevice implements VhostUserBackend {
                 : QueueConfig.split(index, setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(), setup.eventIdx(),
                         setup.indirect(), 0))
                 .withVringBase(setup.base());
+        if (!anyRunning()) {
+            fenced = takeImage(); // image ownership (issue 11): the first queue takes the image
+        }
         start(index, setup, qc);
+    }
+
+    private boolean anyRunning() {
+        for (QueueWorker w : workers) {
+            if (w != null) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /**
+     * Takes the image for this frontend: null when it may use it, else why not (logged with the holder). A file
+     * system without OFD locks is served unlocked, with a warning (as QEMU's locking=auto does).
+     */
+    private String takeImage() {
+        try {
+            if (imageLock == null) {
+                imageLock = ImageLock.open(image.path(), image.readOnly());
+            }
+            String why = imageLock.acquire();
+            if (why != null) {
+                LOG.log(Level.ERROR, "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device "
+                        + "reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate instead "
+                        + "of starting a second one)", name, why);
+            }
+            return why;
+        } catch (IOException e) { // LinuxException included
+            LOG.log(Level.WARNING, "blk {0}: serving {1} without the image lock: {2}", name, image.path(), e.getMessage());
+            return null;
+        }
+    }
+
+    private static void signalQuietly(EventFd err) {
+        if (err != null) {
+            try {
+                err.signal();
+            } catch (LinuxException ignored) {
+                // the frontend closed it: the log line is the report
+            }
+        }
     }
 
     private void start(int index, VringSetup setup, QueueConfig qc) throws BackendException {
@@ -267,12 +322,22 @@ public final class BlkDevice implements VhostUserBackend {
             throw new BackendException("queue " + index + ": polling mode without a kick eventfd is not supported");
         }
         try {
-            Virtqueue q = Virtqueue.create(qc, setup.memory()).limitChain(limits.segMax() + 2);
+            // inflight: crash recovery (issue 11)
+            Virtqueue q = Virtqueue.create(qc, setup.memory(), setup.inflight()).limitChain(limits.segMax() + 2);
+            if (q.resubmitted() > 0) {
+                LOG.log(Level.INFO, "blk {0} q{1}: resubmitting {2} request(s) that were in flight when the previous "
+                        + "backend stopped", name, index, q.resubmitted());
+            }
             BlkStats stats = queueStats[index];
+            BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
+            if (fenced != null) {
+                handler.fence(fenced); // image ownership (issue 11)
+                signalQuietly(setup.err()); // QEMU reports "vhost vring error" for the queue
+            }
             String queueName = "blk " + name + " q" + index;
             QueueWorker w;
             try {
-                w = newWorker(queueName, q, new BlkQueueHandler(image, limits, serial, stats), setup.kick(), setup.call(),
+                w = newWorker(queueName, q, handler, setup.kick(), setup.call(),
                         setup.err(), stats, ioUring ? newRing(queueName, q.size()) : null, reason -> markFailed(index));
             } catch (LinuxException | RuntimeException e) {
                 q.releaseMemory();
@@ -340,6 +405,12 @@ public final class BlkDevice implements VhostUserBackend {
         workers[index] = null;
         Virtqueue q = vqs[index];
         vqs[index] = null;
+        if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
+            if (imageLock != null) {
+                imageLock.release();
+            }
+            fenced = null;
+        }
         return q.vringBase();
     }
 
@@ -350,6 +421,9 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public int deviceStatus() {
+        if (fenced != null) {
+            return DEVICE_NEEDS_RESET; // image ownership (issue 11)
+        }
         synchronized (failed) {
             for (boolean f : failed) {
                 if (f) {

@@ -73,7 +73,10 @@ final class BlkQueueHandler implements AutoCloseable {
     private final MemorySegment header = arena.allocate(HEADER_BYTES);
     private final MemorySegment discardSegment = arena.allocate(DISCARD_SEGMENT_BYTES);
     private final MemorySegment status = arena.allocate(1);
+    /** Image ownership (issue 11): why this frontend may not use the image (another VM holds it), or null. */
+    private volatile String fenced;
     /** The synchronous path's request, made on first use: a queue served through io_uring never needs it. */
+
     private Request syncRequest;
 
     /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
@@ -86,6 +89,11 @@ final class BlkQueueHandler implements AutoCloseable {
 
     DiskImage image() {
         return image;
+    }
+
+    /** Image ownership (issue 11): from now on every request fails with VIRTIO_BLK_S_IOERR, for {@code why}. */
+    void fence(String why) {
+        this.fenced = why;
     }
 
     BlkLimits limits() {
@@ -133,6 +141,12 @@ final class BlkQueueHandler implements AutoCloseable {
         r.dataWritten = 0;
         r.status = S_OK;
         r.kind = DONE;
+        String fence = fenced;
+        if (fence != null) { // image ownership (issue 11): not one byte of the image through this frontend
+            r.status = S_IOERR;
+            r.error = fence;
+            return DONE;
+        }
         if (chain.readableBytes() < HEADER_BYTES || chain.copyFromReadable(0, header) != HEADER_BYTES) {
             fail(r, "request header is " + chain.readableBytes() + " bytes, needs " + HEADER_BYTES);
             return DONE;

@@ -132,6 +132,15 @@ final class MetaCache {
         return false;
     }
 
+    /** Drops every table (they must be clean or obsolete). */
+    void clearAll() {
+        for (Table t : tables.values()) {
+            evicted.accept(t);
+        }
+        tables.clear();
+        hand = null;
+    }
+
     Iterable<Table> all() {
         return tables.values();
     }

@@ -42,6 +42,7 @@ record Qcow2Header(
 
     /** Field offsets iovirt writes. */
     static final int OFF_REFTABLE = 48;
+    static final int OFF_INCOMPATIBLE = 72;
     static final int OFF_AUTOCLEAR = 88;
 
     static final long INCOMPAT_DIRTY = 1;

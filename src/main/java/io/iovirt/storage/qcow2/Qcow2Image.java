@@ -48,7 +48,7 @@ import java.util.zip.Inflater;
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * Evicting a dirty table runs the same flush first. Lazy refcounts are never used (so the dirty bit is never set by
- * iovirt); an image whose dirty bit is set is refused for writing until {@code qemu-img check -r all} repaired it.
+ * iovirt); an image another program left dirty is repaired when opened for writing ({@link #rebuildRefcounts}).
  */
 public final class Qcow2Image implements DiskImage {
     /** Default metadata cache: L2 tables covering 32 MiB of table data (256 GiB of disk at 64 KiB clusters). */
@@ -101,6 +101,12 @@ public final class Qcow2Image implements DiskImage {
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
     private volatile boolean closed;
+    /**
+     * Sorted cluster indices of every metadata cluster (header, L1 table, refcount table and blocks, L2 tables): a
+     * data write whose L2 entry points into one of them is refused, so a crafted or damaged image cannot make a
+     * guest write overwrite the image's own metadata. Copy-on-write under the metadata lock; read lock-free.
+     */
+    private volatile long[] metadataClusters = new long[0];
     private final ThreadLocal<Scratch> scratch;
 
     /** Per-thread decompression state: the last compressed cluster inflated, by its L2 entry. */
@@ -158,6 +164,71 @@ public final class Qcow2Image implements DiskImage {
             refTable[i] = buf.get(Qcow2Header.BE64, (long) i * 8) & ~511L;
             checkTableOffset(refTable[i], "refcount table entry " + i);
         }
+        indexMetadata();
+    }
+
+    /** (Re)builds {@link #metadataClusters} from the header, L1 and refcount tables. */
+    private void indexMetadata() {
+        java.util.TreeSet<Long> meta = new java.util.TreeSet<>();
+        meta.add(0L);
+        addRange(meta, header.l1Offset(), (long) l1.length() * 8);
+        addRange(meta, refTableOffset, (long) refTableClusters * clusterSize);
+        for (long r : refTable) {
+            if (r != 0) {
+                meta.add(r >>> clusterBits);
+            }
+        }
+        for (int i = 0; i < l1.length(); i++) {
+            long o = l1.get(i) & OFFSET_MASK;
+            if (o != 0) {
+                meta.add(o >>> clusterBits);
+            }
+        }
+        metadataClusters = meta.stream().mapToLong(Long::longValue).toArray();
+    }
+
+    private void addRange(java.util.Set<Long> set, long offset, long bytes) {
+        for (long c = offset >>> clusterBits; c <= (offset + Math.max(1, bytes) - 1) >>> clusterBits; c++) {
+            set.add(c);
+        }
+    }
+
+    /** Records a new metadata cluster (metadata lock held). */
+    private void addMetadataCluster(long offset) {
+        long c = offset >>> clusterBits;
+        long[] old = metadataClusters;
+        int i = Arrays.binarySearch(old, c);
+        if (i >= 0) {
+            return;
+        }
+        int at = -i - 1;
+        long[] n = new long[old.length + 1];
+        System.arraycopy(old, 0, n, 0, at);
+        n[at] = c;
+        System.arraycopy(old, at, n, at + 1, old.length - at);
+        metadataClusters = n;
+    }
+
+    private boolean overlapsMetadata(long host, long len) {
+        long[] m = metadataClusters;
+        for (long c = host >>> clusterBits; c <= (host + len - 1) >>> clusterBits; c++) {
+            if (Arrays.binarySearch(m, c) >= 0) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Refuses a data write to [host, host+len) when it touches a metadata cluster. */
+    private void checkDataWrite(long guestOffset, long host, long len) throws IOException {
+        long[] m = metadataClusters;
+        for (long c = host >>> clusterBits; c <= (host + len - 1) >>> clusterBits; c++) {
+            if (Arrays.binarySearch(m, c) >= 0) {
+                throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
+                        + " points at metadata cluster " + (c << clusterBits) + "; the write was refused (check the "
+                        + "image with 'qemu-img check " + path + "')");
+            }
+        }
     }
 
     /** Opens {@code path} as qcow2 with the default metadata cache; its backing chain opens read-only. */
@@ -203,8 +274,16 @@ public final class Qcow2Image implements DiskImage {
                 }
             }
             Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
-            if (!readOnly && h.autoclear() != 0) {
-                img.clearAutoclear();
+            try {
+                if (!readOnly && (h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+                    img.rebuildRefcounts(); // the spec: repair refcounts from the L1/L2 tables before accessing it
+                }
+                if (!readOnly && h.autoclear() != 0) {
+                    img.clearAutoclear();
+                }
+            } catch (IOException | RuntimeException e) {
+                img.closeQuietlyKeepingFile();
+                throw e;
             }
             return img;
         } catch (IOException | RuntimeException e) {
@@ -233,10 +312,6 @@ public final class Qcow2Image implements DiskImage {
         if (h.version() == 2) {
             throw new IOException("qcow2 image " + path + " is version 2 (compat=0.10): iovirt writes version 3 only; "
                     + "upgrade it with 'qemu-img amend -o compat=1.1 " + path + "' or open it read-only");
-        }
-        if ((h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
-            throw new IOException("qcow2 image " + path + " has its dirty bit set (not closed cleanly with lazy refcounts): "
-                    + "its refcounts must be rebuilt before writing; run 'qemu-img check -r all " + path + "'");
         }
         if ((h.incompatible() & Qcow2Header.INCOMPAT_CORRUPT) != 0) {
             throw new IOException("qcow2 image " + path + " is marked corrupt; repair it with 'qemu-img check -r all "
@@ -515,6 +590,7 @@ public final class Qcow2Image implements DiskImage {
         long in = guestOffset & (clusterSize - 1);
         long h = ownedHost(l2Entry(guestOffset));
         if (h >= 0) {
+            checkDataWrite(guestOffset, h + in, n);
             src.writeTo(fd, srcPos, n, h + in);
             return;
         }
@@ -527,6 +603,7 @@ public final class Qcow2Image implements DiskImage {
             long e = t.entry(idx);
             h = ownedHost(e);
             if (h >= 0) { // another queue allocated it meanwhile
+                checkDataWrite(guestOffset, h + in, n);
                 src.writeTo(fd, srcPos, n, h + in);
                 return;
             }
@@ -548,6 +625,7 @@ public final class Qcow2Image implements DiskImage {
             long target = (e & OFLAG_ZERO) != 0 && (e & OFLAG_COPIED) != 0 && (e & OFFSET_MASK) != 0
                     ? e & OFFSET_MASK // a preallocated zero cluster: write in place
                     : allocateCluster();
+            checkDataWrite(cluster, target, clusterSize);
             FileIo.writeFully(fd, buf, target);
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
@@ -584,6 +662,7 @@ public final class Qcow2Image implements DiskImage {
         t.markDirty(0, (int) clusterSize); // written whole at the next flush, before the L1 entry
         t.slot = l1i;
         l2ByL1.set(l1i, t);
+        addMetadataCluster(newOff);
         l1.set(l1i, newOff | OFLAG_COPIED);
         l1DirtyLo = Math.min(l1DirtyLo, l1i);
         l1DirtyHi = Math.max(l1DirtyHi, l1i + 1);
@@ -812,6 +891,7 @@ public final class Qcow2Image implements DiskImage {
         FileIo.writeFully(fd, s, refTableOffset + bi * 8);
         FileIo.fdatasync(fd);
         refCache.put(off, data);
+        addMetadataCluster(off);
     }
 
     /**
@@ -856,6 +936,18 @@ public final class Qcow2Image implements DiskImage {
         refTableOffset = tableOff;
         refTableClusters = (int) newClusters;
         refCache.put(blockOff, block);
+        addMetadataCluster(blockOff);
+        for (long i = 0; i < newClusters; i++) {
+            addMetadataCluster(tableOff + i * clusterSize);
+        }
+        long[] m = metadataClusters.clone();
+        for (int i = 0; i < oldClusters; i++) {
+            int k = Arrays.binarySearch(m, (oldOff >>> clusterBits) + i);
+            if (k >= 0) {
+                m[k] = -1; // the old table's clusters become free data clusters
+            }
+        }
+        metadataClusters = Arrays.stream(m).filter(c -> c >= 0).toArray();
         for (int i = 0; i < oldClusters; i++) {
             long c = (oldOff >>> clusterBits) + i;
             setRefcount(c, refcount(c) - 1);
@@ -949,6 +1041,128 @@ public final class Qcow2Image implements DiskImage {
         if ((off & (clusterSize - 1)) != 0) {
             throw new IOException("qcow2 image " + path + " is damaged: " + what + " points at " + off
                     + ", not a cluster boundary ('qemu-img check " + path + "')");
+        }
+    }
+
+    /** Releases what the constructor made, for a failed open (the caller closes the file and the backing chain). */
+    private void closeQuietlyKeepingFile() {
+        closed = true;
+        l2Cache.close();
+        refCache.close();
+        arena.close();
+    }
+
+    /**
+     * Rebuilds the refcounts of an image whose dirty bit is set (written with lazy refcounts, not closed cleanly):
+     * every cluster the header, the tables and the L2 entries reference is counted; a new refcount table and
+     * blocks describing exactly those (and themselves) are written past the end of the file and synced; then the
+     * header is switched to them in one sector write and synced; then the dirty bit is cleared and synced. A
+     * crash in between leaves the dirty bit set and the old tables in use, so the repair simply runs again. The
+     * old refcount structures become free clusters.
+     */
+    private void rebuildRefcounts() throws IOException {
+        long fileClusters = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
+        long limit = Math.max(fileClusters, 1);
+        // First pass: the highest referenced cluster, so the counts array covers every reference.
+        long[] max = {limit};
+        forEachReference(c -> max[0] = Math.max(max[0], c + 1));
+        long end = max[0];
+        long blocks = 0;
+        long tableClusters = 0;
+        for (int i = 0; i < 8; i++) { // fixpoint: the new table and blocks must describe themselves too
+            long total = end + blocks + tableClusters;
+            long b = (total + refBlockEntries - 1) / refBlockEntries;
+            long t = (b * 8 + clusterSize - 1) / clusterSize;
+            if (b == blocks && t == tableClusters) {
+                break;
+            }
+            blocks = b;
+            tableClusters = t;
+        }
+        long total = end + blocks + tableClusters;
+        if (total > Integer.MAX_VALUE || tableClusters * clusterSize > (64L << 20)) {
+            throw new IOException("qcow2 image " + path + ": too large to rebuild its refcounts here; run 'qemu-img check -r all " + path + "'");
+        }
+        int[] counts = new int[(int) total];
+        forEachReference(c -> counts[(int) c]++);
+        for (long c = end; c < total; c++) {
+            counts[(int) c]++; // the new blocks and table
+        }
+        for (int c = 0; c < counts.length; c++) {
+            if (counts[c] > maxRefcount) {
+                throw new IOException("qcow2 image " + path + ": cluster " + c + " is referenced " + counts[c]
+                        + " times; run 'qemu-img check -r all " + path + "'");
+            }
+        }
+        long[] table = new long[(int) (tableClusters * clusterSize / 8)];
+        MemorySegment block = MetaCache.allocate(clusterSize);
+        for (long b = 0; b < blocks; b++) {
+            block.fill((byte) 0);
+            for (long i = 0; i < refBlockEntries && b * refBlockEntries + i < total; i++) {
+                setRef(block, i, counts[(int) (b * refBlockEntries + i)]);
+            }
+            long off = (end + b) << clusterBits;
+            writeMeta(block, 0, clusterSize, off);
+            table[(int) b] = off;
+        }
+        long tableOff = (end + blocks) << clusterBits;
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment t = a.allocate(tableClusters * clusterSize, 4096);
+            for (int i = 0; i < table.length; i++) {
+                t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
+            }
+            FileIo.writeFully(fd, t, tableOff);
+            FileIo.fdatasync(fd);
+            MemorySegment h = a.allocate(12);
+            h.set(Qcow2Header.BE64, 0, tableOff);
+            h.set(Qcow2Header.BE32, 8, (int) tableClusters);
+            FileIo.writeFully(fd, h, Qcow2Header.OFF_REFTABLE);
+            FileIo.fdatasync(fd);
+            MemorySegment inc = a.allocate(8);
+            inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
+            FileIo.writeFully(fd, inc, Qcow2Header.OFF_INCOMPATIBLE);
+            FileIo.fdatasync(fd);
+        }
+        refCache.clearAll();
+        refTable = table;
+        refTableOffset = tableOff;
+        refTableClusters = (int) tableClusters;
+        freeHint = 0;
+        indexMetadata(); // the old refcount table and blocks are free data clusters now
+        System.getLogger(Qcow2Image.class.getName()).log(System.Logger.Level.WARNING, "qcow2 image " + path
+                + " was not closed cleanly (dirty bit, lazy refcounts): refcounts rebuilt from its L1/L2 tables");
+    }
+
+    /** Calls {@code c} once per reference to a cluster: header, L1, L2 tables, data (compressed: each cluster touched). */
+    private void forEachReference(java.util.function.LongConsumer c) throws IOException {
+        c.accept(0);
+        for (long x = header.l1Offset() >>> clusterBits; x <= (header.l1Offset() + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
+            c.accept(x);
+        }
+        MemorySegment s = staging.asSlice(0, clusterSize);
+        for (int i = 0; i < l1.length(); i++) {
+            long l2 = l1.get(i) & OFFSET_MASK;
+            if (l2 == 0) {
+                continue;
+            }
+            c.accept(l2 >>> clusterBits);
+            MetaCache.Table cached = l2Cache.get(l2);
+            if (cached != null) {
+                MemorySegment.copy(cached.data, 0, s, 0, clusterSize);
+            } else {
+                readMeta(s, l2);
+            }
+            for (long k = 0; k < clusterSize / 8; k++) {
+                long e = s.get(Qcow2Header.BE64, k * 8);
+                if ((e & OFLAG_COMPRESSED) != 0) {
+                    long[] r = compressedRange(e);
+                    for (long x = r[0] >>> clusterBits; x <= (r[0] + r[1] - 1) >>> clusterBits; x++) {
+                        c.accept(x);
+                    }
+                } else if ((e & OFFSET_MASK) != 0) {
+                    c.accept((e & OFFSET_MASK) >>> clusterBits);
+                }
+            }
         }
     }
 
@@ -1113,6 +1327,7 @@ public final class Qcow2Image implements DiskImage {
             checkRange(offset, bytes, true);
             long host = contiguousHost(offset, bytes);
             if (host >= 0) {
+                checkDataWrite(offset, host, bytes);
                 raw.write(host);
                 return;
             }
@@ -1154,8 +1369,8 @@ public final class Qcow2Image implements DiskImage {
             } catch (IOException e) {
                 return false;
             }
-            if (host < 0 || !raw.submitWrite(ring, host, userData)) {
-                return false;
+            if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
+                return false; // the synchronous path writes, or reports the damaged entry
             }
             submittedHost = host;
             return true;

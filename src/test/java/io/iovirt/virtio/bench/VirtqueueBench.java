@@ -3,6 +3,7 @@ package io.iovirt.virtio.bench;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.vhostuser.DirtyLog;
 import io.iovirt.virtio.DescriptorChain;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.PackedDriverRing;
@@ -44,6 +45,15 @@ public class VirtqueueBench {
     @Param({"32"})
     public int batch;
 
+    /**
+     * Migration's dirty log (issue 11): "off" (no log installed: what every request pays when no migration runs),
+     * or "on" with the bitmap cleared before each batch, as QEMU clears it at each sync: every mark is an atomic OR.
+     */
+    @Param({"off", "on"})
+    public String dirtyLog;
+
+    private MemorySegment bitmap;
+
     private Arena arena;
     private DriverRing driver;
     private Virtqueue queue;
@@ -64,6 +74,11 @@ public class VirtqueueBench {
         holder.swap(mem);
         driver = layout.equals("split") ? SplitDriverRing.create(mem, 0, SIZE, true) : PackedDriverRing.create(mem, 0, SIZE, true);
         queue = Virtqueue.create(driver.queueConfig(0, true), holder);
+        if (dirtyLog.equals("on")) {
+            bitmap = arena.allocate(bytes / 4096 / 8, 8);
+            DirtyLog log = DirtyLog.over("bench", bitmap);
+            holder.writeLog(log);
+        }
         addrs[0] = 0x10000;
         addrs[1] = 0x20000;
         addrs[2] = 0x30000;
@@ -85,6 +100,9 @@ public class VirtqueueBench {
 
     @Benchmark
     public long roundTrip() throws VirtqueueException {
+        if (bitmap != null) {
+            bitmap.fill((byte) 0);
+        }
         for (int i = 0; i < batch; i++) {
             driver.add(addrs, lens, writable, 3, indirect ? tables[i] : DriverRing.NO_INDIRECT);
         }

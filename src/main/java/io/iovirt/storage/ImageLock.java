@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage;
+
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Who may write an image: an OFD lock (fcntl F_OFD_SETLK) over the whole file, exclusive for a writable export and
+ * shared for a read-only one, like QEMU's image locking. The lock follows the active frontend, not the process: a
+ * backend takes it when its frontend starts the first queue and drops it when the last one stops, so during a live
+ * migration the source's backend hands the image to the destination's at the switch-over, while two VMs running
+ * on one writable image at once are refused.
+ *
+ * <p>The lock lives on a descriptor of its own (an open file description of its own), so it works whatever opens
+ * the image for I/O, and the kernel drops it when the process dies, however it dies. An exclusive lock also
+ * conflicts with QEMU's own image locks (byte-range OFD locks in the same file), so a QEMU or qemu-img that opens
+ * the image with locking on sees it in use, and the other way round.
+ */
+public final class ImageLock implements AutoCloseable {
+    private final Path path;
+    private final boolean shared;
+    private final Fd fd;
+    private boolean held;
+
+    private ImageLock(Path path, boolean shared, Fd fd) {
+        this.path = path;
+        this.shared = shared;
+        this.fd = fd;
+    }
+
+    /**
+     * Opens the image for locking (not for I/O).
+     *
+     * @param shared true for a read-only export (read locks share; they exclude writers)
+     * @throws IOException the image cannot be opened (for writing, unless shared)
+     */
+    public static ImageLock open(Path image, boolean shared) throws IOException {
+        try {
+            return new ImageLock(image, shared, FileIo.open(image, shared ? FileIo.O_RDONLY : FileIo.O_RDWR));
+        } catch (LinuxException e) {
+            throw new IOException("cannot open " + image + " to lock it: " + e.getMessage(), e);
+        }
+    }
+
+    public Path path() {
+        return path;
+    }
+
+    public boolean shared() {
+        return shared;
+    }
+
+    /** True while this export holds the lock. */
+    public synchronized boolean held() {
+        return held;
+    }
+
+    /**
+     * Takes the lock without waiting (a no-op when held).
+     *
+     * @return null when taken; otherwise why not, naming the holder(s) as far as this host shows them
+     * @throws LinuxException the lock call itself failed (e.g. the file system does not support locks)
+     */
+    public synchronized String acquire() throws LinuxException {
+        if (held) {
+            return null;
+        }
+        if (FileIo.ofdLock(fd, shared ? FileIo.F_RDLCK : FileIo.F_WRLCK)) {
+            held = true;
+            return null;
+        }
+        return "image " + path + " is in use " + (shared ? "for writing " : "") + "by " + holders()
+                + ": another VM runs on it (a migration's source releases it when its queues stop)";
+    }
+
+    /** Drops the lock (a no-op when not held). */
+    public synchronized void release() {
+        if (!held) {
+            return;
+        }
+        held = false;
+        try {
+            FileIo.ofdLock(fd, FileIo.F_UNLCK);
+        } catch (LinuxException e) {
+            // cannot happen for an open descriptor; closing it drops the lock anyway
+            System.getLogger(ImageLock.class.getName()).log(System.Logger.Level.WARNING,
+                    "unlocking " + path + " failed: " + e.getMessage());
+        }
+    }
+
+    @Override
+    public synchronized void close() {
+        held = false;
+        fd.close();
+    }
+
+    /**
+     * The processes holding locks on this image's inode. An OFD lock does not name its owner (F_OFD_GETLK and,
+     * since Linux 6.x, /proc/locks report pid -1), but the kernel lists each lock under the descriptor that holds
+     * it in /proc/PID/fdinfo/FD ("lock:" lines): scanned only when a lock is refused, for the error message.
+     */
+    String holders() {
+        List<String> found = new ArrayList<>();
+        try {
+            long dev = (Long) Files.getAttribute(path, "unix:dev");
+            long ino = (Long) Files.getAttribute(path, "unix:ino");
+            String id = String.format(" %02x:%02x:%d ", major(dev), minor(dev), ino);
+            long self = ProcessHandle.current().pid();
+            try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
+                for (Path proc : procs) {
+                    long pid = Long.parseLong(proc.getFileName().toString());
+                    String lock = lockLine(proc.resolve("fdinfo"), id);
+                    if (lock != null) {
+                        found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock + ")");
+                    }
+                }
+            }
+        } catch (IOException | RuntimeException e) {
+            return "another process (its pid is not visible here: " + e.getMessage() + ")";
+        }
+        return found.isEmpty() ? "another process (not visible in /proc here)" : String.join(", ", found);
+    }
+
+    /** "ofdlck write" when a descriptor in {@code fdinfo} holds a lock on the inode {@code id}, else null. */
+    private static String lockLine(Path fdinfo, String id) {
+        try (var fds = Files.newDirectoryStream(fdinfo)) {
+            for (Path fd : fds) {
+                try {
+                    for (String line : Files.readAllLines(fd)) {
+                        // "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:5678 0 EOF"
+                        if (line.startsWith("lock:") && (line + " ").contains(id)) {
+                            String[] f = line.trim().split("\\s+");
+                            return f.length > 4 ? (f[2] + " " + f[4]).toLowerCase() : "lock";
+                        }
+                    }
+                } catch (IOException ignored) {
+                    // the descriptor was closed meanwhile
+                }
+            }
+        } catch (IOException | RuntimeException ignored) {
+            // the process ended, or its descriptors are not ours to see
+        }
+        return null;
+    }
+
+    private static String describe(long pid) {
+        try {
+            byte[] raw = Files.readAllBytes(Path.of("/proc", Long.toString(pid), "cmdline"));
+            String cmd = new String(raw, StandardCharsets.UTF_8).replace('\0', ' ').strip();
+            if (cmd.length() > 200) { // the end names the export (socket, image), the start the program
+                cmd = cmd.substring(0, 60) + " ... " + cmd.substring(cmd.length() - 135);
+            }
+            return cmd.isEmpty() ? "" : " '" + cmd + "'";
+        } catch (IOException e) {
+            return "";
+        }
+    }
+
+    private static long major(long dev) {
+        return ((dev >>> 8) & 0xfff) | ((dev >>> 32) & ~0xfffL);
+    }
+
+    private static long minor(long dev) {
+        return (dev & 0xff) | ((dev >>> 12) & ~0xffL);
+    }
+
+    @Override
+    public String toString() {
+        return (shared ? "shared" : "exclusive") + " lock on " + path + (held ? " (held)" : "");
+    }
+}

@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.vhostuser;
+
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.Mmap;
+import io.iovirt.memory.GuestWriteLog;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.VarHandle;
+import java.nio.ByteOrder;
+import java.util.concurrent.atomic.AtomicLong;
+
+/**
+ * The frontend's dirty page log for live migration (vhost-user {@code VHOST_USER_PROTOCOL_F_LOG_SHMFD}): a bitmap in
+ * shared memory the frontend gave with {@code VHOST_USER_SET_LOG_BASE}, one bit per 4 KiB guest page (bit
+ * {@code page % 8} of byte {@code page / 8}), from guest address 0. The device sets bits with atomic ORs (the
+ * frontend reads and clears them concurrently); the frontend copies the marked pages again.
+ *
+ * <p>Bits are set a 64-bit word at a time ({@code getAndBitwiseOr} on an aligned long: the JDK has no atomic OR on
+ * a byte), skipping the atomic when the bits are already set, so re-dirtying a page costs one load. On a
+ * little-endian host bit {@code page % 64} of word {@code page / 64} is exactly the spec's bit. A log whose size is
+ * not a multiple of 8 bytes (QEMU always sizes it in 8-byte chunks) loses its last partial word.
+ *
+ * <p>Every mark is bounds-checked against the log's size: a write beyond what the log covers cannot be reported;
+ * it is counted and logged once per log (that migration may then copy a stale page — the frontend's log was too
+ * small for the guest memory it described).
+ */
+public final class DirtyLog implements GuestWriteLog, AutoCloseable {
+    private static final System.Logger LOG = System.getLogger(DirtyLog.class.getName());
+    /** VHOST_LOG_PAGE. */
+    public static final int PAGE_SHIFT = 12;
+    /** A log for more than 2^47 bytes of guest memory (128 TiB) is not something a frontend sends in earnest. */
+    static final long MAX_SIZE = 1L << 32;
+    private static final VarHandle WORD = ValueLayout.JAVA_LONG.varHandle();
+
+    static {
+        if (ByteOrder.nativeOrder() != ByteOrder.LITTLE_ENDIAN) {
+            throw new ExceptionInInitializerError("the dirty log's word-wise marking assumes a little-endian host");
+        }
+    }
+
+    private final String name;
+    private final Mmap.Mapping mapping;
+    private final MemorySegment bitmap;
+    private final long size;
+    /** Pages covered: the whole 8-byte words of the log, 64 pages each. */
+    private final long pages;
+    private final AtomicLong outOfRange = new AtomicLong();
+
+    private DirtyLog(String name, Mmap.Mapping mapping, MemorySegment bitmap, long size) {
+        this.name = name;
+        this.mapping = mapping;
+        this.size = size;
+        this.bitmap = bitmap.asSlice(0, size & ~7L);
+        this.pages = (size & ~7L) * 8;
+    }
+
+    /**
+     * Maps the log of SET_LOG_BASE. The descriptor is consumed.
+     *
+     * @param size   bytes of bitmap (the payload's mmap_size)
+     * @param offset where the bitmap starts in the file (mmap_offset)
+     * @throws ProtocolException the descriptor is not a shared memory file, or the area is empty, huge, misaligned
+     *                           or beyond the end of the file
+     */
+    static DirtyLog map(String name, Fd fd, long size, long offset) throws ProtocolException {
+        try (fd) {
+            String what = "SET_LOG_BASE (size " + Long.toUnsignedString(size) + ", offset " + Long.toUnsignedString(offset) + ")";
+            if (size <= 0 || size > MAX_SIZE) {
+                throw new ProtocolException(what + ": the log size must be 1.." + MAX_SIZE + " bytes");
+            }
+            if (offset < 0 || offset % 8 != 0) {
+                throw new ProtocolException(what + ": the log must start at a non-negative, 8-byte aligned offset");
+            }
+            FileIo.Stat st;
+            try {
+                st = FileIo.stat(fd);
+            } catch (LinuxException e) {
+                throw new ProtocolException(what + ": " + e.getMessage(), e);
+            }
+            if (!st.isRegularFile()) {
+                throw new ProtocolException(what + ": the descriptor is not a shared memory file (mode 0"
+                        + Integer.toOctalString(st.mode()) + ")");
+            }
+            if (offset > st.size() - size) {
+                throw new ProtocolException(what + ": extends past the end of its " + st.size() + "-byte file");
+            }
+            Mmap.Mapping m;
+            try {
+                m = Mmap.map(fd, offset, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_NORESERVE);
+            } catch (LinuxException e) {
+                throw new ProtocolException(what + ": " + e.getMessage(), e);
+            }
+            return new DirtyLog(name, m, m.segment(), size);
+        }
+    }
+
+    /** A log over memory the caller owns (tests, benchmarks); {@code bitmap} must be 8-byte aligned. */
+    public static DirtyLog over(String name, MemorySegment bitmap) {
+        if (bitmap.address() % 8 != 0) {
+            throw new IllegalArgumentException("the bitmap must be 8-byte aligned");
+        }
+        return new DirtyLog(name, null, bitmap, bitmap.byteSize());
+    }
+
+    /** The log's size in bytes, as the frontend gave it. */
+    public long size() {
+        return size;
+    }
+
+    /** Guest bytes the log covers (from address 0). */
+    public long coveredBytes() {
+        return pages << PAGE_SHIFT;
+    }
+
+    /** Marks written that the log could not cover. */
+    public long outOfRange() {
+        return outOfRange.get();
+    }
+
+    /** Devices report their writes here (through the memory holder) while logging is on. */
+    @Override
+    public void written(long gpa, long len) {
+        mark(gpa, len);
+    }
+
+    /**
+     * Marks every page of {@code [gpa, gpa + len)} dirty.
+     *
+     * @return false when part of the range lies beyond the log (counted; logged once)
+     */
+    public boolean mark(long gpa, long len) {
+        if (len <= 0) {
+            return true;
+        }
+        long end = gpa + len - 1;
+        long first = gpa >>> PAGE_SHIFT;
+        long last = end >>> PAGE_SHIFT;
+        if (Long.compareUnsigned(end, gpa) < 0 || Long.compareUnsigned(last, pages) >= 0) {
+            outOfRange(gpa, len);
+            return false;
+        }
+        for (long page = first; page <= last; ) {
+            long word = page >>> 6;
+            long lastInWord = Math.min(last, (word << 6) | 63);
+            int lo = (int) (page & 63);
+            int hi = (int) (lastInWord & 63);
+            long mask = (hi == 63 ? -1L : (1L << (hi + 1)) - 1) & (-1L << lo);
+            long offset = word << 3;
+            if (((long) WORD.get(bitmap, offset) & mask) != mask) {
+                WORD.getAndBitwiseOr(bitmap, offset, mask);
+            }
+            page = lastInWord + 1;
+        }
+        return true;
+    }
+
+    private void outOfRange(long gpa, long len) {
+        if (outOfRange.getAndIncrement() == 0) {
+            LOG.log(System.Logger.Level.ERROR, String.format("%s: the device wrote guest memory 0x%x+0x%x, beyond the "
+                    + "0x%x bytes the frontend's %d-byte dirty log covers: that write cannot be reported, so the "
+                    + "migration may copy a stale page (further such writes are only counted)",
+                    name, gpa, len, coveredBytes(), size));
+        }
+    }
+
+    /** Unmaps the log. No device thread may be marking it any more (see {@link Handler}'s log swap). */
+    @Override
+    public void close() {
+        if (mapping != null) {
+            mapping.close();
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "dirty log of " + size + " bytes covering 0x" + Long.toHexString(coveredBytes()) + " bytes of guest memory";
+    }
+}

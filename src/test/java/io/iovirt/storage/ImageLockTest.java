@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage;
+
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.FileIo;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The image's ownership lock: writers exclude each other and readers, readers share, release hands the image over,
+ * and a refusal names the holder. OFD locks conflict between open file descriptions, so two locks in this one
+ * process behave like two backends.
+ */
+class ImageLockTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void oneWriterAtATimeAndTheRefusalNamesTheHolder() throws Exception {
+        Path img = Files.write(dir.resolve("disk.raw"), new byte[4096]);
+        try (ImageLock a = ImageLock.open(img, false); ImageLock b = ImageLock.open(img, false)) {
+            assertNull(a.acquire());
+            assertNull(a.acquire(), "taking a held lock again is a no-op");
+            String why = b.acquire();
+            assertTrue(why != null && why.contains("pid " + ProcessHandle.current().pid()) && why.contains("ofdlck write"),
+                    why);
+            assertTrue(why.contains(img.toString()), why);
+            a.release();
+            assertNull(b.acquire(), "released: the next frontend takes the image over");
+            assertTrue(a.acquire() != null);
+        }
+    }
+
+    @Test
+    void readOnlyExportsShareAndExcludeWriters() throws Exception {
+        Path img = Files.write(dir.resolve("disk.raw"), new byte[4096]);
+        try (ImageLock r1 = ImageLock.open(img, true); ImageLock r2 = ImageLock.open(img, true);
+             ImageLock w = ImageLock.open(img, false)) {
+            assertNull(r1.acquire());
+            assertNull(r2.acquire());
+            assertTrue(w.acquire() != null, "a writer while readers run");
+            r1.release();
+            r2.release();
+            assertNull(w.acquire());
+            assertTrue(r1.acquire().contains("in use for writing"));
+        }
+    }
+
+    @Test
+    void closingDropsTheLock() throws Exception {
+        Path img = Files.write(dir.resolve("disk.raw"), new byte[4096]);
+        try (ImageLock b = ImageLock.open(img, false)) {
+            ImageLock a = ImageLock.open(img, false);
+            assertNull(a.acquire());
+            a.close();
+            assertNull(b.acquire());
+            var fd = FileIo.open(img, FileIo.O_RDWR);
+            try (fd) {
+                assertTrue(FileIo.ofdConflict(fd, FileIo.F_WRLCK) == FileIo.F_WRLCK, "the kernel reports b's lock");
+            }
+        }
+    }
+}

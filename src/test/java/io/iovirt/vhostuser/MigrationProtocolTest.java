@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.vhostuser;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.MemFd;
+import io.iovirt.linux.Mmap;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.time.Duration;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The migration and crash-recovery messages (issue 11) over a real socket, in QEMU's order: the dirty log turned on
+ * and off while a ring runs (SET_LOG_BASE, SET_FEATURES with LOG_ALL, SET_VRING_ADDR with VHOST_VRING_F_LOG), and
+ * the in-flight memory handed out and back (GET_INFLIGHT_FD, SET_INFLIGHT_FD) reaching the device's queue.
+ */
+@Timeout(60)
+class MigrationProtocolTest {
+    static final Duration TIMEOUT = Duration.ofSeconds(20);
+    static final long LOG_ALL = Features.VHOST_F_LOG_ALL;
+
+    @TempDir
+    Path dir;
+
+    @Test
+    void loggingTogglesWhileTheRingRuns() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2);
+        try (VhostUserServer server = VhostUserServer.start(socket, backend);
+             VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+             EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true);
+             Fd logFd = MemFd.allocate("log", 4096)) {
+            VhostUserServerTest.initLikeQemu(fe, call, err);
+            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
+            VringSetup setup = backend.running.get(0);
+            assertNotNull(setup);
+            assertNull(setup.memory().writeLog(), "no log before a migration");
+
+            fe.setLogBase(logFd, 4096, 0); // replied to: returns only once the backend answered
+            assertNull(setup.memory().writeLog(), "a log alone does not turn logging on");
+            fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
+            assertNotNull(setup.memory().writeLog());
+            long used = high.userAddrOf(VhostUserServerTest.USED);
+            fe.setVringAddr(0, high.userAddrOf(VhostUserServerTest.DESC), used, high.userAddrOf(VhostUserServerTest.AVAIL),
+                    VhostUserServerTest.USED);
+            assertEquals(setup, backend.running.get(0), "the ring kept running");
+            assertEquals(VhostUserServerTest.FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES, backend.acked,
+                    "the device never sees LOG_ALL");
+
+            setup.memory().writeLog().written(0x5000, 1); // page 5
+            setup.memory().writeLog().written(VhostUserServerTest.USED, 2); // the used ring: page 0x102
+            MemorySegment bitmap = Mmap.map(logFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+            assertEquals(1 << 5, bitmap.get(ValueLayout.JAVA_BYTE, 0));
+            long usedPage = VhostUserServerTest.USED >>> 12;
+            assertEquals(1 << (usedPage % 8), bitmap.get(ValueLayout.JAVA_BYTE, usedPage / 8));
+
+            fe.setFeatures(VhostUserServerTest.FEATURES);
+            assertNull(setup.memory().writeLog(), "logging off again");
+            assertEquals(setup, backend.running.get(0));
+        }
+    }
+
+    @Test
+    void inflightMemoryIsHandedOutAndBackToTheQueues() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2, Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD));
+        try (VhostUserServer server = VhostUserServer.start(socket, backend);
+             VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+             EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true)) {
+            fe.getFeatures();
+            long pf = fe.getProtocolFeatures();
+            assertTrue((pf & Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD)) != 0, Long.toHexString(pf));
+            fe.setProtocolFeatures(pf);
+            VhostUserFrontend.Inflight inflight = fe.getInflightFd(2, 256);
+            try (Fd fd = inflight.fd()) {
+                assertEquals(2 * InflightRegion.queueBytes(256), inflight.mmapSize());
+                assertEquals(0, inflight.mmapOffset());
+                assertEquals(inflight.mmapSize(), FileIo.stat(fd).size(), "a memory file of that size");
+                fe.setInflightFd(inflight);
+                VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
+                MemorySegment region = backend.running.get(0).inflight();
+                assertNotNull(region, "the queue got its region");
+                assertEquals(InflightRegion.queueBytes(256), region.byteSize());
+            }
+        }
+    }
+
+    /** A frontend's in-flight description is checked: too many queues, a size that does not match the layout. */
+    @Test
+    void inflightDescriptionsThatDoNotFitAreRefused() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2, Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD));
+        try (VhostUserServer server = VhostUserServer.start(socket, backend)) {
+            try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT)) {
+                fe.setProtocolFeatures(fe.getProtocolFeatures());
+                org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class, () -> fe.getInflightFd(3, 256),
+                        "3 queues on a 2-queue device: the backend closes the connection");
+            }
+            try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+                 Fd small = MemFd.allocate("inflight", 4096)) {
+                fe.setProtocolFeatures(fe.getProtocolFeatures());
+                org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+                        () -> fe.setInflightFd(new VhostUserFrontend.Inflight(4096, 0, 2, 256, small)),
+                        "4096 bytes cannot hold 2 queues of 256");
+            }
+            try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT)) {
+                assertTrue(fe.getFeatures() != 0, "the server goes on serving");
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.virtio;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.memory.GuestWriteLog;
+import io.iovirt.testing.GuestFixture;
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Migration's dirty logging at the queue (issue 11): every byte the device writes into guest memory - data it
+ * reports in the used length, bytes it copies in, used-ring entries and index, packed descriptors written back -
+ * reaches the {@link WriteLog} installed in the memory holder, and nothing does when none is installed.
+ */
+class DirtyLoggingQueueTest {
+    private static final int SIZE = 8;
+    private final GuestFixture g = new GuestFixture();
+    private final Recorder log = new Recorder();
+
+    /** What a device reported: guest ranges and used-ring ranges. */
+    static final class Recorder implements GuestWriteLog {
+        final List<long[]> written = new ArrayList<>();
+
+        @Override
+        public void written(long gpa, long len) {
+            written.add(new long[] {gpa, len});
+        }
+
+        boolean coversWritten(long gpa, long len) {
+            return covers(written, 0, gpa, len);
+        }
+
+
+        private static boolean covers(List<long[]> ranges, int from, long start, long len) {
+            for (long b = start; b < start + len; b++) {
+                long x = b;
+                if (ranges.stream().noneMatch(r -> r[from] <= x && x < r[from] + r[from + 1])) {
+                    return false;
+                }
+            }
+            return true;
+        }
+    }
+
+    @AfterEach
+    void guardsIntactAndClose() {
+        assertTrue(g.guardsIntact(), "a device access escaped guest memory");
+        g.close();
+    }
+
+    @Test
+    void splitRingReportsDataUsedEntryAndIndex() throws Exception {
+        SplitDriverRing d = SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
+        Virtqueue q = Virtqueue.create(d.queueConfig(3, true), g.holder);
+        long hdr = g.alloc(16, 16), w1 = g.alloc(100, 1), w2 = g.allocHigh(8192, 4096), status = g.alloc(1, 1);
+        d.add(new long[] {hdr, w1, w2, status}, new int[] {16, 100, 8192, 1}, new boolean[] {false, true, true, true}, 4,
+                DriverRing.NO_INDIRECT);
+        DescriptorChain c = q.pop();
+        // logging off: nothing is reported
+        c.copyToWritable(0, MemorySegment.ofArray(new byte[10]));
+        assertTrue(log.written.isEmpty());
+
+        g.holder.writeLog(log);
+        assertEquals(1, c.copyToWritable(100 + 8192, MemorySegment.ofArray(new byte[] {0})), "status byte");
+        q.push(c, 100 + 4097); // every writable buffer is reported at push, whatever the used length says
+        assertTrue(log.coversWritten(status, 1), "the status byte copied in");
+        assertTrue(log.coversWritten(w1, 100));
+        assertTrue(log.coversWritten(w2, 8192));
+        long used = d.queueConfig(3, true).deviceArea();
+        assertTrue(log.coversWritten(used + 4, 8), "used element");
+        assertTrue(log.coversWritten(used + 2, 2), "used idx");
+        q.enableNotifications();
+        assertTrue(log.coversWritten(used + 4 + 8L * SIZE, 2), "avail_event");
+
+        g.holder.writeLog(null);
+        int before = log.written.size();
+        d.add(new long[] {status}, new int[] {1}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        DescriptorChain c2 = q.pop();
+        q.push(c2, 1);
+        assertEquals(before, log.written.size(), "logging off: nothing is reported");
+    }
+
+    @Test
+    void packedRingReportsTheDescriptorWrittenBack() throws Exception {
+        long base = g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16);
+        PackedDriverRing d = PackedDriverRing.create(g.memory, base, SIZE, true);
+        QueueConfig qc = d.queueConfig(1, true);
+        Virtqueue q = Virtqueue.create(qc, g.holder);
+        long w = g.alloc(512, 1);
+        d.add(new long[] {w}, new int[] {512}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        g.holder.writeLog(log);
+        DescriptorChain c = q.pop();
+        q.push(c, 512);
+        assertTrue(log.coversWritten(w, 512), "data");
+        assertTrue(log.coversWritten(qc.descAddr(), 16), "descriptor 0 written back as used");
+        q.enableNotifications();
+        assertTrue(log.coversWritten(qc.deviceArea(), 4), "device event suppression area");
+    }
+}
