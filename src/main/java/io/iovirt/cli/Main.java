@@ -9,6 +9,8 @@ import picocli.CommandLine.Command;
         subcommands = {
                 HelpCommand.class,
                 DemoCommand.class,
+                DaemonCommand.class,
+                CtlCommand.class,
                 ServeCommand.class,
                 io.iovirt.cli.BenchCommand.class,
                 io.iovirt.cli.HostCommand.class,

@@ -73,6 +73,10 @@ final class VmCommand implements Runnable {
         @Option(names = "--command", paramLabel = "SCRIPT", description = "Shell script to run in the test guest.")
         String command;
 
+        @Option(names = "--libvirt-xml", description = {"Only run the backends and print a libvirt domain (XML) whose devices are them;",
+                "define it with 'virsh define' while this runs."})
+        boolean libvirtXml;
+
         @Option(names = "--serve", description = "Only run the backends and print the QEMU device arguments.")
         boolean serve;
 
@@ -107,6 +111,14 @@ final class VmCommand implements Runnable {
             try (VmComposer c = VmComposer.compose(vm, runDir, host, decision)) {
                 for (VmComposer.Device d : c.devices()) {
                     System.err.printf("%-7s %s%n", d.technique(), d.description());
+                }
+                if (libvirtXml) {
+                    System.out.print(io.iovirt.daemon.LibvirtXml.domain(new io.iovirt.daemon.LibvirtXml.Domain(name, memory, cpus,
+                            null, null, null, null), io.iovirt.daemon.LibvirtXml.fromQemuArgs(c.qemuArgs())));
+                    System.out.flush();
+                    System.err.println("backends running; stop with Ctrl-C or SIGTERM");
+                    Signals.awaitTermination();
+                    return 0;
                 }
                 if (serve) {
                     System.out.println("qemu-system-x86_64 -machine q35 -m " + memory + "M -object memory-backend-memfd,id=mem,size="

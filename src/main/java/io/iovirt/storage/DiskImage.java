@@ -79,6 +79,20 @@ public interface DiskImage extends AutoCloseable {
      */
     void readAt(long offset, MemorySegment dst) throws IOException;
 
+    /**
+     * Grows the image to {@code newSize} bytes while it is served (the daemon's blk.resize). Formats that cannot
+     * say so.
+     */
+    default void resize(long newSize) throws IOException {
+        throw new IOException("resizing a " + format() + " image while it is served is not supported: remove the export,"
+                + " resize it with qemu-img resize, and add it again");
+    }
+
+    /** Refuses (true) or accepts again (false) writes from now on (the daemon's blk.set-readonly). */
+    default void setReadOnly(boolean readOnly) throws IOException {
+        throw new IOException("switching a " + format() + " image to read-only while it is served is not supported");
+    }
+
     @Override
     void close();
 

@@ -87,6 +87,8 @@ public final class Images {
         @Override public Path path() { return d.path(); }
         @Override public String format() { return d.format(); }
         @Override public long size() { return d.size(); }
+        @Override public void resize(long newSize) throws IOException { d.resize(newSize); }
+        @Override public void setReadOnly(boolean readOnly) throws IOException { d.setReadOnly(readOnly); }
         @Override public boolean readOnly() { return d.readOnly(); }
         @Override public boolean direct() { return d.direct(); }
         @Override public int blockSize() { return d.blockSize(); }

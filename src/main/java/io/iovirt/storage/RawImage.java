@@ -24,10 +24,14 @@ import java.util.Arrays;
 public final class RawImage implements DiskImage {
     private final Path path;
     private final Fd fd;
-    private final boolean readOnly;
+    /** Opened O_RDONLY: can never take writes. */
+    private final boolean openedReadOnly;
+    /** Writes refused now: opened read-only, or switched with {@link #setReadOnly}. */
+    private volatile boolean readOnly;
     private final boolean direct;
     private final boolean blockDevice;
-    private final long size;
+    /** Changes only through {@link #resize}; queue threads check every request against the current value. */
+    private volatile long size;
     /** Alignment O_DIRECT needs for file offsets and lengths (and, conservatively, memory). 1 when buffered. */
     private final int directAlign;
     /**
@@ -39,6 +43,7 @@ public final class RawImage implements DiskImage {
     private RawImage(Path path, Fd fd, boolean readOnly, boolean direct, boolean blockDevice, long size, int directAlign) {
         this.path = path;
         this.fd = fd;
+        this.openedReadOnly = readOnly;
         this.readOnly = readOnly;
         this.direct = direct;
         this.blockDevice = blockDevice;
@@ -125,6 +130,51 @@ public final class RawImage implements DiskImage {
     @Override
     public boolean readOnly() {
         return readOnly;
+    }
+
+    /**
+     * Refuses (or accepts again) writes from now on. Switching to read-only first makes every completed write
+     * durable; an image opened read-only cannot be made writable.
+     */
+    @Override
+    public synchronized void setReadOnly(boolean ro) throws IOException {
+        if (!ro && openedReadOnly) {
+            throw new IOException("image " + path + " was opened read-only; remove the export and add it again without readonly");
+        }
+        if (ro && !readOnly) {
+            FileIo.fdatasync(fd);
+        }
+        readOnly = ro;
+    }
+
+    /**
+     * Grows a regular-file image to {@code newSize} bytes (the new part reads as zeros). Shrinking is refused: a
+     * guest may have data there. A block device cannot be resized here: grow the device, then it is re-read.
+     */
+    @Override
+    public synchronized void resize(long newSize) throws IOException {
+        if (blockDevice) {
+            long now = FileIo.blockDeviceSize(fd);
+            if (now != newSize) {
+                throw new IOException("image " + path + " is a block device of " + now + " bytes; resize the device itself"
+                        + " (e.g. lvextend) and ask for its new size");
+            }
+            size = now;
+            return;
+        }
+        if (newSize < size) {
+            throw new IOException("cannot shrink image " + path + " from " + size + " to " + newSize
+                    + " bytes: the guest may have data there");
+        }
+        if (newSize % blockSize() != 0) {
+            throw new IOException("new size " + newSize + " is not a multiple of the disk's " + blockSize() + "-byte blocks");
+        }
+        if (openedReadOnly) {
+            throw new IOException("image " + path + " was opened read-only and cannot be grown");
+        }
+        FileIo.ftruncate(fd, newSize);
+        FileIo.fsync(fd); // the new size survives a crash before the guest is told about it
+        size = newSize;
     }
 
     @Override

@@ -18,13 +18,23 @@ public final class Json {
         return b.toString();
     }
 
-    /** The same value on one line, without indentation: for JSON-lines logs and streams. */
+    /** One line, no spaces: for line-delimited protocols (the daemon's JSON-RPC). */
+    public static String compact(Object value) {
+        StringBuilder b = new StringBuilder();
+        write(b, value, -1);
+        return b.toString();
+    }
+
+    /** The same as {@link #compact}: one JSON value per line, for JSON-lines logs and streams. */
     public static String writeLine(Object value) {
-        // Strings escape their newlines, so every newline in write()'s output is layout, as is the indentation after it.
-        return write(value).replaceAll("\n *", "");
+        return compact(value);
     }
 
     private static void write(StringBuilder b, Object v, int indent) {
+        if (indent < 0) {
+            writeCompact(b, v);
+            return;
+        }
         switch (v) {
             case null -> b.append("null");
             case String s -> string(b, s);
@@ -67,6 +77,36 @@ public final class Json {
                 b.append(']');
             }
             default -> string(b, v.toString());
+        }
+    }
+
+    private static void writeCompact(StringBuilder b, Object v) {
+        switch (v) {
+            case Map<?, ?> m -> {
+                b.append('{');
+                int i = 0;
+                for (Map.Entry<?, ?> e : m.entrySet()) {
+                    if (i++ > 0) {
+                        b.append(',');
+                    }
+                    string(b, String.valueOf(e.getKey()));
+                    b.append(':');
+                    writeCompact(b, e.getValue());
+                }
+                b.append('}');
+            }
+            case Collection<?> c -> {
+                b.append('[');
+                int i = 0;
+                for (Object o : c) {
+                    if (i++ > 0) {
+                        b.append(',');
+                    }
+                    writeCompact(b, o);
+                }
+                b.append(']');
+            }
+            case null, default -> write(b, v, 0);
         }
     }
 

@@ -40,10 +40,11 @@ public final class Features {
     /**
      * Extras a device may add through {@link VhostUserBackend#protocolFeatures()}: RARP and NET_MTU messages go to
      * the device; INFLIGHT_SHMFD (crash recovery, for devices whose requests survive a resubmission) is handled by
-     * the protocol layer and reaches the device as {@link VringSetup#inflight()}.
+     * the protocol layer and reaches the device as {@link VringSetup#inflight()}; BACKEND_REQ hands the device the
+     * frontend's backend channel ({@link VhostUserBackend#backendChannel}).
      */
     public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU)
-            | bit(PROTOCOL_INFLIGHT_SHMFD);
+            | bit(PROTOCOL_INFLIGHT_SHMFD) | bit(PROTOCOL_BACKEND_REQ);
 
     private Features() {
     }

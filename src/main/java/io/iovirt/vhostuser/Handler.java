@@ -56,6 +56,8 @@ final class Handler implements AutoCloseable {
     /** SET_PROTOCOL_FEATURES was received: the frontend speaks the protocol-features dialect. */
     private boolean protocolFeaturesExchanged;
     private int status;
+    /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
+    private BackendChannel backendChannel;
 
     /** One virtqueue's protocol-side state. */
     private static final class Queue {
@@ -95,7 +97,7 @@ final class Handler implements AutoCloseable {
         }
         long extra = backend.protocolFeatures();
         if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
-            throw new IllegalArgumentException("a device may add only RARP, NET_MTU and INFLIGHT_SHMFD protocol features, not 0x"
+            throw new IllegalArgumentException("a device may add only RARP, NET_MTU, INFLIGHT_SHMFD and BACKEND_REQ protocol features, not 0x"
                     + Long.toHexString(extra));
         }
         // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
@@ -185,6 +187,7 @@ final class Handler implements AutoCloseable {
             case SET_STATUS -> setStatus(Payloads.u64(p));
             case GET_STATUS -> c.sendReply(m.type(), (status | backend.deviceStatus()) & MAX_STATUS);
             case RESET_DEVICE -> resetDevice();
+            case SET_BACKEND_REQ_FD -> setBackendReqFd(m);
             case SEND_RARP -> {
                 byte[] mac = new byte[6];
                 MemorySegment.copy(p, JAVA_BYTE, 0, mac, 0, 6);
@@ -900,9 +903,25 @@ final class Handler implements AutoCloseable {
         backend.reset();
     }
 
+    private void setBackendReqFd(Message m) throws BackendException {
+        BackendChannel next = BackendChannel.adopt(io.iovirt.linux.UnixSocket.adopt(m.takeFd(0), name + " backend channel"),
+                name, replyAck());
+        BackendChannel previous = backendChannel;
+        backendChannel = next;
+        backend.backendChannel(next);
+        if (previous != null) {
+            previous.close();
+        }
+    }
+
     /** The connection ended: stop everything, reset the device and unmap guest memory. */
     @Override
     public void close() {
+        if (backendChannel != null) {
+            backend.backendChannel(null);
+            backendChannel.close();
+            backendChannel = null;
+        }
         stopAll();
         for (Queue q : queues) {
             closeQuietly(q.kick);

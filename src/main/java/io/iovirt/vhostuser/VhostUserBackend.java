@@ -17,9 +17,10 @@ public interface VhostUserBackend {
 
     /**
      * Protocol features the device adds to the core set (MQ, LOG_SHMFD, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS,
-     * RESET_DEVICE, STATUS): RARP and NET_MTU (their messages come here), and INFLIGHT_SHMFD for a device whose
+     * RESET_DEVICE, STATUS): RARP and NET_MTU (their messages come here), INFLIGHT_SHMFD for a device whose
      * requests may be resubmitted after a backend restart (the protocol layer keeps the memory; each queue gets its
-     * region as {@link VringSetup#inflight()}).
+     * region as {@link VringSetup#inflight()}), and BACKEND_REQ (the device gets the frontend's backend channel
+     * through {@link #backendChannel}).
      */
     default long protocolFeatures() {
         return 0;
@@ -93,5 +94,13 @@ public interface VhostUserBackend {
     /** NET_SET_MTU. Only with the NET_MTU protocol feature. */
     default void setMtu(int mtu) throws BackendException {
         throw new BackendException("this device does not support setting the MTU");
+    }
+
+    /**
+     * The frontend's backend-to-frontend channel (SET_BACKEND_REQ_FD), or null when the connection ended. Only with
+     * the BACKEND_REQ protocol feature. Called on the control thread; the device may use the channel from any
+     * thread that is not a queue thread (e.g. to announce a resize) until it is replaced or withdrawn.
+     */
+    default void backendChannel(BackendChannel channel) {
     }
 }

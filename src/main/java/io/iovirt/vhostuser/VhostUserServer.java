@@ -175,6 +175,20 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
+    /** The connected frontend's process id (SO_PEERCRED at connect time), or -1 when none is connected. */
+    public int frontendPid() {
+        synchronized (lock) {
+            if (current == null || current.ended) {
+                return -1;
+            }
+            try {
+                return current.connection.socket().peerCredentials().pid();
+            } catch (java.io.IOException | IllegalStateException e) {
+                return -1;
+            }
+        }
+    }
+
     /**
      * Waits until no frontend is being served and the last one's cleanup (queues stopped, memory unmapped, device
      * reset) has finished. Returns false if that did not happen within {@code timeout}.

@@ -168,6 +168,15 @@ public final class QemuGuest {
         return s.toString();
     }
 
+    /**
+     * Writes this guest's initrd (base image, payload and files) to {@code initrd} and returns the kernel command
+     * line to boot it with: for running the same guest under another VMM, e.g. a libvirt domain.
+     */
+    public String exportBoot(Path initrd) throws IOException {
+        writeInitrd(initrd);
+        return kernelCommandLine();
+    }
+
     private void writeInitrd(Path initrd) throws IOException {
         ByteArrayOutputStream payload = new ByteArrayOutputStream();
         try (CpioWriter cpio = new CpioWriter(payload)) {

@@ -40,7 +40,7 @@ class ServeSignalsTest {
         }
         List<String> lines = Files.readAllLines(log);
         for (String l : lines) {
-            assertTrue(l.startsWith("{\"time\": \"20") && l.contains("\"level\": \"info\"") && l.endsWith("}"), l);
+            assertTrue(l.startsWith("{\"time\":\"20") && l.contains("\"level\":\"info\"") && l.endsWith("}"), l);
         }
         assertTrue(lines.stream().anyMatch(l -> l.contains("SIGHUP: stopping")), String.join("\n", lines));
         assertTrue(lines.getLast().contains("stopped; image synced."), lines.getLast());

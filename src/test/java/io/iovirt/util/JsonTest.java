@@ -34,7 +34,7 @@ class JsonTest {
 
     @Test
     void oneLineFormKeepsNewlinesInStringsEscaped() {
-        assertEquals("{\"a\": [1,\"x\\ny\"]}", Json.writeLine(Map.of("a", List.of(1, "x\ny"))));
+        assertEquals("{\"a\":[1,\"x\\ny\"]}", Json.writeLine(Map.of("a", List.of(1, "x\ny"))));
     }
 
     @Test

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.virtio;
 
+import io.iovirt.testing.GuestFixture;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.code_intelligence.jazzer.junit.FuzzTest;

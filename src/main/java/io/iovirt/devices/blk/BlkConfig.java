@@ -60,7 +60,7 @@ public final class BlkConfig {
      * Reads {@code len} bytes at {@code offset}; reads past our layout return zeros, as a device with a shorter
      * config space would (QEMU asks for the full struct it knows).
      */
-    public byte[] read(int offset, int len) {
+    public synchronized byte[] read(int offset, int len) {
         if (offset < 0 || len < 0 || len > 256 || offset > 256) {
             throw new IllegalArgumentException("config read out of range: offset " + offset + " len " + len);
         }
@@ -71,7 +71,12 @@ public final class BlkConfig {
         return out;
     }
 
-    public long capacitySectors() {
+    /** A resize: the capacity the driver reads from now on (it re-reads after a configuration change notice). */
+    public synchronized void setCapacitySectors(long sectors) {
+        ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN).putLong(CAPACITY, sectors);
+    }
+
+    public synchronized long capacitySectors() {
         return ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN).getLong(CAPACITY);
     }
 }

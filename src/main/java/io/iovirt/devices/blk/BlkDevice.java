@@ -53,7 +53,10 @@ public final class BlkDevice implements VhostUserBackend {
     private final BlkLimits limits = BlkLimits.defaults();
     private final BlkConfig config;
     private final byte[] serial;
-    private final BlkStats stats = new BlkStats();
+    /** One per queue, so queue threads never share counter cells; {@link #stats()} sums them. */
+    private final BlkStats[] queueStats;
+    /** The frontend's backend channel while one is connected (resize notifications). */
+    private volatile io.iovirt.vhostuser.BackendChannel backendChannel;
     private final QueueWorker[] workers;
     private final Virtqueue[] vqs;
 
@@ -66,7 +69,7 @@ public final class BlkDevice implements VhostUserBackend {
     /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
     private final boolean ioUring;
     private final String ioDescription;
-    private long acked;
+    private volatile long acked;
 
     /**
      * @param name   identifies the device in log lines (the socket path)
@@ -96,6 +99,10 @@ public final class BlkDevice implements VhostUserBackend {
         this.config = new BlkConfig(image.size() >>> SECTOR_SHIFT, image.blockSize(), limits.segMax(), limits.sizeMax(),
                 queues, limits.maxDiscardSectors(), limits.maxDiscardSegments());
         this.workers = new QueueWorker[queues];
+        this.queueStats = new BlkStats[queues];
+        for (int i = 0; i < queues; i++) {
+            queueStats[i] = new BlkStats();
+        }
         this.vqs = new Virtqueue[queues];
         this.failed = new boolean[queues];
         String unavailable = engine == IoEngine.SYNC ? null : IoUring.unavailableReason();
@@ -123,8 +130,79 @@ public final class BlkDevice implements VhostUserBackend {
         return ioDescription;
     }
 
-    public BlkStats stats() {
-        return stats;
+    /** The device's counters: the sum of its queues'. */
+    public BlkStats.Snapshot stats() {
+        java.util.List<BlkStats.Snapshot> parts = new java.util.ArrayList<>(queues);
+        for (BlkStats q : queueStats) {
+            parts.add(q.snapshot());
+        }
+        return BlkStats.Snapshot.sum(parts);
+    }
+
+    /** Queue {@code index}'s counters. */
+    public BlkStats.Snapshot queueStats(int index) {
+        return queueStats[index].snapshot();
+    }
+
+    public DiskImage image() {
+        return image;
+    }
+
+    /** The features the driver acknowledged (0 before negotiation or after a reset). */
+    public long ackedFeatures() {
+        return acked;
+    }
+
+    /** Queues being served now. */
+    public int runningQueues() {
+        int n = 0;
+        for (QueueWorker w : workers) {
+            if (w != null) {
+                n++;
+            }
+        }
+        return n;
+    }
+
+    @Override
+    public void backendChannel(io.iovirt.vhostuser.BackendChannel channel) {
+        backendChannel = channel;
+    }
+
+    /** Outcome of a resize: whether the connected frontend was told (false: none connected, or it failed). */
+    public record ResizeResult(long oldSize, long newSize, boolean frontendNotified, String notice) {
+    }
+
+    /**
+     * Grows the image and the capacity in the configuration space, then tells a connected frontend through the
+     * backend channel (QEMU re-reads the capacity and raises the guest's configuration-change interrupt). Called
+     * from a control thread, never a queue thread.
+     */
+    public synchronized ResizeResult resize(long newSize) throws java.io.IOException {
+        long old = image.size();
+        image.resize(newSize);
+        config.setCapacitySectors(image.size() >>> SECTOR_SHIFT);
+        io.iovirt.vhostuser.BackendChannel ch = backendChannel;
+        if (ch == null) {
+            return new ResizeResult(old, image.size(), false, "no frontend is connected: it reads the new size when it connects");
+        }
+        try {
+            ch.configChanged();
+            return new ResizeResult(old, image.size(), true, "the frontend was notified");
+        } catch (java.io.IOException e) {
+            LOG.log(Level.WARNING, "blk {0}: resized to {1} bytes but could not notify the frontend: {2}", name, image.size(),
+                    e.getMessage());
+            return new ResizeResult(old, image.size(), false, e.getMessage()
+                    + "; the guest sees the new size after its next reset or reconnect");
+        }
+    }
+
+    /**
+     * Refuses guest writes from now on (or accepts them again). The guest's driver keeps the read-only flag it
+     * negotiated until it resets: writes it still sends get an I/O error.
+     */
+    public void setReadOnly(boolean readOnly) throws java.io.IOException {
+        image.setReadOnly(readOnly);
     }
 
     @Override
@@ -144,10 +222,13 @@ public final class BlkDevice implements VhostUserBackend {
         return 1L << n;
     }
 
-    /** Crash recovery (issue 11): reads and writes can be resubmitted, so in-flight requests survive a restart. */
+    /**
+     * Crash recovery (issue 11): reads and writes can be resubmitted, so in-flight requests survive a restart.
+     * BACKEND_REQ: the frontend's backend channel announces resizes (blk.resize).
+     */
     @Override
     public long protocolFeatures() {
-        return Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD);
+        return Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD) | Features.bit(Features.PROTOCOL_BACKEND_REQ);
     }
 
     @Override
@@ -246,6 +327,7 @@ public final class BlkDevice implements VhostUserBackend {
                 LOG.log(Level.INFO, "blk {0} q{1}: resubmitting {2} request(s) that were in flight when the previous "
                         + "backend stopped", name, index, q.resubmitted());
             }
+            BlkStats stats = queueStats[index];
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
             if (fenced != null) {
                 handler.fence(fenced); // image ownership (issue 11)
@@ -369,7 +451,4 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
-    long ackedFeatures() {
-        return acked;
-    }
 }

@@ -55,6 +55,8 @@ final class BlkQueueHandler implements AutoCloseable {
         byte status;
         /** Why the request got a non-OK status, for the caller's rate-limited log line; null when it succeeded. */
         String error;
+        /** System.nanoTime() when the request was taken from the ring (latency histogram, in-flight gauge). */
+        long startNanos;
 
         Request(int slot, DescriptorChain chain, ImageIo io) {
             this.slot = slot;
@@ -133,6 +135,8 @@ final class BlkQueueHandler implements AutoCloseable {
             throw new UnanswerableRequest("request " + chain.id() + " has no device-writable byte for its status");
         }
         r.writable = writable;
+        r.startNanos = System.nanoTime();
+        stats.started();
         r.error = null;
         r.dataWritten = 0;
         r.status = S_OK;
@@ -237,6 +241,7 @@ final class BlkQueueHandler implements AutoCloseable {
      */
     long finish(Request r) {
         long data = r.status == S_OK ? r.dataWritten : 0;
+        stats.finished(r.status == S_UNSUPP, System.nanoTime() - r.startNanos);
         status.set(ValueLayout.JAVA_BYTE, 0, r.status);
         r.chain.copyToWritable(r.writable - 1, status);
         r.io.clear();

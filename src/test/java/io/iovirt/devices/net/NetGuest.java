@@ -17,6 +17,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.regex.MatchResult;
 import java.util.regex.Pattern;
+import java.util.stream.Stream;
 
 /**
  * One test guest on the switch with one NIC, driven in phases: the guest prints {@code NET <word> ...} lines on its
@@ -74,6 +75,13 @@ final class NetGuest implements AutoCloseable {
     /** As above, with {@code queuePairs} virtio-net queue pairs (MQ) and as many vCPUs. */
     static NetGuest start(GuestImage image, Path dir, String name, String ip, long mac, Nic nic, int queuePairs,
                           Path socket, List<Peer> peers, String body, Duration lifetime) throws IOException {
+        return start(image, dir, name, ip, mac, nic, queuePairs, socket, peers, body, lifetime, List.of(), List.of());
+    }
+
+    /** As above, with more QEMU arguments and guest modules (e.g. a vhost-user-blk disk and virtio_blk). */
+    static NetGuest start(GuestImage image, Path dir, String name, String ip, long mac, Nic nic, int queuePairs,
+                          Path socket, List<Peer> peers, String body, Duration lifetime, List<String> extraArgs,
+                          List<String> extraModules) throws IOException {
         Path control = dir.resolve(name + "-ctl.sock");
         List<String> args = new ArrayList<>(List.of(
                 "-chardev", "socket,id=ctl,server=on,wait=off,path=" + QemuGuest.escape(control.toString()),
@@ -121,8 +129,9 @@ final class NetGuest implements AutoCloseable {
                 say STATS $(stats)
                 """.formatted(ip, arp, body);
         QemuGuest.Builder b = QemuGuest.builder(image).name(name).workDir(dir).memoryMiB(256).cpus(queuePairs)
-                .modules(nic != Nic.E1000 ? new String[] {"virtio_pci", "virtio_net"} : new String[] {"e1000"})
-                .args(args);
+                .modules(java.util.stream.Stream.concat(Stream.of(nic != Nic.E1000 ? new String[] {"virtio_pci", "virtio_net"}
+                        : new String[] {"e1000"}), extraModules.stream()).toArray(String[]::new))
+                .args(args).args(extraArgs);
         String setup = "";
         if (nic == Nic.E1000) {
             // QEMU 7.2's e1000 ends a TSO send whose payload is a multiple of the MSS with an extra header-only

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.cli;
+
+import io.iovirt.daemon.DaemonService;
+import java.nio.file.Path;
+import java.util.concurrent.Callable;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/** {@code iovirt daemon}: many devices in one process, managed through the control socket. */
+@Command(name = "daemon", mixinStandardHelpOptions = true, sortOptions = false,
+        footerHeading = "%nExamples:%n",
+        footer = {"  iovirt daemon --control /run/iovirt/control --metrics 127.0.0.1:9477",
+                "  iovirt daemon --config /etc/iovirt/daemon.json --control /run/iovirt/control --socket-group kvm"},
+        description = {"Host any number of disks, NBD exports and switches in one process, managed at run time.",
+            "Devices are added through a JSON-RPC control socket (iovirt ctl, docs/api.md). SIGHUP re-reads --config and applies the",
+            "difference; SIGTERM/SIGINT stop every device in order. Under systemd (Type=notify) it reports READY=1 once",
+            "the control socket accepts, STOPPING=1, and WATCHDOG=1 when WatchdogSec= is set."})
+final class DaemonCommand implements Callable<Integer> {
+    @Option(names = "--config", paramLabel = "FILE", description = "Devices to start (JSON; see docs/api.md), re-read on SIGHUP.")
+    Path config;
+
+    @Option(names = "--control", required = true, paramLabel = "PATH", description = "Control socket to listen on (mode 0600).")
+    Path control;
+
+    @Option(names = "--metrics", paramLabel = "HOST:PORT", description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only).")
+    String metrics;
+
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Give device sockets to GROUP with mode 0660, so QEMU running as a member can connect (default: 0600).")
+    String socketGroup;
+
+    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+            description = "Also serve device-socket peers with these uids (QEMU's user when it is not the daemon's; default: the daemon's uid and root).")
+    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+
+    @Override
+    public Integer call() throws Exception {
+        if (System.getenv("JOURNAL_STREAM") != null) {
+            journalFormat();
+        }
+        String signal = DaemonService.run(new DaemonService.Options(config, control, metrics, socketGroup,
+                new java.util.HashSet<>(allowUids)));
+        System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
+        return 0;
+    }
+
+    /**
+     * Under systemd, stderr goes to the journal: each line starts with its syslog priority ({@code <3>} error,
+     * {@code <4>} warning, {@code <6>} info, {@code <7>} debug; sd-daemon(3)), and the journal adds the time.
+     */
+    static void journalFormat() {
+        java.util.logging.Formatter f = new java.util.logging.Formatter() {
+            @Override
+            public String format(java.util.logging.LogRecord r) {
+                int v = r.getLevel().intValue();
+                int prio = v >= java.util.logging.Level.SEVERE.intValue() ? 3 : v >= java.util.logging.Level.WARNING.intValue() ? 4
+                        : v >= java.util.logging.Level.INFO.intValue() ? 6 : 7;
+                StringBuilder b = new StringBuilder().append('<').append(prio).append('>').append(formatMessage(r));
+                if (r.getThrown() != null) {
+                    b.append(": ").append(r.getThrown());
+                }
+                return b.append('\n').toString();
+            }
+        };
+        for (java.util.logging.Handler h : java.util.logging.Logger.getLogger("").getHandlers()) {
+            h.setFormatter(f);
+        }
+    }
+}

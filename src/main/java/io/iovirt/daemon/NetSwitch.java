@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import io.iovirt.devices.net.VirtioNetPort;
+import io.iovirt.net.Port;
+import io.iovirt.net.StreamPort;
+import io.iovirt.net.Switch;
+import io.iovirt.net.TapPort;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/**
+ * One switch in the daemon and its ports, by id. Every port owns its threads (see {@link Port}); a port that fails
+ * drops its own frames only. Guarded by the daemon's lock.
+ */
+final class NetSwitch implements AutoCloseable {
+    record Spec(String id, int mtu, int macAgingSeconds) {
+    }
+
+    /** A port as requested: kind vhost-user|stream|tap, path (sockets) or ifname (tap). */
+    record PortSpec(String id, String kind, String path, int queues, long mac) {
+    }
+
+    record PortEntry(PortSpec spec, Port port, boolean fromConfig) {
+    }
+
+    final Spec spec;
+    final Switch sw;
+    final boolean fromConfig;
+    final Map<String, PortEntry> ports = new LinkedHashMap<>();
+
+    NetSwitch(Spec spec, boolean fromConfig) {
+        this.spec = spec;
+        this.fromConfig = fromConfig;
+        this.sw = new Switch(Switch.Config.defaults().withMtu(spec.mtu()).withMacAging(spec.macAgingSeconds()));
+        sw.startHousekeeping();
+    }
+
+    PortEntry addPort(PortSpec ps, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
+        Port p = switch (ps.kind()) {
+            case "vhost-user" -> new VirtioNetPort(new VirtioNetPort.Options(Path.of(ps.path()), ps.queues(), ps.mac(), 0))
+                    .withAccess(access);
+            case "stream" -> new StreamPort(Path.of(ps.path()), access);
+            case "tap" -> new TapPort(ps.path());
+            default -> throw new IllegalArgumentException("unknown port kind " + ps.kind());
+        };
+        sw.addPort(p);
+        PortEntry e = new PortEntry(ps, p, fromConfig);
+        ports.put(ps.id(), e);
+        return e;
+    }
+
+    void removePort(String id) {
+        PortEntry e = ports.remove(id);
+        if (e != null) {
+            sw.removePort(e.port());
+        }
+    }
+
+    @Override
+    public void close() {
+        sw.close();
+        ports.clear();
+    }
+}

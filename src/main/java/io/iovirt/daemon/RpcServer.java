@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import io.iovirt.util.Json;
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.UnixSocket;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.net.SocketTimeoutException;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/**
+ * The control socket: JSON-RPC 2.0, one request (or batch) per line, over a UNIX stream socket that only the
+ * daemon's user may open (mode 0600) and whose peers are checked again with SO_PEERCRED (the daemon's uid or root).
+ *
+ * <p>Clients are untrusted and cannot harm the daemon: a line longer than {@link #MAX_LINE} bytes gets an error
+ * and the connection is closed; a client idle for {@link #IDLE_TIMEOUT} is disconnected; at most
+ * {@link #MAX_CLIENTS} are served at once and more are told so and closed; descriptors sent along are closed;
+ * malformed JSON gets a parse error and the connection stays usable. Every client has its own platform thread
+ * (the socket calls are blocking FFM calls).
+ */
+public final class RpcServer implements AutoCloseable {
+    public static final int MAX_LINE = 1 << 20;
+    public static final int MAX_CLIENTS = 32;
+    public static final Duration IDLE_TIMEOUT = Duration.ofSeconds(60);
+    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
+
+    private final Path path;
+    private final Daemon daemon;
+    private final UnixSocket listener;
+    private final int ownUid;
+    private final Thread acceptor;
+    private final Set<UnixSocket> clients = ConcurrentHashMap.newKeySet();
+    private final AtomicInteger active = new AtomicInteger();
+    private volatile boolean closed;
+
+    private RpcServer(Path path, Daemon daemon, UnixSocket listener, int ownUid) {
+        this.path = path;
+        this.daemon = daemon;
+        this.listener = listener;
+        this.ownUid = ownUid;
+        this.acceptor = Thread.ofPlatform().name("control accept").unstarted(this::acceptLoop);
+    }
+
+    /** Listens on {@code path} (mode 0600); a stale socket file nobody listens on is replaced. */
+    public static RpcServer start(Path path, Daemon daemon) throws IOException {
+        removeStale(path);
+        UnixSocket l;
+        try {
+            l = UnixSocket.listen(path, 16);
+        } catch (LinuxException e) {
+            throw new IOException("cannot listen on control socket " + path + ": " + e.getMessage()
+                    + (e.errno() == Errno.ENOENT ? " (create its directory first)" : ""), e);
+        }
+        try {
+            Files.setPosixFilePermissions(path, PosixFilePermissions.fromString("rw-------"));
+        } catch (IOException e) {
+            l.close();
+            throw new IOException("cannot restrict control socket " + path + " to mode 0600: " + e.getMessage(), e);
+        }
+        int uid = (Integer) Files.getAttribute(Path.of("/proc/self"), "unix:uid");
+        RpcServer s = new RpcServer(path, daemon, l, uid);
+        s.acceptor.start();
+        return s;
+    }
+
+    public Path path() {
+        return path;
+    }
+
+    private static void removeStale(Path p) throws IOException {
+        FileIo.Stat st;
+        try {
+            st = FileIo.stat(p);
+        } catch (LinuxException e) {
+            if (e.errno() == Errno.ENOENT) {
+                return;
+            }
+            throw e;
+        }
+        if (!st.isSocket()) {
+            throw new IOException(p + " exists and is not a socket; remove it or choose another --control path");
+        }
+        try {
+            UnixSocket.connect(p).close();
+            throw new IOException(p + " is in use by another running daemon; stop it or choose another --control path");
+        } catch (LinuxException e) {
+            if (e.errno() != Errno.ECONNREFUSED) {
+                throw e;
+            }
+        }
+        try {
+            Files.delete(p);
+        } catch (NoSuchFileException e) {
+            // gone meanwhile
+        }
+    }
+
+    private void acceptLoop() {
+        while (!closed) {
+            UnixSocket s;
+            try {
+                s = listener.accept();
+            } catch (LinuxException e) {
+                if (closed) {
+                    return;
+                }
+                LOG.log(System.Logger.Level.ERROR, "control socket: accept failed: " + e.getMessage());
+                sleep(100); // EMFILE and friends: back off instead of spinning
+                continue;
+            }
+            UnixSocket.Credentials cred;
+            try {
+                cred = s.peerCredentials();
+            } catch (LinuxException e) {
+                s.close();
+                continue;
+            }
+            if (cred.uid() != ownUid && cred.uid() != 0) {
+                LOG.log(System.Logger.Level.WARNING, "control socket: refused pid " + cred.pid() + " (uid " + cred.uid()
+                        + "): only uid " + ownUid + " and root may control this daemon");
+                reject(s, RpcException.PERMISSION_DENIED, "uid " + cred.uid() + " may not control this daemon (it runs as uid "
+                        + ownUid + "); connect as that user or root");
+                continue;
+            }
+            if (active.incrementAndGet() > MAX_CLIENTS) {
+                active.decrementAndGet();
+                reject(s, RpcException.LIMIT, "too many control clients (" + MAX_CLIENTS + " at once); retry later");
+                continue;
+            }
+            clients.add(s);
+            try {
+                Thread.ofPlatform().name("control client pid " + cred.pid()).start(() -> serve(s));
+            } catch (OutOfMemoryError e) { // no thread could be created
+                clients.remove(s);
+                active.decrementAndGet();
+                s.close();
+            }
+        }
+    }
+
+    private static void reject(UnixSocket s, int code, String message) {
+        try {
+            s.setSendTimeout(Duration.ofMillis(200));
+            send(s, error(null, code, message));
+        } catch (IOException e) {
+            // the client is gone: nothing to tell
+        } finally {
+            s.close();
+        }
+    }
+
+    private void serve(UnixSocket s) {
+        try (Arena arena = Arena.ofConfined()) {
+            s.setReceiveTimeout(IDLE_TIMEOUT);
+            s.setSendTimeout(IDLE_TIMEOUT); // a client that never reads cannot hold this thread forever
+            MemorySegment buf = arena.allocate(64 * 1024);
+            ByteArrayOutputStream line = new ByteArrayOutputStream();
+            boolean discarding = false;
+            while (!closed) {
+                UnixSocket.Received r = s.recv(buf, 0);
+                if (r.eof()) {
+                    return;
+                }
+                byte[] chunk = buf.asSlice(0, r.bytes()).toArray(ValueLayout.JAVA_BYTE);
+                int start = 0;
+                for (int i = 0; i < chunk.length; i++) {
+                    if (chunk[i] != '\n') {
+                        continue;
+                    }
+                    line.write(chunk, start, i - start);
+                    start = i + 1;
+                    if (!discarding) {
+                        String reply = handleLine(line.toByteArray());
+                        if (reply != null) {
+                            send(s, reply);
+                        }
+                    }
+                    discarding = false;
+                    line.reset();
+                }
+                line.write(chunk, start, chunk.length - start);
+                if (line.size() > MAX_LINE) {
+                    send(s, error(null, RpcException.LIMIT, "request longer than " + MAX_LINE
+                            + " bytes; requests are one JSON object per line"));
+                    return; // the rest of the line cannot be trusted to be a request: drop the client
+                }
+            }
+        } catch (SocketTimeoutException e) {
+            // idle client: disconnected
+        } catch (IOException e) {
+            if (!closed) {
+                LOG.log(System.Logger.Level.DEBUG, "control client: " + e.getMessage());
+            }
+        } catch (RuntimeException | Error e) {
+            LOG.log(System.Logger.Level.ERROR, "control client: internal error; connection closed", e);
+        } finally {
+            clients.remove(s);
+            active.decrementAndGet();
+            s.close();
+        }
+    }
+
+    /** One request line → the reply line (null: nothing to send, e.g. a notification or an empty line). */
+    String handleLine(byte[] bytes) {
+        String text;
+        try {
+            text = StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT).decode(ByteBuffer.wrap(bytes)).toString();
+        } catch (CharacterCodingException e) {
+            return error(null, RpcException.PARSE_ERROR, "request is not UTF-8 text");
+        }
+        if (text.isBlank()) {
+            return null;
+        }
+        Object req;
+        try {
+            req = JsonParser.parse(text);
+        } catch (JsonParser.JsonException e) {
+            return error(null, RpcException.PARSE_ERROR, "request is not JSON: " + e.getMessage()
+                    + "; send one JSON-RPC 2.0 object per line, e.g. {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"version\"}");
+        }
+        if (req instanceof List<?> batch) {
+            if (batch.isEmpty()) {
+                return error(null, RpcException.INVALID_REQUEST, "empty batch");
+            }
+            if (batch.size() > 100) {
+                return error(null, RpcException.INVALID_REQUEST, "batch of " + batch.size() + " requests; at most 100");
+            }
+            List<Object> replies = new ArrayList<>();
+            for (Object o : batch) {
+                Object reply = handle(o);
+                if (reply != null) {
+                    replies.add(reply);
+                }
+            }
+            return replies.isEmpty() ? null : Json.compact(replies);
+        }
+        Object reply = handle(req);
+        return reply == null ? null : Json.compact(reply);
+    }
+
+    /** One request object → the reply object, or null for a notification. */
+    @SuppressWarnings("unchecked")
+    private Object handle(Object req) {
+        if (!(req instanceof Map<?, ?> m)) {
+            return errorObject(null, RpcException.INVALID_REQUEST, "a request is a JSON object with jsonrpc, method, params and id");
+        }
+        Object id = m.get("id");
+        boolean notification = !m.containsKey("id");
+        if (id != null && !(id instanceof String) && !(id instanceof Long) && !(id instanceof java.math.BigDecimal)) {
+            return errorObject(null, RpcException.INVALID_REQUEST, "id must be a string, a number or null");
+        }
+        if (!"2.0".equals(m.get("jsonrpc"))) {
+            return errorObject(id, RpcException.INVALID_REQUEST, "\"jsonrpc\": \"2.0\" is missing");
+        }
+        if (!(m.get("method") instanceof String method)) {
+            return errorObject(id, RpcException.INVALID_REQUEST, "\"method\" must be a string");
+        }
+        Object params = m.get("params");
+        if (params != null && !(params instanceof Map)) {
+            return errorObject(id, RpcException.INVALID_PARAMS, "params must be an object of named parameters");
+        }
+        Object result;
+        try {
+            result = daemon.call(method, (Map<String, Object>) params);
+        } catch (RpcException e) {
+            return notification ? null : errorObject(id, e.code(), e.getMessage());
+        } catch (RuntimeException | Error e) {
+            LOG.log(System.Logger.Level.ERROR, "control: " + method + " failed unexpectedly", e);
+            return notification ? null : errorObject(id, RpcException.INTERNAL_ERROR, method + " failed: " + e
+                    + "; the daemon keeps running — please report this with the daemon's log");
+        }
+        if (notification) {
+            return null;
+        }
+        Map<String, Object> r = new LinkedHashMap<>();
+        r.put("jsonrpc", "2.0");
+        r.put("id", id);
+        r.put("result", result);
+        return r;
+    }
+
+    private static Map<String, Object> errorObject(Object id, int code, String message) {
+        Map<String, Object> e = new LinkedHashMap<>();
+        e.put("code", code);
+        e.put("message", message);
+        Map<String, Object> r = new LinkedHashMap<>();
+        r.put("jsonrpc", "2.0");
+        r.put("id", id);
+        r.put("error", e);
+        return r;
+    }
+
+    private static String error(Object id, int code, String message) {
+        return Json.compact(errorObject(id, code, message));
+    }
+
+    private static void send(UnixSocket s, String line) throws IOException {
+        byte[] b = (line + "\n").getBytes(StandardCharsets.UTF_8);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment seg = a.allocate(b.length);
+            MemorySegment.copy(b, 0, seg, ValueLayout.JAVA_BYTE, 0, b.length);
+            s.send(seg, List.of());
+        }
+    }
+
+    private static void sleep(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    /** Stops accepting, disconnects every client and removes the socket file. */
+    @Override
+    public void close() {
+        closed = true;
+        try {
+            listener.shutdown(UnixSocket.SHUT_RDWR);
+        } catch (LinuxException e) {
+            // not listening any more
+        }
+        try {
+            acceptor.join(Duration.ofSeconds(10));
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        for (UnixSocket c : clients) {
+            try {
+                c.shutdown(UnixSocket.SHUT_RDWR);
+            } catch (LinuxException | IllegalStateException e) {
+                // gone
+            }
+        }
+        listener.close();
+        try {
+            Files.deleteIfExists(path);
+        } catch (IOException e) {
+            LOG.log(System.Logger.Level.WARNING, "could not remove control socket " + path + ": " + e.getMessage());
+        }
+    }
+}

@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.RandomAccessFile;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Every control method with good and bad input, over the real control socket of an in-process daemon. */
+class DaemonApiTest {
+    @TempDir
+    Path dir;
+    Daemon daemon;
+    RpcServer server;
+    RpcClient client;
+
+    @BeforeEach
+    void start() throws Exception {
+        daemon = new Daemon(null);
+        server = RpcServer.start(dir.resolve("control.sock"), daemon);
+        client = RpcClient.connect(server.path(), Duration.ofSeconds(30));
+    }
+
+    @AfterEach
+    void stop() {
+        client.close();
+        server.close();
+        daemon.close();
+    }
+
+    static Map<String, Object> p(Object... kv) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        for (int i = 0; i < kv.length; i += 2) {
+            m.put((String) kv[i], kv[i + 1]);
+        }
+        return m;
+    }
+
+    @SuppressWarnings("unchecked")
+    Map<String, Object> ok(String method, Object... kv) throws Exception {
+        Object r = client.call(method, p(kv));
+        return r instanceof Map ? (Map<String, Object>) r : Map.of("list", r);
+    }
+
+    RpcClient.RemoteError bad(long code, String method, Object... kv) {
+        RpcClient.RemoteError e = assertThrows(RpcClient.RemoteError.class, () -> client.call(method, p(kv)));
+        assertEquals(code, e.code(), e.getMessage());
+        return e;
+    }
+
+    Path image(String name, long size) throws Exception {
+        Path f = dir.resolve(name);
+        try (RandomAccessFile r = new RandomAccessFile(f.toFile(), "rw")) {
+            r.setLength(size);
+        }
+        return f;
+    }
+
+    @Test
+    void version() throws Exception {
+        Map<String, Object> v = ok("version");
+        assertEquals(Daemon.VERSION, v.get("version"));
+        assertEquals((long) Daemon.API_VERSION, v.get("api"));
+        assertEquals(ProcessHandle.current().pid(), v.get("pid"));
+        bad(RpcException.INVALID_PARAMS, "version", "verbose", true);
+        assertTrue(bad(RpcException.METHOD_NOT_FOUND, "blk.explode").getMessage().contains("blk.add"));
+    }
+
+    @Test
+    void controlSocketIsOwnerOnly() throws Exception {
+        assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(server.path())));
+    }
+
+    @Test
+    void blkLifecycle() throws Exception {
+        Path img = image("d.raw", 8 << 20);
+        Path sock = dir.resolve("d.sock");
+        assertEquals("blk0", ok("blk.add", "image", img.toString(), "socket", sock.toString(), "queues", 2).get("id"));
+        assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
+        // bad input
+        assertTrue(bad(RpcException.INVALID_PARAMS, "blk.add", "socket", "x").getMessage().contains("missing parameter 'image'"));
+        assertTrue(bad(RpcException.FAILED, "blk.add", "image", dir.resolve("nope").toString(), "socket", dir.resolve("n.sock").toString())
+                .getMessage().contains("create it first"));
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", 0);
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", "many");
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "readonly", "maybe");
+        bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "colour", "red");
+        bad(RpcException.INVALID_PARAMS, "blk.add", "id", "../etc", "image", img.toString(), "socket", "s");
+        bad(RpcException.EXISTS, "blk.add", "id", "blk0", "image", image("e.raw", 1 << 20).toString(), "socket", dir.resolve("e.sock").toString());
+        bad(RpcException.EXISTS, "blk.add", "image", image("f.raw", 1 << 20).toString(), "socket", sock.toString());
+        assertTrue(bad(RpcException.EXISTS, "blk.add", "image", img.toString(), "socket", dir.resolve("g.sock").toString())
+                .getMessage().contains("corrupt"));
+        // list and info
+        List<?> list = (List<?>) ok("blk.list").get("list");
+        assertEquals(1, list.size());
+        assertEquals(8L << 20, ((Map<?, ?>) list.get(0)).get("size"));
+        Map<String, Object> info = ok("blk.info", "id", "blk0");
+        assertEquals(false, info.get("connected"));
+        assertEquals(-1L, info.get("frontend_pid"));
+        assertEquals(2L, info.get("queues"));
+        bad(RpcException.NOT_FOUND, "blk.info", "id", "blk9");
+        bad(RpcException.INVALID_PARAMS, "blk.info");
+        // resize
+        Map<String, Object> r = ok("blk.resize", "id", "blk0", "size", "16M");
+        assertEquals(16L << 20, r.get("size"));
+        assertEquals(false, r.get("frontend_notified"));
+        assertEquals(16L << 20, Files.size(img));
+        assertTrue(bad(RpcException.FAILED, "blk.resize", "id", "blk0", "size", "1M").getMessage().contains("shrink"));
+        bad(RpcException.INVALID_PARAMS, "blk.resize", "id", "blk0", "size", "lots");
+        bad(RpcException.INVALID_PARAMS, "blk.resize", "id", "blk0");
+        bad(RpcException.FAILED, "blk.resize", "id", "blk0", "size", (16L << 20) + 100);
+        bad(RpcException.NOT_FOUND, "blk.resize", "id", "nope", "size", "32M");
+        // read-only
+        assertEquals(true, ok("blk.set-readonly", "id", "blk0", "readonly", true).get("readonly"));
+        assertEquals(true, ok("blk.info", "id", "blk0").get("readonly"));
+        assertEquals(false, ok("blk.set-readonly", "id", "blk0", "readonly", "false").get("readonly"));
+        bad(RpcException.INVALID_PARAMS, "blk.set-readonly", "id", "blk0");
+        bad(RpcException.NOT_FOUND, "blk.set-readonly", "id", "x", "readonly", true);
+        Path roImg = image("ro.raw", 1 << 20);
+        ok("blk.add", "id", "ro", "image", roImg.toString(), "socket", dir.resolve("ro.sock").toString(), "readonly", true);
+        assertTrue(bad(RpcException.FAILED, "blk.set-readonly", "id", "ro", "readonly", false).getMessage().contains("opened read-only"));
+        // remove
+        assertEquals(true, ok("blk.remove", "id", "blk0").get("removed"));
+        assertFalse(Files.exists(sock), "the socket file stays after blk.remove");
+        bad(RpcException.NOT_FOUND, "blk.remove", "id", "blk0");
+        bad(RpcException.INVALID_PARAMS, "blk.remove");
+        assertEquals(1, ((List<?>) ok("blk.list").get("list")).size());
+    }
+
+    @Test
+    void netLifecycle() throws Exception {
+        assertEquals("net0", ok("net.add").get("id"));
+        assertEquals("lan", ok("net.add", "id", "lan", "mtu", 9000).get("id"));
+        bad(RpcException.EXISTS, "net.add", "id", "lan");
+        bad(RpcException.INVALID_PARAMS, "net.add", "mtu", 10);
+        bad(RpcException.INVALID_PARAMS, "net.add", "mac-aging", 0);
+        Path a = dir.resolve("a.sock");
+        assertEquals("port0", ok("net.port.add", "net", "net0", "kind", "vhost-user", "path", a.toString(), "mac", "52:54:00:00:00:01").get("id"));
+        assertEquals("s", ok("net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("s.sock").toString()).get("id"));
+        assertTrue(Files.exists(a));
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "carrier-pigeon", "path", "x");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "tap", "path", "x");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "tap", "ifname", "much-too-long-interface-name");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "stream", "path", "y", "queues", 2);
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "vhost-user", "path", "y", "mac", "ff:ff:ff:ff:ff:ff");
+        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "vhost-user");
+        bad(RpcException.NOT_FOUND, "net.port.add", "net", "wan", "kind", "stream", "path", "z");
+        bad(RpcException.EXISTS, "net.port.add", "net", "lan", "kind", "stream", "path", a.toString());
+        bad(RpcException.EXISTS, "net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("t.sock").toString());
+        List<?> nets = (List<?>) ok("net.list").get("list");
+        assertEquals(2, nets.size());
+        List<?> ports = (List<?>) ((Map<?, ?>) nets.get(0)).get("ports");
+        assertEquals(2, ports.size());
+        assertEquals("down", ((Map<?, ?>) ports.get(0)).get("link"));
+        assertEquals(List.of(), ok("net.macs", "net", "net0").get("list"));
+        bad(RpcException.NOT_FOUND, "net.macs", "net", "nope");
+        bad(RpcException.INVALID_PARAMS, "net.macs");
+        Map<String, Object> st = ok("stats", "id", "net0");
+        assertEquals(2, ((List<?>) st.get("ports")).size());
+        assertEquals(0L, ((Map<?, ?>) ((List<?>) st.get("ports")).get(0)).get("rx_packets"));
+        assertEquals(true, ok("net.port.remove", "net", "net0", "id", "port0").get("removed"));
+        assertFalse(Files.exists(a));
+        bad(RpcException.NOT_FOUND, "net.port.remove", "net", "net0", "id", "port0");
+        bad(RpcException.NOT_FOUND, "net.port.remove", "net", "nope", "id", "port0");
+        assertEquals(true, ok("net.remove", "id", "lan").get("removed"));
+        bad(RpcException.NOT_FOUND, "net.remove", "id", "lan");
+    }
+
+    @Test
+    void statsAndLibvirtXml() throws Exception {
+        Path img = image("d.raw", 4 << 20);
+        ok("blk.add", "id", "vm1-disk", "image", img.toString(), "socket", dir.resolve("d.sock").toString(), "queues", 2);
+        ok("net.add", "id", "sw");
+        ok("net.port.add", "net", "sw", "id", "vm1", "kind", "vhost-user", "path", dir.resolve("n.sock").toString(), "mac", "52:54:00:00:00:07");
+        ok("net.port.add", "net", "sw", "id", "fv", "kind", "stream", "path", dir.resolve("f.sock").toString());
+        Map<String, Object> all = ok("stats");
+        assertEquals(1, ((List<?>) all.get("blk")).size());
+        assertEquals(1, ((List<?>) all.get("net")).size());
+        Map<String, Object> b = ok("stats", "id", "vm1-disk");
+        assertEquals(0L, b.get("requests"));
+        assertEquals(2, ((List<?>) b.get("queues")).size());
+        bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
+        String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1").get("xml");
+        assertTrue(xml.contains("<disk type='vhostuser' device='disk' snapshot='no'>"), xml);
+        assertTrue(xml.contains("<interface type='vhostuser'>"), xml);
+        assertTrue(xml.contains("<access mode='shared'/>"), xml);
+        assertTrue(xml.contains("<hostdev mode='subsystem' type='pci'"), xml);
+        assertTrue(xml.contains("e1000,netdev="), xml);
+        assertTrue(xml.contains("52:54:00:00:00:07"), xml);
+        LibvirtXmlTest.validate(dir, xml);
+        bad(RpcException.NOT_FOUND, "libvirt-xml", "id", "ghost");
+        bad(RpcException.INVALID_PARAMS, "libvirt-xml");
+        bad(RpcException.INVALID_PARAMS, "libvirt-xml", "id", "vm1-disk", "name", "bad name");
+        String text = Metrics.render(daemon);
+        assertTrue(text.contains("iovirt_blk_requests_total{device=\"vm1-disk\",queue=\"1\"} 0"), text);
+        MetricsTest.promtool(text);
+    }
+
+    @Test
+    void jsonRpcFraming() throws Exception {
+        client.sendLine("this is not json");
+        assertTrue(client.readLine().contains("\"code\":-32700"));
+        client.sendLine("[1,2");
+        assertTrue(client.readLine().contains("\"code\":-32700"));
+        client.sendLine("42");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("{\"id\":1,\"method\":\"version\"}");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"version\",\"params\":[1]}");
+        assertTrue(client.readLine().contains("\"code\":-32602"));
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":{\"a\":1},\"method\":\"version\"}");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("[]");
+        assertTrue(client.readLine().contains("\"code\":-32600"));
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"method\":\"version\"}"); // a notification: no reply
+        client.sendLine("[{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"version\"},{\"jsonrpc\":\"2.0\",\"id\":\"b\",\"method\":\"nope\"}]");
+        String batch = client.readLine();
+        assertTrue(batch.startsWith("[") && batch.contains("\"id\":\"a\"") && batch.contains("-32601"), batch);
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"version\",\"params\":{},\"x\":" + "[".repeat(100) + "]".repeat(100) + "}");
+        assertTrue(client.readLine().contains("-32700"));
+        client.sendRaw(new byte[] {(byte) 0xff, (byte) 0xfe, 0, 1, '\n'});
+        assertTrue(client.readLine().contains("-32700"));
+        assertEquals(Daemon.VERSION, ((Map<?, ?>) client.call("version", null)).get("version"), "the connection stays usable");
+    }
+
+    @Test
+    void hostileClientsDoNotHarmTheDaemon() throws Exception {
+        // a line longer than the limit: an error, then the connection is dropped
+        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+            byte[] junk = new byte[RpcServer.MAX_LINE + 100_000];
+            java.util.Arrays.fill(junk, (byte) 'x');
+            try {
+                c.sendRaw(junk);
+            } catch (java.io.IOException e) {
+                // the daemon may hang up before everything was sent
+            }
+            String reply = c.readLine();
+            assertTrue(reply.contains("-32004") && reply.contains("longer than"), reply);
+            assertThrows(java.io.IOException.class, c::readLine);
+        }
+        // random bytes with newlines: parse errors only
+        java.util.Random rnd = new java.util.Random(12);
+        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+            for (int i = 0; i < 50; i++) {
+                byte[] g = new byte[1 + rnd.nextInt(2000)];
+                rnd.nextBytes(g);
+                for (int k = 0; k < g.length; k++) {
+                    if (g[k] == '\n') {
+                        g[k] = ' ';
+                    }
+                }
+                g[g.length - 1] = '\n';
+                c.sendRaw(g);
+                String r = c.readLine();
+                assertTrue(r.contains("-32700") || r.contains("-32600"), r);
+            }
+        }
+        // many connections at once: the excess is told to come back later, none of it hurts the daemon
+        List<RpcClient> many = new java.util.ArrayList<>();
+        int refused = 0;
+        try {
+            for (int i = 0; i < 3 * RpcServer.MAX_CLIENTS; i++) {
+                RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30));
+                many.add(c);
+            }
+            for (RpcClient c : many) {
+                try {
+                    c.call("version", null);
+                } catch (RpcClient.RemoteError e) {
+                    assertEquals(RpcException.LIMIT, e.code());
+                    refused++;
+                } catch (java.io.IOException e) {
+                    refused++; // told and closed before the request
+                }
+            }
+        } finally {
+            many.forEach(RpcClient::close);
+        }
+        assertTrue(refused >= 2 * RpcServer.MAX_CLIENTS - 2, "refused " + refused);
+        // afterwards the daemon serves as before
+        for (int i = 0; i < 50; i++) {
+            try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+                try {
+                    assertEquals(Daemon.VERSION, ((Map<?, ?>) c.call("version", null)).get("version"));
+                    break;
+                } catch (RpcClient.RemoteError e) {
+                    Thread.sleep(100); // the excess connections' threads are still ending
+                }
+            }
+        }
+        assertEquals(Daemon.VERSION, ((Map<?, ?>) client.call("version", null)).get("version"));
+    }
+
+    @Test
+    void anotherUserIsRefusedByPeerCredentials() throws Exception {
+        assertTrue("root".equals(System.getProperty("user.name")), "acts as user nobody: run as root");
+        Files.setPosixFilePermissions(server.path(), PosixFilePermissions.fromString("rw-rw-rw-")); // only SO_PEERCRED stands in the way
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x"));
+        Process p = new ProcessBuilder("runuser", "-u", "nobody", "--", "python3", "-c",
+                // the refusal comes at once, before any request: read it (sending first may meet the hang-up)
+                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print(s.makefile().readline())",
+                server.path().toString()).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(30, TimeUnit.SECONDS));
+        assertTrue(out.contains("-32003") && out.contains("may not control"), out);
+    }
+
+    /**
+     * Resize through the backend channel against a frontend played by the test: the frontend hands over one end of a
+     * socketpair with SET_BACKEND_REQ_FD; blk.resize sends BACKEND_CONFIG_CHANGE_MSG on it (REPLY_ACK: waits for
+     * the answer). A frontend that never answers costs the resize 5 s and a notice, nothing else. A second export
+     * keeps serving while the first one's frontend sends garbage.
+     */
+    @Test
+    void resizeNotifiesTheFrontendAndExportsAreIsolated() throws Exception {
+        ok("blk.add", "id", "a", "image", image("a.raw", 1 << 20).toString(), "socket", dir.resolve("a.sock").toString());
+        ok("blk.add", "id", "b", "image", image("b.raw", 1 << 20).toString(), "socket", dir.resolve("b.sock").toString());
+        try (io.iovirt.vhostuser.VhostUserFrontend fe = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"),
+                Duration.ofSeconds(10))) {
+            long pf = fe.getProtocolFeatures();
+            assertTrue((pf & io.iovirt.vhostuser.Features.bit(io.iovirt.vhostuser.Features.PROTOCOL_BACKEND_REQ)) != 0,
+                    "blk does not offer BACKEND_REQ");
+            fe.setProtocolFeatures(pf);
+            io.iovirt.linux.UnixSocket[] pair = io.iovirt.linux.UnixSocket.pair();
+            try (io.iovirt.linux.UnixSocket mine = pair[0]; java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+                fe.connection().sendRequest(io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD, true,
+                        arena.allocate(0), List.of(pair[1].fd()));
+                pair[1].close();
+                java.lang.foreign.MemorySegment hdr = arena.allocate(12);
+                // answer the notification from another thread, as QEMU's main loop would
+                Thread answer = Thread.ofPlatform().start(() -> {
+                    try {
+                        mine.recvFully(hdr, 0);
+                        java.lang.foreign.MemorySegment reply = arena.allocate(20);
+                        reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0));
+                        reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4, 0x5); // version 1 | REPLY
+                        reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 8, 8);
+                        mine.send(reply, List.of());
+                    } catch (Exception e) {
+                        throw new RuntimeException(e);
+                    }
+                });
+                // the reply ack of SET_BACKEND_REQ_FD itself
+                assertEquals(0L, fe.connection().receiveReply(io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD).payload()
+                        .get(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 0));
+                Map<String, Object> r = ok("blk.resize", "id", "a", "size", "2M");
+                answer.join();
+                assertEquals(true, r.get("frontend_notified"), r.toString());
+                assertEquals(2, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0), "BACKEND_CONFIG_CHANGE_MSG");
+                assertEquals(0x9, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4), "version 1 | NEED_REPLY");
+                assertEquals(0, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 8), "no payload");
+                // the frontend stops answering: the resize still happens, with a notice
+                Map<String, Object> slow = ok("blk.resize", "id", "a", "size", "3M");
+                assertEquals(false, slow.get("frontend_notified"));
+                assertTrue(((String) slow.get("notice")).contains("did not answer"), slow.toString());
+                assertEquals(3L << 20, Files.size(dir.resolve("a.raw")));
+            }
+        }
+        // garbage on a's socket closes only that connection; b serves, a accepts the next frontend
+        try (io.iovirt.linux.UnixSocket junk = io.iovirt.linux.UnixSocket.connect(dir.resolve("a.sock"));
+             java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+            java.lang.foreign.MemorySegment g = arena.allocate(64);
+            g.fill((byte) 0x7f);
+            junk.send(g, List.of());
+            try (io.iovirt.vhostuser.VhostUserFrontend fb = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("b.sock"),
+                    Duration.ofSeconds(10))) {
+                assertTrue(fb.getFeatures() != 0);
+            }
+        }
+        for (int i = 0; i < 100; i++) {
+            if (!(Boolean) ok("blk.info", "id", "a").get("connected")) {
+                break;
+            }
+            Thread.sleep(50);
+        }
+        try (io.iovirt.vhostuser.VhostUserFrontend fa = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"),
+                Duration.ofSeconds(10))) {
+            assertTrue(fa.getFeatures() != 0);
+        }
+        assertEquals(Daemon.VERSION, ok("version").get("version"));
+    }
+
+    /** nbd.add/list/remove with qemu-io (QEMU's own NBD client) as the peer; the data lands in the image. */
+    @Test
+    void nbdExportServesQemuIo() throws Exception {
+        Path img = image("n.raw", 4 << 20);
+        Path sock = dir.resolve("n.sock");
+        assertEquals("nbd0", ok("nbd.add", "image", img.toString(), "socket", sock.toString()).get("id"));
+        bad(RpcException.EXISTS, "nbd.add", "id", "nbd0", "image", image("m.raw", 1 << 20).toString(), "socket", dir.resolve("m.sock").toString());
+        bad(RpcException.EXISTS, "nbd.add", "image", image("k.raw", 1 << 20).toString(), "socket", sock.toString());
+        bad(RpcException.INVALID_PARAMS, "nbd.add", "image", img.toString());
+        bad(RpcException.INVALID_PARAMS, "nbd.add", "image", image("f.raw", 1 << 20).toString(), "socket", "s", "format", "floppy");
+        bad(RpcException.FAILED, "nbd.add", "image", dir.resolve("none.raw").toString(), "socket", dir.resolve("x.sock").toString());
+        assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
+        Process p = new ProcessBuilder("qemu-io", "--image-opts",
+                "driver=nbd,server.type=unix,server.path=" + sock + ",export=nbd0",
+                "-c", "write -P 0x5a 65536 65536", "-c", "read -P 0x5a 65536 65536", "-c", "flush").redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+        assertEquals(0, p.exitValue(), out);
+        assertFalse(out.contains("Pattern verification failed"), out);
+        byte[] data = Files.readAllBytes(img);
+        for (int i = 65536; i < 131072; i++) {
+            assertEquals((byte) 0x5a, data[i], "byte " + i);
+        }
+        List<?> list = (List<?>) ok("nbd.list").get("list");
+        assertEquals(4L << 20, ((Map<?, ?>) list.get(0)).get("size"));
+        Map<String, Object> st = ok("stats", "id", "nbd0");
+        assertTrue((Long) st.get("bytes_written") >= 65536, st.toString());
+        String metrics = Metrics.render(daemon);
+        assertTrue(metrics.contains("iovirt_nbd_bytes_total{export=\"nbd0\",direction=\"write\"} " + st.get("bytes_written")), metrics);
+        MetricsTest.promtool(metrics);
+        assertEquals(true, ok("nbd.remove", "id", "nbd0").get("removed"));
+        assertFalse(Files.exists(sock));
+        bad(RpcException.NOT_FOUND, "nbd.remove", "id", "nbd0");
+    }
+}

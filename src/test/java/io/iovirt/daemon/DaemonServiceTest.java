@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.SdNotify;
+import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.IovirtCli;
+import java.io.RandomAccessFile;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * {@code iovirt daemon} started the way systemd starts a Type=notify service: this test is the service manager — it
+ * listens on the $NOTIFY_SOCKET datagram socket and sets $WATCHDOG_USEC — and checks READY=1 (sent only once the
+ * control socket answers), WATCHDOG=1 pings, RELOADING=1/READY=1 around a SIGHUP that re-reads the configuration
+ * file and applies the difference, and STOPPING=1 on SIGTERM followed by a clean exit.
+ */
+@Timeout(300)
+class DaemonServiceTest {
+    @TempDir
+    Path dir;
+
+    Path image(String name) throws Exception {
+        Path f = dir.resolve(name);
+        try (RandomAccessFile r = new RandomAccessFile(f.toFile(), "rw")) {
+            r.setLength(1 << 20);
+        }
+        return f;
+    }
+
+    /** Receives notifications until one contains {@code what}; returns every message seen on the way. */
+    static List<String> until(SdNotify.Listener l, String what) throws Exception {
+        List<String> seen = new ArrayList<>();
+        while (true) {
+            String m = l.receive();
+            assertNotNull(m, "no notification containing " + what + " within the timeout; saw " + seen);
+            seen.add(m);
+            if (m.lines().anyMatch(what::equals)) {
+                return seen;
+            }
+        }
+    }
+
+    @Test
+    void notifiesLikeATypeNotifyServiceAndReloadsOnSighup() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        Path control = dir.resolve("control.sock");
+        Path config = dir.resolve("daemon.json");
+        Path a = image("a.raw");
+        Path b = image("b.raw");
+        Files.writeString(config, """
+                {"blk": [{"id": "a", "image": "%s", "socket": "%s"},
+                         {"id": "b", "image": "%s", "socket": "%s", "queues": 1}],
+                 "net": [{"id": "sw", "ports": [{"id": "p1", "kind": "stream", "path": "%s"}]}]}
+                """.formatted(a, dir.resolve("a.sock"), b, dir.resolve("b.sock"), dir.resolve("p1.sock")));
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+             ChildProcess daemon = ChildProcess.builder(IovirtCli.command("daemon", "--config", config.toString(),
+                             "--control", control.toString()))
+                     .name("iovirt daemon").log(dir.resolve("daemon.log"))
+                     .env("NOTIFY_SOCKET", notify.toString()).env("WATCHDOG_USEC", "500000").start()) {
+            List<String> first = until(systemd, "READY=1");
+            String ready = first.get(first.size() - 1);
+            assertTrue(ready.contains("MAINPID=" + daemon.pid()), ready);
+            // READY=1 means the control socket answers and the configured devices run
+            try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                assertEquals(2, ((List<?>) c.call("blk.list", null)).size());
+                assertEquals(1, ((List<?>) ((Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0)).get("ports")).size());
+                c.call("blk.add", Map.of("id", "api", "image", image("c.raw").toString(), "socket", dir.resolve("c.sock").toString()));
+            }
+            until(systemd, "WATCHDOG=1");
+            until(systemd, "WATCHDOG=1");
+
+            // the file changes: a goes, b gets two queues, d is new, the switch gets a second port
+            Path d = image("d.raw");
+            Files.writeString(config, """
+                    {"blk": [{"id": "b", "image": "%s", "socket": "%s", "queues": 2},
+                             {"id": "d", "image": "%s", "socket": "%s"}],
+                     "net": [{"id": "sw", "ports": [{"id": "p1", "kind": "stream", "path": "%s"},
+                                                    {"id": "p2", "kind": "vhost-user", "path": "%s"}]}]}
+                    """.formatted(b, dir.resolve("b.sock"), d, dir.resolve("d.sock"), dir.resolve("p1.sock"), dir.resolve("p2.sock")));
+            signal("HUP", daemon.pid());
+            until(systemd, "RELOADING=1");
+            until(systemd, "READY=1");
+            try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                List<String> ids = new ArrayList<>();
+                for (Object o : (List<?>) c.call("blk.list", null)) {
+                    ids.add((String) ((Map<?, ?>) o).get("id"));
+                }
+                assertEquals(List.of("api", "b", "d"), ids.stream().sorted().toList(), "the API's export survives, a is gone, d is new");
+                assertEquals(2L, ((Map<?, ?>) c.call("blk.info", Map.of("id", "b"))).get("queues"));
+                assertEquals(2, ((List<?>) ((Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0)).get("ports")).size());
+            }
+            assertTrue(!Files.exists(dir.resolve("a.sock")), "a's socket remains");
+
+            // a broken file changes nothing
+            Files.writeString(config, "{\"blk\": [ {\"id\": ");
+            signal("HUP", daemon.pid());
+            until(systemd, "READY=1");
+            try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                assertEquals(3, ((List<?>) c.call("blk.list", null)).size());
+            }
+            assertTrue(daemon.log().contains("the running configuration is unchanged"), daemon.log());
+
+            signal("TERM", daemon.pid());
+            until(systemd, "STOPPING=1");
+            assertTrue(daemon.waitFor(Duration.ofSeconds(60)), "the daemon did not stop");
+            assertEquals(0, daemon.exitValue(), daemon.log());
+            assertTrue(!Files.exists(control), "the control socket remains");
+        }
+    }
+
+    static void signal(String sig, long pid) throws Exception {
+        assertEquals(0, new ProcessBuilder("kill", "-" + sig, Long.toString(pid)).start().waitFor());
+    }
+
+    /** The unit files in packaging/systemd pass systemd's own checker (with ExecStart pointed at this checkout). */
+    @Test
+    void unitFilesVerify() throws Exception {
+        assertTrue(Files.isExecutable(Path.of("/usr/bin/systemd-analyze")), "systemd-analyze is missing (Debian package systemd)");
+        Path launcher = Path.of("iovirt").toAbsolutePath();
+        List<String> cmd = new ArrayList<>(List.of("systemd-analyze", "verify", "--man=no"));
+        for (String unit : new String[] {"iovirt.service", "iovirt-blk@.service"}) {
+            String text = Files.readString(Path.of("packaging/systemd", unit)).replace("/usr/bin/iovirt", launcher.toString());
+            Path copy = dir.resolve(unit.equals("iovirt-blk@.service") ? "iovirt-blk@vm1.service" : unit);
+            Files.writeString(copy, text);
+            cmd.add(copy.toString());
+        }
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(60, java.util.concurrent.TimeUnit.SECONDS));
+        assertEquals(0, p.exitValue(), out);
+        assertEquals("", out.trim(), "systemd-analyze verify complains");
+    }
+}

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.RandomAccessFile;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The domain XML for each device kind passes libvirt's own schema check (virt-xml-validate, libvirt 9.0). */
+class LibvirtXmlTest {
+    @TempDir
+    Path dir;
+
+    static void validate(Path dir, String xml) throws Exception {
+        assertTrue(Files.isExecutable(Path.of("/usr/bin/virt-xml-validate")) && Files.isExecutable(Path.of("/usr/bin/xmllint")),
+                "virt-xml-validate is not installed: run scripts/install-deps.sh (libvirt-clients, libxml2-utils)");
+        Path f = Files.createTempFile(dir, "domain", ".xml");
+        Files.writeString(f, xml);
+        Process p = new ProcessBuilder("virt-xml-validate", f.toString(), "domain").redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+        assertEquals(0, p.exitValue(), out + "\n" + xml);
+        assertTrue(out.contains("validates"), out);
+    }
+
+    @Test
+    void eachDeviceKindValidates() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            Path img = dir.resolve("d.raw");
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            d.call("blk.add", Map.of("id", "disk", "image", img.toString(), "socket", dir.resolve("d.sock").toString(),
+                    "readonly", true));
+            d.call("net.add", Map.of("id", "sw"));
+            d.call("net.port.add", Map.of("net", "sw", "id", "pv", "kind", "vhost-user", "path", dir.resolve("pv.sock").toString(),
+                    "queues", 2L, "mac", "52:54:00:aa:bb:cc"));
+            d.call("net.port.add", Map.of("net", "sw", "id", "fv", "kind", "stream", "path", dir.resolve("fv.sock").toString()));
+            for (String id : new String[] {"disk", "pv", "sw/fv", "01:00.1", "disk,pv,fv,0000:3b:02.7"}) {
+                String xml = (String) ((Map<?, ?>) d.call("libvirt-xml", Map.of("id", id, "kernel", "/boot/vmlinuz",
+                        "initrd", "/boot/initrd", "cmdline", "console=ttyS0 <&>"))).get("xml");
+                validate(dir, xml);
+                assertTrue(xml.contains("memAccess='shared'"), xml);
+                assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
+            }
+        }
+    }
+
+    /** {@code vm run --libvirt-xml}: the composer's devices (PV and FV disks and NICs) as a domain libvirt accepts. */
+    @Test
+    void composedVmBecomesAValidDomain() throws Exception {
+        Path a = dir.resolve("a.raw");
+        Path b = dir.resolve("b.raw");
+        for (Path p : List.of(a, b)) {
+            try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+        }
+        io.iovirt.vm.compose.VmSpec spec = new io.iovirt.vm.compose.VmSpec("vm1", io.iovirt.vm.compose.VmSpec.Profile.PVHVM, 256, 1,
+                List.of(new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.PV, a, false),
+                        new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.FV, b, true)),
+                List.of(new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.PV, -1),
+                        new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.FV, -1)),
+                List.of(), List.of());
+        Path run = Files.createDirectories(dir.resolve("run"));
+        try (io.iovirt.vm.compose.VmComposer c = io.iovirt.vm.compose.VmComposer.compose(spec, run,
+                io.iovirt.host.HostPaths.system().withStateDir(dir.resolve("state")))) {
+            List<LibvirtXml.Device> devices = LibvirtXml.fromQemuArgs(c.qemuArgs());
+            assertEquals(4, devices.size(), devices + " from " + c.qemuArgs());
+            String xml = LibvirtXml.domain(new LibvirtXml.Domain("vm1", 256, 1, null, null, null, null), devices);
+            assertTrue(xml.contains("<disk type='vhostuser'"), xml);
+            assertTrue(xml.contains("<source protocol='nbd'") && xml.contains("bus='sata'") && xml.contains("<readonly/>"), xml);
+            assertTrue(xml.contains("<interface type='vhostuser'>") && xml.contains("e1000,netdev="), xml);
+            assertTrue(xml.contains("name='vectors' type='unsigned' value='0'"), xml);
+            validate(dir, xml);
+        }
+    }
+}
