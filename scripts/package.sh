@@ -51,7 +51,7 @@ done
 for page in "$DIST"/man/*.1; do
   gzip -9n -c "$page" > "$TREE/usr/share/man/man1/$(basename "$page").gz"
 done
-install -m 0644 "$ROOT/target/completion/iovirt" "$TREE/usr/share/bash-completion/completions/iovirt"
+install -m 0644 "$ROOT/target/iovirt.bash-completion" "$TREE/usr/share/bash-completion/completions/iovirt"
 cat > "$TREE/usr/share/zsh/vendor-completions/_iovirt" <<'ZSH'
 #compdef iovirt
 # picocli generates a bash completion script; zsh runs it through bashcompinit.
