@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Side-by-side vhost-user-blk benchmark: `iovirt serve blk` vs qemu-storage-daemon on the same image file, both
 # driven by the same client (`iovirt bench blk`), one run per case, printed as a Markdown table on stdout.
 #

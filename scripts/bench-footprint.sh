@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Memory footprint and start-up time of one iovirt backend process serving one virtio-blk and one virtio-net device,
 # both in use by real frontends. Prints one Markdown table row (and a header with --header) on stdout.
 #

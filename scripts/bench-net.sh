@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Side-by-side vhost-user-net benchmark: the iovirt switch's virtio-net port vs DPDK's own vhost PMD, both fed by
 # the same frontend, DPDK testpmd with net_virtio_user in txonly mode. Prints a Markdown table on stdout.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Side-by-side storage benchmark on one qcow2 image, one run per case, printed as Markdown on stdout:
 #   1. NBD: `qemu-img bench` (4 KiB, QD 1 and 32, read and write) through `iovirt serve nbd` vs `qemu-nbd`;
 #   2. vhost-user-blk: `iovirt bench blk` (4 KiB random, QD 1 and 32) against `iovirt serve blk` vs

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds target/iovirt.aot, the JDK 25 AOT cache (JEP 483/514/515: classes loaded and linked ahead of time, method
 # profiles) that the launcher gives backends (`serve`, `vm`) when it is newer than target/iovirt.jar. The training
 # run is a real one: `iovirt serve blk` on a scratch image, driven for a few seconds by `iovirt bench blk` (random

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds the Linux guest that iovirt's real-guest tests and demo boot under QEMU, and caches it.
 #
 # Output (cached under ${IOVIRT_CACHE:-$HOME/.cache/iovirt}/guest/<stamp>, <stamp> = hash of this script, so an

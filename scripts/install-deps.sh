@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs the host packages iovirt's demo and tests use (Debian 12, as root). Idempotent and quiet when done before.
 set -euo pipefail
 # asciidoctor, man-db, fakeroot: the man pages and the Debian package (scripts/package.sh)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs DPDK 22.11's dpdk-testpmd (the peer for virtio-net tests and benchmarks) without dpdk-dev's 228 packages:
 # the binary is extracted from the dpdk-dev .deb into the cache and only its runtime libraries are apt-installed.
 # Prints the path of dpdk-testpmd on success.

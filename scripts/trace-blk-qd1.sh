@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Per-request stage breakdown of `iovirt serve blk` at queue depth 1: where the time between the driver's kick and
 # its next kick goes (kick -> wake-up -> pop -> submit -> complete -> push), from kernel tracepoints recorded with
 # `perf` on both CPUs while `iovirt bench blk` runs 4 KiB random reads at QD 1 against a buffered image.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.cli;
 
 import picocli.CommandLine.Command;

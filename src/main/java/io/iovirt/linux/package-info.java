@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /**
  * The project's only native code path: Linux system calls through the FFM Linker (no JNI, no C). Every other
  * package uses these typed wrappers; failures are {@link io.iovirt.linux.LinuxException}s that name the call and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.memory;
 
 /** A guest-supplied address or length that does not lie inside guest memory. Guest input, not a backend bug. */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.net;
 
 /** Ethernet II frame layout as the switch sees it (no preamble, no FCS: what TAP, QEMU and virtio-net carry). */

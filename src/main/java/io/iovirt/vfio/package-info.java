@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /**
  * A user-space driver framework over the kernel's VFIO: a device bound to vfio-pci is owned from Java, its registers
  * are mapped into the process, and it may DMA only into memory the IOMMU was told about.

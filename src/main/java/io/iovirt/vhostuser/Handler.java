@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
 import static io.iovirt.vhostuser.Features.VHOST_USER_F_PROTOCOL_FEATURES;

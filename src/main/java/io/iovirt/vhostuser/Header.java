@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
 /** The 12-byte message header: {@code u32 request, u32 flags, u32 size} (size of the payload that follows). */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /**
  * The vhost-user protocol (QEMU docs/interop/vhost-user.rst): a backend server that virtio devices plug into, and a
  * frontend client for drivers without a VM.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /**
  * Virtqueues, VIRTIO 1.2 §2.7 (split) and §2.8 (packed).
  *

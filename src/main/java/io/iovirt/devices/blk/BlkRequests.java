@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.blk;
 
 /** virtio-blk wire constants (VIRTIO 1.2 §5.2). */

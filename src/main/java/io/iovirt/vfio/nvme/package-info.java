@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /**
  * An NVMe driver in Java on the VFIO framework: controller bring-up, admin and one I/O queue pair in IOMMU-mapped
  * memory, Identify, 4 KiB-and-up reads and writes with PRP entries, completions by polling or by MSI-X/MSI/INTx

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vm.compose;
 
 import java.nio.file.Path;
