@@ -110,6 +110,12 @@ class NbdServerTest {
         assertTrue(e.getMessage().contains("loopback"), e.getMessage());
     }
 
+    /** Waits until the server has finished with every earlier connection (their threads end asynchronously). */
+    private static void awaitNoConnections(NbdServer s) {
+        io.iovirt.testing.Await.until(Duration.ofSeconds(20), "the earlier test connections to close",
+                () -> s.connectionCount() == 0);
+    }
+
     @Test
     void hostileClientsGetErrorsAndNeverTakeTheServerDown() throws Exception {
         Path img = dir.resolve("h.raw");
@@ -118,6 +124,7 @@ class NbdServerTest {
         try (DiskImage image = Images.open(img, null, false, false); NbdServer s = NbdServer.startUnix(sock, 3)) {
             s.addExport(new NbdExport("x", image, false));
             // unknown option, then a GO for an unknown export, then a good GO; then bad requests
+            awaitNoConnections(s); // the limit is 3: earlier connections' threads end asynchronously
             try (RawClient c = RawClient.unix(sock)) {
                 c.option(12345, new byte[3]);
                 assertEquals(Nbd.REP_ERR_UNSUP, c.optionReply().type);
@@ -142,11 +149,13 @@ class NbdServerTest {
                 assertEquals(512, ok.data.length);
             }
             // a half-sent request, then the client vanishes
+            awaitNoConnections(s); // the limit is 3: earlier connections' threads end asynchronously
             try (RawClient c = RawClient.unix(sock)) {
                 c.go("x");
                 c.raw(ByteBuffer.allocate(10).putInt(Nbd.REQUEST_MAGIC).putShort((short) 0).flip());
             }
             // an oversized write: error reply, then the server drops the connection (the payload cannot be skipped)
+            awaitNoConnections(s); // the limit is 3: earlier connections' threads end asynchronously
             try (RawClient c = RawClient.unix(sock)) {
                 c.go("x");
                 Reply r = c.request(Nbd.CMD_WRITE, 0, 0, 0x7fff_0000);
@@ -154,6 +163,7 @@ class NbdServerTest {
                 assertTrue(c.closedByPeer());
             }
             // garbage instead of a request magic: disconnected
+            awaitNoConnections(s); // the limit is 3: earlier connections' threads end asynchronously
             try (RawClient c = RawClient.unix(sock)) {
                 c.go("x");
                 c.raw(ByteBuffer.wrap(new byte[28]));
@@ -161,8 +171,7 @@ class NbdServerTest {
             }
             // too many connections: three held open, the fourth is refused in the handshake with a reason
             // (first the server must have finished with the clients above: their threads end asynchronously)
-            io.iovirt.testing.Await.until(Duration.ofSeconds(20), "the earlier test connections to close",
-                    () -> s.connectionCount() == 0);
+            awaitNoConnections(s);
             List<RawClient> held = new ArrayList<>();
             try {
                 for (int i = 0; i < 3; i++) {
