@@ -34,7 +34,7 @@ class ImageFormatTest {
                 cmd.addAll(List.of("-o", "subformat=dynamic"));
             }
             cmd.addAll(List.of(image.toString(), "4M"));
-            run(cmd);
+            createImage(cmd);
             assertEquals(f, ImageFormat.detect(image), f.qemuName());
         }
     }
@@ -53,6 +53,25 @@ class ImageFormatTest {
     void namesAreQemus() {
         assertEquals(ImageFormat.QCOW2, ImageFormat.parse("QCOW2"));
         assertThrows(IllegalArgumentException.class, () -> ImageFormat.parse("qcow3"));
+    }
+
+    /**
+     * qemu-img create. For LUKS, QEMU calibrates PBKDF2 by timing 2^15 iterations with the thread's CPU clock
+     * (qcrypto_pbkdf2_count_iters) and gives up with "Unable to get accurate CPU usage" when the clock did not
+     * advance — seen once in CI on a fast host with coarse per-thread accounting. That is QEMU's sanity check,
+     * not the image: try again a few times before failing.
+     */
+    private static void createImage(List<String> cmd) throws IOException, InterruptedException {
+        for (int attempt = 1; ; attempt++) {
+            try {
+                run(cmd);
+                return;
+            } catch (IOException e) {
+                if (attempt >= 5 || !String.valueOf(e.getMessage()).contains("Unable to get accurate CPU usage")) {
+                    throw e;
+                }
+            }
+        }
     }
 
     private static void run(List<String> cmd) throws IOException, InterruptedException {
