@@ -13,6 +13,8 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.VirtioRing;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -41,7 +43,6 @@ final class Handler implements AutoCloseable {
     static final int MAX_RING_SIZE = 32768;
     /** Queue indices travel in 8 bits (VHOST_USER_VRING_IDX_MASK). */
     static final int MAX_QUEUES = 256;
-    private static final int MAX_STATUS = 0xff;
     private static final MemorySegment EMPTY = MemorySegment.ofArray(new byte[0]);
 
     private final VhostUserBackend backend;
@@ -103,7 +104,7 @@ final class Handler implements AutoCloseable {
         }
         // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
         this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
-                & ~Features.VIRTIO_F_ACCESS_PLATFORM;
+                & ~VirtioFeatures.VIRTIO_F_ACCESS_PLATFORM;
         this.offeredProtocolFeatures = Features.CORE_PROTOCOL_FEATURES | extra;
         this.queues = new Queue[n];
         for (int i = 0; i < n; i++) {
@@ -186,7 +187,7 @@ final class Handler implements AutoCloseable {
             case GET_CONFIG -> getConfig(p, c);
             case SET_CONFIG -> setConfig(p);
             case SET_STATUS -> setStatus(Payloads.u64(p));
-            case GET_STATUS -> c.sendReply(m.type(), (status | backend.deviceStatus()) & MAX_STATUS);
+            case GET_STATUS -> c.sendReply(m.type(), (status | backend.deviceStatus()) & DeviceStatus.MAX);
             case RESET_DEVICE -> resetDevice();
             case SET_BACKEND_REQ_FD -> setBackendReqFd(m);
             case SEND_RARP -> {
@@ -460,7 +461,7 @@ final class Handler implements AutoCloseable {
     }
 
     private boolean packed() {
-        return (ackedFeatures & Features.VIRTIO_F_RING_PACKED) != 0;
+        return (ackedFeatures & VirtioFeatures.VIRTIO_F_RING_PACKED) != 0;
     }
 
     private void setVringNum(int index, int num) throws ProtocolException {
@@ -523,7 +524,7 @@ final class Handler implements AutoCloseable {
     }
 
     private boolean eventIdx() {
-        return (ackedFeatures & Features.VIRTIO_RING_F_EVENT_IDX) != 0;
+        return (ackedFeatures & VirtioFeatures.VIRTIO_RING_F_EVENT_IDX) != 0;
     }
 
     private void setVringBase(int index, int num) throws ProtocolException {
@@ -871,10 +872,10 @@ final class Handler implements AutoCloseable {
     }
 
     private void setStatus(long value) throws ProtocolException, BackendException {
-        if (value < 0 || value > MAX_STATUS) {
+        if (!DeviceStatus.valid(value)) {
             throw new ProtocolException("SET_STATUS " + Long.toUnsignedString(value) + " is not a device status byte");
         }
-        if (value == 0) {
+        if (value == DeviceStatus.RESET) {
             stopAll(); // a status of 0 resets the device
         }
         status = (int) value;
