@@ -5,14 +5,9 @@ import static io.iovirt.vhostuser.Features.VHOST_USER_F_PROTOCOL_FEATURES;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 import io.iovirt.linux.EventFd;
-import io.iovirt.linux.Fd;
-import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
-import io.iovirt.linux.Mmap;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
-import io.iovirt.memory.GuestMemoryHolder;
-import io.iovirt.memory.MemoryRegion;
 import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.VirtioRing;
@@ -20,9 +15,7 @@ import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.List;
-import java.util.Map;
 
 /**
  * The vhost-user protocol state of one connection: validates each message against what was negotiated and the
@@ -37,8 +30,6 @@ import java.util.Map;
 final class Handler implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.vhostuser");
 
-    /** GET_MAX_MEM_SLOTS: as many regions as {@link GuestMemory} holds (libvhost-user and rust-vmm offer the same). */
-    static final int MAX_MEM_SLOTS = GuestMemory.MAX_REGIONS;
     /** Largest ring the virtio spec allows. */
     static final int MAX_RING_SIZE = 32768;
     /** Queue indices travel in 8 bits (VHOST_USER_VRING_IDX_MASK). */
@@ -51,7 +42,7 @@ final class Handler implements AutoCloseable {
     private final long offeredProtocolFeatures;
     private final int maxQueueSize;
     private final Queue[] queues;
-    private final GuestMemoryHolder memory = new GuestMemoryHolder();
+    private final MemoryTable memory;
 
     private long ackedFeatures;
     private long ackedProtocolFeatures;
@@ -89,6 +80,7 @@ final class Handler implements AutoCloseable {
     Handler(VhostUserBackend backend, String name) {
         this.backend = backend;
         this.name = name;
+        this.memory = new MemoryTable(name, backend::memoryChanged);
         int n = backend.queueCount();
         if (n < 1 || n > MAX_QUEUES) {
             throw new IllegalArgumentException("a vhost-user device has 1.." + MAX_QUEUES + " queues, not " + n);
@@ -173,10 +165,10 @@ final class Handler implements AutoCloseable {
             case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), offeredProtocolFeatures);
             case SET_PROTOCOL_FEATURES -> setProtocolFeatures(Payloads.u64(p));
             case GET_QUEUE_NUM -> c.sendReply(m.type(), queues.length);
-            case GET_MAX_MEM_SLOTS -> c.sendReply(m.type(), MAX_MEM_SLOTS);
-            case SET_MEM_TABLE -> setMemTable(m);
-            case ADD_MEM_REG -> addMemRegion(m);
-            case REM_MEM_REG -> removeMemRegion(Payloads.SingleRegion.region(p));
+            case GET_MAX_MEM_SLOTS -> c.sendReply(m.type(), MemoryTable.MAX_SLOTS);
+            case SET_MEM_TABLE -> memory.set(m);
+            case ADD_MEM_REG -> memory.add(m);
+            case REM_MEM_REG -> memory.remove(Payloads.SingleRegion.region(p));
             case SET_VRING_NUM -> setVringNum(Payloads.VringState.index(p), Payloads.VringState.num(p));
             case SET_VRING_ADDR -> setVringAddr(p);
             case SET_VRING_BASE -> setVringBase(Payloads.VringState.index(p), Payloads.VringState.num(p));
@@ -243,206 +235,6 @@ final class Handler implements AutoCloseable {
         protocolFeaturesExchanged = true;
     }
 
-    // ---- memory -----------------------------------------------------------------------------------------------
-
-    /**
-     * How many times each region (GPA, size, UVA) was added. QEMU's vhost-user-net with several queue pairs runs one
-     * vhost device per pair over the same connection, and each sends ADD_MEM_REG (and later REM_MEM_REG) for the same
-     * regions: a region is mapped once and unmapped when the last of them removes it, as libvhost-user does.
-     */
-    private final Map<List<Long>, Integer> regionRefs = new HashMap<>();
-
-    private static List<Long> regionKey(long gpa, long size, long uva) {
-        return List.of(gpa, size, uva);
-    }
-
-    /**
-     * Most guest memory one connection may have mapped: the host's RAM. A frontend cannot make a guest larger than
-     * that useful, and sparse memory files with MAP_NORESERVE would otherwise let it reserve address space and page
-     * tables without bound.
-     */
-    static final long MAX_MAPPED_BYTES = hostMemory();
-
-    private static long hostMemory() {
-        java.lang.management.OperatingSystemMXBean os = java.lang.management.ManagementFactory.getOperatingSystemMXBean();
-        long total = os instanceof com.sun.management.OperatingSystemMXBean sun ? sun.getTotalMemorySize() : 0;
-        return total > 0 ? total : 1L << 40;
-    }
-
-    private static void checkMappedTotal(String what, long total) throws ProtocolException {
-        if (total < 0 || total > MAX_MAPPED_BYTES) {
-            throw new ProtocolException(what + ": " + (total < 0 ? "overflowing sizes" : Long.toUnsignedString(total)
-                    + " bytes of guest memory") + " exceed the " + MAX_MAPPED_BYTES + " bytes this host has");
-        }
-    }
-
-    private void setMemTable(Message m) throws ProtocolException {
-        MemorySegment p = m.payload();
-        int n = Payloads.MemoryTable.count(p);
-        long total = 0;
-        for (int i = 0; i < n; i++) {
-            long size = Payloads.Region.size(Payloads.MemoryTable.region(p, i));
-            total = size < 0 || total + size < 0 ? -1 : total + size;
-            checkMappedTotal("SET_MEM_TABLE", total);
-        }
-        List<MemoryRegion> mapped = new ArrayList<>(n);
-        GuestMemory next;
-        try {
-            for (int i = 0; i < n; i++) {
-                mapped.add(mapRegion(Payloads.MemoryTable.region(p, i), m.takeFd(i), "SET_MEM_TABLE region " + i));
-            }
-            next = GuestMemory.of(mapped);
-        } catch (ProtocolException | IllegalArgumentException e) {
-            for (MemoryRegion r : mapped) {
-                release(r);
-            }
-            throw e instanceof ProtocolException pe ? pe : new ProtocolException("SET_MEM_TABLE: " + e.getMessage());
-        }
-        install(next);
-        regionRefs.clear();
-        for (MemoryRegion r : mapped) {
-            regionRefs.put(regionKey(r.guestPhysAddr(), r.size(), r.userAddr()), 1);
-        }
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": memory table " + next);
-    }
-
-    private void addMemRegion(Message m) throws ProtocolException {
-        MemorySegment region = Payloads.SingleRegion.region(m.payload());
-        List<Long> key = regionKey(Payloads.Region.guestPhysAddr(region), Payloads.Region.size(region),
-                Payloads.Region.userAddr(region));
-        MemoryRegion same = memory.get().find(key.get(0), key.get(1), key.get(2));
-        if (same != null && same.mmapOffset() == Payloads.Region.mmapOffset(region)) {
-            m.takeFd(0).close(); // already mapped for another of the frontend's vhost devices
-            regionRefs.merge(key, 1, Integer::sum);
-            return;
-        }
-        long size = Payloads.Region.size(region);
-        long total = memory.get().totalBytes() + size;
-        checkMappedTotal("ADD_MEM_REG", size < 0 || total < 0 ? -1 : total);
-        MemoryRegion r = mapRegion(region, m.takeFd(0), "ADD_MEM_REG");
-        GuestMemory next;
-        try {
-            next = memory.get().with(r);
-        } catch (IllegalArgumentException e) {
-            release(r);
-            throw new ProtocolException("ADD_MEM_REG: " + e.getMessage());
-        }
-        install(next);
-        regionRefs.put(key, 1);
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": added " + r);
-    }
-
-    private void removeMemRegion(MemorySegment region) throws ProtocolException {
-        long gpa = Payloads.Region.guestPhysAddr(region);
-        long size = Payloads.Region.size(region);
-        long uva = Payloads.Region.userAddr(region);
-        GuestMemory current = memory.get();
-        if (current.find(gpa, size, uva) == null) {
-            throw new ProtocolException(String.format("REM_MEM_REG of a region that is not mapped: GPA 0x%x size 0x%x UVA 0x%x",
-                    gpa, size, uva));
-        }
-        List<Long> key = regionKey(gpa, size, uva);
-        int refs = regionRefs.getOrDefault(key, 1);
-        if (refs > 1) {
-            regionRefs.put(key, refs - 1); // another vhost device of the frontend still uses it
-            return;
-        }
-        regionRefs.remove(key);
-        GuestMemory next = current.without(gpa, size, uva);
-        install(next);
-    }
-
-    /**
-     * Installs {@code next} and drops our reference to the snapshot it replaces: regions that left are unmapped as
-     * soon as no queue pins that snapshot any more (queues let go before they sleep), without waiting here.
-     */
-    private void install(GuestMemory next) {
-        memory.swap(next);
-        backend.memoryChanged(next);
-    }
-
-    /**
-     * Checks one region and maps it. The descriptor is consumed (closed once mapped: the mapping keeps the file).
-     * A region must lie inside its file: mapping past the end would turn guest accesses into SIGBUS.
-     */
-    private MemoryRegion mapRegion(MemorySegment region, Fd fd, String what) throws ProtocolException {
-        try (fd) {
-            long gpa = Payloads.Region.guestPhysAddr(region);
-            long size = Payloads.Region.size(region);
-            long uva = Payloads.Region.userAddr(region);
-            long offset = Payloads.Region.mmapOffset(region);
-            String desc = String.format("%s (GPA 0x%x size 0x%x UVA 0x%x offset 0x%x)", what, gpa, size, uva, offset);
-            if (size <= 0) {
-                throw new ProtocolException(desc + ": size must be positive");
-            }
-            if (Long.compareUnsigned(gpa + size - 1, gpa) < 0) {
-                throw new ProtocolException(desc + ": guest physical range wraps around");
-            }
-            if (Long.compareUnsigned(uva + size - 1, uva) < 0) {
-                throw new ProtocolException(desc + ": frontend address range wraps around");
-            }
-            if (offset < 0 || offset > Long.MAX_VALUE - size) {
-                throw new ProtocolException(desc + ": file offset overflows");
-            }
-            FileIo.Stat st;
-            try {
-                st = FileIo.stat(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            if (!st.isRegularFile()) {
-                throw new ProtocolException(desc + ": the descriptor is not a shared memory file (mode 0"
-                        + Integer.toOctalString(st.mode()) + ")");
-            }
-            if (offset + size > st.size()) {
-                throw new ProtocolException(desc + ": extends past the end of its " + st.size() + "-byte file");
-            }
-            long fsType;
-            try {
-                fsType = FileIo.filesystemType(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            if (fsType != FileIo.TMPFS_MAGIC && fsType != FileIo.HUGETLBFS_MAGIC) {
-                // A file on a disk file system could be truncated by anyone with access to it, and its pages
-                // written back to disk: guest RAM must come from memfd, tmpfs (/dev/shm) or hugetlbfs.
-                throw new ProtocolException(desc + ": the file is on a file system of type 0x" + Long.toHexString(fsType)
-                        + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
-                        + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
-            }
-            Mmap.Mapping mapping;
-            try {
-                mapping = Mmap.map(fd, offset, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_NORESERVE);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            return new MemoryRegion(gpa, size, uva, offset, mapping.segment(), () -> unmap(mapping));
-        }
-    }
-
-    /**
-     * Unmaps a region whose last snapshot was released, on whichever thread released it. No queue pins it, so no
-     * access is in progress; should the JDK still refuse (a native call holding the segment), the mapping is left
-     * in place and reported rather than retried.
-     */
-    private void unmap(Mmap.Mapping mapping) {
-        try {
-            mapping.close();
-        } catch (IllegalStateException inUse) {
-            LOG.log(System.Logger.Level.ERROR, name + ": a guest memory mapping is still in use after its region was"
-                    + " released; leaving it mapped");
-        }
-    }
-
-    /** Unmaps a region that never made it into a snapshot. */
-    private void release(MemoryRegion r) {
-        try {
-            r.owner().close();
-        } catch (Exception e) {
-            LOG.log(System.Logger.Level.WARNING, name + ": unmapping " + r + " failed: " + e);
-        }
-    }
-
     // ---- rings ------------------------------------------------------------------------------------------------
 
     private Queue queue(MessageType type, long index) throws ProtocolException {
@@ -491,15 +283,15 @@ final class Handler implements AutoCloseable {
             return; // migration: only logging changed on a started ring
         }
         requireStopped(q, MessageType.SET_VRING_ADDR);
-        GuestMemory mem = memory.get();
+        GuestMemory mem = memory.current();
         int size = q.size == 0 ? 1 : q.size; // checked again with the final size when the queue starts
         try {
             long desc = Payloads.VringAddr.desc(p);
             long avail = Payloads.VringAddr.avail(p);
             long used = Payloads.VringAddr.used(p);
-            q.descGpa = mem.userToGuestPhys(desc, descBytes(size));
-            q.availGpa = mem.userToGuestPhys(avail, availBytes(size));
-            q.usedGpa = mem.userToGuestPhys(used, usedBytes(size));
+            q.descGpa = memory.toGuestPhys(desc, descBytes(size));
+            q.availGpa = memory.toGuestPhys(avail, availBytes(size));
+            q.usedGpa = memory.toGuestPhys(used, usedBytes(size));
         } catch (GuestMemoryFault e) {
             q.addrSet = false;
             throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + ": " + e.getMessage()
@@ -626,7 +418,7 @@ final class Handler implements AutoCloseable {
                     + (q.size == 0 ? "SET_VRING_NUM" : "SET_VRING_ADDR"));
         }
         checkRingSize(q.index, q.size);
-        GuestMemory mem = memory.get();
+        GuestMemory mem = memory.current();
         checkArea(mem, q, "descriptor table", q.descGpa, descBytes(q.size), 16);
         checkArea(mem, q, packed() ? "driver event area" : "available ring", q.availGpa, availBytes(q.size), packed() ? 4 : 2);
         checkArea(mem, q, packed() ? "device event area" : "used ring", q.usedGpa, usedBytes(q.size), 4);
@@ -638,7 +430,7 @@ final class Handler implements AutoCloseable {
             q.call = EventFd.create(true); // the driver polls; the device may signal freely
         }
         VringSetup setup = new VringSetup(q.index, q.size, q.descGpa, q.availGpa, q.usedGpa, q.base,
-                deviceFeatures(), q.kick, q.call, q.err, memory,
+                deviceFeatures(), q.kick, q.call, q.err, memory.holder(),
                 inflight == null ? null : inflight.queue(q.index, q.size)); // crash recovery (issue 11)
         backend.queueStarted(q.index, setup);
         q.running = true;
@@ -693,7 +485,7 @@ final class Handler implements AutoCloseable {
      * the rings' guest addresses; QEMU's log_guest_addr is the used ring's guest address, so that is the same bit.
      */
     private void publishLog() {
-        memory.writeLog(logging() ? dirtyLog : null);
+        memory.holder().writeLog(logging() ? dirtyLog : null);
     }
 
     /**
@@ -702,12 +494,12 @@ final class Handler implements AutoCloseable {
      * @return true when handled; false when the addresses differ (the caller then refuses: the ring runs)
      */
     private boolean setVringLog(Queue q, MemorySegment p) throws ProtocolException {
-        GuestMemory mem = memory.get();
+        GuestMemory mem = memory.current();
         int size = q.size == 0 ? 1 : q.size;
         try {
-            if (!q.addrSet || mem.userToGuestPhys(Payloads.VringAddr.desc(p), descBytes(size)) != q.descGpa
-                    || mem.userToGuestPhys(Payloads.VringAddr.avail(p), availBytes(size)) != q.availGpa
-                    || mem.userToGuestPhys(Payloads.VringAddr.used(p), usedBytes(size)) != q.usedGpa) {
+            if (!q.addrSet || memory.toGuestPhys(Payloads.VringAddr.desc(p), descBytes(size)) != q.descGpa
+                    || memory.toGuestPhys(Payloads.VringAddr.avail(p), availBytes(size)) != q.availGpa
+                    || memory.toGuestPhys(Payloads.VringAddr.used(p), usedBytes(size)) != q.usedGpa) {
                 return false;
             }
         } catch (GuestMemoryFault e) {
@@ -779,7 +571,7 @@ final class Handler implements AutoCloseable {
     }
 
     private void closeLogs() {
-        memory.writeLog(null);
+        memory.holder().writeLog(null);
         closeRetiredLogs();
         if (dirtyLog != null) {
             dirtyLog.close();
@@ -934,7 +726,7 @@ final class Handler implements AutoCloseable {
         try {
             backend.reset();
         } finally {
-            install(GuestMemory.empty());
+            memory.close();
             closeLogs(); // migration (issue 11): every queue is stopped, nothing marks the logs any more
             if (inflight != null) {
                 inflight.close();
