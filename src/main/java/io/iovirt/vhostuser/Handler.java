@@ -6,11 +6,8 @@ import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
-import io.iovirt.memory.GuestMemory;
-import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.VirtioFeatures;
-import io.iovirt.virtio.VirtioRing;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -30,8 +27,6 @@ import java.util.List;
 final class Handler implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.vhostuser");
 
-    /** Largest ring the virtio spec allows. */
-    static final int MAX_RING_SIZE = 32768;
     /** Queue indices travel in 8 bits (VHOST_USER_VRING_IDX_MASK). */
     static final int MAX_QUEUES = 256;
     private static final MemorySegment EMPTY = MemorySegment.ofArray(new byte[0]);
@@ -41,7 +36,7 @@ final class Handler implements AutoCloseable {
     private final long offeredFeatures;
     private final long offeredProtocolFeatures;
     private final int maxQueueSize;
-    private final Queue[] queues;
+    private final Vring[] vrings;
     private final MemoryTable memory;
 
     private long ackedFeatures;
@@ -52,31 +47,6 @@ final class Handler implements AutoCloseable {
     /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
     private BackendChannel backendChannel;
 
-    /** One virtqueue's protocol-side state. */
-    private static final class Queue {
-        final int index;
-        int size;
-        boolean addrSet;
-        long descGpa;
-        long availGpa;
-        long usedGpa;
-        int base;
-        /** SET_VRING_KICK received since the last stop: the spec's "started". */
-        boolean ringStarted;
-        boolean enabled;
-        /** The device is processing it. */
-        boolean running;
-        EventFd kick;
-        EventFd call;
-        EventFd err;
-        /** migration: log_guest_addr of SET_VRING_ADDR when it had VHOST_VRING_F_LOG, else -1. */
-        long usedLogAddr = -1;
-
-        Queue(int index) {
-            this.index = index;
-        }
-    }
-
     Handler(VhostUserBackend backend, String name) {
         this.backend = backend;
         this.name = name;
@@ -86,8 +56,8 @@ final class Handler implements AutoCloseable {
             throw new IllegalArgumentException("a vhost-user device has 1.." + MAX_QUEUES + " queues, not " + n);
         }
         this.maxQueueSize = backend.maxQueueSize();
-        if (maxQueueSize < 1 || maxQueueSize > MAX_RING_SIZE) {
-            throw new IllegalArgumentException("maximum queue size must be 1.." + MAX_RING_SIZE + ": " + maxQueueSize);
+        if (maxQueueSize < 1 || maxQueueSize > Vring.MAX_SIZE) {
+            throw new IllegalArgumentException("maximum queue size must be 1.." + Vring.MAX_SIZE + ": " + maxQueueSize);
         }
         long extra = backend.protocolFeatures();
         if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
@@ -98,9 +68,9 @@ final class Handler implements AutoCloseable {
         this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
                 & ~VirtioFeatures.VIRTIO_F_ACCESS_PLATFORM;
         this.offeredProtocolFeatures = Features.CORE_PROTOCOL_FEATURES | extra;
-        this.queues = new Queue[n];
+        this.vrings = new Vring[n];
         for (int i = 0; i < n; i++) {
-            queues[i] = new Queue(i);
+            vrings[i] = new Vring(i, name, backend);
         }
     }
 
@@ -164,7 +134,7 @@ final class Handler implements AutoCloseable {
             case RESET_OWNER -> stopAll(); // deprecated; the spec recommends at most disabling the rings
             case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), offeredProtocolFeatures);
             case SET_PROTOCOL_FEATURES -> setProtocolFeatures(Payloads.u64(p));
-            case GET_QUEUE_NUM -> c.sendReply(m.type(), queues.length);
+            case GET_QUEUE_NUM -> c.sendReply(m.type(), vrings.length);
             case GET_MAX_MEM_SLOTS -> c.sendReply(m.type(), MemoryTable.MAX_SLOTS);
             case SET_MEM_TABLE -> memory.set(m);
             case ADD_MEM_REG -> memory.add(m);
@@ -205,10 +175,10 @@ final class Handler implements AutoCloseable {
             throw new ProtocolException(String.format("SET_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
                     features & ~offeredFeatures, offeredFeatures));
         }
-        for (Queue q : queues) {
+        for (Vring v : vrings) {
             // migration: the frontend turns dirty logging on and off (VHOST_F_LOG_ALL) while the rings run
-            if (q.running && (features ^ ackedFeatures) != 0 && (features ^ ackedFeatures) != Features.VHOST_F_LOG_ALL) {
-                throw new ProtocolException("SET_FEATURES changes features while queue " + q.index + " is running");
+            if (v.running() && (features ^ ackedFeatures) != 0 && (features ^ ackedFeatures) != Features.VHOST_F_LOG_ALL) {
+                throw new ProtocolException("SET_FEATURES changes features while queue " + v.index + " is running");
             }
         }
         boolean wasLogging = logging();
@@ -235,143 +205,60 @@ final class Handler implements AutoCloseable {
         protocolFeaturesExchanged = true;
     }
 
-    // ---- rings ------------------------------------------------------------------------------------------------
+    // ---- rings: routed to their Vring ----------------------------------------------------------------------------
 
-    private Queue queue(MessageType type, long index) throws ProtocolException {
-        if (index < 0 || index >= queues.length) {
+    private Vring vring(MessageType type, long index) throws ProtocolException {
+        if (index < 0 || index >= vrings.length) {
             throw new ProtocolException(type.specName() + " for queue " + Long.toUnsignedString(index)
-                    + ", but the device has " + queues.length);
+                    + ", but the device has " + vrings.length);
         }
-        return queues[(int) index];
+        return vrings[(int) index];
     }
 
-    private void requireStopped(Queue q, MessageType type) throws ProtocolException {
-        if (q.ringStarted) {
-            throw new ProtocolException(type.specName() + " for queue " + q.index
-                    + " while it is started (stop it with GET_VRING_BASE first)");
-        }
-    }
-
-    private boolean packed() {
-        return (ackedFeatures & VirtioFeatures.VIRTIO_F_RING_PACKED) != 0;
+    /** What the acknowledged features make of ring sizes (split or packed, EVENT_IDX, the device's largest ring). */
+    private Vring.Layout layout() {
+        return new Vring.Layout((ackedFeatures & VirtioFeatures.VIRTIO_F_RING_PACKED) != 0,
+                (ackedFeatures & VirtioFeatures.VIRTIO_RING_F_EVENT_IDX) != 0, maxQueueSize);
     }
 
     private void setVringNum(int index, int num) throws ProtocolException {
-        Queue q = queue(MessageType.SET_VRING_NUM, Integer.toUnsignedLong(index));
-        requireStopped(q, MessageType.SET_VRING_NUM);
-        checkRingSize(q.index, num);
-        q.size = num;
-    }
-
-    private void checkRingSize(int index, int num) throws ProtocolException {
-        if (num < 1 || num > maxQueueSize) {
-            throw new ProtocolException("queue " + index + " size " + Integer.toUnsignedString(num) + " is outside 1.."
-                    + maxQueueSize);
-        }
-        if (!packed() && Integer.bitCount(num) != 1) {
-            throw new ProtocolException("queue " + index + " size " + num + " is not a power of two (split ring)");
-        }
+        vring(MessageType.SET_VRING_NUM, Integer.toUnsignedLong(index)).setNum(num, layout());
     }
 
     private void setVringAddr(MemorySegment p) throws ProtocolException {
-        Queue q = queue(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p)));
-        int flags = Payloads.VringAddr.flags(p);
-        if ((flags & ~Payloads.VringAddr.F_LOG) != 0) {
-            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + " has unknown flags 0x" + Integer.toHexString(flags));
-        }
-        if (q.ringStarted && setVringLog(q, p)) {
-            return; // migration: only logging changed on a started ring
-        }
-        requireStopped(q, MessageType.SET_VRING_ADDR);
-        GuestMemory mem = memory.current();
-        int size = q.size == 0 ? 1 : q.size; // checked again with the final size when the queue starts
-        try {
-            long desc = Payloads.VringAddr.desc(p);
-            long avail = Payloads.VringAddr.avail(p);
-            long used = Payloads.VringAddr.used(p);
-            q.descGpa = memory.toGuestPhys(desc, descBytes(size));
-            q.availGpa = memory.toGuestPhys(avail, availBytes(size));
-            q.usedGpa = memory.toGuestPhys(used, usedBytes(size));
-        } catch (GuestMemoryFault e) {
-            q.addrSet = false;
-            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + ": " + e.getMessage()
-                    + (mem.regionCount() == 0 ? " (no memory table yet)" : ""));
-        }
-        q.addrSet = true;
-        q.usedLogAddr = (flags & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
-        publishLog();
-    }
-
-    private long descBytes(int size) {
-        return VirtioRing.splitDescBytes(size);
-    }
-
-    /** Sizes as {@link VirtioRing} gives them, with the event fields only when EVENT_IDX was negotiated. */
-    private long availBytes(int size) {
-        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitAvailBytes(size, eventIdx());
-    }
-
-    private long usedBytes(int size) {
-        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitUsedBytes(size, eventIdx());
-    }
-
-    private boolean eventIdx() {
-        return (ackedFeatures & VirtioFeatures.VIRTIO_RING_F_EVENT_IDX) != 0;
+        vring(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p))).setAddr(p, memory, layout());
+        publishLog(); // migration (issue 11)
     }
 
     private void setVringBase(int index, int num) throws ProtocolException {
-        Queue q = queue(MessageType.SET_VRING_BASE, Integer.toUnsignedLong(index));
-        requireStopped(q, MessageType.SET_VRING_BASE);
-        if (!packed() && Integer.compareUnsigned(num, 0xffff) > 0) {
-            throw new ProtocolException("SET_VRING_BASE for queue " + q.index + ": " + Integer.toUnsignedString(num)
-                    + " is not a 16-bit ring index");
-        }
-        q.base = num;
+        vring(MessageType.SET_VRING_BASE, Integer.toUnsignedLong(index)).setBase(num, layout());
     }
 
     private void getVringBase(int index, Connection c) throws IOException {
-        Queue q = queue(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
-        stopDevice(q);
+        Vring v = vring(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
+        stopDevice(v);
         if (logging()) { // a migration's switch-over: worth a line with its time
-            LOG.log(System.Logger.Level.INFO, name + ": queue " + q.index + " stopped at " + q.base + " (logging on)");
+            LOG.log(System.Logger.Level.INFO, name + ": queue " + v.index + " stopped at " + v.base() + " (logging on)");
         }
-        q.ringStarted = false;
-        closeQuietly(q.kick);
-        q.kick = null;
+        v.stop();
         MemorySegment reply = Arena.ofAuto().allocate(Payloads.VRING_STATE_SIZE);
-        Payloads.VringState.write(reply, q.index, q.base);
+        Payloads.VringState.write(reply, v.index, v.base());
         c.sendReply(MessageType.GET_VRING_BASE, reply);
     }
 
     private void setVringKick(Message m) throws IOException, BackendException {
-        long v = Payloads.u64(m.payload());
-        Queue q = queue(MessageType.SET_VRING_KICK, v & Payloads.VRING_IDX_MASK);
-        stopDevice(q); // a new kick descriptor: restart the device's processing on it
-        closeQuietly(q.kick);
-        q.kick = m.fdCount() == 1 ? peerEventFd(m, "SET_VRING_KICK", q.index) : null;
-        q.ringStarted = true;
-        maybeStart(q);
+        long idx = Payloads.u64(m.payload());
+        Vring v = vring(MessageType.SET_VRING_KICK, idx & Payloads.VRING_IDX_MASK);
+        stopDevice(v); // a new kick descriptor: restart the device's processing on it
+        v.setKick(m.fdCount() == 1 ? peerEventFd(m, "SET_VRING_KICK", v.index) : null);
+        maybeStart(v);
     }
 
     private void setVringNotifier(Message m) throws IOException {
-        boolean call = m.type() == MessageType.SET_VRING_CALL;
-        long v = Payloads.u64(m.payload());
-        Queue q = queue(m.type(), v & Payloads.VRING_IDX_MASK);
-        EventFd current = call ? q.call : q.err;
-        EventFd next = m.fdCount() == 1 ? peerEventFd(m, m.type().specName(), q.index) : null;
-        if (q.running && current != null) {
-            // The device is signalling this descriptor: swap the file behind its number instead of closing it.
-            try (EventFd replacement = next != null ? next : EventFd.create(true)) {
-                current.fd().replaceWith(replacement.fd());
-            }
-            return;
-        }
-        closeQuietly(current);
-        if (call) {
-            q.call = next;
-        } else {
-            q.err = next;
-        }
+        long idx = Payloads.u64(m.payload());
+        Vring v = vring(m.type(), idx & Payloads.VRING_IDX_MASK);
+        v.setNotifier(m.type() == MessageType.SET_VRING_CALL,
+                m.fdCount() == 1 ? peerEventFd(m, m.type().specName(), v.index) : null);
     }
 
     /**
@@ -390,77 +277,41 @@ final class Handler implements AutoCloseable {
     }
 
     private void setVringEnable(int index, int num) throws IOException, BackendException {
-        Queue q = queue(MessageType.SET_VRING_ENABLE, Integer.toUnsignedLong(index));
+        Vring v = vring(MessageType.SET_VRING_ENABLE, Integer.toUnsignedLong(index));
         // QEMU's vhost-user-net disables every ring (SET_VRING_ENABLE 0) in vhost_net_init, after the protocol
         // features handshake but before SET_FEATURES: "negotiated" there means offered and handshaken.
         if (!protocolFeaturesNegotiated()) {
             throw new ProtocolException("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated");
         }
         if (num != 0 && num != 1) {
-            throw new ProtocolException("SET_VRING_ENABLE for queue " + q.index + " with " + Integer.toUnsignedString(num)
+            throw new ProtocolException("SET_VRING_ENABLE for queue " + v.index + " with " + Integer.toUnsignedString(num)
                     + ", expected 0 or 1");
         }
-        q.enabled = num == 1;
-        if (q.enabled) {
-            maybeStart(q);
+        v.setEnabled(num == 1);
+        if (num == 1) {
+            maybeStart(v);
         } else {
-            stopDevice(q);
+            stopDevice(v);
         }
     }
 
-    /** Hands the queue to the device once it is started, enabled (when that applies) and fully described. */
-    private void maybeStart(Queue q) throws IOException, BackendException {
-        if (q.running || !q.ringStarted || (protocolFeaturesNegotiated() && !q.enabled)) {
-            return;
-        }
-        if (q.size == 0 || !q.addrSet) {
-            throw new ProtocolException("queue " + q.index + " started without "
-                    + (q.size == 0 ? "SET_VRING_NUM" : "SET_VRING_ADDR"));
-        }
-        checkRingSize(q.index, q.size);
-        GuestMemory mem = memory.current();
-        checkArea(mem, q, "descriptor table", q.descGpa, descBytes(q.size), 16);
-        checkArea(mem, q, packed() ? "driver event area" : "available ring", q.availGpa, availBytes(q.size), packed() ? 4 : 2);
-        checkArea(mem, q, packed() ? "device event area" : "used ring", q.usedGpa, usedBytes(q.size), 4);
-        if (packed() && ((q.base & 0x7fff) >= q.size || ((q.base >>> 16) & 0x7fff) >= q.size)) {
-            throw new ProtocolException("queue " + q.index + " base 0x" + Integer.toHexString(q.base)
-                    + " points outside its " + q.size + "-entry packed ring");
-        }
-        if (q.call == null) {
-            q.call = EventFd.create(true); // the driver polls; the device may signal freely
-        }
-        VringSetup setup = new VringSetup(q.index, q.size, q.descGpa, q.availGpa, q.usedGpa, q.base,
-                deviceFeatures(), q.kick, q.call, q.err, memory.holder(),
-                inflight == null ? null : inflight.queue(q.index, q.size)); // crash recovery (issue 11)
-        backend.queueStarted(q.index, setup);
-        q.running = true;
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": started " + setup);
-    }
-
-    private static void checkArea(GuestMemory mem, Queue q, String what, long gpa, long len, int align) throws ProtocolException {
-        MemorySegment host;
-        try {
-            host = mem.translate(gpa, len);
-        } catch (GuestMemoryFault e) {
-            throw new ProtocolException("queue " + q.index + " " + what + ": " + e.getMessage());
-        }
-        if (gpa % align != 0 || host.address() % align != 0) {
-            throw new ProtocolException(String.format("queue %d %s at GPA 0x%x is not %d-byte aligned", q.index, what, gpa, align));
+    /** Hands the ring to the device once it is started, enabled (when that applies) and fully described. */
+    private void maybeStart(Vring v) throws IOException, BackendException {
+        if (v.ready(protocolFeaturesNegotiated())) {
+            v.start(layout(), memory, deviceFeatures(),
+                    inflight == null ? null : inflight.queue(v.index, v.size())); // crash recovery (issue 11)
         }
     }
 
-    private void stopDevice(Queue q) {
-        if (q.running) {
-            q.running = false;
-            q.base = backend.queueStopped(q.index);
-            LOG.log(System.Logger.Level.DEBUG, () -> name + ": stopped queue " + q.index + " at base " + q.base);
+    private void stopDevice(Vring v) {
+        if (v.stopDevice()) {
             closeRetiredLogs(); // migration (issue 11)
         }
     }
 
     private void stopAll() {
-        for (Queue q : queues) {
-            stopDevice(q);
+        for (Vring v : vrings) {
+            stopDevice(v);
         }
     }
 
@@ -489,30 +340,6 @@ final class Handler implements AutoCloseable {
     }
 
     /**
-     * SET_VRING_ADDR on a started ring: accepted only when nothing but logging changes (the same three addresses).
-     *
-     * @return true when handled; false when the addresses differ (the caller then refuses: the ring runs)
-     */
-    private boolean setVringLog(Queue q, MemorySegment p) throws ProtocolException {
-        GuestMemory mem = memory.current();
-        int size = q.size == 0 ? 1 : q.size;
-        try {
-            if (!q.addrSet || memory.toGuestPhys(Payloads.VringAddr.desc(p), descBytes(size)) != q.descGpa
-                    || memory.toGuestPhys(Payloads.VringAddr.avail(p), availBytes(size)) != q.availGpa
-                    || memory.toGuestPhys(Payloads.VringAddr.used(p), usedBytes(size)) != q.usedGpa) {
-                return false;
-            }
-        } catch (GuestMemoryFault e) {
-            return false;
-        }
-        q.usedLogAddr = (Payloads.VringAddr.flags(p) & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
-        publishLog();
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": queue " + q.index + " used-ring logging "
-                + (q.usedLogAddr == -1 ? "off" : String.format("at 0x%x", q.usedLogAddr)));
-        return true;
-    }
-
-    /**
      * SET_LOG_BASE: maps the new log and replies (the frontend waits for it). While logging is on and queues run, a
      * device thread may be between reading the old log and marking it, and the frontend syncs and frees the old log
      * as soon as we reply: the running queues are stopped (drained) and restarted around the swap so that no mark
@@ -529,12 +356,12 @@ final class Handler implements AutoCloseable {
         }
         DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
         DirtyLog old = dirtyLog;
-        List<Queue> paused = new ArrayList<>();
+        List<Vring> paused = new ArrayList<>();
         if (old != null && logging()) {
-            for (Queue q : queues) {
-                if (q.running) {
-                    stopDevice(q);
-                    paused.add(q);
+            for (Vring v : vrings) {
+                if (v.running()) {
+                    stopDevice(v);
+                    paused.add(v);
                 }
             }
         }
@@ -547,16 +374,16 @@ final class Handler implements AutoCloseable {
                 retiredLogs.add(old);
             }
         }
-        for (Queue q : paused) {
-            maybeStart(q);
+        for (Vring v : paused) {
+            maybeStart(v);
         }
         LOG.log(System.Logger.Level.INFO, name + ": " + next + (logging() ? " (logging on)" : ""));
         c.sendReply(MessageType.SET_LOG_BASE, 0L);
     }
 
     private boolean anyRunning() {
-        for (Queue q : queues) {
-            if (q.running) {
+        for (Vring v : vrings) {
+            if (v.running()) {
                 return true;
             }
         }
@@ -587,8 +414,8 @@ final class Handler implements AutoCloseable {
     private void getInflightFd(MemorySegment p, Connection c) throws IOException {
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
-        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
-            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+        if (n < 1 || n > vrings.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
                     + " queues of at most " + maxQueueSize);
         }
         InflightRegion next;
@@ -608,8 +435,8 @@ final class Handler implements AutoCloseable {
         MemorySegment p = m.payload();
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
-        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
-            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
+        if (n < 1 || n > vrings.length || qs < 1 || qs > maxQueueSize) {
+            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
                     + " queues of at most " + maxQueueSize);
         }
         InflightRegion next = InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
@@ -681,15 +508,8 @@ final class Handler implements AutoCloseable {
      */
     private void resetDevice() {
         stopAll();
-        for (Queue q : queues) {
-            closeQuietly(q.kick);
-            q.kick = null;
-            q.ringStarted = false;
-            q.enabled = false;
-            q.addrSet = false;
-            q.size = 0;
-            q.base = 0;
-            q.usedLogAddr = -1;
+        for (Vring v : vrings) {
+            v.reset();
         }
         ackedFeatures = 0;
         publishLog();
@@ -717,11 +537,8 @@ final class Handler implements AutoCloseable {
             backendChannel = null;
         }
         stopAll();
-        for (Queue q : queues) {
-            closeQuietly(q.kick);
-            closeQuietly(q.call);
-            closeQuietly(q.err);
-            q.kick = q.call = q.err = null;
+        for (Vring v : vrings) {
+            v.close();
         }
         try {
             backend.reset();
@@ -732,12 +549,6 @@ final class Handler implements AutoCloseable {
                 inflight.close();
                 inflight = null;
             }
-        }
-    }
-
-    private static void closeQuietly(EventFd e) {
-        if (e != null) {
-            e.close();
         }
     }
 }

@@ -66,11 +66,12 @@ public final class PackedQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        ring = mapArea(mem, config.descAddr(), (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
-        driverEvent = mapArea(mem, config.driverArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "driver event suppression");
-        deviceEvent = mapArea(mem, config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "device event suppression");
+        ring = mapArea(mem, config.descAddr(), VirtioRing.descAreaBytes(size), VirtioRing.descAreaAlign(true),
+                VirtioRing.descAreaName(true));
+        driverEvent = mapArea(mem, config.driverArea(), VirtioRing.driverAreaBytes(true, size, eventIdx),
+                VirtioRing.driverAreaAlign(true), VirtioRing.driverAreaName(true));
+        deviceEvent = mapArea(mem, config.deviceArea(), VirtioRing.deviceAreaBytes(true, size, eventIdx),
+                VirtioRing.deviceAreaAlign(true), VirtioRing.deviceAreaName(true));
     }
 
     /** A driver descriptor is available for lap {@code wrap} when AVAIL matches it and USED does not (§2.8.1). */

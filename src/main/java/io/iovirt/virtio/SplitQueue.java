@@ -88,11 +88,12 @@ public final class SplitQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        desc = mapArea(mem, config.descAddr(), VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
-        avail = mapArea(mem, config.driverArea(), VirtioRing.splitAvailBytes(size, eventIdx), VirtioRing.SPLIT_AVAIL_ALIGN,
-                "available ring");
-        used = mapArea(mem, config.deviceArea(), VirtioRing.splitUsedBytes(size, eventIdx), VirtioRing.SPLIT_USED_ALIGN,
-                "used ring");
+        desc = mapArea(mem, config.descAddr(), VirtioRing.descAreaBytes(size), VirtioRing.descAreaAlign(false),
+                VirtioRing.descAreaName(false));
+        avail = mapArea(mem, config.driverArea(), VirtioRing.driverAreaBytes(false, size, eventIdx),
+                VirtioRing.driverAreaAlign(false), VirtioRing.driverAreaName(false));
+        used = mapArea(mem, config.deviceArea(), VirtioRing.deviceAreaBytes(false, size, eventIdx),
+                VirtioRing.deviceAreaAlign(false), VirtioRing.deviceAreaName(false));
     }
 
     /** Reads avail.idx (acquire: ring entries and descriptors written before it become visible) and checks it. */
