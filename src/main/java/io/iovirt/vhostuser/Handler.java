@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
-import static io.iovirt.vhostuser.Features.VHOST_USER_F_PROTOCOL_FEATURES;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.virtio.DeviceStatus;
-import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -33,16 +31,10 @@ final class Handler implements AutoCloseable {
 
     private final VhostUserBackend backend;
     private final String name;
-    private final long offeredFeatures;
-    private final long offeredProtocolFeatures;
-    private final int maxQueueSize;
+    private final Negotiation negotiated;
     private final Vring[] vrings;
     private final MemoryTable memory;
 
-    private long ackedFeatures;
-    private long ackedProtocolFeatures;
-    /** SET_PROTOCOL_FEATURES was received: the frontend speaks the protocol-features dialect. */
-    private boolean protocolFeaturesExchanged;
     private int status;
     /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
     private BackendChannel backendChannel;
@@ -55,19 +47,7 @@ final class Handler implements AutoCloseable {
         if (n < 1 || n > MAX_QUEUES) {
             throw new IllegalArgumentException("a vhost-user device has 1.." + MAX_QUEUES + " queues, not " + n);
         }
-        this.maxQueueSize = backend.maxQueueSize();
-        if (maxQueueSize < 1 || maxQueueSize > Vring.MAX_SIZE) {
-            throw new IllegalArgumentException("maximum queue size must be 1.." + Vring.MAX_SIZE + ": " + maxQueueSize);
-        }
-        long extra = backend.protocolFeatures();
-        if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
-            throw new IllegalArgumentException("a device may add only RARP, NET_MTU, INFLIGHT_SHMFD and BACKEND_REQ protocol features, not 0x"
-                    + Long.toHexString(extra));
-        }
-        // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
-        this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
-                & ~VirtioFeatures.VIRTIO_F_ACCESS_PLATFORM;
-        this.offeredProtocolFeatures = Features.CORE_PROTOCOL_FEATURES | extra;
+        this.negotiated = new Negotiation(backend);
         this.vrings = new Vring[n];
         for (int i = 0; i < n; i++) {
             vrings[i] = new Vring(i, name, backend);
@@ -85,7 +65,7 @@ final class Handler implements AutoCloseable {
             LOG.log(System.Logger.Level.DEBUG, () -> name + ": " + m);
             MessageType type = m.type();
             int required = type.protocolFeature();
-            if (required >= 0 && (ackedProtocolFeatures & Features.bit(required)) == 0) {
+            if (required >= 0 && !negotiated.hasProtocolFeature(required)) {
                 throw new ProtocolException(type.specName() + " needs protocol feature " + required
                         + ", which was not negotiated");
             }
@@ -106,23 +86,13 @@ final class Handler implements AutoCloseable {
     }
 
     private boolean replyAck() {
-        return (ackedProtocolFeatures & Features.bit(Features.PROTOCOL_REPLY_ACK)) != 0;
-    }
-
-    /**
-     * True when the frontend speaks the protocol-features dialect: it acknowledged VHOST_USER_F_PROTOCOL_FEATURES, or
-     * it completed SET_PROTOCOL_FEATURES. The second matters: QEMU 7.2's vhost-user-net drops bit 30 from the
-     * SET_FEATURES it sends (fixed in later QEMU), yet enables rings with SET_VRING_ENABLE; DPDK and libvhost-user
-     * accept that, and so do we.
-     */
-    private boolean protocolFeaturesNegotiated() {
-        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0 || protocolFeaturesExchanged;
+        return negotiated.replyAck();
     }
 
     private void dispatch(Message m, Connection c) throws IOException, BackendException {
         MemorySegment p = m.payload();
         switch (m.type()) {
-            case GET_FEATURES -> c.sendReply(m.type(), offeredFeatures);
+            case GET_FEATURES -> c.sendReply(m.type(), negotiated.offeredFeatures());
             case SET_FEATURES -> setFeatures(Payloads.u64(p));
             case SET_OWNER -> {
                 // marks the start of a session; all session state already belongs to this connection
@@ -132,8 +102,8 @@ final class Handler implements AutoCloseable {
             case SET_INFLIGHT_FD -> setInflightFd(m);
             case SET_LOG_FD -> throw new BackendException("SET_LOG_FD is not supported: the log is shared memory (LOG_SHMFD)");
             case RESET_OWNER -> stopAll(); // deprecated; the spec recommends at most disabling the rings
-            case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), offeredProtocolFeatures);
-            case SET_PROTOCOL_FEATURES -> setProtocolFeatures(Payloads.u64(p));
+            case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), negotiated.offeredProtocolFeatures());
+            case SET_PROTOCOL_FEATURES -> negotiated.ackProtocolFeatures(Payloads.u64(p));
             case GET_QUEUE_NUM -> c.sendReply(m.type(), vrings.length);
             case GET_MAX_MEM_SLOTS -> c.sendReply(m.type(), MemoryTable.MAX_SLOTS);
             case SET_MEM_TABLE -> memory.set(m);
@@ -171,18 +141,15 @@ final class Handler implements AutoCloseable {
     // ---- features ---------------------------------------------------------------------------------------------
 
     private void setFeatures(long features) throws ProtocolException, BackendException {
-        if ((features & ~offeredFeatures) != 0) {
-            throw new ProtocolException(String.format("SET_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
-                    features & ~offeredFeatures, offeredFeatures));
-        }
+        long changed = negotiated.checkFeatures(features);
         for (Vring v : vrings) {
             // migration: the frontend turns dirty logging on and off (VHOST_F_LOG_ALL) while the rings run
-            if (v.running() && (features ^ ackedFeatures) != 0 && (features ^ ackedFeatures) != Features.VHOST_F_LOG_ALL) {
+            if (v.running() && changed != 0 && changed != Features.VHOST_F_LOG_ALL) {
                 throw new ProtocolException("SET_FEATURES changes features while queue " + v.index + " is running");
             }
         }
         boolean wasLogging = logging();
-        ackedFeatures = features;
+        negotiated.ackFeatures(features);
         backend.setFeatures(deviceFeatures());
         publishLog(); // migration (issue 11)
         if (wasLogging != logging()) {
@@ -191,18 +158,12 @@ final class Handler implements AutoCloseable {
         }
     }
 
-    /** What the device sees of the acknowledged features: no vhost-user protocol bit, no VHOST_F_LOG_ALL. */
     private long deviceFeatures() {
-        return ackedFeatures & ~(VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL);
+        return negotiated.deviceFeatures();
     }
 
-    private void setProtocolFeatures(long features) throws ProtocolException {
-        if ((features & ~offeredProtocolFeatures) != 0) {
-            throw new ProtocolException(String.format("SET_PROTOCOL_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
-                    features & ~offeredProtocolFeatures, offeredProtocolFeatures));
-        }
-        ackedProtocolFeatures = features;
-        protocolFeaturesExchanged = true;
+    private boolean protocolFeaturesNegotiated() {
+        return negotiated.protocolFeaturesNegotiated();
     }
 
     // ---- rings: routed to their Vring ----------------------------------------------------------------------------
@@ -215,10 +176,8 @@ final class Handler implements AutoCloseable {
         return vrings[(int) index];
     }
 
-    /** What the acknowledged features make of ring sizes (split or packed, EVENT_IDX, the device's largest ring). */
     private Vring.Layout layout() {
-        return new Vring.Layout((ackedFeatures & VirtioFeatures.VIRTIO_F_RING_PACKED) != 0,
-                (ackedFeatures & VirtioFeatures.VIRTIO_RING_F_EVENT_IDX) != 0, maxQueueSize);
+        return negotiated.ringLayout();
     }
 
     private void setVringNum(int index, int num) throws ProtocolException {
@@ -328,7 +287,7 @@ final class Handler implements AutoCloseable {
     private final List<DirtyLog> retiredLogs = new ArrayList<>();
 
     private boolean logging() {
-        return (ackedFeatures & Features.VHOST_F_LOG_ALL) != 0;
+        return negotiated.logging();
     }
 
     /**
@@ -346,7 +305,7 @@ final class Handler implements AutoCloseable {
      * can go to the old log after the reply.
      */
     private void setLogBase(Message m, Connection c) throws IOException, BackendException {
-        if ((ackedProtocolFeatures & Features.bit(Features.PROTOCOL_LOG_SHMFD)) == 0) {
+        if (!negotiated.hasProtocolFeature(Features.PROTOCOL_LOG_SHMFD)) {
             throw new ProtocolException("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated");
         }
         MemorySegment p = m.payload();
@@ -414,9 +373,9 @@ final class Handler implements AutoCloseable {
     private void getInflightFd(MemorySegment p, Connection c) throws IOException {
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
-        if (n < 1 || n > vrings.length || qs < 1 || qs > maxQueueSize) {
+        if (n < 1 || n > vrings.length || qs < 1 || qs > negotiated.maxQueueSize()) {
             throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
-                    + " queues of at most " + maxQueueSize);
+                    + " queues of at most " + negotiated.maxQueueSize());
         }
         InflightRegion next;
         try {
@@ -435,9 +394,9 @@ final class Handler implements AutoCloseable {
         MemorySegment p = m.payload();
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
-        if (n < 1 || n > vrings.length || qs < 1 || qs > maxQueueSize) {
+        if (n < 1 || n > vrings.length || qs < 1 || qs > negotiated.maxQueueSize()) {
             throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
-                    + " queues of at most " + maxQueueSize);
+                    + " queues of at most " + negotiated.maxQueueSize());
         }
         InflightRegion next = InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
         replaceInflight(next);
@@ -511,7 +470,7 @@ final class Handler implements AutoCloseable {
         for (Vring v : vrings) {
             v.reset();
         }
-        ackedFeatures = 0;
+        negotiated.ackFeatures(0);
         publishLog();
         status = 0;
         backend.reset();
