@@ -169,7 +169,7 @@ public final class GuestMemory {
      */
     public MemorySegment translate(long gpa, long len) throws GuestMemoryFault {
         MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
-        if (r == null || len < 0 || !fits(r.guestPhysAddr(), r.size(), gpa, len)) {
+        if (r == null || len < 0 || !AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len)) {
             throw new GuestMemoryFault(String.format("guest address range 0x%x+0x%x is outside guest memory", gpa, len));
         }
         return r.mapping().asSlice(gpa - r.guestPhysAddr(), len);
@@ -180,12 +180,12 @@ public final class GuestMemory {
      * {@link #offset}.
      */
     public int find(long gpa, long len) {
-        int i = indexFor(gpaStarts, gpa);
+        int i = AddressRanges.floor(gpaStarts, gpa);
         if (i < 0 || len < 0) {
             return -1;
         }
         MemoryRegion r = byGpa[i];
-        return fits(r.guestPhysAddr(), r.size(), gpa, len) ? i : -1;
+        return AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len) ? i : -1;
     }
 
     /** The whole mapping of region {@code i} (from {@link #find}). */
@@ -201,33 +201,12 @@ public final class GuestMemory {
     /** True when [gpa, gpa+len) lies inside one region. */
     public boolean contains(long gpa, long len) {
         MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
-        return r != null && len >= 0 && fits(r.guestPhysAddr(), r.size(), gpa, len);
-    }
-
-    private static boolean fits(long start, long size, long addr, long len) {
-        long off = addr - start; // unsigned offset; addr >= start established by the search
-        return Long.compareUnsigned(off, size) < 0 && Long.compareUnsigned(len, size - off) <= 0;
+        return r != null && len >= 0 && AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len);
     }
 
     private static MemoryRegion regionFor(MemoryRegion[] sorted, long[] starts, long addr) {
-        int i = indexFor(starts, addr);
+        int i = AddressRanges.floor(starts, addr);
         return i < 0 ? null : sorted[i];
-    }
-
-    private static int indexFor(long[] starts, long addr) {
-        int lo = 0;
-        int hi = starts.length - 1;
-        int found = -1;
-        while (lo <= hi) { // last region whose start <= addr (unsigned)
-            int mid = (lo + hi) >>> 1;
-            if (Long.compareUnsigned(starts[mid], addr) <= 0) {
-                found = mid;
-                lo = mid + 1;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        return found;
     }
 
     @Override

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
+import io.iovirt.memory.AddressRanges;
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.MemoryRegion;
 import java.util.Arrays;
@@ -49,22 +50,11 @@ final class FrontendAddressIndex {
      * @throws GuestMemoryFault when the range is not inside a single region
      */
     long toGuestPhys(long uva, long len) throws GuestMemoryFault {
-        int lo = 0;
-        int hi = uvaStarts.length - 1;
-        int i = -1;
-        while (lo <= hi) { // last region whose start <= uva (unsigned)
-            int mid = (lo + hi) >>> 1;
-            if (Long.compareUnsigned(uvaStarts[mid], uva) <= 0) {
-                i = mid;
-                lo = mid + 1;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        long off = i < 0 ? 0 : uva - uvaStarts[i];
-        if (i < 0 || len < 0 || Long.compareUnsigned(off, sizes[i]) >= 0 || Long.compareUnsigned(len, sizes[i] - off) > 0) {
+        int i = AddressRanges.floor(uvaStarts, uva);
+        if (i < 0 || !AddressRanges.fits(uvaStarts[i], sizes[i], uva, len)) {
             throw new GuestMemoryFault(String.format("frontend address range 0x%x+0x%x is outside guest memory", uva, len));
         }
+        long off = uva - uvaStarts[i];
         return gpaStarts[i] + off;
     }
 }

@@ -13,13 +13,20 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * The vhost-user protocol state of one connection: validates each message against what was negotiated and the
- * state of the rings, then acts on it and calls the device. Runs on the connection's control thread only.
+ * Dispatch for one connection: each message {@link Connection} decoded and shape-checked ({@link MessageType}'s
+ * table) is checked for the protocol feature it needs, routed to the component that owns its state, and answered.
+ * Runs on the connection's control thread only.
  *
- * <p>Ring states follow the spec: a ring is <em>started</em> by SET_VRING_KICK and <em>stopped</em> by
- * GET_VRING_BASE; with VHOST_USER_F_PROTOCOL_FEATURES negotiated it also has to be enabled (SET_VRING_ENABLE) and
- * starts disabled, otherwise it is always enabled. The device runs a queue exactly while it is started, enabled and
- * has its addresses; disabling a running queue stops the device's processing (QEMU 7.2 disables before
+ * <ul>
+ * <li>{@link Negotiation}: virtio and protocol features, what the device sees of them, the ring layout;
+ * <li>{@link MemoryTable}: guest memory regions, their reference counts and the frontend-VA → GPA index;
+ * <li>{@link Vring}: each ring's state machine (STOPPED → STARTED → RUNNING) and its descriptors;
+ * <li>here: what spans rings — dirty logging (SET_LOG_BASE, LOG_ALL), the in-flight memory (INFLIGHT_SHMFD),
+ *     config space, device status, reset, the backend channel — and the calls into the device.
+ * </ul>
+ *
+ * <p>A ring runs on the device exactly while it is started, enabled (with the protocol-features dialect; otherwise
+ * always) and described; disabling a running ring stops the device's processing (QEMU 7.2 disables before
  * GET_VRING_BASE), and GET_VRING_BASE then reports the index the device stopped at.
  */
 final class Handler implements AutoCloseable {

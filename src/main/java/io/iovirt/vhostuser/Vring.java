@@ -190,6 +190,10 @@ final class Vring implements AutoCloseable {
 
     /** SET_VRING_KICK: the ring is started on {@code next} (null: the frontend polls). The caller stopped it first. */
     void setKick(EventFd next) {
+        if (state == State.RUNNING) {
+            closeQuietly(next);
+            throw new IllegalStateException(name + ": queue " + index + " kick replaced while the device still runs it");
+        }
         closeQuietly(kick);
         kick = next;
         if (state == State.STOPPED) {

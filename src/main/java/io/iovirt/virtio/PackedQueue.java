@@ -66,12 +66,9 @@ public final class PackedQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        ring = mapArea(mem, config.descAddr(), VirtioRing.descAreaBytes(size), VirtioRing.descAreaAlign(true),
-                VirtioRing.descAreaName(true));
-        driverEvent = mapArea(mem, config.driverArea(), VirtioRing.driverAreaBytes(true, size, eventIdx),
-                VirtioRing.driverAreaAlign(true), VirtioRing.driverAreaName(true));
-        deviceEvent = mapArea(mem, config.deviceArea(), VirtioRing.deviceAreaBytes(true, size, eventIdx),
-                VirtioRing.deviceAreaAlign(true), VirtioRing.deviceAreaName(true));
+        ring = mapDescArea(mem);
+        driverEvent = mapDriverArea(mem);
+        deviceEvent = mapDeviceArea(mem);
     }
 
     /** A driver descriptor is available for lap {@code wrap} when AVAIL matches it and USED does not (§2.8.1). */

@@ -88,12 +88,9 @@ public final class SplitQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        desc = mapArea(mem, config.descAddr(), VirtioRing.descAreaBytes(size), VirtioRing.descAreaAlign(false),
-                VirtioRing.descAreaName(false));
-        avail = mapArea(mem, config.driverArea(), VirtioRing.driverAreaBytes(false, size, eventIdx),
-                VirtioRing.driverAreaAlign(false), VirtioRing.driverAreaName(false));
-        used = mapArea(mem, config.deviceArea(), VirtioRing.deviceAreaBytes(false, size, eventIdx),
-                VirtioRing.deviceAreaAlign(false), VirtioRing.deviceAreaName(false));
+        desc = mapDescArea(mem);
+        avail = mapDriverArea(mem);
+        used = mapDeviceArea(mem);
     }
 
     /** Reads avail.idx (acquire: ring entries and descriptors written before it become visible) and checks it. */
