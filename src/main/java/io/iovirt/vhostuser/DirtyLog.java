@@ -2,8 +2,6 @@
 package io.iovirt.vhostuser;
 
 import io.iovirt.linux.Fd;
-import io.iovirt.linux.FileIo;
-import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.Mmap;
 import io.iovirt.memory.GuestWriteLog;
 import java.lang.foreign.MemorySegment;
@@ -74,25 +72,8 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
             if (offset < 0 || offset % 8 != 0) {
                 throw new ProtocolException(what + ": the log must start at a non-negative, 8-byte aligned offset");
             }
-            FileIo.Stat st;
-            try {
-                st = FileIo.stat(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(what + ": " + e.getMessage(), e);
-            }
-            if (!st.isRegularFile()) {
-                throw new ProtocolException(what + ": the descriptor is not a shared memory file (mode 0"
-                        + Integer.toOctalString(st.mode()) + ")");
-            }
-            if (offset > st.size() - size) {
-                throw new ProtocolException(what + ": extends past the end of its " + st.size() + "-byte file");
-            }
-            Mmap.Mapping m;
-            try {
-                m = Mmap.map(fd, offset, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_NORESERVE);
-            } catch (LinuxException e) {
-                throw new ProtocolException(what + ": " + e.getMessage(), e);
-            }
+            PeerFile.requireRange(fd, what, offset, size);
+            Mmap.Mapping m = PeerFile.mapShared(fd, what, offset, size, Mmap.MAP_NORESERVE);
             return new DirtyLog(name, m, m.segment(), size);
         }
     }

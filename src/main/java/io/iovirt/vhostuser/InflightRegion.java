@@ -2,7 +2,6 @@
 package io.iovirt.vhostuser;
 
 import io.iovirt.linux.Fd;
-import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.MemFd;
 import io.iovirt.linux.Mmap;
@@ -73,21 +72,8 @@ final class InflightRegion implements AutoCloseable {
             if (mmapOffset < 0 || mmapOffset % Mmap.pageSize() != 0) {
                 throw new ProtocolException(what + ": the offset must be page aligned");
             }
-            FileIo.Stat st;
-            try {
-                st = FileIo.stat(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(what + ": " + e.getMessage(), e);
-            }
-            if (!st.isRegularFile() || mmapOffset > st.size() - mmapSize) {
-                throw new ProtocolException(what + ": the descriptor is not a shared memory file of that size");
-            }
-            try {
-                Mmap.Mapping m = Mmap.map(fd, mmapOffset, mmapSize, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED);
-                return new InflightRegion(m, null, queues, queueSize);
-            } catch (LinuxException e) {
-                throw new ProtocolException(what + ": " + e.getMessage(), e);
-            }
+            PeerFile.requireRange(fd, what, mmapOffset, mmapSize);
+            return new InflightRegion(PeerFile.mapShared(fd, what, mmapOffset, mmapSize, 0), null, queues, queueSize);
         }
     }
 

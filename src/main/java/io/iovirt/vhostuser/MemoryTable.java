@@ -211,19 +211,7 @@ final class MemoryTable implements AutoCloseable {
             if (offset < 0 || offset > Long.MAX_VALUE - size) {
                 throw new ProtocolException(desc + ": file offset overflows");
             }
-            FileIo.Stat st;
-            try {
-                st = FileIo.stat(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            if (!st.isRegularFile()) {
-                throw new ProtocolException(desc + ": the descriptor is not a shared memory file (mode 0"
-                        + Integer.toOctalString(st.mode()) + ")");
-            }
-            if (offset + size > st.size()) {
-                throw new ProtocolException(desc + ": extends past the end of its " + st.size() + "-byte file");
-            }
+            PeerFile.requireRange(fd, desc, offset, size);
             long fsType;
             try {
                 fsType = FileIo.filesystemType(fd);
@@ -237,12 +225,7 @@ final class MemoryTable implements AutoCloseable {
                         + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
                         + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
             }
-            Mmap.Mapping mapping;
-            try {
-                mapping = Mmap.map(fd, offset, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_NORESERVE);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
+            Mmap.Mapping mapping = PeerFile.mapShared(fd, desc, offset, size, Mmap.MAP_NORESERVE);
             return new MemoryRegion(gpa, size, uva, offset, mapping.segment(), () -> unmap(mapping));
         }
     }
