@@ -45,6 +45,12 @@ final class ServeNetCommand implements Callable<Integer> {
             description = "Forget a MAC address S seconds after its last frame (default: ${DEFAULT-VALUE}).")
     int macAging;
 
+    @Option(names = "--macs-per-port", paramLabel = "N", defaultValue = "" + Switch.DEFAULT_MACS_PER_PORT,
+            description = "Learn at most N source MAC addresses per port; frames from further addresses are still "
+                    + "forwarded but not learned, and counted as rx_unlearned (default: ${DEFAULT-VALUE}; table: "
+                    + Switch.DEFAULT_MAC_CAPACITY + ").")
+    int macsPerPort;
+
     @Option(names = "--mtu", paramLabel = "BYTES", defaultValue = "" + Ethernet.DEFAULT_MTU,
             description = "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
     int mtu;
@@ -84,14 +90,20 @@ final class ServeNetCommand implements Callable<Integer> {
         if (statsInterval < 0) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--stats-interval must not be negative");
         }
+        if (macsPerPort < 1 || macsPerPort > Switch.DEFAULT_MAC_CAPACITY) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--macs-per-port must be 1.." + Switch.DEFAULT_MAC_CAPACITY);
+        }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
-        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
+        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging)
+                .withMacTable(Switch.DEFAULT_MAC_CAPACITY, macsPerPort))) {
             for (PortFactory f : factories) {
                 Port p = sw.addPort(f.create());
                 LOG.info("port " + p.index() + ": " + p.name());
             }
             sw.startHousekeeping();
-            LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C, SIGTERM or SIGHUP");
+            LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s, at most " + macsPerPort
+                    + " MACs per port); stop with Ctrl-C, SIGTERM or SIGHUP");
             Thread printer = null;
             if (statsInterval > 0) {
                 printer = Thread.ofPlatform().daemon().name("stats").start(() -> {
