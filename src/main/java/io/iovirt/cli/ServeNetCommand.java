@@ -64,18 +64,8 @@ final class ServeNetCommand implements Callable<Integer> {
 
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.net");
 
-    @Option(names = "--socket-group", paramLabel = "GROUP",
-            description = "Make socket files (vhost-user and stream ports) mode 0660 and owned by GROUP, so that group's peers may connect "
-                    + "(default: mode 0600, owner only).")
-    String socketGroup;
-
-    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
-            description = "Also serve peers running as these uids (default: our own uid and root only).")
-    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
-
-    private io.iovirt.linux.SocketAccess access() {
-        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
-    }
+    @CommandLine.Mixin
+    SocketAccessOptions socketAccess;
 
     @Override
     public Integer call() throws Exception {
@@ -150,7 +140,7 @@ final class ServeNetCommand implements Callable<Integer> {
             throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
         }
         return switch (kind) {
-            case "stream" -> () -> new StreamPort(Path.of(arg), access());
+            case "stream" -> () -> new StreamPort(Path.of(arg), socketAccess.access());
             case "tap" -> {
                 try {
                     TapPort probe = new TapPort(arg); // validates the name now, before anything starts
@@ -165,7 +155,7 @@ final class ServeNetCommand implements Callable<Integer> {
                 if (pin && o.mac() == -1) {
                     throw usage("--port " + spec + ": pin-mac needs mac=MAC");
                 }
-                yield () -> new VirtioNetPort(o).withAccess(access()).pinSource(pin);
+                yield () -> new VirtioNetPort(o).withAccess(socketAccess.access()).pinSource(pin);
             }
             default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };
