@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.nbd;
 
+import io.iovirt.linux.Acceptor;
 import java.io.IOException;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
-import java.nio.channels.ClosedChannelException;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
@@ -44,7 +44,7 @@ public final class NbdServer implements AutoCloseable {
     private final Set<NbdConnection> connections = ConcurrentHashMap.newKeySet();
     private final AtomicInteger ids = new AtomicInteger();
     private final ScheduledExecutorService timer;
-    private final Thread acceptor;
+    private final Acceptor<SocketChannel> acceptor;
     private volatile boolean closed;
 
     private NbdServer(ServerSocketChannel listener, String address, Path socketPath, int maxConnections) {
@@ -57,7 +57,18 @@ public final class NbdServer implements AutoCloseable {
             t.setDaemon(true);
             return t;
         });
-        this.acceptor = Thread.ofPlatform().name("nbd-accept " + address).daemon().unstarted(this::acceptLoop);
+        // Over the limit a connection is still served, only to be refused in the handshake with an error naming the
+        // limit (a client that is merely closed would retry at once); those do not count against it.
+        this.acceptor = Acceptor.builder("nbd " + address, LOG, listener::accept, () -> closed)
+                .threadName("nbd-accept " + address).daemon(true)
+                .maxConnections(maxConnections, (ch, why) -> {
+                    try {
+                        serve(ch, maxConnections, () -> { });
+                    } catch (OutOfMemoryError e) {
+                        closeQuietly(ch);
+                    }
+                })
+                .build((ch, release) -> serve(ch, 0, release));
     }
 
     /**
@@ -151,37 +162,37 @@ public final class NbdServer implements AutoCloseable {
         return connections.size();
     }
 
-    private void acceptLoop() {
-        while (!closed) {
-            SocketChannel ch;
-            try {
-                ch = listener.accept();
-            } catch (ClosedChannelException e) {
-                return;
-            } catch (IOException e) {
-                if (closed) {
-                    return;
-                }
-                LOG.log(System.Logger.Level.WARNING, "nbd " + address + ": accept failed: " + e.getMessage());
-                sleepQuietly(); // e.g. EMFILE: do not spin
-                continue;
-            }
-            boolean refuse = connections.size() >= maxConnections;
-            NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuse ? maxConnections : 0);
-            connections.add(c);
-            if (closed) {
-                c.close();
-                connections.remove(c);
-                return;
-            }
-            timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+    /** Runs a connection on its own thread; {@code refuseLimit} > 0 refuses it in the handshake (over the limit). */
+    private void serve(SocketChannel ch, int refuseLimit, Runnable release) {
+        NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuseLimit);
+        connections.add(c);
+        if (closed) {
+            c.close();
+            connections.remove(c);
+            release.run();
+            return;
+        }
+        timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+        try {
             Thread.ofPlatform().name("nbd " + address + " #" + c.id()).daemon().start(() -> {
                 try {
                     c.run();
                 } finally {
                     connections.remove(c);
+                    release.run();
                 }
             });
+        } catch (OutOfMemoryError e) { // no thread could be created
+            connections.remove(c);
+            throw e;
+        }
+    }
+
+    private static void closeQuietly(SocketChannel ch) {
+        try {
+            ch.close();
+        } catch (IOException e) {
+            // gone
         }
     }
 
@@ -210,7 +221,7 @@ public final class NbdServer implements AutoCloseable {
             // closing
         }
         try {
-            acceptor.join(5000);
+            acceptor.join(java.time.Duration.ofSeconds(5));
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
