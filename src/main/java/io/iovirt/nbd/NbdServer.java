@@ -15,8 +15,9 @@ import java.nio.file.Path;
 import java.util.Collection;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 
@@ -52,11 +53,16 @@ public final class NbdServer implements AutoCloseable {
         this.address = address;
         this.socketPath = socketPath;
         this.maxConnections = maxConnections;
-        this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
-            Thread t = new Thread(r, "nbd-timer " + address);
-            t.setDaemon(true);
-            return t;
+        ScheduledThreadPoolExecutor t = new ScheduledThreadPoolExecutor(1, r -> {
+            Thread th = new Thread(r, "nbd-timer " + address);
+            th.setDaemon(true);
+            return th;
         });
+        // A connection that ends cancels its handshake deadline, and the cancelled task leaves the queue at once:
+        // otherwise a client connecting and hanging up in a loop keeps every connection (and its buffers)
+        // reachable from the queue for the whole timeout.
+        t.setRemoveOnCancelPolicy(true);
+        this.timer = t;
         this.acceptor = Thread.ofPlatform().name("nbd-accept " + address).daemon().unstarted(this::acceptLoop);
     }
 
@@ -174,11 +180,12 @@ public final class NbdServer implements AutoCloseable {
                 connections.remove(c);
                 return;
             }
-            timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+            ScheduledFuture<?> deadline = timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
             Thread.ofPlatform().name("nbd " + address + " #" + c.id()).daemon().start(() -> {
                 try {
                     c.run();
                 } finally {
+                    deadline.cancel(false);
                     connections.remove(c);
                 }
             });
