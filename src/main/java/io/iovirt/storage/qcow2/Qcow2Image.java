@@ -865,7 +865,9 @@ public final class Qcow2Image implements DiskImage {
     private long allocateCluster() throws IOException {
         long c = freeHint;
         while (true) {
-            if (refcount(c) == 0) {
+            // A metadata cluster whose refcount says 0 is damage (or a crafted image): handing it out would write
+            // an L2 table or guest data over the header, the L1 or a refcount structure. Skip it.
+            if (refcount(c) == 0 && !overlapsMetadata(c << clusterBits, 1)) {
                 ensureRefBlock(c / refBlockEntries); // may place a new refcount block on c itself
                 if (refcount(c) == 0) {
                     break;
@@ -892,6 +894,11 @@ public final class Qcow2Image implements DiskImage {
         }
         long cluster = bi * refBlockEntries;
         long off = cluster << clusterBits;
+        if (overlapsMetadata(off, clusterSize)) {
+            // the block would go over the header or a table: the refcount table lacks a block a consistent image has
+            throw new IOException("qcow2 image " + path + " is damaged: no refcount block covers metadata cluster "
+                    + cluster + "; the write was refused (repair it with 'qemu-img check -r all " + path + "')");
+        }
         makeRoom(refCache);
         MemorySegment data = MetaCache.allocate(clusterSize);
         setRef(data, 0, 1);
