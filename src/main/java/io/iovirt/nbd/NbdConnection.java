@@ -434,9 +434,13 @@ final class NbdConnection implements Runnable {
             workers.execute(() -> {
                 try {
                     serve(slot, image, st, type, flags, cookie, offset, length);
-                } catch (IOException | RuntimeException e) {
+                } catch (IOException e) {
                     log(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
                     close(); // the reader sees the closed channel and ends the connection
+                } catch (RuntimeException e) {
+                    // a bug, not a client that went away: say so, as the reader does
+                    log(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
+                    close();
                 } finally {
                     freeSlots.add(slot);
                 }
