@@ -74,17 +74,6 @@ public final class IoUring implements AutoCloseable {
 
     static final int SETUP_CQSIZE = 1 << 3;
     static final int SETUP_CLAMP = 1 << 4;
-    /** Setup flag: the ring starts disabled; {@link #enable} (on the thread that will use it) starts it (5.10). */
-    public static final int SETUP_R_DISABLED = 1 << 6;
-    /** Setup flag: one thread submits; with {@link #SETUP_R_DISABLED} the one that calls {@link #enable} (6.0). */
-    public static final int SETUP_SINGLE_ISSUER = 1 << 12;
-    /**
-     * Setup flag (needs {@link #SETUP_SINGLE_ISSUER}, 6.1): completion work is run only when the submitter waits
-     * for completions ({@link #submitAndWait}), not by interrupting it — completions are then visible only after
-     * such a call, so an owner that sleeps elsewhere (epoll on a registered eventfd) must not use it.
-     */
-    public static final int SETUP_DEFER_TASKRUN = 1 << 13;
-    static final int REGISTER_ENABLE_RINGS = 12;
     static final int ENTER_GETEVENTS = 1;
     static final int REGISTER_EVENTFD = 4;
     static final int UNREGISTER_EVENTFD = 5;
@@ -181,7 +170,6 @@ public final class IoUring implements AutoCloseable {
     private final int sqEntries;
     private final int cqEntries;
     private final int features;
-    private final int setupFlags;
     /** Our SQ tail: entries up to here are prepared; the kernel sees them once {@link #publish} stores it. */
     private int localSqTail;
     private int localCqHead;
@@ -194,7 +182,6 @@ public final class IoUring implements AutoCloseable {
 
     private IoUring(Fd fd, MemorySegment params, Arena arena) throws LinuxException {
         this.fd = fd;
-        this.setupFlags = params.get(JAVA_INT, off(PARAMS_LAYOUT, "flags"));
         this.arena = arena;
         this.sqEntries = params.get(JAVA_INT, off(PARAMS_LAYOUT, "sq_entries"));
         this.cqEntries = params.get(JAVA_INT, off(PARAMS_LAYOUT, "cq_entries"));
@@ -243,17 +230,6 @@ public final class IoUring implements AutoCloseable {
      *                        (see {@link #unavailableReason()}), ENOMEM when the rings cannot be allocated
      */
     public static IoUring create(int entries, int cqEntries) throws LinuxException {
-        return create(entries, cqEntries, 0);
-    }
-
-    /**
-     * Like {@link #create(int, int)} with setup flags ({@link #SETUP_SINGLE_ISSUER}, {@link #SETUP_DEFER_TASKRUN},
-     * {@link #SETUP_R_DISABLED}); a kernel that does not know one fails with EINVAL.
-     */
-    public static IoUring create(int entries, int cqEntries, int setupFlags) throws LinuxException {
-        if ((setupFlags & ~(SETUP_R_DISABLED | SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN)) != 0) {
-            throw new IllegalArgumentException("unsupported io_uring setup flags 0x" + Integer.toHexString(setupFlags));
-        }
         if (entries < 1 || entries > MAX_ENTRIES) {
             throw new IllegalArgumentException("io_uring entries must be 1.." + MAX_ENTRIES + ": " + entries);
         }
@@ -264,7 +240,7 @@ public final class IoUring implements AutoCloseable {
         Fd fd = null;
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment params = tmp.allocate(PARAMS_LAYOUT); // zeroed: the kernel rejects non-zero reserved fields
-            int flags = SETUP_CLAMP | setupFlags;
+            int flags = SETUP_CLAMP;
             if (cqEntries != 0) {
                 flags |= SETUP_CQSIZE;
                 params.set(JAVA_INT, off(PARAMS_LAYOUT, "cq_entries"), cqEntries);
@@ -343,11 +319,6 @@ public final class IoUring implements AutoCloseable {
 
     public int cqEntries() {
         return cqEntries;
-    }
-
-    /** The IORING_SETUP_* flags the ring was set up with. */
-    public int setupFlags() {
-        return setupFlags;
     }
 
     /** IORING_FEAT_* bits the kernel reported. */
@@ -548,15 +519,6 @@ public final class IoUring implements AutoCloseable {
         }
     }
 
-    /**
-     * Submits what is prepared and sleeps until at least one completion is ready, in one io_uring_enter when the CQ
-     * is empty (a ring whose owner watches its own wake-up sources through it, e.g. a poll or read on an eventfd).
-     * Unlike {@link #submitAndWait} it does not require an operation to be outstanding that will complete.
-     */
-    public int submitAndWaitOne() throws LinuxException {
-        return enter(1);
-    }
-
     /** Completions waiting in the CQ. */
     public int ready() {
         return (int) U32.getAcquire(cqRing, cqTail) - localCqHead;
@@ -602,15 +564,6 @@ public final class IoUring implements AutoCloseable {
                     "IORING_REGISTER_EVENTFD " + eventFd);
         }
         eventFdRegistered = true;
-    }
-
-    /**
-     * Starts a ring set up with {@link #SETUP_R_DISABLED}; with {@link #SETUP_SINGLE_ISSUER} the calling thread
-     * becomes the only one allowed to submit.
-     */
-    public void enable() throws LinuxException {
-        Syscalls.check(Syscalls.ioUringRegister(fd.get(), REGISTER_ENABLE_RINGS, MemorySegment.NULL, 0),
-                "io_uring_register", "IORING_REGISTER_ENABLE_RINGS");
     }
 
     public void unregisterEventFd() throws LinuxException {

@@ -86,24 +86,6 @@ public final class QueueWorker {
         }
 
         /**
-         * Called once on the worker thread before the loop starts. A handler that can sleep until its own work
-         * completes <em>and</em> the stop or kick eventfd becomes readable, with one system call (io_uring: the
-         * eventfds read through the ring, submitting and waiting in one io_uring_enter), arms that here and returns
-         * true; the worker then calls {@link #sleep} instead of its epoll_wait (the handler watches every source it
-         * needs itself, and consumes kicks). {@code kick} is null when the frontend polls.
-         *
-         * @return false (the default) to sleep in the worker's epoll set
-         */
-        default boolean sleepsItself(EventFd stop, EventFd kick) throws Exception {
-            return false;
-        }
-
-        /** Sleeps until work or the stop eventfd (see {@link #sleepsItself}); {@link #process} follows. */
-        default void sleep() throws Exception {
-            throw new UnsupportedOperationException("this handler sleeps in the worker's epoll set");
-        }
-
-        /**
          * The loop ended (stopped, or failed when {@code failed}): finish or abandon what is in flight (bounded), unpin
          * guest memory, release per-queue resources. Called exactly once, on the worker thread.
          */
@@ -337,10 +319,6 @@ public final class QueueWorker {
     }
 
     private void loop() throws Exception {
-        boolean handlerSleeps = handler.sleepsItself(stopFd, kick);
-        if (handlerSleeps && pollMillis != -1) { // its sleep has no timeout to look at the ring every pollMillis
-            throw new IllegalStateException(name + ": a handler that sleeps itself cannot be combined with pollEvery");
-        }
         for (;;) {
             // Work made available before the first wake-up (a reconnect, a restart) is served at once; the stop
             // request is looked at after each batch, so a flooding guest cannot keep the thread from stopping.
@@ -362,10 +340,6 @@ public final class QueueWorker {
                 continue;
             }
             stats.sleeps.increment();
-            if (handlerSleeps) {
-                handler.sleep();
-                continue;
-            }
             int n = epoll.wait(pollMillis);
             for (int i = 0; i < n; i++) {
                 long token = epoll.data(i);

@@ -3,7 +3,6 @@ package io.iovirt.devices.blk;
 
 import static io.iovirt.devices.blk.BlkRequests.*;
 
-import io.iovirt.linux.Errno;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
@@ -372,8 +371,7 @@ public final class BlkDevice implements VhostUserBackend {
         if (ring == null) {
             return b.build(new RingHandler(q, call, SYNC_BATCH, new SyncEngine(handler, log)));
         }
-        UringEngine engine = new UringEngine(q, handler, call, log, ring, kick != null && !UringEngine.EPOLL_WAIT,
-                (ring.setupFlags() & IoUring.SETUP_R_DISABLED) != 0);
+        UringEngine engine = new UringEngine(q, handler, call, log, ring);
         engine.register(b);
         return b.build(engine);
     }
@@ -390,16 +388,6 @@ public final class BlkDevice implements VhostUserBackend {
     /** One operation per queue entry; null (synchronous I/O) when the kernel refuses a ring now, e.g. ENOMEM. */
     private IoUring newRing(String queueName, int size) {
         try {
-            if (!UringEngine.EPOLL_WAIT) {
-                try {
-                    return IoUring.create(UringEngine.ringEntries(size), 0, UringEngine.RING_WAIT_SETUP);
-                } catch (LinuxException e) {
-                    if (e.errno() != Errno.EINVAL) {
-                        throw e;
-                    }
-                    // before Linux 6.1 (DEFER_TASKRUN): a plain ring, which the engine sleeps in all the same
-                }
-            }
             return IoUring.create(UringEngine.ringEntries(size));
         } catch (LinuxException e) {
             LOG.log(Level.WARNING, "{0}: serving with synchronous I/O: {1}", queueName, IoUring.explain(e));

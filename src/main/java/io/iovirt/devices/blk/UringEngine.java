@@ -2,7 +2,6 @@
 package io.iovirt.devices.blk;
 
 import io.iovirt.linux.Epoll;
-import io.iovirt.linux.Errno;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
@@ -24,14 +23,6 @@ import java.lang.foreign.MemorySegment;
  * whichever comes first. A FLUSH is an asynchronous fdatasync: it covers the writes completed before it was
  * submitted, which includes every write already pushed to the used ring — all that VIRTIO 1.2 §5.2.6 asks.
  *
- * <p>When the frontend kicks (the usual case) the worker does not sleep in epoll: the engine reads the kick eventfd
- * through the ring itself (an 8-byte READ, re-armed when it completes) and polls the worker's stop eventfd there, so
- * one {@code io_uring_enter} per wake-up both submits the new I/O and sleeps until the next completion or kick
- * (before: {@code epoll_wait}, a {@code read} of the completion eventfd and an {@code io_uring_enter}). That ring is
- * set up with {@code IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN} (completion work runs in that same
- * call instead of interrupting the thread), started disabled and enabled on the worker thread. A kick descriptor
- * whose read returns anything but an eventfd's 8 bytes fails the queue with a message saying so.
- *
  * <p>Guest memory: the queue pins the snapshot its requests were popped from; an older snapshot is unpinned only
  * when no request is in flight ({@link Virtqueue#quiesceMemory}), so a memory table change never unmaps a buffer the
  * kernel is still reading or writing. When the queue stops, every request in flight completes and is pushed first.
@@ -39,16 +30,6 @@ import java.lang.foreign.MemorySegment;
 final class UringEngine implements QueueWorker.Handler {
     private static final System.Logger LOG = System.getLogger(UringEngine.class.getName());
     private static final long COMPLETIONS = 0;
-    /** user_data of the ring's own wake-up operations (requests use their slot number). */
-    private static final long KICK_READ = 1L << 62;
-    private static final long STOP_POLL = KICK_READ + 1;
-    /**
-     * {@code -Diovirt.blk.uringWait=epoll}: sleep in epoll on a completion eventfd as before (a plain ring), for
-     * measuring the difference (docs/benchmarks.md); the default sleeps in the ring.
-     */
-    static final boolean EPOLL_WAIT = "epoll".equals(System.getProperty("iovirt.blk.uringWait"));
-    /** Setup flags of a ring the engine sleeps in ({@link #ringWait}); without them on kernels before 6.1. */
-    static final int RING_WAIT_SETUP = IoUring.SETUP_SINGLE_ISSUER | IoUring.SETUP_DEFER_TASKRUN | IoUring.SETUP_R_DISABLED;
 
     private final Virtqueue queue;
     private final BlkQueueHandler handler;
@@ -65,33 +46,15 @@ final class UringEngine implements QueueWorker.Handler {
     private boolean kicksOff;
     private boolean failed;
     private QueueWorker worker;
-    private final IoUring.CompletionHandler<Exception> onCompletion = this::completion;
-    /** The worker sleeps in the ring (see the class comment); else in epoll on {@link #completions}. */
-    private final boolean ringWait;
-    /** The ring was set up disabled: enabled on the worker thread (SINGLE_ISSUER makes that thread the submitter). */
-    private final boolean disabled;
-    private EventFd kick;
-    private MemorySegment kickValue;
-    private boolean kickArmed;
+    private final IoUring.CompletionHandler<VirtqueueException> onCompletion = this::completion;
 
     /** SQ entries a ring needs to serve a queue of {@code queueSize}: one per request. */
     static int ringEntries(int queueSize) {
         return queueSize;
     }
 
-    /** Takes ownership of {@code ring} (closed when the queue stops, or now if this throws); sleeps in epoll. */
+    /** Takes ownership of {@code ring} (closed when the queue stops, or now if this throws). */
     UringEngine(Virtqueue queue, BlkQueueHandler handler, EventFd call, RequestLog log, IoUring ring) throws LinuxException {
-        this(queue, handler, call, log, ring, false, false);
-    }
-
-    /**
-     * @param ringWait  sleep in the ring (the worker must have a kick or no poll interval), see the class comment
-     * @param disabled  the ring was set up with IORING_SETUP_R_DISABLED ({@link #RING_WAIT_SETUP})
-     */
-    UringEngine(Virtqueue queue, BlkQueueHandler handler, EventFd call, RequestLog log, IoUring ring, boolean ringWait,
-                boolean disabled) throws LinuxException {
-        this.ringWait = ringWait;
-        this.disabled = disabled;
         this.queue = queue;
         this.handler = handler;
         this.call = call;
@@ -104,13 +67,10 @@ final class UringEngine implements QueueWorker.Handler {
             if (ring.sqEntries() < ringEntries(n) || ring.capacity() < ringEntries(n)) {
                 throw new IllegalArgumentException(ring + " is too small for a queue of " + n);
             }
-            if (!ringWait) {
-                efd = EventFd.create(true);
-                ring.registerEventFd(efd);
-            }
+            efd = EventFd.create(true);
+            ring.registerEventFd(efd);
             arena = Arena.ofShared();
             this.slots = newSlots(queue, handler, arena);
-            this.kickValue = arena.allocate(8, 8);
         } catch (LinuxException | RuntimeException e) {
             if (arena != null) {
                 arena.close();
@@ -132,37 +92,7 @@ final class UringEngine implements QueueWorker.Handler {
 
     /** The source the worker must watch: the ring's completion eventfd. */
     void register(QueueWorker.Builder b) {
-        if (!ringWait) {
-            b.source(completions.fd(), Epoll.EPOLLIN, COMPLETIONS);
-        }
-    }
-
-    @Override
-    public boolean sleepsItself(EventFd stop, EventFd kickFd) throws LinuxException {
-        if (disabled) {
-            ring.enable(); // on the worker thread: with SINGLE_ISSUER it becomes the ring's only submitter
-        }
-        if (!ringWait) {
-            return false;
-        }
-        ring.poll(stop.fd(), Epoll.EPOLLIN, STOP_POLL); // never consumed: the loop ends after it
-        kick = kickFd;
-        armKick();
-        ring.submit();
-        return true;
-    }
-
-    /** Queues the next 8-byte read of the kick eventfd: it completes when the frontend kicks. */
-    private void armKick() {
-        if (kick != null && !kickArmed) {
-            ring.read(kick.fd(), kickValue, 0, KICK_READ);
-            kickArmed = true;
-        }
-    }
-
-    @Override
-    public void sleep() throws Exception {
-        ring.submitAndWaitOne(); // submits what process() queued and sleeps, in one system call
+        b.source(completions.fd(), Epoll.EPOLLIN, COMPLETIONS);
     }
 
     private static BlkQueueHandler.Request[] newSlots(Virtqueue queue, BlkQueueHandler handler, Arena arena)
@@ -190,9 +120,7 @@ final class UringEngine implements QueueWorker.Handler {
 
     @Override
     public void event(long token, int events) throws LinuxException {
-        if (completions != null) {
-            completions.read(); // ours, non-blocking; read before reaping so no completion's wake-up is lost
-        }
+        completions.read(); // ours, non-blocking; read before reaping so no completion's wake-up is lost
     }
 
     /**
@@ -206,9 +134,7 @@ final class UringEngine implements QueueWorker.Handler {
             queue.disableNotifications();
             kicksOff = true;
         }
-        armKick(); // before the requests: its SQ slot is never short
-        // a sleeping ring submits with its wait; the SQ holds the kick read next to a queue's worth of requests
-        while (freeCount > 0 && (!ringWait || ring.free() > 0)) {
+        while (freeCount > 0) {
             BlkQueueHandler.Request r = slots[freeSlots[freeCount - 1]];
             if (!queue.pop(r.chain)) {
                 break;
@@ -220,7 +146,7 @@ final class UringEngine implements QueueWorker.Handler {
                 complete(r);
             }
         }
-        if (!ringWait && ring.unsubmitted() > 0) {
+        if (ring.unsubmitted() > 0) {
             ring.submit();
         }
         if (queue.needsNotification()) {
@@ -244,14 +170,14 @@ final class UringEngine implements QueueWorker.Handler {
     @Override
     public boolean prepareToSleep() throws Exception {
         if (ring.ready() > 0) {
-            return submitIfAwake(true);
+            return true;
         }
         if (freeCount == 0) {
             return false;
         }
         kicksOff = false;
         if (queue.enableNotifications()) {
-            return submitIfAwake(true);
+            return true;
         }
         if (ringRequests == 0) {
             queue.releaseMemory();
@@ -259,19 +185,7 @@ final class UringEngine implements QueueWorker.Handler {
         return false;
     }
 
-    /** The worker goes round again instead of sleeping: what process() queued for a sleeping ring goes in now. */
-    private boolean submitIfAwake(boolean awake) throws LinuxException {
-        if (ringWait && ring.unsubmitted() > 0) {
-            ring.submit();
-        }
-        return awake;
-    }
-
-    private void completion(long userData, int result, int flags) throws Exception {
-        if (userData >= KICK_READ) {
-            ownCompletion(userData, result);
-            return;
-        }
+    private void completion(long userData, int result, int flags) throws VirtqueueException {
         BlkQueueHandler.Request r = slots[(int) userData];
         ringRequests--;
         if (failed) { // a failed queue cannot push: the request is dropped once its I/O is over
@@ -280,20 +194,6 @@ final class UringEngine implements QueueWorker.Handler {
         }
         handler.completed(r, result);
         complete(r);
-    }
-
-    /** The kick read or the stop poll completed. */
-    private void ownCompletion(long userData, int result) throws LinuxException {
-        if (userData != KICK_READ) {
-            return; // the stop eventfd: the worker already knows (its flag is set before the eventfd is written)
-        }
-        kickArmed = false;
-        if (result == 8 || result == -Errno.ECANCELED || failed) {
-            return; // kicked (process() re-arms it), or cancelled because the ring is going away
-        }
-        throw new LinuxException("read", "the frontend's kick descriptor " + kick.fd() + " (an eventfd read returns 8 bytes,"
-                + " this one " + (result < 0 ? "failed" : "returned " + result) + "): it is not a usable eventfd",
-                result < 0 ? -result : Errno.EINVAL);
     }
 
     private void complete(BlkQueueHandler.Request r) throws VirtqueueException {
@@ -317,7 +217,7 @@ final class UringEngine implements QueueWorker.Handler {
                 ring.submitAndWait(1);
                 try {
                     ring.reap(onCompletion);
-                } catch (Exception e) {
+                } catch (VirtqueueException e) {
                     failed = true; // the ring broke while pushing: drop the rest once their I/O is over
                 }
             }
@@ -334,9 +234,7 @@ final class UringEngine implements QueueWorker.Handler {
                 r.io.close();
             }
             slotArena.close();
-            if (completions != null) {
-                completions.close();
-            }
+            completions.close();
             queue.releaseMemory();
             handler.close();
         }
