@@ -179,7 +179,12 @@ public final class PackedQueue extends Virtqueue {
     }
 
     @Override
-    void writeUsed(int id, int len) {
+    public void publishUsed() {
+        // each used descriptor was published by its own flags store (see writeUsed)
+    }
+
+    @Override
+    void writeUsed(int id, int len, boolean publish) {
         long off = (long) nextUsed * DESC_SIZE;
         ring.set(LE16, off + DESC_ID, (short) id);
         ring.set(LE32, off + DESC_LEN, len);

@@ -320,7 +320,12 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             throw new BackendException(name() + ": cannot attach queue " + index + ": " + e.getMessage());
         }
         if (index % 2 == 0) {
-            rxQueues[pair].start(this, vq, setup.call(), setup.err(), hdr, mrg);
+            try {
+                rxQueues[pair].start(this, vq, setup.call(), setup.err(), hdr, mrg);
+            } catch (VirtqueueException e) {
+                vq.releaseMemory();
+                throw new BackendException(name() + ": cannot start receive queue " + index + ": " + e.getMessage());
+            }
             synchronized (control) {
                 if (!announced) {
                     announced = true;
