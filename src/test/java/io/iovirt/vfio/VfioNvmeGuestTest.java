@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.bench.StrictJson;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.GuestResult;
 import java.io.RandomAccessFile;
@@ -12,6 +13,8 @@ import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.time.Duration;
 import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.BeforeAll;
@@ -80,9 +83,12 @@ class VfioNvmeGuestTest {
                         echo group=$(basename "$(readlink $D/iommu_group)")
                         step info iovirt vfio info $BDF
                         step identify iovirt vfio nvme $BDF identify --irq poll
-                        step readhost iovirt vfio nvme $BDF read --lba %1$d --count 32 --out /tmp/host.bin --irq msix
+                        step infojson iovirt vfio info $BDF --json
+                        step identifyjson iovirt vfio nvme $BDF identify --json --irq poll
+                        step readhost iovirt vfio nvme $BDF read --lba %1$d --count 32 --out /tmp/host.bin --irq msix --json
                         echo readhost_sha=$(sha256sum /host/tmp/host.bin | cut -d' ' -f1)
-                        step write iovirt vfio nvme $BDF write --lba %2$d --in /tmp/pattern.bin --irq msix
+                        step readinline iovirt vfio nvme $BDF read --lba %1$d --count 2 --irq poll --json
+                        step write iovirt vfio nvme $BDF write --lba %2$d --in /tmp/pattern.bin --irq msix --json
                         step readback iovirt vfio nvme $BDF read --lba %2$d --count 32 --out /tmp/back.bin --irq intx
                         echo readback_sha=$(sha256sum /host/tmp/back.bin | cut -d' ' -f1)
 
@@ -97,6 +103,7 @@ class VfioNvmeGuestTest {
                         # without CAP_IPC_LOCK, pinning DMA memory is charged to RLIMIT_MEMLOCK: 64 KiB is too little
                         step memlock sh -c 'ulimit -l 64; IOVIRT_PREFIX="/usr/bin/setpriv --bounding-set=-ipc_lock --inh-caps=-ipc_lock" sh /root/iovirt vfio nvme $0 identify' $BDF
                         step iommu iovirt vfio nvme $BDF iommu-check
+                        step iommujson iovirt vfio nvme $BDF iommu-check --json
                         echo "=== dmesg"; dmesg | grep -i dmar
 
                         bind nvme || exit 94
@@ -127,6 +134,36 @@ class VfioNvmeGuestTest {
         assertTrue(id.contains("serial:      " + SERIAL + "\n"), id);
         assertTrue(id.contains("model:       QEMU NVMe Ctrl"), id);
         assertTrue(id.contains("namespace:   1: " + DISK / 512 + " blocks of 512 bytes"), id);
+
+        // the same through --json (docs/cli.md's schemas), parsed by an independent strict parser
+        assertEquals("0", r.field("infojson_rc"), out);
+        Map<?, ?> infoJson = (Map<?, ?>) StrictJson.parse(section(out, "infojson"));
+        assertEquals(VfioGuest.BDF, infoJson.get("device"));
+        assertEquals("vfio-pci", infoJson.get("driver"));
+        Map<?, ?> groupJson = (Map<?, ?>) infoJson.get("group");
+        assertEquals(Long.parseLong(r.field("group")), groupJson.get("id"));
+        assertEquals(true, groupJson.get("viable"));
+        assertEquals("Type1v2", ((Map<?, ?>) infoJson.get("iommu")).get("type"));
+        Map<?, ?> bar0 = (Map<?, ?>) ((List<?>) infoJson.get("regions")).getFirst();
+        assertEquals(List.of("BAR0", 16384L, true, true, true), List.of(bar0.get("name"), bar0.get("size"),
+                bar0.get("readable"), bar0.get("writable"), bar0.get("mmap")), bar0.toString());
+        assertTrue(((List<?>) infoJson.get("irqs")).stream().map(Map.class::cast)
+                .anyMatch(q -> q.get("type").equals("MSI-X") && (Long) q.get("count") > 0), infoJson.toString());
+        assertEquals("0", r.field("identifyjson_rc"), out);
+        Map<?, ?> idJson = (Map<?, ?>) StrictJson.parse(section(out, "identifyjson"));
+        assertEquals(SERIAL, idJson.get("serial"));
+        assertEquals("poll", idJson.get("irq_mode"));
+        assertEquals(DISK / 512, ((Map<?, ?>) idJson.get("namespace")).get("blocks"));
+        Map<?, ?> readJson = (Map<?, ?>) StrictJson.parse(section(out, "readhost"));
+        assertEquals(List.of(LBA_HOST, 32L, 512L, "/tmp/host.bin", sha256(hostData)), List.of(readJson.get("lba"),
+                readJson.get("blocks"), readJson.get("block_size"), readJson.get("out"), readJson.get("sha256")));
+        assertEquals("0", r.field("readinline_rc"), out);
+        Map<?, ?> inline = (Map<?, ?>) StrictJson.parse(section(out, "readinline"));
+        assertArrayEquals(java.util.Arrays.copyOf(hostData, 1024),
+                java.util.Base64.getDecoder().decode((String) inline.get("data_base64")));
+        Map<?, ?> writeJson = (Map<?, ?>) StrictJson.parse(section(out, "write"));
+        assertEquals(List.of(LBA_JAVA, 32L, sha256(javaData), true), List.of(writeJson.get("lba"),
+                writeJson.get("blocks"), writeJson.get("sha256"), writeJson.get("flushed")));
 
         // reads through MSI-X and INTx, writes through MSI-X; the kernel and the host see the Java driver's data
         assertEquals("0", r.field("readhost_rc"), out);
@@ -168,6 +205,12 @@ class VfioNvmeGuestTest {
         assertTrue(iommu.contains("read, PRP list there:      Data Transfer Error"), iommu);
         assertTrue(iommu.contains("canary outside mappings:   unchanged"), iommu);
         assertTrue(iommu.contains("sentinel in the arena:     unchanged"), iommu);
+        assertEquals("0", r.field("iommujson_rc"), out);
+        Map<?, ?> iommuJson = (Map<?, ?>) StrictJson.parse(section(out, "iommujson"));
+        assertEquals(true, iommuJson.get("confined"), iommuJson.toString());
+        assertEquals(false, ((Map<?, ?>) iommuJson.get("prp_list_status")).get("success"), iommuJson.toString());
+        assertEquals(List.of(true, true, true), List.of(iommuJson.get("canary_intact"),
+                iommuJson.get("sentinel_intact"), iommuJson.get("controller_healthy")), iommuJson.toString());
         // Both probes fault (a DMA write, then a DMA read at that IOVA), but QEMU's VT-d does not record a fault while
         // an earlier one is still pending ("compression of faults"), so the guest may log only the first.
         String dmesg = section(out, "dmesg");
