@@ -376,6 +376,21 @@ public final class UnixSocket implements AutoCloseable {
     }
 
     /**
+     * On a listening socket: whether a connection is waiting in the backlog to be accepted, waiting up to
+     * {@code timeoutMs} for one (0: just look). Also true once the listener has been shut down, so a caller blocked
+     * here wakes up as one blocked in {@link #accept} does.
+     */
+    public boolean connectionPending(int timeoutMs) throws LinuxException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment pfd = a.allocate(8, 4); // struct pollfd {int fd; short events; short revents}
+            pfd.set(JAVA_INT, 0, fd.get());
+            pfd.set(JAVA_SHORT, 4, (short) POLLIN);
+            int n = Syscalls.check(Syscalls.poll(pfd, 1, timeoutMs), "poll", name);
+            return n > 0 && pfd.get(JAVA_SHORT, 6) != 0;
+        }
+    }
+
+    /**
      * Bytes this socket has sent that the peer has not read yet (SIOCOUTQ: for AF_UNIX, the memory of the queued
      * messages, so 0 exactly when the peer has read everything sent).
      */
