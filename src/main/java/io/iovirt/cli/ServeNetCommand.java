@@ -78,6 +78,7 @@ final class ServeNetCommand implements Callable<Integer> {
                     "--mtu must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU);
         }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
+        refuseSharedResources(ports);
         try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
             for (PortFactory f : factories) {
                 Port p = sw.addPort(f.create());
@@ -120,6 +121,29 @@ final class ServeNetCommand implements Callable<Integer> {
     @FunctionalInterface
     private interface PortFactory {
         Port create() throws Exception;
+    }
+
+    /**
+     * Two ports on one socket path (or one TAP interface) cannot work: the second would find the first listening
+     * and blame "another server". Said at parse time, naming both options.
+     */
+    private void refuseSharedResources(List<String> specs) {
+        java.util.Map<String, String> seen = new java.util.HashMap<>();
+        for (String spec : specs) {
+            int colon = spec.indexOf(':');
+            String kind = spec.substring(0, colon);
+            String arg = spec.substring(colon + 1);
+            String key = switch (kind) {
+                case "tap" -> "TAP interface " + arg;
+                case "vhost-user" -> "socket " + Path.of(arg.split(",")[0]).toAbsolutePath().normalize();
+                default -> "socket " + Path.of(arg).toAbsolutePath().normalize();
+            };
+            String earlier = seen.putIfAbsent(key, spec);
+            if (earlier != null) {
+                throw usage("--port " + earlier + " and --port " + spec + " both use " + key
+                        + ": each port needs its own" + (kind.equals("tap") ? " interface" : " socket path"));
+            }
+        }
     }
 
     private PortFactory parse(String spec) {

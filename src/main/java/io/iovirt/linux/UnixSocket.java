@@ -36,6 +36,7 @@ public final class UnixSocket implements AutoCloseable {
     private static final int AF_UNIX = 1;
     private static final int SOCK_STREAM = 1;
     private static final int SOCK_CLOEXEC = 02000000;
+    private static final int SOCK_NONBLOCK = 04000;
     private static final int SOL_SOCKET = 1;
     private static final int SCM_RIGHTS = 1;
     private static final int SO_PEERCRED = 17;
@@ -128,6 +129,31 @@ public final class UnixSocket implements AutoCloseable {
         } catch (LinuxException | RuntimeException e) {
             s.close();
             throw e;
+        }
+    }
+
+    /**
+     * Whether some process listens on the socket file {@code path}: a non-blocking connect that succeeds, or finds
+     * the listen backlog full (EAGAIN: a live server that is not accepting right now), says yes; ECONNREFUSED (a
+     * socket file left behind by a process that died) says no. A blocking connect would hang on a full backlog.
+     */
+    public static boolean listenedOn(Path path) throws LinuxException {
+        int fd = Syscalls.check(Syscalls.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+                "socket(AF_UNIX)", path.toString());
+        try (UnixSocket s = new UnixSocket(Fd.adopt(fd), path.toString()); Arena a = Arena.ofConfined()) {
+            MemorySegment addr = sockaddr(a, path);
+            try {
+                Syscalls.check(Syscalls.connect(s.fd.get(), addr, (int) addr.byteSize()), "connect", path);
+                return true;
+            } catch (LinuxException e) {
+                if (e.errno() == Errno.EAGAIN) {
+                    return true;
+                }
+                if (e.errno() == Errno.ECONNREFUSED) {
+                    return false;
+                }
+                throw e;
+            }
         }
     }
 

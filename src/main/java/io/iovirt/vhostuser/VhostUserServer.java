@@ -151,20 +151,10 @@ public final class VhostUserServer implements AutoCloseable {
             throw e;
         }
         if (!st.isSocket()) {
-            throw new IOException(p + " exists and is not a socket; remove it or choose another --socket path");
+            throw new IOException(p + " exists and is not a socket; remove it or choose another socket path");
         }
-        UnixSocket probe;
-        try {
-            probe = UnixSocket.connect(p);
-        } catch (LinuxException e) {
-            if (e.errno() != Errno.ECONNREFUSED) {
-                throw e;
-            }
-            probe = null;
-        }
-        if (probe != null) {
-            probe.close();
-            throw new IOException(p + " is in use by another running server; stop it or choose another --socket path");
+        if (UnixSocket.listenedOn(p)) {
+            throw new IOException(p + " is in use by another running server (something accepts connections on it); stop it or choose another socket path");
         }
         try {
             Files.delete(p); // nobody listens: left over from a server that did not exit cleanly
