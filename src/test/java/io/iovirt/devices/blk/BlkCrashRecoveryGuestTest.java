@@ -60,6 +60,15 @@ class BlkCrashRecoveryGuestTest {
         run(true, false);
     }
 
+    /**
+     * Split ring, with a warm standby ({@code serve blk --standby}) instead of a restart: the process that takes over
+     * was started long before the kill, so no JVM start lies in QEMU's reconnect path.
+     */
+    @Test
+    void splitRingSigkillWithAWarmStandby() throws Exception {
+        run(false, true);
+    }
+
     private void run(boolean packed, boolean standby) throws Exception {
         GuestImage image = GuestImage.ensure();
         Path disk = dir.resolve("disk.raw");
@@ -67,7 +76,9 @@ class BlkCrashRecoveryGuestTest {
             f.setLength(64L * MIB);
         }
         Path sock = dir.resolve("vub.sock");
-        ChildProcess backend = start(disk, sock, 0);
+        int generation = 0;
+        ChildProcess backend = start(disk, sock, generation++, false);
+        ChildProcess next = standby ? start(disk, sock, generation++, true) : null;
         Random random = new Random(11);
         int resubmitted = 0;
         List<Double> reconnects = new ArrayList<>();
@@ -108,8 +119,12 @@ class BlkCrashRecoveryGuestTest {
                 long killedAt = System.nanoTime();
                 backend.kill();
                 resubmitted += countResubmits(backend.log());
-                Files.deleteIfExists(sock);
-                backend = start(disk, sock, k);
+                if (standby) {
+                    backend = next; // it takes the socket over by itself
+                } else {
+                    Files.deleteIfExists(sock);
+                    backend = start(disk, sock, generation++, false);
+                }
                 ChildProcess now = backend;
                 Await.until(TIMEOUT, "the restarted backend's frontend connection",
                         () -> CONNECTED.matcher(now.log()).find());
@@ -118,6 +133,9 @@ class BlkCrashRecoveryGuestTest {
                 // progress again before the next kill: a request in flight at each kill had to be recovered
                 guest.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 1) + " "), TIMEOUT);
                 stalls.add(longestStall(guest.console().substring(consoleAt)));
+                if (standby) {
+                    next = start(disk, sock, generation++, true); // the next standby, after the recovery
+                }
             }
             int at = lastPass(guest.console());
             guest.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 2) + " "), TIMEOUT);
@@ -142,6 +160,9 @@ class BlkCrashRecoveryGuestTest {
             assertTrue(times.size() > KILLS, console);
         } finally {
             backend.close();
+            if (next != null) {
+                next.close();
+            }
         }
     }
 
@@ -180,10 +201,21 @@ class BlkCrashRecoveryGuestTest {
         return last;
     }
 
-    private ChildProcess start(Path disk, Path sock, int generation) {
-        return ChildProcess.builder(IovirtCli.command(List.of("serve", "blk", "--image", disk.toString(),
-                        "--socket", sock.toString(), "--direct", "--io-engine", "io_uring")))
-                .name("iovirt serve blk #" + generation).log(dir.resolve("iovirt-" + generation + ".log"))
-                .startListening(sock, Duration.ofSeconds(120)); // a JVM start on a loaded 2-core host
+    private ChildProcess start(Path disk, Path sock, int generation, boolean standby) {
+        List<String> args = new ArrayList<>(List.of("serve", "blk", "--image", disk.toString(), "--socket", sock.toString(),
+                "--direct", "--io-engine", "io_uring"));
+        if (standby) {
+            args.add("--standby");
+        }
+        ChildProcess.Builder b = ChildProcess.builder(IovirtCli.command(args))
+                .name("iovirt serve blk #" + generation + (standby ? " (standby)" : ""))
+                .log(dir.resolve("iovirt-" + generation + ".log"));
+        if (!standby) {
+            return b.startListening(sock, Duration.ofSeconds(120)); // a JVM start on a loaded 2-core host
+        }
+        ChildProcess p = b.start();
+        Await.until(Duration.ofSeconds(120), "standby " + generation + " ready", p,
+                () -> p.log().contains("standby for"));
+        return p;
     }
 }
