@@ -661,7 +661,6 @@ final class Handler implements AutoCloseable {
             q.running = false;
             q.base = backend.queueStopped(q.index);
             LOG.log(System.Logger.Level.DEBUG, () -> name + ": stopped queue " + q.index + " at base " + q.base);
-            closeRetiredLogs(); // migration (issue 11)
         }
     }
 
@@ -680,8 +679,6 @@ final class Handler implements AutoCloseable {
 
     /** The log the frontend gave last (mapped), or null. */
     private DirtyLog dirtyLog;
-    /** Logs replaced while logging was off: a device thread may still be finishing a mark in one of them. */
-    private final List<DirtyLog> retiredLogs = new ArrayList<>();
 
     private boolean logging() {
         return (ackedFeatures & Features.VHOST_F_LOG_ALL) != 0;
@@ -720,10 +717,10 @@ final class Handler implements AutoCloseable {
     }
 
     /**
-     * SET_LOG_BASE: maps the new log and replies (the frontend waits for it). While logging is on and queues run, a
-     * device thread may be between reading the old log and marking it, and the frontend syncs and frees the old log
-     * as soon as we reply: the running queues are stopped (drained) and restarted around the swap so that no mark
-     * can go to the old log after the reply.
+     * SET_LOG_BASE: maps the new log, installs it, retires the old one and replies (the frontend waits for it). The
+     * frontend syncs and frees the old log as soon as we reply, while a device thread may be between reading the
+     * old log and marking it: {@link DirtyLog#retire} waits for such marks and forwards any later one to the new
+     * log, so the queues keep running (and a blk export keeps its image lock) across the swap.
      */
     private void setLogBase(Message m, Connection c) throws IOException, BackendException {
         if ((ackedProtocolFeatures & Features.bit(Features.PROTOCOL_LOG_SHMFD)) == 0) {
@@ -736,26 +733,11 @@ final class Handler implements AutoCloseable {
         }
         DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
         DirtyLog old = dirtyLog;
-        List<Queue> paused = new ArrayList<>();
-        if (old != null && logging()) {
-            for (Queue q : queues) {
-                if (q.running) {
-                    stopDevice(q);
-                    paused.add(q);
-                }
-            }
-        }
         dirtyLog = next;
         publishLog();
         if (old != null) {
-            if (logging() || !anyRunning()) {
-                old.close();
-            } else {
-                retiredLogs.add(old);
-            }
-        }
-        for (Queue q : paused) {
-            maybeStart(q);
+            old.retire(next);
+            old.close();
         }
         LOG.log(System.Logger.Level.INFO, name + ": " + next + (logging() ? " (logging on)" : ""));
         c.sendReply(MessageType.SET_LOG_BASE, 0L);
@@ -770,17 +752,10 @@ final class Handler implements AutoCloseable {
         return false;
     }
 
-    private void closeRetiredLogs() {
-        if (!retiredLogs.isEmpty() && !anyRunning()) {
-            retiredLogs.forEach(DirtyLog::close);
-            retiredLogs.clear();
-        }
-    }
-
     private void closeLogs() {
         memory.writeLog(null);
-        closeRetiredLogs();
         if (dirtyLog != null) {
+            dirtyLog.retire(null);
             dirtyLog.close();
             dirtyLog = null;
         }
