@@ -114,7 +114,9 @@ class BlkCrashRecoveryGuestTest {
             assertEquals(packed ? '1' : '0', features.charAt(VIRTIO_F_RING_PACKED), "VIRTIO_F_RING_PACKED: " + features);
             guest.awaitConsole(Pattern.compile("iovirt-test: pass 2 "), TIMEOUT);
             for (int k = 1; k <= KILLS; k++) {
-                Thread.sleep(300 + random.nextInt(1500)); // a random point of the write/verify loop
+                // A random point of a pass: fio's start-up in the guest takes a second or more under TCG, and a kill
+                // before its first request would find nothing in flight.
+                Thread.sleep(1500 + random.nextInt(4000));
                 int consoleAt = guest.console().length();
                 long killedAt = System.nanoTime();
                 backend.kill();
@@ -158,6 +160,7 @@ class BlkCrashRecoveryGuestTest {
                     standby ? ", standby" : ", restart", KILLS, times.size(), summary(gaps), summary(reconnects),
                     summary(stalls), resubmitted);
             assertTrue(times.size() > KILLS, console);
+            assertTrue(resubmitted > 0, "no kill found a request in flight: the in-flight record was not exercised");
         } finally {
             backend.close();
             if (next != null) {
