@@ -93,13 +93,7 @@ public final class InflightPacked {
      * @param size   the queue size
      */
     public InflightPacked(MemorySegment region, int size) {
-        if (region.byteSize() < bytes(size)) {
-            throw new IllegalArgumentException("inflight region of " + region.byteSize() + " bytes is too small for "
-                    + size + " packed descriptors");
-        }
-        if (region.address() % 8 != 0) {
-            throw new IllegalArgumentException("inflight region must be 8-byte aligned");
-        }
+        InflightQueue.checkRegion(region, bytes(size), size);
         this.region = region.asSlice(0, bytes(size));
         this.size = size;
         this.next = new int[size];

@@ -180,8 +180,11 @@ class InflightPackedTest {
         assertTrue(resubmitted > 20, "crashes with buffers in flight: " + resubmitted);
     }
 
-    @Test
-    void anUpdateInterruptedAfterTheUsedDescriptorReachedTheRingIsCommitted() throws Exception {
+    /** Two requests taken by the device: a (two descriptors) and b (one); the record as it was then. */
+    private record TwoInFlight(PackedDriverRing d, Virtqueue q, DescriptorChain ca, int a, int b, MemorySegment before) {
+    }
+
+    private TwoInFlight twoInFlight() throws VirtqueueException {
         PackedDriverRing d = driver();
         Virtqueue q = device(d);
         int a = add(d, 1, 2), b = add(d, 2, 1);
@@ -189,49 +192,44 @@ class InflightPackedTest {
         assertTrue(q.pop(ca) && q.pop(cb));
         MemorySegment before = arena.allocate(region.byteSize());
         before.copyFrom(region);
-        q.push(ca, ca.writableBytes);
-        // Died after the ring write, before the in-flight flag and the old_* fields: put those back.
-        region.asSlice(14, 2).copyFrom(before.asSlice(14, 2)); // old_free_head
-        region.asSlice(18, 2).copyFrom(before.asSlice(18, 2)); // old_used_idx
-        region.asSlice(21, 1).copyFrom(before.asSlice(21, 1)); // old_used_wrap_counter
-        region.set(ValueLayout.JAVA_BYTE, InflightPacked.HEADER, (byte) 1); // a's head entry (the first one) in flight
+        return new TwoInFlight(d, q, ca, a, b, before);
+    }
 
+    /** A restarted device hands out {@code expected} again, in that order, and nothing completes twice. */
+    private void resubmitsThenCompletes(PackedDriverRing d, int[] expected, int... completed) throws VirtqueueException {
         Virtqueue again = device(d);
-        assertEquals(1, again.resubmitted(), "only b");
+        assertEquals(expected.length, again.resubmitted());
         DescriptorChain r = again.newChain();
-        assertTrue(again.pop(r));
-        assertEquals(b, r.id());
-        again.push(r, r.writableBytes);
-        assertEquals(a, DriverRing.usedId(d.pollUsed()));
-        assertEquals(b, DriverRing.usedId(d.pollUsed()));
-        assertEquals(-1, d.pollUsed());
+        for (int id : expected) {
+            assertTrue(again.pop(r));
+            assertEquals(id, r.id());
+            again.push(r, r.writableBytes);
+        }
+        for (int id : completed) {
+            assertEquals(id, DriverRing.usedId(d.pollUsed()));
+        }
+        assertEquals(-1, d.pollUsed(), "nothing completed twice");
+    }
+
+    @Test
+    void anUpdateInterruptedAfterTheUsedDescriptorReachedTheRingIsCommitted() throws Exception {
+        TwoInFlight t = twoInFlight();
+        t.q().push(t.ca(), t.ca().writableBytes);
+        // Died after the ring write, before the in-flight flag and the old_* fields: put those back.
+        region.asSlice(14, 2).copyFrom(t.before().asSlice(14, 2)); // old_free_head
+        region.asSlice(18, 2).copyFrom(t.before().asSlice(18, 2)); // old_used_idx
+        region.asSlice(21, 1).copyFrom(t.before().asSlice(21, 1)); // old_used_wrap_counter
+        region.set(ValueLayout.JAVA_BYTE, InflightPacked.HEADER, (byte) 1); // a's head entry (the first one) in flight
+        resubmitsThenCompletes(t.d(), new int[] {t.b()}, t.a(), t.b());
     }
 
     @Test
     void anUpdateInterruptedBeforeTheUsedDescriptorReachedTheRingIsRolledBack() throws Exception {
-        PackedDriverRing d = driver();
-        Virtqueue q = device(d);
-        int a = add(d, 1, 2), b = add(d, 2, 1);
-        DescriptorChain ca = q.newChain(), cb = q.newChain();
-        assertTrue(q.pop(ca) && q.pop(cb));
-        MemorySegment before = arena.allocate(region.byteSize());
-        before.copyFrom(region);
+        TwoInFlight t = twoInFlight();
         // Died after the free list and used_idx moved, before the ring write: what beforeUsed leaves.
-        ((PackedQueue) q).inflightForTest().beforeUsed(a, 2);
-        assertTrue(region.get(U16, 16) != before.get(U16, 16), "used_idx moved");
-
-        Virtqueue again = device(d);
-        assertEquals(2, again.resubmitted(), "a was never returned");
-        DescriptorChain r = again.newChain();
-        assertTrue(again.pop(r));
-        assertEquals(a, r.id());
-        again.push(r, r.writableBytes);
-        assertTrue(again.pop(r));
-        assertEquals(b, r.id());
-        again.push(r, r.writableBytes);
-        assertEquals(a, DriverRing.usedId(d.pollUsed()));
-        assertEquals(b, DriverRing.usedId(d.pollUsed()));
-        assertEquals(-1, d.pollUsed());
+        ((PackedQueue) t.q()).inflightForTest().beforeUsed(t.a(), 2);
+        assertTrue(region.get(U16, 16) != t.before().get(U16, 16), "used_idx moved");
+        resubmitsThenCompletes(t.d(), new int[] {t.a(), t.b()}, t.a(), t.b());
     }
 
     @Test
