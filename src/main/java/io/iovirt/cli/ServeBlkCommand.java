@@ -101,7 +101,8 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--standby",
             description = "Warm standby: start up, open the image, then wait while another serve blk serves --socket, "
                     + "and take the socket over the moment that process exits (also when it is killed), so a "
-                    + "reconnecting QEMU finds a running backend instead of waiting for a new one to start.")
+                    + "reconnecting QEMU finds a running backend instead of waiting for a new one to start. Serves "
+                    + "at once when nobody serves the socket: run two such processes per export.")
     boolean standby;
 
     @Option(names = "--socket-group", paramLabel = "GROUP",
