@@ -9,7 +9,6 @@ import io.iovirt.virtio.DeviceStatus;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.util.ArrayList;
 import java.util.List;
 
 /**
@@ -202,7 +201,7 @@ final class Handler implements AutoCloseable {
 
     private void getVringBase(int index, Connection c) throws IOException {
         Vring v = vring(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
-        stopDevice(v);
+        v.stopDevice();
         if (logging()) { // a migration's switch-over: worth a line with its time
             LOG.log(System.Logger.Level.INFO, name + ": queue " + v.index + " stopped at " + v.base() + " (logging on)");
         }
@@ -215,7 +214,7 @@ final class Handler implements AutoCloseable {
     private void setVringKick(Message m) throws IOException, BackendException {
         long idx = Payloads.u64(m.payload());
         Vring v = vring(MessageType.SET_VRING_KICK, idx & Payloads.VRING_IDX_MASK);
-        stopDevice(v); // a new kick descriptor: restart the device's processing on it
+        v.stopDevice(); // a new kick descriptor: restart the device's processing on it
         v.setKick(m.fdCount() == 1 ? peerEventFd(m, "SET_VRING_KICK", v.index) : null);
         maybeStart(v);
     }
@@ -257,7 +256,7 @@ final class Handler implements AutoCloseable {
         if (num == 1) {
             maybeStart(v);
         } else {
-            stopDevice(v);
+            v.stopDevice();
         }
     }
 
@@ -269,13 +268,9 @@ final class Handler implements AutoCloseable {
         }
     }
 
-    private void stopDevice(Vring v) {
-        v.stopDevice();
-    }
-
     private void stopAll() {
         for (Vring v : vrings) {
-            stopDevice(v);
+            v.stopDevice();
         }
     }
 

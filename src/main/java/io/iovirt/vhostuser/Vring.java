@@ -18,7 +18,7 @@ import java.lang.foreign.MemorySegment;
  * <pre>
  *   STOPPED ──SET_VRING_KICK──► STARTED ──enabled (or no protocol features) and described──► RUNNING
  *      ▲                          │  ▲                                                        │
- *      └──────GET_VRING_BASE──────┘  └──────SET_VRING_ENABLE 0, new kick, log swap, reset──────┘
+ *      └──────GET_VRING_BASE──────┘  └─────SET_VRING_ENABLE 0, SET_VRING_KICK, RESET_DEVICE─────┘
  * </pre>
  * SET_VRING_NUM, SET_VRING_BASE and SET_VRING_ADDR (other than toggling the used-ring log) are accepted only while
  * STOPPED; {@link #move} refuses any transition not drawn above with an {@link IllegalStateException}, which is a
