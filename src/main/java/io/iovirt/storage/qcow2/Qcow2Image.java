@@ -70,8 +70,12 @@ public final class Qcow2Image implements DiskImage {
     private final int clusterBits;
     private final long clusterSize;
     private final int l2Bits;
-    private final long size;
-    private final AtomicLongArray l1;
+    /** Grows only through {@link #resize} (metadata lock held), after the L1 arrays that cover the new size. */
+    private volatile long size;
+    /** Replaced (never shrunk) by {@link #resize} when the L1 table grows; entries change under the metadata lock. */
+    private volatile AtomicLongArray l1;
+    /** File offset of the L1 table; changes with {@link #l1} (metadata lock held). */
+    private long l1Offset;
     private int l1DirtyLo = Integer.MAX_VALUE;
     private int l1DirtyHi;
     private long refTableOffset;
@@ -90,7 +94,7 @@ public final class Qcow2Image implements DiskImage {
      * The cached L2 table of each L1 entry: the lock-free lookup of the data path (an array index, no boxing or
      * hashing per request). Set when a table is cached, cleared when it is evicted.
      */
-    private final java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
+    private volatile java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
     private final MetaCache refCache;
     private final Arena arena = Arena.ofShared();
     /** Native staging for metadata I/O and the copy-on-write cluster; used under the metadata lock only. */
@@ -148,6 +152,7 @@ public final class Qcow2Image implements DiskImage {
         this.scratch = ThreadLocal.withInitial(() -> new Scratch((int) clusterSize));
         // L1 and refcount tables are read whole and kept in memory.
         this.l1 = new AtomicLongArray(h.l1Size());
+        this.l1Offset = h.l1Offset();
         MemorySegment buf = staging.asSlice(0, (long) h.l1Size() * 8);
         readMeta(buf, h.l1Offset());
         for (int i = 0; i < h.l1Size(); i++) {
@@ -171,7 +176,7 @@ public final class Qcow2Image implements DiskImage {
     private void indexMetadata() {
         java.util.TreeSet<Long> meta = new java.util.TreeSet<>();
         meta.add(0L);
-        addRange(meta, header.l1Offset(), (long) l1.length() * 8);
+        addRange(meta, l1Offset, (long) l1.length() * 8);
         addRange(meta, refTableOffset, (long) refTableClusters * clusterSize);
         for (long r : refTable) {
             if (r != 0) {
@@ -404,11 +409,15 @@ public final class Qcow2Image implements DiskImage {
     /** The L2 entry for {@code guestOffset} (0 when its L2 table is not allocated). Lock-free on a cache hit. */
     long l2Entry(long guestOffset) throws IOException {
         int l1i = (int) (guestOffset >>> (clusterBits + l2Bits));
+        AtomicLongArray l1 = this.l1;
+        if (l1i >= l1.length()) {
+            return 0; // a request checked against a size that grew since: not allocated yet
+        }
         long l2Offset = l1.get(l1i) & OFFSET_MASK;
         if (l2Offset == 0) {
             return 0;
         }
-        MetaCache.Table t = l2ByL1.get(l1i);
+        MetaCache.Table t = this.l2ByL1.get(l1i);
         if (t == null || t.offset != l2Offset) {
             meta.lock();
             try {
@@ -955,6 +964,125 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
+    // ---- resize --------------------------------------------------------------------------------------------
+
+    /** Largest L1 table iovirt writes (QEMU's limit: 32 MiB of entries). */
+    private static final int MAX_L1_ENTRIES = (32 << 20) / 8;
+
+    /**
+     * Grows the virtual size (the daemon's blk.resize) while the image is served. When the L1 table no longer covers
+     * the new size, a new one is written the way the format asks: new contiguous clusters, the old entries copied
+     * and the rest zero, refcounts durable, then the header switched to it (l1_size and l1_table_offset in one
+     * sector write) and synced; the old table's clusters are freed afterwards. The size field is written last, so a
+     * crash leaves either the old size or the new one, both consistent (at worst a leaked cluster).
+     */
+    @Override
+    public void resize(long newSize) throws IOException {
+        if (readOnly) {
+            throw new LinuxException("resize", path + " is open read-only", Errno.EROFS);
+        }
+        meta.lock();
+        try {
+            checkOpen();
+            if (newSize < size) {
+                throw new IOException("shrinking qcow2 image " + path + " from " + size + " to " + newSize
+                        + " bytes is not supported (the guest may have data there)");
+            }
+            if ((newSize & 511) != 0) {
+                throw new IOException("new size " + newSize + " of " + path + " is not a multiple of 512 bytes");
+            }
+            if (newSize == size) {
+                return;
+            }
+            long perEntry = clusterSize << l2Bits;
+            long entries = (newSize + perEntry - 1) / perEntry;
+            if (entries > MAX_L1_ENTRIES) {
+                throw new IOException("qcow2 image " + path + " cannot grow to " + newSize + " bytes: its L1 table would"
+                        + " need " + entries + " entries, more than " + MAX_L1_ENTRIES + " (use larger clusters)");
+            }
+            flushMetadata(); // dirty L1 entries reach the old table before it is copied
+            if (entries > l1.length()) {
+                growL1((int) entries);
+            }
+            MemorySegment s = staging.asSlice(0, 8);
+            s.set(Qcow2Header.BE64, 0, newSize);
+            FileIo.writeFully(fd, s, Qcow2Header.OFF_SIZE);
+            FileIo.fdatasync(fd);
+            size = newSize;
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    /** Replaces the L1 table by one of {@code entries} entries (metadata lock held, metadata flushed). */
+    private void growL1(int entries) throws IOException {
+        AtomicLongArray old = l1;
+        long oldOff = l1Offset;
+        long oldClusters = ((long) old.length() * 8 + clusterSize - 1) >>> clusterBits;
+        long bytes = ((long) entries * 8 + clusterSize - 1) & -clusterSize;
+        int clusters = (int) (bytes >>> clusterBits);
+        long newOff = allocateContiguous(clusters);
+        AtomicLongArray grown = new AtomicLongArray(entries);
+        var grownCache = new java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table>(entries);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment t = a.allocate(bytes, 4096);
+            for (int i = 0; i < old.length(); i++) {
+                long e = old.get(i);
+                grown.set(i, e);
+                grownCache.set(i, l2ByL1.get(i));
+                t.set(Qcow2Header.BE64, (long) i * 8, e);
+            }
+            FileIo.writeFully(fd, t, newOff);
+        }
+        flushMetadata(); // the new table's refcounts, and the table itself, durable before the header names it
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment h = a.allocate(12);
+            h.set(Qcow2Header.BE32, 0, entries);
+            h.set(Qcow2Header.BE64, 4, newOff);
+            FileIo.writeFully(fd, h, Qcow2Header.OFF_L1_SIZE);
+            FileIo.fdatasync(fd);
+        }
+        for (int i = 0; i < clusters; i++) {
+            addMetadataCluster(newOff + ((long) i << clusterBits));
+        }
+        l2ByL1 = grownCache;
+        l1 = grown;
+        l1Offset = newOff;
+        long[] m = metadataClusters.clone();
+        for (long i = 0; i < oldClusters; i++) {
+            int k = Arrays.binarySearch(m, (oldOff >>> clusterBits) + i);
+            if (k >= 0) {
+                m[k] = -1; // the old table's clusters become free
+            }
+        }
+        metadataClusters = Arrays.stream(m).filter(c -> c >= 0).toArray();
+        for (long i = 0; i < oldClusters; i++) {
+            long c = (oldOff >>> clusterBits) + i;
+            setRefcount(c, refcount(c) - 1); // the header no longer names them (synced above)
+            freeHint = Math.min(freeHint, c);
+        }
+    }
+
+    /** {@code k} contiguous free clusters, their refcounts set to 1 (in memory). */
+    private long allocateContiguous(int k) throws IOException {
+        long c = freeHint;
+        search:
+        while (true) {
+            for (int i = 0; i < k; i++) {
+                ensureRefBlock((c + i) / refBlockEntries); // may place a refcount block on c + i itself
+                if (refcount(c + i) != 0) {
+                    c += i + 1;
+                    continue search;
+                }
+            }
+            break;
+        }
+        for (int i = 0; i < k; i++) {
+            setRefcount(c + i, 1);
+        }
+        return c << clusterBits;
+    }
+
     // ---- flush ---------------------------------------------------------------------------------------------
 
     @Override
@@ -985,11 +1113,15 @@ public final class Qcow2Image implements DiskImage {
             FileIo.fdatasync(fd);
         }
         if (l1DirtyLo < l1DirtyHi) {
-            MemorySegment s = staging.asSlice(0, (long) (l1DirtyHi - l1DirtyLo) * 8);
-            for (int i = l1DirtyLo; i < l1DirtyHi; i++) {
-                s.set(Qcow2Header.BE64, (long) (i - l1DirtyLo) * 8, l1.get(i));
+            int chunk = (int) (staging.byteSize() / 8); // the L1 table may have grown past the staging buffer
+            for (int lo = l1DirtyLo; lo < l1DirtyHi; lo += chunk) {
+                int hi = Math.min(l1DirtyHi, lo + chunk);
+                MemorySegment s = staging.asSlice(0, (long) (hi - lo) * 8);
+                for (int i = lo; i < hi; i++) {
+                    s.set(Qcow2Header.BE64, (long) (i - lo) * 8, l1.get(i));
+                }
+                FileIo.writeFully(fd, s, l1Offset + (long) lo * 8);
             }
-            FileIo.writeFully(fd, s, header.l1Offset() + (long) l1DirtyLo * 8);
             l1DirtyLo = Integer.MAX_VALUE;
             l1DirtyHi = 0;
             FileIo.fdatasync(fd);
@@ -1136,7 +1268,7 @@ public final class Qcow2Image implements DiskImage {
     /** Calls {@code c} once per reference to a cluster: header, L1, L2 tables, data (compressed: each cluster touched). */
     private void forEachReference(java.util.function.LongConsumer c) throws IOException {
         c.accept(0);
-        for (long x = header.l1Offset() >>> clusterBits; x <= (header.l1Offset() + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
+        for (long x = l1Offset >>> clusterBits; x <= (l1Offset + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
             c.accept(x);
         }
         MemorySegment s = staging.asSlice(0, clusterSize);

@@ -246,6 +246,43 @@ class Qcow2ImageTest {
         qemuIoOk(img, "qcow2", "read -P 0x42 0 4M");
     }
 
+    /**
+     * blk.resize on qcow2: growing within the L1 table's reach (64 KiB clusters), and past it with 512-byte clusters
+     * (an L1 entry covers 32 KiB: 1 MiB -> 64 MiB needs 2048 entries in 32 new contiguous clusters) while data is
+     * written before and after; qemu-img info shows the new size, qemu-img check is clean, qemu-io reads it all.
+     */
+    @Test
+    void resizeGrowsTheVirtualSizeAndTheL1TableAsTheFormatSpecifies() throws Exception {
+        Path big = create("resize64k.qcow2", "64M");
+        try (DiskImage q = Images.open(big, null, false, false)) {
+            write(q, 60 * MIB, fill(MIB, 0x31));
+            q.resize(3L << 30); // 3 GiB: 6 L1 entries of 512 MiB
+            assertEquals(3L << 30, q.size());
+            write(q, (3L << 30) - MIB, fill(MIB, 0x32));
+            q.flush();
+            assertThrows(IOException.class, () -> q.resize(MIB), "shrinking");
+        }
+        assertTrue(ok("qemu-img", "info", "--output=json", big.toString()).contains("\"virtual-size\": 3221225472"));
+        check(big, false);
+        qemuIoOk(big, "qcow2", "read -P 0x31 60M 1M", "read -P 0x32 3071M 1M", "read -P 0 1G 1M");
+
+        Path small = create("resize512.qcow2", "1M", "cluster_size=512");
+        qemuIoOk(small, "qcow2", "write -P 0x41 0 1M");
+        try (DiskImage q = Images.open(small, null, false, false)) {
+            write(q, 512 * 1024, fill(4096, 0x42)); // dirty L1/L2 state carried across the resize
+            q.resize(64L * MIB);
+            write(q, 63L * MIB, fill(MIB, 0x43));
+            write(q, 32L * MIB, fill(64 * 1024, 0x44));
+            q.resize(80L * MIB); // and once more, freeing the table just written
+            write(q, 79L * MIB, fill(4096, 0x45));
+        }
+        String info = ok("qemu-img", "info", "--output=json", small.toString());
+        assertTrue(info.contains("\"virtual-size\": 83886080"), info);
+        check(small, false);
+        qemuIoOk(small, "qcow2", "read -P 0x41 0 512k", "read -P 0x42 512k 4k", "read -P 0x41 516k 508k",
+                "read -P 0 1M 31M", "read -P 0x44 32M 64k", "read -P 0x43 63M 1M", "read -P 0x45 79M 4k");
+    }
+
     @Test
     void refusesWhatItCannotWriteSafely() throws Exception {
         Path img = create("f.qcow2", "16M");
