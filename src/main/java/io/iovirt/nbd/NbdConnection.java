@@ -561,11 +561,15 @@ final class NbdConnection implements Runnable {
             }
             try {
                 serve(slot, image, st);
-            } catch (IOException | RuntimeException e) {
+            } catch (IOException e) {
                 if (ch.isOpen()) {
                     log(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
                 }
                 close(); // the reader sees the closed channel and ends the connection
+            } catch (RuntimeException e) {
+                // a bug, not a client that went away: say so, as the reader does
+                log(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
+                close();
             } finally {
                 slot.release(largeBudget);
                 freeSlots.add(slot);
