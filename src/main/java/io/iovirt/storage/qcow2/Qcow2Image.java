@@ -65,6 +65,9 @@ public final class Qcow2Image implements DiskImage {
     private final Path path;
     private final RawImage file;
     private final Fd fd;
+    /** O_DIRECT: every file access is aligned to {@link #align} (offset, length and memory); otherwise 1. */
+    private final boolean direct;
+    private final int align;
     private final boolean readOnly;
     private final Qcow2Header header;
     private final int clusterBits;
@@ -130,6 +133,8 @@ public final class Qcow2Image implements DiskImage {
         this.path = path;
         this.file = file;
         this.fd = file.fd();
+        this.direct = file.direct();
+        this.align = direct ? file.blockSize() : 1;
         this.readOnly = readOnly;
         this.header = h;
         this.clusterBits = h.clusterBits();
@@ -243,24 +248,43 @@ public final class Qcow2Image implements DiskImage {
 
     /** Opens {@code path} as qcow2 with the default metadata cache; its backing chain opens read-only. */
     public static Qcow2Image open(Path path, boolean readOnly) throws IOException {
-        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES);
+        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES, false);
+    }
+
+    /**
+     * @param direct O_DIRECT for this image's data and metadata (the guest then addresses it in units of the file
+     *               system's direct I/O alignment); its backing chain is opened buffered, since a base image shared
+     *               by many VMs is what the page cache is for
+     */
+    public static Qcow2Image open(Path path, boolean readOnly, boolean direct) throws IOException {
+        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES, direct);
     }
 
     /** @param l2CacheBytes bound on the L2 table cache (at least 4 tables are kept) */
     public static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes) throws IOException {
+        return open(path, readOnly, l2CacheBytes, false);
+    }
+
+    private static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes, boolean direct) throws IOException {
         int[] depth = DEPTH.get();
         if (depth[0] >= MAX_CHAIN) {
             throw new IOException("backing chain of " + path + " is deeper than " + MAX_CHAIN
                     + " images (a loop?): check it with 'qemu-img info --backing-chain'");
         }
-        RawImage file = RawImage.openContainerFile(path, readOnly);
+        RawImage file = RawImage.openContainerFile(path, readOnly, direct);
+        int align = direct ? file.blockSize() : 1;
         DiskImage backing = null;
         try {
             Qcow2Header h;
             try (Arena a = Arena.ofConfined()) {
                 MemorySegment first = a.allocate(65536);
-                long n = FileIo.readFully(file.fd(), first, 0);
+                long n = readFile(file.fd(), first, 0, align);
                 h = Qcow2Header.parse(path, first.asSlice(0, n));
+            }
+            if (direct && (1L << h.clusterBits()) < align) {
+                throw new IOException("qcow2 image " + path + " has " + (1L << h.clusterBits()) + "-byte clusters, smaller"
+                        + " than the " + align + "-byte O_DIRECT alignment of its file system: drop --direct, or convert it"
+                        + " with 'qemu-img convert -O qcow2 -o cluster_size=65536'");
             }
             checkFeatures(path, h, readOnly);
             if (h.backingFile() != null) {
@@ -379,12 +403,12 @@ public final class Qcow2Image implements DiskImage {
 
     @Override
     public boolean direct() {
-        return false;
+        return direct;
     }
 
     @Override
     public int blockSize() {
-        return 512;
+        return Math.max(512, align);
     }
 
     @Override
@@ -408,12 +432,12 @@ public final class Qcow2Image implements DiskImage {
 
     @Override
     public Qcow2Io newContext(int maxSegments, int bounceBytes) {
-        return new Qcow2Io(file.newContext(maxSegments, 0));
+        return new Qcow2Io(file.newContext(maxSegments, bounceBytes));
     }
 
     @Override
     public Qcow2Io newContext(IoVec iov, MemorySegment bounce) {
-        return new Qcow2Io(file.newContext(iov, null));
+        return new Qcow2Io(file.newContext(iov, bounce));
     }
 
     // ---- lookup --------------------------------------------------------------------------------------------------
@@ -529,7 +553,7 @@ public final class Qcow2Image implements DiskImage {
         } else if ((e & OFLAG_ZERO) != 0) {
             dst.fill((byte) 0);
         } else if ((e & OFFSET_MASK) != 0) {
-            long got = FileIo.readFully(fd, dst, (e & OFFSET_MASK) + in);
+            long got = readFile(fd, dst, (e & OFFSET_MASK) + in, align);
             if (got < dst.byteSize()) {
                 dst.asSlice(got).fill((byte) 0);
             }
@@ -565,7 +589,7 @@ public final class Qcow2Image implements DiskImage {
         MemorySegment in = MemorySegment.ofArray(s.in).asSlice(0, len);
         try (Arena a = Arena.ofConfined()) {
             MemorySegment n = a.allocate(len);
-            long got = FileIo.readFully(fd, n, host);
+            long got = readFile(fd, n, host, align);
             MemorySegment.copy(n, 0, in, 0, got);
             Inflater inf = s.inflater;
             inf.reset();
@@ -636,7 +660,7 @@ public final class Qcow2Image implements DiskImage {
                 } else if ((e & OFLAG_ZERO) != 0) {
                     buf.fill((byte) 0);
                 } else if ((e & OFFSET_MASK) != 0) {
-                    long got = FileIo.readFully(fd, buf, e & OFFSET_MASK);
+                    long got = readFile(fd, buf, e & OFFSET_MASK, align);
                     buf.asSlice(got).fill((byte) 0);
                 } else {
                     readBacking(cluster, buf);
@@ -647,7 +671,7 @@ public final class Qcow2Image implements DiskImage {
                     ? e & OFFSET_MASK // a preallocated zero cluster: write in place
                     : allocateCluster();
             checkDataWrite(cluster, target, clusterSize);
-            FileIo.writeFully(fd, buf, target);
+            writeFile(fd, buf, target, align);
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
                 pendingFree.add(compressedRange(e));
@@ -717,7 +741,7 @@ public final class Qcow2Image implements DiskImage {
             if (n == clusterSize) {
                 zeroCluster(cluster, unmap);
             } else if (mustZero && !readsZero(pos, n)) {
-                writePiece(pos, Source.zeroes(zeroCluster), 0, n);
+                writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
             }
             pos += n;
         }
@@ -916,7 +940,7 @@ public final class Qcow2Image implements DiskImage {
         refTable[(int) bi] = off;
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, off);
-        FileIo.writeFully(fd, s, refTableOffset + bi * 8);
+        writeFile(fd, s, refTableOffset + bi * 8, align);
         FileIo.fdatasync(fd);
         refCache.put(off, data);
         addMetadataCluster(off);
@@ -950,12 +974,12 @@ public final class Qcow2Image implements DiskImage {
             for (int i = 0; i < table.length; i++) {
                 t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
             }
-            FileIo.writeFully(fd, t, tableOff);
+            writeFile(fd, t, tableOff, align);
             FileIo.fdatasync(fd);
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) newClusters);
-            FileIo.writeFully(fd, h, Qcow2Header.OFF_REFTABLE);
+            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
             FileIo.fdatasync(fd);
         }
         long oldOff = refTableOffset;
@@ -980,6 +1004,57 @@ public final class Qcow2Image implements DiskImage {
             long c = (oldOff >>> clusterBits) + i;
             setRefcount(c, refcount(c) - 1);
             freeHint = Math.min(freeHint, c);
+        }
+    }
+
+    // ---- file access (O_DIRECT-aware) ------------------------------------------------------------------------
+
+    private static boolean aligned(MemorySegment s, long off, int align) {
+        return align <= 1 || (s.isNative() && (s.address() & (align - 1)) == 0 && (off & (align - 1)) == 0
+                && (s.byteSize() & (align - 1)) == 0);
+    }
+
+    /**
+     * Reads {@code dst} at {@code off}; returns the bytes read (fewer at the end of the file). With O_DIRECT an
+     * unaligned request (a header field, a compressed cluster, a heap-backed table) is read through an aligned
+     * buffer covering it.
+     */
+    static long readFile(Fd fd, MemorySegment dst, long off, int align) throws LinuxException {
+        if (aligned(dst, off, align)) {
+            return FileIo.readFully(fd, dst, off);
+        }
+        long lo = off & -align;
+        long hi = (off + dst.byteSize() + align - 1) & -align;
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment b = a.allocate(hi - lo, Math.max(align, FileIo.DIRECT_ALIGNMENT));
+            long n = FileIo.readFully(fd, b, lo);
+            long got = Math.max(0, Math.min(dst.byteSize(), n - (off - lo)));
+            MemorySegment.copy(b, off - lo, dst, 0, got);
+            return got;
+        }
+    }
+
+    /**
+     * Writes {@code src} at {@code off}. With O_DIRECT an unaligned request goes through an aligned buffer; partial
+     * blocks at its ends are read first (read-modify-write). That happens only for metadata — under the metadata
+     * lock or while opening — since the guest addresses an O_DIRECT image in whole blocks ({@link #blockSize()})
+     * and clusters are at least one block: two writers never share a block.
+     */
+    static void writeFile(Fd fd, MemorySegment src, long off, int align) throws LinuxException {
+        if (aligned(src, off, align)) {
+            FileIo.writeFully(fd, src, off);
+            return;
+        }
+        long len = src.byteSize();
+        long lo = off & -align;
+        long hi = (off + len + align - 1) & -align;
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment b = a.allocate(hi - lo, Math.max(align, FileIo.DIRECT_ALIGNMENT));
+            if (lo != off || hi != off + len) {
+                FileIo.readFully(fd, b, lo); // past the end of the file it stays zero
+            }
+            MemorySegment.copy(src, 0, b, off - lo, len);
+            FileIo.writeFully(fd, b, lo);
         }
     }
 
@@ -1025,7 +1100,7 @@ public final class Qcow2Image implements DiskImage {
             }
             MemorySegment s = staging.asSlice(0, 8);
             s.set(Qcow2Header.BE64, 0, newSize);
-            FileIo.writeFully(fd, s, Qcow2Header.OFF_SIZE);
+            writeFile(fd, s, Qcow2Header.OFF_SIZE, align);
             FileIo.fdatasync(fd);
             size = newSize;
         } finally {
@@ -1051,14 +1126,14 @@ public final class Qcow2Image implements DiskImage {
                 grownCache.set(i, l2ByL1.get(i));
                 t.set(Qcow2Header.BE64, (long) i * 8, e);
             }
-            FileIo.writeFully(fd, t, newOff);
+            writeFile(fd, t, newOff, align);
         }
         flushMetadata(); // the new table's refcounts, and the table itself, durable before the header names it
         try (Arena a = Arena.ofConfined()) {
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE32, 0, entries);
             h.set(Qcow2Header.BE64, 4, newOff);
-            FileIo.writeFully(fd, h, Qcow2Header.OFF_L1_SIZE);
+            writeFile(fd, h, Qcow2Header.OFF_L1_SIZE, align);
             FileIo.fdatasync(fd);
         }
         for (int i = 0; i < clusters; i++) {
@@ -1140,7 +1215,7 @@ public final class Qcow2Image implements DiskImage {
                 for (int i = lo; i < hi; i++) {
                     s.set(Qcow2Header.BE64, (long) (i - lo) * 8, l1.get(i));
                 }
-                FileIo.writeFully(fd, s, l1Offset + (long) lo * 8);
+                writeFile(fd, s, l1Offset + (long) lo * 8, align);
             }
             l1DirtyLo = Integer.MAX_VALUE;
             l1DirtyHi = 0;
@@ -1178,11 +1253,11 @@ public final class Qcow2Image implements DiskImage {
     private void writeMeta(MemorySegment heap, long from, long len, long fileOffset) throws IOException {
         MemorySegment s = staging.asSlice(0, len);
         MemorySegment.copy(heap, from, s, 0, len);
-        FileIo.writeFully(fd, s, fileOffset);
+        writeFile(fd, s, fileOffset, align);
     }
 
     private void readMeta(MemorySegment dst, long fileOffset) throws IOException {
-        long got = FileIo.readFully(fd, dst, fileOffset);
+        long got = readFile(fd, dst, fileOffset, align);
         if (got < dst.byteSize()) {
             throw new IOException("qcow2 image " + path + " is truncated: metadata at " + fileOffset + "+"
                     + dst.byteSize() + " lies past the end of the file ('qemu-img check " + path + "')");
@@ -1270,16 +1345,16 @@ public final class Qcow2Image implements DiskImage {
             for (int i = 0; i < table.length; i++) {
                 t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
             }
-            FileIo.writeFully(fd, t, tableOff);
+            writeFile(fd, t, tableOff, align);
             FileIo.fdatasync(fd);
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) tableClusters);
-            FileIo.writeFully(fd, h, Qcow2Header.OFF_REFTABLE);
+            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
             FileIo.fdatasync(fd);
             MemorySegment inc = a.allocate(8);
             inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
-            FileIo.writeFully(fd, inc, Qcow2Header.OFF_INCOMPATIBLE);
+            writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
             FileIo.fdatasync(fd);
         }
         refCache.clearAll();
@@ -1328,7 +1403,7 @@ public final class Qcow2Image implements DiskImage {
     private void clearAutoclear() throws IOException {
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, 0L);
-        FileIo.writeFully(fd, s, Qcow2Header.OFF_AUTOCLEAR);
+        writeFile(fd, s, Qcow2Header.OFF_AUTOCLEAR, align);
         FileIo.fdatasync(fd);
     }
 
@@ -1399,11 +1474,11 @@ public final class Qcow2Image implements DiskImage {
         /** Copies source bytes [pos, pos+n) into {@code dst} at {@code dstOffset}. */
         void copyTo(long pos, MemorySegment dst, long dstOffset, long n);
 
-        static Source zeroes(MemorySegment zeroCluster) {
+        static Source zeroes(MemorySegment zeroCluster, int align) {
             return new Source() {
                 @Override
                 public void writeTo(Fd fd, long pos, long n, long at) throws IOException {
-                    FileIo.writeFully(fd, zeroCluster.asSlice(0, n), at);
+                    writeFile(fd, zeroCluster.asSlice(0, n), at, align);
                 }
 
                 @Override
@@ -1549,7 +1624,7 @@ public final class Qcow2Image implements DiskImage {
                 if (bEnd > pos) {
                     long from = Math.max(0, pos - p);
                     long k = Math.min(b.byteSize() - from, n);
-                    FileIo.writeFully(fd, b.asSlice(from, k), at);
+                    writeFile(fd, b.asSlice(from, k), at, align);
                     at += k;
                     pos += k;
                     n -= k;
