@@ -70,15 +70,20 @@ class IovirtQcow2GuestTest {
             [ -b /dev/DEV ] || { echo "no /dev/DEV"; exit 90; }
             """;
 
+    /** A raw base file of pattern {@code seed} and a 64 MiB qcow2 overlay on it (64 KiB clusters, relative name). */
+    private byte[] overlay(String base, int seed, int baseBytes, Path img) throws Exception {
+        byte[] b = VhostUserBlkGuestTest.pattern(seed, baseBytes);
+        Files.write(dir.resolve(base), b);
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", base, "-F", "raw",
+                img.toString(), "64M");
+        return b;
+    }
+
     /** 64 KiB clusters over a raw backing file: reads through the chain, COW writes, qemu-io finds them. */
     @Test
     void guestReadsQemuIoDataThroughABackingChainAndQemuFindsTheGuestsWrites() throws Exception {
-        Path base = dir.resolve("base.raw");
-        byte[] b = VhostUserBlkGuestTest.pattern(21, 16 * MIB);
-        Files.write(base, b);
         Path img = dir.resolve("overlay.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw",
-                img.toString(), "64M");
+        byte[] b = overlay("base.raw", 21, 16 * MIB, img);
         qemuIoOk(img, "qcow2", "write -P 0x3c 4M 1M");
         byte[] expected = Arrays.copyOf(b, 8 * MIB);
         Arrays.fill(expected, 4 * MIB, 5 * MIB, (byte) 0x3c);
@@ -218,11 +223,8 @@ class IovirtQcow2GuestTest {
     /** {@code serve blk --direct} on a qcow2 image over a backing file: reads through the chain, fio write+verify. */
     @Test
     void directQcow2ServedToAGuestPassesTheDataChecks() throws Exception {
-        Path base = dir.resolve("dbase.raw");
-        byte[] b = VhostUserBlkGuestTest.pattern(25, 8 * MIB);
-        Files.write(base, b);
         Path img = dir.resolve("direct.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "dbase.raw", "-F", "raw", img.toString(), "64M");
+        byte[] b = overlay("dbase.raw", 25, 8 * MIB, img);
         try (ChildProcess p = serveBlk(img, 1, "--direct")) {
             GuestResult r = vhostGuest("direct", 1).fio().payload(WAIT.replace("DEV", "vda") + """
                     echo sha=$(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
