@@ -47,7 +47,7 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--queues", defaultValue = "1", paramLabel = "N", description = "Request queues offered (default ${DEFAULT-VALUE}).")
     int queues;
 
-    @Option(names = "--direct", description = "Open the image with O_DIRECT (bypass the host page cache).")
+    @Option(names = "--direct", description = "Open the image with O_DIRECT (bypass the host page cache; for qcow2 its data and metadata, a backing chain stays buffered).")
     boolean direct;
 
     @Option(names = "--io-engine", defaultValue = "auto", paramLabel = "auto|sync|io_uring", converter = EngineConverter.class,
@@ -91,15 +91,14 @@ final class ServeBlkCommand implements Callable<Integer> {
                     "the whole sectors, and the last partial one is neither read nor written."})
     boolean allowPartialSector;
 
-    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
-            description = "Log the device's counters every S seconds (0: only at exit).")
-    int statsInterval;
-
     @picocli.CommandLine.Mixin
     LogOptions logOptions;
 
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
+
+    @CommandLine.Mixin
+    SocketAccessOptions socketAccess;
 
     @Option(names = "--standby",
             description = "Warm standby: start up, open the image, then wait while another serve blk serves --socket, "
@@ -108,15 +107,9 @@ final class ServeBlkCommand implements Callable<Integer> {
                     + "at once when nobody serves the socket: run two such processes per export.")
     boolean standby;
 
-    @CommandLine.Mixin
-    SocketAccessOptions socketAccess;
-
     @Override
     public Integer call() throws Exception {
         logOptions.apply();
-        if (statsInterval < 0) {
-            throw Contract.usage(spec, "--stats-interval must not be negative");
-        }
         if (queues < 1 || queues > 64) {
             throw Contract.usage(spec, "--queues must be between 1 and 64, got " + queues);
         }
@@ -138,25 +131,13 @@ final class ServeBlkCommand implements Callable<Integer> {
                 LOG.info(String.format("serving %s (%s, %s%s%s, %d queue%s, %s) on %s", image, img.format(),
                         ByteSizes.human(img.size()), readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues,
                         queues == 1 ? "" : "s", device.ioDescription(), socket));
-                Thread stats = statsInterval == 0 ? null : Thread.ofPlatform().daemon().name("stats").start(() -> {
-                    try {
-                        while (true) {
-                            Thread.sleep(statsInterval * 1000L);
-                            LOG.info("counters: " + device.stats());
-                        }
-                    } catch (InterruptedException e) {
-                        // stopping
-                    }
-                });
+                Thread stats = logOptions.startStats(() -> logStats("counters: ", device, server));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (in-flight requests complete first)");
-                if (stats != null) {
-                    stats.interrupt();
-                    stats.join();
-                }
+                LogOptions.stopStats(stats);
             } // closing the server stops every queue: requests in flight are completed
             device.flush();
-            LOG.info("stopped; image synced. " + device.stats());
+            logStats("stopped; image synced. ", device, null);
         }
         return 0;
     }
@@ -205,6 +186,28 @@ final class ServeBlkCommand implements Callable<Integer> {
                 }
             }
         }
+    }
+
+    /**
+     * One statistics line: the device's counters and who is connected (a frontend waiting behind the connected one
+     * included); with --log-format json also as a "stats" object: {"device": counters as ctl reports them,
+     * "frontend": {"connected", "pid", "waiting", "waited"}}.
+     */
+    private static void logStats(String title, BlkDevice device, VhostUserServer server) {
+        io.iovirt.devices.blk.BlkStats.Snapshot s = device.stats();
+        java.util.Map<String, Object> doc = new java.util.LinkedHashMap<>();
+        doc.put("device", io.iovirt.daemon.Daemon.blkCounters(s));
+        if (server != null) {
+            java.util.Map<String, Object> fe = new java.util.LinkedHashMap<>();
+            int pid = server.frontendPid();
+            fe.put("connected", pid >= 0 || server.connected());
+            fe.put("pid", pid >= 0 ? pid : null);
+            fe.put("waiting", server.frontendWaiting());
+            fe.put("waited", server.frontendsWaited());
+            doc.put("frontend", fe);
+        }
+        LogOptions.log(LOG, java.util.logging.Level.INFO, title + s
+                + (server == null ? "" : "; " + server.frontendSummary()), new LogOptions.Field("stats", doc));
     }
 
     /**
