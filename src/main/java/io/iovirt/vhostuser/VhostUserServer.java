@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
+import io.iovirt.linux.Acceptor;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
@@ -22,7 +23,7 @@ import java.time.Duration;
  * for whatever reason, its queues are stopped, guest memory is unmapped and the device is reset; the next
  * connection (a restarted VM) is served without restarting anything.
  *
- * <p>Threads: one platform thread accepts, one serves the current connection with blocking receives. A protocol
+ * <p>Threads: one platform thread accepts (and, while a session runs, waits for it to end), one serves the current connection with blocking receives. A protocol
  * violation closes only that connection, logged in one line with the socket path. {@link #close()} wakes both
  * threads through socket shutdown (interrupts cannot break a blocked native call) and waits for them.
  */
@@ -35,7 +36,7 @@ public final class VhostUserServer implements AutoCloseable {
     private final VhostUserBackend backend;
     private final UnixSocket listener;
     private final SocketAccess access;
-    private final Thread acceptor;
+    private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
     private final RateLimit errorLog = new RateLimit();
     private final Object lock = new Object();
@@ -52,9 +53,12 @@ public final class VhostUserServer implements AutoCloseable {
         final Thread thread;
         volatile boolean ended;
 
-        Session(UnixSocket socket, String peer) {
+        final Runnable release;
+
+        Session(UnixSocket socket, String peer, Runnable release) {
             this.connection = new Connection(socket, Connection.Role.BACKEND, name);
             this.peer = peer;
+            this.release = release;
             this.thread = Thread.ofPlatform().name("vhost-user " + path).unstarted(this::serve);
         }
 
@@ -86,6 +90,7 @@ public final class VhostUserServer implements AutoCloseable {
                     LOG.log(System.Logger.Level.ERROR, name + ": resetting the device after the connection failed", e);
                 } finally {
                     connection.close();
+                    release.run();
                 }
             }
         }
@@ -109,7 +114,14 @@ public final class VhostUserServer implements AutoCloseable {
         this.backend = backend;
         this.listener = listener;
         this.access = access;
-        this.acceptor = Thread.ofPlatform().name("vhost-user accept " + path).unstarted(this::acceptLoop);
+        this.acceptor = Acceptor.builder(name, LOG, listener::accept, this::isClosed)
+                .threadName("vhost-user accept " + path)
+                .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
+                    errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend " + why + " (" + access
+                            + "; serve with --allow-uid to add it)");
+                    s.close();
+                })
+                .build(this::admit);
     }
 
     /**
@@ -154,7 +166,8 @@ public final class VhostUserServer implements AutoCloseable {
             throw new IOException(p + " exists and is not a socket; remove it or choose another socket path");
         }
         if (UnixSocket.listenedOn(p)) {
-            throw new IOException(p + " is in use by another running server (something accepts connections on it); stop it or choose another socket path");
+            throw new IOException(p + " is in use by another running server (something accepts connections on it); "
+                    + "stop it or choose another socket path");
         }
         try {
             Files.delete(p); // nobody listens: left over from a server that did not exit cleanly
@@ -198,7 +211,7 @@ public final class VhostUserServer implements AutoCloseable {
         return waits.get();
     }
 
-    /** "frontend pid 12 uid 0 connected, another waiting" and the like, for status and statistics lines. */
+    /** "frontend pid 12 uid 0, another frontend waiting for it" and the like, for status and statistics lines. */
     public String frontendSummary() {
         String who;
         synchronized (lock) {
@@ -226,65 +239,40 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
-    private void acceptLoop() {
-        while (true) {
-            UnixSocket socket;
-            try {
-                socket = listener.accept();
-            } catch (LinuxException e) {
-                if (isClosed()) {
-                    return;
-                }
-                // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a connection that died in the
-                // backlog: the server goes on serving, backing off instead of spinning or ending.
-                errorLog.log(System.Logger.Level.ERROR, name + ": accept failed: " + e.getMessage() + "; retrying");
-                sleepQuietly(100);
-                continue;
-            }
-            UnixSocket.Credentials cred;
-            try {
-                cred = socket.peerCredentials();
-            } catch (LinuxException e) {
-                errorLog.log(System.Logger.Level.WARNING, name + ": refusing a frontend whose credentials cannot be read: "
-                        + e.getMessage());
+    /**
+     * Serves an accepted frontend whose uid is allowed, on the acceptor thread, and returns only when its session
+     * has ended: the acceptor does not accept meanwhile, so a second frontend waits in the listen backlog.
+     */
+    private void admit(UnixSocket socket, Runnable release) {
+        String peer;
+        try {
+            UnixSocket.Credentials cred = socket.peerCredentials();
+            peer = "pid " + cred.pid() + " uid " + cred.uid();
+        } catch (LinuxException e) {
+            peer = "(credentials unreadable)";
+        }
+        Session s = new Session(socket, peer, release);
+        synchronized (lock) {
+            if (closed) {
+                release.run();
                 socket.close();
-                continue;
-            }
-            if (!access.allows(cred.uid())) {
-                errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend pid " + cred.pid() + ": uid "
-                        + cred.uid() + " is not allowed (" + access + "; serve with --allow-uid to add it)");
-                socket.close();
-                continue;
-            }
-            String peer = "pid " + cred.pid() + " uid " + cred.uid();
-            Session s = new Session(socket, peer);
-            synchronized (lock) {
-                if (closed) {
-                    socket.close();
-                    return;
-                }
-                current = s;
-                LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
-                s.thread.start();
-            }
-            if (!serveUntilDisconnected(s)) {
                 return;
             }
+            current = s;
+            LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
+            s.thread.start();
         }
+        serveUntilDisconnected(s);
     }
 
     /**
-     * Does not accept while {@code s} is served: a second frontend stays in the listen backlog, and is logged once
-     * when it appears. Returns when the session's thread has finished (its cleanup included), or false when the
-     * server is closing.
+     * Waits for session {@code s} to end (its cleanup included) or the server to close, logging once when another
+     * connection appears in the backlog meanwhile.
      */
-    private boolean serveUntilDisconnected(Session s) {
+    private void serveUntilDisconnected(Session s) {
         boolean told = false;
         try {
-            while (s.thread.isAlive()) {
-                if (isClosed()) {
-                    return false;
-                }
+            while (s.thread.isAlive() && !isClosed()) {
                 if (!told) {
                     // Sleeps in poll until a connection arrives (or 500 ms pass, to notice the session's end).
                     if (listener.connectionPending(500) && !isClosed()) {
@@ -304,15 +292,14 @@ public final class VhostUserServer implements AutoCloseable {
                     waiting = listener.connectionPending(0); // it may have given up
                 }
             }
-            return !isClosed();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            return false;
         } catch (LinuxException e) {
             errorLog.log(System.Logger.Level.ERROR, name + ": polling the listener failed: " + e.getMessage()
                     + "; waiting for frontend " + s.peer + " to disconnect");
-            joinQuietly(s.thread);
-            return !isClosed();
+            if (!isClosed()) {
+                joinQuietly(s.thread);
+            }
         } finally {
             waiting = false;
         }
@@ -359,7 +346,7 @@ public final class VhostUserServer implements AutoCloseable {
         } catch (LinuxException e) {
             LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
         }
-        joinQuietly(acceptor);
+        joinQuietly(acceptor.thread());
         synchronized (lock) {
             s = current; // the acceptor may have started one more before it saw the shutdown
         }
@@ -393,14 +380,6 @@ public final class VhostUserServer implements AutoCloseable {
             }
         }
         if (interrupted) {
-            Thread.currentThread().interrupt();
-        }
-    }
-
-    private static void sleepQuietly(long ms) {
-        try {
-            Thread.sleep(ms);
-        } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
     }
