@@ -5,7 +5,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.iovirt.linux.UnixSocket;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
 import io.iovirt.vhostuser.VhostUserFrontend;
@@ -26,10 +25,10 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * A real {@code iovirt serve blk} that runs out of file descriptors keeps its accept loop: it backs off, says so,
  * and serves the next frontend once descriptors are free again. The process's descriptor limit is lowered from
- * outside ({@code prlimit --pid}) to the descriptors it holds while one frontend is connected. Linux's accept
- * reserves the new connection's descriptor before it waits, so the accept already waiting still has one: a second
- * connection takes it (and is turned away: one frontend per socket), and from then on every accept fails with
- * EMFILE at once, connection or not, until the first frontend leaves.
+ * outside ({@code prlimit --pid}) to the number of the descriptor frontend a was accepted into, so every lower one
+ * is taken and that one and all above are out of reach. While a is served the server does not accept (a second
+ * frontend waits in the backlog); when a leaves, the server frees a's descriptors but may not reuse them, so every
+ * accept fails with EMFILE at once until the limit is raised, and then the waiting frontend is served.
  */
 class ServeAcceptBackoffTest {
     private static final Duration WAIT = Duration.ofSeconds(120);
@@ -47,28 +46,26 @@ class ServeAcceptBackoffTest {
         try (ChildProcess serve = ChildProcess.builder(IovirtCli.command("serve", "blk", "--image", image.toString(),
                 "--socket", socket.toString())).name("serve blk").log(log).lifetime(Duration.ofMinutes(10))
                 .startListening(socket, WAIT)) {
+            // The waiting accept has reserved the lowest free descriptor (not yet in /proc): a's connection gets it.
+            int aFd = lowestFreeFd(serve.pid());
             VhostUserFrontend a = VhostUserFrontend.connect(socket, WAIT);
             long features = a.getFeatures();
             Await.until(WAIT, "frontend a connected", serve, () -> logged(log, "connected"));
 
-            prlimit(serve.pid(), lowestFreeFd(serve.pid()) + ":"); // soft limit: every descriptor below it is taken
-            try (UnixSocket b = UnixSocket.connect(socket)) { // takes the descriptor the waiting accept reserved
+            prlimit(serve.pid(), aFd + ":"); // soft limit: a's descriptor and every later one are out of reach
+            try (VhostUserFrontend b = VhostUserFrontend.connect(socket, WAIT)) { // waits in the backlog
+                Await.until(WAIT, "b noticed waiting", serve, () -> logged(log, "another frontend is connecting"));
+                a.close(); // a's descriptors are freed, but none is below the limit
                 Await.until(WAIT, "the accept loop reports EMFILE and backs off", serve,
                         () -> logged(log, "accept failed") && logged(log, "EMFILE") && logged(log, "backing off"));
-            }
-            assertTrue(serve.isAlive());
-
-            a.close(); // the server closes a's socket: one descriptor is free again
-            try (VhostUserFrontend c = VhostUserFrontend.connect(socket, WAIT)) {
-                assertEquals(features, c.getFeatures(), "the next frontend is served");
+                assertTrue(serve.isAlive());
+                prlimit(serve.pid(), "1024:");
+                assertEquals(features, b.getFeatures(), "the waiting frontend is served");
             }
             Await.until(WAIT, "accepting again", serve, () -> logged(log, "accepting again after"));
             String text = Files.readString(log);
             String outage = text.substring(0, text.indexOf("accepting again after"));
             assertEquals(1, count(outage, "backing off"), "one line for the whole outage, not one per attempt:\n" + text);
-            // c took the descriptor a left, so the loop is out of descriptors again (and says so once more) until
-            // the limit is raised.
-            prlimit(serve.pid(), "1024:");
             serve.stop(Duration.ofSeconds(30));
             assertTrue(serve.waitFor(Duration.ofSeconds(30)));
             assertEquals(0, serve.exitValue(), serve.logTail(30));
