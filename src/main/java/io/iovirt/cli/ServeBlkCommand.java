@@ -7,6 +7,7 @@ import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
 import io.iovirt.util.ActionableException;
 import io.iovirt.util.ByteSizes;
+import io.iovirt.vhostuser.SocketOwner;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -103,6 +104,13 @@ final class ServeBlkCommand implements Callable<Integer> {
     @CommandLine.Mixin
     SocketAccessOptions socketAccess;
 
+    @Option(names = "--standby",
+            description = "Warm standby: start up, open the image, then wait while another serve blk serves --socket, "
+                    + "and take the socket over the moment that process exits (also when it is killed), so a "
+                    + "reconnecting QEMU finds a running backend instead of waiting for a new one to start. Serves "
+                    + "at once when nobody serves the socket: run two such processes per export.")
+    boolean standby;
+
     @Override
     public Integer call() throws Exception {
         logOptions.apply();
@@ -120,7 +128,15 @@ final class ServeBlkCommand implements Callable<Integer> {
             if (jfrSlowMs != null) {
                 device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
             }
-            try (VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
+            SocketOwner owner;
+            if (standby) { // crash recovery (issue 11): everything is ready but the socket
+                LOG.info("standby for " + socket + ": waiting for the process that serves it to exit");
+                owner = SocketOwner.await(socket);
+                LOG.info("taking over " + socket);
+            } else {
+                owner = SocketOwner.acquire(socket);
+            }
+            try (owner; VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
                 LOG.info(String.format("serving %s (%s, %s%s%s, %d queue%s, %s) on %s", image, img.format(),
                         ByteSizes.human(img.size()), readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues,
                         queues == 1 ? "" : "s", device.ioDescription(), socket));

@@ -23,7 +23,7 @@ import java.time.Duration;
  * for whatever reason, its queues are stopped, guest memory is unmapped and the device is reset; the next
  * connection (a restarted VM) is served without restarting anything.
  *
- * <p>Threads: one platform thread accepts (and, while a session runs, waits for it to end), one serves the current connection with blocking receives. A protocol
+ * <p>Threads: one platform thread accepts, one serves the current connection with blocking receives. A protocol
  * violation closes only that connection, logged in one line with the socket path. {@link #close()} wakes both
  * threads through socket shutdown (interrupts cannot break a blocked native call) and waits for them.
  */
@@ -114,7 +114,7 @@ public final class VhostUserServer implements AutoCloseable {
         this.backend = backend;
         this.listener = listener;
         this.access = access;
-        this.acceptor = Acceptor.builder(name, LOG, listener::accept, this::isClosed)
+        this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, this::isClosed)
                 .threadName("vhost-user accept " + path)
                 .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
                     errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend " + why + " (" + access
@@ -166,8 +166,7 @@ public final class VhostUserServer implements AutoCloseable {
             throw new IOException(p + " exists and is not a socket; remove it or choose another socket path");
         }
         if (UnixSocket.listenedOn(p)) {
-            throw new IOException(p + " is in use by another running server (something accepts connections on it); "
-                    + "stop it or choose another socket path");
+            throw new IOException(p + " is in use by another running server (something accepts connections on it); stop it or choose another socket path");
         }
         try {
             Files.delete(p); // nobody listens: left over from a server that did not exit cleanly
@@ -211,7 +210,7 @@ public final class VhostUserServer implements AutoCloseable {
         return waits.get();
     }
 
-    /** "frontend pid 12 uid 0, another frontend waiting for it" and the like, for status and statistics lines. */
+    /** "frontend pid 12 uid 0 connected, another waiting" and the like, for status and statistics lines. */
     public String frontendSummary() {
         String who;
         synchronized (lock) {
@@ -239,10 +238,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
-    /**
-     * Serves an accepted frontend whose uid is allowed, on the acceptor thread, and returns only when its session
-     * has ended: the acceptor does not accept meanwhile, so a second frontend waits in the listen backlog.
-     */
+    /** Serves an accepted frontend whose uid is allowed (on the acceptor thread). */
     private void admit(UnixSocket socket, Runnable release) {
         String peer;
         try {
@@ -250,6 +246,19 @@ public final class VhostUserServer implements AutoCloseable {
             peer = "pid " + cred.pid() + " uid " + cred.uid();
         } catch (LinuxException e) {
             peer = "(credentials unreadable)";
+        }
+        Session previous;
+        synchronized (lock) {
+            if (closed) {
+                release.run();
+                socket.close();
+                return;
+            }
+            previous = current;
+        }
+        if (previous != null) {
+            // acceptWhenFree accepted only after the previous session's thread ended; this join is the guarantee
+            joinQuietly(previous.thread);
         }
         Session s = new Session(socket, peer, release);
         synchronized (lock) {
@@ -262,17 +271,34 @@ public final class VhostUserServer implements AutoCloseable {
             LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
             s.thread.start();
         }
-        serveUntilDisconnected(s);
     }
 
     /**
-     * Waits for session {@code s} to end (its cleanup included) or the server to close, logging once when another
-     * connection appears in the backlog meanwhile.
+     * The acceptor's listener: does not accept while a frontend is served, so a second one stays in the listen
+     * backlog (logged once when it appears) and is accepted when the first has disconnected and been cleaned up.
      */
-    private void serveUntilDisconnected(Session s) {
+    private UnixSocket acceptWhenFree() throws IOException {
+        Session s;
+        synchronized (lock) {
+            s = current;
+        }
+        if (s != null && !serveUntilDisconnected(s)) {
+            throw new IOException("closing");
+        }
+        return listener.accept();
+    }
+
+    /**
+     * Waits while {@code s} is served; a connection that appears meanwhile stays in the backlog. Returns when the
+     * session's thread has finished (its cleanup included), or false when the server is closing.
+     */
+    private boolean serveUntilDisconnected(Session s) {
         boolean told = false;
         try {
-            while (s.thread.isAlive() && !isClosed()) {
+            while (s.thread.isAlive()) {
+                if (isClosed()) {
+                    return false;
+                }
                 if (!told) {
                     // Sleeps in poll until a connection arrives (or 500 ms pass, to notice the session's end).
                     if (listener.connectionPending(500) && !isClosed()) {
@@ -292,14 +318,15 @@ public final class VhostUserServer implements AutoCloseable {
                     waiting = listener.connectionPending(0); // it may have given up
                 }
             }
+            return !isClosed();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
+            return false;
         } catch (LinuxException e) {
             errorLog.log(System.Logger.Level.ERROR, name + ": polling the listener failed: " + e.getMessage()
                     + "; waiting for frontend " + s.peer + " to disconnect");
-            if (!isClosed()) {
-                joinQuietly(s.thread);
-            }
+            joinQuietly(s.thread);
+            return !isClosed();
         } finally {
             waiting = false;
         }
@@ -380,6 +407,14 @@ public final class VhostUserServer implements AutoCloseable {
             }
         }
         if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    private static void sleepQuietly(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
     }

@@ -218,9 +218,9 @@ class VhostUserServerTest {
         }
         // A waiting frontend that gives up is gone from the backlog when the first one leaves; a new one is served.
         first.close();
-        // (the second's dead connection is still in the backlog until the acceptor takes it and finds it closed)
-        io.iovirt.testing.Await.until(TIMEOUT, "nobody waits once the first frontend has gone",
-                () -> !server.frontendWaiting());
+        io.iovirt.testing.Await.until(TIMEOUT, "the first frontend's session ends", () -> !server.connected());
+        // the session's clean-up ends a moment after it stops counting as connected; then nothing waits any more
+        io.iovirt.testing.Await.until(TIMEOUT, "no frontend waiting", () -> !server.frontendWaiting());
         assertEquals(1, server.frontendsWaited());
         try (VhostUserFrontend third = connect()) {
             assertTrue(third.getFeatures() != 0);
