@@ -45,7 +45,7 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--queues", defaultValue = "1", paramLabel = "N", description = "Request queues offered (default ${DEFAULT-VALUE}).")
     int queues;
 
-    @Option(names = "--direct", description = "Open the image with O_DIRECT (bypass the host page cache).")
+    @Option(names = "--direct", description = "Open the image with O_DIRECT (bypass the host page cache; for qcow2 its data and metadata, a backing chain stays buffered).")
     boolean direct;
 
     @Option(names = "--io-engine", defaultValue = "auto", paramLabel = "auto|sync|io_uring", converter = EngineConverter.class,
