@@ -12,6 +12,7 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.util.HexFormat;
 import java.util.concurrent.Callable;
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
@@ -97,18 +98,8 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
-    @Option(names = "--socket-group", paramLabel = "GROUP",
-            description = "Make the socket file mode 0660 and owned by GROUP, so that group's frontends may connect "
-                    + "(default: mode 0600, owner only).")
-    String socketGroup;
-
-    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
-            description = "Also serve frontends running as these uids (default: our own uid and root only).")
-    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
-
-    private io.iovirt.linux.SocketAccess access() {
-        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
-    }
+    @CommandLine.Mixin
+    SocketAccessOptions socketAccess;
 
     @Override
     public Integer call() throws Exception {
@@ -124,7 +115,7 @@ final class ServeBlkCommand implements Callable<Integer> {
         try (DiskImage img = Images.open(image, format, readOnly, direct)) {
             checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
-            try (VhostUserServer server = VhostUserServer.start(socket, device, access())) {
+            try (VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
                 LOG.info(String.format("serving %s (%s, %s%s%s, %d queue%s, %s) on %s", image, img.format(),
                         ByteSizes.human(img.size()), readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues,
                         queues == 1 ? "" : "s", device.ioDescription(), socket));

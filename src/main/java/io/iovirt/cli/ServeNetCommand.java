@@ -45,6 +45,12 @@ final class ServeNetCommand implements Callable<Integer> {
             description = "Forget a MAC address S seconds after its last frame (default: ${DEFAULT-VALUE}).")
     int macAging;
 
+    @Option(names = "--macs-per-port", paramLabel = "N", defaultValue = "" + Switch.DEFAULT_MACS_PER_PORT,
+            description = "Learn at most N source MAC addresses per port; frames from further addresses are still "
+                    + "forwarded but not learned, and counted as rx_unlearned (default: ${DEFAULT-VALUE}; table: "
+                    + Switch.DEFAULT_MAC_CAPACITY + ").")
+    int macsPerPort;
+
     @Option(names = "--mtu", paramLabel = "BYTES", defaultValue = "" + Ethernet.DEFAULT_MTU,
             description = "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
     int mtu;
@@ -58,18 +64,8 @@ final class ServeNetCommand implements Callable<Integer> {
 
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.net");
 
-    @Option(names = "--socket-group", paramLabel = "GROUP",
-            description = "Make socket files (vhost-user and stream ports) mode 0660 and owned by GROUP, so that group's peers may connect "
-                    + "(default: mode 0600, owner only).")
-    String socketGroup;
-
-    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
-            description = "Also serve peers running as these uids (default: our own uid and root only).")
-    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
-
-    private io.iovirt.linux.SocketAccess access() {
-        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
-    }
+    @CommandLine.Mixin
+    SocketAccessOptions socketAccess;
 
     @Override
     public Integer call() throws Exception {
@@ -84,14 +80,20 @@ final class ServeNetCommand implements Callable<Integer> {
         if (statsInterval < 0) {
             throw new CommandLine.ParameterException(spec.commandLine(), "--stats-interval must not be negative");
         }
+        if (macsPerPort < 1 || macsPerPort > Switch.DEFAULT_MAC_CAPACITY) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--macs-per-port must be 1.." + Switch.DEFAULT_MAC_CAPACITY);
+        }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
-        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
+        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging)
+                .withMacTable(Switch.DEFAULT_MAC_CAPACITY, macsPerPort))) {
             for (PortFactory f : factories) {
                 Port p = sw.addPort(f.create());
                 LOG.info("port " + p.index() + ": " + p.name());
             }
             sw.startHousekeeping();
-            LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C, SIGTERM or SIGHUP");
+            LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s, at most " + macsPerPort
+                    + " MACs per port); stop with Ctrl-C, SIGTERM or SIGHUP");
             Thread printer = null;
             if (statsInterval > 0) {
                 printer = Thread.ofPlatform().daemon().name("stats").start(() -> {
@@ -138,7 +140,7 @@ final class ServeNetCommand implements Callable<Integer> {
             throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
         }
         return switch (kind) {
-            case "stream" -> () -> new StreamPort(Path.of(arg), access());
+            case "stream" -> () -> new StreamPort(Path.of(arg), socketAccess.access());
             case "tap" -> {
                 try {
                     TapPort probe = new TapPort(arg); // validates the name now, before anything starts
@@ -153,7 +155,7 @@ final class ServeNetCommand implements Callable<Integer> {
                 if (pin && o.mac() == -1) {
                     throw usage("--port " + spec + ": pin-mac needs mac=MAC");
                 }
-                yield () -> new VirtioNetPort(o).withAccess(access()).pinSource(pin);
+                yield () -> new VirtioNetPort(o).withAccess(socketAccess.access()).pinSource(pin);
             }
             default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.nbd;
 
+import io.iovirt.linux.Acceptor;
 import java.io.IOException;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
-import java.nio.channels.ClosedChannelException;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
@@ -15,8 +15,9 @@ import java.nio.file.Path;
 import java.util.Collection;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 
@@ -44,7 +45,7 @@ public final class NbdServer implements AutoCloseable {
     private final Set<NbdConnection> connections = ConcurrentHashMap.newKeySet();
     private final AtomicInteger ids = new AtomicInteger();
     private final ScheduledExecutorService timer;
-    private final Thread acceptor;
+    private final Acceptor<SocketChannel> acceptor;
     private volatile boolean closed;
 
     private NbdServer(ServerSocketChannel listener, String address, Path socketPath, int maxConnections) {
@@ -52,12 +53,28 @@ public final class NbdServer implements AutoCloseable {
         this.address = address;
         this.socketPath = socketPath;
         this.maxConnections = maxConnections;
-        this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
-            Thread t = new Thread(r, "nbd-timer " + address);
-            t.setDaemon(true);
-            return t;
+        ScheduledThreadPoolExecutor t = new ScheduledThreadPoolExecutor(1, r -> {
+            Thread th = new Thread(r, "nbd-timer " + address);
+            th.setDaemon(true);
+            return th;
         });
-        this.acceptor = Thread.ofPlatform().name("nbd-accept " + address).daemon().unstarted(this::acceptLoop);
+        // A connection that ends cancels its handshake deadline, and the cancelled task leaves the queue at once:
+        // otherwise a client connecting and hanging up in a loop keeps every connection (and its buffers)
+        // reachable from the queue for the whole timeout.
+        t.setRemoveOnCancelPolicy(true);
+        this.timer = t;
+        // Over the limit a connection is still served, only to be refused in the handshake with an error naming the
+        // limit (a client that is merely closed would retry at once); those do not count against it.
+        this.acceptor = Acceptor.builder("nbd " + address, LOG, listener::accept, () -> closed)
+                .threadName("nbd-accept " + address).daemon(true)
+                .maxConnections(maxConnections, (ch, why) -> {
+                    try {
+                        serve(ch, maxConnections, () -> { });
+                    } catch (OutOfMemoryError e) {
+                        closeQuietly(ch);
+                    }
+                })
+                .build((ch, release) -> serve(ch, 0, release));
     }
 
     /**
@@ -151,37 +168,39 @@ public final class NbdServer implements AutoCloseable {
         return connections.size();
     }
 
-    private void acceptLoop() {
-        while (!closed) {
-            SocketChannel ch;
-            try {
-                ch = listener.accept();
-            } catch (ClosedChannelException e) {
-                return;
-            } catch (IOException e) {
-                if (closed) {
-                    return;
-                }
-                LOG.log(System.Logger.Level.WARNING, "nbd " + address + ": accept failed: " + e.getMessage());
-                sleepQuietly(); // e.g. EMFILE: do not spin
-                continue;
-            }
-            boolean refuse = connections.size() >= maxConnections;
-            NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuse ? maxConnections : 0);
-            connections.add(c);
-            if (closed) {
-                c.close();
-                connections.remove(c);
-                return;
-            }
-            timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+    /** Runs a connection on its own thread; {@code refuseLimit} > 0 refuses it in the handshake (over the limit). */
+    private void serve(SocketChannel ch, int refuseLimit, Runnable release) {
+        NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuseLimit);
+        connections.add(c);
+        if (closed) {
+            c.close();
+            connections.remove(c);
+            release.run();
+            return;
+        }
+        ScheduledFuture<?> deadline = timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+        try {
             Thread.ofPlatform().name("nbd " + address + " #" + c.id()).daemon().start(() -> {
                 try {
                     c.run();
                 } finally {
+                    deadline.cancel(false);
                     connections.remove(c);
+                    release.run();
                 }
             });
+        } catch (OutOfMemoryError e) { // no thread could be created
+            deadline.cancel(false);
+            connections.remove(c);
+            throw e;
+        }
+    }
+
+    private static void closeQuietly(SocketChannel ch) {
+        try {
+            ch.close();
+        } catch (IOException e) {
+            // gone
         }
     }
 
@@ -210,7 +229,7 @@ public final class NbdServer implements AutoCloseable {
             // closing
         }
         try {
-            acceptor.join(5000);
+            acceptor.join(java.time.Duration.ofSeconds(5));
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }

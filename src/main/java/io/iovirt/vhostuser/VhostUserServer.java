@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
+import io.iovirt.linux.Acceptor;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
@@ -31,7 +32,7 @@ public final class VhostUserServer implements AutoCloseable {
     private final VhostUserBackend backend;
     private final UnixSocket listener;
     private final SocketAccess access;
-    private final Thread acceptor;
+    private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
     private final RateLimit errorLog = new RateLimit();
     private final Object lock = new Object();
@@ -44,9 +45,12 @@ public final class VhostUserServer implements AutoCloseable {
         final Thread thread;
         volatile boolean ended;
 
-        Session(UnixSocket socket, String peer) {
+        final Runnable release;
+
+        Session(UnixSocket socket, String peer, Runnable release) {
             this.connection = new Connection(socket, Connection.Role.BACKEND, name);
             this.peer = peer;
+            this.release = release;
             this.thread = Thread.ofPlatform().name("vhost-user " + path).unstarted(this::serve);
         }
 
@@ -78,6 +82,7 @@ public final class VhostUserServer implements AutoCloseable {
                     LOG.log(System.Logger.Level.ERROR, name + ": resetting the device after the connection failed", e);
                 } finally {
                     connection.close();
+                    release.run();
                 }
             }
         }
@@ -101,7 +106,14 @@ public final class VhostUserServer implements AutoCloseable {
         this.backend = backend;
         this.listener = listener;
         this.access = access;
-        this.acceptor = Thread.ofPlatform().name("vhost-user accept " + path).unstarted(this::acceptLoop);
+        this.acceptor = Acceptor.builder(name, LOG, listener::accept, this::isClosed)
+                .threadName("vhost-user accept " + path)
+                .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
+                    errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend " + why + " (" + access
+                            + "; serve with --allow-uid to add it)");
+                    s.close();
+                })
+                .build(this::admit);
     }
 
     /**
@@ -208,69 +220,49 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
-    private void acceptLoop() {
-        while (true) {
-            UnixSocket socket;
-            try {
-                socket = listener.accept();
-            } catch (LinuxException e) {
-                if (isClosed()) {
-                    return;
-                }
-                // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a connection that died in the
-                // backlog: the server goes on serving, backing off instead of spinning or ending.
-                errorLog.log(System.Logger.Level.ERROR, name + ": accept failed: " + e.getMessage() + "; retrying");
-                sleepQuietly(100);
-                continue;
-            }
-            UnixSocket.Credentials cred;
-            try {
-                cred = socket.peerCredentials();
-            } catch (LinuxException e) {
-                errorLog.log(System.Logger.Level.WARNING, name + ": refusing a frontend whose credentials cannot be read: "
-                        + e.getMessage());
+    /** Serves an accepted frontend whose uid is allowed (on the acceptor thread). */
+    private void admit(UnixSocket socket, Runnable release) {
+        String peer;
+        try {
+            UnixSocket.Credentials cred = socket.peerCredentials();
+            peer = "pid " + cred.pid() + " uid " + cred.uid();
+        } catch (LinuxException e) {
+            peer = "(credentials unreadable)";
+        }
+        Session previous;
+        synchronized (lock) {
+            if (closed) {
+                release.run();
                 socket.close();
-                continue;
+                return;
             }
-            if (!access.allows(cred.uid())) {
-                errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend pid " + cred.pid() + ": uid "
-                        + cred.uid() + " is not allowed (" + access + "; serve with --allow-uid to add it)");
+            previous = current;
+        }
+        // A frontend that closes and reconnects at once (a reconnecting QEMU, a benchmark's next run) can beat
+        // the hang-up to us: give the old session a moment to notice before calling this a second frontend.
+        for (int i = 0; i < 100 && previous != null && !previous.finishing(); i++) {
+            sleepQuietly(10);
+        }
+        if (previous != null && !previous.finishing()) {
+            LOG.log(System.Logger.Level.WARNING, name + ": refusing frontend " + peer + ": already serving "
+                    + previous.peer + " (one frontend per socket)");
+            release.run();
+            socket.close();
+            return;
+        }
+        if (previous != null) {
+            joinQuietly(previous.thread); // its queues are being stopped and memory unmapped: finish first
+        }
+        Session s = new Session(socket, peer, release);
+        synchronized (lock) {
+            if (closed) {
+                release.run();
                 socket.close();
-                continue;
+                return;
             }
-            String peer = "pid " + cred.pid() + " uid " + cred.uid();
-            Session previous;
-            synchronized (lock) {
-                if (closed) {
-                    socket.close();
-                    return;
-                }
-                previous = current;
-            }
-            // A frontend that closes and reconnects at once (a reconnecting QEMU, a benchmark's next run) can beat
-            // the hang-up to us: give the old session a moment to notice before calling this a second frontend.
-            for (int i = 0; i < 100 && previous != null && !previous.finishing(); i++) {
-                sleepQuietly(10);
-            }
-            if (previous != null && !previous.finishing()) {
-                LOG.log(System.Logger.Level.WARNING, name + ": refusing frontend " + peer + ": already serving "
-                        + previous.peer + " (one frontend per socket)");
-                socket.close();
-                continue;
-            }
-            if (previous != null) {
-                joinQuietly(previous.thread); // its queues are being stopped and memory unmapped: finish first
-            }
-            Session s = new Session(socket, peer);
-            synchronized (lock) {
-                if (closed) {
-                    socket.close();
-                    return;
-                }
-                current = s;
-                LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
-                s.thread.start();
-            }
+            current = s;
+            LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
+            s.thread.start();
         }
     }
 
@@ -315,7 +307,7 @@ public final class VhostUserServer implements AutoCloseable {
         } catch (LinuxException e) {
             LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
         }
-        joinQuietly(acceptor);
+        joinQuietly(acceptor.thread());
         synchronized (lock) {
             s = current; // the acceptor may have started one more before it saw the shutdown
         }

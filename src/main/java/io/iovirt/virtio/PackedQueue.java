@@ -66,11 +66,9 @@ public final class PackedQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        ring = mapArea(mem, config.descAddr(), (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
-        driverEvent = mapArea(mem, config.driverArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "driver event suppression");
-        deviceEvent = mapArea(mem, config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "device event suppression");
+        ring = mapDescArea(mem);
+        driverEvent = mapDriverArea(mem);
+        deviceEvent = mapDeviceArea(mem);
     }
 
     /** A driver descriptor is available for lap {@code wrap} when AVAIL matches it and USED does not (§2.8.1). */

@@ -91,11 +91,9 @@ public final class SplitQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        desc = mapArea(mem, config.descAddr(), VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
-        avail = mapArea(mem, config.driverArea(), VirtioRing.splitAvailBytes(size, eventIdx), VirtioRing.SPLIT_AVAIL_ALIGN,
-                "available ring");
-        used = mapArea(mem, config.deviceArea(), VirtioRing.splitUsedBytes(size, eventIdx), VirtioRing.SPLIT_USED_ALIGN,
-                "used ring");
+        desc = mapDescArea(mem);
+        avail = mapDriverArea(mem);
+        used = mapDeviceArea(mem);
     }
 
     /** Reads avail.idx (acquire: ring entries and descriptors written before it become visible) and checks it. */

@@ -341,6 +341,27 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         return mem;
     }
 
+    /** The descriptor table (split) or ring (packed), sized and aligned as {@link VirtioRing} says. */
+    final MemorySegment mapDescArea(GuestMemory mem) throws VirtqueueException {
+        boolean packed = config.packed();
+        return mapArea(mem, config.descAddr(), VirtioRing.descAreaBytes(size), VirtioRing.descAreaAlign(packed),
+                VirtioRing.descAreaName(packed));
+    }
+
+    /** The available ring (split) or driver event suppression area (packed). */
+    final MemorySegment mapDriverArea(GuestMemory mem) throws VirtqueueException {
+        boolean packed = config.packed();
+        return mapArea(mem, config.driverArea(), VirtioRing.driverAreaBytes(packed, size, eventIdx),
+                VirtioRing.driverAreaAlign(packed), VirtioRing.driverAreaName(packed));
+    }
+
+    /** The used ring (split) or device event suppression area (packed). */
+    final MemorySegment mapDeviceArea(GuestMemory mem) throws VirtqueueException {
+        boolean packed = config.packed();
+        return mapArea(mem, config.deviceArea(), VirtioRing.deviceAreaBytes(packed, size, eventIdx),
+                VirtioRing.deviceAreaAlign(packed), VirtioRing.deviceAreaName(packed));
+    }
+
     /** Translates one ring area, checking the spec's alignment (guest side) and that host access can be atomic. */
     final MemorySegment mapArea(GuestMemory mem, long gpa, long bytes, int align, String what) throws VirtqueueException {
         if ((gpa & (align - 1)) != 0) {
