@@ -8,8 +8,8 @@
 #
 # Cases: {buffered, O_DIRECT} x {randread, randwrite} x {QD 1, QD 32}, 4 KiB, one queue, split ring, polling client.
 # Each backend gets one queue / one thread of work (iovirt: --queues 1; qsd: its main loop, no iothread) and is
-# pinned with taskset to --backend-cpu; the client to --client-cpu. The two backends run alternately on each case,
-# each started for its case and stopped after it (both lock the image, as a VM's disk is locked).
+# pinned with taskset to --backend-cpu; the client to --client-cpu. Per mode, iovirt runs its cases, then qsd: never
+# both at once (both lock the image, as a VM's disk is locked).
 # Env: BACKEND_JAVA_OPTS is passed to the iovirt backend JVM (e.g. a JFR recording), CLIENT_JAVA_OPTS to the client.
 # Raw JSON results stay in DIR (default: a new temporary directory, printed at the end).
 # Charts (gnuplot, PNG): IOPS of both backends side by side per case, and latency percentile curves, written to
@@ -87,7 +87,7 @@ wait_socket() { # socket pid name
 }
 
 # One backend at a time: both lock the image as a VM's disk (iovirt refuses requests on an image another process
-# holds, as QEMU does), so each case starts its backend and stops it afterwards. Logs append per mode.
+# holds, as QEMU does).
 start_backend() { # backend mode: buffered|direct
   local be="$1" mode="$2" direct_flag="" qsd_cache="cache.direct=off"
   if [ "$mode" = direct ]; then direct_flag="--direct"; qsd_cache="cache.direct=on,aio=native"; fi
@@ -114,17 +114,19 @@ run_case() { # backend mode rw qd
 }
 
 CASES=()
+# Per mode: iovirt serves its four cases, then qsd its four — one backend process per mode, warm across its cases
+# (a JVM restarted per case would run the slow O_DIRECT cases partly before its JIT has compiled the path).
 [ "$REPORT_ONLY" = 1 ] || for mode in buffered direct; do
-  for rw in randread randwrite; do
-    for qd in 1 32; do
-      for be in iovirt qsd; do
-        start_backend "$be" "$mode"
+  for be in iovirt qsd; do
+    start_backend "$be" "$mode"
+    for rw in randread randwrite; do
+      for qd in 1 32; do
         run_case "$be" "$mode" "$rw" "$qd"
-        cleanup
       done
-      CASES+=("$mode $rw $qd")
     done
+    cleanup
   done
+  for rw in randread randwrite; do for qd in 1 32; do CASES+=("$mode $rw $qd"); done; done
 done
 [ "$REPORT_ONLY" = 0 ] || for mode in buffered direct; do for rw in randread randwrite; do for qd in 1 32; do
   CASES+=("$mode $rw $qd"); done; done; done
