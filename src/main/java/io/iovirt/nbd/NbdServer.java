@@ -15,8 +15,9 @@ import java.nio.file.Path;
 import java.util.Collection;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 
@@ -52,11 +53,16 @@ public final class NbdServer implements AutoCloseable {
         this.address = address;
         this.socketPath = socketPath;
         this.maxConnections = maxConnections;
-        this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
-            Thread t = new Thread(r, "nbd-timer " + address);
-            t.setDaemon(true);
-            return t;
+        ScheduledThreadPoolExecutor t = new ScheduledThreadPoolExecutor(1, r -> {
+            Thread th = new Thread(r, "nbd-timer " + address);
+            th.setDaemon(true);
+            return th;
         });
+        // A connection that ends cancels its handshake deadline, and the cancelled task leaves the queue at once:
+        // otherwise a client connecting and hanging up in a loop keeps every connection (and its buffers)
+        // reachable from the queue for the whole timeout.
+        t.setRemoveOnCancelPolicy(true);
+        this.timer = t;
         // Over the limit a connection is still served, only to be refused in the handshake with an error naming the
         // limit (a client that is merely closed would retry at once); those do not count against it.
         this.acceptor = Acceptor.builder("nbd " + address, LOG, listener::accept, () -> closed)
@@ -172,17 +178,19 @@ public final class NbdServer implements AutoCloseable {
             release.run();
             return;
         }
-        timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+        ScheduledFuture<?> deadline = timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
         try {
             Thread.ofPlatform().name("nbd " + address + " #" + c.id()).daemon().start(() -> {
                 try {
                     c.run();
                 } finally {
+                    deadline.cancel(false);
                     connections.remove(c);
                     release.run();
                 }
             });
         } catch (OutOfMemoryError e) { // no thread could be created
+            deadline.cancel(false);
             connections.remove(c);
             throw e;
         }

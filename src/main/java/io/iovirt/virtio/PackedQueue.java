@@ -66,11 +66,9 @@ public final class PackedQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        ring = mapArea(mem, config.descAddr(), (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
-        driverEvent = mapArea(mem, config.driverArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "driver event suppression");
-        deviceEvent = mapArea(mem, config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "device event suppression");
+        ring = mapDescArea(mem);
+        driverEvent = mapDriverArea(mem);
+        deviceEvent = mapDeviceArea(mem);
     }
 
     /** A driver descriptor is available for lap {@code wrap} when AVAIL matches it and USED does not (§2.8.1). */
@@ -181,7 +179,12 @@ public final class PackedQueue extends Virtqueue {
     }
 
     @Override
-    void writeUsed(int id, int len) {
+    public void publishUsed() {
+        // each used descriptor was published by its own flags store (see writeUsed)
+    }
+
+    @Override
+    void writeUsed(int id, int len, boolean publish) {
         long off = (long) nextUsed * DESC_SIZE;
         ring.set(LE16, off + DESC_ID, (short) id);
         ring.set(LE32, off + DESC_LEN, len);

@@ -12,6 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.memory.GuestMemory;
+import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -90,7 +91,7 @@ class VhostUserServerTest {
         fe.setVringEnable(0, true);
     }
 
-    static final long FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
+    static final long FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
             | Features.VHOST_USER_F_PROTOCOL_FEATURES;
 
     @Test
@@ -122,7 +123,7 @@ class VhostUserServerTest {
             assertEquals(0, s.base());
             assertTrue(s.eventIdx());
             assertFalse(s.packed());
-            assertEquals(Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX, s.features());
+            assertEquals(VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX, s.features());
             assertNotNull(s.err());
 
             // guest memory is shared: what the frontend writes, the device reads through its snapshot, and back
@@ -279,7 +280,7 @@ class VhostUserServerTest {
              EventFd call = EventFd.create(true); EventFd kick = EventFd.create(true)) {
             // a legacy frontend: no GET_PROTOCOL_FEATURES and no memory slots protocol, plain SET_MEM_TABLE
             fe.setOwner();
-            fe.setFeatures(Features.VIRTIO_F_VERSION_1);
+            fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1);
             fe.setMemTable(List.of(low.descriptor(), high.descriptor()));
             fe.setVringNum(0, 128);
             fe.setVringBase(0, 3);
@@ -299,7 +300,7 @@ class VhostUserServerTest {
              FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
              EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
-            fe.setFeatures(FEATURES | Features.VIRTIO_F_RING_PACKED);
+            fe.setFeatures(FEATURES | VirtioFeatures.VIRTIO_F_RING_PACKED);
             fe.addMemRegion(high.descriptor());
             fe.setVringNum(1, 100);
             fe.setVringBase(1, 0x8000 | 99);

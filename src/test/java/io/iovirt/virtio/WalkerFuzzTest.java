@@ -36,6 +36,13 @@ class WalkerFuzzTest {
             boolean eventIdx = (flags & 1) != 0;
             boolean indirect = (flags & 2) != 0;
             int limit = 1 + (Byte.toUnsignedInt(data[1]) % 64);
+            // Where the device starts (a reconnect or a migration resumes mid-ring): bits 4-7 pick the position —
+            // for a split ring just below the 16-bit wrap of the free-running index, for a packed ring a slot —
+            // bits 2 and 3 clear the packed wrap counters (set on a fresh ring).
+            int start = (flags >> 4) & 0xf;
+            int splitStart = start == 0 ? 0 : 0x10000 - start;
+            boolean availWrap = (flags & 4) == 0;
+            boolean usedWrap = (flags & 8) == 0;
             // Ring at GPA 0x1000; the rest of the fuzz input is copied over low guest memory from 0x1000 on, so it
             // writes descriptors, rings, indirect tables and buffers alike.
             long ring = 0x1000;
@@ -44,8 +51,9 @@ class WalkerFuzzTest {
             MemorySegment.copy(MemorySegment.ofArray(data), 2, low, ring, n);
             QueueConfig qc = packed
                     ? QueueConfig.packed(0, SIZE, ring, ring + 16 * SIZE, ring + 16 * SIZE + 4, eventIdx, indirect,
-                            0, true, 0, true)
-                    : QueueConfig.split(0, SIZE, ring, ring + 16 * SIZE, ring + 16 * SIZE + 64, eventIdx, indirect, 0);
+                            start, availWrap, start, usedWrap)
+                    : QueueConfig.split(0, SIZE, ring, ring + 16 * SIZE, ring + 16 * SIZE + 64, eventIdx, indirect,
+                            splitStart);
             Virtqueue q;
             try {
                 q = Virtqueue.create(qc, g.holder).limitChain(limit);

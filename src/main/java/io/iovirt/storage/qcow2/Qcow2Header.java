@@ -52,6 +52,14 @@ record Qcow2Header(
     static final long INCOMPAT_EXTL2 = 1 << 4;
     static final long COMPAT_LAZY_REFCOUNTS = 1;
 
+    /**
+     * Largest L1 table and refcount table (QEMU's limits, QCOW_MAX_L1_SIZE and QCOW_MAX_REFTABLE_SIZE): both are
+     * read whole into memory when the image opens, so a header may not ask for more. (The refcount table bound used
+     * to be 8 GiB: a 2 KiB header with 512-byte clusters could make an open allocate and zero 8 GiB.)
+     */
+    static final long MAX_L1_BYTES = 32L << 20;
+    static final long MAX_REFTABLE_BYTES = 8L << 20;
+
     private static final int EXT_END = 0;
     private static final int EXT_BACKING_FORMAT = 0xe2792aca;
     private static final int EXT_FEATURE_TABLE = 0x6803f857;
@@ -92,14 +100,14 @@ record Qcow2Header(
         }
         long l2Entries = cs / 8;
         long needL1 = (size + cs * l2Entries - 1) / (cs * l2Entries);
-        if (l1Size < needL1 || l1Size > (32 << 20) / 8 * 4) {
+        if (l1Size < needL1 || l1Size > MAX_L1_BYTES / 8) {
             throw corrupt(path, "L1 table of " + Integer.toUnsignedString(l1Size) + " entries for a virtual size needing " + needL1);
         }
         if ((l1Offset & (cs - 1)) != 0 || l1Offset <= 0) {
             throw corrupt(path, "L1 table offset " + l1Offset + " is not cluster-aligned");
         }
         if ((refTableOffset & (cs - 1)) != 0 || refTableOffset <= 0 || refTableClusters <= 0
-                || refTableClusters > (1 << 24) / (cs / 512)) {
+                || refTableClusters > MAX_REFTABLE_BYTES / cs) {
             throw corrupt(path, "refcount table at " + refTableOffset + " (" + refTableClusters + " clusters) is invalid");
         }
         long incompatible = 0, compatible = 0, autoclear = 0;

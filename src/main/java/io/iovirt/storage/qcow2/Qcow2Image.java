@@ -147,24 +147,29 @@ public final class Qcow2Image implements DiskImage {
         this.zeroCluster = arena.allocate(clusterSize, 4096);
         this.scratch = ThreadLocal.withInitial(() -> new Scratch((int) clusterSize));
         // L1 and refcount tables are read whole and kept in memory.
-        this.l1 = new AtomicLongArray(h.l1Size());
-        MemorySegment buf = staging.asSlice(0, (long) h.l1Size() * 8);
-        readMeta(buf, h.l1Offset());
-        for (int i = 0; i < h.l1Size(); i++) {
-            long e = buf.get(Qcow2Header.BE64, (long) i * 8);
-            checkTableOffset(e & OFFSET_MASK, "L1 entry " + i);
-            l1.set(i, e);
+        try {
+            this.l1 = new AtomicLongArray(h.l1Size());
+            MemorySegment buf = staging.asSlice(0, (long) h.l1Size() * 8);
+            readMeta(buf, h.l1Offset());
+            for (int i = 0; i < h.l1Size(); i++) {
+                long e = buf.get(Qcow2Header.BE64, (long) i * 8);
+                checkTableOffset(e & OFFSET_MASK, "L1 entry " + i);
+                l1.set(i, e);
+            }
+            this.refTableOffset = h.refTableOffset();
+            this.refTableClusters = h.refTableClusters();
+            this.refTable = new long[(int) ((long) refTableClusters * clusterSize / 8)];
+            buf = staging.asSlice(0, (long) refTable.length * 8);
+            readMeta(buf, refTableOffset);
+            for (int i = 0; i < refTable.length; i++) {
+                refTable[i] = buf.get(Qcow2Header.BE64, (long) i * 8) & ~511L;
+                checkTableOffset(refTable[i], "refcount table entry " + i);
+            }
+            indexMetadata();
+        } catch (IOException | RuntimeException e) {
+            closeQuietlyKeepingFile(); // the tables' native memory goes now, not when a GC finds the arena
+            throw e;
         }
-        this.refTableOffset = h.refTableOffset();
-        this.refTableClusters = h.refTableClusters();
-        this.refTable = new long[(int) ((long) refTableClusters * clusterSize / 8)];
-        buf = staging.asSlice(0, (long) refTable.length * 8);
-        readMeta(buf, refTableOffset);
-        for (int i = 0; i < refTable.length; i++) {
-            refTable[i] = buf.get(Qcow2Header.BE64, (long) i * 8) & ~511L;
-            checkTableOffset(refTable[i], "refcount table entry " + i);
-        }
-        indexMetadata();
     }
 
     /** (Re)builds {@link #metadataClusters} from the header, L1 and refcount tables. */
@@ -330,7 +335,14 @@ public final class Qcow2Image implements DiskImage {
             throw new IOException("backing file '" + name + "' of " + overlay
                     + " is a protocol or json: name: iovirt opens local files only");
         }
-        Path p = Path.of(name);
+        Path p;
+        try {
+            p = Path.of(name);
+        } catch (java.nio.file.InvalidPathException e) {
+            // the header's bytes name no file (a NUL, say): a damaged or hostile image, not a crash
+            throw new IOException("backing file name of " + overlay + " is not a valid path (" + e.getReason()
+                    + " at byte " + e.getIndex() + "): check the image with 'qemu-img info " + overlay + "'");
+        }
         if (p.isAbsolute()) {
             return p;
         }
@@ -853,7 +865,9 @@ public final class Qcow2Image implements DiskImage {
     private long allocateCluster() throws IOException {
         long c = freeHint;
         while (true) {
-            if (refcount(c) == 0) {
+            // A metadata cluster whose refcount says 0 is damage (or a crafted image): handing it out would write
+            // an L2 table or guest data over the header, the L1 or a refcount structure. Skip it.
+            if (refcount(c) == 0 && !overlapsMetadata(c << clusterBits, 1)) {
                 ensureRefBlock(c / refBlockEntries); // may place a new refcount block on c itself
                 if (refcount(c) == 0) {
                     break;
@@ -880,6 +894,11 @@ public final class Qcow2Image implements DiskImage {
         }
         long cluster = bi * refBlockEntries;
         long off = cluster << clusterBits;
+        if (overlapsMetadata(off, clusterSize)) {
+            // the block would go over the header or a table: the refcount table lacks a block a consistent image has
+            throw new IOException("qcow2 image " + path + " is damaged: no refcount block covers metadata cluster "
+                    + cluster + "; the write was refused (repair it with 'qemu-img check -r all " + path + "')");
+        }
         makeRoom(refCache);
         MemorySegment data = MetaCache.allocate(clusterSize);
         setRef(data, 0, 1);
@@ -903,7 +922,7 @@ public final class Qcow2Image implements DiskImage {
         int oldEntries = refTable.length;
         long entriesPerCluster = clusterSize / 8;
         long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
-        if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > (64L << 20)) {
+        if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
             throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
                     + " clusters; the image is too large for cluster size " + clusterSize);
         }
@@ -1066,6 +1085,13 @@ public final class Qcow2Image implements DiskImage {
         // First pass: the highest referenced cluster, so the counts array covers every reference.
         long[] max = {limit};
         forEachReference(c -> max[0] = Math.max(max[0], c + 1));
+        if (max[0] > limit) {
+            // A table entry past the end of the file is damage, not a lazy-refcount leftover (data and tables are
+            // written before anything points at them); counting up to it would size the counts by a hostile number.
+            throw new IOException("qcow2 image " + path + " is damaged: a table entry points at cluster " + (max[0] - 1)
+                    + ", past the end of the file (" + fileClusters + " clusters); its refcounts cannot be rebuilt here: run "
+                    + "'qemu-img check -r all " + path + "'");
+        }
         long end = max[0];
         long blocks = 0;
         long tableClusters = 0;
