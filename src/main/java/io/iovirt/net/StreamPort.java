@@ -8,6 +8,7 @@ import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.PacketIo;
 import io.iovirt.linux.SocketAccess;
+import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
