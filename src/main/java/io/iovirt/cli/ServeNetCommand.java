@@ -55,10 +55,6 @@ final class ServeNetCommand implements Callable<Integer> {
             description = "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
     int mtu;
 
-    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
-            description = "Log every port's counters every S seconds (0: only at exit).")
-    int statsInterval;
-
     @CommandLine.Mixin
     LogOptions logOptions;
 
@@ -77,14 +73,12 @@ final class ServeNetCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(spec.commandLine(),
                     "--mtu must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU);
         }
-        if (statsInterval < 0) {
-            throw new CommandLine.ParameterException(spec.commandLine(), "--stats-interval must not be negative");
-        }
         if (macsPerPort < 1 || macsPerPort > Switch.DEFAULT_MAC_CAPACITY) {
             throw new CommandLine.ParameterException(spec.commandLine(),
                     "--macs-per-port must be 1.." + Switch.DEFAULT_MAC_CAPACITY);
         }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
+        refuseSharedResources(ports);
         try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging)
                 .withMacTable(Switch.DEFAULT_MAC_CAPACITY, macsPerPort))) {
             for (PortFactory f : factories) {
@@ -94,42 +88,64 @@ final class ServeNetCommand implements Callable<Integer> {
             sw.startHousekeeping();
             LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s, at most " + macsPerPort
                     + " MACs per port); stop with Ctrl-C, SIGTERM or SIGHUP");
-            Thread printer = null;
-            if (statsInterval > 0) {
-                printer = Thread.ofPlatform().daemon().name("stats").start(() -> {
-                    try {
-                        while (true) {
-                            Thread.sleep(statsInterval * 1000L);
-                            logStats(sw, "counters");
-                        }
-                    } catch (InterruptedException e) {
-                        // stopping
-                    }
-                });
-            }
+            Thread printer = logOptions.startStats(() -> logStats(sw, "counters"));
             String signal = Signals.awaitTermination();
             LOG.info("received " + signal + ", stopping");
-            if (printer != null) {
-                printer.interrupt();
-                printer.join();
-            }
+            LogOptions.stopStats(printer);
             sw.close(); // stop forwarding first, so the final counters are final
             logStats(sw, "final counters");
         }
         return 0;
     }
 
+    /**
+     * Every port's counters, one line each; with --log-format json also as a "stats" object: {"macs", "ports":
+     * [{"port", counter: value...}]}, the counters named as {@code ctl net stats} names them.
+     */
     private static void logStats(Switch sw, String title) {
         StringBuilder b = new StringBuilder(title + " (MAC table: " + sw.macTable().size() + " addresses):");
+        java.util.List<Object> ports = new java.util.ArrayList<>();
         for (PortStats s : sw.stats()) {
             b.append("\n  ").append(s);
+            java.util.Map<String, Object> pm = new java.util.LinkedHashMap<>();
+            pm.put("port", s.port());
+            for (io.iovirt.net.PortStat st : io.iovirt.net.PortStat.values()) {
+                pm.put(st.label(), s.get(st));
+            }
+            ports.add(pm);
         }
-        LOG.info(b.toString());
+        java.util.Map<String, Object> doc = new java.util.LinkedHashMap<>();
+        doc.put("macs", sw.macTable().size());
+        doc.put("ports", ports);
+        LogOptions.log(LOG, java.util.logging.Level.INFO, b.toString(), new LogOptions.Field("stats", doc));
     }
 
     @FunctionalInterface
     private interface PortFactory {
         Port create() throws Exception;
+    }
+
+    /**
+     * Two ports on one socket path (or one TAP interface) cannot work: the second would find the first listening
+     * and blame "another server". Said at parse time, naming both options.
+     */
+    private void refuseSharedResources(List<String> specs) {
+        java.util.Map<String, String> seen = new java.util.HashMap<>();
+        for (String spec : specs) {
+            int colon = spec.indexOf(':');
+            String kind = spec.substring(0, colon);
+            String arg = spec.substring(colon + 1);
+            String key = switch (kind) {
+                case "tap" -> "TAP interface " + arg;
+                case "vhost-user" -> "socket " + Path.of(arg.split(",")[0]).toAbsolutePath().normalize();
+                default -> "socket " + Path.of(arg).toAbsolutePath().normalize();
+            };
+            String earlier = seen.putIfAbsent(key, spec);
+            if (earlier != null) {
+                throw usage("--port " + earlier + " and --port " + spec + " both use " + key
+                        + ": each port needs its own" + (kind.equals("tap") ? " interface" : " socket path"));
+            }
+        }
     }
 
     private PortFactory parse(String spec) {

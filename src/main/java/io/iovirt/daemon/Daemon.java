@@ -370,6 +370,13 @@ public final class Daemon implements AutoCloseable {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("id", e.spec.id());
         m.put("kind", "nbd");
+        m.putAll(nbdCounters(s));
+        return m;
+    }
+
+    /** An NBD export's counters, the schema of {@code ctl} and of {@code serve nbd}'s JSON statistics lines. */
+    public static Map<String, Object> nbdCounters(io.iovirt.nbd.NbdExportStats s) {
+        Map<String, Object> m = new LinkedHashMap<>();
         m.put("connections", s.connections.get());
         m.put("reads", s.reads.sum());
         m.put("writes", s.writes.sum());
@@ -663,7 +670,8 @@ public final class Daemon implements AutoCloseable {
         return m;
     }
 
-    static Map<String, Object> blkCounters(BlkStats.Snapshot s) {
+    /** A blk device's counters, the schema of {@code ctl} and of {@code serve blk}'s JSON statistics lines. */
+    public static Map<String, Object> blkCounters(BlkStats.Snapshot s) {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("requests", s.requests());
         m.put("reads", s.reads());

@@ -35,16 +35,17 @@ public final class SocketPaths {
             if (!a.isOther()) {
                 throw new IOException(path + " exists and is not a socket; remove it or choose another " + option);
             }
+            boolean live;
             try {
-                UnixSocket.connect(path).close();
+                live = UnixSocket.listenedOn(path);
+            } catch (LinuxException e) {
+                throw new IOException("cannot tell whether " + path + " is in use: " + e.getMessage(), e);
+            }
+            if (live) {
                 throw new IOException("another process is listening on " + path + ": it is in use by another running "
                         + "server; stop it or choose another " + option);
-            } catch (LinuxException e) {
-                if (e.errno() != Errno.ECONNREFUSED) {
-                    throw new IOException("cannot tell whether " + path + " is in use: " + e.getMessage(), e);
-                }
-                Files.deleteIfExists(path); // nobody listens: a stale socket from an earlier run
             }
+            Files.deleteIfExists(path); // nobody listens: a stale socket from an earlier run
         } else if (path.getParent() != null && !Files.isDirectory(path.getParent())) {
             throw new IOException("directory " + path.getParent() + " for socket " + path + " does not exist; create it "
                     + "or choose another " + option);

@@ -81,15 +81,22 @@ public final class NbdServer implements AutoCloseable {
      * Listens on a UNIX socket. A stale socket file (nothing listening) is replaced; a live one is an error.
      */
     public static NbdServer startUnix(Path socket, int maxConnections) throws IOException {
-        if (Files.exists(socket)) {
-            try (SocketChannel probe = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
-                throw new IOException("another server already listens on " + socket + "; stop it or choose another --socket");
-            } catch (IOException e) {
-                if (e.getMessage() != null && e.getMessage().startsWith("another server")) {
-                    throw e;
-                }
-                Files.delete(socket); // stale: nobody accepts on it
+        if (Files.exists(socket, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+            if (!Files.readAttributes(socket, java.nio.file.attribute.BasicFileAttributes.class,
+                    java.nio.file.LinkOption.NOFOLLOW_LINKS).isOther()) { // never delete an image given by mistake
+                throw new IOException(socket + " exists and is not a socket; remove it or choose another socket path");
             }
+            boolean live;
+            try {
+                live = io.iovirt.linux.UnixSocket.listenedOn(socket);
+            } catch (io.iovirt.linux.LinuxException e) {
+                throw new IOException("cannot tell whether " + socket + " is in use: " + e.getMessage(), e);
+            }
+            if (live) {
+                throw new IOException("another server already listens on " + socket + "; stop it or choose another "
+                        + "socket path");
+            }
+            Files.delete(socket); // stale: nobody accepts on it
         }
         ServerSocketChannel ch = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         try {

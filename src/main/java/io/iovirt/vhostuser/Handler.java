@@ -270,9 +270,7 @@ final class Handler implements AutoCloseable {
     }
 
     private void stopDevice(Vring v) {
-        if (v.stopDevice()) {
-            closeRetiredLogs(); // migration (issue 11)
-        }
+        v.stopDevice();
     }
 
     private void stopAll() {
@@ -290,8 +288,6 @@ final class Handler implements AutoCloseable {
 
     /** The log the frontend gave last (mapped), or null. */
     private DirtyLog dirtyLog;
-    /** Logs replaced while logging was off: a device thread may still be finishing a mark in one of them. */
-    private final List<DirtyLog> retiredLogs = new ArrayList<>();
 
     private boolean logging() {
         return negotiated.logging();
@@ -306,10 +302,10 @@ final class Handler implements AutoCloseable {
     }
 
     /**
-     * SET_LOG_BASE: maps the new log and replies (the frontend waits for it). While logging is on and queues run, a
-     * device thread may be between reading the old log and marking it, and the frontend syncs and frees the old log
-     * as soon as we reply: the running queues are stopped (drained) and restarted around the swap so that no mark
-     * can go to the old log after the reply.
+     * SET_LOG_BASE: maps the new log, installs it, retires the old one and replies (the frontend waits for it). The
+     * frontend syncs and frees the old log as soon as we reply, while a device thread may be between reading the
+     * old log and marking it: {@link DirtyLog#retire} waits for such marks and forwards any later one to the new
+     * log, so the queues keep running (and a blk export keeps its image lock) across the swap.
      */
     private void setLogBase(Message m, Connection c) throws IOException, BackendException {
         if (!negotiated.hasProtocolFeature(Features.PROTOCOL_LOG_SHMFD)) {
@@ -322,26 +318,11 @@ final class Handler implements AutoCloseable {
         }
         DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
         DirtyLog old = dirtyLog;
-        List<Vring> paused = new ArrayList<>();
-        if (old != null && logging()) {
-            for (Vring v : vrings) {
-                if (v.running()) {
-                    stopDevice(v);
-                    paused.add(v);
-                }
-            }
-        }
         dirtyLog = next;
         publishLog();
         if (old != null) {
-            if (logging() || !anyRunning()) {
-                old.close();
-            } else {
-                retiredLogs.add(old);
-            }
-        }
-        for (Vring v : paused) {
-            maybeStart(v);
+            old.retire(next);
+            old.close();
         }
         LOG.log(System.Logger.Level.INFO, name + ": " + next + (logging() ? " (logging on)" : ""));
         c.sendReply(MessageType.SET_LOG_BASE, 0L);
@@ -356,17 +337,10 @@ final class Handler implements AutoCloseable {
         return false;
     }
 
-    private void closeRetiredLogs() {
-        if (!retiredLogs.isEmpty() && !anyRunning()) {
-            retiredLogs.forEach(DirtyLog::close);
-            retiredLogs.clear();
-        }
-    }
-
     private void closeLogs() {
         memory.holder().writeLog(null);
-        closeRetiredLogs();
         if (dirtyLog != null) {
+            dirtyLog.retire(null);
             dirtyLog.close();
             dirtyLog = null;
         }

@@ -13,9 +13,13 @@ import java.time.Duration;
 
 /**
  * Serves one {@link VhostUserBackend} on a UNIX socket path that the frontend (QEMU: {@code -chardev
- * socket,path=...}) connects to. One frontend at a time: a second one is turned away with a log line while the
- * first is connected. When a frontend disconnects, for whatever reason, its queues are stopped, guest memory is
- * unmapped and the device is reset; the next connection (a restarted VM) is served without restarting anything.
+ * socket,path=...}) connects to. One frontend at a time, as qemu-storage-daemon's vhost-user server does: while one
+ * is served, the server does not accept, so a second one waits in the listen backlog (its connect succeeds, its
+ * first request gets no answer yet) and is served as soon as the first disconnects; the server logs a warning
+ * naming the frontend it waits for, and {@link #frontendWaiting()} says so for status and statistics. Closing a
+ * second connection instead would leave its QEMU with nothing but a connection reset. When a frontend disconnects,
+ * for whatever reason, its queues are stopped, guest memory is unmapped and the device is reset; the next
+ * connection (a restarted VM) is served without restarting anything.
  *
  * <p>Threads: one platform thread accepts, one serves the current connection with blocking receives. A protocol
  * violation closes only that connection, logged in one line with the socket path. {@link #close()} wakes both
@@ -36,6 +40,10 @@ public final class VhostUserServer implements AutoCloseable {
     private final Object lock = new Object();
     private boolean closed; // guarded by lock
     private Session current; // guarded by lock
+    /** A connection is waiting in the backlog while {@link #current} is served. */
+    private volatile boolean waiting;
+    /** How many times a frontend was found waiting for the current one (each served session counts once). */
+    private final java.util.concurrent.atomic.AtomicLong waits = new java.util.concurrent.atomic.AtomicLong();
 
     private final class Session {
         final Connection connection;
@@ -104,7 +112,7 @@ public final class VhostUserServer implements AutoCloseable {
         this.backend = backend;
         this.listener = listener;
         this.access = access;
-        this.acceptor = Acceptor.builder(name, LOG, listener::accept, this::isClosed)
+        this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, this::isClosed)
                 .threadName("vhost-user accept " + path)
                 .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
                     errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend " + why + " (" + access
@@ -128,7 +136,7 @@ public final class VhostUserServer implements AutoCloseable {
      */
     public static VhostUserServer start(Path socketPath, VhostUserBackend backend, SocketAccess access) throws IOException {
         new Handler(backend, socketPath.toString()); // validates the device's queue count, sizes and features now
-        UnixSocket listener = SocketPaths.listen(socketPath, 4, access, "--socket path");
+        UnixSocket listener = SocketPaths.listen(socketPath, 4, access, "socket path");
         VhostUserServer server = new VhostUserServer(socketPath, backend, listener, access);
         server.acceptor.start();
         LOG.log(System.Logger.Level.INFO, server.name + ": listening");
@@ -158,6 +166,26 @@ public final class VhostUserServer implements AutoCloseable {
                 return -1;
             }
         }
+    }
+
+    /** True while another frontend waits in the listen backlog for the connected one to disconnect. */
+    public boolean frontendWaiting() {
+        return waiting;
+    }
+
+    /** How many frontends had to wait for an earlier one since the server started. */
+    public long frontendsWaited() {
+        return waits.get();
+    }
+
+    /** "frontend pid 12 uid 0 connected, another waiting" and the like, for status and statistics lines. */
+    public String frontendSummary() {
+        String who;
+        synchronized (lock) {
+            who = current == null || current.ended ? "no frontend" : "frontend " + current.peer;
+        }
+        return who + (waiting ? ", another frontend waiting for it" : "")
+                + (waits.get() > 0 ? " (" + waits.get() + " waited so far)" : "");
     }
 
     /**
@@ -196,20 +224,9 @@ public final class VhostUserServer implements AutoCloseable {
             }
             previous = current;
         }
-        // A frontend that closes and reconnects at once (a reconnecting QEMU, a benchmark's next run) can beat
-        // the hang-up to us: give the old session a moment to notice before calling this a second frontend.
-        for (int i = 0; i < 100 && previous != null && !previous.finishing(); i++) {
-            sleepQuietly(10);
-        }
-        if (previous != null && !previous.finishing()) {
-            LOG.log(System.Logger.Level.WARNING, name + ": refusing frontend " + peer + ": already serving "
-                    + previous.peer + " (one frontend per socket)");
-            release.run();
-            socket.close();
-            return;
-        }
         if (previous != null) {
-            joinQuietly(previous.thread); // its queues are being stopped and memory unmapped: finish first
+            // acceptWhenFree accepted only after the previous session's thread ended; this join is the guarantee
+            joinQuietly(previous.thread);
         }
         Session s = new Session(socket, peer, release);
         synchronized (lock) {
@@ -221,6 +238,65 @@ public final class VhostUserServer implements AutoCloseable {
             current = s;
             LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
             s.thread.start();
+        }
+    }
+
+    /**
+     * The acceptor's listener: does not accept while a frontend is served, so a second one stays in the listen
+     * backlog (logged once when it appears) and is accepted when the first has disconnected and been cleaned up.
+     */
+    private UnixSocket acceptWhenFree() throws IOException {
+        Session s;
+        synchronized (lock) {
+            s = current;
+        }
+        if (s != null && !serveUntilDisconnected(s)) {
+            throw new IOException("closing");
+        }
+        return listener.accept();
+    }
+
+    /**
+     * Waits while {@code s} is served; a connection that appears meanwhile stays in the backlog. Returns when the
+     * session's thread has finished (its cleanup included), or false when the server is closing.
+     */
+    private boolean serveUntilDisconnected(Session s) {
+        boolean told = false;
+        try {
+            while (s.thread.isAlive()) {
+                if (isClosed()) {
+                    return false;
+                }
+                if (!told) {
+                    // Sleeps in poll until a connection arrives (or 500 ms pass, to notice the session's end).
+                    if (listener.connectionPending(500) && !isClosed()) {
+                        if (s.finishing()) { // a frontend reconnecting: served once the old session is cleaned up
+                            s.thread.join(Duration.ofMillis(500));
+                            continue;
+                        }
+                        told = true;
+                        waiting = true;
+                        waits.incrementAndGet();
+                        LOG.log(System.Logger.Level.WARNING, name + ": another frontend is connecting while frontend "
+                                + s.peer + " is served; it waits (its connection stays in the listen backlog) and is "
+                                + "served when that one disconnects — one frontend per socket");
+                    }
+                } else {
+                    s.thread.join(Duration.ofMillis(500));
+                    waiting = listener.connectionPending(0); // it may have given up
+                }
+            }
+            return !isClosed();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return false;
+        } catch (LinuxException e) {
+            errorLog.log(System.Logger.Level.ERROR, name + ": polling the listener failed: " + e.getMessage()
+                    + "; waiting for frontend " + s.peer + " to disconnect");
+            joinQuietly(s.thread);
+            return !isClosed();
+        } finally {
+            waiting = false;
         }
     }
 

@@ -140,7 +140,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      *                            inside the current guest memory
      */
     public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
-        return config.packed() ? new PackedQueue(config, memory) : new SplitQueue(config, memory, null);
+        return config.packed() ? new PackedQueue(config, memory, null) : new SplitQueue(config, memory, null);
     }
 
     /**
@@ -148,12 +148,13 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * the frontend-kept in-flight memory, or null. A split queue records in it every request it takes and returns,
      * and on attaching to a region a previous backend left, first hands out again the requests that were in flight
      * (in the order they were taken) and resumes the available ring after them, whatever base the frontend gave.
-     * The packed layout is not tracked: a packed queue ignores the region.
+     * A packed queue does the same with the spec's packed layout ({@link InflightPacked}); it also takes its used
+     * position from the record, since the frontend has none to restore a packed ring's from after a crash.
      */
     public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory, MemorySegment inflight)
             throws VirtqueueException {
         if (config.packed()) {
-            return new PackedQueue(config, memory);
+            return new PackedQueue(config, memory, inflight == null ? null : new InflightPacked(inflight, config.size()));
         }
         return new SplitQueue(config, memory, inflight == null ? null : new InflightQueue(inflight, config.size()));
     }

@@ -203,14 +203,48 @@ class VhostUserServerTest {
     }
 
     @Test
-    void aSecondFrontendIsTurnedAwayWhileTheFirstIsServed() throws Exception {
-        try (VhostUserFrontend first = connect()) {
-            assertTrue(first.getFeatures() != 0);
-            try (VhostUserFrontend second = connect()) {
-                assertThrows(IOException.class, second::getFeatures);
-            }
-            assertTrue(log.awaitLine("refusing frontend").contains(socket.toString()));
+    void aSecondFrontendWaitsInTheBacklogUntilTheFirstGoes() throws Exception {
+        VhostUserFrontend first = connect();
+        assertTrue(first.getFeatures() != 0);
+        assertFalse(server.frontendWaiting());
+        // Its connect succeeds (the backlog), its first request is not answered while the first frontend is served.
+        try (VhostUserFrontend second = VhostUserFrontend.connect(socket, Duration.ofSeconds(2))) {
+            String warning = log.awaitLine("another frontend is connecting");
+            assertTrue(warning.contains(socket.toString()) && warning.contains("waits"), warning);
+            assertThrows(IOException.class, second::getFeatures, "answered while the first frontend is served");
+            assertTrue(server.frontendWaiting());
+            assertTrue(server.frontendSummary().contains("another frontend waiting"), server.frontendSummary());
             assertTrue(first.getFeatures() != 0, "the first frontend is unaffected");
+        }
+        // A waiting frontend that gives up is gone from the backlog when the first one leaves; a new one is served.
+        first.close();
+        io.iovirt.testing.Await.until(TIMEOUT, "the first frontend's session ends", () -> !server.connected());
+        // the session's clean-up ends a moment after it stops counting as connected; then nothing waits any more
+        io.iovirt.testing.Await.until(TIMEOUT, "no frontend waiting", () -> !server.frontendWaiting());
+        assertEquals(1, server.frontendsWaited());
+        try (VhostUserFrontend third = connect()) {
+            assertTrue(third.getFeatures() != 0);
+        }
+    }
+
+    @Test
+    void aWaitingFrontendIsServedWhenTheFirstDisconnects() throws Exception {
+        VhostUserFrontend first = connect();
+        assertTrue(first.getFeatures() != 0);
+        try (VhostUserFrontend second = VhostUserFrontend.connect(socket, TIMEOUT)) {
+            log.awaitLine("another frontend is connecting");
+            Thread closer = Thread.ofPlatform().start(() -> {
+                try {
+                    Thread.sleep(300);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+                first.close();
+            });
+            // Sent while the first is still served: answered once it has gone, on the same connection.
+            assertTrue(second.getFeatures() != 0);
+            closer.join();
+            assertTrue(log.awaitLine(" connected").contains("frontend pid"));
         }
     }
 
