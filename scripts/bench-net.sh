@@ -18,6 +18,8 @@
 # kernel.sched_autogroup_enabled=1, Debian's default, a process's own nice value only counts within its session).
 # Charts (gnuplot, PNG): median Mpps and backend CPU ns/packet per backend and frame size, side by side, written to
 # --charts DIR (default docs/ of this repository) as bench-net.png.
+# Each run also reports the frontend's core % (its CPU time over the window): txonly busy-polls, so below 95 % other
+# work took its core and that run is noise-bound. CPU per frame = backend CPU time over the window / frames taken.
 # Raw logs stay in DIR (default: a new temporary directory, printed at the end).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
     --nice) NICE="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --charts) CHARTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-net: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -109,10 +111,12 @@ run_case() { # backend size poll round
   local fepid=$!
   # the backend's CPU time (all threads) over the same window as testpmd's two statistics readings
   sleep "$((1 + WARMUP))"
-  local t0 t1
-  t0="$(cpu_ticks "$bepid")"
+  local t0 t1 f0 f1 fepmd
+  # the frontend testpmd: timeout's child (nice, taskset and stdbuf exec into it)
+  fepmd="$(cat /proc/"$fepid"/task/*/children 2>/dev/null | awk '{print $1; exit}')"
+  t0="$(cpu_ticks "$bepid")"; f0="$(cpu_ticks "${fepmd:-0}")"
   sleep "$MEASURE"
-  t1="$(cpu_ticks "$bepid")"
+  t1="$(cpu_ticks "$bepid")"; f1="$(cpu_ticks "${fepmd:-0}")"
   wait "$fepid" || true
   if [ "$backend" = dpdk ]; then echo stop >&8; echo quit >&8; exec 8>&-; fi
   cleanup
@@ -120,9 +124,10 @@ run_case() { # backend size poll round
   pps="$(grep -E 'Tx-pps:' "$felog" | tail -1 | awk '{print $2}')"
   [ -n "$pps" ] || { echo "bench-net: no Tx-pps in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
   pkts="$(grep -E '^ +TX-packets: [0-9]+ +TX-errors' "$felog" | tail -2 | awk '{print $2}' | paste -sd' ' | awk '{print $2 - $1}')"
-  # Mpps, backend CPU ns per packet, backend core % (CPU time / wall time over the window)
-  awk -v pps="$pps" -v pkts="$pkts" -v ticks="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v s="$MEASURE" \
-    'BEGIN { cpu = ticks / hz; printf "%.3f %.0f %.0f\n", pps / 1e6, (pkts > 0 ? cpu * 1e9 / pkts : 0), 100 * cpu / s }'
+  # Mpps, backend CPU ns per packet, backend core % (CPU time / wall time over the window), frontend core %
+  awk -v pps="$pps" -v pkts="$pkts" -v ticks="$((t1 - t0))" -v fticks="$((f1 - f0))" -v hz="$(getconf CLK_TCK)" \
+    -v s="$MEASURE" 'BEGIN { cpu = ticks / hz; printf "%.3f %.0f %.0f %.0f\n", pps / 1e6, (pkts > 0 ? cpu * 1e9 / pkts : 0),
+      100 * cpu / s, 100 * fticks / hz / s }'
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -142,8 +147,8 @@ done
 echo "bench-net: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 # every run, then the medians per case and the ratio of medians to DPDK's
-echo "| frame | backend (pinned to 1 CPU) | Mpps per run | median Mpps | vs DPDK | backend CPU ns/packet (median) | backend core % (median) |"
-echo "|---|---|---|---:|---:|---:|---:|"
+echo "| frame | backend (pinned to 1 CPU) | Mpps per run | median Mpps | vs DPDK | backend CPU ns/packet (median) | backend core % (median) | frontend (client) core % per run |"
+echo "|---|---|---|---:|---:|---:|---:|---|"
 med() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for size in $SIZES; do
   d="$(awk -v z="$size" '$1=="dpdk" && $2==z {print $5}' "$RUNS" | med)"
@@ -154,8 +159,9 @@ for size in $SIZES; do
     m="$(echo "$sel" | awk '{print $5}' | med)"
     c="$(echo "$sel" | awk '{print $6}' | med)"
     u="$(echo "$sel" | awk '{print $7}' | med)"
+    fc="$(echo "$sel" | awk '{printf "%s%s", (NR>1?" ":""), $8}')"
     name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p"
-    printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u"
+    printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc"
     printf '"%s B\\n%s" %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p" || echo "DPDK\\nvhost PMD")" "$m" "$c" "$u" \
       "$([ "$b" = iovirt ] && echo 1 || echo 2)" >> "$DIR/chart.dat"
   done

@@ -3,7 +3,7 @@ package io.iovirt.bench;
 
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.util.LatencyHistogram;
-import io.iovirt.vhostuser.Features;
+import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -30,7 +30,7 @@ public final class BlkBench {
             BackendProcess backend = new BackendProcess(socket.peerCredentials().pid());
             BackendProcess self = new BackendProcess(ProcessHandle.current().pid());
             VhostUserBlkDriver.Device dev = driver.negotiate(o.packed());
-            boolean indirect = o.indirect() && dev.has(Features.VIRTIO_RING_F_INDIRECT_DESC);
+            boolean indirect = o.indirect() && dev.has(VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC);
             check(o, dev, indirect);
 
             List<DriverQueue> queues = driver.start(new VhostUserBlkDriver.Layout(o.queues(), o.queueSize(),

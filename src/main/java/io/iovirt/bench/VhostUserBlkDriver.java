@@ -13,6 +13,8 @@ import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.PackedDriverRing;
 import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.SplitDriverRing;
+import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -42,7 +44,6 @@ public final class VhostUserBlkDriver implements AutoCloseable {
     static final long DATA_GPA = 1L << 32;
     private static final int PAGE = 4096;
     private static final int CONFIG_BYTES = 36; // capacity .. num_queues
-    private static final int STATUS_ACKNOWLEDGE = 1, STATUS_DRIVER = 2, STATUS_DRIVER_OK = 4, STATUS_FEATURES_OK = 8;
 
     /** What the backend offered and what was negotiated; sizes from the configuration space. */
     public record Device(long offeredFeatures, long features, long protocolFeatures, long capacitySectors, int blockSize,
@@ -103,7 +104,7 @@ public final class VhostUserBlkDriver implements AutoCloseable {
      */
     public Device negotiate(boolean packed) throws IOException {
         long offered = frontend.getFeatures();
-        if ((offered & Features.VIRTIO_F_VERSION_1) == 0) {
+        if ((offered & VirtioFeatures.VIRTIO_F_VERSION_1) == 0) {
             throw new IOException(String.format("backend does not offer VIRTIO_F_VERSION_1 (features 0x%x); only "
                     + "modern virtio devices can be driven", offered));
         }
@@ -111,14 +112,14 @@ public final class VhostUserBlkDriver implements AutoCloseable {
             throw new IOException(String.format("backend does not offer VHOST_USER_F_PROTOCOL_FEATURES (features 0x%x);"
                     + " the disk's capacity cannot be read without VHOST_USER_PROTOCOL_F_CONFIG", offered));
         }
-        if (packed && (offered & Features.VIRTIO_F_RING_PACKED) == 0) {
+        if (packed && (offered & VirtioFeatures.VIRTIO_F_RING_PACKED) == 0) {
             throw new IOException(String.format("backend does not offer VIRTIO_F_RING_PACKED (features 0x%x); run "
                     + "without --packed", offered));
         }
-        long optional = Features.VIRTIO_RING_F_EVENT_IDX | Features.VIRTIO_RING_F_INDIRECT_DESC
+        long optional = VirtioFeatures.VIRTIO_RING_F_EVENT_IDX | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC
                 | bit(F_SIZE_MAX) | bit(F_SEG_MAX) | bit(F_BLK_SIZE) | bit(F_FLUSH) | bit(F_RO) | bit(F_MQ);
-        long features = Features.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES | (offered & optional)
-                | (packed ? Features.VIRTIO_F_RING_PACKED : 0);
+        long features = VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES | (offered & optional)
+                | (packed ? VirtioFeatures.VIRTIO_F_RING_PACKED : 0);
 
         long offeredProtocol = frontend.getProtocolFeatures();
         if ((offeredProtocol & Features.bit(Features.PROTOCOL_CONFIG)) == 0) {
@@ -142,7 +143,7 @@ public final class VhostUserBlkDriver implements AutoCloseable {
         }
         frontend.setFeatures(features);
         if ((protocol & Features.bit(Features.PROTOCOL_STATUS)) != 0) {
-            frontend.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+            frontend.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK);
         }
         device = new Device(offered, features, protocol, capacity, blockSize, sizeMax, segMax,
                 Math.min(numQueues, backendQueues));
@@ -186,8 +187,8 @@ public final class VhostUserBlkDriver implements AutoCloseable {
         for (int q = 0; q < layout.queues(); q++) {
             long base = perQueue * q;
             DriverRing ring = layout.packed()
-                    ? PackedDriverRing.create(mem, base, layout.queueSize(), d.has(Features.VIRTIO_RING_F_EVENT_IDX))
-                    : SplitDriverRing.create(mem, base, layout.queueSize(), d.has(Features.VIRTIO_RING_F_EVENT_IDX));
+                    ? PackedDriverRing.create(mem, base, layout.queueSize(), d.has(VirtioFeatures.VIRTIO_RING_F_EVENT_IDX))
+                    : SplitDriverRing.create(mem, base, layout.queueSize(), d.has(VirtioFeatures.VIRTIO_RING_F_EVENT_IDX));
             EventFd kick = eventFd();
             EventFd call = eventFd();
             QueueConfig qc = ring.queueConfig(q, layout.indirect());
@@ -205,7 +206,7 @@ public final class VhostUserBlkDriver implements AutoCloseable {
             frontend.setVringEnable(q, true);
         }
         if ((d.protocolFeatures() & Features.bit(Features.PROTOCOL_STATUS)) != 0) {
-            frontend.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+            frontend.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
         }
         return List.copyOf(queues);
     }

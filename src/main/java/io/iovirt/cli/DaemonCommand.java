@@ -4,6 +4,7 @@ package io.iovirt.cli;
 import io.iovirt.daemon.DaemonService;
 import java.nio.file.Path;
 import java.util.concurrent.Callable;
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
@@ -26,21 +27,16 @@ final class DaemonCommand implements Callable<Integer> {
     @Option(names = "--metrics", paramLabel = "HOST:PORT", description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only).")
     String metrics;
 
-    @Option(names = "--socket-group", paramLabel = "GROUP",
-            description = "Give device sockets to GROUP with mode 0660, so QEMU running as a member can connect (default: 0600).")
-    String socketGroup;
-
-    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
-            description = "Also serve device-socket peers with these uids (QEMU's user when it is not the daemon's; default: the daemon's uid and root).")
-    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
+    @CommandLine.Mixin
+    SocketAccessOptions socketAccess;
 
     @Override
     public Integer call() throws Exception {
         if (System.getenv("JOURNAL_STREAM") != null) {
             journalFormat();
         }
-        String signal = DaemonService.run(new DaemonService.Options(config, control, metrics, socketGroup,
-                new java.util.HashSet<>(allowUids)));
+        String signal = DaemonService.run(new DaemonService.Options(config, control, metrics,
+                socketAccess.socketGroup(), socketAccess.allowUids()));
         System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
         return 0;
     }

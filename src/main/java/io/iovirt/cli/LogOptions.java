@@ -22,7 +22,8 @@ import picocli.CommandLine.Option;
 /**
  * {@code --log-level} and {@code --log-format} for every long-running command (a {@code @Mixin}; call
  * {@link #apply} first thing in {@code call()}): logs go to stderr, one record a line, with a UTC timestamp — as text
- * or as JSON lines for a log collector. Levels are the usual names mapped onto java.util.logging: debug is FINE (the
+ * or as JSON lines for a log collector — and {@code --stats-interval} paces the periodic counters lines
+ * ({@link #startStats}). Levels are the usual names mapped onto java.util.logging: debug is FINE (the
  * vhost-user protocol trace), trace is FINEST.
  */
 public final class LogOptions {
@@ -37,6 +38,54 @@ public final class LogOptions {
     @Option(names = "--log-format", paramLabel = "text|json", defaultValue = "text",
             description = "Log lines on stderr as text, or as one JSON object a line. Default: ${DEFAULT-VALUE}.")
     String format;
+
+    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
+            description = "Log the counters every S seconds (0: only at exit); with --log-format json each such line "
+                    + "also carries them as a \"stats\" object (schema in docs/cli.md).")
+    int statsInterval;
+
+    /**
+     * A value a JSON log line carries under {@code key} next to the message (the text format shows only the
+     * message): pass it as the record's only parameter, as {@link #log} does.
+     */
+    public record Field(String key, Object value) {
+    }
+
+    /** Logs {@code message}, with {@code field} added to the JSON form of the line. */
+    public static void log(Logger logger, Level level, String message, Field field) {
+        LogRecord r = new LogRecord(level, message);
+        r.setLoggerName(logger.getName());
+        r.setParameters(new Object[] {field});
+        logger.log(r);
+    }
+
+    /**
+     * Runs {@code report} every --stats-interval seconds on a daemon thread until the returned thread is
+     * interrupted; null when the interval is 0.
+     */
+    public Thread startStats(Runnable report) {
+        if (statsInterval == 0) {
+            return null;
+        }
+        return Thread.ofPlatform().daemon().name("stats").start(() -> {
+            try {
+                while (true) {
+                    Thread.sleep(statsInterval * 1000L);
+                    report.run();
+                }
+            } catch (InterruptedException e) {
+                // stopping
+            }
+        });
+    }
+
+    /** Stops what {@link #startStats} started, waiting for a line being written to finish. */
+    public static void stopStats(Thread stats) throws InterruptedException {
+        if (stats != null) {
+            stats.interrupt();
+            stats.join();
+        }
+    }
 
     /** Configures logging for this process; a bad value is a usage error of the command. */
     public void apply() {
@@ -54,6 +103,9 @@ public final class LogOptions {
             case "json" -> new JsonFormatter();
             default -> throw Contract.usage(mixee, "--log-format must be text or json, not '" + format + "'");
         };
+        if (statsInterval < 0) {
+            throw Contract.usage(mixee, "--stats-interval must not be negative, got " + statsInterval);
+        }
         configure(jul, formatter, System.err);
     }
 
@@ -120,6 +172,9 @@ public final class LogOptions {
             m.put("level", levelName(r.getLevel()));
             m.put("logger", r.getLoggerName());
             m.put("message", formatMessage(r));
+            if (r.getParameters() != null && r.getParameters().length == 1 && r.getParameters()[0] instanceof Field f) {
+                m.put(f.key(), f.value());
+            }
             String t = thrown(r);
             if (t != null) {
                 m.put("thrown", t);

@@ -7,11 +7,13 @@ import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
 import io.iovirt.util.ActionableException;
 import io.iovirt.util.ByteSizes;
+import io.iovirt.vhostuser.SocketOwner;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.HexFormat;
 import java.util.concurrent.Callable;
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
@@ -87,35 +89,25 @@ final class ServeBlkCommand implements Callable<Integer> {
                     "the whole sectors, and the last partial one is neither read nor written."})
     boolean allowPartialSector;
 
-    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
-            description = "Log the device's counters every S seconds (0: only at exit).")
-    int statsInterval;
-
     @picocli.CommandLine.Mixin
     LogOptions logOptions;
 
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
-    @Option(names = "--socket-group", paramLabel = "GROUP",
-            description = "Make the socket file mode 0660 and owned by GROUP, so that group's frontends may connect "
-                    + "(default: mode 0600, owner only).")
-    String socketGroup;
+    @CommandLine.Mixin
+    SocketAccessOptions socketAccess;
 
-    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
-            description = "Also serve frontends running as these uids (default: our own uid and root only).")
-    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
-
-    private io.iovirt.linux.SocketAccess access() {
-        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
-    }
+    @Option(names = "--standby",
+            description = "Warm standby: start up, open the image, then wait while another serve blk serves --socket, "
+                    + "and take the socket over the moment that process exits (also when it is killed), so a "
+                    + "reconnecting QEMU finds a running backend instead of waiting for a new one to start. Serves "
+                    + "at once when nobody serves the socket: run two such processes per export.")
+    boolean standby;
 
     @Override
     public Integer call() throws Exception {
         logOptions.apply();
-        if (statsInterval < 0) {
-            throw Contract.usage(spec, "--stats-interval must not be negative");
-        }
         if (queues < 1 || queues > 64) {
             throw Contract.usage(spec, "--queues must be between 1 and 64, got " + queues);
         }
@@ -124,31 +116,49 @@ final class ServeBlkCommand implements Callable<Integer> {
         try (DiskImage img = Images.open(image, format, readOnly, direct)) {
             checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
-            try (VhostUserServer server = VhostUserServer.start(socket, device, access())) {
+            SocketOwner owner;
+            if (standby) { // crash recovery (issue 11): everything is ready but the socket
+                LOG.info("standby for " + socket + ": waiting for the process that serves it to exit");
+                owner = SocketOwner.await(socket);
+                LOG.info("taking over " + socket);
+            } else {
+                owner = SocketOwner.acquire(socket);
+            }
+            try (owner; VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
                 LOG.info(String.format("serving %s (%s, %s%s%s, %d queue%s, %s) on %s", image, img.format(),
                         ByteSizes.human(img.size()), readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues,
                         queues == 1 ? "" : "s", device.ioDescription(), socket));
-                Thread stats = statsInterval == 0 ? null : Thread.ofPlatform().daemon().name("stats").start(() -> {
-                    try {
-                        while (true) {
-                            Thread.sleep(statsInterval * 1000L);
-                            LOG.info("counters: " + device.stats());
-                        }
-                    } catch (InterruptedException e) {
-                        // stopping
-                    }
-                });
+                Thread stats = logOptions.startStats(() -> logStats("counters: ", device, server));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (in-flight requests complete first)");
-                if (stats != null) {
-                    stats.interrupt();
-                    stats.join();
-                }
+                LogOptions.stopStats(stats);
             } // closing the server stops every queue: requests in flight are completed
             device.flush();
-            LOG.info("stopped; image synced. " + device.stats());
+            logStats("stopped; image synced. ", device, null);
         }
         return 0;
+    }
+
+    /**
+     * One statistics line: the device's counters and who is connected (a frontend waiting behind the connected one
+     * included); with --log-format json also as a "stats" object: {"device": counters as ctl reports them,
+     * "frontend": {"connected", "pid", "waiting", "waited"}}.
+     */
+    private static void logStats(String title, BlkDevice device, VhostUserServer server) {
+        io.iovirt.devices.blk.BlkStats.Snapshot s = device.stats();
+        java.util.Map<String, Object> doc = new java.util.LinkedHashMap<>();
+        doc.put("device", io.iovirt.daemon.Daemon.blkCounters(s));
+        if (server != null) {
+            java.util.Map<String, Object> fe = new java.util.LinkedHashMap<>();
+            int pid = server.frontendPid();
+            fe.put("connected", pid >= 0 || server.connected());
+            fe.put("pid", pid >= 0 ? pid : null);
+            fe.put("waiting", server.frontendWaiting());
+            fe.put("waited", server.frontendsWaited());
+            doc.put("frontend", fe);
+        }
+        LogOptions.log(LOG, java.util.logging.Level.INFO, title + s
+                + (server == null ? "" : "; " + server.frontendSummary()), new LogOptions.Field("stats", doc));
     }
 
     /**

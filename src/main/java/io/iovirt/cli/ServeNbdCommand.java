@@ -6,6 +6,7 @@ import io.iovirt.nbd.NbdServer;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
+import io.iovirt.util.ByteSizes;
 import java.nio.file.Path;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.ArgGroup;
@@ -14,17 +15,26 @@ import picocli.CommandLine.Option;
 
 /**
  * {@code iovirt serve nbd}: exports one image over NBD on a UNIX socket or a loopback TCP address, for QEMU's
- * emulated disks ({@code -drive driver=nbd,...}), qemu-img/qemu-io, or the kernel's nbd-client. SIGINT/SIGTERM
- * disconnect the clients, sync the image and exit 0.
+ * emulated disks ({@code -drive driver=nbd,...}), qemu-img/qemu-io, or the kernel's nbd-client. SIGINT, SIGTERM and
+ * SIGHUP disconnect the clients, sync the image and exit 0. Logs and statistics as every server: {@link LogOptions}.
  */
 @Command(name = "nbd", mixinStandardHelpOptions = true, footerHeading = "%nExamples:%n",
         footer = {"  iovirt serve nbd --image disk.qcow2 --socket /run/iovirt/nbd0.sock --name disk0",
-                "  iovirt serve nbd --image base.raw --listen 127.0.0.1:10809 --readonly"},
+                "  iovirt serve nbd --image base.raw --listen 127.0.0.1:10809 --readonly",
+                "  iovirt serve nbd --image disk.raw --socket nbd.sock --log-format json --stats-interval 10"},
         description = {"Export a disk image (raw or qcow2) over NBD.",
                 "QEMU: -drive driver=nbd,server.type=unix,server.path=SOCKET,export=NAME,if=none,id=d0",
                 "      -device ide-hd,drive=d0",
                 "qemu-img/qemu-io: nbd+unix:///NAME?socket=SOCKET or nbd://127.0.0.1:PORT/NAME"})
 final class ServeNbdCommand implements Callable<Integer> {
+    private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.nbd");
+
+    @picocli.CommandLine.Spec
+    picocli.CommandLine.Model.CommandSpec spec;
+
+    @picocli.CommandLine.Mixin
+    LogOptions logOptions;
+
     @Option(names = "--image", required = true, paramLabel = "FILE", description = "Image file (raw, qcow2) or block device.")
     Path image;
 
@@ -57,32 +67,50 @@ final class ServeNbdCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        logOptions.apply();
+        if (maxConnections < 1) {
+            throw Contract.usage(spec, "--max-connections must be at least 1, got " + maxConnections);
+        }
+        String host = null;
+        int port = 0;
+        if (listen.tcp != null) {
+            int colon = listen.tcp.lastIndexOf(':');
+            try {
+                port = colon < 0 ? -1 : Integer.parseInt(listen.tcp.substring(colon + 1));
+            } catch (NumberFormatException e) {
+                port = -1;
+            }
+            if (port < 0 || port > 65535) {
+                throw Contract.usage(spec, "--listen takes HOST:PORT with a port 0..65535, e.g. 127.0.0.1:10809, got '"
+                        + listen.tcp + "'");
+            }
+            host = listen.tcp.substring(0, colon).replace("[", "").replace("]", "");
+        }
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
         try (DiskImage img = Images.open(image, fmt, readOnly, direct)) {
             NbdExport export = new NbdExport(name, img, readOnly);
-            NbdServer server;
-            if (listen.socket != null) {
-                server = NbdServer.startUnix(listen.socket, maxConnections);
-            } else {
-                int colon = listen.tcp.lastIndexOf(':');
-                if (colon < 0) {
-                    throw new IllegalArgumentException("--listen takes HOST:PORT, e.g. 127.0.0.1:10809, got '" + listen.tcp + "'");
-                }
-                String host = listen.tcp.substring(0, colon).replace("[", "").replace("]", "");
-                server = NbdServer.startTcp(host, Integer.parseInt(listen.tcp.substring(colon + 1)), maxConnections);
-            }
+            NbdServer server = listen.socket != null ? NbdServer.startUnix(listen.socket, maxConnections)
+                    : NbdServer.startTcp(host, port, maxConnections);
             try (server) {
                 server.addExport(export);
-                System.err.printf("iovirt: exporting %s (%s, %d MiB%s) as '%s' over NBD on %s%n", image, img.format(),
-                        img.size() >> 20, export.readOnly() ? ", read-only" : "", name, server.address());
+                LOG.info(String.format("exporting %s (%s, %s%s) as '%s' over NBD on %s", image, img.format(),
+                        ByteSizes.human(img.size()), export.readOnly() ? ", read-only" : "", name, server.address()));
+                Thread stats = logOptions.startStats(() -> logStats("counters: ", export));
                 String signal = Signals.awaitTermination();
-                System.err.println("iovirt: " + signal + ": stopping (clients are disconnected after their current request)");
+                LOG.info(signal + ": stopping (clients are disconnected after their current request)");
+                LogOptions.stopStats(stats);
             }
             if (!img.readOnly()) {
                 img.flush();
             }
-            System.err.println("iovirt: stopped; image synced. " + export.stats());
+            logStats("stopped; image synced. ", export);
         }
         return 0;
+    }
+
+    /** The export's counters; with --log-format json also as a "stats" object (the counters ctl reports). */
+    private static void logStats(String title, NbdExport export) {
+        LogOptions.log(LOG, java.util.logging.Level.INFO, title + export.stats(),
+                new LogOptions.Field("stats", io.iovirt.daemon.Daemon.nbdCounters(export.stats())));
     }
 }

@@ -45,31 +45,23 @@ final class ServeNetCommand implements Callable<Integer> {
             description = "Forget a MAC address S seconds after its last frame (default: ${DEFAULT-VALUE}).")
     int macAging;
 
+    @Option(names = "--macs-per-port", paramLabel = "N", defaultValue = "" + Switch.DEFAULT_MACS_PER_PORT,
+            description = "Learn at most N source MAC addresses per port; frames from further addresses are still "
+                    + "forwarded but not learned, and counted as rx_unlearned (default: ${DEFAULT-VALUE}; table: "
+                    + Switch.DEFAULT_MAC_CAPACITY + ").")
+    int macsPerPort;
+
     @Option(names = "--mtu", paramLabel = "BYTES", defaultValue = "" + Ethernet.DEFAULT_MTU,
             description = "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
     int mtu;
-
-    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
-            description = "Log every port's counters every S seconds (0: only at exit).")
-    int statsInterval;
 
     @CommandLine.Mixin
     LogOptions logOptions;
 
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.net");
 
-    @Option(names = "--socket-group", paramLabel = "GROUP",
-            description = "Make socket files (vhost-user and stream ports) mode 0660 and owned by GROUP, so that group's peers may connect "
-                    + "(default: mode 0600, owner only).")
-    String socketGroup;
-
-    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
-            description = "Also serve peers running as these uids (default: our own uid and root only).")
-    java.util.List<Integer> allowUids = new java.util.ArrayList<>();
-
-    private io.iovirt.linux.SocketAccess access() {
-        return io.iovirt.linux.SocketAccess.of(socketGroup, new java.util.HashSet<>(allowUids));
-    }
+    @CommandLine.Mixin
+    SocketAccessOptions socketAccess;
 
     @Override
     public Integer call() throws Exception {
@@ -81,53 +73,79 @@ final class ServeNetCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(spec.commandLine(),
                     "--mtu must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU);
         }
-        if (statsInterval < 0) {
-            throw new CommandLine.ParameterException(spec.commandLine(), "--stats-interval must not be negative");
+        if (macsPerPort < 1 || macsPerPort > Switch.DEFAULT_MAC_CAPACITY) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--macs-per-port must be 1.." + Switch.DEFAULT_MAC_CAPACITY);
         }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
-        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging))) {
+        refuseSharedResources(ports);
+        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging)
+                .withMacTable(Switch.DEFAULT_MAC_CAPACITY, macsPerPort))) {
             for (PortFactory f : factories) {
                 Port p = sw.addPort(f.create());
                 LOG.info("port " + p.index() + ": " + p.name());
             }
             sw.startHousekeeping();
-            LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s); stop with Ctrl-C, SIGTERM or SIGHUP");
-            Thread printer = null;
-            if (statsInterval > 0) {
-                printer = Thread.ofPlatform().daemon().name("stats").start(() -> {
-                    try {
-                        while (true) {
-                            Thread.sleep(statsInterval * 1000L);
-                            logStats(sw, "counters");
-                        }
-                    } catch (InterruptedException e) {
-                        // stopping
-                    }
-                });
-            }
+            LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s, at most " + macsPerPort
+                    + " MACs per port); stop with Ctrl-C, SIGTERM or SIGHUP");
+            Thread printer = logOptions.startStats(() -> logStats(sw, "counters"));
             String signal = Signals.awaitTermination();
             LOG.info("received " + signal + ", stopping");
-            if (printer != null) {
-                printer.interrupt();
-                printer.join();
-            }
+            LogOptions.stopStats(printer);
             sw.close(); // stop forwarding first, so the final counters are final
             logStats(sw, "final counters");
         }
         return 0;
     }
 
+    /**
+     * Every port's counters, one line each; with --log-format json also as a "stats" object: {"macs", "ports":
+     * [{"port", counter: value...}]}, the counters named as {@code ctl net stats} names them.
+     */
     private static void logStats(Switch sw, String title) {
         StringBuilder b = new StringBuilder(title + " (MAC table: " + sw.macTable().size() + " addresses):");
+        java.util.List<Object> ports = new java.util.ArrayList<>();
         for (PortStats s : sw.stats()) {
             b.append("\n  ").append(s);
+            java.util.Map<String, Object> pm = new java.util.LinkedHashMap<>();
+            pm.put("port", s.port());
+            for (io.iovirt.net.PortStat st : io.iovirt.net.PortStat.values()) {
+                pm.put(st.label(), s.get(st));
+            }
+            ports.add(pm);
         }
-        LOG.info(b.toString());
+        java.util.Map<String, Object> doc = new java.util.LinkedHashMap<>();
+        doc.put("macs", sw.macTable().size());
+        doc.put("ports", ports);
+        LogOptions.log(LOG, java.util.logging.Level.INFO, b.toString(), new LogOptions.Field("stats", doc));
     }
 
     @FunctionalInterface
     private interface PortFactory {
         Port create() throws Exception;
+    }
+
+    /**
+     * Two ports on one socket path (or one TAP interface) cannot work: the second would find the first listening
+     * and blame "another server". Said at parse time, naming both options.
+     */
+    private void refuseSharedResources(List<String> specs) {
+        java.util.Map<String, String> seen = new java.util.HashMap<>();
+        for (String spec : specs) {
+            int colon = spec.indexOf(':');
+            String kind = spec.substring(0, colon);
+            String arg = spec.substring(colon + 1);
+            String key = switch (kind) {
+                case "tap" -> "TAP interface " + arg;
+                case "vhost-user" -> "socket " + Path.of(arg.split(",")[0]).toAbsolutePath().normalize();
+                default -> "socket " + Path.of(arg).toAbsolutePath().normalize();
+            };
+            String earlier = seen.putIfAbsent(key, spec);
+            if (earlier != null) {
+                throw usage("--port " + earlier + " and --port " + spec + " both use " + key
+                        + ": each port needs its own" + (kind.equals("tap") ? " interface" : " socket path"));
+            }
+        }
     }
 
     private PortFactory parse(String spec) {
@@ -138,7 +156,7 @@ final class ServeNetCommand implements Callable<Integer> {
             throw usage("--port " + spec + ": want KIND:ARG, e.g. stream:/run/b.sock or tap:iov0");
         }
         return switch (kind) {
-            case "stream" -> () -> new StreamPort(Path.of(arg), access());
+            case "stream" -> () -> new StreamPort(Path.of(arg), socketAccess.access());
             case "tap" -> {
                 try {
                     TapPort probe = new TapPort(arg); // validates the name now, before anything starts
@@ -153,7 +171,7 @@ final class ServeNetCommand implements Callable<Integer> {
                 if (pin && o.mac() == -1) {
                     throw usage("--port " + spec + ": pin-mac needs mac=MAC");
                 }
-                yield () -> new VirtioNetPort(o).withAccess(access()).pinSource(pin);
+                yield () -> new VirtioNetPort(o).withAccess(socketAccess.access()).pinSource(pin);
             }
             default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };

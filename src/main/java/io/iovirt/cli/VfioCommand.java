@@ -30,6 +30,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
+import java.security.MessageDigest;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -71,21 +72,43 @@ public final class VfioCommand implements Runnable {
                 converter = BdfConverter.class)
         Bdf address;
 
+        @Option(names = "--json", description = "Print what VFIO reports as one JSON document (schema in docs/cli.md).")
+        boolean json;
 
         @Override
         public Integer call() throws Exception {
-            PrintWriter out = spec.commandLine().getOut();
+            PrintWriter stdout = spec.commandLine().getOut();
+            // The text is printed as it is learnt (a group that is not viable still shows its members); the JSON
+            // document only when everything was read.
+            PrintWriter out = json ? new PrintWriter(java.io.Writer.nullWriter()) : stdout;
+            Map<String, Object> doc = new LinkedHashMap<>();
             PciSysfs sysfs = PciSysfs.SYSTEM;
             int group = sysfs.iommuGroup(address);
-            out.printf("device:      %s [%s], driver %s%n", address, sysfs.ids(address),
-                    sysfs.driver(address).orElse("none"));
+            String driver = sysfs.driver(address).orElse(null);
+            doc.put("device", address.toString());
+            doc.put("ids", sysfs.ids(address).toString());
+            doc.put("driver", driver);
+            out.printf("device:      %s [%s], driver %s%n", address, sysfs.ids(address), driver == null ? "none" : driver);
             List<String> members = new ArrayList<>();
+            List<Map<String, Object>> memberDocs = new ArrayList<>();
             for (Bdf m : sysfs.groupMembers(group)) {
-                members.add(m + " (" + sysfs.driver(m).orElse("no driver") + ")");
+                String md = sysfs.driver(m).orElse(null);
+                members.add(m + " (" + (md == null ? "no driver" : md) + ")");
+                Map<String, Object> mdoc = new LinkedHashMap<>();
+                mdoc.put("bdf", m.toString());
+                mdoc.put("driver", md);
+                memberDocs.add(mdoc);
             }
             IommuEnvironment env = IommuEnvironment.detect();
+            Map<String, Object> envDoc = new LinkedHashMap<>();
+            envDoc.put("vfio_container", env.vfioContainer());
+            envDoc.put("iommufd", env.iommufd());
+            envDoc.put("vfio_device_cdevs", env.vfioDeviceCdevs());
+            envDoc.put("iommu_groups", env.iommuGroups());
+            doc.put("interfaces", envDoc);
             out.printf("interfaces:  %s%n", env.summary());
             Optional<Path> cdev = IommuEnvironment.deviceCdev(sysfs, Path.of("/dev"), address);
+            doc.put("device_cdev", cdev.map(Path::toString).orElse(null));
             cdev.ifPresent(c -> out.printf("device cdev: %s (for iommufd; iovirt uses the group interface)%n", c));
             try (VfioContainer container = VfioContainer.open()) {
                 List<String> types = new ArrayList<>();
@@ -96,11 +119,21 @@ public final class VfioCommand implements Runnable {
                 for (VfioContainer.Extension x : container.supportedExtensions()) {
                     ext.add(x.label);
                 }
+                Map<String, Object> cDoc = new LinkedHashMap<>();
+                cDoc.put("api_version", container.apiVersion());
+                cDoc.put("iommu_types", types);
+                cDoc.put("extensions", ext);
+                doc.put("container", cDoc);
                 out.printf("container:   VFIO API %d; IOMMU types: %s; extensions: %s%n", container.apiVersion(),
                         types.isEmpty() ? "none (load vfio_iommu_type1)" : String.join(", ", types),
                         ext.isEmpty() ? "none" : String.join(", ", ext));
                 try (VfioGroup g = VfioGroup.open(group)) {
                     VfioGroup.Status st = g.status();
+                    Map<String, Object> gDoc = new LinkedHashMap<>();
+                    gDoc.put("id", group);
+                    gDoc.put("viable", st.viable());
+                    gDoc.put("members", memberDocs);
+                    doc.put("group", gDoc);
                     out.printf("group:       %d, %s; members: %s%n", group, st.viable() ? "viable" : "NOT viable",
                             String.join(", ", members));
                     out.flush();
@@ -109,6 +142,26 @@ public final class VfioCommand implements Runnable {
             }
             try (VfioSession s = VfioSession.open(address)) {
                 IommuInfo iommu = s.iommu().info();
+                Map<String, Object> iDoc = new LinkedHashMap<>();
+                iDoc.put("type", s.container().iommuType().label);
+                List<Long> pageSizes = new ArrayList<>();
+                for (int bit = 0; bit < 64; bit++) {
+                    if ((iommu.pageSizes() & (1L << bit)) != 0) {
+                        pageSizes.add(1L << bit);
+                    }
+                }
+                iDoc.put("page_sizes", pageSizes);
+                List<Map<String, Object>> ranges = new ArrayList<>();
+                for (IommuInfo.IovaRange r : iommu.iovaRanges()) {
+                    Map<String, Object> rDoc = new LinkedHashMap<>();
+                    rDoc.put("start", r.start());
+                    rDoc.put("end", r.end());
+                    ranges.add(rDoc);
+                }
+                iDoc.put("iova_ranges", iommu.iovaRanges().isEmpty() ? null : ranges);
+                iDoc.put("dma_mappings_available", iommu.dmaMappingsAvailable().isPresent()
+                        ? iommu.dmaMappingsAvailable().getAsInt() : null);
+                doc.put("iommu", iDoc);
                 out.printf("iommu:       %s; page sizes %s; IOVA ranges %s; DMA mappings available %s%n",
                         s.container().iommuType().label, iommu.pageSizesText(),
                         iommu.iovaRanges().isEmpty() ? "not reported" : iommu.iovaRanges().toString(),
@@ -116,21 +169,53 @@ public final class VfioCommand implements Runnable {
                                 : "not reported");
                 VfioDevice d = s.device();
                 DeviceInfo di = d.info();
+                Map<String, Object> dDoc = new LinkedHashMap<>();
+                dDoc.put("flags", di.flagsText().isEmpty() ? List.of() : List.of(di.flagsText().split(" ")));
+                dDoc.put("regions", di.numRegions());
+                dDoc.put("irqs", di.numIrqs());
+                doc.put("vfio_device", dDoc);
                 out.printf("vfio device: flags %s; %d regions, %d IRQ indexes%n", di.flagsText(), di.numRegions(),
                         di.numIrqs());
                 out.println("regions:");
                 out.printf("  %-5s %-7s %-8s %-14s %-9s %s%n", "index", "name", "size", "offset", "flags", "caps");
+                List<Map<String, Object>> regions = new ArrayList<>();
                 for (RegionInfo r : d.regions()) {
                     out.printf("  %-5d %-7s %-8s 0x%-12x %-9s %s%n", r.index(), r.name(), ByteSizes.binary(r.size()),
                             r.offset(), r.flagsText(), r.capsText());
+                    Map<String, Object> rDoc = new LinkedHashMap<>();
+                    rDoc.put("index", r.index());
+                    rDoc.put("name", r.name());
+                    rDoc.put("size", r.size());
+                    rDoc.put("offset", r.offset());
+                    rDoc.put("readable", r.readable());
+                    rDoc.put("writable", r.writable());
+                    rDoc.put("mmap", r.mmappable());
+                    rDoc.put("caps", r.capTexts());
+                    regions.add(rDoc);
                 }
+                doc.put("regions", regions);
                 out.println("irqs:");
                 out.printf("  %-5s %-6s %-6s %s%n", "index", "type", "count", "flags");
+                List<Map<String, Object>> irqs = new ArrayList<>();
                 for (IrqInfo i : d.irqs()) {
                     out.printf("  %-5d %-6s %-6d %s%n", i.index(), i.name(), i.count(), i.flagsText());
+                    Map<String, Object> qDoc = new LinkedHashMap<>();
+                    qDoc.put("index", i.index());
+                    qDoc.put("type", i.name());
+                    qDoc.put("count", i.count());
+                    qDoc.put("eventfd", i.eventfd());
+                    qDoc.put("maskable", i.maskable());
+                    qDoc.put("automasked", i.automasked());
+                    qDoc.put("noresize", i.noResize());
+                    irqs.add(qDoc);
                 }
+                doc.put("irqs", irqs);
             }
             out.flush();
+            if (json) {
+                stdout.println(Json.write(doc));
+                stdout.flush();
+            }
             return 0;
         }
     }
@@ -388,6 +473,10 @@ public final class VfioCommand implements Runnable {
         @Option(names = "--out", paramLabel = "FILE", description = "Write the data to FILE instead of dumping it.")
         Path outFile;
 
+        @Option(names = "--json", description = "Print what was read as one JSON document (schema in docs/cli.md): "
+                + "the data's SHA-256, and the data itself in base64 unless --out is given.")
+        boolean json;
+
         @Override
         public Integer call() throws Exception {
             if (count < 1 || count > (1L << 32)) {
@@ -398,6 +487,12 @@ public final class VfioCommand implements Runnable {
                 int bs = c.blockSize();
                 int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
                 DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
+                if (json && outFile == null && count * bs > MAX_JSON_DATA) {
+                    throw Contract.usage(spec, "--json without --out carries at most " + ByteSizes.binary(MAX_JSON_DATA)
+                            + " of data; pass --out FILE for " + count + " blocks of " + bs + " bytes");
+                }
+                MessageDigest sha = sha256();
+                java.io.ByteArrayOutputStream inline = json && outFile == null ? new java.io.ByteArrayOutputStream() : null;
                 try (var file = outFile == null ? null
                         : FileIo.open(outFile, FileIo.O_WRONLY | FileIo.O_CREAT | FileIo.O_TRUNC, 0644)) {
                     long done = 0;
@@ -405,15 +500,26 @@ public final class VfioCommand implements Runnable {
                         int n = (int) Math.min(perCommand, count - done);
                         c.read(lba + done, n, buf);
                         MemorySegment data = buf.segment().asSlice(0, (long) n * bs);
+                        byte[] bytes = data.toArray(ValueLayout.JAVA_BYTE);
+                        sha.update(bytes);
                         if (file != null) {
                             FileIo.writeFully(file, data, done * bs);
+                        } else if (inline != null) {
+                            inline.write(bytes);
                         } else {
                             hexdump(out, data, (lba + done) * bs);
                         }
                         done += n;
                     }
                 }
-                if (outFile != null) {
+                if (json) {
+                    Map<String, Object> doc = transferDoc(parent.address, lba, count, bs, sha);
+                    doc.put("out", outFile == null ? null : outFile.toString());
+                    if (inline != null) {
+                        doc.put("data_base64", java.util.Base64.getEncoder().encodeToString(inline.toByteArray()));
+                    }
+                    out.println(Json.write(doc));
+                } else if (outFile != null) {
                     out.printf("read %d blocks of %d bytes at LBA %d into %s%n", count, bs, lba, outFile);
                 }
                 out.flush();
@@ -442,6 +548,9 @@ public final class VfioCommand implements Runnable {
 
         @CommandLine.ArgGroup(exclusive = true, multiplicity = "1")
         Source source;
+
+        @Option(names = "--json", description = "Print what was written as one JSON document (schema in docs/cli.md).")
+        boolean json;
 
         static final class Source {
             @Option(names = "--pattern", paramLabel = "TEXT", description = "Bytes of TEXT (UTF-8), repeated.")
@@ -487,6 +596,8 @@ public final class VfioCommand implements Runnable {
                 }
             }
             long blocks = data.byteSize() / bs;
+            MessageDigest sha = sha256();
+            sha.update(data.asByteBuffer());
             int perCommand = (int) Math.min(blocks, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
             DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
             long done = 0;
@@ -497,7 +608,13 @@ public final class VfioCommand implements Runnable {
                 done += n;
             }
             c.flush();
-            out.printf("wrote %d blocks of %d bytes at LBA %d%n", blocks, bs, lba);
+            if (json) {
+                Map<String, Object> doc = transferDoc(parent.address, lba, blocks, bs, sha);
+                doc.put("flushed", true);
+                out.println(Json.write(doc));
+            } else {
+                out.printf("wrote %d blocks of %d bytes at LBA %d%n", blocks, bs, lba);
+            }
             out.flush();
             return 0;
         }
@@ -552,7 +669,8 @@ public final class VfioCommand implements Runnable {
     @Command(name = "iommu-check", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 iommu-check"},
             mixinStandardHelpOptions = true,
             description = "Point the controller at an IOVA that was never mapped and show the IOMMU blocks it "
-                    + "(reads LBA 0; writes nothing to the disk). Exit 0 when confined, 1 otherwise.")
+                    + "(reads LBA 0; writes nothing to the disk). Exit 0 when confined, 3 when not, 1 when the check "
+                    + "could not run.")
     static final class IommuCheckCommand implements Callable<Integer> {
         @ParentCommand
         Nvme parent;
@@ -561,16 +679,64 @@ public final class VfioCommand implements Runnable {
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
 
+        @Option(names = "--json", description = "Print the probes' results as one JSON document (schema in docs/cli.md).")
+        boolean json;
+
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
             return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
                 IommuCheck.Result r = IommuCheck.run(c);
-                out.println(r.describe());
+                if (json) {
+                    Map<String, Object> doc = new LinkedHashMap<>();
+                    doc.put("device", parent.address.toString());
+                    doc.put("unmapped_iova", r.unmappedIova());
+                    doc.put("data_pointer_status", statusDoc(r.dataPointerStatus()));
+                    doc.put("prp_list_status", statusDoc(r.prpListStatus()));
+                    doc.put("canary_intact", r.canaryIntact());
+                    doc.put("sentinel_intact", r.sentinelIntact());
+                    doc.put("controller_healthy", r.controllerHealthy());
+                    doc.put("confined", r.blocked());
+                    out.println(Json.write(doc));
+                } else {
+                    out.println(r.describe());
+                }
                 out.flush();
                 return r.blocked() ? Contract.OK : Contract.CHECK_FAILED; // 1 stays "could not run the check"
             });
         }
+    }
+
+    /** The most data {@code read --json} carries inline (base64); more needs --out. */
+    static final long MAX_JSON_DATA = 16L << 20;
+
+    static MessageDigest sha256() {
+        try {
+            return MessageDigest.getInstance("SHA-256");
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new AssertionError("every JDK has SHA-256", e);
+        }
+    }
+
+    /** The fields read and write --json share: where, how much, and the data's SHA-256. */
+    static Map<String, Object> transferDoc(Bdf device, long lba, long blocks, int blockSize, MessageDigest sha) {
+        Map<String, Object> doc = new LinkedHashMap<>();
+        doc.put("device", device.toString());
+        doc.put("lba", lba);
+        doc.put("blocks", blocks);
+        doc.put("block_size", blockSize);
+        doc.put("bytes", blocks * blockSize);
+        doc.put("sha256", java.util.HexFormat.of().formatHex(sha.digest()));
+        return doc;
+    }
+
+    /** An NVMe completion status: {"code": 15-bit status, "success", "text"}. */
+    static Map<String, Object> statusDoc(int status) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("code", status);
+        m.put("success", io.iovirt.vfio.nvme.NvmeStatus.success(status));
+        m.put("text", io.iovirt.vfio.nvme.NvmeStatus.describe(status));
+        return m;
     }
 
     /** xxd-like: offset, 16 bytes in hex, ASCII; runs of identical lines collapse to "*". */

@@ -53,7 +53,7 @@ final class VmCommand implements Runnable {
                 description = "pvhvm (default: any mix; PV devices with MSI-X via eventfds, kvmclock under KVM) or hvm (emulated devices only).")
         String profile;
 
-        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro]", description = "A disk (raw or qcow2): pv (virtio-blk served by iovirt) or fv (AHCI emulated by QEMU on iovirt's NBD export).")
+        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro][,bus=ahci|nvme]", description = "A disk (raw or qcow2): pv (virtio-blk served by iovirt) or fv (a SATA disk on AHCI, or with bus=nvme an NVMe controller, emulated by QEMU on iovirt's NBD export).")
         List<String> disks = new ArrayList<>();
 
         @Option(names = "--nic", paramLabel = "pv|fv[,mac=MAC]", description = "A NIC on iovirt's switch: pv (virtio-net) or fv (e1000).")
@@ -164,13 +164,26 @@ final class VmCommand implements Runnable {
                 throw usage("--disk " + text + ": want pv:IMAGE or fv:IMAGE");
             }
             boolean ro = false;
+            VmSpec.Bus bus = VmSpec.Bus.AHCI;
             for (int i = 1; i < parts.length; i++) {
-                if (!parts[i].equals("ro")) {
-                    throw usage("--disk " + text + ": unknown option '" + parts[i] + "' (known: ro)");
+                if (parts[i].equals("ro")) {
+                    ro = true;
+                } else if (parts[i].startsWith("bus=")) {
+                    bus = switch (parts[i].substring(4)) {
+                        case "ahci" -> VmSpec.Bus.AHCI;
+                        case "nvme" -> VmSpec.Bus.NVME;
+                        default -> throw usage("--disk " + text + ": bus must be ahci or nvme, got '" + parts[i].substring(4) + "'");
+                    };
+                } else {
+                    throw usage("--disk " + text + ": unknown option '" + parts[i] + "' (known: ro, bus=ahci|nvme)");
                 }
-                ro = true;
             }
-            return new VmSpec.Disk(kind(kindAndPath[0], "--disk " + text), Path.of(kindAndPath[1]), ro);
+            VmSpec.Kind kind = kind(kindAndPath[0], "--disk " + text);
+            if (kind == VmSpec.Kind.PV && bus != VmSpec.Bus.AHCI) {
+                throw usage("--disk " + text + ": bus= chooses the controller QEMU emulates for an fv disk; a pv disk is"
+                        + " virtio-blk served by iovirt (use fv:" + kindAndPath[1] + ",bus=nvme)");
+            }
+            return new VmSpec.Disk(kind, Path.of(kindAndPath[1]), ro, bus);
         }
 
         private VmSpec.Nic nic(String text) {

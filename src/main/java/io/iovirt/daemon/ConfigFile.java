@@ -11,15 +11,16 @@ import java.util.Map;
 
 /**
  * The daemon's configuration file (docs/api.md, "Configuration file"): a JSON object with {@code blk} (exports,
- * each with the parameters of blk.add and a mandatory {@code id}) and {@code net} (switches, with the parameters of
- * net.add and a {@code ports} list of net.port.add parameters). Read at start and on SIGHUP; {@link #apply} turns
+ * each with the parameters of blk.add and a mandatory {@code id}), {@code nbd} (NBD exports, with the parameters of
+ * nbd.add and a mandatory {@code id}) and {@code net} (switches, with the parameters of net.add and a {@code ports}
+ * list of net.port.add parameters). Read at start and on SIGHUP; {@link #apply} turns
  * the difference between the file and what runs into adds and removes. Devices added through the API are never
  * touched by a reload; an entry whose id the API already uses is reported and skipped.
  */
 final class ConfigFile {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
-    record Desired(Map<String, BlkExport.Spec> blks, Map<String, NetSwitch.Spec> nets,
+    record Desired(Map<String, BlkExport.Spec> blks, Map<String, NbdExportEntry.Spec> nbds, Map<String, NetSwitch.Spec> nets,
                    Map<String, Map<String, NetSwitch.PortSpec>> ports) {
     }
 
@@ -45,12 +46,13 @@ final class ConfigFile {
             throw new IOException("configuration " + file + ": the top level must be an object with \"blk\" and \"net\" lists");
         }
         Map<String, BlkExport.Spec> blks = new LinkedHashMap<>();
+        Map<String, NbdExportEntry.Spec> nbds = new LinkedHashMap<>();
         Map<String, NetSwitch.Spec> nets = new LinkedHashMap<>();
         Map<String, Map<String, NetSwitch.PortSpec>> ports = new LinkedHashMap<>();
         try {
             for (Object k : top.keySet()) {
-                if (!k.equals("blk") && !k.equals("net")) {
-                    throw new RpcException(RpcException.INVALID_PARAMS, "unknown top-level key '" + k + "' (known: blk, net)");
+                if (!k.equals("blk") && !k.equals("nbd") && !k.equals("net")) {
+                    throw new RpcException(RpcException.INVALID_PARAMS, "unknown top-level key '" + k + "' (known: blk, nbd, net)");
                 }
             }
             List<Object> blkList = list(top.get("blk"), "blk");
@@ -64,6 +66,15 @@ final class ConfigFile {
                     throw new RpcException(RpcException.INVALID_PARAMS, "blk id '" + s.id() + "' appears twice");
                 }
             }
+            List<Object> nbdList = list(top.get("nbd"), "nbd");
+            for (int i = 0; i < nbdList.size(); i++) {
+                Params p = new Params(file + ": nbd[" + i + "]", object(nbdList.get(i), "nbd[" + i + "]"))
+                        .allow("id", "image", "socket", "readonly", "format");
+                NbdExportEntry.Spec s = d.nbdSpec(p, null); // the id is mandatory in a file: reloads match entries by id
+                if (nbds.put(s.id(), s) != null || blks.containsKey(s.id())) {
+                    throw new RpcException(RpcException.INVALID_PARAMS, "id '" + s.id() + "' appears twice");
+                }
+            }
             List<Object> netList = list(top.get("net"), "net");
             for (int i = 0; i < netList.size(); i++) {
                 Map<String, Object> e = new LinkedHashMap<>(object(netList.get(i), "net[" + i + "]"));
@@ -71,7 +82,7 @@ final class ConfigFile {
                 Params p = new Params(file + ": net[" + i + "]", e).allow("id", "mtu", "mac-aging");
                 p.id("id");
                 NetSwitch.Spec s = d.netSpec(p, null);
-                if (nets.put(s.id(), s) != null || blks.containsKey(s.id())) {
+                if (nets.put(s.id(), s) != null || blks.containsKey(s.id()) || nbds.containsKey(s.id())) {
                     throw new RpcException(RpcException.INVALID_PARAMS, "id '" + s.id() + "' appears twice");
                 }
                 Map<String, NetSwitch.PortSpec> ps = new LinkedHashMap<>();
@@ -90,7 +101,7 @@ final class ConfigFile {
         } catch (RpcException e) {
             throw new IOException("configuration " + file + ": " + e.getMessage());
         }
-        return new Desired(blks, nets, ports);
+        return new Desired(blks, nbds, nets, ports);
     }
 
     private static List<Object> list(Object v, String what) throws RpcException {
@@ -167,6 +178,33 @@ final class ConfigFile {
                     }
                 } else if (cur != null && !cur.fromConfig || d.netsLocked().containsKey(w.id())) {
                     failed.add("blk " + w.id() + ": the id is in use by a device added through the API");
+                }
+            }
+            // nbd: a changed entry is replaced (its clients reconnect, as QEMU's NBD client does)
+            for (NbdExportEntry e : List.copyOf(d.nbdsLocked().values())) {
+                if (!e.fromConfig) {
+                    continue;
+                }
+                NbdExportEntry.Spec w = want.nbds().get(e.spec.id());
+                if (w == null) {
+                    run(failed, "nbd " + e.spec.id(), () -> d.removeNbd(e.spec.id()));
+                    removed.add("nbd " + e.spec.id());
+                } else if (!w.equals(e.spec)) {
+                    run(failed, "nbd " + w.id(), () -> {
+                        d.removeNbd(w.id());
+                        d.addNbd(w, true);
+                    });
+                    changed.add("nbd " + w.id());
+                }
+            }
+            for (NbdExportEntry.Spec w : want.nbds().values()) {
+                NbdExportEntry cur = d.nbdsLocked().get(w.id());
+                if (cur == null) {
+                    if (run(failed, "nbd " + w.id(), () -> d.addNbd(w, true))) {
+                        added.add("nbd " + w.id());
+                    }
+                } else if (!cur.fromConfig) {
+                    failed.add("nbd " + w.id() + ": the id is in use by a device added through the API");
                 }
             }
             // net

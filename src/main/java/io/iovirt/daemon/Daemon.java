@@ -282,43 +282,61 @@ public final class Daemon implements AutoCloseable {
     private Map<String, Object> nbdAdd(Params p) throws RpcException {
         synchronized (lock) {
             checkOpen();
-            String id = p.id("id", nextId("nbd", nbds));
-            if (taken(id)) {
-                throw new RpcException(RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
-            }
-            Path image = Path.of(p.string("image")).toAbsolutePath();
-            Path socket = Path.of(p.string("socket")).toAbsolutePath();
-            io.iovirt.storage.ImageFormat format;
-            try {
-                format = p.has("format") && !p.string("format").equals("auto") ? io.iovirt.storage.ImageFormat.parse(p.string("format")) : null;
-            } catch (IllegalArgumentException e) {
-                throw RpcException.params("nbd.add: " + e.getMessage() + " (or auto)");
-            }
-            NbdExportEntry.Spec spec = new NbdExportEntry.Spec(id, image, socket, p.bool("readonly", false), format);
-            for (NbdExportEntry e : nbds.values()) {
-                if (e.spec.socket().equals(socket)) {
-                    throw new RpcException(RpcException.EXISTS, "socket " + socket + " is already served by nbd '" + e.spec.id() + "'");
-                }
-            }
-            for (BlkExport b : blks.values()) {
-                if (b.spec.socket().equals(socket)) {
-                    throw new RpcException(RpcException.EXISTS, "socket " + socket + " is already served by blk '" + b.spec.id() + "'");
-                }
-            }
-            NbdExportEntry e;
-            try {
-                e = NbdExportEntry.start(spec, access);
-            } catch (IOException | RuntimeException ex) {
-                throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
-            }
-            nbds.put(id, e);
-            LOG.log(System.Logger.Level.INFO, "nbd " + id + ": exporting " + image + " on " + socket);
-            return Map.of("id", id);
+            NbdExportEntry.Spec spec = nbdSpec(p, nextId("nbd", nbds));
+            addNbd(spec, false);
+            return Map.of("id", spec.id());
         }
+    }
+
+    /** The parameters of nbd.add (and of a configuration file's nbd entry) as a spec; nothing is opened yet. */
+    NbdExportEntry.Spec nbdSpec(Params p, String defaultId) throws RpcException {
+        String id = defaultId == null ? p.id("id") : p.id("id", defaultId);
+        Path image = Path.of(p.string("image")).toAbsolutePath();
+        Path socket = Path.of(p.string("socket")).toAbsolutePath();
+        io.iovirt.storage.ImageFormat format;
+        try {
+            format = p.has("format") && !p.string("format").equals("auto") ? io.iovirt.storage.ImageFormat.parse(p.string("format")) : null;
+        } catch (IllegalArgumentException e) {
+            throw RpcException.params("nbd.add: " + e.getMessage() + " (or auto)");
+        }
+        return new NbdExportEntry.Spec(id, image, socket, p.bool("readonly", false), format);
+    }
+
+    /** Starts an NBD export (lock held): its image opened, its own server listening on its socket. */
+    void addNbd(NbdExportEntry.Spec spec, boolean fromConfig) throws RpcException {
+        String id = spec.id();
+        if (taken(id)) {
+            throw new RpcException(RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
+        }
+        for (NbdExportEntry e : nbds.values()) {
+            if (e.spec.socket().equals(spec.socket())) {
+                throw new RpcException(RpcException.EXISTS, "socket " + spec.socket() + " is already served by nbd '" + e.spec.id() + "'");
+            }
+        }
+        for (BlkExport b : blks.values()) {
+            if (b.spec.socket().equals(spec.socket())) {
+                throw new RpcException(RpcException.EXISTS, "socket " + spec.socket() + " is already served by blk '" + b.spec.id() + "'");
+            }
+        }
+        NbdExportEntry e;
+        try {
+            e = NbdExportEntry.start(spec, access, fromConfig);
+        } catch (IOException | RuntimeException ex) {
+            throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
+        }
+        nbds.put(id, e);
+        LOG.log(System.Logger.Level.INFO, "nbd " + id + ": exporting " + spec.image() + " on " + spec.socket()
+                + (fromConfig ? " (configuration file)" : ""));
     }
 
     private Map<String, Object> nbdRemove(Params p) throws RpcException {
         String id = p.id("id");
+        removeNbd(id);
+        return Map.of("id", id, "removed", true);
+    }
+
+    /** Stops an NBD export: its clients are disconnected (their requests in flight complete), its image closed. */
+    void removeNbd(String id) throws RpcException {
         synchronized (lock) {
             NbdExportEntry e = nbds.remove(id);
             if (e == null) {
@@ -327,7 +345,6 @@ public final class Daemon implements AutoCloseable {
             }
             e.close();
         }
-        return Map.of("id", id, "removed", true);
     }
 
     private List<Object> nbdList(Params p) {
@@ -353,6 +370,13 @@ public final class Daemon implements AutoCloseable {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("id", e.spec.id());
         m.put("kind", "nbd");
+        m.putAll(nbdCounters(s));
+        return m;
+    }
+
+    /** An NBD export's counters, the schema of {@code ctl} and of {@code serve nbd}'s JSON statistics lines. */
+    public static Map<String, Object> nbdCounters(io.iovirt.nbd.NbdExportStats s) {
+        Map<String, Object> m = new LinkedHashMap<>();
         m.put("connections", s.connections.get());
         m.put("reads", s.reads.sum());
         m.put("writes", s.writes.sum());
@@ -643,7 +667,8 @@ public final class Daemon implements AutoCloseable {
         return m;
     }
 
-    static Map<String, Object> blkCounters(BlkStats.Snapshot s) {
+    /** A blk device's counters, the schema of {@code ctl} and of {@code serve blk}'s JSON statistics lines. */
+    public static Map<String, Object> blkCounters(BlkStats.Snapshot s) {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("requests", s.requests());
         m.put("reads", s.reads());
@@ -710,6 +735,10 @@ public final class Daemon implements AutoCloseable {
 
     Map<String, NetSwitch> netsLocked() {
         return nets;
+    }
+
+    Map<String, NbdExportEntry> nbdsLocked() {
+        return nbds;
     }
 
     BlkExport findBlk(String id) throws RpcException {

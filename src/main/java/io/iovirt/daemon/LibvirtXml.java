@@ -139,6 +139,9 @@ public final class LibvirtXml {
                         out.add(nbd.get(kv.get("drive")));
                     } else if (kv.containsKey("ide-hd") && drives.get(kv.get("drive")) != null) {
                         out.add(new EmulatedDisk(drives.get(kv.get("drive")), driveRo.get(kv.get("drive"))));
+                    } else if (kv.containsKey("nvme")) {
+                        throw new IllegalArgumentException("libvirt 9.0 has no emulated NVMe disk model for domain XML:"
+                                + " use an fv disk on AHCI (fv:IMAGE) or a pv disk for a libvirt domain");
                     } else if (kv.containsKey("vfio-pci") && kv.containsKey("host")) {
                         out.add(new Hostdev(kv.get("host")));
                     }

@@ -22,15 +22,18 @@ final class NbdExportEntry implements AutoCloseable {
     final DiskImage image;
     final NbdServer server;
     final NbdExport export;
+    /** Declared in the configuration file (a reload may remove or replace it), not added through the API. */
+    final boolean fromConfig;
 
-    private NbdExportEntry(Spec spec, DiskImage image, NbdServer server, NbdExport export) {
+    private NbdExportEntry(Spec spec, DiskImage image, NbdServer server, NbdExport export, boolean fromConfig) {
         this.spec = spec;
+        this.fromConfig = fromConfig;
         this.image = image;
         this.server = server;
         this.export = export;
     }
 
-    static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access) throws IOException {
+    static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig) throws IOException {
         DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
         try {
             NbdServer server = NbdServer.startUnix(spec.socket(), NbdServer.DEFAULT_MAX_CONNECTIONS);
@@ -38,7 +41,7 @@ final class NbdExportEntry implements AutoCloseable {
                 NbdExport export = new NbdExport(spec.id(), image, spec.readOnly());
                 server.addExport(export);
                 restrict(spec.socket(), access.group());
-                return new NbdExportEntry(spec, image, server, export);
+                return new NbdExportEntry(spec, image, server, export, fromConfig);
             } catch (IOException | RuntimeException e) {
                 server.close();
                 throw e;

@@ -2,9 +2,11 @@
 package io.iovirt.daemon;
 
 import io.iovirt.util.Json;
+import io.iovirt.linux.Acceptor;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.UnixSocket;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -27,7 +29,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The control socket: JSON-RPC 2.0, one request (or batch) per line, over a UNIX stream socket that only the
@@ -49,9 +50,8 @@ public final class RpcServer implements AutoCloseable {
     private final Daemon daemon;
     private final UnixSocket listener;
     private final int ownUid;
-    private final Thread acceptor;
+    private final Acceptor<UnixSocket> acceptor;
     private final Set<UnixSocket> clients = ConcurrentHashMap.newKeySet();
-    private final AtomicInteger active = new AtomicInteger();
     private volatile boolean closed;
 
     private RpcServer(Path path, Daemon daemon, UnixSocket listener, int ownUid) {
@@ -59,7 +59,12 @@ public final class RpcServer implements AutoCloseable {
         this.daemon = daemon;
         this.listener = listener;
         this.ownUid = ownUid;
-        this.acceptor = Thread.ofPlatform().name("control accept").unstarted(this::acceptLoop);
+        this.acceptor = Acceptor.builder("control socket " + path, LOG, listener::accept, () -> closed)
+                .threadName("control accept")
+                .peerCheck(Acceptor.peerCheck(SocketAccess.ownerOnly()), this::refusePeer)
+                .maxConnections(MAX_CLIENTS, (s, why) -> reject(s, RpcException.LIMIT,
+                        "too many control clients (" + MAX_CLIENTS + " at once); retry later"))
+                .build(this::admit);
     }
 
     /** Listens on {@code path} (mode 0600); a stale socket file nobody listens on is replaced. */
@@ -116,47 +121,35 @@ public final class RpcServer implements AutoCloseable {
         }
     }
 
-    private void acceptLoop() {
-        while (!closed) {
-            UnixSocket s;
-            try {
-                s = listener.accept();
-            } catch (LinuxException e) {
-                if (closed) {
-                    return;
-                }
-                LOG.log(System.Logger.Level.ERROR, "control socket: accept failed: " + e.getMessage());
-                sleep(100); // EMFILE and friends: back off instead of spinning
-                continue;
-            }
-            UnixSocket.Credentials cred;
-            try {
-                cred = s.peerCredentials();
-            } catch (LinuxException e) {
-                s.close();
-                continue;
-            }
-            if (cred.uid() != ownUid && cred.uid() != 0) {
-                LOG.log(System.Logger.Level.WARNING, "control socket: refused pid " + cred.pid() + " (uid " + cred.uid()
-                        + "): only uid " + ownUid + " and root may control this daemon");
-                reject(s, RpcException.PERMISSION_DENIED, "uid " + cred.uid() + " may not control this daemon (it runs as uid "
-                        + ownUid + "); connect as that user or root");
-                continue;
-            }
-            if (active.incrementAndGet() > MAX_CLIENTS) {
-                active.decrementAndGet();
-                reject(s, RpcException.LIMIT, "too many control clients (" + MAX_CLIENTS + " at once); retry later");
-                continue;
-            }
-            clients.add(s);
-            try {
-                Thread.ofPlatform().name("control client pid " + cred.pid()).start(() -> serve(s));
-            } catch (OutOfMemoryError e) { // no thread could be created
-                clients.remove(s);
-                active.decrementAndGet();
-                s.close();
-            }
+    /** A client whose uid may control us, within the limit: its own platform thread serves it. */
+    private void admit(UnixSocket s, Runnable release) {
+        String pid;
+        try {
+            pid = Integer.toString(s.peerCredentials().pid());
+        } catch (LinuxException e) {
+            pid = "?";
         }
+        clients.add(s);
+        try {
+            Thread.ofPlatform().name("control client pid " + pid).start(() -> serve(s, release));
+        } catch (OutOfMemoryError e) { // no thread could be created
+            clients.remove(s);
+            throw e; // the acceptor releases and closes
+        }
+    }
+
+    private void refusePeer(UnixSocket s, String why) {
+        LOG.log(System.Logger.Level.WARNING, "control socket: refused " + why + ": only uid " + ownUid
+                + " and root may control this daemon");
+        String who;
+        try {
+            who = "uid " + s.peerCredentials().uid();
+        } catch (LinuxException e) {
+            s.close(); // credentials unreadable: nothing to tell whom
+            return;
+        }
+        reject(s, RpcException.PERMISSION_DENIED, who + " may not control this daemon (it runs as uid " + ownUid
+                + "); connect as that user or root");
     }
 
     private static void reject(UnixSocket s, int code, String message) {
@@ -170,7 +163,7 @@ public final class RpcServer implements AutoCloseable {
         }
     }
 
-    private void serve(UnixSocket s) {
+    private void serve(UnixSocket s, Runnable release) {
         try (Arena arena = Arena.ofConfined()) {
             s.setReceiveTimeout(IDLE_TIMEOUT);
             s.setSendTimeout(IDLE_TIMEOUT); // a client that never reads cannot hold this thread forever
@@ -216,7 +209,7 @@ public final class RpcServer implements AutoCloseable {
             LOG.log(System.Logger.Level.ERROR, "control client: internal error; connection closed", e);
         } finally {
             clients.remove(s);
-            active.decrementAndGet();
+            release.run();
             s.close();
         }
     }
@@ -322,14 +315,6 @@ public final class RpcServer implements AutoCloseable {
             MemorySegment seg = a.allocate(b.length);
             MemorySegment.copy(b, 0, seg, ValueLayout.JAVA_BYTE, 0, b.length);
             s.send(seg, List.of());
-        }
-    }
-
-    private static void sleep(long ms) {
-        try {
-            Thread.sleep(ms);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
         }
     }
 

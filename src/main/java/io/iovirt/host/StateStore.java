@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.host;
 
+import io.iovirt.linux.SocketAccess;
+import io.iovirt.pci.Bdf;
 import io.iovirt.pci.SysfsTree;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -10,12 +12,19 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.AccessDeniedException;
 import java.nio.file.AtomicMoveNotSupportedException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.NoSuchFileException;
+import java.nio.file.OpenOption;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.FileAttribute;
+import java.nio.file.attribute.PosixFilePermission;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
+import java.util.EnumSet;
 import java.util.List;
+import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantLock;
@@ -30,12 +39,23 @@ import java.util.stream.Stream;
  *
  * <p>File format: a header line {@code iovirt-<name> 1}, one row per line, and a trailer {@code end <rows>} that
  * makes a truncated file (edited by hand, or by a tool that writes in place) detectable.
+ *
+ * <p>Access: the directory is created mode 0700 and every file in it 0600, whatever the umask (the mode is set
+ * explicitly, not left to the umask). An existing directory or table is used only when it belongs to our uid and is
+ * writable by nobody else; a readable-by-others directory left by an older version is narrowed to 0700. The tables
+ * decide which driver sysfs names and which VM owns a device, so a row is never trusted because it is in the file:
+ * the owners of each table re-check every row when they read it ({@link #damaged}).
  */
 public final class StateStore {
     public static final String CRASHPOINT_PROPERTY = "iovirt.test.crashpoint";
     private static final ConcurrentHashMap<Path, ReentrantLock> JVM_LOCKS = new ConcurrentHashMap<>();
     private static final AtomicLong TEMP_COUNTER = new AtomicLong();
     private static final int MAX_TABLE_BYTES = 16 * 1024 * 1024;
+    private static final Set<PosixFilePermission> DIR_MODE = PosixFilePermissions.fromString("rwx------");
+    private static final FileAttribute<Set<PosixFilePermission>> FILE_MODE =
+            PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------"));
+    private static final Set<PosixFilePermission> WRITABLE_BY_OTHERS =
+            EnumSet.of(PosixFilePermission.GROUP_WRITE, PosixFilePermission.OTHERS_WRITE);
 
     private final Path dir;
 
@@ -57,8 +77,10 @@ public final class StateStore {
             if (jvmLock.getHoldCount() > 1) {
                 return action.get();
             }
-            try (FileChannel ch = FileChannel.open(lockFile, StandardOpenOption.CREATE, StandardOpenOption.WRITE);
+            try (FileChannel ch = FileChannel.open(lockFile, Set.<OpenOption>of(StandardOpenOption.CREATE,
+                    StandardOpenOption.WRITE, LinkOption.NOFOLLOW_LINKS), FILE_MODE);
                  FileLock ignored = ch.lock()) {
+                checkOwned(lockFile, false);
                 return action.get();
             } catch (IOException e) {
                 throw new HostConfigException("cannot lock " + lockFile + ": " + SysfsTree.reason(e), remedy(e), e);
@@ -70,9 +92,13 @@ public final class StateStore {
 
     /** The rows of a table (each split on single spaces); empty when it was never written. */
     public List<String[]> read(String name) {
+        ensureDir();
         Path file = dir.resolve(name);
         byte[] data;
         try {
+            if (!checkOwned(file, true)) {
+                return List.of();
+            }
             if (Files.size(file) > MAX_TABLE_BYTES) {
                 throw new HostConfigException(file + " is larger than " + MAX_TABLE_BYTES + " bytes", "it is not an iovirt state file: move it away");
             }
@@ -120,7 +146,9 @@ public final class StateStore {
         Path temp = dir.resolve(name + ".tmp-" + ProcessHandle.current().pid() + "-" + TEMP_COUNTER.incrementAndGet());
         try {
             removeStaleTemps(name);
-            try (FileChannel ch = FileChannel.open(temp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)) {
+            try (FileChannel ch = FileChannel.open(temp, Set.<OpenOption>of(StandardOpenOption.CREATE_NEW,
+                    StandardOpenOption.WRITE), FILE_MODE)) {
+                Files.setPosixFilePermissions(temp, PosixFilePermissions.fromString("rw-------"));
                 int half = data.length / 2;
                 writeFully(ch, ByteBuffer.wrap(data, 0, half));
                 crashPoint("state-temp-partial");
@@ -166,16 +194,82 @@ public final class StateStore {
         }
     }
 
+    /**
+     * Creates the directory (mode 0700) or checks the one there: ours, and writable by nobody else. Checked on every
+     * use, not once: another process may have changed it since.
+     */
     private void ensureDir() {
-        if (Files.isDirectory(dir)) {
-            return;
-        }
         try {
-            Files.createDirectories(dir);
+            if (!Files.exists(dir)) {
+                Files.createDirectories(dir);
+                Files.setPosixFilePermissions(dir, DIR_MODE); // createDirectories applies the umask
+            }
+            int uid = (Integer) Files.getAttribute(dir, "unix:uid");
+            Set<PosixFilePermission> mode = Files.getPosixFilePermissions(dir);
+            if (!Files.isDirectory(dir)) {
+                throw new HostConfigException("the state directory " + dir + " is not a directory",
+                        "remove it, or choose another with --state-dir");
+            }
+            if (uid != SocketAccess.ownUid()) {
+                throw new HostConfigException("the state directory " + dir + " belongs to uid " + uid + ", not to us (uid "
+                        + SocketAccess.ownUid() + "): its tables decide which drivers iovirt binds",
+                        "run iovirt as uid " + uid + ", or chown it to uid " + SocketAccess.ownUid()
+                                + " and chmod 0700 (if you trust its contents), or choose another with --state-dir");
+            }
+            if (mode.stream().anyMatch(WRITABLE_BY_OTHERS::contains)) {
+                throw new HostConfigException("the state directory " + dir + " is writable by other users (mode "
+                        + PosixFilePermissions.toString(mode) + "): anyone could rewrite its tables",
+                        "check its tables, then chmod 0700 " + dir + " (or choose another with --state-dir)");
+            }
+            if (!mode.equals(DIR_MODE)) {
+                Files.setPosixFilePermissions(dir, DIR_MODE); // ours and not writable by others: narrow 0755 to 0700
+            }
         } catch (IOException e) {
             throw new HostConfigException("cannot create the state directory " + dir + ": " + SysfsTree.reason(e),
                     e instanceof AccessDeniedException ? "run as root, or choose another with --state-dir" : "choose another with --state-dir", e);
         }
+    }
+
+    /**
+     * Checks a file of the state directory: a regular file (not a link), ours, and writable by nobody else.
+     *
+     * @return false when it does not exist (and {@code mayBeMissing})
+     */
+    private static boolean checkOwned(Path file, boolean mayBeMissing) throws IOException {
+        if (mayBeMissing && !Files.exists(file, LinkOption.NOFOLLOW_LINKS)) {
+            return false;
+        }
+        if (!Files.isRegularFile(file, LinkOption.NOFOLLOW_LINKS)) {
+            throw new HostConfigException(file + " is not a regular file (a link or device was put in its place)",
+                    "remove it; iovirt only ever writes regular files there");
+        }
+        int uid = (Integer) Files.getAttribute(file, "unix:uid", LinkOption.NOFOLLOW_LINKS);
+        Set<PosixFilePermission> mode = Files.getPosixFilePermissions(file, LinkOption.NOFOLLOW_LINKS);
+        if (uid != SocketAccess.ownUid()) {
+            throw new HostConfigException(file + " belongs to uid " + uid + ", not to us (uid " + SocketAccess.ownUid() + ")",
+                    "check its contents, then chown it to uid " + SocketAccess.ownUid() + " and chmod 0600 (or remove it)");
+        }
+        if (mode.stream().anyMatch(WRITABLE_BY_OTHERS::contains)) {
+            throw new HostConfigException(file + " is writable by other users (mode " + PosixFilePermissions.toString(mode) + ")",
+                    "check its contents, then chmod 0600 " + file);
+        }
+        return true;
+    }
+
+    /** A PCI address field as iovirt writes it (canonical DDDD:BB:DD.F), or null for anything else. */
+    public static Bdf bdf(String field) {
+        Bdf b = Bdf.tryParse(field);
+        return b != null && b.toString().equals(field) ? b : null;
+    }
+
+    /**
+     * The error for a row of table {@code name} that fails its owner's check.
+     *
+     * @param row the row's index in what {@link #read} returned (its line is {@code row + 2}: the header is line 1)
+     */
+    public HostConfigException damaged(String name, int row, String why) {
+        return new HostConfigException(dir.resolve(name) + " line " + (row + 2) + " is damaged: " + why,
+                "it was edited outside iovirt; fix or remove that line (iovirt never writes such a row)");
     }
 
     private static HostConfigException corrupt(Path file, String why) {

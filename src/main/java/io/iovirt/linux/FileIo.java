@@ -185,6 +185,7 @@ public final class FileIo {
     public static final short F_UNLCK = 2;
     private static final int F_OFD_GETLK = 36;
     private static final int F_OFD_SETLK = 37;
+    private static final int F_OFD_SETLKW = 38;
 
     /**
      * Takes (or with {@link #F_UNLCK} drops) an OFD lock on the whole file, without waiting. OFD locks belong to the
@@ -205,6 +206,19 @@ public final class FileIo {
             }
             Syscalls.check(r, "fcntl", "F_OFD_SETLK type " + type + ", fd " + f);
             return true;
+        }
+    }
+
+    /**
+     * Takes an OFD lock on the whole file, waiting as long as another open file description holds a conflicting
+     * one (F_OFD_SETLKW). Blocks the calling thread: call it on a platform thread.
+     */
+    public static void ofdLockWait(Fd fd, short type) throws LinuxException {
+        int f = fd.get();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment flock = flock(a, type);
+            int r = Syscalls.fcntl(f, F_OFD_SETLKW, flock); // retried on EINTR
+            Syscalls.check(r, "fcntl", "F_OFD_SETLKW type " + type + ", fd " + f);
         }
     }
 

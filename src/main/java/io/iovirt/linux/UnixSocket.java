@@ -36,6 +36,7 @@ public final class UnixSocket implements AutoCloseable {
     private static final int AF_UNIX = 1;
     private static final int SOCK_STREAM = 1;
     private static final int SOCK_CLOEXEC = 02000000;
+    private static final int SOCK_NONBLOCK = 04000;
     private static final int SOL_SOCKET = 1;
     private static final int SCM_RIGHTS = 1;
     private static final int SO_PEERCRED = 17;
@@ -128,6 +129,31 @@ public final class UnixSocket implements AutoCloseable {
         } catch (LinuxException | RuntimeException e) {
             s.close();
             throw e;
+        }
+    }
+
+    /**
+     * Whether some process listens on the socket file {@code path}: a non-blocking connect that succeeds, or finds
+     * the listen backlog full (EAGAIN: a live server that is not accepting right now), says yes; ECONNREFUSED (a
+     * socket file left behind by a process that died) says no. A blocking connect would hang on a full backlog.
+     */
+    public static boolean listenedOn(Path path) throws LinuxException {
+        int fd = Syscalls.check(Syscalls.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+                "socket(AF_UNIX)", path.toString());
+        try (UnixSocket s = new UnixSocket(Fd.adopt(fd), path.toString()); Arena a = Arena.ofConfined()) {
+            MemorySegment addr = sockaddr(a, path);
+            try {
+                Syscalls.check(Syscalls.connect(s.fd.get(), addr, (int) addr.byteSize()), "connect", path);
+                return true;
+            } catch (LinuxException e) {
+                if (e.errno() == Errno.EAGAIN) {
+                    return true;
+                }
+                if (e.errno() == Errno.ECONNREFUSED) {
+                    return false;
+                }
+                throw e;
+            }
         }
     }
 
@@ -372,6 +398,21 @@ public final class UnixSocket implements AutoCloseable {
             pfd.set(JAVA_SHORT, 4, (short) (POLLIN | POLLRDHUP));
             int n = Syscalls.check(Syscalls.poll(pfd, 1, 0), "poll", name);
             return n > 0 && (pfd.get(JAVA_SHORT, 6) & (POLLHUP | POLLRDHUP)) != 0;
+        }
+    }
+
+    /**
+     * On a listening socket: whether a connection is waiting in the backlog to be accepted, waiting up to
+     * {@code timeoutMs} for one (0: just look). Also true once the listener has been shut down, so a caller blocked
+     * here wakes up as one blocked in {@link #accept} does.
+     */
+    public boolean connectionPending(int timeoutMs) throws LinuxException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment pfd = a.allocate(8, 4); // struct pollfd {int fd; short events; short revents}
+            pfd.set(JAVA_INT, 0, fd.get());
+            pfd.set(JAVA_SHORT, 4, (short) POLLIN);
+            int n = Syscalls.check(Syscalls.poll(pfd, 1, timeoutMs), "poll", name);
+            return n > 0 && pfd.get(JAVA_SHORT, 6) != 0;
         }
     }
 

@@ -28,9 +28,7 @@ public final class GuestMemory {
     private static final GuestMemory EMPTY = new GuestMemory(new MemoryRegion[0]);
 
     private final MemoryRegion[] byGpa;
-    private final MemoryRegion[] byUva;
     private final long[] gpaStarts;
-    private final long[] uvaStarts;
 
     /** References: the holder's, plus one per reader pinning it; at 0 the snapshot is dead (its regions unretained). */
     private final AtomicInteger refs = new AtomicInteger(1);
@@ -38,20 +36,12 @@ public final class GuestMemory {
     private GuestMemory(MemoryRegion[] regions) {
         this.byGpa = regions.clone();
         Arrays.sort(byGpa, (a, b) -> Long.compareUnsigned(a.guestPhysAddr(), b.guestPhysAddr()));
-        this.byUva = regions.clone();
-        Arrays.sort(byUva, (a, b) -> Long.compareUnsigned(a.userAddr(), b.userAddr()));
         for (int i = 1; i < byGpa.length; i++) {
             if (Long.compareUnsigned(byGpa[i - 1].guestPhysLast(), byGpa[i].guestPhysAddr()) >= 0) {
                 throw new IllegalArgumentException("regions overlap in guest physical space: " + byGpa[i - 1] + " and " + byGpa[i]);
             }
         }
-        for (int i = 1; i < byUva.length; i++) {
-            if (Long.compareUnsigned(byUva[i - 1].userLast(), byUva[i].userAddr()) >= 0) {
-                throw new IllegalArgumentException("regions overlap in frontend address space: " + byUva[i - 1] + " and " + byUva[i]);
-            }
-        }
         this.gpaStarts = Arrays.stream(byGpa).mapToLong(MemoryRegion::guestPhysAddr).toArray();
-        this.uvaStarts = Arrays.stream(byUva).mapToLong(MemoryRegion::userAddr).toArray();
         long total = 0;
         for (MemoryRegion r : byGpa) {
             total += r.size();
@@ -116,7 +106,7 @@ public final class GuestMemory {
     /**
      * A snapshot of exactly these regions.
      *
-     * @throws IllegalArgumentException when regions overlap (in GPA or frontend VA space) or are too many
+     * @throws IllegalArgumentException when regions overlap in guest physical space or are too many
      */
     public static GuestMemory of(List<MemoryRegion> regions) {
         if (regions.size() > MAX_REGIONS) {
@@ -179,7 +169,7 @@ public final class GuestMemory {
      */
     public MemorySegment translate(long gpa, long len) throws GuestMemoryFault {
         MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
-        if (r == null || len < 0 || !fits(r.guestPhysAddr(), r.size(), gpa, len)) {
+        if (r == null || len < 0 || !AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len)) {
             throw new GuestMemoryFault(String.format("guest address range 0x%x+0x%x is outside guest memory", gpa, len));
         }
         return r.mapping().asSlice(gpa - r.guestPhysAddr(), len);
@@ -190,12 +180,12 @@ public final class GuestMemory {
      * {@link #offset}.
      */
     public int find(long gpa, long len) {
-        int i = indexFor(gpaStarts, gpa);
+        int i = AddressRanges.floor(gpaStarts, gpa);
         if (i < 0 || len < 0) {
             return -1;
         }
         MemoryRegion r = byGpa[i];
-        return fits(r.guestPhysAddr(), r.size(), gpa, len) ? i : -1;
+        return AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len) ? i : -1;
     }
 
     /** The whole mapping of region {@code i} (from {@link #find}). */
@@ -211,46 +201,12 @@ public final class GuestMemory {
     /** True when [gpa, gpa+len) lies inside one region. */
     public boolean contains(long gpa, long len) {
         MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
-        return r != null && len >= 0 && fits(r.guestPhysAddr(), r.size(), gpa, len);
-    }
-
-    /**
-     * Guest physical address of a frontend virtual address range (vhost-user vring addresses are frontend VAs).
-     *
-     * @throws GuestMemoryFault when [uva, uva+len) is not inside a single region
-     */
-    public long userToGuestPhys(long uva, long len) throws GuestMemoryFault {
-        MemoryRegion r = regionFor(byUva, uvaStarts, uva);
-        if (r == null || len < 0 || !fits(r.userAddr(), r.size(), uva, len)) {
-            throw new GuestMemoryFault(String.format("frontend address range 0x%x+0x%x is outside guest memory", uva, len));
-        }
-        return r.guestPhysAddr() + (uva - r.userAddr());
-    }
-
-    private static boolean fits(long start, long size, long addr, long len) {
-        long off = addr - start; // unsigned offset; addr >= start established by the search
-        return Long.compareUnsigned(off, size) < 0 && Long.compareUnsigned(len, size - off) <= 0;
+        return r != null && len >= 0 && AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len);
     }
 
     private static MemoryRegion regionFor(MemoryRegion[] sorted, long[] starts, long addr) {
-        int i = indexFor(starts, addr);
+        int i = AddressRanges.floor(starts, addr);
         return i < 0 ? null : sorted[i];
-    }
-
-    private static int indexFor(long[] starts, long addr) {
-        int lo = 0;
-        int hi = starts.length - 1;
-        int found = -1;
-        while (lo <= hi) { // last region whose start <= addr (unsigned)
-            int mid = (lo + hi) >>> 1;
-            if (Long.compareUnsigned(starts[mid], addr) <= 0) {
-                found = mid;
-                lo = mid + 1;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        return found;
     }
 
     @Override

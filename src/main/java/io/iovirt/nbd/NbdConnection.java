@@ -9,6 +9,8 @@ import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageIo;
 import java.io.EOFException;
 import java.io.IOException;
+import java.io.InterruptedIOException;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.channels.ClosedChannelException;
@@ -16,12 +18,30 @@ import java.nio.channels.SocketChannel;
 import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
 
 /**
- * One client connection: the fixed newstyle handshake, then requests served one at a time in order (a client
- * that wants more in flight opens more connections; the export says CAN_MULTI_CONN). Every length, offset, flag
- * and option field is checked before use; a violation gets the protocol's error reply, or — where the stream can
- * no longer be trusted (a bad magic, a write payload we will not read) — a disconnect of this client only.
+ * One client connection: the fixed newstyle handshake, then transmission with several requests in flight. A reader
+ * (this connection's thread) parses each request into a free {@link Slot} — reading a write's payload into the
+ * slot's buffer — and hands it to a small fixed set of worker threads; each worker does the image I/O and sends
+ * the reply (one gathering write under {@link #writeLock}, so replies never interleave; a structured read reply is
+ * one OFFSET_DATA chunk with the DONE flag). Replies may leave in any order, as the protocol allows; the cookie
+ * says which request each one answers.
+ *
+ * <p>Bounded memory per connection: {@link #WORKERS} slots, each keeping a buffer of at most {@link #RETAINED}
+ * bytes; a larger request (up to {@link #MAX_PAYLOAD}) borrows from a per-connection budget of
+ * {@link #MAX_PAYLOAD} bytes, freed when it is answered. When every slot is busy the reader stops reading, so a
+ * client that sends faster than it reads replies only fills its own socket buffers.
+ *
+ * <p>FLUSH: {@link DiskImage#flush()} covers every write completed before it is called; a write is answered only
+ * after it completed, so a FLUSH covers every write the client saw answered before it sent the FLUSH, which is
+ * what the NBD protocol asks (writes still in flight at the same time may or may not be covered).
+ *
+ * <p>Every length, offset, flag and option field is checked before use; a violation gets the protocol's error
+ * reply, or — where the stream can no longer be trusted (a bad magic, a write payload we will not read) — a
+ * disconnect of this client only.
  */
 final class NbdConnection implements Runnable {
     private static final System.Logger LOG = System.getLogger(NbdConnection.class.getName());
@@ -36,6 +56,8 @@ final class NbdConnection implements Runnable {
      * few workers a slow request (a qcow2 allocation, a flush) does not hold up reads behind it.
      */
     static final int WORKERS = 4;
+    /** Largest buffer a slot keeps between requests (QEMU's clients rarely send more than 1 MiB at once). */
+    static final int RETAINED = 1 << 20;
 
     private final NbdServer server;
     private final SocketChannel ch;
@@ -50,27 +72,64 @@ final class NbdConnection implements Runnable {
     /** Export name the base:allocation context was set for, or null. */
     private String metaExport;
     private NbdExport export;
-    /** Request slots: each has its own image context and buffers; a request runs on a worker holding one. */
-    private java.util.concurrent.ArrayBlockingQueue<Slot> freeSlots;
+    /** Slots not in use: the reader takes one per request (blocking when all are busy: back-pressure). */
+    private ArrayBlockingQueue<Slot> freeSlots;
+    /** Parsed requests waiting for a worker. */
+    private ArrayBlockingQueue<Slot> ready;
     private Slot[] slots;
-    private java.util.concurrent.ExecutorService workers;
+    private Thread[] workers;
+    /** Bytes of requests larger than {@link #RETAINED} in flight on this connection. */
+    private final Semaphore largeBudget = new Semaphore(MAX_PAYLOAD, true);
     private final Object writeLock = new Object();
 
-    /** Per-request state of one worker. */
+    /** One request in flight: owned by the reader while it parses the request, then by one worker. */
     private static final class Slot {
         final ImageIo io;
         final ByteBuffer reply = ByteBuffer.allocateDirect(64);
-        ByteBuffer payload = ByteBuffer.allocateDirect(64 << 10);
+        final ByteBuffer extents = ByteBuffer.allocate(4 + MAX_EXTENTS * 8);
+        private ByteBuffer retained = ByteBuffer.allocateDirect(64 << 10);
+        int type;
+        int flags;
+        long cookie;
+        long offset;
+        long length;
+        /** The request's data buffer (the retained one, or a large one from {@link #large}); null if none yet. */
+        ByteBuffer payload;
+        /** Memory of a request larger than {@link #RETAINED}, freed when it is answered. */
+        private Arena large;
+        private int largeBytes;
 
         Slot(ImageIo io) {
             this.io = io;
         }
 
-        ByteBuffer payload(int length) {
-            if (payload.capacity() < length) {
-                payload = ByteBuffer.allocateDirect(Math.max(length, Math.min(MAX_PAYLOAD, payload.capacity() * 2)));
+        /** A buffer of {@code length} bytes for this request; large ones wait for the connection's budget. */
+        ByteBuffer payload(int length, Semaphore budget) throws InterruptedIOException {
+            if (length <= RETAINED) {
+                if (retained.capacity() < length) {
+                    retained = ByteBuffer.allocateDirect(Math.max(length, Math.min(RETAINED, retained.capacity() * 2)));
+                }
+                return payload = retained.clear().limit(length);
             }
-            return payload.clear().limit(length);
+            try {
+                budget.acquire(length);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new InterruptedIOException("interrupted waiting for buffer space");
+            }
+            large = Arena.ofShared();
+            largeBytes = length;
+            return payload = large.allocate(length, 4096).asByteBuffer();
+        }
+
+        /** Ends the request: a large buffer goes back to the budget. */
+        void release(Semaphore budget) {
+            if (large != null) {
+                large.close();
+                large = null;
+                budget.release(largeBytes);
+            }
+            payload = null;
         }
     }
 
@@ -122,19 +181,37 @@ final class NbdConnection implements Runnable {
         } finally {
             close();
             if (workers != null) {
-                workers.shutdown(); // requests already running finish their image I/O before the contexts go
-                try {
-                    workers.awaitTermination(60, java.util.concurrent.TimeUnit.SECONDS);
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                }
-                for (Slot sl : slots) {
-                    sl.io.close();
-                }
+                stopWorkers();
             }
             if (export != null) {
                 export.stats().connections.decrementAndGet();
             }
+        }
+    }
+
+    /**
+     * After the reader stopped: lets the requests already handed over finish their image I/O (their replies fail
+     * on the closed socket), stops the workers and frees the slots' image contexts. A worker stuck in image I/O
+     * for a minute keeps its context (leaked, never freed under it).
+     */
+    private void stopWorkers() {
+        boolean idle = drain(TimeUnit.SECONDS.toNanos(60));
+        for (Thread t : workers) {
+            t.interrupt();
+        }
+        for (Thread t : workers) {
+            try {
+                t.join(TimeUnit.SECONDS.toMillis(5));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        if (!idle) {
+            log(System.Logger.Level.WARNING, "requests still running after 60 s at disconnect: their image contexts are left open");
+            return;
+        }
+        for (Slot sl : slots) {
+            sl.io.close();
         }
     }
 
@@ -249,14 +326,18 @@ final class NbdConnection implements Runnable {
         e.stats().connections.incrementAndGet();
         e.stats().connectionsTotal.increment();
         slots = new Slot[WORKERS];
-        freeSlots = new java.util.concurrent.ArrayBlockingQueue<>(WORKERS);
+        freeSlots = new ArrayBlockingQueue<>(WORKERS);
+        ready = new ArrayBlockingQueue<>(WORKERS);
         for (int i = 0; i < WORKERS; i++) {
             slots[i] = new Slot(e.image().newContext(1, 1 << 20)); // O_DIRECT bounce buffer: 1 MiB chunks
             freeSlots.add(slots[i]);
         }
-        String name = "nbd " + server.name() + " #" + id + " worker";
-        workers = java.util.concurrent.Executors.newFixedThreadPool(WORKERS,
-                r -> Thread.ofPlatform().name(name).daemon().unstarted(r)); // image I/O is blocking FFM calls
+        workers = new Thread[WORKERS];
+        for (int i = 0; i < WORKERS; i++) {
+            // platform threads: image I/O is blocking FFM calls, which would pin a virtual thread's carrier
+            workers[i] = Thread.ofPlatform().name("nbd " + server.name() + " #" + id + " worker " + i).daemon()
+                    .start(this::workerLoop);
+        }
         if (metaExport != null && !metaExport.equals(e.name())) {
             metaExport = null; // the context was negotiated for another export
         }
@@ -387,13 +468,12 @@ final class NbdConnection implements Runnable {
 
     // ---- transmission ------------------------------------------------------------------------------------------
 
+    /** The reader: parses requests (and write payloads) and hands them to the workers, until EOF or DISC. */
     private void transmission() throws IOException {
-        DiskImage image = export.image();
-        NbdExportStats st = export.stats();
         while (true) {
             ByteBuffer h = header.clear().limit(28);
             if (!readFully(h, true)) {
-                drain();
+                drain(TimeUnit.SECONDS.toNanos(60));
                 return; // clean EOF between requests
             }
             h.flip();
@@ -407,67 +487,104 @@ final class NbdConnection implements Runnable {
             long offset = h.getLong();
             long length = Integer.toUnsignedLong(h.getInt());
             if (type == CMD_DISC) {
-                drain();
+                drain(TimeUnit.SECONDS.toNanos(60)); // answer what is in flight, then close
                 return;
             }
-            Slot slot;
-            try {
-                slot = freeSlots.take();
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new java.io.InterruptedIOException("interrupted");
-            }
+            Slot slot = take(freeSlots);
+            slot.type = type;
+            slot.flags = flags;
+            slot.cookie = cookie;
+            slot.offset = offset;
+            slot.length = length;
             if (type == CMD_WRITE) {
                 if (length > MAX_PAYLOAD) {
                     // We will not read that much: answer, then disconnect, since the payload still follows.
-                    done(slot, st, cookie, EINVAL, "write of " + length + " bytes, more than the " + MAX_PAYLOAD + "-byte maximum");
+                    done(slot, EINVAL, "write of " + length + " bytes, more than the " + MAX_PAYLOAD + "-byte maximum");
                     freeSlots.add(slot);
                     throw new ProtocolViolation("write payload of " + length + " bytes exceeds the advertised maximum");
                 }
-                ByteBuffer buf = slot.payload((int) length);
+                ByteBuffer buf = slot.payload((int) length, largeBudget);
                 if (!readFully(buf, false)) {
+                    slot.release(largeBudget);
                     freeSlots.add(slot);
                     throw new EOFException("client disconnected in the middle of a write payload");
                 }
                 buf.flip();
             }
-            workers.execute(() -> {
-                try {
-                    serve(slot, image, st, type, flags, cookie, offset, length);
-                } catch (IOException e) {
-                    log(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
-                    close(); // the reader sees the closed channel and ends the connection
-                } catch (RuntimeException e) {
-                    // a bug, not a client that went away: say so, as the reader does
-                    log(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
-                    close();
-                } finally {
-                    freeSlots.add(slot);
-                }
-            });
+            ready.add(slot); // never full: it holds at most the WORKERS slots there are
         }
     }
 
-    /** Waits until every request handed to the workers has been answered. */
-    private void drain() {
-        long deadline = System.nanoTime() + 60_000_000_000L;
-        while (freeSlots.size() < WORKERS && System.nanoTime() < deadline) {
-            Thread.onSpinWait();
+    private static Slot take(ArrayBlockingQueue<Slot> q) throws InterruptedIOException {
+        try {
+            return q.take();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new InterruptedIOException("interrupted");
+        }
+    }
+
+    /** Waits until every request handed to the workers has been answered; false if that took longer than allowed. */
+    private boolean drain(long timeoutNanos) {
+        long deadline = System.nanoTime() + timeoutNanos;
+        Slot[] held = new Slot[WORKERS];
+        int n = 0;
+        try {
+            while (n < WORKERS) {
+                Slot s = freeSlots.poll(Math.max(0, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
+                if (s == null) {
+                    return false;
+                }
+                held[n++] = s;
+            }
+            return true;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return false;
+        } finally {
+            for (int i = 0; i < n; i++) {
+                freeSlots.add(held[i]);
+            }
+        }
+    }
+
+    /** A worker: serves the slots the reader hands over until interrupted at disconnect. */
+    private void workerLoop() {
+        DiskImage image = export.image();
+        NbdExportStats st = export.stats();
+        while (true) {
+            Slot slot;
             try {
-                Thread.sleep(1);
+                slot = ready.take();
             } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
                 return;
+            }
+            try {
+                serve(slot, image, st);
+            } catch (IOException e) {
+                if (ch.isOpen()) {
+                    log(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
+                }
+                close(); // the reader sees the closed channel and ends the connection
+            } catch (RuntimeException e) {
+                // a bug, not a client that went away: say so, as the reader does
+                log(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
+                close();
+            } finally {
+                slot.release(largeBudget);
+                freeSlots.add(slot);
             }
         }
     }
 
     /** One request on a worker: its I/O and its reply. */
-    private void serve(Slot slot, DiskImage image, NbdExportStats st, int type, int flags, long cookie, long offset,
-                       long length) throws IOException {
-        switch (type) {
-            case CMD_READ -> read(slot, image, st, flags, cookie, offset, length);
-            case CMD_WRITE -> write(slot, image, st, flags, cookie, offset, length);
+    private void serve(Slot slot, DiskImage image, NbdExportStats st) throws IOException {
+        int flags = slot.flags;
+        long offset = slot.offset;
+        long length = slot.length;
+        switch (slot.type) {
+            case CMD_READ -> read(slot, image, st);
+            case CMD_WRITE -> write(slot, image, st);
             case CMD_FLUSH -> {
                 int err = checkFlags(flags, 0);
                 if (err == 0 && (offset != 0 || length != 0)) {
@@ -477,7 +594,7 @@ final class NbdConnection implements Runnable {
                     err = flush(image);
                     st.flushes.increment();
                 }
-                done(slot, st, cookie, err, "flush");
+                done(slot, err, null);
             }
             case CMD_TRIM -> {
                 int err = checkFlags(flags, CMD_FLAG_FUA);
@@ -485,13 +602,17 @@ final class NbdConnection implements Runnable {
                     err = checkWritable(offset, length, image);
                 }
                 if (err == 0) {
-                    err = io(() -> image.discard(offset, length));
+                    try {
+                        image.discard(offset, length);
+                    } catch (IOException e) {
+                        err = errno(e);
+                    }
                     st.trims.increment();
                 }
                 if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
                     err = flush(image);
                 }
-                done(slot, st, cookie, err, "trim");
+                done(slot, err, null);
             }
             case CMD_WRITE_ZEROES -> {
                 int err = checkFlags(flags, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO);
@@ -507,38 +628,46 @@ final class NbdConnection implements Runnable {
                     }
                 }
                 if (err == 0) {
-                    boolean unmap = (flags & CMD_FLAG_NO_HOLE) == 0;
-                    err = io(() -> image.writeZeroes(offset, length, unmap));
+                    try {
+                        image.writeZeroes(offset, length, (flags & CMD_FLAG_NO_HOLE) == 0);
+                    } catch (IOException e) {
+                        err = errno(e);
+                    }
                     st.writeZeroes.increment();
                 }
                 if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
                     err = flush(image);
                 }
-                done(slot, st, cookie, err, "write zeroes");
+                done(slot, err, null);
             }
-            case CMD_BLOCK_STATUS -> blockStatus(slot, image, st, flags, cookie, offset, length);
-            default -> done(slot, st, cookie, EINVAL, "unknown command " + type);
+            case CMD_BLOCK_STATUS -> blockStatus(slot, image, st);
+            default -> done(slot, EINVAL, "unknown command " + slot.type);
         }
     }
 
-    private void read(Slot slot, DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
-        ImageIo io = slot.io;
-        int err = checkFlags(flags, CMD_FLAG_DF | CMD_FLAG_FUA);
+    private void read(Slot slot, DiskImage image, NbdExportStats st) throws IOException {
+        long offset = slot.offset;
+        long length = slot.length;
+        int err = checkFlags(slot.flags, CMD_FLAG_DF | CMD_FLAG_FUA);
         if (err == 0) {
             err = length > MAX_PAYLOAD ? EINVAL : checkRange(offset, length, image, EINVAL);
         }
         if (err != 0) {
-            done(slot, st, cookie, err, "read " + offset + "+" + length);
+            done(slot, err, null);
             return;
         }
-        ByteBuffer buf = slot.payload((int) length);
-        MemorySegment seg = MemorySegment.ofBuffer(buf);
+        ByteBuffer buf = slot.payload((int) length, largeBudget);
+        ImageIo io = slot.io;
         io.clear();
-        io.add(seg);
-        err = io(() -> io.read(offset));
+        io.add(MemorySegment.ofBuffer(buf));
+        try {
+            io.read(offset);
+        } catch (IOException e) {
+            err = errno(e);
+        }
         io.clear();
         if (err != 0) {
-            done(slot, st, cookie, err, "read " + offset + "+" + length);
+            done(slot, err, null);
             return;
         }
         st.reads.increment();
@@ -546,39 +675,46 @@ final class NbdConnection implements Runnable {
         ByteBuffer h = slot.reply.clear();
         if (structured) {
             h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_OFFSET_DATA)
-                    .putLong(cookie).putInt((int) (8 + length)).putLong(offset).flip();
+                    .putLong(slot.cookie).putInt((int) (8 + length)).putLong(offset).flip();
         } else {
-            h.putInt(SIMPLE_REPLY_MAGIC).putInt(0).putLong(cookie).flip();
+            h.putInt(SIMPLE_REPLY_MAGIC).putInt(0).putLong(slot.cookie).flip();
         }
         reply(h, buf);
     }
 
     /** A write whose payload the reader already put in the slot. */
-    private void write(Slot slot, DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
-        ImageIo io = slot.io;
-        ByteBuffer buf = slot.payload;
-        int err = checkFlags(flags, CMD_FLAG_FUA);
+    private void write(Slot slot, DiskImage image, NbdExportStats st) throws IOException {
+        long offset = slot.offset;
+        long length = slot.length;
+        int err = checkFlags(slot.flags, CMD_FLAG_FUA);
         if (err == 0) {
             err = export.readOnly() ? EPERM : checkRange(offset, length, image, ENOSPC);
         }
         if (err == 0) {
+            ImageIo io = slot.io;
             io.clear();
-            io.add(MemorySegment.ofBuffer(buf));
-            err = io(() -> io.write(offset));
+            io.add(MemorySegment.ofBuffer(slot.payload));
+            try {
+                io.write(offset);
+            } catch (IOException e) {
+                err = errno(e);
+            }
             io.clear();
         }
-        if (err == 0 && (flags & CMD_FLAG_FUA) != 0) {
+        if (err == 0 && (slot.flags & CMD_FLAG_FUA) != 0) {
             err = flush(image);
         }
         if (err == 0) {
             st.writes.increment();
             st.bytesWritten.add(length);
         }
-        done(slot, st, cookie, err, "write " + offset + "+" + length);
+        done(slot, err, null);
     }
 
-    private void blockStatus(Slot slot, DiskImage image, NbdExportStats st, int flags, long cookie, long offset, long length) throws IOException {
-        int err = checkFlags(flags, CMD_FLAG_REQ_ONE);
+    private void blockStatus(Slot slot, DiskImage image, NbdExportStats st) throws IOException {
+        long offset = slot.offset;
+        long length = slot.length;
+        int err = checkFlags(slot.flags, CMD_FLAG_REQ_ONE);
         if (err == 0 && (!structured || metaExport == null)) {
             err = EINVAL; // no metadata context negotiated
         }
@@ -586,11 +722,11 @@ final class NbdConnection implements Runnable {
             err = checkRange(offset, length, image, EINVAL);
         }
         if (err != 0) {
-            done(slot, st, cookie, err, "block status " + offset + "+" + length);
+            done(slot, err, null);
             return;
         }
-        int max = (flags & CMD_FLAG_REQ_ONE) != 0 ? 1 : MAX_EXTENTS;
-        ByteBuffer ext = ByteBuffer.allocate(4 + max * 8);
+        int max = (slot.flags & CMD_FLAG_REQ_ONE) != 0 ? 1 : MAX_EXTENTS;
+        ByteBuffer ext = slot.extents.clear();
         ext.putInt(CONTEXT_ID);
         long pos = offset;
         long end = offset + length;
@@ -602,36 +738,46 @@ final class NbdConnection implements Runnable {
                 pos += e.length();
             }
         } catch (IOException ex) {
-            done(slot, st, cookie, EIO, "block status " + offset + "+" + length + ": " + ex.getMessage());
+            done(slot, EIO, "block status " + offset + "+" + length + ": " + ex.getMessage());
             return;
         }
         st.blockStatus.increment();
         ext.flip();
         ByteBuffer h = slot.reply.clear();
         h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_BLOCK_STATUS)
-                .putLong(cookie).putInt(ext.remaining()).flip();
+                .putLong(slot.cookie).putInt(ext.remaining()).flip();
         reply(h, ext);
     }
 
-    /** Replies to a request without data: success, or {@code err} (logged, counted). */
-    private void done(Slot slot, NbdExportStats st, long cookie, int err, String what) throws IOException {
+    private static final String[] COMMANDS = {"read", "write", "disconnect", "flush", "trim", "cmd 5", "write zeroes",
+            "block status"};
+
+    /**
+     * Replies to the slot's request without data: success, or {@code err} (logged, counted) with {@code what}
+     * as the structured error message (null: the command and its range; built only for errors).
+     */
+    private void done(Slot slot, int err, String what) throws IOException {
         ByteBuffer h = slot.reply.clear();
         if (err != 0) {
-            st.errors.increment();
+            if (what == null) {
+                what = (slot.type < COMMANDS.length ? COMMANDS[slot.type] : "command " + slot.type) + " "
+                        + slot.offset + "+" + slot.length;
+            }
+            export.stats().errors.increment();
             log(System.Logger.Level.DEBUG, what + ": error " + err);
         }
         if (!structured) {
-            h.putInt(SIMPLE_REPLY_MAGIC).putInt(err).putLong(cookie).flip();
+            h.putInt(SIMPLE_REPLY_MAGIC).putInt(err).putLong(slot.cookie).flip();
             reply(h);
         } else if (err == 0) {
             h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_NONE)
-                    .putLong(cookie).putInt(0).flip();
+                    .putLong(slot.cookie).putInt(0).flip();
             reply(h);
         } else {
             byte[] msg = what.getBytes(StandardCharsets.UTF_8);
             int n = Math.min(msg.length, 1024);
             h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_ERROR)
-                    .putLong(cookie).putInt(6 + n).putInt(err).putShort((short) n).flip();
+                    .putLong(slot.cookie).putInt(6 + n).putInt(err).putShort((short) n).flip();
             reply(h, ByteBuffer.wrap(msg, 0, n));
         }
     }
@@ -662,30 +808,29 @@ final class NbdConnection implements Runnable {
     }
 
     private int flush(DiskImage image) {
-        return export.readOnly() ? 0 : io(image::flush);
-    }
-
-    private interface IoAction {
-        void run() throws IOException;
-    }
-
-    /** Runs image I/O; an error becomes its NBD errno (logged), the connection goes on. */
-    private int io(IoAction a) {
-        try {
-            a.run();
+        if (export.readOnly()) {
             return 0;
-        } catch (LinuxException e) {
-            log(System.Logger.Level.WARNING, "I/O error: " + e.getMessage());
-            return switch (e.errno()) {
+        }
+        try {
+            image.flush();
+            return 0;
+        } catch (IOException e) {
+            return errno(e);
+        }
+    }
+
+    /** An image I/O error as its NBD errno (logged; the connection goes on). */
+    private int errno(IOException e) {
+        log(System.Logger.Level.WARNING, "I/O error: " + e.getMessage());
+        if (e instanceof LinuxException le) {
+            return switch (le.errno()) {
                 case Errno.ENOSPC -> ENOSPC;
                 case Errno.EROFS, Errno.EPERM -> EPERM;
                 case Errno.EINVAL -> EINVAL;
                 default -> EIO;
             };
-        } catch (IOException e) {
-            log(System.Logger.Level.WARNING, "I/O error: " + e.getMessage());
-            return EIO;
         }
+        return EIO;
     }
 
     // ---- socket helpers ----------------------------------------------------------------------------------------

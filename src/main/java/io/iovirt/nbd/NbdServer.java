@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.nbd;
 
+import io.iovirt.linux.Acceptor;
 import java.io.IOException;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
-import java.nio.channels.ClosedChannelException;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
@@ -45,7 +45,7 @@ public final class NbdServer implements AutoCloseable {
     private final Set<NbdConnection> connections = ConcurrentHashMap.newKeySet();
     private final AtomicInteger ids = new AtomicInteger();
     private final ScheduledExecutorService timer;
-    private final Thread acceptor;
+    private final Acceptor<SocketChannel> acceptor;
     private volatile boolean closed;
 
     private NbdServer(ServerSocketChannel listener, String address, Path socketPath, int maxConnections) {
@@ -63,22 +63,40 @@ public final class NbdServer implements AutoCloseable {
         // reachable from the queue for the whole timeout.
         t.setRemoveOnCancelPolicy(true);
         this.timer = t;
-        this.acceptor = Thread.ofPlatform().name("nbd-accept " + address).daemon().unstarted(this::acceptLoop);
+        // Over the limit a connection is still served, only to be refused in the handshake with an error naming the
+        // limit (a client that is merely closed would retry at once); those do not count against it.
+        this.acceptor = Acceptor.builder("nbd " + address, LOG, listener::accept, () -> closed)
+                .threadName("nbd-accept " + address).daemon(true)
+                .maxConnections(maxConnections, (ch, why) -> {
+                    try {
+                        serve(ch, maxConnections, () -> { });
+                    } catch (OutOfMemoryError e) {
+                        closeQuietly(ch);
+                    }
+                })
+                .build((ch, release) -> serve(ch, 0, release));
     }
 
     /**
      * Listens on a UNIX socket. A stale socket file (nothing listening) is replaced; a live one is an error.
      */
     public static NbdServer startUnix(Path socket, int maxConnections) throws IOException {
-        if (Files.exists(socket)) {
-            try (SocketChannel probe = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
-                throw new IOException("another server already listens on " + socket + "; stop it or choose another --socket");
-            } catch (IOException e) {
-                if (e.getMessage() != null && e.getMessage().startsWith("another server")) {
-                    throw e;
-                }
-                Files.delete(socket); // stale: nobody accepts on it
+        if (Files.exists(socket, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+            if (!Files.readAttributes(socket, java.nio.file.attribute.BasicFileAttributes.class,
+                    java.nio.file.LinkOption.NOFOLLOW_LINKS).isOther()) { // never delete an image given by mistake
+                throw new IOException(socket + " exists and is not a socket; remove it or choose another socket path");
             }
+            boolean live;
+            try {
+                live = io.iovirt.linux.UnixSocket.listenedOn(socket);
+            } catch (io.iovirt.linux.LinuxException e) {
+                throw new IOException("cannot tell whether " + socket + " is in use: " + e.getMessage(), e);
+            }
+            if (live) {
+                throw new IOException("another server already listens on " + socket + "; stop it or choose another "
+                        + "socket path");
+            }
+            Files.delete(socket); // stale: nobody accepts on it
         }
         ServerSocketChannel ch = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         try {
@@ -157,38 +175,39 @@ public final class NbdServer implements AutoCloseable {
         return connections.size();
     }
 
-    private void acceptLoop() {
-        while (!closed) {
-            SocketChannel ch;
-            try {
-                ch = listener.accept();
-            } catch (ClosedChannelException e) {
-                return;
-            } catch (IOException e) {
-                if (closed) {
-                    return;
-                }
-                LOG.log(System.Logger.Level.WARNING, "nbd " + address + ": accept failed: " + e.getMessage());
-                sleepQuietly(); // e.g. EMFILE: do not spin
-                continue;
-            }
-            boolean refuse = connections.size() >= maxConnections;
-            NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuse ? maxConnections : 0);
-            connections.add(c);
-            if (closed) {
-                c.close();
-                connections.remove(c);
-                return;
-            }
-            ScheduledFuture<?> deadline = timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+    /** Runs a connection on its own thread; {@code refuseLimit} > 0 refuses it in the handshake (over the limit). */
+    private void serve(SocketChannel ch, int refuseLimit, Runnable release) {
+        NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuseLimit);
+        connections.add(c);
+        if (closed) {
+            c.close();
+            connections.remove(c);
+            release.run();
+            return;
+        }
+        ScheduledFuture<?> deadline = timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+        try {
             Thread.ofPlatform().name("nbd " + address + " #" + c.id()).daemon().start(() -> {
                 try {
                     c.run();
                 } finally {
                     deadline.cancel(false);
                     connections.remove(c);
+                    release.run();
                 }
             });
+        } catch (OutOfMemoryError e) { // no thread could be created
+            deadline.cancel(false);
+            connections.remove(c);
+            throw e;
+        }
+    }
+
+    private static void closeQuietly(SocketChannel ch) {
+        try {
+            ch.close();
+        } catch (IOException e) {
+            // gone
         }
     }
 
@@ -217,7 +236,7 @@ public final class NbdServer implements AutoCloseable {
             // closing
         }
         try {
-            acceptor.join(5000);
+            acceptor.join(java.time.Duration.ofSeconds(5));
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }

@@ -19,7 +19,10 @@ import java.util.List;
  * with a volatile store (readers still on the old array see a consistent, merely stale, view).
  *
  * <p>The table holds at most {@code capacity} addresses; when full, new addresses are not learned (their frames are
- * flooded, as a hardware switch with a full CAM does) and {@link #learnFailures()} counts it.
+ * flooded, as a hardware switch with a full CAM does) and {@link #learnFailures()} counts it. Each port may also hold
+ * at most {@code perPortLimit} of them (Linux's bridge calls this {@code fdb_max_learned}, a switch's port security
+ * "maximum"), so one port spraying source addresses fills its own share, not the table: the others' entries stay,
+ * and addresses they learn later still fit as long as {@code capacity} exceeds the sum of the shares in use.
  */
 public final class MacTable {
     private static final long EMPTY = 0;
@@ -49,8 +52,18 @@ public final class MacTable {
         }
     }
 
+    /** {@link #tryLearn} outcomes. */
+    public static final int LEARNED = 0;
+    /** The table is full (and nothing has aged out). */
+    public static final int TABLE_FULL = 1;
+    /** The port already holds its share of addresses (and none of them has aged out). */
+    public static final int PORT_FULL = 2;
+
     private final Object lock = new Object();
     private final int capacity;
+    private final int perPortLimit;
+    private int[] perPort = new int[16]; // guarded by lock: live entries per port
+    private int agedFullAt = Integer.MIN_VALUE; // guarded by lock
     private volatile int agingSeconds;
     private volatile Table table;
     private int live; // guarded by lock
@@ -62,9 +75,22 @@ public final class MacTable {
      * @param agingSeconds how long an address is remembered after its last frame (at least 1)
      */
     public MacTable(int capacity, int agingSeconds) {
+        this(capacity, agingSeconds, capacity);
+    }
+
+    /**
+     * @param capacity     most addresses held at once
+     * @param agingSeconds how long an address is remembered after its last frame (at least 1)
+     * @param perPortLimit most addresses held for one port at once (1..capacity)
+     */
+    public MacTable(int capacity, int agingSeconds, int perPortLimit) {
         if (capacity < 1 || capacity > 1 << 24) {
             throw new IllegalArgumentException("MAC table capacity must be 1.." + (1 << 24) + ": " + capacity);
         }
+        if (perPortLimit < 1 || perPortLimit > capacity) {
+            throw new IllegalArgumentException("MAC addresses per port must be 1.." + capacity + ": " + perPortLimit);
+        }
+        this.perPortLimit = perPortLimit;
         setAgingSeconds(agingSeconds);
         this.capacity = capacity;
         this.table = new Table(Math.max(16, Integer.highestOneBit(capacity * 2 - 1) << 1));
@@ -83,6 +109,10 @@ public final class MacTable {
 
     public int capacity() {
         return capacity;
+    }
+
+    public int perPortLimit() {
+        return perPortLimit;
     }
 
     private static int hash(long mac) {
@@ -121,9 +151,18 @@ public final class MacTable {
     /**
      * Records that {@code mac} was seen on {@code port} at {@code now}.
      *
-     * @return false when the table is full and the address was not learned
+     * @return false when the table or the port's share is full and the address was not learned
      */
     public boolean learn(long mac, int port, int now) {
+        return tryLearn(mac, port, now) == LEARNED;
+    }
+
+    /**
+     * Records that {@code mac} was seen on {@code port} at {@code now}.
+     *
+     * @return {@link #LEARNED}, or why not: {@link #TABLE_FULL}, {@link #PORT_FULL}
+     */
+    public int tryLearn(long mac, int port, int now) {
         Table t = table;
         int i = hash(mac) & t.mask;
         for (int n = 0; n <= t.mask; n++) {
@@ -138,14 +177,14 @@ public final class MacTable {
                 if ((int) SEEN.getOpaque(t.seen, i) != now) {
                     SEEN.setOpaque(t.seen, i, now);
                 }
-                return true;
+                return LEARNED;
             }
             i = (i + 1) & t.mask;
         }
         return learnLocked(mac, port, now);
     }
 
-    private boolean learnLocked(long mac, int port, int now) {
+    private int learnLocked(long mac, int port, int now) {
         if (port < 0 || port >= MAX_PORTS) {
             throw new IllegalArgumentException("port number outside 0.." + (MAX_PORTS - 1) + ": " + port);
         }
@@ -166,18 +205,30 @@ public final class MacTable {
                         free = i;
                     }
                 } else if (w >>> 16 == mac) {
+                    int from = portOf(w);
+                    if (from != port) { // the station moved: it takes a place in the new port's share
+                        if (portCount(port) >= perPortLimit) {
+                            if (ageOncePerSecondLocked(now) > 0) {
+                                return learnLocked(mac, port, now); // aging may have rebuilt the table
+                            }
+                            learnFailures++;
+                            return PORT_FULL; // it stays where it was until it ages out there
+                        }
+                        perPort[from]--;
+                        countPort(port, 1);
+                    }
                     SEEN.setOpaque(t.seen, i, now);
                     WORDS.setRelease(t.words, i, mac << 16 | (port + 1));
-                    return true;
+                    return LEARNED;
                 }
                 i = (i + 1) & t.mask;
             }
-            if (live >= capacity && ageLocked(now) == 0) {
+            if (portCount(port) >= perPortLimit || live >= capacity) {
+                if (ageOncePerSecondLocked(now) > 0) {
+                    return learnLocked(mac, port, now); // aging may have rebuilt the table: find the free slot again
+                }
                 learnFailures++;
-                return false;
-            }
-            if (table != t) { // aging rebuilt the table: find the free slot again
-                return learnLocked(mac, port, now);
+                return portCount(port) >= perPortLimit ? PORT_FULL : TABLE_FULL;
             }
             if (t.words[free] == TOMBSTONE) {
                 tombstones--;
@@ -185,7 +236,26 @@ public final class MacTable {
             SEEN.setOpaque(t.seen, free, now);
             WORDS.setRelease(t.words, free, mac << 16 | (port + 1)); // seen is visible before the entry is
             live++;
-            return true;
+            countPort(port, 1);
+            return LEARNED;
+        }
+    }
+
+    private int portCount(int port) {
+        return port < perPort.length ? perPort[port] : 0;
+    }
+
+    private void countPort(int port, int delta) {
+        if (port >= perPort.length) {
+            perPort = java.util.Arrays.copyOf(perPort, Math.min(MAX_PORTS, Math.max(port + 1, perPort.length * 2)));
+        }
+        perPort[port] += delta;
+    }
+
+    /** Addresses held for {@code port} now (including expired ones that aging has not swept yet). */
+    public int size(int port) {
+        synchronized (lock) {
+            return portCount(port);
         }
     }
 
@@ -194,6 +264,18 @@ public final class MacTable {
         synchronized (lock) {
             return ageLocked(now);
         }
+    }
+
+    /**
+     * Ages on behalf of a learner that found no room, at most once per clock second: entries only expire when the
+     * clock moves, and a port spraying new source addresses would otherwise sweep the whole table per frame.
+     */
+    private int ageOncePerSecondLocked(int now) {
+        if (agedFullAt == now) {
+            return 0;
+        }
+        agedFullAt = now;
+        return ageLocked(now);
     }
 
     private int ageLocked(int now) {
@@ -220,6 +302,7 @@ public final class MacTable {
                     tombstones++;
                 }
             }
+            java.util.Arrays.fill(perPort, 0);
             maybeRebuildLocked();
         }
     }
@@ -236,6 +319,7 @@ public final class MacTable {
             boolean drop = port >= 0 ? portOf(w) == port : now - (int) SEEN.getOpaque(t.seen, i) >= aging;
             if (drop) {
                 WORDS.setRelease(t.words, i, TOMBSTONE);
+                perPort[portOf(w)]--;
                 removed++;
             }
         }

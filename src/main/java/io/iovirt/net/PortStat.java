@@ -16,6 +16,12 @@ public enum PortStat {
     RX_FLOODED("rx_flooded", false),
     /** Of {@link #RX_PACKETS}: frames whose destination was learned on the port they came from (no hairpin). */
     RX_FILTERED("rx_filtered", false),
+    /**
+     * Of {@link #RX_PACKETS}: frames whose source address was not learned because the port already holds its share
+     * of the MAC table ({@code macsPerPort}) or the table is full. They are still forwarded (flooded when the
+     * destination is unknown); only replies to the unlearned address are flooded too.
+     */
+    RX_UNLEARNED("rx_unlearned", false),
     /** Shorter than an Ethernet header. */
     RX_DROPPED_RUNT("rx_dropped_runt", true),
     /** Longer than the switch MTU plus Ethernet and VLAN headers. */

@@ -3,6 +3,7 @@ package io.iovirt.net;
 
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
+import java.util.function.Supplier;
 
 /**
  * A warning a peer can trigger per frame (a bad length, a write error): logged at most once per interval, with the
@@ -19,7 +20,12 @@ public final class RateLimitedLog {
     }
 
     /** Logs {@code message} unless one was logged within the interval. */
-    public synchronized void warn(String message) {
+    public void warn(String message) {
+        warn(() -> message);
+    }
+
+    /** Like {@link #warn(String)}, building the message only when it is logged (for per-frame callers). */
+    public synchronized void warn(Supplier<String> message) {
         long now = System.nanoTime();
         if (last != Long.MIN_VALUE && now - last < intervalNanos) {
             suppressed++;
@@ -28,7 +34,7 @@ public final class RateLimitedLog {
         String extra = suppressed > 0 ? " (" + suppressed + " similar messages suppressed)" : "";
         last = now;
         suppressed = 0;
-        LOG.log(Level.WARNING, message + extra);
+        LOG.log(Level.WARNING, message.get() + extra);
     }
 
     /** Logs unconditionally (state changes such as connect/disconnect). */

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.net;
 
-import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.UnixSocket;
@@ -31,15 +30,16 @@ public final class SocketPaths {
             if (!a.isOther()) {
                 throw new IOException(path + " exists and is not a socket; choose another path or remove it");
             }
+            boolean live;
             try {
-                UnixSocket.connect(path).close();
-                throw new IOException("another process is listening on " + path + "; stop it or choose another path");
+                live = UnixSocket.listenedOn(path);
             } catch (LinuxException e) {
-                if (e.errno() != Errno.ECONNREFUSED) {
-                    throw new IOException("cannot tell whether " + path + " is in use: " + e.getMessage(), e);
-                }
-                Files.deleteIfExists(path); // nobody listens: a stale socket from an earlier run
+                throw new IOException("cannot tell whether " + path + " is in use: " + e.getMessage(), e);
             }
+            if (live) {
+                throw new IOException("another process is listening on " + path + "; stop it or choose another path");
+            }
+            Files.deleteIfExists(path); // nobody listens: a stale socket from an earlier run
         } else if (path.getParent() != null && !Files.isDirectory(path.getParent())) {
             throw new IOException("directory " + path.getParent() + " for socket " + path + " does not exist");
         }

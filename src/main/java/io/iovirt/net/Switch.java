@@ -33,14 +33,22 @@ import java.util.Objects;
 public final class Switch implements AutoCloseable {
     public static final int DEFAULT_MAC_AGING_SECONDS = 300;
     public static final int DEFAULT_MAC_CAPACITY = 8192;
+    /**
+     * Learned addresses per port. A guest port normally has one; a guest that bridges containers or nested guests a
+     * few dozen. Linux's bridge has no limit by default ({@code fdb_max_learned} 0) and OVS only a table-wide one
+     * ({@code mac-table-size}, 2048): with 256 per port, 32 ports spraying at once are needed to fill the table.
+     */
+    public static final int DEFAULT_MACS_PER_PORT = 256;
     private final RateLimitedLog spoofLog = new RateLimitedLog(5000);
+    private final RateLimitedLog learnLog = new RateLimitedLog(5000);
 
     /**
      * @param mtu              largest payload (frames may add the Ethernet header and one VLAN tag)
      * @param macAgingSeconds  how long an address is remembered after its last frame
      * @param macTableCapacity most addresses learned at once
+     * @param macsPerPort      most addresses learned on one port at once (a pinned port only ever learns its own)
      */
-    public record Config(int mtu, int macAgingSeconds, int macTableCapacity) {
+    public record Config(int mtu, int macAgingSeconds, int macTableCapacity, int macsPerPort) {
         public Config {
             if (mtu < Ethernet.MIN_MTU || mtu > Ethernet.MAX_MTU) {
                 throw new IllegalArgumentException("MTU must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU + ": " + mtu);
@@ -48,18 +56,25 @@ public final class Switch implements AutoCloseable {
             if (macAgingSeconds < 1) {
                 throw new IllegalArgumentException("MAC aging time must be at least 1 second: " + macAgingSeconds);
             }
+            if (macsPerPort < 1 || macsPerPort > macTableCapacity) {
+                throw new IllegalArgumentException("MAC addresses per port must be 1.." + macTableCapacity + ": " + macsPerPort);
+            }
         }
 
         public static Config defaults() {
-            return new Config(Ethernet.DEFAULT_MTU, DEFAULT_MAC_AGING_SECONDS, DEFAULT_MAC_CAPACITY);
+            return new Config(Ethernet.DEFAULT_MTU, DEFAULT_MAC_AGING_SECONDS, DEFAULT_MAC_CAPACITY, DEFAULT_MACS_PER_PORT);
         }
 
         public Config withMtu(int m) {
-            return new Config(m, macAgingSeconds, macTableCapacity);
+            return new Config(m, macAgingSeconds, macTableCapacity, macsPerPort);
         }
 
         public Config withMacAging(int seconds) {
-            return new Config(mtu, seconds, macTableCapacity);
+            return new Config(mtu, seconds, macTableCapacity, macsPerPort);
+        }
+
+        public Config withMacTable(int capacity, int perPort) {
+            return new Config(mtu, macAgingSeconds, capacity, perPort);
         }
     }
 
@@ -77,7 +92,7 @@ public final class Switch implements AutoCloseable {
     public Switch(Config config) {
         this.config = Objects.requireNonNull(config);
         this.maxFrame = Ethernet.maxFrame(config.mtu());
-        this.macs = new MacTable(config.macTableCapacity(), config.macAgingSeconds());
+        this.macs = new MacTable(config.macTableCapacity(), config.macAgingSeconds(), config.macsPerPort());
     }
 
     public Config config() {
@@ -208,14 +223,21 @@ public final class Switch implements AutoCloseable {
         long pinned = in.pinnedSource();
         if (pinned != -1 && src != pinned) {
             rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
-            spoofLog.warn(in + ": dropped frames from " + Mac.toString(src) + ": the port is pinned to "
+            spoofLog.warn(() -> in + ": dropped frames from " + Mac.toString(src) + ": the port is pinned to "
                     + Mac.toString(pinned));
             return;
         }
         rx.rx(len);
         int t = now;
         int self = in.index();
-        macs.learn(src, self, t);
+        int learned = macs.tryLearn(src, self, t);
+        if (learned != MacTable.LEARNED) {
+            rx.increment(PortStat.RX_UNLEARNED);
+            learnLog.warn(() -> in + ": did not learn " + Mac.toString(src) + ": " + (learned == MacTable.PORT_FULL
+                    ? "the port already holds " + config.macsPerPort() + " addresses (macs-per-port)"
+                    : "the MAC table is full (" + config.macTableCapacity() + " addresses)")
+                    + "; its frames are still forwarded, replies to it are flooded");
+        }
         Port[] ps = ports;
         if (Mac.isMulticast(dst)) {
             rx.increment(PortStat.RX_MULTICAST);

@@ -78,6 +78,12 @@ public record RegionInfo(int index, String name, int flags, long size, long offs
     }
 
     public String capsText() {
+        List<String> out = capTexts();
+        return out.isEmpty() ? "-" : String.join(" ", out);
+    }
+
+    /** One text per capability: "sparse-mmap[0x0+4K,...]", "type 0x1/2", "msix-mappable", "cap ID vV". */
+    public List<String> capTexts() {
         List<String> out = new ArrayList<>();
         for (Capability c : caps) {
             out.add(switch (c) {
@@ -93,7 +99,7 @@ public record RegionInfo(int index, String name, int flags, long size, long offs
                 case Unknown u -> "cap " + u.id() + " v" + u.version();
             });
         }
-        return out.isEmpty() ? "-" : String.join(" ", out);
+        return out;
     }
 
     /** vfio-pci's name for region {@code index}. */

@@ -48,6 +48,10 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
     /** Pages covered: the whole 8-byte words of the log, 64 pages each. */
     private final long pages;
     private final AtomicLong outOfRange = new AtomicLong();
+    // The log swap (SET_LOG_BASE while logging): marks in progress, and where marks go once this log is retired.
+    private final AtomicLong marking = new AtomicLong();
+    private volatile boolean retired;
+    private volatile DirtyLog successor;
 
     private DirtyLog(String name, Mmap.Mapping mapping, MemorySegment bitmap, long size) {
         this.name = name;
@@ -120,10 +124,44 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
         return outOfRange.get();
     }
 
-    /** Devices report their writes here (through the memory holder) while logging is on. */
+    /**
+     * Devices report their writes here (through the memory holder) while logging is on. A device thread may still
+     * hold this log after the frontend replaced it ({@link #retire}): its marks then go to the log that replaced it,
+     * never into this one once {@link #retire} has returned (the frontend syncs and frees it right after).
+     */
     @Override
     public void written(long gpa, long len) {
-        mark(gpa, len);
+        DirtyLog log = this;
+        do {
+            // Announce the mark, then look whether the log is retired: retire() publishes the flag, then waits for
+            // the announced marks, so one of the two sees the other (both are sequentially consistent).
+            log.marking.incrementAndGet();
+            try {
+                if (!log.retired) {
+                    log.mark(gpa, len);
+                    return;
+                }
+            } finally {
+                log.marking.decrementAndGet();
+            }
+            log = log.successor;
+        } while (log != null);
+    }
+
+    /**
+     * Retires this log for the frontend's next one ({@code successor}; null when logging ends with it): returns
+     * once no mark can land in this log any more, every mark in progress finished and every later one going to the
+     * successor. The caller replies to SET_LOG_BASE only after this, so nothing a device wrote is missing from
+     * the log the frontend syncs next, and no queue stops for the swap.
+     */
+    void retire(DirtyLog successor) {
+        this.successor = successor;
+        this.retired = true;
+        // A mark is a few loads and an atomic OR: this waits for at most one per queue thread.
+        while (marking.get() != 0) {
+            Thread.onSpinWait();
+            Thread.yield();
+        }
     }
 
     /**
@@ -166,7 +204,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
         }
     }
 
-    /** Unmaps the log. No device thread may be marking it any more (see {@link Handler}'s log swap). */
+    /** Unmaps the log. No device thread may be marking it any more: {@link #retire} it first if one might. */
     @Override
     public void close() {
         if (mapping != null) {

@@ -1,20 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
-/** Feature bits the vhost-user protocol layer itself interprets. */
+/**
+ * Feature bits the vhost-user protocol layer itself interprets: VHOST_USER_F_PROTOCOL_FEATURES, VHOST_F_LOG_ALL and
+ * the protocol features (VHOST_USER_PROTOCOL_F_*). Virtio's own bits are {@link io.iovirt.virtio.VirtioFeatures}.
+ */
 public final class Features {
-    /** virtio: indirect descriptors. */
-    public static final long VIRTIO_RING_F_INDIRECT_DESC = 1L << 28;
-    /** virtio: used_event/avail_event notification suppression. */
-    public static final long VIRTIO_RING_F_EVENT_IDX = 1L << 29;
     /** vhost-user: the backend speaks GET/SET_PROTOCOL_FEATURES (reuses the reserved virtio bit 30). */
     public static final long VHOST_USER_F_PROTOCOL_FEATURES = 1L << 30;
     /** vhost: dirty page logging for migration; offered by the protocol layer ({@link DirtyLog}). */
     public static final long VHOST_F_LOG_ALL = 1L << 26;
-    public static final long VIRTIO_F_VERSION_1 = 1L << 32;
-    /** Ring addresses are IOVAs translated through an IOTLB. Never offered. */
-    public static final long VIRTIO_F_ACCESS_PLATFORM = 1L << 33;
-    public static final long VIRTIO_F_RING_PACKED = 1L << 34;
 
     // protocol feature bits (VHOST_USER_PROTOCOL_F_*)
     public static final int PROTOCOL_MQ = 0;
@@ -52,9 +47,5 @@ public final class Features {
 
     public static long bit(int protocolFeature) {
         return 1L << protocolFeature;
-    }
-
-    public static boolean has(long features, long mask) {
-        return (features & mask) == mask;
     }
 }

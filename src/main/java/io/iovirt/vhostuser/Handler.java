@@ -1,113 +1,63 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
-import static io.iovirt.vhostuser.Features.VHOST_USER_F_PROTOCOL_FEATURES;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 import io.iovirt.linux.EventFd;
-import io.iovirt.linux.Fd;
-import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
-import io.iovirt.linux.Mmap;
-import io.iovirt.memory.GuestMemory;
-import io.iovirt.memory.GuestMemoryFault;
-import io.iovirt.memory.GuestMemoryHolder;
-import io.iovirt.memory.MemoryRegion;
-import io.iovirt.virtio.VirtioRing;
+import io.iovirt.virtio.DeviceStatus;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.List;
-import java.util.Map;
 
 /**
- * The vhost-user protocol state of one connection: validates each message against what was negotiated and the
- * state of the rings, then acts on it and calls the device. Runs on the connection's control thread only.
+ * Dispatch for one connection: each message {@link Connection} decoded and shape-checked ({@link MessageType}'s
+ * table) is checked for the protocol feature it needs, routed to the component that owns its state, and answered.
+ * Runs on the connection's control thread only.
  *
- * <p>Ring states follow the spec: a ring is <em>started</em> by SET_VRING_KICK and <em>stopped</em> by
- * GET_VRING_BASE; with VHOST_USER_F_PROTOCOL_FEATURES negotiated it also has to be enabled (SET_VRING_ENABLE) and
- * starts disabled, otherwise it is always enabled. The device runs a queue exactly while it is started, enabled and
- * has its addresses; disabling a running queue stops the device's processing (QEMU 7.2 disables before
+ * <ul>
+ * <li>{@link Negotiation}: virtio and protocol features, what the device sees of them, the ring layout;
+ * <li>{@link MemoryTable}: guest memory regions, their reference counts and the frontend-VA → GPA index;
+ * <li>{@link Vring}: each ring's state machine (STOPPED → STARTED → RUNNING) and its descriptors;
+ * <li>here: what spans rings — dirty logging (SET_LOG_BASE, LOG_ALL), the in-flight memory (INFLIGHT_SHMFD),
+ *     config space, device status, reset, the backend channel — and the calls into the device.
+ * </ul>
+ *
+ * <p>A ring runs on the device exactly while it is started, enabled (with the protocol-features dialect; otherwise
+ * always) and described; disabling a running ring stops the device's processing (QEMU 7.2 disables before
  * GET_VRING_BASE), and GET_VRING_BASE then reports the index the device stopped at.
  */
 final class Handler implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.vhostuser");
 
-    /** GET_MAX_MEM_SLOTS: as many regions as {@link GuestMemory} holds (libvhost-user and rust-vmm offer the same). */
-    static final int MAX_MEM_SLOTS = GuestMemory.MAX_REGIONS;
-    /** Largest ring the virtio spec allows. */
-    static final int MAX_RING_SIZE = 32768;
     /** Queue indices travel in 8 bits (VHOST_USER_VRING_IDX_MASK). */
     static final int MAX_QUEUES = 256;
-    private static final int MAX_STATUS = 0xff;
     private static final MemorySegment EMPTY = MemorySegment.ofArray(new byte[0]);
 
     private final VhostUserBackend backend;
     private final String name;
-    private final long offeredFeatures;
-    private final long offeredProtocolFeatures;
-    private final int maxQueueSize;
-    private final Queue[] queues;
-    private final GuestMemoryHolder memory = new GuestMemoryHolder();
+    private final Negotiation negotiated;
+    private final Vring[] vrings;
+    private final MemoryTable memory;
 
-    private long ackedFeatures;
-    private long ackedProtocolFeatures;
-    /** SET_PROTOCOL_FEATURES was received: the frontend speaks the protocol-features dialect. */
-    private boolean protocolFeaturesExchanged;
     private int status;
     /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
     private BackendChannel backendChannel;
 
-    /** One virtqueue's protocol-side state. */
-    private static final class Queue {
-        final int index;
-        int size;
-        boolean addrSet;
-        long descGpa;
-        long availGpa;
-        long usedGpa;
-        int base;
-        /** SET_VRING_KICK received since the last stop: the spec's "started". */
-        boolean ringStarted;
-        boolean enabled;
-        /** The device is processing it. */
-        boolean running;
-        EventFd kick;
-        EventFd call;
-        EventFd err;
-        /** migration: log_guest_addr of SET_VRING_ADDR when it had VHOST_VRING_F_LOG, else -1. */
-        long usedLogAddr = -1;
-
-        Queue(int index) {
-            this.index = index;
-        }
-    }
-
     Handler(VhostUserBackend backend, String name) {
         this.backend = backend;
         this.name = name;
+        this.memory = new MemoryTable(name, backend::memoryChanged);
         int n = backend.queueCount();
         if (n < 1 || n > MAX_QUEUES) {
             throw new IllegalArgumentException("a vhost-user device has 1.." + MAX_QUEUES + " queues, not " + n);
         }
-        this.maxQueueSize = backend.maxQueueSize();
-        if (maxQueueSize < 1 || maxQueueSize > MAX_RING_SIZE) {
-            throw new IllegalArgumentException("maximum queue size must be 1.." + MAX_RING_SIZE + ": " + maxQueueSize);
-        }
-        long extra = backend.protocolFeatures();
-        if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
-            throw new IllegalArgumentException("a device may add only RARP, NET_MTU, INFLIGHT_SHMFD and BACKEND_REQ protocol features, not 0x"
-                    + Long.toHexString(extra));
-        }
-        // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
-        this.offeredFeatures = (backend.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
-                & ~Features.VIRTIO_F_ACCESS_PLATFORM;
-        this.offeredProtocolFeatures = Features.CORE_PROTOCOL_FEATURES | extra;
-        this.queues = new Queue[n];
+        this.negotiated = new Negotiation(backend);
+        this.vrings = new Vring[n];
         for (int i = 0; i < n; i++) {
-            queues[i] = new Queue(i);
+            vrings[i] = new Vring(i, name, backend);
         }
     }
 
@@ -122,7 +72,7 @@ final class Handler implements AutoCloseable {
             LOG.log(System.Logger.Level.DEBUG, () -> name + ": " + m);
             MessageType type = m.type();
             int required = type.protocolFeature();
-            if (required >= 0 && (ackedProtocolFeatures & Features.bit(required)) == 0) {
+            if (required >= 0 && !negotiated.hasProtocolFeature(required)) {
                 throw new ProtocolException(type.specName() + " needs protocol feature " + required
                         + ", which was not negotiated");
             }
@@ -143,23 +93,13 @@ final class Handler implements AutoCloseable {
     }
 
     private boolean replyAck() {
-        return (ackedProtocolFeatures & Features.bit(Features.PROTOCOL_REPLY_ACK)) != 0;
-    }
-
-    /**
-     * True when the frontend speaks the protocol-features dialect: it acknowledged VHOST_USER_F_PROTOCOL_FEATURES, or
-     * it completed SET_PROTOCOL_FEATURES. The second matters: QEMU 7.2's vhost-user-net drops bit 30 from the
-     * SET_FEATURES it sends (fixed in later QEMU), yet enables rings with SET_VRING_ENABLE; DPDK and libvhost-user
-     * accept that, and so do we.
-     */
-    private boolean protocolFeaturesNegotiated() {
-        return (ackedFeatures & VHOST_USER_F_PROTOCOL_FEATURES) != 0 || protocolFeaturesExchanged;
+        return negotiated.replyAck();
     }
 
     private void dispatch(Message m, Connection c) throws IOException, BackendException {
         MemorySegment p = m.payload();
         switch (m.type()) {
-            case GET_FEATURES -> c.sendReply(m.type(), offeredFeatures);
+            case GET_FEATURES -> c.sendReply(m.type(), negotiated.offeredFeatures());
             case SET_FEATURES -> setFeatures(Payloads.u64(p));
             case SET_OWNER -> {
                 // marks the start of a session; all session state already belongs to this connection
@@ -169,13 +109,13 @@ final class Handler implements AutoCloseable {
             case SET_INFLIGHT_FD -> setInflightFd(m);
             case SET_LOG_FD -> throw new BackendException("SET_LOG_FD is not supported: the log is shared memory (LOG_SHMFD)");
             case RESET_OWNER -> stopAll(); // deprecated; the spec recommends at most disabling the rings
-            case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), offeredProtocolFeatures);
-            case SET_PROTOCOL_FEATURES -> setProtocolFeatures(Payloads.u64(p));
-            case GET_QUEUE_NUM -> c.sendReply(m.type(), queues.length);
-            case GET_MAX_MEM_SLOTS -> c.sendReply(m.type(), MAX_MEM_SLOTS);
-            case SET_MEM_TABLE -> setMemTable(m);
-            case ADD_MEM_REG -> addMemRegion(m);
-            case REM_MEM_REG -> removeMemRegion(Payloads.SingleRegion.region(p));
+            case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), negotiated.offeredProtocolFeatures());
+            case SET_PROTOCOL_FEATURES -> negotiated.ackProtocolFeatures(Payloads.u64(p));
+            case GET_QUEUE_NUM -> c.sendReply(m.type(), vrings.length);
+            case GET_MAX_MEM_SLOTS -> c.sendReply(m.type(), MemoryTable.MAX_SLOTS);
+            case SET_MEM_TABLE -> memory.set(m);
+            case ADD_MEM_REG -> memory.add(m);
+            case REM_MEM_REG -> memory.remove(Payloads.SingleRegion.region(p));
             case SET_VRING_NUM -> setVringNum(Payloads.VringState.index(p), Payloads.VringState.num(p));
             case SET_VRING_ADDR -> setVringAddr(p);
             case SET_VRING_BASE -> setVringBase(Payloads.VringState.index(p), Payloads.VringState.num(p));
@@ -186,7 +126,7 @@ final class Handler implements AutoCloseable {
             case GET_CONFIG -> getConfig(p, c);
             case SET_CONFIG -> setConfig(p);
             case SET_STATUS -> setStatus(Payloads.u64(p));
-            case GET_STATUS -> c.sendReply(m.type(), (status | backend.deviceStatus()) & MAX_STATUS);
+            case GET_STATUS -> c.sendReply(m.type(), (status | backend.deviceStatus()) & DeviceStatus.MAX);
             case RESET_DEVICE -> resetDevice();
             case SET_BACKEND_REQ_FD -> setBackendReqFd(m);
             case SEND_RARP -> {
@@ -208,18 +148,15 @@ final class Handler implements AutoCloseable {
     // ---- features ---------------------------------------------------------------------------------------------
 
     private void setFeatures(long features) throws ProtocolException, BackendException {
-        if ((features & ~offeredFeatures) != 0) {
-            throw new ProtocolException(String.format("SET_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
-                    features & ~offeredFeatures, offeredFeatures));
-        }
-        for (Queue q : queues) {
+        long changed = negotiated.checkFeatures(features);
+        for (Vring v : vrings) {
             // migration: the frontend turns dirty logging on and off (VHOST_F_LOG_ALL) while the rings run
-            if (q.running && (features ^ ackedFeatures) != 0 && (features ^ ackedFeatures) != Features.VHOST_F_LOG_ALL) {
-                throw new ProtocolException("SET_FEATURES changes features while queue " + q.index + " is running");
+            if (v.running() && changed != 0 && changed != Features.VHOST_F_LOG_ALL) {
+                throw new ProtocolException("SET_FEATURES changes features while queue " + v.index + " is running");
             }
         }
         boolean wasLogging = logging();
-        ackedFeatures = features;
+        negotiated.ackFeatures(features);
         backend.setFeatures(deviceFeatures());
         publishLog(); // migration (issue 11)
         if (wasLogging != logging()) {
@@ -228,357 +165,66 @@ final class Handler implements AutoCloseable {
         }
     }
 
-    /** What the device sees of the acknowledged features: no vhost-user protocol bit, no VHOST_F_LOG_ALL. */
     private long deviceFeatures() {
-        return ackedFeatures & ~(VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL);
+        return negotiated.deviceFeatures();
     }
 
-    private void setProtocolFeatures(long features) throws ProtocolException {
-        if ((features & ~offeredProtocolFeatures) != 0) {
-            throw new ProtocolException(String.format("SET_PROTOCOL_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
-                    features & ~offeredProtocolFeatures, offeredProtocolFeatures));
-        }
-        ackedProtocolFeatures = features;
-        protocolFeaturesExchanged = true;
+    private boolean protocolFeaturesNegotiated() {
+        return negotiated.protocolFeaturesNegotiated();
     }
 
-    // ---- memory -----------------------------------------------------------------------------------------------
+    // ---- rings: routed to their Vring ----------------------------------------------------------------------------
 
-    /**
-     * How many times each region (GPA, size, UVA) was added. QEMU's vhost-user-net with several queue pairs runs one
-     * vhost device per pair over the same connection, and each sends ADD_MEM_REG (and later REM_MEM_REG) for the same
-     * regions: a region is mapped once and unmapped when the last of them removes it, as libvhost-user does.
-     */
-    private final Map<List<Long>, Integer> regionRefs = new HashMap<>();
-
-    private static List<Long> regionKey(long gpa, long size, long uva) {
-        return List.of(gpa, size, uva);
-    }
-
-    /**
-     * Most guest memory one connection may have mapped: the host's RAM. A frontend cannot make a guest larger than
-     * that useful, and sparse memory files with MAP_NORESERVE would otherwise let it reserve address space and page
-     * tables without bound.
-     */
-    static final long MAX_MAPPED_BYTES = hostMemory();
-
-    private static long hostMemory() {
-        java.lang.management.OperatingSystemMXBean os = java.lang.management.ManagementFactory.getOperatingSystemMXBean();
-        long total = os instanceof com.sun.management.OperatingSystemMXBean sun ? sun.getTotalMemorySize() : 0;
-        return total > 0 ? total : 1L << 40;
-    }
-
-    private static void checkMappedTotal(String what, long total) throws ProtocolException {
-        if (total < 0 || total > MAX_MAPPED_BYTES) {
-            throw new ProtocolException(what + ": " + (total < 0 ? "overflowing sizes" : Long.toUnsignedString(total)
-                    + " bytes of guest memory") + " exceed the " + MAX_MAPPED_BYTES + " bytes this host has");
-        }
-    }
-
-    private void setMemTable(Message m) throws ProtocolException {
-        MemorySegment p = m.payload();
-        int n = Payloads.MemoryTable.count(p);
-        long total = 0;
-        for (int i = 0; i < n; i++) {
-            long size = Payloads.Region.size(Payloads.MemoryTable.region(p, i));
-            total = size < 0 || total + size < 0 ? -1 : total + size;
-            checkMappedTotal("SET_MEM_TABLE", total);
-        }
-        List<MemoryRegion> mapped = new ArrayList<>(n);
-        GuestMemory next;
-        try {
-            for (int i = 0; i < n; i++) {
-                mapped.add(mapRegion(Payloads.MemoryTable.region(p, i), m.takeFd(i), "SET_MEM_TABLE region " + i));
-            }
-            next = GuestMemory.of(mapped);
-        } catch (ProtocolException | IllegalArgumentException e) {
-            for (MemoryRegion r : mapped) {
-                release(r);
-            }
-            throw e instanceof ProtocolException pe ? pe : new ProtocolException("SET_MEM_TABLE: " + e.getMessage());
-        }
-        install(next);
-        regionRefs.clear();
-        for (MemoryRegion r : mapped) {
-            regionRefs.put(regionKey(r.guestPhysAddr(), r.size(), r.userAddr()), 1);
-        }
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": memory table " + next);
-    }
-
-    private void addMemRegion(Message m) throws ProtocolException {
-        MemorySegment region = Payloads.SingleRegion.region(m.payload());
-        List<Long> key = regionKey(Payloads.Region.guestPhysAddr(region), Payloads.Region.size(region),
-                Payloads.Region.userAddr(region));
-        MemoryRegion same = memory.get().find(key.get(0), key.get(1), key.get(2));
-        if (same != null && same.mmapOffset() == Payloads.Region.mmapOffset(region)) {
-            m.takeFd(0).close(); // already mapped for another of the frontend's vhost devices
-            regionRefs.merge(key, 1, Integer::sum);
-            return;
-        }
-        long size = Payloads.Region.size(region);
-        long total = memory.get().totalBytes() + size;
-        checkMappedTotal("ADD_MEM_REG", size < 0 || total < 0 ? -1 : total);
-        MemoryRegion r = mapRegion(region, m.takeFd(0), "ADD_MEM_REG");
-        GuestMemory next;
-        try {
-            next = memory.get().with(r);
-        } catch (IllegalArgumentException e) {
-            release(r);
-            throw new ProtocolException("ADD_MEM_REG: " + e.getMessage());
-        }
-        install(next);
-        regionRefs.put(key, 1);
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": added " + r);
-    }
-
-    private void removeMemRegion(MemorySegment region) throws ProtocolException {
-        long gpa = Payloads.Region.guestPhysAddr(region);
-        long size = Payloads.Region.size(region);
-        long uva = Payloads.Region.userAddr(region);
-        GuestMemory current = memory.get();
-        if (current.find(gpa, size, uva) == null) {
-            throw new ProtocolException(String.format("REM_MEM_REG of a region that is not mapped: GPA 0x%x size 0x%x UVA 0x%x",
-                    gpa, size, uva));
-        }
-        List<Long> key = regionKey(gpa, size, uva);
-        int refs = regionRefs.getOrDefault(key, 1);
-        if (refs > 1) {
-            regionRefs.put(key, refs - 1); // another vhost device of the frontend still uses it
-            return;
-        }
-        regionRefs.remove(key);
-        GuestMemory next = current.without(gpa, size, uva);
-        install(next);
-    }
-
-    /**
-     * Installs {@code next} and drops our reference to the snapshot it replaces: regions that left are unmapped as
-     * soon as no queue pins that snapshot any more (queues let go before they sleep), without waiting here.
-     */
-    private void install(GuestMemory next) {
-        memory.swap(next);
-        backend.memoryChanged(next);
-    }
-
-    /**
-     * Checks one region and maps it. The descriptor is consumed (closed once mapped: the mapping keeps the file).
-     * A region must lie inside its file: mapping past the end would turn guest accesses into SIGBUS.
-     */
-    private MemoryRegion mapRegion(MemorySegment region, Fd fd, String what) throws ProtocolException {
-        try (fd) {
-            long gpa = Payloads.Region.guestPhysAddr(region);
-            long size = Payloads.Region.size(region);
-            long uva = Payloads.Region.userAddr(region);
-            long offset = Payloads.Region.mmapOffset(region);
-            String desc = String.format("%s (GPA 0x%x size 0x%x UVA 0x%x offset 0x%x)", what, gpa, size, uva, offset);
-            if (size <= 0) {
-                throw new ProtocolException(desc + ": size must be positive");
-            }
-            if (Long.compareUnsigned(gpa + size - 1, gpa) < 0) {
-                throw new ProtocolException(desc + ": guest physical range wraps around");
-            }
-            if (Long.compareUnsigned(uva + size - 1, uva) < 0) {
-                throw new ProtocolException(desc + ": frontend address range wraps around");
-            }
-            if (offset < 0 || offset > Long.MAX_VALUE - size) {
-                throw new ProtocolException(desc + ": file offset overflows");
-            }
-            FileIo.Stat st;
-            try {
-                st = FileIo.stat(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            if (!st.isRegularFile()) {
-                throw new ProtocolException(desc + ": the descriptor is not a shared memory file (mode 0"
-                        + Integer.toOctalString(st.mode()) + ")");
-            }
-            if (offset + size > st.size()) {
-                throw new ProtocolException(desc + ": extends past the end of its " + st.size() + "-byte file");
-            }
-            long fsType;
-            try {
-                fsType = FileIo.filesystemType(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            if (fsType != FileIo.TMPFS_MAGIC && fsType != FileIo.HUGETLBFS_MAGIC) {
-                // A file on a disk file system could be truncated by anyone with access to it, and its pages
-                // written back to disk: guest RAM must come from memfd, tmpfs (/dev/shm) or hugetlbfs.
-                throw new ProtocolException(desc + ": the file is on a file system of type 0x" + Long.toHexString(fsType)
-                        + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
-                        + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
-            }
-            Mmap.Mapping mapping;
-            try {
-                mapping = Mmap.map(fd, offset, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED | Mmap.MAP_NORESERVE);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            return new MemoryRegion(gpa, size, uva, offset, mapping.segment(), () -> unmap(mapping));
-        }
-    }
-
-    /**
-     * Unmaps a region whose last snapshot was released, on whichever thread released it. No queue pins it, so no
-     * access is in progress; should the JDK still refuse (a native call holding the segment), the mapping is left
-     * in place and reported rather than retried.
-     */
-    private void unmap(Mmap.Mapping mapping) {
-        try {
-            mapping.close();
-        } catch (IllegalStateException inUse) {
-            LOG.log(System.Logger.Level.ERROR, name + ": a guest memory mapping is still in use after its region was"
-                    + " released; leaving it mapped");
-        }
-    }
-
-    /** Unmaps a region that never made it into a snapshot. */
-    private void release(MemoryRegion r) {
-        try {
-            r.owner().close();
-        } catch (Exception e) {
-            LOG.log(System.Logger.Level.WARNING, name + ": unmapping " + r + " failed: " + e);
-        }
-    }
-
-    // ---- rings ------------------------------------------------------------------------------------------------
-
-    private Queue queue(MessageType type, long index) throws ProtocolException {
-        if (index < 0 || index >= queues.length) {
+    private Vring vring(MessageType type, long index) throws ProtocolException {
+        if (index < 0 || index >= vrings.length) {
             throw new ProtocolException(type.specName() + " for queue " + Long.toUnsignedString(index)
-                    + ", but the device has " + queues.length);
+                    + ", but the device has " + vrings.length);
         }
-        return queues[(int) index];
+        return vrings[(int) index];
     }
 
-    private void requireStopped(Queue q, MessageType type) throws ProtocolException {
-        if (q.ringStarted) {
-            throw new ProtocolException(type.specName() + " for queue " + q.index
-                    + " while it is started (stop it with GET_VRING_BASE first)");
-        }
-    }
-
-    private boolean packed() {
-        return (ackedFeatures & Features.VIRTIO_F_RING_PACKED) != 0;
+    private Vring.Layout layout() {
+        return negotiated.ringLayout();
     }
 
     private void setVringNum(int index, int num) throws ProtocolException {
-        Queue q = queue(MessageType.SET_VRING_NUM, Integer.toUnsignedLong(index));
-        requireStopped(q, MessageType.SET_VRING_NUM);
-        checkRingSize(q.index, num);
-        q.size = num;
-    }
-
-    private void checkRingSize(int index, int num) throws ProtocolException {
-        if (num < 1 || num > maxQueueSize) {
-            throw new ProtocolException("queue " + index + " size " + Integer.toUnsignedString(num) + " is outside 1.."
-                    + maxQueueSize);
-        }
-        if (!packed() && Integer.bitCount(num) != 1) {
-            throw new ProtocolException("queue " + index + " size " + num + " is not a power of two (split ring)");
-        }
+        vring(MessageType.SET_VRING_NUM, Integer.toUnsignedLong(index)).setNum(num, layout());
     }
 
     private void setVringAddr(MemorySegment p) throws ProtocolException {
-        Queue q = queue(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p)));
-        int flags = Payloads.VringAddr.flags(p);
-        if ((flags & ~Payloads.VringAddr.F_LOG) != 0) {
-            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + " has unknown flags 0x" + Integer.toHexString(flags));
-        }
-        if (q.ringStarted && setVringLog(q, p)) {
-            return; // migration: only logging changed on a started ring
-        }
-        requireStopped(q, MessageType.SET_VRING_ADDR);
-        GuestMemory mem = memory.get();
-        int size = q.size == 0 ? 1 : q.size; // checked again with the final size when the queue starts
-        try {
-            long desc = Payloads.VringAddr.desc(p);
-            long avail = Payloads.VringAddr.avail(p);
-            long used = Payloads.VringAddr.used(p);
-            q.descGpa = mem.userToGuestPhys(desc, descBytes(size));
-            q.availGpa = mem.userToGuestPhys(avail, availBytes(size));
-            q.usedGpa = mem.userToGuestPhys(used, usedBytes(size));
-        } catch (GuestMemoryFault e) {
-            q.addrSet = false;
-            throw new ProtocolException("SET_VRING_ADDR for queue " + q.index + ": " + e.getMessage()
-                    + (mem.regionCount() == 0 ? " (no memory table yet)" : ""));
-        }
-        q.addrSet = true;
-        q.usedLogAddr = (flags & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
-        publishLog();
-    }
-
-    private long descBytes(int size) {
-        return VirtioRing.splitDescBytes(size);
-    }
-
-    /** Sizes as {@link VirtioRing} gives them, with the event fields only when EVENT_IDX was negotiated. */
-    private long availBytes(int size) {
-        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitAvailBytes(size, eventIdx());
-    }
-
-    private long usedBytes(int size) {
-        return packed() ? VirtioRing.PACKED_EVENT_BYTES : VirtioRing.splitUsedBytes(size, eventIdx());
-    }
-
-    private boolean eventIdx() {
-        return (ackedFeatures & Features.VIRTIO_RING_F_EVENT_IDX) != 0;
+        vring(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p))).setAddr(p, memory, layout());
+        publishLog(); // migration (issue 11)
     }
 
     private void setVringBase(int index, int num) throws ProtocolException {
-        Queue q = queue(MessageType.SET_VRING_BASE, Integer.toUnsignedLong(index));
-        requireStopped(q, MessageType.SET_VRING_BASE);
-        if (!packed() && Integer.compareUnsigned(num, 0xffff) > 0) {
-            throw new ProtocolException("SET_VRING_BASE for queue " + q.index + ": " + Integer.toUnsignedString(num)
-                    + " is not a 16-bit ring index");
-        }
-        q.base = num;
+        vring(MessageType.SET_VRING_BASE, Integer.toUnsignedLong(index)).setBase(num, layout());
     }
 
     private void getVringBase(int index, Connection c) throws IOException {
-        Queue q = queue(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
-        stopDevice(q);
+        Vring v = vring(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
+        stopDevice(v);
         if (logging()) { // a migration's switch-over: worth a line with its time
-            LOG.log(System.Logger.Level.INFO, name + ": queue " + q.index + " stopped at " + q.base + " (logging on)");
+            LOG.log(System.Logger.Level.INFO, name + ": queue " + v.index + " stopped at " + v.base() + " (logging on)");
         }
-        q.ringStarted = false;
-        closeQuietly(q.kick);
-        q.kick = null;
+        v.stop();
         MemorySegment reply = Arena.ofAuto().allocate(Payloads.VRING_STATE_SIZE);
-        Payloads.VringState.write(reply, q.index, q.base);
+        Payloads.VringState.write(reply, v.index, v.base());
         c.sendReply(MessageType.GET_VRING_BASE, reply);
     }
 
     private void setVringKick(Message m) throws IOException, BackendException {
-        long v = Payloads.u64(m.payload());
-        Queue q = queue(MessageType.SET_VRING_KICK, v & Payloads.VRING_IDX_MASK);
-        stopDevice(q); // a new kick descriptor: restart the device's processing on it
-        closeQuietly(q.kick);
-        q.kick = m.fdCount() == 1 ? peerEventFd(m, "SET_VRING_KICK", q.index) : null;
-        q.ringStarted = true;
-        maybeStart(q);
+        long idx = Payloads.u64(m.payload());
+        Vring v = vring(MessageType.SET_VRING_KICK, idx & Payloads.VRING_IDX_MASK);
+        stopDevice(v); // a new kick descriptor: restart the device's processing on it
+        v.setKick(m.fdCount() == 1 ? peerEventFd(m, "SET_VRING_KICK", v.index) : null);
+        maybeStart(v);
     }
 
     private void setVringNotifier(Message m) throws IOException {
-        boolean call = m.type() == MessageType.SET_VRING_CALL;
-        long v = Payloads.u64(m.payload());
-        Queue q = queue(m.type(), v & Payloads.VRING_IDX_MASK);
-        EventFd current = call ? q.call : q.err;
-        EventFd next = m.fdCount() == 1 ? peerEventFd(m, m.type().specName(), q.index) : null;
-        if (q.running && current != null) {
-            // The device is signalling this descriptor: swap the file behind its number instead of closing it.
-            try (EventFd replacement = next != null ? next : EventFd.create(true)) {
-                current.fd().replaceWith(replacement.fd());
-            }
-            return;
-        }
-        closeQuietly(current);
-        if (call) {
-            q.call = next;
-        } else {
-            q.err = next;
-        }
+        long idx = Payloads.u64(m.payload());
+        Vring v = vring(m.type(), idx & Payloads.VRING_IDX_MASK);
+        v.setNotifier(m.type() == MessageType.SET_VRING_CALL,
+                m.fdCount() == 1 ? peerEventFd(m, m.type().specName(), v.index) : null);
     }
 
     /**
@@ -597,77 +243,39 @@ final class Handler implements AutoCloseable {
     }
 
     private void setVringEnable(int index, int num) throws IOException, BackendException {
-        Queue q = queue(MessageType.SET_VRING_ENABLE, Integer.toUnsignedLong(index));
+        Vring v = vring(MessageType.SET_VRING_ENABLE, Integer.toUnsignedLong(index));
         // QEMU's vhost-user-net disables every ring (SET_VRING_ENABLE 0) in vhost_net_init, after the protocol
         // features handshake but before SET_FEATURES: "negotiated" there means offered and handshaken.
         if (!protocolFeaturesNegotiated()) {
             throw new ProtocolException("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated");
         }
         if (num != 0 && num != 1) {
-            throw new ProtocolException("SET_VRING_ENABLE for queue " + q.index + " with " + Integer.toUnsignedString(num)
+            throw new ProtocolException("SET_VRING_ENABLE for queue " + v.index + " with " + Integer.toUnsignedString(num)
                     + ", expected 0 or 1");
         }
-        q.enabled = num == 1;
-        if (q.enabled) {
-            maybeStart(q);
+        v.setEnabled(num == 1);
+        if (num == 1) {
+            maybeStart(v);
         } else {
-            stopDevice(q);
+            stopDevice(v);
         }
     }
 
-    /** Hands the queue to the device once it is started, enabled (when that applies) and fully described. */
-    private void maybeStart(Queue q) throws IOException, BackendException {
-        if (q.running || !q.ringStarted || (protocolFeaturesNegotiated() && !q.enabled)) {
-            return;
-        }
-        if (q.size == 0 || !q.addrSet) {
-            throw new ProtocolException("queue " + q.index + " started without "
-                    + (q.size == 0 ? "SET_VRING_NUM" : "SET_VRING_ADDR"));
-        }
-        checkRingSize(q.index, q.size);
-        GuestMemory mem = memory.get();
-        checkArea(mem, q, "descriptor table", q.descGpa, descBytes(q.size), 16);
-        checkArea(mem, q, packed() ? "driver event area" : "available ring", q.availGpa, availBytes(q.size), packed() ? 4 : 2);
-        checkArea(mem, q, packed() ? "device event area" : "used ring", q.usedGpa, usedBytes(q.size), 4);
-        if (packed() && ((q.base & 0x7fff) >= q.size || ((q.base >>> 16) & 0x7fff) >= q.size)) {
-            throw new ProtocolException("queue " + q.index + " base 0x" + Integer.toHexString(q.base)
-                    + " points outside its " + q.size + "-entry packed ring");
-        }
-        if (q.call == null) {
-            q.call = EventFd.create(true); // the driver polls; the device may signal freely
-        }
-        VringSetup setup = new VringSetup(q.index, q.size, q.descGpa, q.availGpa, q.usedGpa, q.base,
-                deviceFeatures(), q.kick, q.call, q.err, memory,
-                inflight == null ? null : inflight.queue(q.index, q.size)); // crash recovery (issue 11)
-        backend.queueStarted(q.index, setup);
-        q.running = true;
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": started " + setup);
-    }
-
-    private static void checkArea(GuestMemory mem, Queue q, String what, long gpa, long len, int align) throws ProtocolException {
-        MemorySegment host;
-        try {
-            host = mem.translate(gpa, len);
-        } catch (GuestMemoryFault e) {
-            throw new ProtocolException("queue " + q.index + " " + what + ": " + e.getMessage());
-        }
-        if (gpa % align != 0 || host.address() % align != 0) {
-            throw new ProtocolException(String.format("queue %d %s at GPA 0x%x is not %d-byte aligned", q.index, what, gpa, align));
+    /** Hands the ring to the device once it is started, enabled (when that applies) and fully described. */
+    private void maybeStart(Vring v) throws IOException, BackendException {
+        if (v.ready(protocolFeaturesNegotiated())) {
+            v.start(layout(), memory, deviceFeatures(),
+                    inflight == null ? null : inflight.queue(v.index, v.size())); // crash recovery (issue 11)
         }
     }
 
-    private void stopDevice(Queue q) {
-        if (q.running) {
-            q.running = false;
-            q.base = backend.queueStopped(q.index);
-            LOG.log(System.Logger.Level.DEBUG, () -> name + ": stopped queue " + q.index + " at base " + q.base);
-            closeRetiredLogs(); // migration (issue 11)
-        }
+    private void stopDevice(Vring v) {
+        v.stopDevice();
     }
 
     private void stopAll() {
-        for (Queue q : queues) {
-            stopDevice(q);
+        for (Vring v : vrings) {
+            stopDevice(v);
         }
     }
 
@@ -680,11 +288,9 @@ final class Handler implements AutoCloseable {
 
     /** The log the frontend gave last (mapped), or null. */
     private DirtyLog dirtyLog;
-    /** Logs replaced while logging was off: a device thread may still be finishing a mark in one of them. */
-    private final List<DirtyLog> retiredLogs = new ArrayList<>();
 
     private boolean logging() {
-        return (ackedFeatures & Features.VHOST_F_LOG_ALL) != 0;
+        return negotiated.logging();
     }
 
     /**
@@ -692,41 +298,17 @@ final class Handler implements AutoCloseable {
      * the rings' guest addresses; QEMU's log_guest_addr is the used ring's guest address, so that is the same bit.
      */
     private void publishLog() {
-        memory.writeLog(logging() ? dirtyLog : null);
+        memory.holder().writeLog(logging() ? dirtyLog : null);
     }
 
     /**
-     * SET_VRING_ADDR on a started ring: accepted only when nothing but logging changes (the same three addresses).
-     *
-     * @return true when handled; false when the addresses differ (the caller then refuses: the ring runs)
-     */
-    private boolean setVringLog(Queue q, MemorySegment p) throws ProtocolException {
-        GuestMemory mem = memory.get();
-        int size = q.size == 0 ? 1 : q.size;
-        try {
-            if (!q.addrSet || mem.userToGuestPhys(Payloads.VringAddr.desc(p), descBytes(size)) != q.descGpa
-                    || mem.userToGuestPhys(Payloads.VringAddr.avail(p), availBytes(size)) != q.availGpa
-                    || mem.userToGuestPhys(Payloads.VringAddr.used(p), usedBytes(size)) != q.usedGpa) {
-                return false;
-            }
-        } catch (GuestMemoryFault e) {
-            return false;
-        }
-        q.usedLogAddr = (Payloads.VringAddr.flags(p) & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
-        publishLog();
-        LOG.log(System.Logger.Level.DEBUG, () -> name + ": queue " + q.index + " used-ring logging "
-                + (q.usedLogAddr == -1 ? "off" : String.format("at 0x%x", q.usedLogAddr)));
-        return true;
-    }
-
-    /**
-     * SET_LOG_BASE: maps the new log and replies (the frontend waits for it). While logging is on and queues run, a
-     * device thread may be between reading the old log and marking it, and the frontend syncs and frees the old log
-     * as soon as we reply: the running queues are stopped (drained) and restarted around the swap so that no mark
-     * can go to the old log after the reply.
+     * SET_LOG_BASE: maps the new log, installs it, retires the old one and replies (the frontend waits for it). The
+     * frontend syncs and frees the old log as soon as we reply, while a device thread may be between reading the
+     * old log and marking it: {@link DirtyLog#retire} waits for such marks and forwards any later one to the new
+     * log, so the queues keep running (and a blk export keeps its image lock) across the swap.
      */
     private void setLogBase(Message m, Connection c) throws IOException, BackendException {
-        if ((ackedProtocolFeatures & Features.bit(Features.PROTOCOL_LOG_SHMFD)) == 0) {
+        if (!negotiated.hasProtocolFeature(Features.PROTOCOL_LOG_SHMFD)) {
             throw new ProtocolException("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated");
         }
         MemorySegment p = m.payload();
@@ -736,51 +318,29 @@ final class Handler implements AutoCloseable {
         }
         DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
         DirtyLog old = dirtyLog;
-        List<Queue> paused = new ArrayList<>();
-        if (old != null && logging()) {
-            for (Queue q : queues) {
-                if (q.running) {
-                    stopDevice(q);
-                    paused.add(q);
-                }
-            }
-        }
         dirtyLog = next;
         publishLog();
         if (old != null) {
-            if (logging() || !anyRunning()) {
-                old.close();
-            } else {
-                retiredLogs.add(old);
-            }
-        }
-        for (Queue q : paused) {
-            maybeStart(q);
+            old.retire(next);
+            old.close();
         }
         LOG.log(System.Logger.Level.INFO, name + ": " + next + (logging() ? " (logging on)" : ""));
         c.sendReply(MessageType.SET_LOG_BASE, 0L);
     }
 
     private boolean anyRunning() {
-        for (Queue q : queues) {
-            if (q.running) {
+        for (Vring v : vrings) {
+            if (v.running()) {
                 return true;
             }
         }
         return false;
     }
 
-    private void closeRetiredLogs() {
-        if (!retiredLogs.isEmpty() && !anyRunning()) {
-            retiredLogs.forEach(DirtyLog::close);
-            retiredLogs.clear();
-        }
-    }
-
     private void closeLogs() {
-        memory.writeLog(null);
-        closeRetiredLogs();
+        memory.holder().writeLog(null);
         if (dirtyLog != null) {
+            dirtyLog.retire(null);
             dirtyLog.close();
             dirtyLog = null;
         }
@@ -794,9 +354,9 @@ final class Handler implements AutoCloseable {
     private void getInflightFd(MemorySegment p, Connection c) throws IOException {
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
-        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
-            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
-                    + " queues of at most " + maxQueueSize);
+        if (n < 1 || n > vrings.length || qs < 1 || qs > negotiated.maxQueueSize()) {
+            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
+                    + " queues of at most " + negotiated.maxQueueSize());
         }
         InflightRegion next;
         try {
@@ -815,9 +375,9 @@ final class Handler implements AutoCloseable {
         MemorySegment p = m.payload();
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
-        if (n < 1 || n > queues.length || qs < 1 || qs > maxQueueSize) {
-            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + queues.length
-                    + " queues of at most " + maxQueueSize);
+        if (n < 1 || n > vrings.length || qs < 1 || qs > negotiated.maxQueueSize()) {
+            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
+                    + " queues of at most " + negotiated.maxQueueSize());
         }
         InflightRegion next = InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
         replaceInflight(next);
@@ -871,10 +431,10 @@ final class Handler implements AutoCloseable {
     }
 
     private void setStatus(long value) throws ProtocolException, BackendException {
-        if (value < 0 || value > MAX_STATUS) {
+        if (!DeviceStatus.valid(value)) {
             throw new ProtocolException("SET_STATUS " + Long.toUnsignedString(value) + " is not a device status byte");
         }
-        if (value == 0) {
+        if (value == DeviceStatus.RESET) {
             stopAll(); // a status of 0 resets the device
         }
         status = (int) value;
@@ -888,17 +448,10 @@ final class Handler implements AutoCloseable {
      */
     private void resetDevice() {
         stopAll();
-        for (Queue q : queues) {
-            closeQuietly(q.kick);
-            q.kick = null;
-            q.ringStarted = false;
-            q.enabled = false;
-            q.addrSet = false;
-            q.size = 0;
-            q.base = 0;
-            q.usedLogAddr = -1;
+        for (Vring v : vrings) {
+            v.reset();
         }
-        ackedFeatures = 0;
+        negotiated.ackFeatures(0);
         publishLog();
         status = 0;
         backend.reset();
@@ -924,27 +477,18 @@ final class Handler implements AutoCloseable {
             backendChannel = null;
         }
         stopAll();
-        for (Queue q : queues) {
-            closeQuietly(q.kick);
-            closeQuietly(q.call);
-            closeQuietly(q.err);
-            q.kick = q.call = q.err = null;
+        for (Vring v : vrings) {
+            v.close();
         }
         try {
             backend.reset();
         } finally {
-            install(GuestMemory.empty());
+            memory.close();
             closeLogs(); // migration (issue 11): every queue is stopped, nothing marks the logs any more
             if (inflight != null) {
                 inflight.close();
                 inflight = null;
             }
-        }
-    }
-
-    private static void closeQuietly(EventFd e) {
-        if (e != null) {
-            e.close();
         }
     }
 }

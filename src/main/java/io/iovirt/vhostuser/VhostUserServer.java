@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vhostuser;
 
+import io.iovirt.linux.Acceptor;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
@@ -14,9 +15,13 @@ import java.time.Duration;
 
 /**
  * Serves one {@link VhostUserBackend} on a UNIX socket path that the frontend (QEMU: {@code -chardev
- * socket,path=...}) connects to. One frontend at a time: a second one is turned away with a log line while the
- * first is connected. When a frontend disconnects, for whatever reason, its queues are stopped, guest memory is
- * unmapped and the device is reset; the next connection (a restarted VM) is served without restarting anything.
+ * socket,path=...}) connects to. One frontend at a time, as qemu-storage-daemon's vhost-user server does: while one
+ * is served, the server does not accept, so a second one waits in the listen backlog (its connect succeeds, its
+ * first request gets no answer yet) and is served as soon as the first disconnects; the server logs a warning
+ * naming the frontend it waits for, and {@link #frontendWaiting()} says so for status and statistics. Closing a
+ * second connection instead would leave its QEMU with nothing but a connection reset. When a frontend disconnects,
+ * for whatever reason, its queues are stopped, guest memory is unmapped and the device is reset; the next
+ * connection (a restarted VM) is served without restarting anything.
  *
  * <p>Threads: one platform thread accepts, one serves the current connection with blocking receives. A protocol
  * violation closes only that connection, logged in one line with the socket path. {@link #close()} wakes both
@@ -31,12 +36,16 @@ public final class VhostUserServer implements AutoCloseable {
     private final VhostUserBackend backend;
     private final UnixSocket listener;
     private final SocketAccess access;
-    private final Thread acceptor;
+    private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
     private final RateLimit errorLog = new RateLimit();
     private final Object lock = new Object();
     private boolean closed; // guarded by lock
     private Session current; // guarded by lock
+    /** A connection is waiting in the backlog while {@link #current} is served. */
+    private volatile boolean waiting;
+    /** How many times a frontend was found waiting for the current one (each served session counts once). */
+    private final java.util.concurrent.atomic.AtomicLong waits = new java.util.concurrent.atomic.AtomicLong();
 
     private final class Session {
         final Connection connection;
@@ -44,9 +53,12 @@ public final class VhostUserServer implements AutoCloseable {
         final Thread thread;
         volatile boolean ended;
 
-        Session(UnixSocket socket, String peer) {
+        final Runnable release;
+
+        Session(UnixSocket socket, String peer, Runnable release) {
             this.connection = new Connection(socket, Connection.Role.BACKEND, name);
             this.peer = peer;
+            this.release = release;
             this.thread = Thread.ofPlatform().name("vhost-user " + path).unstarted(this::serve);
         }
 
@@ -78,6 +90,7 @@ public final class VhostUserServer implements AutoCloseable {
                     LOG.log(System.Logger.Level.ERROR, name + ": resetting the device after the connection failed", e);
                 } finally {
                     connection.close();
+                    release.run();
                 }
             }
         }
@@ -101,7 +114,14 @@ public final class VhostUserServer implements AutoCloseable {
         this.backend = backend;
         this.listener = listener;
         this.access = access;
-        this.acceptor = Thread.ofPlatform().name("vhost-user accept " + path).unstarted(this::acceptLoop);
+        this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, this::isClosed)
+                .threadName("vhost-user accept " + path)
+                .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
+                    errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend " + why + " (" + access
+                            + "; serve with --allow-uid to add it)");
+                    s.close();
+                })
+                .build(this::admit);
     }
 
     /**
@@ -143,20 +163,10 @@ public final class VhostUserServer implements AutoCloseable {
             throw e;
         }
         if (!st.isSocket()) {
-            throw new IOException(p + " exists and is not a socket; remove it or choose another --socket path");
+            throw new IOException(p + " exists and is not a socket; remove it or choose another socket path");
         }
-        UnixSocket probe;
-        try {
-            probe = UnixSocket.connect(p);
-        } catch (LinuxException e) {
-            if (e.errno() != Errno.ECONNREFUSED) {
-                throw e;
-            }
-            probe = null;
-        }
-        if (probe != null) {
-            probe.close();
-            throw new IOException(p + " is in use by another running server; stop it or choose another --socket path");
+        if (UnixSocket.listenedOn(p)) {
+            throw new IOException(p + " is in use by another running server (something accepts connections on it); stop it or choose another socket path");
         }
         try {
             Files.delete(p); // nobody listens: left over from a server that did not exit cleanly
@@ -190,6 +200,26 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
+    /** True while another frontend waits in the listen backlog for the connected one to disconnect. */
+    public boolean frontendWaiting() {
+        return waiting;
+    }
+
+    /** How many frontends had to wait for an earlier one since the server started. */
+    public long frontendsWaited() {
+        return waits.get();
+    }
+
+    /** "frontend pid 12 uid 0 connected, another waiting" and the like, for status and statistics lines. */
+    public String frontendSummary() {
+        String who;
+        synchronized (lock) {
+            who = current == null || current.ended ? "no frontend" : "frontend " + current.peer;
+        }
+        return who + (waiting ? ", another frontend waiting for it" : "")
+                + (waits.get() > 0 ? " (" + waits.get() + " waited so far)" : "");
+    }
+
     /**
      * Waits until no frontend is being served and the last one's cleanup (queues stopped, memory unmapped, device
      * reset) has finished. Returns false if that did not happen within {@code timeout}.
@@ -208,69 +238,97 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
-    private void acceptLoop() {
-        while (true) {
-            UnixSocket socket;
-            try {
-                socket = listener.accept();
-            } catch (LinuxException e) {
+    /** Serves an accepted frontend whose uid is allowed (on the acceptor thread). */
+    private void admit(UnixSocket socket, Runnable release) {
+        String peer;
+        try {
+            UnixSocket.Credentials cred = socket.peerCredentials();
+            peer = "pid " + cred.pid() + " uid " + cred.uid();
+        } catch (LinuxException e) {
+            peer = "(credentials unreadable)";
+        }
+        Session previous;
+        synchronized (lock) {
+            if (closed) {
+                release.run();
+                socket.close();
+                return;
+            }
+            previous = current;
+        }
+        if (previous != null) {
+            // acceptWhenFree accepted only after the previous session's thread ended; this join is the guarantee
+            joinQuietly(previous.thread);
+        }
+        Session s = new Session(socket, peer, release);
+        synchronized (lock) {
+            if (closed) {
+                release.run();
+                socket.close();
+                return;
+            }
+            current = s;
+            LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
+            s.thread.start();
+        }
+    }
+
+    /**
+     * The acceptor's listener: does not accept while a frontend is served, so a second one stays in the listen
+     * backlog (logged once when it appears) and is accepted when the first has disconnected and been cleaned up.
+     */
+    private UnixSocket acceptWhenFree() throws IOException {
+        Session s;
+        synchronized (lock) {
+            s = current;
+        }
+        if (s != null && !serveUntilDisconnected(s)) {
+            throw new IOException("closing");
+        }
+        return listener.accept();
+    }
+
+    /**
+     * Waits while {@code s} is served; a connection that appears meanwhile stays in the backlog. Returns when the
+     * session's thread has finished (its cleanup included), or false when the server is closing.
+     */
+    private boolean serveUntilDisconnected(Session s) {
+        boolean told = false;
+        try {
+            while (s.thread.isAlive()) {
                 if (isClosed()) {
-                    return;
+                    return false;
                 }
-                // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a connection that died in the
-                // backlog: the server goes on serving, backing off instead of spinning or ending.
-                errorLog.log(System.Logger.Level.ERROR, name + ": accept failed: " + e.getMessage() + "; retrying");
-                sleepQuietly(100);
-                continue;
-            }
-            UnixSocket.Credentials cred;
-            try {
-                cred = socket.peerCredentials();
-            } catch (LinuxException e) {
-                errorLog.log(System.Logger.Level.WARNING, name + ": refusing a frontend whose credentials cannot be read: "
-                        + e.getMessage());
-                socket.close();
-                continue;
-            }
-            if (!access.allows(cred.uid())) {
-                errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend pid " + cred.pid() + ": uid "
-                        + cred.uid() + " is not allowed (" + access + "; serve with --allow-uid to add it)");
-                socket.close();
-                continue;
-            }
-            String peer = "pid " + cred.pid() + " uid " + cred.uid();
-            Session previous;
-            synchronized (lock) {
-                if (closed) {
-                    socket.close();
-                    return;
+                if (!told) {
+                    // Sleeps in poll until a connection arrives (or 500 ms pass, to notice the session's end).
+                    if (listener.connectionPending(500) && !isClosed()) {
+                        if (s.finishing()) { // a frontend reconnecting: served once the old session is cleaned up
+                            s.thread.join(Duration.ofMillis(500));
+                            continue;
+                        }
+                        told = true;
+                        waiting = true;
+                        waits.incrementAndGet();
+                        LOG.log(System.Logger.Level.WARNING, name + ": another frontend is connecting while frontend "
+                                + s.peer + " is served; it waits (its connection stays in the listen backlog) and is "
+                                + "served when that one disconnects — one frontend per socket");
+                    }
+                } else {
+                    s.thread.join(Duration.ofMillis(500));
+                    waiting = listener.connectionPending(0); // it may have given up
                 }
-                previous = current;
             }
-            // A frontend that closes and reconnects at once (a reconnecting QEMU, a benchmark's next run) can beat
-            // the hang-up to us: give the old session a moment to notice before calling this a second frontend.
-            for (int i = 0; i < 100 && previous != null && !previous.finishing(); i++) {
-                sleepQuietly(10);
-            }
-            if (previous != null && !previous.finishing()) {
-                LOG.log(System.Logger.Level.WARNING, name + ": refusing frontend " + peer + ": already serving "
-                        + previous.peer + " (one frontend per socket)");
-                socket.close();
-                continue;
-            }
-            if (previous != null) {
-                joinQuietly(previous.thread); // its queues are being stopped and memory unmapped: finish first
-            }
-            Session s = new Session(socket, peer);
-            synchronized (lock) {
-                if (closed) {
-                    socket.close();
-                    return;
-                }
-                current = s;
-                LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
-                s.thread.start();
-            }
+            return !isClosed();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return false;
+        } catch (LinuxException e) {
+            errorLog.log(System.Logger.Level.ERROR, name + ": polling the listener failed: " + e.getMessage()
+                    + "; waiting for frontend " + s.peer + " to disconnect");
+            joinQuietly(s.thread);
+            return !isClosed();
+        } finally {
+            waiting = false;
         }
     }
 
@@ -315,7 +373,7 @@ public final class VhostUserServer implements AutoCloseable {
         } catch (LinuxException e) {
             LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
         }
-        joinQuietly(acceptor);
+        joinQuietly(acceptor.thread());
         synchronized (lock) {
             s = current; // the acceptor may have started one more before it saw the shutdown
         }

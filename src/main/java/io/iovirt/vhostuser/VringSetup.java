@@ -3,6 +3,7 @@ package io.iovirt.vhostuser;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.virtio.VirtioFeatures;
 import java.lang.foreign.MemorySegment;
 
 /**
@@ -43,15 +44,15 @@ public record VringSetup(int index, int size, long descGpa, long availGpa, long 
     }
 
     public boolean packed() {
-        return (features & Features.VIRTIO_F_RING_PACKED) != 0;
+        return (features & VirtioFeatures.VIRTIO_F_RING_PACKED) != 0;
     }
 
     public boolean eventIdx() {
-        return (features & Features.VIRTIO_RING_F_EVENT_IDX) != 0;
+        return (features & VirtioFeatures.VIRTIO_RING_F_EVENT_IDX) != 0;
     }
 
     public boolean indirect() {
-        return (features & Features.VIRTIO_RING_F_INDIRECT_DESC) != 0;
+        return (features & VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC) != 0;
     }
 
     @Override

@@ -17,9 +17,11 @@
  * disables the ring, {@link io.iovirt.vhostuser.VhostUserBackend#memoryChanged} when the memory table changes, and
  * {@link io.iovirt.vhostuser.VhostUserBackend#reset} when the frontend disconnects or resets the device.
  *
- * <p>Layers: {@link io.iovirt.vhostuser.Connection} frames messages and checks their shape against
- * {@link io.iovirt.vhostuser.MessageType}; {@link io.iovirt.vhostuser.Handler} checks them against the protocol
- * state and calls the device. A malformed message is a {@link io.iovirt.vhostuser.ProtocolException}: one log line,
+ * <p>Layers, top-down: {@link io.iovirt.vhostuser.Connection} frames messages and checks their shape against
+ * {@link io.iovirt.vhostuser.MessageType}; {@link io.iovirt.vhostuser.Handler} dispatches each to the component that
+ * owns its state — {@link io.iovirt.vhostuser.Negotiation} (features), {@link io.iovirt.vhostuser.MemoryTable}
+ * (guest memory regions, frontend addresses) or a {@link io.iovirt.vhostuser.Vring} (one ring's state machine) —
+ * and calls the device. A malformed message is a {@link io.iovirt.vhostuser.ProtocolException}: one log line,
  * that connection closed. A request the device refuses is a {@link io.iovirt.vhostuser.BackendException}: a failure
  * reply under REPLY_ACK, the connection stays.
  */

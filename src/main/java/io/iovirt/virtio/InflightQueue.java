@@ -47,15 +47,20 @@ public final class InflightQueue {
      * @param size   the queue size
      */
     public InflightQueue(MemorySegment region, int size) {
-        if (region.byteSize() < splitBytes(size)) {
+        checkRegion(region, splitBytes(size), size);
+        this.region = region.asSlice(0, splitBytes(size));
+        this.size = size;
+    }
+
+    /** A queue's part of the in-flight memory must hold {@code bytes} and be aligned for 64-bit fields. */
+    static void checkRegion(MemorySegment region, long bytes, int size) {
+        if (region.byteSize() < bytes) {
             throw new IllegalArgumentException("inflight region of " + region.byteSize() + " bytes is too small for "
                     + size + " descriptors");
         }
         if (region.address() % 8 != 0) {
             throw new IllegalArgumentException("inflight region must be 8-byte aligned");
         }
-        this.region = region.asSlice(0, splitBytes(size));
-        this.size = size;
     }
 
     /** Bytes one split queue of {@code size} needs. */

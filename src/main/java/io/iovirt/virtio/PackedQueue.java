@@ -48,8 +48,11 @@ public final class PackedQueue extends Virtqueue {
     /** Slots the used side advanced since the last notification decision. */
     private int usedSinceDecision;
     private boolean decidedValid;
+    // crash recovery (issue 11): the in-flight record, and how many of the buffers it kept were handed out again
+    private final InflightPacked inflight;
+    private int resubmitted;
 
-    PackedQueue(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
+    PackedQueue(QueueConfig config, GuestMemoryHolder memory, InflightPacked inflight) throws VirtqueueException {
         super(config, memory);
         if (config.availIndex() < 0 || config.availIndex() >= size || config.usedIndex() < 0 || config.usedIndex() >= size) {
             throw fail(Reason.BAD_CONFIG, "starting positions avail " + config.availIndex() + " / used " + config.usedIndex()
@@ -61,16 +64,68 @@ public final class PackedQueue extends Virtqueue {
         this.availWrap = config.availWrap();
         this.nextUsed = config.usedIndex();
         this.usedWrap = config.usedWrap();
+        this.inflight = inflight;
         refresh();
+        if (inflight != null) {
+            InflightPacked.Resume r;
+            try {
+                r = inflight.attach(ring, nextUsed, usedWrap);
+            } catch (InflightPacked.RecoveryException e) {
+                throw fail(Reason.BAD_CONFIG, "in-flight record cannot be recovered: " + e.getMessage());
+            }
+            // QEMU's base for a packed ring is stale after a crash (it has nothing in shared memory to restore it
+            // from): the record says where the used side is, and the buffers in flight fill the slots after it.
+            nextUsed = r.usedIdx();
+            usedWrap = r.usedWrap();
+            nextAvail = r.availIdx();
+            availWrap = r.availWrap();
+            slotsInFlight = r.slots();
+        }
+    }
+
+    @Override
+    public int resubmitted() {
+        return inflight == null ? 0 : inflight.buffers();
+    }
+
+    /** The in-flight record (tests: to stop between its steps as a crash would). */
+    InflightPacked inflightForTest() {
+        return inflight;
+    }
+
+    private boolean resubmitPending() {
+        return inflight != null && resubmitted < inflight.buffers();
+    }
+
+    /** Hands out buffer {@code resubmitted} of the in-flight record, from the descriptors the record kept. */
+    private boolean popResubmitted(DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
+        int k = resubmitted++;
+        int from = inflight.firstDescriptor(k);
+        int to = inflight.firstDescriptor(k + 1);
+        for (int j = from; j < to; j++) {
+            int flags = inflight.flags(j);
+            if ((flags & DESC_F_INDIRECT) != 0) {
+                if (to - from != 1) {
+                    throw fail(Reason.INDIRECT_MISPLACED, "in-flight record: indirect descriptor in a list of " + (to - from));
+                }
+                expandIndirect(chain, mem, inflight.addr(j), inflight.len(j), -1);
+            } else {
+                appendBuffer(chain, mem, inflight.addr(j), inflight.len(j), (flags & DESC_F_WRITE) != 0);
+            }
+        }
+        int id = inflight.id(to - 1); // checked against the queue size and for duplicates when attaching
+        chain.id = id;
+        inFlight[id] = true;
+        inFlightCount++;
+        slotsById[id] = to - from; // already counted in slotsInFlight
+        return true;
     }
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        ring = mapArea(mem, config.descAddr(), (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
-        driverEvent = mapArea(mem, config.driverArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "driver event suppression");
-        deviceEvent = mapArea(mem, config.deviceArea(), VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
-                "device event suppression");
+        ring = mapDescArea(mem);
+        driverEvent = mapDriverArea(mem);
+        deviceEvent = mapDeviceArea(mem);
     }
 
     /** A driver descriptor is available for lap {@code wrap} when AVAIL matches it and USED does not (§2.8.1). */
@@ -80,6 +135,9 @@ public final class PackedQueue extends Virtqueue {
 
     @Override
     boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
+        if (resubmitPending()) {
+            return popResubmitted(chain, mem);
+        }
         int pos = nextAvail;
         boolean wrap = availWrap;
         // Acquire: the rest of the list and its buffers were written before the driver published the head's flags.
@@ -95,6 +153,9 @@ public final class PackedQueue extends Virtqueue {
             long len = Integer.toUnsignedLong(ring.get(LE32, off + DESC_LEN));
             int descId = Short.toUnsignedInt(ring.get(LE16, off + DESC_ID));
             slots++;
+            if (inflight != null) {
+                record(addr, len, flags, descId, slots, pos);
+            }
             if ((flags & DESC_F_INDIRECT) != 0) {
                 if (slots != 1 || (flags & DESC_F_NEXT) != 0) {
                     throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor at ring position " + pos
@@ -150,6 +211,22 @@ public final class PackedQueue extends Virtqueue {
         return true;
     }
 
+    /** Copies one descriptor into the in-flight record, after the checks that keep the record consistent. */
+    private void record(long addr, long len, int flags, int descId, int slots, int pos) throws VirtqueueException {
+        boolean last = (flags & (DESC_F_INDIRECT | DESC_F_NEXT)) != DESC_F_NEXT;
+        if (slotsInFlight + slots > size) {
+            throw fail(Reason.RING_OVERRUN, "driver made " + (slotsInFlight + slots) + " descriptors available in a ring of "
+                    + size);
+        }
+        if (last && descId >= size) {
+            throw fail(Reason.ID_OUT_OF_RANGE, "buffer ID " + descId + " at ring position " + pos + ", queue size is " + size);
+        }
+        if (last && inFlight[descId]) {
+            throw fail(Reason.ID_IN_USE, "buffer ID " + descId + " made available again while the device still owns it");
+        }
+        inflight.took(addr, len, flags, descId, slots == 1, last);
+    }
+
     private void expandIndirect(DescriptorChain chain, GuestMemory mem, long addr, long len, int pos) throws VirtqueueException {
         if (!indirectDesc) {
             throw fail(Reason.INDIRECT_NOT_NEGOTIATED, "ring position " + pos
@@ -181,7 +258,15 @@ public final class PackedQueue extends Virtqueue {
     }
 
     @Override
-    void writeUsed(int id, int len) {
+    public void publishUsed() {
+        // each used descriptor was published by its own flags store (see writeUsed)
+    }
+
+    @Override
+    void writeUsed(int id, int len, boolean publish) {
+        if (inflight != null) {
+            inflight.beforeUsed(id, slotsById[id]);
+        }
         long off = (long) nextUsed * DESC_SIZE;
         ring.set(LE16, off + DESC_ID, (short) id);
         ring.set(LE32, off + DESC_LEN, len);
@@ -190,6 +275,9 @@ public final class PackedQueue extends Virtqueue {
             flags |= DESC_F_WRITE; // §2.8.3: in a used descriptor WRITE says data was written
         }
         U16.setRelease(ring, off + DESC_FLAGS, (short) flags); // id and len visible before the flags
+        if (inflight != null) {
+            inflight.afterUsed(id);
+        }
         logged(config.descAddr() + off, DESC_SIZE);
         int slots = slotsById[id];
         slotsInFlight -= slots;
@@ -277,6 +365,9 @@ public final class PackedQueue extends Virtqueue {
     @Override
     public boolean hasAvailable() throws VirtqueueException {
         refresh();
+        if (resubmitPending()) {
+            return true;
+        }
         int flags = Short.toUnsignedInt((short) U16.getAcquire(ring, (long) nextAvail * DESC_SIZE + DESC_FLAGS));
         return isAvail(flags, availWrap);
     }

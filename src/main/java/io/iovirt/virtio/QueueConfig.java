@@ -3,7 +3,7 @@ package io.iovirt.virtio;
 
 /**
  * Everything a device needs to attach to one virtqueue the driver set up. Addresses are guest physical; the
- * vhost-user layer converts the frontend's virtual addresses with {@code GuestMemory.userToGuestPhys} first.
+ * vhost-user layer converts the frontend's virtual addresses first (its {@code MemoryTable}).
  * The values are not trusted: {@link Virtqueue#create} checks them and throws {@link VirtqueueException}.
  *
  * @param index          queue index, used in error messages

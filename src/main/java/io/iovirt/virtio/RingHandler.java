@@ -8,8 +8,9 @@ import java.util.Objects;
  * The {@link QueueWorker.Handler} of a device that serves requests one chain at a time (virtio-blk with synchronous
  * I/O, virtio-net transmit): the device implements only {@link Device#process}, this class runs the ring.
  *
- * <p>Per batch: pop up to {@code batch} chains (kicks suppressed while busy), process each, push them all, let the
- * device end its batch, then interrupt the driver once if its suppression state asks for it. Before the worker
+ * <p>Per batch: pop up to {@code batch} chains (kicks suppressed while busy), process each, push them all and publish
+ * them with one used-index update, let the device end its batch, then interrupt the driver once if its suppression
+ * state asks for it. Before the worker
  * sleeps, kicks are re-enabled and the ring looked at once more (the driver may have raced us), and guest memory is
  * unpinned: nothing popped is in flight then.
  */
@@ -85,8 +86,9 @@ public final class RingHandler implements QueueWorker.Handler {
             written[i] = device.process(chains[i]);
         }
         for (int i = 0; i < n; i++) {
-            vq.push(chains[i], written[i]);
+            vq.pushBatched(chains[i], written[i]);
         }
+        vq.publishUsed(); // the whole batch with one used-index store
         device.batchDone();
         if (vq.needsNotification()) {
             worker.signal(call);

@@ -6,13 +6,13 @@ import static io.iovirt.virtio.VirtioRing.DESC_F_NEXT;
 import static io.iovirt.virtio.VirtioRing.DESC_F_WRITE;
 import static io.iovirt.virtio.VirtioRing.DESC_SIZE;
 import static io.iovirt.virtio.VirtioRing.LE16;
-import static io.iovirt.virtio.VirtioRing.LE32;
 import static io.iovirt.virtio.VirtioRing.LE64;
 import static io.iovirt.virtio.VirtioRing.U16;
 
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.memory.GuestWriteLog;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import java.lang.foreign.MemorySegment;
 import java.lang.invoke.VarHandle;
@@ -39,8 +39,10 @@ public final class SplitQueue extends Virtqueue {
     private int lastAvail;
     /** Last available index read from the ring; saves re-reading it while a batch is pending. */
     private int shadowAvail;
-    /** Used index the device publishes next (16-bit counter). */
+    /** Used index the device publishes next (16-bit counter); entries up to it are written. */
     private int usedIdx;
+    /** Used index the driver can see (the last release store of used.idx). */
+    private int publishedIdx;
     /** Used index at the last notification decision; valid after the first one. */
     private int decidedUsed;
     private boolean decidedValid;
@@ -77,6 +79,7 @@ public final class SplitQueue extends Virtqueue {
         this.shadowAvail = lastAvail;
         this.usedIdx = Short.toUnsignedInt((short) U16.getAcquire(used, USED_IDX));
         this.decidedUsed = usedIdx;
+        this.publishedIdx = usedIdx;
         this.inflight = inflight;
         this.resubmit = inflight == null ? new int[0] : inflight.attach(usedIdx);
         if (inflight != null && resubmit.length > 0) {
@@ -88,11 +91,9 @@ public final class SplitQueue extends Virtqueue {
 
     @Override
     void mapRings(GuestMemory mem) throws VirtqueueException {
-        desc = mapArea(mem, config.descAddr(), VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
-        avail = mapArea(mem, config.driverArea(), VirtioRing.splitAvailBytes(size, eventIdx), VirtioRing.SPLIT_AVAIL_ALIGN,
-                "available ring");
-        used = mapArea(mem, config.deviceArea(), VirtioRing.splitUsedBytes(size, eventIdx), VirtioRing.SPLIT_USED_ALIGN,
-                "used ring");
+        desc = mapDescArea(mem);
+        avail = mapDriverArea(mem);
+        used = mapDeviceArea(mem);
     }
 
     /** Reads avail.idx (acquire: ring entries and descriptors written before it become visible) and checks it. */
@@ -174,11 +175,13 @@ public final class SplitQueue extends Virtqueue {
             }
             visited[i] = s;
             long off = (long) i * DESC_SIZE;
-            // Each field is read exactly once: the guest may rewrite the descriptor while we look at it.
+            // Each field is read exactly once (the guest may rewrite the descriptor while we look at it): the
+            // descriptor as two 8-byte loads, address, then length, flags and next together.
             long addr = table.get(LE64, off);
-            long len = Integer.toUnsignedLong(table.get(LE32, off + 8));
-            int flags = Short.toUnsignedInt(table.get(LE16, off + 12));
-            int next = Short.toUnsignedInt(table.get(LE16, off + 14));
+            long lfn = table.get(LE64, off + 8);
+            long len = lfn & 0xffff_ffffL;
+            int flags = (int) (lfn >>> 32) & 0xffff;
+            int next = (int) (lfn >>> 48);
             if ((flags & DESC_F_INDIRECT) != 0) {
                 if (indirect) {
                     throw fail(Reason.NESTED_INDIRECT, "indirect table of head " + head + " contains an indirect descriptor");
@@ -218,28 +221,43 @@ public final class SplitQueue extends Virtqueue {
     }
 
     @Override
-    void writeUsed(int id, int len) {
+    void writeUsed(int id, int len, boolean publish) {
         if (inflight != null) {
             inflight.beforeUsed(id);
         }
         long off = RING + 8L * (usedIdx & mask);
-        used.set(LE32, off, id);
-        used.set(LE32, off + 4, len);
+        // id and len in one (possibly unaligned) 8-byte store: the driver reads the element only after the index
+        used.set(LE64, off, (id & 0xffff_ffffL) | ((long) len << 32));
         usedIdx = (usedIdx + 1) & 0xffff;
-        U16.setRelease(used, USED_IDX, (short) usedIdx); // element visible before the index
-        logged(config.deviceArea() + off, 8);
-        logged(config.deviceArea() + USED_IDX, 2);
-        if (inflight != null) {
-            inflight.afterUsed(id, usedIdx);
+        GuestWriteLog l = log();
+        if (l != null) {
+            l.written(config.deviceArea() + off, 8);
         }
         if (pushedSinceDecision <= 0xffff) {
             pushedSinceDecision++;
         }
+        if (publish || inflight != null) {
+            publishUsed();
+            if (inflight != null) {
+                inflight.afterUsed(id, usedIdx);
+            }
+        }
+    }
+
+    @Override
+    public void publishUsed() {
+        if (publishedIdx == usedIdx) {
+            return;
+        }
+        publishedIdx = usedIdx;
+        U16.setRelease(used, USED_IDX, (short) usedIdx); // the elements visible before the index
+        logged(config.deviceArea() + USED_IDX, 2);
     }
 
     @Override
     public boolean needsNotification() throws VirtqueueException {
         refresh();
+        publishUsed();
         int pushed = pushedSinceDecision;
         if (pushed == 0) {
             return false;

@@ -74,6 +74,50 @@ public final class VirtioRing {
     public static final int PACKED_EVENT_BYTES = 4;
 
     /**
+     * The three areas of a ring of {@code size} entries in the layout the driver negotiated, as both the vhost-user
+     * protocol layer (when a ring starts) and {@link Virtqueue} (on every memory snapshot) check them: one definition,
+     * so the two cannot disagree on where a ring ends.
+     */
+    public static long descAreaBytes(int size) {
+        return (long) DESC_SIZE * size;
+    }
+
+    /** Available ring (split; with used_event only under EVENT_IDX) or driver event suppression area (packed). */
+    public static long driverAreaBytes(boolean packed, int size, boolean eventIdx) {
+        return packed ? PACKED_EVENT_BYTES : splitAvailBytes(size, eventIdx);
+    }
+
+    /** Used ring (split; with avail_event only under EVENT_IDX) or device event suppression area (packed). */
+    public static long deviceAreaBytes(boolean packed, int size, boolean eventIdx) {
+        return packed ? PACKED_EVENT_BYTES : splitUsedBytes(size, eventIdx);
+    }
+
+    public static int descAreaAlign(boolean packed) {
+        return packed ? PACKED_DESC_ALIGN : SPLIT_DESC_ALIGN;
+    }
+
+    public static int driverAreaAlign(boolean packed) {
+        return packed ? PACKED_EVENT_ALIGN : SPLIT_AVAIL_ALIGN;
+    }
+
+    public static int deviceAreaAlign(boolean packed) {
+        return packed ? PACKED_EVENT_ALIGN : SPLIT_USED_ALIGN;
+    }
+
+    /** The areas' names in error messages. */
+    public static String descAreaName(boolean packed) {
+        return packed ? "descriptor ring" : "descriptor table";
+    }
+
+    public static String driverAreaName(boolean packed) {
+        return packed ? "driver event suppression" : "available ring";
+    }
+
+    public static String deviceAreaName(boolean packed) {
+        return packed ? "device event suppression" : "used ring";
+    }
+
+    /**
      * The EVENT_IDX rule (vring_need_event): true when {@code event} lies in [old, new) in 16-bit ring index
      * arithmetic, i.e. moving the index from {@code oldIdx} to {@code newIdx} crossed the index the other side asked
      * to be notified at.

@@ -140,7 +140,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      *                            inside the current guest memory
      */
     public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory) throws VirtqueueException {
-        return config.packed() ? new PackedQueue(config, memory) : new SplitQueue(config, memory, null);
+        return config.packed() ? new PackedQueue(config, memory, null) : new SplitQueue(config, memory, null);
     }
 
     /**
@@ -148,12 +148,13 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * the frontend-kept in-flight memory, or null. A split queue records in it every request it takes and returns,
      * and on attaching to a region a previous backend left, first hands out again the requests that were in flight
      * (in the order they were taken) and resumes the available ring after them, whatever base the frontend gave.
-     * The packed layout is not tracked: a packed queue ignores the region.
+     * A packed queue does the same with the spec's packed layout ({@link InflightPacked}); it also takes its used
+     * position from the record, since the frontend has none to restore a packed ring's from after a crash.
      */
     public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory, MemorySegment inflight)
             throws VirtqueueException {
         if (config.packed()) {
-            return new PackedQueue(config, memory);
+            return new PackedQueue(config, memory, inflight == null ? null : new InflightPacked(inflight, config.size()));
         }
         return new SplitQueue(config, memory, inflight == null ? null : new InflightQueue(inflight, config.size()));
     }
@@ -222,6 +223,25 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * @throws IllegalArgumentException when the chain is not in flight or more was written than it can hold
      */
     public final void push(DescriptorChain chain, long bytesWritten) throws VirtqueueException {
+        pushChain(chain, bytesWritten, true);
+    }
+
+    /**
+     * Returns a popped request like {@link #push}, but leaves it for {@link #publishUsed} to make visible: a burst of
+     * requests (or the several chains of one multi-buffer frame, MRG_RXBUF) reaches the driver with one used-index
+     * store, which is what the driver core polls — one cache line transfer per burst instead of one per request.
+     * {@link #needsNotification} publishes first, so a batch ends with the usual notification decision; a device that
+     * ends a batch without one calls {@link #publishUsed} itself. (Packed rings and queues with an in-flight record
+     * publish at once: the packed used flags are per descriptor, and crash recovery records each used-index step.)
+     */
+    public final void pushBatched(DescriptorChain chain, long bytesWritten) throws VirtqueueException {
+        pushChain(chain, bytesWritten, false);
+    }
+
+    /** Makes every request returned by {@link #pushBatched} visible to the driver (one release store). */
+    public abstract void publishUsed();
+
+    private void pushChain(DescriptorChain chain, long bytesWritten, boolean publish) throws VirtqueueException {
         if (chain.queue() != this) {
             throw new IllegalArgumentException("chain was created for virtqueue " + chain.queue().index + ", not " + index);
         }
@@ -237,7 +257,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
                 }
             }
         }
-        addUsed(chain.id, bytesWritten);
+        addUsed(chain.id, bytesWritten, publish);
     }
 
     /**
@@ -246,6 +266,10 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * @throws IllegalArgumentException when {@code id} is not in flight or {@code len} does not fit 32 bits
      */
     public final void addUsed(int id, long len) throws VirtqueueException {
+        addUsed(id, len, true);
+    }
+
+    private void addUsed(int id, long len, boolean publish) throws VirtqueueException {
         if (id < 0 || id >= size || !inFlight[id]) {
             throw new IllegalArgumentException("virtqueue " + index + ": id " + id + " is not in flight");
         }
@@ -253,7 +277,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw new IllegalArgumentException("virtqueue " + index + ": used length " + len + " does not fit 32 bits");
         }
         refresh();
-        writeUsed(id, (int) len);
+        writeUsed(id, (int) len, publish);
         inFlight[id] = false;
         inFlightCount--;
     }
@@ -295,7 +319,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     abstract boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException;
 
-    abstract void writeUsed(int id, int len);
+    /** Writes one used entry; {@code publish}: also make it (and any staged before it) visible to the driver. */
+    abstract void writeUsed(int id, int len, boolean publish);
 
     abstract void mapRings(GuestMemory mem) throws VirtqueueException;
 
@@ -315,6 +340,27 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             mapped = mem;
         }
         return mem;
+    }
+
+    /** The descriptor table (split) or ring (packed), sized and aligned as {@link VirtioRing} says. */
+    final MemorySegment mapDescArea(GuestMemory mem) throws VirtqueueException {
+        boolean packed = config.packed();
+        return mapArea(mem, config.descAddr(), VirtioRing.descAreaBytes(size), VirtioRing.descAreaAlign(packed),
+                VirtioRing.descAreaName(packed));
+    }
+
+    /** The available ring (split) or driver event suppression area (packed). */
+    final MemorySegment mapDriverArea(GuestMemory mem) throws VirtqueueException {
+        boolean packed = config.packed();
+        return mapArea(mem, config.driverArea(), VirtioRing.driverAreaBytes(packed, size, eventIdx),
+                VirtioRing.driverAreaAlign(packed), VirtioRing.driverAreaName(packed));
+    }
+
+    /** The used ring (split) or device event suppression area (packed). */
+    final MemorySegment mapDeviceArea(GuestMemory mem) throws VirtqueueException {
+        boolean packed = config.packed();
+        return mapArea(mem, config.deviceArea(), VirtioRing.deviceAreaBytes(packed, size, eventIdx),
+                VirtioRing.deviceAreaAlign(packed), VirtioRing.deviceAreaName(packed));
     }
 
     /** Translates one ring area, checking the spec's alignment (guest side) and that host access can be atomic. */

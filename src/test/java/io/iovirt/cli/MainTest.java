@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.PrintWriter;
 import java.io.StringWriter;
+import java.util.List;
 import org.junit.jupiter.api.Test;
 import picocli.CommandLine;
 
@@ -18,6 +19,30 @@ class MainTest {
         int rc = cl.execute("no-such-command");
         assertEquals(2, rc);
         assertTrue(err.toString().contains("no-such-command"), err.toString());
+    }
+
+    @Test
+    void registeredNamesAreTheCommandsOwnNames() {
+        for (int i = 0; i < Main.NAMES.length; i++) {
+            assertEquals(Main.NAMES[i], Main.COMMANDS[i].getAnnotation(CommandLine.Command.class).name());
+        }
+        assertEquals(List.of(Main.NAMES), List.copyOf(Main.commandLine().getSubcommands().keySet()));
+    }
+
+    @Test
+    void aBackendCommandGetsOnlyItsOwnTreeWithTheSameOptionsAndHelp() {
+        CommandLine fast = Main.commandLine("serve", "blk", "--help");
+        assertEquals(List.of("serve"), List.copyOf(fast.getSubcommands().keySet()));
+        CommandLine full = Main.commandLine();
+        for (String sub : List.of("blk", "net", "nbd")) {
+            CommandLine a = fast.getSubcommands().get("serve").getSubcommands().get(sub);
+            CommandLine b = full.getSubcommands().get("serve").getSubcommands().get(sub);
+            assertTrue(a.getCommandSpec().optionsMap().containsKey("--verbose"), "--verbose is inherited by serve " + sub);
+            assertEquals(b.getCommandSpec().optionsMap().keySet(), a.getCommandSpec().optionsMap().keySet());
+            assertEquals(b.getUsageMessage(), a.getUsageMessage());
+        }
+        assertEquals(List.of("run"), List.copyOf(Main.commandLine("vm", "run").getSubcommands().get("vm")
+                .getSubcommands().keySet()));
     }
 
     @Test

@@ -5,11 +5,13 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.bench.StrictJson;
 import io.iovirt.vm.IovirtCli;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -45,6 +47,53 @@ class ServeSignalsTest {
         assertTrue(lines.stream().anyMatch(l -> l.contains("SIGHUP: stopping")), String.join("\n", lines));
         assertTrue(lines.getLast().contains("stopped; image synced."), lines.getLast());
         assertFalse(Files.exists(socket), "the socket is removed on the way out");
+        // the counters lines carry them as a "stats" object too (docs/cli.md), parsed by an independent parser
+        Map<?, ?> periodic = (Map<?, ?>) lines.stream().filter(l -> l.contains("counters: "))
+                .map(l -> (Map<?, ?>) StrictJson.parse(l)).findFirst().orElseThrow().get("stats");
+        assertEquals(0L, ((Map<?, ?>) periodic.get("device")).get("requests"), periodic.toString());
+        assertEquals(Map.of("connected", false, "waiting", false, "waited", 0L), withoutNulls(
+                (Map<?, ?>) periodic.get("frontend")), periodic.toString());
+        Map<?, ?> last = (Map<?, ?>) ((Map<?, ?>) StrictJson.parse(lines.getLast())).get("stats");
+        assertTrue(((Map<?, ?>) last.get("device")).containsKey("bytes_written"), last.toString());
+    }
+
+    @Test
+    void serveNbdStopsGracefullyOnSighupAndLogsJsonLinesWithStats() throws Exception {
+        Path image = tmp.resolve("disk.raw");
+        Files.write(image, new byte[1 << 20]);
+        Path socket = tmp.resolve("nbd.sock");
+        Path log = tmp.resolve("nbd.log");
+        Path out = tmp.resolve("nbd.out");
+        Process p = new ProcessBuilder(IovirtCli.command("serve", "nbd", "--image", image.toString(), "--socket",
+                socket.toString(), "--log-format", "json", "--stats-interval", "1")).redirectError(log.toFile())
+                .redirectOutput(out.toFile()).start();
+        try {
+            awaitLog(p, log, "counters: ");
+            kill(p, "HUP");
+            assertTrue(p.waitFor(60, TimeUnit.SECONDS), "still running after SIGHUP");
+            assertEquals(0, p.exitValue(), Files.readString(log));
+        } finally {
+            p.destroyForcibly();
+        }
+        assertEquals("", Files.readString(out), "logs go to stderr, not stdout");
+        List<String> lines = Files.readAllLines(log);
+        for (String l : lines) {
+            Map<?, ?> m = (Map<?, ?>) StrictJson.parse(l);
+            assertTrue(((String) m.get("time")).matches("20\\d\\d-\\d\\d-\\d\\dT[0-9:.]+Z"), l);
+        }
+        assertTrue(lines.getFirst().contains("exporting ") && lines.getFirst().contains("\"logger\":\"iovirt.serve.nbd\""),
+                lines.getFirst());
+        assertTrue(lines.stream().anyMatch(l -> l.contains("SIGHUP: stopping")), String.join("\n", lines));
+        Map<?, ?> last = (Map<?, ?>) StrictJson.parse(lines.getLast());
+        assertTrue(((String) last.get("message")).startsWith("stopped; image synced."), lines.getLast());
+        assertEquals(0L, ((Map<?, ?>) last.get("stats")).get("errors"), lines.getLast());
+        assertFalse(Files.exists(socket), "the socket is removed on the way out");
+    }
+
+    private static Map<?, ?> withoutNulls(Map<?, ?> m) {
+        Map<Object, Object> out = new java.util.HashMap<>(m);
+        out.values().removeIf(java.util.Objects::isNull);
+        return out;
     }
 
     @Test

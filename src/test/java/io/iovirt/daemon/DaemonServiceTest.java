@@ -119,6 +119,60 @@ class DaemonServiceTest {
         }
     }
 
+    /**
+     * NBD exports declared in the configuration file: served at start (qemu-io writes and reads through one), made
+     * read-only by a reload (QEMU's client is refused the write), removed by the next one, while an export added
+     * through the API survives both; the image is consistent for qemu-img afterwards.
+     */
+    @Test
+    void nbdExportsFromTheConfigurationFile() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        Path control = dir.resolve("control.sock");
+        Path config = dir.resolve("daemon.json");
+        Path q = dir.resolve("q.qcow2");
+        io.iovirt.storage.qcow2.QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", q.toString(), "16M");
+        Path sock = dir.resolve("q-nbd.sock");
+        String entry = "{\"id\": \"q\", \"image\": \"%s\", \"socket\": \"%s\"%s}";
+        Files.writeString(config, "{\"nbd\": [" + entry.formatted(q, sock, "") + "]}");
+        String uri = "nbd+unix:///q?socket=" + sock;
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+             ChildProcess daemon = ChildProcess.builder(IovirtCli.command("daemon", "--config", config.toString(),
+                             "--control", control.toString()))
+                     .name("iovirt daemon").log(dir.resolve("daemon.log")).env("NOTIFY_SOCKET", notify.toString()).start()) {
+            until(systemd, "READY=1");
+            io.iovirt.storage.qcow2.QemuTools.qemuIoOk(uri, "raw", "write -P 0x6e 1M 256k", "read -P 0x6e 1M 256k", "flush");
+            try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                c.call("nbd.add", Map.of("id", "api", "image", image("api.raw").toString(), "socket", dir.resolve("api.sock").toString()));
+            }
+
+            Files.writeString(config, "{\"nbd\": [" + entry.formatted(q, sock, ", \"readonly\": true") + "]}");
+            signal("HUP", daemon.pid());
+            until(systemd, "READY=1");
+            var w = io.iovirt.storage.qcow2.QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", uri);
+            assertTrue(w.output().contains("Operation not permitted") || w.output().contains("read-only")
+                    || w.output().contains("Permission denied"), w.output());
+            String r = io.iovirt.storage.qcow2.QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read -P 0x6e 1M 256k", uri);
+            assertTrue(!r.contains("Pattern verification failed"), r);
+
+            Files.writeString(config, "{\"nbd\": []}");
+            signal("HUP", daemon.pid());
+            until(systemd, "READY=1");
+            try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                List<?> list = (List<?>) c.call("nbd.list", null);
+                assertEquals(1, list.size(), list.toString());
+                assertEquals("api", ((Map<?, ?>) list.get(0)).get("id"));
+            }
+            assertTrue(!Files.exists(sock), "the removed export's socket remains");
+            io.iovirt.storage.qcow2.QemuTools.qemuIoOk("nbd+unix:///api?socket=" + dir.resolve("api.sock"), "raw",
+                    "write -P 0x61 0 4k", "read -P 0x61 0 4k");
+            signal("TERM", daemon.pid());
+            assertTrue(daemon.waitFor(Duration.ofSeconds(60)), "the daemon did not stop");
+            assertEquals(0, daemon.exitValue(), daemon.log());
+        }
+        io.iovirt.storage.qcow2.QemuTools.check(q, false);
+        io.iovirt.storage.qcow2.QemuTools.qemuIoOk(q, "qcow2", "read -P 0x6e 1M 256k");
+    }
+
     static void signal(String sig, long pid) throws Exception {
         assertEquals(0, new ProcessBuilder("kill", "-" + sig, Long.toString(pid)).start().waitFor());
     }

@@ -66,7 +66,7 @@ class LibvirtXmlTest {
         }
         io.iovirt.vm.compose.VmSpec spec = new io.iovirt.vm.compose.VmSpec("vm1", io.iovirt.vm.compose.VmSpec.Profile.PVHVM, 256, 1,
                 List.of(new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.PV, a, false),
-                        new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.FV, b, true)),
+                        new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.FV, b, false)),
                 List.of(new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.PV, -1),
                         new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.FV, -1)),
                 List.of(), List.of());
@@ -77,7 +77,7 @@ class LibvirtXmlTest {
             assertEquals(4, devices.size(), devices + " from " + c.qemuArgs());
             String xml = LibvirtXml.domain(new LibvirtXml.Domain("vm1", 256, 1, null, null, null, null), devices);
             assertTrue(xml.contains("<disk type='vhostuser'"), xml);
-            assertTrue(xml.contains("<source protocol='nbd'") && xml.contains("bus='sata'") && xml.contains("<readonly/>"), xml);
+            assertTrue(xml.contains("<source protocol='nbd'") && xml.contains("bus='sata'"), xml);
             assertTrue(xml.contains("<interface type='vhostuser'>") && xml.contains("e1000,netdev="), xml);
             assertTrue(xml.contains("name='vectors' type='unsigned' value='0'"), xml);
             validate(dir, xml);

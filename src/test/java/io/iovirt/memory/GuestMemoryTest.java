@@ -25,14 +25,12 @@ class GuestMemoryTest {
         MemorySegment s = mem.translate(0x10ff0, 0x10);
         s.set(ValueLayout.JAVA_BYTE, 0, (byte) 7);
         assertEquals(7, mem.translate(0x10ff0, 1).get(ValueLayout.JAVA_BYTE, 0));
-        assertEquals(0x10008, mem.userToGuestPhys(0x7f00_0001_0008L, 8));
         assertThrows(GuestMemoryFault.class, () -> mem.translate(0x0ff8, 0x10)); // runs past the first region
         assertThrows(GuestMemoryFault.class, () -> mem.translate(0x1000, 1)); // the hole
         assertThrows(GuestMemoryFault.class, () -> mem.translate(0x11000, 0x1001)); // past the end of the second
         assertThrows(GuestMemoryFault.class, () -> mem.translate(0x10000, -1));
         assertThrows(GuestMemoryFault.class, () -> mem.translate(-8, 4)); // top of the address space
         assertThrows(GuestMemoryFault.class, () -> mem.translate(0x10000, Long.MAX_VALUE));
-        assertThrows(GuestMemoryFault.class, () -> mem.userToGuestPhys(0x7f00_0000_1000L, 1));
         assertTrue(mem.contains(0x12000 - 8, 8));
         assertFalse(mem.contains(0x12000 - 8, 9));
     }
@@ -41,8 +39,6 @@ class GuestMemoryTest {
     void overlappingOrWrappingRegionsAreRefused() {
         assertThrows(IllegalArgumentException.class,
                 () -> GuestMemory.of(List.of(region(0x0, 0x2000, 0x10000), region(0x1000, 0x1000, 0x40000))));
-        assertThrows(IllegalArgumentException.class,
-                () -> GuestMemory.of(List.of(region(0x0, 0x1000, 0x10000), region(0x4000, 0x1000, 0x10800))));
         assertThrows(IllegalArgumentException.class,
                 () -> new MemoryRegion(-0x800L, 0x1000, 0, 0, Arena.ofAuto().allocate(0x1000), null));
     }

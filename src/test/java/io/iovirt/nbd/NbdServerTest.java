@@ -197,6 +197,92 @@ class NbdServerTest {
         }
     }
 
+    /**
+     * Several requests in flight on one connection: QEMU's client with asynchronous writes and a flush among them,
+     * a raw client that pipelines writes, a flush and reads before reading any reply (replies may come in any
+     * order; each is matched by its cookie), and a client that sends reads without ever reading the replies — it
+     * stalls only itself: another client is served meanwhile, and its connection ends cleanly when it goes.
+     */
+    @Test
+    void requestsInFlightOnOneConnection() throws Exception {
+        Path img = dir.resolve("p.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "256M");
+        Path sock = dir.resolve("p.sock");
+        try (DiskImage image = Images.open(img, null, false, false); NbdServer s = NbdServer.startUnix(sock, 4)) {
+            s.addExport(new NbdExport("p", image, false));
+            String u = "nbd+unix:///p?socket=" + sock;
+            List<String> cmds = new ArrayList<>();
+            for (int i = 0; i < 32; i++) {
+                cmds.add("aio_write -P " + (0x20 + i) + " " + i * 256 + "k 192k");
+            }
+            cmds.add("aio_flush");
+            for (int i = 0; i < 32; i++) {
+                cmds.add("aio_read -P " + (0x20 + i) + " " + i * 256 + "k 192k");
+            }
+            cmds.add("aio_flush");
+            String out = qemuIoOk(u, "raw", cmds.toArray(String[]::new));
+            assertTrue(!out.contains("Pattern verification failed"), out);
+
+            // raw pipelining: 48 writes (a few larger than a slot keeps), a flush and 48 reads, replies read afterwards
+            int n = 48;
+            java.util.Map<Long, Integer> lengths = new java.util.HashMap<>();
+            java.util.Map<Long, Integer> patterns = new java.util.HashMap<>();
+            try (RawClient c = RawClient.unix(sock)) {
+                c.go("p");
+                for (int i = 0; i < n; i++) {
+                    int len = i % 8 == 0 ? 3 * MIB : 64 << 10;
+                    byte[] data = new byte[len];
+                    java.util.Arrays.fill(data, (byte) (0x40 + i));
+                    c.send(Nbd.CMD_WRITE, 0, (long) i * 4 * MIB, len, data);
+                }
+                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                for (int i = 0; i < n; i++) {
+                    int len = i % 8 == 0 ? 3 * MIB : 64 << 10;
+                    long ck = c.send(Nbd.CMD_READ, 0, (long) i * 4 * MIB, len, null);
+                    lengths.put(ck, len);
+                    patterns.put(ck, 0x40 + i);
+                }
+                java.util.Set<Long> seen = new java.util.HashSet<>();
+                for (int i = 0; i < 2 * n + 1; i++) {
+                    ByteBuffer h = c.read(16);
+                    assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
+                    int err = h.getInt();
+                    long ck = h.getLong();
+                    assertEquals(0, err, "request " + ck);
+                    assertTrue(seen.add(ck), "one reply per cookie: " + ck);
+                    if (lengths.containsKey(ck)) {
+                        byte[] got = c.read(lengths.get(ck)).array();
+                        byte[] want = new byte[got.length];
+                        java.util.Arrays.fill(want, (byte) (int) patterns.get(ck));
+                        assertArrayEquals(want, got, "read " + ck);
+                    }
+                }
+                assertTrue(seen.contains(flush));
+                assertEquals(2L * n + 1, seen.size());
+            }
+
+            // a client that never reads its replies: it fills its own socket, the others go on
+            RawClient stalled = RawClient.unix(sock);
+            try {
+                stalled.go("p");
+                // 64 reads of 1 MiB in one write (small writes would fill the client's own socket buffer first)
+                ByteBuffer req = ByteBuffer.allocate(64 * 28);
+                for (int i = 0; i < 64; i++) {
+                    req.putInt(Nbd.REQUEST_MAGIC).putShort((short) 0).putShort((short) Nbd.CMD_READ)
+                            .putLong(i).putLong(0).putInt(MIB);
+                }
+                stalled.raw(req.flip());
+                qemuIoOk(u, "raw", "write -P 0x77 250M 1M", "read -P 0x77 250M 1M", "flush");
+            } finally {
+                stalled.close();
+            }
+            io.iovirt.testing.Await.until(Duration.ofSeconds(60), "the stalled client's connection to end",
+                    () -> s.connectionCount() == 0);
+            qemuIoOk(u, "raw", "read -P 0x41 4M 64k");
+        }
+        check(img, false);
+    }
+
     @Test
     void readOnlyExportRefusesWrites() throws Exception {
         Path img = dir.resolve("r.qcow2");
@@ -296,6 +382,17 @@ class NbdServerTest {
                 }
                 assertEquals(Nbd.REP_INFO, r.type);
             }
+        }
+
+        /** Sends a request (and a write's payload) without waiting for its reply; returns its cookie. */
+        long send(int type, int flags, long offset, long length, byte[] payload) throws IOException {
+            long c = ++cookie;
+            raw(ByteBuffer.allocate(28).putInt(Nbd.REQUEST_MAGIC).putShort((short) flags).putShort((short) type)
+                    .putLong(c).putLong(offset).putInt((int) length).flip());
+            if (payload != null) {
+                raw(ByteBuffer.wrap(payload));
+            }
+            return c;
         }
 
         /** A request with simple replies; a READ's data is read when the reply is not an error. */

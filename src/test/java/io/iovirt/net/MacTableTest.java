@@ -123,4 +123,27 @@ class MacTableTest {
         assertEquals(null, error.get());
         assertTrue(t.size() <= threads * 50, "no duplicates: " + t.size());
     }
+
+    @Test
+    void eachPortHoldsAtMostItsShare() {
+        MacTable t = new MacTable(16, 10, 3);
+        for (int i = 0; i < 3; i++) {
+            assertEquals(MacTable.LEARNED, t.tryLearn(0x0200_0000_0000L + i, 0, 0));
+        }
+        assertEquals(MacTable.PORT_FULL, t.tryLearn(0x0200_0000_0010L, 0, 0));
+        assertEquals(MacTable.LEARNED, t.tryLearn(0x0200_0000_0020L, 1, 0), "another port still learns");
+        assertEquals(MacTable.PORT_FULL, t.tryLearn(0x0200_0000_0020L, 0, 0), "a full port cannot take over an address");
+        assertEquals(1, t.lookup(0x0200_0000_0020L, 0));
+        assertEquals(MacTable.LEARNED, t.tryLearn(0x0200_0000_0000L, 1, 0), "moving away frees a place in the share");
+        assertEquals(2, t.size(0));
+        assertEquals(2, t.size(1));
+        assertEquals(MacTable.LEARNED, t.tryLearn(0x0200_0000_0010L, 0, 0));
+        assertEquals(MacTable.PORT_FULL, t.tryLearn(0x0200_0000_0011L, 0, 5));
+        assertEquals(MacTable.LEARNED, t.tryLearn(0x0200_0000_0011L, 0, 10), "at t=10 the t=0 entries aged out");
+        assertEquals(1, t.size(0));
+        t.flushPort(1);
+        assertEquals(0, t.size(1));
+        assertEquals(3, t.learnFailures(), "three refusals were counted");
+        assertThrows(IllegalArgumentException.class, () -> new MacTable(16, 10, 17));
+    }
 }

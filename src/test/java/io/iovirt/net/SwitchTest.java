@@ -184,6 +184,50 @@ class SwitchTest {
     }
 
     @Test
+    void aPortSprayingSourceAddressesFillsOnlyItsOwnShare() throws Exception {
+        Switch s = new Switch(Switch.Config.defaults().withMacTable(64, 8));
+        try {
+            TestPort spray = assertDoesNotThrowAdd(s, new TestPort("spray"));
+            TestPort b = assertDoesNotThrowAdd(s, new TestPort("b"));
+            TestPort c = assertDoesNotThrowAdd(s, new TestPort("c"));
+            b.inject(Frames.ethernet(BCAST, B, 60));
+            c.inject(Frames.ethernet(BCAST, C, 60));
+            spray.takeSent();
+            b.takeSent();
+            c.takeSent();
+            java.util.Random r = new java.util.Random(9);
+            int frames = 20_000;
+            for (int i = 0; i < frames; i++) {
+                long src = (r.nextLong() & 0xfeff_ffff_ffffL) | 0x0200_0000_0000L; // unicast, locally administered
+                spray.inject(Frames.ethernet(B, Mac.toString(src), 60)); // also claims to talk to b
+                if (i % 1000 == 0) {
+                    s.tick(i / 1000); // the clock moves on (well inside the aging time)
+                }
+            }
+            assertEquals(8, s.macTable().size(spray.index()), "the sprayer holds its share, no more");
+            assertEquals(frames - 8, spray.stats().get(PortStat.RX_UNLEARNED), "every address beyond the share is counted");
+            assertEquals(frames, spray.stats().rxPackets(), "the frames were still forwarded");
+            assertEquals(frames, b.takeSent().size(), "b got each one, not flooded: its entry stayed");
+            assertEquals(0, c.takeSent().size());
+            assertEquals(10, s.macTable().size());
+            // The others keep being reached, and learn as usual.
+            c.inject(Frames.ethernet(B, C, 60));
+            assertEquals(1, b.takeSent().size());
+            assertEquals(0, spray.takeSent().size(), "c to b is not flooded to the sprayer");
+            TestPort d = assertDoesNotThrowAdd(s, new TestPort("d"));
+            d.inject(Frames.ethernet(C, "52:54:00:00:00:0d", 60));
+            assertEquals(1, c.takeSent().size());
+            assertEquals(d.index(), s.macTable().lookup(Mac.parse("52:54:00:00:00:0d"), s.now()));
+            assertEquals(0, d.stats().get(PortStat.RX_UNLEARNED));
+            // A sprayer at its share cannot take over another port's address either.
+            spray.inject(Frames.ethernet(BCAST, C, 60));
+            assertEquals(c.index(), s.macTable().lookup(Mac.parse(C), s.now()));
+        } finally {
+            s.close();
+        }
+    }
+
+    @Test
     void portNamesAreUnique() {
         assertThrows(IllegalArgumentException.class, () -> sw.addPort(new TestPort("a")));
     }

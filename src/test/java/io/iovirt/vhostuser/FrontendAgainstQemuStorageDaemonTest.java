@@ -9,6 +9,7 @@ import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
+import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.vm.ChildProcess;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -71,10 +72,10 @@ class FrontendAgainstQemuStorageDaemonTest {
                  FrontendMemory ram = FrontendMemory.allocate(0, 1 << 20);
                  EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true); Epoll ep = Epoll.create(1)) {
                 long features = fe.getFeatures();
-                assertTrue(Features.has(features, Features.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES),
+                assertTrue(VirtioFeatures.has(features, VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES),
                         Long.toHexString(features));
                 long pf = fe.getProtocolFeatures();
-                assertTrue(Features.has(pf, Features.bit(Features.PROTOCOL_CONFIG) | Features.bit(Features.PROTOCOL_MQ)),
+                assertTrue(VirtioFeatures.has(pf, Features.bit(Features.PROTOCOL_CONFIG) | Features.bit(Features.PROTOCOL_MQ)),
                         Long.toHexString(pf));
                 long wanted = pf & Features.CORE_PROTOCOL_FEATURES;
                 fe.setProtocolFeatures(wanted);
@@ -85,7 +86,7 @@ class FrontendAgainstQemuStorageDaemonTest {
                 assertEquals(1, cfg.getShort(34), "num_queues");
                 fe.setOwner();
                 fe.setVringCall(0, call);
-                fe.setFeatures(Features.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
+                fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
                 if ((wanted & Features.bit(Features.PROTOCOL_CONFIGURE_MEM_SLOTS)) != 0) {
                     assertTrue(fe.getMaxMemSlots() >= 8);
                     fe.addMemRegion(ram.descriptor());

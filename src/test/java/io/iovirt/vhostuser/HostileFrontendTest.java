@@ -9,6 +9,7 @@ import io.iovirt.linux.Fd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.MemFd;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -139,7 +140,7 @@ class HostileFrontendTest {
         fe.setFeatures(features);
     }
 
-    private static final long FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES;
+    private static final long FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES;
     private static final MemorySegment EMPTY = MemorySegment.ofArray(new byte[0]);
 
     @Test
@@ -324,9 +325,9 @@ class HostileFrontendTest {
     void negotiationViolations() throws Exception {
         try (EventFd e = EventFd.create(true)) {
             assertRejected("SET_FEATURES acknowledges 0x10000000000, which was not offered",
-                    fe -> raw(fe, MessageType.SET_FEATURES, u64(Features.VIRTIO_F_VERSION_1 | (1L << 40))));
+                    fe -> raw(fe, MessageType.SET_FEATURES, u64(VirtioFeatures.VIRTIO_F_VERSION_1 | (1L << 40))));
             assertRejected("SET_FEATURES acknowledges 0x200000000, which was not offered",
-                    fe -> raw(fe, MessageType.SET_FEATURES, u64(Features.VIRTIO_F_ACCESS_PLATFORM)));
+                    fe -> raw(fe, MessageType.SET_FEATURES, u64(VirtioFeatures.VIRTIO_F_ACCESS_PLATFORM)));
             assertRejected("SET_PROTOCOL_FEATURES acknowledges 0x1000, which was not offered",
                     fe -> raw(fe, MessageType.SET_PROTOCOL_FEATURES, u64(Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD))));
             assertRejected("GET_CONFIG needs protocol feature 9, which was not negotiated", fe -> {

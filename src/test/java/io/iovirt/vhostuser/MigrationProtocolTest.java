@@ -72,6 +72,66 @@ class MigrationProtocolTest {
         }
     }
 
+    /**
+     * SET_LOG_BASE while logging (QEMU resizes the log when guest memory grows during a migration): the ring keeps
+     * running (no stop, so a blk export keeps its image lock), a device thread still holding the old log marks into
+     * the new one from the moment the frontend has the reply, and no mark is lost in between.
+     */
+    @Test
+    void aLogReplacedWhileLoggingKeepsTheRingRunningAndLosesNoMark() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2);
+        try (VhostUserServer server = VhostUserServer.start(socket, backend);
+             VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+             FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+             EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true);
+             Fd oldFd = MemFd.allocate("log", 4096); Fd newFd = MemFd.allocate("log2", 8192)) {
+            VhostUserServerTest.initLikeQemu(fe, call, err);
+            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
+            VringSetup setup = backend.running.get(0);
+            fe.setLogBase(oldFd, 4096, 0);
+            fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
+            var stale = setup.memory().writeLog(); // what a queue thread read before the swap
+            MemorySegment oldBits = Mmap.map(oldFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+            MemorySegment newBits = Mmap.map(newFd, 0, 8192, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+
+            // A device thread marking page after page through the log it holds, while the frontend swaps logs.
+            java.util.concurrent.atomic.AtomicLong marked = new java.util.concurrent.atomic.AtomicLong();
+            java.util.concurrent.atomic.AtomicBoolean stop = new java.util.concurrent.atomic.AtomicBoolean();
+            long pages = 4096 * 8;
+            Thread device = Thread.ofPlatform().start(() -> {
+                for (long page = 0; page < pages && !stop.get(); page++) {
+                    stale.written(page << 12, 1);
+                    marked.set(page + 1);
+                }
+            });
+            while (marked.get() < 100) {
+                Thread.onSpinWait();
+            }
+            fe.setLogBase(newFd, 8192, 0); // returns once the backend replied
+            byte[] oldAtReply = oldBits.toArray(ValueLayout.JAVA_BYTE);
+            long atReply = marked.get();
+            while (marked.get() < Math.min(pages, atReply + 100) && device.isAlive()) {
+                Thread.onSpinWait();
+            }
+            stop.set(true);
+            device.join();
+            long total = marked.get();
+
+            assertEquals(java.util.Arrays.toString(oldAtReply), java.util.Arrays.toString(oldBits.toArray(ValueLayout.JAVA_BYTE)),
+                    "nothing reached the old log after the reply");
+            for (long page = 0; page < total; page++) {
+                boolean inOld = (oldBits.get(ValueLayout.JAVA_BYTE, page / 8) & (1 << (page % 8))) != 0;
+                boolean inNew = (newBits.get(ValueLayout.JAVA_BYTE, page / 8) & (1 << (page % 8))) != 0;
+                assertTrue(inOld || inNew, "page " + page + " of " + total + " was marked in neither log");
+            }
+            assertTrue(total > atReply, "the device went on marking after the swap");
+            assertEquals(setup, backend.running.get(0), "the ring kept running");
+            assertTrue(backend.events.stream().noneMatch(e -> e.startsWith("queueStopped")), backend.events.toString());
+        }
+    }
+
     @Test
     void inflightMemoryIsHandedOutAndBackToTheQueues() throws Exception {
         Path socket = dir.resolve("vub.sock");

@@ -2,6 +2,7 @@
 package io.iovirt.vhostuser;
 
 import io.iovirt.memory.GuestMemory;
+import io.iovirt.virtio.VirtioFeatures;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -17,8 +18,8 @@ import java.util.concurrent.TimeUnit;
  * It runs no rings: the peer under test is the protocol layer.
  */
 final class RecordingBackend implements VhostUserBackend {
-    static final long DEVICE_FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
-            | Features.VIRTIO_RING_F_INDIRECT_DESC | Features.VIRTIO_F_RING_PACKED | (1L << 9) /* FLUSH */;
+    static final long DEVICE_FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC | VirtioFeatures.VIRTIO_F_RING_PACKED | (1L << 9) /* FLUSH */;
     static final int CONFIG_SIZE = 60;
 
     final List<String> events = new CopyOnWriteArrayList<>();

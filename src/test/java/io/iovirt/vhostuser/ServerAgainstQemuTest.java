@@ -8,6 +8,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
+import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.vm.ChildProcess;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -86,7 +87,7 @@ class ServerAgainstQemuTest {
                     assertTrue(mem.contains(s.descGpa(), 16L * s.size()), s + " in " + mem);
                     assertTrue(mem.contains(s.availGpa(), 6 + 2L * s.size()));
                     assertTrue(mem.contains(s.usedGpa(), 6 + 8L * s.size()));
-                    assertTrue(Features.has(backend.acked, Features.VIRTIO_F_VERSION_1), Long.toHexString(backend.acked));
+                    assertTrue(VirtioFeatures.has(backend.acked, VirtioFeatures.VIRTIO_F_VERSION_1), Long.toHexString(backend.acked));
                     assertTrue(q.isAlive(), "QEMU accepted the backend:\n" + q.log());
                     assertFalse(q.log().contains("vhost"), q.log());
                 }

@@ -12,6 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.memory.GuestMemory;
+import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -90,7 +91,7 @@ class VhostUserServerTest {
         fe.setVringEnable(0, true);
     }
 
-    static final long FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
+    static final long FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
             | Features.VHOST_USER_F_PROTOCOL_FEATURES;
 
     @Test
@@ -122,7 +123,7 @@ class VhostUserServerTest {
             assertEquals(0, s.base());
             assertTrue(s.eventIdx());
             assertFalse(s.packed());
-            assertEquals(Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX, s.features());
+            assertEquals(VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX, s.features());
             assertNotNull(s.err());
 
             // guest memory is shared: what the frontend writes, the device reads through its snapshot, and back
@@ -202,14 +203,48 @@ class VhostUserServerTest {
     }
 
     @Test
-    void aSecondFrontendIsTurnedAwayWhileTheFirstIsServed() throws Exception {
-        try (VhostUserFrontend first = connect()) {
-            assertTrue(first.getFeatures() != 0);
-            try (VhostUserFrontend second = connect()) {
-                assertThrows(IOException.class, second::getFeatures);
-            }
-            assertTrue(log.awaitLine("refusing frontend").contains(socket.toString()));
+    void aSecondFrontendWaitsInTheBacklogUntilTheFirstGoes() throws Exception {
+        VhostUserFrontend first = connect();
+        assertTrue(first.getFeatures() != 0);
+        assertFalse(server.frontendWaiting());
+        // Its connect succeeds (the backlog), its first request is not answered while the first frontend is served.
+        try (VhostUserFrontend second = VhostUserFrontend.connect(socket, Duration.ofSeconds(2))) {
+            String warning = log.awaitLine("another frontend is connecting");
+            assertTrue(warning.contains(socket.toString()) && warning.contains("waits"), warning);
+            assertThrows(IOException.class, second::getFeatures, "answered while the first frontend is served");
+            assertTrue(server.frontendWaiting());
+            assertTrue(server.frontendSummary().contains("another frontend waiting"), server.frontendSummary());
             assertTrue(first.getFeatures() != 0, "the first frontend is unaffected");
+        }
+        // A waiting frontend that gives up is gone from the backlog when the first one leaves; a new one is served.
+        first.close();
+        io.iovirt.testing.Await.until(TIMEOUT, "the first frontend's session ends", () -> !server.connected());
+        // the session's clean-up ends a moment after it stops counting as connected; then nothing waits any more
+        io.iovirt.testing.Await.until(TIMEOUT, "no frontend waiting", () -> !server.frontendWaiting());
+        assertEquals(1, server.frontendsWaited());
+        try (VhostUserFrontend third = connect()) {
+            assertTrue(third.getFeatures() != 0);
+        }
+    }
+
+    @Test
+    void aWaitingFrontendIsServedWhenTheFirstDisconnects() throws Exception {
+        VhostUserFrontend first = connect();
+        assertTrue(first.getFeatures() != 0);
+        try (VhostUserFrontend second = VhostUserFrontend.connect(socket, TIMEOUT)) {
+            log.awaitLine("another frontend is connecting");
+            Thread closer = Thread.ofPlatform().start(() -> {
+                try {
+                    Thread.sleep(300);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+                first.close();
+            });
+            // Sent while the first is still served: answered once it has gone, on the same connection.
+            assertTrue(second.getFeatures() != 0);
+            closer.join();
+            assertTrue(log.awaitLine(" connected").contains("frontend pid"));
         }
     }
 
@@ -279,7 +314,7 @@ class VhostUserServerTest {
              EventFd call = EventFd.create(true); EventFd kick = EventFd.create(true)) {
             // a legacy frontend: no GET_PROTOCOL_FEATURES and no memory slots protocol, plain SET_MEM_TABLE
             fe.setOwner();
-            fe.setFeatures(Features.VIRTIO_F_VERSION_1);
+            fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1);
             fe.setMemTable(List.of(low.descriptor(), high.descriptor()));
             fe.setVringNum(0, 128);
             fe.setVringBase(0, 3);
@@ -299,7 +334,7 @@ class VhostUserServerTest {
              FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
              EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
-            fe.setFeatures(FEATURES | Features.VIRTIO_F_RING_PACKED);
+            fe.setFeatures(FEATURES | VirtioFeatures.VIRTIO_F_RING_PACKED);
             fe.addMemRegion(high.descriptor());
             fe.setVringNum(1, 100);
             fe.setVringBase(1, 0x8000 | 99);

@@ -100,6 +100,35 @@ class SplitQueueTest {
     }
 
     @Test
+    void batchedPushesBecomeVisibleTogetherWithOneIndexUpdate() throws Exception {
+        SplitDriverRing d = driver(true);
+        Virtqueue q = device(d);
+        int[] ids = new int[3];
+        for (int i = 0; i < ids.length; i++) {
+            ids[i] = d.add(new long[] {g.alloc(16, 8)}, new int[] {16}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        }
+        DescriptorChain[] cs = {q.newChain(), q.newChain(), q.newChain()};
+        for (DescriptorChain c : cs) {
+            assertTrue(q.pop(c));
+        }
+        q.pushBatched(cs[0], 1);
+        q.pushBatched(cs[1], 2);
+        assertEquals(-1, d.pollUsed(), "a batched entry is not visible before it is published");
+        assertEquals(1, q.inFlight());
+        q.publishUsed();
+        q.publishUsed(); // nothing new: no second store, nothing changes
+        assertEquals(ids[0], DriverRing.usedId(d.pollUsed()));
+        assertEquals(ids[1], DriverRing.usedId(d.pollUsed()));
+        assertEquals(-1, d.pollUsed());
+        q.pushBatched(cs[2], 3);
+        assertTrue(q.needsNotification(), "the notification decision publishes first and counts the batch");
+        long last = d.pollUsed();
+        assertEquals(ids[2], DriverRing.usedId(last));
+        assertEquals(3, DriverRing.usedLen(last));
+        assertEquals(0, q.inFlight());
+    }
+
+    @Test
     void indirectTablesAndDirectDescriptorsBeforeThemAreExpanded() throws Exception {
         SplitDriverRing d = driver(true);
         Virtqueue q = device(d);

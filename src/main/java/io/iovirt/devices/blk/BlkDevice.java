@@ -16,6 +16,8 @@ import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
+import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
 import java.io.IOException;
@@ -32,7 +34,6 @@ import java.nio.charset.StandardCharsets;
  */
 public final class BlkDevice implements VhostUserBackend {
     private static final System.Logger LOG = System.getLogger(BlkDevice.class.getName());
-    private static final int DEVICE_NEEDS_RESET = 0x40;
 
     /** How the queues reach the image. */
     public enum IoEngine {
@@ -208,8 +209,8 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public long features() {
-        long f = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_INDIRECT_DESC | Features.VIRTIO_RING_F_EVENT_IDX
-                | Features.VIRTIO_F_RING_PACKED
+        long f = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+                | VirtioFeatures.VIRTIO_F_RING_PACKED
                 | bit(F_SIZE_MAX) | bit(F_SEG_MAX) | bit(F_BLK_SIZE) | bit(F_FLUSH) | bit(F_MQ);
         if (image.readOnly()) {
             f |= bit(F_RO);
@@ -422,12 +423,12 @@ public final class BlkDevice implements VhostUserBackend {
     @Override
     public int deviceStatus() {
         if (fenced != null) {
-            return DEVICE_NEEDS_RESET; // image ownership (issue 11)
+            return DeviceStatus.DEVICE_NEEDS_RESET; // image ownership (issue 11)
         }
         synchronized (failed) {
             for (boolean f : failed) {
                 if (f) {
-                    return DEVICE_NEEDS_RESET;
+                    return DeviceStatus.DEVICE_NEEDS_RESET;
                 }
             }
         }

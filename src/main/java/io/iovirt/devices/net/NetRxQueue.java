@@ -19,7 +19,10 @@ import java.lang.foreign.MemorySegment;
  * A receive queue: frames from the switch into the guest's buffers. There is no thread: the receive thread of
  * whichever port the frame came from fills the guest's buffers under this queue's lock (one lock per queue, so
  * frames for different guests, or different queues of one guest, are copied in parallel), and interrupts the guest
- * once at the end of its burst ({@link #flush}). When the guest has no buffer posted the frame is dropped and
+ * once at the end of its burst ({@link #flush}). The burst's used entries — every chain of a multi-buffer frame
+ * (MRG_RXBUF) among them — become visible to the driver together, with one used-index store at that point
+ * ({@link Virtqueue#pushBatched}), so the driver never sees part of a frame and the index's cache line moves to the
+ * guest's core once per burst. When the guest has no buffer posted the frame is dropped and
  * counted at once; the switch never waits for a guest.
  *
  * <p>The guest's call eventfd is never written under the lock: the decision to interrupt is made under it, the write
@@ -66,8 +69,12 @@ final class NetRxQueue {
         this.tx = tx;
     }
 
-    void start(VirtioNetPort owner, Virtqueue q, EventFd callFd, EventFd errFd, int hdrSize, boolean mrgRxBuf) {
+    void start(VirtioNetPort owner, Virtqueue q, EventFd callFd, EventFd errFd, int hdrSize, boolean mrgRxBuf)
+            throws VirtqueueException {
         q.limitChain(VirtioNetPort.MAX_CHAIN);
+        // Buffers are taken when a frame arrives, never waited for: the driver need not kick when it posts some
+        // (one guest exit less per refill, and pop does not keep avail_event current in the shared ring).
+        q.disableNotifications();
         DescriptorChain[] cs = new DescriptorChain[mrgRxBuf ? MAX_BUFFERS : 1];
         for (int i = 0; i < cs.length; i++) {
             cs[i] = q.newChain();
@@ -106,6 +113,13 @@ final class NetRxQueue {
             err = null;
             if (q == null) {
                 return 0;
+            }
+            if (q.failure() == null) {
+                try {
+                    q.publishUsed(); // what this burst delivered so far: the frontend reads used.idx when it stops
+                } catch (RuntimeException | Error e) {
+                    log.warn(name + " rx queue " + index + ": publishing the last frames failed: " + e);
+                }
             }
             q.releaseMemory();
             return q.vringBase();
@@ -149,7 +163,7 @@ final class NetRxQueue {
             if (running) {
                 try {
                     if (unnotified > 0) {
-                        toSignal = decideInterrupt();
+                        toSignal = decideInterrupt(); // publishes the burst's used entries first
                     }
                     vq.releaseMemory(); // end of the sender's burst: nothing of this ring is in use
                 } catch (VirtqueueException | RuntimeException | Error e) {
@@ -163,6 +177,7 @@ final class NetRxQueue {
     /** Under the lock: the call eventfd to write after unlocking (counted in {@link #signalling}), or null. */
     private EventFd decideInterrupt() throws VirtqueueException {
         unnotified = 0;
+        vq.publishUsed(); // the frames delivered since the last time, with one used-index store
         if (call != null && vq.needsNotification()) {
             signalling++;
             return call;
@@ -222,17 +237,17 @@ final class NetRxQueue {
         long cap = first.writableBytes();
         if (!mergeable) {
             if (cap < need) {
-                vq.push(first, 0);
+                vq.pushBatched(first, 0);
                 tx.increment(PortStat.TX_DROPPED_BUFFER_TOO_SMALL);
                 return false;
             }
             writeHeader(first, 1);
             Chains.scatter(first, headerSize, f.buffer(), f.offset(), len);
-            vq.push(first, need);
+            vq.pushBatched(first, need);
             return true;
         }
         if (cap < headerSize) { // §5.1.6.3.1: every merge buffer holds at least a header
-            vq.push(first, 0);
+            vq.pushBatched(first, 0);
             tx.increment(PortStat.TX_DROPPED_BUFFER_TOO_SMALL);
             return false;
         }
@@ -259,7 +274,7 @@ final class NetRxQueue {
         }
         writeHeader(first, n);
         for (int i = 0; i < n; i++) {
-            vq.push(chains[i], lengths[i]);
+            vq.pushBatched(chains[i], lengths[i]);
         }
         return true;
     }
@@ -267,7 +282,7 @@ final class NetRxQueue {
     /** Gives popped chains back untouched (length 0) so the guest can repost them. */
     private void returnUnused(int n) throws VirtqueueException {
         for (int i = 0; i < n; i++) {
-            vq.push(chains[i], 0);
+            vq.pushBatched(chains[i], 0);
         }
     }
 

@@ -18,6 +18,8 @@ import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
+import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
 import java.io.IOException;
@@ -56,8 +58,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
      * as soon as the walk reaches the bound, which keeps per-request state small whatever the guest builds.
      */
     public static final int MAX_CHAIN = 256;
-    private static final long RING_FEATURES = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_F_RING_PACKED
-            | Features.VIRTIO_RING_F_EVENT_IDX | Features.VIRTIO_RING_F_INDIRECT_DESC;
+    private static final long RING_FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_F_RING_PACKED
+            | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC;
 
     /**
      * @param socket     where to listen
@@ -308,7 +310,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             throw new BackendException("queue " + index + " does not exist: " + options.queuePairs() + " queue pair(s)");
         }
         long f = setup.features();
-        boolean version1 = (f & Features.VIRTIO_F_VERSION_1) != 0;
+        boolean version1 = (f & VirtioFeatures.VIRTIO_F_VERSION_1) != 0;
         boolean mrg = (f & VirtioNet.F_MRG_RXBUF) != 0;
         int hdr = version1 || mrg ? VirtioNet.HDR_SIZE : VirtioNet.HDR_SIZE_LEGACY;
         Virtqueue vq;
@@ -318,7 +320,12 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             throw new BackendException(name() + ": cannot attach queue " + index + ": " + e.getMessage());
         }
         if (index % 2 == 0) {
-            rxQueues[pair].start(this, vq, setup.call(), setup.err(), hdr, mrg);
+            try {
+                rxQueues[pair].start(this, vq, setup.call(), setup.err(), hdr, mrg);
+            } catch (VirtqueueException e) {
+                vq.releaseMemory();
+                throw new BackendException(name() + ": cannot start receive queue " + index + ": " + e.getMessage());
+            }
             synchronized (control) {
                 if (!announced) {
                     announced = true;
@@ -378,7 +385,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     @Override
     public int deviceStatus() {
-        return needsReset ? 0x40 : 0; // DEVICE_NEEDS_RESET after a queue failed
+        return needsReset ? DeviceStatus.DEVICE_NEEDS_RESET : 0; // after a queue failed
     }
 
     @Override

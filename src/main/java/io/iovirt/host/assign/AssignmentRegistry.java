@@ -52,22 +52,24 @@ public final class AssignmentRegistry {
 
     public List<Assignment> list() {
         List<Assignment> out = new ArrayList<>();
-        Path file = store.dir().resolve(TABLE);
-        int line = 1;
-        for (String[] row : store.read(TABLE)) {
-            line++;
+        List<String[]> rows = store.read(TABLE);
+        for (int i = 0; i < rows.size(); i++) {
+            String[] row = rows.get(i);
             if (row.length != 3) {
-                throw damaged(file, line, "expected 'BDF VM TIME'");
+                throw store.damaged(TABLE, i, "expected 'BDF VM TIME'");
             }
-            Bdf bdf = Bdf.tryParse(row[0]);
-            if (bdf == null || !VM_NAME.matcher(row[1]).matches()) {
-                throw damaged(file, line, "bad PCI address or VM name");
+            Bdf bdf = StateStore.bdf(row[0]);
+            if (bdf == null) {
+                throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[0]) + "' is not a PCI address (DDDD:BB:DD.F)");
+            }
+            if (!VM_NAME.matcher(row[1]).matches()) {
+                throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[1]) + "' is not a VM name");
             }
             Instant since;
             try {
                 since = Instant.parse(row[2]);
             } catch (DateTimeParseException e) {
-                throw damaged(file, line, "bad time '" + SysfsTree.printable(row[2]) + "'");
+                throw store.damaged(TABLE, i, "bad time '" + SysfsTree.printable(row[2]) + "'");
             }
             out.add(new Assignment(bdf, row[1], since));
         }
@@ -161,10 +163,5 @@ public final class AssignmentRegistry {
             rows.add(new String[] {a.bdf().toString(), a.vm(), a.since().toString()});
         }
         store.write(TABLE, rows);
-    }
-
-    private static HostConfigException damaged(Path file, int line, String why) {
-        return new HostConfigException(file + " line " + line + " is damaged: " + why,
-                "it was edited outside iovirt; fix or remove that line");
     }
 }

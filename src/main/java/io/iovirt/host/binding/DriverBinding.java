@@ -245,41 +245,79 @@ public final class DriverBinding {
         return problems;
     }
 
-    /** Whether iovirt moved {@code bdf} to its current driver (it remembered the driver the device had before). */
-    public boolean boundByIovirt(Bdf bdf) {
-        for (String[] row : store.read(TABLE)) {
-            if (row.length == 2 && row[0].equals(bdf.toString())) {
-                return true;
-            }
-        }
-        return false;
+    /**
+     * One row of the drivers table: {@code bdf} had {@code driver} (null: none) before iovirt first bound it.
+     * {@code driver} ends up in a sysfs path ({@code bus/pci/drivers/<driver>/bind}), so every row is checked when
+     * read: a tampered name never reaches sysfs.
+     */
+    public record Remembered(Bdf bdf, String driver) {
     }
 
-    /** The driver remembered for {@code bdf} before iovirt first bound it, or null. */
-    public String previousDriver(Bdf bdf) {
-        for (String[] row : store.read(TABLE)) {
-            if (row.length == 2 && row[0].equals(bdf.toString())) {
-                return row[1].equals(NONE) ? null : row[1];
+    /** The drivers table, every row checked (a bad row fails with the file and line). */
+    public static List<Remembered> remembered(StateStore store) {
+        List<String[]> rows = store.read(TABLE);
+        List<Remembered> out = new ArrayList<>(rows.size());
+        for (int i = 0; i < rows.size(); i++) {
+            String[] row = rows.get(i);
+            if (row.length != 2) {
+                throw store.damaged(TABLE, i, "expected 'BDF DRIVER'");
+            }
+            Bdf bdf = StateStore.bdf(row[0]);
+            if (bdf == null) {
+                throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[0]) + "' is not a PCI address (DDDD:BB:DD.F)");
+            }
+            if (!row[1].equals(NONE) && !isDriverName(row[1])) {
+                throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[1]) + "' is not a driver name");
+            }
+            out.add(new Remembered(bdf, row[1].equals(NONE) ? null : row[1]));
+        }
+        return out;
+    }
+
+    /** Replaces the drivers table. Call with the state lock held. */
+    public static void saveRemembered(StateStore store, List<Remembered> rows) {
+        List<String[]> out = new ArrayList<>(rows.size());
+        for (Remembered r : rows) {
+            out.add(new String[] {r.bdf().toString(), r.driver() == null ? NONE : checkDriverName(r.driver())});
+        }
+        store.write(TABLE, out);
+    }
+
+    private Remembered rememberedFor(Bdf bdf) {
+        for (Remembered r : remembered(store)) {
+            if (r.bdf().equals(bdf)) {
+                return r;
             }
         }
         return null;
     }
 
+    /** Whether iovirt moved {@code bdf} to its current driver (it remembered the driver the device had before). */
+    public boolean boundByIovirt(Bdf bdf) {
+        return rememberedFor(bdf) != null;
+    }
+
+    /** The driver remembered for {@code bdf} before iovirt first bound it, or null. */
+    public String previousDriver(Bdf bdf) {
+        Remembered r = rememberedFor(bdf);
+        return r == null ? null : r.driver();
+    }
+
     private void rememberPrevious(Bdf bdf, String driver) {
-        List<String[]> rows = new ArrayList<>(store.read(TABLE));
-        for (String[] row : rows) {
-            if (row.length == 2 && row[0].equals(bdf.toString())) {
+        List<Remembered> rows = new ArrayList<>(remembered(store));
+        for (Remembered r : rows) {
+            if (r.bdf().equals(bdf)) {
                 return; // keep the original host driver across vfio-pci ↔ pci-stub moves
             }
         }
-        rows.add(new String[] {bdf.toString(), driver == null ? NONE : driver});
-        store.write(TABLE, rows);
+        rows.add(new Remembered(bdf, driver));
+        saveRemembered(store, rows);
     }
 
     private void forgetPrevious(Bdf bdf) {
-        List<String[]> rows = new ArrayList<>(store.read(TABLE));
-        if (rows.removeIf(r -> r.length >= 1 && r[0].equals(bdf.toString()))) {
-            store.write(TABLE, rows);
+        List<Remembered> rows = new ArrayList<>(remembered(store));
+        if (rows.removeIf(r -> r.bdf().equals(bdf))) {
+            saveRemembered(store, rows);
         }
     }
 
@@ -334,8 +372,12 @@ public final class DriverBinding {
         log.add(sys.path(relative) + " <- " + (value.equals("\n") ? "(clear)" : value) + (dryRun ? " (would write)" : ""));
     }
 
+    private static boolean isDriverName(String driver) {
+        return driver != null && DRIVER_NAME.matcher(driver).matches() && !driver.equals(".") && !driver.equals("..");
+    }
+
     static String checkDriverName(String driver) {
-        if (driver == null || !DRIVER_NAME.matcher(driver).matches() || driver.equals(".") || driver.equals("..")) {
+        if (!isDriverName(driver)) {
             throw new HostConfigException("'" + SysfsTree.printable(String.valueOf(driver)) + "' is not a driver name",
                     "name a PCI driver as in /sys/bus/pci/drivers, e.g. vfio-pci");
         }

@@ -263,9 +263,9 @@ public final class SriovManager {
             return;
         }
         StateStore store = registry.store();
-        List<String[]> rows = new ArrayList<>(store.read(DriverBinding.TABLE));
-        if (rows.removeIf(r -> r.length >= 1 && vfs.stream().anyMatch(v -> v.toString().equals(r[0])))) {
-            store.write(DriverBinding.TABLE, rows);
+        List<DriverBinding.Remembered> rows = new ArrayList<>(DriverBinding.remembered(store));
+        if (rows.removeIf(r -> vfs.contains(r.bdf()))) {
+            DriverBinding.saveRemembered(store, rows);
         }
     }
 

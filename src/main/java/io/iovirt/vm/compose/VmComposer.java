@@ -87,6 +87,7 @@ public final class VmComposer implements AutoCloseable {
         // A guest in auto mode may be booted again under TCG after it started, so only a sure KVM gets MSI-X here.
         boolean kvm = accel.kind() == Accelerator.Kind.KVM && !accel.mayFallBack();
         int d = 0;
+        int ahciPort = 0;
         for (VmSpec.Disk disk : spec.disks()) {
             String id = "disk" + d++;
             String ro = disk.readOnly() ? ",readonly=on" : "";
@@ -101,8 +102,8 @@ public final class VmComposer implements AutoCloseable {
                 devices.add(new Device("PV", "virtio-blk " + disk.image() + " (" + img.format()
                         + ") served by iovirt over vhost-user (MSI-X via eventfds)"));
             } else {
-                // QEMU emulates the AHCI controller and disk; the blocks come from iovirt's storage over NBD, so
-                // both paths run through the same image code (qcow2, flush semantics, locking).
+                // QEMU emulates the controller (AHCI or NVMe) and the disk; the blocks come from iovirt's storage
+                // over NBD, so both paths run through the same image code (qcow2, flush semantics, locking).
                 Path sock = runDir.resolve("nbd.sock");
                 if (nbd == null) {
                     nbd = NbdServer.startUnix(sock, NbdServer.DEFAULT_MAX_CONNECTIONS);
@@ -111,15 +112,28 @@ public final class VmComposer implements AutoCloseable {
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
                 nbd.addExport(new NbdExport(id, img, disk.readOnly()));
-                if (!modules.contains("ahci")) {
-                    args.addAll(List.of("-device", "ahci,id=ahci0"));
-                }
                 args.addAll(List.of("-drive", "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(sock.toString())
-                                + ",export=" + id + ",if=none,id=" + id + ",cache.direct=off" + ro,
-                        "-device", "ide-hd,drive=" + id + ",bus=ahci0." + (d - 1)));
-                modules.addAll(List.of("ahci", "sd_mod"));
-                devices.add(new Device("FV", "AHCI disk " + disk.image() + " (" + img.format()
-                        + ") emulated by QEMU, its blocks served by iovirt over NBD"));
+                        + ",export=" + id + ",if=none,id=" + id + ",cache.direct=off" + ro));
+                if (disk.bus() == VmSpec.Bus.NVME) {
+                    // one NVMe controller per disk, its namespace 1 on the drive; the serial is the controller's
+                    // identity (required by QEMU's nvme device)
+                    args.addAll(List.of("-device", "nvme,drive=" + id + ",serial=" + serial(id)));
+                    modules.add("nvme");
+                    devices.add(new Device("FV", "NVMe disk " + disk.image() + " (" + img.format()
+                            + ") emulated by QEMU, its blocks served by iovirt over NBD"));
+                } else {
+                    if (ahciPort == 6) {
+                        throw new IllegalArgumentException("disk " + disk.image() + ": QEMU's AHCI controller has 6 ports,"
+                                + " all taken by earlier fv disks; put this one on NVMe (fv:IMAGE,bus=nvme)");
+                    }
+                    if (!modules.contains("ahci")) {
+                        args.addAll(List.of("-device", "ahci,id=ahci0"));
+                        modules.addAll(List.of("ahci", "sd_mod"));
+                    }
+                    args.addAll(List.of("-device", "ide-hd,drive=" + id + ",bus=ahci0." + ahciPort++));
+                    devices.add(new Device("FV", "AHCI disk " + disk.image() + " (" + img.format()
+                            + ") emulated by QEMU, its blocks served by iovirt over NBD"));
+                }
             }
         }
         int n = 0;

@@ -20,9 +20,30 @@ public record VmSpec(String name, Profile profile, int memoryMiB, int cpus, List
 
     public enum Kind { FV, PV }
 
-    public record Disk(Kind kind, Path image, boolean readOnly) {
+    /** The controller QEMU emulates for an FV disk. */
+    public enum Bus { AHCI, NVME }
+
+    /**
+     * @param bus for {@link Kind#FV}: the emulated controller (a SATA disk on AHCI, or an NVMe controller with one
+     *            namespace); a PV disk is always virtio-blk and takes only {@link Bus#AHCI}, the default
+     */
+    public record Disk(Kind kind, Path image, boolean readOnly, Bus bus) {
         public Disk {
             Objects.requireNonNull(image, "image");
+            Objects.requireNonNull(bus, "bus");
+            if (kind == Kind.PV && bus != Bus.AHCI) {
+                throw new IllegalArgumentException("disk " + image + ": bus=" + bus.name().toLowerCase(java.util.Locale.ROOT)
+                        + " is an emulated controller, a pv disk is virtio-blk (use fv:" + image + ",bus=nvme)");
+            }
+            if (kind == Kind.FV && bus == Bus.AHCI && readOnly) {
+                // measured: QEMU 7.2 refuses it at start ("-device ide-hd: Block node is read-only")
+                throw new IllegalArgumentException("disk " + image + ": QEMU's emulated SATA disk (ide-hd) cannot be"
+                        + " read-only; use fv:" + image + ",ro,bus=nvme, or pv:" + image + ",ro");
+            }
+        }
+
+        public Disk(Kind kind, Path image, boolean readOnly) {
+            this(kind, image, readOnly, Bus.AHCI);
         }
     }
 

@@ -22,6 +22,8 @@ import io.iovirt.vhostuser.VhostUserFrontend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;
+import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
 import java.io.IOException;
@@ -66,7 +68,7 @@ class HostileBlkFrontendTest {
             fe.getFeatures();
             fe.setProtocolFeatures(fe.getProtocolFeatures());
             fe.setOwner();
-            fe.setFeatures(Features.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
+            fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
             fe.setMemTable(List.of(ram.descriptor()));
             ring = SplitDriverRing.create(mem, alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
             fe.setVringNum(0, QSIZE);
@@ -137,7 +139,7 @@ class HostileBlkFrontendTest {
             long big = d.alloc(Integer.MAX_VALUE, 4096);
             assertEquals(S_IOERR, d.awaitStatus(d.read(big, 0x8000_0000L)), "2 GiB segment > size_max: IOERR");
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "the queue still serves");
-            assertEquals(0, d.fe.getStatus() & 0x40, "no NEEDS_RESET: the request was answered");
+            assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET: the request was answered");
         }
     }
 

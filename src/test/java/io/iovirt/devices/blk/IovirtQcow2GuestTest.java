@@ -7,11 +7,15 @@ import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.host.HostPaths;
+import io.iovirt.nbd.NbdExportStats;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.GuestResult;
 import io.iovirt.vm.IovirtCli;
 import io.iovirt.vm.QemuGuest;
+import io.iovirt.vm.compose.VmComposer;
+import io.iovirt.vm.compose.VmSpec;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -159,6 +163,48 @@ class IovirtQcow2GuestTest {
         check(img, false);
         Path g = dir.resolve("g.bin");
         Files.write(g, guestData);
+        ok("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img.toString(), dir.resolve("out.raw").toString());
+        byte[] out = Files.readAllBytes(dir.resolve("out.raw"));
+        assertEquals(VhostUserBlkGuestTest.sha256(guestData),
+                VhostUserBlkGuestTest.sha256(Arrays.copyOfRange(out, 20 * MIB, 24 * MIB)), "qemu-img does not see the guest's write");
+    }
+
+    /**
+     * The composer's NVMe disk kind ({@code vm run --disk fv:IMG,bus=nvme}): QEMU's emulated NVMe controller on
+     * iovirt's NBD export of a qcow2 image; the AHCI test's data checks, on the NVMe path.
+     */
+    @Test
+    void composedEmulatedNvmeDiskOnTheNbdExportPassesTheDataChecks() throws Exception {
+        Path img = dir.resolve("nvme.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        qemuIoOk(img, "qcow2", "write -P 0x5f 8M 4M");
+        byte[] guestData = VhostUserBlkGuestTest.pattern(24, 4 * MIB);
+        VmSpec spec = new VmSpec("nvme-fv", VmSpec.Profile.HVM, 384, 1,
+                List.of(new VmSpec.Disk(VmSpec.Kind.FV, img, false, VmSpec.Bus.NVME)), List.of(), List.of(), List.of());
+        try (VmComposer c = VmComposer.compose(spec, Files.createDirectories(dir.resolve("run")), HostPaths.system().withStateDir(dir.resolve("state")))) {
+            assertTrue(c.qemuArgs().stream().anyMatch(a -> a.startsWith("nvme,drive=")), c.qemuArgs().toString());
+            GuestResult r = QemuGuest.builder(image).name("qcow2/nvme-nbd").workDir(dir).memoryMiB(384)
+                    .modules(c.modules().toArray(String[]::new)).fio()
+                    .args(c.qemuArgs()).file("/root/g.bin", guestData, 0644)
+                    .payload(WAIT.replace("DEV", "nvme0n1") + """
+                            echo model=$(cat /sys/block/nvme0n1/device/model | tr -d ' ')
+                            echo sha=$(dd if=/dev/nvme0n1 bs=1M skip=8 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+                            dd if=/root/g.bin of=/dev/nvme0n1 bs=1M seek=20 oflag=direct conv=fsync 2>/dev/null
+                            fio --name=verify --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 --rw=randwrite --offset=32M \\
+                                --bsrange=4k-64k --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \\
+                                --verify_state_save=0 --randseed=43
+                            """).build().run(TIMEOUT.multipliedBy(2));
+            assertEquals(0, r.exitCode(), r.consoleTail(60));
+            assertTrue(r.field("model").contains("QEMU"), r.field("model")); // QEMU's emulated controller
+            byte[] want = new byte[4 * MIB];
+            Arrays.fill(want, (byte) 0x5f);
+            assertEquals(VhostUserBlkGuestTest.sha256(want), r.field("sha"));
+            assertTrue(r.output().contains("err= 0"), r.output());
+            // the blocks went through iovirt's NBD export, not QEMU's file driver
+            NbdExportStats st = c.nbdServer().exports().iterator().next().stats();
+            assertTrue(st.writes.sum() >= 1 && st.flushes.sum() >= 1, st.toString());
+        }
+        check(img, false);
         ok("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img.toString(), dir.resolve("out.raw").toString());
         byte[] out = Files.readAllBytes(dir.resolve("out.raw"));
         assertEquals(VhostUserBlkGuestTest.sha256(guestData),

@@ -10,8 +10,9 @@ import io.iovirt.linux.MemFd;
 import io.iovirt.net.Mac;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.Switch;
-import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.LogCapture;
+import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.lang.management.ManagementFactory;
 import java.nio.file.Path;
@@ -35,8 +36,8 @@ class HostileNetFrontendTest {
     static final long A = Mac.parse("52:54:00:00:00:0a");
     static final long B = Mac.parse("52:54:00:00:00:0b");
     static final long C = Mac.parse("52:54:00:00:00:0c");
-    static final long BASE = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
-            | Features.VIRTIO_RING_F_INDIRECT_DESC | VirtioNet.F_MRG_RXBUF;
+    static final long BASE = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC | VirtioNet.F_MRG_RXBUF;
     static final Duration BOUND = Duration.ofSeconds(20);
 
     @TempDir
@@ -143,7 +144,7 @@ class HostileNetFrontendTest {
             b.awaitTxUsed(0, 10);
             String line = log.awaitLine("queue 0: guest memory access faulted");
             assertTrue(line.contains(pa.name()), line);
-            assertEquals(0x40, a.fe.getStatus() & 0x40, "A's device needs a reset");
+            assertEquals(DeviceStatus.DEVICE_NEEDS_RESET, a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "A's device needs a reset");
             honestTrafficFlows(b, c, 1); // B's thread survived the fault in A's memory
             assertTrue(pb.stats().get(PortStat.RX_DROPPED_MALFORMED) == 0);
         }
@@ -186,7 +187,7 @@ class HostileNetFrontendTest {
             assertTrue(line.contains("BAD_INDIRECT_TABLE") || line.contains("CHAIN_TOO_LONG"), line);
             VirtioNetPortTest.await(() -> {
                 try {
-                    return (a.fe.getStatus() & 0x40) != 0;
+                    return (a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET) != 0;
                 } catch (IOException e) {
                     throw new RuntimeException(e);
                 }

@@ -7,11 +7,11 @@ import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.net.Mac;
 import io.iovirt.net.Switch;
-import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.DescriptorChain;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;
+import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.Virtqueue;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -102,7 +102,7 @@ public class NetPathBench {
             VirtioNetPort out = sw.addPort(new VirtioNetPort(VirtioNetPort.Options.of(dir.resolve("out.sock"))));
             rxDriver = SplitDriverRing.create(mem, 0x10000, SIZE, true);
             out.queueStarted(0, new VringSetup(0, SIZE, rxDriver.descAddr(), rxDriver.driverAreaAddr(),
-                    rxDriver.deviceAreaAddr(), 0, Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
+                    rxDriver.deviceAreaAddr(), 0, VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
                     | VirtioNet.F_MRG_RXBUF, null, call, null, holder));
             rxBufs = 0x200000;
             for (int i = 0; i < SIZE; i++) {

@@ -15,7 +15,8 @@ import io.iovirt.net.PortStats;
 import io.iovirt.net.Switch;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Frames;
-import io.iovirt.vhostuser.Features;
+import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
@@ -39,8 +40,8 @@ import org.junit.jupiter.params.provider.ValueSource;
 class VirtioNetPortTest {
     static final long A = Mac.parse("52:54:00:00:00:0a");
     static final long B = Mac.parse("52:54:00:00:00:0b");
-    static final long BASE = Features.VIRTIO_F_VERSION_1 | Features.VIRTIO_RING_F_EVENT_IDX
-            | Features.VIRTIO_RING_F_INDIRECT_DESC;
+    static final long BASE = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC;
 
     @TempDir
     Path dir;
@@ -71,10 +72,10 @@ class VirtioNetPortTest {
         sw = new Switch(Switch.Config.defaults());
         VirtioNetPort pa = port("a.sock", 1, -1);
         VirtioNetPort pb = port("b.sock", 1, -1);
-        long f = BASE | VirtioNet.F_MRG_RXBUF | (packed ? Features.VIRTIO_F_RING_PACKED : 0);
+        long f = BASE | VirtioNet.F_MRG_RXBUF | (packed ? VirtioFeatures.VIRTIO_F_RING_PACKED : 0);
         try (NetDriver a = new NetDriver(pa.options().socket(), f, 1);
              NetDriver b = new NetDriver(pb.options().socket(), f, 1)) {
-            assertEquals(packed, a.negotiated(Features.VIRTIO_F_RING_PACKED));
+            assertEquals(packed, a.negotiated(VirtioFeatures.VIRTIO_F_RING_PACKED));
             await(() -> pa.isLinkUp() && pb.isLinkUp(), "links up");
             a.postRx(0, 2048, 64);
             b.postRx(0, 2048, 64);
@@ -229,7 +230,7 @@ class VirtioNetPortTest {
             c.postRx(0, 2048, 8);
             // a's transmit descriptor points far outside its memory
             a.sendRawAt(0, 0x7fff_0000_0000L, 100);
-            await(() -> pa.deviceStatus() == 0x40, "DEVICE_NEEDS_RESET");
+            await(() -> pa.deviceStatus() == DeviceStatus.DEVICE_NEEDS_RESET, "DEVICE_NEEDS_RESET");
             byte[] fr = frame(Mac.parse("52:54:00:00:00:0c"), B, 80);
             b.send(0, fr);
             assertArrayEquals(fr, c.receive(0), "the switch and the other ports carry on");

@@ -2,6 +2,7 @@
 package io.iovirt.host.binding;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -13,6 +14,7 @@ import io.iovirt.host.HostConfigException;
 import io.iovirt.host.StateStore;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.pci.Bdf;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
@@ -179,6 +181,35 @@ class DriverBindingTest {
         HostConfigException e = assertThrows(HostConfigException.class,
                 () -> binding(h).bind(Bdf.parse("0000:03:10.2"), "../../../x", false));
         assertTrue(e.getMessage().contains("is not a driver name"), e.getMessage());
+    }
+
+    @Test
+    void aTamperedRememberedDriverNeverReachesSysfs() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        h.dev("0000:04:00.0").attr("driver_override", "vfio-pci\n");
+        h.driver("nouveau");
+        new StateStore(h.state).write(DriverBinding.TABLE, List.<String[]>of(
+                new String[] {"0000:03:10.0", "igbvf"}, new String[] {"0000:04:00.0", "nouveau"}));
+        Path file = h.state.resolve(DriverBinding.TABLE);
+        String good = Files.readString(file);
+        // Each tampering keeps the file's frame (header, trailer, row count) intact: only the row check catches it.
+        for (String[] t : List.of(
+                new String[] {"0000:04:00.0 nouveau", "0000:04:00.0 ../../../../../tmp/x", "line 3 is damaged: '../../../../../tmp/x' is not a driver name"},
+                new String[] {"0000:04:00.0 nouveau", "0000:04:00.0 ..", "line 3 is damaged: '..' is not a driver name"},
+                new String[] {"0000:03:10.0 igbvf", "03:10.0 igbvf", "line 2 is damaged: '03:10.0' is not a PCI address"},
+                new String[] {"0000:03:10.0 igbvf", "0000:03:10.0/../.. igbvf", "line 2 is damaged: '0000:03:10.0/../..' is not a PCI address"},
+                new String[] {"0000:04:00.0 nouveau", "0000:04:00.0 nouveau extra", "line 3 is damaged: expected 'BDF DRIVER'"})) {
+            Files.writeString(file, good.replace(t[0], t[1]));
+            String before = h.read("bus/pci/drivers/vfio-pci/unbind");
+            HostConfigException e = assertThrows(HostConfigException.class,
+                    () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false), t[1]);
+            assertTrue(e.getMessage().contains(file + " " + t[2]), e.getMessage());
+            assertTrue(e.remedy().contains("fix or remove that line"), e.remedy());
+            assertEquals(before, h.read("bus/pci/drivers/vfio-pci/unbind"), "nothing was written to sysfs for: " + t[1]);
+            assertFalse(Files.exists(tmp.resolve("tmp/x")));
+        }
+        Files.writeString(file, good);
+        assertEquals("nouveau", binding(h).previousDriver(Bdf.parse("0000:04:00.0")));
     }
 
     @Test

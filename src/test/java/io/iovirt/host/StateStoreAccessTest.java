@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.host;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.testing.Require;
+import io.iovirt.vm.ChildProcess;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.List;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The state directory's access rules: 0700 and 0600 whatever the umask, and a directory or table others could
+ * have rewritten is refused with the remedy.
+ */
+class StateStoreAccessTest {
+    @TempDir
+    Path tmp;
+
+    private static String mode(Path p) throws Exception {
+        return PosixFilePermissions.toString(Files.getPosixFilePermissions(p, LinkOption.NOFOLLOW_LINKS));
+    }
+
+    private static List<String[]> rows() {
+        return List.<String[]>of(new String[] {"0000:03:10.0", "igbvf"});
+    }
+
+    @Test
+    void createdOwnerOnlyUnderAnOpenUmask() throws Exception {
+        // The umask is per process and Java cannot set it: run the writer in a child under umask 000.
+        Path dir = tmp.resolve("a/state");
+        String java = ProcessHandle.current().info().command().orElseThrow();
+        List<String> cmd = List.of("sh", "-c", "umask 000; exec \"$0\" -cp \"$1\" " + StateWriterMain.class.getName() + " \"$2\"",
+                java, System.getProperty("java.class.path"), dir.toString());
+        try (ChildProcess child = ChildProcess.builder(cmd).name("state writer").log(tmp.resolve("writer.log")).start()) {
+            assertTrue(child.waitFor(Duration.ofSeconds(120)), "the writer did not end: " + child.logTail(20));
+            assertEquals(0, child.exitValue(), child.logTail(20));
+        }
+        assertEquals("rwx------", mode(dir));
+        try (Stream<Path> files = Files.list(dir)) {
+            for (Path f : files.toList()) {
+                assertEquals("rw-------", mode(f), f.toString());
+            }
+        }
+        assertEquals("rw-------", mode(dir.resolve("t")));
+        assertEquals("rw-------", mode(dir.resolve("lock")));
+    }
+
+    @Test
+    void aReadableDirectoryOfOursIsNarrowed() throws Exception {
+        Path dir = Files.createDirectory(tmp.resolve("state"));
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x"));
+        StateStore s = new StateStore(dir);
+        s.locked(() -> {
+            s.write("t", rows());
+            return null;
+        });
+        assertEquals("rwx------", mode(dir));
+        assertEquals("igbvf", s.read("t").get(0)[1]);
+    }
+
+    @Test
+    void aDirectoryOrTableOthersCanWriteIsRefused() throws Exception {
+        Path dir = Files.createDirectory(tmp.resolve("state"));
+        StateStore s = new StateStore(dir);
+        s.locked(() -> {
+            s.write("t", rows());
+            return null;
+        });
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxrwxrwx"));
+        HostConfigException d = assertThrows(HostConfigException.class, () -> s.read("t"));
+        assertTrue(d.getMessage().contains("the state directory " + dir + " is writable by other users (mode rwxrwxrwx)"), d.getMessage());
+        assertTrue(d.remedy().contains("chmod 0700 " + dir), d.remedy());
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwx------"));
+
+        Files.setPosixFilePermissions(dir.resolve("t"), PosixFilePermissions.fromString("rw-rw-r--"));
+        HostConfigException f = assertThrows(HostConfigException.class, () -> s.read("t"));
+        assertTrue(f.getMessage().contains(dir.resolve("t") + " is writable by other users (mode rw-rw-r--)"), f.getMessage());
+        assertTrue(f.remedy().contains("chmod 0600"), f.remedy());
+        Files.setPosixFilePermissions(dir.resolve("t"), PosixFilePermissions.fromString("rw-------"));
+
+        Path elsewhere = Files.writeString(tmp.resolve("elsewhere"), "iovirt-t 1\nend 0\n");
+        Files.delete(dir.resolve("t"));
+        Files.createSymbolicLink(dir.resolve("t"), elsewhere);
+        HostConfigException l = assertThrows(HostConfigException.class, () -> s.read("t"));
+        assertTrue(l.getMessage().contains("is not a regular file"), l.getMessage());
+    }
+
+    @Test
+    void aDirectoryOfAnotherUidIsRefused() throws Exception {
+        Require.that(io.iovirt.linux.SocketAccess.ownUid() == 0, "this test changes a directory's owner: run the suite as root");
+        Path dir = Files.createDirectory(tmp.resolve("state"));
+        Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwx------"));
+        Files.setAttribute(dir, "unix:uid", 65534);
+        HostConfigException e = assertThrows(HostConfigException.class, () -> new StateStore(dir).read("t"));
+        assertTrue(e.getMessage().contains("belongs to uid 65534, not to us (uid 0)"), e.getMessage());
+        assertTrue(e.remedy().contains("run iovirt as uid 65534"), e.remedy());
+    }
+}

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.vhostuser;
+
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The socket ownership lock behind {@code serve blk --standby}: one owner at a time; a second server is refused with
+ * the remedy; a standby waits and takes over when the owner lets go (OFD locks conflict between open file
+ * descriptions, so this works within one process as across processes).
+ */
+class SocketOwnerTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void aSecondOwnerIsRefusedAndAStandbyTakesOverWhenTheFirstLetsGo() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        SocketOwner first = SocketOwner.acquire(sock);
+        IOException e = assertThrows(IOException.class, () -> SocketOwner.acquire(sock));
+        assertTrue(e.getMessage().contains("--standby"), e.getMessage());
+
+        CompletableFuture<SocketOwner> standby = CompletableFuture.supplyAsync(() -> {
+            try {
+                return SocketOwner.await(sock);
+            } catch (IOException x) {
+                throw new RuntimeException(x);
+            }
+        }, r -> Thread.ofPlatform().start(r));
+        Thread.sleep(200);
+        assertFalse(standby.isDone(), "the standby waits while the socket is served");
+        first.close();
+        try (SocketOwner second = standby.get(60, TimeUnit.SECONDS)) {
+            assertNotNull(second);
+            assertThrows(IOException.class, () -> SocketOwner.acquire(sock));
+        }
+        SocketOwner.acquire(sock).close(); // free again
+    }
+}
