@@ -58,7 +58,7 @@ final class ServeNbdCommand implements Callable<Integer> {
     @Option(names = "--format", paramLabel = "raw|qcow2", description = "Image format, overriding detection from the header.")
     String format;
 
-    @Option(names = "--direct", description = "Open a raw image with O_DIRECT.")
+    @Option(names = "--direct", description = "Open the image with O_DIRECT (raw, or qcow2: its data and metadata; a backing chain stays buffered); clients then address it in whole blocks of the file system's direct I/O alignment.")
     boolean direct;
 
     @Option(names = "--max-connections", defaultValue = "16", paramLabel = "N",
@@ -93,8 +93,9 @@ final class ServeNbdCommand implements Callable<Integer> {
                     : NbdServer.startTcp(host, port, maxConnections);
             try (server) {
                 server.addExport(export);
-                LOG.info(String.format("exporting %s (%s, %s%s) as '%s' over NBD on %s", image, img.format(),
-                        ByteSizes.human(img.size()), export.readOnly() ? ", read-only" : "", name, server.address()));
+                LOG.info(String.format("exporting %s (%s, %s%s%s) as '%s' over NBD on %s", image, img.format(),
+                        ByteSizes.human(img.size()), export.readOnly() ? ", read-only" : "",
+                        img.direct() ? ", O_DIRECT in " + img.blockSize() + "-byte blocks" : "", name, server.address()));
                 Thread stats = logOptions.startStats(() -> logStats("counters: ", export));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (clients are disconnected after their current request)");

@@ -27,7 +27,7 @@ public final class Images {
      *
      * @param format   the format, or null to detect it from the header
      * @param readOnly refuse writes (backing files are always opened read-only)
-     * @param direct   O_DIRECT data I/O (raw only)
+     * @param direct   O_DIRECT I/O (raw; qcow2 data and metadata, its backing chain stays buffered)
      * @throws IOException naming the image, what is wrong and what to do
      */
     public static DiskImage open(Path path, ImageFormat format, boolean readOnly, boolean direct) throws IOException {
@@ -61,12 +61,7 @@ public final class Images {
         }
         return switch (f) {
             case RAW -> RawImage.open(path, readOnly, direct);
-            case QCOW2 -> {
-                if (direct) {
-                    throw new IOException("image " + path + " is qcow2: O_DIRECT is supported for raw images only; drop --direct");
-                }
-                yield Qcow2Image.open(path, readOnly);
-            }
+            case QCOW2 -> Qcow2Image.open(path, readOnly, direct);
             default -> throw new IOException("image " + path + " is " + f.description() + ": iovirt serves raw and qcow2 "
                     + "images only — convert it with 'qemu-img convert -O qcow2 " + path + " NEW.qcow2', or pass "
                     + "--format raw to serve its bytes as they are");

@@ -97,7 +97,12 @@ public final class RawImage implements DiskImage {
      * file's size at open, since the format grows it.
      */
     public static RawImage openContainerFile(Path path, boolean readOnly) throws IOException {
-        RawImage f = open(path, readOnly, false);
+        return openContainerFile(path, readOnly, false);
+    }
+
+    /** As {@link #openContainerFile(Path, boolean)}, with O_DIRECT when {@code direct}. */
+    public static RawImage openContainerFile(Path path, boolean readOnly, boolean direct) throws IOException {
+        RawImage f = open(path, readOnly, direct);
         f.growable = true;
         return f;
     }

@@ -86,6 +86,23 @@ class DaemonApiTest {
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(server.path())));
     }
 
+    /** blk.resize of a qcow2 export: the virtual size grows (the L1 table with it); qemu-img agrees and checks clean. */
+    @Test
+    void blkResizeOfAQcow2Image() throws Exception {
+        Path img = dir.resolve("q.qcow2");
+        io.iovirt.storage.qcow2.QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        ok("blk.add", "id", "q", "image", img.toString(), "socket", dir.resolve("q.sock").toString());
+        Map<String, Object> r = ok("blk.resize", "id", "q", "size", "2G");
+        assertEquals(2L << 30, r.get("size"));
+        assertEquals(64L << 20, r.get("old_size"));
+        assertTrue(bad(RpcException.FAILED, "blk.resize", "id", "q", "size", "1G").getMessage().contains("shrink"));
+        assertEquals(2L << 30, ((Map<?, ?>) ((List<?>) ok("blk.list").get("list")).get(0)).get("size"));
+        ok("blk.remove", "id", "q");
+        String info = io.iovirt.storage.qcow2.QemuTools.ok("qemu-img", "info", "--output=json", img.toString());
+        assertTrue(info.contains("\"virtual-size\": 2147483648"), info);
+        io.iovirt.storage.qcow2.QemuTools.check(img, false);
+    }
+
     @Test
     void blkLifecycle() throws Exception {
         Path img = image("d.raw", 8 << 20);

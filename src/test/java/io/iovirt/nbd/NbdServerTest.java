@@ -283,6 +283,22 @@ class NbdServerTest {
         check(img, false);
     }
 
+    /** {@code serve nbd --direct} on a qcow2 image: QEMU's client reads and writes it; the image checks clean. */
+    @Test
+    void directQcow2Export() throws Exception {
+        Path img = dir.resolve("d.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "32M");
+        qemuIoOk(img, "qcow2", "write -P 0x71 1M 1M");
+        try (ChildProcess p = serve(img, "--direct")) {
+            qemuIoOk(uri(), "raw", "read -P 0x71 1M 1M", "write -P 0x72 8M 256k", "write -z 16M 1M",
+                    "read -P 0x72 8M 256k", "read -P 0 16M 1M", "flush");
+            p.stop(Duration.ofSeconds(20));
+            assertTrue(p.log().contains("O_DIRECT") || p.log().contains("direct"), p.log());
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x71 1M 1M", "read -P 0x72 8M 256k");
+    }
+
     @Test
     void readOnlyExportRefusesWrites() throws Exception {
         Path img = dir.resolve("r.qcow2");

@@ -41,6 +41,8 @@ record Qcow2Header(
     static final ValueLayout.OfLong BE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
 
     /** Field offsets iovirt writes. */
+    static final int OFF_SIZE = 24;
+    static final int OFF_L1_SIZE = 36;
     static final int OFF_REFTABLE = 48;
     static final int OFF_INCOMPATIBLE = 72;
     static final int OFF_AUTOCLEAR = 88;

@@ -65,13 +65,20 @@ public final class Qcow2Image implements DiskImage {
     private final Path path;
     private final RawImage file;
     private final Fd fd;
+    /** O_DIRECT: every file access is aligned to {@link #align} (offset, length and memory); otherwise 1. */
+    private final boolean direct;
+    private final int align;
     private final boolean readOnly;
     private final Qcow2Header header;
     private final int clusterBits;
     private final long clusterSize;
     private final int l2Bits;
-    private final long size;
-    private final AtomicLongArray l1;
+    /** Grows only through {@link #resize} (metadata lock held), after the L1 arrays that cover the new size. */
+    private volatile long size;
+    /** Replaced (never shrunk) by {@link #resize} when the L1 table grows; entries change under the metadata lock. */
+    private volatile AtomicLongArray l1;
+    /** File offset of the L1 table; changes with {@link #l1} (metadata lock held). */
+    private long l1Offset;
     private int l1DirtyLo = Integer.MAX_VALUE;
     private int l1DirtyHi;
     private long refTableOffset;
@@ -90,7 +97,7 @@ public final class Qcow2Image implements DiskImage {
      * The cached L2 table of each L1 entry: the lock-free lookup of the data path (an array index, no boxing or
      * hashing per request). Set when a table is cached, cleared when it is evicted.
      */
-    private final java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
+    private volatile java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
     private final MetaCache refCache;
     private final Arena arena = Arena.ofShared();
     /** Native staging for metadata I/O and the copy-on-write cluster; used under the metadata lock only. */
@@ -126,6 +133,8 @@ public final class Qcow2Image implements DiskImage {
         this.path = path;
         this.file = file;
         this.fd = file.fd();
+        this.direct = file.direct();
+        this.align = direct ? file.blockSize() : 1;
         this.readOnly = readOnly;
         this.header = h;
         this.clusterBits = h.clusterBits();
@@ -149,6 +158,7 @@ public final class Qcow2Image implements DiskImage {
         // L1 and refcount tables are read whole and kept in memory.
         try {
             this.l1 = new AtomicLongArray(h.l1Size());
+            this.l1Offset = h.l1Offset();
             MemorySegment buf = staging.asSlice(0, (long) h.l1Size() * 8);
             readMeta(buf, h.l1Offset());
             for (int i = 0; i < h.l1Size(); i++) {
@@ -176,7 +186,7 @@ public final class Qcow2Image implements DiskImage {
     private void indexMetadata() {
         java.util.TreeSet<Long> meta = new java.util.TreeSet<>();
         meta.add(0L);
-        addRange(meta, header.l1Offset(), (long) l1.length() * 8);
+        addRange(meta, l1Offset, (long) l1.length() * 8);
         addRange(meta, refTableOffset, (long) refTableClusters * clusterSize);
         for (long r : refTable) {
             if (r != 0) {
@@ -238,24 +248,43 @@ public final class Qcow2Image implements DiskImage {
 
     /** Opens {@code path} as qcow2 with the default metadata cache; its backing chain opens read-only. */
     public static Qcow2Image open(Path path, boolean readOnly) throws IOException {
-        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES);
+        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES, false);
+    }
+
+    /**
+     * @param direct O_DIRECT for this image's data and metadata (the guest then addresses it in units of the file
+     *               system's direct I/O alignment); its backing chain is opened buffered, since a base image shared
+     *               by many VMs is what the page cache is for
+     */
+    public static Qcow2Image open(Path path, boolean readOnly, boolean direct) throws IOException {
+        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES, direct);
     }
 
     /** @param l2CacheBytes bound on the L2 table cache (at least 4 tables are kept) */
     public static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes) throws IOException {
+        return open(path, readOnly, l2CacheBytes, false);
+    }
+
+    private static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes, boolean direct) throws IOException {
         int[] depth = DEPTH.get();
         if (depth[0] >= MAX_CHAIN) {
             throw new IOException("backing chain of " + path + " is deeper than " + MAX_CHAIN
                     + " images (a loop?): check it with 'qemu-img info --backing-chain'");
         }
-        RawImage file = RawImage.openContainerFile(path, readOnly);
+        RawImage file = RawImage.openContainerFile(path, readOnly, direct);
+        int align = direct ? file.blockSize() : 1;
         DiskImage backing = null;
         try {
             Qcow2Header h;
             try (Arena a = Arena.ofConfined()) {
                 MemorySegment first = a.allocate(65536);
-                long n = FileIo.readFully(file.fd(), first, 0);
+                long n = readFile(file.fd(), first, 0, align);
                 h = Qcow2Header.parse(path, first.asSlice(0, n));
+            }
+            if (direct && (1L << h.clusterBits()) < align) {
+                throw new IOException("qcow2 image " + path + " has " + (1L << h.clusterBits()) + "-byte clusters, smaller"
+                        + " than the " + align + "-byte O_DIRECT alignment of its file system: drop --direct, or convert it"
+                        + " with 'qemu-img convert -O qcow2 -o cluster_size=65536'");
             }
             checkFeatures(path, h, readOnly);
             if (h.backingFile() != null) {
@@ -374,12 +403,12 @@ public final class Qcow2Image implements DiskImage {
 
     @Override
     public boolean direct() {
-        return false;
+        return direct;
     }
 
     @Override
     public int blockSize() {
-        return 512;
+        return Math.max(512, align);
     }
 
     @Override
@@ -403,12 +432,12 @@ public final class Qcow2Image implements DiskImage {
 
     @Override
     public Qcow2Io newContext(int maxSegments, int bounceBytes) {
-        return new Qcow2Io(file.newContext(maxSegments, 0));
+        return new Qcow2Io(file.newContext(maxSegments, bounceBytes));
     }
 
     @Override
     public Qcow2Io newContext(IoVec iov, MemorySegment bounce) {
-        return new Qcow2Io(file.newContext(iov, null));
+        return new Qcow2Io(file.newContext(iov, bounce));
     }
 
     // ---- lookup --------------------------------------------------------------------------------------------------
@@ -416,11 +445,15 @@ public final class Qcow2Image implements DiskImage {
     /** The L2 entry for {@code guestOffset} (0 when its L2 table is not allocated). Lock-free on a cache hit. */
     long l2Entry(long guestOffset) throws IOException {
         int l1i = (int) (guestOffset >>> (clusterBits + l2Bits));
+        AtomicLongArray l1 = this.l1;
+        if (l1i >= l1.length()) {
+            return 0; // a request checked against a size that grew since: not allocated yet
+        }
         long l2Offset = l1.get(l1i) & OFFSET_MASK;
         if (l2Offset == 0) {
             return 0;
         }
-        MetaCache.Table t = l2ByL1.get(l1i);
+        MetaCache.Table t = this.l2ByL1.get(l1i);
         if (t == null || t.offset != l2Offset) {
             meta.lock();
             try {
@@ -520,7 +553,7 @@ public final class Qcow2Image implements DiskImage {
         } else if ((e & OFLAG_ZERO) != 0) {
             dst.fill((byte) 0);
         } else if ((e & OFFSET_MASK) != 0) {
-            long got = FileIo.readFully(fd, dst, (e & OFFSET_MASK) + in);
+            long got = readFile(fd, dst, (e & OFFSET_MASK) + in, align);
             if (got < dst.byteSize()) {
                 dst.asSlice(got).fill((byte) 0);
             }
@@ -556,7 +589,7 @@ public final class Qcow2Image implements DiskImage {
         MemorySegment in = MemorySegment.ofArray(s.in).asSlice(0, len);
         try (Arena a = Arena.ofConfined()) {
             MemorySegment n = a.allocate(len);
-            long got = FileIo.readFully(fd, n, host);
+            long got = readFile(fd, n, host, align);
             MemorySegment.copy(n, 0, in, 0, got);
             Inflater inf = s.inflater;
             inf.reset();
@@ -627,7 +660,7 @@ public final class Qcow2Image implements DiskImage {
                 } else if ((e & OFLAG_ZERO) != 0) {
                     buf.fill((byte) 0);
                 } else if ((e & OFFSET_MASK) != 0) {
-                    long got = FileIo.readFully(fd, buf, e & OFFSET_MASK);
+                    long got = readFile(fd, buf, e & OFFSET_MASK, align);
                     buf.asSlice(got).fill((byte) 0);
                 } else {
                     readBacking(cluster, buf);
@@ -641,7 +674,7 @@ public final class Qcow2Image implements DiskImage {
                     ? e & OFFSET_MASK
                     : allocateCluster();
             checkDataWrite(cluster, target, clusterSize);
-            FileIo.writeFully(fd, buf, target);
+            writeFile(fd, buf, target, align);
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
                 pendingFree.add(compressedRange(e));
@@ -711,7 +744,7 @@ public final class Qcow2Image implements DiskImage {
             if (n == clusterSize) {
                 zeroCluster(cluster, unmap);
             } else if (mustZero && !readsZero(pos, n)) {
-                writePiece(pos, Source.zeroes(zeroCluster), 0, n);
+                writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
             }
             pos += n;
         }
@@ -910,7 +943,7 @@ public final class Qcow2Image implements DiskImage {
         refTable[(int) bi] = off;
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, off);
-        FileIo.writeFully(fd, s, refTableOffset + bi * 8);
+        writeFile(fd, s, refTableOffset + bi * 8, align);
         FileIo.fdatasync(fd);
         refCache.put(off, data);
         addMetadataCluster(off);
@@ -944,12 +977,12 @@ public final class Qcow2Image implements DiskImage {
             for (int i = 0; i < table.length; i++) {
                 t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
             }
-            FileIo.writeFully(fd, t, tableOff);
+            writeFile(fd, t, tableOff, align);
             FileIo.fdatasync(fd);
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) newClusters);
-            FileIo.writeFully(fd, h, Qcow2Header.OFF_REFTABLE);
+            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
             FileIo.fdatasync(fd);
         }
         long oldOff = refTableOffset;
@@ -975,6 +1008,177 @@ public final class Qcow2Image implements DiskImage {
             setRefcount(c, refcount(c) - 1);
             freeHint = Math.min(freeHint, c);
         }
+    }
+
+    // ---- file access (O_DIRECT-aware) ------------------------------------------------------------------------
+
+    private static boolean aligned(MemorySegment s, long off, int align) {
+        return align <= 1 || (s.isNative() && (s.address() & (align - 1)) == 0 && (off & (align - 1)) == 0
+                && (s.byteSize() & (align - 1)) == 0);
+    }
+
+    /**
+     * Reads {@code dst} at {@code off}; returns the bytes read (fewer at the end of the file). With O_DIRECT an
+     * unaligned request (a header field, a compressed cluster, a heap-backed table) is read through an aligned
+     * buffer covering it.
+     */
+    static long readFile(Fd fd, MemorySegment dst, long off, int align) throws LinuxException {
+        if (aligned(dst, off, align)) {
+            return FileIo.readFully(fd, dst, off);
+        }
+        long lo = off & -align;
+        long hi = (off + dst.byteSize() + align - 1) & -align;
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment b = a.allocate(hi - lo, Math.max(align, FileIo.DIRECT_ALIGNMENT));
+            long n = FileIo.readFully(fd, b, lo);
+            long got = Math.max(0, Math.min(dst.byteSize(), n - (off - lo)));
+            MemorySegment.copy(b, off - lo, dst, 0, got);
+            return got;
+        }
+    }
+
+    /**
+     * Writes {@code src} at {@code off}. With O_DIRECT an unaligned request goes through an aligned buffer; partial
+     * blocks at its ends are read first (read-modify-write). That happens only for metadata — under the metadata
+     * lock or while opening — since the guest addresses an O_DIRECT image in whole blocks ({@link #blockSize()})
+     * and clusters are at least one block: two writers never share a block.
+     */
+    static void writeFile(Fd fd, MemorySegment src, long off, int align) throws LinuxException {
+        if (aligned(src, off, align)) {
+            FileIo.writeFully(fd, src, off);
+            return;
+        }
+        long len = src.byteSize();
+        long lo = off & -align;
+        long hi = (off + len + align - 1) & -align;
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment b = a.allocate(hi - lo, Math.max(align, FileIo.DIRECT_ALIGNMENT));
+            if (lo != off || hi != off + len) {
+                FileIo.readFully(fd, b, lo); // past the end of the file it stays zero
+            }
+            MemorySegment.copy(src, 0, b, off - lo, len);
+            FileIo.writeFully(fd, b, lo);
+        }
+    }
+
+    // ---- resize --------------------------------------------------------------------------------------------
+
+    /** Largest L1 table iovirt writes (QEMU's limit: 32 MiB of entries). */
+    private static final int MAX_L1_ENTRIES = (32 << 20) / 8;
+
+    /**
+     * Grows the virtual size (the daemon's blk.resize) while the image is served. When the L1 table no longer covers
+     * the new size, a new one is written the way the format asks: new contiguous clusters, the old entries copied
+     * and the rest zero, refcounts durable, then the header switched to it (l1_size and l1_table_offset in one
+     * sector write) and synced; the old table's clusters are freed afterwards. The size field is written last, so a
+     * crash leaves either the old size or the new one, both consistent (at worst a leaked cluster).
+     */
+    @Override
+    public void resize(long newSize) throws IOException {
+        if (readOnly) {
+            throw new LinuxException("resize", path + " is open read-only", Errno.EROFS);
+        }
+        meta.lock();
+        try {
+            checkOpen();
+            if (newSize < size) {
+                throw new IOException("shrinking qcow2 image " + path + " from " + size + " to " + newSize
+                        + " bytes is not supported (the guest may have data there)");
+            }
+            if ((newSize & 511) != 0) {
+                throw new IOException("new size " + newSize + " of " + path + " is not a multiple of 512 bytes");
+            }
+            if (newSize == size) {
+                return;
+            }
+            long perEntry = clusterSize << l2Bits;
+            long entries = (newSize + perEntry - 1) / perEntry;
+            if (entries > MAX_L1_ENTRIES) {
+                throw new IOException("qcow2 image " + path + " cannot grow to " + newSize + " bytes: its L1 table would"
+                        + " need " + entries + " entries, more than " + MAX_L1_ENTRIES + " (use larger clusters)");
+            }
+            flushMetadata(); // dirty L1 entries reach the old table before it is copied
+            if (entries > l1.length()) {
+                growL1((int) entries);
+            }
+            MemorySegment s = staging.asSlice(0, 8);
+            s.set(Qcow2Header.BE64, 0, newSize);
+            writeFile(fd, s, Qcow2Header.OFF_SIZE, align);
+            FileIo.fdatasync(fd);
+            size = newSize;
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    /** Replaces the L1 table by one of {@code entries} entries (metadata lock held, metadata flushed). */
+    private void growL1(int entries) throws IOException {
+        AtomicLongArray old = l1;
+        long oldOff = l1Offset;
+        long oldClusters = ((long) old.length() * 8 + clusterSize - 1) >>> clusterBits;
+        long bytes = ((long) entries * 8 + clusterSize - 1) & -clusterSize;
+        int clusters = (int) (bytes >>> clusterBits);
+        long newOff = allocateContiguous(clusters);
+        AtomicLongArray grown = new AtomicLongArray(entries);
+        var grownCache = new java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table>(entries);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment t = a.allocate(bytes, 4096);
+            for (int i = 0; i < old.length(); i++) {
+                long e = old.get(i);
+                grown.set(i, e);
+                grownCache.set(i, l2ByL1.get(i));
+                t.set(Qcow2Header.BE64, (long) i * 8, e);
+            }
+            writeFile(fd, t, newOff, align);
+        }
+        flushMetadata(); // the new table's refcounts, and the table itself, durable before the header names it
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment h = a.allocate(12);
+            h.set(Qcow2Header.BE32, 0, entries);
+            h.set(Qcow2Header.BE64, 4, newOff);
+            writeFile(fd, h, Qcow2Header.OFF_L1_SIZE, align);
+            FileIo.fdatasync(fd);
+        }
+        for (int i = 0; i < clusters; i++) {
+            addMetadataCluster(newOff + ((long) i << clusterBits));
+        }
+        l2ByL1 = grownCache;
+        l1 = grown;
+        l1Offset = newOff;
+        long[] m = metadataClusters.clone();
+        for (long i = 0; i < oldClusters; i++) {
+            int k = Arrays.binarySearch(m, (oldOff >>> clusterBits) + i);
+            if (k >= 0) {
+                m[k] = -1; // the old table's clusters become free
+            }
+        }
+        metadataClusters = Arrays.stream(m).filter(c -> c >= 0).toArray();
+        for (long i = 0; i < oldClusters; i++) {
+            long c = (oldOff >>> clusterBits) + i;
+            setRefcount(c, refcount(c) - 1); // the header no longer names them (synced above)
+            freeHint = Math.min(freeHint, c);
+        }
+    }
+
+    /** {@code k} contiguous free clusters, their refcounts set to 1 (in memory). */
+    private long allocateContiguous(int k) throws IOException {
+        long c = freeHint;
+        search:
+        while (true) {
+            for (int i = 0; i < k; i++) {
+                ensureRefBlock((c + i) / refBlockEntries); // may place a refcount block on c + i itself
+                // as in allocateCluster: a metadata cluster a damaged image counts as 0 is never handed out
+                if (refcount(c + i) != 0 || overlapsMetadata((c + i) << clusterBits, 1)) {
+                    c += i + 1;
+                    continue search;
+                }
+            }
+            break;
+        }
+        for (int i = 0; i < k; i++) {
+            setRefcount(c + i, 1);
+        }
+        return c << clusterBits;
     }
 
     // ---- flush ---------------------------------------------------------------------------------------------
@@ -1007,11 +1211,15 @@ public final class Qcow2Image implements DiskImage {
             FileIo.fdatasync(fd);
         }
         if (l1DirtyLo < l1DirtyHi) {
-            MemorySegment s = staging.asSlice(0, (long) (l1DirtyHi - l1DirtyLo) * 8);
-            for (int i = l1DirtyLo; i < l1DirtyHi; i++) {
-                s.set(Qcow2Header.BE64, (long) (i - l1DirtyLo) * 8, l1.get(i));
+            int chunk = (int) (staging.byteSize() / 8); // the L1 table may have grown past the staging buffer
+            for (int lo = l1DirtyLo; lo < l1DirtyHi; lo += chunk) {
+                int hi = Math.min(l1DirtyHi, lo + chunk);
+                MemorySegment s = staging.asSlice(0, (long) (hi - lo) * 8);
+                for (int i = lo; i < hi; i++) {
+                    s.set(Qcow2Header.BE64, (long) (i - lo) * 8, l1.get(i));
+                }
+                writeFile(fd, s, l1Offset + (long) lo * 8, align);
             }
-            FileIo.writeFully(fd, s, header.l1Offset() + (long) l1DirtyLo * 8);
             l1DirtyLo = Integer.MAX_VALUE;
             l1DirtyHi = 0;
             FileIo.fdatasync(fd);
@@ -1048,11 +1256,11 @@ public final class Qcow2Image implements DiskImage {
     private void writeMeta(MemorySegment heap, long from, long len, long fileOffset) throws IOException {
         MemorySegment s = staging.asSlice(0, len);
         MemorySegment.copy(heap, from, s, 0, len);
-        FileIo.writeFully(fd, s, fileOffset);
+        writeFile(fd, s, fileOffset, align);
     }
 
     private void readMeta(MemorySegment dst, long fileOffset) throws IOException {
-        long got = FileIo.readFully(fd, dst, fileOffset);
+        long got = readFile(fd, dst, fileOffset, align);
         if (got < dst.byteSize()) {
             throw new IOException("qcow2 image " + path + " is truncated: metadata at " + fileOffset + "+"
                     + dst.byteSize() + " lies past the end of the file ('qemu-img check " + path + "')");
@@ -1140,16 +1348,16 @@ public final class Qcow2Image implements DiskImage {
             for (int i = 0; i < table.length; i++) {
                 t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
             }
-            FileIo.writeFully(fd, t, tableOff);
+            writeFile(fd, t, tableOff, align);
             FileIo.fdatasync(fd);
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) tableClusters);
-            FileIo.writeFully(fd, h, Qcow2Header.OFF_REFTABLE);
+            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
             FileIo.fdatasync(fd);
             MemorySegment inc = a.allocate(8);
             inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
-            FileIo.writeFully(fd, inc, Qcow2Header.OFF_INCOMPATIBLE);
+            writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
             FileIo.fdatasync(fd);
         }
         refCache.clearAll();
@@ -1165,7 +1373,7 @@ public final class Qcow2Image implements DiskImage {
     /** Calls {@code c} once per reference to a cluster: header, L1, L2 tables, data (compressed: each cluster touched). */
     private void forEachReference(java.util.function.LongConsumer c) throws IOException {
         c.accept(0);
-        for (long x = header.l1Offset() >>> clusterBits; x <= (header.l1Offset() + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
+        for (long x = l1Offset >>> clusterBits; x <= (l1Offset + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
             c.accept(x);
         }
         MemorySegment s = staging.asSlice(0, clusterSize);
@@ -1198,7 +1406,7 @@ public final class Qcow2Image implements DiskImage {
     private void clearAutoclear() throws IOException {
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, 0L);
-        FileIo.writeFully(fd, s, Qcow2Header.OFF_AUTOCLEAR);
+        writeFile(fd, s, Qcow2Header.OFF_AUTOCLEAR, align);
         FileIo.fdatasync(fd);
     }
 
@@ -1269,11 +1477,11 @@ public final class Qcow2Image implements DiskImage {
         /** Copies source bytes [pos, pos+n) into {@code dst} at {@code dstOffset}. */
         void copyTo(long pos, MemorySegment dst, long dstOffset, long n);
 
-        static Source zeroes(MemorySegment zeroCluster) {
+        static Source zeroes(MemorySegment zeroCluster, int align) {
             return new Source() {
                 @Override
                 public void writeTo(Fd fd, long pos, long n, long at) throws IOException {
-                    FileIo.writeFully(fd, zeroCluster.asSlice(0, n), at);
+                    writeFile(fd, zeroCluster.asSlice(0, n), at, align);
                 }
 
                 @Override
@@ -1419,7 +1627,7 @@ public final class Qcow2Image implements DiskImage {
                 if (bEnd > pos) {
                     long from = Math.max(0, pos - p);
                     long k = Math.min(b.byteSize() - from, n);
-                    FileIo.writeFully(fd, b.asSlice(from, k), at);
+                    writeFile(fd, b.asSlice(from, k), at, align);
                     at += k;
                     pos += k;
                     n -= k;

@@ -246,6 +246,97 @@ class Qcow2ImageTest {
         qemuIoOk(img, "qcow2", "read -P 0x42 0 4M");
     }
 
+    /**
+     * blk.resize on qcow2: growing within the L1 table's reach (64 KiB clusters), and past it with 512-byte clusters
+     * (an L1 entry covers 32 KiB: 1 MiB -> 64 MiB needs 2048 entries in 32 new contiguous clusters) while data is
+     * written before and after; qemu-img info shows the new size, qemu-img check is clean, qemu-io reads it all.
+     */
+    @Test
+    void resizeGrowsTheVirtualSizeAndTheL1TableAsTheFormatSpecifies() throws Exception {
+        Path big = create("resize64k.qcow2", "64M");
+        try (DiskImage q = Images.open(big, null, false, false)) {
+            write(q, 60 * MIB, fill(MIB, 0x31));
+            q.resize(3L << 30); // 3 GiB: 6 L1 entries of 512 MiB
+            assertEquals(3L << 30, q.size());
+            write(q, (3L << 30) - MIB, fill(MIB, 0x32));
+            q.flush();
+            assertThrows(IOException.class, () -> q.resize(MIB), "shrinking");
+        }
+        assertTrue(ok("qemu-img", "info", "--output=json", big.toString()).contains("\"virtual-size\": 3221225472"));
+        check(big, false);
+        qemuIoOk(big, "qcow2", "read -P 0x31 60M 1M", "read -P 0x32 3071M 1M", "read -P 0 1G 1M");
+
+        Path small = create("resize512.qcow2", "1M", "cluster_size=512");
+        qemuIoOk(small, "qcow2", "write -P 0x41 0 1M");
+        try (DiskImage q = Images.open(small, null, false, false)) {
+            write(q, 512 * 1024, fill(4096, 0x42)); // dirty L1/L2 state carried across the resize
+            q.resize(64L * MIB);
+            write(q, 63L * MIB, fill(MIB, 0x43));
+            write(q, 32L * MIB, fill(64 * 1024, 0x44));
+            q.resize(80L * MIB); // and once more, freeing the table just written
+            write(q, 79L * MIB, fill(4096, 0x45));
+        }
+        String info = ok("qemu-img", "info", "--output=json", small.toString());
+        assertTrue(info.contains("\"virtual-size\": 83886080"), info);
+        check(small, false);
+        qemuIoOk(small, "qcow2", "read -P 0x41 0 512k", "read -P 0x42 512k 4k", "read -P 0x41 516k 508k",
+                "read -P 0 1M 31M", "read -P 0x44 32M 64k", "read -P 0x43 63M 1M", "read -P 0x45 79M 4k");
+    }
+
+    /**
+     * O_DIRECT on qcow2 ({@code --direct}): guest data in whole blocks, metadata (header fields, L1 entries,
+     * refcounts, heap-backed tables, compressed clusters) through aligned buffers. Copy-on-write over a backing
+     * file, compressed clusters read, zeroing, a resize growing the L1 table; qemu-io reads it all and qemu-img
+     * check is clean. Images whose clusters are smaller than the alignment are refused with the remedy.
+     */
+    @Test
+    void directIoOnQcow2ReadsAndWritesThroughAlignedBuffersOnly() throws Exception {
+        Path base = dir.resolve("dbase.raw");
+        Files.write(base, fill(4 * MIB, 0x11));
+        Path raw = dir.resolve("dsrc.raw");
+        Files.write(raw, fill(2 * MIB, 0x22));
+        Path comp = dir.resolve("dcomp.qcow2");
+        ok("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw.toString(), comp.toString());
+        try (DiskImage q = Images.open(comp, null, true, true)) {
+            assertTrue(q.direct());
+            assertArrayEquals(fill(64 * 1024, 0x22), read(q, MIB, 64 * 1024));
+        }
+        Path img = dir.resolve("direct.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "dbase.raw", "-F", "raw", img.toString(), "8M");
+        try (DiskImage q = Images.open(img, null, false, true)) {
+            assertTrue(q.direct());
+            assertTrue(q.blockSize() >= 512 && Integer.bitCount(q.blockSize()) == 1, "block size " + q.blockSize());
+            write(q, 64 * 1024 + 4096, fill(8192, 0x33)); // copy-on-write of the backing cluster around it
+            write(q, 6 * MIB, fill(MIB, 0x34));
+            q.writeZeroes(2 * MIB, 128 * 1024, true);
+            q.resize(2L << 30);
+            write(q, (2L << 30) - 65536, fill(65536, 0x35));
+            q.flush();
+            assertArrayEquals(fill(4096, 0x11), read(q, 64 * 1024, 4096));
+            assertArrayEquals(fill(8192, 0x33), read(q, 64 * 1024 + 4096, 8192));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x11 0 68k", "read -P 0x33 68k 8k", "read -P 0x11 76k 52k", "read -P 0x34 6M 1M",
+                "read -P 0 2M 128k", "read -P 0x11 3M 1M", "read -P 0x35 2097088k 64k");
+        // 512-byte clusters: served when the file system's O_DIRECT alignment is 512 (this ext4's), refused with the
+        // remedy when it is larger (a 4 KiB-sector device)
+        int align;
+        try (DiskImage probe = Images.open(img, null, true, true)) {
+            align = probe.blockSize();
+        }
+        Path tiny = create("tiny.qcow2", "1M", "cluster_size=512");
+        if (align > 512) {
+            IOException e = assertThrows(IOException.class, () -> Images.open(tiny, null, false, true).close());
+            assertTrue(e.getMessage().contains("drop --direct"), e.getMessage());
+        } else {
+            try (DiskImage q = Images.open(tiny, null, false, true)) {
+                write(q, 512, fill(8192, 0x36)); // refcount blocks and L2 tables of 512 bytes, header fields, L1
+            }
+            check(tiny, false);
+            qemuIoOk(tiny, "qcow2", "read -P 0 0 512", "read -P 0x36 512 8k");
+        }
+    }
+
     @Test
     void refusesWhatItCannotWriteSafely() throws Exception {
         Path img = create("f.qcow2", "16M");
