@@ -94,6 +94,12 @@ final class ServeBlkCommand implements Callable<Integer> {
     @picocli.CommandLine.Mixin
     LogOptions logOptions;
 
+    @Option(names = "--jfr-slow-ms", paramLabel = "MS",
+            description = {"Emit the JFR event io.iovirt.blk.SlowRequest for every request taking MS milliseconds or",
+                    "longer (0: every request), for a JFR recording to catch, e.g. with JAVA_TOOL_OPTIONS=",
+                    "-XX:StartFlightRecording:filename=blk.jfr, or jcmd PID JFR.start (docs/cli.md)."})
+    Long jfrSlowMs;
+
     @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
@@ -113,11 +119,17 @@ final class ServeBlkCommand implements Callable<Integer> {
         if (queues < 1 || queues > 64) {
             throw Contract.usage(spec, "--queues must be between 1 and 64, got " + queues);
         }
+        if (jfrSlowMs != null && jfrSlowMs < 0) {
+            throw Contract.usage(spec, "--jfr-slow-ms must not be negative, got " + jfrSlowMs);
+        }
         String id = serial != null ? serial : defaultSerial(image);
         checkFormat(image, format);
         try (DiskImage img = Images.open(image, format, readOnly, direct)) {
             checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
+            if (jfrSlowMs != null) {
+                device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
+            }
             SocketOwner owner;
             if (standby) { // crash recovery (issue 11): everything is ready but the socket
                 warmUp();

@@ -89,16 +89,79 @@ class CliContractTest {
                 }));
     }
 
+    /**
+     * Commands without --json, and why: the rest of the leaves are read commands or commands whose result a script
+     * wants, and have it (checked below).
+     */
+    static final java.util.Map<String, String> NO_JSON = java.util.Map.of(
+            "help", "prints help text",
+            "daemon", "long-running; its state is read with iovirt ctl --json",
+            "serve blk", "long-running; --log-format json makes every log and statistics line JSON",
+            "serve net", "long-running; --log-format json makes every log and statistics line JSON",
+            "serve nbd", "long-running; --log-format json makes every log and statistics line JSON",
+            "vm run", "runs a VM in the foreground; its console is the output");
+
+    @TestFactory
+    Stream<DynamicTest> everyCommandHasJsonOrAReasonNotTo() {
+        return allCommands().stream().filter(p -> spec(p).subcommands().isEmpty())
+                .map(path -> DynamicTest.dynamicTest("iovirt " + path, () -> {
+                    CommandSpec spec = spec(path);
+                    assertTrue(spec.findOption("--json") != null ^ NO_JSON.containsKey(path),
+                            NO_JSON.containsKey(path) ? "has --json now: drop it from NO_JSON"
+                                    : "a read command without --json (or add it to NO_JSON with the reason)");
+                    if (path.startsWith("serve ")) {
+                        for (String o : List.of("--log-level", "--log-format", "--stats-interval")) {
+                            assertTrue(spec.findOption(o) != null, "a server without " + o + " (LogOptions)");
+                        }
+                    }
+                }));
+    }
+
     @TestFactory
     Stream<DynamicTest> withJsonUsageErrorsAreJsonToo() {
         return allCommands().stream().filter(p -> spec(p).findOption("--json") != null)
                 .map(path -> DynamicTest.dynamicTest("iovirt " + path + " --json --no-such-option", () -> {
                     CliRun r = CliRun.run(args(path, "--json", "--no-such-option"));
                     assertEquals(2, r.exit(), r.err());
-                    String out = r.out().strip();
-                    assertTrue(out.startsWith("{") && out.endsWith("}") && out.contains("\"error\": {")
-                            && out.contains("\"exit\": 2") && out.contains("\"command\": \"" + path + "\""), out);
+                    java.util.Map<?, ?> e = jsonError(r.out());
+                    assertEquals(List.of(path, 2L), List.of(e.get("command"), e.get("exit")), r.out());
+                    // picocli names the first problem: the unknown option, or a missing required one
+                    assertTrue(((String) e.get("message")).endsWith("— see 'iovirt " + path + " --help'"), r.out());
                 }));
+    }
+
+    /** Every vfio command on an address with no device: exit 1, and with --json a JSON error naming the device. */
+    @TestFactory
+    Stream<DynamicTest> withJsonOperationFailuresAreJsonToo() {
+        return allCommands().stream().filter(p -> p.startsWith("vfio ") && spec(p).findOption("--json") != null)
+                .map(path -> DynamicTest.dynamicTest("iovirt " + path + " --json on an absent device", () -> {
+                    List<String> a = new ArrayList<>(List.of("vfio"));
+                    if (path.startsWith("vfio nvme ")) {
+                        a.addAll(List.of("nvme", "7f:1f.7", path.substring("vfio nvme ".length())));
+                    } else {
+                        a.addAll(List.of(path.substring("vfio ".length()), "7f:1f.7"));
+                    }
+                    if (path.endsWith(" read") || path.endsWith(" write")) {
+                        a.addAll(List.of("--lba", "0"));
+                    }
+                    if (path.endsWith(" write")) {
+                        a.addAll(List.of("--pattern", "x"));
+                    }
+                    a.add("--json");
+                    CliRun r = CliRun.run(a);
+                    assertEquals(1, r.exit(), r.err());
+                    java.util.Map<?, ?> e = jsonError(r.out());
+                    assertEquals(List.of(path, 1L), List.of(e.get("command"), e.get("exit")), r.out());
+                    assertTrue(((String) e.get("message")).startsWith("no PCI device 0000:7f:1f.7"), r.out());
+                    assertTrue(r.err().startsWith("iovirt " + path + ": no PCI device 0000:7f:1f.7"), r.err());
+                }));
+    }
+
+    /** stdout is exactly one JSON document {"error": {...}}, parsed by an independent strict parser. */
+    static java.util.Map<?, ?> jsonError(String out) {
+        Object doc = io.iovirt.bench.StrictJson.parse(out);
+        assertTrue(doc instanceof java.util.Map<?, ?> m && m.keySet().equals(java.util.Set.of("error")), out);
+        return (java.util.Map<?, ?>) ((java.util.Map<?, ?>) doc).get("error");
     }
 
     @TestFactory

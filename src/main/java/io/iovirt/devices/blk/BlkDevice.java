@@ -233,6 +233,18 @@ public final class BlkDevice implements VhostUserBackend {
         return Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD) | Features.bit(Features.PROTOCOL_BACKEND_REQ);
     }
 
+    private volatile long slowNanos = Long.MAX_VALUE;
+
+    /**
+     * From the next queue start on, every request that takes {@code threshold} or longer (ring to status byte) is
+     * a JFR event {@code io.iovirt.blk.SlowRequest} naming the device, queue, kind, offset, size, status and
+     * latency; null stops it. Costs one comparison per request; the event exists only for slow requests, and only
+     * while a JFR recording runs.
+     */
+    public void slowRequestThreshold(java.time.Duration threshold) {
+        this.slowNanos = threshold == null ? Long.MAX_VALUE : threshold.toNanos();
+    }
+
     @Override
     public int queueCount() {
         return queues;
@@ -331,6 +343,9 @@ public final class BlkDevice implements VhostUserBackend {
             }
             BlkStats stats = queueStats[index];
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
+            if (slowNanos != Long.MAX_VALUE) {
+                handler.reportSlow(name, index, slowNanos);
+            }
             if (fenced != null) {
                 handler.fence(fenced); // image ownership (issue 11)
                 signalQuietly(setup.err()); // QEMU reports "vhost vring error" for the queue

@@ -92,6 +92,18 @@ final class BlkQueueHandler implements AutoCloseable {
         return image;
     }
 
+    /** Requests at least this slow become JFR events ({@link SlowRequestEvent}); MAX_VALUE: none. */
+    private long slowNanos = Long.MAX_VALUE;
+    private String device = "";
+    private int queue;
+
+    /** Reports requests that take {@code thresholdNanos} or longer as JFR events naming the device and queue. */
+    void reportSlow(String device, int queue, long thresholdNanos) {
+        this.device = device;
+        this.queue = queue;
+        this.slowNanos = thresholdNanos;
+    }
+
     /** Image ownership (issue 11): from now on every request fails with VIRTIO_BLK_S_IOERR, for {@code why}. */
     void fence(String why) {
         this.fenced = why;
@@ -242,7 +254,16 @@ final class BlkQueueHandler implements AutoCloseable {
      */
     long finish(Request r) {
         long data = r.status == S_OK ? r.dataWritten : 0;
-        stats.finished(r.status == S_UNSUPP, System.nanoTime() - r.startNanos);
+        long nanos = System.nanoTime() - r.startNanos;
+        stats.finished(r.status == S_UNSUPP, nanos);
+        if (nanos >= slowNanos) {
+            SlowRequestEvent.emit(device, queue, switch (r.kind) {
+                case READ -> "read";
+                case WRITE -> "write";
+                case FLUSH -> "flush";
+                default -> "other";
+            }, r.offset, r.kind == WRITE ? r.io.bytes() : data, r.status, nanos);
+        }
         status.set(ValueLayout.JAVA_BYTE, 0, r.status);
         r.chain.copyToWritable(r.writable - 1, status);
         r.io.clear();
