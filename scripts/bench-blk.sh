@@ -8,7 +8,8 @@
 #
 # Cases: {buffered, O_DIRECT} x {randread, randwrite} x {QD 1, QD 32}, 4 KiB, one queue, split ring, polling client.
 # Each backend gets one queue / one thread of work (iovirt: --queues 1; qsd: its main loop, no iothread) and is
-# pinned with taskset to --backend-cpu; the client to --client-cpu. The two backends run alternately on each case.
+# pinned with taskset to --backend-cpu; the client to --client-cpu. Per mode, iovirt runs its cases, then qsd: never
+# both at once (both lock the image, as a VM's disk is locked).
 # Env: BACKEND_JAVA_OPTS is passed to the iovirt backend JVM (e.g. a JFR recording), CLIENT_JAVA_OPTS to the client.
 # Raw JSON results stay in DIR (default: a new temporary directory, printed at the end).
 # Charts (gnuplot, PNG): IOPS of both backends side by side per case, and latency percentile curves, written to
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --charts) CHARTS="$2"; shift 2 ;;
     --report-only) REPORT_ONLY=1; shift ;;
     --boost) BOOST="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-blk: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -85,21 +86,24 @@ wait_socket() { # socket pid name
   echo "bench-blk: $3 did not listen on $1 within 60 s" >&2; exit 1
 }
 
-start_backends() { # mode: buffered|direct
-  local mode="$1" direct_flag="" qsd_cache="cache.direct=off"
+# One backend at a time: both lock the image as a VM's disk (iovirt refuses requests on an image another process
+# holds, as QEMU does).
+start_backend() { # backend mode: buffered|direct
+  local be="$1" mode="$2" direct_flag="" qsd_cache="cache.direct=off"
   if [ "$mode" = direct ]; then direct_flag="--direct"; qsd_cache="cache.direct=on,aio=native"; fi
-  rm -f "$DIR/iovirt.sock" "$DIR/qsd.sock"
-  IOVIRT_JAVA_OPTS="${BACKEND_JAVA_OPTS:-}" taskset -c "$BACKEND_CPU" "$ROOT/iovirt" serve blk --image "$IMAGE" \
-    --socket "$DIR/iovirt.sock" --queues 1 $direct_flag > "$DIR/iovirt-$mode.log" 2>&1 &
+  rm -f "$DIR/$be.sock"
+  if [ "$be" = iovirt ]; then
+    IOVIRT_JAVA_OPTS="${BACKEND_JAVA_OPTS:-}" taskset -c "$BACKEND_CPU" "$ROOT/iovirt" serve blk --image "$IMAGE" \
+      --socket "$DIR/iovirt.sock" --queues 1 $direct_flag >> "$DIR/iovirt-$mode.log" 2>&1 &
+  else
+    taskset -c "$BACKEND_CPU" qemu-storage-daemon \
+      --blockdev "driver=file,node-name=file0,filename=$IMAGE,$qsd_cache" \
+      --blockdev driver=raw,node-name=disk0,file=file0 \
+      --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$DIR/qsd.sock,writable=on,num-queues=1" \
+      >> "$DIR/qsd-$mode.log" 2>&1 &
+  fi
   PIDS+=($!)
-  wait_socket "$DIR/iovirt.sock" "$!" "iovirt-$mode"
-  taskset -c "$BACKEND_CPU" qemu-storage-daemon \
-    --blockdev "driver=file,node-name=file0,filename=$IMAGE,$qsd_cache" \
-    --blockdev driver=raw,node-name=disk0,file=file0 \
-    --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$DIR/qsd.sock,writable=on,num-queues=1" \
-    > "$DIR/qsd-$mode.log" 2>&1 &
-  PIDS+=($!)
-  wait_socket "$DIR/qsd.sock" "$!" "qsd-$mode"
+  wait_socket "$DIR/$be.sock" "$!" "$be-$mode"
 }
 
 run_case() { # backend mode rw qd
@@ -110,16 +114,19 @@ run_case() { # backend mode rw qd
 }
 
 CASES=()
+# Per mode: iovirt serves its four cases, then qsd its four — one backend process per mode, warm across its cases
+# (a JVM restarted per case would run the slow O_DIRECT cases partly before its JIT has compiled the path).
 [ "$REPORT_ONLY" = 1 ] || for mode in buffered direct; do
-  start_backends "$mode"
-  for rw in randread randwrite; do
-    for qd in 1 32; do
-      run_case iovirt "$mode" "$rw" "$qd"
-      run_case qsd "$mode" "$rw" "$qd"
-      CASES+=("$mode $rw $qd")
+  for be in iovirt qsd; do
+    start_backend "$be" "$mode"
+    for rw in randread randwrite; do
+      for qd in 1 32; do
+        run_case "$be" "$mode" "$rw" "$qd"
+      done
     done
+    cleanup
   done
-  cleanup
+  for rw in randread randwrite; do for qd in 1 32; do CASES+=("$mode $rw $qd"); done; done
 done
 [ "$REPORT_ONLY" = 0 ] || for mode in buffered direct; do for rw in randread randwrite; do for qd in 1 32; do
   CASES+=("$mode $rw $qd"); done; done; done

@@ -116,6 +116,22 @@ public final class HostCommand implements Runnable {
         }
     }
 
+    /** A command on one PCI function, named by its address. */
+    abstract static class OnDevice extends Base {
+        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
+        Bdf bdf;
+    }
+
+    /** bind, unbind, reset: a driver change on one function, which --dry-run only checks and lists. */
+    abstract static class DriverChange extends OnDevice {
+        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        boolean dryRun;
+
+        DriverBinding binding() {
+            return new DriverBinding(opts.paths(), PROBE_WAIT, dryRun);
+        }
+    }
+
     // ------------------------------------------------------------------ check
 
     @Command(name = "check", footerHeading = "%nExamples:%n", footer = {"  iovirt host check", "  iovirt host check --require vfio,sriov --json"},
@@ -245,19 +261,15 @@ public final class HostCommand implements Runnable {
     @Command(name = "bind", footerHeading = "%nExamples:%n", footer = {"  iovirt host bind 0000:01:00.0 --dry-run", "  iovirt host bind 0000:01:00.0"},
             mixinStandardHelpOptions = true,
             description = "Bind a device to vfio-pci (or --driver) via driver_override and drivers_probe; the previous driver is remembered.")
-    static final class Bind extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
-        Bdf bdf;
+    static final class Bind extends DriverChange {
         @Option(names = "--driver", defaultValue = "vfio-pci", description = "driver to bind (default: ${DEFAULT-VALUE})")
         String driver;
         @Option(names = "--force", description = "Bind even if the host uses the device or its IOMMU group is not viable.")
         boolean force;
-        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
-        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).bind(bdf, driver, force);
+            DriverBinding.Outcome o = binding().bind(bdf, driver, force);
             return printOutcome(this, o, "bound to " + o.after());
         }
     }
@@ -265,34 +277,26 @@ public final class HostCommand implements Runnable {
     @Command(name = "unbind", footerHeading = "%nExamples:%n", footer = {"  iovirt host unbind 0000:01:00.0 --dry-run", "  iovirt host unbind 0000:01:00.0"},
             mixinStandardHelpOptions = true,
             description = "Take a device from its driver and give it back to the driver it had before iovirt bound it.")
-    static final class Unbind extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
-        Bdf bdf;
+    static final class Unbind extends DriverChange {
         @Option(names = "--force", description = "Unbind even if the host uses the device or a VM owns it.")
         boolean force;
-        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
-        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).unbind(bdf, force);
+            DriverBinding.Outcome o = binding().unbind(bdf, force);
             return printOutcome(this, o, o.before() == null ? "was unbound" : "unbound from " + o.before());
         }
     }
 
     @Command(name = "reset", footerHeading = "%nExamples:%n", footer = {"  iovirt host reset 0000:01:00.0"},
             mixinStandardHelpOptions = true, description = "Reset a device (function-level reset through the kernel).")
-    static final class Reset extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
-        Bdf bdf;
+    static final class Reset extends DriverChange {
         @Option(names = "--force", description = "Reset even if the host or a VM uses the device.")
         boolean force;
-        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
-        boolean dryRun;
 
         @Override
         public Integer call() {
-            DriverBinding.Outcome o = new DriverBinding(opts.paths(), PROBE_WAIT, dryRun).reset(bdf, force);
+            DriverBinding.Outcome o = binding().reset(bdf, force);
             return printOutcome(this, o, "reset");
         }
     }
@@ -401,9 +405,7 @@ public final class HostCommand implements Runnable {
 
     @Command(name = "assign", footerHeading = "%nExamples:%n", footer = {"  iovirt host assign 0000:03:10.0 --vm web1"},
             mixinStandardHelpOptions = true, description = "Give a device (bound to vfio-pci) to one VM exclusively.")
-    static final class Assign extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
-        Bdf bdf;
+    static final class Assign extends OnDevice {
         @Option(names = "--vm", required = true, paramLabel = "NAME", description = "The VM that gets the device.")
         String vm;
         @Option(names = "--force", description = "Record the assignment even if the device is not ready (not bound to vfio-pci, group not viable).")
@@ -437,9 +439,7 @@ public final class HostCommand implements Runnable {
 
     @Command(name = "release", footerHeading = "%nExamples:%n", footer = {"  iovirt host release 0000:03:10.0 --vm web1"},
             mixinStandardHelpOptions = true, description = "Take a device back from its VM.")
-    static final class Release extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
-        Bdf bdf;
+    static final class Release extends OnDevice {
         @Option(names = "--vm", paramLabel = "NAME", description = "Refuse unless this VM owns it.")
         String vm;
         @Option(names = "--dry-run", description = "Check and print what would be released, change nothing.")

@@ -394,23 +394,35 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "identify", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 identify"},
-            mixinStandardHelpOptions = true,
-            description = "Print the controller's serial number, model, firmware and its first namespace's size.")
-    static final class Identify implements Callable<Integer> {
+    /**
+     * What every {@code vfio nvme ADDRESS ...} subcommand has: the parent's address, the controller options, and a
+     * way to run on an opened controller.
+     */
+    abstract static class NvmeSubcommand implements Callable<Integer> {
         @ParentCommand
         Nvme parent;
         @Mixin
         NvmeOptions opts = new NvmeOptions();
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
+
+        /** Opens the controller with {@code depth} queue entries and {@code bufferBytes} of DMA memory, runs {@code body}. */
+        final Integer onController(int depth, long bufferBytes, NvmeBody body) throws Exception {
+            return withController(parent.address(spec), opts.options(depth, bufferBytes), body);
+        }
+    }
+
+    @Command(name = "identify", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 identify"},
+            mixinStandardHelpOptions = true,
+            description = "Print the controller's serial number, model, firmware and its first namespace's size.")
+    static final class Identify extends NvmeSubcommand {
         @Option(names = "--json", description = "Print the identity as JSON (schema in docs/cli.md).")
         boolean json;
 
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
+            return onController(16, 64 << 10, c -> {
                 var id = c.identity();
                 var ns = c.namespace();
                 if (json) {
@@ -456,13 +468,7 @@ public final class VfioCommand implements Runnable {
     @Command(name = "read", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 read --lba 0 --count 8 --out first-4k.bin"},
             mixinStandardHelpOptions = true,
             description = "Read logical blocks; writes them to --out FILE, or prints a hex dump.")
-    static final class Read implements Callable<Integer> {
-        @ParentCommand
-        Nvme parent;
-        @Mixin
-        NvmeOptions opts = new NvmeOptions();
-        @CommandLine.Spec
-        CommandLine.Model.CommandSpec spec;
+    static final class Read extends NvmeSubcommand {
 
         @Option(names = "--lba", required = true, description = "First logical block.")
         long lba;
@@ -483,7 +489,7 @@ public final class VfioCommand implements Runnable {
                 throw Contract.usage(spec, "--count must be 1..2^32: " + count);
             }
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address(spec), opts.options(16, 1 << 20), c -> {
+            return onController(16, 1 << 20, c -> {
                 int bs = c.blockSize();
                 int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
                 DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
@@ -531,13 +537,7 @@ public final class VfioCommand implements Runnable {
     @Command(name = "write", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 write --lba 0 --count 8 --in block.bin"},
             mixinStandardHelpOptions = true,
             description = "Write logical blocks from --pattern TEXT (repeated) or --in FILE (zero-padded), then flush.")
-    static final class Write implements Callable<Integer> {
-        @ParentCommand
-        Nvme parent;
-        @Mixin
-        NvmeOptions opts = new NvmeOptions();
-        @CommandLine.Spec
-        CommandLine.Model.CommandSpec spec;
+    static final class Write extends NvmeSubcommand {
 
         @Option(names = "--lba", required = true, description = "First logical block.")
         long lba;
@@ -563,7 +563,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address(spec), opts.options(16, 1 << 20), c -> {
+            return onController(16, 1 << 20, c -> {
                 try (Arena arena = Arena.ofConfined()) {
                     return write(c, arena, out);
                 }
@@ -629,13 +629,7 @@ public final class VfioCommand implements Runnable {
     @Command(name = "bench", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 bench --seconds 10 --qd 32"},
             mixinStandardHelpOptions = true,
             description = "4 KiB random reads at a fixed queue depth for a fixed time; prints IOPS and latency.")
-    static final class Bench implements Callable<Integer> {
-        @ParentCommand
-        Nvme parent;
-        @Mixin
-        NvmeOptions opts = new NvmeOptions();
-        @CommandLine.Spec
-        CommandLine.Model.CommandSpec spec;
+    static final class Bench extends NvmeSubcommand {
 
         @Option(names = "--qd", defaultValue = "1", description = "Reads kept outstanding. Default: ${DEFAULT-VALUE}.")
         int qd;
@@ -653,7 +647,7 @@ public final class VfioCommand implements Runnable {
                 throw Contract.usage(spec, "--qd must be 1..1023: " + qd);
             }
             int depth = Math.max(qd + 1, 16);
-            return withController(parent.address(spec), opts.options(depth, (long) depth * NvmeBench.IO_SIZE), c -> {
+            return onController(depth, (long) depth * NvmeBench.IO_SIZE, c -> {
                 spec.commandLine().getErr().printf("bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, "
                         + "completions by %s%n", parent.address, c.namespace().nsid(), ByteSizes.binary(c.namespace().bytes()),
                         qd, seconds, c.irqMode());
@@ -671,13 +665,7 @@ public final class VfioCommand implements Runnable {
             description = "Point the controller at an IOVA that was never mapped and show the IOMMU blocks it "
                     + "(reads LBA 0; writes nothing to the disk). Exit 0 when confined, 3 when not, 1 when the check "
                     + "could not run.")
-    static final class IommuCheckCommand implements Callable<Integer> {
-        @ParentCommand
-        Nvme parent;
-        @Mixin
-        NvmeOptions opts = new NvmeOptions();
-        @CommandLine.Spec
-        CommandLine.Model.CommandSpec spec;
+    static final class IommuCheckCommand extends NvmeSubcommand {
 
         @Option(names = "--json", description = "Print the probes' results as one JSON document (schema in docs/cli.md).")
         boolean json;
@@ -685,7 +673,7 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return withController(parent.address(spec), opts.options(16, 64 << 10), c -> {
+            return onController(16, 64 << 10, c -> {
                 IommuCheck.Result r = IommuCheck.run(c);
                 if (json) {
                     Map<String, Object> doc = new LinkedHashMap<>();

@@ -81,7 +81,7 @@ public final class Daemon implements AutoCloseable {
             case "blk.info" -> blkInfo(p.allow("id"));
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
-            case "net.add" -> netAdd(p.allow("id", "mtu", "mac-aging"), false);
+            case "net.add" -> netAdd(p.allow("id", "mtu", "mac-aging", "macs-per-port"), false);
             case "net.remove" -> netRemove(p.allow("id"));
             case "net.port.add" -> portAdd(p.allow("net", "id", "kind", "path", "ifname", "queues", "mac"), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
@@ -403,7 +403,9 @@ public final class Daemon implements AutoCloseable {
 
     NetSwitch.Spec netSpec(Params p, String defaultId) throws RpcException {
         return new NetSwitch.Spec(p.id("id", defaultId), (int) p.integer("mtu", 1500, 68, 65535),
-                (int) p.integer("mac-aging", io.iovirt.net.Switch.DEFAULT_MAC_AGING_SECONDS, 1, 86400));
+                (int) p.integer("mac-aging", io.iovirt.net.Switch.DEFAULT_MAC_AGING_SECONDS, 1, 86400),
+                (int) p.integer("macs-per-port", io.iovirt.net.Switch.DEFAULT_MACS_PER_PORT, 1,
+                        io.iovirt.net.Switch.DEFAULT_MAC_CAPACITY));
     }
 
     private Map<String, Object> netAdd(Params p, boolean fromConfig) throws RpcException {
@@ -569,6 +571,7 @@ public final class Daemon implements AutoCloseable {
                 m.put("id", n.spec.id());
                 m.put("mtu", n.spec.mtu());
                 m.put("mac_aging", n.spec.macAgingSeconds());
+                m.put("macs_per_port", n.spec.macsPerPort());
                 m.put("macs", n.sw.macTable().size());
                 List<Object> ports = new ArrayList<>();
                 for (NetSwitch.PortEntry e : n.ports.values()) {

@@ -16,7 +16,7 @@ import java.util.Map;
  * drops its own frames only. Guarded by the daemon's lock.
  */
 final class NetSwitch implements AutoCloseable {
-    record Spec(String id, int mtu, int macAgingSeconds) {
+    record Spec(String id, int mtu, int macAgingSeconds, int macsPerPort) {
     }
 
     /** A port as requested: kind vhost-user|stream|tap, path (sockets) or ifname (tap). */
@@ -34,7 +34,8 @@ final class NetSwitch implements AutoCloseable {
     NetSwitch(Spec spec, boolean fromConfig) {
         this.spec = spec;
         this.fromConfig = fromConfig;
-        this.sw = new Switch(Switch.Config.defaults().withMtu(spec.mtu()).withMacAging(spec.macAgingSeconds()));
+        this.sw = new Switch(Switch.Config.defaults().withMtu(spec.mtu()).withMacAging(spec.macAgingSeconds())
+                .withMacTable(Switch.DEFAULT_MAC_CAPACITY, spec.macsPerPort()));
         sw.startHousekeeping();
     }
 

@@ -3,10 +3,9 @@ package io.iovirt.daemon;
 
 import io.iovirt.util.Json;
 import io.iovirt.linux.Acceptor;
-import io.iovirt.linux.Errno;
-import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.SocketAccess;
+import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -19,9 +18,7 @@ import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
-import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -69,20 +66,7 @@ public final class RpcServer implements AutoCloseable {
 
     /** Listens on {@code path} (mode 0600); a stale socket file nobody listens on is replaced. */
     public static RpcServer start(Path path, Daemon daemon) throws IOException {
-        removeStale(path);
-        UnixSocket l;
-        try {
-            l = UnixSocket.listen(path, 16);
-        } catch (LinuxException e) {
-            throw new IOException("cannot listen on control socket " + path + ": " + e.getMessage()
-                    + (e.errno() == Errno.ENOENT ? " (create its directory first)" : ""), e);
-        }
-        try {
-            Files.setPosixFilePermissions(path, PosixFilePermissions.fromString("rw-------"));
-        } catch (IOException e) {
-            l.close();
-            throw new IOException("cannot restrict control socket " + path + " to mode 0600: " + e.getMessage(), e);
-        }
+        UnixSocket l = SocketPaths.listen(path, 16, SocketAccess.ownerOnly(), "--control path"); // mode 0600
         int uid = (Integer) Files.getAttribute(Path.of("/proc/self"), "unix:uid");
         RpcServer s = new RpcServer(path, daemon, l, uid);
         s.acceptor.start();
@@ -91,34 +75,6 @@ public final class RpcServer implements AutoCloseable {
 
     public Path path() {
         return path;
-    }
-
-    private static void removeStale(Path p) throws IOException {
-        FileIo.Stat st;
-        try {
-            st = FileIo.stat(p);
-        } catch (LinuxException e) {
-            if (e.errno() == Errno.ENOENT) {
-                return;
-            }
-            throw e;
-        }
-        if (!st.isSocket()) {
-            throw new IOException(p + " exists and is not a socket; remove it or choose another --control path");
-        }
-        try {
-            UnixSocket.connect(p).close();
-            throw new IOException(p + " is in use by another running daemon; stop it or choose another --control path");
-        } catch (LinuxException e) {
-            if (e.errno() != Errno.ECONNREFUSED) {
-                throw e;
-            }
-        }
-        try {
-            Files.delete(p);
-        } catch (NoSuchFileException e) {
-            // gone meanwhile
-        }
     }
 
     /** A client whose uid may control us, within the limit: its own platform thread serves it. */

@@ -25,6 +25,14 @@ public final class Acceptor<S extends AutoCloseable> {
     public static final long MIN_BACKOFF_MS = 10;
     public static final long MAX_BACKOFF_MS = 1000;
 
+    static {
+        // What a failing accept needs is loaded now: with no descriptor left, loading a class from a directory or a
+        // jar not yet open fails, and the JVM remembers that failure for good (seen: NoClassDefFoundError: Errno
+        // from LinuxException's message, which ended the accept thread).
+        Errno.name(Errno.EMFILE);
+        new LinuxException("accept", Errno.EMFILE).getMessage();
+    }
+
     /** Waits for the next connection; throws when the listener failed or was closed. */
     @FunctionalInterface
     public interface Listener<S> {
@@ -176,7 +184,9 @@ public final class Acceptor<S extends AutoCloseable> {
             S s;
             try {
                 s = listener.accept();
-            } catch (IOException e) {
+            } catch (IOException | RuntimeException | Error e) {
+                // Error too: out of descriptors, the JVM cannot open a class file either (a NoClassDefFoundError
+                // from the failure path itself), and out of memory is as passing as out of descriptors.
                 if (closed.getAsBoolean()) {
                     return;
                 }

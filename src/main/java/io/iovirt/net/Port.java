@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.net;
 
+import io.iovirt.linux.Epoll;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.util.concurrent.CopyOnWriteArrayList;
 
@@ -124,6 +128,46 @@ public abstract class Port implements AutoCloseable {
     /** The largest frame the switch forwards; valid once added. */
     protected final int maxFrame() {
         return Ethernet.maxFrame(owner.mtu());
+    }
+
+    /** What a descriptor-driven receive loop does when one of its sources is ready. */
+    @FunctionalInterface
+    protected interface Events {
+        void ready(long token, int events) throws Exception;
+    }
+
+    /**
+     * The receive loop of a port fed by host descriptors (a stream socket, a TAP device): a {@link QueueWorker}
+     * (its own platform thread in epoll, bounded stop, failures logged) whose work all happens in descriptor
+     * events. {@code fd} is watched for input under {@code token}; more sources may be added with
+     * {@link QueueWorker#watch}. {@code stopped} runs once on the worker thread when the loop ends.
+     */
+    protected final QueueWorker receiveWorker(Fd fd, long token, Events events, Runnable stopped) throws LinuxException {
+        return QueueWorker.builder(this + " receive")
+                .source(fd, Epoll.EPOLLIN, token)
+                .build(new QueueWorker.Handler() {
+                    @Override
+                    public boolean process() {
+                        return false; // all work happens in event()
+                    }
+
+                    @Override
+                    public void event(long t, int ev) throws Exception {
+                        events.ready(t, ev);
+                    }
+
+                    @Override
+                    public void stopped(boolean failed) {
+                        stopped.run();
+                    }
+                });
+    }
+
+    /** Stops a receive loop from {@link #close} (bounded); from the loop's own thread it ends by itself. */
+    protected static void stopReceiveWorker(QueueWorker w) {
+        if (w != null && !w.onWorkerThread()) {
+            w.stop();
+        }
     }
 
     final void attach(Switch s, int i) {

@@ -8,6 +8,7 @@ import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.PacketIo;
 import io.iovirt.linux.SocketAccess;
+import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
@@ -104,33 +105,18 @@ public final class StreamPort extends Port {
         tx = newCounters();
         try {
             listener = SocketPaths.listen(path, access);
-            worker = QueueWorker.builder(this + " receive")
-                    .source(listener.fd(), Epoll.EPOLLIN, LISTENER)
-                    .build(new QueueWorker.Handler() {
-                        @Override
-                        public boolean process() {
-                            return false; // all work happens in event()
-                        }
-
-                        @Override
-                        public void event(long token, int events) throws LinuxException {
-                            if (token == LISTENER) {
-                                accept();
-                            } else if (token == CONNECTION) {
-                                if ((events & Epoll.EPOLLOUT) != 0) {
-                                    flushPending();
-                                }
-                                if ((events & (Epoll.EPOLLIN | Epoll.EPOLLHUP | Epoll.EPOLLERR | Epoll.EPOLLRDHUP)) != 0) {
-                                    readAvailable();
-                                }
-                            }
-                        }
-
-                        @Override
-                        public void stopped(boolean failed) {
-                            disconnect(null);
-                        }
-                    });
+            worker = receiveWorker(listener.fd(), LISTENER, (token, events) -> {
+                if (token == LISTENER) {
+                    accept();
+                } else if (token == CONNECTION) {
+                    if ((events & Epoll.EPOLLOUT) != 0) {
+                        flushPending();
+                    }
+                    if ((events & (Epoll.EPOLLIN | Epoll.EPOLLHUP | Epoll.EPOLLERR | Epoll.EPOLLRDHUP)) != 0) {
+                        readAvailable();
+                    }
+                }
+            }, () -> disconnect(null));
         } catch (IOException | RuntimeException e) {
             close();
             throw e;
@@ -347,10 +333,7 @@ public final class StreamPort extends Port {
             }
             closing = true;
         }
-        QueueWorker w = worker;
-        if (w != null && !w.onWorkerThread()) {
-            w.stop(); // bounded; disconnects the peer on its way out
-        }
+        stopReceiveWorker(worker); // bounded; disconnects the peer on its way out
         disconnect(null);
         if (listener != null) {
             listener.close();

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.net;
 
-import io.iovirt.linux.Epoll;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.PacketIo;
@@ -73,19 +72,7 @@ public final class TapPort extends Port {
                 throw new IOException("cannot open TAP interface " + ifname + ": " + e.getMessage(), e);
             }
             tun.fd().setNonBlocking(true);
-            worker = QueueWorker.builder(this + " receive")
-                    .source(tun.fd(), Epoll.EPOLLIN, TAP)
-                    .build(new QueueWorker.Handler() {
-                        @Override
-                        public boolean process() {
-                            return false; // all work happens in event()
-                        }
-
-                        @Override
-                        public void event(long token, int events) throws LinuxException {
-                            readAvailable();
-                        }
-                    });
+            worker = receiveWorker(tun.fd(), TAP, (token, events) -> readAvailable(), () -> { });
         } catch (IOException | RuntimeException e) {
             close();
             throw e;
@@ -145,10 +132,7 @@ public final class TapPort extends Port {
             }
             closing = true;
         }
-        QueueWorker w = worker;
-        if (w != null && !w.onWorkerThread()) {
-            w.stop();
-        }
+        stopReceiveWorker(worker);
         if (tun != null) {
             tun.close();
         }

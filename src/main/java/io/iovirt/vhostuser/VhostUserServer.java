@@ -2,14 +2,12 @@
 package io.iovirt.vhostuser;
 
 import io.iovirt.linux.Acceptor;
-import io.iovirt.linux.Errno;
-import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.SocketAccess;
+import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import java.io.IOException;
 import java.nio.file.Files;
-import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.time.Duration;
 
@@ -138,41 +136,11 @@ public final class VhostUserServer implements AutoCloseable {
      */
     public static VhostUserServer start(Path socketPath, VhostUserBackend backend, SocketAccess access) throws IOException {
         new Handler(backend, socketPath.toString()); // validates the device's queue count, sizes and features now
-        removeStaleSocket(socketPath);
-        UnixSocket listener;
-        try {
-            listener = UnixSocket.listen(socketPath, 4, access);
-        } catch (LinuxException e) {
-            throw new IOException("cannot listen on " + socketPath + ": " + e.getMessage()
-                    + (e.errno() == Errno.ENOENT ? " (does its directory exist?)" : ""), e);
-        }
+        UnixSocket listener = SocketPaths.listen(socketPath, 4, access, "socket path");
         VhostUserServer server = new VhostUserServer(socketPath, backend, listener, access);
         server.acceptor.start();
         LOG.log(System.Logger.Level.INFO, server.name + ": listening");
         return server;
-    }
-
-    private static void removeStaleSocket(Path p) throws IOException {
-        FileIo.Stat st;
-        try {
-            st = FileIo.stat(p);
-        } catch (LinuxException e) {
-            if (e.errno() == Errno.ENOENT) {
-                return;
-            }
-            throw e;
-        }
-        if (!st.isSocket()) {
-            throw new IOException(p + " exists and is not a socket; remove it or choose another socket path");
-        }
-        if (UnixSocket.listenedOn(p)) {
-            throw new IOException(p + " is in use by another running server (something accepts connections on it); stop it or choose another socket path");
-        }
-        try {
-            Files.delete(p); // nobody listens: left over from a server that did not exit cleanly
-        } catch (NoSuchFileException e) {
-            // removed meanwhile
-        }
     }
 
     public Path socketPath() {

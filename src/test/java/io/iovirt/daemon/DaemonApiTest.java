@@ -162,10 +162,12 @@ class DaemonApiTest {
     @Test
     void netLifecycle() throws Exception {
         assertEquals("net0", ok("net.add").get("id"));
-        assertEquals("lan", ok("net.add", "id", "lan", "mtu", 9000).get("id"));
+        assertEquals("lan", ok("net.add", "id", "lan", "mtu", 9000, "macs-per-port", 4).get("id"));
         bad(RpcException.EXISTS, "net.add", "id", "lan");
         bad(RpcException.INVALID_PARAMS, "net.add", "mtu", 10);
         bad(RpcException.INVALID_PARAMS, "net.add", "mac-aging", 0);
+        bad(RpcException.INVALID_PARAMS, "net.add", "macs-per-port", 0);
+        bad(RpcException.INVALID_PARAMS, "net.add", "macs-per-port", 8193);
         Path a = dir.resolve("a.sock");
         assertEquals("port0", ok("net.port.add", "net", "net0", "kind", "vhost-user", "path", a.toString(), "mac", "52:54:00:00:00:01").get("id"));
         assertEquals("s", ok("net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("s.sock").toString()).get("id"));
@@ -181,6 +183,8 @@ class DaemonApiTest {
         bad(RpcException.EXISTS, "net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("t.sock").toString());
         List<?> nets = (List<?>) ok("net.list").get("list");
         assertEquals(2, nets.size());
+        assertTrue(nets.stream().anyMatch(n -> ((Map<?, ?>) n).get("id").equals("lan")
+                && ((Number) ((Map<?, ?>) n).get("macs_per_port")).intValue() == 4), nets.toString());
         List<?> ports = (List<?>) ((Map<?, ?>) nets.get(0)).get("ports");
         assertEquals(2, ports.size());
         assertEquals("down", ((Map<?, ?>) ports.get(0)).get("link"));

@@ -108,6 +108,9 @@ final class RecordingBackend implements VhostUserBackend {
         if (!migration && (offset != 32 || data.length != 1)) {
             throw new BackendException("only the writeback byte is writable");
         }
+        if (offset + data.length > CONFIG_SIZE) { // the handler bounds SET_CONFIG by 256 bytes, the device by its own size
+            throw new BackendException("config write " + offset + "+" + data.length + " past " + CONFIG_SIZE);
+        }
         System.arraycopy(data, 0, config, offset, data.length);
         record("writeConfig " + offset + "+" + data.length);
     }

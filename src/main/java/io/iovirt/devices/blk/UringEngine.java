@@ -18,8 +18,8 @@ import java.lang.foreign.MemorySegment;
  * Serves a virtio-blk queue through its own io_uring: up to queue-size requests in flight at once. Each in-flight
  * request owns a slot (its chain object, its iovec array; all preallocated), its I/O goes straight between the image
  * and the guest buffers, and completions, in whatever order the kernel finishes them, are pushed as they are
- * reaped and published with one used-index update per round. The ring signals an eventfd of ours per completion
- * (IORING_REGISTER_EVENTFD), which the queue's {@link QueueWorker} watches next to the kick and stop sources, so the worker sleeps in one epoll_wait for
+ * reaped. The ring signals an eventfd of ours per completion (IORING_REGISTER_EVENTFD), which the queue's
+ * {@link QueueWorker} watches next to the kick and stop sources, so the worker sleeps in one epoll_wait for
  * whichever comes first. A FLUSH is an asynchronous fdatasync: it covers the writes completed before it was
  * submitted, which includes every write already pushed to the used ring — all that VIRTIO 1.2 §5.2.6 asks.
  *
@@ -202,7 +202,7 @@ final class UringEngine implements QueueWorker.Handler {
             log.requestFailed(r.error);
         }
         freeSlots[freeCount++] = r.slot;
-        queue.pushBatched(r.chain, written); // published with the notification decision, once per round
+        queue.push(r.chain, written);
     }
 
     /**

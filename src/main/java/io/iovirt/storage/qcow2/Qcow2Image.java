@@ -667,8 +667,11 @@ public final class Qcow2Image implements DiskImage {
                 }
             }
             src.copyTo(srcPos, buf, in, n);
-            long target = (e & OFLAG_ZERO) != 0 && (e & OFLAG_COPIED) != 0 && (e & OFFSET_MASK) != 0
-                    ? e & OFFSET_MASK // a preallocated zero cluster: write in place
+            // A preallocated zero cluster is written in place. In a compressed entry bit 0 belongs to the host
+            // offset, not the zero flag: such an entry (with a COPIED bit a damaged image may carry) is copied out.
+            long target = (e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (e & OFLAG_COPIED) != 0
+                    && (e & OFFSET_MASK) != 0
+                    ? e & OFFSET_MASK
                     : allocateCluster();
             checkDataWrite(cluster, target, clusterSize);
             writeFile(fd, buf, target, align);

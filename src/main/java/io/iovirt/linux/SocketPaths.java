@@ -1,9 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-package io.iovirt.net;
+package io.iovirt.linux;
 
-import io.iovirt.linux.LinuxException;
-import io.iovirt.linux.SocketAccess;
-import io.iovirt.linux.UnixSocket;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
@@ -20,15 +17,23 @@ public final class SocketPaths {
      * some process still listens on, or a path that is not a socket, is refused with a message saying so.
      */
     public static UnixSocket listen(Path path) throws IOException {
-        return listen(path, SocketAccess.ownerOnly());
+        return listen(path, 4, SocketAccess.ownerOnly(), "path");
     }
 
     /** As {@link #listen(Path)}, the socket file's mode and group set from {@code access} before listening. */
     public static UnixSocket listen(Path path, SocketAccess access) throws IOException {
+        return listen(path, 4, access, "path");
+    }
+
+    /**
+     * As {@link #listen(Path, SocketAccess)} with a backlog of {@code backlog}; {@code option} names what a user
+     * changes to pick another path (e.g. {@code "--socket path"}) in the messages.
+     */
+    public static UnixSocket listen(Path path, int backlog, SocketAccess access, String option) throws IOException {
         if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
             BasicFileAttributes a = Files.readAttributes(path, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
             if (!a.isOther()) {
-                throw new IOException(path + " exists and is not a socket; choose another path or remove it");
+                throw new IOException(path + " exists and is not a socket; remove it or choose another " + option);
             }
             boolean live;
             try {
@@ -37,12 +42,18 @@ public final class SocketPaths {
                 throw new IOException("cannot tell whether " + path + " is in use: " + e.getMessage(), e);
             }
             if (live) {
-                throw new IOException("another process is listening on " + path + "; stop it or choose another path");
+                throw new IOException("another process is listening on " + path + ": it is in use by another running "
+                        + "server; stop it or choose another " + option);
             }
             Files.deleteIfExists(path); // nobody listens: a stale socket from an earlier run
         } else if (path.getParent() != null && !Files.isDirectory(path.getParent())) {
-            throw new IOException("directory " + path.getParent() + " for socket " + path + " does not exist");
+            throw new IOException("directory " + path.getParent() + " for socket " + path + " does not exist; create it "
+                    + "or choose another " + option);
         }
-        return UnixSocket.listen(path, 4, access);
+        try {
+            return UnixSocket.listen(path, backlog, access);
+        } catch (LinuxException e) {
+            throw new IOException("cannot listen on " + path + ": " + e.getMessage(), e);
+        }
     }
 }
