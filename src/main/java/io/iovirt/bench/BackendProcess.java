@@ -80,8 +80,12 @@ public final class BackendProcess {
         try {
             List<String> status = Files.readAllLines(proc.resolve("status"));
             long guest = guestMappingKiB(Files.readAllLines(proc.resolve("smaps")), sharedName);
-            return new Memory(statusKiB(status, "VmRSS"), statusKiB(status, "RssAnon"), statusKiB(status, "RssFile"),
-                    statusKiB(status, "RssShmem"), guest);
+            return new Memory(
+                    statusKiB(status, "VmRSS"),
+                    statusKiB(status, "RssAnon"),
+                    statusKiB(status, "RssFile"),
+                    statusKiB(status, "RssShmem"),
+                    guest);
         } catch (IOException | RuntimeException e) {
             return null;
         }

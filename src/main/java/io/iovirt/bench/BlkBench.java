@@ -18,11 +18,11 @@ import java.util.OptionalLong;
 public final class BlkBench {
     /** The name our guest RAM has in the backend's /proc/PID/smaps (see FrontendMemory). */
     static final String GUEST_RAM_NAME = "memfd:iovirt-guest-ram";
+
     private static final Duration REPLY_TIMEOUT = Duration.ofSeconds(30);
     private static final long STALL_NANOS = 30_000_000_000L;
 
-    private BlkBench() {
-    }
+    private BlkBench() {}
 
     public static BlkBenchResult run(BlkBenchOptions o) throws IOException {
         try (VhostUserBlkDriver driver = VhostUserBlkDriver.connect(o.socket(), REPLY_TIMEOUT)) {
@@ -33,20 +33,25 @@ public final class BlkBench {
             boolean indirect = o.indirect() && dev.has(VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC);
             check(o, dev, indirect);
 
-            List<DriverQueue> queues = driver.start(new VhostUserBlkDriver.Layout(o.queues(), o.queueSize(),
-                    o.queueDepth(), o.blockBytes(), o.packed(), indirect));
+            List<DriverQueue> queues = driver.start(new VhostUserBlkDriver.Layout(
+                    o.queues(), o.queueSize(), o.queueDepth(), o.blockBytes(), o.packed(), indirect));
             long blocks = dev.capacityBytes() / o.blockBytes();
             QueueRunner.Phase phase = new QueueRunner.Phase();
             List<QueueRunner> runners = new ArrayList<>();
             for (DriverQueue q : queues) {
-                runners.add(new QueueRunner(q, new QueueRunner.Workload(o.pattern().write(), o.interrupts(),
-                        o.verify(), o.seed(), o.queueDepth()),
-                        new BlockSequence(blocks, o.pattern().random(), o.seed(), o.queues(), q.index()), phase, STALL_NANOS));
+                runners.add(new QueueRunner(
+                        q,
+                        new QueueRunner.Workload(
+                                o.pattern().write(), o.interrupts(), o.verify(), o.seed(), o.queueDepth()),
+                        new BlockSequence(blocks, o.pattern().random(), o.seed(), o.queues(), q.index()),
+                        phase,
+                        STALL_NANOS));
             }
             List<Thread> threads = new ArrayList<>();
             for (QueueRunner r : runners) {
                 // platform threads: the loop busy-polls or blocks in epoll_wait, a native call
-                threads.add(Thread.ofPlatform().name("bench-blk-q" + threads.size()).start(r));
+                threads.add(
+                        Thread.ofPlatform().name("bench-blk-q" + threads.size()).start(r));
             }
             try {
                 await(o.warmupSeconds(), runners, socket);
@@ -69,11 +74,26 @@ public final class BlkBench {
                     latency.add(r.histogram());
                     ios += r.completed();
                     verified += r.verifiedBlocks();
-                    allocated = allocated < 0 || r.allocatedWhileMeasuring() < 0 ? -1 : allocated + r.allocatedWhileMeasuring();
+                    allocated = allocated < 0 || r.allocatedWhileMeasuring() < 0
+                            ? -1
+                            : allocated + r.allocatedWhileMeasuring();
                 }
-                return new BlkBenchResult(o, dev, indirect, backend.pid(), backend.name(),
-                        backend.pid() == self.pid(), (t1 - t0) / 1e9, ios, latency,
-                        diff(cpu0, cpu1), diff(self0, self1), memory, driver.sharedMemoryBytes(), allocated, verified);
+                return new BlkBenchResult(
+                        o,
+                        dev,
+                        indirect,
+                        backend.pid(),
+                        backend.name(),
+                        backend.pid() == self.pid(),
+                        (t1 - t0) / 1e9,
+                        ios,
+                        latency,
+                        diff(cpu0, cpu1),
+                        diff(self0, self1),
+                        memory,
+                        driver.sharedMemoryBytes(),
+                        allocated,
+                        verified);
             } finally {
                 phase.value = QueueRunner.ABORT; // after a failure: leave requests in flight, the connection closes
                 for (Thread t : threads) {
@@ -85,18 +105,20 @@ public final class BlkBench {
 
     private static void check(BlkBenchOptions o, VhostUserBlkDriver.Device dev, boolean indirect) {
         if (o.pattern().write() && dev.readOnly()) {
-            throw new IllegalArgumentException("the backend's disk is read-only (VIRTIO_BLK_F_RO): use --rw read or randread");
+            throw new IllegalArgumentException(
+                    "the backend's disk is read-only (VIRTIO_BLK_F_RO): use --rw read or randread");
         }
         if (o.blockBytes() % dev.blockSize() != 0) {
-            throw new IllegalArgumentException("--bs " + o.blockBytes() + " is not a multiple of the disk's block size "
-                    + dev.blockSize());
+            throw new IllegalArgumentException(
+                    "--bs " + o.blockBytes() + " is not a multiple of the disk's block size " + dev.blockSize());
         }
         if (dev.capacityBytes() < o.blockBytes()) {
-            throw new IllegalArgumentException("the disk has " + dev.capacityBytes() + " bytes, less than one --bs block");
+            throw new IllegalArgumentException(
+                    "the disk has " + dev.capacityBytes() + " bytes, less than one --bs block");
         }
         if (o.queues() > dev.numQueues()) {
-            throw new IllegalArgumentException("--queues " + o.queues() + " but the backend offers " + dev.numQueues()
-                    + " queue(s)");
+            throw new IllegalArgumentException(
+                    "--queues " + o.queues() + " but the backend offers " + dev.numQueues() + " queue(s)");
         }
         int segs = VhostUserBlkDriver.dataSegments(dev, o.blockBytes());
         if (dev.segMax() > 0 && segs > dev.segMax()) {

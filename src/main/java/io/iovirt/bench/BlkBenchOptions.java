@@ -12,13 +12,27 @@ import java.util.Objects;
  * @param indirect   use indirect descriptors when the backend offers them (a Linux guest does)
  * @param seed       seeds the random block order and the verify pattern
  */
-public record BlkBenchOptions(Path socket, Pattern pattern, int blockBytes, int queueDepth, double seconds,
-                              double warmupSeconds, int queues, int queueSize, boolean packed, boolean interrupts,
-                              boolean indirect, boolean verify, long seed) {
+public record BlkBenchOptions(
+        Path socket,
+        Pattern pattern,
+        int blockBytes,
+        int queueDepth,
+        double seconds,
+        double warmupSeconds,
+        int queues,
+        int queueSize,
+        boolean packed,
+        boolean interrupts,
+        boolean indirect,
+        boolean verify,
+        long seed) {
 
     /** The access pattern (fio's names). */
     public enum Pattern {
-        RANDREAD(false, true), RANDWRITE(true, true), READ(false, false), WRITE(true, false);
+        RANDREAD(false, true),
+        RANDWRITE(true, true),
+        READ(false, false),
+        WRITE(true, false);
 
         private final boolean write;
         private final boolean random;
@@ -60,11 +74,12 @@ public record BlkBenchOptions(Path socket, Pattern pattern, int blockBytes, int 
             throw new IllegalArgumentException("--queues must be 1..64, got " + queues);
         }
         if (queueSize < 1 || queueSize > 32768 || (!packed && Integer.bitCount(queueSize) != 1)) {
-            throw new IllegalArgumentException("--queue-size must be " + (packed ? "1..32768" : "a power of two up to 32768")
-                    + ", got " + queueSize);
+            throw new IllegalArgumentException("--queue-size must be "
+                    + (packed ? "1..32768" : "a power of two up to 32768") + ", got " + queueSize);
         }
         if (verify && !pattern.write()) {
-            throw new IllegalArgumentException("--verify checks data this run writes: use it with --rw write or randwrite");
+            throw new IllegalArgumentException(
+                    "--verify checks data this run writes: use it with --rw write or randwrite");
         }
     }
 }

@@ -20,11 +20,22 @@ import java.util.OptionalLong;
  * @param sharedMemoryBytes     size of the guest RAM we share (both memfd regions)
  * @param clientAllocatedBytes  heap allocated by the queue threads while measuring; -1 when the JVM cannot tell
  */
-public record BlkBenchResult(BlkBenchOptions options, VhostUserBlkDriver.Device device, boolean indirect,
-                             long backendPid, String backendName, boolean sameProcess, double seconds, long ios,
-                             LatencyHistogram latency, OptionalLong backendCpuNanos, OptionalLong clientCpuNanos,
-                             BackendProcess.Memory backendMemory, long sharedMemoryBytes, long clientAllocatedBytes,
-                             long verifiedBlocks) {
+public record BlkBenchResult(
+        BlkBenchOptions options,
+        VhostUserBlkDriver.Device device,
+        boolean indirect,
+        long backendPid,
+        String backendName,
+        boolean sameProcess,
+        double seconds,
+        long ios,
+        LatencyHistogram latency,
+        OptionalLong backendCpuNanos,
+        OptionalLong clientCpuNanos,
+        BackendProcess.Memory backendMemory,
+        long sharedMemoryBytes,
+        long clientAllocatedBytes,
+        long verifiedBlocks) {
 
     public double iops() {
         return ios / seconds;
@@ -54,34 +65,71 @@ public record BlkBenchResult(BlkBenchOptions options, VhostUserBlkDriver.Device 
     public String text() {
         BlkBenchOptions o = options;
         StringBuilder b = new StringBuilder();
-        b.append(String.format(Locale.ROOT, "workload: %s bs=%d qd=%d queues=%d, %s ring%s, %s; %.2f s measured after %.1f s warm-up%n",
-                o.pattern().fioName(), o.blockBytes(), o.queueDepth(), o.queues(), o.packed() ? "packed" : "split",
-                indirect ? ", indirect descriptors" : "", o.interrupts() ? "interrupts" : "polling", seconds,
+        b.append(String.format(
+                Locale.ROOT,
+                "workload: %s bs=%d qd=%d queues=%d, %s ring%s, %s; %.2f s measured after %.1f s warm-up%n",
+                o.pattern().fioName(),
+                o.blockBytes(),
+                o.queueDepth(),
+                o.queues(),
+                o.packed() ? "packed" : "split",
+                indirect ? ", indirect descriptors" : "",
+                o.interrupts() ? "interrupts" : "polling",
+                seconds,
                 o.warmupSeconds()));
-        b.append(String.format(Locale.ROOT, "backend:  %s (pid %d)%s; %d MiB disk, %d-byte blocks; features 0x%x, protocol features 0x%x%n",
-                backendName, backendPid, sameProcess ? " — this process" : "", device.capacityBytes() >> 20,
-                device.blockSize(), device.features(), device.protocolFeatures()));
-        b.append(String.format(Locale.ROOT, "result:   %.0f IOPS, %.1f MiB/s, %d I/Os, 0 errors%n", iops(), mibPerSecond(), ios));
-        b.append(String.format(Locale.ROOT, "latency:  min %.1f, mean %.1f, p50 %.1f, p99 %.1f, p99.9 %.1f, max %.1f µs%n",
-                micros(latency.min()), latency.mean() / 1e3, micros(latency.valueAtQuantile(0.5)),
-                micros(latency.valueAtQuantile(0.99)), micros(latency.valueAtQuantile(0.999)), micros(latency.max())));
-        b.append("backend CPU: ").append(cpu(backendCpuNanos)).append(sameProcess ? " (includes this client)" : "").append('\n');
+        b.append(String.format(
+                Locale.ROOT,
+                "backend:  %s (pid %d)%s; %d MiB disk, %d-byte blocks; features 0x%x, protocol features 0x%x%n",
+                backendName,
+                backendPid,
+                sameProcess ? " — this process" : "",
+                device.capacityBytes() >> 20,
+                device.blockSize(),
+                device.features(),
+                device.protocolFeatures()));
+        b.append(String.format(
+                Locale.ROOT, "result:   %.0f IOPS, %.1f MiB/s, %d I/Os, 0 errors%n", iops(), mibPerSecond(), ios));
+        b.append(String.format(
+                Locale.ROOT,
+                "latency:  min %.1f, mean %.1f, p50 %.1f, p99 %.1f, p99.9 %.1f, max %.1f µs%n",
+                micros(latency.min()),
+                latency.mean() / 1e3,
+                micros(latency.valueAtQuantile(0.5)),
+                micros(latency.valueAtQuantile(0.99)),
+                micros(latency.valueAtQuantile(0.999)),
+                micros(latency.max())));
+        b.append("backend CPU: ")
+                .append(cpu(backendCpuNanos))
+                .append(sameProcess ? " (includes this client)" : "")
+                .append('\n');
         b.append("client CPU:  ").append(cpu(clientCpuNanos)).append('\n');
         if (backendMemory == null) {
             b.append("backend memory: n/a (/proc/").append(backendPid).append(" not readable)\n");
         } else {
-            b.append("backend memory: RSS ").append(kib(backendMemory.rssKiB())).append(", of it guest RAM mapped ")
-                    .append(kib(backendMemory.guestMappingKiB())).append(" (we share ").append(kib(sharedMemoryBytes / 1024))
-                    .append(") → ").append(kib(backendMemory.beyondGuestKiB())).append(" beyond guest mappings")
-                    .append(sameProcess ? " (includes this client)" : "").append('\n');
+            b.append("backend memory: RSS ")
+                    .append(kib(backendMemory.rssKiB()))
+                    .append(", of it guest RAM mapped ")
+                    .append(kib(backendMemory.guestMappingKiB()))
+                    .append(" (we share ")
+                    .append(kib(sharedMemoryBytes / 1024))
+                    .append(") → ")
+                    .append(kib(backendMemory.beyondGuestKiB()))
+                    .append(" beyond guest mappings")
+                    .append(sameProcess ? " (includes this client)" : "")
+                    .append('\n');
         }
         if (clientAllocatedBytes >= 0) {
-            b.append(String.format(Locale.ROOT, "client heap allocation while measuring: %.2f bytes/IO%n",
+            b.append(String.format(
+                    Locale.ROOT,
+                    "client heap allocation while measuring: %.2f bytes/IO%n",
                     ios == 0 ? 0.0 : (double) clientAllocatedBytes / ios));
         }
         if (o.verify()) {
-            b.append("verify:   ").append(verifiedBlocks).append(" written blocks read back and matched (seed ")
-                    .append(o.seed()).append(")\n");
+            b.append("verify:   ")
+                    .append(verifiedBlocks)
+                    .append(" written blocks read back and matched (seed ")
+                    .append(o.seed())
+                    .append(")\n");
         }
         return b.toString();
     }
@@ -90,8 +138,13 @@ public record BlkBenchResult(BlkBenchOptions options, VhostUserBlkDriver.Device 
         if (nanos.isEmpty()) {
             return "n/a (/proc not readable)";
         }
-        return String.format(Locale.ROOT, "%.2f µs/IO (%.2f s in %.2f s, %.0f%% of a core)", perIo(nanos),
-                nanos.getAsLong() / 1e9, seconds, 100 * nanos.getAsLong() / 1e9 / seconds);
+        return String.format(
+                Locale.ROOT,
+                "%.2f µs/IO (%.2f s in %.2f s, %.0f%% of a core)",
+                perIo(nanos),
+                nanos.getAsLong() / 1e9,
+                seconds,
+                100 * nanos.getAsLong() / 1e9 / seconds);
     }
 
     private static String kib(long kib) {
@@ -157,14 +210,17 @@ public record BlkBenchResult(BlkBenchOptions options, VhostUserBlkDriver.Device 
             m.put("backend_memory", mem);
         }
         m.put("shared_memory_bytes", sharedMemoryBytes);
-        m.put("client_allocated_bytes_per_io", clientAllocatedBytes < 0 || ios == 0 ? null : (double) clientAllocatedBytes / ios);
+        m.put(
+                "client_allocated_bytes_per_io",
+                clientAllocatedBytes < 0 || ios == 0 ? null : (double) clientAllocatedBytes / ios);
         m.put("verified_blocks", verifiedBlocks);
         return m;
     }
 
     /** Where the latency curve is sampled: denser towards the tail, which is where backends differ. */
-    private static final double[] CURVE_QUANTILES = {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95,
-            0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999};
+    private static final double[] CURVE_QUANTILES = {
+        0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999
+    };
 
     private static String hex(long v) {
         return "0x" + Long.toHexString(v);

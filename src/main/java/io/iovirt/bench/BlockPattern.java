@@ -15,8 +15,7 @@ public final class BlockPattern {
     private static final ValueLayout.OfLong LE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final int WORDS = SECTOR / 8;
 
-    private BlockPattern() {
-    }
+    private BlockPattern() {}
 
     /** The 8-byte word {@code word} (0..63) of sector {@code sector}. */
     public static long word(long seed, long sector, int word) {
@@ -48,8 +47,13 @@ public final class BlockPattern {
                 long want = word(seed, firstSector + s, w);
                 long got = buf.get(LE64, base + 8L * w);
                 if (got != want) {
-                    return String.format("sector %d, byte %d: expected %016x, read %016x%s", firstSector + s, 8 * w,
-                            want, got, w == 0 ? " (the sector number stamped there is " + got + ")" : "");
+                    return String.format(
+                            "sector %d, byte %d: expected %016x, read %016x%s",
+                            firstSector + s,
+                            8 * w,
+                            want,
+                            got,
+                            w == 0 ? " (the sector number stamped there is " + got + ")" : "");
                 }
             }
         }

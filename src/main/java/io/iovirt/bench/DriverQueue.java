@@ -30,9 +30,22 @@ final class DriverQueue {
     final long[] dataOffset;
     final long[] indirectTable;
 
-    DriverQueue(int index, DriverRing ring, EventFd kick, EventFd call, MemorySegment control, MemorySegment data,
-                int slots, int dataSegments, int blockBytes, long sizeMax, long headersGpa, long statusGpa,
-                long indirectGpa, long buffersGpa, long bufferStride) {
+    DriverQueue(
+            int index,
+            DriverRing ring,
+            EventFd kick,
+            EventFd call,
+            MemorySegment control,
+            MemorySegment data,
+            int slots,
+            int dataSegments,
+            int blockBytes,
+            long sizeMax,
+            long headersGpa,
+            long statusGpa,
+            long indirectGpa,
+            long buffersGpa,
+            long bufferStride) {
         this.index = index;
         this.ring = ring;
         this.kick = kick;

@@ -66,10 +66,10 @@ final class QueueRunner implements Runnable {
     private volatile String failure;
 
     /** What the queue does: direction, completion mode, whether data is checked, depth (the order is the sequence's). */
-    record Workload(boolean write, boolean interrupts, boolean verify, long seed, int qd) {
-    }
+    record Workload(boolean write, boolean interrupts, boolean verify, long seed, int qd) {}
 
-    QueueRunner(DriverQueue q, Workload workload, BlockSequence sequence, Phase phase, long stallNanos) throws LinuxException {
+    QueueRunner(DriverQueue q, Workload workload, BlockSequence sequence, Phase phase, long stallNanos)
+            throws LinuxException {
         this.q = q;
         this.ring = q.ring();
         this.workload = workload;
@@ -91,7 +91,9 @@ final class QueueRunner implements Runnable {
             this.epoll = null;
         }
         this.threads = ManagementFactory.getThreadMXBean() instanceof com.sun.management.ThreadMXBean t
-                && t.isThreadAllocatedMemorySupported() ? t : null;
+                        && t.isThreadAllocatedMemorySupported()
+                ? t
+                : null;
         if (workload.write() && !workload.verify()) {
             // something other than zeros, once: a backend must not get away with detecting zero pages
             for (long off = 0; off + 8 <= data.byteSize(); off += 8) {
@@ -181,7 +183,8 @@ final class QueueRunner implements Runnable {
         int s = slotById[DriverRing.usedId(used)];
         byte status = control.get(ValueLayout.JAVA_BYTE, q.statusOffset[s]);
         if (status != 0) {
-            throw new RunFailure(String.format("queue %d: %s of %d bytes at sector %d completed with %s",
+            throw new RunFailure(String.format(
+                    "queue %d: %s of %d bytes at sector %d completed with %s",
                     q.index(), slotRead[s] ? "read" : "write", q.blockBytes(), slotSector[s], statusName(status)));
         }
         if (verifying) {
@@ -238,9 +241,10 @@ final class QueueRunner implements Runnable {
             throw new RunFailure("queue " + q.index() + ": run aborted");
         }
         if (ring.inFlight() > 0 && System.nanoTime() - lastProgress > stallNanos) {
-            throw new RunFailure(String.format("queue %d: no request completed for %d s with %d in flight: the "
-                    + "backend stopped serving the queue (see its log)", q.index(), stallNanos / 1_000_000_000L,
-                    ring.inFlight()));
+            throw new RunFailure(String.format(
+                    "queue %d: no request completed for %d s with %d in flight: the "
+                            + "backend stopped serving the queue (see its log)",
+                    q.index(), stallNanos / 1_000_000_000L, ring.inFlight()));
         }
     }
 

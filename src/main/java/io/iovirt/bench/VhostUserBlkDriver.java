@@ -9,11 +9,11 @@ import io.iovirt.memory.MemoryRegion;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.FrontendMemory;
 import io.iovirt.vhostuser.VhostUserFrontend;
+import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.PackedDriverRing;
 import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.SplitDriverRing;
-import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -46,8 +46,15 @@ public final class VhostUserBlkDriver implements AutoCloseable {
     private static final int CONFIG_BYTES = 36; // capacity .. num_queues
 
     /** What the backend offered and what was negotiated; sizes from the configuration space. */
-    public record Device(long offeredFeatures, long features, long protocolFeatures, long capacitySectors, int blockSize,
-                         long sizeMax, int segMax, int numQueues) {
+    public record Device(
+            long offeredFeatures,
+            long features,
+            long protocolFeatures,
+            long capacitySectors,
+            int blockSize,
+            long sizeMax,
+            int segMax,
+            int numQueues) {
         public boolean has(long featureMask) {
             return (features & featureMask) == featureMask;
         }
@@ -66,8 +73,8 @@ public final class VhostUserBlkDriver implements AutoCloseable {
     }
 
     /** How the rings and request slots are laid out. */
-    public record Layout(int queues, int queueSize, int slotsPerQueue, int blockBytes, boolean packed, boolean indirect) {
-    }
+    public record Layout(
+            int queues, int queueSize, int slotsPerQueue, int blockBytes, boolean packed, boolean indirect) {}
 
     private final VhostUserFrontend frontend;
     private final UnixSocket socket;
@@ -87,8 +94,10 @@ public final class VhostUserBlkDriver implements AutoCloseable {
         try {
             return new VhostUserBlkDriver(VhostUserFrontend.connect(socket, replyTimeout));
         } catch (LinuxException e) {
-            throw new IOException("cannot connect to the vhost-user-blk backend at " + socket + ": " + e.getMessage()
-                    + " — is the backend running and listening there?", e);
+            throw new IOException(
+                    "cannot connect to the vhost-user-blk backend at " + socket + ": " + e.getMessage()
+                            + " — is the backend running and listening there?",
+                    e);
         }
     }
 
@@ -105,29 +114,46 @@ public final class VhostUserBlkDriver implements AutoCloseable {
     public Device negotiate(boolean packed) throws IOException {
         long offered = frontend.getFeatures();
         if ((offered & VirtioFeatures.VIRTIO_F_VERSION_1) == 0) {
-            throw new IOException(String.format("backend does not offer VIRTIO_F_VERSION_1 (features 0x%x); only "
-                    + "modern virtio devices can be driven", offered));
+            throw new IOException(String.format(
+                    "backend does not offer VIRTIO_F_VERSION_1 (features 0x%x); only "
+                            + "modern virtio devices can be driven",
+                    offered));
         }
         if ((offered & Features.VHOST_USER_F_PROTOCOL_FEATURES) == 0) {
-            throw new IOException(String.format("backend does not offer VHOST_USER_F_PROTOCOL_FEATURES (features 0x%x);"
-                    + " the disk's capacity cannot be read without VHOST_USER_PROTOCOL_F_CONFIG", offered));
+            throw new IOException(String.format(
+                    "backend does not offer VHOST_USER_F_PROTOCOL_FEATURES (features 0x%x);"
+                            + " the disk's capacity cannot be read without VHOST_USER_PROTOCOL_F_CONFIG",
+                    offered));
         }
         if (packed && (offered & VirtioFeatures.VIRTIO_F_RING_PACKED) == 0) {
-            throw new IOException(String.format("backend does not offer VIRTIO_F_RING_PACKED (features 0x%x); run "
-                    + "without --packed", offered));
+            throw new IOException(String.format(
+                    "backend does not offer VIRTIO_F_RING_PACKED (features 0x%x); run " + "without --packed", offered));
         }
-        long optional = VirtioFeatures.VIRTIO_RING_F_EVENT_IDX | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC
-                | bit(F_SIZE_MAX) | bit(F_SEG_MAX) | bit(F_BLK_SIZE) | bit(F_FLUSH) | bit(F_RO) | bit(F_MQ);
-        long features = VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES | (offered & optional)
+        long optional = VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+                | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC
+                | bit(F_SIZE_MAX)
+                | bit(F_SEG_MAX)
+                | bit(F_BLK_SIZE)
+                | bit(F_FLUSH)
+                | bit(F_RO)
+                | bit(F_MQ);
+        long features = VirtioFeatures.VIRTIO_F_VERSION_1
+                | Features.VHOST_USER_F_PROTOCOL_FEATURES
+                | (offered & optional)
                 | (packed ? VirtioFeatures.VIRTIO_F_RING_PACKED : 0);
 
         long offeredProtocol = frontend.getProtocolFeatures();
         if ((offeredProtocol & Features.bit(Features.PROTOCOL_CONFIG)) == 0) {
-            throw new IOException(String.format("backend does not offer VHOST_USER_PROTOCOL_F_CONFIG (protocol "
-                    + "features 0x%x): the disk's capacity cannot be read", offeredProtocol));
+            throw new IOException(String.format(
+                    "backend does not offer VHOST_USER_PROTOCOL_F_CONFIG (protocol "
+                            + "features 0x%x): the disk's capacity cannot be read",
+                    offeredProtocol));
         }
-        long protocol = offeredProtocol & (Features.bit(Features.PROTOCOL_MQ) | Features.bit(Features.PROTOCOL_REPLY_ACK)
-                | Features.bit(Features.PROTOCOL_CONFIG) | Features.bit(Features.PROTOCOL_STATUS));
+        long protocol = offeredProtocol
+                & (Features.bit(Features.PROTOCOL_MQ)
+                        | Features.bit(Features.PROTOCOL_REPLY_ACK)
+                        | Features.bit(Features.PROTOCOL_CONFIG)
+                        | Features.bit(Features.PROTOCOL_STATUS));
         frontend.setProtocolFeatures(protocol);
         int backendQueues = (protocol & Features.bit(Features.PROTOCOL_MQ)) != 0 ? frontend.getQueueNum() : 1;
         frontend.setOwner();
@@ -139,14 +165,15 @@ public final class VhostUserBlkDriver implements AutoCloseable {
         int blockSize = (features & bit(F_BLK_SIZE)) != 0 ? cfg.getInt(20) : 512;
         int numQueues = (features & bit(F_MQ)) != 0 ? Short.toUnsignedInt(cfg.getShort(34)) : 1;
         if (blockSize < 512 || Integer.bitCount(blockSize) != 1) {
-            throw new IOException("backend reports a block size of " + blockSize + " bytes; expected a power of two >= 512");
+            throw new IOException(
+                    "backend reports a block size of " + blockSize + " bytes; expected a power of two >= 512");
         }
         frontend.setFeatures(features);
         if ((protocol & Features.bit(Features.PROTOCOL_STATUS)) != 0) {
             frontend.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK);
         }
-        device = new Device(offered, features, protocol, capacity, blockSize, sizeMax, segMax,
-                Math.min(numQueues, backendQueues));
+        device = new Device(
+                offered, features, protocol, capacity, blockSize, sizeMax, segMax, Math.min(numQueues, backendQueues));
         return device;
     }
 
@@ -170,7 +197,8 @@ public final class VhostUserBlkDriver implements AutoCloseable {
         }
         int segs = dataSegments(d, layout.blockBytes());
         int descsPerRequest = segs + 2;
-        long ringBytes = layout.packed() ? PackedDriverRing.bytesNeeded(layout.queueSize())
+        long ringBytes = layout.packed()
+                ? PackedDriverRing.bytesNeeded(layout.queueSize())
                 : SplitDriverRing.bytesNeeded(layout.queueSize());
         int slots = layout.slotsPerQueue();
         // per queue: ring | headers | status bytes | indirect tables, each part page-aligned
@@ -187,26 +215,45 @@ public final class VhostUserBlkDriver implements AutoCloseable {
         for (int q = 0; q < layout.queues(); q++) {
             long base = perQueue * q;
             DriverRing ring = layout.packed()
-                    ? PackedDriverRing.create(mem, base, layout.queueSize(), d.has(VirtioFeatures.VIRTIO_RING_F_EVENT_IDX))
-                    : SplitDriverRing.create(mem, base, layout.queueSize(), d.has(VirtioFeatures.VIRTIO_RING_F_EVENT_IDX));
+                    ? PackedDriverRing.create(
+                            mem, base, layout.queueSize(), d.has(VirtioFeatures.VIRTIO_RING_F_EVENT_IDX))
+                    : SplitDriverRing.create(
+                            mem, base, layout.queueSize(), d.has(VirtioFeatures.VIRTIO_RING_F_EVENT_IDX));
             EventFd kick = eventFd();
             EventFd call = eventFd();
             QueueConfig qc = ring.queueConfig(q, layout.indirect());
             frontend.setVringNum(q, layout.queueSize());
             frontend.setVringBase(q, vringBase(qc));
-            frontend.setVringAddr(q, control.userAddrOf(ring.descAddr()), control.userAddrOf(ring.deviceAreaAddr()),
+            frontend.setVringAddr(
+                    q,
+                    control.userAddrOf(ring.descAddr()),
+                    control.userAddrOf(ring.deviceAreaAddr()),
                     control.userAddrOf(ring.driverAreaAddr()));
             frontend.setVringKick(q, kick);
             frontend.setVringCall(q, call);
-            queues.add(new DriverQueue(q, ring, kick, call, control.segment(), data.segment(), slots, segs,
-                    layout.blockBytes(), d.sizeMax(), base + headersOff, base + statusOff,
-                    layout.indirect() ? base + indirectOff : -1, DATA_GPA + bufferBytes * slots * q, bufferBytes));
+            queues.add(new DriverQueue(
+                    q,
+                    ring,
+                    kick,
+                    call,
+                    control.segment(),
+                    data.segment(),
+                    slots,
+                    segs,
+                    layout.blockBytes(),
+                    d.sizeMax(),
+                    base + headersOff,
+                    base + statusOff,
+                    layout.indirect() ? base + indirectOff : -1,
+                    DATA_GPA + bufferBytes * slots * q,
+                    bufferBytes));
         }
         for (int q = 0; q < layout.queues(); q++) {
             frontend.setVringEnable(q, true);
         }
         if ((d.protocolFeatures() & Features.bit(Features.PROTOCOL_STATUS)) != 0) {
-            frontend.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
+            frontend.setStatus(
+                    DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
         }
         return List.copyOf(queues);
     }
@@ -253,8 +300,9 @@ public final class VhostUserBlkDriver implements AutoCloseable {
             QueueConfig qc = q.ring().queueConfig(q.index(), false);
             int expected = qc.packed() ? qc.availIndex() | (qc.availWrap() ? 0x8000 : 0) : qc.availIndex();
             if ((base & 0xffff) != expected) {
-                throw new IOException(String.format("backend stopped queue %d at ring position 0x%x, but the driver "
-                        + "made requests available up to 0x%x: the backend lost or invented requests",
+                throw new IOException(String.format(
+                        "backend stopped queue %d at ring position 0x%x, but the driver "
+                                + "made requests available up to 0x%x: the backend lost or invented requests",
                         q.index(), base & 0xffff, expected));
             }
         }

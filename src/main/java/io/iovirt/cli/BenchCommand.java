@@ -5,7 +5,9 @@ import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
 /** {@code iovirt bench ...}: drivers without a VM that load a backend and measure it. */
-@Command(name = "bench", mixinStandardHelpOptions = true,
+@Command(
+        name = "bench",
+        mixinStandardHelpOptions = true,
         description = "Benchmarks: drive a backend directly, without a VM, and measure it.",
         subcommands = {BlkBenchCommand.class})
 public final class BenchCommand implements Runnable {

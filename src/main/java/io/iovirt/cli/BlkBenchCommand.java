@@ -17,12 +17,21 @@ import picocli.CommandLine.Option;
  * {@code iovirt bench blk}: a vhost-user-blk driver without a VM (like DPDK's virtio-user) that drives any
  * vhost-user-blk backend — {@code iovirt serve blk}, qemu-storage-daemon — the same way, for side-by-side numbers.
  */
-@Command(name = "blk", footerHeading = "%nExamples:%n", footer = {"  iovirt bench blk --socket /run/iovirt/blk0.sock", "  iovirt bench blk --socket blk.sock --rw randwrite --bs 4096 --qd 32 --queues 2 --json"},
-            mixinStandardHelpOptions = true, sortOptions = false,
-        description = {"Drive a vhost-user-blk backend directly (no VM) and report IOPS, latency percentiles, the "
-                + "backend's CPU time per I/O and its memory.",
-                "The backend is found through the socket's peer credentials; its CPU time and RSS are read from /proc.",
-                "Any request that does not complete with VIRTIO_BLK_S_OK fails the run (exit 1)."})
+@Command(
+        name = "blk",
+        footerHeading = "%nExamples:%n",
+        footer = {
+            "  iovirt bench blk --socket /run/iovirt/blk0.sock",
+            "  iovirt bench blk --socket blk.sock --rw randwrite --bs 4096 --qd 32 --queues 2 --json"
+        },
+        mixinStandardHelpOptions = true,
+        sortOptions = false,
+        description = {
+            "Drive a vhost-user-blk backend directly (no VM) and report IOPS, latency percentiles, the "
+                    + "backend's CPU time per I/O and its memory.",
+            "The backend is found through the socket's peer credentials; its CPU time and RSS are read from /proc.",
+            "Any request that does not complete with VIRTIO_BLK_S_OK fails the run (exit 1)."
+        })
 public final class BlkBenchCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -30,49 +39,84 @@ public final class BlkBenchCommand implements Callable<Integer> {
     @Option(names = "--socket", required = true, paramLabel = "PATH", description = "The backend's vhost-user socket.")
     Path socket;
 
-    @Option(names = "--rw", defaultValue = "randread", paramLabel = "PATTERN",
+    @Option(
+            names = "--rw",
+            defaultValue = "randread",
+            paramLabel = "PATTERN",
             description = "randread, randwrite, read or write (default ${DEFAULT-VALUE}). Random patterns visit every "
                     + "block once per pass over the disk, in a seeded order.")
     String rw;
 
-    @Option(names = "--bs", defaultValue = "4k", paramLabel = "BYTES", converter = SizeConverter.class,
+    @Option(
+            names = "--bs",
+            defaultValue = "4k",
+            paramLabel = "BYTES",
+            converter = SizeConverter.class,
             description = "Request size, a multiple of 512; k/m suffixes allowed (default ${DEFAULT-VALUE}).")
     int bs;
 
-    @Option(names = "--qd", defaultValue = "1", paramLabel = "N", description = "Requests in flight per queue (default ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--qd",
+            defaultValue = "1",
+            paramLabel = "N",
+            description = "Requests in flight per queue (default ${DEFAULT-VALUE}).")
     int qd;
 
-    @Option(names = "--seconds", defaultValue = "10", paramLabel = "S", description = "Measured time (default ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--seconds",
+            defaultValue = "10",
+            paramLabel = "S",
+            description = "Measured time (default ${DEFAULT-VALUE}).")
     double seconds;
 
-    @Option(names = "--warmup", defaultValue = "1", paramLabel = "S", description = "Unmeasured time before it (default ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--warmup",
+            defaultValue = "1",
+            paramLabel = "S",
+            description = "Unmeasured time before it (default ${DEFAULT-VALUE}).")
     double warmup;
 
-    @Option(names = "--queues", defaultValue = "1", paramLabel = "N", description = "Queues, one thread each (default ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--queues",
+            defaultValue = "1",
+            paramLabel = "N",
+            description = "Queues, one thread each (default ${DEFAULT-VALUE}).")
     int queues;
 
-    @Option(names = "--queue-size", defaultValue = "256", paramLabel = "N", description = "Ring size (default ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--queue-size",
+            defaultValue = "256",
+            paramLabel = "N",
+            description = "Ring size (default ${DEFAULT-VALUE}).")
     int queueSize;
 
     @Option(names = "--packed", description = "Use packed rings (VIRTIO_F_RING_PACKED) instead of split rings.")
     boolean packed;
 
-    @Option(names = "--interrupts", description = "Sleep on the call eventfd (epoll) for completions instead of busy-polling the used ring.")
+    @Option(
+            names = "--interrupts",
+            description = "Sleep on the call eventfd (epoll) for completions instead of busy-polling the used ring.")
     boolean interrupts;
 
-    @Option(names = "--no-indirect", description = "Chain direct descriptors even when the backend offers indirect ones.")
+    @Option(
+            names = "--no-indirect",
+            description = "Chain direct descriptors even when the backend offers indirect ones.")
     boolean noIndirect;
 
-    @Option(names = "--verify", description = "With write/randwrite: write a pattern stamped with each sector's number, "
-            + "then read back every block written and compare.")
+    @Option(
+            names = "--verify",
+            description = "With write/randwrite: write a pattern stamped with each sector's number, "
+                    + "then read back every block written and compare.")
     boolean verify;
 
-    @Option(names = "--seed", paramLabel = "N", description = "Seed of the random order and the verify pattern (default: random).")
+    @Option(
+            names = "--seed",
+            paramLabel = "N",
+            description = "Seed of the random order and the verify pattern (default: random).")
     Long seed;
 
     @Option(names = "--json", description = "Print the result as JSON.")
     boolean json;
-
 
     @Override
     public Integer call() throws Exception {
@@ -80,13 +124,25 @@ public final class BlkBenchCommand implements Callable<Integer> {
         try {
             pattern = BlkBenchOptions.Pattern.valueOf(rw.toUpperCase(Locale.ROOT));
         } catch (IllegalArgumentException e) {
-            throw new CommandLine.ParameterException(spec.commandLine(),
-                    "--rw must be randread, randwrite, read or write, got '" + rw + "'");
+            throw new CommandLine.ParameterException(
+                    spec.commandLine(), "--rw must be randread, randwrite, read or write, got '" + rw + "'");
         }
         BlkBenchOptions options;
         try {
-            options = new BlkBenchOptions(socket, pattern, bs, qd, seconds, warmup, queues, queueSize, packed,
-                    interrupts, !noIndirect, verify, seed != null ? seed : ThreadLocalRandom.current().nextLong());
+            options = new BlkBenchOptions(
+                    socket,
+                    pattern,
+                    bs,
+                    qd,
+                    seconds,
+                    warmup,
+                    queues,
+                    queueSize,
+                    packed,
+                    interrupts,
+                    !noIndirect,
+                    verify,
+                    seed != null ? seed : ThreadLocalRandom.current().nextLong());
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
         }

@@ -32,8 +32,7 @@ public final class Contract {
     /** Help text width (columns) of every command. */
     public static final int HELP_WIDTH = 100;
 
-    private Contract() {
-    }
+    private Contract() {}
 
     /** A usage error of {@code spec}'s command: exit 2, one line, and a pointer to its --help. */
     public static CommandLine.ParameterException usage(CommandSpec spec, String message) {
@@ -42,7 +41,9 @@ public final class Contract {
 
     /** For command groups run without a subcommand: a usage error that names the subcommands. */
     public static CommandLine.ParameterException subcommandRequired(CommandSpec spec) {
-        List<String> names = spec.subcommands().keySet().stream().filter(n -> !n.equals("help")).toList();
+        List<String> names = spec.subcommands().keySet().stream()
+                .filter(n -> !n.equals("help"))
+                .toList();
         return usage(spec, "a subcommand is required: " + String.join(", ", names));
     }
 

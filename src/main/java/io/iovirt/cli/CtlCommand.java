@@ -20,17 +20,23 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 
 /** {@code iovirt ctl}: one control request to a running daemon, the answer as a table or JSON. */
-@Command(name = "ctl", mixinStandardHelpOptions = true,
+@Command(
+        name = "ctl",
+        mixinStandardHelpOptions = true,
         footerHeading = "%nExamples:%n",
-        footer = {"  iovirt ctl --control /run/iovirt/control blk.add image=/var/lib/vm1.raw \\",
+        footer = {
+            "  iovirt ctl --control /run/iovirt/control blk.add image=/var/lib/vm1.raw \\",
             "      socket=/run/iovirt/vm1-disk.sock queues=2",
             "  iovirt ctl --control /run/iovirt/control blk.resize id=blk0 size=20G",
             "  iovirt ctl --control /run/iovirt/control net.port.add net=net0 kind=vhost-user \\",
             "      path=/run/iovirt/vm1-net.sock",
-            "  iovirt ctl --control /run/iovirt/control libvirt-xml blk0,net0/port0"},
-        description = {"Send one request to a running 'iovirt daemon' and print the answer (a table, or --json).",
+            "  iovirt ctl --control /run/iovirt/control libvirt-xml blk0,net0/port0"
+        },
+        description = {
+            "Send one request to a running 'iovirt daemon' and print the answer (a table, or --json).",
             "Methods: version, blk.add, blk.remove, blk.list, blk.info, blk.resize, blk.set-readonly, net.add, net.remove,",
-            "net.port.add, net.port.remove, net.list, net.macs, stats, libvirt-xml (docs/api.md)."})
+            "net.port.add, net.port.remove, net.list, net.macs, stats, libvirt-xml (docs/api.md)."
+        })
 final class CtlCommand implements Callable<Integer> {
     static final int EXIT_USAGE = Contract.USAGE;
 
@@ -43,13 +49,20 @@ final class CtlCommand implements Callable<Integer> {
     @Option(names = "--json", description = "Print the result as JSON.")
     boolean json;
 
-    @Option(names = "--timeout", paramLabel = "S", defaultValue = "30", description = "Seconds to wait for the answer (default ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--timeout",
+            paramLabel = "S",
+            defaultValue = "30",
+            description = "Seconds to wait for the answer (default ${DEFAULT-VALUE}).")
     int timeout;
 
     @Parameters(index = "0", paramLabel = "METHOD", description = "The method, e.g. blk.list.")
     String method;
 
-    @Parameters(index = "1..*", paramLabel = "KEY=VALUE", description = "Parameters (libvirt-xml also takes the device ids alone).")
+    @Parameters(
+            index = "1..*",
+            paramLabel = "KEY=VALUE",
+            description = "Parameters (libvirt-xml also takes the device ids alone).")
     List<String> args = new ArrayList<>();
 
     @Override
@@ -62,7 +75,8 @@ final class CtlCommand implements Callable<Integer> {
                     params.put("id", a);
                     continue;
                 }
-                throw new CommandLine.ParameterException(spec.commandLine(), "'" + a + "' is not KEY=VALUE (e.g. id=blk0)");
+                throw new CommandLine.ParameterException(
+                        spec.commandLine(), "'" + a + "' is not KEY=VALUE (e.g. id=blk0)");
             }
             String k = a.substring(0, eq);
             if (params.containsKey(k)) {
@@ -85,7 +99,9 @@ final class CtlCommand implements Callable<Integer> {
         }
         if (json) {
             out.println(Json.write(result));
-        } else if (method.equals("libvirt-xml") && result instanceof Map<?, ?> m && m.get("xml") instanceof String xml) {
+        } else if (method.equals("libvirt-xml")
+                && result instanceof Map<?, ?> m
+                && m.get("xml") instanceof String xml) {
             out.print(xml);
         } else {
             print(out, result, "");
@@ -122,7 +138,9 @@ final class CtlCommand implements Callable<Integer> {
                 w = Math.max(w, k.toString().length());
             }
             for (Map.Entry<?, ?> e : m.entrySet()) {
-                if (e.getValue() instanceof List<?> l && !l.isEmpty() && l.stream().allMatch(x -> x instanceof Map)) {
+                if (e.getValue() instanceof List<?> l
+                        && !l.isEmpty()
+                        && l.stream().allMatch(x -> x instanceof Map)) {
                     out.println(indent + e.getKey() + ":");
                     table(out, l, indent + "  ");
                 } else if (e.getValue() instanceof Map<?, ?> sub) {

@@ -9,22 +9,39 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 /** {@code iovirt daemon}: many devices in one process, managed through the control socket. */
-@Command(name = "daemon", mixinStandardHelpOptions = true, sortOptions = false,
+@Command(
+        name = "daemon",
+        mixinStandardHelpOptions = true,
+        sortOptions = false,
         footerHeading = "%nExamples:%n",
-        footer = {"  iovirt daemon --control /run/iovirt/control --metrics 127.0.0.1:9477",
-                "  iovirt daemon --config /etc/iovirt/daemon.json --control /run/iovirt/control --socket-group kvm"},
-        description = {"Host any number of disks, NBD exports and switches in one process, managed at run time.",
+        footer = {
+            "  iovirt daemon --control /run/iovirt/control --metrics 127.0.0.1:9477",
+            "  iovirt daemon --config /etc/iovirt/daemon.json --control /run/iovirt/control --socket-group kvm"
+        },
+        description = {
+            "Host any number of disks, NBD exports and switches in one process, managed at run time.",
             "Devices are added through a JSON-RPC control socket (iovirt ctl, docs/api.md). SIGHUP re-reads --config and applies the",
             "difference; SIGTERM/SIGINT stop every device in order. Under systemd (Type=notify) it reports READY=1 once",
-            "the control socket accepts, STOPPING=1, and WATCHDOG=1 when WatchdogSec= is set."})
+            "the control socket accepts, STOPPING=1, and WATCHDOG=1 when WatchdogSec= is set."
+        })
 final class DaemonCommand implements Callable<Integer> {
-    @Option(names = "--config", paramLabel = "FILE", description = "Devices to start (JSON; see docs/api.md), re-read on SIGHUP.")
+    @Option(
+            names = "--config",
+            paramLabel = "FILE",
+            description = "Devices to start (JSON; see docs/api.md), re-read on SIGHUP.")
     Path config;
 
-    @Option(names = "--control", required = true, paramLabel = "PATH", description = "Control socket to listen on (mode 0600).")
+    @Option(
+            names = "--control",
+            required = true,
+            paramLabel = "PATH",
+            description = "Control socket to listen on (mode 0600).")
     Path control;
 
-    @Option(names = "--metrics", paramLabel = "HOST:PORT", description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only).")
+    @Option(
+            names = "--metrics",
+            paramLabel = "HOST:PORT",
+            description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only).")
     String metrics;
 
     @CommandLine.Mixin
@@ -35,8 +52,8 @@ final class DaemonCommand implements Callable<Integer> {
         if (System.getenv("JOURNAL_STREAM") != null) {
             journalFormat();
         }
-        String signal = DaemonService.run(new DaemonService.Options(config, control, metrics,
-                socketAccess.socketGroup(), socketAccess.allowUids()));
+        String signal = DaemonService.run(new DaemonService.Options(
+                config, control, metrics, socketAccess.socketGroup(), socketAccess.allowUids()));
         System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
         return 0;
     }
@@ -50,16 +67,21 @@ final class DaemonCommand implements Callable<Integer> {
             @Override
             public String format(java.util.logging.LogRecord r) {
                 int v = r.getLevel().intValue();
-                int prio = v >= java.util.logging.Level.SEVERE.intValue() ? 3 : v >= java.util.logging.Level.WARNING.intValue() ? 4
-                        : v >= java.util.logging.Level.INFO.intValue() ? 6 : 7;
-                StringBuilder b = new StringBuilder().append('<').append(prio).append('>').append(formatMessage(r));
+                int prio = v >= java.util.logging.Level.SEVERE.intValue()
+                        ? 3
+                        : v >= java.util.logging.Level.WARNING.intValue()
+                                ? 4
+                                : v >= java.util.logging.Level.INFO.intValue() ? 6 : 7;
+                StringBuilder b =
+                        new StringBuilder().append('<').append(prio).append('>').append(formatMessage(r));
                 if (r.getThrown() != null) {
                     b.append(": ").append(r.getThrown());
                 }
                 return b.append('\n').toString();
             }
         };
-        for (java.util.logging.Handler h : java.util.logging.Logger.getLogger("").getHandlers()) {
+        for (java.util.logging.Handler h :
+                java.util.logging.Logger.getLogger("").getHandlers()) {
             h.setFormatter(f);
         }
     }

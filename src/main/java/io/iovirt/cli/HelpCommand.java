@@ -10,8 +10,12 @@ import picocli.CommandLine.Parameters;
  * {@code iovirt help [COMMAND...]}: the help of any command, however deep ({@code iovirt help host check}). An
  * ordinary command rather than picocli's help command, so that unknown options are usage errors here too.
  */
-@Command(name = "help", mixinStandardHelpOptions = true, description = "Show the help of a command, e.g. iovirt help host check.",
-        footerHeading = "%nExamples:%n", footer = {"  iovirt help", "  iovirt help vfio nvme identify"})
+@Command(
+        name = "help",
+        mixinStandardHelpOptions = true,
+        description = "Show the help of a command, e.g. iovirt help host check.",
+        footerHeading = "%nExamples:%n",
+        footer = {"  iovirt help", "  iovirt help vfio nvme identify"})
 final class HelpCommand implements Runnable {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -26,8 +30,10 @@ final class HelpCommand implements Runnable {
         for (String word : words) {
             CommandLine sub = target.getSubcommands().get(word);
             if (sub == null) {
-                throw Contract.usage(spec, "'" + word + "' is not a command of '"
-                        + ("iovirt " + Contract.commandPath(target)).strip() + "'");
+                throw Contract.usage(
+                        spec,
+                        "'" + word + "' is not a command of '" + ("iovirt " + Contract.commandPath(target)).strip()
+                                + "'");
             }
             target = sub;
         }

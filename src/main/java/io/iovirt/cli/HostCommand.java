@@ -38,11 +38,23 @@ import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 
 /** {@code iovirt host ...}: host checks, PCI devices and IOMMU groups, VFIO binding, SR-IOV and assignment. */
-@Command(name = "host", mixinStandardHelpOptions = true,
+@Command(
+        name = "host",
+        mixinStandardHelpOptions = true,
         description = "Host set-up for VFIO and SR-IOV: checks, devices, binding, virtual functions, assignment.",
-        subcommands = {HostCommand.Check.class, HostCommand.Devices.class, HostCommand.Bind.class, HostCommand.Unbind.class,
-                HostCommand.Reset.class, HostCommand.Vfs.class, HostCommand.Assign.class, HostCommand.Release.class,
-                HostCommand.Assignments.class, HostCommand.Config.class, HostCommand.MigrateConfig.class})
+        subcommands = {
+            HostCommand.Check.class,
+            HostCommand.Devices.class,
+            HostCommand.Bind.class,
+            HostCommand.Unbind.class,
+            HostCommand.Reset.class,
+            HostCommand.Vfs.class,
+            HostCommand.Assign.class,
+            HostCommand.Release.class,
+            HostCommand.Assignments.class,
+            HostCommand.Config.class,
+            HostCommand.MigrateConfig.class
+        })
 public final class HostCommand implements Runnable {
     @Spec
     CommandLine.Model.CommandSpec spec;
@@ -59,19 +71,35 @@ public final class HostCommand implements Runnable {
     public static final class Options {
         @Option(names = "--sysfs-root", paramLabel = "DIR", description = "sysfs to use (default: /sys)")
         Path sysfsRoot = Path.of("/sys");
+
         @Option(names = "--proc-root", paramLabel = "DIR", description = "procfs to use (default: /proc)")
         Path procRoot = Path.of("/proc");
+
         @Option(names = "--dev-root", paramLabel = "DIR", description = "device directory to use (default: /dev)")
         Path devRoot = Path.of("/dev");
-        @Option(names = "--state-dir", paramLabel = "DIR", description = "where assignments and remembered drivers are kept (default: /var/lib/iovirt)")
+
+        @Option(
+                names = "--state-dir",
+                paramLabel = "DIR",
+                description = "where assignments and remembered drivers are kept (default: /var/lib/iovirt)")
         Path stateDir = HostPaths.DEFAULT_STATE_DIR;
-        @Option(names = "--pci-ids", paramLabel = "FILE", description = "pci.ids database for names (default: the system's)")
+
+        @Option(
+                names = "--pci-ids",
+                paramLabel = "FILE",
+                description = "pci.ids database for names (default: the system's)")
         Path pciIds;
+
         @Option(names = "--json", description = "machine-readable output")
         boolean json;
 
         HostPaths paths() {
-            return new HostPaths(sysfsRoot, procRoot, devRoot, stateDir, pciIds != null ? pciIds : HostPaths.findPciIds(),
+            return new HostPaths(
+                    sysfsRoot,
+                    procRoot,
+                    devRoot,
+                    stateDir,
+                    pciIds != null ? pciIds : HostPaths.findPciIds(),
                     HostPaths.pathFromEnv());
         }
     }
@@ -90,6 +118,7 @@ public final class HostCommand implements Runnable {
     abstract static class Base implements Callable<Integer> {
         @Mixin
         Options opts;
+
         @Spec
         CommandLine.Model.CommandSpec spec;
 
@@ -118,13 +147,18 @@ public final class HostCommand implements Runnable {
 
     /** A command on one PCI function, named by its address. */
     abstract static class OnDevice extends Base {
-        @Parameters(paramLabel = "BDF", converter = BdfConverter.class, description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
+        @Parameters(
+                paramLabel = "BDF",
+                converter = BdfConverter.class,
+                description = "The device's PCI address, e.g. 0000:01:00.0 (see iovirt host devices).")
         Bdf bdf;
     }
 
     /** bind, unbind, reset: a driver change on one function, which --dry-run only checks and lists. */
     abstract static class DriverChange extends OnDevice {
-        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+        @Option(
+                names = "--dry-run",
+                description = "Check and print what would change (each sysfs write), change nothing.")
         boolean dryRun;
 
         DriverBinding binding() {
@@ -134,16 +168,30 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ check
 
-    @Command(name = "check", footerHeading = "%nExamples:%n", footer = {"  iovirt host check", "  iovirt host check --require vfio,sriov --json"},
+    @Command(
+            name = "check",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host check", "  iovirt host check --require vfio,sriov --json"},
             mixinStandardHelpOptions = true,
-            description = {"Check the host's requirements for each technique (PASS/WARN/FAIL with remedies).",
-                    "Exit status 0 when every requested technique is possible, 1 otherwise."})
+            description = {
+                "Check the host's requirements for each technique (PASS/WARN/FAIL with remedies).",
+                "Exit status 0 when every requested technique is possible, 1 otherwise."
+            })
     static final class Check extends Base {
-        @Option(names = "--require", split = ",", paramLabel = "TECHNIQUE", converter = TechniqueConverter.class,
+        @Option(
+                names = "--require",
+                split = ",",
+                paramLabel = "TECHNIQUE",
+                converter = TechniqueConverter.class,
                 description = "techniques that must be possible: fv, pv, pvhvm, vfio, sriov (default: all five)")
         List<HostCheck.Technique> require;
-        @Option(names = "--guest-memory", paramLabel = "SIZE", defaultValue = "1G",
-                description = "guest RAM that VFIO must be able to pin, for the memlock check (default: ${DEFAULT-VALUE})")
+
+        @Option(
+                names = "--guest-memory",
+                paramLabel = "SIZE",
+                defaultValue = "1G",
+                description =
+                        "guest RAM that VFIO must be able to pin, for the memlock check (default: ${DEFAULT-VALUE})")
         String guestMemory;
 
         @Override
@@ -177,12 +225,18 @@ public final class HostCommand implements Runnable {
                 accel.put("kind", report.accelerator().kind().name().toLowerCase());
                 accel.put("reason", report.accelerator().reason());
                 accel.put("kvm_usable", report.accelerator().kvm().usable());
-                accel.put("kvm_remedy", report.accelerator().kvm().remedy().isEmpty() ? null : report.accelerator().kvm().remedy());
+                accel.put(
+                        "kvm_remedy",
+                        report.accelerator().kvm().remedy().isEmpty()
+                                ? null
+                                : report.accelerator().kvm().remedy());
                 Map<String, Object> doc = new LinkedHashMap<>();
                 doc.put("checks", checks);
                 doc.put("accelerator", accel);
                 doc.put("techniques", techniques);
-                doc.put("requested", requested.stream().map(t -> t.name().toLowerCase()).toList());
+                doc.put(
+                        "requested",
+                        requested.stream().map(t -> t.name().toLowerCase()).toList());
                 doc.put("ok", ok);
                 json(doc);
                 return ok ? Contract.OK : Contract.CHECK_FAILED;
@@ -200,10 +254,17 @@ public final class HostCommand implements Runnable {
             o.println("Techniques this host can offer:");
             report.techniques().forEach((t, s) -> {
                 String mark = requested.contains(t) ? "*" : " ";
-                o.printf("%s %-6s %-4s  %s%n", mark, t == HostCheck.Technique.SRIOV ? "SR-IOV" : t.name(), s.possible() ? "yes" : "no",
+                o.printf(
+                        "%s %-6s %-4s  %s%n",
+                        mark,
+                        t == HostCheck.Technique.SRIOV ? "SR-IOV" : t.name(),
+                        s.possible() ? "yes" : "no",
                         s.possible() ? s.how() : "needs: " + String.join(", ", s.missing()));
             });
-            o.println(ok ? "All requested techniques (*) are possible." : "Not every requested technique (*) is possible.");
+            o.println(
+                    ok
+                            ? "All requested techniques (*) are possible."
+                            : "Not every requested technique (*) is possible.");
             o.flush();
             return ok ? Contract.OK : Contract.CHECK_FAILED;
         }
@@ -211,25 +272,34 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ devices
 
-    @Command(name = "devices", footerHeading = "%nExamples:%n", footer = {"  iovirt host devices", "  iovirt host devices 0000:01:00.0 --json"},
+    @Command(
+            name = "devices",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host devices", "  iovirt host devices 0000:01:00.0 --json"},
             mixinStandardHelpOptions = true,
-            description = "List PCI devices: IDs and names, class, driver, IOMMU group and its members, SR-IOV, and whether each can be assigned now.")
+            description =
+                    "List PCI devices: IDs and names, class, driver, IOMMU group and its members, SR-IOV, and whether each can be assigned now.")
     static final class Devices extends Base {
         // Strings converted in call(): a converter on a variable-arity positional makes picocli report a bad address as
         // an "unmatched argument" instead of saying what is wrong with it.
         @Parameters(paramLabel = "BDF", arity = "0..*", description = "Only these devices (PCI addresses).")
         List<String> onlyArgs;
+
         List<Bdf> only;
 
         @Override
         public Integer call() {
-            only = onlyArgs == null ? null : onlyArgs.stream().map(a -> {
-                try {
-                    return new BdfConverter().convert(a);
-                } catch (CommandLine.TypeConversionException e) {
-                    throw Contract.usage(spec, e.getMessage());
-                }
-            }).toList();
+            only = onlyArgs == null
+                    ? null
+                    : onlyArgs.stream()
+                            .map(a -> {
+                                try {
+                                    return new BdfConverter().convert(a);
+                                } catch (CommandLine.TypeConversionException e) {
+                                    throw Contract.usage(spec, e.getMessage());
+                                }
+                            })
+                            .toList();
             HostPaths paths = opts.paths();
             DeviceReport report = DeviceReport.collect(paths);
             List<DeviceReport.Entry> entries = report.entries();
@@ -248,7 +318,8 @@ public final class HostCommand implements Runnable {
                     e.print(out());
                 }
                 if (report.inventory().groups().count() == 0) {
-                    out().println("No IOMMU groups: the IOMMU is off, so no device can be assigned (see iovirt host check).");
+                    out().println(
+                                    "No IOMMU groups: the IOMMU is off, so no device can be assigned (see iovirt host check).");
                 }
                 out().flush();
             }
@@ -258,13 +329,23 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ bind / unbind / reset
 
-    @Command(name = "bind", footerHeading = "%nExamples:%n", footer = {"  iovirt host bind 0000:01:00.0 --dry-run", "  iovirt host bind 0000:01:00.0"},
+    @Command(
+            name = "bind",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host bind 0000:01:00.0 --dry-run", "  iovirt host bind 0000:01:00.0"},
             mixinStandardHelpOptions = true,
-            description = "Bind a device to vfio-pci (or --driver) via driver_override and drivers_probe; the previous driver is remembered.")
+            description =
+                    "Bind a device to vfio-pci (or --driver) via driver_override and drivers_probe; the previous driver is remembered.")
     static final class Bind extends DriverChange {
-        @Option(names = "--driver", defaultValue = "vfio-pci", description = "driver to bind (default: ${DEFAULT-VALUE})")
+        @Option(
+                names = "--driver",
+                defaultValue = "vfio-pci",
+                description = "driver to bind (default: ${DEFAULT-VALUE})")
         String driver;
-        @Option(names = "--force", description = "Bind even if the host uses the device or its IOMMU group is not viable.")
+
+        @Option(
+                names = "--force",
+                description = "Bind even if the host uses the device or its IOMMU group is not viable.")
         boolean force;
 
         @Override
@@ -274,7 +355,10 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "unbind", footerHeading = "%nExamples:%n", footer = {"  iovirt host unbind 0000:01:00.0 --dry-run", "  iovirt host unbind 0000:01:00.0"},
+    @Command(
+            name = "unbind",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host unbind 0000:01:00.0 --dry-run", "  iovirt host unbind 0000:01:00.0"},
             mixinStandardHelpOptions = true,
             description = "Take a device from its driver and give it back to the driver it had before iovirt bound it.")
     static final class Unbind extends DriverChange {
@@ -288,8 +372,12 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "reset", footerHeading = "%nExamples:%n", footer = {"  iovirt host reset 0000:01:00.0"},
-            mixinStandardHelpOptions = true, description = "Reset a device (function-level reset through the kernel).")
+    @Command(
+            name = "reset",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host reset 0000:01:00.0"},
+            mixinStandardHelpOptions = true,
+            description = "Reset a device (function-level reset through the kernel).")
     static final class Reset extends DriverChange {
         @Option(names = "--force", description = "Reset even if the host or a VM uses the device.")
         boolean force;
@@ -315,10 +403,14 @@ public final class HostCommand implements Runnable {
             return 0;
         }
         PrintWriter out = cmd.out();
-        out.println(o.bdf() + ": " + (o.note() != null && o.writes().isEmpty() ? o.note() : what + (o.note() != null ? "; " + o.note() : "")));
+        out.println(o.bdf() + ": "
+                + (o.note() != null && o.writes().isEmpty()
+                        ? o.note()
+                        : what + (o.note() != null ? "; " + o.note() : "")));
         cmd.writes(o.writes());
         if (o.vfioDevice() != null) {
-            out.println("  VFIO group device: " + o.vfioDevice() + (Files.exists(Path.of(o.vfioDevice())) ? "" : " (not present yet)"));
+            out.println("  VFIO group device: " + o.vfioDevice()
+                    + (Files.exists(Path.of(o.vfioDevice())) ? "" : " (not present yet)"));
         }
         out.flush();
         return 0;
@@ -326,28 +418,61 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ vfs
 
-    @Command(name = "vfs", footerHeading = "%nExamples:%n", footer = {"  iovirt host vfs 0000:03:00.0", "  iovirt host vfs 0000:03:00.0 --count 4 --no-autoprobe --dry-run", "  iovirt host vfs 0000:03:00.0 --count 0"},
+    @Command(
+            name = "vfs",
+            footerHeading = "%nExamples:%n",
+            footer = {
+                "  iovirt host vfs 0000:03:00.0",
+                "  iovirt host vfs 0000:03:00.0 --count 4 --no-autoprobe --dry-run",
+                "  iovirt host vfs 0000:03:00.0 --count 0"
+            },
             mixinStandardHelpOptions = true,
-            description = {"Create or remove SR-IOV virtual functions of a PF, and show each VF's resources.",
-                    "NVMe PFs: each VF gets flexible queue and interrupt resources and is brought online."})
+            description = {
+                "Create or remove SR-IOV virtual functions of a PF, and show each VF's resources.",
+                "NVMe PFs: each VF gets flexible queue and interrupt resources and is brought online."
+            })
     static final class Vfs extends Base {
-        @Parameters(paramLabel = "PF", converter = BdfConverter.class, description = "The physical function's PCI address, e.g. 0000:03:00.0.")
+        @Parameters(
+                paramLabel = "PF",
+                converter = BdfConverter.class,
+                description = "The physical function's PCI address, e.g. 0000:03:00.0.")
         Bdf pf;
-        @Option(names = "--count", paramLabel = "N", description = "number of VFs wanted (0 removes them); without it, show the VFs")
+
+        @Option(
+                names = "--count",
+                paramLabel = "N",
+                description = "number of VFs wanted (0 removes them); without it, show the VFs")
         Integer count;
-        @Option(names = "--autoprobe", negatable = true, description = "let host drivers probe new VFs (default: unchanged)")
+
+        @Option(
+                names = "--autoprobe",
+                negatable = true,
+                description = "let host drivers probe new VFs (default: unchanged)")
         Boolean autoprobe;
-        @Option(names = "--vf-queues", paramLabel = "N", defaultValue = "0",
+
+        @Option(
+                names = "--vf-queues",
+                paramLabel = "N",
+                defaultValue = "0",
                 description = "NVMe: queue resources per VF, admin queue included (default: an even share)")
         int vfQueues;
-        @Option(names = "--vf-interrupts", paramLabel = "N", defaultValue = "0",
+
+        @Option(
+                names = "--vf-interrupts",
+                paramLabel = "N",
+                defaultValue = "0",
                 description = "NVMe: interrupt resources per VF (default: an even share)")
         int vfInterrupts;
+
         @Option(names = "--no-provision", description = "NVMe: do not assign resources or bring VFs online")
         boolean noProvision;
+
         @Option(names = "--force", description = "Change VFs even if one is assigned to a VM or used by the host.")
         boolean force;
-        @Option(names = "--dry-run", description = "Check and print what would change (each sysfs write), change nothing.")
+
+        @Option(
+                names = "--dry-run",
+                description = "Check and print what would change (each sysfs write), change nothing.")
         boolean dryRun;
 
         @Override
@@ -357,8 +482,14 @@ public final class HostCommand implements Runnable {
             }
             SriovManager m = new SriovManager(opts.paths(), dryRun);
             Bdf pfBdf = pf;
-            SriovManager.Outcome o = count == null ? m.status(pfBdf)
-                    : m.setVfs(pfBdf, count, autoprobe, new SriovManager.NvmeRequest(vfQueues, vfInterrupts, !noProvision), force);
+            SriovManager.Outcome o = count == null
+                    ? m.status(pfBdf)
+                    : m.setVfs(
+                            pfBdf,
+                            count,
+                            autoprobe,
+                            new SriovManager.NvmeRequest(vfQueues, vfInterrupts, !noProvision),
+                            force);
             if (opts.json) {
                 Map<String, Object> doc = new LinkedHashMap<>();
                 doc.put("pf", o.pf().toString());
@@ -383,15 +514,28 @@ public final class HostCommand implements Runnable {
                 return 0;
             }
             PrintWriter out = out();
-            out.printf("%s: %d of %d VFs%s (drivers autoprobe: %s)%n", o.pf(), o.after(), o.totalVfs(),
+            out.printf(
+                    "%s: %d of %d VFs%s (drivers autoprobe: %s)%n",
+                    o.pf(),
+                    o.after(),
+                    o.totalVfs(),
                     count == null || o.before() == o.after() ? "" : " (was " + o.before() + ")",
                     o.autoprobe() == null ? "n/a" : o.autoprobe() ? "on" : "off");
             writes(o.writes());
             for (SriovManager.VfInfo v : o.vfs()) {
                 StringBuilder res = new StringBuilder();
-                v.resources().forEach((k, val) -> res.append(res.isEmpty() ? "" : ", ").append(k).append('=').append(val));
-                out.printf("  VF %-3d %s  driver: %-10s group: %-5s %s%n", v.index(), v.bdf(), v.driver() == null ? "none" : v.driver(),
-                        v.iommuGroup() < 0 ? "none" : Integer.toString(v.iommuGroup()), res.isEmpty() ? "resources: not visible" : res);
+                v.resources()
+                        .forEach((k, val) -> res.append(res.isEmpty() ? "" : ", ")
+                                .append(k)
+                                .append('=')
+                                .append(val));
+                out.printf(
+                        "  VF %-3d %s  driver: %-10s group: %-5s %s%n",
+                        v.index(),
+                        v.bdf(),
+                        v.driver() == null ? "none" : v.driver(),
+                        v.iommuGroup() < 0 ? "none" : Integer.toString(v.iommuGroup()),
+                        res.isEmpty() ? "resources: not visible" : res);
             }
             for (String n : o.notes()) {
                 out.println("  note: " + n);
@@ -403,13 +547,22 @@ public final class HostCommand implements Runnable {
 
     // ------------------------------------------------------------------ assignment
 
-    @Command(name = "assign", footerHeading = "%nExamples:%n", footer = {"  iovirt host assign 0000:03:10.0 --vm web1"},
-            mixinStandardHelpOptions = true, description = "Give a device (bound to vfio-pci) to one VM exclusively.")
+    @Command(
+            name = "assign",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host assign 0000:03:10.0 --vm web1"},
+            mixinStandardHelpOptions = true,
+            description = "Give a device (bound to vfio-pci) to one VM exclusively.")
     static final class Assign extends OnDevice {
         @Option(names = "--vm", required = true, paramLabel = "NAME", description = "The VM that gets the device.")
         String vm;
-        @Option(names = "--force", description = "Record the assignment even if the device is not ready (not bound to vfio-pci, group not viable).")
+
+        @Option(
+                names = "--force",
+                description =
+                        "Record the assignment even if the device is not ready (not bound to vfio-pci, group not viable).")
         boolean force;
+
         @Option(names = "--dry-run", description = "Check and print the assignment, record nothing.")
         boolean dryRun;
 
@@ -428,8 +581,11 @@ public final class HostCommand implements Runnable {
                 json(m);
                 return 0;
             }
-            out().println(b + " " + (!r.created() ? "was already assigned to VM " : dryRun ? "would be assigned to VM "
-                    : "assigned to VM ") + r.assignment().vm() + (dryRun ? " (" + DriverBinding.DRY_RUN_NOTE + ")" : ""));
+            out().println(b + " "
+                    + (!r.created()
+                            ? "was already assigned to VM "
+                            : dryRun ? "would be assigned to VM " : "assigned to VM ")
+                    + r.assignment().vm() + (dryRun ? " (" + DriverBinding.DRY_RUN_NOTE + ")" : ""));
             out().println("  QEMU: " + String.join(" ", VfioConfig.qemuArgs(List.of(b))));
             out().println("  libvirt: iovirt host config --vm " + r.assignment().vm() + " --format libvirt");
             out().flush();
@@ -437,11 +593,16 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "release", footerHeading = "%nExamples:%n", footer = {"  iovirt host release 0000:03:10.0 --vm web1"},
-            mixinStandardHelpOptions = true, description = "Take a device back from its VM.")
+    @Command(
+            name = "release",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host release 0000:03:10.0 --vm web1"},
+            mixinStandardHelpOptions = true,
+            description = "Take a device back from its VM.")
     static final class Release extends OnDevice {
         @Option(names = "--vm", paramLabel = "NAME", description = "Refuse unless this VM owns it.")
         String vm;
+
         @Option(names = "--dry-run", description = "Check and print what would be released, change nothing.")
         boolean dryRun;
 
@@ -451,7 +612,9 @@ public final class HostCommand implements Runnable {
             if (opts.json) {
                 json(Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "released", !dryRun, "dry_run", dryRun));
             } else {
-                out().println(a.bdf() + (dryRun ? " would be released from VM " : " released from VM ") + a.vm()
+                out().println(a.bdf()
+                        + (dryRun ? " would be released from VM " : " released from VM ")
+                        + a.vm()
                         + (dryRun ? " (" + DriverBinding.DRY_RUN_NOTE + ")" : ""));
                 out().flush();
             }
@@ -459,18 +622,32 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "assignments", footerHeading = "%nExamples:%n", footer = {"  iovirt host assignments", "  iovirt host assignments --vm web1 --json"},
-            mixinStandardHelpOptions = true, description = "List which VM owns which device.")
+    @Command(
+            name = "assignments",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host assignments", "  iovirt host assignments --vm web1 --json"},
+            mixinStandardHelpOptions = true,
+            description = "List which VM owns which device.")
     static final class Assignments extends Base {
         @Option(names = "--vm", paramLabel = "NAME", description = "only this VM's devices")
         String vm;
 
         @Override
         public Integer call() {
-            List<AssignmentRegistry.Assignment> all = new AssignmentRegistry(opts.stateDir).list().stream()
-                    .filter(a -> vm == null || a.vm().equals(vm)).toList();
+            List<AssignmentRegistry.Assignment> all = new AssignmentRegistry(opts.stateDir)
+                    .list().stream()
+                            .filter(a -> vm == null || a.vm().equals(vm))
+                            .toList();
             if (opts.json) {
-                json(all.stream().map(a -> Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "since", a.since().toString())).toList());
+                json(all.stream()
+                        .map(a -> Map.of(
+                                "bdf",
+                                a.bdf().toString(),
+                                "vm",
+                                a.vm(),
+                                "since",
+                                a.since().toString()))
+                        .toList());
                 return 0;
             }
             if (all.isEmpty()) {
@@ -484,15 +661,23 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "config", footerHeading = "%nExamples:%n", footer = {"  iovirt host config --vm web1", "  iovirt host config --vm web1 --format libvirt"},
+    @Command(
+            name = "config",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host config --vm web1", "  iovirt host config --vm web1 --format libvirt"},
             mixinStandardHelpOptions = true,
             description = "Print QEMU arguments or libvirt <hostdev> XML for assigned devices.")
     static final class Config extends Base {
-        @Parameters(paramLabel = "BDF", arity = "0..*", description = "assigned devices (default: all of --vm's)",
+        @Parameters(
+                paramLabel = "BDF",
+                arity = "0..*",
+                description = "assigned devices (default: all of --vm's)",
                 converter = BdfConverter.class)
         List<Bdf> devices;
+
         @Option(names = "--vm", paramLabel = "NAME", description = "the VM whose devices to print")
         String vm;
+
         @Option(names = "--format", defaultValue = "qemu", description = "qemu or libvirt (default: ${DEFAULT-VALUE})")
         String format;
 
@@ -505,9 +690,13 @@ public final class HostCommand implements Runnable {
             List<Bdf> chosen = new ArrayList<>();
             if (devices != null && !devices.isEmpty()) {
                 for (Bdf b : devices) {
-                    AssignmentRegistry.Assignment a = all.stream().filter(x -> x.bdf().equals(b)).findFirst().orElse(null);
+                    AssignmentRegistry.Assignment a = all.stream()
+                            .filter(x -> x.bdf().equals(b))
+                            .findFirst()
+                            .orElse(null);
                     if (a == null || (vm != null && !a.vm().equals(vm))) {
-                        throw new HostConfigException(b + " is not assigned" + (vm == null ? "" : " to VM " + vm),
+                        throw new HostConfigException(
+                                b + " is not assigned" + (vm == null ? "" : " to VM " + vm),
                                 "assign it first: iovirt host assign " + b + " --vm NAME");
                     }
                     chosen.add(b);
@@ -515,16 +704,23 @@ public final class HostCommand implements Runnable {
             } else if (vm != null) {
                 all.stream().filter(a -> a.vm().equals(vm)).forEach(a -> chosen.add(a.bdf()));
                 if (chosen.isEmpty()) {
-                    throw new HostConfigException("VM " + vm + " has no assigned devices", "assign one: iovirt host assign BDF --vm " + vm);
+                    throw new HostConfigException(
+                            "VM " + vm + " has no assigned devices", "assign one: iovirt host assign BDF --vm " + vm);
                 }
             } else {
-                throw new HostConfigException("name the devices or the VM", "iovirt host config --vm NAME, or iovirt host config BDF...");
+                throw new HostConfigException(
+                        "name the devices or the VM", "iovirt host config --vm NAME, or iovirt host config BDF...");
             }
             if (opts.json) {
                 List<Object> list = new ArrayList<>();
                 for (int i = 0; i < chosen.size(); i++) {
-                    list.add(Map.of("bdf", chosen.get(i).toString(), "qemu", VfioConfig.qemuArgs(chosen.get(i), i),
-                            "libvirt", VfioConfig.libvirtHostdev(chosen.get(i))));
+                    list.add(Map.of(
+                            "bdf",
+                            chosen.get(i).toString(),
+                            "qemu",
+                            VfioConfig.qemuArgs(chosen.get(i), i),
+                            "libvirt",
+                            VfioConfig.libvirtHostdev(chosen.get(i))));
                 }
                 json(list);
                 return 0;
@@ -539,15 +735,25 @@ public final class HostCommand implements Runnable {
         }
     }
 
-    @Command(name = "migrate-config", footerHeading = "%nExamples:%n", footer = {"  iovirt host migrate-config vm1.xml", "  iovirt host migrate-config vm1.xml --in-place"},
+    @Command(
+            name = "migrate-config",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt host migrate-config vm1.xml", "  iovirt host migrate-config vm1.xml --in-place"},
             mixinStandardHelpOptions = true,
-            description = {"Rewrite legacy KVM device assignment (QEMU pci-assign, libvirt <driver name='kvm'/>) to VFIO.",
-                    "Prints the result (or writes --output / --in-place); the changes go to stderr."})
+            description = {
+                "Rewrite legacy KVM device assignment (QEMU pci-assign, libvirt <driver name='kvm'/>) to VFIO.",
+                "Prints the result (or writes --output / --in-place); the changes go to stderr."
+            })
     static final class MigrateConfig extends Base {
         @Parameters(paramLabel = "FILE", description = "a QEMU command line or script, or a libvirt domain XML")
         Path file;
-        @Option(names = {"-o", "--output"}, paramLabel = "FILE", description = "write the result here")
+
+        @Option(
+                names = {"-o", "--output"},
+                paramLabel = "FILE",
+                description = "write the result here")
         Path output;
+
         @Option(names = "--in-place", description = "replace FILE atomically (the original is kept as FILE.bak)")
         boolean inPlace;
 
@@ -566,7 +772,10 @@ public final class HostCommand implements Runnable {
             Path target = inPlace ? file : output;
             if (target != null && m.changed()) {
                 if (inPlace) {
-                    Files.copy(file, file.resolveSibling(file.getFileName() + ".bak"), StandardCopyOption.REPLACE_EXISTING);
+                    Files.copy(
+                            file,
+                            file.resolveSibling(file.getFileName() + ".bak"),
+                            StandardCopyOption.REPLACE_EXISTING);
                 }
                 Path tmp = target.resolveSibling(target.getFileName() + ".iovirt-tmp");
                 Files.writeString(tmp, m.text(), StandardCharsets.UTF_8);
@@ -586,7 +795,8 @@ public final class HostCommand implements Runnable {
                 out().flush();
             }
             if (m.changes().isEmpty()) {
-                err().println("iovirt host migrate-config: no legacy KVM assignment found in " + file + "; nothing changed");
+                err().println("iovirt host migrate-config: no legacy KVM assignment found in " + file
+                        + "; nothing changed");
             }
             for (String c : m.changes()) {
                 err().println("migrated: " + c);

@@ -30,16 +30,25 @@ public final class LogOptions {
     @CommandLine.Spec(CommandLine.Spec.Target.MIXEE)
     CommandLine.Model.CommandSpec mixee;
 
-    @Option(names = "--log-level", paramLabel = "LEVEL", defaultValue = "info",
+    @Option(
+            names = "--log-level",
+            paramLabel = "LEVEL",
+            defaultValue = "info",
             description = "error, warn, info, debug (adds the vhost-user protocol trace) or trace. "
                     + "Default: ${DEFAULT-VALUE}.")
     String level;
 
-    @Option(names = "--log-format", paramLabel = "text|json", defaultValue = "text",
+    @Option(
+            names = "--log-format",
+            paramLabel = "text|json",
+            defaultValue = "text",
             description = "Log lines on stderr as text, or as one JSON object a line. Default: ${DEFAULT-VALUE}.")
     String format;
 
-    @Option(names = "--stats-interval", paramLabel = "S", defaultValue = "0",
+    @Option(
+            names = "--stats-interval",
+            paramLabel = "S",
+            defaultValue = "0",
             description = "Log the counters every S seconds (0: only at exit); with --log-format json each such line "
                     + "also carries them as a \"stats\" object (schema in docs/cli.md).")
     int statsInterval;
@@ -48,8 +57,7 @@ public final class LogOptions {
      * A value a JSON log line carries under {@code key} next to the message (the text format shows only the
      * message): pass it as the record's only parameter, as {@link #log} does.
      */
-    public record Field(String key, Object value) {
-    }
+    public record Field(String key, Object value) {}
 
     /** Logs {@code message}, with {@code field} added to the JSON form of the line. */
     public static void log(Logger logger, Level level, String message, Field field) {
@@ -95,8 +103,9 @@ public final class LogOptions {
             case "info" -> Level.INFO;
             case "debug" -> Level.FINE;
             case "trace" -> Level.FINEST;
-            default -> throw Contract.usage(mixee, "--log-level must be error, warn, info, debug or trace, not '"
-                    + level + "'");
+            default ->
+                throw Contract.usage(
+                        mixee, "--log-level must be error, warn, info, debug or trace, not '" + level + "'");
         };
         Formatter formatter = switch (format.toLowerCase(Locale.ROOT)) {
             case "text" -> new TextFormatter();
@@ -140,8 +149,11 @@ public final class LogOptions {
 
     static String levelName(Level l) {
         int v = l.intValue();
-        return v >= Level.SEVERE.intValue() ? "error" : v >= Level.WARNING.intValue() ? "warn"
-                : v >= Level.INFO.intValue() ? "info" : v >= Level.FINE.intValue() ? "debug" : "trace";
+        return v >= Level.SEVERE.intValue()
+                ? "error"
+                : v >= Level.WARNING.intValue()
+                        ? "warn"
+                        : v >= Level.INFO.intValue() ? "info" : v >= Level.FINE.intValue() ? "debug" : "trace";
     }
 
     private static String thrown(LogRecord r) {

@@ -5,7 +5,10 @@ import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
 /** Entry point of the {@code iovirt} command: one line of reason and a non-zero exit on errors. */
-@Command(name = "iovirt", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+@Command(
+        name = "iovirt",
+        mixinStandardHelpOptions = true,
+        versionProvider = VersionProvider.class,
         description = "I/O virtualization for KVM/QEMU guests.")
 public final class Main implements Runnable {
     /**
@@ -15,8 +18,18 @@ public final class Main implements Runnable {
      * more CPU than the rest of a backend's start-up (docs/benchmarks.md, "Footprint").
      */
     static final String[] NAMES = {"help", "demo", "daemon", "ctl", "serve", "bench", "host", "vfio", "vm"};
-    static final Class<?>[] COMMANDS = {HelpCommand.class, DemoCommand.class, DaemonCommand.class, CtlCommand.class,
-            ServeCommand.class, BenchCommand.class, HostCommand.class, VfioCommand.class, VmCommand.class};
+
+    static final Class<?>[] COMMANDS = {
+        HelpCommand.class,
+        DemoCommand.class,
+        DaemonCommand.class,
+        CtlCommand.class,
+        ServeCommand.class,
+        BenchCommand.class,
+        HostCommand.class,
+        VfioCommand.class,
+        VmCommand.class
+    };
     /** Commands a per-VM backend is started with: for these, only that command's tree is built. */
     private static final java.util.Set<String> BACKEND_COMMANDS = java.util.Set.of("serve", "vm");
 
@@ -24,7 +37,9 @@ public final class Main implements Runnable {
     CommandLine.Model.CommandSpec spec;
 
     /** Declared once here and inherited by every subcommand; read with {@link #verbose}. */
-    @CommandLine.Option(names = {"-v", "--verbose"}, scope = CommandLine.ScopeType.INHERIT,
+    @CommandLine.Option(
+            names = {"-v", "--verbose"},
+            scope = CommandLine.ScopeType.INHERIT,
             description = "Print stack traces with errors, and each step a host command takes (sysfs writes).")
     boolean verbose;
 
@@ -57,8 +72,10 @@ public final class Main implements Runnable {
         }
         CommandLine cl = commandLine(args);
         // UTF-8 whatever the locale: messages use "—" and names from sysfs; a C locale would print '?' for them.
-        cl.setOut(new java.io.PrintWriter(new java.io.OutputStreamWriter(System.out, java.nio.charset.StandardCharsets.UTF_8), true));
-        cl.setErr(new java.io.PrintWriter(new java.io.OutputStreamWriter(System.err, java.nio.charset.StandardCharsets.UTF_8), true));
+        cl.setOut(new java.io.PrintWriter(
+                new java.io.OutputStreamWriter(System.out, java.nio.charset.StandardCharsets.UTF_8), true));
+        cl.setErr(new java.io.PrintWriter(
+                new java.io.OutputStreamWriter(System.err, java.nio.charset.StandardCharsets.UTF_8), true));
         System.exit(cl.execute(args));
     }
 

@@ -24,18 +24,31 @@ import picocli.CommandLine.Option;
  * disconnects (guest reboot, VM stop) the next connection is accepted. SIGINT, SIGTERM and SIGHUP finish in-flight requests,
  * fsync the image and exit 0.
  */
-@Command(name = "blk", footerHeading = "%nExamples:%n", footer = {"  iovirt serve blk --image disk.raw --socket /run/iovirt/blk0.sock", "  iovirt serve blk --image /dev/vg0/vm1 --socket /run/iovirt/vm1.sock --queues 4 --direct", "  iovirt serve blk --image disk.raw --socket blk.sock --log-format json --stats-interval 10"},
-            mixinStandardHelpOptions = true,
-        description = {"Serve a disk image (raw or qcow2) to QEMU guests as vhost-user-blk.",
-                "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
-                        + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."})
+@Command(
+        name = "blk",
+        footerHeading = "%nExamples:%n",
+        footer = {
+            "  iovirt serve blk --image disk.raw --socket /run/iovirt/blk0.sock",
+            "  iovirt serve blk --image /dev/vg0/vm1 --socket /run/iovirt/vm1.sock --queues 4 --direct",
+            "  iovirt serve blk --image disk.raw --socket blk.sock --log-format json --stats-interval 10"
+        },
+        mixinStandardHelpOptions = true,
+        description = {
+            "Serve a disk image (raw or qcow2) to QEMU guests as vhost-user-blk.",
+            "QEMU: -chardev socket,id=c0,path=SOCKET -device vhost-user-blk-pci,chardev=c0 (guest RAM must be shared: "
+                    + "-object memory-backend-memfd,id=mem,size=...,share=on -numa node,memdev=mem)."
+        })
 final class ServeBlkCommand implements Callable<Integer> {
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.blk");
 
     @picocli.CommandLine.Spec
     picocli.CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--image", required = true, paramLabel = "FILE", description = "Disk image: a raw file or block device, or qcow2 (the format is read from the header).")
+    @Option(
+            names = "--image",
+            required = true,
+            paramLabel = "FILE",
+            description = "Disk image: a raw file or block device, or qcow2 (the format is read from the header).")
     Path image;
 
     @Option(names = "--socket", required = true, paramLabel = "PATH", description = "UNIX socket to listen on.")
@@ -44,15 +57,28 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(names = "--readonly", description = "Refuse writes (the guest sees a read-only disk).")
     boolean readOnly;
 
-    @Option(names = "--queues", defaultValue = "1", paramLabel = "N", description = "Request queues offered (default ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--queues",
+            defaultValue = "1",
+            paramLabel = "N",
+            description = "Request queues offered (default ${DEFAULT-VALUE}).")
     int queues;
 
-    @Option(names = "--direct", description = "Open the image with O_DIRECT (bypass the host page cache; for qcow2 its data and metadata, a backing chain stays buffered).")
+    @Option(
+            names = "--direct",
+            description =
+                    "Open the image with O_DIRECT (bypass the host page cache; for qcow2 its data and metadata, a backing chain stays buffered).")
     boolean direct;
 
-    @Option(names = "--io-engine", defaultValue = "auto", paramLabel = "auto|sync|io_uring", converter = EngineConverter.class,
-            description = {"How queues reach the image: io_uring keeps up to queue-size requests in flight per queue;",
-                    "sync serves one at a time; auto (default) uses io_uring when the kernel allows it."})
+    @Option(
+            names = "--io-engine",
+            defaultValue = "auto",
+            paramLabel = "auto|sync|io_uring",
+            converter = EngineConverter.class,
+            description = {
+                "How queues reach the image: io_uring keeps up to queue-size requests in flight per queue;",
+                "sync serves one at a time; auto (default) uses io_uring when the kernel allows it."
+            })
     BlkDevice.IoEngine ioEngine;
 
     static final class EngineConverter implements picocli.CommandLine.ITypeConverter<BlkDevice.IoEngine> {
@@ -62,16 +88,22 @@ final class ServeBlkCommand implements Callable<Integer> {
                 case "auto" -> BlkDevice.IoEngine.AUTO;
                 case "sync" -> BlkDevice.IoEngine.SYNC;
                 case "io_uring" -> BlkDevice.IoEngine.IO_URING;
-                default -> throw new picocli.CommandLine.TypeConversionException(
-                        "'" + value + "' is not an I/O engine: use auto, sync or io_uring");
+                default ->
+                    throw new picocli.CommandLine.TypeConversionException(
+                            "'" + value + "' is not an I/O engine: use auto, sync or io_uring");
             };
         }
     }
 
-    @Option(names = "--format", paramLabel = "raw|qcow2", converter = FormatConverter.class,
-            description = {"The image's format. Without it the header decides: raw and qcow2 are served, an image that",
-                    "says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the file's bytes as",
-                    "they are, whatever the header says."})
+    @Option(
+            names = "--format",
+            paramLabel = "raw|qcow2",
+            converter = FormatConverter.class,
+            description = {
+                "The image's format. Without it the header decides: raw and qcow2 are served, an image that",
+                "says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the file's bytes as",
+                "they are, whatever the header says."
+            })
     ImageFormat format;
 
     static final class FormatConverter implements picocli.CommandLine.ITypeConverter<ImageFormat> {
@@ -80,33 +112,46 @@ final class ServeBlkCommand implements Callable<Integer> {
             return switch (value) {
                 case "raw" -> ImageFormat.RAW;
                 case "qcow2" -> ImageFormat.QCOW2;
-                default -> throw new picocli.CommandLine.TypeConversionException("'" + value + "' is not a format "
-                        + "serve blk serves: use raw or qcow2 (convert other images with qemu-img convert -O qcow2)");
+                default ->
+                    throw new picocli.CommandLine.TypeConversionException(
+                            "'" + value + "' is not a format "
+                                    + "serve blk serves: use raw or qcow2 (convert other images with qemu-img convert -O qcow2)");
             };
         }
     }
 
-    @Option(names = "--allow-partial-sector",
-            description = {"Serve an image whose size is not a multiple of 512 bytes, with a warning: the guest sees",
-                    "the whole sectors, and the last partial one is neither read nor written."})
+    @Option(
+            names = "--allow-partial-sector",
+            description = {
+                "Serve an image whose size is not a multiple of 512 bytes, with a warning: the guest sees",
+                "the whole sectors, and the last partial one is neither read nor written."
+            })
     boolean allowPartialSector;
 
     @picocli.CommandLine.Mixin
     LogOptions logOptions;
 
-    @Option(names = "--jfr-slow-ms", paramLabel = "MS",
-            description = {"Emit the JFR event io.iovirt.blk.SlowRequest for every request taking MS milliseconds or",
-                    "longer (0: every request), for a JFR recording to catch, e.g. with JAVA_TOOL_OPTIONS=",
-                    "-XX:StartFlightRecording:filename=blk.jfr, or jcmd PID JFR.start (docs/cli.md)."})
+    @Option(
+            names = "--jfr-slow-ms",
+            paramLabel = "MS",
+            description = {
+                "Emit the JFR event io.iovirt.blk.SlowRequest for every request taking MS milliseconds or",
+                "longer (0: every request), for a JFR recording to catch, e.g. with JAVA_TOOL_OPTIONS=",
+                "-XX:StartFlightRecording:filename=blk.jfr, or jcmd PID JFR.start (docs/cli.md)."
+            })
     Long jfrSlowMs;
 
-    @Option(names = "--serial", paramLabel = "ID", description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
+    @Option(
+            names = "--serial",
+            paramLabel = "ID",
+            description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
     String serial;
 
     @CommandLine.Mixin
     SocketAccessOptions socketAccess;
 
-    @Option(names = "--standby",
+    @Option(
+            names = "--standby",
             description = "Warm standby: start up, open the image, then wait while another serve blk serves --socket, "
                     + "and take the socket over the moment that process exits (also when it is killed), so a "
                     + "reconnecting QEMU finds a running backend instead of waiting for a new one to start. Serves "
@@ -139,10 +184,19 @@ final class ServeBlkCommand implements Callable<Integer> {
             } else {
                 owner = SocketOwner.acquire(socket);
             }
-            try (owner; VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
-                LOG.info(String.format("serving %s (%s, %s%s%s, %d queue%s, %s) on %s", image, img.format(),
-                        ByteSizes.human(img.size()), readOnly ? ", read-only" : "", direct ? ", O_DIRECT" : "", queues,
-                        queues == 1 ? "" : "s", device.ioDescription(), socket));
+            try (owner;
+                    VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
+                LOG.info(String.format(
+                        "serving %s (%s, %s%s%s, %d queue%s, %s) on %s",
+                        image,
+                        img.format(),
+                        ByteSizes.human(img.size()),
+                        readOnly ? ", read-only" : "",
+                        direct ? ", O_DIRECT" : "",
+                        queues,
+                        queues == 1 ? "" : "s",
+                        device.ioDescription(),
+                        socket));
                 Thread stats = logOptions.startStats(() -> logStats("counters: ", device, server));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (in-flight requests complete first)");
@@ -173,17 +227,21 @@ final class ServeBlkCommand implements Callable<Integer> {
             Path sock = scratch.resolve("warm-up.sock");
             long ios = 0;
             try (DiskImage wimg = Images.open(img, ImageFormat.RAW, false, false);
-                 VhostUserServer ws = VhostUserServer.start(sock, new BlkDevice("warm-up", wimg, 1, "warm-up", ioEngine))) {
+                    VhostUserServer ws =
+                            VhostUserServer.start(sock, new BlkDevice("warm-up", wimg, 1, "warm-up", ioEngine))) {
                 for (boolean packed : new boolean[] {false, true}) {
                     for (BlkBenchOptions.Pattern pattern : new BlkBenchOptions.Pattern[] {
-                        BlkBenchOptions.Pattern.RANDWRITE, BlkBenchOptions.Pattern.RANDREAD}) {
-                        ios += BlkBench.run(new BlkBenchOptions(sock, pattern, 4096, 8, 0.3, 0.2, 1, 128, packed, true,
-                                true, false, 1)).ios();
+                        BlkBenchOptions.Pattern.RANDWRITE, BlkBenchOptions.Pattern.RANDREAD
+                    }) {
+                        ios += BlkBench.run(new BlkBenchOptions(
+                                        sock, pattern, 4096, 8, 0.3, 0.2, 1, 128, packed, true, true, false, 1))
+                                .ios();
                     }
                 }
             }
-            LOG.info(String.format("standby warmed up: %d requests through a scratch export in %d ms", ios,
-                    (System.nanoTime() - t0) / 1_000_000));
+            LOG.info(String.format(
+                    "standby warmed up: %d requests through a scratch export in %d ms",
+                    ios, (System.nanoTime() - t0) / 1_000_000));
         } catch (IOException | RuntimeException e) {
             LOG.warning("standby warm-up failed (the takeover will run cold): " + e.getMessage());
         } finally {
@@ -218,8 +276,11 @@ final class ServeBlkCommand implements Callable<Integer> {
             fe.put("waited", server.frontendsWaited());
             doc.put("frontend", fe);
         }
-        LogOptions.log(LOG, java.util.logging.Level.INFO, title + s
-                + (server == null ? "" : "; " + server.frontendSummary()), new LogOptions.Field("stats", doc));
+        LogOptions.log(
+                LOG,
+                java.util.logging.Level.INFO,
+                title + s + (server == null ? "" : "; " + server.frontendSummary()),
+                new LogOptions.Field("stats", doc));
     }
 
     /**
@@ -230,11 +291,15 @@ final class ServeBlkCommand implements Callable<Integer> {
         if (format == null && java.nio.file.Files.isReadable(image)) { // else open() says what is wrong with the path
             ImageFormat detected = ImageFormat.detect(image);
             if (detected != ImageFormat.RAW && detected != ImageFormat.QCOW2) {
-                throw new ActionableException("cannot serve " + image + ": its header says it is "
-                        + detected.description() + ", and serve blk serves raw and qcow2 images (a guest writing to it "
-                        + "would destroy the " + detected.qemuName() + " metadata)", "convert it (qemu-img convert -f "
-                        + detected.qemuName() + " -O qcow2 " + image + " disk.qcow2), or pass --format raw if the "
-                        + "guest is meant to see these bytes");
+                throw new ActionableException(
+                        "cannot serve " + image + ": its header says it is "
+                                + detected.description()
+                                + ", and serve blk serves raw and qcow2 images (a guest writing to it "
+                                + "would destroy the " + detected.qemuName() + " metadata)",
+                        "convert it (qemu-img convert -f "
+                                + detected.qemuName() + " -O qcow2 " + image
+                                + " disk.qcow2), or pass --format raw if the "
+                                + "guest is meant to see these bytes");
             }
         }
     }
@@ -245,8 +310,10 @@ final class ServeBlkCommand implements Callable<Integer> {
             String what = image + " is " + size + " bytes, not a multiple of 512: the guest would see "
                     + (size / 512) * 512 + " bytes and the last " + size % 512 + " would be neither read nor written";
             if (!allowPartialSector) {
-                throw new ActionableException("cannot serve " + what, "resize it to whole sectors (truncate -s "
-                        + ((size + 511) / 512) * 512 + " " + image + "), or pass --allow-partial-sector");
+                throw new ActionableException(
+                        "cannot serve " + what,
+                        "resize it to whole sectors (truncate -s " + ((size + 511) / 512) * 512 + " " + image
+                                + "), or pass --allow-partial-sector");
             }
             LOG.warning(what);
         }

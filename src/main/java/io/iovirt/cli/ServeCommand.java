@@ -4,7 +4,9 @@ package io.iovirt.cli;
 import picocli.CommandLine.Command;
 
 /** {@code iovirt serve ...}: long-running backends that QEMU connects to. */
-@Command(name = "serve", mixinStandardHelpOptions = true,
+@Command(
+        name = "serve",
+        mixinStandardHelpOptions = true,
         description = "Run a device backend in the foreground until SIGINT/SIGTERM.",
         subcommands = {ServeBlkCommand.class, ServeNetCommand.class, ServeNbdCommand.class})
 final class ServeCommand implements Runnable {

@@ -18,14 +18,21 @@ import picocli.CommandLine.Option;
  * emulated disks ({@code -drive driver=nbd,...}), qemu-img/qemu-io, or the kernel's nbd-client. SIGINT, SIGTERM and
  * SIGHUP disconnect the clients, sync the image and exit 0. Logs and statistics as every server: {@link LogOptions}.
  */
-@Command(name = "nbd", mixinStandardHelpOptions = true, footerHeading = "%nExamples:%n",
-        footer = {"  iovirt serve nbd --image disk.qcow2 --socket /run/iovirt/nbd0.sock --name disk0",
-                "  iovirt serve nbd --image base.raw --listen 127.0.0.1:10809 --readonly",
-                "  iovirt serve nbd --image disk.raw --socket nbd.sock --log-format json --stats-interval 10"},
-        description = {"Export a disk image (raw or qcow2) over NBD.",
-                "QEMU: -drive driver=nbd,server.type=unix,server.path=SOCKET,export=NAME,if=none,id=d0",
-                "      -device ide-hd,drive=d0",
-                "qemu-img/qemu-io: nbd+unix:///NAME?socket=SOCKET or nbd://127.0.0.1:PORT/NAME"})
+@Command(
+        name = "nbd",
+        mixinStandardHelpOptions = true,
+        footerHeading = "%nExamples:%n",
+        footer = {
+            "  iovirt serve nbd --image disk.qcow2 --socket /run/iovirt/nbd0.sock --name disk0",
+            "  iovirt serve nbd --image base.raw --listen 127.0.0.1:10809 --readonly",
+            "  iovirt serve nbd --image disk.raw --socket nbd.sock --log-format json --stats-interval 10"
+        },
+        description = {
+            "Export a disk image (raw or qcow2) over NBD.",
+            "QEMU: -drive driver=nbd,server.type=unix,server.path=SOCKET,export=NAME,if=none,id=d0",
+            "      -device ide-hd,drive=d0",
+            "qemu-img/qemu-io: nbd+unix:///NAME?socket=SOCKET or nbd://127.0.0.1:PORT/NAME"
+        })
 final class ServeNbdCommand implements Callable<Integer> {
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.nbd");
 
@@ -35,7 +42,11 @@ final class ServeNbdCommand implements Callable<Integer> {
     @picocli.CommandLine.Mixin
     LogOptions logOptions;
 
-    @Option(names = "--image", required = true, paramLabel = "FILE", description = "Image file (raw, qcow2) or block device.")
+    @Option(
+            names = "--image",
+            required = true,
+            paramLabel = "FILE",
+            description = "Image file (raw, qcow2) or block device.")
     Path image;
 
     @ArgGroup(exclusive = true, multiplicity = "1")
@@ -45,23 +56,39 @@ final class ServeNbdCommand implements Callable<Integer> {
         @Option(names = "--socket", paramLabel = "PATH", description = "UNIX socket to listen on.")
         Path socket;
 
-        @Option(names = "--listen", paramLabel = "HOST:PORT", description = "Loopback TCP address to listen on (port 0 picks one).")
+        @Option(
+                names = "--listen",
+                paramLabel = "HOST:PORT",
+                description = "Loopback TCP address to listen on (port 0 picks one).")
         String tcp;
     }
 
-    @Option(names = "--name", defaultValue = "", paramLabel = "NAME", description = "Export name (default: the empty name).")
+    @Option(
+            names = "--name",
+            defaultValue = "",
+            paramLabel = "NAME",
+            description = "Export name (default: the empty name).")
     String name;
 
     @Option(names = "--readonly", description = "Refuse writes.")
     boolean readOnly;
 
-    @Option(names = "--format", paramLabel = "raw|qcow2", description = "Image format, overriding detection from the header.")
+    @Option(
+            names = "--format",
+            paramLabel = "raw|qcow2",
+            description = "Image format, overriding detection from the header.")
     String format;
 
-    @Option(names = "--direct", description = "Open the image with O_DIRECT (raw, or qcow2: its data and metadata; a backing chain stays buffered); clients then address it in whole blocks of the file system's direct I/O alignment.")
+    @Option(
+            names = "--direct",
+            description =
+                    "Open the image with O_DIRECT (raw, or qcow2: its data and metadata; a backing chain stays buffered); clients then address it in whole blocks of the file system's direct I/O alignment.")
     boolean direct;
 
-    @Option(names = "--max-connections", defaultValue = "16", paramLabel = "N",
+    @Option(
+            names = "--max-connections",
+            defaultValue = "16",
+            paramLabel = "N",
             description = "Connections served at once; more are refused in the handshake (default ${DEFAULT-VALUE}).")
     int maxConnections;
 
@@ -81,21 +108,30 @@ final class ServeNbdCommand implements Callable<Integer> {
                 port = -1;
             }
             if (port < 0 || port > 65535) {
-                throw Contract.usage(spec, "--listen takes HOST:PORT with a port 0..65535, e.g. 127.0.0.1:10809, got '"
-                        + listen.tcp + "'");
+                throw Contract.usage(
+                        spec,
+                        "--listen takes HOST:PORT with a port 0..65535, e.g. 127.0.0.1:10809, got '" + listen.tcp
+                                + "'");
             }
             host = listen.tcp.substring(0, colon).replace("[", "").replace("]", "");
         }
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
         try (DiskImage img = Images.open(image, fmt, readOnly, direct)) {
             NbdExport export = new NbdExport(name, img, readOnly);
-            NbdServer server = listen.socket != null ? NbdServer.startUnix(listen.socket, maxConnections)
+            NbdServer server = listen.socket != null
+                    ? NbdServer.startUnix(listen.socket, maxConnections)
                     : NbdServer.startTcp(host, port, maxConnections);
             try (server) {
                 server.addExport(export);
-                LOG.info(String.format("exporting %s (%s, %s%s%s) as '%s' over NBD on %s", image, img.format(),
-                        ByteSizes.human(img.size()), export.readOnly() ? ", read-only" : "",
-                        img.direct() ? ", O_DIRECT in " + img.blockSize() + "-byte blocks" : "", name, server.address()));
+                LOG.info(String.format(
+                        "exporting %s (%s, %s%s%s) as '%s' over NBD on %s",
+                        image,
+                        img.format(),
+                        ByteSizes.human(img.size()),
+                        export.readOnly() ? ", read-only" : "",
+                        img.direct() ? ", O_DIRECT in " + img.blockSize() + "-byte blocks" : "",
+                        name,
+                        server.address()));
                 Thread stats = logOptions.startStats(() -> logStats("counters: ", export));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (clients are disconnected after their current request)");
@@ -111,7 +147,10 @@ final class ServeNbdCommand implements Callable<Integer> {
 
     /** The export's counters; with --log-format json also as a "stats" object (the counters ctl reports). */
     private static void logStats(String title, NbdExport export) {
-        LogOptions.log(LOG, java.util.logging.Level.INFO, title + export.stats(),
+        LogOptions.log(
+                LOG,
+                java.util.logging.Level.INFO,
+                title + export.stats(),
                 new LogOptions.Field("stats", io.iovirt.daemon.Daemon.nbdCounters(export.stats())));
     }
 }

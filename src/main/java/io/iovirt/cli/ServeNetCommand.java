@@ -17,9 +17,16 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 /** {@code iovirt serve net}: the virtual switch. */
-@Command(name = "net", footerHeading = "%nExamples:%n", footer = {"  iovirt serve net --port vhost-user:/run/iovirt/vm1-net.sock,mac=52:54:00:00:00:01 --port tap:iov0", "  iovirt serve net --port stream:/run/iovirt/e1000.sock --port vhost-user:/run/iovirt/vm2.sock --stats-interval 5"},
-            mixinStandardHelpOptions = true,
-        description = {"Run a virtual switch whose ports are guests and host interfaces.",
+@Command(
+        name = "net",
+        footerHeading = "%nExamples:%n",
+        footer = {
+            "  iovirt serve net --port vhost-user:/run/iovirt/vm1-net.sock,mac=52:54:00:00:00:01 --port tap:iov0",
+            "  iovirt serve net --port stream:/run/iovirt/e1000.sock --port vhost-user:/run/iovirt/vm2.sock --stats-interval 5"
+        },
+        mixinStandardHelpOptions = true,
+        description = {
+            "Run a virtual switch whose ports are guests and host interfaces.",
             "An L2 learning switch that runs until SIGINT, SIGTERM or SIGHUP, then prints each port's counters.",
             "Port kinds:",
             "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
@@ -31,28 +38,42 @@ import picocli.CommandLine.Option;
             "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
             "               (default 1); mac: the guest's address, announced when it connects; pin-mac: drop frames",
             "               from any other source (no spoofing, one MAC table entry); poll-us: keep polling",
-            "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0)"},
+            "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0)"
+        },
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--port", required = true, paramLabel = "KIND:ARG",
+    @Option(
+            names = "--port",
+            required = true,
+            paramLabel = "KIND:ARG",
             description = "A switch port (repeat for more): vhost-user:PATH, stream:PATH or tap:IFNAME.")
     List<String> ports;
 
-    @Option(names = "--mac-aging", paramLabel = "S", defaultValue = "" + Switch.DEFAULT_MAC_AGING_SECONDS,
+    @Option(
+            names = "--mac-aging",
+            paramLabel = "S",
+            defaultValue = "" + Switch.DEFAULT_MAC_AGING_SECONDS,
             description = "Forget a MAC address S seconds after its last frame (default: ${DEFAULT-VALUE}).")
     int macAging;
 
-    @Option(names = "--macs-per-port", paramLabel = "N", defaultValue = "" + Switch.DEFAULT_MACS_PER_PORT,
+    @Option(
+            names = "--macs-per-port",
+            paramLabel = "N",
+            defaultValue = "" + Switch.DEFAULT_MACS_PER_PORT,
             description = "Learn at most N source MAC addresses per port; frames from further addresses are still "
                     + "forwarded but not learned, and counted as rx_unlearned (default: ${DEFAULT-VALUE}; table: "
                     + Switch.DEFAULT_MAC_CAPACITY + ").")
     int macsPerPort;
 
-    @Option(names = "--mtu", paramLabel = "BYTES", defaultValue = "" + Ethernet.DEFAULT_MTU,
-            description = "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
+    @Option(
+            names = "--mtu",
+            paramLabel = "BYTES",
+            defaultValue = "" + Ethernet.DEFAULT_MTU,
+            description =
+                    "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
     int mtu;
 
     @CommandLine.Mixin
@@ -70,16 +91,18 @@ final class ServeNetCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(spec.commandLine(), "--mac-aging must be at least 1 second");
         }
         if (mtu < Ethernet.MIN_MTU || mtu > Ethernet.MAX_MTU) {
-            throw new CommandLine.ParameterException(spec.commandLine(),
-                    "--mtu must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU);
+            throw new CommandLine.ParameterException(
+                    spec.commandLine(), "--mtu must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU);
         }
         if (macsPerPort < 1 || macsPerPort > Switch.DEFAULT_MAC_CAPACITY) {
-            throw new CommandLine.ParameterException(spec.commandLine(),
-                    "--macs-per-port must be 1.." + Switch.DEFAULT_MAC_CAPACITY);
+            throw new CommandLine.ParameterException(
+                    spec.commandLine(), "--macs-per-port must be 1.." + Switch.DEFAULT_MAC_CAPACITY);
         }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
         refuseSharedResources(ports);
-        try (Switch sw = new Switch(Switch.Config.defaults().withMtu(mtu).withMacAging(macAging)
+        try (Switch sw = new Switch(Switch.Config.defaults()
+                .withMtu(mtu)
+                .withMacAging(macAging)
                 .withMacTable(Switch.DEFAULT_MAC_CAPACITY, macsPerPort))) {
             for (PortFactory f : factories) {
                 Port p = sw.addPort(f.create());
@@ -103,7 +126,8 @@ final class ServeNetCommand implements Callable<Integer> {
      * [{"port", counter: value...}]}, the counters named as {@code ctl net stats} names them.
      */
     private static void logStats(Switch sw, String title) {
-        StringBuilder b = new StringBuilder(title + " (MAC table: " + sw.macTable().size() + " addresses):");
+        StringBuilder b =
+                new StringBuilder(title + " (MAC table: " + sw.macTable().size() + " addresses):");
         java.util.List<Object> ports = new java.util.ArrayList<>();
         for (PortStats s : sw.stats()) {
             b.append("\n  ").append(s);
@@ -137,7 +161,8 @@ final class ServeNetCommand implements Callable<Integer> {
             String arg = spec.substring(colon + 1);
             String key = switch (kind) {
                 case "tap" -> "TAP interface " + arg;
-                case "vhost-user" -> "socket " + Path.of(arg.split(",")[0]).toAbsolutePath().normalize();
+                case "vhost-user" ->
+                    "socket " + Path.of(arg.split(",")[0]).toAbsolutePath().normalize();
                 default -> "socket " + Path.of(arg).toAbsolutePath().normalize();
             };
             String earlier = seen.putIfAbsent(key, spec);
@@ -171,9 +196,11 @@ final class ServeNetCommand implements Callable<Integer> {
                 if (pin && o.mac() == -1) {
                     throw usage("--port " + spec + ": pin-mac needs mac=MAC");
                 }
-                yield () -> new VirtioNetPort(o).withAccess(socketAccess.access()).pinSource(pin);
+                yield () ->
+                        new VirtioNetPort(o).withAccess(socketAccess.access()).pinSource(pin);
             }
-            default -> throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
+            default ->
+                throw usage("--port " + spec + ": unknown port kind '" + kind + "' (known: vhost-user, stream, tap)");
         };
     }
 
@@ -198,8 +225,9 @@ final class ServeNetCommand implements Callable<Integer> {
                         }
                     }
                     case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
-                    default -> throw usage("--port " + spec + ": unknown option '" + parts[i]
-                            + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US)");
+                    default ->
+                        throw usage("--port " + spec + ": unknown option '" + parts[i]
+                                + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US)");
                 }
             } catch (NumberFormatException e) {
                 throw usage("--port " + spec + ": '" + parts[i] + "' needs a number");

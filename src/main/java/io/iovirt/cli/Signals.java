@@ -10,8 +10,7 @@ import sun.misc.Signal;
  * default action would kill the process without that shutdown when the terminal goes away (a daemon reloads on it).
  */
 final class Signals {
-    private Signals() {
-    }
+    private Signals() {}
 
     /** Blocks until SIGINT, SIGTERM or SIGHUP arrives; returns the signal's name. */
     static String awaitTermination() throws InterruptedException {

@@ -14,12 +14,17 @@ import picocli.CommandLine.Option;
  * (SO_PEERCRED) on each connection. See {@link SocketAccess}.
  */
 public final class SocketAccessOptions {
-    @Option(names = "--socket-group", paramLabel = "GROUP",
+    @Option(
+            names = "--socket-group",
+            paramLabel = "GROUP",
             description = "Make socket files mode 0660 and owned by GROUP, so QEMU running as a member can connect "
                     + "(default: mode 0600, owner only).")
     String socketGroup;
 
-    @Option(names = "--allow-uid", paramLabel = "UID", split = ",",
+    @Option(
+            names = "--allow-uid",
+            paramLabel = "UID",
+            split = ",",
             description = "Also serve peers running as these uids (QEMU's user when it is not ours; default: our own "
                     + "uid and root only).")
     List<Integer> allowUids = new ArrayList<>();

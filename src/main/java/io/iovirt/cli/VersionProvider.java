@@ -18,7 +18,9 @@ final class VersionProvider implements CommandLine.IVersionProvider {
         }
         String version = p.getProperty("version", "unknown");
         String commit = p.getProperty("commit", "unknown");
-        return new String[] {"iovirt " + version + " (commit " + (commit.startsWith("${") ? "unknown" : commit) + ")",
-                "Java " + Runtime.version() + ", " + System.getProperty("os.name") + " " + System.getProperty("os.arch")};
+        return new String[] {
+            "iovirt " + version + " (commit " + (commit.startsWith("${") ? "unknown" : commit) + ")",
+            "Java " + Runtime.version() + ", " + System.getProperty("os.name") + " " + System.getProperty("os.arch")
+        };
     }
 }

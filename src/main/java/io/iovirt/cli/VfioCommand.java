@@ -47,7 +47,9 @@ import picocli.CommandLine.Parameters;
 import picocli.CommandLine.ParentCommand;
 
 /** {@code iovirt vfio ...}: devices owned from user space through VFIO, and the Java NVMe driver on top. */
-@Command(name = "vfio", mixinStandardHelpOptions = true,
+@Command(
+        name = "vfio",
+        mixinStandardHelpOptions = true,
         description = "Own a PCI device from user space through VFIO (the device must be bound to vfio-pci).",
         subcommands = {VfioCommand.Info.class, VfioCommand.Nvme.class})
 public final class VfioCommand implements Runnable {
@@ -61,14 +63,21 @@ public final class VfioCommand implements Runnable {
 
     // ---- vfio info ------------------------------------------------------------------------------------------------
 
-    @Command(name = "info", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio info 0000:01:00.0"},
+    @Command(
+            name = "info",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt vfio info 0000:01:00.0"},
             mixinStandardHelpOptions = true,
-            description = "Show a device's IOMMU group, the container's IOMMU, and the regions and interrupts VFIO reports.")
+            description =
+                    "Show a device's IOMMU group, the container's IOMMU, and the regions and interrupts VFIO reports.")
     static final class Info implements Callable<Integer> {
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
 
-        @Parameters(index = "0", paramLabel = "BDF", description = "PCI address, e.g. 0000:01:00.0",
+        @Parameters(
+                index = "0",
+                paramLabel = "BDF",
+                description = "PCI address, e.g. 0000:01:00.0",
                 converter = BdfConverter.class)
         Bdf address;
 
@@ -88,7 +97,8 @@ public final class VfioCommand implements Runnable {
             doc.put("device", address.toString());
             doc.put("ids", sysfs.ids(address).toString());
             doc.put("driver", driver);
-            out.printf("device:      %s [%s], driver %s%n", address, sysfs.ids(address), driver == null ? "none" : driver);
+            out.printf(
+                    "device:      %s [%s], driver %s%n", address, sysfs.ids(address), driver == null ? "none" : driver);
             List<String> members = new ArrayList<>();
             List<Map<String, Object>> memberDocs = new ArrayList<>();
             for (Bdf m : sysfs.groupMembers(group)) {
@@ -124,7 +134,9 @@ public final class VfioCommand implements Runnable {
                 cDoc.put("iommu_types", types);
                 cDoc.put("extensions", ext);
                 doc.put("container", cDoc);
-                out.printf("container:   VFIO API %d; IOMMU types: %s; extensions: %s%n", container.apiVersion(),
+                out.printf(
+                        "container:   VFIO API %d; IOMMU types: %s; extensions: %s%n",
+                        container.apiVersion(),
                         types.isEmpty() ? "none (load vfio_iommu_type1)" : String.join(", ", types),
                         ext.isEmpty() ? "none" : String.join(", ", ext));
                 try (VfioGroup g = VfioGroup.open(group)) {
@@ -134,8 +146,9 @@ public final class VfioCommand implements Runnable {
                     gDoc.put("viable", st.viable());
                     gDoc.put("members", memberDocs);
                     doc.put("group", gDoc);
-                    out.printf("group:       %d, %s; members: %s%n", group, st.viable() ? "viable" : "NOT viable",
-                            String.join(", ", members));
+                    out.printf(
+                            "group:       %d, %s; members: %s%n",
+                            group, st.viable() ? "viable" : "NOT viable", String.join(", ", members));
                     out.flush();
                     g.requireViable(sysfs);
                 }
@@ -159,29 +172,43 @@ public final class VfioCommand implements Runnable {
                     ranges.add(rDoc);
                 }
                 iDoc.put("iova_ranges", iommu.iovaRanges().isEmpty() ? null : ranges);
-                iDoc.put("dma_mappings_available", iommu.dmaMappingsAvailable().isPresent()
-                        ? iommu.dmaMappingsAvailable().getAsInt() : null);
+                iDoc.put(
+                        "dma_mappings_available",
+                        iommu.dmaMappingsAvailable().isPresent()
+                                ? iommu.dmaMappingsAvailable().getAsInt()
+                                : null);
                 doc.put("iommu", iDoc);
-                out.printf("iommu:       %s; page sizes %s; IOVA ranges %s; DMA mappings available %s%n",
-                        s.container().iommuType().label, iommu.pageSizesText(),
-                        iommu.iovaRanges().isEmpty() ? "not reported" : iommu.iovaRanges().toString(),
-                        iommu.dmaMappingsAvailable().isPresent() ? iommu.dmaMappingsAvailable().getAsInt()
+                out.printf(
+                        "iommu:       %s; page sizes %s; IOVA ranges %s; DMA mappings available %s%n",
+                        s.container().iommuType().label,
+                        iommu.pageSizesText(),
+                        iommu.iovaRanges().isEmpty()
+                                ? "not reported"
+                                : iommu.iovaRanges().toString(),
+                        iommu.dmaMappingsAvailable().isPresent()
+                                ? iommu.dmaMappingsAvailable().getAsInt()
                                 : "not reported");
                 VfioDevice d = s.device();
                 DeviceInfo di = d.info();
                 Map<String, Object> dDoc = new LinkedHashMap<>();
-                dDoc.put("flags", di.flagsText().isEmpty() ? List.of() : List.of(di.flagsText().split(" ")));
+                dDoc.put(
+                        "flags",
+                        di.flagsText().isEmpty()
+                                ? List.of()
+                                : List.of(di.flagsText().split(" ")));
                 dDoc.put("regions", di.numRegions());
                 dDoc.put("irqs", di.numIrqs());
                 doc.put("vfio_device", dDoc);
-                out.printf("vfio device: flags %s; %d regions, %d IRQ indexes%n", di.flagsText(), di.numRegions(),
-                        di.numIrqs());
+                out.printf(
+                        "vfio device: flags %s; %d regions, %d IRQ indexes%n",
+                        di.flagsText(), di.numRegions(), di.numIrqs());
                 out.println("regions:");
                 out.printf("  %-5s %-7s %-8s %-14s %-9s %s%n", "index", "name", "size", "offset", "flags", "caps");
                 List<Map<String, Object>> regions = new ArrayList<>();
                 for (RegionInfo r : d.regions()) {
-                    out.printf("  %-5d %-7s %-8s 0x%-12x %-9s %s%n", r.index(), r.name(), ByteSizes.binary(r.size()),
-                            r.offset(), r.flagsText(), r.capsText());
+                    out.printf(
+                            "  %-5d %-7s %-8s 0x%-12x %-9s %s%n",
+                            r.index(), r.name(), ByteSizes.binary(r.size()), r.offset(), r.flagsText(), r.capsText());
                     Map<String, Object> rDoc = new LinkedHashMap<>();
                     rDoc.put("index", r.index());
                     rDoc.put("name", r.name());
@@ -222,7 +249,9 @@ public final class VfioCommand implements Runnable {
 
     // ---- vfio nvme ------------------------------------------------------------------------------------------------
 
-    @Command(name = "nvme", mixinStandardHelpOptions = true,
+    @Command(
+            name = "nvme",
+            mixinStandardHelpOptions = true,
             description = "Drive an NVMe controller with iovirt's user-space driver (bind it to vfio-pci first).",
             subcommands = {Identify.class, Read.class, Write.class, Bench.class, IommuCheckCommand.class})
     static final class Nvme implements Runnable {
@@ -230,7 +259,10 @@ public final class VfioCommand implements Runnable {
         CommandLine.Model.CommandSpec spec;
 
         // Optional to picocli so that 'vfio nvme identify --help' shows help; every subcommand requires it (address()).
-        @Parameters(index = "0", arity = "0..1", paramLabel = "BDF",
+        @Parameters(
+                index = "0",
+                arity = "0..1",
+                paramLabel = "BDF",
                 description = "PCI address of the controller, e.g. 0000:01:00.0 (bound to vfio-pci).",
                 converter = BdfConverter.class)
         Bdf address;
@@ -243,8 +275,8 @@ public final class VfioCommand implements Runnable {
         /** The controller's address; a usage error of {@code sub} when it was not given. */
         Bdf address(CommandLine.Model.CommandSpec sub) {
             if (address == null) {
-                throw Contract.usage(sub, "missing the controller's address: iovirt vfio nvme BDF "
-                        + sub.name() + " ...");
+                throw Contract.usage(
+                        sub, "missing the controller's address: iovirt vfio nvme BDF " + sub.name() + " ...");
             }
             return address;
         }
@@ -255,15 +287,20 @@ public final class VfioCommand implements Runnable {
         @CommandLine.Spec(CommandLine.Spec.Target.MIXEE)
         CommandLine.Model.CommandSpec mixee;
 
-        @Option(names = "--irq", paramLabel = "MODE", defaultValue = "auto",
+        @Option(
+                names = "--irq",
+                paramLabel = "MODE",
+                defaultValue = "auto",
                 description = "How completions are noticed: auto (MSI-X, else MSI, else INTx), poll, msix, msi, intx. "
                         + "Default: ${DEFAULT-VALUE}.")
         String irq;
 
-        @Option(names = "--timeout", paramLabel = "SECONDS", defaultValue = "30",
+        @Option(
+                names = "--timeout",
+                paramLabel = "SECONDS",
+                defaultValue = "30",
                 description = "Per-command timeout. Default: ${DEFAULT-VALUE}.")
         int timeoutSeconds;
-
 
         IrqMode irqMode() {
             try {
@@ -277,8 +314,11 @@ public final class VfioCommand implements Runnable {
             if (timeoutSeconds < 1 || timeoutSeconds > 3600) {
                 throw Contract.usage(mixee, "--timeout must be 1..3600 seconds: " + timeoutSeconds);
             }
-            return NvmeController.Options.defaults().withIrqMode(irqMode()).withIoQueueDepth(depth)
-                    .withDataBytes(dataBytes).withCommandTimeout(Duration.ofSeconds(timeoutSeconds));
+            return NvmeController.Options.defaults()
+                    .withIrqMode(irqMode())
+                    .withIoQueueDepth(depth)
+                    .withDataBytes(dataBytes)
+                    .withCommandTimeout(Duration.ofSeconds(timeoutSeconds));
         }
     }
 
@@ -325,7 +365,8 @@ public final class VfioCommand implements Runnable {
             NvmeController c = controller;
             release();
             System.err.println("iovirt: terminating: NVMe controller " + address + " shut down ("
-                    + (c == null ? "not started" : c.quiesceReport()) + "); device, DMA mappings, group and container released");
+                    + (c == null ? "not started" : c.quiesceReport())
+                    + "); device, DMA mappings, group and container released");
             System.err.flush();
         }
 
@@ -375,8 +416,10 @@ public final class VfioCommand implements Runnable {
         }
         int cls = sysfs.tree().readHex(PciDevice.dir(address) + "/class", 6);
         if (cls != PciDevice.CLASS_NVME) {
-            throw new ActionableException(address + " is not an NVMe controller (PCI class " + String.format("%06x",
-                    cls) + ", an NVMe controller is 010802)", "pick the controller's address from iovirt host devices");
+            throw new ActionableException(
+                    address + " is not an NVMe controller (PCI class " + String.format("%06x", cls)
+                            + ", an NVMe controller is 010802)",
+                    "pick the controller's address from iovirt host devices");
         }
     }
 
@@ -401,8 +444,10 @@ public final class VfioCommand implements Runnable {
     abstract static class NvmeSubcommand implements Callable<Integer> {
         @ParentCommand
         Nvme parent;
+
         @Mixin
         NvmeOptions opts = new NvmeOptions();
+
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
 
@@ -412,7 +457,10 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "identify", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 identify"},
+    @Command(
+            name = "identify",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt vfio nvme 0000:01:00.0 identify"},
             mixinStandardHelpOptions = true,
             description = "Print the controller's serial number, model, firmware and its first namespace's size.")
     static final class Identify extends NvmeSubcommand {
@@ -453,19 +501,30 @@ public final class VfioCommand implements Runnable {
                 out.printf("model:       %s%n", id.model());
                 out.printf("serial:      %s%n", id.serial());
                 out.printf("firmware:    %s%n", id.firmware());
-                out.printf("version:     NVMe %s, vendor %04x, controller id %d%n", c.version(), id.vendorId(),
-                        id.controllerId());
-                out.printf("transfers:   up to %s per command, I/O queue depth %d, completions by %s%n",
+                out.printf(
+                        "version:     NVMe %s, vendor %04x, controller id %d%n",
+                        c.version(), id.vendorId(), id.controllerId());
+                out.printf(
+                        "transfers:   up to %s per command, I/O queue depth %d, completions by %s%n",
                         ByteSizes.binary(c.maxTransferBytes()), c.ioQueueDepth(), c.irqMode());
-                out.printf("namespace:   %d: %d blocks of %d bytes (%s), LBA format %d of %d%n", ns.nsid(), ns.size(),
-                        ns.blockSize(), ByteSizes.binary(ns.bytes()), ns.formatIndex(), ns.formats().size());
+                out.printf(
+                        "namespace:   %d: %d blocks of %d bytes (%s), LBA format %d of %d%n",
+                        ns.nsid(),
+                        ns.size(),
+                        ns.blockSize(),
+                        ByteSizes.binary(ns.bytes()),
+                        ns.formatIndex(),
+                        ns.formats().size());
                 out.flush();
                 return 0;
             });
         }
     }
 
-    @Command(name = "read", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 read --lba 0 --count 8 --out first-4k.bin"},
+    @Command(
+            name = "read",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt vfio nvme 0000:01:00.0 read --lba 0 --count 8 --out first-4k.bin"},
             mixinStandardHelpOptions = true,
             description = "Read logical blocks; writes them to --out FILE, or prints a hex dump.")
     static final class Read extends NvmeSubcommand {
@@ -479,8 +538,10 @@ public final class VfioCommand implements Runnable {
         @Option(names = "--out", paramLabel = "FILE", description = "Write the data to FILE instead of dumping it.")
         Path outFile;
 
-        @Option(names = "--json", description = "Print what was read as one JSON document (schema in docs/cli.md): "
-                + "the data's SHA-256, and the data itself in base64 unless --out is given.")
+        @Option(
+                names = "--json",
+                description = "Print what was read as one JSON document (schema in docs/cli.md): "
+                        + "the data's SHA-256, and the data itself in base64 unless --out is given.")
         boolean json;
 
         @Override
@@ -494,12 +555,16 @@ public final class VfioCommand implements Runnable {
                 int perCommand = (int) Math.min(count, Math.min(c.maxTransferBytes(), 1 << 20) / bs);
                 DmaBuffer buf = c.allocateBuffer((long) perCommand * bs);
                 if (json && outFile == null && count * bs > MAX_JSON_DATA) {
-                    throw Contract.usage(spec, "--json without --out carries at most " + ByteSizes.binary(MAX_JSON_DATA)
-                            + " of data; pass --out FILE for " + count + " blocks of " + bs + " bytes");
+                    throw Contract.usage(
+                            spec,
+                            "--json without --out carries at most " + ByteSizes.binary(MAX_JSON_DATA)
+                                    + " of data; pass --out FILE for " + count + " blocks of " + bs + " bytes");
                 }
                 MessageDigest sha = sha256();
-                java.io.ByteArrayOutputStream inline = json && outFile == null ? new java.io.ByteArrayOutputStream() : null;
-                try (var file = outFile == null ? null
+                java.io.ByteArrayOutputStream inline =
+                        json && outFile == null ? new java.io.ByteArrayOutputStream() : null;
+                try (var file = outFile == null
+                        ? null
                         : FileIo.open(outFile, FileIo.O_WRONLY | FileIo.O_CREAT | FileIo.O_TRUNC, 0644)) {
                     long done = 0;
                     while (done < count) {
@@ -534,7 +599,10 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "write", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 write --lba 0 --count 8 --in block.bin"},
+    @Command(
+            name = "write",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt vfio nvme 0000:01:00.0 write --lba 0 --count 8 --in block.bin"},
             mixinStandardHelpOptions = true,
             description = "Write logical blocks from --pattern TEXT (repeated) or --in FILE (zero-padded), then flush.")
     static final class Write extends NvmeSubcommand {
@@ -542,8 +610,9 @@ public final class VfioCommand implements Runnable {
         @Option(names = "--lba", required = true, description = "First logical block.")
         long lba;
 
-        @Option(names = "--count", description = "Number of logical blocks (default: 1 for --pattern, the file's "
-                + "size for --in).")
+        @Option(
+                names = "--count",
+                description = "Number of logical blocks (default: 1 for --pattern, the file's " + "size for --in).")
         Long count;
 
         @CommandLine.ArgGroup(exclusive = true, multiplicity = "1")
@@ -626,7 +695,10 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "bench", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 bench --seconds 10 --qd 32"},
+    @Command(
+            name = "bench",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt vfio nvme 0000:01:00.0 bench --seconds 10 --qd 32"},
             mixinStandardHelpOptions = true,
             description = "4 KiB random reads at a fixed queue depth for a fixed time; prints IOPS and latency.")
     static final class Bench extends NvmeSubcommand {
@@ -648,9 +720,16 @@ public final class VfioCommand implements Runnable {
             }
             int depth = Math.max(qd + 1, 16);
             return onController(depth, (long) depth * NvmeBench.IO_SIZE, c -> {
-                spec.commandLine().getErr().printf("bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, "
-                        + "completions by %s%n", parent.address, c.namespace().nsid(), ByteSizes.binary(c.namespace().bytes()),
-                        qd, seconds, c.irqMode());
+                spec.commandLine()
+                        .getErr()
+                        .printf(
+                                "bench: %s, namespace %d (%s), randread 4k qd %d for %.0f s, " + "completions by %s%n",
+                                parent.address,
+                                c.namespace().nsid(),
+                                ByteSizes.binary(c.namespace().bytes()),
+                                qd,
+                                seconds,
+                                c.irqMode());
                 spec.commandLine().getErr().flush();
                 NvmeBench.Result r = NvmeBench.randomRead(c, qd, seconds, System.nanoTime());
                 out.println(json ? r.json() : r.describe());
@@ -660,14 +739,19 @@ public final class VfioCommand implements Runnable {
         }
     }
 
-    @Command(name = "iommu-check", footerHeading = "%nExamples:%n", footer = {"  iovirt vfio nvme 0000:01:00.0 iommu-check"},
+    @Command(
+            name = "iommu-check",
+            footerHeading = "%nExamples:%n",
+            footer = {"  iovirt vfio nvme 0000:01:00.0 iommu-check"},
             mixinStandardHelpOptions = true,
             description = "Point the controller at an IOVA that was never mapped and show the IOMMU blocks it "
                     + "(reads LBA 0; writes nothing to the disk). Exit 0 when confined, 3 when not, 1 when the check "
                     + "could not run.")
     static final class IommuCheckCommand extends NvmeSubcommand {
 
-        @Option(names = "--json", description = "Print the probes' results as one JSON document (schema in docs/cli.md).")
+        @Option(
+                names = "--json",
+                description = "Print the probes' results as one JSON document (schema in docs/cli.md).")
         boolean json;
 
         @Override

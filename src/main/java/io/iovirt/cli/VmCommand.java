@@ -22,7 +22,10 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 
 /** {@code iovirt vm}: compose one QEMU guest from any mix of the five techniques. */
-@Command(name = "vm", mixinStandardHelpOptions = true, description = "Compose and run VMs.",
+@Command(
+        name = "vm",
+        mixinStandardHelpOptions = true,
+        description = "Compose and run VMs.",
         subcommands = {VmCommand.Run.class})
 final class VmCommand implements Runnable {
     @picocli.CommandLine.Spec
@@ -33,15 +36,23 @@ final class VmCommand implements Runnable {
         throw Contract.subcommandRequired(spec);
     }
 
-    @Command(name = "run", footerHeading = "%nExamples:%n", footer = {"  iovirt vm run --disk pv:disk.raw --nic pv,mac=52:54:00:00:00:01", "  iovirt vm run --vfio 0000:03:10.0 --command \"lspci\""},
-            mixinStandardHelpOptions = true, 
-            description = {"Run one QEMU guest with disks, NICs and host devices wired to iovirt.",
-                    "Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
-                    "(vhost-user), FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO devices and SR-IOV VFs",
-                    "passed through after the host registry assigns them to this VM.",
-                    "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:",
-                    "list what the guest sees). With --serve, starts only the backends, prints the QEMU device",
-                    "arguments for your own guest, and runs until SIGINT/SIGTERM."})
+    @Command(
+            name = "run",
+            footerHeading = "%nExamples:%n",
+            footer = {
+                "  iovirt vm run --disk pv:disk.raw --nic pv,mac=52:54:00:00:00:01",
+                "  iovirt vm run --vfio 0000:03:10.0 --command \"lspci\""
+            },
+            mixinStandardHelpOptions = true,
+            description = {
+                "Run one QEMU guest with disks, NICs and host devices wired to iovirt.",
+                "Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
+                "(vhost-user), FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO devices and SR-IOV VFs",
+                "passed through after the host registry assigns them to this VM.",
+                "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:",
+                "list what the guest sees). With --serve, starts only the backends, prints the QEMU device",
+                "arguments for your own guest, and runs until SIGINT/SIGTERM."
+            })
     static final class Run implements Callable<Integer> {
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
@@ -49,46 +60,83 @@ final class VmCommand implements Runnable {
         @Parameters(index = "0", paramLabel = "NAME", description = "VM name (owner of its assigned devices).")
         String name;
 
-        @Option(names = "--profile", defaultValue = "pvhvm", paramLabel = "P",
-                description = "pvhvm (default: any mix; PV devices with MSI-X via eventfds, kvmclock under KVM) or hvm (emulated devices only).")
+        @Option(
+                names = "--profile",
+                defaultValue = "pvhvm",
+                paramLabel = "P",
+                description =
+                        "pvhvm (default: any mix; PV devices with MSI-X via eventfds, kvmclock under KVM) or hvm (emulated devices only).")
         String profile;
 
-        @Option(names = "--disk", paramLabel = "pv|fv:IMAGE[,ro][,bus=ahci|nvme]", description = "A disk (raw or qcow2): pv (virtio-blk served by iovirt) or fv (a SATA disk on AHCI, or with bus=nvme an NVMe controller, emulated by QEMU on iovirt's NBD export).")
+        @Option(
+                names = "--disk",
+                paramLabel = "pv|fv:IMAGE[,ro][,bus=ahci|nvme]",
+                description =
+                        "A disk (raw or qcow2): pv (virtio-blk served by iovirt) or fv (a SATA disk on AHCI, or with bus=nvme an NVMe controller, emulated by QEMU on iovirt's NBD export).")
         List<String> disks = new ArrayList<>();
 
-        @Option(names = "--nic", paramLabel = "pv|fv[,mac=MAC]", description = "A NIC on iovirt's switch: pv (virtio-net) or fv (e1000).")
+        @Option(
+                names = "--nic",
+                paramLabel = "pv|fv[,mac=MAC]",
+                description = "A NIC on iovirt's switch: pv (virtio-net) or fv (e1000).")
         List<String> nics = new ArrayList<>();
 
         @Option(names = "--vfio", paramLabel = "BDF", description = "Pass a host device (bound to vfio-pci) through.")
         List<String> vfio = new ArrayList<>();
 
-        @Option(names = "--vf", paramLabel = "PF", description = "Pass through a free virtual function of this SR-IOV physical function.")
+        @Option(
+                names = "--vf",
+                paramLabel = "PF",
+                description = "Pass through a free virtual function of this SR-IOV physical function.")
         List<String> vfPools = new ArrayList<>();
 
-        @Option(names = "--memory", defaultValue = "512", paramLabel = "MiB", description = "Guest RAM (default ${DEFAULT-VALUE}).")
+        @Option(
+                names = "--memory",
+                defaultValue = "512",
+                paramLabel = "MiB",
+                description = "Guest RAM (default ${DEFAULT-VALUE}).")
         int memory;
 
-        @Option(names = "--cpus", defaultValue = "1", paramLabel = "N", description = "vCPUs (default ${DEFAULT-VALUE}).")
+        @Option(
+                names = "--cpus",
+                defaultValue = "1",
+                paramLabel = "N",
+                description = "vCPUs (default ${DEFAULT-VALUE}).")
         int cpus;
 
         @Option(names = "--command", paramLabel = "SCRIPT", description = "Shell script to run in the test guest.")
         String command;
 
-        @Option(names = "--libvirt-xml", description = {"Only run the backends and print a libvirt domain (XML) whose devices are them;",
-                "define it with 'virsh define' while this runs."})
+        @Option(
+                names = "--libvirt-xml",
+                description = {
+                    "Only run the backends and print a libvirt domain (XML) whose devices are them;",
+                    "define it with 'virsh define' while this runs."
+                })
         boolean libvirtXml;
 
         @Option(names = "--serve", description = "Only run the backends and print the QEMU device arguments.")
         boolean serve;
 
-        @Option(names = "--state-dir", paramLabel = "DIR", description = "Assignment registry (default /var/lib/iovirt).")
+        @Option(
+                names = "--state-dir",
+                paramLabel = "DIR",
+                description = "Assignment registry (default /var/lib/iovirt).")
         Path stateDir;
 
-        @Option(names = "--timeout", defaultValue = "300", paramLabel = "S", description = "Kill the guest after S seconds (default ${DEFAULT-VALUE}).")
+        @Option(
+                names = "--timeout",
+                defaultValue = "300",
+                paramLabel = "S",
+                description = "Kill the guest after S seconds (default ${DEFAULT-VALUE}).")
         int timeout;
 
-        @Option(names = "--accel", defaultValue = "auto", paramLabel = "auto|kvm|tcg",
-                description = "Accelerator: kvm only if it can run a stock guest (hardware virtualization), else tcg (default ${DEFAULT-VALUE}).")
+        @Option(
+                names = "--accel",
+                defaultValue = "auto",
+                paramLabel = "auto|kvm|tcg",
+                description =
+                        "Accelerator: kvm only if it can run a stock guest (hardware virtualization), else tcg (default ${DEFAULT-VALUE}).")
         String accel;
 
         static final String DEFAULT_COMMAND = """
@@ -100,8 +148,15 @@ final class VmCommand implements Runnable {
 
         @Override
         public Integer call() throws Exception {
-            VmSpec vm = new VmSpec(name, parseProfile(), memory, cpus, disks.stream().map(this::disk).toList(),
-                    nics.stream().map(this::nic).toList(), vfio, vfPools);
+            VmSpec vm = new VmSpec(
+                    name,
+                    parseProfile(),
+                    memory,
+                    cpus,
+                    disks.stream().map(this::disk).toList(),
+                    nics.stream().map(this::nic).toList(),
+                    vfio,
+                    vfPools);
             Accelerator.Decision decision = Accelerator.forMode(parseAccel(accel));
             System.err.println("accelerator: " + decision.describe());
             HostPaths host = HostPaths.system();
@@ -114,29 +169,38 @@ final class VmCommand implements Runnable {
                     System.err.printf("%-7s %s%n", d.technique(), d.description());
                 }
                 if (libvirtXml) {
-                    System.out.print(io.iovirt.daemon.LibvirtXml.domain(new io.iovirt.daemon.LibvirtXml.Domain(name, memory, cpus,
-                            null, null, null, null), io.iovirt.daemon.LibvirtXml.fromQemuArgs(c.qemuArgs())));
+                    System.out.print(io.iovirt.daemon.LibvirtXml.domain(
+                            new io.iovirt.daemon.LibvirtXml.Domain(name, memory, cpus, null, null, null, null),
+                            io.iovirt.daemon.LibvirtXml.fromQemuArgs(c.qemuArgs())));
                     System.out.flush();
                     System.err.println("backends running; stop with Ctrl-C or SIGTERM");
                     Signals.awaitTermination();
                     return 0;
                 }
                 if (serve) {
-                    System.out.println("qemu-system-x86_64 -machine q35 -m " + memory + "M -object memory-backend-memfd,id=mem,size="
-                            + memory + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
+                    System.out.println("qemu-system-x86_64 -machine q35 -m " + memory
+                            + "M -object memory-backend-memfd,id=mem,size=" + memory
+                            + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
                     System.err.println("backends running; stop with Ctrl-C or SIGTERM");
                     Signals.awaitTermination();
                     return 0;
                 }
-                QemuGuest guest = QemuGuest.builder(GuestImage.ensure()).name(name).accelerator(decision).memoryMiB(memory).cpus(cpus)
-                        .modules(c.modules().toArray(String[]::new)).args(c.qemuArgs())
-                        .payload(command != null ? command : DEFAULT_COMMAND).build();
+                QemuGuest guest = QemuGuest.builder(GuestImage.ensure())
+                        .name(name)
+                        .accelerator(decision)
+                        .memoryMiB(memory)
+                        .cpus(cpus)
+                        .modules(c.modules().toArray(String[]::new))
+                        .args(c.qemuArgs())
+                        .payload(command != null ? command : DEFAULT_COMMAND)
+                        .build();
                 GuestResult r = guest.run(Duration.ofSeconds(timeout));
                 System.out.print(r.output());
                 return r.exitCode() == 0 ? 0 : 1;
             } finally {
                 try (var files = Files.walk(runDir)) {
-                    files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                    files.sorted(java.util.Comparator.reverseOrder())
+                            .forEach(p -> p.toFile().delete());
                 }
             }
         }
@@ -172,7 +236,9 @@ final class VmCommand implements Runnable {
                     bus = switch (parts[i].substring(4)) {
                         case "ahci" -> VmSpec.Bus.AHCI;
                         case "nvme" -> VmSpec.Bus.NVME;
-                        default -> throw usage("--disk " + text + ": bus must be ahci or nvme, got '" + parts[i].substring(4) + "'");
+                        default ->
+                            throw usage("--disk " + text + ": bus must be ahci or nvme, got '" + parts[i].substring(4)
+                                    + "'");
                     };
                 } else {
                     throw usage("--disk " + text + ": unknown option '" + parts[i] + "' (known: ro, bus=ahci|nvme)");
@@ -180,8 +246,9 @@ final class VmCommand implements Runnable {
             }
             VmSpec.Kind kind = kind(kindAndPath[0], "--disk " + text);
             if (kind == VmSpec.Kind.PV && bus != VmSpec.Bus.AHCI) {
-                throw usage("--disk " + text + ": bus= chooses the controller QEMU emulates for an fv disk; a pv disk is"
-                        + " virtio-blk served by iovirt (use fv:" + kindAndPath[1] + ",bus=nvme)");
+                throw usage(
+                        "--disk " + text + ": bus= chooses the controller QEMU emulates for an fv disk; a pv disk is"
+                                + " virtio-blk served by iovirt (use fv:" + kindAndPath[1] + ",bus=nvme)");
             }
             return new VmSpec.Disk(kind, Path.of(kindAndPath[1]), ro, bus);
         }

@@ -15,9 +15,16 @@ import java.nio.file.Path;
  */
 final class BlkExport implements AutoCloseable {
     /** What the export was made from (the config file's entry or blk.add's parameters). */
-    record Spec(String id, Path image, Path socket, int queues, boolean readOnly, boolean direct, String serial,
-                BlkDevice.IoEngine engine, ImageFormat format) {
-    }
+    record Spec(
+            String id,
+            Path image,
+            Path socket,
+            int queues,
+            boolean readOnly,
+            boolean direct,
+            String serial,
+            BlkDevice.IoEngine engine,
+            ImageFormat format) {}
 
     final Spec spec;
     final DiskImage image;
@@ -53,8 +60,8 @@ final class BlkExport implements AutoCloseable {
         try {
             device.flush();
         } catch (IOException e) {
-            System.getLogger("io.iovirt.daemon").log(System.Logger.Level.ERROR, "blk " + spec.id() + ": final flush failed: "
-                    + e.getMessage());
+            System.getLogger("io.iovirt.daemon")
+                    .log(System.Logger.Level.ERROR, "blk " + spec.id() + ": final flush failed: " + e.getMessage());
         } finally {
             image.close();
         }

@@ -20,12 +20,13 @@ import java.util.Map;
 final class ConfigFile {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
-    record Desired(Map<String, BlkExport.Spec> blks, Map<String, NbdExportEntry.Spec> nbds, Map<String, NetSwitch.Spec> nets,
-                   Map<String, Map<String, NetSwitch.PortSpec>> ports) {
-    }
+    record Desired(
+            Map<String, BlkExport.Spec> blks,
+            Map<String, NbdExportEntry.Spec> nbds,
+            Map<String, NetSwitch.Spec> nets,
+            Map<String, Map<String, NetSwitch.PortSpec>> ports) {}
 
-    private ConfigFile() {
-    }
+    private ConfigFile() {}
 
     /** Reads and checks the whole file; nothing is applied when any entry is invalid. */
     @SuppressWarnings("unchecked")
@@ -43,7 +44,8 @@ final class ConfigFile {
             throw new IOException("configuration " + file + " is not valid JSON: " + e.getMessage());
         }
         if (!(root instanceof Map<?, ?> top)) {
-            throw new IOException("configuration " + file + ": the top level must be an object with \"blk\" and \"net\" lists");
+            throw new IOException(
+                    "configuration " + file + ": the top level must be an object with \"blk\" and \"net\" lists");
         }
         Map<String, BlkExport.Spec> blks = new LinkedHashMap<>();
         Map<String, NbdExportEntry.Spec> nbds = new LinkedHashMap<>();
@@ -52,14 +54,24 @@ final class ConfigFile {
         try {
             for (Object k : top.keySet()) {
                 if (!k.equals("blk") && !k.equals("nbd") && !k.equals("net")) {
-                    throw new RpcException(RpcException.INVALID_PARAMS, "unknown top-level key '" + k + "' (known: blk, nbd, net)");
+                    throw new RpcException(
+                            RpcException.INVALID_PARAMS, "unknown top-level key '" + k + "' (known: blk, nbd, net)");
                 }
             }
             List<Object> blkList = list(top.get("blk"), "blk");
             for (int i = 0; i < blkList.size(); i++) {
                 Map<String, Object> e = object(blkList.get(i), "blk[" + i + "]");
-                Params p = new Params(file + ": blk[" + i + "]", e).allow("id", "image", "socket", "queues", "readonly", "direct",
-                        "serial", "io-engine", "format");
+                Params p = new Params(file + ": blk[" + i + "]", e)
+                        .allow(
+                                "id",
+                                "image",
+                                "socket",
+                                "queues",
+                                "readonly",
+                                "direct",
+                                "serial",
+                                "io-engine",
+                                "format");
                 p.id("id"); // mandatory in a file: reloads match entries by id
                 BlkExport.Spec s = d.blkSpec(p, null);
                 if (blks.put(s.id(), s) != null) {
@@ -70,7 +82,8 @@ final class ConfigFile {
             for (int i = 0; i < nbdList.size(); i++) {
                 Params p = new Params(file + ": nbd[" + i + "]", object(nbdList.get(i), "nbd[" + i + "]"))
                         .allow("id", "image", "socket", "readonly", "format");
-                NbdExportEntry.Spec s = d.nbdSpec(p, null); // the id is mandatory in a file: reloads match entries by id
+                NbdExportEntry.Spec s =
+                        d.nbdSpec(p, null); // the id is mandatory in a file: reloads match entries by id
                 if (nbds.put(s.id(), s) != null || blks.containsKey(s.id())) {
                     throw new RpcException(RpcException.INVALID_PARAMS, "id '" + s.id() + "' appears twice");
                 }
@@ -93,7 +106,9 @@ final class ConfigFile {
                     pp.id("id");
                     NetSwitch.PortSpec port = d.portSpec(pp, null);
                     if (ps.put(port.id(), port) != null) {
-                        throw new RpcException(RpcException.INVALID_PARAMS, "port id '" + port.id() + "' appears twice in switch " + s.id());
+                        throw new RpcException(
+                                RpcException.INVALID_PARAMS,
+                                "port id '" + port.id() + "' appears twice in switch " + s.id());
                     }
                 }
                 ports.put(s.id(), ps);
@@ -151,8 +166,16 @@ final class ConfigFile {
                     run(failed, "blk " + e.spec.id(), () -> d.removeBlk(e.spec.id()));
                     removed.add("blk " + e.spec.id());
                 } else if (!w.equals(e.spec)) {
-                    BlkExport.Spec sameButRo = new BlkExport.Spec(w.id(), w.image(), w.socket(), w.queues(), e.spec.readOnly(),
-                            w.direct(), w.serial(), w.engine(), w.format());
+                    BlkExport.Spec sameButRo = new BlkExport.Spec(
+                            w.id(),
+                            w.image(),
+                            w.socket(),
+                            w.queues(),
+                            e.spec.readOnly(),
+                            w.direct(),
+                            w.serial(),
+                            w.engine(),
+                            w.format());
                     if (sameButRo.equals(e.spec) && !e.spec.readOnly()) {
                         run(failed, "blk " + w.id(), () -> {
                             try {
@@ -244,7 +267,8 @@ final class ConfigFile {
                     NetSwitch.PortSpec wp = wantPorts.get(pe.spec().id());
                     if (wp == null || !wp.equals(pe.spec())) {
                         sw.removePort(pe.spec().id());
-                        (wp == null ? removed : changed).add("port " + w.id() + "/" + pe.spec().id());
+                        (wp == null ? removed : changed)
+                                .add("port " + w.id() + "/" + pe.spec().id());
                     }
                 }
                 for (NetSwitch.PortSpec wp : wantPorts.values()) {
@@ -258,7 +282,9 @@ final class ConfigFile {
             }
         }
         Outcome o = new Outcome(added, removed, changed, failed);
-        LOG.log(failed.isEmpty() ? System.Logger.Level.INFO : System.Logger.Level.WARNING, "configuration applied: " + o);
+        LOG.log(
+                failed.isEmpty() ? System.Logger.Level.INFO : System.Logger.Level.WARNING,
+                "configuration applied: " + o);
         return o;
     }
 

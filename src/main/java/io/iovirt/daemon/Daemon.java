@@ -4,8 +4,8 @@ package io.iovirt.daemon;
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.devices.blk.BlkStats;
 import io.iovirt.devices.net.VirtioNetPort;
-import io.iovirt.net.MacTable;
 import io.iovirt.net.Mac;
+import io.iovirt.net.MacTable;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
 import java.io.IOException;
@@ -25,6 +25,7 @@ public final class Daemon implements AutoCloseable {
     public static final String VERSION = "0.1.0";
     /** The control API's version: bumped when a method changes incompatibly. */
     public static final int API_VERSION = 1;
+
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
     private final Object lock = new Object();
@@ -50,10 +51,14 @@ public final class Daemon implements AutoCloseable {
     public Daemon(String socketGroup, java.util.Set<Integer> allowUids) throws IOException {
         if (socketGroup != null) {
             try {
-                java.nio.file.FileSystems.getDefault().getUserPrincipalLookupService().lookupPrincipalByGroupName(socketGroup);
+                java.nio.file.FileSystems.getDefault()
+                        .getUserPrincipalLookupService()
+                        .lookupPrincipalByGroupName(socketGroup);
             } catch (java.nio.file.attribute.UserPrincipalNotFoundException e) {
-                throw new IOException("--socket-group " + socketGroup + ": no such group; create it (groupadd " + socketGroup
-                        + ") and add QEMU's user to it", e);
+                throw new IOException(
+                        "--socket-group " + socketGroup + ": no such group; create it (groupadd " + socketGroup
+                                + ") and add QEMU's user to it",
+                        e);
             }
         }
         this.access = io.iovirt.linux.SocketAccess.of(socketGroup, allowUids);
@@ -66,16 +71,44 @@ public final class Daemon implements AutoCloseable {
     // ---- dispatch -----------------------------------------------------------------------------------------------
 
     /** The methods, for the documentation test and {@code ctl} help. */
-    public static final List<String> METHODS = List.of("version", "blk.add", "blk.remove", "blk.list", "blk.info",
-            "blk.resize", "blk.set-readonly", "net.add", "net.remove", "net.port.add", "net.port.remove", "net.list",
-            "net.macs", "nbd.add", "nbd.remove", "nbd.list", "stats", "libvirt-xml");
+    public static final List<String> METHODS = List.of(
+            "version",
+            "blk.add",
+            "blk.remove",
+            "blk.list",
+            "blk.info",
+            "blk.resize",
+            "blk.set-readonly",
+            "net.add",
+            "net.remove",
+            "net.port.add",
+            "net.port.remove",
+            "net.list",
+            "net.macs",
+            "nbd.add",
+            "nbd.remove",
+            "nbd.list",
+            "stats",
+            "libvirt-xml");
 
     /** Executes one control request. Never throws anything but {@link RpcException} for a bad or failed request. */
     public Object call(String method, Map<String, Object> params) throws RpcException {
         Params p = new Params(method, params);
         return switch (method) {
             case "version" -> version(p.allow());
-            case "blk.add" -> blkAdd(p.allow("id", "image", "socket", "queues", "readonly", "direct", "serial", "io-engine", "format"), false);
+            case "blk.add" ->
+                blkAdd(
+                        p.allow(
+                                "id",
+                                "image",
+                                "socket",
+                                "queues",
+                                "readonly",
+                                "direct",
+                                "serial",
+                                "io-engine",
+                                "format"),
+                        false);
             case "blk.remove" -> blkRemove(p.allow("id"));
             case "blk.list" -> blkList(p.allow());
             case "blk.info" -> blkInfo(p.allow("id"));
@@ -91,9 +124,12 @@ public final class Daemon implements AutoCloseable {
             case "nbd.remove" -> nbdRemove(p.allow("id"));
             case "nbd.list" -> nbdList(p.allow());
             case "stats" -> stats(p.allow("id"));
-            case "libvirt-xml" -> LibvirtXml.forDevice(this, p.allow("id", "memory", "name", "kernel", "initrd", "cmdline", "console"));
-            default -> throw new RpcException(RpcException.METHOD_NOT_FOUND, "no method '" + Params.printable(method)
-                    + "' (methods: " + String.join(", ", METHODS) + ")");
+            case "libvirt-xml" ->
+                LibvirtXml.forDevice(this, p.allow("id", "memory", "name", "kernel", "initrd", "cmdline", "console"));
+            default ->
+                throw new RpcException(
+                        RpcException.METHOD_NOT_FOUND,
+                        "no method '" + Params.printable(method) + "' (methods: " + String.join(", ", METHODS) + ")");
         };
     }
 
@@ -128,7 +164,9 @@ public final class Daemon implements AutoCloseable {
         };
         io.iovirt.storage.ImageFormat format;
         try {
-            format = p.has("format") && !p.string("format").equals("auto") ? io.iovirt.storage.ImageFormat.parse(p.string("format")) : null;
+            format = p.has("format") && !p.string("format").equals("auto")
+                    ? io.iovirt.storage.ImageFormat.parse(p.string("format"))
+                    : null;
         } catch (IllegalArgumentException e) {
             throw RpcException.params("blk.add: " + e.getMessage() + " (or auto: detect from the header)");
         }
@@ -146,15 +184,21 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             checkOpen();
             if (taken(spec.id())) {
-                throw new RpcException(RpcException.EXISTS, "id '" + spec.id() + "' is already in use; choose another id or remove it first");
+                throw new RpcException(
+                        RpcException.EXISTS,
+                        "id '" + spec.id() + "' is already in use; choose another id or remove it first");
             }
             for (BlkExport e : blks.values()) {
                 if (e.spec.socket().equals(spec.socket())) {
-                    throw new RpcException(RpcException.EXISTS, "socket " + spec.socket() + " is already served by blk '" + e.spec.id() + "'");
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "socket " + spec.socket() + " is already served by blk '" + e.spec.id() + "'");
                 }
                 if (e.spec.image().equals(spec.image()) && !(e.spec.readOnly() && spec.readOnly())) {
-                    throw new RpcException(RpcException.EXISTS, "image " + spec.image() + " is already exported by blk '"
-                            + e.spec.id() + "'; two writers would corrupt it (export it read-only twice, or not at all)");
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "image " + spec.image() + " is already exported by blk '" + e.spec.id()
+                                    + "'; two writers would corrupt it (export it read-only twice, or not at all)");
                 }
             }
             BlkExport e;
@@ -164,8 +208,10 @@ public final class Daemon implements AutoCloseable {
                 throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
             }
             blks.put(spec.id(), e);
-            LOG.log(System.Logger.Level.INFO, "blk " + spec.id() + ": serving " + spec.image() + " on " + spec.socket()
-                    + " (" + e.device.ioDescription() + ")");
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    "blk " + spec.id() + ": serving " + spec.image() + " on " + spec.socket() + " ("
+                            + e.device.ioDescription() + ")");
             return e;
         }
     }
@@ -190,8 +236,12 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             BlkExport e = blks.get(id);
             if (e == null) {
-                throw new RpcException(RpcException.NOT_FOUND, "no disk '" + Params.printable(id) + "'"
-                        + (blks.isEmpty() ? " (there are none; add one with blk.add)" : " (disks: " + String.join(", ", blks.keySet()) + ")"));
+                throw new RpcException(
+                        RpcException.NOT_FOUND,
+                        "no disk '" + Params.printable(id) + "'"
+                                + (blks.isEmpty()
+                                        ? " (there are none; add one with blk.add)"
+                                        : " (disks: " + String.join(", ", blks.keySet()) + ")"));
             }
             return e;
         }
@@ -251,7 +301,9 @@ public final class Daemon implements AutoCloseable {
         } catch (IOException ex) {
             throw new RpcException(RpcException.FAILED, "blk.resize " + e.spec.id() + ": " + ex.getMessage());
         }
-        LOG.log(System.Logger.Level.INFO, "blk " + e.spec.id() + ": resized " + r.oldSize() + " -> " + r.newSize() + " bytes; " + r.notice());
+        LOG.log(
+                System.Logger.Level.INFO,
+                "blk " + e.spec.id() + ": resized " + r.oldSize() + " -> " + r.newSize() + " bytes; " + r.notice());
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("id", e.spec.id());
         m.put("old_size", r.oldSize());
@@ -272,8 +324,13 @@ public final class Daemon implements AutoCloseable {
         } catch (IOException ex) {
             throw new RpcException(RpcException.FAILED, "blk.set-readonly " + e.spec.id() + ": " + ex.getMessage());
         }
-        return Map.of("id", e.spec.id(), "readonly", ro,
-                "notice", "writes are " + (ro ? "refused" : "accepted") + " from now on; the guest's driver sees the"
+        return Map.of(
+                "id",
+                e.spec.id(),
+                "readonly",
+                ro,
+                "notice",
+                "writes are " + (ro ? "refused" : "accepted") + " from now on; the guest's driver sees the"
                         + " read-only flag change after its next reset");
     }
 
@@ -295,7 +352,9 @@ public final class Daemon implements AutoCloseable {
         Path socket = Path.of(p.string("socket")).toAbsolutePath();
         io.iovirt.storage.ImageFormat format;
         try {
-            format = p.has("format") && !p.string("format").equals("auto") ? io.iovirt.storage.ImageFormat.parse(p.string("format")) : null;
+            format = p.has("format") && !p.string("format").equals("auto")
+                    ? io.iovirt.storage.ImageFormat.parse(p.string("format"))
+                    : null;
         } catch (IllegalArgumentException e) {
             throw RpcException.params("nbd.add: " + e.getMessage() + " (or auto)");
         }
@@ -306,16 +365,21 @@ public final class Daemon implements AutoCloseable {
     void addNbd(NbdExportEntry.Spec spec, boolean fromConfig) throws RpcException {
         String id = spec.id();
         if (taken(id)) {
-            throw new RpcException(RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
+            throw new RpcException(
+                    RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
         }
         for (NbdExportEntry e : nbds.values()) {
             if (e.spec.socket().equals(spec.socket())) {
-                throw new RpcException(RpcException.EXISTS, "socket " + spec.socket() + " is already served by nbd '" + e.spec.id() + "'");
+                throw new RpcException(
+                        RpcException.EXISTS,
+                        "socket " + spec.socket() + " is already served by nbd '" + e.spec.id() + "'");
             }
         }
         for (BlkExport b : blks.values()) {
             if (b.spec.socket().equals(spec.socket())) {
-                throw new RpcException(RpcException.EXISTS, "socket " + spec.socket() + " is already served by blk '" + b.spec.id() + "'");
+                throw new RpcException(
+                        RpcException.EXISTS,
+                        "socket " + spec.socket() + " is already served by blk '" + b.spec.id() + "'");
             }
         }
         NbdExportEntry e;
@@ -325,8 +389,10 @@ public final class Daemon implements AutoCloseable {
             throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
         }
         nbds.put(id, e);
-        LOG.log(System.Logger.Level.INFO, "nbd " + id + ": exporting " + spec.image() + " on " + spec.socket()
-                + (fromConfig ? " (configuration file)" : ""));
+        LOG.log(
+                System.Logger.Level.INFO,
+                "nbd " + id + ": exporting " + spec.image() + " on " + spec.socket()
+                        + (fromConfig ? " (configuration file)" : ""));
     }
 
     private Map<String, Object> nbdRemove(Params p) throws RpcException {
@@ -340,8 +406,12 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             NbdExportEntry e = nbds.remove(id);
             if (e == null) {
-                throw new RpcException(RpcException.NOT_FOUND, "no NBD export '" + Params.printable(id) + "'"
-                        + (nbds.isEmpty() ? " (there are none; add one with nbd.add)" : " (exports: " + String.join(", ", nbds.keySet()) + ")"));
+                throw new RpcException(
+                        RpcException.NOT_FOUND,
+                        "no NBD export '" + Params.printable(id) + "'"
+                                + (nbds.isEmpty()
+                                        ? " (there are none; add one with nbd.add)"
+                                        : " (exports: " + String.join(", ", nbds.keySet()) + ")"));
             }
             e.close();
         }
@@ -402,15 +472,22 @@ public final class Daemon implements AutoCloseable {
     // ---- net ----------------------------------------------------------------------------------------------------
 
     NetSwitch.Spec netSpec(Params p, String defaultId) throws RpcException {
-        return new NetSwitch.Spec(p.id("id", defaultId), (int) p.integer("mtu", 1500, 68, 65535),
+        return new NetSwitch.Spec(
+                p.id("id", defaultId),
+                (int) p.integer("mtu", 1500, 68, 65535),
                 (int) p.integer("mac-aging", io.iovirt.net.Switch.DEFAULT_MAC_AGING_SECONDS, 1, 86400),
-                (int) p.integer("macs-per-port", io.iovirt.net.Switch.DEFAULT_MACS_PER_PORT, 1,
+                (int) p.integer(
+                        "macs-per-port",
+                        io.iovirt.net.Switch.DEFAULT_MACS_PER_PORT,
+                        1,
                         io.iovirt.net.Switch.DEFAULT_MAC_CAPACITY));
     }
 
     private Map<String, Object> netAdd(Params p, boolean fromConfig) throws RpcException {
         synchronized (lock) {
-            return Map.of("id", addNet(netSpec(p, nextId("net", nets)), fromConfig).spec.id());
+            return Map.of(
+                    "id",
+                    addNet(netSpec(p, nextId("net", nets)), fromConfig).spec.id());
         }
     }
 
@@ -418,7 +495,9 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             checkOpen();
             if (taken(spec.id())) {
-                throw new RpcException(RpcException.EXISTS, "id '" + spec.id() + "' is already in use; choose another id or remove it first");
+                throw new RpcException(
+                        RpcException.EXISTS,
+                        "id '" + spec.id() + "' is already in use; choose another id or remove it first");
             }
             NetSwitch n;
             try {
@@ -451,8 +530,12 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             NetSwitch n = nets.get(id);
             if (n == null) {
-                throw new RpcException(RpcException.NOT_FOUND, "no switch '" + Params.printable(id) + "'"
-                        + (nets.isEmpty() ? " (there are none; add one with net.add)" : " (switches: " + String.join(", ", nets.keySet()) + ")"));
+                throw new RpcException(
+                        RpcException.NOT_FOUND,
+                        "no switch '" + Params.printable(id) + "'"
+                                + (nets.isEmpty()
+                                        ? " (there are none; add one with net.add)"
+                                        : " (switches: " + String.join(", ", nets.keySet()) + ")"));
             }
             return n;
         }
@@ -478,8 +561,9 @@ public final class Daemon implements AutoCloseable {
                     throw RpcException.params("net.port.add: ifname must be 1-15 letters, digits, '_', '.' or '-'");
                 }
             }
-            default -> throw RpcException.params("net.port.add: kind must be vhost-user, stream or tap, not '"
-                    + Params.printable(kind) + "'");
+            default ->
+                throw RpcException.params(
+                        "net.port.add: kind must be vhost-user, stream or tap, not '" + Params.printable(kind) + "'");
         }
         int queues = (int) p.integer("queues", 1, 1, 128);
         if (queues != 1 && !kind.equals("vhost-user")) {
@@ -515,29 +599,37 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             checkOpen();
             if (n.ports.containsKey(ps.id())) {
-                throw new RpcException(RpcException.EXISTS, "switch '" + n.spec.id() + "' already has a port '" + ps.id() + "'");
+                throw new RpcException(
+                        RpcException.EXISTS, "switch '" + n.spec.id() + "' already has a port '" + ps.id() + "'");
             }
             if (!ps.kind().equals("tap")) {
                 for (NetSwitch other : nets.values()) {
                     for (NetSwitch.PortEntry e : other.ports.values()) {
                         if (e.spec().path().equals(ps.path())) {
-                            throw new RpcException(RpcException.EXISTS, "socket " + ps.path() + " is already port '"
-                                    + e.spec().id() + "' of switch '" + other.spec.id() + "'");
+                            throw new RpcException(
+                                    RpcException.EXISTS,
+                                    "socket " + ps.path() + " is already port '"
+                                            + e.spec().id() + "' of switch '" + other.spec.id() + "'");
                         }
                     }
                 }
                 for (BlkExport b : blks.values()) {
                     if (b.spec.socket().toString().equals(ps.path())) {
-                        throw new RpcException(RpcException.EXISTS, "socket " + ps.path() + " is already served by blk '" + b.spec.id() + "'");
+                        throw new RpcException(
+                                RpcException.EXISTS,
+                                "socket " + ps.path() + " is already served by blk '" + b.spec.id() + "'");
                     }
                 }
             }
             try {
                 n.addPort(ps, fromConfig, access);
             } catch (IOException | RuntimeException ex) {
-                throw new RpcException(RpcException.FAILED, "net.port.add " + n.spec.id() + "/" + ps.id() + ": " + ex.getMessage());
+                throw new RpcException(
+                        RpcException.FAILED, "net.port.add " + n.spec.id() + "/" + ps.id() + ": " + ex.getMessage());
             }
-            LOG.log(System.Logger.Level.INFO, "net " + n.spec.id() + ": port " + ps.id() + " (" + ps.kind() + " " + ps.path() + ") added");
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    "net " + n.spec.id() + ": port " + ps.id() + " (" + ps.kind() + " " + ps.path() + ") added");
         }
     }
 
@@ -546,8 +638,10 @@ public final class Daemon implements AutoCloseable {
             NetSwitch n = net(p.id("net"));
             String id = p.id("id");
             if (!n.ports.containsKey(id)) {
-                throw new RpcException(RpcException.NOT_FOUND, "switch '" + n.spec.id() + "' has no port '" + Params.printable(id)
-                        + "' (ports: " + String.join(", ", n.ports.keySet()) + ")");
+                throw new RpcException(
+                        RpcException.NOT_FOUND,
+                        "switch '" + n.spec.id() + "' has no port '" + Params.printable(id) + "' (ports: "
+                                + String.join(", ", n.ports.keySet()) + ")");
             }
             n.removePort(id);
             LOG.log(System.Logger.Level.INFO, "net " + n.spec.id() + ": port " + id + " removed");

@@ -17,11 +17,10 @@ import sun.misc.Signal;
 public final class DaemonService {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
-    private DaemonService() {
-    }
+    private DaemonService() {}
 
-    public record Options(Path config, Path control, String metrics, String socketGroup, java.util.Set<Integer> allowUids) {
-    }
+    public record Options(
+            Path config, Path control, String metrics, String socketGroup, java.util.Set<Integer> allowUids) {}
 
     /** Runs until SIGTERM or SIGINT; returns the signal's name. */
     public static String run(Options o) throws IOException, InterruptedException {
@@ -38,19 +37,24 @@ public final class DaemonService {
                 }
             }
             try (RpcServer rpc = RpcServer.start(o.control(), daemon);
-                 Metrics metrics = o.metrics() == null ? null : Metrics.start(o.metrics(), daemon)) {
-                String where = "control socket " + rpc.path() + (metrics == null ? "" : ", metrics http://"
-                        + hostPort(metrics) + "/metrics");
+                    Metrics metrics = o.metrics() == null ? null : Metrics.start(o.metrics(), daemon)) {
+                String where = "control socket " + rpc.path()
+                        + (metrics == null ? "" : ", metrics http://" + hostPort(metrics) + "/metrics");
                 LOG.log(System.Logger.Level.INFO, "iovirt daemon " + Daemon.VERSION + " ready: " + where);
                 System.err.println("iovirt daemon: ready: " + where);
-                send(notify, "READY=1\nSTATUS=serving; " + where + "\nMAINPID=" + ProcessHandle.current().pid());
+                send(
+                        notify,
+                        "READY=1\nSTATUS=serving; " + where + "\nMAINPID="
+                                + ProcessHandle.current().pid());
                 Thread watchdog = startWatchdog(notify);
                 try {
                     while (true) {
                         String sig = signals.take();
                         if (!sig.equals("SIGHUP")) {
                             send(notify, "STOPPING=1\nSTATUS=stopping (" + sig + ")");
-                            LOG.log(System.Logger.Level.INFO, sig + ": stopping; devices finish their requests in flight");
+                            LOG.log(
+                                    System.Logger.Level.INFO,
+                                    sig + ": stopping; devices finish their requests in flight");
                             return sig;
                         }
                         reload(o, daemon, notify);
@@ -80,7 +84,9 @@ public final class DaemonService {
             ConfigFile.Outcome out = ConfigFile.apply(daemon, ConfigFile.read(o.config(), daemon));
             System.err.println("iovirt daemon: SIGHUP: " + out);
         } catch (IOException e) {
-            LOG.log(System.Logger.Level.ERROR, "SIGHUP: " + e.getMessage() + "; the running configuration is unchanged");
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    "SIGHUP: " + e.getMessage() + "; the running configuration is unchanged");
             System.err.println("iovirt daemon: SIGHUP: " + e.getMessage() + "; the running configuration is unchanged");
         }
         send(notify, "READY=1\nSTATUS=serving");

@@ -17,46 +17,38 @@ import java.util.regex.Pattern;
  * {@code memAccess='shared'}.
  */
 public final class LibvirtXml {
-    private static final Pattern BDF = Pattern.compile("(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\\.([0-7])");
+    private static final Pattern BDF =
+            Pattern.compile("(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\\.([0-7])");
 
-    private LibvirtXml() {
-    }
+    private LibvirtXml() {}
 
     /** A device of the domain. */
-    public sealed interface Device {
-    }
+    public sealed interface Device {}
 
     /** {@code <disk type='vhostuser'>}. */
-    public record VhostUserDisk(String socket, int queues, boolean readOnly, String serial) implements Device {
-    }
+    public record VhostUserDisk(String socket, int queues, boolean readOnly, String serial) implements Device {}
 
     /** {@code <interface type='vhostuser'>}; {@code mac} -1: libvirt picks one. */
-    public record VhostUserNic(String socket, int queues, long mac) implements Device {
-    }
+    public record VhostUserNic(String socket, int queues, long mac) implements Device {}
 
     /** An emulated e1000 on {@code -netdev stream} (QEMU passthrough: libvirt 9.0 has no element for it). */
-    public record StreamNic(String socket, long mac) implements Device {
-    }
+    public record StreamNic(String socket, long mac) implements Device {}
 
     /** An unmanaged TAP interface. */
-    public record TapNic(String ifname) implements Device {
-    }
+    public record TapNic(String ifname) implements Device {}
 
     /** A raw image on QEMU's emulated AHCI ({@code <disk type='file'>}, SATA bus). */
-    public record EmulatedDisk(String image, boolean readOnly) implements Device {
-    }
+    public record EmulatedDisk(String image, boolean readOnly) implements Device {}
 
     /** An emulated AHCI disk on an NBD export ({@code <disk type='network'>}, protocol nbd over a UNIX socket). */
-    public record NbdDisk(String socket, String export, boolean readOnly) implements Device {
-    }
+    public record NbdDisk(String socket, String export, boolean readOnly) implements Device {}
 
     /** A VFIO PCI function ({@code <hostdev>}), e.g. {@code 0000:3b:02.1}. */
-    public record Hostdev(String bdf) implements Device {
-    }
+    public record Hostdev(String bdf) implements Device {}
 
     /** The domain around the devices: name, RAM in MiB, direct kernel boot (all optional but the name). */
-    public record Domain(String name, long memoryMiB, int cpus, String kernel, String initrd, String cmdline, String console) {
-    }
+    public record Domain(
+            String name, long memoryMiB, int cpus, String kernel, String initrd, String cmdline, String console) {}
 
     /** {@code id}: comma-separated disks, ports ({@code net/port} or a port id unique across switches) or PCI addresses. */
     static Map<String, Object> forDevice(Daemon d, Params p) throws RpcException {
@@ -75,19 +67,33 @@ public final class LibvirtXml {
             }
             BlkExport b = d.locked(() -> d.blksLocked().get(id));
             if (b != null) {
-                devices.add(new VhostUserDisk(b.spec.socket().toString(), b.spec.queues(), b.image.readOnly(), b.spec.serial()));
+                devices.add(new VhostUserDisk(
+                        b.spec.socket().toString(), b.spec.queues(), b.image.readOnly(), b.spec.serial()));
                 continue;
             }
             NetSwitch.PortSpec ps = findPort(d, id).spec();
-            devices.add(switch (ps.kind()) {
-                case "vhost-user" -> new VhostUserNic(ps.path(), ps.queues(), ps.mac());
-                case "stream" -> new StreamNic(ps.path(), -1);
-                default -> new TapNic(ps.path());
-            });
+            devices.add(
+                    switch (ps.kind()) {
+                        case "vhost-user" -> new VhostUserNic(ps.path(), ps.queues(), ps.mac());
+                        case "stream" -> new StreamNic(ps.path(), -1);
+                        default -> new TapNic(ps.path());
+                    });
         }
-        String console = p.has("console") ? java.nio.file.Path.of(p.string("console")).toAbsolutePath().toString() : null;
-        return Map.of("xml", domain(new Domain(name, memory, 1, p.string("kernel", null), p.string("initrd", null),
-                p.string("cmdline", null), console), devices));
+        String console = p.has("console")
+                ? java.nio.file.Path.of(p.string("console")).toAbsolutePath().toString()
+                : null;
+        return Map.of(
+                "xml",
+                domain(
+                        new Domain(
+                                name,
+                                memory,
+                                1,
+                                p.string("kernel", null),
+                                p.string("initrd", null),
+                                p.string("cmdline", null),
+                                console),
+                        devices));
     }
 
     /**
@@ -123,14 +129,19 @@ public final class LibvirtXml {
                     drives.put(kv.get("id"), kv.get("file"));
                     driveRo.put(kv.get("id"), "on".equals(kv.get("readonly")));
                     if ("nbd".equals(kv.get("driver"))) {
-                        nbd.put(kv.get("id"), new NbdDisk(kv.get("server.path"), kv.get("export"), "on".equals(kv.get("readonly"))));
+                        nbd.put(
+                                kv.get("id"),
+                                new NbdDisk(kv.get("server.path"), kv.get("export"), "on".equals(kv.get("readonly"))));
                     }
                 }
                 case "-device" -> {
                     long mac = kv.containsKey("mac") ? io.iovirt.net.Mac.parse(kv.get("mac")) : -1;
                     if (kv.containsKey("vhost-user-blk-pci")) {
-                        out.add(new VhostUserDisk(chardevPath.get(kv.get("chardev")),
-                                Integer.parseInt(kv.getOrDefault("num-queues", "1")), false, null));
+                        out.add(new VhostUserDisk(
+                                chardevPath.get(kv.get("chardev")),
+                                Integer.parseInt(kv.getOrDefault("num-queues", "1")),
+                                false,
+                                null));
                     } else if (kv.containsKey("virtio-net-pci") && netdevChardev.containsKey(kv.get("netdev"))) {
                         out.add(new VhostUserNic(chardevPath.get(netdevChardev.get(kv.get("netdev"))), 1, mac));
                     } else if (kv.containsKey("e1000") && streamPath.containsKey(kv.get("netdev"))) {
@@ -146,8 +157,7 @@ public final class LibvirtXml {
                         out.add(new Hostdev(kv.get("host")));
                     }
                 }
-                default -> {
-                }
+                default -> {}
             }
         }
         return out;
@@ -196,67 +206,101 @@ public final class LibvirtXml {
                     dev.append("    <hostdev mode='subsystem' type='pci' managed='yes'>\n")
                             .append("      <driver name='vfio'/>\n")
                             .append("      <source>\n")
-                            .append(String.format("        <address domain='0x%s' bus='0x%s' slot='0x%s' function='0x%s'/>%n",
-                                    bdf.group(1) == null ? "0000" : bdf.group(1).toLowerCase(), bdf.group(2).toLowerCase(),
-                                    bdf.group(3).toLowerCase(), bdf.group(4)))
+                            .append(String.format(
+                                    "        <address domain='0x%s' bus='0x%s' slot='0x%s' function='0x%s'/>%n",
+                                    bdf.group(1) == null ? "0000" : bdf.group(1).toLowerCase(),
+                                    bdf.group(2).toLowerCase(),
+                                    bdf.group(3).toLowerCase(),
+                                    bdf.group(4)))
                             .append("      </source>\n")
                             .append("    </hostdev>\n");
                 }
                 case VhostUserDisk b -> {
                     dev.append("    <disk type='vhostuser' device='disk' snapshot='no'>\n")
-                            .append("      <driver name='qemu' type='raw' queues='").append(b.queues()).append("'/>\n")
-                            .append("      <source type='unix' path='").append(esc(b.socket())).append("'>\n")
+                            .append("      <driver name='qemu' type='raw' queues='")
+                            .append(b.queues())
+                            .append("'/>\n")
+                            .append("      <source type='unix' path='")
+                            .append(esc(b.socket()))
+                            .append("'>\n")
                             .append("        <reconnect enabled='yes' timeout='10'/>\n")
                             .append("      </source>\n")
-                            .append("      <target dev='vd").append((char) ('a' + disk++)).append("' bus='virtio'/>\n")
+                            .append("      <target dev='vd")
+                            .append((char) ('a' + disk++))
+                            .append("' bus='virtio'/>\n")
                             // libvirt 9.0 refuses <readonly/> and <serial> on a vhostuser disk: the backend
                             // offers VIRTIO_BLK_F_RO itself and answers GET_ID with its serial
                             .append("    </disk>\n");
                 }
-                case EmulatedDisk e -> dev.append("    <disk type='file' device='disk'>\n")
-                        .append("      <driver name='qemu' type='raw'/>\n")
-                        .append("      <source file='").append(esc(e.image())).append("'/>\n")
-                        .append("      <target dev='sd").append((char) ('a' + sata++)).append("' bus='sata'/>\n")
-                        .append(e.readOnly() ? "      <readonly/>\n" : "")
-                        .append("    </disk>\n");
-                case NbdDisk n -> dev.append("    <disk type='network' device='disk'>\n")
-                        .append("      <driver name='qemu' type='raw'/>\n")
-                        .append("      <source protocol='nbd'").append(n.export() != null ? " name='" + esc(n.export()) + "'" : "")
-                        .append(">\n        <host transport='unix' socket='").append(esc(n.socket())).append("'/>\n      </source>\n")
-                        .append("      <target dev='sd").append((char) ('a' + sata++)).append("' bus='sata'/>\n")
-                        .append(n.readOnly() ? "      <readonly/>\n" : "")
-                        .append("    </disk>\n");
+                case EmulatedDisk e ->
+                    dev.append("    <disk type='file' device='disk'>\n")
+                            .append("      <driver name='qemu' type='raw'/>\n")
+                            .append("      <source file='")
+                            .append(esc(e.image()))
+                            .append("'/>\n")
+                            .append("      <target dev='sd")
+                            .append((char) ('a' + sata++))
+                            .append("' bus='sata'/>\n")
+                            .append(e.readOnly() ? "      <readonly/>\n" : "")
+                            .append("    </disk>\n");
+                case NbdDisk n ->
+                    dev.append("    <disk type='network' device='disk'>\n")
+                            .append("      <driver name='qemu' type='raw'/>\n")
+                            .append("      <source protocol='nbd'")
+                            .append(n.export() != null ? " name='" + esc(n.export()) + "'" : "")
+                            .append(">\n        <host transport='unix' socket='")
+                            .append(esc(n.socket()))
+                            .append("'/>\n      </source>\n")
+                            .append("      <target dev='sd")
+                            .append((char) ('a' + sata++))
+                            .append("' bus='sata'/>\n")
+                            .append(n.readOnly() ? "      <readonly/>\n" : "")
+                            .append("    </disk>\n");
                 case VhostUserNic v -> {
                     dev.append("    <interface type='vhostuser'>\n");
                     if (v.mac() != -1) {
-                        dev.append("      <mac address='").append(Mac.toString(v.mac())).append("'/>\n");
+                        dev.append("      <mac address='")
+                                .append(Mac.toString(v.mac()))
+                                .append("'/>\n");
                     }
-                    dev.append("      <source type='unix' path='").append(esc(v.socket())).append("' mode='client'>\n")
+                    dev.append("      <source type='unix' path='")
+                            .append(esc(v.socket()))
+                            .append("' mode='client'>\n")
                             .append("        <reconnect enabled='yes' timeout='10'/>\n")
                             .append("      </source>\n")
                             .append("      <model type='virtio'/>\n")
-                            .append("      <driver queues='").append(v.queues()).append("'/>\n")
-                            .append("      <alias name='ua-iovirt-nic").append(overrides.size()).append("'/>\n")
+                            .append("      <driver queues='")
+                            .append(v.queues())
+                            .append("'/>\n")
+                            .append("      <alias name='ua-iovirt-nic")
+                            .append(overrides.size())
+                            .append("'/>\n")
                             .append("    </interface>\n");
                     overrides.add("ua-iovirt-nic" + overrides.size());
                 }
                 case StreamNic s -> {
                     String nid = "iovirtnet" + nic++;
                     qemuArgs.add("-netdev");
-                    qemuArgs.add("stream,id=" + nid + ",server=off,addr.type=unix,addr.path=" + s.socket().replace(",", ",,"));
+                    qemuArgs.add("stream,id=" + nid + ",server=off,addr.type=unix,addr.path="
+                            + s.socket().replace(",", ",,"));
                     qemuArgs.add("-device");
                     qemuArgs.add("e1000,netdev=" + nid + (s.mac() != -1 ? ",mac=" + Mac.toString(s.mac()) : ""));
                 }
-                case TapNic t -> dev.append("    <interface type='ethernet'>\n")
-                        .append("      <target dev='").append(esc(t.ifname())).append("' managed='no'/>\n")
-                        .append("      <model type='virtio'/>\n")
-                        .append("    </interface>\n");
+                case TapNic t ->
+                    dev.append("    <interface type='ethernet'>\n")
+                            .append("      <target dev='")
+                            .append(esc(t.ifname()))
+                            .append("' managed='no'/>\n")
+                            .append("      <model type='virtio'/>\n")
+                            .append("    </interface>\n");
             }
         }
         StringBuilder x = new StringBuilder();
         boolean qemuNs = !qemuArgs.isEmpty() || !overrides.isEmpty();
-        x.append(!qemuNs ? "<domain type='qemu'>\n"
-                : "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n");
+        x.append(
+                !qemuNs
+                        ? "<domain type='qemu'>\n"
+                        : "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n");
         x.append("  <name>").append(esc(dom.name())).append("</name>\n");
         x.append("  <memory unit='MiB'>").append(dom.memoryMiB()).append("</memory>\n");
         x.append("  <memoryBacking>\n    <source type='memfd'/>\n    <access mode='shared'/>\n  </memoryBacking>\n");
@@ -272,15 +316,22 @@ public final class LibvirtXml {
             x.append("    <cmdline>").append(esc(dom.cmdline())).append("</cmdline>\n");
         }
         x.append("  </os>\n");
-        x.append("  <cpu>\n    <numa>\n      <cell id='0' cpus='0").append(dom.cpus() > 1 ? "-" + (dom.cpus() - 1) : "")
-                .append("' memory='").append(dom.memoryMiB()).append("' unit='MiB' memAccess='shared'/>\n    </numa>\n  </cpu>\n");
+        x.append("  <cpu>\n    <numa>\n      <cell id='0' cpus='0")
+                .append(dom.cpus() > 1 ? "-" + (dom.cpus() - 1) : "")
+                .append("' memory='")
+                .append(dom.memoryMiB())
+                .append("' unit='MiB' memAccess='shared'/>\n    </numa>\n  </cpu>\n");
         x.append("  <on_reboot>destroy</on_reboot>\n");
         x.append("  <devices>\n");
         x.append(dev);
         if (dom.console() != null) {
             String c = esc(dom.console());
-            x.append("    <serial type='file'>\n      <source path='").append(c).append("'/>\n      <target port='0'/>\n    </serial>\n");
-            x.append("    <console type='file'>\n      <source path='").append(c).append("'/>\n      <target type='serial' port='0'/>\n    </console>\n");
+            x.append("    <serial type='file'>\n      <source path='")
+                    .append(c)
+                    .append("'/>\n      <target port='0'/>\n    </serial>\n");
+            x.append("    <console type='file'>\n      <source path='")
+                    .append(c)
+                    .append("'/>\n      <target type='serial' port='0'/>\n    </console>\n");
         } else {
             x.append("    <serial type='pty'/>\n    <console type='pty'/>\n");
         }
@@ -299,7 +350,9 @@ public final class LibvirtXml {
             // vectors=0 (INTx) avoids it. libvirt has no attribute for it, hence the override (libvirt >= 8.2).
             x.append("  <qemu:override>\n");
             for (String alias : overrides) {
-                x.append("    <qemu:device alias='").append(alias).append("'>\n      <qemu:frontend>\n")
+                x.append("    <qemu:device alias='")
+                        .append(alias)
+                        .append("'>\n      <qemu:frontend>\n")
                         .append("        <qemu:property name='vectors' type='unsigned' value='0'/>\n")
                         .append("      </qemu:frontend>\n    </qemu:device>\n");
             }
@@ -311,27 +364,37 @@ public final class LibvirtXml {
 
     private static NetSwitch.PortEntry findPort(Daemon d, String id) throws RpcException {
         return d.locked(() -> {
-            int slash = id.indexOf('/');
-            List<NetSwitch.PortEntry> found = new ArrayList<>();
-            for (NetSwitch n : d.netsLocked().values()) {
-                if (slash >= 0) {
-                    if (n.spec.id().equals(id.substring(0, slash)) && n.ports.containsKey(id.substring(slash + 1))) {
-                        found.add(n.ports.get(id.substring(slash + 1)));
-                    }
-                } else if (n.ports.containsKey(id)) {
-                    found.add(n.ports.get(id));
-                }
-            }
-            return found.size() == 1 ? found.get(0) : null;
-        }) instanceof NetSwitch.PortEntry e ? e : throwNotFound(id);
+                            int slash = id.indexOf('/');
+                            List<NetSwitch.PortEntry> found = new ArrayList<>();
+                            for (NetSwitch n : d.netsLocked().values()) {
+                                if (slash >= 0) {
+                                    if (n.spec.id().equals(id.substring(0, slash))
+                                            && n.ports.containsKey(id.substring(slash + 1))) {
+                                        found.add(n.ports.get(id.substring(slash + 1)));
+                                    }
+                                } else if (n.ports.containsKey(id)) {
+                                    found.add(n.ports.get(id));
+                                }
+                            }
+                            return found.size() == 1 ? found.get(0) : null;
+                        })
+                        instanceof NetSwitch.PortEntry e
+                ? e
+                : throwNotFound(id);
     }
 
     private static NetSwitch.PortEntry throwNotFound(String id) throws RpcException {
-        throw new RpcException(RpcException.NOT_FOUND, "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, a"
-                + " switch port (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
+        throw new RpcException(
+                RpcException.NOT_FOUND,
+                "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, a"
+                        + " switch port (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
     }
 
     static String esc(String s) {
-        return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;").replace("\"", "&quot;");
+        return s.replace("&", "&amp;")
+                .replace("<", "&lt;")
+                .replace(">", "&gt;")
+                .replace("'", "&apos;")
+                .replace("\"", "&quot;");
     }
 }

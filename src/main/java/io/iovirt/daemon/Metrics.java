@@ -49,8 +49,9 @@ public final class Metrics implements AutoCloseable {
         }
         InetAddress addr = InetAddress.getByName(host);
         if (!addr.isLoopbackAddress()) {
-            throw new IOException("--metrics " + hostPort + ": " + host + " is not a loopback address; metrics name "
-                    + "images and sockets, so they are served on 127.0.0.1 or ::1 only (put a proxy in front to export them)");
+            throw new IOException(
+                    "--metrics " + hostPort + ": " + host + " is not a loopback address; metrics name "
+                            + "images and sockets, so they are served on 127.0.0.1 or ::1 only (put a proxy in front to export them)");
         }
         HttpServer s = HttpServer.create(new InetSocketAddress(addr, port), 8);
         Metrics m = new Metrics(s, daemon);
@@ -62,7 +63,8 @@ public final class Metrics implements AutoCloseable {
                 o.write(b);
             }
         });
-        s.setExecutor(Executors.newSingleThreadExecutor(r -> Thread.ofPlatform().daemon().name("metrics").unstarted(r)));
+        s.setExecutor(Executors.newSingleThreadExecutor(
+                r -> Thread.ofPlatform().daemon().name("metrics").unstarted(r)));
         s.start();
         return m;
     }
@@ -154,7 +156,8 @@ public final class Metrics implements AutoCloseable {
         for (BlkExport e : blks) {
             ro.sample(label("device", e.spec.id()), e.image.readOnly() ? 1 : 0);
         }
-        Family conn = new Family(o, "iovirt_blk_frontend_connected", "gauge", "1 while a vhost-user frontend is connected.");
+        Family conn =
+                new Family(o, "iovirt_blk_frontend_connected", "gauge", "1 while a vhost-user frontend is connected.");
         for (BlkExport e : blks) {
             conn.sample(label("device", e.spec.id()), e.server.connected() ? 1 : 0);
         }
@@ -169,10 +172,17 @@ public final class Metrics implements AutoCloseable {
         Family req = new Family(o, "iovirt_blk_requests_total", "counter", "Requests completed, by queue.");
         Family ops = new Family(o, "iovirt_blk_operations_total", "counter", "Successful requests by operation.");
         Family bytes = new Family(o, "iovirt_blk_bytes_total", "counter", "Bytes transferred by successful requests.");
-        Family errs = new Family(o, "iovirt_blk_errors_total", "counter",
+        Family errs = new Family(
+                o,
+                "iovirt_blk_errors_total",
+                "counter",
                 "Failed requests by reason (io: the image failed; bad_request: malformed or out of range; unsupported: unknown type; queue_failure: the queue broke the ring rules and was stopped).");
-        Family infl = new Family(o, "iovirt_blk_in_flight_requests", "gauge", "Requests taken from the ring and not yet completed.");
-        Family lat = new Family(o, "iovirt_blk_request_duration_seconds", "histogram",
+        Family infl = new Family(
+                o, "iovirt_blk_in_flight_requests", "gauge", "Requests taken from the ring and not yet completed.");
+        Family lat = new Family(
+                o,
+                "iovirt_blk_request_duration_seconds",
+                "histogram",
                 "Time from taking a request off the ring to writing its status.");
         for (BlkExport e : blks) {
             BlkStats.Snapshot[] qs = snaps.get(e.spec.id());
@@ -195,8 +205,16 @@ public final class Metrics implements AutoCloseable {
                 long[] b = s.latencyBuckets();
                 for (int k = 0; k < BlkStats.LATENCY_BOUNDS_NANOS.length; k++) {
                     cum += b[k];
-                    lat.sample("_bucket", l + "," + label("le", java.math.BigDecimal.valueOf(BlkStats.LATENCY_BOUNDS_NANOS[k])
-                            .movePointLeft(9).stripTrailingZeros().toPlainString()), cum);
+                    lat.sample(
+                            "_bucket",
+                            l + ","
+                                    + label(
+                                            "le",
+                                            java.math.BigDecimal.valueOf(BlkStats.LATENCY_BOUNDS_NANOS[k])
+                                                    .movePointLeft(9)
+                                                    .stripTrailingZeros()
+                                                    .toPlainString()),
+                            cum);
                 }
                 cum += b[b.length - 1];
                 lat.sample("_bucket", l + "," + label("le", "+Inf"), cum);
@@ -231,21 +249,32 @@ public final class Metrics implements AutoCloseable {
             macs.sample(label("net", n.spec.id()), n.sw.macTable().size());
         }
         Family learned = new Family(o, "iovirt_net_port_learned_macs", "gauge", "Addresses learned on each port.");
-        Family pinfo = new Family(o, "iovirt_net_port_info", "gauge", "A switch port's kind and where it listens (value is always 1).");
+        Family pinfo = new Family(
+                o, "iovirt_net_port_info", "gauge", "A switch port's kind and where it listens (value is always 1).");
         Family link = new Family(o, "iovirt_net_port_link_up", "gauge", "1 when the port's peer is attached.");
-        Family pk = new Family(o, "iovirt_net_port_packets_total", "counter", "Frames forwarded (rx: from the peer into the switch; tx: to the peer).");
+        Family pk = new Family(
+                o,
+                "iovirt_net_port_packets_total",
+                "counter",
+                "Frames forwarded (rx: from the peer into the switch; tx: to the peer).");
         Family by = new Family(o, "iovirt_net_port_bytes_total", "counter", "Bytes of the frames forwarded.");
-        Family dr = new Family(o, "iovirt_net_port_dropped_total", "counter", "Frames dropped, by direction and reason.");
+        Family dr =
+                new Family(o, "iovirt_net_port_dropped_total", "counter", "Frames dropped, by direction and reason.");
         for (NetSwitch n : nets) {
             Map<Integer, Integer> perPort = new HashMap<>();
             for (io.iovirt.net.MacTable.Entry e : n.sw.macTable().entries(n.sw.now())) {
                 perPort.merge(e.port(), 1, Integer::sum);
             }
             for (NetSwitch.PortEntry pe : n.ports.values()) {
-                String l = label("net", n.spec.id()) + "," + label("port", pe.spec().id());
+                String l = label("net", n.spec.id()) + ","
+                        + label("port", pe.spec().id());
                 learned.sample(l, perPort.getOrDefault(pe.port().index(), 0));
-                pinfo.sample(l + "," + label("kind", pe.spec().kind()) + "," + label(pe.spec().kind().equals("tap") ? "ifname" : "path",
-                        pe.spec().path()), 1);
+                pinfo.sample(
+                        l + "," + label("kind", pe.spec().kind()) + ","
+                                + label(
+                                        pe.spec().kind().equals("tap") ? "ifname" : "path",
+                                        pe.spec().path()),
+                        1);
                 link.sample(l, pe.port().isLinkUp() ? 1 : 0);
                 PortStats st = pe.port().stats();
                 pk.sample(l + "," + label("direction", "rx"), st.rxPackets());
@@ -255,7 +284,9 @@ public final class Metrics implements AutoCloseable {
                 for (PortStat s : PortStat.values()) {
                     if (s.isDrop()) {
                         String reason = s.label().substring(s.label().indexOf("dropped_") + "dropped_".length());
-                        dr.sample(l + "," + label("direction", s.isRx() ? "rx" : "tx") + "," + label("reason", reason), st.get(s));
+                        dr.sample(
+                                l + "," + label("direction", s.isRx() ? "rx" : "tx") + "," + label("reason", reason),
+                                st.get(s));
                     }
                 }
             }
@@ -273,10 +304,18 @@ public final class Metrics implements AutoCloseable {
         start.sample("", ManagementFactory.getRuntimeMXBean().getStartTime() / 1000.0);
         Family fds = new Family(o, "process_open_fds", "gauge", "Open file descriptors.");
         fds.sample("", openFds());
-        Family threads = new Family(o, "iovirt_process_threads", "gauge", "Threads in the daemon's JVM (each device queue and port has its own).");
+        Family threads = new Family(
+                o,
+                "iovirt_process_threads",
+                "gauge",
+                "Threads in the daemon's JVM (each device queue and port has its own).");
         threads.sample("", ManagementFactory.getThreadMXBean().getThreadCount());
         Family gcc = new Family(o, "iovirt_jvm_gc_collections_total", "counter", "Garbage collections, by collector.");
-        Family gct = new Family(o, "iovirt_jvm_gc_collection_seconds_total", "counter", "Time spent in garbage collection, by collector.");
+        Family gct = new Family(
+                o,
+                "iovirt_jvm_gc_collection_seconds_total",
+                "counter",
+                "Time spent in garbage collection, by collector.");
         for (GarbageCollectorMXBean gc : ManagementFactory.getGarbageCollectorMXBeans()) {
             gcc.sample(label("gc", gc.getName()), Math.max(0, gc.getCollectionCount()));
             gct.sample(label("gc", gc.getName()), Math.max(0, gc.getCollectionTime()) / 1000.0);

@@ -15,8 +15,7 @@ import java.nio.file.Path;
  * export's clients never wait on another's.
  */
 final class NbdExportEntry implements AutoCloseable {
-    record Spec(String id, Path image, Path socket, boolean readOnly, ImageFormat format) {
-    }
+    record Spec(String id, Path image, Path socket, boolean readOnly, ImageFormat format) {}
 
     final Spec spec;
     final DiskImage image;
@@ -58,11 +57,13 @@ final class NbdExportEntry implements AutoCloseable {
      */
     private static void restrict(Path socket, String group) throws IOException {
         if (group != null) {
-            java.nio.file.attribute.GroupPrincipal g = socket.getFileSystem().getUserPrincipalLookupService()
-                    .lookupPrincipalByGroupName(group);
-            java.nio.file.Files.getFileAttributeView(socket, java.nio.file.attribute.PosixFileAttributeView.class).setGroup(g);
+            java.nio.file.attribute.GroupPrincipal g =
+                    socket.getFileSystem().getUserPrincipalLookupService().lookupPrincipalByGroupName(group);
+            java.nio.file.Files.getFileAttributeView(socket, java.nio.file.attribute.PosixFileAttributeView.class)
+                    .setGroup(g);
         }
-        java.nio.file.Files.setPosixFilePermissions(socket,
+        java.nio.file.Files.setPosixFilePermissions(
+                socket,
                 java.nio.file.attribute.PosixFilePermissions.fromString(group != null ? "rw-rw----" : "rw-------"));
     }
 
@@ -73,8 +74,8 @@ final class NbdExportEntry implements AutoCloseable {
         try {
             image.flush();
         } catch (IOException e) {
-            System.getLogger("io.iovirt.daemon").log(System.Logger.Level.ERROR, "nbd " + spec.id() + ": final flush failed: "
-                    + e.getMessage());
+            System.getLogger("io.iovirt.daemon")
+                    .log(System.Logger.Level.ERROR, "nbd " + spec.id() + ": final flush failed: " + e.getMessage());
         } finally {
             image.close();
         }

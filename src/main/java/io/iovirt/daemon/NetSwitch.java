@@ -16,15 +16,12 @@ import java.util.Map;
  * drops its own frames only. Guarded by the daemon's lock.
  */
 final class NetSwitch implements AutoCloseable {
-    record Spec(String id, int mtu, int macAgingSeconds, int macsPerPort) {
-    }
+    record Spec(String id, int mtu, int macAgingSeconds, int macsPerPort) {}
 
     /** A port as requested: kind vhost-user|stream|tap, path (sockets) or ifname (tap). */
-    record PortSpec(String id, String kind, String path, int queues, long mac) {
-    }
+    record PortSpec(String id, String kind, String path, int queues, long mac) {}
 
-    record PortEntry(PortSpec spec, Port port, boolean fromConfig) {
-    }
+    record PortEntry(PortSpec spec, Port port, boolean fromConfig) {}
 
     final Spec spec;
     final Switch sw;
@@ -34,15 +31,18 @@ final class NetSwitch implements AutoCloseable {
     NetSwitch(Spec spec, boolean fromConfig) {
         this.spec = spec;
         this.fromConfig = fromConfig;
-        this.sw = new Switch(Switch.Config.defaults().withMtu(spec.mtu()).withMacAging(spec.macAgingSeconds())
+        this.sw = new Switch(Switch.Config.defaults()
+                .withMtu(spec.mtu())
+                .withMacAging(spec.macAgingSeconds())
                 .withMacTable(Switch.DEFAULT_MAC_CAPACITY, spec.macsPerPort()));
         sw.startHousekeeping();
     }
 
     PortEntry addPort(PortSpec ps, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
         Port p = switch (ps.kind()) {
-            case "vhost-user" -> new VirtioNetPort(new VirtioNetPort.Options(Path.of(ps.path()), ps.queues(), ps.mac(), 0))
-                    .withAccess(access);
+            case "vhost-user" ->
+                new VirtioNetPort(new VirtioNetPort.Options(Path.of(ps.path()), ps.queues(), ps.mac(), 0))
+                        .withAccess(access);
             case "stream" -> new StreamPort(Path.of(ps.path()), access);
             case "tap" -> new TapPort(ps.path());
             default -> throw new IllegalArgumentException("unknown port kind " + ps.kind());

@@ -93,7 +93,8 @@ final class Params {
                 default -> throw new NumberFormatException();
             };
         } catch (NumberFormatException | ArithmeticException e) {
-            throw RpcException.params(method + ": parameter '" + name + "' must be an integer, not '" + printable(String.valueOf(v)) + "'");
+            throw RpcException.params(method + ": parameter '" + name + "' must be an integer, not '"
+                    + printable(String.valueOf(v)) + "'");
         }
         if (x < min || x > max) {
             throw RpcException.params(method + ": parameter '" + name + "' must be " + min + ".." + max + ", got " + x);
@@ -132,8 +133,9 @@ final class Params {
         return switch (v.toString().toLowerCase(java.util.Locale.ROOT)) {
             case "true", "yes", "on", "1" -> true;
             case "false", "no", "off", "0" -> false;
-            default -> throw RpcException.params(method + ": parameter '" + name + "' must be true or false, not '"
-                    + printable(v.toString()) + "'");
+            default ->
+                throw RpcException.params(method + ": parameter '" + name + "' must be true or false, not '"
+                        + printable(v.toString()) + "'");
         };
     }
 

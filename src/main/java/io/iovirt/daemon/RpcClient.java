@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.daemon;
 
-import io.iovirt.util.Json;
 import io.iovirt.linux.Errno;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.util.Json;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.lang.foreign.Arena;

@@ -7,6 +7,7 @@ public final class RpcException extends Exception {
     public static final int PARSE_ERROR = -32700;
     /** Not a JSON-RPC 2.0 request object. */
     public static final int INVALID_REQUEST = -32600;
+
     public static final int METHOD_NOT_FOUND = -32601;
     public static final int INVALID_PARAMS = -32602;
     public static final int INTERNAL_ERROR = -32603;

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.daemon;
 
-import io.iovirt.util.Json;
 import io.iovirt.linux.Acceptor;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.util.Json;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -59,8 +59,12 @@ public final class RpcServer implements AutoCloseable {
         this.acceptor = Acceptor.builder("control socket " + path, LOG, listener::accept, () -> closed)
                 .threadName("control accept")
                 .peerCheck(Acceptor.peerCheck(SocketAccess.ownerOnly()), this::refusePeer)
-                .maxConnections(MAX_CLIENTS, (s, why) -> reject(s, RpcException.LIMIT,
-                        "too many control clients (" + MAX_CLIENTS + " at once); retry later"))
+                .maxConnections(
+                        MAX_CLIENTS,
+                        (s, why) -> reject(
+                                s,
+                                RpcException.LIMIT,
+                                "too many control clients (" + MAX_CLIENTS + " at once); retry later"))
                 .build(this::admit);
     }
 
@@ -95,8 +99,9 @@ public final class RpcServer implements AutoCloseable {
     }
 
     private void refusePeer(UnixSocket s, String why) {
-        LOG.log(System.Logger.Level.WARNING, "control socket: refused " + why + ": only uid " + ownUid
-                + " and root may control this daemon");
+        LOG.log(
+                System.Logger.Level.WARNING,
+                "control socket: refused " + why + ": only uid " + ownUid + " and root may control this daemon");
         String who;
         try {
             who = "uid " + s.peerCredentials().uid();
@@ -104,8 +109,10 @@ public final class RpcServer implements AutoCloseable {
             s.close(); // credentials unreadable: nothing to tell whom
             return;
         }
-        reject(s, RpcException.PERMISSION_DENIED, who + " may not control this daemon (it runs as uid " + ownUid
-                + "); connect as that user or root");
+        reject(
+                s,
+                RpcException.PERMISSION_DENIED,
+                who + " may not control this daemon (it runs as uid " + ownUid + "); connect as that user or root");
     }
 
     private static void reject(UnixSocket s, int code, String message) {
@@ -150,8 +157,13 @@ public final class RpcServer implements AutoCloseable {
                 }
                 line.write(chunk, start, chunk.length - start);
                 if (line.size() > MAX_LINE) {
-                    send(s, error(null, RpcException.LIMIT, "request longer than " + MAX_LINE
-                            + " bytes; requests are one JSON object per line"));
+                    send(
+                            s,
+                            error(
+                                    null,
+                                    RpcException.LIMIT,
+                                    "request longer than " + MAX_LINE
+                                            + " bytes; requests are one JSON object per line"));
                     return; // the rest of the line cannot be trusted to be a request: drop the client
                 }
             }
@@ -174,8 +186,12 @@ public final class RpcServer implements AutoCloseable {
     String handleLine(byte[] bytes) {
         String text;
         try {
-            text = StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
-                    .onUnmappableCharacter(CodingErrorAction.REPORT).decode(ByteBuffer.wrap(bytes)).toString();
+            text = StandardCharsets.UTF_8
+                    .newDecoder()
+                    .onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT)
+                    .decode(ByteBuffer.wrap(bytes))
+                    .toString();
         } catch (CharacterCodingException e) {
             return error(null, RpcException.PARSE_ERROR, "request is not UTF-8 text");
         }
@@ -186,8 +202,11 @@ public final class RpcServer implements AutoCloseable {
         try {
             req = JsonParser.parse(text);
         } catch (JsonParser.JsonException e) {
-            return error(null, RpcException.PARSE_ERROR, "request is not JSON: " + e.getMessage()
-                    + "; send one JSON-RPC 2.0 object per line, e.g. {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"version\"}");
+            return error(
+                    null,
+                    RpcException.PARSE_ERROR,
+                    "request is not JSON: " + e.getMessage()
+                            + "; send one JSON-RPC 2.0 object per line, e.g. {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"version\"}");
         }
         if (req instanceof List<?> batch) {
             if (batch.isEmpty()) {
@@ -213,7 +232,10 @@ public final class RpcServer implements AutoCloseable {
     @SuppressWarnings("unchecked")
     private Object handle(Object req) {
         if (!(req instanceof Map<?, ?> m)) {
-            return errorObject(null, RpcException.INVALID_REQUEST, "a request is a JSON object with jsonrpc, method, params and id");
+            return errorObject(
+                    null,
+                    RpcException.INVALID_REQUEST,
+                    "a request is a JSON object with jsonrpc, method, params and id");
         }
         Object id = m.get("id");
         boolean notification = !m.containsKey("id");
@@ -237,8 +259,13 @@ public final class RpcServer implements AutoCloseable {
             return notification ? null : errorObject(id, e.code(), e.getMessage());
         } catch (RuntimeException | Error e) {
             LOG.log(System.Logger.Level.ERROR, "control: " + method + " failed unexpectedly", e);
-            return notification ? null : errorObject(id, RpcException.INTERNAL_ERROR, method + " failed: " + e
-                    + "; the daemon keeps running — please report this with the daemon's log");
+            return notification
+                    ? null
+                    : errorObject(
+                            id,
+                            RpcException.INTERNAL_ERROR,
+                            method + " failed: " + e
+                                    + "; the daemon keeps running — please report this with the daemon's log");
         }
         if (notification) {
             return null;

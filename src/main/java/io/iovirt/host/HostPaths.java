@@ -26,7 +26,8 @@ public record HostPaths(Path sysRoot, Path procRoot, Path devRoot, Path stateDir
 
     /** The running host. */
     public static HostPaths system() {
-        return new HostPaths(Path.of("/sys"), Path.of("/proc"), Path.of("/dev"), DEFAULT_STATE_DIR, findPciIds(), pathFromEnv());
+        return new HostPaths(
+                Path.of("/sys"), Path.of("/proc"), Path.of("/dev"), DEFAULT_STATE_DIR, findPciIds(), pathFromEnv());
     }
 
     public SysfsTree sys() {

@@ -111,7 +111,10 @@ public final class HostUsage {
         if (rel.startsWith("mapper/")) {
             String dmName = rel.substring("mapper/".length());
             for (String b : sys.list("class/block")) {
-                if (b.startsWith("dm-") && sys.readOptional("class/block/" + b + "/dm/name").orElse("").equals(dmName)) {
+                if (b.startsWith("dm-")
+                        && sys.readOptional("class/block/" + b + "/dm/name")
+                                .orElse("")
+                                .equals(dmName)) {
                     return b;
                 }
             }

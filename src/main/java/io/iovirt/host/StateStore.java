@@ -77,9 +77,12 @@ public final class StateStore {
             if (jvmLock.getHoldCount() > 1) {
                 return action.get();
             }
-            try (FileChannel ch = FileChannel.open(lockFile, Set.<OpenOption>of(StandardOpenOption.CREATE,
-                    StandardOpenOption.WRITE, LinkOption.NOFOLLOW_LINKS), FILE_MODE);
-                 FileLock ignored = ch.lock()) {
+            try (FileChannel ch = FileChannel.open(
+                            lockFile,
+                            Set.<OpenOption>of(
+                                    StandardOpenOption.CREATE, StandardOpenOption.WRITE, LinkOption.NOFOLLOW_LINKS),
+                            FILE_MODE);
+                    FileLock ignored = ch.lock()) {
                 checkOwned(lockFile, false);
                 return action.get();
             } catch (IOException e) {
@@ -100,7 +103,9 @@ public final class StateStore {
                 return List.of();
             }
             if (Files.size(file) > MAX_TABLE_BYTES) {
-                throw new HostConfigException(file + " is larger than " + MAX_TABLE_BYTES + " bytes", "it is not an iovirt state file: move it away");
+                throw new HostConfigException(
+                        file + " is larger than " + MAX_TABLE_BYTES + " bytes",
+                        "it is not an iovirt state file: move it away");
             }
             data = Files.readAllBytes(file);
         } catch (NoSuchFileException e) {
@@ -123,7 +128,10 @@ public final class StateStore {
             rows.add(lines[i].split(" ", -1));
         }
         if (!lines[last - 1].equals("end " + rows.size())) {
-            throw corrupt(file, "'" + SysfsTree.printable(lines[last - 1]) + "' does not match " + rows.size() + " rows (truncated?)");
+            throw corrupt(
+                    file,
+                    "'" + SysfsTree.printable(lines[last - 1]) + "' does not match " + rows.size()
+                            + " rows (truncated?)");
         }
         return rows;
     }
@@ -146,8 +154,8 @@ public final class StateStore {
         Path temp = dir.resolve(name + ".tmp-" + ProcessHandle.current().pid() + "-" + TEMP_COUNTER.incrementAndGet());
         try {
             removeStaleTemps(name);
-            try (FileChannel ch = FileChannel.open(temp, Set.<OpenOption>of(StandardOpenOption.CREATE_NEW,
-                    StandardOpenOption.WRITE), FILE_MODE)) {
+            try (FileChannel ch = FileChannel.open(
+                    temp, Set.<OpenOption>of(StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE), FILE_MODE)) {
                 Files.setPosixFilePermissions(temp, PosixFilePermissions.fromString("rw-------"));
                 int half = data.length / 2;
                 writeFully(ch, ByteBuffer.wrap(data, 0, half));
@@ -159,8 +167,10 @@ public final class StateStore {
             try {
                 Files.move(temp, file, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
             } catch (AtomicMoveNotSupportedException e) {
-                throw new HostConfigException("the filesystem of " + dir + " cannot rename atomically",
-                        "put the state directory on a local filesystem (--state-dir)", e);
+                throw new HostConfigException(
+                        "the filesystem of " + dir + " cannot rename atomically",
+                        "put the state directory on a local filesystem (--state-dir)",
+                        e);
             }
             syncDir();
         } catch (IOException e) {
@@ -182,7 +192,8 @@ public final class StateStore {
     /** Temporary files left by writers that died before their rename (we hold the lock, so none is live). */
     private void removeStaleTemps(String name) throws IOException {
         try (Stream<Path> s = Files.list(dir)) {
-            for (Path p : s.filter(p -> p.getFileName().toString().startsWith(name + ".tmp-")).toList()) {
+            for (Path p : s.filter(p -> p.getFileName().toString().startsWith(name + ".tmp-"))
+                    .toList()) {
                 Files.deleteIfExists(p);
             }
         }
@@ -207,26 +218,33 @@ public final class StateStore {
             int uid = (Integer) Files.getAttribute(dir, "unix:uid");
             Set<PosixFilePermission> mode = Files.getPosixFilePermissions(dir);
             if (!Files.isDirectory(dir)) {
-                throw new HostConfigException("the state directory " + dir + " is not a directory",
+                throw new HostConfigException(
+                        "the state directory " + dir + " is not a directory",
                         "remove it, or choose another with --state-dir");
             }
             if (uid != SocketAccess.ownUid()) {
-                throw new HostConfigException("the state directory " + dir + " belongs to uid " + uid + ", not to us (uid "
-                        + SocketAccess.ownUid() + "): its tables decide which drivers iovirt binds",
+                throw new HostConfigException(
+                        "the state directory " + dir + " belongs to uid " + uid + ", not to us (uid "
+                                + SocketAccess.ownUid() + "): its tables decide which drivers iovirt binds",
                         "run iovirt as uid " + uid + ", or chown it to uid " + SocketAccess.ownUid()
                                 + " and chmod 0700 (if you trust its contents), or choose another with --state-dir");
             }
             if (mode.stream().anyMatch(WRITABLE_BY_OTHERS::contains)) {
-                throw new HostConfigException("the state directory " + dir + " is writable by other users (mode "
-                        + PosixFilePermissions.toString(mode) + "): anyone could rewrite its tables",
+                throw new HostConfigException(
+                        "the state directory " + dir + " is writable by other users (mode "
+                                + PosixFilePermissions.toString(mode) + "): anyone could rewrite its tables",
                         "check its tables, then chmod 0700 " + dir + " (or choose another with --state-dir)");
             }
             if (!mode.equals(DIR_MODE)) {
                 Files.setPosixFilePermissions(dir, DIR_MODE); // ours and not writable by others: narrow 0755 to 0700
             }
         } catch (IOException e) {
-            throw new HostConfigException("cannot create the state directory " + dir + ": " + SysfsTree.reason(e),
-                    e instanceof AccessDeniedException ? "run as root, or choose another with --state-dir" : "choose another with --state-dir", e);
+            throw new HostConfigException(
+                    "cannot create the state directory " + dir + ": " + SysfsTree.reason(e),
+                    e instanceof AccessDeniedException
+                            ? "run as root, or choose another with --state-dir"
+                            : "choose another with --state-dir",
+                    e);
         }
     }
 
@@ -240,17 +258,21 @@ public final class StateStore {
             return false;
         }
         if (!Files.isRegularFile(file, LinkOption.NOFOLLOW_LINKS)) {
-            throw new HostConfigException(file + " is not a regular file (a link or device was put in its place)",
+            throw new HostConfigException(
+                    file + " is not a regular file (a link or device was put in its place)",
                     "remove it; iovirt only ever writes regular files there");
         }
         int uid = (Integer) Files.getAttribute(file, "unix:uid", LinkOption.NOFOLLOW_LINKS);
         Set<PosixFilePermission> mode = Files.getPosixFilePermissions(file, LinkOption.NOFOLLOW_LINKS);
         if (uid != SocketAccess.ownUid()) {
-            throw new HostConfigException(file + " belongs to uid " + uid + ", not to us (uid " + SocketAccess.ownUid() + ")",
-                    "check its contents, then chown it to uid " + SocketAccess.ownUid() + " and chmod 0600 (or remove it)");
+            throw new HostConfigException(
+                    file + " belongs to uid " + uid + ", not to us (uid " + SocketAccess.ownUid() + ")",
+                    "check its contents, then chown it to uid " + SocketAccess.ownUid()
+                            + " and chmod 0600 (or remove it)");
         }
         if (mode.stream().anyMatch(WRITABLE_BY_OTHERS::contains)) {
-            throw new HostConfigException(file + " is writable by other users (mode " + PosixFilePermissions.toString(mode) + ")",
+            throw new HostConfigException(
+                    file + " is writable by other users (mode " + PosixFilePermissions.toString(mode) + ")",
                     "check its contents, then chmod 0600 " + file);
         }
         return true;
@@ -268,17 +290,20 @@ public final class StateStore {
      * @param row the row's index in what {@link #read} returned (its line is {@code row + 2}: the header is line 1)
      */
     public HostConfigException damaged(String name, int row, String why) {
-        return new HostConfigException(dir.resolve(name) + " line " + (row + 2) + " is damaged: " + why,
+        return new HostConfigException(
+                dir.resolve(name) + " line " + (row + 2) + " is damaged: " + why,
                 "it was edited outside iovirt; fix or remove that line (iovirt never writes such a row)");
     }
 
     private static HostConfigException corrupt(Path file, String why) {
-        return new HostConfigException(file + " is damaged: " + why,
+        return new HostConfigException(
+                file + " is damaged: " + why,
                 "it was edited or written outside iovirt; fix or remove that file (iovirt only ever replaces it atomically)");
     }
 
     private static String remedy(IOException e) {
-        return e instanceof AccessDeniedException ? "run as root, or choose another directory with --state-dir"
+        return e instanceof AccessDeniedException
+                ? "run as root, or choose another directory with --state-dir"
                 : "check the filesystem of the state directory (--state-dir)";
     }
 

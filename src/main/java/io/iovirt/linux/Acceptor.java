@@ -85,8 +85,8 @@ public final class Acceptor<S extends AutoCloseable> {
      * @param listener the blocking accept
      * @param closed   true once the server is closing: a failed accept then ends the loop quietly
      */
-    public static <S extends AutoCloseable> Builder<S> builder(String name, System.Logger log, Listener<S> listener,
-            BooleanSupplier closed) {
+    public static <S extends AutoCloseable> Builder<S> builder(
+            String name, System.Logger log, Listener<S> listener, BooleanSupplier closed) {
         return new Builder<>(name, log, listener, closed);
     }
 
@@ -191,8 +191,10 @@ public final class Acceptor<S extends AutoCloseable> {
                     return;
                 }
                 if (failedAttempts++ == 0) {
-                    log.log(Level.ERROR, name + ": accept failed: " + e.getMessage() + "; backing off (" + backoff
-                            + " ms, doubling up to " + MAX_BACKOFF_MS + " ms) and retrying until it succeeds");
+                    log.log(
+                            Level.ERROR,
+                            name + ": accept failed: " + e.getMessage() + "; backing off (" + backoff
+                                    + " ms, doubling up to " + MAX_BACKOFF_MS + " ms) and retrying until it succeeds");
                 }
                 sleep(backoff);
                 backoff = Math.min(MAX_BACKOFF_MS, backoff * 2);

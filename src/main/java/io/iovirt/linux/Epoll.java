@@ -31,6 +31,7 @@ public final class Epoll implements AutoCloseable {
 
     /** Bytes per {@code struct epoll_event} on this architecture. */
     static final long EVENT_SIZE = Syscalls.X86_64 ? 12 : 16;
+
     static final long DATA_OFFSET = Syscalls.X86_64 ? 4 : 8;
 
     private final Fd fd;
@@ -50,7 +51,8 @@ public final class Epoll implements AutoCloseable {
         if (maxEvents < 1 || maxEvents > 4096) {
             throw new IllegalArgumentException("maxEvents must be 1..4096: " + maxEvents);
         }
-        return new Epoll(Fd.adopt(Syscalls.check(Syscalls.epollCreate1(EPOLL_CLOEXEC), "epoll_create1", null)), maxEvents);
+        return new Epoll(
+                Fd.adopt(Syscalls.check(Syscalls.epollCreate1(EPOLL_CLOEXEC), "epoll_create1", null)), maxEvents);
     }
 
     public Fd fd() {

@@ -53,8 +53,7 @@ public final class Errno {
     private static final MethodHandle NAME = lookup("strerrorname_np");
     private static final MethodHandle DESC = lookup("strerrordesc_np");
 
-    private Errno() {
-    }
+    private Errno() {}
 
     /** The symbolic name, e.g. {@code "EINVAL"}, or {@code "errno 1234"} when unknown. */
     public static String name(int errno) {
@@ -82,8 +81,10 @@ public final class Errno {
 
     private static MethodHandle lookup(String name) {
         Linker linker = Linker.nativeLinker();
-        return linker.defaultLookup().find(name)
-                .map(addr -> linker.downcallHandle(addr, FunctionDescriptor.of(ValueLayout.ADDRESS, ValueLayout.JAVA_INT)))
+        return linker.defaultLookup()
+                .find(name)
+                .map(addr ->
+                        linker.downcallHandle(addr, FunctionDescriptor.of(ValueLayout.ADDRESS, ValueLayout.JAVA_INT)))
                 .orElse(null);
     }
 }

@@ -85,14 +85,13 @@ public final class EventFd implements AutoCloseable {
     public static String kindOf(Fd fd) throws LinuxException {
         int n = fd.get();
         try {
-            return java.nio.file.Files.readSymbolicLink(java.nio.file.Path.of("/proc/self/fd/" + n)).toString();
+            return java.nio.file.Files.readSymbolicLink(java.nio.file.Path.of("/proc/self/fd/" + n))
+                    .toString();
         } catch (java.io.IOException e) {
-            throw new LinuxException("readlink", "/proc/self/fd/" + n + " (is /proc mounted?): " + e.getMessage(),
-                    Errno.EBADF);
+            throw new LinuxException(
+                    "readlink", "/proc/self/fd/" + n + " (is /proc mounted?): " + e.getMessage(), Errno.EBADF);
         }
     }
-
-
 
     public Fd fd() {
         return fd;
@@ -215,15 +214,17 @@ public final class EventFd implements AutoCloseable {
         private static final java.util.Set<EventFd> WATCHED = java.util.concurrent.ConcurrentHashMap.newKeySet();
         private static volatile Thread thread;
 
-        private Watchdog() {
-        }
+        private Watchdog() {}
 
         static void watch(EventFd e) {
             WATCHED.add(e);
             if (thread == null) {
                 synchronized (Watchdog.class) {
                     if (thread == null) {
-                        thread = Thread.ofPlatform().daemon().name("iovirt eventfd watchdog").start(Watchdog::run);
+                        thread = Thread.ofPlatform()
+                                .daemon()
+                                .name("iovirt eventfd watchdog")
+                                .start(Watchdog::run);
                     }
                 }
             }
@@ -234,7 +235,7 @@ public final class EventFd implements AutoCloseable {
         }
 
         private static void run() {
-            for (;;) {
+            for (; ; ) {
                 try {
                     Thread.sleep(100);
                 } catch (InterruptedException ignored) {
@@ -246,7 +247,10 @@ public final class EventFd implements AutoCloseable {
                     if (since != 0 && now - since > STUCK_NANOS && !e.stuck) {
                         e.stuck = true;
                         boolean read = e.opIsRead;
-                        Thread.ofPlatform().daemon().name("iovirt eventfd unblock " + e.fd).start(() -> unblock(e, read));
+                        Thread.ofPlatform()
+                                .daemon()
+                                .name("iovirt eventfd unblock " + e.fd)
+                                .start(() -> unblock(e, read));
                     }
                 }
             }

@@ -30,6 +30,7 @@ public final class FileIo {
     public static final int O_CLOEXEC = 02000000;
     /** Differs between x86_64 (040000) and aarch64 (0200000). */
     public static final int O_DIRECT = Syscalls.X86_64 ? 040000 : 0200000;
+
     public static final int O_DIRECTORY = Syscalls.X86_64 ? 0200000 : 040000;
     public static final int O_NOFOLLOW = Syscalls.X86_64 ? 0400000 : 0100000;
 
@@ -54,14 +55,14 @@ public final class FileIo {
     private static final int S_IFBLK = 0060000;
     private static final int S_IFSOCK = 0140000;
 
-    private FileIo() {
-    }
+    private FileIo() {}
 
     /**
      * What statx(2) reports about an open file. {@code directIoMemoryAlign}/{@code directIoOffsetAlign} are 0 when
      * the kernel or file system does not say (before Linux 6.1, or no O_DIRECT support).
      */
-    public record Stat(int mode, long size, int blockSize, long blocks, int directIoMemoryAlign, int directIoOffsetAlign) {
+    public record Stat(
+            int mode, long size, int blockSize, long blocks, int directIoMemoryAlign, int directIoOffsetAlign) {
         public boolean isRegularFile() {
             return (mode & S_IFMT) == S_IFREG;
         }
@@ -78,7 +79,8 @@ public final class FileIo {
     /** open(2) with O_CLOEXEC added; {@code mode} applies when creating. */
     public static Fd open(Path path, int flags, int mode) throws LinuxException {
         try (Arena a = Arena.ofConfined()) {
-            return Fd.adopt(Syscalls.check(Syscalls.open(a.allocateFrom(path.toString()), flags | O_CLOEXEC, mode), "open", path));
+            return Fd.adopt(Syscalls.check(
+                    Syscalls.open(a.allocateFrom(path.toString()), flags | O_CLOEXEC, mode), "open", path));
         }
     }
 
@@ -89,7 +91,10 @@ public final class FileIo {
     /** One pread(2) into {@code dst}; returns the bytes read (fewer at end of file, 0 past it). */
     public static long pread(Fd fd, MemorySegment dst, long offset) throws LinuxException {
         int f = fd.get();
-        return Syscalls.check(Syscalls.pread(f, dst, dst.byteSize(), offset), "pread", fd); // Fd prints "fd N" only on error: no string per call
+        return Syscalls.check(
+                Syscalls.pread(f, dst, dst.byteSize(), offset),
+                "pread",
+                fd); // Fd prints "fd N" only on error: no string per call
     }
 
     /** One pwrite(2) from {@code src}; returns the bytes written. */
@@ -151,9 +156,12 @@ public final class FileIo {
         Syscalls.check(Syscalls.fsync(f, true), "fdatasync", fd);
     }
 
-    private static final java.lang.invoke.MethodHandle FTRUNCATE = Syscalls.fn("ftruncate",
-            java.lang.foreign.FunctionDescriptor.of(java.lang.foreign.ValueLayout.JAVA_INT,
-                    java.lang.foreign.ValueLayout.JAVA_INT, java.lang.foreign.ValueLayout.JAVA_LONG));
+    private static final java.lang.invoke.MethodHandle FTRUNCATE = Syscalls.fn(
+            "ftruncate",
+            java.lang.foreign.FunctionDescriptor.of(
+                    java.lang.foreign.ValueLayout.JAVA_INT,
+                    java.lang.foreign.ValueLayout.JAVA_INT,
+                    java.lang.foreign.ValueLayout.JAVA_LONG));
 
     /** ftruncate(2): sets a regular file's size (growing leaves a hole that reads as zeros). */
     public static void ftruncate(Fd fd, long length) throws LinuxException {
@@ -173,7 +181,9 @@ public final class FileIo {
     /** fallocate(2): e.g. {@code FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE} for discard. */
     public static void fallocate(Fd fd, int mode, long offset, long length) throws LinuxException {
         int f = fd.get();
-        Syscalls.check(Syscalls.fallocate(f, mode, offset, length), "fallocate",
+        Syscalls.check(
+                Syscalls.fallocate(f, mode, offset, length),
+                "fallocate",
                 "fd " + f + ", mode 0x" + Integer.toHexString(mode) + ", " + offset + "+" + length);
     }
 
@@ -181,6 +191,7 @@ public final class FileIo {
 
     /** struct flock l_type values. */
     public static final short F_RDLCK = 0;
+
     public static final short F_WRLCK = 1;
     public static final short F_UNLCK = 2;
     private static final int F_OFD_GETLK = 36;
@@ -265,12 +276,19 @@ public final class FileIo {
         int f = fd.get();
         try (Arena a = Arena.ofConfined()) {
             MemorySegment buf = a.allocate(256, 8);
-            Syscalls.check(Syscalls.statx(f, a.allocateFrom(""), AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_DIOALIGN, buf),
-                    "statx", "fd " + f);
+            Syscalls.check(
+                    Syscalls.statx(f, a.allocateFrom(""), AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_DIOALIGN, buf),
+                    "statx",
+                    "fd " + f);
             int mask = buf.get(JAVA_INT, 0);
             boolean dio = (mask & STATX_DIOALIGN) != 0;
-            return new Stat(Short.toUnsignedInt(buf.get(JAVA_SHORT, 28)), buf.get(JAVA_LONG, 40), buf.get(JAVA_INT, 4),
-                    buf.get(JAVA_LONG, 48), dio ? buf.get(JAVA_INT, 152) : 0, dio ? buf.get(JAVA_INT, 156) : 0);
+            return new Stat(
+                    Short.toUnsignedInt(buf.get(JAVA_SHORT, 28)),
+                    buf.get(JAVA_LONG, 40),
+                    buf.get(JAVA_INT, 4),
+                    buf.get(JAVA_LONG, 48),
+                    dio ? buf.get(JAVA_INT, 152) : 0,
+                    dio ? buf.get(JAVA_INT, 156) : 0);
         }
     }
 
@@ -292,9 +310,17 @@ public final class FileIo {
     public static Stat stat(Path path) throws LinuxException {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment buf = a.allocate(256, 8);
-            Syscalls.check(Syscalls.statx(AT_FDCWD, a.allocateFrom(path.toString()), 0, STATX_BASIC_STATS, buf), "statx", path);
-            return new Stat(Short.toUnsignedInt(buf.get(JAVA_SHORT, 28)), buf.get(JAVA_LONG, 40), buf.get(JAVA_INT, 4),
-                    buf.get(JAVA_LONG, 48), 0, 0);
+            Syscalls.check(
+                    Syscalls.statx(AT_FDCWD, a.allocateFrom(path.toString()), 0, STATX_BASIC_STATS, buf),
+                    "statx",
+                    path);
+            return new Stat(
+                    Short.toUnsignedInt(buf.get(JAVA_SHORT, 28)),
+                    buf.get(JAVA_LONG, 40),
+                    buf.get(JAVA_INT, 4),
+                    buf.get(JAVA_LONG, 48),
+                    0,
+                    0);
         }
     }
 

@@ -61,6 +61,7 @@ public final class IoUring implements AutoCloseable {
 
     /** CQE flag: the operation (a multishot poll) stays armed and posts more completions. */
     public static final int CQE_F_MORE = 1 << 1;
+
     static final int POLL_ADD_MULTI = 1;
 
     // io_uring_params.features
@@ -70,6 +71,7 @@ public final class IoUring implements AutoCloseable {
 
     /** Largest SQ the kernel allows (IORING_MAX_ENTRIES), and largest CQ (IORING_MAX_CQ_ENTRIES). */
     public static final int MAX_ENTRIES = 32768;
+
     public static final int MAX_CQ_ENTRIES = 2 * MAX_ENTRIES;
 
     static final int SETUP_CQSIZE = 1 << 3;
@@ -102,28 +104,44 @@ public final class IoUring implements AutoCloseable {
 
     /** struct io_uring_cqe (16 bytes; rings set up without IORING_SETUP_CQE32). */
     static final StructLayout CQE_LAYOUT = MemoryLayout.structLayout(
-            JAVA_LONG.withName("user_data"),
-            JAVA_INT.withName("res"),
-            JAVA_INT.withName("flags"));
+            JAVA_LONG.withName("user_data"), JAVA_INT.withName("res"), JAVA_INT.withName("flags"));
 
     /** struct io_sqring_offsets (40 bytes). */
     static final StructLayout SQ_OFFSETS_LAYOUT = MemoryLayout.structLayout(
-            JAVA_INT.withName("head"), JAVA_INT.withName("tail"), JAVA_INT.withName("ring_mask"),
-            JAVA_INT.withName("ring_entries"), JAVA_INT.withName("flags"), JAVA_INT.withName("dropped"),
-            JAVA_INT.withName("array"), JAVA_INT.withName("resv1"), JAVA_LONG.withName("user_addr"));
+            JAVA_INT.withName("head"),
+            JAVA_INT.withName("tail"),
+            JAVA_INT.withName("ring_mask"),
+            JAVA_INT.withName("ring_entries"),
+            JAVA_INT.withName("flags"),
+            JAVA_INT.withName("dropped"),
+            JAVA_INT.withName("array"),
+            JAVA_INT.withName("resv1"),
+            JAVA_LONG.withName("user_addr"));
 
     /** struct io_cqring_offsets (40 bytes). */
     static final StructLayout CQ_OFFSETS_LAYOUT = MemoryLayout.structLayout(
-            JAVA_INT.withName("head"), JAVA_INT.withName("tail"), JAVA_INT.withName("ring_mask"),
-            JAVA_INT.withName("ring_entries"), JAVA_INT.withName("overflow"), JAVA_INT.withName("cqes"),
-            JAVA_INT.withName("flags"), JAVA_INT.withName("resv1"), JAVA_LONG.withName("user_addr"));
+            JAVA_INT.withName("head"),
+            JAVA_INT.withName("tail"),
+            JAVA_INT.withName("ring_mask"),
+            JAVA_INT.withName("ring_entries"),
+            JAVA_INT.withName("overflow"),
+            JAVA_INT.withName("cqes"),
+            JAVA_INT.withName("flags"),
+            JAVA_INT.withName("resv1"),
+            JAVA_LONG.withName("user_addr"));
 
     /** struct io_uring_params (120 bytes). */
     static final StructLayout PARAMS_LAYOUT = MemoryLayout.structLayout(
-            JAVA_INT.withName("sq_entries"), JAVA_INT.withName("cq_entries"), JAVA_INT.withName("flags"),
-            JAVA_INT.withName("sq_thread_cpu"), JAVA_INT.withName("sq_thread_idle"), JAVA_INT.withName("features"),
-            JAVA_INT.withName("wq_fd"), MemoryLayout.sequenceLayout(3, JAVA_INT).withName("resv"),
-            SQ_OFFSETS_LAYOUT.withName("sq_off"), CQ_OFFSETS_LAYOUT.withName("cq_off"));
+            JAVA_INT.withName("sq_entries"),
+            JAVA_INT.withName("cq_entries"),
+            JAVA_INT.withName("flags"),
+            JAVA_INT.withName("sq_thread_cpu"),
+            JAVA_INT.withName("sq_thread_idle"),
+            JAVA_INT.withName("features"),
+            JAVA_INT.withName("wq_fd"),
+            MemoryLayout.sequenceLayout(3, JAVA_INT).withName("resv"),
+            SQ_OFFSETS_LAYOUT.withName("sq_off"),
+            CQ_OFFSETS_LAYOUT.withName("cq_off"));
 
     static final long SQE_BYTES = SQE_LAYOUT.byteSize();
     static final long CQE_BYTES = CQE_LAYOUT.byteSize();
@@ -172,9 +190,11 @@ public final class IoUring implements AutoCloseable {
     private final int features;
     /** Our SQ tail: entries up to here are prepared; the kernel sees them once {@link #publish} stores it. */
     private int localSqTail;
+
     private int localCqHead;
     /** Prepared and not yet reaped: never more than cqEntries, so the CQ cannot overflow. */
     private int outstanding;
+
     private boolean eventFdRegistered;
 
     private static volatile String unavailable;
@@ -234,7 +254,8 @@ public final class IoUring implements AutoCloseable {
             throw new IllegalArgumentException("io_uring entries must be 1.." + MAX_ENTRIES + ": " + entries);
         }
         if (cqEntries != 0 && (cqEntries < entries || cqEntries > MAX_CQ_ENTRIES)) {
-            throw new IllegalArgumentException("io_uring CQ entries must be " + entries + ".." + MAX_CQ_ENTRIES + ": " + cqEntries);
+            throw new IllegalArgumentException(
+                    "io_uring CQ entries must be " + entries + ".." + MAX_CQ_ENTRIES + ": " + cqEntries);
         }
         Arena arena = Arena.ofShared(); // the rings may be set up on one thread and driven by another
         Fd fd = null;
@@ -246,7 +267,8 @@ public final class IoUring implements AutoCloseable {
                 params.set(JAVA_INT, off(PARAMS_LAYOUT, "cq_entries"), cqEntries);
             }
             params.set(JAVA_INT, off(PARAMS_LAYOUT, "flags"), flags);
-            fd = Fd.adopt(Syscalls.check(Syscalls.ioUringSetup(entries, params), "io_uring_setup", entries + " entries"));
+            fd = Fd.adopt(
+                    Syscalls.check(Syscalls.ioUringSetup(entries, params), "io_uring_setup", entries + " entries"));
             return new IoUring(fd, params, arena);
         } catch (LinuxException | RuntimeException e) {
             arena.close();
@@ -290,8 +312,9 @@ public final class IoUring implements AutoCloseable {
         return switch (e.errno()) {
             case Errno.ENOSYS -> base + " (the kernel was built without io_uring, or a seccomp filter hides it)";
             case Errno.EPERM -> base + " (" + permissionCause() + ")";
-            case Errno.ENOMEM -> base + " (the rings could not be allocated; kernels before 5.12 charge them to "
-                    + "RLIMIT_MEMLOCK: raise 'ulimit -l')";
+            case Errno.ENOMEM ->
+                base + " (the rings could not be allocated; kernels before 5.12 charge them to "
+                        + "RLIMIT_MEMLOCK: raise 'ulimit -l')";
             default -> base;
         };
     }
@@ -439,7 +462,8 @@ public final class IoUring implements AutoCloseable {
             throw new IllegalArgumentException("I/O buffers must be native memory");
         }
         if (buffer.byteSize() > MAX_RW_BYTES) {
-            throw new IllegalArgumentException("one read/write moves at most " + MAX_RW_BYTES + " bytes: " + buffer.byteSize());
+            throw new IllegalArgumentException(
+                    "one read/write moves at most " + MAX_RW_BYTES + " bytes: " + buffer.byteSize());
         }
     }
 
@@ -486,8 +510,8 @@ public final class IoUring implements AutoCloseable {
      */
     public int submitAndWait(int minComplete) throws LinuxException {
         if (minComplete < 1 || minComplete > outstanding) {
-            throw new IllegalArgumentException("cannot wait for " + minComplete + " completions with " + outstanding
-                    + " operations outstanding");
+            throw new IllegalArgumentException(
+                    "cannot wait for " + minComplete + " completions with " + outstanding + " operations outstanding");
         }
         return enter(minComplete);
     }
@@ -495,7 +519,7 @@ public final class IoUring implements AutoCloseable {
     private int enter(int minComplete) throws LinuxException {
         U32.setRelease(sqRing, sqTail, localSqTail); // the entries' contents before the tail that publishes them
         int consumed = 0;
-        for (;;) {
+        for (; ; ) {
             int toSubmit = unsubmitted();
             if (toSubmit == 0 && (minComplete == 0 || ready() >= minComplete)) {
                 return consumed;
@@ -560,14 +584,18 @@ public final class IoUring implements AutoCloseable {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment arg = a.allocate(JAVA_INT);
             arg.set(JAVA_INT, 0, eventFd.fd().get());
-            Syscalls.check(Syscalls.ioUringRegister(fd.get(), REGISTER_EVENTFD, arg, 1), "io_uring_register",
+            Syscalls.check(
+                    Syscalls.ioUringRegister(fd.get(), REGISTER_EVENTFD, arg, 1),
+                    "io_uring_register",
                     "IORING_REGISTER_EVENTFD " + eventFd);
         }
         eventFdRegistered = true;
     }
 
     public void unregisterEventFd() throws LinuxException {
-        Syscalls.check(Syscalls.ioUringRegister(fd.get(), UNREGISTER_EVENTFD, MemorySegment.NULL, 0), "io_uring_register",
+        Syscalls.check(
+                Syscalls.ioUringRegister(fd.get(), UNREGISTER_EVENTFD, MemorySegment.NULL, 0),
+                "io_uring_register",
                 "IORING_UNREGISTER_EVENTFD");
         eventFdRegistered = false;
     }

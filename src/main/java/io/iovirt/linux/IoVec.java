@@ -13,6 +13,7 @@ import java.lang.foreign.MemorySegment;
 public final class IoVec {
     /** The kernel's limit on entries per call (IOV_MAX). */
     public static final int IOV_MAX = 1024;
+
     private static final long ENTRY = 16; // {void *iov_base; size_t iov_len}
 
     private final MemorySegment array;

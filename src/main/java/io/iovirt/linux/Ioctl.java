@@ -15,13 +15,13 @@ public final class Ioctl {
     public static final int DIR_WRITE = 1;
     public static final int DIR_READ = 2;
 
-    private Ioctl() {
-    }
+    private Ioctl() {}
 
     /** {@code _IOC(dir, type, nr, size)}. */
     public static long ioc(int dir, int type, int nr, long size) {
         if ((dir & ~3) != 0 || (type & ~0xff) != 0 || (nr & ~0xff) != 0 || size < 0 || size > 0x3fff) {
-            throw new IllegalArgumentException("ioctl number out of range: dir " + dir + " type " + type + " nr " + nr + " size " + size);
+            throw new IllegalArgumentException(
+                    "ioctl number out of range: dir " + dir + " type " + type + " nr " + nr + " size " + size);
         }
         return ((long) dir << 30 | size << 16 | (long) type << 8 | nr) & 0xffff_ffffL;
     }

@@ -17,8 +17,7 @@ public final class MemFd {
     private static final int F_ADD_SEALS = 1033;
     private static final int F_GET_SEALS = 1034;
 
-    private MemFd() {
-    }
+    private MemFd() {}
 
     /** A new memfd; {@code name} only shows up in /proc/PID/fd links. */
     public static Fd create(String name, int flags) throws LinuxException {

@@ -36,8 +36,7 @@ public final class Mmap {
     private static final int SC_PAGESIZE = 30;
     private static volatile long pageSize;
 
-    private Mmap() {
-    }
+    private Mmap() {}
 
     public static long pageSize() {
         long p = pageSize;
@@ -55,7 +54,8 @@ public final class Mmap {
      * Maps {@code length} bytes of {@code fd} at {@code offset}; the mapping is removed when {@code arena} closes.
      * The descriptor may be closed right after: the mapping keeps the file alive.
      */
-    public static MemorySegment map(Fd fd, long offset, long length, int prot, int flags, Arena arena) throws LinuxException {
+    public static MemorySegment map(Fd fd, long offset, long length, int prot, int flags, Arena arena)
+            throws LinuxException {
         if (length <= 0 || offset < 0) {
             throw new IllegalArgumentException("bad mapping: offset " + offset + ", length " + length);
         }
@@ -67,10 +67,13 @@ public final class Mmap {
         }
         long total = length + delta;
         int f = fd.get();
-        long addr = Syscalls.check(Syscalls.mmap(total, prot, flags, f, base), "mmap",
+        long addr = Syscalls.check(
+                Syscalls.mmap(total, prot, flags, f, base),
+                "mmap",
                 "fd " + f + ", offset " + offset + ", length " + length);
         try {
-            MemorySegment whole = MemorySegment.ofAddress(addr).reinterpret(total, arena, s -> Syscalls.munmap(addr, total));
+            MemorySegment whole =
+                    MemorySegment.ofAddress(addr).reinterpret(total, arena, s -> Syscalls.munmap(addr, total));
             return whole.asSlice(delta, length);
         } catch (RuntimeException e) { // arena already closed: do not leak the mapping
             Syscalls.munmap(addr, total);
@@ -83,8 +86,10 @@ public final class Mmap {
         if (length <= 0) {
             throw new IllegalArgumentException("bad length: " + length);
         }
-        long addr = Syscalls.check(Syscalls.mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-                "mmap", "anonymous, length " + length);
+        long addr = Syscalls.check(
+                Syscalls.mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                "mmap",
+                "anonymous, length " + length);
         return MemorySegment.ofAddress(addr).reinterpret(length, arena, s -> Syscalls.munmap(addr, length));
     }
 

@@ -28,14 +28,15 @@ public final class PacketIo {
     private static final int MSG_NOSIGNAL = 0x4000;
 
     private static final class Handles {
-        static final MethodHandle READ = Syscalls.fn("read", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_LONG));
-        static final MethodHandle WRITE = Syscalls.fn("write", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_LONG));
-        static final MethodHandle SEND = Syscalls.fn("send",
-                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_LONG, JAVA_INT));
+        static final MethodHandle READ =
+                Syscalls.fn("read", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle WRITE =
+                Syscalls.fn("write", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle SEND =
+                Syscalls.fn("send", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_LONG, JAVA_INT));
     }
 
-    private PacketIo() {
-    }
+    private PacketIo() {}
 
     /**
      * One read(2) into {@code buf[offset, offset+length)}.

@@ -24,9 +24,10 @@ public final class SdNotify {
     private static final int SOCK_CLOEXEC = 02000000;
     private static final int MSG_NOSIGNAL = 0x4000;
     private static final int SUN_PATH_MAX = 108;
-    private static final MethodHandle SENDTO = Syscalls.fn("sendto",
-            FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
-    private static final MethodHandle SOCKET = Syscalls.fn("socket", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
+    private static final MethodHandle SENDTO = Syscalls.fn(
+            "sendto", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
+    private static final MethodHandle SOCKET =
+            Syscalls.fn("socket", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
 
     private final String address;
 
@@ -80,7 +81,9 @@ public final class SdNotify {
         }
         byte[] path = address.getBytes(StandardCharsets.UTF_8);
         if (path.length < 2 && path[0] == '@' || path.length >= SUN_PATH_MAX || path[0] != '/' && path[0] != '@') {
-            throw new LinuxException("sd_notify", "NOTIFY_SOCKET=" + address + " (neither an absolute path nor an abstract @name)",
+            throw new LinuxException(
+                    "sd_notify",
+                    "NOTIFY_SOCKET=" + address + " (neither an absolute path nor an abstract @name)",
                     Errno.EINVAL);
         }
         byte[] msg = state.getBytes(StandardCharsets.UTF_8);
@@ -119,10 +122,12 @@ public final class SdNotify {
         }
     }
 
-    private static final MethodHandle BIND = Syscalls.fn("bind", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
-    private static final MethodHandle RECV = Syscalls.fn("recv", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
-    private static final MethodHandle SETSOCKOPT = Syscalls.fn("setsockopt",
-            FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+    private static final MethodHandle BIND =
+            Syscalls.fn("bind", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+    private static final MethodHandle RECV =
+            Syscalls.fn("recv", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
+    private static final MethodHandle SETSOCKOPT =
+            Syscalls.fn("setsockopt", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
 
     /**
      * The service manager's end: a datagram socket bound to a path that receives notifications, as systemd's
@@ -149,7 +154,8 @@ public final class SdNotify {
             try (Arena a = Arena.ofConfined()) {
                 byte[] p = path.toString().getBytes(StandardCharsets.UTF_8);
                 if (p.length >= SUN_PATH_MAX) {
-                    throw new LinuxException("bind", path + " (longer than " + (SUN_PATH_MAX - 1) + " bytes)", Errno.ENAMETOOLONG);
+                    throw new LinuxException(
+                            "bind", path + " (longer than " + (SUN_PATH_MAX - 1) + " bytes)", Errno.ENAMETOOLONG);
                 }
                 MemorySegment addr = a.allocate(2 + p.length + 1, 8);
                 addr.set(JAVA_SHORT, 0, (short) AF_UNIX);

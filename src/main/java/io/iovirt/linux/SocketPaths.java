@@ -9,8 +9,7 @@ import java.nio.file.attribute.BasicFileAttributes;
 
 /** Listening on a UNIX socket path the way a long-running server should: reuse stale paths, never steal live ones. */
 public final class SocketPaths {
-    private SocketPaths() {
-    }
+    private SocketPaths() {}
 
     /**
      * Binds and listens on {@code path}. A socket file left behind by a process that died is removed first; a path
@@ -47,8 +46,8 @@ public final class SocketPaths {
             }
             Files.deleteIfExists(path); // nobody listens: a stale socket from an earlier run
         } else if (path.getParent() != null && !Files.isDirectory(path.getParent())) {
-            throw new IOException("directory " + path.getParent() + " for socket " + path + " does not exist; create it "
-                    + "or choose another " + option);
+            throw new IOException("directory " + path.getParent() + " for socket " + path
+                    + " does not exist; create it " + "or choose another " + option);
         }
         try {
             return UnixSocket.listen(path, backlog, access);

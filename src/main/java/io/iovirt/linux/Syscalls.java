@@ -63,8 +63,7 @@ final class Syscalls {
 
     private static final ThreadLocal<PerThread> PER_THREAD = ThreadLocal.withInitial(PerThread::new);
 
-    private Syscalls() {
-    }
+    private Syscalls() {}
 
     static PerThread perThread() {
         return PER_THREAD.get();
@@ -86,8 +85,8 @@ final class Syscalls {
     }
 
     static MethodHandle fn(String name, FunctionDescriptor desc, Linker.Option... extra) {
-        MemorySegment addr = LINKER.defaultLookup().find(name)
-                .orElseThrow(() -> new UnsatisfiedLinkError("libc has no " + name));
+        MemorySegment addr =
+                LINKER.defaultLookup().find(name).orElseThrow(() -> new UnsatisfiedLinkError("libc has no " + name));
         Linker.Option[] opts = Arrays.copyOf(extra, extra.length + 1);
         opts[extra.length] = CAPTURE;
         return LINKER.downcallHandle(addr, desc, opts);
@@ -119,11 +118,16 @@ final class Syscalls {
         static final MethodHandle WRITE = fn("write", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG));
         static final MethodHandle CLOSE = fn("close", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
         static final MethodHandle DUP3 = fn("dup3", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
-        static final MethodHandle FCNTL = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT),
+        static final MethodHandle FCNTL = fn(
+                "fcntl",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT),
                 Linker.Option.firstVariadicArg(2));
         /** fcntl with a pointer argument (struct flock for the OFD lock commands). */
-        static final MethodHandle FCNTL_PTR = fn("fcntl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS),
+        static final MethodHandle FCNTL_PTR = fn(
+                "fcntl",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS),
                 Linker.Option.firstVariadicArg(2));
+
         static final MethodHandle POLL = fn("poll", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
         static final MethodHandle SYSCONF = fn("sysconf", FunctionDescriptor.of(JAVA_LONG, JAVA_INT));
     }
@@ -230,10 +234,10 @@ final class Syscalls {
     private static final class Events {
         static final MethodHandle EVENTFD = fn("eventfd", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT));
         static final MethodHandle EPOLL_CREATE1 = fn("epoll_create1", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
-        static final MethodHandle EPOLL_CTL = fn("epoll_ctl",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS));
-        static final MethodHandle EPOLL_WAIT = fn("epoll_wait",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
+        static final MethodHandle EPOLL_CTL =
+                fn("epoll_ctl", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle EPOLL_WAIT =
+                fn("epoll_wait", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
     }
 
     static int eventfd(int initval, int flags) {
@@ -279,10 +283,11 @@ final class Syscalls {
     private static final class Mem {
         static final MethodHandle MEMFD_CREATE = fn("memfd_create", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
         static final MethodHandle FTRUNCATE = fn("ftruncate", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG));
-        static final MethodHandle MMAP = fn("mmap",
-                FunctionDescriptor.of(JAVA_LONG, ADDRESS, JAVA_LONG, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG));
+        static final MethodHandle MMAP = fn(
+                "mmap", FunctionDescriptor.of(JAVA_LONG, ADDRESS, JAVA_LONG, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG));
         static final MethodHandle MUNMAP = fn("munmap", FunctionDescriptor.of(JAVA_INT, JAVA_LONG, JAVA_LONG));
-        static final MethodHandle MADVISE = fn("madvise", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
+        static final MethodHandle MADVISE =
+                fn("madvise", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT));
     }
 
     static int memfdCreate(MemorySegment name, int flags) {
@@ -339,23 +344,25 @@ final class Syscalls {
     // ---- files ------------------------------------------------------------------------------------------------
 
     private static final class Files {
-        static final MethodHandle OPEN = fn("open", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT),
+        static final MethodHandle OPEN = fn(
+                "open",
+                FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT),
                 Linker.Option.firstVariadicArg(2));
-        static final MethodHandle PREAD = fn("pread",
-                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG));
-        static final MethodHandle PWRITE = fn("pwrite",
-                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG));
-        static final MethodHandle PREADV = fn("preadv",
-                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
-        static final MethodHandle PWRITEV = fn("pwritev",
-                FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
+        static final MethodHandle PREAD =
+                fn("pread", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle PWRITE =
+                fn("pwrite", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle PREADV =
+                fn("preadv", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
+        static final MethodHandle PWRITEV =
+                fn("pwritev", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
         static final MethodHandle FSYNC = fn("fsync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
         static final MethodHandle FDATASYNC = fn("fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
-        static final MethodHandle FALLOCATE = fn("fallocate",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG));
+        static final MethodHandle FALLOCATE =
+                fn("fallocate", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_LONG));
         static final MethodHandle LSEEK = fn("lseek", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, JAVA_LONG, JAVA_INT));
-        static final MethodHandle STATX = fn("statx",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle STATX =
+                fn("statx", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
         static final MethodHandle FSTATFS = fn("fstatfs", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
         static final MethodHandle CHMOD = fn("chmod", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
         static final MethodHandle LCHOWN = fn("lchown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
@@ -388,7 +395,8 @@ final class Syscalls {
             if (g.equals(MemorySegment.NULL)) {
                 return -1;
             }
-            return g.reinterpret(24).get(JAVA_INT, 16); // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ...}
+            return g.reinterpret(24)
+                    .get(JAVA_INT, 16); // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ...}
         } catch (Throwable e) {
             throw unexpected(e);
         }
@@ -473,7 +481,9 @@ final class Syscalls {
         try {
             int r;
             do {
-                r = dataOnly ? (int) Files.FDATASYNC.invokeExact(t.capture, fd) : (int) Files.FSYNC.invokeExact(t.capture, fd);
+                r = dataOnly
+                        ? (int) Files.FDATASYNC.invokeExact(t.capture, fd)
+                        : (int) Files.FSYNC.invokeExact(t.capture, fd);
             } while (r < 0 && t.errno() == Errno.EINTR);
             return ret(r, t);
         } catch (Throwable e) {
@@ -516,20 +526,22 @@ final class Syscalls {
 
     private static final class Sockets {
         static final MethodHandle SOCKET = fn("socket", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
-        static final MethodHandle SOCKETPAIR = fn("socketpair",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS));
+        static final MethodHandle SOCKETPAIR =
+                fn("socketpair", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS));
         static final MethodHandle BIND = fn("bind", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
         static final MethodHandle LISTEN = fn("listen", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT));
-        static final MethodHandle ACCEPT4 = fn("accept4",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT));
+        static final MethodHandle ACCEPT4 =
+                fn("accept4", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT));
         static final MethodHandle CONNECT = fn("connect", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
-        static final MethodHandle SENDMSG = fn("sendmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
-        static final MethodHandle RECVMSG = fn("recvmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle SENDMSG =
+                fn("sendmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle RECVMSG =
+                fn("recvmsg", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT));
         static final MethodHandle SHUTDOWN = fn("shutdown", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT));
-        static final MethodHandle SETSOCKOPT = fn("setsockopt",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
-        static final MethodHandle GETSOCKOPT = fn("getsockopt",
-                FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS));
+        static final MethodHandle SETSOCKOPT =
+                fn("setsockopt", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
+        static final MethodHandle GETSOCKOPT =
+                fn("getsockopt", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS));
     }
 
     static int socket(int domain, int type, int protocol) {
@@ -651,13 +663,18 @@ final class Syscalls {
         static final long NR_ENTER = 426;
         static final long NR_REGISTER = 427;
         // syscall(2) is variadic: every argument goes as a 64-bit value so no register carries stale upper bits.
-        static final MethodHandle SYSCALL3 = fn("syscall",
-                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS), Linker.Option.firstVariadicArg(1));
-        static final MethodHandle SYSCALL5 = fn("syscall",
+        static final MethodHandle SYSCALL3 = fn(
+                "syscall",
+                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS),
+                Linker.Option.firstVariadicArg(1));
+        static final MethodHandle SYSCALL5 = fn(
+                "syscall",
                 FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS, JAVA_LONG),
                 Linker.Option.firstVariadicArg(1));
-        static final MethodHandle SYSCALL7 = fn("syscall",
-                FunctionDescriptor.of(JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS, JAVA_LONG),
+        static final MethodHandle SYSCALL7 = fn(
+                "syscall",
+                FunctionDescriptor.of(
+                        JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS, JAVA_LONG),
                 Linker.Option.firstVariadicArg(1));
     }
 
@@ -665,7 +682,10 @@ final class Syscalls {
     static int ioUringSetup(int entries, MemorySegment params) {
         PerThread t = perThread();
         try {
-            return (int) ret((long) Uring.SYSCALL3.invokeExact(t.capture, Uring.NR_SETUP, Integer.toUnsignedLong(entries), params), t);
+            return (int) ret(
+                    (long) Uring.SYSCALL3.invokeExact(
+                            t.capture, Uring.NR_SETUP, Integer.toUnsignedLong(entries), params),
+                    t);
         } catch (Throwable e) {
             throw unexpected(e);
         }
@@ -678,9 +698,17 @@ final class Syscalls {
     static int ioUringEnter(int fd, int toSubmit, int minComplete, int flags) {
         PerThread t = perThread();
         try {
-            return (int) ret((long) Uring.SYSCALL7.invokeExact(t.capture, Uring.NR_ENTER, (long) fd,
-                    Integer.toUnsignedLong(toSubmit), Integer.toUnsignedLong(minComplete), Integer.toUnsignedLong(flags),
-                    MemorySegment.NULL, 0L), t);
+            return (int) ret(
+                    (long) Uring.SYSCALL7.invokeExact(
+                            t.capture,
+                            Uring.NR_ENTER,
+                            (long) fd,
+                            Integer.toUnsignedLong(toSubmit),
+                            Integer.toUnsignedLong(minComplete),
+                            Integer.toUnsignedLong(flags),
+                            MemorySegment.NULL,
+                            0L),
+                    t);
         } catch (Throwable e) {
             throw unexpected(e);
         }
@@ -692,8 +720,13 @@ final class Syscalls {
         try {
             long r;
             do {
-                r = (long) Uring.SYSCALL5.invokeExact(t.capture, Uring.NR_REGISTER, (long) fd, Integer.toUnsignedLong(opcode),
-                        arg, Integer.toUnsignedLong(nrArgs));
+                r = (long) Uring.SYSCALL5.invokeExact(
+                        t.capture,
+                        Uring.NR_REGISTER,
+                        (long) fd,
+                        Integer.toUnsignedLong(opcode),
+                        arg,
+                        Integer.toUnsignedLong(nrArgs));
             } while (r < 0 && t.errno() == Errno.EINTR);
             return (int) ret(r, t);
         } catch (Throwable e) {

@@ -70,8 +70,7 @@ public final class UnixSocket implements AutoCloseable {
     }
 
     /** Peer credentials of a connected socket, as the kernel recorded them at connect time. */
-    public record Credentials(int pid, int uid, int gid) {
-    }
+    public record Credentials(int pid, int uid, int gid) {}
 
     /**
      * What one receive produced: the number of bytes (0 means the peer closed its end before sending any) and the
@@ -138,9 +137,12 @@ public final class UnixSocket implements AutoCloseable {
      * socket file left behind by a process that died) says no. A blocking connect would hang on a full backlog.
      */
     public static boolean listenedOn(Path path) throws LinuxException {
-        int fd = Syscalls.check(Syscalls.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
-                "socket(AF_UNIX)", path.toString());
-        try (UnixSocket s = new UnixSocket(Fd.adopt(fd), path.toString()); Arena a = Arena.ofConfined()) {
+        int fd = Syscalls.check(
+                Syscalls.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+                "socket(AF_UNIX)",
+                path.toString());
+        try (UnixSocket s = new UnixSocket(Fd.adopt(fd), path.toString());
+                Arena a = Arena.ofConfined()) {
             MemorySegment addr = sockaddr(a, path);
             try {
                 Syscalls.check(Syscalls.connect(s.fd.get(), addr, (int) addr.byteSize()), "connect", path);
@@ -164,7 +166,8 @@ public final class UnixSocket implements AutoCloseable {
             Syscalls.check(Syscalls.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair", null);
             return new UnixSocket[] {
                 new UnixSocket(Fd.adopt(sv.getAtIndex(JAVA_INT, 0)), "socketpair[0]"),
-                new UnixSocket(Fd.adopt(sv.getAtIndex(JAVA_INT, 1)), "socketpair[1]")};
+                new UnixSocket(Fd.adopt(sv.getAtIndex(JAVA_INT, 1)), "socketpair[1]")
+            };
         }
     }
 
@@ -174,8 +177,10 @@ public final class UnixSocket implements AutoCloseable {
     }
 
     private static UnixSocket create(String name) throws LinuxException {
-        return new UnixSocket(Fd.adopt(Syscalls.check(Syscalls.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0),
-                "socket(AF_UNIX)", name)), name);
+        return new UnixSocket(
+                Fd.adopt(Syscalls.check(
+                        Syscalls.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket(AF_UNIX)", name)),
+                name);
     }
 
     private static MemorySegment sockaddr(Arena a, Path path) {
@@ -212,7 +217,8 @@ public final class UnixSocket implements AutoCloseable {
     public void send(MemorySegment data, List<Fd> fds) throws LinuxException {
         requireNative(data);
         if (fds.size() > MAX_FDS_PER_MESSAGE) {
-            throw new IllegalArgumentException("at most " + MAX_FDS_PER_MESSAGE + " descriptors per message: " + fds.size());
+            throw new IllegalArgumentException(
+                    "at most " + MAX_FDS_PER_MESSAGE + " descriptors per message: " + fds.size());
         }
         if (data.byteSize() == 0) {
             throw new IllegalArgumentException("descriptors travel with data: send at least one byte");
@@ -345,9 +351,11 @@ public final class UnixSocket implements AutoCloseable {
                 int got = out.size() - before;
                 Fd.closeAll(out);
                 out.clear();
-                throw new TooManyFdsException("peer sent " + (truncated ? "more than " + got : String.valueOf(got))
-                        + " file descriptors on " + name + " where at most " + Math.max(maxFds, 0)
-                        + " are accepted; closed them", Math.max(maxFds, 0));
+                throw new TooManyFdsException(
+                        "peer sent " + (truncated ? "more than " + got : String.valueOf(got))
+                                + " file descriptors on " + name + " where at most " + Math.max(maxFds, 0)
+                                + " are accepted; closed them",
+                        Math.max(maxFds, 0));
             }
             return n;
         }
@@ -383,7 +391,8 @@ public final class UnixSocket implements AutoCloseable {
             MemorySegment cred = a.allocate(12, 4);
             MemorySegment len = a.allocate(JAVA_INT);
             len.set(JAVA_INT, 0, 12);
-            Syscalls.check(Syscalls.getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, cred, len), "getsockopt(SO_PEERCRED)", name);
+            Syscalls.check(
+                    Syscalls.getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, cred, len), "getsockopt(SO_PEERCRED)", name);
             return new Credentials(cred.get(JAVA_INT, 0), cred.get(JAVA_INT, 4), cred.get(JAVA_INT, 8));
         }
     }

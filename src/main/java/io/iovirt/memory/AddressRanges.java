@@ -7,8 +7,7 @@ package io.iovirt.memory;
  * nothing.
  */
 public final class AddressRanges {
-    private AddressRanges() {
-    }
+    private AddressRanges() {}
 
     /** The index of the last range whose start is at or below {@code addr} (unsigned), or -1. */
     public static int floor(long[] sortedStarts, long addr) {

@@ -38,10 +38,12 @@ public final class GuestMemory {
         Arrays.sort(byGpa, (a, b) -> Long.compareUnsigned(a.guestPhysAddr(), b.guestPhysAddr()));
         for (int i = 1; i < byGpa.length; i++) {
             if (Long.compareUnsigned(byGpa[i - 1].guestPhysLast(), byGpa[i].guestPhysAddr()) >= 0) {
-                throw new IllegalArgumentException("regions overlap in guest physical space: " + byGpa[i - 1] + " and " + byGpa[i]);
+                throw new IllegalArgumentException(
+                        "regions overlap in guest physical space: " + byGpa[i - 1] + " and " + byGpa[i]);
             }
         }
-        this.gpaStarts = Arrays.stream(byGpa).mapToLong(MemoryRegion::guestPhysAddr).toArray();
+        this.gpaStarts =
+                Arrays.stream(byGpa).mapToLong(MemoryRegion::guestPhysAddr).toArray();
         long total = 0;
         for (MemoryRegion r : byGpa) {
             total += r.size();
@@ -68,7 +70,7 @@ public final class GuestMemory {
         if (this == EMPTY) {
             return true;
         }
-        for (;;) {
+        for (; ; ) {
             int n = refs.get();
             if (n == 0) {
                 return false;
@@ -139,7 +141,8 @@ public final class GuestMemory {
             }
         }
         if (!found) {
-            throw new IllegalArgumentException(String.format("no region at GPA 0x%x size 0x%x UVA 0x%x", gpa, size, userAddr));
+            throw new IllegalArgumentException(
+                    String.format("no region at GPA 0x%x size 0x%x UVA 0x%x", gpa, size, userAddr));
         }
         return of(rest);
     }
@@ -170,7 +173,8 @@ public final class GuestMemory {
     public MemorySegment translate(long gpa, long len) throws GuestMemoryFault {
         MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
         if (r == null || len < 0 || !AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len)) {
-            throw new GuestMemoryFault(String.format("guest address range 0x%x+0x%x is outside guest memory", gpa, len));
+            throw new GuestMemoryFault(
+                    String.format("guest address range 0x%x+0x%x is outside guest memory", gpa, len));
         }
         return r.mapping().asSlice(gpa - r.guestPhysAddr(), len);
     }

@@ -60,8 +60,7 @@ public final class GuestMemoryHolder {
         private GuestMemory[] retired = new GuestMemory[2];
         private int retiredCount;
 
-        private Reader() {
-        }
+        private Reader() {}
 
         /** The holder's dirty log (one volatile read), or null. */
         public GuestWriteLog writeLog() {

@@ -23,10 +23,11 @@ public final class MemoryRegion {
     private final AutoCloseable owner;
     /** Snapshots that contain this region; the mapping is released when the last of them is released. */
     private final AtomicInteger snapshots = new AtomicInteger();
+
     private final AtomicBoolean released = new AtomicBoolean();
 
-    public MemoryRegion(long guestPhysAddr, long size, long userAddr, long mmapOffset, MemorySegment mapping,
-                        AutoCloseable owner) {
+    public MemoryRegion(
+            long guestPhysAddr, long size, long userAddr, long mmapOffset, MemorySegment mapping, AutoCloseable owner) {
         Objects.requireNonNull(mapping, "mapping");
         if (size <= 0) {
             throw new IllegalArgumentException("region size must be positive: " + size);
@@ -35,10 +36,12 @@ public final class MemoryRegion {
             throw new IllegalArgumentException("mapping is " + mapping.byteSize() + " bytes, region " + size);
         }
         if (Long.compareUnsigned(guestPhysAddr, guestPhysAddr + size - 1) > 0) {
-            throw new IllegalArgumentException(String.format("region at GPA 0x%x size 0x%x wraps around", guestPhysAddr, size));
+            throw new IllegalArgumentException(
+                    String.format("region at GPA 0x%x size 0x%x wraps around", guestPhysAddr, size));
         }
         if (Long.compareUnsigned(userAddr, userAddr + size - 1) > 0) {
-            throw new IllegalArgumentException(String.format("region at UVA 0x%x size 0x%x wraps around", userAddr, size));
+            throw new IllegalArgumentException(
+                    String.format("region at UVA 0x%x size 0x%x wraps around", userAddr, size));
         }
         this.guestPhysAddr = guestPhysAddr;
         this.size = size;

@@ -3,8 +3,7 @@ package io.iovirt.nbd;
 
 /** Protocol constants (NBD doc/proto.md). */
 final class Nbd {
-    private Nbd() {
-    }
+    private Nbd() {}
 
     static final long NBDMAGIC = 0x4e42444d41474943L;
     static final long IHAVEOPT = 0x49484156454F5054L;

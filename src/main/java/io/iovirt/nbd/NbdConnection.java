@@ -49,6 +49,7 @@ final class NbdConnection implements Runnable {
     static final int MAX_PAYLOAD = 32 << 20;
     /** Largest option data we read (export names are at most 4 KiB; the spec's LIST/INFO data are small). */
     static final int MAX_OPTION = 64 << 10;
+
     private static final int PREFERRED_BLOCK = 4096;
     private static final int MAX_EXTENTS = 256;
     /**
@@ -64,6 +65,7 @@ final class NbdConnection implements Runnable {
     private final int id;
     /** Non-zero: refuse this connection in the handshake, naming the limit. */
     private final int refuseLimit;
+
     private final ByteBuffer header = ByteBuffer.allocateDirect(32);
     private final ByteBuffer reply = ByteBuffer.allocateDirect(64);
     private volatile boolean transmission;
@@ -71,15 +73,18 @@ final class NbdConnection implements Runnable {
     private boolean structured;
     /** Export name the base:allocation context was set for, or null. */
     private String metaExport;
+
     private NbdExport export;
     /** Slots not in use: the reader takes one per request (blocking when all are busy: back-pressure). */
     private ArrayBlockingQueue<Slot> freeSlots;
     /** Parsed requests waiting for a worker. */
     private ArrayBlockingQueue<Slot> ready;
+
     private Slot[] slots;
     private Thread[] workers;
     /** Bytes of requests larger than {@link #RETAINED} in flight on this connection. */
     private final Semaphore largeBudget = new Semaphore(MAX_PAYLOAD, true);
+
     private final Object writeLock = new Object();
 
     /** One request in flight: owned by the reader while it parses the request, then by one worker. */
@@ -97,6 +102,7 @@ final class NbdConnection implements Runnable {
         ByteBuffer payload;
         /** Memory of a request larger than {@link #RETAINED}, freed when it is answered. */
         private Arena large;
+
         private int largeBytes;
 
         Slot(ImageIo io) {
@@ -147,7 +153,9 @@ final class NbdConnection implements Runnable {
     /** Called by the server's timer: a client still in the handshake after the timeout is dropped. */
     void handshakeDeadline() {
         if (!transmission) {
-            log(System.Logger.Level.INFO, "handshake not finished in " + NbdServer.HANDSHAKE_TIMEOUT_SECONDS + " s: disconnecting");
+            log(
+                    System.Logger.Level.INFO,
+                    "handshake not finished in " + NbdServer.HANDSHAKE_TIMEOUT_SECONDS + " s: disconnecting");
             close();
         }
     }
@@ -207,7 +215,9 @@ final class NbdConnection implements Runnable {
             }
         }
         if (!idle) {
-            log(System.Logger.Level.WARNING, "requests still running after 60 s at disconnect: their image contexts are left open");
+            log(
+                    System.Logger.Level.WARNING,
+                    "requests still running after 60 s at disconnect: their image contexts are left open");
             return;
         }
         for (Slot sl : slots) {
@@ -216,7 +226,10 @@ final class NbdConnection implements Runnable {
     }
 
     private void log(System.Logger.Level level, String msg) {
-        LOG.log(level, "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "") + ": " + msg);
+        LOG.log(
+                level,
+                "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "")
+                        + ": " + msg);
     }
 
     /** The stream cannot be trusted any more: disconnect. */
@@ -231,7 +244,10 @@ final class NbdConnection implements Runnable {
     /** @return true to enter transmission, false to close (ABORT, refused) */
     private boolean handshake() throws IOException {
         ByteBuffer b = reply.clear();
-        b.putLong(NBDMAGIC).putLong(IHAVEOPT).putShort((short) (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)).flip();
+        b.putLong(NBDMAGIC)
+                .putLong(IHAVEOPT)
+                .putShort((short) (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+                .flip();
         writeFully(b);
         int clientFlags = readInt();
         if ((clientFlags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) != 0) {
@@ -261,8 +277,11 @@ final class NbdConnection implements Runnable {
                 if (option == OPT_EXPORT_NAME) {
                     return false; // no error reply exists for EXPORT_NAME: disconnect
                 }
-                optionReply(option, REP_ERR_POLICY, "too many connections: this server accepts " + refuseLimit
-                        + "; close another connection and retry");
+                optionReply(
+                        option,
+                        REP_ERR_POLICY,
+                        "too many connections: this server accepts " + refuseLimit
+                                + "; close another connection and retry");
                 if (option == OPT_ABORT) {
                     return false;
                 }
@@ -278,7 +297,9 @@ final class NbdConnection implements Runnable {
                     }
                     open(e);
                     ByteBuffer r = reply.clear();
-                    r.putLong(e.image().size()).putShort((short) e.transmissionFlags()).flip();
+                    r.putLong(e.image().size())
+                            .putShort((short) e.transmissionFlags())
+                            .flip();
                     writeFully(r);
                     if (!noZeroes) {
                         writeFully(ByteBuffer.allocate(124));
@@ -296,7 +317,10 @@ final class NbdConnection implements Runnable {
                     }
                     for (NbdExport e : server.exports()) {
                         byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
-                        ByteBuffer r = ByteBuffer.allocate(4 + n.length).putInt(n.length).put(n).flip();
+                        ByteBuffer r = ByteBuffer.allocate(4 + n.length)
+                                .putInt(n.length)
+                                .put(n)
+                                .flip();
                         optionReply(option, REP_SERVER, r);
                     }
                     optionReply(option, REP_ACK, (String) null);
@@ -315,7 +339,8 @@ final class NbdConnection implements Runnable {
                     }
                 }
                 case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(option, data);
-                case OPT_STARTTLS -> optionReply(option, REP_ERR_UNSUP, "TLS is not supported: use a UNIX socket or an SSH tunnel");
+                case OPT_STARTTLS ->
+                    optionReply(option, REP_ERR_UNSUP, "TLS is not supported: use a UNIX socket or an SSH tunnel");
                 default -> optionReply(option, REP_ERR_UNSUP, "option " + option + " is not supported");
             }
         }
@@ -335,7 +360,9 @@ final class NbdConnection implements Runnable {
         workers = new Thread[WORKERS];
         for (int i = 0; i < WORKERS; i++) {
             // platform threads: image I/O is blocking FFM calls, which would pin a virtual thread's carrier
-            workers[i] = Thread.ofPlatform().name("nbd " + server.name() + " #" + id + " worker " + i).daemon()
+            workers[i] = Thread.ofPlatform()
+                    .name("nbd " + server.name() + " #" + id + " worker " + i)
+                    .daemon()
                     .start(this::workerLoop);
         }
         if (metaExport != null && !metaExport.equals(e.name())) {
@@ -376,21 +403,43 @@ final class NbdConnection implements Runnable {
             wantName |= t == INFO_NAME;
             wantDescription |= t == INFO_DESCRIPTION;
         }
-        ByteBuffer r = ByteBuffer.allocate(12).putShort((short) INFO_EXPORT).putLong(e.image().size())
-                .putShort((short) e.transmissionFlags()).flip();
+        ByteBuffer r = ByteBuffer.allocate(12)
+                .putShort((short) INFO_EXPORT)
+                .putLong(e.image().size())
+                .putShort((short) e.transmissionFlags())
+                .flip();
         optionReply(option, REP_INFO, r);
         if (wantName) {
             byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
-            optionReply(option, REP_INFO, ByteBuffer.allocate(2 + n.length).putShort((short) INFO_NAME).put(n).flip());
+            optionReply(
+                    option,
+                    REP_INFO,
+                    ByteBuffer.allocate(2 + n.length)
+                            .putShort((short) INFO_NAME)
+                            .put(n)
+                            .flip());
         }
         if (wantDescription && e.description() != null) {
             byte[] d = e.description().getBytes(StandardCharsets.UTF_8);
             int n = Math.min(d.length, 4096);
-            optionReply(option, REP_INFO, ByteBuffer.allocate(2 + n).putShort((short) INFO_DESCRIPTION).put(d, 0, n).flip());
+            optionReply(
+                    option,
+                    REP_INFO,
+                    ByteBuffer.allocate(2 + n)
+                            .putShort((short) INFO_DESCRIPTION)
+                            .put(d, 0, n)
+                            .flip());
         }
         // Block sizes are always sent (allowed even if not requested): minimum, preferred, maximum payload.
-        optionReply(option, REP_INFO, ByteBuffer.allocate(14).putShort((short) INFO_BLOCK_SIZE).putInt(e.minimumBlock())
-                .putInt(Math.max(PREFERRED_BLOCK, e.minimumBlock())).putInt(MAX_PAYLOAD).flip());
+        optionReply(
+                option,
+                REP_INFO,
+                ByteBuffer.allocate(14)
+                        .putShort((short) INFO_BLOCK_SIZE)
+                        .putInt(e.minimumBlock())
+                        .putInt(Math.max(PREFERRED_BLOCK, e.minimumBlock()))
+                        .putInt(MAX_PAYLOAD)
+                        .flip());
         optionReply(option, REP_ACK, (String) null);
         if (option == OPT_GO) {
             open(e);
@@ -401,7 +450,8 @@ final class NbdConnection implements Runnable {
 
     private void metaContext(int option, ByteBuffer data) throws IOException {
         if (!structured) {
-            optionReply(option, REP_ERR_INVALID, "metadata contexts need structured replies (OPT_STRUCTURED_REPLY first)");
+            optionReply(
+                    option, REP_ERR_INVALID, "metadata contexts need structured replies (OPT_STRUCTURED_REPLY first)");
             return;
         }
         if (data.remaining() < 8) {
@@ -450,19 +500,28 @@ final class NbdConnection implements Runnable {
         if (match) {
             byte[] n = BASE_ALLOCATION.getBytes(StandardCharsets.US_ASCII);
             int ctx = option == OPT_SET_META_CONTEXT ? CONTEXT_ID : 0;
-            optionReply(option, REP_META_CONTEXT, ByteBuffer.allocate(4 + n.length).putInt(ctx).put(n).flip());
+            optionReply(
+                    option,
+                    REP_META_CONTEXT,
+                    ByteBuffer.allocate(4 + n.length).putInt(ctx).put(n).flip());
         }
         optionReply(option, REP_ACK, (String) null);
     }
 
     private void optionReply(int option, int type, String message) throws IOException {
-        optionReply(option, type, message == null ? ByteBuffer.allocate(0)
-                : ByteBuffer.wrap(message.getBytes(StandardCharsets.UTF_8)));
+        optionReply(
+                option,
+                type,
+                message == null ? ByteBuffer.allocate(0) : ByteBuffer.wrap(message.getBytes(StandardCharsets.UTF_8)));
     }
 
     private void optionReply(int option, int type, ByteBuffer data) throws IOException {
         ByteBuffer h = reply.clear();
-        h.putLong(OPT_REPLY_MAGIC).putInt(option).putInt(type).putInt(data.remaining()).flip();
+        h.putLong(OPT_REPLY_MAGIC)
+                .putInt(option)
+                .putInt(type)
+                .putInt(data.remaining())
+                .flip();
         writeFully(h, data);
     }
 
@@ -674,8 +733,13 @@ final class NbdConnection implements Runnable {
         st.bytesRead.add(length);
         ByteBuffer h = slot.reply.clear();
         if (structured) {
-            h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_OFFSET_DATA)
-                    .putLong(slot.cookie).putInt((int) (8 + length)).putLong(offset).flip();
+            h.putInt(STRUCTURED_REPLY_MAGIC)
+                    .putShort((short) REPLY_FLAG_DONE)
+                    .putShort((short) REPLY_TYPE_OFFSET_DATA)
+                    .putLong(slot.cookie)
+                    .putInt((int) (8 + length))
+                    .putLong(offset)
+                    .flip();
         } else {
             h.putInt(SIMPLE_REPLY_MAGIC).putInt(0).putLong(slot.cookie).flip();
         }
@@ -744,13 +808,18 @@ final class NbdConnection implements Runnable {
         st.blockStatus.increment();
         ext.flip();
         ByteBuffer h = slot.reply.clear();
-        h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_BLOCK_STATUS)
-                .putLong(slot.cookie).putInt(ext.remaining()).flip();
+        h.putInt(STRUCTURED_REPLY_MAGIC)
+                .putShort((short) REPLY_FLAG_DONE)
+                .putShort((short) REPLY_TYPE_BLOCK_STATUS)
+                .putLong(slot.cookie)
+                .putInt(ext.remaining())
+                .flip();
         reply(h, ext);
     }
 
-    private static final String[] COMMANDS = {"read", "write", "disconnect", "flush", "trim", "cmd 5", "write zeroes",
-            "block status"};
+    private static final String[] COMMANDS = {
+        "read", "write", "disconnect", "flush", "trim", "cmd 5", "write zeroes", "block status"
+    };
 
     /**
      * Replies to the slot's request without data: success, or {@code err} (logged, counted) with {@code what}
@@ -760,8 +829,8 @@ final class NbdConnection implements Runnable {
         ByteBuffer h = slot.reply.clear();
         if (err != 0) {
             if (what == null) {
-                what = (slot.type < COMMANDS.length ? COMMANDS[slot.type] : "command " + slot.type) + " "
-                        + slot.offset + "+" + slot.length;
+                what = (slot.type < COMMANDS.length ? COMMANDS[slot.type] : "command " + slot.type) + " " + slot.offset
+                        + "+" + slot.length;
             }
             export.stats().errors.increment();
             log(System.Logger.Level.DEBUG, what + ": error " + err);
@@ -770,14 +839,24 @@ final class NbdConnection implements Runnable {
             h.putInt(SIMPLE_REPLY_MAGIC).putInt(err).putLong(slot.cookie).flip();
             reply(h);
         } else if (err == 0) {
-            h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_NONE)
-                    .putLong(slot.cookie).putInt(0).flip();
+            h.putInt(STRUCTURED_REPLY_MAGIC)
+                    .putShort((short) REPLY_FLAG_DONE)
+                    .putShort((short) REPLY_TYPE_NONE)
+                    .putLong(slot.cookie)
+                    .putInt(0)
+                    .flip();
             reply(h);
         } else {
             byte[] msg = what.getBytes(StandardCharsets.UTF_8);
             int n = Math.min(msg.length, 1024);
-            h.putInt(STRUCTURED_REPLY_MAGIC).putShort((short) REPLY_FLAG_DONE).putShort((short) REPLY_TYPE_ERROR)
-                    .putLong(slot.cookie).putInt(6 + n).putInt(err).putShort((short) n).flip();
+            h.putInt(STRUCTURED_REPLY_MAGIC)
+                    .putShort((short) REPLY_FLAG_DONE)
+                    .putShort((short) REPLY_TYPE_ERROR)
+                    .putLong(slot.cookie)
+                    .putInt(6 + n)
+                    .putInt(err)
+                    .putShort((short) n)
+                    .flip();
             reply(h, ByteBuffer.wrap(msg, 0, n));
         }
     }
@@ -914,8 +993,12 @@ final class NbdConnection implements Runnable {
         ByteBuffer s = b.slice(b.position(), len);
         b.position(b.position() + len);
         try {
-            return StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
-                    .onUnmappableCharacter(CodingErrorAction.REPORT).decode(s).toString();
+            return StandardCharsets.UTF_8
+                    .newDecoder()
+                    .onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT)
+                    .decode(s)
+                    .toString();
         } catch (CharacterCodingException e) {
             return null;
         }

@@ -22,7 +22,8 @@ public final class NbdExportStats {
     @Override
     public String toString() {
         return "connections=" + connectionsTotal.sum() + " reads=" + reads.sum() + " writes=" + writes.sum()
-                + " read_bytes=" + bytesRead.sum() + " written_bytes=" + bytesWritten.sum() + " flushes=" + flushes.sum()
+                + " read_bytes=" + bytesRead.sum() + " written_bytes=" + bytesWritten.sum() + " flushes="
+                + flushes.sum()
                 + " trims=" + trims.sum() + " write_zeroes=" + writeZeroes.sum() + " block_status=" + blockStatus.sum()
                 + " errors=" + errors.sum();
     }

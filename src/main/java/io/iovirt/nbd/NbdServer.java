@@ -66,10 +66,11 @@ public final class NbdServer implements AutoCloseable {
         // Over the limit a connection is still served, only to be refused in the handshake with an error naming the
         // limit (a client that is merely closed would retry at once); those do not count against it.
         this.acceptor = Acceptor.builder("nbd " + address, LOG, listener::accept, () -> closed)
-                .threadName("nbd-accept " + address).daemon(true)
+                .threadName("nbd-accept " + address)
+                .daemon(true)
                 .maxConnections(maxConnections, (ch, why) -> {
                     try {
-                        serve(ch, maxConnections, () -> { });
+                        serve(ch, maxConnections, () -> {});
                     } catch (OutOfMemoryError e) {
                         closeQuietly(ch);
                     }
@@ -82,8 +83,11 @@ public final class NbdServer implements AutoCloseable {
      */
     public static NbdServer startUnix(Path socket, int maxConnections) throws IOException {
         if (Files.exists(socket, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
-            if (!Files.readAttributes(socket, java.nio.file.attribute.BasicFileAttributes.class,
-                    java.nio.file.LinkOption.NOFOLLOW_LINKS).isOther()) { // never delete an image given by mistake
+            if (!Files.readAttributes(
+                            socket,
+                            java.nio.file.attribute.BasicFileAttributes.class,
+                            java.nio.file.LinkOption.NOFOLLOW_LINKS)
+                    .isOther()) { // never delete an image given by mistake
                 throw new IOException(socket + " exists and is not a socket; remove it or choose another socket path");
             }
             boolean live;
@@ -93,8 +97,8 @@ public final class NbdServer implements AutoCloseable {
                 throw new IOException("cannot tell whether " + socket + " is in use: " + e.getMessage(), e);
             }
             if (live) {
-                throw new IOException("another server already listens on " + socket + "; stop it or choose another "
-                        + "socket path");
+                throw new IOException(
+                        "another server already listens on " + socket + "; stop it or choose another " + "socket path");
             }
             Files.delete(socket); // stale: nobody accepts on it
         }
@@ -125,7 +129,8 @@ public final class NbdServer implements AutoCloseable {
             ch.close();
             throw new IOException("cannot listen on " + host + ":" + port + ": " + e.getMessage(), e);
         }
-        return start(ch, "tcp:" + host + ":" + ((InetSocketAddress) ch.getLocalAddress()).getPort(), null, maxConnections);
+        return start(
+                ch, "tcp:" + host + ":" + ((InetSocketAddress) ch.getLocalAddress()).getPort(), null, maxConnections);
     }
 
     private static NbdServer start(ServerSocketChannel ch, String address, Path socket, int maxConnections) {

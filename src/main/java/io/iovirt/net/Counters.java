@@ -17,8 +17,7 @@ public final class Counters {
 
     private final long[] slots = new long[PAD + PortStat.ALL.length + PAD];
 
-    Counters() {
-    }
+    Counters() {}
 
     /**
      * A block that belongs to no port: for frames a port originates itself (a RARP announcement on a guest's

@@ -9,13 +9,14 @@ public final class Ethernet {
     public static final int VLAN_TAG = 4;
     /** The minimum frame without FCS on the wire; virtual NICs may send shorter ones (virtio-net does not pad). */
     public static final int MIN_FRAME = 60;
+
     public static final int DEFAULT_MTU = 1500;
     /** The largest MTU a port accepts: frames then fit QEMU's 64 KiB network packet limit. */
     public static final int MAX_MTU = 65535 - HEADER - VLAN_TAG;
+
     public static final int MIN_MTU = 68;
 
-    private Ethernet() {
-    }
+    private Ethernet() {}
 
     /** The largest frame a switch with {@code mtu} forwards. */
     public static int maxFrame(int mtu) {

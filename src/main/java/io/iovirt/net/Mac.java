@@ -21,8 +21,7 @@ public final class Mac {
     private static final ValueLayout.OfInt BE_INT = JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
     private static final ValueLayout.OfShort BE_SHORT = JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
 
-    private Mac() {
-    }
+    private Mac() {}
 
     /** The address at {@code offset} in {@code frame} (network byte order). */
     public static long read(MemorySegment frame, long offset) {
@@ -68,8 +67,15 @@ public final class Mac {
     }
 
     public static String toString(long mac) {
-        return String.format(Locale.ROOT, "%02x:%02x:%02x:%02x:%02x:%02x", mac >>> 40 & 0xff, mac >>> 32 & 0xff,
-                mac >>> 24 & 0xff, mac >>> 16 & 0xff, mac >>> 8 & 0xff, mac & 0xff);
+        return String.format(
+                Locale.ROOT,
+                "%02x:%02x:%02x:%02x:%02x:%02x",
+                mac >>> 40 & 0xff,
+                mac >>> 32 & 0xff,
+                mac >>> 24 & 0xff,
+                mac >>> 16 & 0xff,
+                mac >>> 8 & 0xff,
+                mac & 0xff);
     }
 
     /** The six octets, first octet first (virtio-net config space layout). */

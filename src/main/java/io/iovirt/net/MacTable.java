@@ -29,6 +29,7 @@ public final class MacTable {
     private static final long TOMBSTONE = -1;
     /** Port numbers are stored plus one in 16 bits, so 0 stays free to mean "empty". */
     public static final int MAX_PORTS = 0xfffe;
+
     private static final VarHandle WORDS = MethodHandles.arrayElementVarHandle(long[].class);
     private static final VarHandle SEEN = MethodHandles.arrayElementVarHandle(int[].class);
 

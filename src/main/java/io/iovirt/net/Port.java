@@ -92,8 +92,7 @@ public abstract class Port implements AutoCloseable {
      * Completes what {@link #transmit} deferred (e.g. one guest interrupt for a burst of frames). Called by the
      * sending thread at the end of its burst, on any port it sent to; must not block.
      */
-    protected void flush() {
-    }
+    protected void flush() {}
 
     /** Starts receiving; called once by {@link Switch#addPort} after the port got its number. */
     protected abstract void start() throws IOException;
@@ -142,7 +141,8 @@ public abstract class Port implements AutoCloseable {
      * events. {@code fd} is watched for input under {@code token}; more sources may be added with
      * {@link QueueWorker#watch}. {@code stopped} runs once on the worker thread when the loop ends.
      */
-    protected final QueueWorker receiveWorker(Fd fd, long token, Events events, Runnable stopped) throws LinuxException {
+    protected final QueueWorker receiveWorker(Fd fd, long token, Events events, Runnable stopped)
+            throws LinuxException {
         return QueueWorker.builder(this + " receive")
                 .source(fd, Epoll.EPOLLIN, token)
                 .build(new QueueWorker.Handler() {

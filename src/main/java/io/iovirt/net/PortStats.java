@@ -60,11 +60,19 @@ public final class PortStats {
     /** One line: the totals, then every non-zero drop or detail counter. */
     @Override
     public String toString() {
-        StringBuilder b = new StringBuilder(port).append(": rx ").append(rxPackets()).append(" pkts/").append(rxBytes())
-                .append(" B, tx ").append(txPackets()).append(" pkts/").append(txBytes()).append(" B");
+        StringBuilder b = new StringBuilder(port)
+                .append(": rx ")
+                .append(rxPackets())
+                .append(" pkts/")
+                .append(rxBytes())
+                .append(" B, tx ")
+                .append(txPackets())
+                .append(" pkts/")
+                .append(txBytes())
+                .append(" B");
         for (PortStat st : PortStat.ALL) {
             switch (st) {
-                case RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES -> { }
+                case RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES -> {}
                 default -> {
                     if (values[st.ordinal()] != 0) {
                         b.append(", ").append(st.label()).append(' ').append(values[st.ordinal()]);

@@ -38,6 +38,7 @@ import java.nio.file.Path;
 public final class StreamPort extends Port {
     /** QEMU's NET_BUFSIZE: QEMU neither sends nor accepts a longer stream frame. */
     public static final int MAX_STREAM_FRAME = 4096 + 65536;
+
     private static final int PREFIX = 4;
     private static final int RX_BUFFER = 256 * 1024;
     private static final ValueLayout.OfInt LENGTH = JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
@@ -105,18 +106,22 @@ public final class StreamPort extends Port {
         tx = newCounters();
         try {
             listener = SocketPaths.listen(path, access);
-            worker = receiveWorker(listener.fd(), LISTENER, (token, events) -> {
-                if (token == LISTENER) {
-                    accept();
-                } else if (token == CONNECTION) {
-                    if ((events & Epoll.EPOLLOUT) != 0) {
-                        flushPending();
-                    }
-                    if ((events & (Epoll.EPOLLIN | Epoll.EPOLLHUP | Epoll.EPOLLERR | Epoll.EPOLLRDHUP)) != 0) {
-                        readAvailable();
-                    }
-                }
-            }, () -> disconnect(null));
+            worker = receiveWorker(
+                    listener.fd(),
+                    LISTENER,
+                    (token, events) -> {
+                        if (token == LISTENER) {
+                            accept();
+                        } else if (token == CONNECTION) {
+                            if ((events & Epoll.EPOLLOUT) != 0) {
+                                flushPending();
+                            }
+                            if ((events & (Epoll.EPOLLIN | Epoll.EPOLLHUP | Epoll.EPOLLERR | Epoll.EPOLLRDHUP)) != 0) {
+                                readAvailable();
+                            }
+                        }
+                    },
+                    () -> disconnect(null));
         } catch (IOException | RuntimeException e) {
             close();
             throw e;
@@ -158,8 +163,8 @@ public final class StreamPort extends Port {
             cred = null;
         }
         if (cred == null || !access.allows(cred.uid())) {
-            acceptLog.warn(this + ": refused a peer with " + (cred == null ? "unreadable credentials"
-                    : "uid " + cred.uid() + " (" + access + ")"));
+            acceptLog.warn(this + ": refused a peer with "
+                    + (cred == null ? "unreadable credentials" : "uid " + cred.uid() + " (" + access + ")"));
             s.close();
             return;
         }
@@ -186,7 +191,7 @@ public final class StreamPort extends Port {
         if (c == null) {
             return;
         }
-        for (;;) {
+        for (; ; ) {
             long n;
             try {
                 n = PacketIo.read(c.fd(), rxBuf, fill, RX_BUFFER - fill);

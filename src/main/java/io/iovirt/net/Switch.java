@@ -39,6 +39,7 @@ public final class Switch implements AutoCloseable {
      * ({@code mac-table-size}, 2048): with 256 per port, 32 ports spraying at once are needed to fill the table.
      */
     public static final int DEFAULT_MACS_PER_PORT = 256;
+
     private final RateLimitedLog spoofLog = new RateLimitedLog(5000);
     private final RateLimitedLog learnLog = new RateLimitedLog(5000);
 
@@ -51,18 +52,21 @@ public final class Switch implements AutoCloseable {
     public record Config(int mtu, int macAgingSeconds, int macTableCapacity, int macsPerPort) {
         public Config {
             if (mtu < Ethernet.MIN_MTU || mtu > Ethernet.MAX_MTU) {
-                throw new IllegalArgumentException("MTU must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU + ": " + mtu);
+                throw new IllegalArgumentException(
+                        "MTU must be " + Ethernet.MIN_MTU + ".." + Ethernet.MAX_MTU + ": " + mtu);
             }
             if (macAgingSeconds < 1) {
                 throw new IllegalArgumentException("MAC aging time must be at least 1 second: " + macAgingSeconds);
             }
             if (macsPerPort < 1 || macsPerPort > macTableCapacity) {
-                throw new IllegalArgumentException("MAC addresses per port must be 1.." + macTableCapacity + ": " + macsPerPort);
+                throw new IllegalArgumentException(
+                        "MAC addresses per port must be 1.." + macTableCapacity + ": " + macsPerPort);
             }
         }
 
         public static Config defaults() {
-            return new Config(Ethernet.DEFAULT_MTU, DEFAULT_MAC_AGING_SECONDS, DEFAULT_MAC_CAPACITY, DEFAULT_MACS_PER_PORT);
+            return new Config(
+                    Ethernet.DEFAULT_MTU, DEFAULT_MAC_AGING_SECONDS, DEFAULT_MAC_CAPACITY, DEFAULT_MACS_PER_PORT);
         }
 
         public Config withMtu(int m) {
@@ -85,6 +89,7 @@ public final class Switch implements AutoCloseable {
     private volatile Port[] ports = new Port[0];
     /** Seconds since the switch started, advanced by {@link #tick}. */
     private volatile int now;
+
     private final long startNanos = System.nanoTime();
     private volatile boolean closed;
     private Thread housekeeper;
@@ -118,16 +123,19 @@ public final class Switch implements AutoCloseable {
      */
     public synchronized Switch startHousekeeping() {
         if (housekeeper == null) {
-            housekeeper = Thread.ofPlatform().daemon().name("switch-housekeeping").start(() -> {
-                while (!closed) {
-                    tick((int) ((System.nanoTime() - startNanos) / 1_000_000_000L));
-                    try {
-                        Thread.sleep(500);
-                    } catch (InterruptedException e) {
-                        return;
-                    }
-                }
-            });
+            housekeeper = Thread.ofPlatform()
+                    .daemon()
+                    .name("switch-housekeeping")
+                    .start(() -> {
+                        while (!closed) {
+                            tick((int) ((System.nanoTime() - startNanos) / 1_000_000_000L));
+                            try {
+                                Thread.sleep(500);
+                            } catch (InterruptedException e) {
+                                return;
+                            }
+                        }
+                    });
         }
         return this;
     }
@@ -233,9 +241,10 @@ public final class Switch implements AutoCloseable {
         int learned = macs.tryLearn(src, self, t);
         if (learned != MacTable.LEARNED) {
             rx.increment(PortStat.RX_UNLEARNED);
-            learnLog.warn(() -> in + ": did not learn " + Mac.toString(src) + ": " + (learned == MacTable.PORT_FULL
-                    ? "the port already holds " + config.macsPerPort() + " addresses (macs-per-port)"
-                    : "the MAC table is full (" + config.macTableCapacity() + " addresses)")
+            learnLog.warn(() -> in + ": did not learn " + Mac.toString(src) + ": "
+                    + (learned == MacTable.PORT_FULL
+                            ? "the port already holds " + config.macsPerPort() + " addresses (macs-per-port)"
+                            : "the MAC table is full (" + config.macTableCapacity() + " addresses)")
                     + "; its frames are still forwarded, replies to it are flooded");
         }
         Port[] ps = ports;

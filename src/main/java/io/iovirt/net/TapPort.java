@@ -37,7 +37,8 @@ public final class TapPort extends Port {
     public TapPort(String ifname) {
         super("tap:" + ifname);
         if (ifname.isEmpty() || ifname.length() > 15 || ifname.contains("/") || ifname.contains(" ")) {
-            throw new IllegalArgumentException("not a valid interface name (1..15 characters, no '/' or spaces): " + ifname);
+            throw new IllegalArgumentException(
+                    "not a valid interface name (1..15 characters, no '/' or spaces): " + ifname);
         }
         this.ifname = ifname;
     }
@@ -63,16 +64,19 @@ public final class TapPort extends Port {
                 tun = Tun.openTap(ifname);
             } catch (LinuxException e) {
                 if (e.errno() == Errno.EPERM || e.errno() == Errno.EACCES) {
-                    throw new IOException("cannot open TAP interface " + ifname + ": " + e.getMessage()
-                            + " — run as root or with CAP_NET_ADMIN", e);
+                    throw new IOException(
+                            "cannot open TAP interface " + ifname + ": " + e.getMessage()
+                                    + " — run as root or with CAP_NET_ADMIN",
+                            e);
                 }
                 if (e.errno() == Errno.EBUSY) {
-                    throw new IOException("TAP interface " + ifname + " is in use by another process: " + e.getMessage(), e);
+                    throw new IOException(
+                            "TAP interface " + ifname + " is in use by another process: " + e.getMessage(), e);
                 }
                 throw new IOException("cannot open TAP interface " + ifname + ": " + e.getMessage(), e);
             }
             tun.fd().setNonBlocking(true);
-            worker = receiveWorker(tun.fd(), TAP, (token, events) -> readAvailable(), () -> { });
+            worker = receiveWorker(tun.fd(), TAP, (token, events) -> readAvailable(), () -> {});
         } catch (IOException | RuntimeException e) {
             close();
             throw e;

@@ -17,9 +17,19 @@ import java.nio.charset.StandardCharsets;
  * @param sqes required (bits 3:0) and maximum (bits 7:4) submission queue entry sizes, log2
  * @param cqes the same for completion queue entries
  */
-public record IdentifyController(int vendorId, int subsystemVendorId, String serial, String model, String firmware,
-                                 int mdts, int controllerId, int version, int oacs, int sqes, int cqes,
-                                 long namespaces) {
+public record IdentifyController(
+        int vendorId,
+        int subsystemVendorId,
+        String serial,
+        String model,
+        String firmware,
+        int mdts,
+        int controllerId,
+        int version,
+        int oacs,
+        int sqes,
+        int cqes,
+        long namespaces) {
     public static final long SIZE = 4096;
     /** log2 of the submission queue entry size every NVM I/O queue uses (64 bytes). */
     public static final int SQE_LOG2 = 6;
@@ -39,7 +49,9 @@ public record IdentifyController(int vendorId, int subsystemVendorId, String ser
         return new IdentifyController(
                 Short.toUnsignedInt(d.get(JAVA_SHORT_UNALIGNED, 0)),
                 Short.toUnsignedInt(d.get(JAVA_SHORT_UNALIGNED, 2)),
-                ascii(d, 4, 20), ascii(d, 24, 40), ascii(d, 64, 8),
+                ascii(d, 4, 20),
+                ascii(d, 24, 40),
+                ascii(d, 64, 8),
                 Byte.toUnsignedInt(d.get(JAVA_BYTE, 77)),
                 Short.toUnsignedInt(d.get(JAVA_SHORT_UNALIGNED, 78)),
                 d.get(JAVA_INT_UNALIGNED, 80),
@@ -74,7 +86,10 @@ public record IdentifyController(int vendorId, int subsystemVendorId, String ser
 
     /** Whether the controller accepts the 64-byte SQ and 16-byte CQ entries every NVM I/O queue uses. */
     public boolean supportsStandardEntrySizes() {
-        return (sqes & 0xf) <= SQE_LOG2 && (sqes >>> 4) >= SQE_LOG2 && (cqes & 0xf) <= CQE_LOG2 && (cqes >>> 4) >= CQE_LOG2;
+        return (sqes & 0xf) <= SQE_LOG2
+                && (sqes >>> 4) >= SQE_LOG2
+                && (cqes & 0xf) <= CQE_LOG2
+                && (cqes >>> 4) >= CQE_LOG2;
     }
 
     /** The largest transfer in bytes the controller accepts, or 0 for no limit. */

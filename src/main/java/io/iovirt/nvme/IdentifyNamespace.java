@@ -13,8 +13,8 @@ import java.util.List;
  * The fields of Identify Namespace (CNS 00h, NVM Command Set spec 1.0 figure 97) this driver uses: size in logical
  * blocks, and the LBA formats with the one in use, which gives the block size.
  */
-public record IdentifyNamespace(int nsid, long size, long capacity, long utilization, int formatIndex,
-                                List<LbaFormat> formats) {
+public record IdentifyNamespace(
+        int nsid, long size, long capacity, long utilization, int formatIndex, List<LbaFormat> formats) {
     public IdentifyNamespace {
         formats = List.copyOf(formats);
     }
@@ -40,7 +40,8 @@ public record IdentifyNamespace(int nsid, long size, long capacity, long utiliza
         int flbas = Byte.toUnsignedInt(d.get(JAVA_BYTE, 26));
         int index = (flbas & 0xf) | ((flbas >>> 5) & 0x3) << 4; // bits 3:0, and 6:5 as the upper bits (2.0)
         if (nlbaf > 64) {
-            throw new IllegalArgumentException("namespace " + nsid + " reports " + nlbaf + " LBA formats; at most 64 exist");
+            throw new IllegalArgumentException(
+                    "namespace " + nsid + " reports " + nlbaf + " LBA formats; at most 64 exist");
         }
         List<LbaFormat> formats = new ArrayList<>();
         for (int i = 0; i < nlbaf; i++) {
@@ -48,14 +49,20 @@ public record IdentifyNamespace(int nsid, long size, long capacity, long utiliza
             formats.add(new LbaFormat(f & 0xffff, (f >>> 16) & 0xff, (f >>> 24) & 0x3));
         }
         if (index >= nlbaf) {
-            throw new IllegalArgumentException("namespace " + nsid + " is formatted with LBA format " + index + " of " + nlbaf);
+            throw new IllegalArgumentException(
+                    "namespace " + nsid + " is formatted with LBA format " + index + " of " + nlbaf);
         }
         int lbads = formats.get(index).dataSizeLog2();
         if (lbads < 9 || lbads > 16) {
             throw new IllegalArgumentException("namespace " + nsid + " has an unsupported block size 2^" + lbads);
         }
-        return new IdentifyNamespace(nsid, d.get(JAVA_LONG_UNALIGNED, 0), d.get(JAVA_LONG_UNALIGNED, 8),
-                d.get(JAVA_LONG_UNALIGNED, 16), index, formats);
+        return new IdentifyNamespace(
+                nsid,
+                d.get(JAVA_LONG_UNALIGNED, 0),
+                d.get(JAVA_LONG_UNALIGNED, 8),
+                d.get(JAVA_LONG_UNALIGNED, 16),
+                index,
+                formats);
     }
 
     public LbaFormat format() {

@@ -18,24 +18,25 @@ import java.nio.file.Path;
 public final class NvmeAdmin implements AutoCloseable {
     /** struct nvme_passthru_cmd / nvme_admin_cmd. */
     public static final StructLayout PASSTHRU_CMD = MemoryLayout.structLayout(
-            ValueLayout.JAVA_BYTE.withName("opcode"),
-            ValueLayout.JAVA_BYTE.withName("flags"),
-            ValueLayout.JAVA_SHORT.withName("rsvd1"),
-            ValueLayout.JAVA_INT.withName("nsid"),
-            ValueLayout.JAVA_INT.withName("cdw2"),
-            ValueLayout.JAVA_INT.withName("cdw3"),
-            ValueLayout.JAVA_LONG.withName("metadata"),
-            ValueLayout.JAVA_LONG.withName("addr"),
-            ValueLayout.JAVA_INT.withName("metadata_len"),
-            ValueLayout.JAVA_INT.withName("data_len"),
-            ValueLayout.JAVA_INT.withName("cdw10"),
-            ValueLayout.JAVA_INT.withName("cdw11"),
-            ValueLayout.JAVA_INT.withName("cdw12"),
-            ValueLayout.JAVA_INT.withName("cdw13"),
-            ValueLayout.JAVA_INT.withName("cdw14"),
-            ValueLayout.JAVA_INT.withName("cdw15"),
-            ValueLayout.JAVA_INT.withName("timeout_ms"),
-            ValueLayout.JAVA_INT.withName("result")).withName("nvme_passthru_cmd");
+                    ValueLayout.JAVA_BYTE.withName("opcode"),
+                    ValueLayout.JAVA_BYTE.withName("flags"),
+                    ValueLayout.JAVA_SHORT.withName("rsvd1"),
+                    ValueLayout.JAVA_INT.withName("nsid"),
+                    ValueLayout.JAVA_INT.withName("cdw2"),
+                    ValueLayout.JAVA_INT.withName("cdw3"),
+                    ValueLayout.JAVA_LONG.withName("metadata"),
+                    ValueLayout.JAVA_LONG.withName("addr"),
+                    ValueLayout.JAVA_INT.withName("metadata_len"),
+                    ValueLayout.JAVA_INT.withName("data_len"),
+                    ValueLayout.JAVA_INT.withName("cdw10"),
+                    ValueLayout.JAVA_INT.withName("cdw11"),
+                    ValueLayout.JAVA_INT.withName("cdw12"),
+                    ValueLayout.JAVA_INT.withName("cdw13"),
+                    ValueLayout.JAVA_INT.withName("cdw14"),
+                    ValueLayout.JAVA_INT.withName("cdw15"),
+                    ValueLayout.JAVA_INT.withName("timeout_ms"),
+                    ValueLayout.JAVA_INT.withName("result"))
+            .withName("nvme_passthru_cmd");
 
     /** _IOWR('N', 0x41, struct nvme_admin_cmd) = 0xC0484E41. */
     public static final long NVME_IOCTL_ADMIN_CMD = io.iovirt.linux.Ioctl.iowr('N', 0x41, PASSTHRU_CMD.byteSize());
@@ -132,7 +133,8 @@ public final class NvmeAdmin implements AutoCloseable {
     private void execute(String what) {
         int status = channel.submit(cmd);
         if (status != 0) {
-            throw new ActionableException(what + " on " + device + " failed: NVMe status " + hex(status) + " (" + statusName(status) + ")",
+            throw new ActionableException(
+                    what + " on " + device + " failed: NVMe status " + hex(status) + " (" + statusName(status) + ")",
                     remedyFor(status));
         }
     }
@@ -156,8 +158,10 @@ public final class NvmeAdmin implements AutoCloseable {
 
     private static String remedyFor(int status) {
         return switch (status & 0x7ff) {
-            case 0x120 -> "the secondary controller must be offline to change its resources, and have resources to go online";
-            case 0x121, 0x122 -> "ask for fewer queues or interrupts per VF (--vf-queues/--vf-interrupts) or create fewer VFs";
+            case 0x120 ->
+                "the secondary controller must be offline to change its resources, and have resources to go online";
+            case 0x121, 0x122 ->
+                "ask for fewer queues or interrupts per VF (--vf-queues/--vf-interrupts) or create fewer VFs";
             case 0x001 -> "this controller does not support NVMe virtualization management";
             default -> "check the controller's capabilities (nvme id-ctrl) and dmesg";
         };
@@ -187,11 +191,35 @@ public final class NvmeAdmin implements AutoCloseable {
     }
 
     /** Identify Primary Controller Capabilities (CNS 14h). */
-    public record PrimaryCaps(int cntlid, long vqfrt, long vqrfa, int vqrfap, int vqprt, int vqfrsm, int vqgran,
-                              long vifrt, long virfa, int virfap, int viprt, int vifrsm, int vigran) {
+    public record PrimaryCaps(
+            int cntlid,
+            long vqfrt,
+            long vqrfa,
+            int vqrfap,
+            int vqprt,
+            int vqfrsm,
+            int vqgran,
+            long vifrt,
+            long virfa,
+            int virfap,
+            int viprt,
+            int vifrsm,
+            int vigran) {
         public static PrimaryCaps parse(byte[] b) {
-            return new PrimaryCaps(u16(b, 0), u32(b, 32), u32(b, 36), u16(b, 40), u16(b, 42), u16(b, 44), u16(b, 46),
-                    u32(b, 64), u32(b, 68), u16(b, 72), u16(b, 74), u16(b, 76), u16(b, 78));
+            return new PrimaryCaps(
+                    u16(b, 0),
+                    u32(b, 32),
+                    u32(b, 36),
+                    u16(b, 40),
+                    u16(b, 42),
+                    u16(b, 44),
+                    u16(b, 46),
+                    u32(b, 64),
+                    u32(b, 68),
+                    u16(b, 72),
+                    u16(b, 74),
+                    u16(b, 76),
+                    u16(b, 78));
         }
     }
 
@@ -202,8 +230,8 @@ public final class NvmeAdmin implements AutoCloseable {
             java.util.List<SecondaryController> out = new java.util.ArrayList<>();
             for (int i = 0; i < n; i++) {
                 int o = 32 + i * 32;
-                out.add(new SecondaryController(u16(b, o), u16(b, o + 2), (b[o + 4] & 1) != 0, u16(b, o + 8), u16(b, o + 10),
-                        u16(b, o + 12)));
+                out.add(new SecondaryController(
+                        u16(b, o), u16(b, o + 2), (b[o + 4] & 1) != 0, u16(b, o + 8), u16(b, o + 10), u16(b, o + 12)));
             }
             return out;
         }

@@ -25,8 +25,12 @@ final class NvmeIoctl implements NvmeAdmin.Channel {
             // Admin passthrough needs CAP_SYS_ADMIN, not write access: nvme-cli opens read-only too.
             return new NvmeIoctl(device, FileIo.open(device, FileIo.O_RDONLY | FileIo.O_CLOEXEC));
         } catch (LinuxException e) {
-            throw new ActionableException("cannot open " + device + ": " + e.getMessage(),
-                    e.errno() == Errno.EACCES || e.errno() == Errno.EPERM ? "run as root" : "is the PF bound to the nvme driver?", e);
+            throw new ActionableException(
+                    "cannot open " + device + ": " + e.getMessage(),
+                    e.errno() == Errno.EACCES || e.errno() == Errno.EPERM
+                            ? "run as root"
+                            : "is the PF bound to the nvme driver?",
+                    e);
         }
     }
 

@@ -20,9 +20,16 @@ public record Bdf(int domain, int bus, int device, int function) implements Comp
             Pattern.compile("(?:([0-9a-fA-F]{4,5}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\\.([0-7])");
 
     public Bdf {
-        if (domain < 0 || domain > 0xfffff || bus < 0 || bus > 0xff || device < 0 || device > 0x1f
-                || function < 0 || function > 7) {
-            throw new IllegalArgumentException("PCI address out of range: " + domain + ":" + bus + ":" + device + "." + function);
+        if (domain < 0
+                || domain > 0xfffff
+                || bus < 0
+                || bus > 0xff
+                || device < 0
+                || device > 0x1f
+                || function < 0
+                || function > 7) {
+            throw new IllegalArgumentException(
+                    "PCI address out of range: " + domain + ":" + bus + ":" + device + "." + function);
         }
     }
 
@@ -34,7 +41,8 @@ public record Bdf(int domain, int bus, int device, int function) implements Comp
     public static Bdf parse(String text) {
         Bdf bdf = tryParse(text);
         if (bdf == null) {
-            throw new ActionableException("'" + SysfsTree.printable(text) + "' is not a PCI address",
+            throw new ActionableException(
+                    "'" + SysfsTree.printable(text) + "' is not a PCI address",
                     "write it as domain:bus:device.function, e.g. 0000:01:00.1 (see iovirt host devices)");
         }
         return bdf;

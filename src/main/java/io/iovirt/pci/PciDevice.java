@@ -17,9 +17,21 @@ import java.util.List;
  * @param resettable whether the kernel offers a function reset (the "reset" attribute)
  * @param nvmeControllers NVMe controller character devices (nvme0) of an NVMe function
  */
-public record PciDevice(Bdf bdf, int vendorId, int deviceId, int subsystemVendor, int subsystemDevice, int classCode,
-                        int revision, String driver, String driverOverride, int iommuGroup, SriovInfo sriov, Bdf physfn,
-                        boolean resettable, List<String> nvmeControllers) {
+public record PciDevice(
+        Bdf bdf,
+        int vendorId,
+        int deviceId,
+        int subsystemVendor,
+        int subsystemDevice,
+        int classCode,
+        int revision,
+        String driver,
+        String driverOverride,
+        int iommuGroup,
+        SriovInfo sriov,
+        Bdf physfn,
+        boolean resettable,
+        List<String> nvmeControllers) {
     public static final int CLASS_NVME = 0x010802;
 
     public PciDevice {
@@ -71,7 +83,8 @@ public record PciDevice(Bdf bdf, int vendorId, int deviceId, int subsystemVendor
             long total = sys.readDecimal(d + "sriov_totalvfs");
             long num = sys.readDecimal(d + "sriov_numvfs");
             if (total > 0xffff || num > total) {
-                throw sys.malformed(d + "sriov_numvfs", "at most sriov_totalvfs (" + total + ") VFs", Long.toString(num));
+                throw sys.malformed(
+                        d + "sriov_numvfs", "at most sriov_totalvfs (" + total + ") VFs", Long.toString(num));
             }
             Boolean autoprobe = null;
             long ap = sys.readDecimalOptional(d + "sriov_drivers_autoprobe");
@@ -99,8 +112,21 @@ public record PciDevice(Bdf bdf, int vendorId, int deviceId, int subsystemVendor
                 }
             }
         }
-        return new PciDevice(bdf, vendor, device, subVendor, subDevice, cls, revision, driver, override, group, sriov,
-                physfn, sys.exists(d + "reset"), nvme);
+        return new PciDevice(
+                bdf,
+                vendor,
+                device,
+                subVendor,
+                subDevice,
+                cls,
+                revision,
+                driver,
+                override,
+                group,
+                sriov,
+                physfn,
+                sys.exists(d + "reset"),
+                nvme);
     }
 
     private static List<Bdf> virtfns(SysfsTree sys, String d) {
@@ -134,6 +160,7 @@ public record PciDevice(Bdf bdf, int vendorId, int deviceId, int subsystemVendor
 
     /** vfio-pci or one of its vendor variants (mlx5_vfio_pci, hisi_acc_vfio_pci...). */
     public static boolean isVfioDriver(String driver) {
-        return driver != null && (driver.equals("vfio-pci") || driver.endsWith("_vfio_pci") || driver.endsWith("-vfio-pci"));
+        return driver != null
+                && (driver.equals("vfio-pci") || driver.endsWith("_vfio_pci") || driver.endsWith("-vfio-pci"));
     }
 }

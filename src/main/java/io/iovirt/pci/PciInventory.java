@@ -19,14 +19,16 @@ public final class PciInventory {
 
     public static PciInventory scan(SysfsTree sys) {
         if (!sys.isDirectory("bus/pci/devices")) {
-            throw new ActionableException(sys.path("bus/pci/devices") + " does not exist: no PCI bus, or sysfs is not mounted",
+            throw new ActionableException(
+                    sys.path("bus/pci/devices") + " does not exist: no PCI bus, or sysfs is not mounted",
                     "mount sysfs (mount -t sysfs sysfs /sys) or pass --sysfs-root pointing at one");
         }
         Map<Bdf, PciDevice> devices = new TreeMap<>();
         for (String name : sys.list("bus/pci/devices")) {
             Bdf bdf = Bdf.tryParse(name);
             if (bdf == null || !bdf.toString().equals(name)) {
-                throw new ActionableException(sys.path("bus/pci/devices/" + name) + ": not a PCI address",
+                throw new ActionableException(
+                        sys.path("bus/pci/devices/" + name) + ": not a PCI address",
                         "the tree under " + sys.root() + " is not a kernel sysfs");
             }
             devices.put(bdf, PciDevice.read(sys, bdf));
@@ -46,8 +48,8 @@ public final class PciInventory {
     public PciDevice require(Bdf bdf) {
         PciDevice d = devices.get(bdf);
         if (d == null) {
-            throw new ActionableException("no PCI device " + bdf + " on this host",
-                    "list the devices with: iovirt host devices");
+            throw new ActionableException(
+                    "no PCI device " + bdf + " on this host", "list the devices with: iovirt host devices");
         }
         return d;
     }

@@ -41,14 +41,17 @@ public final class PciSysfs {
     /** The device's IOMMU group number; explains what is missing when there is none. */
     public int iommuGroup(Bdf a) {
         if (!exists(a)) {
-            throw new ActionableException("no PCI device " + a + " (" + deviceDir(a) + " does not exist)",
+            throw new ActionableException(
+                    "no PCI device " + a + " (" + deviceDir(a) + " does not exist)",
                     "'lspci -D' or 'iovirt host devices' lists the addresses this machine has");
         }
         String link = PciDevice.dir(a) + "/iommu_group";
-        String name = sys.linkName(link).orElseThrow(() -> new ActionableException("PCI device " + a
-                + " has no IOMMU group, so VFIO cannot protect DMA from it: the IOMMU is off or absent",
-                "boot with intel_iommu=on (Intel) or amd_iommu=on (AMD) and enable VT-d/AMD-Vi in the firmware "
-                        + "(a QEMU guest needs -device intel-iommu)"));
+        String name = sys.linkName(link)
+                .orElseThrow(() -> new ActionableException(
+                        "PCI device " + a
+                                + " has no IOMMU group, so VFIO cannot protect DMA from it: the IOMMU is off or absent",
+                        "boot with intel_iommu=on (Intel) or amd_iommu=on (AMD) and enable VT-d/AMD-Vi in the firmware "
+                                + "(a QEMU guest needs -device intel-iommu)"));
         if (name.isEmpty() || name.length() > 9 || !name.chars().allMatch(Character::isDigit)) {
             throw sys.malformed(link, "a link to kernel/iommu_groups/<number>", name);
         }

@@ -27,6 +27,7 @@ public final class SysfsTree {
     private static final int ATTRIBUTE_LIMIT = 64 * 1024;
     /** /proc/mounts, /proc/interrupts, /proc/cpuinfo on big machines. */
     private static final int TEXT_LIMIT = 16 * 1024 * 1024;
+
     private static final Pattern HEX = Pattern.compile("0x[0-9a-fA-F]+");
 
     private final Path root;
@@ -176,7 +177,8 @@ public final class SysfsTree {
     public void write(String relative, String value) {
         Path p = path(relative);
         if (!Files.exists(p)) {
-            throw new ActionableException("cannot write " + p + ": no such file (the kernel does not offer this control)",
+            throw new ActionableException(
+                    "cannot write " + p + ": no such file (the kernel does not offer this control)",
                     "check the kernel version and that the device and driver exist");
         }
         byte[] bytes = value.getBytes(StandardCharsets.US_ASCII);
@@ -184,8 +186,10 @@ public final class SysfsTree {
         try (FileOutputStream out = new FileOutputStream(p.toFile())) {
             out.write(bytes);
         } catch (IOException e) {
-            throw new ActionableException("writing '" + printable(value.strip()) + "' to " + p + " failed: " + reason(e),
-                    permissionRemedy(e), e);
+            throw new ActionableException(
+                    "writing '" + printable(value.strip()) + "' to " + p + " failed: " + reason(e),
+                    permissionRemedy(e),
+                    e);
         }
     }
 
@@ -193,7 +197,8 @@ public final class SysfsTree {
         try (InputStream in = Files.newInputStream(p)) {
             byte[] data = in.readNBytes(limit + 1);
             if (data.length > limit) {
-                throw new ActionableException(p + " is larger than " + limit + " bytes: not a kernel attribute", damagedRemedy());
+                throw new ActionableException(
+                        p + " is larger than " + limit + " bytes: not a kernel attribute", damagedRemedy());
             }
             return new String(data, StandardCharsets.ISO_8859_1);
         } catch (NoSuchFileException e) {
@@ -210,7 +215,8 @@ public final class SysfsTree {
         } else if (!found.isEmpty() && "0x".startsWith(found)) {
             hint = " (truncated?)";
         }
-        return new ActionableException(path(relative) + ": expected " + expected + ", found '" + printable(found) + "'" + hint,
+        return new ActionableException(
+                path(relative) + ": expected " + expected + ", found '" + printable(found) + "'" + hint,
                 damagedRemedy());
     }
 

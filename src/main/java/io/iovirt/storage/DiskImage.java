@@ -84,8 +84,9 @@ public interface DiskImage extends AutoCloseable {
      * say so.
      */
     default void resize(long newSize) throws IOException {
-        throw new IOException("resizing a " + format() + " image while it is served is not supported: remove the export,"
-                + " resize it with qemu-img resize, and add it again");
+        throw new IOException(
+                "resizing a " + format() + " image while it is served is not supported: remove the export,"
+                        + " resize it with qemu-img resize, and add it again");
     }
 
     /** Refuses (true) or accepts again (false) writes from now on (the daemon's blk.set-readonly). */
@@ -97,6 +98,5 @@ public interface DiskImage extends AutoCloseable {
     void close();
 
     /** One extent of {@link #extent}. */
-    record Extent(long length, boolean hole, boolean zero) {
-    }
+    record Extent(long length, boolean hole, boolean zero) {}
 }

@@ -70,14 +70,16 @@ public enum ImageFormat {
     /** The format whose signature starts {@code header} (the file's first bytes), or RAW when none does. */
     public static ImageFormat detect(byte[] header) {
         if (startsWith(header, 0, "QFI\u00fb")) {
-            int version = header.length >= 8 ? (header[4] & 0xff) << 24 | (header[5] & 0xff) << 16
-                    | (header[6] & 0xff) << 8 | (header[7] & 0xff) : 0;
+            int version = header.length >= 8
+                    ? (header[4] & 0xff) << 24 | (header[5] & 0xff) << 16 | (header[6] & 0xff) << 8 | (header[7] & 0xff)
+                    : 0;
             return version == 1 ? QCOW : QCOW2; // qcow2 is versions 2 and 3
         }
         if (startsWith(header, 0, "QED\0")) {
             return QED;
         }
-        if (startsWith(header, 0, "KDMV") || startsWith(header, 0, "COWD")
+        if (startsWith(header, 0, "KDMV")
+                || startsWith(header, 0, "COWD")
                 || startsWith(header, 0, "# Disk DescriptorFile")) {
             return VMDK; // hosted sparse extent, ESX COW extent, or a descriptor file naming the extents
         }
@@ -87,8 +89,11 @@ public enum ImageFormat {
         if (startsWith(header, 0, "conectix")) {
             return VPC; // a dynamic VHD starts with a copy of its footer; a fixed VHD is raw with a footer at the end
         }
-        if (header.length >= 0x44 && (header[0x40] & 0xff) == 0x7f && (header[0x41] & 0xff) == 0x10
-                && (header[0x42] & 0xff) == 0xda && (header[0x43] & 0xff) == 0xbe) {
+        if (header.length >= 0x44
+                && (header[0x40] & 0xff) == 0x7f
+                && (header[0x41] & 0xff) == 0x10
+                && (header[0x42] & 0xff) == 0xda
+                && (header[0x43] & 0xff) == 0xbe) {
             return VDI; // 0xbeda107f, little-endian, after the 64-byte text banner
         }
         if (startsWith(header, 0, "LUKS\u00ba\u00be")) {

@@ -90,8 +90,8 @@ public final class ImageLock implements AutoCloseable {
             FileIo.ofdLock(fd, FileIo.F_UNLCK);
         } catch (LinuxException e) {
             // cannot happen for an open descriptor; closing it drops the lock anyway
-            System.getLogger(ImageLock.class.getName()).log(System.Logger.Level.WARNING,
-                    "unlocking " + path + " failed: " + e.getMessage());
+            System.getLogger(ImageLock.class.getName())
+                    .log(System.Logger.Level.WARNING, "unlocking " + path + " failed: " + e.getMessage());
         }
     }
 
@@ -118,7 +118,8 @@ public final class ImageLock implements AutoCloseable {
                     long pid = Long.parseLong(proc.getFileName().toString());
                     String lock = lockLine(proc.resolve("fdinfo"), id);
                     if (lock != null) {
-                        found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock + ")");
+                        found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock
+                                + ")");
                     }
                 }
             }
@@ -153,7 +154,8 @@ public final class ImageLock implements AutoCloseable {
     private static String describe(long pid) {
         try {
             byte[] raw = Files.readAllBytes(Path.of("/proc", Long.toString(pid), "cmdline"));
-            String cmd = new String(raw, StandardCharsets.UTF_8).replace('\0', ' ').strip();
+            String cmd =
+                    new String(raw, StandardCharsets.UTF_8).replace('\0', ' ').strip();
             if (cmd.length() > 200) { // the end names the export (socket, image), the start the program
                 cmd = cmd.substring(0, 60) + " ... " + cmd.substring(cmd.length() - 135);
             }

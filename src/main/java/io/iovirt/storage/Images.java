@@ -19,8 +19,7 @@ public final class Images {
     /** Files open for writing in this process: a second writer (two caches of one qcow2) would corrupt it. */
     private static final Set<Path> WRITABLE = ConcurrentHashMap.newKeySet();
 
-    private Images() {
-    }
+    private Images() {}
 
     /**
      * Opens {@code path}.
@@ -52,7 +51,8 @@ public final class Images {
         }
     }
 
-    private static DiskImage openFormat(Path path, ImageFormat format, boolean readOnly, boolean direct) throws IOException {
+    private static DiskImage openFormat(Path path, ImageFormat format, boolean readOnly, boolean direct)
+            throws IOException {
         ImageFormat f;
         try {
             f = format != null ? format : ImageFormat.detect(path);
@@ -62,9 +62,10 @@ public final class Images {
         return switch (f) {
             case RAW -> RawImage.open(path, readOnly, direct);
             case QCOW2 -> Qcow2Image.open(path, readOnly, direct);
-            default -> throw new IOException("image " + path + " is " + f.description() + ": iovirt serves raw and qcow2 "
-                    + "images only — convert it with 'qemu-img convert -O qcow2 " + path + " NEW.qcow2', or pass "
-                    + "--format raw to serve its bytes as they are");
+            default ->
+                throw new IOException("image " + path + " is " + f.description() + ": iovirt serves raw and qcow2 "
+                        + "images only — convert it with 'qemu-img convert -O qcow2 " + path + " NEW.qcow2', or pass "
+                        + "--format raw to serve its bytes as they are");
         };
     }
 
@@ -79,24 +80,95 @@ public final class Images {
             this.real = real;
         }
 
-        @Override public Path path() { return d.path(); }
-        @Override public String format() { return d.format(); }
-        @Override public long size() { return d.size(); }
-        @Override public void resize(long newSize) throws IOException { d.resize(newSize); }
-        @Override public void setReadOnly(boolean readOnly) throws IOException { d.setReadOnly(readOnly); }
-        @Override public boolean readOnly() { return d.readOnly(); }
-        @Override public boolean direct() { return d.direct(); }
-        @Override public int blockSize() { return d.blockSize(); }
-        @Override public int zeroGranularity() { return d.zeroGranularity(); }
-        @Override public ImageIo newContext(int maxSegments, int bounceBytes) { return d.newContext(maxSegments, bounceBytes); }
-        @Override public ImageIo newContext(IoVec iov, MemorySegment bounce) { return d.newContext(iov, bounce); }
-        @Override public void flush() throws IOException { d.flush(); }
-        @Override public boolean submitFlush(IoUring ring, long userData) { return d.submitFlush(ring, userData); }
-        @Override public void flushCompleted(int result) throws IOException { d.flushCompleted(result); }
-        @Override public void discard(long offset, long len) throws IOException { d.discard(offset, len); }
-        @Override public void writeZeroes(long offset, long len, boolean unmap) throws IOException { d.writeZeroes(offset, len, unmap); }
-        @Override public Extent extent(long offset, long len) throws IOException { return d.extent(offset, len); }
-        @Override public void readAt(long offset, MemorySegment dst) throws IOException { d.readAt(offset, dst); }
+        @Override
+        public Path path() {
+            return d.path();
+        }
+
+        @Override
+        public String format() {
+            return d.format();
+        }
+
+        @Override
+        public long size() {
+            return d.size();
+        }
+
+        @Override
+        public void resize(long newSize) throws IOException {
+            d.resize(newSize);
+        }
+
+        @Override
+        public void setReadOnly(boolean readOnly) throws IOException {
+            d.setReadOnly(readOnly);
+        }
+
+        @Override
+        public boolean readOnly() {
+            return d.readOnly();
+        }
+
+        @Override
+        public boolean direct() {
+            return d.direct();
+        }
+
+        @Override
+        public int blockSize() {
+            return d.blockSize();
+        }
+
+        @Override
+        public int zeroGranularity() {
+            return d.zeroGranularity();
+        }
+
+        @Override
+        public ImageIo newContext(int maxSegments, int bounceBytes) {
+            return d.newContext(maxSegments, bounceBytes);
+        }
+
+        @Override
+        public ImageIo newContext(IoVec iov, MemorySegment bounce) {
+            return d.newContext(iov, bounce);
+        }
+
+        @Override
+        public void flush() throws IOException {
+            d.flush();
+        }
+
+        @Override
+        public boolean submitFlush(IoUring ring, long userData) {
+            return d.submitFlush(ring, userData);
+        }
+
+        @Override
+        public void flushCompleted(int result) throws IOException {
+            d.flushCompleted(result);
+        }
+
+        @Override
+        public void discard(long offset, long len) throws IOException {
+            d.discard(offset, len);
+        }
+
+        @Override
+        public void writeZeroes(long offset, long len, boolean unmap) throws IOException {
+            d.writeZeroes(offset, len, unmap);
+        }
+
+        @Override
+        public Extent extent(long offset, long len) throws IOException {
+            return d.extent(offset, len);
+        }
+
+        @Override
+        public void readAt(long offset, MemorySegment dst) throws IOException {
+            d.readAt(offset, dst);
+        }
 
         @Override
         public void close() {

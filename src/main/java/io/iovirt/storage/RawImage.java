@@ -28,6 +28,7 @@ public final class RawImage implements DiskImage {
     private final boolean openedReadOnly;
     /** Writes refused now: opened read-only, or switched with {@link #setReadOnly}. */
     private volatile boolean readOnly;
+
     private final boolean direct;
     private final boolean blockDevice;
     /** Changes only through {@link #resize}; queue threads check every request against the current value. */
@@ -40,7 +41,8 @@ public final class RawImage implements DiskImage {
      */
     private boolean growable;
 
-    private RawImage(Path path, Fd fd, boolean readOnly, boolean direct, boolean blockDevice, long size, int directAlign) {
+    private RawImage(
+            Path path, Fd fd, boolean readOnly, boolean direct, boolean blockDevice, long size, int directAlign) {
         this.path = path;
         this.fd = fd;
         this.openedReadOnly = readOnly;
@@ -65,7 +67,8 @@ public final class RawImage implements DiskImage {
         } catch (LinuxException e) {
             String hint = switch (e.errnoName()) {
                 case "ENOENT" -> "create it first, e.g. 'truncate -s 1G " + path + "'";
-                case "EACCES", "EPERM", "EROFS" -> readOnly ? "check its permissions" : "check its permissions or use --readonly";
+                case "EACCES", "EPERM", "EROFS" ->
+                    readOnly ? "check its permissions" : "check its permissions or use --readonly";
                 case "EINVAL" -> direct ? "the file system does not support O_DIRECT: drop --direct" : "check the path";
                 default -> "check the path";
             };
@@ -83,7 +86,8 @@ public final class RawImage implements DiskImage {
                 align = Math.max(512, Math.max(logical, Math.max(st.directIoOffsetAlign(), st.directIoMemoryAlign())));
             }
             if (size < 512) {
-                throw new IOException("image " + path + " is " + size + " bytes: a disk needs at least one 512-byte sector");
+                throw new IOException(
+                        "image " + path + " is " + size + " bytes: a disk needs at least one 512-byte sector");
             }
             return new RawImage(path, fd, readOnly, direct, st.isBlockDevice(), size, align);
         } catch (IOException | RuntimeException e) {
@@ -144,7 +148,8 @@ public final class RawImage implements DiskImage {
     @Override
     public synchronized void setReadOnly(boolean ro) throws IOException {
         if (!ro && openedReadOnly) {
-            throw new IOException("image " + path + " was opened read-only; remove the export and add it again without readonly");
+            throw new IOException(
+                    "image " + path + " was opened read-only; remove the export and add it again without readonly");
         }
         if (ro && !readOnly) {
             FileIo.fdatasync(fd);
@@ -161,8 +166,8 @@ public final class RawImage implements DiskImage {
         if (blockDevice) {
             long now = FileIo.blockDeviceSize(fd);
             if (now != newSize) {
-                throw new IOException("image " + path + " is a block device of " + now + " bytes; resize the device itself"
-                        + " (e.g. lvextend) and ask for its new size");
+                throw new IOException("image " + path + " is a block device of " + now
+                        + " bytes; resize the device itself" + " (e.g. lvextend) and ask for its new size");
             }
             size = now;
             return;
@@ -172,7 +177,8 @@ public final class RawImage implements DiskImage {
                     + " bytes: the guest may have data there");
         }
         if (newSize % blockSize() != 0) {
-            throw new IOException("new size " + newSize + " is not a multiple of the disk's " + blockSize() + "-byte blocks");
+            throw new IOException(
+                    "new size " + newSize + " is not a multiple of the disk's " + blockSize() + "-byte blocks");
         }
         if (openedReadOnly) {
             throw new IOException("image " + path + " was opened read-only and cannot be grown");
@@ -257,7 +263,9 @@ public final class RawImage implements DiskImage {
             FileIo.blockZeroOut(fd, offset, len);
             return;
         }
-        int mode = unmap ? FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE : FileIo.FALLOC_FL_ZERO_RANGE | FileIo.FALLOC_FL_KEEP_SIZE;
+        int mode = unmap
+                ? FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE
+                : FileIo.FALLOC_FL_ZERO_RANGE | FileIo.FALLOC_FL_KEEP_SIZE;
         try {
             FileIo.fallocate(fd, mode, offset, len);
         } catch (LinuxException e) {
@@ -275,7 +283,8 @@ public final class RawImage implements DiskImage {
     @Override
     public Extent extent(long offset, long len) throws IOException {
         if (offset < 0 || len <= 0 || offset >= size) {
-            throw new LinuxException("lseek", "extent " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+            throw new LinuxException(
+                    "lseek", "extent " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
         }
         long max = Math.min(len, size - offset);
         if (blockDevice) {
@@ -297,8 +306,10 @@ public final class RawImage implements DiskImage {
     @Override
     public void readAt(long offset, MemorySegment dst) throws IOException {
         if (offset < 0 || (!growable && (offset > size || dst.byteSize() > size - offset))) {
-            throw new LinuxException("pread", "range " + offset + "+" + dst.byteSize() + " outside the " + size
-                    + "-byte image", Errno.EINVAL);
+            throw new LinuxException(
+                    "pread",
+                    "range " + offset + "+" + dst.byteSize() + " outside the " + size + "-byte image",
+                    Errno.EINVAL);
         }
         long got = FileIo.readFully(fd, dst, offset);
         if (got < dst.byteSize()) {
@@ -324,9 +335,11 @@ public final class RawImage implements DiskImage {
     public final class IoContext implements ImageIo {
         /** Owns the memory of a context made by {@link #newContext(int, int)}; null for caller-owned memory. */
         private final Arena arena;
+
         private final IoVec iov;
         /** Grows up to the iovec capacity as requests need it, so thousands of idle contexts stay small. */
         private MemorySegment[] buffers;
+
         private final MemorySegment bounce;
         private int count;
         private long bytes;
@@ -465,7 +478,9 @@ public final class RawImage implements DiskImage {
                 return;
             }
             if (result < 0) {
-                int op = count == 1 ? (write ? IoUring.OP_WRITE : IoUring.OP_READ) : (write ? IoUring.OP_WRITEV : IoUring.OP_READV);
+                int op = count == 1
+                        ? (write ? IoUring.OP_WRITE : IoUring.OP_READ)
+                        : (write ? IoUring.OP_WRITEV : IoUring.OP_READV);
                 throw IoUring.error(op, result, path + ", " + bytes + " bytes at " + offset);
             }
             if (result < bytes) {
@@ -498,8 +513,10 @@ public final class RawImage implements DiskImage {
         /** O_DIRECT with guest buffers that are not aligned: go through the aligned bounce buffer in chunks. */
         private void bounced(long offset, boolean write) throws IOException {
             if ((offset & (directAlign - 1)) != 0 || (bytes & (directAlign - 1)) != 0) {
-                throw new LinuxException(write ? "pwrite" : "pread",
-                        "O_DIRECT request at " + offset + "+" + bytes + " is not " + directAlign + "-byte aligned", Errno.EINVAL);
+                throw new LinuxException(
+                        write ? "pwrite" : "pread",
+                        "O_DIRECT request at " + offset + "+" + bytes + " is not " + directAlign + "-byte aligned",
+                        Errno.EINVAL);
             }
             long chunkMax = bounce.byteSize() - bounce.byteSize() % directAlign;
             int seg = 0;
@@ -539,8 +556,10 @@ public final class RawImage implements DiskImage {
                 throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
             }
             if (offset < 0 || len < 0 || (!growable && (offset > size || len > size - offset))) {
-                throw new LinuxException(write ? "pwrite" : "pread",
-                        "range " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+                throw new LinuxException(
+                        write ? "pwrite" : "pread",
+                        "range " + offset + "+" + len + " outside the " + size + "-byte image",
+                        Errno.EINVAL);
             }
         }
 

@@ -10,8 +10,7 @@ import java.util.Locale;
 public final class ByteSizes {
     private static final String[] SUFFIX = {"", "K", "M", "G", "T", "P", "E"};
 
-    private ByteSizes() {
-    }
+    private ByteSizes() {}
 
     /**
      * Exact and short, for sizes that are usually powers of two (BARs, pages, transfer limits): "4K", "2M", "0";
@@ -78,8 +77,8 @@ public final class ByteSizes {
             }
             return v << shift;
         } catch (NumberFormatException e) {
-            throw new ActionableException("'" + printable(text) + "' is not a size",
-                    "write e.g. 4G, 512M, 64K or 1073741824 (binary units)");
+            throw new ActionableException(
+                    "'" + printable(text) + "' is not a size", "write e.g. 4G, 512M, 64K or 1073741824 (binary units)");
         }
     }
 

@@ -10,8 +10,7 @@ import java.util.Map;
  * other way to say; any other object as its {@code toString()} string.
  */
 public final class Json {
-    private Json() {
-    }
+    private Json() {}
 
     public static String write(Object value) {
         StringBuilder b = new StringBuilder();

@@ -39,11 +39,12 @@ public final class DmaArena implements AutoCloseable {
         }
         long rounded = (size + page - 1) & -page;
         if ((iova & (page - 1)) != 0) {
-            throw new IllegalArgumentException(String.format("IOVA 0x%x is not aligned to the IOMMU page size %d",
-                    iova, page));
+            throw new IllegalArgumentException(
+                    String.format("IOVA 0x%x is not aligned to the IOMMU page size %d", iova, page));
         }
         if (!info.iovaUsable(iova, rounded)) {
-            throw new VfioException(String.format("IOVA range 0x%x+0x%x lies outside the IOMMU's usable ranges %s",
+            throw new VfioException(String.format(
+                    "IOVA range 0x%x+0x%x lies outside the IOMMU's usable ranges %s",
                     iova, rounded, info.iovaRanges()));
         }
         Arena arena = Arena.ofShared();
@@ -87,8 +88,8 @@ public final class DmaArena implements AutoCloseable {
         }
         long start = (next + align - 1) & -align;
         if (start > memory.byteSize() || size > memory.byteSize() - start) {
-            throw new VfioException(String.format("DMA arena of %d bytes is exhausted (%d used, %d more asked)",
-                    memory.byteSize(), next, size));
+            throw new VfioException(String.format(
+                    "DMA arena of %d bytes is exhausted (%d used, %d more asked)", memory.byteSize(), next, size));
         }
         next = start + size;
         MemorySegment seg = memory.asSlice(start, size);

@@ -20,11 +20,9 @@ final class InfoCapabilities {
     static final long HEADER_SIZE = VfioAbi.INFO_CAP_HEADER.byteSize();
 
     /** One capability: its id, version, and the slice of the buffer from its header to the end of the buffer. */
-    record Cap(int id, int version, long offset, MemorySegment data) {
-    }
+    record Cap(int id, int version, long offset, MemorySegment data) {}
 
-    private InfoCapabilities() {
-    }
+    private InfoCapabilities() {}
 
     /**
      * @param info      the whole info buffer as filled by the kernel (its argsz bytes)

@@ -32,7 +32,10 @@ public record IommuEnvironment(boolean vfioContainer, boolean iommufd, List<Stri
         } catch (IOException e) {
             cdevs = List.of();
         }
-        return new IommuEnvironment(Files.exists(dev.resolve("vfio/vfio")), Files.exists(dev.resolve("iommu")), cdevs,
+        return new IommuEnvironment(
+                Files.exists(dev.resolve("vfio/vfio")),
+                Files.exists(dev.resolve("iommu")),
+                cdevs,
                 sysfs.iommuGroupCount());
     }
 
@@ -42,8 +45,10 @@ public record IommuEnvironment(boolean vfioContainer, boolean iommufd, List<Stri
      */
     public static Optional<Path> deviceCdev(PciSysfs sysfs, Path dev, Bdf a) {
         try (Stream<Path> s = Files.list(sysfs.deviceDir(a).resolve("vfio-dev"))) {
-            return s.map(p -> dev.resolve("vfio/devices").resolve(p.getFileName().toString()))
-                    .filter(Files::exists).findFirst();
+            return s.map(p ->
+                            dev.resolve("vfio/devices").resolve(p.getFileName().toString()))
+                    .filter(Files::exists)
+                    .findFirst();
         } catch (IOException e) {
             return Optional.empty();
         }

@@ -19,7 +19,9 @@ public record IommuInfo(long pageSizes, List<IovaRange> iovaRanges, OptionalInt 
     public record IovaRange(long start, long end) {
         public boolean contains(long iova, long size) {
             long last = iova + size - 1;
-            return size > 0 && Long.compareUnsigned(iova, start) >= 0 && Long.compareUnsigned(last, end) <= 0
+            return size > 0
+                    && Long.compareUnsigned(iova, start) >= 0
+                    && Long.compareUnsigned(last, end) <= 0
                     && Long.compareUnsigned(last, iova) >= 0;
         }
 

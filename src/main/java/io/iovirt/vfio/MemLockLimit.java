@@ -13,11 +13,9 @@ import java.util.OptionalLong;
  */
 final class MemLockLimit {
     /** Soft limit in bytes; empty when unlimited or unreadable. */
-    record Limit(OptionalLong soft, OptionalLong hard) {
-    }
+    record Limit(OptionalLong soft, OptionalLong hard) {}
 
-    private MemLockLimit() {
-    }
+    private MemLockLimit() {}
 
     static Limit current() {
         try {
@@ -53,10 +51,13 @@ final class MemLockLimit {
     /** The remedy text for a DMA mapping of {@code bytes} that failed with ENOMEM. */
     static String explainEnomem(long bytes) {
         Limit l = current();
-        String now = l.soft().isPresent() ? l.soft().getAsLong() / 1024 + " KiB (soft), "
-                + (l.hard().isPresent() ? l.hard().getAsLong() / 1024 + " KiB" : "unlimited") + " (hard)" : "unlimited";
+        String now = l.soft().isPresent()
+                ? l.soft().getAsLong() / 1024 + " KiB (soft), "
+                        + (l.hard().isPresent() ? l.hard().getAsLong() / 1024 + " KiB" : "unlimited") + " (hard)"
+                : "unlimited";
         return "the VFIO type1 IOMMU pins every mapped page and charges it to the locked-memory limit "
-                + "(RLIMIT_MEMLOCK, now " + now + "; this mapping would pin " + bytes / 1024 + " KiB more) — raise it with 'ulimit -l <KiB>' or 'ulimit -l unlimited' in the shell that starts iovirt "
+                + "(RLIMIT_MEMLOCK, now " + now + "; this mapping would pin " + bytes / 1024
+                + " KiB more) — raise it with 'ulimit -l <KiB>' or 'ulimit -l unlimited' in the shell that starts iovirt "
                 + "(systemd: LimitMEMLOCK=; /etc/security/limits.conf: memlock), or run with CAP_IPC_LOCK";
     }
 }

@@ -98,7 +98,9 @@ public final class MmioRegion implements AutoCloseable {
         check(offset, width);
         MemorySegment seg = mapped(offset, width);
         if (seg != null) {
-            return width == 4 ? Integer.toUnsignedLong((int) I32.getVolatile(seg, 0L)) : (long) I64.getVolatile(seg, 0L);
+            return width == 4
+                    ? Integer.toUnsignedLong((int) I32.getVolatile(seg, 0L))
+                    : (long) I64.getVolatile(seg, 0L);
         }
         try {
             return device.readRegion(region, offset, width);
@@ -127,7 +129,8 @@ public final class MmioRegion implements AutoCloseable {
 
     private void check(long offset, int width) {
         if (offset < 0 || offset > region.size() - width || (offset & (width - 1)) != 0) {
-            throw new IndexOutOfBoundsException(String.format("%d-byte access at 0x%x outside %s (%d bytes) or unaligned",
+            throw new IndexOutOfBoundsException(String.format(
+                    "%d-byte access at 0x%x outside %s (%d bytes) or unaligned",
                     width, offset, region.name(), region.size()));
         }
     }

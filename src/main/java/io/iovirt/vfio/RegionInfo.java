@@ -15,8 +15,7 @@ public record RegionInfo(int index, String name, int flags, long size, long offs
     }
 
     /** A region capability. */
-    public sealed interface Capability {
-    }
+    public sealed interface Capability {}
 
     /** Only these parts of the region may be mmap'ed (the rest, e.g. an MSI-X table, through read/write). */
     public record SparseMmap(List<Area> areas) implements Capability {
@@ -25,19 +24,15 @@ public record RegionInfo(int index, String name, int flags, long size, long offs
         }
     }
 
-    public record Area(long offset, long size) {
-    }
+    public record Area(long offset, long size) {}
 
     /** A device-specific region's type and subtype. */
-    public record Type(int type, int subtype) implements Capability {
-    }
+    public record Type(int type, int subtype) implements Capability {}
 
     /** The MSI-X table inside this BAR may be mapped along with the rest (IRQ remapping protects it). */
-    public record MsixMappable() implements Capability {
-    }
+    public record MsixMappable() implements Capability {}
 
-    public record Unknown(int id, int version) implements Capability {
-    }
+    public record Unknown(int id, int version) implements Capability {}
 
     public boolean readable() {
         return (flags & VfioAbi.REGION_INFO_FLAG_READ) != 0;
@@ -86,18 +81,19 @@ public record RegionInfo(int index, String name, int flags, long size, long offs
     public List<String> capTexts() {
         List<String> out = new ArrayList<>();
         for (Capability c : caps) {
-            out.add(switch (c) {
-                case SparseMmap s -> {
-                    List<String> a = new ArrayList<>();
-                    for (Area area : s.areas()) {
-                        a.add(String.format("0x%x+%s", area.offset(), ByteSizes.binary(area.size())));
-                    }
-                    yield "sparse-mmap[" + String.join(",", a) + "]";
-                }
-                case Type t -> String.format("type %#x/%d", t.type(), t.subtype());
-                case MsixMappable m -> "msix-mappable";
-                case Unknown u -> "cap " + u.id() + " v" + u.version();
-            });
+            out.add(
+                    switch (c) {
+                        case SparseMmap s -> {
+                            List<String> a = new ArrayList<>();
+                            for (Area area : s.areas()) {
+                                a.add(String.format("0x%x+%s", area.offset(), ByteSizes.binary(area.size())));
+                            }
+                            yield "sparse-mmap[" + String.join(",", a) + "]";
+                        }
+                        case Type t -> String.format("type %#x/%d", t.type(), t.subtype());
+                        case MsixMappable m -> "msix-mappable";
+                        case Unknown u -> "cap " + u.id() + " v" + u.version();
+                    });
         }
         return out;
     }

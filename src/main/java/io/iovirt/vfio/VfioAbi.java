@@ -19,8 +19,7 @@ import java.lang.foreign.StructLayout;
  * encoded number carries neither, and the kernel validates {@code argsz} instead.
  */
 final class VfioAbi {
-    private VfioAbi() {
-    }
+    private VfioAbi() {}
 
     static final int TYPE = ';';
     static final int BASE = 100;
@@ -109,66 +108,95 @@ final class VfioAbi {
 
     // ---- structs --------------------------------------------------------------------------------------------------
     static final StructLayout GROUP_STATUS = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags")).withName("vfio_group_status");
+                    JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"))
+            .withName("vfio_group_status");
 
     /** 20 bytes in 6.1; later kernels append a 4-byte pad. The kernel accepts any argsz of at least 20. */
     static final StructLayout DEVICE_INFO = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"), JAVA_INT.withName("num_regions"),
-            JAVA_INT.withName("num_irqs"), JAVA_INT.withName("cap_offset")).withName("vfio_device_info");
+                    JAVA_INT.withName("argsz"),
+                    JAVA_INT.withName("flags"),
+                    JAVA_INT.withName("num_regions"),
+                    JAVA_INT.withName("num_irqs"),
+                    JAVA_INT.withName("cap_offset"))
+            .withName("vfio_device_info");
 
     static final StructLayout REGION_INFO = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"), JAVA_INT.withName("index"),
-            JAVA_INT.withName("cap_offset"), JAVA_LONG.withName("size"), JAVA_LONG.withName("offset"))
+                    JAVA_INT.withName("argsz"),
+                    JAVA_INT.withName("flags"),
+                    JAVA_INT.withName("index"),
+                    JAVA_INT.withName("cap_offset"),
+                    JAVA_LONG.withName("size"),
+                    JAVA_LONG.withName("offset"))
             .withName("vfio_region_info");
 
     static final StructLayout INFO_CAP_HEADER = MemoryLayout.structLayout(
-            JAVA_SHORT.withName("id"), JAVA_SHORT.withName("version"), JAVA_INT.withName("next"))
+                    JAVA_SHORT.withName("id"), JAVA_SHORT.withName("version"), JAVA_INT.withName("next"))
             .withName("vfio_info_cap_header");
 
     static final StructLayout SPARSE_MMAP_AREA = MemoryLayout.structLayout(
-            JAVA_LONG.withName("offset"), JAVA_LONG.withName("size")).withName("vfio_region_sparse_mmap_area");
+                    JAVA_LONG.withName("offset"), JAVA_LONG.withName("size"))
+            .withName("vfio_region_sparse_mmap_area");
 
     /** Followed by {@code nr_areas} {@link #SPARSE_MMAP_AREA}s. */
     static final StructLayout CAP_SPARSE_MMAP = MemoryLayout.structLayout(
-            INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("nr_areas"), JAVA_INT.withName("reserved"))
+                    INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("nr_areas"), JAVA_INT.withName("reserved"))
             .withName("vfio_region_info_cap_sparse_mmap");
 
     static final StructLayout CAP_TYPE = MemoryLayout.structLayout(
-            INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("type"), JAVA_INT.withName("subtype"))
+                    INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("type"), JAVA_INT.withName("subtype"))
             .withName("vfio_region_info_cap_type");
 
     static final StructLayout IRQ_INFO = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"), JAVA_INT.withName("index"),
-            JAVA_INT.withName("count")).withName("vfio_irq_info");
+                    JAVA_INT.withName("argsz"),
+                    JAVA_INT.withName("flags"),
+                    JAVA_INT.withName("index"),
+                    JAVA_INT.withName("count"))
+            .withName("vfio_irq_info");
 
     /** Followed by {@code count} elements of data (s32 eventfds, or u8 bools). */
     static final StructLayout IRQ_SET = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"), JAVA_INT.withName("index"),
-            JAVA_INT.withName("start"), JAVA_INT.withName("count")).withName("vfio_irq_set");
+                    JAVA_INT.withName("argsz"),
+                    JAVA_INT.withName("flags"),
+                    JAVA_INT.withName("index"),
+                    JAVA_INT.withName("start"),
+                    JAVA_INT.withName("count"))
+            .withName("vfio_irq_set");
 
     static final StructLayout IOMMU_TYPE1_INFO = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"), JAVA_LONG.withName("iova_pgsizes"),
-            JAVA_INT.withName("cap_offset"), MemoryLayout.paddingLayout(4)).withName("vfio_iommu_type1_info");
+                    JAVA_INT.withName("argsz"),
+                    JAVA_INT.withName("flags"),
+                    JAVA_LONG.withName("iova_pgsizes"),
+                    JAVA_INT.withName("cap_offset"),
+                    MemoryLayout.paddingLayout(4))
+            .withName("vfio_iommu_type1_info");
 
     static final StructLayout IOVA_RANGE = MemoryLayout.structLayout(
-            JAVA_LONG.withName("start"), JAVA_LONG.withName("end")).withName("vfio_iova_range");
+                    JAVA_LONG.withName("start"), JAVA_LONG.withName("end"))
+            .withName("vfio_iova_range");
 
     /** Followed by {@code nr_iovas} {@link #IOVA_RANGE}s. */
     static final StructLayout CAP_IOVA_RANGE = MemoryLayout.structLayout(
-            INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("nr_iovas"), JAVA_INT.withName("reserved"))
+                    INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("nr_iovas"), JAVA_INT.withName("reserved"))
             .withName("vfio_iommu_type1_info_cap_iova_range");
 
     static final StructLayout CAP_DMA_AVAIL = MemoryLayout.structLayout(
-            INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("avail"))
+                    INFO_CAP_HEADER.withName("header"), JAVA_INT.withName("avail"))
             .withName("vfio_iommu_type1_info_dma_avail");
 
     static final StructLayout DMA_MAP = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"), JAVA_LONG.withName("vaddr"),
-            JAVA_LONG.withName("iova"), JAVA_LONG.withName("size")).withName("vfio_iommu_type1_dma_map");
+                    JAVA_INT.withName("argsz"),
+                    JAVA_INT.withName("flags"),
+                    JAVA_LONG.withName("vaddr"),
+                    JAVA_LONG.withName("iova"),
+                    JAVA_LONG.withName("size"))
+            .withName("vfio_iommu_type1_dma_map");
 
     static final StructLayout DMA_UNMAP = MemoryLayout.structLayout(
-            JAVA_INT.withName("argsz"), JAVA_INT.withName("flags"), JAVA_LONG.withName("iova"),
-            JAVA_LONG.withName("size")).withName("vfio_iommu_type1_dma_unmap");
+                    JAVA_INT.withName("argsz"),
+                    JAVA_INT.withName("flags"),
+                    JAVA_LONG.withName("iova"),
+                    JAVA_LONG.withName("size"))
+            .withName("vfio_iommu_type1_dma_unmap");
 
     /** Byte offset of {@code field} in {@code layout} (nested fields by path: "header", "next"). */
     static long offset(StructLayout layout, String... path) {

@@ -78,20 +78,24 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
         try {
             fd = FileIo.open(path, FileIo.O_RDWR);
         } catch (LinuxException e) {
-            throw new VfioException(switch (e.errno()) {
-                case Errno.ENOENT -> "no " + path + ": the vfio module is not loaded — 'modprobe vfio-pci' "
-                        + "(it also loads vfio and vfio_iommu_type1)";
-                case Errno.EACCES, Errno.EPERM -> "cannot open " + path + ": " + e.errnoName()
-                        + " — run as root, or give this user read/write access to it";
-                default -> "cannot open " + path + ": " + e.getMessage();
-            }, e);
+            throw new VfioException(
+                    switch (e.errno()) {
+                        case Errno.ENOENT ->
+                            "no " + path + ": the vfio module is not loaded — 'modprobe vfio-pci' "
+                                    + "(it also loads vfio and vfio_iommu_type1)";
+                        case Errno.EACCES, Errno.EPERM ->
+                            "cannot open " + path + ": " + e.errnoName()
+                                    + " — run as root, or give this user read/write access to it";
+                        default -> "cannot open " + path + ": " + e.getMessage();
+                    },
+                    e);
         }
         VfioContainer c = new VfioContainer(fd, path);
         try {
             int version = Ioctl.call(fd, VfioAbi.GET_API_VERSION);
             if (version != VfioAbi.API_VERSION) {
-                throw new VfioException(path + " speaks VFIO API version " + version + "; iovirt knows version "
-                        + VfioAbi.API_VERSION);
+                throw new VfioException(
+                        path + " speaks VFIO API version " + version + "; iovirt knows version " + VfioAbi.API_VERSION);
             }
             return c;
         } catch (LinuxException e) {
@@ -162,8 +166,10 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
         try {
             Ioctl.call(fd, VfioAbi.SET_IOMMU, (long) type.id);
         } catch (LinuxException e) {
-            throw new VfioException("VFIO_SET_IOMMU(" + type.label + ") failed: " + e.getMessage()
-                    + (e.errno() == Errno.EINVAL ? " — attach a group to the container first" : ""), e);
+            throw new VfioException(
+                    "VFIO_SET_IOMMU(" + type.label + ") failed: " + e.getMessage()
+                            + (e.errno() == Errno.EINVAL ? " — attach a group to the container first" : ""),
+                    e);
         }
         iommu = type;
     }
@@ -212,13 +218,14 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
     }
 
     static IommuInfo parseIommuInfo(MemorySegment info, int flags) throws VfioException {
-        long pageSizes = (flags & VfioAbi.IOMMU_INFO_PGSIZES) != 0 ? info.get(JAVA_LONG, VfioAbi.IOMMU_INFO_PGSIZES_OFF) : 0;
+        long pageSizes =
+                (flags & VfioAbi.IOMMU_INFO_PGSIZES) != 0 ? info.get(JAVA_LONG, VfioAbi.IOMMU_INFO_PGSIZES_OFF) : 0;
         List<IommuInfo.IovaRange> ranges = new ArrayList<>();
         OptionalInt avail = OptionalInt.empty();
         if ((flags & VfioAbi.IOMMU_INFO_CAPS) != 0) {
             long first = Integer.toUnsignedLong(info.get(JAVA_INT, VfioAbi.IOMMU_INFO_CAP_OFFSET));
-            for (InfoCapabilities.Cap cap : InfoCapabilities.walk(info, first, VfioAbi.IOMMU_TYPE1_INFO.byteSize(),
-                    "IOMMU info")) {
+            for (InfoCapabilities.Cap cap :
+                    InfoCapabilities.walk(info, first, VfioAbi.IOMMU_TYPE1_INFO.byteSize(), "IOMMU info")) {
                 switch (cap.id()) {
                     case VfioAbi.IOMMU_TYPE1_INFO_CAP_IOVA_RANGE -> {
                         InfoCapabilities.require(cap, VfioAbi.CAP_IOVA_RANGE.byteSize(), "IOVA range capability");
@@ -228,7 +235,8 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
                         InfoCapabilities.require(cap, base + n * each, "IOVA range capability");
                         for (long i = 0; i < n; i++) {
                             long o = base + i * each;
-                            ranges.add(new IommuInfo.IovaRange(cap.data().get(JAVA_LONG_UNALIGNED, o),
+                            ranges.add(new IommuInfo.IovaRange(
+                                    cap.data().get(JAVA_LONG_UNALIGNED, o),
                                     cap.data().get(JAVA_LONG_UNALIGNED, o + 8)));
                         }
                     }
@@ -249,7 +257,10 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
     public void mapDma(MemorySegment memory, long iova, boolean deviceWrites) throws VfioException {
         requireIommu("VFIO_IOMMU_MAP_DMA");
         long size = memory.byteSize();
-        if (!memory.isNative() || size == 0 || (memory.address() & 0xfff) != 0 || (size & 0xfff) != 0
+        if (!memory.isNative()
+                || size == 0
+                || (memory.address() & 0xfff) != 0
+                || (size & 0xfff) != 0
                 || (iova & 0xfff) != 0) {
             throw new IllegalArgumentException(String.format(
                     "DMA mapping must be native, page aligned and whole pages: vaddr 0x%x, iova 0x%x, size %d",
@@ -265,18 +276,23 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
             m.set(JAVA_LONG, VfioAbi.DMA_MAP_SIZE, size);
             Ioctl.call(fd, VfioAbi.IOMMU_MAP_DMA, m);
         } catch (LinuxException e) {
-            String what = String.format("VFIO_IOMMU_MAP_DMA of %d bytes at IOVA 0x%x failed: %s", size, iova,
-                    e.errnoName());
-            throw new VfioException(what + " — " + switch (e.errno()) {
-                case Errno.ENOMEM -> MemLockLimit.explainEnomem(size);
-                case Errno.EEXIST -> "the IOVA range overlaps an existing mapping; choose another IOVA";
-                case Errno.ENOSPC -> "the container reached vfio_iommu_type1's dma_entry_limit (module parameter, "
-                        + "default 65535 mappings); use fewer, larger mappings";
-                case Errno.EINVAL -> "the IOVA or size is not aligned to the IOMMU page size, or the range lies "
-                        + "outside the usable IOVA ranges ('iovirt vfio info' lists them)";
-                case Errno.EFAULT -> "the process memory is not mapped";
-                default -> e.getMessage();
-            }, e);
+            String what =
+                    String.format("VFIO_IOMMU_MAP_DMA of %d bytes at IOVA 0x%x failed: %s", size, iova, e.errnoName());
+            throw new VfioException(
+                    what + " — "
+                            + switch (e.errno()) {
+                                case Errno.ENOMEM -> MemLockLimit.explainEnomem(size);
+                                case Errno.EEXIST -> "the IOVA range overlaps an existing mapping; choose another IOVA";
+                                case Errno.ENOSPC ->
+                                    "the container reached vfio_iommu_type1's dma_entry_limit (module parameter, "
+                                            + "default 65535 mappings); use fewer, larger mappings";
+                                case Errno.EINVAL ->
+                                    "the IOVA or size is not aligned to the IOMMU page size, or the range lies "
+                                            + "outside the usable IOVA ranges ('iovirt vfio info' lists them)";
+                                case Errno.EFAULT -> "the process memory is not mapped";
+                                default -> e.getMessage();
+                            },
+                    e);
         }
     }
 
@@ -298,8 +314,10 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
                         "VFIO_IOMMU_UNMAP_DMA at IOVA 0x%x removed %d bytes, expected %d", iova, unmapped, size));
             }
         } catch (LinuxException e) {
-            throw new VfioException(String.format("VFIO_IOMMU_UNMAP_DMA of %d bytes at IOVA 0x%x failed: %s",
-                    size, iova, e.getMessage()), e);
+            throw new VfioException(
+                    String.format(
+                            "VFIO_IOMMU_UNMAP_DMA of %d bytes at IOVA 0x%x failed: %s", size, iova, e.getMessage()),
+                    e);
         }
     }
 

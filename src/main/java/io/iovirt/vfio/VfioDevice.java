@@ -38,8 +38,13 @@ public final class VfioDevice implements AutoCloseable {
         this.name = name;
         this.info = info;
         this.unmaskIntx = Arena.ofAuto().allocate(VfioAbi.IRQ_SET);
-        irqSetHeader(unmaskIntx, VfioAbi.IRQ_SET_DATA_NONE | VfioAbi.IRQ_SET_ACTION_UNMASK,
-                VfioAbi.PCI_INTX_IRQ_INDEX, 0, 1, (int) VfioAbi.IRQ_SET.byteSize());
+        irqSetHeader(
+                unmaskIntx,
+                VfioAbi.IRQ_SET_DATA_NONE | VfioAbi.IRQ_SET_ACTION_UNMASK,
+                VfioAbi.PCI_INTX_IRQ_INDEX,
+                0,
+                1,
+                (int) VfioAbi.IRQ_SET.byteSize());
     }
 
     static VfioDevice open(Fd fd, String name) throws VfioException {
@@ -47,7 +52,9 @@ public final class VfioDevice implements AutoCloseable {
             MemorySegment s = a.allocate(VfioAbi.DEVICE_INFO);
             s.set(JAVA_INT, VfioAbi.ARGSZ, (int) VfioAbi.DEVICE_INFO.byteSize());
             Ioctl.call(fd, VfioAbi.DEVICE_GET_INFO, s);
-            DeviceInfo info = new DeviceInfo(s.get(JAVA_INT, VfioAbi.FLAGS), s.get(JAVA_INT, VfioAbi.DEVICE_INFO_NUM_REGIONS),
+            DeviceInfo info = new DeviceInfo(
+                    s.get(JAVA_INT, VfioAbi.FLAGS),
+                    s.get(JAVA_INT, VfioAbi.DEVICE_INFO_NUM_REGIONS),
                     s.get(JAVA_INT, VfioAbi.DEVICE_INFO_NUM_IRQS));
             if (info.numRegions() < 0 || info.numRegions() > 1024 || info.numIrqs() < 0 || info.numIrqs() > 1024) {
                 throw new VfioException("VFIO_DEVICE_GET_INFO for " + name + " reports an implausible " + info);
@@ -85,7 +92,8 @@ public final class VfioDevice implements AutoCloseable {
                 long want = Integer.toUnsignedLong(s.get(JAVA_INT, VfioAbi.ARGSZ));
                 if ((s.get(JAVA_INT, VfioAbi.FLAGS) & VfioAbi.REGION_INFO_FLAG_CAPS) != 0 && want > argsz) {
                     if (want > 1 << 20) {
-                        throw new VfioException("region info for " + name + " asks for an implausible " + want + " bytes");
+                        throw new VfioException(
+                                "region info for " + name + " asks for an implausible " + want + " bytes");
                     }
                     argsz = want;
                     continue;
@@ -96,8 +104,8 @@ public final class VfioDevice implements AutoCloseable {
                     // vfio-pci answers EINVAL for the VGA region of a device that is not a VGA controller
                     return new RegionInfo(index, regionName(index), 0, 0, 0, List.of());
                 }
-                throw new VfioException("VFIO_DEVICE_GET_REGION_INFO(" + index + ") for " + name + " failed: "
-                        + e.getMessage(), e);
+                throw new VfioException(
+                        "VFIO_DEVICE_GET_REGION_INFO(" + index + ") for " + name + " failed: " + e.getMessage(), e);
             }
         }
         throw new VfioException("region info for " + name + ": the capability buffer size kept changing");
@@ -112,35 +120,38 @@ public final class VfioDevice implements AutoCloseable {
             long first = Integer.toUnsignedLong(s.get(JAVA_INT, VfioAbi.REGION_INFO_CAP_OFFSET));
             String what = name + " region info";
             for (InfoCapabilities.Cap cap : InfoCapabilities.walk(s, first, VfioAbi.REGION_INFO.byteSize(), what)) {
-                caps.add(switch (cap.id()) {
-                    case VfioAbi.REGION_INFO_CAP_SPARSE_MMAP -> {
-                        InfoCapabilities.require(cap, VfioAbi.CAP_SPARSE_MMAP.byteSize(), what);
-                        long n = Integer.toUnsignedLong(cap.data().get(JAVA_INT, VfioAbi.SPARSE_NR_AREAS));
-                        long base = VfioAbi.CAP_SPARSE_MMAP.byteSize();
-                        long each = VfioAbi.SPARSE_MMAP_AREA.byteSize();
-                        InfoCapabilities.require(cap, base + n * each, what);
-                        List<RegionInfo.Area> areas = new ArrayList<>();
-                        for (long i = 0; i < n; i++) {
-                            long ao = cap.data().get(JAVA_LONG_UNALIGNED, base + i * each);
-                            long as = cap.data().get(JAVA_LONG_UNALIGNED, base + i * each + 8);
-                            if (as < 0 || ao < 0 || ao > size || as > size - ao) {
-                                throw new VfioException(String.format("%s: sparse mmap area 0x%x+0x%x outside the "
-                                        + "%d-byte region", what, ao, as, size));
+                caps.add(
+                        switch (cap.id()) {
+                            case VfioAbi.REGION_INFO_CAP_SPARSE_MMAP -> {
+                                InfoCapabilities.require(cap, VfioAbi.CAP_SPARSE_MMAP.byteSize(), what);
+                                long n = Integer.toUnsignedLong(cap.data().get(JAVA_INT, VfioAbi.SPARSE_NR_AREAS));
+                                long base = VfioAbi.CAP_SPARSE_MMAP.byteSize();
+                                long each = VfioAbi.SPARSE_MMAP_AREA.byteSize();
+                                InfoCapabilities.require(cap, base + n * each, what);
+                                List<RegionInfo.Area> areas = new ArrayList<>();
+                                for (long i = 0; i < n; i++) {
+                                    long ao = cap.data().get(JAVA_LONG_UNALIGNED, base + i * each);
+                                    long as = cap.data().get(JAVA_LONG_UNALIGNED, base + i * each + 8);
+                                    if (as < 0 || ao < 0 || ao > size || as > size - ao) {
+                                        throw new VfioException(String.format(
+                                                "%s: sparse mmap area 0x%x+0x%x outside the " + "%d-byte region",
+                                                what, ao, as, size));
+                                    }
+                                    if (as > 0) {
+                                        areas.add(new RegionInfo.Area(ao, as));
+                                    }
+                                }
+                                yield new RegionInfo.SparseMmap(areas);
                             }
-                            if (as > 0) {
-                                areas.add(new RegionInfo.Area(ao, as));
+                            case VfioAbi.REGION_INFO_CAP_TYPE -> {
+                                InfoCapabilities.require(cap, VfioAbi.CAP_TYPE.byteSize(), what);
+                                yield new RegionInfo.Type(
+                                        cap.data().get(JAVA_INT, VfioAbi.CAP_TYPE_TYPE),
+                                        cap.data().get(JAVA_INT, VfioAbi.CAP_TYPE_SUBTYPE));
                             }
-                        }
-                        yield new RegionInfo.SparseMmap(areas);
-                    }
-                    case VfioAbi.REGION_INFO_CAP_TYPE -> {
-                        InfoCapabilities.require(cap, VfioAbi.CAP_TYPE.byteSize(), what);
-                        yield new RegionInfo.Type(cap.data().get(JAVA_INT, VfioAbi.CAP_TYPE_TYPE),
-                                cap.data().get(JAVA_INT, VfioAbi.CAP_TYPE_SUBTYPE));
-                    }
-                    case VfioAbi.REGION_INFO_CAP_MSIX_MAPPABLE -> new RegionInfo.MsixMappable();
-                    default -> new RegionInfo.Unknown(cap.id(), cap.version());
-                });
+                            case VfioAbi.REGION_INFO_CAP_MSIX_MAPPABLE -> new RegionInfo.MsixMappable();
+                            default -> new RegionInfo.Unknown(cap.id(), cap.version());
+                        });
             }
         }
         return new RegionInfo(index, name, flags, size, offset, caps);
@@ -163,11 +174,14 @@ public final class VfioDevice implements AutoCloseable {
             s.set(JAVA_INT, VfioAbi.ARGSZ, (int) VfioAbi.IRQ_INFO.byteSize());
             s.set(JAVA_INT, VfioAbi.IRQ_INFO_INDEX, index);
             Ioctl.call(fd, VfioAbi.DEVICE_GET_IRQ_INFO, s);
-            return new IrqInfo(index, info.pci() ? IrqInfo.pciName(index) : "irq " + index,
-                    s.get(JAVA_INT, VfioAbi.FLAGS), s.get(JAVA_INT, VfioAbi.IRQ_INFO_COUNT));
+            return new IrqInfo(
+                    index,
+                    info.pci() ? IrqInfo.pciName(index) : "irq " + index,
+                    s.get(JAVA_INT, VfioAbi.FLAGS),
+                    s.get(JAVA_INT, VfioAbi.IRQ_INFO_COUNT));
         } catch (LinuxException e) {
-            throw new VfioException("VFIO_DEVICE_GET_IRQ_INFO(" + index + ") for " + name + " failed: "
-                    + e.getMessage(), e);
+            throw new VfioException(
+                    "VFIO_DEVICE_GET_IRQ_INFO(" + index + ") for " + name + " failed: " + e.getMessage(), e);
         }
     }
 
@@ -186,8 +200,8 @@ public final class VfioDevice implements AutoCloseable {
             MemorySegment buf = a.allocate(8, 8);
             long n = FileIo.pread(fd, buf.asSlice(0, width), r.offset() + offset);
             if (n != width) {
-                throw new VfioException(String.format("short read of %d bytes at 0x%x in %s of %s: %d", width,
-                        offset, r.name(), name, n));
+                throw new VfioException(String.format(
+                        "short read of %d bytes at 0x%x in %s of %s: %d", width, offset, r.name(), name, n));
             }
             return switch (width) {
                 case 1 -> Byte.toUnsignedLong(buf.get(JAVA_BYTE, 0));
@@ -196,8 +210,11 @@ public final class VfioDevice implements AutoCloseable {
                 default -> buf.get(JAVA_LONG, 0);
             };
         } catch (LinuxException e) {
-            throw new VfioException(String.format("reading %d bytes at 0x%x of %s in %s failed: %s", width, offset,
-                    r.name(), name, e.getMessage()), e);
+            throw new VfioException(
+                    String.format(
+                            "reading %d bytes at 0x%x of %s in %s failed: %s",
+                            width, offset, r.name(), name, e.getMessage()),
+                    e);
         }
     }
 
@@ -207,12 +224,15 @@ public final class VfioDevice implements AutoCloseable {
             buf.set(JAVA_LONG, 0, value); // little-endian: the low `width` bytes come first
             long n = FileIo.pwrite(fd, buf.asSlice(0, width), r.offset() + offset);
             if (n != width) {
-                throw new VfioException(String.format("short write of %d bytes at 0x%x in %s of %s: %d", width,
-                        offset, r.name(), name, n));
+                throw new VfioException(String.format(
+                        "short write of %d bytes at 0x%x in %s of %s: %d", width, offset, r.name(), name, n));
             }
         } catch (LinuxException e) {
-            throw new VfioException(String.format("writing %d bytes at 0x%x of %s in %s failed: %s", width, offset,
-                    r.name(), name, e.getMessage()), e);
+            throw new VfioException(
+                    String.format(
+                            "writing %d bytes at 0x%x of %s in %s failed: %s",
+                            width, offset, r.name(), name, e.getMessage()),
+                    e);
         }
     }
 
@@ -242,7 +262,9 @@ public final class VfioDevice implements AutoCloseable {
     }
 
     private static void checkConfig(RegionInfo c, int offset, int width) {
-        if ((width != 1 && width != 2 && width != 4) || offset < 0 || offset > c.size() - width
+        if ((width != 1 && width != 2 && width != 4)
+                || offset < 0
+                || offset > c.size() - width
                 || offset % width != 0) {
             throw new IllegalArgumentException("config space access of " + width + " bytes at " + offset
                     + " is not naturally aligned or outside the " + c.size() + "-byte config space");
@@ -327,16 +349,19 @@ public final class VfioDevice implements AutoCloseable {
         try (Arena a = Arena.ofConfined()) {
             long base = VfioAbi.IRQ_SET.byteSize();
             MemorySegment s = a.allocate(base + 4L * n, 4);
-            irqSetHeader(s, VfioAbi.IRQ_SET_DATA_EVENTFD | VfioAbi.IRQ_SET_ACTION_TRIGGER, index, start, n,
-                    (int) (base + 4L * n));
+            irqSetHeader(s, VfioAbi.IRQ_SET_DATA_EVENTFD | VfioAbi.IRQ_SET_ACTION_TRIGGER, index, start, n, (int)
+                    (base + 4L * n));
             for (int i = 0; i < n; i++) {
                 EventFd e = eventfds.get(i);
                 s.set(JAVA_INT, base + 4L * i, e == null ? -1 : e.fd().get());
             }
             Ioctl.call(fd, VfioAbi.DEVICE_SET_IRQS, s);
         } catch (LinuxException e) {
-            throw new VfioException(String.format("VFIO_DEVICE_SET_IRQS: wiring %d eventfd(s) to %s vectors %d.. of "
-                    + "%s failed: %s", n, irqName(index), start, name, e.getMessage()), e);
+            throw new VfioException(
+                    String.format(
+                            "VFIO_DEVICE_SET_IRQS: wiring %d eventfd(s) to %s vectors %d.. of " + "%s failed: %s",
+                            n, irqName(index), start, name, e.getMessage()),
+                    e);
         }
     }
 
@@ -352,7 +377,8 @@ public final class VfioDevice implements AutoCloseable {
                 Ioctl.call(fd, VfioAbi.DEVICE_SET_IRQS, unmaskIntx);
             }
         } catch (LinuxException e) {
-            throw new VfioException("VFIO_DEVICE_SET_IRQS: unmasking INTx of " + name + " failed: " + e.getMessage(), e);
+            throw new VfioException(
+                    "VFIO_DEVICE_SET_IRQS: unmasking INTx of " + name + " failed: " + e.getMessage(), e);
         }
     }
 
@@ -362,8 +388,10 @@ public final class VfioDevice implements AutoCloseable {
             irqSetHeader(s, flags, index, start, count, (int) VfioAbi.IRQ_SET.byteSize());
             Ioctl.call(fd, VfioAbi.DEVICE_SET_IRQS, s);
         } catch (LinuxException e) {
-            throw new VfioException("VFIO_DEVICE_SET_IRQS: " + what + " " + irqName(index) + " of " + name
-                    + " failed: " + e.getMessage(), e);
+            throw new VfioException(
+                    "VFIO_DEVICE_SET_IRQS: " + what + " " + irqName(index) + " of " + name + " failed: "
+                            + e.getMessage(),
+                    e);
         }
     }
 

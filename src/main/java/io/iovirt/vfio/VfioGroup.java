@@ -27,8 +27,7 @@ public final class VfioGroup implements AutoCloseable {
     public static final Path DEFAULT_DIR = Path.of("/dev/vfio");
 
     /** VFIO_GROUP_GET_STATUS. */
-    public record Status(boolean viable, boolean containerSet) {
-    }
+    public record Status(boolean viable, boolean containerSet) {}
 
     private final Fd fd;
     private final int number;
@@ -49,15 +48,20 @@ public final class VfioGroup implements AutoCloseable {
         try {
             return new VfioGroup(FileIo.open(path, FileIo.O_RDWR), number);
         } catch (LinuxException e) {
-            throw new VfioException(switch (e.errno()) {
-                case Errno.ENOENT -> "no " + path + ": no device of IOMMU group " + number + " is bound to vfio-pci — "
-                        + bindRemedy();
-                case Errno.EBUSY -> path + " is busy: IOMMU group " + number + " is already in use by another process "
-                        + "(a VM, or another iovirt); a group has one user at a time — stop that user first";
-                case Errno.EACCES, Errno.EPERM -> "cannot open " + path + ": " + e.errnoName()
-                        + " — run as root, or give this user access to it (chown/udev rule)";
-                default -> "cannot open " + path + ": " + e.getMessage();
-            }, e);
+            throw new VfioException(
+                    switch (e.errno()) {
+                        case Errno.ENOENT ->
+                            "no " + path + ": no device of IOMMU group " + number + " is bound to vfio-pci — "
+                                    + bindRemedy();
+                        case Errno.EBUSY ->
+                            path + " is busy: IOMMU group " + number + " is already in use by another process "
+                                    + "(a VM, or another iovirt); a group has one user at a time — stop that user first";
+                        case Errno.EACCES, Errno.EPERM ->
+                            "cannot open " + path + ": " + e.errnoName()
+                                    + " — run as root, or give this user access to it (chown/udev rule)";
+                        default -> "cannot open " + path + ": " + e.getMessage();
+                    },
+                    e);
         }
     }
 
@@ -77,7 +81,8 @@ public final class VfioGroup implements AutoCloseable {
             s.set(JAVA_INT, VfioAbi.ARGSZ, (int) VfioAbi.GROUP_STATUS.byteSize());
             Ioctl.call(fd, VfioAbi.GROUP_GET_STATUS, s);
             int flags = s.get(JAVA_INT, VfioAbi.FLAGS);
-            return new Status((flags & VfioAbi.GROUP_FLAGS_VIABLE) != 0, (flags & VfioAbi.GROUP_FLAGS_CONTAINER_SET) != 0);
+            return new Status(
+                    (flags & VfioAbi.GROUP_FLAGS_VIABLE) != 0, (flags & VfioAbi.GROUP_FLAGS_CONTAINER_SET) != 0);
         } catch (LinuxException e) {
             throw new VfioException("VFIO_GROUP_GET_STATUS on group " + number + " failed: " + e.getMessage(), e);
         }
@@ -104,8 +109,11 @@ public final class VfioGroup implements AutoCloseable {
             blockers.add("(members unknown: " + e.getMessage() + ")");
         }
         return "IOMMU group " + group + " is not viable: every device in it must be bound to vfio-pci or have no "
-                + "driver" + (blockers.isEmpty() ? "" : ", but " + String.join(", ", blockers) + (blockers.size() == 1
-                ? " is not" : " are not")) + " — " + bindRemedy();
+                + "driver"
+                + (blockers.isEmpty()
+                        ? ""
+                        : ", but " + String.join(", ", blockers) + (blockers.size() == 1 ? " is not" : " are not"))
+                + " — " + bindRemedy();
     }
 
     /** VFIO_GROUP_SET_CONTAINER: puts this group under {@code c}'s IOMMU context. */
@@ -118,8 +126,10 @@ public final class VfioGroup implements AutoCloseable {
             cfd.set(JAVA_INT, 0, c.fd().get());
             Ioctl.call(fd, VfioAbi.GROUP_SET_CONTAINER, cfd);
         } catch (LinuxException e) {
-            throw new VfioException("VFIO_GROUP_SET_CONTAINER for group " + number + " failed: " + e.getMessage()
-                    + (e.errno() == Errno.EPERM ? " — the group is not viable: " + bindRemedy() : ""), e);
+            throw new VfioException(
+                    "VFIO_GROUP_SET_CONTAINER for group " + number + " failed: " + e.getMessage()
+                            + (e.errno() == Errno.EPERM ? " — the group is not viable: " + bindRemedy() : ""),
+                    e);
         }
         container = c;
     }
@@ -133,8 +143,10 @@ public final class VfioGroup implements AutoCloseable {
             Ioctl.call(fd, VfioAbi.GROUP_UNSET_CONTAINER);
             container = null;
         } catch (LinuxException e) {
-            throw new VfioException("VFIO_GROUP_UNSET_CONTAINER for group " + number + " failed: " + e.getMessage()
-                    + (e.errno() == Errno.EBUSY ? " — close the group's devices first" : ""), e);
+            throw new VfioException(
+                    "VFIO_GROUP_UNSET_CONTAINER for group " + number + " failed: " + e.getMessage()
+                            + (e.errno() == Errno.EBUSY ? " — close the group's devices first" : ""),
+                    e);
         }
     }
 
@@ -148,13 +160,16 @@ public final class VfioGroup implements AutoCloseable {
         try (Arena a = Arena.ofConfined()) {
             raw = Ioctl.call(fd, VfioAbi.GROUP_GET_DEVICE_FD, a.allocateFrom(address.toString()));
         } catch (LinuxException e) {
-            throw new VfioException("VFIO_GROUP_GET_DEVICE_FD(" + address + ") on group " + number + " failed: "
-                    + e.errnoName() + switch (e.errno()) {
-                        case Errno.ENODEV, Errno.EINVAL -> " — " + address + " is not a vfio-pci device of IOMMU group "
-                                + number;
-                        case Errno.EBUSY -> " — the device is already open (by this or another process)";
-                        default -> " (" + e.getMessage() + ")";
-                    }, e);
+            throw new VfioException(
+                    "VFIO_GROUP_GET_DEVICE_FD(" + address + ") on group " + number + " failed: "
+                            + e.errnoName()
+                            + switch (e.errno()) {
+                                case Errno.ENODEV, Errno.EINVAL ->
+                                    " — " + address + " is not a vfio-pci device of IOMMU group " + number;
+                                case Errno.EBUSY -> " — the device is already open (by this or another process)";
+                                default -> " (" + e.getMessage() + ")";
+                            },
+                    e);
         }
         Fd dfd = Fd.adopt(raw);
         try {

@@ -32,8 +32,7 @@ public final class VfioSession implements AutoCloseable {
         return open(address, PciSysfs.SYSTEM, VfioGroup.DEFAULT_DIR, VfioContainer.DEFAULT_PATH);
     }
 
-    public static VfioSession open(Bdf address, PciSysfs sysfs, Path vfioDir, Path containerPath)
-            throws VfioException {
+    public static VfioSession open(Bdf address, PciSysfs sysfs, Path vfioDir, Path containerPath) throws VfioException {
         int groupNumber = sysfs.iommuGroup(address);
         VfioContainer container = null;
         VfioGroup group = null;
@@ -43,8 +42,10 @@ public final class VfioSession implements AutoCloseable {
             group.requireViable(sysfs);
             group.attach(container);
             List<VfioContainer.IommuType> types = container.supportedIommuTypes();
-            container.setIommu(types.contains(VfioContainer.IommuType.TYPE1V2) ? VfioContainer.IommuType.TYPE1V2
-                    : VfioContainer.IommuType.TYPE1);
+            container.setIommu(
+                    types.contains(VfioContainer.IommuType.TYPE1V2)
+                            ? VfioContainer.IommuType.TYPE1V2
+                            : VfioContainer.IommuType.TYPE1);
             VfioDevice device = group.openDevice(address);
             return new VfioSession(address, container, group, device);
         } catch (VfioException | RuntimeException e) {

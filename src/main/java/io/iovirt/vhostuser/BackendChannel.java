@@ -52,7 +52,8 @@ public final class BackendChannel implements AutoCloseable {
             socket.setReceiveTimeout(TIMEOUT);
         } catch (LinuxException e) {
             socket.close();
-            throw new BackendException("SET_BACKEND_REQ_FD: the descriptor is not a usable socket (" + e.getMessage() + ")");
+            throw new BackendException(
+                    "SET_BACKEND_REQ_FD: the descriptor is not a usable socket (" + e.getMessage() + ")");
         }
         return new BackendChannel(socket, name, replyAck);
     }
@@ -79,7 +80,8 @@ public final class BackendChannel implements AutoCloseable {
             }
             UnixSocket.Received r = socket.recvFully(rx, 0);
             if (r.eof()) {
-                throw new IOException(name + ": the frontend closed its backend channel instead of answering " + type.specName());
+                throw new IOException(
+                        name + ": the frontend closed its backend channel instead of answering " + type.specName());
             }
             int code = rx.get(Payloads.U32, 0);
             int flags = rx.get(Payloads.U32, 4);
@@ -94,11 +96,14 @@ public final class BackendChannel implements AutoCloseable {
             }
         } catch (SocketTimeoutException e) {
             closeLocked();
-            throw new IOException(name + ": the frontend did not answer " + type.specName() + " within "
-                    + TIMEOUT.toSeconds() + " s", e);
+            throw new IOException(
+                    name + ": the frontend did not answer " + type.specName() + " within " + TIMEOUT.toSeconds() + " s",
+                    e);
         } catch (IOException e) {
             closeLocked();
-            throw e instanceof LinuxException ? new IOException(name + ": " + type.specName() + ": " + e.getMessage(), e) : e;
+            throw e instanceof LinuxException
+                    ? new IOException(name + ": " + type.specName() + ": " + e.getMessage(), e)
+                    : e;
         }
     }
 

@@ -24,7 +24,10 @@ public final class Connection implements AutoCloseable {
     static final int MAX_FDS = Payloads.MAX_MEMORY_TABLE_REGIONS;
 
     /** Which side of the protocol this end is. */
-    public enum Role { BACKEND, FRONTEND }
+    public enum Role {
+        BACKEND,
+        FRONTEND
+    }
 
     private final UnixSocket socket;
     private final Role role;
@@ -96,21 +99,26 @@ public final class Connection implements AutoCloseable {
         List<Fd> fds = new ArrayList<>(0);
         try {
             if (!receiveHeader(fds)) {
-                throw new EOFException("backend " + name + " closed the connection instead of answering " + request.specName());
+                throw new EOFException(
+                        "backend " + name + " closed the connection instead of answering " + request.specName());
             }
             int code = rxHeader.get(Payloads.U32, 0);
             int flags = rxHeader.get(Payloads.U32, 4);
             int size = rxHeader.get(Payloads.U32, 8);
             if (code != request.code()) {
-                throw new ProtocolException("reply to " + request.specName() + " has request code " + Integer.toUnsignedString(code));
+                throw new ProtocolException(
+                        "reply to " + request.specName() + " has request code " + Integer.toUnsignedString(code));
             }
-            if ((flags & Header.VERSION_MASK) != Header.VERSION || (flags & Header.REPLY) == 0
+            if ((flags & Header.VERSION_MASK) != Header.VERSION
+                    || (flags & Header.REPLY) == 0
                     || (flags & ~(Header.VERSION_MASK | Header.REPLY)) != 0) {
-                throw new ProtocolException("reply to " + request.specName() + " has flags 0x" + Integer.toHexString(flags));
+                throw new ProtocolException(
+                        "reply to " + request.specName() + " has flags 0x" + Integer.toHexString(flags));
             }
             int allowedFds = request == MessageType.GET_INFLIGHT_FD ? 1 : 0; // the in-flight memory (issue 11)
             if (fds.size() > allowedFds) {
-                throw new ProtocolException("reply to " + request.specName() + " carries " + fds.size() + " descriptors");
+                throw new ProtocolException(
+                        "reply to " + request.specName() + " carries " + fds.size() + " descriptors");
             }
             boolean ok = switch (request.reply()) {
                 case ACK, U64, VRING_STATE -> size == 8;
@@ -118,14 +126,15 @@ public final class Connection implements AutoCloseable {
                 case ANY -> size >= 0 && size <= Payloads.MAX_PAYLOAD_SIZE;
             };
             if (!ok) {
-                throw new ProtocolException("reply to " + request.specName() + " has a " + Integer.toUnsignedString(size)
-                        + "-byte payload");
+                throw new ProtocolException("reply to " + request.specName() + " has a "
+                        + Integer.toUnsignedString(size) + "-byte payload");
             }
             MemorySegment payload = receivePayload(size, fds);
             if (fds.size() > allowedFds) {
                 throw new ProtocolException("reply to " + request.specName() + " carries descriptors");
             }
-            if (request.reply() == MessageType.Reply.CONFIG && size > 0
+            if (request.reply() == MessageType.Reply.CONFIG
+                    && size > 0
                     && size != Payloads.CONFIG_HEADER_SIZE + Payloads.Config.size(payload)) {
                 throw new ProtocolException("GET_CONFIG reply of " + size + " bytes says it holds "
                         + Integer.toUnsignedString(Payloads.Config.size(payload)) + " bytes of configuration");
@@ -168,7 +177,8 @@ public final class Connection implements AutoCloseable {
      * Sends raw bytes: a header with any values and any payload, for tests of how a peer handles malformed
      * messages. Not for normal use.
      */
-    public synchronized void sendRaw(int code, int flags, int sizeField, MemorySegment payload, List<Fd> fds) throws IOException {
+    public synchronized void sendRaw(int code, int flags, int sizeField, MemorySegment payload, List<Fd> fds)
+            throws IOException {
         writeHeader(code, flags, sizeField);
         MemorySegment.copy(payload, 0, txBuffer, Payloads.HEADER_SIZE, payload.byteSize());
         socket.send(txBuffer.asSlice(0, Payloads.HEADER_SIZE + payload.byteSize()), fds);
@@ -235,8 +245,9 @@ public final class Connection implements AutoCloseable {
         }
         if (size < type.minSize() || size > type.maxSize()) {
             throw new ProtocolException(type.specName() + " has a " + size + "-byte payload, expected "
-                    + (type.minSize() == type.maxSize() ? String.valueOf(type.minSize())
-                    : type.minSize() + ".." + type.maxSize()));
+                    + (type.minSize() == type.maxSize()
+                            ? String.valueOf(type.minSize())
+                            : type.minSize() + ".." + type.maxSize()));
         }
     }
 
@@ -254,8 +265,8 @@ public final class Connection implements AutoCloseable {
             case SET_MEM_TABLE -> {
                 int n = Payloads.MemoryTable.count(payload);
                 if (n < 0 || n > Payloads.MAX_MEMORY_TABLE_REGIONS) {
-                    throw new ProtocolException("SET_MEM_TABLE with " + Integer.toUnsignedString(n) + " regions, at most "
-                            + Payloads.MAX_MEMORY_TABLE_REGIONS + " allowed");
+                    throw new ProtocolException("SET_MEM_TABLE with " + Integer.toUnsignedString(n)
+                            + " regions, at most " + Payloads.MAX_MEMORY_TABLE_REGIONS + " allowed");
                 }
                 if (payload.byteSize() != Payloads.MemoryTable.sizeFor(n)) {
                     throw new ProtocolException("SET_MEM_TABLE with " + n + " regions has a " + payload.byteSize()
@@ -271,8 +282,7 @@ public final class Connection implements AutoCloseable {
                             + Payloads.CONFIG_MAX_DATA + ")");
                 }
             }
-            default -> {
-            }
+            default -> {}
         }
         if (fdCount < expectedMin || fdCount > expectedMax) {
             throw new ProtocolException(type.specName() + " came with " + fdCount + " file descriptor"

@@ -31,6 +31,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
     public static final int PAGE_SHIFT = 12;
     /** A log for more than 2^47 bytes of guest memory (128 TiB) is not something a frontend sends in earnest. */
     static final long MAX_SIZE = 1L << 32;
+
     private static final VarHandle WORD = ValueLayout.JAVA_LONG.varHandle();
 
     static {
@@ -45,6 +46,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
     private final long size;
     /** Pages covered: the whole 8-byte words of the log, 64 pages each. */
     private final long pages;
+
     private final AtomicLong outOfRange = new AtomicLong();
     // The log swap (SET_LOG_BASE while logging): marks in progress, and where marks go once this log is retired.
     private final AtomicLong marking = new AtomicLong();
@@ -69,7 +71,8 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
      */
     static DirtyLog map(String name, Fd fd, long size, long offset) throws ProtocolException {
         try (fd) {
-            String what = "SET_LOG_BASE (size " + Long.toUnsignedString(size) + ", offset " + Long.toUnsignedString(offset) + ")";
+            String what = "SET_LOG_BASE (size " + Long.toUnsignedString(size) + ", offset "
+                    + Long.toUnsignedString(offset) + ")";
             if (size <= 0 || size > MAX_SIZE) {
                 throw new ProtocolException(what + ": the log size must be 1.." + MAX_SIZE + " bytes");
             }
@@ -178,10 +181,13 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
 
     private void outOfRange(long gpa, long len) {
         if (outOfRange.getAndIncrement() == 0) {
-            LOG.log(System.Logger.Level.ERROR, String.format("%s: the device wrote guest memory 0x%x+0x%x, beyond the "
-                    + "0x%x bytes the frontend's %d-byte dirty log covers: that write cannot be reported, so the "
-                    + "migration may copy a stale page (further such writes are only counted)",
-                    name, gpa, len, coveredBytes(), size));
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    String.format(
+                            "%s: the device wrote guest memory 0x%x+0x%x, beyond the "
+                                    + "0x%x bytes the frontend's %d-byte dirty log covers: that write cannot be reported, so the "
+                                    + "migration may copy a stale page (further such writes are only counted)",
+                            name, gpa, len, coveredBytes(), size));
         }
     }
 
@@ -195,6 +201,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
 
     @Override
     public String toString() {
-        return "dirty log of " + size + " bytes covering 0x" + Long.toHexString(coveredBytes()) + " bytes of guest memory";
+        return "dirty log of " + size + " bytes covering 0x" + Long.toHexString(coveredBytes())
+                + " bytes of guest memory";
     }
 }

@@ -31,19 +31,23 @@ public final class Features {
     public static final int PROTOCOL_STATUS = 16;
 
     /** What every backend served by {@link VhostUserServer} offers. */
-    public static final long CORE_PROTOCOL_FEATURES = bit(PROTOCOL_MQ) | bit(PROTOCOL_LOG_SHMFD) | bit(PROTOCOL_REPLY_ACK) | bit(PROTOCOL_CONFIG)
-            | bit(PROTOCOL_CONFIGURE_MEM_SLOTS) | bit(PROTOCOL_RESET_DEVICE) | bit(PROTOCOL_STATUS);
+    public static final long CORE_PROTOCOL_FEATURES = bit(PROTOCOL_MQ)
+            | bit(PROTOCOL_LOG_SHMFD)
+            | bit(PROTOCOL_REPLY_ACK)
+            | bit(PROTOCOL_CONFIG)
+            | bit(PROTOCOL_CONFIGURE_MEM_SLOTS)
+            | bit(PROTOCOL_RESET_DEVICE)
+            | bit(PROTOCOL_STATUS);
     /**
      * Extras a device may add through {@link VhostUserBackend#protocolFeatures()}: RARP and NET_MTU messages go to
      * the device; INFLIGHT_SHMFD (crash recovery, for devices whose requests survive a resubmission) is handled by
      * the protocol layer and reaches the device as {@link VringSetup#inflight()}; BACKEND_REQ hands the device the
      * frontend's backend channel ({@link VhostUserBackend#backendChannel}).
      */
-    public static final long DEVICE_PROTOCOL_FEATURES = bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU)
-            | bit(PROTOCOL_INFLIGHT_SHMFD) | bit(PROTOCOL_BACKEND_REQ);
+    public static final long DEVICE_PROTOCOL_FEATURES =
+            bit(PROTOCOL_RARP) | bit(PROTOCOL_NET_MTU) | bit(PROTOCOL_INFLIGHT_SHMFD) | bit(PROTOCOL_BACKEND_REQ);
 
-    private Features() {
-    }
+    private Features() {}
 
     public static long bit(int protocolFeature) {
         return 1L << protocolFeature;

@@ -17,6 +17,7 @@ final class FrontendAddressIndex {
 
     /** Sorted by frontend address (unsigned). */
     private final long[] uvaStarts;
+
     private final long[] sizes;
     private final long[] gpaStarts;
 
@@ -36,10 +37,12 @@ final class FrontendAddressIndex {
         Arrays.sort(byUva, (a, b) -> Long.compareUnsigned(a.userAddr(), b.userAddr()));
         for (int i = 1; i < byUva.length; i++) {
             if (Long.compareUnsigned(byUva[i - 1].userLast(), byUva[i].userAddr()) >= 0) {
-                throw new IllegalArgumentException("regions overlap in frontend address space: " + byUva[i - 1] + " and " + byUva[i]);
+                throw new IllegalArgumentException(
+                        "regions overlap in frontend address space: " + byUva[i - 1] + " and " + byUva[i]);
             }
         }
-        return new FrontendAddressIndex(Arrays.stream(byUva).mapToLong(MemoryRegion::userAddr).toArray(),
+        return new FrontendAddressIndex(
+                Arrays.stream(byUva).mapToLong(MemoryRegion::userAddr).toArray(),
                 Arrays.stream(byUva).mapToLong(MemoryRegion::size).toArray(),
                 Arrays.stream(byUva).mapToLong(MemoryRegion::guestPhysAddr).toArray());
     }
@@ -52,7 +55,8 @@ final class FrontendAddressIndex {
     long toGuestPhys(long uva, long len) throws GuestMemoryFault {
         int i = AddressRanges.floor(uvaStarts, uva);
         if (i < 0 || !AddressRanges.fits(uvaStarts[i], sizes[i], uva, len)) {
-            throw new GuestMemoryFault(String.format("frontend address range 0x%x+0x%x is outside guest memory", uva, len));
+            throw new GuestMemoryFault(
+                    String.format("frontend address range 0x%x+0x%x is outside guest memory", uva, len));
         }
         long off = uva - uvaStarts[i];
         return gpaStarts[i] + off;

@@ -33,6 +33,7 @@ final class Handler implements AutoCloseable {
 
     /** Queue indices travel in 8 bits (VHOST_USER_VRING_IDX_MASK). */
     static final int MAX_QUEUES = 256;
+
     private static final MemorySegment EMPTY = MemorySegment.ofArray(new byte[0]);
 
     private final VhostUserBackend backend;
@@ -72,8 +73,8 @@ final class Handler implements AutoCloseable {
             MessageType type = m.type();
             int required = type.protocolFeature();
             if (required >= 0 && !negotiated.hasProtocolFeature(required)) {
-                throw new ProtocolException(type.specName() + " needs protocol feature " + required
-                        + ", which was not negotiated");
+                throw new ProtocolException(
+                        type.specName() + " needs protocol feature " + required + ", which was not negotiated");
             }
             try {
                 dispatch(m, c);
@@ -106,7 +107,8 @@ final class Handler implements AutoCloseable {
             case SET_LOG_BASE -> setLogBase(m, c); // migration (issue 11)
             case GET_INFLIGHT_FD -> getInflightFd(p, c); // crash recovery (issue 11)
             case SET_INFLIGHT_FD -> setInflightFd(m);
-            case SET_LOG_FD -> throw new BackendException("SET_LOG_FD is not supported: the log is shared memory (LOG_SHMFD)");
+            case SET_LOG_FD ->
+                throw new BackendException("SET_LOG_FD is not supported: the log is shared memory (LOG_SHMFD)");
             case RESET_OWNER -> stopAll(); // deprecated; the spec recommends at most disabling the rings
             case GET_PROTOCOL_FEATURES -> c.sendReply(m.type(), negotiated.offeredProtocolFeatures());
             case SET_PROTOCOL_FEATURES -> negotiated.ackProtocolFeatures(Payloads.u64(p));
@@ -159,8 +161,10 @@ final class Handler implements AutoCloseable {
         backend.setFeatures(deviceFeatures());
         publishLog(); // migration (issue 11)
         if (wasLogging != logging()) {
-            LOG.log(System.Logger.Level.INFO, name + ": dirty page logging " + (logging() ? "on" : "off")
-                    + (dirtyLog == null && logging() ? " (no log yet)" : ""));
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    name + ": dirty page logging " + (logging() ? "on" : "off")
+                            + (dirtyLog == null && logging() ? " (no log yet)" : ""));
         }
     }
 
@@ -191,7 +195,8 @@ final class Handler implements AutoCloseable {
     }
 
     private void setVringAddr(MemorySegment p) throws ProtocolException {
-        vring(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p))).setAddr(p, memory, layout());
+        vring(MessageType.SET_VRING_ADDR, Integer.toUnsignedLong(Payloads.VringAddr.index(p)))
+                .setAddr(p, memory, layout());
         publishLog(); // migration (issue 11)
     }
 
@@ -203,7 +208,9 @@ final class Handler implements AutoCloseable {
         Vring v = vring(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
         v.stopDevice();
         if (logging()) { // a migration's switch-over: worth a line with its time
-            LOG.log(System.Logger.Level.INFO, name + ": queue " + v.index + " stopped at " + v.base() + " (logging on)");
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    name + ": queue " + v.index + " stopped at " + v.base() + " (logging on)");
         }
         v.stop();
         MemorySegment reply = Arena.ofAuto().allocate(Payloads.VRING_STATE_SIZE);
@@ -222,7 +229,8 @@ final class Handler implements AutoCloseable {
     private void setVringNotifier(Message m) throws IOException {
         long idx = Payloads.u64(m.payload());
         Vring v = vring(m.type(), idx & Payloads.VRING_IDX_MASK);
-        v.setNotifier(m.type() == MessageType.SET_VRING_CALL,
+        v.setNotifier(
+                m.type() == MessageType.SET_VRING_CALL,
                 m.fdCount() == 1 ? peerEventFd(m, m.type().specName(), v.index) : null);
     }
 
@@ -249,8 +257,8 @@ final class Handler implements AutoCloseable {
             throw new ProtocolException("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated");
         }
         if (num != 0 && num != 1) {
-            throw new ProtocolException("SET_VRING_ENABLE for queue " + v.index + " with " + Integer.toUnsignedString(num)
-                    + ", expected 0 or 1");
+            throw new ProtocolException("SET_VRING_ENABLE for queue " + v.index + " with "
+                    + Integer.toUnsignedString(num) + ", expected 0 or 1");
         }
         v.setEnabled(num == 1);
         if (num == 1) {
@@ -263,7 +271,10 @@ final class Handler implements AutoCloseable {
     /** Hands the ring to the device once it is started, enabled (when that applies) and fully described. */
     private void maybeStart(Vring v) throws IOException, BackendException {
         if (v.ready(protocolFeaturesNegotiated())) {
-            v.start(layout(), memory, deviceFeatures(),
+            v.start(
+                    layout(),
+                    memory,
+                    deviceFeatures(),
                     inflight == null ? null : inflight.queue(v.index, v.size())); // crash recovery (issue 11)
         }
     }
@@ -350,8 +361,8 @@ final class Handler implements AutoCloseable {
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
         if (n < 1 || n > vrings.length || qs < 1 || qs > negotiated.maxQueueSize()) {
-            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
-                    + " queues of at most " + negotiated.maxQueueSize());
+            throw new ProtocolException("GET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has "
+                    + vrings.length + " queues of at most " + negotiated.maxQueueSize());
         }
         InflightRegion next;
         try {
@@ -371,10 +382,11 @@ final class Handler implements AutoCloseable {
         int n = Payloads.Inflight.numQueues(p);
         int qs = Payloads.Inflight.queueSize(p);
         if (n < 1 || n > vrings.length || qs < 1 || qs > negotiated.maxQueueSize()) {
-            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has " + vrings.length
-                    + " queues of at most " + negotiated.maxQueueSize());
+            throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has "
+                    + vrings.length + " queues of at most " + negotiated.maxQueueSize());
         }
-        InflightRegion next = InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
+        InflightRegion next =
+                InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
         replaceInflight(next);
         LOG.log(System.Logger.Level.INFO, name + ": frontend kept " + next);
     }
@@ -421,8 +433,8 @@ final class Handler implements AutoCloseable {
             throw new BackendException("SET_CONFIG range " + Integer.toUnsignedString(offset) + "+" + size
                     + " is outside the configuration space");
         }
-        backend.writeConfig(offset, Payloads.Config.data(p).toArray(JAVA_BYTE),
-                flags == Payloads.Config.FLAG_MIGRATION);
+        backend.writeConfig(
+                offset, Payloads.Config.data(p).toArray(JAVA_BYTE), flags == Payloads.Config.FLAG_MIGRATION);
     }
 
     private void setStatus(long value) throws ProtocolException, BackendException {
@@ -453,8 +465,8 @@ final class Handler implements AutoCloseable {
     }
 
     private void setBackendReqFd(Message m) throws BackendException {
-        BackendChannel next = BackendChannel.adopt(io.iovirt.linux.UnixSocket.adopt(m.takeFd(0), name + " backend channel"),
-                name, replyAck());
+        BackendChannel next = BackendChannel.adopt(
+                io.iovirt.linux.UnixSocket.adopt(m.takeFd(0), name + " backend channel"), name, replyAck());
         BackendChannel previous = backendChannel;
         backendChannel = next;
         backend.backendChannel(next);

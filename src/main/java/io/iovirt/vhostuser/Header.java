@@ -5,6 +5,7 @@ package io.iovirt.vhostuser;
 public final class Header {
     /** Lower two bits: protocol version. */
     public static final int VERSION_MASK = 0x3;
+
     public static final int VERSION = 0x1;
     /** Set on every reply from the back-end. */
     public static final int REPLY = 0x4;
@@ -13,6 +14,5 @@ public final class Header {
     /** Every bit a request may carry. */
     static final int REQUEST_FLAGS = VERSION_MASK | NEED_REPLY;
 
-    private Header() {
-    }
+    private Header() {}
 }

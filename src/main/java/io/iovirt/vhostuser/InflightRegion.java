@@ -62,12 +62,14 @@ final class InflightRegion implements AutoCloseable {
      * @throws ProtocolException the description does not match the layout for its queue count and size, or the fd
      *                           is not a shared memory file that large
      */
-    static InflightRegion map(Fd fd, long mmapSize, long mmapOffset, int queues, int queueSize) throws ProtocolException {
+    static InflightRegion map(Fd fd, long mmapSize, long mmapOffset, int queues, int queueSize)
+            throws ProtocolException {
         try (fd) {
-            String what = String.format("SET_INFLIGHT_FD (size %d, offset %d, %d queues of %d)", mmapSize, mmapOffset,
-                    queues, queueSize);
+            String what = String.format(
+                    "SET_INFLIGHT_FD (size %d, offset %d, %d queues of %d)", mmapSize, mmapOffset, queues, queueSize);
             if (mmapSize != totalBytes(queues, queueSize)) {
-                throw new ProtocolException(what + ": expected " + totalBytes(queues, queueSize) + " bytes for that layout");
+                throw new ProtocolException(
+                        what + ": expected " + totalBytes(queues, queueSize) + " bytes for that layout");
             }
             if (mmapOffset < 0 || mmapOffset % Mmap.pageSize() != 0) {
                 throw new ProtocolException(what + ": the offset must be page aligned");

@@ -78,15 +78,17 @@ final class MemoryTable implements AutoCloseable {
     }
 
     private static long hostMemory() {
-        java.lang.management.OperatingSystemMXBean os = java.lang.management.ManagementFactory.getOperatingSystemMXBean();
+        java.lang.management.OperatingSystemMXBean os =
+                java.lang.management.ManagementFactory.getOperatingSystemMXBean();
         long total = os instanceof com.sun.management.OperatingSystemMXBean sun ? sun.getTotalMemorySize() : 0;
         return total > 0 ? total : 1L << 40;
     }
 
     private static void checkMappedTotal(String what, long total) throws ProtocolException {
         if (total < 0 || total > MAX_MAPPED_BYTES) {
-            throw new ProtocolException(what + ": " + (total < 0 ? "overflowing sizes" : Long.toUnsignedString(total)
-                    + " bytes of guest memory") + " exceed the " + MAX_MAPPED_BYTES + " bytes this host has");
+            throw new ProtocolException(what + ": "
+                    + (total < 0 ? "overflowing sizes" : Long.toUnsignedString(total) + " bytes of guest memory")
+                    + " exceed the " + MAX_MAPPED_BYTES + " bytes this host has");
         }
     }
 
@@ -130,8 +132,8 @@ final class MemoryTable implements AutoCloseable {
     /** ADD_MEM_REG: one more region, or one more reference to a region already mapped. */
     void add(Message m) throws ProtocolException {
         MemorySegment region = Payloads.SingleRegion.region(m.payload());
-        List<Long> key = regionKey(Payloads.Region.guestPhysAddr(region), Payloads.Region.size(region),
-                Payloads.Region.userAddr(region));
+        List<Long> key = regionKey(
+                Payloads.Region.guestPhysAddr(region), Payloads.Region.size(region), Payloads.Region.userAddr(region));
         GuestMemory current = holder.get();
         MemoryRegion same = current.find(key.get(0), key.get(1), key.get(2));
         if (same != null && same.mmapOffset() == Payloads.Region.mmapOffset(region)) {
@@ -164,8 +166,8 @@ final class MemoryTable implements AutoCloseable {
         long uva = Payloads.Region.userAddr(region);
         GuestMemory current = holder.get();
         if (current.find(gpa, size, uva) == null) {
-            throw new ProtocolException(String.format("REM_MEM_REG of a region that is not mapped: GPA 0x%x size 0x%x UVA 0x%x",
-                    gpa, size, uva));
+            throw new ProtocolException(String.format(
+                    "REM_MEM_REG of a region that is not mapped: GPA 0x%x size 0x%x UVA 0x%x", gpa, size, uva));
         }
         List<Long> key = regionKey(gpa, size, uva);
         int refs = regionRefs.getOrDefault(key, 1);
@@ -221,9 +223,10 @@ final class MemoryTable implements AutoCloseable {
             if (fsType != FileIo.TMPFS_MAGIC && fsType != FileIo.HUGETLBFS_MAGIC) {
                 // A file on a disk file system could be truncated by anyone with access to it, and its pages
                 // written back to disk: guest RAM must come from memfd, tmpfs (/dev/shm) or hugetlbfs.
-                throw new ProtocolException(desc + ": the file is on a file system of type 0x" + Long.toHexString(fsType)
-                        + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
-                        + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
+                throw new ProtocolException(
+                        desc + ": the file is on a file system of type 0x" + Long.toHexString(fsType)
+                                + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
+                                + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
             }
             Mmap.Mapping mapping = PeerFile.mapShared(fd, desc, offset, size, Mmap.MAP_NORESERVE);
             return new MemoryRegion(gpa, size, uva, offset, mapping.segment(), () -> unmap(mapping));
@@ -239,8 +242,10 @@ final class MemoryTable implements AutoCloseable {
         try {
             mapping.close();
         } catch (IllegalStateException inUse) {
-            LOG.log(System.Logger.Level.ERROR, name + ": a guest memory mapping is still in use after its region was"
-                    + " released; leaving it mapped");
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    name + ": a guest memory mapping is still in use after its region was"
+                            + " released; leaving it mapped");
         }
     }
 

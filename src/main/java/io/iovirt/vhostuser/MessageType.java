@@ -27,7 +27,8 @@ public enum MessageType {
     SET_OWNER(Dir.FRONTEND, 3, 0, 0, 0, Reply.ACK, -1),
     RESET_OWNER(Dir.FRONTEND, 4, 0, 0, 0, Reply.ACK, -1),
     /** One descriptor per region, in order; the count is checked against the payload's region count. */
-    SET_MEM_TABLE(Dir.FRONTEND, 5, MEMORY_HEADER_SIZE, MEMORY_MAX_SIZE, 0, Payloads.MAX_MEMORY_TABLE_REGIONS, Reply.ACK, -1),
+    SET_MEM_TABLE(
+            Dir.FRONTEND, 5, MEMORY_HEADER_SIZE, MEMORY_MAX_SIZE, 0, Payloads.MAX_MEMORY_TABLE_REGIONS, Reply.ACK, -1),
     /**
      * The 16-byte log description and the log's shared-memory fd (LOG_SHMFD). With LOG_SHMFD the frontend always
      * waits for a reply (QEMU reads one of any size), so it has a reply body here.
@@ -50,7 +51,8 @@ public enum MessageType {
     NET_SET_MTU(Dir.FRONTEND, 20, U64_SIZE, U64_SIZE, 0, Reply.ACK, Features.PROTOCOL_NET_MTU),
     SET_BACKEND_REQ_FD(Dir.FRONTEND, 21, 0, 0, 1, 1, Reply.ACK, Features.PROTOCOL_BACKEND_REQ),
     IOTLB_MSG(Dir.FRONTEND, 22, IOTLB_SIZE, IOTLB_SIZE, 0, Reply.U64, -1),
-    SET_VRING_ENDIAN(Dir.FRONTEND, 23, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_CROSS_ENDIAN),
+    SET_VRING_ENDIAN(
+            Dir.FRONTEND, 23, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_CROSS_ENDIAN),
     GET_CONFIG(Dir.FRONTEND, 24, CONFIG_HEADER_SIZE, CONFIG_MAX_SIZE, 0, Reply.CONFIG, Features.PROTOCOL_CONFIG),
     SET_CONFIG(Dir.FRONTEND, 25, CONFIG_HEADER_SIZE, CONFIG_MAX_SIZE, 0, Reply.ACK, Features.PROTOCOL_CONFIG),
     CREATE_CRYPTO_SESSION(Dir.FRONTEND, 26, 0, MAX_PAYLOAD_SIZE, 0, Reply.ANY, Features.PROTOCOL_CRYPTO_SESSION),
@@ -63,26 +65,55 @@ public enum MessageType {
     /** vhost-user-gpu only; a device protocol outside this implementation. */
     GPU_SET_SOCKET(Dir.FRONTEND, 33, 0, 0, 1, 1, Reply.ACK, -1),
     RESET_DEVICE(Dir.FRONTEND, 34, 0, 0, 0, Reply.ACK, Features.PROTOCOL_RESET_DEVICE),
-    VRING_KICK(Dir.FRONTEND, 35, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_INBAND_NOTIFICATIONS),
+    VRING_KICK(
+            Dir.FRONTEND, 35, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_INBAND_NOTIFICATIONS),
     GET_MAX_MEM_SLOTS(Dir.FRONTEND, 36, 0, 0, 0, Reply.U64, Features.PROTOCOL_CONFIGURE_MEM_SLOTS),
-    ADD_MEM_REG(Dir.FRONTEND, 37, SINGLE_REGION_SIZE, SINGLE_REGION_SIZE, 1, 1, Reply.ACK, Features.PROTOCOL_CONFIGURE_MEM_SLOTS),
+    ADD_MEM_REG(
+            Dir.FRONTEND,
+            37,
+            SINGLE_REGION_SIZE,
+            SINGLE_REGION_SIZE,
+            1,
+            1,
+            Reply.ACK,
+            Features.PROTOCOL_CONFIGURE_MEM_SLOTS),
     /** The spec allows (and requires closing) one stray descriptor for compatibility with old frontends. */
-    REM_MEM_REG(Dir.FRONTEND, 38, SINGLE_REGION_SIZE, SINGLE_REGION_SIZE, 0, 1, Reply.ACK, Features.PROTOCOL_CONFIGURE_MEM_SLOTS),
+    REM_MEM_REG(
+            Dir.FRONTEND,
+            38,
+            SINGLE_REGION_SIZE,
+            SINGLE_REGION_SIZE,
+            0,
+            1,
+            Reply.ACK,
+            Features.PROTOCOL_CONFIGURE_MEM_SLOTS),
     SET_STATUS(Dir.FRONTEND, 39, U64_SIZE, U64_SIZE, 0, Reply.ACK, Features.PROTOCOL_STATUS),
     GET_STATUS(Dir.FRONTEND, 40, 0, 0, 0, Reply.U64, Features.PROTOCOL_STATUS),
 
     // ---- back-end requests (sent on the back-end channel; never offered by this implementation) ------------------
     BACKEND_IOTLB_MSG(Dir.BACKEND, 1, IOTLB_SIZE, IOTLB_SIZE, 0, Reply.ACK, -1),
     BACKEND_CONFIG_CHANGE_MSG(Dir.BACKEND, 2, 0, 0, 0, Reply.ACK, Features.PROTOCOL_CONFIG),
-    BACKEND_VRING_HOST_NOTIFIER_MSG(Dir.BACKEND, 3, VRING_AREA_SIZE, VRING_AREA_SIZE, 0, 1, Reply.ACK, Features.PROTOCOL_HOST_NOTIFIER),
-    BACKEND_VRING_CALL(Dir.BACKEND, 4, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_INBAND_NOTIFICATIONS),
-    BACKEND_VRING_ERR(Dir.BACKEND, 5, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_INBAND_NOTIFICATIONS);
+    BACKEND_VRING_HOST_NOTIFIER_MSG(
+            Dir.BACKEND, 3, VRING_AREA_SIZE, VRING_AREA_SIZE, 0, 1, Reply.ACK, Features.PROTOCOL_HOST_NOTIFIER),
+    BACKEND_VRING_CALL(
+            Dir.BACKEND, 4, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_INBAND_NOTIFICATIONS),
+    BACKEND_VRING_ERR(
+            Dir.BACKEND, 5, VRING_STATE_SIZE, VRING_STATE_SIZE, 0, Reply.ACK, Features.PROTOCOL_INBAND_NOTIFICATIONS);
 
     /** Who sends the request. */
-    public enum Dir { FRONTEND, BACKEND }
+    public enum Dir {
+        FRONTEND,
+        BACKEND
+    }
 
     /** What a reply carries. ACK: a u64 status, only when the request had NEED_REPLY (REPLY_ACK negotiated). */
-    public enum Reply { ACK, U64, VRING_STATE, CONFIG, ANY }
+    public enum Reply {
+        ACK,
+        U64,
+        VRING_STATE,
+        CONFIG,
+        ANY
+    }
 
     private static final MessageType[] FRONTEND_BY_CODE = new MessageType[41];
     private static final MessageType[] BACKEND_BY_CODE = new MessageType[6];

@@ -28,8 +28,9 @@ final class Negotiation {
         }
         long extra = device.protocolFeatures();
         if ((extra & ~Features.DEVICE_PROTOCOL_FEATURES) != 0) {
-            throw new IllegalArgumentException("a device may add only RARP, NET_MTU, INFLIGHT_SHMFD and BACKEND_REQ protocol features, not 0x"
-                    + Long.toHexString(extra));
+            throw new IllegalArgumentException(
+                    "a device may add only RARP, NET_MTU, INFLIGHT_SHMFD and BACKEND_REQ protocol features, not 0x"
+                            + Long.toHexString(extra));
         }
         // VHOST_F_LOG_ALL is the protocol layer's own (dirty logging, issue 11); the device never sees it.
         this.offeredFeatures = (device.features() | VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL)
@@ -56,7 +57,8 @@ final class Negotiation {
      */
     long checkFeatures(long features) throws ProtocolException {
         if ((features & ~offeredFeatures) != 0) {
-            throw new ProtocolException(String.format("SET_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
+            throw new ProtocolException(String.format(
+                    "SET_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
                     features & ~offeredFeatures, offeredFeatures));
         }
         return features ^ ackedFeatures;
@@ -69,7 +71,8 @@ final class Negotiation {
 
     void ackProtocolFeatures(long features) throws ProtocolException {
         if ((features & ~offeredProtocolFeatures) != 0) {
-            throw new ProtocolException(String.format("SET_PROTOCOL_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
+            throw new ProtocolException(String.format(
+                    "SET_PROTOCOL_FEATURES acknowledges 0x%x, which was not offered (offered 0x%x)",
                     features & ~offeredProtocolFeatures, offeredProtocolFeatures));
         }
         ackedProtocolFeatures = features;
@@ -107,7 +110,9 @@ final class Negotiation {
 
     /** What the acknowledged features make of ring sizes (split or packed, EVENT_IDX, the device's largest ring). */
     Vring.Layout ringLayout() {
-        return new Vring.Layout((ackedFeatures & VirtioFeatures.VIRTIO_F_RING_PACKED) != 0,
-                (ackedFeatures & VirtioFeatures.VIRTIO_RING_F_EVENT_IDX) != 0, maxQueueSize);
+        return new Vring.Layout(
+                (ackedFeatures & VirtioFeatures.VIRTIO_F_RING_PACKED) != 0,
+                (ackedFeatures & VirtioFeatures.VIRTIO_RING_F_EVENT_IDX) != 0,
+                maxQueueSize);
     }
 }

@@ -21,12 +21,14 @@ public final class Payloads {
     public static final int REGION_SIZE = 32;
     /** SET_MEM_TABLE carries at most this many regions (VHOST_MEMORY_BASELINE_NREGIONS). */
     public static final int MAX_MEMORY_TABLE_REGIONS = 8;
+
     public static final int MEMORY_MAX_SIZE = MEMORY_HEADER_SIZE + MAX_MEMORY_TABLE_REGIONS * REGION_SIZE;
     public static final int SINGLE_REGION_SIZE = 8 + REGION_SIZE;
     public static final int LOG_SIZE = 16;
     public static final int CONFIG_HEADER_SIZE = 12;
     /** VHOST_USER_MAX_CONFIG_SIZE. */
     public static final int CONFIG_MAX_DATA = 256;
+
     public static final int CONFIG_MAX_SIZE = CONFIG_HEADER_SIZE + CONFIG_MAX_DATA;
     public static final int INFLIGHT_SIZE = 24;
     public static final int IOTLB_SIZE = 32;
@@ -39,8 +41,7 @@ public final class Payloads {
     /** VHOST_USER_VRING_NOFD_MASK: no descriptor accompanies SET_VRING_KICK/CALL/ERR. */
     public static final long VRING_NOFD_MASK = 1L << 8;
 
-    private Payloads() {
-    }
+    private Payloads() {}
 
     public static long u64(MemorySegment p) {
         return p.get(U64, 0);
@@ -52,8 +53,7 @@ public final class Payloads {
 
     /** {@code struct vhost_vring_state {unsigned int index; unsigned int num;}}. */
     public static final class VringState {
-        private VringState() {
-        }
+        private VringState() {}
 
         public static int index(MemorySegment p) {
             return p.get(U32, 0);
@@ -77,8 +77,7 @@ public final class Payloads {
         /** VHOST_VRING_F_LOG (bit 0 of flags): log used-ring writes. */
         public static final int F_LOG = 1;
 
-        private VringAddr() {
-        }
+        private VringAddr() {}
 
         public static int index(MemorySegment p) {
             return p.get(U32, 0);
@@ -119,8 +118,7 @@ public final class Payloads {
      * userspace_addr, mmap_offset} (four u64). Accessors take the segment of one region.
      */
     public static final class Region {
-        private Region() {
-        }
+        private Region() {}
 
         public static long guestPhysAddr(MemorySegment r) {
             return r.get(U64, 0);
@@ -148,8 +146,7 @@ public final class Payloads {
 
     /** GET/SET_INFLIGHT_FD: {@code u64 mmap_size, u64 mmap_offset; u16 num_queues, queue_size}. */
     public static final class Inflight {
-        private Inflight() {
-        }
+        private Inflight() {}
 
         public static long mmapSize(MemorySegment p) {
             return p.get(U64, 0);
@@ -178,8 +175,7 @@ public final class Payloads {
 
     /** SET_LOG_BASE: {@code u64 mmap_size, u64 mmap_offset} (the dirty log's bytes and where they start in the fd). */
     public static final class Log {
-        private Log() {
-        }
+        private Log() {}
 
         public static long size(MemorySegment p) {
             return p.get(U64, 0);
@@ -197,8 +193,7 @@ public final class Payloads {
 
     /** SET_MEM_TABLE: {@code u32 nregions, u32 padding, region[nregions]}. */
     public static final class MemoryTable {
-        private MemoryTable() {
-        }
+        private MemoryTable() {}
 
         public static int count(MemorySegment p) {
             return p.get(U32, 0);
@@ -221,8 +216,7 @@ public final class Payloads {
 
     /** ADD_MEM_REG / REM_MEM_REG: {@code u64 padding, region}. */
     public static final class SingleRegion {
-        private SingleRegion() {
-        }
+        private SingleRegion() {}
 
         public static MemorySegment region(MemorySegment p) {
             return p.asSlice(8, REGION_SIZE);
@@ -236,8 +230,7 @@ public final class Payloads {
         /** VHOST_SET_CONFIG_TYPE_MIGRATION: restoring state on a migration destination. */
         public static final int FLAG_MIGRATION = 1;
 
-        private Config() {
-        }
+        private Config() {}
 
         public static int offset(MemorySegment p) {
             return p.get(U32, 0);

@@ -12,8 +12,7 @@ import io.iovirt.linux.Mmap;
  * that holds the whole range, or a later access past its end would be a SIGBUS.
  */
 final class PeerFile {
-    private PeerFile() {
-    }
+    private PeerFile() {}
 
     /**
      * Checks that {@code fd} is a regular file holding [offset, offset+size); both are non-negative.

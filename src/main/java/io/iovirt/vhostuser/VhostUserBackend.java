@@ -69,12 +69,10 @@ public interface VhostUserBackend {
      * The memory table changed; {@code memory} is already installed in every running queue's holder. On return no
      * device thread may still use memory from the previous snapshot: the caller unmaps regions that left.
      */
-    default void memoryChanged(GuestMemory memory) {
-    }
+    default void memoryChanged(GuestMemory memory) {}
 
     /** The driver wrote the device status (SET_STATUS; 0 resets). */
-    default void setStatus(int status) throws BackendException {
-    }
+    default void setStatus(int status) throws BackendException {}
 
     /** Status bits the device raises itself (e.g. DEVICE_NEEDS_RESET 0x40), OR-ed into GET_STATUS. */
     default int deviceStatus() {
@@ -102,6 +100,5 @@ public interface VhostUserBackend {
      * the BACKEND_REQ protocol feature. Called on the control thread; the device may use the channel from any
      * thread that is not a queue thread (e.g. to announce a resize) until it is replaced or withdrawn.
      */
-    default void backendChannel(BackendChannel channel) {
-    }
+    default void backendChannel(BackendChannel channel) {}
 }

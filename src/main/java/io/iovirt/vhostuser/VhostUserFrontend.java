@@ -24,8 +24,7 @@ import java.util.List;
  */
 public final class VhostUserFrontend implements AutoCloseable {
     /** A memory region as the frontend sends it; {@code fd} stays owned by the caller. */
-    public record RegionDescriptor(long guestPhysAddr, long size, long userAddr, long mmapOffset, Fd fd) {
-    }
+    public record RegionDescriptor(long guestPhysAddr, long size, long userAddr, long mmapOffset, Fd fd) {}
 
     private final Connection connection;
     private final MemorySegment payload = Arena.ofAuto().allocate(Payloads.MAX_PAYLOAD_SIZE, 8);
@@ -97,14 +96,16 @@ public final class VhostUserFrontend implements AutoCloseable {
     /** SET_MEM_TABLE with up to 8 regions and their descriptors. */
     public synchronized void setMemTable(List<RegionDescriptor> regions) throws IOException {
         if (regions.size() > Payloads.MAX_MEMORY_TABLE_REGIONS) {
-            throw new IllegalArgumentException("SET_MEM_TABLE carries at most " + Payloads.MAX_MEMORY_TABLE_REGIONS + " regions");
+            throw new IllegalArgumentException(
+                    "SET_MEM_TABLE carries at most " + Payloads.MAX_MEMORY_TABLE_REGIONS + " regions");
         }
         MemorySegment p = payload(Payloads.MemoryTable.sizeFor(regions.size()));
         Payloads.MemoryTable.writeCount(p, regions.size());
         List<Fd> fds = new ArrayList<>(regions.size());
         for (int i = 0; i < regions.size(); i++) {
             RegionDescriptor r = regions.get(i);
-            Payloads.Region.write(Payloads.MemoryTable.region(p, i), r.guestPhysAddr(), r.size(), r.userAddr(), r.mmapOffset());
+            Payloads.Region.write(
+                    Payloads.MemoryTable.region(p, i), r.guestPhysAddr(), r.size(), r.userAddr(), r.mmapOffset());
             fds.add(r.fd());
         }
         send(MessageType.SET_MEM_TABLE, p.byteSize(), fds);
@@ -112,14 +113,16 @@ public final class VhostUserFrontend implements AutoCloseable {
 
     public synchronized void addMemRegion(RegionDescriptor r) throws IOException {
         MemorySegment p = payload(Payloads.SINGLE_REGION_SIZE);
-        Payloads.Region.write(Payloads.SingleRegion.region(p), r.guestPhysAddr(), r.size(), r.userAddr(), r.mmapOffset());
+        Payloads.Region.write(
+                Payloads.SingleRegion.region(p), r.guestPhysAddr(), r.size(), r.userAddr(), r.mmapOffset());
         send(MessageType.ADD_MEM_REG, p.byteSize(), List.of(r.fd()));
     }
 
     /** REM_MEM_REG: identified by guest address, size and user address; no descriptor is sent. */
     public synchronized void removeMemRegion(RegionDescriptor r) throws IOException {
         MemorySegment p = payload(Payloads.SINGLE_REGION_SIZE);
-        Payloads.Region.write(Payloads.SingleRegion.region(p), r.guestPhysAddr(), r.size(), r.userAddr(), r.mmapOffset());
+        Payloads.Region.write(
+                Payloads.SingleRegion.region(p), r.guestPhysAddr(), r.size(), r.userAddr(), r.mmapOffset());
         send(MessageType.REM_MEM_REG, p.byteSize(), List.of());
     }
 
@@ -130,7 +133,8 @@ public final class VhostUserFrontend implements AutoCloseable {
     }
 
     /** Ring addresses are frontend virtual addresses (e.g. {@link FrontendMemory#userAddrOf}). */
-    public synchronized void setVringAddr(int index, long descUserAddr, long usedUserAddr, long availUserAddr) throws IOException {
+    public synchronized void setVringAddr(int index, long descUserAddr, long usedUserAddr, long availUserAddr)
+            throws IOException {
         MemorySegment p = payload(Payloads.VRING_ADDR_SIZE);
         Payloads.VringAddr.write(p, index, 0, descUserAddr, usedUserAddr, availUserAddr, 0);
         send(MessageType.SET_VRING_ADDR, p.byteSize(), List.of());
@@ -140,11 +144,17 @@ public final class VhostUserFrontend implements AutoCloseable {
      * SET_VRING_ADDR with VHOST_VRING_F_LOG when {@code logGuestAddr} is not -1: the backend logs used-ring writes
      * at that guest address (migration).
      */
-    public synchronized void setVringAddr(int index, long descUserAddr, long usedUserAddr, long availUserAddr,
-                                          long logGuestAddr) throws IOException {
+    public synchronized void setVringAddr(
+            int index, long descUserAddr, long usedUserAddr, long availUserAddr, long logGuestAddr) throws IOException {
         MemorySegment p = payload(Payloads.VRING_ADDR_SIZE);
-        Payloads.VringAddr.write(p, index, logGuestAddr == -1 ? 0 : Payloads.VringAddr.F_LOG, descUserAddr, usedUserAddr,
-                availUserAddr, logGuestAddr == -1 ? 0 : logGuestAddr);
+        Payloads.VringAddr.write(
+                p,
+                index,
+                logGuestAddr == -1 ? 0 : Payloads.VringAddr.F_LOG,
+                descUserAddr,
+                usedUserAddr,
+                availUserAddr,
+                logGuestAddr == -1 ? 0 : logGuestAddr);
         send(MessageType.SET_VRING_ADDR, p.byteSize(), List.of());
     }
 
@@ -160,8 +170,7 @@ public final class VhostUserFrontend implements AutoCloseable {
     }
 
     /** What GET_INFLIGHT_FD returned: the backend's in-flight memory. The caller owns {@code fd}. */
-    public record Inflight(long mmapSize, long mmapOffset, int numQueues, int queueSize, Fd fd) {
-    }
+    public record Inflight(long mmapSize, long mmapOffset, int numQueues, int queueSize, Fd fd) {}
 
     /** GET_INFLIGHT_FD (needs INFLIGHT_SHMFD): asks the backend for in-flight memory for the queues. */
     public synchronized Inflight getInflightFd(int numQueues, int queueSize) throws IOException {
@@ -174,15 +183,20 @@ public final class VhostUserFrontend implements AutoCloseable {
                         + reply.payload().byteSize() + " bytes");
             }
             MemorySegment r = reply.payload();
-            return new Inflight(Payloads.Inflight.mmapSize(r), Payloads.Inflight.mmapOffset(r),
-                    Payloads.Inflight.numQueues(r), Payloads.Inflight.queueSize(r), reply.takeFd(0));
+            return new Inflight(
+                    Payloads.Inflight.mmapSize(r),
+                    Payloads.Inflight.mmapOffset(r),
+                    Payloads.Inflight.numQueues(r),
+                    Payloads.Inflight.queueSize(r),
+                    reply.takeFd(0));
         }
     }
 
     /** SET_INFLIGHT_FD: gives the backend the in-flight memory (after a reconnect: what the previous one handed out). */
     public synchronized void setInflightFd(Inflight inflight) throws IOException {
         MemorySegment p = payload(Payloads.INFLIGHT_SIZE);
-        Payloads.Inflight.write(p, inflight.mmapSize(), inflight.mmapOffset(), inflight.numQueues(), inflight.queueSize());
+        Payloads.Inflight.write(
+                p, inflight.mmapSize(), inflight.mmapOffset(), inflight.numQueues(), inflight.queueSize());
         send(MessageType.SET_INFLIGHT_FD, p.byteSize(), List.of(inflight.fd()));
     }
 
@@ -319,8 +333,10 @@ public final class VhostUserFrontend implements AutoCloseable {
             try (Message reply = connection.receiveReply(type)) {
                 long status = Payloads.u64(reply.payload());
                 if (status != 0) {
-                    throw new RequestRejectedException("backend " + connection.name() + " rejected " + type.specName()
-                            + " (status " + status + ")", status);
+                    throw new RequestRejectedException(
+                            "backend " + connection.name() + " rejected " + type.specName() + " (status " + status
+                                    + ")",
+                            status);
                 }
             }
         }

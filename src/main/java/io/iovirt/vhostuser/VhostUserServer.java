@@ -37,6 +37,7 @@ public final class VhostUserServer implements AutoCloseable {
     private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
     private final RateLimit errorLog = new RateLimit();
+
     private final Object lock = new Object();
     private boolean closed; // guarded by lock
     private Session current; // guarded by lock
@@ -69,16 +70,21 @@ public final class VhostUserServer implements AutoCloseable {
                 }
                 LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " disconnected");
             } catch (ProtocolException e) {
-                errorLog.log(System.Logger.Level.ERROR, name + ": protocol error from frontend " + peer + ": "
-                        + e.getMessage() + "; closing the connection");
+                errorLog.log(
+                        System.Logger.Level.ERROR,
+                        name + ": protocol error from frontend " + peer + ": " + e.getMessage()
+                                + "; closing the connection");
             } catch (IOException e) {
                 if (!isClosed()) {
-                    LOG.log(System.Logger.Level.WARNING, name + ": connection to frontend " + peer + " failed: "
-                            + e.getMessage() + "; closing it");
+                    LOG.log(
+                            System.Logger.Level.WARNING,
+                            name + ": connection to frontend " + peer + " failed: " + e.getMessage() + "; closing it");
                 }
             } catch (RuntimeException | Error e) {
-                LOG.log(System.Logger.Level.ERROR, name + ": internal error serving frontend " + peer
-                        + "; closing the connection", e);
+                LOG.log(
+                        System.Logger.Level.ERROR,
+                        name + ": internal error serving frontend " + peer + "; closing the connection",
+                        e);
             } finally {
                 ended = true;
                 connection.shutdown(); // the frontend sees the hang-up at once, cleanup may take a moment
@@ -115,8 +121,10 @@ public final class VhostUserServer implements AutoCloseable {
         this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, this::isClosed)
                 .threadName("vhost-user accept " + path)
                 .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
-                    errorLog.log(System.Logger.Level.WARNING, name + ": refusing frontend " + why + " (" + access
-                            + "; serve with --allow-uid to add it)");
+                    errorLog.log(
+                            System.Logger.Level.WARNING,
+                            name + ": refusing frontend " + why + " (" + access
+                                    + "; serve with --allow-uid to add it)");
                     s.close();
                 })
                 .build(this::admit);
@@ -134,7 +142,8 @@ public final class VhostUserServer implements AutoCloseable {
      * As {@link #start(Path, VhostUserBackend)}, with the socket file's mode/group and the peer uids served taken
      * from {@code access}.
      */
-    public static VhostUserServer start(Path socketPath, VhostUserBackend backend, SocketAccess access) throws IOException {
+    public static VhostUserServer start(Path socketPath, VhostUserBackend backend, SocketAccess access)
+            throws IOException {
         new Handler(backend, socketPath.toString()); // validates the device's queue count, sizes and features now
         UnixSocket listener = SocketPaths.listen(socketPath, 4, access, "socket path");
         VhostUserServer server = new VhostUserServer(socketPath, backend, listener, access);
@@ -184,7 +193,8 @@ public final class VhostUserServer implements AutoCloseable {
         synchronized (lock) {
             who = current == null || current.ended ? "no frontend" : "frontend " + current.peer;
         }
-        return who + (waiting ? ", another frontend waiting for it" : "")
+        return who
+                + (waiting ? ", another frontend waiting for it" : "")
                 + (waits.get() > 0 ? " (" + waits.get() + " waited so far)" : "");
     }
 
@@ -277,9 +287,12 @@ public final class VhostUserServer implements AutoCloseable {
                         told = true;
                         waiting = true;
                         waits.incrementAndGet();
-                        LOG.log(System.Logger.Level.WARNING, name + ": another frontend is connecting while frontend "
-                                + s.peer + " is served; it waits (its connection stays in the listen backlog) and is "
-                                + "served when that one disconnects — one frontend per socket");
+                        LOG.log(
+                                System.Logger.Level.WARNING,
+                                name + ": another frontend is connecting while frontend "
+                                        + s.peer
+                                        + " is served; it waits (its connection stays in the listen backlog) and is "
+                                        + "served when that one disconnects — one frontend per socket");
                     }
                 } else {
                     s.thread.join(Duration.ofMillis(500));
@@ -291,8 +304,10 @@ public final class VhostUserServer implements AutoCloseable {
             Thread.currentThread().interrupt();
             return false;
         } catch (LinuxException e) {
-            errorLog.log(System.Logger.Level.ERROR, name + ": polling the listener failed: " + e.getMessage()
-                    + "; waiting for frontend " + s.peer + " to disconnect");
+            errorLog.log(
+                    System.Logger.Level.ERROR,
+                    name + ": polling the listener failed: " + e.getMessage() + "; waiting for frontend " + s.peer
+                            + " to disconnect");
             joinQuietly(s.thread);
             return !isClosed();
         } finally {

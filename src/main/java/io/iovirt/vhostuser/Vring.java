@@ -54,8 +54,8 @@ final class Vring implements AutoCloseable {
     record Layout(boolean packed, boolean eventIdx, int maxSize) {
         void checkSize(int index, int num) throws ProtocolException {
             if (num < 1 || num > maxSize) {
-                throw new ProtocolException("queue " + index + " size " + Integer.toUnsignedString(num) + " is outside 1.."
-                        + maxSize);
+                throw new ProtocolException(
+                        "queue " + index + " size " + Integer.toUnsignedString(num) + " is outside 1.." + maxSize);
             }
             if (!packed && Integer.bitCount(num) != 1) {
                 throw new ProtocolException("queue " + index + " size " + num + " is not a power of two (split ring)");
@@ -144,14 +144,17 @@ final class Vring implements AutoCloseable {
     void setAddr(MemorySegment p, MemoryTable memory, Layout layout) throws ProtocolException {
         int flags = Payloads.VringAddr.flags(p);
         if ((flags & ~Payloads.VringAddr.F_LOG) != 0) {
-            throw new ProtocolException("SET_VRING_ADDR for queue " + index + " has unknown flags 0x" + Integer.toHexString(flags));
+            throw new ProtocolException(
+                    "SET_VRING_ADDR for queue " + index + " has unknown flags 0x" + Integer.toHexString(flags));
         }
         long logAddr = (flags & Payloads.VringAddr.F_LOG) != 0 ? Payloads.VringAddr.log(p) : -1;
         int n = size == 0 ? 1 : size; // checked again with the final size when the queue starts
         if (state != State.STOPPED && sameAddresses(p, memory, layout, n)) {
             usedLogAddr = logAddr; // migration: only logging changed on a started ring
-            LOG.log(System.Logger.Level.DEBUG, () -> name + ": queue " + index + " used-ring logging "
-                    + (usedLogAddr == -1 ? "off" : String.format("at 0x%x", usedLogAddr)));
+            LOG.log(
+                    System.Logger.Level.DEBUG,
+                    () -> name + ": queue " + index + " used-ring logging "
+                            + (usedLogAddr == -1 ? "off" : String.format("at 0x%x", usedLogAddr)));
             return;
         }
         requireStopped(MessageType.SET_VRING_ADDR);
@@ -170,7 +173,8 @@ final class Vring implements AutoCloseable {
 
     private boolean sameAddresses(MemorySegment p, MemoryTable memory, Layout layout, int n) {
         try {
-            return addrSet && memory.toGuestPhys(Payloads.VringAddr.desc(p), layout.descBytes(n)) == descGpa
+            return addrSet
+                    && memory.toGuestPhys(Payloads.VringAddr.desc(p), layout.descBytes(n)) == descGpa
                     && memory.toGuestPhys(Payloads.VringAddr.avail(p), layout.driverBytes(n)) == driverGpa
                     && memory.toGuestPhys(Payloads.VringAddr.used(p), layout.deviceBytes(n)) == deviceGpa;
         } catch (GuestMemoryFault e) {
@@ -192,7 +196,8 @@ final class Vring implements AutoCloseable {
     void setKick(EventFd next) {
         if (state == State.RUNNING) {
             closeQuietly(next);
-            throw new IllegalStateException(name + ": queue " + index + " kick replaced while the device still runs it");
+            throw new IllegalStateException(
+                    name + ": queue " + index + " kick replaced while the device still runs it");
         }
         closeQuietly(kick);
         kick = next;
@@ -241,14 +246,30 @@ final class Vring implements AutoCloseable {
     VringSetup start(Layout layout, MemoryTable memory, long features, MemorySegment inflight)
             throws IOException, BackendException {
         if (size == 0 || !addrSet) {
-            throw new ProtocolException("queue " + index + " started without " + (size == 0 ? "SET_VRING_NUM" : "SET_VRING_ADDR"));
+            throw new ProtocolException(
+                    "queue " + index + " started without " + (size == 0 ? "SET_VRING_NUM" : "SET_VRING_ADDR"));
         }
         layout.checkSize(index, size);
         boolean packed = layout.packed();
         GuestMemory mem = memory.current();
-        checkArea(mem, VirtioRing.descAreaName(packed), descGpa, layout.descBytes(size), VirtioRing.descAreaAlign(packed));
-        checkArea(mem, VirtioRing.driverAreaName(packed), driverGpa, layout.driverBytes(size), VirtioRing.driverAreaAlign(packed));
-        checkArea(mem, VirtioRing.deviceAreaName(packed), deviceGpa, layout.deviceBytes(size), VirtioRing.deviceAreaAlign(packed));
+        checkArea(
+                mem,
+                VirtioRing.descAreaName(packed),
+                descGpa,
+                layout.descBytes(size),
+                VirtioRing.descAreaAlign(packed));
+        checkArea(
+                mem,
+                VirtioRing.driverAreaName(packed),
+                driverGpa,
+                layout.driverBytes(size),
+                VirtioRing.driverAreaAlign(packed));
+        checkArea(
+                mem,
+                VirtioRing.deviceAreaName(packed),
+                deviceGpa,
+                layout.deviceBytes(size),
+                VirtioRing.deviceAreaAlign(packed));
         if (packed && ((base & 0x7fff) >= size || ((base >>> 16) & 0x7fff) >= size)) {
             throw new ProtocolException("queue " + index + " base 0x" + Integer.toHexString(base)
                     + " points outside its " + size + "-entry packed ring");
@@ -256,8 +277,8 @@ final class Vring implements AutoCloseable {
         if (call == null) {
             call = EventFd.create(true); // the driver polls; the device may signal freely
         }
-        VringSetup setup = new VringSetup(index, size, descGpa, driverGpa, deviceGpa, base, features, kick, call, err,
-                memory.holder(), inflight);
+        VringSetup setup = new VringSetup(
+                index, size, descGpa, driverGpa, deviceGpa, base, features, kick, call, err, memory.holder(), inflight);
         device.queueStarted(index, setup);
         move(State.RUNNING);
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": started " + setup);
@@ -272,7 +293,8 @@ final class Vring implements AutoCloseable {
             throw new ProtocolException("queue " + index + " " + what + ": " + e.getMessage());
         }
         if (gpa % align != 0 || host.address() % align != 0) {
-            throw new ProtocolException(String.format("queue %d %s at GPA 0x%x is not %d-byte aligned", index, what, gpa, align));
+            throw new ProtocolException(
+                    String.format("queue %d %s at GPA 0x%x is not %d-byte aligned", index, what, gpa, align));
         }
     }
 

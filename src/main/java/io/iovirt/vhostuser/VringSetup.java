@@ -29,18 +29,40 @@ import java.lang.foreign.MemorySegment;
  * @param memory     the device's guest memory, swapped when the memory table changes
  * @param inflight   this queue's region of the frontend-kept in-flight memory (INFLIGHT_SHMFD), or null
  */
-public record VringSetup(int index, int size, long descGpa, long availGpa, long usedGpa, int base, long features,
-                         EventFd kick, EventFd call, EventFd err, GuestMemoryHolder memory, MemorySegment inflight) {
+public record VringSetup(
+        int index,
+        int size,
+        long descGpa,
+        long availGpa,
+        long usedGpa,
+        int base,
+        long features,
+        EventFd kick,
+        EventFd call,
+        EventFd err,
+        GuestMemoryHolder memory,
+        MemorySegment inflight) {
 
     /** Without crash-recovery memory. */
-    public VringSetup(int index, int size, long descGpa, long availGpa, long usedGpa, int base, long features,
-                      EventFd kick, EventFd call, EventFd err, GuestMemoryHolder memory) {
+    public VringSetup(
+            int index,
+            int size,
+            long descGpa,
+            long availGpa,
+            long usedGpa,
+            int base,
+            long features,
+            EventFd kick,
+            EventFd call,
+            EventFd err,
+            GuestMemoryHolder memory) {
         this(index, size, descGpa, availGpa, usedGpa, base, features, kick, call, err, memory, null);
     }
 
     /** The same queue resuming at {@code newBase} (a device restarting it). */
     public VringSetup withBase(int newBase) {
-        return new VringSetup(index, size, descGpa, availGpa, usedGpa, newBase, features, kick, call, err, memory, inflight);
+        return new VringSetup(
+                index, size, descGpa, availGpa, usedGpa, newBase, features, kick, call, err, memory, inflight);
     }
 
     public boolean packed() {
@@ -57,7 +79,15 @@ public record VringSetup(int index, int size, long descGpa, long availGpa, long 
 
     @Override
     public String toString() {
-        return String.format("vring %d: %s size %d desc 0x%x avail 0x%x used 0x%x base %d%s", index,
-                packed() ? "packed" : "split", size, descGpa, availGpa, usedGpa, base, kick == null ? " (polling)" : "");
+        return String.format(
+                "vring %d: %s size %d desc 0x%x avail 0x%x used 0x%x base %d%s",
+                index,
+                packed() ? "packed" : "split",
+                size,
+                descGpa,
+                availGpa,
+                usedGpa,
+                base,
+                kick == null ? " (polling)" : "");
     }
 }

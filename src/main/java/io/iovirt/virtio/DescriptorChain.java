@@ -25,6 +25,7 @@ public final class DescriptorChain {
     private final int maxBuffers;
     /** Whole region mappings (shared references, not slices), offsets and lengths of each buffer. */
     private MemorySegment[] maps;
+
     private long[] offsets;
     private long[] lengths;
     private long[] addresses;
@@ -170,7 +171,8 @@ public final class DescriptorChain {
         return copyRange(readable, count, offset, src, srcOff, len, false);
     }
 
-    private long copyRange(int from, int to, long offset, MemorySegment other, long otherOff, long len, boolean intoOther) {
+    private long copyRange(
+            int from, int to, long offset, MemorySegment other, long otherOff, long len, boolean intoOther) {
         long done = 0;
         long skip = offset;
         for (int i = from; i < to && done < len; i++) {

@@ -18,8 +18,7 @@ public final class DeviceStatus {
     /** Writing this status resets the device. */
     public static final int RESET = 0;
 
-    private DeviceStatus() {
-    }
+    private DeviceStatus() {}
 
     /** True when {@code value} (unsigned, as a transport carries it) fits the status byte. */
     public static boolean valid(long value) {

@@ -29,6 +29,7 @@ import java.util.Arrays;
 public final class InflightPacked {
     /** Bytes of the packed header and of each descriptor state. */
     public static final int HEADER = 32;
+
     public static final int DESC = 32;
     static final short VERSION = 1;
 
@@ -78,6 +79,7 @@ public final class InflightPacked {
     private boolean usedWrap;
     /** Head entry of the buffer being recorded and its descriptors so far. */
     private int recording;
+
     private int recorded;
     // What attach found to resubmit, copied out of the region (validated once, immune to later changes): buffer k
     // has descriptors resubmitStart[k] .. resubmitStart[k + 1] - 1 of the flat arrays.
@@ -111,8 +113,7 @@ public final class InflightPacked {
     }
 
     /** Where a restarted queue resumes: used and available positions with their wrap counters. */
-    record Resume(int usedIdx, boolean usedWrap, int availIdx, boolean availWrap, int slots) {
-    }
+    record Resume(int usedIdx, boolean usedWrap, int availIdx, boolean availWrap, int slots) {}
 
     /**
      * Attaches to the ring at start. A fresh region (version 0, or one for another queue size) is initialised at
@@ -140,8 +141,9 @@ public final class InflightPacked {
         boolean wrap = region.get(U8, USED_WRAP_OFF) != 0;
         boolean oldWrap = region.get(U8, OLD_USED_WRAP_OFF) != 0;
         if (oldUsed >= size || used >= size || oldFree > size || free > size) {
-            throw new RecoveryException(String.format("positions out of range (used %d, old %d; free head %d, old %d; "
-                    + "%d entries)", used, oldUsed, free, oldFree, size));
+            throw new RecoveryException(String.format(
+                    "positions out of range (used %d, old %d; free head %d, old %d; " + "%d entries)",
+                    used, oldUsed, free, oldFree, size));
         }
         if (used != oldUsed || wrap != oldWrap) {
             // Interrupted while returning a buffer, after used_idx moved. If the used descriptor reached the ring,
@@ -192,7 +194,8 @@ public final class InflightPacked {
             int num = u16(desc(head) + D_NUM);
             int last = u16(desc(head) + D_LAST);
             if (num < 1 || num > size || last >= size) {
-                throw new RecoveryException("in-flight entry " + head + " has " + num + " descriptors ending at " + last);
+                throw new RecoveryException(
+                        "in-flight entry " + head + " has " + num + " descriptors ending at " + last);
             }
             int e = head;
             for (int n = 1; ; n++) {

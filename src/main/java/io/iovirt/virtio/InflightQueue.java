@@ -26,6 +26,7 @@ import java.util.List;
 public final class InflightQueue {
     /** Bytes of the split header and of each descriptor state. */
     public static final int SPLIT_HEADER = 16;
+
     public static final int SPLIT_DESC = 16;
     static final short VERSION = 1;
 
@@ -55,8 +56,8 @@ public final class InflightQueue {
     /** A queue's part of the in-flight memory must hold {@code bytes} and be aligned for 64-bit fields. */
     static void checkRegion(MemorySegment region, long bytes, int size) {
         if (region.byteSize() < bytes) {
-            throw new IllegalArgumentException("inflight region of " + region.byteSize() + " bytes is too small for "
-                    + size + " descriptors");
+            throw new IllegalArgumentException(
+                    "inflight region of " + region.byteSize() + " bytes is too small for " + size + " descriptors");
         }
         if (region.address() % 8 != 0) {
             throw new IllegalArgumentException("inflight region must be 8-byte aligned");

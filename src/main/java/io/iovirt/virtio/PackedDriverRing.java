@@ -60,8 +60,15 @@ public final class PackedDriverRing implements DriverRing {
      * Initializes the ring (zeroed) as if it had been used up to {@code startPos} with wrap counter {@code startWrap}
      * on both sides: (0, true) for a new ring; tests start elsewhere to cross the wrap.
      */
-    public PackedDriverRing(GuestMemory mem, int size, long ringGpa, long driverEventGpa, long deviceEventGpa,
-                            boolean eventIdx, int startPos, boolean startWrap) {
+    public PackedDriverRing(
+            GuestMemory mem,
+            int size,
+            long ringGpa,
+            long driverEventGpa,
+            long deviceEventGpa,
+            boolean eventIdx,
+            int startPos,
+            boolean startWrap) {
         if (size < 1 || size > VirtioRing.MAX_QUEUE_SIZE) {
             throw new IllegalArgumentException("packed queue size " + size + " must be 1..32768");
         }
@@ -74,10 +81,19 @@ public final class PackedDriverRing implements DriverRing {
         this.ringGpa = ringGpa;
         this.driverEventGpa = driverEventGpa;
         this.deviceEventGpa = deviceEventGpa;
-        this.ring = VirtioRing.area(mem, ringGpa, (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
-        this.driverEvent = VirtioRing.area(mem, driverEventGpa, VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
+        this.ring =
+                VirtioRing.area(mem, ringGpa, (long) DESC_SIZE * size, VirtioRing.PACKED_DESC_ALIGN, "descriptor ring");
+        this.driverEvent = VirtioRing.area(
+                mem,
+                driverEventGpa,
+                VirtioRing.PACKED_EVENT_BYTES,
+                VirtioRing.PACKED_EVENT_ALIGN,
                 "driver event suppression");
-        this.deviceEvent = VirtioRing.area(mem, deviceEventGpa, VirtioRing.PACKED_EVENT_BYTES, VirtioRing.PACKED_EVENT_ALIGN,
+        this.deviceEvent = VirtioRing.area(
+                mem,
+                deviceEventGpa,
+                VirtioRing.PACKED_EVENT_BYTES,
+                VirtioRing.PACKED_EVENT_ALIGN,
                 "device event suppression");
         ring.fill((byte) 0);
         driverEvent.fill((byte) 0);
@@ -201,8 +217,8 @@ public final class PackedDriverRing implements DriverRing {
         int id = Short.toUnsignedInt(ring.get(LE16, off + 12));
         int len = (flags & DESC_F_WRITE) != 0 ? ring.get(LE32, off + 8) : 0; // len is reserved without WRITE
         if (id >= size || !inFlight[id]) {
-            throw new IllegalStateException("device returned buffer ID " + id + " at ring position " + nextUsed
-                    + ", which is not in flight");
+            throw new IllegalStateException(
+                    "device returned buffer ID " + id + " at ring position " + nextUsed + ", which is not in flight");
         }
         inFlight[id] = false;
         inFlightCount--;
@@ -271,8 +287,18 @@ public final class PackedDriverRing implements DriverRing {
 
     @Override
     public QueueConfig queueConfig(int index, boolean indirectDesc) {
-        return QueueConfig.packed(index, size, ringGpa, driverEventGpa, deviceEventGpa, eventIdx, indirectDesc,
-                nextAvail, availWrap, nextUsed, usedWrap);
+        return QueueConfig.packed(
+                index,
+                size,
+                ringGpa,
+                driverEventGpa,
+                deviceEventGpa,
+                eventIdx,
+                indirectDesc,
+                nextAvail,
+                availWrap,
+                nextUsed,
+                usedWrap);
     }
 
     // ---- Raw access for crafting hostile rings in tests: these follow no rule and track nothing. ----
@@ -298,7 +324,13 @@ public final class PackedDriverRing implements DriverRing {
 
     /** Writes an entry of an indirect table at {@code tableGpa} verbatim. */
     void writeIndirect(long tableGpa, int i, long addr, int len, int id, int flags) {
-        putDesc(VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"), 0, addr, len, id, flags);
+        putDesc(
+                VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"),
+                0,
+                addr,
+                len,
+                id,
+                flags);
     }
 
     MemorySegment descRing() {

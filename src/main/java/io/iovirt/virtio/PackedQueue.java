@@ -38,15 +38,19 @@ public final class PackedQueue extends Virtqueue {
 
     /** Next ring position to look for an available descriptor at, and the wrap counter it must carry. */
     private int nextAvail;
+
     private boolean availWrap;
     /** Next ring position to write a used descriptor at, and the device ring wrap counter. */
     private int nextUsed;
+
     private boolean usedWrap;
     /** Ring slots each in-flight buffer ID occupies: the used side skips that many when it completes. */
     private final int[] slotsById;
+
     private int slotsInFlight;
     /** Slots the used side advanced since the last notification decision. */
     private int usedSinceDecision;
+
     private boolean decidedValid;
     // crash recovery (issue 11): the in-flight record, and how many of the buffers it kept were handed out again
     private final InflightPacked inflight;
@@ -54,9 +58,14 @@ public final class PackedQueue extends Virtqueue {
 
     PackedQueue(QueueConfig config, GuestMemoryHolder memory, InflightPacked inflight) throws VirtqueueException {
         super(config, memory);
-        if (config.availIndex() < 0 || config.availIndex() >= size || config.usedIndex() < 0 || config.usedIndex() >= size) {
-            throw fail(Reason.BAD_CONFIG, "starting positions avail " + config.availIndex() + " / used " + config.usedIndex()
-                    + " are outside the ring of " + size);
+        if (config.availIndex() < 0
+                || config.availIndex() >= size
+                || config.usedIndex() < 0
+                || config.usedIndex() >= size) {
+            throw fail(
+                    Reason.BAD_CONFIG,
+                    "starting positions avail " + config.availIndex() + " / used " + config.usedIndex()
+                            + " are outside the ring of " + size);
         }
         this.indirectDesc = config.indirectDesc();
         this.slotsById = new int[size];
@@ -106,7 +115,9 @@ public final class PackedQueue extends Virtqueue {
             int flags = inflight.flags(j);
             if ((flags & DESC_F_INDIRECT) != 0) {
                 if (to - from != 1) {
-                    throw fail(Reason.INDIRECT_MISPLACED, "in-flight record: indirect descriptor in a list of " + (to - from));
+                    throw fail(
+                            Reason.INDIRECT_MISPLACED,
+                            "in-flight record: indirect descriptor in a list of " + (to - from));
                 }
                 expandIndirect(chain, mem, inflight.addr(j), inflight.len(j), -1);
             } else {
@@ -147,7 +158,7 @@ public final class PackedQueue extends Virtqueue {
         }
         int slots = 0;
         int id;
-        for (;;) {
+        for (; ; ) {
             long off = (long) pos * DESC_SIZE;
             long addr = ring.get(LE64, off);
             long len = Integer.toUnsignedLong(ring.get(LE32, off + DESC_LEN));
@@ -158,8 +169,9 @@ public final class PackedQueue extends Virtqueue {
             }
             if ((flags & DESC_F_INDIRECT) != 0) {
                 if (slots != 1 || (flags & DESC_F_NEXT) != 0) {
-                    throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor at ring position " + pos
-                            + " is part of a descriptor list");
+                    throw fail(
+                            Reason.INDIRECT_MISPLACED,
+                            "indirect descriptor at ring position " + pos + " is part of a descriptor list");
                 }
                 expandIndirect(chain, mem, addr, len, pos);
                 id = descId;
@@ -171,8 +183,9 @@ public final class PackedQueue extends Virtqueue {
                 break;
             }
             if (slots == size) {
-                throw fail(Reason.CHAIN_TOO_LONG, "descriptor list at ring position " + nextAvail
-                        + " is longer than the queue size " + size);
+                throw fail(
+                        Reason.CHAIN_TOO_LONG,
+                        "descriptor list at ring position " + nextAvail + " is longer than the queue size " + size);
             }
             if (++pos == size) {
                 pos = 0;
@@ -180,19 +193,22 @@ public final class PackedQueue extends Virtqueue {
             }
             flags = Short.toUnsignedInt(ring.get(LE16, (long) pos * DESC_SIZE + DESC_FLAGS));
             if (!isAvail(flags, wrap)) {
-                throw fail(Reason.CHAIN_INCOMPLETE, "descriptor at ring position " + pos
-                        + " continues a list but is not marked available");
+                throw fail(
+                        Reason.CHAIN_INCOMPLETE,
+                        "descriptor at ring position " + pos + " continues a list but is not marked available");
             }
         }
         if (id >= size) {
-            throw fail(Reason.ID_OUT_OF_RANGE, "buffer ID " + id + " at ring position " + pos + ", queue size is " + size);
+            throw fail(
+                    Reason.ID_OUT_OF_RANGE, "buffer ID " + id + " at ring position " + pos + ", queue size is " + size);
         }
         if (inFlight[id]) {
             throw fail(Reason.ID_IN_USE, "buffer ID " + id + " made available again while the device still owns it");
         }
         if (slotsInFlight + slots > size) {
-            throw fail(Reason.RING_OVERRUN, "driver made " + (slotsInFlight + slots) + " descriptors available in a ring of "
-                    + size);
+            throw fail(
+                    Reason.RING_OVERRUN,
+                    "driver made " + (slotsInFlight + slots) + " descriptors available in a ring of " + size);
         }
         if (++pos == size) {
             pos = 0;
@@ -215,33 +231,43 @@ public final class PackedQueue extends Virtqueue {
     private void record(long addr, long len, int flags, int descId, int slots, int pos) throws VirtqueueException {
         boolean last = (flags & (DESC_F_INDIRECT | DESC_F_NEXT)) != DESC_F_NEXT;
         if (slotsInFlight + slots > size) {
-            throw fail(Reason.RING_OVERRUN, "driver made " + (slotsInFlight + slots) + " descriptors available in a ring of "
-                    + size);
+            throw fail(
+                    Reason.RING_OVERRUN,
+                    "driver made " + (slotsInFlight + slots) + " descriptors available in a ring of " + size);
         }
         if (last && descId >= size) {
-            throw fail(Reason.ID_OUT_OF_RANGE, "buffer ID " + descId + " at ring position " + pos + ", queue size is " + size);
+            throw fail(
+                    Reason.ID_OUT_OF_RANGE,
+                    "buffer ID " + descId + " at ring position " + pos + ", queue size is " + size);
         }
         if (last && inFlight[descId]) {
-            throw fail(Reason.ID_IN_USE, "buffer ID " + descId + " made available again while the device still owns it");
+            throw fail(
+                    Reason.ID_IN_USE, "buffer ID " + descId + " made available again while the device still owns it");
         }
         inflight.took(addr, len, flags, descId, slots == 1, last);
     }
 
-    private void expandIndirect(DescriptorChain chain, GuestMemory mem, long addr, long len, int pos) throws VirtqueueException {
+    private void expandIndirect(DescriptorChain chain, GuestMemory mem, long addr, long len, int pos)
+            throws VirtqueueException {
         if (!indirectDesc) {
-            throw fail(Reason.INDIRECT_NOT_NEGOTIATED, "ring position " + pos
-                    + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
+            throw fail(
+                    Reason.INDIRECT_NOT_NEGOTIATED,
+                    "ring position " + pos + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
         }
         if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > maxChain) {
-            throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table at ring position " + pos + " is " + len
-                    + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
+            throw fail(
+                    Reason.BAD_INDIRECT_TABLE,
+                    "indirect table at ring position " + pos + " is " + len
+                            + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
         }
         MemorySegment table;
         try {
             table = mem.translate(addr, len);
         } catch (GuestMemoryFault f) {
-            throw fail(Reason.INDIRECT_TABLE_OUTSIDE_MEMORY, String.format(
-                    "indirect table 0x%x+0x%x at ring position %d is outside guest memory", addr, len, pos));
+            throw fail(
+                    Reason.INDIRECT_TABLE_OUTSIDE_MEMORY,
+                    String.format(
+                            "indirect table 0x%x+0x%x at ring position %d is outside guest memory", addr, len, pos));
         }
         int n = (int) (len / DESC_SIZE);
         for (int i = 0; i < n; i++) {
@@ -251,7 +277,9 @@ public final class PackedQueue extends Virtqueue {
             int f = Short.toUnsignedInt(table.get(LE16, off + DESC_FLAGS));
             // Entries are consecutive; only WRITE means something in them (NEXT and the ID are ignored, §2.8.7).
             if ((f & DESC_F_INDIRECT) != 0) {
-                throw fail(Reason.NESTED_INDIRECT, "indirect table at ring position " + pos + " contains an indirect descriptor");
+                throw fail(
+                        Reason.NESTED_INDIRECT,
+                        "indirect table at ring position " + pos + " contains an indirect descriptor");
             }
             appendBuffer(chain, mem, a, l, (f & DESC_F_WRITE) != 0);
         }

@@ -21,22 +21,60 @@ package io.iovirt.virtio;
  *                       previous backend published), as the Linux vhost and libvhost-user do
  * @param usedWrap       packed: device ring wrap counter at {@code usedIndex} (starts true)
  */
-public record QueueConfig(int index, int size, boolean packed, long descAddr, long driverArea, long deviceArea,
-                          boolean eventIdx, boolean indirectDesc, int availIndex, boolean availWrap, int usedIndex,
-                          boolean usedWrap) {
+public record QueueConfig(
+        int index,
+        int size,
+        boolean packed,
+        long descAddr,
+        long driverArea,
+        long deviceArea,
+        boolean eventIdx,
+        boolean indirectDesc,
+        int availIndex,
+        boolean availWrap,
+        int usedIndex,
+        boolean usedWrap) {
 
     /** A split queue starting at available index {@code availIndex}. */
-    public static QueueConfig split(int index, int size, long desc, long avail, long used, boolean eventIdx,
-                                    boolean indirectDesc, int availIndex) {
-        return new QueueConfig(index, size, false, desc, avail, used, eventIdx, indirectDesc, availIndex, true, 0, true);
+    public static QueueConfig split(
+            int index,
+            int size,
+            long desc,
+            long avail,
+            long used,
+            boolean eventIdx,
+            boolean indirectDesc,
+            int availIndex) {
+        return new QueueConfig(
+                index, size, false, desc, avail, used, eventIdx, indirectDesc, availIndex, true, 0, true);
     }
 
     /** A packed queue starting at the given positions and wrap counters (a fresh ring: 0, true, 0, true). */
-    public static QueueConfig packed(int index, int size, long desc, long driverArea, long deviceArea, boolean eventIdx,
-                                     boolean indirectDesc, int availIndex, boolean availWrap, int usedIndex,
-                                     boolean usedWrap) {
-        return new QueueConfig(index, size, true, desc, driverArea, deviceArea, eventIdx, indirectDesc, availIndex,
-                availWrap, usedIndex, usedWrap);
+    public static QueueConfig packed(
+            int index,
+            int size,
+            long desc,
+            long driverArea,
+            long deviceArea,
+            boolean eventIdx,
+            boolean indirectDesc,
+            int availIndex,
+            boolean availWrap,
+            int usedIndex,
+            boolean usedWrap) {
+        return new QueueConfig(
+                index,
+                size,
+                true,
+                desc,
+                driverArea,
+                deviceArea,
+                eventIdx,
+                indirectDesc,
+                availIndex,
+                availWrap,
+                usedIndex,
+                usedWrap);
     }
 
     /**
@@ -48,15 +86,26 @@ public record QueueConfig(int index, int size, boolean packed, long descAddr, lo
      */
     public QueueConfig withVringBase(int num) {
         if (!packed) {
-            return new QueueConfig(index, size, false, descAddr, driverArea, deviceArea, eventIdx, indirectDesc,
-                    num & 0xffff, true, 0, true);
+            return new QueueConfig(
+                    index,
+                    size,
+                    false,
+                    descAddr,
+                    driverArea,
+                    deviceArea,
+                    eventIdx,
+                    indirectDesc,
+                    num & 0xffff,
+                    true,
+                    0,
+                    true);
         }
         int avail = num & 0x7fff;
         boolean aWrap = (num & 0x8000) != 0;
         int usedHalf = num >>> 16;
         int used = usedHalf == 0 ? avail : usedHalf & 0x7fff;
         boolean uWrap = usedHalf == 0 ? aWrap : (usedHalf & 0x8000) != 0;
-        return new QueueConfig(index, size, true, descAddr, driverArea, deviceArea, eventIdx, indirectDesc, avail,
-                aWrap, used, uWrap);
+        return new QueueConfig(
+                index, size, true, descAddr, driverArea, deviceArea, eventIdx, indirectDesc, avail, aWrap, used, uWrap);
     }
 }

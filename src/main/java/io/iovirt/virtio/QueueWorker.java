@@ -57,8 +57,7 @@ public final class QueueWorker {
      */
     public interface Handler {
         /** The worker was built for this handler (before its thread starts). */
-        default void attached(QueueWorker worker) {
-        }
+        default void attached(QueueWorker worker) {}
 
         /**
          * Does the work that is ready, at most one batch.
@@ -68,8 +67,7 @@ public final class QueueWorker {
         boolean process() throws Exception;
 
         /** A source the device registered became ready (its token and epoll events); {@link #process} follows. */
-        default void event(long token, int events) throws Exception {
-        }
+        default void event(long token, int events) throws Exception {}
 
         /** True when work is ready without a wake-up; spinning idle strategies poll this. */
         default boolean hasWork() throws Exception {
@@ -89,8 +87,7 @@ public final class QueueWorker {
          * The loop ended (stopped, or failed when {@code failed}): finish or abandon what is in flight (bounded), unpin
          * guest memory, release per-queue resources. Called exactly once, on the worker thread.
          */
-        default void stopped(boolean failed) {
-        }
+        default void stopped(boolean failed) {}
     }
 
     /** Told once, on the worker thread, that the queue failed (after the log line and the err signal). */
@@ -118,7 +115,7 @@ public final class QueueWorker {
         private EventFd err;
         private long spinNanos;
         private int pollMillis = -1;
-        private FailureListener onFailure = reason -> { };
+        private FailureListener onFailure = reason -> {};
         private final List<Object[]> sources = new ArrayList<>();
 
         private Builder(String name) {
@@ -293,8 +290,12 @@ public final class QueueWorker {
             long now = System.nanoTime();
             if (lastSignalLog == 0 || now - lastSignalLog > 5_000_000_000L) { // a hostile frontend cannot flood the log
                 lastSignalLog = now | 1;
-                LOG.log(Level.WARNING, "{0}: the frontend''s call eventfd is full or was made blocking; interrupts"
-                        + " dropped ({1} so far)", name, stats.lostSignals.sum());
+                LOG.log(
+                        Level.WARNING,
+                        "{0}: the frontend''s call eventfd is full or was made blocking; interrupts"
+                                + " dropped ({1} so far)",
+                        name,
+                        stats.lostSignals.sum());
             }
         }
     }
@@ -319,7 +320,7 @@ public final class QueueWorker {
     }
 
     private void loop() throws Exception {
-        for (;;) {
+        for (; ; ) {
             // Work made available before the first wake-up (a reconnect, a restart) is served at once; the stop
             // request is looked at after each batch, so a flooding guest cannot keep the thread from stopping.
             stats.batches.increment();
@@ -443,7 +444,11 @@ public final class QueueWorker {
             }
         }
         if (thread.isAlive() && thread.getState() != Thread.State.NEW) {
-            LOG.log(Level.ERROR, "{0}: the queue thread did not stop within {1} ms; leaving it", name, timeout.toMillis());
+            LOG.log(
+                    Level.ERROR,
+                    "{0}: the queue thread did not stop within {1} ms; leaving it",
+                    name,
+                    timeout.toMillis());
             return false;
         }
         epoll.close();

@@ -26,12 +26,10 @@ public final class RingHandler implements QueueWorker.Handler {
         long process(DescriptorChain chain) throws Exception;
 
         /** After a batch was pushed, before the driver is interrupted (net: the switch ends its burst). */
-        default void batchDone() throws Exception {
-        }
+        default void batchDone() throws Exception {}
 
         /** The queue stopped (or failed); release per-queue state. */
-        default void stopped() {
-        }
+        default void stopped() {}
     }
 
     private final Virtqueue vq;

@@ -34,6 +34,7 @@ public final class SplitDriverRing implements DriverRing {
 
     /** Free descriptor indices (a stack); per head, the descriptors its chain holds, linked through {@code next}. */
     private final int[] free;
+
     private int freeCount;
     private final int[] next;
     private final int[] chainLength;
@@ -62,8 +63,8 @@ public final class SplitDriverRing implements DriverRing {
      * Initializes the ring areas (zeroed, as the driver must) with both indices at {@code startIndex}: 0 for a new
      * ring; tests start near 65535 to cross the 16-bit wrap.
      */
-    public SplitDriverRing(GuestMemory mem, int size, long descGpa, long availGpa, long usedGpa, boolean eventIdx,
-                           int startIndex) {
+    public SplitDriverRing(
+            GuestMemory mem, int size, long descGpa, long availGpa, long usedGpa, boolean eventIdx, int startIndex) {
         if (size < 1 || size > VirtioRing.MAX_QUEUE_SIZE || Integer.bitCount(size) != 1) {
             throw new IllegalArgumentException("split queue size " + size + " must be a power of two up to 32768");
         }
@@ -74,9 +75,12 @@ public final class SplitDriverRing implements DriverRing {
         this.descGpa = descGpa;
         this.availGpa = availGpa;
         this.usedGpa = usedGpa;
-        this.desc = VirtioRing.area(mem, descGpa, VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
-        this.avail = VirtioRing.area(mem, availGpa, VirtioRing.splitAvailBytes(size, true), VirtioRing.SPLIT_AVAIL_ALIGN, "available ring");
-        this.used = VirtioRing.area(mem, usedGpa, VirtioRing.splitUsedBytes(size, true), VirtioRing.SPLIT_USED_ALIGN, "used ring");
+        this.desc = VirtioRing.area(
+                mem, descGpa, VirtioRing.splitDescBytes(size), VirtioRing.SPLIT_DESC_ALIGN, "descriptor table");
+        this.avail = VirtioRing.area(
+                mem, availGpa, VirtioRing.splitAvailBytes(size, true), VirtioRing.SPLIT_AVAIL_ALIGN, "available ring");
+        this.used = VirtioRing.area(
+                mem, usedGpa, VirtioRing.splitUsedBytes(size, true), VirtioRing.SPLIT_USED_ALIGN, "used ring");
         this.usedEventOffset = RING + 2L * size;
         this.availEventOffset = RING + 8L * size;
         desc.fill((byte) 0);
@@ -262,7 +266,13 @@ public final class SplitDriverRing implements DriverRing {
 
     /** Writes a descriptor into an indirect table at {@code tableGpa} verbatim. */
     void writeIndirect(long tableGpa, int i, long addr, int len, int flags, int nxt) {
-        putDesc(VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"), 0, addr, len, flags, nxt);
+        putDesc(
+                VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"),
+                0,
+                addr,
+                len,
+                flags,
+                nxt);
     }
 
     /** Puts {@code head} (any value) in the next available ring entry and publishes the index. */

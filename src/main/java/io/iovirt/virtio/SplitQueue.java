@@ -45,6 +45,7 @@ public final class SplitQueue extends Virtqueue {
     private int publishedIdx;
     /** Used index at the last notification decision; valid after the first one. */
     private int decidedUsed;
+
     private boolean decidedValid;
     /** Entries pushed since the last decision (more than 2^16 would defeat 16-bit event arithmetic). */
     private int pushedSinceDecision;
@@ -101,8 +102,10 @@ public final class SplitQueue extends Virtqueue {
         int idx = Short.toUnsignedInt((short) U16.getAcquire(avail, AVAIL_IDX));
         int pending = (idx - lastAvail) & 0xffff;
         if (pending > size) {
-            throw fail(Reason.AVAIL_INDEX_OUT_OF_RANGE, String.format(
-                    "available index moved from %d to %d, more than the queue size %d", lastAvail, idx, size));
+            throw fail(
+                    Reason.AVAIL_INDEX_OUT_OF_RANGE,
+                    String.format(
+                            "available index moved from %d to %d, more than the queue size %d", lastAvail, idx, size));
         }
         return idx;
     }
@@ -133,8 +136,9 @@ public final class SplitQueue extends Virtqueue {
         }
         int head = Short.toUnsignedInt(avail.get(LE16, RING + 2L * (lastAvail & mask)));
         if (head >= size) {
-            throw fail(Reason.ID_OUT_OF_RANGE, "available ring entry " + lastAvail + " names head " + head
-                    + ", queue size is " + size);
+            throw fail(
+                    Reason.ID_OUT_OF_RANGE,
+                    "available ring entry " + lastAvail + " names head " + head + ", queue size is " + size);
         }
         if (inFlight[head]) {
             throw fail(Reason.ID_IN_USE, "head " + head + " made available again while the device still owns it");
@@ -168,10 +172,12 @@ public final class SplitQueue extends Virtqueue {
         int[] visited = visitedDirect;
         boolean indirect = false;
         int i = head;
-        for (;;) {
+        for (; ; ) {
             if (visited[i] == s) {
-                throw fail(Reason.LOOP, String.format("chain from head %d revisits %sdescriptor %d", head,
-                        indirect ? "indirect " : "", i));
+                throw fail(
+                        Reason.LOOP,
+                        String.format(
+                                "chain from head %d revisits %sdescriptor %d", head, indirect ? "indirect " : "", i));
             }
             visited[i] = s;
             long off = (long) i * DESC_SIZE;
@@ -184,23 +190,34 @@ public final class SplitQueue extends Virtqueue {
             int next = (int) (lfn >>> 48);
             if ((flags & DESC_F_INDIRECT) != 0) {
                 if (indirect) {
-                    throw fail(Reason.NESTED_INDIRECT, "indirect table of head " + head + " contains an indirect descriptor");
+                    throw fail(
+                            Reason.NESTED_INDIRECT,
+                            "indirect table of head " + head + " contains an indirect descriptor");
                 }
                 if (!indirectDesc) {
-                    throw fail(Reason.INDIRECT_NOT_NEGOTIATED, "head " + head + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
+                    throw fail(
+                            Reason.INDIRECT_NOT_NEGOTIATED,
+                            "head " + head + " uses an indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated");
                 }
                 if ((flags & DESC_F_NEXT) != 0) {
-                    throw fail(Reason.INDIRECT_MISPLACED, "indirect descriptor " + i + " of head " + head + " also has NEXT set");
+                    throw fail(
+                            Reason.INDIRECT_MISPLACED,
+                            "indirect descriptor " + i + " of head " + head + " also has NEXT set");
                 }
                 if (len == 0 || len % DESC_SIZE != 0 || len / DESC_SIZE > maxChain) {
-                    throw fail(Reason.BAD_INDIRECT_TABLE, "indirect table of head " + head + " is " + len
-                            + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
+                    throw fail(
+                            Reason.BAD_INDIRECT_TABLE,
+                            "indirect table of head " + head + " is " + len
+                                    + " bytes: must be a non-zero multiple of 16 of at most " + maxChain
+                                    + " descriptors");
                 }
                 try {
                     table = mem.translate(addr, len);
                 } catch (GuestMemoryFault f) {
-                    throw fail(Reason.INDIRECT_TABLE_OUTSIDE_MEMORY, String.format(
-                            "indirect table 0x%x+0x%x of head %d is outside guest memory", addr, len, head));
+                    throw fail(
+                            Reason.INDIRECT_TABLE_OUTSIDE_MEMORY,
+                            String.format(
+                                    "indirect table 0x%x+0x%x of head %d is outside guest memory", addr, len, head));
                 }
                 tableSize = (int) (len / DESC_SIZE);
                 visited = visitedIndirect;
@@ -213,8 +230,11 @@ public final class SplitQueue extends Virtqueue {
                 return;
             }
             if (next >= tableSize) {
-                throw fail(Reason.NEXT_OUT_OF_RANGE, String.format("%sdescriptor %d of head %d links to %d, table has %d",
-                        indirect ? "indirect " : "", i, head, next, tableSize));
+                throw fail(
+                        Reason.NEXT_OUT_OF_RANGE,
+                        String.format(
+                                "%sdescriptor %d of head %d links to %d, table has %d",
+                                indirect ? "indirect " : "", i, head, next, tableSize));
             }
             i = next;
         }

@@ -18,8 +18,7 @@ public final class VirtioFeatures {
     /** Packed virtqueue layout (§2.8). */
     public static final long VIRTIO_F_RING_PACKED = 1L << 34;
 
-    private VirtioFeatures() {
-    }
+    private VirtioFeatures() {}
 
     /** True when every bit of {@code mask} is set in {@code features}. */
     public static boolean has(long features, long mask) {

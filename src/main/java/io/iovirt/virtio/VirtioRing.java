@@ -13,8 +13,7 @@ import java.nio.ByteOrder;
  * ({@link Virtqueue}) and the driver side ({@link DriverRing}). All ring fields are little-endian.
  */
 public final class VirtioRing {
-    private VirtioRing() {
-    }
+    private VirtioRing() {}
 
     /** Size of one descriptor, split and packed alike. */
     public static final int DESC_SIZE = 16;
@@ -47,6 +46,7 @@ public final class VirtioRing {
 
     /** Packed event suppression flags. */
     public static final int EVENT_FLAGS_ENABLE = 0;
+
     public static final int EVENT_FLAGS_DISABLE = 1;
     public static final int EVENT_FLAGS_DESC = 2;
 
@@ -133,7 +133,8 @@ public final class VirtioRing {
     static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     static final ValueLayout.OfShort LE16 = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     /** 16-bit ring field with acquire/release access; coordinates (MemorySegment, long offset). */
-    static final VarHandle U16 = ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
+    static final VarHandle U16 =
+            ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
 
     /** Driver side: translates a ring area of the driver's own memory (a wrong address is a bug, not guest input). */
     static MemorySegment area(GuestMemory mem, long gpa, long bytes, int align, String what) {
@@ -150,8 +151,8 @@ public final class VirtioRing {
     /** Driver side: the rules {@link DriverRing#add} callers must follow. */
     static void checkRequest(int size, long[] addrs, int[] lens, boolean[] writable, int count) {
         if (count < 1 || count > size || count > addrs.length || count > lens.length || count > writable.length) {
-            throw new IllegalArgumentException("request of " + count + " buffers does not fit a queue of " + size
-                    + " or the arrays given");
+            throw new IllegalArgumentException(
+                    "request of " + count + " buffers does not fit a queue of " + size + " or the arrays given");
         }
         for (int i = 1; i < count; i++) {
             if (writable[i - 1] && !writable[i]) {

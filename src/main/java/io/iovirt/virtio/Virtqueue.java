@@ -53,9 +53,11 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
     GuestMemory mapped;
     /** Which head indices / buffer IDs the device owns. */
     final boolean[] inFlight;
+
     int inFlightCount;
     /** Driver→device notifications wanted; pop keeps the event index current while true. */
     boolean notificationsEnabled = true;
+
     private VirtqueueException failure;
     private final DescriptorChain ownChain;
 
@@ -154,7 +156,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
     public static Virtqueue create(QueueConfig config, GuestMemoryHolder memory, MemorySegment inflight)
             throws VirtqueueException {
         if (config.packed()) {
-            return new PackedQueue(config, memory, inflight == null ? null : new InflightPacked(inflight, config.size()));
+            return new PackedQueue(
+                    config, memory, inflight == null ? null : new InflightPacked(inflight, config.size()));
         }
         return new SplitQueue(config, memory, inflight == null ? null : new InflightQueue(inflight, config.size()));
     }
@@ -209,7 +212,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      */
     public final boolean pop(DescriptorChain chain) throws VirtqueueException {
         if (chain.queue() != this) {
-            throw new IllegalArgumentException("chain was created for virtqueue " + chain.queue().index + ", not " + index);
+            throw new IllegalArgumentException(
+                    "chain was created for virtqueue " + chain.queue().index + ", not " + index);
         }
         GuestMemory mem = refresh();
         chain.reset();
@@ -243,11 +247,12 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     private void pushChain(DescriptorChain chain, long bytesWritten, boolean publish) throws VirtqueueException {
         if (chain.queue() != this) {
-            throw new IllegalArgumentException("chain was created for virtqueue " + chain.queue().index + ", not " + index);
+            throw new IllegalArgumentException(
+                    "chain was created for virtqueue " + chain.queue().index + ", not " + index);
         }
         if (bytesWritten < 0 || bytesWritten > chain.writableBytes) {
-            throw new IllegalArgumentException("virtqueue " + index + ": " + bytesWritten + " bytes written into a chain with "
-                    + chain.writableBytes + " writable bytes");
+            throw new IllegalArgumentException("virtqueue " + index + ": " + bytesWritten
+                    + " bytes written into a chain with " + chain.writableBytes + " writable bytes");
         }
         GuestWriteLog l = log();
         if (l != null) {
@@ -345,26 +350,39 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
     /** The descriptor table (split) or ring (packed), sized and aligned as {@link VirtioRing} says. */
     final MemorySegment mapDescArea(GuestMemory mem) throws VirtqueueException {
         boolean packed = config.packed();
-        return mapArea(mem, config.descAddr(), VirtioRing.descAreaBytes(size), VirtioRing.descAreaAlign(packed),
+        return mapArea(
+                mem,
+                config.descAddr(),
+                VirtioRing.descAreaBytes(size),
+                VirtioRing.descAreaAlign(packed),
                 VirtioRing.descAreaName(packed));
     }
 
     /** The available ring (split) or driver event suppression area (packed). */
     final MemorySegment mapDriverArea(GuestMemory mem) throws VirtqueueException {
         boolean packed = config.packed();
-        return mapArea(mem, config.driverArea(), VirtioRing.driverAreaBytes(packed, size, eventIdx),
-                VirtioRing.driverAreaAlign(packed), VirtioRing.driverAreaName(packed));
+        return mapArea(
+                mem,
+                config.driverArea(),
+                VirtioRing.driverAreaBytes(packed, size, eventIdx),
+                VirtioRing.driverAreaAlign(packed),
+                VirtioRing.driverAreaName(packed));
     }
 
     /** The used ring (split) or device event suppression area (packed). */
     final MemorySegment mapDeviceArea(GuestMemory mem) throws VirtqueueException {
         boolean packed = config.packed();
-        return mapArea(mem, config.deviceArea(), VirtioRing.deviceAreaBytes(packed, size, eventIdx),
-                VirtioRing.deviceAreaAlign(packed), VirtioRing.deviceAreaName(packed));
+        return mapArea(
+                mem,
+                config.deviceArea(),
+                VirtioRing.deviceAreaBytes(packed, size, eventIdx),
+                VirtioRing.deviceAreaAlign(packed),
+                VirtioRing.deviceAreaName(packed));
     }
 
     /** Translates one ring area, checking the spec's alignment (guest side) and that host access can be atomic. */
-    final MemorySegment mapArea(GuestMemory mem, long gpa, long bytes, int align, String what) throws VirtqueueException {
+    final MemorySegment mapArea(GuestMemory mem, long gpa, long bytes, int align, String what)
+            throws VirtqueueException {
         if ((gpa & (align - 1)) != 0) {
             throw fail(Reason.BAD_CONFIG, String.format("%s at 0x%x is not %d-byte aligned", what, gpa, align));
         }
@@ -372,10 +390,14 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         try {
             s = mem.translate(gpa, bytes);
         } catch (GuestMemoryFault f) {
-            throw fail(Reason.RING_OUTSIDE_MEMORY, String.format("%s 0x%x+0x%x is outside guest memory", what, gpa, bytes));
+            throw fail(
+                    Reason.RING_OUTSIDE_MEMORY,
+                    String.format("%s 0x%x+0x%x is outside guest memory", what, gpa, bytes));
         }
         if ((s.address() & (align - 1)) != 0) {
-            throw fail(Reason.BAD_CONFIG, String.format("%s at 0x%x maps to unaligned host address 0x%x", what, gpa, s.address()));
+            throw fail(
+                    Reason.BAD_CONFIG,
+                    String.format("%s at 0x%x maps to unaligned host address 0x%x", what, gpa, s.address()));
         }
         return s;
     }
@@ -384,7 +406,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * Adds one buffer to {@code c}: enforces the chain length bound, readable-before-writable order and the 2^32-byte
      * total, and translates it through guest memory.
      */
-    final void appendBuffer(DescriptorChain c, GuestMemory mem, long addr, long len, boolean writable) throws VirtqueueException {
+    final void appendBuffer(DescriptorChain c, GuestMemory mem, long addr, long len, boolean writable)
+            throws VirtqueueException {
         if (c.count == maxChain) {
             throw fail(Reason.CHAIN_TOO_LONG, "descriptor chain has more than " + maxChain + " buffers");
         }
@@ -392,8 +415,9 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             c.writableBytes += len;
         } else {
             if (c.count > c.readable) {
-                throw fail(Reason.READABLE_AFTER_WRITABLE, String.format(
-                        "device-readable buffer 0x%x+0x%x follows a device-writable one", addr, len));
+                throw fail(
+                        Reason.READABLE_AFTER_WRITABLE,
+                        String.format("device-readable buffer 0x%x+0x%x follows a device-writable one", addr, len));
             }
             c.readable++;
             c.readableBytes += len;
@@ -407,7 +431,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         }
         int region = mem.find(addr, len);
         if (region < 0) {
-            throw fail(Reason.BUFFER_OUTSIDE_MEMORY, String.format("buffer 0x%x+0x%x is outside guest memory", addr, len));
+            throw fail(
+                    Reason.BUFFER_OUTSIDE_MEMORY, String.format("buffer 0x%x+0x%x is outside guest memory", addr, len));
         }
         c.append(addr, mem.mapping(region), mem.offset(region, addr), len);
     }

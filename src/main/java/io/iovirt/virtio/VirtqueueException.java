@@ -51,8 +51,12 @@ public final class VirtqueueException extends Exception {
     private final Reason reason;
 
     public VirtqueueException(int queueIndex, Reason reason, String detail) {
-        super("virtqueue " + queueIndex + ": " + detail + " (" + reason + "); the driver broke the virtqueue rules,"
-                + " the device needs a reset", null, false, false); // hostile input: no stack walk
+        super(
+                "virtqueue " + queueIndex + ": " + detail + " (" + reason + "); the driver broke the virtqueue rules,"
+                        + " the device needs a reset",
+                null,
+                false,
+                false); // hostile input: no stack walk
         this.queueIndex = queueIndex;
         this.reason = reason;
     }

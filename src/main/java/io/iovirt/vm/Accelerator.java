@@ -38,6 +38,7 @@ public final class Accelerator {
      * Intel host under MTTCG), at the cost of vCPU parallelism.
      */
     public static final String TCG_THREAD_ENV = "IOVIRT_TCG_THREAD";
+
     public static final int KVM_API_VERSION = 12;
 
     private static final int KVMIO = 0xAE;
@@ -53,11 +54,14 @@ public final class Accelerator {
      */
     private static final Pattern KVM_FAILURE = Pattern.compile(
             "KVM internal error|emulation failure|failed to initialize kvm|Could not access KVM kernel module"
-                    + "|kvm run failed|KVM_CREATE_VM|failed to set MSR|target/i386/kvm/", Pattern.CASE_INSENSITIVE);
+                    + "|kvm run failed|KVM_CREATE_VM|failed to set MSR|target/i386/kvm/",
+            Pattern.CASE_INSENSITIVE);
 
     /** What the user asked for. */
     public enum Mode {
-        AUTO, KVM, TCG;
+        AUTO,
+        KVM,
+        TCG;
 
         /** Parses auto, kvm, tcg (case-insensitive). */
         public static Mode parse(String s) {
@@ -90,7 +94,8 @@ public final class Accelerator {
 
     /** The accelerator QEMU is given. */
     public enum Kind {
-        KVM, TCG
+        KVM,
+        TCG
     }
 
     /**
@@ -118,7 +123,8 @@ public final class Accelerator {
      * @param createVm    0 when KVM_CREATE_VM worked, else -errno
      * @param cpuFlags    the flags line of /proc/cpuinfo
      */
-    public record KvmFacts(Path device, boolean exists, int openError, int apiVersion, int createVm, Set<String> cpuFlags) {
+    public record KvmFacts(
+            Path device, boolean exists, int openError, int apiVersion, int createVm, Set<String> cpuFlags) {
         public boolean hardwareVirtualization() {
             return cpuFlags.contains("vmx") || cpuFlags.contains("svm");
         }
@@ -139,7 +145,9 @@ public final class Accelerator {
 
         /** QEMU's arguments for this accelerator ({@code IOVIRT_TCG_THREAD=single|multi} picks TCG's threading). */
         public List<String> qemuArgs() {
-            return kind == Kind.KVM ? List.of("-accel", "kvm", "-cpu", "host") : List.of("-accel", tcgOption(System.getenv(TCG_THREAD_ENV)));
+            return kind == Kind.KVM
+                    ? List.of("-accel", "kvm", "-cpu", "host")
+                    : List.of("-accel", tcgOption(System.getenv(TCG_THREAD_ENV)));
         }
 
         /** True when a KVM guest that fails early may be booted again under TCG (only in AUTO mode). */
@@ -149,7 +157,10 @@ public final class Accelerator {
 
         /** The TCG decision taken after a KVM guest failed early. */
         public Decision fallBack(String why) {
-            return new Decision(Kind.TCG, mode, "KVM looked usable but " + why + "; booted again under TCG",
+            return new Decision(
+                    Kind.TCG,
+                    mode,
+                    "KVM looked usable but " + why + "; booted again under TCG",
                     new KvmStatus(false, why, kvm.remedy().isEmpty() ? KVM_NOT_STOCK_REMEDY : kvm.remedy()));
         }
 
@@ -171,8 +182,7 @@ public final class Accelerator {
 
     private static volatile KvmStatus probed;
 
-    private Accelerator() {
-    }
+    private Accelerator() {}
 
     /** The decision for this host and {@code IOVIRT_ACCEL}, probed once per JVM. */
     public static Decision system() {
@@ -243,35 +253,53 @@ public final class Accelerator {
                 ? "this host is a virtual machine: enable nested virtualization in its hypervisor so the CPU shows vmx/svm"
                 : "enable VT-x/AMD-V in the firmware setup";
         if (!f.exists()) {
-            return new KvmStatus(false, dev + " does not exist",
-                    f.hardwareVirtualization() ? "load KVM: modprobe kvm_intel (Intel) or kvm_amd (AMD)" : cpuRemedy + ", then load KVM");
+            return new KvmStatus(
+                    false,
+                    dev + " does not exist",
+                    f.hardwareVirtualization()
+                            ? "load KVM: modprobe kvm_intel (Intel) or kvm_amd (AMD)"
+                            : cpuRemedy + ", then load KVM");
         }
         if (f.openError() != 0) {
             String remedy = f.openError() == Errno.EACCES || f.openError() == Errno.EPERM
                     ? "add the user to the kvm group (usermod -aG kvm $USER, then log in again)"
                     : "check that " + dev + " is the KVM device (char 10:232)";
-            return new KvmStatus(false, "cannot open " + dev + " read-write as this user: " + Errno.name(f.openError())
-                    + " (" + Errno.describe(f.openError()) + ")", remedy);
+            return new KvmStatus(
+                    false,
+                    "cannot open " + dev + " read-write as this user: " + Errno.name(f.openError()) + " ("
+                            + Errno.describe(f.openError()) + ")",
+                    remedy);
         }
         if (f.apiVersion() < 0) {
-            return new KvmStatus(false, dev + " is not a KVM device: KVM_GET_API_VERSION failed with "
-                    + Errno.name(-f.apiVersion()), "check that " + dev + " is the KVM device (char 10:232)");
+            return new KvmStatus(
+                    false,
+                    dev + " is not a KVM device: KVM_GET_API_VERSION failed with " + Errno.name(-f.apiVersion()),
+                    "check that " + dev + " is the KVM device (char 10:232)");
         }
         if (f.apiVersion() != KVM_API_VERSION) {
-            return new KvmStatus(false, "KVM API version is " + f.apiVersion() + ", QEMU needs " + KVM_API_VERSION,
+            return new KvmStatus(
+                    false,
+                    "KVM API version is " + f.apiVersion() + ", QEMU needs " + KVM_API_VERSION,
                     "use a kernel with a standard KVM");
         }
         if (f.createVm() != 0) {
-            return new KvmStatus(false, "KVM_CREATE_VM failed: " + Errno.name(-f.createVm()) + " ("
-                    + Errno.describe(-f.createVm()) + ")", "check dmesg for KVM errors; another hypervisor may own VT-x/AMD-V");
+            return new KvmStatus(
+                    false,
+                    "KVM_CREATE_VM failed: " + Errno.name(-f.createVm()) + " (" + Errno.describe(-f.createVm()) + ")",
+                    "check dmesg for KVM errors; another hypervisor may own VT-x/AMD-V");
         }
         if (!f.hardwareVirtualization()) {
-            return new KvmStatus(false, dev + " works but the CPU has no hardware virtualization (no vmx/svm in "
-                    + "/proc/cpuinfo): a PVM or software-nested KVM, on which stock guests may not run",
+            return new KvmStatus(
+                    false,
+                    dev + " works but the CPU has no hardware virtualization (no vmx/svm in "
+                            + "/proc/cpuinfo): a PVM or software-nested KVM, on which stock guests may not run",
                     KVM_NOT_STOCK_REMEDY);
         }
-        return new KvmStatus(true, dev + " opens, API " + KVM_API_VERSION + ", KVM_CREATE_VM works, CPU has "
-                + (f.cpuFlags().contains("vmx") ? "VT-x (vmx)" : "AMD-V (svm)"), "");
+        return new KvmStatus(
+                true,
+                dev + " opens, API " + KVM_API_VERSION + ", KVM_CREATE_VM works, CPU has "
+                        + (f.cpuFlags().contains("vmx") ? "VT-x (vmx)" : "AMD-V (svm)"),
+                "");
     }
 
     /**
@@ -284,14 +312,19 @@ public final class Accelerator {
             case TCG -> new Decision(Kind.TCG, mode, "asked for with --accel tcg / " + ENV + "=tcg", kvm);
             case KVM -> {
                 if (!kvm.usable()) {
-                    throw new UnusableException("--accel kvm: KVM cannot run a guest here: " + kvm.reason()
-                            + "; " + kvm.remedy() + (kvm.remedy().contains("--accel tcg") ? "" : ", or use --accel tcg"));
+                    throw new UnusableException("--accel kvm: KVM cannot run a guest here: " + kvm.reason() + "; "
+                            + kvm.remedy() + (kvm.remedy().contains("--accel tcg") ? "" : ", or use --accel tcg"));
                 }
                 yield new Decision(Kind.KVM, mode, "asked for; " + kvm.reason(), kvm);
             }
-            case AUTO -> kvm.usable()
-                    ? new Decision(Kind.KVM, mode, kvm.reason(), kvm)
-                    : new Decision(Kind.TCG, mode, "KVM unusable: " + kvm.reason() + "; every guest instruction is emulated", kvm);
+            case AUTO ->
+                kvm.usable()
+                        ? new Decision(Kind.KVM, mode, kvm.reason(), kvm)
+                        : new Decision(
+                                Kind.TCG,
+                                mode,
+                                "KVM unusable: " + kvm.reason() + "; every guest instruction is emulated",
+                                kvm);
         };
     }
 
@@ -325,7 +358,8 @@ public final class Accelerator {
             if (line.startsWith("flags")) {
                 int colon = line.indexOf(':');
                 if (colon > 0) {
-                    return Set.copyOf(Arrays.asList(line.substring(colon + 1).trim().split("\\s+")));
+                    return Set.copyOf(
+                            Arrays.asList(line.substring(colon + 1).trim().split("\\s+")));
                 }
             }
         }

@@ -35,8 +35,8 @@ public final class ChildProcess implements AutoCloseable {
     private static final Set<ChildProcess> LIVE = ConcurrentHashMap.newKeySet();
 
     static {
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> LIVE.forEach(ChildProcess::killNoWait),
-                "iovirt-child-reaper"));
+        Runtime.getRuntime()
+                .addShutdownHook(new Thread(() -> LIVE.forEach(ChildProcess::killNoWait), "iovirt-child-reaper"));
     }
 
     private final String name;
@@ -47,7 +47,8 @@ public final class ChildProcess implements AutoCloseable {
     private String crash; // guarded by this: the core is read (and deleted) once
     private final CompletableFuture<Void> watchdog;
 
-    private ChildProcess(String name, List<String> command, Process process, Path log, Path directory, Duration lifetime) {
+    private ChildProcess(
+            String name, List<String> command, Process process, Path log, Path directory, Duration lifetime) {
         this.directory = directory;
         this.name = name;
         this.command = command;
@@ -55,8 +56,10 @@ public final class ChildProcess implements AutoCloseable {
         this.log = log;
         LIVE.add(this);
         process.onExit().thenRun(() -> LIVE.remove(this));
-        this.watchdog = lifetime == null ? null
-                : CompletableFuture.runAsync(this::killNoWait,
+        this.watchdog = lifetime == null
+                ? null
+                : CompletableFuture.runAsync(
+                        this::killNoWait,
                         CompletableFuture.delayedExecutor(lifetime.toMillis(), TimeUnit.MILLISECONDS));
     }
 
@@ -257,8 +260,10 @@ public final class ChildProcess implements AutoCloseable {
             try {
                 return new ChildProcess(name, command, pb.start(), log, directory, lifetime);
             } catch (IOException e) {
-                throw new UncheckedIOException("cannot start " + name + " (" + command.getFirst() + "): "
-                        + e.getMessage() + " — is it installed? scripts/install-deps.sh installs what iovirt uses", e);
+                throw new UncheckedIOException(
+                        "cannot start " + name + " (" + command.getFirst() + "): " + e.getMessage()
+                                + " — is it installed? scripts/install-deps.sh installs what iovirt uses",
+                        e);
             }
         }
     }

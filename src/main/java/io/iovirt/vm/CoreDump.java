@@ -24,17 +24,20 @@ public final class CoreDump {
      * anonymous private, ELF headers, private huge pages): a guest's RAM is a shared memfd of hundreds of MiB that
      * a backtrace does not need. {@code exec} keeps the pid.
      */
-    private static final String WRAPPER = "ulimit -c unlimited 2>/dev/null || ulimit -c \"$(ulimit -H -c)\" 2>/dev/null;"
-            + " echo 0x31 > /proc/self/coredump_filter 2>/dev/null; exec \"$@\"";
-    private static final Map<Integer, String> SIGNALS = Map.of(4, "SIGILL", 5, "SIGTRAP", 6, "SIGABRT", 7, "SIGBUS",
-            8, "SIGFPE", 9, "SIGKILL", 11, "SIGSEGV", 15, "SIGTERM", 31, "SIGSYS");
+    private static final String WRAPPER =
+            "ulimit -c unlimited 2>/dev/null || ulimit -c \"$(ulimit -H -c)\" 2>/dev/null;"
+                    + " echo 0x31 > /proc/self/coredump_filter 2>/dev/null; exec \"$@\"";
+
+    private static final Map<Integer, String> SIGNALS = Map.of(
+            4, "SIGILL", 5, "SIGTRAP", 6, "SIGABRT", 7, "SIGBUS", 8, "SIGFPE", 9, "SIGKILL", 11, "SIGSEGV", 15,
+            "SIGTERM", 31, "SIGSYS");
     /** Signals whose default action dumps core. */
     private static final List<Integer> CORE_SIGNALS = List.of(3, 4, 5, 6, 7, 8, 11, 24, 25, 31);
+
     private static final int MAX_LINES = 120;
     private static final long GDB_TIMEOUT_SECONDS = 120;
 
-    private CoreDump() {
-    }
+    private CoreDump() {}
 
     /** {@code command} run through a shell that enables core dumps for it; unchanged if the program is not found. */
     public static List<String> wrap(List<String> command) {
@@ -56,15 +59,19 @@ public final class CoreDump {
             return "";
         }
         int signal = status - 128;
-        StringBuilder s = new StringBuilder(name + " (pid " + pid + ") was killed by " + SIGNALS.getOrDefault(signal,
-                "signal " + signal));
+        StringBuilder s = new StringBuilder(
+                name + " (pid " + pid + ") was killed by " + SIGNALS.getOrDefault(signal, "signal " + signal));
         if (!CORE_SIGNALS.contains(signal)) {
             return s.toString();
         }
         Path core = directory == null ? null : findCore(directory, pid);
         if (core == null) {
-            return s.append("; no core dump found").append(directory == null ? "" : " in " + directory)
-                    .append(" (core_pattern: ").append(corePattern()).append(")").toString();
+            return s.append("; no core dump found")
+                    .append(directory == null ? "" : " in " + directory)
+                    .append(" (core_pattern: ")
+                    .append(corePattern())
+                    .append(")")
+                    .toString();
         }
         s.append("; backtrace from ").append(core).append(":\n").append(backtrace(program, core));
         try {
@@ -97,9 +104,11 @@ public final class CoreDump {
         }
         try (Stream<Path> files = Files.list(directory)) {
             return files.filter(p -> {
-                String f = p.getFileName().toString();
-                return f.startsWith("core") && f.contains(Long.toString(pid));
-            }).findFirst().orElse(null);
+                        String f = p.getFileName().toString();
+                        return f.startsWith("core") && f.contains(Long.toString(pid));
+                    })
+                    .findFirst()
+                    .orElse(null);
         } catch (IOException e) {
             return null;
         }
@@ -117,17 +126,30 @@ public final class CoreDump {
         try {
             Path out = Files.createTempFile("iovirt-gdb", ".txt");
             try {
-                Process gdb = new ProcessBuilder("gdb", "-batch", "-nx", "-q",
-                        "-ex", "set pagination off", "-ex", "bt", "-ex", "thread apply all bt 6",
-                        exe.toString(), core.toString())
-                        .redirectErrorStream(true).redirectOutput(out.toFile())
-                        .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null"))).start();
+                Process gdb = new ProcessBuilder(
+                                "gdb",
+                                "-batch",
+                                "-nx",
+                                "-q",
+                                "-ex",
+                                "set pagination off",
+                                "-ex",
+                                "bt",
+                                "-ex",
+                                "thread apply all bt 6",
+                                exe.toString(),
+                                core.toString())
+                        .redirectErrorStream(true)
+                        .redirectOutput(out.toFile())
+                        .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")))
+                        .start();
                 if (!gdb.waitFor(GDB_TIMEOUT_SECONDS, TimeUnit.SECONDS)) {
                     gdb.destroyForcibly();
                     return "(gdb took longer than " + GDB_TIMEOUT_SECONDS + " s)";
                 }
                 List<String> lines = Files.readAllLines(out, StandardCharsets.ISO_8859_1).stream()
-                        .filter(l -> !l.startsWith("[New LWP") && !l.startsWith("warning: ") && !l.isBlank()).toList();
+                        .filter(l -> !l.startsWith("[New LWP") && !l.startsWith("warning: ") && !l.isBlank())
+                        .toList();
                 String text = String.join("\n", lines.subList(0, Math.min(lines.size(), MAX_LINES)));
                 return lines.size() > MAX_LINES ? text + "\n(... " + (lines.size() - MAX_LINES) + " more lines)" : text;
             } finally {

@@ -70,8 +70,12 @@ public final class CpioWriter implements AutoCloseable {
         while (p.startsWith("/")) {
             p = p.substring(1);
         }
-        if (p.isEmpty() || p.endsWith("/") || p.contains("//") || p.contains("\0")
-                || ("/" + p + "/").contains("/../") || ("/" + p + "/").contains("/./")) {
+        if (p.isEmpty()
+                || p.endsWith("/")
+                || p.contains("//")
+                || p.contains("\0")
+                || ("/" + p + "/").contains("/../")
+                || ("/" + p + "/").contains("/./")) {
             throw new IllegalArgumentException("bad path in cpio archive: '" + path + "'");
         }
         return p;
@@ -86,8 +90,21 @@ public final class CpioWriter implements AutoCloseable {
         }
         byte[] nameBytes = (name + "\0").getBytes(StandardCharsets.UTF_8);
         StringBuilder h = new StringBuilder(110).append("070701");
-        long[] fields = {name.equals("TRAILER!!!") ? 0 : nextIno++, mode, 0, 0, nlink, 0, data.length, 0, 0, 0, 0,
-                nameBytes.length, 0};
+        long[] fields = {
+            name.equals("TRAILER!!!") ? 0 : nextIno++,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            data.length,
+            0,
+            0,
+            0,
+            0,
+            nameBytes.length,
+            0
+        };
         for (long f : fields) {
             h.append(String.format("%08x", f));
         }

@@ -58,8 +58,8 @@ public record GuestImage(String version, String kernelRelease, Path kernel, Path
         Deque<String> lastLines = new ArrayDeque<>();
         try {
             Process p = pb.start();
-            try (BufferedReader err = new BufferedReader(
-                    new InputStreamReader(p.getErrorStream(), StandardCharsets.UTF_8))) {
+            try (BufferedReader err =
+                    new BufferedReader(new InputStreamReader(p.getErrorStream(), StandardCharsets.UTF_8))) {
                 for (String line; (line = err.readLine()) != null; ) {
                     progress.accept(line);
                     lastLines.addLast(line);
@@ -74,15 +74,15 @@ public record GuestImage(String version, String kernelRelease, Path kernel, Path
                 throw new GuestException(script + " did not finish within " + BUILD_TIMEOUT_MINUTES + " minutes");
             }
             if (p.exitValue() != 0) {
-                throw new GuestException("building the guest image failed (" + script + " exited with "
-                        + p.exitValue() + "): " + String.join(" / ", lastLines));
+                throw new GuestException("building the guest image failed (" + script + " exited with " + p.exitValue()
+                        + "): " + String.join(" / ", lastLines));
             }
             GuestImage image = parse(Files.readString(manifestOut));
             cached = image;
             return image;
         } catch (IOException e) {
-            throw new GuestException("cannot run " + script + ": " + e.getMessage()
-                    + " — bash is required to build the guest image", e);
+            throw new GuestException(
+                    "cannot run " + script + ": " + e.getMessage() + " — bash is required to build the guest image", e);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new GuestException("interrupted while building the guest image", e);
@@ -109,8 +109,12 @@ public record GuestImage(String version, String kernelRelease, Path kernel, Path
             }
         }
         Path kernel = Path.of(kv.getOrDefault("kernel", kv.get("bzimage")));
-        GuestImage image = new GuestImage(kv.get("version"), kv.get("kernel_release"), kernel,
-                Path.of(kv.get("initrd")), Path.of(kv.get("fio_layer")));
+        GuestImage image = new GuestImage(
+                kv.get("version"),
+                kv.get("kernel_release"),
+                kernel,
+                Path.of(kv.get("initrd")),
+                Path.of(kv.get("fio_layer")));
         if (!image.exists()) {
             throw new GuestException(SCRIPT + " reported files that do not exist: " + image
                     + " — delete the cache (${IOVIRT_CACHE:-~/.cache/iovirt}/guest) and retry");
@@ -136,7 +140,11 @@ public record GuestImage(String version, String kernelRelease, Path kernel, Path
             throw new GuestException("IOVIRT_HOME=" + home + " has no " + SCRIPT);
         }
         try {
-            Path here = Path.of(GuestImage.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+            Path here = Path.of(GuestImage.class
+                    .getProtectionDomain()
+                    .getCodeSource()
+                    .getLocation()
+                    .toURI());
             for (Path dir = here; dir != null; dir = dir.getParent()) {
                 if (Files.isRegularFile(dir.resolve(SCRIPT))) {
                     return dir.resolve(SCRIPT);

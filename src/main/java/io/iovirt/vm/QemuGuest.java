@@ -55,6 +55,7 @@ public final class QemuGuest {
     private static final int MAX_CMDLINE = 2047;
     /** Mounted over by /init, or owned by it: payload files there would be hidden or break the boot. */
     private static final List<String> RESERVED = List.of("/proc", "/sys", "/dev", "/tmp", "/run", "/init", "/run.sh");
+
     private static final Pattern KERNEL_ARG = Pattern.compile("[A-Za-z0-9_.,:/=+@-]+");
 
     private final Builder b;
@@ -123,8 +124,12 @@ public final class QemuGuest {
             Path console = dir.resolve("console.log");
             List<String> cmd = command(accel, initrd, console);
             Files.writeString(dir.resolve("command.txt"), String.join(" ", cmd) + "\n");
-            ChildProcess qemu = ChildProcess.builder(cmd).name(b.name).log(dir.resolve("qemu.log"))
-                    .directory(dir).lifetime(lifetime).start();
+            ChildProcess qemu = ChildProcess.builder(cmd)
+                    .name(b.name)
+                    .log(dir.resolve("qemu.log"))
+                    .directory(dir)
+                    .lifetime(lifetime)
+                    .start();
             return new RunningGuest(b.name, qemu, dir, console, initrd, b.workDir == null, accel);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot prepare guest " + b.name + ": " + e.getMessage(), e);
@@ -136,17 +141,29 @@ public final class QemuGuest {
         List<String> cmd = new ArrayList<>();
         cmd.add(PROGRAM);
         cmd.addAll(accel.qemuArgs());
-        cmd.addAll(List.of("-machine", "q35" + (b.machineOptions.isEmpty() ? "" : "," + b.machineOptions),
-                "-smp", Integer.toString(b.cpus),
-                "-m", b.memoryMiB + "M",
-                "-object", "memory-backend-memfd,id=mem0,size=" + b.memoryMiB + "M,share=on",
-                "-numa", "node,memdev=mem0",
-                "-nodefaults", "-nographic",
-                "-chardev", "file,id=console0,path=" + escape(console.toAbsolutePath().toString()),
-                "-serial", "chardev:console0",
-                "-kernel", b.image.kernel().toAbsolutePath().toString(),
-                "-initrd", initrd.toAbsolutePath().toString(),
-                "-append", kernelCommandLine()));
+        cmd.addAll(List.of(
+                "-machine",
+                "q35" + (b.machineOptions.isEmpty() ? "" : "," + b.machineOptions),
+                "-smp",
+                Integer.toString(b.cpus),
+                "-m",
+                b.memoryMiB + "M",
+                "-object",
+                "memory-backend-memfd,id=mem0,size=" + b.memoryMiB + "M,share=on",
+                "-numa",
+                "node,memdev=mem0",
+                "-nodefaults",
+                "-nographic",
+                "-chardev",
+                "file,id=console0,path=" + escape(console.toAbsolutePath().toString()),
+                "-serial",
+                "chardev:console0",
+                "-kernel",
+                b.image.kernel().toAbsolutePath().toString(),
+                "-initrd",
+                initrd.toAbsolutePath().toString(),
+                "-append",
+                kernelCommandLine()));
         if (!b.allowReboot) {
             cmd.add("-no-reboot");
         }
@@ -183,8 +200,8 @@ public final class QemuGuest {
         try (CpioWriter cpio = new CpioWriter(payload)) {
             cpio.file("run.sh", b.payload.getBytes(StandardCharsets.UTF_8), 0755);
             for (Map.Entry<String, GuestFile> f : b.files.entrySet()) {
-                byte[] content = f.getValue().content != null ? f.getValue().content
-                        : Files.readAllBytes(f.getValue().host);
+                byte[] content =
+                        f.getValue().content != null ? f.getValue().content : Files.readAllBytes(f.getValue().host);
                 cpio.file(f.getKey(), content, f.getValue().mode);
             }
         }
@@ -212,8 +229,7 @@ public final class QemuGuest {
         out.write(java.nio.ByteBuffer.allocate((int) pad));
     }
 
-    private record GuestFile(Path host, byte[] content, int mode) {
-    }
+    private record GuestFile(Path host, byte[] content, int mode) {}
 
     /** What the guest looks like and runs. */
     public static final class Builder {

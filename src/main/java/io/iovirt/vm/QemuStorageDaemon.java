@@ -101,7 +101,8 @@ public final class QemuStorageDaemon implements AutoCloseable {
 
         /** The command line; QEMU's option syntax needs commas in paths doubled. */
         public List<String> command() {
-            String file = "driver=file,node-name=file0,filename=" + QemuGuest.escape(image.toAbsolutePath().toString())
+            String file = "driver=file,node-name=file0,filename="
+                    + QemuGuest.escape(image.toAbsolutePath().toString())
                     + (cacheDirect ? ",cache.direct=on,aio=native" : ",cache.direct=off")
                     + (writable ? "" : ",read-only=on") + (locking ? "" : ",locking=off");
             String raw = "driver=raw,node-name=disk0,file=file0" + (writable ? "" : ",read-only=on");
@@ -117,9 +118,13 @@ public final class QemuStorageDaemon implements AutoCloseable {
                 throw new IllegalArgumentException("image " + image + " is not a regular file");
             }
             Path logFile = log != null ? log : socket.resolveSibling(socket.getFileName() + ".qsd.log");
-            return new QemuStorageDaemon(ChildProcess.builder(command()).name(PROGRAM).log(logFile)
-                    .directory(logFile.toAbsolutePath().getParent())
-                    .startListening(socket, startTimeout), socket);
+            return new QemuStorageDaemon(
+                    ChildProcess.builder(command())
+                            .name(PROGRAM)
+                            .log(logFile)
+                            .directory(logFile.toAbsolutePath().getParent())
+                            .startListening(socket, startTimeout),
+                    socket);
         }
     }
 }

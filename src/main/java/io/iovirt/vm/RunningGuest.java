@@ -28,8 +28,14 @@ public final class RunningGuest implements AutoCloseable {
     private final Accelerator.Decision accelerator;
     private final long startNanos = System.nanoTime();
 
-    RunningGuest(String name, ChildProcess qemu, Path dir, Path console, Path initrd, boolean deleteDir,
-                 Accelerator.Decision accelerator) {
+    RunningGuest(
+            String name,
+            ChildProcess qemu,
+            Path dir,
+            Path console,
+            Path initrd,
+            boolean deleteDir,
+            Accelerator.Decision accelerator) {
         this.accelerator = accelerator;
         this.name = name;
         this.qemu = qemu;
@@ -123,8 +129,8 @@ public final class RunningGuest implements AutoCloseable {
                 return m.toMatchResult();
             }
             if (!qemu.isAlive()) {
-                throw failure("QEMU exited with status " + qemu.exitValue() + " before the console showed /"
-                        + pattern + "/");
+                throw failure(
+                        "QEMU exited with status " + qemu.exitValue() + " before the console showed /" + pattern + "/");
             }
             if (System.nanoTime() > deadline) {
                 throw failure("the console did not show /" + pattern + "/ within " + timeout.toSeconds() + " s");
@@ -151,8 +157,8 @@ public final class RunningGuest implements AutoCloseable {
         if (exit == null) {
             throw failure("QEMU exited with status " + qemu.exitValue() + " but the payload never finished");
         }
-        return new GuestResult(exit, text, GuestResult.countBoots(text),
-                Duration.ofNanos(System.nanoTime() - startNanos));
+        return new GuestResult(
+                exit, text, GuestResult.countBoots(text), Duration.ofNanos(System.nanoTime() - startNanos));
     }
 
     /** When QEMU died from a signal: the signal and gdb's backtrace of its core; "" while it runs or after a normal exit. */
@@ -171,7 +177,8 @@ public final class RunningGuest implements AutoCloseable {
         try {
             if (deleteDir) {
                 try (Stream<Path> all = Files.walk(dir)) {
-                    all.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                    all.sorted(Comparator.reverseOrder())
+                            .forEach(p -> p.toFile().delete());
                 }
             } else {
                 Files.deleteIfExists(initrd);

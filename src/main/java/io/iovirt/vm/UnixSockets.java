@@ -12,10 +12,10 @@ public final class UnixSockets {
 
     /** sun_path holds 108 bytes including the terminating NUL. */
     public static final int MAX_PATH_BYTES = 107;
+
     private static final long SO_ACCEPTCON = 0x10000;
 
-    private UnixSockets() {
-    }
+    private UnixSockets() {}
 
     /** Throws if {@code path} cannot be bound as a UNIX socket (too long), with what to do about it. */
     public static void checkPath(Path path) {
@@ -62,7 +62,9 @@ public final class UnixSockets {
         try {
             for (String line : Files.readAllLines(Path.of("/proc/net/unix"))) {
                 String[] f = line.trim().split("\\s+", 8);
-                if (f.length == 8 && f[7].equals(absolutePath) && !f[0].equals("Num:")
+                if (f.length == 8
+                        && f[7].equals(absolutePath)
+                        && !f[0].equals("Num:")
                         && (Long.parseLong(f[3], 16) & SO_ACCEPTCON) != 0) {
                     return true;
                 }

@@ -22,24 +22,27 @@ class BlkBenchAgainstIovirtTest extends BlkBenchContract {
     }
 
     private static ChildProcess serve(Path dir, String name, Path image, Path socket, String... more) {
-        List<String> args = new ArrayList<>(List.of("serve", "blk", "--image", image.toString(), "--socket", socket.toString()));
+        List<String> args =
+                new ArrayList<>(List.of("serve", "blk", "--image", image.toString(), "--socket", socket.toString()));
         args.addAll(List.of(more));
-        return ChildProcess.builder(IovirtCli.command(args)).name("iovirt serve blk")
-                .log(dir.resolve(name + ".log")).lifetime(Duration.ofMinutes(10))
+        return ChildProcess.builder(IovirtCli.command(args))
+                .name("iovirt serve blk")
+                .log(dir.resolve(name + ".log"))
+                .lifetime(Duration.ofMinutes(10))
                 .startListening(socket, Duration.ofSeconds(60));
     }
 
     @Test
     void packedRingWithVerify() throws Exception {
-        BlkBenchResult r = run(new BlkBenchOptions(socket, BlkBenchOptions.Pattern.RANDWRITE, 4096, 16, 0.5, 0.1, 1, 256,
-                true, false, true, true, 21));
+        BlkBenchResult r = run(new BlkBenchOptions(
+                socket, BlkBenchOptions.Pattern.RANDWRITE, 4096, 16, 0.5, 0.1, 1, 256, true, false, true, true, 21));
         assertTrue(r.verifiedBlocks() > 0);
     }
 
     @Test
     void twoQueuesWithVerify() throws Exception {
-        BlkBenchResult r = run(new BlkBenchOptions(socket, BlkBenchOptions.Pattern.RANDWRITE, 4096, 8, 0.5, 0.1, 2, 256,
-                false, false, true, true, 22));
+        BlkBenchResult r = run(new BlkBenchOptions(
+                socket, BlkBenchOptions.Pattern.RANDWRITE, 4096, 8, 0.5, 0.1, 2, 256, false, false, true, true, 22));
         assertTrue(r.verifiedBlocks() > 0);
         assertEquals(r.ios(), r.latency().count());
     }
@@ -48,9 +51,22 @@ class BlkBenchAgainstIovirtTest extends BlkBenchContract {
     void aReadOnlyDiskRefusesAWriteBenchmarkUpFront() throws Exception {
         Path sock = dir.resolve("ro.sock");
         try (ChildProcess ro = serve(dir, "iovirt-ro", image, sock, "--readonly")) {
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> BlkBench.run(
-                    new BlkBenchOptions(sock, BlkBenchOptions.Pattern.RANDWRITE, 4096, 1, 0.2, 0, 1, 256, false, false,
-                            true, false, 1)));
+            IllegalArgumentException e = assertThrows(
+                    IllegalArgumentException.class,
+                    () -> BlkBench.run(new BlkBenchOptions(
+                            sock,
+                            BlkBenchOptions.Pattern.RANDWRITE,
+                            4096,
+                            1,
+                            0.2,
+                            0,
+                            1,
+                            256,
+                            false,
+                            false,
+                            true,
+                            false,
+                            1)));
             assertTrue(e.getMessage().contains("read-only"), e.getMessage());
         }
     }

@@ -24,7 +24,11 @@ class BlkBenchAgainstQemuStorageDaemonTest extends BlkBenchContract {
     @Override
     ChildProcess startBackend(Path image, Path socket, Path dir) {
         Require.that(installed(), "qemu-storage-daemon is not installed (scripts/install-deps.sh installs it)");
-        return QemuStorageDaemon.builder(image, socket).cacheDirect(false).log(dir.resolve("qsd.log")).start().process();
+        return QemuStorageDaemon.builder(image, socket)
+                .cacheDirect(false)
+                .log(dir.resolve("qsd.log"))
+                .start()
+                .process();
     }
 
     private static boolean installed() {
@@ -40,21 +44,48 @@ class BlkBenchAgainstQemuStorageDaemonTest extends BlkBenchContract {
     @Test
     void aFailedRequestEndsTheRunWithItsStatus() throws Exception {
         Path sock = dir.resolve("eio.sock");
-        List<String> cmd = List.of(QemuStorageDaemon.PROGRAM,
-                "--blockdev", "driver=file,node-name=file0,filename=" + image,
-                "--blockdev", "driver=blkdebug,node-name=dbg,image=file0,inject-error.0.event=read_aio,inject-error.0.errno=5",
-                "--blockdev", "driver=raw,node-name=disk0,file=dbg",
-                "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
+        List<String> cmd = List.of(
+                QemuStorageDaemon.PROGRAM,
+                "--blockdev",
+                "driver=file,node-name=file0,filename=" + image,
+                "--blockdev",
+                "driver=blkdebug,node-name=dbg,image=file0,inject-error.0.event=read_aio,inject-error.0.errno=5",
+                "--blockdev",
+                "driver=raw,node-name=disk0,file=dbg",
+                "--export",
+                "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
                         + ",writable=on,num-queues=1");
-        try (ChildProcess eio = ChildProcess.builder(cmd).name("qsd-eio").log(dir.resolve("eio.log")).directory(dir)
-                .lifetime(Duration.ofMinutes(5)).startListening(sock, Duration.ofSeconds(30))) {
-            IOException e = assertThrows(IOException.class, () -> BlkBench.run(new BlkBenchOptions(sock,
-                    BlkBenchOptions.Pattern.RANDREAD, 4096, 4, 1, 0, 1, 256, false, false, true, false, 5)));
-            assertTrue(e.getMessage().contains("read of 4096 bytes at sector")
-                    && e.getMessage().contains("VIRTIO_BLK_S_IOERR"), e.getMessage());
+        try (ChildProcess eio = ChildProcess.builder(cmd)
+                .name("qsd-eio")
+                .log(dir.resolve("eio.log"))
+                .directory(dir)
+                .lifetime(Duration.ofMinutes(5))
+                .startListening(sock, Duration.ofSeconds(30))) {
+            IOException e = assertThrows(
+                    IOException.class,
+                    () -> BlkBench.run(new BlkBenchOptions(
+                            sock,
+                            BlkBenchOptions.Pattern.RANDREAD,
+                            4096,
+                            4,
+                            1,
+                            0,
+                            1,
+                            256,
+                            false,
+                            false,
+                            true,
+                            false,
+                            5)));
+            assertTrue(
+                    e.getMessage().contains("read of 4096 bytes at sector")
+                            && e.getMessage().contains("VIRTIO_BLK_S_IOERR"),
+                    e.getMessage());
 
             StringWriter err = new StringWriter();
-            int rc = Main.commandLine().setOut(new PrintWriter(new StringWriter())).setErr(new PrintWriter(err))
+            int rc = Main.commandLine()
+                    .setOut(new PrintWriter(new StringWriter()))
+                    .setErr(new PrintWriter(err))
                     .execute("bench", "blk", "--socket", sock.toString(), "--seconds", "1", "--warmup", "0");
             assertEquals(1, rc);
             assertTrue(err.toString().startsWith("iovirt bench blk: queue 0: read of 4096 bytes"), err.toString());
@@ -63,8 +94,22 @@ class BlkBenchAgainstQemuStorageDaemonTest extends BlkBenchContract {
 
     @Test
     void packedRingIsRefusedWithAReasonWhenNotOffered() {
-        IOException e = assertThrows(IOException.class, () -> BlkBench.run(new BlkBenchOptions(socket,
-                BlkBenchOptions.Pattern.RANDREAD, 4096, 1, 0.2, 0, 1, 256, true, false, true, false, 1)));
+        IOException e = assertThrows(
+                IOException.class,
+                () -> BlkBench.run(new BlkBenchOptions(
+                        socket,
+                        BlkBenchOptions.Pattern.RANDREAD,
+                        4096,
+                        1,
+                        0.2,
+                        0,
+                        1,
+                        256,
+                        true,
+                        false,
+                        true,
+                        false,
+                        1)));
         assertTrue(e.getMessage().contains("VIRTIO_F_RING_PACKED"), e.getMessage());
     }
 }

@@ -63,7 +63,8 @@ abstract class BlkBenchContract {
             backend.close();
         }
         try (var files = Files.walk(dir)) {
-            files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            files.sorted(java.util.Comparator.reverseOrder())
+                    .forEach(p -> p.toFile().delete());
         }
     }
 
@@ -111,26 +112,30 @@ abstract class BlkBenchContract {
             BlkBenchResult r = run(options(p, 32, false, 7));
             assertTrue(r.ios() > 0, p + ": no request completed in the measured phase");
             assertEquals(r.ios(), r.latency().count(), "every completed request has a latency");
-            assertTrue(r.latency().valueAtQuantile(0.5) > 0 && r.latency().valueAtQuantile(0.99) >= r.latency().valueAtQuantile(0.5));
-            assertEquals(backend.pid(), r.backendPid(), "the backend found through SO_PEERCRED is the process we started");
+            assertTrue(r.latency().valueAtQuantile(0.5) > 0
+                    && r.latency().valueAtQuantile(0.99) >= r.latency().valueAtQuantile(0.5));
+            assertEquals(
+                    backend.pid(), r.backendPid(), "the backend found through SO_PEERCRED is the process we started");
             assertTrue(r.backendCpuNanos().isPresent(), "backend CPU time readable from /proc");
             assertNotNull(r.backendMemory());
             assertTrue(r.backendMemory().guestMappingKiB() > 0, "the backend maps our rings: " + r.backendMemory());
-            assertTrue(r.backendMemory().guestMappingKiB() * 1024 <= r.sharedMemoryBytes(), r.backendMemory().toString());
+            assertTrue(
+                    r.backendMemory().guestMappingKiB() * 1024 <= r.sharedMemoryBytes(),
+                    r.backendMemory().toString());
         }
     }
 
     @Test
     void interruptsModeCompletesRequests() throws Exception {
-        BlkBenchOptions o = new BlkBenchOptions(socket, BlkBenchOptions.Pattern.RANDREAD, 4096, 4, 0.5, 0.1, 1, 256,
-                false, true, true, false, 3);
+        BlkBenchOptions o = new BlkBenchOptions(
+                socket, BlkBenchOptions.Pattern.RANDREAD, 4096, 4, 0.5, 0.1, 1, 256, false, true, true, false, 3);
         assertTrue(run(o).ios() > 0);
     }
 
     @Test
     void directDescriptorChainsWork() throws Exception {
-        BlkBenchOptions o = new BlkBenchOptions(socket, BlkBenchOptions.Pattern.WRITE, 8192, 4, 0.3, 0, 1, 16,
-                false, false, false, true, 11);
+        BlkBenchOptions o = new BlkBenchOptions(
+                socket, BlkBenchOptions.Pattern.WRITE, 8192, 4, 0.3, 0, 1, 16, false, false, false, true, 11);
         BlkBenchResult r = run(o);
         assertTrue(!r.indirect() && r.verifiedBlocks() > 0);
     }
@@ -139,9 +144,26 @@ abstract class BlkBenchContract {
     void jsonOutputOfTheCliParses() {
         StringWriter out = new StringWriter();
         StringWriter err = new StringWriter();
-        List<String> args = new ArrayList<>(List.of("bench", "blk", "--socket", socket.toString(), "--rw", "randread",
-                "--bs", "4k", "--qd", "8", "--seconds", "0.5", "--warmup", "0.1", "--json"));
-        int rc = Main.commandLine().setOut(new PrintWriter(out)).setErr(new PrintWriter(err)).execute(args.toArray(String[]::new));
+        List<String> args = new ArrayList<>(List.of(
+                "bench",
+                "blk",
+                "--socket",
+                socket.toString(),
+                "--rw",
+                "randread",
+                "--bs",
+                "4k",
+                "--qd",
+                "8",
+                "--seconds",
+                "0.5",
+                "--warmup",
+                "0.1",
+                "--json"));
+        int rc = Main.commandLine()
+                .setOut(new PrintWriter(out))
+                .setErr(new PrintWriter(err))
+                .execute(args.toArray(String[]::new));
         assertEquals(0, rc, err + "\nbackend log:\n" + backend.logTail(30));
         @SuppressWarnings("unchecked")
         Map<String, Object> j = (Map<String, Object>) StrictJson.parse(out.toString());

@@ -44,6 +44,7 @@ class BlockPatternTest {
         assertNotNull(wrongPlace);
         assertTrue(wrongPlace.contains("stamped there is 8"), wrongPlace);
         assertNotNull(BlockPattern.check(buf, 0, 4096, SEED + 1, 8), "a stale block from a run with another seed");
-        assertNotNull(BlockPattern.check(MemorySegment.ofArray(new byte[4096]), 0, 4096, SEED, 0), "zeros (never written)");
+        assertNotNull(
+                BlockPattern.check(MemorySegment.ofArray(new byte[4096]), 0, 4096, SEED, 0), "zeros (never written)");
     }
 }

@@ -16,9 +16,11 @@ class BlockSequenceTest {
 
     /** One pass of all queues together visits every block exactly once, random or not. */
     @Property(tries = 200)
-    void onePassOfAllQueuesVisitsEveryBlockOnce(@ForAll @IntRange(min = 1, max = 5000) int blocks,
-                                                @ForAll @IntRange(min = 1, max = 8) int queues,
-                                                @ForAll boolean random, @ForAll long seed) {
+    void onePassOfAllQueuesVisitsEveryBlockOnce(
+            @ForAll @IntRange(min = 1, max = 5000) int blocks,
+            @ForAll @IntRange(min = 1, max = 8) int queues,
+            @ForAll boolean random,
+            @ForAll long seed) {
         BitSet seen = new BitSet(blocks);
         long visits = 0;
         for (int q = 0; q < queues; q++) {

@@ -54,7 +54,7 @@ public final class StrictJson {
             i++;
             return m;
         }
-        for (;;) {
+        for (; ; ) {
             ws();
             if (!peek('"')) {
                 throw error("expected a key");
@@ -85,7 +85,7 @@ public final class StrictJson {
             i++;
             return l;
         }
-        for (;;) {
+        for (; ; ) {
             ws();
             l.add(value());
             ws();
@@ -101,7 +101,7 @@ public final class StrictJson {
     private String string() {
         expect('"');
         StringBuilder b = new StringBuilder();
-        for (;;) {
+        for (; ; ) {
             if (i >= s.length()) {
                 throw error("unterminated string");
             }

@@ -53,32 +53,38 @@ class CliContractTest {
 
     @TestFactory
     Stream<DynamicTest> helpIsCompleteAndFitsIn100Columns() {
-        return allCommands().stream().map(path -> DynamicTest.dynamicTest("iovirt " + path + " --help", () -> {
-            CliRun r = CliRun.run(args(path, "--help"));
-            assertEquals(0, r.exit(), r.err());
-            for (String line : r.out().lines().toList()) {
-                assertTrue(line.length() <= Contract.HELP_WIDTH, "wider than 100 columns: " + line);
-            }
-            CommandSpec spec = spec(path);
-            String[] desc = spec.usageMessage().description();
-            assertTrue(desc.length > 0 && !desc[0].isBlank(), "no description");
-            assertTrue(desc[0].strip().endsWith("."), "the summary (first line) is not a sentence: " + desc[0]);
-            for (ArgSpec a : spec.args()) {
-                assertTrue(a.description().length > 0 && !String.join("", a.description()).isBlank(),
-                        "undescribed parameter " + (a.isOption() ? ((CommandLine.Model.OptionSpec) a).longestName()
-                                : a.paramLabel()));
-            }
-            if (spec.subcommands().isEmpty()) {
-                assertTrue(String.join("\n", spec.usageMessage().footer()).contains("iovirt "),
-                        "no example in the footer");
-            }
-        }));
+        return allCommands().stream()
+                .map(path -> DynamicTest.dynamicTest("iovirt " + path + " --help", () -> {
+                    CliRun r = CliRun.run(args(path, "--help"));
+                    assertEquals(0, r.exit(), r.err());
+                    for (String line : r.out().lines().toList()) {
+                        assertTrue(line.length() <= Contract.HELP_WIDTH, "wider than 100 columns: " + line);
+                    }
+                    CommandSpec spec = spec(path);
+                    String[] desc = spec.usageMessage().description();
+                    assertTrue(desc.length > 0 && !desc[0].isBlank(), "no description");
+                    assertTrue(desc[0].strip().endsWith("."), "the summary (first line) is not a sentence: " + desc[0]);
+                    for (ArgSpec a : spec.args()) {
+                        assertTrue(
+                                a.description().length > 0
+                                        && !String.join("", a.description()).isBlank(),
+                                "undescribed parameter "
+                                        + (a.isOption()
+                                                ? ((CommandLine.Model.OptionSpec) a).longestName()
+                                                : a.paramLabel()));
+                    }
+                    if (spec.subcommands().isEmpty()) {
+                        assertTrue(
+                                String.join("\n", spec.usageMessage().footer()).contains("iovirt "),
+                                "no example in the footer");
+                    }
+                }));
     }
 
     @TestFactory
     Stream<DynamicTest> usageErrorsAreOneLineExit2AndPointAtHelp() {
-        return allCommands().stream().map(path -> DynamicTest.dynamicTest("iovirt " + path + " --no-such-option",
-                () -> {
+        return allCommands().stream()
+                .map(path -> DynamicTest.dynamicTest("iovirt " + path + " --no-such-option", () -> {
                     CliRun r = CliRun.run(args(path, "--no-such-option"));
                     String name = ("iovirt " + path).strip();
                     assertEquals(2, r.exit(), r.err());
@@ -103,11 +109,14 @@ class CliContractTest {
 
     @TestFactory
     Stream<DynamicTest> everyCommandHasJsonOrAReasonNotTo() {
-        return allCommands().stream().filter(p -> spec(p).subcommands().isEmpty())
+        return allCommands().stream()
+                .filter(p -> spec(p).subcommands().isEmpty())
                 .map(path -> DynamicTest.dynamicTest("iovirt " + path, () -> {
                     CommandSpec spec = spec(path);
-                    assertTrue(spec.findOption("--json") != null ^ NO_JSON.containsKey(path),
-                            NO_JSON.containsKey(path) ? "has --json now: drop it from NO_JSON"
+                    assertTrue(
+                            spec.findOption("--json") != null ^ NO_JSON.containsKey(path),
+                            NO_JSON.containsKey(path)
+                                    ? "has --json now: drop it from NO_JSON"
                                     : "a read command without --json (or add it to NO_JSON with the reason)");
                     if (path.startsWith("serve ")) {
                         for (String o : List.of("--log-level", "--log-format", "--stats-interval")) {
@@ -119,7 +128,8 @@ class CliContractTest {
 
     @TestFactory
     Stream<DynamicTest> withJsonUsageErrorsAreJsonToo() {
-        return allCommands().stream().filter(p -> spec(p).findOption("--json") != null)
+        return allCommands().stream()
+                .filter(p -> spec(p).findOption("--json") != null)
                 .map(path -> DynamicTest.dynamicTest("iovirt " + path + " --json --no-such-option", () -> {
                     CliRun r = CliRun.run(args(path, "--json", "--no-such-option"));
                     assertEquals(2, r.exit(), r.err());
@@ -133,7 +143,8 @@ class CliContractTest {
     /** Every vfio command on an address with no device: exit 1, and with --json a JSON error naming the device. */
     @TestFactory
     Stream<DynamicTest> withJsonOperationFailuresAreJsonToo() {
-        return allCommands().stream().filter(p -> p.startsWith("vfio ") && spec(p).findOption("--json") != null)
+        return allCommands().stream()
+                .filter(p -> p.startsWith("vfio ") && spec(p).findOption("--json") != null)
                 .map(path -> DynamicTest.dynamicTest("iovirt " + path + " --json on an absent device", () -> {
                     List<String> a = new ArrayList<>(List.of("vfio"));
                     if (path.startsWith("vfio nvme ")) {
@@ -166,7 +177,8 @@ class CliContractTest {
 
     @TestFactory
     Stream<DynamicTest> commandGroupsWithoutASubcommandAreUsageErrors() {
-        return allCommands().stream().filter(p -> !spec(p).subcommands().isEmpty())
+        return allCommands().stream()
+                .filter(p -> !spec(p).subcommands().isEmpty())
                 .map(path -> DynamicTest.dynamicTest("iovirt " + path, () -> {
                     CliRun r = CliRun.run(args(path));
                     assertEquals(2, r.exit(), r.err());
@@ -200,7 +212,8 @@ class CliContractTest {
 
     @Test
     void theUsageErrorsTheIssueListedAreAllExit2() {
-        for (List<String> a : List.of(List.of("serve", "blk", "--queues", "0", "--image", "x", "--socket", "y"),
+        for (List<String> a : List.of(
+                List.of("serve", "blk", "--queues", "0", "--image", "x", "--socket", "y"),
                 List.of("bench", "blk", "--bs", "1000", "--socket", "y"),
                 List.of("serve", "net", "--port", "vhost-user:/tmp/x,mac=zz"),
                 List.of("serve", "net", "--port", "vhost-user:/tmp/x,mac=01:00:00:00:00:01"),

@@ -22,8 +22,7 @@ class CtlCommandTest {
     @TempDir
     Path dir;
 
-    record Run(int exit, String out, String err) {
-    }
+    record Run(int exit, String out, String err) {}
 
     Run ctl(String... args) {
         StringWriter out = new StringWriter();
@@ -44,20 +43,29 @@ class CtlCommandTest {
     void tablesJsonAndErrors() throws Exception {
         Run none = ctl("version");
         assertEquals(1, none.exit());
-        assertTrue(none.err().startsWith("iovirt ctl: cannot connect to ") && none.err().contains("is 'iovirt daemon --control"), none.err());
+        assertTrue(
+                none.err().startsWith("iovirt ctl: cannot connect to ")
+                        && none.err().contains("is 'iovirt daemon --control"),
+                none.err());
         Path img = dir.resolve("d.raw");
         try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
             f.setLength(1 << 20);
         }
-        try (Daemon d = new Daemon(null); RpcServer s = RpcServer.start(dir.resolve("control.sock"), d)) {
+        try (Daemon d = new Daemon(null);
+                RpcServer s = RpcServer.start(dir.resolve("control.sock"), d)) {
             Run v = ctl("version");
             assertEquals(0, v.exit(), v.err());
             assertTrue(v.out().matches("(?s)version\\s+" + Daemon.VERSION + "\\n.*"), v.out());
-            assertEquals(0, ctl("blk.add", "image=" + img, "socket=" + dir.resolve("d.sock"), "queues=2", "readonly=true").exit());
+            assertEquals(
+                    0,
+                    ctl("blk.add", "image=" + img, "socket=" + dir.resolve("d.sock"), "queues=2", "readonly=true")
+                            .exit());
             Run list = ctl("blk.list");
             String[] lines = list.out().split("\n");
             assertTrue(lines[0].matches("ID\\s+IMAGE\\s+SOCKET\\s+FORMAT\\s+SIZE\\s+QUEUES\\s+READONLY.*"), list.out());
-            assertTrue(lines[1].matches("blk0\\s+\\S+d\\.raw\\s+\\S+d\\.sock\\s+raw\\s+1048576\\s+2\\s+true.*"), list.out());
+            assertTrue(
+                    lines[1].matches("blk0\\s+\\S+d\\.raw\\s+\\S+d\\.sock\\s+raw\\s+1048576\\s+2\\s+true.*"),
+                    list.out());
             Run json = ctl("blk.list", "--json");
             List<?> parsed = (List<?>) JsonParser.parse(json.out());
             assertEquals(2L, ((Map<?, ?>) parsed.get(0)).get("queues"));

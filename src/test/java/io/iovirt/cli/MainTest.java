@@ -24,9 +24,13 @@ class MainTest {
     @Test
     void registeredNamesAreTheCommandsOwnNames() {
         for (int i = 0; i < Main.NAMES.length; i++) {
-            assertEquals(Main.NAMES[i], Main.COMMANDS[i].getAnnotation(CommandLine.Command.class).name());
+            assertEquals(
+                    Main.NAMES[i],
+                    Main.COMMANDS[i].getAnnotation(CommandLine.Command.class).name());
         }
-        assertEquals(List.of(Main.NAMES), List.copyOf(Main.commandLine().getSubcommands().keySet()));
+        assertEquals(
+                List.of(Main.NAMES),
+                List.copyOf(Main.commandLine().getSubcommands().keySet()));
     }
 
     @Test
@@ -37,12 +41,20 @@ class MainTest {
         for (String sub : List.of("blk", "net", "nbd")) {
             CommandLine a = fast.getSubcommands().get("serve").getSubcommands().get(sub);
             CommandLine b = full.getSubcommands().get("serve").getSubcommands().get(sub);
-            assertTrue(a.getCommandSpec().optionsMap().containsKey("--verbose"), "--verbose is inherited by serve " + sub);
-            assertEquals(b.getCommandSpec().optionsMap().keySet(), a.getCommandSpec().optionsMap().keySet());
+            assertTrue(
+                    a.getCommandSpec().optionsMap().containsKey("--verbose"), "--verbose is inherited by serve " + sub);
+            assertEquals(
+                    b.getCommandSpec().optionsMap().keySet(),
+                    a.getCommandSpec().optionsMap().keySet());
             assertEquals(b.getUsageMessage(), a.getUsageMessage());
         }
-        assertEquals(List.of("run"), List.copyOf(Main.commandLine("vm", "run").getSubcommands().get("vm")
-                .getSubcommands().keySet()));
+        assertEquals(
+                List.of("run"),
+                List.copyOf(Main.commandLine("vm", "run")
+                        .getSubcommands()
+                        .get("vm")
+                        .getSubcommands()
+                        .keySet()));
     }
 
     @Test

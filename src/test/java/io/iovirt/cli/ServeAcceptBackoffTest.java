@@ -39,8 +39,11 @@ class ServeAcceptBackoffTest {
         Files.write(image, new byte[1 << 20]);
         Path socket = tmp.resolve("blk.sock");
         Path log = tmp.resolve("blk.log");
-        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command("serve", "blk", "--image", image.toString(),
-                "--socket", socket.toString())).name("serve blk").log(log).lifetime(Duration.ofMinutes(10))
+        try (ChildProcess serve = ChildProcess.builder(
+                        IovirtCli.command("serve", "blk", "--image", image.toString(), "--socket", socket.toString()))
+                .name("serve blk")
+                .log(log)
+                .lifetime(Duration.ofMinutes(10))
                 .startListening(socket, WAIT)) {
             VhostUserFrontend a = VhostUserFrontend.connect(socket, WAIT);
             long features = a.getFeatures();
@@ -49,7 +52,10 @@ class ServeAcceptBackoffTest {
             // every descriptor at or above 3 is out of reach, so the one a's socket leaves does not help
             prlimit(serve.pid(), "3:");
             a.close();
-            Await.until(WAIT, "the accept loop reports EMFILE and backs off", serve,
+            Await.until(
+                    WAIT,
+                    "the accept loop reports EMFILE and backs off",
+                    serve,
                     () -> logged(log, "accept failed") && logged(log, "EMFILE") && logged(log, "backing off"));
             assertTrue(serve.isAlive());
 
@@ -60,7 +66,8 @@ class ServeAcceptBackoffTest {
             Await.until(WAIT, "accepting again", serve, () -> logged(log, "accepting again after"));
             String text = Files.readString(log);
             String outage = text.substring(0, text.indexOf("accepting again after"));
-            assertEquals(1, count(outage, "backing off"), "one line for the whole outage, not one per attempt:\n" + text);
+            assertEquals(
+                    1, count(outage, "backing off"), "one line for the whole outage, not one per attempt:\n" + text);
             serve.stop(Duration.ofSeconds(30));
             assertTrue(serve.waitFor(Duration.ofSeconds(30)));
             assertEquals(0, serve.exitValue(), serve.logTail(30));
@@ -85,7 +92,8 @@ class ServeAcceptBackoffTest {
 
     private static void prlimit(long pid, String nofile) throws Exception {
         Process p = new ProcessBuilder("prlimit", "--pid", Long.toString(pid), "--nofile=" + nofile)
-                .redirectErrorStream(true).start();
+                .redirectErrorStream(true)
+                .start();
         assertTrue(p.waitFor(30, TimeUnit.SECONDS));
         assertEquals(0, p.exitValue(), new String(p.getInputStream().readAllBytes()));
     }

@@ -23,12 +23,16 @@ class ServeBlkImageTest {
     void anImageOfAFormatNotServedIsRefusedUnlessTheOperatorSaysRaw() throws Exception {
         Path q = tmp.resolve("q.vmdk");
         // A VMDK sparse extent header as qemu-img writes it: magic "KDMV", version 1 (the rest may be zeros).
-        ByteBuffer h = ByteBuffer.allocate(1 << 20).put("KDMV".getBytes("ISO-8859-1")).putInt(Integer.reverseBytes(1));
+        ByteBuffer h =
+                ByteBuffer.allocate(1 << 20).put("KDMV".getBytes("ISO-8859-1")).putInt(Integer.reverseBytes(1));
         Files.write(q, h.array());
         Path socket = tmp.resolve("blk.sock");
         CliRun r = CliRun.run(List.of("serve", "blk", "--image", q.toString(), "--socket", socket.toString()));
         assertEquals(1, r.exit(), r.err());
-        assertTrue(r.err().startsWith("iovirt serve blk: cannot serve " + q + ": its header says it is a VMware VMDK image"),
+        assertTrue(
+                r.err()
+                        .startsWith(
+                                "iovirt serve blk: cannot serve " + q + ": its header says it is a VMware VMDK image"),
                 r.err());
         assertTrue(r.err().contains(" — convert it (qemu-img convert -f vmdk -O qcow2"), r.err());
         assertEquals(1, r.err().strip().lines().count(), r.err());
@@ -40,7 +44,12 @@ class ServeBlkImageTest {
     void aSizeThatIsNotWholeSectorsIsRefusedOrWithTheFlagWarned() throws Exception {
         Path odd = tmp.resolve("odd.raw");
         Files.write(odd, new byte[1000]);
-        CliRun r = CliRun.run(List.of("serve", "blk", "--image", odd.toString(), "--socket",
+        CliRun r = CliRun.run(List.of(
+                "serve",
+                "blk",
+                "--image",
+                odd.toString(),
+                "--socket",
                 tmp.resolve("s").toString()));
         assertEquals(1, r.exit(), r.err());
         assertTrue(r.err().contains("is 1000 bytes, not a multiple of 512: the guest would see 512 bytes"), r.err());

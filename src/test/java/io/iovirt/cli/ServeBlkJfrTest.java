@@ -34,12 +34,31 @@ class ServeBlkJfrTest {
         Path socket = tmp.resolve("blk.sock");
         Path jfr = tmp.resolve("blk.jfr");
         Path log = tmp.resolve("serve.log");
-        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command("serve", "blk", "--image", image.toString(),
-                "--socket", socket.toString(), "--jfr-slow-ms", "0")).name("serve blk").log(log)
-                .env("JAVA_TOOL_OPTIONS", "-XX:StartFlightRecording:filename=" + jfr).lifetime(Duration.ofMinutes(5))
+        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command(
+                        "serve",
+                        "blk",
+                        "--image",
+                        image.toString(),
+                        "--socket",
+                        socket.toString(),
+                        "--jfr-slow-ms",
+                        "0"))
+                .name("serve blk")
+                .log(log)
+                .env("JAVA_TOOL_OPTIONS", "-XX:StartFlightRecording:filename=" + jfr)
+                .lifetime(Duration.ofMinutes(5))
                 .startListening(socket, Duration.ofMinutes(2))) {
-            CliRun bench = CliRun.run(List.of("bench", "blk", "--socket", socket.toString(), "--rw", "randwrite",
-                    "--seconds", "1", "--warmup", "0"));
+            CliRun bench = CliRun.run(List.of(
+                    "bench",
+                    "blk",
+                    "--socket",
+                    socket.toString(),
+                    "--rw",
+                    "randwrite",
+                    "--seconds",
+                    "1",
+                    "--warmup",
+                    "0"));
             assertEquals(0, bench.exit(), bench.err());
             serve.stop(Duration.ofSeconds(60)); // SIGTERM: the JVM writes the recording on its way out
             assertEquals(0, serve.exitValue(), serve.logTail(20));
@@ -50,7 +69,8 @@ class ServeBlkJfrTest {
         long requests = Long.parseLong(m.group(1));
         assertTrue(requests > 0);
         List<RecordedEvent> events = RecordingFile.readAllEvents(jfr).stream()
-                .filter(e -> e.getEventType().getName().equals("io.iovirt.blk.SlowRequest")).toList();
+                .filter(e -> e.getEventType().getName().equals("io.iovirt.blk.SlowRequest"))
+                .toList();
         assertEquals(requests, events.size(), "one event per request at threshold 0");
         for (RecordedEvent e : events) {
             assertEquals(socket.toString(), e.getString("device"));

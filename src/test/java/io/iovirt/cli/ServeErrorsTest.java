@@ -27,7 +27,8 @@ class ServeErrorsTest {
     @Test
     void twoPortsOnOneSocketPathAreAUsageErrorNamingBoth() {
         Path sock = tmp.resolve("x.sock");
-        for (List<String> ports : List.of(List.of("stream:" + sock, "vhost-user:" + sock),
+        for (List<String> ports : List.of(
+                List.of("stream:" + sock, "vhost-user:" + sock),
                 List.of("vhost-user:" + sock + ",queues=2", "stream:" + tmp.resolve("./x.sock")),
                 List.of("stream:" + sock, "stream:" + sock))) {
             List<String> args = new ArrayList<>(List.of("serve", "net"));
@@ -38,8 +39,11 @@ class ServeErrorsTest {
             CliRun r = CliRun.run(args);
             assertEquals(2, r.exit(), r.err());
             assertEquals(1, r.err().strip().lines().count(), r.err());
-            assertTrue(r.err().startsWith("iovirt serve net: --port " + ports.get(0) + " and --port " + ports.get(1)
-                    + " both use socket " + sock + ": each port needs its own socket path"), r.err());
+            assertTrue(
+                    r.err()
+                            .startsWith("iovirt serve net: --port " + ports.get(0) + " and --port " + ports.get(1)
+                                    + " both use socket " + sock + ": each port needs its own socket path"),
+                    r.err());
             assertOnlyOwnOptions("serve net", r.err());
             assertTrue(!Files.exists(sock), "nothing was started");
         }
@@ -51,7 +55,8 @@ class ServeErrorsTest {
         Path image = tmp.resolve("disk.raw");
         Files.write(image, new byte[1 << 20]);
         try (UnixSocket other = UnixSocket.listen(sock, 1)) {
-            for (List<String> args : List.of(List.of("serve", "net", "--port", "vhost-user:" + sock),
+            for (List<String> args : List.of(
+                    List.of("serve", "net", "--port", "vhost-user:" + sock),
                     List.of("serve", "net", "--port", "stream:" + sock),
                     List.of("serve", "blk", "--image", image.toString(), "--socket", sock.toString()),
                     List.of("serve", "nbd", "--image", image.toString(), "--socket", sock.toString()))) {
@@ -69,8 +74,8 @@ class ServeErrorsTest {
         Files.write(image, new byte[1 << 20]);
         Path notASocket = tmp.resolve("precious.raw");
         Files.write(notASocket, new byte[] {42});
-        for (List<String> args : List.of(List.of("serve", "nbd", "--image", image.toString(), "--socket",
-                        notASocket.toString()),
+        for (List<String> args : List.of(
+                List.of("serve", "nbd", "--image", image.toString(), "--socket", notASocket.toString()),
                 List.of("serve", "blk", "--image", image.toString(), "--socket", notASocket.toString()),
                 List.of("serve", "net", "--port", "stream:" + notASocket))) {
             CliRun r = CliRun.run(args);
@@ -86,7 +91,8 @@ class ServeErrorsTest {
         CommandSpec spec = CliContractTest.spec(command);
         Matcher m = Pattern.compile("(?<![\\w-])--[a-z][a-z-]*").matcher(err);
         while (m.find()) {
-            assertTrue(spec.findOption(m.group()) != null || m.group().equals("--help"),
+            assertTrue(
+                    spec.findOption(m.group()) != null || m.group().equals("--help"),
                     "'" + command + "' has no option " + m.group() + ": " + err);
         }
     }

@@ -30,10 +30,29 @@ class ServeSecondFrontendTest {
     Path tmp;
 
     private ChildProcess qemu(Path socket, String name) {
-        return ChildProcess.builder("qemu-system-x86_64", "-M", "q35,accel=tcg,memory-backend=mem", "-m", "64M",
-                "-object", "memory-backend-memfd,id=mem,size=64M,share=on", "-nographic", "-display", "none", "-S",
-                "-monitor", "none", "-serial", "none", "-chardev", "socket,id=c0,path=" + socket,
-                "-device", "vhost-user-blk-pci,chardev=c0").name(name).log(tmp.resolve(name + ".log")).directory(tmp)
+        return ChildProcess.builder(
+                        "qemu-system-x86_64",
+                        "-M",
+                        "q35,accel=tcg,memory-backend=mem",
+                        "-m",
+                        "64M",
+                        "-object",
+                        "memory-backend-memfd,id=mem,size=64M,share=on",
+                        "-nographic",
+                        "-display",
+                        "none",
+                        "-S",
+                        "-monitor",
+                        "none",
+                        "-serial",
+                        "none",
+                        "-chardev",
+                        "socket,id=c0,path=" + socket,
+                        "-device",
+                        "vhost-user-blk-pci,chardev=c0")
+                .name(name)
+                .log(tmp.resolve(name + ".log"))
+                .directory(tmp)
                 .start();
     }
 
@@ -44,35 +63,62 @@ class ServeSecondFrontendTest {
         Files.write(image, new byte[1 << 20]);
         Path socket = tmp.resolve("blk.sock");
         Path log = tmp.resolve("serve.log");
-        Process serve = new ProcessBuilder(IovirtCli.command("serve", "blk", "--image", image.toString(), "--socket",
-                socket.toString(), "--stats-interval", "1")).redirectErrorStream(true).redirectOutput(log.toFile())
+        Process serve = new ProcessBuilder(IovirtCli.command(
+                        "serve",
+                        "blk",
+                        "--image",
+                        image.toString(),
+                        "--socket",
+                        socket.toString(),
+                        "--stats-interval",
+                        "1"))
+                .redirectErrorStream(true)
+                .redirectOutput(log.toFile())
                 .start();
         try {
-            Await.until(TIMEOUT, "serve blk listening", () -> Files.exists(socket) && read(log).contains("serving "));
+            Await.until(
+                    TIMEOUT,
+                    "serve blk listening",
+                    () -> Files.exists(socket) && read(log).contains("serving "));
             try (ChildProcess first = qemu(socket, "qemu-first")) {
-                Await.until(TIMEOUT, () -> "the first QEMU connected: " + read(log),
+                Await.until(
+                        TIMEOUT,
+                        () -> "the first QEMU connected: " + read(log),
                         () -> read(log).contains("frontend pid " + first.pid() + " uid "));
                 try (ChildProcess second = qemu(socket, "qemu-second")) {
-                    Await.until(TIMEOUT, () -> "the server noticed the second QEMU: " + read(log),
-                            () -> read(log).contains("another frontend is connecting while frontend pid " + first.pid()));
-                    Await.until(TIMEOUT, () -> "a statistics line saying a frontend waits: " + read(log),
+                    Await.until(
+                            TIMEOUT,
+                            () -> "the server noticed the second QEMU: " + read(log),
+                            () -> read(log)
+                                    .contains("another frontend is connecting while frontend pid " + first.pid()));
+                    Await.until(
+                            TIMEOUT,
+                            () -> "a statistics line saying a frontend waits: " + read(log),
                             () -> read(log).contains("another frontend waiting for it"));
                     assertTrue(second.isAlive(), "the second QEMU waits, it is not turned away: " + second.log());
                     first.stop(Duration.ofSeconds(30));
-                    Await.until(TIMEOUT, () -> "the second QEMU served after the first exited: " + read(log),
+                    Await.until(
+                            TIMEOUT,
+                            () -> "the second QEMU served after the first exited: " + read(log),
                             () -> read(log).contains("frontend pid " + second.pid() + " uid "));
                     assertTrue(second.isAlive(), second.log());
                     assertTrue(!second.log().contains("vhost"), "QEMU reported no vhost-user error: " + second.log());
                 }
             }
-            new ProcessBuilder("kill", "-TERM", Long.toString(serve.pid())).start().waitFor();
+            new ProcessBuilder("kill", "-TERM", Long.toString(serve.pid()))
+                    .start()
+                    .waitFor();
             assertTrue(serve.waitFor(60, TimeUnit.SECONDS), read(log));
             assertEquals(0, serve.exitValue(), read(log));
         } finally {
             serve.destroyForcibly();
         }
         List<String> lines = Files.readAllLines(log);
-        assertEquals(1, lines.stream().filter(l -> l.contains("another frontend is connecting")).count(),
+        assertEquals(
+                1,
+                lines.stream()
+                        .filter(l -> l.contains("another frontend is connecting"))
+                        .count(),
                 "logged once: " + String.join("\n", lines));
     }
 

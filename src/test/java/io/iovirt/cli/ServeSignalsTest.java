@@ -30,8 +30,18 @@ class ServeSignalsTest {
         Files.write(image, new byte[1 << 20]);
         Path socket = tmp.resolve("blk.sock");
         Path log = tmp.resolve("blk.log");
-        Process p = start(log, "serve", "blk", "--image", image.toString(), "--socket", socket.toString(),
-                "--log-format", "json", "--stats-interval", "1");
+        Process p = start(
+                log,
+                "serve",
+                "blk",
+                "--image",
+                image.toString(),
+                "--socket",
+                socket.toString(),
+                "--log-format",
+                "json",
+                "--stats-interval",
+                "1");
         try {
             awaitLog(p, log, "counters: ");
             kill(p, "HUP");
@@ -48,11 +58,17 @@ class ServeSignalsTest {
         assertTrue(lines.getLast().contains("stopped; image synced."), lines.getLast());
         assertFalse(Files.exists(socket), "the socket is removed on the way out");
         // the counters lines carry them as a "stats" object too (docs/cli.md), parsed by an independent parser
-        Map<?, ?> periodic = (Map<?, ?>) lines.stream().filter(l -> l.contains("counters: "))
-                .map(l -> (Map<?, ?>) StrictJson.parse(l)).findFirst().orElseThrow().get("stats");
+        Map<?, ?> periodic = (Map<?, ?>) lines.stream()
+                .filter(l -> l.contains("counters: "))
+                .map(l -> (Map<?, ?>) StrictJson.parse(l))
+                .findFirst()
+                .orElseThrow()
+                .get("stats");
         assertEquals(0L, ((Map<?, ?>) periodic.get("device")).get("requests"), periodic.toString());
-        assertEquals(Map.of("connected", false, "waiting", false, "waited", 0L), withoutNulls(
-                (Map<?, ?>) periodic.get("frontend")), periodic.toString());
+        assertEquals(
+                Map.of("connected", false, "waiting", false, "waited", 0L),
+                withoutNulls((Map<?, ?>) periodic.get("frontend")),
+                periodic.toString());
         Map<?, ?> last = (Map<?, ?>) ((Map<?, ?>) StrictJson.parse(lines.getLast())).get("stats");
         assertTrue(((Map<?, ?>) last.get("device")).containsKey("bytes_written"), last.toString());
     }
@@ -64,9 +80,20 @@ class ServeSignalsTest {
         Path socket = tmp.resolve("nbd.sock");
         Path log = tmp.resolve("nbd.log");
         Path out = tmp.resolve("nbd.out");
-        Process p = new ProcessBuilder(IovirtCli.command("serve", "nbd", "--image", image.toString(), "--socket",
-                socket.toString(), "--log-format", "json", "--stats-interval", "1")).redirectError(log.toFile())
-                .redirectOutput(out.toFile()).start();
+        Process p = new ProcessBuilder(IovirtCli.command(
+                        "serve",
+                        "nbd",
+                        "--image",
+                        image.toString(),
+                        "--socket",
+                        socket.toString(),
+                        "--log-format",
+                        "json",
+                        "--stats-interval",
+                        "1"))
+                .redirectError(log.toFile())
+                .redirectOutput(out.toFile())
+                .start();
         try {
             awaitLog(p, log, "counters: ");
             kill(p, "HUP");
@@ -81,7 +108,8 @@ class ServeSignalsTest {
             Map<?, ?> m = (Map<?, ?>) StrictJson.parse(l);
             assertTrue(((String) m.get("time")).matches("20\\d\\d-\\d\\d-\\d\\dT[0-9:.]+Z"), l);
         }
-        assertTrue(lines.getFirst().contains("exporting ") && lines.getFirst().contains("\"logger\":\"iovirt.serve.nbd\""),
+        assertTrue(
+                lines.getFirst().contains("exporting ") && lines.getFirst().contains("\"logger\":\"iovirt.serve.nbd\""),
                 lines.getFirst());
         assertTrue(lines.stream().anyMatch(l -> l.contains("SIGHUP: stopping")), String.join("\n", lines));
         Map<?, ?> last = (Map<?, ?>) StrictJson.parse(lines.getLast());
@@ -100,8 +128,9 @@ class ServeSignalsTest {
     void serveNetStopsGracefullyOnSighupWithTextLogsOnStderr() throws Exception {
         Path socket = tmp.resolve("net.sock");
         Path log = tmp.resolve("net.log");
-        ProcessBuilder pb = new ProcessBuilder(IovirtCli.command("serve", "net", "--port",
-                "stream:" + socket)).redirectError(log.toFile()).redirectOutput(tmp.resolve("net.out").toFile());
+        ProcessBuilder pb = new ProcessBuilder(IovirtCli.command("serve", "net", "--port", "stream:" + socket))
+                .redirectError(log.toFile())
+                .redirectOutput(tmp.resolve("net.out").toFile());
         Process p = pb.start();
         try {
             awaitLog(p, log, "switch running");
@@ -119,14 +148,16 @@ class ServeSignalsTest {
 
     @Test
     void aBadLogLevelIsAUsageError() throws Exception {
-        io.iovirt.host.CliRun r = io.iovirt.host.CliRun.run(List.of("serve", "blk", "--image", "x", "--socket", "y",
-                "--log-level", "loud"));
+        io.iovirt.host.CliRun r = io.iovirt.host.CliRun.run(
+                List.of("serve", "blk", "--image", "x", "--socket", "y", "--log-level", "loud"));
         assertEquals(2, r.exit(), r.err());
         assertTrue(r.err().contains("--log-level must be error, warn, info, debug or trace"), r.err());
     }
 
     private static Process start(Path log, String... args) throws IOException {
-        return new ProcessBuilder(IovirtCli.command(args)).redirectErrorStream(true).redirectOutput(log.toFile())
+        return new ProcessBuilder(IovirtCli.command(args))
+                .redirectErrorStream(true)
+                .redirectOutput(log.toFile())
                 .start();
     }
 
@@ -145,7 +176,9 @@ class ServeSignalsTest {
     }
 
     private static void kill(Process p, String signal) throws Exception {
-        Process k = new ProcessBuilder("kill", "-" + signal, Long.toString(p.pid())).inheritIO().start();
+        Process k = new ProcessBuilder("kill", "-" + signal, Long.toString(p.pid()))
+                .inheritIO()
+                .start();
         assertTrue(k.waitFor(10, TimeUnit.SECONDS));
         assertEquals(0, k.exitValue());
     }

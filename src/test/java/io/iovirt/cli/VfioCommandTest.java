@@ -11,8 +11,7 @@ import org.junit.jupiter.api.Test;
 import picocli.CommandLine;
 
 class VfioCommandTest {
-    private record Run(int rc, String out, String err) {
-    }
+    private record Run(int rc, String out, String err) {}
 
     private static Run run(String... args) {
         CommandLine cl = Main.commandLine();
@@ -41,7 +40,10 @@ class VfioCommandTest {
     @Test
     void writeNeedsExactlyOneSource() {
         assertEquals(2, run("vfio", "nvme", "01:00.0", "write", "--lba", "0").rc());
-        assertEquals(2, run("vfio", "nvme", "01:00.0", "write", "--lba", "0", "--pattern", "x", "--in", "/dev/null").rc());
+        assertEquals(
+                2,
+                run("vfio", "nvme", "01:00.0", "write", "--lba", "0", "--pattern", "x", "--in", "/dev/null")
+                        .rc());
     }
 
     @Test
@@ -83,12 +85,12 @@ class VfioCommandTest {
         io.iovirt.util.ActionableException e = org.junit.jupiter.api.Assertions.assertThrows(
                 io.iovirt.util.ActionableException.class,
                 () -> VfioCommand.requireNvme(sysfs, io.iovirt.pci.Bdf.parse("0000:02:00.0")));
-        assertTrue(e.getMessage().startsWith("0000:02:00.0 is not an NVMe controller (PCI class 020000"), e.getMessage());
+        assertTrue(
+                e.getMessage().startsWith("0000:02:00.0 is not an NVMe controller (PCI class 020000"), e.getMessage());
         VfioCommand.requireNvme(sysfs, io.iovirt.pci.Bdf.parse("0000:01:00.0"));
         // This machine's host bridge, through the real CLI: exit 1 with that message, not an IOMMU remedy.
         Run r = run("vfio", "nvme", "0000:00:00.0", "identify", "--json");
         assertEquals(1, r.rc(), r.err());
         assertTrue(r.err().contains("is not an NVMe controller"), r.err());
     }
-
 }

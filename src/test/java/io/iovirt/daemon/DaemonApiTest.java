@@ -25,6 +25,7 @@ import org.junit.jupiter.api.io.TempDir;
 class DaemonApiTest {
     @TempDir
     Path dir;
+
     Daemon daemon;
     RpcServer server;
     RpcClient client;
@@ -78,7 +79,8 @@ class DaemonApiTest {
         assertEquals((long) Daemon.API_VERSION, v.get("api"));
         assertEquals(ProcessHandle.current().pid(), v.get("pid"));
         bad(RpcException.INVALID_PARAMS, "version", "verbose", true);
-        assertTrue(bad(RpcException.METHOD_NOT_FOUND, "blk.explode").getMessage().contains("blk.add"));
+        assertTrue(
+                bad(RpcException.METHOD_NOT_FOUND, "blk.explode").getMessage().contains("blk.add"));
     }
 
     @Test
@@ -91,11 +93,20 @@ class DaemonApiTest {
     void blkResizeOfAQcow2Image() throws Exception {
         Path img = dir.resolve("q.qcow2");
         io.iovirt.storage.qcow2.QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
-        ok("blk.add", "id", "q", "image", img.toString(), "socket", dir.resolve("q.sock").toString());
+        ok(
+                "blk.add",
+                "id",
+                "q",
+                "image",
+                img.toString(),
+                "socket",
+                dir.resolve("q.sock").toString());
         Map<String, Object> r = ok("blk.resize", "id", "q", "size", "2G");
         assertEquals(2L << 30, r.get("size"));
         assertEquals(64L << 20, r.get("old_size"));
-        assertTrue(bad(RpcException.FAILED, "blk.resize", "id", "q", "size", "1G").getMessage().contains("shrink"));
+        assertTrue(bad(RpcException.FAILED, "blk.resize", "id", "q", "size", "1G")
+                .getMessage()
+                .contains("shrink"));
         assertEquals(2L << 30, ((Map<?, ?>) ((List<?>) ok("blk.list").get("list")).get(0)).get("size"));
         ok("blk.remove", "id", "q");
         String info = io.iovirt.storage.qcow2.QemuTools.ok("qemu-img", "info", "--output=json", img.toString());
@@ -107,21 +118,48 @@ class DaemonApiTest {
     void blkLifecycle() throws Exception {
         Path img = image("d.raw", 8 << 20);
         Path sock = dir.resolve("d.sock");
-        assertEquals("blk0", ok("blk.add", "image", img.toString(), "socket", sock.toString(), "queues", 2).get("id"));
+        assertEquals(
+                "blk0",
+                ok("blk.add", "image", img.toString(), "socket", sock.toString(), "queues", 2)
+                        .get("id"));
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
         // bad input
-        assertTrue(bad(RpcException.INVALID_PARAMS, "blk.add", "socket", "x").getMessage().contains("missing parameter 'image'"));
-        assertTrue(bad(RpcException.FAILED, "blk.add", "image", dir.resolve("nope").toString(), "socket", dir.resolve("n.sock").toString())
-                .getMessage().contains("create it first"));
+        assertTrue(bad(RpcException.INVALID_PARAMS, "blk.add", "socket", "x")
+                .getMessage()
+                .contains("missing parameter 'image'"));
+        assertTrue(bad(
+                        RpcException.FAILED,
+                        "blk.add",
+                        "image",
+                        dir.resolve("nope").toString(),
+                        "socket",
+                        dir.resolve("n.sock").toString())
+                .getMessage()
+                .contains("create it first"));
         bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", 0);
         bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "queues", "many");
         bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "readonly", "maybe");
         bad(RpcException.INVALID_PARAMS, "blk.add", "image", img.toString(), "socket", "s", "colour", "red");
         bad(RpcException.INVALID_PARAMS, "blk.add", "id", "../etc", "image", img.toString(), "socket", "s");
-        bad(RpcException.EXISTS, "blk.add", "id", "blk0", "image", image("e.raw", 1 << 20).toString(), "socket", dir.resolve("e.sock").toString());
+        bad(
+                RpcException.EXISTS,
+                "blk.add",
+                "id",
+                "blk0",
+                "image",
+                image("e.raw", 1 << 20).toString(),
+                "socket",
+                dir.resolve("e.sock").toString());
         bad(RpcException.EXISTS, "blk.add", "image", image("f.raw", 1 << 20).toString(), "socket", sock.toString());
-        assertTrue(bad(RpcException.EXISTS, "blk.add", "image", img.toString(), "socket", dir.resolve("g.sock").toString())
-                .getMessage().contains("corrupt"));
+        assertTrue(bad(
+                        RpcException.EXISTS,
+                        "blk.add",
+                        "image",
+                        img.toString(),
+                        "socket",
+                        dir.resolve("g.sock").toString())
+                .getMessage()
+                .contains("corrupt"));
         // list and info
         List<?> list = (List<?>) ok("blk.list").get("list");
         assertEquals(1, list.size());
@@ -137,20 +175,35 @@ class DaemonApiTest {
         assertEquals(16L << 20, r.get("size"));
         assertEquals(false, r.get("frontend_notified"));
         assertEquals(16L << 20, Files.size(img));
-        assertTrue(bad(RpcException.FAILED, "blk.resize", "id", "blk0", "size", "1M").getMessage().contains("shrink"));
+        assertTrue(bad(RpcException.FAILED, "blk.resize", "id", "blk0", "size", "1M")
+                .getMessage()
+                .contains("shrink"));
         bad(RpcException.INVALID_PARAMS, "blk.resize", "id", "blk0", "size", "lots");
         bad(RpcException.INVALID_PARAMS, "blk.resize", "id", "blk0");
         bad(RpcException.FAILED, "blk.resize", "id", "blk0", "size", (16L << 20) + 100);
         bad(RpcException.NOT_FOUND, "blk.resize", "id", "nope", "size", "32M");
         // read-only
-        assertEquals(true, ok("blk.set-readonly", "id", "blk0", "readonly", true).get("readonly"));
+        assertEquals(
+                true, ok("blk.set-readonly", "id", "blk0", "readonly", true).get("readonly"));
         assertEquals(true, ok("blk.info", "id", "blk0").get("readonly"));
-        assertEquals(false, ok("blk.set-readonly", "id", "blk0", "readonly", "false").get("readonly"));
+        assertEquals(
+                false, ok("blk.set-readonly", "id", "blk0", "readonly", "false").get("readonly"));
         bad(RpcException.INVALID_PARAMS, "blk.set-readonly", "id", "blk0");
         bad(RpcException.NOT_FOUND, "blk.set-readonly", "id", "x", "readonly", true);
         Path roImg = image("ro.raw", 1 << 20);
-        ok("blk.add", "id", "ro", "image", roImg.toString(), "socket", dir.resolve("ro.sock").toString(), "readonly", true);
-        assertTrue(bad(RpcException.FAILED, "blk.set-readonly", "id", "ro", "readonly", false).getMessage().contains("opened read-only"));
+        ok(
+                "blk.add",
+                "id",
+                "ro",
+                "image",
+                roImg.toString(),
+                "socket",
+                dir.resolve("ro.sock").toString(),
+                "readonly",
+                true);
+        assertTrue(bad(RpcException.FAILED, "blk.set-readonly", "id", "ro", "readonly", false)
+                .getMessage()
+                .contains("opened read-only"));
         // remove
         assertEquals(true, ok("blk.remove", "id", "blk0").get("removed"));
         assertFalse(Files.exists(sock), "the socket file stays after blk.remove");
@@ -162,29 +215,86 @@ class DaemonApiTest {
     @Test
     void netLifecycle() throws Exception {
         assertEquals("net0", ok("net.add").get("id"));
-        assertEquals("lan", ok("net.add", "id", "lan", "mtu", 9000, "macs-per-port", 4).get("id"));
+        assertEquals(
+                "lan",
+                ok("net.add", "id", "lan", "mtu", 9000, "macs-per-port", 4).get("id"));
         bad(RpcException.EXISTS, "net.add", "id", "lan");
         bad(RpcException.INVALID_PARAMS, "net.add", "mtu", 10);
         bad(RpcException.INVALID_PARAMS, "net.add", "mac-aging", 0);
         bad(RpcException.INVALID_PARAMS, "net.add", "macs-per-port", 0);
         bad(RpcException.INVALID_PARAMS, "net.add", "macs-per-port", 8193);
         Path a = dir.resolve("a.sock");
-        assertEquals("port0", ok("net.port.add", "net", "net0", "kind", "vhost-user", "path", a.toString(), "mac", "52:54:00:00:00:01").get("id"));
-        assertEquals("s", ok("net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("s.sock").toString()).get("id"));
+        assertEquals(
+                "port0",
+                ok(
+                                "net.port.add",
+                                "net",
+                                "net0",
+                                "kind",
+                                "vhost-user",
+                                "path",
+                                a.toString(),
+                                "mac",
+                                "52:54:00:00:00:01")
+                        .get("id"));
+        assertEquals(
+                "s",
+                ok(
+                                "net.port.add",
+                                "net",
+                                "net0",
+                                "id",
+                                "s",
+                                "kind",
+                                "stream",
+                                "path",
+                                dir.resolve("s.sock").toString())
+                        .get("id"));
         assertTrue(Files.exists(a));
         bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "carrier-pigeon", "path", "x");
         bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "tap", "path", "x");
-        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "tap", "ifname", "much-too-long-interface-name");
+        bad(
+                RpcException.INVALID_PARAMS,
+                "net.port.add",
+                "net",
+                "net0",
+                "kind",
+                "tap",
+                "ifname",
+                "much-too-long-interface-name");
         bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "stream", "path", "y", "queues", 2);
-        bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "vhost-user", "path", "y", "mac", "ff:ff:ff:ff:ff:ff");
+        bad(
+                RpcException.INVALID_PARAMS,
+                "net.port.add",
+                "net",
+                "net0",
+                "kind",
+                "vhost-user",
+                "path",
+                "y",
+                "mac",
+                "ff:ff:ff:ff:ff:ff");
         bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "net0", "kind", "vhost-user");
         bad(RpcException.NOT_FOUND, "net.port.add", "net", "wan", "kind", "stream", "path", "z");
         bad(RpcException.EXISTS, "net.port.add", "net", "lan", "kind", "stream", "path", a.toString());
-        bad(RpcException.EXISTS, "net.port.add", "net", "net0", "id", "s", "kind", "stream", "path", dir.resolve("t.sock").toString());
+        bad(
+                RpcException.EXISTS,
+                "net.port.add",
+                "net",
+                "net0",
+                "id",
+                "s",
+                "kind",
+                "stream",
+                "path",
+                dir.resolve("t.sock").toString());
         List<?> nets = (List<?>) ok("net.list").get("list");
         assertEquals(2, nets.size());
-        assertTrue(nets.stream().anyMatch(n -> ((Map<?, ?>) n).get("id").equals("lan")
-                && ((Number) ((Map<?, ?>) n).get("macs_per_port")).intValue() == 4), nets.toString());
+        assertTrue(
+                nets.stream()
+                        .anyMatch(n -> ((Map<?, ?>) n).get("id").equals("lan")
+                                && ((Number) ((Map<?, ?>) n).get("macs_per_port")).intValue() == 4),
+                nets.toString());
         List<?> ports = (List<?>) ((Map<?, ?>) nets.get(0)).get("ports");
         assertEquals(2, ports.size());
         assertEquals("down", ((Map<?, ?>) ports.get(0)).get("link"));
@@ -205,10 +315,39 @@ class DaemonApiTest {
     @Test
     void statsAndLibvirtXml() throws Exception {
         Path img = image("d.raw", 4 << 20);
-        ok("blk.add", "id", "vm1-disk", "image", img.toString(), "socket", dir.resolve("d.sock").toString(), "queues", 2);
+        ok(
+                "blk.add",
+                "id",
+                "vm1-disk",
+                "image",
+                img.toString(),
+                "socket",
+                dir.resolve("d.sock").toString(),
+                "queues",
+                2);
         ok("net.add", "id", "sw");
-        ok("net.port.add", "net", "sw", "id", "vm1", "kind", "vhost-user", "path", dir.resolve("n.sock").toString(), "mac", "52:54:00:00:00:07");
-        ok("net.port.add", "net", "sw", "id", "fv", "kind", "stream", "path", dir.resolve("f.sock").toString());
+        ok(
+                "net.port.add",
+                "net",
+                "sw",
+                "id",
+                "vm1",
+                "kind",
+                "vhost-user",
+                "path",
+                dir.resolve("n.sock").toString(),
+                "mac",
+                "52:54:00:00:00:07");
+        ok(
+                "net.port.add",
+                "net",
+                "sw",
+                "id",
+                "fv",
+                "kind",
+                "stream",
+                "path",
+                dir.resolve("f.sock").toString());
         Map<String, Object> all = ok("stats");
         assertEquals(1, ((List<?>) all.get("blk")).size());
         assertEquals(1, ((List<?>) all.get("net")).size());
@@ -216,7 +355,8 @@ class DaemonApiTest {
         assertEquals(0L, b.get("requests"));
         assertEquals(2, ((List<?>) b.get("queues")).size());
         bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
-        String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1").get("xml");
+        String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1")
+                .get("xml");
         assertTrue(xml.contains("<disk type='vhostuser' device='disk' snapshot='no'>"), xml);
         assertTrue(xml.contains("<interface type='vhostuser'>"), xml);
         assertTrue(xml.contains("<access mode='shared'/>"), xml);
@@ -249,14 +389,19 @@ class DaemonApiTest {
         client.sendLine("[]");
         assertTrue(client.readLine().contains("\"code\":-32600"));
         client.sendLine("{\"jsonrpc\":\"2.0\",\"method\":\"version\"}"); // a notification: no reply
-        client.sendLine("[{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"version\"},{\"jsonrpc\":\"2.0\",\"id\":\"b\",\"method\":\"nope\"}]");
+        client.sendLine(
+                "[{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"version\"},{\"jsonrpc\":\"2.0\",\"id\":\"b\",\"method\":\"nope\"}]");
         String batch = client.readLine();
         assertTrue(batch.startsWith("[") && batch.contains("\"id\":\"a\"") && batch.contains("-32601"), batch);
-        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"version\",\"params\":{},\"x\":" + "[".repeat(100) + "]".repeat(100) + "}");
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"version\",\"params\":{},\"x\":" + "[".repeat(100)
+                + "]".repeat(100) + "}");
         assertTrue(client.readLine().contains("-32700"));
         client.sendRaw(new byte[] {(byte) 0xff, (byte) 0xfe, 0, 1, '\n'});
         assertTrue(client.readLine().contains("-32700"));
-        assertEquals(Daemon.VERSION, ((Map<?, ?>) client.call("version", null)).get("version"), "the connection stays usable");
+        assertEquals(
+                Daemon.VERSION,
+                ((Map<?, ?>) client.call("version", null)).get("version"),
+                "the connection stays usable");
     }
 
     @Test
@@ -330,12 +475,21 @@ class DaemonApiTest {
     @Test
     void anotherUserIsRefusedByPeerCredentials() throws Exception {
         assertTrue("root".equals(System.getProperty("user.name")), "acts as user nobody: run as root");
-        Files.setPosixFilePermissions(server.path(), PosixFilePermissions.fromString("rw-rw-rw-")); // only SO_PEERCRED stands in the way
+        Files.setPosixFilePermissions(
+                server.path(), PosixFilePermissions.fromString("rw-rw-rw-")); // only SO_PEERCRED stands in the way
         Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-xr-x"));
-        Process p = new ProcessBuilder("runuser", "-u", "nobody", "--", "python3", "-c",
-                // the refusal comes at once, before any request: read it (sending first may meet the hang-up)
-                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print(s.makefile().readline())",
-                server.path().toString()).redirectErrorStream(true).start();
+        Process p = new ProcessBuilder(
+                        "runuser",
+                        "-u",
+                        "nobody",
+                        "--",
+                        "python3",
+                        "-c",
+                        // the refusal comes at once, before any request: read it (sending first may meet the hang-up)
+                        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print(s.makefile().readline())",
+                        server.path().toString())
+                .redirectErrorStream(true)
+                .start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(p.waitFor(30, TimeUnit.SECONDS));
         assertTrue(out.contains("-32003") && out.contains("may not control"), out);
@@ -349,18 +503,38 @@ class DaemonApiTest {
      */
     @Test
     void resizeNotifiesTheFrontendAndExportsAreIsolated() throws Exception {
-        ok("blk.add", "id", "a", "image", image("a.raw", 1 << 20).toString(), "socket", dir.resolve("a.sock").toString());
-        ok("blk.add", "id", "b", "image", image("b.raw", 1 << 20).toString(), "socket", dir.resolve("b.sock").toString());
-        try (io.iovirt.vhostuser.VhostUserFrontend fe = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"),
-                Duration.ofSeconds(10))) {
+        ok(
+                "blk.add",
+                "id",
+                "a",
+                "image",
+                image("a.raw", 1 << 20).toString(),
+                "socket",
+                dir.resolve("a.sock").toString());
+        ok(
+                "blk.add",
+                "id",
+                "b",
+                "image",
+                image("b.raw", 1 << 20).toString(),
+                "socket",
+                dir.resolve("b.sock").toString());
+        try (io.iovirt.vhostuser.VhostUserFrontend fe =
+                io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"), Duration.ofSeconds(10))) {
             long pf = fe.getProtocolFeatures();
-            assertTrue((pf & io.iovirt.vhostuser.Features.bit(io.iovirt.vhostuser.Features.PROTOCOL_BACKEND_REQ)) != 0,
+            assertTrue(
+                    (pf & io.iovirt.vhostuser.Features.bit(io.iovirt.vhostuser.Features.PROTOCOL_BACKEND_REQ)) != 0,
                     "blk does not offer BACKEND_REQ");
             fe.setProtocolFeatures(pf);
             io.iovirt.linux.UnixSocket[] pair = io.iovirt.linux.UnixSocket.pair();
-            try (io.iovirt.linux.UnixSocket mine = pair[0]; java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
-                fe.connection().sendRequest(io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD, true,
-                        arena.allocate(0), List.of(pair[1].fd()));
+            try (io.iovirt.linux.UnixSocket mine = pair[0];
+                    java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+                fe.connection()
+                        .sendRequest(
+                                io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD,
+                                true,
+                                arena.allocate(0),
+                                List.of(pair[1].fd()));
                 pair[1].close();
                 java.lang.foreign.MemorySegment hdr = arena.allocate(12);
                 // answer the notification from another thread, as QEMU's main loop would
@@ -368,7 +542,10 @@ class DaemonApiTest {
                     try {
                         mine.recvFully(hdr, 0);
                         java.lang.foreign.MemorySegment reply = arena.allocate(20);
-                        reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0));
+                        reply.set(
+                                java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED,
+                                0,
+                                hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0));
                         reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4, 0x5); // version 1 | REPLY
                         reply.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 8, 8);
                         mine.send(reply, List.of());
@@ -377,13 +554,19 @@ class DaemonApiTest {
                     }
                 });
                 // the reply ack of SET_BACKEND_REQ_FD itself
-                assertEquals(0L, fe.connection().receiveReply(io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD).payload()
-                        .get(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 0));
+                assertEquals(
+                        0L,
+                        fe.connection()
+                                .receiveReply(io.iovirt.vhostuser.MessageType.SET_BACKEND_REQ_FD)
+                                .payload()
+                                .get(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 0));
                 Map<String, Object> r = ok("blk.resize", "id", "a", "size", "2M");
                 answer.join();
                 assertEquals(true, r.get("frontend_notified"), r.toString());
-                assertEquals(2, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0), "BACKEND_CONFIG_CHANGE_MSG");
-                assertEquals(0x9, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4), "version 1 | NEED_REPLY");
+                assertEquals(
+                        2, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 0), "BACKEND_CONFIG_CHANGE_MSG");
+                assertEquals(
+                        0x9, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4), "version 1 | NEED_REPLY");
                 assertEquals(0, hdr.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 8), "no payload");
                 // the frontend stops answering: the resize still happens, with a notice
                 Map<String, Object> slow = ok("blk.resize", "id", "a", "size", "3M");
@@ -394,12 +577,12 @@ class DaemonApiTest {
         }
         // garbage on a's socket closes only that connection; b serves, a accepts the next frontend
         try (io.iovirt.linux.UnixSocket junk = io.iovirt.linux.UnixSocket.connect(dir.resolve("a.sock"));
-             java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+                java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
             java.lang.foreign.MemorySegment g = arena.allocate(64);
             g.fill((byte) 0x7f);
             junk.send(g, List.of());
-            try (io.iovirt.vhostuser.VhostUserFrontend fb = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("b.sock"),
-                    Duration.ofSeconds(10))) {
+            try (io.iovirt.vhostuser.VhostUserFrontend fb =
+                    io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("b.sock"), Duration.ofSeconds(10))) {
                 assertTrue(fb.getFeatures() != 0);
             }
         }
@@ -409,8 +592,8 @@ class DaemonApiTest {
             }
             Thread.sleep(50);
         }
-        try (io.iovirt.vhostuser.VhostUserFrontend fa = io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"),
-                Duration.ofSeconds(10))) {
+        try (io.iovirt.vhostuser.VhostUserFrontend fa =
+                io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"), Duration.ofSeconds(10))) {
             assertTrue(fa.getFeatures() != 0);
         }
         assertEquals(Daemon.VERSION, ok("version").get("version"));
@@ -421,16 +604,50 @@ class DaemonApiTest {
     void nbdExportServesQemuIo() throws Exception {
         Path img = image("n.raw", 4 << 20);
         Path sock = dir.resolve("n.sock");
-        assertEquals("nbd0", ok("nbd.add", "image", img.toString(), "socket", sock.toString()).get("id"));
-        bad(RpcException.EXISTS, "nbd.add", "id", "nbd0", "image", image("m.raw", 1 << 20).toString(), "socket", dir.resolve("m.sock").toString());
+        assertEquals(
+                "nbd0",
+                ok("nbd.add", "image", img.toString(), "socket", sock.toString())
+                        .get("id"));
+        bad(
+                RpcException.EXISTS,
+                "nbd.add",
+                "id",
+                "nbd0",
+                "image",
+                image("m.raw", 1 << 20).toString(),
+                "socket",
+                dir.resolve("m.sock").toString());
         bad(RpcException.EXISTS, "nbd.add", "image", image("k.raw", 1 << 20).toString(), "socket", sock.toString());
         bad(RpcException.INVALID_PARAMS, "nbd.add", "image", img.toString());
-        bad(RpcException.INVALID_PARAMS, "nbd.add", "image", image("f.raw", 1 << 20).toString(), "socket", "s", "format", "floppy");
-        bad(RpcException.FAILED, "nbd.add", "image", dir.resolve("none.raw").toString(), "socket", dir.resolve("x.sock").toString());
+        bad(
+                RpcException.INVALID_PARAMS,
+                "nbd.add",
+                "image",
+                image("f.raw", 1 << 20).toString(),
+                "socket",
+                "s",
+                "format",
+                "floppy");
+        bad(
+                RpcException.FAILED,
+                "nbd.add",
+                "image",
+                dir.resolve("none.raw").toString(),
+                "socket",
+                dir.resolve("x.sock").toString());
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
-        Process p = new ProcessBuilder("qemu-io", "--image-opts",
-                "driver=nbd,server.type=unix,server.path=" + sock + ",export=nbd0",
-                "-c", "write -P 0x5a 65536 65536", "-c", "read -P 0x5a 65536 65536", "-c", "flush").redirectErrorStream(true).start();
+        Process p = new ProcessBuilder(
+                        "qemu-io",
+                        "--image-opts",
+                        "driver=nbd,server.type=unix,server.path=" + sock + ",export=nbd0",
+                        "-c",
+                        "write -P 0x5a 65536 65536",
+                        "-c",
+                        "read -P 0x5a 65536 65536",
+                        "-c",
+                        "flush")
+                .redirectErrorStream(true)
+                .start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(p.waitFor(60, TimeUnit.SECONDS));
         assertEquals(0, p.exitValue(), out);
@@ -444,7 +661,10 @@ class DaemonApiTest {
         Map<String, Object> st = ok("stats", "id", "nbd0");
         assertTrue((Long) st.get("bytes_written") >= 65536, st.toString());
         String metrics = Metrics.render(daemon);
-        assertTrue(metrics.contains("iovirt_nbd_bytes_total{export=\"nbd0\",direction=\"write\"} " + st.get("bytes_written")), metrics);
+        assertTrue(
+                metrics.contains(
+                        "iovirt_nbd_bytes_total{export=\"nbd0\",direction=\"write\"} " + st.get("bytes_written")),
+                metrics);
         MetricsTest.promtool(metrics);
         assertEquals(true, ok("nbd.remove", "id", "nbd0").get("removed"));
         assertFalse(Files.exists(sock));

@@ -58,24 +58,37 @@ class DaemonServiceTest {
         Path config = dir.resolve("daemon.json");
         Path a = image("a.raw");
         Path b = image("b.raw");
-        Files.writeString(config, """
+        Files.writeString(
+                config, """
                 {"blk": [{"id": "a", "image": "%s", "socket": "%s"},
                          {"id": "b", "image": "%s", "socket": "%s", "queues": 1}],
                  "net": [{"id": "sw", "ports": [{"id": "p1", "kind": "stream", "path": "%s"}]}]}
                 """.formatted(a, dir.resolve("a.sock"), b, dir.resolve("b.sock"), dir.resolve("p1.sock")));
         try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
-             ChildProcess daemon = ChildProcess.builder(IovirtCli.command("daemon", "--config", config.toString(),
-                             "--control", control.toString()))
-                     .name("iovirt daemon").log(dir.resolve("daemon.log"))
-                     .env("NOTIFY_SOCKET", notify.toString()).env("WATCHDOG_USEC", "500000").start()) {
+                ChildProcess daemon = ChildProcess.builder(IovirtCli.command(
+                                "daemon", "--config", config.toString(), "--control", control.toString()))
+                        .name("iovirt daemon")
+                        .log(dir.resolve("daemon.log"))
+                        .env("NOTIFY_SOCKET", notify.toString())
+                        .env("WATCHDOG_USEC", "500000")
+                        .start()) {
             List<String> first = until(systemd, "READY=1");
             String ready = first.get(first.size() - 1);
             assertTrue(ready.contains("MAINPID=" + daemon.pid()), ready);
             // READY=1 means the control socket answers and the configured devices run
             try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
                 assertEquals(2, ((List<?>) c.call("blk.list", null)).size());
-                assertEquals(1, ((List<?>) ((Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0)).get("ports")).size());
-                c.call("blk.add", Map.of("id", "api", "image", image("c.raw").toString(), "socket", dir.resolve("c.sock").toString()));
+                assertEquals(
+                        1, ((List<?>) ((Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0)).get("ports")).size());
+                c.call(
+                        "blk.add",
+                        Map.of(
+                                "id",
+                                "api",
+                                "image",
+                                image("c.raw").toString(),
+                                "socket",
+                                dir.resolve("c.sock").toString()));
             }
             until(systemd, "WATCHDOG=1");
             until(systemd, "WATCHDOG=1");
@@ -87,7 +100,13 @@ class DaemonServiceTest {
                              {"id": "d", "image": "%s", "socket": "%s"}],
                      "net": [{"id": "sw", "ports": [{"id": "p1", "kind": "stream", "path": "%s"},
                                                     {"id": "p2", "kind": "vhost-user", "path": "%s"}]}]}
-                    """.formatted(b, dir.resolve("b.sock"), d, dir.resolve("d.sock"), dir.resolve("p1.sock"), dir.resolve("p2.sock")));
+                    """.formatted(
+                            b,
+                            dir.resolve("b.sock"),
+                            d,
+                            dir.resolve("d.sock"),
+                            dir.resolve("p1.sock"),
+                            dir.resolve("p2.sock")));
             signal("HUP", daemon.pid());
             until(systemd, "RELOADING=1");
             until(systemd, "READY=1");
@@ -96,9 +115,13 @@ class DaemonServiceTest {
                 for (Object o : (List<?>) c.call("blk.list", null)) {
                     ids.add((String) ((Map<?, ?>) o).get("id"));
                 }
-                assertEquals(List.of("api", "b", "d"), ids.stream().sorted().toList(), "the API's export survives, a is gone, d is new");
+                assertEquals(
+                        List.of("api", "b", "d"),
+                        ids.stream().sorted().toList(),
+                        "the API's export survives, a is gone, d is new");
                 assertEquals(2L, ((Map<?, ?>) c.call("blk.info", Map.of("id", "b"))).get("queues"));
-                assertEquals(2, ((List<?>) ((Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0)).get("ports")).size());
+                assertEquals(
+                        2, ((List<?>) ((Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0)).get("ports")).size());
             }
             assertTrue(!Files.exists(dir.resolve("a.sock")), "a's socket remains");
 
@@ -136,22 +159,38 @@ class DaemonServiceTest {
         Files.writeString(config, "{\"nbd\": [" + entry.formatted(q, sock, "") + "]}");
         String uri = "nbd+unix:///q?socket=" + sock;
         try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
-             ChildProcess daemon = ChildProcess.builder(IovirtCli.command("daemon", "--config", config.toString(),
-                             "--control", control.toString()))
-                     .name("iovirt daemon").log(dir.resolve("daemon.log")).env("NOTIFY_SOCKET", notify.toString()).start()) {
+                ChildProcess daemon = ChildProcess.builder(IovirtCli.command(
+                                "daemon", "--config", config.toString(), "--control", control.toString()))
+                        .name("iovirt daemon")
+                        .log(dir.resolve("daemon.log"))
+                        .env("NOTIFY_SOCKET", notify.toString())
+                        .start()) {
             until(systemd, "READY=1");
-            io.iovirt.storage.qcow2.QemuTools.qemuIoOk(uri, "raw", "write -P 0x6e 1M 256k", "read -P 0x6e 1M 256k", "flush");
+            io.iovirt.storage.qcow2.QemuTools.qemuIoOk(
+                    uri, "raw", "write -P 0x6e 1M 256k", "read -P 0x6e 1M 256k", "flush");
             try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
-                c.call("nbd.add", Map.of("id", "api", "image", image("api.raw").toString(), "socket", dir.resolve("api.sock").toString()));
+                c.call(
+                        "nbd.add",
+                        Map.of(
+                                "id",
+                                "api",
+                                "image",
+                                image("api.raw").toString(),
+                                "socket",
+                                dir.resolve("api.sock").toString()));
             }
 
             Files.writeString(config, "{\"nbd\": [" + entry.formatted(q, sock, ", \"readonly\": true") + "]}");
             signal("HUP", daemon.pid());
             until(systemd, "READY=1");
             var w = io.iovirt.storage.qcow2.QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", uri);
-            assertTrue(w.output().contains("Operation not permitted") || w.output().contains("read-only")
-                    || w.output().contains("Permission denied"), w.output());
-            String r = io.iovirt.storage.qcow2.QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read -P 0x6e 1M 256k", uri);
+            assertTrue(
+                    w.output().contains("Operation not permitted")
+                            || w.output().contains("read-only")
+                            || w.output().contains("Permission denied"),
+                    w.output());
+            String r = io.iovirt.storage.qcow2.QemuTools.ok(
+                    "qemu-io", "-r", "-f", "raw", "-c", "read -P 0x6e 1M 256k", uri);
             assertTrue(!r.contains("Pattern verification failed"), r);
 
             Files.writeString(config, "{\"nbd\": []}");
@@ -163,8 +202,11 @@ class DaemonServiceTest {
                 assertEquals("api", ((Map<?, ?>) list.get(0)).get("id"));
             }
             assertTrue(!Files.exists(sock), "the removed export's socket remains");
-            io.iovirt.storage.qcow2.QemuTools.qemuIoOk("nbd+unix:///api?socket=" + dir.resolve("api.sock"), "raw",
-                    "write -P 0x61 0 4k", "read -P 0x61 0 4k");
+            io.iovirt.storage.qcow2.QemuTools.qemuIoOk(
+                    "nbd+unix:///api?socket=" + dir.resolve("api.sock"),
+                    "raw",
+                    "write -P 0x61 0 4k",
+                    "read -P 0x61 0 4k");
             signal("TERM", daemon.pid());
             assertTrue(daemon.waitFor(Duration.ofSeconds(60)), "the daemon did not stop");
             assertEquals(0, daemon.exitValue(), daemon.log());
@@ -174,17 +216,24 @@ class DaemonServiceTest {
     }
 
     static void signal(String sig, long pid) throws Exception {
-        assertEquals(0, new ProcessBuilder("kill", "-" + sig, Long.toString(pid)).start().waitFor());
+        assertEquals(
+                0,
+                new ProcessBuilder("kill", "-" + sig, Long.toString(pid))
+                        .start()
+                        .waitFor());
     }
 
     /** The unit files in packaging/systemd pass systemd's own checker (with ExecStart pointed at this checkout). */
     @Test
     void unitFilesVerify() throws Exception {
-        assertTrue(Files.isExecutable(Path.of("/usr/bin/systemd-analyze")), "systemd-analyze is missing (Debian package systemd)");
+        assertTrue(
+                Files.isExecutable(Path.of("/usr/bin/systemd-analyze")),
+                "systemd-analyze is missing (Debian package systemd)");
         Path launcher = Path.of("iovirt").toAbsolutePath();
         List<String> cmd = new ArrayList<>(List.of("systemd-analyze", "verify", "--man=no"));
         for (String unit : new String[] {"iovirt.service", "iovirt-blk@.service"}) {
-            String text = Files.readString(Path.of("packaging/systemd", unit)).replace("/usr/bin/iovirt", launcher.toString());
+            String text = Files.readString(Path.of("packaging/systemd", unit))
+                    .replace("/usr/bin/iovirt", launcher.toString());
             Path copy = dir.resolve(unit.equals("iovirt-blk@.service") ? "iovirt-blk@vm1.service" : unit);
             Files.writeString(copy, text);
             cmd.add(copy.toString());

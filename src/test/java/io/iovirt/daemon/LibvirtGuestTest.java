@@ -53,13 +53,17 @@ class LibvirtGuestTest {
     @BeforeAll
     static void requirements() throws Exception {
         assertTrue("root".equals(System.getProperty("user.name")), "creates users and switches to them: run as root");
-        for (String p : new String[] {"/usr/sbin/libvirtd", "/usr/bin/virsh", "/usr/bin/setpriv", "/usr/sbin/useradd"}) {
+        for (String p :
+                new String[] {"/usr/sbin/libvirtd", "/usr/bin/virsh", "/usr/bin/setpriv", "/usr/sbin/useradd"}) {
             assertTrue(Files.isExecutable(Path.of(p)), p + " is missing: run scripts/install-deps.sh");
         }
         run(List.of("sh", "-c", "getent group " + GROUP + " >/dev/null || groupadd --system " + GROUP));
         for (String u : new String[] {SVC, VM}) {
-            run(List.of("sh", "-c", "id " + u + " >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "
-                    + "--groups " + GROUP + " " + u));
+            run(List.of(
+                    "sh",
+                    "-c",
+                    "id " + u + " >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "
+                            + "--groups " + GROUP + " " + u));
             run(List.of("usermod", "-aG", GROUP, u));
         }
         image = GuestImage.ensure();
@@ -75,8 +79,17 @@ class LibvirtGuestTest {
 
     /** {@code cmd} as {@code user} (its groups from /etc/group), with a fixed environment. */
     List<String> as(String user, Map<String, String> env, String... cmd) {
-        List<String> c = new ArrayList<>(List.of("setpriv", "--reuid=" + user, "--regid=" + user, "--init-groups",
-                "--inh-caps=-all", "--", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"));
+        List<String> c = new ArrayList<>(List.of(
+                "setpriv",
+                "--reuid=" + user,
+                "--regid=" + user,
+                "--init-groups",
+                "--inh-caps=-all",
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG=C"));
         env.forEach((k, v) -> c.add(k + "=" + v));
         c.addAll(List.of(cmd));
         return c;
@@ -108,7 +121,8 @@ class LibvirtGuestTest {
                     }
                 }
                 cpEntries.add(dst.toString());
-            } else if (src.getFileName().toString().startsWith("picocli-") || src.getFileName().toString().equals("iovirt.jar")) {
+            } else if (src.getFileName().toString().startsWith("picocli-")
+                    || src.getFileName().toString().equals("iovirt.jar")) {
                 // under Failsafe the project is on the class path as its packaged jar
                 cpEntries.add(Files.copy(src, cp.resolve(src.getFileName())).toString());
             }
@@ -130,10 +144,25 @@ class LibvirtGuestTest {
         Path control = run.resolve("control.sock");
 
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
-        try (ChildProcess daemon = ChildProcess.builder(as(SVC, Map.of(), java, "--enable-native-access=ALL-UNNAMED",
-                        "-XX:+UseSerialGC", "-cp", String.join(":", cpEntries), "io.iovirt.cli.Main", "daemon",
-                        "--control", control.toString(), "--socket-group", GROUP, "--allow-uid", Integer.toString(uid(VM))))
-                .name("iovirt daemon as " + SVC).log(dir.resolve("daemon.log")).startListening(control, Duration.ofSeconds(60))) {
+        try (ChildProcess daemon = ChildProcess.builder(as(
+                        SVC,
+                        Map.of(),
+                        java,
+                        "--enable-native-access=ALL-UNNAMED",
+                        "-XX:+UseSerialGC",
+                        "-cp",
+                        String.join(":", cpEntries),
+                        "io.iovirt.cli.Main",
+                        "daemon",
+                        "--control",
+                        control.toString(),
+                        "--socket-group",
+                        GROUP,
+                        "--allow-uid",
+                        Integer.toString(uid(VM))))
+                .name("iovirt daemon as " + SVC)
+                .log(dir.resolve("daemon.log"))
+                .startListening(control, Duration.ofSeconds(60))) {
             // a connection per request: the daemon drops control clients idle for 60 s, and the guest boot takes longer
             Rpc ctl = (method, params) -> {
                 try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(60))) {
@@ -141,10 +170,29 @@ class LibvirtGuestTest {
                 }
             };
             assertEquals(uid(SVC), statusUid(daemon.pid()), "the daemon is not running as " + SVC);
-            ctl.call("blk.add", Map.of("id", "disk", "image", disk.toString(), "socket", run.resolve("disk.sock").toString()));
+            ctl.call(
+                    "blk.add",
+                    Map.of(
+                            "id",
+                            "disk",
+                            "image",
+                            disk.toString(),
+                            "socket",
+                            run.resolve("disk.sock").toString()));
             ctl.call("net.add", Map.of("id", "sw"));
-            ctl.call("net.port.add", Map.of("net", "sw", "id", "vm", "kind", "vhost-user", "path", run.resolve("nic.sock").toString(),
-                    "mac", MAC));
+            ctl.call(
+                    "net.port.add",
+                    Map.of(
+                            "net",
+                            "sw",
+                            "id",
+                            "vm",
+                            "kind",
+                            "vhost-user",
+                            "path",
+                            run.resolve("nic.sock").toString(),
+                            "mac",
+                            MAC));
             for (String s : new String[] {"disk.sock", "nic.sock"}) {
                 Path sock = run.resolve(s);
                 assertEquals("rw-rw----", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)), s);
@@ -155,7 +203,9 @@ class LibvirtGuestTest {
             // libvirt's side, all owned by the VM user
             Path lv = Files.createDirectories(dir.resolve("lv"));
             Path kernel = Files.copy(image.kernel(), lv.resolve("vmlinux"));
-            QemuGuest guest = QemuGuest.builder(image).name("libvirt").modules("virtio_pci", "virtio_blk", "virtio_net")
+            QemuGuest guest = QemuGuest.builder(image)
+                    .name("libvirt")
+                    .modules("virtio_pci", "virtio_blk", "virtio_net")
                     .payload("""
                             for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
                             echo "iovirt-test: sha=$(dd if=/dev/vda bs=1M skip=8 count=1 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
@@ -170,21 +220,44 @@ class LibvirtGuestTest {
                             arping -U -c 3 -I $IF 10.0.99.2 >/dev/null 2>&1 || true
                             echo "iovirt-test: done"
                             sleep 600
-                            """).build();
+                            """)
+                    .build();
             Path initrd = lv.resolve("initrd.cpio");
             String cmdline = guest.exportBoot(initrd);
             Path console = lv.resolve("console.log");
-            Map<?, ?> xmlReply = (Map<?, ?>) ctl.call("libvirt-xml", Map.of("id", "disk,sw/vm", "name", "iovirt-lv",
-                    "memory", 256L, "kernel", kernel.toString(), "initrd", initrd.toString(), "cmdline", cmdline,
-                    "console", console.toString()));
+            Map<?, ?> xmlReply = (Map<?, ?>) ctl.call(
+                    "libvirt-xml",
+                    Map.of(
+                            "id",
+                            "disk,sw/vm",
+                            "name",
+                            "iovirt-lv",
+                            "memory",
+                            256L,
+                            "kernel",
+                            kernel.toString(),
+                            "initrd",
+                            initrd.toString(),
+                            "cmdline",
+                            cmdline,
+                            "console",
+                            console.toString()));
             Path xml = lv.resolve("domain.xml");
             Files.writeString(xml, (String) xmlReply.get("xml"));
             LibvirtXmlTest.validate(dir, (String) xmlReply.get("xml"));
             Path cfg = Files.createDirectories(lv.resolve("config/libvirt"));
             Files.writeString(cfg.resolve("qemu.conf"), "stdio_handler = \"file\"\n"); // no virtlogd needed
-            Map<String, String> env = Map.of("HOME", lv.resolve("home").toString(),
-                    "XDG_RUNTIME_DIR", lv.resolve("xdg-run").toString(), "XDG_CONFIG_HOME", lv.resolve("config").toString(),
-                    "XDG_CACHE_HOME", lv.resolve("cache").toString(), "XDG_DATA_HOME", lv.resolve("data").toString());
+            Map<String, String> env = Map.of(
+                    "HOME",
+                    lv.resolve("home").toString(),
+                    "XDG_RUNTIME_DIR",
+                    lv.resolve("xdg-run").toString(),
+                    "XDG_CONFIG_HOME",
+                    lv.resolve("config").toString(),
+                    "XDG_CACHE_HOME",
+                    lv.resolve("cache").toString(),
+                    "XDG_DATA_HOME",
+                    lv.resolve("data").toString());
             for (String d : new String[] {"home", "xdg-run", "cache", "data"}) {
                 Files.createDirectories(lv.resolve(d));
             }
@@ -192,16 +265,24 @@ class LibvirtGuestTest {
             run(List.of("chmod", "-R", "go-rwx", lv.resolve("xdg-run").toString()));
             Path sock = lv.resolve("xdg-run/libvirt/libvirt-sock");
             try (ChildProcess libvirtd = ChildProcess.builder(as(VM, env, "libvirtd"))
-                    .name("libvirtd as " + VM).log(dir.resolve("libvirtd.log")).startListening(sock, Duration.ofSeconds(120))) {
+                    .name("libvirtd as " + VM)
+                    .log(dir.resolve("libvirtd.log"))
+                    .startListening(sock, Duration.ofSeconds(120))) {
                 String virsh = "virsh";
                 run(as(VM, env, virsh, "-c", "qemu:///session", "define", xml.toString()));
                 try {
                     run(as(VM, env, virsh, "-c", "qemu:///session", "start", "iovirt-lv"));
-                    assertEquals("running", run(as(VM, env, virsh, "-c", "qemu:///session", "domstate", "iovirt-lv")).trim());
+                    assertEquals(
+                            "running",
+                            run(as(VM, env, virsh, "-c", "qemu:///session", "domstate", "iovirt-lv"))
+                                    .trim());
                     String out = awaitFile(console, "iovirt-test: done", Duration.ofSeconds(400));
                     assertEquals(sha256(hostPattern), field(out, "sha"), "the guest read the host's data:\n" + out);
                     assertEquals(MAC, field(out, "mac"));
-                    assertEquals("running", run(as(VM, env, virsh, "-c", "qemu:///session", "domstate", "iovirt-lv")).trim());
+                    assertEquals(
+                            "running",
+                            run(as(VM, env, virsh, "-c", "qemu:///session", "domstate", "iovirt-lv"))
+                                    .trim());
                     Map<?, ?> info = (Map<?, ?>) ctl.call("blk.info", Map.of("id", "disk"));
                     assertEquals(true, info.get("connected"));
                     long qemuPid = (Long) info.get("frontend_pid");
@@ -210,14 +291,21 @@ class LibvirtGuestTest {
                     boolean learned = false;
                     for (int i = 0; i < 100 && !learned; i++) {
                         for (Object o : (List<?>) ctl.call("net.macs", Map.of("net", "sw"))) {
-                            learned |= MAC.equals(((Map<?, ?>) o).get("mac")) && "vm".equals(((Map<?, ?>) o).get("port"));
+                            learned |=
+                                    MAC.equals(((Map<?, ?>) o).get("mac")) && "vm".equals(((Map<?, ?>) o).get("port"));
                         }
                         Thread.sleep(100);
                     }
-                    assertTrue(learned, "the switch never learned the guest's MAC: " + ctl.call("net.macs", Map.of("net", "sw")));
+                    assertTrue(
+                            learned,
+                            "the switch never learned the guest's MAC: " + ctl.call("net.macs", Map.of("net", "sw")));
                 } finally {
-                    new ProcessBuilder(as(VM, env, virsh, "-c", "qemu:///session", "destroy", "iovirt-lv")).start().waitFor();
-                    new ProcessBuilder(as(VM, env, virsh, "-c", "qemu:///session", "undefine", "iovirt-lv")).start().waitFor();
+                    new ProcessBuilder(as(VM, env, virsh, "-c", "qemu:///session", "destroy", "iovirt-lv"))
+                            .start()
+                            .waitFor();
+                    new ProcessBuilder(as(VM, env, virsh, "-c", "qemu:///session", "undefine", "iovirt-lv"))
+                            .start()
+                            .waitFor();
                 }
             }
             byte[] written = new byte[1 << 20];
@@ -225,7 +313,10 @@ class LibvirtGuestTest {
                 f.seek(16L << 20);
                 f.readFully(written);
             }
-            assertEquals(sha256(pattern("iovirt-libvirt-guest-wrote-this", 1 << 20)), sha256(written), "the guest's write on the host");
+            assertEquals(
+                    sha256(pattern("iovirt-libvirt-guest-wrote-this", 1 << 20)),
+                    sha256(written),
+                    "the guest's write on the host");
             assertTrue(daemon.isAlive(), daemon.logTail(30));
         }
     }

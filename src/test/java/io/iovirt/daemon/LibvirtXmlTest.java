@@ -20,11 +20,15 @@ class LibvirtXmlTest {
     Path dir;
 
     static void validate(Path dir, String xml) throws Exception {
-        assertTrue(Files.isExecutable(Path.of("/usr/bin/virt-xml-validate")) && Files.isExecutable(Path.of("/usr/bin/xmllint")),
+        assertTrue(
+                Files.isExecutable(Path.of("/usr/bin/virt-xml-validate"))
+                        && Files.isExecutable(Path.of("/usr/bin/xmllint")),
                 "virt-xml-validate is not installed: run scripts/install-deps.sh (libvirt-clients, libxml2-utils)");
         Path f = Files.createTempFile(dir, "domain", ".xml");
         Files.writeString(f, xml);
-        Process p = new ProcessBuilder("virt-xml-validate", f.toString(), "domain").redirectErrorStream(true).start();
+        Process p = new ProcessBuilder("virt-xml-validate", f.toString(), "domain")
+                .redirectErrorStream(true)
+                .start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(p.waitFor(60, TimeUnit.SECONDS));
         assertEquals(0, p.exitValue(), out + "\n" + xml);
@@ -38,15 +42,57 @@ class LibvirtXmlTest {
             try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
                 f.setLength(1 << 20);
             }
-            d.call("blk.add", Map.of("id", "disk", "image", img.toString(), "socket", dir.resolve("d.sock").toString(),
-                    "readonly", true));
+            d.call(
+                    "blk.add",
+                    Map.of(
+                            "id",
+                            "disk",
+                            "image",
+                            img.toString(),
+                            "socket",
+                            dir.resolve("d.sock").toString(),
+                            "readonly",
+                            true));
             d.call("net.add", Map.of("id", "sw"));
-            d.call("net.port.add", Map.of("net", "sw", "id", "pv", "kind", "vhost-user", "path", dir.resolve("pv.sock").toString(),
-                    "queues", 2L, "mac", "52:54:00:aa:bb:cc"));
-            d.call("net.port.add", Map.of("net", "sw", "id", "fv", "kind", "stream", "path", dir.resolve("fv.sock").toString()));
+            d.call(
+                    "net.port.add",
+                    Map.of(
+                            "net",
+                            "sw",
+                            "id",
+                            "pv",
+                            "kind",
+                            "vhost-user",
+                            "path",
+                            dir.resolve("pv.sock").toString(),
+                            "queues",
+                            2L,
+                            "mac",
+                            "52:54:00:aa:bb:cc"));
+            d.call(
+                    "net.port.add",
+                    Map.of(
+                            "net",
+                            "sw",
+                            "id",
+                            "fv",
+                            "kind",
+                            "stream",
+                            "path",
+                            dir.resolve("fv.sock").toString()));
             for (String id : new String[] {"disk", "pv", "sw/fv", "01:00.1", "disk,pv,fv,0000:3b:02.7"}) {
-                String xml = (String) ((Map<?, ?>) d.call("libvirt-xml", Map.of("id", id, "kernel", "/boot/vmlinuz",
-                        "initrd", "/boot/initrd", "cmdline", "console=ttyS0 <&>"))).get("xml");
+                String xml = (String) ((Map<?, ?>) d.call(
+                                "libvirt-xml",
+                                Map.of(
+                                        "id",
+                                        id,
+                                        "kernel",
+                                        "/boot/vmlinuz",
+                                        "initrd",
+                                        "/boot/initrd",
+                                        "cmdline",
+                                        "console=ttyS0 <&>")))
+                        .get("xml");
                 validate(dir, xml);
                 assertTrue(xml.contains("memAccess='shared'"), xml);
                 assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
@@ -64,15 +110,22 @@ class LibvirtXmlTest {
                 f.setLength(1 << 20);
             }
         }
-        io.iovirt.vm.compose.VmSpec spec = new io.iovirt.vm.compose.VmSpec("vm1", io.iovirt.vm.compose.VmSpec.Profile.PVHVM, 256, 1,
-                List.of(new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.PV, a, false),
+        io.iovirt.vm.compose.VmSpec spec = new io.iovirt.vm.compose.VmSpec(
+                "vm1",
+                io.iovirt.vm.compose.VmSpec.Profile.PVHVM,
+                256,
+                1,
+                List.of(
+                        new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.PV, a, false),
                         new io.iovirt.vm.compose.VmSpec.Disk(io.iovirt.vm.compose.VmSpec.Kind.FV, b, false)),
-                List.of(new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.PV, -1),
+                List.of(
+                        new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.PV, -1),
                         new io.iovirt.vm.compose.VmSpec.Nic(io.iovirt.vm.compose.VmSpec.Kind.FV, -1)),
-                List.of(), List.of());
+                List.of(),
+                List.of());
         Path run = Files.createDirectories(dir.resolve("run"));
-        try (io.iovirt.vm.compose.VmComposer c = io.iovirt.vm.compose.VmComposer.compose(spec, run,
-                io.iovirt.host.HostPaths.system().withStateDir(dir.resolve("state")))) {
+        try (io.iovirt.vm.compose.VmComposer c = io.iovirt.vm.compose.VmComposer.compose(
+                spec, run, io.iovirt.host.HostPaths.system().withStateDir(dir.resolve("state")))) {
             List<LibvirtXml.Device> devices = LibvirtXml.fromQemuArgs(c.qemuArgs());
             assertEquals(4, devices.size(), devices + " from " + c.qemuArgs());
             String xml = LibvirtXml.domain(new LibvirtXml.Domain("vm1", 256, 1, null, null, null, null), devices);

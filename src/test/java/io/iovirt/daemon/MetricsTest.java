@@ -26,9 +26,13 @@ class MetricsTest {
 
     /** promtool check metrics: exit 0 and no lint complaint (skipped when promtool is not installed). */
     static void promtool(String text) throws Exception {
-        assertTrue(Files.isExecutable(Path.of("/usr/local/bin/promtool")) || Files.isExecutable(Path.of("/usr/bin/promtool")),
+        assertTrue(
+                Files.isExecutable(Path.of("/usr/local/bin/promtool"))
+                        || Files.isExecutable(Path.of("/usr/bin/promtool")),
                 "promtool is not installed: run scripts/install-deps.sh");
-        Process p = new ProcessBuilder("promtool", "check", "metrics").redirectErrorStream(true).start();
+        Process p = new ProcessBuilder("promtool", "check", "metrics")
+                .redirectErrorStream(true)
+                .start();
         p.getOutputStream().write(text.getBytes(StandardCharsets.UTF_8));
         p.getOutputStream().close();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
@@ -44,31 +48,71 @@ class MetricsTest {
             try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
                 f.setLength(1 << 20);
             }
-            d.call("blk.add", Map.of("id", "d0", "image", img.toString(), "socket", dir.resolve("d.sock").toString(), "queues", 2L));
+            d.call(
+                    "blk.add",
+                    Map.of(
+                            "id",
+                            "d0",
+                            "image",
+                            img.toString(),
+                            "socket",
+                            dir.resolve("d.sock").toString(),
+                            "queues",
+                            2L));
             d.call("net.add", Map.of("id", "sw"));
-            d.call("net.port.add", Map.of("net", "sw", "id", "p", "kind", "stream", "path", dir.resolve("p.sock").toString()));
+            d.call(
+                    "net.port.add",
+                    Map.of(
+                            "net",
+                            "sw",
+                            "id",
+                            "p",
+                            "kind",
+                            "stream",
+                            "path",
+                            dir.resolve("p.sock").toString()));
             try (Metrics m = Metrics.start("127.0.0.1:0", d)) {
-                HttpClient c = HttpClient.newBuilder().proxy(HttpClient.Builder.NO_PROXY).build();
+                HttpClient c = HttpClient.newBuilder()
+                        .proxy(HttpClient.Builder.NO_PROXY)
+                        .build();
                 String base = "http://127.0.0.1:" + m.address().getPort();
-                HttpResponse<String> r = c.send(HttpRequest.newBuilder(URI.create(base + "/metrics")).build(),
+                HttpResponse<String> r = c.send(
+                        HttpRequest.newBuilder(URI.create(base + "/metrics")).build(),
                         HttpResponse.BodyHandlers.ofString());
                 assertEquals(200, r.statusCode());
-                assertEquals("text/plain; version=0.0.4; charset=utf-8", r.headers().firstValue("Content-Type").orElse(""));
+                assertEquals(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        r.headers().firstValue("Content-Type").orElse(""));
                 String text = r.body();
-                for (String s : new String[] {"iovirt_blk_size_bytes{device=\"d0\"} 1048576",
+                for (String s : new String[] {
+                    "iovirt_blk_size_bytes{device=\"d0\"} 1048576",
                     "iovirt_blk_request_duration_seconds_bucket{device=\"d0\",queue=\"1\",le=\"+Inf\"} 0",
                     "iovirt_blk_request_duration_seconds_bucket{device=\"d0\",queue=\"0\",le=\"0.00001\"} 0",
                     "iovirt_blk_errors_total{device=\"d0\",queue=\"0\",reason=\"io\"} 0",
                     "iovirt_net_port_dropped_total{net=\"sw\",port=\"p\",direction=\"tx\",reason=\"link_down\"} 0",
-                    "iovirt_net_port_link_up{net=\"sw\",port=\"p\"} 0", "process_resident_memory_bytes ",
-                    "iovirt_process_threads ", "iovirt_jvm_gc_collections_total{gc="}) {
+                    "iovirt_net_port_link_up{net=\"sw\",port=\"p\"} 0",
+                    "process_resident_memory_bytes ",
+                    "iovirt_process_threads ",
+                    "iovirt_jvm_gc_collections_total{gc="
+                }) {
                     assertTrue(text.contains(s), s + " missing:\n" + text);
                 }
                 promtool(text);
-                assertEquals(404, c.send(HttpRequest.newBuilder(URI.create(base + "/")).build(),
-                        HttpResponse.BodyHandlers.ofString()).statusCode());
-                assertEquals(405, c.send(HttpRequest.newBuilder(URI.create(base + "/metrics"))
-                        .POST(HttpRequest.BodyPublishers.ofString("x")).build(), HttpResponse.BodyHandlers.ofString()).statusCode());
+                assertEquals(
+                        404,
+                        c.send(
+                                        HttpRequest.newBuilder(URI.create(base + "/"))
+                                                .build(),
+                                        HttpResponse.BodyHandlers.ofString())
+                                .statusCode());
+                assertEquals(
+                        405,
+                        c.send(
+                                        HttpRequest.newBuilder(URI.create(base + "/metrics"))
+                                                .POST(HttpRequest.BodyPublishers.ofString("x"))
+                                                .build(),
+                                        HttpResponse.BodyHandlers.ofString())
+                                .statusCode());
             }
         }
     }

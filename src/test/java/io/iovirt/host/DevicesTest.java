@@ -28,11 +28,19 @@ public class DevicesTest {
         h.device("0000:00:00.0", 0x8086, 0x3e30, 0x060000).group(0);
         h.device("0000:00:01.0", 0x8086, 0x1901, 0x060400).driver("pcieport").group(1);
         h.device("0000:00:1f.0", 0x8086, 0xa305, 0x060100).group(7);
-        h.device("0000:00:1f.3", 0x8086, 0xa348, 0x040300).driver("snd_hda_intel").group(7);
+        h.device("0000:00:1f.3", 0x8086, 0xa348, 0x040300)
+                .driver("snd_hda_intel")
+                .group(7);
         h.device("0000:00:1f.4", 0x8086, 0xa323, 0x0c0500).driver("i801_smbus").group(7);
-        h.device("0000:01:00.0", 0x144d, 0xa808, 0x010802).driver("nvme").group(1).nvmeController("nvme0")
+        h.device("0000:01:00.0", 0x144d, 0xa808, 0x010802)
+                .driver("nvme")
+                .group(1)
+                .nvmeController("nvme0")
                 .block("nvme/nvme0", "nvme0n1", "nvme0n1p1", "nvme0n1p2");
-        h.device("0000:02:00.0", 0x8086, 0x15b8, 0x020000).driver("e1000e").group(8).net("eno1", 1);
+        h.device("0000:02:00.0", 0x8086, 0x15b8, 0x020000)
+                .driver("e1000e")
+                .group(8)
+                .net("eno1", 1);
         HostCheckTest.addSriovNic(h);
         h.device("0000:04:00.0", 0x10de, 0x1c82, 0x030000).driver("vfio-pci").group(9);
         h.mount("/dev/nvme0n1p2", "/").mount("/dev/nvme0n1p1", "/boot/efi").defaultRoute("eno1");
@@ -62,7 +70,10 @@ public class DevicesTest {
     }
 
     private DeviceReport.Entry entry(DeviceReport r, String bdf) {
-        return r.entries().stream().filter(e -> e.device().bdf().toString().equals(bdf)).findFirst().orElseThrow();
+        return r.entries().stream()
+                .filter(e -> e.device().bdf().toString().equals(bdf))
+                .findFirst()
+                .orElseThrow();
     }
 
     @Test
@@ -71,13 +82,18 @@ public class DevicesTest {
         DeviceReport r = DeviceReport.collect(h.paths(pciIds()));
         DeviceReport.Entry audio = entry(r, "0000:00:1f.3");
         assertEquals(Status.NO, audio.assignability().status());
-        assertTrue(audio.assignability().reasons().contains("group 7 also holds 0000:00:1f.4, bound to i801_smbus"),
+        assertTrue(
+                audio.assignability().reasons().contains("group 7 also holds 0000:00:1f.4, bound to i801_smbus"),
                 audio.assignability().reasons().toString());
         DeviceReport.Entry smbus = entry(r, "0000:00:1f.4");
-        assertTrue(smbus.assignability().reasons().contains("group 7 also holds 0000:00:1f.3, bound to snd_hda_intel"),
+        assertTrue(
+                smbus.assignability().reasons().contains("group 7 also holds 0000:00:1f.3, bound to snd_hda_intel"),
                 smbus.assignability().reasons().toString());
         // The unbound LPC bridge does not block the others but can never go itself.
-        assertTrue(entry(r, "0000:00:1f.0").assignability().reasons().contains("it is the ISA/LPC bridge: the platform needs it"));
+        assertTrue(entry(r, "0000:00:1f.0")
+                .assignability()
+                .reasons()
+                .contains("it is the ISA/LPC bridge: the platform needs it"));
         assertEquals(List.of("0000:00:1f.0 (no driver)", "0000:00:1f.4 (i801_smbus)"), audio.groupPeers());
     }
 
@@ -87,9 +103,14 @@ public class DevicesTest {
         DeviceReport r = DeviceReport.collect(h.paths());
         DeviceReport.Entry nvme = entry(r, "0000:01:00.0");
         assertEquals(Status.NO, nvme.assignability().status());
-        assertTrue(nvme.assignability().reasons().contains("the host uses it: it holds the mounted filesystem / (/dev/nvme0n1p2)"),
+        assertTrue(
+                nvme.assignability()
+                        .reasons()
+                        .contains("the host uses it: it holds the mounted filesystem / (/dev/nvme0n1p2)"),
                 nvme.assignability().reasons().toString());
-        assertTrue(nvme.assignability().reasons().contains("the host uses it: it holds the mounted filesystem /boot/efi (/dev/nvme0n1p1)"));
+        assertTrue(nvme.assignability()
+                .reasons()
+                .contains("the host uses it: it holds the mounted filesystem /boot/efi (/dev/nvme0n1p1)"));
         assertEquals(List.of("nvme0n1", "nvme0n1p1", "nvme0n1p2"), nvme.blockDevices());
         DeviceReport.Entry nic = entry(r, "0000:02:00.0");
         assertTrue(nic.assignability().reasons().contains("the host uses it: it carries the default route (eno1)"));
@@ -124,12 +145,19 @@ public class DevicesTest {
         FakeHost h = desktop(tmp.resolve("h"));
         CliRun text = CliRun.host(h, "devices", "--pci-ids", pciIds().toString());
         assertEquals(0, text.exit(), text.err());
-        assertTrue(text.out().contains("0000:03:00.0 Ethernet controller [0200]: Intel Corporation 82576 Gigabit Network Connection [8086:10c9] (rev 01)"),
+        assertTrue(
+                text.out()
+                        .contains(
+                                "0000:03:00.0 Ethernet controller [0200]: Intel Corporation 82576 Gigabit Network Connection [8086:10c9] (rev 01)"),
                 text.out());
-        assertTrue(text.out().contains("SR-IOV: 2 of 7 VFs enabled, drivers autoprobe on: 0000:03:10.0 0000:03:10.2"), text.out());
+        assertTrue(
+                text.out().contains("SR-IOV: 2 of 7 VFs enabled, drivers autoprobe on: 0000:03:10.0 0000:03:10.2"),
+                text.out());
         assertTrue(text.out().contains("virtual function of 0000:03:00.0"));
         assertTrue(text.out().contains("- group 7 also holds 0000:00:1f.3, bound to snd_hda_intel"), text.out());
-        assertTrue(text.out().contains("assignable: after binding: bound to igbvf; run: iovirt host bind 0000:03:10.0"), text.out());
+        assertTrue(
+                text.out().contains("assignable: after binding: bound to igbvf; run: iovirt host bind 0000:03:10.0"),
+                text.out());
 
         CliRun one = CliRun.host(h, "devices", "--json", "0000:04:00.0");
         assertEquals(0, one.exit(), one.err());

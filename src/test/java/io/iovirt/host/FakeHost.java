@@ -22,7 +22,8 @@ public final class FakeHost {
     public final Path dev;
     public final Path state;
     private final StringBuilder mounts = new StringBuilder();
-    private final StringBuilder routes = new StringBuilder("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n");
+    private final StringBuilder routes =
+            new StringBuilder("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n");
 
     public FakeHost(Path root) {
         this.root = root;
@@ -42,8 +43,10 @@ public final class FakeHost {
         write(sys.resolve("bus/pci/drivers_probe"), "");
         write(proc.resolve("cmdline"), "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet\n");
         write(proc.resolve("interrupts"), "           CPU0\n  0:         10   IO-APIC   2-edge      timer\n");
-        write(proc.resolve("self/limits"), "Limit                     Soft Limit           Hard Limit           Units\n"
-                + "Max locked memory         8388608              8388608              bytes\n");
+        write(
+                proc.resolve("self/limits"),
+                "Limit                     Soft Limit           Hard Limit           Units\n"
+                        + "Max locked memory         8388608              8388608              bytes\n");
         write(proc.resolve("self/status"), "Name:\tjava\nCapEff:\t0000000000000000\n");
         flushMounts();
         flushRoutes();
@@ -62,7 +65,13 @@ public final class FakeHost {
     public FakeHost cpu(String vendor, String flags) {
         StringBuilder b = new StringBuilder();
         for (int i = 0; i < 2; i++) {
-            b.append("processor\t: ").append(i).append("\nvendor_id\t: ").append(vendor).append("\nflags\t\t: ").append(flags).append("\n\n");
+            b.append("processor\t: ")
+                    .append(i)
+                    .append("\nvendor_id\t: ")
+                    .append(vendor)
+                    .append("\nflags\t\t: ")
+                    .append(flags)
+                    .append("\n\n");
         }
         write(proc.resolve("cpuinfo"), b.toString());
         return this;
@@ -86,8 +95,10 @@ public final class FakeHost {
     }
 
     public FakeHost interruptRemapping() {
-        write(proc.resolve("interrupts"), "           CPU0\n  0:         10   IR-IO-APIC    2-edge      timer\n"
-                + " 24:          0   IR-PCI-MSI-0000:00:1f.2    0-edge      ahci\n");
+        write(
+                proc.resolve("interrupts"),
+                "           CPU0\n  0:         10   IR-IO-APIC    2-edge      timer\n"
+                        + " 24:          0   IR-PCI-MSI-0000:00:1f.2    0-edge      ahci\n");
         return this;
     }
 
@@ -106,7 +117,11 @@ public final class FakeHost {
     }
 
     /** What {@link #kvmProbe()} reports for the fixture's /dev/kvm. */
-    public enum KvmKind { WORKING, DENIED, NO_VM }
+    public enum KvmKind {
+        WORKING,
+        DENIED,
+        NO_VM
+    }
 
     private KvmKind kvmKind = KvmKind.WORKING;
 
@@ -119,8 +134,12 @@ public final class FakeHost {
             }
             return switch (kvmKind) {
                 case WORKING -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, 0, 12, 0, real.cpuFlags());
-                case DENIED -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, io.iovirt.linux.Errno.EACCES, 0, 0, real.cpuFlags());
-                case NO_VM -> new io.iovirt.vm.Accelerator.KvmFacts(device, true, 0, 12, -io.iovirt.linux.Errno.EBUSY, real.cpuFlags());
+                case DENIED ->
+                    new io.iovirt.vm.Accelerator.KvmFacts(
+                            device, true, io.iovirt.linux.Errno.EACCES, 0, 0, real.cpuFlags());
+                case NO_VM ->
+                    new io.iovirt.vm.Accelerator.KvmFacts(
+                            device, true, 0, 12, -io.iovirt.linux.Errno.EBUSY, real.cpuFlags());
             };
         };
     }
@@ -129,8 +148,10 @@ public final class FakeHost {
     public FakeHost netDevicesAndHugepages(long hugepages) {
         write(dev.resolve("net/tun"), "");
         write(dev.resolve("vhost-net"), "");
-        write(proc.resolve("meminfo"), "MemTotal:       24000000 kB\nHugePages_Total:    " + hugepages
-                + "\nHugePages_Free:     " + hugepages + "\nHugepagesize:       2048 kB\n");
+        write(
+                proc.resolve("meminfo"),
+                "MemTotal:       24000000 kB\nHugePages_Total:    " + hugepages + "\nHugePages_Free:     " + hugepages
+                        + "\nHugepagesize:       2048 kB\n");
         return this;
     }
 
@@ -164,14 +185,26 @@ public final class FakeHost {
 
     /** A typical Intel host with the IOMMU on: VT-x, /dev/kvm, DMAR, dmar0, IR, intel_iommu=on iommu=pt, vfio. */
     public FakeHost intelHostWithIommu() {
-        return intelCpu(true).kvm().acpiTable("DMAR").iommu("dmar0").interruptRemapping()
-                .cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt").vfio().capIpcLock()
+        return intelCpu(true)
+                .kvm()
+                .acpiTable("DMAR")
+                .iommu("dmar0")
+                .interruptRemapping()
+                .cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt")
+                .vfio()
+                .capIpcLock()
                 .netDevicesAndHugepages(512);
     }
 
     /** An AMD host: AMD-V, IVRS, ivhd0, IR, no command-line switch needed. */
     public FakeHost amdHostWithIommu() {
-        return amdCpu(true).kvm().acpiTable("IVRS").iommu("ivhd0").interruptRemapping().vfio().capIpcLock()
+        return amdCpu(true)
+                .kvm()
+                .acpiTable("IVRS")
+                .iommu("ivhd0")
+                .interruptRemapping()
+                .vfio()
+                .capIpcLock()
                 .netDevicesAndHugepages(512);
     }
 
@@ -313,8 +346,15 @@ public final class FakeHost {
 
     /** The CLI options that point at this fixture. */
     public List<String> cliRoots() {
-        return new ArrayList<>(List.of("--sysfs-root", sys.toString(), "--proc-root", proc.toString(), "--dev-root", dev.toString(),
-                "--state-dir", state.toString()));
+        return new ArrayList<>(List.of(
+                "--sysfs-root",
+                sys.toString(),
+                "--proc-root",
+                proc.toString(),
+                "--dev-root",
+                dev.toString(),
+                "--state-dir",
+                state.toString()));
     }
 
     public String read(String sysRelative) {

@@ -4,10 +4,10 @@ package io.iovirt.host;
 import io.iovirt.cli.Main;
 import java.io.IOException;
 import java.io.PrintWriter;
+import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.stream.Stream;
-import java.io.StringWriter;
 import picocli.CommandLine;
 
 /**
@@ -20,8 +20,7 @@ import picocli.CommandLine;
  * prints {@code nvme-state BDF=live|none|<state>}.
  */
 public final class GuestScriptMain {
-    private GuestScriptMain() {
-    }
+    private GuestScriptMain() {}
 
     public static void main(String[] commands) throws Exception {
         for (int i = 0; i < commands.length; i++) {

@@ -33,6 +33,7 @@ import picocli.CommandLine;
 class HostNestedGuestTest {
     /** JVM start-up and class loading over 9p under TCG dominate; one JVM runs all commands (see GuestScriptMain). */
     private static final Duration TIMEOUT = Duration.ofMinutes(12);
+
     private static final String PF = "0000:01:00.0";
     private static final String VF1 = "0000:01:00.1";
     private static final String VF2 = "0000:01:00.2";
@@ -48,35 +49,39 @@ class HostNestedGuestTest {
         }
         String state = " --state-dir /run/iovirt";
         List<String> commands = List.of(
-                "host check --require vfio,sriov --json" + state,                        // 0
-                "host vfs " + PF + " --count 2 --no-provision --json" + state,           // 1 VFs without resources
-                "@wait-nvme " + VF1,                                                     // 2
-                "host vfs " + PF + " --count 0" + state,                                 // 3
-                "host vfs " + PF + " --count 2 --no-autoprobe --json" + state,           // 4 provisioned
-                "host bind " + VF1 + " --json" + state,                                  // 5
-                "host assign " + VF1 + " --vm vm-a --json" + state,                      // 6
-                "host assign " + VF1 + " --vm vm-b" + state,                             // 7
-                "host devices " + VF1 + " --json" + state,                               // 8
-                "host unbind " + VF1 + state,                                            // 9 refused: assigned
-                "host release " + VF1 + " --vm vm-a" + state,                            // 10
-                "host unbind " + VF1 + " --json" + state,                                // 11
-                "host vfs " + PF + " --count 0" + state,                                 // 12
-                "host vfs " + PF + " --count 2 --autoprobe --json" + state,              // 13
-                "@wait-nvme " + VF1,                                                     // 14
-                "@wait-nvme " + VF2,                                                     // 15
-                "host bind " + VF2 + " --json" + state,                                  // 16 from nvme to vfio-pci
-                "host reset " + VF2 + " --json" + state,                                 // 17
-                "host unbind " + VF2 + " --json" + state,                                // 18 back to nvme
-                "@wait-nvme " + VF2);                                                    // 19
+                "host check --require vfio,sriov --json" + state, // 0
+                "host vfs " + PF + " --count 2 --no-provision --json" + state, // 1 VFs without resources
+                "@wait-nvme " + VF1, // 2
+                "host vfs " + PF + " --count 0" + state, // 3
+                "host vfs " + PF + " --count 2 --no-autoprobe --json" + state, // 4 provisioned
+                "host bind " + VF1 + " --json" + state, // 5
+                "host assign " + VF1 + " --vm vm-a --json" + state, // 6
+                "host assign " + VF1 + " --vm vm-b" + state, // 7
+                "host devices " + VF1 + " --json" + state, // 8
+                "host unbind " + VF1 + state, // 9 refused: assigned
+                "host release " + VF1 + " --vm vm-a" + state, // 10
+                "host unbind " + VF1 + " --json" + state, // 11
+                "host vfs " + PF + " --count 0" + state, // 12
+                "host vfs " + PF + " --count 2 --autoprobe --json" + state, // 13
+                "@wait-nvme " + VF1, // 14
+                "@wait-nvme " + VF2, // 15
+                "host bind " + VF2 + " --json" + state, // 16 from nvme to vfio-pci
+                "host reset " + VF2 + " --json" + state, // 17
+                "host unbind " + VF2 + " --json" + state, // 18 back to nvme
+                "@wait-nvme " + VF2); // 19
         StringBuilder quoted = new StringBuilder();
         for (String c : commands) {
             quoted.append(" '").append(c).append('\'');
         }
-        Path jdk = Path.of(ProcessHandle.current().info().command().orElseThrow()).toRealPath().getParent().getParent();
-        String classpath = String.join(":", codeSource(HostCommand.class), codeSource(GuestScriptMain.class),
-                codeSource(CommandLine.class));
+        Path jdk = Path.of(ProcessHandle.current().info().command().orElseThrow())
+                .toRealPath()
+                .getParent()
+                .getParent();
+        String classpath = String.join(
+                ":", codeSource(HostCommand.class), codeSource(GuestScriptMain.class), codeSource(CommandLine.class));
         for (String p : List.of(jdk.toString(), classpath)) {
-            assertFalse(p.startsWith("/run/") || p.contains(":/run/"), "the guest mounts a tmpfs over /run, hiding " + p);
+            assertFalse(
+                    p.startsWith("/run/") || p.contains(":/run/"), "the guest mounts a tmpfs over /run, hiding " + p);
         }
         String payload = """
                 set -u
@@ -91,23 +96,34 @@ class HostNestedGuestTest {
                 for vf in %s %s; do echo "driver_$vf=$(basename "$(readlink /sys/bus/pci/devices/$vf/driver)")"; done
                 dmesg | grep -e nvme -e vfio | sed 's/^/dmesg: /'
                 """.formatted(jdk, classpath, quoted, VF1, VF2);
-        GuestResult r = QemuGuest.builder(GuestImage.ensure()).workDir(dir).name("host-nested")
+        GuestResult r = QemuGuest.builder(GuestImage.ensure())
+                .workDir(dir)
+                .name("host-nested")
                 .memoryMiB(1024)
                 .machineOptions("kernel-irqchip=split")
                 .modules("virtio_pci", "9pnet_virtio", "9p", "nvme", "vfio_pci")
                 .kernelArgs("intel_iommu=on")
-                .args("-device", "intel-iommu,intremap=on,caching-mode=on",
-                        "-device", "pcie-root-port,id=rp1,chassis=1,slot=1",
-                        "-device", "nvme-subsys,id=subsys0,nqn=subsys0",
-                        "-device", "nvme,id=nvme0,serial=sriovpf,bus=rp1,subsys=subsys0,sriov_max_vfs=2,"
+                .args(
+                        "-device",
+                        "intel-iommu,intremap=on,caching-mode=on",
+                        "-device",
+                        "pcie-root-port,id=rp1,chassis=1,slot=1",
+                        "-device",
+                        "nvme-subsys,id=subsys0,nqn=subsys0",
+                        "-device",
+                        "nvme,id=nvme0,serial=sriovpf,bus=rp1,subsys=subsys0,sriov_max_vfs=2,"
                                 + "sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=6,msix_qsize=4",
-                        "-drive", "file=" + QemuGuest.escape(pfImage.toString()) + ",if=none,id=nvm0,format=raw",
-                        "-device", "nvme-ns,drive=nvm0,bus=nvme0,nsid=1",
+                        "-drive",
+                        "file=" + QemuGuest.escape(pfImage.toString()) + ",if=none,id=nvm0,format=raw",
+                        "-device",
+                        "nvme-ns,drive=nvm0,bus=nvme0,nsid=1",
                         // multidevs=remap: /proc, /sys, /dev of the host are separate devices; without it their
                         // inode numbers collide and the guest mounts proc on the wrong directory.
-                        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
+                        "-virtfs",
+                        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
                 .payload(payload)
-                .build().run(TIMEOUT);
+                .build()
+                .run(TIMEOUT);
         System.out.println(r.output()); // kept in the surefire report: what iovirt printed inside the guest
         assertEquals(0, r.exitCode(), r.consoleTail(80));
         assertEquals("0", r.field("java_exit"), r.output());
@@ -115,9 +131,18 @@ class HostNestedGuestTest {
 
         // host check: IOMMU, interrupt remapping and vfio are PASS; VFIO and SR-IOV possible.
         s.get(0).assertRc(0);
-        for (String id : List.of("iommu-firmware", "iommu-enabled", "interrupt-remapping", "vfio-modules", "vfio-device",
-                "iommu-groups", "sriov-devices")) {
-            assertTrue(Pattern.compile("\"id\": \"" + id + "\",\\s*\"status\": \"PASS\"").matcher(s.get(0).out).find(),
+        for (String id : List.of(
+                "iommu-firmware",
+                "iommu-enabled",
+                "interrupt-remapping",
+                "vfio-modules",
+                "vfio-device",
+                "iommu-groups",
+                "sriov-devices")) {
+            assertTrue(
+                    Pattern.compile("\"id\": \"" + id + "\",\\s*\"status\": \"PASS\"")
+                            .matcher(s.get(0).out)
+                            .find(),
                     id + ":\n" + s.get(0).out);
         }
         assertTrue(s.get(0).out.contains("\"ok\": true"), s.get(0).out);
@@ -143,7 +168,11 @@ class HostNestedGuestTest {
         s.get(5).assertRc(0);
         assertTrue(s.get(5).out.contains("\"driver_after\": \"vfio-pci\""), s.get(5).out);
         assertTrue(s.get(5).out.contains("\"vfio_device_present\": true"), s.get(5).out);
-        assertTrue(Pattern.compile("\"vfio_device\": \"/dev/vfio/\\d+\"").matcher(s.get(5).out).find(), s.get(5).out);
+        assertTrue(
+                Pattern.compile("\"vfio_device\": \"/dev/vfio/\\d+\"")
+                        .matcher(s.get(5).out)
+                        .find(),
+                s.get(5).out);
 
         // host assign: vm-a gets it, vm-b is refused; the device list says so.
         s.get(6).assertRc(0);
@@ -209,6 +238,8 @@ class HostNestedGuestTest {
     }
 
     private static String codeSource(Class<?> c) throws URISyntaxException, IOException {
-        return Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI()).toRealPath().toString();
+        return Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI())
+                .toRealPath()
+                .toString();
     }
 }

@@ -71,11 +71,20 @@ class RealHostTest {
         CliRun r = CliRun.run(List.of("host", "devices", "--state-dir", state.toString()));
         assertEquals(0, r.exit(), r.err());
         for (String bdf : real) {
-            String vendor = Files.readString(Path.of("/sys/bus/pci/devices", bdf, "vendor")).strip().substring(2);
-            String device = Files.readString(Path.of("/sys/bus/pci/devices", bdf, "device")).strip().substring(2);
-            assertTrue(r.out().contains(bdf + " ") && r.out().contains("[" + vendor + ":" + device + "]"), bdf + " missing:\n" + r.out());
+            String vendor = Files.readString(Path.of("/sys/bus/pci/devices", bdf, "vendor"))
+                    .strip()
+                    .substring(2);
+            String device = Files.readString(Path.of("/sys/bus/pci/devices", bdf, "device"))
+                    .strip()
+                    .substring(2);
+            assertTrue(
+                    r.out().contains(bdf + " ") && r.out().contains("[" + vendor + ":" + device + "]"),
+                    bdf + " missing:\n" + r.out());
         }
-        long listed = r.out().lines().filter(l -> Bdf.tryParse(l.split(" ")[0]) != null).count();
+        long listed = r.out()
+                .lines()
+                .filter(l -> Bdf.tryParse(l.split(" ")[0]) != null)
+                .count();
         assertEquals(real.size(), listed);
         if (ls("/sys/kernel/iommu_groups").isEmpty()) {
             assertFalse(r.out().contains("assignable: yes"), r.out());
@@ -87,12 +96,17 @@ class RealHostTest {
     @Test
     void theRootFilesystemsDeviceIsProtected() throws IOException {
         // Which PCI function holds "/" according to the kernel's own links, found without iovirt's code.
-        String rootSource = Files.readAllLines(Path.of("/proc/mounts")).stream().map(l -> l.split(" "))
-                .filter(f -> f[1].equals("/") && f[0].startsWith("/dev/")).map(f -> f[0]).findFirst().orElse(null);
+        String rootSource = Files.readAllLines(Path.of("/proc/mounts")).stream()
+                .map(l -> l.split(" "))
+                .filter(f -> f[1].equals("/") && f[0].startsWith("/dev/"))
+                .map(f -> f[0])
+                .findFirst()
+                .orElse(null);
         if (rootSource == null) {
             return; // root is not a block device here (overlay, tmpfs): nothing to protect
         }
-        Path classLink = Path.of("/sys/class/block", Path.of(rootSource).getFileName().toString());
+        Path classLink =
+                Path.of("/sys/class/block", Path.of(rootSource).getFileName().toString());
         if (!Files.exists(classLink)) {
             return;
         }
@@ -106,14 +120,19 @@ class RealHostTest {
         if (pci == null) {
             return; // not on PCI
         }
-        HostUsage usage = HostUsage.scan(new SysfsTree(Path.of("/sys"), "--sysfs-root"), new SysfsTree(Path.of("/proc"), "--proc-root"),
+        HostUsage usage = HostUsage.scan(
+                new SysfsTree(Path.of("/sys"), "--sysfs-root"),
+                new SysfsTree(Path.of("/proc"), "--proc-root"),
                 new SysfsTree(Path.of("/dev"), "--dev-root"));
         String expected = "holds the mounted filesystem / (" + rootSource + ")";
         assertTrue(usage.uses(Bdf.parse(pci)).contains(expected), pci + ": " + usage.uses(Bdf.parse(pci)));
         // The refusal happens before any write: checked through the planner, never by binding the real disk.
         DriverBinding b = new DriverBinding(HostPaths.system().withStateDir(state));
-        List<String> problems = b.bindProblems(PciInventory.scan(new SysfsTree(Path.of("/sys"), "--sysfs-root")),
-                PciInventory.scan(new SysfsTree(Path.of("/sys"), "--sysfs-root")).require(Bdf.parse(pci)), "vfio-pci");
+        List<String> problems = b.bindProblems(
+                PciInventory.scan(new SysfsTree(Path.of("/sys"), "--sysfs-root")),
+                PciInventory.scan(new SysfsTree(Path.of("/sys"), "--sysfs-root"))
+                        .require(Bdf.parse(pci)),
+                "vfio-pci");
         assertTrue(problems.contains("the host uses it: it " + expected), problems.toString());
     }
 }

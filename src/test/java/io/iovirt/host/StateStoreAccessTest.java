@@ -38,9 +38,17 @@ class StateStoreAccessTest {
         // The umask is per process and Java cannot set it: run the writer in a child under umask 000.
         Path dir = tmp.resolve("a/state");
         String java = ProcessHandle.current().info().command().orElseThrow();
-        List<String> cmd = List.of("sh", "-c", "umask 000; exec \"$0\" -cp \"$1\" " + StateWriterMain.class.getName() + " \"$2\"",
-                java, System.getProperty("java.class.path"), dir.toString());
-        try (ChildProcess child = ChildProcess.builder(cmd).name("state writer").log(tmp.resolve("writer.log")).start()) {
+        List<String> cmd = List.of(
+                "sh",
+                "-c",
+                "umask 000; exec \"$0\" -cp \"$1\" " + StateWriterMain.class.getName() + " \"$2\"",
+                java,
+                System.getProperty("java.class.path"),
+                dir.toString());
+        try (ChildProcess child = ChildProcess.builder(cmd)
+                .name("state writer")
+                .log(tmp.resolve("writer.log"))
+                .start()) {
             assertTrue(child.waitFor(Duration.ofSeconds(120)), "the writer did not end: " + child.logTail(20));
             assertEquals(0, child.exitValue(), child.logTail(20));
         }
@@ -77,13 +85,17 @@ class StateStoreAccessTest {
         });
         Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxrwxrwx"));
         HostConfigException d = assertThrows(HostConfigException.class, () -> s.read("t"));
-        assertTrue(d.getMessage().contains("the state directory " + dir + " is writable by other users (mode rwxrwxrwx)"), d.getMessage());
+        assertTrue(
+                d.getMessage().contains("the state directory " + dir + " is writable by other users (mode rwxrwxrwx)"),
+                d.getMessage());
         assertTrue(d.remedy().contains("chmod 0700 " + dir), d.remedy());
         Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwx------"));
 
         Files.setPosixFilePermissions(dir.resolve("t"), PosixFilePermissions.fromString("rw-rw-r--"));
         HostConfigException f = assertThrows(HostConfigException.class, () -> s.read("t"));
-        assertTrue(f.getMessage().contains(dir.resolve("t") + " is writable by other users (mode rw-rw-r--)"), f.getMessage());
+        assertTrue(
+                f.getMessage().contains(dir.resolve("t") + " is writable by other users (mode rw-rw-r--)"),
+                f.getMessage());
         assertTrue(f.remedy().contains("chmod 0600"), f.remedy());
         Files.setPosixFilePermissions(dir.resolve("t"), PosixFilePermissions.fromString("rw-------"));
 
@@ -96,7 +108,9 @@ class StateStoreAccessTest {
 
     @Test
     void aDirectoryOfAnotherUidIsRefused() throws Exception {
-        Require.that(io.iovirt.linux.SocketAccess.ownUid() == 0, "this test changes a directory's owner: run the suite as root");
+        Require.that(
+                io.iovirt.linux.SocketAccess.ownUid() == 0,
+                "this test changes a directory's owner: run the suite as root");
         Path dir = Files.createDirectory(tmp.resolve("state"));
         Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwx------"));
         Files.setAttribute(dir, "unix:uid", 65534);

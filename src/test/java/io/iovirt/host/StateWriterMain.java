@@ -6,8 +6,7 @@ import java.util.List;
 
 /** Writes one table into the state directory {@code args[0]}: run by StateStoreAccessTest under umask 000. */
 public final class StateWriterMain {
-    private StateWriterMain() {
-    }
+    private StateWriterMain() {}
 
     public static void main(String[] args) {
         StateStore s = new StateStore(Path.of(args[0]));

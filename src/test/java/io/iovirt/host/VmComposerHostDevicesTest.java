@@ -27,13 +27,19 @@ class VmComposerHostDevicesTest {
     void aPassedThroughDeviceBelongsToOneVm() throws Exception {
         FakeHost h = DevicesTest.desktop(tmp);
         try (VmComposer a = VmComposer.compose(vm("vm-a", List.of("0000:04:00.0"), List.of()), tmp, h.paths())) {
-            assertTrue(String.join(" ", a.qemuArgs()).contains("vfio-pci,host=0000:04:00.0"), a.qemuArgs().toString());
+            assertTrue(
+                    String.join(" ", a.qemuArgs()).contains("vfio-pci,host=0000:04:00.0"),
+                    a.qemuArgs().toString());
             assertEquals("VFIO", a.devices().get(0).technique());
         }
-        assertEquals("vm-a", new AssignmentRegistry(h.state).owner(Bdf.parse("0000:04:00.0")).vm());
+        assertEquals(
+                "vm-a",
+                new AssignmentRegistry(h.state).owner(Bdf.parse("0000:04:00.0")).vm());
         // composing vm-a again is fine (it owns the device); vm-b is refused with the remedy
-        VmComposer.compose(vm("vm-a", List.of("0000:04:00.0"), List.of()), tmp, h.paths()).close();
-        HostConfigException e = assertThrows(HostConfigException.class,
+        VmComposer.compose(vm("vm-a", List.of("0000:04:00.0"), List.of()), tmp, h.paths())
+                .close();
+        HostConfigException e = assertThrows(
+                HostConfigException.class,
                 () -> VmComposer.compose(vm("vm-b", List.of("0000:04:00.0"), List.of()), tmp, h.paths()));
         assertTrue(e.getMessage().contains("vm-a"), e.getMessage());
     }
@@ -41,7 +47,8 @@ class VmComposerHostDevicesTest {
     @Test
     void aDeviceTheHostUsesIsNotPassedThrough() {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException e = assertThrows(HostConfigException.class,
+        HostConfigException e = assertThrows(
+                HostConfigException.class,
                 () -> VmComposer.compose(vm("vm-a", List.of("0000:01:00.0"), List.of()), tmp, h.paths()));
         assertTrue(e.getMessage().contains("0000:01:00.0"), e.getMessage());
     }
@@ -49,25 +56,38 @@ class VmComposerHostDevicesTest {
     @Test
     void virtualFunctionsComeFromThePoolOneVmEach() throws Exception {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException none = assertThrows(HostConfigException.class,
+        HostConfigException none = assertThrows(
+                HostConfigException.class,
                 () -> VmComposer.compose(vm("vm-a", List.of(), List.of("0000:03:00.0")), tmp, h.paths()));
         assertTrue(none.getMessage().contains("no free virtual function"), none.getMessage());
         assertTrue(none.getMessage().contains("0000:03:10.0 is on igbvf"), none.getMessage());
 
         h.dev("0000:03:10.2").driver("vfio-pci");
         try (VmComposer a = VmComposer.compose(vm("vm-a", List.of(), List.of("0000:03:00.0")), tmp, h.paths())) {
-            assertTrue(String.join(" ", a.qemuArgs()).contains("vfio-pci,host=0000:03:10.2"), a.qemuArgs().toString());
+            assertTrue(
+                    String.join(" ", a.qemuArgs()).contains("vfio-pci,host=0000:03:10.2"),
+                    a.qemuArgs().toString());
             assertEquals("SR-IOV", a.devices().get(0).technique());
         }
-        HostConfigException taken = assertThrows(HostConfigException.class,
+        HostConfigException taken = assertThrows(
+                HostConfigException.class,
                 () -> VmComposer.compose(vm("vm-b", List.of(), List.of("0000:03:00.0")), tmp, h.paths()));
         assertTrue(taken.getMessage().contains("0000:03:10.2 belongs to vm-a"), taken.getMessage());
     }
 
     @Test
     void theHvmProfileRefusesParavirtualDevices() {
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> new VmSpec("vm", VmSpec.Profile.HVM, 512, 1,
-                List.of(new VmSpec.Disk(VmSpec.Kind.PV, tmp.resolve("d.raw"), false)), List.of(), List.of(), List.of()));
+        IllegalArgumentException e = assertThrows(
+                IllegalArgumentException.class,
+                () -> new VmSpec(
+                        "vm",
+                        VmSpec.Profile.HVM,
+                        512,
+                        1,
+                        List.of(new VmSpec.Disk(VmSpec.Kind.PV, tmp.resolve("d.raw"), false)),
+                        List.of(),
+                        List.of(),
+                        List.of()));
         assertTrue(e.getMessage().contains("--profile pvhvm"), e.getMessage());
     }
 }

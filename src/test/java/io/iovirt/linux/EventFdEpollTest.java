@@ -65,7 +65,9 @@ class EventFdEpollTest {
 
     @Test
     void epollWakesWhenAnotherThreadSignals() throws Exception {
-        try (Epoll ep = Epoll.create(8); EventFd kick = EventFd.create(true); EventFd other = EventFd.create(true)) {
+        try (Epoll ep = Epoll.create(8);
+                EventFd kick = EventFd.create(true);
+                EventFd other = EventFd.create(true)) {
             ep.add(kick.fd(), Epoll.EPOLLIN, 0x1234_5678_9abc_def0L);
             ep.add(other.fd(), Epoll.EPOLLIN, 7);
             assertEquals(0, ep.wait(0));
@@ -96,7 +98,9 @@ class EventFdEpollTest {
 
     @Test
     void reportsSeveralReadyDescriptorsAndHonoursModifyAndDelete() throws Exception {
-        try (Epoll ep = Epoll.create(4); EventFd a = EventFd.create(true); EventFd b = EventFd.create(true)) {
+        try (Epoll ep = Epoll.create(4);
+                EventFd a = EventFd.create(true);
+                EventFd b = EventFd.create(true)) {
             ep.add(a.fd(), Epoll.EPOLLIN, 1);
             ep.add(b.fd(), Epoll.EPOLLIN, 2);
             a.signal();
@@ -119,8 +123,9 @@ class EventFdEpollTest {
 
     @Test
     void replacingTheFileBehindADescriptorRedirectsLaterWrites() throws Exception {
-        try (EventFd oldCall = EventFd.create(true); EventFd newCall = EventFd.create(true);
-             EventFd user = EventFd.adopt(oldCall.fd().dup())) {
+        try (EventFd oldCall = EventFd.create(true);
+                EventFd newCall = EventFd.create(true);
+                EventFd user = EventFd.adopt(oldCall.fd().dup())) {
             int number = user.fd().get();
             user.signal();
             assertEquals(1, oldCall.read());

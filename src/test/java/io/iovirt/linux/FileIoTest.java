@@ -36,7 +36,7 @@ class FileIoTest {
     void preadAndPwriteAtOffsetsThenSync() throws Exception {
         Path file = dir.resolve("disk.raw");
         try (Arena a = Arena.ofConfined();
-             Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT | FileIo.O_EXCL, 0600)) {
+                Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT | FileIo.O_EXCL, 0600)) {
             assertTrue(fd.isCloseOnExec());
             MemorySegment data = pattern(a, 10_000, 3);
             FileIo.writeFully(fd, data, 5000);
@@ -61,7 +61,7 @@ class FileIoTest {
     void directIoWithAlignedBuffersAndRejectionOfUnalignedOnes() throws Exception {
         Path file = dir.resolve("direct.raw");
         try (Arena a = Arena.ofConfined();
-             Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT | FileIo.O_DIRECT, 0600)) {
+                Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT | FileIo.O_DIRECT, 0600)) {
             FileIo.Stat st = FileIo.stat(fd);
             assertTrue(st.isRegularFile());
             MemorySegment data = pattern(a, 8192, 9);
@@ -86,7 +86,7 @@ class FileIoTest {
     @Test
     void scatterGatherThroughAPreallocatedIovecArray() throws Exception {
         try (Arena a = Arena.ofConfined();
-             Fd fd = FileIo.open(dir.resolve("sg.raw"), FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
+                Fd fd = FileIo.open(dir.resolve("sg.raw"), FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
             IoVec iov = IoVec.allocate(a, 4);
             MemorySegment p1 = pattern(a, 512, 1);
             MemorySegment p2 = pattern(a, 1000, 2);
@@ -117,7 +117,7 @@ class FileIoTest {
     @Test
     void punchHoleAndZeroRangeKeepTheSize() throws Exception {
         try (Arena a = Arena.ofConfined();
-             Fd fd = FileIo.open(dir.resolve("sparse.raw"), FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
+                Fd fd = FileIo.open(dir.resolve("sparse.raw"), FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
             FileIo.writeFully(fd, pattern(a, 64 * 1024, 5), 0);
             FileIo.fsync(fd);
             long blocksBefore = FileIo.stat(fd).blocks();
@@ -125,7 +125,9 @@ class FileIoTest {
             FileIo.fallocate(fd, FileIo.FALLOC_FL_ZERO_RANGE | FileIo.FALLOC_FL_KEEP_SIZE, 0, 4096);
             FileIo.Stat after = FileIo.stat(fd);
             assertEquals(64 * 1024, after.size());
-            assertTrue(after.blocks() < blocksBefore, "the hole released blocks: " + blocksBefore + " -> " + after.blocks());
+            assertTrue(
+                    after.blocks() < blocksBefore,
+                    "the hole released blocks: " + blocksBefore + " -> " + after.blocks());
             MemorySegment back = a.allocate(64 * 1024);
             FileIo.readFully(fd, back, 0);
             MemorySegment original = pattern(a, 64 * 1024, 5);
@@ -149,20 +151,27 @@ class FileIoTest {
     @Test
     void blockDeviceIoctlsOnALoopDevice() throws Exception {
         Path backing = dir.resolve("loop.raw");
-        try (Arena a = Arena.ofConfined(); Fd fd = FileIo.open(backing, FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
+        try (Arena a = Arena.ofConfined();
+                Fd fd = FileIo.open(backing, FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
             FileIo.writeFully(fd, pattern(a, 1 << 20, 7), 0);
             FileIo.fsync(fd);
         }
         String loop = attachLoop(backing);
         Require.that(loop != null, "losetup could not attach a loop device here");
-        try (Arena a = Arena.ofConfined(); Fd dev = FileIo.open(Path.of(loop), FileIo.O_RDWR | FileIo.O_DIRECT)) {
+        try (Arena a = Arena.ofConfined();
+                Fd dev = FileIo.open(Path.of(loop), FileIo.O_RDWR | FileIo.O_DIRECT)) {
             assertTrue(FileIo.stat(dev).isBlockDevice());
             assertEquals(1 << 20, FileIo.blockDeviceSize(dev));
             assertEquals(1 << 20, FileIo.size(dev));
             String sysName = Path.of(loop).getFileName().toString();
-            assertEquals(Long.parseLong(Files.readString(Path.of("/sys/block", sysName, "size")).trim()) * 512,
+            assertEquals(
+                    Long.parseLong(Files.readString(Path.of("/sys/block", sysName, "size"))
+                                    .trim())
+                            * 512,
                     FileIo.blockDeviceSize(dev));
-            assertEquals(Integer.parseInt(Files.readString(Path.of("/sys/block", sysName, "queue", "logical_block_size")).trim()),
+            assertEquals(
+                    Integer.parseInt(Files.readString(Path.of("/sys/block", sysName, "queue", "logical_block_size"))
+                            .trim()),
                     FileIo.logicalBlockSize(dev));
             FileIo.blockZeroOut(dev, 0, 64 * 1024);
             FileIo.blockDiscard(dev, 128 * 1024, 64 * 1024);
@@ -179,7 +188,9 @@ class FileIoTest {
     }
 
     private static String attachLoop(Path file) throws Exception {
-        Process p = new ProcessBuilder("losetup", "--find", "--show", file.toString()).redirectErrorStream(true).start();
+        Process p = new ProcessBuilder("losetup", "--find", "--show", file.toString())
+                .redirectErrorStream(true)
+                .start();
         try {
             if (!p.waitFor(30, TimeUnit.SECONDS) || p.exitValue() != 0) {
                 return null;

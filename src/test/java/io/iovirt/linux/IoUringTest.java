@@ -93,8 +93,9 @@ class IoUringTest {
     @Test
     void writeFsyncReadRoundTripThroughAFile() throws Exception {
         Path file = dir.resolve("f.raw");
-        try (Arena a = Arena.ofConfined(); IoUring ring = IoUring.create(8);
-             Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
+        try (Arena a = Arena.ofConfined();
+                IoUring ring = IoUring.create(8);
+                Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
             MemorySegment one = pattern(a, 4096, 1);
             MemorySegment two = pattern(a, 512, 2);
             IoVec iov = IoVec.allocate(a, 2);
@@ -148,8 +149,9 @@ class IoUringTest {
     void manyDirectWritesInFlightThenVectoredReadsBack() throws Exception {
         Path file = dir.resolve("direct.raw");
         int n = 64;
-        try (Arena a = Arena.ofConfined(); IoUring ring = IoUring.create(n);
-             Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT | FileIo.O_DIRECT, 0600)) {
+        try (Arena a = Arena.ofConfined();
+                IoUring ring = IoUring.create(n);
+                Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT | FileIo.O_DIRECT, 0600)) {
             FileIo.fallocate(fd, 0, 0, (long) n * 4096); // allocated blocks: O_DIRECT writes need no metadata change
             MemorySegment[] data = new MemorySegment[n];
             for (int i = 0; i < n; i++) {
@@ -189,7 +191,8 @@ class IoUringTest {
                 assertEquals(4 * 4096, d[1]);
             }
             for (int i = 0; i < n; i++) {
-                assertEquals(-1, back.asSlice((long) (n - 1 - i) * 4096, 4096).mismatch(data[i]), "block of write " + i);
+                assertEquals(
+                        -1, back.asSlice((long) (n - 1 - i) * 4096, 4096).mismatch(data[i]), "block of write " + i);
             }
         }
     }
@@ -197,8 +200,11 @@ class IoUringTest {
     @Test
     void registeredEventFdWakesAnEpollLoop() throws Exception {
         Path file = dir.resolve("e.raw");
-        try (Arena a = Arena.ofConfined(); IoUring ring = IoUring.create(4); EventFd ev = EventFd.create(true);
-             Epoll ep = Epoll.create(4); Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
+        try (Arena a = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                EventFd ev = EventFd.create(true);
+                Epoll ep = Epoll.create(4);
+                Fd fd = FileIo.open(file, FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
             ring.registerEventFd(ev);
             assertTrue(ring.eventFdRegistered());
             ep.add(ev.fd(), Epoll.EPOLLIN, 42);
@@ -228,7 +234,8 @@ class IoUringTest {
 
     @Test
     void multishotPollReportsEveryWakeUpUntilCancelled() throws Exception {
-        try (IoUring ring = IoUring.create(4); EventFd ev = EventFd.create(true)) {
+        try (IoUring ring = IoUring.create(4);
+                EventFd ev = EventFd.create(true)) {
             ring.pollMultishot(ev.fd(), Epoll.EPOLLIN, 1);
             ring.submit();
             assertEquals(0, ring.ready(), "not readable yet");
@@ -257,7 +264,8 @@ class IoUringTest {
 
     @Test
     void oneShotPollOfABlockingEventFdAndCancellingWhatIsAlreadyDone() throws Exception {
-        try (IoUring ring = IoUring.create(4); EventFd ev = EventFd.create(false)) {
+        try (IoUring ring = IoUring.create(4);
+                EventFd ev = EventFd.create(false)) {
             ring.poll(ev.fd(), Epoll.EPOLLIN, 5);
             ring.submit();
             ev.signal();
@@ -276,9 +284,10 @@ class IoUringTest {
     void failedOperationsReportTheirErrnoAndNameTheOperation() throws Exception {
         Path file = dir.resolve("ro.raw");
         Files.write(file, new byte[8192]);
-        try (Arena a = Arena.ofConfined(); IoUring ring = IoUring.create(4);
-             Fd wronly = FileIo.open(file, FileIo.O_WRONLY);
-             Fd direct = FileIo.open(file, FileIo.O_RDWR | FileIo.O_DIRECT)) {
+        try (Arena a = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Fd wronly = FileIo.open(file, FileIo.O_WRONLY);
+                Fd direct = FileIo.open(file, FileIo.O_RDWR | FileIo.O_DIRECT)) {
             MemorySegment buf = FileIo.directBuffer(a, 8192);
             ring.read(wronly, buf.asSlice(0, 512), 0, 1); // not open for reading
             ring.readv(direct, oneEntry(a, buf.asSlice(0, 512)), 1, 1, 2); // O_DIRECT at a misaligned offset
@@ -287,11 +296,15 @@ class IoUringTest {
             ring.reap(c);
             assertEquals(-Errno.EBADF, c.result(1));
             int misaligned = (int) c.result(2);
-            LinuxException e = assertThrows(LinuxException.class, () -> IoUring.check(IoUring.OP_READ, (int) c.result(1), "fd 3"));
+            LinuxException e =
+                    assertThrows(LinuxException.class, () -> IoUring.check(IoUring.OP_READ, (int) c.result(1), "fd 3"));
             assertEquals(Errno.EBADF, e.errno());
             assertEquals("io_uring READ", e.call());
             assertTrue(e.getMessage().startsWith("io_uring READ(fd 3) failed: EBADF"), e.getMessage());
-            assertEquals(Errno.EINVAL, assertThrows(LinuxException.class, () -> IoUring.check(IoUring.OP_READV, misaligned, null)).errno());
+            assertEquals(
+                    Errno.EINVAL,
+                    assertThrows(LinuxException.class, () -> IoUring.check(IoUring.OP_READV, misaligned, null))
+                            .errno());
             assertEquals(4096, IoUring.check(IoUring.OP_WRITE, 4096, null));
         }
     }
@@ -303,7 +316,8 @@ class IoUringTest {
         assertTrue(perm.contains("kernel.io_uring_disabled") || perm.contains("seccomp"), perm);
         String nosys = IoUring.explain(new LinuxException("io_uring_setup", null, Errno.ENOSYS));
         assertTrue(nosys.contains("without io_uring"), nosys);
-        assertTrue(IoUring.explain(new LinuxException("io_uring_setup", null, Errno.ENOMEM)).contains("ulimit -l"));
+        assertTrue(IoUring.explain(new LinuxException("io_uring_setup", null, Errno.ENOMEM))
+                .contains("ulimit -l"));
     }
 
     @Test

@@ -41,8 +41,10 @@ class IoctlTunTest {
 
     @Test
     void aRequestTheDeviceDoesNotKnowIsEnotty() throws Exception {
-        try (EventFd e = EventFd.create(true); Arena a = Arena.ofConfined()) {
-            LinuxException ex = assertThrows(LinuxException.class, () -> Ioctl.call(e.fd(), Tun.TUNSETIFF, a.allocate(40)));
+        try (EventFd e = EventFd.create(true);
+                Arena a = Arena.ofConfined()) {
+            LinuxException ex =
+                    assertThrows(LinuxException.class, () -> Ioctl.call(e.fd(), Tun.TUNSETIFF, a.allocate(40)));
             assertEquals(Errno.ENOTTY, ex.errno());
             assertTrue(ex.getMessage().contains("0x400454ca"), ex.getMessage());
             assertThrows(LinuxException.class, () -> Ioctl.call(e.fd(), Ioctl.io(';', 100)));
@@ -65,7 +67,8 @@ class IoctlTunTest {
         int host = ThreadLocalRandom.current().nextInt(1, 0xfffe);
         byte[] ip = {(byte) 198, 18, (byte) (host >> 8), (byte) host};
         String ipText = (ip[0] & 0xff) + "." + ip[1] + "." + (ip[2] & 0xff) + "." + (ip[3] & 0xff);
-        try (tap; Arena a = Arena.ofConfined()) {
+        try (tap;
+                Arena a = Arena.ofConfined()) {
             assertEquals(name, tap.name());
             assertTrue(Files.exists(Path.of("/sys/class/net", name)));
             run("ip", "link", "set", name, "up");
@@ -112,7 +115,10 @@ class IoctlTunTest {
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
         try {
             assertTrue(p.waitFor(30, TimeUnit.SECONDS), String.join(" ", cmd) + " timed out");
-            assertEquals(0, p.exitValue(), String.join(" ", cmd) + ": " + new String(p.getInputStream().readAllBytes()));
+            assertEquals(
+                    0,
+                    p.exitValue(),
+                    String.join(" ", cmd) + ": " + new String(p.getInputStream().readAllBytes()));
         } finally {
             p.destroyForcibly();
         }

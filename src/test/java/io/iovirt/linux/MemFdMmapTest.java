@@ -15,8 +15,8 @@ class MemFdMmapTest {
     @Test
     void twoSharedMappingsOfOneMemfdSeeEachOthersWrites() throws Exception {
         try (Fd mem = MemFd.allocate("guest-ram", 1 << 20);
-             Mmap.Mapping a = Mmap.map(mem, 0, 1 << 20, RW, Mmap.MAP_SHARED);
-             Mmap.Mapping b = Mmap.map(mem, 0, 1 << 20, RW, Mmap.MAP_SHARED)) {
+                Mmap.Mapping a = Mmap.map(mem, 0, 1 << 20, RW, Mmap.MAP_SHARED);
+                Mmap.Mapping b = Mmap.map(mem, 0, 1 << 20, RW, Mmap.MAP_SHARED)) {
             a.segment().set(JAVA_LONG, 4096, 0xfeed_face_cafe_beefL);
             assertEquals(0xfeed_face_cafe_beefL, b.segment().get(JAVA_LONG, 4096));
             b.segment().set(JAVA_LONG, (1 << 20) - 8, 99);
@@ -28,7 +28,7 @@ class MemFdMmapTest {
     @Test
     void unalignedOffsetMapsExactlyTheRequestedRange() throws Exception {
         try (Fd mem = MemFd.allocate("ram", 3 * 4096);
-             Arena arena = Arena.ofConfined()) {
+                Arena arena = Arena.ofConfined()) {
             MemorySegment whole = Mmap.map(mem, 0, 3 * 4096, RW, Mmap.MAP_SHARED, arena);
             whole.set(JAVA_LONG, 4096 + 24, 77);
             MemorySegment part = Mmap.map(mem, 4096 + 24, 100, RW, Mmap.MAP_SHARED, arena);
@@ -80,7 +80,8 @@ class MemFdMmapTest {
         try (Fd mem = MemFd.allocate("ram", 4096)) {
             assertThrows(IllegalArgumentException.class, () -> Mmap.map(mem, 0, 0, RW, Mmap.MAP_SHARED));
             assertThrows(IllegalArgumentException.class, () -> Mmap.map(mem, -4096, 4096, RW, Mmap.MAP_SHARED));
-            LinuxException e = assertThrows(LinuxException.class, () -> Mmap.map(mem, 0, 4096, RW, 0)); // no SHARED/PRIVATE
+            LinuxException e =
+                    assertThrows(LinuxException.class, () -> Mmap.map(mem, 0, 4096, RW, 0)); // no SHARED/PRIVATE
             assertEquals(Errno.EINVAL, e.errno());
         }
     }

@@ -24,7 +24,9 @@ class PeerEventFdTest {
     void onlyEventfdsAreAdopted() throws Exception {
         UnixSocket[] pair = UnixSocket.pair();
         try (Fd file = FileIo.open(dir.resolve("f"), FileIo.O_RDWR | FileIo.O_CREAT, 0600)) {
-            var e = assertThrows(EventFd.NotAnEventFd.class, () -> EventFd.adoptFromPeer(pair[0].fd().dup(), "kick"));
+            var e = assertThrows(
+                    EventFd.NotAnEventFd.class,
+                    () -> EventFd.adoptFromPeer(pair[0].fd().dup(), "kick"));
             assertTrue(e.getMessage().startsWith("kick is socket:["), e.getMessage());
             e = assertThrows(EventFd.NotAnEventFd.class, () -> EventFd.adoptFromPeer(file.dup(), "call"));
             assertTrue(e.getMessage().contains(dir.resolve("f").toString()), e.getMessage());
@@ -36,7 +38,7 @@ class PeerEventFdTest {
             pair[1].close();
         }
         try (EventFd real = EventFd.create(0, EventFd.EFD_CLOEXEC);
-             EventFd adopted = EventFd.adoptFromPeer(real.fd().dup(), "kick")) {
+                EventFd adopted = EventFd.adoptFromPeer(real.fd().dup(), "kick")) {
             assertTrue(real.fd().isNonBlocking(), "made non-blocking (the file description is shared)");
             adopted.trySignal();
             assertEquals(1, real.read());
@@ -46,7 +48,7 @@ class PeerEventFdTest {
     @Test
     void aFullBlockingCounterCannotHoldAWriter() throws Exception {
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
-             EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
             peer.write(0xffff_ffff_ffff_fffeL);
             peer.fd().setNonBlocking(false); // the peer undoes what we did
             long start = System.nanoTime();
@@ -58,7 +60,7 @@ class PeerEventFdTest {
     @Test
     void anEmptyBlockingCounterCannotHoldAReader() throws Exception {
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
-             EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "kick")) {
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "kick")) {
             peer.fd().setNonBlocking(false);
             ours.consume(); // ended by the watchdog adding 1
             assertEquals(0, ours.consume(), "nothing pending afterwards, and no block");

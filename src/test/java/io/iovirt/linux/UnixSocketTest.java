@@ -37,20 +37,24 @@ class UnixSocketTest {
     @Test
     void passesAnEventfdAndAMemfdAndTheReceivedDescriptorsWork() throws Exception {
         UnixSocket[] p = UnixSocket.pair();
-        try (UnixSocket a = p[0]; UnixSocket b = p[1]; Arena arena = Arena.ofConfined();
-             EventFd kick = EventFd.create(true); Fd ram = MemFd.allocate("ram", 4096)) {
+        try (UnixSocket a = p[0];
+                UnixSocket b = p[1];
+                Arena arena = Arena.ofConfined();
+                EventFd kick = EventFd.create(true);
+                Fd ram = MemFd.allocate("ram", 4096)) {
             a.send(bytes(arena, "hello"), kick.fd(), ram);
             MemorySegment buf = arena.allocate(5);
             UnixSocket.Received r = b.recvFully(buf, 2);
             assertEquals(5, r.bytes());
             assertEquals("hello", new String(buf.toArray(JAVA_BYTE)));
             assertEquals(2, r.fds().size());
-            try (EventFd got = EventFd.adopt(r.fds().get(0)); Fd gotRam = r.fds().get(1)) {
+            try (EventFd got = EventFd.adopt(r.fds().get(0));
+                    Fd gotRam = r.fds().get(1)) {
                 assertTrue(got.fd().isCloseOnExec(), "received descriptors must not leak into child processes");
                 got.write(3); // through the received descriptor ...
                 assertEquals(3, kick.read()); // ... seen on the original
                 try (Mmap.Mapping m1 = Mmap.map(gotRam, 0, 4096, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED);
-                     Mmap.Mapping m2 = Mmap.map(ram, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED)) {
+                        Mmap.Mapping m2 = Mmap.map(ram, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED)) {
                     m1.segment().set(JAVA_LONG, 64, 0x0123_4567_89ab_cdefL);
                     assertEquals(0x0123_4567_89ab_cdefL, m2.segment().get(JAVA_LONG, 64));
                 }
@@ -61,7 +65,9 @@ class UnixSocketTest {
     @Test
     void moreDescriptorsThanAcceptedAreAllClosedAndReported() throws Exception {
         UnixSocket[] p = UnixSocket.pair();
-        try (UnixSocket a = p[0]; UnixSocket b = p[1]; Arena arena = Arena.ofConfined()) {
+        try (UnixSocket a = p[0];
+                UnixSocket b = p[1];
+                Arena arena = Arena.ofConfined()) {
             EventFd[] e = {EventFd.create(true), EventFd.create(true), EventFd.create(true), EventFd.create(true)};
             int before = openFdCount();
             a.send(bytes(arena, "x"), e[0].fd(), e[1].fd(), e[2].fd(), e[3].fd());
@@ -79,7 +85,10 @@ class UnixSocketTest {
     @Test
     void descriptorsOnAMessageThatTakesNoneAreRefused() throws Exception {
         UnixSocket[] p = UnixSocket.pair();
-        try (UnixSocket a = p[0]; UnixSocket b = p[1]; Arena arena = Arena.ofConfined(); EventFd e = EventFd.create(true)) {
+        try (UnixSocket a = p[0];
+                UnixSocket b = p[1];
+                Arena arena = Arena.ofConfined();
+                EventFd e = EventFd.create(true)) {
             int before = openFdCount();
             a.send(bytes(arena, "abcd"), e.fd());
             assertThrows(TooManyFdsException.class, () -> b.recvFully(arena.allocate(4), 0));
@@ -90,8 +99,11 @@ class UnixSocketTest {
     @Test
     void slackFromCmsgRoundingIsNotAcceptedSilently() throws Exception {
         UnixSocket[] p = UnixSocket.pair();
-        try (UnixSocket a = p[0]; UnixSocket b = p[1]; Arena arena = Arena.ofConfined();
-             EventFd e1 = EventFd.create(true); EventFd e2 = EventFd.create(true)) {
+        try (UnixSocket a = p[0];
+                UnixSocket b = p[1];
+                Arena arena = Arena.ofConfined();
+                EventFd e1 = EventFd.create(true);
+                EventFd e2 = EventFd.create(true)) {
             int before = openFdCount();
             a.send(bytes(arena, "y"), e1.fd(), e2.fd()); // exactly fills CMSG_SPACE(4): no MSG_CTRUNC from the kernel
             assertThrows(TooManyFdsException.class, () -> b.recv(arena.allocate(1), 1));
@@ -102,8 +114,11 @@ class UnixSocketTest {
     @Test
     void recvFullyCollectsDescriptorsAcrossPartialSends() throws Exception {
         UnixSocket[] p = UnixSocket.pair();
-        try (UnixSocket a = p[0]; UnixSocket b = p[1]; Arena arena = Arena.ofConfined();
-             EventFd e1 = EventFd.create(true); EventFd e2 = EventFd.create(true)) {
+        try (UnixSocket a = p[0];
+                UnixSocket b = p[1];
+                Arena arena = Arena.ofConfined();
+                EventFd e1 = EventFd.create(true);
+                EventFd e2 = EventFd.create(true)) {
             a.send(bytes(arena, "ab"), e1.fd());
             a.send(bytes(arena, "cd"), e2.fd());
             MemorySegment buf = arena.allocate(4);
@@ -117,7 +132,9 @@ class UnixSocketTest {
     @Test
     void endOfStreamBeforeAndInsideAMessage() throws Exception {
         UnixSocket[] p = UnixSocket.pair();
-        try (UnixSocket a = p[0]; UnixSocket b = p[1]; Arena arena = Arena.ofConfined()) {
+        try (UnixSocket a = p[0];
+                UnixSocket b = p[1];
+                Arena arena = Arena.ofConfined()) {
             a.send(bytes(arena, "abc"));
             a.shutdown(UnixSocket.SHUT_WR);
             assertTrue(b.peerHungUp());
@@ -130,9 +147,9 @@ class UnixSocketTest {
     void listenAcceptConnectOverAPathAndPeerCredentials(@TempDir Path dir) throws Exception {
         Path path = dir.resolve("s.sock");
         try (UnixSocket listener = UnixSocket.listen(path, 4);
-             UnixSocket client = UnixSocket.connect(path);
-             UnixSocket server = listener.accept();
-             Arena arena = Arena.ofConfined()) {
+                UnixSocket client = UnixSocket.connect(path);
+                UnixSocket server = listener.accept();
+                Arena arena = Arena.ofConfined()) {
             assertFalse(server.peerHungUp());
             assertEquals(ProcessHandle.current().pid(), server.peerCredentials().pid());
             client.send(bytes(arena, "ping"));
@@ -193,7 +210,8 @@ class UnixSocketTest {
     @Test
     void receiveTimeoutGivesSocketTimeoutException() throws Exception {
         UnixSocket[] p = UnixSocket.pair();
-        try (UnixSocket b = p[1]; Arena arena = Arena.ofConfined()) {
+        try (UnixSocket b = p[1];
+                Arena arena = Arena.ofConfined()) {
             b.setReceiveTimeout(Duration.ofMillis(50));
             assertThrows(SocketTimeoutException.class, () -> b.recv(arena.allocate(4), 0));
         } finally {
@@ -214,7 +232,8 @@ class UnixSocketTest {
         try (UnixSocket b = p[1]) {
             b.shutdown(UnixSocket.SHUT_RDWR);
         }
-        try (UnixSocket a = p[0]; Arena arena = Arena.ofConfined()) {
+        try (UnixSocket a = p[0];
+                Arena arena = Arena.ofConfined()) {
             LinuxException e = assertThrows(LinuxException.class, () -> a.send(bytes(arena, "z"), List.of()));
             assertEquals(Errno.EPIPE, e.errno());
         }

@@ -21,7 +21,8 @@ class GuestMemoryTest {
 
     @Test
     void translatesInsideRegionsAndRejectsEverythingElse() throws Exception {
-        GuestMemory mem = GuestMemory.of(List.of(region(0x0, 0x1000, 0x7f00_0000_0000L), region(0x10000, 0x2000, 0x7f00_0001_0000L)));
+        GuestMemory mem = GuestMemory.of(
+                List.of(region(0x0, 0x1000, 0x7f00_0000_0000L), region(0x10000, 0x2000, 0x7f00_0001_0000L)));
         MemorySegment s = mem.translate(0x10ff0, 0x10);
         s.set(ValueLayout.JAVA_BYTE, 0, (byte) 7);
         assertEquals(7, mem.translate(0x10ff0, 1).get(ValueLayout.JAVA_BYTE, 0));
@@ -37,9 +38,11 @@ class GuestMemoryTest {
 
     @Test
     void overlappingOrWrappingRegionsAreRefused() {
-        assertThrows(IllegalArgumentException.class,
+        assertThrows(
+                IllegalArgumentException.class,
                 () -> GuestMemory.of(List.of(region(0x0, 0x2000, 0x10000), region(0x1000, 0x1000, 0x40000))));
-        assertThrows(IllegalArgumentException.class,
+        assertThrows(
+                IllegalArgumentException.class,
                 () -> new MemoryRegion(-0x800L, 0x1000, 0, 0, Arena.ofAuto().allocate(0x1000), null));
     }
 

@@ -40,6 +40,7 @@ import org.junit.jupiter.api.BeforeAll;
 class NbdFuzzTest {
     /** Bounded so the whole input fits the socket buffer: the server never waits on a client that is still writing. */
     static final int MAX_INPUT = 64 << 10;
+
     static final long IMAGE = 1 << 20;
     static Path dir;
     static NbdServer server;
@@ -52,7 +53,8 @@ class NbdFuzzTest {
     @BeforeAll
     static void setUp() throws IOException {
         Path shm = Path.of("/dev/shm");
-        dir = Files.isDirectory(shm) && Files.isWritable(shm) ? Files.createTempDirectory(shm, "nbdfuzz")
+        dir = Files.isDirectory(shm) && Files.isWritable(shm)
+                ? Files.createTempDirectory(shm, "nbdfuzz")
                 : Files.createTempDirectory("nbdfuzz");
         for (String n : List.of("disk.img", "ro.img")) {
             try (RandomAccessFile f = new RandomAccessFile(dir.resolve(n).toFile(), "rw")) {
@@ -73,17 +75,16 @@ class NbdFuzzTest {
             }
 
             @Override
-            public void flush() {
-            }
+            public void flush() {}
 
             @Override
-            public void close() {
-            }
+            public void close() {}
         };
         Logger.getLogger("io.iovirt.nbd").addHandler(capture);
         // the server's own log lines (a fuzzer makes millions) would drown the run's output
         Logger.getLogger("io.iovirt.nbd").setLevel(Level.SEVERE);
-        watchdog = Executors.newSingleThreadScheduledExecutor(r -> Thread.ofPlatform().daemon().name("nbd-fuzz watchdog").unstarted(r));
+        watchdog = Executors.newSingleThreadScheduledExecutor(
+                r -> Thread.ofPlatform().daemon().name("nbd-fuzz watchdog").unstarted(r));
     }
 
     @AfterAll
@@ -105,14 +106,17 @@ class NbdFuzzTest {
         AtomicBoolean timedOut = new AtomicBoolean();
         try (SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX)) {
             ch.connect(UnixDomainSocketAddress.of(dir.resolve("nbd.sock")));
-            ScheduledFuture<?> dog = watchdog.schedule(() -> {
-                timedOut.set(true);
-                try {
-                    ch.close();
-                } catch (IOException e) {
-                    // closing
-                }
-            }, 30, TimeUnit.SECONDS);
+            ScheduledFuture<?> dog = watchdog.schedule(
+                    () -> {
+                        timedOut.set(true);
+                        try {
+                            ch.close();
+                        } catch (IOException e) {
+                            // closing
+                        }
+                    },
+                    30,
+                    TimeUnit.SECONDS);
             try {
                 ByteBuffer out = ByteBuffer.wrap(data, 0, n);
                 try {

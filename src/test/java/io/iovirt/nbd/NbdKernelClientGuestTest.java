@@ -42,7 +42,8 @@ class NbdKernelClientGuestTest {
     @Test
     void kernelNbdClientReadsAndWritesAQcow2Export() throws Exception {
         GuestImage image = GuestImage.ensure();
-        Path nbdClient = Require.program("nbd-client", "apt-get install nbd-client (scripts/install-deps.sh installs it)");
+        Path nbdClient =
+                Require.program("nbd-client", "apt-get install nbd-client (scripts/install-deps.sh installs it)");
         Path nbdKo = extractNbdModule(image.kernelRelease());
         Path img = dir.resolve("k.qcow2");
         ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
@@ -51,11 +52,16 @@ class NbdKernelClientGuestTest {
         new Random(31).nextBytes(guestData);
         byte[] hostData = new byte[4 << 20];
         Arrays.fill(hostData, (byte) 0x4b);
-        try (DiskImage disk = Images.open(img, null, false, false); NbdServer server = NbdServer.startTcp("127.0.0.1", 0, 4)) {
+        try (DiskImage disk = Images.open(img, null, false, false);
+                NbdServer server = NbdServer.startTcp("127.0.0.1", 0, 4)) {
             server.addExport(new NbdExport("kern", disk, false));
-            QemuGuest.Builder g = QemuGuest.builder(image).name("nbd-kernel-client").workDir(dir).modules("virtio_pci", "virtio_net")
+            QemuGuest.Builder g = QemuGuest.builder(image)
+                    .name("nbd-kernel-client")
+                    .workDir(dir)
+                    .modules("virtio_pci", "virtio_net")
                     .args("-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=")
-                    .file("/root/nbd.ko", nbdKo).file("/sbin/nbd-client", Files.readAllBytes(nbdClient), 0755)
+                    .file("/root/nbd.ko", nbdKo)
+                    .file("/sbin/nbd-client", Files.readAllBytes(nbdClient), 0755)
                     .file("/root/g.bin", guestData, 0644);
             for (Path lib : libraries(nbdClient)) {
                 g.file(lib.toString(), Files.readAllBytes(lib), 0755);
@@ -73,7 +79,9 @@ class NbdKernelClientGuestTest {
                     dd if=/root/g.bin of=/dev/nbd0 bs=1M seek=20 oflag=direct conv=fsync 2>/dev/null
                     echo sha2=$(dd if=/dev/nbd0 bs=1M skip=20 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                     nbd-client -d /dev/nbd0
-                    """.replace("PORT", Integer.toString(server.port()))).build().run(Duration.ofSeconds(240));
+                    """.replace("PORT", Integer.toString(server.port())))
+                    .build()
+                    .run(Duration.ofSeconds(240));
             assertEquals(0, r.exitCode(), r.consoleTail(40));
             assertEquals(Long.toString((64L << 20) / 512), r.field("size"));
             assertEquals(sha256(hostData), r.field("sha"), "the kernel client read other data than qemu-io wrote");
@@ -85,22 +93,41 @@ class NbdKernelClientGuestTest {
         Path out = dir.resolve("out.raw");
         ok("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img.toString(), out.toString());
         byte[] all = Files.readAllBytes(out);
-        assertEquals(sha256(guestData), sha256(Arrays.copyOfRange(all, 20 << 20, 24 << 20)), "qemu-img does not see the kernel client's write");
+        assertEquals(
+                sha256(guestData),
+                sha256(Arrays.copyOfRange(all, 20 << 20, 24 << 20)),
+                "qemu-img does not see the kernel client's write");
     }
 
     /** nbd.ko of the guest's kernel, out of the Debian kernel package the guest image was built from. */
     private Path extractNbdModule(String kernelRelease) throws Exception {
-        Path cache = Path.of(System.getenv().getOrDefault("IOVIRT_CACHE", System.getProperty("user.home") + "/.cache/iovirt"), "guest", "debs");
+        Path cache = Path.of(
+                System.getenv().getOrDefault("IOVIRT_CACHE", System.getProperty("user.home") + "/.cache/iovirt"),
+                "guest",
+                "debs");
         Path deb;
         try (Stream<Path> s = Files.list(cache)) {
-            deb = s.filter(p -> p.getFileName().toString().startsWith("linux-image-" + kernelRelease + "_")).findFirst().orElse(null);
+            deb = s.filter(p -> p.getFileName().toString().startsWith("linux-image-" + kernelRelease + "_"))
+                    .findFirst()
+                    .orElse(null);
         }
-        Require.that(deb != null, "the kernel package linux-image-" + kernelRelease + " in " + cache
-                + " (scripts/build-guest.sh downloads it when it builds the guest image)");
+        Require.that(
+                deb != null,
+                "the kernel package linux-image-" + kernelRelease + " in " + cache
+                        + " (scripts/build-guest.sh downloads it when it builds the guest image)");
         Path out = dir.resolve("nbd.ko");
-        Process p = new ProcessBuilder("sh", "-c", "dpkg-deb --fsys-tarfile \"$1\" | tar -xO ./lib/modules/" + kernelRelease
-                + "/kernel/drivers/block/nbd.ko > \"$2\"", "sh", deb.toString(), out.toString()).redirectErrorStream(true).start();
-        Require.that(p.waitFor(60, TimeUnit.SECONDS) && p.exitValue() == 0 && Files.size(out) > 0,
+        Process p = new ProcessBuilder(
+                        "sh",
+                        "-c",
+                        "dpkg-deb --fsys-tarfile \"$1\" | tar -xO ./lib/modules/" + kernelRelease
+                                + "/kernel/drivers/block/nbd.ko > \"$2\"",
+                        "sh",
+                        deb.toString(),
+                        out.toString())
+                .redirectErrorStream(true)
+                .start();
+        Require.that(
+                p.waitFor(60, TimeUnit.SECONDS) && p.exitValue() == 0 && Files.size(out) > 0,
                 "nbd.ko inside " + deb + ": " + new String(p.getInputStream().readAllBytes()));
         return out;
     }
@@ -108,13 +135,18 @@ class NbdKernelClientGuestTest {
     /** The shared libraries (and the dynamic loader) a binary needs, by ldd. */
     private static List<Path> libraries(Path binary) throws Exception {
         String out = ok("ldd", binary.toString());
-        return out.lines().map(String::trim).map(l -> {
-            String[] f = l.split("\\s+");
-            if (f.length >= 3 && f[1].equals("=>") && f[2].startsWith("/")) {
-                return f[2];
-            }
-            return f[0].startsWith("/") ? f[0] : null;
-        }).filter(s -> s != null).map(Path::of).toList();
+        return out.lines()
+                .map(String::trim)
+                .map(l -> {
+                    String[] f = l.split("\\s+");
+                    if (f.length >= 3 && f[1].equals("=>") && f[2].startsWith("/")) {
+                        return f[2];
+                    }
+                    return f[0].startsWith("/") ? f[0] : null;
+                })
+                .filter(s -> s != null)
+                .map(Path::of)
+                .toList();
     }
 
     private static String sha256(byte[] d) throws Exception {

@@ -38,11 +38,20 @@ class NbdServerTest {
     Path dir;
 
     private ChildProcess serve(Path image, String... extra) {
-        List<String> args = new ArrayList<>(List.of("serve", "nbd", "--image", image.toString(),
-                "--socket", dir.resolve("nbd.sock").toString(), "--name", "disk"));
+        List<String> args = new ArrayList<>(List.of(
+                "serve",
+                "nbd",
+                "--image",
+                image.toString(),
+                "--socket",
+                dir.resolve("nbd.sock").toString(),
+                "--name",
+                "disk"));
         args.addAll(List.of(extra));
-        return ChildProcess.builder(IovirtCli.command(args)).name("iovirt serve nbd")
-                .log(dir.resolve("iovirt-nbd.log")).startListening(dir.resolve("nbd.sock"), Duration.ofSeconds(30));
+        return ChildProcess.builder(IovirtCli.command(args))
+                .name("iovirt serve nbd")
+                .log(dir.resolve("iovirt-nbd.log"))
+                .startListening(dir.resolve("nbd.sock"), Duration.ofSeconds(30));
     }
 
     private String uri() {
@@ -59,8 +68,16 @@ class NbdServerTest {
         Path src = dir.resolve("src.raw");
         Files.write(src, data);
         try (ChildProcess p = serve(img)) {
-            qemuIoOk(uri(), "raw", "read -P 0x61 4M 2M", "write -P 0x62 20M 64k", "read -P 0x62 20M 64k",
-                    "write -z 30M 1M", "read -P 0 30M 1M", "discard 40M 1M", "flush");
+            qemuIoOk(
+                    uri(),
+                    "raw",
+                    "read -P 0x61 4M 2M",
+                    "write -P 0x62 20M 64k",
+                    "read -P 0x62 20M 64k",
+                    "write -z 30M 1M",
+                    "read -P 0 30M 1M",
+                    "discard 40M 1M",
+                    "flush");
             // qemu-img convert writes into the export (-n: the target exists), compare reads it back
             ok("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src.toString(), uri());
             Path want = dir.resolve("want.raw");
@@ -75,14 +92,23 @@ class NbdServerTest {
             assertArrayEquals(w, Files.readAllBytes(copy));
             // holes: unallocated clusters of the qcow2 are reported as such by base:allocation
             String map = ok("qemu-img", "map", "--output=json", "-f", "raw", uri());
-            assertTrue(map.contains("\"start\": 50331648") || map.matches("(?s).*\"zero\": true, \"data\": false.*"), map);
+            assertTrue(
+                    map.contains("\"start\": 50331648") || map.matches("(?s).*\"zero\": true, \"data\": false.*"), map);
             assertTrue(map.contains("\"data\": true"), map);
             assertTrue(map.lines().anyMatch(l -> l.contains("\"data\": false") && l.contains("\"zero\": true")), map);
             p.stop(Duration.ofSeconds(20));
             assertTrue(p.log().contains("image synced"), p.log());
         }
         check(img, false);
-        ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), dir.resolve("want.raw").toString());
+        ok(
+                "qemu-img",
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                img.toString(),
+                dir.resolve("want.raw").toString());
     }
 
     @Test
@@ -90,7 +116,7 @@ class NbdServerTest {
         Path img = dir.resolve("b.raw");
         Files.write(img, new byte[4 * MIB]);
         try (DiskImage image = Images.open(img, null, false, false);
-             NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 4)) {
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 4)) {
             s.addExport(new NbdExport("one", image, false));
             String u = "nbd://127.0.0.1:" + s.port() + "/one";
             qemuIoOk(u, "raw", "write -P 0x44 0 1M", "read -P 0x44 0 1M");
@@ -106,14 +132,15 @@ class NbdServerTest {
             }
             assertEquals(1, s.exports().iterator().next().stats().writes.sum());
         }
-        IOException e = org.junit.jupiter.api.Assertions.assertThrows(IOException.class, () -> NbdServer.startTcp("8.8.8.8", 0, 1));
+        IOException e = org.junit.jupiter.api.Assertions.assertThrows(
+                IOException.class, () -> NbdServer.startTcp("8.8.8.8", 0, 1));
         assertTrue(e.getMessage().contains("loopback"), e.getMessage());
     }
 
     /** Waits until the server has finished with every earlier connection (their threads end asynchronously). */
     private static void awaitNoConnections(NbdServer s) {
-        io.iovirt.testing.Await.until(Duration.ofSeconds(20), "the earlier test connections to close",
-                () -> s.connectionCount() == 0);
+        io.iovirt.testing.Await.until(
+                Duration.ofSeconds(20), "the earlier test connections to close", () -> s.connectionCount() == 0);
     }
 
     @Test
@@ -121,7 +148,8 @@ class NbdServerTest {
         Path img = dir.resolve("h.raw");
         Files.write(img, new byte[MIB]);
         Path sock = dir.resolve("h.sock");
-        try (DiskImage image = Images.open(img, null, false, false); NbdServer s = NbdServer.startUnix(sock, 3)) {
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 3)) {
             s.addExport(new NbdExport("x", image, false));
             // unknown option, then a GO for an unknown export, then a good GO; then bad requests
             awaitNoConnections(s); // the limit is 3: earlier connections' threads end asynchronously
@@ -152,7 +180,10 @@ class NbdServerTest {
             awaitNoConnections(s); // the limit is 3: earlier connections' threads end asynchronously
             try (RawClient c = RawClient.unix(sock)) {
                 c.go("x");
-                c.raw(ByteBuffer.allocate(10).putInt(Nbd.REQUEST_MAGIC).putShort((short) 0).flip());
+                c.raw(ByteBuffer.allocate(10)
+                        .putInt(Nbd.REQUEST_MAGIC)
+                        .putShort((short) 0)
+                        .flip());
             }
             // an oversized write: error reply, then the server drops the connection (the payload cannot be skipped)
             awaitNoConnections(s); // the limit is 3: earlier connections' threads end asynchronously
@@ -191,7 +222,8 @@ class NbdServerTest {
                 }
             }
             // the server still serves a real client
-            io.iovirt.testing.Await.until(Duration.ofSeconds(20), "the held connections to close", () -> s.connectionCount() == 0);
+            io.iovirt.testing.Await.until(
+                    Duration.ofSeconds(20), "the held connections to close", () -> s.connectionCount() == 0);
             qemuIoOk("nbd+unix:///x?socket=" + sock, "raw", "write -P 0x12 0 64k", "read -P 0x12 0 64k");
             assertNotEquals(0, s.exports().iterator().next().stats().errors.sum());
         }
@@ -208,7 +240,8 @@ class NbdServerTest {
         Path img = dir.resolve("p.qcow2");
         ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "256M");
         Path sock = dir.resolve("p.sock");
-        try (DiskImage image = Images.open(img, null, false, false); NbdServer s = NbdServer.startUnix(sock, 4)) {
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 4)) {
             s.addExport(new NbdExport("p", image, false));
             String u = "nbd+unix:///p?socket=" + sock;
             List<String> cmds = new ArrayList<>();
@@ -268,16 +301,20 @@ class NbdServerTest {
                 // 64 reads of 1 MiB in one write (small writes would fill the client's own socket buffer first)
                 ByteBuffer req = ByteBuffer.allocate(64 * 28);
                 for (int i = 0; i < 64; i++) {
-                    req.putInt(Nbd.REQUEST_MAGIC).putShort((short) 0).putShort((short) Nbd.CMD_READ)
-                            .putLong(i).putLong(0).putInt(MIB);
+                    req.putInt(Nbd.REQUEST_MAGIC)
+                            .putShort((short) 0)
+                            .putShort((short) Nbd.CMD_READ)
+                            .putLong(i)
+                            .putLong(0)
+                            .putInt(MIB);
                 }
                 stalled.raw(req.flip());
                 qemuIoOk(u, "raw", "write -P 0x77 250M 1M", "read -P 0x77 250M 1M", "flush");
             } finally {
                 stalled.close();
             }
-            io.iovirt.testing.Await.until(Duration.ofSeconds(60), "the stalled client's connection to end",
-                    () -> s.connectionCount() == 0);
+            io.iovirt.testing.Await.until(
+                    Duration.ofSeconds(60), "the stalled client's connection to end", () -> s.connectionCount() == 0);
             qemuIoOk(u, "raw", "read -P 0x41 4M 64k");
         }
         check(img, false);
@@ -290,8 +327,15 @@ class NbdServerTest {
         ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "32M");
         qemuIoOk(img, "qcow2", "write -P 0x71 1M 1M");
         try (ChildProcess p = serve(img, "--direct")) {
-            qemuIoOk(uri(), "raw", "read -P 0x71 1M 1M", "write -P 0x72 8M 256k", "write -z 16M 1M",
-                    "read -P 0x72 8M 256k", "read -P 0 16M 1M", "flush");
+            qemuIoOk(
+                    uri(),
+                    "raw",
+                    "read -P 0x71 1M 1M",
+                    "write -P 0x72 8M 256k",
+                    "write -z 16M 1M",
+                    "read -P 0x72 8M 256k",
+                    "read -P 0 16M 1M",
+                    "flush");
             p.stop(Duration.ofSeconds(20));
             assertTrue(p.log().contains("O_DIRECT") || p.log().contains("direct"), p.log());
         }
@@ -305,8 +349,11 @@ class NbdServerTest {
         ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "16M");
         try (ChildProcess p = serve(img, "--readonly")) {
             var r = run("qemu-io", "-f", "raw", "-c", "write 0 4k", uri());
-            assertTrue(r.output().contains("Operation not permitted") || r.output().contains("read-only")
-                    || r.output().contains("Permission denied"), r.output());
+            assertTrue(
+                    r.output().contains("Operation not permitted")
+                            || r.output().contains("read-only")
+                            || r.output().contains("Permission denied"),
+                    r.output());
             String out = ok("qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 1M", uri());
             assertTrue(!out.contains("Pattern verification failed"), out);
         }
@@ -315,8 +362,7 @@ class NbdServerTest {
 
     // ---- a minimal raw NBD client for the hostile cases ----
 
-    record Reply(int type, int error, byte[] data) {
-    }
+    record Reply(int type, int error, byte[] data) {}
 
     static final class RawClient implements AutoCloseable {
         final SocketChannel ch;
@@ -327,7 +373,9 @@ class NbdServerTest {
             ByteBuffer g = read(18);
             assertEquals(Nbd.NBDMAGIC, g.getLong());
             assertEquals(Nbd.IHAVEOPT, g.getLong());
-            raw(ByteBuffer.allocate(4).putInt(Nbd.FLAG_FIXED_NEWSTYLE | Nbd.FLAG_NO_ZEROES).flip());
+            raw(ByteBuffer.allocate(4)
+                    .putInt(Nbd.FLAG_FIXED_NEWSTYLE | Nbd.FLAG_NO_ZEROES)
+                    .flip());
         }
 
         static RawClient unix(Path p) throws IOException {
@@ -366,7 +414,12 @@ class NbdServerTest {
         }
 
         void option(int opt, byte[] data) throws IOException {
-            raw(ByteBuffer.allocate(16 + data.length).putLong(Nbd.IHAVEOPT).putInt(opt).putInt(data.length).put(data).flip());
+            raw(ByteBuffer.allocate(16 + data.length)
+                    .putLong(Nbd.IHAVEOPT)
+                    .putInt(opt)
+                    .putInt(data.length)
+                    .put(data)
+                    .flip());
         }
 
         Reply optionReply() throws IOException {
@@ -380,13 +433,23 @@ class NbdServerTest {
 
         byte[] goData(String name) {
             byte[] n = name.getBytes(StandardCharsets.UTF_8);
-            return ByteBuffer.allocate(6 + n.length).putInt(n.length).put(n).putShort((short) 0).array();
+            return ByteBuffer.allocate(6 + n.length)
+                    .putInt(n.length)
+                    .put(n)
+                    .putShort((short) 0)
+                    .array();
         }
 
         byte[] metaContextData(String name, String query) {
             byte[] n = name.getBytes(StandardCharsets.UTF_8);
             byte[] q = query.getBytes(StandardCharsets.UTF_8);
-            return ByteBuffer.allocate(12 + n.length + q.length).putInt(n.length).put(n).putInt(1).putInt(q.length).put(q).array();
+            return ByteBuffer.allocate(12 + n.length + q.length)
+                    .putInt(n.length)
+                    .put(n)
+                    .putInt(1)
+                    .putInt(q.length)
+                    .put(q)
+                    .array();
         }
 
         void go(String name) throws IOException {
@@ -403,8 +466,14 @@ class NbdServerTest {
         /** Sends a request (and a write's payload) without waiting for its reply; returns its cookie. */
         long send(int type, int flags, long offset, long length, byte[] payload) throws IOException {
             long c = ++cookie;
-            raw(ByteBuffer.allocate(28).putInt(Nbd.REQUEST_MAGIC).putShort((short) flags).putShort((short) type)
-                    .putLong(c).putLong(offset).putInt((int) length).flip());
+            raw(ByteBuffer.allocate(28)
+                    .putInt(Nbd.REQUEST_MAGIC)
+                    .putShort((short) flags)
+                    .putShort((short) type)
+                    .putLong(c)
+                    .putLong(offset)
+                    .putInt((int) length)
+                    .flip());
             if (payload != null) {
                 raw(ByteBuffer.wrap(payload));
             }
@@ -414,8 +483,14 @@ class NbdServerTest {
         /** A request with simple replies; a READ's data is read when the reply is not an error. */
         Reply request(int type, int flags, long offset, long length) throws IOException {
             long c = ++cookie;
-            ByteBuffer b = ByteBuffer.allocate(28).putInt(Nbd.REQUEST_MAGIC).putShort((short) flags).putShort((short) type)
-                    .putLong(c).putLong(offset).putInt((int) length).flip();
+            ByteBuffer b = ByteBuffer.allocate(28)
+                    .putInt(Nbd.REQUEST_MAGIC)
+                    .putShort((short) flags)
+                    .putShort((short) type)
+                    .putLong(c)
+                    .putLong(offset)
+                    .putInt((int) length)
+                    .flip();
             raw(b);
             ByteBuffer h = read(16);
             assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());

@@ -132,7 +132,8 @@ class MacTableTest {
         }
         assertEquals(MacTable.PORT_FULL, t.tryLearn(0x0200_0000_0010L, 0, 0));
         assertEquals(MacTable.LEARNED, t.tryLearn(0x0200_0000_0020L, 1, 0), "another port still learns");
-        assertEquals(MacTable.PORT_FULL, t.tryLearn(0x0200_0000_0020L, 0, 0), "a full port cannot take over an address");
+        assertEquals(
+                MacTable.PORT_FULL, t.tryLearn(0x0200_0000_0020L, 0, 0), "a full port cannot take over an address");
         assertEquals(1, t.lookup(0x0200_0000_0020L, 0));
         assertEquals(MacTable.LEARNED, t.tryLearn(0x0200_0000_0000L, 1, 0), "moving away frees a place in the share");
         assertEquals(2, t.size(0));

@@ -34,6 +34,7 @@ class StreamPortTest {
 
     @TempDir
     Path dir;
+
     Switch sw;
     StreamPort port;
     TestPort other;
@@ -194,7 +195,8 @@ class StreamPortTest {
 
     @Test
     void aSecondPeerIsRefusedWhileOneIsAttached() throws Exception {
-        try (UnixSocket first = connect(); UnixSocket second = UnixSocket.connect(port.path())) {
+        try (UnixSocket first = connect();
+                UnixSocket second = UnixSocket.connect(port.path())) {
             second.setReceiveTimeout(Duration.ofSeconds(20));
             assertEquals(0, read(second, 1).length, "second connection closed");
             send(first, framed(Frames.ethernet(B, A, 60)));

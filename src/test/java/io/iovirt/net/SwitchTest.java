@@ -205,7 +205,8 @@ class SwitchTest {
                 }
             }
             assertEquals(8, s.macTable().size(spray.index()), "the sprayer holds its share, no more");
-            assertEquals(frames - 8, spray.stats().get(PortStat.RX_UNLEARNED), "every address beyond the share is counted");
+            assertEquals(
+                    frames - 8, spray.stats().get(PortStat.RX_UNLEARNED), "every address beyond the share is counted");
             assertEquals(frames, spray.stats().rxPackets(), "the frames were still forwarded");
             assertEquals(frames, b.takeSent().size(), "b got each one, not flooded: its entry stayed");
             assertEquals(0, c.takeSent().size());
@@ -241,7 +242,8 @@ class SwitchTest {
             TestPort other = assertDoesNotThrowAdd(s, new TestPort("other", false));
             byte[] known = Frames.ethernet(B, A, 1514);
             out.inject(Frames.ethernet(BCAST, B, 60));
-            java.lang.foreign.MemorySegment.copy(java.lang.foreign.MemorySegment.ofArray(known), 0, in.buffer(), 0, known.length);
+            java.lang.foreign.MemorySegment.copy(
+                    java.lang.foreign.MemorySegment.ofArray(known), 0, in.buffer(), 0, known.length);
             com.sun.management.ThreadMXBean mx = (com.sun.management.ThreadMXBean) ManagementFactory.getThreadMXBean();
             long tid = Thread.currentThread().threadId();
             for (int i = 0; i < 300_000; i++) { // warm up: let the JIT compile the path

@@ -27,8 +27,21 @@ class NvmeAdminTest {
     void passthruLayoutMatchesTheKernelHeader() {
         assertEquals(72, NvmeAdmin.PASSTHRU_CMD.byteSize());
         assertEquals(0xC0484E41L, NvmeAdmin.NVME_IOCTL_ADMIN_CMD);
-        String[] fields = {"opcode", "flags", "nsid", "cdw2", "metadata", "addr", "metadata_len", "data_len", "cdw10", "cdw11",
-                "cdw15", "timeout_ms", "result"};
+        String[] fields = {
+            "opcode",
+            "flags",
+            "nsid",
+            "cdw2",
+            "metadata",
+            "addr",
+            "metadata_len",
+            "data_len",
+            "cdw10",
+            "cdw11",
+            "cdw15",
+            "timeout_ms",
+            "result"
+        };
         long[] offsets = {0, 1, 4, 8, 16, 24, 32, 36, 40, 44, 60, 64, 68};
         for (int i = 0; i < fields.length; i++) {
             assertEquals(offsets[i], NvmeAdmin.PASSTHRU_CMD.byteOffset(PathElement.groupElement(fields[i])), fields[i]);
@@ -47,14 +60,14 @@ class NvmeAdminTest {
     void decodesPrimaryCapsAndSecondaryList() {
         byte[] caps = new byte[4096];
         le16(caps, 0, 0x41);
-        le32(caps, 32, 4);   // vqfrt
-        le32(caps, 36, 0);   // vqrfa
-        le16(caps, 40, 0);   // vqrfap
-        le16(caps, 42, 2);   // vqprt
-        le16(caps, 44, 2);   // vqfrsm
-        le32(caps, 64, 2);   // vifrt
-        le16(caps, 74, 1);   // viprt
-        le16(caps, 76, 1);   // vifrsm
+        le32(caps, 32, 4); // vqfrt
+        le32(caps, 36, 0); // vqrfa
+        le16(caps, 40, 0); // vqrfap
+        le16(caps, 42, 2); // vqprt
+        le16(caps, 44, 2); // vqfrsm
+        le32(caps, 64, 2); // vifrt
+        le16(caps, 74, 1); // viprt
+        le16(caps, 76, 1); // vifrsm
         NvmeAdmin.PrimaryCaps p = NvmeAdmin.PrimaryCaps.parse(caps);
         assertEquals(new NvmeAdmin.PrimaryCaps(0x41, 4, 0, 0, 2, 2, 0, 2, 0, 0, 1, 1, 0), p);
 
@@ -63,8 +76,11 @@ class NvmeAdminTest {
         secondary(list, 0, 0x42, 0x41, true, 1, 2, 1);
         secondary(list, 1, 0x43, 0x41, false, 2, 0, 0);
         List<NvmeAdmin.SecondaryController> sc = NvmeAdmin.SecondaryController.parseList(list);
-        assertEquals(List.of(new NvmeAdmin.SecondaryController(0x42, 0x41, true, 1, 2, 1),
-                new NvmeAdmin.SecondaryController(0x43, 0x41, false, 2, 0, 0)), sc);
+        assertEquals(
+                List.of(
+                        new NvmeAdmin.SecondaryController(0x42, 0x41, true, 1, 2, 1),
+                        new NvmeAdmin.SecondaryController(0x43, 0x41, false, 2, 0, 0)),
+                sc);
         list[0] = (byte) 200; // more than a 4 KiB page can hold: clamped to 127 entries
         assertEquals(127, NvmeAdmin.SecondaryController.parseList(list).size());
 
@@ -98,7 +114,8 @@ class NvmeAdminTest {
         });
         assertTrue(e.getMessage().contains("ENOTTY"), e.getMessage());
         assertTrue(e.getMessage().contains("is not an NVMe controller character device"), e.getMessage());
-        ActionableException missing = assertThrows(ActionableException.class, () -> NvmeAdmin.open(tmp.resolve("nvme9")));
+        ActionableException missing =
+                assertThrows(ActionableException.class, () -> NvmeAdmin.open(tmp.resolve("nvme9")));
         assertTrue(missing.getMessage().contains("ENOENT"), missing.getMessage());
     }
 

@@ -26,7 +26,8 @@ class DebianPackageTest {
 
     @BeforeAll
     static void buildAndInstall() throws Exception {
-        assertTrue("root".equals(System.getProperty("user.name")) && Files.isExecutable(Path.of("/usr/bin/dpkg")),
+        assertTrue(
+                "root".equals(System.getProperty("user.name")) && Files.isExecutable(Path.of("/usr/bin/dpkg")),
                 "installing a package needs root and dpkg");
         Result built = run(List.of(ROOT.resolve("scripts/package.sh").toString()), 1200);
         assertEquals(0, built.exit, built.out);
@@ -49,7 +50,9 @@ class DebianPackageTest {
     void versionShowsVersionAndCommit() throws Exception {
         Result r = run(List.of("/usr/bin/iovirt", "--version"), 120);
         assertEquals(0, r.exit, r.out);
-        String commit = run(List.of("git", "-C", ROOT.toString(), "rev-parse", "--short", "HEAD"), 30).out.strip();
+        String commit = run(List.of("git", "-C", ROOT.toString(), "rev-parse", "--short", "HEAD"), 30)
+                .out
+                .strip();
         assertTrue(r.out.startsWith("iovirt 0.") && r.out.contains("(commit " + commit + ")"), r.out);
     }
 
@@ -70,13 +73,17 @@ class DebianPackageTest {
         Result page = run(List.of("sh", "-c", "MANPAGER=cat MANWIDTH=100 man iovirt-serve-blk"), 120);
         assertEquals(0, page.exit, page.out);
         assertTrue(page.out.contains("iovirt-serve-blk") && page.out.contains("--image"), page.out);
-        Result completion = run(List.of("bash", "-c", "source /usr/share/bash-completion/completions/iovirt && "
-                + "COMP_WORDS=(iovirt ho) COMP_CWORD=1 && _complete_iovirt && echo \"${COMPREPLY[@]}\""), 60);
+        Result completion = run(
+                List.of(
+                        "bash",
+                        "-c",
+                        "source /usr/share/bash-completion/completions/iovirt && "
+                                + "COMP_WORDS=(iovirt ho) COMP_CWORD=1 && _complete_iovirt && echo \"${COMPREPLY[@]}\""),
+                60);
         assertTrue(completion.out.contains("host"), completion.out);
     }
 
-    private record Result(int exit, String out) {
-    }
+    private record Result(int exit, String out) {}
 
     private static Result run(List<String> cmd, int seconds) throws IOException, InterruptedException {
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();

@@ -24,7 +24,8 @@ class MalformedSysfsTest {
     }
 
     private String error(FakeHost h) {
-        ActionableException e = assertThrows(ActionableException.class, () -> PciInventory.scan(h.paths().sys()));
+        ActionableException e = assertThrows(
+                ActionableException.class, () -> PciInventory.scan(h.paths().sys()));
         return e.getMessage();
     }
 
@@ -33,7 +34,10 @@ class MalformedSysfsTest {
         FakeHost h = host();
         h.dev("0000:02:00.0").attr("vendor", "0x80");
         String m = error(h);
-        assertTrue(m.contains("0000:02:00.0/vendor: expected a 16-bit hex value like 0x0000, found '0x80' (too few or too many digits: truncated?)"), m);
+        assertTrue(
+                m.contains(
+                        "0000:02:00.0/vendor: expected a 16-bit hex value like 0x0000, found '0x80' (too few or too many digits: truncated?)"),
+                m);
     }
 
     @Test
@@ -64,7 +68,8 @@ class MalformedSysfsTest {
     @Test
     void iommuGroupLinkToNowhere() {
         FakeHost h = host();
-        FakeHost.relink(h.sys.resolve("devices/pci0000:00/0000:02:00.0/iommu_group"), "../../../kernel/iommu_groups/abc");
+        FakeHost.relink(
+                h.sys.resolve("devices/pci0000:00/0000:02:00.0/iommu_group"), "../../../kernel/iommu_groups/abc");
         String m = error(h);
         assertTrue(m.contains("iommu_group: expected a link to kernel/iommu_groups/<number>, found 'abc'"), m);
     }
@@ -89,7 +94,9 @@ class MalformedSysfsTest {
 
     @Test
     void noPciBusAtAll() {
-        ActionableException e = assertThrows(ActionableException.class, () -> PciInventory.scan(new SysfsTree(tmp.resolve("nothing"), "--sysfs-root")));
+        ActionableException e = assertThrows(
+                ActionableException.class,
+                () -> PciInventory.scan(new SysfsTree(tmp.resolve("nothing"), "--sysfs-root")));
         assertTrue(e.getMessage().contains("no PCI bus, or sysfs is not mounted"), e.getMessage());
     }
 

@@ -21,9 +21,19 @@ class ImageFormatTest {
 
     @Test
     void detectsWhatQemuImgCreates() throws Exception {
-        assertTrue(Files.isExecutable(Path.of("/usr/bin/qemu-img")), "needs qemu-img: scripts/install-deps.sh installs it");
-        for (ImageFormat f : List.of(ImageFormat.RAW, ImageFormat.QCOW2, ImageFormat.QCOW, ImageFormat.QED,
-                ImageFormat.VMDK, ImageFormat.VHDX, ImageFormat.VPC, ImageFormat.VDI, ImageFormat.PARALLELS,
+        assertTrue(
+                Files.isExecutable(Path.of("/usr/bin/qemu-img")),
+                "needs qemu-img: scripts/install-deps.sh installs it");
+        for (ImageFormat f : List.of(
+                ImageFormat.RAW,
+                ImageFormat.QCOW2,
+                ImageFormat.QCOW,
+                ImageFormat.QED,
+                ImageFormat.VMDK,
+                ImageFormat.VHDX,
+                ImageFormat.VPC,
+                ImageFormat.VDI,
+                ImageFormat.PARALLELS,
                 ImageFormat.LUKS)) {
             Path image = tmp.resolve("disk." + f.qemuName());
             List<String> cmd = new ArrayList<>(List.of("qemu-img", "create", "-q", "-f", f.qemuName()));

@@ -22,11 +22,13 @@ class ImageLockTest {
     @Test
     void oneWriterAtATimeAndTheRefusalNamesTheHolder() throws Exception {
         Path img = Files.write(dir.resolve("disk.raw"), new byte[4096]);
-        try (ImageLock a = ImageLock.open(img, false); ImageLock b = ImageLock.open(img, false)) {
+        try (ImageLock a = ImageLock.open(img, false);
+                ImageLock b = ImageLock.open(img, false)) {
             assertNull(a.acquire());
             assertNull(a.acquire(), "taking a held lock again is a no-op");
             String why = b.acquire();
-            assertTrue(why != null && why.contains("pid " + ProcessHandle.current().pid()) && why.contains("ofdlck write"),
+            assertTrue(
+                    why != null && why.contains("pid " + ProcessHandle.current().pid()) && why.contains("ofdlck write"),
                     why);
             assertTrue(why.contains(img.toString()), why);
             a.release();
@@ -38,8 +40,9 @@ class ImageLockTest {
     @Test
     void readOnlyExportsShareAndExcludeWriters() throws Exception {
         Path img = Files.write(dir.resolve("disk.raw"), new byte[4096]);
-        try (ImageLock r1 = ImageLock.open(img, true); ImageLock r2 = ImageLock.open(img, true);
-             ImageLock w = ImageLock.open(img, false)) {
+        try (ImageLock r1 = ImageLock.open(img, true);
+                ImageLock r2 = ImageLock.open(img, true);
+                ImageLock w = ImageLock.open(img, false)) {
             assertNull(r1.acquire());
             assertNull(r2.acquire());
             assertTrue(w.acquire() != null, "a writer while readers run");

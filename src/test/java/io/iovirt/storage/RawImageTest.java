@@ -42,8 +42,9 @@ class RawImageTest {
         Path p = image(1 << 20);
         byte[] data = new byte[8192];
         new Random(7).nextBytes(data);
-        try (RawImage img = RawImage.open(p, false, direct); Arena arena = Arena.ofConfined();
-             RawImage.IoContext io = img.newContext(16, 64 * 1024)) {
+        try (RawImage img = RawImage.open(p, false, direct);
+                Arena arena = Arena.ofConfined();
+                RawImage.IoContext io = img.newContext(16, 64 * 1024)) {
             // Three buffers, the middle one deliberately misaligned (a guest may do that) - forces the bounce path.
             MemorySegment whole = arena.allocate(8192 + 4096 + 1, 4096);
             MemorySegment a = whole.asSlice(0, 4096);
@@ -74,7 +75,9 @@ class RawImageTest {
         Path p = image(1 << 20);
         byte[] data = new byte[3 * 4096];
         new Random(11).nextBytes(data);
-        try (RawImage img = RawImage.open(p, false, direct); Arena arena = Arena.ofConfined(); IoUring ring = IoUring.create(8)) {
+        try (RawImage img = RawImage.open(p, false, direct);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(8)) {
             MemorySegment iovMemory = arena.allocate(2 * IoVec.bytes(4), 8);
             MemorySegment bounce = arena.allocate(4096, 4096);
             RawImage.IoContext one = img.newContext(IoVec.over(iovMemory.asSlice(0, IoVec.bytes(4))), bounce);
@@ -97,7 +100,8 @@ class RawImageTest {
             img.flushCompleted(res[3]);
             byte[] file = Files.readAllBytes(p);
             assertArrayEquals(data, java.util.Arrays.copyOfRange(file, 0, data.length));
-            assertArrayEquals(java.util.Arrays.copyOf(data, 4096), java.util.Arrays.copyOfRange(file, 65536, 65536 + 4096));
+            assertArrayEquals(
+                    java.util.Arrays.copyOf(data, 4096), java.util.Arrays.copyOfRange(file, 65536, 65536 + 4096));
 
             MemorySegment back = arena.allocate(data.length, 4096);
             one.clear();
@@ -131,7 +135,8 @@ class RawImageTest {
                 ring.submitAndWait(1);
                 ring.reap((ud, r, f) -> two.completed(false, 0, r));
             }
-            assertArrayEquals(java.util.Arrays.copyOf(data, 4096), back.asSlice(1, 4096).toArray(ValueLayout.JAVA_BYTE));
+            assertArrayEquals(
+                    java.util.Arrays.copyOf(data, 4096), back.asSlice(1, 4096).toArray(ValueLayout.JAVA_BYTE));
             assertEquals(0, ring.outstanding());
             one.close();
             two.close();
@@ -141,8 +146,9 @@ class RawImageTest {
     @Test
     void outOfRangeAndReadOnlyWritesAreRefused() throws Exception {
         Path p = image(4096);
-        try (RawImage img = RawImage.open(p, true, false); Arena arena = Arena.ofConfined();
-             RawImage.IoContext io = img.newContext(4, 0)) {
+        try (RawImage img = RawImage.open(p, true, false);
+                Arena arena = Arena.ofConfined();
+                RawImage.IoContext io = img.newContext(4, 0)) {
             io.clear();
             io.add(arena.allocate(512));
             assertThrows(LinuxException.class, () -> io.read(4096));

@@ -19,8 +19,7 @@ import java.util.function.Supplier;
 public final class Await {
     private static final long MAX_PAUSE_NANOS = 50_000_000;
 
-    private Await() {
-    }
+    private Await() {}
 
     /** Polls {@code condition} (first after ~0, then backing off to 50 ms) until it holds; fails after {@code timeout}. */
     public static void until(Duration timeout, String what, BooleanSupplier condition) {
@@ -37,10 +36,12 @@ public final class Await {
      * must stay alive: fails at once if it exits first, and every failure carries the tail of its log and, if it died
      * from a signal, gdb's backtrace of its core.
      */
-    public static void until(Duration timeout, String what, io.iovirt.vm.ChildProcess process, BooleanSupplier condition) {
-        Supplier<String> state = () -> process + (process.isAlive() ? " is running" : " exited with "
-                + process.exitValue()) + "; its log ends:\n" + process.logTail(30)
-                + (process.crashReport().isEmpty() ? "" : "\n" + process.crashReport());
+    public static void until(
+            Duration timeout, String what, io.iovirt.vm.ChildProcess process, BooleanSupplier condition) {
+        Supplier<String> state =
+                () -> process + (process.isAlive() ? " is running" : " exited with " + process.exitValue())
+                        + "; its log ends:\n" + process.logTail(30)
+                        + (process.crashReport().isEmpty() ? "" : "\n" + process.crashReport());
         until(timeout, () -> what + "; " + state.get(), () -> {
             if (condition.getAsBoolean()) {
                 return true;

@@ -27,8 +27,8 @@ class AwaitTest {
 
     @Test
     void timeoutSaysWhatDidNotHappen() {
-        AssertionError e = assertThrows(AssertionError.class,
-                () -> Await.until(Duration.ofMillis(50), "the moon turns blue", () -> false));
+        AssertionError e = assertThrows(
+                AssertionError.class, () -> Await.until(Duration.ofMillis(50), "the moon turns blue", () -> false));
         assertTrue(e.getMessage().matches("timed out after 50 ms waiting for: the moon turns blue"), e.getMessage());
     }
 
@@ -36,21 +36,28 @@ class AwaitTest {
     @Test
     void aPeerThatExitsFailsTheWaitAtOnceWithItsLog() {
         try (ChildProcess p = ChildProcess.builder("sh", "-c", "echo 'cannot open the image'; exit 2")
-                .log(dir.resolve("peer.log")).directory(dir).start()) {
+                .log(dir.resolve("peer.log"))
+                .directory(dir)
+                .start()) {
             long t0 = System.nanoTime();
-            AssertionError e = assertThrows(AssertionError.class,
+            AssertionError e = assertThrows(
+                    AssertionError.class,
                     () -> Await.until(Duration.ofMinutes(10), "the peer listens", p, () -> false));
             assertTrue(System.nanoTime() - t0 < Duration.ofMinutes(5).toNanos(), "waited for the timeout");
-            assertTrue(e.getMessage().startsWith("the peer listens: sh (pid " + p.pid() + ") exited with 2"), e.getMessage());
+            assertTrue(
+                    e.getMessage().startsWith("the peer listens: sh (pid " + p.pid() + ") exited with 2"),
+                    e.getMessage());
             assertTrue(e.getMessage().contains("cannot open the image"), e.getMessage());
         }
     }
 
     @Test
     void requireFailsWithTheReason() {
-        AssertionError e = assertThrows(AssertionError.class, () -> Require.that(false, "a unicorn (apt-get install unicorn)"));
+        AssertionError e =
+                assertThrows(AssertionError.class, () -> Require.that(false, "a unicorn (apt-get install unicorn)"));
         assertEquals("missing prerequisite: a unicorn (apt-get install unicorn)", e.getMessage());
-        AssertionError p = assertThrows(AssertionError.class, () -> Require.program("no-such-program-xyz", "install it"));
+        AssertionError p =
+                assertThrows(AssertionError.class, () -> Require.program("no-such-program-xyz", "install it"));
         assertTrue(p.getMessage().contains("no-such-program-xyz is not on the PATH (install it)"), p.getMessage());
         assertTrue(Require.program("sh", "coreutils").toString().endsWith("/sh"));
     }

@@ -6,8 +6,7 @@ import java.nio.ByteBuffer;
 
 /** Ethernet frames for tests, one copy for every package (switch, ports, virtio-net). */
 public final class Frames {
-    private Frames() {
-    }
+    private Frames() {}
 
     /** An Ethernet II frame of {@code length} bytes (header included) with a recognizable payload. */
     public static byte[] ethernet(long dst, long src, int length) {

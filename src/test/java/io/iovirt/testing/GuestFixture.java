@@ -93,7 +93,8 @@ public final class GuestFixture implements AutoCloseable {
 
     /** True when every guard byte still holds the canary. */
     public boolean guardsIntact() {
-        return intact(backing.asSlice(0, GUARD)) && intact(backing.asSlice(GUARD + lowSize, GUARD))
+        return intact(backing.asSlice(0, GUARD))
+                && intact(backing.asSlice(GUARD + lowSize, GUARD))
                 && intact(backing.asSlice(2 * GUARD + lowSize + highSize, GUARD));
     }
 

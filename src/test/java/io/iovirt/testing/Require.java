@@ -10,8 +10,7 @@ import java.nio.file.Path;
  * (scripts/install-deps.sh, scripts/install-dpdk.sh).
  */
 public final class Require {
-    private Require() {
-    }
+    private Require() {}
 
     /** Fails with "missing prerequisite: {@code what}" unless {@code condition} holds. */
     public static void that(boolean condition, String what) {

@@ -36,7 +36,8 @@ class ByteSizesTest {
         assertEquals(1073741824L, ByteSizes.parse("1073741824"));
         for (String bad : new String[] {"", "G", "-1M", "1.5G", "99999999999E", "4X", "\u001b[31m"}) {
             ActionableException e = assertThrows(ActionableException.class, () -> ByteSizes.parse(bad), bad);
-            assertTrue(e.getMessage().contains("is not a size") && !e.getMessage().contains("\u001b"), e.getMessage());
+            assertTrue(
+                    e.getMessage().contains("is not a size") && !e.getMessage().contains("\u001b"), e.getMessage());
         }
     }
 }

@@ -100,7 +100,8 @@ class VfioAbiTest {
                 Map.entry("VFIO_IOMMU_MAP_DMA", VfioAbi.IOMMU_MAP_DMA),
                 Map.entry("VFIO_IOMMU_UNMAP_DMA", VfioAbi.IOMMU_UNMAP_DMA));
         for (var e : ours.entrySet()) {
-            Matcher m = Pattern.compile("#define\\s+" + e.getKey() + "\\s+_IO\\(VFIO_TYPE,\\s*VFIO_BASE\\s*\\+\\s*(\\d+)\\)")
+            Matcher m = Pattern.compile(
+                            "#define\\s+" + e.getKey() + "\\s+_IO\\(VFIO_TYPE,\\s*VFIO_BASE\\s*\\+\\s*(\\d+)\\)")
                     .matcher(h);
             assertTrue(m.find(), e.getKey() + " not found in " + HEADER);
             long n = 0x3b00 + 100 + Long.parseLong(m.group(1));
@@ -139,15 +140,23 @@ class VfioAbiTest {
             }
             Long off = c.offsets.get(m.name().get());
             assertNotNull(off, name + "." + m.name().get() + " is not a field of the header's struct");
-            assertEquals((long) off, ours.byteOffset(MemoryLayout.PathElement.groupElement(m.name().get())),
+            assertEquals(
+                    (long) off,
+                    ours.byteOffset(
+                            MemoryLayout.PathElement.groupElement(m.name().get())),
                     name + "." + m.name().get());
             if (m instanceof GroupLayout g) {
-                assertEquals(structs.get(c.types.get(m.name().get())).size, g.byteSize(), name + "." + m.name().get());
+                assertEquals(
+                        structs.get(c.types.get(m.name().get())).size,
+                        g.byteSize(),
+                        name + "." + m.name().get());
             }
         }
         assertEquals(c.size, ours.byteSize(), "sizeof(struct " + name + ")");
-        assertEquals(c.offsets.size(), ours.memberLayouts().stream().filter(l -> l.name().isPresent()).count()
-                + c.flexibleArrays, "fields of struct " + name + " (flexible arrays excepted)");
+        assertEquals(
+                c.offsets.size(),
+                ours.memberLayouts().stream().filter(l -> l.name().isPresent()).count() + c.flexibleArrays,
+                "fields of struct " + name + " (flexible arrays excepted)");
     }
 
     /** A C struct laid out with natural alignment: enough of C for the fixed-width types VFIO's header uses. */

@@ -52,7 +52,8 @@ class VfioErrorsTest {
         Files.createDirectories(drivers.resolve("e1000e"));
         Path groups = Files.createDirectories(sys.resolve("kernel/iommu_groups"));
         Path g7 = Files.createDirectories(groups.resolve("7/devices"));
-        for (String[] d : new String[][]{{"0000:03:00.0", "vfio-pci"}, {"0000:03:00.1", "e1000e"}, {"0000:03:00.2", null}}) {
+        for (String[] d :
+                new String[][] {{"0000:03:00.0", "vfio-pci"}, {"0000:03:00.1", "e1000e"}, {"0000:03:00.2", null}}) {
             Path dev = Files.createDirectories(devices.resolve(d[0]));
             Files.writeString(dev.resolve("vendor"), "0x8086\n");
             Files.writeString(dev.resolve("device"), "0x10d3\n");
@@ -70,8 +71,7 @@ class VfioErrorsTest {
     void sysfsFactsAreReadFromTheTree() throws Exception {
         PciSysfs s = fixture();
         assertEquals(7, s.iommuGroup(Bdf.parse("03:00.1")));
-        assertEquals(List.of(Bdf.parse("03:00.0"), Bdf.parse("03:00.1"), Bdf.parse("03:00.2")),
-                s.groupMembers(7));
+        assertEquals(List.of(Bdf.parse("03:00.0"), Bdf.parse("03:00.1"), Bdf.parse("03:00.2")), s.groupMembers(7));
         assertEquals("e1000e", s.driver(Bdf.parse("03:00.1")).orElseThrow());
         assertTrue(s.driver(Bdf.parse("03:00.2")).isEmpty());
         assertEquals("8086:10d3", s.ids(Bdf.parse("03:00.0")));
@@ -83,7 +83,9 @@ class VfioErrorsTest {
         String m = VfioGroup.notViableMessage(7, fixture());
         assertTrue(m.contains("IOMMU group 7 is not viable"), m);
         assertTrue(m.contains("0000:03:00.1 (bound to e1000e)"), m);
-        assertTrue(!m.contains("0000:03:00.0 (") && !m.contains("0000:03:00.2 ("), "vfio-pci and driverless members are fine: " + m);
+        assertTrue(
+                !m.contains("0000:03:00.0 (") && !m.contains("0000:03:00.2 ("),
+                "vfio-pci and driverless members are fine: " + m);
         assertTrue(m.contains("iovirt host bind"), m);
     }
 
@@ -101,8 +103,8 @@ class VfioErrorsTest {
         PciSysfs s = fixture();
         Path devVfio = Files.createDirectories(tmp.resolve("dev/vfio"));
         // no /dev/vfio/vfio here: the container is what fails first
-        VfioException e = assertThrows(VfioException.class,
-                () -> VfioSession.open(Bdf.parse("03:00.1"), s, devVfio, devVfio.resolve("vfio")));
+        VfioException e = assertThrows(
+                VfioException.class, () -> VfioSession.open(Bdf.parse("03:00.1"), s, devVfio, devVfio.resolve("vfio")));
         assertTrue(e.getMessage().contains("modprobe vfio-pci"), e.getMessage());
     }
 
@@ -115,7 +117,9 @@ class VfioErrorsTest {
         assertTrue(IommuEnvironment.deviceCdev(s, dev, a).isEmpty(), "6.1: sysfs lists vfio-dev, /dev has no node");
         Files.createDirectories(dev.resolve("vfio/devices"));
         Files.writeString(dev.resolve("vfio/devices/vfio0"), "");
-        assertEquals(dev.resolve("vfio/devices/vfio0"), IommuEnvironment.deviceCdev(s, dev, a).orElseThrow());
+        assertEquals(
+                dev.resolve("vfio/devices/vfio0"),
+                IommuEnvironment.deviceCdev(s, dev, a).orElseThrow());
         IommuEnvironment env = IommuEnvironment.detect(dev, s);
         assertEquals(List.of("vfio0"), env.vfioDeviceCdevs());
         assertTrue(!env.iommufd() && !env.vfioContainer());
@@ -133,5 +137,4 @@ class VfioErrorsTest {
         assertTrue(m.contains("RLIMIT_MEMLOCK") && m.contains("ulimit -l") && m.contains("CAP_IPC_LOCK"), m);
         assertTrue(m.contains("16384 KiB"), m);
     }
-
 }

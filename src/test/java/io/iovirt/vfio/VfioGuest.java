@@ -17,8 +17,7 @@ final class VfioGuest {
     /** Where the guest kernel puts the controller: bus 1 behind root port rp1. */
     static final String BDF = "0000:01:00.0";
 
-    private VfioGuest() {
-    }
+    private VfioGuest() {}
 
     /** QEMU arguments: VT-d with interrupt remapping, the controller with {@code serial} over {@code disk}, 9p root. */
     static List<String> qemuArgs(Path disk, String serial) {
@@ -32,7 +31,11 @@ final class VfioGuest {
     }
 
     static QemuGuest.Builder builder(GuestImage image, Path workDir, String name, Path disk, String serial) {
-        return QemuGuest.builder(image).name(name).workDir(workDir).memoryMiB(1536).cpus(2)
+        return QemuGuest.builder(image)
+                .name(name)
+                .workDir(workDir)
+                .memoryMiB(1536)
+                .cpus(2)
                 .machineOptions("kernel-irqchip=split")
                 .kernelArgs("intel_iommu=on")
                 .modules("virtio_pci", "9pnet_virtio", "9p", "nvme", "vfio_pci", "vfio_iommu_type1")
@@ -76,9 +79,10 @@ final class VfioGuest {
      */
     static String classPath() {
         List<String> cp = new ArrayList<>();
-        for (Class<?> c : new Class<?>[]{io.iovirt.cli.Main.class, picocli.CommandLine.class}) {
+        for (Class<?> c : new Class<?>[] {io.iovirt.cli.Main.class, picocli.CommandLine.class}) {
             try {
-                Path p = Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI());
+                Path p = Path.of(
+                        c.getProtectionDomain().getCodeSource().getLocation().toURI());
                 cp.add((p.startsWith("/tmp") ? stage(p) : p).toString());
             } catch (java.net.URISyntaxException | java.io.IOException e) {
                 throw new IllegalStateException("cannot prepare the guest's class path: " + e.getMessage(), e);
@@ -88,7 +92,9 @@ final class VfioGuest {
     }
 
     private static Path stage(Path source) throws java.io.IOException {
-        Path target = Path.of("/var/tmp/iovirt-guest-classpath", Integer.toHexString(source.toString().hashCode()),
+        Path target = Path.of(
+                "/var/tmp/iovirt-guest-classpath",
+                Integer.toHexString(source.toString().hashCode()),
                 source.getFileName().toString());
         try (var files = java.nio.file.Files.walk(source)) {
             for (Path f : (Iterable<Path>) files::iterator) {

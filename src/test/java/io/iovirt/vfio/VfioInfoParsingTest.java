@@ -30,8 +30,13 @@ class VfioInfoParsingTest {
     private static MemorySegment regionWithCaps(Arena a) {
         MemorySegment s = a.allocate(32 + 48 + 16, 8);
         s.set(JAVA_INT, 0, (int) s.byteSize());
-        s.set(JAVA_INT, 4, VfioAbi.REGION_INFO_FLAG_READ | VfioAbi.REGION_INFO_FLAG_WRITE
-                | VfioAbi.REGION_INFO_FLAG_MMAP | VfioAbi.REGION_INFO_FLAG_CAPS);
+        s.set(
+                JAVA_INT,
+                4,
+                VfioAbi.REGION_INFO_FLAG_READ
+                        | VfioAbi.REGION_INFO_FLAG_WRITE
+                        | VfioAbi.REGION_INFO_FLAG_MMAP
+                        | VfioAbi.REGION_INFO_FLAG_CAPS);
         s.set(JAVA_INT, 8, 0);
         s.set(JAVA_INT, 12, 32); // cap_offset
         s.set(JAVA_LONG, 16, 0x4000);
@@ -56,7 +61,8 @@ class VfioInfoParsingTest {
             assertEquals(0x10000000000L, r.offset());
             assertTrue(r.readable() && r.writable() && r.mmappable());
             assertEquals(2, r.caps().size());
-            RegionInfo.SparseMmap sparse = assertInstanceOf(RegionInfo.SparseMmap.class, r.caps().get(0));
+            RegionInfo.SparseMmap sparse =
+                    assertInstanceOf(RegionInfo.SparseMmap.class, r.caps().get(0));
             assertEquals(List.of(new RegionInfo.Area(0, 0x2000), new RegionInfo.Area(0x3000, 0x1000)), sparse.areas());
             assertEquals(sparse.areas(), r.mmapAreas());
             assertEquals(new RegionInfo.Type(0x80008086, 3), r.caps().get(1));
@@ -126,7 +132,10 @@ class VfioInfoParsingTest {
             IommuInfo info = VfioContainer.parseIommuInfo(s, flags);
             assertEquals("4K 2M 1G", info.pageSizesText());
             assertEquals(4096, info.minPageSize());
-            assertEquals(List.of(new IommuInfo.IovaRange(0, 0xfedfffffL), new IommuInfo.IovaRange(0xfef00000L, 0x7fffffffffL)),
+            assertEquals(
+                    List.of(
+                            new IommuInfo.IovaRange(0, 0xfedfffffL),
+                            new IommuInfo.IovaRange(0xfef00000L, 0x7fffffffffL)),
                     info.iovaRanges());
             assertEquals(65535, info.dmaMappingsAvailable().getAsInt());
             assertTrue(info.iovaUsable(0x100000, 0x100000));

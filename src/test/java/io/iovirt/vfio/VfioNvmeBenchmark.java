@@ -36,8 +36,7 @@ class VfioNvmeBenchmark {
     @TempDir
     Path dir;
 
-    record Row(String path, String completion, int qd, double iops, double meanUs, double p50Us, double p99Us) {
-    }
+    record Row(String path, String completion, int qd, double iops, double meanUs, double p50Us, double p99Us) {}
 
     @Test
     void javaDriverVersusKernelDriver() throws Exception {
@@ -73,23 +72,37 @@ class VfioNvmeBenchmark {
                 done
                 """.formatted(seconds, fio);
         GuestResult r = VfioGuest.builder(GuestImage.ensure(), dir, "vfio-bench", disk, "iovirt-bench")
-                .payload(payload).build().run(Duration.ofMinutes(20));
+                .payload(payload)
+                .build()
+                .run(Duration.ofMinutes(20));
         assertEquals(0, r.exitCode(), r.output());
 
         List<Row> rows = new ArrayList<>();
-        for (String mode : new String[]{"poll", "msix"}) {
-            for (int qd : new int[]{1, 32}) {
+        for (String mode : new String[] {"poll", "msix"}) {
+            for (int qd : new int[] {1, 32}) {
                 String j = r.field("java_" + mode + "_" + qd);
-                rows.add(new Row("iovirt Java driver (VFIO)", mode.equals("poll") ? "polling" : "MSI-X", qd,
-                        num(j, "iops"), num(j, "lat_mean_us"), num(j, "lat_p50_us"), num(j, "lat_p99_us")));
+                rows.add(new Row(
+                        "iovirt Java driver (VFIO)",
+                        mode.equals("poll") ? "polling" : "MSI-X",
+                        qd,
+                        num(j, "iops"),
+                        num(j, "lat_mean_us"),
+                        num(j, "lat_p50_us"),
+                        num(j, "lat_p99_us")));
             }
         }
-        for (int qd : new int[]{1, 32}) {
+        for (int qd : new int[] {1, 32}) {
             String j = fioJson(r.output(), qd);
             String read = j.substring(j.indexOf("\"read\""));
             String lat = read.substring(read.indexOf("\"lat_ns\""));
-            rows.add(new Row("Linux nvme driver, fio libaio", "interrupt", qd, num(read, "iops"),
-                    num(lat, "mean") / 1e3, num(lat, "50.000000") / 1e3, num(lat, "99.000000") / 1e3));
+            rows.add(new Row(
+                    "Linux nvme driver, fio libaio",
+                    "interrupt",
+                    qd,
+                    num(read, "iops"),
+                    num(lat, "mean") / 1e3,
+                    num(lat, "50.000000") / 1e3,
+                    num(lat, "99.000000") / 1e3));
         }
         String table = table(rows, seconds);
         System.out.println(table);
@@ -107,7 +120,8 @@ class VfioNvmeBenchmark {
     }
 
     private static double num(String json, String key) {
-        Matcher m = Pattern.compile("\"" + Pattern.quote(key) + "\"\\s*:\\s*(-?[0-9.eE+]+)").matcher(json);
+        Matcher m = Pattern.compile("\"" + Pattern.quote(key) + "\"\\s*:\\s*(-?[0-9.eE+]+)")
+                .matcher(json);
         if (!m.find()) {
             throw new AssertionError("no \"" + key + "\" in " + json);
         }
@@ -116,22 +130,37 @@ class VfioNvmeBenchmark {
 
     static String table(List<Row> rows, int seconds) {
         StringBuilder sb = new StringBuilder();
-        sb.append(String.format(Locale.ROOT, "4 KiB random reads, %d s per run, %s, one guest (QEMU 7.2 TCG, -smp 2, "
-                + "intel-iommu, emulated NVMe on a raw file), Linux 6.1 in the guest.%n%n", seconds, LocalDate.now()));
+        sb.append(String.format(
+                Locale.ROOT,
+                "4 KiB random reads, %d s per run, %s, one guest (QEMU 7.2 TCG, -smp 2, "
+                        + "intel-iommu, emulated NVMe on a raw file), Linux 6.1 in the guest.%n%n",
+                seconds,
+                LocalDate.now()));
         sb.append("| path | completion | QD | IOPS | mean µs | p50 µs | p99 µs |\n");
         sb.append("|---|---|---:|---:|---:|---:|---:|\n");
         for (Row x : rows) {
-            sb.append(String.format(Locale.ROOT, "| %s | %s | %d | %.0f | %.1f | %.1f | %.1f |%n", x.path(),
-                    x.completion(), x.qd(), x.iops(), x.meanUs(), x.p50Us(), x.p99Us()));
+            sb.append(String.format(
+                    Locale.ROOT,
+                    "| %s | %s | %d | %.0f | %.1f | %.1f | %.1f |%n",
+                    x.path(),
+                    x.completion(),
+                    x.qd(),
+                    x.iops(),
+                    x.meanUs(),
+                    x.p50Us(),
+                    x.p99Us()));
         }
         sb.append('\n');
-        for (int qd : new int[]{1, 32}) {
-            double kernel = rows.stream().filter(x -> x.qd() == qd && x.path().startsWith("Linux")).findFirst()
-                    .orElseThrow().iops();
+        for (int qd : new int[] {1, 32}) {
+            double kernel = rows.stream()
+                    .filter(x -> x.qd() == qd && x.path().startsWith("Linux"))
+                    .findFirst()
+                    .orElseThrow()
+                    .iops();
             for (Row x : rows) {
                 if (x.qd() == qd && !x.path().startsWith("Linux")) {
-                    sb.append(String.format(Locale.ROOT, "QD%d %s / kernel: %.2fx IOPS%n", qd, x.completion(),
-                            x.iops() / kernel));
+                    sb.append(String.format(
+                            Locale.ROOT, "QD%d %s / kernel: %.2fx IOPS%n", qd, x.completion(), x.iops() / kernel));
                 }
             }
         }

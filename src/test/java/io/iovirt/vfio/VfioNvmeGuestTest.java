@@ -43,10 +43,11 @@ import org.junit.jupiter.api.io.TempDir;
 class VfioNvmeGuestTest {
     /** One run took 3.8 minutes at load 7-13; at load ~20 twelve minutes were not enough (JVM starts dominate). */
     static final Duration TIMEOUT = Duration.ofMinutes(25);
+
     static final String SERIAL = "iovirt-vfio-7";
     static final long DISK = 64L << 20;
-    static final long LBA_HOST = 4096;     // pre-filled by the host, read by the Java driver
-    static final long LBA_JAVA = 10240;    // written by the Java driver
+    static final long LBA_HOST = 4096; // pre-filled by the host, read by the Java driver
+    static final long LBA_JAVA = 10240; // written by the Java driver
     /** 32 blocks of 512 bytes (QEMU's default LBA format): four pages, so PRP1 and a PRP list of three entries. */
     static final int BYTES = 16384;
 
@@ -106,7 +107,8 @@ class VfioNvmeGuestTest {
                         echo kernel_serial=$(cat /sys/class/nvme/nvme0/serial)
                         echo kernel_sha=$(dd if=/dev/nvme0n1 bs=512 skip=%2$d count=32 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                         """.formatted(LBA_HOST, LBA_JAVA))
-                .build().run(TIMEOUT);
+                .build()
+                .run(TIMEOUT);
 
         String out = r.output();
         System.out.println(out); // kept in the surefire report: what iovirt printed inside the guest
@@ -124,16 +126,37 @@ class VfioNvmeGuestTest {
         assertEquals(true, group.get("viable"));
         assertEquals(List.of(Map.of("bdf", VfioGuest.BDF, "driver", "vfio-pci")), group.get("members"));
         assertEquals("Type1v2", ((Map<?, ?>) info.get("iommu")).get("type"));
-        List<Map<?, ?>> regions = ((List<?>) info.get("regions")).stream().<Map<?, ?>>map(x -> (Map<?, ?>) x).toList();
-        assertEquals(List.of("BAR0", 16384L, 0L, true, true, true), List.of(regions.get(0).get("name"),
-                regions.get(0).get("size"), regions.get(0).get("offset"), regions.get(0).get("readable"),
-                regions.get(0).get("writable"), regions.get(0).get("mmap")), regions.get(0).toString());
-        assertEquals(List.of("config", 4096L), List.of(regions.get(7).get("name"), regions.get(7).get("size")));
-        List<Map<?, ?>> irqs = ((List<?>) info.get("irqs")).stream().<Map<?, ?>>map(x -> (Map<?, ?>) x).toList();
-        assertEquals(List.of("INTx", 1L, true, true, true), List.of(irqs.get(0).get("type"), irqs.get(0).get("count"),
-                irqs.get(0).get("eventfd"), irqs.get(0).get("maskable"), irqs.get(0).get("automasked")), irqs.toString());
+        List<Map<?, ?>> regions = ((List<?>) info.get("regions"))
+                .stream().<Map<?, ?>>map(x -> (Map<?, ?>) x).toList();
+        assertEquals(
+                List.of("BAR0", 16384L, 0L, true, true, true),
+                List.of(
+                        regions.get(0).get("name"),
+                        regions.get(0).get("size"),
+                        regions.get(0).get("offset"),
+                        regions.get(0).get("readable"),
+                        regions.get(0).get("writable"),
+                        regions.get(0).get("mmap")),
+                regions.get(0).toString());
+        assertEquals(
+                List.of("config", 4096L),
+                List.of(regions.get(7).get("name"), regions.get(7).get("size")));
+        List<Map<?, ?>> irqs = ((List<?>) info.get("irqs"))
+                .stream().<Map<?, ?>>map(x -> (Map<?, ?>) x).toList();
+        assertEquals(
+                List.of("INTx", 1L, true, true, true),
+                List.of(
+                        irqs.get(0).get("type"),
+                        irqs.get(0).get("count"),
+                        irqs.get(0).get("eventfd"),
+                        irqs.get(0).get("maskable"),
+                        irqs.get(0).get("automasked")),
+                irqs.toString());
         assertEquals("MSI-X", irqs.get(2).get("type"));
-        assertTrue((Long) irqs.get(2).get("count") > 0 && irqs.get(2).get("noresize").equals(true), irqs.toString());
+        assertTrue(
+                (Long) irqs.get(2).get("count") > 0
+                        && irqs.get(2).get("noresize").equals(true),
+                irqs.toString());
 
         // identify: the serial QEMU was given, the disk's size
         assertEquals("0", r.field("identify_rc"), out);
@@ -144,11 +167,22 @@ class VfioNvmeGuestTest {
 
         // read and write --json: where, how much, the data's SHA-256 (and, without --out, the data itself)
         Map<?, ?> readJson = (Map<?, ?>) json(section(out, "readhost"));
-        assertEquals(List.of(LBA_HOST, 32L, 512L, "/tmp/host.bin", sha256(hostData)), List.of(readJson.get("lba"),
-                readJson.get("blocks"), readJson.get("block_size"), readJson.get("out"), readJson.get("sha256")));
+        assertEquals(
+                List.of(LBA_HOST, 32L, 512L, "/tmp/host.bin", sha256(hostData)),
+                List.of(
+                        readJson.get("lba"),
+                        readJson.get("blocks"),
+                        readJson.get("block_size"),
+                        readJson.get("out"),
+                        readJson.get("sha256")));
         Map<?, ?> writeJson = (Map<?, ?>) json(section(out, "write"));
-        assertEquals(List.of(LBA_JAVA, 32L, sha256(javaData), true), List.of(writeJson.get("lba"),
-                writeJson.get("blocks"), writeJson.get("sha256"), writeJson.get("flushed")));
+        assertEquals(
+                List.of(LBA_JAVA, 32L, sha256(javaData), true),
+                List.of(
+                        writeJson.get("lba"),
+                        writeJson.get("blocks"),
+                        writeJson.get("sha256"),
+                        writeJson.get("flushed")));
 
         // reads through MSI-X and INTx, writes through MSI-X; the kernel and the host see the Java driver's data
         assertEquals("0", r.field("readhost_rc"), out);
@@ -173,15 +207,20 @@ class VfioNvmeGuestTest {
         assertTrue(bench.startsWith("bench: " + VfioGuest.BDF + ", namespace 1 (64M), randread 4k qd 4"), bench);
         assertTrue(bench.contains("iovirt: terminating: NVMe controller " + VfioGuest.BDF + " shut down"), bench);
         // the shutdown order: the reads in flight complete before CC.SHN / CC.EN=0, then BAR, DMA, group, container
-        assertTrue(bench.matches("(?s).*shut down \\((\\d+ I/O commands in flight completed first|no I/O in flight)\\); "
-                + "device, DMA mappings, group and container released.*"), bench);
+        assertTrue(
+                bench.matches("(?s).*shut down \\((\\d+ I/O commands in flight completed first|no I/O in flight)\\); "
+                        + "device, DMA mappings, group and container released.*"),
+                bench);
 
         // a mapping beyond the locked-memory limit fails with the limit and the remedy named
         assertEquals("1", r.field("memlock_rc"), out);
         String memlock = section(out, "memlock");
         assertTrue(memlock.startsWith("iovirt vfio nvme identify: VFIO_IOMMU_MAP_DMA of "), memlock);
-        assertTrue(memlock.contains("ENOMEM") && memlock.contains("RLIMIT_MEMLOCK, now 64 KiB (soft)")
-                && memlock.contains("ulimit -l"), memlock);
+        assertTrue(
+                memlock.contains("ENOMEM")
+                        && memlock.contains("RLIMIT_MEMLOCK, now 64 KiB (soft)")
+                        && memlock.contains("ulimit -l"),
+                memlock);
 
         // the IOMMU (iommu-check --json): the PRP list fetch fails, memory outside the mappings is unchanged, the
         // kernel logs the fault
@@ -189,15 +228,20 @@ class VfioNvmeGuestTest {
         Map<?, ?> iommu = (Map<?, ?>) json(section(out, "iommu"));
         String iova = Long.toHexString((Long) iommu.get("unmapped_iova"));
         assertEquals(true, iommu.get("confined"), iommu.toString());
-        assertTrue(((String) ((Map<?, ?>) iommu.get("prp_list_status")).get("text")).startsWith("Data Transfer Error"),
+        assertTrue(
+                ((String) ((Map<?, ?>) iommu.get("prp_list_status")).get("text")).startsWith("Data Transfer Error"),
                 iommu.toString());
-        assertEquals(List.of(true, true, true), List.of(iommu.get("canary_intact"), iommu.get("sentinel_intact"),
-                iommu.get("controller_healthy")), iommu.toString());
+        assertEquals(
+                List.of(true, true, true),
+                List.of(iommu.get("canary_intact"), iommu.get("sentinel_intact"), iommu.get("controller_healthy")),
+                iommu.toString());
         // Both probes fault (a DMA write, then a DMA read at that IOVA), but QEMU's VT-d does not record a fault while
         // an earlier one is still pending ("compression of faults"), so the guest may log only the first.
         String dmesg = section(out, "dmesg");
-        assertTrue(dmesg.matches("(?s).*DMAR: \\[DMA (Write|Read) NO_PASID\\] Request device \\[01:00\\.0\\] fault addr 0x"
-                + iova + " .*"), dmesg);
+        assertTrue(
+                dmesg.matches("(?s).*DMAR: \\[DMA (Write|Read) NO_PASID\\] Request device \\[01:00\\.0\\] fault addr 0x"
+                        + iova + " .*"),
+                dmesg);
         assertTrue(!bench.contains("iovirt vfio nvme bench:"), "no error reported for a signalled exit: " + bench);
     }
 
@@ -206,7 +250,8 @@ class VfioNvmeGuestTest {
      * IOMMU fault iommu-check provokes) that the serial console interleaves with it.
      */
     static Object json(String section) {
-        return StrictJson.parse(section.lines().filter(l -> !l.matches("\\[\\s*\\d+\\.\\d+\\] .*"))
+        return StrictJson.parse(section.lines()
+                .filter(l -> !l.matches("\\[\\s*\\d+\\.\\d+\\] .*"))
                 .collect(java.util.stream.Collectors.joining("\n")));
     }
 
@@ -218,7 +263,7 @@ class VfioNvmeGuestTest {
         }
         from += name.length() + 5;
         int to = out.length();
-        for (String end : new String[]{"\n=== ", "\n" + name + "_rc="}) {
+        for (String end : new String[] {"\n=== ", "\n" + name + "_rc="}) {
             int i = out.indexOf(end, from - 1);
             if (i >= 0) {
                 to = Math.min(to, i + 1);

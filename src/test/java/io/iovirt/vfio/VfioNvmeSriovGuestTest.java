@@ -42,19 +42,32 @@ class VfioNvmeSriovGuestTest {
         }
         byte[] data = VfioGuest.pattern(7, BYTES);
         String state = "--state-dir /tmp/iovirt";
-        GuestResult r = QemuGuest.builder(GuestImage.ensure()).name("vfio-sriov").workDir(dir).memoryMiB(1536).cpus(2)
+        GuestResult r = QemuGuest.builder(GuestImage.ensure())
+                .name("vfio-sriov")
+                .workDir(dir)
+                .memoryMiB(1536)
+                .cpus(2)
                 .machineOptions("kernel-irqchip=split")
                 .kernelArgs("intel_iommu=on")
                 .modules("virtio_pci", "9pnet_virtio", "9p", "nvme", "vfio_pci", "vfio_iommu_type1")
-                .args("-cpu", "max",
-                        "-device", "intel-iommu,intremap=on,caching-mode=on",
-                        "-device", "pcie-root-port,id=rp1,chassis=1,slot=1",
-                        "-device", "nvme-subsys,id=subsys0,nqn=subsys0",
-                        "-device", "nvme,id=nvme0,serial=" + SERIAL + ",bus=rp1,subsys=subsys0,sriov_max_vfs=2,"
+                .args(
+                        "-cpu",
+                        "max",
+                        "-device",
+                        "intel-iommu,intremap=on,caching-mode=on",
+                        "-device",
+                        "pcie-root-port,id=rp1,chassis=1,slot=1",
+                        "-device",
+                        "nvme-subsys,id=subsys0,nqn=subsys0",
+                        "-device",
+                        "nvme,id=nvme0,serial=" + SERIAL + ",bus=rp1,subsys=subsys0,sriov_max_vfs=2,"
                                 + "sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=6,msix_qsize=4",
-                        "-drive", "file=" + QemuGuest.escape(disk.toString()) + ",if=none,id=nvm0,format=raw,cache=none",
-                        "-device", "nvme-ns,drive=nvm0,bus=nvme0,nsid=1",
-                        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
+                        "-drive",
+                        "file=" + QemuGuest.escape(disk.toString()) + ",if=none,id=nvm0,format=raw,cache=none",
+                        "-device",
+                        "nvme-ns,drive=nvm0,bus=nvme0,nsid=1",
+                        "-virtfs",
+                        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
                 .file("/root/pattern.bin", data, 0644)
                 .payload(VfioGuest.preamble() + """
                         cp /root/pattern.bin /host/tmp/pattern.bin
@@ -70,12 +83,13 @@ class VfioNvmeSriovGuestTest {
                         echo pf_sha=$(dd if=/dev/nvme0n1 bs=512 skip=%4$d count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                         step unbind iovirt host unbind %2$s %3$s
                         """.formatted(PF, VF, state, LBA))
-                .build().run(TIMEOUT);
+                .build()
+                .run(TIMEOUT);
         String out = r.output();
         System.out.println(out); // kept in the surefire report
         assertEquals(0, r.exitCode(), out);
         assertEquals("0", r.field("vfs_rc"), out);
-        assertTrue(VfioNvmeGuestTest.section(out, "vfs").contains(VF + "  driver: none") , out);
+        assertTrue(VfioNvmeGuestTest.section(out, "vfs").contains(VF + "  driver: none"), out);
         assertTrue(VfioNvmeGuestTest.section(out, "vfs").contains("state=online"), out);
         assertEquals("0", r.field("bind_rc"), out);
 

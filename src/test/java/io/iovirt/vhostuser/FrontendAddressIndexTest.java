@@ -21,8 +21,8 @@ class FrontendAddressIndexTest {
 
     @Test
     void translatesFrontendAddressesInsideOneRegionOnly() throws Exception {
-        FrontendAddressIndex index = FrontendAddressIndex.of(List.of(region(0x10000, 0x2000, 0x7f00_0001_0000L),
-                region(0x0, 0x1000, 0x7f00_0000_0000L)));
+        FrontendAddressIndex index = FrontendAddressIndex.of(
+                List.of(region(0x10000, 0x2000, 0x7f00_0001_0000L), region(0x0, 0x1000, 0x7f00_0000_0000L)));
         assertEquals(0x10008, index.toGuestPhys(0x7f00_0001_0008L, 8));
         assertEquals(0x0, index.toGuestPhys(0x7f00_0000_0000L, 0x1000));
         assertThrows(GuestMemoryFault.class, () -> index.toGuestPhys(0x7f00_0000_1000L, 1)); // the hole
@@ -34,7 +34,8 @@ class FrontendAddressIndexTest {
 
     @Test
     void regionsOverlappingInFrontendAddressSpaceAreRefused() {
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+        IllegalArgumentException e = assertThrows(
+                IllegalArgumentException.class,
                 () -> FrontendAddressIndex.of(List.of(region(0x0, 0x1000, 0x10000), region(0x4000, 0x1000, 0x10800))));
         assertTrue(e.getMessage().contains("overlap in frontend address space"), e.getMessage());
     }

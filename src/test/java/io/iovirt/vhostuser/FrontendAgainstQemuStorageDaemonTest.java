@@ -54,28 +54,42 @@ class FrontendAgainstQemuStorageDaemonTest {
         for (int i = 0; i < 512; i++) {
             sector0[i] = (byte) (i * 7 + 3);
         }
-        try (var ch = java.nio.channels.FileChannel.open(image, java.nio.file.StandardOpenOption.CREATE_NEW,
-                java.nio.file.StandardOpenOption.WRITE)) {
+        try (var ch = java.nio.channels.FileChannel.open(
+                image, java.nio.file.StandardOpenOption.CREATE_NEW, java.nio.file.StandardOpenOption.WRITE)) {
             ch.write(ByteBuffer.wrap(sector0), 0);
             ch.truncate(DISK);
             ch.write(ByteBuffer.wrap(new byte[1]), DISK - 1);
         }
         Path sock = dir.resolve("qsd.sock");
-        try (ChildProcess qsd = ChildProcess.builder(List.of("qemu-storage-daemon",
-                "--blockdev", "driver=file,node-name=file0,filename=" + image,
-                "--blockdev", "driver=raw,node-name=disk0,file=file0",
-                "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
-                        + ",writable=on,num-queues=1")).name("qemu-storage-daemon").log(dir.resolve("qsd.log"))
-                .directory(dir).start()) {
-            Await.until(Duration.ofSeconds(60), "qemu-storage-daemon listens on " + sock, qsd, () -> Files.exists(sock));
+        try (ChildProcess qsd = ChildProcess.builder(List.of(
+                        "qemu-storage-daemon",
+                        "--blockdev",
+                        "driver=file,node-name=file0,filename=" + image,
+                        "--blockdev",
+                        "driver=raw,node-name=disk0,file=file0",
+                        "--export",
+                        "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + sock
+                                + ",writable=on,num-queues=1"))
+                .name("qemu-storage-daemon")
+                .log(dir.resolve("qsd.log"))
+                .directory(dir)
+                .start()) {
+            Await.until(
+                    Duration.ofSeconds(60), "qemu-storage-daemon listens on " + sock, qsd, () -> Files.exists(sock));
             try (VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(30));
-                 FrontendMemory ram = FrontendMemory.allocate(0, 1 << 20);
-                 EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true); Epoll ep = Epoll.create(1)) {
+                    FrontendMemory ram = FrontendMemory.allocate(0, 1 << 20);
+                    EventFd kick = EventFd.create(true);
+                    EventFd call = EventFd.create(true);
+                    Epoll ep = Epoll.create(1)) {
                 long features = fe.getFeatures();
-                assertTrue(VirtioFeatures.has(features, VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES),
+                assertTrue(
+                        VirtioFeatures.has(
+                                features, VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES),
                         Long.toHexString(features));
                 long pf = fe.getProtocolFeatures();
-                assertTrue(VirtioFeatures.has(pf, Features.bit(Features.PROTOCOL_CONFIG) | Features.bit(Features.PROTOCOL_MQ)),
+                assertTrue(
+                        VirtioFeatures.has(
+                                pf, Features.bit(Features.PROTOCOL_CONFIG) | Features.bit(Features.PROTOCOL_MQ)),
                         Long.toHexString(pf));
                 long wanted = pf & Features.CORE_PROTOCOL_FEATURES;
                 fe.setProtocolFeatures(wanted);

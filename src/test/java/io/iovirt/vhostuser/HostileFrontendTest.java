@@ -36,6 +36,7 @@ class HostileFrontendTest {
 
     @TempDir
     Path dir;
+
     Path socket;
     RecordingBackend backend;
     VhostUserServer server;
@@ -79,7 +80,10 @@ class HostileFrontendTest {
         assertTrue(line.contains(reason), "expected '" + reason + "' in: " + line);
         assertTrue(server.awaitIdle(TIMEOUT));
         try (VhostUserFrontend next = VhostUserFrontend.connect(socket, TIMEOUT)) { // the server still serves
-            assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
+            assertEquals(
+                    RecordingBackend.DEVICE_FEATURES
+                            | Features.VHOST_USER_F_PROTOCOL_FEATURES
+                            | Features.VHOST_F_LOG_ALL,
                     next.getFeatures());
             next.setProtocolFeatures(next.getProtocolFeatures());
             assertEquals(2, next.getQueueNum());
@@ -145,14 +149,31 @@ class HostileFrontendTest {
 
     @Test
     void badHeaders() throws Exception {
-        assertRejected("announces a 65536-byte payload, more than the largest message",
+        assertRejected(
+                "announces a 65536-byte payload, more than the largest message",
                 fe -> fe.connection().sendRaw(1, V, 0x10000, EMPTY, List.of()));
-        assertRejected("announces a 4294967295-byte payload", fe -> fe.connection().sendRaw(2, V, -1, EMPTY, List.of()));
-        assertRejected("SET_VRING_NUM has a 4-byte payload, expected 8",
-                fe -> fe.connection().sendRaw(MessageType.SET_VRING_NUM.code(), V, 4, Arena.ofAuto().allocate(4), List.of()));
-        assertRejected("SET_FEATURES has a 16-byte payload, expected 8",
-                fe -> fe.connection().sendRaw(MessageType.SET_FEATURES.code(), V, 16, Arena.ofAuto().allocate(16), List.of()));
-        assertRejected("GET_FEATURES has a 8-byte payload, expected 0", fe -> raw(fe, MessageType.GET_FEATURES, u64(0)));
+        assertRejected(
+                "announces a 4294967295-byte payload", fe -> fe.connection().sendRaw(2, V, -1, EMPTY, List.of()));
+        assertRejected(
+                "SET_VRING_NUM has a 4-byte payload, expected 8",
+                fe -> fe.connection()
+                        .sendRaw(
+                                MessageType.SET_VRING_NUM.code(),
+                                V,
+                                4,
+                                Arena.ofAuto().allocate(4),
+                                List.of()));
+        assertRejected(
+                "SET_FEATURES has a 16-byte payload, expected 8",
+                fe -> fe.connection()
+                        .sendRaw(
+                                MessageType.SET_FEATURES.code(),
+                                V,
+                                16,
+                                Arena.ofAuto().allocate(16),
+                                List.of()));
+        assertRejected(
+                "GET_FEATURES has a 8-byte payload, expected 0", fe -> raw(fe, MessageType.GET_FEATURES, u64(0)));
         assertRejected("unknown request code 99", fe -> fe.connection().sendRaw(99, V, 0, EMPTY, List.of()));
         assertRejected("unknown request code 0", fe -> fe.connection().sendRaw(0, V, 0, EMPTY, List.of()));
         assertRejected("unknown request code 4294967295", fe -> fe.connection().sendRaw(-1, V, 0, EMPTY, List.of()));
@@ -167,25 +188,50 @@ class HostileFrontendTest {
 
     @Test
     void descriptorsWhereNoneOrFewerBelong() throws Exception {
-        try (EventFd e1 = EventFd.create(true); EventFd e2 = EventFd.create(true); Fd mem = MemFd.allocate("ram", 1 << 20)) {
-            assertRejected("SET_VRING_NUM came with 1 file descriptor, expected 0",
+        try (EventFd e1 = EventFd.create(true);
+                EventFd e2 = EventFd.create(true);
+                Fd mem = MemFd.allocate("ram", 1 << 20)) {
+            assertRejected(
+                    "SET_VRING_NUM came with 1 file descriptor, expected 0",
                     fe -> raw(fe, MessageType.SET_VRING_NUM, state(0, 256), e1.fd()));
-            assertRejected("GET_FEATURES came with 2 file descriptors, expected 0", fe -> fe.connection().sendRaw(
-                    MessageType.GET_FEATURES.code(), V, 0, Arena.ofAuto().allocate(1).asSlice(0, 0), List.of(e1.fd(), e2.fd())));
-            assertRejected("SET_MEM_TABLE came with 2 file descriptors, expected 1",
-                    fe -> raw(fe, MessageType.SET_MEM_TABLE, table(new long[] {0, 1 << 20, 0x7000_0000L, 0}), mem, e1.fd()));
+            assertRejected(
+                    "GET_FEATURES came with 2 file descriptors, expected 0",
+                    fe -> fe.connection()
+                            .sendRaw(
+                                    MessageType.GET_FEATURES.code(),
+                                    V,
+                                    0,
+                                    Arena.ofAuto().allocate(1).asSlice(0, 0),
+                                    List.of(e1.fd(), e2.fd())));
+            assertRejected(
+                    "SET_MEM_TABLE came with 2 file descriptors, expected 1",
+                    fe -> raw(
+                            fe,
+                            MessageType.SET_MEM_TABLE,
+                            table(new long[] {0, 1 << 20, 0x7000_0000L, 0}),
+                            mem,
+                            e1.fd()));
             assertRejected("more than 8 file descriptors", fe -> {
                 List<Fd> nine = new ArrayList<>();
                 for (int i = 0; i < 9; i++) {
                     nine.add(e1.fd());
                 }
-                fe.connection().sendRaw(MessageType.SET_MEM_TABLE.code(), V, 8, Arena.ofAuto().allocate(8), nine);
+                fe.connection()
+                        .sendRaw(
+                                MessageType.SET_MEM_TABLE.code(),
+                                V,
+                                8,
+                                Arena.ofAuto().allocate(8),
+                                nine);
             });
-            assertRejected("SET_VRING_KICK came with 1 file descriptor, expected 0",
+            assertRejected(
+                    "SET_VRING_KICK came with 1 file descriptor, expected 0",
                     fe -> raw(fe, MessageType.SET_VRING_KICK, u64(Payloads.VRING_NOFD_MASK), e1.fd()));
-            assertRejected("SET_VRING_CALL came with 0 file descriptors, expected 1",
+            assertRejected(
+                    "SET_VRING_CALL came with 0 file descriptors, expected 1",
                     fe -> raw(fe, MessageType.SET_VRING_CALL, u64(0)));
-            assertRejected("SET_VRING_KICK has reserved bits set: 0x200",
+            assertRejected(
+                    "SET_VRING_KICK has reserved bits set: 0x200",
                     fe -> raw(fe, MessageType.SET_VRING_KICK, u64(1 << 9), e1.fd()));
             assertRejected("ADD_MEM_REG came with 0 file descriptors, expected 1", fe -> {
                 negotiate(fe, FEATURES);
@@ -196,24 +242,59 @@ class HostileFrontendTest {
 
     @Test
     void memoryTablesThatOverlapOverflowOrLie() throws Exception {
-        try (Fd mem = MemFd.allocate("ram", 2 << 20); Fd small = MemFd.allocate("small", 1 << 20);
-             EventFd notMemory = EventFd.create(true)) {
-            assertRejected("overlap in guest physical space", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0, 1 << 20, 0x7000_0000L, 0}, new long[] {0x80000, 1 << 20, 0x7100_0000L, 1 << 20}), mem, mem));
-            assertRejected("overlap in frontend address space", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0, 1 << 20, 0x7000_0000L, 0}, new long[] {0x1000_0000L, 1 << 20, 0x7008_0000L, 1 << 20}), mem, mem));
-            assertRejected("guest physical range wraps around", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0xffff_ffff_ffff_f000L, 0x2000, 0x7000_0000L, 0}), mem));
-            assertRejected("frontend address range wraps around", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0, 0x2000, -0x1000L, 0}), mem));
-            assertRejected("size must be positive", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0, 0, 0x7000_0000L, 0}), mem));
-            assertRejected("file offset overflows", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0, 0x2000, 0x7000_0000L, Long.MAX_VALUE - 0x1000}), mem));
-            assertRejected("extends past the end of its 1048576-byte file", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0, 2 << 20, 0x7000_0000L, 0}), small));
-            assertRejected("is not a shared memory file", fe -> raw(fe, MessageType.SET_MEM_TABLE,
-                    table(new long[] {0, 0x1000, 0x7000_0000L, 0}), notMemory.fd()));
+        try (Fd mem = MemFd.allocate("ram", 2 << 20);
+                Fd small = MemFd.allocate("small", 1 << 20);
+                EventFd notMemory = EventFd.create(true)) {
+            assertRejected(
+                    "overlap in guest physical space",
+                    fe -> raw(
+                            fe,
+                            MessageType.SET_MEM_TABLE,
+                            table(
+                                    new long[] {0, 1 << 20, 0x7000_0000L, 0},
+                                    new long[] {0x80000, 1 << 20, 0x7100_0000L, 1 << 20}),
+                            mem,
+                            mem));
+            assertRejected(
+                    "overlap in frontend address space",
+                    fe -> raw(
+                            fe,
+                            MessageType.SET_MEM_TABLE,
+                            table(
+                                    new long[] {0, 1 << 20, 0x7000_0000L, 0},
+                                    new long[] {0x1000_0000L, 1 << 20, 0x7008_0000L, 1 << 20}),
+                            mem,
+                            mem));
+            assertRejected(
+                    "guest physical range wraps around",
+                    fe -> raw(
+                            fe,
+                            MessageType.SET_MEM_TABLE,
+                            table(new long[] {0xffff_ffff_ffff_f000L, 0x2000, 0x7000_0000L, 0}),
+                            mem));
+            assertRejected(
+                    "frontend address range wraps around",
+                    fe -> raw(fe, MessageType.SET_MEM_TABLE, table(new long[] {0, 0x2000, -0x1000L, 0}), mem));
+            assertRejected(
+                    "size must be positive",
+                    fe -> raw(fe, MessageType.SET_MEM_TABLE, table(new long[] {0, 0, 0x7000_0000L, 0}), mem));
+            assertRejected(
+                    "file offset overflows",
+                    fe -> raw(
+                            fe,
+                            MessageType.SET_MEM_TABLE,
+                            table(new long[] {0, 0x2000, 0x7000_0000L, Long.MAX_VALUE - 0x1000}),
+                            mem));
+            assertRejected(
+                    "extends past the end of its 1048576-byte file",
+                    fe -> raw(fe, MessageType.SET_MEM_TABLE, table(new long[] {0, 2 << 20, 0x7000_0000L, 0}), small));
+            assertRejected(
+                    "is not a shared memory file",
+                    fe -> raw(
+                            fe,
+                            MessageType.SET_MEM_TABLE,
+                            table(new long[] {0, 0x1000, 0x7000_0000L, 0}),
+                            notMemory.fd()));
             assertRejected("SET_MEM_TABLE with 9 regions, at most 8 allowed", fe -> {
                 MemorySegment p = Arena.ofAuto().allocate(8);
                 Payloads.MemoryTable.writeCount(p, 9);
@@ -239,16 +320,22 @@ class HostileFrontendTest {
 
     @Test
     void ringsOutsideTheDeviceOrItsMemory() throws Exception {
-        try (FrontendMemory ram = FrontendMemory.allocate(0x100000, 1 << 20); EventFd kick = EventFd.create(true)) {
+        try (FrontendMemory ram = FrontendMemory.allocate(0x100000, 1 << 20);
+                EventFd kick = EventFd.create(true)) {
             long base = ram.userAddr();
-            assertRejected("SET_VRING_NUM for queue 2, but the device has 2", fe -> raw(fe, MessageType.SET_VRING_NUM, state(2, 256)));
+            assertRejected(
+                    "SET_VRING_NUM for queue 2, but the device has 2",
+                    fe -> raw(fe, MessageType.SET_VRING_NUM, state(2, 256)));
             assertRejected("SET_VRING_ENABLE for queue 4294967295", fe -> {
                 negotiate(fe, FEATURES);
                 raw(fe, MessageType.SET_VRING_ENABLE, state(-1, 1));
             });
-            assertRejected("SET_VRING_KICK for queue 200", fe -> raw(fe, MessageType.SET_VRING_KICK, u64(200), kick.fd()));
-            assertRejected("queue 0 size 100 is not a power of two", fe -> raw(fe, MessageType.SET_VRING_NUM, state(0, 100)));
-            assertRejected("queue 1 size 512 is outside 1..256", fe -> raw(fe, MessageType.SET_VRING_NUM, state(1, 512)));
+            assertRejected(
+                    "SET_VRING_KICK for queue 200", fe -> raw(fe, MessageType.SET_VRING_KICK, u64(200), kick.fd()));
+            assertRejected(
+                    "queue 0 size 100 is not a power of two", fe -> raw(fe, MessageType.SET_VRING_NUM, state(0, 100)));
+            assertRejected(
+                    "queue 1 size 512 is outside 1..256", fe -> raw(fe, MessageType.SET_VRING_NUM, state(1, 512)));
             assertRejected("queue 0 size 0 is outside", fe -> raw(fe, MessageType.SET_VRING_NUM, state(0, 0)));
             assertRejected("is not a 16-bit ring index", fe -> raw(fe, MessageType.SET_VRING_BASE, state(0, 0x10000)));
             assertRejected("no memory table yet", fe -> {
@@ -324,12 +411,18 @@ class HostileFrontendTest {
     @Test
     void negotiationViolations() throws Exception {
         try (EventFd e = EventFd.create(true)) {
-            assertRejected("SET_FEATURES acknowledges 0x10000000000, which was not offered",
+            assertRejected(
+                    "SET_FEATURES acknowledges 0x10000000000, which was not offered",
                     fe -> raw(fe, MessageType.SET_FEATURES, u64(VirtioFeatures.VIRTIO_F_VERSION_1 | (1L << 40))));
-            assertRejected("SET_FEATURES acknowledges 0x200000000, which was not offered",
+            assertRejected(
+                    "SET_FEATURES acknowledges 0x200000000, which was not offered",
                     fe -> raw(fe, MessageType.SET_FEATURES, u64(VirtioFeatures.VIRTIO_F_ACCESS_PLATFORM)));
-            assertRejected("SET_PROTOCOL_FEATURES acknowledges 0x1000, which was not offered",
-                    fe -> raw(fe, MessageType.SET_PROTOCOL_FEATURES, u64(Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD))));
+            assertRejected(
+                    "SET_PROTOCOL_FEATURES acknowledges 0x1000, which was not offered",
+                    fe -> raw(
+                            fe,
+                            MessageType.SET_PROTOCOL_FEATURES,
+                            u64(Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD))));
             assertRejected("GET_CONFIG needs protocol feature 9, which was not negotiated", fe -> {
                 MemorySegment p = Arena.ofAuto().allocate(Payloads.CONFIG_HEADER_SIZE + 4);
                 Payloads.Config.writeHeader(p, 0, 4, 0);
@@ -345,7 +438,8 @@ class HostileFrontendTest {
                 fe.setProtocolFeatures(fe.getProtocolFeatures());
                 raw(fe, MessageType.SET_INFLIGHT_FD, Arena.ofAuto().allocate(Payloads.INFLIGHT_SIZE), e.fd());
             });
-            assertRejected("IOTLB_MSG is not supported by this backend",
+            assertRejected(
+                    "IOTLB_MSG is not supported by this backend",
                     fe -> raw(fe, MessageType.IOTLB_MSG, Arena.ofAuto().allocate(Payloads.IOTLB_SIZE)));
             assertRejected("SEND_RARP needs protocol feature 2", fe -> {
                 fe.setProtocolFeatures(fe.getProtocolFeatures());

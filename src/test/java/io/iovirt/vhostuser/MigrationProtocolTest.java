@@ -37,11 +37,13 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2);
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-             VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-             EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true);
-             Fd logFd = MemFd.allocate("log", 4096)) {
+                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true);
+                Fd logFd = MemFd.allocate("log", 4096)) {
             VhostUserServerTest.initLikeQemu(fe, call, err);
             VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
             VringSetup setup = backend.running.get(0);
@@ -53,15 +55,22 @@ class MigrationProtocolTest {
             fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
             assertNotNull(setup.memory().writeLog());
             long used = high.userAddrOf(VhostUserServerTest.USED);
-            fe.setVringAddr(0, high.userAddrOf(VhostUserServerTest.DESC), used, high.userAddrOf(VhostUserServerTest.AVAIL),
+            fe.setVringAddr(
+                    0,
+                    high.userAddrOf(VhostUserServerTest.DESC),
+                    used,
+                    high.userAddrOf(VhostUserServerTest.AVAIL),
                     VhostUserServerTest.USED);
             assertEquals(setup, backend.running.get(0), "the ring kept running");
-            assertEquals(VhostUserServerTest.FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES, backend.acked,
+            assertEquals(
+                    VhostUserServerTest.FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES,
+                    backend.acked,
                     "the device never sees LOG_ALL");
 
             setup.memory().writeLog().written(0x5000, 1); // page 5
             setup.memory().writeLog().written(VhostUserServerTest.USED, 2); // the used ring: page 0x102
-            MemorySegment bitmap = Mmap.map(logFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+            MemorySegment bitmap =
+                    Mmap.map(logFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
             assertEquals(1 << 5, bitmap.get(ValueLayout.JAVA_BYTE, 0));
             long usedPage = VhostUserServerTest.USED >>> 12;
             assertEquals(1 << (usedPage % 8), bitmap.get(ValueLayout.JAVA_BYTE, usedPage / 8));
@@ -82,19 +91,24 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2);
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-             VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-             EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true);
-             Fd oldFd = MemFd.allocate("log", 4096); Fd newFd = MemFd.allocate("log2", 8192)) {
+                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true);
+                Fd oldFd = MemFd.allocate("log", 4096);
+                Fd newFd = MemFd.allocate("log2", 8192)) {
             VhostUserServerTest.initLikeQemu(fe, call, err);
             VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
             VringSetup setup = backend.running.get(0);
             fe.setLogBase(oldFd, 4096, 0);
             fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
             var stale = setup.memory().writeLog(); // what a queue thread read before the swap
-            MemorySegment oldBits = Mmap.map(oldFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
-            MemorySegment newBits = Mmap.map(newFd, 0, 8192, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+            MemorySegment oldBits =
+                    Mmap.map(oldFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+            MemorySegment newBits =
+                    Mmap.map(newFd, 0, 8192, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
 
             // A device thread marking page after page through the log it holds, while the frontend swaps logs.
             java.util.concurrent.atomic.AtomicLong marked = new java.util.concurrent.atomic.AtomicLong();
@@ -119,7 +133,9 @@ class MigrationProtocolTest {
             device.join();
             long total = marked.get();
 
-            assertEquals(java.util.Arrays.toString(oldAtReply), java.util.Arrays.toString(oldBits.toArray(ValueLayout.JAVA_BYTE)),
+            assertEquals(
+                    java.util.Arrays.toString(oldAtReply),
+                    java.util.Arrays.toString(oldBits.toArray(ValueLayout.JAVA_BYTE)),
                     "nothing reached the old log after the reply");
             for (long page = 0; page < Math.min(total, pages); page++) {
                 boolean inOld = (oldBits.get(ValueLayout.JAVA_BYTE, page / 8) & (1 << (page % 8))) != 0;
@@ -137,10 +153,12 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2, Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD));
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-             VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-             EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true)) {
+                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true)) {
             fe.getFeatures();
             long pf = fe.getProtocolFeatures();
             assertTrue((pf & Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD)) != 0, Long.toHexString(pf));
@@ -167,13 +185,16 @@ class MigrationProtocolTest {
         try (VhostUserServer server = VhostUserServer.start(socket, backend)) {
             try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT)) {
                 fe.setProtocolFeatures(fe.getProtocolFeatures());
-                org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class, () -> fe.getInflightFd(3, 256),
+                org.junit.jupiter.api.Assertions.assertThrows(
+                        java.io.IOException.class,
+                        () -> fe.getInflightFd(3, 256),
                         "3 queues on a 2-queue device: the backend closes the connection");
             }
             try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-                 Fd small = MemFd.allocate("inflight", 4096)) {
+                    Fd small = MemFd.allocate("inflight", 4096)) {
                 fe.setProtocolFeatures(fe.getProtocolFeatures());
-                org.junit.jupiter.api.Assertions.assertThrows(java.io.IOException.class,
+                org.junit.jupiter.api.Assertions.assertThrows(
+                        java.io.IOException.class,
                         () -> fe.setInflightFd(new VhostUserFrontend.Inflight(4096, 0, 2, 256, small)),
                         "4096 bytes cannot hold 2 queues of 256");
             }

@@ -18,8 +18,11 @@ import java.util.concurrent.TimeUnit;
  * It runs no rings: the peer under test is the protocol layer.
  */
 final class RecordingBackend implements VhostUserBackend {
-    static final long DEVICE_FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
-            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC | VirtioFeatures.VIRTIO_F_RING_PACKED | (1L << 9) /* FLUSH */;
+    static final long DEVICE_FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1
+            | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC
+            | VirtioFeatures.VIRTIO_F_RING_PACKED
+            | (1L << 9) /* FLUSH */;
     static final int CONFIG_SIZE = 60;
 
     final List<String> events = new CopyOnWriteArrayList<>();
@@ -108,7 +111,8 @@ final class RecordingBackend implements VhostUserBackend {
         if (!migration && (offset != 32 || data.length != 1)) {
             throw new BackendException("only the writeback byte is writable");
         }
-        if (offset + data.length > CONFIG_SIZE) { // the handler bounds SET_CONFIG by 256 bytes, the device by its own size
+        if (offset + data.length
+                > CONFIG_SIZE) { // the handler bounds SET_CONFIG by 256 bytes, the device by its own size
             throw new BackendException("config write " + offset + "+" + data.length + " past " + CONFIG_SIZE);
         }
         System.arraycopy(data, 0, config, offset, data.length);

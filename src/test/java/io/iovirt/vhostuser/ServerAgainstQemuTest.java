@@ -38,12 +38,31 @@ class ServerAgainstQemuTest {
     private ChildProcess qemu(Path sock, String name) throws Exception {
         List<String> cmd = new ArrayList<>(List.of("qemu-system-x86_64"));
         cmd.addAll(io.iovirt.vm.Accelerator.system().qemuArgs());
-        cmd.addAll(List.of("-machine", "q35,memory-backend=mem", "-m", "64M",
-                "-object", "memory-backend-memfd,id=mem,size=64M,share=on",
-                "-nodefaults", "-display", "none", "-serial", "none", "-monitor", "none", "-nic", "none",
-                "-chardev", "socket,id=c0,path=" + sock,
-                "-device", "vhost-user-blk-pci,chardev=c0,num-queues=1"));
-        return ChildProcess.builder(cmd).name(name).log(dir.resolve(name + ".log")).directory(dir).start();
+        cmd.addAll(List.of(
+                "-machine",
+                "q35,memory-backend=mem",
+                "-m",
+                "64M",
+                "-object",
+                "memory-backend-memfd,id=mem,size=64M,share=on",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "none",
+                "-monitor",
+                "none",
+                "-nic",
+                "none",
+                "-chardev",
+                "socket,id=c0,path=" + sock,
+                "-device",
+                "vhost-user-blk-pci,chardev=c0,num-queues=1"));
+        return ChildProcess.builder(cmd)
+                .name(name)
+                .log(dir.resolve(name + ".log"))
+                .directory(dir)
+                .start();
     }
 
     @Test
@@ -65,12 +84,10 @@ class ServerAgainstQemuTest {
             }
 
             @Override
-            public void flush() {
-            }
+            public void flush() {}
 
             @Override
-            public void close() {
-            }
+            public void close() {}
         };
         Logger jul = Logger.getLogger("io.iovirt.vhostuser");
         Level before = jul.getLevel();
@@ -80,21 +97,25 @@ class ServerAgainstQemuTest {
         try (VhostUserServer server = VhostUserServer.start(sock, backend)) {
             for (int run = 1; run <= 2; run++) {
                 try (ChildProcess q = qemu(sock, "qemu-" + run)) {
-                    Await.until(Duration.ofSeconds(120), "QEMU starts queue 0", q, () -> backend.running.containsKey(0));
+                    Await.until(
+                            Duration.ofSeconds(120), "QEMU starts queue 0", q, () -> backend.running.containsKey(0));
                     VringSetup s = backend.running.get(0);
                     GuestMemory mem = s.memory().get();
                     assertTrue(mem.regionCount() >= 1, mem.toString());
                     assertTrue(mem.contains(s.descGpa(), 16L * s.size()), s + " in " + mem);
                     assertTrue(mem.contains(s.availGpa(), 6 + 2L * s.size()));
                     assertTrue(mem.contains(s.usedGpa(), 6 + 8L * s.size()));
-                    assertTrue(VirtioFeatures.has(backend.acked, VirtioFeatures.VIRTIO_F_VERSION_1), Long.toHexString(backend.acked));
+                    assertTrue(
+                            VirtioFeatures.has(backend.acked, VirtioFeatures.VIRTIO_F_VERSION_1),
+                            Long.toHexString(backend.acked));
                     assertTrue(q.isAlive(), "QEMU accepted the backend:\n" + q.log());
                     assertFalse(q.log().contains("vhost"), q.log());
                 }
                 backend.await("queueStopped 0"); // QEMU was killed with the queue running
                 assertTrue(server.awaitIdle(Duration.ofSeconds(30)));
                 assertTrue(backend.snapshot().contains("reset"));
-                assertEquals(0, backend.memories.get(backend.memories.size() - 1).regionCount());
+                assertEquals(
+                        0, backend.memories.get(backend.memories.size() - 1).regionCount());
                 backend.events.clear();
             }
         } finally {
@@ -103,9 +124,15 @@ class ServerAgainstQemuTest {
         }
         synchronized (messages) {
             System.out.println("QEMU 7.2 sent, over two connections: " + String.join(", ", messages));
-            for (String required : List.of("VHOST_USER_GET_FEATURES", "VHOST_USER_GET_PROTOCOL_FEATURES",
-                    "VHOST_USER_SET_PROTOCOL_FEATURES", "VHOST_USER_GET_CONFIG", "VHOST_USER_SET_FEATURES",
-                    "VHOST_USER_SET_VRING_NUM", "VHOST_USER_SET_VRING_ADDR", "VHOST_USER_SET_VRING_KICK",
+            for (String required : List.of(
+                    "VHOST_USER_GET_FEATURES",
+                    "VHOST_USER_GET_PROTOCOL_FEATURES",
+                    "VHOST_USER_SET_PROTOCOL_FEATURES",
+                    "VHOST_USER_GET_CONFIG",
+                    "VHOST_USER_SET_FEATURES",
+                    "VHOST_USER_SET_VRING_NUM",
+                    "VHOST_USER_SET_VRING_ADDR",
+                    "VHOST_USER_SET_VRING_KICK",
                     "VHOST_USER_SET_VRING_CALL")) {
                 assertTrue(messages.contains(required), required + " in " + messages);
             }

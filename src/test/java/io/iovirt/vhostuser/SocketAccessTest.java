@@ -43,8 +43,17 @@ class SocketAccessTest {
                 + "  print('reply', len(s.recv(64)))\n"
                 + "except (ConnectionResetError, BrokenPipeError):\n" // the hang-up may come before the send
                 + "  print('reply', 0)\n";
-        Process p = new ProcessBuilder("setpriv", "--reuid=" + NOBODY, "--regid=" + NOBODY, "--clear-groups",
-                PYTHON, "-c", script, socket.toString()).redirectErrorStream(true).start();
+        Process p = new ProcessBuilder(
+                        "setpriv",
+                        "--reuid=" + NOBODY,
+                        "--regid=" + NOBODY,
+                        "--clear-groups",
+                        PYTHON,
+                        "-c",
+                        script,
+                        socket.toString())
+                .redirectErrorStream(true)
+                .start();
         assertTrue(p.waitFor(30, TimeUnit.SECONDS), "client hung");
         return new String(p.getInputStream().readAllBytes()).trim();
     }
@@ -72,8 +81,8 @@ class SocketAccessTest {
         openDir();
         Path sock = dir.resolve("vub.sock");
         try (LogCapture log = LogCapture.start();
-             VhostUserServer server = VhostUserServer.start(sock, new RecordingBackend(1),
-                     SocketAccess.of("nogroup", Set.of()))) {
+                VhostUserServer server =
+                        VhostUserServer.start(sock, new RecordingBackend(1), SocketAccess.of("nogroup", Set.of()))) {
             assertEquals("rw-rw----", PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
             assertEquals("nogroup", Files.getAttribute(sock, "posix:group").toString());
             assertEquals("reply 0", connectAsNobody(sock), "the server hangs up on a uid it does not serve");
@@ -81,13 +90,16 @@ class SocketAccessTest {
             assertTrue(line.contains("uid " + NOBODY + " is not allowed"), line);
             assertTrue(server.awaitIdle(Duration.ofSeconds(10)));
             try (VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(10))) {
-                assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
+                assertEquals(
+                        RecordingBackend.DEVICE_FEATURES
+                                | Features.VHOST_USER_F_PROTOCOL_FEATURES
+                                | Features.VHOST_F_LOG_ALL,
                         fe.getFeatures());
             }
         }
         Files.deleteIfExists(sock);
-        try (VhostUserServer server = VhostUserServer.start(sock, new RecordingBackend(1),
-                SocketAccess.of("nogroup", Set.of(NOBODY)))) {
+        try (VhostUserServer server =
+                VhostUserServer.start(sock, new RecordingBackend(1), SocketAccess.of("nogroup", Set.of(NOBODY)))) {
             assertEquals("reply 20", connectAsNobody(sock), "an allowed uid gets its GET_FEATURES reply");
         }
     }

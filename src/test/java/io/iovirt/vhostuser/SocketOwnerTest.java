@@ -29,13 +29,15 @@ class SocketOwnerTest {
         IOException e = assertThrows(IOException.class, () -> SocketOwner.acquire(sock));
         assertTrue(e.getMessage().contains("--standby"), e.getMessage());
 
-        CompletableFuture<SocketOwner> standby = CompletableFuture.supplyAsync(() -> {
-            try {
-                return SocketOwner.await(sock);
-            } catch (IOException x) {
-                throw new RuntimeException(x);
-            }
-        }, r -> Thread.ofPlatform().start(r));
+        CompletableFuture<SocketOwner> standby = CompletableFuture.supplyAsync(
+                () -> {
+                    try {
+                        return SocketOwner.await(sock);
+                    } catch (IOException x) {
+                        throw new RuntimeException(x);
+                    }
+                },
+                r -> Thread.ofPlatform().start(r));
         Thread.sleep(200);
         assertFalse(standby.isDone(), "the standby waits while the socket is served");
         first.close();

@@ -39,9 +39,18 @@ import org.junit.jupiter.api.BeforeAll;
 class VhostUserFuzzTest {
     /** Bounded so the replies always fit the socket buffer: the handler never blocks on a reply nobody reads. */
     static final int MAX_INPUT = 8192;
+
     static final long GUEST_MEMORY = 1 << 20;
-    static final String[] KINDS = {"memfd", "eventfd", "nonblocking eventfd", "directory", "regular file on disk",
-            "socket", "/dev/null", "4 KiB memfd"};
+    static final String[] KINDS = {
+        "memfd",
+        "eventfd",
+        "nonblocking eventfd",
+        "directory",
+        "regular file on disk",
+        "socket",
+        "/dev/null",
+        "4 KiB memfd"
+    };
     static Path dir;
 
     @BeforeAll
@@ -87,8 +96,13 @@ class VhostUserFuzzTest {
             }
             pair[0].shutdown(UnixSocket.SHUT_WR);
             Connection c = new Connection(pair[1], Connection.Role.BACKEND, "fuzz");
-            Handler h = new Handler(new RecordingBackend(2, Features.bit(Features.PROTOCOL_RARP)
-                    | Features.bit(Features.PROTOCOL_NET_MTU) | Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD)), "fuzz");
+            Handler h = new Handler(
+                    new RecordingBackend(
+                            2,
+                            Features.bit(Features.PROTOCOL_RARP)
+                                    | Features.bit(Features.PROTOCOL_NET_MTU)
+                                    | Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD)),
+                    "fuzz");
             try {
                 Message m;
                 while ((m = c.receiveRequest()) != null) {

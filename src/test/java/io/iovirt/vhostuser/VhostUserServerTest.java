@@ -37,6 +37,7 @@ class VhostUserServerTest {
 
     @TempDir
     Path dir;
+
     Path socket;
     RecordingBackend backend;
     VhostUserServer server;
@@ -62,7 +63,8 @@ class VhostUserServerTest {
 
     /** QEMU's vhost_user_backend_init + vhost_dev_init + realize for vhost-user-blk. */
     static void initLikeQemu(VhostUserFrontend fe, EventFd call, EventFd err) throws IOException {
-        assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
+        assertEquals(
+                RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
                 fe.getFeatures());
         long pf = fe.getProtocolFeatures();
         assertEquals(Features.CORE_PROTOCOL_FEATURES, pf);
@@ -78,8 +80,9 @@ class VhostUserServerTest {
     }
 
     /** QEMU's vhost_dev_start for one split queue of 256 entries. */
-    static void startLikeQemu(VhostUserFrontend fe, FrontendMemory low, FrontendMemory high, EventFd kick, EventFd call,
-                              long features) throws IOException {
+    static void startLikeQemu(
+            VhostUserFrontend fe, FrontendMemory low, FrontendMemory high, EventFd kick, EventFd call, long features)
+            throws IOException {
         fe.setFeatures(features);
         fe.addMemRegion(low.descriptor());
         fe.addMemRegion(high.descriptor());
@@ -91,17 +94,20 @@ class VhostUserServerTest {
         fe.setVringEnable(0, true);
     }
 
-    static final long FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+    static final long FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1
+            | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
             | Features.VHOST_USER_F_PROTOCOL_FEATURES;
 
     @Test
     void fullBlkSessionAsQemuDrivesIt() throws Exception {
         GuestMemory sessionMemory;
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd initCall = EventFd.create(true); EventFd err = EventFd.create(true);
-             EventFd kick = EventFd.create(true); EventFd call = EventFd.create(true)) {
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd initCall = EventFd.create(true);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true)) {
             initLikeQemu(fe, initCall, err);
             fe.setFeatures(FEATURES);
             fe.addMemRegion(low.descriptor());
@@ -128,7 +134,9 @@ class VhostUserServerTest {
 
             // guest memory is shared: what the frontend writes, the device reads through its snapshot, and back
             high.segment().set(JAVA_LONG, 0x10, 0x1122_3344_5566_7788L);
-            assertEquals(0x1122_3344_5566_7788L, s.memory().get().translate(DESC + 0x10, 8).get(JAVA_LONG, 0));
+            assertEquals(
+                    0x1122_3344_5566_7788L,
+                    s.memory().get().translate(DESC + 0x10, 8).get(JAVA_LONG, 0));
             s.memory().get().translate(0x9fff8, 8).set(JAVA_LONG, 0, 42);
             assertEquals(42, low.segment().get(JAVA_LONG, 0x9fff8));
 
@@ -151,11 +159,22 @@ class VhostUserServerTest {
             assertEquals(2, sessionMemory.regionCount());
         }
         assertTrue(server.awaitIdle(TIMEOUT));
-        assertEquals(List.of("readConfig 0+60", "setFeatures 0x" + Long.toHexString(FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES),
-                "memoryChanged 1", "memoryChanged 2", "queueStarted 0", "setStatus 15", "queueStopped 0", "setStatus 0",
-                "reset", "memoryChanged 0"), backend.snapshot());
+        assertEquals(
+                List.of(
+                        "readConfig 0+60",
+                        "setFeatures 0x" + Long.toHexString(FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES),
+                        "memoryChanged 1",
+                        "memoryChanged 2",
+                        "queueStarted 0",
+                        "setStatus 15",
+                        "queueStopped 0",
+                        "setStatus 0",
+                        "reset",
+                        "memoryChanged 0"),
+                backend.snapshot());
         MemorySegment unmapped = sessionMemory.regions().get(0).mapping();
-        assertThrows(IllegalStateException.class, () -> unmapped.get(JAVA_LONG, 0), "the backend unmapped guest memory");
+        assertThrows(
+                IllegalStateException.class, () -> unmapped.get(JAVA_LONG, 0), "the backend unmapped guest memory");
     }
 
     /**
@@ -164,8 +183,10 @@ class VhostUserServerTest {
      */
     @Test
     void theSameRegionAddedByTwoVhostDevicesIsMappedOnceAndReferenceCounted() throws Exception {
-        try (VhostUserFrontend fe = connect(); FrontendMemory ram = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+        try (VhostUserFrontend fe = connect();
+                FrontendMemory ram = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
             fe.setFeatures(FEATURES);
             fe.addMemRegion(ram.descriptor());
@@ -179,7 +200,9 @@ class VhostUserServerTest {
             assertEquals(77, mem.translate(RING_GPA + 8, 8).get(JAVA_LONG, 0), "still mapped");
             fe.removeMemRegion(ram.descriptor());
             assertEquals(0, backend.memories.get(backend.memories.size() - 1).regionCount());
-            assertThrows(IllegalStateException.class, () -> mem.translate(RING_GPA, 8).get(JAVA_LONG, 0),
+            assertThrows(
+                    IllegalStateException.class,
+                    () -> mem.translate(RING_GPA, 8).get(JAVA_LONG, 0),
                     "unmapped after the last removal");
         }
     }
@@ -188,10 +211,11 @@ class VhostUserServerTest {
     void aReconnectingFrontendIsServedFromScratch() throws Exception {
         for (int round = 0; round < 3; round++) {
             try (VhostUserFrontend fe = connect();
-                 FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                 FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-                 EventFd call = EventFd.create(true); EventFd err = EventFd.create(true);
-                 EventFd kick = EventFd.create(true)) {
+                    FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                    FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                    EventFd call = EventFd.create(true);
+                    EventFd err = EventFd.create(true);
+                    EventFd kick = EventFd.create(true)) {
                 initLikeQemu(fe, call, err);
                 startLikeQemu(fe, low, high, kick, call, FEATURES);
                 assertEquals(256, backend.running.get(0).size());
@@ -251,10 +275,12 @@ class VhostUserServerTest {
     @Test
     void callDescriptorIsSwappedUnderARunningQueueWithoutStoppingIt() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd call1 = EventFd.create(true); EventFd call2 = EventFd.create(true); EventFd err = EventFd.create(true);
-             EventFd kick = EventFd.create(true)) {
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd call1 = EventFd.create(true);
+                EventFd call2 = EventFd.create(true);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call1, err);
             startLikeQemu(fe, low, high, kick, call1, FEATURES);
             VringSetup s = backend.running.get(0);
@@ -274,9 +300,10 @@ class VhostUserServerTest {
     @Test
     void kickWithoutDescriptorMeansPolling() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
             startLikeQemu(fe, low, high, null, call, FEATURES);
             assertNull(backend.running.get(0).kick());
@@ -287,9 +314,11 @@ class VhostUserServerTest {
     @Test
     void protocolFeaturesExchangedButBit30DroppedFromSetFeaturesStillEnablesRings() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
             fe.setFeatures(FEATURES & ~Features.VHOST_USER_F_PROTOCOL_FEATURES);
             fe.addMemRegion(low.descriptor());
@@ -309,9 +338,10 @@ class VhostUserServerTest {
     @Test
     void withoutProtocolFeaturesARingStartsOnItsKickAndCannotBeEnabled() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd call = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd call = EventFd.create(true);
+                EventFd kick = EventFd.create(true)) {
             // a legacy frontend: no GET_PROTOCOL_FEATURES and no memory slots protocol, plain SET_MEM_TABLE
             fe.setOwner();
             fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1);
@@ -321,18 +351,25 @@ class VhostUserServerTest {
             fe.setVringAddr(0, high.userAddrOf(DESC), high.userAddrOf(USED), high.userAddrOf(AVAIL));
             fe.setVringCall(0, call);
             fe.setVringKick(0, kick);
-            assertEquals(3, backend.await("queueStarted 0") != null ? backend.running.get(0).base() : -1);
+            assertEquals(
+                    3,
+                    backend.await("queueStarted 0") != null
+                            ? backend.running.get(0).base()
+                            : -1);
             assertEquals(3, fe.getVringBase(0));
             fe.setVringEnable(0, true);
-            assertTrue(log.awaitLine("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES").contains(socket.toString()));
+            assertTrue(log.awaitLine("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES")
+                    .contains(socket.toString()));
         }
     }
 
     @Test
     void packedRingsTakeAnySizeAndAWrapCounterInTheBase() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
             fe.setFeatures(FEATURES | VirtioFeatures.VIRTIO_F_RING_PACKED);
             fe.addMemRegion(high.descriptor());
@@ -355,10 +392,12 @@ class VhostUserServerTest {
     @Test
     void memoryTableChangesReachRunningQueuesAndUnmapWhatLeft() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             FrontendMemory extra = FrontendMemory.allocate(0x4000_0000L, 1 << 16);
-             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                FrontendMemory extra = FrontendMemory.allocate(0x4000_0000L, 1 << 16);
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
             startLikeQemu(fe, low, high, kick, call, FEATURES);
             VringSetup s = backend.running.get(0);
@@ -367,13 +406,17 @@ class VhostUserServerTest {
             fe.addMemRegion(extra.descriptor()); // hot-plugged while the queue runs
             extra.segment().set(JAVA_LONG, 8, 99);
             assertEquals(99, s.memory().get().translate(0x4000_0000L + 8, 8).get(JAVA_LONG, 0));
-            assertEquals(before.regions().get(0).mapping().get(JAVA_LONG, 0), low.segment().get(JAVA_LONG, 0),
+            assertEquals(
+                    before.regions().get(0).mapping().get(JAVA_LONG, 0),
+                    low.segment().get(JAVA_LONG, 0),
                     "regions that stayed are still mapped");
 
             fe.removeMemRegion(low.descriptor());
             MemorySegment gone = before.regions().get(0).mapping(); // GPA 0: the low region
             assertThrows(IllegalStateException.class, () -> gone.get(JAVA_LONG, 0));
-            assertThrows(io.iovirt.memory.GuestMemoryFault.class, () -> s.memory().get().translate(0, 8));
+            assertThrows(
+                    io.iovirt.memory.GuestMemoryFault.class,
+                    () -> s.memory().get().translate(0, 8));
             assertEquals(backend.running.get(0), s, "the queue kept running");
 
             // SET_MEM_TABLE replaces everything at once (frontends without CONFIGURE_MEM_SLOTS)
@@ -390,9 +433,11 @@ class VhostUserServerTest {
     @Test
     void resetDeviceStopsQueuesButKeepsMemory() throws Exception {
         try (VhostUserFrontend fe = connect();
-             FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-             FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-             EventFd call = EventFd.create(true); EventFd err = EventFd.create(true); EventFd kick = EventFd.create(true)) {
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
             startLikeQemu(fe, low, high, kick, call, FEATURES);
             fe.setConfig(32, new byte[] {0}, 0);
@@ -413,29 +458,38 @@ class VhostUserServerTest {
 
     @Test
     void refusedRequestsAreAnsweredAndTheConnectionStays() throws Exception {
-        try (VhostUserFrontend fe = connect(); EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+        try (VhostUserFrontend fe = connect();
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
-            RequestRejectedException e = assertThrows(RequestRejectedException.class, () -> fe.setConfig(0, new byte[8], 0));
+            RequestRejectedException e =
+                    assertThrows(RequestRejectedException.class, () -> fe.setConfig(0, new byte[8], 0));
             assertEquals(1, e.status());
             assertThrows(RequestRejectedException.class, () -> fe.getConfig(56, 8)); // past the 60-byte space
             assertTrue(log.awaitLine("SET_CONFIG refused").contains(socket.toString()));
 
             // SET_LOG_FD: the log is shared memory only; refused without dropping the frontend
-            fe.connection().sendRequest(MessageType.SET_LOG_FD, true, Arena.ofAuto().allocate(0), List.of());
+            fe.connection()
+                    .sendRequest(MessageType.SET_LOG_FD, true, Arena.ofAuto().allocate(0), List.of());
             try (Message ack = fe.connection().receiveReply(MessageType.SET_LOG_FD)) {
                 assertEquals(1, Payloads.u64(ack.payload()));
             }
             fe.setConfig(32, new byte[] {0}, 0);
             assertEquals(0, backend.config[32]);
-            assertEquals(RecordingBackend.DEVICE_FEATURES | Features.VHOST_USER_F_PROTOCOL_FEATURES | Features.VHOST_F_LOG_ALL,
-                fe.getFeatures());
+            assertEquals(
+                    RecordingBackend.DEVICE_FEATURES
+                            | Features.VHOST_USER_F_PROTOCOL_FEATURES
+                            | Features.VHOST_F_LOG_ALL,
+                    fe.getFeatures());
         }
     }
 
     @Test
     void closingTheServerDisconnectsResetsAndRemovesTheSocket() throws Exception {
         VhostUserFrontend fe = connect();
-        try (fe; EventFd call = EventFd.create(true); EventFd err = EventFd.create(true)) {
+        try (fe;
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
             initLikeQemu(fe, call, err);
             server.close();
             assertThrows(IOException.class, fe::getFeatures);
@@ -450,14 +504,16 @@ class VhostUserServerTest {
         Path stale = dir.resolve("stale.sock");
         UnixSocket.listen(stale, 1).close(); // leaves the file, nobody listens
         try (VhostUserServer s = VhostUserServer.start(stale, new RecordingBackend(1));
-             VhostUserFrontend fe = VhostUserFrontend.connect(stale, TIMEOUT)) {
+                VhostUserFrontend fe = VhostUserFrontend.connect(stale, TIMEOUT)) {
             assertTrue(fe.getFeatures() != 0);
             assertTrue(s.connected());
-            IOException live = assertThrows(IOException.class, () -> VhostUserServer.start(stale, new RecordingBackend(1)));
+            IOException live =
+                    assertThrows(IOException.class, () -> VhostUserServer.start(stale, new RecordingBackend(1)));
             assertTrue(live.getMessage().contains("in use by another running server"), live.getMessage());
         }
         Path file = Files.writeString(dir.resolve("file"), "x");
-        IOException notSocket = assertThrows(IOException.class, () -> VhostUserServer.start(file, new RecordingBackend(1)));
+        IOException notSocket =
+                assertThrows(IOException.class, () -> VhostUserServer.start(file, new RecordingBackend(1)));
         assertTrue(notSocket.getMessage().contains("is not a socket"), notSocket.getMessage());
         assertTrue(Files.exists(file));
     }
@@ -465,12 +521,16 @@ class VhostUserServerTest {
     @Test
     void netExtrasGoToTheDeviceWhenItOffersThem() throws Exception {
         Path netSocket = dir.resolve("net.sock");
-        RecordingBackend net = new RecordingBackend(2, Features.bit(Features.PROTOCOL_RARP) | Features.bit(Features.PROTOCOL_NET_MTU));
+        RecordingBackend net =
+                new RecordingBackend(2, Features.bit(Features.PROTOCOL_RARP) | Features.bit(Features.PROTOCOL_NET_MTU));
         try (VhostUserServer s = VhostUserServer.start(netSocket, net);
-             VhostUserFrontend fe = VhostUserFrontend.connect(netSocket, TIMEOUT)) {
+                VhostUserFrontend fe = VhostUserFrontend.connect(netSocket, TIMEOUT)) {
             long pf = fe.getProtocolFeatures();
-            assertEquals(Features.CORE_PROTOCOL_FEATURES | Features.bit(Features.PROTOCOL_RARP)
-                    | Features.bit(Features.PROTOCOL_NET_MTU), pf);
+            assertEquals(
+                    Features.CORE_PROTOCOL_FEATURES
+                            | Features.bit(Features.PROTOCOL_RARP)
+                            | Features.bit(Features.PROTOCOL_NET_MTU),
+                    pf);
             fe.setProtocolFeatures(pf);
             fe.sendRarp(new byte[] {0x52, 0x54, 0, 0x12, 0x34, 0x56});
             fe.setMtu(9000);

@@ -36,8 +36,8 @@ class VringTest {
     void aRingRunsOnlyOnceStartedEnabledAndDescribedAndIsLaidOutOnlyWhileStopped() throws Exception {
         RecordingBackend device = new RecordingBackend(1);
         try (FrontendMemory ram = FrontendMemory.allocate(GPA, 1 << 20);
-             MemoryTable memory = new MemoryTable("t", m -> { });
-             Vring v = new Vring(0, "t", device)) {
+                MemoryTable memory = new MemoryTable("t", m -> {});
+                Vring v = new Vring(0, "t", device)) {
             memory.set(memTable(ram));
             assertEquals(Vring.State.STOPPED, v.state());
             v.setKick(EventFd.create(true));
@@ -63,7 +63,9 @@ class VringTest {
             assertEquals(GPA + 0x1000, setup.usedGpa());
             assertEquals(5, setup.base());
             assertTrue(device.running.containsKey(0));
-            assertThrows(ProtocolException.class, () -> v.setAddr(vringAddr(ram, GPA, GPA + 0x2000, GPA + 0x3000), memory, SPLIT));
+            assertThrows(
+                    ProtocolException.class,
+                    () -> v.setAddr(vringAddr(ram, GPA, GPA + 0x2000, GPA + 0x3000), memory, SPLIT));
             IllegalStateException bug = assertThrows(IllegalStateException.class, v::stop);
             assertTrue(bug.getMessage().contains("still runs it"), bug.getMessage());
 
@@ -80,8 +82,8 @@ class VringTest {
         // A split ring without EVENT_IDX whose used ring ends exactly at the end of guest memory: the protocol layer
         // accepts it as the queue does (both size it with VirtioRing).
         try (FrontendMemory ram = FrontendMemory.allocate(GPA, 0x2000);
-             MemoryTable memory = new MemoryTable("t", m -> { });
-             Vring v = new Vring(0, "t", new RecordingBackend(1))) {
+                MemoryTable memory = new MemoryTable("t", m -> {});
+                Vring v = new Vring(0, "t", new RecordingBackend(1))) {
             memory.set(memTable(ram));
             v.setNum(64, SPLIT);
             long used = GPA + 0x2000 - VirtioRing.splitUsedBytes(64, false);
@@ -92,7 +94,8 @@ class VringTest {
             v.stopDevice();
             v.stop();
             Vring.Layout withEventIdx = new Vring.Layout(false, true, 256);
-            ProtocolException e = assertThrows(ProtocolException.class,
+            ProtocolException e = assertThrows(
+                    ProtocolException.class,
                     () -> v.setAddr(vringAddr(ram, GPA, GPA + 0x400, used), memory, withEventIdx));
             assertTrue(e.getMessage().contains("outside guest memory"), e.getMessage());
         }

@@ -29,7 +29,14 @@ class ConcurrentQueueTest {
     private static final long HANG_GUARD_SECONDS = 60;
 
     @ParameterizedTest(name = "packed={0} eventIdx={1} size={2}")
-    @CsvSource({"false, false, 16", "false, true, 16", "true, false, 16", "true, true, 16", "false, true, 256", "true, true, 7"})
+    @CsvSource({
+        "false, false, 16",
+        "false, true, 16",
+        "true, false, 16",
+        "true, true, 16",
+        "false, true, 256",
+        "true, true, 7"
+    })
     void requestsFlowBothWaysWithoutLostWakeups(boolean packed, boolean eventIdx, int size) throws Exception {
         try (GuestFixture g = new GuestFixture(1 << 20, 64 << 10)) {
             Rings shape = new Rings(packed, size, 0, true, eventIdx);
@@ -52,7 +59,7 @@ class ConcurrentQueueTest {
             Thread device = Thread.ofPlatform().name("virtio-test-device").start(() -> {
                 try {
                     q.enableNotifications(); // listen before the first kick can matter
-                    for (;;) {
+                    for (; ; ) {
                         if (!kick.tryAcquire(HANG_GUARD_SECONDS, TimeUnit.SECONDS)) {
                             throw new AssertionError("device asleep with no kick: lost wake-up");
                         }

@@ -35,7 +35,6 @@ class DirtyLoggingQueueTest {
             return covers(written, 0, gpa, len);
         }
 
-
         private static boolean covers(List<long[]> ranges, int from, long start, long len) {
             for (long b = start; b < start + len; b++) {
                 long x = b;
@@ -55,10 +54,15 @@ class DirtyLoggingQueueTest {
 
     @Test
     void splitRingReportsDataUsedEntryAndIndex() throws Exception {
-        SplitDriverRing d = SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
         Virtqueue q = Virtqueue.create(d.queueConfig(3, true), g.holder);
         long hdr = g.alloc(16, 16), w1 = g.alloc(100, 1), w2 = g.allocHigh(8192, 4096), status = g.alloc(1, 1);
-        d.add(new long[] {hdr, w1, w2, status}, new int[] {16, 100, 8192, 1}, new boolean[] {false, true, true, true}, 4,
+        d.add(
+                new long[] {hdr, w1, w2, status},
+                new int[] {16, 100, 8192, 1},
+                new boolean[] {false, true, true, true},
+                4,
                 DriverRing.NO_INDIRECT);
         DescriptorChain c = q.pop();
         // logging off: nothing is reported

@@ -80,7 +80,9 @@ class InflightPackedTest {
         int a = add(d, 1, 2), b = add(d, 2, 1), c = add(d, 3, 3);
         DescriptorChain ca = q.newChain(), cb = q.newChain(), cc = q.newChain();
         assertTrue(q.pop(ca) && q.pop(cb) && q.pop(cc));
-        q.push(cc, cc.writableBytes); // out of order: c's used descriptor overwrites the slot a's first descriptor was in
+        q.push(
+                cc,
+                cc.writableBytes); // out of order: c's used descriptor overwrites the slot a's first descriptor was in
         assertEquals(c, DriverRing.usedId(d.pollUsed()));
 
         Virtqueue again = device(d);
@@ -181,8 +183,8 @@ class InflightPackedTest {
     }
 
     /** Two requests taken by the device: a (two descriptors) and b (one); the record as it was then. */
-    private record TwoInFlight(PackedDriverRing d, Virtqueue q, DescriptorChain ca, int a, int b, MemorySegment before) {
-    }
+    private record TwoInFlight(
+            PackedDriverRing d, Virtqueue q, DescriptorChain ca, int a, int b, MemorySegment before) {}
 
     private TwoInFlight twoInFlight() throws VirtqueueException {
         PackedDriverRing d = driver();
@@ -196,7 +198,8 @@ class InflightPackedTest {
     }
 
     /** A restarted device hands out {@code expected} again, in that order, and nothing completes twice. */
-    private void resubmitsThenCompletes(PackedDriverRing d, int[] expected, int... completed) throws VirtqueueException {
+    private void resubmitsThenCompletes(PackedDriverRing d, int[] expected, int... completed)
+            throws VirtqueueException {
         Virtqueue again = device(d);
         assertEquals(expected.length, again.resubmitted());
         DescriptorChain r = again.newChain();

@@ -40,7 +40,8 @@ class InflightQueueTest {
 
     @Test
     void inFlightRequestsAreResubmittedInOrderAndCompletedOnesAreNot() throws Exception {
-        SplitDriverRing d = SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
         Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder, region);
         int a = add(d), b = add(d), c = add(d);
         DescriptorChain ca = q.newChain(), cb = q.newChain(), cc = q.newChain();
@@ -72,7 +73,8 @@ class InflightQueueTest {
 
     @Test
     void aUsedEntryWrittenJustBeforeTheCrashIsNotResubmitted() throws Exception {
-        SplitDriverRing d = SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
         Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder, region);
         int a = add(d), b = add(d);
         DescriptorChain ca = q.newChain(), cb = q.newChain();
@@ -94,7 +96,8 @@ class InflightQueueTest {
 
     @Test
     void aFreshRegionStartsFromTheFrontendsBase() throws Exception {
-        SplitDriverRing d = SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
         Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder, region);
         add(d);
         assertEquals(0, q.resubmitted());

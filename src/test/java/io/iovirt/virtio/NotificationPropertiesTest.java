@@ -34,8 +34,7 @@ class NotificationPropertiesTest {
      * tested sets its suppression state ({@code mode}, event at {@code delta} from the last decision or at ring
      * position {@code off}/{@code wrap}), and the other side decides when {@code decide}.
      */
-    record Round(int requests, int slots, int mode, int delta, int off, boolean wrap, boolean decide) {
-    }
+    record Round(int requests, int slots, int mode, int delta, int off, boolean wrap, boolean decide) {}
 
     @Provide
     Arbitrary<Rings> rings() {
@@ -44,13 +43,21 @@ class NotificationPropertiesTest {
 
     @Provide
     Arbitrary<List<Round>> rounds() {
-        Arbitrary<Integer> delta = Arbitraries.frequencyOf(net.jqwik.api.Tuple.of(3, Arbitraries.integers().between(-2, 8)),
+        Arbitrary<Integer> delta = Arbitraries.frequencyOf(
+                net.jqwik.api.Tuple.of(3, Arbitraries.integers().between(-2, 8)),
                 net.jqwik.api.Tuple.of(1, Arbitraries.integers().between(-32000, 32000)));
-        return Combinators.combine(Arbitraries.integers().between(0, 4), Arbitraries.integers().between(1, 3),
-                        Arbitraries.integers().between(0, 3), delta, Arbitraries.integers().between(0, 0x7fff),
-                        Arbitraries.of(true, false), Arbitraries.frequency(net.jqwik.api.Tuple.of(3, true),
-                                net.jqwik.api.Tuple.of(1, false)))
-                .as(Round::new).list().ofMinSize(1).ofMaxSize(60);
+        return Combinators.combine(
+                        Arbitraries.integers().between(0, 4),
+                        Arbitraries.integers().between(1, 3),
+                        Arbitraries.integers().between(0, 3),
+                        delta,
+                        Arbitraries.integers().between(0, 0x7fff),
+                        Arbitraries.of(true, false),
+                        Arbitraries.frequency(net.jqwik.api.Tuple.of(3, true), net.jqwik.api.Tuple.of(1, false)))
+                .as(Round::new)
+                .list()
+                .ofMinSize(1)
+                .ofMaxSize(60);
     }
 
     private static String mode(Rings r, int mode) {
@@ -121,7 +128,11 @@ class NotificationPropertiesTest {
             int per = Math.min(slots, size);
             int took = 0;
             for (int i = 0; i < n; i++) {
-                int id = d.add(new long[] {buf, buf, buf}, new int[] {8, 8, 8}, new boolean[] {true, true, true}, per,
+                int id = d.add(
+                        new long[] {buf, buf, buf},
+                        new int[] {8, 8, 8},
+                        new boolean[] {true, true, true},
+                        per,
                         DriverRing.NO_INDIRECT);
                 if (id < 0) {
                     break;
@@ -134,7 +145,7 @@ class NotificationPropertiesTest {
         /** Device takes everything and completes it in random order; returns used positions advanced. */
         int serveAll() throws VirtqueueException {
             List<DescriptorChain> chains = new ArrayList<>();
-            for (;;) {
+            for (; ; ) {
                 DescriptorChain c = q.newChain();
                 if (!q.pop(c)) {
                     break;
@@ -158,8 +169,8 @@ class NotificationPropertiesTest {
     }
 
     @Property(tries = 400)
-    void deviceNotifiesTheDriverExactlyWhenTheSpecSays(@ForAll("rings") Rings r, @ForAll("rounds") List<Round> rounds,
-                                                       @ForAll long seed) throws Exception {
+    void deviceNotifiesTheDriverExactlyWhenTheSpecSays(
+            @ForAll("rings") Rings r, @ForAll("rounds") List<Round> rounds, @ForAll long seed) throws Exception {
         try (GuestFixture g = new GuestFixture()) {
             Pair p = new Pair(g, r, seed);
             int size = r.size();
@@ -179,21 +190,24 @@ class NotificationPropertiesTest {
                     driverArea.set(LE16, 0, (short) flags);
                     int event = (int) ((decided + round.delta()) & 0xffff);
                     usedEvent.set(LE16, 0, (short) event);
-                    expected = pushed && (r.eventIdx() ? first || crossedSplit(decided, used, event) : (flags & 1) == 0);
+                    expected =
+                            pushed && (r.eventIdx() ? first || crossedSplit(decided, used, event) : (flags & 1) == 0);
                 } else {
                     int off = packedOff(round, decided, size);
                     boolean wrap = packedWrap(round, decided, size);
                     driverArea.set(LE16, 0, (short) (off | (wrap ? 0x8000 : 0)));
                     driverArea.set(LE16, 2, (short) round.mode());
-                    expected = pushed && switch (round.mode()) {
-                        case VirtioRing.EVENT_FLAGS_DISABLE -> false;
-                        case VirtioRing.EVENT_FLAGS_DESC -> !r.eventIdx() || first
-                                || crossedPacked(decided, used, off, wrap, size);
-                        default -> true; // ENABLE, and the reserved value 3 (notify rather than risk a hang)
-                    };
+                    expected = pushed
+                            && switch (round.mode()) {
+                                case VirtioRing.EVENT_FLAGS_DISABLE -> false;
+                                case VirtioRing.EVENT_FLAGS_DESC ->
+                                    !r.eventIdx() || first || crossedPacked(decided, used, off, wrap, size);
+                                default -> true; // ENABLE, and the reserved value 3 (notify rather than risk a hang)
+                            };
                 }
                 if (round.decide()) {
-                    String where = "round " + round + ", used " + decided + " -> " + used + (first ? " (first decision)" : "");
+                    String where =
+                            "round " + round + ", used " + decided + " -> " + used + (first ? " (first decision)" : "");
                     assertEquals(expected, p.q.needsNotification(), where);
                     Statistics.label("decision").collect(mode(r, round.mode()), expected);
                     if (pushed) {
@@ -207,8 +221,8 @@ class NotificationPropertiesTest {
     }
 
     @Property(tries = 400)
-    void driverKicksTheDeviceExactlyWhenTheSpecSays(@ForAll("rings") Rings r, @ForAll("rounds") List<Round> rounds,
-                                                    @ForAll long seed) throws Exception {
+    void driverKicksTheDeviceExactlyWhenTheSpecSays(
+            @ForAll("rings") Rings r, @ForAll("rounds") List<Round> rounds, @ForAll long seed) throws Exception {
         try (GuestFixture g = new GuestFixture()) {
             Pair p = new Pair(g, r, seed);
             int size = r.size();
@@ -233,11 +247,13 @@ class NotificationPropertiesTest {
                 if (!r.packed()) {
                     expected = added && (r.eventIdx() ? crossedSplit(decided, avail, event) : (round.mode() & 1) == 0);
                 } else {
-                    expected = added && switch (round.mode()) {
-                        case VirtioRing.EVENT_FLAGS_DISABLE -> false;
-                        case VirtioRing.EVENT_FLAGS_DESC -> !r.eventIdx() || crossedPacked(decided, avail, off, wrap, size);
-                        default -> true;
-                    };
+                    expected = added
+                            && switch (round.mode()) {
+                                case VirtioRing.EVENT_FLAGS_DISABLE -> false;
+                                case VirtioRing.EVENT_FLAGS_DESC ->
+                                    !r.eventIdx() || crossedPacked(decided, avail, off, wrap, size);
+                                default -> true;
+                            };
                 }
                 if (round.decide()) {
                     assertEquals(expected, p.d.kickNeeded(), "round " + round + ", avail " + decided + " -> " + avail);

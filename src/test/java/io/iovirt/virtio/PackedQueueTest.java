@@ -55,7 +55,11 @@ class PackedQueueTest {
             Virtqueue q = device(d);
             long r = g.alloc(8, 8), w1 = g.alloc(8, 8), w2 = g.alloc(8, 8), w3 = g.alloc(8, 8);
             fill(g.at(r, 8), 7);
-            int id = d.add(addrs(r, w1, w2, w3), new int[] {8, 8, 8, 8}, new boolean[] {false, true, true, true}, 4,
+            int id = d.add(
+                    addrs(r, w1, w2, w3),
+                    new int[] {8, 8, 8, 8},
+                    new boolean[] {false, true, true, true},
+                    4,
                     DriverRing.NO_INDIRECT);
             assertTrue(d.kickNeeded());
             DescriptorChain c = q.pop();
@@ -86,7 +90,12 @@ class PackedQueueTest {
         PackedDriverRing d = driver(false);
         Virtqueue q = device(d);
         long buf = g.alloc(8, 8);
-        int a = d.add(addrs(buf, buf, buf), new int[] {8, 8, 8}, new boolean[] {false, true, true}, 3, DriverRing.NO_INDIRECT);
+        int a = d.add(
+                addrs(buf, buf, buf),
+                new int[] {8, 8, 8},
+                new boolean[] {false, true, true},
+                3,
+                DriverRing.NO_INDIRECT);
         int b = d.add(addrs(buf), new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
         int c = d.add(addrs(buf, buf), new int[] {8, 8}, new boolean[] {false, true}, 2, DriverRing.NO_INDIRECT);
         DescriptorChain ca = q.newChain(), cb = q.newChain(), cc = q.newChain();
@@ -104,7 +113,12 @@ class PackedQueueTest {
         // Several more laps stay in step.
         for (int i = 0; i < 5 * SIZE; i++) {
             int n = 1 + i % 3;
-            int id = d.add(addrs(buf, buf, buf), new int[] {8, 8, 8}, new boolean[] {true, true, true}, n, DriverRing.NO_INDIRECT);
+            int id = d.add(
+                    addrs(buf, buf, buf),
+                    new int[] {8, 8, 8},
+                    new boolean[] {true, true, true},
+                    n,
+                    DriverRing.NO_INDIRECT);
             DescriptorChain ch = q.pop();
             assertEquals(id, ch.id());
             assertEquals(n, ch.count());
@@ -240,7 +254,8 @@ class PackedQueueTest {
         int tooMany = VirtioRing.MAX_INDIRECT_DESCRIPTORS + 1;
         for (int len : new int[] {0, 40, 16 * tooMany}) {
             try (GuestFixture f = new GuestFixture()) {
-                PackedDriverRing d = PackedDriverRing.create(f.memory, f.alloc(PackedDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+                PackedDriverRing d =
+                        PackedDriverRing.create(f.memory, f.alloc(PackedDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
                 Virtqueue q = Virtqueue.create(d.queueConfig(0, true), f.holder);
                 d.writeDescriptor(0, f.alloc(16 * tooMany, 16), len, 0, DESC_F_AVAIL | DESC_F_INDIRECT);
                 assertPopFails(q, Reason.BAD_INDIRECT_TABLE);
@@ -258,7 +273,8 @@ class PackedQueueTest {
         Virtqueue q = device(d);
         long buf = g.alloc(8, 8);
         for (int i = SIZE - 1; i >= 0; i--) {
-            d.writeDescriptor(i, buf, 8, 0, DESC_F_AVAIL | DESC_F_NEXT); // NEXT everywhere: the list would wrap onto itself
+            d.writeDescriptor(
+                    i, buf, 8, 0, DESC_F_AVAIL | DESC_F_NEXT); // NEXT everywhere: the list would wrap onto itself
         }
         assertPopFails(q, Reason.CHAIN_TOO_LONG);
     }
@@ -268,8 +284,12 @@ class PackedQueueTest {
         PackedDriverRing d = driver(false);
         Virtqueue q = device(d);
         long buf = g.alloc(8, 8);
-        int id = d.add(addrs(buf, buf, buf, buf, buf, buf, buf, buf), new int[] {8, 8, 8, 8, 8, 8, 8, 8},
-                new boolean[8], SIZE, DriverRing.NO_INDIRECT);
+        int id = d.add(
+                addrs(buf, buf, buf, buf, buf, buf, buf, buf),
+                new int[] {8, 8, 8, 8, 8, 8, 8, 8},
+                new boolean[8],
+                SIZE,
+                DriverRing.NO_INDIRECT);
         DescriptorChain whole = q.newChain();
         assertTrue(q.pop(whole));
         assertEquals(id, whole.id());
@@ -297,13 +317,21 @@ class PackedQueueTest {
     void configurationIsChecked() throws Exception {
         long base = g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16);
         long drv = base + 16 * SIZE, dev = drv + 4;
-        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv, dev, false, false, SIZE, true, 0, true), g, Reason.BAD_CONFIG);
-        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv, dev, false, false, 0, true, -1, true), g, Reason.BAD_CONFIG);
-        assertCreateFails(QueueConfig.packed(0, SIZE, base + 4, drv, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
-        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv + 2, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
-        assertCreateFails(QueueConfig.packed(0, 32769, base, drv, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
-        assertCreateFails(QueueConfig.packed(0, SIZE, base, drv, GuestFixture.HIGH_GPA + g.highSize, false, false, 0, true, 0, true),
-                g, Reason.RING_OUTSIDE_MEMORY);
+        assertCreateFails(
+                QueueConfig.packed(0, SIZE, base, drv, dev, false, false, SIZE, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(
+                QueueConfig.packed(0, SIZE, base, drv, dev, false, false, 0, true, -1, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(
+                QueueConfig.packed(0, SIZE, base + 4, drv, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(
+                QueueConfig.packed(0, SIZE, base, drv + 2, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(
+                QueueConfig.packed(0, 32769, base, drv, dev, false, false, 0, true, 0, true), g, Reason.BAD_CONFIG);
+        assertCreateFails(
+                QueueConfig.packed(
+                        0, SIZE, base, drv, GuestFixture.HIGH_GPA + g.highSize, false, false, 0, true, 0, true),
+                g,
+                Reason.RING_OUTSIDE_MEMORY);
         // Packed sizes need not be powers of two.
         long b6 = g.alloc(PackedDriverRing.bytesNeeded(6), 16);
         Virtqueue.create(QueueConfig.packed(0, 6, b6, b6 + 96, b6 + 100, false, false, 5, false, 5, false), g.holder);

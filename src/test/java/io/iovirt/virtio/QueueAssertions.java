@@ -12,8 +12,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
 final class QueueAssertions {
-    private QueueAssertions() {
-    }
+    private QueueAssertions() {}
 
     /** Pop fails with {@code reason}; afterwards the queue stays failed with the same error. */
     static VirtqueueException assertPopFails(Virtqueue q, Reason reason) {

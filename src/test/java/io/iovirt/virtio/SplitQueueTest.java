@@ -55,7 +55,11 @@ class SplitQueueTest {
         long r1 = g.alloc(3, 1), r2 = g.allocHigh(5, 1), w1 = g.alloc(4, 1), w2 = g.allocHigh(6, 1);
         g.at(r1, 3).copyFrom(MemorySegment.ofArray("abc".getBytes()));
         g.at(r2, 5).copyFrom(MemorySegment.ofArray("defgh".getBytes()));
-        int id = d.add(new long[] {r1, r2, w1, w2}, new int[] {3, 5, 4, 6}, new boolean[] {false, false, true, true}, 4,
+        int id = d.add(
+                new long[] {r1, r2, w1, w2},
+                new int[] {3, 5, 4, 6},
+                new boolean[] {false, false, true, true},
+                4,
                 DriverRing.NO_INDIRECT);
         assertTrue(d.kickNeeded());
 
@@ -105,7 +109,8 @@ class SplitQueueTest {
         Virtqueue q = device(d);
         int[] ids = new int[3];
         for (int i = 0; i < ids.length; i++) {
-            ids[i] = d.add(new long[] {g.alloc(16, 8)}, new int[] {16}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+            ids[i] =
+                    d.add(new long[] {g.alloc(16, 8)}, new int[] {16}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
         }
         DescriptorChain[] cs = {q.newChain(), q.newChain(), q.newChain()};
         for (DescriptorChain c : cs) {
@@ -176,8 +181,8 @@ class SplitQueueTest {
     @Test
     void availableIndexWrapsAt16Bits() throws Exception {
         long base = g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16);
-        SplitDriverRing d = new SplitDriverRing(g.memory, SIZE, base, base + 16 * SIZE, (base + 16 * SIZE + 6 + 2 * SIZE + 3) & -4,
-                true, 0xfffa);
+        SplitDriverRing d = new SplitDriverRing(
+                g.memory, SIZE, base, base + 16 * SIZE, (base + 16 * SIZE + 6 + 2 * SIZE + 3) & -4, true, 0xfffa);
         Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
         long buf = g.alloc(8, 8);
         for (int i = 0; i < 3 * SIZE; i++) {
@@ -293,7 +298,8 @@ class SplitQueueTest {
         };
         for (long addr : bad) {
             try (GuestFixture f = new GuestFixture()) {
-                SplitDriverRing d = SplitDriverRing.create(f.memory, f.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+                SplitDriverRing d =
+                        SplitDriverRing.create(f.memory, f.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
                 Virtqueue q = Virtqueue.create(d.queueConfig(0, true), f.holder);
                 d.writeDescriptor(0, addr, 16, 0, 0);
                 d.exposeHead(0);
@@ -364,7 +370,8 @@ class SplitQueueTest {
         int tooMany = VirtioRing.MAX_INDIRECT_DESCRIPTORS + 1;
         for (int len : new int[] {0, 24, 16 * tooMany}) {
             try (GuestFixture f = new GuestFixture()) {
-                SplitDriverRing d = SplitDriverRing.create(f.memory, f.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+                SplitDriverRing d =
+                        SplitDriverRing.create(f.memory, f.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
                 Virtqueue q = Virtqueue.create(d.queueConfig(0, true), f.holder);
                 d.writeDescriptor(0, f.alloc(16 * tooMany, 16), len, DESC_F_INDIRECT, 0);
                 d.exposeHead(0);
@@ -415,8 +422,12 @@ class SplitQueueTest {
     void chainsOfMoreThan4GiBAreRefused(@TempDir Path dir) throws Exception {
         long regionSize = 5L << 30; // sparse: only the pages we touch get memory
         try (Arena arena = Arena.ofShared();
-             FileChannel ch = FileChannel.open(dir.resolve("ram"), StandardOpenOption.CREATE_NEW, StandardOpenOption.READ,
-                     StandardOpenOption.WRITE, StandardOpenOption.SPARSE)) {
+                FileChannel ch = FileChannel.open(
+                        dir.resolve("ram"),
+                        StandardOpenOption.CREATE_NEW,
+                        StandardOpenOption.READ,
+                        StandardOpenOption.WRITE,
+                        StandardOpenOption.SPARSE)) {
             MemorySegment ram = ch.map(FileChannel.MapMode.READ_WRITE, 0, regionSize, arena);
             GuestMemory mem = GuestMemory.of(List.of(new MemoryRegion(0, regionSize, 0x7000_0000_0000L, 0, ram, null)));
             io.iovirt.memory.GuestMemoryHolder holder = new io.iovirt.memory.GuestMemoryHolder();
@@ -436,8 +447,11 @@ class SplitQueueTest {
         long avail = base + 16 * SIZE;
         long used = base + 1024;
         long hole = GuestFixture.LOW_GPA + g.lowSize + 0x1000;
-        assertCreateFails(QueueConfig.split(0, SIZE, hole, avail, used, false, false, 0), g, Reason.RING_OUTSIDE_MEMORY);
-        assertCreateFails(QueueConfig.split(0, SIZE, base, avail, GuestFixture.HIGH_GPA + g.highSize - 8, false, false, 0), g,
+        assertCreateFails(
+                QueueConfig.split(0, SIZE, hole, avail, used, false, false, 0), g, Reason.RING_OUTSIDE_MEMORY);
+        assertCreateFails(
+                QueueConfig.split(0, SIZE, base, avail, GuestFixture.HIGH_GPA + g.highSize - 8, false, false, 0),
+                g,
                 Reason.RING_OUTSIDE_MEMORY);
         assertCreateFails(QueueConfig.split(0, SIZE, base + 8, avail, used, false, false, 0), g, Reason.BAD_CONFIG);
         assertCreateFails(QueueConfig.split(0, SIZE, base, avail + 1, used, false, false, 0), g, Reason.BAD_CONFIG);

@@ -33,21 +33,16 @@ class VirtqueuePropertiesTest {
     private static final int MAX_SEGS = 6;
     private static final int MAX_LEN = 48;
 
-    record Seg(int len, boolean writable) {
-    }
+    record Seg(int len, boolean writable) {}
 
-    sealed interface Op permits Add, Complete, Poll {
-    }
+    sealed interface Op permits Add, Complete, Poll {}
 
-    record Add(List<Seg> segs, boolean indirect) implements Op {
-    }
+    record Add(List<Seg> segs, boolean indirect) implements Op {}
 
     /** The device completes one of its in-flight requests, writing {@code percent}% of its writable bytes. */
-    record Complete(int pick, int percent) implements Op {
-    }
+    record Complete(int pick, int percent) implements Op {}
 
-    record Poll() implements Op {
-    }
+    record Poll() implements Op {}
 
     @Provide
     Arbitrary<Rings> rings() {
@@ -56,18 +51,23 @@ class VirtqueuePropertiesTest {
 
     @Provide
     Arbitrary<List<Op>> traffic() {
-        Arbitrary<Seg> seg = Combinators.combine(Arbitraries.integers().between(0, MAX_LEN), Arbitraries.of(true, false))
+        Arbitrary<Seg> seg = Combinators.combine(
+                        Arbitraries.integers().between(0, MAX_LEN), Arbitraries.of(true, false))
                 .as(Seg::new);
-        Arbitrary<Op> add = Combinators.combine(seg.list().ofMinSize(1).ofMaxSize(MAX_SEGS), Arbitraries.of(true, false))
+        Arbitrary<Op> add = Combinators.combine(
+                        seg.list().ofMinSize(1).ofMaxSize(MAX_SEGS), Arbitraries.of(true, false))
                 .as(Add::new);
-        Arbitrary<Op> complete = Combinators.combine(Arbitraries.integers().between(0, 1000), Arbitraries.integers().between(0, 100))
+        Arbitrary<Op> complete = Combinators.combine(
+                        Arbitraries.integers().between(0, 1000),
+                        Arbitraries.integers().between(0, 100))
                 .as(Complete::new);
-        return Arbitraries.frequencyOf(Tuple.of(5, add), Tuple.of(4, complete), Tuple.of(2, Arbitraries.just(new Poll())))
-                .list().ofMaxSize(160);
+        return Arbitraries.frequencyOf(
+                        Tuple.of(5, add), Tuple.of(4, complete), Tuple.of(2, Arbitraries.just(new Poll())))
+                .list()
+                .ofMaxSize(160);
     }
 
-    private record Expected(int slot, List<Seg> segs, long[] addrs, int seed) {
-    }
+    private record Expected(int slot, List<Seg> segs, long[] addrs, int seed) {}
 
     @Property(tries = 250)
     void legalTrafficRoundTripsExactly(@ForAll("rings") Rings r, @ForAll("traffic") List<Op> ops) throws Exception {
@@ -100,7 +100,8 @@ class VirtqueuePropertiesTest {
                         if (freeSlots.isEmpty()) {
                             continue;
                         }
-                        List<Seg> segs = new ArrayList<>(a.segs().subList(0, Math.min(a.segs().size(), size)));
+                        List<Seg> segs = new ArrayList<>(
+                                a.segs().subList(0, Math.min(a.segs().size(), size)));
                         segs.sort((x, y) -> Boolean.compare(x.writable(), y.writable())); // readable first
                         int slot = freeSlots.poll();
                         int n = segs.size();
@@ -148,11 +149,17 @@ class VirtqueuePropertiesTest {
     }
 
     /** Both ends of {@link #legalTrafficRoundTripsExactly}, with the checks at each hand-over. */
-    private record Traffic(GuestFixture g, DriverRing d, Virtqueue q, Map<Integer, Expected> available,
-                           Map<Integer, Long> completed, List<DescriptorChain> popped, ArrayDeque<DescriptorChain> spare,
-                           ArrayDeque<Integer> freeSlots) {
+    private record Traffic(
+            GuestFixture g,
+            DriverRing d,
+            Virtqueue q,
+            Map<Integer, Expected> available,
+            Map<Integer, Long> completed,
+            List<DescriptorChain> popped,
+            ArrayDeque<DescriptorChain> spare,
+            ArrayDeque<Integer> freeSlots) {
         void popAll() throws VirtqueueException {
-            for (;;) {
+            for (; ; ) {
                 DescriptorChain c = spare.isEmpty() ? q.newChain() : spare.pop();
                 if (!q.pop(c)) {
                     spare.push(c);
@@ -169,7 +176,8 @@ class VirtqueuePropertiesTest {
                     assertEquals(s.writable(), c.isWritable(i));
                     assertTrue(g.insideGuest(c.segment(i)) || s.len() == 0);
                     if (!s.writable()) {
-                        assertArrayEquals(g.at(e.addrs()[i], s.len()).toArray(ValueLayout.JAVA_BYTE),
+                        assertArrayEquals(
+                                g.at(e.addrs()[i], s.len()).toArray(ValueLayout.JAVA_BYTE),
                                 c.segment(i).toArray(ValueLayout.JAVA_BYTE));
                         readable += s.len();
                     }
@@ -220,29 +228,51 @@ class VirtqueuePropertiesTest {
     // ---- corrupted rings ----
 
     /** One thing a hostile guest or the device does next. */
-    record Step(int kind, int a, int b, long addr, int len, int flags) {
-    }
+    record Step(int kind, int a, int b, long addr, int len, int flags) {}
 
     @Provide
     Arbitrary<List<Step>> hostileSteps() {
-        Arbitrary<Long> addr = Arbitraries.oneOf(Arbitraries.of(0L, -8L, -1L, 0x10_0000L - 4, 0x10_0000L, 0x7fff_ffff_ffffL,
-                (long) (1 << 20) - 8, 0x10_0000L + (256 << 10) - 4), Arbitraries.longs().between(0, 1 << 20),
-                Arbitraries.longs().between(0x10_0000L, 0x10_0000L + (256 << 10)), Arbitraries.longs());
-        Arbitrary<Integer> len = Arbitraries.oneOf(Arbitraries.of(0, 1, 15, 16, 32, 48, 16 * 64, 16 * 65, -1, Integer.MIN_VALUE),
-                Arbitraries.integers().between(0, 4096), Arbitraries.integers());
-        Arbitrary<Integer> flags = Arbitraries.oneOf(Arbitraries.integers().between(0, 7)
-                        .flatMap(f -> Arbitraries.of(0, VirtioRing.DESC_F_AVAIL, VirtioRing.DESC_F_USED,
-                                VirtioRing.DESC_F_AVAIL | VirtioRing.DESC_F_USED).map(x -> x | f)),
+        Arbitrary<Long> addr = Arbitraries.oneOf(
+                Arbitraries.of(
+                        0L,
+                        -8L,
+                        -1L,
+                        0x10_0000L - 4,
+                        0x10_0000L,
+                        0x7fff_ffff_ffffL,
+                        (long) (1 << 20) - 8,
+                        0x10_0000L + (256 << 10) - 4),
+                Arbitraries.longs().between(0, 1 << 20),
+                Arbitraries.longs().between(0x10_0000L, 0x10_0000L + (256 << 10)),
+                Arbitraries.longs());
+        Arbitrary<Integer> len = Arbitraries.oneOf(
+                Arbitraries.of(0, 1, 15, 16, 32, 48, 16 * 64, 16 * 65, -1, Integer.MIN_VALUE),
+                Arbitraries.integers().between(0, 4096),
+                Arbitraries.integers());
+        Arbitrary<Integer> flags = Arbitraries.oneOf(
+                Arbitraries.integers()
+                        .between(0, 7)
+                        .flatMap(f -> Arbitraries.of(
+                                        0,
+                                        VirtioRing.DESC_F_AVAIL,
+                                        VirtioRing.DESC_F_USED,
+                                        VirtioRing.DESC_F_AVAIL | VirtioRing.DESC_F_USED)
+                                .map(x -> x | f)),
                 Arbitraries.integers().between(0, 0xffff));
-        Arbitrary<Integer> small = Arbitraries.frequencyOf(Tuple.of(4, Arbitraries.integers().between(0, 70)),
+        Arbitrary<Integer> small = Arbitraries.frequencyOf(
+                Tuple.of(4, Arbitraries.integers().between(0, 70)),
                 Tuple.of(1, Arbitraries.integers().between(0, 0xffff)));
-        return Combinators.combine(Arbitraries.integers().between(0, 13), small, small, addr, len, flags).as(Step::new)
-                .list().ofMinSize(1).ofMaxSize(80);
+        return Combinators.combine(Arbitraries.integers().between(0, 13), small, small, addr, len, flags)
+                .as(Step::new)
+                .list()
+                .ofMinSize(1)
+                .ofMaxSize(80);
     }
 
     @Property(tries = 1500)
-    void corruptedRingsFailCleanlyInsideGuestMemory(@ForAll("rings") Rings r, @ForAll("hostileSteps") List<Step> steps,
-                                                    @ForAll boolean indirectDesc) throws Exception {
+    void corruptedRingsFailCleanlyInsideGuestMemory(
+            @ForAll("rings") Rings r, @ForAll("hostileSteps") List<Step> steps, @ForAll boolean indirectDesc)
+            throws Exception {
         try (GuestFixture g = new GuestFixture(1 << 20, 256 << 10)) {
             DriverRing d = r.driver(g);
             Virtqueue q = Virtqueue.create(d.queueConfig(0, indirectDesc), g.holder);
@@ -260,13 +290,21 @@ class VirtqueuePropertiesTest {
                     switch (s.kind()) {
                         case 0 -> { // a legal request, so the device has real chains to mix with the junk
                             int n = Math.min(1 + s.a() % 3, r.size());
-                            d.add(new long[] {buf, bufHigh, buf}, new int[] {64, 64, 8}, new boolean[] {false, true, true}, n,
+                            d.add(
+                                    new long[] {buf, bufHigh, buf},
+                                    new int[] {64, 64, 8},
+                                    new boolean[] {false, true, true},
+                                    n,
                                     s.b() % 2 == 0 ? DriverRing.NO_INDIRECT : tables[s.a() % tables.length]);
                         }
                         case 1, 2, 3 -> { // rewrite a descriptor the device is about to read
                             if (d instanceof SplitDriverRing sd) {
                                 int i = s.a() % r.size();
-                                sd.writeDescriptor(i, pick(s, tables), s.len(), s.flags() & ~(s.kind() == 3 ? 0 : 0xfff8),
+                                sd.writeDescriptor(
+                                        i,
+                                        pick(s, tables),
+                                        s.len(),
+                                        s.flags() & ~(s.kind() == 3 ? 0 : 0xfff8),
                                         s.b() % (r.size() + 2));
                                 if (s.kind() != 3) {
                                     sd.exposeHead(i);
@@ -279,7 +317,8 @@ class VirtqueuePropertiesTest {
                                 boolean lap = (base & 0x8000) != 0;
                                 int avail = lap ? VirtioRing.DESC_F_AVAIL : VirtioRing.DESC_F_USED;
                                 int f = s.kind() == 3 ? s.flags() : (s.flags() & 7) | avail;
-                                ((PackedDriverRing) d).writeDescriptor(pos, pick(s, tables), s.len(), s.b() % (r.size() + 2), f);
+                                ((PackedDriverRing) d)
+                                        .writeDescriptor(pos, pick(s, tables), s.len(), s.b() % (r.size() + 2), f);
                             }
                         }
                         case 4 -> { // rewrite an indirect table entry
@@ -299,18 +338,21 @@ class VirtqueuePropertiesTest {
                                     sd.setAvailIndex(sd.availIndex() + s.a() % (r.size() + 3));
                                 }
                             } else {
-                                ringArea.set(ValueLayout.JAVA_BYTE, Math.floorMod(s.addr(), ringArea.byteSize()), (byte) s.flags());
+                                ringArea.set(ValueLayout.JAVA_BYTE, Math.floorMod(s.addr(), ringArea.byteSize()), (byte)
+                                        s.flags());
                             }
                         }
                         case 6 -> { // the driver's event / suppression area
-                            MemorySegment area = g.at(d.driverAreaAddr(), 4); // avail flags/idx, or the driver event structure
+                            MemorySegment area =
+                                    g.at(d.driverAreaAddr(), 4); // avail flags/idx, or the driver event structure
                             area.set(ValueLayout.JAVA_SHORT_UNALIGNED, (s.a() % 2) * 2L, (short) s.flags());
                         }
                         case 7, 8, 9 -> { // device pops
                             DescriptorChain c = q.newChain();
                             if (q.pop(c)) {
                                 for (int i = 0; i < c.count(); i++) {
-                                    assertTrue(c.segment(i).byteSize() == 0 || g.insideGuest(c.segment(i)), c.toString());
+                                    assertTrue(
+                                            c.segment(i).byteSize() == 0 || g.insideGuest(c.segment(i)), c.toString());
                                 }
                                 popped.add(c);
                             }

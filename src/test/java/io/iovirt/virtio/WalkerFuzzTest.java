@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.virtio;
 
-import io.iovirt.testing.GuestFixture;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.code_intelligence.jazzer.junit.FuzzTest;
+import io.iovirt.testing.GuestFixture;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 
@@ -50,10 +50,20 @@ class WalkerFuzzTest {
             long n = Math.min(data.length - 2, g.lowSize - ring);
             MemorySegment.copy(MemorySegment.ofArray(data), 2, low, ring, n);
             QueueConfig qc = packed
-                    ? QueueConfig.packed(0, SIZE, ring, ring + 16 * SIZE, ring + 16 * SIZE + 4, eventIdx, indirect,
-                            start, availWrap, start, usedWrap)
-                    : QueueConfig.split(0, SIZE, ring, ring + 16 * SIZE, ring + 16 * SIZE + 64, eventIdx, indirect,
-                            splitStart);
+                    ? QueueConfig.packed(
+                            0,
+                            SIZE,
+                            ring,
+                            ring + 16 * SIZE,
+                            ring + 16 * SIZE + 4,
+                            eventIdx,
+                            indirect,
+                            start,
+                            availWrap,
+                            start,
+                            usedWrap)
+                    : QueueConfig.split(
+                            0, SIZE, ring, ring + 16 * SIZE, ring + 16 * SIZE + 64, eventIdx, indirect, splitStart);
             Virtqueue q;
             try {
                 q = Virtqueue.create(qc, g.holder).limitChain(limit);

@@ -45,24 +45,35 @@ class AcceleratorGuestTest {
     @Test
     void autoBootsAFailedKvmGuestAgainUnderTcg() {
         Accelerator.KvmStatus probe = Accelerator.probeSystem();
-        Accelerator.Decision forced = Accelerator.decide(Accelerator.Mode.AUTO,
-                new Accelerator.KvmStatus(true, "forced by the test", ""));
+        Accelerator.Decision forced =
+                Accelerator.decide(Accelerator.Mode.AUTO, new Accelerator.KvmStatus(true, "forced by the test", ""));
         assertEquals(Accelerator.Kind.KVM, forced.kind());
         List<String> notices = new CopyOnWriteArrayList<>();
-        QemuGuest guest = QemuGuest.builder(image).workDir(dir).name("accel").accelerator(forced).notice(notices::add)
-                .payload("echo guest-ran=yes").build();
+        QemuGuest guest = QemuGuest.builder(image)
+                .workDir(dir)
+                .name("accel")
+                .accelerator(forced)
+                .notice(notices::add)
+                .payload("echo guest-ran=yes")
+                .build();
         try (RunningGuest g = guest.start(TIMEOUT.plusSeconds(30))) {
             GuestResult r = g.awaitExit(TIMEOUT);
             assertEquals(0, r.exitCode(), r.consoleTail(20));
             assertEquals("yes", r.field("guest-ran"));
             Accelerator.Kind ran = g.accelerator().kind();
-            assertEquals(probe.usable() ? Accelerator.Kind.KVM : Accelerator.Kind.TCG, ran,
+            assertEquals(
+                    probe.usable() ? Accelerator.Kind.KVM : Accelerator.Kind.TCG,
+                    ran,
                     "the guest ran under " + ran + " but the probe says: " + probe.reason() + "; notices " + notices);
             if (ran == Accelerator.Kind.TCG) {
                 assertEquals(1, notices.size(), notices.toString());
-                assertTrue(notices.getFirst().startsWith("accel: KVM guest failed early (")
-                        && notices.getFirst().endsWith("); booting it again under TCG"), notices.getFirst());
-                assertTrue(g.accelerator().reason().contains("booted again under TCG"), g.accelerator().reason());
+                assertTrue(
+                        notices.getFirst().startsWith("accel: KVM guest failed early (")
+                                && notices.getFirst().endsWith("); booting it again under TCG"),
+                        notices.getFirst());
+                assertTrue(
+                        g.accelerator().reason().contains("booted again under TCG"),
+                        g.accelerator().reason());
             } else {
                 assertTrue(notices.isEmpty(), notices.toString());
             }
@@ -79,7 +90,11 @@ class AcceleratorGuestTest {
             assertTrue(r.output.contains("guest-ran=yes"), r.output);
         } else {
             assertEquals(1, r.exit, r.output);
-            String line = r.output.lines().filter(l -> l.startsWith("iovirt vm run: ")).findFirst().orElse(r.output);
+            String line = r.output
+                    .lines()
+                    .filter(l -> l.startsWith("iovirt vm run: "))
+                    .findFirst()
+                    .orElse(r.output);
             assertTrue(line.contains("--accel kvm: KVM cannot run a guest here: " + probe.reason()), line);
             assertTrue(line.contains(probe.remedy()), line);
             assertFalse(r.output.contains("\tat "), "no stack trace: " + r.output);
@@ -100,11 +115,20 @@ class AcceleratorGuestTest {
 
         CliResult kvm = cli(hideKvm(), "vm", "run", "--accel", "kvm", "--command", "true", "accel-nokvm-kvm");
         assertEquals(1, kvm.exit, kvm.output);
-        assertTrue(kvm.output.contains("iovirt vm run: --accel kvm: KVM cannot run a guest here: /dev/kvm does not exist"),
+        assertTrue(
+                kvm.output.contains("iovirt vm run: --accel kvm: KVM cannot run a guest here: /dev/kvm does not exist"),
                 kvm.output);
 
-        CliResult check = cli(hideKvm(), "host", "check", "--json", "--state-dir", dir.resolve("state").toString());
-        assertTrue(check.output.contains("\"id\": \"kvm\",\n      \"status\": \"FAIL\",\n      \"detail\": \"/dev/kvm does not exist"),
+        CliResult check = cli(
+                hideKvm(),
+                "host",
+                "check",
+                "--json",
+                "--state-dir",
+                dir.resolve("state").toString());
+        assertTrue(
+                check.output.contains(
+                        "\"id\": \"kvm\",\n      \"status\": \"FAIL\",\n      \"detail\": \"/dev/kvm does not exist"),
                 check.output);
         assertTrue(check.output.contains("\"kind\": \"tcg\""), check.output);
     }
@@ -124,18 +148,21 @@ class AcceleratorGuestTest {
                 [ ! -e /dev/kvm ] || { echo "could not hide /dev/kvm"; exit 97; }
                 exec "$@"
                 """;
-        return List.of("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "hide-kvm", fake.toString());
+        return List.of(
+                "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "hide-kvm", fake.toString());
     }
 
-    private record CliResult(int exit, String output) {
-    }
+    private record CliResult(int exit, String output) {}
 
     private CliResult cli(List<String> prefix, String... args) throws Exception {
         List<String> cmd = new ArrayList<>(prefix);
         cmd.addAll(IovirtCli.command(args));
         Path log = Files.createTempFile(dir, "cli", ".log");
-        try (ChildProcess p = ChildProcess.builder(cmd).name("iovirt " + args[0]).log(log)
-                .env(Accelerator.ENV, "").start()) {
+        try (ChildProcess p = ChildProcess.builder(cmd)
+                .name("iovirt " + args[0])
+                .log(log)
+                .env(Accelerator.ENV, "")
+                .start()) {
             assertTrue(p.waitFor(TIMEOUT), "iovirt " + String.join(" ", args) + " did not finish:\n" + p.log());
             return new CliResult(p.exitValue(), p.log());
         }

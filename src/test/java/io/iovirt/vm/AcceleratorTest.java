@@ -49,24 +49,29 @@ class AcceleratorTest {
     void kvmWithoutHardwareVirtualizationIsUnusable() {
         KvmStatus s = status(true, 0, 12, 0, NONE);
         assertFalse(s.usable());
-        assertTrue(s.reason().contains("no hardware virtualization") && s.reason().contains("PVM"), s.reason());
+        assertTrue(
+                s.reason().contains("no hardware virtualization") && s.reason().contains("PVM"), s.reason());
         Decision d = Accelerator.decide(Mode.AUTO, s);
         assertEquals(Kind.TCG, d.kind());
         assertEquals(List.of("-accel", Accelerator.tcgOption(System.getenv(Accelerator.TCG_THREAD_ENV))), d.qemuArgs());
         assertFalse(d.mayFallBack());
-        assertTrue(d.describe().startsWith("TCG (KVM unusable: /dev/kvm works but the CPU has no hardware"), d.describe());
+        assertTrue(
+                d.describe().startsWith("TCG (KVM unusable: /dev/kvm works but the CPU has no hardware"), d.describe());
     }
 
     @Test
     void kvmModeOnAnUnusableKvmIsOneLineWithReasonAndRemedy() {
-        Accelerator.UnusableException e = assertThrows(Accelerator.UnusableException.class,
-                () -> Accelerator.decide(Mode.KVM, status(true, 0, 12, 0, NONE)));
+        Accelerator.UnusableException e = assertThrows(
+                Accelerator.UnusableException.class, () -> Accelerator.decide(Mode.KVM, status(true, 0, 12, 0, NONE)));
         assertFalse(e.getMessage().contains("\n"), e.getMessage());
         assertTrue(e.getMessage().contains("no hardware virtualization"), e.getMessage());
         assertTrue(e.getMessage().contains("--accel tcg"), e.getMessage());
-        Accelerator.UnusableException absent = assertThrows(Accelerator.UnusableException.class,
+        Accelerator.UnusableException absent = assertThrows(
+                Accelerator.UnusableException.class,
                 () -> Accelerator.decide(Mode.KVM, status(false, Errno.ENOENT, 0, 0, VMX)));
-        assertTrue(absent.getMessage().contains("/dev/kvm does not exist") && absent.getMessage().contains("modprobe kvm_intel"),
+        assertTrue(
+                absent.getMessage().contains("/dev/kvm does not exist")
+                        && absent.getMessage().contains("modprobe kvm_intel"),
                 absent.getMessage());
     }
 
@@ -81,7 +86,8 @@ class AcceleratorTest {
         KvmStatus noVm = status(true, 0, 12, -Errno.EBUSY, VMX);
         assertFalse(noVm.usable());
         assertTrue(noVm.reason().contains("KVM_CREATE_VM failed: EBUSY"), noVm.reason());
-        assertTrue(status(false, Errno.ENOENT, 0, 0, NONE).remedy().contains("nested virtualization"),
+        assertTrue(
+                status(false, Errno.ENOENT, 0, 0, NONE).remedy().contains("nested virtualization"),
                 "a VM without vmx needs nested virtualization, not modprobe");
     }
 
@@ -122,16 +128,22 @@ class AcceleratorTest {
 
     @Test
     void qemuKvmFailuresAreRecognized() {
-        assertEquals("KVM internal error. Suberror: 1", Accelerator.earlyKvmFailure(
-                "qemu-system-x86_64: warning: x\nKVM internal error. Suberror: 1\nextra data[0]: 0x0000000000000000\n"));
+        assertEquals(
+                "KVM internal error. Suberror: 1",
+                Accelerator.earlyKvmFailure(
+                        "qemu-system-x86_64: warning: x\nKVM internal error. Suberror: 1\nextra data[0]: 0x0000000000000000\n"));
         assertEquals("emulation failure", Accelerator.earlyKvmFailure("emulation failure\nRAX=0000"));
         assertTrue(Accelerator.earlyKvmFailure("Could not access KVM kernel module: No such file or directory\n"
-                + "qemu-system-x86_64: failed to initialize kvm: No such file or directory").startsWith("Could not access"));
-        assertNull(Accelerator.earlyKvmFailure("qemu-system-x86_64: -device foo: 'foo' is not a valid device model name"));
+                        + "qemu-system-x86_64: failed to initialize kvm: No such file or directory")
+                .startsWith("Could not access"));
+        assertNull(
+                Accelerator.earlyKvmFailure("qemu-system-x86_64: -device foo: 'foo' is not a valid device model name"));
         // QEMU 7.2 with -cpu host on this project's PVM host: aborts while setting up the vCPU
-        assertEquals("qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69", Accelerator.earlyKvmFailure(
-                "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\nqemu-system-x86_64: "
-                        + "../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.\n"));
+        assertEquals(
+                "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69",
+                Accelerator.earlyKvmFailure(
+                        "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\nqemu-system-x86_64: "
+                                + "../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.\n"));
     }
 
     /** The "no /dev/kvm" path, probed for real on a device-root fixture. */

@@ -22,7 +22,8 @@ class ChildProcessTest {
     @Test
     void capturesStdoutAndStderrAndExitStatus() {
         try (ChildProcess p = ChildProcess.builder("sh", "-c", "echo out; echo err >&2; exit 3")
-                .log(dir.resolve("p.log")).start()) {
+                .log(dir.resolve("p.log"))
+                .start()) {
             assertTrue(p.waitFor(Duration.ofSeconds(30)));
             assertEquals(3, p.exitValue());
             assertEquals(List.of("out", "err"), p.log().lines().toList());
@@ -32,7 +33,8 @@ class ChildProcessTest {
     @Test
     void closeKillsTheWholeTree() throws Exception {
         ChildProcess p = ChildProcess.builder("sh", "-c", "sleep 600 & sleep 600 & wait")
-                .log(dir.resolve("tree.log")).start();
+                .log(dir.resolve("tree.log"))
+                .start();
         List<ProcessHandle> kids = awaitChildren(p, 2);
         p.close();
         assertFalse(p.isAlive());
@@ -44,17 +46,24 @@ class ChildProcessTest {
 
     @Test
     void lifetimeKillsAForgottenChild() {
-        try (ChildProcess p = ChildProcess.builder("sleep", "600").log(dir.resolve("s.log"))
-                .lifetime(Duration.ofMillis(300)).start()) {
+        try (ChildProcess p = ChildProcess.builder("sleep", "600")
+                .log(dir.resolve("s.log"))
+                .lifetime(Duration.ofMillis(300))
+                .start()) {
             assertTrue(p.waitFor(Duration.ofSeconds(30)), "the watchdog did not kill the child");
         }
     }
 
     @Test
     void stopSendsSigtermFirst() {
-        try (ChildProcess p = ChildProcess.builder("sh", "-c", "trap 'echo got-term; exit 0' TERM; "
-                + "echo ready; while :; do sleep 0.1; done").log(dir.resolve("t.log")).start()) {
-            Await.until(Duration.ofSeconds(30), "the shell's trap is set", () -> p.log().contains("ready"));
+        try (ChildProcess p = ChildProcess.builder(
+                        "sh", "-c", "trap 'echo got-term; exit 0' TERM; " + "echo ready; while :; do sleep 0.1; done")
+                .log(dir.resolve("t.log"))
+                .start()) {
+            Await.until(
+                    Duration.ofSeconds(30),
+                    "the shell's trap is set",
+                    () -> p.log().contains("ready"));
             p.stop(Duration.ofSeconds(20));
             assertFalse(p.isAlive());
             assertEquals(0, p.exitValue());
@@ -70,7 +79,9 @@ class ChildProcessTest {
     void aChildKilledBySigsegvComesWithItsBacktrace() throws Exception {
         Path cwd = java.nio.file.Files.createDirectories(dir.resolve("crash"));
         try (ChildProcess p = ChildProcess.builder("sh", "-c", "echo started; kill -SEGV $$")
-                .log(dir.resolve("crash.log")).directory(cwd).start()) {
+                .log(dir.resolve("crash.log"))
+                .directory(cwd)
+                .start()) {
             assertTrue(p.waitFor(Duration.ofSeconds(30)));
             assertEquals(128 + 11, p.exitValue());
             String report = p.crashReport();
@@ -90,7 +101,10 @@ class ChildProcessTest {
 
     @Test
     void aNormalExitHasNoCrashReport() {
-        try (ChildProcess p = ChildProcess.builder("sh", "-c", "exit 0").log(dir.resolve("ok.log")).directory(dir).start()) {
+        try (ChildProcess p = ChildProcess.builder("sh", "-c", "exit 0")
+                .log(dir.resolve("ok.log"))
+                .directory(dir)
+                .start()) {
             assertTrue(p.waitFor(Duration.ofSeconds(30)));
             assertEquals("", p.crashReport());
         }
@@ -98,14 +112,18 @@ class ChildProcessTest {
 
     @Test
     void missingProgramSaysWhatToDo() {
-        UncheckedIOException e = assertThrows(UncheckedIOException.class,
-                () -> ChildProcess.builder("/nonexistent/qemu").log(dir.resolve("x.log")).start());
+        UncheckedIOException e = assertThrows(
+                UncheckedIOException.class,
+                () -> ChildProcess.builder("/nonexistent/qemu")
+                        .log(dir.resolve("x.log"))
+                        .start());
         assertTrue(e.getMessage().contains("install-deps.sh"), e.getMessage());
     }
 
     private static List<ProcessHandle> awaitChildren(ChildProcess p, int n) {
         return Await.value(Duration.ofSeconds(30), "the shell starts " + n + " children", () -> {
-            List<ProcessHandle> kids = ProcessHandle.of(p.pid()).orElseThrow().children().toList();
+            List<ProcessHandle> kids =
+                    ProcessHandle.of(p.pid()).orElseThrow().children().toList();
             return kids.size() >= n ? java.util.Optional.of(kids) : java.util.Optional.empty();
         });
     }

@@ -41,7 +41,8 @@ class CpioWriterTest {
         assertEquals("echo hi\n", Files.readString(out.resolve("run.sh")));
         assertArrayEquals(data, Files.readAllBytes(out.resolve("root/deep/data.bin")));
         assertEquals("rwxr-xr-x", PosixFilePermissions.toString(Files.getPosixFilePermissions(out.resolve("run.sh"))));
-        assertEquals("rw-------",
+        assertEquals(
+                "rw-------",
                 PosixFilePermissions.toString(Files.getPosixFilePermissions(out.resolve("root/deep/data.bin"))));
         assertEquals(true, Files.isDirectory(out.resolve("opt/empty")));
 
@@ -61,7 +62,10 @@ class CpioWriterTest {
     private int cpio(Path cwd, String... args) {
         List<String> cmd = new java.util.ArrayList<>(List.of("cpio"));
         cmd.addAll(List.of(args));
-        try (ChildProcess p = ChildProcess.builder(cmd).log(dir.resolve("cpio.log")).directory(cwd).start()) {
+        try (ChildProcess p = ChildProcess.builder(cmd)
+                .log(dir.resolve("cpio.log"))
+                .directory(cwd)
+                .start()) {
             assertEquals(true, p.waitFor(Duration.ofSeconds(30)), "cpio did not finish");
             return p.exitValue();
         }

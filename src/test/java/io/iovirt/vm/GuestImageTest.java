@@ -20,8 +20,8 @@ class GuestImageTest {
         for (String f : new String[] {"vmlinux", "bzImage", "base.cpio", "fio.cpio"}) {
             Files.writeString(dir.resolve(f), f);
         }
-        String common = "version=abc\nkernel_release=6.1.0-57-amd64\nbzimage=" + dir.resolve("bzImage")
-                + "\ninitrd=" + dir.resolve("base.cpio") + "\nfio_layer=" + dir.resolve("fio.cpio") + "\n";
+        String common = "version=abc\nkernel_release=6.1.0-57-amd64\nbzimage=" + dir.resolve("bzImage") + "\ninitrd="
+                + dir.resolve("base.cpio") + "\nfio_layer=" + dir.resolve("fio.cpio") + "\n";
 
         GuestImage withElf = GuestImage.parse(common + "kernel=" + dir.resolve("vmlinux") + "\n");
         assertEquals(dir.resolve("vmlinux"), withElf.kernel());
@@ -36,8 +36,10 @@ class GuestImageTest {
         GuestException missing = assertThrows(GuestException.class, () -> GuestImage.parse("version=abc\n"));
         assertTrue(missing.getMessage().contains("kernel_release"), missing.getMessage());
 
-        GuestException gone = assertThrows(GuestException.class, () -> GuestImage.parse(
-                "version=abc\nkernel_release=x\nbzimage=/nonexistent/bz\ninitrd=/nonexistent/i\nfio_layer=/x\n"));
+        GuestException gone = assertThrows(
+                GuestException.class,
+                () -> GuestImage.parse(
+                        "version=abc\nkernel_release=x\nbzimage=/nonexistent/bz\ninitrd=/nonexistent/i\nfio_layer=/x\n"));
         assertTrue(gone.getMessage().contains("delete the cache"), gone.getMessage());
     }
 

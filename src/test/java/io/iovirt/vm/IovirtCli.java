@@ -11,14 +11,15 @@ import java.util.List;
  */
 public final class IovirtCli {
 
-    private IovirtCli() {
-    }
+    private IovirtCli() {}
 
     public static List<String> command(List<String> args) {
         List<String> cmd = new ArrayList<>(List.of(
                 Path.of(System.getProperty("java.home"), "bin", "java").toString(),
-                "--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC",
-                "-cp", System.getProperty("java.class.path"),
+                "--enable-native-access=ALL-UNNAMED",
+                "-XX:+UseSerialGC",
+                "-cp",
+                System.getProperty("java.class.path"),
                 "io.iovirt.cli.Main"));
         cmd.addAll(args);
         return cmd;

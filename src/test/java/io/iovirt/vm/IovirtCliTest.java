@@ -16,8 +16,10 @@ class IovirtCliTest {
 
     @Test
     void runsTheCliInAChildJvm() {
-        try (ChildProcess p = ChildProcess.builder(IovirtCli.command("--version")).name("iovirt")
-                .log(dir.resolve("iovirt.log")).start()) {
+        try (ChildProcess p = ChildProcess.builder(IovirtCli.command("--version"))
+                .name("iovirt")
+                .log(dir.resolve("iovirt.log"))
+                .start()) {
             assertTrue(p.waitFor(Duration.ofSeconds(60)), "the child JVM did not finish");
             assertEquals(0, p.exitValue(), p.log());
             assertTrue(p.log().contains("iovirt"), p.log());

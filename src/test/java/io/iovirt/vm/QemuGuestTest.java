@@ -34,7 +34,9 @@ class QemuGuestTest {
 
     @Test
     void bootsRunsThePayloadAndReportsItsExitStatus() {
-        GuestResult r = QemuGuest.builder(image).workDir(dir).name("smoke")
+        GuestResult r = QemuGuest.builder(image)
+                .workDir(dir)
+                .name("smoke")
                 .kernelArgs("greeting=hello-from-cmdline")
                 .file("/root/data.txt", "file-content\n".getBytes(StandardCharsets.UTF_8), 0644)
                 .file("/opt/tool.sh", "echo tool-ran\n".getBytes(StandardCharsets.UTF_8), 0755)
@@ -46,7 +48,8 @@ class QemuGuestTest {
                         echo pid1=$(cat /proc/1/comm)
                         exit 7
                         """)
-                .build().run(TIMEOUT);
+                .build()
+                .run(TIMEOUT);
         assertEquals(7, r.exitCode(), r.consoleTail(30));
         assertEquals(1, r.boots());
         assertEquals("hello-from-cmdline", r.field("greeting"));
@@ -58,14 +61,18 @@ class QemuGuestTest {
 
     @Test
     void fioLayerAndExtraModules() {
-        GuestResult r = QemuGuest.builder(image).workDir(dir).name("fio-layer").fio()
+        GuestResult r = QemuGuest.builder(image)
+                .workDir(dir)
+                .name("fio-layer")
+                .fio()
                 .modules("virtio_pci", "nvme", "vfio_pci")
                 .payload("""
                         echo fio=$(fio --version)
                         echo nvme=$(test -d /sys/module/nvme && echo loaded)
                         echo vfio_pci=$(test -d /sys/module/vfio_pci && echo loaded)
                         """)
-                .build().run(TIMEOUT);
+                .build()
+                .run(TIMEOUT);
         assertEquals(0, r.exitCode(), r.consoleTail(30));
         assertTrue(r.field("fio").startsWith("fio-3."), r.output());
         assertEquals("loaded", r.field("nvme"));
@@ -74,8 +81,13 @@ class QemuGuestTest {
 
     @Test
     void aModuleMissingFromTheImageFailsTheRunBeforeThePayload() {
-        GuestResult r = QemuGuest.builder(image).workDir(dir).name("bad-module").modules("no_such_module")
-                .payload("echo ran=yes").build().run(TIMEOUT);
+        GuestResult r = QemuGuest.builder(image)
+                .workDir(dir)
+                .name("bad-module")
+                .modules("no_such_module")
+                .payload("echo ran=yes")
+                .build()
+                .run(TIMEOUT);
         assertEquals(125, r.exitCode());
         assertTrue(r.console().contains("module no_such_module is not in the image"), r.consoleTail(20));
         assertFalse(r.console().contains("ran=yes"));
@@ -83,15 +95,18 @@ class QemuGuestTest {
 
     @Test
     void aGuestThatOverrunsItsTimeoutIsKilled() {
-        QemuGuest guest = QemuGuest.builder(image).workDir(dir).name("sleeper")
-                .payload("echo sleeping; sleep 600").build();
+        QemuGuest guest = QemuGuest.builder(image)
+                .workDir(dir)
+                .name("sleeper")
+                .payload("echo sleeping; sleep 600")
+                .build();
         long pid;
         try (RunningGuest running = guest.start(TIMEOUT.multipliedBy(2))) {
             pid = running.pid();
             running.awaitConsole(Pattern.compile("sleeping"), TIMEOUT);
             GuestException e = assertThrows(GuestException.class, () -> running.awaitExit(Duration.ofMillis(500)));
-            assertTrue(e.getMessage().contains("did not finish") && e.getMessage().contains("sleeping"),
-                    e.getMessage());
+            assertTrue(
+                    e.getMessage().contains("did not finish") && e.getMessage().contains("sleeping"), e.getMessage());
             assertFalse(running.isAlive());
         }
         assertTrue(ProcessHandle.of(pid).map(h -> !h.isAlive()).orElse(true), "QEMU " + pid + " survived");

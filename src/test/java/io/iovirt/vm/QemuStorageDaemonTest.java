@@ -22,7 +22,8 @@ class QemuStorageDaemonTest {
     void listensUntilClosed() throws Exception {
         Path image = sparseImage("a.raw");
         Path socket = dir.resolve("a.sock");
-        QemuStorageDaemon qsd = QemuStorageDaemon.builder(image, socket).numQueues(2).start();
+        QemuStorageDaemon qsd =
+                QemuStorageDaemon.builder(image, socket).numQueues(2).start();
         try {
             assertTrue(UnixSockets.isListening(socket.toString()));
             assertTrue(qsd.process().isAlive());
@@ -36,8 +37,11 @@ class QemuStorageDaemonTest {
     void aDaemonThatCannotListenFailsWithItsOwnReason() throws Exception {
         Path image = sparseImage("b.raw");
         Path socket = dir.resolve("no-such-dir").resolve("b.sock");
-        IllegalStateException e = assertThrows(IllegalStateException.class,
-                () -> QemuStorageDaemon.builder(image, socket).log(dir.resolve("b.log")).start());
+        IllegalStateException e = assertThrows(
+                IllegalStateException.class,
+                () -> QemuStorageDaemon.builder(image, socket)
+                        .log(dir.resolve("b.log"))
+                        .start());
         assertTrue(e.getMessage().contains("exited") && e.getMessage().contains("b.sock"), e.getMessage());
     }
 
@@ -45,7 +49,8 @@ class QemuStorageDaemonTest {
     void tooLongSocketPathIsRefusedBeforeStarting() throws Exception {
         Path image = sparseImage("c.raw");
         Path socket = dir.resolve("x".repeat(120) + ".sock");
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+        IllegalArgumentException e = assertThrows(
+                IllegalArgumentException.class,
                 () -> QemuStorageDaemon.builder(image, socket).start());
         assertTrue(e.getMessage().contains("shorter"), e.getMessage());
     }

@@ -40,8 +40,8 @@ public final class Qmp implements AutoCloseable {
         this.channel = channel;
         this.timeout = timeout;
         Thread.ofPlatform().daemon().name("qmp-reader").start(() -> {
-            try (BufferedReader r = new BufferedReader(new InputStreamReader(Channels.newInputStream(channel),
-                    StandardCharsets.UTF_8))) {
+            try (BufferedReader r = new BufferedReader(
+                    new InputStreamReader(Channels.newInputStream(channel), StandardCharsets.UTF_8))) {
                 String line;
                 while ((line = r.readLine()) != null) {
                     lines.add(line);
@@ -56,7 +56,7 @@ public final class Qmp implements AutoCloseable {
     /** Connects (waiting up to {@code timeout} for QEMU to create the socket) and negotiates capabilities. */
     public static Qmp connect(Path socket, Duration timeout) throws IOException, InterruptedException {
         long deadline = System.nanoTime() + timeout.toNanos();
-        for (;;) {
+        for (; ; ) {
             if (Files.exists(socket)) {
                 SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX);
                 try {
@@ -99,7 +99,7 @@ public final class Qmp implements AutoCloseable {
                 channel.write(out);
             }
         }
-        for (;;) {
+        for (; ; ) {
             Map<String, Object> m = next();
             if (m.containsKey("event")) {
                 events.add(m);
@@ -124,7 +124,7 @@ public final class Qmp implements AutoCloseable {
     /** Polls query-status until the VM runs (a migration destination resumes shortly after the source completes). */
     public void awaitRunning(Duration limit) throws IOException, InterruptedException {
         long deadline = System.nanoTime() + limit.toNanos();
-        for (;;) {
+        for (; ; ) {
             Object status = query("query-status").get("status");
             if ("running".equals(status)) {
                 return;

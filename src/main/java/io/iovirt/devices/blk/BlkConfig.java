@@ -37,8 +37,14 @@ public final class BlkConfig {
      * @param numQueues       request queues
      * @param maxDiscardSectors per DISCARD/WRITE_ZEROES segment
      */
-    public BlkConfig(long capacitySectors, int blockSize, int segMax, int sizeMax, int numQueues, int maxDiscardSectors,
-                     int maxDiscardSegments) {
+    public BlkConfig(
+            long capacitySectors,
+            int blockSize,
+            int segMax,
+            int sizeMax,
+            int numQueues,
+            int maxDiscardSectors,
+            int maxDiscardSegments) {
         ByteBuffer b = ByteBuffer.allocate(SIZE).order(ByteOrder.LITTLE_ENDIAN);
         b.putLong(CAPACITY, capacitySectors);
         b.putInt(SIZE_MAX, sizeMax);

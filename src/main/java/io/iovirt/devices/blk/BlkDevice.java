@@ -13,10 +13,10 @@ import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
 import io.iovirt.vhostuser.VringSetup;
+import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
-import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
@@ -59,6 +59,7 @@ public final class BlkDevice implements VhostUserBackend {
     private final BlkStats[] queueStats;
     /** The frontend's backend channel while one is connected (resize notifications). */
     private volatile io.iovirt.vhostuser.BackendChannel backendChannel;
+
     private final QueueWorker[] workers;
     private final Virtqueue[] vqs;
 
@@ -67,9 +68,11 @@ public final class BlkDevice implements VhostUserBackend {
     private ImageLock imageLock;
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
+
     private final boolean[] failed;
     /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
     private final boolean ioUring;
+
     private final String ioDescription;
     private volatile long acked;
 
@@ -98,8 +101,14 @@ public final class BlkDevice implements VhostUserBackend {
         this.image = image;
         this.queues = queues;
         this.serial = java.util.Arrays.copyOf(id, ID_BYTES); // NUL-padded, as the spec allows
-        this.config = new BlkConfig(image.size() >>> SECTOR_SHIFT, image.blockSize(), limits.segMax(), limits.sizeMax(),
-                queues, limits.maxDiscardSectors(), limits.maxDiscardSegments());
+        this.config = new BlkConfig(
+                image.size() >>> SECTOR_SHIFT,
+                image.blockSize(),
+                limits.segMax(),
+                limits.sizeMax(),
+                queues,
+                limits.maxDiscardSectors(),
+                limits.maxDiscardSegments());
         this.workers = new QueueWorker[queues];
         this.queueStats = new BlkStats[queues];
         for (int i = 0; i < queues; i++) {
@@ -115,7 +124,8 @@ public final class BlkDevice implements VhostUserBackend {
             }
             case IO_URING -> {
                 if (unavailable != null) {
-                    throw new IllegalStateException(unavailable + "; serve with synchronous I/O instead (--io-engine sync)");
+                    throw new IllegalStateException(
+                            unavailable + "; serve with synchronous I/O instead (--io-engine sync)");
                 }
                 ioUring = true;
                 ioDescription = "io_uring";
@@ -172,8 +182,7 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     /** Outcome of a resize: whether the connected frontend was told (false: none connected, or it failed). */
-    public record ResizeResult(long oldSize, long newSize, boolean frontendNotified, String notice) {
-    }
+    public record ResizeResult(long oldSize, long newSize, boolean frontendNotified, String notice) {}
 
     /**
      * Grows the image and the capacity in the configuration space, then tells a connected frontend through the
@@ -186,16 +195,24 @@ public final class BlkDevice implements VhostUserBackend {
         config.setCapacitySectors(image.size() >>> SECTOR_SHIFT);
         io.iovirt.vhostuser.BackendChannel ch = backendChannel;
         if (ch == null) {
-            return new ResizeResult(old, image.size(), false, "no frontend is connected: it reads the new size when it connects");
+            return new ResizeResult(
+                    old, image.size(), false, "no frontend is connected: it reads the new size when it connects");
         }
         try {
             ch.configChanged();
             return new ResizeResult(old, image.size(), true, "the frontend was notified");
         } catch (java.io.IOException e) {
-            LOG.log(Level.WARNING, "blk {0}: resized to {1} bytes but could not notify the frontend: {2}", name, image.size(),
+            LOG.log(
+                    Level.WARNING,
+                    "blk {0}: resized to {1} bytes but could not notify the frontend: {2}",
+                    name,
+                    image.size(),
                     e.getMessage());
-            return new ResizeResult(old, image.size(), false, e.getMessage()
-                    + "; the guest sees the new size after its next reset or reconnect");
+            return new ResizeResult(
+                    old,
+                    image.size(),
+                    false,
+                    e.getMessage() + "; the guest sees the new size after its next reset or reconnect");
         }
     }
 
@@ -209,9 +226,15 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public long features() {
-        long f = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+        long f = VirtioFeatures.VIRTIO_F_VERSION_1
+                | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC
+                | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
                 | VirtioFeatures.VIRTIO_F_RING_PACKED
-                | bit(F_SIZE_MAX) | bit(F_SEG_MAX) | bit(F_BLK_SIZE) | bit(F_FLUSH) | bit(F_MQ);
+                | bit(F_SIZE_MAX)
+                | bit(F_SEG_MAX)
+                | bit(F_BLK_SIZE)
+                | bit(F_FLUSH)
+                | bit(F_MQ);
         if (image.readOnly()) {
             f |= bit(F_RO);
         } else {
@@ -258,7 +281,8 @@ public final class BlkDevice implements VhostUserBackend {
     @Override
     public void setFeatures(long acked) throws BackendException {
         if ((acked & ~features()) != 0) {
-            throw new BackendException(String.format("driver acknowledged features 0x%x that were not offered", acked & ~features()));
+            throw new BackendException(
+                    String.format("driver acknowledged features 0x%x that were not offered", acked & ~features()));
         }
         this.acked = acked;
     }
@@ -278,10 +302,27 @@ public final class BlkDevice implements VhostUserBackend {
             throw new BackendException("queue " + index + " is already running");
         }
         QueueConfig qc = (setup.packed()
-                ? QueueConfig.packed(index, setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(), setup.eventIdx(),
-                        setup.indirect(), 0, true, 0, true)
-                : QueueConfig.split(index, setup.size(), setup.descGpa(), setup.availGpa(), setup.usedGpa(), setup.eventIdx(),
-                        setup.indirect(), 0))
+                        ? QueueConfig.packed(
+                                index,
+                                setup.size(),
+                                setup.descGpa(),
+                                setup.availGpa(),
+                                setup.usedGpa(),
+                                setup.eventIdx(),
+                                setup.indirect(),
+                                0,
+                                true,
+                                0,
+                                true)
+                        : QueueConfig.split(
+                                index,
+                                setup.size(),
+                                setup.descGpa(),
+                                setup.availGpa(),
+                                setup.usedGpa(),
+                                setup.eventIdx(),
+                                setup.indirect(),
+                                0))
                 .withVringBase(setup.base());
         if (!anyRunning()) {
             fenced = takeImage(); // image ownership (issue 11): the first queue takes the image
@@ -309,13 +350,22 @@ public final class BlkDevice implements VhostUserBackend {
             }
             String why = imageLock.acquire();
             if (why != null) {
-                LOG.log(Level.ERROR, "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device "
-                        + "reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate instead "
-                        + "of starting a second one)", name, why);
+                LOG.log(
+                        Level.ERROR,
+                        "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device "
+                                + "reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate instead "
+                                + "of starting a second one)",
+                        name,
+                        why);
             }
             return why;
         } catch (IOException e) { // LinuxException included
-            LOG.log(Level.WARNING, "blk {0}: serving {1} without the image lock: {2}", name, image.path(), e.getMessage());
+            LOG.log(
+                    Level.WARNING,
+                    "blk {0}: serving {1} without the image lock: {2}",
+                    name,
+                    image.path(),
+                    e.getMessage());
             return null;
         }
     }
@@ -338,8 +388,13 @@ public final class BlkDevice implements VhostUserBackend {
             // inflight: crash recovery (issue 11)
             Virtqueue q = Virtqueue.create(qc, setup.memory(), setup.inflight()).limitChain(limits.segMax() + 2);
             if (q.resubmitted() > 0) {
-                LOG.log(Level.INFO, "blk {0} q{1}: resubmitting {2} request(s) that were in flight when the previous "
-                        + "backend stopped", name, index, q.resubmitted());
+                LOG.log(
+                        Level.INFO,
+                        "blk {0} q{1}: resubmitting {2} request(s) that were in flight when the previous "
+                                + "backend stopped",
+                        name,
+                        index,
+                        q.resubmitted());
             }
             BlkStats stats = queueStats[index];
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
@@ -353,8 +408,16 @@ public final class BlkDevice implements VhostUserBackend {
             String queueName = "blk " + name + " q" + index;
             QueueWorker w;
             try {
-                w = newWorker(queueName, q, handler, setup.kick(), setup.call(),
-                        setup.err(), stats, ioUring ? newRing(queueName, q.size()) : null, reason -> markFailed(index));
+                w = newWorker(
+                        queueName,
+                        q,
+                        handler,
+                        setup.kick(),
+                        setup.call(),
+                        setup.err(),
+                        stats,
+                        ioUring ? newRing(queueName, q.size()) : null,
+                        reason -> markFailed(index));
             } catch (LinuxException | RuntimeException e) {
                 q.releaseMemory();
                 throw e;
@@ -376,8 +439,16 @@ public final class BlkDevice implements VhostUserBackend {
      * The worker of one queue, not started: synchronous I/O when {@code ring} is null, else through {@code ring},
      * which the worker then owns.
      */
-    static QueueWorker newWorker(String name, Virtqueue q, BlkQueueHandler handler, EventFd kick, EventFd call,
-                                 EventFd err, BlkStats stats, IoUring ring, QueueWorker.FailureListener onFailure)
+    static QueueWorker newWorker(
+            String name,
+            Virtqueue q,
+            BlkQueueHandler handler,
+            EventFd kick,
+            EventFd call,
+            EventFd err,
+            BlkStats stats,
+            IoUring ring,
+            QueueWorker.FailureListener onFailure)
             throws LinuxException {
         QueueWorker.Builder b = QueueWorker.builder(name).kick(kick).err(err).onFailure(reason -> {
             stats.queueFailures.increment();
@@ -432,8 +503,7 @@ public final class BlkDevice implements VhostUserBackend {
 
     /** The queues pin the snapshot they work from and let go before they sleep: nothing to wait for here. */
     @Override
-    public void memoryChanged(GuestMemory memory) {
-    }
+    public void memoryChanged(GuestMemory memory) {}
 
     @Override
     public int deviceStatus() {
@@ -467,5 +537,4 @@ public final class BlkDevice implements VhostUserBackend {
             image.flush();
         }
     }
-
 }

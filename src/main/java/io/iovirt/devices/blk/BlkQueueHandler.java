@@ -31,6 +31,7 @@ final class BlkQueueHandler implements AutoCloseable {
 
     /** What a started request still needs. */
     static final int DONE = 0;
+
     static final int READ = 1;
     static final int WRITE = 2;
     static final int FLUSH = 3;
@@ -52,6 +53,7 @@ final class BlkQueueHandler implements AutoCloseable {
         long offset;
         /** Bytes the device writes into the chain before the status byte when the request succeeds. */
         long dataWritten;
+
         long writable;
         byte status;
         /** Why the request got a non-OK status, for the caller's rate-limited log line; null when it succeeded. */
@@ -77,7 +79,6 @@ final class BlkQueueHandler implements AutoCloseable {
     /** Image ownership (issue 11): why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
     /** The synchronous path's request, made on first use: a queue served through io_uring never needs it. */
-
     private Request syncRequest;
 
     /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
@@ -94,6 +95,7 @@ final class BlkQueueHandler implements AutoCloseable {
 
     /** Requests at least this slow become JFR events ({@link SlowRequestEvent}); MAX_VALUE: none. */
     private long slowNanos = Long.MAX_VALUE;
+
     private String device = "";
     private int queue;
 
@@ -257,12 +259,19 @@ final class BlkQueueHandler implements AutoCloseable {
         long nanos = System.nanoTime() - r.startNanos;
         stats.finished(r.status == S_UNSUPP, nanos);
         if (nanos >= slowNanos) {
-            SlowRequestEvent.emit(device, queue, switch (r.kind) {
-                case READ -> "read";
-                case WRITE -> "write";
-                case FLUSH -> "flush";
-                default -> "other";
-            }, r.offset, r.kind == WRITE ? r.io.bytes() : data, r.status, nanos);
+            SlowRequestEvent.emit(
+                    device,
+                    queue,
+                    switch (r.kind) {
+                        case READ -> "read";
+                        case WRITE -> "write";
+                        case FLUSH -> "flush";
+                        default -> "other";
+                    },
+                    r.offset,
+                    r.kind == WRITE ? r.io.bytes() : data,
+                    r.status,
+                    nanos);
         }
         status.set(ValueLayout.JAVA_BYTE, 0, r.status);
         r.chain.copyToWritable(r.writable - 1, status);
@@ -281,8 +290,7 @@ final class BlkQueueHandler implements AutoCloseable {
                 stats.bytesWritten.add(r.io.bytes());
             }
             case FLUSH -> stats.flushes.increment();
-            default -> {
-            }
+            default -> {}
         }
     }
 
@@ -375,7 +383,10 @@ final class BlkQueueHandler implements AutoCloseable {
                     return;
                 }
                 if (sectors > limits.maxDiscardSectors()) {
-                    fail(r, sectors + " sectors in one discard/write-zeroes segment, limit " + limits.maxDiscardSectors());
+                    fail(
+                            r,
+                            sectors + " sectors in one discard/write-zeroes segment, limit "
+                                    + limits.maxDiscardSectors());
                     return;
                 }
                 if (!checkData(r, sector, sectors << SECTOR_SHIFT, zeroes ? "write-zeroes" : "discard")) {
@@ -403,12 +414,16 @@ final class BlkQueueHandler implements AutoCloseable {
         }
         long sectors = len >>> SECTOR_SHIFT;
         if (Long.compareUnsigned(sector, capacitySectors) > 0 || sectors > capacitySectors - sector) {
-            return fail(r, what + " of " + sectors + " sectors at sector " + Long.toUnsignedString(sector)
-                    + " is beyond the disk's " + capacitySectors + " sectors");
+            return fail(
+                    r,
+                    what + " of " + sectors + " sectors at sector " + Long.toUnsignedString(sector)
+                            + " is beyond the disk's " + capacitySectors + " sectors");
         }
         int blockSectors = image.blockSize() >>> SECTOR_SHIFT;
         if (image.direct() && ((sector | sectors) & (blockSectors - 1)) != 0) {
-            return fail(r, what + " at sector " + sector + " is not aligned to the " + image.blockSize() + "-byte block size");
+            return fail(
+                    r,
+                    what + " at sector " + sector + " is not aligned to the " + image.blockSize() + "-byte block size");
         }
         return true;
     }

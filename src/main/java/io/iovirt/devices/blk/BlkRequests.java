@@ -18,6 +18,7 @@ final class BlkRequests {
     static final int HEADER_BYTES = 16;
     /** struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags. */
     static final int DISCARD_SEGMENT_BYTES = 16;
+
     static final int WRITE_ZEROES_FLAG_UNMAP = 1;
     static final int ID_BYTES = 20;
     static final int SECTOR_SHIFT = 9;
@@ -33,6 +34,5 @@ final class BlkRequests {
     static final int F_DISCARD = 13;
     static final int F_WRITE_ZEROES = 14;
 
-    private BlkRequests() {
-    }
+    private BlkRequests() {}
 }

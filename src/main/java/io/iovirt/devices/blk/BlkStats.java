@@ -13,8 +13,23 @@ public final class BlkStats {
      * Upper bounds of the latency histogram's buckets, in nanoseconds (the last bucket is +Inf). From 10 µs (an
      * io_uring page-cache hit measured here) to 1 s (a stalled device).
      */
-    public static final long[] LATENCY_BOUNDS_NANOS = {10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-        2_500_000, 5_000_000, 10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 1_000_000_000};
+    public static final long[] LATENCY_BOUNDS_NANOS = {
+        10_000,
+        25_000,
+        50_000,
+        100_000,
+        250_000,
+        500_000,
+        1_000_000,
+        2_500_000,
+        5_000_000,
+        10_000_000,
+        25_000_000,
+        50_000_000,
+        100_000_000,
+        250_000_000,
+        1_000_000_000
+    };
 
     final LongAdder reads = new LongAdder();
     final LongAdder writes = new LongAdder();
@@ -55,16 +70,41 @@ public final class BlkStats {
     }
 
     /** A point-in-time copy, for reports and metrics. */
-    public record Snapshot(long reads, long writes, long flushes, long discards, long bytesRead, long bytesWritten,
-                           long ioErrors, long badRequests, long unsupported, long queueFailures, long requests,
-                           long inFlight, long latencySumNanos, long[] latencyBuckets) {
+    public record Snapshot(
+            long reads,
+            long writes,
+            long flushes,
+            long discards,
+            long bytesRead,
+            long bytesWritten,
+            long ioErrors,
+            long badRequests,
+            long unsupported,
+            long queueFailures,
+            long requests,
+            long inFlight,
+            long latencySumNanos,
+            long[] latencyBuckets) {
         /** The sum of several queues' snapshots. */
         public static Snapshot sum(Iterable<Snapshot> parts) {
             long[] v = new long[13];
             long[] b = new long[LATENCY_BOUNDS_NANOS.length + 1];
             for (Snapshot s : parts) {
-                long[] x = {s.reads, s.writes, s.flushes, s.discards, s.bytesRead, s.bytesWritten, s.ioErrors, s.badRequests,
-                    s.unsupported, s.queueFailures, s.requests, s.inFlight, s.latencySumNanos};
+                long[] x = {
+                    s.reads,
+                    s.writes,
+                    s.flushes,
+                    s.discards,
+                    s.bytesRead,
+                    s.bytesWritten,
+                    s.ioErrors,
+                    s.badRequests,
+                    s.unsupported,
+                    s.queueFailures,
+                    s.requests,
+                    s.inFlight,
+                    s.latencySumNanos
+                };
                 for (int i = 0; i < v.length; i++) {
                     v[i] += x[i];
                 }
@@ -77,9 +117,20 @@ public final class BlkStats {
 
         @Override
         public String toString() {
-            return String.format("requests=%d reads=%d writes=%d flushes=%d discards=%d read=%dB written=%dB io-errors=%d"
-                    + " bad-requests=%d unsupported=%d queue-failures=%d", requests, reads, writes, flushes, discards,
-                    bytesRead, bytesWritten, ioErrors, badRequests, unsupported, queueFailures);
+            return String.format(
+                    "requests=%d reads=%d writes=%d flushes=%d discards=%d read=%dB written=%dB io-errors=%d"
+                            + " bad-requests=%d unsupported=%d queue-failures=%d",
+                    requests,
+                    reads,
+                    writes,
+                    flushes,
+                    discards,
+                    bytesRead,
+                    bytesWritten,
+                    ioErrors,
+                    badRequests,
+                    unsupported,
+                    queueFailures);
         }
     }
 
@@ -91,15 +142,35 @@ public final class BlkStats {
         long done = completed.sum();
         // started is read after completed: a request finishing in between is not counted as negative in-flight
         long inFlight = Math.max(0, started.sum() - done);
-        return new Snapshot(reads.sum(), writes.sum(), flushes.sum(), discards.sum(), bytesRead.sum(), bytesWritten.sum(),
-                ioErrors.sum(), requestErrors.sum(), unsupported.sum(), queueFailures.sum(), done, inFlight,
-                latencySumNanos.sum(), b);
+        return new Snapshot(
+                reads.sum(),
+                writes.sum(),
+                flushes.sum(),
+                discards.sum(),
+                bytesRead.sum(),
+                bytesWritten.sum(),
+                ioErrors.sum(),
+                requestErrors.sum(),
+                unsupported.sum(),
+                queueFailures.sum(),
+                done,
+                inFlight,
+                latencySumNanos.sum(),
+                b);
     }
 
     @Override
     public String toString() {
-        return String.format("reads=%d writes=%d flushes=%d discards=%d read=%dB written=%dB io-errors=%d bad-requests=%d queue-failures=%d",
-                reads.sum(), writes.sum(), flushes.sum(), discards.sum(), bytesRead.sum(), bytesWritten.sum(),
-                ioErrors.sum(), requestErrors.sum(), queueFailures.sum());
+        return String.format(
+                "reads=%d writes=%d flushes=%d discards=%d read=%dB written=%dB io-errors=%d bad-requests=%d queue-failures=%d",
+                reads.sum(),
+                writes.sum(),
+                flushes.sum(),
+                discards.sum(),
+                bytesRead.sum(),
+                bytesWritten.sum(),
+                ioErrors.sum(),
+                requestErrors.sum(),
+                queueFailures.sum());
     }
 }

@@ -43,6 +43,7 @@ final class UringEngine implements QueueWorker.Handler {
     private int freeCount;
     /** Requests whose I/O the ring holds (submitted or queued, not yet reaped). */
     private int ringRequests;
+
     private boolean kicksOff;
     private boolean failed;
     private QueueWorker worker;
@@ -54,7 +55,8 @@ final class UringEngine implements QueueWorker.Handler {
     }
 
     /** Takes ownership of {@code ring} (closed when the queue stops, or now if this throws). */
-    UringEngine(Virtqueue queue, BlkQueueHandler handler, EventFd call, RequestLog log, IoUring ring) throws LinuxException {
+    UringEngine(Virtqueue queue, BlkQueueHandler handler, EventFd call, RequestLog log, IoUring ring)
+            throws LinuxException {
         this.queue = queue;
         this.handler = handler;
         this.call = call;
@@ -104,11 +106,13 @@ final class UringEngine implements QueueWorker.Handler {
         // One mapping for all iovec arrays: a 4 KiB request touches one page of its slot's 16 KiB array.
         MemorySegment iovs = Mmap.anonymous(iovBytes * n, arena);
         MemorySegment bounce = handler.image().direct()
-                ? Mmap.anonymous(Math.max(limits.bounceBytes(), handler.image().blockSize()), arena) : null;
+                ? Mmap.anonymous(Math.max(limits.bounceBytes(), handler.image().blockSize()), arena)
+                : null;
         BlkQueueHandler.Request[] slots = new BlkQueueHandler.Request[n];
         for (int i = 0; i < n; i++) {
             IoVec iov = IoVec.over(iovs.asSlice(i * iovBytes, iovBytes));
-            slots[i] = new BlkQueueHandler.Request(i, queue.newChain(), handler.image().newContext(iov, bounce));
+            slots[i] = new BlkQueueHandler.Request(
+                    i, queue.newChain(), handler.image().newContext(iov, bounce));
         }
         return slots;
     }
@@ -226,7 +230,11 @@ final class UringEngine implements QueueWorker.Handler {
             }
         } catch (LinuxException | VirtqueueException | RuntimeException e) {
             // Closing the ring makes the kernel cancel or finish what is left; their pages stay pinned until then.
-            LOG.log(Level.ERROR, "{0}: cannot wait for {1} requests in flight: {2}", worker.name(), ringRequests,
+            LOG.log(
+                    Level.ERROR,
+                    "{0}: cannot wait for {1} requests in flight: {2}",
+                    worker.name(),
+                    ringRequests,
                     e.getMessage());
         } finally {
             ring.close();

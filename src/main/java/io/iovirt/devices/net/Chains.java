@@ -9,8 +9,7 @@ import java.lang.foreign.MemorySegment;
  * objects, so the per-frame path allocates nothing.
  */
 final class Chains {
-    private Chains() {
-    }
+    private Chains() {}
 
     /**
      * Copies {@code len} bytes of the chain's device-readable part, starting {@code at} bytes into it, to

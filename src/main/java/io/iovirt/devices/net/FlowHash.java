@@ -17,8 +17,7 @@ import java.nio.ByteOrder;
 final class FlowHash {
     private static final ValueLayout.OfShort BE16 = JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
 
-    private FlowHash() {
-    }
+    private FlowHash() {}
 
     static int of(Frame f) {
         MemorySegment b = f.buffer();

@@ -60,6 +60,7 @@ final class NetRxQueue {
     private int unnotified;
     /** Senders writing the call eventfd outside the lock; {@link #stop} waits for them. */
     private int signalling;
+
     private VirtioNetPort port;
     private EventFd err;
 

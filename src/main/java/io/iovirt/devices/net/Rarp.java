@@ -18,8 +18,7 @@ final class Rarp {
     static final int ETHERTYPE = 0x8035;
     private static final ValueLayout.OfShort BE16 = JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
 
-    private Rarp() {
-    }
+    private Rarp() {}
 
     static void write(MemorySegment b, long mac) {
         b.asSlice(0, Ethernet.MIN_FRAME).fill((byte) 0);

@@ -24,6 +24,7 @@ final class VirtioNet {
     static final int HDR_NUM_BUFFERS = 10;
     /** With VIRTIO_F_VERSION_1 or MRG_RXBUF the header has num_buffers: 12 bytes; a legacy one without: 10. */
     static final int HDR_SIZE = 12;
+
     static final int HDR_SIZE_LEGACY = 10;
     static final int HDR_F_NEEDS_CSUM = 1;
     static final int GSO_NONE = 0;
@@ -39,13 +40,13 @@ final class VirtioNet {
     static final int CFG_SIZE = 17;
     /** Reads up to here return zeros beyond {@link #CFG_SIZE} (fields of features not offered). */
     static final int CFG_READ_LIMIT = 256;
+
     static final int S_LINK_UP = 1;
 
     /** Largest queue-pair count the spec allows (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX). */
     static final int MAX_QUEUE_PAIRS = 0x8000;
 
-    private VirtioNet() {
-    }
+    private VirtioNet() {}
 
     static int u16(MemorySegment s, long off) {
         return Short.toUnsignedInt(s.get(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, off));

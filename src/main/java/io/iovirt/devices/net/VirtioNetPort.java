@@ -15,10 +15,10 @@ import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vhostuser.VringSetup;
+import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
-import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
@@ -58,8 +58,11 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
      * as soon as the walk reaches the bound, which keeps per-request state small whatever the guest builds.
      */
     public static final int MAX_CHAIN = 256;
-    private static final long RING_FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_F_RING_PACKED
-            | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC;
+
+    private static final long RING_FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1
+            | VirtioFeatures.VIRTIO_F_RING_PACKED
+            | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC;
 
     /**
      * @param socket     where to listen
@@ -244,7 +247,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     /** A queue failed (its worker or, for a receive queue, a sender's thread already logged why): NEEDS_RESET. */
     void queueFailed(int index, String why) {
         needsReset = true;
-        RateLimitedLog.warning(name() + " queue " + index + ": " + why + "; queue stopped until the driver resets the device");
+        RateLimitedLog.warning(
+                name() + " queue " + index + ": " + why + "; queue stopped until the driver resets the device");
     }
 
     // ---- vhost-user backend ------------------------------------------------------------------------------------
@@ -307,7 +311,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     public void queueStarted(int index, VringSetup setup) throws BackendException {
         int pair = index / 2;
         if (index < 0 || pair >= options.queuePairs()) {
-            throw new BackendException("queue " + index + " does not exist: " + options.queuePairs() + " queue pair(s)");
+            throw new BackendException(
+                    "queue " + index + " does not exist: " + options.queuePairs() + " queue pair(s)");
         }
         long f = setup.features();
         boolean version1 = (f & VirtioFeatures.VIRTIO_F_VERSION_1) != 0;
@@ -354,10 +359,20 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     private static QueueConfig queueConfig(VringSetup s) {
         QueueConfig c = s.packed()
-                ? QueueConfig.packed(s.index(), s.size(), s.descGpa(), s.availGpa(), s.usedGpa(), s.eventIdx(),
-                        s.indirect(), 0, true, 0, true)
-                : QueueConfig.split(s.index(), s.size(), s.descGpa(), s.availGpa(), s.usedGpa(), s.eventIdx(),
-                        s.indirect(), 0);
+                ? QueueConfig.packed(
+                        s.index(),
+                        s.size(),
+                        s.descGpa(),
+                        s.availGpa(),
+                        s.usedGpa(),
+                        s.eventIdx(),
+                        s.indirect(),
+                        0,
+                        true,
+                        0,
+                        true)
+                : QueueConfig.split(
+                        s.index(), s.size(), s.descGpa(), s.availGpa(), s.usedGpa(), s.eventIdx(), s.indirect(), 0);
         return c.withVringBase(s.base());
     }
 
@@ -380,8 +395,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     /** Queues pin the memory snapshot they use and let go when idle: nothing to wait for. */
     @Override
-    public void memoryChanged(GuestMemory memory) {
-    }
+    public void memoryChanged(GuestMemory memory) {}
 
     @Override
     public int deviceStatus() {

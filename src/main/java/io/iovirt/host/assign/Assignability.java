@@ -31,7 +31,8 @@ public record Assignability(Status status, String vm, List<String> reasons) {
         reasons = List.copyOf(reasons);
     }
 
-    public static Assignability of(PciInventory inv, HostUsage usage, AssignmentRegistry.Assignment owner, PciDevice dev) {
+    public static Assignability of(
+            PciInventory inv, HostUsage usage, AssignmentRegistry.Assignment owner, PciDevice dev) {
         List<String> blockers = blockers(inv, usage, dev);
         if (owner != null) {
             return new Assignability(Status.ASSIGNED, owner.vm(), blockers);
@@ -81,7 +82,8 @@ public record Assignability(Status status, String vm, List<String> reasons) {
             Bdf b = Bdf.tryParse(peer);
             PciDevice p = b == null ? null : inv.device(b);
             if (p == null) {
-                reasons.add("group " + dev.iommuGroup() + " also holds " + peer + ", which is not a PCI device iovirt can manage");
+                reasons.add("group " + dev.iommuGroup() + " also holds " + peer
+                        + ", which is not a PCI device iovirt can manage");
                 continue;
             }
             if (!peerAllowed(p)) {

@@ -12,8 +12,7 @@ import java.util.List;
 
 /** {@code host assign}: the readiness checks in front of {@link AssignmentRegistry#assign}. */
 public final class Assigning {
-    private Assigning() {
-    }
+    private Assigning() {}
 
     /**
      * Assigns {@code bdf} to {@code vm} after checking that it can be handed over now (bound to vfio-pci, group
@@ -33,12 +32,16 @@ public final class Assigning {
             HostUsage usage = HostUsage.scan(paths.sys(), paths.proc(), paths.dev());
             Assignability a = Assignability.of(inv, usage, null, dev);
             if (a.status() == Assignability.Status.NO) {
-                throw new HostConfigException("cannot assign " + bdf + ": " + String.join("; ", a.reasons()),
+                throw new HostConfigException(
+                        "cannot assign " + bdf + ": " + String.join("; ", a.reasons()),
                         "resolve that first, or pass --force if you are sure");
             }
             if (a.status() == Assignability.Status.AFTER_BIND) {
-                throw new HostConfigException("cannot assign " + bdf + ": it is " + (dev.driver() == null ? "not bound to any driver"
-                        : "bound to " + dev.driver()) + ", not vfio-pci", "bind it first: iovirt host bind " + bdf);
+                throw new HostConfigException(
+                        "cannot assign " + bdf + ": it is "
+                                + (dev.driver() == null ? "not bound to any driver" : "bound to " + dev.driver())
+                                + ", not vfio-pci",
+                        "bind it first: iovirt host bind " + bdf);
             }
         }
         List<Bdf> peers = new ArrayList<>();

@@ -24,12 +24,10 @@ public final class AssignmentRegistry {
     private static final Pattern VM_NAME = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_.+:@-]{0,63}");
 
     /** One entry: {@code bdf} belongs to {@code vm} since {@code since}. */
-    public record Assignment(Bdf bdf, String vm, Instant since) {
-    }
+    public record Assignment(Bdf bdf, String vm, Instant since) {}
 
     /** The outcome of {@link #assign}: the entry, and whether this call created it. */
-    public record Result(Assignment assignment, boolean created) {
-    }
+    public record Result(Assignment assignment, boolean created) {}
 
     private final StateStore store;
 
@@ -44,7 +42,8 @@ public final class AssignmentRegistry {
     /** Checks a VM name: letters, digits and _.+:@- (no blanks), at most 64 characters. */
     public static String checkVmName(String vm) {
         if (vm == null || !VM_NAME.matcher(vm).matches()) {
-            throw new HostConfigException("'" + SysfsTree.printable(String.valueOf(vm)) + "' is not a usable VM name",
+            throw new HostConfigException(
+                    "'" + SysfsTree.printable(String.valueOf(vm)) + "' is not a usable VM name",
                     "use 1-64 letters, digits or _.+:@- starting with a letter or digit");
         }
         return vm;
@@ -60,7 +59,8 @@ public final class AssignmentRegistry {
             }
             Bdf bdf = StateStore.bdf(row[0]);
             if (bdf == null) {
-                throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[0]) + "' is not a PCI address (DDDD:BB:DD.F)");
+                throw store.damaged(
+                        TABLE, i, "'" + SysfsTree.printable(row[0]) + "' is not a PCI address (DDDD:BB:DD.F)");
             }
             if (!VM_NAME.matcher(row[1]).matches()) {
                 throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[1]) + "' is not a VM name");
@@ -106,14 +106,17 @@ public final class AssignmentRegistry {
                     if (a.vm().equals(vm)) {
                         return new Result(a, false);
                     }
-                    throw new HostConfigException(bdf + " is already assigned to VM " + a.vm() + " (since " + a.since() + ")",
+                    throw new HostConfigException(
+                            bdf + " is already assigned to VM " + a.vm() + " (since " + a.since() + ")",
                             "a device belongs to one VM at a time: release it first (iovirt host release " + bdf + ")");
                 }
             }
             for (Assignment a : all) {
                 if (groupPeers.contains(a.bdf()) && !a.vm().equals(vm)) {
-                    throw new HostConfigException(bdf + " shares its IOMMU group with " + a.bdf() + ", assigned to VM " + a.vm(),
-                            "the functions of one IOMMU group can only go to one VM; release " + a.bdf() + " or pick another device");
+                    throw new HostConfigException(
+                            bdf + " shares its IOMMU group with " + a.bdf() + ", assigned to VM " + a.vm(),
+                            "the functions of one IOMMU group can only go to one VM; release " + a.bdf()
+                                    + " or pick another device");
                 }
             }
             Assignment created = new Assignment(bdf, vm, Instant.now().truncatedTo(ChronoUnit.SECONDS));
@@ -143,7 +146,8 @@ public final class AssignmentRegistry {
             for (Assignment a : all) {
                 if (a.bdf().equals(bdf)) {
                     if (vm != null && !a.vm().equals(vm)) {
-                        throw new HostConfigException(bdf + " belongs to VM " + a.vm() + ", not " + vm,
+                        throw new HostConfigException(
+                                bdf + " belongs to VM " + a.vm() + ", not " + vm,
                                 "release it as its owner (--vm " + a.vm() + ") or leave it");
                     }
                     all.remove(a);

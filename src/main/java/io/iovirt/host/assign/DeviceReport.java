@@ -15,8 +15,15 @@ import java.util.Map;
 
 /** What {@code host devices} shows for every PCI function. */
 public record DeviceReport(PciInventory inventory, List<Entry> entries) {
-    public record Entry(PciDevice device, String vendorName, String deviceName, String className, List<String> groupPeers,
-                        List<String> blockDevices, List<String> netInterfaces, Assignability assignability) {
+    public record Entry(
+            PciDevice device,
+            String vendorName,
+            String deviceName,
+            String className,
+            List<String> groupPeers,
+            List<String> blockDevices,
+            List<String> netInterfaces,
+            Assignability assignability) {
         public Map<String, Object> toMap() {
             PciDevice d = device;
             Map<String, Object> m = new LinkedHashMap<>();
@@ -55,9 +62,17 @@ public record DeviceReport(PciInventory inventory, List<Entry> entries) {
         public void print(PrintWriter o) {
             PciDevice d = device;
             String cls = className != null ? className : "Class";
-            String name = vendorName != null ? vendorName + " " + (deviceName != null ? deviceName : "Device " + hex4(d.deviceId()))
+            String name = vendorName != null
+                    ? vendorName + " " + (deviceName != null ? deviceName : "Device " + hex4(d.deviceId()))
                     : "Device";
-            o.printf("%s %s [%04x]: %s [%s:%s]%s%n", d.bdf(), cls, d.classCode() >>> 8, name, hex4(d.vendorId()), hex4(d.deviceId()),
+            o.printf(
+                    "%s %s [%04x]: %s [%s:%s]%s%n",
+                    d.bdf(),
+                    cls,
+                    d.classCode() >>> 8,
+                    name,
+                    hex4(d.vendorId()),
+                    hex4(d.deviceId()),
                     d.revision() >= 0 ? String.format(" (rev %02x)", d.revision()) : "");
             StringBuilder line = new StringBuilder("    driver: ").append(d.driver() == null ? "none" : d.driver());
             if (d.driverOverride() != null) {
@@ -67,13 +82,26 @@ public record DeviceReport(PciInventory inventory, List<Entry> entries) {
             if (d.iommuGroup() < 0) {
                 line.append("none");
             } else {
-                line.append(d.iommuGroup()).append(groupPeers.isEmpty() ? " (alone)" : " (with " + String.join(", ", groupPeers) + ")");
+                line.append(d.iommuGroup())
+                        .append(groupPeers.isEmpty() ? " (alone)" : " (with " + String.join(", ", groupPeers) + ")");
             }
             o.println(line);
             if (d.sriov() != null) {
-                o.printf("    SR-IOV: %d of %d VFs enabled%s%s%n", d.sriov().numVfs(), d.sriov().totalVfs(),
-                        d.sriov().autoprobe() == null ? "" : ", drivers autoprobe " + (d.sriov().autoprobe() ? "on" : "off"),
-                        d.sriov().vfs().isEmpty() ? "" : ": " + String.join(" ", d.sriov().vfs().stream().map(Bdf::toString).toList()));
+                o.printf(
+                        "    SR-IOV: %d of %d VFs enabled%s%s%n",
+                        d.sriov().numVfs(),
+                        d.sriov().totalVfs(),
+                        d.sriov().autoprobe() == null
+                                ? ""
+                                : ", drivers autoprobe " + (d.sriov().autoprobe() ? "on" : "off"),
+                        d.sriov().vfs().isEmpty()
+                                ? ""
+                                : ": "
+                                        + String.join(
+                                                " ",
+                                                d.sriov().vfs().stream()
+                                                        .map(Bdf::toString)
+                                                        .toList()));
             }
             if (d.physfn() != null) {
                 o.println("    virtual function of " + d.physfn());
@@ -95,7 +123,8 @@ public record DeviceReport(PciInventory inventory, List<Entry> entries) {
             switch (a.status()) {
                 case READY -> o.println("    assignable: yes (bound to " + d.driver() + ")");
                 case ASSIGNED -> o.println("    assigned to VM " + a.vm());
-                case AFTER_BIND -> o.println("    assignable: after binding: " + a.reasons().getFirst());
+                case AFTER_BIND ->
+                    o.println("    assignable: after binding: " + a.reasons().getFirst());
                 case NO -> o.println("    assignable: no");
             }
             if (a.status() != Assignability.Status.AFTER_BIND) {
@@ -125,9 +154,18 @@ public record DeviceReport(PciInventory inventory, List<Entry> entries) {
                     peers.add(pd == null ? p : p + " (" + (pd.driver() == null ? "no driver" : pd.driver()) + ")");
                 }
             }
-            AssignmentRegistry.Assignment owner = owners.stream().filter(a -> a.bdf().equals(d.bdf())).findFirst().orElse(null);
-            entries.add(new Entry(d, ids.vendor(d.vendorId()), ids.device(d.vendorId(), d.deviceId()), ids.className(d.classCode()),
-                    peers, List.copyOf(usage.blockDevices(d.bdf())), List.copyOf(usage.netInterfaces(d.bdf())),
+            AssignmentRegistry.Assignment owner = owners.stream()
+                    .filter(a -> a.bdf().equals(d.bdf()))
+                    .findFirst()
+                    .orElse(null);
+            entries.add(new Entry(
+                    d,
+                    ids.vendor(d.vendorId()),
+                    ids.device(d.vendorId(), d.deviceId()),
+                    ids.className(d.classCode()),
+                    peers,
+                    List.copyOf(usage.blockDevices(d.bdf())),
+                    List.copyOf(usage.netInterfaces(d.bdf())),
                     Assignability.of(inv, usage, owner, d)));
         }
         return new DeviceReport(inv, entries);

@@ -32,11 +32,11 @@ public final class LegacyAssignmentMigrator {
     private static final Pattern QEMU_ARG_XML =
             Pattern.compile("(<qemu:arg\\s+value=(['\"]))(?:kvm-)?pci-assign((?:,[^'\"]*)?)(?=\\2)");
     private static final Pattern HOSTDEV_BLOCK = Pattern.compile(
-            "<hostdev\\b[^>]*>.*?</hostdev>|<interface\\b[^>]*type=(['\"])hostdev\\1[^>]*>.*?</interface>", Pattern.DOTALL);
+            "<hostdev\\b[^>]*>.*?</hostdev>|<interface\\b[^>]*type=(['\"])hostdev\\1[^>]*>.*?</interface>",
+            Pattern.DOTALL);
     private static final Pattern KVM_DRIVER = Pattern.compile("(<driver\\b[^>]*?\\bname=)(['\"])kvm\\2");
 
-    private LegacyAssignmentMigrator() {
-    }
+    private LegacyAssignmentMigrator() {}
 
     public static Migration migrate(String text) {
         String trimmed = text.stripLeading();
@@ -49,17 +49,23 @@ public final class LegacyAssignmentMigrator {
     static Migration migrateQemu(String text) {
         List<String> changes = new ArrayList<>();
         String out = replace(QEMU_DEVICE, text, m -> m.group(1) + "vfio-pci" + rewriteOptions(m.group(2), changes));
-        out = replace(QEMU_PCIDEVICE, out, m -> "-device" + m.group(1) + "vfio-pci" + rewriteOptions("," + m.group(2), changes));
+        out = replace(
+                QEMU_PCIDEVICE,
+                out,
+                m -> "-device" + m.group(1) + "vfio-pci" + rewriteOptions("," + m.group(2), changes));
         return new Migration("qemu", out, changes);
     }
 
     static Migration migrateLibvirt(String text) {
         checkWellFormed(text, "the input");
         List<String> changes = new ArrayList<>();
-        String out = replace(HOSTDEV_BLOCK, text, block -> replace(KVM_DRIVER, block.group(), d -> {
-            changes.add(describeHostdev(block.group()) + ": <driver name='kvm'/> -> <driver name='vfio'/>");
-            return d.group(1) + d.group(2) + "vfio" + d.group(2);
-        }));
+        String out = replace(
+                HOSTDEV_BLOCK,
+                text,
+                block -> replace(KVM_DRIVER, block.group(), d -> {
+                    changes.add(describeHostdev(block.group()) + ": <driver name='kvm'/> -> <driver name='vfio'/>");
+                    return d.group(1) + d.group(2) + "vfio" + d.group(2);
+                }));
         out = replace(QEMU_ARG_XML, out, m -> m.group(1) + "vfio-pci" + rewriteOptions(m.group(3), changes));
         checkWellFormed(out, "the rewritten document");
         return new Migration("libvirt", out, changes);
@@ -89,11 +95,13 @@ public final class LegacyAssignmentMigrator {
                 case "configfd" -> notes.add("dropped configfd (legacy assignment only; VFIO opens the device itself)");
                 case "prefer_msi" -> notes.add("dropped prefer_msi (vfio-pci uses MSI/MSI-X as the device offers)");
                 case "share_intx" -> notes.add("dropped share_intx (vfio-pci handles shared INTx itself)");
-                case "iommu" -> notes.add("dropped iommu=" + value + " (VFIO always isolates the device through the IOMMU)");
+                case "iommu" ->
+                    notes.add("dropped iommu=" + value + " (VFIO always isolates the device through the IOMMU)");
                 default -> b.append(',').append(opt);
             }
         }
-        changes.add("pci-assign " + host + " -> vfio-pci" + (notes.isEmpty() ? "" : " (" + String.join("; ", notes) + ")"));
+        changes.add(
+                "pci-assign " + host + " -> vfio-pci" + (notes.isEmpty() ? "" : " (" + String.join("; ", notes) + ")"));
         return b.toString();
     }
 
@@ -131,7 +139,8 @@ public final class LegacyAssignmentMigrator {
             });
             builder.parse(new ByteArrayInputStream(xml.getBytes(StandardCharsets.UTF_8)));
         } catch (Exception e) {
-            throw new HostConfigException(what + " is not well-formed XML: " + e.getMessage(),
+            throw new HostConfigException(
+                    what + " is not well-formed XML: " + e.getMessage(),
                     "pass a libvirt domain XML (virsh dumpxml NAME) or a QEMU command line");
         }
     }

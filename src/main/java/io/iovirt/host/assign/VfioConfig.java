@@ -7,8 +7,7 @@ import java.util.List;
 
 /** How a VM is told about its assigned devices: QEMU's vfio-pci arguments and libvirt's {@code <hostdev>} elements. */
 public final class VfioConfig {
-    private VfioConfig() {
-    }
+    private VfioConfig() {}
 
     /** QEMU arguments for one device ({@code -device vfio-pci,host=...,id=...}). */
     public static List<String> qemuArgs(Bdf bdf, int index) {

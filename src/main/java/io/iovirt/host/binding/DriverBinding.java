@@ -41,8 +41,7 @@ public final class DriverBinding {
      * @param writes each sysfs write, in order ("path ← value"), for the log and for tests
      * @param vfioDevice the /dev/vfio/N node of the device's group when it is bound to vfio-pci, else null
      */
-    public record Outcome(Bdf bdf, String before, String after, List<String> writes, String vfioDevice, String note) {
-    }
+    public record Outcome(Bdf bdf, String before, String after, List<String> writes, String vfioDevice, String note) {}
 
     private final HostPaths paths;
     private final SysfsTree sys;
@@ -78,13 +77,15 @@ public final class DriverBinding {
                 return new Outcome(bdf, driver, driver, List.of(), vfioNode(dev, driver), "already bound to " + driver);
             }
             if (!sys.isDirectory("bus/pci/drivers/" + driver)) {
-                throw new HostConfigException("driver " + driver + " is not loaded (no " + sys.path("bus/pci/drivers/" + driver) + ")",
+                throw new HostConfigException(
+                        "driver " + driver + " is not loaded (no " + sys.path("bus/pci/drivers/" + driver) + ")",
                         driver.equals("vfio-pci") ? "load it: modprobe vfio-pci" : "load its module with modprobe");
             }
             if (!force) {
                 List<String> problems = bindProblems(inv, dev, driver);
                 if (!problems.isEmpty()) {
-                    throw new HostConfigException("refusing to bind " + bdf + " to " + driver + ": " + String.join("; ", problems),
+                    throw new HostConfigException(
+                            "refusing to bind " + bdf + " to " + driver + ": " + String.join("; ", problems),
                             "resolve that first, or pass --force if you are sure");
                 }
             }
@@ -104,8 +105,9 @@ public final class DriverBinding {
             String now = awaitDriver(bdf, driver);
             if (!driver.equals(now)) {
                 String rollback = rollBack(writes, dev, now);
-                throw new HostConfigException("the kernel did not bind " + bdf + " to " + driver + " (driver now: "
-                        + (now == null ? "none" : now) + "; " + rollback + ")",
+                throw new HostConfigException(
+                        "the kernel did not bind " + bdf + " to " + driver + " (driver now: "
+                                + (now == null ? "none" : now) + "; " + rollback + ")",
                         "dmesg says why; for vfio-pci the usual cause is a missing IOMMU group (error -22: see iovirt host check)");
             }
             return new Outcome(bdf, dev.driver(), driver, writes, vfioNode(dev, driver), null);
@@ -127,8 +129,11 @@ public final class DriverBinding {
                     problems.add("the host uses it: it " + use);
                 }
                 if (!problems.isEmpty()) {
-                    throw new HostConfigException("refusing to unbind " + bdf + ": " + String.join("; ", problems),
-                            (owner != null ? "release it first (iovirt host release " + bdf + "), " : "stop using it first, ")
+                    throw new HostConfigException(
+                            "refusing to unbind " + bdf + ": " + String.join("; ", problems),
+                            (owner != null
+                                            ? "release it first (iovirt host release " + bdf + "), "
+                                            : "stop using it first, ")
                                     + "or pass --force if you are sure");
                 }
             }
@@ -160,7 +165,8 @@ public final class DriverBinding {
                 if (sys.isDirectory("bus/pci/drivers/" + previous)) {
                     write(writes, "bus/pci/drivers/" + previous + "/bind", bdf.toString());
                     after = awaitDriver(bdf, previous);
-                    note = previous.equals(after) ? "restored to " + previous
+                    note = previous.equals(after)
+                            ? "restored to " + previous
                             : "the kernel did not give it back to " + previous + " (see dmesg); it is unbound";
                 } else {
                     note = "its previous driver " + previous + " is not loaded; it stays unbound (modprobe " + previous
@@ -173,7 +179,8 @@ public final class DriverBinding {
             if (note != null) {
                 warnings.add(note);
             }
-            return new Outcome(bdf, dev.driver(), after, writes, null, warnings.isEmpty() ? null : String.join("; ", warnings));
+            return new Outcome(
+                    bdf, dev.driver(), after, writes, null, warnings.isEmpty() ? null : String.join("; ", warnings));
         });
     }
 
@@ -183,7 +190,8 @@ public final class DriverBinding {
             PciInventory inv = PciInventory.scan(sys);
             PciDevice dev = inv.require(bdf);
             if (!dev.resettable()) {
-                throw new HostConfigException(bdf + " offers no reset method (no " + sys.path(PciDevice.dir(bdf) + "/reset") + ")",
+                throw new HostConfigException(
+                        bdf + " offers no reset method (no " + sys.path(PciDevice.dir(bdf) + "/reset") + ")",
                         "the device supports neither FLR nor another reset the kernel knows; a VM gets it un-reset");
             }
             if (!force) {
@@ -196,17 +204,21 @@ public final class DriverBinding {
                 for (String use : usage.uses(bdf)) {
                     problems.add("the host uses it: it " + use);
                 }
-                if (dev.driver() != null && !PciDevice.isVfioDriver(dev.driver()) && !dev.driver().equals("pci-stub")) {
+                if (dev.driver() != null
+                        && !PciDevice.isVfioDriver(dev.driver())
+                        && !dev.driver().equals("pci-stub")) {
                     problems.add("its host driver " + dev.driver() + " would lose the device's state");
                 }
                 if (!problems.isEmpty()) {
-                    throw new HostConfigException("refusing to reset " + bdf + ": " + String.join("; ", problems),
+                    throw new HostConfigException(
+                            "refusing to reset " + bdf + ": " + String.join("; ", problems),
                             "release or unbind it first, or pass --force");
                 }
             }
             List<String> writes = new ArrayList<>();
             write(writes, PciDevice.dir(bdf) + "/reset", "1");
-            String method = sys.readOptional(PciDevice.dir(bdf) + "/reset_method").orElse(null);
+            String method =
+                    sys.readOptional(PciDevice.dir(bdf) + "/reset_method").orElse(null);
             String note = method == null ? null : "reset methods: " + method;
             if (dryRun) {
                 note = note == null ? DRY_RUN_NOTE : note + "; " + DRY_RUN_NOTE;
@@ -250,8 +262,7 @@ public final class DriverBinding {
      * {@code driver} ends up in a sysfs path ({@code bus/pci/drivers/<driver>/bind}), so every row is checked when
      * read: a tampered name never reaches sysfs.
      */
-    public record Remembered(Bdf bdf, String driver) {
-    }
+    public record Remembered(Bdf bdf, String driver) {}
 
     /** The drivers table, every row checked (a bad row fails with the file and line). */
     public static List<Remembered> remembered(StateStore store) {
@@ -264,7 +275,8 @@ public final class DriverBinding {
             }
             Bdf bdf = StateStore.bdf(row[0]);
             if (bdf == null) {
-                throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[0]) + "' is not a PCI address (DDDD:BB:DD.F)");
+                throw store.damaged(
+                        TABLE, i, "'" + SysfsTree.printable(row[0]) + "' is not a PCI address (DDDD:BB:DD.F)");
             }
             if (!row[1].equals(NONE) && !isDriverName(row[1])) {
                 throw store.damaged(TABLE, i, "'" + SysfsTree.printable(row[1]) + "' is not a driver name");
@@ -329,7 +341,10 @@ public final class DriverBinding {
                 write(writes, "bus/pci/drivers/" + now + "/unbind", dev.bdf().toString());
             }
             if (dev.driver() != null) {
-                write(writes, "bus/pci/drivers/" + dev.driver() + "/bind", dev.bdf().toString());
+                write(
+                        writes,
+                        "bus/pci/drivers/" + dev.driver() + "/bind",
+                        dev.bdf().toString());
             }
             forgetPrevious(dev.bdf());
             return dev.driver() == null ? "override cleared" : "override cleared, gave it back to " + dev.driver();
@@ -360,16 +375,24 @@ public final class DriverBinding {
         }
         int group = dev.iommuGroup();
         if (group < 0) {
-            group = sys.linkName(PciDevice.dir(dev.bdf()) + "/iommu_group").map(Integer::parseInt).orElse(-1);
+            group = sys.linkName(PciDevice.dir(dev.bdf()) + "/iommu_group")
+                    .map(Integer::parseInt)
+                    .orElse(-1);
         }
-        return group < 0 ? null : paths.devRoot().resolve("vfio").resolve(Integer.toString(group)).toString();
+        return group < 0
+                ? null
+                : paths.devRoot()
+                        .resolve("vfio")
+                        .resolve(Integer.toString(group))
+                        .toString();
     }
 
     private void write(List<String> log, String relative, String value) {
         if (!dryRun) {
             sys.write(relative, value);
         }
-        log.add(sys.path(relative) + " <- " + (value.equals("\n") ? "(clear)" : value) + (dryRun ? " (would write)" : ""));
+        log.add(sys.path(relative) + " <- " + (value.equals("\n") ? "(clear)" : value)
+                + (dryRun ? " (would write)" : ""));
     }
 
     private static boolean isDriverName(String driver) {
@@ -378,7 +401,8 @@ public final class DriverBinding {
 
     static String checkDriverName(String driver) {
         if (!isDriverName(driver)) {
-            throw new HostConfigException("'" + SysfsTree.printable(String.valueOf(driver)) + "' is not a driver name",
+            throw new HostConfigException(
+                    "'" + SysfsTree.printable(String.valueOf(driver)) + "' is not a driver name",
                     "name a PCI driver as in /sys/bus/pci/drivers, e.g. vfio-pci");
         }
         return driver;

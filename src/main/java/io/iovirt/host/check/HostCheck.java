@@ -27,7 +27,11 @@ import java.util.function.BiFunction;
  * WARN, FAIL, with a remedy a person can act on), and which techniques follow from them. Reads only; changes nothing.
  */
 public final class HostCheck {
-    public enum Status { PASS, WARN, FAIL }
+    public enum Status {
+        PASS,
+        WARN,
+        FAIL
+    }
 
     public enum Technique {
         FV("full virtualization (QEMU-emulated devices)"),
@@ -54,7 +58,8 @@ public final class HostCheck {
                     return t;
                 }
             }
-            throw new HostConfigException("unknown technique '" + SysfsTree.printable(s) + "'", "use fv, pv, pvhvm, vfio or sriov");
+            throw new HostConfigException(
+                    "unknown technique '" + SysfsTree.printable(s) + "'", "use fv, pv, pvhvm, vfio or sriov");
         }
     }
 
@@ -63,15 +68,14 @@ public final class HostCheck {
      *
      * @param gates the techniques that are impossible while this result is FAIL
      */
-    public record Result(String id, Status status, String detail, String remedy, Set<Technique> gates) {
-    }
+    public record Result(String id, Status status, String detail, String remedy, Set<Technique> gates) {}
 
     /** @param missing ids of the failed requirements that rule it out */
-    public record TechniqueStatus(boolean possible, String how, List<String> missing) {
-    }
+    public record TechniqueStatus(boolean possible, String how, List<String> missing) {}
 
     /** @param accelerator what iovirt would run guests under on this host ({@code --accel auto}), and why */
-    public record Report(List<Result> results, Map<Technique, TechniqueStatus> techniques, Accelerator.Decision accelerator) {
+    public record Report(
+            List<Result> results, Map<Technique, TechniqueStatus> techniques, Accelerator.Decision accelerator) {
         /** True when every requested technique is possible. */
         public boolean allPossible(Set<Technique> requested) {
             return requested.stream().allMatch(t -> techniques.get(t).possible());
@@ -117,26 +121,40 @@ public final class HostCheck {
      * As {@link #run(HostPaths, long)} with another KVM probe ({@code (device, cpuinfo) -> facts}): fixture trees have
      * no real KVM device to issue ioctls to.
      */
-    public static Report run(HostPaths paths, long memlockNeeded, BiFunction<Path, String, Accelerator.KvmFacts> kvmProbe) {
+    public static Report run(
+            HostPaths paths, long memlockNeeded, BiFunction<Path, String, Accelerator.KvmFacts> kvmProbe) {
         return new HostCheck(paths, memlockNeeded, kvmProbe).run();
     }
 
-    private enum Vendor { INTEL, AMD, OTHER }
+    private enum Vendor {
+        INTEL,
+        AMD,
+        OTHER
+    }
 
     private Report run() {
         String cpuinfo = proc.readTextOptional("cpuinfo").orElse("");
         Set<String> flags = cpuFlags(cpuinfo);
-        Vendor vendor = cpuinfo.contains("GenuineIntel") ? Vendor.INTEL : cpuinfo.contains("AuthenticAMD") ? Vendor.AMD : Vendor.OTHER;
+        Vendor vendor = cpuinfo.contains("GenuineIntel")
+                ? Vendor.INTEL
+                : cpuinfo.contains("AuthenticAMD") ? Vendor.AMD : Vendor.OTHER;
         boolean nestedGuest = flags.contains("hypervisor");
         Map<String, String> cmdline = cmdline(proc.readOptional("cmdline").orElse(""));
 
         checkCpu(flags, vendor, nestedGuest);
         checkKvm(cpuinfo);
         checkQemu();
-        checkDevice("tun", "net/tun", "tap ports: the iovirt switch's uplink to the host network, QEMU -netdev tap",
+        checkDevice(
+                "tun",
+                "net/tun",
+                "tap ports: the iovirt switch's uplink to the host network, QEMU -netdev tap",
                 "modprobe tun; the device must be read-write for the user running iovirt");
-        checkDevice("vhost-net", "vhost-net", "QEMU's in-kernel virtio-net datapath (vhost=on), the PV baseline "
-                + "iovirt's vhost-user NIC is compared with", "modprobe vhost_net");
+        checkDevice(
+                "vhost-net",
+                "vhost-net",
+                "QEMU's in-kernel virtio-net datapath (vhost=on), the PV baseline "
+                        + "iovirt's vhost-user NIC is compared with",
+                "modprobe vhost_net");
         checkHugepages();
         boolean dmar = sys.exists("firmware/acpi/tables/DMAR");
         boolean ivrs = sys.exists("firmware/acpi/tables/IVRS");
@@ -161,9 +179,14 @@ public final class HostCheck {
                 }
             }
             String how = switch (t) {
-                case FV -> kvm ? "QEMU device emulation, KVM-accelerated CPU" : "QEMU device emulation under TCG (KVM unusable: slow)";
-                case PV -> kvm ? "virtio devices served by iovirt over vhost-user, KVM guest"
-                        : "virtio devices served by iovirt over vhost-user, TCG guest (KVM unusable: slow CPU)";
+                case FV ->
+                    kvm
+                            ? "QEMU device emulation, KVM-accelerated CPU"
+                            : "QEMU device emulation under TCG (KVM unusable: slow)";
+                case PV ->
+                    kvm
+                            ? "virtio devices served by iovirt over vhost-user, KVM guest"
+                            : "virtio devices served by iovirt over vhost-user, TCG guest (KVM unusable: slow CPU)";
                 case PVHVM -> "hardware-virtualized (KVM) guest with PV devices and PV clock/interrupts";
                 case VFIO -> "whole PCI functions handed to a guest or user-space driver through the IOMMU";
                 case SRIOV -> "virtual functions of an SR-IOV device, each assigned through VFIO";
@@ -190,8 +213,12 @@ public final class HostCheck {
             String remedy = nestedGuest
                     ? "this host is itself a virtual machine whose hypervisor hides VT-x/AMD-V: enable nested virtualization there (kvm_intel nested=1 or kvm_amd nested=1, and -cpu host)"
                     : "enable " + (vendor == Vendor.AMD ? "AMD-V (SVM)" : "Intel VT-x") + " in the firmware setup";
-            add("cpu-virt", Status.FAIL, "CPU has no virtualization extensions (no vmx or svm flag in /proc/cpuinfo)",
-                    remedy, EnumSet.of(Technique.PVHVM));
+            add(
+                    "cpu-virt",
+                    Status.FAIL,
+                    "CPU has no virtualization extensions (no vmx or svm flag in /proc/cpuinfo)",
+                    remedy,
+                    EnumSet.of(Technique.PVHVM));
         }
     }
 
@@ -205,14 +232,27 @@ public final class HostCheck {
         String user = System.getProperty("user.name");
         if (kvmStatus.usable()) {
             add("kvm", Status.PASS, kvmStatus.reason() + " (as user " + user + ")", "", NONE);
-        } else if (f.exists() && f.openError() == 0 && f.apiVersion() == Accelerator.KVM_API_VERSION && f.createVm() == 0) {
+        } else if (f.exists()
+                && f.openError() == 0
+                && f.apiVersion() == Accelerator.KVM_API_VERSION
+                && f.createVm() == 0) {
             // Works, but without VT-x/AMD-V: PVM or another software-nested KVM. Seen here: stock guests stop with
             // "KVM internal error" (kvm-pvm: INTERNAL_ERROR in batch emul). Not a FAIL: guests run, under TCG.
-            add("kvm", Status.WARN, dev.path("kvm") + " works but the CPU has no hardware virtualization (no vmx/svm): "
-                    + "a PVM / software-nested KVM; stock guests may not run on it, so iovirt uses TCG", kvmStatus.remedy(), NONE);
+            add(
+                    "kvm",
+                    Status.WARN,
+                    dev.path("kvm") + " works but the CPU has no hardware virtualization (no vmx/svm): "
+                            + "a PVM / software-nested KVM; stock guests may not run on it, so iovirt uses TCG",
+                    kvmStatus.remedy(),
+                    NONE);
         } else {
-            add("kvm", Status.FAIL, kvmStatus.reason() + (f.exists() ? " (as user " + user + ")" : "")
-                    + ": no hardware-accelerated guests", kvmStatus.remedy(), EnumSet.of(Technique.PVHVM));
+            add(
+                    "kvm",
+                    Status.FAIL,
+                    kvmStatus.reason() + (f.exists() ? " (as user " + user + ")" : "")
+                            + ": no hardware-accelerated guests",
+                    kvmStatus.remedy(),
+                    EnumSet.of(Technique.PVHVM));
         }
     }
 
@@ -229,9 +269,13 @@ public final class HostCheck {
             add(id, Status.PASS, node + " opens read-write as user " + user + " (for " + mattersFor + ")", "", NONE);
         } catch (LinuxException e) {
             boolean denied = e.errno() == Errno.EACCES || e.errno() == Errno.EPERM;
-            add(id, Status.WARN, "cannot open " + node + " read-write as user " + user + ": " + e.errnoName()
-                    + "; needed for " + mattersFor,
-                    denied ? "give the user access to " + node + " (a udev rule or group membership)" : remedy, NONE);
+            add(
+                    id,
+                    Status.WARN,
+                    "cannot open " + node + " read-write as user " + user + ": " + e.errnoName() + "; needed for "
+                            + mattersFor,
+                    denied ? "give the user access to " + node + " (a udev rule or group membership)" : remedy,
+                    NONE);
         }
     }
 
@@ -255,21 +299,27 @@ public final class HostCheck {
                     case "HugePages_Total" -> total = Long.parseLong(v);
                     case "HugePages_Free" -> free = Long.parseLong(v);
                     case "Hugepagesize" -> sizeKib = Long.parseLong(v);
-                    default -> { }
+                    default -> {}
                 }
             } catch (NumberFormatException e) {
                 // leave it unknown
             }
         }
         String use = "guest RAM shared with vhost-user backends (PV, PVHVM) and pinned for VFIO";
-        String remedy = "reserve some: echo 512 > /proc/sys/vm/nr_hugepages (1 GiB of 2 MiB pages), or hugepages=N on the kernel command line";
+        String remedy =
+                "reserve some: echo 512 > /proc/sys/vm/nr_hugepages (1 GiB of 2 MiB pages), or hugepages=N on the kernel command line";
         if (total < 0) {
             add("hugepages", Status.WARN, "cannot read HugePages_Total from " + proc.path("meminfo"), remedy, NONE);
         } else if (total == 0) {
             add("hugepages", Status.WARN, "no huge pages reserved: " + use + " is backed by 4 KiB pages", remedy, NONE);
         } else {
-            add("hugepages", Status.PASS, total + " huge pages of " + ByteSizes.human(sizeKib * 1024) + " reserved, " + free
-                    + " free: for " + use, "", NONE);
+            add(
+                    "hugepages",
+                    Status.PASS,
+                    total + " huge pages of " + ByteSizes.human(sizeKib * 1024) + " reserved, " + free + " free: for "
+                            + use,
+                    "",
+                    NONE);
         }
     }
 
@@ -278,24 +328,45 @@ public final class HostCheck {
         if (qemu != null) {
             add("qemu", Status.PASS, "QEMU found: " + qemu, "", NONE);
         } else {
-            add("qemu", Status.FAIL, "qemu-system-x86_64 is not on the PATH", "install it: apt-get install qemu-system-x86",
+            add(
+                    "qemu",
+                    Status.FAIL,
+                    "qemu-system-x86_64 is not on the PATH",
+                    "install it: apt-get install qemu-system-x86",
                     EnumSet.of(Technique.FV, Technique.PV, Technique.PVHVM));
         }
     }
 
-    private void checkIommuFirmware(boolean dmar, boolean ivrs, List<String> iommus, Vendor vendor, boolean nestedGuest) {
+    private void checkIommuFirmware(
+            boolean dmar, boolean ivrs, List<String> iommus, Vendor vendor, boolean nestedGuest) {
         if (dmar || ivrs) {
-            add("iommu-firmware", Status.PASS, "firmware describes an IOMMU (ACPI " + (dmar ? "DMAR: Intel VT-d" : "IVRS: AMD-Vi") + ")", "", NONE);
+            add(
+                    "iommu-firmware",
+                    Status.PASS,
+                    "firmware describes an IOMMU (ACPI " + (dmar ? "DMAR: Intel VT-d" : "IVRS: AMD-Vi") + ")",
+                    "",
+                    NONE);
         } else if (!iommus.isEmpty()) {
-            add("iommu-firmware", Status.WARN, "no ACPI DMAR or IVRS table, but the kernel has IOMMUs " + iommus
-                    + " (virtio-iommu or a non-ACPI platform)", "none needed if VFIO works; VT-d/AMD-Vi are the tested setups", NONE);
+            add(
+                    "iommu-firmware",
+                    Status.WARN,
+                    "no ACPI DMAR or IVRS table, but the kernel has IOMMUs " + iommus
+                            + " (virtio-iommu or a non-ACPI platform)",
+                    "none needed if VFIO works; VT-d/AMD-Vi are the tested setups",
+                    NONE);
         } else {
             String remedy = firmwareRemedy(vendor);
             if (nestedGuest) {
-                remedy += "; this host is a virtual machine: give it a virtual IOMMU (QEMU: -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on)";
+                remedy +=
+                        "; this host is a virtual machine: give it a virtual IOMMU (QEMU: -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on)";
             }
-            add("iommu-firmware", Status.FAIL, "the firmware describes no IOMMU (no ACPI DMAR or IVRS table in "
-                    + sys.path("firmware/acpi/tables") + ")", remedy, VFIO_ALL);
+            add(
+                    "iommu-firmware",
+                    Status.FAIL,
+                    "the firmware describes no IOMMU (no ACPI DMAR or IVRS table in " + sys.path("firmware/acpi/tables")
+                            + ")",
+                    remedy,
+                    VFIO_ALL);
         }
     }
 
@@ -307,7 +378,8 @@ public final class HostCheck {
         };
     }
 
-    private void checkIommuEnabled(List<String> iommus, boolean dmar, boolean ivrs, Vendor vendor, Map<String, String> cmdline) {
+    private void checkIommuEnabled(
+            List<String> iommus, boolean dmar, boolean ivrs, Vendor vendor, Map<String, String> cmdline) {
         if (!iommus.isEmpty()) {
             add("iommu-enabled", Status.PASS, "kernel IOMMU active: " + String.join(", ", iommus), "", NONE);
             return;
@@ -319,10 +391,15 @@ public final class HostCheck {
         if (vendor == Vendor.AMD) {
             steps.add("remove amd_iommu=off / iommu=off from the kernel command line if present");
         } else {
-            steps.add("add intel_iommu=on to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub, reboot)");
+            steps.add(
+                    "add intel_iommu=on to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub, reboot)");
         }
-        add("iommu-enabled", Status.FAIL, "no IOMMU is active (" + sys.path("class/iommu") + " is empty or missing)",
-                String.join("; then ", steps), VFIO_ALL);
+        add(
+                "iommu-enabled",
+                Status.FAIL,
+                "no IOMMU is active (" + sys.path("class/iommu") + " is empty or missing)",
+                String.join("; then ", steps),
+                VFIO_ALL);
     }
 
     private void checkCmdline(Vendor vendor, Map<String, String> cmdline, List<String> iommus) {
@@ -330,45 +407,94 @@ public final class HostCheck {
         String amd = cmdline.get("amd_iommu");
         String generic = cmdline.get("iommu");
         if ("off".equals(generic)) {
-            add("cmdline-iommu", Status.FAIL, "kernel command line has iommu=off", "remove iommu=off from the kernel command line", VFIO_ALL);
+            add(
+                    "cmdline-iommu",
+                    Status.FAIL,
+                    "kernel command line has iommu=off",
+                    "remove iommu=off from the kernel command line",
+                    VFIO_ALL);
         } else if (intel != null && Arrays.asList(intel.split(",")).contains("off")) {
-            add("cmdline-iommu", Status.FAIL, "kernel command line has intel_iommu=" + intel, "replace it with intel_iommu=on", VFIO_ALL);
+            add(
+                    "cmdline-iommu",
+                    Status.FAIL,
+                    "kernel command line has intel_iommu=" + intel,
+                    "replace it with intel_iommu=on",
+                    VFIO_ALL);
         } else if (amd != null && Arrays.asList(amd.split(",")).contains("off")) {
-            add("cmdline-iommu", Status.FAIL, "kernel command line has amd_iommu=" + amd, "remove amd_iommu=off", VFIO_ALL);
+            add(
+                    "cmdline-iommu",
+                    Status.FAIL,
+                    "kernel command line has amd_iommu=" + amd,
+                    "remove amd_iommu=off",
+                    VFIO_ALL);
         } else if (intel != null && Arrays.asList(intel.split(",")).contains("on")) {
             add("cmdline-iommu", Status.PASS, "kernel command line has intel_iommu=" + intel, "", NONE);
         } else if (vendor == Vendor.AMD) {
-            add("cmdline-iommu", Status.PASS, "AMD-Vi needs no command-line switch (on unless amd_iommu=off)", "", NONE);
+            add(
+                    "cmdline-iommu",
+                    Status.PASS,
+                    "AMD-Vi needs no command-line switch (on unless amd_iommu=off)",
+                    "",
+                    NONE);
         } else if (!iommus.isEmpty()) {
-            add("cmdline-iommu", Status.PASS, "no intel_iommu= given; this kernel enables its IOMMU by default", "", NONE);
+            add(
+                    "cmdline-iommu",
+                    Status.PASS,
+                    "no intel_iommu= given; this kernel enables its IOMMU by default",
+                    "",
+                    NONE);
         } else {
-            add("cmdline-iommu", Status.FAIL, "kernel command line lacks intel_iommu=on",
-                    "add intel_iommu=on to the kernel command line", VFIO_ALL);
+            add(
+                    "cmdline-iommu",
+                    Status.FAIL,
+                    "kernel command line lacks intel_iommu=on",
+                    "add intel_iommu=on to the kernel command line",
+                    VFIO_ALL);
         }
         if ("pt".equals(generic)) {
             add("iommu-passthrough", Status.PASS, "iommu=pt: host-owned devices skip IOMMU translation", "", NONE);
         } else {
-            add("iommu-passthrough", Status.WARN, "iommu=pt is not set: the host's own devices pay for IOMMU translation",
-                    "add iommu=pt to the kernel command line for host I/O speed (VFIO isolation is unaffected)", NONE);
+            add(
+                    "iommu-passthrough",
+                    Status.WARN,
+                    "iommu=pt is not set: the host's own devices pay for IOMMU translation",
+                    "add iommu=pt to the kernel command line for host I/O speed (VFIO isolation is unaffected)",
+                    NONE);
         }
     }
 
     private void checkInterruptRemapping(boolean nestedGuest) {
         String interrupts = proc.readTextOptional("interrupts").orElse("");
         if (interrupts.contains("IR-")) {
-            add("interrupt-remapping", Status.PASS, "interrupt remapping is active (IR- interrupt chips in /proc/interrupts)", "", NONE);
+            add(
+                    "interrupt-remapping",
+                    Status.PASS,
+                    "interrupt remapping is active (IR- interrupt chips in /proc/interrupts)",
+                    "",
+                    NONE);
             return;
         }
-        String unsafe = sys.readOptional("module/vfio_iommu_type1/parameters/allow_unsafe_interrupts").orElse("N");
+        String unsafe = sys.readOptional("module/vfio_iommu_type1/parameters/allow_unsafe_interrupts")
+                .orElse("N");
         String remedy = "enable interrupt remapping in the firmware setup (with x2APIC)"
-                + (nestedGuest ? "; in a QEMU VM: -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on" : "")
+                + (nestedGuest
+                        ? "; in a QEMU VM: -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on"
+                        : "")
                 + "; last resort: vfio_iommu_type1.allow_unsafe_interrupts=1 (lets a guest forge interrupts)";
         if (unsafe.equals("Y") || unsafe.equals("1")) {
-            add("interrupt-remapping", Status.WARN, "no interrupt remapping; vfio_iommu_type1 allows unsafe interrupts",
-                    remedy, NONE);
+            add(
+                    "interrupt-remapping",
+                    Status.WARN,
+                    "no interrupt remapping; vfio_iommu_type1 allows unsafe interrupts",
+                    remedy,
+                    NONE);
         } else {
-            add("interrupt-remapping", Status.FAIL, "no interrupt remapping: vfio_iommu_type1 refuses to attach devices",
-                    remedy, VFIO_ALL);
+            add(
+                    "interrupt-remapping",
+                    Status.FAIL,
+                    "no interrupt remapping: vfio_iommu_type1 refuses to attach devices",
+                    remedy,
+                    VFIO_ALL);
         }
     }
 
@@ -386,15 +512,22 @@ public final class HostCheck {
         if (missing.isEmpty()) {
             add("vfio-modules", Status.PASS, "vfio, vfio_iommu_type1 and vfio-pci are loaded", "", NONE);
         } else {
-            add("vfio-modules", Status.FAIL, "not loaded: " + String.join(", ", missing),
+            add(
+                    "vfio-modules",
+                    Status.FAIL,
+                    "not loaded: " + String.join(", ", missing),
                     "modprobe vfio-pci (pulls in vfio and vfio_iommu_type1); at boot: echo vfio-pci > /etc/modules-load.d/vfio.conf",
                     VFIO_ALL);
         }
         if (dev.exists("vfio/vfio")) {
             add("vfio-device", Status.PASS, dev.path("vfio/vfio") + " exists", "", NONE);
         } else {
-            add("vfio-device", Status.FAIL, dev.path("vfio/vfio") + " does not exist",
-                    "modprobe vfio-pci; if it still is missing, mount devtmpfs on /dev", VFIO_ALL);
+            add(
+                    "vfio-device",
+                    Status.FAIL,
+                    dev.path("vfio/vfio") + " does not exist",
+                    "modprobe vfio-pci; if it still is missing, mount devtmpfs on /dev",
+                    VFIO_ALL);
         }
     }
 
@@ -405,7 +538,12 @@ public final class HostCheck {
                 try {
                     long caps = Long.parseUnsignedLong(line.substring(7).trim(), 16);
                     if ((caps >>> CAP_IPC_LOCK & 1) != 0) {
-                        add("memlock", Status.PASS, "CAP_IPC_LOCK is held: VFIO may pin any amount of memory", "", NONE);
+                        add(
+                                "memlock",
+                                Status.PASS,
+                                "CAP_IPC_LOCK is held: VFIO may pin any amount of memory",
+                                "",
+                                NONE);
                         return;
                     }
                 } catch (NumberFormatException e) {
@@ -424,8 +562,11 @@ public final class HostCheck {
                 try {
                     long soft = Long.parseLong(f[0]);
                     Status s = soft >= memlockNeeded ? Status.PASS : Status.WARN;
-                    add("memlock", s, "locked-memory limit is " + ByteSizes.human(soft) + " (VFIO pins all guest RAM; "
-                            + ByteSizes.human(memlockNeeded) + " wanted)",
+                    add(
+                            "memlock",
+                            s,
+                            "locked-memory limit is " + ByteSizes.human(soft) + " (VFIO pins all guest RAM; "
+                                    + ByteSizes.human(memlockNeeded) + " wanted)",
                             "raise it for the VM's process: ulimit -l unlimited, LimitMEMLOCK=infinity (systemd) or memlock in /etc/security/limits.conf; libvirt does this itself",
                             NONE);
                     return;
@@ -434,8 +575,12 @@ public final class HostCheck {
                 }
             }
         }
-        add("memlock", Status.WARN, "cannot read the locked-memory limit from " + proc.path("self/limits"),
-                "make sure the VM's process may lock its RAM (ulimit -l)", NONE);
+        add(
+                "memlock",
+                Status.WARN,
+                "cannot read the locked-memory limit from " + proc.path("self/limits"),
+                "make sure the VM's process may lock its RAM (ulimit -l)",
+                NONE);
     }
 
     private void checkGroups(List<String> iommus) {
@@ -443,8 +588,12 @@ public final class HostCheck {
         if (groups.count() > 0) {
             add("iommu-groups", Status.PASS, groups.count() + " IOMMU groups", "", NONE);
         } else {
-            add("iommu-groups", Status.FAIL, "no IOMMU groups in " + sys.path("kernel/iommu_groups"),
-                    iommus.isEmpty() ? "turn the IOMMU on (see iommu-enabled)" : "check dmesg for IOMMU errors", VFIO_ALL);
+            add(
+                    "iommu-groups",
+                    Status.FAIL,
+                    "no IOMMU groups in " + sys.path("kernel/iommu_groups"),
+                    iommus.isEmpty() ? "turn the IOMMU on (see iommu-enabled)" : "check dmesg for IOMMU errors",
+                    VFIO_ALL);
         }
     }
 
@@ -460,7 +609,10 @@ public final class HostCheck {
         if (!pfs.isEmpty()) {
             add("sriov-devices", Status.PASS, "SR-IOV capable: " + String.join(", ", pfs), "", NONE);
         } else {
-            add("sriov-devices", Status.FAIL, "no SR-IOV capable PCI device (no sriov_totalvfs > 0)",
+            add(
+                    "sriov-devices",
+                    Status.FAIL,
+                    "no SR-IOV capable PCI device (no sriov_totalvfs > 0)",
                     "install an SR-IOV capable NIC or NVMe drive and enable SR-IOV in its firmware and the system firmware",
                     EnumSet.of(Technique.SRIOV));
         }
@@ -471,7 +623,9 @@ public final class HostCheck {
             if (line.startsWith("flags")) {
                 int colon = line.indexOf(':');
                 if (colon > 0) {
-                    return Set.of(Arrays.stream(line.substring(colon + 1).trim().split("\\s+")).distinct().toArray(String[]::new));
+                    return Set.of(Arrays.stream(line.substring(colon + 1).trim().split("\\s+"))
+                            .distinct()
+                            .toArray(String[]::new));
                 }
             }
         }

@@ -26,7 +26,8 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
     }
 
     @Override
-    public Map<Integer, Map<String, Object>> provision(PciDevice pf, int count, SriovManager.NvmeRequest request, List<String> notes) {
+    public Map<Integer, Map<String, Object>> provision(
+            PciDevice pf, int count, SriovManager.NvmeRequest request, List<String> notes) {
         try (NvmeAdmin admin = NvmeAdmin.open(controllerDevice(pf))) {
             IdentifyController id = IdentifyController.parse(admin.identify(NvmeAdmin.CNS_CONTROLLER, 0));
             if (!id.virtualizationManagement()) {
@@ -41,9 +42,14 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
             }
             // Re-read after offlining: resources still held by the targets count as available to them.
             targets = targets(admin, pf, count);
-            NvmeAdmin.PrimaryCaps caps = NvmeAdmin.PrimaryCaps.parse(admin.identify(NvmeAdmin.CNS_PRIMARY_CTRL_CAPS, id.controllerId()));
-            long heldVq = targets.stream().mapToLong(NvmeAdmin.SecondaryController::nvq).sum();
-            long heldVi = targets.stream().mapToLong(NvmeAdmin.SecondaryController::nvi).sum();
+            NvmeAdmin.PrimaryCaps caps =
+                    NvmeAdmin.PrimaryCaps.parse(admin.identify(NvmeAdmin.CNS_PRIMARY_CTRL_CAPS, id.controllerId()));
+            long heldVq = targets.stream()
+                    .mapToLong(NvmeAdmin.SecondaryController::nvq)
+                    .sum();
+            long heldVi = targets.stream()
+                    .mapToLong(NvmeAdmin.SecondaryController::nvi)
+                    .sum();
             long freeVq = caps.vqfrt() - caps.vqrfap() - caps.vqrfa() + heldVq;
             long freeVi = caps.vifrt() - caps.virfap() - caps.virfa() + heldVi;
             int vq = perVf("queue", request.queues(), freeVq, count, caps.vqfrsm(), 2, pf);
@@ -55,7 +61,8 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
             }
             notes.add("each VF got " + vq + " queue resources (1 admin + " + (vq - 1) + " I/O queue pairs) and " + vi
                     + " interrupt(s), out of " + caps.vqfrt() + " flexible queues and " + caps.vifrt()
-                    + " flexible interrupts the PF shares among all its VFs; the PF keeps " + caps.vqprt() + " private queues");
+                    + " flexible interrupts the PF shares among all its VFs; the PF keeps " + caps.vqprt()
+                    + " private queues");
             return describe(admin, pf);
         }
     }
@@ -91,7 +98,8 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
         for (int vfn = 1; vfn <= count; vfn++) {
             NvmeAdmin.SecondaryController sc = byVf.get(vfn);
             if (sc == null) {
-                throw new HostConfigException(pf.bdf() + " lists no secondary controller for VF " + vfn,
+                throw new HostConfigException(
+                        pf.bdf() + " lists no secondary controller for VF " + vfn,
                         "the controller's Secondary Controller List does not match its SR-IOV VFs; check its firmware");
             }
             out.add(sc);
@@ -109,7 +117,8 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
         if (asked > 0) {
             n = asked;
             if ((long) n * count > free) {
-                throw new HostConfigException(count + " VFs x " + n + " " + kind + " resources exceed the " + free + " free on " + pf.bdf(),
+                throw new HostConfigException(
+                        count + " VFs x " + n + " " + kind + " resources exceed the " + free + " free on " + pf.bdf(),
                         "ask for at most " + (free / count) + " per VF, or create fewer VFs");
             }
         } else {
@@ -119,19 +128,23 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
             }
         }
         if (maxPerSecondary > 0 && n > maxPerSecondary) {
-            throw new HostConfigException(n + " " + kind + " resources per VF exceed the controller's limit of " + maxPerSecondary,
+            throw new HostConfigException(
+                    n + " " + kind + " resources per VF exceed the controller's limit of " + maxPerSecondary,
                     "ask for at most " + maxPerSecondary);
         }
         if (n < minimum) {
-            throw new HostConfigException("only " + free + " flexible " + kind + " resources are free on " + pf.bdf() + " for " + count
-                    + " VFs; each needs at least " + minimum, "create fewer VFs");
+            throw new HostConfigException(
+                    "only " + free + " flexible " + kind + " resources are free on " + pf.bdf() + " for " + count
+                            + " VFs; each needs at least " + minimum,
+                    "create fewer VFs");
         }
         return n;
     }
 
     private Path controllerDevice(PciDevice pf) {
         if (pf.nvmeControllers().isEmpty()) {
-            throw new HostConfigException(pf.bdf() + " has no NVMe controller device (no nvme/nvmeN in sysfs)",
+            throw new HostConfigException(
+                    pf.bdf() + " has no NVMe controller device (no nvme/nvmeN in sysfs)",
                     "the PF must be bound to the nvme driver to provision its VFs");
         }
         return paths.devRoot().resolve(pf.nvmeControllers().getFirst());

@@ -32,13 +32,18 @@ public final class SriovManager {
      * @param resources what the device gave it: for NVMe the secondary controller's queues, interrupts and state;
      *     for other devices what sysfs shows (MSI-X vectors, network queues), or a note that the PF driver knows
      */
-    public record VfInfo(int index, Bdf bdf, String driver, int iommuGroup, Map<String, Object> resources) {
-    }
+    public record VfInfo(int index, Bdf bdf, String driver, int iommuGroup, Map<String, Object> resources) {}
 
     /** @param notes what the operator should know (e.g. that VFs have few queues) */
-    public record Outcome(Bdf pf, int before, int after, int totalVfs, Boolean autoprobe, List<VfInfo> vfs,
-                          List<String> writes, List<String> notes) {
-    }
+    public record Outcome(
+            Bdf pf,
+            int before,
+            int after,
+            int totalVfs,
+            Boolean autoprobe,
+            List<VfInfo> vfs,
+            List<String> writes,
+            List<String> notes) {}
 
     /**
      * Per-VF NVMe resources.
@@ -100,11 +105,13 @@ public final class SriovManager {
             PciDevice pf = inv.require(pfBdf);
             PciDevice.SriovInfo sriov = requireSriov(pf);
             if (count > sriov.totalVfs()) {
-                throw new HostConfigException(pfBdf + " supports at most " + sriov.totalVfs() + " VFs, not " + count,
+                throw new HostConfigException(
+                        pfBdf + " supports at most " + sriov.totalVfs() + " VFs, not " + count,
                         "ask for " + sriov.totalVfs() + " or fewer");
             }
             if (pf.driver() == null) {
-                throw new HostConfigException(pfBdf + " has no driver, and only its driver can enable VFs",
+                throw new HostConfigException(
+                        pfBdf + " has no driver, and only its driver can enable VFs",
                         "bind its host driver first (e.g. iovirt host unbind " + pfBdf + ", or modprobe the driver)");
             }
             List<String> writes = new ArrayList<>();
@@ -115,8 +122,10 @@ public final class SriovManager {
                 if (!force) {
                     List<String> problems = removalProblems(inv, sriov.vfs());
                     if (!problems.isEmpty()) {
-                        throw new HostConfigException("refusing to change the VFs of " + pfBdf + " (the kernel recreates all of them): "
-                                + String.join("; ", problems), "release them first, or pass --force");
+                        throw new HostConfigException(
+                                "refusing to change the VFs of " + pfBdf + " (the kernel recreates all of them): "
+                                        + String.join("; ", problems),
+                                "release them first, or pass --force");
                     }
                 }
                 Boolean probeAfter = autoprobe != null ? autoprobe : sriov.autoprobe();
@@ -137,12 +146,20 @@ public final class SriovManager {
                         notes.add("would give each NVMe VF flexible queue and interrupt resources and bring it online");
                     }
                     notes.add(DriverBinding.DRY_RUN_NOTE);
-                    return new Outcome(pfBdf, sriov.numVfs(), count, sriov.totalVfs(), sriov.autoprobe(), List.of(),
-                            writes, notes);
+                    return new Outcome(
+                            pfBdf,
+                            sriov.numVfs(),
+                            count,
+                            sriov.totalVfs(),
+                            sriov.autoprobe(),
+                            List.of(),
+                            writes,
+                            notes);
                 }
                 long now = sys.readDecimal(dir + "sriov_numvfs");
                 if (now != count) {
-                    throw new HostConfigException("the kernel kept " + now + " VFs on " + pfBdf + " instead of " + count,
+                    throw new HostConfigException(
+                            "the kernel kept " + now + " VFs on " + pfBdf + " instead of " + count,
                             "dmesg says why (a PF driver may cap VFs, or need resources such as a bigger BAR window)");
                 }
                 forgetDriversOf(sriov.vfs());
@@ -155,8 +172,10 @@ public final class SriovManager {
                         if (sriov.autoprobe() != null) {
                             write(writes, dir + "sriov_drivers_autoprobe", Boolean.TRUE.equals(probeAfter) ? "1" : "0");
                         }
-                        throw new HostConfigException(count + " VFs of " + pfBdf + " exist but have no queues: " + e.problem(),
-                                e.remedy() + "; remove them with iovirt host vfs " + pfBdf + " --count 0, or retry", e);
+                        throw new HostConfigException(
+                                count + " VFs of " + pfBdf + " exist but have no queues: " + e.problem(),
+                                e.remedy() + "; remove them with iovirt host vfs " + pfBdf + " --count 0, or retry",
+                                e);
                     }
                     if (sriov.autoprobe() != null) {
                         // First: with autoprobe off the kernel refuses to probe a VF that has no driver_override.
@@ -183,7 +202,8 @@ public final class SriovManager {
         PciDevice pf = inv.require(pfBdf);
         PciDevice.SriovInfo sriov = requireSriov(pf);
         List<String> notes = new ArrayList<>();
-        Map<Integer, Map<String, Object>> state = pf.isNvme() && sriov.numVfs() > 0 ? describeNvme(pf, notes) : Map.of();
+        Map<Integer, Map<String, Object>> state =
+                pf.isNvme() && sriov.numVfs() > 0 ? describeNvme(pf, notes) : Map.of();
         return outcome(pfBdf, sriov.numVfs(), List.of(), notes, state);
     }
 
@@ -196,8 +216,12 @@ public final class SriovManager {
         }
     }
 
-    private Outcome outcome(Bdf pfBdf, int before, List<String> writes, List<String> notes,
-                            Map<Integer, Map<String, Object>> nvmeState) {
+    private Outcome outcome(
+            Bdf pfBdf,
+            int before,
+            List<String> writes,
+            List<String> notes,
+            Map<Integer, Map<String, Object>> nvmeState) {
         PciInventory inv = PciInventory.scan(sys);
         PciDevice pf = inv.require(pfBdf);
         HostUsage usage = HostUsage.scan(sys, paths.proc(), paths.dev());
@@ -215,13 +239,22 @@ public final class SriovManager {
             vfs.add(new VfInfo(index, vfBdf, vf == null ? null : vf.driver(), vf == null ? -1 : vf.iommuGroup(), res));
         }
         if (!vfs.isEmpty() && !pf.isNvme()) {
-            notes.add("a VF's queues are fixed by the PF driver and usually far fewer than the PF's; they show once a driver binds the VF");
+            notes.add(
+                    "a VF's queues are fixed by the PF driver and usually far fewer than the PF's; they show once a driver binds the VF");
             long totalMsix = sys.readDecimalOptional(PciDevice.dir(pfBdf) + "/sriov_vf_total_msix");
             if (totalMsix > 0) {
                 notes.add("the PF shares " + totalMsix + " MSI-X vectors among all its VFs (sriov_vf_total_msix)");
             }
         }
-        return new Outcome(pfBdf, before, pf.sriov().numVfs(), pf.sriov().totalVfs(), pf.sriov().autoprobe(), vfs, writes, notes);
+        return new Outcome(
+                pfBdf,
+                before,
+                pf.sriov().numVfs(),
+                pf.sriov().totalVfs(),
+                pf.sriov().autoprobe(),
+                vfs,
+                writes,
+                notes);
     }
 
     /** What sysfs tells about a VF's resources: MSI-X vectors and, with a network driver bound, its queues. */
@@ -234,8 +267,12 @@ public final class SriovManager {
             res.put("interrupts_in_use", irqs.size());
         }
         for (String iface : usage.netInterfaces(vf.bdf())) {
-            long rx = sys.list("class/net/" + iface + "/queues").stream().filter(q -> q.startsWith("rx-")).count();
-            long tx = sys.list("class/net/" + iface + "/queues").stream().filter(q -> q.startsWith("tx-")).count();
+            long rx = sys.list("class/net/" + iface + "/queues").stream()
+                    .filter(q -> q.startsWith("rx-"))
+                    .count();
+            long tx = sys.list("class/net/" + iface + "/queues").stream()
+                    .filter(q -> q.startsWith("tx-"))
+                    .count();
             res.put("interface", iface);
             res.put("rx_queues", rx);
             res.put("tx_queues", tx);
@@ -271,11 +308,13 @@ public final class SriovManager {
 
     private static PciDevice.SriovInfo requireSriov(PciDevice pf) {
         if (pf.isVirtualFunction()) {
-            throw new HostConfigException(pf.bdf() + " is a virtual function of " + pf.physfn(),
+            throw new HostConfigException(
+                    pf.bdf() + " is a virtual function of " + pf.physfn(),
                     "manage VFs on the physical function: iovirt host vfs " + pf.physfn() + " --count N");
         }
         if (pf.sriov() == null || pf.sriov().totalVfs() == 0) {
-            throw new HostConfigException(pf.bdf() + " is not SR-IOV capable (no sriov_totalvfs, or 0)",
+            throw new HostConfigException(
+                    pf.bdf() + " is not SR-IOV capable (no sriov_totalvfs, or 0)",
                     "see which devices are: iovirt host devices (SR-IOV column), or iovirt host check");
         }
         return pf.sriov();

@@ -16,7 +16,8 @@ import java.util.concurrent.ConcurrentHashMap;
  * in the metadata order (the image flushes first).
  */
 final class MetaCache {
-    private static final VarHandle BE64 = ValueLayout.JAVA_LONG.withOrder(ByteOrder.BIG_ENDIAN).varHandle();
+    private static final VarHandle BE64 =
+            ValueLayout.JAVA_LONG.withOrder(ByteOrder.BIG_ENDIAN).varHandle();
 
     /** One cached metadata cluster. */
     static final class Table {
@@ -27,6 +28,7 @@ final class MetaCache {
         volatile int slot = -1;
         /** Dirty byte range [dirtyLo, dirtyHi), written at the next metadata flush; lo >= hi when clean. */
         int dirtyLo = Integer.MAX_VALUE;
+
         int dirtyHi;
 
         Table(long offset, MemorySegment data) {

@@ -42,6 +42,7 @@ record Qcow2Header(
 
     /** Field offsets iovirt writes. */
     static final int OFF_SIZE = 24;
+
     static final int OFF_L1_SIZE = 36;
     static final int OFF_REFTABLE = 48;
     static final int OFF_INCOMPATIBLE = 72;
@@ -60,6 +61,7 @@ record Qcow2Header(
      * to be 8 GiB: a 2 KiB header with 512-byte clusters could make an open allocate and zero 8 GiB.)
      */
     static final long MAX_L1_BYTES = 32L << 20;
+
     static final long MAX_REFTABLE_BYTES = 8L << 20;
 
     private static final int EXT_END = 0;
@@ -103,14 +105,20 @@ record Qcow2Header(
         long l2Entries = cs / 8;
         long needL1 = (size + cs * l2Entries - 1) / (cs * l2Entries);
         if (l1Size < needL1 || l1Size > MAX_L1_BYTES / 8) {
-            throw corrupt(path, "L1 table of " + Integer.toUnsignedString(l1Size) + " entries for a virtual size needing " + needL1);
+            throw corrupt(
+                    path,
+                    "L1 table of " + Integer.toUnsignedString(l1Size) + " entries for a virtual size needing "
+                            + needL1);
         }
         if ((l1Offset & (cs - 1)) != 0 || l1Offset <= 0) {
             throw corrupt(path, "L1 table offset " + l1Offset + " is not cluster-aligned");
         }
-        if ((refTableOffset & (cs - 1)) != 0 || refTableOffset <= 0 || refTableClusters <= 0
+        if ((refTableOffset & (cs - 1)) != 0
+                || refTableOffset <= 0
+                || refTableClusters <= 0
                 || refTableClusters > MAX_REFTABLE_BYTES / cs) {
-            throw corrupt(path, "refcount table at " + refTableOffset + " (" + refTableClusters + " clusters) is invalid");
+            throw corrupt(
+                    path, "refcount table at " + refTableOffset + " (" + refTableClusters + " clusters) is invalid");
         }
         long incompatible = 0, compatible = 0, autoclear = 0;
         int refcountOrder = 4;
@@ -166,13 +174,30 @@ record Qcow2Header(
         String backingFile = null;
         if (backingOffset != 0) {
             if (backingSize <= 0 || backingSize > 1023 || backingOffset < 0 || backingOffset + backingSize > end) {
-                throw corrupt(path, "backing file name at " + backingOffset + " (" + backingSize + " bytes) is invalid");
+                throw corrupt(
+                        path, "backing file name at " + backingOffset + " (" + backingSize + " bytes) is invalid");
             }
-            backingFile = new String(first.asSlice(backingOffset, backingSize).toArray(ValueLayout.JAVA_BYTE), StandardCharsets.UTF_8);
+            backingFile = new String(
+                    first.asSlice(backingOffset, backingSize).toArray(ValueLayout.JAVA_BYTE), StandardCharsets.UTF_8);
         }
-        return new Qcow2Header(version, clusterBits, size, l1Size, l1Offset, refTableOffset, refTableClusters,
-                nbSnapshots, incompatible, compatible, autoclear, refcountOrder, headerLength, compressionType,
-                backingFile, backingFormat, featureNames);
+        return new Qcow2Header(
+                version,
+                clusterBits,
+                size,
+                l1Size,
+                l1Offset,
+                refTableOffset,
+                refTableClusters,
+                nbSnapshots,
+                incompatible,
+                compatible,
+                autoclear,
+                refcountOrder,
+                headerLength,
+                compressionType,
+                backingFile,
+                backingFormat,
+                featureNames);
     }
 
     long clusterSize() {
@@ -185,17 +210,21 @@ record Qcow2Header(
         for (int bit = 0; bit < 64; bit++) {
             if ((incompatible & ~known & (1L << bit)) != 0) {
                 String name = featureNames.get("0:" + bit);
-                out.add("bit " + bit + (name != null ? " (" + name + ")" : switch (bit) {
-                    case 2 -> " (external data file)";
-                    case 4 -> " (extended L2 entries)";
-                    default -> "";
-                }));
+                out.add("bit " + bit
+                        + (name != null
+                                ? " (" + name + ")"
+                                : switch (bit) {
+                                    case 2 -> " (external data file)";
+                                    case 4 -> " (extended L2 entries)";
+                                    default -> "";
+                                }));
             }
         }
         return out;
     }
 
     private static IOException corrupt(Path path, String what) {
-        return new IOException("qcow2 image " + path + " is damaged: " + what + " (check it with 'qemu-img check " + path + "')");
+        return new IOException(
+                "qcow2 image " + path + " is damaged: " + what + " (check it with 'qemu-img check " + path + "')");
     }
 }

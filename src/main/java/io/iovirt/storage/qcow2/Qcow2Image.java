@@ -53,6 +53,7 @@ import java.util.zip.Inflater;
 public final class Qcow2Image implements DiskImage {
     /** Default metadata cache: L2 tables covering 32 MiB of table data (256 GiB of disk at 64 KiB clusters). */
     public static final long DEFAULT_L2_CACHE_BYTES = 32L << 20;
+
     private static final long DEFAULT_REFCOUNT_CACHE_BYTES = 4L << 20;
     private static final int MAX_CHAIN = 32;
     private static final ThreadLocal<int[]> DEPTH = ThreadLocal.withInitial(() -> new int[1]);
@@ -67,6 +68,7 @@ public final class Qcow2Image implements DiskImage {
     private final Fd fd;
     /** O_DIRECT: every file access is aligned to {@link #align} (offset, length and memory); otherwise 1. */
     private final boolean direct;
+
     private final int align;
     private final boolean readOnly;
     private final Qcow2Header header;
@@ -79,6 +81,7 @@ public final class Qcow2Image implements DiskImage {
     private volatile AtomicLongArray l1;
     /** File offset of the L1 table; changes with {@link #l1} (metadata lock held). */
     private long l1Offset;
+
     private int l1DirtyLo = Integer.MAX_VALUE;
     private int l1DirtyHi;
     private long refTableOffset;
@@ -98,15 +101,18 @@ public final class Qcow2Image implements DiskImage {
      * hashing per request). Set when a table is cached, cleared when it is evicted.
      */
     private volatile java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
+
     private final MetaCache refCache;
     private final Arena arena = Arena.ofShared();
     /** Native staging for metadata I/O and the copy-on-write cluster; used under the metadata lock only. */
     private final MemorySegment staging;
+
     private final MemorySegment cowBuffer;
     private final MemorySegment zeroCluster;
     private long freeHint;
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
+
     private volatile boolean closed;
     /**
      * Sorted cluster indices of every metadata cluster (header, L1 table, refcount table and blocks, L2 tables): a
@@ -114,6 +120,7 @@ public final class Qcow2Image implements DiskImage {
      * guest write overwrite the image's own metadata. Copy-on-write under the metadata lock; read lock-free.
      */
     private volatile long[] metadataClusters = new long[0];
+
     private final ThreadLocal<Scratch> scratch;
 
     /** Per-thread decompression state: the last compressed cluster inflated, by its L2 entry. */
@@ -149,9 +156,10 @@ public final class Qcow2Image implements DiskImage {
         this.compressedX = 62 - (clusterBits - 8);
         this.l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
         this.l2Cache = new MetaCache((int) Math.max(4, l2CacheBytes / clusterSize), this::l2Evicted);
-        this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> { });
+        this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> {});
         long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
-        this.staging = arena.allocate(Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
+        this.staging =
+                arena.allocate(Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
         this.cowBuffer = arena.allocate(clusterSize, 4096);
         this.zeroCluster = arena.allocate(clusterSize, 4096);
         this.scratch = ThreadLocal.withInitial(() -> new Scratch((int) clusterSize));
@@ -282,9 +290,11 @@ public final class Qcow2Image implements DiskImage {
                 h = Qcow2Header.parse(path, first.asSlice(0, n));
             }
             if (direct && (1L << h.clusterBits()) < align) {
-                throw new IOException("qcow2 image " + path + " has " + (1L << h.clusterBits()) + "-byte clusters, smaller"
-                        + " than the " + align + "-byte O_DIRECT alignment of its file system: drop --direct, or convert it"
-                        + " with 'qemu-img convert -O qcow2 -o cluster_size=65536'");
+                throw new IOException(
+                        "qcow2 image " + path + " has " + (1L << h.clusterBits()) + "-byte clusters, smaller"
+                                + " than the " + align
+                                + "-byte O_DIRECT alignment of its file system: drop --direct, or convert it"
+                                + " with 'qemu-img convert -O qcow2 -o cluster_size=65536'");
             }
             checkFeatures(path, h, readOnly);
             if (h.backingFile() != null) {
@@ -334,11 +344,13 @@ public final class Qcow2Image implements DiskImage {
         List<String> unknown = h.unknownIncompatible(known);
         if (!unknown.isEmpty()) {
             throw new IOException("qcow2 image " + path + " uses incompatible features iovirt does not implement: "
-                    + String.join(", ", unknown) + "; convert it with 'qemu-img convert -O qcow2' to a plain qcow2 image");
+                    + String.join(", ", unknown)
+                    + "; convert it with 'qemu-img convert -O qcow2' to a plain qcow2 image");
         }
         if ((h.incompatible() & Qcow2Header.INCOMPAT_COMPRESSION) != 0 && h.compressionType() != 0) {
-            throw new IOException("qcow2 image " + path + " uses compression type " + h.compressionType()
-                    + " (zstd): iovirt reads zlib/deflate only; convert with 'qemu-img convert -O qcow2 -o compression_type=zlib'");
+            throw new IOException(
+                    "qcow2 image " + path + " uses compression type " + h.compressionType()
+                            + " (zstd): iovirt reads zlib/deflate only; convert with 'qemu-img convert -O qcow2 -o compression_type=zlib'");
         }
         if (readOnly) {
             return; // reading needs neither consistent refcounts nor a clean image
@@ -604,13 +616,15 @@ public final class Qcow2Image implements DiskImage {
             }
             if (out < clusterSize) {
                 s.key = -1;
-                throw new IOException("qcow2 image " + path + ": compressed cluster at " + host + " inflates to "
-                        + out + " bytes, not " + clusterSize + " (damaged image: 'qemu-img check " + path + "')");
+                throw new IOException("qcow2 image " + path + ": compressed cluster at " + host + " inflates to " + out
+                        + " bytes, not " + clusterSize + " (damaged image: 'qemu-img check " + path + "')");
             }
         } catch (DataFormatException ex) {
             s.key = -1;
-            throw new IOException("qcow2 image " + path + ": compressed cluster at " + host + " is not valid deflate data: "
-                    + ex.getMessage(), ex);
+            throw new IOException(
+                    "qcow2 image " + path + ": compressed cluster at " + host + " is not valid deflate data: "
+                            + ex.getMessage(),
+                    ex);
         }
         s.key = e;
         return s.out;
@@ -669,8 +683,10 @@ public final class Qcow2Image implements DiskImage {
             src.copyTo(srcPos, buf, in, n);
             // A preallocated zero cluster is written in place. In a compressed entry bit 0 belongs to the host
             // offset, not the zero flag: such an entry (with a COPIED bit a damaged image may carry) is copied out.
-            long target = (e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (e & OFLAG_COPIED) != 0
-                    && (e & OFFSET_MASK) != 0
+            long target = (e & OFLAG_COMPRESSED) == 0
+                            && (e & OFLAG_ZERO) != 0
+                            && (e & OFLAG_COPIED) != 0
+                            && (e & OFFSET_MASK) != 0
                     ? e & OFFSET_MASK
                     : allocateCluster();
             checkDataWrite(cluster, target, clusterSize);
@@ -804,7 +820,8 @@ public final class Qcow2Image implements DiskImage {
     @Override
     public Extent extent(long offset, long len) throws IOException {
         if (offset < 0 || len <= 0 || offset >= size) {
-            throw new LinuxException("extent", offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+            throw new LinuxException(
+                    "extent", offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
         }
         long max = Math.min(len, size - offset);
         long e0 = l2Entry(offset);
@@ -870,7 +887,9 @@ public final class Qcow2Image implements DiskImage {
         return switch (refcountOrder) {
             case 6 -> d.get(Qcow2Header.BE64, i * 8);
             case 5 -> Integer.toUnsignedLong(d.get(Qcow2Header.BE32, i * 4));
-            case 4 -> Short.toUnsignedLong(d.get(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2));
+            case 4 ->
+                Short.toUnsignedLong(
+                        d.get(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2));
             case 3 -> Byte.toUnsignedLong(d.get(ValueLayout.JAVA_BYTE, i));
             default -> {
                 int bits = 1 << refcountOrder;
@@ -885,7 +904,8 @@ public final class Qcow2Image implements DiskImage {
         switch (refcountOrder) {
             case 6 -> d.set(Qcow2Header.BE64, i * 8, v);
             case 5 -> d.set(Qcow2Header.BE32, i * 4, (int) v);
-            case 4 -> d.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2, (short) v);
+            case 4 ->
+                d.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2, (short) v);
             case 3 -> d.set(ValueLayout.JAVA_BYTE, i, (byte) v);
             default -> {
                 int bits = 1 << refcountOrder;
@@ -1013,8 +1033,11 @@ public final class Qcow2Image implements DiskImage {
     // ---- file access (O_DIRECT-aware) ------------------------------------------------------------------------
 
     private static boolean aligned(MemorySegment s, long off, int align) {
-        return align <= 1 || (s.isNative() && (s.address() & (align - 1)) == 0 && (off & (align - 1)) == 0
-                && (s.byteSize() & (align - 1)) == 0);
+        return align <= 1
+                || (s.isNative()
+                        && (s.address() & (align - 1)) == 0
+                        && (off & (align - 1)) == 0
+                        && (s.byteSize() & (align - 1)) == 0);
     }
 
     /**
@@ -1094,8 +1117,9 @@ public final class Qcow2Image implements DiskImage {
             long perEntry = clusterSize << l2Bits;
             long entries = (newSize + perEntry - 1) / perEntry;
             if (entries > MAX_L1_ENTRIES) {
-                throw new IOException("qcow2 image " + path + " cannot grow to " + newSize + " bytes: its L1 table would"
-                        + " need " + entries + " entries, more than " + MAX_L1_ENTRIES + " (use larger clusters)");
+                throw new IOException(
+                        "qcow2 image " + path + " cannot grow to " + newSize + " bytes: its L1 table would" + " need "
+                                + entries + " entries, more than " + MAX_L1_ENTRIES + " (use larger clusters)");
             }
             flushMetadata(); // dirty L1 entries reach the old table before it is copied
             if (entries > l1.length()) {
@@ -1300,7 +1324,8 @@ public final class Qcow2Image implements DiskImage {
             // A table entry past the end of the file is damage, not a lazy-refcount leftover (data and tables are
             // written before anything points at them); counting up to it would size the counts by a hostile number.
             throw new IOException("qcow2 image " + path + " is damaged: a table entry points at cluster " + (max[0] - 1)
-                    + ", past the end of the file (" + fileClusters + " clusters); its refcounts cannot be rebuilt here: run "
+                    + ", past the end of the file (" + fileClusters
+                    + " clusters); its refcounts cannot be rebuilt here: run "
                     + "'qemu-img check -r all " + path + "'");
         }
         long end = max[0];
@@ -1318,7 +1343,8 @@ public final class Qcow2Image implements DiskImage {
         }
         long total = end + blocks + tableClusters;
         if (total > Integer.MAX_VALUE || tableClusters * clusterSize > (64L << 20)) {
-            throw new IOException("qcow2 image " + path + ": too large to rebuild its refcounts here; run 'qemu-img check -r all " + path + "'");
+            throw new IOException("qcow2 image " + path
+                    + ": too large to rebuild its refcounts here; run 'qemu-img check -r all " + path + "'");
         }
         int[] counts = new int[(int) total];
         forEachReference(c -> counts[(int) c]++);
@@ -1366,8 +1392,11 @@ public final class Qcow2Image implements DiskImage {
         refTableClusters = (int) tableClusters;
         freeHint = 0;
         indexMetadata(); // the old refcount table and blocks are free data clusters now
-        System.getLogger(Qcow2Image.class.getName()).log(System.Logger.Level.WARNING, "qcow2 image " + path
-                + " was not closed cleanly (dirty bit, lazy refcounts): refcounts rebuilt from its L1/L2 tables");
+        System.getLogger(Qcow2Image.class.getName())
+                .log(
+                        System.Logger.Level.WARNING,
+                        "qcow2 image " + path
+                                + " was not closed cleanly (dirty bit, lazy refcounts): refcounts rebuilt from its L1/L2 tables");
     }
 
     /** Calls {@code c} once per reference to a cluster: header, L1, L2 tables, data (compressed: each cluster touched). */
@@ -1425,8 +1454,10 @@ public final class Qcow2Image implements DiskImage {
             throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
         }
         if (offset < 0 || len < 0 || offset > size || len > size - offset) {
-            throw new LinuxException(write ? "pwrite" : "pread",
-                    "range " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
+            throw new LinuxException(
+                    write ? "pwrite" : "pread",
+                    "range " + offset + "+" + len + " outside the " + size + "-byte image",
+                    Errno.EINVAL);
         }
     }
 
@@ -1449,9 +1480,11 @@ public final class Qcow2Image implements DiskImage {
                     flushMetadata();
                     flushMetadata();
                 } catch (IOException e) {
-                    System.getLogger(Qcow2Image.class.getName()).log(System.Logger.Level.ERROR,
-                            "qcow2 image " + path + ": metadata flush at close failed: " + e.getMessage()
-                                    + " (data written since the last guest flush may be lost; run 'qemu-img check')");
+                    System.getLogger(Qcow2Image.class.getName())
+                            .log(
+                                    System.Logger.Level.ERROR,
+                                    "qcow2 image " + path + ": metadata flush at close failed: " + e.getMessage()
+                                            + " (data written since the last guest flush may be lost; run 'qemu-img check')");
                 }
             }
             closed = true;

@@ -22,8 +22,7 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
     abstract long interrupts();
 
     @Override
-    public void close() {
-    }
+    public void close() {}
 
     static CompletionWaiter polling() {
         return new Polling();
@@ -36,8 +35,7 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
         }
 
         @Override
-        void afterReap() {
-        }
+        void afterReap() {}
 
         @Override
         long interrupts() {

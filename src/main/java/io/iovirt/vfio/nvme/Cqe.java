@@ -14,8 +14,12 @@ import java.lang.foreign.StructLayout;
  */
 final class Cqe {
     static final StructLayout LAYOUT = MemoryLayout.structLayout(
-            JAVA_INT.withName("dw0"), JAVA_INT.withName("dw1"), JAVA_SHORT.withName("sqhd"),
-            JAVA_SHORT.withName("sqid"), JAVA_SHORT.withName("cid"), JAVA_SHORT.withName("status"))
+                    JAVA_INT.withName("dw0"),
+                    JAVA_INT.withName("dw1"),
+                    JAVA_SHORT.withName("sqhd"),
+                    JAVA_SHORT.withName("sqid"),
+                    JAVA_SHORT.withName("cid"),
+                    JAVA_SHORT.withName("status"))
             .withName("nvme_cqe");
 
     static final long SIZE = LAYOUT.byteSize();
@@ -26,8 +30,7 @@ final class Cqe {
     static final long CID = off("cid");
     static final long STATUS = off("status");
 
-    private Cqe() {
-    }
+    private Cqe() {}
 
     private static long off(String name) {
         return LAYOUT.byteOffset(groupElement(name));

@@ -31,26 +31,37 @@ public final class IommuCheck {
      * @param sentinelIntact      an arena buffer the device was never told about is unchanged
      * @param controllerHealthy   a normal Read afterwards succeeded
      */
-    public record Result(long unmappedIova, int dataPointerStatus, int prpListStatus, boolean canaryIntact,
-                         boolean sentinelIntact, boolean controllerHealthy) {
+    public record Result(
+            long unmappedIova,
+            int dataPointerStatus,
+            int prpListStatus,
+            boolean canaryIntact,
+            boolean sentinelIntact,
+            boolean controllerHealthy) {
         /** The IOMMU confined the device: nothing outside the mappings changed, and the PRP-list fetch failed. */
         public boolean blocked() {
             return canaryIntact && sentinelIntact && !NvmeStatus.success(prpListStatus) && controllerHealthy;
         }
 
         public String describe() {
-            return String.format("""
+            return String.format(
+                    """
                     unmapped IOVA:             0x%x (first page past the DMA arena)
                     read, data at that IOVA:   %s
                     read, PRP list there:      %s
                     canary outside mappings:   %s
                     sentinel in the arena:     %s
                     controller afterwards:     %s
-                    verdict:                   %s""", unmappedIova,
-                    NvmeStatus.describe(dataPointerStatus) + (NvmeStatus.success(dataPointerStatus)
-                            ? " — the device's writes went nowhere: see 'dmesg | grep -i dmar' for the fault" : ""),
-                    NvmeStatus.describe(prpListStatus), canaryIntact ? "unchanged" : "CHANGED",
-                    sentinelIntact ? "unchanged" : "CHANGED", controllerHealthy ? "reads normally" : "FAILED",
+                    verdict:                   %s""",
+                    unmappedIova,
+                    NvmeStatus.describe(dataPointerStatus)
+                            + (NvmeStatus.success(dataPointerStatus)
+                                    ? " — the device's writes went nowhere: see 'dmesg | grep -i dmar' for the fault"
+                                    : ""),
+                    NvmeStatus.describe(prpListStatus),
+                    canaryIntact ? "unchanged" : "CHANGED",
+                    sentinelIntact ? "unchanged" : "CHANGED",
+                    controllerHealthy ? "reads normally" : "FAILED",
                     blocked() ? "the IOMMU blocked DMA outside the mappings" : "NOT CONFINED");
         }
     }
@@ -58,8 +69,7 @@ public final class IommuCheck {
     private static final byte CANARY = (byte) 0x5a;
     private static final byte SENTINEL = (byte) 0xa5;
 
-    private IommuCheck() {
-    }
+    private IommuCheck() {}
 
     /** Runs both probes on the controller's first namespace, reading LBA 0 (nothing is written to the disk). */
     public static Result run(NvmeController c) throws VfioException {

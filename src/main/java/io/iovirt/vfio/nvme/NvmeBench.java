@@ -15,31 +15,64 @@ public final class NvmeBench {
     public static final int IO_SIZE = 4096;
 
     /** Latencies in microseconds; {@code interrupts} counts I/O-queue interrupts (0 when polling). */
-    public record Result(int queueDepth, long ios, double seconds, double iops, double meanUs, double p50Us,
-                         double p99Us, double p999Us, double maxUs, String completion, long interrupts) {
+    public record Result(
+            int queueDepth,
+            long ios,
+            double seconds,
+            double iops,
+            double meanUs,
+            double p50Us,
+            double p99Us,
+            double p999Us,
+            double maxUs,
+            String completion,
+            long interrupts) {
         public String describe() {
-            return String.format(Locale.ROOT, "randread 4k qd %d: %.0f IOPS, latency mean %.1f us, p50 %.1f us, "
-                    + "p99 %.1f us, p99.9 %.1f us, max %.1f us (%d I/Os in %.1f s, completions by %s, %d interrupts)",
-                    queueDepth, iops, meanUs, p50Us, p99Us, p999Us, maxUs, ios, seconds, completion, interrupts);
+            return String.format(
+                    Locale.ROOT,
+                    "randread 4k qd %d: %.0f IOPS, latency mean %.1f us, p50 %.1f us, "
+                            + "p99 %.1f us, p99.9 %.1f us, max %.1f us (%d I/Os in %.1f s, completions by %s, %d interrupts)",
+                    queueDepth,
+                    iops,
+                    meanUs,
+                    p50Us,
+                    p99Us,
+                    p999Us,
+                    maxUs,
+                    ios,
+                    seconds,
+                    completion,
+                    interrupts);
         }
 
         public String json() {
-            return String.format(Locale.ROOT, "{\"rw\":\"randread\",\"bs\":4096,\"qd\":%d,\"ios\":%d,\"seconds\":%.3f,"
-                    + "\"iops\":%.1f,\"lat_mean_us\":%.2f,\"lat_p50_us\":%.2f,\"lat_p99_us\":%.2f,\"lat_p999_us\":%.2f,"
-                    + "\"lat_max_us\":%.2f,\"completion\":\"%s\",\"interrupts\":%d}", queueDepth, ios, seconds, iops,
-                    meanUs, p50Us, p99Us, p999Us, maxUs, completion, interrupts);
+            return String.format(
+                    Locale.ROOT,
+                    "{\"rw\":\"randread\",\"bs\":4096,\"qd\":%d,\"ios\":%d,\"seconds\":%.3f,"
+                            + "\"iops\":%.1f,\"lat_mean_us\":%.2f,\"lat_p50_us\":%.2f,\"lat_p99_us\":%.2f,\"lat_p999_us\":%.2f,"
+                            + "\"lat_max_us\":%.2f,\"completion\":\"%s\",\"interrupts\":%d}",
+                    queueDepth,
+                    ios,
+                    seconds,
+                    iops,
+                    meanUs,
+                    p50Us,
+                    p99Us,
+                    p999Us,
+                    maxUs,
+                    completion,
+                    interrupts);
         }
     }
 
-    private NvmeBench() {
-    }
+    private NvmeBench() {}
 
     /** Runs for {@code seconds} with {@code queueDepth} reads always outstanding, at random 4 KiB-aligned offsets. */
     public static Result randomRead(NvmeController c, int queueDepth, double seconds, long seed) throws VfioException {
         QueuePair q = c.ioQueue();
         if (queueDepth < 1 || queueDepth > q.maxOutstanding()) {
-            throw new IllegalArgumentException("queue depth must be 1.." + q.maxOutstanding()
-                    + " (the I/O queue holds " + q.depth + " entries; open the controller with a deeper queue)");
+            throw new IllegalArgumentException("queue depth must be 1.." + q.maxOutstanding() + " (the I/O queue holds "
+                    + q.depth + " entries; open the controller with a deeper queue)");
         }
         if (seconds <= 0 || seconds > 3600) {
             throw new IllegalArgumentException("seconds must be in (0, 3600]: " + seconds);
@@ -68,8 +101,17 @@ public final class NvmeBench {
         r.run(w, queueDepth, seconds, true);
         double elapsed = (System.nanoTime() - t0) / 1e9;
         LatencyHistogram h = r.histogram;
-        return new Result(queueDepth, h.count(), elapsed, h.count() / elapsed, h.mean() / 1e3, h.valueAtQuantile(0.5) / 1e3,
-                h.valueAtQuantile(0.99) / 1e3, h.valueAtQuantile(0.999) / 1e3, h.max() / 1e3, c.irqMode().name(),
+        return new Result(
+                queueDepth,
+                h.count(),
+                elapsed,
+                h.count() / elapsed,
+                h.mean() / 1e3,
+                h.valueAtQuantile(0.5) / 1e3,
+                h.valueAtQuantile(0.99) / 1e3,
+                h.valueAtQuantile(0.999) / 1e3,
+                h.max() / 1e3,
+                c.irqMode().name(),
                 w.interrupts() - interruptsBefore);
     }
 
@@ -147,8 +189,18 @@ public final class NvmeBench {
             rng = x;
             long lba = Long.remainderUnsigned(x * 0x2545F4914F6CDD1DL, slots) * blocks;
             started[cid] = System.nanoTime();
-            q.submit(cid, NvmeRegs.NVM_READ, nsid, buffers[cid].iova(), 0, (int) lba, (int) (lba >>> 32), blocks - 1,
-                    0, 0, 0);
+            q.submit(
+                    cid,
+                    NvmeRegs.NVM_READ,
+                    nsid,
+                    buffers[cid].iova(),
+                    0,
+                    (int) lba,
+                    (int) (lba >>> 32),
+                    blocks - 1,
+                    0,
+                    0,
+                    0);
         }
 
         @Override

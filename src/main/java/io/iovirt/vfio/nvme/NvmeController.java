@@ -31,7 +31,13 @@ import java.util.List;
  */
 public final class NvmeController implements AutoCloseable {
     /** How completions are noticed. AUTO: MSI-X, else MSI, else INTx. */
-    public enum IrqMode { AUTO, POLL, MSIX, MSI, INTX }
+    public enum IrqMode {
+        AUTO,
+        POLL,
+        MSIX,
+        MSI,
+        INTX
+    }
 
     /**
      * @param ioQueueDepth entries in the I/O SQ and CQ (at most depth-1 commands in flight)
@@ -100,6 +106,7 @@ public final class NvmeController implements AutoCloseable {
     private boolean closed;
     /** Set first by {@link #close()}: I/O loops stop submitting so the commands in flight can drain. */
     private volatile boolean quiescing;
+
     private final long[] prp = new long[2];
 
     private NvmeController(VfioSession session, Options options) {
@@ -123,11 +130,12 @@ public final class NvmeController implements AutoCloseable {
     private void start() throws VfioException {
         int classCode = device.readConfig(0x08, 4) >>> 8;
         if (classCode != 0x010802) {
-            throw new NvmeException(String.format("%s is not an NVMe controller (PCI class %06x, NVMe is 010802)",
-                    device.name(), classCode));
+            throw new NvmeException(String.format(
+                    "%s is not an NVMe controller (PCI class %06x, NVMe is 010802)", device.name(), classCode));
         }
         bar = device.mapRegion(0);
-        if ((bar.read32(NvmeRegs.CSTS) & NvmeRegs.CSTS_CFS) != 0 && device.info().resettable()) {
+        if ((bar.read32(NvmeRegs.CSTS) & NvmeRegs.CSTS_CFS) != 0
+                && device.info().resettable()) {
             // a controller left in fatal status (by a crashed earlier user) only recovers through a reset
             device.reset();
         }
@@ -136,35 +144,52 @@ public final class NvmeController implements AutoCloseable {
             throw new NvmeException(device.name() + " does not support the NVM command set (CAP.CSS)");
         }
         if (cap.minPageShift() > 12 || cap.maxPageShift() < 12) {
-            throw new NvmeException(String.format("%s supports memory pages of 2^%d..2^%d bytes; this driver uses 4 KiB",
+            throw new NvmeException(String.format(
+                    "%s supports memory pages of 2^%d..2^%d bytes; this driver uses 4 KiB",
                     device.name(), cap.minPageShift(), cap.maxPageShift()));
         }
         int ioDepth = Math.min(options.ioQueueDepth(), cap.maxQueueEntries());
         int adminDepth = Math.min(ADMIN_DEPTH, cap.maxQueueEntries());
 
-        long bytes = round(adminDepth * Sqe.SIZE) + round(adminDepth * Cqe.SIZE) + PAGE
-                + round(ioDepth * Sqe.SIZE) + round(ioDepth * Cqe.SIZE) + (long) (ioDepth - 1) * PAGE
+        long bytes = round(adminDepth * Sqe.SIZE)
+                + round(adminDepth * Cqe.SIZE)
+                + PAGE
+                + round(ioDepth * Sqe.SIZE)
+                + round(ioDepth * Cqe.SIZE)
+                + (long) (ioDepth - 1) * PAGE
                 + round(options.dataBytes());
         arena = session.createDmaArena(options.iovaBase(), bytes);
 
         disable();
         enableBusMaster();
-        admin = new QueuePair(0, adminDepth, arena.allocate(adminDepth * Sqe.SIZE, PAGE),
-                arena.allocate(adminDepth * Cqe.SIZE, PAGE), bar, cap.doorbellStride());
+        admin = new QueuePair(
+                0,
+                adminDepth,
+                arena.allocate(adminDepth * Sqe.SIZE, PAGE),
+                arena.allocate(adminDepth * Cqe.SIZE, PAGE),
+                bar,
+                cap.doorbellStride());
         scratch = arena.allocate(PAGE, PAGE);
         setUpInterrupts();
 
         bar.write32(NvmeRegs.AQA, (adminDepth - 1) << 16 | (adminDepth - 1));
         bar.write64(NvmeRegs.ASQ, admin.sq.iova());
         bar.write64(NvmeRegs.ACQ, admin.cq.iova());
-        bar.write32(NvmeRegs.CC, NvmeRegs.CC_EN | NvmeRegs.CC_CSS_NVM | 0 << NvmeRegs.CC_MPS_SHIFT | NvmeRegs.CC_AMS_RR
-                | NvmeRegs.SQES_LOG2 << NvmeRegs.CC_IOSQES_SHIFT | NvmeRegs.CQES_LOG2 << NvmeRegs.CC_IOCQES_SHIFT);
+        bar.write32(
+                NvmeRegs.CC,
+                NvmeRegs.CC_EN
+                        | NvmeRegs.CC_CSS_NVM
+                        | 0 << NvmeRegs.CC_MPS_SHIFT
+                        | NvmeRegs.CC_AMS_RR
+                        | NvmeRegs.SQES_LOG2 << NvmeRegs.CC_IOSQES_SHIFT
+                        | NvmeRegs.CQES_LOG2 << NvmeRegs.CC_IOCQES_SHIFT);
         waitReady(true);
 
         identity = identifyController();
         if (!identity.supportsStandardEntrySizes()) {
-            throw new NvmeException(String.format("%s does not accept 64-byte SQ / 16-byte CQ entries (SQES %#x, "
-                    + "CQES %#x)", device.name(), identity.sqes(), identity.cqes()));
+            throw new NvmeException(String.format(
+                    "%s does not accept 64-byte SQ / 16-byte CQ entries (SQES %#x, " + "CQES %#x)",
+                    device.name(), identity.sqes(), identity.cqes()));
         }
         long mdts = identity.maxTransferBytes(cap.minPageShift());
         maxTransfer = mdts == 0 ? Prp.maxTransfer(PAGE) : Math.min(mdts, Prp.maxTransfer(PAGE));
@@ -172,8 +197,15 @@ public final class NvmeController implements AutoCloseable {
         namespace = identifyNamespace(nsid);
 
         // One I/O queue pair: ask for it (Number of Queues is zero-based) and check what was granted.
-        int granted = adminCommand("Set Features (Number of Queues)", NvmeRegs.ADMIN_SET_FEATURES, 0, 0, 0,
-                NvmeRegs.FEATURE_NUMBER_OF_QUEUES, 0, 0);
+        int granted = adminCommand(
+                "Set Features (Number of Queues)",
+                NvmeRegs.ADMIN_SET_FEATURES,
+                0,
+                0,
+                0,
+                NvmeRegs.FEATURE_NUMBER_OF_QUEUES,
+                0,
+                0);
         if ((granted & 0xffff) == 0xffff || (granted >>> 16) == 0xffff) {
             throw new NvmeException(device.name() + " granted no I/O queues (Number of Queues: 0x"
                     + Integer.toHexString(granted) + ")");
@@ -187,11 +219,25 @@ public final class NvmeController implements AutoCloseable {
         io = new QueuePair(1, ioDepth, ioSq, ioCq, bar, cap.doorbellStride());
         int vector = eventfds.size() > 1 ? 1 : 0;
         int ien = irqMode == IrqMode.POLL ? 0 : 2;
-        adminCommand("Create I/O Completion Queue", NvmeRegs.ADMIN_CREATE_CQ, 0, ioCq.iova(), 0,
-                (ioDepth - 1) << 16 | 1, vector << 16 | ien | 1, 0);
+        adminCommand(
+                "Create I/O Completion Queue",
+                NvmeRegs.ADMIN_CREATE_CQ,
+                0,
+                ioCq.iova(),
+                0,
+                (ioDepth - 1) << 16 | 1,
+                vector << 16 | ien | 1,
+                0);
         try {
-            adminCommand("Create I/O Submission Queue", NvmeRegs.ADMIN_CREATE_SQ, 0, ioSq.iova(), 0,
-                    (ioDepth - 1) << 16 | 1, 1 << 16 | 1, 0);
+            adminCommand(
+                    "Create I/O Submission Queue",
+                    NvmeRegs.ADMIN_CREATE_SQ,
+                    0,
+                    ioSq.iova(),
+                    0,
+                    (ioDepth - 1) << 16 | 1,
+                    1 << 16 | 1,
+                    0);
         } catch (NvmeException e) {
             adminCommand("Delete I/O Completion Queue", NvmeRegs.ADMIN_DELETE_CQ, 0, 0, 0, 1, 0, 0);
             throw e;
@@ -252,7 +298,8 @@ public final class NvmeController implements AutoCloseable {
         }
         VfioDevice intx = mode == IrqMode.INTX ? device : null;
         adminWaiter = new CompletionWaiter.Interrupt(eventfds.get(0), intx, info.name() + " vector 0");
-        ioWaiter = vectors > 1 ? new CompletionWaiter.Interrupt(eventfds.get(1), null, info.name() + " vector 1")
+        ioWaiter = vectors > 1
+                ? new CompletionWaiter.Interrupt(eventfds.get(1), null, info.name() + " vector 1")
                 : adminWaiter;
     }
 
@@ -271,8 +318,8 @@ public final class NvmeController implements AutoCloseable {
         while (true) {
             int csts = bar.read32(NvmeRegs.CSTS);
             if (csts == -1) {
-                throw new NvmeException(device.name() + ": CSTS reads as all ones — the device is gone or its BAR is "
-                        + "not decoded");
+                throw new NvmeException(
+                        device.name() + ": CSTS reads as all ones — the device is gone or its BAR is " + "not decoded");
             }
             if (ready && (csts & NvmeRegs.CSTS_CFS) != 0) {
                 throw new NvmeException(device.name() + ": controller fatal status (CSTS.CFS) while enabling — check "
@@ -282,8 +329,9 @@ public final class NvmeController implements AutoCloseable {
                 return;
             }
             if (System.nanoTime() - deadline > 0) {
-                throw new NvmeException(String.format("%s: CSTS.RDY did not become %d within CAP.TO = %d ms "
-                        + "(CSTS 0x%x)", device.name(), ready ? 1 : 0, timeoutMs, csts));
+                throw new NvmeException(String.format(
+                        "%s: CSTS.RDY did not become %d within CAP.TO = %d ms " + "(CSTS 0x%x)",
+                        device.name(), ready ? 1 : 0, timeoutMs, csts));
             }
             sleepMillis(1);
         }
@@ -305,15 +353,27 @@ public final class NvmeController implements AutoCloseable {
         return execute(admin, adminWaiter, what, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12);
     }
 
-    private int execute(QueuePair q, CompletionWaiter w, String what, int opcode, int nsid, long prp1, long prp2,
-                        int cdw10, int cdw11, int cdw12) throws VfioException {
+    private int execute(
+            QueuePair q,
+            CompletionWaiter w,
+            String what,
+            int opcode,
+            int nsid,
+            long prp1,
+            long prp2,
+            int cdw10,
+            int cdw11,
+            int cdw12)
+            throws VfioException {
         return execute(q, w, what, allocate(q, what), opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12);
     }
 
     private int allocate(QueuePair q, String what) throws NvmeException {
         if (closed || failed) {
-            throw new NvmeException(what + ": the controller is " + (closed ? "closed" : "in an unknown state after "
-                    + "an earlier failure; reopen it (which resets it)"));
+            throw new NvmeException(what + ": the controller is "
+                    + (closed
+                            ? "closed"
+                            : "in an unknown state after " + "an earlier failure; reopen it (which resets it)"));
         }
         int cid = q.allocate();
         if (cid < 0) {
@@ -323,8 +383,19 @@ public final class NvmeController implements AutoCloseable {
     }
 
     /** Submits under the already allocated {@code cid} and waits; returns DW0 or throws the decoded status. */
-    private int execute(QueuePair q, CompletionWaiter w, String what, int cid, int opcode, int nsid, long prp1,
-                        long prp2, int cdw10, int cdw11, int cdw12) throws VfioException {
+    private int execute(
+            QueuePair q,
+            CompletionWaiter w,
+            String what,
+            int cid,
+            int opcode,
+            int nsid,
+            long prp1,
+            long prp2,
+            int cdw10,
+            int cdw11,
+            int cdw12)
+            throws VfioException {
         q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, 0, 0);
         awaitCommand(q, w, cid, what, opcode, cdw10, cdw11, cdw12);
         int status = q.lastStatus[cid];
@@ -343,8 +414,9 @@ public final class NvmeController implements AutoCloseable {
         return what;
     }
 
-    private void awaitCommand(QueuePair q, CompletionWaiter w, int cid, String what, int opcode, int cdw10, int cdw11,
-                              int cdw12) throws VfioException {
+    private void awaitCommand(
+            QueuePair q, CompletionWaiter w, int cid, String what, int opcode, int cdw10, int cdw11, int cdw12)
+            throws VfioException {
         long timeout = options.commandTimeout().toNanos();
         long deadline = System.nanoTime() + timeout;
         while (true) {
@@ -357,10 +429,15 @@ public final class NvmeController implements AutoCloseable {
             if (left <= 0) {
                 failed = true; // the command may still complete and write its buffer: only a reset makes it safe
                 int csts = bar.read32(NvmeRegs.CSTS);
-                throw new NvmeException(String.format("%s timed out after %d ms on %s (CSTS 0x%x%s, completion by %s)"
-                        + " — no completion was posted; if the command or its data pointed outside the DMA mappings, "
-                        + "the IOMMU blocked the transfer (dmesg shows a DMAR fault); the controller must be reset",
-                        describe(q, what, opcode, cdw10, cdw11, cdw12), timeout / 1_000_000, q, csts, (csts & NvmeRegs.CSTS_CFS) != 0 ? ", fatal status" : "",
+                throw new NvmeException(String.format(
+                        "%s timed out after %d ms on %s (CSTS 0x%x%s, completion by %s)"
+                                + " — no completion was posted; if the command or its data pointed outside the DMA mappings, "
+                                + "the IOMMU blocked the transfer (dmesg shows a DMAR fault); the controller must be reset",
+                        describe(q, what, opcode, cdw10, cdw11, cdw12),
+                        timeout / 1_000_000,
+                        q,
+                        csts,
+                        (csts & NvmeRegs.CSTS_CFS) != 0 ? ", fatal status" : "",
                         w));
             }
             w.await(left);
@@ -368,14 +445,21 @@ public final class NvmeController implements AutoCloseable {
     }
 
     private IdentifyController identifyController() throws VfioException {
-        adminCommand("Identify Controller", NvmeRegs.ADMIN_IDENTIFY, 0, scratch.iova(), 0, NvmeRegs.CNS_CONTROLLER,
-                0, 0);
+        adminCommand(
+                "Identify Controller", NvmeRegs.ADMIN_IDENTIFY, 0, scratch.iova(), 0, NvmeRegs.CNS_CONTROLLER, 0, 0);
         return IdentifyController.parse(scratch.segment());
     }
 
     private int firstActiveNamespace() throws VfioException {
-        adminCommand("Identify (active namespace list)", NvmeRegs.ADMIN_IDENTIFY, 0, scratch.iova(), 0,
-                NvmeRegs.CNS_ACTIVE_NAMESPACES, 0, 0);
+        adminCommand(
+                "Identify (active namespace list)",
+                NvmeRegs.ADMIN_IDENTIFY,
+                0,
+                scratch.iova(),
+                0,
+                NvmeRegs.CNS_ACTIVE_NAMESPACES,
+                0,
+                0);
         int nsid = scratch.segment().get(JAVA_INT_UNALIGNED, 0);
         if (nsid == 0) {
             throw new NvmeException(device.name() + " has no active namespace — attach one (nvme-cli: create-ns and "
@@ -385,8 +469,15 @@ public final class NvmeController implements AutoCloseable {
     }
 
     private IdentifyNamespace identifyNamespace(int nsid) throws VfioException {
-        adminCommand("Identify Namespace " + nsid, NvmeRegs.ADMIN_IDENTIFY, nsid, scratch.iova(), 0,
-                NvmeRegs.CNS_NAMESPACE, 0, 0);
+        adminCommand(
+                "Identify Namespace " + nsid,
+                NvmeRegs.ADMIN_IDENTIFY,
+                nsid,
+                scratch.iova(),
+                0,
+                NvmeRegs.CNS_NAMESPACE,
+                0,
+                0);
         try {
             return IdentifyNamespace.parse(nsid, scratch.segment());
         } catch (IllegalArgumentException e) {
@@ -462,7 +553,17 @@ public final class NvmeController implements AutoCloseable {
             io.release(cid);
             throw e;
         }
-        execute(io, ioWaiter, what, cid, opcode, namespace.nsid(), prp[0], prp[1], (int) lba, (int) (lba >>> 32),
+        execute(
+                io,
+                ioWaiter,
+                what,
+                cid,
+                opcode,
+                namespace.nsid(),
+                prp[0],
+                prp[1],
+                (int) lba,
+                (int) (lba >>> 32),
                 blocks - 1);
     }
 
@@ -473,16 +574,17 @@ public final class NvmeController implements AutoCloseable {
         }
         long bytes = (long) blocks * blockSize();
         if (bytes > maxTransfer) {
-            throw new IllegalArgumentException(String.format("%s of %d bytes exceeds the controller's maximum "
-                    + "transfer of %d bytes; split it", name, bytes, maxTransfer));
+            throw new IllegalArgumentException(String.format(
+                    "%s of %d bytes exceeds the controller's maximum " + "transfer of %d bytes; split it",
+                    name, bytes, maxTransfer));
         }
         if (lba < 0 || lba > namespace.size() - blocks) {
-            throw new IllegalArgumentException(String.format("%s LBA %d+%d lies beyond the namespace's %d blocks",
-                    name, lba, blocks, namespace.size()));
+            throw new IllegalArgumentException(String.format(
+                    "%s LBA %d+%d lies beyond the namespace's %d blocks", name, lba, blocks, namespace.size()));
         }
         if (buf.size() < bytes || !arena.containsIova(buf.iova(), bytes) || arena.iovaOf(buf.segment()) != buf.iova()) {
-            throw new IllegalArgumentException(name + ": the buffer must come from allocateBuffer and hold " + bytes
-                    + " bytes");
+            throw new IllegalArgumentException(
+                    name + ": the buffer must come from allocateBuffer and hold " + bytes + " bytes");
         }
         return bytes;
     }
@@ -562,9 +664,11 @@ public final class NvmeController implements AutoCloseable {
                 long limit = Math.min(options.commandTimeout().toMillis(), QUIESCE_LIMIT_MS);
                 awaitIdle(io, limit);
                 int after = io.outstandingFromOtherThread();
-                quiesceReport = before == 0 ? "no I/O in flight"
-                        : after == 0 ? before + " I/O commands in flight completed first"
-                        : after + " of " + before + " I/O commands still in flight after " + limit + " ms";
+                quiesceReport = before == 0
+                        ? "no I/O in flight"
+                        : after == 0
+                                ? before + " I/O commands in flight completed first"
+                                : after + " of " + before + " I/O commands still in flight after " + limit + " ms";
             }
             if (bar != null && cap != null) {
                 try {
@@ -625,7 +729,8 @@ public final class NvmeController implements AutoCloseable {
 
     @Override
     public String toString() {
-        return "NVMe controller " + device.name() + (identity == null ? "" : " (" + identity.model() + ", serial "
-                + identity.serial() + ")") + ", completions by " + ioWaiter;
+        return "NVMe controller " + device.name()
+                + (identity == null ? "" : " (" + identity.model() + ", serial " + identity.serial() + ")")
+                + ", completions by " + ioWaiter;
     }
 }

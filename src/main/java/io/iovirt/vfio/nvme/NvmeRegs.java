@@ -6,8 +6,7 @@ package io.iovirt.vfio.nvme;
  * Offsets are from the start of BAR0.
  */
 final class NvmeRegs {
-    private NvmeRegs() {
-    }
+    private NvmeRegs() {}
 
     static final long CAP = 0x00;
     static final long VS = 0x08;
@@ -59,6 +58,7 @@ final class NvmeRegs {
 
     /** Submission and completion queue entry sizes as log2, the only ones NVMe I/O queues use. */
     static final int SQES_LOG2 = io.iovirt.nvme.IdentifyController.SQE_LOG2;
+
     static final int CQES_LOG2 = io.iovirt.nvme.IdentifyController.CQE_LOG2;
 
     /** The decoded CAP register. */

@@ -13,8 +13,7 @@ import java.lang.foreign.MemorySegment;
  * not built.
  */
 final class Prp {
-    private Prp() {
-    }
+    private Prp() {}
 
     /** The largest transfer that fits PRP1 plus one list page, for a page-aligned buffer. */
     static long maxTransfer(long pageSize) {
@@ -56,8 +55,8 @@ final class Prp {
                     + " PRP list entries; one list page holds " + pageSize / 8);
         }
         if ((listIova & mask) != 0 || list.byteSize() < entries * 8) {
-            throw new IllegalArgumentException(String.format(
-                    "PRP list at 0x%x must be page aligned and hold %d entries", listIova, entries));
+            throw new IllegalArgumentException(
+                    String.format("PRP list at 0x%x must be page aligned and hold %d entries", listIova, entries));
         }
         for (int i = 0; i < entries; i++) {
             list.setAtIndex(JAVA_LONG, i, nextPage + i * pageSize);

@@ -127,8 +127,18 @@ final class QueuePair {
     }
 
     /** Writes the command into the next SQ slot and rings the SQ tail doorbell. */
-    void submit(int cid, int opcode, int nsid, long prp1, long prp2, int cdw10, int cdw11, int cdw12, int cdw13,
-                int cdw14, int cdw15) {
+    void submit(
+            int cid,
+            int opcode,
+            int nsid,
+            long prp1,
+            long prp2,
+            int cdw10,
+            int cdw11,
+            int cdw12,
+            int cdw13,
+            int cdw14,
+            int cdw15) {
         if (cid < 0 || cid >= inFlight.length || inFlight[cid]) {
             throw new IllegalStateException("command identifier " + cid + " is not allocated or already in flight");
         }
@@ -156,8 +166,10 @@ final class QueuePair {
             int sqhd = Short.toUnsignedInt(cqMem.get(JAVA_SHORT, off + Cqe.SQHD));
             int dw0 = cqMem.get(JAVA_INT, off + Cqe.DW0);
             if (cid >= inFlight.length || !inFlight[cid] || sqhd >= depth) {
-                throw new NvmeException(String.format("queue %d: the controller posted a completion for command %d "
-                        + "(SQ head %d) that is not outstanding — the controller is confused; reset it", qid, cid, sqhd));
+                throw new NvmeException(String.format(
+                        "queue %d: the controller posted a completion for command %d "
+                                + "(SQ head %d) that is not outstanding — the controller is confused; reset it",
+                        qid, cid, sqhd));
             }
             cqHead++;
             if (cqHead == depth) {

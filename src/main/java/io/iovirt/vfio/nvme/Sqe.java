@@ -17,11 +17,22 @@ import java.lang.foreign.StructLayout;
  */
 final class Sqe {
     static final StructLayout LAYOUT = MemoryLayout.structLayout(
-            JAVA_BYTE.withName("opcode"), JAVA_BYTE.withName("flags"), JAVA_SHORT.withName("cid"),
-            JAVA_INT.withName("nsid"), JAVA_INT.withName("cdw2"), JAVA_INT.withName("cdw3"),
-            JAVA_LONG.withName("mptr"), JAVA_LONG.withName("prp1"), JAVA_LONG.withName("prp2"),
-            JAVA_INT.withName("cdw10"), JAVA_INT.withName("cdw11"), JAVA_INT.withName("cdw12"),
-            JAVA_INT.withName("cdw13"), JAVA_INT.withName("cdw14"), JAVA_INT.withName("cdw15")).withName("nvme_sqe");
+                    JAVA_BYTE.withName("opcode"),
+                    JAVA_BYTE.withName("flags"),
+                    JAVA_SHORT.withName("cid"),
+                    JAVA_INT.withName("nsid"),
+                    JAVA_INT.withName("cdw2"),
+                    JAVA_INT.withName("cdw3"),
+                    JAVA_LONG.withName("mptr"),
+                    JAVA_LONG.withName("prp1"),
+                    JAVA_LONG.withName("prp2"),
+                    JAVA_INT.withName("cdw10"),
+                    JAVA_INT.withName("cdw11"),
+                    JAVA_INT.withName("cdw12"),
+                    JAVA_INT.withName("cdw13"),
+                    JAVA_INT.withName("cdw14"),
+                    JAVA_INT.withName("cdw15"))
+            .withName("nvme_sqe");
 
     static final long SIZE = LAYOUT.byteSize();
     static final long OPCODE = off("opcode");
@@ -38,8 +49,7 @@ final class Sqe {
     static final long CDW14 = off("cdw14");
     static final long CDW15 = off("cdw15");
 
-    private Sqe() {
-    }
+    private Sqe() {}
 
     private static long off(String name) {
         return LAYOUT.byteOffset(groupElement(name));
@@ -49,8 +59,20 @@ final class Sqe {
      * Writes a whole entry (PRP data transfer, no metadata, not fused) at {@code base} in {@code sq}. Takes the queue
      * and an offset rather than a slice, so submitting allocates nothing even without escape analysis.
      */
-    static void write(MemorySegment sq, long base, int opcode, int cid, int nsid, long prp1, long prp2, int cdw10,
-                      int cdw11, int cdw12, int cdw13, int cdw14, int cdw15) {
+    static void write(
+            MemorySegment sq,
+            long base,
+            int opcode,
+            int cid,
+            int nsid,
+            long prp1,
+            long prp2,
+            int cdw10,
+            int cdw11,
+            int cdw12,
+            int cdw13,
+            int cdw14,
+            int cdw15) {
         sq.set(JAVA_BYTE, base + OPCODE, (byte) opcode);
         sq.set(JAVA_BYTE, base + FLAGS, (byte) 0); // FUSE 00, PSDT 00: PRPs
         sq.set(JAVA_SHORT, base + CID, (short) cid);

@@ -36,8 +36,7 @@ import java.util.Set;
  */
 public final class VmComposer implements AutoCloseable {
     /** One line per device, for the user. */
-    public record Device(String technique, String description) {
-    }
+    public record Device(String technique, String description) {}
 
     private final VmSpec spec;
     private final Path runDir;
@@ -67,7 +66,8 @@ public final class VmComposer implements AutoCloseable {
     }
 
     /** As {@link #compose(VmSpec, Path, HostPaths)}, for a guest that will run under {@code accel}. */
-    public static VmComposer compose(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel) throws IOException {
+    public static VmComposer compose(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel)
+            throws IOException {
         VmComposer c = new VmComposer(spec, runDir, host, accel);
         try {
             c.wire();
@@ -96,11 +96,16 @@ public final class VmComposer implements AutoCloseable {
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
                 backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id))));
-                args.addAll(List.of("-chardev", "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
-                        "-device", "vhost-user-blk-pci,chardev=" + id + ",num-queues=1"));
+                args.addAll(List.of(
+                        "-chardev",
+                        "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
+                        "-device",
+                        "vhost-user-blk-pci,chardev=" + id + ",num-queues=1"));
                 modules.addAll(List.of("virtio_pci", "virtio_blk"));
-                devices.add(new Device("PV", "virtio-blk " + disk.image() + " (" + img.format()
-                        + ") served by iovirt over vhost-user (MSI-X via eventfds)"));
+                devices.add(new Device(
+                        "PV",
+                        "virtio-blk " + disk.image() + " (" + img.format()
+                                + ") served by iovirt over vhost-user (MSI-X via eventfds)"));
             } else {
                 // QEMU emulates the controller (AHCI or NVMe) and the disk; the blocks come from iovirt's storage
                 // over NBD, so both paths run through the same image code (qcow2, flush semantics, locking).
@@ -112,27 +117,34 @@ public final class VmComposer implements AutoCloseable {
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
                 nbd.addExport(new NbdExport(id, img, disk.readOnly()));
-                args.addAll(List.of("-drive", "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(sock.toString())
-                        + ",export=" + id + ",if=none,id=" + id + ",cache.direct=off" + ro));
+                args.addAll(List.of(
+                        "-drive",
+                        "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(sock.toString()) + ",export=" + id
+                                + ",if=none,id=" + id + ",cache.direct=off" + ro));
                 if (disk.bus() == VmSpec.Bus.NVME) {
                     // one NVMe controller per disk, its namespace 1 on the drive; the serial is the controller's
                     // identity (required by QEMU's nvme device)
                     args.addAll(List.of("-device", "nvme,drive=" + id + ",serial=" + serial(id)));
                     modules.add("nvme");
-                    devices.add(new Device("FV", "NVMe disk " + disk.image() + " (" + img.format()
-                            + ") emulated by QEMU, its blocks served by iovirt over NBD"));
+                    devices.add(new Device(
+                            "FV",
+                            "NVMe disk " + disk.image() + " (" + img.format()
+                                    + ") emulated by QEMU, its blocks served by iovirt over NBD"));
                 } else {
                     if (ahciPort == 6) {
-                        throw new IllegalArgumentException("disk " + disk.image() + ": QEMU's AHCI controller has 6 ports,"
-                                + " all taken by earlier fv disks; put this one on NVMe (fv:IMAGE,bus=nvme)");
+                        throw new IllegalArgumentException(
+                                "disk " + disk.image() + ": QEMU's AHCI controller has 6 ports,"
+                                        + " all taken by earlier fv disks; put this one on NVMe (fv:IMAGE,bus=nvme)");
                     }
                     if (!modules.contains("ahci")) {
                         args.addAll(List.of("-device", "ahci,id=ahci0"));
                         modules.addAll(List.of("ahci", "sd_mod"));
                     }
                     args.addAll(List.of("-device", "ide-hd,drive=" + id + ",bus=ahci0." + ahciPort++));
-                    devices.add(new Device("FV", "AHCI disk " + disk.image() + " (" + img.format()
-                            + ") emulated by QEMU, its blocks served by iovirt over NBD"));
+                    devices.add(new Device(
+                            "FV",
+                            "AHCI disk " + disk.image() + " (" + img.format()
+                                    + ") emulated by QEMU, its blocks served by iovirt over NBD"));
                 }
             }
         }
@@ -149,18 +161,29 @@ public final class VmComposer implements AutoCloseable {
             if (nic.kind() == VmSpec.Kind.PV) {
                 netSwitch.addPort(new VirtioNetPort(new VirtioNetPort.Options(sock, 1, mac, 0)));
                 // vectors=0 under TCG: QEMU 7.2 segfaults in vhost_net_start when vhost-user-net uses MSI-X
-                args.addAll(List.of("-chardev", "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
-                        "-netdev", "vhost-user,id=" + id + ",chardev=" + id,
-                        "-device", "virtio-net-pci,netdev=" + id + ",mac=" + Mac.toString(mac) + (kvm ? "" : ",vectors=0") + ",romfile="));
+                args.addAll(List.of(
+                        "-chardev",
+                        "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
+                        "-netdev",
+                        "vhost-user,id=" + id + ",chardev=" + id,
+                        "-device",
+                        "virtio-net-pci,netdev=" + id + ",mac=" + Mac.toString(mac) + (kvm ? "" : ",vectors=0")
+                                + ",romfile="));
                 modules.addAll(List.of("virtio_pci", "virtio_net"));
-                devices.add(new Device("PV", "virtio-net " + Mac.toString(mac) + " on the iovirt switch (vhost-user"
-                        + (kvm ? ", MSI-X" : ", INTx: QEMU 7.2 TCG cannot do MSI-X here") + ")"));
+                devices.add(new Device(
+                        "PV",
+                        "virtio-net " + Mac.toString(mac) + " on the iovirt switch (vhost-user"
+                                + (kvm ? ", MSI-X" : ", INTx: QEMU 7.2 TCG cannot do MSI-X here") + ")"));
             } else {
                 netSwitch.addPort(new StreamPort(sock));
-                args.addAll(List.of("-netdev", "stream,id=" + id + ",server=off,addr.type=unix,addr.path=" + QemuGuest.escape(sock.toString()),
-                        "-device", "e1000,netdev=" + id + ",mac=" + Mac.toString(mac) + ",romfile="));
+                args.addAll(List.of(
+                        "-netdev",
+                        "stream,id=" + id + ",server=off,addr.type=unix,addr.path=" + QemuGuest.escape(sock.toString()),
+                        "-device",
+                        "e1000,netdev=" + id + ",mac=" + Mac.toString(mac) + ",romfile="));
                 modules.add("e1000");
-                devices.add(new Device("FV", "e1000 " + Mac.toString(mac) + " emulated by QEMU, on the iovirt switch (stream)"));
+                devices.add(new Device(
+                        "FV", "e1000 " + Mac.toString(mac) + " emulated by QEMU, on the iovirt switch (stream)"));
             }
         }
         List<Bdf> passthrough = new ArrayList<>();
@@ -194,7 +217,8 @@ public final class VmComposer implements AutoCloseable {
             return;
         }
         if (owner != null) {
-            throw new HostConfigException(bdf + " is assigned to VM " + owner.vm(),
+            throw new HostConfigException(
+                    bdf + " is assigned to VM " + owner.vm(),
                     "release it first: iovirt host release " + bdf + " (one device, one VM)");
         }
         Assigning.assign(host, bdf, spec.name(), false);
@@ -204,7 +228,8 @@ public final class VmComposer implements AutoCloseable {
         PciInventory inv = PciInventory.scan(host.sys());
         PciDevice dev = inv.require(pf);
         if (dev.sriov() == null || dev.sriov().vfs().isEmpty()) {
-            throw new HostConfigException(pf + " has no virtual functions",
+            throw new HostConfigException(
+                    pf + " has no virtual functions",
                     "create some: iovirt host vfs " + pf + " --count N, then bind them: iovirt host bind VF");
         }
         AssignmentRegistry registry = new AssignmentRegistry(host.stateDir());
@@ -228,8 +253,10 @@ public final class VmComposer implements AutoCloseable {
                 }
             }
         }
-        throw new HostConfigException("no free virtual function of " + pf + " (" + String.join("; ", why) + ")",
-                "bind one to vfio-pci (iovirt host bind VF), release one, or create more (iovirt host vfs " + pf + " --count N)");
+        throw new HostConfigException(
+                "no free virtual function of " + pf + " (" + String.join("; ", why) + ")",
+                "bind one to vfio-pci (iovirt host bind VF), release one, or create more (iovirt host vfs " + pf
+                        + " --count N)");
     }
 
     /** QEMU arguments for the devices (after the machine, memory and boot arguments). */

@@ -14,14 +14,30 @@ import java.util.Objects;
  * @param vfio     host devices (already bound to vfio-pci) to pass through
  * @param vfPools  physical functions: one free virtual function of each is assigned to this VM
  */
-public record VmSpec(String name, Profile profile, int memoryMiB, int cpus, List<Disk> disks, List<Nic> nics,
-                     List<String> vfio, List<String> vfPools) {
-    public enum Profile { HVM, PVHVM }
+public record VmSpec(
+        String name,
+        Profile profile,
+        int memoryMiB,
+        int cpus,
+        List<Disk> disks,
+        List<Nic> nics,
+        List<String> vfio,
+        List<String> vfPools) {
+    public enum Profile {
+        HVM,
+        PVHVM
+    }
 
-    public enum Kind { FV, PV }
+    public enum Kind {
+        FV,
+        PV
+    }
 
     /** The controller QEMU emulates for an FV disk. */
-    public enum Bus { AHCI, NVME }
+    public enum Bus {
+        AHCI,
+        NVME
+    }
 
     /**
      * @param bus for {@link Kind#FV}: the emulated controller (a SATA disk on AHCI, or an NVMe controller with one
@@ -32,7 +48,8 @@ public record VmSpec(String name, Profile profile, int memoryMiB, int cpus, List
             Objects.requireNonNull(image, "image");
             Objects.requireNonNull(bus, "bus");
             if (kind == Kind.PV && bus != Bus.AHCI) {
-                throw new IllegalArgumentException("disk " + image + ": bus=" + bus.name().toLowerCase(java.util.Locale.ROOT)
+                throw new IllegalArgumentException("disk " + image + ": bus="
+                        + bus.name().toLowerCase(java.util.Locale.ROOT)
                         + " is an emulated controller, a pv disk is virtio-blk (use fv:" + image + ",bus=nvme)");
             }
             if (kind == Kind.FV && bus == Bus.AHCI && readOnly) {
@@ -47,8 +64,7 @@ public record VmSpec(String name, Profile profile, int memoryMiB, int cpus, List
         }
     }
 
-    public record Nic(Kind kind, long mac) {
-    }
+    public record Nic(Kind kind, long mac) {}
 
     public VmSpec {
         Objects.requireNonNull(name, "name");
@@ -71,7 +87,8 @@ public record VmSpec(String name, Profile profile, int memoryMiB, int cpus, List
             }
             for (Nic n : nics) {
                 if (n.kind() == Kind.PV) {
-                    throw new IllegalArgumentException("profile hvm has only emulated devices: use --nic fv, or --profile pvhvm");
+                    throw new IllegalArgumentException(
+                            "profile hvm has only emulated devices: use --nic fv, or --profile pvhvm");
                 }
             }
         }

@@ -44,19 +44,24 @@ public final class DiskDemo {
     }
 
     /** One measured phase. {@code iovirtCpuNanos}: iovirt's CPU (vhost-user-blk for PV, the NBD export for FV). */
-    public record Result(String path, String workload, double iops, long p50Micros, long p99Micros, long ios,
-                         long qemuCpuNanos, long iovirtCpuNanos) {
+    public record Result(
+            String path,
+            String workload,
+            double iops,
+            long p50Micros,
+            long p99Micros,
+            long ios,
+            long qemuCpuNanos,
+            long iovirtCpuNanos) {
         public double cpuMicrosPerIo() {
             return ios == 0 ? Double.NaN : (qemuCpuNanos + iovirtCpuNanos) / 1000.0 / ios;
         }
     }
 
     /** What the guest reported about its platform (clock source, interrupt delivery). */
-    public record Platform(String accel, String clocksource, String virtioInterrupts) {
-    }
+    public record Platform(String accel, String clocksource, String virtioInterrupts) {}
 
-    public record Report(Platform platform, List<Result> results) {
-    }
+    public record Report(Platform platform, List<Result> results) {}
 
     static final long DISK_BYTES = 256L << 20;
     private static final int BLOCK = 4096;
@@ -95,39 +100,66 @@ public final class DiskDemo {
         }
         Path nbdSocket = workDir.resolve("fv-disk.nbd.sock");
         try (DiskImage img = Images.open(pvImage, null, false, false);
-             DiskImage fvImg = Images.open(fvImage, null, false, false);
-             VhostUserServer server = VhostUserServer.start(socket, new BlkDevice(socket.toString(), img, 1, "iovirt-demo-pv"));
-             NbdServer nbd = NbdServer.startUnix(nbdSocket, 4)) {
+                DiskImage fvImg = Images.open(fvImage, null, false, false);
+                VhostUserServer server =
+                        VhostUserServer.start(socket, new BlkDevice(socket.toString(), img, 1, "iovirt-demo-pv"));
+                NbdServer nbd = NbdServer.startUnix(nbdSocket, 4)) {
             nbd.addExport(new NbdExport("fv", fvImg, false));
-            QemuGuest guest = QemuGuest.builder(image).name("demo").accelerator(accel).notice(progress).workDir(workDir).memoryMiB(512).fio()
+            QemuGuest guest = QemuGuest.builder(image)
+                    .name("demo")
+                    .accelerator(accel)
+                    .notice(progress)
+                    .workDir(workDir)
+                    .memoryMiB(512)
+                    .fio()
                     .modules("virtio_pci", "virtio_blk", "ahci", "sd_mod")
-                    .args("-chardev", "socket,id=pv0,path=" + QemuGuest.escape(socket.toString()),
-                            "-device", "vhost-user-blk-pci,chardev=pv0,num-queues=1",
-                            "-drive", "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(nbdSocket.toString())
+                    .args(
+                            "-chardev",
+                            "socket,id=pv0,path=" + QemuGuest.escape(socket.toString()),
+                            "-device",
+                            "vhost-user-blk-pci,chardev=pv0,num-queues=1",
+                            "-drive",
+                            "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(nbdSocket.toString())
                                     + ",export=fv,if=none,id=fv0",
-                            "-device", "ahci,id=ahci0",
-                            "-device", "ide-hd,drive=fv0,bus=ahci0.0")
+                            "-device",
+                            "ahci,id=ahci0",
+                            "-device",
+                            "ide-hd,drive=fv0,bus=ahci0.0")
                     .payload(payload(phases))
                     .build();
             progress.accept("booting the guest under QEMU, " + accel.describe());
             Duration budget = Duration.ofSeconds(120L + (long) phases.size() * (seconds + 20));
             try (RunningGuest g = guest.start(budget)) {
-                MatchResult info = g.awaitConsole(Pattern.compile("demo-info clocksource=(\\S+) virtio-irq=(.*)\\n"), Duration.ofSeconds(120));
-                Platform platform = new Platform(g.accelerator().describe(), info.group(1), info.group(2).trim());
+                MatchResult info = g.awaitConsole(
+                        Pattern.compile("demo-info clocksource=(\\S+) virtio-irq=(.*)\\n"), Duration.ofSeconds(120));
+                Platform platform = new Platform(
+                        g.accelerator().describe(), info.group(1), info.group(2).trim());
                 List<Result> results = new ArrayList<>();
                 for (Phase p : phases) {
                     String path = p.device().equals("vda") ? PV : FV;
-                    progress.accept(String.format("running %s %s qd%d for %d s on %s", p.rw(), "4KiB", p.queueDepth(), seconds, path.substring(4)));
-                    g.awaitConsole(Pattern.compile("demo-start " + Pattern.quote(p.marker()) + "\\n"), Duration.ofSeconds(seconds + 60L));
+                    progress.accept(String.format(
+                            "running %s %s qd%d for %d s on %s",
+                            p.rw(), "4KiB", p.queueDepth(), seconds, path.substring(4)));
+                    g.awaitConsole(
+                            Pattern.compile("demo-start " + Pattern.quote(p.marker()) + "\\n"),
+                            Duration.ofSeconds(seconds + 60L));
                     long q0 = HostCpu.of(g.pid());
                     long s0 = HostCpu.self();
-                    MatchResult end = g.awaitConsole(Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"),
+                    MatchResult end = g.awaitConsole(
+                            Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"),
                             Duration.ofSeconds(seconds * 3L + 60));
                     long q1 = HostCpu.of(g.pid());
                     long s1 = HostCpu.self();
                     FioTerse r = FioTerse.parse(end.group(1), p.rw().contains("write"), BLOCK);
-                    results.add(new Result(path, p.rw() + " 4KiB qd" + p.queueDepth(), r.iops(), r.p50Micros(), r.p99Micros(),
-                            r.ios(), q1 - q0, s1 - s0));
+                    results.add(new Result(
+                            path,
+                            p.rw() + " 4KiB qd" + p.queueDepth(),
+                            r.iops(),
+                            r.p50Micros(),
+                            r.p99Micros(),
+                            r.ios(),
+                            q1 - q0,
+                            s1 - s0));
                 }
                 g.awaitExit(Duration.ofSeconds(60));
                 return new Report(platform, results);
@@ -141,15 +173,26 @@ public final class DiskDemo {
         s.append("irq=$(grep -E 'virtio' /proc/interrupts | awk '{print $(NF-1)\"/\"$NF}' | tr '\\n' ' ')\n");
         s.append("echo \"demo-info clocksource=$cs virtio-irq=$irq\"\n");
         // Warm both paths (JIT in iovirt, caches in QEMU) before anything is measured.
-        s.append("for d in vda sda; do fio --name=warm --filename=/dev/$d --rw=randrw --bs=4096 --iodepth=8 --ioengine=libaio")
+        s.append(
+                        "for d in vda sda; do fio --name=warm --filename=/dev/$d --rw=randrw --bs=4096 --iodepth=8 --ioengine=libaio")
                 .append(" --direct=1 --time_based --runtime=2 --minimal >/dev/null 2>&1; done\n");
         for (Phase p : phases) {
             s.append("echo 'demo-start ").append(p.marker()).append("'\n");
-            s.append("fio --name=demo --filename=/dev/").append(p.device()).append(" --rw=").append(p.rw())
-                    .append(" --bs=").append(BLOCK).append(" --iodepth=").append(p.queueDepth())
-                    .append(" --ioengine=libaio --direct=1 --time_based --runtime=").append(seconds)
-                    .append(" --norandommap --randrepeat=0 --minimal --percentile_list=50:99 > /tmp/fio.out 2>/tmp/fio.err")
-                    .append(" || { echo \"fio failed on ").append(p.device()).append(":\"; cat /tmp/fio.err; exit 1; }\n");
+            s.append("fio --name=demo --filename=/dev/")
+                    .append(p.device())
+                    .append(" --rw=")
+                    .append(p.rw())
+                    .append(" --bs=")
+                    .append(BLOCK)
+                    .append(" --iodepth=")
+                    .append(p.queueDepth())
+                    .append(" --ioengine=libaio --direct=1 --time_based --runtime=")
+                    .append(seconds)
+                    .append(
+                            " --norandommap --randrepeat=0 --minimal --percentile_list=50:99 > /tmp/fio.out 2>/tmp/fio.err")
+                    .append(" || { echo \"fio failed on ")
+                    .append(p.device())
+                    .append(":\"; cat /tmp/fio.err; exit 1; }\n");
             s.append("echo \"demo-end ").append(p.marker()).append(" $(cat /tmp/fio.out)\"\n");
         }
         return s.toString();
@@ -162,8 +205,8 @@ public final class DiskDemo {
         byte[] b = new byte[1 << 20];
         r.nextBytes(b);
         chunk.put(b).flip();
-        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
-                StandardOpenOption.TRUNCATE_EXISTING)) {
+        try (FileChannel ch = FileChannel.open(
+                file, StandardOpenOption.CREATE, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING)) {
             for (long off = 0; off < DISK_BYTES; off += chunk.capacity()) {
                 chunk.rewind();
                 ch.write(chunk, off);
@@ -175,15 +218,19 @@ public final class DiskDemo {
     public static void print(Report report, PrintStream out) {
         Platform p = report.platform();
         out.println();
-        out.println("iovirt demo: one guest, one workload (fio, libaio, O_DIRECT in the guest), two ways to give it a disk");
+        out.println(
+                "iovirt demo: one guest, one workload (fio, libaio, O_DIRECT in the guest), two ways to give it a disk");
         out.println("  accelerator: " + p.accel());
         out.println("  guest: q35 HVM + PV drivers (PVHVM); clocksource " + p.clocksource());
-        out.println("  virtio interrupts: " + (p.virtioInterrupts().isEmpty() ? "(none listed)" : p.virtioInterrupts()));
+        out.println(
+                "  virtio interrupts: " + (p.virtioInterrupts().isEmpty() ? "(none listed)" : p.virtioInterrupts()));
         out.println();
-        out.printf("%-38s %-20s %10s %10s %10s %14s%n", "path", "workload", "IOPS", "p50 (us)", "p99 (us)", "host CPU/IO");
+        out.printf(
+                "%-38s %-20s %10s %10s %10s %14s%n", "path", "workload", "IOPS", "p50 (us)", "p99 (us)", "host CPU/IO");
         for (Result r : report.results()) {
-            out.printf("%-38s %-20s %10.0f %10d %10d %11.1f us%n", r.path(), r.workload(), r.iops(), r.p50Micros(),
-                    r.p99Micros(), r.cpuMicrosPerIo());
+            out.printf(
+                    "%-38s %-20s %10.0f %10d %10d %11.1f us%n",
+                    r.path(), r.workload(), r.iops(), r.p50Micros(), r.p99Micros(), r.cpuMicrosPerIo());
         }
         out.println();
         List<Result> rs = report.results();
@@ -191,28 +238,46 @@ public final class DiskDemo {
         for (int i = 0; i < half; i++) {
             Result pv = rs.get(i);
             Result fv = rs.get(i + half);
-            out.printf("  %-20s PV/FV: IOPS x%.2f, p99 latency x%.2f, host CPU per I/O x%.2f%n", pv.workload(),
-                    pv.iops() / fv.iops(), (double) pv.p99Micros() / fv.p99Micros(), pv.cpuMicrosPerIo() / fv.cpuMicrosPerIo());
+            out.printf(
+                    "  %-20s PV/FV: IOPS x%.2f, p99 latency x%.2f, host CPU per I/O x%.2f%n",
+                    pv.workload(),
+                    pv.iops() / fv.iops(),
+                    (double) pv.p99Micros() / fv.p99Micros(),
+                    pv.cpuMicrosPerIo() / fv.cpuMicrosPerIo());
         }
         out.println();
         out.println("  host CPU/IO = (QEMU + iovirt CPU time during the phase) / I/Os completed.");
         if (p.accel().startsWith("TCG")) {
-            out.println("  Under TCG QEMU's CPU time is dominated by emulating the guest's own instructions, for both paths;");
-            out.println("  with KVM the difference between trapping every AHCI register access and sharing a ring grows.");
+            out.println(
+                    "  Under TCG QEMU's CPU time is dominated by emulating the guest's own instructions, for both paths;");
+            out.println(
+                    "  with KVM the difference between trapping every AHCI register access and sharing a ring grows.");
         }
     }
 
     /** Machine-readable form of the report. */
     public static String json(Report report) {
-        StringBuilder s = new StringBuilder("{\"platform\":{\"accel\":\"").append(esc(report.platform().accel()))
-                .append("\",\"clocksource\":\"").append(esc(report.platform().clocksource())).append("\"},\"disk\":[");
+        StringBuilder s = new StringBuilder("{\"platform\":{\"accel\":\"")
+                .append(esc(report.platform().accel()))
+                .append("\",\"clocksource\":\"")
+                .append(esc(report.platform().clocksource()))
+                .append("\"},\"disk\":[");
         for (int i = 0; i < report.results().size(); i++) {
             Result r = report.results().get(i);
-            s.append(i == 0 ? "" : ",").append(String.format(java.util.Locale.ROOT,
-                    "{\"path\":\"%s\",\"workload\":\"%s\",\"iops\":%.1f,\"p50_us\":%d,\"p99_us\":%d,\"ios\":%d,"
-                            + "\"qemu_cpu_ns\":%d,\"iovirt_cpu_ns\":%d,\"cpu_us_per_io\":%.2f}",
-                    esc(r.path()), esc(r.workload()), r.iops(), r.p50Micros(), r.p99Micros(), r.ios(), r.qemuCpuNanos(),
-                    r.iovirtCpuNanos(), r.cpuMicrosPerIo()));
+            s.append(i == 0 ? "" : ",")
+                    .append(String.format(
+                            java.util.Locale.ROOT,
+                            "{\"path\":\"%s\",\"workload\":\"%s\",\"iops\":%.1f,\"p50_us\":%d,\"p99_us\":%d,\"ios\":%d,"
+                                    + "\"qemu_cpu_ns\":%d,\"iovirt_cpu_ns\":%d,\"cpu_us_per_io\":%.2f}",
+                            esc(r.path()),
+                            esc(r.workload()),
+                            r.iops(),
+                            r.p50Micros(),
+                            r.p99Micros(),
+                            r.ios(),
+                            r.qemuCpuNanos(),
+                            r.iovirtCpuNanos(),
+                            r.cpuMicrosPerIo()));
         }
         return s.append("]}").toString();
     }

@@ -9,8 +9,7 @@ import java.nio.file.Path;
 final class HostCpu {
     private static final long TICK_NANOS = 10_000_000L; // USER_HZ is 100 on every Linux ABI we run on
 
-    private HostCpu() {
-    }
+    private HostCpu() {}
 
     static long of(long pid) {
         try {

@@ -33,8 +33,8 @@ import java.util.regex.Pattern;
  */
 public final class NetDemo {
     /** One measured phase: {@code value} in {@code unit}. */
-    public record Result(String path, String workload, double value, String unit, long packets, long bytes,
-                         long cpuNanos) {
+    public record Result(
+            String path, String workload, double value, String unit, long packets, long bytes, long cpuNanos) {
         public double cpuMicrosPerPacket() {
             return packets == 0 ? Double.NaN : cpuNanos / 1000.0 / packets;
         }
@@ -71,35 +71,45 @@ public final class NetDemo {
             Port pvPort = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(pvSock, 1, PV_MAC, 0)));
             Port fvPort = sw.addPort(new StreamPort(fvSock));
             sw.startHousekeeping();
-            progress.accept("booting a peer guest and the demo guest with an e1000 and a virtio-net NIC on one iovirt switch");
+            progress.accept(
+                    "booting a peer guest and the demo guest with an e1000 and a virtio-net NIC on one iovirt switch");
             Duration life = Duration.ofMinutes(6);
             try (RunningGuest peer = peerGuest(image, peerSock).start(life);
-                 RunningGuest guest = nicGuest(image, pvSock, fvSock).start(life)) {
+                    RunningGuest guest = nicGuest(image, pvSock, fvSock).start(life)) {
                 peer.awaitConsole(Pattern.compile("peer-ready\\n"), Duration.ofSeconds(120));
                 List<Result> results = new ArrayList<>();
                 for (String nic : new String[] {"pv", "fv"}) {
                     Port port = nic.equals("pv") ? pvPort : fvPort;
                     String path = nic.equals("pv") ? PV : FV;
                     for (String phase : new String[] {"ping", "tcp"}) {
-                        progress.accept("running " + (phase.equals("ping") ? "ping (300 round trips)" : "a " + TCP_MIB + " MiB TCP send")
+                        progress.accept("running "
+                                + (phase.equals("ping") ? "ping (300 round trips)" : "a " + TCP_MIB + " MiB TCP send")
                                 + " on " + path.substring(4));
-                        guest.awaitConsole(Pattern.compile("net-start " + nic + " " + phase + "\\n"), Duration.ofSeconds(180));
+                        guest.awaitConsole(
+                                Pattern.compile("net-start " + nic + " " + phase + "\\n"), Duration.ofSeconds(180));
                         long t0 = System.nanoTime();
                         long c0 = HostCpu.of(guest.pid()) + HostCpu.of(peer.pid()) + HostCpu.self();
                         long p0 = port.stats().rxPackets() + port.stats().txPackets();
                         long b0 = port.stats().rxBytes();
-                        MatchResult end = guest.awaitConsole(Pattern.compile("net-end " + nic + " " + phase + "(.*)\\n"),
-                                Duration.ofSeconds(180));
+                        MatchResult end = guest.awaitConsole(
+                                Pattern.compile("net-end " + nic + " " + phase + "(.*)\\n"), Duration.ofSeconds(180));
                         long t1 = System.nanoTime();
                         long c1 = HostCpu.of(guest.pid()) + HostCpu.of(peer.pid()) + HostCpu.self();
                         long packets = port.stats().rxPackets() + port.stats().txPackets() - p0;
                         long bytes = port.stats().rxBytes() - b0;
                         if (phase.equals("ping")) {
-                            results.add(new Result(path, "ping RTT avg (min " + Math.round(minimumRttMicros(end.group(1))) + ")",
-                                    averageRttMicros(end.group(1)), "us", packets, bytes, c1 - c0));
+                            results.add(new Result(
+                                    path,
+                                    "ping RTT avg (min " + Math.round(minimumRttMicros(end.group(1))) + ")",
+                                    averageRttMicros(end.group(1)),
+                                    "us",
+                                    packets,
+                                    bytes,
+                                    c1 - c0));
                         } else {
                             double mibs = bytes / 1048576.0 / ((t1 - t0) / 1e9);
-                            results.add(new Result(path, "TCP send " + TCP_MIB + " MiB", mibs, "MiB/s", packets, bytes, c1 - c0));
+                            results.add(new Result(
+                                    path, "TCP send " + TCP_MIB + " MiB", mibs, "MiB/s", packets, bytes, c1 - c0));
                         }
                     }
                 }
@@ -119,7 +129,8 @@ public final class NetDemo {
     }
 
     private static double rtt(String pingSummary, int field) {
-        java.util.regex.Matcher m = Pattern.compile("= ([0-9.]+)/([0-9.]+)/([0-9.]+) ms").matcher(pingSummary);
+        java.util.regex.Matcher m =
+                Pattern.compile("= ([0-9.]+)/([0-9.]+)/([0-9.]+) ms").matcher(pingSummary);
         if (!m.find()) {
             throw new IllegalStateException("ping gave no round-trip summary: " + pingSummary.trim());
         }
@@ -140,12 +151,22 @@ public final class NetDemo {
                 echo peer-ready
                 sleep 100000
                 """.formatted(Mac.toString(PV_MAC), Mac.toString(FV_MAC));
-        return QemuGuest.builder(image).name("demo-peer").accelerator(accel).notice(progress).workDir(workDir).memoryMiB(256)
+        return QemuGuest.builder(image)
+                .name("demo-peer")
+                .accelerator(accel)
+                .notice(progress)
+                .workDir(workDir)
+                .memoryMiB(256)
                 .modules("virtio_pci", "virtio_net")
-                .args("-chardev", "socket,id=c0,path=" + QemuGuest.escape(sock.toString()),
-                        "-netdev", "vhost-user,id=n0,chardev=c0",
-                        "-device", "virtio-net-pci,netdev=n0,mac=" + Mac.toString(PEER_MAC) + ",vectors=0,romfile=")
-                .payload(script).build();
+                .args(
+                        "-chardev",
+                        "socket,id=c0,path=" + QemuGuest.escape(sock.toString()),
+                        "-netdev",
+                        "vhost-user,id=n0,chardev=c0",
+                        "-device",
+                        "virtio-net-pci,netdev=n0,mac=" + Mac.toString(PEER_MAC) + ",vectors=0,romfile=")
+                .payload(script)
+                .build();
     }
 
     private QemuGuest nicGuest(GuestImage image, Path pvSock, Path fvSock) {
@@ -170,14 +191,26 @@ public final class NetDemo {
                   echo "net-end $nic tcp"
                 done
                 """.formatted(Mac.toString(PEER_MAC), TCP_MIB * 16);
-        return QemuGuest.builder(image).name("demo-nics").accelerator(accel).notice(progress).workDir(workDir).memoryMiB(256)
+        return QemuGuest.builder(image)
+                .name("demo-nics")
+                .accelerator(accel)
+                .notice(progress)
+                .workDir(workDir)
+                .memoryMiB(256)
                 .modules("virtio_pci", "virtio_net", "e1000")
-                .args("-chardev", "socket,id=c0,path=" + QemuGuest.escape(pvSock.toString()),
-                        "-netdev", "vhost-user,id=pv0,chardev=c0",
-                        "-device", "virtio-net-pci,netdev=pv0,mac=" + Mac.toString(PV_MAC) + ",vectors=0,romfile=",
-                        "-netdev", "stream,id=fv0,server=off,addr.type=unix,addr.path=" + QemuGuest.escape(fvSock.toString()),
-                        "-device", "e1000,netdev=fv0,mac=" + Mac.toString(FV_MAC) + ",romfile=")
-                .payload(script).build();
+                .args(
+                        "-chardev",
+                        "socket,id=c0,path=" + QemuGuest.escape(pvSock.toString()),
+                        "-netdev",
+                        "vhost-user,id=pv0,chardev=c0",
+                        "-device",
+                        "virtio-net-pci,netdev=pv0,mac=" + Mac.toString(PV_MAC) + ",vectors=0,romfile=",
+                        "-netdev",
+                        "stream,id=fv0,server=off,addr.type=unix,addr.path=" + QemuGuest.escape(fvSock.toString()),
+                        "-device",
+                        "e1000,netdev=fv0,mac=" + Mac.toString(FV_MAC) + ",romfile=")
+                .payload(script)
+                .build();
     }
 
     public static void print(List<Result> results, PrintStream out) {
@@ -187,28 +220,43 @@ public final class NetDemo {
         out.println();
         out.printf("%-38s %-24s %14s %10s %16s%n", "path", "workload", "result", "packets", "host CPU/packet");
         for (Result r : results) {
-            out.printf("%-38s %-24s %8.1f %-5s %10d %13.1f us%n", r.path(), r.workload(), r.value(), r.unit(), r.packets(),
-                    r.cpuMicrosPerPacket());
+            out.printf(
+                    "%-38s %-24s %8.1f %-5s %10d %13.1f us%n",
+                    r.path(), r.workload(), r.value(), r.unit(), r.packets(), r.cpuMicrosPerPacket());
         }
         out.println();
         for (int i = 0; i < results.size() / 2; i++) {
             Result pv = results.get(i);
             Result fv = results.get(i + results.size() / 2);
-            out.printf(Locale.ROOT, "  %-24s PV/FV: %s x%.2f, host CPU per packet x%.2f%n", pv.workload(),
-                    pv.unit().equals("us") ? "latency" : "throughput", pv.value() / fv.value(),
+            out.printf(
+                    Locale.ROOT,
+                    "  %-24s PV/FV: %s x%.2f, host CPU per packet x%.2f%n",
+                    pv.workload(),
+                    pv.unit().equals("us") ? "latency" : "throughput",
+                    pv.value() / fv.value(),
                     pv.cpuMicrosPerPacket() / fv.cpuMicrosPerPacket());
         }
-        out.println("  host CPU/packet = (both QEMUs' + iovirt's CPU time during the phase) / packets through the NIC's port.");
+        out.println(
+                "  host CPU/packet = (both QEMUs' + iovirt's CPU time during the phase) / packets through the NIC's port.");
     }
 
     public static String json(List<Result> results) {
         StringBuilder s = new StringBuilder("[");
         for (int i = 0; i < results.size(); i++) {
             Result r = results.get(i);
-            s.append(i == 0 ? "" : ",").append(String.format(Locale.ROOT,
-                    "{\"path\":\"%s\",\"workload\":\"%s\",\"value\":%.2f,\"unit\":\"%s\",\"packets\":%d,\"bytes\":%d,"
-                            + "\"cpu_ns\":%d,\"cpu_us_per_packet\":%.2f}",
-                    r.path(), r.workload(), r.value(), r.unit(), r.packets(), r.bytes(), r.cpuNanos(), r.cpuMicrosPerPacket()));
+            s.append(i == 0 ? "" : ",")
+                    .append(String.format(
+                            Locale.ROOT,
+                            "{\"path\":\"%s\",\"workload\":\"%s\",\"value\":%.2f,\"unit\":\"%s\",\"packets\":%d,\"bytes\":%d,"
+                                    + "\"cpu_ns\":%d,\"cpu_us_per_packet\":%.2f}",
+                            r.path(),
+                            r.workload(),
+                            r.value(),
+                            r.unit(),
+                            r.packets(),
+                            r.bytes(),
+                            r.cpuNanos(),
+                            r.cpuMicrosPerPacket()));
         }
         return s.append("]").toString();
     }

@@ -51,5 +51,4 @@ public interface BlkBackendUnderTest {
      * even with {@code packed=on}; the packed test then asserts the ring only when this is true.
      */
     boolean offersPackedRing();
-
 }

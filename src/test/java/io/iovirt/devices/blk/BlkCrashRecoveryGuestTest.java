@@ -75,9 +75,16 @@ class BlkCrashRecoveryGuestTest {
         int resubmitted = 0;
         List<Double> reconnects = new ArrayList<>();
         List<Double> stalls = new ArrayList<>();
-        try (RunningGuest guest = QemuGuest.builder(image).name("crash").workDir(dir).fio().memoryMiB(512)
-                .args("-chardev", "socket,id=vub0,reconnect=1,path=" + QemuGuest.escape(sock.toString()),
-                        "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=1" + (packed ? ",packed=on" : ""))
+        try (RunningGuest guest = QemuGuest.builder(image)
+                .name("crash")
+                .workDir(dir)
+                .fio()
+                .memoryMiB(512)
+                .args(
+                        "-chardev",
+                        "socket,id=vub0,reconnect=1,path=" + QemuGuest.escape(sock.toString()),
+                        "-device",
+                        "vhost-user-blk-pci,chardev=vub0,num-queues=1" + (packed ? ",packed=on" : ""))
                 .payload("""
                         set -o pipefail
                         for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
@@ -101,9 +108,13 @@ class BlkCrashRecoveryGuestTest {
                             echo "iovirt-test: pass $pass rc=$rc t=$(cut -d' ' -f1 /proc/uptime) $(grep -o 'err= *[0-9]*' /root/wv.log | tr '\\n' ' ')"
                             [ $rc -eq 0 ] || cat /root/wv.log
                         done
-                        """).build().start(TIMEOUT.multipliedBy(6))) {
-            String features = guest.awaitConsole(Pattern.compile("iovirt-test: features ([01]+)"), TIMEOUT).group(1);
-            assertEquals(packed ? '1' : '0', features.charAt(VIRTIO_F_RING_PACKED), "VIRTIO_F_RING_PACKED: " + features);
+                        """)
+                .build()
+                .start(TIMEOUT.multipliedBy(6))) {
+            String features = guest.awaitConsole(Pattern.compile("iovirt-test: features ([01]+)"), TIMEOUT)
+                    .group(1);
+            assertEquals(
+                    packed ? '1' : '0', features.charAt(VIRTIO_F_RING_PACKED), "VIRTIO_F_RING_PACKED: " + features);
             guest.awaitConsole(Pattern.compile("iovirt-test: pass 2 "), TIMEOUT);
             for (int k = 1; k <= KILLS; k++) {
                 // A random point of a pass: fio's start-up in the guest takes a second or more under TCG, and a kill
@@ -121,7 +132,9 @@ class BlkCrashRecoveryGuestTest {
                 }
                 ChildProcess now = backend;
                 Pattern connected = Pattern.compile(Pattern.quote(sock.toString()) + ": frontend .* connected");
-                Await.until(TIMEOUT, "the restarted backend's frontend connection",
+                Await.until(
+                        TIMEOUT,
+                        "the restarted backend's frontend connection",
                         () -> connected.matcher(now.log()).find());
                 reconnects.add((System.nanoTime() - killedAt) / 1e9);
                 int at = lastPass(guest.console());
@@ -147,11 +160,18 @@ class BlkCrashRecoveryGuestTest {
             for (int i = 1; i < times.size(); i++) {
                 gaps.add(times.get(i) - times.get(i - 1));
             }
-            System.out.printf("crash recovery (%s%s): %d kills, %d fio passes, all rc=0; pass time %s s; "
+            System.out.printf(
+                    "crash recovery (%s%s): %d kills, %d fio passes, all rc=0; pass time %s s; "
                             + "kill to reconnected backend %s s; guest stall per kill (4 KiB read) %s s; "
-                            + "%d requests resubmitted from the in-flight memory%n", packed ? "packed" : "split",
-                    standby ? ", standby" : ", restart", KILLS, times.size(), summary(gaps), summary(reconnects),
-                    summary(stalls), resubmitted);
+                            + "%d requests resubmitted from the in-flight memory%n",
+                    packed ? "packed" : "split",
+                    standby ? ", standby" : ", restart",
+                    KILLS,
+                    times.size(),
+                    summary(gaps),
+                    summary(reconnects),
+                    summary(stalls),
+                    resubmitted);
             assertTrue(times.size() > KILLS, console);
             assertTrue(resubmitted > 0, "no kill found a request in flight: the in-flight record was not exercised");
         } finally {
@@ -198,8 +218,16 @@ class BlkCrashRecoveryGuestTest {
     }
 
     private ChildProcess start(Path disk, Path sock, int generation, boolean standby) {
-        List<String> args = new ArrayList<>(List.of("serve", "blk", "--image", disk.toString(), "--socket", sock.toString(),
-                "--direct", "--io-engine", "io_uring"));
+        List<String> args = new ArrayList<>(List.of(
+                "serve",
+                "blk",
+                "--image",
+                disk.toString(),
+                "--socket",
+                sock.toString(),
+                "--direct",
+                "--io-engine",
+                "io_uring"));
         if (standby) {
             args.add("--standby");
         }
@@ -210,7 +238,10 @@ class BlkCrashRecoveryGuestTest {
             return b.startListening(sock, Duration.ofSeconds(120)); // a JVM start on a loaded 2-core host
         }
         ChildProcess p = b.start();
-        Await.until(Duration.ofSeconds(120), "standby " + generation + " ready", p,
+        Await.until(
+                Duration.ofSeconds(120),
+                "standby " + generation + " ready",
+                p,
                 () -> p.log().contains("standby for"));
         return p;
     }

@@ -44,12 +44,14 @@ abstract class BlkMigrationGuestTest {
     static final long IMAGE_SIZE = 64L * MIB;
     /** One pass takes ~1-3 s under TCG on an idle machine; a loaded one is several times slower. */
     static final Duration TIMEOUT = Duration.ofSeconds(180);
+
     private static final Pattern PASS = Pattern.compile("iovirt-test: pass (\\d+) rc=(\\d+)");
 
     static GuestImage image;
 
     @TempDir
     Path dir;
+
     Path disk;
     private final Deque<AutoCloseable> toClose = new ArrayDeque<>();
 
@@ -87,7 +89,9 @@ abstract class BlkMigrationGuestTest {
             for (Path f : (Iterable<Path>) files::iterator) {
                 String n = f.getFileName().toString();
                 if (n.endsWith(".log")) {
-                    java.nio.file.Files.copy(f, keep.resolve(dir.relativize(f).toString().replace('/', '_')),
+                    java.nio.file.Files.copy(
+                            f,
+                            keep.resolve(dir.relativize(f).toString().replace('/', '_')),
                             java.nio.file.StandardCopyOption.REPLACE_EXISTING);
                 }
             }
@@ -120,7 +124,8 @@ abstract class BlkMigrationGuestTest {
         ChildProcess b = startBackend(disk, sockB, queues, "b");
         toClose.push(b);
 
-        RunningGuest src = guest(name + "-src", sockA, qmpSrc, queues, packed, null).start(TIMEOUT.multipliedBy(3));
+        RunningGuest src =
+                guest(name + "-src", sockA, qmpSrc, queues, packed, null).start(TIMEOUT.multipliedBy(3));
         toClose.push(src);
         src.awaitConsole(Pattern.compile("iovirt-test: pass 2 "), TIMEOUT);
 
@@ -138,7 +143,8 @@ abstract class BlkMigrationGuestTest {
                 at = lastPass(src.console());
                 src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 1) + " "), TIMEOUT);
             }
-            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, "unix:" + mig).start(TIMEOUT.multipliedBy(3));
+            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, "unix:" + mig)
+                    .start(TIMEOUT.multipliedBy(3));
             toClose.push(dst);
             try (Qmp qd = Qmp.connect(qmpDst, Duration.ofSeconds(30))) {
                 Map<String, Object> params = new LinkedHashMap<>();
@@ -148,8 +154,14 @@ abstract class BlkMigrationGuestTest {
                 int before = lastPass(src.console());
                 qs.execute("migrate", Map.of("uri", "unix:" + mig));
                 Map<String, Object> done = awaitStatus(qs, "completed");
-                System.out.printf("migration %s/%s: total %s ms, downtime %s ms, setup %s ms; passes on the source: %d%n",
-                        backendName(), name, done.get("total-time"), done.get("downtime"), done.get("setup-time"), before);
+                System.out.printf(
+                        "migration %s/%s: total %s ms, downtime %s ms, setup %s ms; passes on the source: %d%n",
+                        backendName(),
+                        name,
+                        done.get("total-time"),
+                        done.get("downtime"),
+                        done.get("setup-time"),
+                        before);
                 qd.awaitRunning(TIMEOUT); // the source reports "completed" a moment before the destination resumes
 
                 // Three full passes on the destination after the one the migration interrupted.
@@ -160,8 +172,11 @@ abstract class BlkMigrationGuestTest {
                 int passes = 0;
                 while (m.find()) {
                     passes++;
-                    assertEquals("0", m.group(2), "fio verify pass " + m.group(1) + " failed:\n"
-                            + "--- source ---\n" + src.console() + "\n--- destination ---\n" + dst.console());
+                    assertEquals(
+                            "0",
+                            m.group(2),
+                            "fio verify pass " + m.group(1) + " failed:\n" + "--- source ---\n" + src.console()
+                                    + "\n--- destination ---\n" + dst.console());
                 }
                 assertTrue(passes >= last + 4, all);
             }
@@ -186,7 +201,7 @@ abstract class BlkMigrationGuestTest {
     /** Polls query-migrate until {@code status}; fails on "failed" or a timeout. */
     private static Map<String, Object> awaitStatus(Qmp qmp, String status) throws Exception {
         long deadline = System.nanoTime() + TIMEOUT.toNanos();
-        for (;;) {
+        for (; ; ) {
             Map<String, Object> info = qmp.query("query-migrate");
             Object s = info.get("status");
             if (status.equals(s)) {
@@ -207,11 +222,20 @@ abstract class BlkMigrationGuestTest {
      * socket paths and {@code -incoming}.
      */
     private QemuGuest guest(String name, Path socket, Path qmp, int queues, boolean packed, String incoming) {
-        QemuGuest.Builder b = QemuGuest.builder(image).name(backendName() + "/" + name).workDir(dir).fio()
-                .memoryMiB(512).cpus(queues).kernelArgs("jobs=" + queues)
-                .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
-                        "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues + (packed ? ",packed=on" : ""),
-                        "-qmp", "unix:" + QemuGuest.escape(qmp.toString()) + ",server=on,wait=off")
+        QemuGuest.Builder b = QemuGuest.builder(image)
+                .name(backendName() + "/" + name)
+                .workDir(dir)
+                .fio()
+                .memoryMiB(512)
+                .cpus(queues)
+                .kernelArgs("jobs=" + queues)
+                .args(
+                        "-chardev",
+                        "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
+                        "-device",
+                        "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues + (packed ? ",packed=on" : ""),
+                        "-qmp",
+                        "unix:" + QemuGuest.escape(qmp.toString()) + ",server=on,wait=off")
                 .payload("""
                         set -o pipefail
                         for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done

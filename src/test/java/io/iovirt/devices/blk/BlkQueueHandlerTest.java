@@ -42,6 +42,7 @@ class BlkQueueHandlerTest {
 
     @TempDir
     Path dir;
+
     private Arena arena;
     private MemorySegment ram;
     private GuestMemory mem;
@@ -74,7 +75,8 @@ class BlkQueueHandlerTest {
             image.close();
         }
         image = RawImage.open(imagePath, readOnly, false);
-        handler = new BlkQueueHandler(image, BlkLimits.defaults(), "iovirt-serial-0123456789".getBytes(StandardCharsets.US_ASCII), stats);
+        handler = new BlkQueueHandler(
+                image, BlkLimits.defaults(), "iovirt-serial-0123456789".getBytes(StandardCharsets.US_ASCII), stats);
     }
 
     @AfterEach
@@ -116,7 +118,9 @@ class BlkQueueHandlerTest {
 
         ram.asSlice(DATA, 4096).fill((byte) 0);
         header(T_IN, 8);
-        r = run(new long[] {HDR, DATA, DATA + 1024, STATUS}, new int[] {16, 1024, 3072, 1}, new boolean[] {false, true, true, true});
+        r = run(new long[] {HDR, DATA, DATA + 1024, STATUS}, new int[] {16, 1024, 3072, 1}, new boolean[] {
+            false, true, true, true
+        });
         assertEquals(S_OK, r[0]);
         assertEquals(4097, r[1]);
         assertArrayEquals(data, ram.asSlice(DATA, 4096).toArray(ValueLayout.JAVA_BYTE));
@@ -142,24 +146,36 @@ class BlkQueueHandlerTest {
     @Test
     void badRequestsGetAnErrorStatusNotACrash() throws Exception {
         header(T_IN, (1 << 20) / 512); // first sector past the end
-        assertEquals(S_IOERR, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, true, true})[0]);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, true, true})[0]);
         header(T_IN, -1L); // sector 2^64-1
-        assertEquals(S_IOERR, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, true, true})[0]);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, true, true})[0]);
         header(T_IN, 2047); // last sector, two sectors long
-        assertEquals(S_IOERR, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 1024, 1}, new boolean[] {false, true, true})[0]);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 1024, 1}, new boolean[] {false, true, true})[0]);
         header(T_OUT, 0); // not a whole sector
-        assertEquals(S_IOERR, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 100, 1}, new boolean[] {false, false, true})[0]);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 100, 1}, new boolean[] {false, false, true})[0]);
         header(T_OUT, 0); // truncated header
         assertEquals(S_IOERR, run(new long[] {HDR, STATUS}, new int[] {8, 1}, new boolean[] {false, true})[0]);
         header(0x7777, 0);
         assertEquals(S_UNSUPP, run(new long[] {HDR, STATUS}, new int[] {16, 1}, new boolean[] {false, true})[0]);
         header(T_DISCARD, 0); // discard payload not a multiple of 16
-        assertEquals(S_IOERR, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 20, 1}, new boolean[] {false, false, true})[0]);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 20, 1}, new boolean[] {false, false, true})[0]);
         header(T_DISCARD, 0); // discard with the unmap flag, which only write-zeroes may carry
         ram.set(LE64, DATA, 0);
         ram.set(LE32, DATA + 8, 8);
         ram.set(LE32, DATA + 12, WRITE_ZEROES_FLAG_UNMAP);
-        assertEquals(S_UNSUPP, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 16, 1}, new boolean[] {false, false, true})[0]);
+        assertEquals(
+                S_UNSUPP,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 16, 1}, new boolean[] {false, false, true})[0]);
 
         header(T_OUT, 0); // no byte for the status: cannot be answered
         driver.add(new long[] {HDR}, new int[] {16}, new boolean[] {false}, 1, DriverRing.NO_INDIRECT);
@@ -176,7 +192,8 @@ class BlkQueueHandlerTest {
         Path mnt = dir.resolve("small-fs");
         Files.createDirectories(mnt);
         Process mount = new ProcessBuilder("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt.toString())
-                .redirectErrorStream(true).start();
+                .redirectErrorStream(true)
+                .start();
         Require.that(mount.waitFor() == 0, "needs root to mount a small tmpfs");
         try {
             handler.close();
@@ -191,12 +208,16 @@ class BlkQueueHandlerTest {
             byte st = S_OK;
             for (int i = 0; i < 4 && st == S_OK; i++) { // 4 x 512 KiB > 1 MiB
                 header(T_OUT, i * 1024L);
-                st = (byte) run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512 * 1024, 1}, new boolean[] {false, false, true})[0];
+                st = (byte) run(
+                        new long[] {HDR, DATA, STATUS}, new int[] {16, 512 * 1024, 1}, new boolean[] {false, false, true
+                        })[0];
             }
             assertEquals(S_IOERR, st);
             assertEquals(before + 1, stats.ioErrors.sum());
             header(T_IN, 0); // the same queue still serves reads
-            assertEquals(S_OK, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 4096, 1}, new boolean[] {false, true, true})[0]);
+            assertEquals(
+                    S_OK,
+                    run(new long[] {HDR, DATA, STATUS}, new int[] {16, 4096, 1}, new boolean[] {false, true, true})[0]);
         } finally {
             handler.close();
             image.close();
@@ -216,11 +237,17 @@ class BlkQueueHandlerTest {
     void readOnlyDiskRefusesWritesButServesReadsAndFlush() throws Exception {
         openImage(true);
         header(T_OUT, 0);
-        assertEquals(S_IOERR, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, false, true})[0]);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, false, true})[0]);
         header(T_WRITE_ZEROES, 0);
-        assertEquals(S_IOERR, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 16, 1}, new boolean[] {false, false, true})[0]);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 16, 1}, new boolean[] {false, false, true})[0]);
         header(T_IN, 0);
-        assertEquals(S_OK, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, true, true})[0]);
+        assertEquals(
+                S_OK,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, true, true})[0]);
         header(T_FLUSH, 0);
         assertEquals(S_OK, run(new long[] {HDR, STATUS}, new int[] {16, 1}, new boolean[] {false, true})[0]);
     }
@@ -231,7 +258,9 @@ class BlkQueueHandlerTest {
         long[] r = run(new long[] {HDR, DATA, STATUS}, new int[] {16, 20, 1}, new boolean[] {false, true, true});
         assertEquals(S_OK, r[0]);
         assertEquals(21, r[1]);
-        assertEquals("iovirt-serial-012345", new String(ram.asSlice(DATA, 20).toArray(ValueLayout.JAVA_BYTE), StandardCharsets.US_ASCII));
+        assertEquals(
+                "iovirt-serial-012345",
+                new String(ram.asSlice(DATA, 20).toArray(ValueLayout.JAVA_BYTE), StandardCharsets.US_ASCII));
 
         byte[] ones = new byte[1 << 20];
         Arrays.fill(ones, (byte) 1);
@@ -243,7 +272,9 @@ class BlkQueueHandlerTest {
         ram.set(LE64, DATA + 16, 100); // and sector 100, with unmap
         ram.set(LE32, DATA + 24, 1);
         ram.set(LE32, DATA + 28, WRITE_ZEROES_FLAG_UNMAP);
-        assertEquals(S_OK, run(new long[] {HDR, DATA, STATUS}, new int[] {16, 32, 1}, new boolean[] {false, false, true})[0]);
+        assertEquals(
+                S_OK,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 32, 1}, new boolean[] {false, false, true})[0]);
         byte[] after = Files.readAllBytes(imagePath);
         assertEquals(1, after[1023]);
         assertEquals(0, after[1024]);

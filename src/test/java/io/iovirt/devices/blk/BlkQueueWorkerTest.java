@@ -58,6 +58,7 @@ class BlkQueueWorkerTest {
 
     @TempDir
     Path dir;
+
     private Arena arena;
     private MemorySegment ram;
     private SplitDriverRing driver;
@@ -72,6 +73,7 @@ class BlkQueueWorkerTest {
     private final BlkStats stats = new BlkStats();
     /** Per head index: the request slot k whose header/data/status areas it uses. */
     private final Map<Integer, Integer> slotOfHead = new HashMap<>();
+
     private int nextSlot;
 
     private void setUp(boolean direct, boolean async) throws Exception {
@@ -99,10 +101,18 @@ class BlkQueueWorkerTest {
     }
 
     private QueueWorker newWorker(boolean async) throws Exception {
-        BlkQueueHandler handler = new BlkQueueHandler(image, BlkLimits.defaults(),
-                "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
-        return BlkDevice.newWorker("blk test q0", queue, handler, kick, call, null, stats,
-                async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null, reason -> { });
+        BlkQueueHandler handler = new BlkQueueHandler(
+                image, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        return BlkDevice.newWorker(
+                "blk test q0",
+                queue,
+                handler,
+                kick,
+                call,
+                null,
+                stats,
+                async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null,
+                reason -> {});
     }
 
     @AfterEach
@@ -335,7 +345,8 @@ class BlkQueueWorkerTest {
             assertEquals(S_OK, status((int) e[0]));
         }
         for (int k = 0; k < base; k++) {
-            assertArrayEquals(written[k], disk(4096L * k, 4096), "write " + k + " reached the image before stop returned");
+            assertArrayEquals(
+                    written[k], disk(4096L * k, 4096), "write " + k + " reached the image before stop returned");
         }
     }
 

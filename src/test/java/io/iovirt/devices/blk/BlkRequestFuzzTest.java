@@ -56,7 +56,8 @@ class BlkRequestFuzzTest {
         image.close();
         arena.close();
         try (var s = Files.walk(dir)) {
-            s.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            s.sorted(java.util.Comparator.reverseOrder())
+                    .forEach(p -> p.toFile().delete());
         }
     }
 
@@ -71,7 +72,8 @@ class BlkRequestFuzzTest {
         }
         ram.fill((byte) 0);
         SplitDriverRing ring = SplitDriverRing.create(holder.get(), 0, 16, false);
-        Virtqueue q = Virtqueue.create(ring.queueConfig(0, false), holder).limitChain(BlkLimits.defaults().segMax() + 2);
+        Virtqueue q = Virtqueue.create(ring.queueConfig(0, false), holder)
+                .limitChain(BlkLimits.defaults().segMax() + 2);
         long[] addrs = new long[count];
         int[] lens = new int[count];
         boolean[] writable = new boolean[count];

@@ -20,9 +20,9 @@ import io.iovirt.vhostuser.FrontendMemory;
 import io.iovirt.vhostuser.LogCapture;
 import io.iovirt.vhostuser.VhostUserFrontend;
 import io.iovirt.vhostuser.VhostUserServer;
+import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;
-import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
@@ -64,7 +64,8 @@ class HostileBlkFrontendTest {
             this.call = call;
             fe = VhostUserFrontend.connect(socket, TIMEOUT);
             ram = FrontendMemory.allocate(0, ramBytes);
-            GuestMemory mem = GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
+            GuestMemory mem =
+                    GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
             fe.getFeatures();
             fe.setProtocolFeatures(fe.getProtocolFeatures());
             fe.setOwner();
@@ -73,7 +74,10 @@ class HostileBlkFrontendTest {
             ring = SplitDriverRing.create(mem, alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
             fe.setVringNum(0, QSIZE);
             fe.setVringBase(0, 0);
-            fe.setVringAddr(0, ram.userAddrOf(ring.descAddr()), ram.userAddrOf(ring.deviceAreaAddr()),
+            fe.setVringAddr(
+                    0,
+                    ram.userAddrOf(ring.descAddr()),
+                    ram.userAddrOf(ring.deviceAreaAddr()),
                     ram.userAddrOf(ring.driverAreaAddr()));
             fe.setVringKick(0, kick);
             fe.setVringCall(0, call);
@@ -93,8 +97,12 @@ class HostileBlkFrontendTest {
             ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
             long status = alloc(1, 1);
             ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
-            ring.add(new long[] {hdr, dataGpa, status}, new int[] {HEADER_BYTES, (int) dataLen, 1},
-                    new boolean[] {false, true, true}, 3, DriverRing.NO_INDIRECT);
+            ring.add(
+                    new long[] {hdr, dataGpa, status},
+                    new int[] {HEADER_BYTES, (int) dataLen, 1},
+                    new boolean[] {false, true, true},
+                    3,
+                    DriverRing.NO_INDIRECT);
             kick.signal();
             return status;
         }
@@ -118,8 +126,8 @@ class HostileBlkFrontendTest {
 
     private Path image(long bytes) throws IOException {
         Path p = dir.resolve("disk.img");
-        try (var f = java.nio.channels.FileChannel.open(p, java.nio.file.StandardOpenOption.CREATE,
-                java.nio.file.StandardOpenOption.WRITE)) {
+        try (var f = java.nio.channels.FileChannel.open(
+                p, java.nio.file.StandardOpenOption.CREATE, java.nio.file.StandardOpenOption.WRITE)) {
             f.truncate(bytes);
             f.write(java.nio.ByteBuffer.allocate(1), bytes - 1);
         }
@@ -127,19 +135,23 @@ class HostileBlkFrontendTest {
     }
 
     @ParameterizedTest
-    @EnumSource(value = BlkDevice.IoEngine.class, names = {"SYNC", "IO_URING"})
+    @EnumSource(
+            value = BlkDevice.IoEngine.class,
+            names = {"SYNC", "IO_URING"})
     void aTwoGibDescriptorGetsAnIoErrorAndTheQueueGoesOn(BlkDevice.IoEngine engine) throws Exception {
-        io.iovirt.testing.Require.that(engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
+        io.iovirt.testing.Require.that(
+                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
                 "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
         Path sock = dir.resolve("blk.sock");
         try (RawImage img = RawImage.open(image(1 << 20), false, false);
-             VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s", engine));
-             EventFd call = EventFd.create(true);
-             Driver d = new Driver(sock, 3L << 30, call)) { // sparse: the 2 GiB buffer lies inside guest memory
+                VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s", engine));
+                EventFd call = EventFd.create(true);
+                Driver d = new Driver(sock, 3L << 30, call)) { // sparse: the 2 GiB buffer lies inside guest memory
             long big = d.alloc(Integer.MAX_VALUE, 4096);
             assertEquals(S_IOERR, d.awaitStatus(d.read(big, 0x8000_0000L)), "2 GiB segment > size_max: IOERR");
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "the queue still serves");
-            assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET: the request was answered");
+            assertEquals(
+                    0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET: the request was answered");
         }
     }
 
@@ -147,10 +159,10 @@ class HostileBlkFrontendTest {
     void aBlockingFullCallEventfdDoesNotHoldTheQueueThread() throws Exception {
         Path sock = dir.resolve("blk.sock");
         try (RawImage img = RawImage.open(image(1 << 20), false, false);
-             LogCapture log = LogCapture.start("io.iovirt");
-             VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s"));
-             EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
-             Driver d = new Driver(sock, 1 << 20, trap)) {
+                LogCapture log = LogCapture.start("io.iovirt");
+                VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s"));
+                EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                Driver d = new Driver(sock, 1 << 20, trap)) {
             trap.write(0xffff_ffff_ffff_fffeL);
             trap.fd().setNonBlocking(false); // undo what the backend did to the shared file description
             long st = d.read(d.alloc(4096, 4096), 4096);
@@ -164,13 +176,14 @@ class HostileBlkFrontendTest {
                 }
             });
             assertEquals(1, base.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS));
-            assertTrue(log.awaitLine("call eventfd is full or was made blocking").contains("blk hostile q0"));
+            assertTrue(
+                    log.awaitLine("call eventfd is full or was made blocking").contains("blk hostile q0"));
         }
         // and the server serves the next frontend
         try (RawImage img = RawImage.open(dir.resolve("disk.img"), false, false);
-             VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("next", img, 1, "s"));
-             EventFd call = EventFd.create(true);
-             Driver d = new Driver(sock, 1 << 20, call)) {
+                VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("next", img, 1, "s"));
+                EventFd call = EventFd.create(true);
+                Driver d = new Driver(sock, 1 << 20, call)) {
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
         }
     }
@@ -179,11 +192,20 @@ class HostileBlkFrontendTest {
     void sigtermEndsServeBlkWithinFiveSecondsWhileAFrontendHoldsItsQueueHostage() throws Exception {
         Path sock = dir.resolve("serve.sock");
         Path img = image(1 << 20);
-        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command("serve", "blk", "--image", img.toString(),
-                        "--socket", sock.toString(), "--io-engine", "sync"))
-                .name("iovirt serve blk").log(dir.resolve("serve.log")).startListening(sock, TIMEOUT);
-             EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
-             Driver d = new Driver(sock, 1 << 20, trap)) {
+        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command(
+                                "serve",
+                                "blk",
+                                "--image",
+                                img.toString(),
+                                "--socket",
+                                sock.toString(),
+                                "--io-engine",
+                                "sync"))
+                        .name("iovirt serve blk")
+                        .log(dir.resolve("serve.log"))
+                        .startListening(sock, TIMEOUT);
+                EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                Driver d = new Driver(sock, 1 << 20, trap)) {
             trap.write(0xffff_ffff_ffff_fffeL);
             trap.fd().setNonBlocking(false);
             for (int i = 0; i < 8; i++) {
@@ -192,8 +214,9 @@ class HostileBlkFrontendTest {
             Thread.sleep(200); // the queue thread is now writing the trap
             long start = System.nanoTime();
             ProcessHandle.of(serve.pid()).orElseThrow().destroy(); // SIGTERM
-            assertTrue(serve.waitFor(Duration.ofSeconds(5)), "serve blk did not exit within 5 s of SIGTERM:\n"
-                    + serve.logTail(30));
+            assertTrue(
+                    serve.waitFor(Duration.ofSeconds(5)),
+                    "serve blk did not exit within 5 s of SIGTERM:\n" + serve.logTail(30));
             assertTrue(System.nanoTime() - start < 5_000_000_000L);
             assertEquals(0, serve.exitValue(), serve.logTail(30));
         }

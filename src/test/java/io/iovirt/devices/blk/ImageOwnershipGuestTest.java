@@ -47,20 +47,35 @@ class ImageOwnershipGuestTest {
         Path sockA = dir.resolve("a.sock");
         Path sockB = dir.resolve("b.sock");
         byte[] junk = VhostUserBlkGuestTest.pattern(22, 4 * MIB);
-        try (ChildProcess a = backend(disk, sockA, "a"); ChildProcess b = backend(disk, sockB, "b")) {
-            try (RunningGuest vm1 = QemuGuest.builder(image).name("owner-vm1").workDir(dir).memoryMiB(256)
-                    .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(sockA.toString()),
-                            "-device", "vhost-user-blk-pci,chardev=vub0")
+        try (ChildProcess a = backend(disk, sockA, "a");
+                ChildProcess b = backend(disk, sockB, "b")) {
+            try (RunningGuest vm1 = QemuGuest.builder(image)
+                    .name("owner-vm1")
+                    .workDir(dir)
+                    .memoryMiB(256)
+                    .args(
+                            "-chardev",
+                            "socket,id=vub0,path=" + QemuGuest.escape(sockA.toString()),
+                            "-device",
+                            "vhost-user-blk-pci,chardev=vub0")
                     .payload(WAIT_DISK + """
                             dd if=/dev/vda of=/dev/null bs=1M count=1 iflag=direct 2>/dev/null && echo "vm1: holding"
                             sleep 600
-                            """).build().start(TIMEOUT.multipliedBy(3))) {
+                            """)
+                    .build()
+                    .start(TIMEOUT.multipliedBy(3))) {
                 vm1.awaitConsole(Pattern.compile("vm1: holding"), TIMEOUT);
 
-                GuestResult r2 = QemuGuest.builder(image).name("owner-vm2").workDir(dir).memoryMiB(256)
+                GuestResult r2 = QemuGuest.builder(image)
+                        .name("owner-vm2")
+                        .workDir(dir)
+                        .memoryMiB(256)
                         .file("/root/junk.bin", junk, 0644)
-                        .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(sockB.toString()),
-                                "-device", "vhost-user-blk-pci,chardev=vub0")
+                        .args(
+                                "-chardev",
+                                "socket,id=vub0,path=" + QemuGuest.escape(sockB.toString()),
+                                "-device",
+                                "vhost-user-blk-pci,chardev=vub0")
                         .payload(WAIT_DISK + """
                                 if dd if=/root/junk.bin of=/dev/vda bs=1M count=4 oflag=direct conv=fsync 2>/dev/null; then
                                     echo write=accepted
@@ -72,35 +87,55 @@ class ImageOwnershipGuestTest {
                                 else
                                     echo read=refused
                                 fi
-                                """).build().run(TIMEOUT);
+                                """)
+                        .build()
+                        .run(TIMEOUT);
                 assertEquals(0, r2.exitCode(), r2.consoleTail(30));
                 assertEquals("refused", r2.field("write"), r2.consoleTail(30));
                 assertEquals("refused", r2.field("read"), r2.consoleTail(30));
                 String log = b.log();
-                assertTrue(log.contains("is in use by pid " + a.pid()), "the refusal does not name the holder:\n" + log);
+                assertTrue(
+                        log.contains("is in use by pid " + a.pid()), "the refusal does not name the holder:\n" + log);
                 assertTrue(log.contains("NEEDS_RESET"), log);
-                assertTrue(VhostUserBlkGuestTest.sha256(Files.readAllBytes(disk)).equals(VhostUserBlkGuestTest.sha256(content)),
+                assertTrue(
+                        VhostUserBlkGuestTest.sha256(Files.readAllBytes(disk))
+                                .equals(VhostUserBlkGuestTest.sha256(content)),
                         "the image changed through the second VM");
-                System.out.println("image-ownership: " + log.lines().filter(l -> l.contains("is in use by")).findFirst().orElse(""));
+                System.out.println("image-ownership: "
+                        + log.lines()
+                                .filter(l -> l.contains("is in use by"))
+                                .findFirst()
+                                .orElse(""));
             } // the first VM goes away: its backend releases the image
 
-            GuestResult r3 = QemuGuest.builder(image).name("owner-vm3").workDir(dir).memoryMiB(256)
+            GuestResult r3 = QemuGuest.builder(image)
+                    .name("owner-vm3")
+                    .workDir(dir)
+                    .memoryMiB(256)
                     .file("/root/junk.bin", junk, 0644)
-                    .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(sockB.toString()),
-                            "-device", "vhost-user-blk-pci,chardev=vub0")
+                    .args(
+                            "-chardev",
+                            "socket,id=vub0,path=" + QemuGuest.escape(sockB.toString()),
+                            "-device",
+                            "vhost-user-blk-pci,chardev=vub0")
                     .payload(WAIT_DISK + """
                             dd if=/root/junk.bin of=/dev/vda bs=1M count=4 oflag=direct conv=fsync 2>/dev/null && echo write=accepted
-                            """).build().run(TIMEOUT);
+                            """)
+                    .build()
+                    .run(TIMEOUT);
             assertEquals("accepted", r3.field("write"), r3.consoleTail(30) + "\n" + b.logTail(20));
             byte[] after = Files.readAllBytes(disk);
-            assertEquals(VhostUserBlkGuestTest.sha256(junk), VhostUserBlkGuestTest.sha256(java.util.Arrays.copyOf(after, 4 * MIB)));
+            assertEquals(
+                    VhostUserBlkGuestTest.sha256(junk),
+                    VhostUserBlkGuestTest.sha256(java.util.Arrays.copyOf(after, 4 * MIB)));
         }
     }
 
     private ChildProcess backend(Path disk, Path socket, String tag) {
-        return ChildProcess.builder(IovirtCli.command(List.of("serve", "blk", "--image", disk.toString(),
-                        "--socket", socket.toString())))
-                .name("iovirt serve blk " + tag).log(dir.resolve("iovirt-" + tag + ".log"))
+        return ChildProcess.builder(IovirtCli.command(
+                        List.of("serve", "blk", "--image", disk.toString(), "--socket", socket.toString())))
+                .name("iovirt serve blk " + tag)
+                .log(dir.resolve("iovirt-" + tag + ".log"))
                 .startListening(socket, BlkBackendUnderTest.START_TIMEOUT);
     }
 }

@@ -30,10 +30,19 @@ class IovirtBlkMigrationGuestTest extends BlkMigrationGuestTest {
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
-        return ChildProcess.builder(IovirtCli.command(List.of("serve", "blk", "--image", image.toString(),
-                        "--socket", socket.toString(), "--queues", Integer.toString(queues), "--direct")))
+        return ChildProcess.builder(IovirtCli.command(List.of(
+                        "serve",
+                        "blk",
+                        "--image",
+                        image.toString(),
+                        "--socket",
+                        socket.toString(),
+                        "--queues",
+                        Integer.toString(queues),
+                        "--direct")))
                 .env("JAVA_TOOL_OPTIONS", "-Djava.util.logging.config.file=" + logging)
-                .name("iovirt serve blk " + tag).log(dir.resolve("iovirt-" + tag + ".log"))
+                .name("iovirt serve blk " + tag)
+                .log(dir.resolve("iovirt-" + tag + ".log"))
                 .startListening(socket, BlkBackendUnderTest.START_TIMEOUT);
     }
 

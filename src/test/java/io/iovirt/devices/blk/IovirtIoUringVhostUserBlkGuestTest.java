@@ -46,14 +46,25 @@ class IovirtIoUringVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
 
             @Override
             public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
-                List<String> args = new ArrayList<>(List.of("serve", "blk", "--image", image.toString(),
-                        "--socket", socket.toString(), "--queues", Integer.toString(queues), "--direct",
-                        "--io-engine", "io_uring"));
+                List<String> args = new ArrayList<>(List.of(
+                        "serve",
+                        "blk",
+                        "--image",
+                        image.toString(),
+                        "--socket",
+                        socket.toString(),
+                        "--queues",
+                        Integer.toString(queues),
+                        "--direct",
+                        "--io-engine",
+                        "io_uring"));
                 if (readonly) {
                     args.add("--readonly");
                 }
-                return ChildProcess.builder(IovirtCli.command(args)).name("iovirt serve blk --direct")
-                        .log(workDir.resolve("iovirt.log")).startListening(socket, START_TIMEOUT);
+                return ChildProcess.builder(IovirtCli.command(args))
+                        .name("iovirt serve blk --direct")
+                        .log(workDir.resolve("iovirt.log"))
+                        .startListening(socket, START_TIMEOUT);
             }
 
             @Override
@@ -69,9 +80,15 @@ class IovirtIoUringVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
         try (backend) {
             // Overlapping random reads and writes of mixed sizes, 32 in flight; every block written is read back
             // and checked (crc32c + the block's offset in its header), at the end and in between.
-            GuestResult r = QemuGuest.builder(image).name("iovirt-io_uring/fio-randrw").workDir(dir).fio()
-                    .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
-                            "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=1")
+            GuestResult r = QemuGuest.builder(image)
+                    .name("iovirt-io_uring/fio-randrw")
+                    .workDir(dir)
+                    .fio()
+                    .args(
+                            "-chardev",
+                            "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
+                            "-device",
+                            "vhost-user-blk-pci,chardev=vub0,num-queues=1")
                     .payload("""
                             set -e
                             for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
@@ -79,11 +96,14 @@ class IovirtIoUringVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
                                 --rwmixread=50 --bsrange=4k-128k --size=32M --iodepth=32 --iodepth_batch_submit=8 \\
                                 --verify=crc32c --verify_backlog=64 --do_verify=1 --verify_fatal=1 \\
                                 --verify_state_save=0 --randseed=7
-                            """).build().run(TIMEOUT.multipliedBy(2));
+                            """)
+                    .build()
+                    .run(TIMEOUT.multipliedBy(2));
             assertEquals(0, r.exitCode(), r.consoleTail(40));
             assertTrue(r.output().contains("err= 0"), r.output());
             assertTrue(r.output().contains("READ:") && r.output().contains("WRITE:"), r.output());
-            r.outputLines().stream().filter(l -> l.contains("IOPS=") || l.contains("verify")) // for the CI log
+            r.outputLines().stream()
+                    .filter(l -> l.contains("IOPS=") || l.contains("verify")) // for the CI log
                     .forEach(l -> System.out.println("fio-randrw: " + l.strip()));
             assertTrue(backend.isAlive(), backend.logTail(20));
         }

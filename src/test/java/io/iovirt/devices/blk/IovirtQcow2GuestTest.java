@@ -39,6 +39,7 @@ class IovirtQcow2GuestTest {
     static final Duration TIMEOUT = Duration.ofSeconds(240);
     /** A child JVM's start: measured at ~40 s with a load average of 34 on this shared 2-core machine. */
     static final Duration START = Duration.ofSeconds(120);
+
     static GuestImage image;
 
     @TempDir
@@ -51,17 +52,32 @@ class IovirtQcow2GuestTest {
 
     private ChildProcess serveBlk(Path img, int queues, String... extra) {
         Path sock = dir.resolve("vub.sock");
-        List<String> cmd = new ArrayList<>(List.of("serve", "blk", "--image", img.toString(), "--socket", sock.toString(),
-                "--queues", Integer.toString(queues)));
+        List<String> cmd = new ArrayList<>(List.of(
+                "serve",
+                "blk",
+                "--image",
+                img.toString(),
+                "--socket",
+                sock.toString(),
+                "--queues",
+                Integer.toString(queues)));
         cmd.addAll(List.of(extra));
         return ChildProcess.builder(IovirtCli.command(cmd))
-                .name("iovirt serve blk").log(dir.resolve("iovirt.log")).startListening(sock, START);
+                .name("iovirt serve blk")
+                .log(dir.resolve("iovirt.log"))
+                .startListening(sock, START);
     }
 
     private QemuGuest.Builder vhostGuest(String name, int queues) {
-        return QemuGuest.builder(image).name("qcow2/" + name).workDir(dir)
-                .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(dir.resolve("vub.sock").toString()),
-                        "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues);
+        return QemuGuest.builder(image)
+                .name("qcow2/" + name)
+                .workDir(dir)
+                .args(
+                        "-chardev",
+                        "socket,id=vub0,path="
+                                + QemuGuest.escape(dir.resolve("vub.sock").toString()),
+                        "-device",
+                        "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues);
     }
 
     private static final String WAIT = """
@@ -74,8 +90,20 @@ class IovirtQcow2GuestTest {
     private byte[] overlay(String base, int seed, int baseBytes, Path img) throws Exception {
         byte[] b = VhostUserBlkGuestTest.pattern(seed, baseBytes);
         Files.write(dir.resolve(base), b);
-        ok("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", base, "-F", "raw",
-                img.toString(), "64M");
+        ok(
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=65536",
+                "-b",
+                base,
+                "-F",
+                "raw",
+                img.toString(),
+                "64M");
         return b;
     }
 
@@ -89,12 +117,16 @@ class IovirtQcow2GuestTest {
         Arrays.fill(expected, 4 * MIB, 5 * MIB, (byte) 0x3c);
         byte[] guestData = VhostUserBlkGuestTest.pattern(22, 2 * MIB);
         try (ChildProcess p = serveBlk(img, 1)) {
-            GuestResult r = vhostGuest("chain", 1).file("/root/g.bin", guestData, 0644).payload(WAIT.replace("DEV", "vda") + """
+            GuestResult r = vhostGuest("chain", 1)
+                    .file("/root/g.bin", guestData, 0644)
+                    .payload(WAIT.replace("DEV", "vda") + """
                     echo sha=$(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                     # 2 MiB at 1 MiB + 4 KiB: partial clusters at both ends copy the backing data around the write
                     dd if=/root/g.bin of=/dev/vda bs=4k seek=257 oflag=direct conv=fsync 2>/dev/null
                     echo sha2=$(dd if=/dev/vda bs=4k skip=257 count=512 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
-                    """).build().run(TIMEOUT);
+                    """)
+                    .build()
+                    .run(TIMEOUT);
             assertEquals(0, r.exitCode(), r.consoleTail(40));
             assertEquals(VhostUserBlkGuestTest.sha256(expected), r.field("sha"));
             assertEquals(VhostUserBlkGuestTest.sha256(guestData), r.field("sha2"));
@@ -119,15 +151,31 @@ class IovirtQcow2GuestTest {
         }
         Files.write(raw, d);
         Path img = dir.resolve("c.qcow2");
-        ok("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=2M", raw.toString(), img.toString());
+        ok(
+                "qemu-img",
+                "convert",
+                "-c",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                "cluster_size=2M",
+                raw.toString(),
+                img.toString());
         ok("qemu-img", "resize", "-q", "-f", "qcow2", img.toString(), "96M");
         try (ChildProcess p = serveBlk(img, 2)) {
-            GuestResult r = vhostGuest("compressed-fio", 2).cpus(2).fio().payload(WAIT.replace("DEV", "vda") + """
+            GuestResult r = vhostGuest("compressed-fio", 2)
+                    .cpus(2)
+                    .fio()
+                    .payload(WAIT.replace("DEV", "vda") + """
                     echo sha=$(dd if=/dev/vda bs=1M count=32 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                     fio --name=verify --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randwrite --offset=16M \\
                         --bsrange=4k-256k --size=64M --iodepth=16 --numjobs=2 --offset_increment=32M \\
                         --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --randseed=7 --group_reporting
-                    """).build().run(TIMEOUT.multipliedBy(2));
+                    """)
+                    .build()
+                    .run(TIMEOUT.multipliedBy(2));
             assertEquals(0, r.exitCode(), r.consoleTail(60));
             assertEquals(VhostUserBlkGuestTest.sha256(d), r.field("sha"));
             assertTrue(r.output().contains("err= 0"), r.output());
@@ -145,22 +193,35 @@ class IovirtQcow2GuestTest {
         qemuIoOk(img, "qcow2", "write -P 0x5e 8M 4M");
         Path sock = dir.resolve("nbd.sock");
         byte[] guestData = VhostUserBlkGuestTest.pattern(23, 4 * MIB);
-        try (ChildProcess p = ChildProcess.builder(IovirtCli.command("serve", "nbd", "--image", img.toString(),
-                        "--socket", sock.toString(), "--name", "fv"))
-                .name("iovirt serve nbd").log(dir.resolve("nbd.log")).startListening(sock, START)) {
+        try (ChildProcess p = ChildProcess.builder(IovirtCli.command(
+                        "serve", "nbd", "--image", img.toString(), "--socket", sock.toString(), "--name", "fv"))
+                .name("iovirt serve nbd")
+                .log(dir.resolve("nbd.log"))
+                .startListening(sock, START)) {
             List<String> args = new ArrayList<>(List.of(
-                    "-drive", "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(sock.toString())
+                    "-drive",
+                    "driver=nbd,server.type=unix,server.path=" + QemuGuest.escape(sock.toString())
                             + ",export=fv,if=none,id=fv0",
-                    "-device", "ahci,id=ahci0", "-device", "ide-hd,drive=fv0,bus=ahci0.0"));
-            GuestResult r = QemuGuest.builder(image).name("qcow2/ahci-nbd").workDir(dir).modules("ahci", "sd_mod").fio()
-                    .args(args.toArray(String[]::new)).file("/root/g.bin", guestData, 0644)
+                    "-device",
+                    "ahci,id=ahci0",
+                    "-device",
+                    "ide-hd,drive=fv0,bus=ahci0.0"));
+            GuestResult r = QemuGuest.builder(image)
+                    .name("qcow2/ahci-nbd")
+                    .workDir(dir)
+                    .modules("ahci", "sd_mod")
+                    .fio()
+                    .args(args.toArray(String[]::new))
+                    .file("/root/g.bin", guestData, 0644)
                     .payload(WAIT.replace("DEV", "sda") + """
                             echo sha=$(dd if=/dev/sda bs=1M skip=8 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                             dd if=/root/g.bin of=/dev/sda bs=1M seek=20 oflag=direct conv=fsync 2>/dev/null
                             fio --name=verify --filename=/dev/sda --ioengine=libaio --direct=1 --rw=randwrite --offset=32M \\
                                 --bsrange=4k-64k --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \\
                                 --verify_state_save=0 --randseed=42
-                            """).build().run(TIMEOUT.multipliedBy(2));
+                            """)
+                    .build()
+                    .run(TIMEOUT.multipliedBy(2));
             assertEquals(0, r.exitCode(), r.consoleTail(60));
             byte[] want = new byte[4 * MIB];
             Arrays.fill(want, (byte) 0x5e);
@@ -172,10 +233,20 @@ class IovirtQcow2GuestTest {
         check(img, false);
         Path g = dir.resolve("g.bin");
         Files.write(g, guestData);
-        ok("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img.toString(), dir.resolve("out.raw").toString());
+        ok(
+                "qemu-img",
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "raw",
+                img.toString(),
+                dir.resolve("out.raw").toString());
         byte[] out = Files.readAllBytes(dir.resolve("out.raw"));
-        assertEquals(VhostUserBlkGuestTest.sha256(guestData),
-                VhostUserBlkGuestTest.sha256(Arrays.copyOfRange(out, 20 * MIB, 24 * MIB)), "qemu-img does not see the guest's write");
+        assertEquals(
+                VhostUserBlkGuestTest.sha256(guestData),
+                VhostUserBlkGuestTest.sha256(Arrays.copyOfRange(out, 20 * MIB, 24 * MIB)),
+                "qemu-img does not see the guest's write");
     }
 
     /**
@@ -188,13 +259,30 @@ class IovirtQcow2GuestTest {
         ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
         qemuIoOk(img, "qcow2", "write -P 0x5f 8M 4M");
         byte[] guestData = VhostUserBlkGuestTest.pattern(24, 4 * MIB);
-        VmSpec spec = new VmSpec("nvme-fv", VmSpec.Profile.HVM, 384, 1,
-                List.of(new VmSpec.Disk(VmSpec.Kind.FV, img, false, VmSpec.Bus.NVME)), List.of(), List.of(), List.of());
-        try (VmComposer c = VmComposer.compose(spec, Files.createDirectories(dir.resolve("run")), HostPaths.system().withStateDir(dir.resolve("state")))) {
-            assertTrue(c.qemuArgs().stream().anyMatch(a -> a.startsWith("nvme,drive=")), c.qemuArgs().toString());
-            GuestResult r = QemuGuest.builder(image).name("qcow2/nvme-nbd").workDir(dir).memoryMiB(384)
-                    .modules(c.modules().toArray(String[]::new)).fio()
-                    .args(c.qemuArgs()).file("/root/g.bin", guestData, 0644)
+        VmSpec spec = new VmSpec(
+                "nvme-fv",
+                VmSpec.Profile.HVM,
+                384,
+                1,
+                List.of(new VmSpec.Disk(VmSpec.Kind.FV, img, false, VmSpec.Bus.NVME)),
+                List.of(),
+                List.of(),
+                List.of());
+        try (VmComposer c = VmComposer.compose(
+                spec,
+                Files.createDirectories(dir.resolve("run")),
+                HostPaths.system().withStateDir(dir.resolve("state")))) {
+            assertTrue(
+                    c.qemuArgs().stream().anyMatch(a -> a.startsWith("nvme,drive=")),
+                    c.qemuArgs().toString());
+            GuestResult r = QemuGuest.builder(image)
+                    .name("qcow2/nvme-nbd")
+                    .workDir(dir)
+                    .memoryMiB(384)
+                    .modules(c.modules().toArray(String[]::new))
+                    .fio()
+                    .args(c.qemuArgs())
+                    .file("/root/g.bin", guestData, 0644)
                     .payload(WAIT.replace("DEV", "nvme0n1") + """
                             echo model=$(cat /sys/block/nvme0n1/device/model | tr -d ' ')
                             echo sha=$(dd if=/dev/nvme0n1 bs=1M skip=8 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -202,7 +290,9 @@ class IovirtQcow2GuestTest {
                             fio --name=verify --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 --rw=randwrite --offset=32M \\
                                 --bsrange=4k-64k --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \\
                                 --verify_state_save=0 --randseed=43
-                            """).build().run(TIMEOUT.multipliedBy(2));
+                            """)
+                    .build()
+                    .run(TIMEOUT.multipliedBy(2));
             assertEquals(0, r.exitCode(), r.consoleTail(60));
             assertTrue(r.field("model").contains("QEMU"), r.field("model")); // QEMU's emulated controller
             byte[] want = new byte[4 * MIB];
@@ -214,10 +304,20 @@ class IovirtQcow2GuestTest {
             assertTrue(st.writes.sum() >= 1 && st.flushes.sum() >= 1, st.toString());
         }
         check(img, false);
-        ok("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img.toString(), dir.resolve("out.raw").toString());
+        ok(
+                "qemu-img",
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "raw",
+                img.toString(),
+                dir.resolve("out.raw").toString());
         byte[] out = Files.readAllBytes(dir.resolve("out.raw"));
-        assertEquals(VhostUserBlkGuestTest.sha256(guestData),
-                VhostUserBlkGuestTest.sha256(Arrays.copyOfRange(out, 20 * MIB, 24 * MIB)), "qemu-img does not see the guest's write");
+        assertEquals(
+                VhostUserBlkGuestTest.sha256(guestData),
+                VhostUserBlkGuestTest.sha256(Arrays.copyOfRange(out, 20 * MIB, 24 * MIB)),
+                "qemu-img does not see the guest's write");
     }
 
     /** {@code serve blk --direct} on a qcow2 image over a backing file: reads through the chain, fio write+verify. */
@@ -226,12 +326,16 @@ class IovirtQcow2GuestTest {
         Path img = dir.resolve("direct.qcow2");
         byte[] b = overlay("dbase.raw", 25, 8 * MIB, img);
         try (ChildProcess p = serveBlk(img, 1, "--direct")) {
-            GuestResult r = vhostGuest("direct", 1).fio().payload(WAIT.replace("DEV", "vda") + """
+            GuestResult r = vhostGuest("direct", 1)
+                    .fio()
+                    .payload(WAIT.replace("DEV", "vda") + """
                     echo sha=$(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                     fio --name=verify --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randwrite --offset=4M \\
                         --bsrange=4k-128k --size=24M --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \\
                         --verify_state_save=0 --randseed=44
-                    """).build().run(TIMEOUT.multipliedBy(2));
+                    """)
+                    .build()
+                    .run(TIMEOUT.multipliedBy(2));
             assertEquals(0, r.exitCode(), r.consoleTail(60));
             assertEquals(VhostUserBlkGuestTest.sha256(b), r.field("sha"));
             assertTrue(r.output().contains("err= 0"), r.output());

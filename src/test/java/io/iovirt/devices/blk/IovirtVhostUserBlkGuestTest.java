@@ -20,13 +20,22 @@ class IovirtVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
 
             @Override
             public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
-                List<String> args = new ArrayList<>(List.of("serve", "blk", "--image", image.toString(),
-                        "--socket", socket.toString(), "--queues", Integer.toString(queues)));
+                List<String> args = new ArrayList<>(List.of(
+                        "serve",
+                        "blk",
+                        "--image",
+                        image.toString(),
+                        "--socket",
+                        socket.toString(),
+                        "--queues",
+                        Integer.toString(queues)));
                 if (readonly) {
                     args.add("--readonly");
                 }
-                return ChildProcess.builder(IovirtCli.command(args)).name("iovirt serve blk")
-                        .log(workDir.resolve("iovirt.log")).startListening(socket, START_TIMEOUT);
+                return ChildProcess.builder(IovirtCli.command(args))
+                        .name("iovirt serve blk")
+                        .log(workDir.resolve("iovirt.log"))
+                        .startListening(socket, START_TIMEOUT);
             }
 
             @Override

@@ -18,8 +18,13 @@ class QsdBlkMigrationGuestTest extends BlkMigrationGuestTest {
 
     @Override
     ChildProcess startBackend(Path image, Path socket, int queues, String tag) {
-        return QemuStorageDaemon.builder(image, socket).numQueues(queues).cacheDirect(true).locking(false)
-                .log(dir.resolve("qsd-" + tag + ".log")).start().process();
+        return QemuStorageDaemon.builder(image, socket)
+                .numQueues(queues)
+                .cacheDirect(true)
+                .locking(false)
+                .log(dir.resolve("qsd-" + tag + ".log"))
+                .start()
+                .process();
     }
 
     @Override

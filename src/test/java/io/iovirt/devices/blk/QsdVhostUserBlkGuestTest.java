@@ -18,8 +18,13 @@ class QsdVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
 
             @Override
             public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
-                return QemuStorageDaemon.builder(image, socket).numQueues(queues).writable(!readonly)
-                        .cacheDirect(true).log(workDir.resolve("qsd.log")).start().process();
+                return QemuStorageDaemon.builder(image, socket)
+                        .numQueues(queues)
+                        .writable(!readonly)
+                        .cacheDirect(true)
+                        .log(workDir.resolve("qsd.log"))
+                        .start()
+                        .process();
             }
 
             /** qemu-storage-daemon serves vhost-user through libvhost-user, which implements only the split ring. */

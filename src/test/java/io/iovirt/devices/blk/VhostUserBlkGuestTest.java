@@ -56,6 +56,7 @@ abstract class VhostUserBlkGuestTest {
 
     @TempDir
     Path dir;
+
     Path disk;
     Path socket;
     private final Deque<AutoCloseable> toClose = new ArrayDeque<>();
@@ -106,7 +107,8 @@ abstract class VhostUserBlkGuestTest {
         byte[] pattern = pattern(2, 4 * MIB);
         startBackend(1, false);
 
-        GuestResult r = run(guest("write-odirect", 1, false).file("/root/pattern.bin", pattern, 0644)
+        GuestResult r = run(guest("write-odirect", 1, false)
+                .file("/root/pattern.bin", pattern, 0644)
                 .payload(PREAMBLE + """
                         dd if=/root/pattern.bin of=/dev/vda bs=1M seek=4 oflag=direct conv=fsync 2>/dev/null
                         echo sha=$(dd if=/dev/vda bs=1M skip=4 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -144,7 +146,8 @@ abstract class VhostUserBlkGuestTest {
         // Buffered write in the guest, then fsync: the guest writes the pages back and, with a write-back cache,
         // sends FLUSH. A device that starts write-through but offers CONFIG_WCE (qemu-storage-daemon does) is
         // switched to write-back through its config space (SET_CONFIG), as an administrator would.
-        QemuGuest guest = guest("flush-kill", 1, false).file("/root/pattern.bin", pattern, 0644)
+        QemuGuest guest = guest("flush-kill", 1, false)
+                .file("/root/pattern.bin", pattern, 0644)
                 .payload(PREAMBLE + """
                         if [ "$(cat /sys/block/vda/queue/write_cache)" != "write back" ]; then
                             echo "write back" > /sys/block/vda/cache_type
@@ -153,10 +156,12 @@ abstract class VhostUserBlkGuestTest {
                         dd if=/root/pattern.bin of=/dev/vda bs=1M seek=16 conv=fsync 2>/dev/null
                         echo iovirt-test: flushed
                         sleep 600
-                        """).build();
+                        """)
+                .build();
         try (RunningGuest running = guest.start(TIMEOUT.multipliedBy(2))) {
             running.awaitConsole(Pattern.compile("iovirt-test: flushed"), TIMEOUT);
-            assertTrue(running.console().contains("cache=write back"),
+            assertTrue(
+                    running.console().contains("cache=write back"),
                     "the device offers no volatile write cache, so no FLUSH was sent:\n" + running.console());
             running.kill();
             assertFalse(running.isAlive());
@@ -174,7 +179,8 @@ abstract class VhostUserBlkGuestTest {
         writeAt(0, hostPattern);
         startBackend(1, false);
 
-        GuestResult r = run(guest("packed", 1, true).file("/root/pattern.bin", guestPattern, 0644)
+        GuestResult r = run(guest("packed", 1, true)
+                .file("/root/pattern.bin", guestPattern, 0644)
                 .payload(PREAMBLE + """
                         echo features=$(cat /sys/block/vda/device/features)
                         echo sha=$(dd if=/dev/vda bs=1M count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -225,8 +231,10 @@ abstract class VhostUserBlkGuestTest {
 
         // The disk says which boot this is: the first boot writes, marks sector 2048 and reboots (QEMU stops and
         // restarts the vhost-user device on the same connection); the second checks the data and writes more.
-        GuestResult r = run(guest("reboot", 1, false).allowReboot(true)
-                .file("/root/before.bin", before, 0644).file("/root/after.bin", after, 0644)
+        GuestResult r = run(guest("reboot", 1, false)
+                .allowReboot(true)
+                .file("/root/before.bin", before, 0644)
+                .file("/root/after.bin", after, 0644)
                 .payload(PREAMBLE + """
                         if [ "$(dd if=/dev/vda bs=512 skip=2048 count=1 iflag=direct 2>/dev/null | head -c 8)" != rebooted ]; then
                             dd if=/root/before.bin of=/dev/vda bs=1M seek=8 oflag=direct conv=fsync 2>/dev/null
@@ -254,7 +262,8 @@ abstract class VhostUserBlkGuestTest {
         byte[] first = pattern(9, 4 * MIB);
         ChildProcess backend = startBackend(1, false);
 
-        GuestResult r1 = run(guest("vm-1", 1, false).file("/root/first.bin", first, 0644).payload(PREAMBLE + """
+        GuestResult r1 =
+                run(guest("vm-1", 1, false).file("/root/first.bin", first, 0644).payload(PREAMBLE + """
                 dd if=/root/first.bin of=/dev/vda bs=1M seek=4 oflag=direct conv=fsync 2>/dev/null
                 """));
         assertEquals(0, r1.exitCode(), r1.output());
@@ -275,7 +284,8 @@ abstract class VhostUserBlkGuestTest {
         String before = sha256(Files.readAllBytes(disk));
         startBackend(1, true);
 
-        GuestResult r = run(guest("read-only", 1, false).file("/root/junk.bin", pattern(11, MIB), 0644)
+        GuestResult r = run(guest("read-only", 1, false)
+                .file("/root/junk.bin", pattern(11, MIB), 0644)
                 .payload(PREAMBLE + """
                         echo ro=$(cat /sys/block/vda/ro)
                         echo sha=$(dd if=/dev/vda bs=1M count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -301,9 +311,14 @@ abstract class VhostUserBlkGuestTest {
     }
 
     private QemuGuest.Builder guest(String name, int queues, boolean packed) {
-        return QemuGuest.builder(image).name(backend().name() + "/" + name).workDir(dir)
-                .args("-chardev", "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
-                        "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues + (packed ? ",packed=on" : ""));
+        return QemuGuest.builder(image)
+                .name(backend().name() + "/" + name)
+                .workDir(dir)
+                .args(
+                        "-chardev",
+                        "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
+                        "-device",
+                        "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues + (packed ? ",packed=on" : ""));
     }
 
     private static GuestResult run(QemuGuest.Builder guest) {
@@ -346,5 +361,4 @@ abstract class VhostUserBlkGuestTest {
         }
         return true;
     }
-
 }

@@ -82,12 +82,25 @@ class DaemonGuestTest {
             f.seek(8L << 20);
             f.write(hostPattern);
         }
-        try (ChildProcess daemon = ChildProcess.builder(IovirtCli.command("daemon", "--control", control.toString(),
-                        "--metrics", "127.0.0.1:" + metricsPort)).name("iovirt daemon").log(dir.resolve("daemon.log"))
+        try (ChildProcess daemon = ChildProcess.builder(IovirtCli.command(
+                        "daemon", "--control", control.toString(), "--metrics", "127.0.0.1:" + metricsPort))
+                .name("iovirt daemon")
+                .log(dir.resolve("daemon.log"))
                 .startListening(control, Duration.ofSeconds(60))) {
-            assertEquals("blk1", json(control, "blk.add", "id=blk1", "image=" + disk1, "socket=" + dir.resolve("blk1.sock")).get("id"));
-            assertEquals("blk2", json(control, "blk.add", "id=blk2", "image=" + disk2, "socket=" + dir.resolve("blk2.sock"),
-                    "queues=2").get("id"));
+            assertEquals(
+                    "blk1",
+                    json(control, "blk.add", "id=blk1", "image=" + disk1, "socket=" + dir.resolve("blk1.sock"))
+                            .get("id"));
+            assertEquals(
+                    "blk2",
+                    json(
+                                    control,
+                                    "blk.add",
+                                    "id=blk2",
+                                    "image=" + disk2,
+                                    "socket=" + dir.resolve("blk2.sock"),
+                                    "queues=2")
+                            .get("id"));
             assertEquals("sw", json(control, "net.add", "id=sw").get("id"));
             json(control, "net.port.add", "net=sw", "id=a", "kind=vhost-user", "path=" + dir.resolve("a.sock"));
             json(control, "net.port.add", "net=sw", "id=b", "kind=vhost-user", "path=" + dir.resolve("b.sock"));
@@ -96,7 +109,9 @@ class DaemonGuestTest {
             assertTrue(table.contains("vhost-user") && table.contains("stream"), table);
 
             String[] ips = {"10.0.12.1", "10.0.12.2", "10.0.12.3"};
-            long[] macs = {Mac.parse("52:54:00:12:00:01"), Mac.parse("52:54:00:12:00:02"), Mac.parse("52:54:00:12:00:03")};
+            long[] macs = {
+                Mac.parse("52:54:00:12:00:01"), Mac.parse("52:54:00:12:00:02"), Mac.parse("52:54:00:12:00:03")
+            };
             String phase1 = """
                     for p in %s; do
                       if ping -c 3 -i 0.2 -W 10 $p > /tmp/ping 2>&1; then say PING $p ok; else say PING $p FAIL; cat /tmp/ping; fi
@@ -137,14 +152,31 @@ class DaemonGuestTest {
                         }
                     }
                     String name = "abc".substring(i, i + 1);
-                    List<String> extra = i == 2 ? List.of() : List.of("-chardev", "socket,id=blk,path="
-                            + QemuGuest.escape(dir.resolve("blk" + (i + 1) + ".sock").toString()),
-                            "-device", "vhost-user-blk-pci,chardev=blk,num-queues=" + (i + 1));
-                    String body = phase1.formatted(others, i == 0 ? diskA : i == 1 ? diskB : "",
-                            i == 0 ? afterA : i == 1 ? afterB : "");
-                    guests.add(NetGuest.start(image, dir, name, ips[i], macs[i],
-                            i == 2 ? NetGuest.Nic.E1000 : NetGuest.Nic.VIRTIO, 1, dir.resolve(name + ".sock"), peers, body,
-                            BOOT.plus(STEP).plus(STEP), extra, i == 2 ? List.of() : List.of("virtio_blk")));
+                    List<String> extra = i == 2
+                            ? List.of()
+                            : List.of(
+                                    "-chardev",
+                                    "socket,id=blk,path="
+                                            + QemuGuest.escape(dir.resolve("blk" + (i + 1) + ".sock")
+                                                    .toString()),
+                                    "-device",
+                                    "vhost-user-blk-pci,chardev=blk,num-queues=" + (i + 1));
+                    String body = phase1.formatted(
+                            others, i == 0 ? diskA : i == 1 ? diskB : "", i == 0 ? afterA : i == 1 ? afterB : "");
+                    guests.add(NetGuest.start(
+                            image,
+                            dir,
+                            name,
+                            ips[i],
+                            macs[i],
+                            i == 2 ? NetGuest.Nic.E1000 : NetGuest.Nic.VIRTIO,
+                            1,
+                            dir.resolve(name + ".sock"),
+                            peers,
+                            body,
+                            BOOT.plus(STEP).plus(STEP),
+                            extra,
+                            i == 2 ? List.of() : List.of("virtio_blk")));
                 }
                 for (NetGuest g : guests) {
                     g.await("UP", BOOT);
@@ -165,7 +197,9 @@ class DaemonGuestTest {
                 String[] diskAOut = guests.get(0).await("DISK", STEP);
                 assertEquals(sha256(pattern("iovirt-guest-a-wrote-this", 1 << 20)), diskAOut[0], "guest A's read-back");
                 assertEquals(Long.toString(DISK / 512), diskAOut[1]);
-                assertEquals(sha256(pattern("iovirt-guest-a-wrote-this", 1 << 20)), sha256(readAt(disk1, 4L << 20, 1 << 20)),
+                assertEquals(
+                        sha256(pattern("iovirt-guest-a-wrote-this", 1 << 20)),
+                        sha256(readAt(disk1, 4L << 20, 1 << 20)),
                         "guest A's write on the host");
                 assertEquals(sha256(hostPattern), guests.get(1).await("DISK", STEP)[0], "guest B read the host's data");
 
@@ -175,15 +209,24 @@ class DaemonGuestTest {
                 json(control, "net.port.remove", "net=sw", "id=c");
                 guests.get(0).proceed();
                 guests.get(1).proceed();
-                assertEquals(Long.toString(GROWN / 512), guests.get(0).await("SIZE", STEP)[0],
+                assertEquals(
+                        Long.toString(GROWN / 512),
+                        guests.get(0).await("SIZE", STEP)[0],
                         "the guest did not see the new size:\n" + guests.get(0).console());
-                assertEquals("ok", guests.get(0).await("PING2", STEP)[0], guests.get(0).console());
-                assertEquals("ok", guests.get(1).await("PING2", STEP)[0], guests.get(1).console());
+                assertEquals(
+                        "ok",
+                        guests.get(0).await("PING2", STEP)[0],
+                        guests.get(0).console());
+                assertEquals(
+                        "ok",
+                        guests.get(1).await("PING2", STEP)[0],
+                        guests.get(1).console());
                 guests.get(0).await("PHASE2", STEP);
                 guests.get(1).await("PHASE2", STEP);
                 assertEquals(GROWN, Files.size(disk1));
 
-                // counters: ctl and /metrics agree (read twice around the scrape: traffic has stopped), promtool accepts
+                // counters: ctl and /metrics agree (read twice around the scrape: traffic has stopped), promtool
+                // accepts
                 Map<String, Object> before = json(control, "stats", "id=sw");
                 String metrics = scrape(metricsPort);
                 Map<String, Object> after = json(control, "stats", "id=sw");
@@ -192,18 +235,36 @@ class DaemonGuestTest {
                 for (Object o : (List<?>) after.get("ports")) {
                     Map<?, ?> port = (Map<?, ?>) o;
                     String id = (String) port.get("port");
-                    assertEquals(port.get("rx_packets"), metric(metrics, "iovirt_net_port_packets_total",
-                            "net=\"sw\",port=\"" + id + "\",direction=\"rx\""), "rx of port " + id);
-                    assertEquals(port.get("tx_packets"), metric(metrics, "iovirt_net_port_packets_total",
-                            "net=\"sw\",port=\"" + id + "\",direction=\"tx\""), "tx of port " + id);
-                    assertEquals(port.get("rx_bytes"), metric(metrics, "iovirt_net_port_bytes_total",
-                            "net=\"sw\",port=\"" + id + "\",direction=\"rx\""), "rx bytes of port " + id);
+                    assertEquals(
+                            port.get("rx_packets"),
+                            metric(
+                                    metrics,
+                                    "iovirt_net_port_packets_total",
+                                    "net=\"sw\",port=\"" + id + "\",direction=\"rx\""),
+                            "rx of port " + id);
+                    assertEquals(
+                            port.get("tx_packets"),
+                            metric(
+                                    metrics,
+                                    "iovirt_net_port_packets_total",
+                                    "net=\"sw\",port=\"" + id + "\",direction=\"tx\""),
+                            "tx of port " + id);
+                    assertEquals(
+                            port.get("rx_bytes"),
+                            metric(
+                                    metrics,
+                                    "iovirt_net_port_bytes_total",
+                                    "net=\"sw\",port=\"" + id + "\",direction=\"rx\""),
+                            "rx bytes of port " + id);
                 }
                 assertEquals(2, ((List<?>) after.get("ports")).size(), "port c is still listed: " + after);
                 Map<String, Object> blk1 = json(control, "stats", "id=blk1");
-                assertEquals(blk1.get("requests"), metric(metrics, "iovirt_blk_requests_total", "device=\"blk1\",queue=\"0\""));
-                assertEquals(blk1.get("bytes_written"), metric(metrics, "iovirt_blk_bytes_total",
-                        "device=\"blk1\",queue=\"0\",direction=\"write\""));
+                assertEquals(
+                        blk1.get("requests"),
+                        metric(metrics, "iovirt_blk_requests_total", "device=\"blk1\",queue=\"0\""));
+                assertEquals(
+                        blk1.get("bytes_written"),
+                        metric(metrics, "iovirt_blk_bytes_total", "device=\"blk1\",queue=\"0\",direction=\"write\""));
                 assertTrue((Long) blk1.get("bytes_written") >= 1 << 20, blk1.toString());
                 assertEquals(GROWN, metric(metrics, "iovirt_blk_size_bytes", "device=\"blk1\""));
 
@@ -213,7 +274,8 @@ class DaemonGuestTest {
                 }
                 for (int i = 0; i < 2; i++) {
                     NetGuest.Counters c = NetGuest.Counters.parse(guests.get(i).await("STATS", STEP));
-                    Map<?, ?> port = (Map<?, ?>) ((List<?>) json(control, "stats", "id=sw").get("ports")).get(i);
+                    Map<?, ?> port = (Map<?, ?>)
+                            ((List<?>) json(control, "stats", "id=sw").get("ports")).get(i);
                     assertEquals(c.txPackets(), port.get("rx_packets"), guests.get(i).name + ": guest tx vs port rx");
                 }
             } finally {
@@ -251,7 +313,9 @@ class DaemonGuestTest {
     static String ctl(Path control, String... args) throws Exception {
         List<String> a = new ArrayList<>(List.of("ctl", "--control", control.toString()));
         a.addAll(List.of(args));
-        Process p = new ProcessBuilder(IovirtCli.command(a)).redirectErrorStream(false).start();
+        Process p = new ProcessBuilder(IovirtCli.command(a))
+                .redirectErrorStream(false)
+                .start();
         byte[] out = p.getInputStream().readAllBytes();
         String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
         assertTrue(p.waitFor(60, TimeUnit.SECONDS), "iovirt ctl hung");
@@ -267,8 +331,11 @@ class DaemonGuestTest {
     }
 
     static String scrape(int port) throws Exception {
-        HttpClient c = HttpClient.newBuilder().proxy(HttpClient.Builder.NO_PROXY).build();
-        HttpResponse<String> r = c.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + port + "/metrics")).build(),
+        HttpClient c =
+                HttpClient.newBuilder().proxy(HttpClient.Builder.NO_PROXY).build();
+        HttpResponse<String> r = c.send(
+                HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + port + "/metrics"))
+                        .build(),
                 HttpResponse.BodyHandlers.ofString());
         assertEquals(200, r.statusCode());
         assertTrue(r.headers().firstValue("Content-Type").orElse("").startsWith("text/plain; version=0.0.4"));
@@ -277,7 +344,9 @@ class DaemonGuestTest {
 
     /** promtool check metrics: exit 0 and no lint complaint. */
     static void promtool(String metrics) throws Exception {
-        Process p = new ProcessBuilder("promtool", "check", "metrics").redirectErrorStream(true).start();
+        Process p = new ProcessBuilder("promtool", "check", "metrics")
+                .redirectErrorStream(true)
+                .start();
         p.getOutputStream().write(metrics.getBytes(StandardCharsets.UTF_8));
         p.getOutputStream().close();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
@@ -287,7 +356,8 @@ class DaemonGuestTest {
     }
 
     static Long metric(String text, String name, String labels) {
-        Matcher m = Pattern.compile("(?m)^" + Pattern.quote(name + "{" + labels + "}") + " (\\S+)$").matcher(text);
+        Matcher m = Pattern.compile("(?m)^" + Pattern.quote(name + "{" + labels + "}") + " (\\S+)$")
+                .matcher(text);
         assertTrue(m.find(), name + "{" + labels + "} missing from /metrics");
         return (long) Double.parseDouble(m.group(1));
     }

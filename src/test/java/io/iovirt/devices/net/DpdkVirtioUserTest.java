@@ -41,31 +41,56 @@ class DpdkVirtioUserTest {
         Path bin = Testpmd.binary();
         Require.that(bin != null, "dpdk-testpmd is not available: run scripts/install-dpdk.sh as root");
         try (Switch sw = new Switch(Switch.Config.defaults())) {
-            VirtioNetPort in = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("in.sock"), queues, -1, 0)));
-            VirtioNetPort out = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("out.sock"), queues, -1, 0)));
+            VirtioNetPort in =
+                    sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("in.sock"), queues, -1, 0)));
+            VirtioNetPort out =
+                    sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("out.sock"), queues, -1, 0)));
             String opts = ",queues=" + queues + (ring.equals("packed") ? ",packed_vq=1" : "");
             String[] q = {"--rxq=" + queues, "--txq=" + queues};
-            try (Testpmd rx = Testpmd.start(bin, dir, "rx", "0@0,1@0", "net_virtio_user0,path=" + out.options().socket() + opts,
-                    "--forward-mode=rxonly", "--no-flush-rx", q[0], q[1]);
-                 Testpmd tx = Testpmd.start(bin, dir, "tx", "0@1,1@1", "net_virtio_user0,path=" + in.options().socket() + opts,
-                         "--forward-mode=txonly", "--txpkts=" + frameLen, "--txonly-multi-flow", q[0], q[1])) {
+            try (Testpmd rx = Testpmd.start(
+                            bin,
+                            dir,
+                            "rx",
+                            "0@0,1@0",
+                            "net_virtio_user0,path=" + out.options().socket() + opts,
+                            "--forward-mode=rxonly",
+                            "--no-flush-rx",
+                            q[0],
+                            q[1]);
+                    Testpmd tx = Testpmd.start(
+                            bin,
+                            dir,
+                            "tx",
+                            "0@1,1@1",
+                            "net_virtio_user0,path=" + in.options().socket() + opts,
+                            "--forward-mode=txonly",
+                            "--txpkts=" + frameLen,
+                            "--txonly-multi-flow",
+                            q[0],
+                            q[1])) {
                 await(() -> in.isLinkUp() && out.isLinkUp(), "both testpmds attached", 60);
                 rx.command("start");
                 tx.command("start");
                 await(() -> out.stats().txPackets() > 20_000, "frames through the switch", 120);
                 Testpmd.Stats sent = tx.stop();
                 // the switch drains what testpmd put in the ring before it stopped
-                await(() -> in.stats().rxPackets() + in.stats().rxDropped() == sent.txPackets(), "switch rx settles", 60);
+                await(
+                        () -> in.stats().rxPackets() + in.stats().rxDropped() == sent.txPackets(),
+                        "switch rx settles",
+                        60);
                 long forwarded = in.stats().rxPackets();
                 await(() -> out.stats().txPackets() + out.stats().txDropped() == forwarded, "switch tx settles", 60);
                 long delivered = out.stats().txPackets();
-                await(() -> {
-                    try {
-                        return rx.portStats()[0] == delivered;
-                    } catch (Exception e) {
-                        throw new AssertionError(e);
-                    }
-                }, "testpmd rx to see every delivered frame", 60);
+                await(
+                        () -> {
+                            try {
+                                return rx.portStats()[0] == delivered;
+                            } catch (Exception e) {
+                                throw new AssertionError(e);
+                            }
+                        },
+                        "testpmd rx to see every delivered frame",
+                        60);
                 rx.stop();
                 long[] received = rx.portStats(); // the driver's own counters: every frame the device handed it
 

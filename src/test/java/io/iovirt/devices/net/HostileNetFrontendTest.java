@@ -36,12 +36,15 @@ class HostileNetFrontendTest {
     static final long A = Mac.parse("52:54:00:00:00:0a");
     static final long B = Mac.parse("52:54:00:00:00:0b");
     static final long C = Mac.parse("52:54:00:00:00:0c");
-    static final long BASE = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
-            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC | VirtioNet.F_MRG_RXBUF;
+    static final long BASE = VirtioFeatures.VIRTIO_F_VERSION_1
+            | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+            | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC
+            | VirtioNet.F_MRG_RXBUF;
     static final Duration BOUND = Duration.ofSeconds(20);
 
     @TempDir
     Path dir;
+
     Switch sw;
     VirtioNetPort pa;
     VirtioNetPort pb;
@@ -82,9 +85,9 @@ class HostileNetFrontendTest {
     @Test
     void aBlockingFullCallEventfdStallsNeitherTheSenderNorTheFrontendsControlRequests() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
-             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
-             EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) { // blocking
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
+                EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) { // blocking
             VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
             a.postRx(0, 2048, 128);
             b.postRx(0, 2048, 128);
@@ -124,8 +127,8 @@ class HostileNetFrontendTest {
     @Test
     void aFrontendThatTruncatesItsMemoryFailsOnlyItsOwnQueueEvenOnAnotherPortsThread() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
-             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
             VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
             a.postRx(0, 2048, 64);
             b.postRx(0, 2048, 128);
@@ -144,7 +147,10 @@ class HostileNetFrontendTest {
             b.awaitTxUsed(0, 10);
             String line = log.awaitLine("queue 0: guest memory access faulted");
             assertTrue(line.contains(pa.name()), line);
-            assertEquals(DeviceStatus.DEVICE_NEEDS_RESET, a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "A's device needs a reset");
+            assertEquals(
+                    DeviceStatus.DEVICE_NEEDS_RESET,
+                    a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
+                    "A's device needs a reset");
             honestTrafficFlows(b, c, 1); // B's thread survived the fault in A's memory
             assertTrue(pb.stats().get(PortStat.RX_DROPPED_MALFORMED) == 0);
         }
@@ -153,8 +159,8 @@ class HostileNetFrontendTest {
     @Test
     void overlongChainsFailTheQueueAndHeapStaysBounded() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
-             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
             VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
             b.postRx(0, 2048, 128);
             c.postRx(0, 2048, 128);
@@ -181,17 +187,20 @@ class HostileNetFrontendTest {
             long table2 = a.alloc(16L * 32768, 16);
             int id = a.addRawNoKick(1, addrs, lens, w, table2);
             io.iovirt.virtio.SplitDriverRing ring = (io.iovirt.virtio.SplitDriverRing) a.ring(1);
-            a.ram.segment().set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, ring.descAddr() + 16L * id + 8, 16 * 32768);
+            a.ram.segment()
+                    .set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, ring.descAddr() + 16L * id + 8, 16 * 32768);
             a.kickQueue(1);
             String line = log.awaitLine("tx1: virtqueue 1:");
             assertTrue(line.contains("BAD_INDIRECT_TABLE") || line.contains("CHAIN_TOO_LONG"), line);
-            VirtioNetPortTest.await(() -> {
-                try {
-                    return (a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET) != 0;
-                } catch (IOException e) {
-                    throw new RuntimeException(e);
-                }
-            }, "NEEDS_RESET");
+            VirtioNetPortTest.await(
+                    () -> {
+                        try {
+                            return (a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET) != 0;
+                        } catch (IOException e) {
+                            throw new RuntimeException(e);
+                        }
+                    },
+                    "NEEDS_RESET");
             learn(b, B, C);
             learn(c, C, B);
             b.drainRx(0);
@@ -215,18 +224,20 @@ class HostileNetFrontendTest {
     @Test
     void kickCallAndErrMustBeEventfds() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
-             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
-             io.iovirt.linux.Fd file = io.iovirt.linux.FileIo.open(dir.resolve("regular"),
-                     io.iovirt.linux.FileIo.O_RDWR | io.iovirt.linux.FileIo.O_CREAT, 0600)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
+                io.iovirt.linux.Fd file = io.iovirt.linux.FileIo.open(
+                        dir.resolve("regular"), io.iovirt.linux.FileIo.O_RDWR | io.iovirt.linux.FileIo.O_CREAT, 0600)) {
             VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
             b.postRx(0, 2048, 64);
             c.postRx(0, 2048, 64);
             // a regular file posing as the call eventfd: refused, the connection closed
-            org.junit.jupiter.api.Assertions.assertThrows(IOException.class,
-                    () -> a.fe.setVringCall(1, EventFd.adopt(file.dup())));
+            org.junit.jupiter.api.Assertions.assertThrows(
+                    IOException.class, () -> a.fe.setVringCall(1, EventFd.adopt(file.dup())));
             String line = log.awaitLine("protocol error");
-            assertTrue(line.contains("SET_VRING_CALL descriptor of queue 1 is /") && line.contains("not an eventfd"), line);
+            assertTrue(
+                    line.contains("SET_VRING_CALL descriptor of queue 1 is /") && line.contains("not an eventfd"),
+                    line);
             learn(b, B, C);
             learn(c, C, B);
             b.drainRx(0);
@@ -248,8 +259,8 @@ class HostileNetFrontendTest {
         pb = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pb.sock"), 1, -1, 0)));
         pc = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pc.sock"), 1, -1, 0)));
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
-             NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
             VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
             b.postRx(0, 2048, 128);
             c.postRx(0, 2048, 128);

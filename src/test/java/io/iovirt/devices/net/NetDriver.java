@@ -61,7 +61,8 @@ final class NetDriver implements AutoCloseable {
         this.mem = GuestMemory.of(List.of(new MemoryRegion(0, RAM_SIZE, ram.userAddr(), 0, ram.segment(), null)));
         this.pairs = pairs;
         long offered = fe.getFeatures();
-        this.features = (offered & (wanted | VirtioFeatures.VIRTIO_F_VERSION_1)) | Features.VHOST_USER_F_PROTOCOL_FEATURES;
+        this.features =
+                (offered & (wanted | VirtioFeatures.VIRTIO_F_VERSION_1)) | Features.VHOST_USER_F_PROTOCOL_FEATURES;
         fe.setProtocolFeatures(fe.getProtocolFeatures());
         fe.setOwner();
         fe.setFeatures(features);
@@ -76,7 +77,8 @@ final class NetDriver implements AutoCloseable {
         for (int q = 0; q < queues; q++) {
             long bytes = packed ? PackedDriverRing.bytesNeeded(QUEUE_SIZE) : SplitDriverRing.bytesNeeded(QUEUE_SIZE);
             long base = alloc(bytes, 4096);
-            rings[q] = packed ? PackedDriverRing.create(mem, base, QUEUE_SIZE, eventIdx)
+            rings[q] = packed
+                    ? PackedDriverRing.create(mem, base, QUEUE_SIZE, eventIdx)
                     : SplitDriverRing.create(mem, base, QUEUE_SIZE, eventIdx);
             kicks[q] = EventFd.create(true);
             calls[q] = EventFd.create(true);
@@ -84,7 +86,10 @@ final class NetDriver implements AutoCloseable {
             DriverRing r = rings[q];
             fe.setVringNum(q, QUEUE_SIZE);
             fe.setVringBase(q, packed ? 0x8000 | 0x8000 << 16 : 0);
-            fe.setVringAddr(q, ram.userAddrOf(r.descAddr()), ram.userAddrOf(r.deviceAreaAddr()),
+            fe.setVringAddr(
+                    q,
+                    ram.userAddrOf(r.descAddr()),
+                    ram.userAddrOf(r.deviceAreaAddr()),
                     ram.userAddrOf(r.driverAreaAddr()));
             fe.setVringKick(q, kicks[q]);
             fe.setVringCall(q, calls[q]);
@@ -238,7 +243,8 @@ final class NetDriver implements AutoCloseable {
     /** A used receive buffer: the length the device reported and the bytes it wrote (across the chain). */
     record Rx(int id, int length, byte[] data) {
         int numBuffers() {
-            return Short.toUnsignedInt(MemorySegment.ofArray(data).get(JAVA_SHORT_UNALIGNED, VirtioNet.HDR_NUM_BUFFERS));
+            return Short.toUnsignedInt(
+                    MemorySegment.ofArray(data).get(JAVA_SHORT_UNALIGNED, VirtioNet.HDR_NUM_BUFFERS));
         }
     }
 

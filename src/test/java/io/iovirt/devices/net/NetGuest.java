@@ -43,8 +43,7 @@ final class NetGuest implements AutoCloseable {
         E1000
     }
 
-    record Peer(String ip, long mac) {
-    }
+    record Peer(String ip, long mac) {}
 
     final String name;
     final String ip;
@@ -68,39 +67,84 @@ final class NetGuest implements AutoCloseable {
      * after the interface is configured, with {@code $IF}, {@code $IP}, and the functions {@code say WORD...} and
      * {@code ask} (wait for the test's next line)).
      */
-    static NetGuest start(GuestImage image, Path dir, String name, String ip, long mac, Nic nic, Path socket,
-                          List<Peer> peers, String body, Duration lifetime) throws IOException {
+    static NetGuest start(
+            GuestImage image,
+            Path dir,
+            String name,
+            String ip,
+            long mac,
+            Nic nic,
+            Path socket,
+            List<Peer> peers,
+            String body,
+            Duration lifetime)
+            throws IOException {
         return start(image, dir, name, ip, mac, nic, 1, socket, peers, body, lifetime);
     }
 
     /** As above, with {@code queuePairs} virtio-net queue pairs (MQ) and as many vCPUs. */
-    static NetGuest start(GuestImage image, Path dir, String name, String ip, long mac, Nic nic, int queuePairs,
-                          Path socket, List<Peer> peers, String body, Duration lifetime) throws IOException {
+    static NetGuest start(
+            GuestImage image,
+            Path dir,
+            String name,
+            String ip,
+            long mac,
+            Nic nic,
+            int queuePairs,
+            Path socket,
+            List<Peer> peers,
+            String body,
+            Duration lifetime)
+            throws IOException {
         return start(image, dir, name, ip, mac, nic, queuePairs, socket, peers, body, lifetime, List.of(), List.of());
     }
 
     /** As above, with more QEMU arguments and guest modules (e.g. a vhost-user-blk disk and virtio_blk). */
-    static NetGuest start(GuestImage image, Path dir, String name, String ip, long mac, Nic nic, int queuePairs,
-                          Path socket, List<Peer> peers, String body, Duration lifetime, List<String> extraArgs,
-                          List<String> extraModules) throws IOException {
+    static NetGuest start(
+            GuestImage image,
+            Path dir,
+            String name,
+            String ip,
+            long mac,
+            Nic nic,
+            int queuePairs,
+            Path socket,
+            List<Peer> peers,
+            String body,
+            Duration lifetime,
+            List<String> extraArgs,
+            List<String> extraModules)
+            throws IOException {
         Path control = dir.resolve(name + "-ctl.sock");
         List<String> args = new ArrayList<>(List.of(
-                "-chardev", "socket,id=ctl,server=on,wait=off,path=" + QemuGuest.escape(control.toString()),
-                "-serial", "chardev:ctl"));
+                "-chardev",
+                "socket,id=ctl,server=on,wait=off,path=" + QemuGuest.escape(control.toString()),
+                "-serial",
+                "chardev:ctl"));
         String macText = Mac.toString(mac);
         if (nic != Nic.E1000) {
-            args.addAll(List.of("-chardev", "socket,id=c0,path=" + QemuGuest.escape(socket.toString()),
-                    "-netdev", "vhost-user,id=n0,chardev=c0" + (queuePairs > 1 ? ",queues=" + queuePairs : ""),
-                    "-device", "virtio-net-pci,netdev=n0,mac=" + macText + ",vectors=0,romfile="
+            args.addAll(List.of(
+                    "-chardev",
+                    "socket,id=c0,path=" + QemuGuest.escape(socket.toString()),
+                    "-netdev",
+                    "vhost-user,id=n0,chardev=c0" + (queuePairs > 1 ? ",queues=" + queuePairs : ""),
+                    "-device",
+                    "virtio-net-pci,netdev=n0,mac=" + macText + ",vectors=0,romfile="
                             + (nic == Nic.VIRTIO_PACKED ? ",packed=on" : "") + (queuePairs > 1 ? ",mq=on" : "")));
         } else {
-            args.addAll(List.of("-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="
-                            + QemuGuest.escape(socket.toString()),
-                    "-device", "e1000,netdev=n0,mac=" + macText + ",romfile="));
+            args.addAll(List.of(
+                    "-netdev",
+                    "stream,id=n0,server=off,addr.type=unix,addr.path=" + QemuGuest.escape(socket.toString()),
+                    "-device",
+                    "e1000,netdev=n0,mac=" + macText + ",romfile="));
         }
         StringBuilder arp = new StringBuilder();
         for (Peer p : peers) {
-            arp.append("arp -i $IF -s ").append(p.ip()).append(' ').append(Mac.toString(p.mac())).append('\n');
+            arp.append("arp -i $IF -s ")
+                    .append(p.ip())
+                    .append(' ')
+                    .append(Mac.toString(p.mac()))
+                    .append('\n');
         }
         String script = """
                 set -e
@@ -129,10 +173,20 @@ final class NetGuest implements AutoCloseable {
                 [ -d /sys/module/e1000 ] && sleep 3 # e1000 folds its hardware drop counter (MPC) in every 2 s
                 say STATS $(stats)
                 """.formatted(ip, arp, body);
-        QemuGuest.Builder b = QemuGuest.builder(image).name(name).workDir(dir).memoryMiB(256).cpus(queuePairs)
-                .modules(java.util.stream.Stream.concat(Stream.of(nic != Nic.E1000 ? new String[] {"virtio_pci", "virtio_net"}
-                        : new String[] {"e1000"}), extraModules.stream()).toArray(String[]::new))
-                .args(args).args(extraArgs);
+        QemuGuest.Builder b = QemuGuest.builder(image)
+                .name(name)
+                .workDir(dir)
+                .memoryMiB(256)
+                .cpus(queuePairs)
+                .modules(java.util.stream.Stream.concat(
+                                Stream.of(
+                                        nic != Nic.E1000
+                                                ? new String[] {"virtio_pci", "virtio_net"}
+                                                : new String[] {"e1000"}),
+                                extraModules.stream())
+                        .toArray(String[]::new))
+                .args(args)
+                .args(extraArgs);
         String setup = "";
         if (nic == Nic.E1000) {
             // QEMU 7.2's e1000 ends a TSO send whose payload is a multiple of the MSS with an extra header-only
@@ -144,7 +198,8 @@ final class NetGuest implements AutoCloseable {
             setup = "E=\"/opt/host/ld.so --library-path /opt/host/lib /opt/host/ethtool\"\n"
                     + "$E -K $IF tso off\n$E -G $IF rx 4096\n";
         }
-        QemuGuest g = b.payload(script.replace("ip link set $IF up\n", setup + "ip link set $IF up\n")).build();
+        QemuGuest g = b.payload(script.replace("ip link set $IF up\n", setup + "ip link set $IF up\n"))
+                .build();
         RunningGuest running = g.start(lifetime);
         return new NetGuest(name, ip, mac, nic, running, control);
     }
@@ -158,7 +213,9 @@ final class NetGuest implements AutoCloseable {
             throw new IOException(program + " is not installed (scripts/install-deps.sh installs it)");
         }
         b.file("/opt/host/" + program.getFileName(), Files.readAllBytes(program), 0755);
-        Process p = new ProcessBuilder("ldd", program.toString()).redirectErrorStream(true).start();
+        Process p = new ProcessBuilder("ldd", program.toString())
+                .redirectErrorStream(true)
+                .start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         for (String line : out.split("\n")) {
             String[] w = line.trim().split("\\s+");
@@ -198,9 +255,12 @@ final class NetGuest implements AutoCloseable {
                 } catch (IOException e) {
                     c.close();
                     if (!guest.isAlive() || System.nanoTime() > deadline) {
-                        throw new IOException(name + ": cannot connect to the guest's control port " + control + " ("
-                                + e + "); QEMU " + (guest.isAlive() ? "runs" : "exited") + ", see "
-                                + guest.directory().resolve("qemu.log") + ":\n" + qemuLog() + "\n" + guest.crashReport(), e);
+                        throw new IOException(
+                                name + ": cannot connect to the guest's control port " + control + " ("
+                                        + e + "); QEMU " + (guest.isAlive() ? "runs" : "exited") + ", see "
+                                        + guest.directory().resolve("qemu.log") + ":\n" + qemuLog() + "\n"
+                                        + guest.crashReport(),
+                                e);
                     }
                     Thread.sleep(20);
                 }
@@ -223,8 +283,17 @@ final class NetGuest implements AutoCloseable {
     }
 
     /** The guest's interface counters as it printed them (/sys/class/net/IF/statistics). */
-    record Counters(long txPackets, long txBytes, long rxPackets, long rxBytes, long rxDropped, long txDropped,
-                    long rxMissed, long rxErrors, long rxLengthErrors, long rxOverErrors) {
+    record Counters(
+            long txPackets,
+            long txBytes,
+            long rxPackets,
+            long rxBytes,
+            long rxDropped,
+            long txDropped,
+            long rxMissed,
+            long rxErrors,
+            long rxLengthErrors,
+            long rxOverErrors) {
         static Counters parse(String[] w) {
             long[] v = new long[10];
             for (int i = 0; i < v.length; i++) {

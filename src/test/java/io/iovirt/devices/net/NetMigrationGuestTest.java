@@ -57,7 +57,8 @@ class NetMigrationGuestTest {
                     echo "iovirt-test: peer up"
                     ping -i 0.2 10.0.0.1 > /dev/null 2>&1 &
                     sleep 3600
-                    """).start(TIMEOUT.multipliedBy(4));
+                    """)
+                    .start(TIMEOUT.multipliedBy(4));
             open.add(peer);
             String body = """
                     echo "iovirt-test: up"
@@ -72,15 +73,28 @@ class NetMigrationGuestTest {
             // The guest pings from boot; the peer may answer only later: count from its first reply.
             int firstReply = Integer.parseInt(src.awaitConsole(REPLY, TIMEOUT).group(1));
             src.awaitConsole(Pattern.compile("seq=" + (firstReply + 20) + " "), TIMEOUT);
-            SwitchGuestTest.awaitCondition(() -> sw.macTable().lookup(MAC_M, sw.now()) == portA.index(),
+            SwitchGuestTest.awaitCondition(
+                    () -> sw.macTable().lookup(MAC_M, sw.now()) == portA.index(),
                     "the switch learnt the guest at its first port");
 
-            RunningGuest dst = guest("m-dst", image, sockB, MAC_M, "10.0.0.1", MAC_P, "10.0.0.2", qmpDst, body,
-                    "-incoming", "unix:" + dir.resolve("mig.sock")).start(TIMEOUT.multipliedBy(4));
+            RunningGuest dst = guest(
+                            "m-dst",
+                            image,
+                            sockB,
+                            MAC_M,
+                            "10.0.0.1",
+                            MAC_P,
+                            "10.0.0.2",
+                            qmpDst,
+                            body,
+                            "-incoming",
+                            "unix:" + dir.resolve("mig.sock"))
+                    .start(TIMEOUT.multipliedBy(4));
             open.add(dst);
             Map<String, Object> done;
             long portBRxBefore = portB.stats().rxPackets();
-            try (Qmp qs = Qmp.connect(qmpSrc, Duration.ofSeconds(30)); Qmp qd = Qmp.connect(qmpDst, Duration.ofSeconds(30))) {
+            try (Qmp qs = Qmp.connect(qmpSrc, Duration.ofSeconds(30));
+                    Qmp qd = Qmp.connect(qmpDst, Duration.ofSeconds(30))) {
                 Map<String, Object> params = new LinkedHashMap<>();
                 params.put("max-bandwidth", 4L << 30);
                 params.put("downtime-limit", 1000L);
@@ -92,7 +106,8 @@ class NetMigrationGuestTest {
             int lastOnSource = lastSeq(src.console());
             // 50 more replies on the destination
             dst.awaitConsole(Pattern.compile("seq=" + (lastOnSource + 50) + " "), TIMEOUT);
-            SwitchGuestTest.awaitCondition(() -> sw.macTable().lookup(MAC_M, sw.now()) == portB.index(),
+            SwitchGuestTest.awaitCondition(
+                    () -> sw.macTable().lookup(MAC_M, sw.now()) == portB.index(),
                     "the switch relearnt the guest at its new port");
             long fromPeerAtB = portB.stats().txPackets();
             assertTrue(portB.stats().rxPackets() > portBRxBefore, "the guest sends through its new port");
@@ -108,9 +123,16 @@ class NetMigrationGuestTest {
                 max = Math.max(max, s);
             }
             int lost = (max - firstReply + 1) - seen.get(firstReply, max + 1).cardinality();
-            System.out.printf("net migration: total %s ms, downtime %s ms; ping seq %d..%d, %d lost (100 ms interval); "
-                            + "port %d -> %d; announcements at the new port: %s%n", done.get("total-time"), done.get("downtime"),
-                    firstReply, max, lost, portA.index(), portB.index(),
+            System.out.printf(
+                    "net migration: total %s ms, downtime %s ms; ping seq %d..%d, %d lost (100 ms interval); "
+                            + "port %d -> %d; announcements at the new port: %s%n",
+                    done.get("total-time"),
+                    done.get("downtime"),
+                    firstReply,
+                    max,
+                    lost,
+                    portA.index(),
+                    portB.index(),
                     ((VirtioNetPort) portB).announcements());
             assertTrue(lost <= 100, "more than 10 s of pings lost across the migration: " + lost + "\n" + all);
             assertTrue(((VirtioNetPort) portB).announcements() > 0, "the new port never announced the guest");
@@ -132,7 +154,7 @@ class NetMigrationGuestTest {
 
     private static Map<String, Object> awaitCompleted(Qmp qmp) throws Exception {
         long deadline = System.nanoTime() + TIMEOUT.toNanos();
-        for (;;) {
+        for (; ; ) {
             Map<String, Object> info = qmp.query("query-migrate");
             if ("completed".equals(info.get("status"))) {
                 return info;
@@ -145,8 +167,17 @@ class NetMigrationGuestTest {
     }
 
     /** A virtio-net guest (INTx: vectors=0, see NetGuest) with a static ARP entry for its peer. */
-    private QemuGuest guest(String name, GuestImage image, Path socket, long mac, String ip, long peerMac, String peerIp,
-                            Path qmp, String body, String... extra) {
+    private QemuGuest guest(
+            String name,
+            GuestImage image,
+            Path socket,
+            long mac,
+            String ip,
+            long peerMac,
+            String peerIp,
+            Path qmp,
+            String body,
+            String... extra) {
         List<String> args = new ArrayList<>(List.of(
                 "-chardev", "socket,id=c0,path=" + QemuGuest.escape(socket.toString()),
                 "-netdev", "vhost-user,id=n0,chardev=c0",
@@ -155,8 +186,12 @@ class NetMigrationGuestTest {
             args.addAll(List.of("-qmp", "unix:" + QemuGuest.escape(qmp.toString()) + ",server=on,wait=off"));
         }
         args.addAll(List.of(extra));
-        return QemuGuest.builder(image).name("net-migration/" + name).workDir(dir).memoryMiB(256)
-                .modules("virtio_pci", "virtio_net").args(args)
+        return QemuGuest.builder(image)
+                .name("net-migration/" + name)
+                .workDir(dir)
+                .memoryMiB(256)
+                .modules("virtio_pci", "virtio_net")
+                .args(args)
                 .payload("""
                         for i in $(seq 200); do IF=$(ls /sys/class/net | grep -v '^lo$' | head -1); [ -n "$IF" ] && break; sleep 0.1; done
                         [ -n "$IF" ] || { echo "no network interface"; exit 90; }

@@ -101,9 +101,22 @@ public class NetPathBench {
         if (sink.equals("guest")) {
             VirtioNetPort out = sw.addPort(new VirtioNetPort(VirtioNetPort.Options.of(dir.resolve("out.sock"))));
             rxDriver = SplitDriverRing.create(mem, 0x10000, SIZE, true);
-            out.queueStarted(0, new VringSetup(0, SIZE, rxDriver.descAddr(), rxDriver.driverAreaAddr(),
-                    rxDriver.deviceAreaAddr(), 0, VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
-                    | VirtioNet.F_MRG_RXBUF, null, call, null, holder));
+            out.queueStarted(
+                    0,
+                    new VringSetup(
+                            0,
+                            SIZE,
+                            rxDriver.descAddr(),
+                            rxDriver.driverAreaAddr(),
+                            rxDriver.deviceAreaAddr(),
+                            0,
+                            VirtioFeatures.VIRTIO_F_VERSION_1
+                                    | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+                                    | VirtioNet.F_MRG_RXBUF,
+                            null,
+                            call,
+                            null,
+                            holder));
             rxBufs = 0x200000;
             for (int i = 0; i < SIZE; i++) {
                 rxAddr[0] = rxBufs + 2048L * i;
@@ -177,7 +190,8 @@ public class NetPathBench {
                                 best = Math.min(best, ns);
                             }
                         }
-                        System.out.printf("| %d B | %s | %s | %d |%n", len, sk, full ? "device + switch" : "ring only", best);
+                        System.out.printf(
+                                "| %d B | %s | %s | %d |%n", len, sk, full ? "device + switch" : "ring only", best);
                         if (sink == 42) {
                             System.out.print("");
                         }

@@ -88,6 +88,7 @@ class NetTxFuzzTest {
         tx.batchDone();
         q.push(c, 0);
         q.releaseMemory();
-        assertEquals(before + 1, port.stats().rxPackets() + port.stats().rxDropped(), "every frame forwarded or counted");
+        assertEquals(
+                before + 1, port.stats().rxPackets() + port.stats().rxDropped(), "every frame forwarded or counted");
     }
 }

@@ -74,7 +74,9 @@ class SwitchGuestTest {
 
     @Test
     void twoVirtioGuestsAndAnE1000Guest() throws Exception {
-        run(List.of(new Node("pv1", NetGuest.Nic.VIRTIO), new Node("pv2", NetGuest.Nic.VIRTIO_PACKED),
+        run(List.of(
+                new Node("pv1", NetGuest.Nic.VIRTIO),
+                new Node("pv2", NetGuest.Nic.VIRTIO_PACKED),
                 new Node("fv1", NetGuest.Nic.E1000)));
     }
 
@@ -98,9 +100,11 @@ class SwitchGuestTest {
                 ips[i] = "10.0.0." + (i + 1);
                 macs[i] = Mac.parse(String.format("52:54:00:00:00:%02x", i + 1));
                 Path sock = dir.resolve(nodes.get(i).name() + ".sock");
-                ports.add(sw.addPort(nodes.get(i).nic() != NetGuest.Nic.E1000
-                        ? new VirtioNetPort(new VirtioNetPort.Options(sock, nodes.get(i).queuePairs(), -1, 0))
-                        : new StreamPort(sock)));
+                ports.add(sw.addPort(
+                        nodes.get(i).nic() != NetGuest.Nic.E1000
+                                ? new VirtioNetPort(new VirtioNetPort.Options(
+                                        sock, nodes.get(i).queuePairs(), -1, 0))
+                                : new StreamPort(sock)));
             }
             for (int i = 0; i < n; i++) {
                 List<NetGuest.Peer> peers = new ArrayList<>();
@@ -126,8 +130,18 @@ class SwitchGuestTest {
                         say RECEIVED $(md5sum < /tmp/in | cut -d' ' -f1) $(wc -c < /tmp/in)
                         """.formatted(FILE_KB, peerIps.toString().trim(), ips[(i + 1) % n]);
                 Node node = nodes.get(i);
-                guests.add(NetGuest.start(image, dir, node.name(), ips[i], macs[i], node.nic(), node.queuePairs(),
-                        dir.resolve(node.name() + ".sock"), peers, body, BOOT.plus(TRAFFIC).multipliedBy(2)));
+                guests.add(NetGuest.start(
+                        image,
+                        dir,
+                        node.name(),
+                        ips[i],
+                        macs[i],
+                        node.nic(),
+                        node.queuePairs(),
+                        dir.resolve(node.name() + ".sock"),
+                        peers,
+                        body,
+                        BOOT.plus(TRAFFIC).multipliedBy(2)));
             }
             for (NetGuest g : guests) {
                 g.connectControl();
@@ -137,7 +151,9 @@ class SwitchGuestTest {
                 if (g.nic != NetGuest.Nic.E1000) { // one character per feature bit, bit 0 first
                     String f = g.await("FEATURES", BOOT)[0];
                     assertEquals('1', f.charAt(32), g.name + ": VIRTIO_F_VERSION_1 " + f);
-                    assertEquals(g.nic == NetGuest.Nic.VIRTIO_PACKED ? '1' : '0', f.charAt(34),
+                    assertEquals(
+                            g.nic == NetGuest.Nic.VIRTIO_PACKED ? '1' : '0',
+                            f.charAt(34),
                             g.name + ": VIRTIO_F_RING_PACKED " + f);
                     assertEquals('1', f.charAt(15), g.name + ": VIRTIO_NET_F_MRG_RXBUF " + f);
                     assertEquals('0', f.charAt(0), g.name + ": no checksum offload (VIRTIO_NET_F_CSUM) " + f);
@@ -146,8 +162,10 @@ class SwitchGuestTest {
             for (int i = 0; i < n; i++) { // every queue pair the guest's driver enabled is served
                 if (ports.get(i) instanceof VirtioNetPort vp) {
                     int want = nodes.get(i).queuePairs();
-                    awaitCondition(() -> vp.activeQueuePairs() == want, nodes.get(i).name() + ": " + want
-                            + " active queue pair(s), device has " + vp.activeQueuePairs());
+                    awaitCondition(
+                            () -> vp.activeQueuePairs() == want,
+                            nodes.get(i).name() + ": " + want + " active queue pair(s), device has "
+                                    + vp.activeQueuePairs());
                 }
             }
             for (NetGuest g : guests) {
@@ -159,7 +177,8 @@ class SwitchGuestTest {
             for (int i = 0; i < n; i++) { // the gratuitous ARPs taught the switch every address
                 int want = ports.get(i).index();
                 long mac = macs[i];
-                awaitCondition(() -> sw.macTable().lookup(mac, sw.now()) == want, "switch learned " + Mac.toString(mac));
+                awaitCondition(
+                        () -> sw.macTable().lookup(mac, sw.now()) == want, "switch learned " + Mac.toString(mac));
             }
             for (NetGuest g : guests) {
                 g.proceed();
@@ -175,10 +194,14 @@ class SwitchGuestTest {
                 NetGuest g = guests.get(i);
                 String[] got = g.await("RECEIVED", TRAFFIC);
                 String from = guests.get((i + n - 1) % n).name;
-                assertEquals(Long.toString(FILE_KB * 1024L), got[1], g.name + " received all of " + from + "'s file:\n"
-                        + g.console());
+                assertEquals(
+                        Long.toString(FILE_KB * 1024L),
+                        got[1],
+                        g.name + " received all of " + from + "'s file:\n" + g.console());
                 assertEquals(sentMd5[(i + n - 1) % n], got[0], g.name + " received " + from + "'s file intact");
-                assertFalse(g.console().contains("PING") && g.console().contains(" FAIL"), g.name + ": a ping failed:\n" + g.console());
+                assertFalse(
+                        g.console().contains("PING") && g.console().contains(" FAIL"),
+                        g.name + ": a ping failed:\n" + g.console());
                 assertFalse(g.console().contains("SENDFAIL"), g.console());
             }
             List<PortStats> atRest = awaitQuiet(ports);
@@ -190,8 +213,14 @@ class SwitchGuestTest {
             for (int i = 0; i < n; i++) {
                 NetGuest g = guests.get(i);
                 counters[i] = NetGuest.Counters.parse(g.await("STATS", TRAFFIC));
-                all.append("\n  ").append(g.name).append(" (").append(g.nic).append("): guest ").append(counters[i])
-                        .append("\n    switch ").append(atRest.get(i));
+                all.append("\n  ")
+                        .append(g.name)
+                        .append(" (")
+                        .append(g.nic)
+                        .append("): guest ")
+                        .append(counters[i])
+                        .append("\n    switch ")
+                        .append(atRest.get(i));
             }
             for (int i = 0; i < n; i++) {
                 NetGuest g = guests.get(i);
@@ -203,7 +232,9 @@ class SwitchGuestTest {
                 if (g.nic == NetGuest.Nic.E1000) { // see NetGuest: its missed counter would be inflated
                     assertEquals(0, c.rxMissed(), "the e1000 ran out of receive buffers: " + ctx);
                 }
-                assertEquals(c.rxPackets() + c.rxDropped(), p.txPackets(),
+                assertEquals(
+                        c.rxPackets() + c.rxDropped(),
+                        p.txPackets(),
                         "guest rx_packets + rx_dropped = port tx_packets: " + ctx);
                 assertEquals(c.txBytes(), p.rxBytes(), "guest tx_bytes = port rx_bytes: " + ctx);
                 // QEMU's e1000 pads received frames shorter than 60 bytes (a virtio guest's ARP is 42) and the guest

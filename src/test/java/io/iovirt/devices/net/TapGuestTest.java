@@ -41,7 +41,10 @@ class TapGuestTest {
     Path dir;
 
     static int run(String... cmd) throws IOException, InterruptedException {
-        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
+        Process p = new ProcessBuilder(cmd)
+                .redirectErrorStream(true)
+                .redirectOutput(ProcessBuilder.Redirect.DISCARD)
+                .start();
         if (!p.waitFor(60, TimeUnit.SECONDS)) {
             p.destroyForcibly();
             throw new IOException("timed out: " + String.join(" ", cmd));
@@ -60,7 +63,10 @@ class TapGuestTest {
     void aGuestPingsAndSendsAFileToTheHostThroughATapPortInANetworkNamespace() throws Exception {
         Require.that(SwitchGuestTest.onPath("qemu-system-x86_64"), "QEMU is not installed");
         Require.that(SwitchGuestTest.onPath("ip"), "iproute2 is not installed");
-        String ns = "iovirt-" + HexFormat.of().toHexDigits(ThreadLocalRandom.current().nextInt()).substring(0, 6);
+        String ns = "iovirt-"
+                + HexFormat.of()
+                        .toHexDigits(ThreadLocalRandom.current().nextInt())
+                        .substring(0, 6);
         Require.that(run("ip", "netns", "add", ns) == 0, "cannot create a network namespace (needs root)");
         Process sw = null;
         Process listener = null;
@@ -68,18 +74,35 @@ class TapGuestTest {
             must("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up");
             Path sock = dir.resolve("pv.sock");
             Path swLog = dir.resolve("switch.log");
-            List<String> cmd = new ArrayList<>(List.of("ip", "netns", "exec", ns,
-                    ProcessHandle.current().info().command().orElse("java"), "--enable-native-access=ALL-UNNAMED",
-                    "-cp", System.getProperty("java.class.path"), "io.iovirt.cli.Main", "serve", "net",
-                    "--port", "tap:iovtap0", "--port", "vhost-user:" + sock));
-            sw = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(swLog.toFile()).start();
+            List<String> cmd = new ArrayList<>(List.of(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    ProcessHandle.current().info().command().orElse("java"),
+                    "--enable-native-access=ALL-UNNAMED",
+                    "-cp",
+                    System.getProperty("java.class.path"),
+                    "io.iovirt.cli.Main",
+                    "serve",
+                    "net",
+                    "--port",
+                    "tap:iovtap0",
+                    "--port",
+                    "vhost-user:" + sock));
+            sw = new ProcessBuilder(cmd)
+                    .redirectErrorStream(true)
+                    .redirectOutput(swLog.toFile())
+                    .start();
             awaitFile(swLog, "switch running", sw);
             must("ip", "netns", "exec", ns, "ip", "addr", "add", "10.0.9.1/24", "dev", "iovtap0");
             must("ip", "netns", "exec", ns, "ip", "link", "set", "iovtap0", "up");
             Path received = dir.resolve("received.bin");
             listener = new ProcessBuilder("ip", "netns", "exec", ns, "busybox", "nc", "-l", "-p", "5001")
-                    .redirectOutput(received.toFile()).redirectError(ProcessBuilder.Redirect.DISCARD)
-                    .redirectInput(ProcessBuilder.Redirect.PIPE).start(); // stdin stays open: no early half-close
+                    .redirectOutput(received.toFile())
+                    .redirectError(ProcessBuilder.Redirect.DISCARD)
+                    .redirectInput(ProcessBuilder.Redirect.PIPE)
+                    .start(); // stdin stays open: no early half-close
 
             String body = """
                     dd if=/dev/urandom of=/tmp/out bs=1k count=1024 2>/dev/null
@@ -87,8 +110,17 @@ class TapGuestTest {
                     if ping -c 5 -i 0.2 -W 10 10.0.9.1 > /tmp/ping 2>&1; then say PING ok; else say PING FAIL; cat /tmp/ping; fi
                     nc 10.0.9.1 5001 < /tmp/out && say SENT || say SENDFAIL
                     """;
-            try (NetGuest g = NetGuest.start(GuestImage.ensure(), dir, "tapguest", "10.0.9.2",
-                    Mac.parse("52:54:00:00:09:02"), NetGuest.Nic.VIRTIO, sock, List.of(), body, STEP.multipliedBy(2))) {
+            try (NetGuest g = NetGuest.start(
+                    GuestImage.ensure(),
+                    dir,
+                    "tapguest",
+                    "10.0.9.2",
+                    Mac.parse("52:54:00:00:09:02"),
+                    NetGuest.Nic.VIRTIO,
+                    sock,
+                    List.of(),
+                    body,
+                    STEP.multipliedBy(2))) {
                 g.connectControl();
                 g.await("UP", STEP);
                 g.proceed();
@@ -106,9 +138,11 @@ class TapGuestTest {
             sw.destroy(); // SIGTERM: the switch stops and prints its final counters
             assertTrue(sw.waitFor(30, TimeUnit.SECONDS));
             String out = Files.readString(swLog);
-            Matcher tap = Pattern.compile("tap:iovtap0: rx (\\d+) pkts/\\d+ B, tx (\\d+) pkts").matcher(out);
+            Matcher tap = Pattern.compile("tap:iovtap0: rx (\\d+) pkts/\\d+ B, tx (\\d+) pkts")
+                    .matcher(out);
             assertTrue(tap.find(), out);
-            assertTrue(Long.parseLong(tap.group(1)) > 5 && Long.parseLong(tap.group(2)) > 700,
+            assertTrue(
+                    Long.parseLong(tap.group(1)) > 5 && Long.parseLong(tap.group(2)) > 700,
                     "pings and ~1 MiB went through the TAP port:\n" + out);
         } finally {
             if (listener != null) {
@@ -129,13 +163,16 @@ class TapGuestTest {
                 return "(cannot read " + log + ": " + e.getMessage() + ")";
             }
         };
-        Await.until(java.time.Duration.ofSeconds(60), () -> "'" + text + "' from iovirt serve net (alive: " + p.isAlive()
-                + "):\n" + output.get(), () -> {
+        Await.until(
+                java.time.Duration.ofSeconds(60),
+                () -> "'" + text + "' from iovirt serve net (alive: " + p.isAlive() + "):\n" + output.get(),
+                () -> {
                     if (output.get().contains(text)) {
                         return true;
                     }
                     if (!p.isAlive()) {
-                        throw new AssertionError("iovirt serve net exited with " + p.exitValue() + ":\n" + output.get());
+                        throw new AssertionError(
+                                "iovirt serve net exited with " + p.exitValue() + ":\n" + output.get());
                     }
                     return false;
                 });

@@ -29,8 +29,7 @@ final class Testpmd implements AutoCloseable {
     private Path binary;
 
     /** Forward statistics of port 0 as testpmd prints them on {@code stop}. */
-    record Stats(long rxPackets, long rxDropped, long txPackets, long txDropped) {
-    }
+    record Stats(long rxPackets, long rxDropped, long txPackets, long txDropped) {}
 
     private Testpmd(Process process, Path log) {
         this.process = process;
@@ -44,8 +43,10 @@ final class Testpmd implements AutoCloseable {
      */
     static Path binary() throws IOException, InterruptedException {
         Path script = Path.of("scripts/install-dpdk.sh").toAbsolutePath();
-        Process p = new ProcessBuilder("bash", script.toString()).redirectErrorStream(false)
-                .redirectError(ProcessBuilder.Redirect.DISCARD).start();
+        Process p = new ProcessBuilder("bash", script.toString())
+                .redirectErrorStream(false)
+                .redirectError(ProcessBuilder.Redirect.DISCARD)
+                .start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8).trim();
         if (p.waitFor() != 0 || out.isEmpty()) {
             return null;
@@ -61,14 +62,29 @@ final class Testpmd implements AutoCloseable {
     static Testpmd start(Path binary, Path dir, String name, String lcores, String vdev, String... args)
             throws IOException, InterruptedException {
         // stdbuf: testpmd's stdout is a file here, which stdio would buffer until exit
-        List<String> cmd = new ArrayList<>(List.of("stdbuf", "-oL", binary.toString(), "--lcores=" + lcores, "--no-huge", "-m", "256",
-                "--no-pci", "--file-prefix=" + name + ProcessHandle.current().pid(), "--vdev", vdev, "--", "-i",
+        List<String> cmd = new ArrayList<>(List.of(
+                "stdbuf",
+                "-oL",
+                binary.toString(),
+                "--lcores=" + lcores,
+                "--no-huge",
+                "-m",
+                "256",
+                "--no-pci",
+                "--file-prefix=" + name + ProcessHandle.current().pid(),
+                "--vdev",
+                vdev,
+                "--",
+                "-i",
                 "--total-num-mbufs=8192"));
         cmd.addAll(List.of(args));
         Path log = dir.resolve(name + ".log");
         // may dump core into dir: a crash reaches the test's failure message as a gdb backtrace
-        Process p = new ProcessBuilder(io.iovirt.vm.CoreDump.wrap(cmd)).directory(dir.toFile()).redirectErrorStream(true)
-                .redirectOutput(log.toFile()).start();
+        Process p = new ProcessBuilder(io.iovirt.vm.CoreDump.wrap(cmd))
+                .directory(dir.toFile())
+                .redirectErrorStream(true)
+                .redirectOutput(log.toFile())
+                .start();
         Testpmd t = new Testpmd(p, log);
         t.dir = dir;
         t.binary = binary;
@@ -100,8 +116,8 @@ final class Testpmd implements AutoCloseable {
                 return m;
             }
             if (!process.isAlive()) {
-                String crash = io.iovirt.vm.CoreDump.report("testpmd", process.pid(), process.exitValue(), dir,
-                        binary.toString());
+                String crash = io.iovirt.vm.CoreDump.report(
+                        "testpmd", process.pid(), process.exitValue(), dir, binary.toString());
                 throw new AssertionError("testpmd exited with " + process.exitValue() + " before printing /" + pattern
                         + "/:\n" + tail(out) + (crash.isEmpty() ? "" : "\n" + crash));
             }
@@ -121,7 +137,10 @@ final class Testpmd implements AutoCloseable {
         int from = output().length();
         command("stop");
         Matcher m = awaitOutput(FWD_STATS, Duration.ofSeconds(30), from);
-        return new Stats(Long.parseLong(m.group(1)), Long.parseLong(m.group(2)), Long.parseLong(m.group(3)),
+        return new Stats(
+                Long.parseLong(m.group(1)),
+                Long.parseLong(m.group(2)),
+                Long.parseLong(m.group(3)),
                 Long.parseLong(m.group(4)));
     }
 

@@ -40,11 +40,13 @@ import org.junit.jupiter.params.provider.ValueSource;
 class VirtioNetPortTest {
     static final long A = Mac.parse("52:54:00:00:00:0a");
     static final long B = Mac.parse("52:54:00:00:00:0b");
-    static final long BASE = VirtioFeatures.VIRTIO_F_VERSION_1 | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
+    static final long BASE = VirtioFeatures.VIRTIO_F_VERSION_1
+            | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
             | VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC;
 
     @TempDir
     Path dir;
+
     Switch sw;
 
     @AfterEach
@@ -74,7 +76,7 @@ class VirtioNetPortTest {
         VirtioNetPort pb = port("b.sock", 1, -1);
         long f = BASE | VirtioNet.F_MRG_RXBUF | (packed ? VirtioFeatures.VIRTIO_F_RING_PACKED : 0);
         try (NetDriver a = new NetDriver(pa.options().socket(), f, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), f, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), f, 1)) {
             assertEquals(packed, a.negotiated(VirtioFeatures.VIRTIO_F_RING_PACKED));
             await(() -> pa.isLinkUp() && pb.isLinkUp(), "links up");
             a.postRx(0, 2048, 64);
@@ -109,7 +111,7 @@ class VirtioNetPortTest {
         VirtioNetPort pa = port("a.sock", 1, -1);
         VirtioNetPort pb = port("b.sock", 1, -1);
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
             await(() -> pb.isLinkUp(), "link");
             b.postRx(0, 2048, 8);
             byte[] jumbo = frame(B, A, 9014);
@@ -138,7 +140,7 @@ class VirtioNetPortTest {
         VirtioNetPort pa = port("a.sock", 1, -1);
         VirtioNetPort pb = port("b.sock", 1, -1);
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1)) {
             assertFalse(b.negotiated(VirtioNet.F_MRG_RXBUF));
             await(() -> pb.isLinkUp(), "link");
             b.postRx(0, 2048, 1);
@@ -162,7 +164,7 @@ class VirtioNetPortTest {
         VirtioNetPort pa = port("a.sock", 1, -1);
         VirtioNetPort pb = port("b.sock", 1, -1);
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
             await(() -> pb.isLinkUp(), "link");
             for (int i = 0; i < 100; i++) {
                 a.send(0, frame(B, A, 100));
@@ -184,7 +186,7 @@ class VirtioNetPortTest {
         VirtioNetPort pa = port("a.sock", 1, -1);
         VirtioNetPort pb = port("b.sock", 1, -1);
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
             await(() -> pb.isLinkUp(), "link");
             b.postRx(0, 2048, 16);
             byte[] good = frame(B, A, 200);
@@ -224,8 +226,8 @@ class VirtioNetPortTest {
         VirtioNetPort pb = port("b.sock", 1, -1);
         VirtioNetPort pc = port("c.sock", 1, -1);
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
-             NetDriver c = new NetDriver(pc.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
             await(() -> pc.isLinkUp(), "link");
             c.postRx(0, 2048, 8);
             // a's transmit descriptor points far outside its memory
@@ -246,7 +248,8 @@ class VirtioNetPortTest {
         try (NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
             await(() -> pb.isLinkUp(), "link");
             b.postRx(0, 2048, 16);
-            try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MAC, 1)) {
+            try (NetDriver a =
+                    new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MAC, 1)) {
                 assertTrue(a.negotiated(VirtioNet.F_MAC), "a configured MAC is offered");
                 assertRarp(b.receive(0), guest);
                 assertEquals(pa.index(), sw.macTable().lookup(guest, sw.now()));
@@ -298,7 +301,7 @@ class VirtioNetPortTest {
         VirtioNetPort pa = port("a.sock", 2, -1);
         VirtioNetPort pb = port("b.sock", 2, -1);
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MQ, 2);
-             NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MQ, 2)) {
+                NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MQ, 2)) {
             assertTrue(a.negotiated(VirtioNet.F_MQ));
             await(() -> pb.isLinkUp(), "link");
             b.postRx(0, 2048, 64);
@@ -335,8 +338,15 @@ class VirtioNetPortTest {
     static byte[] ipv4Udp(long dst, long src, int sport) {
         ByteBuffer b = ByteBuffer.allocate(14 + 20 + 8 + 32);
         b.put(Mac.toBytes(dst)).put(Mac.toBytes(src)).putShort((short) 0x0800);
-        b.put((byte) 0x45).put((byte) 0).putShort((short) (20 + 8 + 32)).putInt(0).put((byte) 64).put((byte) 17)
-                .putShort((short) 0).putInt(0x0a000001).putInt(0x0a000002);
+        b.put((byte) 0x45)
+                .put((byte) 0)
+                .putShort((short) (20 + 8 + 32))
+                .putInt(0)
+                .put((byte) 64)
+                .put((byte) 17)
+                .putShort((short) 0)
+                .putInt(0x0a000001)
+                .putInt(0x0a000002);
         b.putShort((short) sport).putShort((short) 9).putShort((short) 40).putShort((short) 0);
         return b.array();
     }

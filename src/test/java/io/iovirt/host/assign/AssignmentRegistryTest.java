@@ -40,7 +40,9 @@ class AssignmentRegistryTest {
         AssignmentRegistry r = new AssignmentRegistry(tmp);
         r.assign(VF1, "vm-a", List.of());
         HostConfigException e = assertThrows(HostConfigException.class, () -> r.assign(VF2, "vm-b", List.of(VF1)));
-        assertTrue(e.getMessage().contains("shares its IOMMU group with 0000:03:10.0, assigned to VM vm-a"), e.getMessage());
+        assertTrue(
+                e.getMessage().contains("shares its IOMMU group with 0000:03:10.0, assigned to VM vm-a"),
+                e.getMessage());
         assertTrue(r.assign(VF2, "vm-a", List.of(VF1)).created(), "the same VM may take the whole group");
     }
 
@@ -74,9 +76,15 @@ class AssignmentRegistryTest {
         assertEquals("iovirt-assignments 1", lines.getFirst());
         assertEquals("end 2", lines.getLast());
         assertTrue(lines.get(1).startsWith("0000:03:10.0 vm-a "));
-        assertEquals(List.of(VF1, VF2), new AssignmentRegistry(tmp).list().stream().map(AssignmentRegistry.Assignment::bdf).toList());
+        assertEquals(
+                List.of(VF1, VF2),
+                new AssignmentRegistry(tmp)
+                        .list().stream().map(AssignmentRegistry.Assignment::bdf).toList());
         try (var s = Files.list(tmp)) {
-            assertEquals(List.of("assignments", "lock"), s.map(p -> p.getFileName().toString()).sorted().toList(), "no temp files left");
+            assertEquals(
+                    List.of("assignments", "lock"),
+                    s.map(p -> p.getFileName().toString()).sorted().toList(),
+                    "no temp files left");
         }
     }
 
@@ -89,7 +97,8 @@ class AssignmentRegistryTest {
         String whole = Files.readString(file);
         Files.writeString(file, whole.substring(0, whole.length() - 8)); // cut into the last row
         HostConfigException cut = assertThrows(HostConfigException.class, r::list);
-        assertTrue(cut.getMessage().contains("is damaged") && cut.getMessage().contains("truncated?"), cut.getMessage());
+        assertTrue(
+                cut.getMessage().contains("is damaged") && cut.getMessage().contains("truncated?"), cut.getMessage());
         Files.writeString(file, whole.replace("vm-b", "vm b"));
         HostConfigException bad = assertThrows(HostConfigException.class, r::list);
         assertTrue(bad.getMessage().contains("line 3 is damaged"), bad.getMessage());
@@ -102,7 +111,10 @@ class AssignmentRegistryTest {
         FakeHost h = DevicesTest.desktop(tmp.resolve("h"));
         CliRun notBound = CliRun.host(h, "assign", "0000:03:10.0", "--vm", "vm-a");
         assertEquals(1, notBound.exit());
-        assertTrue(notBound.err().contains("it is bound to igbvf, not vfio-pci — bind it first: iovirt host bind 0000:03:10.0"), notBound.err());
+        assertTrue(
+                notBound.err()
+                        .contains("it is bound to igbvf, not vfio-pci — bind it first: iovirt host bind 0000:03:10.0"),
+                notBound.err());
         CliRun blocked = CliRun.host(h, "assign", "0000:00:1f.3", "--vm", "vm-a");
         assertTrue(blocked.err().contains("group 7 also holds 0000:00:1f.4, bound to i801_smbus"), blocked.err());
 
@@ -118,12 +130,16 @@ class AssignmentRegistryTest {
         assertTrue(list.out().contains("\"vm\": \"vm-a\""), list.out());
         CliRun libvirt = CliRun.host(h, "config", "--vm", "vm-a", "--format", "libvirt");
         assertEquals(0, libvirt.exit(), libvirt.err());
-        assertTrue(libvirt.out().contains("<address domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>"), libvirt.out());
+        assertTrue(
+                libvirt.out().contains("<address domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>"),
+                libvirt.out());
         CliRun qemu = CliRun.host(h, "config", "0000:04:00.0");
-        assertEquals("-device vfio-pci,host=0000:04:00.0,id=hostdev0", qemu.out().strip());
+        assertEquals(
+                "-device vfio-pci,host=0000:04:00.0,id=hostdev0", qemu.out().strip());
         CliRun notAssigned = CliRun.host(h, "config", "0000:03:10.0");
         assertTrue(notAssigned.err().contains("0000:03:10.0 is not assigned"), notAssigned.err());
-        assertEquals(0, CliRun.host(h, "release", "0000:04:00.0", "--vm", "vm-a").exit());
+        assertEquals(
+                0, CliRun.host(h, "release", "0000:04:00.0", "--vm", "vm-a").exit());
         assertTrue(CliRun.host(h, "assignments").out().contains("No devices are assigned."));
     }
 }

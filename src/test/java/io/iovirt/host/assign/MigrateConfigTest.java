@@ -64,15 +64,17 @@ class MigrateConfigTest {
         assertFalse(m.text().contains("pci-assign") || m.text().contains("pcidevice"), m.text());
         assertEquals(3, m.changes().size(), m.changes().toString());
         assertTrue(m.changes().get(0).contains("dropped configfd"), m.changes().get(0));
-        assertTrue(m.changes().get(1).contains("dropped iommu=0 (VFIO always isolates"), m.changes().get(1));
+        assertTrue(
+                m.changes().get(1).contains("dropped iommu=0 (VFIO always isolates"),
+                m.changes().get(1));
     }
 
     @Test
     void libvirtKvmDriverBecomesVfioAndNothingElseChanges() {
         LegacyAssignmentMigrator.Migration m = LegacyAssignmentMigrator.migrate(LIBVIRT);
         assertEquals("libvirt", m.format());
-        String expected = LIBVIRT
-                .replace("<hostdev mode='subsystem' type='pci' managed='yes'>\n      <driver name='kvm'/>",
+        String expected = LIBVIRT.replace(
+                        "<hostdev mode='subsystem' type='pci' managed='yes'>\n      <driver name='kvm'/>",
                         "<hostdev mode='subsystem' type='pci' managed='yes'>\n      <driver name='vfio'/>")
                 .replace("<driver name=\"kvm\"/>", "<driver name=\"vfio\"/>")
                 .replace("pci-assign,host=08:00.0,id=extra", "vfio-pci,host=0000:08:00.0,id=extra");
@@ -84,10 +86,14 @@ class MigrateConfigTest {
 
     @Test
     void brokenXmlIsRefused() {
-        HostConfigException e = assertThrows(HostConfigException.class,
+        HostConfigException e = assertThrows(
+                HostConfigException.class,
                 () -> LegacyAssignmentMigrator.migrate("<domain><devices><hostdev></devices>"));
         assertTrue(e.getMessage().contains("is not well-formed XML"), e.getMessage());
-        assertThrows(HostConfigException.class, () -> LegacyAssignmentMigrator.migrate("<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><x>&e;</x>"));
+        assertThrows(
+                HostConfigException.class,
+                () -> LegacyAssignmentMigrator.migrate(
+                        "<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><x>&e;</x>"));
     }
 
     @Test
@@ -106,7 +112,12 @@ class MigrateConfigTest {
 
     @Test
     void vfioConfigOutput() {
-        assertEquals(List.of("-device", "vfio-pci,host=0000:01:00.1,id=hostdev0", "-device", "vfio-pci,host=0000:01:00.2,id=hostdev1"),
+        assertEquals(
+                List.of(
+                        "-device",
+                        "vfio-pci,host=0000:01:00.1,id=hostdev0",
+                        "-device",
+                        "vfio-pci,host=0000:01:00.2,id=hostdev1"),
                 VfioConfig.qemuArgs(List.of(Bdf.parse("01:00.1"), Bdf.parse("01:00.2"))));
         String xml = VfioConfig.libvirtHostdev(Bdf.parse("0000:81:10.3"));
         assertTrue(xml.contains("<hostdev mode='subsystem' type='pci' managed='no'>"));

@@ -7,8 +7,7 @@ import java.util.List;
 
 /** A separate JVM that assigns and releases devices in a loop, reporting each completed update on stdout. */
 public final class RegistryChurnMain {
-    private RegistryChurnMain() {
-    }
+    private RegistryChurnMain() {}
 
     public static void main(String[] args) {
         AssignmentRegistry r = new AssignmentRegistry(Path.of(args[0]));

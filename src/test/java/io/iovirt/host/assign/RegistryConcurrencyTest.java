@@ -36,25 +36,43 @@ class RegistryConcurrencyTest {
         for (int i = 0; i < RACERS; i++) {
             vfs.add(String.format("0000:03:10.%d", i));
         }
-        h.device("0000:03:00.0", 0x8086, 0x10c9, 0x020000).driver("igb").group(20).sriov(7, vfs);
+        h.device("0000:03:00.0", 0x8086, 0x10c9, 0x020000)
+                .driver("igb")
+                .group(20)
+                .sriov(7, vfs);
         for (int i = 0; i < RACERS; i++) {
-            h.device(vfs.get(i), 0x8086, 0x10ca, 0x020000).driver("vfio-pci").group(30 + i).physfn("0000:03:00.0");
+            h.device(vfs.get(i), 0x8086, 0x10ca, 0x020000)
+                    .driver("vfio-pci")
+                    .group(30 + i)
+                    .physfn("0000:03:00.0");
         }
         return h;
     }
 
     private static Process java(Class<?> main, List<String> args) throws IOException {
-        List<String> cmd = new ArrayList<>(List.of(ProcessHandle.current().info().command().orElseThrow(),
-                "--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
-                "-cp", System.getProperty("java.class.path"), main.getName()));
+        List<String> cmd = new ArrayList<>(List.of(
+                ProcessHandle.current().info().command().orElseThrow(),
+                "--enable-native-access=ALL-UNNAMED",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-Xshare:auto",
+                "-cp",
+                System.getProperty("java.class.path"),
+                main.getName()));
         cmd.addAll(args);
         return new ProcessBuilder(cmd).redirectErrorStream(false).start();
     }
 
     private static Process javaWithProperty(String property, List<String> args) throws IOException {
-        List<String> cmd = new ArrayList<>(List.of(ProcessHandle.current().info().command().orElseThrow(),
-                "--enable-native-access=ALL-UNNAMED", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", property,
-                "-cp", System.getProperty("java.class.path"), "io.iovirt.cli.Main"));
+        List<String> cmd = new ArrayList<>(List.of(
+                ProcessHandle.current().info().command().orElseThrow(),
+                "--enable-native-access=ALL-UNNAMED",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                property,
+                "-cp",
+                System.getProperty("java.class.path"),
+                "io.iovirt.cli.Main"));
         cmd.addAll(args);
         return new ProcessBuilder(cmd).start();
     }
@@ -67,7 +85,8 @@ class RegistryConcurrencyTest {
                 return line;
             }
         }
-        throw new AssertionError("process ended before printing " + prefix + ": " + new String(p.getErrorStream().readAllBytes()));
+        throw new AssertionError("process ended before printing " + prefix + ": "
+                + new String(p.getErrorStream().readAllBytes()));
     }
 
     private static void killAll(List<Process> ps) {
@@ -83,7 +102,8 @@ class RegistryConcurrencyTest {
         List<Process> ps = new ArrayList<>();
         try {
             for (int i = 0; i < RACERS; i++) {
-                List<String> args = new ArrayList<>(List.of(start.toString(), "host", "assign", "0000:03:10.0", "--vm", "vm-" + i));
+                List<String> args =
+                        new ArrayList<>(List.of(start.toString(), "host", "assign", "0000:03:10.0", "--vm", "vm-" + i));
                 args.addAll(h.cliRoots());
                 ps.add(java(RegistryRaceMain.class, args));
             }
@@ -121,7 +141,8 @@ class RegistryConcurrencyTest {
         List<Process> ps = new ArrayList<>();
         try {
             for (int i = 0; i < RACERS; i++) {
-                List<String> args = new ArrayList<>(List.of(start.toString(), "host", "assign", "0000:03:10." + i, "--vm", "vm-" + i));
+                List<String> args = new ArrayList<>(
+                        List.of(start.toString(), "host", "assign", "0000:03:10." + i, "--vm", "vm-" + i));
                 args.addAll(h.cliRoots());
                 ps.add(java(RegistryRaceMain.class, args));
             }
@@ -164,7 +185,9 @@ class RegistryConcurrencyTest {
             p.destroyForcibly();
         }
         try (Stream<Path> s = Files.list(h.state)) {
-            assertTrue(s.anyMatch(f -> f.getFileName().toString().startsWith("assignments.tmp-")), "the writer died with its temp file");
+            assertTrue(
+                    s.anyMatch(f -> f.getFileName().toString().startsWith("assignments.tmp-")),
+                    "the writer died with its temp file");
         }
         AssignmentRegistry r = new AssignmentRegistry(h.state);
         List<AssignmentRegistry.Assignment> all = r.list();
@@ -189,7 +212,8 @@ class RegistryConcurrencyTest {
         for (int round = 0; round < 3; round++) {
             Process p = java(RegistryChurnMain.class, List.of(state.toString()));
             try {
-                BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8));
+                BufferedReader out =
+                        new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8));
                 int target = 20 + round * 7;
                 String line;
                 while ((line = out.readLine()) != null && Integer.parseInt(line) < target) {

@@ -11,8 +11,7 @@ import java.util.Arrays;
  * runs the real CLI with the remaining arguments and exits with its status.
  */
 public final class RegistryRaceMain {
-    private RegistryRaceMain() {
-    }
+    private RegistryRaceMain() {}
 
     public static void main(String[] args) throws Exception {
         Path start = Path.of(args[0]);

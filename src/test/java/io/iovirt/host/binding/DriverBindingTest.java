@@ -37,9 +37,11 @@ class DriverBindingTest {
     @Test
     void bindWritesOverrideUnbindAndProbeThenRollsBackWhenTheKernelDoesNotBind() {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:03:10.0"), "vfio-pci", false));
-        assertTrue(e.getMessage().contains("the kernel did not bind 0000:03:10.0 to vfio-pci (driver now: igbvf"), e.getMessage());
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:03:10.0"), "vfio-pci", false));
+        assertTrue(
+                e.getMessage().contains("the kernel did not bind 0000:03:10.0 to vfio-pci (driver now: igbvf"),
+                e.getMessage());
         assertTrue(e.getMessage().contains("gave it back to igbvf"), e.getMessage());
         // What the kernel was told, in order: override, unbind from igbvf, probe — then the rollback.
         assertEquals("0000:03:10.0", h.read("bus/pci/drivers_probe"));
@@ -54,8 +56,8 @@ class DriverBindingTest {
     void bindOfAnUnboundDeviceWritesOnlyOverrideAndProbe() {
         FakeHost h = DevicesTest.desktop(tmp);
         // Record writes by making the rollback's target visible: the device had no driver, so no bind file is written.
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:03:10.2"), "vfio-pci", false));
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:03:10.2"), "vfio-pci", false));
         assertTrue(e.getMessage().contains("driver now: none; override cleared)"), e.getMessage());
         assertEquals("0000:03:10.2", h.read("bus/pci/drivers_probe"));
         assertEquals("", h.read("bus/pci/drivers/vfio-pci/bind"));
@@ -64,9 +66,12 @@ class DriverBindingTest {
     @Test
     void refusesANonViableGroupNamingTheCulprit() {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:00:1f.3"), "vfio-pci", false));
-        assertTrue(e.getMessage().contains("refusing to bind 0000:00:1f.3 to vfio-pci: group 7 also holds 0000:00:1f.4, bound to i801_smbus"),
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:00:1f.3"), "vfio-pci", false));
+        assertTrue(
+                e.getMessage()
+                        .contains(
+                                "refusing to bind 0000:00:1f.3 to vfio-pci: group 7 also holds 0000:00:1f.4, bound to i801_smbus"),
                 e.getMessage());
         assertTrue(e.getMessage().contains("pass --force"), e.getMessage());
         assertEquals("(null)\n", h.read("devices/pci0000:00/0000:00:1f.3/driver_override"), "nothing was written");
@@ -76,11 +81,13 @@ class DriverBindingTest {
     @Test
     void refusesTheBootDiskAndTheDefaultRoute() {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException disk = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:01:00.0"), "vfio-pci", false));
-        assertTrue(disk.getMessage().contains("the host uses it: it holds the mounted filesystem / (/dev/nvme0n1p2)"), disk.getMessage());
-        HostConfigException nic = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:02:00.0"), "vfio-pci", false));
+        HostConfigException disk = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:01:00.0"), "vfio-pci", false));
+        assertTrue(
+                disk.getMessage().contains("the host uses it: it holds the mounted filesystem / (/dev/nvme0n1p2)"),
+                disk.getMessage());
+        HostConfigException nic = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:02:00.0"), "vfio-pci", false));
         assertTrue(nic.getMessage().contains("it carries the default route (eno1)"), nic.getMessage());
         assertEquals("", h.read("bus/pci/drivers_probe"), "nothing was written");
     }
@@ -88,21 +95,25 @@ class DriverBindingTest {
     @Test
     void defaultRouteThroughABridgeProtectsTheBridgedNic() {
         FakeHost h = new FakeHost(tmp).intelHostWithIommu();
-        h.device("0000:05:00.0", 0x8086, 0x1533, 0x020000).driver("igb").group(12).net("enp5s0", 4);
+        h.device("0000:05:00.0", 0x8086, 0x1533, 0x020000)
+                .driver("igb")
+                .group(12)
+                .net("enp5s0", 4);
         FakeHost.mkdir(h.sys.resolve("devices/virtual/net/br0/brif"));
-        FakeHost.link(h.sys.resolve("devices/virtual/net/br0/brif/enp5s0"), "../../../../pci0000:00/0000:05:00.0/net/enp5s0");
+        FakeHost.link(
+                h.sys.resolve("devices/virtual/net/br0/brif/enp5s0"), "../../../../pci0000:00/0000:05:00.0/net/enp5s0");
         FakeHost.link(h.sys.resolve("class/net/br0"), "../../devices/virtual/net/br0");
         h.defaultRoute("br0");
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
         assertTrue(e.getMessage().contains("it carries the default route (br0 via enp5s0)"), e.getMessage());
     }
 
     @Test
     void forceSkipsTheSafetyChecks() {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:02:00.0"), "vfio-pci", true));
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:02:00.0"), "vfio-pci", true));
         assertTrue(e.getMessage().contains("the kernel did not bind"), e.getMessage());
         assertEquals("0000:02:00.0", h.read("bus/pci/drivers/e1000e/unbind"));
     }
@@ -111,21 +122,21 @@ class DriverBindingTest {
     void refusesWithoutIommuGroupAndWhenVfioIsNotLoaded() {
         FakeHost h = new FakeHost(tmp).intelCpu(true);
         h.device("0000:05:00.0", 0x8086, 0x1533, 0x020000).driver("igb");
-        HostConfigException notLoaded = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
+        HostConfigException notLoaded = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
         assertTrue(notLoaded.getMessage().contains("driver vfio-pci is not loaded"), notLoaded.getMessage());
         assertTrue(notLoaded.getMessage().contains("modprobe vfio-pci"), notLoaded.getMessage());
         h.vfio();
-        HostConfigException noGroup = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
+        HostConfigException noGroup = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
         assertTrue(noGroup.getMessage().contains("it has no IOMMU group: the IOMMU is off"), noGroup.getMessage());
     }
 
     @Test
     void refusesAPfWhoseVfsWouldVanish() {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:03:00.0"), "vfio-pci", false));
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:03:00.0"), "vfio-pci", false));
         assertTrue(e.getMessage().contains("it has 2 VFs enabled, which vanish when igb lets go"), e.getMessage());
     }
 
@@ -145,10 +156,12 @@ class DriverBindingTest {
         h.driver("nouveau");
         new StateStore(h.state).write(DriverBinding.TABLE, List.<String[]>of(new String[] {"0000:04:00.0", "nouveau"}));
         DriverBinding.Outcome o = binding(h).unbind(Bdf.parse("0000:04:00.0"), false);
-        assertEquals(List.of(
-                h.sys.resolve("bus/pci/devices/0000:04:00.0/driver_override") + " <- (clear)",
-                h.sys.resolve("bus/pci/drivers/vfio-pci/unbind") + " <- 0000:04:00.0",
-                h.sys.resolve("bus/pci/drivers/nouveau/bind") + " <- 0000:04:00.0"), o.writes());
+        assertEquals(
+                List.of(
+                        h.sys.resolve("bus/pci/devices/0000:04:00.0/driver_override") + " <- (clear)",
+                        h.sys.resolve("bus/pci/drivers/vfio-pci/unbind") + " <- 0000:04:00.0",
+                        h.sys.resolve("bus/pci/drivers/nouveau/bind") + " <- 0000:04:00.0"),
+                o.writes());
         assertEquals("0000:04:00.0", h.read("bus/pci/drivers/nouveau/bind"));
         assertTrue(o.note().contains("the kernel did not give it back to nouveau"), o.note());
         assertNull(binding(h).previousDriver(Bdf.parse("0000:04:00.0")));
@@ -158,7 +171,8 @@ class DriverBindingTest {
     void unbindRefusesAnAssignedDevice() {
         FakeHost h = DevicesTest.desktop(tmp);
         new AssignmentRegistry(h.state).assign(Bdf.parse("0000:04:00.0"), "gpu-vm", List.of());
-        HostConfigException e = assertThrows(HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false));
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false));
         assertTrue(e.getMessage().contains("it is assigned to VM gpu-vm"), e.getMessage());
     }
 
@@ -168,18 +182,21 @@ class DriverBindingTest {
         DriverBinding.Outcome o = binding(h).reset(Bdf.parse("0000:04:00.0"), false);
         assertEquals("1", h.read("bus/pci/devices/0000:04:00.0/reset"));
         assertEquals("reset methods: flr bus", o.note());
-        HostConfigException host = assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:02:00.0"), false));
-        assertTrue(host.getMessage().contains("its host driver e1000e would lose the device's state"), host.getMessage());
+        HostConfigException host =
+                assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:02:00.0"), false));
+        assertTrue(
+                host.getMessage().contains("its host driver e1000e would lose the device's state"), host.getMessage());
         new AssignmentRegistry(h.state).assign(Bdf.parse("0000:04:00.0"), "gpu-vm", List.of());
-        HostConfigException vm = assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:04:00.0"), false));
+        HostConfigException vm =
+                assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:04:00.0"), false));
         assertTrue(vm.getMessage().contains("assigned to VM gpu-vm"), vm.getMessage());
     }
 
     @Test
     void driverNamesCannotEscapeTheDriversDirectory() {
         FakeHost h = DevicesTest.desktop(tmp);
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> binding(h).bind(Bdf.parse("0000:03:10.2"), "../../../x", false));
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:03:10.2"), "../../../x", false));
         assertTrue(e.getMessage().contains("is not a driver name"), e.getMessage());
     }
 
@@ -188,24 +205,39 @@ class DriverBindingTest {
         FakeHost h = DevicesTest.desktop(tmp);
         h.dev("0000:04:00.0").attr("driver_override", "vfio-pci\n");
         h.driver("nouveau");
-        new StateStore(h.state).write(DriverBinding.TABLE, List.<String[]>of(
-                new String[] {"0000:03:10.0", "igbvf"}, new String[] {"0000:04:00.0", "nouveau"}));
+        new StateStore(h.state)
+                .write(DriverBinding.TABLE, List.<String[]>of(new String[] {"0000:03:10.0", "igbvf"}, new String[] {
+                    "0000:04:00.0", "nouveau"
+                }));
         Path file = h.state.resolve(DriverBinding.TABLE);
         String good = Files.readString(file);
         // Each tampering keeps the file's frame (header, trailer, row count) intact: only the row check catches it.
         for (String[] t : List.of(
-                new String[] {"0000:04:00.0 nouveau", "0000:04:00.0 ../../../../../tmp/x", "line 3 is damaged: '../../../../../tmp/x' is not a driver name"},
-                new String[] {"0000:04:00.0 nouveau", "0000:04:00.0 ..", "line 3 is damaged: '..' is not a driver name"},
-                new String[] {"0000:03:10.0 igbvf", "03:10.0 igbvf", "line 2 is damaged: '03:10.0' is not a PCI address"},
-                new String[] {"0000:03:10.0 igbvf", "0000:03:10.0/../.. igbvf", "line 2 is damaged: '0000:03:10.0/../..' is not a PCI address"},
-                new String[] {"0000:04:00.0 nouveau", "0000:04:00.0 nouveau extra", "line 3 is damaged: expected 'BDF DRIVER'"})) {
+                new String[] {
+                    "0000:04:00.0 nouveau",
+                    "0000:04:00.0 ../../../../../tmp/x",
+                    "line 3 is damaged: '../../../../../tmp/x' is not a driver name"
+                },
+                new String[] {"0000:04:00.0 nouveau", "0000:04:00.0 ..", "line 3 is damaged: '..' is not a driver name"
+                },
+                new String[] {"0000:03:10.0 igbvf", "03:10.0 igbvf", "line 2 is damaged: '03:10.0' is not a PCI address"
+                },
+                new String[] {
+                    "0000:03:10.0 igbvf",
+                    "0000:03:10.0/../.. igbvf",
+                    "line 2 is damaged: '0000:03:10.0/../..' is not a PCI address"
+                },
+                new String[] {
+                    "0000:04:00.0 nouveau", "0000:04:00.0 nouveau extra", "line 3 is damaged: expected 'BDF DRIVER'"
+                })) {
             Files.writeString(file, good.replace(t[0], t[1]));
             String before = h.read("bus/pci/drivers/vfio-pci/unbind");
-            HostConfigException e = assertThrows(HostConfigException.class,
-                    () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false), t[1]);
+            HostConfigException e = assertThrows(
+                    HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false), t[1]);
             assertTrue(e.getMessage().contains(file + " " + t[2]), e.getMessage());
             assertTrue(e.remedy().contains("fix or remove that line"), e.remedy());
-            assertEquals(before, h.read("bus/pci/drivers/vfio-pci/unbind"), "nothing was written to sysfs for: " + t[1]);
+            assertEquals(
+                    before, h.read("bus/pci/drivers/vfio-pci/unbind"), "nothing was written to sysfs for: " + t[1]);
             assertFalse(Files.exists(tmp.resolve("tmp/x")));
         }
         Files.writeString(file, good);
@@ -217,7 +249,11 @@ class DriverBindingTest {
         FakeHost h = DevicesTest.desktop(tmp);
         CliRun r = CliRun.host(h, "bind", "0000:00:1f.3");
         assertEquals(1, r.exit());
-        assertTrue(r.err().startsWith("iovirt host bind: refusing to bind 0000:00:1f.3 to vfio-pci: group 7 also holds 0000:00:1f.4"), r.err());
+        assertTrue(
+                r.err()
+                        .startsWith(
+                                "iovirt host bind: refusing to bind 0000:00:1f.3 to vfio-pci: group 7 also holds 0000:00:1f.4"),
+                r.err());
         assertTrue(r.noStackTrace(), r.err());
     }
 
@@ -226,8 +262,10 @@ class DriverBindingTest {
         FakeHost h = DevicesTest.desktop(tmp);
         Bdf nvme = Bdf.parse("0000:01:00.0");
         String before = h.read("bus/pci/drivers/nvme/unbind");
-        HostConfigException unbind = assertThrows(HostConfigException.class, () -> binding(h).unbind(nvme, false));
-        HostConfigException bind = assertThrows(HostConfigException.class, () -> binding(h).bind(nvme, "vfio-pci", false));
+        HostConfigException unbind =
+                assertThrows(HostConfigException.class, () -> binding(h).unbind(nvme, false));
+        HostConfigException bind =
+                assertThrows(HostConfigException.class, () -> binding(h).bind(nvme, "vfio-pci", false));
         // The same check and the same words as bind and reset: the host uses it, and what for.
         String use = "the host uses it: it holds the mounted filesystem /";
         assertTrue(unbind.getMessage().startsWith("refusing to unbind 0000:01:00.0: " + use), unbind.getMessage());
@@ -257,10 +295,12 @@ class DriverBindingTest {
         String override = h.read("bus/pci/devices/0000:03:10.0/driver_override");
         String reset = h.read("bus/pci/devices/0000:04:00.0/reset");
         DriverBinding.Outcome o = dry.bind(vf, "vfio-pci", false);
-        assertEquals(List.of(
-                h.sys.resolve("bus/pci/devices/0000:03:10.0/driver_override") + " <- vfio-pci (would write)",
-                h.sys.resolve("bus/pci/drivers/igbvf/unbind") + " <- 0000:03:10.0 (would write)",
-                h.sys.resolve("bus/pci/drivers_probe") + " <- 0000:03:10.0 (would write)"), o.writes());
+        assertEquals(
+                List.of(
+                        h.sys.resolve("bus/pci/devices/0000:03:10.0/driver_override") + " <- vfio-pci (would write)",
+                        h.sys.resolve("bus/pci/drivers/igbvf/unbind") + " <- 0000:03:10.0 (would write)",
+                        h.sys.resolve("bus/pci/drivers_probe") + " <- 0000:03:10.0 (would write)"),
+                o.writes());
         assertEquals(DriverBinding.DRY_RUN_NOTE, o.note());
         assertEquals(override, h.read("bus/pci/devices/0000:03:10.0/driver_override"));
         assertTrue(new StateStore(h.state).read(DriverBinding.TABLE).isEmpty(), "no driver remembered");
@@ -269,7 +309,8 @@ class DriverBindingTest {
 
         CliRun cli = CliRun.host(h, "bind", "0000:03:10.0", "--dry-run");
         assertEquals(0, cli.exit(), cli.err());
-        assertTrue(cli.out().contains("dry run: nothing was changed") && cli.out().contains("(would write)"), cli.out());
+        assertTrue(
+                cli.out().contains("dry run: nothing was changed") && cli.out().contains("(would write)"), cli.out());
         for (String cmd : new String[] {"unbind", "reset"}) {
             CliRun r = CliRun.host(h, cmd, "0000:04:00.0", "--dry-run");
             assertEquals(0, r.exit(), cmd + ": " + r.err());
@@ -281,5 +322,4 @@ class DriverBindingTest {
         assertTrue(assign.out().contains("would be assigned to VM vm-a"), assign.out());
         assertTrue(CliRun.host(h, "assignments", "--json").out().strip().equals("[]"), "nothing recorded");
     }
-
 }

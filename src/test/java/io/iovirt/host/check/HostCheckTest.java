@@ -25,9 +25,16 @@ public class HostCheckTest {
 
     /** An SR-IOV NIC PF with two VFs, each in its own group, as on a server with ACS. */
     public static void addSriovNic(FakeHost h) {
-        h.device("0000:03:00.0", 0x8086, 0x10c9, 0x020000).driver("igb").group(20)
-                .sriov(7, List.of("0000:03:10.0", "0000:03:10.2")).net("enp3s0f0", 8);
-        h.device("0000:03:10.0", 0x8086, 0x10ca, 0x020000).driver("igbvf").group(21).physfn("0000:03:00.0").net("enp3s16", 1);
+        h.device("0000:03:00.0", 0x8086, 0x10c9, 0x020000)
+                .driver("igb")
+                .group(20)
+                .sriov(7, List.of("0000:03:10.0", "0000:03:10.2"))
+                .net("enp3s0f0", 8);
+        h.device("0000:03:10.0", 0x8086, 0x10ca, 0x020000)
+                .driver("igbvf")
+                .group(21)
+                .physfn("0000:03:00.0")
+                .net("enp3s16", 1);
         h.device("0000:03:10.2", 0x8086, 0x10ca, 0x020000).group(22).physfn("0000:03:00.0");
     }
 
@@ -50,7 +57,11 @@ public class HostCheckTest {
     @Test
     void amdHostNeedsNoCommandLineSwitch() {
         FakeHost h = new FakeHost(tmp).amdHostWithIommu();
-        h.device("0000:01:00.0", 0x1b36, 0x0010, 0x010802).driver("nvme").group(3).sriov(2, List.of()).nvmeController("nvme0");
+        h.device("0000:01:00.0", 0x1b36, 0x0010, 0x010802)
+                .driver("nvme")
+                .group(3)
+                .sriov(2, List.of())
+                .nvmeController("nvme0");
         HostCheck.Report r = HostCheck.run(h.paths(), GIB, h.kvmProbe());
         assertEquals(Status.PASS, r.result("cpu-virt").status());
         assertTrue(r.result("cpu-virt").detail().contains("AMD-V"));
@@ -76,14 +87,20 @@ public class HostCheckTest {
         assertTrue(fw.remedy().contains("enable VT-d"), fw.remedy());
         HostCheck.Result on = r.result("iommu-enabled");
         assertEquals(Status.FAIL, on.status());
-        assertTrue(on.remedy().contains("enable VT-d") && on.remedy().contains("add intel_iommu=on to the kernel command line"), on.remedy());
+        assertTrue(
+                on.remedy().contains("enable VT-d")
+                        && on.remedy().contains("add intel_iommu=on to the kernel command line"),
+                on.remedy());
         assertEquals(Status.FAIL, r.result("cmdline-iommu").status());
         assertTrue(r.result("cmdline-iommu").remedy().contains("intel_iommu=on"));
         assertEquals(Status.FAIL, r.result("iommu-groups").status());
         assertEquals(Status.FAIL, r.result("interrupt-remapping").status());
         assertEquals(Status.FAIL, r.result("vfio-modules").status());
         assertFalse(r.techniques().get(Technique.VFIO).possible());
-        assertTrue(r.techniques().get(Technique.VFIO).missing().containsAll(List.of("iommu-enabled", "iommu-groups", "vfio-modules")));
+        assertTrue(r.techniques()
+                .get(Technique.VFIO)
+                .missing()
+                .containsAll(List.of("iommu-enabled", "iommu-groups", "vfio-modules")));
         assertFalse(r.techniques().get(Technique.SRIOV).possible());
         assertTrue(r.techniques().get(Technique.SRIOV).missing().contains("sriov-devices"));
     }
@@ -94,7 +111,9 @@ public class HostCheckTest {
         HostCheck.Report r = HostCheck.run(h.paths(), GIB);
         assertEquals(Status.PASS, r.result("iommu-firmware").status());
         assertEquals(Status.FAIL, r.result("iommu-enabled").status());
-        assertFalse(r.result("iommu-enabled").remedy().contains("firmware"), r.result("iommu-enabled").remedy());
+        assertFalse(
+                r.result("iommu-enabled").remedy().contains("firmware"),
+                r.result("iommu-enabled").remedy());
         assertEquals(Status.FAIL, r.result("cmdline-iommu").status());
         assertTrue(r.result("cmdline-iommu").detail().contains("intel_iommu=off"));
     }
@@ -116,7 +135,9 @@ public class HostCheckTest {
         FakeHost.write(h.proc.resolve("self/status"), "Name:\tqemu\nCapEff:\t0000000000000000\n");
         HostCheck.Report r = HostCheck.run(h.paths(), 4 * GIB);
         assertEquals(Status.WARN, r.result("memlock").status());
-        assertTrue(r.result("memlock").detail().contains("8 MiB"), r.result("memlock").detail());
+        assertTrue(
+                r.result("memlock").detail().contains("8 MiB"),
+                r.result("memlock").detail());
         assertTrue(r.result("memlock").remedy().contains("ulimit -l"));
     }
 
@@ -128,12 +149,17 @@ public class HostCheckTest {
         HostCheck.Report r = HostCheck.run(paths, GIB, h.kvmProbe());
         HostCheck.Result kvm = r.result("kvm");
         assertEquals(Status.WARN, kvm.status(), kvm.toString());
-        assertTrue(kvm.detail().contains("PVM / software-nested KVM") && kvm.detail().contains("iovirt uses TCG"), kvm.detail());
+        assertTrue(
+                kvm.detail().contains("PVM / software-nested KVM")
+                        && kvm.detail().contains("iovirt uses TCG"),
+                kvm.detail());
         assertTrue(kvm.remedy().contains("VT-x/AMD-V"), kvm.remedy());
         assertEquals(Status.FAIL, r.result("cpu-virt").status());
         assertEquals(io.iovirt.vm.Accelerator.Kind.TCG, r.accelerator().kind());
         for (Technique t : Technique.values()) {
-            assertFalse(r.techniques().get(t).how().contains("KVM-accelerated"), t + ": " + r.techniques().get(t).how());
+            assertFalse(
+                    r.techniques().get(t).how().contains("KVM-accelerated"),
+                    t + ": " + r.techniques().get(t).how());
         }
         assertTrue(r.techniques().get(Technique.FV).possible());
         assertTrue(r.techniques().get(Technique.FV).how().contains("under TCG"));
@@ -146,7 +172,9 @@ public class HostCheckTest {
         HostCheck.Report r = HostCheck.run(h.paths(), GIB, h.kvmProbe());
         HostCheck.Result kvm = r.result("kvm");
         assertEquals(Status.FAIL, kvm.status());
-        assertTrue(kvm.detail().contains("EACCES") && kvm.detail().contains("as user " + System.getProperty("user.name")), kvm.detail());
+        assertTrue(
+                kvm.detail().contains("EACCES") && kvm.detail().contains("as user " + System.getProperty("user.name")),
+                kvm.detail());
         assertTrue(kvm.remedy().contains("kvm group"), kvm.remedy());
         assertTrue(r.techniques().get(Technique.PVHVM).missing().contains("kvm"));
         assertEquals(io.iovirt.vm.Accelerator.Kind.TCG, r.accelerator().kind());
@@ -166,10 +194,16 @@ public class HostCheckTest {
         FakeHost h = new FakeHost(tmp).intelCpu(true);
         HostCheck.Report r = HostCheck.run(h.paths(), GIB);
         assertEquals(Status.FAIL, r.result("kvm").status());
-        assertTrue(r.result("kvm").detail().contains("does not exist"), r.result("kvm").detail());
-        assertTrue(r.result("kvm").remedy().contains("modprobe kvm_intel"), r.result("kvm").remedy());
+        assertTrue(
+                r.result("kvm").detail().contains("does not exist"),
+                r.result("kvm").detail());
+        assertTrue(
+                r.result("kvm").remedy().contains("modprobe kvm_intel"),
+                r.result("kvm").remedy());
         assertEquals(io.iovirt.vm.Accelerator.Kind.TCG, r.accelerator().kind());
-        assertTrue(r.accelerator().reason().contains("does not exist"), r.accelerator().reason());
+        assertTrue(
+                r.accelerator().reason().contains("does not exist"),
+                r.accelerator().reason());
     }
 
     /** The real probe on a fixture node that is a plain file: the ioctl step says it is not KVM. */
@@ -189,7 +223,9 @@ public class HostCheckTest {
         assertTrue(r.result("tun").detail().contains("tap"), r.result("tun").detail());
         assertTrue(r.result("tun").remedy().contains("modprobe tun"));
         assertEquals(Status.WARN, r.result("vhost-net").status());
-        assertTrue(r.result("vhost-net").detail().contains("vhost=on"), r.result("vhost-net").detail());
+        assertTrue(
+                r.result("vhost-net").detail().contains("vhost=on"),
+                r.result("vhost-net").detail());
         assertTrue(r.result("vhost-net").remedy().contains("modprobe vhost_net"));
         assertEquals(Status.WARN, r.result("hugepages").status(), "no meminfo in the fixture");
         for (String id : List.of("tun", "vhost-net", "hugepages")) {
@@ -199,7 +235,8 @@ public class HostCheckTest {
         FakeHost none = new FakeHost(tmp.resolve("none")).intelCpu(true).netDevicesAndHugepages(0);
         HostCheck.Result huge = HostCheck.run(none.paths(), GIB).result("hugepages");
         assertEquals(Status.WARN, huge.status());
-        assertTrue(huge.detail().contains("vhost-user backends") && huge.detail().contains("4 KiB pages"), huge.detail());
+        assertTrue(
+                huge.detail().contains("vhost-user backends") && huge.detail().contains("4 KiB pages"), huge.detail());
         assertTrue(huge.remedy().contains("nr_hugepages"), huge.remedy());
 
         FakeHost full = new FakeHost(tmp.resolve("full")).intelCpu(true).netDevicesAndHugepages(512);
@@ -207,7 +244,9 @@ public class HostCheckTest {
         assertEquals(Status.PASS, ok.result("tun").status());
         assertEquals(Status.PASS, ok.result("vhost-net").status());
         assertEquals(Status.PASS, ok.result("hugepages").status());
-        assertTrue(ok.result("hugepages").detail().startsWith("512 huge pages of 2 MiB reserved, 512 free"), ok.result("hugepages").detail());
+        assertTrue(
+                ok.result("hugepages").detail().startsWith("512 huge pages of 2 MiB reserved, 512 free"),
+                ok.result("hugepages").detail());
     }
 
     /**
@@ -224,7 +263,8 @@ public class HostCheckTest {
             try (var all = java.nio.file.Files.walk(root)) {
                 for (Path p : (Iterable<Path>) all::iterator) {
                     if (java.nio.file.Files.isDirectory(p)) {
-                        java.nio.file.Files.setPosixFilePermissions(p, java.nio.file.attribute.PosixFilePermissions.fromString("rwxr-xr-x"));
+                        java.nio.file.Files.setPosixFilePermissions(
+                                p, java.nio.file.attribute.PosixFilePermissions.fromString("rwxr-xr-x"));
                     }
                 }
             }
@@ -233,12 +273,15 @@ public class HostCheckTest {
             if (new com.sun.security.auth.module.UnixSystem().getUid() == 0) {
                 io.iovirt.testing.Require.program("setpriv", "apt-get install util-linux");
                 user = "nobody";
-                List<String> cmd = new java.util.ArrayList<>(List.of("setpriv", "--reuid=65534", "--regid=65534",
-                        "--clear-groups", "--"));
+                List<String> cmd = new java.util.ArrayList<>(
+                        List.of("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"));
                 // nobody cannot read root's Maven repository: jars are copied next to the fixture
                 List<String> cp = new java.util.ArrayList<>();
                 for (Class<?> c : new Class<?>[] {io.iovirt.cli.Main.class, picocli.CommandLine.class}) {
-                    Path where = Path.of(c.getProtectionDomain().getCodeSource().getLocation().toURI());
+                    Path where = Path.of(c.getProtectionDomain()
+                            .getCodeSource()
+                            .getLocation()
+                            .toURI());
                     if (java.nio.file.Files.isDirectory(where)) {
                         cp.add(where.toString());
                     } else {
@@ -247,13 +290,21 @@ public class HostCheckTest {
                         cp.add(copy.toString());
                     }
                 }
-                cmd.addAll(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
-                        "--enable-native-access=ALL-UNNAMED", "-cp", String.join(":", cp), "io.iovirt.cli.Main",
-                        "host", "check", "--json"));
+                cmd.addAll(List.of(
+                        Path.of(System.getProperty("java.home"), "bin", "java").toString(),
+                        "--enable-native-access=ALL-UNNAMED",
+                        "-cp",
+                        String.join(":", cp),
+                        "io.iovirt.cli.Main",
+                        "host",
+                        "check",
+                        "--json"));
                 cmd.addAll(h.cliRoots());
                 Path log = root.resolve("check.log");
-                try (io.iovirt.vm.ChildProcess p = io.iovirt.vm.ChildProcess.builder(cmd).name("iovirt host check as nobody")
-                        .log(log).start()) {
+                try (io.iovirt.vm.ChildProcess p = io.iovirt.vm.ChildProcess.builder(cmd)
+                        .name("iovirt host check as nobody")
+                        .log(log)
+                        .start()) {
                     assertTrue(p.waitFor(java.time.Duration.ofSeconds(120)), p.log());
                     out = p.log();
                 }
@@ -266,7 +317,8 @@ public class HostCheckTest {
             assertTrue(out.contains("add the user to the kvm group"), out);
         } finally {
             try (var all = java.nio.file.Files.walk(root)) {
-                all.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                all.sorted(java.util.Comparator.reverseOrder())
+                        .forEach(p -> p.toFile().delete());
             }
         }
     }
@@ -279,16 +331,22 @@ public class HostCheckTest {
         CliRun json = CliRun.host(h, "check", "--json");
         assertTrue(text.noStackTrace() && json.noStackTrace(), text.err() + json.err());
         assertEquals(text.exit(), json.exit());
-        java.util.regex.Matcher line = java.util.regex.Pattern.compile("(?m)^(PASS|WARN|FAIL)  (\\S+)").matcher(text.out());
+        java.util.regex.Matcher line =
+                java.util.regex.Pattern.compile("(?m)^(PASS|WARN|FAIL)  (\\S+)").matcher(text.out());
         int checks = 0;
         while (line.find()) {
             checks++;
-            assertTrue(json.out().contains("\"id\": \"" + line.group(2) + "\",\n      \"status\": \"" + line.group(1) + "\""),
+            assertTrue(
+                    json.out()
+                            .contains(
+                                    "\"id\": \"" + line.group(2) + "\",\n      \"status\": \"" + line.group(1) + "\""),
                     line.group() + ": " + json.out());
         }
         assertTrue(checks >= 15, text.out());
         assertTrue(text.out().contains("Guests run under TCG (KVM unusable: "), text.out());
-        assertTrue(json.out().contains("\"accelerator\": {\n    \"kind\": \"tcg\",\n    \"reason\": \"KVM unusable: "), json.out());
+        assertTrue(
+                json.out().contains("\"accelerator\": {\n    \"kind\": \"tcg\",\n    \"reason\": \"KVM unusable: "),
+                json.out());
         assertTrue(json.out().contains("\"kvm_usable\": false"), json.out());
     }
 

@@ -15,13 +15,16 @@ import org.junit.jupiter.api.Test;
 class NvmeVirtualizationTest {
     @Test
     void sharesAreEvenAndBounded() {
-        PciDevice pf = new PciDevice(Bdf.parse("01:00.0"), 0x1b36, 0x10, -1, -1, 0x010802, 2, "nvme", null, 3, null, null, true, List.of());
+        PciDevice pf = new PciDevice(
+                Bdf.parse("01:00.0"), 0x1b36, 0x10, -1, -1, 0x010802, 2, "nvme", null, 3, null, null, true, List.of());
         assertEquals(2, NvmeVirtualization.perVf("queue", 0, 4, 2, 0, 2, pf));
         assertEquals(3, NvmeVirtualization.perVf("queue", 0, 7, 2, 0, 2, pf));
         assertEquals(2, NvmeVirtualization.perVf("queue", 0, 7, 2, 2, 2, pf), "capped by VQFRSM");
-        HostConfigException few = assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("queue", 0, 3, 2, 0, 2, pf));
+        HostConfigException few =
+                assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("queue", 0, 3, 2, 0, 2, pf));
         assertTrue(few.getMessage().contains("only 3 flexible queue resources are free"), few.getMessage());
-        HostConfigException asked = assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("interrupt", 2, 2, 2, 0, 1, pf));
+        HostConfigException asked =
+                assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("interrupt", 2, 2, 2, 0, 1, pf));
         assertTrue(asked.getMessage().contains("2 VFs x 2 interrupt resources exceed the 2 free"), asked.getMessage());
     }
 }

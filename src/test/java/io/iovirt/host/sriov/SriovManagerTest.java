@@ -29,9 +29,13 @@ class SriovManagerTest {
     @Test
     void changingTheCountGoesThroughZero() {
         FakeHost h = DevicesTest.desktop(tmp);
-        SriovManager.Outcome o = new SriovManager(h.paths()).setVfs(PF, 4, null, SriovManager.NvmeRequest.DEFAULT, false);
-        assertEquals(List.of(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " <- 0",
-                h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " <- 4"), o.writes());
+        SriovManager.Outcome o =
+                new SriovManager(h.paths()).setVfs(PF, 4, null, SriovManager.NvmeRequest.DEFAULT, false);
+        assertEquals(
+                List.of(
+                        h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " <- 0",
+                        h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_numvfs") + " <- 4"),
+                o.writes());
         assertEquals("4", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
         assertEquals(2, o.before());
         assertEquals(4, o.after());
@@ -41,8 +45,11 @@ class SriovManagerTest {
     @Test
     void autoprobeIsWrittenBeforeTheVfsAppear() {
         FakeHost h = DevicesTest.desktop(tmp);
-        SriovManager.Outcome o = new SriovManager(h.paths()).setVfs(PF, 0, false, SriovManager.NvmeRequest.DEFAULT, false);
-        assertEquals(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe") + " <- 0", o.writes().getFirst());
+        SriovManager.Outcome o =
+                new SriovManager(h.paths()).setVfs(PF, 0, false, SriovManager.NvmeRequest.DEFAULT, false);
+        assertEquals(
+                h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe") + " <- 0",
+                o.writes().getFirst());
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe"));
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
     }
@@ -62,12 +69,19 @@ class SriovManagerTest {
         assertEquals(2, vf0.resources().get("interrupts_in_use"));
         assertEquals("enp3s16", vf0.resources().get("interface"));
         assertEquals(1L, vf0.resources().get("rx_queues"));
-        assertTrue(o.notes().getFirst().contains("usually far fewer than the PF's"), o.notes().toString());
-        assertTrue(o.notes().get(1).contains("the PF shares 22 MSI-X vectors among all its VFs"), o.notes().toString());
+        assertTrue(
+                o.notes().getFirst().contains("usually far fewer than the PF's"),
+                o.notes().toString());
+        assertTrue(
+                o.notes().get(1).contains("the PF shares 22 MSI-X vectors among all its VFs"),
+                o.notes().toString());
         // The PF's own netdev has 8 queue pairs; the VF has one: shown, not hidden.
         CliRun r = CliRun.host(h, "vfs", PF.toString());
         assertEquals(0, r.exit(), r.err());
-        assertTrue(r.out().contains("VF 1   0000:03:10.0  driver: igbvf      group: 21    interrupts_in_use=2, interface=enp3s16, rx_queues=1, tx_queues=1"),
+        assertTrue(
+                r.out()
+                        .contains(
+                                "VF 1   0000:03:10.0  driver: igbvf      group: 21    interrupts_in_use=2, interface=enp3s16, rx_queues=1, tx_queues=1"),
                 r.out());
     }
 
@@ -75,18 +89,24 @@ class SriovManagerTest {
     void refusesTooManyVfsAVfAndAPfWithoutDriver() {
         FakeHost h = DevicesTest.desktop(tmp);
         SriovManager m = new SriovManager(h.paths());
-        HostConfigException many = assertThrows(HostConfigException.class, () -> m.setVfs(PF, 8, null, SriovManager.NvmeRequest.DEFAULT, false));
+        HostConfigException many = assertThrows(
+                HostConfigException.class, () -> m.setVfs(PF, 8, null, SriovManager.NvmeRequest.DEFAULT, false));
         assertTrue(many.getMessage().contains("supports at most 7 VFs, not 8"), many.getMessage());
-        HostConfigException vf = assertThrows(HostConfigException.class,
+        HostConfigException vf = assertThrows(
+                HostConfigException.class,
                 () -> m.setVfs(Bdf.parse("0000:03:10.0"), 1, null, SriovManager.NvmeRequest.DEFAULT, false));
         assertTrue(vf.getMessage().contains("is a virtual function of 0000:03:00.0"), vf.getMessage());
-        HostConfigException notCapable = assertThrows(HostConfigException.class,
+        HostConfigException notCapable = assertThrows(
+                HostConfigException.class,
                 () -> m.setVfs(Bdf.parse("0000:02:00.0"), 1, null, SriovManager.NvmeRequest.DEFAULT, false));
         assertTrue(notCapable.getMessage().contains("is not SR-IOV capable"), notCapable.getMessage());
         h.device("0000:05:00.0", 0x15b3, 0x1017, 0x020000).group(30).sriov(8, List.of());
-        HostConfigException noDriver = assertThrows(HostConfigException.class,
+        HostConfigException noDriver = assertThrows(
+                HostConfigException.class,
                 () -> m.setVfs(Bdf.parse("0000:05:00.0"), 2, null, SriovManager.NvmeRequest.DEFAULT, false));
-        assertTrue(noDriver.getMessage().contains("has no driver, and only its driver can enable VFs"), noDriver.getMessage());
+        assertTrue(
+                noDriver.getMessage().contains("has no driver, and only its driver can enable VFs"),
+                noDriver.getMessage());
     }
 
     @Test
@@ -94,7 +114,8 @@ class SriovManagerTest {
         FakeHost h = DevicesTest.desktop(tmp);
         new AssignmentRegistry(h.state).assign(Bdf.parse("0000:03:10.2"), "vm-a", List.of());
         SriovManager m = new SriovManager(h.paths());
-        HostConfigException e = assertThrows(HostConfigException.class, () -> m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, false));
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, false));
         assertTrue(e.getMessage().contains("VF 0000:03:10.2 is assigned to VM vm-a"), e.getMessage());
         assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "nothing was written");
         m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, true);
@@ -104,9 +125,15 @@ class SriovManagerTest {
     @Test
     void nvmePfKeepsDriversAwayUntilProvisionedAndSaysWhenProvisioningFails() {
         FakeHost h = new FakeHost(tmp).intelHostWithIommu();
-        h.device("0000:01:00.0", 0x1b36, 0x0010, 0x010802).driver("nvme").group(3).sriov(2, List.of()).nvmeController("nvme0");
-        HostConfigException e = assertThrows(HostConfigException.class,
-                () -> new SriovManager(h.paths()).setVfs(Bdf.parse("0000:01:00.0"), 2, null, SriovManager.NvmeRequest.DEFAULT, false));
+        h.device("0000:01:00.0", 0x1b36, 0x0010, 0x010802)
+                .driver("nvme")
+                .group(3)
+                .sriov(2, List.of())
+                .nvmeController("nvme0");
+        HostConfigException e = assertThrows(
+                HostConfigException.class,
+                () -> new SriovManager(h.paths())
+                        .setVfs(Bdf.parse("0000:01:00.0"), 2, null, SriovManager.NvmeRequest.DEFAULT, false));
         assertTrue(e.getMessage().startsWith("2 VFs of 0000:01:00.0 exist but have no queues: "), e.getMessage());
         assertTrue(e.getMessage().contains(h.dev.resolve("nvme0").toString()), e.getMessage());
         assertTrue(e.getMessage().contains("--count 0"), e.getMessage());

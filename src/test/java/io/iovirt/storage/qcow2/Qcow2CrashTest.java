@@ -36,16 +36,30 @@ class Qcow2CrashTest {
         new Random(11).nextBytes(b);
         Files.write(base, b);
         Path img = dir.resolve("crash.qcow2");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw",
-                img.toString(), "64M");
+        ok(
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=65536",
+                "-b",
+                "base.raw",
+                "-F",
+                "raw",
+                img.toString(),
+                "64M");
         Path sock = dir.resolve("c.sock");
         String uri = "nbd+unix:///?socket=" + sock;
         Random r = new Random(Long.getLong("iovirt.crash.seed", System.nanoTime()));
         int rounds = Integer.getInteger("iovirt.crash.rounds", 10);
         int leaks = 0;
         for (int round = 0; round < rounds; round++) {
-            ChildProcess server = ChildProcess.builder(IovirtCli.command("serve", "nbd", "--image", img.toString(),
-                            "--socket", sock.toString())).name("iovirt serve nbd").log(dir.resolve("srv" + round + ".log"))
+            ChildProcess server = ChildProcess.builder(
+                            IovirtCli.command("serve", "nbd", "--image", img.toString(), "--socket", sock.toString()))
+                    .name("iovirt serve nbd")
+                    .log(dir.resolve("srv" + round + ".log"))
                     .startListening(sock, Duration.ofSeconds(30));
             try {
                 // A marker written and flushed before the storm: durable, so it must survive the kill.
@@ -60,16 +74,19 @@ class Qcow2CrashTest {
                         off -= 16L * MIB; // keep clear of the markers
                     }
                     cmd.add("-c");
-                    cmd.add(switch (r.nextInt(10)) {
-                        case 0 -> "flush";
-                        case 1 -> "write -z " + off + " " + len;
-                        case 2 -> "discard " + off + " " + len;
-                        default -> "aio_write -P " + (r.nextInt(255) + 1) + " " + off + " " + len;
-                    });
+                    cmd.add(
+                            switch (r.nextInt(10)) {
+                                case 0 -> "flush";
+                                case 1 -> "write -z " + off + " " + len;
+                                case 2 -> "discard " + off + " " + len;
+                                default -> "aio_write -P " + (r.nextInt(255) + 1) + " " + off + " " + len;
+                            });
                 }
                 cmd.add(uri);
-                Process writer = new ProcessBuilder(cmd).redirectErrorStream(true)
-                        .redirectOutput(dir.resolve("writer" + round + ".log").toFile()).start();
+                Process writer = new ProcessBuilder(cmd)
+                        .redirectErrorStream(true)
+                        .redirectOutput(dir.resolve("writer" + round + ".log").toFile())
+                        .start();
                 Thread.sleep(100 + r.nextInt(1500));
                 server.kill(); // SIGKILL: no flush, no close
                 writer.waitFor(30, TimeUnit.SECONDS);

@@ -29,6 +29,7 @@ import org.junit.jupiter.api.BeforeAll;
 class Qcow2FuzzTest {
     /** Bytes read and written per image at most: the parser, not the copying, is what is fuzzed. */
     static final long SPAN = 256 << 10;
+
     static Path dir;
     static Arena arena;
     static MemorySegment buf;
@@ -39,7 +40,8 @@ class Qcow2FuzzTest {
         // tmpfs where there is one: every flush is three fdatasyncs, which on a disk would bound the fuzzer at a few
         // inputs a second
         Path shm = Path.of("/dev/shm");
-        dir = Files.isDirectory(shm) && Files.isWritable(shm) ? Files.createTempDirectory(shm, "qcow2fuzz")
+        dir = Files.isDirectory(shm) && Files.isWritable(shm)
+                ? Files.createTempDirectory(shm, "qcow2fuzz")
                 : Files.createTempDirectory("qcow2fuzz");
         arena = Arena.ofShared();
         buf = arena.allocate(64 << 10, 4096);
@@ -72,7 +74,8 @@ class Qcow2FuzzTest {
     }
 
     private static void readOnly(Path img) throws IOException {
-        try (Qcow2Image q = Qcow2Image.open(img, true, 4 * 512); ImageIo io = q.newContext(4, 0)) {
+        try (Qcow2Image q = Qcow2Image.open(img, true, 4 * 512);
+                ImageIo io = q.newContext(4, 0)) {
             long end = Math.min(q.size(), SPAN);
             long chunk = 4096 + 512 + 1; // crosses cluster and table boundaries at odd places
             for (long off = 0; off < end; off += chunk) {
@@ -93,7 +96,8 @@ class Qcow2FuzzTest {
     }
 
     private static void readWrite(Path img) throws IOException {
-        try (Qcow2Image q = Qcow2Image.open(img, false, 4 * 512); ImageIo io = q.newContext(4, 0)) {
+        try (Qcow2Image q = Qcow2Image.open(img, false, 4 * 512);
+                ImageIo io = q.newContext(4, 0)) {
             long size = q.size();
             if (size == 0) {
                 return;
@@ -134,7 +138,9 @@ class Qcow2FuzzTest {
                 io.clear();
                 io.add(r);
                 io.read(off);
-                assertArrayEquals(one.toArray(ValueLayout.JAVA_BYTE), r.toArray(ValueLayout.JAVA_BYTE),
+                assertArrayEquals(
+                        one.toArray(ValueLayout.JAVA_BYTE),
+                        r.toArray(ValueLayout.JAVA_BYTE),
                         "a write at " + off + " did not read back");
             }
             q.writeZeroes(Math.min(size - 1, 512), Math.min(size - Math.min(size - 1, 512), 3000), true);

@@ -35,7 +35,8 @@ class Qcow2HostileImageTest {
     @Test
     void aBackingNameThatIsNoPathIsRefusedWithAnIoException() throws Exception {
         Path p = seed("crash-backing-name-with-nul");
-        IOException e = assertThrows(IOException.class, () -> Qcow2Image.open(p, true).close());
+        IOException e =
+                assertThrows(IOException.class, () -> Qcow2Image.open(p, true).close());
         assertTrue(e.getMessage().contains("not a valid path"), e.getMessage());
     }
 
@@ -43,7 +44,8 @@ class Qcow2HostileImageTest {
     void tablesLargerThanQemuAllowsAreRefusedBeforeAnythingIsAllocated() throws Exception {
         for (String s : new String[] {"refcount-table-8gib", "l1-table-128mib"}) {
             Path p = seed(s);
-            IOException e = assertThrows(IOException.class, () -> Qcow2Image.open(p, true).close(), s);
+            IOException e = assertThrows(
+                    IOException.class, () -> Qcow2Image.open(p, true).close(), s);
             assertTrue(e.getMessage().contains("is damaged"), e.getMessage());
         }
     }
@@ -52,7 +54,9 @@ class Qcow2HostileImageTest {
     void aMetadataClusterWithRefcountZeroIsNeverAllocated() throws Exception {
         // cluster 0 (the header) has refcount 0 in this image: the first write used to put its L2 table there
         Path p = seed("crash-header-refcount-zero-allocated");
-        try (Arena a = Arena.ofConfined(); Qcow2Image q = Qcow2Image.open(p, false, 2048); ImageIo io = q.newContext(4, 0)) {
+        try (Arena a = Arena.ofConfined();
+                Qcow2Image q = Qcow2Image.open(p, false, 2048);
+                ImageIo io = q.newContext(4, 0)) {
             MemorySegment w = a.allocate(512);
             w.fill((byte) 0x5a);
             io.add(w);
@@ -72,7 +76,9 @@ class Qcow2HostileImageTest {
         // host offset, not the zero flag; it used to be taken for a preallocated zero cluster and written at the
         // offset its bits make (0xfffffffffffe00), where entry 9 (the same bits) pointed too
         Path p = seed("crash-compressed-entry-taken-for-preallocated-zero");
-        try (Arena a = Arena.ofConfined(); Qcow2Image q = Qcow2Image.open(p, false, 2048); ImageIo io = q.newContext(4, 0)) {
+        try (Arena a = Arena.ofConfined();
+                Qcow2Image q = Qcow2Image.open(p, false, 2048);
+                ImageIo io = q.newContext(4, 0)) {
             assertEquals(-1L, q.l2Entry(8 * 512L));
             MemorySegment w = a.allocate(100);
             w.fill((byte) 1);

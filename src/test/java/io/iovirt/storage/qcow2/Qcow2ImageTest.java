@@ -54,7 +54,8 @@ class Qcow2ImageTest {
     }
 
     static byte[] read(DiskImage img, long off, int len) throws IOException {
-        try (Arena a = Arena.ofConfined(); ImageIo io = img.newContext(8, 0)) {
+        try (Arena a = Arena.ofConfined();
+                ImageIo io = img.newContext(8, 0)) {
             MemorySegment b = a.allocate(len);
             io.add(b);
             io.read(off);
@@ -63,7 +64,8 @@ class Qcow2ImageTest {
     }
 
     static void write(DiskImage img, long off, byte[] data) throws IOException {
-        try (Arena a = Arena.ofConfined(); ImageIo io = img.newContext(8, 0)) {
+        try (Arena a = Arena.ofConfined();
+                ImageIo io = img.newContext(8, 0)) {
             // two buffers, split at an odd place, to exercise scatter-gather across cluster boundaries
             int half = data.length / 3 & ~511;
             MemorySegment b = a.allocate(data.length);
@@ -100,9 +102,16 @@ class Qcow2ImageTest {
             assertArrayEquals(fill(300 << 10, 0xcd), read(q, 30 * MIB + 512, 300 << 10));
         }
         check(img, false);
-        qemuIoOk(img, "qcow2", "read -P 0xcd " + (30 * MIB + 512) + " " + (300 << 10),
-                "read -P 0xab 1M 4k", "read -P 0xee " + (MIB + 4096) + " 8k", "read -P 0xab " + (MIB + 12288) + " 4k",
-                "read -P 0x5a 63M 1M", "read -P 0 " + (30 * MIB) + " 512", "read -P 0x11 20M 4k");
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0xcd " + (30 * MIB + 512) + " " + (300 << 10),
+                "read -P 0xab 1M 4k",
+                "read -P 0xee " + (MIB + 4096) + " 8k",
+                "read -P 0xab " + (MIB + 12288) + " 4k",
+                "read -P 0x5a 63M 1M",
+                "read -P 0 " + (30 * MIB) + " 512",
+                "read -P 0x11 20M 4k");
     }
 
     @Test
@@ -113,9 +122,30 @@ class Qcow2ImageTest {
         new Random(1).nextBytes(baseData);
         Files.write(base, baseData);
         // relative names, resolved against the overlay's directory as QEMU does (not the working directory)
-        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", sub.resolve("mid.qcow2").toString());
+        ok(
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.raw",
+                "-F",
+                "raw",
+                sub.resolve("mid.qcow2").toString());
         qemuIoOk(sub.resolve("mid.qcow2"), "qcow2", "write -P 0x22 2M 64k");
-        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", sub.resolve("top.qcow2").toString(), "16M");
+        ok(
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "mid.qcow2",
+                "-F",
+                "qcow2",
+                sub.resolve("top.qcow2").toString(),
+                "16M");
         Path top = sub.resolve("top.qcow2");
         try (DiskImage q = Images.open(top, null, false, false)) {
             assertEquals(16L * MIB, q.size());
@@ -179,9 +209,19 @@ class Qcow2ImageTest {
         }
         check(img, false);
         String map = ok("qemu-img", "map", "--output=json", "-f", "qcow2", img.toString());
-        assertTrue(map.contains("\"start\": 1048576, \"length\": 1048576, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false")
-                || map.matches("(?s).*\"start\": 1048576, \"length\": 1048576,.*\"zero\": true, \"data\": false.*"), map);
-        qemuIoOk(img, "qcow2", "read -P 0 1M 1M", "read -P 0 3M 1M", "read -P 0x33 2M 1M", "read -P 0 100 1000",
+        assertTrue(
+                map.contains(
+                                "\"start\": 1048576, \"length\": 1048576, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false")
+                        || map.matches(
+                                "(?s).*\"start\": 1048576, \"length\": 1048576,.*\"zero\": true, \"data\": false.*"),
+                map);
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0 1M 1M",
+                "read -P 0 3M 1M",
+                "read -P 0x33 2M 1M",
+                "read -P 0 100 1000",
                 "read -P 0x33 1100 4096");
     }
 
@@ -279,8 +319,16 @@ class Qcow2ImageTest {
         String info = ok("qemu-img", "info", "--output=json", small.toString());
         assertTrue(info.contains("\"virtual-size\": 83886080"), info);
         check(small, false);
-        qemuIoOk(small, "qcow2", "read -P 0x41 0 512k", "read -P 0x42 512k 4k", "read -P 0x41 516k 508k",
-                "read -P 0 1M 31M", "read -P 0x44 32M 64k", "read -P 0x43 63M 1M", "read -P 0x45 79M 4k");
+        qemuIoOk(
+                small,
+                "qcow2",
+                "read -P 0x41 0 512k",
+                "read -P 0x42 512k 4k",
+                "read -P 0x41 516k 508k",
+                "read -P 0 1M 31M",
+                "read -P 0x44 32M 64k",
+                "read -P 0x43 63M 1M",
+                "read -P 0x45 79M 4k");
     }
 
     /**
@@ -316,8 +364,16 @@ class Qcow2ImageTest {
             assertArrayEquals(fill(8192, 0x33), read(q, 64 * 1024 + 4096, 8192));
         }
         check(img, false);
-        qemuIoOk(img, "qcow2", "read -P 0x11 0 68k", "read -P 0x33 68k 8k", "read -P 0x11 76k 52k", "read -P 0x34 6M 1M",
-                "read -P 0 2M 128k", "read -P 0x11 3M 1M", "read -P 0x35 2097088k 64k");
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0x11 0 68k",
+                "read -P 0x33 68k 8k",
+                "read -P 0x11 76k 52k",
+                "read -P 0x34 6M 1M",
+                "read -P 0 2M 128k",
+                "read -P 0x11 3M 1M",
+                "read -P 0x35 2097088k 64k");
         // 512-byte clusters: served when the file system's O_DIRECT alignment is 512 (this ext4's), refused with the
         // remedy when it is larger (a 4 KiB-sector device)
         int align;
@@ -326,7 +382,9 @@ class Qcow2ImageTest {
         }
         Path tiny = create("tiny.qcow2", "1M", "cluster_size=512");
         if (align > 512) {
-            IOException e = assertThrows(IOException.class, () -> Images.open(tiny, null, false, true).close());
+            IOException e = assertThrows(
+                    IOException.class,
+                    () -> Images.open(tiny, null, false, true).close());
             assertTrue(e.getMessage().contains("drop --direct"), e.getMessage());
         } else {
             try (DiskImage q = Images.open(tiny, null, false, true)) {
@@ -345,7 +403,10 @@ class Qcow2ImageTest {
             f.writeLong(1L << 9); // an incompatible feature nobody knows
         }
         IOException e = assertThrows(IOException.class, () -> Images.open(img, null, true, false));
-        assertTrue(e.getMessage().contains("incompatible features") && e.getMessage().contains("bit 9"), e.getMessage());
+        assertTrue(
+                e.getMessage().contains("incompatible features")
+                        && e.getMessage().contains("bit 9"),
+                e.getMessage());
         try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
             f.seek(72);
             f.writeLong(2L); // corrupt
@@ -359,7 +420,8 @@ class Qcow2ImageTest {
     void anImageIsOpenedForWritingOncePerProcess() throws Exception {
         Path img = create("once.qcow2", "16M");
         try (DiskImage a = Images.open(img, null, false, false)) {
-            IOException e = assertThrows(IOException.class, () -> Images.open(dir.resolve(".").resolve("once.qcow2"), null, false, false));
+            IOException e = assertThrows(
+                    IOException.class, () -> Images.open(dir.resolve(".").resolve("once.qcow2"), null, false, false));
             assertTrue(e.getMessage().contains("already open for writing"), e.getMessage());
             Images.open(img, null, true, false).close(); // readers are fine (a shared backing file)
             write(a, 0, fill(4096, 1));
@@ -387,7 +449,8 @@ class Qcow2ImageTest {
             IOException e = assertThrows(IOException.class, () -> write(q, 0, fill(4096, 0x66)));
             assertTrue(e.getMessage().contains("points at metadata"), e.getMessage());
         }
-        assertArrayEquals(java.util.Arrays.copyOfRange(before, (int) l1Offset, (int) l1Offset + 65536),
+        assertArrayEquals(
+                java.util.Arrays.copyOfRange(before, (int) l1Offset, (int) l1Offset + 65536),
                 java.util.Arrays.copyOfRange(Files.readAllBytes(img), (int) l1Offset, (int) l1Offset + 65536),
                 "the L1 table was overwritten");
     }

@@ -27,30 +27,27 @@ import net.jqwik.api.Provide;
 class Qcow2ModelPropertiesTest {
     static final int SIZE = 4 << 20;
 
-    sealed interface Op permits Write, Zero, Flush, Reopen {
-    }
+    sealed interface Op permits Write, Zero, Flush, Reopen {}
 
-    record Write(long offset, int length, long seed) implements Op {
-    }
+    record Write(long offset, int length, long seed) implements Op {}
 
-    record Zero(long offset, int length, boolean unmap) implements Op {
-    }
+    record Zero(long offset, int length, boolean unmap) implements Op {}
 
-    record Flush() implements Op {
-    }
+    record Flush() implements Op {}
 
-    record Reopen() implements Op {
-    }
+    record Reopen() implements Op {}
 
     @Provide
     Arbitrary<List<Op>> ops() {
         Arbitrary<Long> off = Arbitraries.longs().between(0, SIZE / 512 - 1).map(s -> s * 512);
         Arbitrary<Integer> len = Arbitraries.integers().between(1, 160).map(n -> n * 512);
         Arbitrary<Op> write = Combinators.combine(off, len, Arbitraries.longs()).as(Write::new);
-        Arbitrary<Op> zero = Combinators.combine(off, len.map(n -> n * 4), Arbitraries.of(true, false)).as(Zero::new);
+        Arbitrary<Op> zero = Combinators.combine(off, len.map(n -> n * 4), Arbitraries.of(true, false))
+                .as(Zero::new);
         Arbitrary<Op> op = Arbitraries.frequencyOf(
                 net.jqwik.api.Tuple.of(8, write), net.jqwik.api.Tuple.of(3, zero),
-                net.jqwik.api.Tuple.of(1, Arbitraries.just(new Flush())), net.jqwik.api.Tuple.of(1, Arbitraries.just(new Reopen())));
+                net.jqwik.api.Tuple.of(1, Arbitraries.just(new Flush())),
+                        net.jqwik.api.Tuple.of(1, Arbitraries.just(new Reopen())));
         return op.list().ofMinSize(1).ofMaxSize(40);
     }
 
@@ -64,8 +61,20 @@ class Qcow2ModelPropertiesTest {
             Path base = dir.resolve("base.raw");
             Files.write(base, Arrays.copyOf(model, SIZE / 2));
             Path img = dir.resolve("p.qcow2");
-            QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=" + (1 << clusterBits),
-                    "-b", "base.raw", "-F", "raw", img.toString(), Integer.toString(SIZE));
+            QemuTools.ok(
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-o",
+                    "cluster_size=" + (1 << clusterBits),
+                    "-b",
+                    "base.raw",
+                    "-F",
+                    "raw",
+                    img.toString(),
+                    Integer.toString(SIZE));
             DiskImage q = Qcow2Image.open(img, false, 4L << clusterBits);
             try {
                 for (Op op : ops) {
@@ -99,7 +108,8 @@ class Qcow2ModelPropertiesTest {
             QemuTools.ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), want.toString());
         } finally {
             try (var s = Files.walk(dir)) {
-                s.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+                s.sorted(java.util.Comparator.reverseOrder())
+                        .forEach(p -> p.toFile().delete());
             }
         }
     }

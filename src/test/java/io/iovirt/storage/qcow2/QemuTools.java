@@ -12,11 +12,9 @@ import java.util.concurrent.TimeUnit;
 
 /** Runs qemu-img / qemu-io (the real peers) for the storage tests, with a timeout and their output. */
 public final class QemuTools {
-    private QemuTools() {
-    }
+    private QemuTools() {}
 
-    public record Result(int exit, String output) {
-    }
+    public record Result(int exit, String output) {}
 
     /** Runs {@code cmd}, returning its exit code and combined output; fails after 120 s. */
     public static Result run(String... cmd) throws IOException, InterruptedException {
@@ -41,12 +39,14 @@ public final class QemuTools {
     }
 
     /** qemu-io on an image with the given commands (-c each). */
-    public static Result qemuIo(Path image, String format, String... commands) throws IOException, InterruptedException {
+    public static Result qemuIo(Path image, String format, String... commands)
+            throws IOException, InterruptedException {
         return qemuIo(image.toString(), format, commands);
     }
 
     /** qemu-io on an image file or an NBD URI. */
-    public static Result qemuIo(String image, String format, String... commands) throws IOException, InterruptedException {
+    public static Result qemuIo(String image, String format, String... commands)
+            throws IOException, InterruptedException {
         List<String> cmd = new ArrayList<>(List.of("qemu-io", "-f", format));
         for (String c : commands) {
             cmd.add("-c");
@@ -57,11 +57,13 @@ public final class QemuTools {
     }
 
     /** qemu-io that must succeed and whose pattern checks must all match ("Pattern verification failed" absent). */
-    public static String qemuIoOk(Path image, String format, String... commands) throws IOException, InterruptedException {
+    public static String qemuIoOk(Path image, String format, String... commands)
+            throws IOException, InterruptedException {
         return qemuIoOk(image.toString(), format, commands);
     }
 
-    public static String qemuIoOk(String image, String format, String... commands) throws IOException, InterruptedException {
+    public static String qemuIoOk(String image, String format, String... commands)
+            throws IOException, InterruptedException {
         Result r = qemuIo(image, format, commands);
         assertEquals(0, r.exit(), r.output());
         if (r.output().contains("Pattern verification failed") || r.output().contains("failed:")) {

@@ -53,14 +53,27 @@ class NvmeLayoutTest {
             MemorySegment sq = a.allocate(3 * 64);
             sq.fill((byte) 0xee); // a reused queue: every byte of the entry must be rewritten, none around it
             long lba = 0x1_2345_6789L;
-            Sqe.write(sq, 64, NvmeRegs.NVM_READ, 0x1234, 1, 0x100000, 0x101000, (int) lba, (int) (lba >>> 32), 7, 0, 0, 0);
+            Sqe.write(
+                    sq,
+                    64,
+                    NvmeRegs.NVM_READ,
+                    0x1234,
+                    1,
+                    0x100000,
+                    0x101000,
+                    (int) lba,
+                    (int) (lba >>> 32),
+                    7,
+                    0,
+                    0,
+                    0);
             MemorySegment slot = sq.asSlice(64, 64);
             byte[] untouched = new byte[64];
             java.util.Arrays.fill(untouched, (byte) 0xee);
             assertArrayEquals(untouched, sq.asSlice(0, 64).toArray(JAVA_BYTE));
             assertArrayEquals(untouched, sq.asSlice(128, 64).toArray(JAVA_BYTE));
-            byte[] expected = HexFormat.of().parseHex(
-                    "02003412" + "01000000" + "00000000" + "00000000" + "0000000000000000"
+            byte[] expected = HexFormat.of()
+                    .parseHex("02003412" + "01000000" + "00000000" + "00000000" + "0000000000000000"
                             + "0000100000000000" + "0010100000000000"
                             + "89674523" + "01000000" + "07000000" + "00000000" + "00000000" + "00000000");
             assertArrayEquals(expected, slot.toArray(JAVA_BYTE));
@@ -97,7 +110,8 @@ class NvmeLayoutTest {
         assertEquals("Data Transfer Error (SCT 0x0, SC 0x04, DNR)", NvmeStatus.describe(status));
         assertEquals("LBA Out of Range (SCT 0x0, SC 0x80)", NvmeStatus.describe(0x80));
         assertEquals("Invalid Queue Identifier (SCT 0x1, SC 0x01)", NvmeStatus.describe(0x101));
-        assertEquals("Unrecovered Read Error (SCT 0x2, SC 0x81, more info in the error log)",
+        assertEquals(
+                "Unrecovered Read Error (SCT 0x2, SC 0x81, more info in the error log)",
                 NvmeStatus.describe(0x2000 | 0x281));
         assertTrue(NvmeStatus.success(NvmeStatus.fromCqeWord(1)));
         assertTrue(NvmeStatus.success(0x4000), "DNR without a code is still success");

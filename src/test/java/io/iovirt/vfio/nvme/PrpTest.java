@@ -29,8 +29,8 @@ class PrpTest {
     void onePageNeedsOnlyPrp1() {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment list = a.allocate(PAGE);
-            assertArrayEquals(new long[]{0x100000, 0}, build(0x100000, 4096, list));
-            assertArrayEquals(new long[]{0x100200, 0}, build(0x100200, 512, list));
+            assertArrayEquals(new long[] {0x100000, 0}, build(0x100000, 4096, list));
+            assertArrayEquals(new long[] {0x100200, 0}, build(0x100200, 512, list));
         }
     }
 
@@ -38,9 +38,9 @@ class PrpTest {
     void twoPagesUsePrp2AsThePage() {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment list = a.allocate(PAGE);
-            assertArrayEquals(new long[]{0x100000, 0x101000}, build(0x100000, 8192, list));
+            assertArrayEquals(new long[] {0x100000, 0x101000}, build(0x100000, 8192, list));
             // an offset buffer crossing one page boundary
-            assertArrayEquals(new long[]{0x100e00, 0x101000}, build(0x100e00, 4096, list));
+            assertArrayEquals(new long[] {0x100e00, 0x101000}, build(0x100e00, 4096, list));
         }
     }
 
@@ -50,11 +50,13 @@ class PrpTest {
             MemorySegment list = a.allocate(PAGE);
             long[] out = new long[2];
             assertEquals(3, Prp.build(0x100000, 16384, PAGE, list, LIST, out));
-            assertArrayEquals(new long[]{0x100000, LIST}, out);
-            assertArrayEquals(new long[]{0x101000, 0x102000, 0x103000}, list.asSlice(0, 24).toArray(JAVA_LONG));
+            assertArrayEquals(new long[] {0x100000, LIST}, out);
+            assertArrayEquals(
+                    new long[] {0x101000, 0x102000, 0x103000},
+                    list.asSlice(0, 24).toArray(JAVA_LONG));
             // offset start: 0x100800..0x103800 spans pages 0x100000 (partial), 0x101000, 0x102000, 0x103000 (partial)
             assertEquals(3, Prp.build(0x100800, 12288, PAGE, list, LIST, out));
-            assertArrayEquals(new long[]{0x100800, LIST}, out);
+            assertArrayEquals(new long[] {0x100800, LIST}, out);
         }
     }
 
@@ -73,8 +75,9 @@ class PrpTest {
 
     /** Walking the PRPs back yields exactly the bytes of the buffer, in order, whatever its offset and length. */
     @Property(tries = 300)
-    void prpsCoverTheTransferExactly(@ForAll @IntRange(min = 0, max = 1023) int dwordOffset,
-                                     @ForAll @LongRange(min = 1, max = 600_000) long length) {
+    void prpsCoverTheTransferExactly(
+            @ForAll @IntRange(min = 0, max = 1023) int dwordOffset,
+            @ForAll @LongRange(min = 1, max = 600_000) long length) {
         long iova = 0x4000_0000L + dwordOffset * 4L;
         try (Arena a = Arena.ofConfined()) {
             MemorySegment list = a.allocate(PAGE);
@@ -87,7 +90,9 @@ class PrpTest {
             covered += first;
             expect += first;
             if (covered < length) {
-                long[] pages = entries == 0 ? new long[]{out[1]} : list.asSlice(0, entries * 8L).toArray(JAVA_LONG);
+                long[] pages = entries == 0
+                        ? new long[] {out[1]}
+                        : list.asSlice(0, entries * 8L).toArray(JAVA_LONG);
                 if (entries > 0) {
                     assertEquals(LIST, out[1]);
                 }

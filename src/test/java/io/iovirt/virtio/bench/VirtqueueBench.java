@@ -73,7 +73,9 @@ public class VirtqueueBench {
         GuestMemory mem = GuestMemory.of(List.of(new MemoryRegion(0, bytes, 0x7f00_0000_0000L, 0, ram, null)));
         GuestMemoryHolder holder = new GuestMemoryHolder();
         holder.swap(mem);
-        driver = layout.equals("split") ? SplitDriverRing.create(mem, 0, SIZE, true) : PackedDriverRing.create(mem, 0, SIZE, true);
+        driver = layout.equals("split")
+                ? SplitDriverRing.create(mem, 0, SIZE, true)
+                : PackedDriverRing.create(mem, 0, SIZE, true);
         queue = Virtqueue.create(driver.queueConfig(0, true), holder);
         if (dirtyLog.equals("on")) {
             bitmap = arena.allocate(bytes / 4096 / 8, 8);

@@ -32,9 +32,15 @@ class VmComposerGuestTest {
                 f.setLength(16 << 20);
             }
         }
-        VmSpec spec = new VmSpec("vm-compose-test", VmSpec.Profile.PVHVM, 384, 1,
+        VmSpec spec = new VmSpec(
+                "vm-compose-test",
+                VmSpec.Profile.PVHVM,
+                384,
+                1,
                 List.of(new VmSpec.Disk(VmSpec.Kind.PV, pv, false), new VmSpec.Disk(VmSpec.Kind.FV, fv, false)),
-                List.of(new VmSpec.Nic(VmSpec.Kind.PV, -1), new VmSpec.Nic(VmSpec.Kind.FV, -1)), List.of(), List.of());
+                List.of(new VmSpec.Nic(VmSpec.Kind.PV, -1), new VmSpec.Nic(VmSpec.Kind.FV, -1)),
+                List.of(),
+                List.of());
         try (VmComposer c = VmComposer.compose(spec, dir, HostPaths.system().withStateDir(dir.resolve("state")))) {
             assertEquals(4, c.devices().size());
             String script = """
@@ -53,8 +59,14 @@ class VmComposerGuestTest {
                     done
                     echo "nics=$drivers"
                     """;
-            GuestResult r = QemuGuest.builder(GuestImage.ensure()).name("composed").workDir(dir).memoryMiB(384)
-                    .modules(c.modules().toArray(String[]::new)).args(c.qemuArgs()).payload(script).build()
+            GuestResult r = QemuGuest.builder(GuestImage.ensure())
+                    .name("composed")
+                    .workDir(dir)
+                    .memoryMiB(384)
+                    .modules(c.modules().toArray(String[]::new))
+                    .args(c.qemuArgs())
+                    .payload(script)
+                    .build()
                     .run(Duration.ofSeconds(120));
             assertEquals(0, r.exitCode(), r.consoleTail(30));
             assertTrue(r.field("blocks").contains("vda") && r.field("blocks").contains("sda"), r.field("blocks"));
@@ -62,7 +74,8 @@ class VmComposerGuestTest {
             assertEquals("composed-pv", new String(java.nio.file.Files.readAllBytes(pv), 0, 11));
             assertEquals("composed-fv", new String(java.nio.file.Files.readAllBytes(fv), 0, 11));
             // the FV disk's blocks went through iovirt's NBD export, not QEMU's file driver
-            assertTrue(c.nbdServer().exports().iterator().next().stats().writes.sum() >= 1,
+            assertTrue(
+                    c.nbdServer().exports().iterator().next().stats().writes.sum() >= 1,
                     c.nbdServer().exports().iterator().next().stats().toString());
             // each NIC's gratuitous ARP entered the switch and was flooded to the other NIC
             for (PortStats s : c.netSwitch().stats()) {

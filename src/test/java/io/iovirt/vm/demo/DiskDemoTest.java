@@ -29,7 +29,9 @@ class DiskDemoTest {
         }
         assertTrue(report.results().get(0).path().startsWith("PV"));
         assertTrue(report.results().get(3).path().startsWith("FV"));
-        assertTrue(report.platform().virtioInterrupts().contains("virtio"), report.platform().toString());
+        assertTrue(
+                report.platform().virtioInterrupts().contains("virtio"),
+                report.platform().toString());
 
         ByteArrayOutputStream table = new ByteArrayOutputStream();
         DiskDemo.print(report, new PrintStream(table, true, StandardCharsets.UTF_8));
@@ -38,7 +40,10 @@ class DiskDemoTest {
         // the header states the accelerator the guest ran under and why (this host's decision, IOVIRT_ACCEL honoured)
         io.iovirt.vm.Accelerator.Decision accel = io.iovirt.vm.Accelerator.system();
         if (accel.mayFallBack()) { // KVM, or TCG after a KVM guest failed early
-            assertTrue(text.contains("\n  accelerator: KVM (") || text.contains("\n  accelerator: TCG (KVM looked usable but "), text);
+            assertTrue(
+                    text.contains("\n  accelerator: KVM (")
+                            || text.contains("\n  accelerator: TCG (KVM looked usable but "),
+                    text);
         } else {
             assertTrue(text.contains("\n  accelerator: " + accel.describe() + "\n"), text);
         }

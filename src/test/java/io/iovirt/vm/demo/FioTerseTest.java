@@ -26,7 +26,8 @@ class FioTerseTest {
 
     @Test
     void somethingElseIsRefusedWithTheLineInTheMessage() {
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> FioTerse.parse("fio: bad option", false, 4096));
+        IllegalArgumentException e =
+                assertThrows(IllegalArgumentException.class, () -> FioTerse.parse("fio: bad option", false, 4096));
         assertEquals(true, e.getMessage().contains("fio: bad option"));
     }
 }
