@@ -47,10 +47,14 @@ final class DaemonCommand implements Callable<Integer> {
     @CommandLine.Mixin
     SocketAccessOptions socketAccess;
 
+    @CommandLine.Mixin
+    LogOptions logOptions;
+
     @Override
     public Integer call() throws Exception {
-        if (System.getenv("JOURNAL_STREAM") != null) {
-            journalFormat();
+        logOptions.apply();
+        if (System.getenv("JOURNAL_STREAM") != null && logOptions.text()) {
+            journalFormat(); // the journal adds the time; the line carries its priority
         }
         String signal = DaemonService.run(new DaemonService.Options(
                 config, control, metrics, socketAccess.socketGroup(), socketAccess.allowUids()));

@@ -22,9 +22,8 @@ import picocli.CommandLine.Option;
 /**
  * {@code --log-level} and {@code --log-format} for every long-running command (a {@code @Mixin}; call
  * {@link #apply} first thing in {@code call()}): logs go to stderr, one record a line, with a UTC timestamp — as text
- * or as JSON lines for a log collector — and {@code --stats-interval} paces the periodic counters lines
- * ({@link #startStats}). Levels are the usual names mapped onto java.util.logging: debug is FINE (the
- * vhost-user protocol trace), trace is FINEST.
+ * or as JSON lines for a log collector (servers add {@link StatsOptions} for the periodic counters lines). Levels
+ * are the usual names mapped onto java.util.logging: debug is FINE (the vhost-user protocol trace), trace is FINEST.
  */
 public final class LogOptions {
     @CommandLine.Spec(CommandLine.Spec.Target.MIXEE)
@@ -45,14 +44,6 @@ public final class LogOptions {
             description = "Log lines on stderr as text, or as one JSON object a line. Default: ${DEFAULT-VALUE}.")
     String format;
 
-    @Option(
-            names = "--stats-interval",
-            paramLabel = "S",
-            defaultValue = "0",
-            description = "Log the counters every S seconds (0: only at exit); with --log-format json each such line "
-                    + "also carries them as a \"stats\" object (schema in docs/cli.md).")
-    int statsInterval;
-
     /**
      * A value a JSON log line carries under {@code key} next to the message (the text format shows only the
      * message): pass it as the record's only parameter, as {@link #log} does.
@@ -67,32 +58,9 @@ public final class LogOptions {
         logger.log(r);
     }
 
-    /**
-     * Runs {@code report} every --stats-interval seconds on a daemon thread until the returned thread is
-     * interrupted; null when the interval is 0.
-     */
-    public Thread startStats(Runnable report) {
-        if (statsInterval == 0) {
-            return null;
-        }
-        return Thread.ofPlatform().daemon().name("stats").start(() -> {
-            try {
-                while (true) {
-                    Thread.sleep(statsInterval * 1000L);
-                    report.run();
-                }
-            } catch (InterruptedException e) {
-                // stopping
-            }
-        });
-    }
-
-    /** Stops what {@link #startStats} started, waiting for a line being written to finish. */
-    public static void stopStats(Thread stats) throws InterruptedException {
-        if (stats != null) {
-            stats.interrupt();
-            stats.join();
-        }
+    /** True when log lines are plain text (the default), not JSON. */
+    boolean text() {
+        return format.toLowerCase(Locale.ROOT).equals("text");
     }
 
     /** Configures logging for this process; a bad value is a usage error of the command. */
@@ -112,9 +80,6 @@ public final class LogOptions {
             case "json" -> new JsonFormatter();
             default -> throw Contract.usage(mixee, "--log-format must be text or json, not '" + format + "'");
         };
-        if (statsInterval < 0) {
-            throw Contract.usage(mixee, "--stats-interval must not be negative, got " + statsInterval);
-        }
         configure(jul, formatter, System.err);
     }
 

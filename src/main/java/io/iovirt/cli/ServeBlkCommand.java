@@ -131,6 +131,9 @@ final class ServeBlkCommand implements Callable<Integer> {
     @picocli.CommandLine.Mixin
     LogOptions logOptions;
 
+    @CommandLine.Mixin
+    StatsOptions statsOptions;
+
     @Option(
             names = "--jfr-slow-ms",
             paramLabel = "MS",
@@ -197,10 +200,10 @@ final class ServeBlkCommand implements Callable<Integer> {
                         queues == 1 ? "" : "s",
                         device.ioDescription(),
                         socket));
-                Thread stats = logOptions.startStats(() -> logStats("counters: ", device, server));
+                Thread stats = statsOptions.start(() -> logStats("counters: ", device, server));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (in-flight requests complete first)");
-                LogOptions.stopStats(stats);
+                StatsOptions.stop(stats);
             } // closing the server stops every queue: requests in flight are completed
             device.flush();
             logStats("stopped; image synced. ", device, null);

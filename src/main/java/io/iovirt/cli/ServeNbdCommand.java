@@ -42,6 +42,9 @@ final class ServeNbdCommand implements Callable<Integer> {
     @picocli.CommandLine.Mixin
     LogOptions logOptions;
 
+    @picocli.CommandLine.Mixin
+    StatsOptions statsOptions;
+
     @Option(
             names = "--image",
             required = true,
@@ -132,10 +135,10 @@ final class ServeNbdCommand implements Callable<Integer> {
                         img.direct() ? ", O_DIRECT in " + img.blockSize() + "-byte blocks" : "",
                         name,
                         server.address()));
-                Thread stats = logOptions.startStats(() -> logStats("counters: ", export));
+                Thread stats = statsOptions.start(() -> logStats("counters: ", export));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (clients are disconnected after their current request)");
-                LogOptions.stopStats(stats);
+                StatsOptions.stop(stats);
             }
             if (!img.readOnly()) {
                 img.flush();

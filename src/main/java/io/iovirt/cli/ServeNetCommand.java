@@ -79,6 +79,9 @@ final class ServeNetCommand implements Callable<Integer> {
     @CommandLine.Mixin
     LogOptions logOptions;
 
+    @CommandLine.Mixin
+    StatsOptions statsOptions;
+
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.net");
 
     @CommandLine.Mixin
@@ -111,10 +114,10 @@ final class ServeNetCommand implements Callable<Integer> {
             sw.startHousekeeping();
             LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s, at most " + macsPerPort
                     + " MACs per port); stop with Ctrl-C, SIGTERM or SIGHUP");
-            Thread printer = logOptions.startStats(() -> logStats(sw, "counters"));
+            Thread printer = statsOptions.start(() -> logStats(sw, "counters"));
             String signal = Signals.awaitTermination();
             LOG.info("received " + signal + ", stopping");
-            LogOptions.stopStats(printer);
+            StatsOptions.stop(printer);
             sw.close(); // stop forwarding first, so the final counters are final
             logStats(sw, "final counters");
         }

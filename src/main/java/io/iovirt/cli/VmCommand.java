@@ -54,6 +54,9 @@ final class VmCommand implements Runnable {
                 "arguments for your own guest, and runs until SIGINT/SIGTERM."
             })
     static final class Run implements Callable<Integer> {
+        @CommandLine.Mixin
+        LogOptions logOptions;
+
         @CommandLine.Spec
         CommandLine.Model.CommandSpec spec;
 
@@ -148,6 +151,7 @@ final class VmCommand implements Runnable {
 
         @Override
         public Integer call() throws Exception {
+            logOptions.apply();
             VmSpec vm = new VmSpec(
                     name,
                     parseProfile(),

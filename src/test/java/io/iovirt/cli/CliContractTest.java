@@ -120,7 +120,16 @@ class CliContractTest {
                                     : "a read command without --json (or add it to NO_JSON with the reason)");
                     if (path.startsWith("serve ")) {
                         for (String o : List.of("--log-level", "--log-format", "--stats-interval")) {
-                            assertTrue(spec.findOption(o) != null, "a server without " + o + " (LogOptions)");
+                            assertTrue(
+                                    spec.findOption(o) != null,
+                                    "a server without " + o + " (LogOptions, StatsOptions)");
+                        }
+                    }
+                    if (path.startsWith("serve ") || path.equals("daemon") || path.equals("vm run")) {
+                        for (String o : List.of("--log-level", "--log-format")) {
+                            assertTrue(
+                                    spec.findOption(o) != null,
+                                    "a long-running command without " + o + " (LogOptions)");
                         }
                     }
                 }));
