@@ -173,7 +173,15 @@ class BlkCrashRecoveryGuestTest {
                     summary(stalls),
                     resubmitted);
             assertTrue(times.size() > KILLS, console);
-            assertTrue(resubmitted > 0, "no kill found a request in flight: the in-flight record was not exercised");
+            if (packed) {
+                // QEMU 7.2 cannot rewind a packed ring after a crash: every request in flight at a kill comes back
+                // only through the in-flight record, so with fio at QD 32 some kill must have found one.
+                assertTrue(
+                        resubmitted > 0, "no kill found a request in flight: the in-flight record was not exercised");
+            }
+            // A split ring is rewound by QEMU itself to the used index (virtio_queue_restore_last_avail_idx), so the
+            // guest-visible property (no fio error, no mismatch) holds either way and the count is reported only:
+            // on a quiet CI host 20 kills once found none in the record — see issue 11's note.
         } finally {
             backend.close();
             if (next != null) {
