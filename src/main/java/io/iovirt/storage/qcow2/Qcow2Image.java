@@ -992,19 +992,7 @@ public final class Qcow2Image implements DiskImage {
         writeMeta(block, 0, clusterSize, blockOff);
         long[] table = Arrays.copyOf(refTable, (int) (newClusters * entriesPerCluster));
         table[oldEntries] = blockOff;
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment t = a.allocate(newClusters * clusterSize, 4096);
-            for (int i = 0; i < table.length; i++) {
-                t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
-            }
-            writeFile(fd, t, tableOff, align);
-            FileIo.fdatasync(fd);
-            MemorySegment h = a.allocate(12);
-            h.set(Qcow2Header.BE64, 0, tableOff);
-            h.set(Qcow2Header.BE32, 8, (int) newClusters);
-            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
-            FileIo.fdatasync(fd);
-        }
+        switchRefTable(table, tableOff, newClusters);
         long oldOff = refTableOffset;
         int oldClusters = refTableClusters;
         refTable = table;
@@ -1369,18 +1357,8 @@ public final class Qcow2Image implements DiskImage {
             table[(int) b] = off;
         }
         long tableOff = (end + blocks) << clusterBits;
+        switchRefTable(table, tableOff, tableClusters);
         try (Arena a = Arena.ofConfined()) {
-            MemorySegment t = a.allocate(tableClusters * clusterSize, 4096);
-            for (int i = 0; i < table.length; i++) {
-                t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
-            }
-            writeFile(fd, t, tableOff, align);
-            FileIo.fdatasync(fd);
-            MemorySegment h = a.allocate(12);
-            h.set(Qcow2Header.BE64, 0, tableOff);
-            h.set(Qcow2Header.BE32, 8, (int) tableClusters);
-            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
-            FileIo.fdatasync(fd);
             MemorySegment inc = a.allocate(8);
             inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
             writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
@@ -1691,6 +1669,27 @@ public final class Qcow2Image implements DiskImage {
         public void close() {
             clear();
             raw.close();
+        }
+    }
+
+    /**
+     * Writes {@code table} as the refcount table at {@code tableOff} ({@code clusters} clusters), syncs it, then
+     * points the header at it in one write and syncs again: a crash leaves the header naming the old table or the
+     * complete new one.
+     */
+    private void switchRefTable(long[] table, long tableOff, long clusters) throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment t = a.allocate(clusters * clusterSize, 4096);
+            for (int i = 0; i < table.length; i++) {
+                t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
+            }
+            writeFile(fd, t, tableOff, align);
+            FileIo.fdatasync(fd);
+            MemorySegment h = a.allocate(12);
+            h.set(Qcow2Header.BE64, 0, tableOff);
+            h.set(Qcow2Header.BE32, 8, (int) clusters);
+            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
+            FileIo.fdatasync(fd);
         }
     }
 }
