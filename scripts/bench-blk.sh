@@ -4,7 +4,7 @@
 # driven by the same client (`iovirt bench blk`), one run per case, printed as a Markdown table on stdout.
 #
 #   scripts/bench-blk.sh [--seconds S] [--warmup S] [--size BYTES] [--dir DIR] [--backend-cpu N] [--client-cpu N]
-#                        [--charts DIR] [--report-only] [--boost N]
+#                        [--charts DIR] [--report-only] [--boost N] [--fio]
 #
 # Cases: {buffered, O_DIRECT} x {randread, randwrite} x {QD 1, QD 32}, 4 KiB, one queue, split ring, polling client.
 # Each backend gets one queue / one thread of work (iovirt: --queues 1; qsd: its main loop, no iothread) and is
@@ -14,12 +14,16 @@
 # Raw JSON results stay in DIR (default: a new temporary directory, printed at the end).
 # Charts (gnuplot, PNG): IOPS of both backends side by side per case, and latency percentile curves, written to
 # --charts DIR (default docs/ of this repository) as bench-blk-iops.png and bench-blk-latency.png.
+# --fio: also run fio (io_uring and libaio, --direct=1, pinned to --client-cpu) on the same image after the O_DIRECT
+# cases, randread and randwrite at QD 1 and 32, and print a second table: the backends against fio on the same file
+# (what the device itself gives without any virtio layer).
 # --report-only (with --dir): print the report and draw the charts from the JSON results already in DIR.
 # --boost N (root; e.g. -15): run everything in a scheduler autogroup of its own at nice N. With
 # kernel.sched_autogroup_enabled=1 (Debian's default) a process's nice value only counts within its session, so on
 # a machine shared with other sessions this is what gives client and backends their cores; it is in the report.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib/listening.sh"
 
 SECONDS_PER_RUN=10
 WARMUP=2
@@ -30,6 +34,7 @@ CLIENT_CPU=1
 CHARTS="$ROOT/docs"
 REPORT_ONLY=0
 BOOST=0
+FIO=0
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
     --charts) CHARTS="$2"; shift 2 ;;
     --report-only) REPORT_ONLY=1; shift ;;
     --boost) BOOST="$2"; shift 2 ;;
+    --fio) FIO=1; shift ;;
     -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-blk: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -50,9 +56,9 @@ done
 if [ "$BOOST" != 0 ] && [ "$REPORT_ONLY" = 0 ] && [ "${BENCH_BOOSTED:-}" != 1 ]; then
   exec setsid env BENCH_BOOSTED=1 bash -c 'echo "$0" > /proc/$$/autogroup && exec "$@"' "$BOOST" "$0" "${ARGS[@]}"
 fi
-for tool in qemu-storage-daemon taskset jq gnuplot; do
+for tool in qemu-storage-daemon taskset jq gnuplot fio; do
   command -v "$tool" >/dev/null || "$ROOT/scripts/install-deps.sh" >&2 || {
-    echo "bench-blk: '$tool' is missing — apt-get install qemu-system-x86 util-linux jq gnuplot-nox" >&2; exit 1; }
+    echo "bench-blk: '$tool' is missing — apt-get install qemu-system-x86 util-linux jq gnuplot-nox fio" >&2; exit 1; }
 done
 [ "$REPORT_ONLY" = 0 ] || [ -n "$DIR" ] || { echo "bench-blk: --report-only needs --dir DIR" >&2; exit 2; }
 [ "$REPORT_ONLY" = 1 ] || "$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
@@ -79,7 +85,7 @@ fi
 
 wait_socket() { # socket pid name
   for _ in $(seq 1 600); do
-    [ -S "$1" ] && return 0
+    listening "$1" && return 0
     kill -0 "$2" 2>/dev/null || { echo "bench-blk: $3 exited before listening; its log:" >&2; cat "$DIR/$3.log" >&2; exit 1; }
     sleep 0.1
   done
@@ -128,6 +134,20 @@ CASES=()
   done
   for rw in randread randwrite; do for qd in 1 32; do CASES+=("$mode $rw $qd"); done; done
 done
+# fio on the same file, right after the backends' O_DIRECT cases (same page-cache state: none, O_DIRECT).
+run_fio() { # engine rw qd
+  local out="$DIR/fio-$1-$2-qd$3.json"
+  echo "bench-blk: fio $1 $2 QD $3 ..." >&2
+  fio --name=bench --filename="$IMAGE" --direct=1 --rw="$2" --bs=4k --iodepth="$3" --ioengine="$1" \
+    --runtime="$SECONDS_PER_RUN" --ramp_time="$WARMUP" --time_based --cpus_allowed="$CLIENT_CPU" \
+    --output-format=json --output="$out" > /dev/null
+}
+if [ "$REPORT_ONLY" = 0 ] && [ "$FIO" = 1 ]; then
+  for rw in randread randwrite; do for qd in 1 32; do for engine in io_uring libaio; do
+    run_fio "$engine" "$rw" "$qd"
+  done; done; done
+fi
+
 [ "$REPORT_ONLY" = 0 ] || for mode in buffered direct; do for rw in randread randwrite; do for qd in 1 32; do
   CASES+=("$mode $rw $qd"); done; done; done
 
@@ -143,7 +163,7 @@ done
 echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r),"\
      "$(qemu-storage-daemon --version | head -1), $JAVA_VERSION"
-echo "Command: scripts/bench-blk.sh --seconds $SECONDS_PER_RUN --warmup $WARMUP --size $SIZE --backend-cpu $BACKEND_CPU --client-cpu $CLIENT_CPU --boost $BOOST"
+echo "Command: scripts/bench-blk.sh --seconds $SECONDS_PER_RUN --warmup $WARMUP --size $SIZE --backend-cpu $BACKEND_CPU --client-cpu $CLIENT_CPU --boost $BOOST$([ "$FIO" = 1 ] && echo " --fio")"
 echo "Load average before the report: $(cut -d' ' -f1-3 /proc/loadavg); scheduler boost (autogroup nice): $BOOST"
 echo
 echo "| mode | rw | QD | iovirt IOPS | qsd IOPS | IOPS ratio | iovirt p50 µs | qsd p50 µs | iovirt p99 µs | qsd p99 µs | iovirt CPU µs/IO | qsd CPU µs/IO | client core % |"
@@ -165,6 +185,28 @@ echo
 echo "client core %: CPU time of the (busy-polling) client over the measured time, iovirt run / qsd run; well below 100"
 echo "means other work on this machine took the client's core, and that run's numbers are noise-bound."
 echo
+if [ -f "$DIR/fio-io_uring-randread-qd1.json" ]; then
+  FIOQ() { # file rw: iops p50_us p99_us cpu%
+    jq -r --arg rw "${2#rand}" '.jobs[0][$rw] as $j | .jobs[0] as $t
+      | "\($j.iops | round) \($j.clat_ns.percentile["50.000000"] / 1000 | . * 10 | round / 10) \($j.clat_ns.percentile["99.000000"] / 1000 | . * 10 | round / 10) \(($t.usr_cpu + $t.sys_cpu) | round)"' "$1"
+  }
+  echo "O_DIRECT against fio on the same file (fio --direct=1 --bs=4k --ioengine=io_uring|libaio, pinned to the client CPU;"
+  echo "fio has no virtio layer: it is what the device gives one core):"
+  echo
+  echo "| rw | QD | iovirt IOPS | qsd IOPS | fio io_uring IOPS | fio libaio IOPS | iovirt / best fio | qsd / best fio | p99 µs iovirt / qsd / fio io_uring / fio libaio | fio CPU % io_uring / libaio |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
+  for rw in randread randwrite; do for qd in 1 32; do
+    a="$DIR/iovirt-direct-$rw-qd$qd.json"; b="$DIR/qsd-direct-$rw-qd$qd.json"
+    read -r ui u50 u99 ucpu <<< "$(FIOQ "$DIR/fio-io_uring-$rw-qd$qd.json" "$rw")"
+    read -r li l50 l99 lcpu <<< "$(FIOQ "$DIR/fio-libaio-$rw-qd$qd.json" "$rw")"
+    best=$(( ui > li ? ui : li ))
+    printf '| %s | %s | %.0f | %.0f | %s | %s | %.2f | %.2f | %.0f / %.0f / %s / %s | %s / %s |\n' "$rw" "$qd" \
+      "$(q "$a" .iops)" "$(q "$b" .iops)" "$ui" "$li" \
+      "$(jq -n "$(q "$a" .iops) / $best")" "$(jq -n "$(q "$b" .iops) / $best")" \
+      "$(q "$a" '.latency_ns.p99 / 1000')" "$(q "$b" '.latency_ns.p99 / 1000')" "$u99" "$l99" "$ucpu" "$lcpu"
+  done; done
+  echo
+fi
 echo "Backend memory at the end of each QD 32 randwrite run (RSS; guest RAM = the part that is our shared memfd):"
 echo
 echo "| backend | mode | RSS MiB | guest RAM mapped MiB | beyond guest mappings MiB | of which anon / file-backed MiB |"

@@ -21,6 +21,7 @@
 # Raw files stay in DIR (default: a new temporary directory, printed at the end).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib/listening.sh"
 
 SECS=40
 LABEL="launcher defaults"
@@ -67,7 +68,7 @@ wait_sockets() { # start_ms pid sockets...
   local t0="$1" pid="$2"; shift 2
   for _ in $(seq 1 12000); do
     local all=1
-    for s in "$@"; do [ -S "$s" ] || all=0; done
+    for s in "$@"; do listening "$s" || all=0; done
     [ $all = 1 ] && { echo "$(( $(now_ms) - t0 )) $(awk '{print ($14 + $15) * 10}' "/proc/$pid/stat")"; return 0; }
     kill -0 "$pid" 2>/dev/null || { echo "bench-footprint: the backend exited before listening" >&2; return 1; }
     sleep 0.005

@@ -23,6 +23,7 @@
 # Raw logs stay in DIR (default: a new temporary directory, printed at the end).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib/listening.sh"
 
 MEASURE=10
 WARMUP=8
@@ -73,7 +74,7 @@ trap cleanup EXIT
 
 wait_socket() { # socket pid log
   for _ in $(seq 1 600); do
-    [ -S "$1" ] && return 0
+    listening "$1" && return 0
     kill -0 "$2" 2>/dev/null || { echo "bench-net: backend exited before listening; its log:" >&2; cat "$3" >&2; exit 1; }
     sleep 0.1
   done

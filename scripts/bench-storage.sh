@@ -12,6 +12,7 @@
 # --backend-cpu; clients to --client-cpu. Client CPU share = the client's user+system time over its wall time.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib/listening.sh"
 SIZE_MIB=256
 COUNT=40000
 SECS=5
@@ -54,7 +55,7 @@ cat "$IMG" > /dev/null
 
 wait_socket() { # socket pid name
   for _ in $(seq 1 600); do
-    [ -S "$1" ] && return 0
+    listening "$1" && return 0
     kill -0 "$2" 2>/dev/null || { echo "bench-storage: $3 exited before listening:" >&2; cat "$DIR/$3.log" >&2; exit 1; }
     sleep 0.1
   done

@@ -8,6 +8,7 @@
 #   scripts/build-aot-cache.sh JAVA [JVM OPTIONS...]   (the launcher passes its java and the backend options)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib/listening.sh"
 JAVA="$1"; shift
 JAR="$ROOT/target/iovirt.jar"
 OUT="$ROOT/target/iovirt.aot"
@@ -19,8 +20,8 @@ rm -f "$OUT"
 "$JAVA" "$@" -XX:AOTCacheOutput="$TMP/iovirt.aot" -jar "$JAR" serve blk --image "$TMP/disk.raw" \
   --socket "$TMP/blk.sock" > "$TMP/serve.log" 2>&1 &
 BE=$!
-for _ in $(seq 1 600); do [ -S "$TMP/blk.sock" ] && break; kill -0 "$BE" 2>/dev/null || break; sleep 0.1; done
-if [ -S "$TMP/blk.sock" ]; then
+for _ in $(seq 1 600); do listening "$TMP/blk.sock" && break; kill -0 "$BE" 2>/dev/null || break; sleep 0.1; done
+if listening "$TMP/blk.sock"; then
   for rw in randread randwrite; do
     "$JAVA" "$@" -jar "$JAR" bench blk --socket "$TMP/blk.sock" --rw "$rw" --qd 8 --seconds 1 --warmup 0.5 \
       > "$TMP/bench-$rw.log" 2>&1 || true

@@ -15,6 +15,7 @@
 # Needs: perf (apt-get install linux-perf), python3, jq; the kernel's tracepoints.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib/listening.sh"
 DIR=""
 BOOST=0
 IMAGE=""
@@ -48,7 +49,7 @@ run() { # tag, trace(0|1)
   rm -f "$DIR/b.sock"
   "${NICE[@]}" taskset -c 0 "$ROOT/iovirt" serve blk --image "$IMAGE" --socket "$DIR/b.sock" > "$DIR/backend-$1.log" 2>&1 &
   PIDS+=($!); local be=$!
-  for _ in $(seq 1 1200); do [ -S "$DIR/b.sock" ] && break; sleep 0.1; done
+  for _ in $(seq 1 1200); do listening "$DIR/b.sock" && break; sleep 0.1; done
   "${NICE[@]}" taskset -c 1 "$ROOT/iovirt" bench blk --socket "$DIR/b.sock" --rw randread --qd 1 --seconds 15 --warmup 3 \
     --json > "$DIR/client-$1.json" 2> "$DIR/client-$1.err" &
   local cl=$!
