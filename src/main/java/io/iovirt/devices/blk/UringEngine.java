@@ -44,6 +44,16 @@ final class UringEngine implements QueueWorker.Handler {
     /** Requests whose I/O the ring holds (submitted or queued, not yet reaped). */
     private int ringRequests;
 
+    /**
+     * A buffered write that is the only request of the queue (nothing in the ring, nothing more available) runs as a
+     * pwritev on the queue thread. ext4 cannot do most buffered writes without blocking (a clean page needs a
+     * journal handle), so io_uring hands them to an io-wq worker: a thread wake-up, two context switches and a
+     * completion eventfd wake-up per write, where the synchronous write is one syscall. Measured on a qcow2 image
+     * (4 KiB randwrite QD 1, buffered): see the commit message. With other requests in flight writes still go
+     * through the ring, so a write that blocks (dirty-page throttling) never holds up reads already queued.
+     */
+    private final boolean inlineLoneWrites;
+
     private boolean kicksOff;
     private boolean failed;
     private QueueWorker worker;
@@ -62,6 +72,7 @@ final class UringEngine implements QueueWorker.Handler {
         this.call = call;
         this.log = log;
         this.ring = ring;
+        this.inlineLoneWrites = !handler.image().direct();
         int n = queue.size();
         EventFd efd = null;
         Arena arena = null;
@@ -144,7 +155,16 @@ final class UringEngine implements QueueWorker.Handler {
                 break;
             }
             freeCount--;
-            if (handler.start(r) != BlkQueueHandler.DONE && handler.submit(r, ring)) {
+            int kind = handler.start(r);
+            if (kind == BlkQueueHandler.DONE) {
+                complete(r);
+            } else if (kind == BlkQueueHandler.WRITE
+                    && inlineLoneWrites
+                    && ringRequests == 0
+                    && !queue.hasAvailable()) {
+                handler.runSync(r); // the only request: pwritev here beats the io-wq round trip (see inlineLoneWrites)
+                complete(r);
+            } else if (handler.submit(r, ring)) {
                 ringRequests++;
             } else {
                 complete(r);
