@@ -114,6 +114,35 @@ class DaemonApiTest {
         io.iovirt.storage.qcow2.QemuTools.check(img, false);
     }
 
+    /**
+     * blk.set-readonly of a qcow2 export (was refused as unsupported): the image is flushed and clean while still
+     * served (qemu-img check -U), stays read-only in blk.info, and becomes writable again.
+     */
+    @Test
+    void blkSetReadOnlyOfAQcow2Image() throws Exception {
+        Path img = dir.resolve("r.qcow2");
+        io.iovirt.storage.qcow2.QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "64M");
+        io.iovirt.storage.qcow2.QemuTools.qemuIoOk(img, "qcow2", "write -P 0x71 1M 128k");
+        ok(
+                "blk.add",
+                "id",
+                "r",
+                "image",
+                img.toString(),
+                "socket",
+                dir.resolve("r.sock").toString());
+        assertEquals(true, ok("blk.set-readonly", "id", "r", "readonly", true).get("readonly"));
+        assertEquals(true, ok("blk.info", "id", "r").get("readonly"));
+        io.iovirt.storage.qcow2.QemuTools.Result c =
+                io.iovirt.storage.qcow2.QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString());
+        assertEquals(0, c.exit(), c.output());
+        assertEquals(false, ok("blk.set-readonly", "id", "r", "readonly", false).get("readonly"));
+        assertEquals(false, ok("blk.info", "id", "r").get("readonly"));
+        ok("blk.remove", "id", "r");
+        io.iovirt.storage.qcow2.QemuTools.check(img, false);
+        io.iovirt.storage.qcow2.QemuTools.qemuIoOk(img, "qcow2", "read -P 0x71 1M 128k");
+    }
+
     @Test
     void blkLifecycle() throws Exception {
         Path img = image("d.raw", 8 << 20);

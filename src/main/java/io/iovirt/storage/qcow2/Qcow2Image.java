@@ -70,7 +70,11 @@ public final class Qcow2Image implements DiskImage {
     private final boolean direct;
 
     private final int align;
-    private final boolean readOnly;
+    /** Opened read-only: can never take writes (its header was not checked for writing). */
+    private final boolean openedReadOnly;
+    /** Writes refused now: opened read-only, or switched with {@link #setReadOnly} (changes under the lock). */
+    private volatile boolean readOnly;
+
     private final Qcow2Header header;
     private final int clusterBits;
     private final long clusterSize;
@@ -142,6 +146,7 @@ public final class Qcow2Image implements DiskImage {
         this.fd = file.fd();
         this.direct = file.direct();
         this.align = direct ? file.blockSize() : 1;
+        this.openedReadOnly = readOnly;
         this.readOnly = readOnly;
         this.header = h;
         this.clusterBits = h.clusterBits();
@@ -389,6 +394,34 @@ public final class Qcow2Image implements DiskImage {
         }
         Path dir = overlay.toAbsolutePath().getParent();
         return dir.resolve(p).normalize();
+    }
+
+    /**
+     * Refuses (true) or accepts again (false) writes from now on, while the image is served (the daemon's
+     * blk.set-readonly, a config reload). Switching to read-only flushes the data and every dirty metadata table in
+     * the consistency order, twice so that refcount decrements deferred by the first flush land too: the file is then
+     * a clean, complete qcow2 image another program may open. iovirt never sets the dirty bit (no lazy refcounts) and
+     * repairs an image left dirty when it opens it for writing, so there is no dirty bit to clear here. A write
+     * that passed its checks before the switch may still complete (as for a raw image); allocations and zeroing
+     * re-check under the metadata lock and are refused. An image opened read-only cannot be made writable.
+     */
+    @Override
+    public void setReadOnly(boolean ro) throws IOException {
+        meta.lock();
+        try {
+            checkOpen();
+            if (!ro && openedReadOnly) {
+                throw new IOException("qcow2 image " + path
+                        + " was opened read-only; remove the export and add it again without readonly");
+            }
+            if (ro && !readOnly) {
+                flushMetadata();
+                flushMetadata();
+            }
+            readOnly = ro;
+        } finally {
+            meta.unlock();
+        }
     }
 
     // ---- accessors ---------------------------------------------------------------------------------------------
@@ -656,6 +689,7 @@ public final class Qcow2Image implements DiskImage {
         meta.lock();
         try {
             checkOpen();
+            checkWritable();
             long cluster = guestOffset & -clusterSize;
             MetaCache.Table t = l2ForWrite(cluster);
             int idx = l2Index(cluster);
@@ -778,6 +812,7 @@ public final class Qcow2Image implements DiskImage {
         meta.lock();
         try {
             checkOpen();
+            checkWritable();
             long e = l2Entry(cluster);
             if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0) {
                 return; // already zero
@@ -1436,6 +1471,13 @@ public final class Qcow2Image implements DiskImage {
                     write ? "pwrite" : "pread",
                     "range " + offset + "+" + len + " outside the " + size + "-byte image",
                     Errno.EINVAL);
+        }
+    }
+
+    /** Refuses a metadata change once the image was switched to read-only (metadata lock held). */
+    private void checkWritable() throws LinuxException {
+        if (readOnly) {
+            throw new LinuxException("pwrite", path + " is read-only now", Errno.EROFS);
         }
     }
 

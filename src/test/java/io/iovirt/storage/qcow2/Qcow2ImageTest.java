@@ -10,6 +10,8 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.Images;
@@ -291,6 +293,66 @@ class Qcow2ImageTest {
      * (an L1 entry covers 32 KiB: 1 MiB -> 64 MiB needs 2048 entries in 32 new contiguous clusters) while data is
      * written before and after; qemu-img info shows the new size, qemu-img check is clean, qemu-io reads it all.
      */
+    /**
+     * The daemon's blk.set-readonly on a qcow2 image: switching to read-only makes the data and every metadata table
+     * durable while the image stays open (qemu-img check, run with -U while iovirt holds it, finds it clean and
+     * qemu-io reads the data), refuses further writes, zeroing and allocation with EROFS, and switching back
+     * accepts them again. An image opened read-only cannot be made writable.
+     */
+    @Test
+    void switchingToReadOnlyWhileServedFlushesEverythingAndRefusesWrites() throws Exception {
+        Path img = create("ro.qcow2", "64M");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 3 * MIB, fill(200 << 10, 0x61)); // allocates clusters and an L2 table: dirty metadata
+            write(q, 40 * MIB + 512, fill(4096, 0x62));
+            q.setReadOnly(true);
+            assertTrue(q.readOnly());
+            assertEquals(
+                    0,
+                    QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString())
+                            .exit(),
+                    "qemu-img check of the image switched to read-only, still open");
+            QemuTools.Result r = QemuTools.run(
+                    "qemu-io",
+                    "-U",
+                    "-r",
+                    "-f",
+                    "qcow2",
+                    "-c",
+                    "read -P 0x61 3M 200k",
+                    "-c",
+                    "read -P 0x62 " + (40 * MIB + 512) + " 4k",
+                    img.toString());
+            assertEquals(0, r.exit(), r.output());
+            assertFalse(r.output().contains("Pattern verification failed"), r.output());
+            LinuxException e = assertThrows(LinuxException.class, () -> write(q, 3 * MIB, fill(4096, 0x63)));
+            assertEquals(Errno.EROFS, e.errno());
+            assertThrows(LinuxException.class, () -> write(q, 50 * MIB, fill(4096, 0x63)), "a new cluster");
+            assertThrows(LinuxException.class, () -> q.writeZeroes(3 * MIB, MIB, false));
+            assertThrows(LinuxException.class, () -> q.discard(3 * MIB, MIB));
+            q.flush(); // a guest FLUSH on a read-only disk is fine
+            assertArrayEquals(fill(200 << 10, 0x61), read(q, 3 * MIB, 200 << 10));
+
+            q.setReadOnly(false);
+            assertFalse(q.readOnly());
+            write(q, 50 * MIB, fill(4096, 0x64));
+            write(q, 3 * MIB, fill(4096, 0x65));
+            q.setReadOnly(true); // and once more: the new allocation is durable too
+        }
+        check(img, false);
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0x65 3M 4k",
+                "read -P 0x61 " + (3 * MIB + 4096) + " 196k",
+                "read -P 0x64 50M 4k");
+        try (DiskImage q = Images.open(img, null, true, false)) {
+            IOException e = assertThrows(IOException.class, () -> q.setReadOnly(false));
+            assertTrue(e.getMessage().contains("opened read-only"), e.getMessage());
+            q.setReadOnly(true); // already read-only: nothing to do
+        }
+    }
+
     @Test
     void resizeGrowsTheVirtualSizeAndTheL1TableAsTheFormatSpecifies() throws Exception {
         Path big = create("resize64k.qcow2", "64M");
