@@ -45,6 +45,10 @@ final class ServeNbdCommand implements Callable<Integer> {
     @picocli.CommandLine.Mixin
     StatsOptions statsOptions;
 
+    /** --socket-group / --allow-uid, as for serve blk|net (UNIX sockets only: TCP has no peer uid). */
+    @picocli.CommandLine.Mixin
+    SocketAccessOptions socketAccess;
+
     @Option(
             names = "--image",
             required = true,
@@ -118,11 +122,19 @@ final class ServeNbdCommand implements Callable<Integer> {
             }
             host = listen.tcp.substring(0, colon).replace("[", "").replace("]", "");
         }
+        if (listen.socket == null
+                && (socketAccess.socketGroup() != null
+                        || !socketAccess.allowUids().isEmpty())) {
+            throw new picocli.CommandLine.ParameterException(
+                    spec.commandLine(),
+                    "--socket-group and --allow-uid apply to a UNIX socket (--socket); a TCP listener is loopback-only"
+                            + " and has no peer uid to check");
+        }
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
         try (DiskImage img = Images.open(image, fmt, readOnly, direct)) {
             NbdExport export = new NbdExport(name, img, readOnly);
             NbdServer server = listen.socket != null
-                    ? NbdServer.startUnix(listen.socket, maxConnections)
+                    ? NbdServer.startUnix(listen.socket, maxConnections, socketAccess.access())
                     : NbdServer.startTcp(host, port, maxConnections);
             try (server) {
                 server.addExport(export);

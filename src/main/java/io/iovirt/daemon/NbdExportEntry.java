@@ -35,13 +35,13 @@ final class NbdExportEntry implements AutoCloseable {
     static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig) throws IOException {
         DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
         try {
-            NbdServer server = NbdServer.startUnix(spec.socket(), NbdServer.DEFAULT_MAX_CONNECTIONS);
+            // the daemon's --socket-group/--allow-uid: mode set before listening, peer uids checked at accept
+            NbdServer server = NbdServer.startUnix(spec.socket(), NbdServer.DEFAULT_MAX_CONNECTIONS, access);
             try {
                 NbdExport export = new NbdExport(spec.id(), image, spec.readOnly());
                 server.addExport(export);
-                restrict(spec.socket(), access.group());
                 return new NbdExportEntry(spec, image, server, export, fromConfig);
-            } catch (IOException | RuntimeException e) {
+            } catch (RuntimeException e) {
                 server.close();
                 throw e;
             }
@@ -49,22 +49,6 @@ final class NbdExportEntry implements AutoCloseable {
             image.close();
             throw e;
         }
-    }
-
-    /**
-     * The NBD server has no access option of its own (yet): the socket file gets the daemon's mode and group after
-     * listening. No uid allow-list: the file mode is the gate.
-     */
-    private static void restrict(Path socket, String group) throws IOException {
-        if (group != null) {
-            java.nio.file.attribute.GroupPrincipal g =
-                    socket.getFileSystem().getUserPrincipalLookupService().lookupPrincipalByGroupName(group);
-            java.nio.file.Files.getFileAttributeView(socket, java.nio.file.attribute.PosixFileAttributeView.class)
-                    .setGroup(g);
-        }
-        java.nio.file.Files.setPosixFilePermissions(
-                socket,
-                java.nio.file.attribute.PosixFilePermissions.fromString(group != null ? "rw-rw----" : "rw-------"));
     }
 
     /** Stops the server (its connections end), flushes and closes the image. */

@@ -254,6 +254,26 @@ public final class UnixSocket implements AutoCloseable {
         }
     }
 
+    /**
+     * One sendmsg of {@code segs[0..n)} (native memory) as one gathered message: returns the bytes the kernel took
+     * (possibly fewer than all). Never raises SIGPIPE.
+     */
+    public long sendGather(MemorySegment[] segs, int n) throws LinuxException {
+        int f = fd.get();
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment msg = a.allocate(MSG_SIZE, 8);
+            MemorySegment iov = a.allocate(16L * Math.max(1, n), 8);
+            for (int i = 0; i < n; i++) {
+                requireNative(segs[i]);
+                iov.set(ADDRESS, 16L * i, segs[i]);
+                iov.set(JAVA_LONG, 16L * i + 8, segs[i].byteSize());
+            }
+            msg.set(ADDRESS, MSG_IOV, iov);
+            msg.set(JAVA_LONG, MSG_IOVLEN, n);
+            return Syscalls.check(Syscalls.sendmsg(f, msg, MSG_NOSIGNAL), "sendmsg", name);
+        }
+    }
+
     public void send(MemorySegment data, Fd... fds) throws LinuxException {
         send(data, List.of(fds));
     }

@@ -13,8 +13,9 @@ import java.io.InterruptedIOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
+import java.nio.channels.ByteChannel;
 import java.nio.channels.ClosedChannelException;
-import java.nio.channels.SocketChannel;
+import java.nio.channels.GatheringByteChannel;
 import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
@@ -61,7 +62,10 @@ final class NbdConnection implements Runnable {
     static final int RETAINED = 1 << 20;
 
     private final NbdServer server;
-    private final SocketChannel ch;
+    private final ByteChannel ch;
+    /** The same channel, for gathering writes (a java.nio SocketChannel, or a {@code linux.UnixSocketChannel}). */
+    private final GatheringByteChannel out;
+
     private final int id;
     /** Non-zero: refuse this connection in the handshake, naming the limit. */
     private final int refuseLimit;
@@ -139,9 +143,10 @@ final class NbdConnection implements Runnable {
         }
     }
 
-    NbdConnection(NbdServer server, SocketChannel ch, int id, int refuseLimit) {
+    <C extends ByteChannel & GatheringByteChannel> NbdConnection(NbdServer server, C ch, int id, int refuseLimit) {
         this.server = server;
         this.ch = ch;
+        this.out = ch;
         this.id = id;
         this.refuseLimit = refuseLimit;
     }
@@ -168,6 +173,14 @@ final class NbdConnection implements Runnable {
         }
     }
 
+    /** False when a worker may still use the channel (stuck in image I/O at disconnect): then it is never released. */
+    private volatile boolean quiet = true;
+
+    /** Whether no thread of this connection can touch its channel any more (after {@link #run} returned). */
+    boolean quiet() {
+        return quiet;
+    }
+
     @Override
     public void run() {
         try {
@@ -189,7 +202,7 @@ final class NbdConnection implements Runnable {
         } finally {
             close();
             if (workers != null) {
-                stopWorkers();
+                quiet = stopWorkers();
             }
             if (export != null) {
                 export.stats().connections.decrementAndGet();
@@ -202,7 +215,7 @@ final class NbdConnection implements Runnable {
      * on the closed socket), stops the workers and frees the slots' image contexts. A worker stuck in image I/O
      * for a minute keeps its context (leaked, never freed under it).
      */
-    private void stopWorkers() {
+    private boolean stopWorkers() {
         boolean idle = drain(TimeUnit.SECONDS.toNanos(60));
         for (Thread t : workers) {
             t.interrupt();
@@ -218,11 +231,12 @@ final class NbdConnection implements Runnable {
             log(
                     System.Logger.Level.WARNING,
                     "requests still running after 60 s at disconnect: their image contexts are left open");
-            return;
+            return false;
         }
         for (Slot sl : slots) {
             sl.io.close();
         }
+        return true;
     }
 
     private void log(System.Logger.Level level, String msg) {
@@ -997,7 +1011,7 @@ final class NbdConnection implements Runnable {
             total += b.remaining();
         }
         while (total > 0) {
-            total -= ch.write(bufs);
+            total -= out.write(bufs);
         }
     }
 

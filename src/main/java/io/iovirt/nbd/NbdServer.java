@@ -2,12 +2,17 @@
 package io.iovirt.nbd;
 
 import io.iovirt.linux.Acceptor;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.SocketAccess;
+import io.iovirt.linux.SocketPaths;
+import io.iovirt.linux.UnixSocket;
+import io.iovirt.linux.UnixSocketChannel;
 import java.io.IOException;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
-import java.net.StandardProtocolFamily;
-import java.net.UnixDomainSocketAddress;
+import java.nio.channels.ByteChannel;
+import java.nio.channels.GatheringByteChannel;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
@@ -37,7 +42,11 @@ public final class NbdServer implements AutoCloseable {
     public static final int DEFAULT_MAX_CONNECTIONS = 16;
     static final int HANDSHAKE_TIMEOUT_SECONDS = 10;
 
-    private final ServerSocketChannel listener;
+    /** The TCP listener, or null. */
+    private final ServerSocketChannel tcpListener;
+    /** The UNIX listener (mode set before listen, peers checked at accept), or null. */
+    private final UnixSocket unixListener;
+
     private final String address;
     private final Path socketPath;
     private final int maxConnections;
@@ -45,11 +54,18 @@ public final class NbdServer implements AutoCloseable {
     private final Set<NbdConnection> connections = ConcurrentHashMap.newKeySet();
     private final AtomicInteger ids = new AtomicInteger();
     private final ScheduledExecutorService timer;
-    private final Acceptor<SocketChannel> acceptor;
+    private final Acceptor<?> acceptor;
     private volatile boolean closed;
 
-    private NbdServer(ServerSocketChannel listener, String address, Path socketPath, int maxConnections) {
-        this.listener = listener;
+    private NbdServer(
+            ServerSocketChannel tcp,
+            UnixSocket unix,
+            SocketAccess access,
+            String address,
+            Path socketPath,
+            int maxConnections) {
+        this.tcpListener = tcp;
+        this.unixListener = unix;
         this.address = address;
         this.socketPath = socketPath;
         this.maxConnections = maxConnections;
@@ -65,51 +81,69 @@ public final class NbdServer implements AutoCloseable {
         this.timer = t;
         // Over the limit a connection is still served, only to be refused in the handshake with an error naming the
         // limit (a client that is merely closed would retry at once); those do not count against it.
-        this.acceptor = Acceptor.builder("nbd " + address, LOG, listener::accept, () -> closed)
-                .threadName("nbd-accept " + address)
-                .daemon(true)
-                .maxConnections(maxConnections, (ch, why) -> {
-                    try {
-                        serve(ch, maxConnections, () -> {});
-                    } catch (OutOfMemoryError e) {
-                        closeQuietly(ch);
-                    }
-                })
-                .build((ch, release) -> serve(ch, 0, release));
+        if (tcp != null) {
+            this.acceptor = Acceptor.builder("nbd " + address, LOG, tcp::accept, () -> closed)
+                    .threadName("nbd-accept " + address)
+                    .daemon(true)
+                    .maxConnections(maxConnections, (ch, why) -> {
+                        try {
+                            serve(ch, maxConnections, () -> {}, () -> closeQuietly(ch));
+                        } catch (OutOfMemoryError e) {
+                            closeQuietly(ch);
+                        }
+                    })
+                    .build((ch, release) -> serve(ch, 0, release, () -> closeQuietly(ch)));
+        } else {
+            // The same access control as the vhost-user servers: the socket's mode was set before listening, and
+            // every peer's uid (SO_PEERCRED) is checked against the allow-list before a byte is exchanged.
+            this.acceptor = Acceptor.builder("nbd " + address, LOG, unix::accept, () -> closed)
+                    .threadName("nbd-accept " + address)
+                    .daemon(true)
+                    .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
+                        LOG.log(
+                                System.Logger.Level.WARNING,
+                                "nbd " + address + ": refused a client " + why + " (allowed: " + access
+                                        + "; see --allow-uid)");
+                        s.close();
+                    })
+                    .maxConnections(maxConnections, (s, why) -> {
+                        UnixSocketChannel ch = new UnixSocketChannel(s);
+                        try {
+                            serve(ch, maxConnections, () -> {}, ch::release);
+                        } catch (OutOfMemoryError e) {
+                            ch.release();
+                        }
+                    })
+                    .build((s, release) -> {
+                        UnixSocketChannel ch = new UnixSocketChannel(s);
+                        serve(ch, 0, release, ch::release);
+                    });
+        }
     }
 
     /**
-     * Listens on a UNIX socket. A stale socket file (nothing listening) is replaced; a live one is an error.
+     * Listens on a UNIX socket, owner only (mode 0600; peers with our uid or root). A stale socket file (nothing
+     * listening) is replaced; a live one is an error.
      */
     public static NbdServer startUnix(Path socket, int maxConnections) throws IOException {
-        if (Files.exists(socket, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
-            if (!Files.readAttributes(
-                            socket,
-                            java.nio.file.attribute.BasicFileAttributes.class,
-                            java.nio.file.LinkOption.NOFOLLOW_LINKS)
-                    .isOther()) { // never delete an image given by mistake
-                throw new IOException(socket + " exists and is not a socket; remove it or choose another socket path");
-            }
-            boolean live;
-            try {
-                live = io.iovirt.linux.UnixSocket.listenedOn(socket);
-            } catch (io.iovirt.linux.LinuxException e) {
-                throw new IOException("cannot tell whether " + socket + " is in use: " + e.getMessage(), e);
-            }
-            if (live) {
-                throw new IOException(
-                        "another server already listens on " + socket + "; stop it or choose another " + "socket path");
-            }
-            Files.delete(socket); // stale: nobody accepts on it
-        }
-        ServerSocketChannel ch = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
+        return startUnix(socket, maxConnections, SocketAccess.ownerOnly());
+    }
+
+    /**
+     * Listens on a UNIX socket whose mode and group {@code access} sets before listening, serving only the peer uids
+     * it allows. A stale socket file (nothing listening) is replaced; a live one is an error.
+     */
+    public static NbdServer startUnix(Path socket, int maxConnections, SocketAccess access) throws IOException {
+        checkLimit(maxConnections);
+        UnixSocket l = SocketPaths.listen(socket, 64, access, "socket path");
         try {
-            ch.bind(UnixDomainSocketAddress.of(socket), 64);
-        } catch (IOException e) {
-            ch.close();
-            throw new IOException("cannot listen on " + socket + ": " + e.getMessage(), e);
+            NbdServer s = new NbdServer(null, l, access, "unix:" + socket, socket, maxConnections);
+            s.acceptor.start();
+            return s;
+        } catch (RuntimeException | Error e) {
+            l.close();
+            throw e;
         }
-        return start(ch, "unix:" + socket, socket, maxConnections);
     }
 
     /**
@@ -117,6 +151,7 @@ public final class NbdServer implements AutoCloseable {
      * remote host through an SSH tunnel or a UNIX socket instead.
      */
     public static NbdServer startTcp(String host, int port, int maxConnections) throws IOException {
+        checkLimit(maxConnections);
         InetAddress addr = InetAddress.getByName(host);
         if (!addr.isLoopbackAddress()) {
             throw new IOException("refusing to listen on " + host + ": NBD has no authentication, so iovirt listens on "
@@ -129,17 +164,21 @@ public final class NbdServer implements AutoCloseable {
             ch.close();
             throw new IOException("cannot listen on " + host + ":" + port + ": " + e.getMessage(), e);
         }
-        return start(
-                ch, "tcp:" + host + ":" + ((InetSocketAddress) ch.getLocalAddress()).getPort(), null, maxConnections);
+        NbdServer s = new NbdServer(
+                ch,
+                null,
+                null,
+                "tcp:" + host + ":" + ((InetSocketAddress) ch.getLocalAddress()).getPort(),
+                null,
+                maxConnections);
+        s.acceptor.start();
+        return s;
     }
 
-    private static NbdServer start(ServerSocketChannel ch, String address, Path socket, int maxConnections) {
+    private static void checkLimit(int maxConnections) {
         if (maxConnections < 1) {
             throw new IllegalArgumentException("maxConnections must be at least 1");
         }
-        NbdServer s = new NbdServer(ch, address, socket, maxConnections);
-        s.acceptor.start();
-        return s;
     }
 
     /** "unix:/path" or "tcp:host:port" (the real port when 0 was asked for). */
@@ -149,8 +188,11 @@ public final class NbdServer implements AutoCloseable {
 
     /** The bound TCP port, or -1 for a UNIX socket. */
     public int port() {
+        if (tcpListener == null) {
+            return -1;
+        }
         try {
-            SocketAddress a = listener.getLocalAddress();
+            SocketAddress a = tcpListener.getLocalAddress();
             return a instanceof InetSocketAddress i ? i.getPort() : -1;
         } catch (IOException e) {
             return -1;
@@ -180,13 +222,18 @@ public final class NbdServer implements AutoCloseable {
         return connections.size();
     }
 
-    /** Runs a connection on its own thread; {@code refuseLimit} > 0 refuses it in the handshake (over the limit). */
-    private void serve(SocketChannel ch, int refuseLimit, Runnable release) {
+    /**
+     * Runs a connection on its own thread; {@code refuseLimit} > 0 refuses it in the handshake (over the limit).
+     * {@code dispose} frees the channel once no thread of the connection can use it any more.
+     */
+    private <C extends ByteChannel & GatheringByteChannel> void serve(
+            C ch, int refuseLimit, Runnable release, Runnable dispose) {
         NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuseLimit);
         connections.add(c);
         if (closed) {
             c.close();
             connections.remove(c);
+            dispose.run();
             release.run();
             return;
         }
@@ -197,6 +244,9 @@ public final class NbdServer implements AutoCloseable {
                     c.run();
                 } finally {
                     deadline.cancel(false);
+                    if (c.quiet()) {
+                        dispose.run(); // else a worker stuck in image I/O may still reply: the descriptor stays
+                    }
                     connections.remove(c);
                     release.run();
                 }
@@ -204,6 +254,7 @@ public final class NbdServer implements AutoCloseable {
         } catch (OutOfMemoryError e) { // no thread could be created
             deadline.cancel(false);
             connections.remove(c);
+            dispose.run();
             throw e;
         }
     }
@@ -235,10 +286,18 @@ public final class NbdServer implements AutoCloseable {
             return;
         }
         closed = true;
-        try {
-            listener.close();
-        } catch (IOException e) {
-            // closing
+        if (tcpListener != null) {
+            try {
+                tcpListener.close();
+            } catch (IOException e) {
+                // closing
+            }
+        } else {
+            try {
+                unixListener.shutdown(UnixSocket.SHUT_RDWR); // wakes the acceptor (EINVAL), then it is closed
+            } catch (LinuxException e) {
+                // not listening any more
+            }
         }
         try {
             acceptor.join(java.time.Duration.ofSeconds(5));
@@ -253,6 +312,9 @@ public final class NbdServer implements AutoCloseable {
             sleepQuietly();
         }
         timer.shutdownNow();
+        if (unixListener != null) {
+            unixListener.close();
+        }
         if (socketPath != null) {
             try {
                 Files.deleteIfExists(socketPath);

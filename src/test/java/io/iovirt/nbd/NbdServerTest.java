@@ -343,6 +343,64 @@ class NbdServerTest {
         qemuIoOk(img, "qcow2", "read -P 0x71 1M 1M", "read -P 0x72 8M 256k");
     }
 
+    /**
+     * The UNIX listener's access control, shared with the vhost-user servers: the socket file is 0600 (0660 and
+     * group-owned with a socket group) from the moment it listens, and a peer whose uid is not allowed is closed
+     * before the handshake while allowed peers keep being served.
+     */
+    @Test
+    void unixSocketModeAndPeerUidCheck() throws Exception {
+        Path img = dir.resolve("acc.raw");
+        Files.write(img, new byte[MIB]);
+        Path owner = dir.resolve("owner.sock");
+        Path group = dir.resolve("group.sock");
+        Path none = dir.resolve("none.sock");
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer a = NbdServer.startUnix(owner, 4);
+                NbdServer b =
+                        NbdServer.startUnix(group, 4, io.iovirt.linux.SocketAccess.of("root", java.util.Set.of()));
+                NbdServer c =
+                        NbdServer.startUnix(none, 4, new io.iovirt.linux.SocketAccess(null, java.util.Set.of(54321)))) {
+            for (NbdServer s : List.of(a, b, c)) {
+                s.addExport(new NbdExport("x", image, false));
+            }
+            assertEquals(
+                    "rw-------",
+                    java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(owner)));
+            assertEquals(
+                    "rw-rw----",
+                    java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(group)));
+            assertEquals("root", Files.getOwner(group).getName());
+            qemuIoOk("nbd+unix:///x?socket=" + owner, "raw", "write -P 0x5c 0 4k", "read -P 0x5c 0 4k");
+            qemuIoOk("nbd+unix:///x?socket=" + group, "raw", "read -P 0x5c 0 4k");
+            var refused = run("qemu-io", "-f", "raw", "-c", "read 0 4k", "nbd+unix:///x?socket=" + none);
+            assertNotEquals(0, refused.exit(), refused.output());
+            try (RawClient r = RawClient.unix(none)) {
+                ByteBuffer greeting = ByteBuffer.allocate(16);
+                assertTrue(r.ch.read(greeting) <= 0, "a refused peer gets no greeting");
+            } catch (IOException expected) {
+                // reset by the server: refused
+            }
+            assertEquals(0, c.connectionCount());
+            qemuIoOk("nbd+unix:///x?socket=" + owner, "raw", "read -P 0x5c 0 4k"); // others still served
+        }
+        assertTrue(!Files.exists(owner), "the socket file stays after close");
+    }
+
+    /** serve nbd --socket-group: the socket is 0660 and group-owned as soon as it listens; served as before. */
+    @Test
+    void serveNbdTakesTheSocketAccessOptions() throws Exception {
+        Path img = dir.resolve("g.raw");
+        Files.write(img, new byte[MIB]);
+        try (ChildProcess p = serve(img, "--socket-group", "root", "--allow-uid", "54321")) {
+            Path sock = dir.resolve("nbd.sock");
+            assertEquals(
+                    "rw-rw----",
+                    java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(sock)));
+            qemuIoOk(uri(), "raw", "write -P 0x3c 0 4k", "read -P 0x3c 0 4k");
+        }
+    }
+
     @Test
     void readOnlyExportRefusesWrites() throws Exception {
         Path img = dir.resolve("r.qcow2");
