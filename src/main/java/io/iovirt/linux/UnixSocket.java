@@ -254,24 +254,37 @@ public final class UnixSocket implements AutoCloseable {
         }
     }
 
+    /** Scratch for {@link #sendGather}: a msghdr and {@code maxSegments} iovecs, allocated once by the caller. */
+    public static MemorySegment gatherScratch(Arena arena, int maxSegments) {
+        return arena.allocate(MSG_SIZE + 16L * maxSegments, 8);
+    }
+
     /**
-     * One sendmsg of {@code segs[0..n)} (native memory) as one gathered message: returns the bytes the kernel took
-     * (possibly fewer than all). Never raises SIGPIPE.
+     * One sendmsg of {@code segs[0..n)} (native memory) as one gathered message, using {@code scratch} from
+     * {@link #gatherScratch} (no allocation): returns the bytes the kernel took (possibly fewer than all). Never
+     * raises SIGPIPE.
      */
-    public long sendGather(MemorySegment[] segs, int n) throws LinuxException {
-        int f = fd.get();
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment msg = a.allocate(MSG_SIZE, 8);
-            MemorySegment iov = a.allocate(16L * Math.max(1, n), 8);
-            for (int i = 0; i < n; i++) {
-                requireNative(segs[i]);
-                iov.set(ADDRESS, 16L * i, segs[i]);
-                iov.set(JAVA_LONG, 16L * i + 8, segs[i].byteSize());
-            }
-            msg.set(ADDRESS, MSG_IOV, iov);
-            msg.set(JAVA_LONG, MSG_IOVLEN, n);
-            return Syscalls.check(Syscalls.sendmsg(f, msg, MSG_NOSIGNAL), "sendmsg", name);
+    public long sendGather(MemorySegment scratch, MemorySegment[] segs, int n) throws LinuxException {
+        MemorySegment msg = scratch.asSlice(0, MSG_SIZE);
+        MemorySegment iov = scratch.asSlice(MSG_SIZE);
+        if (iov.byteSize() < 16L * n) {
+            throw new IllegalArgumentException(n + " segments, scratch has room for " + iov.byteSize() / 16);
         }
+        msg.fill((byte) 0);
+        for (int i = 0; i < n; i++) {
+            requireNative(segs[i]);
+            iov.set(ADDRESS, 16L * i, segs[i]);
+            iov.set(JAVA_LONG, 16L * i + 8, segs[i].byteSize());
+        }
+        msg.set(ADDRESS, MSG_IOV, iov);
+        msg.set(JAVA_LONG, MSG_IOVLEN, n);
+        return Syscalls.check(Syscalls.sendmsg(fd.get(), msg, MSG_NOSIGNAL), "sendmsg", name);
+    }
+
+    /** One read(2) into {@code buf} (native): the bytes read, 0 at end of stream. No descriptors. */
+    public long read(MemorySegment buf) throws LinuxException {
+        requireNative(buf);
+        return Syscalls.check(Syscalls.read(fd.get(), buf, buf.byteSize()), "read", name);
     }
 
     public void send(MemorySegment data, Fd... fds) throws LinuxException {

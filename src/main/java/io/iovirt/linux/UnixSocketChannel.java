@@ -13,7 +13,7 @@ import java.nio.channels.GatheringByteChannel;
 /**
  * A connected {@link UnixSocket} as a blocking {@link ByteChannel}, for protocol code written against java.nio
  * channels (the NBD server) whose UNIX listener is ours ({@link SocketPaths#listen}: socket mode set before listen,
- * peer uid checked at accept). A gathering write is one sendmsg.
+ * peer uid checked at accept). A read is one read(2), a gathering write one sendmsg; neither allocates.
  *
  * <p>{@link #close} may come from any thread while another one is blocked in a read or write: it shuts the
  * socket down (the reader sees end-of-stream, a writer EPIPE) and marks the channel closed, but keeps the
@@ -31,6 +31,7 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
     private final MemorySegment readStaging = arena.allocate(STAGING, 64);
     private final MemorySegment writeStaging = arena.allocate(STAGING, 64);
     private final MemorySegment[] segs = new MemorySegment[16];
+    private final MemorySegment gather = UnixSocket.gatherScratch(arena, 16);
 
     public UnixSocketChannel(UnixSocket socket) {
         this.socket = socket;
@@ -49,7 +50,15 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         int len = dst.remaining();
         MemorySegment target =
                 dst.isDirect() ? MemorySegment.ofBuffer(dst) : readStaging.asSlice(0, Math.min(len, STAGING));
-        long n = socket.recv(target, 0).bytes();
+        long n;
+        try {
+            n = socket.read(target);
+        } catch (LinuxException e) {
+            if (closed) {
+                throw new AsynchronousCloseException();
+            }
+            throw e;
+        }
         if (n == 0) {
             if (closed) {
                 throw new AsynchronousCloseException();
@@ -101,7 +110,7 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         }
         long sent;
         try {
-            sent = socket.sendGather(segs, n);
+            sent = socket.sendGather(gather, segs, n);
         } catch (LinuxException e) {
             if (closed) {
                 throw new AsynchronousCloseException();
