@@ -700,6 +700,24 @@ public final class Qcow2Image implements DiskImage {
                 src.writeTo(fd, srcPos, n, h + in);
                 return;
             }
+            // A new cluster under which everything reads as zeros (unallocated with no backing data there, or a
+            // zero cluster without a host cluster): zero the new cluster with one fallocate and write only the new
+            // bytes, as QEMU does, instead of writing a whole cluster of mostly zeros from the queue thread.
+            // Ordering is unchanged: the zeroing and the data are in the file before the L2 entry points there.
+            boolean zerosBelow = (e & OFLAG_COMPRESSED) == 0
+                    && (e & OFFSET_MASK) == 0
+                    && ((e & OFLAG_ZERO) != 0 || backing == null || cluster >= backingSize);
+            if (zerosBelow && n < clusterSize && !zeroFallocateUnsupported && ((in | n) & (align - 1)) == 0) {
+                long target = allocateCluster();
+                checkDataWrite(cluster, target, clusterSize);
+                if (zeroFill(target)) {
+                    src.writeTo(fd, srcPos, n, target + in);
+                    t.setEntry(idx, target | OFLAG_COPIED);
+                    return;
+                }
+                setRefcount(target >>> clusterBits, 0); // not used after all: the whole-cluster write below takes
+                freeHint = Math.min(freeHint, target >>> clusterBits); // the first free cluster again
+            }
             // Copy-on-write: the cluster's current content, overlaid with the new bytes, goes to a cluster we own.
             MemorySegment buf = cowBuffer;
             if (n < clusterSize) {
@@ -839,6 +857,23 @@ public final class Qcow2Image implements DiskImage {
             }
         } finally {
             meta.unlock();
+        }
+    }
+
+    /** Set when the file system refused FALLOC_FL_ZERO_RANGE: new clusters are then written whole. */
+    private boolean zeroFallocateUnsupported;
+
+    /** Zeroes (and allocates) the host cluster at {@code host}, extending the file; false if not supported here. */
+    private boolean zeroFill(long host) throws LinuxException {
+        try {
+            FileIo.fallocate(fd, FileIo.FALLOC_FL_ZERO_RANGE, host, clusterSize);
+            return true;
+        } catch (LinuxException e) {
+            if (e.errno() == Errno.EOPNOTSUPP || e.errno() == Errno.EINVAL) {
+                zeroFallocateUnsupported = true;
+                return false;
+            }
+            throw e;
         }
     }
 
