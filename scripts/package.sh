@@ -45,6 +45,7 @@ install -d "$TREE/usr/lib/iovirt/lib" "$TREE/usr/bin" "$TREE/usr/share/man/man1"
 install -m 0644 "$ROOT/target/iovirt.jar" "$TREE/usr/lib/iovirt/"
 install -m 0644 "$ROOT"/target/lib/*.jar "$TREE/usr/lib/iovirt/lib/"
 install -m 0755 "$ROOT/packaging/iovirt.sh" "$TREE/usr/bin/iovirt"
+install -m 0644 "$ROOT/packaging/jvm.options" "$ROOT/packaging/backend-jvm.options" "$TREE/usr/lib/iovirt/"
 for adoc in "$ROOT"/target/man/*.adoc; do
   asciidoctor -b manpage -a reproducible -D "$DIST/man" "$adoc"
 done
