@@ -5,7 +5,7 @@
 #
 #   scripts/bench-net.sh [--topology rxonly|p2p] [--seconds S] [--warmup S] [--rounds N] [--sizes "64 1500"]
 #                        [--poll-us "0 1000"] [--p2p-bursts N] [--backend-cpu N] [--client-cpu N] [--nice N]
-#                        [--dir DIR] [--charts DIR]
+#                        [--dir DIR] [--charts DIR] [--report-only --dir DIR]
 #
 # --topology rxonly (default): one frontend in txonly mode (--txpkts SIZE) into one backend port.
 #   dpdk      dpdk-testpmd --vdev net_vhost0,iface=SOCK, forward mode rxonly (busy-polls, frees every packet)
@@ -39,7 +39,8 @@
 # --charts DIR (default docs/ of this repository) as bench-net.png (rxonly) or bench-net-p2p.png (p2p).
 # Each run also reports the frontend's core % (its CPU time over the window): it busy-polls, so below 95 % other
 # work took its core and that run is noise-bound. CPU per frame = backend CPU time over the window / frames.
-# Raw logs stay in DIR (default: a new temporary directory, printed at the end).
+# Raw logs stay in DIR (default: a new temporary directory, printed at the end); --report-only --dir DIR prints the
+# table and redraws the chart from a kept run's DIR/runs.txt (same --topology, --sizes and --poll-us) without running.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/lib/listening.sh"
@@ -56,11 +57,13 @@ DIR=""
 CHARTS="$ROOT/docs"
 TOPOLOGY=rxonly
 BURSTS=8
+REPORT_ONLY=0
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
     --topology) TOPOLOGY="$2"; shift 2 ;;
     --p2p-bursts) BURSTS="$2"; shift 2 ;;
+    --report-only) REPORT_ONLY=1; shift ;;
     --seconds) MEASURE="$2"; shift 2 ;;
     --warmup) WARMUP="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
@@ -71,20 +74,22 @@ while [ $# -gt 0 ]; do
     --nice) NICE="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --charts) CHARTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-net: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 
 case "$TOPOLOGY" in rxonly|p2p) ;; *) echo "bench-net: --topology must be rxonly or p2p" >&2; exit 2 ;; esac
-if [ "$NICE" != 0 ] && [ "${BENCH_BOOSTED:-}" != 1 ]; then
+if [ "$NICE" != 0 ] && [ "$REPORT_ONLY" = 0 ] && [ "${BENCH_BOOSTED:-}" != 1 ]; then
   exec setsid env BENCH_BOOSTED=1 bash -c 'echo "$0" > /proc/$$/autogroup && exec "$@"' "$NICE" "$0" "${ARGS[@]}"
 fi
 command -v gnuplot >/dev/null || "$ROOT/scripts/install-deps.sh" >&2 || {
   echo "bench-net: gnuplot is missing — apt-get install gnuplot-nox" >&2; exit 1; }
-TESTPMD="$("$ROOT/scripts/install-dpdk.sh")" || { echo "bench-net: dpdk-testpmd is not available" >&2; exit 1; }
-command -v taskset >/dev/null || { echo "bench-net: taskset is missing — apt-get install util-linux" >&2; exit 1; }
-"$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
+if [ "$REPORT_ONLY" = 0 ]; then
+  TESTPMD="$("$ROOT/scripts/install-dpdk.sh")" || { echo "bench-net: dpdk-testpmd is not available" >&2; exit 1; }
+  command -v taskset >/dev/null || { echo "bench-net: taskset is missing — apt-get install util-linux" >&2; exit 1; }
+  "$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
+fi
 
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-net.XXXXXX)"
 mkdir -p "$DIR"
@@ -220,20 +225,25 @@ run_p2p() { # backend size poll round
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-echo "bench-net: load average before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE; topology $TOPOLOGY; logs in $DIR" >&2
-RUN=run_case; [ "$TOPOLOGY" = p2p ] && RUN=run_p2p
 RUNS="$DIR/runs.txt"
-: > "$RUNS"
-: > "$DIR/chart.dat"
-for size in $SIZES; do
-  for round in $(seq 1 "$ROUNDS"); do
-    echo "dpdk $size 0 $round $($RUN dpdk "$size" 0 "$round")" | tee -a "$RUNS" >&2
-    for poll in $POLLS; do
-      echo "iovirt $size $poll $round $($RUN iovirt "$size" "$poll" "$round")" | tee -a "$RUNS" >&2
+if [ "$REPORT_ONLY" = 1 ]; then
+  [ -s "$RUNS" ] || { echo "bench-net: --report-only needs --dir DIR of a kept run (DIR/runs.txt)" >&2; exit 2; }
+  ROUNDS="$(awk '$4 > n {n = $4} END {print n}' "$RUNS")"
+else
+  echo "bench-net: load average before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE; topology $TOPOLOGY; logs in $DIR" >&2
+  RUN=run_case; [ "$TOPOLOGY" = p2p ] && RUN=run_p2p
+  : > "$RUNS"
+  for size in $SIZES; do
+    for round in $(seq 1 "$ROUNDS"); do
+      echo "dpdk $size 0 $round $($RUN dpdk "$size" 0 "$round")" | tee -a "$RUNS" >&2
+      for poll in $POLLS; do
+        echo "iovirt $size $poll $round $($RUN iovirt "$size" "$poll" "$round")" | tee -a "$RUNS" >&2
+      done
     done
   done
-done
-echo "bench-net: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  echo "bench-net: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+fi
+: > "$DIR/chart.dat"
 
 # every run, then the medians per case and the ratio of medians to DPDK's
 if [ "$TOPOLOGY" = p2p ]; then
@@ -262,8 +272,8 @@ for size in $SIZES; do
       name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p"
       printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc"
     fi
-    printf '"%s B\\n%s" %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK testpmd\\n2 vhost PMD ports" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
-      "$([ "$b" = iovirt ] && echo 1 || echo 2)" >> "$DIR/chart.dat"
+    printf '"%s B\\n%s" %s %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK\\n2 ports (io)" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
+      "$([ "$b" = iovirt ] && echo 1 || echo 2)" "$(echo "$sel" | awk '{print $8}' | med)" >> "$DIR/chart.dat"
   done
 done
 mkdir -p "$CHARTS"
@@ -276,7 +286,7 @@ fi
 gnuplot <<EOF_GP
 set terminal pngcairo size 1400,600 font "DejaVu Sans,11" noenhanced
 set output '$PNG'
-set multiplot layout 1,2 title "$TITLE\n$(date -u '+%Y-%m-%d %H:%M UTC'), nice $NICE; medians of $ROUNDS rounds; blue iovirt, orange DPDK; in brackets: backend core %"
+set multiplot layout 1,2 title "$TITLE\n$(date -u -r "$RUNS" '+%Y-%m-%d %H:%M UTC'), nice $NICE; medians of $ROUNDS rounds; blue iovirt, orange DPDK; in brackets: backend / frontend core % (frontend < 95 %: noise-bound)"
 set style fill solid 0.85 border -1
 set boxwidth 0.6
 set grid ytics
@@ -289,7 +299,7 @@ set title '$([ "$TOPOLOGY" = p2p ] && echo 'frames per second received at the fa
 set ylabel 'Mpps'
 set yrange [0:*]
 plot '$DIR/chart.dat' using 0:2:(0.6):5:xticlabels(1) with boxes lc variable notitle, \
-     '' using 0:2:(sprintf("%.2f (%d %%)", \$2, \$4)) with labels offset 0,0.8 font ",9" notitle
+     '' using 0:2:(sprintf("%.2f (%d / %d %%)", \$2, \$4, \$6)) with labels offset 0,0.8 font ",9" notitle
 set title 'backend CPU per frame (median ns)'
 set ylabel 'ns/frame'
 plot '$DIR/chart.dat' using 0:3:(0.6):5:xticlabels(1) with boxes lc variable notitle, \
