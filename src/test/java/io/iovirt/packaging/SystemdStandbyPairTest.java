@@ -170,7 +170,7 @@ class SystemdStandbyPairTest {
         Files.writeString(etc.resolve("blk-" + INSTANCE + ".env"), "# options\nIOVIRT_BLK_ARGS=--queues 2\n");
         Path socket = run.resolve(INSTANCE + ".sock");
         long restartMillis = seconds(members.get(0).one("RestartSec"));
-        Set<Integer> success = new HashSet<>(Set.of(0));
+        Set<Integer> success = new HashSet<>(Set.of(0)); // what systemd counts as a clean stop
         for (String s : members.get(0).service().getOrDefault("SuccessExitStatus", List.of())) {
             for (String w : s.split("\\s+")) {
                 success.add(Integer.parseInt(w));
@@ -236,6 +236,8 @@ class SystemdStandbyPairTest {
             }
             assertEquals(0, proc[serving].exitValue(), "the serving member syncs and exits 0");
             assertTrue(proc[serving].log().contains("image synced"), proc[serving].log());
+            assertEquals(0, proc[1 - serving].exitValue(), "the standby exits 0");
+            assertTrue(proc[1 - serving].log().contains("while standing by"), proc[1 - serving].log());
         } finally {
             for (ChildProcess p : proc) {
                 if (p != null) {
