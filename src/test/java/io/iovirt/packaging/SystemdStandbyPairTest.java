@@ -237,7 +237,13 @@ class SystemdStandbyPairTest {
             assertEquals(0, proc[serving].exitValue(), "the serving member syncs and exits 0");
             assertTrue(proc[serving].log().contains("image synced"), proc[serving].log());
             assertEquals(0, proc[1 - serving].exitValue(), "the standby exits 0");
-            assertTrue(proc[1 - serving].log().contains("while standing by"), proc[1 - serving].log());
+            // systemd signals both members without an order: when the serving one is gone before the standby's
+            // SIGTERM arrives, the standby takes the socket over first and then stops like a server (seen under
+            // load) — a clean stop either way, which is what the unit pair needs.
+            String standbyLog = proc[1 - serving].log();
+            assertTrue(
+                    standbyLog.contains("while standing by") || standbyLog.contains("image synced"),
+                    "the standby stopped neither while waiting nor as a server that synced its image:\n" + standbyLog);
         } finally {
             for (ChildProcess p : proc) {
                 if (p != null) {
