@@ -110,6 +110,19 @@ wait_socket() { # socket pid log
   echo "bench-net: backend did not listen on $1 within 60 s" >&2; exit 1
 }
 
+# CPU ticks used by the backend (all threads) and by the frontend testpmd over the measurement window — the same
+# window as testpmd's two statistics readings (started WARMUP + 1 s after the frontend): prints "backend frontend".
+window_ticks() { # frontend_pid (timeout's) backend_pid
+  local t0 t1 f0 f1 fepmd
+  sleep "$((1 + WARMUP))"
+  # the frontend testpmd: timeout's child (nice, taskset and stdbuf exec into it)
+  fepmd="$(cat /proc/"$1"/task/*/children 2>/dev/null | awk '{print $1; exit}')"
+  t0="$(cpu_ticks "$2")"; f0="$(cpu_ticks "${fepmd:-0}")"
+  sleep "$MEASURE"
+  t1="$(cpu_ticks "$2")"; f1="$(cpu_ticks "${fepmd:-0}")"
+  echo "$((t1 - t0)) $((f1 - f0))"
+}
+
 # One measurement: prints the frontend's Tx-pps over the measurement window.
 run_case() { # backend size poll round
   local backend="$1" size="$2" poll="$3" round="$4"
@@ -138,15 +151,8 @@ run_case() { # backend size poll round
     | timeout "$((WARMUP + MEASURE + 60))" nice -n "$NICE" taskset -c "$CLIENT_CPU" stdbuf -oL "$TESTPMD" --lcores="0@$CLIENT_CPU,1@$CLIENT_CPU" --no-huge -m 512 \
         --no-pci --file-prefix="fe$$" --vdev "net_virtio_user0,path=$sock" -- -i --forward-mode=txonly \
         --txpkts="$size" --total-num-mbufs=16384 > "$felog" 2>&1 &
-  local fepid=$!
-  # the backend's CPU time (all threads) over the same window as testpmd's two statistics readings
-  sleep "$((1 + WARMUP))"
-  local t0 t1 f0 f1 fepmd
-  # the frontend testpmd: timeout's child (nice, taskset and stdbuf exec into it)
-  fepmd="$(cat /proc/"$fepid"/task/*/children 2>/dev/null | awk '{print $1; exit}')"
-  t0="$(cpu_ticks "$bepid")"; f0="$(cpu_ticks "${fepmd:-0}")"
-  sleep "$MEASURE"
-  t1="$(cpu_ticks "$bepid")"; f1="$(cpu_ticks "${fepmd:-0}")"
+  local fepid=$! ticks fticks
+  read -r ticks fticks <<< "$(window_ticks "$fepid" "$bepid")"
   wait "$fepid" || true
   if [ "$backend" = dpdk ]; then echo stop >&8; echo quit >&8; exec 8>&-; fi
   cleanup
@@ -155,7 +161,7 @@ run_case() { # backend size poll round
   [ -n "$pps" ] || { echo "bench-net: no Tx-pps in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
   pkts="$(grep -E '^ +TX-packets: [0-9]+ +TX-errors' "$felog" | tail -2 | awk '{print $2}' | paste -sd' ' | awk '{print $2 - $1}')"
   # Mpps, backend CPU ns per packet, backend core % (CPU time / wall time over the window), frontend core %
-  awk -v pps="$pps" -v pkts="$pkts" -v ticks="$((t1 - t0))" -v fticks="$((f1 - f0))" -v hz="$(getconf CLK_TCK)" \
+  awk -v pps="$pps" -v pkts="$pkts" -v ticks="$ticks" -v fticks="$fticks" -v hz="$(getconf CLK_TCK)" \
     -v s="$MEASURE" 'BEGIN { cpu = ticks / hz; printf "%.3f %.0f %.0f %.0f\n", pps / 1e6, (pkts > 0 ? cpu * 1e9 / pkts : 0),
       100 * cpu / s, 100 * fticks / hz / s }'
 }
@@ -194,13 +200,8 @@ run_p2p() { # backend size poll round
         --vdev "net_virtio_user0,path=$sa,mac=$mac_a" --vdev "net_virtio_user1,path=$sb,mac=$mac_b" \
         -- -i --forward-mode=io --eth-peer="0,$mac_b" --eth-peer="1,$mac_a" --txpkts="$size" \
         --total-num-mbufs=16384 > "$felog" 2>&1 &
-  local fepid=$!
-  sleep "$((1 + WARMUP))"
-  local t0 t1 f0 f1 fepmd
-  fepmd="$(cat /proc/"$fepid"/task/*/children 2>/dev/null | awk '{print $1; exit}')"
-  t0="$(cpu_ticks "$bepid")"; f0="$(cpu_ticks "${fepmd:-0}")"
-  sleep "$MEASURE"
-  t1="$(cpu_ticks "$bepid")"; f1="$(cpu_ticks "${fepmd:-0}")"
+  local fepid=$! ticks fticks
+  read -r ticks fticks <<< "$(window_ticks "$fepid" "$bepid")"
   wait "$fepid" || true
   if [ -n "$fifo" ]; then echo stop >&8; sleep 1; echo quit >&8; exec 8>&-; fi
   cleanup # iovirt logs its final counters on SIGTERM
@@ -217,7 +218,7 @@ run_p2p() { # backend size poll round
     grep -A2 'final counters' "$belog" | tail -2 >&2 || true
     bedrop="$(grep -A2 'final counters' "$belog" | grep -oE 'tx_dropped_[a-z_]+ [0-9]+' | awk '{s += $2} END {print s + 0}')"
   fi
-  awk -v frames="$frames" -v ticks="$((t1 - t0))" -v fticks="$((f1 - f0))" -v hz="$(getconf CLK_TCK)" \
+  awk -v frames="$frames" -v ticks="$ticks" -v fticks="$fticks" -v hz="$(getconf CLK_TCK)" \
     -v s="$MEASURE" -v fd="${fedrop:-0}" -v bd="${bedrop:-0}" 'BEGIN { cpu = ticks / hz;
       printf "%.3f %.0f %.0f %.0f %d %d\n", frames / s / 1e6, (frames > 0 ? cpu * 1e9 / frames : 0),
       100 * cpu / s, 100 * fticks / hz / s, fd, bd }'
