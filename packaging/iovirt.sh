@@ -5,11 +5,12 @@ set -eu
 LIB="$(dirname "$(readlink -f "$0")")/../lib/iovirt"
 for cand in "${JAVA_HOME:-}" /usr/lib/jvm/*25*; do
   if [ -n "$cand" ] && [ -x "$cand/bin/java" ] && "$cand/bin/java" -version 2>&1 | grep -q 'version "25'; then
-    # The same JVM options as the development launcher (./iovirt says why each): a small fixed heap, compiler
-    # memory given back, two malloc arenas.
+    # The same JVM options as the development launcher: jvm.options (it says why each), two malloc arenas.
     export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
-    exec "$cand/bin/java" --enable-native-access=ALL-UNNAMED -XX:+UseSerialGC -Xss512k -Xms16m -Xmx128m -Xmn2m \
-      -XX:ReservedCodeCacheSize=48m -XX:TrimNativeHeapInterval=1000 ${IOVIRT_JAVA_OPTS:-} -jar "$LIB/iovirt.jar" "$@"
+    BACKEND=""
+    case "${1:-}" in serve|vm) BACKEND="@$LIB/backend-jvm.options" ;; esac
+    # shellcheck disable=SC2086 # IOVIRT_JAVA_OPTS is a list of options; BACKEND is one @argfile or nothing
+    exec "$cand/bin/java" "@$LIB/jvm.options" $BACKEND ${IOVIRT_JAVA_OPTS:-} -jar "$LIB/iovirt.jar" "$@"
   fi
 done
 echo "iovirt: JDK 25 not found (looked at \$JAVA_HOME and /usr/lib/jvm/*25*) — install one (e.g. temurin-25-jdk from Adoptium's apt repository) or set JAVA_HOME" >&2

@@ -21,6 +21,9 @@
 # --boost N (root; e.g. -15): run everything in a scheduler autogroup of its own at nice N. With
 # kernel.sched_autogroup_enabled=1 (Debian's default) a process's nice value only counts within its session, so on
 # a machine shared with other sessions this is what gives client and backends their cores; it is in the report.
+# On a QUIET machine do not use it: the kernel's I/O completion work (kworkers, softirqs) stays at nice 0 outside the
+# autogroup and waits behind the boosted busy-polling client — O_DIRECT randwrite fell from 12k to 3k IOPS at QD 1 for
+# both backends (docs/benchmarks.md, 15:28 run).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/lib/listening.sh"

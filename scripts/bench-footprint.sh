@@ -117,6 +117,7 @@ VM_CPU="$(printf '%s\n' "${vm_startups[@]}" | awk '{print $2}' | median)"
 
 THREADS_IDLE="$(ls "/proc/$BEPID/task" | wc -l)"
 # Frontends run until told to stop: testpmd reads its commands from a FIFO, bench blk runs longer than needed.
+rm -f "$DIR/testpmd.in" # a --dir reused after an interrupted run
 mkfifo "$DIR/testpmd.in"
 stdbuf -oL "$TESTPMD" --no-huge -m 512 --no-pci --file-prefix="fp$$" --vdev "net_virtio_user0,path=$RUNDIR/nic0.sock" \
   -- -i --forward-mode=txonly --txpkts=64 --total-num-mbufs=16384 < "$DIR/testpmd.in" > "$DIR/testpmd.log" 2>&1 &

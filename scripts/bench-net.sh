@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Side-by-side vhost-user-net benchmark: the iovirt switch's virtio-net port vs DPDK's own vhost PMD, both fed by
-# the same frontend, DPDK testpmd with net_virtio_user in txonly mode. Prints a Markdown table on stdout.
+# the same frontend, DPDK testpmd with net_virtio_user. Prints a Markdown table on stdout.
 #
-#   scripts/bench-net.sh [--seconds S] [--warmup S] [--rounds N] [--sizes "64 1500"] [--poll-us "0 1000"]
-#                        [--backend-cpu N] [--client-cpu N] [--nice N] [--dir DIR] [--charts DIR]
+#   scripts/bench-net.sh [--topology rxonly|p2p] [--seconds S] [--warmup S] [--rounds N] [--sizes "64 1500"]
+#                        [--poll-us "0 1000"] [--p2p-bursts N] [--backend-cpu N] [--client-cpu N] [--nice N]
+#                        [--dir DIR] [--charts DIR] [--report-only --dir DIR]
 #
-# Backends, each pinned with taskset to --backend-cpu (one core for everything the backend does):
+# --topology rxonly (default): one frontend in txonly mode (--txpkts SIZE) into one backend port.
 #   dpdk      dpdk-testpmd --vdev net_vhost0,iface=SOCK, forward mode rxonly (busy-polls, frees every packet)
 #   iovirt    iovirt serve net --port vhost-user:SOCK[,poll-us=P]; the frames are switched (learn, look up, flood to
 #             no other port): the port's transmit thread, the JIT and the GC all share the one core
-# The frontend (txonly, --txpkts SIZE) runs on --client-cpu. After --warmup seconds (the JVM compiles its hot path)
-# testpmd's "show port stats" is read twice, --seconds apart: Tx-pps is what the backend took from the ring per
-# second (the ring is full all the time: testpmd drops what does not fit). Backends alternate, --rounds times.
+#   After --warmup seconds (the JVM compiles its hot path) testpmd's "show port stats" is read twice, --seconds apart:
+#   Tx-pps is what the backend took from the ring per second (the ring is full all the time: testpmd drops what does
+#   not fit).
+# --topology p2p: port to port through the backend (guest to guest). ONE frontend testpmd with two virtio-user ports
+#   A (02:00:00:00:00:0a) and B (02:00:00:00:00:0b) on one forwarding lcore, forward mode io, ports paired: what
+#   arrives on A is sent from B and vice versa, unchanged. "start tx_first --p2p-bursts" (default 8, 32 frames each,
+#   --txpkts SIZE) puts frames A->B (source A, destination B: --eth-peer 0) and B->A in flight; then they circulate,
+#   each crossing the backend once per lap, in both directions, as many per second as the slowest stage allows.
+#   dpdk      dpdk-testpmd --vdev net_vhost0,iface=A --vdev net_vhost1,iface=B, forward mode io (paired: vhost0 rx ->
+#             vhost1 tx and back; copies each frame out of one guest ring into an mbuf and into the other's ring)
+#   iovirt    iovirt serve net --port vhost-user:A[,poll-us=P] --port vhost-user:B[,poll-us=P]: copies each frame
+#             out, learns the source, finds the destination port (unicast, not flooded: the counters say) and copies
+#             it into that guest's receive ring; one transmit thread per port, both on the backend's core
+#   Rate = frames per second the frontend received on both ports (the far ends), over the window; drops = frames the
+#   frontend could not send (its tx ring full) and frames the backend dropped, over the whole run.
+#   Why not two testpmd processes (one txonly into A, one rxonly on B): on 2 CPUs both must share the client core,
+#   and two busy-polling processes on one core take turns in scheduler slices of milliseconds, so B's 256-buffer
+#   receive ring is full within microseconds of A's slice: measured with DPDK as the backend, B received 3 kpps and
+#   98 % were dropped — that measures the scheduler, not the backends. One process polling both ports does not.
+# Backends are pinned with taskset to --backend-cpu (one core for everything the backend does), the frontend to
+# --client-cpu.
 # --nice N (as root, e.g. -10) runs backend and frontend at that priority, for both backends alike, so that other
 # work on a shared machine disturbs the measurement less: in a scheduler autogroup of their own at nice N (with
 # kernel.sched_autogroup_enabled=1, Debian's default, a process's own nice value only counts within its session).
 # Charts (gnuplot, PNG): median Mpps and backend CPU ns/packet per backend and frame size, side by side, written to
-# --charts DIR (default docs/ of this repository) as bench-net.png.
-# Each run also reports the frontend's core % (its CPU time over the window): txonly busy-polls, so below 95 % other
-# work took its core and that run is noise-bound. CPU per frame = backend CPU time over the window / frames taken.
-# Raw logs stay in DIR (default: a new temporary directory, printed at the end).
+# --charts DIR (default docs/ of this repository) as bench-net.png (rxonly) or bench-net-p2p.png (p2p).
+# Each run also reports the frontend's core % (its CPU time over the window): it busy-polls, so below 95 % other
+# work took its core and that run is noise-bound. CPU per frame = backend CPU time over the window / frames.
+# Raw logs stay in DIR (default: a new temporary directory, printed at the end); --report-only --dir DIR prints the
+# table and redraws the chart from a kept run's DIR/runs.txt (same --topology, --sizes and --poll-us) without running.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/lib/listening.sh"
@@ -35,9 +55,15 @@ CLIENT_CPU=1
 NICE=0
 DIR=""
 CHARTS="$ROOT/docs"
+TOPOLOGY=rxonly
+BURSTS=8
+REPORT_ONLY=0
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
+    --topology) TOPOLOGY="$2"; shift 2 ;;
+    --p2p-bursts) BURSTS="$2"; shift 2 ;;
+    --report-only) REPORT_ONLY=1; shift ;;
     --seconds) MEASURE="$2"; shift 2 ;;
     --warmup) WARMUP="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
@@ -48,19 +74,22 @@ while [ $# -gt 0 ]; do
     --nice) NICE="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --charts) CHARTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-net: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 
-if [ "$NICE" != 0 ] && [ "${BENCH_BOOSTED:-}" != 1 ]; then
+case "$TOPOLOGY" in rxonly|p2p) ;; *) echo "bench-net: --topology must be rxonly or p2p" >&2; exit 2 ;; esac
+if [ "$NICE" != 0 ] && [ "$REPORT_ONLY" = 0 ] && [ "${BENCH_BOOSTED:-}" != 1 ]; then
   exec setsid env BENCH_BOOSTED=1 bash -c 'echo "$0" > /proc/$$/autogroup && exec "$@"' "$NICE" "$0" "${ARGS[@]}"
 fi
 command -v gnuplot >/dev/null || "$ROOT/scripts/install-deps.sh" >&2 || {
   echo "bench-net: gnuplot is missing — apt-get install gnuplot-nox" >&2; exit 1; }
-TESTPMD="$("$ROOT/scripts/install-dpdk.sh")" || { echo "bench-net: dpdk-testpmd is not available" >&2; exit 1; }
-command -v taskset >/dev/null || { echo "bench-net: taskset is missing — apt-get install util-linux" >&2; exit 1; }
-"$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
+if [ "$REPORT_ONLY" = 0 ]; then
+  TESTPMD="$("$ROOT/scripts/install-dpdk.sh")" || { echo "bench-net: dpdk-testpmd is not available" >&2; exit 1; }
+  command -v taskset >/dev/null || { echo "bench-net: taskset is missing — apt-get install util-linux" >&2; exit 1; }
+  "$ROOT/iovirt" --version >/dev/null # builds the project when stale, and checks for JDK 25
+fi
 
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-net.XXXXXX)"
 mkdir -p "$DIR"
@@ -79,6 +108,19 @@ wait_socket() { # socket pid log
     sleep 0.1
   done
   echo "bench-net: backend did not listen on $1 within 60 s" >&2; exit 1
+}
+
+# CPU ticks used by the backend (all threads) and by the frontend testpmd over the measurement window — the same
+# window as testpmd's two statistics readings (started WARMUP + 1 s after the frontend): prints "backend frontend".
+window_ticks() { # frontend_pid (timeout's) backend_pid
+  local t0 t1 f0 f1 fepmd
+  sleep "$((1 + WARMUP))"
+  # the frontend testpmd: timeout's child (nice, taskset and stdbuf exec into it)
+  fepmd="$(cat /proc/"$1"/task/*/children 2>/dev/null | awk '{print $1; exit}')"
+  t0="$(cpu_ticks "$2")"; f0="$(cpu_ticks "${fepmd:-0}")"
+  sleep "$MEASURE"
+  t1="$(cpu_ticks "$2")"; f1="$(cpu_ticks "${fepmd:-0}")"
+  echo "$((t1 - t0)) $((f1 - f0))"
 }
 
 # One measurement: prints the frontend's Tx-pps over the measurement window.
@@ -109,15 +151,8 @@ run_case() { # backend size poll round
     | timeout "$((WARMUP + MEASURE + 60))" nice -n "$NICE" taskset -c "$CLIENT_CPU" stdbuf -oL "$TESTPMD" --lcores="0@$CLIENT_CPU,1@$CLIENT_CPU" --no-huge -m 512 \
         --no-pci --file-prefix="fe$$" --vdev "net_virtio_user0,path=$sock" -- -i --forward-mode=txonly \
         --txpkts="$size" --total-num-mbufs=16384 > "$felog" 2>&1 &
-  local fepid=$!
-  # the backend's CPU time (all threads) over the same window as testpmd's two statistics readings
-  sleep "$((1 + WARMUP))"
-  local t0 t1 f0 f1 fepmd
-  # the frontend testpmd: timeout's child (nice, taskset and stdbuf exec into it)
-  fepmd="$(cat /proc/"$fepid"/task/*/children 2>/dev/null | awk '{print $1; exit}')"
-  t0="$(cpu_ticks "$bepid")"; f0="$(cpu_ticks "${fepmd:-0}")"
-  sleep "$MEASURE"
-  t1="$(cpu_ticks "$bepid")"; f1="$(cpu_ticks "${fepmd:-0}")"
+  local fepid=$! ticks fticks
+  read -r ticks fticks <<< "$(window_ticks "$fepid" "$bepid")"
   wait "$fepid" || true
   if [ "$backend" = dpdk ]; then echo stop >&8; echo quit >&8; exec 8>&-; fi
   cleanup
@@ -126,30 +161,99 @@ run_case() { # backend size poll round
   [ -n "$pps" ] || { echo "bench-net: no Tx-pps in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
   pkts="$(grep -E '^ +TX-packets: [0-9]+ +TX-errors' "$felog" | tail -2 | awk '{print $2}' | paste -sd' ' | awk '{print $2 - $1}')"
   # Mpps, backend CPU ns per packet, backend core % (CPU time / wall time over the window), frontend core %
-  awk -v pps="$pps" -v pkts="$pkts" -v ticks="$((t1 - t0))" -v fticks="$((f1 - f0))" -v hz="$(getconf CLK_TCK)" \
+  awk -v pps="$pps" -v pkts="$pkts" -v ticks="$ticks" -v fticks="$fticks" -v hz="$(getconf CLK_TCK)" \
     -v s="$MEASURE" 'BEGIN { cpu = ticks / hz; printf "%.3f %.0f %.0f %.0f\n", pps / 1e6, (pkts > 0 ? cpu * 1e9 / pkts : 0),
       100 * cpu / s, 100 * fticks / hz / s }'
 }
 
+# One port-to-port measurement (--topology p2p): prints Mpps received by the frontend on both ports over the
+# window, backend CPU ns/frame, backend core %, frontend core %, frames the frontend dropped (tx ring full) and frames
+# the backend dropped, both over the whole run.
+run_p2p() { # backend size poll round
+  local backend="$1" size="$2" poll="$3" round="$4"
+  local tag="p2p-$backend-$size-p$poll-r$round" sa="$DIR/a.sock" sb="$DIR/b.sock" belog fifo=""
+  local mac_a=02:00:00:00:00:0a mac_b=02:00:00:00:00:0b
+  belog="$DIR/$tag-backend.log"
+  rm -f "$sa" "$sb"
+  if [ "$backend" = dpdk ]; then
+    fifo="$DIR/be.in"; rm -f "$fifo"; mkfifo "$fifo"
+    nice -n "$NICE" taskset -c "$BACKEND_CPU" stdbuf -oL "$TESTPMD" --lcores="0@$BACKEND_CPU,1@$BACKEND_CPU" --no-huge -m 512 \
+      --no-pci --file-prefix="be$$" --vdev "net_vhost0,iface=$sa,queues=1" --vdev "net_vhost1,iface=$sb,queues=1" \
+      -- -i --forward-mode=io --total-num-mbufs=16384 < "$fifo" > "$belog" 2>&1 &
+    PIDS+=($!)
+    exec 8>"$fifo"
+  else
+    IOVIRT_JAVA_OPTS="${BACKEND_JAVA_OPTS:-}" nice -n "$NICE" taskset -c "$BACKEND_CPU" "$ROOT/iovirt" serve net \
+      --port "vhost-user:$sa,poll-us=$poll" --port "vhost-user:$sb,poll-us=$poll" > "$belog" 2>&1 &
+    PIDS+=($!)
+  fi
+  local bepid="${PIDS[-1]}"
+  wait_socket "$sa" "$bepid" "$belog"
+  wait_socket "$sb" "$bepid" "$belog"
+  local felog="$DIR/$tag-frontend.log"
+  # DPDK's backend starts forwarding once the frontend has connected (a vhost port started before its frontend
+  # connected dropped everything in a trial run); io mode, ports paired: A's frames go out on B and back.
+  { sleep 1; if [ -n "$fifo" ]; then echo start >&8; fi; echo "start tx_first $BURSTS"; sleep "$WARMUP";
+    echo "show port stats all"; sleep "$MEASURE"; echo "show port stats all"; echo stop; sleep 1; echo quit; } \
+    | timeout "$((WARMUP + MEASURE + 60))" nice -n "$NICE" taskset -c "$CLIENT_CPU" stdbuf -oL "$TESTPMD" \
+        --lcores="0@$CLIENT_CPU,1@$CLIENT_CPU" --no-huge -m 512 --no-pci --file-prefix="fe$$" \
+        --vdev "net_virtio_user0,path=$sa,mac=$mac_a" --vdev "net_virtio_user1,path=$sb,mac=$mac_b" \
+        -- -i --forward-mode=io --eth-peer="0,$mac_b" --eth-peer="1,$mac_a" --txpkts="$size" \
+        --total-num-mbufs=16384 > "$felog" 2>&1 &
+  local fepid=$! ticks fticks
+  read -r ticks fticks <<< "$(window_ticks "$fepid" "$bepid")"
+  wait "$fepid" || true
+  if [ -n "$fifo" ]; then echo stop >&8; sleep 1; echo quit >&8; exec 8>&-; fi
+  cleanup # iovirt logs its final counters on SIGTERM
+  local frames fedrop bedrop
+  # NIC statistics, RX-packets of port 0 and 1 at the first and the second reading
+  frames="$(grep -E '^ +RX-packets: [0-9]+ +RX-missed' "$felog" | tail -4 | awk '{print $2}' | paste -sd' ' \
+    | awk 'NF == 4 {print $3 + $4 - $1 - $2}')"
+  [ -n "$frames" ] || { echo "bench-net: no port statistics in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
+  fedrop="$(grep -A3 'Accumulated forward statistics' "$felog" | grep -E 'TX-dropped' | tail -1 | awk '{print $4}')"
+  if [ "$backend" = dpdk ]; then
+    bedrop="$(grep -A3 'Accumulated forward statistics' "$belog" | grep -E 'TX-dropped' | tail -1 | awk '{print $4}')"
+  else
+    # every tx_dropped_* counter of both ports; unicast check: rx_flooded stays at the first frames per direction
+    grep -A2 'final counters' "$belog" | tail -2 >&2 || true
+    bedrop="$(grep -A2 'final counters' "$belog" | grep -oE 'tx_dropped_[a-z_]+ [0-9]+' | awk '{s += $2} END {print s + 0}')"
+  fi
+  awk -v frames="$frames" -v ticks="$ticks" -v fticks="$fticks" -v hz="$(getconf CLK_TCK)" \
+    -v s="$MEASURE" -v fd="${fedrop:-0}" -v bd="${bedrop:-0}" 'BEGIN { cpu = ticks / hz;
+      printf "%.3f %.0f %.0f %.0f %d %d\n", frames / s / 1e6, (frames > 0 ? cpu * 1e9 / frames : 0),
+      100 * cpu / s, 100 * fticks / hz / s, fd, bd }'
+}
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-echo "bench-net: load average before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE; logs in $DIR" >&2
 RUNS="$DIR/runs.txt"
-: > "$RUNS"
-: > "$DIR/chart.dat"
-for size in $SIZES; do
-  for round in $(seq 1 "$ROUNDS"); do
-    echo "dpdk $size 0 $round $(run_case dpdk "$size" 0 "$round")" | tee -a "$RUNS" >&2
-    for poll in $POLLS; do
-      echo "iovirt $size $poll $round $(run_case iovirt "$size" "$poll" "$round")" | tee -a "$RUNS" >&2
+if [ "$REPORT_ONLY" = 1 ]; then
+  [ -s "$RUNS" ] || { echo "bench-net: --report-only needs --dir DIR of a kept run (DIR/runs.txt)" >&2; exit 2; }
+  ROUNDS="$(awk '$4 > n {n = $4} END {print n}' "$RUNS")"
+else
+  echo "bench-net: load average before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE; topology $TOPOLOGY; logs in $DIR" >&2
+  RUN=run_case; [ "$TOPOLOGY" = p2p ] && RUN=run_p2p
+  : > "$RUNS"
+  for size in $SIZES; do
+    for round in $(seq 1 "$ROUNDS"); do
+      echo "dpdk $size 0 $round $($RUN dpdk "$size" 0 "$round")" | tee -a "$RUNS" >&2
+      for poll in $POLLS; do
+        echo "iovirt $size $poll $round $($RUN iovirt "$size" "$poll" "$round")" | tee -a "$RUNS" >&2
+      done
     done
   done
-done
-echo "bench-net: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  echo "bench-net: load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+fi
+: > "$DIR/chart.dat"
 
 # every run, then the medians per case and the ratio of medians to DPDK's
-echo "| frame | backend (pinned to 1 CPU) | Mpps per run | median Mpps | vs DPDK | backend CPU ns/packet (median) | backend core % (median) | frontend (client) core % per run |"
-echo "|---|---|---|---:|---:|---:|---:|---|"
+if [ "$TOPOLOGY" = p2p ]; then
+  echo "| frame | backend (pinned to 1 CPU), port A <-> port B | Mpps received (both directions) per run | median Mpps | vs DPDK | backend CPU ns/frame (median) | backend core % (median) | frontend (client) core % per run | dropped by frontend / backend per run |"
+  echo "|---|---|---|---:|---:|---:|---:|---|---|"
+else
+  echo "| frame | backend (pinned to 1 CPU) | Mpps per run | median Mpps | vs DPDK | backend CPU ns/packet (median) | backend core % (median) | frontend (client) core % per run |"
+  echo "|---|---|---|---:|---:|---:|---:|---|"
+fi
 med() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for size in $SIZES; do
   d="$(awk -v z="$size" '$1=="dpdk" && $2==z {print $5}' "$RUNS" | med)"
@@ -161,17 +265,29 @@ for size in $SIZES; do
     c="$(echo "$sel" | awk '{print $6}' | med)"
     u="$(echo "$sel" | awk '{print $7}' | med)"
     fc="$(echo "$sel" | awk '{printf "%s%s", (NR>1?" ":""), $8}')"
-    name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p"
-    printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc"
-    printf '"%s B\\n%s" %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p" || echo "DPDK\\nvhost PMD")" "$m" "$c" "$u" \
-      "$([ "$b" = iovirt ] && echo 1 || echo 2)" >> "$DIR/chart.dat"
+    if [ "$TOPOLOGY" = p2p ]; then
+      name="DPDK testpmd, 2 vhost PMD ports (io)"; [ "$b" = iovirt ] && name="iovirt switch, 2 vhost-user ports, poll-us=$p"
+      drops="$(echo "$sel" | awk '{printf "%s%s / %s", (NR>1?", ":""), $9, $10}')"
+      printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc" "$drops"
+    else
+      name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p"
+      printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc"
+    fi
+    printf '"%s B\\n%s" %s %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK\\n2 ports (io)" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
+      "$([ "$b" = iovirt ] && echo 1 || echo 2)" "$(echo "$sel" | awk '{print $8}' | med)" >> "$DIR/chart.dat"
   done
 done
 mkdir -p "$CHARTS"
+PNG="$CHARTS/bench-net.png"
+TITLE="vhost-user-net: testpmd virtio-user txonly into a backend on one CPU"
+if [ "$TOPOLOGY" = p2p ]; then
+  PNG="$CHARTS/bench-net-p2p.png"
+  TITLE="vhost-user-net port to port: one testpmd, virtio-user A <-> B (io, both directions) through a backend on one CPU"
+fi
 gnuplot <<EOF_GP
 set terminal pngcairo size 1400,600 font "DejaVu Sans,11" noenhanced
-set output '$CHARTS/bench-net.png'
-set multiplot layout 1,2 title "vhost-user-net: testpmd virtio-user txonly into a backend on one CPU\n$(date -u '+%Y-%m-%d %H:%M UTC'), nice $NICE; medians of $ROUNDS rounds; blue iovirt, orange DPDK; in brackets: backend core %"
+set output '$PNG'
+set multiplot layout 1,2 title "$TITLE\n$(date -u -r "$RUNS" '+%Y-%m-%d %H:%M UTC'), nice $NICE; medians of $ROUNDS rounds; blue iovirt, orange DPDK; in brackets: backend / frontend core % (frontend < 95 %: noise-bound)"
 set style fill solid 0.85 border -1
 set boxwidth 0.6
 set grid ytics
@@ -180,16 +296,16 @@ set linetype 1 lc rgb '#1f77b4'
 set linetype 2 lc rgb '#ff7f0e'
 set offsets 0.5, 0.5, graph 0.1, 0
 set bmargin 6
-set title 'frames per second (median Mpps)'
+set title '$([ "$TOPOLOGY" = p2p ] && echo 'frames per second received at the far ends (median Mpps)' || echo 'frames per second (median Mpps)')'
 set ylabel 'Mpps'
 set yrange [0:*]
 plot '$DIR/chart.dat' using 0:2:(0.6):5:xticlabels(1) with boxes lc variable notitle, \
-     '' using 0:2:(sprintf("%.2f (%d %%)", \$2, \$4)) with labels offset 0,0.8 font ",9" notitle
+     '' using 0:2:(sprintf("%.2f (%d / %d %%)", \$2, \$4, \$6)) with labels offset 0,0.8 font ",9" notitle
 set title 'backend CPU per frame (median ns)'
 set ylabel 'ns/frame'
 plot '$DIR/chart.dat' using 0:3:(0.6):5:xticlabels(1) with boxes lc variable notitle, \
      '' using 0:3:(sprintf("%d", \$3)) with labels offset 0,0.8 font ",9" notitle
 unset multiplot
 EOF_GP
-echo "bench-net: chart $CHARTS/bench-net.png" >&2
+echo "bench-net: chart $PNG" >&2
 echo "bench-net: raw logs in $DIR" >&2

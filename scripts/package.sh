@@ -5,7 +5,7 @@
 #   target/dist/root/usr/bin/iovirt                          the launcher (finds a JDK 25)
 #   target/dist/root/usr/share/man/man1/iovirt*.1.gz         man pages (picocli ManPageGenerator -> asciidoctor)
 #   target/dist/root/usr/share/bash-completion/completions/iovirt, .../zsh/vendor-completions/_iovirt
-#   target/dist/root/lib/systemd/system/                     units from packaging/systemd (the daemon's)
+#   target/dist/root/lib/systemd/system/                     units from packaging/systemd (daemon, per-export, standby pair)
 #   target/iovirt_<version>_all.deb                          dpkg-deb --build of that tree
 # Options: --install (dpkg -i the package), --prefix DIR (with --install: copy the tree under DIR instead).
 set -euo pipefail
@@ -45,6 +45,7 @@ install -d "$TREE/usr/lib/iovirt/lib" "$TREE/usr/bin" "$TREE/usr/share/man/man1"
 install -m 0644 "$ROOT/target/iovirt.jar" "$TREE/usr/lib/iovirt/"
 install -m 0644 "$ROOT"/target/lib/*.jar "$TREE/usr/lib/iovirt/lib/"
 install -m 0755 "$ROOT/packaging/iovirt.sh" "$TREE/usr/bin/iovirt"
+install -m 0644 "$ROOT/packaging/jvm.options" "$ROOT/packaging/backend-jvm.options" "$TREE/usr/lib/iovirt/"
 for adoc in "$ROOT"/target/man/*.adoc; do
   asciidoctor -b manpage -a reproducible -D "$DIST/man" "$adoc"
 done
@@ -59,7 +60,9 @@ autoload -U +X bashcompinit && bashcompinit
 source /usr/share/bash-completion/completions/iovirt
 ZSH
 install -m 0644 "$ROOT/LICENSE" "$TREE/usr/share/doc/iovirt/copyright"
-find "$ROOT/packaging/systemd" -maxdepth 1 -type f \( -name '*.service' -o -name '*.socket' -o -name '*.path' \) \
+# The guides the units' Documentation= lines and the man pages point to.
+install -m 0644 "$ROOT"/docs/*.md "$TREE/usr/share/doc/iovirt/"
+find "$ROOT/packaging/systemd" -maxdepth 1 -type f \( -name '*.service' -o -name '*.socket' -o -name '*.path' -o -name '*.target' \) \
   -exec install -m 0644 {} "$TREE/lib/systemd/system/" \;
 
 cat > "$TREE/DEBIAN/control" <<CONTROL

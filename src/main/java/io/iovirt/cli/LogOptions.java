@@ -6,7 +6,6 @@ import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.io.StringWriter;
 import java.nio.charset.StandardCharsets;
-import java.time.Instant;
 import java.util.LinkedHashMap;
 import java.util.Locale;
 import java.util.Map;
@@ -130,12 +129,49 @@ public final class LogOptions {
         return sw.toString();
     }
 
+    /**
+     * {@code epochMilli} as ISO 8601 UTC with milliseconds, {@code 2026-12-03T10:34:12.123Z}. Not
+     * {@code Instant.toString()}: that formats through java.time.format, whose ~60 classes a backend would load (and
+     * its AOT cache hold) for its first log line (docs/benchmarks.md, "Footprint").
+     */
+    static String utc(long epochMilli) {
+        long secs = Math.floorDiv(epochMilli, 1000L);
+        long days = Math.floorDiv(secs, 86_400L);
+        int secOfDay = (int) Math.floorMod(secs, 86_400L);
+        // days since 1970-01-01 to year/month/day in the proleptic Gregorian calendar (H. Hinnant's civil_from_days)
+        long z = days + 719_468;
+        long era = Math.floorDiv(z, 146_097L);
+        long doe = z - era * 146_097;
+        long yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        long mp = (5 * doy + 2) / 153;
+        long day = doy - (153 * mp + 2) / 5 + 1;
+        long month = mp < 10 ? mp + 3 : mp - 9;
+        long year = yoe + era * 400 + (month <= 2 ? 1 : 0);
+        StringBuilder b = new StringBuilder(24);
+        pad(b, year, 4).append('-');
+        pad(b, month, 2).append('-');
+        pad(b, day, 2).append('T');
+        pad(b, secOfDay / 3600, 2).append(':');
+        pad(b, secOfDay / 60 % 60, 2).append(':');
+        pad(b, secOfDay % 60, 2).append('.');
+        return pad(b, Math.floorMod(epochMilli, 1000L), 3).append('Z').toString();
+    }
+
+    private static StringBuilder pad(StringBuilder b, long v, int width) {
+        String s = Long.toString(v);
+        for (int i = s.length(); i < width; i++) {
+            b.append('0');
+        }
+        return b.append(s);
+    }
+
     /** {@code 2026-12-03T10:34:12.123Z info iovirt.serve: message}. */
     static final class TextFormatter extends Formatter {
         @Override
         public String format(LogRecord r) {
             String t = thrown(r);
-            return Instant.ofEpochMilli(r.getMillis()) + " " + levelName(r.getLevel()) + " " + r.getLoggerName() + ": "
+            return utc(r.getMillis()) + " " + levelName(r.getLevel()) + " " + r.getLoggerName() + ": "
                     + formatMessage(r) + "\n" + (t == null ? "" : t);
         }
     }
@@ -145,7 +181,7 @@ public final class LogOptions {
         @Override
         public String format(LogRecord r) {
             Map<String, Object> m = new LinkedHashMap<>();
-            m.put("time", Instant.ofEpochMilli(r.getMillis()).toString());
+            m.put("time", utc(r.getMillis()));
             m.put("level", levelName(r.getLevel()));
             m.put("logger", r.getLoggerName());
             m.put("message", formatMessage(r));

@@ -70,6 +70,12 @@ public final class Main implements Runnable {
         if (System.getProperty("java.util.logging.SimpleFormatter.format") == null) {
             System.setProperty("java.util.logging.SimpleFormatter.format", "%1$tT.%1$tL %4$s %5$s%6$s%n");
         }
+        // picocli registers converters for java.sql and java.time types by loading and initializing ~90 JDK classes
+        // (java.time.format's among them); no iovirt option has such a type, and each class costs a backend ~8 KiB
+        // resident in its AOT cache (docs/benchmarks.md, "Footprint").
+        if (System.getProperty("picocli.converters.excludes") == null) {
+            System.setProperty("picocli.converters.excludes", "java\\.sql\\..*,java\\.time\\..*");
+        }
         CommandLine cl = commandLine(args);
         // UTF-8 whatever the locale: messages use "—" and names from sysfs; a C locale would print '?' for them.
         cl.setOut(new java.io.PrintWriter(

@@ -15,6 +15,7 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.util.HexFormat;
 import java.util.concurrent.Callable;
+import java.util.concurrent.atomic.AtomicBoolean;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -179,10 +180,29 @@ final class ServeBlkCommand implements Callable<Integer> {
                 device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
             }
             SocketOwner owner;
+            Signals.Termination termination = Signals.watch();
             if (standby) { // crash recovery (issue 11): everything is ready but the socket
                 warmUp();
                 LOG.info("standby for " + socket + ": waiting for the process that serves it to exit");
+                // Stopped while standing by (systemctl stop of the pair stops both members): nothing to complete or
+                // sync, exit 0 at once; the thread blocked on the lock cannot be interrupted, so the watcher exits.
+                AtomicBoolean waiting = new AtomicBoolean(true);
+                Thread.ofPlatform().daemon().name("standby-signals").start(() -> {
+                    try {
+                        String signal = termination.await();
+                        if (waiting.compareAndSet(true, false)) {
+                            LOG.info(signal + " while standing by for " + socket + ": exiting");
+                            System.exit(0);
+                        }
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                    }
+                });
                 owner = SocketOwner.await(socket);
+                if (!waiting.compareAndSet(true, false)) {
+                    owner.close(); // a termination signal won the race: the process is exiting
+                    Thread.currentThread().join();
+                }
                 LOG.info("taking over " + socket);
             } else {
                 owner = SocketOwner.acquire(socket);
@@ -201,7 +221,7 @@ final class ServeBlkCommand implements Callable<Integer> {
                         device.ioDescription(),
                         socket));
                 Thread stats = statsOptions.start(() -> logStats("counters: ", device, server));
-                String signal = Signals.awaitTermination();
+                String signal = termination.await(); // also one that arrived while it started or stood by
                 LOG.info(signal + ": stopping (in-flight requests complete first)");
                 StatsOptions.stop(stats);
             } // closing the server stops every queue: requests in flight are completed

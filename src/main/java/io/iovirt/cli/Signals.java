@@ -14,15 +14,38 @@ final class Signals {
 
     /** Blocks until SIGINT, SIGTERM or SIGHUP arrives; returns the signal's name. */
     static String awaitTermination() throws InterruptedException {
-        CountDownLatch latch = new CountDownLatch(1);
-        String[] which = new String[1];
+        return watch().await();
+    }
+
+    /**
+     * Starts catching SIGINT, SIGTERM and SIGHUP now, for a process that has more to do before it waits for them (a
+     * warm standby, which would otherwise die of the JVM's default handling, status 143, when stopped while it
+     * waits for the socket): a signal that arrives in between is kept, not lost.
+     */
+    static Termination watch() {
+        Termination t = new Termination();
         for (String name : new String[] {"INT", "TERM", "HUP"}) {
-            Signal.handle(new Signal(name), s -> {
-                which[0] = "SIG" + s.getName();
-                latch.countDown();
-            });
+            Signal.handle(new Signal(name), s -> t.arrived("SIG" + s.getName()));
         }
-        latch.await();
-        return which[0];
+        return t;
+    }
+
+    /** The first termination signal since {@link #watch()}. */
+    static final class Termination {
+        private final CountDownLatch latch = new CountDownLatch(1);
+        private volatile String which;
+
+        private void arrived(String name) {
+            if (which == null) {
+                which = name;
+            }
+            latch.countDown();
+        }
+
+        /** Blocks until one has arrived; returns its name. */
+        String await() throws InterruptedException {
+            latch.await();
+            return which;
+        }
     }
 }

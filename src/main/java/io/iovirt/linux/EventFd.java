@@ -245,8 +245,15 @@ public final class EventFd implements AutoCloseable {
                 for (EventFd e : WATCHED) {
                     long since = e.opSince;
                     if (since != 0 && now - since > STUCK_NANOS && !e.stuck) {
-                        e.stuck = true;
                         boolean read = e.opIsRead;
+                        // Late is not blocked: a thread descheduled on a loaded host (or held at a safepoint on its
+                        // way back from the system call) has often finished the write already. Draining then would
+                        // read away a count the peer has not consumed yet — an interrupt QEMU never injects (seen in
+                        // the net demo at load 11-20). Only a counter at its limit (write) or at 0 (read) blocks.
+                        if (!wouldBlock(e, read)) {
+                            continue;
+                        }
+                        e.stuck = true;
                         Thread.ofPlatform()
                                 .daemon()
                                 .name("iovirt eventfd unblock " + e.fd)
@@ -254,6 +261,36 @@ public final class EventFd implements AutoCloseable {
                     }
                 }
             }
+        }
+
+        /** The largest value an eventfd counter holds; a write that would pass it blocks. */
+        static final long COUNTER_MAX = 0xffff_ffff_ffff_fffeL;
+
+        /**
+         * Whether an operation on {@code e} would block now, from the counter the kernel shows in
+         * /proc/self/fdinfo (a read of our own process's table: it never waits on the peer): a write of 1 blocks
+         * only at {@link #COUNTER_MAX}, a read only at 0. If the counter cannot be read (the descriptor was closed
+         * meanwhile), no.
+         */
+        static boolean wouldBlock(EventFd e, boolean read) {
+            long count;
+            try {
+                count = counter(e.fd.get());
+            } catch (IllegalStateException | java.io.IOException | NumberFormatException ex) {
+                return false;
+            }
+            return read ? count == 0 : count == COUNTER_MAX;
+        }
+
+        /** The counter of eventfd {@code fd} of this process ("eventfd-count:" in fdinfo, hexadecimal). */
+        static long counter(int fd) throws java.io.IOException {
+            for (String line : java.nio.file.Files.readAllLines(java.nio.file.Path.of("/proc/self/fdinfo/" + fd))) {
+                if (line.startsWith("eventfd-count:")) {
+                    return Long.parseUnsignedLong(
+                            line.substring("eventfd-count:".length()).strip(), 16);
+                }
+            }
+            throw new java.io.IOException("fd " + fd + " is not an eventfd (no eventfd-count in its fdinfo)");
         }
 
         /** Ends a blocked write by reading the counter to zero, a blocked read by adding 1. */

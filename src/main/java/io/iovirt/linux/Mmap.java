@@ -34,6 +34,7 @@ public final class Mmap {
     public static final int MADV_HUGEPAGE = 14;
 
     private static final int SC_PAGESIZE = 30;
+    private static final int SC_PHYS_PAGES = 85;
     private static volatile long pageSize;
 
     private Mmap() {}
@@ -48,6 +49,16 @@ public final class Mmap {
             pageSize = p;
         }
         return p;
+    }
+
+    /**
+     * The host's RAM in bytes (sysconf(_SC_PHYS_PAGES) pages), or 0 when the kernel does not say. A backend reads it
+     * once; java.lang.management's OperatingSystemMXBean would load ~50 classes (the AOT cache holds each one, ~8 KiB
+     * of resident memory apiece) for this one number (docs/benchmarks.md, "Footprint").
+     */
+    public static long physicalMemory() {
+        long pages = Syscalls.sysconf(SC_PHYS_PAGES);
+        return pages > 0 ? pages * pageSize() : 0;
     }
 
     /**

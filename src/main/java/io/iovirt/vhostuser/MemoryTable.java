@@ -78,9 +78,7 @@ final class MemoryTable implements AutoCloseable {
     }
 
     private static long hostMemory() {
-        java.lang.management.OperatingSystemMXBean os =
-                java.lang.management.ManagementFactory.getOperatingSystemMXBean();
-        long total = os instanceof com.sun.management.OperatingSystemMXBean sun ? sun.getTotalMemorySize() : 0;
+        long total = io.iovirt.linux.Mmap.physicalMemory();
         return total > 0 ? total : 1L << 40;
     }
 

@@ -112,6 +112,35 @@ public final class InflightPacked {
         return HEADER + (long) DESC * i;
     }
 
+    /**
+     * How many buffers a packed record shows in flight right now: head entries flagged {@code inflight} that are
+     * not on the committed free list (from {@code old_free_head}, as {@link #attach} counts them; a buffer still
+     * being recorded is not committed and would be rolled back). Read-only, for an observer outside the device (a
+     * test that maps the region to kill a backend while requests are in flight); the device never reads its record
+     * while it runs. A snapshot of memory another process writes concurrently: a count, not a recovery; 0 for an
+     * uninitialised region; entries beyond the region are not read and a looping list is cut off.
+     */
+    public static int inFlight(MemorySegment queueRegion) {
+        if (queueRegion.byteSize() < HEADER || queueRegion.get(U16, VERSION_OFF) == 0) {
+            return 0;
+        }
+        int n = (int) Math.min(
+                Short.toUnsignedInt(queueRegion.get(U16, DESC_NUM_OFF)), (queueRegion.byteSize() - HEADER) / DESC);
+        boolean[] free = new boolean[n];
+        int i = Short.toUnsignedInt((short) U16_RELEASE.getAcquire(queueRegion, OLD_FREE_HEAD_OFF));
+        for (int steps = 0; i < n && !free[i] && steps < n; steps++) {
+            free[i] = true;
+            i = Short.toUnsignedInt(queueRegion.get(U16, desc(i) + D_NEXT));
+        }
+        int count = 0;
+        for (int e = 0; e < n; e++) {
+            if (!free[e] && queueRegion.get(U8, desc(e) + D_INFLIGHT) != 0) {
+                count++;
+            }
+        }
+        return count;
+    }
+
     /** Where a restarted queue resumes: used and available positions with their wrap counters. */
     record Resume(int usedIdx, boolean usedWrap, int availIdx, boolean availWrap, int slots) {}
 

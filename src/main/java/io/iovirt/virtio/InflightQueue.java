@@ -74,6 +74,28 @@ public final class InflightQueue {
     }
 
     /**
+     * How many heads a split record shows in flight right now: read-only, for an observer outside the device (a
+     * test that maps the region to kill a backend while requests are in flight). The device itself never reads its
+     * record while it runs. A snapshot of memory another process writes concurrently: a count, not a recovery
+     * (that is {@link #attach}); 0 for an uninitialised region; entries beyond the region are not read.
+     */
+    public static int inFlight(MemorySegment queueRegion) {
+        if (queueRegion.byteSize() < SPLIT_HEADER || queueRegion.get(U16, VERSION_OFF) == 0) {
+            return 0;
+        }
+        long n = Math.min(
+                Short.toUnsignedInt(queueRegion.get(U16, DESC_NUM_OFF)),
+                (queueRegion.byteSize() - SPLIT_HEADER) / SPLIT_DESC);
+        int count = 0;
+        for (int i = 0; i < n; i++) {
+            if ((byte) U8_RELEASE.getAcquire(queueRegion, desc(i)) != 0) {
+                count++;
+            }
+        }
+        return count;
+    }
+
+    /**
      * Attaches to the ring at start. A fresh region (version 0) is initialised and nothing is resubmitted; a
      * region a previous backend wrote is recovered: a used entry whose write was half done is settled against
      * the ring's used index, and the heads still in flight are returned oldest first.

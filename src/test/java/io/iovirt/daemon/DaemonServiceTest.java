@@ -223,7 +223,11 @@ class DaemonServiceTest {
                         .waitFor());
     }
 
-    /** The unit files in packaging/systemd pass systemd's own checker (with ExecStart pointed at this checkout). */
+    /**
+     * Every unit file in packaging/systemd (what scripts/package.sh ships) passes systemd's own checker, with ExecStart
+     * pointed at this checkout; templates are checked as instance "vm1", side by side so that references between
+     * them (the standby pair's target and members) resolve.
+     */
     @Test
     void unitFilesVerify() throws Exception {
         assertTrue(
@@ -231,10 +235,25 @@ class DaemonServiceTest {
                 "systemd-analyze is missing (Debian package systemd)");
         Path launcher = Path.of("iovirt").toAbsolutePath();
         List<String> cmd = new ArrayList<>(List.of("systemd-analyze", "verify", "--man=no"));
-        for (String unit : new String[] {"iovirt.service", "iovirt-blk@.service"}) {
+        List<String> units;
+        try (var files = Files.list(Path.of("packaging/systemd"))) {
+            units = files.map(f -> f.getFileName().toString())
+                    .filter(n -> n.matches(".*\\.(service|socket|path|target)"))
+                    .sorted()
+                    .toList();
+        }
+        for (String unit : List.of(
+                "iovirt.service",
+                "iovirt-blk@.service",
+                "iovirt-blk-standby@.target",
+                "iovirt-blk-standby-a@.service",
+                "iovirt-blk-standby-b@.service")) {
+            assertTrue(units.contains(unit), unit + " is missing from packaging/systemd: " + units);
+        }
+        for (String unit : units) {
             String text = Files.readString(Path.of("packaging/systemd", unit))
                     .replace("/usr/bin/iovirt", launcher.toString());
-            Path copy = dir.resolve(unit.equals("iovirt-blk@.service") ? "iovirt-blk@vm1.service" : unit);
+            Path copy = dir.resolve(unit.replace("@.", "@vm1."));
             Files.writeString(copy, text);
             cmd.add(copy.toString());
         }

@@ -95,4 +95,14 @@ class MemFdMmapTest {
             Mmap.advise(s, Mmap.MADV_DONTNEED);
         }
     }
+
+    @Test
+    void physicalMemoryIsTheKernelsMemTotal() throws Exception {
+        long memTotalKiB = java.nio.file.Files.readAllLines(java.nio.file.Path.of("/proc/meminfo")).stream()
+                .filter(l -> l.startsWith("MemTotal:"))
+                .mapToLong(l -> Long.parseLong(l.replaceAll("[^0-9]", "")))
+                .findFirst()
+                .orElseThrow();
+        assertEquals(memTotalKiB * 1024, Mmap.physicalMemory());
+    }
 }

@@ -66,4 +66,26 @@ class PeerEventFdTest {
             assertEquals(0, ours.consume(), "nothing pending afterwards, and no block");
         }
     }
+
+    /**
+     * The watchdog drains a peer's counter only when the kernel shows the operation blocked: a writer that is merely
+     * late (descheduled on a loaded host) must not have its pending count read away — that was an interrupt the
+     * peer had not consumed yet.
+     */
+    @Test
+    void theWatchdogTellsABlockedOperationFromALateOne() throws Exception {
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
+            assertEquals(0, EventFd.Watchdog.counter(ours.fd().get()));
+            assertTrue(EventFd.Watchdog.wouldBlock(ours, true), "a read of an empty counter blocks");
+            assertFalse(EventFd.Watchdog.wouldBlock(ours, false), "a write to an empty counter does not");
+            peer.write(0x1234_5678_9abcL);
+            assertEquals(0x1234_5678_9abcL, EventFd.Watchdog.counter(ours.fd().get()), "fdinfo is hexadecimal");
+            assertFalse(EventFd.Watchdog.wouldBlock(ours, true), "pending count: a read returns at once");
+            assertFalse(EventFd.Watchdog.wouldBlock(ours, false), "room left: a write returns at once");
+            assertEquals(0x1234_5678_9abcL, peer.read(), "deciding read nothing away");
+            peer.write(EventFd.Watchdog.COUNTER_MAX);
+            assertTrue(EventFd.Watchdog.wouldBlock(ours, false), "a full counter holds a writer");
+        }
+    }
 }

@@ -83,6 +83,44 @@ class DebianPackageTest {
         assertTrue(completion.out.contains("host"), completion.out);
     }
 
+    /**
+     * Every unit in packaging/systemd is installed as it is in the repository (the daemon, the per-export template and
+     * the warm standby pair: target and both members), and the documentation its Documentation= lines name exists.
+     */
+    @Test
+    void systemdUnitsAreInstalledWithTheirDocumentation() throws Exception {
+        List<Path> units;
+        try (var files = Files.list(ROOT.resolve("packaging/systemd"))) {
+            units = files.filter(f -> f.getFileName().toString().matches(".*\\.(service|socket|path|target)"))
+                    .sorted()
+                    .toList();
+        }
+        assertTrue(
+                units.stream()
+                        .map(u -> u.getFileName().toString())
+                        .toList()
+                        .containsAll(List.of(
+                                "iovirt.service",
+                                "iovirt-blk@.service",
+                                "iovirt-blk-standby@.target",
+                                "iovirt-blk-standby-a@.service",
+                                "iovirt-blk-standby-b@.service")),
+                units.toString());
+        for (Path unit : units) {
+            Path installed = Path.of("/lib/systemd/system").resolve(unit.getFileName());
+            assertTrue(Files.isRegularFile(installed), installed + " is not installed");
+            assertEquals(Files.readString(unit), Files.readString(installed), installed.toString());
+            for (String line : Files.readAllLines(installed)) {
+                if (line.startsWith("Documentation=file://")) {
+                    Path doc = Path.of(line.substring("Documentation=file://".length()));
+                    assertTrue(Files.isRegularFile(doc), installed + " names " + doc + ", which is not installed");
+                }
+            }
+        }
+        Result dpkg = run(List.of("dpkg", "-L", "iovirt"), 60);
+        assertTrue(dpkg.out.contains("/lib/systemd/system/iovirt-blk-standby@.target"), dpkg.out);
+    }
+
     private record Result(int exit, String out) {}
 
     private static Result run(List<String> cmd, int seconds) throws IOException, InterruptedException {

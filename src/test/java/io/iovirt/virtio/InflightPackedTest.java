@@ -80,10 +80,12 @@ class InflightPackedTest {
         int a = add(d, 1, 2), b = add(d, 2, 1), c = add(d, 3, 3);
         DescriptorChain ca = q.newChain(), cb = q.newChain(), cc = q.newChain();
         assertTrue(q.pop(ca) && q.pop(cb) && q.pop(cc));
+        assertEquals(3, InflightPacked.inFlight(region), "what an observer of the shared memory sees");
         q.push(
                 cc,
                 cc.writableBytes); // out of order: c's used descriptor overwrites the slot a's first descriptor was in
         assertEquals(c, DriverRing.usedId(d.pollUsed()));
+        assertEquals(2, InflightPacked.inFlight(region));
 
         Virtqueue again = device(d);
         assertEquals(2, again.resubmitted());
@@ -108,6 +110,20 @@ class InflightPackedTest {
         assertEquals(e, DriverRing.usedId(d.pollUsed()));
         assertEquals(-1, d.pollUsed(), "nothing completed twice");
         assertEquals(0, d.inFlight());
+        assertEquals(0, InflightPacked.inFlight(region));
+    }
+
+    @Test
+    void anUninitialisedOrLoopingRecordShowsNoMoreThanItHolds() throws Exception {
+        assertEquals(0, InflightPacked.inFlight(region));
+        PackedDriverRing d = driver();
+        device(d);
+        region.set(U16, 14, (short) 0); // old_free_head
+        region.set(U16, InflightPacked.HEADER + 2, (short) 0); // entry 0 links to itself
+        for (int i = 0; i < SIZE; i++) {
+            region.set(ValueLayout.JAVA_BYTE, InflightPacked.HEADER + (long) InflightPacked.DESC * i, (byte) 1);
+        }
+        assertEquals(SIZE - 1, InflightPacked.inFlight(region), "the loop is cut off, the count bounded");
     }
 
     /**

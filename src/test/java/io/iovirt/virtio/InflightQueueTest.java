@@ -46,7 +46,9 @@ class InflightQueueTest {
         int a = add(d), b = add(d), c = add(d);
         DescriptorChain ca = q.newChain(), cb = q.newChain(), cc = q.newChain();
         assertTrue(q.pop(ca) && q.pop(cb) && q.pop(cc));
+        assertEquals(3, InflightQueue.inFlight(region), "what an observer of the shared memory sees");
         q.push(cb, 16); // out of order: b completes, a and c are in flight when the backend dies
+        assertEquals(2, InflightQueue.inFlight(region));
         int usedIdx = 1;
 
         // A new backend process: the frontend restores the base from the used index, as QEMU does.
@@ -69,6 +71,7 @@ class InflightQueueTest {
         assertEquals(c, DriverRing.usedId(d.pollUsed()));
         assertEquals(e, DriverRing.usedId(d.pollUsed()));
         assertEquals(-1, d.pollUsed(), "nothing completed twice");
+        assertEquals(0, InflightQueue.inFlight(region));
     }
 
     @Test
@@ -92,6 +95,12 @@ class InflightQueueTest {
         assertTrue(again.pop(r));
         assertEquals(b, r.id());
         assertTrue(!again.pop(r));
+    }
+
+    @Test
+    void anUninitialisedRegionShowsNothingInFlight() {
+        assertEquals(0, InflightQueue.inFlight(region));
+        assertEquals(0, InflightQueue.inFlight(region.asSlice(0, 4)), "shorter than the header");
     }
 
     @Test
