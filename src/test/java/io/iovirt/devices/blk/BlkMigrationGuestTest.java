@@ -4,6 +4,7 @@ package io.iovirt.devices.blk;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
@@ -11,6 +12,7 @@ import io.iovirt.vm.Qmp;
 import io.iovirt.vm.RunningGuest;
 import java.io.IOException;
 import java.io.RandomAccessFile;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayDeque;
@@ -100,20 +102,34 @@ abstract class BlkMigrationGuestTest {
 
     @Test
     void splitRingMigratesWhileFioVerifiesAtQueueDepth32() throws Exception {
-        migrate("split", 1, false, false);
+        migrate("split", 1, false, false, false);
     }
 
     @Test
     void packedRingTwoQueuesMigrate() throws Exception {
-        migrate("packed-2q", 2, true, false);
+        migrate("packed-2q", 2, true, false, false);
     }
 
     @Test
     void loggingToggledUnderIoThenMigrates() throws Exception {
-        migrate("toggle", 1, false, true);
+        migrate("toggle", 1, false, true, false);
     }
 
-    private void migrate(String name, int queues, boolean packed, boolean toggleFirst) throws Exception {
+    /**
+     * "Across a restart of serve": the source's backend is killed with SIGKILL and a new one started on the same
+     * socket while the migration is in its iterative phase (dirty logging on). The source QEMU ({@code reconnect=1})
+     * reconnects and, since the migration is still running, hands the new backend SET_FEATURES with LOG_ALL,
+     * SET_LOG_BASE and the in-flight memory again; the new backend resubmits what was in flight and logs what it
+     * writes into guest memory, or the destination's fio finds stale blocks. Throttled to 1 MiB/s until the new
+     * backend serves, then released so the migration converges.
+     */
+    @Test
+    void sourceBackendRestartedDuringMigration() throws Exception {
+        migrate("restart", 1, false, false, true);
+    }
+
+    private void migrate(String name, int queues, boolean packed, boolean toggleFirst, boolean restartSource)
+            throws Exception {
         Path sockA = dir.resolve("a.sock");
         Path sockB = dir.resolve("b.sock");
         Path qmpSrc = dir.resolve("src.qmp");
@@ -124,8 +140,8 @@ abstract class BlkMigrationGuestTest {
         ChildProcess b = startBackend(disk, sockB, queues, "b");
         toClose.push(b);
 
-        RunningGuest src =
-                guest(name + "-src", sockA, qmpSrc, queues, packed, null).start(TIMEOUT.multipliedBy(3));
+        RunningGuest src = guest(name + "-src", sockA, qmpSrc, queues, packed, restartSource, null)
+                .start(TIMEOUT.multipliedBy(3));
         toClose.push(src);
         src.awaitConsole(Pattern.compile("iovirt-test: pass 2 "), TIMEOUT);
 
@@ -143,16 +159,28 @@ abstract class BlkMigrationGuestTest {
                 at = lastPass(src.console());
                 src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 1) + " "), TIMEOUT);
             }
-            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, "unix:" + mig)
+            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, false, "unix:" + mig)
                     .start(TIMEOUT.multipliedBy(3));
             toClose.push(dst);
             try (Qmp qd = Qmp.connect(qmpDst, Duration.ofSeconds(30))) {
                 Map<String, Object> params = new LinkedHashMap<>();
                 params.put("max-bandwidth", 4L << 30);
                 params.put("downtime-limit", 1000L);
-                qs.execute("migrate-set-parameters", params);
                 int before = lastPass(src.console());
-                qs.execute("migrate", Map.of("uri", "unix:" + mig));
+                if (restartSource) {
+                    qs.execute("migrate-set-parameters", Map.of("max-bandwidth", 1L * MIB));
+                    qs.execute("migrate", Map.of("uri", "unix:" + mig));
+                    awaitStatus(qs, "active");
+                    a = restartSourceBackend(a, sockA, queues, src);
+                    assertEquals(
+                            "active",
+                            qs.query("query-migrate").get("status"),
+                            "the migration did not survive the source backend's restart");
+                    qs.execute("migrate-set-parameters", params); // now let it converge
+                } else {
+                    qs.execute("migrate-set-parameters", params);
+                    qs.execute("migrate", Map.of("uri", "unix:" + mig));
+                }
                 Map<String, Object> done = awaitStatus(qs, "completed");
                 System.out.printf(
                         "migration %s/%s: total %s ms, downtime %s ms, setup %s ms; passes on the source: %d%n",
@@ -189,6 +217,39 @@ abstract class BlkMigrationGuestTest {
         assertTrue(b.isAlive(), b.logTail(20));
     }
 
+    /**
+     * SIGKILLs the source's backend while the migration runs and starts a new one on the same socket (the source
+     * QEMU reconnects by itself); returns once the guest completed a verify pass on the new backend.
+     */
+    private ChildProcess restartSourceBackend(ChildProcess old, Path socket, int queues, RunningGuest src)
+            throws Exception {
+        String evidence = dirtyLogEvidence();
+        if (evidence != null) {
+            // the kill must fall while the backend logs, not before QEMU turned logging on
+            Await.until(
+                    TIMEOUT,
+                    "the source backend's dirty log",
+                    old,
+                    () -> old.log().contains(evidence));
+        }
+        old.kill(); // SIGKILL
+        Files.deleteIfExists(socket); // the dead backend's socket file
+        int at = lastPass(src.console());
+        ChildProcess now = startBackend(disk, socket, queues, "a-restarted");
+        toClose.push(now);
+        // progress on the new backend: a full verify pass that began after the kill
+        src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 2) + " "), TIMEOUT);
+        if (evidence != null) {
+            assertTrue(
+                    now.log().contains(evidence),
+                    "the restarted source backend got no dirty log from QEMU:\n" + now.logTail(40));
+        }
+        System.out.printf(
+                "source backend %s restarted during the migration; the guest verified pass %d on it%n",
+                backendName(), at + 2);
+        return now;
+    }
+
     private static int lastPass(String console) {
         Matcher m = PASS.matcher(console);
         int last = 0;
@@ -221,7 +282,8 @@ abstract class BlkMigrationGuestTest {
      * Identical for source and destination (the initrd, hence the ROM and RAM layout, must match), except for the
      * socket paths and {@code -incoming}.
      */
-    private QemuGuest guest(String name, Path socket, Path qmp, int queues, boolean packed, String incoming) {
+    private QemuGuest guest(
+            String name, Path socket, Path qmp, int queues, boolean packed, boolean reconnect, String incoming) {
         QemuGuest.Builder b = QemuGuest.builder(image)
                 .name(backendName() + "/" + name)
                 .workDir(dir)
@@ -231,7 +293,8 @@ abstract class BlkMigrationGuestTest {
                 .kernelArgs("jobs=" + queues)
                 .args(
                         "-chardev",
-                        "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
+                        "socket,id=vub0," + (reconnect ? "reconnect=1," : "") + "path="
+                                + QemuGuest.escape(socket.toString()),
                         "-device",
                         "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues + (packed ? ",packed=on" : ""),
                         "-qmp",
