@@ -47,6 +47,9 @@ abstract class BlkMigrationGuestTest {
     /** One pass takes ~1-3 s under TCG on an idle machine; a loaded one is several times slower. */
     static final Duration TIMEOUT = Duration.ofSeconds(180);
 
+    /** Source backend restarts during one migration, at most (see restartSourceBackend). */
+    private static final int MAX_RESTARTS = 4;
+
     private static final Pattern PASS = Pattern.compile("iovirt-test: pass (\\d+) rc=(\\d+)");
 
     static GuestImage image;
@@ -65,6 +68,16 @@ abstract class BlkMigrationGuestTest {
 
     /** Whether the backend's log shows that the frontend handed it a dirty log (null: it does not say). */
     abstract String dirtyLogEvidence();
+
+    /** Crashes {@code backend} (SIGKILL); a backend whose state the test can read times the kill by it. */
+    void crash(ChildProcess backend) throws Exception {
+        backend.kill();
+    }
+
+    /** How many requests a restarted backend resubmitted from the in-flight memory (-1: its log does not say). */
+    int resubmitted(ChildProcess restarted) {
+        return -1;
+    }
 
     @BeforeAll
     static void buildImage() {
@@ -219,35 +232,52 @@ abstract class BlkMigrationGuestTest {
 
     /**
      * SIGKILLs the source's backend while the migration runs and starts a new one on the same socket (the source
-     * QEMU reconnects by itself); returns once the guest completed a verify pass on the new backend.
+     * QEMU reconnects by itself); returns once the guest completed a verify pass on the new backend. A backend that
+     * reports resubmissions is crashed again (up to {@link #MAX_RESTARTS} times) until a restarted one resubmitted
+     * a request: a read resubmitted under logging writes guest memory that only the new backend's log can report.
      */
-    private ChildProcess restartSourceBackend(ChildProcess old, Path socket, int queues, RunningGuest src)
+    private ChildProcess restartSourceBackend(ChildProcess first, Path socket, int queues, RunningGuest src)
             throws Exception {
         String evidence = dirtyLogEvidence();
-        if (evidence != null) {
-            // the kill must fall while the backend logs, not before QEMU turned logging on
-            Await.until(
-                    TIMEOUT,
-                    "the source backend's dirty log",
-                    old,
-                    () -> old.log().contains(evidence));
+        ChildProcess old = first;
+        int resubmitted = 0;
+        for (int restart = 1; restart <= MAX_RESTARTS; restart++) {
+            ChildProcess dying = old;
+            if (evidence != null) {
+                // the kill must fall while the backend logs, not before QEMU turned logging on
+                Await.until(
+                        TIMEOUT,
+                        "the source backend's dirty log",
+                        dying,
+                        () -> dying.log().contains(evidence));
+            }
+            crash(dying);
+            Files.deleteIfExists(socket); // the dead backend's socket file
+            int at = lastPass(src.console());
+            ChildProcess now = startBackend(disk, socket, queues, "a-restart" + restart);
+            toClose.push(now);
+            // progress on the new backend: a full verify pass that began after the kill
+            src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 2) + " "), TIMEOUT);
+            if (evidence != null) {
+                assertTrue(
+                        now.log().contains(evidence),
+                        "the restarted source backend got no dirty log from QEMU:\n" + now.logTail(40));
+            }
+            int n = resubmitted(now);
+            System.out.printf(
+                    "source backend %s restarted (%d) during the migration; %s; the guest verified pass %d on it%n",
+                    backendName(), restart, n < 0 ? "resubmissions not reported" : n + " requests resubmitted", at + 2);
+            old = now;
+            if (n < 0) {
+                return now;
+            }
+            resubmitted += n;
+            if (resubmitted > 0) {
+                return now;
+            }
         }
-        old.kill(); // SIGKILL
-        Files.deleteIfExists(socket); // the dead backend's socket file
-        int at = lastPass(src.console());
-        ChildProcess now = startBackend(disk, socket, queues, "a-restarted");
-        toClose.push(now);
-        // progress on the new backend: a full verify pass that began after the kill
-        src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 2) + " "), TIMEOUT);
-        if (evidence != null) {
-            assertTrue(
-                    now.log().contains(evidence),
-                    "the restarted source backend got no dirty log from QEMU:\n" + now.logTail(40));
-        }
-        System.out.printf(
-                "source backend %s restarted during the migration; the guest verified pass %d on it%n",
-                backendName(), at + 2);
-        return now;
+        throw new AssertionError(MAX_RESTARTS + " restarts of the source backend during the migration and none "
+                + "resubmitted a request: the kills never fell while a request was in flight");
     }
 
     private static int lastPass(String console) {
