@@ -74,6 +74,14 @@ abstract class BlkMigrationGuestTest {
         backend.kill();
     }
 
+    /**
+     * What a backend started during the migration logs when it reports every page dirty (QEMU dropped what the
+     * killed one logged since its last sync; null: it does not say).
+     */
+    String reconnectedLogEvidence() {
+        return null;
+    }
+
     /** How many requests a restarted backend resubmitted from the in-flight memory (-1: its log does not say). */
     int resubmitted(ChildProcess restarted) {
         return -1;
@@ -262,6 +270,12 @@ abstract class BlkMigrationGuestTest {
                 assertTrue(
                         now.log().contains(evidence),
                         "the restarted source backend got no dirty log from QEMU:\n" + now.logTail(40));
+            }
+            String all = reconnectedLogEvidence();
+            if (all != null) {
+                assertTrue(
+                        now.log().contains(all),
+                        "the restarted source backend did not report every page dirty:\n" + now.logTail(40));
             }
             int n = resubmitted(now);
             System.out.printf(

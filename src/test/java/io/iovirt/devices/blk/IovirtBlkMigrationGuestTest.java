@@ -51,6 +51,11 @@ class IovirtBlkMigrationGuestTest extends BlkMigrationGuestTest {
         return "dirty log of";
     }
 
+    @Override
+    String reconnectedLogEvidence() {
+        return "pages dirty, for what the previous connection wrote";
+    }
+
     /** SIGKILL the moment the in-flight record shows a request in flight (the crash recovery test's trigger). */
     @Override
     void crash(ChildProcess backend) throws Exception {
