@@ -295,6 +295,9 @@ final class Handler implements AutoCloseable {
     /** The log the frontend gave last (mapped), or null. */
     private DirtyLog dirtyLog;
 
+    /** Whether this connection has had a log (see {@link #setLogBase}: the first one arriving with LOG_ALL on). */
+    private boolean hadLog;
+
     private boolean logging() {
         return negotiated.logging();
     }
@@ -323,6 +326,21 @@ final class Handler implements AutoCloseable {
                     + "descriptor, got " + p.byteSize() + " bytes and " + m.fdCount());
         }
         DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
+        if (!hadLog && logging()) {
+            // A migration starts with SET_LOG_BASE, then LOG_ALL. LOG_ALL before this connection's first log is a
+            // frontend that (re)connected while a migration runs - after a backend crash or restart. QEMU 7.2 then
+            // drops what the previous connection logged since its last sync: on the hang-up vhost-user-blk marks
+            // the device stopped, so vhost_dev_stop's final sync (vhost_log_put -> vhost_sync_dirty_bitmap, which
+            // returns early when !started) reads nothing before the log is freed. Nobody knows which pages the
+            // previous process wrote in that window, so all of them are reported: QEMU copies guest RAM once more.
+            next.mark(0, next.coveredBytes());
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    name + ": logging was on before this connection's first dirty log (the frontend reconnected "
+                            + "during a migration): marked all " + (next.coveredBytes() >>> DirtyLog.PAGE_SHIFT)
+                            + " pages dirty, for what the previous connection wrote after the frontend's last sync");
+        }
+        hadLog = true;
         DirtyLog old = dirtyLog;
         dirtyLog = next;
         publishLog();

@@ -82,6 +82,43 @@ class MigrationProtocolTest {
     }
 
     /**
+     * A frontend that (re)connects while a migration runs starts the device as QEMU 7.2's vhost_dev_start does with
+     * logging on: SET_FEATURES with LOG_ALL, the rings, then SET_LOG_BASE. QEMU dropped what the previous
+     * connection logged since its last sync, so the first log of such a connection comes back with every page
+     * marked; a later log (a resize) starts clean, as in a migration that was running all along.
+     */
+    @Test
+    void aLogArrivingWithLoggingOnReportsEveryPage() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2);
+        try (VhostUserServer server = VhostUserServer.start(socket, backend);
+                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true);
+                Fd logFd = MemFd.allocate("log", 4096);
+                Fd nextFd = MemFd.allocate("log2", 8192)) {
+            VhostUserServerTest.initLikeQemu(fe, call, err);
+            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES | LOG_ALL);
+            fe.setLogBase(logFd, 4096, 0);
+            MemorySegment bits =
+                    Mmap.map(logFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+            for (long i = 0; i < 4096; i += 8) {
+                assertEquals(-1L, bits.get(ValueLayout.JAVA_LONG_UNALIGNED, i), "log word at byte " + i);
+            }
+
+            fe.setLogBase(nextFd, 8192, 0); // the same connection, logging still on: a resize
+            MemorySegment next =
+                    Mmap.map(nextFd, 0, 8192, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
+            for (long i = 0; i < 8192; i += 8) {
+                assertEquals(0L, next.get(ValueLayout.JAVA_LONG_UNALIGNED, i), "resized log word at byte " + i);
+            }
+        }
+    }
+
+    /**
      * SET_LOG_BASE while logging (QEMU resizes the log when guest memory grows during a migration): the ring keeps
      * running (no stop, so a blk export keeps its image lock), a device thread still holding the old log marks into
      * the new one from the moment the frontend has the reply, and no mark is lost in between.

@@ -230,7 +230,7 @@ class BlkCrashRecoveryGuestTest {
      * in flight well under a millisecond here, and {@link ChildProcess#kill()} first walks the process table for
      * descendants — with it, 10 kills while requests were recorded in flight led to one resubmission.
      */
-    private static int killWhileInFlight(ChildProcess backend, boolean packed) throws Exception {
+    static int killWhileInFlight(ChildProcess backend, boolean packed) throws Exception {
         ProcessHandle process = ProcessHandle.of(backend.pid()).orElseThrow();
         Path region = Await.value(TIMEOUT, "the in-flight memory in " + backend, () -> {
             try {
@@ -297,7 +297,7 @@ class BlkCrashRecoveryGuestTest {
         return max;
     }
 
-    private static int countResubmits(String log) {
+    static int countResubmits(String log) {
         Matcher m = Pattern.compile("resubmitting (\\d+) request").matcher(log);
         int n = 0;
         while (m.find()) {

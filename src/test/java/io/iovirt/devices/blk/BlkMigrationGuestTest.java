@@ -4,6 +4,7 @@ package io.iovirt.devices.blk;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
@@ -11,6 +12,7 @@ import io.iovirt.vm.Qmp;
 import io.iovirt.vm.RunningGuest;
 import java.io.IOException;
 import java.io.RandomAccessFile;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayDeque;
@@ -45,6 +47,9 @@ abstract class BlkMigrationGuestTest {
     /** One pass takes ~1-3 s under TCG on an idle machine; a loaded one is several times slower. */
     static final Duration TIMEOUT = Duration.ofSeconds(180);
 
+    /** Source backend restarts during one migration, at most (see restartSourceBackend). */
+    private static final int MAX_RESTARTS = 4;
+
     private static final Pattern PASS = Pattern.compile("iovirt-test: pass (\\d+) rc=(\\d+)");
 
     static GuestImage image;
@@ -63,6 +68,24 @@ abstract class BlkMigrationGuestTest {
 
     /** Whether the backend's log shows that the frontend handed it a dirty log (null: it does not say). */
     abstract String dirtyLogEvidence();
+
+    /** Crashes {@code backend} (SIGKILL); a backend whose state the test can read times the kill by it. */
+    void crash(ChildProcess backend) throws Exception {
+        backend.kill();
+    }
+
+    /**
+     * What a backend started during the migration logs when it reports every page dirty (QEMU dropped what the
+     * killed one logged since its last sync; null: it does not say).
+     */
+    String reconnectedLogEvidence() {
+        return null;
+    }
+
+    /** How many requests a restarted backend resubmitted from the in-flight memory (-1: its log does not say). */
+    int resubmitted(ChildProcess restarted) {
+        return -1;
+    }
 
     @BeforeAll
     static void buildImage() {
@@ -100,20 +123,34 @@ abstract class BlkMigrationGuestTest {
 
     @Test
     void splitRingMigratesWhileFioVerifiesAtQueueDepth32() throws Exception {
-        migrate("split", 1, false, false);
+        migrate("split", 1, false, false, false);
     }
 
     @Test
     void packedRingTwoQueuesMigrate() throws Exception {
-        migrate("packed-2q", 2, true, false);
+        migrate("packed-2q", 2, true, false, false);
     }
 
     @Test
     void loggingToggledUnderIoThenMigrates() throws Exception {
-        migrate("toggle", 1, false, true);
+        migrate("toggle", 1, false, true, false);
     }
 
-    private void migrate(String name, int queues, boolean packed, boolean toggleFirst) throws Exception {
+    /**
+     * "Across a restart of serve": the source's backend is killed with SIGKILL and a new one started on the same
+     * socket while the migration is in its iterative phase (dirty logging on). The source QEMU ({@code reconnect=1})
+     * reconnects and, since the migration is still running, hands the new backend SET_FEATURES with LOG_ALL,
+     * SET_LOG_BASE and the in-flight memory again; the new backend resubmits what was in flight and logs what it
+     * writes into guest memory, or the destination's fio finds stale blocks. Throttled to 1 MiB/s until the new
+     * backend serves, then released so the migration converges.
+     */
+    @Test
+    void sourceBackendRestartedDuringMigration() throws Exception {
+        migrate("restart", 1, false, false, true);
+    }
+
+    private void migrate(String name, int queues, boolean packed, boolean toggleFirst, boolean restartSource)
+            throws Exception {
         Path sockA = dir.resolve("a.sock");
         Path sockB = dir.resolve("b.sock");
         Path qmpSrc = dir.resolve("src.qmp");
@@ -124,8 +161,8 @@ abstract class BlkMigrationGuestTest {
         ChildProcess b = startBackend(disk, sockB, queues, "b");
         toClose.push(b);
 
-        RunningGuest src =
-                guest(name + "-src", sockA, qmpSrc, queues, packed, null).start(TIMEOUT.multipliedBy(3));
+        RunningGuest src = guest(name + "-src", sockA, qmpSrc, queues, packed, restartSource, null)
+                .start(TIMEOUT.multipliedBy(3));
         toClose.push(src);
         src.awaitConsole(Pattern.compile("iovirt-test: pass 2 "), TIMEOUT);
 
@@ -143,16 +180,28 @@ abstract class BlkMigrationGuestTest {
                 at = lastPass(src.console());
                 src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 1) + " "), TIMEOUT);
             }
-            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, "unix:" + mig)
+            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, false, "unix:" + mig)
                     .start(TIMEOUT.multipliedBy(3));
             toClose.push(dst);
             try (Qmp qd = Qmp.connect(qmpDst, Duration.ofSeconds(30))) {
                 Map<String, Object> params = new LinkedHashMap<>();
                 params.put("max-bandwidth", 4L << 30);
                 params.put("downtime-limit", 1000L);
-                qs.execute("migrate-set-parameters", params);
                 int before = lastPass(src.console());
-                qs.execute("migrate", Map.of("uri", "unix:" + mig));
+                if (restartSource) {
+                    qs.execute("migrate-set-parameters", Map.of("max-bandwidth", 1L * MIB));
+                    qs.execute("migrate", Map.of("uri", "unix:" + mig));
+                    awaitStatus(qs, "active");
+                    a = restartSourceBackend(a, sockA, queues, src);
+                    assertEquals(
+                            "active",
+                            qs.query("query-migrate").get("status"),
+                            "the migration did not survive the source backend's restart");
+                    qs.execute("migrate-set-parameters", params); // now let it converge
+                } else {
+                    qs.execute("migrate-set-parameters", params);
+                    qs.execute("migrate", Map.of("uri", "unix:" + mig));
+                }
                 Map<String, Object> done = awaitStatus(qs, "completed");
                 System.out.printf(
                         "migration %s/%s: total %s ms, downtime %s ms, setup %s ms; passes on the source: %d%n",
@@ -189,6 +238,62 @@ abstract class BlkMigrationGuestTest {
         assertTrue(b.isAlive(), b.logTail(20));
     }
 
+    /**
+     * SIGKILLs the source's backend while the migration runs and starts a new one on the same socket (the source
+     * QEMU reconnects by itself); returns once the guest completed a verify pass on the new backend. A backend that
+     * reports resubmissions is crashed again (up to {@link #MAX_RESTARTS} times) until a restarted one resubmitted
+     * a request: a read resubmitted under logging writes guest memory that only the new backend's log can report.
+     */
+    private ChildProcess restartSourceBackend(ChildProcess first, Path socket, int queues, RunningGuest src)
+            throws Exception {
+        String evidence = dirtyLogEvidence();
+        ChildProcess old = first;
+        int resubmitted = 0;
+        for (int restart = 1; restart <= MAX_RESTARTS; restart++) {
+            ChildProcess dying = old;
+            if (evidence != null) {
+                // the kill must fall while the backend logs, not before QEMU turned logging on
+                Await.until(
+                        TIMEOUT,
+                        "the source backend's dirty log",
+                        dying,
+                        () -> dying.log().contains(evidence));
+            }
+            crash(dying);
+            Files.deleteIfExists(socket); // the dead backend's socket file
+            int at = lastPass(src.console());
+            ChildProcess now = startBackend(disk, socket, queues, "a-restart" + restart);
+            toClose.push(now);
+            // progress on the new backend: a full verify pass that began after the kill
+            src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 2) + " "), TIMEOUT);
+            if (evidence != null) {
+                assertTrue(
+                        now.log().contains(evidence),
+                        "the restarted source backend got no dirty log from QEMU:\n" + now.logTail(40));
+            }
+            String all = reconnectedLogEvidence();
+            if (all != null) {
+                assertTrue(
+                        now.log().contains(all),
+                        "the restarted source backend did not report every page dirty:\n" + now.logTail(40));
+            }
+            int n = resubmitted(now);
+            System.out.printf(
+                    "source backend %s restarted (%d) during the migration; %s; the guest verified pass %d on it%n",
+                    backendName(), restart, n < 0 ? "resubmissions not reported" : n + " requests resubmitted", at + 2);
+            old = now;
+            if (n < 0) {
+                return now;
+            }
+            resubmitted += n;
+            if (resubmitted > 0) {
+                return now;
+            }
+        }
+        throw new AssertionError(MAX_RESTARTS + " restarts of the source backend during the migration and none "
+                + "resubmitted a request: the kills never fell while a request was in flight");
+    }
+
     private static int lastPass(String console) {
         Matcher m = PASS.matcher(console);
         int last = 0;
@@ -221,7 +326,8 @@ abstract class BlkMigrationGuestTest {
      * Identical for source and destination (the initrd, hence the ROM and RAM layout, must match), except for the
      * socket paths and {@code -incoming}.
      */
-    private QemuGuest guest(String name, Path socket, Path qmp, int queues, boolean packed, String incoming) {
+    private QemuGuest guest(
+            String name, Path socket, Path qmp, int queues, boolean packed, boolean reconnect, String incoming) {
         QemuGuest.Builder b = QemuGuest.builder(image)
                 .name(backendName() + "/" + name)
                 .workDir(dir)
@@ -231,7 +337,8 @@ abstract class BlkMigrationGuestTest {
                 .kernelArgs("jobs=" + queues)
                 .args(
                         "-chardev",
-                        "socket,id=vub0,path=" + QemuGuest.escape(socket.toString()),
+                        "socket,id=vub0," + (reconnect ? "reconnect=1," : "") + "path="
+                                + QemuGuest.escape(socket.toString()),
                         "-device",
                         "vhost-user-blk-pci,chardev=vub0,num-queues=" + queues + (packed ? ",packed=on" : ""),
                         "-qmp",

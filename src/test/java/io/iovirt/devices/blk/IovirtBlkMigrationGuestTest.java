@@ -50,4 +50,21 @@ class IovirtBlkMigrationGuestTest extends BlkMigrationGuestTest {
     String dirtyLogEvidence() {
         return "dirty log of";
     }
+
+    @Override
+    String reconnectedLogEvidence() {
+        return "pages dirty, for what the previous connection wrote";
+    }
+
+    /** SIGKILL the moment the in-flight record shows a request in flight (the crash recovery test's trigger). */
+    @Override
+    void crash(ChildProcess backend) throws Exception {
+        BlkCrashRecoveryGuestTest.killWhileInFlight(backend, false);
+        backend.kill(); // reap
+    }
+
+    @Override
+    int resubmitted(ChildProcess restarted) {
+        return BlkCrashRecoveryGuestTest.countResubmits(restarted.log());
+    }
 }
