@@ -13,7 +13,7 @@ import java.nio.channels.GatheringByteChannel;
 /**
  * A connected {@link UnixSocket} as a blocking {@link ByteChannel}, for protocol code written against java.nio
  * channels (the NBD server) whose UNIX listener is ours ({@link SocketPaths#listen}: socket mode set before listen,
- * peer uid checked at accept). A read is one read(2), a gathering write one sendmsg; neither allocates.
+ * peer uid checked at accept). A read is one read(2), a gathering write one sendmsg; no buffer or array is allocated per call.
  *
  * <p>{@link #close} may come from any thread while another one is blocked in a read or write: it shuts the
  * socket down (the reader sees end-of-stream, a writer EPIPE) and marks the channel closed, but keeps the
@@ -72,9 +72,17 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         return (int) n;
     }
 
+    /** The one-buffer write's array, reused (writers hold the channel's lock). */
+    private final ByteBuffer[] one = new ByteBuffer[1];
+
     @Override
-    public int write(ByteBuffer src) throws IOException {
-        return (int) write(new ByteBuffer[] {src}, 0, 1);
+    public synchronized int write(ByteBuffer src) throws IOException {
+        one[0] = src;
+        try {
+            return (int) write(one, 0, 1);
+        } finally {
+            one[0] = null;
+        }
     }
 
     @Override

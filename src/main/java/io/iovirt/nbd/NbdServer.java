@@ -79,46 +79,50 @@ public final class NbdServer implements AutoCloseable {
         // reachable from the queue for the whole timeout.
         t.setRemoveOnCancelPolicy(true);
         this.timer = t;
-        // Over the limit a connection is still served, only to be refused in the handshake with an error naming the
-        // limit (a client that is merely closed would retry at once); those do not count against it.
         if (tcp != null) {
-            this.acceptor = Acceptor.builder("nbd " + address, LOG, tcp::accept, () -> closed)
-                    .threadName("nbd-accept " + address)
-                    .daemon(true)
-                    .maxConnections(maxConnections, (ch, why) -> {
-                        try {
-                            serve(ch, maxConnections, () -> {}, () -> closeQuietly(ch));
-                        } catch (OutOfMemoryError e) {
-                            closeQuietly(ch);
-                        }
-                    })
-                    .build((ch, release) -> serve(ch, 0, release, () -> closeQuietly(ch)));
+            this.acceptor = acceptor(
+                    Acceptor.builder("nbd " + address, LOG, tcp::accept, () -> closed),
+                    (ch, limit, release) -> serve(ch, limit, release, () -> closeQuietly(ch)));
         } else {
             // The same access control as the vhost-user servers: the socket's mode was set before listening, and
             // every peer's uid (SO_PEERCRED) is checked against the allow-list before a byte is exchanged.
-            this.acceptor = Acceptor.builder("nbd " + address, LOG, unix::accept, () -> closed)
-                    .threadName("nbd-accept " + address)
-                    .daemon(true)
-                    .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
-                        LOG.log(
-                                System.Logger.Level.WARNING,
-                                "nbd " + address + ": refused a client " + why + " (allowed: " + access
-                                        + "; see --allow-uid)");
-                        s.close();
-                    })
-                    .maxConnections(maxConnections, (s, why) -> {
+            this.acceptor = acceptor(
+                    Acceptor.builder("nbd " + address, LOG, unix::accept, () -> closed)
+                            .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
+                                LOG.log(
+                                        System.Logger.Level.WARNING,
+                                        "nbd " + address + ": refused a client " + why + " (allowed: " + access
+                                                + "; see --allow-uid)");
+                                s.close();
+                            }),
+                    (s, limit, release) -> {
                         UnixSocketChannel ch = new UnixSocketChannel(s);
-                        try {
-                            serve(ch, maxConnections, () -> {}, ch::release);
-                        } catch (OutOfMemoryError e) {
-                            ch.release();
-                        }
-                    })
-                    .build((s, release) -> {
-                        UnixSocketChannel ch = new UnixSocketChannel(s);
-                        serve(ch, 0, release, ch::release);
+                        serve(ch, limit, release, ch::release);
                     });
         }
+    }
+
+    /** Serves one accepted connection: {@code refuseLimit} > 0 refuses it in the handshake (over the limit). */
+    private interface Start<S> {
+        void serve(S connection, int refuseLimit, Runnable release);
+    }
+
+    /**
+     * The accept loop of either listener. Over the limit a connection is still served, only to be refused in the
+     * handshake with an error naming the limit (a client that is merely closed would retry at once); those do not
+     * count against it, and when no thread can be made for one, {@link #serve} has already freed it.
+     */
+    private <S extends AutoCloseable> Acceptor<S> acceptor(Acceptor.Builder<S> builder, Start<S> start) {
+        return builder.threadName("nbd-accept " + address)
+                .daemon(true)
+                .maxConnections(maxConnections, (s, why) -> {
+                    try {
+                        start.serve(s, maxConnections, () -> {});
+                    } catch (OutOfMemoryError e) {
+                        // no thread for the refusal: the connection is closed, the server goes on
+                    }
+                })
+                .build((s, release) -> start.serve(s, 0, release));
     }
 
     /**
