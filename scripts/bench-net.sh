@@ -4,7 +4,8 @@
 # the same frontend, DPDK testpmd with net_virtio_user. Prints a Markdown table on stdout.
 #
 #   scripts/bench-net.sh [--topology rxonly|p2p] [--seconds S] [--warmup S] [--rounds N] [--sizes "64 1500"]
-#                        [--poll-us "0 1000"] [--p2p-bursts N] [--backend-cpu N] [--client-cpu N] [--nice N]
+#                        [--poll-us "0 1000"] [--poll-threads N] [--p2p-bursts N] [--backend-cpu N]
+#                        [--client-cpu N] [--nice N]
 #                        [--dir DIR] [--charts DIR] [--report-only --dir DIR]
 #
 # --topology rxonly (default): one frontend in txonly mode (--txpkts SIZE) into one backend port.
@@ -30,6 +31,10 @@
 #   and two busy-polling processes on one core take turns in scheduler slices of milliseconds, so B's 256-buffer
 #   receive ring is full within microseconds of A's slice: measured with DPDK as the backend, B received 3 kpps and
 #   98 % were dropped — that measures the scheduler, not the backends. One process polling both ports does not.
+# --poll-threads N (default 0): iovirt serves the transmit queues of its ports on N shared poll threads
+#   (serve net --poll-threads N: one loop round-robins batches over the queues, one idle strategy for all) instead of
+#   one thread per queue; the report names it. With p2p and N=1 both ports' senders are one thread, as DPDK's one
+#   forwarding lcore is.
 # Backends are pinned with taskset to --backend-cpu (one core for everything the backend does), the frontend to
 # --client-cpu.
 # --nice N (as root, e.g. -10) runs backend and frontend at that priority, for both backends alike, so that other
@@ -57,6 +62,7 @@ DIR=""
 CHARTS="$ROOT/docs"
 TOPOLOGY=rxonly
 BURSTS=8
+PTHREADS=0
 REPORT_ONLY=0
 ARGS=("$@")
 while [ $# -gt 0 ]; do
@@ -74,7 +80,8 @@ while [ $# -gt 0 ]; do
     --nice) NICE="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --charts) CHARTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --poll-threads) PTHREADS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,48p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-net: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -141,7 +148,7 @@ run_case() { # backend size poll round
     echo start >&8
   else
     IOVIRT_JAVA_OPTS="${BACKEND_JAVA_OPTS:-}" nice -n "$NICE" taskset -c "$BACKEND_CPU" "$ROOT/iovirt" serve net \
-      --port "vhost-user:$sock,poll-us=$poll" > "$belog" 2>&1 &
+      --port "vhost-user:$sock,poll-us=$poll" --poll-threads "$PTHREADS" > "$belog" 2>&1 &
     PIDS+=($!)
     wait_socket "$sock" "$!" "$belog"
   fi
@@ -184,7 +191,8 @@ run_p2p() { # backend size poll round
     exec 8>"$fifo"
   else
     IOVIRT_JAVA_OPTS="${BACKEND_JAVA_OPTS:-}" nice -n "$NICE" taskset -c "$BACKEND_CPU" "$ROOT/iovirt" serve net \
-      --port "vhost-user:$sa,poll-us=$poll" --port "vhost-user:$sb,poll-us=$poll" > "$belog" 2>&1 &
+      --port "vhost-user:$sa,poll-us=$poll" --port "vhost-user:$sb,poll-us=$poll" --poll-threads "$PTHREADS" \
+      > "$belog" 2>&1 &
     PIDS+=($!)
   fi
   local bepid="${PIDS[-1]}"
@@ -231,7 +239,7 @@ if [ "$REPORT_ONLY" = 1 ]; then
   [ -s "$RUNS" ] || { echo "bench-net: --report-only needs --dir DIR of a kept run (DIR/runs.txt)" >&2; exit 2; }
   ROUNDS="$(awk '$4 > n {n = $4} END {print n}' "$RUNS")"
 else
-  echo "bench-net: load average before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE; topology $TOPOLOGY; logs in $DIR" >&2
+  echo "bench-net: load average before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE; topology $TOPOLOGY; iovirt --poll-threads $PTHREADS; logs in $DIR" >&2
   RUN=run_case; [ "$TOPOLOGY" = p2p ] && RUN=run_p2p
   : > "$RUNS"
   for size in $SIZES; do
@@ -254,6 +262,7 @@ else
   echo "| frame | backend (pinned to 1 CPU) | Mpps per run | median Mpps | vs DPDK | backend CPU ns/packet (median) | backend core % (median) | frontend (client) core % per run |"
   echo "|---|---|---|---:|---:|---:|---:|---|"
 fi
+PTNAME=""; [ "$PTHREADS" != 0 ] && PTNAME=", --poll-threads $PTHREADS"
 med() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for size in $SIZES; do
   d="$(awk -v z="$size" '$1=="dpdk" && $2==z {print $5}' "$RUNS" | med)"
@@ -266,14 +275,14 @@ for size in $SIZES; do
     u="$(echo "$sel" | awk '{print $7}' | med)"
     fc="$(echo "$sel" | awk '{printf "%s%s", (NR>1?" ":""), $8}')"
     if [ "$TOPOLOGY" = p2p ]; then
-      name="DPDK testpmd, 2 vhost PMD ports (io)"; [ "$b" = iovirt ] && name="iovirt switch, 2 vhost-user ports, poll-us=$p"
+      name="DPDK testpmd, 2 vhost PMD ports (io)"; [ "$b" = iovirt ] && name="iovirt switch, 2 vhost-user ports, poll-us=$p$PTNAME"
       drops="$(echo "$sel" | awk '{printf "%s%s / %s", (NR>1?", ":""), $9, $10}')"
       printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc" "$drops"
     else
-      name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p"
+      name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p$PTNAME"
       printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc"
     fi
-    printf '"%s B\\n%s" %s %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK\\n2 ports (io)" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
+    printf '"%s B\\n%s" %s %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p$([ "$PTHREADS" != 0 ] && echo "\\npoll-threads=$PTHREADS")" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK\\n2 ports (io)" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
       "$([ "$b" = iovirt ] && echo 1 || echo 2)" "$(echo "$sel" | awk '{print $8}' | med)" >> "$DIR/chart.dat"
   done
 done

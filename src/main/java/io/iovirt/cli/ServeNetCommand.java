@@ -9,6 +9,7 @@ import io.iovirt.net.PortStats;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
 import io.iovirt.net.TapPort;
+import io.iovirt.virtio.WorkerGroup;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.Callable;
@@ -38,7 +39,8 @@ import picocli.CommandLine.Option;
             "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
             "               (default 1); mac: the guest's address, announced when it connects; pin-mac: drop frames",
             "               from any other source (no spoofing, one MAC table entry); poll-us: keep polling",
-            "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0)"
+            "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0; on a",
+            "               shared --poll-threads thread the longest poll-us of its queues applies to all of them)"
         },
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {
@@ -76,6 +78,17 @@ final class ServeNetCommand implements Callable<Integer> {
                     "Largest payload forwarded; longer frames are dropped and counted (default: ${DEFAULT-VALUE}).")
     int mtu;
 
+    @Option(
+            names = "--poll-threads",
+            paramLabel = "N",
+            defaultValue = "0",
+            description = "Serve the transmit queues of all vhost-user ports on N shared threads (each queue on the"
+                    + " thread with the fewest; one loop per thread, one batch per queue per round, one idle strategy"
+                    + " and one epoll set for all its queues — OVS-DPDK's PMD threads). 0 (default): one thread per"
+                    + " transmit queue. With more ports than cores, N = the cores given to the switch saves the"
+                    + " context switches between per-queue threads.")
+    int pollThreads;
+
     @CommandLine.Mixin
     LogOptions logOptions;
 
@@ -101,17 +114,29 @@ final class ServeNetCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(
                     spec.commandLine(), "--macs-per-port must be 1.." + Switch.DEFAULT_MAC_CAPACITY);
         }
+        if (pollThreads < 0 || pollThreads > WorkerGroup.MAX_THREADS) {
+            throw new CommandLine.ParameterException(
+                    spec.commandLine(), "--poll-threads must be 0.." + WorkerGroup.MAX_THREADS);
+        }
         List<PortFactory> factories = ports.stream().map(this::parse).toList();
         refuseSharedResources(ports);
-        try (Switch sw = new Switch(Switch.Config.defaults()
-                .withMtu(mtu)
-                .withMacAging(macAging)
-                .withMacTable(Switch.DEFAULT_MAC_CAPACITY, macsPerPort))) {
+        try (WorkerGroup group = pollThreads > 0 ? WorkerGroup.create("net poll", pollThreads) : null;
+                Switch sw = new Switch(Switch.Config.defaults()
+                        .withMtu(mtu)
+                        .withMacAging(macAging)
+                        .withMacTable(Switch.DEFAULT_MAC_CAPACITY, macsPerPort))) {
             for (PortFactory f : factories) {
-                Port p = sw.addPort(f.create());
+                Port created = f.create();
+                if (created instanceof VirtioNetPort v) {
+                    v.workers(group);
+                }
+                Port p = sw.addPort(created);
                 LOG.info("port " + p.index() + ": " + p.name());
             }
             sw.startHousekeeping();
+            if (group != null) {
+                LOG.info("transmit queues of the vhost-user ports on " + pollThreads + " shared poll thread(s)");
+            }
             LOG.info("switch running (MTU " + mtu + ", MAC aging " + macAging + " s, at most " + macsPerPort
                     + " MACs per port); stop with Ctrl-C, SIGTERM or SIGHUP");
             Thread printer = statsOptions.start(() -> logStats(sw, "counters"));

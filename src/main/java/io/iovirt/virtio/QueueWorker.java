@@ -39,6 +39,10 @@ import java.util.concurrent.atomic.LongAdder;
  * ({@link io.iovirt.memory.GuestMemoryHolder.Reader}) and {@link RingHandler} unpins it before the thread sleeps,
  * so a memory table change never waits for or restarts a queue.
  *
+ * <p>A worker either owns its thread (the default) or is served by a shared thread of a {@link WorkerGroup}
+ * ({@link Builder#group}): the same handler contract, failure policy, stop bound and stats, but one thread round-robins
+ * batches over many queues (OVS-DPDK's PMD threads, rust-vmm's one epoll loop over several vrings).
+ *
  * <p>Models: rust-vmm vhost-user-backend's per-queue event loop, Cloud Hypervisor's EpollHelper and
  * spawn_virtio_thread, Agrona's AgentRunner with an IdleStrategy.
  */
@@ -117,6 +121,7 @@ public final class QueueWorker {
         private int pollMillis = -1;
         private FailureListener onFailure = reason -> {};
         private final List<Object[]> sources = new ArrayList<>();
+        private WorkerGroup group;
 
         private Builder(String name) {
             this.name = Objects.requireNonNull(name);
@@ -160,11 +165,21 @@ public final class QueueWorker {
             return this;
         }
 
-        /** Another descriptor to wake on; the handler gets {@code token} (non-negative) in {@link Handler#event}. */
+        /**
+         * Serve the queue on a shared thread of {@code group} (null: a thread of its own, the default). The group
+         * picks the thread with the fewest queues when the worker is built.
+         */
+        public Builder group(WorkerGroup group) {
+            this.group = group;
+            return this;
+        }
+
+        /**
+         * Another descriptor to wake on; the handler gets {@code token} (0..2^47-1: a shared thread keeps the queue's
+         * slot in the upper bits of epoll's data) in {@link Handler#event}.
+         */
         public Builder source(Fd fd, int events, long token) {
-            if (token < 0) {
-                throw new IllegalArgumentException("tokens are non-negative: " + token);
-            }
+            checkToken(token);
             sources.add(new Object[] {fd, events, token});
             return this;
         }
@@ -186,6 +201,15 @@ public final class QueueWorker {
         return new Builder(name);
     }
 
+    /** Largest handler token. */
+    static final long MAX_TOKEN = (1L << 47) - 1;
+
+    private static void checkToken(long token) {
+        if (token < 0 || token > MAX_TOKEN) {
+            throw new IllegalArgumentException("tokens are 0.." + MAX_TOKEN + ": " + token);
+        }
+    }
+
     private final String name;
     private final Handler handler;
     private final EventFd err;
@@ -200,6 +224,16 @@ public final class QueueWorker {
     private volatile boolean stopRequested;
     private volatile String failure;
     private volatile boolean ended;
+    // shared mode: the group's thread that serves this queue, and the queue's slot on it (see WorkerGroup.Loop)
+    private final WorkerGroup.Loop loop;
+    final int slot;
+    final List<Object[]> sources;
+    /** Shared mode: counted down when the loop thread has detached the queue (stopped or failed). */
+    final java.util.concurrent.CountDownLatch detached = new java.util.concurrent.CountDownLatch(1);
+
+    volatile boolean started;
+    /** Shared mode: descriptors the handler added with {@link #watch} (guarded by itself). */
+    final List<Fd> watched = new ArrayList<>();
 
     private QueueWorker(Builder b, Handler handler) throws LinuxException {
         this.name = b.name;
@@ -209,6 +243,21 @@ public final class QueueWorker {
         this.pollMillis = b.pollMillis;
         this.kick = b.kick;
         this.onFailure = b.onFailure;
+        this.sources = List.copyOf(b.sources);
+        if (b.group != null) {
+            // shared: no thread, epoll set or stop eventfd of its own; the group registers kick and sources now
+            // (inert until start()), so a descriptor the loop cannot watch fails here, where the caller can say so
+            this.stopFd = null;
+            this.epoll = null;
+            this.thread = null;
+            WorkerGroup.Loop l = b.group.pick();
+            this.slot = l.register(this);
+            this.loop = l;
+            handler.attached(this);
+            return;
+        }
+        this.loop = null;
+        this.slot = -1;
         EventFd stop = EventFd.create(true);
         Epoll ep = null;
         try {
@@ -237,7 +286,44 @@ public final class QueueWorker {
     }
 
     public void start() {
-        thread.start();
+        if (loop != null) {
+            loop.activate(this);
+        } else {
+            thread.start();
+        }
+    }
+
+    // ---- what a group's loop thread uses (shared mode) ----------------------------------------------------------
+
+    Handler handler() {
+        return handler;
+    }
+
+    EventFd kick() {
+        return kick;
+    }
+
+    long spinNanos() {
+        return spinNanos;
+    }
+
+    int pollMillis() {
+        return pollMillis;
+    }
+
+    boolean stopRequested() {
+        return stopRequested;
+    }
+
+    /** The loop thread detached the queue: nothing of it runs any more. */
+    void markEnded() {
+        ended = true;
+        detached.countDown();
+    }
+
+    /** The failure policy, for the loop thread of a group (one log line, err, the listener). */
+    void failed(Throwable t) {
+        fail(t);
     }
 
     /** The name used in log lines, e.g. {@code "blk /run/vm1.sock q0"}. */
@@ -259,24 +345,43 @@ public final class QueueWorker {
         return stats;
     }
 
-    /** True when called on this worker's thread. */
+    /** True when called on this worker's thread (in shared mode: the group thread that serves it). */
     public boolean onWorkerThread() {
-        return Thread.currentThread() == thread;
+        return loop != null ? loop.onLoopThread() : Thread.currentThread() == thread;
+    }
+
+    /** True when a shared thread of a {@link WorkerGroup} serves this queue. */
+    public boolean shared() {
+        return loop != null;
     }
 
     /** Adds a descriptor to wake on (any thread; the handler sees {@code token} in {@link Handler#event}). */
     public void watch(Fd fd, int events, long token) throws LinuxException {
-        epoll.add(fd, events, token);
+        checkToken(token);
+        if (loop != null) {
+            loop.watch(this, fd, events, token);
+        } else {
+            epoll.add(fd, events, token);
+        }
     }
 
     /** Changes the events watched for {@code fd}. */
     public void modify(Fd fd, int events, long token) throws LinuxException {
-        epoll.modify(fd, events, token);
+        checkToken(token);
+        if (loop != null) {
+            loop.modify(this, fd, events, token);
+        } else {
+            epoll.modify(fd, events, token);
+        }
     }
 
     /** Stops watching {@code fd} (before closing it). */
     public void unwatch(Fd fd) throws LinuxException {
-        epoll.delete(fd);
+        if (loop != null) {
+            loop.unwatch(this, fd);
+        } else {
+            epoll.delete(fd);
+        }
     }
 
     /**
@@ -419,6 +524,9 @@ public final class QueueWorker {
      */
     public boolean stop(Duration timeout) {
         stopRequested = true;
+        if (loop != null) {
+            return loop.stop(this, timeout);
+        }
         try {
             stopFd.signal();
         } catch (LinuxException e) {

@@ -123,6 +123,17 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     private boolean pin;
 
+    private volatile io.iovirt.virtio.WorkerGroup workers;
+
+    /**
+     * Serves the transmit queues on the shared threads of {@code group} (null, the default: one thread per transmit
+     * queue). Queues started afterwards use it; the caller closes the group after the port.
+     */
+    public VirtioNetPort workers(io.iovirt.virtio.WorkerGroup group) {
+        this.workers = group;
+        return this;
+    }
+
     /**
      * Pins the guest's source MAC to the configured one ({@link Options#mac()}): frames from any other source are
      * dropped, so the guest cannot spoof other stations or fill the MAC table.
@@ -346,11 +357,12 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                         .spin(options.pollMicros() * 1000L)
                         .pollEvery(setup.kick() == null ? 1 : -1)
                         .onFailure(why -> needsReset = true)
+                        .group(workers)
                         .build(new RingHandler(vq, setup.call(), NetTxQueue.BATCH, tq));
                 txWorkers[pair] = w;
                 txRings[pair] = vq;
                 w.start();
-            } catch (LinuxException e) {
+            } catch (LinuxException | IllegalStateException e) {
                 vq.releaseMemory();
                 throw new BackendException(name() + ": cannot start transmit queue " + index + ": " + e.getMessage());
             }

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.virtio;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertSame;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.EventFd;
+import io.iovirt.testing.Await;
+import io.iovirt.vhostuser.LogCapture;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.BooleanSupplier;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/**
+ * The shared loop of a {@link WorkerGroup} with real kick and err eventfds: the queue "ring" is a counter of
+ * requests the test (the driver) adds before it kicks, and each handler takes at most {@link #BATCH} per batch, as
+ * a RingHandler does. Checks QueueWorker's per-queue contract on a shared thread: fairness between queues, the
+ * failure of one handler, the stop of one queue while the others run, reattaching, spreading over threads.
+ */
+@Timeout(120)
+class WorkerGroupTest {
+    static final int BATCH = 4;
+    static final Duration BOUND = Duration.ofSeconds(30);
+
+    private final List<AutoCloseable> closeables = new ArrayList<>();
+
+    @AfterEach
+    void cleanUp() throws Exception {
+        for (int i = closeables.size() - 1; i >= 0; i--) {
+            closeables.get(i).close();
+        }
+    }
+
+    private <T extends AutoCloseable> T closing(T c) {
+        closeables.add(c);
+        return c;
+    }
+
+    static void await(String what, BooleanSupplier c) {
+        Await.until(BOUND, what, c);
+    }
+
+    /** A queue: requests pending, what the loop did with them, on which thread. */
+    static final class TestQueue implements QueueWorker.Handler {
+        final String name;
+        final AtomicLong pending = new AtomicLong();
+        final AtomicLong served = new AtomicLong();
+        final AtomicLong calls = new AtomicLong();
+        final AtomicInteger stoppedCalls = new AtomicInteger();
+        final AtomicReference<Boolean> stoppedFailed = new AtomicReference<>();
+        final AtomicReference<Thread> thread = new AtomicReference<>();
+        volatile Throwable throwOnCall; // thrown by the next process()
+        volatile TestQueue rival; // fairness: the largest lead of this queue's calls over the rival's
+        volatile long maxLead;
+        QueueWorker worker;
+
+        TestQueue(String name) {
+            this.name = name;
+        }
+
+        @Override
+        public void attached(QueueWorker w) {
+            worker = w;
+        }
+
+        @Override
+        public boolean process() throws Exception {
+            thread.set(Thread.currentThread());
+            long c = calls.incrementAndGet();
+            Throwable t = throwOnCall;
+            if (t != null) {
+                throwOnCall = null;
+                if (t instanceof Exception e) {
+                    throw e;
+                }
+                throw (Error) t;
+            }
+            TestQueue r = rival;
+            if (r != null) {
+                maxLead = Math.max(maxLead, c - r.calls.get());
+            }
+            long took = 0;
+            while (took < BATCH && pending.get() > 0) {
+                pending.decrementAndGet();
+                took++;
+            }
+            served.addAndGet(took);
+            return took == BATCH && pending.get() > 0;
+        }
+
+        @Override
+        public boolean hasWork() {
+            return pending.get() > 0;
+        }
+
+        @Override
+        public boolean prepareToSleep() {
+            return pending.get() > 0;
+        }
+
+        @Override
+        public void stopped(boolean failed) {
+            assertTrue(worker.onWorkerThread(), "stopped() runs on the loop thread");
+            stoppedCalls.incrementAndGet();
+            stoppedFailed.set(failed);
+        }
+    }
+
+    /** A driver side: its kick and err eventfds. */
+    final class Driver {
+        final EventFd kick = closing(EventFd.create(true));
+        final EventFd err = closing(EventFd.create(true));
+        final AtomicReference<String> failure = new AtomicReference<>();
+
+        Driver() throws Exception {}
+
+        QueueWorker attach(WorkerGroup g, TestQueue q) throws Exception {
+            return QueueWorker.builder(q.name)
+                    .kick(kick)
+                    .err(err)
+                    .group(g)
+                    .onFailure(failure::set)
+                    .start(q);
+        }
+
+        void add(TestQueue q, long n) throws Exception {
+            q.pending.addAndGet(n);
+            kick.signal();
+        }
+    }
+
+    @Test
+    void aFloodingQueueCannotStarveAnotherOnTheSameThread() throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 1));
+        Driver d1 = new Driver();
+        Driver d2 = new Driver();
+        TestQueue flood = new TestQueue("flood q0");
+        TestQueue quiet = new TestQueue("quiet q1");
+        flood.rival = quiet;
+        QueueWorker w1 = d1.attach(g, flood);
+        QueueWorker w2 = d2.attach(g, quiet);
+        d1.add(flood, Long.MAX_VALUE / 2); // never runs dry: the thread never sleeps
+        await("the flooding queue is served", () -> flood.served.get() > 10_000);
+        for (int round = 0; round < 20; round++) {
+            long before = quiet.served.get();
+            d2.add(quiet, 3 * BATCH + 1);
+            await(
+                    "the quiet queue is served while the other floods",
+                    () -> quiet.served.get() == before + 3 * BATCH + 1);
+        }
+        assertSame(flood.thread.get(), quiet.thread.get(), "one shared thread serves both");
+        // each round gives every active queue at most one batch: the flooding queue is never more than one batch
+        // ahead of the other in calls, so the other waits at most one of its batches
+        assertTrue(flood.maxLead <= 1, "the flooding queue got " + flood.maxLead + " batches ahead in one round");
+        assertTrue(w1.stats().batches.sum() > 1000 && w2.stats().batches.sum() > 1000);
+        assertTrue(w1.stop(BOUND) && w2.stop(BOUND));
+        assertEquals(Boolean.FALSE, flood.stoppedFailed.get());
+        assertEquals(Boolean.FALSE, quiet.stoppedFailed.get());
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"runtime", "fault", "checked"})
+    void aThrowingHandlerFailsOnlyItsQueueAndTheThreadServesTheOthers(String kind) throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 1));
+        LogCapture log = closing(LogCapture.start("io.iovirt.virtio"));
+        Driver d1 = new Driver();
+        Driver d2 = new Driver();
+        TestQueue bad = new TestQueue("guest-a tx1");
+        TestQueue good = new TestQueue("guest-b tx1");
+        QueueWorker wb = d1.attach(g, bad);
+        QueueWorker wg = d2.attach(g, good);
+        d1.add(bad, 10);
+        d2.add(good, 10);
+        await("both served", () -> bad.served.get() == 10 && good.served.get() == 10);
+        bad.throwOnCall = switch (kind) {
+            case "runtime" -> new IllegalStateException("a bug");
+            // what a SIGBUS on guest memory the frontend truncated becomes
+            case "fault" -> new InternalError("a fault occurred in an unsafe memory access");
+            default ->
+                new VirtqueueException(1, VirtqueueException.Reason.BAD_INDIRECT_TABLE, "descriptor 7 is out of range");
+        };
+        d1.add(bad, 1);
+        String line = log.awaitLine("queue stopped until the driver resets the device");
+        assertTrue(line.startsWith("guest-a tx1: "), line);
+        await("the failed queue ends", () -> !wb.running());
+        assertNotNull(wb.failure());
+        assertNotNull(d1.failure.get(), "the failure listener was told");
+        assertTrue(d1.err.consume() > 0, "the err eventfd was signalled");
+        assertEquals(1, bad.stoppedCalls.get());
+        assertEquals(Boolean.TRUE, bad.stoppedFailed.get());
+        assertTrue(wg.running());
+        // the failed queue's kick left the epoll set: kicking it wakes nothing of it; the other is still served
+        long badCalls = bad.calls.get();
+        d1.add(bad, 5);
+        for (int i = 0; i < 5; i++) {
+            long before = good.served.get();
+            d2.add(good, 7);
+            await("the other queue on the same thread is still served", () -> good.served.get() == before + 7);
+        }
+        assertEquals(badCalls, bad.calls.get(), "nothing runs the failed queue any more");
+        assertTrue(wb.stop(BOUND), "stopping a failed queue returns at once");
+        assertEquals(1, bad.stoppedCalls.get(), "stopped() runs exactly once");
+        assertTrue(wg.stop(BOUND));
+    }
+
+    @Test
+    void stoppingOneQueueLeavesTheOthersRunningAndAReattachedQueueIsServed() throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 1));
+        Driver d1 = new Driver();
+        Driver d2 = new Driver();
+        TestQueue flood = new TestQueue("flood");
+        TestQueue victim = new TestQueue("stopped");
+        QueueWorker w1 = d1.attach(g, flood);
+        QueueWorker w2 = d2.attach(g, victim);
+        d1.add(flood, Long.MAX_VALUE / 2);
+        d2.add(victim, 5);
+        await("both served", () -> victim.served.get() == 5 && flood.served.get() > 1000);
+        assertEquals(2, g.queues(0));
+        // stopped while the other queue keeps the thread busy: the stop bound holds, stopped(false) has run
+        assertTrue(w2.stop(BOUND), "stop returns once the queue is detached");
+        assertEquals(1, victim.stoppedCalls.get());
+        assertEquals(Boolean.FALSE, victim.stoppedFailed.get());
+        assertFalse(w2.running());
+        assertEquals(1, g.queues(0));
+        long calls = victim.calls.get();
+        d2.add(victim, 5); // a kick of a detached queue
+        long floodNow = flood.calls.get();
+        await("the other queue goes on", () -> flood.calls.get() > floodNow + 1000);
+        assertEquals(calls, victim.calls.get(), "the stopped handler is never called again");
+        assertTrue(w1.running());
+        // the frontend reconnects: a new worker for the same ring (the same driver kick) on the same group
+        TestQueue again = new TestQueue("reattached");
+        again.pending.set(victim.pending.getAndSet(0));
+        QueueWorker w3 = d2.attach(g, again);
+        await("work left before the reconnect is served at once", () -> again.served.get() == 5);
+        d2.add(again, 9);
+        await("the reattached queue is served", () -> again.served.get() == 14);
+        assertSame(flood.thread.get(), again.thread.get());
+        g.close(); // stops what is still attached, on the loop thread
+        assertEquals(1, flood.stoppedCalls.get());
+        assertEquals(1, again.stoppedCalls.get());
+        assertFalse(w1.running() || w3.running());
+        assertTrue(w1.stop(BOUND), "stop after the group closed returns at once");
+    }
+
+    @Test
+    void queuesGoToTheLeastLoadedThread() throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 2));
+        List<QueueWorker> ws = new ArrayList<>();
+        List<TestQueue> qs = new ArrayList<>();
+        for (int i = 0; i < 3; i++) {
+            TestQueue q = new TestQueue("q" + i);
+            qs.add(q);
+            ws.add(new Driver().attach(g, q));
+        }
+        assertEquals(2, g.queues(0));
+        assertEquals(1, g.queues(1));
+        assertTrue(ws.get(0).stop(BOUND));
+        assertEquals(1, g.queues(0));
+        QueueWorker w = new Driver().attach(g, new TestQueue("q3"));
+        assertEquals(2, g.queues(0), "the freed place is taken first");
+        assertTrue(w.stop(BOUND));
+        assertTrue(ws.get(1).stop(BOUND) && ws.get(2).stop(BOUND));
+        assertEquals(0, g.queues(0) + g.queues(1));
+    }
+
+    @Test
+    void aQueueBuiltButNeverStartedIsReleasedByStop() throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 1));
+        Driver d = new Driver();
+        TestQueue q = new TestQueue("never started");
+        QueueWorker w = QueueWorker.builder(q.name).kick(d.kick).group(g).build(q);
+        assertEquals(1, g.queues(0));
+        d.add(q, 3); // its kick is registered but inert
+        assertTrue(w.stop(BOUND));
+        assertEquals(0, g.queues(0));
+        assertEquals(0, q.calls.get());
+        assertEquals(0, q.stoppedCalls.get(), "stopped() only follows a started loop, as for a thread of its own");
+    }
+}
