@@ -13,6 +13,7 @@ import io.iovirt.net.Switch;
 import io.iovirt.vhostuser.LogCapture;
 import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.VirtioFeatures;
+import io.iovirt.virtio.WorkerGroup;
 import java.io.IOException;
 import java.lang.management.ManagementFactory;
 import java.nio.file.Path;
@@ -50,19 +51,34 @@ class HostileNetFrontendTest {
     VirtioNetPort pb;
     VirtioNetPort pc;
     LogCapture log;
+    /** The shared poll threads of the ports' transmit queues, or null (a thread per queue). */
+    WorkerGroup group;
+
+    /** Shared poll threads for the ports' transmit queues (0: one thread per queue). */
+    int pollThreads() {
+        return 0;
+    }
+
+    VirtioNetPort port(VirtioNetPort.Options o) {
+        return new VirtioNetPort(o).workers(group);
+    }
 
     @BeforeEach
     void start() throws IOException {
         log = LogCapture.start("io.iovirt");
+        group = pollThreads() > 0 ? WorkerGroup.create("test poll", pollThreads()) : null;
         sw = new Switch(Switch.Config.defaults());
-        pa = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("a.sock"), 1, -1, 0)));
-        pb = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("b.sock"), 1, -1, 0)));
-        pc = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("c.sock"), 1, -1, 0)));
+        pa = sw.addPort(port(new VirtioNetPort.Options(dir.resolve("a.sock"), 1, -1, 0)));
+        pb = sw.addPort(port(new VirtioNetPort.Options(dir.resolve("b.sock"), 1, -1, 0)));
+        pc = sw.addPort(port(new VirtioNetPort.Options(dir.resolve("c.sock"), 1, -1, 0)));
     }
 
     @AfterEach
     void stop() {
         sw.close();
+        if (group != null) {
+            group.close();
+        }
         log.close();
     }
 
@@ -255,9 +271,10 @@ class HostileNetFrontendTest {
     void aPinnedPortCannotSpoofOrFillTheMacTable() throws Exception {
         sw.close();
         sw = new Switch(Switch.Config.defaults());
-        pa = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pa.sock"), 1, A, 0)).pinSource(true));
-        pb = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pb.sock"), 1, -1, 0)));
-        pc = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("pc.sock"), 1, -1, 0)));
+        pa = sw.addPort(
+                port(new VirtioNetPort.Options(dir.resolve("pa.sock"), 1, A, 0)).pinSource(true));
+        pb = sw.addPort(port(new VirtioNetPort.Options(dir.resolve("pb.sock"), 1, -1, 0)));
+        pc = sw.addPort(port(new VirtioNetPort.Options(dir.resolve("pc.sock"), 1, -1, 0)));
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {

@@ -61,6 +61,12 @@ final class Testpmd implements AutoCloseable {
      */
     static Testpmd start(Path binary, Path dir, String name, String lcores, String vdev, String... args)
             throws IOException, InterruptedException {
+        return start(binary, dir, name, lcores, List.of(vdev), args);
+    }
+
+    /** {@link #start(Path, Path, String, String, String, String...)} with several vdevs (ports 0, 1, ...). */
+    static Testpmd start(Path binary, Path dir, String name, String lcores, List<String> vdevs, String... args)
+            throws IOException, InterruptedException {
         // stdbuf: testpmd's stdout is a file here, which stdio would buffer until exit
         List<String> cmd = new ArrayList<>(List.of(
                 "stdbuf",
@@ -71,12 +77,12 @@ final class Testpmd implements AutoCloseable {
                 "-m",
                 "256",
                 "--no-pci",
-                "--file-prefix=" + name + ProcessHandle.current().pid(),
-                "--vdev",
-                vdev,
-                "--",
-                "-i",
-                "--total-num-mbufs=8192"));
+                "--file-prefix=" + name + ProcessHandle.current().pid()));
+        for (String vdev : vdevs) {
+            cmd.add("--vdev");
+            cmd.add(vdev);
+        }
+        cmd.addAll(List.of("--", "-i", "--total-num-mbufs=8192"));
         cmd.addAll(List.of(args));
         Path log = dir.resolve(name + ".log");
         // may dump core into dir: a crash reaches the test's failure message as a gdb backtrace
@@ -144,14 +150,19 @@ final class Testpmd implements AutoCloseable {
                 Long.parseLong(m.group(4)));
     }
 
-    private static final Pattern PORT_STATS = Pattern.compile(
-            "NIC statistics for port 0\\s+#+\\s+RX-packets:\\s+(\\d+).*?TX-packets:\\s+(\\d+)", Pattern.DOTALL);
-
     /** {@code show port stats 0}: {rx packets, tx packets} so far, while forwarding continues. */
     long[] portStats() throws IOException, InterruptedException {
+        return portStats(0);
+    }
+
+    /** {@code show port stats N}: {rx packets, tx packets} of port N so far, while forwarding continues. */
+    long[] portStats(int port) throws IOException, InterruptedException {
         int from = output().length();
-        command("show port stats 0");
-        Matcher m = awaitOutput(PORT_STATS, Duration.ofSeconds(30), from);
+        command("show port stats " + port);
+        Pattern p = Pattern.compile(
+                "NIC statistics for port " + port + "\\s+#+\\s+RX-packets:\\s+(\\d+).*?TX-packets:\\s+(\\d+)",
+                Pattern.DOTALL);
+        Matcher m = awaitOutput(p, Duration.ofSeconds(30), from);
         return new long[] {Long.parseLong(m.group(1)), Long.parseLong(m.group(2))};
     }
 
