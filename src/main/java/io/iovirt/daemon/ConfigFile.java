@@ -92,7 +92,8 @@ final class ConfigFile {
             for (int i = 0; i < netList.size(); i++) {
                 Map<String, Object> e = new LinkedHashMap<>(object(netList.get(i), "net[" + i + "]"));
                 Object portsValue = e.remove("ports");
-                Params p = new Params(file + ": net[" + i + "]", e).allow("id", "mtu", "mac-aging", "macs-per-port");
+                Params p = new Params(file + ": net[" + i + "]", e)
+                        .allow("id", "mtu", "mac-aging", "macs-per-port", "poll-threads");
                 p.id("id");
                 NetSwitch.Spec s = d.netSpec(p, null);
                 if (nets.put(s.id(), s) != null || blks.containsKey(s.id()) || nbds.containsKey(s.id())) {

@@ -114,7 +114,7 @@ public final class Daemon implements AutoCloseable {
             case "blk.info" -> blkInfo(p.allow("id"));
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
-            case "net.add" -> netAdd(p.allow("id", "mtu", "mac-aging", "macs-per-port"), false);
+            case "net.add" -> netAdd(p.allow("id", "mtu", "mac-aging", "macs-per-port", "poll-threads"), false);
             case "net.remove" -> netRemove(p.allow("id"));
             case "net.port.add" -> portAdd(p.allow("net", "id", "kind", "path", "ifname", "queues", "mac"), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
@@ -480,7 +480,8 @@ public final class Daemon implements AutoCloseable {
                         "macs-per-port",
                         io.iovirt.net.Switch.DEFAULT_MACS_PER_PORT,
                         1,
-                        io.iovirt.net.Switch.DEFAULT_MAC_CAPACITY));
+                        io.iovirt.net.Switch.DEFAULT_MAC_CAPACITY),
+                (int) p.integer("poll-threads", 0, 0, io.iovirt.virtio.WorkerGroup.MAX_THREADS));
     }
 
     private Map<String, Object> netAdd(Params p, boolean fromConfig) throws RpcException {
@@ -502,7 +503,7 @@ public final class Daemon implements AutoCloseable {
             NetSwitch n;
             try {
                 n = new NetSwitch(spec, fromConfig);
-            } catch (RuntimeException ex) {
+            } catch (RuntimeException | io.iovirt.linux.LinuxException ex) {
                 throw new RpcException(RpcException.FAILED, "net.add " + spec.id() + ": " + ex.getMessage());
             }
             nets.put(spec.id(), n);
@@ -666,6 +667,7 @@ public final class Daemon implements AutoCloseable {
                 m.put("mtu", n.spec.mtu());
                 m.put("mac_aging", n.spec.macAgingSeconds());
                 m.put("macs_per_port", n.spec.macsPerPort());
+                m.put("poll_threads", n.spec.pollThreads());
                 m.put("macs", n.sw.macTable().size());
                 List<Object> ports = new ArrayList<>();
                 for (NetSwitch.PortEntry e : n.ports.values()) {

@@ -2,10 +2,12 @@
 package io.iovirt.daemon;
 
 import io.iovirt.devices.net.VirtioNetPort;
+import io.iovirt.linux.LinuxException;
 import io.iovirt.net.Port;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
 import io.iovirt.net.TapPort;
+import io.iovirt.virtio.WorkerGroup;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
@@ -16,7 +18,8 @@ import java.util.Map;
  * drops its own frames only. Guarded by the daemon's lock.
  */
 final class NetSwitch implements AutoCloseable {
-    record Spec(String id, int mtu, int macAgingSeconds, int macsPerPort) {}
+    /** {@code pollThreads}: shared poll threads for the vhost-user ports' transmit queues (0: a thread per queue). */
+    record Spec(String id, int mtu, int macAgingSeconds, int macsPerPort, int pollThreads) {}
 
     /** A port as requested: kind vhost-user|stream|tap, path (sockets) or ifname (tap). */
     record PortSpec(String id, String kind, String path, int queues, long mac) {}
@@ -27,10 +30,13 @@ final class NetSwitch implements AutoCloseable {
     final Switch sw;
     final boolean fromConfig;
     final Map<String, PortEntry> ports = new LinkedHashMap<>();
+    /** The shared poll threads ({@link Spec#pollThreads}), or null. */
+    private final WorkerGroup group;
 
-    NetSwitch(Spec spec, boolean fromConfig) {
+    NetSwitch(Spec spec, boolean fromConfig) throws LinuxException {
         this.spec = spec;
         this.fromConfig = fromConfig;
+        this.group = spec.pollThreads() > 0 ? WorkerGroup.create("net " + spec.id(), spec.pollThreads()) : null;
         this.sw = new Switch(Switch.Config.defaults()
                 .withMtu(spec.mtu())
                 .withMacAging(spec.macAgingSeconds())
@@ -42,7 +48,8 @@ final class NetSwitch implements AutoCloseable {
         Port p = switch (ps.kind()) {
             case "vhost-user" ->
                 new VirtioNetPort(new VirtioNetPort.Options(Path.of(ps.path()), ps.queues(), ps.mac(), 0))
-                        .withAccess(access);
+                        .withAccess(access)
+                        .workers(group);
             case "stream" -> new StreamPort(Path.of(ps.path()), access);
             case "tap" -> new TapPort(ps.path());
             default -> throw new IllegalArgumentException("unknown port kind " + ps.kind());
@@ -64,5 +71,8 @@ final class NetSwitch implements AutoCloseable {
     public void close() {
         sw.close();
         ports.clear();
+        if (group != null) {
+            group.close(); // after the ports: their queues have left it
+        }
     }
 }

@@ -246,7 +246,9 @@ class DaemonApiTest {
         assertEquals("net0", ok("net.add").get("id"));
         assertEquals(
                 "lan",
-                ok("net.add", "id", "lan", "mtu", 9000, "macs-per-port", 4).get("id"));
+                ok("net.add", "id", "lan", "mtu", 9000, "macs-per-port", 4, "poll-threads", 2)
+                        .get("id"));
+        bad(RpcException.INVALID_PARAMS, "net.add", "poll-threads", 257);
         bad(RpcException.EXISTS, "net.add", "id", "lan");
         bad(RpcException.INVALID_PARAMS, "net.add", "mtu", 10);
         bad(RpcException.INVALID_PARAMS, "net.add", "mac-aging", 0);
@@ -322,7 +324,8 @@ class DaemonApiTest {
         assertTrue(
                 nets.stream()
                         .anyMatch(n -> ((Map<?, ?>) n).get("id").equals("lan")
-                                && ((Number) ((Map<?, ?>) n).get("macs_per_port")).intValue() == 4),
+                                && ((Number) ((Map<?, ?>) n).get("macs_per_port")).intValue() == 4
+                                && ((Number) ((Map<?, ?>) n).get("poll_threads")).intValue() == 2),
                 nets.toString());
         List<?> ports = (List<?>) ((Map<?, ?>) nets.get(0)).get("ports");
         assertEquals(2, ports.size());
