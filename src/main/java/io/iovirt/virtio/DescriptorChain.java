@@ -46,7 +46,11 @@ public final class DescriptorChain {
     }
 
     void reset() {
-        Arrays.fill(maps, 0, count, null); // drop references to the previous request's guest memory
+        // drop references to the previous request's guest memory; a loop the JIT inlines, not Arrays.fill: perf
+        // showed the out-of-line Arrays.fill call at 3 % of the p2p forwarding thread for its one or two elements
+        for (int i = 0; i < count; i++) {
+            maps[i] = null;
+        }
         count = 0;
         readable = 0;
         readableBytes = 0;
