@@ -277,6 +277,67 @@ class WorkerGroupTest {
     }
 
     @Test
+    void oneSpinServesEveryQueueWithoutKicksAndIsBounded() throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 1));
+        TestQueue q1 = new TestQueue("spinning q0");
+        TestQueue q2 = new TestQueue("kicked q1");
+        // q1 asks for the longest spin and has no kick (a polling driver); pollEvery(1) is its fallback should the
+        // spin end; q2 sleeps at once on its own, but shares q1's spin on this thread
+        QueueWorker w1 = QueueWorker.builder(q1.name)
+                .spin(QueueWorker.MAX_SPIN_NANOS)
+                .pollEvery(1)
+                .group(g)
+                .start(q1);
+        Driver d2 = new Driver();
+        QueueWorker w2 = d2.attach(g, q2);
+        for (int i = 1; i <= 20; i++) {
+            q1.pending.addAndGet(3); // no kick
+            q2.pending.addAndGet(2); // no kick either: the shared spin looks at every queue
+            long want1 = 3L * i;
+            long want2 = 2L * i;
+            await("served without a kick", () -> q1.served.get() == want1 && q2.served.get() == want2);
+        }
+        assertTrue(
+                w1.stats().spinHits.sum() + w2.stats().spinHits.sum() > 0,
+                "the spin found work: " + w1.stats().spinHits.sum() + " "
+                        + w2.stats().spinHits.sum());
+        // the spin is bounded: idle, the thread ends up in epoll
+        long sleeps = w1.stats().sleeps.sum();
+        await("the idle thread sleeps after its spin", () -> w1.stats().sleeps.sum() > sleeps);
+        assertTrue(w1.stop(BOUND) && w2.stop(BOUND));
+    }
+
+    @Test
+    void queuesComeAndGoWhileAnotherFloods() throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 1));
+        Driver d1 = new Driver();
+        TestQueue flood = new TestQueue("flood");
+        QueueWorker w1 = d1.attach(g, flood);
+        d1.add(flood, Long.MAX_VALUE / 2);
+        Driver d2 = new Driver(); // one frontend that reconnects again and again
+        for (int i = 0; i < 200; i++) {
+            TestQueue q = new TestQueue("churn " + i);
+            q.pending.set(i % 3); // work left from before the reconnect
+            QueueWorker w = d2.attach(g, q);
+            if (i % 2 == 0) {
+                d2.add(q, 5);
+                long want = i % 3 + 5;
+                await("served", () -> q.served.get() == want);
+            }
+            assertTrue(w.stop(BOUND));
+            long calls = q.calls.get();
+            assertEquals(1, q.stoppedCalls.get(), "stopped() once, before stop returned");
+            d2.kick.signal();
+            assertEquals(calls, q.calls.get(), "nothing runs a stopped queue");
+        }
+        assertTrue(w1.running());
+        assertEquals(1, g.queues(0));
+        long now = flood.calls.get();
+        await("the flooding queue was served throughout", () -> flood.calls.get() > now + 100);
+        assertTrue(w1.stop(BOUND));
+    }
+
+    @Test
     void aQueueBuiltButNeverStartedIsReleasedByStop() throws Exception {
         WorkerGroup g = closing(WorkerGroup.create("test", 1));
         Driver d = new Driver();
