@@ -79,18 +79,18 @@ final class ServeNetCommand implements Callable<Integer> {
     int mtu;
 
     // Default 0 (a thread per transmit queue), decided by measurement and by what a default must survive. Measured
-    // on the shared 2-CPU development machine (scripts/bench-net.sh --topology p2p, 64 B, backend on CPU 0, every
-    // run noise-bound: frontend core 73-98 %): three alternating pairs at --nice -10 gave, per queue vs one shared
-    // thread, 1.65/2.53/1.35 vs 2.65/1.75/2.12 Mpps at poll-us=0 (backend 464/324/625 vs 325/482/342 ns/frame) and
-    // 2.19/2.51/1.22 vs 1.71/2.74/1.25 at poll-us=1000; one unboosted pair, the only rows with the frontend at 95-99 %,
-    // 3.93 vs 3.36 Mpps (252 vs 282 ns/frame) at poll-us=0. perf on both modes: kernel time (epoll, context
-    // switches) 1.0-1.4 % of the backend, the shared loop itself 0.3 %; the rest is the data path either way. So
-    // sharing is not measurably faster here, and as a default it would also cost what per-queue threads give for
-    // free: a shared thread serialises every port's transmit path (one core for all, whatever the host has), and a
-    // queue that stalls — e.g. a hostile frontend's blocking, full call eventfd, bounded at 200 ms per interrupt by
-    // the eventfd watchdog — stalls every queue of its thread instead of one. It is the tool for more ports than the
-    // switch has cores (no two threads waking each other on one core; one spinning thread instead of several taking
-    // turns in scheduler slices with poll-us > 0), chosen by the operator, as OVS's pmd-cpu-mask is.
+    // on the shared 2-CPU development machine with scripts/bench-net.sh --topology p2p (64 B, backend on CPU 0,
+    // frontend on CPU 1), per queue vs one shared thread; only rows with the frontend at >= 95 % count:
+    //   poll-us=1000 (18:47 UTC): 1.77 Mpps, 559 ns/frame vs 3.86 Mpps, 255 ns/frame (NetPathBench's single-thread
+    //     floor is 251): two spinning threads on one core take turns in scheduler slices, one thread does not;
+    //   poll-us=0 (18:11 UTC): 3.93 Mpps, 252 ns/frame vs 3.36 Mpps, 282 ns/frame; three alternating pairs at
+    //     --nice -10 (frontend 82-93 %, noise-bound) 1.65/2.53/1.35 vs 2.65/1.75/2.12 Mpps: no difference beyond noise.
+    // perf at poll-us=0: kernel time (epoll, context switches) 1.0-1.4 % of the backend in both modes, the shared loop
+    // itself 0.3 %; the rest is the data path either way. So sharing wins where several queues would spin on fewer
+    // cores, and as a default it would cost what per-queue threads give for free: a shared thread serialises every
+    // port's transmit path (one core for all, whatever the host has), and a queue that stalls — e.g. on a hostile
+    // frontend's blocking, full call eventfd, bounded at 200 ms per interrupt by the eventfd watchdog — stalls every
+    // queue of its thread instead of one. The operator chooses it for more ports than cores, as OVS's pmd-cpu-mask.
     @Option(
             names = "--poll-threads",
             paramLabel = "N",
