@@ -50,6 +50,17 @@ class ServeErrorsTest {
     }
 
     @Test
+    void pollThreadsOutOfRangeIsAUsageError() {
+        Path sock = tmp.resolve("p.sock");
+        for (String n : List.of("-1", "257")) {
+            CliRun r = CliRun.run(List.of("serve", "net", "--poll-threads", n, "--port", "vhost-user:" + sock));
+            assertEquals(2, r.exit(), r.err());
+            assertTrue(r.err().startsWith("iovirt serve net: --poll-threads must be 0..256"), r.err());
+            assertTrue(!Files.exists(sock), "nothing was started");
+        }
+    }
+
+    @Test
     void aLiveSocketIsRefusedNamingOnlyOptionsTheCommandHas() throws Exception {
         Path sock = tmp.resolve("live.sock");
         Path image = tmp.resolve("disk.raw");
