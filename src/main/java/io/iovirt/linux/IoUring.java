@@ -16,6 +16,7 @@ import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Objects;
 
 /**
  * An io_uring instance: asynchronous file I/O through two rings shared with the kernel. The owner prepares
@@ -408,6 +409,21 @@ public final class IoUring implements AutoCloseable {
         prep(OP_WRITE, 0, file.get(), offset, buffer.address(), (int) buffer.byteSize(), 0, userData);
     }
 
+    /**
+     * pread into {@code length} bytes of {@code memory} from {@code memoryOffset} (native memory, at most
+     * {@value #MAX_RW_BYTES} bytes): a guest buffer as (region mapping, offset, length), without a slice.
+     */
+    public void read(Fd file, MemorySegment memory, long memoryOffset, long length, long offset, long userData) {
+        checkBuffer(memory, memoryOffset, length);
+        prep(OP_READ, 0, file.get(), offset, memory.address() + memoryOffset, (int) length, 0, userData);
+    }
+
+    /** pwrite from {@code length} bytes of {@code memory} from {@code memoryOffset} (see {@link #read}). */
+    public void write(Fd file, MemorySegment memory, long memoryOffset, long length, long offset, long userData) {
+        checkBuffer(memory, memoryOffset, length);
+        prep(OP_WRITE, 0, file.get(), offset, memory.address() + memoryOffset, (int) length, 0, userData);
+    }
+
     /** fsync, or fdatasync when {@code fsyncFlags} has {@link #FSYNC_DATASYNC}, of the whole file. */
     public void fsync(Fd file, int fsyncFlags, long userData) {
         fsync(file, fsyncFlags, userData, 0);
@@ -464,6 +480,16 @@ public final class IoUring implements AutoCloseable {
         if (buffer.byteSize() > MAX_RW_BYTES) {
             throw new IllegalArgumentException(
                     "one read/write moves at most " + MAX_RW_BYTES + " bytes: " + buffer.byteSize());
+        }
+    }
+
+    private static void checkBuffer(MemorySegment memory, long offset, long length) {
+        if (!memory.isNative()) {
+            throw new IllegalArgumentException("I/O buffers must be native memory");
+        }
+        Objects.checkFromIndexSize(offset, length, memory.byteSize());
+        if (length > MAX_RW_BYTES) {
+            throw new IllegalArgumentException("one read/write moves at most " + MAX_RW_BYTES + " bytes: " + length);
         }
     }
 

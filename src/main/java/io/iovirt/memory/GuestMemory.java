@@ -14,7 +14,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  *
  * <p>Replacing the memory table builds a new snapshot ({@link #with}, {@link #without}); holders swap the reference
  * atomically (see {@link GuestMemoryHolder}). Lookups are a binary search over a few regions; {@link #find} and
- * {@link #mapping}/{@link #offset} allocate nothing, {@link #translate} allocates the returned slice.
+ * {@link #mapping}/{@link #offset} allocate nothing and are what the per-request path uses (descriptor buffers and
+ * indirect tables); {@link #translate} allocates the returned slice and is for set-up (ring areas, config).
  *
  * <p>Reclamation is by reference count, as vm-memory's GuestMemoryAtomic does with Arc: the holder owns one reference
  * to its current snapshot, each queue thread pins the snapshot it is working from ({@link GuestMemoryHolder.Reader}),
@@ -171,19 +172,19 @@ public final class GuestMemory {
      * @throws GuestMemoryFault when the range is empty-wrapped, negative, or not inside a single region
      */
     public MemorySegment translate(long gpa, long len) throws GuestMemoryFault {
-        MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
-        if (r == null || len < 0 || !AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len)) {
+        int i = find(gpa, len);
+        if (i < 0) {
             throw new GuestMemoryFault(
                     String.format("guest address range 0x%x+0x%x is outside guest memory", gpa, len));
         }
-        return r.mapping().asSlice(gpa - r.guestPhysAddr(), len);
+        return byGpa[i].mapping().asSlice(offset(i, gpa), len);
     }
 
     /**
      * The index of the region holding all of [gpa, gpa+len), or -1; allocates nothing. Use with {@link #mapping} and
      * {@link #offset}.
      */
-    public int find(long gpa, long len) {
+    public int find(long gpa, long len) { // the one range check: translate and contains use it too
         int i = AddressRanges.floor(gpaStarts, gpa);
         if (i < 0 || len < 0) {
             return -1;
@@ -204,13 +205,7 @@ public final class GuestMemory {
 
     /** True when [gpa, gpa+len) lies inside one region. */
     public boolean contains(long gpa, long len) {
-        MemoryRegion r = regionFor(byGpa, gpaStarts, gpa);
-        return r != null && len >= 0 && AddressRanges.fits(r.guestPhysAddr(), r.size(), gpa, len);
-    }
-
-    private static MemoryRegion regionFor(MemoryRegion[] sorted, long[] starts, long addr) {
-        int i = AddressRanges.floor(starts, addr);
-        return i < 0 ? null : sorted[i];
+        return find(gpa, len) >= 0;
     }
 
     @Override

@@ -17,8 +17,21 @@ public interface ImageIo extends AutoCloseable {
     /** Starts a new request. */
     void clear();
 
-    /** Adds a buffer; returns false when the request has more segments than this context takes. */
-    boolean add(MemorySegment buffer);
+    /**
+     * Adds {@code length} bytes of {@code memory} from {@code offset} as the next buffer; returns false when the
+     * request has more segments than this context takes. The data path passes a guest buffer as the (region mapping,
+     * offset, length) its descriptor chain checked against guest memory, so a request allocates no slice; the context
+     * keeps the triple, not a segment, and {@code memory} must stay mapped until the request's I/O is over.
+     *
+     * @throws IndexOutOfBoundsException when the range is not inside {@code memory} (a caller bug: guest ranges were
+     *     checked when the chain was popped)
+     */
+    boolean add(MemorySegment memory, long offset, long length);
+
+    /** Adds all of {@code buffer} (cold paths and tests; the data path uses {@link #add(MemorySegment, long, long)}). */
+    default boolean add(MemorySegment buffer) {
+        return add(buffer, 0, buffer.byteSize());
+    }
 
     /** Bytes in the buffers added since {@link #clear()}. */
     long bytes();

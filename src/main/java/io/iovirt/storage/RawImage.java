@@ -12,6 +12,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
 import java.util.Arrays;
+import java.util.Objects;
 
 /**
  * A raw disk image: a regular file (sparse allowed) or a block device, opened buffered or with O_DIRECT.
@@ -337,8 +338,14 @@ public final class RawImage implements DiskImage {
         private final Arena arena;
 
         private final IoVec iov;
-        /** Grows up to the iovec capacity as requests need it, so thousands of idle contexts stay small. */
-        private MemorySegment[] buffers;
+        /**
+         * The buffers as (mapping, offset, length): no slice per buffer. Grow up to the iovec capacity as requests
+         * need them, so thousands of idle contexts stay small.
+         */
+        private MemorySegment[] maps;
+
+        private long[] offs;
+        private long[] lens;
 
         private final MemorySegment bounce;
         private int count;
@@ -348,14 +355,19 @@ public final class RawImage implements DiskImage {
         private IoContext(int maxSegments, int bounceBytes) {
             this.arena = Arena.ofShared();
             this.iov = IoVec.allocate(arena, Math.min(maxSegments, IoVec.IOV_MAX));
-            this.buffers = new MemorySegment[iov.capacity()];
+            this.maps = new MemorySegment[iov.capacity()];
+            this.offs = new long[iov.capacity()];
+            this.lens = new long[iov.capacity()];
             this.bounce = direct ? FileIo.directBuffer(arena, Math.max(bounceBytes, directAlign)) : null;
         }
 
         private IoContext(IoVec iov, MemorySegment bounce) {
             this.arena = null;
             this.iov = iov;
-            this.buffers = new MemorySegment[Math.min(8, iov.capacity())];
+            int cap = Math.min(8, iov.capacity());
+            this.maps = new MemorySegment[cap];
+            this.offs = new long[cap];
+            this.lens = new long[cap];
             this.bounce = direct ? bounce : null;
         }
 
@@ -363,7 +375,7 @@ public final class RawImage implements DiskImage {
         @Override
         public void clear() {
             for (int i = 0; i < count; i++) {
-                buffers[i] = null;
+                maps[i] = null;
             }
             count = 0;
             bytes = 0;
@@ -372,21 +384,31 @@ public final class RawImage implements DiskImage {
 
         /** Adds a guest buffer; returns false when the request has more segments than this context takes. */
         @Override
-        public boolean add(MemorySegment buffer) {
-            if (buffer.byteSize() == 0) {
+        public boolean add(MemorySegment memory, long offset, long length) {
+            Objects.checkFromIndexSize(offset, length, memory.byteSize());
+            if (length == 0) {
                 return true;
             }
-            if (count == buffers.length) {
+            if (!memory.isNative()) {
+                throw new IllegalArgumentException("I/O buffers must be native memory");
+            }
+            if (count == maps.length) {
                 if (count == iov.capacity()) {
                     return false;
                 }
-                buffers = Arrays.copyOf(buffers, Math.min(iov.capacity(), count * 2));
+                int cap = Math.min(iov.capacity(), count * 2);
+                maps = Arrays.copyOf(maps, cap);
+                offs = Arrays.copyOf(offs, cap);
+                lens = Arrays.copyOf(lens, cap);
             }
-            buffers[count] = buffer;
-            iov.set(count, buffer);
+            long address = memory.address() + offset;
+            maps[count] = memory;
+            offs[count] = offset;
+            lens[count] = length;
+            iov.set(count, address, length);
             count++;
-            bytes += buffer.byteSize();
-            if (direct && ((buffer.address() | buffer.byteSize()) & (directAlign - 1)) != 0) {
+            bytes += length;
+            if (direct && ((address | length) & (directAlign - 1)) != 0) {
                 aligned = false;
             }
             return true;
@@ -444,7 +466,7 @@ public final class RawImage implements DiskImage {
                 return false;
             }
             if (count == 1) {
-                ring.read(fd, buffers[0], offset, userData);
+                ring.read(fd, maps[0], offs[0], lens[0], offset, userData);
             } else {
                 ring.readv(fd, iov, count, offset, userData);
             }
@@ -459,7 +481,7 @@ public final class RawImage implements DiskImage {
                 return false;
             }
             if (count == 1) {
-                ring.write(fd, buffers[0], offset, userData);
+                ring.write(fd, maps[0], offs[0], lens[0], offset, userData);
             } else {
                 ring.writev(fd, iov, count, offset, userData);
             }
@@ -488,15 +510,17 @@ public final class RawImage implements DiskImage {
             }
         }
 
-        /** Completes a short preadv/pwritev buffer by buffer (a signal, or a read across a hole's end). */
+        /**
+         * Completes a short preadv/pwritev buffer by buffer (a signal, or a read across a hole's end). Rare, so it
+         * slices.
+         */
         private void finishShort(long offset, long done, boolean write) throws IOException {
             long pos = 0;
             for (int i = 0; i < count; i++) {
-                MemorySegment b = buffers[i];
-                long end = pos + b.byteSize();
+                long end = pos + lens[i];
                 if (end > done) {
                     long skip = Math.max(0, done - pos);
-                    MemorySegment rest = b.asSlice(skip);
+                    MemorySegment rest = maps[i].asSlice(offs[i] + skip, lens[i] - skip);
                     if (write) {
                         FileIo.writeFully(fd, rest, offset + pos + skip);
                     } else {
@@ -531,15 +555,15 @@ public final class RawImage implements DiskImage {
                     }
                 }
                 for (long c = 0; c < chunk; ) { // scatter/gather between the bounce chunk and the guest buffers
-                    long n = Math.min(chunk - c, buffers[seg].byteSize() - segOff);
+                    long n = Math.min(chunk - c, lens[seg] - segOff);
                     if (write) {
-                        MemorySegment.copy(buffers[seg], segOff, b, c, n);
+                        MemorySegment.copy(maps[seg], offs[seg] + segOff, b, c, n);
                     } else {
-                        MemorySegment.copy(b, c, buffers[seg], segOff, n);
+                        MemorySegment.copy(b, c, maps[seg], offs[seg] + segOff, n);
                     }
                     c += n;
                     segOff += n;
-                    if (segOff == buffers[seg].byteSize()) {
+                    if (segOff == lens[seg]) {
                         seg++;
                         segOff = 0;
                     }

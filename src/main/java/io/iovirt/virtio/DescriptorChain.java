@@ -13,8 +13,10 @@ import java.util.Objects;
  * device sets ({@link Virtqueue#limitChain}), so per-request state is bounded whatever the guest does. Device-readable buffers come first
  * (indices {@code 0 .. readableCount()-1}), device-writable ones after them.
  *
- * <p>Chain objects are reusable: {@link Virtqueue#pop(DescriptorChain)} overwrites one in place, so the hot path
- * allocates nothing but the guest-memory slices. A device that keeps several requests in flight holds one chain
+ * <p>Chain objects are reusable: {@link Virtqueue#pop(DescriptorChain)} overwrites one in place, so popping allocates
+ * nothing; the data path hands buffers on as {@link #mapping}/{@link #offset}/{@link #length} (virtio-blk into
+ * {@code storage.ImageIo}, net copies with {@link #gather}/{@link #scatter}), never as slices (issue 10:
+ * BlkAllocationTest, NetAllocationTest). A device that keeps several requests in flight holds one chain
  * object per in-flight request ({@link Virtqueue#newChain()}). Guest memory stays shared with the guest: copy a
  * header into private memory before validating it (the guest can change it at any time).
  */
@@ -109,8 +111,9 @@ public final class DescriptorChain {
     }
 
     /**
-     * Host memory of buffer {@code i} as a new slice (zero length buffers are {@link MemorySegment#NULL}). Allocates:
-     * hot paths use {@link #length}, {@link #mapping}/{@link #offset} or {@link #hostAddress} instead.
+     * Host memory of buffer {@code i} as a new slice (zero length buffers are {@link MemorySegment#NULL}), for cold
+     * paths and tests. Allocates: the data path uses {@link #length}, {@link #mapping}/{@link #offset},
+     * {@link #gather}/{@link #scatter} or {@link #hostAddress} instead.
      */
     public MemorySegment segment(int i) {
         Objects.checkIndex(i, count);

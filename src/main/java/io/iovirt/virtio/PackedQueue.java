@@ -13,7 +13,6 @@ import static io.iovirt.virtio.VirtioRing.LE64;
 import static io.iovirt.virtio.VirtioRing.U16;
 
 import io.iovirt.memory.GuestMemory;
-import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import java.lang.foreign.MemorySegment;
@@ -260,18 +259,18 @@ public final class PackedQueue extends Virtqueue {
                     "indirect table at ring position " + pos + " is " + len
                             + " bytes: must be a non-zero multiple of 16 of at most " + maxChain + " descriptors");
         }
-        MemorySegment table;
-        try {
-            table = mem.translate(addr, len);
-        } catch (GuestMemoryFault f) {
+        int region = mem.find(addr, len); // (mapping, offset), not a slice: expanding a table allocates nothing
+        if (region < 0) {
             throw fail(
                     Reason.INDIRECT_TABLE_OUTSIDE_MEMORY,
                     String.format(
                             "indirect table 0x%x+0x%x at ring position %d is outside guest memory", addr, len, pos));
         }
+        MemorySegment table = mem.mapping(region);
+        long base = mem.offset(region, addr);
         int n = (int) (len / DESC_SIZE);
         for (int i = 0; i < n; i++) {
-            long off = (long) i * DESC_SIZE;
+            long off = base + (long) i * DESC_SIZE;
             long a = table.get(LE64, off);
             long l = Integer.toUnsignedLong(table.get(LE32, off + DESC_LEN));
             int f = Short.toUnsignedInt(table.get(LE16, off + DESC_FLAGS));

@@ -10,7 +10,6 @@ import static io.iovirt.virtio.VirtioRing.LE64;
 import static io.iovirt.virtio.VirtioRing.U16;
 
 import io.iovirt.memory.GuestMemory;
-import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.GuestWriteLog;
 import io.iovirt.virtio.VirtqueueException.Reason;
@@ -167,7 +166,10 @@ public final class SplitQueue extends Virtqueue {
             Arrays.fill(visitedIndirect, 0);
             s = stamp = 1;
         }
+        // The table being walked: the ring's descriptor table, or an indirect table as (region mapping, offset) so
+        // that expanding one per request allocates no slice.
         MemorySegment table = desc;
+        long tableBase = 0;
         int tableSize = size;
         int[] visited = visitedDirect;
         boolean indirect = false;
@@ -180,7 +182,7 @@ public final class SplitQueue extends Virtqueue {
                                 "chain from head %d revisits %sdescriptor %d", head, indirect ? "indirect " : "", i));
             }
             visited[i] = s;
-            long off = (long) i * DESC_SIZE;
+            long off = tableBase + (long) i * DESC_SIZE;
             // Each field is read exactly once (the guest may rewrite the descriptor while we look at it): the
             // descriptor as two 8-byte loads, address, then length, flags and next together.
             long addr = table.get(LE64, off);
@@ -211,14 +213,15 @@ public final class SplitQueue extends Virtqueue {
                                     + " bytes: must be a non-zero multiple of 16 of at most " + maxChain
                                     + " descriptors");
                 }
-                try {
-                    table = mem.translate(addr, len);
-                } catch (GuestMemoryFault f) {
+                int region = mem.find(addr, len);
+                if (region < 0) {
                     throw fail(
                             Reason.INDIRECT_TABLE_OUTSIDE_MEMORY,
                             String.format(
                                     "indirect table 0x%x+0x%x of head %d is outside guest memory", addr, len, head));
                 }
+                table = mem.mapping(region);
+                tableBase = mem.offset(region, addr);
                 tableSize = (int) (len / DESC_SIZE);
                 visited = visitedIndirect;
                 indirect = true;

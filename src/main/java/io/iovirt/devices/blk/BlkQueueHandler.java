@@ -71,7 +71,9 @@ final class BlkQueueHandler implements AutoCloseable {
     private final DiskImage image;
     private final BlkLimits limits;
     private final BlkStats stats;
-    private final byte[] serial;
+    /** The GET_ID answer: NUL-padded or cut to 20 bytes. */
+    private final MemorySegment serial;
+
     private final Arena arena = Arena.ofShared(); // built on the control thread, used and closed on the queue thread
     private final MemorySegment header = arena.allocate(HEADER_BYTES);
     private final MemorySegment discardSegment = arena.allocate(DISCARD_SEGMENT_BYTES);
@@ -85,7 +87,7 @@ final class BlkQueueHandler implements AutoCloseable {
     BlkQueueHandler(DiskImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
         this.image = image;
         this.limits = limits;
-        this.serial = java.util.Arrays.copyOf(serial, ID_BYTES);
+        this.serial = MemorySegment.ofArray(java.util.Arrays.copyOf(serial, ID_BYTES));
         this.stats = stats;
     }
 
@@ -175,7 +177,7 @@ final class BlkQueueHandler implements AutoCloseable {
                 case T_FLUSH -> r.kind = FLUSH;
                 case T_GET_ID -> {
                     r.dataWritten = Math.min(ID_BYTES, writable - 1);
-                    chain.copyToWritable(0, MemorySegment.ofArray(serial).asSlice(0, r.dataWritten));
+                    chain.scatter(0, serial, 0, r.dataWritten);
                 }
                 case T_DISCARD, T_WRITE_ZEROES -> discardOrZero(r, type == T_WRITE_ZEROES);
                 default -> {
@@ -307,9 +309,8 @@ final class BlkQueueHandler implements AutoCloseable {
                 fail(r, "read segment of " + chain.length(i) + " bytes exceeds size_max " + limits.sizeMax());
                 return;
             }
-            MemorySegment s = chain.segment(i);
-            long n = Math.min(left, s.byteSize());
-            if (!io.add(n == s.byteSize() ? s : s.asSlice(0, n))) {
+            long n = Math.min(left, chain.length(i));
+            if (!io.add(chain.mapping(i), chain.offset(i), n)) {
                 fail(r, "read has more than " + limits.segMax() + " segments");
                 return;
             }
@@ -338,12 +339,12 @@ final class BlkQueueHandler implements AutoCloseable {
                 fail(r, "write segment of " + chain.length(i) + " bytes exceeds size_max " + limits.sizeMax());
                 return;
             }
-            MemorySegment s = chain.segment(i);
-            if (skip >= s.byteSize()) {
-                skip -= s.byteSize();
+            long n = chain.length(i);
+            if (skip >= n) {
+                skip -= n;
                 continue;
             }
-            if (!io.add(skip == 0 ? s : s.asSlice(skip))) {
+            if (!io.add(chain.mapping(i), chain.offset(i) + skip, n - skip)) {
                 fail(r, "write has more than " + limits.segMax() + " segments");
                 return;
             }

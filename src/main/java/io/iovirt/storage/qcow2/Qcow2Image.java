@@ -1586,7 +1586,11 @@ public final class Qcow2Image implements DiskImage {
      */
     public final class Qcow2Io implements ImageIo, Source {
         private final RawImage.IoContext raw;
-        private MemorySegment[] buffers = new MemorySegment[8];
+        /** The buffers as (mapping, offset, length), as the raw context keeps them: adding one allocates nothing. */
+        private MemorySegment[] maps = new MemorySegment[8];
+
+        private long[] offs = new long[8];
+        private long[] lens = new long[8];
         private int count;
         private long bytes;
         /** Host offset of the transfer queued by submitRead/submitWrite. */
@@ -1599,24 +1603,29 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void clear() {
             raw.clear();
-            Arrays.fill(buffers, 0, count, null);
+            Arrays.fill(maps, 0, count, null);
             count = 0;
             bytes = 0;
         }
 
         @Override
-        public boolean add(MemorySegment buffer) {
-            if (!raw.add(buffer)) {
+        public boolean add(MemorySegment memory, long offset, long length) {
+            if (!raw.add(memory, offset, length)) { // checks the range
                 return false;
             }
-            if (buffer.byteSize() == 0) {
+            if (length == 0) {
                 return true;
             }
-            if (count == buffers.length) {
-                buffers = Arrays.copyOf(buffers, count * 2);
+            if (count == maps.length) {
+                maps = Arrays.copyOf(maps, count * 2);
+                offs = Arrays.copyOf(offs, count * 2);
+                lens = Arrays.copyOf(lens, count * 2);
             }
-            buffers[count++] = buffer;
-            bytes += buffer.byteSize();
+            maps[count] = memory;
+            offs[count] = offset;
+            lens[count] = length;
+            count++;
+            bytes += length;
             return true;
         }
 
@@ -1633,17 +1642,18 @@ public final class Qcow2Image implements DiskImage {
                 raw.read(host);
                 return;
             }
+            // Not one allocated host run (unallocated, zero or compressed clusters, or a run broken on the host):
+            // cluster by cluster, a slice per piece.
             long pos = 0;
             for (int i = 0; i < count; i++) {
-                MemorySegment b = buffers[i];
                 long done = 0;
-                while (done < b.byteSize()) {
+                while (done < lens[i]) {
                     long g = offset + pos + done;
-                    long n = Math.min(b.byteSize() - done, clusterSize - (g & (clusterSize - 1)));
-                    readPiece(g, b.asSlice(done, n));
+                    long n = Math.min(lens[i] - done, clusterSize - (g & (clusterSize - 1)));
+                    readPiece(g, maps[i].asSlice(offs[i] + done, n));
                     done += n;
                 }
-                pos += b.byteSize();
+                pos += lens[i];
             }
         }
 
@@ -1710,12 +1720,11 @@ public final class Qcow2Image implements DiskImage {
         public void writeTo(Fd fd, long pos, long n, long at) throws IOException {
             long p = 0;
             for (int i = 0; i < count && n > 0; i++) {
-                MemorySegment b = buffers[i];
-                long bEnd = p + b.byteSize();
+                long bEnd = p + lens[i];
                 if (bEnd > pos) {
                     long from = Math.max(0, pos - p);
-                    long k = Math.min(b.byteSize() - from, n);
-                    writeFile(fd, b.asSlice(from, k), at, align);
+                    long k = Math.min(lens[i] - from, n);
+                    writeFile(fd, maps[i].asSlice(offs[i] + from, k), at, align);
                     at += k;
                     pos += k;
                     n -= k;
@@ -1728,12 +1737,11 @@ public final class Qcow2Image implements DiskImage {
         public void copyTo(long pos, MemorySegment dst, long dstOffset, long n) {
             long p = 0;
             for (int i = 0; i < count && n > 0; i++) {
-                MemorySegment b = buffers[i];
-                long bEnd = p + b.byteSize();
+                long bEnd = p + lens[i];
                 if (bEnd > pos) {
                     long from = Math.max(0, pos - p);
-                    long k = Math.min(b.byteSize() - from, n);
-                    MemorySegment.copy(b, from, dst, dstOffset, k);
+                    long k = Math.min(lens[i] - from, n);
+                    MemorySegment.copy(maps[i], offs[i] + from, dst, dstOffset, k);
                     dstOffset += k;
                     pos += k;
                     n -= k;
