@@ -97,6 +97,9 @@ final class NbdConnection implements Runnable {
         final ByteBuffer reply = ByteBuffer.allocateDirect(64);
         final ByteBuffer extents = ByteBuffer.allocate(4 + MAX_EXTENTS * 8);
         private ByteBuffer retained = ByteBuffer.allocateDirect(64 << 10);
+        /** The retained buffer's memory (made once per buffer, not per request). */
+        private MemorySegment retainedMemory = MemorySegment.ofBuffer(retained);
+
         int type;
         int flags;
         long cookie;
@@ -104,6 +107,8 @@ final class NbdConnection implements Runnable {
         long length;
         /** The request's data buffer (the retained one, or a large one from {@link #large}); null if none yet. */
         ByteBuffer payload;
+        /** {@link #payload}'s memory from its start, for the image I/O. */
+        MemorySegment payloadMemory;
         /** Memory of a request larger than {@link #RETAINED}, freed when it is answered. */
         private Arena large;
 
@@ -118,7 +123,9 @@ final class NbdConnection implements Runnable {
             if (length <= RETAINED) {
                 if (retained.capacity() < length) {
                     retained = ByteBuffer.allocateDirect(Math.max(length, Math.min(RETAINED, retained.capacity() * 2)));
+                    retainedMemory = MemorySegment.ofBuffer(retained);
                 }
+                payloadMemory = retainedMemory;
                 return payload = retained.clear().limit(length);
             }
             try {
@@ -129,7 +136,8 @@ final class NbdConnection implements Runnable {
             }
             large = Arena.ofShared();
             largeBytes = length;
-            return payload = large.allocate(length, 4096).asByteBuffer();
+            payloadMemory = large.allocate(length, 4096);
+            return payload = payloadMemory.asByteBuffer();
         }
 
         /** Ends the request: a large buffer goes back to the budget. */
@@ -140,6 +148,7 @@ final class NbdConnection implements Runnable {
                 budget.release(largeBytes);
             }
             payload = null;
+            payloadMemory = null;
         }
     }
 
@@ -753,7 +762,7 @@ final class NbdConnection implements Runnable {
         ByteBuffer buf = slot.payload((int) length, largeBudget);
         ImageIo io = slot.io;
         io.clear();
-        io.add(MemorySegment.ofBuffer(buf));
+        io.add(slot.payloadMemory, 0, length);
         try {
             io.read(offset);
         } catch (IOException e) {
@@ -792,7 +801,7 @@ final class NbdConnection implements Runnable {
         if (err == 0) {
             ImageIo io = slot.io;
             io.clear();
-            io.add(MemorySegment.ofBuffer(slot.payload));
+            io.add(slot.payloadMemory, 0, length);
             try {
                 io.write(offset);
             } catch (IOException e) {
