@@ -41,7 +41,12 @@ class DaemonServiceTest {
     /** Receives notifications until one contains {@code what}; returns every message seen on the way. */
     static List<String> until(SdNotify.Listener l, String what) throws Exception {
         List<String> seen = new ArrayList<>();
+        // an overall deadline: WATCHDOG=1 arrives every 250 ms, so a per-receive timeout alone never ends the wait
+        // (a daemon started with SIGHUP ignored — e.g. under nohup — never reloads; this ran for 90 min once)
+        long deadline = System.nanoTime() + 60_000_000_000L;
         while (true) {
+            assertTrue(
+                    System.nanoTime() < deadline, "no notification containing " + what + " within 60 s; saw " + seen);
             String m = l.receive();
             assertNotNull(m, "no notification containing " + what + " within the timeout; saw " + seen);
             seen.add(m);
