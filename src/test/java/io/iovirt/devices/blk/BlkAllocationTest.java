@@ -20,6 +20,7 @@ import io.iovirt.virtio.PackedDriverRing;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.IovirtCli;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -101,17 +102,11 @@ class BlkAllocationTest {
 
     @Test
     void steadyStateRequestsAllocateNothingButTheJdksSyscallSegment() throws Exception {
-        Path java = Path.of(System.getProperty("java.home"), "bin", "java");
         Path log = dir.resolve("alloc.log");
-        try (ChildProcess p = ChildProcess.builder(
-                        java.toString(),
-                        "--enable-native-access=ALL-UNNAMED",
-                        "-XX:-DoEscapeAnalysis",
-                        "-cp",
-                        System.getProperty("java.class.path"),
+        try (ChildProcess p = ChildProcess.builder(IovirtCli.java(
+                        List.of("-XX:-DoEscapeAnalysis"),
                         BlkAllocationTest.class.getName(),
-                        dir.toString(),
-                        Double.toString(BOUND))
+                        List.of(dir.toString(), Double.toString(BOUND))))
                 .name("alloc")
                 .log(log)
                 .start()) {

@@ -10,14 +10,13 @@ import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.net.Mac;
 import io.iovirt.net.Switch;
-import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
 import io.iovirt.virtio.SplitDriverRing;
-import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.IovirtCli;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.management.ManagementFactory;
@@ -54,17 +53,11 @@ class NetAllocationTest {
 
     @Test
     void forwardedFramesAllocateNothing() throws Exception {
-        Path java = Path.of(System.getProperty("java.home"), "bin", "java");
         Path log = dir.resolve("alloc.log");
-        try (ChildProcess p = ChildProcess.builder(
-                        java.toString(),
-                        "--enable-native-access=ALL-UNNAMED",
-                        "-XX:-DoEscapeAnalysis",
-                        "-cp",
-                        System.getProperty("java.class.path"),
+        try (ChildProcess p = ChildProcess.builder(IovirtCli.java(
+                        List.of("-XX:-DoEscapeAnalysis"),
                         NetAllocationTest.class.getName(),
-                        dir.toString(),
-                        Double.toString(BOUND))
+                        List.of(dir.toString(), Double.toString(BOUND))))
                 .name("alloc")
                 .log(log)
                 .start()) {
@@ -131,16 +124,14 @@ class NetAllocationTest {
         final EventFd call;
         final SplitDriverRing txDriver;
         final RingHandler handler;
-        SplitDriverRing rxDriver;
+        ReceivingGuest receiver;
+        final long[] reaped = new long[1];
         final long[] txAddr = {0x100000, 0x100000 + VirtioNet.HDR_SIZE};
         final int[] txLen = new int[2];
         final boolean[] readOnly = {false, false};
         /** Indirect tables, one per frame of a batch (all of a batch are in flight together); 0: direct. */
         final long tables;
 
-        final long[] rxAddr = new long[1];
-        final int[] rxLen = {2048};
-        final boolean[] writeOnly = {true};
         final long rxBufs = 0x200000;
         long allocated;
         long frames;
@@ -172,29 +163,8 @@ class NetAllocationTest {
             Mac.write(f, VirtioNet.HDR_SIZE, dst);
             Mac.write(f, VirtioNet.HDR_SIZE + 6, src);
             if (guest) {
-                VirtioNetPort out = sw.addPort(new VirtioNetPort(VirtioNetPort.Options.of(dir.resolve("out.sock"))));
-                rxDriver = SplitDriverRing.create(mem, 0x10000, SIZE, true);
-                out.queueStarted(
-                        0,
-                        new VringSetup(
-                                0,
-                                SIZE,
-                                rxDriver.descAddr(),
-                                rxDriver.driverAreaAddr(),
-                                rxDriver.deviceAreaAddr(),
-                                0,
-                                VirtioFeatures.VIRTIO_F_VERSION_1
-                                        | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
-                                        | VirtioNet.F_MRG_RXBUF,
-                                null,
-                                call,
-                                null,
-                                holder));
-                for (int i = 0; i < SIZE; i++) {
-                    rxAddr[0] = rxBufs + 2048L * i;
-                    rxDriver.add(rxAddr, rxLen, writeOnly, 1, DriverRing.NO_INDIRECT);
-                }
-                sw.macTable().learn(dst, out.index(), sw.now()); // as after the receiving guest's first frame
+                receiver =
+                        new ReceivingGuest(sw, dir.resolve("out.sock"), mem, holder, call, 0x10000, SIZE, rxBufs, dst);
             }
         }
 
@@ -217,13 +187,8 @@ class NetAllocationTest {
                 if (used != BATCH) {
                     throw new AssertionError(used + " of " + BATCH + " frames came back");
                 }
-                if (rxDriver != null) { // the receiving guest reaps its frames and reposts the buffers
-                    int got = 0;
-                    for (long u; (u = rxDriver.pollUsed()) != -1; ) {
-                        got++;
-                        rxAddr[0] = rxBufs + 2048L * DriverRing.usedId(u);
-                        rxDriver.add(rxAddr, rxLen, writeOnly, 1, DriverRing.NO_INDIRECT);
-                    }
+                if (receiver != null) { // the receiving guest reaps its frames and reposts the buffers
+                    int got = receiver.reap(reaped);
                     if (got != BATCH) {
                         throw new AssertionError(got + " of " + BATCH + " frames arrived");
                     }

@@ -7,11 +7,9 @@ import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.net.Mac;
 import io.iovirt.net.Switch;
-import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.DescriptorChain;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;
-import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.virtio.Virtqueue;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -63,17 +61,14 @@ public class NetPathBench {
     private Path dir;
     private Switch sw;
     private SplitDriverRing txDriver;
-    private SplitDriverRing rxDriver;
+    private ReceivingGuest receiver;
+    private final long[] reaped = new long[1];
     private Virtqueue txQueue;
     private NetTxQueue tx;
     private EventFd call;
     private final long[] txAddr = new long[1];
     private final int[] txLen = new int[1];
     private final boolean[] readOnly = {false};
-    private final long[] rxAddr = new long[1];
-    private final int[] rxLen = {2048};
-    private final boolean[] writeOnly = {true};
-    private long rxBufs;
 
     @Setup(Level.Trial)
     public void setUp() throws Exception {
@@ -98,32 +93,8 @@ public class NetPathBench {
         MemorySegment f = ram.asSlice(txAddr[0], txLen[0]);
         Mac.write(f, VirtioNet.HDR_SIZE, dst);
         Mac.write(f, VirtioNet.HDR_SIZE + 6, src);
-        if (sink.equals("guest")) {
-            VirtioNetPort out = sw.addPort(new VirtioNetPort(VirtioNetPort.Options.of(dir.resolve("out.sock"))));
-            rxDriver = SplitDriverRing.create(mem, 0x10000, SIZE, true);
-            out.queueStarted(
-                    0,
-                    new VringSetup(
-                            0,
-                            SIZE,
-                            rxDriver.descAddr(),
-                            rxDriver.driverAreaAddr(),
-                            rxDriver.deviceAreaAddr(),
-                            0,
-                            VirtioFeatures.VIRTIO_F_VERSION_1
-                                    | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
-                                    | VirtioNet.F_MRG_RXBUF,
-                            null,
-                            call,
-                            null,
-                            holder));
-            rxBufs = 0x200000;
-            for (int i = 0; i < SIZE; i++) {
-                rxAddr[0] = rxBufs + 2048L * i;
-                rxDriver.add(rxAddr, rxLen, writeOnly, 1, DriverRing.NO_INDIRECT);
-            }
-            // the switch learns where the destination is, as after the guest's first frame
-            sw.macTable().learn(dst, out.index(), sw.now());
+        if (sink.equals("guest")) { // the switch has learned where the destination is, as after its first frame
+            receiver = new ReceivingGuest(sw, dir.resolve("out.sock"), mem, holder, call, 0x10000, SIZE, 0x200000, dst);
         }
     }
 
@@ -155,12 +126,10 @@ public class NetPathBench {
         for (long u; (u = txDriver.pollUsed()) != -1; ) {
             sum += u;
         }
-        if (rxDriver != null) { // the receiving guest reaps its frames and reposts the buffers
-            for (long u; (u = rxDriver.pollUsed()) != -1; ) {
-                sum += u;
-                rxAddr[0] = rxBufs + 2048L * DriverRing.usedId(u);
-                rxDriver.add(rxAddr, rxLen, writeOnly, 1, DriverRing.NO_INDIRECT);
-            }
+        if (receiver != null) { // the receiving guest reaps its frames and reposts the buffers
+            reaped[0] = 0;
+            receiver.reap(reaped);
+            sum += reaped[0];
         }
         return sum;
     }
