@@ -399,14 +399,12 @@ public final class IoUring implements AutoCloseable {
 
     /** pread into {@code buffer} (native memory, at most {@value #MAX_RW_BYTES} bytes). */
     public void read(Fd file, MemorySegment buffer, long offset, long userData) {
-        checkBuffer(buffer);
-        prep(OP_READ, 0, file.get(), offset, buffer.address(), (int) buffer.byteSize(), 0, userData);
+        read(file, buffer, 0, buffer.byteSize(), offset, userData);
     }
 
     /** pwrite from {@code buffer} (native memory, at most {@value #MAX_RW_BYTES} bytes). */
     public void write(Fd file, MemorySegment buffer, long offset, long userData) {
-        checkBuffer(buffer);
-        prep(OP_WRITE, 0, file.get(), offset, buffer.address(), (int) buffer.byteSize(), 0, userData);
+        write(file, buffer, 0, buffer.byteSize(), offset, userData);
     }
 
     /**
@@ -470,16 +468,6 @@ public final class IoUring implements AutoCloseable {
     private static void checkIov(IoVec iov, int count) {
         if (count < 1 || count > iov.capacity()) {
             throw new IllegalArgumentException("iovec count " + count + " outside 1.." + iov.capacity());
-        }
-    }
-
-    private static void checkBuffer(MemorySegment buffer) {
-        if (!buffer.isNative()) {
-            throw new IllegalArgumentException("I/O buffers must be native memory");
-        }
-        if (buffer.byteSize() > MAX_RW_BYTES) {
-            throw new IllegalArgumentException(
-                    "one read/write moves at most " + MAX_RW_BYTES + " bytes: " + buffer.byteSize());
         }
     }
 
