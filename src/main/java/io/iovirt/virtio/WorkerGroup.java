@@ -5,6 +5,7 @@ import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.Mmap;
 import java.lang.System.Logger.Level;
 import java.time.Duration;
 import java.util.concurrent.ConcurrentLinkedQueue;
@@ -398,6 +399,7 @@ public final class WorkerGroup implements AutoCloseable {
                         if (w.handler().process()) {
                             more = true;
                         }
+                        Mmap.surfaceFaults(); // a SIGBUS in this queue's guest memory fails this queue, not the next
                     } catch (Throwable t) {
                         retire(w, t);
                         i--; // retire moved the last queue into this place
@@ -429,7 +431,9 @@ public final class WorkerGroup implements AutoCloseable {
                 for (int i = 0; i < activeCount; i++) {
                     QueueWorker w = active[i];
                     try {
-                        if (w.handler().hasWork()) {
+                        boolean work = w.handler().hasWork();
+                        Mmap.surfaceFaults();
+                        if (work) {
                             w.stats().spinHits.increment();
                             return true;
                         }
@@ -452,6 +456,7 @@ public final class WorkerGroup implements AutoCloseable {
                     if (w.handler().prepareToSleep()) {
                         sleep = false;
                     }
+                    Mmap.surfaceFaults();
                 } catch (Throwable t) {
                     retire(w, t);
                     i--;
@@ -477,6 +482,7 @@ public final class WorkerGroup implements AutoCloseable {
                 } else {
                     w.handler().event(data & QueueWorker.MAX_TOKEN, events);
                 }
+                Mmap.surfaceFaults();
             } catch (Throwable t) {
                 retire(w, t);
             }

@@ -5,6 +5,7 @@ import static java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.Mmap;
 import io.iovirt.net.Counters;
 import io.iovirt.net.Frame;
 import io.iovirt.net.PortStat;
@@ -30,7 +31,10 @@ import java.lang.foreign.MemorySegment;
  * until the eventfd watchdog drains it, and never holds other senders). Stopping waits for such writes, so the
  * descriptor is not closed under them. Anything that goes wrong with this guest's ring or memory on the sender's
  * thread — a broken ring, a SIGBUS (InternalError) because the frontend truncated its memory file — fails this
- * receive queue (NEEDS_RESET, one log line), never the sending port.
+ * receive queue (NEEDS_RESET, one log line), never the sending port. HotSpot delivers a SIGBUS's InternalError
+ * late (at the thread's next safepoint poll), so each method that touches the guest's memory first surfaces a fault
+ * still pending from the sender's own memory (thrown to the sender) and ends its try block by surfacing its own
+ * ({@link Mmap#surfaceFaults}): each fault is charged to the guest whose memory it was in.
  *
  * <p>Buffers too small for a frame (without MRG_RXBUF: one chain must hold header and frame; with it, at most
  * {@link #MAX_BUFFERS} chains) are returned to the guest unused (length 0, which Linux counts as a length error
@@ -118,6 +122,7 @@ final class NetRxQueue {
             if (q.failure() == null) {
                 try {
                     q.publishUsed(); // what this burst delivered so far: the frontend reads used.idx when it stops
+                    Mmap.surfaceFaults();
                 } catch (RuntimeException | Error e) {
                     log.warn(name + " rx queue " + index + ": publishing the last frames failed: " + e);
                 }
@@ -135,6 +140,7 @@ final class NetRxQueue {
 
     /** Copies one frame into the guest's buffers, or counts why not. Any thread; never blocks on the guest. */
     void transmit(Frame f) {
+        Mmap.surfaceFaults(); // a fault still pending from the sender's own memory is the sender's, thrown to it
         EventFd toSignal = null;
         synchronized (lock) {
             if (!running) {
@@ -149,6 +155,7 @@ final class NetRxQueue {
                 if (++unnotified >= MAX_UNNOTIFIED) {
                     toSignal = decideInterrupt();
                 }
+                Mmap.surfaceFaults(); // a SIGBUS in this guest's memory is thrown here, inside this try
             } catch (VirtqueueException | RuntimeException | Error e) {
                 tx.increment(PortStat.TX_DROPPED_ERROR);
                 toSignal = failLocked(e);
@@ -159,6 +166,7 @@ final class NetRxQueue {
 
     /** Interrupts the guest for what was delivered since the last time, if its driver wants that. */
     void flush() {
+        Mmap.surfaceFaults(); // the sender's, as in transmit
         EventFd toSignal = null;
         synchronized (lock) {
             if (running) {
@@ -167,6 +175,7 @@ final class NetRxQueue {
                         toSignal = decideInterrupt(); // publishes the burst's used entries first
                     }
                     vq.releaseMemory(); // end of the sender's burst: nothing of this ring is in use
+                    Mmap.surfaceFaults();
                 } catch (VirtqueueException | RuntimeException | Error e) {
                     toSignal = failLocked(e);
                 }
