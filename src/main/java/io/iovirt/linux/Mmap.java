@@ -56,6 +56,20 @@ public final class Mmap {
      * the fault in one guest's memory would be blamed on whatever the thread did next, e.g. another guest's queue.
      * A return from a non-critical native call is such a poll, so calling this at the end of the try block that
      * touched a guest's memory attributes the fault to that guest (1000 of 1000). Cost: one downcall, ~5 ns.
+     *
+     * <p>The faulting load itself returns garbage, and the code may act on it (a bad index, an exception) before it
+     * reaches this call; the fault then surfaces at the first poll of the catch block — outside the try. So a thread
+     * that serves several guests calls this at the end of the try block and again first thing in its catch block,
+     * inside an outer try that catches the InternalError:
+     *
+     * <pre>{@code
+     * try {
+     *     try { ...guest A's memory...; Mmap.surfaceFaults(); }
+     *     catch (Throwable t) { Mmap.surfaceFaults(); failA(t); }
+     * } catch (InternalError fault) { failA(fault); }
+     * }</pre>
+     *
+     * (WorkerGroupTest: without the second call 2 of 4 runs lost the whole thread to one guest's fault.)
      */
     public static void surfaceFaults() {
         try {

@@ -5,6 +5,7 @@ import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.Mmap;
 import java.lang.System.Logger.Level;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -410,10 +411,22 @@ public final class QueueWorker {
     private void run() {
         boolean failed = false;
         try {
-            loop();
-        } catch (Throwable t) {
-            failed = true;
-            fail(t);
+            Throwable failure;
+            try {
+                try {
+                    loop();
+                    failure = null;
+                } catch (Throwable t) {
+                    Mmap.surfaceFaults(); // a memory fault that sent the handler down an error path is the cause
+                    failure = t;
+                }
+            } catch (InternalError fault) { // see WorkerGroup's call: HotSpot delivers it late
+                failure = fault;
+            }
+            if (failure != null) {
+                failed = true;
+                fail(failure);
+            }
         } finally {
             try {
                 handler.stopped(failed);

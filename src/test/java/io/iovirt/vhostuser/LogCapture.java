@@ -12,6 +12,9 @@ import java.util.logging.Logger;
 public final class LogCapture extends Handler implements AutoCloseable {
     private final Logger logger;
     final LinkedBlockingQueue<String> lines = new LinkedBlockingQueue<>();
+    /** Every line logged since the start, whether {@link #awaitLine} has taken it or not. */
+    private final java.util.List<String> all = new java.util.concurrent.CopyOnWriteArrayList<>();
+
     private final java.util.logging.Formatter formatter = new java.util.logging.SimpleFormatter();
 
     private LogCapture(String name) {
@@ -47,10 +50,17 @@ public final class LogCapture extends Handler implements AutoCloseable {
         throw new AssertionError("no log line containing '" + text + "'; saw:" + seen);
     }
 
+    /** Every line logged so far (at INFO or above). */
+    public java.util.List<String> all() {
+        return java.util.List.copyOf(all);
+    }
+
     @Override
     public void publish(LogRecord r) {
         if (r.getLevel().intValue() >= Level.INFO.intValue()) {
-            lines.add(formatter.formatMessage(r));
+            String line = formatter.formatMessage(r);
+            all.add(line);
+            lines.add(line);
         }
     }
 

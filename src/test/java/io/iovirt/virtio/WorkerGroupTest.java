@@ -8,8 +8,13 @@ import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.MemFd;
+import io.iovirt.linux.Mmap;
 import io.iovirt.testing.Await;
 import io.iovirt.vhostuser.LogCapture;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -53,7 +58,7 @@ class WorkerGroupTest {
     }
 
     /** A queue: requests pending, what the loop did with them, on which thread. */
-    static final class TestQueue implements QueueWorker.Handler {
+    static class TestQueue implements QueueWorker.Handler {
         final String name;
         final AtomicLong pending = new AtomicLong();
         final AtomicLong served = new AtomicLong();
@@ -219,6 +224,68 @@ class WorkerGroupTest {
         assertEquals(badCalls, bad.calls.get(), "nothing runs the failed queue any more");
         assertTrue(wb.stop(BOUND), "stopping a failed queue returns at once");
         assertEquals(1, bad.stoppedCalls.get(), "stopped() runs exactly once");
+        assertTrue(wg.stop(BOUND));
+    }
+
+    /**
+     * A queue whose "ring" is real shared memory: each batch reads a word of it and acts on the value, as a ring walk
+     * does (a wrong value is an error, thrown before the batch ends).
+     */
+    static final class MemoryQueue extends TestQueue {
+        private static final IllegalStateException BAD_RING = new IllegalStateException("the ring holds garbage");
+        final MemorySegment ring;
+
+        MemoryQueue(String name, MemorySegment ring) {
+            super(name);
+            this.ring = ring;
+        }
+
+        @Override
+        public boolean process() throws Exception {
+            long at = 8192 + 8 * (calls.get() & 63); // the second and third pages
+            if (ring.get(ValueLayout.JAVA_LONG, at) != at) {
+                throw BAD_RING;
+            }
+            return super.process();
+        }
+    }
+
+    @Test
+    void aMemoryFaultThatSentTheHandlerDownAnErrorPathFailsOnlyItsQueue() throws Exception {
+        WorkerGroup g = closing(WorkerGroup.create("test", 1));
+        LogCapture log = closing(LogCapture.start("io.iovirt.virtio"));
+        Driver dg = new Driver();
+        TestQueue good = new TestQueue("guest-b tx1");
+        QueueWorker wg = dg.attach(g, good);
+        // Each trial: a guest whose memory is read by a handler warmed up by the JIT, then truncated by its frontend.
+        // The faulting load returns garbage, the handler throws on it, and HotSpot delivers the SIGBUS's InternalError
+        // late: it must still fail only this queue, never the thread (and with it the other guest's queue).
+        for (int trial = 0; trial < 8; trial++) {
+            try (Fd mem = MemFd.allocate("guest-a-ram", 1 << 16);
+                    Mmap.Mapping m = Mmap.map(mem, 0, 1 << 16, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED)) {
+                for (long at = 0; at < 1 << 16; at += 8) {
+                    m.segment().set(ValueLayout.JAVA_LONG, at, at);
+                }
+                Driver d = new Driver();
+                MemoryQueue bad = new MemoryQueue("guest-a" + trial + " tx1", m.segment());
+                QueueWorker wb = d.attach(g, bad);
+                d.add(bad, 200_000); // 50,000 batches: compiled by C2 by the end
+                await("the guest's queue is served", () -> bad.served.get() == 200_000);
+                MemFd.truncate(mem, 4096);
+                d.add(bad, 1);
+                await("the guest's queue fails", () -> !wb.running());
+                assertNotNull(wb.failure());
+                String line = log.awaitLine("guest-a" + trial + " tx1: ");
+                assertTrue(line.contains("queue stopped until the driver resets the device"), line);
+                long before = good.served.get();
+                dg.add(good, 3);
+                await(
+                        "the other guest's queue on the same thread is still served",
+                        () -> good.served.get() == before + 3);
+                assertTrue(wg.running(), "trial " + trial);
+            }
+        }
+        assertFalse(log.all().stream().anyMatch(l -> l.contains("the shared thread failed")), "the thread survived");
         assertTrue(wg.stop(BOUND));
     }
 

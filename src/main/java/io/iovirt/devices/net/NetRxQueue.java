@@ -33,8 +33,9 @@ import java.lang.foreign.MemorySegment;
  * thread — a broken ring, a SIGBUS (InternalError) because the frontend truncated its memory file — fails this
  * receive queue (NEEDS_RESET, one log line), never the sending port. HotSpot delivers a SIGBUS's InternalError
  * late (at the thread's next safepoint poll), so each method that touches the guest's memory first surfaces a fault
- * still pending from the sender's own memory (thrown to the sender) and ends its try block by surfacing its own
- * ({@link Mmap#surfaceFaults}): each fault is charged to the guest whose memory it was in.
+ * still pending from the sender's own memory (thrown to the sender), and surfaces its own at the end of its try block
+ * and again first thing in its catch block (the faulting load may have sent the code down an error path), with an
+ * outer try around both ({@link Mmap#surfaceFaults}): each fault is charged to the guest whose memory it was in.
  *
  * <p>Buffers too small for a frame (without MRG_RXBUF: one chain must hold header and frame; with it, at most
  * {@link #MAX_BUFFERS} chains) are returned to the guest unused (length 0, which Linux counts as a length error
@@ -120,11 +121,21 @@ final class NetRxQueue {
                 return 0;
             }
             if (q.failure() == null) {
+                Throwable failure;
                 try {
-                    q.publishUsed(); // what this burst delivered so far: the frontend reads used.idx when it stops
-                    Mmap.surfaceFaults();
-                } catch (RuntimeException | Error e) {
-                    log.warn(name + " rx queue " + index + ": publishing the last frames failed: " + e);
+                    try {
+                        q.publishUsed(); // what this burst delivered so far: the frontend reads used.idx when it stops
+                        Mmap.surfaceFaults();
+                        failure = null;
+                    } catch (RuntimeException | Error e) {
+                        Mmap.surfaceFaults();
+                        failure = e;
+                    }
+                } catch (InternalError fault) {
+                    failure = fault;
+                }
+                if (failure != null) {
+                    log.warn(name + " rx queue " + index + ": publishing the last frames failed: " + failure);
                 }
             }
             q.releaseMemory();
@@ -147,18 +158,28 @@ final class NetRxQueue {
                 tx.increment(PortStat.TX_DROPPED_LINK_DOWN);
                 return;
             }
+            Throwable failure;
             try {
-                if (fill(f)) {
-                    tx.tx(f.length());
+                try {
+                    if (fill(f)) {
+                        tx.tx(f.length());
+                    }
+                    // the interrupt waits for the sender's end of burst (flush), but not for ever
+                    if (++unnotified >= MAX_UNNOTIFIED) {
+                        toSignal = decideInterrupt();
+                    }
+                    Mmap.surfaceFaults(); // a SIGBUS in this guest's memory is thrown here, inside this try
+                    failure = null;
+                } catch (VirtqueueException | RuntimeException | Error e) {
+                    Mmap.surfaceFaults(); // ... or here, when it sent fill down an error path first
+                    failure = e;
                 }
-                // the interrupt waits for the sender's end of burst (flush), but not for ever
-                if (++unnotified >= MAX_UNNOTIFIED) {
-                    toSignal = decideInterrupt();
-                }
-                Mmap.surfaceFaults(); // a SIGBUS in this guest's memory is thrown here, inside this try
-            } catch (VirtqueueException | RuntimeException | Error e) {
+            } catch (InternalError fault) {
+                failure = fault;
+            }
+            if (failure != null) {
                 tx.increment(PortStat.TX_DROPPED_ERROR);
-                toSignal = failLocked(e);
+                toSignal = failLocked(failure);
             }
         }
         signal(toSignal);
@@ -170,14 +191,24 @@ final class NetRxQueue {
         EventFd toSignal = null;
         synchronized (lock) {
             if (running) {
+                Throwable failure;
                 try {
-                    if (unnotified > 0) {
-                        toSignal = decideInterrupt(); // publishes the burst's used entries first
+                    try {
+                        if (unnotified > 0) {
+                            toSignal = decideInterrupt(); // publishes the burst's used entries first
+                        }
+                        vq.releaseMemory(); // end of the sender's burst: nothing of this ring is in use
+                        Mmap.surfaceFaults();
+                        failure = null;
+                    } catch (VirtqueueException | RuntimeException | Error e) {
+                        Mmap.surfaceFaults();
+                        failure = e;
                     }
-                    vq.releaseMemory(); // end of the sender's burst: nothing of this ring is in use
-                    Mmap.surfaceFaults();
-                } catch (VirtqueueException | RuntimeException | Error e) {
-                    toSignal = failLocked(e);
+                } catch (InternalError fault) {
+                    failure = fault;
+                }
+                if (failure != null) {
+                    toSignal = failLocked(failure);
                 }
             }
         }

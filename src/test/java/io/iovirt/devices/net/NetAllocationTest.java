@@ -95,9 +95,16 @@ class NetAllocationTest {
                 try (Path2 p = new Path2(dir.resolve(name), len, guest, indirect)) {
                     p.batches(WARMUP);
                     long baseline = allocated() - allocated();
-                    p.allocated = 0;
-                    p.batches(MEASURED);
-                    perFrame = (double) (p.allocated - baseline * MEASURED) / ((long) MEASURED * BATCH);
+                    // the least of three windows: a per-frame object shows in every window, a one-off of the JIT
+                    // (a deoptimization runs a few batches in the interpreter, which allocates) in one — seen once
+                    // as 13.5 bytes/frame in a single window
+                    perFrame = Double.MAX_VALUE;
+                    for (int window = 0; window < 3; window++) {
+                        p.allocated = 0;
+                        p.batches(MEASURED);
+                        perFrame = Math.min(
+                                perFrame, (double) (p.allocated - baseline * MEASURED) / ((long) MEASURED * BATCH));
+                    }
                 }
                 boolean ok = perFrame < bound;
                 System.out.printf(
