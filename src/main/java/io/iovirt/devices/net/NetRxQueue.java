@@ -6,6 +6,7 @@ import static java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.Mmap;
+import io.iovirt.net.Burst;
 import io.iovirt.net.Counters;
 import io.iovirt.net.Frame;
 import io.iovirt.net.PortStat;
@@ -162,6 +163,53 @@ final class NetRxQueue {
             }
         }
         signal(toSignal);
+    }
+
+    /**
+     * Copies frames {@code burst.selected(from)} .. {@code burst.selected(to - 1)} into the guest's buffers, in order,
+     * or counts why not: what {@link #transmit(Frame)} does for each, under one acquisition of the lock, with one
+     * running check and one fault check each side (the sender's at entry, this guest's at the end of the try block).
+     * A failure fails this queue: the frame that met it counts as an error, the ones after it as link down, as they
+     * would one by one.
+     */
+    void transmit(Burst burst, int from, int to) {
+        Mmap.surfaceFaults(); // a fault still pending from the sender's own memory is the sender's, thrown to it
+        EventFd interrupt = null;
+        EventFd error = null;
+        synchronized (lock) {
+            if (!running) {
+                tx.add(PortStat.TX_DROPPED_LINK_DOWN, to - from);
+                return;
+            }
+            int k = from;
+            long packets = 0;
+            long bytes = 0;
+            try {
+                for (; k < to; k++) {
+                    Frame f = burst.selected(k);
+                    if (fill(f)) {
+                        packets++;
+                        bytes += f.length();
+                    }
+                }
+                unnotified += to - from;
+                // the interrupt waits for the sender's end of burst (flush), but not for ever
+                if (unnotified >= MAX_UNNOTIFIED) {
+                    interrupt = decideInterrupt();
+                }
+                Mmap.surfaceFaults(); // a SIGBUS in this guest's memory is thrown here, inside this try
+            } catch (VirtqueueException | RuntimeException | Error e) {
+                tx.increment(PortStat.TX_DROPPED_ERROR);
+                if (k + 1 < to) {
+                    tx.add(PortStat.TX_DROPPED_LINK_DOWN, to - k - 1);
+                }
+                error = failLocked(e);
+            }
+            tx.add(PortStat.TX_PACKETS, packets);
+            tx.add(PortStat.TX_BYTES, bytes);
+        }
+        signal(interrupt);
+        signal(error);
     }
 
     /** Interrupts the guest for what was delivered since the last time, if its driver wants that. */
