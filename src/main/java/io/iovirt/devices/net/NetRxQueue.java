@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.net;
 
+import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
+import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
 
 import io.iovirt.linux.EventFd;
@@ -16,6 +18,8 @@ import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
 
 /**
  * A receive queue: frames from the switch into the guest's buffers. There is no thread: the receive thread of
@@ -42,6 +46,9 @@ import java.lang.foreign.MemorySegment;
  * and reposts) and the frame is dropped and counted.
  */
 final class NetRxQueue {
+    private static final ValueLayout.OfLong LE64 = JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfInt LE32 = JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfShort LE16 = JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     /** Most chains one frame may be spread over with MRG_RXBUF (a 64 KiB frame over 1 KiB buffers). */
     static final int MAX_BUFFERS = 64;
     /** A sender that never ends its burst still gets the guest interrupted every this many frames. */
@@ -346,6 +353,18 @@ final class NetRxQueue {
 
     /** No offloads are negotiated: flags and GSO type 0, num_buffers as used (§5.1.6.4). */
     private void writeHeader(DescriptorChain c, int numBuffers) {
+        int w = c.readableCount(); // the first device-writable buffer
+        if (c.writableCount() > 0 && c.length(w) >= headerSize) { // the usual case: two stores into it
+            MemorySegment m = c.mapping(w);
+            long o = c.offset(w);
+            m.set(LE64, o, 0L); // flags, gso_type, hdr_len, gso_size, csum_start
+            if (headerSize == VirtioNet.HDR_SIZE) {
+                m.set(LE32, o + 8, numBuffers << 16); // csum_offset 0, num_buffers
+            } else {
+                m.set(LE16, o + 8, (short) 0); // csum_offset
+            }
+            return;
+        }
         header.fill((byte) 0);
         if (headerSize == VirtioNet.HDR_SIZE) {
             header.set(JAVA_SHORT_UNALIGNED, VirtioNet.HDR_NUM_BUFFERS, (short) numBuffers);
