@@ -89,6 +89,18 @@ public abstract class Port implements AutoCloseable {
     protected abstract void transmit(Frame frame);
 
     /**
+     * Sends frames {@code burst.selected(from)} .. {@code burst.selected(to - 1)} to the peer, in that order, or counts
+     * why not: the part of a sender's {@link Burst} the switch found addressed to this port. Same contract as
+     * {@link #transmit(Frame)}; the default sends them one by one. A port that serializes its transmit path
+     * overrides it to take its lock once for all of them.
+     */
+    protected void transmit(Burst burst, int from, int to) {
+        for (int k = from; k < to; k++) {
+            transmit(burst.selected(k));
+        }
+    }
+
+    /**
      * Completes what {@link #transmit} deferred (e.g. one guest interrupt for a burst of frames). Called by the
      * sending thread at the end of its burst, on any port it sent to; must not block.
      */
@@ -104,6 +116,15 @@ public abstract class Port implements AutoCloseable {
     /** Forwards a frame received from the peer, on the calling receive thread. */
     protected final void receive(Ingress in, Frame frame) {
         owner.forward(this, in, frame);
+    }
+
+    /**
+     * Forwards a burst of frames received from the peer, on the calling receive thread: the same checks, learning
+     * and counting as {@link #receive(Ingress, Frame)} frame by frame, each destination's frames delivered together
+     * and in order. The burst may be cleared when this returns.
+     */
+    protected final void receive(Ingress in, Burst burst) {
+        owner.forward(this, in, burst);
     }
 
     /** Ends a burst of {@link #receive} calls: the destinations complete what they deferred. */

@@ -207,39 +207,153 @@ public final class Switch implements AutoCloseable {
         return out;
     }
 
+    /** {@link #classify} outcomes other than a port number: the frame was dropped (counted), or is to be flooded. */
+    private static final int DROP = -1;
+
+    private static final int FLOOD = MacTable.MAX_PORTS + 1;
+    /** {@link #classify} flag: a frame with the same addresses later in the same burst gets the same outcome. */
+    private static final int SAME_FOR_SAME_ADDRESSES = 1 << 20;
+    /** {@link #classify} flag: flooded because the destination is a group address. */
+    private static final int GROUP = 1 << 21;
+
+    private static final int OUTCOME = SAME_FOR_SAME_ADDRESSES - 1;
+
     /**
      * Forwards one frame received on {@code in}; runs on the receiving thread. {@code frame} only needs to stay
      * valid until this returns.
      */
     void forward(Port in, Ingress ingress, Frame frame) {
+        Port[] ps = ports;
+        int c = classify(in, ingress, frame, now, ps);
+        int out = c == DROP ? DROP : c & OUTCOME;
+        if (out == FLOOD) {
+            flood(in.index(), ps, frame, ingress);
+        } else if (out != DROP) {
+            Port p = ps[out];
+            p.transmit(frame);
+            ingress.touch(p);
+        }
+    }
+
+    /**
+     * Forwards a burst of frames received on {@code in}; runs on the receiving thread. Each frame is checked, learned
+     * from and looked up in order, as {@link #forward(Port, Ingress, Frame)} would; then each destination gets its
+     * frames with one {@link Port#transmit(Burst, int, int)} call, in their order. A frame to be flooded first
+     * delivers the frames before it, so no destination sees frames out of order.
+     *
+     * <p>A frame with the same source and destination as the one before it in the burst (the usual case: a burst
+     * is mostly one flow) skips what depends only on those addresses, once the earlier frame passed: the source
+     * checks (same source, same verdict), learning (the earlier frame just learned or refreshed that source on this
+     * port at this second) and the lookup (same address, same second, same port array). Its length is still checked
+     * and it is counted like any frame. A source that could not be learned is tried again with every frame.
+     */
+    void forward(Port in, Ingress ingress, Burst burst) {
+        Port[] ps = ports;
+        int t = now;
+        int n = burst.size();
+        Counters rx = ingress.counters();
+        int pending = 0; // frames before this one are delivered (or dropped)
+        long lastSrc = 0;
+        long lastDst = 0;
+        int last = DROP; // the previous frame's outcome, when a frame with the same addresses may reuse it
+        for (int i = 0; i < n; i++) {
+            Frame f = burst.frame(i);
+            int len = f.length();
+            int out;
+            if (last != DROP
+                    && len >= Ethernet.HEADER
+                    && len <= maxFrame
+                    && f.source() == lastSrc
+                    && f.destination() == lastDst) {
+                rx.rx(len);
+                if ((last & GROUP) != 0) {
+                    rx.increment(PortStat.RX_MULTICAST);
+                }
+                if ((last & OUTCOME) == FLOOD) {
+                    rx.increment(PortStat.RX_FLOODED);
+                }
+                out = last & OUTCOME;
+            } else {
+                int c = classify(in, ingress, f, t, ps);
+                out = c == DROP ? DROP : c & OUTCOME;
+                if (c != DROP && (c & SAME_FOR_SAME_ADDRESSES) != 0) {
+                    last = c;
+                    lastSrc = f.source();
+                    lastDst = f.destination();
+                } else {
+                    last = DROP;
+                }
+            }
+            if (out == FLOOD) {
+                deliver(burst, pending, i, ingress);
+                flood(in.index(), ps, burst.frame(i), ingress);
+                pending = i + 1;
+            } else if (out != DROP) {
+                burst.destination[i] = ps[out];
+            }
+        }
+        deliver(burst, pending, n, ingress);
+    }
+
+    /** Hands each destination among frames {@code from..to-1} its frames, in order, with one call. */
+    private static void deliver(Burst b, int from, int to, Ingress ingress) {
+        Port[] dst = b.destination;
+        int[] order = b.order;
+        int m = 0;
+        for (int i = from; i < to; i++) {
+            Port p = dst[i];
+            if (p == null) {
+                continue; // dropped, or already handed over with an earlier frame for the same port
+            }
+            int start = m;
+            order[m++] = i;
+            dst[i] = null;
+            for (int j = i + 1; j < to; j++) {
+                if (dst[j] == p) {
+                    order[m++] = j;
+                    dst[j] = null;
+                }
+            }
+            p.transmit(b, start, m);
+            ingress.touch(p);
+        }
+    }
+
+    /**
+     * Checks a frame from {@code in}, counts it, learns its source and looks up its destination: the destination's
+     * port number, or {@link #DROP} (counted why) or {@link #FLOOD}, with {@link #SAME_FOR_SAME_ADDRESSES} when the
+     * source was learned and {@link #GROUP} when flooded for a group destination.
+     */
+    private int classify(Port in, Ingress ingress, Frame frame, int t, Port[] ps) {
         Counters rx = ingress.counters();
         int len = frame.length();
         if (len < Ethernet.HEADER) {
             rx.increment(PortStat.RX_DROPPED_RUNT);
-            return;
+            return DROP;
         }
         if (len > maxFrame) {
             rx.increment(PortStat.RX_DROPPED_OVERSIZE);
-            return;
+            return DROP;
         }
         long dst = frame.destination();
         long src = frame.source();
         if (!Mac.isValidSource(src)) {
             rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
-            return;
+            return DROP;
         }
         long pinned = in.pinnedSource();
         if (pinned != -1 && src != pinned) {
             rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
             spoofLog.warn(() -> in + ": dropped frames from " + Mac.toString(src) + ": the port is pinned to "
                     + Mac.toString(pinned));
-            return;
+            return DROP;
         }
         rx.rx(len);
-        int t = now;
         int self = in.index();
         int learned = macs.tryLearn(src, self, t);
+        int same = SAME_FOR_SAME_ADDRESSES;
         if (learned != MacTable.LEARNED) {
+            same = 0;
             rx.increment(PortStat.RX_UNLEARNED);
             learnLog.warn(() -> in + ": did not learn " + Mac.toString(src) + ": "
                     + (learned == MacTable.PORT_FULL
@@ -247,26 +361,21 @@ public final class Switch implements AutoCloseable {
                             : "the MAC table is full (" + config.macTableCapacity() + " addresses)")
                     + "; its frames are still forwarded, replies to it are flooded");
         }
-        Port[] ps = ports;
         if (Mac.isMulticast(dst)) {
             rx.increment(PortStat.RX_MULTICAST);
             rx.increment(PortStat.RX_FLOODED);
-            flood(self, ps, frame, ingress);
-            return;
+            return FLOOD | GROUP | same;
         }
         int out = macs.lookup(dst, t);
         if (out == self) {
             rx.increment(PortStat.RX_FILTERED);
-            return;
+            return DROP; // counted as filtered each time: not reused
         }
-        Port p = out >= 0 && out < ps.length ? ps[out] : null;
-        if (p == null) {
+        if (out < 0 || out >= ps.length || ps[out] == null) {
             rx.increment(PortStat.RX_FLOODED);
-            flood(self, ps, frame, ingress);
-            return;
+            return FLOOD | same;
         }
-        p.transmit(frame);
-        ingress.touch(p);
+        return out | same;
     }
 
     private static void flood(int self, Port[] ps, Frame frame, Ingress ingress) {

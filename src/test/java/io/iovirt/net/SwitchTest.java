@@ -40,6 +40,44 @@ class SwitchTest {
     }
 
     @Test
+    void aBurstIsCheckedCountedAndDeliveredFrameByFrameInOrder() {
+        pb.inject(Frames.ethernet(BCAST, B, 60)); // b is learned; c is not
+        pa.takeSent();
+        pc.takeSent();
+        byte[] f0 = Frames.ethernet(B, A, 60);
+        byte[] f1 = Frames.ethernet(B, A, 61);
+        byte[] runt = java.util.Arrays.copyOf(Frames.ethernet(B, A, 60), 13); // same addresses, no EtherType
+        byte[] f3 = Frames.ethernet(B, A, 62);
+        byte[] oversize = Frames.ethernet(B, A, 1600); // over the 1500-byte MTU
+        byte[] bcast = Frames.ethernet(BCAST, A, 64);
+        byte[] f6 = Frames.ethernet(B, A, 63);
+        byte[] toC = Frames.ethernet(C, A, 70); // c unknown: flooded to b and c
+        byte[] f8 = Frames.ethernet(B, A, 65);
+        byte[] badSource = Frames.ethernet(B, "01:00:5e:00:00:01", 66);
+        byte[] f10 = Frames.ethernet(B, A, 67);
+        pa.injectBurst(f0, f1, runt, f3, oversize, bcast, f6, toC, f8, badSource, f10);
+        List<byte[]> atB = pb.takeSent();
+        List<byte[]> atC = pc.takeSent();
+        byte[][] wantB = {f0, f1, f3, bcast, f6, toC, f8, f10};
+        assertEquals(wantB.length, atB.size(), "frames at b");
+        for (int i = 0; i < wantB.length; i++) {
+            assertArrayEquals(wantB[i], atB.get(i), "frame " + i + " at b");
+        }
+        assertEquals(2, atC.size(), "frames at c");
+        assertArrayEquals(bcast, atC.get(0));
+        assertArrayEquals(toC, atC.get(1));
+        assertEquals(0, pa.takeSent().size(), "no hairpin");
+        PortStats s = pa.stats();
+        assertEquals(wantB.length, s.rxPackets());
+        assertEquals(1, s.get(PortStat.RX_DROPPED_RUNT));
+        assertEquals(1, s.get(PortStat.RX_DROPPED_OVERSIZE));
+        assertEquals(1, s.get(PortStat.RX_DROPPED_BAD_SOURCE));
+        assertEquals(1, s.get(PortStat.RX_MULTICAST));
+        assertEquals(2, s.get(PortStat.RX_FLOODED));
+        assertEquals(wantB.length, pb.stats().txPackets());
+    }
+
+    @Test
     void unknownUnicastFloodsToEveryOtherPortButNeverBack() {
         byte[] f = Frames.ethernet(B, A, 100);
         pa.inject(f);

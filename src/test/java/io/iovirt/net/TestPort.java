@@ -54,6 +54,17 @@ final class TestPort extends Port {
         endBurst(rx);
     }
 
+    /** Delivers {@code frames} into the switch as one burst from this port's peer. */
+    void injectBurst(byte[]... frames) {
+        Burst b = new Burst(frames.length, 2048);
+        for (byte[] f : frames) {
+            MemorySegment.copy(MemorySegment.ofArray(f), 0, b.memory(), b.nextOffset(), f.length);
+            b.append(f.length);
+        }
+        receive(rx, b);
+        endBurst(rx);
+    }
+
     MemorySegment buffer() {
         return buf;
     }

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.net;
 
+import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
+import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.Mmap;
+import io.iovirt.net.Burst;
 import io.iovirt.net.Counters;
 import io.iovirt.net.Frame;
 import io.iovirt.net.PortStat;
@@ -15,6 +18,8 @@ import io.iovirt.virtio.Virtqueue;
 import io.iovirt.virtio.VirtqueueException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
 
 /**
  * A receive queue: frames from the switch into the guest's buffers. There is no thread: the receive thread of
@@ -42,6 +47,9 @@ import java.lang.foreign.MemorySegment;
  * and reposts) and the frame is dropped and counted.
  */
 final class NetRxQueue {
+    private static final ValueLayout.OfLong LE64 = JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfInt LE32 = JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+    private static final ValueLayout.OfShort LE16 = JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     /** Most chains one frame may be spread over with MRG_RXBUF (a 64 KiB frame over 1 KiB buffers). */
     static final int MAX_BUFFERS = 64;
     /** A sender that never ends its burst still gets the guest interrupted every this many frames. */
@@ -183,6 +191,63 @@ final class NetRxQueue {
             }
         }
         signal(toSignal);
+    }
+
+    /**
+     * Copies frames {@code burst.selected(from)} .. {@code burst.selected(to - 1)} into the guest's buffers, in order,
+     * or counts why not: what {@link #transmit(Frame)} does for each, under one acquisition of the lock, with one
+     * running check and one fault check each side (the sender's at entry, this guest's at the end of the try block).
+     * A failure fails this queue: the frame that met it counts as an error, the ones after it as link down, as they
+     * would one by one.
+     */
+    void transmit(Burst burst, int from, int to) {
+        Mmap.surfaceFaults(); // a fault still pending from the sender's own memory is the sender's, thrown to it
+        EventFd interrupt = null;
+        EventFd error = null;
+        synchronized (lock) {
+            if (!running) {
+                tx.add(PortStat.TX_DROPPED_LINK_DOWN, to - from);
+                return;
+            }
+            int k = from;
+            long packets = 0;
+            long bytes = 0;
+            Throwable failure;
+            try {
+                try {
+                    for (; k < to; k++) {
+                        Frame f = burst.selected(k);
+                        if (fill(f)) {
+                            packets++;
+                            bytes += f.length();
+                        }
+                    }
+                    unnotified += to - from;
+                    // the interrupt waits for the sender's end of burst (flush), but not for ever
+                    if (unnotified >= MAX_UNNOTIFIED) {
+                        interrupt = decideInterrupt();
+                    }
+                    Mmap.surfaceFaults(); // a SIGBUS in this guest's memory is thrown here, inside this try
+                    failure = null;
+                } catch (VirtqueueException | RuntimeException | Error e) {
+                    Mmap.surfaceFaults(); // ... or here, when it sent fill down an error path first
+                    failure = e;
+                }
+            } catch (InternalError fault) {
+                failure = fault;
+            }
+            if (failure != null) {
+                tx.increment(PortStat.TX_DROPPED_ERROR);
+                if (k + 1 < to) {
+                    tx.add(PortStat.TX_DROPPED_LINK_DOWN, to - k - 1);
+                }
+                error = failLocked(failure);
+            }
+            tx.add(PortStat.TX_PACKETS, packets);
+            tx.add(PortStat.TX_BYTES, bytes);
+        }
+        signal(interrupt);
+        signal(error);
     }
 
     /** Interrupts the guest for what was delivered since the last time, if its driver wants that. */
@@ -329,6 +394,18 @@ final class NetRxQueue {
 
     /** No offloads are negotiated: flags and GSO type 0, num_buffers as used (§5.1.6.4). */
     private void writeHeader(DescriptorChain c, int numBuffers) {
+        int w = c.readableCount(); // the first device-writable buffer
+        if (c.writableCount() > 0 && c.length(w) >= headerSize) { // the usual case: two stores into it
+            MemorySegment m = c.mapping(w);
+            long o = c.offset(w);
+            m.set(LE64, o, 0L); // flags, gso_type, hdr_len, gso_size, csum_start
+            if (headerSize == VirtioNet.HDR_SIZE) {
+                m.set(LE32, o + 8, numBuffers << 16); // csum_offset 0, num_buffers
+            } else {
+                m.set(LE16, o + 8, (short) 0); // csum_offset
+            }
+            return;
+        }
         header.fill((byte) 0);
         if (headerSize == VirtioNet.HDR_SIZE) {
             header.set(JAVA_SHORT_UNALIGNED, VirtioNet.HDR_NUM_BUFFERS, (short) numBuffers);

@@ -3,6 +3,7 @@ package io.iovirt.devices.net;
 
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
+import io.iovirt.net.Burst;
 import io.iovirt.net.Ethernet;
 import io.iovirt.net.Frame;
 import io.iovirt.net.Ingress;
@@ -227,9 +228,24 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         }
     }
 
+    @Override
+    protected void transmit(Burst burst, int from, int to) {
+        NetRxQueue[] rqs = rxQueues;
+        if (rqs.length == 1) {
+            rqs[0].transmit(burst, from, to); // one lock acquisition for the lot
+        } else {
+            super.transmit(burst, from, to); // frame by frame: each flow to its own queue
+        }
+    }
+
     /** A transmit queue forwards a frame from the guest. */
     void forward(Ingress rx, Frame frame) {
         receive(rx, frame);
+    }
+
+    /** A transmit queue forwards a burst of frames from the guest. */
+    void forward(Ingress rx, Burst burst) {
+        receive(rx, burst);
     }
 
     /** The receive context of transmit queue pair {@code pair}. */

@@ -18,6 +18,8 @@ import java.io.IOException;
 import java.lang.management.ManagementFactory;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
@@ -169,6 +171,50 @@ class HostileNetFrontendTest {
                     "A's device needs a reset");
             honestTrafficFlows(b, c, 1); // B's thread survived the fault in A's memory
             assertTrue(pb.stats().get(PortStat.RX_DROPPED_MALFORMED) == 0);
+        }
+    }
+
+    @Test
+    void aDestinationWhoseMemoryEndsMidBurstFailsAloneAndTheBurstsOtherFramesArrive() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            learn(a, A, B);
+            learn(b, B, C);
+            learn(c, C, B);
+            b.drainRx(0);
+            c.drainRx(0);
+            // A's receive buffers, one page each from a page boundary; A truncates its memory after the second:
+            // the first two frames to A fit, the third faults — in the middle of A's share of B's burst.
+            long cut = a.alloc(0, 4096);
+            a.postRx(0, 4096, 32);
+            MemFd.truncate(a.ram.fd(), cut + 2 * 4096);
+            long errorsBefore = pa.stats().get(PortStat.TX_DROPPED_ERROR);
+            // one batch from B, A and C interleaved (A first): A's share fails A, C's share still arrives
+            List<byte[]> toC = new ArrayList<>();
+            for (int i = 0; i < 12; i++) {
+                byte[] f = NetBurstTest.numbered(i % 2 == 0 ? A : C, B, 60 + i, i);
+                if (i % 2 == 1) {
+                    toC.add(f);
+                }
+                b.queue(0, f);
+            }
+            b.kickTx(0);
+            b.awaitTxUsed(0, 12);
+            String line = log.awaitLine("queue 0: guest memory access faulted");
+            assertTrue(line.contains(pa.name()), line);
+            assertEquals(
+                    DeviceStatus.DEVICE_NEEDS_RESET,
+                    a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
+                    "A's device needs a reset");
+            for (int i = 0; i < toC.size(); i++) {
+                assertArrayEquals(toC.get(i), c.receive(0), "B -> C frame " + i + " of the burst");
+            }
+            assertTrue(pa.stats().get(PortStat.TX_DROPPED_ERROR) > errorsBefore, "A counted the failed delivery");
+            honestTrafficFlows(b, c, 1); // B's thread survived the fault in A's memory
         }
     }
 

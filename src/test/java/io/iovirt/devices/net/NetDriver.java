@@ -194,6 +194,23 @@ final class NetDriver implements AutoCloseable {
     }
 
     /**
+     * Makes a frame (all-zero header, one buffer) available on the tx queue without kicking: several queued and then
+     * one {@link #kickTx} reach the device as one batch, as a driver's burst does.
+     */
+    void queue(int pair, byte[] frame) {
+        byte[] b = new byte[headerSize + frame.length];
+        System.arraycopy(frame, 0, b, headerSize, frame.length);
+        long gpa = alloc(b.length, 8);
+        MemorySegment.copy(b, 0, ram.segment(), JAVA_BYTE, gpa, b.length);
+        add(2 * pair + 1, new long[] {gpa}, new int[] {b.length}, new boolean[] {false});
+    }
+
+    /** Kicks the tx queue of pair {@code pair} (after {@link #queue}). */
+    void kickTx(int pair) throws IOException {
+        kicks[2 * pair + 1].signal();
+    }
+
+    /**
      * Makes {@code bytes} (header and frame, as the device will read them) available on the tx queue, split into
      * device-readable buffers ending at the given cut points ({@code 12, total} puts the header alone first).
      */
