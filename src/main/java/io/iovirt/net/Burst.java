@@ -32,6 +32,8 @@ public final class Burst {
     private final Frame view;
     /** The switch's classification: each frame's destination port, null once dropped or delivered. */
     final Port[] destination;
+    /** The switch's classification: frames to flood (every other port whose link is up), false once delivered. */
+    final boolean[] flooded;
     /** The switch's grouping: frame numbers, each destination's in a contiguous run. */
     final int[] order;
 
@@ -53,6 +55,7 @@ public final class Burst {
         this.memory = Arena.ofAuto().allocate((long) capacity * stride, 64);
         this.lengths = new int[capacity];
         this.destination = new Port[capacity];
+        this.flooded = new boolean[capacity];
         this.order = new int[capacity];
         this.view = new Frame(memory);
     }
@@ -120,6 +123,7 @@ public final class Burst {
     public void clear() {
         for (int i = 0; i < count; i++) { // a loop the JIT inlines (no Arrays.fill call), usually all null already
             destination[i] = null;
+            flooded[i] = false;
         }
         count = 0;
     }

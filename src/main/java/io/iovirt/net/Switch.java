@@ -238,8 +238,10 @@ public final class Switch implements AutoCloseable {
     /**
      * Forwards a burst of frames received on {@code in}; runs on the receiving thread. Each frame is checked, learned
      * from and looked up in order, as {@link #forward(Port, Ingress, Frame)} would; then each destination gets its
-     * frames with one {@link Port#transmit(Burst, int, int)} call, in their order. A frame to be flooded first
-     * delivers the frames before it, so no destination sees frames out of order.
+     * frames with one {@link Port#transmit(Burst, int, int)} call, in their order. A flooded frame (group or unknown
+     * destination) goes to every other port whose link is up, in its place among the frames that port gets: floods
+     * are grouped like unicast, so a burst of frames to an address nobody has announced yet costs one call per port,
+     * not one pass over the ports per frame.
      *
      * <p>A frame with the same source and destination as the one before it in the burst (the usual case: a burst
      * is mostly one flow) skips what depends only on those addresses, once the earlier frame passed: the source
@@ -252,10 +254,10 @@ public final class Switch implements AutoCloseable {
         int t = now;
         int n = burst.size();
         Counters rx = ingress.counters();
-        int pending = 0; // frames before this one are delivered (or dropped)
         long lastSrc = 0;
         long lastDst = 0;
         int last = DROP; // the previous frame's outcome, when a frame with the same addresses may reuse it
+        boolean floods = false;
         for (int i = 0; i < n; i++) {
             Frame f = burst.frame(i);
             int len = f.length();
@@ -285,37 +287,70 @@ public final class Switch implements AutoCloseable {
                 }
             }
             if (out == FLOOD) {
-                deliver(burst, pending, i, ingress);
-                flood(in.index(), ps, burst.frame(i), ingress);
-                pending = i + 1;
+                burst.flooded[i] = true;
+                floods = true;
             } else if (out != DROP) {
                 burst.destination[i] = ps[out];
             }
         }
-        deliver(burst, pending, n, ingress);
+        if (floods) {
+            deliverWithFloods(burst, n, in.index(), ps, ingress);
+        } else {
+            deliver(burst, n, ingress);
+        }
     }
 
-    /** Hands each destination among frames {@code from..to-1} its frames, in order, with one call. */
-    private static void deliver(Burst b, int from, int to, Ingress ingress) {
+    /** Hands each destination among the burst's {@code n} frames its frames, in order, with one call. */
+    private static void deliver(Burst b, int n, Ingress ingress) {
         Port[] dst = b.destination;
         int[] order = b.order;
-        int m = 0;
-        for (int i = from; i < to; i++) {
+        for (int i = 0; i < n; i++) {
             Port p = dst[i];
             if (p == null) {
                 continue; // dropped, or already handed over with an earlier frame for the same port
             }
-            int start = m;
+            int m = 0;
             order[m++] = i;
             dst[i] = null;
-            for (int j = i + 1; j < to; j++) {
+            for (int j = i + 1; j < n; j++) {
                 if (dst[j] == p) {
                     order[m++] = j;
                     dst[j] = null;
                 }
             }
-            p.transmit(b, start, m);
+            p.transmit(b, 0, m);
             ingress.touch(p);
+        }
+    }
+
+    /**
+     * As {@link #deliver}, for a burst with flooded frames: each port but {@code self} gets, in order, the frames
+     * addressed to it and, if its link is up, the flooded ones — one call per port that gets any.
+     */
+    private static void deliverWithFloods(Burst b, int n, int self, Port[] ps, Ingress ingress) {
+        Port[] dst = b.destination;
+        boolean[] flooded = b.flooded;
+        int[] order = b.order;
+        for (int k = 0; k < ps.length; k++) {
+            Port p = ps[k];
+            if (k == self || p == null) {
+                continue;
+            }
+            boolean up = p.isLinkUp();
+            int m = 0;
+            for (int i = 0; i < n; i++) {
+                if (dst[i] == p || (up && flooded[i])) {
+                    order[m++] = i;
+                }
+            }
+            if (m > 0) {
+                p.transmit(b, 0, m);
+                ingress.touch(p);
+            }
+        }
+        for (int i = 0; i < n; i++) { // all delivered
+            dst[i] = null;
+            flooded[i] = false;
         }
     }
 

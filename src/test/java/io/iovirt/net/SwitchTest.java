@@ -199,6 +199,36 @@ class SwitchTest {
     }
 
     @Test
+    void aBurstToAnUnknownAddressReachesEachOtherPortInOneCallInOrder() {
+        pb.inject(Frames.ethernet(BCAST, B, 60)); // b is learned; c is not
+        pa.takeSent();
+        pc.takeSent();
+        pc.link = false;
+        byte[][] frames = new byte[8][];
+        for (int i = 0; i < frames.length; i++) {
+            // unknown destination (flooded) and b (unicast), interleaved
+            frames[i] = Frames.ethernet(i % 3 == 0 ? B : "52:54:00:00:00:99", A, 60 + i);
+        }
+        int bCalls = pb.burstCalls;
+        int cCalls = pc.burstCalls;
+        pa.injectBurst(frames);
+        List<byte[]> atB = pb.takeSent();
+        assertEquals(frames.length, atB.size(), "b gets the unicast and the flooded frames");
+        for (int i = 0; i < frames.length; i++) {
+            assertArrayEquals(frames[i], atB.get(i), "frame " + i + " at b, in the order sent");
+        }
+        assertEquals(1, pb.burstCalls - bCalls, "one delivery call for the whole burst");
+        assertEquals(0, pc.takeSent().size(), "a port whose link is down gets no floods");
+        assertEquals(0, pc.burstCalls - cCalls);
+        assertEquals(0, pc.stats().txDropped(), "and does not count them as drops");
+        assertEquals(5, pa.stats().get(PortStat.RX_FLOODED));
+        pc.link = true;
+        pa.injectBurst(frames);
+        assertEquals(5, pc.takeSent().size(), "with its link up it gets the flooded ones");
+        assertEquals(1, pc.burstCalls - cCalls);
+    }
+
+    @Test
     void floodingSkipsPortsWhoseLinkIsDown() {
         pc.link = false;
         pa.inject(Frames.ethernet(BCAST, A, 60));

@@ -81,6 +81,15 @@ final class TestPort extends Port {
         tx.tx(f.length());
     }
 
+    /** Burst deliveries ({@link #transmit(Burst, int, int)} calls) so far. */
+    int burstCalls;
+
+    @Override
+    protected synchronized void transmit(Burst burst, int from, int to) {
+        burstCalls++;
+        super.transmit(burst, from, to);
+    }
+
     synchronized List<byte[]> takeSent() {
         List<byte[]> out = new ArrayList<>(sent);
         sent.clear();
