@@ -56,6 +56,8 @@ public final class IoUring implements AutoCloseable {
     public static final int SQE_IO_LINK = 1 << 2;
     /** Always run in a kernel worker thread instead of trying the non-blocking path first. */
     public static final int SQE_ASYNC = 1 << 4;
+    /** sqe->fd is an index into the ring's registered files (set by this class, see {@link #registerFiles}). */
+    static final int SQE_FIXED_FILE = 1;
 
     /** fsync_flags: fdatasync(2) semantics. */
     public static final int FSYNC_DATASYNC = 1;
@@ -78,6 +80,8 @@ public final class IoUring implements AutoCloseable {
     static final int SETUP_CQSIZE = 1 << 3;
     static final int SETUP_CLAMP = 1 << 4;
     static final int ENTER_GETEVENTS = 1;
+    static final int REGISTER_FILES = 2;
+    static final int UNREGISTER_FILES = 3;
     static final int REGISTER_EVENTFD = 4;
     static final int UNREGISTER_EVENTFD = 5;
     static final long OFF_SQ_RING = 0;
@@ -197,6 +201,8 @@ public final class IoUring implements AutoCloseable {
     private int outstanding;
 
     private boolean eventFdRegistered;
+    /** Files registered with {@link #registerFiles}, by index; compared by identity, never by descriptor number. */
+    private Fd[] fixedFiles = new Fd[0];
 
     private static volatile String unavailable;
     private static volatile boolean probed;
@@ -384,7 +390,7 @@ public final class IoUring implements AutoCloseable {
 
     public void readv(Fd file, IoVec iov, int count, long offset, long userData, int sqeFlags) {
         checkIov(iov, count);
-        prep(OP_READV, sqeFlags, file.get(), offset, iov.segment().address(), count, 0, userData);
+        prep(OP_READV, sqeFlags, file, offset, iov.segment().address(), count, 0, userData);
     }
 
     /** pwritev from the first {@code count} entries of {@code iov} at {@code offset}. */
@@ -394,7 +400,7 @@ public final class IoUring implements AutoCloseable {
 
     public void writev(Fd file, IoVec iov, int count, long offset, long userData, int sqeFlags) {
         checkIov(iov, count);
-        prep(OP_WRITEV, sqeFlags, file.get(), offset, iov.segment().address(), count, 0, userData);
+        prep(OP_WRITEV, sqeFlags, file, offset, iov.segment().address(), count, 0, userData);
     }
 
     /** pread into {@code buffer} (native memory, at most {@value #MAX_RW_BYTES} bytes). */
@@ -413,13 +419,13 @@ public final class IoUring implements AutoCloseable {
      */
     public void read(Fd file, MemorySegment memory, long memoryOffset, long length, long offset, long userData) {
         checkBuffer(memory, memoryOffset, length);
-        prep(OP_READ, 0, file.get(), offset, memory.address() + memoryOffset, (int) length, 0, userData);
+        prep(OP_READ, 0, file, offset, memory.address() + memoryOffset, (int) length, 0, userData);
     }
 
     /** pwrite from {@code length} bytes of {@code memory} from {@code memoryOffset} (see {@link #read}). */
     public void write(Fd file, MemorySegment memory, long memoryOffset, long length, long offset, long userData) {
         checkBuffer(memory, memoryOffset, length);
-        prep(OP_WRITE, 0, file.get(), offset, memory.address() + memoryOffset, (int) length, 0, userData);
+        prep(OP_WRITE, 0, file, offset, memory.address() + memoryOffset, (int) length, 0, userData);
     }
 
     /** fsync, or fdatasync when {@code fsyncFlags} has {@link #FSYNC_DATASYNC}, of the whole file. */
@@ -431,7 +437,7 @@ public final class IoUring implements AutoCloseable {
         if ((fsyncFlags & ~FSYNC_DATASYNC) != 0) {
             throw new IllegalArgumentException("unknown fsync flags 0x" + Integer.toHexString(fsyncFlags));
         }
-        prep(OP_FSYNC, sqeFlags, file.get(), 0, 0, 0, fsyncFlags, userData);
+        prep(OP_FSYNC, sqeFlags, file, 0, 0, 0, fsyncFlags, userData);
     }
 
     /**
@@ -479,6 +485,18 @@ public final class IoUring implements AutoCloseable {
         if (length > MAX_RW_BYTES) {
             throw new IllegalArgumentException("one read/write moves at most " + MAX_RW_BYTES + " bytes: " + length);
         }
+    }
+
+    /** An operation on {@code file}: by its registered index when it has one (see {@link #registerFiles}). */
+    private void prep(int op, int sqeFlags, Fd file, long off, long addr, int len, int opFlags, long userData) {
+        Fd[] fixed = fixedFiles;
+        for (int i = 0; i < fixed.length; i++) {
+            if (fixed[i] == file) {
+                prep(op, sqeFlags | SQE_FIXED_FILE, i, off, addr, len, opFlags, userData);
+                return;
+            }
+        }
+        prep(op, sqeFlags, file.get(), off, addr, len, opFlags, userData);
     }
 
     private void prep(int op, int sqeFlags, int file, long off, long addr, int len, int opFlags, long userData) {
@@ -604,6 +622,47 @@ public final class IoUring implements AutoCloseable {
                     "IORING_REGISTER_EVENTFD " + eventFd);
         }
         eventFdRegistered = true;
+    }
+
+    /**
+     * Registers {@code files} with the ring (IORING_REGISTER_FILES): later operations on them name them by index, so
+     * the kernel takes no reference on the file per operation. The ring holds its own reference until
+     * {@link #unregisterFiles} or {@link #close}; the Fd objects are matched by identity, so a descriptor number
+     * reused after a close never reaches the registered file. Replaces an earlier registration; call it with no
+     * operation outstanding on the files it replaces.
+     */
+    public void registerFiles(Fd... files) throws LinuxException {
+        if (fixedFiles.length > 0) {
+            unregisterFiles();
+        }
+        if (files.length == 0) {
+            return;
+        }
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment arg = a.allocate(JAVA_INT, files.length);
+            for (int i = 0; i < files.length; i++) {
+                arg.setAtIndex(JAVA_INT, i, files[i].get());
+            }
+            Syscalls.check(
+                    Syscalls.ioUringRegister(fd.get(), REGISTER_FILES, arg, files.length),
+                    "io_uring_register",
+                    "IORING_REGISTER_FILES " + java.util.Arrays.toString(files));
+        }
+        fixedFiles = files.clone();
+    }
+
+    /** Drops the registered files; later operations name them by descriptor again. */
+    public void unregisterFiles() throws LinuxException {
+        fixedFiles = new Fd[0];
+        Syscalls.check(
+                Syscalls.ioUringRegister(fd.get(), UNREGISTER_FILES, MemorySegment.NULL, 0),
+                "io_uring_register",
+                "IORING_UNREGISTER_FILES");
+    }
+
+    /** How many files {@link #registerFiles} registered. */
+    public int registeredFiles() {
+        return fixedFiles.length;
     }
 
     public void unregisterEventFd() throws LinuxException {

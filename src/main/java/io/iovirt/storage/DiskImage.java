@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage;
 
+import io.iovirt.linux.Fd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
 import java.io.IOException;
@@ -56,6 +57,15 @@ public interface DiskImage extends AutoCloseable {
      * {@link #flushCompleted}); returns false, queueing nothing, when the format needs the synchronous flush.
      */
     boolean submitFlush(IoUring ring, long userData);
+
+    /**
+     * The descriptors this image's {@link ImageIo#submitRead}/{@link ImageIo#submitWrite} and {@link #submitFlush}
+     * queue operations on, for a ring to register once ({@link IoUring#registerFiles}) instead of the kernel
+     * taking a file reference per operation. Empty when the image queues nothing on a ring.
+     */
+    default Fd[] ringFiles() {
+        return new Fd[0];
+    }
 
     /** Checks the result of a flush queued with {@link #submitFlush}. */
     void flushCompleted(int result) throws IOException;

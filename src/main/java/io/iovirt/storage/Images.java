@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage;
 
+import io.iovirt.linux.Fd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
 import io.iovirt.storage.qcow2.Qcow2Image;
@@ -133,6 +134,11 @@ public final class Images {
         @Override
         public ImageIo newContext(IoVec iov, MemorySegment bounce) {
             return d.newContext(iov, bounce);
+        }
+
+        @Override
+        public Fd[] ringFiles() {
+            return d.ringFiles();
         }
 
         @Override

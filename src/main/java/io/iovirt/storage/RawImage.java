@@ -118,6 +118,11 @@ public final class RawImage implements DiskImage {
     }
 
     @Override
+    public Fd[] ringFiles() {
+        return new Fd[] {fd};
+    }
+
+    @Override
     public Path path() {
         return path;
     }

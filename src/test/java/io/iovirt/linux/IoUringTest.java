@@ -139,6 +139,42 @@ class IoUringTest {
         }
     }
 
+    @Test
+    void registeredFilesGoByIndexAndAreMatchedByIdentityNotNumber() throws Exception {
+        Path fileA = dir.resolve("a.raw");
+        Path fileB = dir.resolve("b.raw");
+        Files.write(fileA, new byte[] {'A', 'A', 'A', 'A'});
+        Files.write(fileB, new byte[] {'B', 'B', 'B', 'B'});
+        try (Arena a = Arena.ofConfined();
+                IoUring ring = IoUring.create(8)) {
+            MemorySegment buf = a.allocate(4);
+            Collected c = new Collected();
+            Fd fdA = FileIo.open(fileA, FileIo.O_RDONLY, 0);
+            int numberA = fdA.get();
+            ring.registerFiles(fdA);
+            assertEquals(1, ring.registeredFiles());
+            fdA.close(); // the ring keeps its own reference: operations on fdA still reach file A, by index
+            ring.read(fdA, buf, 0, 1);
+            ring.submitAndWait(1);
+            ring.reap(c);
+            assertEquals(4, c.result(1));
+            assertEquals('A', buf.get(JAVA_BYTE, 0));
+
+            try (Fd fdB = FileIo.open(fileB, FileIo.O_RDONLY, 0)) {
+                assertEquals(numberA, fdB.get(), "the kernel hands out the lowest free number: A's");
+                ring.read(fdB, buf, 0, 2); // same number, another Fd: by descriptor, so file B
+                ring.submitAndWait(1);
+                ring.reap(c);
+                assertEquals(4, c.result(2));
+                assertEquals('B', buf.get(JAVA_BYTE, 0));
+            }
+
+            ring.unregisterFiles();
+            assertEquals(0, ring.registeredFiles());
+            assertThrows(IllegalStateException.class, () -> ring.read(fdA, buf, 0, 3), "closed, and no longer held");
+        }
+    }
+
     private static IoVec oneEntry(Arena a, MemorySegment buffer) {
         IoVec v = IoVec.allocate(a, 1);
         v.set(0, buffer);

@@ -1488,6 +1488,11 @@ public final class Qcow2Image implements DiskImage {
     }
 
     @Override
+    public Fd[] ringFiles() {
+        return file.ringFiles(); // data reads and writes go through the raw file's contexts
+    }
+
+    @Override
     public boolean submitFlush(IoUring ring, long userData) {
         return false; // the metadata flush is several ordered steps: the caller runs flush()
     }
