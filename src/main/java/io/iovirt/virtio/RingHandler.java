@@ -8,9 +8,9 @@ import java.util.Objects;
  * The {@link QueueWorker.Handler} of a device that serves requests one chain at a time (virtio-blk with synchronous
  * I/O, virtio-net transmit): the device implements only {@link Device#process}, this class runs the ring.
  *
- * <p>Per batch: pop up to {@code batch} chains (kicks suppressed while busy), process each, push them all and publish
- * them with one used-index update, let the device end its batch, then interrupt the driver once if its suppression
- * state asks for it. Before the worker
+ * <p>Per batch: pop up to {@code batch} chains (kicks suppressed while busy), process each, let the device end its
+ * batch, push them all and publish them with one used-index update, then interrupt the driver once if its
+ * suppression state asks for it. Before the worker
  * sleeps, kicks are re-enabled and the ring looked at once more (the driver may have raced us), and guest memory is
  * unpinned: nothing popped is in flight then.
  */
@@ -25,7 +25,11 @@ public final class RingHandler implements QueueWorker.Handler {
          */
         long process(DescriptorChain chain) throws Exception;
 
-        /** After a batch was pushed, before the driver is interrupted (net: the switch ends its burst). */
+        /**
+         * After each chain of a batch was processed, before any of them is pushed (net: the switch forwards the
+         * pending burst and ends its batch): whatever the driver sees returned has been fully handled — forwarded
+         * and counted — so a driver that reads the port's counters after its buffers came back finds them there.
+         */
         default void batchDone() throws Exception {}
 
         /** The queue stopped (or failed); release per-queue state. */
@@ -83,11 +87,11 @@ public final class RingHandler implements QueueWorker.Handler {
         for (int i = 0; i < n; i++) {
             written[i] = device.process(chains[i]);
         }
+        device.batchDone();
         for (int i = 0; i < n; i++) {
             vq.pushBatched(chains[i], written[i]);
         }
         vq.publishUsed(); // the whole batch with one used-index store
-        device.batchDone();
         if (vq.needsNotification()) {
             worker.signal(call);
         }
