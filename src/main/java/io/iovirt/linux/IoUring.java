@@ -16,6 +16,7 @@ import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.Objects;
 
 /**
@@ -646,7 +647,7 @@ public final class IoUring implements AutoCloseable {
             Syscalls.check(
                     Syscalls.ioUringRegister(fd.get(), REGISTER_FILES, arg, files.length),
                     "io_uring_register",
-                    "IORING_REGISTER_FILES " + java.util.Arrays.toString(files));
+                    "IORING_REGISTER_FILES " + Arrays.toString(files));
         }
         fixedFiles = files.clone();
     }
