@@ -10,7 +10,12 @@
 # BACKEND: a checkout of iovirt (a directory with ./iovirt, e.g. a git worktree of the change and one of main; each
 # builds its own target/iovirt.jar), or the word qsd (qemu-storage-daemon; aio=native with --direct, as
 # scripts/bench-blk.sh runs it). The client is always this checkout's `iovirt bench blk`.
-# Output per run: backend round IOPS p50-µs p99-µs backend-CPU-µs/IO client-core-%.
+# Or fio-io_uring / fio-libaio: no backend and no virtio layer, fio itself on the same image from the client core
+# (same rw, QD, 4 KiB, --direct=1 when --direct, ramp = warm-up) — what the disk gives one core, interleaved with
+# the backends, because fio's own rate moves with the host's disk from one minute to the next (13 % across one
+# session, docs/benchmarks.md) and a ratio against a fio run made minutes apart measures that drift too.
+# Output per run: backend round IOPS p50-µs p99-µs backend-CPU-µs/IO client-core-% (fio: completion latency, "-"
+# for backend CPU, fio's own CPU % for the client's).
 # The image (default: DIR/disk.raw, 1 GiB of random data, written once) must be on a file system with O_DIRECT.
 # Used for the O_DIRECT submission change of 2026-12-04 (docs/benchmarks.md).
 set -euo pipefail
@@ -31,16 +36,17 @@ while [ $# -gt 0 ]; do
     --dir) DIR="$2"; shift 2 ;;
     --backend-cpu) BACKEND_CPU="$2"; shift 2 ;;
     --client-cpu) CLIENT_CPU="$2"; shift 2 ;;
-    -h|--help) sed -n '3,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '3,20p' "$0"; exit 0 ;;
     -*) echo "bench-blk-ab: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) BACKENDS+=("$1"); shift ;;
   esac
 done
 [ ${#BACKENDS[@]} -gt 0 ] || { echo "bench-blk-ab: name at least one BACKEND (a checkout or qsd); see --help" >&2; exit 2; }
 for b in "${BACKENDS[@]}"; do
-  [ "$b" = qsd ] || [ -x "$b/iovirt" ] || { echo "bench-blk-ab: $b is neither qsd nor a checkout with ./iovirt" >&2; exit 2; }
+  case "$b" in qsd|fio-io_uring|fio-libaio) continue ;; esac
+  [ -x "$b/iovirt" ] || { echo "bench-blk-ab: $b is neither qsd, fio-io_uring, fio-libaio nor a checkout with ./iovirt" >&2; exit 2; }
 done
-for tool in qemu-storage-daemon taskset jq; do
+for tool in qemu-storage-daemon taskset jq fio; do
   command -v "$tool" >/dev/null || "$ROOT/scripts/install-deps.sh" >&2
 done
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-blk-ab.XXXXXX)"
@@ -53,7 +59,7 @@ if [ -z "$IMAGE" ]; then
   fi
 fi
 for b in "$ROOT" "${BACKENDS[@]}"; do
-  [ "$b" = qsd ] || "$b/iovirt" --version >/dev/null # builds each checkout now, not inside a measurement
+  case "$b" in qsd|fio-*) ;; *) "$b/iovirt" --version >/dev/null ;; esac # builds each checkout now, not inside a measurement
 done
 
 PID=""
@@ -83,10 +89,25 @@ start_backend() { # backend
   echo "bench-blk-ab: $1 did not listen within 60 s" >&2; exit 1
 }
 
+run_fio() { # engine round: one fio run on the image from the client core, printed as a backend's line
+  local out="$DIR/fio.json" key="${RW#rand}"
+  case "$key" in read|write) ;; *) echo "bench-blk-ab: fio rows need --rw randread or randwrite" >&2; exit 2 ;; esac
+  fio --name=bench --filename="$IMAGE" --direct="$DIRECT" --rw="$RW" --bs=4k --iodepth="$QD" --ioengine="$1" \
+    --runtime="$SECS" --ramp_time="$WARMUP" --time_based --cpus_allowed="$CLIENT_CPU" \
+    --output-format=json --output="$out" > /dev/null
+  jq -r --arg b "fio-$1" --arg r "$2" --arg k "$key" '.jobs[0] as $t | $t[$k] as $j | [$b, $r, ($j.iops | floor),
+    ($j.clat_ns.percentile["50.000000"] / 1000 | floor), ($j.clat_ns.percentile["99.000000"] / 1000 | floor), "-",
+    ($t.usr_cpu + $t.sys_cpu | floor)] | map(tostring) | join(" ")' "$out"
+}
+
 echo "# $(date -u '+%F %H:%M UTC'), $RW QD $QD, direct=$DIRECT, ${SECS} s after ${WARMUP} s; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# backend round IOPS p50-us p99-us backend-cpu-us/io client-core-%"
 for r in $(seq 1 "$ROUNDS"); do
   for b in "${BACKENDS[@]}"; do
+    if [ "${b#fio-}" != "$b" ]; then
+      run_fio "${b#fio-}" "$r"
+      continue
+    fi
     start_backend "$b"
     out="$DIR/run.json"
     taskset -c "$CLIENT_CPU" "$ROOT/iovirt" bench blk --socket "$DIR/backend.sock" --rw "$RW" --bs 4096 --qd "$QD" \
