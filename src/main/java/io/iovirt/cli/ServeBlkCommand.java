@@ -290,6 +290,17 @@ final class ServeBlkCommand implements Callable<Integer> {
         io.iovirt.devices.blk.BlkStats.Snapshot s = device.stats();
         java.util.Map<String, Object> doc = new java.util.LinkedHashMap<>();
         doc.put("device", io.iovirt.daemon.Daemon.blkCounters(s));
+        java.util.List<Object> queues = new java.util.ArrayList<>();
+        StringBuilder workers = new StringBuilder();
+        for (int i = 0; i < device.queueCount(); i++) {
+            io.iovirt.virtio.QueueWorker.Totals t = device.workerStats(i);
+            java.util.Map<String, Object> q = new java.util.LinkedHashMap<>();
+            q.put("queue", i);
+            q.put("worker", io.iovirt.daemon.Daemon.workerCounters(t));
+            queues.add(q);
+            workers.append("; q").append(i).append(' ').append(t);
+        }
+        doc.put("queues", queues);
         if (server != null) {
             java.util.Map<String, Object> fe = new java.util.LinkedHashMap<>();
             int pid = server.frontendPid();
@@ -302,7 +313,7 @@ final class ServeBlkCommand implements Callable<Integer> {
         LogOptions.log(
                 LOG,
                 java.util.logging.Level.INFO,
-                title + s + (server == null ? "" : "; " + server.frontendSummary()),
+                title + s + workers + (server == null ? "" : "; " + server.frontendSummary()),
                 new LogOptions.Field("stats", doc));
     }
 

@@ -170,12 +170,25 @@ final class ServeNetCommand implements Callable<Integer> {
         StringBuilder b =
                 new StringBuilder(title + " (MAC table: " + sw.macTable().size() + " addresses):");
         java.util.List<Object> ports = new java.util.ArrayList<>();
-        for (PortStats s : sw.stats()) {
+        for (Port p : sw.ports()) {
+            PortStats s = p.stats();
             b.append("\n  ").append(s);
             java.util.Map<String, Object> pm = new java.util.LinkedHashMap<>();
             pm.put("port", s.port());
             for (io.iovirt.net.PortStat st : io.iovirt.net.PortStat.values()) {
                 pm.put(st.label(), s.get(st));
+            }
+            if (p instanceof VirtioNetPort v) {
+                java.util.List<Object> queues = new java.util.ArrayList<>();
+                for (int i = 0; i < v.options().queuePairs(); i++) {
+                    io.iovirt.virtio.QueueWorker.Totals t = v.txWorkerStats(i);
+                    b.append("; tx").append(i).append(' ').append(t);
+                    java.util.Map<String, Object> q = new java.util.LinkedHashMap<>();
+                    q.put("queue", "tx" + i);
+                    q.put("worker", io.iovirt.daemon.Daemon.workerCounters(t));
+                    queues.add(q);
+                }
+                pm.put("queues", queues);
             }
             ports.add(pm);
         }

@@ -8,6 +8,7 @@ import io.iovirt.net.Mac;
 import io.iovirt.net.MacTable;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
+import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -760,6 +761,7 @@ public final class Daemon implements AutoCloseable {
             Map<String, Object> q = new LinkedHashMap<>();
             q.put("queue", i);
             q.putAll(blkCounters(e.device.queueStats(i)));
+            q.put("worker", workerCounters(e.device.workerStats(i)));
             qs.add(q);
         }
         m.put("queues", qs);
@@ -784,6 +786,20 @@ public final class Daemon implements AutoCloseable {
         return m;
     }
 
+    /**
+     * What a queue's worker did (the idle strategy's account), the schema of {@code ctl stats} and of {@code serve}'s
+     * JSON statistics lines: batches run, sleeps (each cost the driver a kick), spin hits (sleeps saved by
+     * polling), notifications lost to a full call eventfd.
+     */
+    public static Map<String, Object> workerCounters(QueueWorker.Totals t) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("batches", t.batches());
+        m.put("sleeps", t.sleeps());
+        m.put("spin_hits", t.spinHits());
+        m.put("lost_notifications", t.lostSignals());
+        return m;
+    }
+
     private static Map<String, Object> netStats(NetSwitch n) {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("id", n.spec.id());
@@ -796,6 +812,16 @@ public final class Daemon implements AutoCloseable {
             PortStats st = e.port().stats();
             for (PortStat s : PortStat.values()) {
                 pm.put(s.label(), st.get(s));
+            }
+            if (e.port() instanceof VirtioNetPort v) {
+                List<Object> qs = new ArrayList<>();
+                for (int i = 0; i < v.options().queuePairs(); i++) {
+                    Map<String, Object> q = new LinkedHashMap<>();
+                    q.put("queue", "tx" + i);
+                    q.put("worker", workerCounters(v.txWorkerStats(i)));
+                    qs.add(q);
+                }
+                pm.put("queues", qs);
             }
             ports.add(pm);
         }

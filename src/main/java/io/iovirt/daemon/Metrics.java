@@ -4,8 +4,10 @@ package io.iovirt.daemon;
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
 import io.iovirt.devices.blk.BlkStats;
+import io.iovirt.devices.net.VirtioNetPort;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
+import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.lang.management.GarbageCollectorMXBean;
@@ -117,6 +119,46 @@ public final class Metrics implements AutoCloseable {
         }
     }
 
+    /** The four families of a kind of queue worker ({@link QueueWorker.Totals}), named {@code PREFIX_..._total}. */
+    private static final class WorkerFamilies {
+        final Family batches;
+        final Family sleeps;
+        final Family spinHits;
+        final Family lost;
+
+        WorkerFamilies(List<Family> o, String prefix) {
+            batches = new Family(
+                    o,
+                    prefix + "_batches_total",
+                    "counter",
+                    "Rounds of the queue's worker, each taking what the ring holds up to its batch size: requests over"
+                            + " batches is the batch size the queue runs at.");
+            sleeps = new Family(
+                    o,
+                    prefix + "_sleeps_total",
+                    "counter",
+                    "Times the worker found the ring empty and slept until a kick: each one cost the guest a"
+                            + " notification and the backend a wake-up.");
+            spinHits = new Family(
+                    o,
+                    prefix + "_spin_hits_total",
+                    "counter",
+                    "Times the worker's bounded polling (poll-us) found work before it would have slept.");
+            lost = new Family(
+                    o,
+                    prefix + "_lost_notifications_total",
+                    "counter",
+                    "Interrupts to the guest that could not be delivered because its call eventfd was full.");
+        }
+
+        void sample(String labels, QueueWorker.Totals t) {
+            batches.sample(labels, t.batches());
+            sleeps.sample(labels, t.sleeps());
+            spinHits.sample(labels, t.spinHits());
+            lost.sample(labels, t.lostSignals());
+        }
+    }
+
     private static String format(double v) {
         if (v == Math.rint(v) && Math.abs(v) < 1e15) {
             return Long.toString((long) v);
@@ -223,6 +265,15 @@ public final class Metrics implements AutoCloseable {
             }
         }
 
+        WorkerFamilies bw = new WorkerFamilies(o, "iovirt_blk_queue");
+        for (BlkExport e : blks) {
+            for (int i = 0; i < e.spec.queues(); i++) {
+                bw.sample(
+                        label("device", e.spec.id()) + "," + label("queue", Integer.toString(i)),
+                        e.device.workerStats(i));
+            }
+        }
+
         // ---- nbd
         List<NbdExportEntry> nbds = daemon.nbdExports();
         Family nconn = new Family(o, "iovirt_nbd_connections", "gauge", "NBD clients connected to the export.");
@@ -287,6 +338,20 @@ public final class Metrics implements AutoCloseable {
                         dr.sample(
                                 l + "," + label("direction", s.isRx() ? "rx" : "tx") + "," + label("reason", reason),
                                 st.get(s));
+                    }
+                }
+            }
+        }
+
+        WorkerFamilies nw = new WorkerFamilies(o, "iovirt_net_port_queue");
+        for (NetSwitch n : nets) {
+            for (NetSwitch.PortEntry pe : n.ports.values()) {
+                if (pe.port() instanceof VirtioNetPort v) {
+                    for (int i = 0; i < v.options().queuePairs(); i++) {
+                        nw.sample(
+                                label("net", n.spec.id()) + ","
+                                        + label("port", pe.spec().id()) + "," + label("queue", "tx" + i),
+                                v.txWorkerStats(i));
                     }
                 }
             }

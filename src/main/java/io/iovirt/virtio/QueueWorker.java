@@ -101,7 +101,11 @@ public final class QueueWorker {
         void failed(String reason);
     }
 
-    /** Counters readable from any thread (the control API, metrics). */
+    /**
+     * Counters readable from any thread (the control API, metrics). A device that restarts its queues on every
+     * frontend connection passes one object per queue to each new worker ({@link Builder#stats}), so the counts run
+     * on across reconnects, as the Prometheus counters made from them must.
+     */
     public static final class Stats {
         /** Handler batches run. */
         public final LongAdder batches = new LongAdder();
@@ -111,6 +115,25 @@ public final class QueueWorker {
         public final LongAdder spinHits = new LongAdder();
         /** Notifications to the driver that could not be delivered because its call eventfd was full. */
         public final LongAdder lostSignals = new LongAdder();
+
+        /** The counters now. */
+        public Totals totals() {
+            return new Totals(batches.sum(), sleeps.sum(), spinHits.sum(), lostSignals.sum());
+        }
+    }
+
+    /**
+     * A snapshot of {@link Stats}: what the idle strategy did. Batches per second against requests per second is the
+     * batch size the queue runs at; every sleep cost the driver a kick and the backend a wake-up, every spin hit
+     * saved both for a moment of polling.
+     */
+    public record Totals(long batches, long sleeps, long spinHits, long lostSignals) {
+        /** For log lines: {@code "1200 batches, 3 sleeps, 0 spin hits"} (lost notifications when there are any). */
+        @Override
+        public String toString() {
+            return batches + " batches, " + sleeps + " sleeps, " + spinHits + " spin hits"
+                    + (lostSignals == 0 ? "" : ", " + lostSignals + " lost notifications");
+        }
     }
 
     /** Builds and starts a worker. */
@@ -123,6 +146,7 @@ public final class QueueWorker {
         private FailureListener onFailure = reason -> {};
         private final List<Object[]> sources = new ArrayList<>();
         private WorkerGroup group;
+        private Stats stats;
 
         private Builder(String name) {
             this.name = Objects.requireNonNull(name);
@@ -163,6 +187,12 @@ public final class QueueWorker {
 
         public Builder onFailure(FailureListener listener) {
             this.onFailure = Objects.requireNonNull(listener);
+            return this;
+        }
+
+        /** Count into {@code s} (kept by the device across this queue's workers) instead of a new {@link Stats}. */
+        public Builder stats(Stats s) {
+            this.stats = Objects.requireNonNull(s);
             return this;
         }
 
@@ -220,7 +250,7 @@ public final class QueueWorker {
     private final EventFd stopFd;
     private final Epoll epoll;
     private final Thread thread;
-    private final Stats stats = new Stats();
+    private final Stats stats;
     private final EventFd kick;
     private volatile boolean stopRequested;
     private volatile String failure;
@@ -241,6 +271,7 @@ public final class QueueWorker {
         this.handler = handler;
         this.err = b.err;
         this.spinNanos = b.spinNanos;
+        this.stats = b.stats != null ? b.stats : new Stats();
         this.pollMillis = b.pollMillis;
         this.kick = b.kick;
         this.onFailure = b.onFailure;

@@ -65,6 +65,9 @@ class ServeSignalsTest {
                 .orElseThrow()
                 .get("stats");
         assertEquals(0L, ((Map<?, ?>) periodic.get("device")).get("requests"), periodic.toString());
+        Map<?, ?> q0 = (Map<?, ?>) ((List<?>) periodic.get("queues")).get(0);
+        assertEquals(0L, q0.get("queue"), periodic.toString());
+        assertEquals(0L, ((Map<?, ?>) q0.get("worker")).get("lost_notifications"), periodic.toString());
         assertEquals(
                 Map.of("connected", false, "waiting", false, "waited", 0L),
                 withoutNulls((Map<?, ?>) periodic.get("frontend")),

@@ -386,6 +386,16 @@ class DaemonApiTest {
         Map<String, Object> b = ok("stats", "id", "vm1-disk");
         assertEquals(0L, b.get("requests"));
         assertEquals(2, ((List<?>) b.get("queues")).size());
+        assertEquals(
+                Map.of("batches", 0L, "sleeps", 0L, "spin_hits", 0L, "lost_notifications", 0L),
+                ((Map<?, ?>) ((List<?>) b.get("queues")).get(1)).get("worker"));
+        Map<String, Object> n = ok("stats", "id", "sw");
+        Map<?, ?> vm1 = (Map<?, ?>) ((List<?>) n.get("ports")).get(0);
+        assertEquals("vm1", vm1.get("port"));
+        Map<?, ?> tx0 = (Map<?, ?>) ((List<?>) vm1.get("queues")).get(0);
+        assertEquals("tx0", tx0.get("queue"));
+        assertEquals(0L, ((Map<?, ?>) tx0.get("worker")).get("sleeps"));
+        assertEquals(null, ((Map<?, ?>) ((List<?>) n.get("ports")).get(1)).get("queues"), "a stream port has none");
         bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
         String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1")
                 .get("xml");

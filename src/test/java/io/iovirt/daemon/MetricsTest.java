@@ -71,6 +71,17 @@ class MetricsTest {
                             "stream",
                             "path",
                             dir.resolve("p.sock").toString()));
+            d.call(
+                    "net.port.add",
+                    Map.of(
+                            "net",
+                            "sw",
+                            "id",
+                            "v",
+                            "kind",
+                            "vhost-user",
+                            "path",
+                            dir.resolve("v.sock").toString()));
             try (Metrics m = Metrics.start("127.0.0.1:0", d)) {
                 HttpClient c = HttpClient.newBuilder()
                         .proxy(HttpClient.Builder.NO_PROXY)
@@ -91,6 +102,12 @@ class MetricsTest {
                     "iovirt_blk_errors_total{device=\"d0\",queue=\"0\",reason=\"io\"} 0",
                     "iovirt_net_port_dropped_total{net=\"sw\",port=\"p\",direction=\"tx\",reason=\"link_down\"} 0",
                     "iovirt_net_port_link_up{net=\"sw\",port=\"p\"} 0",
+                    "iovirt_blk_queue_batches_total{device=\"d0\",queue=\"1\"} 0",
+                    "iovirt_blk_queue_sleeps_total{device=\"d0\",queue=\"0\"} 0",
+                    "iovirt_blk_queue_spin_hits_total{device=\"d0\",queue=\"0\"} 0",
+                    "iovirt_blk_queue_lost_notifications_total{device=\"d0\",queue=\"0\"} 0",
+                    "iovirt_net_port_queue_batches_total{net=\"sw\",port=\"v\",queue=\"tx0\"} 0",
+                    "iovirt_net_port_queue_sleeps_total{net=\"sw\",port=\"v\",queue=\"tx0\"} 0",
                     "process_resident_memory_bytes ",
                     "iovirt_process_threads ",
                     "iovirt_jvm_gc_collections_total{gc="

@@ -156,6 +156,11 @@ public final class BlkDevice implements VhostUserBackend {
         return queueStats[index].snapshot();
     }
 
+    /** What queue {@code index}'s worker did so far: batches, sleeps, spin hits (all its connections). */
+    public QueueWorker.Totals workerStats(int index) {
+        return queueStats[index].worker.totals();
+    }
+
     public DiskImage image() {
         return image;
     }
@@ -450,10 +455,14 @@ public final class BlkDevice implements VhostUserBackend {
             IoUring ring,
             QueueWorker.FailureListener onFailure)
             throws LinuxException {
-        QueueWorker.Builder b = QueueWorker.builder(name).kick(kick).err(err).onFailure(reason -> {
-            stats.queueFailures.increment();
-            onFailure.failed(reason);
-        });
+        QueueWorker.Builder b = QueueWorker.builder(name)
+                .kick(kick)
+                .err(err)
+                .stats(stats.worker)
+                .onFailure(reason -> {
+                    stats.queueFailures.increment();
+                    onFailure.failed(reason);
+                });
         RequestLog log = new RequestLog(name);
         if (ring == null) {
             return b.build(new RingHandler(q, call, SYNC_BATCH, new SyncEngine(handler, log)));

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.blk;
 
+import io.iovirt.virtio.QueueWorker;
 import java.util.concurrent.atomic.LongAdder;
 
 /**
@@ -45,6 +46,8 @@ public final class BlkStats {
     final LongAdder completed = new LongAdder();
     final LongAdder latencySumNanos = new LongAdder();
     final LongAdder[] latencyBuckets = new LongAdder[LATENCY_BOUNDS_NANOS.length + 1];
+    /** What the queue's worker did (batches, sleeps, spin hits), across the workers of every connection. */
+    final QueueWorker.Stats worker = new QueueWorker.Stats();
 
     public BlkStats() {
         for (int i = 0; i < latencyBuckets.length; i++) {

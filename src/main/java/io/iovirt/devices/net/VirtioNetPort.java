@@ -94,6 +94,9 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     private final Object control = new Object();
     private NetRxQueue[] rxQueues;
     private final QueueWorker[] txWorkers;
+    /** Each transmit queue's worker counters, kept across connections (the workers are made per connection). */
+    private final QueueWorker.Stats[] txWorkerStats;
+
     private final Virtqueue[] txRings;
     private Ingress[] txIngress; // per transmit queue (the port's rx side), kept across reconnects
     private Ingress announceIngress;
@@ -112,6 +115,10 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         super("vhost-user:" + options.socket());
         this.options = options;
         this.txWorkers = new QueueWorker[options.queuePairs()];
+        this.txWorkerStats = new QueueWorker.Stats[options.queuePairs()];
+        for (int i = 0; i < txWorkerStats.length; i++) {
+            txWorkerStats[i] = new QueueWorker.Stats();
+        }
         this.txRings = new Virtqueue[options.queuePairs()];
         this.guestMac = options.mac();
     }
@@ -180,6 +187,14 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             }
         }
         return false;
+    }
+
+    /**
+     * What transmit queue {@code pair}'s worker did so far (all connections): batches, sleeps, spin hits. Frames
+     * taken per batch is the port's rx packets over the batches; each sleep cost the guest a kick.
+     */
+    public QueueWorker.Totals txWorkerStats(int pair) {
+        return txWorkerStats[pair].totals();
     }
 
     /** Receive queues the frontend has enabled and the device is filling (MQ: the guest's active queue pairs). */
@@ -371,6 +386,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                         .kick(setup.kick())
                         .err(setup.err())
                         .spin(options.pollMicros() * 1000L)
+                        .stats(txWorkerStats[pair])
                         .pollEvery(setup.kick() == null ? 1 : -1)
                         .onFailure(why -> needsReset = true)
                         .group(workers)

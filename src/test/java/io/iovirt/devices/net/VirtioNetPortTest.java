@@ -240,6 +240,40 @@ class VirtioNetPortTest {
     }
 
     @Test
+    void transmitWorkerCountersRunOnAcrossReconnects() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        assertEquals(new io.iovirt.virtio.QueueWorker.Totals(0, 0, 0, 0), pa.txWorkerStats(0));
+        try (NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+            b.postRx(0, 2048, 64);
+            long batches = 0;
+            long sleeps = 0;
+            for (int round = 0; round < 2; round++) { // the second connection counts on from the first's totals
+                try (NetDriver a = new NetDriver(pa.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
+                    await(() -> pa.isLinkUp() && pb.isLinkUp(), "links up");
+                    if (round == 1) { // the address the guest used before is announced for it on reconnect
+                        assertRarp(b.receive(0), A);
+                    }
+                    for (int i = 0; i < 10; i++) { // one at a time: each frame is a batch of its own
+                        byte[] fr = frame(B, A, 60);
+                        a.send(0, fr);
+                        assertArrayEquals(fr, b.receive(0));
+                        a.awaitTxUsed(0, 1);
+                    }
+                }
+                await(() -> !pa.isLinkUp(), "link down after disconnect");
+                io.iovirt.virtio.QueueWorker.Totals t = pa.txWorkerStats(0);
+                assertTrue(t.batches() >= batches + 10, "10 more batches after " + batches + ": " + t);
+                assertTrue(t.sleeps() > sleeps, "the idle worker slept (poll-us 0): " + t);
+                assertEquals(0, t.spinHits(), "poll-us is 0: no spinning: " + t);
+                batches = t.batches();
+                sleeps = t.sleeps();
+            }
+        }
+    }
+
+    @Test
     void sendRarpAndReconnectAnnounceTheGuest() throws Exception {
         sw = new Switch(Switch.Config.defaults());
         long guest = Mac.parse("52:54:00:12:34:56");
