@@ -33,14 +33,16 @@ import picocli.CommandLine.Option;
             "  stream:PATH  listen on UNIX socket PATH for QEMU's -netdev stream (e.g. an emulated e1000):",
             "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
             "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)",
-            "  vhost-user:PATH[,queues=N][,mac=MAC][,pin-mac][,poll-us=US]",
+            "  vhost-user:PATH[,queues=N][,mac=MAC][,pin-mac][,poll-us=US|adaptive[:US]]",
             "               a virtio-net device served on UNIX socket PATH (QEMU: -chardev socket,id=c0,path=PATH",
             "               -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,netdev=n0,vectors=0;",
             "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
             "               (default 1); mac: the guest's address, announced when it connects; pin-mac: drop frames",
             "               from any other source (no spoofing, one MAC table entry); poll-us: keep polling",
             "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0; on a",
-            "               shared --poll-threads thread the longest poll-us of its queues applies to all of them)"
+            "               shared --poll-threads thread the longest poll-us of its queues applies to all of them);",
+            "               poll-us=adaptive[:US]: poll as long as the guest's recent gaps between bursts say is",
+            "               worth it, up to US (default 32, as QEMU's iothreads), and not at all when it is idle"
         },
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {
@@ -263,6 +265,7 @@ final class ServeNetCommand implements Callable<Integer> {
         int queues = 1;
         long mac = -1;
         int pollUs = 0;
+        boolean adaptive = false;
         for (int i = 1; i < parts.length; i++) {
             String[] kv = parts[i].split("=", 2);
             if (parts[i].equals("pin-mac")) {
@@ -278,17 +281,28 @@ final class ServeNetCommand implements Callable<Integer> {
                             throw usage("--port " + spec + ": " + e.getMessage());
                         }
                     }
-                    case "poll-us" -> pollUs = Integer.parseInt(kv[1]);
+                    case "poll-us" -> {
+                        adaptive = kv[1].startsWith("adaptive");
+                        if (kv[1].equals("adaptive")) {
+                            pollUs = VirtioNetPort.Options.DEFAULT_ADAPTIVE_POLL_MICROS;
+                        } else {
+                            pollUs = Integer.parseInt(adaptive ? kv[1].substring("adaptive:".length()) : kv[1]);
+                            if (adaptive && !kv[1].startsWith("adaptive:")) {
+                                throw new NumberFormatException(kv[1]);
+                            }
+                        }
+                    }
                     default ->
                         throw usage("--port " + spec + ": unknown option '" + parts[i]
-                                + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US)");
+                                + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US|adaptive[:US])");
                 }
             } catch (NumberFormatException e) {
-                throw usage("--port " + spec + ": '" + parts[i] + "' needs a number");
+                throw usage("--port " + spec + ": '" + parts[i] + "' needs a number"
+                        + (parts[i].startsWith("poll-us=") ? " (or poll-us=adaptive, poll-us=adaptive:US)" : ""));
             }
         }
         try {
-            return new VirtioNetPort.Options(Path.of(parts[0]), queues, mac, pollUs);
+            return new VirtioNetPort.Options(Path.of(parts[0]), queues, mac, pollUs, adaptive);
         } catch (IllegalArgumentException e) {
             throw usage("--port " + spec + ": " + e.getMessage());
         }

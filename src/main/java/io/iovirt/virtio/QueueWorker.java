@@ -24,7 +24,8 @@ import java.util.concurrent.atomic.LongAdder;
  *     {@link EventFd#consume}, which a hostile frontend cannot make block for long), and any descriptors the device
  *     adds ({@link Builder#source}, {@link #watch});
  * <li>the idle strategy: sleep at once, or spin (polling {@link Handler#hasWork}) for a bounded time first
- *     ({@link Builder#spin}); spins and sleeps are counted ({@link #stats});
+ *     ({@link Builder#spin}), or spin for a time that adapts to how soon work comes back ({@link
+ *     Builder#adaptiveSpin}); spins and sleeps are counted ({@link #stats});
  * <li>batching: {@link Handler#process} does one batch and says whether work is left, and the worker calls it again
  *     before it considers sleeping — the stop source is checked between batches, so a flooding guest cannot keep
  *     the thread from stopping;
@@ -51,6 +52,9 @@ public final class QueueWorker {
     private static final System.Logger LOG = System.getLogger(QueueWorker.class.getName());
     /** Longest spin allowed: spinning costs a core, so it is bounded whatever the configuration says. */
     public static final long MAX_SPIN_NANOS = 1_000_000_000L;
+    /** Where adaptive polling starts when it begins to poll at all, and below which it stops polling. */
+    public static final long ADAPTIVE_MIN_SPIN_NANOS = 4_000;
+
     /** Wait used by {@link #stop()}. */
     public static final Duration STOP_TIMEOUT = Duration.ofSeconds(3);
 
@@ -142,6 +146,7 @@ public final class QueueWorker {
         private EventFd kick;
         private EventFd err;
         private long spinNanos;
+        private boolean adaptive;
         private int pollMillis = -1;
         private FailureListener onFailure = reason -> {};
         private final List<Object[]> sources = new ArrayList<>();
@@ -170,7 +175,28 @@ public final class QueueWorker {
                 throw new IllegalArgumentException("spin time must be 0.." + MAX_SPIN_NANOS + " ns: " + nanos);
             }
             this.spinNanos = nanos;
+            this.adaptive = false;
             return this;
+        }
+
+        /**
+         * Adaptive polling, at most {@code maxNanos} (≤ {@link #MAX_SPIN_NANOS}): the queue starts out sleeping at
+         * once; when it slept and work came back within {@code maxNanos} of the ring running dry — so a longer poll
+         * would have caught it without a kick — the next poll is longer (from {@link #ADAPTIVE_MIN_SPIN_NANOS},
+         * doubling up to the bound); when the wait was longer than the bound, the poll halves (and stops below the
+         * minimum). A busy queue whose driver pauses briefly between bursts polls through the pauses and takes no
+         * kicks; an idle one costs no CPU. QEMU's iothreads poll the same way (poll-max-ns, 32 µs by default), as
+         * KVM's halt polling does for vCPUs. On a shared thread ({@link #group}) the bound is used as a fixed spin.
+         */
+        public Builder adaptiveSpin(long maxNanos) {
+            spin(maxNanos);
+            this.adaptive = maxNanos > 0;
+            return this;
+        }
+
+        /** {@link #adaptiveSpin} when {@code adaptive}, else {@link #spin}. */
+        public Builder poll(long nanos, boolean adaptive) {
+            return adaptive ? adaptiveSpin(nanos) : spin(nanos);
         }
 
         /**
@@ -245,6 +271,10 @@ public final class QueueWorker {
     private final Handler handler;
     private final EventFd err;
     private final long spinNanos;
+    private final boolean adaptive;
+    /** Adaptive polling: how long the next idle moment polls (0..spinNanos); owned by the loop thread. */
+    private long pollWindow;
+
     private final int pollMillis;
     private final FailureListener onFailure;
     private final EventFd stopFd;
@@ -271,6 +301,7 @@ public final class QueueWorker {
         this.handler = handler;
         this.err = b.err;
         this.spinNanos = b.spinNanos;
+        this.adaptive = b.adaptive;
         this.stats = b.stats != null ? b.stats : new Stats();
         this.pollMillis = b.pollMillis;
         this.kick = b.kick;
@@ -480,8 +511,10 @@ public final class QueueWorker {
             if (more) {
                 continue;
             }
-            if (spinNanos > 0 && spin()) {
-                continue;
+            long window = adaptive ? pollWindow : spinNanos;
+            long idleSince = adaptive ? System.nanoTime() : 0;
+            if (window > 0 && spin(window)) {
+                continue; // polled long enough: no kick, no wake-up
             }
             if (stopRequested) {
                 return;
@@ -491,6 +524,9 @@ public final class QueueWorker {
             }
             stats.sleeps.increment();
             int n = epoll.wait(pollMillis);
+            if (adaptive) {
+                adapt(System.nanoTime() - idleSince);
+            }
             for (int i = 0; i < n; i++) {
                 long token = epoll.data(i);
                 if (token == STOP) {
@@ -504,8 +540,31 @@ public final class QueueWorker {
         }
     }
 
-    private boolean spin() throws Exception {
-        long end = System.nanoTime() + spinNanos;
+    /**
+     * Adaptive polling after a sleep: the ring ran dry {@code idleNanos} ago. Work that came back within the bound
+     * would have been caught by a longer poll, so poll longer next time; work that took longer than the bound could
+     * not have been, so poll less.
+     */
+    private void adapt(long idleNanos) {
+        long w = pollWindow;
+        if (idleNanos <= w) {
+            return;
+        }
+        if (idleNanos > spinNanos) {
+            w /= 2;
+            pollWindow = w < ADAPTIVE_MIN_SPIN_NANOS ? 0 : w;
+        } else {
+            pollWindow = w == 0 ? Math.min(ADAPTIVE_MIN_SPIN_NANOS, spinNanos) : Math.min(spinNanos, w * 2);
+        }
+    }
+
+    /** Adaptive polling: how long the worker polls the next time its ring runs dry (0: it sleeps at once). */
+    public long pollWindowNanos() {
+        return pollWindow;
+    }
+
+    private boolean spin(long nanos) throws Exception {
+        long end = System.nanoTime() + nanos;
         do {
             if (handler.hasWork()) {
                 stats.spinHits.increment();

@@ -69,9 +69,20 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
      * @param socket     where to listen
      * @param queuePairs receive/transmit queue pairs (1..256: vhost-user queue indices are 8 bits)
      * @param mac        the guest's address if known (offered as VIRTIO_NET_F_MAC and announced), else -1
-     * @param pollMicros how long a transmit queue keeps polling after it ran dry (0: sleep at once until kicked)
+     * @param pollMicros how long a transmit queue keeps polling after it ran dry (0: sleep at once until kicked);
+     *                   with {@code adaptivePoll}, the most it polls
+     * @param adaptivePoll poll for as long as recent gaps between the guest's bursts say is worth it, up to
+     *                   {@code pollMicros} ({@link io.iovirt.virtio.QueueWorker.Builder#adaptiveSpin})
      */
-    public record Options(Path socket, int queuePairs, long mac, int pollMicros) {
+    public record Options(Path socket, int queuePairs, long mac, int pollMicros, boolean adaptivePoll) {
+        /** QEMU's iothreads poll adaptively up to 32 µs by default (poll-max-ns 32768). */
+        public static final int DEFAULT_ADAPTIVE_POLL_MICROS = 32;
+
+        /** A fixed poll time ({@code pollMicros}; 0: none). */
+        public Options(Path socket, int queuePairs, long mac, int pollMicros) {
+            this(socket, queuePairs, mac, pollMicros, false);
+        }
+
         public Options {
             Objects.requireNonNull(socket);
             if (queuePairs < 1 || queuePairs > 128) {
@@ -385,7 +396,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                 QueueWorker w = QueueWorker.builder(name() + " tx" + index)
                         .kick(setup.kick())
                         .err(setup.err())
-                        .spin(options.pollMicros() * 1000L)
+                        .poll(options.pollMicros() * 1000L, options.adaptivePoll())
                         .stats(txWorkerStats[pair])
                         .pollEvery(setup.kick() == null ? 1 : -1)
                         .onFailure(why -> needsReset = true)

@@ -35,14 +35,19 @@ class DpdkVirtioUserTest {
         Await.until(java.time.Duration.ofSeconds(seconds), what, c);
     }
 
-    @ParameterizedTest(name = "{0} ring, {1} queue pair(s), {2}-byte frames")
-    @CsvSource({"split, 1, 64", "packed, 1, 1500", "split, 2, 64"})
-    void txonlyIntoOnePortRxonlyFromAnotherCountsAgree(String ring, int queues, int frameLen) throws Exception {
+    @ParameterizedTest(name = "{0} ring, {1} queue pair(s), {2}-byte frames, adaptive polling {3}")
+    @CsvSource({"split, 1, 64, true", "packed, 1, 1500, false", "split, 2, 64, false"})
+    void txonlyIntoOnePortRxonlyFromAnotherCountsAgree(String ring, int queues, int frameLen, boolean adaptive)
+            throws Exception {
         Path bin = Testpmd.binary();
         Require.that(bin != null, "dpdk-testpmd is not available: run scripts/install-dpdk.sh as root");
         try (Switch sw = new Switch(Switch.Config.defaults())) {
-            VirtioNetPort in =
-                    sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("in.sock"), queues, -1, 0)));
+            VirtioNetPort in = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(
+                    dir.resolve("in.sock"),
+                    queues,
+                    -1,
+                    adaptive ? VirtioNetPort.Options.DEFAULT_ADAPTIVE_POLL_MICROS : 0,
+                    adaptive)));
             VirtioNetPort out =
                     sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(dir.resolve("out.sock"), queues, -1, 0)));
             String opts = ",queues=" + queues + (ring.equals("packed") ? ",packed_vq=1" : "");
@@ -104,6 +109,13 @@ class DpdkVirtioUserTest {
                 assertEquals(received[0], so.txPackets(), "switch out-port tx_packets = testpmd RX-packets");
                 assertEquals(si.rxPackets(), so.txPackets() + so.get(PortStat.TX_DROPPED_NO_BUFFERS), so.toString());
                 assertTrue(so.txPackets() > 20_000, so.toString());
+                io.iovirt.virtio.QueueWorker.Totals t = in.txWorkerStats(0);
+                assertTrue(
+                        t.batches() > 0 && t.batches() <= sent.txPackets() + t.sleeps() + t.spinHits() + 1,
+                        t.toString());
+                if (!adaptive) {
+                    assertEquals(0, t.spinHits(), "poll-us 0 never polls: " + t);
+                }
             }
         }
     }
