@@ -4,7 +4,7 @@
 # the same frontend, DPDK testpmd with net_virtio_user. Prints a Markdown table on stdout.
 #
 #   scripts/bench-net.sh [--topology rxonly|p2p] [--seconds S] [--warmup S] [--rounds N] [--sizes "64 1500"]
-#                        [--poll-us "0 1000"] [--poll-threads N] [--p2p-bursts N] [--backend-cpu N]
+#                        [--poll-us "0 adaptive"] [--poll-threads N] [--p2p-bursts N] [--backend-cpu N]
 #                        [--client-cpu N] [--nice N]
 #                        [--dir DIR] [--charts DIR] [--report-only --dir DIR]
 #
@@ -54,7 +54,7 @@ MEASURE=10
 WARMUP=8
 ROUNDS=3
 SIZES="64 1500"
-POLLS="0 1000"
+POLLS="0 adaptive"
 BACKEND_CPU=0
 CLIENT_CPU=1
 NICE=0

@@ -38,11 +38,12 @@ import picocli.CommandLine.Option;
             "               -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,netdev=n0,vectors=0;",
             "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
             "               (default 1); mac: the guest's address, announced when it connects; pin-mac: drop frames",
-            "               from any other source (no spoofing, one MAC table entry); poll-us: keep polling",
-            "               a transmit ring this long after it ran dry (saves kicks, costs CPU; default 0; on a",
-            "               shared --poll-threads thread the longest poll-us of its queues applies to all of them);",
-            "               poll-us=adaptive[:US]: poll as long as the guest's recent gaps between bursts say is",
-            "               worth it, up to US (default 32, as QEMU's iothreads), and not at all when it is idle"
+            "               from any other source (no spoofing, one MAC table entry); poll-us: how long a",
+            "               transmit ring is polled after it ran dry (saves kicks, costs CPU). Default adaptive:",
+            "               as long as the guest's recent gaps between bursts say is worth it, up to 32 us (as",
+            "               QEMU's iothreads), not at all while it is idle; adaptive:US sets the bound, US a fixed",
+            "               time, 0 sleeps at once (on a shared --poll-threads thread the longest bound of its",
+            "               queues is a fixed poll for all of them)"
         },
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {
@@ -264,8 +265,8 @@ final class ServeNetCommand implements Callable<Integer> {
         String[] parts = arg.split(",");
         int queues = 1;
         long mac = -1;
-        int pollUs = 0;
-        boolean adaptive = false;
+        int pollUs = VirtioNetPort.Options.DEFAULT_ADAPTIVE_POLL_MICROS;
+        boolean adaptive = true;
         for (int i = 1; i < parts.length; i++) {
             String[] kv = parts[i].split("=", 2);
             if (parts[i].equals("pin-mac")) {

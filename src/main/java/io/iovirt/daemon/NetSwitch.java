@@ -47,7 +47,7 @@ final class NetSwitch implements AutoCloseable {
     PortEntry addPort(PortSpec ps, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
         Port p = switch (ps.kind()) {
             case "vhost-user" ->
-                new VirtioNetPort(new VirtioNetPort.Options(Path.of(ps.path()), ps.queues(), ps.mac(), 0))
+                new VirtioNetPort(VirtioNetPort.Options.defaults(Path.of(ps.path()), ps.queues(), ps.mac()))
                         .withAccess(access)
                         .workers(group);
             case "stream" -> new StreamPort(Path.of(ps.path()), access);

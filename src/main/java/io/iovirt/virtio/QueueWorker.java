@@ -272,8 +272,8 @@ public final class QueueWorker {
     private final EventFd err;
     private final long spinNanos;
     private final boolean adaptive;
-    /** Adaptive polling: how long the next idle moment polls (0..spinNanos); owned by the loop thread. */
-    private long pollWindow;
+    /** Adaptive polling: how long the next idle moment polls (0..spinNanos); written by the loop thread only. */
+    private volatile long pollWindow;
 
     private final int pollMillis;
     private final FailureListener onFailure;

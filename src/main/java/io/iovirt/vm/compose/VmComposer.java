@@ -159,7 +159,7 @@ public final class VmComposer implements AutoCloseable {
                 netSwitch.startHousekeeping();
             }
             if (nic.kind() == VmSpec.Kind.PV) {
-                netSwitch.addPort(new VirtioNetPort(new VirtioNetPort.Options(sock, 1, mac, 0)));
+                netSwitch.addPort(new VirtioNetPort(VirtioNetPort.Options.defaults(sock, 1, mac)));
                 // vectors=0 under TCG: QEMU 7.2 segfaults in vhost_net_start when vhost-user-net uses MSI-X
                 args.addAll(List.of(
                         "-chardev",

@@ -67,8 +67,8 @@ public final class NetDemo {
         Path pvSock = workDir.resolve("net-pv.sock");
         Path fvSock = workDir.resolve("net-fv.sock");
         try (Switch sw = new Switch(Switch.Config.defaults())) {
-            sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(peerSock, 1, PEER_MAC, 0)));
-            Port pvPort = sw.addPort(new VirtioNetPort(new VirtioNetPort.Options(pvSock, 1, PV_MAC, 0)));
+            sw.addPort(new VirtioNetPort(VirtioNetPort.Options.defaults(peerSock, 1, PEER_MAC)));
+            Port pvPort = sw.addPort(new VirtioNetPort(VirtioNetPort.Options.defaults(pvSock, 1, PV_MAC)));
             Port fvPort = sw.addPort(new StreamPort(fvSock));
             sw.startHousekeeping();
             progress.accept(
