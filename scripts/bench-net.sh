@@ -282,7 +282,7 @@ for size in $SIZES; do
       name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p$PTNAME"
       printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc"
     fi
-    printf '"%s B\\n%s" %s %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\npoll-us=$p$([ "$PTHREADS" != 0 ] && echo "\\npoll-threads=$PTHREADS")" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK\\n2 ports (io)" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
+    printf '"%s B\\n%s" %s %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\n$(case "$p" in [0-9]*) echo "poll-us=$p" ;; *) echo "$p poll" ;; esac)$([ "$PTHREADS" != 0 ] && echo "\\npoll-threads=$PTHREADS")" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK\\n2 ports (io)" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
       "$([ "$b" = iovirt ] && echo 1 || echo 2)" "$(echo "$sel" | awk '{print $8}' | med)" >> "$DIR/chart.dat"
   done
 done
