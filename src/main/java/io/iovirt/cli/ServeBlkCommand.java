@@ -146,6 +146,18 @@ final class ServeBlkCommand implements Callable<Integer> {
     Long jfrSlowMs;
 
     @Option(
+            names = "--poll-us",
+            paramLabel = "POLL",
+            defaultValue = "adaptive",
+            description = {
+                "How long a queue keeps polling its ring and its completions after it ran dry (default",
+                "${DEFAULT-VALUE}): adaptive polls as long as recent wake-ups say is worth it, up to 32 us (as",
+                "QEMU's iothreads), and not at all while the disk is idle; adaptive:US sets the bound, US",
+                "is a fixed time, 0 sleeps at once (a kick per request at low depth, least CPU)."
+            })
+    String pollUs;
+
+    @Option(
             names = "--serial",
             paramLabel = "ID",
             description = "Disk serial (GET_ID), at most 20 characters; default derived from the image path.")
@@ -171,11 +183,18 @@ final class ServeBlkCommand implements Callable<Integer> {
         if (jfrSlowMs != null && jfrSlowMs < 0) {
             throw Contract.usage(spec, "--jfr-slow-ms must not be negative, got " + jfrSlowMs);
         }
+        PollOption poll;
+        try {
+            poll = PollOption.parse(pollUs, (int) (BlkDevice.DEFAULT_POLL_NANOS / 1000));
+        } catch (IllegalArgumentException e) {
+            throw Contract.usage(spec, "--poll-us: " + e.getMessage());
+        }
         String id = serial != null ? serial : defaultSerial(image);
         checkFormat(image, format);
         try (DiskImage img = Images.open(image, format, readOnly, direct)) {
             checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
+            device.poll(poll.micros() * 1000L, poll.adaptive());
             if (jfrSlowMs != null) {
                 device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
             }

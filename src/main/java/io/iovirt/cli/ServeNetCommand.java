@@ -283,14 +283,13 @@ final class ServeNetCommand implements Callable<Integer> {
                         }
                     }
                     case "poll-us" -> {
-                        adaptive = kv[1].startsWith("adaptive");
-                        if (kv[1].equals("adaptive")) {
-                            pollUs = VirtioNetPort.Options.DEFAULT_ADAPTIVE_POLL_MICROS;
-                        } else {
-                            pollUs = Integer.parseInt(adaptive ? kv[1].substring("adaptive:".length()) : kv[1]);
-                            if (adaptive && !kv[1].startsWith("adaptive:")) {
-                                throw new NumberFormatException(kv[1]);
-                            }
+                        try {
+                            PollOption poll =
+                                    PollOption.parse(kv[1], VirtioNetPort.Options.DEFAULT_ADAPTIVE_POLL_MICROS);
+                            pollUs = poll.micros();
+                            adaptive = poll.adaptive();
+                        } catch (IllegalArgumentException e) {
+                            throw usage("--port " + spec + ": " + e.getMessage());
                         }
                     }
                     default ->
@@ -298,8 +297,7 @@ final class ServeNetCommand implements Callable<Integer> {
                                 + "' (known: queues=N, mac=MAC, pin-mac, poll-us=US|adaptive[:US])");
                 }
             } catch (NumberFormatException e) {
-                throw usage("--port " + spec + ": '" + parts[i] + "' needs a number"
-                        + (parts[i].startsWith("poll-us=") ? " (or poll-us=adaptive, poll-us=adaptive:US)" : ""));
+                throw usage("--port " + spec + ": '" + parts[i] + "' needs a number");
             }
         }
         try {

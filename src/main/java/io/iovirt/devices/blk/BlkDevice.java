@@ -263,6 +263,27 @@ public final class BlkDevice implements VhostUserBackend {
 
     private volatile long slowNanos = Long.MAX_VALUE;
 
+    /** How long a queue polls after it ran dry, at most, unless {@link #poll} says otherwise: QEMU's iothreads' 32 µs. */
+    public static final long DEFAULT_POLL_NANOS = 32_000;
+
+    private volatile long pollNanos = DEFAULT_POLL_NANOS;
+    private volatile boolean adaptivePoll = true;
+
+    /**
+     * From the next queue start on: each queue polls its ring and its completions adaptively for up to {@code nanos}
+     * after it ran dry ({@code adaptive}, the default with {@link #DEFAULT_POLL_NANOS}: {@link
+     * QueueWorker.Builder#adaptiveSpin}), or always {@code nanos} (fixed; 0 sleeps at once). Polling is what takes
+     * a QD 1 request without a kick and a completion without a wake-up (docs/benchmarks.md: buffered randread at
+     * QD 1 441k vs 90k IOPS); an idle disk costs nothing either way.
+     */
+    public void poll(long nanos, boolean adaptive) {
+        if (nanos < 0 || nanos > QueueWorker.MAX_SPIN_NANOS) {
+            throw new IllegalArgumentException("poll time must be 0.." + QueueWorker.MAX_SPIN_NANOS + " ns: " + nanos);
+        }
+        this.pollNanos = nanos;
+        this.adaptivePoll = adaptive;
+    }
+
     /**
      * From the next queue start on, every request that takes {@code threshold} or longer (ring to status byte) is
      * a JFR event {@code io.iovirt.blk.SlowRequest} naming the device, queue, kind, offset, size, status and
@@ -422,6 +443,8 @@ public final class BlkDevice implements VhostUserBackend {
                         setup.err(),
                         stats,
                         ioUring ? newRing(queueName, q.size()) : null,
+                        pollNanos,
+                        adaptivePoll,
                         reason -> markFailed(index));
             } catch (LinuxException | RuntimeException e) {
                 q.releaseMemory();
@@ -453,12 +476,15 @@ public final class BlkDevice implements VhostUserBackend {
             EventFd err,
             BlkStats stats,
             IoUring ring,
+            long pollNanos,
+            boolean adaptivePoll,
             QueueWorker.FailureListener onFailure)
             throws LinuxException {
         QueueWorker.Builder b = QueueWorker.builder(name)
                 .kick(kick)
                 .err(err)
                 .stats(stats.worker)
+                .poll(pollNanos, adaptivePoll)
                 .onFailure(reason -> {
                     stats.queueFailures.increment();
                     onFailure.failed(reason);

@@ -112,6 +112,8 @@ class BlkQueueWorkerTest {
                 null,
                 stats,
                 async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null,
+                0,
+                false, // sleeps at once: these tests count kicks and wake-ups
                 reason -> {});
     }
 
