@@ -185,7 +185,7 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
         PollOption poll;
         try {
-            poll = PollOption.parse(pollUs, (int) (BlkDevice.DEFAULT_POLL_NANOS / 1000));
+            poll = PollOption.parse(pollUs);
         } catch (IllegalArgumentException e) {
             throw Contract.usage(spec, "--poll-us: " + e.getMessage());
         }

@@ -176,24 +176,12 @@ final class ServeNetCommand implements Callable<Integer> {
         for (Port p : sw.ports()) {
             PortStats s = p.stats();
             b.append("\n  ").append(s);
-            java.util.Map<String, Object> pm = new java.util.LinkedHashMap<>();
-            pm.put("port", s.port());
-            for (io.iovirt.net.PortStat st : io.iovirt.net.PortStat.values()) {
-                pm.put(st.label(), s.get(st));
-            }
             if (p instanceof VirtioNetPort v) {
-                java.util.List<Object> queues = new java.util.ArrayList<>();
                 for (int i = 0; i < v.options().queuePairs(); i++) {
-                    io.iovirt.virtio.QueueWorker.Totals t = v.txWorkerStats(i);
-                    b.append("; tx").append(i).append(' ').append(t);
-                    java.util.Map<String, Object> q = new java.util.LinkedHashMap<>();
-                    q.put("queue", "tx" + i);
-                    q.put("worker", io.iovirt.daemon.Daemon.workerCounters(t));
-                    queues.add(q);
+                    b.append("; tx").append(i).append(' ').append(v.txWorkerStats(i));
                 }
-                pm.put("queues", queues);
             }
-            ports.add(pm);
+            ports.add(io.iovirt.daemon.Daemon.portCounters(s.port(), p, s));
         }
         java.util.Map<String, Object> doc = new java.util.LinkedHashMap<>();
         doc.put("macs", sw.macTable().size());
@@ -265,8 +253,7 @@ final class ServeNetCommand implements Callable<Integer> {
         String[] parts = arg.split(",");
         int queues = 1;
         long mac = -1;
-        int pollUs = VirtioNetPort.Options.DEFAULT_ADAPTIVE_POLL_MICROS;
-        boolean adaptive = true;
+        PollOption poll = PollOption.DEFAULT;
         for (int i = 1; i < parts.length; i++) {
             String[] kv = parts[i].split("=", 2);
             if (parts[i].equals("pin-mac")) {
@@ -284,10 +271,7 @@ final class ServeNetCommand implements Callable<Integer> {
                     }
                     case "poll-us" -> {
                         try {
-                            PollOption poll =
-                                    PollOption.parse(kv[1], VirtioNetPort.Options.DEFAULT_ADAPTIVE_POLL_MICROS);
-                            pollUs = poll.micros();
-                            adaptive = poll.adaptive();
+                            poll = PollOption.parse(kv[1]);
                         } catch (IllegalArgumentException e) {
                             throw usage("--port " + spec + ": " + e.getMessage());
                         }
@@ -301,7 +285,7 @@ final class ServeNetCommand implements Callable<Integer> {
             }
         }
         try {
-            return new VirtioNetPort.Options(Path.of(parts[0]), queues, mac, pollUs, adaptive);
+            return new VirtioNetPort.Options(Path.of(parts[0]), queues, mac, poll.micros(), poll.adaptive());
         } catch (IllegalArgumentException e) {
             throw usage("--port " + spec + ": " + e.getMessage());
         }

@@ -807,26 +807,34 @@ public final class Daemon implements AutoCloseable {
         m.put("macs", n.sw.macTable().size());
         List<Object> ports = new ArrayList<>();
         for (NetSwitch.PortEntry e : n.ports.values()) {
-            Map<String, Object> pm = new LinkedHashMap<>();
-            pm.put("port", e.spec().id());
-            PortStats st = e.port().stats();
-            for (PortStat s : PortStat.values()) {
-                pm.put(s.label(), st.get(s));
-            }
-            if (e.port() instanceof VirtioNetPort v) {
-                List<Object> qs = new ArrayList<>();
-                for (int i = 0; i < v.options().queuePairs(); i++) {
-                    Map<String, Object> q = new LinkedHashMap<>();
-                    q.put("queue", "tx" + i);
-                    q.put("worker", workerCounters(v.txWorkerStats(i)));
-                    qs.add(q);
-                }
-                pm.put("queues", qs);
-            }
-            ports.add(pm);
+            ports.add(portCounters(e.spec().id(), e.port(), e.port().stats()));
         }
         m.put("ports", ports);
         return m;
+    }
+
+    /**
+     * A switch port's counters, the schema of {@code ctl stats} and of {@code serve net}'s JSON statistics lines:
+     * {@code port}, every {@link PortStat} by its label, and for a vhost-user port its transmit queues' workers
+     * ({@code queues: [{queue: "tx0", worker}]}); {@code st} is the snapshot of the port's counters to report.
+     */
+    public static Map<String, Object> portCounters(String id, io.iovirt.net.Port port, PortStats st) {
+        Map<String, Object> pm = new LinkedHashMap<>();
+        pm.put("port", id);
+        for (PortStat s : PortStat.values()) {
+            pm.put(s.label(), st.get(s));
+        }
+        if (port instanceof VirtioNetPort v) {
+            List<Object> qs = new ArrayList<>();
+            for (int i = 0; i < v.options().queuePairs(); i++) {
+                Map<String, Object> q = new LinkedHashMap<>();
+                q.put("queue", "tx" + i);
+                q.put("worker", workerCounters(v.txWorkerStats(i)));
+                qs.add(q);
+            }
+            pm.put("queues", qs);
+        }
+        return pm;
     }
 
     // ---- views for metrics, libvirt and config reloads ----------------------------------------------------------

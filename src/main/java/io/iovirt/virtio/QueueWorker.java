@@ -52,6 +52,8 @@ public final class QueueWorker {
     private static final System.Logger LOG = System.getLogger(QueueWorker.class.getName());
     /** Longest spin allowed: spinning costs a core, so it is bounded whatever the configuration says. */
     public static final long MAX_SPIN_NANOS = 1_000_000_000L;
+    /** The adaptive polling bound blk and net queues get by default: QEMU's iothreads' poll-max-ns default. */
+    public static final long DEFAULT_ADAPTIVE_SPIN_NANOS = 32_000;
     /** Where adaptive polling starts when it begins to poll at all, and below which it stops polling. */
     public static final long ADAPTIVE_MIN_SPIN_NANOS = 4_000;
 

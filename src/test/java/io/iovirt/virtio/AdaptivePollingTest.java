@@ -85,8 +85,11 @@ class AdaptivePollingTest {
                 }
                 Await.until(Duration.ofSeconds(10), "all served", () -> d.served.get() == items);
                 QueueWorker.Totals t = w.stats().totals();
-                assertTrue(t.spinHits() > items / 2, "polling caught most items without a kick: " + t);
-                assertTrue(t.sleeps() < items / 4, "and slept far less than once per item: " + t);
+                // the claim: far fewer sleeps (each one a kick) than items; which of the other rounds a spin hit
+                // and which a look just before sleeping found their item depends on timer jitter (125 and 167 of 300
+                // in one run under a loaded host), so spin hits are only required to happen
+                assertTrue(t.sleeps() < items / 4, "slept far less than once per item: " + t);
+                assertTrue(t.spinHits() > items / 10, "polling caught items without a kick: " + t);
                 long grown = w.pollWindowNanos();
                 assertTrue(grown >= 200_000 && grown <= max, "the window grew past the spacing: " + grown);
 

@@ -263,15 +263,12 @@ public final class BlkDevice implements VhostUserBackend {
 
     private volatile long slowNanos = Long.MAX_VALUE;
 
-    /** How long a queue polls after it ran dry, at most, unless {@link #poll} says otherwise: QEMU's iothreads' 32 µs. */
-    public static final long DEFAULT_POLL_NANOS = 32_000;
-
-    private volatile long pollNanos = DEFAULT_POLL_NANOS;
+    private volatile long pollNanos = QueueWorker.DEFAULT_ADAPTIVE_SPIN_NANOS;
     private volatile boolean adaptivePoll = true;
 
     /**
      * From the next queue start on: each queue polls its ring and its completions adaptively for up to {@code nanos}
-     * after it ran dry ({@code adaptive}, the default with {@link #DEFAULT_POLL_NANOS}: {@link
+     * after it ran dry ({@code adaptive}, the default with {@link QueueWorker#DEFAULT_ADAPTIVE_SPIN_NANOS}: {@link
      * QueueWorker.Builder#adaptiveSpin}), or always {@code nanos} (fixed; 0 sleeps at once). Polling is what takes
      * a QD 1 request without a kick and a completion without a wake-up (docs/benchmarks.md: buffered randread at
      * QD 1 441k vs 90k IOPS); an idle disk costs nothing either way.

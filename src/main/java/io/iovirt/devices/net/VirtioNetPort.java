@@ -75,8 +75,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
      *                   {@code pollMicros} ({@link io.iovirt.virtio.QueueWorker.Builder#adaptiveSpin})
      */
     public record Options(Path socket, int queuePairs, long mac, int pollMicros, boolean adaptivePoll) {
-        /** QEMU's iothreads poll adaptively up to 32 µs by default (poll-max-ns 32768). */
-        public static final int DEFAULT_ADAPTIVE_POLL_MICROS = 32;
+        /** The adaptive polling bound ports get by default ({@link QueueWorker#DEFAULT_ADAPTIVE_SPIN_NANOS}). */
+        public static final int DEFAULT_ADAPTIVE_POLL_MICROS = (int) (QueueWorker.DEFAULT_ADAPTIVE_SPIN_NANOS / 1000);
 
         /** A fixed poll time ({@code pollMicros}; 0: none). */
         public Options(Path socket, int queuePairs, long mac, int pollMicros) {
