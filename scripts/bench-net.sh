@@ -232,6 +232,12 @@ run_p2p() { # backend size poll round
       100 * cpu / s, 100 * fticks / hz / s, fd, bd }'
 }
 
+# The cache-line round trip between the backend's and the client's CPU, measured just before each run (`iovirt bench
+# c2c`, median ns): every ring access the other side just wrote costs one such transfer, and on a VM the host places
+# the two vCPUs — a run on a slow placement is slow for any backend. Last column of each run line.
+c2c() { "$ROOT/iovirt" bench c2c --cpus "$BACKEND_CPU,$CLIENT_CPU" --samples 10 --json 2>/dev/null \
+  | jq -r '.round_trip_ns.median' 2>/dev/null || echo "-"; }
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 RUNS="$DIR/runs.txt"
@@ -244,9 +250,9 @@ else
   : > "$RUNS"
   for size in $SIZES; do
     for round in $(seq 1 "$ROUNDS"); do
-      echo "dpdk $size 0 $round $($RUN dpdk "$size" 0 "$round")" | tee -a "$RUNS" >&2
+      c="$(c2c)"; echo "dpdk $size 0 $round $($RUN dpdk "$size" 0 "$round") $c" | tee -a "$RUNS" >&2
       for poll in $POLLS; do
-        echo "iovirt $size $poll $round $($RUN iovirt "$size" "$poll" "$round")" | tee -a "$RUNS" >&2
+        c="$(c2c)"; echo "iovirt $size $poll $round $($RUN iovirt "$size" "$poll" "$round") $c" | tee -a "$RUNS" >&2
       done
     done
   done
@@ -256,11 +262,11 @@ fi
 
 # every run, then the medians per case and the ratio of medians to DPDK's
 if [ "$TOPOLOGY" = p2p ]; then
-  echo "| frame | backend (pinned to 1 CPU), port A <-> port B | Mpps received (both directions) per run | median Mpps | vs DPDK | backend CPU ns/frame (median) | backend core % (median) | frontend (client) core % per run | dropped by frontend / backend per run |"
-  echo "|---|---|---|---:|---:|---:|---:|---|---|"
+  echo "| frame | backend (pinned to 1 CPU), port A <-> port B | Mpps received (both directions) per run | median Mpps | vs DPDK | backend CPU ns/frame (median) | backend core % (median) | frontend (client) core % per run | dropped by frontend / backend per run | CPU-to-CPU round trip ns per run |"
+  echo "|---|---|---|---:|---:|---:|---:|---|---|---|"
 else
-  echo "| frame | backend (pinned to 1 CPU) | Mpps per run | median Mpps | vs DPDK | backend CPU ns/packet (median) | backend core % (median) | frontend (client) core % per run |"
-  echo "|---|---|---|---:|---:|---:|---:|---|"
+  echo "| frame | backend (pinned to 1 CPU) | Mpps per run | median Mpps | vs DPDK | backend CPU ns/packet (median) | backend core % (median) | frontend (client) core % per run | CPU-to-CPU round trip ns per run |"
+  echo "|---|---|---|---:|---:|---:|---:|---|---|"
 fi
 PTNAME=""; [ "$PTHREADS" != 0 ] && PTNAME=", --poll-threads $PTHREADS"
 med() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -274,13 +280,14 @@ for size in $SIZES; do
     c="$(echo "$sel" | awk '{print $6}' | med)"
     u="$(echo "$sel" | awk '{print $7}' | med)"
     fc="$(echo "$sel" | awk '{printf "%s%s", (NR>1?" ":""), $8}')"
+    cc="$(echo "$sel" | awk -v f="$([ "$TOPOLOGY" = p2p ] && echo 11 || echo 9)" '{printf "%s%s", (NR>1?" ":""), $f}')"
     if [ "$TOPOLOGY" = p2p ]; then
       name="DPDK testpmd, 2 vhost PMD ports (io)"; [ "$b" = iovirt ] && name="iovirt switch, 2 vhost-user ports, poll-us=$p$PTNAME"
       drops="$(echo "$sel" | awk '{printf "%s%s / %s", (NR>1?", ":""), $9, $10}')"
-      printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc" "$drops"
+      printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s | %s | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc" "$drops" "$cc"
     else
       name="DPDK vhost PMD (rxonly)"; [ "$b" = iovirt ] && name="iovirt vhost-user port, poll-us=$p$PTNAME"
-      printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc"
+      printf '| %s B | %s | %s | %.2f | %.2f | %.0f | %.0f | %s | %s |\n' "$size" "$name" "$runs" "$m" "$(echo "$m / $d" | bc -l)" "$c" "$u" "$fc" "$cc"
     fi
     printf '"%s B\\n%s" %s %s %s %s %s\n' "$size" "$([ "$b" = iovirt ] && echo "iovirt\\n$(case "$p" in [0-9]*) echo "poll-us=$p" ;; *) echo "$p poll" ;; esac)$([ "$PTHREADS" != 0 ] && echo "\\npoll-threads=$PTHREADS")" || { [ "$TOPOLOGY" = p2p ] && echo "DPDK\\n2 ports (io)" || echo "DPDK\\nvhost PMD"; })" "$m" "$c" "$u" \
       "$([ "$b" = iovirt ] && echo 1 || echo 2)" "$(echo "$sel" | awk '{print $8}' | med)" >> "$DIR/chart.dat"

@@ -9,7 +9,7 @@ import picocli.CommandLine.Command;
         name = "bench",
         mixinStandardHelpOptions = true,
         description = "Benchmarks: drive a backend directly, without a VM, and measure it.",
-        subcommands = {BlkBenchCommand.class})
+        subcommands = {BlkBenchCommand.class, C2cBenchCommand.class})
 public final class BenchCommand implements Runnable {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;

@@ -734,6 +734,35 @@ final class Syscalls {
         }
     }
 
+    // ---- scheduling: CPU affinity of the calling thread -------------------------------------------------------
+
+    private static final class Sched {
+        static final MethodHandle SETAFFINITY =
+                fn("sched_setaffinity", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, ADDRESS));
+        static final MethodHandle GETAFFINITY =
+                fn("sched_getaffinity", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_LONG, ADDRESS));
+    }
+
+    /** sched_setaffinity(2) of thread {@code tid} (0: the calling thread) to the CPUs set in {@code mask}. */
+    static int schedSetaffinity(int tid, MemorySegment mask) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sched.SETAFFINITY.invokeExact(t.capture, tid, mask.byteSize(), mask), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** sched_getaffinity(2) of thread {@code tid} (0: the calling thread) into {@code mask}: 0 (glibc's wrapper). */
+    static int schedGetaffinity(int tid, MemorySegment mask) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sched.GETAFFINITY.invokeExact(t.capture, tid, mask.byteSize(), mask), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
     // ---- ioctl: one handle per argument shape -----------------------------------------------------------------
 
     private static final class Ioctls {
