@@ -80,6 +80,11 @@ public final class IoUring implements AutoCloseable {
 
     static final int SETUP_CQSIZE = 1 << 3;
     static final int SETUP_CLAMP = 1 << 4;
+    static final int SETUP_COOP_TASKRUN = 1 << 8;
+    static final int SETUP_TASKRUN_FLAG = 1 << 9;
+    /** sq_ring->flags: completions wait as task work for the ring's thread to enter the kernel (TASKRUN_FLAG). */
+    static final int SQ_TASKRUN = 1 << 2;
+
     static final int ENTER_GETEVENTS = 1;
     static final int REGISTER_FILES = 2;
     static final int UNREGISTER_FILES = 3;
@@ -185,6 +190,11 @@ public final class IoUring implements AutoCloseable {
     private final MemorySegment cqRing;
     private final MemorySegment sqes;
     private final long sqHead;
+    /** Offset of the SQ ring's flags word. */
+    private final long sqFlags;
+    /** Set up with COOP_TASKRUN | TASKRUN_FLAG (see {@link #create(int, int, boolean)}). */
+    private final boolean cooperative;
+
     private final long sqTail;
     private final long cqHead;
     private final long cqTail;
@@ -208,8 +218,9 @@ public final class IoUring implements AutoCloseable {
     private static volatile String unavailable;
     private static volatile boolean probed;
 
-    private IoUring(Fd fd, MemorySegment params, Arena arena) throws LinuxException {
+    private IoUring(Fd fd, MemorySegment params, Arena arena, boolean cooperative) throws LinuxException {
         this.fd = fd;
+        this.cooperative = cooperative;
         this.arena = arena;
         this.sqEntries = params.get(JAVA_INT, off(PARAMS_LAYOUT, "sq_entries"));
         this.cqEntries = params.get(JAVA_INT, off(PARAMS_LAYOUT, "cq_entries"));
@@ -231,6 +242,7 @@ public final class IoUring implements AutoCloseable {
         }
         this.sqes = Mmap.map(fd, OFF_SQES, SQE_BYTES * sqEntries, prot, flags, arena);
         this.sqHead = params.get(JAVA_INT, sq + off(SQ_OFFSETS_LAYOUT, "head"));
+        this.sqFlags = params.get(JAVA_INT, sq + off(SQ_OFFSETS_LAYOUT, "flags"));
         this.sqTail = params.get(JAVA_INT, sq + off(SQ_OFFSETS_LAYOUT, "tail"));
         this.sqMask = sqRing.get(JAVA_INT, params.get(JAVA_INT, sq + off(SQ_OFFSETS_LAYOUT, "ring_mask")));
         this.cqHead = params.get(JAVA_INT, cq + off(CQ_OFFSETS_LAYOUT, "head"));
@@ -258,6 +270,33 @@ public final class IoUring implements AutoCloseable {
      *                        (see {@link #unavailableReason()}), ENOMEM when the rings cannot be allocated
      */
     public static IoUring create(int entries, int cqEntries) throws LinuxException {
+        return create(entries, cqEntries, false);
+    }
+
+    /**
+     * A ring like {@link #create(int, int)}; {@code cooperative} sets it up with IORING_SETUP_COOP_TASKRUN and
+     * IORING_SETUP_TASKRUN_FLAG where the kernel has them (5.19+; an older kernel gets a plain ring, see
+     * {@link #cooperative()}). A completion that finishes in interrupt context (an O_DIRECT read or write) becomes
+     * task work of the thread that submitted it; on a plain ring the kernel interrupts that thread at once (an IPI
+     * when it runs on another CPU: on a VM, an exit on each side), on a cooperative one it waits for the thread's
+     * next system call and says so in the SQ flags ({@link #taskWorkPending}) — for a thread that polls its ring and
+     * enters the kernel often anyway. A thread asleep in a system call is still woken.
+     */
+    public static IoUring create(int entries, int cqEntries, boolean cooperative) throws LinuxException {
+        if (cooperative) {
+            try {
+                return create(entries, cqEntries, SETUP_COOP_TASKRUN | SETUP_TASKRUN_FLAG);
+            } catch (LinuxException e) {
+                if (e.errno() != Errno.EINVAL) {
+                    throw e;
+                }
+                // a kernel before 5.19: the flags are unknown to it
+            }
+        }
+        return create(entries, cqEntries, 0);
+    }
+
+    private static IoUring create(int entries, int cqEntries, int setupFlags) throws LinuxException {
         if (entries < 1 || entries > MAX_ENTRIES) {
             throw new IllegalArgumentException("io_uring entries must be 1.." + MAX_ENTRIES + ": " + entries);
         }
@@ -269,7 +308,7 @@ public final class IoUring implements AutoCloseable {
         Fd fd = null;
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment params = tmp.allocate(PARAMS_LAYOUT); // zeroed: the kernel rejects non-zero reserved fields
-            int flags = SETUP_CLAMP;
+            int flags = SETUP_CLAMP | setupFlags;
             if (cqEntries != 0) {
                 flags |= SETUP_CQSIZE;
                 params.set(JAVA_INT, off(PARAMS_LAYOUT, "cq_entries"), cqEntries);
@@ -277,7 +316,7 @@ public final class IoUring implements AutoCloseable {
             params.set(JAVA_INT, off(PARAMS_LAYOUT, "flags"), flags);
             fd = Fd.adopt(
                     Syscalls.check(Syscalls.ioUringSetup(entries, params), "io_uring_setup", entries + " entries"));
-            return new IoUring(fd, params, arena);
+            return new IoUring(fd, params, arena, (setupFlags & SETUP_COOP_TASKRUN) != 0);
         } catch (LinuxException | RuntimeException e) {
             arena.close();
             if (fd != null) {
@@ -573,6 +612,27 @@ public final class IoUring implements AutoCloseable {
             } else if (r != -Errno.EINTR) {
                 throw new LinuxException("io_uring_enter", "ring " + fd + ", " + toSubmit + " to submit", -r);
             }
+        }
+    }
+
+    /** True when the ring was set up cooperatively (see {@link #create(int, int, boolean)}). */
+    public boolean cooperative() {
+        return cooperative;
+    }
+
+    /**
+     * A cooperative ring: completions are waiting as task work of this ring's thread, to be posted by its next
+     * system call ({@link #runTaskWork}). Always false on a plain ring.
+     */
+    public boolean taskWorkPending() {
+        return cooperative && ((int) U32.getAcquire(sqRing, sqFlags) & SQ_TASKRUN) != 0;
+    }
+
+    /** Enters the kernel without submitting or waiting, so that pending task work posts its completions. */
+    public void runTaskWork() throws LinuxException {
+        int r = Syscalls.ioUringEnter(fd.get(), 0, 0, ENTER_GETEVENTS);
+        if (r < 0 && r != -Errno.EINTR) {
+            throw new LinuxException("io_uring_enter", "ring " + fd + ", running task work", -r);
         }
     }
 

@@ -345,6 +345,69 @@ class IoUringTest {
         }
     }
 
+    /**
+     * Spins without a system call until the poll of {@code efd} that another thread makes ready shows up, as task
+     * work pending (true) or as a posted completion (false).
+     */
+    private static boolean pendingOrPosted(IoUring ring, EventFd efd) throws Exception {
+        ring.poll(efd.fd(), Epoll.EPOLLIN, 7);
+        ring.submit();
+        Thread signaller = Thread.ofPlatform().start(() -> {
+            try {
+                // after this thread has returned from start() (which waits in the kernel for the new thread) and
+                // spins below
+                Thread.sleep(20);
+                efd.signal();
+            } catch (LinuxException | InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+        });
+        long deadline = System.nanoTime() + 10_000_000_000L;
+        boolean pending;
+        while (!(pending = ring.taskWorkPending()) && ring.ready() == 0) {
+            assertTrue(System.nanoTime() - deadline < 0, "the poll completed neither way within 10 s");
+        }
+        signaller.join();
+        return pending;
+    }
+
+    @Test
+    @Timeout(60)
+    void aCooperativeRingLeavesCompletionsForItsThreadsNextSystemCall() throws Exception {
+        try (IoUring ring = IoUring.create(4, 0, true)) {
+            Require.that(ring.cooperative(), "this kernel has no IORING_SETUP_COOP_TASKRUN (5.19+)");
+            Collected c = new Collected();
+            int pendingSeen = 0;
+            for (int i = 0; i < 5; i++) {
+                try (EventFd efd = EventFd.create(true)) {
+                    if (pendingOrPosted(ring, efd)) {
+                        pendingSeen++;
+                    }
+                    // a system call of this thread (join's futex may have been one) posts it; this one surely does
+                    ring.runTaskWork();
+                    assertFalse(ring.taskWorkPending());
+                    assertEquals(1, ring.reap(c));
+                }
+            }
+            // the JVM may enter the kernel on this thread while it spins (a safepoint): not every round sees it
+            assertTrue(pendingSeen > 0, "task work was never seen pending in 5 rounds");
+            assertEquals(5, c.done.size());
+            assertTrue(c.done.stream().allMatch(d -> d[0] == 7 && (d[1] & Epoll.EPOLLIN) != 0));
+        }
+    }
+
+    @Test
+    @Timeout(60)
+    void aPlainRingPostsAnotherThreadsCompletionWithoutItsThreadEnteringTheKernel() throws Exception {
+        try (IoUring ring = IoUring.create(4, 0, false);
+                EventFd efd = EventFd.create(true)) {
+            assertFalse(ring.cooperative());
+            assertFalse(pendingOrPosted(ring, efd)); // posted, never pending
+            Collected c = new Collected();
+            assertEquals(1, ring.reap(c));
+        }
+    }
+
     @Test
     void explainsWhyIoUringIsUnavailable() {
         String perm = IoUring.explain(new LinuxException("io_uring_setup", "2 entries", Errno.EPERM));

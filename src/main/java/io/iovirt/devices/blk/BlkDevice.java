@@ -504,10 +504,16 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
-    /** One operation per queue entry; null (synchronous I/O) when the kernel refuses a ring now, e.g. ENOMEM. */
+    /**
+     * One operation per queue entry, set up cooperatively (completions wait for the queue thread, see UringEngine);
+     * null (synchronous I/O) when the kernel refuses a ring now, e.g. ENOMEM.
+     */
     private IoUring newRing(String queueName, int size) {
         try {
-            return IoUring.create(UringEngine.ringEntries(size));
+            return IoUring.create(
+                    UringEngine.ringEntries(size),
+                    0,
+                    Boolean.parseBoolean(System.getProperty("iovirt.blk.coop", "true")));
         } catch (LinuxException e) {
             LOG.log(Level.WARNING, "{0}: serving with synchronous I/O: {1}", queueName, IoUring.explain(e));
             return null;
