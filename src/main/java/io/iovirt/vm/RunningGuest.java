@@ -118,13 +118,18 @@ public final class RunningGuest implements AutoCloseable {
     }
 
     /**
-     * Waits until the console shows {@code pattern}. Throws if QEMU exits first or the timeout passes, with the
-     * console's last lines and QEMU's log in the message.
+     * Waits until the console's complete lines show {@code pattern}. Throws if QEMU exits first or the timeout
+     * passes, with the console's last lines and QEMU's log in the message.
+     *
+     * <p>Only text up to the last newline is matched: the guest's serial output reaches the file in pieces, and a
+     * group such as {@code (.*)$} or {@code ([0-9a-f]+)} matched against a line still being written ends where the
+     * piece ends (a test once read the first 26 of an md5's 32 digits and failed on a file that had arrived intact).
      */
     public MatchResult awaitConsole(Pattern pattern, Duration timeout) {
         long deadline = System.nanoTime() + timeout.toNanos();
         while (true) {
-            Matcher m = pattern.matcher(console());
+            String text = console();
+            Matcher m = pattern.matcher(text.substring(0, text.lastIndexOf('\n') + 1));
             if (m.find()) {
                 return m.toMatchResult();
             }

@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.vm;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.time.Duration;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * {@link RunningGuest#awaitConsole} matches complete lines only. The "QEMU" here is a sleeping child process: what
+ * is under test is how the console file, which the guest's serial output reaches in pieces, is read.
+ */
+class RunningGuestConsoleTest {
+    @TempDir
+    Path dir;
+
+    @Test
+    void aLineStillBeingWrittenIsNotMatchedUntilItEnds() throws Exception {
+        Path console = dir.resolve("console.log");
+        ChildProcess sleeper = ChildProcess.builder("sleep", "60")
+                .name("stand-in")
+                .log(dir.resolve("qemu.log"))
+                .directory(dir)
+                .start();
+        Accelerator.Decision tcg = new Accelerator.Decision(
+                Accelerator.Kind.TCG, Accelerator.Mode.TCG, "test", new Accelerator.KvmStatus(false, "test", "none"));
+        try (RunningGuest g =
+                new RunningGuest("console-test", sleeper, dir, console, dir.resolve("initrd"), false, tcg)) {
+            Pattern md5 = Pattern.compile("(?m)^NET SENDING(.*)$");
+            Files.writeString(console, "booting\nNET SENDING 61a5aecb92ef6774a2754f7ed5", StandardCharsets.US_ASCII);
+            GuestException e = assertThrows(GuestException.class, () -> g.awaitConsole(md5, Duration.ofMillis(300)));
+            assertTrue(e.getMessage().contains("did not show"), e.getMessage());
+            Files.writeString(console, "c32a53\r\n", StandardCharsets.US_ASCII, StandardOpenOption.APPEND);
+            assertEquals(
+                    " 61a5aecb92ef6774a2754f7ed5c32a53",
+                    g.awaitConsole(md5, Duration.ofSeconds(5)).group(1));
+        }
+    }
+}
