@@ -4,6 +4,9 @@ package io.iovirt.cli;
 import io.iovirt.bench.CoreToCore;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.util.Json;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.Callable;
 import picocli.CommandLine;
@@ -76,9 +79,8 @@ public final class C2cBenchCommand implements Callable<Integer> {
 
     private static String onlineCpus() {
         try {
-            return java.nio.file.Files.readString(java.nio.file.Path.of("/sys/devices/system/cpu/online"))
-                    .trim();
-        } catch (java.io.IOException e) {
+            return Files.readString(Path.of("/sys/devices/system/cpu/online")).trim();
+        } catch (IOException e) {
             return "unknown";
         }
     }
