@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import io.iovirt.testing.Require;
 import java.lang.foreign.Arena;
@@ -346,16 +347,58 @@ class IoUringTest {
     }
 
     /**
-     * Spins without a system call until the poll of {@code efd} that another thread makes ready shows up, as task
-     * work pending (true) or as a posted completion (false).
+     * Two CPUs this process may use: the ring's thread spins on the first, the thread that makes the poll ready runs
+     * on the second. On one CPU the second thread could only run while the first is off its CPU, and the kernel runs
+     * pending task work whenever a thread returns to user space — so the pending state would never be seen.
      */
-    private static boolean pendingOrPosted(IoUring ring, EventFd efd) throws Exception {
+    private static int[] twoCpus() throws LinuxException {
+        java.util.BitSet allowed = Affinity.ofCurrentThread();
+        int a = allowed.nextSetBit(0);
+        int b = a < 0 ? -1 : allowed.nextSetBit(a + 1);
+        assumeTrue(b >= 0, "needs two CPUs to watch task work from another one; this process may use " + allowed);
+        return new int[] {a, b};
+    }
+
+    /** Runs {@code body} on a new platform thread pinned to {@code cpu} (the test runner's thread stays unpinned). */
+    private static void onCpu(int cpu, Body body) throws Exception {
+        Exception[] failed = new Exception[1];
+        Error[] error = new Error[1];
+        Thread t = Thread.ofPlatform().start(() -> {
+            try {
+                Affinity.pinCurrentThread(cpu);
+                body.run();
+            } catch (Exception e) {
+                failed[0] = e;
+            } catch (Error e) {
+                error[0] = e; // assertion failures
+            }
+        });
+        t.join();
+        if (error[0] != null) {
+            throw error[0];
+        }
+        if (failed[0] != null) {
+            throw failed[0];
+        }
+    }
+
+    private interface Body {
+        void run() throws Exception;
+    }
+
+    /**
+     * On the calling thread, the ring's: arms a poll of {@code efd}, has a thread on {@code otherCpu} make it ready,
+     * and spins without a system call until the completion shows up, as task work pending (true) or as a posted
+     * completion (false).
+     */
+    private static boolean pendingOrPosted(IoUring ring, EventFd efd, int otherCpu) throws Exception {
         ring.poll(efd.fd(), Epoll.EPOLLIN, 7);
         ring.submit();
         Thread signaller = Thread.ofPlatform().start(() -> {
             try {
-                // after this thread has returned from start() (which waits in the kernel for the new thread) and
-                // spins below
+                Affinity.pinCurrentThread(otherCpu);
+                // after the ring's thread has returned from start() (which waits in the kernel for the new thread)
+                // and spins below
                 Thread.sleep(20);
                 efd.signal();
             } catch (LinuxException | InterruptedException e) {
@@ -374,24 +417,29 @@ class IoUringTest {
     @Test
     @Timeout(60)
     void aCooperativeRingLeavesCompletionsForItsThreadsNextSystemCall() throws Exception {
+        int[] cpu = twoCpus();
         try (IoUring ring = IoUring.create(4, 0, true)) {
             Require.that(ring.cooperative(), "this kernel has no IORING_SETUP_COOP_TASKRUN (5.19+)");
             Collected c = new Collected();
-            int pendingSeen = 0;
-            for (int i = 0; i < 5; i++) {
-                try (EventFd efd = EventFd.create(true)) {
-                    if (pendingOrPosted(ring, efd)) {
-                        pendingSeen++;
+            int rounds = 20;
+            int[] pendingSeen = {0};
+            onCpu(cpu[0], () -> {
+                for (int i = 0; i < rounds; i++) {
+                    try (EventFd efd = EventFd.create(true)) {
+                        if (pendingOrPosted(ring, efd, cpu[1])) {
+                            pendingSeen[0]++;
+                        }
+                        // a system call of this thread (join's futex may have been one) posts it; this one surely does
+                        ring.runTaskWork();
+                        assertFalse(ring.taskWorkPending());
+                        assertEquals(1, ring.reap(c));
                     }
-                    // a system call of this thread (join's futex may have been one) posts it; this one surely does
-                    ring.runTaskWork();
-                    assertFalse(ring.taskWorkPending());
-                    assertEquals(1, ring.reap(c));
                 }
-            }
-            // the JVM may enter the kernel on this thread while it spins (a safepoint): not every round sees it
-            assertTrue(pendingSeen > 0, "task work was never seen pending in 5 rounds");
-            assertEquals(5, c.done.size());
+            });
+            // the thread may still enter the kernel while it spins (a timer tick, a safepoint, another thread taking
+            // its CPU for a moment), and the kernel runs the task work on the way back: not every round sees it
+            assertTrue(pendingSeen[0] > 0, "task work was never seen pending in " + rounds + " rounds");
+            assertEquals(rounds, c.done.size());
             assertTrue(c.done.stream().allMatch(d -> d[0] == 7 && (d[1] & Epoll.EPOLLIN) != 0));
         }
     }
@@ -399,10 +447,11 @@ class IoUringTest {
     @Test
     @Timeout(60)
     void aPlainRingPostsAnotherThreadsCompletionWithoutItsThreadEnteringTheKernel() throws Exception {
+        int[] cpu = twoCpus();
         try (IoUring ring = IoUring.create(4, 0, false);
                 EventFd efd = EventFd.create(true)) {
             assertFalse(ring.cooperative());
-            assertFalse(pendingOrPosted(ring, efd)); // posted, never pending
+            onCpu(cpu[0], () -> assertFalse(pendingOrPosted(ring, efd, cpu[1]))); // posted, never pending
             Collected c = new Collected();
             assertEquals(1, ring.reap(c));
         }
