@@ -29,6 +29,14 @@ public final class Burst {
     private final int stride;
 
     private final int[] lengths;
+    /**
+     * Each frame's destination and source address, read from the burst's private copy when the frame was appended
+     * (0 for a frame shorter than the two): the switch's per-frame loop compares these instead of reading every
+     * frame's header again through the segment (measured in the single-port run, docs/benchmarks.md 2026-12-05).
+     */
+    private final long[] destinations;
+
+    private final long[] sources;
     private final Frame view;
     /** The switch's classification: each frame's destination port, null once dropped or delivered. */
     final Port[] destination;
@@ -54,6 +62,8 @@ public final class Burst {
         this.stride = ((slotSize + 63) & ~63) + 64;
         this.memory = Arena.ofAuto().allocate((long) capacity * stride, 64);
         this.lengths = new int[capacity];
+        this.destinations = new long[capacity];
+        this.sources = new long[capacity];
         this.destination = new Port[capacity];
         this.flooded = new boolean[capacity];
         this.order = new int[capacity];
@@ -99,7 +109,29 @@ public final class Burst {
         if (length < 0 || length > slotSize) {
             throw new IllegalArgumentException("a " + length + "-byte frame does not fit a " + slotSize + "-byte slot");
         }
+        long at = (long) count * stride;
+        boolean addressed = length >= 2 * Mac.BYTES;
+        destinations[count] = addressed ? Mac.read(memory, at) : 0;
+        sources[count] = addressed ? Mac.read(memory, at + Mac.BYTES) : 0;
         lengths[count++] = length;
+    }
+
+    /** The length of frame {@code i}. */
+    public int length(int i) {
+        Objects.checkIndex(i, count);
+        return lengths[i];
+    }
+
+    /** Frame {@code i}'s destination address as it was appended (0 when the frame is shorter than two addresses). */
+    public long destination(int i) {
+        Objects.checkIndex(i, count);
+        return destinations[i];
+    }
+
+    /** Frame {@code i}'s source address as it was appended (0 when the frame is shorter than two addresses). */
+    public long source(int i) {
+        Objects.checkIndex(i, count);
+        return sources[i];
     }
 
     /**

@@ -15,6 +15,9 @@ import java.util.concurrent.ThreadLocalRandom;
  * reads, compares and hashes them without objects.
  */
 public final class Mac {
+    /** Octets in an address. */
+    public static final int BYTES = 6;
+
     public static final long BROADCAST = 0xffff_ffff_ffffL;
     private static final long MULTICAST_BIT = 1L << 40; // I/G bit: least significant bit of the first octet
     private static final long LOCAL_BIT = 1L << 41; // U/L bit

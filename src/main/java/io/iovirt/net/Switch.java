@@ -247,7 +247,9 @@ public final class Switch implements AutoCloseable {
      * is mostly one flow) skips what depends only on those addresses, once the earlier frame passed: the source
      * checks (same source, same verdict), learning (the earlier frame just learned or refreshed that source on this
      * port at this second) and the lookup (same address, same second, same port array). Its length is still checked
-     * and it is counted like any frame. A source that could not be learned is tried again with every frame.
+     * and it is counted like any frame (a run of such frames with one add per counter when the run ends). The
+     * addresses compared are the ones the burst read when each frame was appended ({@link Burst#source},
+     * {@link Burst#destination}). A source that could not be learned is tried again with every frame.
      */
     void forward(Port in, Ingress ingress, Burst burst) {
         Port[] ps = ports;
@@ -257,31 +259,32 @@ public final class Switch implements AutoCloseable {
         long lastSrc = 0;
         long lastDst = 0;
         int last = DROP; // the previous frame's outcome, when a frame with the same addresses may reuse it
+        int sameFrames = 0; // frames that reused it since it was decided, counted when the run ends
+        long sameBytes = 0;
         boolean floods = false;
         for (int i = 0; i < n; i++) {
-            Frame f = burst.frame(i);
-            int len = f.length();
+            int len = burst.length(i);
             int out;
             if (last != DROP
                     && len >= Ethernet.HEADER
                     && len <= maxFrame
-                    && f.source() == lastSrc
-                    && f.destination() == lastDst) {
-                rx.rx(len);
-                if ((last & GROUP) != 0) {
-                    rx.increment(PortStat.RX_MULTICAST);
-                }
-                if ((last & OUTCOME) == FLOOD) {
-                    rx.increment(PortStat.RX_FLOODED);
-                }
+                    && burst.source(i) == lastSrc
+                    && burst.destination(i) == lastDst) {
+                sameFrames++;
+                sameBytes += len;
                 out = last & OUTCOME;
             } else {
-                int c = classify(in, ingress, f, t, ps);
+                if (sameFrames > 0) {
+                    countRun(rx, last, sameFrames, sameBytes);
+                    sameFrames = 0;
+                    sameBytes = 0;
+                }
+                int c = classify(in, ingress, burst.frame(i), t, ps);
                 out = c == DROP ? DROP : c & OUTCOME;
                 if (c != DROP && (c & SAME_FOR_SAME_ADDRESSES) != 0) {
                     last = c;
-                    lastSrc = f.source();
-                    lastDst = f.destination();
+                    lastSrc = burst.source(i);
+                    lastDst = burst.destination(i);
                 } else {
                     last = DROP;
                 }
@@ -293,10 +296,28 @@ public final class Switch implements AutoCloseable {
                 burst.destination[i] = ps[out];
             }
         }
+        if (sameFrames > 0) {
+            countRun(rx, last, sameFrames, sameBytes);
+        }
         if (floods) {
             deliverWithFloods(burst, n, in.index(), ps, ingress);
         } else {
             deliver(burst, n, ingress);
+        }
+    }
+
+    /**
+     * Counts {@code frames} frames of {@code bytes} that reused the decision {@code outcome} of the frame before them
+     * as {@link #classify} would have counted each: received, and multicast or flooded as that decision was.
+     */
+    private static void countRun(Counters rx, int outcome, int frames, long bytes) {
+        rx.add(PortStat.RX_PACKETS, frames);
+        rx.add(PortStat.RX_BYTES, bytes);
+        if ((outcome & GROUP) != 0) {
+            rx.add(PortStat.RX_MULTICAST, frames);
+        }
+        if ((outcome & OUTCOME) == FLOOD) {
+            rx.add(PortStat.RX_FLOODED, frames);
         }
     }
 

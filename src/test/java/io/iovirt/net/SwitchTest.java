@@ -198,6 +198,57 @@ class SwitchTest {
         assertEquals(0, sw.macTable().size());
     }
 
+    /**
+     * A burst counts exactly what the same frames sent one by one count: runs of one flow (broadcast, flooded to an
+     * unknown address, unicast) are counted together when the run ends, a dropped frame ends a run, and every frame's
+     * bytes are its own.
+     */
+    @Test
+    void aBurstCountsWhatTheSameFramesOneByOneCount() throws Exception {
+        List<byte[]> frames = new java.util.ArrayList<>();
+        for (int i = 0; i < 3; i++) {
+            frames.add(Frames.ethernet(BCAST, A, 60 + i));
+        }
+        for (int i = 0; i < 4; i++) {
+            frames.add(Frames.ethernet(C, A, 100 + i)); // c never sends: flooded
+        }
+        frames.add(java.util.Arrays.copyOf(Frames.ethernet(C, A, 60), 13)); // a runt of the same flow
+        for (int i = 0; i < 3; i++) {
+            frames.add(Frames.ethernet(C, A, 200 + i));
+        }
+        for (int i = 0; i < 5; i++) {
+            frames.add(Frames.ethernet(B, A, 300 + i)); // b is learned: unicast
+        }
+        byte[][] burst = frames.toArray(new byte[0][]);
+
+        pb.inject(Frames.ethernet(BCAST, B, 60));
+        pa.injectBurst(burst);
+        PortStats together = pa.stats();
+
+        try (Switch one = new Switch(Switch.Config.defaults().withMacAging(10))) {
+            TestPort a = one.addPort(new TestPort("a"));
+            TestPort b = one.addPort(new TestPort("b"));
+            one.addPort(new TestPort("c"));
+            b.inject(Frames.ethernet(BCAST, B, 60));
+            for (byte[] f : burst) {
+                a.inject(f);
+            }
+            PortStats oneByOne = a.stats();
+            for (PortStat stat : PortStat.ALL) {
+                assertEquals(oneByOne.get(stat), together.get(stat), stat.name());
+            }
+        }
+        assertEquals(burst.length - 1, together.rxPackets());
+        long bytes = 0;
+        for (byte[] f : burst) {
+            bytes += f.length >= 14 ? f.length : 0;
+        }
+        assertEquals(bytes, together.rxBytes());
+        assertEquals(3, together.get(PortStat.RX_MULTICAST));
+        assertEquals(3 + 4 + 3, together.get(PortStat.RX_FLOODED));
+        assertEquals(1, together.get(PortStat.RX_DROPPED_RUNT));
+    }
+
     @Test
     void aBurstToAnUnknownAddressReachesEachOtherPortInOneCallInOrder() {
         pb.inject(Frames.ethernet(BCAST, B, 60)); // b is learned; c is not

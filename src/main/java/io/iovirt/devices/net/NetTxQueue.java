@@ -139,8 +139,8 @@ final class NetTxQueue implements RingHandler.Device {
                 Chains.gather(c, headerSize, mem, at, len);
             }
             burst.append((int) len);
-            if (len >= 12) {
-                sourceSeen(Mac.read(mem, at + 6));
+            if (len >= 2 * Mac.BYTES) {
+                sourceSeen(burst.source(burst.size() - 1));
             }
             if (burst.isFull()) {
                 forwardBurst();

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Where the single-port vhost-user-net frame goes, measured inside ONE backend process: the experiment patch
+# docs/experiments/net-knockouts.patch (never merged) adds a switch that turns one variant of the transmit path on
+# and off every 500 ms — a stage knocked out (the switch, the copy, the header check...) or a candidate change — and
+# counts the frames taken in each state. Both states see the same host: on this 2-vCPU VM the rate of separate runs
+# moves by up to 2x with the host's state (docs/benchmarks.md), which hides a 5 % change; alternating every half
+# second inside one run does not.
+#
+#   scripts/net-knockout.sh [--k K] [--runs N] [--seconds S] [--size BYTES] [--fast-mpps M] [--dir DIR]
+#
+# K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
+#   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
+#   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,
+#   11 ring bookkeeping trimmed (loop marks only for linked descriptors, no dirty-log or snapshot look per used
+#   entry), 16 = 9 plus the last decision kept across bursts, 17 = 9 against 9 without its per-frame loop (every
+#   frame flooded, counted per burst).
+# Each run: the patched build serves one port (taskset CPU 0), testpmd txonly with virtio-user (--txpkts SIZE,
+# CPU 1) for S seconds; the backend prints both rates every 5 s ("EXP off X Mpps on Y Mpps"). The report: every
+# window's on/off ratio and their median over all runs (the first window of each run, the warm-up, left out). A
+# ratio above 1 means the variant takes more frames per second. Rates are only comparable within a window.
+# Only windows where either state took more than --fast-mpps (default 15, for 64-byte frames here) count: in the
+# host's slow mode the backend finds its ring empty and the frontend sets the rate, whatever the variant (both
+# states then run at 9-12 Mpps here); --fast-mpps 0 counts every window.
+# The patched checkout is a temporary git worktree at the commit the patch was made on, removed at the end.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib/listening.sh"
+BASE=ccbf083
+PATCH="$ROOT/docs/experiments/net-knockouts.patch"
+K=9
+RUNS=2
+SECONDS_RUN=40
+SIZE=64
+FAST=15
+DIR=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --k) K="$2"; shift 2 ;;
+    --runs) RUNS="$2"; shift 2 ;;
+    --seconds) SECONDS_RUN="$2"; shift 2 ;;
+    --size) SIZE="$2"; shift 2 ;;
+    --dir) DIR="$2"; shift 2 ;;
+    --fast-mpps) FAST="$2"; shift 2 ;;
+    *) echo "net-knockout: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+  esac
+done
+case "$K" in 1|2|3|4|5|6|7|8|9|10|11|16|17) ;; *) echo "net-knockout: --k must be one of 1-11, 16, 17: $K" >&2; exit 2 ;; esac
+[ -n "$DIR" ] || DIR="$(mktemp -d /tmp/net-knockout.XXXXXX)"
+mkdir -p "$DIR"
+TESTPMD="$("$ROOT/scripts/install-dpdk.sh")"
+SRC="$DIR/src"
+BP=""
+cleanup() {
+  [ -n "$BP" ] && kill "$BP" 2>/dev/null && wait "$BP" 2>/dev/null || true
+  git -C "$ROOT" worktree remove --force "$SRC" 2>/dev/null || true
+}
+trap cleanup EXIT
+git -C "$ROOT" worktree add -q --detach "$SRC" "$BASE"
+git -C "$SRC" apply "$PATCH"
+"$SRC/iovirt" --version >/dev/null
+
+for r in $(seq "$RUNS"); do
+  sock="$DIR/r$r.sock"
+  IOVIRT_JAVA_OPTS="-Diovirt.exp=true -Diovirt.exp.k=$K" taskset -c 0 "$SRC/iovirt" serve net \
+    --port "vhost-user:$sock" > "$DIR/backend-r$r.log" 2>&1 &
+  BP=$!
+  for _ in $(seq 600); do listening "$sock" && break; kill -0 "$BP" 2>/dev/null || break; sleep 0.1; done
+  listening "$sock" || { echo "net-knockout: the backend did not listen (see $DIR/backend-r$r.log)" >&2; exit 1; }
+  { sleep 1; echo start; sleep "$SECONDS_RUN"; echo stop; sleep 1; echo quit; } |
+    timeout $((SECONDS_RUN + 60)) taskset -c 1 "$TESTPMD" --lcores="0@1,1@1" --no-huge -m 512 --no-pci \
+      --file-prefix="nk$$" --vdev "net_virtio_user0,path=$sock" -- -i --forward-mode=txonly --txpkts="$SIZE" \
+      --total-num-mbufs=16384 > "$DIR/frontend-r$r.log" 2>&1 || true
+  kill "$BP" 2>/dev/null || true
+  wait "$BP" 2>/dev/null || true
+  BP=""
+  echo "run $r:"
+  grep EXP "$DIR/backend-r$r.log" | sed 's/^/  /'
+done
+echo "K=$K, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
+for r in $(seq "$RUNS"); do grep EXP "$DIR/backend-r$r.log" | tail -n +2; done |
+  awk -v t="$FAST" '$3 >= t || $6 >= t {print $6 / $3}' | sort -n |
+  awk -v t="$FAST" '{a[NR] = $1} END {if (NR == 0) {print "  no window above " t " Mpps: the frontend set the rate"; exit 0}
+       printf "  on/off over the %d windows above %s Mpps: median %.3f (min %.3f, max %.3f)\n", NR, t, a[int((NR + 1) / 2)], a[1], a[NR]}'
