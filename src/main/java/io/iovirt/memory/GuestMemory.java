@@ -198,6 +198,16 @@ public final class GuestMemory {
         return byGpa[i].mapping();
     }
 
+    /** The guest physical address where region {@code i} starts. */
+    public long start(int i) {
+        return byGpa[i].guestPhysAddr();
+    }
+
+    /** The size of region {@code i} in bytes. */
+    public long size(int i) {
+        return byGpa[i].size();
+    }
+
     /** The offset of {@code gpa} in region {@code i}'s mapping. */
     public long offset(int i, long gpa) {
         return gpa - byGpa[i].guestPhysAddr();

@@ -309,6 +309,54 @@ class SplitQueueTest {
         }
     }
 
+    /**
+     * The queue tries the region of its previous buffer first (Virtqueue's region hint): a buffer that runs past
+     * that region, or lies in the hole after it, is still refused; buffers alternating between regions each land in
+     * their own; and a memory table change that drops the hinted region makes a buffer there outside guest memory.
+     */
+    @Test
+    void theRegionHintNeverLetsABufferOutOfItsRegion() throws Exception {
+        long[] badAfterLow = {g.lowSize, g.lowSize - 8, -8L}; // the hole after low, runs 8 bytes past it, wraps
+        for (long addr : badAfterLow) {
+            try (GuestFixture h = new GuestFixture()) {
+                SplitDriverRing d = SplitDriverRing.create(
+                        h.memory, h.allocHigh(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+                Virtqueue q = Virtqueue.create(d.queueConfig(0, true), h.holder);
+                d.add(new long[] {h.alloc(16, 8)}, new int[] {16}, new boolean[] {false}, 1, DriverRing.NO_INDIRECT);
+                q.push(q.pop(), 0); // the hint is now the low region
+                d.writeDescriptor(1, GuestFixture.LOW_GPA + addr, 16, 0, 0);
+                d.exposeHead(1);
+                assertPopFails(q, Reason.BUFFER_OUTSIDE_MEMORY);
+                assertTrue(h.guardsIntact());
+            }
+        }
+
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.allocHigh(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+        Virtqueue q = Virtqueue.create(d.queueConfig(0, true), g.holder);
+        long low = g.alloc(16, 8);
+        long high = g.allocHigh(16, 8);
+        g.at(low, 16).fill((byte) 1);
+        g.at(high, 16).fill((byte) 2);
+        for (int i = 0; i < 4; i++) { // low, high, low, high: the hint is always the other region
+            long buf = i % 2 == 0 ? low : high;
+            d.add(new long[] {buf}, new int[] {16}, new boolean[] {false}, 1, DriverRing.NO_INDIRECT);
+            DescriptorChain c = q.pop();
+            assertEquals(buf, c.guestAddress(0));
+            assertEquals(i % 2 == 0 ? 1 : 2, c.segment(0).get(java.lang.foreign.ValueLayout.JAVA_BYTE, 15));
+            q.push(c, 0);
+            d.pollUsed();
+        }
+        // the low region leaves the memory table (the rings are in the high one): the hint of the old snapshot is
+        // not used for the new one
+        d.add(new long[] {low}, new int[] {16}, new boolean[] {false}, 1, DriverRing.NO_INDIRECT);
+        q.push(q.pop(), 0);
+        d.pollUsed();
+        g.holder.swap(GuestMemory.of(List.of(g.memory.regions().get(1))));
+        d.add(new long[] {low}, new int[] {16}, new boolean[] {false}, 1, DriverRing.NO_INDIRECT);
+        assertPopFails(q, Reason.BUFFER_OUTSIDE_MEMORY);
+    }
+
     @Test
     void readableAfterWritableIsRefused() throws Exception {
         SplitDriverRing d = driver(false);
