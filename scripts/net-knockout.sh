@@ -15,7 +15,8 @@
 #   11 ring bookkeeping trimmed (loop marks only for linked descriptors, no dirty-log or snapshot look per used
 #   entry), 16 = 9 plus the last decision kept across bursts, 17 = 9 against 9 without its per-frame loop (every
 #   frame flooded, counted per burst), 20 no interrupt decision (and its fence) per batch, 22 the guest memory region
-#   of the previous buffer tried first.
+#   of the previous buffer tried first, 24 a queue whose ring ran dry looks at it at most every ~250 ns while it
+#   polls (count every window with --fast-mpps 0: this one is about the slow mode).
 # Each run: the patched build serves one port (taskset CPU 0), testpmd txonly with virtio-user (--txpkts SIZE,
 # CPU 1) for S seconds; the backend prints both rates every 5 s ("EXP off X Mpps on Y Mpps"). The report: every
 # window's on/off ratio and their median over all runs (the first window of each run, the warm-up, left out). A
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
     *) echo "net-knockout: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
   esac
 done
-case "$K" in 1|2|3|4|5|6|7|8|9|10|11|16|17|20|22) ;; *) echo "net-knockout: --k must be one of 1-11, 16, 17, 20, 22: $K" >&2; exit 2 ;; esac
+case "$K" in 1|2|3|4|5|6|7|8|9|10|11|16|17|20|22|24) ;; *) echo "net-knockout: --k must be one of 1-11, 16, 17, 20, 22, 24: $K" >&2; exit 2 ;; esac
 [ -n "$DIR" ] || DIR="$(mktemp -d /tmp/net-knockout.XXXXXX)"
 mkdir -p "$DIR"
 TESTPMD="$("$ROOT/scripts/install-dpdk.sh")"
