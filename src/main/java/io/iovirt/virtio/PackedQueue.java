@@ -14,6 +14,7 @@ import static io.iovirt.virtio.VirtioRing.U16;
 
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.memory.GuestWriteLog;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import java.lang.foreign.MemorySegment;
 import java.lang.invoke.VarHandle;
@@ -107,6 +108,7 @@ public final class PackedQueue extends Virtqueue {
 
     /** Hands out buffer {@code resubmitted} of the in-flight record, from the descriptors the record kept. */
     private boolean popResubmitted(DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
+        chain.reset();
         int k = resubmitted++;
         int from = inflight.firstDescriptor(k);
         int to = inflight.firstDescriptor(k + 1);
@@ -155,6 +157,7 @@ public final class PackedQueue extends Virtqueue {
         if (!isAvail(flags, wrap)) {
             return false;
         }
+        chain.reset();
         int slots = 0;
         int id;
         for (; ; ) {
@@ -290,7 +293,7 @@ public final class PackedQueue extends Virtqueue {
     }
 
     @Override
-    void writeUsed(int id, int len, boolean publish) {
+    void writeUsed(int id, int len, boolean publish, boolean log) {
         if (inflight != null) {
             inflight.beforeUsed(id, slotsById[id]);
         }
@@ -305,7 +308,9 @@ public final class PackedQueue extends Virtqueue {
         if (inflight != null) {
             inflight.afterUsed(id);
         }
-        logged(config.descAddr() + off, DESC_SIZE);
+        if (log) {
+            logged(config.descAddr() + off, DESC_SIZE);
+        }
         int slots = slotsById[id];
         slotsInFlight -= slots;
         nextUsed += slots;
@@ -314,6 +319,31 @@ public final class PackedQueue extends Virtqueue {
             usedWrap = !usedWrap;
         }
         usedSinceDecision = Math.min(usedSinceDecision + slots, 2 * size); // two laps or more: always notify
+    }
+
+    @Override
+    int usedMark() {
+        return nextUsed;
+    }
+
+    @Override
+    void logUsedSince(GuestWriteLog l, int mark, int count) {
+        // The descriptors from mark to nextUsed: each entry is written into the first slot of its chain's, so the
+        // range covers them (and the other slots of those chains, a few more bytes of the same pages).
+        long base = config.descAddr();
+        int slots = nextUsed - mark;
+        if (slots <= 0) {
+            slots += size; // wrapped (a whole lap when count > 0 and the position is back where it was)
+        }
+        if (slots >= size) {
+            l.written(base, (long) size * DESC_SIZE);
+            return;
+        }
+        int head = Math.min(slots, size - mark);
+        l.written(base + (long) mark * DESC_SIZE, (long) head * DESC_SIZE);
+        if (head < slots) {
+            l.written(base, (long) (slots - head) * DESC_SIZE);
+        }
     }
 
     @Override

@@ -77,10 +77,7 @@ public final class RingHandler implements QueueWorker.Handler {
             vq.disableNotifications();
             kicksOff = true;
         }
-        int n = 0;
-        while (n < chains.length && vq.pop(chains[n])) {
-            n++;
-        }
+        int n = vq.pop(chains, chains.length);
         if (n == 0) {
             return false;
         }
@@ -88,9 +85,7 @@ public final class RingHandler implements QueueWorker.Handler {
             written[i] = device.process(chains[i]);
         }
         device.batchDone();
-        for (int i = 0; i < n; i++) {
-            vq.pushBatched(chains[i], written[i]);
-        }
+        vq.pushBatched(chains, written, n);
         vq.publishUsed(); // the whole batch with one used-index store
         if (vq.needsNotification()) {
             worker.signal(call);

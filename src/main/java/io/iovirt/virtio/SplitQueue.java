@@ -121,6 +121,7 @@ public final class SplitQueue extends Virtqueue {
             if (inFlight[head]) {
                 throw fail(Reason.ID_IN_USE, "in-flight record names head " + head + " twice");
             }
+            chain.reset();
             walk(head, chain, mem);
             chain.id = head;
             inFlight[head] = true;
@@ -142,6 +143,7 @@ public final class SplitQueue extends Virtqueue {
         if (inFlight[head]) {
             throw fail(Reason.ID_IN_USE, "head " + head + " made available again while the device still owns it");
         }
+        chain.reset();
         walk(head, chain, mem);
         chain.id = head;
         inFlight[head] = true;
@@ -181,7 +183,6 @@ public final class SplitQueue extends Virtqueue {
                         String.format(
                                 "chain from head %d revisits %sdescriptor %d", head, indirect ? "indirect " : "", i));
             }
-            visited[i] = s;
             long off = tableBase + (long) i * DESC_SIZE;
             // Each field is read exactly once (the guest may rewrite the descriptor while we look at it): the
             // descriptor as two 8-byte loads, address, then length, flags and next together.
@@ -232,6 +233,9 @@ public final class SplitQueue extends Virtqueue {
             if ((flags & DESC_F_NEXT) == 0) {
                 return;
             }
+            // Only a descriptor that links on is marked: a walk can come back only to one it left through next
+            // (and a one-descriptor chain, the usual net request, stores no mark at all).
+            visited[i] = s;
             if (next >= tableSize) {
                 throw fail(
                         Reason.NEXT_OUT_OF_RANGE,
@@ -244,7 +248,7 @@ public final class SplitQueue extends Virtqueue {
     }
 
     @Override
-    void writeUsed(int id, int len, boolean publish) {
+    void writeUsed(int id, int len, boolean publish, boolean log) {
         if (inflight != null) {
             inflight.beforeUsed(id);
         }
@@ -252,9 +256,11 @@ public final class SplitQueue extends Virtqueue {
         // id and len in one (possibly unaligned) 8-byte store: the driver reads the element only after the index
         used.set(LE64, off, (id & 0xffff_ffffL) | ((long) len << 32));
         usedIdx = (usedIdx + 1) & 0xffff;
-        GuestWriteLog l = log();
-        if (l != null) {
-            l.written(config.deviceArea() + off, 8);
+        if (log) {
+            GuestWriteLog l = log();
+            if (l != null) {
+                l.written(config.deviceArea() + off, 8);
+            }
         }
         if (pushedSinceDecision <= 0xffff) {
             pushedSinceDecision++;
@@ -264,6 +270,26 @@ public final class SplitQueue extends Virtqueue {
             if (inflight != null) {
                 inflight.afterUsed(id, usedIdx);
             }
+        }
+    }
+
+    @Override
+    int usedMark() {
+        return usedIdx;
+    }
+
+    @Override
+    void logUsedSince(GuestWriteLog l, int mark, int count) {
+        long base = config.deviceArea() + RING;
+        if (count >= size) { // a whole lap: every entry
+            l.written(base, 8L * size);
+            return;
+        }
+        int first = mark & mask;
+        int head = Math.min(count, size - first); // up to the end of the ring, then from its start
+        l.written(base + 8L * first, 8L * head);
+        if (head < count) {
+            l.written(base, 8L * (count - head));
         }
     }
 

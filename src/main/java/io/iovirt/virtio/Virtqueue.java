@@ -8,6 +8,7 @@ import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.GuestWriteLog;
 import io.iovirt.virtio.VirtqueueException.Reason;
 import java.lang.foreign.MemorySegment;
+import java.util.Objects;
 
 /**
  * The device side of one virtqueue, split (§2.7) or packed (§2.8) behind one API. Everything read from guest memory is
@@ -208,7 +209,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
     }
 
     /**
-     * Takes the next available request into {@code chain}, overwriting what it held.
+     * Takes the next available request into {@code chain}, overwriting what it held (left as it was when there is
+     * none).
      *
      * @return false when the driver has made nothing new available
      * @throws VirtqueueException when the request or ring breaks the rules; the queue is failed from then on
@@ -218,9 +220,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw new IllegalArgumentException(
                     "chain was created for virtqueue " + chain.queue().index + ", not " + index);
         }
-        GuestMemory mem = refresh();
-        chain.reset();
-        return popInto(chain, mem);
+        return popInto(chain, refresh());
     }
 
     /**
@@ -245,10 +245,80 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         pushChain(chain, bytesWritten, false);
     }
 
+    /**
+     * Takes up to {@code max} available requests into {@code chains[0..]}, as many {@link #pop(DescriptorChain)} calls
+     * would, against one look at the memory snapshot (it cannot change within a batch that nothing waits in).
+     *
+     * @return how many were taken: 0 when the driver has made nothing new available
+     * @throws VirtqueueException when a request or the ring breaks the rules; the queue is failed from then on
+     */
+    public final int pop(DescriptorChain[] chains, int max) throws VirtqueueException {
+        Objects.checkFromIndexSize(0, max, chains.length);
+        GuestMemory mem = refresh();
+        int n = 0;
+        while (n < max) {
+            DescriptorChain c = chains[n];
+            if (c.queue() != this) {
+                throw new IllegalArgumentException(
+                        "chain was created for virtqueue " + c.queue().index + ", not " + index);
+            }
+            if (!popInto(c, mem)) {
+                break;
+            }
+            n++;
+        }
+        return n;
+    }
+
+    /**
+     * Returns {@code chains[0..n)} with {@code written[0..n)} bytes written, in order, as {@link #pushBatched(
+     * DescriptorChain, long)} one by one would, with the per-request bookkeeping done once: one look at the memory
+     * snapshot, and one at the dirty log after all the writes — if migration logging is on by then, every buffer the
+     * chains let the device write and every used entry written here is reported (written first, looked at after: a
+     * log installed in between still gets them all, as with the one-by-one form).
+     *
+     * @throws IllegalArgumentException as {@link #push} does, for the first chain that is wrong (the ones before it
+     *                                  are returned)
+     */
+    public final void pushBatched(DescriptorChain[] chains, long[] written, int n) throws VirtqueueException {
+        Objects.checkFromIndexSize(0, n, Math.min(chains.length, written.length));
+        refresh();
+        int mark = usedMark();
+        int done = 0;
+        try {
+            for (; done < n; done++) {
+                DescriptorChain c = chains[done];
+                long len = written[done];
+                checkReturnable(c, len);
+                writeUsed(c.id, (int) len, false, false);
+                inFlight[c.id] = false;
+                inFlightCount--;
+            }
+        } finally {
+            GuestWriteLog l = log();
+            if (l != null && done > 0) {
+                for (int i = 0; i < done; i++) {
+                    logWritable(chains[i], l);
+                }
+                logUsedSince(l, mark, done);
+            }
+        }
+    }
+
     /** Makes every request returned by {@link #pushBatched} visible to the driver (one release store). */
     public abstract void publishUsed();
 
     private void pushChain(DescriptorChain chain, long bytesWritten, boolean publish) throws VirtqueueException {
+        checkReturnable(chain, bytesWritten);
+        GuestWriteLog l = log();
+        if (l != null) {
+            logWritable(chain, l);
+        }
+        addUsed(chain.id, bytesWritten, publish);
+    }
+
+    /** A chain of this queue that is in flight, and a written length it can hold. */
+    private void checkReturnable(DescriptorChain chain, long bytesWritten) {
         if (chain.queue() != this) {
             throw new IllegalArgumentException(
                     "chain was created for virtqueue " + chain.queue().index + ", not " + index);
@@ -257,15 +327,23 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw new IllegalArgumentException("virtqueue " + index + ": " + bytesWritten
                     + " bytes written into a chain with " + chain.writableBytes + " writable bytes");
         }
-        GuestWriteLog l = log();
-        if (l != null) {
-            for (int i = chain.readable; i < chain.count; i++) { // all of them: a status byte may follow a short write
-                if (chain.length(i) > 0) {
-                    l.written(chain.guestAddress(i), chain.length(i));
-                }
+        if (bytesWritten > 0xffff_ffffL) {
+            throw new IllegalArgumentException(
+                    "virtqueue " + index + ": used length " + bytesWritten + " does not fit 32 bits");
+        }
+        int id = chain.id;
+        if (id < 0 || id >= size || !inFlight[id]) {
+            throw new IllegalArgumentException("virtqueue " + index + ": id " + id + " is not in flight");
+        }
+    }
+
+    /** Reports every device-writable buffer of {@code chain}: all of them, a status byte may follow a short write. */
+    private static void logWritable(DescriptorChain chain, GuestWriteLog l) {
+        for (int i = chain.readable; i < chain.count; i++) {
+            if (chain.length(i) > 0) {
+                l.written(chain.guestAddress(i), chain.length(i));
             }
         }
-        addUsed(chain.id, bytesWritten, publish);
     }
 
     /**
@@ -285,7 +363,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw new IllegalArgumentException("virtqueue " + index + ": used length " + len + " does not fit 32 bits");
         }
         refresh();
-        writeUsed(id, (int) len, publish);
+        writeUsed(id, (int) len, publish, true);
         inFlight[id] = false;
         inFlightCount--;
     }
@@ -325,10 +403,20 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      */
     public abstract int vringBase();
 
+    /** Takes the next request into {@code chain} (reset first), or returns false and leaves it untouched. */
     abstract boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException;
 
-    /** Writes one used entry; {@code publish}: also make it (and any staged before it) visible to the driver. */
-    abstract void writeUsed(int id, int len, boolean publish);
+    /**
+     * Writes one used entry; {@code publish}: also make it (and any staged before it) visible to the driver;
+     * {@code log}: report the entry to the dirty log now (false: the caller reports it with {@link #logUsedSince}).
+     */
+    abstract void writeUsed(int id, int len, boolean publish, boolean log);
+
+    /** Where the next used entry goes, for {@link #logUsedSince}. */
+    abstract int usedMark();
+
+    /** Reports the {@code count} used entries written since {@code mark} ({@link #usedMark}) to {@code l}. */
+    abstract void logUsedSince(GuestWriteLog l, int mark, int count);
 
     abstract void mapRings(GuestMemory mem) throws VirtqueueException;
 

@@ -2,6 +2,7 @@
 package io.iovirt.virtio;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.memory.GuestWriteLog;
@@ -87,6 +88,82 @@ class DirtyLoggingQueueTest {
         DescriptorChain c2 = q.pop();
         q.push(c2, 1);
         assertEquals(before, log.written.size(), "logging off: nothing is reported");
+    }
+
+    @Test
+    void aBatchReportsEveryBufferAndUsedEntryAcrossTheRingsEnd() throws Exception {
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
+        Virtqueue q = Virtqueue.create(d.queueConfig(3, true), g.holder);
+        long used = d.queueConfig(3, true).deviceArea();
+        DescriptorChain[] cs = new DescriptorChain[SIZE];
+        for (int i = 0; i < cs.length; i++) {
+            cs[i] = q.newChain();
+        }
+        // six round trips first (logging off: nothing reported), so the batch's used entries are 6, 7, 0, 1, 2
+        for (int i = 0; i < 6; i++) {
+            d.add(new long[] {g.alloc(8, 8)}, new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        }
+        assertEquals(6, q.pop(cs, SIZE));
+        q.pushBatched(cs, new long[SIZE], 6);
+        q.publishUsed();
+        while (d.pollUsed() != -1) {}
+        assertTrue(log.written.isEmpty());
+
+        long[] bufs = new long[5];
+        for (int i = 0; i < bufs.length; i++) {
+            bufs[i] = g.alloc(64 + i, 1);
+            d.add(new long[] {bufs[i]}, new int[] {64 + i}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        }
+        assertEquals(5, q.pop(cs, SIZE));
+        g.holder.writeLog(log); // on after the pop, before the push: what the push writes is reported
+        q.pushBatched(cs, new long[] {1, 0, 64, 0, 0}, 5);
+        for (int i = 0; i < bufs.length; i++) {
+            assertTrue(log.coversWritten(bufs[i], 64 + i), "every writable buffer, whatever the used length");
+        }
+        assertTrue(log.coversWritten(used + 4 + 8L * 6, 16), "used entries 6 and 7");
+        assertTrue(log.coversWritten(used + 4, 24), "used entries 0 to 2");
+        assertFalse(log.coversWritten(used + 4 + 8L * 3, 1), "and not the entries the batch did not write");
+        q.publishUsed();
+        assertTrue(log.coversWritten(used + 2, 2), "used idx");
+        for (int i = 0; i < 5; i++) {
+            assertTrue(d.pollUsed() != -1);
+        }
+    }
+
+    @Test
+    void aPackedBatchReportsTheDescriptorsWrittenBackAcrossTheRingsEnd() throws Exception {
+        long base = g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16);
+        PackedDriverRing d = PackedDriverRing.create(g.memory, base, SIZE, true);
+        QueueConfig qc = d.queueConfig(1, true);
+        Virtqueue q = Virtqueue.create(qc, g.holder);
+        DescriptorChain[] cs = new DescriptorChain[SIZE];
+        for (int i = 0; i < cs.length; i++) {
+            cs[i] = q.newChain();
+        }
+        for (int i = 0; i < 6; i++) {
+            d.add(new long[] {g.alloc(8, 8)}, new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        }
+        assertEquals(6, q.pop(cs, SIZE));
+        q.pushBatched(cs, new long[SIZE], 6);
+        while (d.pollUsed() != -1) {}
+        assertTrue(log.written.isEmpty());
+        long[] bufs = new long[4];
+        for (int i = 0; i < bufs.length; i++) {
+            bufs[i] = g.alloc(32, 1);
+            d.add(new long[] {bufs[i]}, new int[] {32}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        }
+        assertEquals(4, q.pop(cs, SIZE));
+        g.holder.writeLog(log);
+        q.pushBatched(cs, new long[] {32, 32, 32, 32}, 4);
+        for (long b : bufs) {
+            assertTrue(log.coversWritten(b, 32), "data");
+        }
+        assertTrue(log.coversWritten(qc.descAddr() + 16L * 6, 32), "descriptors 6 and 7 written back");
+        assertTrue(log.coversWritten(qc.descAddr(), 32), "descriptors 0 and 1 written back");
+        for (int i = 0; i < 4; i++) {
+            assertTrue(d.pollUsed() != -1);
+        }
     }
 
     @Test

@@ -134,6 +134,58 @@ class SplitQueueTest {
     }
 
     @Test
+    void aBatchPopsAndPushesWhatOneByOneWould() throws Exception {
+        SplitDriverRing d = driver(true);
+        Virtqueue q = device(d);
+        int[] ids = new int[5];
+        long[] bufs = new long[5];
+        for (int i = 0; i < ids.length; i++) {
+            bufs[i] = g.alloc(16, 8);
+            ids[i] = d.add(new long[] {bufs[i]}, new int[] {16}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        }
+        DescriptorChain[] cs = new DescriptorChain[SIZE];
+        for (int i = 0; i < cs.length; i++) {
+            cs[i] = q.newChain();
+        }
+        assertEquals(3, q.pop(cs, 3), "at most max");
+        DescriptorChain[] rest = {cs[3], cs[4], cs[5], cs[6]};
+        assertEquals(2, q.pop(rest, 4), "what the driver made available");
+        assertEquals(0, q.pop(rest, 4));
+        assertEquals(5, q.inFlight());
+        for (int i = 0; i < 3; i++) {
+            assertEquals(ids[i], cs[i].id());
+            assertEquals(bufs[i], cs[i].guestAddress(0));
+        }
+        assertEquals(ids[3], rest[0].id());
+        assertEquals(ids[4], rest[1].id());
+
+        q.pushBatched(cs, new long[] {1, 2, 3}, 3);
+        assertEquals(2, q.inFlight());
+        assertEquals(-1, d.pollUsed(), "not visible before it is published");
+        q.publishUsed();
+        for (int i = 0; i < 3; i++) {
+            long used = d.pollUsed();
+            assertEquals(ids[i], DriverRing.usedId(used));
+            assertEquals(i + 1, DriverRing.usedLen(used));
+        }
+        assertEquals(-1, d.pollUsed());
+
+        // misuse is the device's bug: the chains before the wrong one are returned, the rest stay in flight
+        assertThrows(IllegalArgumentException.class, () -> q.pushBatched(rest, new long[] {16, 17}, 2));
+        assertEquals(1, q.inFlight(), "the first chain was returned, the one with 17 bytes of 16 was not");
+        assertThrows(IllegalArgumentException.class, () -> q.pushBatched(rest, new long[] {0, 0}, 2), "twice");
+        assertThrows(IndexOutOfBoundsException.class, () -> q.pushBatched(rest, new long[] {0}, 3), "n > length");
+        Virtqueue other = device(driver(false));
+        assertThrows(IllegalArgumentException.class, () -> q.pop(new DescriptorChain[] {other.newChain()}, 1));
+        q.pushBatched(new DescriptorChain[] {rest[1]}, new long[] {16}, 1);
+        q.publishUsed();
+        assertEquals(ids[3], DriverRing.usedId(d.pollUsed()));
+        assertEquals(ids[4], DriverRing.usedId(d.pollUsed()));
+        assertEquals(0, q.inFlight());
+        assertNull(q.failure());
+    }
+
+    @Test
     void indirectTablesAndDirectDescriptorsBeforeThemAreExpanded() throws Exception {
         SplitDriverRing d = driver(true);
         Virtqueue q = device(d);
