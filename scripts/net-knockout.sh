@@ -7,8 +7,16 @@
 # moves by up to 2x with the host's state (docs/benchmarks.md), which hides a 5 % change; alternating every half
 # second inside one run does not.
 #
-#   scripts/net-knockout.sh [--k K] [--runs N] [--seconds S] [--size BYTES] [--fast-mpps M] [--dir DIR]
+#   scripts/net-knockout.sh [--experiment NAME] [--k K] [--topology single|p2p] [--runs N] [--seconds S]
+#                           [--size BYTES] [--fast-mpps M] [--dir DIR]
 #
+# NAME (default knockouts) picks the patch docs/experiments/NAME.patch; its first line names the commit it applies
+# to ("Base: <commit>"):
+#   knockouts   the variants below (--k)
+#   ring-batch  the batch forms of pop and push and the walk's marks only for linked descriptors (on) against one
+#               pop and one push per chain with every descriptor marked (off, the form before)
+#   rx-staging  a receive queue stages the chains it fills and returns them together at the end of the burst (on)
+#               against returning each as soon as it is filled (off); measure it with --topology p2p
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,
@@ -18,27 +26,32 @@
 #   of the previous buffer tried first, 24 a queue whose ring ran dry looks at it at most every ~250 ns while it
 #   polls (count every window with --fast-mpps 0: this one is about the slow mode).
 # Each run: the patched build serves one port (taskset CPU 0), testpmd txonly with virtio-user (--txpkts SIZE,
-# CPU 1) for S seconds; the backend prints both rates every 5 s ("EXP off X Mpps on Y Mpps"). The report: every
+# CPU 1) for S seconds; with --topology p2p it serves two ports and one testpmd forwards between two virtio-user
+# ports (io, "start tx_first 8", as bench-net.sh --topology p2p) and the rates count the frames both transmit
+# queues took. The backend prints both rates every 5 s ("EXP off X Mpps on Y Mpps"). The report: every
 # window's on/off ratio and their median over all runs (the first window of each run, the warm-up, left out). A
 # ratio above 1 means the variant takes more frames per second. Rates are only comparable within a window.
 # Only windows where either state took more than --fast-mpps (default 15, for 64-byte frames here) count: in the
 # host's slow mode the backend finds its ring empty and the frontend sets the rate, whatever the variant (both
-# states then run at 9-12 Mpps here); --fast-mpps 0 counts every window.
+# states then run at 9-12 Mpps here); --fast-mpps 0 counts every window (the default with --topology p2p, whose
+# rates are all below that).
 # The patched checkout is a temporary git worktree at the commit the patch was made on, removed at the end.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/lib/listening.sh"
-BASE=ccbf083
-PATCH="$ROOT/docs/experiments/net-knockouts.patch"
+EXPERIMENT=knockouts
+TOPOLOGY=single
 K=9
 RUNS=2
 SECONDS_RUN=40
 SIZE=64
-FAST=15
+FAST=""
 DIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --k) K="$2"; shift 2 ;;
+    --experiment) EXPERIMENT="$2"; shift 2 ;;
+    --topology) TOPOLOGY="$2"; shift 2 ;;
     --runs) RUNS="$2"; shift 2 ;;
     --seconds) SECONDS_RUN="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
@@ -48,6 +61,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$K" in 1|2|3|4|5|6|7|8|9|10|11|16|17|20|22|24) ;; *) echo "net-knockout: --k must be one of 1-11, 16, 17, 20, 22, 24: $K" >&2; exit 2 ;; esac
+case "$TOPOLOGY" in single|p2p) ;; *) echo "net-knockout: --topology must be single or p2p: $TOPOLOGY" >&2; exit 2 ;; esac
+[ -n "$FAST" ] || { [ "$TOPOLOGY" = p2p ] && FAST=0 || FAST=15; }
+PATCH="$ROOT/docs/experiments/$EXPERIMENT.patch"
+[ -f "$PATCH" ] || { echo "net-knockout: no experiment $EXPERIMENT ($PATCH does not exist)" >&2; exit 2; }
+BASE="$(sed -n '1s/^Base: \([0-9a-f]*\).*/\1/p' "$PATCH")"
+[ -n "$BASE" ] || { echo "net-knockout: $PATCH does not start with a \"Base: <commit>\" line" >&2; exit 2; }
 [ -n "$DIR" ] || DIR="$(mktemp -d /tmp/net-knockout.XXXXXX)"
 mkdir -p "$DIR"
 TESTPMD="$("$ROOT/scripts/install-dpdk.sh")"
@@ -62,24 +81,40 @@ git -C "$ROOT" worktree add -q --detach "$SRC" "$BASE"
 git -C "$SRC" apply "$PATCH"
 "$SRC/iovirt" --version >/dev/null
 
+wait_listening() { # socket
+  for _ in $(seq 600); do listening "$1" && break; kill -0 "$BP" 2>/dev/null || break; sleep 0.1; done
+  listening "$1" || { echo "net-knockout: the backend did not listen on $1 (see $DIR/backend-r$r.log)" >&2; exit 1; }
+}
 for r in $(seq "$RUNS"); do
   sock="$DIR/r$r.sock"
-  IOVIRT_JAVA_OPTS="-Diovirt.exp=true -Diovirt.exp.k=$K" taskset -c 0 "$SRC/iovirt" serve net \
-    --port "vhost-user:$sock" > "$DIR/backend-r$r.log" 2>&1 &
+  sock2="$DIR/r$r-b.sock"
+  ports=(--port "vhost-user:$sock")
+  [ "$TOPOLOGY" = p2p ] && ports+=(--port "vhost-user:$sock2")
+  IOVIRT_JAVA_OPTS="-Diovirt.exp=true -Diovirt.exp.k=$K" taskset -c 0 "$SRC/iovirt" serve net "${ports[@]}" \
+    > "$DIR/backend-r$r.log" 2>&1 &
   BP=$!
-  for _ in $(seq 600); do listening "$sock" && break; kill -0 "$BP" 2>/dev/null || break; sleep 0.1; done
-  listening "$sock" || { echo "net-knockout: the backend did not listen (see $DIR/backend-r$r.log)" >&2; exit 1; }
-  { sleep 1; echo start; sleep "$SECONDS_RUN"; echo stop; sleep 1; echo quit; } |
-    timeout $((SECONDS_RUN + 60)) taskset -c 1 "$TESTPMD" --lcores="0@1,1@1" --no-huge -m 512 --no-pci \
-      --file-prefix="nk$$" --vdev "net_virtio_user0,path=$sock" -- -i --forward-mode=txonly --txpkts="$SIZE" \
-      --total-num-mbufs=16384 > "$DIR/frontend-r$r.log" 2>&1 || true
+  wait_listening "$sock"
+  if [ "$TOPOLOGY" = p2p ]; then
+    wait_listening "$sock2"
+    mac_a=02:00:00:00:00:0a mac_b=02:00:00:00:00:0b
+    { sleep 1; echo "start tx_first 8"; sleep "$SECONDS_RUN"; echo stop; sleep 1; echo quit; } |
+      timeout $((SECONDS_RUN + 60)) taskset -c 1 "$TESTPMD" --lcores="0@1,1@1" --no-huge -m 512 --no-pci \
+        --file-prefix="nk$$" --vdev "net_virtio_user0,path=$sock,mac=$mac_a" \
+        --vdev "net_virtio_user1,path=$sock2,mac=$mac_b" -- -i --forward-mode=io --eth-peer="0,$mac_b" \
+        --eth-peer="1,$mac_a" --txpkts="$SIZE" --total-num-mbufs=16384 > "$DIR/frontend-r$r.log" 2>&1 || true
+  else
+    { sleep 1; echo start; sleep "$SECONDS_RUN"; echo stop; sleep 1; echo quit; } |
+      timeout $((SECONDS_RUN + 60)) taskset -c 1 "$TESTPMD" --lcores="0@1,1@1" --no-huge -m 512 --no-pci \
+        --file-prefix="nk$$" --vdev "net_virtio_user0,path=$sock" -- -i --forward-mode=txonly --txpkts="$SIZE" \
+        --total-num-mbufs=16384 > "$DIR/frontend-r$r.log" 2>&1 || true
+  fi
   kill "$BP" 2>/dev/null || true
   wait "$BP" 2>/dev/null || true
   BP=""
   echo "run $r:"
   grep EXP "$DIR/backend-r$r.log" | sed 's/^/  /'
 done
-echo "K=$K, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
+echo "$EXPERIMENT$([ "$EXPERIMENT" = knockouts ] && echo " K=$K"), $TOPOLOGY, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
 for r in $(seq "$RUNS"); do grep EXP "$DIR/backend-r$r.log" | tail -n +2; done |
   awk -v t="$FAST" '$3 >= t || $6 >= t {print $6 / $3}' | sort -n |
   awk -v t="$FAST" '{a[NR] = $1} END {if (NR == 0) {print "  no window above " t " Mpps: the frontend set the rate"; exit 0}
