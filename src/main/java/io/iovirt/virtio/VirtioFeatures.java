@@ -17,6 +17,11 @@ public final class VirtioFeatures {
     public static final long VIRTIO_F_ACCESS_PLATFORM = 1L << 33;
     /** Packed virtqueue layout (§2.8). */
     public static final long VIRTIO_F_RING_PACKED = 1L << 34;
+    /**
+     * The device uses buffers in the order they were made available (§2.9), so the driver may allocate and reclaim
+     * descriptors in ring order. Offer it only from a device whose every queue pushes in pop order.
+     */
+    public static final long VIRTIO_F_IN_ORDER = 1L << 35;
 
     private VirtioFeatures() {}
 

@@ -44,6 +44,8 @@ final class NetDriver implements AutoCloseable {
     private final EventFd[] kicks;
     private final EventFd[] calls;
     private final List<Map<Integer, long[]>> buffers = new ArrayList<>(); // per queue: id -> {gpa, len, ...}
+    private final List<List<Integer>> madeAvailable = new ArrayList<>(); // per queue: heads in avail order
+    private final List<List<Integer>> returned = new ArrayList<>(); // per queue: used ids in used order
     private long next;
 
     /**
@@ -83,6 +85,8 @@ final class NetDriver implements AutoCloseable {
             kicks[q] = EventFd.create(true);
             calls[q] = EventFd.create(true);
             buffers.add(new HashMap<>());
+            madeAvailable.add(new ArrayList<>());
+            returned.add(new ArrayList<>());
             DriverRing r = rings[q];
             fe.setVringNum(q, QUEUE_SIZE);
             fe.setVringBase(q, packed ? 0x8000 | 0x8000 << 16 : 0);
@@ -143,6 +147,17 @@ final class NetDriver implements AutoCloseable {
             rec[2 * i + 1] = lens[i];
         }
         buffers.get(q).put(id, rec);
+        madeAvailable.get(q).add(id);
+    }
+
+    /** Heads made available on queue {@code q} through this driver's senders and posters, in ring order. */
+    List<Integer> madeAvailable(int q) {
+        return madeAvailable.get(q);
+    }
+
+    /** Ids the device returned on queue {@code q}, in used-ring order (as far as this driver has read it). */
+    List<Integer> returned(int q) {
+        return returned.get(q);
     }
 
     /** A hostile request of any shape on queue {@code q} (indirect: a table address, or NO_INDIRECT). */
@@ -253,6 +268,7 @@ final class NetDriver implements AutoCloseable {
                 continue;
             }
             buffers.get(q).remove(DriverRing.usedId(u));
+            returned.get(q).add(DriverRing.usedId(u));
             got++;
         }
     }
@@ -275,6 +291,7 @@ final class NetDriver implements AutoCloseable {
                 int id = DriverRing.usedId(u);
                 int len = (int) DriverRing.usedLen(u);
                 long[] rec = buffers.get(q).remove(id);
+                returned.get(q).add(id);
                 ByteArrayOutputStream out = new ByteArrayOutputStream();
                 int left = len;
                 for (int i = 0; i < rec.length / 2 && left > 0; i++) {
