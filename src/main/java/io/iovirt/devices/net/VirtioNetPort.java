@@ -324,6 +324,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     // ---- vhost-user backend ------------------------------------------------------------------------------------
 
+    private volatile long driverFeatures;
+
     @Override
     public long features() {
         long f = RING_FEATURES | VirtioNet.F_MRG_RXBUF | VirtioNet.F_MTU | VirtioNet.F_STATUS | VirtioNet.F_ANY_LAYOUT;
@@ -334,6 +336,11 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             f |= VirtioNet.F_MQ;
         }
         return f;
+    }
+
+    /** The virtio features the driver acknowledged, as the last queue it started saw them (0 before any). */
+    public long driverFeatures() {
+        return driverFeatures;
     }
 
     @Override
@@ -386,6 +393,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                     "queue " + index + " does not exist: " + options.queuePairs() + " queue pair(s)");
         }
         long f = setup.features();
+        driverFeatures = f;
         boolean version1 = (f & VirtioFeatures.VIRTIO_F_VERSION_1) != 0;
         boolean mrg = (f & VirtioNet.F_MRG_RXBUF) != 0;
         int hdr = version1 || mrg ? VirtioNet.HDR_SIZE : VirtioNet.HDR_SIZE_LEGACY;

@@ -9,6 +9,7 @@ import io.iovirt.net.PortStats;
 import io.iovirt.net.Switch;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
+import io.iovirt.virtio.VirtioFeatures;
 import java.nio.file.Path;
 import java.util.function.BooleanSupplier;
 import org.junit.jupiter.api.Tag;
@@ -74,6 +75,11 @@ class DpdkVirtioUserTest {
                             q[0],
                             q[1])) {
                 await(() -> in.isLinkUp() && out.isLinkUp(), "both testpmds attached", 60);
+                for (VirtioNetPort p : new VirtioNetPort[] {in, out}) { // the in-order paths, as against DPDK's vhost
+                    assertTrue(
+                            VirtioFeatures.has(p.driverFeatures(), VirtioFeatures.VIRTIO_F_IN_ORDER),
+                            "testpmd's virtio-user took VIRTIO_F_IN_ORDER: 0x" + Long.toHexString(p.driverFeatures()));
+                }
                 rx.command("start");
                 tx.command("start");
                 await(() -> out.stats().txPackets() > 20_000, "frames through the switch", 120);
