@@ -247,7 +247,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     /**
      * Takes up to {@code max} available requests into {@code chains[0..]}, as many {@link #pop(DescriptorChain)} calls
-     * would, against one look at the memory snapshot (it cannot change within a batch that nothing waits in).
+     * would, against one look at the memory snapshot: the batch is translated through the snapshot current when it
+     * starts (pinned, so it stays mapped), and a memory table that changes meanwhile is taken up by the next batch.
      *
      * @return how many were taken: 0 when the driver has made nothing new available
      * @throws VirtqueueException when a request or the ring breaks the rules; the queue is failed from then on
