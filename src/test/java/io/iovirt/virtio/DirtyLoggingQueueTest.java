@@ -96,19 +96,7 @@ class DirtyLoggingQueueTest {
                 SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
         Virtqueue q = Virtqueue.create(d.queueConfig(3, true), g.holder);
         long used = d.queueConfig(3, true).deviceArea();
-        DescriptorChain[] cs = new DescriptorChain[SIZE];
-        for (int i = 0; i < cs.length; i++) {
-            cs[i] = q.newChain();
-        }
-        // six round trips first (logging off: nothing reported), so the batch's used entries are 6, 7, 0, 1, 2
-        for (int i = 0; i < 6; i++) {
-            d.add(new long[] {g.alloc(8, 8)}, new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
-        }
-        assertEquals(6, q.pop(cs, SIZE));
-        q.pushBatched(cs, new long[SIZE], 6);
-        q.publishUsed();
-        while (d.pollUsed() != -1) {}
-        assertTrue(log.written.isEmpty());
+        DescriptorChain[] cs = sixRoundTripsUnlogged(d, q); // the batch's used entries are 6, 7, 0, 1, 2
 
         long[] bufs = new long[5];
         for (int i = 0; i < bufs.length; i++) {
@@ -131,12 +119,8 @@ class DirtyLoggingQueueTest {
         }
     }
 
-    @Test
-    void aPackedBatchReportsTheDescriptorsWrittenBackAcrossTheRingsEnd() throws Exception {
-        long base = g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16);
-        PackedDriverRing d = PackedDriverRing.create(g.memory, base, SIZE, true);
-        QueueConfig qc = d.queueConfig(1, true);
-        Virtqueue q = Virtqueue.create(qc, g.holder);
+    /** Chain holders for a batch, after six requests went round with logging off (nothing reported). */
+    private DescriptorChain[] sixRoundTripsUnlogged(DriverRing d, Virtqueue q) throws Exception {
         DescriptorChain[] cs = new DescriptorChain[SIZE];
         for (int i = 0; i < cs.length; i++) {
             cs[i] = q.newChain();
@@ -146,8 +130,19 @@ class DirtyLoggingQueueTest {
         }
         assertEquals(6, q.pop(cs, SIZE));
         q.pushBatched(cs, new long[SIZE], 6);
+        q.publishUsed();
         while (d.pollUsed() != -1) {}
         assertTrue(log.written.isEmpty());
+        return cs;
+    }
+
+    @Test
+    void aPackedBatchReportsTheDescriptorsWrittenBackAcrossTheRingsEnd() throws Exception {
+        long base = g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16);
+        PackedDriverRing d = PackedDriverRing.create(g.memory, base, SIZE, true);
+        QueueConfig qc = d.queueConfig(1, true);
+        Virtqueue q = Virtqueue.create(qc, g.holder);
+        DescriptorChain[] cs = sixRoundTripsUnlogged(d, q); // the batch's descriptors are 6, 7, 0, 1
         long[] bufs = new long[4];
         for (int i = 0; i < bufs.length; i++) {
             bufs[i] = g.alloc(32, 1);
