@@ -25,10 +25,12 @@ import java.nio.ByteOrder;
  * A receive queue: frames from the switch into the guest's buffers. There is no thread: the receive thread of
  * whichever port the frame came from fills the guest's buffers under this queue's lock (one lock per queue, so
  * frames for different guests, or different queues of one guest, are copied in parallel), and interrupts the guest
- * once at the end of its burst ({@link #flush}). The burst's used entries — every chain of a multi-buffer frame
- * (MRG_RXBUF) among them — become visible to the driver together, with one used-index store at that point
- * ({@link Virtqueue#pushBatched}), so the driver never sees part of a frame and the index's cache line moves to the
- * guest's core once per burst. When the guest has no buffer posted the frame is dropped and
+ * once at the end of its burst ({@link #flush}). A burst's chains are taken with one batch pop, one per frame (a
+ * frame spread over several merge buffers pops the ones it needs beyond those on its own), and returned in the order
+ * they were taken, the frames' chains together at the end of the burst ({@link Virtqueue#pushBatched(DescriptorChain[],
+ * long[], int)}); the burst's used entries — every chain of a multi-buffer frame (MRG_RXBUF) among them — become
+ * visible to the driver together, with one used-index store, so the driver never sees part of a frame and the index's
+ * cache line moves to the guest's core once per burst. When the guest has no buffer posted the frame is dropped and
  * counted at once; the switch never waits for a guest.
  *
  * <p>The guest's call eventfd is never written under the lock: the decision to interrupt is made under it, the write
@@ -54,6 +56,8 @@ final class NetRxQueue {
     static final int MAX_BUFFERS = 64;
     /** A sender that never ends its burst still gets the guest interrupted every this many frames. */
     static final int MAX_UNNOTIFIED = 64;
+    /** Most chains taken ahead for one burst. */
+    static final int AHEAD = 64;
 
     final Object lock = new Object();
     private final int index;
@@ -61,11 +65,28 @@ final class NetRxQueue {
     private final Counters tx;
     private final RateLimitedLog log = new RateLimitedLog(5000);
     private final MemorySegment header = Arena.ofAuto().allocate(VirtioNet.HDR_SIZE, 8);
-    private final long[] lengths = new long[MAX_BUFFERS];
     // guarded by lock
     private Virtqueue vq;
     private EventFd call;
-    private DescriptorChain[] chains;
+    /** Chains taken for a burst ahead of its frames, one {@link Virtqueue#pop(DescriptorChain[], int)}. */
+    private DescriptorChain[] ahead;
+
+    private int aheadTaken;
+    private int aheadNext;
+    /** A frame's i-th chain when {@link #ahead} has run out, popped on its own. */
+    private DescriptorChain[] spare;
+    /** The chains of the frame being filled, and what was written into each. */
+    private final DescriptorChain[] use = new DescriptorChain[MAX_BUFFERS];
+
+    private final long[] lengths = new long[MAX_BUFFERS];
+    /** Chains of the burst's finished frames, returned together ({@link #returnDone}). */
+    private DescriptorChain[] done;
+
+    private long[] doneLengths;
+    private int doneCount;
+    /** The frame being filled took a chain of {@link #spare}. */
+    private boolean spareUsed;
+
     private int headerSize;
     private boolean mergeable;
     private boolean running;
@@ -89,17 +110,22 @@ final class NetRxQueue {
         // Buffers are taken when a frame arrives, never waited for: the driver need not kick when it posts some
         // (one guest exit less per refill, and pop does not keep avail_event current in the shared ring).
         q.disableNotifications();
-        DescriptorChain[] cs = new DescriptorChain[mrgRxBuf ? MAX_BUFFERS : 1];
-        for (int i = 0; i < cs.length; i++) {
-            cs[i] = q.newChain();
-        }
+        DescriptorChain[] sp = newChains(q, mrgRxBuf ? MAX_BUFFERS : 1);
+        DescriptorChain[] ah = newChains(q, AHEAD);
         synchronized (lock) {
             vq = q;
             call = callFd;
             err = errFd;
             port = owner;
             unnotified = 0;
-            chains = cs;
+            spare = sp;
+            ahead = ah;
+            aheadTaken = 0;
+            aheadNext = 0;
+            done = new DescriptorChain[AHEAD];
+            doneLengths = new long[AHEAD];
+            doneCount = 0;
+            spareUsed = false;
             headerSize = hdrSize;
             mergeable = mrgRxBuf;
             running = true;
@@ -169,6 +195,8 @@ final class NetRxQueue {
             Throwable failure;
             try {
                 try {
+                    aheadTaken = 0; // one frame: its chains are popped as it needs them
+                    aheadNext = 0;
                     if (fill(f)) {
                         tx.tx(f.length());
                     }
@@ -215,6 +243,7 @@ final class NetRxQueue {
             Throwable failure;
             try {
                 try {
+                    takeAhead(Math.min(to - from, AHEAD));
                     for (; k < to; k++) {
                         Frame f = burst.selected(k);
                         if (fill(f)) {
@@ -222,6 +251,7 @@ final class NetRxQueue {
                             bytes += f.length();
                         }
                     }
+                    returnDone();
                     unnotified += to - from;
                     // the interrupt waits for the sender's end of burst (flush), but not for ever
                     if (unnotified >= MAX_UNNOTIFIED) {
@@ -331,29 +361,89 @@ final class NetRxQueue {
         }
     }
 
+    private static DescriptorChain[] newChains(Virtqueue q, int n) {
+        DescriptorChain[] cs = new DescriptorChain[n];
+        for (int i = 0; i < n; i++) {
+            cs[i] = q.newChain();
+        }
+        return cs;
+    }
+
+    /**
+     * Takes up to {@code max} chains for the burst's frames (no more than it has frames: each frame takes at least one
+     * chain, so none is left over) against one look at the memory snapshot.
+     */
+    private void takeAhead(int max) throws VirtqueueException {
+        aheadNext = 0;
+        aheadTaken = vq.pop(ahead, max);
+    }
+
+    /** The frame's {@code i}-th chain: the next one taken ahead, or one popped now; null when the ring is empty. */
+    private DescriptorChain take(int i) throws VirtqueueException {
+        if (aheadNext < aheadTaken) {
+            return ahead[aheadNext++];
+        }
+        DescriptorChain c = spare[i];
+        if (!vq.pop(c)) {
+            return null;
+        }
+        spareUsed = true;
+        return c;
+    }
+
+    /**
+     * The frame's chains {@code use[0..n)} with {@code lengths[0..n)} go back in order: with the burst's other chains
+     * at its end, or now when one of them is a spare (the next frame reuses it).
+     */
+    private void finish(int n) throws VirtqueueException {
+        if (spareUsed) {
+            spareUsed = false;
+            returnDone();
+            for (int i = 0; i < n; i++) {
+                vq.pushBatched(use[i], lengths[i]);
+            }
+            return;
+        }
+        for (int i = 0; i < n; i++) {
+            done[doneCount] = use[i];
+            doneLengths[doneCount++] = lengths[i];
+        }
+    }
+
+    /** Returns the chains of the frames finished so far, in order, with one look at the snapshot and the dirty log. */
+    private void returnDone() throws VirtqueueException {
+        if (doneCount > 0) {
+            int n = doneCount;
+            doneCount = 0;
+            vq.pushBatched(done, doneLengths, n);
+        }
+    }
+
     /** Returns true when the frame was delivered; counts the drop otherwise. */
     private boolean fill(Frame f) throws VirtqueueException {
         int len = f.length();
         long need = headerSize + (long) len;
-        DescriptorChain first = chains[0];
-        if (!vq.pop(first)) {
+        DescriptorChain first = take(0);
+        if (first == null) {
             tx.increment(PortStat.TX_DROPPED_NO_BUFFERS);
             return false;
         }
+        use[0] = first;
         long cap = first.writableBytes();
         if (!mergeable) {
             if (cap < need) {
-                vq.pushBatched(first, 0);
+                returnUnused(1);
                 tx.increment(PortStat.TX_DROPPED_BUFFER_TOO_SMALL);
                 return false;
             }
             writeHeader(first, 1);
             Chains.scatter(first, headerSize, f.buffer(), f.offset(), len);
-            vq.pushBatched(first, need);
+            lengths[0] = need;
+            finish(1);
             return true;
         }
         if (cap < headerSize) { // §5.1.6.3.1: every merge buffer holds at least a header
-            vq.pushBatched(first, 0);
+            returnUnused(1);
             tx.increment(PortStat.TX_DROPPED_BUFFER_TOO_SMALL);
             return false;
         }
@@ -367,29 +457,29 @@ final class NetRxQueue {
                 tx.increment(PortStat.TX_DROPPED_BUFFER_TOO_SMALL);
                 return false;
             }
-            DescriptorChain c = chains[n];
-            if (!vq.pop(c)) {
+            DescriptorChain c = take(n);
+            if (c == null) {
                 returnUnused(n);
                 tx.increment(PortStat.TX_DROPPED_NO_BUFFERS);
                 return false;
             }
+            use[n] = c;
             long k = Math.min(c.writableBytes(), len - put);
             Chains.scatter(c, 0, f.buffer(), f.offset() + put, k);
             lengths[n++] = k;
             put += k;
         }
         writeHeader(first, n);
-        for (int i = 0; i < n; i++) {
-            vq.pushBatched(chains[i], lengths[i]);
-        }
+        finish(n);
         return true;
     }
 
-    /** Gives popped chains back untouched (length 0) so the guest can repost them. */
+    /** Gives the frame's chains back untouched (length 0) so the guest can repost them. */
     private void returnUnused(int n) throws VirtqueueException {
         for (int i = 0; i < n; i++) {
-            vq.pushBatched(chains[i], 0);
+            lengths[i] = 0;
         }
+        finish(n);
     }
 
     /** No offloads are negotiated: flags and GSO type 0, num_buffers as used (§5.1.6.4). */

@@ -168,4 +168,61 @@ class NetBurstTest {
             assertEquals(15, pc.stats().get(PortStat.TX_DROPPED_NO_BUFFERS) - dropsBefore);
         }
     }
+
+    /**
+     * A receive queue takes the chains for a burst ahead, one per frame, and pops more on its own when frames spread
+     * over several merge buffers use them up; the chains go back in the order they were taken, each frame whole, and a
+     * frame that finds the ring empty halfway gives back what it took (length 0) and is counted with the rest.
+     */
+    @Test
+    void framesSpreadOverSmallMergeBuffersArriveWholeInOrderAndARingRunningDryMidFrameIsCounted() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 16);
+            learn(a, b, c); // A has no buffers yet: what was flooded to it is dropped
+            // 128-byte buffers: a 300-byte frame takes three (116 + 128 + 56 bytes after the 12-byte header)
+            a.postRx(0, 128, 40);
+            List<byte[]> sent = new ArrayList<>();
+            for (int i = 0; i < 16; i++) { // 4 frames of three buffers, 12 of one: 24 of the 40
+                byte[] f = numbered(A, B, i % 4 == 0 ? 300 : 60 + i, i);
+                sent.add(f);
+                b.queue(0, f);
+            }
+            b.kickTx(0);
+            b.awaitTxUsed(0, 16);
+            for (int i = 0; i < sent.size(); i++) {
+                assertArrayEquals(sent.get(i), a.receive(0), "frame " + i);
+            }
+            long dropsBefore = pa.stats().get(PortStat.TX_DROPPED_NO_BUFFERS);
+            long sentBefore = pa.stats().get(PortStat.TX_PACKETS);
+            // 16 buffers left, ten frames of three buffers each in one burst: frames 0-4 take 15, frame 5 takes the
+            // last one and finds the ring empty (that buffer comes back with length 0), frames 6-9 find it empty
+            List<byte[]> second = new ArrayList<>();
+            for (int i = 0; i < 10; i++) {
+                byte[] f = numbered(A, B, 300, 100 + i);
+                second.add(f);
+                b.queue(0, f);
+            }
+            b.kickTx(0);
+            b.awaitTxUsed(0, 10);
+            for (int i = 0; i < 5; i++) {
+                assertArrayEquals(second.get(i), a.receive(0), "second burst, frame " + i);
+            }
+            NetDriver.Rx unused = a.pollRx(0, Duration.ofSeconds(10));
+            assertTrue(unused != null, "the buffer frame 5 took comes back");
+            assertEquals(0, unused.length(), "... unused");
+            assertNull(a.pollRx(0, Duration.ofMillis(300)), "nothing beyond it");
+            assertEquals(5, pa.stats().get(PortStat.TX_PACKETS) - sentBefore, "frames counted as sent");
+            assertEquals(5, pa.stats().get(PortStat.TX_DROPPED_NO_BUFFERS) - dropsBefore, "frames 5-9 counted");
+            assertTrue(pa.isLinkUp(), "A's queue did not fail");
+            // buffers again: frames flow
+            a.postRx(0, 2048, 4);
+            byte[] after = numbered(A, B, 300, 200);
+            b.send(0, after);
+            assertArrayEquals(after, a.receive(0), "after reposting");
+        }
+    }
 }
