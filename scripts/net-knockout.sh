@@ -17,6 +17,13 @@
 #               pop and one push per chain with every descriptor marked (off, the form before)
 #   rx-staging  a receive queue stages the chains it fills and returns them together at the end of the burst (on)
 #               against returning each as soon as it is filled (off); measure it with --topology p2p
+#   rx-batch-pop  a receive queue takes a burst's chains with one batch pop and returns them with one batch push
+#               (on, landed) against one pop and one push per chain (off); --k 1: on also stores a byte into each
+#               chain taken ahead (a write prefetch); --topology p2p
+#   desc-read-ahead  a split queue's batch pop reads the batch's avail entries and descriptors in one tight loop
+#               first (on, a software prefetch) against popping at once (off); --topology p2p
+#   tx-two-pass  a transmit queue copies a group's one-buffer frames into their burst slots (and reads their
+#               headers' two fields) in one loop, then checks and appends them (on), against frame by frame (off)
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,
