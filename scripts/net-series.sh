@@ -5,7 +5,7 @@
 # apart); on this kind of 2-vCPU VM the rates of separate runs fall into two levels, and this script shows when the
 # level changes — within a run, while nothing about the backend changes, the host's placement of its vCPUs does (the
 # CPU-to-CPU round trip moves between ~80 and ~420 ns over tens of seconds: iovirt bench c2c --samples 2400
-# --round-trips 300000 --json, docs/benchmarks.md 2026-12-05 08:00 section).
+# --round-trips 300000 --json, docs/benchmarks.md 2026-12-05 07:50–09:17 section).
 #
 #   scripts/net-series.sh [--backend iovirt|dpdk] [--topology rxonly|p2p] [--size BYTES] [--interval S] [--count N]
 #                         [--poll-us P] [--profile] [--dir DIR]
@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
     --poll-us) POLL="$2"; shift 2 ;;
     --profile) PROFILE=1; shift ;;
     --dir) DIR="$2"; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 2 && !/^#/ {exit} NR > 2 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "net-series: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
