@@ -80,9 +80,9 @@ final class NetRxQueue {
 
     private final long[] lengths = new long[MAX_BUFFERS];
     /** Chains of the burst's finished frames, returned together ({@link #returnDone}). */
-    private DescriptorChain[] done;
+    private final DescriptorChain[] done = new DescriptorChain[AHEAD];
 
-    private long[] doneLengths;
+    private final long[] doneLengths = new long[AHEAD];
     private int doneCount;
     /** The frame being filled took a chain of {@link #spare}. */
     private boolean spareUsed;
@@ -122,8 +122,6 @@ final class NetRxQueue {
             ahead = ah;
             aheadTaken = 0;
             aheadNext = 0;
-            done = new DescriptorChain[AHEAD];
-            doneLengths = new long[AHEAD];
             doneCount = 0;
             spareUsed = false;
             headerSize = hdrSize;
