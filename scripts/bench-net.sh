@@ -5,7 +5,7 @@
 #
 #   scripts/bench-net.sh [--topology rxonly|p2p] [--seconds S] [--warmup S] [--rounds N] [--sizes "64 1500"]
 #                        [--poll-us "0 adaptive"] [--poll-threads N] [--p2p-bursts N] [--backend-cpu N]
-#                        [--client-cpu N] [--nice N]
+#                        [--client-cpu N] [--nice N] [--interval S]
 #                        [--dir DIR] [--charts DIR] [--report-only --dir DIR]
 #
 # --topology rxonly (default): one frontend in txonly mode (--txpkts SIZE) into one backend port.
@@ -35,6 +35,14 @@
 #   (serve net --poll-threads N: one loop round-robins batches over the queues, one idle strategy for all) instead of
 #   one thread per queue; the report names it. With p2p and N=1 both ports' senders are one thread, as DPDK's one
 #   forwarding lcore is.
+# Levels (--interval S, default 2): the window is read every S seconds as well (S must divide --seconds), and each
+#   backend's readings of a case, all rounds together, are split into an upper and a lower level where they fall
+#   into two (the split that best separates them, taken when both sides have 3 readings or more and their medians
+#   differ by 1.3x or more). On a VM whose host moves the two vCPUs between a near and a far placement, the rate
+#   moves with it for tens of seconds at a time under every backend (docs/benchmarks.md, 2026-12-05 07:50-09:17),
+#   so a run's one number mixes the placements at random; a second table compares the backends level for level
+#   (upper with upper, lower with lower; "-" where only one of them showed two levels). Readings are in
+#   DIR/intervals.txt, the levels in DIR/levels.txt (backend size poll upper n lower n).
 # Backends are pinned with taskset to --backend-cpu (one core for everything the backend does), the frontend to
 # --client-cpu.
 # --nice N (as root, e.g. -10) runs backend and frontend at that priority, for both backends alike, so that other
@@ -52,6 +60,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 MEASURE=10
 WARMUP=8
+INTERVAL=2
 ROUNDS=3
 SIZES="64 1500"
 POLLS="0 adaptive"
@@ -78,15 +87,21 @@ while [ $# -gt 0 ]; do
     --backend-cpu) BACKEND_CPU="$2"; shift 2 ;;
     --client-cpu) CLIENT_CPU="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
+    --interval) INTERVAL="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --charts) CHARTS="$2"; shift 2 ;;
     --poll-threads) PTHREADS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,48p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 2 && !/^#/ {exit} NR > 2 {sub(/^# ?/, ""); print}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-net: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 
 case "$TOPOLOGY" in rxonly|p2p) ;; *) echo "bench-net: --topology must be rxonly or p2p" >&2; exit 2 ;; esac
+case "$MEASURE$INTERVAL" in *[!0-9]*) echo "bench-net: --seconds and --interval are whole seconds" >&2; exit 2 ;; esac
+if [ "$INTERVAL" -lt 1 ] || [ "$MEASURE" -lt "$INTERVAL" ] || [ $((MEASURE % INTERVAL)) != 0 ]; then
+  echo "bench-net: --interval ($INTERVAL) must divide --seconds ($MEASURE)" >&2; exit 2
+fi
+NINT=$((MEASURE / INTERVAL))
 if [ "$NICE" != 0 ] && [ "$REPORT_ONLY" = 0 ] && [ "${BENCH_BOOSTED:-}" != 1 ]; then
   exec setsid env BENCH_BOOSTED=1 bash -c 'echo "$0" > /proc/$$/autogroup && exec "$@"' "$NICE" "$0" "${ARGS[@]}"
 fi
@@ -130,7 +145,11 @@ window_ticks() { # frontend_pid (timeout's) backend_pid
   echo "$((t1 - t0)) $((f1 - f0))"
 }
 
-# One measurement: prints the frontend's Tx-pps over the measurement window.
+# The statistics command at the window's start and then every INTERVAL seconds to its end (NINT intervals).
+readings() { echo "$1"; for _ in $(seq "$NINT"); do sleep "$INTERVAL"; echo "$1"; done; }
+
+# One measurement: prints the frontend's Tx-pps over the measurement window (the mean of its intervals' rates; each
+# interval's rate goes to DIR/intervals.txt).
 run_case() { # backend size poll round
   local backend="$1" size="$2" poll="$3" round="$4"
   local tag="$backend-$size-p$poll-r$round" sock="$DIR/be.sock" belog fifo
@@ -153,8 +172,7 @@ run_case() { # backend size poll round
     wait_socket "$sock" "$!" "$belog"
   fi
   local felog="$DIR/$tag-frontend.log" bepid="${PIDS[-1]}"
-  { sleep 1; echo start; sleep "$WARMUP"; echo "show port stats 0"; sleep "$MEASURE"; echo "show port stats 0";
-    echo stop; sleep 1; echo quit; } \
+  { sleep 1; echo start; sleep "$WARMUP"; readings "show port stats 0"; echo stop; sleep 1; echo quit; } \
     | timeout "$((WARMUP + MEASURE + 60))" nice -n "$NICE" taskset -c "$CLIENT_CPU" stdbuf -oL "$TESTPMD" --lcores="0@$CLIENT_CPU,1@$CLIENT_CPU" --no-huge -m 512 \
         --no-pci --file-prefix="fe$$" --vdev "net_virtio_user0,path=$sock" -- -i --forward-mode=txonly \
         --txpkts="$size" --total-num-mbufs=16384 > "$felog" 2>&1 &
@@ -163,10 +181,13 @@ run_case() { # backend size poll round
   wait "$fepid" || true
   if [ "$backend" = dpdk ]; then echo stop >&8; echo quit >&8; exec 8>&-; fi
   cleanup
-  local pps pkts
-  pps="$(grep -E 'Tx-pps:' "$felog" | tail -1 | awk '{print $2}')"
-  [ -n "$pps" ] || { echo "bench-net: no Tx-pps in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
-  pkts="$(grep -E '^ +TX-packets: [0-9]+ +TX-errors' "$felog" | tail -2 | awk '{print $2}' | paste -sd' ' | awk '{print $2 - $1}')"
+  local pps pkts mpps
+  # each reading's Tx-pps is over the time since the one before (testpmd's clock); the first has none before it
+  mpps="$(grep -E 'Tx-pps:' "$felog" | tail -n +2 | awk '{printf "%s%.3f", (NR > 1 ? " " : ""), $2 / 1e6}')"
+  [ "$(echo "$mpps" | wc -w)" = "$NINT" ] || { echo "bench-net: $NINT Tx-pps readings expected in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
+  echo "$backend $size $poll $round $mpps" >> "$DIR/intervals.txt"
+  pps="$(echo "$mpps" | awk '{for (i = 1; i <= NF; i++) s += $i; print s / NF * 1e6}')"
+  pkts="$(grep -E '^ +TX-packets: [0-9]+ +TX-errors' "$felog" | awk 'NR == 1 {a = $2} {b = $2} END {print b - a}')"
   # Mpps, backend CPU ns per packet, backend core % (CPU time / wall time over the window), frontend core %
   awk -v pps="$pps" -v pkts="$pkts" -v ticks="$ticks" -v fticks="$fticks" -v hz="$(getconf CLK_TCK)" \
     -v s="$MEASURE" 'BEGIN { cpu = ticks / hz; printf "%.3f %.0f %.0f %.0f\n", pps / 1e6, (pkts > 0 ? cpu * 1e9 / pkts : 0),
@@ -202,7 +223,7 @@ run_p2p() { # backend size poll round
   # DPDK's backend starts forwarding once the frontend has connected (a vhost port started before its frontend
   # connected dropped everything in a trial run); io mode, ports paired: A's frames go out on B and back.
   { sleep 1; if [ -n "$fifo" ]; then echo start >&8; fi; echo "start tx_first $BURSTS"; sleep "$WARMUP";
-    echo "show port stats all"; sleep "$MEASURE"; echo "show port stats all"; echo stop; sleep 1; echo quit; } \
+    readings "show port stats all"; echo stop; sleep 1; echo quit; } \
     | timeout "$((WARMUP + MEASURE + 60))" nice -n "$NICE" taskset -c "$CLIENT_CPU" stdbuf -oL "$TESTPMD" \
         --lcores="0@$CLIENT_CPU,1@$CLIENT_CPU" --no-huge -m 512 --no-pci --file-prefix="fe$$" \
         --vdev "net_virtio_user0,path=$sa,mac=$mac_a" --vdev "net_virtio_user1,path=$sb,mac=$mac_b" \
@@ -213,11 +234,15 @@ run_p2p() { # backend size poll round
   wait "$fepid" || true
   if [ -n "$fifo" ]; then echo stop >&8; sleep 1; echo quit >&8; exec 8>&-; fi
   cleanup # iovirt logs its final counters on SIGTERM
-  local frames fedrop bedrop
-  # NIC statistics, RX-packets of port 0 and 1 at the first and the second reading
-  frames="$(grep -E '^ +RX-packets: [0-9]+ +RX-missed' "$felog" | tail -4 | awk '{print $2}' | paste -sd' ' \
-    | awk 'NF == 4 {print $3 + $4 - $1 - $2}')"
-  [ -n "$frames" ] || { echo "bench-net: no port statistics in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
+  local frames fedrop bedrop mpps
+  # NIC statistics, RX-packets of port 0 and 1 at the first and the last reading
+  frames="$(grep -E '^ +RX-packets: [0-9]+ +RX-missed' "$felog" | awk '{print $2}' | paste - - \
+    | awk 'NR == 1 {a = $1 + $2} {b = $1 + $2} END {if (NR == '"$((NINT + 1))"') print b - a}')"
+  [ -n "$frames" ] || { echo "bench-net: $((NINT + 1)) port statistics readings expected in $felog" >&2; tail -20 "$felog" >&2; exit 1; }
+  # per interval: Rx-pps of both ports (each reading's is over the time since the one before; the first has none)
+  mpps="$(grep -E 'Rx-pps:' "$felog" | awk '{print $2}' | paste - - | tail -n +2 \
+    | awk '{printf "%s%.3f", (NR > 1 ? " " : ""), ($1 + $2) / 1e6}')"
+  echo "$backend $size $poll $round $mpps" >> "$DIR/intervals.txt"
   fedrop="$(grep -A3 'Accumulated forward statistics' "$felog" | grep -E 'TX-dropped' | tail -1 | awk '{print $4}')"
   if [ "$backend" = dpdk ]; then
     bedrop="$(grep -A3 'Accumulated forward statistics' "$belog" | grep -E 'TX-dropped' | tail -1 | awk '{print $4}')"
@@ -247,7 +272,7 @@ if [ "$REPORT_ONLY" = 1 ]; then
 else
   echo "bench-net: load average before: $(cut -d' ' -f1-3 /proc/loadavg); nice $NICE; topology $TOPOLOGY; iovirt --poll-threads $PTHREADS; logs in $DIR" >&2
   RUN=run_case; [ "$TOPOLOGY" = p2p ] && RUN=run_p2p
-  : > "$RUNS"
+  : > "$RUNS"; : > "$DIR/intervals.txt"
   for size in $SIZES; do
     for round in $(seq 1 "$ROUNDS"); do
       c="$(c2c)"; echo "dpdk $size 0 $round $($RUN dpdk "$size" 0 "$round") $c" | tee -a "$RUNS" >&2
@@ -293,6 +318,49 @@ for size in $SIZES; do
       "$([ "$b" = iovirt ] && echo 1 || echo 2)" "$(echo "$sel" | awk '{print $8}' | med)" >> "$DIR/chart.dat"
   done
 done
+# Level by level (see --interval in the comment above): each backend's readings of a case, all rounds, split into
+# two levels where they fall into two; then upper compared with upper and lower with lower.
+levels() { # readings (Mpps), one per line: prints "UPPER N LOWER N" (medians, counts), "MEDIAN N - 0" for one level
+  sort -g | awk '
+    function med(a, b,   m) { m = b - a + 1; return (m % 2) ? v[a + (m - 1) / 2] : (v[a + m / 2 - 1] + v[a + m / 2]) / 2 }
+    { v[++n] = $1; s += $1 }
+    END {
+      if (n == 0) { print "- 0 - 0"; exit }
+      # the split with the largest between-level variance (Otsu), if it separates two real levels
+      for (i = 1; i < n; i++) { c += v[i]; b = i * (n - i) * ((s - c) / (n - i) - c / i) ^ 2; if (b > best) { best = b; k = i } }
+      if (k >= 3 && n - k >= 3 && med(k + 1, n) >= 1.3 * med(1, k)) printf "%.2f %d %.2f %d\n", med(k + 1, n), n - k, med(1, k), k
+      else printf "%.2f %d - 0\n", med(1, n), n
+    }'
+}
+LEVELS="$DIR/levels.txt"
+if [ -s "$DIR/intervals.txt" ]; then
+  : > "$LEVELS"
+  for size in $SIZES; do
+    for key in "dpdk 0" $(for p in $POLLS; do echo "iovirt:$p"; done); do
+      b="${key%%[: ]*}"; p="${key##*[: ]}"
+      echo "$b $size $p $(awk -v b="$b" -v z="$size" -v p="$p" '$1==b && $2==z && $3==p {for (i = 5; i <= NF; i++) print $i}' \
+        "$DIR/intervals.txt" | levels)" >> "$LEVELS"
+    done
+  done
+  echo
+  echo "Level by level: every ${INTERVAL}-second reading of all rounds, per backend, split into an upper and a lower level where they fall into two (upper with upper, lower with lower; \"-\": only one of the two backends showed two levels)."
+  echo
+  echo "| frame | backend | readings | upper level: readings, median Mpps | lower level: readings, median Mpps | vs DPDK, upper | vs DPDK, lower |"
+  echo "|---|---|---:|---|---|---:|---:|"
+  while read -r b size p hi nhi lo nlo; do
+    read -r _ _ _ dhi _ dlo dnlo <<< "$(awk -v z="$size" '$1 == "dpdk" && $2 == z' "$LEVELS")"
+    if [ "$nlo" = 0 ]; then up="one level: $nhi, $hi"; down="—"; else up="$nhi, $hi"; down="$nlo, $lo"; fi
+    rhi="" rlo=""
+    if [ "$b" != dpdk ]; then
+      if [ "$nlo" = 0 ] && [ "$dnlo" = 0 ]; then rhi="$(echo "$hi / $dhi" | bc -l | xargs printf '%.2f') (one level each)"; rlo="—"
+      elif [ "$nlo" = 0 ] || [ "$dnlo" = 0 ]; then rhi="-"; rlo="-"
+      else rhi="$(echo "$hi / $dhi" | bc -l | xargs printf '%.2f')"; rlo="$(echo "$lo / $dlo" | bc -l | xargs printf '%.2f')"; fi
+    fi
+    name="DPDK"; [ "$b" = iovirt ] && name="iovirt, poll-us=$p$PTNAME"
+    printf '| %s B | %s | %s | %s | %s | %s | %s |\n' "$size" "$name" "$((nhi + nlo))" "$up" "$down" "$rhi" "$rlo"
+  done < "$LEVELS"
+fi
+
 mkdir -p "$CHARTS"
 PNG="$CHARTS/bench-net.png"
 TITLE="vhost-user-net: testpmd virtio-user txonly into a backend on one CPU"
