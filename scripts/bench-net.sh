@@ -20,6 +20,11 @@
 #   arrives on A is sent from B and vice versa, unchanged. "start tx_first --p2p-bursts" (default 8, 32 frames each,
 #   --txpkts SIZE) puts frames A->B (source A, destination B: --eth-peer 0) and B->A in flight; then they circulate,
 #   each crossing the backend once per lap, in both directions, as many per second as the slowest stage allows.
+#   The bursts go in steps of at most 4 (128 frames a port; "stop", then "start tx_first" again, 1 s apart): all
+#   at once, the frontend fills its 256-entry transmit ring within microseconds and drops what its ring cannot take
+#   until the backend has consumed some — a backend that was asleep when the first frames came (iovirt's adaptive
+#   polling) lost 64 frames a port that way, one that busy-polls (DPDK's) none, and the two then ran with 192 and 256
+#   frames circulating each way (measured 2026-12-05 11:05). Stepwise, both keep every frame.
 #   dpdk      dpdk-testpmd --vdev net_vhost0,iface=A --vdev net_vhost1,iface=B, forward mode io (paired: vhost0 rx ->
 #             vhost1 tx and back; copies each frame out of one guest ring into an mbuf and into the other's ring)
 #   iovirt    iovirt serve net --port vhost-user:A[,poll-us=P] --port vhost-user:B[,poll-us=P]: copies each frame
@@ -134,9 +139,9 @@ wait_socket() { # socket pid log
 
 # CPU ticks used by the backend (all threads) and by the frontend testpmd over the measurement window — the same
 # window as testpmd's two statistics readings (started WARMUP + 1 s after the frontend): prints "backend frontend".
-window_ticks() { # frontend_pid (timeout's) backend_pid
+window_ticks() { # frontend_pid (timeout's) backend_pid [seconds the frontend takes to start its traffic]
   local t0 t1 f0 f1 fepmd
-  sleep "$((1 + WARMUP))"
+  sleep "$((1 + ${3:-0} + WARMUP))"
   # the frontend testpmd: timeout's child (nice, taskset and stdbuf exec into it)
   fepmd="$(cat /proc/"$1"/task/*/children 2>/dev/null | awk '{print $1; exit}')"
   t0="$(cpu_ticks "$2")"; f0="$(cpu_ticks "${fepmd:-0}")"
@@ -222,7 +227,13 @@ run_p2p() { # backend size poll round
   local felog="$DIR/$tag-frontend.log"
   # DPDK's backend starts forwarding once the frontend has connected (a vhost port started before its frontend
   # connected dropped everything in a trial run); io mode, ports paired: A's frames go out on B and back.
-  { sleep 1; if [ -n "$fifo" ]; then echo start >&8; fi; echo "start tx_first $BURSTS"; sleep "$WARMUP";
+  { sleep 1; if [ -n "$fifo" ]; then echo start >&8; fi
+    local left="$BURSTS" step
+    while [ "$left" -gt 0 ]; do
+      step=$((left < 4 ? left : 4)); left=$((left - step))
+      echo "start tx_first $step"; sleep 1; if [ "$left" -gt 0 ]; then echo stop; fi
+    done
+    sleep "$WARMUP";
     readings "show port stats all"; echo stop; sleep 1; echo quit; } \
     | timeout "$((WARMUP + MEASURE + 60))" nice -n "$NICE" taskset -c "$CLIENT_CPU" stdbuf -oL "$TESTPMD" \
         --lcores="0@$CLIENT_CPU,1@$CLIENT_CPU" --no-huge -m 512 --no-pci --file-prefix="fe$$" \
@@ -230,7 +241,7 @@ run_p2p() { # backend size poll round
         -- -i --forward-mode=io --eth-peer="0,$mac_b" --eth-peer="1,$mac_a" --txpkts="$size" \
         --total-num-mbufs=16384 > "$felog" 2>&1 &
   local fepid=$! ticks fticks
-  read -r ticks fticks <<< "$(window_ticks "$fepid" "$bepid")"
+  read -r ticks fticks <<< "$(window_ticks "$fepid" "$bepid" "$(((BURSTS + 3) / 4))")"
   wait "$fepid" || true
   if [ -n "$fifo" ]; then echo stop >&8; sleep 1; echo quit >&8; exec 8>&-; fi
   cleanup # iovirt logs its final counters on SIGTERM
@@ -243,7 +254,8 @@ run_p2p() { # backend size poll round
   mpps="$(grep -E 'Rx-pps:' "$felog" | awk '{print $2}' | paste - - | tail -n +2 \
     | awk '{printf "%s%.3f", (NR > 1 ? " " : ""), ($1 + $2) / 1e6}')"
   echo "$backend $size $poll $round $mpps" >> "$DIR/intervals.txt"
-  fedrop="$(grep -A3 'Accumulated forward statistics' "$felog" | grep -E 'TX-dropped' | tail -1 | awk '{print $4}')"
+  # every "stop" prints the totals since the "start" before it
+  fedrop="$(grep -A3 'Accumulated forward statistics' "$felog" | grep -E 'TX-dropped' | awk '{s += $4} END {print s + 0}')"
   if [ "$backend" = dpdk ]; then
     bedrop="$(grep -A3 'Accumulated forward statistics' "$belog" | grep -E 'TX-dropped' | tail -1 | awk '{print $4}')"
   else
