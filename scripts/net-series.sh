@@ -92,21 +92,24 @@ done
 if [ "$TOPOLOGY" = p2p ]; then
   fe=(--vdev "net_virtio_user0,path=$sa,mac=$mac_a" --vdev "net_virtio_user1,path=$sb,mac=$mac_b" -- -i
       --forward-mode=io --eth-peer="0,$mac_b" --eth-peer="1,$mac_a")
-  start="start tx_first 8"
+  # 8 bursts in two steps, as bench-net.sh: all at once, a backend asleep when they come loses 64 frames a port
+  start() { echo "start tx_first 4"; sleep 1; echo stop; echo "start tx_first 4"; }
+  LEAD=1 # seconds the traffic starts later than with rxonly
 else
   fe=(--vdev "net_virtio_user0,path=$sa" -- -i --forward-mode=txonly)
-  start=start
+  start() { echo start; }
+  LEAD=0
 fi
 # DPDK's backend starts forwarding once its frontend has connected (as in bench-net.sh)
-{ sleep 1; [ "$BACKEND" = dpdk ] && echo start >&8; echo "$start"
+{ sleep 1; [ "$BACKEND" = dpdk ] && echo start >&8; start
   for _ in $(seq "$COUNT"); do sleep "$INTERVAL"; echo "show port stats all"; done
   echo stop; sleep 1; echo quit; } |
-  timeout $((COUNT * INTERVAL + 60)) taskset -c 1 stdbuf -oL "$TESTPMD" --lcores="0@1,1@1" --no-huge -m 512 --no-pci \
+  timeout $((COUNT * INTERVAL + LEAD + 60)) taskset -c 1 stdbuf -oL "$TESTPMD" --lcores="0@1,1@1" --no-huge -m 512 --no-pci \
     --file-prefix="nsf$$" "${fe[@]}" --txpkts="$SIZE" --total-num-mbufs=16384 > "$DIR/frontend.log" 2>&1 &
 FP=$!
 if [ "$PROFILE" = 1 ]; then
   # from the frontend's start on (the first interval's reading is 1 s later: testpmd starts after "sleep 1")
-  perf record -e cpu-clock -F 999 -p "$BP" -o "$DIR/perf.data" -- sleep $((COUNT * INTERVAL + 1)) > "$DIR/perf.log" 2>&1 || true
+  perf record -e cpu-clock -F 999 -p "$BP" -o "$DIR/perf.data" -- sleep $((COUNT * INTERVAL + 1 + LEAD)) > "$DIR/perf.log" 2>&1 || true
 fi
 wait "$FP" || true
 if [ "$BACKEND" = dpdk ]; then echo quit >&8; sleep 1; fi
@@ -119,14 +122,14 @@ else
   grep -E 'Tx-pps' "$DIR/frontend.log" | awk '{print $2 / 1e6}'
 fi | tail -n +2 > "$DIR/series.txt"
 echo "$BACKEND, $TOPOLOGY, $SIZE-byte frames, every $INTERVAL s ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
-awk -v i="$INTERVAL" '{printf "  %4d s  %7.3f Mpps\n", 1 + (NR + 1) * i, $1}' "$DIR/series.txt"
+awk -v i="$INTERVAL" -v l="$LEAD" '{printf "  %4d s  %7.3f Mpps\n", 1 + l + (NR + 1) * i, $1}' "$DIR/series.txt"
 [ -s "$DIR/series.txt" ] || { echo "net-series: no rate readings in $DIR/frontend.log" >&2; exit 1; }
 
 if [ "$PROFILE" = 1 ]; then
   # sample times from the first sample (the frontend connecting, ~0.2 s after it started): interval j of the series
-  # is testpmd reading j+2 (the first was dropped above), taken 1 + (j+2)*INTERVAL s after the frontend started
+  # is testpmd reading j+2 (the first was dropped above), taken 1 + LEAD + (j+2)*INTERVAL s after the frontend started
   perf script -i "$DIR/perf.data" -F time,ip,sym 2>/dev/null |
-    awk -v i="$INTERVAL" 'NR == 1 {t0 = $1 + 0} {t = $1 + 0 - t0; $1 = ""; $2 = ""; sub(/^ +/, ""); print int((t - 1) / i) - 1 "\t" $0}' \
+    awk -v i="$INTERVAL" -v l="$LEAD" 'NR == 1 {t0 = $1 + 0} {t = $1 + 0 - t0; $1 = ""; $2 = ""; sub(/^ +/, ""); print int((t - 1 - l) / i) - 1 "\t" $0}' \
     > "$DIR/samples.txt"
   awk -F'\t' -v rates="$DIR/series.txt" '
     BEGIN { while ((getline r < rates) > 0) { rate[n++] = r; if (r > max) max = r } }
