@@ -380,10 +380,26 @@ if [ "$TOPOLOGY" = p2p ]; then
   PNG="$CHARTS/bench-net-p2p.png"
   TITLE="vhost-user-net port to port: one testpmd, virtio-user A <-> B (io, both directions) through a backend on one CPU"
 fi
+# the level medians beside each case (levels.txt lists the cases in chart.dat's order): upper, lower (0: one level)
+PANELS=2 WIDTH=1400
+if [ -s "$LEVELS" ] && [ "$(wc -l < "$LEVELS")" = "$(wc -l < "$DIR/chart.dat")" ]; then
+  awk '{print $4, ($7 > 0 ? $6 : 0)}' "$LEVELS" | paste -d' ' "$DIR/chart.dat" - > "$DIR/chart-levels.dat"
+  PANELS=3 WIDTH=2000
+fi
+LEVEL_PANEL=""
+if [ "$PANELS" = 3 ]; then
+  D="$DIR/chart-levels.dat"
+  LEVEL_PANEL="set title 'level by level (every ${INTERVAL}-s reading): upper level wide, lower narrow and light, median Mpps'
+set linetype 3 lc rgb '#9ecae1'
+set linetype 4 lc rgb '#fdd0a2'
+plot '$D' using 0:7:(0.6):5:xticlabels(1) with boxes lc variable notitle, \\
+     '' using 0:8:(0.3):(\$5 + 2) with boxes lc variable notitle, \\
+     '' using 0:7:(\$8 > 0 ? sprintf(\"%.2f / %.2f\", \$7, \$8) : sprintf(\"%.2f (one level)\", \$7)) with labels offset 0,0.8 font \",9\" notitle"
+fi
 gnuplot <<EOF_GP
-set terminal pngcairo size 1400,600 font "DejaVu Sans,11" noenhanced
+set terminal pngcairo size $WIDTH,600 font "DejaVu Sans,11" noenhanced
 set output '$PNG'
-set multiplot layout 1,2 title "$TITLE\n$(date -u -r "$RUNS" '+%Y-%m-%d %H:%M UTC'), nice $NICE; medians of $ROUNDS rounds; blue iovirt, orange DPDK; in brackets: backend / frontend core % (frontend < 95 %: noise-bound)"
+set multiplot layout 1,$PANELS title "$TITLE\n$(date -u -r "$RUNS" '+%Y-%m-%d %H:%M UTC'), nice $NICE; medians of $ROUNDS rounds; blue iovirt, orange DPDK; in brackets: backend / frontend core % (frontend < 95 %: noise-bound)"
 set style fill solid 0.85 border -1
 set boxwidth 0.6
 set grid ytics
@@ -397,6 +413,7 @@ set ylabel 'Mpps'
 set yrange [0:*]
 plot '$DIR/chart.dat' using 0:2:(0.6):5:xticlabels(1) with boxes lc variable notitle, \
      '' using 0:2:(sprintf("%.2f (%d / %d %%)", \$2, \$4, \$6)) with labels offset 0,0.8 font ",9" notitle
+$LEVEL_PANEL
 set title 'backend CPU per frame (median ns)'
 set ylabel 'ns/frame'
 plot '$DIR/chart.dat' using 0:3:(0.6):5:xticlabels(1) with boxes lc variable notitle, \
