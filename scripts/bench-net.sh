@@ -53,8 +53,9 @@
 # --nice N (as root, e.g. -10) runs backend and frontend at that priority, for both backends alike, so that other
 # work on a shared machine disturbs the measurement less: in a scheduler autogroup of their own at nice N (with
 # kernel.sched_autogroup_enabled=1, Debian's default, a process's own nice value only counts within its session).
-# Charts (gnuplot, PNG): median Mpps and backend CPU ns/packet per backend and frame size, side by side, written to
-# --charts DIR (default docs/ of this repository) as bench-net.png (rxonly) or bench-net-p2p.png (p2p).
+# Charts (gnuplot, PNG): median Mpps, the two levels' medians (when the readings were kept) and backend CPU
+# ns/packet per backend and frame size, side by side, written to --charts DIR (default docs/ of this repository) as
+# bench-net.png (rxonly) or bench-net-p2p.png (p2p).
 # Each run also reports the frontend's core % (its CPU time over the window): it busy-polls, so below 95 % other
 # work took its core and that run is noise-bound. CPU per frame = backend CPU time over the window / frames.
 # Raw logs stay in DIR (default: a new temporary directory, printed at the end); --report-only --dir DIR prints the
