@@ -97,7 +97,7 @@ while [ $# -gt 0 ]; do
     --dir) DIR="$2"; shift 2 ;;
     --charts) CHARTS="$2"; shift 2 ;;
     --poll-threads) PTHREADS="$2"; shift 2 ;;
-    -h|--help) awk 'NR > 2 && !/^#/ {exit} NR > 2 {sub(/^# ?/, ""); print}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 2 && !/^#/ {exit} NR > 2 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "bench-net: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -345,6 +345,7 @@ levels() { # readings (Mpps), one per line: prints "UPPER N LOWER N" (medians, c
       else printf "%.2f %d - 0\n", med(1, n), n
     }'
 }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 LEVELS="$DIR/levels.txt"
 if [ -s "$DIR/intervals.txt" ]; then
   : > "$LEVELS"
@@ -365,9 +366,9 @@ if [ -s "$DIR/intervals.txt" ]; then
     if [ "$nlo" = 0 ]; then up="one level: $nhi, $hi"; down="—"; else up="$nhi, $hi"; down="$nlo, $lo"; fi
     rhi="" rlo=""
     if [ "$b" != dpdk ]; then
-      if [ "$nlo" = 0 ] && [ "$dnlo" = 0 ]; then rhi="$(echo "$hi / $dhi" | bc -l | xargs printf '%.2f') (one level each)"; rlo="—"
+      if [ "$nlo" = 0 ] && [ "$dnlo" = 0 ]; then rhi="$(div "$hi" "$dhi") (one level each)"; rlo="—"
       elif [ "$nlo" = 0 ] || [ "$dnlo" = 0 ]; then rhi="-"; rlo="-"
-      else rhi="$(echo "$hi / $dhi" | bc -l | xargs printf '%.2f')"; rlo="$(echo "$lo / $dlo" | bc -l | xargs printf '%.2f')"; fi
+      else rhi="$(div "$hi" "$dhi")"; rlo="$(div "$lo" "$dlo")"; fi
     fi
     name="DPDK"; [ "$b" = iovirt ] && name="iovirt, poll-us=$p$PTNAME"
     printf '| %s B | %s | %s | %s | %s | %s | %s |\n' "$size" "$name" "$((nhi + nlo))" "$up" "$down" "$rhi" "$rlo"
