@@ -50,7 +50,8 @@ wants() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 
 if [ "$REPORT_ONLY" = 1 ]; then
   [ -n "$DIR" ] && [ -d "$DIR" ] || { echo "bench-issue10: --report-only needs --dir DIR of a kept run" >&2; exit 2; }
-  ONLY="$(for p in $ONLY; do case "$p" in blk) [ -f "$DIR/blk-qd32.txt" ] && echo blk ;; net|p2p) [ -f "$DIR/$p/runs.txt" ] && echo "$p" ;; footprint) [ -f "$DIR/footprint.md" ] && echo footprint ;; esac; done | paste -sd' ')"
+  ONLY="$(for p in $ONLY; do case "$p" in blk) [ -f "$DIR/blk-qd32.txt" ] && echo blk ;; net|p2p) [ -f "$DIR/$p/runs.txt" ] && echo "$p" ;; footprint) [ -f "$DIR/footprint.md" ] && echo footprint ;; esac; done | paste -sd' ' || true)"
+  [ -n "$ONLY" ] || { echo "bench-issue10: $DIR holds no part of a run (blk-*.txt, net/ or p2p/ runs.txt, footprint.md)" >&2; exit 1; }
 fi
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-issue10.XXXXXX)"
 mkdir -p "$DIR"
@@ -99,20 +100,23 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (
 # blk FILE PARTICIPANT COLUMN: the median of a column (3 IOPS, 4 p50, 5 p99, 6 backend CPU) over that participant's runs
 blk() { awk -v b="$2" -v c="$3" '!/^#/ && $1 == b {print $c}' "$DIR/blk-$1.txt" | median; }
 # the lowest client core % of iovirt's and qsd's runs of a case
-blk_client() { awk -v me="$(basename "$ROOT")" '!/^#/ && ($1 == me || $1 == "qsd") {print $7}' "$DIR/blk-$1.txt" | sort -n | head -1; }
+# iovirt's name in the blk files: bench-blk-ab.sh names a checkout by its directory (the measured one may have been
+# another checkout than this, with --report-only), the peers qsd and fio-*
+blk_me() { awk '!/^#/ && NF && $1 != "qsd" && $1 !~ /^fio-/ {print $1; exit}' "$DIR/blk-qd1.txt"; }
+blk_client() { awk -v me="$(blk_me)" '!/^#/ && ($1 == me || $1 == "qsd") {print $7}' "$DIR/blk-$1.txt" | sort -n | head -1; }
 # net DIR BACKEND SIZE POLL COLUMN: median over the rounds (5 Mpps, 6 ns/frame) from bench-net.sh's runs.txt
 net() { awk -v b="$2" -v z="$3" -v p="$4" -v c="$5" '$1 == b && $2 == z && $3 == p {print $c}' "$DIR/$1/runs.txt" | median; }
-# levels DIR BACKEND SIZE POLL: "upper N lower N" from bench-net.sh's levels.txt (lower "- 0" for one level)
-levels() { awk -v b="$2" -v z="$3" -v p="$4" '$1 == b && $2 == z && $3 == p {print $4, $5, $6, $7}' "$DIR/$1/levels.txt" 2>/dev/null; }
-levels_text() { # levels DIR BACKEND SIZE POLL, for a table cell
-  local hi n lo m; read -r hi n lo m <<< "$(levels "$@")"
+# net_levels DIR BACKEND SIZE POLL: "upper N lower N" from bench-net.sh's levels.txt (lower "- 0" for one level)
+net_levels() { awk -v b="$2" -v z="$3" -v p="$4" '$1 == b && $2 == z && $3 == p {print $4, $5, $6, $7}' "$DIR/$1/levels.txt" 2>/dev/null; }
+levels_text() { # net_levels DIR BACKEND SIZE POLL, for a table cell
+  local hi n lo m; read -r hi n lo m <<< "$(net_levels "$@")"
   if [ -z "$hi" ]; then echo ""; elif [ "$m" = 0 ]; then echo "; one level, $hi ($n readings)"; else echo "; levels $hi / $lo ($n / $m readings)"; fi
 }
 # level_ratios DIR SIZE POLL: iovirt's levels over DPDK's, upper with upper and lower with lower ("" when they do not
 # match: one backend showed two levels and the other one)
 level_ratios() {
   local hi n lo m dhi dn dlo dm
-  read -r hi n lo m <<< "$(levels "$1" iovirt "$2" "$3")"; read -r dhi dn dlo dm <<< "$(levels "$1" dpdk "$2" 0)"
+  read -r hi n lo m <<< "$(net_levels "$1" iovirt "$2" "$3")"; read -r dhi dn dlo dm <<< "$(net_levels "$1" dpdk "$2" 0)"
   [ -n "$hi" ] && [ -n "$dhi" ] || return 0
   if [ "$m" = 0 ] && [ "$dm" = 0 ]; then ratio "$hi" "$dhi"
   elif [ "$m" != 0 ] && [ "$dm" != 0 ]; then echo "$(ratio "$hi" "$dhi") $(ratio "$lo" "$dlo")"; fi
@@ -137,7 +141,7 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b) ? 1 : 0 }'; }
 {
 echo "| target | iovirt | peer(s) | ratio | met? |"
 echo "|---|---|---|---:|---|"
-me="$(basename "$ROOT")"
+me="$(blk_me 2>/dev/null || true)"
 if wants blk; then
   for mode in qd1 qd1-direct; do
     p50="$(blk "$mode" "$me" 4)" q50="$(blk "$mode" qsd 4)"
