@@ -10,9 +10,9 @@
 #   scripts/net-knockout.sh [--experiment NAME] [--k K] [--topology single|p2p] [--runs N] [--seconds S]
 #                           [--size BYTES] [--fast-mpps M] [--dir DIR]
 #
-# NAME (default knockouts) picks the patch docs/experiments/NAME.patch; its first line names the commit it applies
+# NAME (default net-knockouts) picks the patch docs/experiments/NAME.patch; its first line names the commit it applies
 # to ("Base: <commit>"):
-#   knockouts   the variants below (--k)
+#   net-knockouts  the variants below (--k)
 #   ring-batch  the batch forms of pop and push and the walk's marks only for linked descriptors (on) against one
 #               pop and one push per chain with every descriptor marked (off, the form before)
 #   rx-staging  a receive queue stages the chains it fills and returns them together at the end of the burst (on)
@@ -46,7 +46,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/lib/listening.sh"
-EXPERIMENT=knockouts
+EXPERIMENT=net-knockouts
 TOPOLOGY=single
 K=9
 RUNS=2
@@ -121,7 +121,7 @@ for r in $(seq "$RUNS"); do
   echo "run $r:"
   grep EXP "$DIR/backend-r$r.log" | sed 's/^/  /'
 done
-echo "$EXPERIMENT$([ "$EXPERIMENT" = knockouts ] && echo " K=$K"), $TOPOLOGY, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
+echo "$EXPERIMENT$([ "$EXPERIMENT" = net-knockouts ] && echo " K=$K"), $TOPOLOGY, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
 for r in $(seq "$RUNS"); do grep EXP "$DIR/backend-r$r.log" | tail -n +2; done |
   awk -v t="$FAST" '$3 >= t || $6 >= t {print $6 / $3}' | sort -n |
   awk -v t="$FAST" '{a[NR] = $1} END {if (NR == 0) {print "  no window above " t " Mpps: the frontend set the rate"; exit 0}
