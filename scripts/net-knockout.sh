@@ -24,6 +24,8 @@
 #               first (on, a software prefetch) against popping at once (off); --topology p2p
 #   tx-two-pass  a transmit queue copies a group's one-buffer frames into their burst slots (and reads their
 #               headers' two fields) in one loop, then checks and appends them (on), against frame by frame (off)
+#   tx-header-skip  a transmit queue does not read the virtio-net header's flags and GSO type (on, as DPDK's vhost
+#               backend when no offload is negotiated) against reading and checking them (off, main)
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,

@@ -28,7 +28,10 @@ public enum PortStat {
     RX_DROPPED_OVERSIZE("rx_dropped_oversize", true),
     /** Source address is a group address or zero. */
     RX_DROPPED_BAD_SOURCE("rx_dropped_bad_source", true),
-    /** The transport's own framing was broken: a bad virtio-net header, a bogus stream length prefix. */
+    /**
+     * The transport's own framing was broken: a request shorter than its virtio-net header, a bogus stream length
+     * prefix.
+     */
     RX_DROPPED_MALFORMED("rx_dropped_malformed", true),
     /** Frames delivered to the peer. */
     TX_PACKETS("tx_packets", false),

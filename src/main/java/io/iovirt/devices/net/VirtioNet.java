@@ -19,15 +19,12 @@ final class VirtioNet {
     static final long F_ANY_LAYOUT = 1L << 27;
 
     // struct virtio_net_hdr (§5.1.6)
-    static final int HDR_FLAGS = 0;
-    static final int HDR_GSO_TYPE = 1;
     static final int HDR_NUM_BUFFERS = 10;
     /** With VIRTIO_F_VERSION_1 or MRG_RXBUF the header has num_buffers: 12 bytes; a legacy one without: 10. */
     static final int HDR_SIZE = 12;
 
     static final int HDR_SIZE_LEGACY = 10;
     static final int HDR_F_NEEDS_CSUM = 1;
-    static final int GSO_NONE = 0;
 
     // struct virtio_net_config (§5.1.4)
     static final int CFG_MAC = 0;

@@ -40,8 +40,8 @@ import java.util.Objects;
  * <p>Offered: VERSION_1, MRG_RXBUF, MTU, STATUS, MAC (when one is configured), MQ (with more than one pair), split
  * and packed rings, EVENT_IDX, INDIRECT_DESC, ANY_LAYOUT. Not offered: checksum and segmentation offloads
  * (CSUM, GUEST_CSUM, *_TSO*, *_UFO, *_USO) — the switch passes frames between guests, TAP and QEMU's stream netdev
- * that could not all honour them, so frames are always complete and checksummed; a header asking for them is
- * rejected per frame. Protocol extras: NET_MTU (the guest may lower its MTU, never raise it above the switch's) and
+ * that could not all honour them, so drivers send complete, checksummed frames, and the transmit header is not read
+ * ({@link NetTxQueue}). Protocol extras: NET_MTU (the guest may lower its MTU, never raise it above the switch's) and
  * RARP (SEND_RARP broadcasts a RARP frame from the guest's address into the switch). After a frontend reconnects,
  * the port announces the guest's address the same way (the configured MAC, else the last source address the guest
  * used), so the switch and anything behind a TAP learn where it is before the guest speaks.
@@ -559,7 +559,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         }
     }
 
-    /** Frames the guest sent that were dropped because of their header (for tests and statistics). */
+    /** Requests the guest sent that were dropped as too short for a virtio-net header (for tests and statistics). */
     long malformed() {
         return stats().get(PortStat.RX_DROPPED_MALFORMED);
     }
