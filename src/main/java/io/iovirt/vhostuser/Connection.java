@@ -30,6 +30,10 @@ public final class Connection implements AutoCloseable {
     }
 
     private final UnixSocket socket;
+    /** Guards {@link #closed}; held by {@link #shutdown()} and {@link #close()} only, never while sending or receiving. */
+    private final Object closeLock = new Object();
+
+    private boolean closed;
     private final Role role;
     private final String name;
     private final MemorySegment rxHeader;
@@ -300,19 +304,37 @@ public final class Connection implements AutoCloseable {
 
     /**
      * Shuts the socket down in both directions: a thread blocked receiving sees end-of-stream, the peer sees a
-     * hang-up. The descriptor stays open until {@link #close()} (by the receiving thread, once it has returned).
+     * hang-up. The descriptor stays open until {@link #close()} (by the receiving thread, once it has returned). Any
+     * thread, any time: after {@link #close()} it does nothing. (Shutdown and close exclude each other: a server
+     * closing while the receiving thread ends on its own and closes must not shut down a closed descriptor, whose
+     * number may already belong to an unrelated file.)
      */
     public void shutdown() {
-        try {
-            socket.shutdown(UnixSocket.SHUT_RDWR);
-        } catch (IOException e) {
-            // already disconnected: nothing to wake
+        synchronized (closeLock) {
+            if (closed) {
+                return;
+            }
+            try {
+                socket.shutdown(UnixSocket.SHUT_RDWR);
+            } catch (IOException e) {
+                // already disconnected: nothing to wake
+            }
         }
     }
 
     @Override
     public void close() {
-        shutdown();
-        socket.close();
+        synchronized (closeLock) {
+            if (closed) {
+                return;
+            }
+            try {
+                socket.shutdown(UnixSocket.SHUT_RDWR);
+            } catch (IOException e) {
+                // already disconnected
+            }
+            closed = true;
+            socket.close();
+        }
     }
 }
