@@ -26,6 +26,8 @@
 #               headers' two fields) in one loop, then checks and appends them (on), against frame by frame (off)
 #   tx-header-skip  a transmit queue does not read the virtio-net header's flags and GSO type (on, as DPDK's vhost
 #               backend when no offload is negotiated) against reading and checking them (off, main)
+#   rx-two-pass  a receive queue does the bookkeeping of a burst's frames first, then writes their headers and
+#               frames into the guest's buffers back to back (on), against frame by frame (off); --topology p2p
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,
