@@ -35,13 +35,13 @@ import java.nio.ByteOrder;
  *
  * <p>A burst is filled in two passes ({@link #plan}, then {@link #writePlanned}): first the bookkeeping of every frame
  * that fits the first buffer of its chain (which chain, how many bytes — this process's own memory), then the header
- * and frame of each into the guest's buffers, one frame after another with nothing in between. The guest's lines
- * were last written or read by the driver's core, so each store waits for the line to come over; stores wait in the
- * core's store buffer, and the fewer other stores sit between them there, the more of those transfers are under way
- * at once. Measured port to port (64 B, switched every 500 ms inside one backend): 1.08× the frames (median of 21
- * windows; 1.08× in the 17 of the host's near vCPU placement, 1.20–1.46× in the 4 of the far one: docs/benchmarks.md,
- * 2026-12-05 12:54 section). A frame that does not fit its first buffer goes through {@link #fill} on its own, in its
- * place.
+ * and frame of each into the guest's buffers, one frame after another with nothing in between. The guest's lines were
+ * last written or read by the driver's core, so each store waits for the line to come over; the likely reason for the
+ * gain is that stores wait in the core's store buffer, and the fewer other stores sit between them there, the more of
+ * those transfers are under way at once (no hardware counters on the VM it was measured on). Measured port to port
+ * (64 B, switched every 500 ms inside one backend): 1.08× the frames (median of 21 windows; 1.08× in the 17 of the
+ * host's near vCPU placement, 1.20–1.46× in the 4 of the far one: docs/benchmarks.md, 2026-12-05 12:54 section). A
+ * frame that does not fit its first buffer goes through {@link #fill} on its own, in its place.
  *
  * <p>The guest's call eventfd is never written under the lock: the decision to interrupt is made under it, the write
  * happens after it is released (a frontend that makes its eventfd blocking and full holds the sending thread only

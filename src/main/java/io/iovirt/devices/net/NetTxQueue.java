@@ -27,7 +27,7 @@ import java.lang.foreign.MemorySegment;
  * offload is negotiated. Measured reason: Linux and DPDK write the header into the frame's headroom for every frame
  * they send, and DPDK's virtio driver puts it on a cache line of its own just before a line-aligned frame, so reading
  * it pulled one more line per frame from the driver's core — 1.07× the frames single port with it skipped (median of
- * 14 windows, switched every 500 ms inside one backend; docs/benchmarks.md, 2026-12-05 12:19 section).
+ * 14 windows, switched every 500 ms inside one backend; docs/benchmarks.md, 2026-12-05 12:06 section).
  *
  * <p>Frames of up to {@link #SLOT} bytes (every frame at the default MTU) go into the next slot of a {@link Burst}
  * of {@link #BURST}, preallocated with the queue; the burst is forwarded when it is full and at the end of each
