@@ -311,13 +311,8 @@ public final class Connection implements AutoCloseable {
      */
     public void shutdown() {
         synchronized (closeLock) {
-            if (closed) {
-                return;
-            }
-            try {
-                socket.shutdown(UnixSocket.SHUT_RDWR);
-            } catch (IOException e) {
-                // already disconnected: nothing to wake
+            if (!closed) {
+                shutdownSocket();
             }
         }
     }
@@ -328,13 +323,18 @@ public final class Connection implements AutoCloseable {
             if (closed) {
                 return;
             }
-            try {
-                socket.shutdown(UnixSocket.SHUT_RDWR);
-            } catch (IOException e) {
-                // already disconnected
-            }
+            shutdownSocket();
             closed = true;
             socket.close();
+        }
+    }
+
+    /** Under {@link #closeLock}, the socket still open. */
+    private void shutdownSocket() {
+        try {
+            socket.shutdown(UnixSocket.SHUT_RDWR);
+        } catch (IOException e) {
+            // already disconnected: nothing to wake
         }
     }
 }
