@@ -468,7 +468,7 @@ final class NetRxQueue {
         MemorySegment m = c.mapping(w);
         long o = c.offset(w);
         int len = f.length();
-        MemorySegment.copy(f.buffer(), f.offset(), m, o + headerSize, len);
+        Chains.copy(f.buffer(), f.offset(), m, o + headerSize, len);
         putHeader(m, o, 1);
         return len;
     }
