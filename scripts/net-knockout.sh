@@ -32,6 +32,9 @@
 #               back (on), against chain by chain (off); --topology p2p
 #   rx-inline-copy  the receive queue's second pass copies frames of up to 128 bytes with 8-byte loads and stores in
 #               line (on) instead of through MemorySegment.copy's arraycopy stub (off, main); --topology p2p
+#   tx-inline-copy  --k 0: the transmit queue copies one-buffer frames of up to 128 bytes out of the guest in line
+#               (on) instead of through the stub (off, main at 0ca5f26, whose receive copy is in line); --k 1: both
+#               copies in line (on) against both through the stub (off)
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,
