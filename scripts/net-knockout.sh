@@ -32,9 +32,11 @@
 #               back (on), against chain by chain (off); --topology p2p
 #   rx-inline-copy  the receive queue's second pass copies frames of up to 128 bytes with 8-byte loads and stores in
 #               line (on) instead of through MemorySegment.copy's arraycopy stub (off, main); --topology p2p
-#   tx-inline-copy  --k 0: the transmit queue copies one-buffer frames of up to 128 bytes out of the guest in line
-#               (on) instead of through the stub (off, main at 0ca5f26, whose receive copy is in line); --k 1: both
+#   tx-inline-copy  the transmit queue copies one-buffer frames of up to 128 bytes out of the guest in line (on)
+#               instead of through the stub (off, main at 0ca5f26, whose receive copy is in line); with --k 1 both
 #               copies in line (on) against both through the stub (off)
+#   rx-copy-landed  the receive copy as landed (Chains.copy: small frames in line, ranges checked first; on)
+#               against the arraycopy stub for every frame (off, the form before 0ca5f26); --topology p2p
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,
@@ -132,7 +134,7 @@ for r in $(seq "$RUNS"); do
   echo "run $r:"
   grep EXP "$DIR/backend-r$r.log" | sed 's/^/  /'
 done
-echo "$EXPERIMENT$([ "$EXPERIMENT" = net-knockouts ] && echo " K=$K"), $TOPOLOGY, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
+echo "$EXPERIMENT$(case "$EXPERIMENT" in net-knockouts|tx-inline-copy) echo " K=$K" ;; esac), $TOPOLOGY, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
 for r in $(seq "$RUNS"); do grep EXP "$DIR/backend-r$r.log" | tail -n +2; done |
   awk -v t="$FAST" '$3 >= t || $6 >= t {print $6 / $3}' | sort -n |
   awk -v t="$FAST" '{a[NR] = $1} END {if (NR == 0) {print "  no window above " t " Mpps: the frontend set the rate"; exit 0}
