@@ -25,10 +25,10 @@ final class Chains {
      * the JDK's arraycopy stub. Measured inside one backend for the receive queue's copy into the guest, port to port
      * with 64-byte frames, this method against the stub (docs/benchmarks.md, 2026-12-05 15:34): 1.09x the frames over
      * 42 windows — 1.115x in the 21 where the frontend's core shares no cache with the backend's, 0.975x in the 10
-     * where it does (the same loop written in place before: 0.998x and 1.008x there, 14:17 and 15:09). Why the stub
-     * costs more in the far placement is not measurable here (no hardware counters on this host). The transmit
-     * queue's copy out of the guest stays with the stub: through this method it took 0.87x as many frames near and
-     * 0.70x far (15:26).
+     * where it does (the same loop written in place before: 0.998x and 1.008x there, 14:17 and 15:09; in place
+     * against this method, up-front checks and all: 0.998x, 16:18). Why the stub costs more in the far placement is
+     * not measurable here (no hardware counters on this host). The transmit queue's copy out of the guest stays with
+     * the stub: through this method it took 0.87x as many frames near and 0.70x far (15:26).
      */
     static void copy(MemorySegment src, long srcOff, MemorySegment dst, long dstOff, int len) {
         if (len > INLINE_COPY_MAX) {
