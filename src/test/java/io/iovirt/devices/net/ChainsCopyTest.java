@@ -43,7 +43,8 @@ class ChainsCopyTest {
             MemorySegment dst = arena.allocate(64);
             src.fill((byte) 2);
             dst.fill((byte) 1);
-            // within the in-line limit both ways: the word loop's accesses are checked like any segment access
+            // within the in-line limit, source and then destination too short: both ranges are checked before the
+            // word loop's first store, so neither call writes a byte
             assertThrows(IndexOutOfBoundsException.class, () -> Chains.copy(src, 8, dst, 0, 60));
             assertThrows(IndexOutOfBoundsException.class, () -> Chains.copy(src, 0, dst, 8, 60));
             for (int i = 0; i < 64; i++) {
