@@ -39,6 +39,8 @@
 #               against the arraycopy stub for every frame (off, the form before 0ca5f26); --topology p2p
 #   rx-copy-in-place  the receive copy's loop in place, no up-front range checks (on, the form of the first two
 #               runs) against Chains.copy as landed (off, main); --topology p2p
+#   rx-header-first  the receive queue writes each header before its frame, the guest buffer's stores in ascending
+#               address order (on), against the frame first, then the header (off, main); --topology p2p
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,

@@ -460,16 +460,19 @@ final class NetRxQueue {
     }
 
     /**
-     * The second pass, for one frame {@link #plan} gave chain {@code c}: the frame and its header into the chain's
-     * first device-writable buffer, which holds both; returns the frame's length.
+     * The second pass, for one frame {@link #plan} gave chain {@code c}: the header and the frame into the chain's
+     * first device-writable buffer, which holds both; returns the frame's length. The header goes first, so the
+     * guest's buffer is written in ascending address order: measured inside one backend against frame-then-header
+     * (docs/benchmarks.md, 2026-12-05 16:44), port to port, 64 B, the same in the near placement (0.996x, 27
+     * windows) and 1.06x in all 12 far windows (1.011-1.090).
      */
     private int writePlanned(Frame f, DescriptorChain c) {
         int w = c.readableCount();
         MemorySegment m = c.mapping(w);
         long o = c.offset(w);
         int len = f.length();
-        Chains.copy(f.buffer(), f.offset(), m, o + headerSize, len);
         putHeader(m, o, 1);
+        Chains.copy(f.buffer(), f.offset(), m, o + headerSize, len);
         return len;
     }
 
