@@ -53,7 +53,8 @@
 # CPU 1) for S seconds; with --topology p2p it serves two ports and one testpmd forwards between two virtio-user
 # ports (io, "start tx_first 8", as bench-net.sh --topology p2p) and the rates count the frames both transmit
 # queues took. The backend prints both rates every 5 s ("EXP off X Mpps on Y Mpps"). The report: every
-# window's on/off ratio and their median over all runs (the first window of each run, the warm-up, left out). A
+# window's on/off ratio and their median over all runs (the first window of each run, the warm-up, left out); with
+# --topology p2p also split by the off state's rate into the two placements (near above 12 Mpps, far below 8). A
 # ratio above 1 means the variant takes more frames per second. Rates are only comparable within a window.
 # Only windows where either state took more than --fast-mpps (default 15, for 64-byte frames here) count: in the
 # host's slow mode the backend finds its ring empty and the frontend sets the rate, whatever the variant (both
@@ -143,3 +144,18 @@ for r in $(seq "$RUNS"); do grep EXP "$DIR/backend-r$r.log" | tail -n +2; done |
   awk -v t="$FAST" '$3 >= t || $6 >= t {print $6 / $3}' | sort -n |
   awk -v t="$FAST" '{a[NR] = $1} END {if (NR == 0) {print "  no window above " t " Mpps: the frontend set the rate"; exit 0}
        printf "  on/off over the %d windows above %s Mpps: median %.3f (min %.3f, max %.3f)\n", NR, t, a[int((NR + 1) / 2)], a[1], a[NR]}'
+# Port to port's rates move between the host's two vCPU placements within a run (docs/benchmarks.md): the windows again,
+# split by the off state's rate into near (above 12 Mpps), between, and far (below 8 Mpps), each with its median
+# (the mean of the two middle ratios when their number is even).
+if [ "$TOPOLOGY" = p2p ]; then
+  for r in $(seq "$RUNS"); do grep EXP "$DIR/backend-r$r.log" | tail -n +2; done |
+    awk '{r = $6 / $3; k = $3 > 12 ? 1 : ($3 < 8 ? 3 : 2); print k, r}' | sort -k1,1n -k2,2n |
+    awk 'function show(k,  m) {
+           if (n[k] == 0) return
+           m = n[k] % 2 ? v[k, (n[k] + 1) / 2] : (v[k, n[k] / 2] + v[k, n[k] / 2 + 1]) / 2
+           printf "  %s: %d windows, median %.3f (min %.3f, max %.3f)\n", name[k], n[k], m, v[k, 1], v[k, n[k]]
+         }
+         BEGIN {name[1] = "off above 12 Mpps (near)"; name[2] = "off 8-12 Mpps"; name[3] = "off below 8 Mpps (far)"}
+         {v[$1, ++n[$1]] = $2}
+         END {show(1); show(2); show(3)}'
+fi
