@@ -7,8 +7,9 @@ import java.lang.foreign.ValueLayout;
 import java.util.Objects;
 
 /**
- * Copies between descriptor chains and private buffers by walking the chain's already translated buffers: no slice
- * objects, so the per-frame path allocates nothing.
+ * Copies frames between guest buffers and private memory: within one buffer of a chain ({@link #copy}, small frames
+ * in line), or across a chain's buffers by walking the ones it already translated ({@link #gather},
+ * {@link #scatter}). No slice objects, so the per-frame path allocates nothing.
  */
 final class Chains {
     /** Frames up to this size are copied word by word in line; larger ones through {@link MemorySegment#copy}. */
