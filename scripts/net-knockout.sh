@@ -41,6 +41,11 @@
 #               runs) against Chains.copy as landed (off, main); --topology p2p
 #   rx-header-first  the receive queue writes each header before its frame, the guest buffer's stores in ascending
 #               address order (on), against the frame first, then the header (off, main); --topology p2p
+#   tx-deferred-copy  the transmit queue records each small one-buffer frame and copies a burst's frames back to
+#               back before forwarding it (on, as DPDK's vhost defers small copies) against one copy per chain as it
+#               is handled (off, main)
+#   used-in-order  with VIRTIO_F_IN_ORDER, a batch returned with nothing written (a transmit batch) stores only its
+#               last used entry and moves the used index past the whole batch (on) against an entry per chain (off)
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,

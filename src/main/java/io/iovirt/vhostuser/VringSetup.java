@@ -77,6 +77,10 @@ public record VringSetup(
         return (features & VirtioFeatures.VIRTIO_RING_F_INDIRECT_DESC) != 0;
     }
 
+    public boolean inOrder() {
+        return (features & VirtioFeatures.VIRTIO_F_IN_ORDER) != 0;
+    }
+
     @Override
     public String toString() {
         return String.format(

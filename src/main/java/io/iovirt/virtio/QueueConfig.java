@@ -20,6 +20,10 @@ package io.iovirt.virtio;
  *                       index is read from the used ring (the driver zeroes it; after a reconnect it holds what the
  *                       previous backend published), as the Linux vhost and libvhost-user do
  * @param usedWrap       packed: device ring wrap counter at {@code usedIndex} (starts true)
+ * @param inOrder        VIRTIO_F_IN_ORDER negotiated: the device returns buffers in the order they were made
+ *                       available, and a split queue may then cover several returned chains with one used entry
+ *                       (see {@link Virtqueue#pushBatched(DescriptorChain[], long[], int)}); false from the factories,
+ *                       set with {@link #withInOrder}
  */
 public record QueueConfig(
         int index,
@@ -33,7 +37,8 @@ public record QueueConfig(
         int availIndex,
         boolean availWrap,
         int usedIndex,
-        boolean usedWrap) {
+        boolean usedWrap,
+        boolean inOrder) {
 
     /** A split queue starting at available index {@code availIndex}. */
     public static QueueConfig split(
@@ -46,7 +51,7 @@ public record QueueConfig(
             boolean indirectDesc,
             int availIndex) {
         return new QueueConfig(
-                index, size, false, desc, avail, used, eventIdx, indirectDesc, availIndex, true, 0, true);
+                index, size, false, desc, avail, used, eventIdx, indirectDesc, availIndex, true, 0, true, false);
     }
 
     /** A packed queue starting at the given positions and wrap counters (a fresh ring: 0, true, 0, true). */
@@ -74,7 +79,8 @@ public record QueueConfig(
                 availIndex,
                 availWrap,
                 usedIndex,
-                usedWrap);
+                usedWrap,
+                false);
     }
 
     /**
@@ -98,7 +104,8 @@ public record QueueConfig(
                     num & 0xffff,
                     true,
                     0,
-                    true);
+                    true,
+                    inOrder);
         }
         int avail = num & 0x7fff;
         boolean aWrap = (num & 0x8000) != 0;
@@ -106,6 +113,36 @@ public record QueueConfig(
         int used = usedHalf == 0 ? avail : usedHalf & 0x7fff;
         boolean uWrap = usedHalf == 0 ? aWrap : (usedHalf & 0x8000) != 0;
         return new QueueConfig(
-                index, size, true, descAddr, driverArea, deviceArea, eventIdx, indirectDesc, avail, aWrap, used, uWrap);
+                index,
+                size,
+                true,
+                descAddr,
+                driverArea,
+                deviceArea,
+                eventIdx,
+                indirectDesc,
+                avail,
+                aWrap,
+                used,
+                uWrap,
+                inOrder);
+    }
+
+    /** This configuration with VIRTIO_F_IN_ORDER negotiated ({@code true}) or not. */
+    public QueueConfig withInOrder(boolean inOrder) {
+        return new QueueConfig(
+                index,
+                size,
+                packed,
+                descAddr,
+                driverArea,
+                deviceArea,
+                eventIdx,
+                indirectDesc,
+                availIndex,
+                availWrap,
+                usedIndex,
+                usedWrap,
+                inOrder);
     }
 }

@@ -41,6 +41,15 @@ public final class SplitDriverRing implements DriverRing {
     private final boolean[] inFlight;
     private int inFlightCount;
 
+    /** The head made available at each ring position, for the in-order driver to count runs. */
+    private final int[] order;
+    /** VIRTIO_F_IN_ORDER: one used entry may stand for a run of chains ({@link #inOrder}). */
+    private boolean inOrder;
+    /** In-order: chains of the current used entry's run not yet handed out, and the entry's length. */
+    private int runLeft;
+
+    private int runLen;
+
     private int availIdx;
     private int lastUsed;
     private int addedSinceKick;
@@ -94,6 +103,7 @@ public final class SplitDriverRing implements DriverRing {
         this.next = new int[size];
         this.chainLength = new int[size];
         this.inFlight = new boolean[size];
+        this.order = new int[size];
         this.availIdx = startIndex & 0xffff;
         this.lastUsed = availIdx;
         avail.set(LE16, IDX, (short) availIdx);
@@ -103,6 +113,22 @@ public final class SplitDriverRing implements DriverRing {
             used.set(LE16, availEventOffset, (short) availIdx);
         }
         VarHandle.fullFence();
+    }
+
+    /**
+     * Drives the ring as with VIRTIO_F_IN_ORDER negotiated ({@code true}): the device returns chains in the order they
+     * were made available and may return a run of them with one used entry, which names the run's last chain; {@link
+     * #pollUsed} hands out each chain of the run in order (length 0 for all but the last, which gets the entry's).
+     * Set before the first request is made available.
+     *
+     * @return this ring
+     */
+    public SplitDriverRing inOrder(boolean on) {
+        if (inFlightCount != 0) {
+            throw new IllegalStateException("in-order mode is set before requests are made available");
+        }
+        inOrder = on;
+        return this;
     }
 
     private static long alignUp(long v, int align) {
@@ -174,6 +200,9 @@ public final class SplitDriverRing implements DriverRing {
 
     @Override
     public long pollUsed() {
+        if (inOrder) {
+            return pollUsedInOrder();
+        }
         int usedIdx = Short.toUnsignedInt((short) U16.getAcquire(used, IDX));
         if (usedIdx == lastUsed) {
             return -1;
@@ -185,6 +214,44 @@ public final class SplitDriverRing implements DriverRing {
             throw new IllegalStateException("device returned head " + Integer.toUnsignedString(id) + " at used index "
                     + lastUsed + ", which is not in flight");
         }
+        release(id);
+        return (long) id << 32 | Integer.toUnsignedLong(len);
+    }
+
+    /** {@link #pollUsed} with VIRTIO_F_IN_ORDER: a used entry names the last chain of a run starting at the next one. */
+    private long pollUsedInOrder() {
+        if (runLeft == 0) {
+            int usedIdx = Short.toUnsignedInt((short) U16.getAcquire(used, IDX));
+            if (usedIdx == lastUsed) {
+                return -1;
+            }
+            long off = RING + 8L * (lastUsed & mask);
+            int id = used.get(LE32, off);
+            int len = used.get(LE32, off + 4);
+            int limit = Math.min((usedIdx - lastUsed) & 0xffff, inFlightCount);
+            int k = 0;
+            while (k < limit && order[(lastUsed + k) & mask] != id) {
+                k++;
+            }
+            if (k == limit) {
+                throw new IllegalStateException("device returned head " + Integer.toUnsignedString(id)
+                        + " at used index " + lastUsed + ", which is none of the next " + limit
+                        + " heads in the order they were made available");
+            }
+            runLeft = k + 1;
+            runLen = len;
+        }
+        int head = order[lastUsed & mask];
+        if (!inFlight[head]) {
+            throw new IllegalStateException("head " + head + " at used index " + lastUsed + " is not in flight");
+        }
+        runLeft--;
+        release(head);
+        return (long) head << 32 | (runLeft == 0 ? Integer.toUnsignedLong(runLen) : 0);
+    }
+
+    /** Frees the chain {@code id} the device returned and moves past its used entry. */
+    private void release(int id) {
         inFlight[id] = false;
         inFlightCount--;
         int cur = id;
@@ -196,7 +263,6 @@ public final class SplitDriverRing implements DriverRing {
         if (eventIdx && interruptsEnabled) {
             avail.set(LE16, usedEventOffset, (short) lastUsed); // interrupt me for the next one
         }
-        return (long) id << 32 | Integer.toUnsignedLong(len);
     }
 
     @Override
@@ -254,7 +320,8 @@ public final class SplitDriverRing implements DriverRing {
 
     @Override
     public QueueConfig queueConfig(int index, boolean indirectDesc) {
-        return QueueConfig.split(index, size, descGpa, availGpa, usedGpa, eventIdx, indirectDesc, availIdx);
+        return QueueConfig.split(index, size, descGpa, availGpa, usedGpa, eventIdx, indirectDesc, availIdx)
+                .withInOrder(inOrder);
     }
 
     // ---- Raw access for crafting hostile rings in tests: these follow no rule and track nothing. ----
@@ -277,6 +344,7 @@ public final class SplitDriverRing implements DriverRing {
 
     /** Puts {@code head} (any value) in the next available ring entry and publishes the index. */
     void exposeHead(int head) {
+        order[availIdx & mask] = head;
         avail.set(LE16, RING + 2L * (availIdx & mask), (short) head);
         availIdx = (availIdx + 1) & 0xffff;
         U16.setRelease(avail, IDX, (short) availIdx); // entry and descriptors visible before the index

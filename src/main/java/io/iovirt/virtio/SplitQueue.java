@@ -59,6 +59,8 @@ public final class SplitQueue extends Virtqueue {
     private final InflightQueue inflight;
     private final int[] resubmit;
     private int resubmitted;
+    /** VIRTIO_F_IN_ORDER and no in-flight record: runs of returned transmit chains share a used entry. */
+    private final boolean coalesce;
 
     SplitQueue(QueueConfig config, GuestMemoryHolder memory, InflightQueue inflight) throws VirtqueueException {
         super(config, memory);
@@ -81,6 +83,7 @@ public final class SplitQueue extends Virtqueue {
         this.decidedUsed = usedIdx;
         this.publishedIdx = usedIdx;
         this.inflight = inflight;
+        this.coalesce = config.inOrder() && inflight == null;
         this.resubmit = inflight == null ? new int[0] : inflight.attach(usedIdx);
         if (inflight != null && resubmit.length > 0) {
             // Every request taken so far was either returned (used idx) or is in flight: resume after them.
@@ -245,6 +248,21 @@ public final class SplitQueue extends Virtqueue {
             }
             i = next;
         }
+    }
+
+    @Override
+    boolean coalescesUsed() {
+        return coalesce;
+    }
+
+    @Override
+    void writeUsedRun(int lastId, int count) {
+        if (!coalesce) {
+            throw new IllegalStateException("virtqueue " + index + " does not coalesce used entries");
+        }
+        used.set(LE64, RING + 8L * (usedIdx & mask), lastId & 0xffff_ffffL); // id, and length 0
+        usedIdx = (usedIdx + count) & 0xffff;
+        pushedSinceDecision = Math.min(pushedSinceDecision + count, 0x10000);
     }
 
     @Override

@@ -65,7 +65,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
      * ({@link io.iovirt.virtio.RingHandler}), and a receive queue pushes each frame's chains as it fills them and
      * returns a chain it cannot use at once, in its place ({@link NetRxQueue}). Nothing here relies on the driver
      * keeping its side of it: the rings are read and checked as without it. The driver gains a descriptor
-     * allocator in ring order (DPDK's virtio PMD takes its in-order paths; Linux 6.1 does not know the bit).
+     * allocator in ring order (DPDK's virtio PMD takes its in-order paths; Linux 6.1 does not know the bit), and a
+     * split transmit queue returns each batch with one used entry (see {@link Virtqueue}'s batch push).
      */
     private static final long RING_FEATURES = VirtioFeatures.VIRTIO_F_VERSION_1
             | VirtioFeatures.VIRTIO_F_RING_PACKED
@@ -454,7 +455,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                         true)
                 : QueueConfig.split(
                         s.index(), s.size(), s.descGpa(), s.availGpa(), s.usedGpa(), s.eventIdx(), s.indirect(), 0);
-        return c.withVringBase(s.base());
+        return c.withVringBase(s.base()).withInOrder(s.inOrder());
     }
 
     @Override

@@ -81,7 +81,8 @@ final class NetDriver implements AutoCloseable {
             long base = alloc(bytes, 4096);
             rings[q] = packed
                     ? PackedDriverRing.create(mem, base, QUEUE_SIZE, eventIdx)
-                    : SplitDriverRing.create(mem, base, QUEUE_SIZE, eventIdx);
+                    : SplitDriverRing.create(mem, base, QUEUE_SIZE, eventIdx)
+                            .inOrder((features & VirtioFeatures.VIRTIO_F_IN_ORDER) != 0);
             kicks[q] = EventFd.create(true);
             calls[q] = EventFd.create(true);
             buffers.add(new HashMap<>());
