@@ -125,7 +125,9 @@ level_ratios() {
 net_row() {
   local i d lr min
   i="$(net "$1" iovirt "$2" "$3" 5)" d="$(net "$1" dpdk "$2" 0 5)" lr="$(level_ratios "$1" "$2" "$3")"
-  min="$(echo "$(ratio "$i" "$d") $lr" | tr ' ' '\n' | sort -g | head -1)"
+  # the lowest of the per-run ratio and the level ratios ($lr unquoted: one word per ratio, none when the levels
+  # could not be matched — an empty word would sort first and read as a ratio of 0)
+  min="$(printf '%s\n' "$(ratio "$i" "$d")" $lr | sort -g | head -1)"
   echo "| $4 | $i Mpps per run, $(net "$1" iovirt "$2" "$3" 6) ns/frame$(levels_text "$1" iovirt "$2" "$3") | $5 $d Mpps, $(net "$1" dpdk "$2" 0 6) ns/frame$(levels_text "$1" dpdk "$2" 0) | $(ratio "$i" "$d") per run$([ -n "$lr" ] && echo "; level by level ${lr// / / }") | $(verdict "$(ge "$min" 1)" "$(net_client "$1")") |"
 }
 net_client() { awk '{print $8}' "$DIR/$1/runs.txt" | sort -n | head -1; }
