@@ -46,6 +46,8 @@
 #               is handled (off, main)
 #   used-in-order  with VIRTIO_F_IN_ORDER, a batch returned with nothing written (a transmit batch) stores only its
 #               last used entry and moves the used index past the whole batch (on) against an entry per chain (off)
+#   tx-burst-64  the transmit queue forwards its burst of small frames at 64 frames, one forward per full batch
+#               (on), against 32 (off, main)
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,

@@ -74,6 +74,9 @@ class NbdKernelClientGuestTest {
                     ip link set eth0 up
                     for i in $(seq 100); do [ -b /dev/nbd0 ] && break; sleep 0.1; done
                     nbd-client 10.0.2.2 PORT /dev/nbd0 -N kern -b 4096 -L
+                    # nbd-client may return before its NBD_DO_IT starts the device, which is when the kernel sets
+                    # the size: read as 0 once in CI
+                    for i in $(seq 100); do [ "$(cat /sys/block/nbd0/size)" != 0 ] && break; sleep 0.1; done
                     echo size=$(cat /sys/block/nbd0/size)
                     echo sha=$(dd if=/dev/nbd0 bs=1M skip=8 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
                     dd if=/root/g.bin of=/dev/nbd0 bs=1M seek=20 oflag=direct conv=fsync 2>/dev/null

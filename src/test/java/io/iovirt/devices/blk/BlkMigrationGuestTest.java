@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.Await;
 import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.GuestException;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
 import io.iovirt.vm.Qmp;
@@ -22,6 +23,7 @@ import java.util.Map;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
@@ -85,6 +87,26 @@ abstract class BlkMigrationGuestTest {
     /** How many requests a restarted backend resubmitted from the in-flight memory (-1: its log does not say). */
     int resubmitted(ChildProcess restarted) {
         return -1;
+    }
+
+    /**
+     * Why the guest's disk may stop making progress in this test, for a reference peer known to lose requests (the
+     * test is then aborted with this reason, the guest's console and QEMU's log); null for iovirt, whose guest must
+     * always finish its passes.
+     */
+    String knownStall() {
+        return null;
+    }
+
+    /** Waits for the guest's verify pass {@code pass} to end (see {@link #knownStall} for a guest that stalls). */
+    private void awaitPass(RunningGuest g, int pass) {
+        try {
+            g.awaitConsole(Pattern.compile("iovirt-test: pass " + pass + " "), TIMEOUT);
+        } catch (GuestException stalled) {
+            String known = knownStall();
+            Assumptions.assumeTrue(known == null, () -> known + "\n" + stalled.getMessage());
+            throw stalled;
+        }
     }
 
     @BeforeAll
@@ -164,7 +186,7 @@ abstract class BlkMigrationGuestTest {
         RunningGuest src = guest(name + "-src", sockA, qmpSrc, queues, packed, restartSource, null)
                 .start(TIMEOUT.multipliedBy(3));
         toClose.push(src);
-        src.awaitConsole(Pattern.compile("iovirt-test: pass 2 "), TIMEOUT);
+        awaitPass(src, 2);
 
         try (Qmp qs = Qmp.connect(qmpSrc, Duration.ofSeconds(30))) {
             if (toggleFirst) {
@@ -174,11 +196,11 @@ abstract class BlkMigrationGuestTest {
                 qs.execute("migrate", Map.of("uri", "exec:cat > /dev/null"));
                 awaitStatus(qs, "active");
                 int at = lastPass(src.console());
-                src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 1) + " "), TIMEOUT);
+                awaitPass(src, at + 1);
                 qs.execute("migrate_cancel", Map.of());
                 awaitStatus(qs, "cancelled");
                 at = lastPass(src.console());
-                src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 1) + " "), TIMEOUT);
+                awaitPass(src, at + 1);
             }
             RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, false, "unix:" + mig)
                     .start(TIMEOUT.multipliedBy(3));
@@ -215,7 +237,7 @@ abstract class BlkMigrationGuestTest {
 
                 // Three full passes on the destination after the one the migration interrupted.
                 int last = Math.max(before, lastPass(src.console()));
-                dst.awaitConsole(Pattern.compile("iovirt-test: pass " + (last + 4) + " "), TIMEOUT);
+                awaitPass(dst, last + 4);
                 String all = src.console() + dst.console();
                 Matcher m = PASS.matcher(all);
                 int passes = 0;
@@ -265,7 +287,7 @@ abstract class BlkMigrationGuestTest {
             ChildProcess now = startBackend(disk, socket, queues, "a-restart" + restart);
             toClose.push(now);
             // progress on the new backend: a full verify pass that began after the kill
-            src.awaitConsole(Pattern.compile("iovirt-test: pass " + (at + 2) + " "), TIMEOUT);
+            awaitPass(src, at + 2);
             if (evidence != null) {
                 assertTrue(
                         now.log().contains(evidence),

@@ -31,4 +31,20 @@ class QsdBlkMigrationGuestTest extends BlkMigrationGuestTest {
     String dirtyLogEvidence() {
         return null;
     }
+
+    /**
+     * Seen three times on 2026-12-05, each time in another case, after about a dozen CI runs without it (two of them
+     * on a fresh machine): the guest's disk on qemu-storage-daemon 7.2 stopped completing requests — at boot before
+     * the second verify pass (loggingToggledUnderIoThenMigrates), on the destination after a migration that completed
+     * (packedRingTwoQueuesMigrate: nothing more on its console), and on a daemon restarted during the migration
+     * (QEMU logged "vhost VQ 0 ring restore failed: -22", its fall-back to the used index). A request lost in flight
+     * when the daemon stops a queue would look like this; it was not investigated further. iovirt runs the same
+     * cases in IovirtBlkMigrationGuestTest, where a stall fails the test; here the reference peer's stall is reported
+     * as an aborted test with the console and QEMU's log, not as a failure of this project.
+     */
+    @Override
+    String knownStall() {
+        return "qemu-storage-daemon: the guest's disk made no progress within the timeout (the reference peer's"
+                + " stall, seen intermittently; iovirt's variant of this test must pass)";
+    }
 }
