@@ -203,8 +203,7 @@ public final class SplitDriverRing implements DriverRing {
         if (inOrder) {
             return pollUsedInOrder();
         }
-        int usedIdx = Short.toUnsignedInt((short) U16.getAcquire(used, IDX));
-        if (usedIdx == lastUsed) {
+        if (usedPending() == 0) {
             return -1;
         }
         long off = RING + 8L * (lastUsed & mask);
@@ -218,17 +217,21 @@ public final class SplitDriverRing implements DriverRing {
         return (long) id << 32 | Integer.toUnsignedLong(len);
     }
 
+    /** Used entries the device published that this driver has not taken (used.idx read with acquire). */
+    private int usedPending() {
+        return (Short.toUnsignedInt((short) U16.getAcquire(used, IDX)) - lastUsed) & 0xffff;
+    }
+
     /** {@link #pollUsed} with VIRTIO_F_IN_ORDER: a used entry names the last chain of a run starting at the next one. */
     private long pollUsedInOrder() {
         if (runLeft == 0) {
-            int usedIdx = Short.toUnsignedInt((short) U16.getAcquire(used, IDX));
-            if (usedIdx == lastUsed) {
+            int pending = usedPending();
+            if (pending == 0) {
                 return -1;
             }
             long off = RING + 8L * (lastUsed & mask);
             int id = used.get(LE32, off);
-            int len = used.get(LE32, off + 4);
-            int limit = Math.min((usedIdx - lastUsed) & 0xffff, inFlightCount);
+            int limit = Math.min(pending, inFlightCount);
             int k = 0;
             while (k < limit && order[(lastUsed + k) & mask] != id) {
                 k++;
@@ -239,7 +242,7 @@ public final class SplitDriverRing implements DriverRing {
                         + " heads in the order they were made available");
             }
             runLeft = k + 1;
-            runLen = len;
+            runLen = used.get(LE32, off + 4);
         }
         int head = order[lastUsed & mask];
         if (!inFlight[head]) {
