@@ -48,6 +48,9 @@
 #               last used entry and moves the used index past the whole batch (on) against an entry per chain (off)
 #   tx-burst-64  the transmit queue forwards its burst of small frames at 64 frames, one forward per full batch
 #               (on), against 32 (off, main)
+#   tx-copy-header-only  the transmit queue copies only the first 16 bytes of each small one-buffer frame into its
+#               burst (on; the receiver gets wrong bytes) against the whole frame (off, main): the most one copy
+#               straight from the sender's buffer into the receiver's could save; --topology p2p
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,

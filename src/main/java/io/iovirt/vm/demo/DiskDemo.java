@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vm.demo;
 
+import io.iovirt.daemon.Daemon;
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
@@ -8,6 +9,7 @@ import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.Images;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vm.Accelerator;
+import io.iovirt.vm.GuestException;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
 import io.iovirt.vm.RunningGuest;
@@ -100,11 +102,19 @@ public final class DiskDemo {
         }
         Path nbdSocket = workDir.resolve("fv-disk.nbd.sock");
         try (DiskImage img = Images.open(pvImage, null, false, false);
-                DiskImage fvImg = Images.open(fvImage, null, false, false);
-                VhostUserServer server =
-                        VhostUserServer.start(socket, new BlkDevice(socket.toString(), img, 1, "iovirt-demo-pv"));
+                DiskImage fvImg = Images.open(fvImage, null, false, false)) {
+            BlkDevice pvDevice = new BlkDevice(socket.toString(), img, 1, "iovirt-demo-pv");
+            return run(image, phases, socket, pvDevice, nbdSocket, fvImg);
+        }
+    }
+
+    private Report run(
+            GuestImage image, List<Phase> phases, Path socket, BlkDevice pvDevice, Path nbdSocket, DiskImage fvImg)
+            throws IOException {
+        try (VhostUserServer server = VhostUserServer.start(socket, pvDevice);
                 NbdServer nbd = NbdServer.startUnix(nbdSocket, 4)) {
-            nbd.addExport(new NbdExport("fv", fvImg, false));
+            NbdExport fvExport = new NbdExport("fv", fvImg, false);
+            nbd.addExport(fvExport);
             QemuGuest guest = QemuGuest.builder(image)
                     .name("demo")
                     .accelerator(accel)
@@ -130,41 +140,63 @@ public final class DiskDemo {
             progress.accept("booting the guest under QEMU, " + accel.describe());
             Duration budget = Duration.ofSeconds(120L + (long) phases.size() * (seconds + 20));
             try (RunningGuest g = guest.start(budget)) {
-                MatchResult info = g.awaitConsole(
-                        Pattern.compile("demo-info clocksource=(\\S+) virtio-irq=(.*)\\n"), Duration.ofSeconds(120));
-                Platform platform = new Platform(
-                        g.accelerator().describe(), info.group(1), info.group(2).trim());
-                List<Result> results = new ArrayList<>();
-                for (Phase p : phases) {
-                    String path = p.device().equals("vda") ? PV : FV;
-                    progress.accept(String.format(
-                            "running %s %s qd%d for %d s on %s",
-                            p.rw(), "4KiB", p.queueDepth(), seconds, path.substring(4)));
-                    g.awaitConsole(
-                            Pattern.compile("demo-start " + Pattern.quote(p.marker()) + "\\n"),
-                            Duration.ofSeconds(seconds + 60L));
-                    long q0 = HostCpu.of(g.pid());
-                    long s0 = HostCpu.self();
-                    MatchResult end = g.awaitConsole(
-                            Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"),
-                            Duration.ofSeconds(seconds * 3L + 60));
-                    long q1 = HostCpu.of(g.pid());
-                    long s1 = HostCpu.self();
-                    FioTerse r = FioTerse.parse(end.group(1), p.rw().contains("write"), BLOCK);
-                    results.add(new Result(
-                            path,
-                            p.rw() + " 4KiB qd" + p.queueDepth(),
-                            r.iops(),
-                            r.p50Micros(),
-                            r.p99Micros(),
-                            r.ios(),
-                            q1 - q0,
-                            s1 - s0));
-                }
-                g.awaitExit(Duration.ofSeconds(60));
-                return new Report(platform, results);
+                return measure(g, phases);
+            } catch (GuestException e) {
+                // A phase that never starts or ends is a request one of the two backends never answered, or an
+                // interrupt that never came: what each backend holds in flight says which.
+                throw new GuestException(
+                        e.getMessage() + "\n--- iovirt backends ---\n" + backendState(pvDevice, fvExport), e);
             }
         }
+    }
+
+    private static String backendState(BlkDevice pv, NbdExport fv) {
+        StringBuilder s = new StringBuilder();
+        for (int q = 0; q < pv.queueCount(); q++) {
+            s.append("PV vhost-user-blk queue ")
+                    .append(q)
+                    .append(": ")
+                    .append(Daemon.blkCounters(pv.queueStats(q)))
+                    .append(", worker ")
+                    .append(Daemon.workerCounters(pv.workerStats(q)))
+                    .append('\n');
+        }
+        return s.append("FV NBD export: ").append(fv.stats()).append('\n').toString();
+    }
+
+    private Report measure(RunningGuest g, List<Phase> phases) {
+        MatchResult info = g.awaitConsole(
+                Pattern.compile("demo-info clocksource=(\\S+) virtio-irq=(.*)\\n"), Duration.ofSeconds(120));
+        Platform platform = new Platform(
+                g.accelerator().describe(), info.group(1), info.group(2).trim());
+        List<Result> results = new ArrayList<>();
+        for (Phase p : phases) {
+            String path = p.device().equals("vda") ? PV : FV;
+            progress.accept(String.format(
+                    "running %s %s qd%d for %d s on %s", p.rw(), "4KiB", p.queueDepth(), seconds, path.substring(4)));
+            g.awaitConsole(
+                    Pattern.compile("demo-start " + Pattern.quote(p.marker()) + "\\n"),
+                    Duration.ofSeconds(seconds + 60L));
+            long q0 = HostCpu.of(g.pid());
+            long s0 = HostCpu.self();
+            MatchResult end = g.awaitConsole(
+                    Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"),
+                    Duration.ofSeconds(seconds * 3L + 60));
+            long q1 = HostCpu.of(g.pid());
+            long s1 = HostCpu.self();
+            FioTerse r = FioTerse.parse(end.group(1), p.rw().contains("write"), BLOCK);
+            results.add(new Result(
+                    path,
+                    p.rw() + " 4KiB qd" + p.queueDepth(),
+                    r.iops(),
+                    r.p50Micros(),
+                    r.p99Micros(),
+                    r.ios(),
+                    q1 - q0,
+                    s1 - s0));
+        }
+        g.awaitExit(Duration.ofSeconds(60));
+        return new Report(platform, results);
     }
 
     private String payload(List<Phase> phases) {
@@ -174,7 +206,7 @@ public final class DiskDemo {
         s.append("echo \"demo-info clocksource=$cs virtio-irq=$irq\"\n");
         // Warm both paths (JIT in iovirt, caches in QEMU) before anything is measured.
         s.append(
-                        "for d in vda sda; do fio --name=warm --filename=/dev/$d --rw=randrw --bs=4096 --iodepth=8 --ioengine=libaio")
+                        "for d in vda sda; do echo \"demo-warm $d\"; fio --name=warm --filename=/dev/$d --rw=randrw --bs=4096 --iodepth=8 --ioengine=libaio")
                 .append(" --direct=1 --time_based --runtime=2 --minimal >/dev/null 2>&1; done\n");
         for (Phase p : phases) {
             s.append("echo 'demo-start ").append(p.marker()).append("'\n");
