@@ -57,13 +57,6 @@ final class BlkExport implements AutoCloseable {
     @Override
     public void close() {
         server.close();
-        try {
-            device.flush();
-        } catch (IOException e) {
-            System.getLogger("io.iovirt.daemon")
-                    .log(System.Logger.Level.ERROR, "blk " + spec.id() + ": final flush failed: " + e.getMessage());
-        } finally {
-            image.close();
-        }
+        image.flushAndClose("blk " + spec.id());
     }
 }

@@ -184,11 +184,7 @@ public final class Daemon implements AutoCloseable {
     BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig) throws RpcException {
         synchronized (lock) {
             checkOpen();
-            if (taken(spec.id())) {
-                throw new RpcException(
-                        RpcException.EXISTS,
-                        "id '" + spec.id() + "' is already in use; choose another id or remove it first");
-            }
+            requireFree(spec.id());
             for (BlkExport e : blks.values()) {
                 if (e.spec.socket().equals(spec.socket())) {
                     throw new RpcException(
@@ -235,16 +231,7 @@ public final class Daemon implements AutoCloseable {
 
     private BlkExport blk(String id) throws RpcException {
         synchronized (lock) {
-            BlkExport e = blks.get(id);
-            if (e == null) {
-                throw new RpcException(
-                        RpcException.NOT_FOUND,
-                        "no disk '" + Params.printable(id) + "'"
-                                + (blks.isEmpty()
-                                        ? " (there are none; add one with blk.add)"
-                                        : " (disks: " + String.join(", ", blks.keySet()) + ")"));
-            }
-            return e;
+            return existing(blks, id, "disk", "disks", "blk.add");
         }
     }
 
@@ -365,10 +352,7 @@ public final class Daemon implements AutoCloseable {
     /** Starts an NBD export (lock held): its image opened, its own server listening on its socket. */
     void addNbd(NbdExportEntry.Spec spec, boolean fromConfig) throws RpcException {
         String id = spec.id();
-        if (taken(id)) {
-            throw new RpcException(
-                    RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
-        }
+        requireFree(id);
         for (NbdExportEntry e : nbds.values()) {
             if (e.spec.socket().equals(spec.socket())) {
                 throw new RpcException(
@@ -405,15 +389,8 @@ public final class Daemon implements AutoCloseable {
     /** Stops an NBD export: its clients are disconnected (their requests in flight complete), its image closed. */
     void removeNbd(String id) throws RpcException {
         synchronized (lock) {
-            NbdExportEntry e = nbds.remove(id);
-            if (e == null) {
-                throw new RpcException(
-                        RpcException.NOT_FOUND,
-                        "no NBD export '" + Params.printable(id) + "'"
-                                + (nbds.isEmpty()
-                                        ? " (there are none; add one with nbd.add)"
-                                        : " (exports: " + String.join(", ", nbds.keySet()) + ")"));
-            }
+            NbdExportEntry e = existing(nbds, id, "NBD export", "exports", "nbd.add");
+            nbds.remove(id);
             e.close();
         }
     }
@@ -470,6 +447,32 @@ public final class Daemon implements AutoCloseable {
         return blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id);
     }
 
+    /** Refuses an id a disk, NBD export or switch already has (ids name all three in one space). */
+    private void requireFree(String id) throws RpcException {
+        if (taken(id)) {
+            throw new RpcException(
+                    RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
+        }
+    }
+
+    /**
+     * The entry {@code id} of {@code map}; otherwise NOT_FOUND, naming the entries there are or the method that adds
+     * one ({@code what}: "disk", {@code plural}: "disks", {@code add}: "blk.add").
+     */
+    private static <T> T existing(Map<String, T> map, String id, String what, String plural, String add)
+            throws RpcException {
+        T e = map.get(id);
+        if (e == null) {
+            throw new RpcException(
+                    RpcException.NOT_FOUND,
+                    "no " + what + " '" + Params.printable(id) + "'"
+                            + (map.isEmpty()
+                                    ? " (there are none; add one with " + add + ")"
+                                    : " (" + plural + ": " + String.join(", ", map.keySet()) + ")"));
+        }
+        return e;
+    }
+
     // ---- net ----------------------------------------------------------------------------------------------------
 
     NetSwitch.Spec netSpec(Params p, String defaultId) throws RpcException {
@@ -496,11 +499,7 @@ public final class Daemon implements AutoCloseable {
     NetSwitch addNet(NetSwitch.Spec spec, boolean fromConfig) throws RpcException {
         synchronized (lock) {
             checkOpen();
-            if (taken(spec.id())) {
-                throw new RpcException(
-                        RpcException.EXISTS,
-                        "id '" + spec.id() + "' is already in use; choose another id or remove it first");
-            }
+            requireFree(spec.id());
             NetSwitch n;
             try {
                 n = new NetSwitch(spec, fromConfig);
@@ -530,16 +529,7 @@ public final class Daemon implements AutoCloseable {
 
     private NetSwitch net(String id) throws RpcException {
         synchronized (lock) {
-            NetSwitch n = nets.get(id);
-            if (n == null) {
-                throw new RpcException(
-                        RpcException.NOT_FOUND,
-                        "no switch '" + Params.printable(id) + "'"
-                                + (nets.isEmpty()
-                                        ? " (there are none; add one with net.add)"
-                                        : " (switches: " + String.join(", ", nets.keySet()) + ")"));
-            }
-            return n;
+            return existing(nets, id, "switch", "switches", "net.add");
         }
     }
 

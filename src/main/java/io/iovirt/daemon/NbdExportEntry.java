@@ -55,13 +55,6 @@ final class NbdExportEntry implements AutoCloseable {
     @Override
     public void close() {
         server.close();
-        try {
-            image.flush();
-        } catch (IOException e) {
-            System.getLogger("io.iovirt.daemon")
-                    .log(System.Logger.Level.ERROR, "nbd " + spec.id() + ": final flush failed: " + e.getMessage());
-        } finally {
-            image.close();
-        }
+        image.flushAndClose("nbd " + spec.id());
     }
 }

@@ -45,22 +45,7 @@ public final class PacketIo {
      * @throws LinuxException any other failure (EINTR is retried)
      */
     public static long read(Fd fd, MemorySegment buf, long offset, long length) throws LinuxException {
-        long address = address(buf, offset, length);
-        int f = fd.get();
-        Syscalls.PerThread t = Syscalls.perThread();
-        try {
-            long r;
-            do {
-                r = (long) Handles.READ.invokeExact(t.capture, f, address, length);
-            } while (r < 0 && t.errno() == Errno.EINTR);
-            return result(r, t, "read", f);
-        } catch (LinuxException e) {
-            throw e;
-        } catch (Throwable e) {
-            throw Syscalls.unexpected(e);
-        } finally {
-            Reference.reachabilityFence(buf);
-        }
+        return transfer(Handles.READ, "read", fd, buf, offset, length);
     }
 
     /**
@@ -69,15 +54,21 @@ public final class PacketIo {
      * @return bytes written (a stream socket may take fewer), or {@link #WOULD_BLOCK}
      */
     public static long write(Fd fd, MemorySegment buf, long offset, long length) throws LinuxException {
+        return transfer(Handles.WRITE, "write", fd, buf, offset, length);
+    }
+
+    /** read(2) or write(2) ({@code call}, its handle): one call, EINTR retried. */
+    private static long transfer(MethodHandle handle, String call, Fd fd, MemorySegment buf, long offset, long length)
+            throws LinuxException {
         long address = address(buf, offset, length);
         int f = fd.get();
         Syscalls.PerThread t = Syscalls.perThread();
         try {
             long r;
             do {
-                r = (long) Handles.WRITE.invokeExact(t.capture, f, address, length);
+                r = (long) handle.invokeExact(t.capture, f, address, length);
             } while (r < 0 && t.errno() == Errno.EINTR);
-            return result(r, t, "write", f);
+            return result(r, t, call, f);
         } catch (LinuxException e) {
             throw e;
         } catch (Throwable e) {

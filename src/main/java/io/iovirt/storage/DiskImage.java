@@ -107,6 +107,23 @@ public interface DiskImage extends AutoCloseable {
     @Override
     void close();
 
+    /**
+     * Flushes (unless read-only), then closes whatever the flush did. For a caller that is shutting down and has
+     * no one to hand a failed flush to: it is logged naming {@code owner} (e.g. "blk vm1").
+     */
+    default void flushAndClose(String owner) {
+        try {
+            if (!readOnly()) {
+                flush();
+            }
+        } catch (IOException e) {
+            System.getLogger(DiskImage.class.getName())
+                    .log(System.Logger.Level.ERROR, owner + ": final flush failed: " + e.getMessage());
+        } finally {
+            close();
+        }
+    }
+
     /** One extent of {@link #extent}. */
     record Extent(long length, boolean hole, boolean zero) {}
 }

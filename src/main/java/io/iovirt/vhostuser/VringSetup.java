@@ -3,6 +3,7 @@ package io.iovirt.vhostuser;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.memory.GuestMemoryHolder;
+import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.VirtioFeatures;
 import java.lang.foreign.MemorySegment;
 
@@ -63,6 +64,14 @@ public record VringSetup(
     public VringSetup withBase(int newBase) {
         return new VringSetup(
                 index, size, descGpa, availGpa, usedGpa, newBase, features, kick, call, err, memory, inflight);
+    }
+
+    /** The queue as the virtio layer takes it: its layout, areas and ring features, resuming at {@code base}. */
+    public QueueConfig queueConfig() {
+        QueueConfig c = packed()
+                ? QueueConfig.packed(index, size, descGpa, availGpa, usedGpa, eventIdx(), indirect(), 0, true, 0, true)
+                : QueueConfig.split(index, size, descGpa, availGpa, usedGpa, eventIdx(), indirect(), 0);
+        return c.withVringBase(base).withInOrder(inOrder());
     }
 
     public boolean packed() {

@@ -324,29 +324,7 @@ public final class BlkDevice implements VhostUserBackend {
         if (workers[index] != null) {
             throw new BackendException("queue " + index + " is already running");
         }
-        QueueConfig qc = (setup.packed()
-                        ? QueueConfig.packed(
-                                index,
-                                setup.size(),
-                                setup.descGpa(),
-                                setup.availGpa(),
-                                setup.usedGpa(),
-                                setup.eventIdx(),
-                                setup.indirect(),
-                                0,
-                                true,
-                                0,
-                                true)
-                        : QueueConfig.split(
-                                index,
-                                setup.size(),
-                                setup.descGpa(),
-                                setup.availGpa(),
-                                setup.usedGpa(),
-                                setup.eventIdx(),
-                                setup.indirect(),
-                                0))
-                .withVringBase(setup.base());
+        QueueConfig qc = setup.queueConfig();
         if (!anyRunning()) {
             fenced = takeImage(); // image ownership (issue 11): the first queue takes the image
         }

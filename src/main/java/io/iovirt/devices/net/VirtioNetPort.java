@@ -17,7 +17,6 @@ import io.iovirt.vhostuser.VhostUserBackend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vhostuser.VringSetup;
 import io.iovirt.virtio.DeviceStatus;
-import io.iovirt.virtio.QueueConfig;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
 import io.iovirt.virtio.VirtioFeatures;
@@ -400,7 +399,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         int hdr = version1 || mrg ? VirtioNet.HDR_SIZE : VirtioNet.HDR_SIZE_LEGACY;
         Virtqueue vq;
         try {
-            vq = Virtqueue.create(queueConfig(setup), setup.memory()).limitChain(MAX_CHAIN);
+            vq = Virtqueue.create(setup.queueConfig(), setup.memory()).limitChain(MAX_CHAIN);
         } catch (VirtqueueException e) {
             throw new BackendException(name() + ": cannot attach queue " + index + ": " + e.getMessage());
         }
@@ -437,25 +436,6 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                 throw new BackendException(name() + ": cannot start transmit queue " + index + ": " + e.getMessage());
             }
         }
-    }
-
-    private static QueueConfig queueConfig(VringSetup s) {
-        QueueConfig c = s.packed()
-                ? QueueConfig.packed(
-                        s.index(),
-                        s.size(),
-                        s.descGpa(),
-                        s.availGpa(),
-                        s.usedGpa(),
-                        s.eventIdx(),
-                        s.indirect(),
-                        0,
-                        true,
-                        0,
-                        true)
-                : QueueConfig.split(
-                        s.index(), s.size(), s.descGpa(), s.availGpa(), s.usedGpa(), s.eventIdx(), s.indirect(), 0);
-        return c.withVringBase(s.base()).withInOrder(s.inOrder());
     }
 
     @Override
