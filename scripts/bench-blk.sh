@@ -69,13 +69,7 @@ done
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-blk.XXXXXX)"
 mkdir -p "$DIR"
 IMAGE="$DIR/disk.raw"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-trap cleanup EXIT
+. "$ROOT/scripts/lib/children.sh"
 
 # O_DIRECT needs a file system that supports it (not tmpfs), and reads must hit written blocks, not holes.
 if [ "$REPORT_ONLY" = 0 ] && { [ ! -f "$IMAGE" ] || [ "$(stat -c %s "$IMAGE")" != "$SIZE" ]; }; then

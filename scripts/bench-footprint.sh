@@ -52,13 +52,7 @@ TESTPMD="$("$ROOT/scripts/install-dpdk.sh")" || { echo "bench-footprint: dpdk-te
 mkdir -p "$DIR/state"
 IMAGE="$DIR/disk.raw"
 [ -f "$IMAGE" ] || { truncate -s 256M "$IMAGE"; }
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-trap cleanup EXIT
+. "$ROOT/scripts/lib/children.sh"
 
 now_ms() { date +%s%3N; }
 

@@ -121,13 +121,7 @@ fi
 
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-net.XXXXXX)"
 mkdir -p "$DIR"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-trap cleanup EXIT
+. "$ROOT/scripts/lib/children.sh"
 
 wait_socket() { # socket pid log
   for _ in $(seq 1 600); do

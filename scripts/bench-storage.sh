@@ -44,13 +44,7 @@ done
 [ -n "$DIR" ] || DIR="$(mktemp -d /var/tmp/iovirt-bench-storage.XXXXXX)"
 mkdir -p "$DIR"
 IMG="$DIR/disk.qcow2"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-trap cleanup EXIT
+. "$ROOT/scripts/lib/children.sh"
 if [ ! -f "$IMG" ]; then
   echo "bench-storage: writing a fully allocated ${SIZE_MIB} MiB qcow2 image at $IMG ..." >&2
   dd if=/dev/urandom of="$DIR/src.raw" bs=1M count="$SIZE_MIB" iflag=fullblock status=none

@@ -56,14 +56,11 @@ TESTPMD="$("$ROOT/scripts/install-dpdk.sh")" || { echo "net-series: dpdk-testpmd
 mkdir -p "$DIR"
 sa="$DIR/a.sock" sb="$DIR/b.sock" mac_a=02:00:00:00:00:0a mac_b=02:00:00:00:00:0b
 rm -f "$sa" "$sb"
-PIDS=()
+. "$ROOT/scripts/lib/children.sh"
 cleanup() {
   exec 8>&- 2>/dev/null || true
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
+  stop_children
 }
-trap cleanup EXIT
 
 if [ "$BACKEND" = dpdk ]; then
   vdevs=(--vdev "net_vhost0,iface=$sa,queues=1")

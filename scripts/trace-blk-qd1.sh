@@ -40,9 +40,7 @@ done
 mkdir -p "$DIR"
 if [ -z "$IMAGE" ]; then IMAGE="$DIR/disk.raw"; [ -f "$IMAGE" ] || dd if=/dev/urandom of="$IMAGE" bs=1M count=256 status=none; fi
 cat "$IMAGE" > /dev/null # reads come from the page cache
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
-trap cleanup EXIT
+. "$ROOT/scripts/lib/children.sh"
 NICE=(); [ "$BOOST" != 0 ] && NICE=(nice -n "$BOOST")
 
 run() { # tag, trace(0|1)
