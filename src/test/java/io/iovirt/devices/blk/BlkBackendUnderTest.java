@@ -2,31 +2,19 @@
 package io.iovirt.devices.blk;
 
 import io.iovirt.vm.ChildProcess;
+import io.iovirt.vm.IovirtCli;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
 
 /**
  * A vhost-user-blk backend that the real-guest tests in {@link VhostUserBlkGuestTest} run against. Each backend is
  * a separate process that listens on a UNIX socket; QEMU connects to it as the client.
  *
- * <p>Running the suite against another backend is one class, e.g. for {@code iovirt serve blk}:
- * <pre>{@code
- * class IovirtVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
- *     protected BlkBackendUnderTest backend() {
- *         return new BlkBackendUnderTest() {
- *             public String name() { return "iovirt"; }
- *             public boolean offersPackedRing() { return true; }
- *             public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
- *                 List<String> args = new ArrayList<>(List.of("serve", "blk", "--image", image.toString(),
- *                         "--socket", socket.toString(), "--queues", Integer.toString(queues)));
- *                 if (readonly) args.add("--readonly");
- *                 return ChildProcess.builder(IovirtCli.command(args)).name("iovirt serve blk")
- *                         .log(workDir.resolve("iovirt.log")).startListening(socket, START_TIMEOUT);
- *             }
- *         };
- *     }
- * }
- * }</pre>
+ * <p>Running the suite against another backend is one class that returns it from
+ * {@link VhostUserBlkGuestTest#backend()}: {@link #iovirt} for {@code iovirt serve blk} with some options, an
+ * implementation of its own for another program (qemu-storage-daemon: {@code QsdVhostUserBlkGuestTest}).
  */
 public interface BlkBackendUnderTest {
 
@@ -51,4 +39,44 @@ public interface BlkBackendUnderTest {
      * even with {@code packed=on}; the packed test then asserts the ring only when this is true.
      */
     boolean offersPackedRing();
+
+    /**
+     * {@code iovirt serve blk} started as its own process, as a user would, with {@code options} after the image,
+     * socket and queue count ({@code --readonly} added when a test asks for it); it offers the packed ring.
+     */
+    static BlkBackendUnderTest iovirt(String name, String... options) {
+        return new BlkBackendUnderTest() {
+            @Override
+            public String name() {
+                return name;
+            }
+
+            @Override
+            public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
+                List<String> args = new ArrayList<>(List.of(
+                        "serve",
+                        "blk",
+                        "--image",
+                        image.toString(),
+                        "--socket",
+                        socket.toString(),
+                        "--queues",
+                        Integer.toString(queues)));
+                args.addAll(List.of(options));
+                if (readonly) {
+                    args.add("--readonly");
+                }
+                return ChildProcess.builder(IovirtCli.command(args))
+                        .name(String.join(" ", "iovirt serve blk", String.join(" ", options))
+                                .strip())
+                        .log(workDir.resolve("iovirt.log"))
+                        .startListening(socket, START_TIMEOUT);
+            }
+
+            @Override
+            public boolean offersPackedRing() {
+                return true;
+            }
+        };
+    }
 }

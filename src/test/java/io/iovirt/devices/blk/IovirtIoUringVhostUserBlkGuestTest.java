@@ -10,11 +10,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.testing.Require;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.GuestResult;
-import io.iovirt.vm.IovirtCli;
 import io.iovirt.vm.QemuGuest;
-import java.nio.file.Path;
-import java.util.ArrayList;
-import java.util.List;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
@@ -38,40 +34,7 @@ class IovirtIoUringVhostUserBlkGuestTest extends VhostUserBlkGuestTest {
 
     @Override
     protected BlkBackendUnderTest backend() {
-        return new BlkBackendUnderTest() {
-            @Override
-            public String name() {
-                return "iovirt-io_uring";
-            }
-
-            @Override
-            public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
-                List<String> args = new ArrayList<>(List.of(
-                        "serve",
-                        "blk",
-                        "--image",
-                        image.toString(),
-                        "--socket",
-                        socket.toString(),
-                        "--queues",
-                        Integer.toString(queues),
-                        "--direct",
-                        "--io-engine",
-                        "io_uring"));
-                if (readonly) {
-                    args.add("--readonly");
-                }
-                return ChildProcess.builder(IovirtCli.command(args))
-                        .name("iovirt serve blk --direct")
-                        .log(workDir.resolve("iovirt.log"))
-                        .startListening(socket, START_TIMEOUT);
-            }
-
-            @Override
-            public boolean offersPackedRing() {
-                return true;
-            }
-        };
+        return BlkBackendUnderTest.iovirt("iovirt-io_uring", "--direct", "--io-engine", "io_uring");
     }
 
     @Test
