@@ -40,6 +40,18 @@ public final class EventFd implements AutoCloseable {
         return new EventFd(Fd.adopt(Syscalls.check(Syscalls.eventfd(initialValue, flags), "eventfd", null)));
     }
 
+    /**
+     * A new non-blocking eventfd of ours that stands in for a peer's until the peer sends one, which is then swapped
+     * in behind the same descriptor number ({@link Fd#replaceWith}) while other threads keep using this object: so
+     * its reads and writes are watched from the start, as a peer's ({@link #adoptFromPeer}).
+     */
+    public static EventFd createStandIn() throws LinuxException {
+        EventFd e = new EventFd(
+                Fd.adopt(Syscalls.check(Syscalls.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd", null)), true);
+        Watchdog.watch(e);
+        return e;
+    }
+
     /** Wraps a descriptor we trust to be an eventfd (our own); this object now owns it. */
     public static EventFd adopt(Fd fd) {
         return new EventFd(fd);

@@ -209,20 +209,40 @@ final class Vring implements AutoCloseable {
     /**
      * SET_VRING_CALL / SET_VRING_ERR. While the device runs it signals the current descriptor: the new file is
      * swapped in behind the same number instead (a private eventfd when the frontend withdraws it).
+     *
+     * <p>A new call eventfd is signalled once, as libvhost-user does: an interrupt the device sent to the file being
+     * replaced may be one the driver never sees. QEMU (up to at least 7.2) masks an MSI-X vector by pointing the call
+     * at an eventfd of its own and, on unmask, sends the guest's eventfd again and at once looks whether the masked one
+     * was signalled, without waiting for the backend to take the new one — so an interrupt sent in between is lost
+     * and a guest waiting for that completion hangs (fixed in QEMU by "vhost-user: Make vhost_set_vring_file()
+     * synchronous", 2025). After a backend restart the same holds for the used entries the previous process
+     * published and never signalled. An extra interrupt costs the driver one look at its used ring.
      */
     void setNotifier(boolean isCall, EventFd next) throws LinuxException {
         EventFd current = isCall ? call : err;
         if (state == State.RUNNING && current != null) {
             try (EventFd replacement = next != null ? next : EventFd.create(true)) {
                 current.fd().replaceWith(replacement.fd());
+                if (isCall && next != null) {
+                    interruptOnce(replacement); // the same file, through an object the device's thread does not use
+                }
             }
             return;
         }
         closeQuietly(current);
         if (isCall) {
             call = next;
+            if (next != null) {
+                interruptOnce(next);
+            }
         } else {
             err = next;
+        }
+    }
+
+    private void interruptOnce(EventFd call) throws LinuxException {
+        if (!call.trySignal()) { // its counter is full: an interrupt is pending anyway (or the frontend's fault)
+            LOG.log(System.Logger.Level.DEBUG, () -> name + ": queue " + index + ": new call eventfd is full");
         }
     }
 
@@ -275,7 +295,7 @@ final class Vring implements AutoCloseable {
                     + " points outside its " + size + "-entry packed ring");
         }
         if (call == null) {
-            call = EventFd.create(true); // the driver polls; the device may signal freely
+            call = EventFd.createStandIn(); // the driver polls; the device may signal freely (a call may come later)
         }
         VringSetup setup = new VringSetup(
                 index, size, descGpa, driverGpa, deviceGpa, base, features, kick, call, err, memory.holder(), inflight);

@@ -143,8 +143,8 @@ class VhostUserServerTest {
             kick.signal(); // the driver's kick reaches the device's descriptor ...
             assertEquals(1, s.kick().read());
             s.call().signal(); // ... and the device's interrupt reaches the driver
-            assertEquals(1, call.read());
-            assertEquals(0, initCall.read(), "the call descriptor set at init was replaced");
+            assertEquals(2, call.read(), "the device's, after the one every new call descriptor gets");
+            assertEquals(1, initCall.read(), "the call descriptor set at init got its one, then was replaced");
 
             fe.setStatus(0xf);
             assertEquals(0xf, fe.getStatus());
@@ -284,10 +284,14 @@ class VhostUserServerTest {
             initLikeQemu(fe, call1, err);
             startLikeQemu(fe, low, high, kick, call1, FEATURES);
             VringSetup s = backend.running.get(0);
+            assertEquals(2, call1.read(), "one interrupt for each SET_VRING_CALL that named it");
             int number = s.call().fd().get();
             fe.setVringCall(0, call2); // QEMU does this when the guest masks the queue's MSI-X vector
             assertEquals(s, backend.running.get(0), "the queue kept running");
             assertEquals(number, s.call().fd().get());
+            // An interrupt the device sent to call1 just before the swap may be one nobody looks at (QEMU 7.2 checks
+            // its masked eventfd without waiting for the backend): the new descriptor gets one at once.
+            assertEquals(1, call2.read());
             s.call().signal();
             assertEquals(1, call2.read());
             assertEquals(0, call1.read());

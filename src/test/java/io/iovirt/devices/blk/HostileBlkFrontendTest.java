@@ -163,6 +163,8 @@ class HostileBlkFrontendTest {
                 VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s"));
                 EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
                 Driver d = new Driver(sock, 1 << 20, trap)) {
+            // the backend signals a new call descriptor once (Vring.setNotifier); then the counter is filled
+            assertEquals(1, trap.read());
             trap.write(0xffff_ffff_ffff_fffeL);
             trap.fd().setNonBlocking(false); // undo what the backend did to the shared file description
             long st = d.read(d.alloc(4096, 4096), 4096);
@@ -206,6 +208,7 @@ class HostileBlkFrontendTest {
                         .startListening(sock, TIMEOUT);
                 EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
                 Driver d = new Driver(sock, 1 << 20, trap)) {
+            assertEquals(1, trap.read()); // the interrupt for the new call descriptor, then the trap is set
             trap.write(0xffff_ffff_ffff_fffeL);
             trap.fd().setNonBlocking(false);
             for (int i = 0; i < 8; i++) {
