@@ -787,6 +787,7 @@ public final class Daemon implements AutoCloseable {
         m.put("sleeps", t.sleeps());
         m.put("spin_hits", t.spinHits());
         m.put("lost_notifications", t.lostSignals());
+        m.put("recheck_interrupts", t.recheckSignals());
         return m;
     }
 

@@ -119,12 +119,13 @@ public final class Metrics implements AutoCloseable {
         }
     }
 
-    /** The four families of a kind of queue worker ({@link QueueWorker.Totals}), named {@code PREFIX_..._total}. */
+    /** The five families of a kind of queue worker ({@link QueueWorker.Totals}), named {@code PREFIX_..._total}. */
     private static final class WorkerFamilies {
         final Family batches;
         final Family sleeps;
         final Family spinHits;
         final Family lost;
+        final Family rechecks;
 
         WorkerFamilies(List<Family> o, String prefix) {
             batches = new Family(
@@ -149,6 +150,12 @@ public final class Metrics implements AutoCloseable {
                     prefix + "_lost_notifications_total",
                     "counter",
                     "Interrupts to the guest that could not be delivered because its call eventfd was full.");
+            rechecks = new Family(
+                    o,
+                    prefix + "_recheck_interrupts_total",
+                    "counter",
+                    "Interrupts sent again after the queue was idle for a while, to a guest that may have missed one"
+                            + " (a driver that orders its ring accesses wrongly, e.g. QEMU TCG with one vCPU).");
         }
 
         void sample(String labels, QueueWorker.Totals t) {
@@ -156,6 +163,7 @@ public final class Metrics implements AutoCloseable {
             sleeps.sample(labels, t.sleeps());
             spinHits.sample(labels, t.spinHits());
             lost.sample(labels, t.lostSignals());
+            rechecks.sample(labels, t.recheckSignals());
         }
     }
 

@@ -109,6 +109,13 @@ public final class RingHandler implements QueueWorker.Handler {
     }
 
     @Override
+    public void recheck() throws Exception {
+        if (vq.driverMayBeWaiting()) {
+            worker.signalAgain(call);
+        }
+    }
+
+    @Override
     public void stopped(boolean failed) {
         vq.releaseMemory();
         device.stopped();

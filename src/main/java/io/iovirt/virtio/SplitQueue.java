@@ -387,6 +387,47 @@ public final class SplitQueue extends Virtqueue {
         return lastAvail;
     }
 
+    @Override
+    public boolean driverMayBeWaiting() throws VirtqueueException {
+        refresh();
+        if (!eventIdx) {
+            return (avail.get(LE16, 0) & VirtioRing.AVAIL_F_NO_INTERRUPT) == 0;
+        }
+        return Short.toUnsignedInt(avail.get(LE16, usedEventOffset)) != (publishedIdx & 0xffff);
+    }
+
+    @Override
+    public String ringState() {
+        try {
+            StringBuilder b = new StringBuilder("split ring: avail.idx ")
+                    .append(Short.toUnsignedInt((short) U16.getAcquire(avail, AVAIL_IDX)))
+                    .append(", next to take ")
+                    .append(lastAvail)
+                    .append(", used.idx ")
+                    .append(Short.toUnsignedInt((short) U16.getAcquire(used, USED_IDX)))
+                    .append(" (device's ")
+                    .append(usedIdx)
+                    .append("), in flight ")
+                    .append(inFlightCount)
+                    .append(", kicks ")
+                    .append(notificationsEnabled ? "on" : "off");
+            if (eventIdx) {
+                b.append(", used_event ")
+                        .append(Short.toUnsignedInt(avail.get(LE16, usedEventOffset)))
+                        .append(", avail_event ")
+                        .append(Short.toUnsignedInt(used.get(LE16, availEventOffset)));
+            } else {
+                b.append(", avail.flags ")
+                        .append(Short.toUnsignedInt(avail.get(LE16, 0)))
+                        .append(", used.flags ")
+                        .append(Short.toUnsignedInt(used.get(LE16, 0)));
+            }
+            return b.toString();
+        } catch (RuntimeException e) { // not mapped yet, or its memory was let go
+            return toString() + " (ring not readable: " + e + ")";
+        }
+    }
+
     /** Used index the device will publish next. */
     public int usedIndex() {
         return usedIdx;

@@ -603,6 +603,26 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         return e;
     }
 
+    /**
+     * After an idle spell ({@link QueueWorker#RECHECK_MILLIS}): whether the driver may be waiting for an interrupt
+     * it missed — with EVENT_IDX when the used_event it last wrote is not the used index we published (it has not
+     * taken all we returned, or it is in the middle of taking them); without, whenever it has not turned interrupts
+     * off. A true answer costs at most one spurious interrupt.
+     */
+    public boolean driverMayBeWaiting() throws VirtqueueException {
+        return true;
+    }
+
+    /**
+     * What the ring looks like now, for a report about a guest that stopped making progress: the driver's and the
+     * device's indexes and notification state, read without synchronizing with the queue's thread (so only roughly
+     * consistent). Call it only while the queue runs on memory that stays mapped (the guest alive, no memory table
+     * change under way).
+     */
+    public String ringState() {
+        return toString();
+    }
+
     @Override
     public String toString() {
         return getClass().getSimpleName() + "[index=" + index + ", size=" + size + ", inFlight=" + inFlightCount

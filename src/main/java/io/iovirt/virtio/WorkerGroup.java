@@ -58,6 +58,7 @@ public final class WorkerGroup implements AutoCloseable {
     private static final int PREPARE = 2;
     private static final int KICK = 3;
     private static final int EVENT = 4;
+    private static final int RECHECK = 5;
     private static final int NO = 0;
     private static final int YES = 1;
     private static final int RETIRED = -1;
@@ -392,6 +393,9 @@ public final class WorkerGroup implements AutoCloseable {
             }
         }
 
+        /** The next sleep ends after {@link QueueWorker#RECHECK_MILLIS} (true after a wake-up, and at the start). */
+        private boolean recheckArmed = true;
+
         private void loop() throws Exception {
             for (; ; ) {
                 if (commands) {
@@ -424,9 +428,19 @@ public final class WorkerGroup implements AutoCloseable {
                 for (int i = 0; i < activeCount; i++) {
                     active[i].stats().sleeps.increment();
                 }
-                int n = epoll.wait(pollMillis);
+                int n = epoll.wait(recheckArmed ? QueueWorker.recheckTimeout(pollMillis) : pollMillis);
                 for (int i = 0; i < n; i++) {
                     dispatch(epoll.data(i), epoll.events(i));
+                }
+                if (n == 0 && recheckArmed) { // see QueueWorker.RECHECK_MILLIS
+                    recheckArmed = false;
+                    for (int i = 0; i < activeCount; i++) {
+                        if (call(active[i], RECHECK, 0, 0) == RETIRED) {
+                            i--;
+                        }
+                    }
+                } else if (n > 0) {
+                    recheckArmed = true;
                 }
             }
         }
@@ -501,6 +515,10 @@ public final class WorkerGroup implements AutoCloseable {
                         case PROCESS -> h.process();
                         case HAS_WORK -> h.hasWork();
                         case PREPARE -> h.prepareToSleep();
+                        case RECHECK -> {
+                            h.recheck();
+                            yield false;
+                        }
                         case KICK -> {
                             w.kick().consume(); // never blocks for long; the next round looks at the ring
                             yield false;

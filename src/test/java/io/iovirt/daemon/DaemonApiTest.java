@@ -387,7 +387,17 @@ class DaemonApiTest {
         assertEquals(0L, b.get("requests"));
         assertEquals(2, ((List<?>) b.get("queues")).size());
         assertEquals(
-                Map.of("batches", 0L, "sleeps", 0L, "spin_hits", 0L, "lost_notifications", 0L),
+                Map.of(
+                        "batches",
+                        0L,
+                        "sleeps",
+                        0L,
+                        "spin_hits",
+                        0L,
+                        "lost_notifications",
+                        0L,
+                        "recheck_interrupts",
+                        0L),
                 ((Map<?, ?>) ((List<?>) b.get("queues")).get(1)).get("worker"));
         Map<String, Object> n = ok("stats", "id", "sw");
         Map<?, ?> vm1 = (Map<?, ?>) ((List<?>) n.get("ports")).get(0);

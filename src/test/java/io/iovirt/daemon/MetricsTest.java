@@ -106,6 +106,7 @@ class MetricsTest {
                     "iovirt_blk_queue_sleeps_total{device=\"d0\",queue=\"0\"} 0",
                     "iovirt_blk_queue_spin_hits_total{device=\"d0\",queue=\"0\"} 0",
                     "iovirt_blk_queue_lost_notifications_total{device=\"d0\",queue=\"0\"} 0",
+                    "iovirt_blk_queue_recheck_interrupts_total{device=\"d0\",queue=\"0\"} 0",
                     "iovirt_net_port_queue_batches_total{net=\"sw\",port=\"v\",queue=\"tx0\"} 0",
                     "iovirt_net_port_queue_sleeps_total{net=\"sw\",port=\"v\",queue=\"tx0\"} 0",
                     "process_resident_memory_bytes ",

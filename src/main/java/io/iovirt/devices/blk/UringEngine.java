@@ -259,6 +259,13 @@ final class UringEngine implements QueueWorker.Handler {
         return false;
     }
 
+    @Override
+    public void recheck() throws Exception {
+        if (queue.driverMayBeWaiting()) {
+            worker.signalAgain(call);
+        }
+    }
+
     private void completion(long userData, int result, int flags) throws VirtqueueException {
         BlkQueueHandler.Request r = slots[(int) userData];
         ringRequests--;

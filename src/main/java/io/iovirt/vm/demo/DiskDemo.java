@@ -140,12 +140,14 @@ public final class DiskDemo {
             progress.accept("booting the guest under QEMU, " + accel.describe());
             Duration budget = Duration.ofSeconds(120L + (long) phases.size() * (seconds + 20));
             try (RunningGuest g = guest.start(budget)) {
-                return measure(g, phases);
-            } catch (GuestException e) {
-                // A phase that never starts or ends is a request one of the two backends never answered, or an
-                // interrupt that never came: what each backend holds in flight says which.
-                throw new GuestException(
-                        e.getMessage() + "\n--- iovirt backends ---\n" + backendState(pvDevice, fvExport), e);
+                try {
+                    return measure(g, phases);
+                } catch (GuestException e) {
+                    // A phase that never starts or ends is a request one of the two backends never answered, or an
+                    // interrupt that never came: what each backend holds, read while the guest still runs, says which.
+                    throw new GuestException(
+                            e.getMessage() + "\n--- iovirt backends ---\n" + backendState(pvDevice, fvExport), e);
+                }
             }
         }
     }
@@ -159,6 +161,8 @@ public final class DiskDemo {
                     .append(Daemon.blkCounters(pv.queueStats(q)))
                     .append(", worker ")
                     .append(Daemon.workerCounters(pv.workerStats(q)))
+                    .append("; ")
+                    .append(pv.ringState(q))
                     .append('\n');
         }
         return s.append("FV NBD export: ").append(fv.stats()).append('\n').toString();

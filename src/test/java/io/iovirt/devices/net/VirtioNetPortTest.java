@@ -286,7 +286,7 @@ class VirtioNetPortTest {
         sw = new Switch(Switch.Config.defaults());
         VirtioNetPort pa = port("a.sock", 1, -1);
         VirtioNetPort pb = port("b.sock", 1, -1);
-        assertEquals(new io.iovirt.virtio.QueueWorker.Totals(0, 0, 0, 0), pa.txWorkerStats(0));
+        assertEquals(new io.iovirt.virtio.QueueWorker.Totals(0, 0, 0, 0, 0), pa.txWorkerStats(0));
         try (NetDriver b = new NetDriver(pb.options().socket(), BASE | VirtioNet.F_MRG_RXBUF, 1)) {
             b.postRx(0, 2048, 64);
             long batches = 0;
