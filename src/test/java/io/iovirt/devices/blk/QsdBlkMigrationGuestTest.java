@@ -37,10 +37,11 @@ class QsdBlkMigrationGuestTest extends BlkMigrationGuestTest {
      * on a fresh machine): the guest's disk on qemu-storage-daemon 7.2 stopped completing requests — at boot before
      * the second verify pass (loggingToggledUnderIoThenMigrates), on the destination after a migration that completed
      * (packedRingTwoQueuesMigrate: nothing more on its console), and on a daemon restarted during the migration
-     * (QEMU logged "vhost VQ 0 ring restore failed: -22", its fall-back to the used index). The likely cause, found
-     * on 2026-12-06 with iovirt's own backend: these guests run under TCG with one vCPU, and QEMU 7.2 then leaves out
-     * the guest's memory barriers, so guest and backend can both miss the other's ring update (a lost interrupt or
-     * kick; see QueueWorker.RECHECK_MILLIS, iovirt's remedy), and qemu-storage-daemon has no such recheck. iovirt
+     * (QEMU logged "vhost VQ 0 ring restore failed: -22", its fall-back to the used index). A likely cause where
+     * the guest has one vCPU (a one-queue case), found on 2026-12-06 with iovirt's own backend: under TCG QEMU 7.2 then
+     * leaves out the guest's memory barriers, so guest and backend can both miss the other's ring update (a lost
+     * interrupt or kick; see QueueWorker.RECHECK_MILLIS, iovirt's remedy), and qemu-storage-daemon has no such
+     * recheck; the two-queue case (two vCPUs) it does not explain. iovirt
      * runs the same cases in IovirtBlkMigrationGuestTest, where a stall fails the test; here the reference peer's
      * stall is reported as an aborted test with the console and QEMU's log, not as a failure of this project.
      */
