@@ -34,15 +34,7 @@ class ServeBlkJfrTest {
         Path socket = tmp.resolve("blk.sock");
         Path jfr = tmp.resolve("blk.jfr");
         Path log = tmp.resolve("serve.log");
-        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command(
-                        "serve",
-                        "blk",
-                        "--image",
-                        image.toString(),
-                        "--socket",
-                        socket.toString(),
-                        "--jfr-slow-ms",
-                        "0"))
+        try (ChildProcess serve = ChildProcess.builder(IovirtCli.serveBlk(image, socket, "--jfr-slow-ms", "0"))
                 .name("serve blk")
                 .log(log)
                 .env("JAVA_TOOL_OPTIONS", "-XX:StartFlightRecording:filename=" + jfr)

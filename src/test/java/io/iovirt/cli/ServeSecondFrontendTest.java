@@ -63,15 +63,7 @@ class ServeSecondFrontendTest {
         Files.write(image, new byte[1 << 20]);
         Path socket = tmp.resolve("blk.sock");
         Path log = tmp.resolve("serve.log");
-        Process serve = new ProcessBuilder(IovirtCli.command(
-                        "serve",
-                        "blk",
-                        "--image",
-                        image.toString(),
-                        "--socket",
-                        socket.toString(),
-                        "--stats-interval",
-                        "1"))
+        Process serve = new ProcessBuilder(IovirtCli.serveBlk(image, socket, "--stats-interval", "1"))
                 .redirectErrorStream(true)
                 .redirectOutput(log.toFile())
                 .start();

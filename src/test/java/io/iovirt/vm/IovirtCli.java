@@ -32,4 +32,12 @@ public final class IovirtCli {
     public static List<String> command(String... args) {
         return command(List.of(args));
     }
+
+    /** {@code iovirt serve blk --image IMAGE --socket SOCKET} and then {@code options}, as {@link #command} runs it. */
+    public static List<String> serveBlk(Path image, Path socket, String... options) {
+        List<String> args =
+                new ArrayList<>(List.of("serve", "blk", "--image", image.toString(), "--socket", socket.toString()));
+        args.addAll(List.of(options));
+        return command(args);
+    }
 }

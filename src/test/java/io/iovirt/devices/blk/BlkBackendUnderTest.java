@@ -53,20 +53,12 @@ public interface BlkBackendUnderTest {
 
             @Override
             public ChildProcess start(Path image, Path socket, int queues, boolean readonly, Path workDir) {
-                List<String> args = new ArrayList<>(List.of(
-                        "serve",
-                        "blk",
-                        "--image",
-                        image.toString(),
-                        "--socket",
-                        socket.toString(),
-                        "--queues",
-                        Integer.toString(queues)));
+                List<String> args = new ArrayList<>(List.of("--queues", Integer.toString(queues)));
                 args.addAll(List.of(options));
                 if (readonly) {
                     args.add("--readonly");
                 }
-                return ChildProcess.builder(IovirtCli.command(args))
+                return ChildProcess.builder(IovirtCli.serveBlk(image, socket, args.toArray(String[]::new)))
                         .name(String.join(" ", "iovirt serve blk", String.join(" ", options))
                                 .strip())
                         .log(workDir.resolve("iovirt.log"))

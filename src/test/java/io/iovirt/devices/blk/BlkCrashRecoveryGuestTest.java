@@ -316,20 +316,11 @@ class BlkCrashRecoveryGuestTest {
     }
 
     private ChildProcess start(Path disk, Path sock, int generation, boolean standby) {
-        List<String> args = new ArrayList<>(List.of(
-                "serve",
-                "blk",
-                "--image",
-                disk.toString(),
-                "--socket",
-                sock.toString(),
-                "--direct",
-                "--io-engine",
-                "io_uring"));
+        List<String> options = new ArrayList<>(List.of("--direct", "--io-engine", "io_uring"));
         if (standby) {
-            args.add("--standby");
+            options.add("--standby");
         }
-        ChildProcess.Builder b = ChildProcess.builder(IovirtCli.command(args))
+        ChildProcess.Builder b = ChildProcess.builder(IovirtCli.serveBlk(disk, sock, options.toArray(String[]::new)))
                 .name("iovirt serve blk #" + generation + (standby ? " (standby)" : ""))
                 .log(dir.resolve("iovirt-" + generation + ".log"));
         if (!standby) {

@@ -194,15 +194,7 @@ class HostileBlkFrontendTest {
     void sigtermEndsServeBlkWithinFiveSecondsWhileAFrontendHoldsItsQueueHostage() throws Exception {
         Path sock = dir.resolve("serve.sock");
         Path img = image(1 << 20);
-        try (ChildProcess serve = ChildProcess.builder(IovirtCli.command(
-                                "serve",
-                                "blk",
-                                "--image",
-                                img.toString(),
-                                "--socket",
-                                sock.toString(),
-                                "--io-engine",
-                                "sync"))
+        try (ChildProcess serve = ChildProcess.builder(IovirtCli.serveBlk(img, sock, "--io-engine", "sync"))
                         .name("iovirt serve blk")
                         .log(dir.resolve("serve.log"))
                         .startListening(sock, TIMEOUT);

@@ -7,7 +7,6 @@ import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.List;
 
 /** Live migration between two {@code iovirt serve blk} processes on one image (O_DIRECT, io_uring). */
 class IovirtBlkMigrationGuestTest extends BlkMigrationGuestTest {
@@ -30,16 +29,7 @@ class IovirtBlkMigrationGuestTest extends BlkMigrationGuestTest {
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
-        return ChildProcess.builder(IovirtCli.command(List.of(
-                        "serve",
-                        "blk",
-                        "--image",
-                        image.toString(),
-                        "--socket",
-                        socket.toString(),
-                        "--queues",
-                        Integer.toString(queues),
-                        "--direct")))
+        return ChildProcess.builder(IovirtCli.serveBlk(image, socket, "--queues", Integer.toString(queues), "--direct"))
                 .env("JAVA_TOOL_OPTIONS", "-Djava.util.logging.config.file=" + logging)
                 .name("iovirt serve blk " + tag)
                 .log(dir.resolve("iovirt-" + tag + ".log"))

@@ -52,17 +52,9 @@ class IovirtQcow2GuestTest {
 
     private ChildProcess serveBlk(Path img, int queues, String... extra) {
         Path sock = dir.resolve("vub.sock");
-        List<String> cmd = new ArrayList<>(List.of(
-                "serve",
-                "blk",
-                "--image",
-                img.toString(),
-                "--socket",
-                sock.toString(),
-                "--queues",
-                Integer.toString(queues)));
-        cmd.addAll(List.of(extra));
-        return ChildProcess.builder(IovirtCli.command(cmd))
+        List<String> options = new ArrayList<>(List.of("--queues", Integer.toString(queues)));
+        options.addAll(List.of(extra));
+        return ChildProcess.builder(IovirtCli.serveBlk(img, sock, options.toArray(String[]::new)))
                 .name("iovirt serve blk")
                 .log(dir.resolve("iovirt.log"))
                 .startListening(sock, START);
