@@ -69,8 +69,8 @@ public final class QueueWorker {
      * so the host CPU may run the guest's load of used.idx ahead of its store of used_event (fixed in QEMU 8.1, "tcg:
      * Do not elide memory barriers for !CF_PARALLEL in system mode": I/O threads run in parallel too). Seen here
      * (scripts/without-kvm.sh, the disk demo looped with both cores also busy): the guest (TCG, -smp 1) stalled for
-     * good in 2 of 17 runs, every request completed, the interrupt sent, used.idx 16 past the used_event it last
-     * wrote; with this recheck no run of 36 stalled, and it interrupted the guest 22 times in 16 of 30 runs (ring
+     * good in 2 of 17 runs, every request completed, no signal lost to a full eventfd, used.idx 16 past the
+     * used_event it last wrote; with this recheck no run of 36 stalled, and it interrupted the guest 22 times in 16 of 30 runs (ring
      * states logged: used_event 16 and 6 behind). Once per busy-to-idle transition it costs one wake-up and at most
      * one spurious interrupt; a lost one costs the guest this long.
      */
