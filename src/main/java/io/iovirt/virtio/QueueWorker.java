@@ -65,14 +65,14 @@ public final class QueueWorker {
      * Handler#recheck}); after that look it sleeps until woken. A driver that orders its own stores and loads of the
      * shared ring wrongly can miss our interrupt or skip its kick (the two sides' store-then-load handshakes both see
      * the other's old value), and the guest then waits for ever. QEMU's TCG with one vCPU is such a driver up to 8.0
-     * (Debian 12 ships 7.2): it leaves out the guest's memory barriers when there is no other vCPU to order against,
-     * so the host CPU may run the guest's load of used.idx ahead of its store of used_event (fixed in QEMU 8.1, "tcg:
-     * Do not elide memory barriers for !CF_PARALLEL in system mode": I/O threads run in parallel too). Seen here
+     * (Debian 12 ships 7.2): it leaves out the guest's memory barriers when there is no other vCPU to order against, so
+     * the host CPU may run the guest's load of used.idx ahead of its store of used_event (fixed in QEMU 8.1, "tcg: Do
+     * not elide memory barriers for !CF_PARALLEL in system mode": I/O threads run in parallel too). Seen here
      * (scripts/without-kvm.sh, the disk demo looped with both cores also busy): the guest (TCG, -smp 1) stalled for
-     * good in 2 of 17 runs, every request completed, no signal lost to a full eventfd, used.idx 16 past the
-     * used_event it last wrote; with this recheck no run of 36 stalled, and it interrupted the guest 22 times in 16 of 30 runs (ring
-     * states logged: used_event 16 and 6 behind). Once per busy-to-idle transition it costs one wake-up and at most
-     * one spurious interrupt; a lost one costs the guest this long.
+     * good in 2 of 17 runs, every request completed, no signal lost to a full eventfd, used.idx 16 past the used_event
+     * it last wrote; with this recheck no run of 36 stalled, and it interrupted the guest 22 times in 16 of 30 runs
+     * (ring states logged: used_event 16 and 6 behind). Once per busy-to-idle transition it costs one wake-up and at
+     * most one spurious interrupt; a lost one costs the guest this long.
      */
     public static final int RECHECK_MILLIS = 250;
 
