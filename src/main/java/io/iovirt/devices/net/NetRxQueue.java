@@ -20,6 +20,8 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
 
 /**
  * A receive queue: frames from the switch into the guest's buffers. There is no thread: the receive thread of
@@ -104,6 +106,15 @@ final class NetRxQueue {
     private int unnotified;
     /** Senders writing the call eventfd outside the lock; {@link #stop} waits for them. */
     private int signalling;
+    /** A {@link #recheck} is pending (set when used entries are published, cleared when it runs). */
+    private boolean recheckScheduled;
+
+    /**
+     * Runs every receive queue's {@link #recheck}: these queues have no thread of their own (senders deliver on
+     * theirs), so one daemon thread per process looks after them.
+     */
+    private static final ScheduledThreadPoolExecutor RECHECKS = new ScheduledThreadPoolExecutor(
+            1, Thread.ofPlatform().daemon().name("iovirt-rx-recheck").factory());
 
     private VirtioNetPort port;
     private EventFd err;
@@ -332,11 +343,51 @@ final class NetRxQueue {
     private EventFd decideInterrupt() throws VirtqueueException {
         unnotified = 0;
         vq.publishUsed(); // the frames delivered since the last time, with one used-index store
+        if (!recheckScheduled) { // at most one pending per queue: one task per RECHECK_MILLIS while frames flow
+            recheckScheduled = true;
+            RECHECKS.schedule(this::recheck, io.iovirt.virtio.QueueWorker.RECHECK_MILLIS, TimeUnit.MILLISECONDS);
+        }
         if (call != null && vq.needsNotification()) {
             signalling++;
             return call;
         }
         return null;
+    }
+
+    /**
+     * {@link io.iovirt.virtio.QueueWorker#RECHECK_MILLIS} after frames were returned: interrupts the guest again if
+     * its driver may be waiting for an interrupt it missed (see there: a driver that orders its ring accesses wrongly
+     * can miss one, and a receive queue gets no other chance — the next frame's decision does not cross an event
+     * index the driver left behind). Skipped while a sender's burst waits for its flush, which decides anyway.
+     */
+    private void recheck() {
+        EventFd toSignal = null;
+        synchronized (lock) {
+            recheckScheduled = false;
+            if (running && call != null && unnotified == 0) {
+                Throwable failure;
+                try {
+                    try {
+                        if (vq.driverMayBeWaiting()) {
+                            signalling++;
+                            toSignal = call;
+                        }
+                        vq.releaseMemory(); // as at the end of a burst: nothing of this ring is in use
+                        Mmap.surfaceFaults();
+                        failure = null;
+                    } catch (VirtqueueException | RuntimeException | Error e) {
+                        Mmap.surfaceFaults();
+                        failure = e;
+                    }
+                } catch (InternalError fault) {
+                    failure = fault;
+                }
+                if (failure != null) {
+                    toSignal = failLocked(failure);
+                }
+            }
+        }
+        signal(toSignal);
     }
 
     /**

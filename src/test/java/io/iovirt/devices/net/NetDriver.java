@@ -184,6 +184,10 @@ final class NetDriver implements AutoCloseable {
         return rings[q];
     }
 
+    EventFd call(int q) {
+        return calls[q];
+    }
+
     /** Takes every rx frame that arrives until none has for a moment (flooded learning frames). */
     void drainRx(int pair) throws InterruptedException {
         while (pollRx(pair, Duration.ofMillis(300)) != null) {

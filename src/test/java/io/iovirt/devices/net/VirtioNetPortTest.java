@@ -105,6 +105,47 @@ class VirtioNetPortTest {
         }
     }
 
+    /**
+     * A receive interrupt the driver missed (it asked for none while the frame arrived, then asked for one without
+     * looking at the ring again — what a driver with reordered ring accesses does) is sent once the queue has been
+     * quiet for QueueWorker.RECHECK_MILLIS; no other frame is needed to trigger it.
+     */
+    @Test
+    void aReceiveInterruptTheDriverMissedIsSentAgain() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1)) {
+            await(() -> pa.isLinkUp() && pb.isLinkUp(), "links up");
+            a.postRx(0, 2048, 64);
+            b.postRx(0, 2048, 64);
+            a.send(0, frame(B, A, 60)); // the switch learns A (and floods to b)
+            b.receive(0);
+            b.send(0, frame(A, B, 60)); // a first frame for a: the receive queue's first interrupt decision
+            a.receive(0);
+            a.ring(0).enableInterrupts();
+            Await.until(java.time.Duration.ofSeconds(20), "the first frame's interrupt", () -> read(a.call(0)) > 0);
+            // The driver asks for no interrupt; a frame arrives and is returned silently.
+            a.ring(0).disableInterrupts();
+            b.send(0, frame(A, B, 61));
+            await(a.ring(0)::hasUsed, "the frame returned");
+            // It asks again but does not look at the ring: only the recheck can wake it.
+            a.ring(0).enableInterrupts();
+            Await.until(
+                    java.time.Duration.ofSeconds(20), "an interrupt after the quiet spell", () -> read(a.call(0)) > 0);
+            assertEquals(61, a.receive(0).length);
+        }
+    }
+
+    private static long read(io.iovirt.linux.EventFd e) {
+        try {
+            return e.read();
+        } catch (io.iovirt.linux.LinuxException x) {
+            throw new IllegalStateException(x);
+        }
+    }
+
     @Test
     void mergeableBuffersCarryAJumboFrameAcrossChains() throws Exception {
         sw = new Switch(Switch.Config.defaults().withMtu(9000));
