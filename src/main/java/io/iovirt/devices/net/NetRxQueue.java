@@ -206,6 +206,7 @@ final class NetRxQueue {
     void transmit(Frame f) {
         Mmap.surfaceFaults(); // a fault still pending from the sender's own memory is the sender's, thrown to it
         EventFd toSignal = null;
+        EventFd error = null;
         synchronized (lock) {
             if (!running) {
                 tx.increment(PortStat.TX_DROPPED_LINK_DOWN);
@@ -234,10 +235,11 @@ final class NetRxQueue {
             }
             if (failure != null) {
                 tx.increment(PortStat.TX_DROPPED_ERROR);
-                toSignal = failLocked(failure);
+                error = failLocked(failure);
             }
         }
-        signal(toSignal);
+        signal(toSignal); // each counted in signalling: both are written, so stop() does not wait for ever
+        signal(error);
     }
 
     /**
@@ -312,16 +314,32 @@ final class NetRxQueue {
     /** Interrupts the guest for what was delivered since the last time, if its driver wants that. */
     void flush() {
         Mmap.surfaceFaults(); // the sender's, as in transmit
-        EventFd toSignal = null;
+        betweenBursts(false);
+    }
+
+    /**
+     * Under the lock, on a running queue, between a sender's bursts: the end of a burst ({@link #flush}: the interrupt
+     * decision for the frames delivered) or a {@link #recheck}; then guest memory is let go (nothing of the ring is in
+     * use between bursts). A fault or a broken ring fails the queue. The eventfds are written after unlocking.
+     */
+    private void betweenBursts(boolean recheck) {
+        EventFd interrupt = null;
+        EventFd error = null;
         synchronized (lock) {
-            if (running) {
+            if (recheck) {
+                recheckScheduled = false;
+            }
+            // a recheck leaves a burst that waits for its flush alone: the flush decides anyway
+            if (running && (!recheck || (call != null && unnotified == 0))) {
                 Throwable failure;
                 try {
                     try {
-                        if (unnotified > 0) {
-                            toSignal = decideInterrupt(); // publishes the burst's used entries first
+                        if (recheck) {
+                            interrupt = recheckInterrupt();
+                        } else if (unnotified > 0) {
+                            interrupt = decideInterrupt(); // publishes the burst's used entries first
                         }
-                        vq.releaseMemory(); // end of the sender's burst: nothing of this ring is in use
+                        vq.releaseMemory();
                         Mmap.surfaceFaults();
                         failure = null;
                     } catch (VirtqueueException | RuntimeException | Error e) {
@@ -332,11 +350,12 @@ final class NetRxQueue {
                     failure = fault;
                 }
                 if (failure != null) {
-                    toSignal = failLocked(failure);
+                    error = failLocked(failure);
                 }
             }
         }
-        signal(toSignal);
+        signal(interrupt); // each counted in signalling: both are written, so stop() does not wait for ever
+        signal(error);
     }
 
     /** Under the lock: the call eventfd to write after unlocking (counted in {@link #signalling}), or null. */
@@ -361,33 +380,16 @@ final class NetRxQueue {
      * index the driver left behind). Skipped while a sender's burst waits for its flush, which decides anyway.
      */
     private void recheck() {
-        EventFd toSignal = null;
-        synchronized (lock) {
-            recheckScheduled = false;
-            if (running && call != null && unnotified == 0) {
-                Throwable failure;
-                try {
-                    try {
-                        if (vq.driverMayBeWaiting()) {
-                            signalling++;
-                            toSignal = call;
-                        }
-                        vq.releaseMemory(); // as at the end of a burst: nothing of this ring is in use
-                        Mmap.surfaceFaults();
-                        failure = null;
-                    } catch (VirtqueueException | RuntimeException | Error e) {
-                        Mmap.surfaceFaults();
-                        failure = e;
-                    }
-                } catch (InternalError fault) {
-                    failure = fault;
-                }
-                if (failure != null) {
-                    toSignal = failLocked(failure);
-                }
-            }
+        betweenBursts(true);
+    }
+
+    /** Under the lock: the call eventfd (counted in signalling) when the driver may be waiting, else null. */
+    private EventFd recheckInterrupt() throws VirtqueueException {
+        if (vq.driverMayBeWaiting()) {
+            signalling++;
+            return call;
         }
-        signal(toSignal);
+        return null;
     }
 
     /**
