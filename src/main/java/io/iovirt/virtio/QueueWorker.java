@@ -497,11 +497,16 @@ public final class QueueWorker {
 
     private long lastSignalLog;
 
-    /** From {@link Handler#recheck}: interrupts the driver that may have missed one, and counts it. */
-    public void signalAgain(EventFd call) throws LinuxException {
-        stats.recheckSignals.increment();
-        LOG.log(Level.DEBUG, "{0}: interrupting the driver again after an idle spell", name);
-        signal(call);
+    /**
+     * {@link Handler#recheck} of a device on one virtqueue: interrupts the driver again if it may be waiting for an
+     * interrupt it missed ({@link Virtqueue#driverMayBeWaiting}), and counts it.
+     */
+    public void recheck(Virtqueue queue, EventFd call) throws VirtqueueException, LinuxException {
+        if (queue.driverMayBeWaiting()) {
+            stats.recheckSignals.increment();
+            LOG.log(Level.DEBUG, "{0}: interrupting the driver again after an idle spell", name);
+            signal(call);
+        }
     }
 
     private void run() {

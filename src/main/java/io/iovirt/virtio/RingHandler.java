@@ -110,9 +110,7 @@ public final class RingHandler implements QueueWorker.Handler {
 
     @Override
     public void recheck() throws Exception {
-        if (vq.driverMayBeWaiting()) {
-            worker.signalAgain(call);
-        }
+        worker.recheck(vq, call);
     }
 
     @Override

@@ -261,9 +261,7 @@ final class UringEngine implements QueueWorker.Handler {
 
     @Override
     public void recheck() throws Exception {
-        if (queue.driverMayBeWaiting()) {
-            worker.signalAgain(call);
-        }
+        worker.recheck(queue, call);
     }
 
     private void completion(long userData, int result, int flags) throws VirtqueueException {
