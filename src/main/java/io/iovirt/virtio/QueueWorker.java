@@ -538,13 +538,7 @@ public final class QueueWorker {
         }
     }
 
-    /** See {@link #RECHECK_MILLIS}: the next sleep ends after that long (true after a wake-up, and at the start). */
-    private boolean recheckArmed = true;
-
-    /** The timeout of a sleep that should end in a recheck, for a worker that otherwise sleeps {@code millis}. */
-    static int recheckTimeout(int millis) {
-        return millis > 0 ? Math.min(millis, RECHECK_MILLIS) : RECHECK_MILLIS;
-    }
+    private final IdleRecheck idleRecheck = new IdleRecheck();
 
     private void loop() throws Exception {
         for (; ; ) {
@@ -570,15 +564,12 @@ public final class QueueWorker {
                 continue;
             }
             stats.sleeps.increment();
-            int n = epoll.wait(recheckArmed ? recheckTimeout(pollMillis) : pollMillis);
+            int n = epoll.wait(idleRecheck.timeout(pollMillis));
             if (adaptive) {
                 adapt(System.nanoTime() - idleSince);
             }
-            if (n == 0 && recheckArmed) {
-                recheckArmed = false;
+            if (idleRecheck.due(n)) {
                 handler.recheck();
-            } else if (n > 0) {
-                recheckArmed = true;
             }
             for (int i = 0; i < n; i++) {
                 long token = epoll.data(i);

@@ -393,8 +393,7 @@ public final class WorkerGroup implements AutoCloseable {
             }
         }
 
-        /** The next sleep ends after {@link QueueWorker#RECHECK_MILLIS} (true after a wake-up, and at the start). */
-        private boolean recheckArmed = true;
+        private final IdleRecheck idleRecheck = new IdleRecheck();
 
         private void loop() throws Exception {
             for (; ; ) {
@@ -428,19 +427,16 @@ public final class WorkerGroup implements AutoCloseable {
                 for (int i = 0; i < activeCount; i++) {
                     active[i].stats().sleeps.increment();
                 }
-                int n = epoll.wait(recheckArmed ? QueueWorker.recheckTimeout(pollMillis) : pollMillis);
+                int n = epoll.wait(idleRecheck.timeout(pollMillis));
                 for (int i = 0; i < n; i++) {
                     dispatch(epoll.data(i), epoll.events(i));
                 }
-                if (n == 0 && recheckArmed) { // see QueueWorker.RECHECK_MILLIS
-                    recheckArmed = false;
+                if (idleRecheck.due(n)) {
                     for (int i = 0; i < activeCount; i++) {
                         if (call(active[i], RECHECK, 0, 0) == RETIRED) {
                             i--;
                         }
                     }
-                } else if (n > 0) {
-                    recheckArmed = true;
                 }
             }
         }
