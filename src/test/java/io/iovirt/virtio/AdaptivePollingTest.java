@@ -111,13 +111,28 @@ class AdaptivePollingTest {
             QueueWorker w =
                     QueueWorker.builder("fixed-test").kick(d.kick).spin(10_000).start(d);
             try {
-                for (int i = 0; i < 20; i++) {
+                // each item comes after the worker went back to sleep, however late the threads ran (a count of
+                // sleeps against fixed 200 µs gaps failed once on a loaded host): a fixed 10 µs spin ends in a sleep
+                // after every item, and its window never grows to catch the next one
+                Await.until(
+                        Duration.ofSeconds(10),
+                        "asleep at the start",
+                        () -> w.stats().totals().sleeps() > 0);
+                for (int i = 1; i <= 20; i++) {
+                    long slept = w.stats().totals().sleeps();
                     d.add();
-                    pause(200_000);
+                    int served = i;
+                    Await.until(Duration.ofSeconds(10), "item " + i + " served", () -> d.served.get() == served);
+                    Await.until(
+                            Duration.ofSeconds(10),
+                            "asleep again after item " + i,
+                            () -> w.stats().totals().sleeps() > slept);
                 }
-                Await.until(Duration.ofSeconds(10), "all served", () -> d.served.get() == 20);
                 assertEquals(0, w.pollWindowNanos(), "only adaptive polling has a window");
-                assertTrue(w.stats().totals().sleeps() >= 15, "10 µs of polling never reaches 200 µs gaps");
+                assertEquals(
+                        0,
+                        w.stats().totals().spinHits(),
+                        "no item came within the spin: " + w.stats().totals());
             } finally {
                 w.stop();
             }
