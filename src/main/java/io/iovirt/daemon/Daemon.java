@@ -807,7 +807,8 @@ public final class Daemon implements AutoCloseable {
     /**
      * A switch port's counters, the schema of {@code ctl stats} and of {@code serve net}'s JSON statistics lines:
      * {@code port}, every {@link PortStat} by its label, and for a vhost-user port its transmit queues' workers
-     * ({@code queues: [{queue: "tx0", worker}]}); {@code st} is the snapshot of the port's counters to report.
+     * ({@code queues: [{queue: "tx0", worker}]}) then its receive queues' interrupts ({@code {queue: "rx0",
+     * lost_notifications, recheck_interrupts}}); {@code st} is the snapshot of the port's counters to report.
      */
     public static Map<String, Object> portCounters(String id, io.iovirt.net.Port port, PortStats st) {
         Map<String, Object> pm = new LinkedHashMap<>();
@@ -821,6 +822,14 @@ public final class Daemon implements AutoCloseable {
                 Map<String, Object> q = new LinkedHashMap<>();
                 q.put("queue", "tx" + i);
                 q.put("worker", workerCounters(v.txWorkerStats(i)));
+                qs.add(q);
+            }
+            for (int i = 0; i < v.options().queuePairs(); i++) {
+                VirtioNetPort.RxQueueTotals t = v.rxQueueTotals(i);
+                Map<String, Object> q = new LinkedHashMap<>();
+                q.put("queue", "rx" + i);
+                q.put("lost_notifications", t.lostSignals());
+                q.put("recheck_interrupts", t.recheckSignals());
                 qs.add(q);
             }
             pm.put("queues", qs);

@@ -361,6 +361,13 @@ public final class Metrics implements AutoCloseable {
                                         + label("port", pe.spec().id()) + "," + label("queue", "tx" + i),
                                 v.txWorkerStats(i));
                     }
+                    for (int i = 0; i < v.options().queuePairs(); i++) { // no worker: only its interrupts
+                        VirtioNetPort.RxQueueTotals t = v.rxQueueTotals(i);
+                        String l = label("net", n.spec.id()) + ","
+                                + label("port", pe.spec().id()) + "," + label("queue", "rx" + i);
+                        nw.lost.sample(l, t.lostSignals());
+                        nw.rechecks.sample(l, t.recheckSignals());
+                    }
                 }
             }
         }

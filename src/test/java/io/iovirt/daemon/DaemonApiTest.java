@@ -405,6 +405,8 @@ class DaemonApiTest {
         Map<?, ?> tx0 = (Map<?, ?>) ((List<?>) vm1.get("queues")).get(0);
         assertEquals("tx0", tx0.get("queue"));
         assertEquals(0L, ((Map<?, ?>) tx0.get("worker")).get("sleeps"));
+        Map<?, ?> rx0 = (Map<?, ?>) ((List<?>) vm1.get("queues")).get(1);
+        assertEquals(Map.of("queue", "rx0", "lost_notifications", 0L, "recheck_interrupts", 0L), rx0);
         assertEquals(null, ((Map<?, ?>) ((List<?>) n.get("ports")).get(1)).get("queues"), "a stream port has none");
         bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
         String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1")

@@ -109,6 +109,8 @@ class MetricsTest {
                     "iovirt_blk_queue_recheck_interrupts_total{device=\"d0\",queue=\"0\"} 0",
                     "iovirt_net_port_queue_batches_total{net=\"sw\",port=\"v\",queue=\"tx0\"} 0",
                     "iovirt_net_port_queue_sleeps_total{net=\"sw\",port=\"v\",queue=\"tx0\"} 0",
+                    "iovirt_net_port_queue_recheck_interrupts_total{net=\"sw\",port=\"v\",queue=\"rx0\"} 0",
+                    "iovirt_net_port_queue_lost_notifications_total{net=\"sw\",port=\"v\",queue=\"rx0\"} 0",
                     "process_resident_memory_bytes ",
                     "iovirt_process_threads ",
                     "iovirt_jvm_gc_collections_total{gc="

@@ -22,6 +22,7 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.LongAdder;
 
 /**
  * A receive queue: frames from the switch into the guest's buffers. There is no thread: the receive thread of
@@ -108,6 +109,10 @@ final class NetRxQueue {
     private int signalling;
     /** A {@link #recheck} is pending (set when used entries are published, cleared when it runs). */
     private boolean recheckScheduled;
+    /** Eventfd writes dropped (a full or blocking eventfd), and interrupts a {@link #recheck} sent; all connections. */
+    private final LongAdder lostSignals = new LongAdder();
+
+    private final LongAdder recheckSignals = new LongAdder();
 
     /**
      * Runs every receive queue's {@link #recheck}: these queues have no thread of their own (senders deliver on
@@ -387,6 +392,7 @@ final class NetRxQueue {
     private EventFd recheckInterrupt() throws VirtqueueException {
         if (vq.driverMayBeWaiting()) {
             signalling++;
+            recheckSignals.increment();
             return call;
         }
         return null;
@@ -418,6 +424,7 @@ final class NetRxQueue {
         }
         try {
             if (!e.trySignal()) {
+                lostSignals.increment();
                 log.warn(name + " rx queue " + index + ": the frontend's eventfd is full or was made blocking;"
                         + " interrupt dropped");
             }
@@ -430,6 +437,11 @@ final class NetRxQueue {
                 }
             }
         }
+    }
+
+    /** What this queue's interrupts did so far, see {@link VirtioNetPort#rxQueueTotals}. */
+    VirtioNetPort.RxQueueTotals totals() {
+        return new VirtioNetPort.RxQueueTotals(lostSignals.sum(), recheckSignals.sum());
     }
 
     private static DescriptorChain[] newChains(Virtqueue q, int n) {

@@ -226,6 +226,26 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         return txWorkerStats[pair].totals();
     }
 
+    /**
+     * A receive queue's interrupts so far (it has no worker: senders fill it on their threads): eventfd writes dropped
+     * because the frontend's eventfd was full or made blocking, and interrupts sent again after an idle spell to a
+     * driver that may have missed one ({@link io.iovirt.virtio.QueueWorker#RECHECK_MILLIS}).
+     */
+    public record RxQueueTotals(long lostSignals, long recheckSignals) {
+        /** For log lines, as {@link QueueWorker.Totals} words them: {@code "0 lost notifications, 2 interrupts..."}. */
+        @Override
+        public String toString() {
+            return lostSignals + " lost notifications, " + recheckSignals
+                    + " interrupts sent again after an idle spell";
+        }
+    }
+
+    /** Receive queue {@code pair}'s interrupts so far (all connections), zeros before the port started. */
+    public RxQueueTotals rxQueueTotals(int pair) {
+        NetRxQueue[] rqs = rxQueues;
+        return rqs == null ? new RxQueueTotals(0, 0) : rqs[pair].totals();
+    }
+
     /** Receive queues the frontend has enabled and the device is filling (MQ: the guest's active queue pairs). */
     public int activeQueuePairs() {
         NetRxQueue[] rqs = rxQueues;

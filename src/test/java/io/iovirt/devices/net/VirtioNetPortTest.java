@@ -135,6 +135,8 @@ class VirtioNetPortTest {
             Await.until(
                     java.time.Duration.ofSeconds(20), "an interrupt after the quiet spell", () -> read(a.call(0)) > 0);
             assertEquals(61, a.receive(0).length);
+            assertTrue(pa.rxQueueTotals(0).recheckSignals() >= 1, "counted: " + pa.rxQueueTotals(0));
+            assertEquals(0, pa.rxQueueTotals(0).lostSignals());
         }
     }
 
