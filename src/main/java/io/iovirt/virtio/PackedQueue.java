@@ -52,6 +52,13 @@ public final class PackedQueue extends Virtqueue {
     private int usedSinceDecision;
 
     private boolean decidedValid;
+    /**
+     * Slots advanced by decisions that sent no interrupt since the last one that did (at most two laps), for {@link
+     * #driverMayBeWaiting}; counted once a decision has sent one on this attachment.
+     */
+    private int unsignalled;
+
+    private boolean signalledValid;
     // crash recovery (issue 11): the in-flight record, and how many of the buffers it kept were handed out again
     private final InflightPacked inflight;
     private int resubmitted;
@@ -359,16 +366,44 @@ public final class PackedQueue extends Virtqueue {
         VarHandle.fullFence(); // used flags stored before the driver's event structure is read
         int offWrap = Short.toUnsignedInt(driverEvent.get(LE16, EVENT_OFF_WRAP));
         int flags = driverEvent.get(LE16, EVENT_FLAGS) & 0x3;
+        boolean notify;
         if (flags == VirtioRing.EVENT_FLAGS_DISABLE) {
-            return false;
+            notify = false;
+        } else if (flags != VirtioRing.EVENT_FLAGS_DESC || !eventIdx || !valid) {
+            // ENABLE, or a value we must not interpret, or the first decision after attaching: notify rather than
+            // risk a hang
+            notify = true;
+        } else {
+            notify = crossed(offWrap, nextUsed, usedWrap, advanced, size);
         }
-        if (flags != VirtioRing.EVENT_FLAGS_DESC || !eventIdx) {
-            return true; // ENABLE, or a value we must not interpret: notify rather than risk a hang
+        if (notify) {
+            unsignalled = 0;
+            signalledValid = true;
+        } else {
+            unsignalled = Math.min(unsignalled + advanced, 2 * size);
         }
-        if (!valid) {
+        return notify;
+    }
+
+    @Override
+    public boolean driverMayBeWaiting() throws VirtqueueException {
+        refresh();
+        int flags = driverEvent.get(LE16, EVENT_FLAGS) & 0x3;
+        if (flags == VirtioRing.EVENT_FLAGS_DISABLE) {
+            return false; // it polls, or will look before it asks for interrupts again
+        }
+        if (!signalledValid || usedSinceDecision > 0) {
             return true;
         }
-        return crossed(offWrap, nextUsed, usedWrap, advanced, size);
+        if (unsignalled == 0) {
+            return false; // the last interrupt came after everything returned: the driver will look
+        }
+        if (flags != VirtioRing.EVENT_FLAGS_DESC || !eventIdx) {
+            return true;
+        }
+        // it asked for an interrupt at a slot returned silently since the last interrupt: missed
+        int offWrap = Short.toUnsignedInt(driverEvent.get(LE16, EVENT_OFF_WRAP));
+        return crossed(offWrap, nextUsed, usedWrap, unsignalled, size);
     }
 
     /**

@@ -48,6 +48,13 @@ public final class SplitQueue extends Virtqueue {
     private boolean decidedValid;
     /** Entries pushed since the last decision (more than 2^16 would defeat 16-bit event arithmetic). */
     private int pushedSinceDecision;
+    /**
+     * Entries published by decisions that sent no interrupt since the last one that did (at most 2^16), for {@link
+     * #driverMayBeWaiting}; counted once a decision has sent one on this attachment.
+     */
+    private int unsignalled;
+
+    private boolean signalledValid;
 
     // Loop detection without clearing per request: a descriptor is visited in this walk when its stamp equals the
     // walk's stamp.
@@ -337,13 +344,22 @@ public final class SplitQueue extends Virtqueue {
         // Order our used.idx store before the load of the driver's suppression state (the driver does the mirror
         // image); without it both sides can miss each other's update and the interrupt is lost.
         VarHandle.fullFence();
+        boolean notify;
         if (!eventIdx) {
-            return (avail.get(LE16, 0) & VirtioRing.AVAIL_F_NO_INTERRUPT) == 0;
+            notify = (avail.get(LE16, 0) & VirtioRing.AVAIL_F_NO_INTERRUPT) == 0;
+        } else {
+            int usedEvent = Short.toUnsignedInt(avail.get(LE16, usedEventOffset));
+            // First decision after attaching: we do not know which used_event the driver has already seen crossed (by
+            // a previous backend), so notify; a spurious interrupt is harmless, a lost one hangs the driver.
+            notify = !valid || pushed > 0xffff || VirtioRing.needEvent(usedEvent, usedIdx, old);
         }
-        int usedEvent = Short.toUnsignedInt(avail.get(LE16, usedEventOffset));
-        // First decision after attaching: we do not know which used_event the driver has already seen crossed (by a
-        // previous backend), so notify; a spurious interrupt is harmless, a lost one hangs the driver.
-        return !valid || pushed > 0xffff || VirtioRing.needEvent(usedEvent, usedIdx, old);
+        if (notify) {
+            unsignalled = 0;
+            signalledValid = true;
+        } else {
+            unsignalled = Math.min(unsignalled + pushed, 0x10000);
+        }
+        return notify;
     }
 
     @Override
@@ -390,10 +406,20 @@ public final class SplitQueue extends Virtqueue {
     @Override
     public boolean driverMayBeWaiting() throws VirtqueueException {
         refresh();
+        // Precise once every entry published went through a decision and one decision sent an interrupt: only the
+        // entries returned silently since then can be the ones a driver waits for.
+        boolean precise = signalledValid && pushedSinceDecision == 0 && unsignalled <= 0xffff;
+        if (precise && unsignalled == 0) {
+            return false; // the last interrupt came after everything published: the driver will look
+        }
         if (!eventIdx) {
             return (avail.get(LE16, 0) & VirtioRing.AVAIL_F_NO_INTERRUPT) == 0;
         }
-        return Short.toUnsignedInt(avail.get(LE16, usedEventOffset)) != (publishedIdx & 0xffff);
+        int usedEvent = Short.toUnsignedInt(avail.get(LE16, usedEventOffset));
+        if (precise) { // it asked for an interrupt at one of them: an event index ahead of them is no missed one
+            return VirtioRing.needEvent(usedEvent, publishedIdx, publishedIdx - unsignalled);
+        }
+        return usedEvent != (publishedIdx & 0xffff);
     }
 
     @Override

@@ -605,9 +605,12 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     /**
      * After an idle spell ({@link QueueWorker#RECHECK_MILLIS}): whether the driver may be waiting for an interrupt
-     * it missed — with EVENT_IDX when the used_event it last wrote is not the used index we published (it has not
-     * taken all we returned, or it is in the middle of taking them); without, whenever it has not turned interrupts
-     * off. A true answer costs at most one spurious interrupt.
+     * it missed. Never when the last interrupt decision that sent one came after everything returned, or when the
+     * driver has turned interrupts off; otherwise, with event indexes, when the event it asked for lies among the
+     * entries returned silently since that interrupt (split and packed rings), and without them whenever it wants
+     * interrupts. Before the first interrupt on an attachment (what a previous backend returned is unknown): with
+     * split event indexes, when the used_event it last wrote is not the used index published; otherwise whenever it
+     * has not turned interrupts off. A true answer costs at most one spurious interrupt; this base answers true.
      */
     public boolean driverMayBeWaiting() throws VirtqueueException {
         return true;

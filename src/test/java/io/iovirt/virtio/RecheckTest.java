@@ -2,14 +2,17 @@
 package io.iovirt.virtio;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.GuestFixture;
+import java.lang.foreign.MemorySegment;
 import java.time.Duration;
 import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
@@ -79,9 +82,84 @@ class RecheckTest {
             assertEquals(false, d.enableInterrupts(), "nothing more returned");
             assertEquals(false, q.driverMayBeWaiting(), "used_event is the used index published");
             d.disableInterrupts();
-            assertEquals(true, q.driverMayBeWaiting(), "used_event elsewhere: it may be in the middle of taking them");
+            assertEquals(true, q.driverMayBeWaiting(), "used_event back at the entry returned silently");
             q.releaseMemory();
         }
+    }
+
+    // ---- what the recheck asks of a ring: only entries returned silently since the last interrupt count ----
+
+    @Test
+    void aSplitRingWithEventIndexes() throws Exception {
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
+        Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
+        MemorySegment usedEvent = g.at(d.driverAreaAddr() + 4 + 2L * SIZE, 2);
+        d.enableInterrupts();
+        returnOne(d, q);
+        assertTrue(q.needsNotification(), "the first decision interrupts");
+        assertFalse(q.driverMayBeWaiting(), "interrupted after everything returned, taken or not");
+        assertTrue(d.pollUsed() != -1);
+        d.disableInterrupts(); // used_event one behind the next entry
+        returnOne(d, q);
+        assertFalse(q.needsNotification());
+        assertFalse(q.driverMayBeWaiting(), "it asked for none of the entries returned since");
+        usedEvent.set(VirtioRing.LE16, 0, (short) 5);
+        assertFalse(q.driverMayBeWaiting(), "an event ahead of the used index (delayed callbacks) is no missed one");
+        d.enableInterrupts(); // used_event at the entry returned silently
+        assertTrue(q.driverMayBeWaiting(), "it asked for an entry returned silently: it missed the interrupt");
+        q.releaseMemory();
+    }
+
+    @Test
+    void aSplitRingWithoutEventIndexes() throws Exception {
+        SplitDriverRing d =
+                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+        Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
+        d.enableInterrupts();
+        returnOne(d, q);
+        assertTrue(q.needsNotification());
+        assertFalse(q.driverMayBeWaiting(), "interrupted after everything returned");
+        d.disableInterrupts();
+        returnOne(d, q);
+        assertFalse(q.needsNotification());
+        assertFalse(q.driverMayBeWaiting(), "interrupts off");
+        d.enableInterrupts();
+        assertTrue(q.driverMayBeWaiting(), "an entry returned silently, and interrupts wanted now");
+        q.releaseMemory();
+    }
+
+    @Test
+    void aPackedRing() throws Exception {
+        for (boolean eventIdx : new boolean[] {false, true}) {
+            PackedDriverRing d =
+                    PackedDriverRing.create(g.memory, g.alloc(PackedDriverRing.bytesNeeded(SIZE), 16), SIZE, eventIdx);
+            Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
+            MemorySegment event = g.at(d.driverAreaAddr(), 4);
+            d.enableInterrupts();
+            returnOne(d, q);
+            assertTrue(q.needsNotification(), "the first decision interrupts");
+            assertFalse(q.driverMayBeWaiting(), "interrupted after everything returned");
+            assertTrue(d.pollUsed() != -1);
+            d.disableInterrupts();
+            returnOne(d, q);
+            assertFalse(q.needsNotification());
+            assertFalse(q.driverMayBeWaiting(), "interrupts off");
+            if (eventIdx) { // position 5 of the first lap: ahead of the used side at 2
+                event.set(VirtioRing.LE16, 0, (short) (5 | 0x8000));
+                event.set(VirtioRing.LE16, 2, (short) VirtioRing.EVENT_FLAGS_DESC);
+                assertFalse(q.driverMayBeWaiting(), "an event ahead of the used side is no missed one");
+            }
+            d.enableInterrupts(); // with event indexes: at the slot returned silently
+            assertTrue(q.driverMayBeWaiting(), "a slot returned silently, and interrupts wanted there: " + eventIdx);
+            q.releaseMemory();
+        }
+    }
+
+    private void returnOne(DriverRing d, Virtqueue q) throws VirtqueueException {
+        long buf = g.alloc(64, 8);
+        d.add(new long[] {buf}, new int[] {64}, new boolean[] {false}, 1, DriverRing.NO_INDIRECT);
+        q.push(q.pop(), 0);
     }
 
     private void add(SplitDriverRing d) {
