@@ -71,9 +71,10 @@ public final class QueueWorker {
      * (scripts/without-kvm.sh, the disk demo looped with both cores also busy): the guest (TCG, -smp 1) stalled for
      * good in 2 of 17 runs, every request completed, no signal lost to a full eventfd, used.idx 16 past the used_event
      * it last wrote; with this recheck no run of 36 stalled, and it interrupted the guest 22 times in 16 of 30 runs
-     * (ring states logged: used_event 16 and 6 behind). Once per busy-to-idle transition it costs one wake-up, and an
-     * interrupt only when entries were returned silently since the last one and the driver now asks for one among
-     * them ({@link Virtqueue#driverMayBeWaiting}); a lost one costs the guest this long.
+     * (ring states logged: used_event 16 and 6 behind); asking only where entries were returned silently since the
+     * last interrupt, 44 of 44 runs, 10 rechecks in 8 of 24. Once per busy-to-idle transition it costs one wake-up,
+     * and an interrupt only when entries were returned silently since the last one and the driver now asks for one
+     * among them ({@link Virtqueue#driverMayBeWaiting}); a lost one costs the guest this long.
      */
     public static final int RECHECK_MILLIS = 250;
 
