@@ -139,6 +139,8 @@ class HostileNetFrontendTest {
             honestTrafficFlows(b, c, 2);
             String line = log.awaitLine("eventfd is full or was made blocking");
             assertTrue(line.contains(pa.name()), line);
+            assertTrue(pa.rxQueueTotals(0).lostSignals() >= 1, "counted: " + pa.rxQueueTotals(0));
+            assertEquals(0, pb.rxQueueTotals(0).lostSignals(), "B's own interrupts were not lost");
         }
     }
 
