@@ -35,8 +35,7 @@ class RecheckTest {
     @ParameterizedTest
     @ValueSource(booleans = {false, true})
     void aMissedInterruptIsSentAgainAfterAnIdleSpell(boolean shared) throws Exception {
-        SplitDriverRing d =
-                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
+        SplitDriverRing d = split(true);
         Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
         try (EventFd kick = EventFd.create(true);
                 EventFd call = EventFd.create(true);
@@ -91,8 +90,7 @@ class RecheckTest {
 
     @Test
     void aSplitRingWithEventIndexes() throws Exception {
-        SplitDriverRing d =
-                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, true);
+        SplitDriverRing d = split(true);
         Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
         MemorySegment usedEvent = g.at(d.driverAreaAddr() + 4 + 2L * SIZE, 2);
         d.enableInterrupts();
@@ -113,8 +111,7 @@ class RecheckTest {
 
     @Test
     void aSplitRingWithoutEventIndexes() throws Exception {
-        SplitDriverRing d =
-                SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, false);
+        SplitDriverRing d = split(false);
         Virtqueue q = Virtqueue.create(d.queueConfig(0, false), g.holder);
         d.enableInterrupts();
         returnOne(d, q);
@@ -154,6 +151,10 @@ class RecheckTest {
             assertTrue(q.driverMayBeWaiting(), "a slot returned silently, and interrupts wanted there: " + eventIdx);
             q.releaseMemory();
         }
+    }
+
+    private SplitDriverRing split(boolean eventIdx) {
+        return SplitDriverRing.create(g.memory, g.alloc(SplitDriverRing.bytesNeeded(SIZE), 16), SIZE, eventIdx);
     }
 
     private void returnOne(DriverRing d, Virtqueue q) throws VirtqueueException {
