@@ -179,8 +179,6 @@ final class ServeNetCommand implements Callable<Integer> {
             if (p instanceof VirtioNetPort v) {
                 for (int i = 0; i < v.options().queuePairs(); i++) {
                     b.append("; tx").append(i).append(' ').append(v.txWorkerStats(i));
-                }
-                for (int i = 0; i < v.options().queuePairs(); i++) {
                     VirtioNetPort.RxQueueTotals t = v.rxQueueTotals(i);
                     if (t.lostSignals() + t.recheckSignals() > 0) { // the usual case says nothing
                         b.append("; rx").append(i).append(' ').append(t);
