@@ -610,11 +610,9 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * entries returned silently since that interrupt (split and packed rings), and without them whenever it wants
      * interrupts. Before the first interrupt on an attachment (what a previous backend returned is unknown): with
      * split event indexes, when the used_event it last wrote is not the used index published; otherwise whenever it
-     * has not turned interrupts off. A true answer costs at most one spurious interrupt; this base answers true.
+     * has not turned interrupts off. A true answer costs at most one spurious interrupt.
      */
-    public boolean driverMayBeWaiting() throws VirtqueueException {
-        return true;
-    }
+    public abstract boolean driverMayBeWaiting() throws VirtqueueException;
 
     /**
      * What the ring looks like now, for a report about a guest that stopped making progress: the driver's and the

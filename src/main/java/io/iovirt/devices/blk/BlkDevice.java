@@ -156,13 +156,13 @@ public final class BlkDevice implements VhostUserBackend {
         return queueStats[index].snapshot();
     }
 
-    /** What queue {@code index}'s worker did so far: batches, sleeps, spin hits (all its connections). */
     /** The ring of a running queue as {@link Virtqueue#ringState} reads it (same caveats), for a stalled guest. */
     public String ringState(int index) {
         Virtqueue q = vqs[index];
         return q == null ? "not running" : q.ringState();
     }
 
+    /** What queue {@code index}'s worker did so far: batches, sleeps, spin hits (all its connections). */
     public QueueWorker.Totals workerStats(int index) {
         return queueStats[index].worker.totals();
     }
