@@ -51,6 +51,9 @@
 #   tx-copy-header-only  the transmit queue copies only the first 16 bytes of each small one-buffer frame into its
 #               burst (on; the receiver gets wrong bytes) against the whole frame (off, main): the most one copy
 #               straight from the sender's buffer into the receiver's could save; --topology p2p
+#   vector-copy  small frames copied with 32-byte vector loads and stores (jdk.incubator.vector; on) against main's
+#               copies (off: the receive copy in 8-byte words, the transmit copy through the arraycopy stub); --k 1 the
+#               receive copy, 2 the transmit copy, 3 both
 # K (default 9): 1 header not read, 2 switch skipped, 3 no fault-surfacing call per burst, 4 frame not copied,
 #   5 batches of 32 instead of 64, 6 no device processing (ring only), 7 counters added once per run of a flow,
 #   8 read-ahead of each batch's frames, 9 addresses read when a frame is appended to the burst, 10 delivery skipped,
@@ -149,7 +152,7 @@ for r in $(seq "$RUNS"); do
   echo "run $r:"
   grep EXP "$DIR/backend-r$r.log" | sed 's/^/  /'
 done
-echo "$EXPERIMENT$(case "$EXPERIMENT" in net-knockouts|tx-inline-copy) echo " K=$K" ;; esac), $TOPOLOGY, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
+echo "$EXPERIMENT$(case "$EXPERIMENT" in net-knockouts|tx-inline-copy|vector-copy) echo " K=$K" ;; esac), $TOPOLOGY, $RUNS runs of $SECONDS_RUN s, $SIZE-byte frames ($(date -u '+%Y-%m-%d %H:%M UTC'), logs in $DIR):"
 for r in $(seq "$RUNS"); do grep EXP "$DIR/backend-r$r.log" | tail -n +2; done |
   awk -v t="$FAST" '$3 >= t || $6 >= t {print $6 / $3}' | sort -n |
   awk -v t="$FAST" '{a[NR] = $1} END {if (NR == 0) {print "  no window above " t " Mpps: the frontend set the rate"; exit 0}
