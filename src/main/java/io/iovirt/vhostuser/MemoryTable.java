@@ -146,8 +146,11 @@ final class MemoryTable implements AutoCloseable {
         GuestMemory next;
         FrontendAddressIndex index;
         try {
+            // the frontend-address check first: a snapshot, once built, holds a reference to every region in it
+            List<MemoryRegion> all = new ArrayList<>(current.regions());
+            all.add(r);
+            index = FrontendAddressIndex.of(all);
             next = current.with(r);
-            index = FrontendAddressIndex.of(next.regions());
         } catch (IllegalArgumentException e) {
             release(r);
             throw new ProtocolException("ADD_MEM_REG: " + e.getMessage());

@@ -318,6 +318,27 @@ class HostileFrontendTest {
         }
     }
 
+    /**
+     * An ADD_MEM_REG refused for overlapping an earlier region in the frontend's address space (not in guest physical
+     * space) once built the new table before the check, and that table's references kept every earlier region mapped
+     * after the connection ended — a whole guest's RAM per attempt.
+     */
+    @Test
+    void aRefusedRegionLeavesNoMappingBehind() throws Exception {
+        String name = "hostile-add-" + ProcessHandle.current().pid() + "-" + System.nanoTime();
+        try (Fd mem = MemFd.allocate(name, 2 << 20)) {
+            assertRejected("ADD_MEM_REG: regions overlap in frontend address space", fe -> {
+                negotiate(fe, FEATURES);
+                raw(fe, MessageType.ADD_MEM_REG, single(0, 1 << 20, 0x7000_0000L, 0), mem);
+                raw(fe, MessageType.ADD_MEM_REG, single(0x1_0000_0000L, 1 << 20, 0x7000_0000L, 1 << 20), mem);
+            });
+        }
+        List<String> left = Files.readAllLines(Path.of("/proc/self/maps")).stream()
+                .filter(l -> l.contains(name))
+                .toList();
+        assertEquals(List.of(), left, "mappings of the refused connection's memory still in place");
+    }
+
     @Test
     void ringsOutsideTheDeviceOrItsMemory() throws Exception {
         try (FrontendMemory ram = FrontendMemory.allocate(0x100000, 1 << 20);
