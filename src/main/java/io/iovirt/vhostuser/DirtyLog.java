@@ -3,7 +3,9 @@ package io.iovirt.vhostuser;
 
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.Mmap;
+import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestWriteLog;
+import io.iovirt.memory.MemoryRegion;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
@@ -177,6 +179,26 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
             page = lastInWord + 1;
         }
         return true;
+    }
+
+    /**
+     * Marks every page of guest memory that this log covers dirty.
+     *
+     * @return the pages marked
+     */
+    long markAll(GuestMemory memory) {
+        long covered = coveredBytes();
+        long marked = 0;
+        for (MemoryRegion r : memory.regions()) {
+            long gpa = r.guestPhysAddr();
+            if (Long.compareUnsigned(gpa, covered) >= 0) {
+                continue;
+            }
+            long len = Long.compareUnsigned(r.size(), covered - gpa) > 0 ? covered - gpa : r.size();
+            mark(gpa, len);
+            marked += ((gpa + len - 1) >>> PAGE_SHIFT) - (gpa >>> PAGE_SHIFT) + 1;
+        }
+        return marked;
     }
 
     private void outOfRange(long gpa, long len) {

@@ -333,12 +333,15 @@ final class Handler implements AutoCloseable {
             // the device stopped, so vhost_dev_stop's final sync (vhost_log_put -> vhost_sync_dirty_bitmap, which
             // returns early when !started) reads nothing before the log is freed. Nobody knows which pages the
             // previous process wrote in that window, so all of them are reported: QEMU copies guest RAM once more.
-            next.mark(0, next.coveredBytes());
+            // All of guest memory, not all the log covers: the log's size is the frontend's to choose (up to 4 GiB,
+            // sparse), and marking past the guest's RAM would only fault in the frontend's file at the backend's
+            // expense.
+            long pages = next.markAll(memory.holder().get());
             LOG.log(
                     System.Logger.Level.INFO,
                     name + ": logging was on before this connection's first dirty log (the frontend reconnected "
-                            + "during a migration): marked all " + (next.coveredBytes() >>> DirtyLog.PAGE_SHIFT)
-                            + " pages dirty, for what the previous connection wrote after the frontend's last sync");
+                            + "during a migration): marked all " + pages + " pages of guest memory dirty, for what "
+                            + "the previous connection wrote after the frontend's last sync");
         }
         hadLog = true;
         DirtyLog old = dirtyLog;
