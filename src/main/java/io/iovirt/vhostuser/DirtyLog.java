@@ -81,7 +81,8 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
             if (offset < 0 || offset % 8 != 0) {
                 throw new ProtocolException(what + ": the log must start at a non-negative, 8-byte aligned offset");
             }
-            PeerFile.requireRange(fd, what, offset, size);
+            PeerFile.requireSharedMemory(
+                    fd, what, offset, size, "the dirty log must be a memfd, or a file on tmpfs or hugetlbfs");
             Mmap.Mapping m = PeerFile.mapShared(fd, what, offset, size, Mmap.MAP_NORESERVE);
             return new DirtyLog(name, m, m.segment(), size);
         }

@@ -74,7 +74,12 @@ final class InflightRegion implements AutoCloseable {
             if (mmapOffset < 0 || mmapOffset % Mmap.pageSize() != 0) {
                 throw new ProtocolException(what + ": the offset must be page aligned");
             }
-            PeerFile.requireRange(fd, what, mmapOffset, mmapSize);
+            PeerFile.requireSharedMemory(
+                    fd,
+                    what,
+                    mmapOffset,
+                    mmapSize,
+                    "the in-flight memory must be a memfd, or a file on tmpfs or hugetlbfs");
             return new InflightRegion(PeerFile.mapShared(fd, what, mmapOffset, mmapSize, 0), null, queues, queueSize);
         }
     }

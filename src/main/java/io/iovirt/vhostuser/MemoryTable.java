@@ -2,8 +2,6 @@
 package io.iovirt.vhostuser;
 
 import io.iovirt.linux.Fd;
-import io.iovirt.linux.FileIo;
-import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.Mmap;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
@@ -214,21 +212,15 @@ final class MemoryTable implements AutoCloseable {
             if (offset < 0 || offset > Long.MAX_VALUE - size) {
                 throw new ProtocolException(desc + ": file offset overflows");
             }
-            PeerFile.requireRange(fd, desc, offset, size);
-            long fsType;
-            try {
-                fsType = FileIo.filesystemType(fd);
-            } catch (LinuxException e) {
-                throw new ProtocolException(desc + ": " + e.getMessage(), e);
-            }
-            if (fsType != FileIo.TMPFS_MAGIC && fsType != FileIo.HUGETLBFS_MAGIC) {
-                // A file on a disk file system could be truncated by anyone with access to it, and its pages
-                // written back to disk: guest RAM must come from memfd, tmpfs (/dev/shm) or hugetlbfs.
-                throw new ProtocolException(
-                        desc + ": the file is on a file system of type 0x" + Long.toHexString(fsType)
-                                + "; guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
-                                + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
-            }
+            // A file on a disk file system could be truncated by anyone with access to it, and its pages written back
+            // to disk; one on FUSE would stall the queue threads on its daemon (PeerFile).
+            PeerFile.requireSharedMemory(
+                    fd,
+                    desc,
+                    offset,
+                    size,
+                    "guest memory must be a memfd, or a file on tmpfs or hugetlbfs (QEMU: memory-backend-memfd"
+                            + " or memory-backend-file with mem-path on /dev/shm or /dev/hugepages)");
             Mmap.Mapping mapping = PeerFile.mapShared(fd, desc, offset, size, Mmap.MAP_NORESERVE);
             return new MemoryRegion(gpa, size, uva, offset, mapping.segment(), () -> unmap(mapping));
         }

@@ -5,33 +5,95 @@ import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.Mmap;
+import java.time.Duration;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 
 /**
  * A descriptor the frontend sent as shared memory — guest RAM (SET_MEM_TABLE, ADD_MEM_REG), the dirty log
- * (SET_LOG_BASE), the in-flight memory (SET_INFLIGHT_FD) — checked before it is mapped: it must be a regular file
- * that holds the whole range, or a later access past its end would be a SIGBUS.
+ * (SET_LOG_BASE), the in-flight memory (SET_INFLIGHT_FD) — checked before it is mapped: a regular file on tmpfs or
+ * hugetlbfs (a memfd is either) that holds the whole range.
+ *
+ * <p>The file system matters because queue threads — shared by several tenants on a net poll thread — touch these
+ * mappings: a page fault on a file of a FUSE mount the frontend serves waits for its daemon, for ever if it never
+ * answers, and a file on a disk file system can be truncated by anyone with access to it (a SIGBUS) and has its
+ * pages written back to disk. Even the checks can wait on such a file system (statx and fstatfs go to a FUSE daemon),
+ * so they run on a helper thread and give up after {@link #CHECK_TIMEOUT}: the message is refused, and the session
+ * thread — the only one serving that frontend — never waits on the frontend's file system.
  */
 final class PeerFile {
+    /** How long the file system behind a frontend's descriptor may take to answer statx and fstatfs. */
+    static final Duration CHECK_TIMEOUT = Duration.ofSeconds(5);
+
+    /** Daemon threads: one left waiting on a file system that never answers must not keep the process alive. */
+    private static final ExecutorService CHECKS = Executors.newCachedThreadPool(
+            Thread.ofPlatform().daemon().name("iovirt-peer-file-check-", 0).factory());
+
     private PeerFile() {}
 
+    private record Facts(FileIo.Stat stat, long fsType) {}
+
     /**
-     * Checks that {@code fd} is a regular file holding [offset, offset+size); both are non-negative.
+     * Checks that {@code fd} is a regular file on tmpfs or hugetlbfs holding [offset, offset+size); both are
+     * non-negative.
      *
-     * @param what names the message and its values, for the error
+     * @param what   names the message and its values, for the error
+     * @param remedy what the frontend should send instead, for the error
      */
-    static void requireRange(Fd fd, String what, long offset, long size) throws ProtocolException {
-        FileIo.Stat st;
-        try {
-            st = FileIo.stat(fd);
-        } catch (LinuxException e) {
-            throw new ProtocolException(what + ": " + e.getMessage(), e);
-        }
+    static void requireSharedMemory(Fd fd, String what, long offset, long size, String remedy)
+            throws ProtocolException {
+        Facts facts = facts(fd, what, remedy);
+        FileIo.Stat st = facts.stat();
         if (!st.isRegularFile()) {
             throw new ProtocolException(what + ": the descriptor is not a shared memory file (mode 0"
-                    + Integer.toOctalString(st.mode()) + ")");
+                    + Integer.toOctalString(st.mode()) + "); " + remedy);
+        }
+        if (facts.fsType() != FileIo.TMPFS_MAGIC && facts.fsType() != FileIo.HUGETLBFS_MAGIC) {
+            throw new ProtocolException(what + ": the file is on a file system of type 0x"
+                    + Long.toHexString(facts.fsType()) + ", not tmpfs or hugetlbfs; " + remedy);
         }
         if (offset > st.size() - size) {
             throw new ProtocolException(what + ": extends past the end of its " + st.size() + "-byte file");
+        }
+    }
+
+    /** statx and fstatfs of the file, on a helper thread with its own copy of the descriptor. */
+    private static Facts facts(Fd fd, String what, String remedy) throws ProtocolException {
+        Fd copy;
+        try {
+            copy = fd.dup();
+        } catch (LinuxException e) {
+            throw new ProtocolException(what + ": " + e.getMessage(), e);
+        }
+        Future<Facts> f;
+        try {
+            f = CHECKS.submit(() -> {
+                try (copy) {
+                    return new Facts(FileIo.stat(copy), FileIo.filesystemType(copy));
+                }
+            });
+        } catch (RuntimeException e) { // rejected: cannot start a thread
+            copy.close();
+            throw new ProtocolException(what + ": cannot check the descriptor: " + e, e);
+        }
+        try {
+            return f.get(CHECK_TIMEOUT.toMillis(), TimeUnit.MILLISECONDS);
+        } catch (TimeoutException e) {
+            // The helper stays in its system call until the file system answers (or its connection is aborted);
+            // it holds only its own copy of the descriptor.
+            throw new ProtocolException(what + ": the file system behind the descriptor did not answer statx/fstatfs"
+                    + " within " + CHECK_TIMEOUT.toSeconds() + " s (a FUSE file whose daemon does not answer?); "
+                    + remedy);
+        } catch (ExecutionException e) {
+            Throwable cause = e.getCause();
+            throw new ProtocolException(what + ": " + cause.getMessage(), cause);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new ProtocolException(what + ": interrupted while checking the descriptor");
         }
     }
 

@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.MemFd;
 import io.iovirt.linux.UnixSocket;
@@ -394,6 +395,18 @@ class HostileFrontendTest {
                     negotiate(fe, FEATURES);
                     raw(fe, MessageType.SET_LOG_BASE, log(8192, 0), logFd);
                 });
+                // a file on a disk file system (the temporary directory is on one here, as /tmp usually is): the
+                // queue threads mark the log, and such a file can be truncated under them or served by FUSE
+                Path onDisk = Files.createTempFile(Path.of("target"), "log", ".bin");
+                Files.write(onDisk, new byte[4096]);
+                try (Fd diskFd = FileIo.open(onDisk, FileIo.O_RDWR)) {
+                    assertRejected("not tmpfs or hugetlbfs; the dirty log must be a memfd", fe -> {
+                        negotiate(fe, FEATURES);
+                        raw(fe, MessageType.SET_LOG_BASE, log(4096, 0), diskFd);
+                    });
+                } finally {
+                    Files.deleteIfExists(onDisk);
+                }
                 assertRejected("needs a 16-byte log description and one descriptor, got 16 bytes and 0", fe -> {
                     negotiate(fe, FEATURES);
                     raw(fe, MessageType.SET_LOG_BASE, log(4096, 0));
