@@ -9,6 +9,7 @@ import io.iovirt.virtio.DeviceStatus;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
 import java.util.List;
 
 /**
@@ -496,27 +497,53 @@ final class Handler implements AutoCloseable {
         }
     }
 
-    /** The connection ended: stop everything, reset the device and unmap guest memory. */
+    /**
+     * The connection ended: stop everything, reset the device and unmap guest memory. Every step runs even when an
+     * earlier one threw (a device failing to stop one queue must not leave the others running, or the mappings and
+     * descriptors of the connection behind); the first failure is rethrown at the end. Unmapping is safe whatever
+     * failed: guest memory is reference counted (a queue still running keeps its snapshot), and a retired log takes
+     * no more marks.
+     */
     @Override
     public void close() {
-        if (backendChannel != null) {
-            backend.backendChannel(null);
-            backendChannel.close();
-            backendChannel = null;
-        }
-        stopAll();
+        List<Runnable> steps = new ArrayList<>();
+        steps.add(() -> {
+            if (backendChannel != null) {
+                backend.backendChannel(null);
+                backendChannel.close();
+                backendChannel = null;
+            }
+        });
         for (Vring v : vrings) {
-            v.close();
+            steps.add(v::stopDevice);
         }
-        try {
-            backend.reset();
-        } finally {
-            memory.close();
-            closeLogs(); // migration (issue 11): every queue is stopped, nothing marks the logs any more
+        for (Vring v : vrings) {
+            steps.add(v::close);
+        }
+        steps.add(backend::reset);
+        steps.add(memory::close);
+        steps.add(this::closeLogs); // migration (issue 11): every queue is stopped, nothing marks the logs any more
+        steps.add(() -> {
             if (inflight != null) {
                 inflight.close();
                 inflight = null;
             }
+        });
+        RuntimeException first = null;
+        for (Runnable step : steps) {
+            try {
+                step.run();
+            } catch (RuntimeException e) {
+                LOG.log(System.Logger.Level.ERROR, name + ": while closing the connection: " + e, e);
+                if (first == null) {
+                    first = e;
+                } else {
+                    first.addSuppressed(e);
+                }
+            }
+        }
+        if (first != null) {
+            throw first;
         }
     }
 }

@@ -48,6 +48,9 @@ final class InflightRegion implements AutoCloseable {
         long size = totalBytes(queues, queueSize);
         Fd fd = MemFd.allocate("iovirt-inflight", size);
         try {
+            // The frontend keeps the descriptor (to hand it to the next backend after a crash): it must not be able
+            // to shrink the file under our mapping (a SIGBUS on a queue thread) or to grow it.
+            MemFd.addSeals(fd, MemFd.F_SEAL_SHRINK | MemFd.F_SEAL_GROW | MemFd.F_SEAL_SEAL);
             Mmap.Mapping m = Mmap.map(fd, 0, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED);
             return new InflightRegion(m, fd, queues, queueSize);
         } catch (LinuxException | RuntimeException e) {

@@ -210,6 +210,15 @@ class MigrationProtocolTest {
                 assertEquals(2 * InflightRegion.queueBytes(256), inflight.mmapSize());
                 assertEquals(0, inflight.mmapOffset());
                 assertEquals(inflight.mmapSize(), FileIo.stat(fd).size(), "a memory file of that size");
+                int seals = MemFd.seals(fd);
+                assertEquals(
+                        MemFd.F_SEAL_SHRINK | MemFd.F_SEAL_GROW | MemFd.F_SEAL_SEAL,
+                        seals & (MemFd.F_SEAL_SHRINK | MemFd.F_SEAL_GROW | MemFd.F_SEAL_SEAL),
+                        "sealed against shrinking and growing: 0x" + Integer.toHexString(seals));
+                org.junit.jupiter.api.Assertions.assertThrows(
+                        io.iovirt.linux.LinuxException.class,
+                        () -> MemFd.truncate(fd, 4096),
+                        "the frontend cannot shrink the file under the backend's mapping");
                 fe.setInflightFd(inflight);
                 VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
                 MemorySegment region = backend.running.get(0).inflight();

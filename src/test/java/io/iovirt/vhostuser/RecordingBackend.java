@@ -32,6 +32,9 @@ final class RecordingBackend implements VhostUserBackend {
     final byte[] config = new byte[CONFIG_SIZE];
     volatile long acked = -1;
     volatile int stopIndexOffset = 0;
+    /** A queue whose stop throws (a device failing to let go of it), or -1. */
+    volatile int failStopOf = -1;
+
     volatile int status;
     private final int queues;
     private final long extraProtocol;
@@ -129,6 +132,9 @@ final class RecordingBackend implements VhostUserBackend {
     public int queueStopped(int index) {
         VringSetup s = running.remove(index);
         record("queueStopped " + index);
+        if (index == failStopOf) {
+            throw new IllegalStateException("test: the device failed to stop queue " + index);
+        }
         return s == null ? -1 : s.base() + stopIndexOffset;
     }
 

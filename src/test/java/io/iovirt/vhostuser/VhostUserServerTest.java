@@ -98,6 +98,32 @@ class VhostUserServerTest {
             | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
             | Features.VHOST_USER_F_PROTOCOL_FEATURES;
 
+    /**
+     * A device that throws while stopping a queue at the end of a connection: the rest of the clean-up still runs
+     * (before, the first exception skipped the device reset and left guest memory mapped for good).
+     */
+    @Test
+    void aQueueThatFailsToStopDoesNotLeaveTheConnectionBehind() throws Exception {
+        backend.failStopOf = 0;
+        GuestMemory sessionMemory;
+        try (VhostUserFrontend fe = connect();
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            startLikeQemu(fe, low, high, kick, call, FEATURES);
+            backend.await("queueStarted 0");
+            sessionMemory = backend.memories.getLast();
+            assertTrue(sessionMemory.live());
+        } // the frontend hangs up
+        backend.await("queueStopped 0");
+        backend.await("reset");
+        assertTrue(server.awaitIdle(TIMEOUT));
+        assertFalse(sessionMemory.live(), "the connection's guest memory was released");
+    }
+
     @Test
     void fullBlkSessionAsQemuDrivesIt() throws Exception {
         GuestMemory sessionMemory;
