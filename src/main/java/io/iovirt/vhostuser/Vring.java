@@ -294,8 +294,14 @@ final class Vring implements AutoCloseable {
             throw new ProtocolException("queue " + index + " base 0x" + Integer.toHexString(base)
                     + " points outside its " + size + "-entry packed ring");
         }
+        // Without a call or err eventfd the device still gets one of ours: it may signal freely, and a SET_VRING_CALL
+        // or SET_VRING_ERR that comes while the ring runs swaps the frontend's file in behind its number
+        // (setNotifier) — the device keeps the descriptor it was started with.
         if (call == null) {
-            call = EventFd.createStandIn(); // the driver polls; the device may signal freely (a call may come later)
+            call = EventFd.createStandIn();
+        }
+        if (err == null) {
+            err = EventFd.createStandIn();
         }
         VringSetup setup = new VringSetup(
                 index, size, descGpa, driverGpa, deviceGpa, base, features, kick, call, err, memory.holder(), inflight);

@@ -124,6 +124,26 @@ class VhostUserServerTest {
         assertFalse(sessionMemory.live(), "the connection's guest memory was released");
     }
 
+    /** An err eventfd given while the ring runs, which had none when it started, reaches the device. */
+    @Test
+    void anErrEventfdGivenWhileTheRingRunsReachesTheDevice() throws Exception {
+        try (VhostUserFrontend fe = connect();
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true)) {
+            fe.getFeatures();
+            fe.setProtocolFeatures(fe.getProtocolFeatures());
+            startLikeQemu(fe, low, high, kick, call, FEATURES); // no SET_VRING_ERR before the start
+            backend.await("queueStarted 0");
+            fe.setVringErr(0, err);
+            fe.getQueueNum(); // a round trip: the SET_VRING_ERR before it has been handled
+            backend.running.get(0).err().signal(); // what the device does when the queue fails
+            assertEquals(1, err.read(), "the frontend's err eventfd was signalled");
+        }
+    }
+
     @Test
     void fullBlkSessionAsQemuDrivesIt() throws Exception {
         GuestMemory sessionMemory;
