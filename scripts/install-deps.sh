@@ -4,7 +4,7 @@
 set -euo pipefail
 # asciidoctor, man-db, fakeroot: the man pages and the Debian package (scripts/package.sh)
 PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd pciutils iproute2 procps ethtool jq nbd-client gnuplot-nox
-      asciidoctor man-db fakeroot)
+      asciidoctor man-db fakeroot fuse2fs fuse3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

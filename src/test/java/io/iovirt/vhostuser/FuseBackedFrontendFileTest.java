@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.vhostuser;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.UnixSocket;
+import io.iovirt.testing.Require;
+import io.iovirt.virtio.VirtioFeatures;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A frontend that sends, as its dirty log, a file on a FUSE mount — here a real one, fuse2fs serving an ext4 image.
+ * Answering, the file is refused for its file system (queue threads would take page faults its daemon serves); with
+ * the daemon stopped (SIGSTOP: a FUSE daemon that never answers), the descriptor checks themselves would wait for ever
+ * (statx and fstatfs go to the daemon): the message is refused after {@link PeerFile#CHECK_TIMEOUT}, the session thread
+ * never waits on the frontend's file system, and the server serves the next frontend.
+ */
+@Tag("peer")
+@Timeout(120)
+class FuseBackedFrontendFileTest {
+    static final Duration TIMEOUT = Duration.ofSeconds(20);
+    static final long FUSE_SUPER_MAGIC = 0x65735546L;
+
+    @TempDir
+    Path dir;
+
+    Path socket;
+    Path mount;
+    Process fuse;
+    VhostUserServer server;
+    LogCapture log;
+
+    @BeforeEach
+    void start() throws Exception {
+        Path fuse2fs = Require.program("fuse2fs", "apt-get install fuse2fs fuse3");
+        Path mkfs = Require.program("mkfs.ext4", "apt-get install e2fsprogs");
+        Require.that(Files.isReadable(Path.of("/dev/fuse")), "/dev/fuse is missing (modprobe fuse)");
+        Path image = dir.resolve("fs.img");
+        try (var f = new java.io.RandomAccessFile(image.toFile(), "rw")) {
+            f.setLength(8 << 20);
+        }
+        run(List.of(mkfs.toString(), "-q", "-F", image.toString()));
+        mount = Files.createDirectory(dir.resolve("mnt"));
+        fuse = new ProcessBuilder(fuse2fs.toString(), image.toString(), mount.toString(), "-f", "-o", "fakeroot")
+                .redirectErrorStream(true)
+                .redirectOutput(dir.resolve("fuse2fs.log").toFile())
+                .start();
+        long deadline = System.nanoTime() + TIMEOUT.toNanos();
+        while (!mounted()) {
+            assertTrue(fuse.isAlive(), "fuse2fs exited: " + Files.readString(dir.resolve("fuse2fs.log")));
+            assertTrue(System.nanoTime() < deadline, "fuse2fs did not mount " + mount + " within " + TIMEOUT);
+            Thread.sleep(50);
+        }
+        log = LogCapture.start();
+        socket = dir.resolve("vub.sock");
+        server = VhostUserServer.start(socket, new RecordingBackend(2));
+    }
+
+    @AfterEach
+    void stop() throws Exception {
+        if (fuse != null) {
+            signal("-CONT");
+            if (mounted()) {
+                run(List.of("fusermount3", "-u", mount.toString()));
+            }
+            fuse.destroy();
+            fuse.waitFor(10, TimeUnit.SECONDS);
+        }
+        if (server != null) {
+            assertTrue(server.awaitIdle(TIMEOUT));
+            server.close();
+        }
+        if (log != null) {
+            log.close();
+        }
+    }
+
+    @Test
+    void aLogOnFuseIsRefusedAndADaemonThatNeverAnswersHoldsNoSessionThread() throws Exception {
+        Path file = mount.resolve("log");
+        Files.write(file, new byte[4096]);
+        try (Fd fd = FileIo.open(file, FileIo.O_RDWR)) {
+            assertEquals(FUSE_SUPER_MAGIC, FileIo.filesystemType(fd), "the file is on FUSE");
+            // the daemon answers: refused for its file system
+            String line = refused(fd);
+            assertTrue(line.contains("file system of type 0x65735546, not tmpfs or hugetlbfs"), line);
+
+            // the daemon stops answering; its cached attributes time out (libfuse's default: 1 s)
+            signal("-STOP");
+            Thread.sleep(1500);
+            long started = System.nanoTime();
+            line = refused(fd);
+            long tookMs = (System.nanoTime() - started) / 1_000_000;
+            assertTrue(line.contains("did not answer statx/fstatfs within 5 s"), line);
+            assertTrue(tookMs < TIMEOUT.toMillis(), "refused after " + tookMs + " ms");
+            try (VhostUserFrontend next = VhostUserFrontend.connect(socket, TIMEOUT)) { // the server still serves
+                next.getFeatures();
+                next.setProtocolFeatures(next.getProtocolFeatures());
+                assertEquals(2, next.getQueueNum());
+            }
+            signal("-CONT"); // before the descriptor is closed: a close on FUSE waits for the daemon too
+        }
+    }
+
+    /** Sends SET_LOG_BASE with {@code fd}; returns the server's protocol error line once it closed the connection. */
+    private String refused(Fd fd) throws Exception {
+        try (VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT)) {
+            fe.getFeatures();
+            fe.setProtocolFeatures(fe.getProtocolFeatures());
+            fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
+            MemorySegment p = Arena.ofAuto().allocate(Payloads.LOG_SIZE);
+            Payloads.Log.write(p, 4096, 0);
+            fe.connection()
+                    .sendRaw(MessageType.SET_LOG_BASE.code(), Header.VERSION, (int) p.byteSize(), p, List.of(fd));
+            try (Arena a = Arena.ofConfined()) {
+                UnixSocket.Received r = fe.connection().socket().recv(a.allocate(64), 8);
+                assertTrue(r.eof(), "the server closed the connection without answering");
+            } catch (LinuxException e) {
+                assertEquals(io.iovirt.linux.Errno.ECONNRESET, e.errno(), e.getMessage());
+            }
+        }
+        String line = log.awaitLine("protocol error");
+        assertTrue(server.awaitIdle(TIMEOUT));
+        return line;
+    }
+
+    private boolean mounted() throws IOException {
+        return Files.readAllLines(Path.of("/proc/self/mountinfo")).stream()
+                .anyMatch(l -> l.contains(" " + mount + " ") && l.contains(" - fuse"));
+    }
+
+    private void signal(String sig) throws Exception {
+        if (fuse.isAlive()) {
+            run(List.of("kill", sig, Long.toString(fuse.pid())));
+        }
+    }
+
+    private static void run(List<String> command) throws Exception {
+        Process p = new ProcessBuilder(command).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes());
+        assertTrue(p.waitFor(30, TimeUnit.SECONDS), command + " did not finish");
+        assertEquals(0, p.exitValue(), command + ": " + out);
+    }
+}
