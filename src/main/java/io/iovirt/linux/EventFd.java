@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.linux;
 
+import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
+
+import java.lang.foreign.MemorySegment;
 
 /**
  * An eventfd(2) counter: the kick and call notifications of virtio queues, and the wake-up of blocked threads.
@@ -21,6 +25,12 @@ public final class EventFd implements AutoCloseable {
     private volatile boolean opIsRead;
     /** The watchdog had to end a blocked operation (drain the counter for a write, bump it for a read). */
     private volatile boolean stuck;
+    /**
+     * A write of ours to this peer's eventfd blocked once (the peer cleared O_NONBLOCK and filled the counter): from
+     * then on every {@link #trySignal} first asks poll whether a write would go through, so the peer costs each later
+     * interrupt one system call instead of the watchdog's fraction of a second.
+     */
+    private volatile boolean quarantined;
 
     private EventFd(Fd fd) {
         this(fd, false);
@@ -122,7 +132,10 @@ public final class EventFd implements AutoCloseable {
      * may clear the flag again, and then fill the counter: the write would block until somebody reads. A watchdog
      * thread ({@link Watchdog}) sees a peer write that has not returned within {@link Watchdog#STUCK_NANOS} and
      * drains the counter from a throw-away thread, which ends the write; this call then returns false. So no thread
-     * of ours is held by a peer's eventfd for longer than a fraction of a second, whoever's thread it is.
+     * of ours is held by a peer's eventfd for longer than a fraction of a second, whoever's thread it is — and only
+     * once: after that the eventfd is quarantined, and each later call first polls whether the write can go through
+     * (a full counter: false at once), so a peer cannot stall other tenants' threads a fraction of a second per
+     * interrupt for ever.
      */
     public boolean trySignal() throws LinuxException {
         int f = fd.get();
@@ -130,12 +143,16 @@ public final class EventFd implements AutoCloseable {
         t.scratch.set(JAVA_LONG, 0, 1L);
         long r;
         if (fromPeer) {
+            if (quarantined && !writable(f, t)) {
+                return false; // the counter is full: the write would block (or be dropped), the peer's fault
+            }
             opIsRead = false;
             opSince = System.nanoTime() | 1; // never 0
             r = Syscalls.write(f, t.scratch, 8);
             opSince = 0;
             if (stuck) {
                 stuck = false;
+                quarantined = true;
                 return false;
             }
         } else {
@@ -148,6 +165,25 @@ public final class EventFd implements AutoCloseable {
             throw new LinuxException("write", "eventfd " + f, (int) -r);
         }
         return true;
+    }
+
+    private static final short POLLOUT = 0x4;
+
+    /**
+     * Whether a write of 1 would go through now (poll with no wait: an eventfd is writable while its counter is below
+     * its limit). The peer could still fill the counter between this look and the write; the watchdog covers that.
+     */
+    private static boolean writable(int f, Syscalls.PerThread t) {
+        MemorySegment pfd = t.scratch.asSlice(8, 8); // struct pollfd; the value to write stays in bytes 0..7
+        pfd.set(JAVA_INT, 0, f);
+        pfd.set(JAVA_SHORT, 4, POLLOUT);
+        pfd.set(JAVA_SHORT, 6, (short) 0);
+        return Syscalls.poll(pfd, 1, 0) == 1 && (pfd.get(JAVA_SHORT, 6) & POLLOUT) != 0;
+    }
+
+    /** Whether a write of ours to this peer's eventfd ever blocked (see {@link #trySignal}). */
+    public boolean quarantined() {
+        return quarantined;
     }
 
     /**

@@ -54,6 +54,19 @@ class PeerEventFdTest {
             long start = System.nanoTime();
             assertFalse(ours.trySignal(), "a write that blocked is the peer's fault");
             assertTrue(System.nanoTime() - start < 10_000_000_000L);
+
+            // Quarantined from now on: a full counter is seen before the write, which then does not block at all.
+            assertTrue(ours.quarantined());
+            assertEquals(1, peer.read(), "the rescue drained the counter, then our write went through");
+            peer.write(EventFd.Watchdog.COUNTER_MAX);
+            assertFalse(ours.trySignal(), "the counter is full");
+            assertEquals(
+                    EventFd.Watchdog.COUNTER_MAX,
+                    EventFd.Watchdog.counter(ours.fd().get()),
+                    "no rescue happened: the write was never tried");
+            assertEquals(EventFd.Watchdog.COUNTER_MAX, peer.read());
+            assertTrue(ours.trySignal(), "with room in the counter the interrupt goes through");
+            assertEquals(1, peer.read());
         }
     }
 
