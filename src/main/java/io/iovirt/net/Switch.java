@@ -87,6 +87,26 @@ public final class Switch implements AutoCloseable {
     private final MacTable macs;
     /** Port number → port (null once removed). Copy-on-write: forwarding reads it without a lock. */
     private volatile Port[] ports = new Port[0];
+    /**
+     * The addresses pinned ports own ({@link Port#pinnedSource}) and which port owns each (same index). No other port
+     * may send from one of them: the switch would move the address to the sender, and the pinned guest's traffic with
+     * it. Replaced whole when a pinned port comes or goes; without pinned ports a frame pays one length check.
+     */
+    private record Pins(long[] macs, int[] owners) {
+        static final Pins NONE = new Pins(new long[0], new int[0]);
+
+        /** The port that pinned {@code mac}, or -1. */
+        int owner(long mac) {
+            for (int k = 0; k < macs.length; k++) {
+                if (macs[k] == mac) {
+                    return owners[k];
+                }
+            }
+            return -1;
+        }
+    }
+
+    private volatile Pins pins = Pins.NONE;
     /** Seconds since the switch started, advanced by {@link #tick}. */
     private volatile int now;
 
@@ -166,10 +186,24 @@ public final class Switch implements AutoCloseable {
         if (cur.length >= MacTable.MAX_PORTS) {
             throw new IllegalStateException("the switch has the maximum of " + MacTable.MAX_PORTS + " ports");
         }
+        long pin = port.pinnedSource();
+        int pinOwner = pin == -1 ? -1 : pins.owner(pin);
+        if (pinOwner >= 0) {
+            throw new IllegalArgumentException("port " + cur[pinOwner].name() + " is already pinned to "
+                    + Mac.toString(pin) + "; two ports cannot own one address");
+        }
         port.attach(this, cur.length);
         Port[] next = Arrays.copyOf(cur, cur.length + 1);
         next[cur.length] = port;
         ports = next;
+        if (pin != -1) {
+            long[] pm = Arrays.copyOf(pins.macs(), pins.macs().length + 1);
+            int[] po = Arrays.copyOf(pins.owners(), pins.owners().length + 1);
+            pm[pm.length - 1] = pin;
+            po[po.length - 1] = cur.length;
+            pins = new Pins(pm, po);
+            macs.learn(pin, cur.length, now); // the address is the pinned port's from the start, not whoever sent first
+        }
         try {
             port.start();
         } catch (IOException | RuntimeException e) {
@@ -192,8 +226,29 @@ public final class Switch implements AutoCloseable {
         if (i >= 0 && i < next.length && next[i] == port) {
             next[i] = null;
             ports = next;
+            Pins p = pins;
+            int keep = 0;
+            for (int owner : p.owners()) {
+                keep += owner == i ? 0 : 1;
+            }
+            if (keep != p.owners().length) {
+                long[] pm = new long[keep];
+                int[] po = new int[keep];
+                for (int k = 0, j = 0; k < p.owners().length; k++) {
+                    if (p.owners()[k] != i) {
+                        pm[j] = p.macs()[k];
+                        po[j++] = p.owners()[k];
+                    }
+                }
+                pins = new Pins(pm, po);
+            }
             macs.flushPort(i);
         }
+    }
+
+    private String nameOf(int index) {
+        Port[] all = ports;
+        return index < all.length && all[index] != null ? all[index].name() : "port #" + index;
     }
 
     /** The ports in number order. */
@@ -404,8 +459,18 @@ public final class Switch implements AutoCloseable {
                     + Mac.toString(pinned));
             return DROP;
         }
-        rx.rx(len);
         int self = in.index();
+        Pins p = pins;
+        if (p.macs().length != 0 && src != pinned) {
+            int owner = p.owner(src);
+            if (owner >= 0 && owner != self) {
+                rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
+                spoofLog.warn(() -> in + ": dropped frames from " + Mac.toString(src) + ": that address belongs to "
+                        + "the port pinned to it (" + nameOf(owner) + ")");
+                return DROP;
+            }
+        }
+        rx.rx(len);
         int learned = macs.tryLearn(src, self, t);
         int same = SAME_FOR_SAME_ADDRESSES;
         if (learned != MacTable.LEARNED) {

@@ -77,6 +77,44 @@ class SwitchTest {
         assertEquals(wantB.length, pb.stats().txPackets());
     }
 
+    /**
+     * A pinned port owns its address: another port sending from it is dropped (before, the switch moved the address
+     * to the sender and the pinned guest's unicast with it), a second port cannot pin it, and it is free again once
+     * the pinned port is gone.
+     */
+    @Test
+    void anAddressPinnedToOnePortCannotBeTakenByAnother() throws Exception {
+        String d = "52:54:00:00:00:0d";
+        TestPort pinned = new TestPort("pinned");
+        pinned.pin = Mac.parse(d);
+        sw.addPort(pinned);
+        assertEquals(pinned.index(), sw.macTable().lookup(Mac.parse(d), sw.now()), "its address is known at once");
+
+        pa.inject(Frames.ethernet(BCAST, d, 60)); // a sends from the pinned port's address
+        assertEquals(0, pb.takeSent().size(), "dropped");
+        assertEquals(0, pinned.takeSent().size());
+        assertEquals(1, pa.stats().get(PortStat.RX_DROPPED_BAD_SOURCE));
+        assertEquals(pinned.index(), sw.macTable().lookup(Mac.parse(d), sw.now()), "not moved to a");
+
+        byte[] toD = Frames.ethernet(d, B, 60);
+        pb.inject(toD);
+        assertArrayEquals(toD, pinned.takeSent().get(0), "unicast to the address still reaches its owner");
+        assertEquals(0, pa.takeSent().size());
+
+        pinned.inject(Frames.ethernet(B, d, 60)); // the owner itself sends from it
+        assertEquals(1, pb.takeSent().size());
+        assertEquals(0, pinned.stats().get(PortStat.RX_DROPPED_BAD_SOURCE));
+
+        TestPort twin = new TestPort("twin");
+        twin.pin = Mac.parse(d);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> sw.addPort(twin));
+        assertTrue(e.getMessage().contains("already pinned"), e.getMessage());
+
+        sw.removePort(pinned);
+        pa.inject(Frames.ethernet(BCAST, d, 60));
+        assertEquals(pa.index(), sw.macTable().lookup(Mac.parse(d), sw.now()), "free once its owner is gone");
+    }
+
     @Test
     void unknownUnicastFloodsToEveryOtherPortButNeverBack() {
         byte[] f = Frames.ethernet(B, A, 100);

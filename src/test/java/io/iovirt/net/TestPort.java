@@ -14,6 +14,9 @@ final class TestPort extends Port {
     private final boolean record;
     private final List<byte[]> sent = new ArrayList<>();
     volatile boolean link = true;
+    /** The source address this port is pinned to, or -1 (set before the port is added). */
+    long pin = -1;
+
     private Ingress rx;
     private Counters tx;
     private MemorySegment buf;
@@ -26,6 +29,11 @@ final class TestPort extends Port {
     TestPort(String name, boolean record) {
         super(name);
         this.record = record;
+    }
+
+    @Override
+    protected long pinnedSource() {
+        return pin;
     }
 
     @Override
