@@ -321,7 +321,7 @@ final class NbdConnection implements Runnable {
                     open(e);
                     ByteBuffer r = reply.clear();
                     r.putLong(e.image().size())
-                            .putShort((short) e.transmissionFlags())
+                            .putShort((short) e.transmissionFlags(structured))
                             .flip();
                     writeFully(r);
                     if (!noZeroes) {
@@ -429,7 +429,7 @@ final class NbdConnection implements Runnable {
         ByteBuffer r = ByteBuffer.allocate(12)
                 .putShort((short) INFO_EXPORT)
                 .putLong(e.image().size())
-                .putShort((short) e.transmissionFlags())
+                .putShort((short) e.transmissionFlags(structured))
                 .flip();
         optionReply(option, REP_INFO, r);
         if (wantName) {
