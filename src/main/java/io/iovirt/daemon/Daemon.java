@@ -148,8 +148,8 @@ public final class Daemon implements AutoCloseable {
 
     BlkExport.Spec blkSpec(Params p, String defaultId) throws RpcException {
         String id = p.id("id", defaultId);
-        Path image = Path.of(p.string("image")).toAbsolutePath();
-        Path socket = Path.of(p.string("socket")).toAbsolutePath();
+        Path image = p.path("image");
+        Path socket = p.path("socket");
         int queues = (int) p.integer("queues", 1, 1, 64);
         boolean ro = p.bool("readonly", false);
         boolean direct = p.bool("direct", false);
@@ -336,8 +336,8 @@ public final class Daemon implements AutoCloseable {
     /** The parameters of nbd.add (and of a configuration file's nbd entry) as a spec; nothing is opened yet. */
     NbdExportEntry.Spec nbdSpec(Params p, String defaultId) throws RpcException {
         String id = defaultId == null ? p.id("id") : p.id("id", defaultId);
-        Path image = Path.of(p.string("image")).toAbsolutePath();
-        Path socket = Path.of(p.string("socket")).toAbsolutePath();
+        Path image = p.path("image");
+        Path socket = p.path("socket");
         io.iovirt.storage.ImageFormat format;
         try {
             format = p.has("format") && !p.string("format").equals("auto")
@@ -542,7 +542,7 @@ public final class Daemon implements AutoCloseable {
                 if (p.has("ifname")) {
                     throw RpcException.params("net.port.add: a " + kind + " port takes path=, not ifname=");
                 }
-                path = Path.of(p.string("path")).toAbsolutePath().toString();
+                path = p.path("path").toString();
             }
             case "tap" -> {
                 if (p.has("path")) {

@@ -452,10 +452,39 @@ class DaemonApiTest {
         assertTrue(client.readLine().contains("-32700"));
         client.sendRaw(new byte[] {(byte) 0xff, (byte) 0xfe, 0, 1, '\n'});
         assertTrue(client.readLine().contains("-32700"));
+        // a number no type holds (its exponent overflows): a parse error, the connection kept
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"version\",\"params\":{\"x\":1e99999999999}}");
+        String huge = client.readLine();
+        assertTrue(huge.contains("-32700") && huge.contains("out of range"), huge);
         assertEquals(
                 Daemon.VERSION,
                 ((Map<?, ?>) client.call("version", null)).get("version"),
                 "the connection stays usable");
+    }
+
+    /** A path with a NUL character (no file can have it) is an invalid parameter, not an internal error. */
+    @Test
+    void aPathThatCannotBeAPathIsAnInvalidParameter() throws Exception {
+        String nul = dir + "/a\u0000b";
+        String img = image("p.raw", 1 << 20).toString();
+        String sock = dir.resolve("p.sock").toString();
+        for (Object[] req : List.of(
+                new Object[] {"blk.add", "image", nul, "socket", sock},
+                new Object[] {"blk.add", "image", img, "socket", nul},
+                new Object[] {"nbd.add", "image", nul, "socket", sock},
+                new Object[] {"nbd.add", "image", img, "socket", nul})) {
+            Object[] kv = java.util.Arrays.copyOfRange(req, 1, req.length);
+            RpcClient.RemoteError e = bad(RpcException.INVALID_PARAMS, (String) req[0], kv);
+            assertTrue(e.getMessage().contains("not a valid path"), e.getMessage());
+        }
+        ok("net.add", "id", "sw");
+        RpcClient.RemoteError e =
+                bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "sw", "kind", "stream", "path", nul);
+        assertTrue(e.getMessage().contains("'path' is not a valid path"), e.getMessage());
+        e = bad(RpcException.INVALID_PARAMS, "libvirt-xml", "id", "0000:01:00.1", "console", nul);
+        assertTrue(e.getMessage().contains("'console' is not a valid path"), e.getMessage());
+        assertTrue(((List<?>) ok("blk.list").get("list")).isEmpty());
+        assertTrue(((List<?>) ok("nbd.list").get("list")).isEmpty());
     }
 
     @Test
