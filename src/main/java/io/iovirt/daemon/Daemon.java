@@ -148,8 +148,8 @@ public final class Daemon implements AutoCloseable {
 
     BlkExport.Spec blkSpec(Params p, String defaultId) throws RpcException {
         String id = p.id("id", defaultId);
-        Path image = Path.of(p.string("image")).toAbsolutePath();
-        Path socket = Path.of(p.string("socket")).toAbsolutePath();
+        Path image = p.path("image");
+        Path socket = p.path("socket");
         int queues = (int) p.integer("queues", 1, 1, 64);
         boolean ro = p.bool("readonly", false);
         boolean direct = p.bool("direct", false);
@@ -191,13 +191,8 @@ public final class Daemon implements AutoCloseable {
                             RpcException.EXISTS,
                             "socket " + spec.socket() + " is already served by blk '" + e.spec.id() + "'");
                 }
-                if (e.spec.image().equals(spec.image()) && !(e.spec.readOnly() && spec.readOnly())) {
-                    throw new RpcException(
-                            RpcException.EXISTS,
-                            "image " + spec.image() + " is already exported by blk '" + e.spec.id()
-                                    + "'; two writers would corrupt it (export it read-only twice, or not at all)");
-                }
             }
+            requireImageFree(spec.image(), spec.readOnly());
             BlkExport e;
             try {
                 e = BlkExport.start(spec, fromConfig, access);
@@ -336,8 +331,8 @@ public final class Daemon implements AutoCloseable {
     /** The parameters of nbd.add (and of a configuration file's nbd entry) as a spec; nothing is opened yet. */
     NbdExportEntry.Spec nbdSpec(Params p, String defaultId) throws RpcException {
         String id = defaultId == null ? p.id("id") : p.id("id", defaultId);
-        Path image = Path.of(p.string("image")).toAbsolutePath();
-        Path socket = Path.of(p.string("socket")).toAbsolutePath();
+        Path image = p.path("image");
+        Path socket = p.path("socket");
         io.iovirt.storage.ImageFormat format;
         try {
             format = p.has("format") && !p.string("format").equals("auto")
@@ -367,6 +362,7 @@ public final class Daemon implements AutoCloseable {
                         "socket " + spec.socket() + " is already served by blk '" + b.spec.id() + "'");
             }
         }
+        requireImageFree(spec.image(), spec.readOnly());
         NbdExportEntry e;
         try {
             e = NbdExportEntry.start(spec, access, fromConfig);
@@ -440,6 +436,30 @@ public final class Daemon implements AutoCloseable {
     List<NbdExportEntry> nbdExports() {
         synchronized (lock) {
             return List.copyOf(nbds.values());
+        }
+    }
+
+    /**
+     * Refuses a second export of an image (blk or NBD, lock held) unless both are read-only: a second writer would
+     * corrupt it, and a reader would see it torn. Another process's exports are refused by the image lock instead
+     * (a writable NBD export takes it at once, a blk export when its frontend starts).
+     */
+    private void requireImageFree(Path image, boolean readOnly) throws RpcException {
+        for (BlkExport b : blks.values()) {
+            requireImageFree(image, readOnly, b.spec.image(), b.spec.readOnly(), "blk '" + b.spec.id() + "'");
+        }
+        for (NbdExportEntry n : nbds.values()) {
+            requireImageFree(image, readOnly, n.spec.image(), n.spec.readOnly(), "nbd '" + n.spec.id() + "'");
+        }
+    }
+
+    private static void requireImageFree(Path image, boolean readOnly, Path other, boolean otherReadOnly, String by)
+            throws RpcException {
+        if (other.equals(image) && !(otherReadOnly && readOnly)) {
+            throw new RpcException(
+                    RpcException.EXISTS,
+                    "image " + image + " is already exported by " + by
+                            + "; two writers would corrupt it (export it read-only twice, or not at all)");
         }
     }
 
@@ -542,7 +562,7 @@ public final class Daemon implements AutoCloseable {
                 if (p.has("ifname")) {
                     throw RpcException.params("net.port.add: a " + kind + " port takes path=, not ifname=");
                 }
-                path = Path.of(p.string("path")).toAbsolutePath().toString();
+                path = p.path("path").toString();
             }
             case "tap" -> {
                 if (p.has("path")) {

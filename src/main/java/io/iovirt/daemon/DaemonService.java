@@ -80,16 +80,40 @@ public final class DaemonService {
             return;
         }
         send(notify, "RELOADING=1\nSTATUS=reloading " + o.config());
+        // Nothing a file holds may stop the daemon: a file that cannot be read changes nothing, and a failure while
+        // applying one (a bug: each entry's own failure is already caught and reported) keeps the daemon serving.
+        ConfigFile.Desired want = null;
         try {
-            ConfigFile.Outcome out = ConfigFile.apply(daemon, ConfigFile.read(o.config(), daemon));
-            System.err.println("iovirt daemon: SIGHUP: " + out);
+            want = ConfigFile.read(o.config(), daemon);
         } catch (IOException e) {
-            LOG.log(
-                    System.Logger.Level.ERROR,
-                    "SIGHUP: " + e.getMessage() + "; the running configuration is unchanged");
-            System.err.println("iovirt daemon: SIGHUP: " + e.getMessage() + "; the running configuration is unchanged");
+            refused(e.getMessage(), null);
+        } catch (RuntimeException e) {
+            refused("cannot read configuration " + o.config() + ": " + e, e);
+        }
+        if (want != null) {
+            try {
+                ConfigFile.Outcome out = ConfigFile.apply(daemon, want);
+                System.err.println("iovirt daemon: SIGHUP: " + out);
+            } catch (RuntimeException e) {
+                String msg = "SIGHUP: applying " + o.config() + " stopped partway: " + e + "; the devices it had"
+                        + " changed stay changed, the others run as before; please report this with this log, then"
+                        + " check the devices (iovirt ctl blk.list, nbd.list, net.list) and send SIGHUP again";
+                LOG.log(System.Logger.Level.ERROR, msg, e);
+                System.err.println("iovirt daemon: " + msg);
+            }
         }
         send(notify, "READY=1\nSTATUS=serving");
+    }
+
+    /** A reload refused before anything changed: why, logged and on stderr. */
+    private static void refused(String why, Throwable internal) {
+        String msg = "SIGHUP: " + why + "; the running configuration is unchanged";
+        if (internal != null) {
+            LOG.log(System.Logger.Level.ERROR, msg, internal);
+        } else {
+            LOG.log(System.Logger.Level.ERROR, msg);
+        }
+        System.err.println("iovirt daemon: " + msg);
     }
 
     /** WATCHDOG=1 at half the interval systemd set (sd_watchdog_enabled(3)'s advice). */

@@ -248,9 +248,14 @@ public final class JsonParser {
             try {
                 return Long.parseLong(t);
             } catch (NumberFormatException ex) {
-                return new BigDecimal(t);
+                // larger than a long: a BigDecimal below
             }
         }
-        return new BigDecimal(t);
+        try {
+            return new BigDecimal(t);
+        } catch (NumberFormatException ex) { // the exponent does not fit an int (e.g. 1e99999999999)
+            pos = start;
+            throw error("number out of range (its exponent is too large)");
+        }
     }
 }

@@ -79,9 +79,7 @@ public final class LibvirtXml {
                         default -> new TapNic(ps.path());
                     });
         }
-        String console = p.has("console")
-                ? java.nio.file.Path.of(p.string("console")).toAbsolutePath().toString()
-                : null;
+        String console = p.has("console") ? p.path("console").toString() : null;
         return Map.of(
                 "xml",
                 domain(

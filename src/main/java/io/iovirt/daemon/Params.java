@@ -4,6 +4,8 @@ package io.iovirt.daemon;
 import io.iovirt.util.ActionableException;
 import io.iovirt.util.ByteSizes;
 import java.math.BigDecimal;
+import java.nio.file.InvalidPathException;
+import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
@@ -62,6 +64,20 @@ final class Params {
 
     String string(String name, String dflt) throws RpcException {
         return has(name) ? string(name) : dflt;
+    }
+
+    /**
+     * A file path, made absolute. Text that cannot be a path (it holds a NUL character) is an invalid parameter,
+     * not an internal error.
+     */
+    Path path(String name) throws RpcException {
+        String s = string(name);
+        try {
+            return Path.of(s).toAbsolutePath();
+        } catch (InvalidPathException e) {
+            throw RpcException.params(method + ": parameter '" + name + "' is not a valid path (" + e.getReason()
+                    + "): '" + printable(s) + "'");
+        }
     }
 
     /** A device, switch or port id: letters, digits, '_', '.', '-', at most 64, starting with a letter or digit. */

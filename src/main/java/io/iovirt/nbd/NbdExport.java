@@ -24,9 +24,16 @@ public record NbdExport(String name, DiskImage image, boolean readOnly, String d
         this(name, image, readOnly, image.format() + " image " + image.path(), new NbdExportStats());
     }
 
-    /** Transmission flags (handshake flags of the export). */
-    int transmissionFlags() {
-        int f = Nbd.TF_HAS_FLAGS | Nbd.TF_SEND_FLUSH | Nbd.TF_SEND_FUA | Nbd.TF_SEND_DF | Nbd.TF_CAN_MULTI_CONN;
+    /**
+     * Transmission flags (handshake flags of the export) for a connection that has ({@code structuredReplies}) or
+     * has not negotiated structured replies: NBD_FLAG_SEND_DF only with them, since the NBD protocol (doc/proto.md,
+     * "Transmission flags") says the server MUST leave it clear when structured replies have not been negotiated.
+     */
+    int transmissionFlags(boolean structuredReplies) {
+        int f = Nbd.TF_HAS_FLAGS | Nbd.TF_SEND_FLUSH | Nbd.TF_SEND_FUA | Nbd.TF_CAN_MULTI_CONN;
+        if (structuredReplies) {
+            f |= Nbd.TF_SEND_DF; // a read is always answered in one chunk
+        }
         if (readOnly) {
             f |= Nbd.TF_READ_ONLY;
         } else {

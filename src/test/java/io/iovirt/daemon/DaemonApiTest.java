@@ -452,10 +452,39 @@ class DaemonApiTest {
         assertTrue(client.readLine().contains("-32700"));
         client.sendRaw(new byte[] {(byte) 0xff, (byte) 0xfe, 0, 1, '\n'});
         assertTrue(client.readLine().contains("-32700"));
+        // a number no type holds (its exponent overflows): a parse error, the connection kept
+        client.sendLine("{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"version\",\"params\":{\"x\":1e99999999999}}");
+        String huge = client.readLine();
+        assertTrue(huge.contains("-32700") && huge.contains("out of range"), huge);
         assertEquals(
                 Daemon.VERSION,
                 ((Map<?, ?>) client.call("version", null)).get("version"),
                 "the connection stays usable");
+    }
+
+    /** A path with a NUL character (no file can have it) is an invalid parameter, not an internal error. */
+    @Test
+    void aPathThatCannotBeAPathIsAnInvalidParameter() throws Exception {
+        String nul = dir + "/a\u0000b";
+        String img = image("p.raw", 1 << 20).toString();
+        String sock = dir.resolve("p.sock").toString();
+        for (Object[] req : List.of(
+                new Object[] {"blk.add", "image", nul, "socket", sock},
+                new Object[] {"blk.add", "image", img, "socket", nul},
+                new Object[] {"nbd.add", "image", nul, "socket", sock},
+                new Object[] {"nbd.add", "image", img, "socket", nul})) {
+            Object[] kv = java.util.Arrays.copyOfRange(req, 1, req.length);
+            RpcClient.RemoteError e = bad(RpcException.INVALID_PARAMS, (String) req[0], kv);
+            assertTrue(e.getMessage().contains("not a valid path"), e.getMessage());
+        }
+        ok("net.add", "id", "sw");
+        RpcClient.RemoteError e =
+                bad(RpcException.INVALID_PARAMS, "net.port.add", "net", "sw", "kind", "stream", "path", nul);
+        assertTrue(e.getMessage().contains("'path' is not a valid path"), e.getMessage());
+        e = bad(RpcException.INVALID_PARAMS, "libvirt-xml", "id", "0000:01:00.1", "console", nul);
+        assertTrue(e.getMessage().contains("'console' is not a valid path"), e.getMessage());
+        assertTrue(((List<?>) ok("blk.list").get("list")).isEmpty());
+        assertTrue(((List<?>) ok("nbd.list").get("list")).isEmpty());
     }
 
     @Test
@@ -651,6 +680,74 @@ class DaemonApiTest {
             assertTrue(fa.getFeatures() != 0);
         }
         assertEquals(Daemon.VERSION, ok("version").get("version"));
+    }
+
+    /**
+     * A writable NBD export owns its image: QEMU (qemu-io, with its image locking on) sees the image in use while the
+     * export runs, an image QEMU holds is refused with the holder named, a second export of it in this daemon (NBD
+     * or blk) is refused unless both are read-only, and the image is free again once the export is removed or the
+     * daemon stopped.
+     */
+    @Test
+    void aWritableNbdExportOwnsItsImage() throws Exception {
+        String img = image("o.raw", 1 << 20).toString();
+        String sock1 = dir.resolve("o1.sock").toString();
+        String sock2 = dir.resolve("o2.sock").toString();
+        ok("nbd.add", "id", "o1", "image", img, "socket", sock1);
+        var inUse = io.iovirt.storage.qcow2.QemuTools.qemuIo(img, "raw", "write -P 0x22 0 4k");
+        assertTrue(inUse.exit() != 0 && inUse.output().contains("lock"), "QEMU wrote the exported image: " + inUse);
+        for (Object[] kv : List.of(
+                new Object[] {"nbd.add", "id", "o2", "image", img, "socket", sock2},
+                new Object[] {"nbd.add", "id", "o2", "image", img, "socket", sock2, "readonly", true},
+                new Object[] {"blk.add", "id", "o2", "image", img, "socket", sock2},
+                new Object[] {"blk.add", "id", "o2", "image", img, "socket", sock2, "readonly", true})) {
+            RpcClient.RemoteError e =
+                    bad(RpcException.EXISTS, (String) kv[0], java.util.Arrays.copyOfRange(kv, 1, kv.length));
+            assertTrue(e.getMessage().contains("already exported by nbd 'o1'"), e.getMessage());
+        }
+        ok("nbd.remove", "id", "o1");
+        io.iovirt.storage.qcow2.QemuTools.qemuIoOk(img, "raw", "write -P 0x11 0 4k");
+
+        // QEMU holds the image: a writable export is refused, naming it
+        Process qemu = new ProcessBuilder("qemu-io", "-f", "raw", "-c", "sleep 60000", img)
+                .redirectErrorStream(true)
+                .start();
+        try {
+            try (var fd = io.iovirt.linux.FileIo.open(Path.of(img), io.iovirt.linux.FileIo.O_RDONLY)) {
+                io.iovirt.testing.Await.until(Duration.ofSeconds(30), "qemu-io to lock the image", () -> {
+                    try {
+                        return io.iovirt.linux.FileIo.ofdConflict(fd, io.iovirt.linux.FileIo.F_WRLCK)
+                                != io.iovirt.linux.FileIo.F_UNLCK;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+            RpcClient.RemoteError held = bad(RpcException.FAILED, "nbd.add", "id", "o3", "image", img, "socket", sock1);
+            assertTrue(
+                    held.getMessage().contains("is in use by pid " + qemu.pid())
+                            && held.getMessage().contains("qemu-io"),
+                    held.getMessage());
+            assertFalse(Files.exists(Path.of(sock1)), "the refused export's socket");
+        } finally {
+            qemu.destroyForcibly().waitFor();
+        }
+
+        // read-only exports share the image; a blk export of it refuses a writable NBD export
+        ok("nbd.add", "id", "r1", "image", img, "socket", sock1, "readonly", true);
+        ok("blk.add", "id", "r2", "image", img, "socket", sock2, "readonly", true);
+        ok("nbd.remove", "id", "r1");
+        ok("blk.remove", "id", "r2");
+        ok("blk.add", "id", "b1", "image", img, "socket", sock2);
+        RpcClient.RemoteError byBlk = bad(RpcException.EXISTS, "nbd.add", "id", "o4", "image", img, "socket", sock1);
+        assertTrue(byBlk.getMessage().contains("already exported by blk 'b1'"), byBlk.getMessage());
+        ok("blk.remove", "id", "b1");
+
+        ok("nbd.add", "id", "o4", "image", img, "socket", sock1);
+        inUse = io.iovirt.storage.qcow2.QemuTools.qemuIo(img, "raw", "read 0 4k");
+        assertTrue(inUse.exit() != 0 && inUse.output().contains("lock"), inUse.output());
+        daemon.close(); // stopping the daemon lets go of the image too
+        io.iovirt.storage.qcow2.QemuTools.qemuIoOk(img, "raw", "read -P 0x11 0 4k");
     }
 
     /** nbd.add/list/remove with qemu-io (QEMU's own NBD client) as the peer; the data lands in the image. */

@@ -220,6 +220,60 @@ class DaemonServiceTest {
         io.iovirt.storage.qcow2.QemuTools.qemuIoOk(q, "qcow2", "read -P 0x6e 1M 256k");
     }
 
+    /**
+     * A reload of a file whose values cannot be read — a path with a NUL character, a number whose exponent overflows
+     * — is refused like any broken file: the daemon keeps running with the configuration it has, says why, and the
+     * next good file is applied.
+     */
+    @Test
+    void aReloadOfAnUnreadableFileKeepsTheDaemonRunning() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        Path control = dir.resolve("control.sock");
+        Path config = dir.resolve("daemon.json");
+        String entry = "{\"id\": \"%s\", \"image\": \"%s\", \"socket\": \"%s\"}";
+        String n1 = entry.formatted("n1", image("n1.raw"), dir.resolve("n1.sock"));
+        Files.writeString(config, "{\"nbd\": [" + n1 + "]}");
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+                ChildProcess daemon = ChildProcess.builder(IovirtCli.command(
+                                "daemon", "--config", config.toString(), "--control", control.toString()))
+                        .name("iovirt daemon")
+                        .log(dir.resolve("daemon.log"))
+                        .env("NOTIFY_SOCKET", notify.toString())
+                        .start()) {
+            until(systemd, "READY=1");
+            String nul = entry.formatted("n2", dir + "/n2\\u0000.raw", dir.resolve("n2.sock"));
+            String huge = "{\"id\": \"sw\", \"mtu\": 1e99999999999}";
+            List<String> why = List.of("is not a valid path", "number out of range");
+            List<String> files =
+                    List.of("{\"nbd\": [" + n1 + ", " + nul + "]}", "{\"nbd\": [" + n1 + "], \"net\": [" + huge + "]}");
+            for (int i = 0; i < files.size(); i++) {
+                Files.writeString(config, files.get(i));
+                signal("HUP", daemon.pid());
+                until(systemd, "READY=1");
+                try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                    List<?> list = (List<?>) c.call("nbd.list", null);
+                    assertEquals(1, list.size(), list.toString());
+                    assertEquals("n1", ((Map<?, ?>) list.get(0)).get("id"));
+                    assertTrue(((List<?>) c.call("net.list", null)).isEmpty());
+                }
+                String log = daemon.log();
+                assertTrue(log.contains(why.get(i)) && log.contains("the running configuration is unchanged"), log);
+            }
+            String n3 = entry.formatted("n3", image("n3.raw"), dir.resolve("n3.sock"));
+            Files.writeString(config, "{\"nbd\": [" + n3 + "]}");
+            signal("HUP", daemon.pid());
+            until(systemd, "READY=1");
+            try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                List<?> list = (List<?>) c.call("nbd.list", null);
+                assertEquals(1, list.size(), list.toString());
+                assertEquals("n3", ((Map<?, ?>) list.get(0)).get("id"));
+            }
+            signal("TERM", daemon.pid());
+            assertTrue(daemon.waitFor(Duration.ofSeconds(60)), "the daemon did not stop");
+            assertEquals(0, daemon.exitValue(), daemon.log());
+        }
+    }
+
     static void signal(String sig, long pid) throws Exception {
         assertEquals(
                 0,
