@@ -5,6 +5,7 @@ import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import io.iovirt.util.ByteSizes;
 import java.nio.file.Path;
@@ -131,7 +132,10 @@ final class ServeNbdCommand implements Callable<Integer> {
                             + " and has no peer uid to check");
         }
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
-        try (DiskImage img = Images.open(image, fmt, readOnly, direct)) {
+        // A writable export owns its image while it runs, as the daemon's does: QEMU (or another export) writing it
+        // too would corrupt it. Closed after the image (declared first), so the lock outlives the final flush.
+        try (ImageLock lock = readOnly ? null : ImageLock.holdForWriting(image, "serve nbd");
+                DiskImage img = Images.open(image, fmt, readOnly, direct)) {
             NbdExport export = new NbdExport(name, img, readOnly);
             NbdServer server = listen.socket != null
                     ? NbdServer.startUnix(listen.socket, maxConnections, socketAccess.access())

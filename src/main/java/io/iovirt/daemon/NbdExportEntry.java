@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.daemon;
 
-import io.iovirt.linux.LinuxException;
 import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
 import io.iovirt.storage.DiskImage;
@@ -46,7 +45,7 @@ final class NbdExportEntry implements AutoCloseable {
     }
 
     static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig) throws IOException {
-        ImageLock lock = spec.readOnly() ? null : lockImage(spec);
+        ImageLock lock = spec.readOnly() ? null : ImageLock.holdForWriting(spec.image(), "nbd " + spec.id());
         try {
             DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
             try {
@@ -76,34 +75,6 @@ final class NbdExportEntry implements AutoCloseable {
      * Takes the image for a writable export: the lock, or an IOException naming who holds the image. A file system
      * without OFD locks is served unlocked, with a warning (as a blk export and QEMU's locking=auto do).
      */
-    private static ImageLock lockImage(Spec spec) throws IOException {
-        ImageLock lock;
-        try {
-            lock = ImageLock.open(spec.image(), false);
-        } catch (IOException e) {
-            // the image cannot be opened for writing: opening it for the export says why
-            return null;
-        }
-        String why;
-        try {
-            why = lock.acquire();
-        } catch (LinuxException e) {
-            lock.close();
-            LOG.log(
-                    System.Logger.Level.WARNING,
-                    "nbd " + spec.id() + ": serving " + spec.image() + " without the image lock: " + e.getMessage());
-            return null;
-        }
-        if (why != null) {
-            lock.close();
-            // "image P is in use by <holders>", without the blk export's explanation (a VM, a migration)
-            int vm = why.indexOf(": another VM");
-            throw new IOException((vm < 0 ? why : why.substring(0, vm)) + "; a second writer would corrupt it:"
-                    + " stop the other user of the image first (or export it readonly=true if it only reads)");
-        }
-        return lock;
-    }
-
     /** Stops the server (its connections end), flushes and closes the image, then lets go of the image lock. */
     @Override
     public void close() {

@@ -49,6 +49,42 @@ public final class ImageLock implements AutoCloseable {
         }
     }
 
+    /**
+     * The exclusive lock of a writer whose clients come and go (an NBD export): taken now and held until closed.
+     *
+     * @param who names the export, for the warning and the error
+     * @return the held lock; null when the image cannot be opened for writing (opening it for I/O will say why) or
+     *         its file system has no OFD locks (served unlocked, with a warning)
+     * @throws IOException another process holds a lock on the image (named)
+     */
+    public static ImageLock holdForWriting(Path image, String who) throws IOException {
+        ImageLock lock;
+        try {
+            lock = open(image, false);
+        } catch (IOException e) {
+            return null;
+        }
+        String why;
+        try {
+            why = lock.acquire();
+        } catch (LinuxException e) {
+            lock.close();
+            System.getLogger(ImageLock.class.getName())
+                    .log(
+                            System.Logger.Level.WARNING,
+                            who + ": serving " + image + " without the image lock: " + e.getMessage());
+            return null;
+        }
+        if (why != null) {
+            lock.close();
+            // "image P is in use by <holders>", without the blk export's explanation (a VM, a migration)
+            int vm = why.indexOf(": another VM");
+            throw new IOException((vm < 0 ? why : why.substring(0, vm)) + "; a second writer would corrupt it:"
+                    + " stop the other user of the image first (or export it read-only if it only reads)");
+        }
+        return lock;
+    }
+
     public Path path() {
         return path;
     }

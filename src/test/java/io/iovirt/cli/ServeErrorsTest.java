@@ -79,6 +79,32 @@ class ServeErrorsTest {
         }
     }
 
+    /** serve nbd owns a writable image as the daemon's NBD exports and serve blk do: a locked image is refused. */
+    @Test
+    void aWritableNbdExportOfAnImageInUseIsRefused() throws Exception {
+        Path image = tmp.resolve("disk.raw");
+        Files.write(image, new byte[1 << 20]);
+        try (io.iovirt.storage.ImageLock other = io.iovirt.storage.ImageLock.open(image, false)) {
+            assertEquals(null, other.acquire(), "the test holds the image, as a QEMU would");
+            List<String> args = List.of(
+                    "serve",
+                    "nbd",
+                    "--image",
+                    image.toString(),
+                    "--socket",
+                    tmp.resolve("n.sock").toString());
+            CliRun r = CliRun.run(args);
+            assertEquals(1, r.exit(), args + ": " + r.err());
+            assertTrue(
+                    r.err()
+                            .contains("is in use by pid "
+                                    + ProcessHandle.current().pid()),
+                    r.err());
+            assertTrue(r.err().contains("a second writer would corrupt it"), r.err());
+            assertTrue(Files.notExists(tmp.resolve("n.sock")), "nothing listens");
+        }
+    }
+
     @Test
     void aRegularFileWhereTheSocketGoesIsNeverDeleted() throws Exception {
         Path image = tmp.resolve("disk.raw");
