@@ -29,6 +29,13 @@ public final class TapPort extends Port {
     private Tun tun;
     private QueueWorker worker;
     private volatile boolean closing;
+    /**
+     * Set once start() has everything in place (its fields are published by this write): the switch may call
+     * {@link #transmit} from the moment the port is added, before start() ran. Cleared when the receive loop ends on
+     * its own (the interface was deleted, or a read failed): the port is then down, not silently half-alive.
+     */
+    private volatile boolean up;
+
     private MemorySegment rxBuf;
     private Frame rxFrame;
     private Ingress rx;
@@ -50,7 +57,7 @@ public final class TapPort extends Port {
 
     @Override
     public boolean isLinkUp() {
-        return tun != null && !closing;
+        return up && !closing;
     }
 
     @Override
@@ -76,12 +83,25 @@ public final class TapPort extends Port {
                 throw new IOException("cannot open TAP interface " + ifname + ": " + e.getMessage(), e);
             }
             tun.fd().setNonBlocking(true);
-            worker = receiveWorker(tun.fd(), TAP, (token, events) -> readAvailable(), () -> {});
+            worker = receiveWorker(tun.fd(), TAP, (token, events) -> readAvailable(), this::receiveEnded);
         } catch (IOException | RuntimeException e) {
             close();
             throw e;
         }
+        up = true;
         worker.start();
+    }
+
+    /** The receive loop ended; unless the port is closing, it failed (its error is logged by the loop). */
+    private void receiveEnded() {
+        if (!closing && up) {
+            up = false;
+            System.getLogger("io.iovirt.net")
+                    .log(
+                            System.Logger.Level.ERROR,
+                            this + ": the TAP interface stopped working (deleted, or a read failed): the port is down;"
+                                    + " remove it and add it again once the interface is back");
+        }
     }
 
     private void readAvailable() throws LinuxException {
@@ -104,8 +124,10 @@ public final class TapPort extends Port {
     @Override
     protected void transmit(Frame frame) {
         synchronized (txLock) {
-            if (closing) {
-                tx.increment(PortStat.TX_DROPPED_LINK_DOWN);
+            if (!up || closing) {
+                if (tx != null) {
+                    tx.increment(PortStat.TX_DROPPED_LINK_DOWN);
+                }
                 return;
             }
             long n;
