@@ -32,7 +32,7 @@ class NbdTransmissionFlagsTest {
         }
         Path sock = dir.resolve("f.sock");
         try (RawImage image = RawImage.open(img, false, false);
-                NbdServer s = NbdServer.startUnix(sock, 4)) {
+                NbdServer s = NbdServer.startUnix(sock, 16)) { // six connections, one after another: room for all
             s.addExport(new NbdExport("f", image, false));
             for (boolean structured : new boolean[] {false, true}) {
                 for (int option : new int[] {Nbd.OPT_INFO, Nbd.OPT_GO, Nbd.OPT_EXPORT_NAME}) {
