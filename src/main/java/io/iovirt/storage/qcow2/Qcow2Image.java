@@ -162,14 +162,14 @@ public final class Qcow2Image implements DiskImage {
         this.l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
         this.l2Cache = new MetaCache((int) Math.max(4, l2CacheBytes / clusterSize), this::l2Evicted);
         this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> {});
-        long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
-        this.staging =
-                arena.allocate(Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
-        this.cowBuffer = arena.allocate(clusterSize, 4096);
-        this.zeroCluster = arena.allocate(clusterSize, 4096);
         this.scratch = ThreadLocal.withInitial(() -> new Scratch((int) clusterSize));
         // L1 and refcount tables are read whole and kept in memory.
         try {
+            long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
+            this.staging = arena.allocate(
+                    Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
+            this.cowBuffer = arena.allocate(clusterSize, 4096);
+            this.zeroCluster = arena.allocate(clusterSize, 4096);
             this.l1 = new AtomicLongArray(h.l1Size());
             this.l1Offset = h.l1Offset();
             MemorySegment buf = staging.asSlice(0, (long) h.l1Size() * 8);
@@ -189,8 +189,8 @@ public final class Qcow2Image implements DiskImage {
                 checkTableOffset(refTable[i], "refcount table entry " + i);
             }
             indexMetadata();
-        } catch (IOException | RuntimeException e) {
-            closeQuietlyKeepingFile(); // the tables' native memory goes now, not when a GC finds the arena
+        } catch (Throwable e) { // an OutOfMemoryError too: the arena's native memory is freed only by its close
+            closeQuietlyKeepingFile();
             throw e;
         }
     }
@@ -330,12 +330,12 @@ public final class Qcow2Image implements DiskImage {
                 if (!readOnly && h.autoclear() != 0) {
                     img.clearAutoclear();
                 }
-            } catch (IOException | RuntimeException e) {
+            } catch (Throwable e) {
                 img.closeQuietlyKeepingFile();
                 throw e;
             }
             return img;
-        } catch (IOException | RuntimeException e) {
+        } catch (Throwable e) { // whatever failed (an OutOfMemoryError too), the file and the chain are closed
             if (backing != null) {
                 backing.close();
             }
@@ -1365,20 +1365,31 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
+     * Memory the dirty-image repair may take for its counts (2 bytes per cluster up to the highest one referenced):
+     * 1 GiB covers 32 TiB of referenced clusters at 64 KiB clusters. A bigger image (or a smaller heap) is sent to
+     * 'qemu-img check -r all' instead of an OutOfMemoryError.
+     */
+    private static final long MAX_REBUILD_COUNT_BYTES = 1L << 30;
+
+    /**
      * Rebuilds the refcounts of an image whose dirty bit is set (written with lazy refcounts, not closed cleanly):
      * every cluster the header, the tables and the L2 entries reference is counted; a new refcount table and
      * blocks describing exactly those (and themselves) are written past the end of the file and synced; then the
      * header is switched to them in one sector write and synced; then the dirty bit is cleared and synced. A
      * crash in between leaves the dirty bit set and the old tables in use, so the repair simply runs again. The
      * old refcount structures become free clusters.
+     *
+     * <p>What it takes is sized by what the metadata references, never by the file's apparent size (a hostile
+     * image can be a 1 KiB header truncated to a terabyte): counts up to the highest referenced cluster, and
+     * refcount blocks only for those and for the new structures (the table's entries for the unreferenced clusters
+     * between them stay 0: no block, refcount 0). Both are bounded, with a clear error beyond the bound.
      */
     private void rebuildRefcounts() throws IOException {
-        long fileClusters = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
-        long limit = Math.max(fileClusters, 1);
-        // First pass: the highest referenced cluster, so the counts array covers every reference.
-        long[] max = {limit};
+        long fileClusters = Math.max(1, (FileIo.size(fd) + clusterSize - 1) >>> clusterBits);
+        // First pass: the highest referenced cluster, so the counts cover every reference.
+        long[] max = {1}; // the header
         forEachReference(c -> max[0] = Math.max(max[0], c + 1));
-        if (max[0] > limit) {
+        if (max[0] > fileClusters) {
             // A table entry past the end of the file is damage, not a lazy-refcount leftover (data and tables are
             // written before anything points at them); counting up to it would size the counts by a hostile number.
             throw new IOException("qcow2 image " + path + " is damaged: a table entry points at cluster " + (max[0] - 1)
@@ -1386,47 +1397,84 @@ public final class Qcow2Image implements DiskImage {
                     + " clusters); its refcounts cannot be rebuilt here: run "
                     + "'qemu-img check -r all " + path + "'");
         }
-        long end = max[0];
-        long blocks = 0;
+        long refEnd = max[0];
+        // The new blocks, then the new table, go past the end of the file: nothing the old header names, and
+        // nothing a crash before the switch would need, is overwritten. Blocks: those covering [0, refEnd), and
+        // those covering the new structures themselves (a fixpoint: the structures must describe themselves too).
+        long place = fileClusters;
+        long lowBlocks = (refEnd + refBlockEntries - 1) / refBlockEntries;
+        long blocks = lowBlocks;
         long tableClusters = 0;
-        for (int i = 0; i < 8; i++) { // fixpoint: the new table and blocks must describe themselves too
-            long total = end + blocks + tableClusters;
-            long b = (total + refBlockEntries - 1) / refBlockEntries;
-            long t = (b * 8 + clusterSize - 1) / clusterSize;
-            if (b == blocks && t == tableClusters) {
-                break;
-            }
+        long firstHigh = 0;
+        long lastHigh = -1;
+        boolean settled = false;
+        for (int i = 0; i < 64 && !settled; i++) {
+            long newEnd = place + blocks + tableClusters; // exclusive
+            long fh = Math.max(place / refBlockEntries, lowBlocks);
+            long lh = (newEnd - 1) / refBlockEntries;
+            long b = lowBlocks + Math.max(0, lh - fh + 1);
+            long t = ((Math.max(lowBlocks, lh + 1)) * 8 + clusterSize - 1) / clusterSize;
+            settled = b == blocks && t == tableClusters && fh == firstHigh && lh == lastHigh;
             blocks = b;
             tableClusters = t;
+            firstHigh = fh;
+            lastHigh = lh;
         }
-        long total = end + blocks + tableClusters;
-        if (total > Integer.MAX_VALUE || tableClusters * clusterSize > (64L << 20)) {
-            throw new IOException("qcow2 image " + path
-                    + ": too large to rebuild its refcounts here; run 'qemu-img check -r all " + path + "'");
+        if (!settled || tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and is too large to"
+                    + " rebuild its refcounts here: its " + fileClusters + " clusters of " + clusterSize
+                    + " bytes would need a refcount table of more than " + (Qcow2Header.MAX_REFTABLE_BYTES >> 20)
+                    + " MiB; run 'qemu-img check -r all " + path + "'");
         }
-        int[] counts = new int[(int) total];
-        forEachReference(c -> counts[(int) c]++);
-        for (long c = end; c < total; c++) {
-            counts[(int) c]++; // the new blocks and table
+        if (refEnd * 2 > Math.min(MAX_REBUILD_COUNT_BYTES, Runtime.getRuntime().maxMemory() / 4)) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and references "
+                    + refEnd + " clusters; rebuilding its refcounts here would take " + (refEnd * 2 >> 20)
+                    + " MiB of memory: run 'qemu-img check -r all " + path + "'");
         }
-        for (int c = 0; c < counts.length; c++) {
-            if (counts[c] > maxRefcount) {
-                throw new IOException("qcow2 image " + path + ": cluster " + c + " is referenced " + counts[c]
-                        + " times; run 'qemu-img check -r all " + path + "'");
+        // Counts up to 65535 in a char each; the rare cluster referenced more often (compressed clusters sharing a
+        // host cluster) continues in a map, so no refcount_order (up to 64 bits) is cut short or wraps around.
+        char[] counts;
+        try {
+            counts = new char[(int) refEnd];
+        } catch (OutOfMemoryError e) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit); rebuilding its "
+                    + "refcounts needs " + (refEnd * 2 >> 20) + " MiB of memory, which this process does not have"
+                    + " now: run 'qemu-img check -r all " + path + "'");
+        }
+        java.util.Map<Long, Long> many = new java.util.HashMap<>();
+        forEachReference(c -> {
+            int i = (int) c;
+            long n = counts[i] < Character.MAX_VALUE ? ++counts[i] : many.merge(c, 1L, Long::sum) + Character.MAX_VALUE;
+            if (n > maxRefcount) {
+                throw new IOException("qcow2 image " + path + " is damaged: cluster " + c + " is referenced more"
+                        + " than " + maxRefcount + " times (refcount_order " + refcountOrder + "); run"
+                        + " 'qemu-img check -r all " + path + "'");
             }
-        }
+        });
+        long newEnd = place + blocks + tableClusters;
         long[] table = new long[(int) (tableClusters * clusterSize / 8)];
         MemorySegment block = MetaCache.allocate(clusterSize);
-        for (long b = 0; b < blocks; b++) {
-            block.fill((byte) 0);
-            for (long i = 0; i < refBlockEntries && b * refBlockEntries + i < total; i++) {
-                setRef(block, i, counts[(int) (b * refBlockEntries + i)]);
+        long at = place;
+        for (long b = 0; b <= Math.max(lowBlocks - 1, lastHigh); b++) {
+            if (b >= lowBlocks && b < firstHigh) {
+                continue; // no cluster it describes is referenced or new: no block, every refcount 0
             }
-            long off = (end + b) << clusterBits;
+            block.fill((byte) 0);
+            long first = b * refBlockEntries;
+            for (long c = first; c < first + refBlockEntries && c < refEnd; c++) {
+                char n = counts[(int) c];
+                if (n != 0) {
+                    setRef(block, c - first, n < Character.MAX_VALUE ? n : n + many.getOrDefault(c, 0L));
+                }
+            }
+            for (long c = Math.max(first, place); c < Math.min(first + refBlockEntries, newEnd); c++) {
+                setRef(block, c - first, 1); // the new blocks and table
+            }
+            long off = at++ << clusterBits;
             writeMeta(block, 0, clusterSize, off);
             table[(int) b] = off;
         }
-        long tableOff = (end + blocks) << clusterBits;
+        long tableOff = at << clusterBits;
         switchRefTable(table, tableOff, tableClusters);
         try (Arena a = Arena.ofConfined()) {
             MemorySegment inc = a.allocate(8);
@@ -1447,11 +1495,16 @@ public final class Qcow2Image implements DiskImage {
                                 + " was not closed cleanly (dirty bit, lazy refcounts): refcounts rebuilt from its L1/L2 tables");
     }
 
+    /** What {@link #forEachReference} calls per reference. */
+    private interface ClusterVisitor {
+        void visit(long cluster) throws IOException;
+    }
+
     /** Calls {@code c} once per reference to a cluster: header, L1, L2 tables, data (compressed: each cluster touched). */
-    private void forEachReference(java.util.function.LongConsumer c) throws IOException {
-        c.accept(0);
+    private void forEachReference(ClusterVisitor c) throws IOException {
+        c.visit(0);
         for (long x = l1Offset >>> clusterBits; x <= (l1Offset + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
-            c.accept(x);
+            c.visit(x);
         }
         MemorySegment s = staging.asSlice(0, clusterSize);
         for (int i = 0; i < l1.length(); i++) {
@@ -1459,7 +1512,7 @@ public final class Qcow2Image implements DiskImage {
             if (l2 == 0) {
                 continue;
             }
-            c.accept(l2 >>> clusterBits);
+            c.visit(l2 >>> clusterBits);
             MetaCache.Table cached = l2Cache.get(l2);
             if (cached != null) {
                 MemorySegment.copy(cached.data, 0, s, 0, clusterSize);
@@ -1471,10 +1524,10 @@ public final class Qcow2Image implements DiskImage {
                 if ((e & OFLAG_COMPRESSED) != 0) {
                     long[] r = compressedRange(e);
                     for (long x = r[0] >>> clusterBits; x <= (r[0] + r[1] - 1) >>> clusterBits; x++) {
-                        c.accept(x);
+                        c.visit(x);
                     }
                 } else if ((e & OFFSET_MASK) != 0) {
-                    c.accept((e & OFFSET_MASK) >>> clusterBits);
+                    c.visit((e & OFFSET_MASK) >>> clusterBits);
                 }
             }
         }
