@@ -114,6 +114,12 @@ public final class Qcow2Image implements DiskImage {
     private final MemorySegment cowBuffer;
     private final MemorySegment zeroCluster;
     private long freeHint;
+    /**
+     * Every cluster from here on is free, whatever a refcount block says: it lies past the end of the file and past
+     * every cluster this image allocated (metadata lock held). The allocator never reads a refcount there, so a
+     * refcount structure claiming clusters the file does not have cannot make it scan beyond what exists.
+     */
+    private long allocEnd;
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
 
@@ -189,6 +195,7 @@ public final class Qcow2Image implements DiskImage {
                 checkTableOffset(refTable[i], "refcount table entry " + i);
             }
             indexMetadata();
+            this.allocEnd = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
         } catch (Throwable e) { // an OutOfMemoryError too: the arena's native memory is freed only by its close
             closeQuietlyKeepingFile();
             throw e;
@@ -245,6 +252,62 @@ public final class Qcow2Image implements DiskImage {
             }
         }
         return false;
+    }
+
+    /**
+     * Refuses, before an image is written, a refcount table that names a refcount block past the end of the file,
+     * the same block twice, or a block on the L1 table or the refcount table itself. Writing through
+     * such a table would count one block for many ranges of clusters, or write refcounts over the image's own
+     * tables; a table of entries all naming one block full of 0xff would make the first allocation scan up to ten
+     * billion clusters under the metadata lock. (Reading needs no refcounts: a read-only open does not check.)
+     */
+    private void checkRefcountLayout() throws IOException {
+        long fileBytes = FileIo.size(fd);
+        long[] blocks = new long[refTable.length];
+        int n = 0;
+        for (int i = 0; i < refTable.length; i++) {
+            long off = refTable[i];
+            if (off == 0) {
+                continue;
+            }
+            String what = "refcount table entry " + i + " points at " + off;
+            String on = metadataAt(off);
+            if (on != null) {
+                throw damaged(what + ", inside the " + on);
+            }
+            if (off > fileBytes - clusterSize) {
+                throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
+            }
+            blocks[n++] = off;
+        }
+        Arrays.sort(blocks, 0, n);
+        for (int i = 1; i < n; i++) {
+            if (blocks[i] == blocks[i - 1]) {
+                throw damaged("two refcount table entries point at the same refcount block " + blocks[i]);
+            }
+        }
+    }
+
+    /**
+     * Which of the L1 table and the refcount table the cluster at {@code off} lies in, or null. (The header's cluster
+     * cannot be named: a table entry of 0 means none.)
+     */
+    private String metadataAt(long off) {
+        long c = off >>> clusterBits;
+        if (c >= l1Offset >>> clusterBits
+                && c <= (l1Offset + Math.max(1, (long) l1.length() * 8) - 1) >>> clusterBits) {
+            return "L1 table";
+        }
+        if (c >= refTableOffset >>> clusterBits && c < (refTableOffset >>> clusterBits) + refTableClusters) {
+            return "refcount table";
+        }
+        return null;
+    }
+
+    /** The refusal of a damaged image for writing. */
+    private IOException damaged(String what) {
+        return new IOException("qcow2 image " + path + " is damaged: " + what + "; repair it with 'qemu-img check"
+                + " -r all " + path + "' or open it read-only");
     }
 
     /** Refuses a data write to [host, host+len) when it touches a metadata cluster. */
@@ -324,6 +387,9 @@ public final class Qcow2Image implements DiskImage {
             }
             Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
             try {
+                if (!readOnly) {
+                    img.checkRefcountLayout();
+                }
                 if (!readOnly && (h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
                     img.rebuildRefcounts(); // the spec: repair refcounts from the L1/L2 tables before accessing it
                 }
@@ -990,20 +1056,26 @@ public final class Qcow2Image implements DiskImage {
     /** A free cluster, its refcount set to 1 (in memory; written at the next flush, before any reference). */
     private long allocateCluster() throws IOException {
         long c = freeHint;
-        while (true) {
-            // A metadata cluster whose refcount says 0 is damage (or a crafted image): handing it out would write
-            // an L2 table or guest data over the header, the L1 or a refcount structure. Skip it.
-            if (refcount(c) == 0 && !overlapsMetadata(c << clusterBits, 1)) {
-                ensureRefBlock(c / refBlockEntries); // may place a new refcount block on c itself
-                if (refcount(c) == 0) {
-                    break;
-                }
-            }
-            c++;
+        while (!isFree(c)) {
+            c++; // ends at allocEnd at the latest: past it only metadata this image placed there is not free
         }
         setRefcount(c, 1);
         freeHint = c + 1;
+        allocEnd = Math.max(allocEnd, c + 1);
         return c << clusterBits;
+    }
+
+    /**
+     * Whether cluster {@code c} may be handed out, its refcount block made to exist. A metadata cluster whose
+     * refcount says 0 is damage (or a crafted image): handing it out would write an L2 table or guest data over the
+     * header, the L1 or a refcount structure, so it is never free. Past {@link #allocEnd} every other cluster is.
+     */
+    private boolean isFree(long c) throws IOException {
+        if (overlapsMetadata(c << clusterBits, 1) || (c < allocEnd && refcount(c) != 0)) {
+            return false;
+        }
+        ensureRefBlock(c / refBlockEntries); // may place a new refcount block (or table) on c itself
+        return !overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) == 0);
     }
 
     /**
@@ -1037,6 +1109,7 @@ public final class Qcow2Image implements DiskImage {
         FileIo.fdatasync(fd);
         refCache.put(off, data);
         addMetadataCluster(off);
+        allocEnd = Math.max(allocEnd, cluster + 1);
     }
 
     /**
@@ -1055,6 +1128,14 @@ public final class Qcow2Image implements DiskImage {
         long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
         long blockOff = p << clusterBits;
         long tableOff = (p + 1) << clusterBits;
+        for (long c = p; c <= p + newClusters; c++) {
+            if (overlapsMetadata(c << clusterBits, 1)) {
+                // a table or block past what the refcount table covers: its refcount was never counted
+                throw new IOException("qcow2 image " + path + " is damaged: metadata cluster " + c + " lies past"
+                        + " what its refcount table covers; the write was refused (repair it with 'qemu-img check"
+                        + " -r all " + path + "')");
+            }
+        }
         MemorySegment block = MetaCache.allocate(clusterSize);
         for (long i = 0; i <= newClusters; i++) {
             setRef(block, i, 1);
@@ -1070,6 +1151,7 @@ public final class Qcow2Image implements DiskImage {
         refTableClusters = (int) newClusters;
         refCache.put(blockOff, block);
         addMetadataCluster(blockOff);
+        allocEnd = Math.max(allocEnd, p + 1 + newClusters);
         for (long i = 0; i < newClusters; i++) {
             addMetadataCluster(tableOff + i * clusterSize);
         }
@@ -1248,9 +1330,7 @@ public final class Qcow2Image implements DiskImage {
         search:
         while (true) {
             for (int i = 0; i < k; i++) {
-                ensureRefBlock((c + i) / refBlockEntries); // may place a refcount block on c + i itself
-                // as in allocateCluster: a metadata cluster a damaged image counts as 0 is never handed out
-                if (refcount(c + i) != 0 || overlapsMetadata((c + i) << clusterBits, 1)) {
+                if (!isFree(c + i)) { // as in allocateCluster, so it ends past allocEnd too
                     c += i + 1;
                     continue search;
                 }
@@ -1260,6 +1340,7 @@ public final class Qcow2Image implements DiskImage {
         for (int i = 0; i < k; i++) {
             setRefcount(c + i, 1);
         }
+        allocEnd = Math.max(allocEnd, c + k);
         return c << clusterBits;
     }
 
@@ -1487,6 +1568,7 @@ public final class Qcow2Image implements DiskImage {
         refTableOffset = tableOff;
         refTableClusters = (int) tableClusters;
         freeHint = 0;
+        allocEnd = Math.max(allocEnd, newEnd);
         indexMetadata(); // the old refcount table and blocks are free data clusters now
         System.getLogger(Qcow2Image.class.getName())
                 .log(

@@ -7,12 +7,14 @@ import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Stream;
@@ -158,5 +160,78 @@ class Qcow2DamagedImageTest {
         assertEquals(0, readLong(img, Qcow2Header.OFF_INCOMPATIBLE) & 1, "dirty bit still set");
         check(img, true); // the 7 data clusters no entry names any more are leaks; no refcount is wrong
         qemuIoOk(img, "qcow2", "read -P 0x40 0 64k", "read -P 0x40 3584M 64k", "read -P 0x40 1000M 64k");
+    }
+
+    /** A 64 MiB image of 64 KiB clusters, refcount_bits=1 (one refcount block covers 32 GiB): header, refcount
+     * table at 64 KiB, its one block at 128 KiB, L1 table at 192 KiB. */
+    private Path refcountImage(String name) throws Exception {
+        Path img = create(name, "64M", "refcount_bits=1");
+        assertEquals(0x10000, readLong(img, Qcow2Header.OFF_REFTABLE), "qemu-img placed the refcount table elsewhere");
+        assertEquals(0x20000, readLong(img, 0x10000), "qemu-img placed the refcount block elsewhere");
+        return img;
+    }
+
+    @Test
+    void refcountTableEntriesThatShareABlockOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
+        // Every entry naming the one block: filled with 0xff, the first allocation used to scan 8192 blocks of
+        // 524288 clusters each (4e9 refcounts) under the metadata lock before reaching a free cluster.
+        long[][] cases = {
+            {0x20000, 0x20000}, // entry 1 names entry 0's block
+            {0x1000000}, // 16 MiB: past the end of the file
+            {0x30000}, // the L1 table
+            {0x10000}, // the refcount table
+        };
+        String[] says = {
+            "same refcount block 131072", "past the end of the file", "inside the L1 table", "inside the refcount table"
+        };
+        for (int k = 0; k < cases.length; k++) {
+            Path img = refcountImage("reftable-" + k + ".qcow2");
+            for (int i = 0; i < cases[k].length; i++) {
+                writeLong(img, 0x10000 + 8L * (i + 1), cases[k][i]);
+            }
+            IOException e = refusedForWriting(img);
+            assertTrue(
+                    e.getMessage().contains(says[k]) && e.getMessage().contains("qemu-img check -r all"),
+                    e.getMessage());
+            try (Qcow2Image q = Qcow2Image.open(img, true)) { // reading needs no refcounts
+                assertArrayEquals(new byte[4096], Qcow2ImageTest.read(q, 0, 4096));
+            }
+        }
+    }
+
+    @Test
+    void theAllocatorDoesNotScanRefcountsPastTheEndOfTheFile() throws Exception {
+        // 1024 distinct refcount blocks inside the file, all 0xff: they claim 1024 * 524288 clusters in use, while
+        // the file has 1028. The first allocation used to read 5e8 refcounts under the metadata lock (blocking
+        // flushes and closes of the export) before it found a free cluster; past the end of the file every cluster
+        // is free, so it now allocates there after reading at most 1028.
+        Path img = refcountImage("ff-blocks.qcow2");
+        int blocks = 1024;
+        byte[] ff = new byte[65536];
+        java.util.Arrays.fill(ff, (byte) 0xff);
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(0x20000);
+            f.write(ff); // the real block too
+            f.setLength(0x40000);
+            for (int i = 1; i < blocks; i++) {
+                f.seek(0x40000 + (i - 1) * 65536L);
+                f.write(ff);
+                f.seek(0x10000 + 8L * i);
+                f.writeLong(0x40000 + (i - 1) * 65536L);
+            }
+        }
+        long end = Files.size(img);
+        byte[] data = Qcow2ImageTest.fill(4096, 0x5a);
+        assertTimeoutPreemptively(Duration.ofSeconds(10), () -> {
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                Qcow2ImageTest.write(q, 0, data);
+                q.flush();
+                long host = q.l2Entry(0) & Qcow2Image.OFFSET_MASK;
+                assertTrue(host >= end, "allocated at " + host + ", inside the file of " + end + " bytes");
+            }
+        });
+        try (Qcow2Image q = Qcow2Image.open(img, true)) {
+            assertArrayEquals(data, Qcow2ImageTest.read(q, 0, 4096));
+        }
     }
 }
