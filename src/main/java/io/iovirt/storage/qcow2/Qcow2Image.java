@@ -47,6 +47,8 @@ import java.util.zip.Inflater;
  * dereference durable;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
+ * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
+ * could not write back may be lost, and a later fdatasync would not say so.
  * Evicting a dirty table runs the same flush first. Lazy refcounts are never used (so the dirty bit is never set by
  * iovirt); an image another program left dirty is repaired when opened for writing ({@link #rebuildRefcounts}).
  */
@@ -124,6 +126,13 @@ public final class Qcow2Image implements DiskImage {
     private final List<long[]> pendingFree = new ArrayList<>();
 
     private volatile boolean closed;
+    /**
+     * The fdatasync of the image's file that failed, or null. The kernel reports a failed writeback once and may
+     * drop the pages it could not write, and the tables written before it were marked clean: a later flush that
+     * found nothing dirty, or synced again, would report a success that is not true (fsyncgate). Once set, every
+     * flush and write fails, as in QEMU after a failed flush, until the image is opened again.
+     */
+    private volatile IOException syncFailure;
     /**
      * Sorted cluster indices of every metadata cluster (header, L1 table, refcount table and blocks, L2 tables): a
      * data write whose L2 entry points into one of them is refused, so a crafted or damaged image cannot make a
@@ -870,6 +879,7 @@ public final class Qcow2Image implements DiskImage {
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
+        checkSynced();
         long end = offset + len;
         long pos = offset;
         while (pos < end) {
@@ -1101,12 +1111,12 @@ public final class Qcow2Image implements DiskImage {
         MemorySegment data = MetaCache.allocate(clusterSize);
         setRef(data, 0, 1);
         writeMeta(data, 0, clusterSize, off);
-        FileIo.fdatasync(fd);
+        sync();
         refTable[(int) bi] = off;
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, off);
         writeFile(fd, s, refTableOffset + bi * 8, align);
-        FileIo.fdatasync(fd);
+        sync();
         refCache.put(off, data);
         addMetadataCluster(off);
         allocEnd = Math.max(allocEnd, cluster + 1);
@@ -1268,7 +1278,7 @@ public final class Qcow2Image implements DiskImage {
             MemorySegment s = staging.asSlice(0, 8);
             s.set(Qcow2Header.BE64, 0, newSize);
             writeFile(fd, s, Qcow2Header.OFF_SIZE, align);
-            FileIo.fdatasync(fd);
+            sync();
             size = newSize;
         } finally {
             meta.unlock();
@@ -1301,7 +1311,7 @@ public final class Qcow2Image implements DiskImage {
             h.set(Qcow2Header.BE32, 0, entries);
             h.set(Qcow2Header.BE64, 4, newOff);
             writeFile(fd, h, Qcow2Header.OFF_L1_SIZE, align);
-            FileIo.fdatasync(fd);
+            sync();
         }
         for (int i = 0; i < clusters; i++) {
             addMetadataCluster(newOff + ((long) i << clusterBits));
@@ -1362,16 +1372,17 @@ public final class Qcow2Image implements DiskImage {
 
     /** Writes dirty metadata in the consistency order; see the class comment. Caller holds the lock. */
     private void flushMetadata() throws IOException {
+        checkSynced();
         for (MetaCache.Table b : refCache.all()) {
             writeDirty(b);
         }
-        FileIo.fdatasync(fd); // data and refcounts before the tables that reference them
+        sync(); // data and refcounts before the tables that reference them
         boolean l2 = false;
         for (MetaCache.Table t : l2Cache.all()) {
             l2 |= writeDirty(t);
         }
         if (l2) {
-            FileIo.fdatasync(fd);
+            sync();
         }
         if (l1DirtyLo < l1DirtyHi) {
             int chunk = (int) (staging.byteSize() / 8); // the L1 table may have grown past the staging buffer
@@ -1385,7 +1396,7 @@ public final class Qcow2Image implements DiskImage {
             }
             l1DirtyLo = Integer.MAX_VALUE;
             l1DirtyHi = 0;
-            FileIo.fdatasync(fd);
+            sync();
         }
         // The dereferences are durable now: their clusters may be counted down (written at the next flush).
         List<long[]> frees = new ArrayList<>(pendingFree);
@@ -1402,6 +1413,33 @@ public final class Qcow2Image implements DiskImage {
                     }
                 }
             }
+        }
+    }
+
+    /**
+     * fdatasync of the image's file. A failure is kept ({@link #syncFailure}): this and every later flush or write
+     * fails with it.
+     */
+    private void sync() throws IOException {
+        checkSynced();
+        try {
+            FileIo.fdatasync(fd);
+        } catch (IOException e) {
+            syncFailure = new IOException(
+                    "qcow2 image " + path + ": writing back to its file failed (" + e.getMessage() + "): data and"
+                            + " metadata written since its last successful flush may be lost and its tables may be"
+                            + " inconsistent, so every write and flush is refused until it is opened again; check"
+                            + " it with 'qemu-img check -r all " + path + "' before using it",
+                    e);
+            throw syncFailure;
+        }
+    }
+
+    /** Fails when an fdatasync of the image's file failed since it was opened. */
+    private void checkSynced() throws IOException {
+        IOException e = syncFailure;
+        if (e != null) {
+            throw new IOException(e.getMessage(), e);
         }
     }
 
@@ -1561,7 +1599,7 @@ public final class Qcow2Image implements DiskImage {
             MemorySegment inc = a.allocate(8);
             inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
             writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
-            FileIo.fdatasync(fd);
+            sync();
         }
         refCache.clearAll();
         refTable = table;
@@ -1619,7 +1657,7 @@ public final class Qcow2Image implements DiskImage {
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, 0L);
         writeFile(fd, s, Qcow2Header.OFF_AUTOCLEAR, align);
-        FileIo.fdatasync(fd);
+        sync();
     }
 
     @Override
@@ -1800,6 +1838,7 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
+            checkSynced();
             long host = contiguousHost(offset, bytes);
             if (host >= 0) {
                 checkDataWrite(offset, host, bytes);
@@ -1836,6 +1875,9 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, true);
+            if (syncFailure != null) {
+                return false; // the synchronous path reports it
+            }
             long host;
             try {
                 host = contiguousHost(offset, bytes);
@@ -1909,12 +1951,12 @@ public final class Qcow2Image implements DiskImage {
                 t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
             }
             writeFile(fd, t, tableOff, align);
-            FileIo.fdatasync(fd);
+            sync();
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) clusters);
             writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
-            FileIo.fdatasync(fd);
+            sync();
         }
     }
 }
