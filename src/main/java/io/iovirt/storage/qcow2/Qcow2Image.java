@@ -298,6 +298,53 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
+     * Refuses, before an image is written, an L1 table that names an L2 table past the end of the file, the same L2
+     * table twice, or an L2 table on the L1 table, the refcount table or a refcount block. Such an "L2 table" would
+     * be updated and written back by the first write under it, over the L1 table or the refcounts (or, shared, map
+     * two ranges of the disk to one set of clusters). Internal snapshots, whose L1 tables may share L2 tables, are
+     * refused for writing anyway; reading needs none of this, so a read-only open does not check.
+     */
+    private void checkL1Layout() throws IOException {
+        long fileBytes = FileIo.size(fd);
+        long[] blocks = Arrays.stream(refTable).filter(o -> o != 0).sorted().toArray();
+        long[] tables = new long[l1.length()];
+        int n = 0;
+        for (int i = 0; i < l1.length(); i++) {
+            long off = l1.get(i) & OFFSET_MASK;
+            if (off == 0) {
+                continue;
+            }
+            String what = "L1 entry " + i + " points at " + off;
+            String on = metadataAt(off);
+            if (on != null) {
+                throw damaged(what + ", inside the " + on);
+            }
+            if (Arrays.binarySearch(blocks, off) >= 0) {
+                throw damaged(what + ", a refcount block");
+            }
+            if (off > fileBytes - clusterSize) {
+                throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
+            }
+            tables[n++] = off;
+        }
+        Arrays.sort(tables, 0, n);
+        for (int i = 1; i < n; i++) {
+            if (tables[i] == tables[i - 1]) {
+                int first = -1;
+                for (int k = 0; ; k++) { // which two (the error path only)
+                    if ((l1.get(k) & OFFSET_MASK) == tables[i]) {
+                        if (first >= 0) {
+                            throw damaged("L1 entry " + k + " points at " + tables[i] + ", the same L2 table as L1"
+                                    + " entry " + first);
+                        }
+                        first = k;
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * Which of the L1 table and the refcount table the cluster at {@code off} lies in, or null. (The header's cluster
      * cannot be named: a table entry of 0 means none.)
      */
@@ -398,6 +445,7 @@ public final class Qcow2Image implements DiskImage {
             try {
                 if (!readOnly) {
                     img.checkRefcountLayout();
+                    img.checkL1Layout();
                 }
                 if (!readOnly && (h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
                     img.rebuildRefcounts(); // the spec: repair refcounts from the L1/L2 tables before accessing it

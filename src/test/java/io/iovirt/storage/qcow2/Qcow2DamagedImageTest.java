@@ -165,7 +165,11 @@ class Qcow2DamagedImageTest {
     /** A 64 MiB image of 64 KiB clusters, refcount_bits=1 (one refcount block covers 32 GiB): header, refcount
      * table at 64 KiB, its one block at 128 KiB, L1 table at 192 KiB. */
     private Path refcountImage(String name) throws Exception {
-        Path img = create(name, "64M", "refcount_bits=1");
+        return refcountImage(name, "64M");
+    }
+
+    private Path refcountImage(String name, String size) throws Exception {
+        Path img = create(name, size, "refcount_bits=1");
         assertEquals(0x10000, readLong(img, Qcow2Header.OFF_REFTABLE), "qemu-img placed the refcount table elsewhere");
         assertEquals(0x20000, readLong(img, 0x10000), "qemu-img placed the refcount block elsewhere");
         return img;
@@ -232,6 +236,42 @@ class Qcow2DamagedImageTest {
         });
         try (Qcow2Image q = Qcow2Image.open(img, true)) {
             assertArrayEquals(data, Qcow2ImageTest.read(q, 0, 4096));
+        }
+    }
+
+    @Test
+    void l1EntriesThatShareAnL2TableOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
+        // An L1 entry naming the L1 table's own cluster: a write under it (guest offset 512 MiB + 128 KiB) used the L1
+        // table as its L2 table and wrote the new data cluster's entry back over L1 entry 2, so that guest data
+        // became the L2 table of the disk's third 512 MiB.
+        String[] says = {
+            "inside the L1 table",
+            "inside the refcount table",
+            "a refcount block",
+            "same L2 table",
+            "past the end of the file"
+        };
+        for (int k = 0; k < says.length; k++) {
+            Path img = refcountImage("l1-" + k + ".qcow2", "2G"); // four L1 entries
+            qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+            long l1 = readLong(img, 40);
+            long[] targets = {l1, 0x10000, 0x20000, l2Table(img, 0), 1L << 30};
+            writeLong(img, l1 + 8, Qcow2Image.OFLAG_COPIED | targets[k]); // L1 entry 1: guest 512 MiB to 1 GiB
+            byte[] before = Files.readAllBytes(img);
+            IOException e = assertThrows(IOException.class, () -> {
+                try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                    Qcow2ImageTest.write(q, 512L * MIB + 128 * 1024, Qcow2ImageTest.fill(4096, 0x62));
+                }
+            });
+            assertTrue(
+                    e.getMessage().contains("L1 entry 1 points at " + targets[k] + ", ")
+                            && e.getMessage().contains(says[k])
+                            && e.getMessage().contains("qemu-img check -r all"),
+                    e.getMessage());
+            assertArrayEquals(before, Files.readAllBytes(img), "the refused image was written");
+            try (Qcow2Image q = Qcow2Image.open(img, true)) {
+                assertArrayEquals(Qcow2ImageTest.fill(4096, 0x61), Qcow2ImageTest.read(q, 0, 4096));
+            }
         }
     }
 }
