@@ -125,6 +125,12 @@ record Qcow2Header(
         int headerLength = 72;
         int compressionType = 0;
         if (version == 3) {
+            if (first.byteSize() < 104) {
+                throw corrupt(
+                        path,
+                        "the file ends at byte " + first.byteSize()
+                                + ", inside the 104-byte version 3 header (a truncated image)");
+            }
             incompatible = first.get(BE64, 72);
             compatible = first.get(BE64, 80);
             autoclear = first.get(BE64, 88);
@@ -135,6 +141,12 @@ record Qcow2Header(
             }
             if (headerLength < 104 || headerLength > cs || (headerLength & 7) != 0) {
                 throw corrupt(path, "header_length " + headerLength);
+            }
+            if (headerLength > first.byteSize()) {
+                throw corrupt(
+                        path,
+                        "header_length " + headerLength + " runs past the " + first.byteSize()
+                                + " bytes of the file iovirt reads the header from");
             }
             if (headerLength > 104) {
                 compressionType = Byte.toUnsignedInt(first.get(ValueLayout.JAVA_BYTE, 104));
@@ -173,7 +185,8 @@ record Qcow2Header(
         }
         String backingFile = null;
         if (backingOffset != 0) {
-            if (backingSize <= 0 || backingSize > 1023 || backingOffset < 0 || backingOffset + backingSize > end) {
+            // end - backingSize, not backingOffset + backingSize: an offset near Long.MAX_VALUE must not wrap around
+            if (backingSize <= 0 || backingSize > 1023 || backingOffset < 0 || backingOffset > end - backingSize) {
                 throw corrupt(
                         path, "backing file name at " + backingOffset + " (" + backingSize + " bytes) is invalid");
             }

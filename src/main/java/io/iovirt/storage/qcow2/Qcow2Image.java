@@ -47,6 +47,8 @@ import java.util.zip.Inflater;
  * dereference durable;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
+ * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
+ * could not write back may be lost, and a later fdatasync would not say so.
  * Evicting a dirty table runs the same flush first. Lazy refcounts are never used (so the dirty bit is never set by
  * iovirt); an image another program left dirty is repaired when opened for writing ({@link #rebuildRefcounts}).
  */
@@ -114,10 +116,23 @@ public final class Qcow2Image implements DiskImage {
     private final MemorySegment cowBuffer;
     private final MemorySegment zeroCluster;
     private long freeHint;
+    /**
+     * Every cluster from here on is free, whatever a refcount block says: it lies past the end of the file and past
+     * every cluster this image allocated (metadata lock held). The allocator never reads a refcount there, so a
+     * refcount structure claiming clusters the file does not have cannot make it scan beyond what exists.
+     */
+    private long allocEnd;
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
 
     private volatile boolean closed;
+    /**
+     * The fdatasync of the image's file that failed, or null. The kernel reports a failed writeback once and may
+     * drop the pages it could not write, and the tables written before it were marked clean: a later flush that
+     * found nothing dirty, or synced again, would report a success that is not true (fsyncgate). Once set, every
+     * flush and write fails, as in QEMU after a failed flush, until the image is opened again.
+     */
+    private volatile IOException syncFailure;
     /**
      * Sorted cluster indices of every metadata cluster (header, L1 table, refcount table and blocks, L2 tables): a
      * data write whose L2 entry points into one of them is refused, so a crafted or damaged image cannot make a
@@ -162,14 +177,14 @@ public final class Qcow2Image implements DiskImage {
         this.l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
         this.l2Cache = new MetaCache((int) Math.max(4, l2CacheBytes / clusterSize), this::l2Evicted);
         this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> {});
-        long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
-        this.staging =
-                arena.allocate(Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
-        this.cowBuffer = arena.allocate(clusterSize, 4096);
-        this.zeroCluster = arena.allocate(clusterSize, 4096);
         this.scratch = ThreadLocal.withInitial(() -> new Scratch((int) clusterSize));
         // L1 and refcount tables are read whole and kept in memory.
         try {
+            long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
+            this.staging = arena.allocate(
+                    Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
+            this.cowBuffer = arena.allocate(clusterSize, 4096);
+            this.zeroCluster = arena.allocate(clusterSize, 4096);
             this.l1 = new AtomicLongArray(h.l1Size());
             this.l1Offset = h.l1Offset();
             MemorySegment buf = staging.asSlice(0, (long) h.l1Size() * 8);
@@ -189,8 +204,9 @@ public final class Qcow2Image implements DiskImage {
                 checkTableOffset(refTable[i], "refcount table entry " + i);
             }
             indexMetadata();
-        } catch (IOException | RuntimeException e) {
-            closeQuietlyKeepingFile(); // the tables' native memory goes now, not when a GC finds the arena
+            this.allocEnd = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
+        } catch (Throwable e) { // an OutOfMemoryError too: the arena's native memory is freed only by its close
+            closeQuietlyKeepingFile();
             throw e;
         }
     }
@@ -245,6 +261,109 @@ public final class Qcow2Image implements DiskImage {
             }
         }
         return false;
+    }
+
+    /**
+     * Refuses, before an image is written, a refcount table that names a refcount block past the end of the file,
+     * the same block twice, or a block on the L1 table or the refcount table itself. Writing through
+     * such a table would count one block for many ranges of clusters, or write refcounts over the image's own
+     * tables; a table of entries all naming one block full of 0xff would make the first allocation scan up to ten
+     * billion clusters under the metadata lock. (Reading needs no refcounts: a read-only open does not check.)
+     */
+    private void checkRefcountLayout() throws IOException {
+        long fileBytes = FileIo.size(fd);
+        long[] blocks = new long[refTable.length];
+        int n = 0;
+        for (int i = 0; i < refTable.length; i++) {
+            long off = refTable[i];
+            if (off == 0) {
+                continue;
+            }
+            String what = "refcount table entry " + i + " points at " + off;
+            String on = metadataAt(off);
+            if (on != null) {
+                throw damaged(what + ", inside the " + on);
+            }
+            if (off > fileBytes - clusterSize) {
+                throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
+            }
+            blocks[n++] = off;
+        }
+        Arrays.sort(blocks, 0, n);
+        for (int i = 1; i < n; i++) {
+            if (blocks[i] == blocks[i - 1]) {
+                throw damaged("two refcount table entries point at the same refcount block " + blocks[i]);
+            }
+        }
+    }
+
+    /**
+     * Refuses, before an image is written, an L1 table that names an L2 table past the end of the file, the same L2
+     * table twice, or an L2 table on the L1 table, the refcount table or a refcount block. Such an "L2 table" would
+     * be updated and written back by the first write under it, over the L1 table or the refcounts (or, shared, map
+     * two ranges of the disk to one set of clusters). Internal snapshots, whose L1 tables may share L2 tables, are
+     * refused for writing anyway; reading needs none of this, so a read-only open does not check.
+     */
+    private void checkL1Layout() throws IOException {
+        long fileBytes = FileIo.size(fd);
+        long[] blocks = Arrays.stream(refTable).filter(o -> o != 0).sorted().toArray();
+        long[] tables = new long[l1.length()];
+        int n = 0;
+        for (int i = 0; i < l1.length(); i++) {
+            long off = l1.get(i) & OFFSET_MASK;
+            if (off == 0) {
+                continue;
+            }
+            String what = "L1 entry " + i + " points at " + off;
+            String on = metadataAt(off);
+            if (on != null) {
+                throw damaged(what + ", inside the " + on);
+            }
+            if (Arrays.binarySearch(blocks, off) >= 0) {
+                throw damaged(what + ", a refcount block");
+            }
+            if (off > fileBytes - clusterSize) {
+                throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
+            }
+            tables[n++] = off;
+        }
+        Arrays.sort(tables, 0, n);
+        for (int i = 1; i < n; i++) {
+            if (tables[i] == tables[i - 1]) {
+                int first = -1;
+                for (int k = 0; ; k++) { // which two (the error path only)
+                    if ((l1.get(k) & OFFSET_MASK) == tables[i]) {
+                        if (first >= 0) {
+                            throw damaged("L1 entry " + k + " points at " + tables[i] + ", the same L2 table as L1"
+                                    + " entry " + first);
+                        }
+                        first = k;
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * Which of the L1 table and the refcount table the cluster at {@code off} lies in, or null. (The header's cluster
+     * cannot be named: a table entry of 0 means none.)
+     */
+    private String metadataAt(long off) {
+        long c = off >>> clusterBits;
+        if (c >= l1Offset >>> clusterBits
+                && c <= (l1Offset + Math.max(1, (long) l1.length() * 8) - 1) >>> clusterBits) {
+            return "L1 table";
+        }
+        if (c >= refTableOffset >>> clusterBits && c < (refTableOffset >>> clusterBits) + refTableClusters) {
+            return "refcount table";
+        }
+        return null;
+    }
+
+    /** The refusal of a damaged image for writing. */
+    private IOException damaged(String what) {
+        return new IOException("qcow2 image " + path + " is damaged: " + what + "; repair it with 'qemu-img check"
+                + " -r all " + path + "' or open it read-only");
     }
 
     /** Refuses a data write to [host, host+len) when it touches a metadata cluster. */
@@ -324,18 +443,22 @@ public final class Qcow2Image implements DiskImage {
             }
             Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
             try {
+                if (!readOnly) {
+                    img.checkRefcountLayout();
+                    img.checkL1Layout();
+                }
                 if (!readOnly && (h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
                     img.rebuildRefcounts(); // the spec: repair refcounts from the L1/L2 tables before accessing it
                 }
                 if (!readOnly && h.autoclear() != 0) {
                     img.clearAutoclear();
                 }
-            } catch (IOException | RuntimeException e) {
+            } catch (Throwable e) {
                 img.closeQuietlyKeepingFile();
                 throw e;
             }
             return img;
-        } catch (IOException | RuntimeException e) {
+        } catch (Throwable e) { // whatever failed (an OutOfMemoryError too), the file and the chain are closed
             if (backing != null) {
                 backing.close();
             }
@@ -804,6 +927,7 @@ public final class Qcow2Image implements DiskImage {
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
+        checkSynced();
         long end = offset + len;
         long pos = offset;
         while (pos < end) {
@@ -990,20 +1114,26 @@ public final class Qcow2Image implements DiskImage {
     /** A free cluster, its refcount set to 1 (in memory; written at the next flush, before any reference). */
     private long allocateCluster() throws IOException {
         long c = freeHint;
-        while (true) {
-            // A metadata cluster whose refcount says 0 is damage (or a crafted image): handing it out would write
-            // an L2 table or guest data over the header, the L1 or a refcount structure. Skip it.
-            if (refcount(c) == 0 && !overlapsMetadata(c << clusterBits, 1)) {
-                ensureRefBlock(c / refBlockEntries); // may place a new refcount block on c itself
-                if (refcount(c) == 0) {
-                    break;
-                }
-            }
-            c++;
+        while (!isFree(c)) {
+            c++; // ends at allocEnd at the latest: past it only metadata this image placed there is not free
         }
         setRefcount(c, 1);
         freeHint = c + 1;
+        allocEnd = Math.max(allocEnd, c + 1);
         return c << clusterBits;
+    }
+
+    /**
+     * Whether cluster {@code c} may be handed out, its refcount block made to exist. A metadata cluster whose
+     * refcount says 0 is damage (or a crafted image): handing it out would write an L2 table or guest data over the
+     * header, the L1 or a refcount structure, so it is never free. Past {@link #allocEnd} every other cluster is.
+     */
+    private boolean isFree(long c) throws IOException {
+        if (overlapsMetadata(c << clusterBits, 1) || (c < allocEnd && refcount(c) != 0)) {
+            return false;
+        }
+        ensureRefBlock(c / refBlockEntries); // may place a new refcount block (or table) on c itself
+        return !overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) == 0);
     }
 
     /**
@@ -1029,14 +1159,15 @@ public final class Qcow2Image implements DiskImage {
         MemorySegment data = MetaCache.allocate(clusterSize);
         setRef(data, 0, 1);
         writeMeta(data, 0, clusterSize, off);
-        FileIo.fdatasync(fd);
+        sync();
         refTable[(int) bi] = off;
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, off);
         writeFile(fd, s, refTableOffset + bi * 8, align);
-        FileIo.fdatasync(fd);
+        sync();
         refCache.put(off, data);
         addMetadataCluster(off);
+        allocEnd = Math.max(allocEnd, cluster + 1);
     }
 
     /**
@@ -1055,6 +1186,14 @@ public final class Qcow2Image implements DiskImage {
         long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
         long blockOff = p << clusterBits;
         long tableOff = (p + 1) << clusterBits;
+        for (long c = p; c <= p + newClusters; c++) {
+            if (overlapsMetadata(c << clusterBits, 1)) {
+                // a table or block past what the refcount table covers: its refcount was never counted
+                throw new IOException("qcow2 image " + path + " is damaged: metadata cluster " + c + " lies past"
+                        + " what its refcount table covers; the write was refused (repair it with 'qemu-img check"
+                        + " -r all " + path + "')");
+            }
+        }
         MemorySegment block = MetaCache.allocate(clusterSize);
         for (long i = 0; i <= newClusters; i++) {
             setRef(block, i, 1);
@@ -1070,6 +1209,7 @@ public final class Qcow2Image implements DiskImage {
         refTableClusters = (int) newClusters;
         refCache.put(blockOff, block);
         addMetadataCluster(blockOff);
+        allocEnd = Math.max(allocEnd, p + 1 + newClusters);
         for (long i = 0; i < newClusters; i++) {
             addMetadataCluster(tableOff + i * clusterSize);
         }
@@ -1186,7 +1326,7 @@ public final class Qcow2Image implements DiskImage {
             MemorySegment s = staging.asSlice(0, 8);
             s.set(Qcow2Header.BE64, 0, newSize);
             writeFile(fd, s, Qcow2Header.OFF_SIZE, align);
-            FileIo.fdatasync(fd);
+            sync();
             size = newSize;
         } finally {
             meta.unlock();
@@ -1219,7 +1359,7 @@ public final class Qcow2Image implements DiskImage {
             h.set(Qcow2Header.BE32, 0, entries);
             h.set(Qcow2Header.BE64, 4, newOff);
             writeFile(fd, h, Qcow2Header.OFF_L1_SIZE, align);
-            FileIo.fdatasync(fd);
+            sync();
         }
         for (int i = 0; i < clusters; i++) {
             addMetadataCluster(newOff + ((long) i << clusterBits));
@@ -1248,9 +1388,7 @@ public final class Qcow2Image implements DiskImage {
         search:
         while (true) {
             for (int i = 0; i < k; i++) {
-                ensureRefBlock((c + i) / refBlockEntries); // may place a refcount block on c + i itself
-                // as in allocateCluster: a metadata cluster a damaged image counts as 0 is never handed out
-                if (refcount(c + i) != 0 || overlapsMetadata((c + i) << clusterBits, 1)) {
+                if (!isFree(c + i)) { // as in allocateCluster, so it ends past allocEnd too
                     c += i + 1;
                     continue search;
                 }
@@ -1260,6 +1398,7 @@ public final class Qcow2Image implements DiskImage {
         for (int i = 0; i < k; i++) {
             setRefcount(c + i, 1);
         }
+        allocEnd = Math.max(allocEnd, c + k);
         return c << clusterBits;
     }
 
@@ -1281,16 +1420,17 @@ public final class Qcow2Image implements DiskImage {
 
     /** Writes dirty metadata in the consistency order; see the class comment. Caller holds the lock. */
     private void flushMetadata() throws IOException {
+        checkSynced();
         for (MetaCache.Table b : refCache.all()) {
             writeDirty(b);
         }
-        FileIo.fdatasync(fd); // data and refcounts before the tables that reference them
+        sync(); // data and refcounts before the tables that reference them
         boolean l2 = false;
         for (MetaCache.Table t : l2Cache.all()) {
             l2 |= writeDirty(t);
         }
         if (l2) {
-            FileIo.fdatasync(fd);
+            sync();
         }
         if (l1DirtyLo < l1DirtyHi) {
             int chunk = (int) (staging.byteSize() / 8); // the L1 table may have grown past the staging buffer
@@ -1304,7 +1444,7 @@ public final class Qcow2Image implements DiskImage {
             }
             l1DirtyLo = Integer.MAX_VALUE;
             l1DirtyHi = 0;
-            FileIo.fdatasync(fd);
+            sync();
         }
         // The dereferences are durable now: their clusters may be counted down (written at the next flush).
         List<long[]> frees = new ArrayList<>(pendingFree);
@@ -1321,6 +1461,33 @@ public final class Qcow2Image implements DiskImage {
                     }
                 }
             }
+        }
+    }
+
+    /**
+     * fdatasync of the image's file. A failure is kept ({@link #syncFailure}): this and every later flush or write
+     * fails with it.
+     */
+    private void sync() throws IOException {
+        checkSynced();
+        try {
+            FileIo.fdatasync(fd);
+        } catch (IOException e) {
+            syncFailure = new IOException(
+                    "qcow2 image " + path + ": writing back to its file failed (" + e.getMessage() + "): data and"
+                            + " metadata written since its last successful flush may be lost and its tables may be"
+                            + " inconsistent, so every write and flush is refused until it is opened again; check"
+                            + " it with 'qemu-img check -r all " + path + "' before using it",
+                    e);
+            throw syncFailure;
+        }
+    }
+
+    /** Fails when an fdatasync of the image's file failed since it was opened. */
+    private void checkSynced() throws IOException {
+        IOException e = syncFailure;
+        if (e != null) {
+            throw new IOException(e.getMessage(), e);
         }
     }
 
@@ -1365,20 +1532,31 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
+     * Memory the dirty-image repair may take for its counts (2 bytes per cluster up to the highest one referenced):
+     * 1 GiB covers 32 TiB of referenced clusters at 64 KiB clusters. A bigger image (or a smaller heap) is sent to
+     * 'qemu-img check -r all' instead of an OutOfMemoryError.
+     */
+    private static final long MAX_REBUILD_COUNT_BYTES = 1L << 30;
+
+    /**
      * Rebuilds the refcounts of an image whose dirty bit is set (written with lazy refcounts, not closed cleanly):
      * every cluster the header, the tables and the L2 entries reference is counted; a new refcount table and
      * blocks describing exactly those (and themselves) are written past the end of the file and synced; then the
      * header is switched to them in one sector write and synced; then the dirty bit is cleared and synced. A
      * crash in between leaves the dirty bit set and the old tables in use, so the repair simply runs again. The
      * old refcount structures become free clusters.
+     *
+     * <p>What it takes is sized by what the metadata references, never by the file's apparent size (a hostile
+     * image can be a 1 KiB header truncated to a terabyte): counts up to the highest referenced cluster, and
+     * refcount blocks only for those and for the new structures (the table's entries for the unreferenced clusters
+     * between them stay 0: no block, refcount 0). Both are bounded, with a clear error beyond the bound.
      */
     private void rebuildRefcounts() throws IOException {
-        long fileClusters = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
-        long limit = Math.max(fileClusters, 1);
-        // First pass: the highest referenced cluster, so the counts array covers every reference.
-        long[] max = {limit};
+        long fileClusters = Math.max(1, (FileIo.size(fd) + clusterSize - 1) >>> clusterBits);
+        // First pass: the highest referenced cluster, so the counts cover every reference.
+        long[] max = {1}; // the header
         forEachReference(c -> max[0] = Math.max(max[0], c + 1));
-        if (max[0] > limit) {
+        if (max[0] > fileClusters) {
             // A table entry past the end of the file is damage, not a lazy-refcount leftover (data and tables are
             // written before anything points at them); counting up to it would size the counts by a hostile number.
             throw new IOException("qcow2 image " + path + " is damaged: a table entry points at cluster " + (max[0] - 1)
@@ -1386,59 +1564,97 @@ public final class Qcow2Image implements DiskImage {
                     + " clusters); its refcounts cannot be rebuilt here: run "
                     + "'qemu-img check -r all " + path + "'");
         }
-        long end = max[0];
-        long blocks = 0;
+        long refEnd = max[0];
+        // The new blocks, then the new table, go past the end of the file: nothing the old header names, and
+        // nothing a crash before the switch would need, is overwritten. Blocks: those covering [0, refEnd), and
+        // those covering the new structures themselves (a fixpoint: the structures must describe themselves too).
+        long place = fileClusters;
+        long lowBlocks = (refEnd + refBlockEntries - 1) / refBlockEntries;
+        long blocks = lowBlocks;
         long tableClusters = 0;
-        for (int i = 0; i < 8; i++) { // fixpoint: the new table and blocks must describe themselves too
-            long total = end + blocks + tableClusters;
-            long b = (total + refBlockEntries - 1) / refBlockEntries;
-            long t = (b * 8 + clusterSize - 1) / clusterSize;
-            if (b == blocks && t == tableClusters) {
-                break;
-            }
+        long firstHigh = 0;
+        long lastHigh = -1;
+        boolean settled = false;
+        for (int i = 0; i < 64 && !settled; i++) {
+            long newEnd = place + blocks + tableClusters; // exclusive
+            long fh = Math.max(place / refBlockEntries, lowBlocks);
+            long lh = (newEnd - 1) / refBlockEntries;
+            long b = lowBlocks + Math.max(0, lh - fh + 1);
+            long t = ((Math.max(lowBlocks, lh + 1)) * 8 + clusterSize - 1) / clusterSize;
+            settled = b == blocks && t == tableClusters && fh == firstHigh && lh == lastHigh;
             blocks = b;
             tableClusters = t;
+            firstHigh = fh;
+            lastHigh = lh;
         }
-        long total = end + blocks + tableClusters;
-        if (total > Integer.MAX_VALUE || tableClusters * clusterSize > (64L << 20)) {
-            throw new IOException("qcow2 image " + path
-                    + ": too large to rebuild its refcounts here; run 'qemu-img check -r all " + path + "'");
+        if (!settled || tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and is too large to"
+                    + " rebuild its refcounts here: its " + fileClusters + " clusters of " + clusterSize
+                    + " bytes would need a refcount table of more than " + (Qcow2Header.MAX_REFTABLE_BYTES >> 20)
+                    + " MiB; run 'qemu-img check -r all " + path + "'");
         }
-        int[] counts = new int[(int) total];
-        forEachReference(c -> counts[(int) c]++);
-        for (long c = end; c < total; c++) {
-            counts[(int) c]++; // the new blocks and table
+        if (refEnd * 2 > Math.min(MAX_REBUILD_COUNT_BYTES, Runtime.getRuntime().maxMemory() / 4)) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and references "
+                    + refEnd + " clusters; rebuilding its refcounts here would take " + (refEnd * 2 >> 20)
+                    + " MiB of memory: run 'qemu-img check -r all " + path + "'");
         }
-        for (int c = 0; c < counts.length; c++) {
-            if (counts[c] > maxRefcount) {
-                throw new IOException("qcow2 image " + path + ": cluster " + c + " is referenced " + counts[c]
-                        + " times; run 'qemu-img check -r all " + path + "'");
+        // Counts up to 65535 in a char each; the rare cluster referenced more often (compressed clusters sharing a
+        // host cluster) continues in a map, so no refcount_order (up to 64 bits) is cut short or wraps around.
+        char[] counts;
+        try {
+            counts = new char[(int) refEnd];
+        } catch (OutOfMemoryError e) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit); rebuilding its "
+                    + "refcounts needs " + (refEnd * 2 >> 20) + " MiB of memory, which this process does not have"
+                    + " now: run 'qemu-img check -r all " + path + "'");
+        }
+        java.util.Map<Long, Long> many = new java.util.HashMap<>();
+        forEachReference(c -> {
+            int i = (int) c;
+            long n = counts[i] < Character.MAX_VALUE ? ++counts[i] : many.merge(c, 1L, Long::sum) + Character.MAX_VALUE;
+            if (n > maxRefcount) {
+                throw new IOException("qcow2 image " + path + " is damaged: cluster " + c + " is referenced more"
+                        + " than " + maxRefcount + " times (refcount_order " + refcountOrder + "); run"
+                        + " 'qemu-img check -r all " + path + "'");
             }
-        }
+        });
+        long newEnd = place + blocks + tableClusters;
         long[] table = new long[(int) (tableClusters * clusterSize / 8)];
         MemorySegment block = MetaCache.allocate(clusterSize);
-        for (long b = 0; b < blocks; b++) {
-            block.fill((byte) 0);
-            for (long i = 0; i < refBlockEntries && b * refBlockEntries + i < total; i++) {
-                setRef(block, i, counts[(int) (b * refBlockEntries + i)]);
+        long at = place;
+        for (long b = 0; b <= Math.max(lowBlocks - 1, lastHigh); b++) {
+            if (b >= lowBlocks && b < firstHigh) {
+                continue; // no cluster it describes is referenced or new: no block, every refcount 0
             }
-            long off = (end + b) << clusterBits;
+            block.fill((byte) 0);
+            long first = b * refBlockEntries;
+            for (long c = first; c < first + refBlockEntries && c < refEnd; c++) {
+                char n = counts[(int) c];
+                if (n != 0) {
+                    setRef(block, c - first, n < Character.MAX_VALUE ? n : n + many.getOrDefault(c, 0L));
+                }
+            }
+            for (long c = Math.max(first, place); c < Math.min(first + refBlockEntries, newEnd); c++) {
+                setRef(block, c - first, 1); // the new blocks and table
+            }
+            long off = at++ << clusterBits;
             writeMeta(block, 0, clusterSize, off);
             table[(int) b] = off;
         }
-        long tableOff = (end + blocks) << clusterBits;
+        long tableOff = at << clusterBits;
         switchRefTable(table, tableOff, tableClusters);
         try (Arena a = Arena.ofConfined()) {
             MemorySegment inc = a.allocate(8);
             inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
             writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
-            FileIo.fdatasync(fd);
+            sync();
         }
         refCache.clearAll();
         refTable = table;
         refTableOffset = tableOff;
         refTableClusters = (int) tableClusters;
         freeHint = 0;
+        allocEnd = Math.max(allocEnd, newEnd);
         indexMetadata(); // the old refcount table and blocks are free data clusters now
         System.getLogger(Qcow2Image.class.getName())
                 .log(
@@ -1447,11 +1663,16 @@ public final class Qcow2Image implements DiskImage {
                                 + " was not closed cleanly (dirty bit, lazy refcounts): refcounts rebuilt from its L1/L2 tables");
     }
 
+    /** What {@link #forEachReference} calls per reference. */
+    private interface ClusterVisitor {
+        void visit(long cluster) throws IOException;
+    }
+
     /** Calls {@code c} once per reference to a cluster: header, L1, L2 tables, data (compressed: each cluster touched). */
-    private void forEachReference(java.util.function.LongConsumer c) throws IOException {
-        c.accept(0);
+    private void forEachReference(ClusterVisitor c) throws IOException {
+        c.visit(0);
         for (long x = l1Offset >>> clusterBits; x <= (l1Offset + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
-            c.accept(x);
+            c.visit(x);
         }
         MemorySegment s = staging.asSlice(0, clusterSize);
         for (int i = 0; i < l1.length(); i++) {
@@ -1459,7 +1680,7 @@ public final class Qcow2Image implements DiskImage {
             if (l2 == 0) {
                 continue;
             }
-            c.accept(l2 >>> clusterBits);
+            c.visit(l2 >>> clusterBits);
             MetaCache.Table cached = l2Cache.get(l2);
             if (cached != null) {
                 MemorySegment.copy(cached.data, 0, s, 0, clusterSize);
@@ -1471,10 +1692,10 @@ public final class Qcow2Image implements DiskImage {
                 if ((e & OFLAG_COMPRESSED) != 0) {
                     long[] r = compressedRange(e);
                     for (long x = r[0] >>> clusterBits; x <= (r[0] + r[1] - 1) >>> clusterBits; x++) {
-                        c.accept(x);
+                        c.visit(x);
                     }
                 } else if ((e & OFFSET_MASK) != 0) {
-                    c.accept((e & OFFSET_MASK) >>> clusterBits);
+                    c.visit((e & OFFSET_MASK) >>> clusterBits);
                 }
             }
         }
@@ -1484,7 +1705,7 @@ public final class Qcow2Image implements DiskImage {
         MemorySegment s = staging.asSlice(0, 8);
         s.set(Qcow2Header.BE64, 0, 0L);
         writeFile(fd, s, Qcow2Header.OFF_AUTOCLEAR, align);
-        FileIo.fdatasync(fd);
+        sync();
     }
 
     @Override
@@ -1665,6 +1886,7 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
+            checkSynced();
             long host = contiguousHost(offset, bytes);
             if (host >= 0) {
                 checkDataWrite(offset, host, bytes);
@@ -1701,6 +1923,9 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, true);
+            if (syncFailure != null) {
+                return false; // the synchronous path reports it
+            }
             long host;
             try {
                 host = contiguousHost(offset, bytes);
@@ -1774,12 +1999,12 @@ public final class Qcow2Image implements DiskImage {
                 t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
             }
             writeFile(fd, t, tableOff, align);
-            FileIo.fdatasync(fd);
+            sync();
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) clusters);
             writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
-            FileIo.fdatasync(fd);
+            sync();
         }
     }
 }

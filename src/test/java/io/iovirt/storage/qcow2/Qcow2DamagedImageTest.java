@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage.qcow2;
+
+import static io.iovirt.storage.qcow2.QemuTools.check;
+import static io.iovirt.storage.qcow2.QemuTools.ok;
+import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * Damaged and hostile images, made by qemu-img and qemu-io and then patched: each is refused with a clear error or
+ * handled in bounded time and memory, and a failed open leaves nothing open.
+ */
+@org.junit.jupiter.api.Tag("peer") // qemu-img / qemu-io: Failsafe
+class Qcow2DamagedImageTest {
+    static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+
+    private Path create(String name, String size, String... opts) throws Exception {
+        Path p = dir.resolve(name);
+        List<String> cmd = new ArrayList<>(List.of("qemu-img", "create", "-q", "-f", "qcow2"));
+        for (String o : opts) {
+            cmd.add("-o");
+            cmd.add(o);
+        }
+        cmd.add(p.toString());
+        cmd.add(size);
+        ok(cmd.toArray(String[]::new));
+        return p;
+    }
+
+    static long readLong(Path p, long at) throws IOException {
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "r")) {
+            f.seek(at);
+            return f.readLong();
+        }
+    }
+
+    static void writeLong(Path p, long at, long v) throws IOException {
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+            f.seek(at);
+            f.writeLong(v);
+        }
+    }
+
+    static void setDirty(Path p) throws IOException {
+        writeLong(p, Qcow2Header.OFF_INCOMPATIBLE, readLong(p, Qcow2Header.OFF_INCOMPATIBLE) | 1);
+    }
+
+    static void setLength(Path p, long bytes) throws IOException {
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+            f.setLength(bytes); // a hole: nothing is written
+        }
+    }
+
+    /** File offset of the L2 table of L1 entry {@code i}. */
+    static long l2Table(Path p, int i) throws IOException {
+        return readLong(p, readLong(p, 40) + 8L * i) & Qcow2Image.OFFSET_MASK;
+    }
+
+    static long openFds() throws IOException {
+        try (Stream<Path> s = Files.list(Path.of("/proc/self/fd"))) {
+            return s.count();
+        }
+    }
+
+    /** Opens {@code img} for writing twice, expecting the same refusal; asserts no descriptor stays open. */
+    static IOException refusedForWriting(Path img) throws IOException {
+        long fds = openFds();
+        IOException e = assertThrows(
+                IOException.class, () -> Qcow2Image.open(img, false).close());
+        // the second open is refused for the same reason (not "already open"), and nothing was left open
+        IOException again = assertThrows(
+                IOException.class, () -> Qcow2Image.open(img, false).close());
+        assertEquals(e.getMessage(), again.getMessage());
+        assertEquals(fds, openFds(), "a failed open left a descriptor open");
+        return e;
+    }
+
+    @Test
+    void aDirtyHeaderTruncatedTo900GibIsRefusedWithoutRunningOutOfMemory() throws Exception {
+        // The repair used to size its counts by the file's apparent size: 1.9e9 ints (7.5 GiB) for 512-byte clusters,
+        // an OutOfMemoryError that open() did not catch (the descriptor and the tables' memory leaked).
+        Path img = create("sparse-tail.qcow2", "1M", "cluster_size=512");
+        setDirty(img);
+        setLength(img, 900L << 30);
+        IOException e = refusedForWriting(img);
+        assertTrue(e.getMessage().contains("qemu-img check -r all"), e.getMessage());
+    }
+
+    @Test
+    void aDirtyImageReferencingAClusterAt900GibIsRefusedWithoutRunningOutOfMemory() throws Exception {
+        // refcount_bits=1: the refcount table would fit, but counts up to cluster 1.9e9 would not
+        Path img = create("far-ref.qcow2", "1M", "cluster_size=512", "refcount_bits=1");
+        qemuIoOk(img, "qcow2", "write -P 0x11 0 512");
+        long far = (900L << 30) - 512;
+        writeLong(img, l2Table(img, 0) + 8, Qcow2Image.OFLAG_COPIED | far); // guest cluster 1 "stored" there
+        setLength(img, 900L << 30);
+        setDirty(img);
+        IOException e = refusedForWriting(img);
+        assertTrue(
+                e.getMessage().contains("MiB of memory") && e.getMessage().contains("qemu-img check -r all"),
+                e.getMessage());
+    }
+
+    @Test
+    void aDirtyImageWithATerabyteHoleAtItsEndIsRepairedWithMemoryForItsReferencesOnly() throws Exception {
+        Path img = create("dirty-hole.qcow2", "64M", "lazy_refcounts=on");
+        QemuTools.qemuIo(img, "qcow2", "write -P 0x31 0 3M", "write -P 0x32 10M 100k", "abort");
+        assertEquals(1, readLong(img, Qcow2Header.OFF_INCOMPATIBLE) & 1, "qemu-io left no dirty bit");
+        setLength(img, 1L << 40);
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            Qcow2ImageTest.write(q, 20 * MIB, Qcow2ImageTest.fill(MIB, 0x33));
+            assertArrayEquals(Qcow2ImageTest.fill(4096, 0x31), Qcow2ImageTest.read(q, 0, 4096));
+        }
+        assertEquals(0, readLong(img, Qcow2Header.OFF_INCOMPATIBLE) & 1, "dirty bit still set");
+        check(img, false); // the refcount table's entries over the hole are 0: no block, refcount 0
+        qemuIoOk(img, "qcow2", "read -P 0x31 0 3M", "read -P 0x32 10M 100k", "read -P 0x33 20M 1M");
+    }
+
+    @Test
+    void aDirtyImageWithAClusterReferencedMoreThan65535TimesGetsItsExactRefcount() throws Exception {
+        // refcount_order 6: 8 L2 tables of 8192 entries, every entry naming one data cluster (65536 references);
+        // the repair counts in 16 bits and continues past them, so the refcount is exact, as qemu-img check sees
+        Path img = create("shared.qcow2", "4G", "refcount_bits=64");
+        List<String> writes = new ArrayList<>();
+        for (int i = 0; i < 8; i++) {
+            writes.add("write -P 0x4" + i + " " + (i * 512L * MIB) + " 64k");
+        }
+        qemuIoOk(img, "qcow2", writes.toArray(String[]::new));
+        long data = readLong(img, l2Table(img, 0)) & Qcow2Image.OFFSET_MASK;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            for (int i = 0; i < 8; i++) {
+                java.nio.ByteBuffer table = java.nio.ByteBuffer.allocate(65536);
+                for (int k = 0; k < 8192; k++) {
+                    table.putLong(8 * k, data); // shared: no COPIED flag
+                }
+                f.seek(l2Table(img, i));
+                f.write(table.array());
+            }
+        }
+        setDirty(img);
+        Qcow2Image.open(img, false).close();
+        assertEquals(0, readLong(img, Qcow2Header.OFF_INCOMPATIBLE) & 1, "dirty bit still set");
+        check(img, true); // the 7 data clusters no entry names any more are leaks; no refcount is wrong
+        qemuIoOk(img, "qcow2", "read -P 0x40 0 64k", "read -P 0x40 3584M 64k", "read -P 0x40 1000M 64k");
+    }
+
+    /** A 64 MiB image of 64 KiB clusters, refcount_bits=1 (one refcount block covers 32 GiB): header, refcount
+     * table at 64 KiB, its one block at 128 KiB, L1 table at 192 KiB. */
+    private Path refcountImage(String name) throws Exception {
+        return refcountImage(name, "64M");
+    }
+
+    private Path refcountImage(String name, String size) throws Exception {
+        Path img = create(name, size, "refcount_bits=1");
+        assertEquals(0x10000, readLong(img, Qcow2Header.OFF_REFTABLE), "qemu-img placed the refcount table elsewhere");
+        assertEquals(0x20000, readLong(img, 0x10000), "qemu-img placed the refcount block elsewhere");
+        return img;
+    }
+
+    @Test
+    void refcountTableEntriesThatShareABlockOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
+        // Every entry naming the one block: filled with 0xff, the first allocation used to scan 8192 blocks of
+        // 524288 clusters each (4e9 refcounts) under the metadata lock before reaching a free cluster.
+        long[][] cases = {
+            {0x20000, 0x20000}, // entry 1 names entry 0's block
+            {0x1000000}, // 16 MiB: past the end of the file
+            {0x30000}, // the L1 table
+            {0x10000}, // the refcount table
+        };
+        String[] says = {
+            "same refcount block 131072", "past the end of the file", "inside the L1 table", "inside the refcount table"
+        };
+        for (int k = 0; k < cases.length; k++) {
+            Path img = refcountImage("reftable-" + k + ".qcow2");
+            for (int i = 0; i < cases[k].length; i++) {
+                writeLong(img, 0x10000 + 8L * (i + 1), cases[k][i]);
+            }
+            IOException e = refusedForWriting(img);
+            assertTrue(
+                    e.getMessage().contains(says[k]) && e.getMessage().contains("qemu-img check -r all"),
+                    e.getMessage());
+            try (Qcow2Image q = Qcow2Image.open(img, true)) { // reading needs no refcounts
+                assertArrayEquals(new byte[4096], Qcow2ImageTest.read(q, 0, 4096));
+            }
+        }
+    }
+
+    @Test
+    void theAllocatorDoesNotScanRefcountsPastTheEndOfTheFile() throws Exception {
+        // 1024 distinct refcount blocks inside the file, all 0xff: they claim 1024 * 524288 clusters in use, while
+        // the file has 1028. The first allocation used to read 5e8 refcounts under the metadata lock (blocking
+        // flushes and closes of the export) before it found a free cluster; past the end of the file every cluster
+        // is free, so it now allocates there after reading at most 1028.
+        Path img = refcountImage("ff-blocks.qcow2");
+        int blocks = 1024;
+        byte[] ff = new byte[65536];
+        java.util.Arrays.fill(ff, (byte) 0xff);
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(0x20000);
+            f.write(ff); // the real block too
+            f.setLength(0x40000);
+            for (int i = 1; i < blocks; i++) {
+                f.seek(0x40000 + (i - 1) * 65536L);
+                f.write(ff);
+                f.seek(0x10000 + 8L * i);
+                f.writeLong(0x40000 + (i - 1) * 65536L);
+            }
+        }
+        long end = Files.size(img);
+        byte[] data = Qcow2ImageTest.fill(4096, 0x5a);
+        assertTimeoutPreemptively(Duration.ofSeconds(10), () -> {
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                Qcow2ImageTest.write(q, 0, data);
+                q.flush();
+                long host = q.l2Entry(0) & Qcow2Image.OFFSET_MASK;
+                assertTrue(host >= end, "allocated at " + host + ", inside the file of " + end + " bytes");
+            }
+        });
+        try (Qcow2Image q = Qcow2Image.open(img, true)) {
+            assertArrayEquals(data, Qcow2ImageTest.read(q, 0, 4096));
+        }
+    }
+
+    @Test
+    void l1EntriesThatShareAnL2TableOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
+        // An L1 entry naming the L1 table's own cluster: a write under it (guest offset 512 MiB + 128 KiB) used the L1
+        // table as its L2 table and wrote the new data cluster's entry back over L1 entry 2, so that guest data
+        // became the L2 table of the disk's third 512 MiB.
+        String[] says = {
+            "inside the L1 table",
+            "inside the refcount table",
+            "a refcount block",
+            "same L2 table",
+            "past the end of the file"
+        };
+        for (int k = 0; k < says.length; k++) {
+            Path img = refcountImage("l1-" + k + ".qcow2", "2G"); // four L1 entries
+            qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+            long l1 = readLong(img, 40);
+            long[] targets = {l1, 0x10000, 0x20000, l2Table(img, 0), 1L << 30};
+            writeLong(img, l1 + 8, Qcow2Image.OFLAG_COPIED | targets[k]); // L1 entry 1: guest 512 MiB to 1 GiB
+            byte[] before = Files.readAllBytes(img);
+            IOException e = assertThrows(IOException.class, () -> {
+                try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                    Qcow2ImageTest.write(q, 512L * MIB + 128 * 1024, Qcow2ImageTest.fill(4096, 0x62));
+                }
+            });
+            assertTrue(
+                    e.getMessage().contains("L1 entry 1 points at " + targets[k] + ", ")
+                            && e.getMessage().contains(says[k])
+                            && e.getMessage().contains("qemu-img check -r all"),
+                    e.getMessage());
+            assertArrayEquals(before, Files.readAllBytes(img), "the refused image was written");
+            try (Qcow2Image q = Qcow2Image.open(img, true)) {
+                assertArrayEquals(Qcow2ImageTest.fill(4096, 0x61), Qcow2ImageTest.read(q, 0, 4096));
+            }
+        }
+    }
+}
