@@ -377,12 +377,17 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
+    /**
+     * Signals the frontend's err eventfd on the control thread without blocking for long: the frontend may have made
+     * it blocking again and filled it, and {@link EventFd#trySignal}'s watchdog ends such a write (a plain write would
+     * hold this connection's thread for ever). A signal that could not be delivered is the frontend's loss.
+     */
     private static void signalQuietly(EventFd err) {
         if (err != null) {
             try {
-                err.signal();
-            } catch (LinuxException ignored) {
-                // the frontend closed it: the log line is the report
+                err.trySignal();
+            } catch (LinuxException | RuntimeException ignored) {
+                // the frontend closed or broke it: the log line is the report
             }
         }
     }

@@ -14,6 +14,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.EventFd;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.FrontendMemory;
@@ -60,7 +61,20 @@ class HostileBlkFrontendTest {
         final EventFd call;
         long next = 0x10000;
 
+        /** What a test does to the frontend's descriptors after the backend adopted them, before the queue starts. */
+        @FunctionalInterface
+        interface BeforeStart {
+            void run() throws IOException;
+        }
+
         Driver(Path socket, long ramBytes, EventFd call) throws IOException {
+            this(socket, ramBytes, call, null, () -> {});
+        }
+
+        /**
+         * With {@code err} (null: none) as the queue's err eventfd, and {@code beforeStart} run before SET_VRING_KICK.
+         */
+        Driver(Path socket, long ramBytes, EventFd call, EventFd err, BeforeStart beforeStart) throws IOException {
             this.call = call;
             fe = VhostUserFrontend.connect(socket, TIMEOUT);
             ram = FrontendMemory.allocate(0, ramBytes);
@@ -79,6 +93,10 @@ class HostileBlkFrontendTest {
                     ram.userAddrOf(ring.descAddr()),
                     ram.userAddrOf(ring.deviceAreaAddr()),
                     ram.userAddrOf(ring.driverAreaAddr()));
+            if (err != null) {
+                fe.setVringErr(0, err);
+            }
+            beforeStart.run();
             fe.setVringKick(0, kick);
             fe.setVringCall(0, call);
             fe.setVringEnable(0, true);
@@ -187,6 +205,38 @@ class HostileBlkFrontendTest {
                 EventFd call = EventFd.create(true);
                 Driver d = new Driver(sock, 1 << 20, call)) {
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+        }
+    }
+
+    /**
+     * A frontend whose image another VM holds gets an err signal when its queue starts (the device is fenced); it had
+     * made its err eventfd blocking again and filled it. The signal is sent on the connection's thread: a plain write
+     * blocked it for ever (no reply to SET_VRING_ENABLE, GET_STATUS or anything else, and the socket could not be
+     * closed). Now the watchdog ends the write and the connection goes on.
+     */
+    @Test
+    void aBlockingFullErrEventfdDoesNotHoldTheConnectionOfAFencedFrontend() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        Path disk = image(1 << 20);
+        try (ImageLock otherVm = ImageLock.open(disk, false);
+                RawImage img = RawImage.open(disk, false, false);
+                VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("fenced", img, 1, "s"));
+                EventFd call = EventFd.create(true);
+                EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) {
+            assertEquals(null, otherVm.acquire(), "the other VM holds the image");
+            try (Driver d = new Driver(sock, 1 << 20, call, trap, () -> {
+                trap.write(0xffff_ffff_ffff_fffeL); // full: one more write blocks
+                trap.fd().setNonBlocking(false); // undo what the backend did to the shared file description
+            })) {
+                assertEquals(
+                        DeviceStatus.DEVICE_NEEDS_RESET,
+                        d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
+                        "the connection answers: the fenced device needs a reset");
+                assertEquals(S_IOERR, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "fenced: I/O error");
+            } finally {
+                trap.fd().setNonBlocking(true);
+                trap.read(); // a write still blocked on it (before the fix) ends, so the server can close
+            }
         }
     }
 
