@@ -558,10 +558,11 @@ public final class BlkDevice implements VhostUserBackend {
         acked = 0;
     }
 
-    /** Makes every acknowledged write durable; used at shutdown. */
+    /**
+     * Makes every acknowledged write durable; used at shutdown. Also when the disk was switched to read-only: writes
+     * may have completed after the switch's own sync.
+     */
     public void flush() throws java.io.IOException {
-        if (!image.readOnly()) {
-            image.flush();
-        }
+        image.flush();
     }
 }
