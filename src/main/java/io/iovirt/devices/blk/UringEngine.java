@@ -194,7 +194,7 @@ final class UringEngine implements QueueWorker.Handler {
             queue.disableNotifications();
             kicksOff = true;
         }
-        while (freeCount > 0) {
+        while (freeCount > 0 && !worker.stopRequested()) { // stopping: the rest stay for whoever takes the ring next
             BlkQueueHandler.Request r = slots[freeSlots[freeCount - 1]];
             if (!queue.pop(r.chain)) {
                 break;

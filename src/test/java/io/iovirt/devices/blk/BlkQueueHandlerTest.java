@@ -6,14 +6,11 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
-import io.iovirt.linux.Fd;
 import io.iovirt.linux.IoUring;
-import io.iovirt.linux.IoVec;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.DiskImage;
-import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.RawImage;
 import io.iovirt.testing.Require;
 import io.iovirt.virtio.DescriptorChain;
@@ -313,113 +310,27 @@ class BlkQueueHandlerTest {
     }
 
     /** An image that counts the flushes that reach it. */
-    private static final class CountingImage implements DiskImage {
-        private final DiskImage d;
+    private static final class CountingImage extends DelegatingImage {
         int flushes;
         int queuedFlushes;
 
         CountingImage(DiskImage d) {
-            this.d = d;
+            super(d);
         }
 
         @Override
         public void flush() throws IOException {
             flushes++;
-            d.flush();
+            super.flush();
         }
 
         @Override
         public boolean submitFlush(IoUring ring, long userData) {
-            boolean queued = d.submitFlush(ring, userData);
+            boolean queued = super.submitFlush(ring, userData);
             if (queued) {
                 queuedFlushes++;
             }
             return queued;
-        }
-
-        @Override
-        public void setReadOnly(boolean readOnly) throws IOException {
-            d.setReadOnly(readOnly);
-        }
-
-        @Override
-        public Path path() {
-            return d.path();
-        }
-
-        @Override
-        public String format() {
-            return d.format();
-        }
-
-        @Override
-        public long size() {
-            return d.size();
-        }
-
-        @Override
-        public boolean readOnly() {
-            return d.readOnly();
-        }
-
-        @Override
-        public boolean direct() {
-            return d.direct();
-        }
-
-        @Override
-        public int blockSize() {
-            return d.blockSize();
-        }
-
-        @Override
-        public int zeroGranularity() {
-            return d.zeroGranularity();
-        }
-
-        @Override
-        public ImageIo newContext(int maxSegments, int bounceBytes) {
-            return d.newContext(maxSegments, bounceBytes);
-        }
-
-        @Override
-        public ImageIo newContext(IoVec iov, MemorySegment bounce) {
-            return d.newContext(iov, bounce);
-        }
-
-        @Override
-        public Fd[] ringFiles() {
-            return d.ringFiles();
-        }
-
-        @Override
-        public void flushCompleted(int result) throws IOException {
-            d.flushCompleted(result);
-        }
-
-        @Override
-        public void discard(long offset, long len) throws IOException {
-            d.discard(offset, len);
-        }
-
-        @Override
-        public void writeZeroes(long offset, long len, boolean unmap) throws IOException {
-            d.writeZeroes(offset, len, unmap);
-        }
-
-        @Override
-        public Extent extent(long offset, long len) throws IOException {
-            return d.extent(offset, len);
-        }
-
-        @Override
-        public void readAt(long offset, MemorySegment dst) throws IOException {
-            d.readAt(offset, dst);
-        }
-
-        @Override
-        public void close() {
-            d.close();
         }
     }
 

@@ -332,13 +332,16 @@ class BlkQueueWorkerTest {
             MemorySegment.copy(written[k], 0, ram, ValueLayout.JAVA_BYTE, data(k), 4096);
             write(8L * k, k, 4096);
         }
-        worker.start(); // its first batch pops (io_uring: all 40, synchronous: one batch) and stop comes right behind
+        worker.start(); // its first batch pops (io_uring: up to all 40, synchronous: one batch), stop comes right
+        // behind
+        Await.until(java.time.Duration.ofSeconds(20), "the first request taken", () -> stats.started.sum() > 0);
         worker.stop();
         int base = queue.vringBase();
         worker = null;
         // The worker looks at the stop request between batches: a flooding guest cannot keep a queue from stopping.
+        // io_uring: it takes no more requests once it has seen the stop (the rest stay for the next worker).
         if (async) {
-            assertEquals(40, base, "every request popped");
+            assertTrue(base >= 1 && base <= 40, "the requests taken before the stop was seen: " + base);
         } else {
             assertTrue(base >= BlkDevice.SYNC_BATCH && base <= 40, "at least the first batch was served: " + base);
         }
