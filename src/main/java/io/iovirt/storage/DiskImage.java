@@ -28,6 +28,7 @@ public interface DiskImage extends AutoCloseable {
     /** Guest-visible size in bytes. */
     long size();
 
+    /** Writes are refused now: opened read-only, or switched with {@link #setReadOnly}. */
     boolean readOnly();
 
     /** Whether data I/O bypasses the host page cache (O_DIRECT). */
@@ -49,12 +50,18 @@ public interface DiskImage extends AutoCloseable {
     /** I/O state over caller-owned memory, for one request in flight among many (see {@link RawImage}). */
     ImageIo newContext(IoVec iov, MemorySegment bounce);
 
-    /** Makes every completed write, and the metadata that finds it, durable. */
+    /**
+     * Makes every completed write, and the metadata that finds it, durable. Callers flush whatever {@link #readOnly()}
+     * says: only an image opened read-only, which never took a write, has nothing to do. One switched to read-only
+     * while served ({@link #setReadOnly}) still syncs: a write that passed its checks before the switch may have
+     * completed after the switch's own sync, and the guest was told it succeeded.
+     */
     void flush() throws IOException;
 
     /**
      * Queues an asynchronous {@link #flush()} on {@code ring} and returns true (pass the result to
-     * {@link #flushCompleted}); returns false, queueing nothing, when the format needs the synchronous flush.
+     * {@link #flushCompleted}); returns false, queueing nothing, when the format needs the synchronous flush or there
+     * is nothing to flush (opened read-only): the caller then runs {@link #flush()}.
      */
     boolean submitFlush(IoUring ring, long userData);
 
@@ -108,14 +115,13 @@ public interface DiskImage extends AutoCloseable {
     void close();
 
     /**
-     * Flushes (unless read-only), then closes whatever the flush did. For a caller that is shutting down and has
-     * no one to hand a failed flush to: it is logged naming {@code owner} (e.g. "blk vm1").
+     * Flushes (a no-op for an image opened read-only, see {@link #flush()}), then closes whatever the flush did. For a
+     * caller that is shutting down and has no one to hand a failed flush to: it is logged naming {@code owner} (e.g.
+     * "blk vm1").
      */
     default void flushAndClose(String owner) {
         try {
-            if (!readOnly()) {
-                flush();
-            }
+            flush();
         } catch (IOException e) {
             System.getLogger(DiskImage.class.getName())
                     .log(System.Logger.Level.ERROR, owner + ": final flush failed: " + e.getMessage());

@@ -228,10 +228,15 @@ public final class RawImage implements DiskImage {
         return new IoContext(iov, bounce);
     }
 
-    /** Makes every completed write durable (fdatasync). */
+    /**
+     * Makes every completed write durable (fdatasync); nothing to do when opened read-only. An image switched to
+     * read-only still syncs (see {@link DiskImage#flush}).
+     */
     @Override
     public void flush() throws LinuxException {
-        FileIo.fdatasync(fd);
+        if (!openedReadOnly) {
+            FileIo.fdatasync(fd);
+        }
     }
 
     /**
@@ -240,6 +245,9 @@ public final class RawImage implements DiskImage {
      */
     @Override
     public boolean submitFlush(IoUring ring, long userData) {
+        if (openedReadOnly) {
+            return false; // nothing was ever written through it: flush() returns at once
+        }
         ring.fsync(fd, IoUring.FSYNC_DATASYNC, userData);
         return true;
     }

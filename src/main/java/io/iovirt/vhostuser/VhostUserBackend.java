@@ -59,7 +59,10 @@ public interface VhostUserBackend {
 
     /**
      * Stop processing queue {@code index} and return where to resume: on return the device no longer touches the
-     * ring, its descriptors or guest memory for it, and every request it took is completed in the used ring.
+     * ring, its descriptors or guest memory for it, and every request it took is completed in the used ring. A device
+     * that cannot get there within a bound it chooses (a thread stuck in I/O) fails instead: it reports
+     * DEVICE_NEEDS_RESET ({@link #deviceStatus}), logs it naming the queue, keeps what that thread uses, and refuses
+     * {@link #queueStarted} for the index until the thread has ended; the position it returns then may still move.
      *
      * @return split: the next available index; packed: position | wrap counter << 15
      */

@@ -34,7 +34,9 @@ import java.util.concurrent.atomic.LongAdder;
  *     queue only: one log line naming the queue (its name names the frontend/guest and the queue), the err eventfd
  *     signalled (QEMU logs "vhost vring error"), the device's {@link Builder#onFailure} listener called (it raises
  *     DEVICE_NEEDS_RESET). The process and every other queue go on.
- * <li>bounded stop: {@link #stop(Duration)} signals the stop eventfd and waits at most that long.
+ * <li>bounded stop: {@link #stop(Duration)} signals the stop eventfd and waits at most that long; {@link
+ *     #stopAndWait} is the stop of a device that hands its ring back on return, which never returns while the thread
+ *     still runs unless it says so.
  * </ul>
  *
  * <p>Guest memory is quiesced by reference, not by stopping: a virtqueue pins the memory snapshot it works from
@@ -59,6 +61,15 @@ public final class QueueWorker {
 
     /** Wait used by {@link #stop()}. */
     public static final Duration STOP_TIMEOUT = Duration.ofSeconds(3);
+
+    /**
+     * How long in all {@link #stopAndWait} waits for a queue thread that is still finishing the requests it took.
+     * A guest can make that slow (a virtio-blk request may move seg_max × size_max, about 1 GiB, and a queue holds
+     * hundreds); a frontend may make it endless (e.g. guest memory in a file whose page faults it does not answer).
+     * Past this the device gives the queue up rather than hold its control thread (and the process's shutdown) for
+     * ever.
+     */
+    public static final Duration STOP_WAIT_LIMIT = Duration.ofSeconds(30);
 
     /**
      * How long a worker sleeps after its queue last had work before it looks at the ring once more ({@link
@@ -403,7 +414,8 @@ public final class QueueWorker {
         return pollMillis;
     }
 
-    boolean stopRequested() {
+    /** A stop was asked for: a handler stops taking new requests and finishes those it took. */
+    public boolean stopRequested() {
         return stopRequested;
     }
 
@@ -672,9 +684,14 @@ public final class QueueWorker {
      *         pinned, so nothing is unmapped under it; the caller reports it)
      */
     public boolean stop(Duration timeout) {
+        return stop(timeout, true);
+    }
+
+    /** {@link #stop(Duration)}, with its log line when the thread did not end only when {@code report}. */
+    private boolean stop(Duration timeout, boolean report) {
         stopRequested = true;
         if (loop != null) {
-            return loop.stop(this, timeout);
+            return loop.stop(this, timeout, report);
         }
         try {
             stopFd.signal();
@@ -701,11 +718,13 @@ public final class QueueWorker {
             }
         }
         if (thread.isAlive() && thread.getState() != Thread.State.NEW) {
-            LOG.log(
-                    Level.ERROR,
-                    "{0}: the queue thread did not stop within {1} ms; leaving it",
-                    name,
-                    timeout.toMillis());
+            if (report) {
+                LOG.log(
+                        Level.ERROR,
+                        "{0}: the queue thread did not stop within {1} ms; leaving it",
+                        name,
+                        timeout.toMillis());
+            }
             return false;
         }
         epoll.close();
@@ -716,6 +735,69 @@ public final class QueueWorker {
     /** {@link #stop(Duration)} with {@link #STOP_TIMEOUT}. */
     public boolean stop() {
         return stop(STOP_TIMEOUT);
+    }
+
+    /**
+     * The stop of a device that hands its ring back when it returns (vhost-user's GET_VRING_BASE): returning while
+     * the thread still runs would hand back a ring position that still moves and let a second worker start on the
+     * same ring. Stops the loop (it ends after its current batch, and the handler completes what it took) and waits
+     * for the thread: after {@link #STOP_TIMEOUT} with one warning line naming the queue, up to {@code limit} in all.
+     * Not from the worker's own thread.
+     *
+     * @return true when the thread ended: {@link Handler#stopped} has run and nothing of this queue touches the ring
+     *         or guest memory any more. False when it still runs after {@code limit}: the caller keeps the queue (no
+     *         other worker on its ring, the resources it uses held), fails the device and says so; {@link #reap}
+     *         tells later whether the thread has ended since.
+     */
+    public boolean stopAndWait(Duration limit) {
+        if (onWorkerThread()) {
+            throw new IllegalStateException(name + ": a queue thread cannot wait for its own stop");
+        }
+        boolean interrupted = Thread.interrupted(); // a pending interrupt would end every wait at once
+        long start = System.nanoTime();
+        long deadline = start + limit.toNanos();
+        try {
+            Duration first = STOP_TIMEOUT.compareTo(limit) < 0 ? STOP_TIMEOUT : limit;
+            if (stop(first, false)) {
+                return true;
+            }
+            interrupted |= Thread.interrupted();
+            LOG.log(
+                    Level.WARNING,
+                    "{0}: the queue thread has not stopped within {1} ms: it finishes the requests it took first"
+                            + " (a slow disk, or very large requests); the queue is not handed back before it has"
+                            + " (waiting up to {2} s in all)",
+                    name,
+                    Long.toString(first.toMillis()),
+                    Long.toString(limit.toSeconds()));
+            for (; ; ) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) {
+                    return false;
+                }
+                if (stop(Duration.ofNanos(left), false)) {
+                    LOG.log(
+                            Level.WARNING,
+                            "{0}: the queue thread stopped after {1} ms",
+                            name,
+                            Long.toString((System.nanoTime() - start) / 1_000_000));
+                    return true;
+                }
+                interrupted |= Thread.interrupted();
+            }
+        } finally {
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /**
+     * For a worker {@link #stopAndWait} gave up on: true once its thread has ended (its resources are then released,
+     * as a stop that succeeded releases them), false while it still runs. Does not wait.
+     */
+    public boolean reap() {
+        return stop(Duration.ZERO, false);
     }
 
     @Override

@@ -318,8 +318,11 @@ public final class WorkerGroup implements AutoCloseable {
             epoll.delete(fd);
         }
 
-        /** {@link QueueWorker#stop(Duration)} of a queue on this thread (its stop flag is already set). */
-        boolean stop(QueueWorker w, Duration timeout) {
+        /**
+         * {@link QueueWorker#stop(Duration)} of a queue on this thread (its stop flag is already set); a queue not let
+         * go of in time is logged only when {@code report}.
+         */
+        boolean stop(QueueWorker w, Duration timeout, boolean report) {
             if (!w.running()) {
                 return true; // failed, stopped before, or ended with the group
             }
@@ -343,7 +346,7 @@ public final class WorkerGroup implements AutoCloseable {
                 Thread.currentThread().interrupt();
                 done = !w.running();
             }
-            if (!done) {
+            if (!done && report) {
                 LOG.log(
                         Level.ERROR,
                         "{0}: the shared thread {1} did not let go of the queue within {2} ms; leaving it",

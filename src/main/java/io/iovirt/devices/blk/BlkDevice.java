@@ -70,6 +70,14 @@ public final class BlkDevice implements VhostUserBackend {
     private volatile String fenced;
 
     private final boolean[] failed;
+    /**
+     * Per queue, guarded by {@link #failed}: its worker did not stop within {@link #stopWaitLimit} and was given up on
+     * ({@link #queueStopped}); it stays in {@link #workers} (so the image lock stays taken and no second worker starts
+     * on its ring) until its thread has ended.
+     */
+    private final boolean[] abandoned;
+    /** How long {@link #queueStopped} waits in all for a worker still finishing its requests. */
+    private volatile java.time.Duration stopWaitLimit = QueueWorker.STOP_WAIT_LIMIT;
     /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
     private final boolean ioUring;
 
@@ -116,6 +124,7 @@ public final class BlkDevice implements VhostUserBackend {
         }
         this.vqs = new Virtqueue[queues];
         this.failed = new boolean[queues];
+        this.abandoned = new boolean[queues];
         String unavailable = engine == IoEngine.SYNC ? null : IoUring.unavailableReason();
         switch (engine) {
             case SYNC -> {
@@ -328,7 +337,13 @@ public final class BlkDevice implements VhostUserBackend {
     @Override
     public void queueStarted(int index, VringSetup setup) throws BackendException {
         if (workers[index] != null) {
-            throw new BackendException("queue " + index + " is already running");
+            if (!isAbandoned(index)) {
+                throw new BackendException("queue " + index + " is already running");
+            }
+            if (!reap(index)) {
+                throw new BackendException("queue " + index + ": the thread of its previous run has not stopped yet"
+                        + " (see the log); no second one is started on its ring before it has");
+            }
         }
         QueueConfig qc = setup.queueConfig();
         if (!anyRunning()) {
@@ -377,12 +392,17 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
+    /**
+     * Signals the frontend's err eventfd on the control thread without blocking for long: the frontend may have made
+     * it blocking again and filled it, and {@link EventFd#trySignal}'s watchdog ends such a write (a plain write would
+     * hold this connection's thread for ever). A signal that could not be delivered is the frontend's loss.
+     */
     private static void signalQuietly(EventFd err) {
         if (err != null) {
             try {
-                err.signal();
-            } catch (LinuxException ignored) {
-                // the frontend closed it: the log line is the report
+                err.trySignal();
+            } catch (LinuxException | RuntimeException ignored) {
+                // the frontend closed or broke it: the log line is the report
             }
         }
     }
@@ -504,15 +524,71 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
+    /** Changes how long {@link #queueStopped} waits for a worker still finishing its requests (tests). */
+    void stopWaitLimit(java.time.Duration limit) {
+        this.stopWaitLimit = limit;
+    }
+
+    /**
+     * Stops the queue's worker and returns its final ring position. A worker still finishing requests it took (a
+     * slow disk; a guest's huge requests) is waited for, up to {@link #stopWaitLimit} ({@link
+     * QueueWorker#stopAndWait}): until then nothing else may use the ring or take the image. One still running
+     * after that is given up on and the device fails: it keeps the queue (a start on the same ring is refused until
+     * that thread has ended) and the image lock, reports NEEDS_RESET and says so in a log line; the position handed
+     * back then may still move.
+     */
     @Override
     public int queueStopped(int index) {
         QueueWorker w = workers[index];
         if (w == null) {
             return 0;
         }
-        w.stop();
-        workers[index] = null;
         Virtqueue q = vqs[index];
+        if (isAbandoned(index)) { // given up on earlier (a reset follows): handed back once its thread has ended
+            reap(index);
+            return q.vringBase();
+        }
+        if (!w.stopAndWait(stopWaitLimit)) {
+            synchronized (failed) {
+                abandoned[index] = true;
+            }
+            LOG.log(
+                    Level.ERROR,
+                    "blk {0} q{1}: the queue thread did not stop within {2} s; the device keeps the queue (it is not"
+                            + " started again on this ring while that thread runs) and the image lock, and reports"
+                            + " NEEDS_RESET; ring position {3} handed back may still move",
+                    name,
+                    index,
+                    stopWaitLimit.toSeconds(),
+                    Integer.toString(q.vringBase()));
+            return q.vringBase();
+        }
+        forget(index);
+        return q.vringBase();
+    }
+
+    private boolean isAbandoned(int index) {
+        synchronized (failed) {
+            return abandoned[index];
+        }
+    }
+
+    /** A worker given up on ({@link #abandoned}): forgotten once its thread has ended; true then. */
+    private boolean reap(int index) {
+        if (!workers[index].reap()) {
+            return false;
+        }
+        LOG.log(Level.WARNING, "blk {0} q{1}: the queue thread given up on has stopped now", name, index);
+        synchronized (failed) {
+            abandoned[index] = false;
+        }
+        forget(index);
+        return true;
+    }
+
+    /** The queue's worker has ended: the queue is free, and the last one hands the image back. */
+    private void forget(int index) {
+        workers[index] = null;
         vqs[index] = null;
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
             if (imageLock != null) {
@@ -520,7 +596,6 @@ public final class BlkDevice implements VhostUserBackend {
             }
             fenced = null;
         }
-        return q.vringBase();
     }
 
     /** The queues pin the snapshot they work from and let go before they sleep: nothing to wait for here. */
@@ -533,8 +608,8 @@ public final class BlkDevice implements VhostUserBackend {
             return DeviceStatus.DEVICE_NEEDS_RESET; // image ownership (issue 11)
         }
         synchronized (failed) {
-            for (boolean f : failed) {
-                if (f) {
+            for (int i = 0; i < queues; i++) {
+                if (failed[i] || abandoned[i]) { // a failed queue, or one whose thread did not stop
                     return DeviceStatus.DEVICE_NEEDS_RESET;
                 }
             }
@@ -553,10 +628,11 @@ public final class BlkDevice implements VhostUserBackend {
         acked = 0;
     }
 
-    /** Makes every acknowledged write durable; used at shutdown. */
+    /**
+     * Makes every acknowledged write durable; used at shutdown. Also when the disk was switched to read-only: writes
+     * may have completed after the switch's own sync.
+     */
     public void flush() throws java.io.IOException {
-        if (!image.readOnly()) {
-            image.flush();
-        }
+        image.flush();
     }
 }

@@ -194,16 +194,16 @@ final class BlkQueueHandler implements AutoCloseable {
     /**
      * Queues a started read, write or flush on {@code ring} with the request's slot as user data. Returns false
      * when the request ran synchronously instead (O_DIRECT with unaligned guest buffers, nothing to transfer, a
-     * flush of a read-only disk): then only {@link #finish} is left.
+     * flush of a qcow2 disk or of one opened read-only): then only {@link #finish} is left.
      */
     boolean submit(Request r, IoUring ring) {
         try {
             boolean queued = switch (r.kind) {
                 case READ -> r.io.submitRead(ring, r.offset, r.slot);
                 case WRITE -> r.io.submitWrite(ring, r.offset, r.slot);
-                case FLUSH -> {
-                    yield !image.readOnly() && image.submitFlush(ring, r.slot); // qcow2: synchronous, below
-                }
+                // qcow2, or nothing to flush: synchronous, below. A disk switched to read-only flushes still (a write
+                // that passed its check before the switch may have completed since): the image decides.
+                case FLUSH -> image.submitFlush(ring, r.slot);
                 default -> throw new IllegalStateException("request kind " + r.kind + " has no I/O to submit");
             };
             if (queued) {
@@ -223,11 +223,7 @@ final class BlkQueueHandler implements AutoCloseable {
             switch (r.kind) {
                 case READ -> r.io.read(r.offset);
                 case WRITE -> r.io.write(r.offset);
-                case FLUSH -> {
-                    if (!image.readOnly()) {
-                        image.flush();
-                    }
-                }
+                case FLUSH -> image.flush(); // a no-op only for an image opened read-only (see DiskImage.flush)
                 default -> throw new IllegalStateException("request kind " + r.kind + " has no I/O to run");
             }
             succeeded(r);

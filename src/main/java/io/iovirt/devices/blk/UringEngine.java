@@ -194,7 +194,7 @@ final class UringEngine implements QueueWorker.Handler {
             queue.disableNotifications();
             kicksOff = true;
         }
-        while (freeCount > 0) {
+        while (freeCount > 0 && !worker.stopRequested()) { // stopping: the rest stay for whoever takes the ring next
             BlkQueueHandler.Request r = slots[freeSlots[freeCount - 1]];
             if (!queue.pop(r.chain)) {
                 break;
@@ -232,18 +232,27 @@ final class UringEngine implements QueueWorker.Handler {
         return false;
     }
 
+    /**
+     * Completions to reap, or requests to pop, or SQEs the kernel did not take: io_uring_enter may consume fewer than
+     * it was given, or none (EAGAIN, EBUSY: it is short of memory), and leave the rest in the SQ. No completion
+     * wakes the worker for those, so they are work until {@link #process} got them in: with nothing else in flight
+     * the worker would sleep, and a request among them (a lone FLUSH the guest waits on) would wait for the next kick.
+     */
     @Override
     public boolean hasWork() throws Exception {
-        return ring.ready() > 0 || ring.taskWorkPending() || (freeCount > 0 && queue.hasAvailable());
+        return ring.ready() > 0
+                || ring.taskWorkPending()
+                || ring.unsubmitted() > 0
+                || (freeCount > 0 && queue.hasAvailable());
     }
 
     /**
-     * With every slot busy kicks stay suppressed: the next completion wakes the worker. Otherwise kicks are
-     * re-enabled and the ring looked at again.
+     * SQEs the kernel did not take (see {@link #hasWork}) keep the worker awake. With every slot busy kicks stay
+     * suppressed: the next completion wakes the worker. Otherwise kicks are re-enabled and the ring looked at again.
      */
     @Override
     public boolean prepareToSleep() throws Exception {
-        if (ring.ready() > 0 || ring.taskWorkPending()) {
+        if (ring.ready() > 0 || ring.taskWorkPending() || ring.unsubmitted() > 0) {
             return true;
         }
         if (freeCount == 0) {

@@ -50,6 +50,8 @@ import java.util.Objects;
  * without a device model of their own.
  */
 public final class VirtioNetPort extends Port implements VhostUserBackend {
+    private static final System.Logger LOG = System.getLogger(VirtioNetPort.class.getName());
+
     /** Largest ring this device accepts (the spec's maximum). */
     public static final int MAX_QUEUE_SIZE = 32768;
     /**
@@ -127,6 +129,15 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     private final QueueWorker.Stats[] txWorkerStats;
 
     private final Virtqueue[] txRings;
+    /**
+     * Per transmit queue, guarded by itself: its worker did not stop within {@link #stopWaitLimit} and was given up on
+     * ({@link #queueStopped}); it stays in {@link #txWorkers}, so no second worker starts on its ring, until its
+     * thread has ended. NEEDS_RESET meanwhile.
+     */
+    private final boolean[] txAbandoned;
+    /** How long {@link #queueStopped} waits in all for a transmit worker still finishing its batch. */
+    private volatile java.time.Duration stopWaitLimit = QueueWorker.STOP_WAIT_LIMIT;
+
     private Ingress[] txIngress; // per transmit queue (the port's rx side), kept across reconnects
     private Ingress announceIngress;
     private Frame announceFrame;
@@ -149,6 +160,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             txWorkerStats[i] = new QueueWorker.Stats();
         }
         this.txRings = new Virtqueue[options.queuePairs()];
+        this.txAbandoned = new boolean[options.queuePairs()];
         this.guestMac = options.mac();
     }
 
@@ -412,6 +424,15 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
             throw new BackendException(
                     "queue " + index + " does not exist: " + options.queuePairs() + " queue pair(s)");
         }
+        if (index % 2 == 1 && txWorkers[pair] != null) {
+            if (!isTxAbandoned(pair)) {
+                throw new BackendException(name() + ": transmit queue " + index + " is already running");
+            }
+            if (!reapTx(pair)) {
+                throw new BackendException(name() + ": transmit queue " + index + ": the thread of its previous run"
+                        + " has not stopped yet (see the log); no second one is started on its ring before it has");
+            }
+        }
         long f = setup.features();
         driverFeatures = f;
         boolean version1 = (f & VirtioFeatures.VIRTIO_F_VERSION_1) != 0;
@@ -458,6 +479,17 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         }
     }
 
+    /** Changes how long {@link #queueStopped} waits for a transmit worker still finishing its batch (tests). */
+    void stopWaitLimit(java.time.Duration limit) {
+        this.stopWaitLimit = limit;
+    }
+
+    /**
+     * A transmit queue's worker is waited for until it has ended, up to {@link #stopWaitLimit} ({@link
+     * QueueWorker#stopAndWait}); one still running after that is given up on: the port keeps the queue (a start on
+     * the same ring is refused until that thread has ended), reports NEEDS_RESET and says so in a log line; the
+     * position handed back then may still move.
+     */
     @Override
     public int queueStopped(int index) {
         int pair = index / 2;
@@ -466,13 +498,55 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         }
         QueueWorker w = txWorkers[pair];
         Virtqueue vq = txRings[pair];
-        txWorkers[pair] = null;
-        txRings[pair] = null;
         if (w == null) {
             return 0;
         }
-        w.stop();
+        if (isTxAbandoned(pair)) { // given up on earlier: handed back once its thread has ended
+            reapTx(pair);
+            return vq.vringBase();
+        }
+        if (!w.stopAndWait(stopWaitLimit)) {
+            synchronized (txAbandoned) {
+                txAbandoned[pair] = true;
+            }
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    "{0} tx{1}: the queue thread did not stop within {2} s; the port keeps the queue (it is not started"
+                            + " again on this ring while that thread runs) and reports NEEDS_RESET; ring position {3}"
+                            + " handed back may still move",
+                    name(),
+                    index,
+                    stopWaitLimit.toSeconds(),
+                    Integer.toString(vq.vringBase()));
+            return vq.vringBase();
+        }
+        txWorkers[pair] = null;
+        txRings[pair] = null;
         return vq.vringBase();
+    }
+
+    private boolean isTxAbandoned(int pair) {
+        synchronized (txAbandoned) {
+            return txAbandoned[pair];
+        }
+    }
+
+    /** A transmit worker given up on: forgotten once its thread has ended; true then. */
+    private boolean reapTx(int pair) {
+        if (!txWorkers[pair].reap()) {
+            return false;
+        }
+        LOG.log(
+                System.Logger.Level.WARNING,
+                "{0} tx{1}: the queue thread given up on has stopped now",
+                name(),
+                2 * pair + 1);
+        synchronized (txAbandoned) {
+            txAbandoned[pair] = false;
+        }
+        txWorkers[pair] = null;
+        txRings[pair] = null;
+        return true;
     }
 
     /** Queues pin the memory snapshot they use and let go when idle: nothing to wait for. */
@@ -481,7 +555,17 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     @Override
     public int deviceStatus() {
-        return needsReset ? DeviceStatus.DEVICE_NEEDS_RESET : 0; // after a queue failed
+        if (needsReset) {
+            return DeviceStatus.DEVICE_NEEDS_RESET; // after a queue failed
+        }
+        synchronized (txAbandoned) {
+            for (boolean a : txAbandoned) {
+                if (a) {
+                    return DeviceStatus.DEVICE_NEEDS_RESET; // a transmit thread that did not stop
+                }
+            }
+        }
+        return 0;
     }
 
     @Override

@@ -1404,9 +1404,14 @@ public final class Qcow2Image implements DiskImage {
 
     // ---- flush ---------------------------------------------------------------------------------------------
 
+    /**
+     * Writes dirty metadata and syncs; nothing to do when opened read-only. An image switched to read-only still
+     * syncs: a data write that passed its checks before the switch may have completed after the switch's flush (see
+     * {@link DiskImage#flush}).
+     */
     @Override
     public void flush() throws IOException {
-        if (readOnly) {
+        if (openedReadOnly) {
             return;
         }
         meta.lock();
@@ -1756,7 +1761,7 @@ public final class Qcow2Image implements DiskImage {
             if (closed) {
                 return;
             }
-            if (!readOnly) {
+            if (!openedReadOnly) { // switched to read-only: writes may have completed since its flush
                 try {
                     flushMetadata();
                     flushMetadata();

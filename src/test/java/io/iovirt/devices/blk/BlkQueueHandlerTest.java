@@ -6,15 +6,18 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
+import io.iovirt.linux.IoUring;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.RawImage;
 import io.iovirt.testing.Require;
 import io.iovirt.virtio.DescriptorChain;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.Virtqueue;
+import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -250,6 +253,85 @@ class BlkQueueHandlerTest {
                 run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, true, true})[0]);
         header(T_FLUSH, 0);
         assertEquals(S_OK, run(new long[] {HDR, STATUS}, new int[] {16, 1}, new boolean[] {false, true})[0]);
+    }
+
+    /**
+     * A disk switched to read-only while served (blk.set-readonly) still syncs on a guest FLUSH, synchronous and
+     * through io_uring: a write that passed its check before the switch may complete after the switch's own sync,
+     * with S_OK, and only the FLUSH that follows makes it durable. The handler skipped the flush of any disk that
+     * {@code readOnly()} called read-only. A disk opened read-only queues no fsync (nothing was written through it).
+     */
+    @Test
+    void aFlushAfterTheDiskWasSwitchedToReadOnlyStillReachesTheImage() throws Exception {
+        CountingImage counted = new CountingImage(image);
+        handler.close();
+        handler = new BlkQueueHandler(counted, BlkLimits.defaults(), new byte[20], stats);
+        counted.setReadOnly(true);
+        header(T_OUT, 0);
+        assertEquals(
+                S_IOERR,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 512, 1}, new boolean[] {false, false, true})[0],
+                "read-only now");
+        header(T_FLUSH, 0);
+        assertEquals(S_OK, run(new long[] {HDR, STATUS}, new int[] {16, 1}, new boolean[] {false, true})[0]);
+        assertEquals(1, counted.flushes, "the synchronous FLUSH reached the image");
+        if (!IoUring.available()) {
+            return;
+        }
+        assertEquals(S_OK, flushThroughRing());
+        assertEquals(1, counted.queuedFlushes, "the FLUSH queued an fsync on the ring");
+
+        openImage(true); // opened read-only: the image queues nothing, the flush is a no-op
+        assertEquals(S_OK, flushThroughRing());
+    }
+
+    /** A FLUSH popped, started and submitted as the io_uring engine does it; returns its status. */
+    private byte flushThroughRing() throws Exception {
+        header(T_FLUSH, 0);
+        ram.set(ValueLayout.JAVA_BYTE, STATUS, (byte) 0x7f);
+        driver.add(new long[] {HDR, STATUS}, new int[] {16, 1}, new boolean[] {false, true}, 2, DriverRing.NO_INDIRECT);
+        BlkLimits limits = BlkLimits.defaults();
+        try (IoUring ring = IoUring.create(4)) {
+            BlkQueueHandler.Request r = new BlkQueueHandler.Request(
+                    0, queue.pop(), handler.image().newContext(limits.segMax(), limits.bounceBytes()));
+            try {
+                assertEquals(BlkQueueHandler.FLUSH, handler.start(r));
+                if (handler.submit(r, ring)) {
+                    ring.submitAndWait(1);
+                    assertEquals(1, ring.reap((userData, result, flags) -> handler.completed(r, result)));
+                }
+                queue.push(r.chain, handler.finish(r));
+            } finally {
+                r.io.close();
+            }
+        }
+        driver.pollUsed();
+        return ram.get(ValueLayout.JAVA_BYTE, STATUS);
+    }
+
+    /** An image that counts the flushes that reach it. */
+    private static final class CountingImage extends DelegatingImage {
+        int flushes;
+        int queuedFlushes;
+
+        CountingImage(DiskImage d) {
+            super(d);
+        }
+
+        @Override
+        public void flush() throws IOException {
+            flushes++;
+            super.flush();
+        }
+
+        @Override
+        public boolean submitFlush(IoUring ring, long userData) {
+            boolean queued = super.submitFlush(ring, userData);
+            if (queued) {
+                queuedFlushes++;
+            }
+            return queued;
+        }
     }
 
     @Test

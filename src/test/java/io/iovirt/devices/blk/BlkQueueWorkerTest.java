@@ -4,6 +4,7 @@ package io.iovirt.devices.blk;
 import static io.iovirt.devices.blk.BlkRequests.*;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -77,6 +78,12 @@ class BlkQueueWorkerTest {
     private int nextSlot;
 
     private void setUp(boolean direct, boolean async) throws Exception {
+        setUpGuest(direct, async);
+        worker = newWorker(async);
+    }
+
+    /** Guest memory, ring, image and eventfds, without a worker. */
+    private void setUpGuest(boolean direct, boolean async) throws Exception {
         if (async) {
             String why = IoUring.unavailableReason();
             Require.that(why == null, why);
@@ -97,7 +104,6 @@ class BlkQueueWorkerTest {
         call = EventFd.create(true);
         interrupts = Epoll.create(1);
         interrupts.add(call.fd(), Epoll.EPOLLIN, 0);
-        worker = newWorker(async);
     }
 
     private QueueWorker newWorker(boolean async) throws Exception {
@@ -326,13 +332,16 @@ class BlkQueueWorkerTest {
             MemorySegment.copy(written[k], 0, ram, ValueLayout.JAVA_BYTE, data(k), 4096);
             write(8L * k, k, 4096);
         }
-        worker.start(); // its first batch pops (io_uring: all 40, synchronous: one batch) and stop comes right behind
+        worker.start(); // its first batch pops (io_uring: up to all 40, synchronous: one batch), stop comes right
+        // behind
+        Await.until(java.time.Duration.ofSeconds(20), "the first request taken", () -> stats.started.sum() > 0);
         worker.stop();
         int base = queue.vringBase();
         worker = null;
         // The worker looks at the stop request between batches: a flooding guest cannot keep a queue from stopping.
+        // io_uring: it takes no more requests once it has seen the stop (the rest stay for the next worker).
         if (async) {
-            assertEquals(40, base, "every request popped");
+            assertTrue(base >= 1 && base <= 40, "the requests taken before the stop was seen: " + base);
         } else {
             assertTrue(base >= BlkDevice.SYNC_BATCH && base <= 40, "at least the first batch was served: " + base);
         }
@@ -430,6 +439,37 @@ class BlkQueueWorkerTest {
             assertArrayEquals(disk(4096L * i, 4096), guest(data(1 + i % 8), 4096));
         }
         assertNull(worker.failure());
+    }
+
+    /**
+     * io_uring_enter may take fewer SQEs than it was given, or none (EAGAIN, EBUSY: the kernel is short of memory),
+     * leaving the rest in the SQ for the next enter. What the worker asks the engine before it sleeps must count them
+     * as work: no completion will wake it for them, so with nothing else in flight a request among them (a lone FLUSH
+     * the guest waits on) waited for the guest's next kick. A real EAGAIN cannot be provoked here (it is an allocation
+     * failure in the kernel), so the ring is put in the state one leaves: an entry prepared that the kernel has not
+     * taken.
+     */
+    @Test
+    void sqEntriesTheKernelHasNotTakenAreWorkNotASleep() throws Exception {
+        setUpGuest(false, true);
+        IoUring ring = IoUring.create(UringEngine.ringEntries(QUEUE_SIZE));
+        BlkQueueHandler handler = new BlkQueueHandler(
+                image, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        UringEngine engine = new UringEngine(queue, handler, call, new RequestLog("blk test q0"), ring);
+        worker = QueueWorker.builder("blk test q0").build(engine); // attached, not started: this thread asks
+        try {
+            assertFalse(engine.hasWork(), "idle");
+            assertFalse(engine.prepareToSleep(), "idle: the worker may sleep");
+            ring.nop(1L << 40);
+            assertEquals(1, ring.unsubmitted());
+            assertTrue(engine.hasWork(), "an SQE the kernel has not taken is work");
+            assertTrue(engine.prepareToSleep(), "an SQE the kernel has not taken keeps the worker awake");
+            ring.submitAndWait(1);
+            assertEquals(1, ring.reap((userData, result, flags) -> {}));
+            assertFalse(engine.hasWork(), "submitted and reaped: idle again");
+        } finally {
+            engine.stopped(false); // closes the ring and the handler
+        }
     }
 
     @Test

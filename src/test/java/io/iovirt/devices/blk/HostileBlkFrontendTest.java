@@ -4,24 +4,31 @@ package io.iovirt.devices.blk;
 import static io.iovirt.devices.blk.BlkRequests.HEADER_BYTES;
 import static io.iovirt.devices.blk.BlkRequests.S_IOERR;
 import static io.iovirt.devices.blk.BlkRequests.S_OK;
+import static io.iovirt.devices.blk.BlkRequests.T_FLUSH;
 import static io.iovirt.devices.blk.BlkRequests.T_IN;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.FrontendMemory;
 import io.iovirt.vhostuser.LogCapture;
+import io.iovirt.vhostuser.RequestRejectedException;
 import io.iovirt.vhostuser.VhostUserFrontend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.virtio.DeviceStatus;
 import io.iovirt.virtio.DriverRing;
+import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.vm.ChildProcess;
@@ -32,6 +39,7 @@ import java.time.Duration;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -60,7 +68,20 @@ class HostileBlkFrontendTest {
         final EventFd call;
         long next = 0x10000;
 
+        /** What a test does to the frontend's descriptors after the backend adopted them, before the queue starts. */
+        @FunctionalInterface
+        interface BeforeStart {
+            void run() throws IOException;
+        }
+
         Driver(Path socket, long ramBytes, EventFd call) throws IOException {
+            this(socket, ramBytes, call, null, () -> {});
+        }
+
+        /**
+         * With {@code err} (null: none) as the queue's err eventfd, and {@code beforeStart} run before SET_VRING_KICK.
+         */
+        Driver(Path socket, long ramBytes, EventFd call, EventFd err, BeforeStart beforeStart) throws IOException {
             this.call = call;
             fe = VhostUserFrontend.connect(socket, TIMEOUT);
             ram = FrontendMemory.allocate(0, ramBytes);
@@ -79,6 +100,10 @@ class HostileBlkFrontendTest {
                     ram.userAddrOf(ring.descAddr()),
                     ram.userAddrOf(ring.deviceAreaAddr()),
                     ram.userAddrOf(ring.driverAreaAddr()));
+            if (err != null) {
+                fe.setVringErr(0, err);
+            }
+            beforeStart.run();
             fe.setVringKick(0, kick);
             fe.setVringCall(0, call);
             fe.setVringEnable(0, true);
@@ -102,6 +127,23 @@ class HostileBlkFrontendTest {
                     new int[] {HEADER_BYTES, (int) dataLen, 1},
                     new boolean[] {false, true, true},
                     3,
+                    DriverRing.NO_INDIRECT);
+            kick.signal();
+            return status;
+        }
+
+        /** A FLUSH; returns the status GPA. */
+        long flush() throws IOException {
+            long hdr = alloc(HEADER_BYTES, 16);
+            ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_FLUSH);
+            ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
+            long status = alloc(1, 1);
+            ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
+            ring.add(
+                    new long[] {hdr, status},
+                    new int[] {HEADER_BYTES, 1},
+                    new boolean[] {false, true},
+                    2,
                     DriverRing.NO_INDIRECT);
             kick.signal();
             return status;
@@ -187,6 +229,168 @@ class HostileBlkFrontendTest {
                 EventFd call = EventFd.create(true);
                 Driver d = new Driver(sock, 1 << 20, call)) {
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+        }
+    }
+
+    /**
+     * A frontend whose image another VM holds gets an err signal when its queue starts (the device is fenced); it had
+     * made its err eventfd blocking again and filled it. The signal is sent on the connection's thread: a plain write
+     * blocked it for ever (no reply to SET_VRING_ENABLE, GET_STATUS or anything else, and the socket could not be
+     * closed). Now the watchdog ends the write and the connection goes on.
+     */
+    @Test
+    void aBlockingFullErrEventfdDoesNotHoldTheConnectionOfAFencedFrontend() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        Path disk = image(1 << 20);
+        try (ImageLock otherVm = ImageLock.open(disk, false);
+                RawImage img = RawImage.open(disk, false, false);
+                VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("fenced", img, 1, "s"));
+                EventFd call = EventFd.create(true);
+                EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) {
+            assertEquals(null, otherVm.acquire(), "the other VM holds the image");
+            try (Driver d = new Driver(sock, 1 << 20, call, trap, () -> {
+                trap.write(0xffff_ffff_ffff_fffeL); // full: one more write blocks
+                trap.fd().setNonBlocking(false); // undo what the backend did to the shared file description
+            })) {
+                assertEquals(
+                        DeviceStatus.DEVICE_NEEDS_RESET,
+                        d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
+                        "the connection answers: the fenced device needs a reset");
+                assertEquals(S_IOERR, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "fenced: I/O error");
+            } finally {
+                trap.fd().setNonBlocking(true);
+                trap.read(); // a write still blocked on it (before the fix) ends, so the server can close
+            }
+        }
+    }
+
+    /** An image whose flushes wait until the test lets them go: a request that keeps the queue thread busy. */
+    static final class SlowFlushImage extends DelegatingImage {
+        final java.util.concurrent.CountDownLatch entered = new java.util.concurrent.CountDownLatch(1);
+        final java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
+
+        SlowFlushImage(io.iovirt.storage.DiskImage d) {
+            super(d);
+        }
+
+        @Override
+        public boolean submitFlush(io.iovirt.linux.IoUring ring, long userData) {
+            return false; // the io_uring engine runs it on the queue thread too
+        }
+
+        @Override
+        public void flush() throws IOException {
+            entered.countDown();
+            try {
+                release.await();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            super.flush();
+        }
+    }
+
+    /**
+     * A stop the queue thread cannot answer at once — it is in a request that takes long; here a FLUSH held in the
+     * image, a guest gets there with huge requests (seg_max × size_max each) — is waited for: GET_VRING_BASE is
+     * answered once the thread has ended, with the final position, and the image stays locked until then. The stop
+     * used to give up after QueueWorker.STOP_TIMEOUT (3 s) and answer anyway: the queue was forgotten (a start ran a
+     * second worker on the same ring), the image lock was released while the thread could still write, and the
+     * position handed back could still move.
+     */
+    @ParameterizedTest
+    @EnumSource(
+            value = BlkDevice.IoEngine.class,
+            names = {"SYNC", "IO_URING"})
+    void aStopThatTakesLongIsWaitedForAndTheImageStaysLocked(BlkDevice.IoEngine engine) throws Exception {
+        io.iovirt.testing.Require.that(
+                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
+                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
+        Path sock = dir.resolve("blk.sock");
+        Path disk = image(1 << 20);
+        try (RawImage raw = RawImage.open(disk, false, false);
+                LogCapture log = LogCapture.start("io.iovirt")) {
+            SlowFlushImage img = new SlowFlushImage(raw);
+            try (VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("slow", img, 1, "s", engine));
+                    EventFd call = EventFd.create(true);
+                    Driver d = new Driver(sock, 1 << 20, call);
+                    ImageLock otherVm = ImageLock.open(disk, false)) {
+                long st = d.flush();
+                assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH reached the image");
+                CompletableFuture<Integer> base = CompletableFuture.supplyAsync(() -> {
+                    try {
+                        return d.fe.getVringBase(0);
+                    } catch (IOException e) {
+                        throw new RuntimeException(e);
+                    }
+                });
+                long pastStopTimeout = QueueWorker.STOP_TIMEOUT.toMillis() + 1500;
+                assertThrows(
+                        TimeoutException.class,
+                        () -> base.get(pastStopTimeout, TimeUnit.MILLISECONDS),
+                        "GET_VRING_BASE is not answered while the queue thread runs");
+                assertTrue(log.awaitLine("has not stopped within").contains("blk slow q0"));
+                assertNotNull(otherVm.acquire(), "the image stays locked while the queue thread may write");
+                img.release.countDown();
+                assertEquals(1, base.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "past the FLUSH");
+                assertEquals(S_OK, d.awaitStatus(st));
+                assertTrue(log.awaitLine("stopped after").contains("blk slow q0"));
+                assertNull(otherVm.acquire(), "the last queue stopped: the image is free");
+                otherVm.release();
+            } finally {
+                img.release.countDown();
+            }
+        }
+    }
+
+    /**
+     * A queue thread that does not stop within the limit is given up on, and the device says so and fails: the
+     * position is handed back, NEEDS_RESET, the image stays locked, and the queue is not started again on its ring
+     * while that thread runs. Once it has ended (the FLUSH it held is answered) the queue starts again and serves.
+     */
+    @Test
+    void aStopThatDoesNotEndInTimeFailsTheDeviceAndKeepsTheRingAndTheImage() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        Path disk = image(1 << 20);
+        try (RawImage raw = RawImage.open(disk, false, false);
+                LogCapture log = LogCapture.start("io.iovirt")) {
+            SlowFlushImage img = new SlowFlushImage(raw);
+            BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
+            dev.stopWaitLimit(Duration.ofSeconds(1));
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    Driver d = new Driver(sock, 1 << 20, call);
+                    ImageLock otherVm = ImageLock.open(disk, false)) {
+                long st = d.flush();
+                assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH reached the image");
+                assertEquals(1, d.fe.getVringBase(0), "answered after the limit");
+                assertTrue(log.awaitLine("did not stop within").contains("blk stuck q0"));
+                assertEquals(DeviceStatus.DEVICE_NEEDS_RESET, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET);
+                assertNotNull(otherVm.acquire(), "the image stays locked while the queue thread may write");
+                assertThrows(
+                        RequestRejectedException.class,
+                        () -> d.fe.setVringKick(0, d.kick),
+                        "no second worker on the ring while the first runs");
+                assertTrue(log.awaitLine("has not stopped yet").contains("queue 0"));
+
+                img.release.countDown();
+                assertEquals(S_OK, d.awaitStatus(st), "the FLUSH is answered when the thread ends");
+                io.iovirt.testing.Await.until(TIMEOUT, "the queue starts again", () -> {
+                    try {
+                        d.fe.setVringKick(0, d.kick);
+                        return true;
+                    } catch (RequestRejectedException e) {
+                        return false;
+                    } catch (IOException e) {
+                        throw new java.io.UncheckedIOException(e);
+                    }
+                });
+                assertTrue(log.awaitLine("given up on has stopped").contains("blk stuck q0"));
+                assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "served again");
+                assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET);
+            } finally {
+                img.release.countDown();
+            }
         }
     }
 

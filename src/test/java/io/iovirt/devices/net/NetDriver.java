@@ -188,6 +188,11 @@ final class NetDriver implements AutoCloseable {
         return calls[q];
     }
 
+    /** Queue {@code q}'s kick eventfd, e.g. to send again (SET_VRING_KICK). */
+    EventFd kickFd(int q) {
+        return kicks[q];
+    }
+
     /** Takes every rx frame that arrives until none has for a moment (flooded learning frames). */
     void drainRx(int pair) throws InterruptedException {
         while (pollRx(pair, Duration.ofMillis(300)) != null) {

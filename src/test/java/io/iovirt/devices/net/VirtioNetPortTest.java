@@ -9,13 +9,18 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.net.Frame;
 import io.iovirt.net.Mac;
+import io.iovirt.net.Port;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
 import io.iovirt.net.Switch;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Frames;
+import io.iovirt.vhostuser.LogCapture;
+import io.iovirt.vhostuser.RequestRejectedException;
 import io.iovirt.virtio.DeviceStatus;
+import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -23,6 +28,10 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.HashSet;
 import java.util.Set;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.function.BooleanSupplier;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
@@ -321,6 +330,124 @@ class VirtioNetPortTest {
             byte[] fr = frame(Mac.parse("52:54:00:00:00:0c"), B, 80);
             b.send(0, fr);
             assertArrayEquals(fr, c.receive(0), "the switch and the other ports carry on");
+        }
+    }
+
+    /** A switch port whose transmit holds the sending thread until the test lets it go: a slow transmit queue. */
+    static final class HoldingPort extends Port {
+        final CountDownLatch entered = new CountDownLatch(1);
+        final CountDownLatch release = new CountDownLatch(1);
+
+        HoldingPort() {
+            super("holding");
+        }
+
+        @Override
+        public boolean isLinkUp() {
+            return true;
+        }
+
+        @Override
+        protected void transmit(Frame frame) {
+            entered.countDown();
+            try {
+                release.await();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+
+        @Override
+        protected void start() {}
+
+        @Override
+        public void close() {
+            release.countDown();
+        }
+    }
+
+    private static CompletableFuture<Integer> vringBase(NetDriver d, int q) {
+        return CompletableFuture.supplyAsync(() -> {
+            try {
+                return d.fe.getVringBase(q);
+            } catch (IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        });
+    }
+
+    /**
+     * A transmit queue whose thread is busy with a batch (here a frame a port holds) when the frontend stops it is
+     * waited for: GET_VRING_BASE is answered once the thread has let go, with the final position. It used to give up
+     * after QueueWorker.STOP_TIMEOUT (3 s), forget the worker and answer anyway, so a start on the same ring ran a
+     * second worker next to the first.
+     */
+    @Test
+    void aTransmitQueueThatStopsSlowlyIsWaitedFor() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        HoldingPort held = sw.addPort(new HoldingPort());
+        try (LogCapture log = LogCapture.start("io.iovirt");
+                NetDriver a = new NetDriver(pa.options().socket(), BASE, 1)) {
+            a.send(0, frame(Mac.BROADCAST, A, 60));
+            assertTrue(held.entered.await(20, TimeUnit.SECONDS), "the frame reached the holding port");
+            CompletableFuture<Integer> base = vringBase(a, 1);
+            long pastStopTimeout = QueueWorker.STOP_TIMEOUT.toMillis() + 1500;
+            assertThrows(
+                    TimeoutException.class,
+                    () -> base.get(pastStopTimeout, TimeUnit.MILLISECONDS),
+                    "GET_VRING_BASE is not answered while the queue thread runs");
+            assertTrue(log.awaitLine("has not stopped within").contains(" tx1"));
+            held.release.countDown();
+            assertEquals(1, base.get(20, TimeUnit.SECONDS), "past the frame");
+            assertTrue(log.awaitLine("stopped after").contains(" tx1"));
+            assertEquals(0, pa.deviceStatus());
+        } finally {
+            held.release.countDown();
+        }
+    }
+
+    /**
+     * A transmit queue whose thread does not let go within the limit is given up on: the position is handed back,
+     * the port reports NEEDS_RESET and the queue is not started again on its ring while that thread runs; once it has
+     * let go the queue starts and forwards again.
+     */
+    @Test
+    void aTransmitQueueThatDoesNotStopInTimeFailsThePortAndKeepsItsRing() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        pa.stopWaitLimit(Duration.ofSeconds(1));
+        HoldingPort held = sw.addPort(new HoldingPort());
+        try (LogCapture log = LogCapture.start("io.iovirt");
+                NetDriver a = new NetDriver(pa.options().socket(), BASE, 1)) {
+            a.send(0, frame(Mac.BROADCAST, A, 60));
+            assertTrue(held.entered.await(20, TimeUnit.SECONDS), "the frame reached the holding port");
+            assertEquals(1, a.fe.getVringBase(1), "answered after the limit");
+            assertTrue(log.awaitLine("did not stop within").contains(" tx1"));
+            assertEquals(DeviceStatus.DEVICE_NEEDS_RESET, pa.deviceStatus());
+            assertThrows(
+                    RequestRejectedException.class,
+                    () -> a.fe.setVringKick(1, a.kickFd(1)),
+                    "no second worker on the ring while the first runs");
+
+            held.release.countDown();
+            a.awaitTxUsed(0, 1); // the held frame is returned when the thread lets go
+            Await.until(Duration.ofSeconds(20), "the queue starts again", () -> {
+                try {
+                    a.fe.setVringKick(1, a.kickFd(1));
+                    return true;
+                } catch (RequestRejectedException e) {
+                    return false;
+                } catch (IOException e) {
+                    throw new java.io.UncheckedIOException(e);
+                }
+            });
+            assertTrue(log.awaitLine("given up on has stopped").contains(" tx1"));
+            assertEquals(0, pa.deviceStatus());
+            a.send(0, frame(Mac.BROADCAST, A, 60));
+            a.awaitTxUsed(0, 1);
+        } finally {
+            held.release.countDown();
         }
     }
 

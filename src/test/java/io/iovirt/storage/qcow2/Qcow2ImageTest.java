@@ -353,6 +353,29 @@ class Qcow2ImageTest {
         }
     }
 
+    /**
+     * A flush of an image switched to read-only while served still goes to the file: a data write that passed its
+     * check before the switch may have completed after the switch's flush, and the guest's next FLUSH must make it
+     * durable. Only an image opened read-only has nothing to flush. A sync cannot be seen without a power cut, so a
+     * closed image is the probe: its flush now reports that it is closed; it used to return at once, like that of an
+     * image opened read-only still does.
+     */
+    @Test
+    void aFlushAfterSwitchingToReadOnlyStillGoesToTheFile() throws Exception {
+        Path img = create("flush-ro.qcow2", "8M");
+        DiskImage q = Images.open(img, null, false, false);
+        write(q, 0, fill(4096, 0x11));
+        q.setReadOnly(true);
+        q.flush();
+        q.close();
+        IOException e = assertThrows(IOException.class, q::flush, "switched to read-only: the flush is not skipped");
+        assertTrue(e.getMessage().contains("closed"), e.getMessage());
+        DiskImage r = Images.open(img, null, true, false);
+        r.close();
+        r.flush(); // opened read-only: nothing to do, not even to look
+        qemuIoOk(img, "qcow2", "read -P 0x11 0 4k");
+    }
+
     @Test
     void resizeGrowsTheVirtualSizeAndTheL1TableAsTheFormatSpecifies() throws Exception {
         Path big = create("resize64k.qcow2", "64M");
