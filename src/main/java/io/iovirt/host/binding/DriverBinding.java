@@ -235,6 +235,10 @@ public final class DriverBinding {
             problems.add("the host uses it: it " + use);
         }
         boolean toVfio = PciDevice.isVfioDriver(driver);
+        if (toVfio || driver.equals("pci-stub")) {
+            // Both take the device from the host.
+            problems.addAll(Assignability.bootDisplayBlockers(inv, dev));
+        }
         if (toVfio) {
             if (dev.isBridge()) {
                 problems.add("it is a PCI bridge: vfio-pci takes endpoint functions only");
