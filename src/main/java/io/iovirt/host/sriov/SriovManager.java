@@ -142,6 +142,10 @@ public final class SriovManager {
                     }
                     if (sriov.numVfs() > 0) {
                         write(writes, dir + "sriov_numvfs", "0");
+                        if (!dryRun) {
+                            // The VFs are gone, whatever happens next: so is what iovirt recorded about them.
+                            forgetDestroyed(sriov.vfs(), notes);
+                        }
                     }
                     if (count > 0) {
                         write(writes, dir + "sriov_numvfs", Integer.toString(count));
@@ -174,7 +178,6 @@ public final class SriovManager {
                             writes,
                             notes);
                 }
-                forgetDriversOf(sriov.vfs());
                 PciDevice after = PciInventory.scan(sys).require(pfBdf);
                 if (provisionNvme) {
                     Map<Integer, Map<String, Object>> state;
@@ -324,7 +327,11 @@ public final class SriovManager {
         return problems;
     }
 
-    private void forgetDriversOf(List<Bdf> vfs) {
+    /**
+     * Forgets destroyed VFs: the drivers they had before iovirt bound them, and the VMs they were assigned to (only
+     * --force destroys an assigned VF). A VF made later at the same address is a new device that nobody owns.
+     */
+    private void forgetDestroyed(List<Bdf> vfs, List<String> notes) {
         if (vfs.isEmpty()) {
             return;
         }
@@ -332,6 +339,11 @@ public final class SriovManager {
         List<DriverBinding.Remembered> rows = new ArrayList<>(DriverBinding.remembered(store));
         if (rows.removeIf(r -> vfs.contains(r.bdf()))) {
             DriverBinding.saveRemembered(store, rows);
+        }
+        for (AssignmentRegistry.Assignment a : registry.dropGone(vfs)) {
+            notes.add("VF " + a.bdf() + " was assigned to VM " + a.vm() + " and is destroyed: the assignment is "
+                    + "dropped (a VF made at that address later belongs to no VM; assign it again if " + a.vm()
+                    + " should have it)");
         }
     }
 

@@ -2,6 +2,7 @@
 package io.iovirt.host.sriov;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -170,6 +171,26 @@ class SriovManagerTest {
         assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "nothing was written");
         m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, true);
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
+    }
+
+    @Test
+    void forcedRemovalDropsTheAssignmentsOfTheDestroyedVfs() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Bdf vf = Bdf.parse("0000:03:10.2");
+        Bdf gpu = Bdf.parse("0000:04:00.0");
+        AssignmentRegistry registry = new AssignmentRegistry(h.state);
+        registry.assign(vf, "vm-a", List.of());
+        registry.assign(gpu, "vm-b", List.of());
+        SriovManager.Outcome o =
+                new SriovManager(h.paths()).setVfs(PF, 4, null, SriovManager.NvmeRequest.DEFAULT, true);
+        assertNull(registry.owner(vf), "the destroyed VF still belongs to vm-a");
+        assertEquals("vm-b", registry.owner(gpu).vm(), "not a VF of this PF: kept");
+        assertTrue(
+                o.notes().stream()
+                        .anyMatch(n -> n.startsWith("VF 0000:03:10.2 was assigned to VM vm-a and is destroyed")),
+                o.notes().toString());
+        // The VF the kernel makes at the same address is a new device, free for any VM.
+        assertTrue(registry.assign(vf, "vm-c", List.of()).created());
     }
 
     @Test
