@@ -49,15 +49,7 @@ public record Assignability(Status status, String vm, List<String> reasons) {
 
     /** Everything that stops {@code dev} from going to a guest. */
     public static List<String> blockers(PciInventory inv, HostUsage usage, PciDevice dev) {
-        List<String> reasons = new ArrayList<>();
-        int baseSub = dev.classCode() >>> 8;
-        if (dev.isBridge()) {
-            reasons.add("it is a PCI bridge: vfio-pci takes endpoint functions only");
-        } else if (baseSub == 0x0600) {
-            reasons.add("it is the host bridge: part of the platform");
-        } else if (baseSub == 0x0601) {
-            reasons.add("it is the ISA/LPC bridge: the platform needs it");
-        }
+        List<String> reasons = new ArrayList<>(platformBlockers(dev));
         reasons.addAll(bootDisplayBlockers(inv, dev));
         if (dev.iommuGroup() < 0) {
             reasons.add("it has no IOMMU group: the IOMMU is off (see iovirt host check)");
@@ -68,6 +60,23 @@ public record Assignability(Status status, String vm, List<String> reasons) {
             reasons.add("the host uses it: it " + use);
         }
         return reasons;
+    }
+
+    /**
+     * Why {@code dev} is part of the platform rather than a device to hand over: a PCI-to-PCI or CardBus bridge
+     * (vfio-pci takes endpoint functions only), the host bridge, or the ISA/LPC bridge. The one rule for both
+     * {@code host bind} and {@code host assign}.
+     */
+    public static List<String> platformBlockers(PciDevice dev) {
+        int baseSub = dev.classCode() >>> 8;
+        if (dev.isBridge()) {
+            return List.of("it is a PCI bridge: vfio-pci takes endpoint functions only");
+        } else if (baseSub == 0x0600) {
+            return List.of("it is the host bridge: part of the platform");
+        } else if (baseSub == 0x0601) {
+            return List.of("it is the ISA/LPC bridge: the platform needs it");
+        }
+        return List.of();
     }
 
     /**

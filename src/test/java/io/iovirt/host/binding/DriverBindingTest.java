@@ -182,6 +182,25 @@ class DriverBindingTest {
     }
 
     @Test
+    void refusesTheHostBridgeAndTheLpcBridgeAsAssignDoes() {
+        FakeHost h = new FakeHost(tmp).intelHostWithIommu().driver("pci-stub");
+        // Each alone in its group and unbound, so no other check stands in the way.
+        h.device("0000:00:00.0", 0x8086, 0x3e30, 0x060000).group(0);
+        h.device("0000:00:1f.0", 0x8086, 0xa305, 0x060100).group(7);
+        HostConfigException host = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:00:00.0"), "vfio-pci", false));
+        assertEquals(
+                "refusing to bind 0000:00:00.0 to vfio-pci: it is the host bridge: part of the platform",
+                host.problem());
+        HostConfigException lpc = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:00:1f.0"), "pci-stub", false));
+        assertEquals(
+                "refusing to bind 0000:00:1f.0 to pci-stub: it is the ISA/LPC bridge: the platform needs it",
+                lpc.problem());
+        assertEquals("", h.read("bus/pci/drivers_probe"), "nothing was written");
+    }
+
+    @Test
     void forceSkipsTheSafetyChecks() {
         FakeHost h = DevicesTest.desktop(tmp);
         HostConfigException e = assertThrows(
