@@ -757,7 +757,8 @@ public final class VfioCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             PrintWriter out = spec.commandLine().getOut();
-            return onController(16, 64 << 10, c -> {
+            // 128 KiB: the probes' buffers for the largest blocks (64 KiB) and their pages
+            return onController(16, 128 << 10, c -> {
                 IommuCheck.Result r = IommuCheck.run(c);
                 if (json) {
                     Map<String, Object> doc = new LinkedHashMap<>();

@@ -92,8 +92,20 @@ public record IdentifyController(
                 && (cqes >>> 4) >= CQE_LOG2;
     }
 
-    /** The largest transfer in bytes the controller accepts, or 0 for no limit. */
+    /**
+     * The largest transfer in bytes the controller accepts, or 0 for no limit. MDTS is a power of two in units of the
+     * minimum memory page size (2^12..2^27 bytes); a limit of 2^63 bytes or more (MDTS 51 and up with 4 KiB pages)
+     * is no limit, not a shift that wraps around.
+     *
+     * @param minPageShift log2 of the minimum memory page size (CAP.MPSMIN + 12)
+     */
     public long maxTransferBytes(int minPageShift) {
-        return mdts == 0 ? 0 : 1L << (mdts + minPageShift);
+        if (minPageShift < 12 || minPageShift > 27) {
+            throw new IllegalArgumentException("minimum memory page shift must be 12..27: " + minPageShift);
+        }
+        if (mdts == 0 || mdts + minPageShift >= Long.SIZE - 1) {
+            return 0;
+        }
+        return 1L << (mdts + minPageShift);
     }
 }

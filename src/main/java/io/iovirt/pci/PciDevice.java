@@ -16,6 +16,8 @@ import java.util.List;
  * @param physfn the physical function of a virtual function, or null
  * @param resettable whether the kernel offers a function reset (the "reset" attribute)
  * @param nvmeControllers NVMe controller character devices (nvme0) of an NVMe function
+ * @param bootVga whether the kernel marks it the boot display (boot_vga 1): the firmware's primary display, on which
+ *     the host's console runs
  */
 public record PciDevice(
         Bdf bdf,
@@ -31,7 +33,8 @@ public record PciDevice(
         SriovInfo sriov,
         Bdf physfn,
         boolean resettable,
-        List<String> nvmeControllers) {
+        List<String> nvmeControllers,
+        boolean bootVga) {
     public static final int CLASS_NVME = 0x010802;
 
     public PciDevice {
@@ -126,7 +129,8 @@ public record PciDevice(
                 sriov,
                 physfn,
                 sys.exists(d + "reset"),
-                nvme);
+                nvme,
+                sys.readDecimalOptional(d + "boot_vga") == 1);
     }
 
     private static List<Bdf> virtfns(SysfsTree sys, String d) {

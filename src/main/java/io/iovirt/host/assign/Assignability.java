@@ -49,15 +49,8 @@ public record Assignability(Status status, String vm, List<String> reasons) {
 
     /** Everything that stops {@code dev} from going to a guest. */
     public static List<String> blockers(PciInventory inv, HostUsage usage, PciDevice dev) {
-        List<String> reasons = new ArrayList<>();
-        int baseSub = dev.classCode() >>> 8;
-        if (dev.isBridge()) {
-            reasons.add("it is a PCI bridge: vfio-pci takes endpoint functions only");
-        } else if (baseSub == 0x0600) {
-            reasons.add("it is the host bridge: part of the platform");
-        } else if (baseSub == 0x0601) {
-            reasons.add("it is the ISA/LPC bridge: the platform needs it");
-        }
+        List<String> reasons = new ArrayList<>(platformBlockers(dev));
+        reasons.addAll(bootDisplayBlockers(inv, dev));
         if (dev.iommuGroup() < 0) {
             reasons.add("it has no IOMMU group: the IOMMU is off (see iovirt host check)");
         } else {
@@ -65,6 +58,56 @@ public record Assignability(Status status, String vm, List<String> reasons) {
         }
         for (String use : usage.uses(dev.bdf())) {
             reasons.add("the host uses it: it " + use);
+        }
+        return reasons;
+    }
+
+    /**
+     * Why {@code dev} is part of the platform rather than a device to hand over: a PCI-to-PCI or CardBus bridge
+     * (vfio-pci takes endpoint functions only), the host bridge, or the ISA/LPC bridge. The one rule for both
+     * {@code host bind} and {@code host assign}.
+     */
+    public static List<String> platformBlockers(PciDevice dev) {
+        int baseSub = dev.classCode() >>> 8;
+        if (dev.isBridge()) {
+            return List.of("it is a PCI bridge: vfio-pci takes endpoint functions only");
+        } else if (baseSub == 0x0600) {
+            return List.of("it is the host bridge: part of the platform");
+        } else if (baseSub == 0x0601) {
+            return List.of("it is the ISA/LPC bridge: the platform needs it");
+        }
+        return List.of();
+    }
+
+    /**
+     * Why {@code dev} is the host's console: it is the boot display (boot_vga 1), or another function of the boot
+     * display's slot in the same IOMMU group (its HDMI audio), which goes to a guest only with the display's group.
+     * The boot display often has no PCI driver bound (efifb, simplefb and vesafb drive it through the firmware's
+     * framebuffer), so the group check alone would let it go.
+     */
+    public static List<String> bootDisplayBlockers(PciInventory inv, PciDevice dev) {
+        List<String> reasons = new ArrayList<>();
+        String remedy = "make another GPU the primary display in the firmware setup, or pass --force if the host can "
+                + "do without its console";
+        if (dev.bootVga()) {
+            reasons.add("it is the boot display (boot_vga is 1): the host's console runs on it (" + remedy + ")");
+            return reasons;
+        }
+        if (dev.iommuGroup() < 0) {
+            return reasons;
+        }
+        Bdf b = dev.bdf();
+        for (String peer : inv.groups().peers(dev.iommuGroup(), b)) {
+            Bdf pb = Bdf.tryParse(peer);
+            PciDevice p = pb == null ? null : inv.device(pb);
+            if (p != null
+                    && p.bootVga()
+                    && pb.domain() == b.domain()
+                    && pb.bus() == b.bus()
+                    && pb.device() == b.device()) {
+                reasons.add("it shares its slot and IOMMU group " + dev.iommuGroup() + " with the boot display " + pb
+                        + " (boot_vga is 1), on which the host's console runs (" + remedy + ")");
+            }
         }
         return reasons;
     }

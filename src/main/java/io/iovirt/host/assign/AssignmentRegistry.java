@@ -161,6 +161,29 @@ public final class AssignmentRegistry {
         });
     }
 
+    /**
+     * Drops the entries of devices that are gone (VFs destroyed when their PF's VF count changed): a new device at
+     * the same address is not the one a VM was given.
+     *
+     * @return the dropped entries
+     */
+    public List<Assignment> dropGone(Collection<Bdf> gone) {
+        return store.locked(() -> {
+            List<Assignment> all = new ArrayList<>(list());
+            List<Assignment> dropped = new ArrayList<>();
+            for (Assignment a : all) {
+                if (gone.contains(a.bdf())) {
+                    dropped.add(a);
+                }
+            }
+            if (!dropped.isEmpty()) {
+                all.removeAll(dropped);
+                save(all);
+            }
+            return dropped;
+        });
+    }
+
     private void save(List<Assignment> all) {
         List<String[]> rows = new ArrayList<>();
         for (Assignment a : all) {

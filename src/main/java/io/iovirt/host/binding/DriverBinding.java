@@ -235,10 +235,12 @@ public final class DriverBinding {
             problems.add("the host uses it: it " + use);
         }
         boolean toVfio = PciDevice.isVfioDriver(driver);
+        if (toVfio || driver.equals("pci-stub")) {
+            // Both take the device from the host: the rules of host assign apply.
+            problems.addAll(Assignability.platformBlockers(dev));
+            problems.addAll(Assignability.bootDisplayBlockers(inv, dev));
+        }
         if (toVfio) {
-            if (dev.isBridge()) {
-                problems.add("it is a PCI bridge: vfio-pci takes endpoint functions only");
-            }
             if (dev.iommuGroup() < 0) {
                 problems.add("it has no IOMMU group: the IOMMU is off, vfio-pci would fail (see iovirt host check)");
             } else {

@@ -129,17 +129,39 @@ public final class SriovManager {
                     }
                 }
                 Boolean probeAfter = autoprobe != null ? autoprobe : sriov.autoprobe();
-                if (provisionNvme && sriov.autoprobe() != null) {
-                    // An NVMe VF fails its probe until it has resources: keep host drivers away until it is online.
-                    write(writes, dir + "sriov_drivers_autoprobe", "0");
-                } else if (autoprobe != null && sriov.autoprobe() != null && autoprobe != sriov.autoprobe()) {
-                    write(writes, dir + "sriov_drivers_autoprobe", autoprobe ? "1" : "0");
-                }
-                if (sriov.numVfs() > 0) {
-                    write(writes, dir + "sriov_numvfs", "0");
-                }
-                if (count > 0) {
-                    write(writes, dir + "sriov_numvfs", Integer.toString(count));
+                // The autoprobe setting to put back when the count cannot be changed, once it was written.
+                String probeBefore = null;
+                try {
+                    if (provisionNvme && sriov.autoprobe() != null) {
+                        // An NVMe VF fails its probe until it has resources: keep host drivers away until it is online.
+                        probeBefore = sriov.autoprobe() ? "1" : "0";
+                        write(writes, dir + "sriov_drivers_autoprobe", "0");
+                    } else if (autoprobe != null && sriov.autoprobe() != null && autoprobe != sriov.autoprobe()) {
+                        probeBefore = sriov.autoprobe() ? "1" : "0";
+                        write(writes, dir + "sriov_drivers_autoprobe", autoprobe ? "1" : "0");
+                    }
+                    if (sriov.numVfs() > 0) {
+                        write(writes, dir + "sriov_numvfs", "0");
+                        if (!dryRun) {
+                            // The VFs are gone, whatever happens next: so is what iovirt recorded about them.
+                            forgetDestroyed(sriov.vfs(), notes);
+                        }
+                    }
+                    if (count > 0) {
+                        write(writes, dir + "sriov_numvfs", Integer.toString(count));
+                    }
+                    long now = dryRun ? count : sys.readDecimal(dir + "sriov_numvfs");
+                    if (now != count) {
+                        throw new HostConfigException(
+                                "the kernel kept " + now + " VFs on " + pfBdf + " instead of " + count,
+                                "dmesg says why (a PF driver may cap VFs, or need resources such as a bigger BAR "
+                                        + "window)");
+                    }
+                } catch (ActionableException e) {
+                    if (probeBefore != null && !dryRun) {
+                        restoreAutoprobe(dir, probeBefore, e);
+                    }
+                    throw e;
                 }
                 if (dryRun) {
                     if (provisionNvme) {
@@ -156,13 +178,6 @@ public final class SriovManager {
                             writes,
                             notes);
                 }
-                long now = sys.readDecimal(dir + "sriov_numvfs");
-                if (now != count) {
-                    throw new HostConfigException(
-                            "the kernel kept " + now + " VFs on " + pfBdf + " instead of " + count,
-                            "dmesg says why (a PF driver may cap VFs, or need resources such as a bigger BAR window)");
-                }
-                forgetDriversOf(sriov.vfs());
                 PciDevice after = PciInventory.scan(sys).require(pfBdf);
                 if (provisionNvme) {
                     Map<Integer, Map<String, Object>> state;
@@ -280,6 +295,23 @@ public final class SriovManager {
         return res;
     }
 
+    /**
+     * Puts sriov_drivers_autoprobe back after the count could not be changed; when that fails too, the error says
+     * both and what to write by hand.
+     */
+    private void restoreAutoprobe(String dir, String value, ActionableException failure) {
+        try {
+            sys.write(dir + "sriov_drivers_autoprobe", value);
+        } catch (ActionableException e) {
+            throw new HostConfigException(
+                    failure.problem() + "; putting sriov_drivers_autoprobe back to " + value + " failed too: "
+                            + e.problem(),
+                    failure.remedy() + (failure.remedy().isEmpty() ? "" : "; ") + "then write " + value + " to "
+                            + sys.path(dir + "sriov_drivers_autoprobe"),
+                    failure);
+        }
+    }
+
     private List<String> removalProblems(PciInventory inv, List<Bdf> vfs) {
         List<String> problems = new ArrayList<>();
         HostUsage usage = HostUsage.scan(sys, paths.proc(), paths.dev());
@@ -295,7 +327,11 @@ public final class SriovManager {
         return problems;
     }
 
-    private void forgetDriversOf(List<Bdf> vfs) {
+    /**
+     * Forgets destroyed VFs: the drivers they had before iovirt bound them, and the VMs they were assigned to (only
+     * --force destroys an assigned VF). A VF made later at the same address is a new device that nobody owns.
+     */
+    private void forgetDestroyed(List<Bdf> vfs, List<String> notes) {
         if (vfs.isEmpty()) {
             return;
         }
@@ -303,6 +339,11 @@ public final class SriovManager {
         List<DriverBinding.Remembered> rows = new ArrayList<>(DriverBinding.remembered(store));
         if (rows.removeIf(r -> vfs.contains(r.bdf()))) {
             DriverBinding.saveRemembered(store, rows);
+        }
+        for (AssignmentRegistry.Assignment a : registry.dropGone(vfs)) {
+            notes.add("VF " + a.bdf() + " was assigned to VM " + a.vm() + " and is destroyed: the assignment is "
+                    + "dropped (a VF made at that address later belongs to no VM; assign it again if " + a.vm()
+                    + " should have it)");
         }
     }
 

@@ -61,12 +61,22 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
             this.eventfd = eventfd;
             this.intxDevice = intxDevice;
             this.name = name;
+            Epoll e;
             try {
-                this.epoll = Epoll.create(1);
-                epoll.add(eventfd.fd(), Epoll.EPOLLIN, 0);
-            } catch (LinuxException e) {
-                throw new VfioException("cannot watch the " + name + " eventfd: " + e.getMessage(), e);
+                e = Epoll.create(1);
+            } catch (LinuxException x) {
+                throw new VfioException("cannot watch the " + name + " eventfd: " + x.getMessage(), x);
             }
+            try {
+                e.add(eventfd.fd(), Epoll.EPOLLIN, 0);
+            } catch (LinuxException | RuntimeException x) {
+                e.close(); // not ours to keep when the waiter is never made
+                if (x instanceof LinuxException le) {
+                    throw new VfioException("cannot watch the " + name + " eventfd: " + le.getMessage(), le);
+                }
+                throw (RuntimeException) x;
+            }
+            this.epoll = e;
         }
 
         @Override

@@ -16,9 +16,11 @@ import java.lang.foreign.MemorySegment;
  *   <li>A Read whose data pointer (PRP1) is the first page past the DMA arena: the device's writes to host memory must
  *       be blocked. (A controller may still report success — QEMU's emulated one does — because it cannot tell a
  *       blocked write from a completed one; the IOMMU records the fault, which the kernel logs as a DMAR fault.)</li>
- *   <li>A three-page Read whose PRP list (PRP2) is at that unmapped IOVA: the device cannot even fetch the list, and
- *       the command completes with an error status, typically Data Transfer Error.</li>
+ *   <li>A Read of three pages or more whose PRP list (PRP2) is at that unmapped IOVA: the device cannot even fetch
+ *       the list, and the command completes with an error status, typically Data Transfer Error.</li>
  * </ol>
+ * Both read whole blocks, at least one: with blocks larger than a page (8 KiB to 64 KiB) the first probe's block spans
+ * several pages, all of them unmapped (PRP2 is the next unmapped page, or a list in the arena of unmapped pages).
  * Before both, a canary page outside every mapping and a sentinel buffer inside the arena (never given to the device)
  * are filled with a pattern; both must be intact afterwards, and a normal read must still work.
  */
@@ -71,26 +73,47 @@ public final class IommuCheck {
 
     private IommuCheck() {}
 
+    /**
+     * How many blocks each probe reads: the first at least a page, the second at least three pages (so that PRP2 is a
+     * list pointer), both in whole blocks and at least one whatever the block size.
+     */
+    record Probes(int dataBlocks, int listBlocks) {}
+
+    static Probes probes(long blockSize, long page) {
+        if (blockSize < 1 || Long.bitCount(blockSize) != 1) {
+            throw new IllegalArgumentException("block size must be a power of two: " + blockSize);
+        }
+        return new Probes(
+                (int) Math.max(1, page / blockSize), (int) Math.max(1, (3 * page + blockSize - 1) / blockSize));
+    }
+
     /** Runs both probes on the controller's first namespace, reading LBA 0 (nothing is written to the disk). */
     public static Result run(NvmeController c) throws VfioException {
         long page = NvmeController.PAGE;
         long unmapped = c.arena().iova() + c.arena().size();
-        int blocksPerPage = (int) (page / c.blockSize());
+        int blockSize = c.blockSize();
+        Probes probes = probes(blockSize, page);
+        long dataBytes = (long) probes.dataBlocks() * blockSize;
+        long listBytes = (long) probes.listBlocks() * blockSize;
         try (Arena a = Arena.ofConfined()) {
             MemorySegment canary = a.allocate(page, page);
             canary.fill(CANARY);
-            DmaBuffer target = c.allocateBuffer(3 * page); // PRP1 of the second probe: mapped, may be written
+            DmaBuffer target = c.allocateBuffer(listBytes); // PRP1 of the second probe: mapped, may be written
             DmaBuffer sentinel = c.allocateBuffer(page); // never given to the device
             sentinel.segment().fill(SENTINEL);
+            // The first probe's pages are all unmapped; a list for them (blocks over two pages) is in the arena.
+            DmaBuffer dataList = c.allocateBuffer(page);
+            long[] dataPrp = new long[2];
+            Prp.build(unmapped, dataBytes, page, dataList.segment(), dataList.iova(), dataPrp);
 
-            int dataStatus = c.rawIo(NvmeRegs.NVM_READ, 0, blocksPerPage, unmapped, 0);
-            int listStatus = c.rawIo(NvmeRegs.NVM_READ, 0, 3 * blocksPerPage, target.iova(), unmapped);
+            int dataStatus = c.rawIo(NvmeRegs.NVM_READ, 0, probes.dataBlocks(), dataPrp[0], dataPrp[1]);
+            int listStatus = c.rawIo(NvmeRegs.NVM_READ, 0, probes.listBlocks(), target.iova(), unmapped);
 
             boolean canaryOk = all(canary, CANARY);
             boolean sentinelOk = all(sentinel.segment(), SENTINEL);
             boolean healthy;
             try {
-                c.read(0, blocksPerPage, target.slice(0, page));
+                c.read(0, probes.dataBlocks(), target.slice(0, dataBytes));
                 healthy = true;
             } catch (NvmeException e) {
                 healthy = false;

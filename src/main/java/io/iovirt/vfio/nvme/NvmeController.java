@@ -168,7 +168,8 @@ public final class NvmeController implements AutoCloseable {
                 arena.allocate(adminDepth * Sqe.SIZE, PAGE),
                 arena.allocate(adminDepth * Cqe.SIZE, PAGE),
                 bar,
-                cap.doorbellStride());
+                cap.doorbellStride(),
+                this::markFailed);
         scratch = arena.allocate(PAGE, PAGE);
         setUpInterrupts();
 
@@ -216,7 +217,7 @@ public final class NvmeController implements AutoCloseable {
         for (int i = 0; i < prpLists.length; i++) {
             prpLists[i] = arena.allocate(PAGE, PAGE);
         }
-        io = new QueuePair(1, ioDepth, ioSq, ioCq, bar, cap.doorbellStride());
+        io = new QueuePair(1, ioDepth, ioSq, ioCq, bar, cap.doorbellStride(), this::markFailed);
         int vector = eventfds.size() > 1 ? 1 : 0;
         int ien = irqMode == IrqMode.POLL ? 0 : 2;
         adminCommand(
@@ -619,6 +620,7 @@ public final class NvmeController implements AutoCloseable {
         return quiescing;
     }
 
+    /** From now on every command is refused: the controller is in an unknown state that only a reset clears. */
     void markFailed() {
         failed = true;
     }

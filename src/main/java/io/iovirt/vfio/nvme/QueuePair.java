@@ -59,7 +59,16 @@ final class QueuePair {
     final int[] lastDw0;
     final boolean[] completed;
 
-    QueuePair(int qid, int depth, DmaBuffer sq, DmaBuffer cq, MmioRegion bar, int doorbellStride) {
+    /** Told once the controller has posted a completion that makes no sense: its owner must stop using it. */
+    private final Runnable onConfused;
+    /** Why this queue pair is unusable (a nonsensical completion), or null. */
+    private String confusion;
+
+    /**
+     * @param onConfused run when the controller posts a completion for a command that is not outstanding: the
+     *     controller's state is unknown from then on, and only a reset makes it usable
+     */
+    QueuePair(int qid, int depth, DmaBuffer sq, DmaBuffer cq, MmioRegion bar, int doorbellStride, Runnable onConfused) {
         if (depth < 2 || depth > 65536) {
             throw new IllegalArgumentException("queue depth must be 2..65536: " + depth);
         }
@@ -85,6 +94,7 @@ final class QueuePair {
         this.lastStatus = new int[cids];
         this.lastDw0 = new int[cids];
         this.completed = new boolean[cids];
+        this.onConfused = onConfused;
     }
 
     /** Command identifiers available (commands that may still be submitted). */
@@ -139,6 +149,9 @@ final class QueuePair {
             int cdw13,
             int cdw14,
             int cdw15) {
+        if (confusion != null) {
+            throw new IllegalStateException(confusion);
+        }
         if (cid < 0 || cid >= inFlight.length || inFlight[cid]) {
             throw new IllegalStateException("command identifier " + cid + " is not allocated or already in flight");
         }
@@ -154,6 +167,9 @@ final class QueuePair {
      * (one CQ head doorbell write) how far the host has consumed. Returns the number drained.
      */
     int reap(CompletionHandler handler) throws NvmeException {
+        if (confusion != null) {
+            throw new NvmeException(confusion);
+        }
         int n = 0;
         while (true) {
             long off = (long) cqHead * Cqe.SIZE;
@@ -166,10 +182,13 @@ final class QueuePair {
             int sqhd = Short.toUnsignedInt(cqMem.get(JAVA_SHORT, off + Cqe.SQHD));
             int dw0 = cqMem.get(JAVA_INT, off + Cqe.DW0);
             if (cid >= inFlight.length || !inFlight[cid] || sqhd >= depth) {
-                throw new NvmeException(String.format(
+                confusion = String.format(
                         "queue %d: the controller posted a completion for command %d "
-                                + "(SQ head %d) that is not outstanding — the controller is confused; reset it",
-                        qid, cid, sqhd));
+                                + "(SQ head %d) that is not outstanding — the controller is confused; reset it "
+                                + "(reopening it does)",
+                        qid, cid, sqhd);
+                onConfused.run();
+                throw new NvmeException(confusion);
             }
             cqHead++;
             if (cqHead == depth) {

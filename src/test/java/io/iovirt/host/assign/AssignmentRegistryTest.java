@@ -3,6 +3,7 @@ package io.iovirt.host.assign;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -10,10 +11,15 @@ import io.iovirt.host.CliRun;
 import io.iovirt.host.DevicesTest;
 import io.iovirt.host.FakeHost;
 import io.iovirt.host.HostConfigException;
+import io.iovirt.host.StateStore;
 import io.iovirt.pci.Bdf;
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicReference;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -104,6 +110,59 @@ class AssignmentRegistryTest {
         assertTrue(bad.getMessage().contains("line 3 is damaged"), bad.getMessage());
         Files.writeString(file, "garbage\n");
         assertThrows(HostConfigException.class, r::list);
+    }
+
+    @Test
+    void assignChecksReadinessUnderTheStateLock() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp.resolve("h"));
+        Bdf gpu = Bdf.parse("0000:04:00.0"); // bound to vfio-pci: ready
+        AssignmentRegistry registry = new AssignmentRegistry(h.state);
+        AtomicReference<Object> outcome = new AtomicReference<>();
+        Thread assigner = new Thread(() -> {
+            try {
+                outcome.set(Assigning.assign(h.paths(), gpu, "vm-a", false));
+            } catch (RuntimeException e) {
+                outcome.set(e);
+            }
+        });
+        // Holding the lock as a concurrent host unbind does: the assigner waits for it, then the device leaves
+        // vfio-pci, then the lock is released.
+        registry.store().locked(() -> {
+            assigner.start();
+            awaitWaitingForTheStateLock(assigner);
+            try {
+                Files.delete(h.sys.resolve("devices/pci0000:00/0000:04:00.0/driver"));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+            return null;
+        });
+        assigner.join(30_000);
+        assertFalse(assigner.isAlive());
+        HostConfigException e =
+                assertInstanceOf(HostConfigException.class, outcome.get(), String.valueOf(outcome.get()));
+        assertTrue(
+                e.getMessage().contains("cannot assign 0000:04:00.0: it is not bound to any driver, not vfio-pci"),
+                e.getMessage());
+        assertTrue(registry.list().isEmpty(), "an unbound device was recorded as assigned");
+    }
+
+    private static void awaitWaitingForTheStateLock(Thread t) {
+        long deadline = System.nanoTime() + 30_000_000_000L;
+        while (System.nanoTime() < deadline) {
+            if (t.getState() == Thread.State.WAITING
+                    && Arrays.stream(t.getStackTrace())
+                            .anyMatch(f -> f.getClassName().equals(StateStore.class.getName())
+                                    && f.getMethodName().equals("locked"))) {
+                return;
+            }
+            try {
+                Thread.sleep(5);
+            } catch (InterruptedException e) {
+                throw new AssertionError(e);
+            }
+        }
+        throw new AssertionError("the assigner never waited for the state lock: " + Arrays.toString(t.getStackTrace()));
     }
 
     @Test

@@ -12,7 +12,10 @@ import io.iovirt.host.DevicesTest;
 import io.iovirt.host.FakeHost;
 import io.iovirt.host.HostConfigException;
 import io.iovirt.host.StateStore;
+import io.iovirt.host.assign.Assignability;
+import io.iovirt.host.assign.Assigning;
 import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.host.assign.DeviceReport;
 import io.iovirt.pci.Bdf;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -107,6 +110,94 @@ class DriverBindingTest {
         HostConfigException e = assertThrows(
                 HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
         assertTrue(e.getMessage().contains("it carries the default route (br0 via enp5s0)"), e.getMessage());
+    }
+
+    /**
+     * The boot GPU driven by efifb (no PCI driver bound) with its HDMI audio, unbound too, in the same slot and group
+     * — a group the viability check alone lets go — and a second GPU like it that is not the boot display.
+     */
+    private static FakeHost twoGpus(Path dir) {
+        FakeHost h = new FakeHost(dir).intelHostWithIommu();
+        h.device("0000:01:00.0", 0x10de, 0x1c82, 0x030000)
+                .attr("boot_vga", "1\n")
+                .group(11);
+        h.device("0000:01:00.1", 0x10de, 0x0fb9, 0x040300).group(11);
+        h.device("0000:02:00.0", 0x1002, 0x67df, 0x030000)
+                .attr("boot_vga", "0\n")
+                .group(12);
+        h.device("0000:02:00.1", 0x1002, 0xaaf0, 0x040300).group(12);
+        return h;
+    }
+
+    @Test
+    void refusesTheBootDisplayAndTheOtherFunctionsOfItsSlot() {
+        FakeHost h = twoGpus(tmp).driver("pci-stub");
+        HostConfigException gpu = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:01:00.0"), "vfio-pci", false));
+        assertTrue(
+                gpu.getMessage()
+                        .startsWith(
+                                "refusing to bind 0000:01:00.0 to vfio-pci: it is the boot display (boot_vga is 1): "
+                                        + "the host's console runs on it (make another GPU the primary display"),
+                gpu.getMessage());
+        HostConfigException audio = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:01:00.1"), "pci-stub", false));
+        assertTrue(
+                audio.getMessage()
+                        .contains("it shares its slot and IOMMU group 11 with the boot display 0000:01:00.0 "
+                                + "(boot_vga is 1), on which the host's console runs"),
+                audio.getMessage());
+        assertEquals("", h.read("bus/pci/drivers_probe"), "nothing was written");
+        // The assignability the devices report and host assign use says the same.
+        DeviceReport r = DeviceReport.collect(h.paths());
+        for (String bdf : List.of("0000:01:00.0", "0000:01:00.1")) {
+            Assignability a = r.entries().stream()
+                    .filter(e -> e.device().bdf().toString().equals(bdf))
+                    .findFirst()
+                    .orElseThrow()
+                    .assignability();
+            assertEquals(Assignability.Status.NO, a.status(), bdf);
+            assertTrue(a.reasons().toString().contains("boot display"), bdf + ": " + a.reasons());
+        }
+        // The second GPU and its audio are not the console: the bind goes ahead (and the fixture's kernel declines).
+        for (String bdf : List.of("0000:02:00.0", "0000:02:00.1")) {
+            HostConfigException other =
+                    assertThrows(HostConfigException.class, () -> binding(h).bind(Bdf.parse(bdf), "vfio-pci", false));
+            assertTrue(other.getMessage().contains("the kernel did not bind"), other.getMessage());
+        }
+        // --force is the way to take the console anyway.
+        HostConfigException forced = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:01:00.0"), "vfio-pci", true));
+        assertTrue(forced.getMessage().contains("the kernel did not bind"), forced.getMessage());
+    }
+
+    @Test
+    void assignRefusesABootDisplayBoundToVfio() {
+        FakeHost h = twoGpus(tmp);
+        h.dev("0000:01:00.0").driver("vfio-pci");
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> Assigning.assign(h.paths(), Bdf.parse("0000:01:00.0"), "vm-a", false));
+        assertTrue(e.getMessage().contains("it is the boot display (boot_vga is 1)"), e.getMessage());
+        assertTrue(new AssignmentRegistry(h.state).list().isEmpty());
+    }
+
+    @Test
+    void refusesTheHostBridgeAndTheLpcBridgeAsAssignDoes() {
+        FakeHost h = new FakeHost(tmp).intelHostWithIommu().driver("pci-stub");
+        // Each alone in its group and unbound, so no other check stands in the way.
+        h.device("0000:00:00.0", 0x8086, 0x3e30, 0x060000).group(0);
+        h.device("0000:00:1f.0", 0x8086, 0xa305, 0x060100).group(7);
+        HostConfigException host = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:00:00.0"), "vfio-pci", false));
+        assertEquals(
+                "refusing to bind 0000:00:00.0 to vfio-pci: it is the host bridge: part of the platform",
+                host.problem());
+        HostConfigException lpc = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:00:1f.0"), "pci-stub", false));
+        assertEquals(
+                "refusing to bind 0000:00:1f.0 to pci-stub: it is the ISA/LPC bridge: the platform needs it",
+                lpc.problem());
+        assertEquals("", h.read("bus/pci/drivers_probe"), "nothing was written");
     }
 
     @Test

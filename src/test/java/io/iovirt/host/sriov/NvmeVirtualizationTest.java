@@ -16,7 +16,21 @@ class NvmeVirtualizationTest {
     @Test
     void sharesAreEvenAndBounded() {
         PciDevice pf = new PciDevice(
-                Bdf.parse("01:00.0"), 0x1b36, 0x10, -1, -1, 0x010802, 2, "nvme", null, 3, null, null, true, List.of());
+                Bdf.parse("01:00.0"),
+                0x1b36,
+                0x10,
+                -1,
+                -1,
+                0x010802,
+                2,
+                "nvme",
+                null,
+                3,
+                null,
+                null,
+                true,
+                List.of(),
+                false);
         assertEquals(2, NvmeVirtualization.perVf("queue", 0, 4, 2, 0, 2, pf));
         assertEquals(3, NvmeVirtualization.perVf("queue", 0, 7, 2, 0, 2, pf));
         assertEquals(2, NvmeVirtualization.perVf("queue", 0, 7, 2, 2, 2, pf), "capped by VQFRSM");

@@ -2,6 +2,7 @@
 package io.iovirt.host.sriov;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -11,6 +12,13 @@ import io.iovirt.host.FakeHost;
 import io.iovirt.host.HostConfigException;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.pci.Bdf;
+import io.iovirt.util.ActionableException;
+import java.io.FileInputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import org.junit.jupiter.api.Test;
@@ -52,6 +60,49 @@ class SriovManagerTest {
                 o.writes().getFirst());
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe"));
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
+    }
+
+    /**
+     * Runs {@code change} with sriov_numvfs of the PF turned into a directory (a write to it fails, as the kernel's
+     * does when the PF driver refuses) after the change has read the PF: /proc/swaps is a FIFO, so the change's host
+     * usage scan, which comes after the PCI scan and before any write, waits for this test to swap the file and only
+     * then reads the swaps.
+     */
+    private static ActionableException withNumvfsWriteFailing(FakeHost h, Runnable change) throws Exception {
+        Path swaps = h.proc.resolve("swaps");
+        Files.deleteIfExists(swaps);
+        assertEquals(0, new ProcessBuilder("mkfifo", swaps.toString()).start().waitFor());
+        Path numvfs = h.sys.resolve("devices/pci0000:00/0000:03:00.0/sriov_numvfs");
+        Thread kernel = new Thread(() -> {
+            try (OutputStream out = Files.newOutputStream(swaps)) { // returns once the change opens the FIFO
+                Files.delete(numvfs);
+                Files.createDirectory(numvfs);
+                out.write("Filename\tType\tSize\tUsed\tPriority\n".getBytes(StandardCharsets.US_ASCII));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        });
+        kernel.setDaemon(true);
+        kernel.start();
+        try {
+            return assertThrows(ActionableException.class, change::run);
+        } finally {
+            kernel.join(30_000);
+            if (kernel.isAlive()) {
+                new FileInputStream(swaps.toFile()).close(); // release the writer; the assertion above failed
+            }
+        }
+    }
+
+    @Test
+    void autoprobeIsPutBackWhenTheCountCannotBeChanged() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        ActionableException e = withNumvfsWriteFailing(
+                h, () -> new SriovManager(h.paths()).setVfs(PF, 4, false, SriovManager.NvmeRequest.DEFAULT, false));
+        assertTrue(e.getMessage().contains("sriov_numvfs failed"), e.getMessage());
+        assertEquals(
+                "1",
+                h.read("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe").strip());
     }
 
     @Test
@@ -120,6 +171,26 @@ class SriovManagerTest {
         assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "nothing was written");
         m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, true);
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
+    }
+
+    @Test
+    void forcedRemovalDropsTheAssignmentsOfTheDestroyedVfs() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Bdf vf = Bdf.parse("0000:03:10.2");
+        Bdf gpu = Bdf.parse("0000:04:00.0");
+        AssignmentRegistry registry = new AssignmentRegistry(h.state);
+        registry.assign(vf, "vm-a", List.of());
+        registry.assign(gpu, "vm-b", List.of());
+        SriovManager.Outcome o =
+                new SriovManager(h.paths()).setVfs(PF, 4, null, SriovManager.NvmeRequest.DEFAULT, true);
+        assertNull(registry.owner(vf), "the destroyed VF still belongs to vm-a");
+        assertEquals("vm-b", registry.owner(gpu).vm(), "not a VF of this PF: kept");
+        assertTrue(
+                o.notes().stream()
+                        .anyMatch(n -> n.startsWith("VF 0000:03:10.2 was assigned to VM vm-a and is destroyed")),
+                o.notes().toString());
+        // The VF the kernel makes at the same address is a new device, free for any VM.
+        assertTrue(registry.assign(vf, "vm-c", List.of()).created());
     }
 
     @Test

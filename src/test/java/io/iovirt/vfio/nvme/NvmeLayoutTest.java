@@ -161,6 +161,28 @@ class NvmeLayoutTest {
     }
 
     @Test
+    void aHugeMdtsMeansNoLimitInsteadOfWrappingAround() {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment d = a.allocate(4096);
+            d.set(JAVA_BYTE, 512, (byte) 0x66);
+            d.set(JAVA_BYTE, 513, (byte) 0x44);
+            d.set(JAVA_BYTE, 77, (byte) 50);
+            assertEquals(1L << 62, IdentifyController.parse(d).maxTransferBytes(12));
+            for (int mdts : new int[] {51, 52, 60, 64, 255}) {
+                d.set(JAVA_BYTE, 77, (byte) mdts);
+                // 1L << 64 is 1 in Java: a limit of one byte, and every transfer refused
+                assertEquals(0, IdentifyController.parse(d).maxTransferBytes(12), "MDTS " + mdts);
+            }
+            d.set(JAVA_BYTE, 77, (byte) 36);
+            assertEquals(0, IdentifyController.parse(d).maxTransferBytes(27), "2^63 with 128 MiB pages");
+            assertEquals(1L << 62, IdentifyController.parse(d).maxTransferBytes(26));
+            assertThrows(
+                    IllegalArgumentException.class,
+                    () -> IdentifyController.parse(d).maxTransferBytes(64));
+        }
+    }
+
+    @Test
     void identifyNamespaceGivesSizeAndBlockSizeOfTheFormatInUse() throws Exception {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment d = a.allocate(4096);
