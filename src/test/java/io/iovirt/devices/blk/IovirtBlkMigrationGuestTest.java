@@ -43,7 +43,7 @@ class IovirtBlkMigrationGuestTest extends BlkMigrationGuestTest {
 
     @Override
     String reconnectedLogEvidence() {
-        return "pages dirty, for what the previous connection wrote";
+        return "pages of guest memory dirty, for what the previous connection wrote";
     }
 
     /** SIGKILL the moment the in-flight record shows a request in flight (the crash recovery test's trigger). */
