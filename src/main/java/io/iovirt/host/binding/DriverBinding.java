@@ -12,6 +12,7 @@ import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciInventory;
 import io.iovirt.pci.SysfsTree;
 import io.iovirt.util.ActionableException;
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -82,7 +83,8 @@ public final class DriverBinding {
                         driver.equals("vfio-pci") ? "load it: modprobe vfio-pci" : "load its module with modprobe");
             }
             if (!force) {
-                List<String> problems = bindProblems(inv, dev, driver);
+                List<String> problems = new ArrayList<>(bindProblems(inv, dev, driver));
+                problems.addAll(vfioUsers(dev));
                 if (!problems.isEmpty()) {
                     throw new HostConfigException(
                             "refusing to bind " + bdf + " to " + driver + ": " + String.join("; ", problems),
@@ -128,6 +130,7 @@ public final class DriverBinding {
                 for (String use : HostUsage.scan(sys, paths.proc(), paths.dev()).uses(bdf)) {
                     problems.add("the host uses it: it " + use);
                 }
+                problems.addAll(vfioUsers(dev));
                 if (!problems.isEmpty()) {
                     throw new HostConfigException(
                             "refusing to unbind " + bdf + ": " + String.join("; ", problems),
@@ -368,6 +371,68 @@ public final class DriverBinding {
                 Thread.currentThread().interrupt();
                 return now;
             }
+        }
+    }
+
+    /**
+     * The processes that have the VFIO group of {@code dev} open while a VFIO driver holds it: the kernel's vfio-pci
+     * does not let go of a device in use — its unbind waits until the user closes it, and the command (holding the
+     * state lock every other host command waits for) would hang. Read from /proc/PID/fd links only.
+     */
+    private List<String> vfioUsers(PciDevice dev) {
+        if (!PciDevice.isVfioDriver(dev.driver())) {
+            return List.of();
+        }
+        int group = dev.iommuGroup();
+        if (group < 0) {
+            return List.of();
+        }
+        String node = "/dev/vfio/" + group;
+        List<String> users = new ArrayList<>();
+        java.nio.file.Path proc = paths.procRoot();
+        try (var pids = java.nio.file.Files.list(proc)) {
+            for (java.nio.file.Path pid : (Iterable<java.nio.file.Path>) pids::iterator) {
+                String name = pid.getFileName().toString();
+                if (!name.chars().allMatch(Character::isDigit) || !holds(pid.resolve("fd"), node)) {
+                    continue;
+                }
+                users.add("pid " + name + commandOf(pid) + " has " + node + " open (a VM uses it: the kernel would"
+                        + " wait for it to let go, and the unbind would hang)");
+            }
+        } catch (java.io.IOException | java.io.UncheckedIOException e) {
+            // no /proc to read: the kernel's own wait is what remains
+        }
+        return users;
+    }
+
+    private static boolean holds(java.nio.file.Path fdDir, String node) {
+        try (var fds = java.nio.file.Files.list(fdDir)) {
+            for (java.nio.file.Path fd : (Iterable<java.nio.file.Path>) fds::iterator) {
+                try {
+                    if (java.nio.file.Files.readSymbolicLink(fd).toString().equals(node)) {
+                        return true;
+                    }
+                } catch (java.io.IOException | UnsupportedOperationException e) {
+                    // closed meanwhile, or not a link
+                }
+            }
+        } catch (java.io.IOException | java.io.UncheckedIOException e) {
+            // the process ended, or its descriptors are not ours to see
+        }
+        return false;
+    }
+
+    private static String commandOf(java.nio.file.Path pidDir) {
+        try {
+            String cmd = new String(java.nio.file.Files.readAllBytes(pidDir.resolve("cmdline")), StandardCharsets.UTF_8)
+                    .replace('\0', ' ')
+                    .strip();
+            if (cmd.length() > 120) {
+                cmd = cmd.substring(0, 120) + " ...";
+            }
+            return cmd.isEmpty() ? "" : " (" + cmd + ")";
+        } catch (java.io.IOException e) {
+            return "";
         }
     }
 

@@ -258,6 +258,29 @@ class DriverBindingTest {
         assertNull(binding(h).previousDriver(Bdf.parse("0000:04:00.0")));
     }
 
+    /**
+     * A device whose VFIO group a process has open (a QEMU iovirt does not know about): vfio-pci would not let go —
+     * the unbind would wait for the process and hang every host command behind the state lock — so it is refused,
+     * naming the process; --force goes ahead.
+     */
+    @Test
+    void unbindRefusesADeviceAProcessHasOpenThroughVfio() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path pid = h.proc.resolve("4242");
+        Files.createDirectories(pid.resolve("fd"));
+        Files.createSymbolicLink(pid.resolve("fd/3"), Path.of("/dev/null"));
+        Files.createSymbolicLink(pid.resolve("fd/17"), Path.of("/dev/vfio/9"));
+        Files.write(pid.resolve("cmdline"), "qemu-system-x86_64\0-name\0gpu-vm\0".getBytes());
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false));
+        assertTrue(
+                e.getMessage().contains("pid 4242 (qemu-system-x86_64 -name gpu-vm) has /dev/vfio/9 open"),
+                e.getMessage());
+        assertThrows(HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:04:00.0"), "pci-stub", false));
+        binding(h).unbind(Bdf.parse("0000:04:00.0"), true);
+        assertEquals("0000:04:00.0", h.read("bus/pci/drivers/vfio-pci/unbind"));
+    }
+
     @Test
     void unbindRefusesAnAssignedDevice() {
         FakeHost h = DevicesTest.desktop(tmp);
