@@ -310,7 +310,7 @@ class BlkQueueHandlerTest {
     }
 
     /** An image that counts the flushes that reach it. */
-    private static final class CountingImage extends DelegatingImage {
+    private static final class CountingImage extends io.iovirt.storage.ForwardingDiskImage {
         int flushes;
         int queuedFlushes;
 

@@ -265,7 +265,7 @@ class HostileBlkFrontendTest {
     }
 
     /** An image whose flushes wait until the test lets them go: a request that keeps the queue thread busy. */
-    static final class SlowFlushImage extends DelegatingImage {
+    static final class SlowFlushImage extends io.iovirt.storage.ForwardingDiskImage {
         final java.util.concurrent.CountDownLatch entered = new java.util.concurrent.CountDownLatch(1);
         final java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
 
