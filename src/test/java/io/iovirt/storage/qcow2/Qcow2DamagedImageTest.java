@@ -2,7 +2,6 @@
 package io.iovirt.storage.qcow2;
 
 import static io.iovirt.storage.qcow2.QemuTools.check;
-import static io.iovirt.storage.qcow2.QemuTools.ok;
 import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -33,16 +32,7 @@ class Qcow2DamagedImageTest {
     Path dir;
 
     private Path create(String name, String size, String... opts) throws Exception {
-        Path p = dir.resolve(name);
-        List<String> cmd = new ArrayList<>(List.of("qemu-img", "create", "-q", "-f", "qcow2"));
-        for (String o : opts) {
-            cmd.add("-o");
-            cmd.add(o);
-        }
-        cmd.add(p.toString());
-        cmd.add(size);
-        ok(cmd.toArray(String[]::new));
-        return p;
+        return QemuTools.createQcow2(dir, name, size, opts);
     }
 
     static long readLong(Path p, long at) throws IOException {

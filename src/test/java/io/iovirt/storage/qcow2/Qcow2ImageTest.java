@@ -43,16 +43,7 @@ class Qcow2ImageTest {
     Path dir;
 
     private Path create(String name, String size, String... opts) throws Exception {
-        Path p = dir.resolve(name);
-        List<String> cmd = new ArrayList<>(List.of("qemu-img", "create", "-q", "-f", "qcow2"));
-        for (String o : opts) {
-            cmd.add("-o");
-            cmd.add(o);
-        }
-        cmd.add(p.toString());
-        cmd.add(size);
-        ok(cmd.toArray(String[]::new));
-        return p;
+        return QemuTools.createQcow2(dir, name, size, opts);
     }
 
     static byte[] read(DiskImage img, long off, int len) throws IOException {

@@ -39,6 +39,21 @@ public final class QemuTools {
     }
 
     /** qemu-io on an image with the given commands (-c each). */
+    /** {@code qemu-img create -f qcow2 [-o OPT]... dir/name size}: the new image's path. */
+    public static Path createQcow2(Path dir, String name, String size, String... opts)
+            throws IOException, InterruptedException {
+        Path p = dir.resolve(name);
+        List<String> cmd = new ArrayList<>(List.of("qemu-img", "create", "-q", "-f", "qcow2"));
+        for (String o : opts) {
+            cmd.add("-o");
+            cmd.add(o);
+        }
+        cmd.add(p.toString());
+        cmd.add(size);
+        ok(cmd.toArray(String[]::new));
+        return p;
+    }
+
     public static Result qemuIo(Path image, String format, String... commands)
             throws IOException, InterruptedException {
         return qemuIo(image.toString(), format, commands);
