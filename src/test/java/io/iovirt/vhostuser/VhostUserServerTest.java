@@ -98,6 +98,33 @@ class VhostUserServerTest {
             | VirtioFeatures.VIRTIO_RING_F_EVENT_IDX
             | Features.VHOST_USER_F_PROTOCOL_FEATURES;
 
+    /** What a QEMU-like session needs: the connection, guest memory below 640 KiB and at the rings, three eventfds. */
+    record Session(
+            VhostUserFrontend fe, FrontendMemory low, FrontendMemory high, EventFd err, EventFd kick, EventFd call)
+            implements AutoCloseable {
+        @Override
+        public void close() throws Exception {
+            try (fe;
+                    low;
+                    high;
+                    err;
+                    kick;
+                    call) {
+                // each closed, the last opened first
+            }
+        }
+    }
+
+    Session session() throws Exception {
+        return new Session(
+                connect(),
+                FrontendMemory.allocate(0, 0xa0000),
+                FrontendMemory.allocate(RING_GPA, 1 << 20),
+                EventFd.create(true),
+                EventFd.create(true),
+                EventFd.create(true));
+    }
+
     /**
      * A device that throws while stopping a queue at the end of a connection: the rest of the clean-up still runs
      * (before, the first exception skipped the device reset and left guest memory mapped for good).
@@ -106,14 +133,9 @@ class VhostUserServerTest {
     void aQueueThatFailsToStopDoesNotLeaveTheConnectionBehind() throws Exception {
         backend.failStopOf = 0;
         GuestMemory sessionMemory;
-        try (VhostUserFrontend fe = connect();
-                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-                EventFd err = EventFd.create(true);
-                EventFd kick = EventFd.create(true);
-                EventFd call = EventFd.create(true)) {
-            initLikeQemu(fe, call, err);
-            startLikeQemu(fe, low, high, kick, call, FEATURES);
+        try (Session q = session()) {
+            initLikeQemu(q.fe(), q.call(), q.err());
+            startLikeQemu(q.fe(), q.low(), q.high(), q.kick(), q.call(), FEATURES);
             backend.await("queueStarted 0");
             sessionMemory = backend.memories.getLast();
             assertTrue(sessionMemory.live());
@@ -127,20 +149,15 @@ class VhostUserServerTest {
     /** An err eventfd given while the ring runs, which had none when it started, reaches the device. */
     @Test
     void anErrEventfdGivenWhileTheRingRunsReachesTheDevice() throws Exception {
-        try (VhostUserFrontend fe = connect();
-                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                FrontendMemory high = FrontendMemory.allocate(RING_GPA, 1 << 20);
-                EventFd err = EventFd.create(true);
-                EventFd kick = EventFd.create(true);
-                EventFd call = EventFd.create(true)) {
-            fe.getFeatures();
-            fe.setProtocolFeatures(fe.getProtocolFeatures());
-            startLikeQemu(fe, low, high, kick, call, FEATURES); // no SET_VRING_ERR before the start
+        try (Session q = session()) {
+            q.fe().getFeatures();
+            q.fe().setProtocolFeatures(q.fe().getProtocolFeatures());
+            startLikeQemu(q.fe(), q.low(), q.high(), q.kick(), q.call(), FEATURES); // no SET_VRING_ERR before it
             backend.await("queueStarted 0");
-            fe.setVringErr(0, err);
-            fe.getQueueNum(); // a round trip: the SET_VRING_ERR before it has been handled
+            q.fe().setVringErr(0, q.err());
+            q.fe().getQueueNum(); // a round trip: the SET_VRING_ERR before it has been handled
             backend.running.get(0).err().signal(); // what the device does when the queue fails
-            assertEquals(1, err.read(), "the frontend's err eventfd was signalled");
+            assertEquals(1, q.err().read(), "the frontend's err eventfd was signalled");
         }
     }
 
