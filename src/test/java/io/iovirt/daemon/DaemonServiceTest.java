@@ -8,6 +8,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.SdNotify;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
+import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -54,6 +55,16 @@ class DaemonServiceTest {
                 return seen;
             }
         }
+    }
+
+    /** The daemon as systemd starts it (Type=notify): its readiness and status come to {@code notify}. */
+    private ChildProcess startDaemon(Path config, Path control, Path notify) throws IOException {
+        return ChildProcess.builder(
+                        IovirtCli.command("daemon", "--config", config.toString(), "--control", control.toString()))
+                .name("iovirt daemon")
+                .log(dir.resolve("daemon.log"))
+                .env("NOTIFY_SOCKET", notify.toString())
+                .start();
     }
 
     @Test
@@ -164,12 +175,7 @@ class DaemonServiceTest {
         Files.writeString(config, "{\"nbd\": [" + entry.formatted(q, sock, "") + "]}");
         String uri = "nbd+unix:///q?socket=" + sock;
         try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
-                ChildProcess daemon = ChildProcess.builder(IovirtCli.command(
-                                "daemon", "--config", config.toString(), "--control", control.toString()))
-                        .name("iovirt daemon")
-                        .log(dir.resolve("daemon.log"))
-                        .env("NOTIFY_SOCKET", notify.toString())
-                        .start()) {
+                ChildProcess daemon = startDaemon(config, control, notify)) {
             until(systemd, "READY=1");
             io.iovirt.storage.qcow2.QemuTools.qemuIoOk(
                     uri, "raw", "write -P 0x6e 1M 256k", "read -P 0x6e 1M 256k", "flush");
@@ -234,12 +240,7 @@ class DaemonServiceTest {
         String n1 = entry.formatted("n1", image("n1.raw"), dir.resolve("n1.sock"));
         Files.writeString(config, "{\"nbd\": [" + n1 + "]}");
         try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
-                ChildProcess daemon = ChildProcess.builder(IovirtCli.command(
-                                "daemon", "--config", config.toString(), "--control", control.toString()))
-                        .name("iovirt daemon")
-                        .log(dir.resolve("daemon.log"))
-                        .env("NOTIFY_SOCKET", notify.toString())
-                        .start()) {
+                ChildProcess daemon = startDaemon(config, control, notify)) {
             until(systemd, "READY=1");
             String nul = entry.formatted("n2", dir + "/n2\\u0000.raw", dir.resolve("n2.sock"));
             String huge = "{\"id\": \"sw\", \"mtu\": 1e99999999999}";
