@@ -33,6 +33,16 @@ final class PeerFile {
     private static final ExecutorService CHECKS = Executors.newCachedThreadPool(
             Thread.ofPlatform().daemon().name("iovirt-peer-file-check-", 0).factory());
 
+    /**
+     * Checks running at once, in the whole process. A check left waiting on a file system that never answers keeps
+     * its thread until the file system answers (or its FUSE connection is aborted); a frontend that reconnects and
+     * sends such descriptors again and again would otherwise pile up threads without end. Past this, descriptors
+     * are refused at once, with the reason.
+     */
+    static final int MAX_CHECKS = 32;
+
+    private static final java.util.concurrent.Semaphore RUNNING = new java.util.concurrent.Semaphore(MAX_CHECKS);
+
     private PeerFile() {}
 
     private record Facts(FileIo.Stat stat, long fsType) {}
@@ -69,14 +79,22 @@ final class PeerFile {
         } catch (LinuxException e) {
             throw new ProtocolException(what + ": " + e.getMessage(), e);
         }
+        if (!RUNNING.tryAcquire()) {
+            copy.close();
+            throw new ProtocolException(what + ": " + MAX_CHECKS + " earlier descriptor checks are still waiting on"
+                    + " file systems that do not answer (FUSE files sent as shared memory?); " + remedy);
+        }
         Future<Facts> f;
         try {
             f = CHECKS.submit(() -> {
                 try (copy) {
                     return new Facts(FileIo.stat(copy), FileIo.filesystemType(copy));
+                } finally {
+                    RUNNING.release();
                 }
             });
         } catch (RuntimeException e) { // rejected: cannot start a thread
+            RUNNING.release();
             copy.close();
             throw new ProtocolException(what + ": cannot check the descriptor: " + e, e);
         }
