@@ -163,14 +163,7 @@ public final class Daemon implements AutoCloseable {
             case "io_uring" -> BlkDevice.IoEngine.IO_URING;
             default -> throw RpcException.params("blk.add: 'io-engine' must be auto, sync or io_uring");
         };
-        io.iovirt.storage.ImageFormat format;
-        try {
-            format = p.has("format") && !p.string("format").equals("auto")
-                    ? io.iovirt.storage.ImageFormat.parse(p.string("format"))
-                    : null;
-        } catch (IllegalArgumentException e) {
-            throw RpcException.params("blk.add: " + e.getMessage() + " (or auto: detect from the header)");
-        }
+        io.iovirt.storage.ImageFormat format = format(p, "blk.add", " (or auto: detect from the header)");
         return new BlkExport.Spec(id, image, socket, queues, ro, direct, serial, engine, format);
     }
 
@@ -185,13 +178,7 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             checkOpen();
             requireFree(spec.id());
-            for (BlkExport e : blks.values()) {
-                if (e.spec.socket().equals(spec.socket())) {
-                    throw new RpcException(
-                            RpcException.EXISTS,
-                            "socket " + spec.socket() + " is already served by blk '" + e.spec.id() + "'");
-                }
-            }
+            requireNoBlkOn(spec.socket().toString());
             requireImageFree(spec.image(), spec.readOnly());
             BlkExport e;
             try {
@@ -333,15 +320,22 @@ public final class Daemon implements AutoCloseable {
         String id = defaultId == null ? p.id("id") : p.id("id", defaultId);
         Path image = p.path("image");
         Path socket = p.path("socket");
-        io.iovirt.storage.ImageFormat format;
+        io.iovirt.storage.ImageFormat format = format(p, "nbd.add", " (or auto)");
+        return new NbdExportEntry.Spec(id, image, socket, p.bool("readonly", false), format);
+    }
+
+    /**
+     * The image format parameter of blk.add and nbd.add: null (detect from the header) when absent or auto; a name
+     * it does not know is refused as {@code method: ...} followed by {@code orAuto}.
+     */
+    private static io.iovirt.storage.ImageFormat format(Params p, String method, String orAuto) throws RpcException {
         try {
-            format = p.has("format") && !p.string("format").equals("auto")
+            return p.has("format") && !p.string("format").equals("auto")
                     ? io.iovirt.storage.ImageFormat.parse(p.string("format"))
                     : null;
         } catch (IllegalArgumentException e) {
-            throw RpcException.params("nbd.add: " + e.getMessage() + " (or auto)");
+            throw RpcException.params(method + ": " + e.getMessage() + orAuto);
         }
-        return new NbdExportEntry.Spec(id, image, socket, p.bool("readonly", false), format);
     }
 
     /** Starts an NBD export (lock held): its image opened, its own server listening on its socket. */
@@ -355,13 +349,7 @@ public final class Daemon implements AutoCloseable {
                         "socket " + spec.socket() + " is already served by nbd '" + e.spec.id() + "'");
             }
         }
-        for (BlkExport b : blks.values()) {
-            if (b.spec.socket().equals(spec.socket())) {
-                throw new RpcException(
-                        RpcException.EXISTS,
-                        "socket " + spec.socket() + " is already served by blk '" + b.spec.id() + "'");
-            }
-        }
+        requireNoBlkOn(spec.socket().toString());
         requireImageFree(spec.image(), spec.readOnly());
         NbdExportEntry e;
         try {
@@ -460,6 +448,16 @@ public final class Daemon implements AutoCloseable {
                     RpcException.EXISTS,
                     "image " + image + " is already exported by " + by
                             + "; two writers would corrupt it (export it read-only twice, or not at all)");
+        }
+    }
+
+    /** Refuses a socket path a blk export already serves (lock held). */
+    private void requireNoBlkOn(String socket) throws RpcException {
+        for (BlkExport b : blks.values()) {
+            if (b.spec.socket().toString().equals(socket)) {
+                throw new RpcException(
+                        RpcException.EXISTS, "socket " + socket + " is already served by blk '" + b.spec.id() + "'");
+            }
         }
     }
 
@@ -625,13 +623,7 @@ public final class Daemon implements AutoCloseable {
                         }
                     }
                 }
-                for (BlkExport b : blks.values()) {
-                    if (b.spec.socket().toString().equals(ps.path())) {
-                        throw new RpcException(
-                                RpcException.EXISTS,
-                                "socket " + ps.path() + " is already served by blk '" + b.spec.id() + "'");
-                    }
-                }
+                requireNoBlkOn(ps.path());
             }
             try {
                 n.addPort(ps, fromConfig, access);
