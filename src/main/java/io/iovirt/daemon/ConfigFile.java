@@ -61,17 +61,7 @@ final class ConfigFile {
             List<Object> blkList = list(top.get("blk"), "blk");
             for (int i = 0; i < blkList.size(); i++) {
                 Map<String, Object> e = object(blkList.get(i), "blk[" + i + "]");
-                Params p = new Params(file + ": blk[" + i + "]", e)
-                        .allow(
-                                "id",
-                                "image",
-                                "socket",
-                                "queues",
-                                "readonly",
-                                "direct",
-                                "serial",
-                                "io-engine",
-                                "format");
+                Params p = new Params(file + ": blk[" + i + "]", e).allow(Daemon.BLK_PARAMS);
                 p.id("id"); // mandatory in a file: reloads match entries by id
                 BlkExport.Spec s = d.blkSpec(p, null);
                 if (blks.put(s.id(), s) != null) {
@@ -81,7 +71,7 @@ final class ConfigFile {
             List<Object> nbdList = list(top.get("nbd"), "nbd");
             for (int i = 0; i < nbdList.size(); i++) {
                 Params p = new Params(file + ": nbd[" + i + "]", object(nbdList.get(i), "nbd[" + i + "]"))
-                        .allow("id", "image", "socket", "readonly", "format");
+                        .allow(Daemon.NBD_PARAMS);
                 NbdExportEntry.Spec s =
                         d.nbdSpec(p, null); // the id is mandatory in a file: reloads match entries by id
                 if (nbds.put(s.id(), s) != null || blks.containsKey(s.id())) {
@@ -92,8 +82,7 @@ final class ConfigFile {
             for (int i = 0; i < netList.size(); i++) {
                 Map<String, Object> e = new LinkedHashMap<>(object(netList.get(i), "net[" + i + "]"));
                 Object portsValue = e.remove("ports");
-                Params p = new Params(file + ": net[" + i + "]", e)
-                        .allow("id", "mtu", "mac-aging", "macs-per-port", "poll-threads");
+                Params p = new Params(file + ": net[" + i + "]", e).allow(Daemon.NET_PARAMS);
                 p.id("id");
                 NetSwitch.Spec s = d.netSpec(p, null);
                 if (nets.put(s.id(), s) != null || blks.containsKey(s.id()) || nbds.containsKey(s.id())) {
@@ -103,7 +92,7 @@ final class ConfigFile {
                 List<Object> pl = list(portsValue, "net[" + i + "].ports");
                 for (int j = 0; j < pl.size(); j++) {
                     Params pp = new Params(file + ": net[" + i + "].ports[" + j + "]", object(pl.get(j), "port"))
-                            .allow("id", "kind", "path", "ifname", "queues", "mac");
+                            .allow(Daemon.PORT_PARAMS);
                     pp.id("id");
                     NetSwitch.PortSpec port = d.portSpec(pp, null);
                     if (ps.put(port.id(), port) != null) {

@@ -92,36 +92,39 @@ public final class Daemon implements AutoCloseable {
             "stats",
             "libvirt-xml");
 
+    /** The parameters of blk.add, which a configuration file's blk entries take too. */
+    static final String[] BLK_PARAMS = {
+        "id", "image", "socket", "queues", "readonly", "direct", "serial", "io-engine", "format"
+    };
+    /** The parameters of nbd.add and of a configuration file's nbd entries. */
+    static final String[] NBD_PARAMS = {"id", "image", "socket", "readonly", "format"};
+    /** The parameters of net.add and of a configuration file's net entries (which list their ports besides). */
+    static final String[] NET_PARAMS = {"id", "mtu", "mac-aging", "macs-per-port", "poll-threads"};
+    /** The parameters of a port in a configuration file's net entry; net.port.add also names the switch. */
+    static final String[] PORT_PARAMS = {"id", "kind", "path", "ifname", "queues", "mac"};
+
+    private static final String[] PORT_ADD_PARAMS = java.util.stream.Stream.concat(
+                    java.util.stream.Stream.of("net"), java.util.Arrays.stream(PORT_PARAMS))
+            .toArray(String[]::new);
+
     /** Executes one control request. Never throws anything but {@link RpcException} for a bad or failed request. */
     public Object call(String method, Map<String, Object> params) throws RpcException {
         Params p = new Params(method, params);
         return switch (method) {
             case "version" -> version(p.allow());
-            case "blk.add" ->
-                blkAdd(
-                        p.allow(
-                                "id",
-                                "image",
-                                "socket",
-                                "queues",
-                                "readonly",
-                                "direct",
-                                "serial",
-                                "io-engine",
-                                "format"),
-                        false);
+            case "blk.add" -> blkAdd(p.allow(BLK_PARAMS), false);
             case "blk.remove" -> blkRemove(p.allow("id"));
             case "blk.list" -> blkList(p.allow());
             case "blk.info" -> blkInfo(p.allow("id"));
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
-            case "net.add" -> netAdd(p.allow("id", "mtu", "mac-aging", "macs-per-port", "poll-threads"), false);
+            case "net.add" -> netAdd(p.allow(NET_PARAMS), false);
             case "net.remove" -> netRemove(p.allow("id"));
-            case "net.port.add" -> portAdd(p.allow("net", "id", "kind", "path", "ifname", "queues", "mac"), false);
+            case "net.port.add" -> portAdd(p.allow(PORT_ADD_PARAMS), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
             case "net.list" -> netList(p.allow());
             case "net.macs" -> netMacs(p.allow("net"));
-            case "nbd.add" -> nbdAdd(p.allow("id", "image", "socket", "readonly", "format"));
+            case "nbd.add" -> nbdAdd(p.allow(NBD_PARAMS));
             case "nbd.remove" -> nbdRemove(p.allow("id"));
             case "nbd.list" -> nbdList(p.allow());
             case "stats" -> stats(p.allow("id"));
