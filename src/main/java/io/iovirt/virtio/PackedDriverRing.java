@@ -9,8 +9,8 @@ import static io.iovirt.virtio.VirtioRing.DESC_F_WRITE;
 import static io.iovirt.virtio.VirtioRing.DESC_SIZE;
 import static io.iovirt.virtio.VirtioRing.LE16;
 import static io.iovirt.virtio.VirtioRing.LE32;
-import static io.iovirt.virtio.VirtioRing.LE64;
 import static io.iovirt.virtio.VirtioRing.U16;
+import static io.iovirt.virtio.VirtioRing.putDescriptor;
 
 import io.iovirt.memory.GuestMemory;
 import java.lang.foreign.MemorySegment;
@@ -146,16 +146,16 @@ public final class PackedDriverRing implements DriverRing {
         if (indirect) {
             MemorySegment table = VirtioRing.area(memory, indirectTable, (long) DESC_SIZE * count, 1, "indirect table");
             for (int i = 0; i < count; i++) {
-                putDesc(table, i, addrs[i], lens[i], 0, writable[i] ? DESC_F_WRITE : 0);
+                putDescriptor(table, i, addrs[i], lens[i], 0, writable[i] ? DESC_F_WRITE : 0);
             }
-            putDesc(ring, head, indirectTable, DESC_SIZE * count, id, 0);
+            putDescriptor(ring, head, indirectTable, DESC_SIZE * count, id, 0);
             headFlags = DESC_F_INDIRECT | availBits(availWrap);
             advance();
         } else {
             headFlags = 0;
             for (int i = 0; i < count; i++) {
                 int flags = (writable[i] ? DESC_F_WRITE : 0) | (i + 1 < count ? DESC_F_NEXT : 0) | availBits(availWrap);
-                putDesc(ring, nextAvail, addrs[i], lens[i], id, 0);
+                putDescriptor(ring, nextAvail, addrs[i], lens[i], id, 0);
                 if (i == 0) {
                     headFlags = flags; // published last, below
                 } else {
@@ -178,14 +178,6 @@ public final class PackedDriverRing implements DriverRing {
             nextAvail = 0;
             availWrap = !availWrap;
         }
-    }
-
-    private static void putDesc(MemorySegment table, int i, long addr, int len, int id, int flags) {
-        long off = (long) i * DESC_SIZE;
-        table.set(LE64, off, addr);
-        table.set(LE32, off + 8, len);
-        table.set(LE16, off + 12, (short) id);
-        table.set(LE16, off + 14, (short) flags);
     }
 
     @Override
@@ -318,19 +310,13 @@ public final class PackedDriverRing implements DriverRing {
 
     /** Writes ring descriptor {@code pos} verbatim; the flags with release semantics, last. */
     void writeDescriptor(int pos, long addr, int len, int id, int flags) {
-        putDesc(ring, pos, addr, len, id, 0);
+        putDescriptor(ring, pos, addr, len, id, 0);
         U16.setRelease(ring, (long) pos * DESC_SIZE + 14, (short) flags);
     }
 
     /** Writes an entry of an indirect table at {@code tableGpa} verbatim. */
     void writeIndirect(long tableGpa, int i, long addr, int len, int id, int flags) {
-        putDesc(
-                VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"),
-                0,
-                addr,
-                len,
-                id,
-                flags);
+        putDescriptor(VirtioRing.indirectEntry(memory, tableGpa, i), 0, addr, len, id, flags);
     }
 
     MemorySegment descRing() {

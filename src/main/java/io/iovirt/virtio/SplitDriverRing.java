@@ -7,8 +7,8 @@ import static io.iovirt.virtio.VirtioRing.DESC_F_WRITE;
 import static io.iovirt.virtio.VirtioRing.DESC_SIZE;
 import static io.iovirt.virtio.VirtioRing.LE16;
 import static io.iovirt.virtio.VirtioRing.LE32;
-import static io.iovirt.virtio.VirtioRing.LE64;
 import static io.iovirt.virtio.VirtioRing.U16;
+import static io.iovirt.virtio.VirtioRing.putDescriptor;
 
 import io.iovirt.memory.GuestMemory;
 import java.lang.foreign.MemorySegment;
@@ -153,10 +153,10 @@ public final class SplitDriverRing implements DriverRing {
             MemorySegment table = VirtioRing.area(memory, indirectTable, (long) DESC_SIZE * count, 1, "indirect table");
             for (int i = 0; i < count; i++) {
                 int flags = (writable[i] ? DESC_F_WRITE : 0) | (i + 1 < count ? DESC_F_NEXT : 0);
-                putDesc(table, i, addrs[i], lens[i], flags, i + 1 < count ? i + 1 : 0);
+                putDescriptor(table, i, addrs[i], lens[i], flags, i + 1 < count ? i + 1 : 0);
             }
             head = free[--freeCount];
-            putDesc(desc, head, indirectTable, DESC_SIZE * count, DESC_F_INDIRECT, 0);
+            putDescriptor(desc, head, indirectTable, DESC_SIZE * count, DESC_F_INDIRECT, 0);
         } else {
             head = free[--freeCount];
             int cur = head;
@@ -164,7 +164,7 @@ public final class SplitDriverRing implements DriverRing {
                 int nxt = i + 1 < count ? free[--freeCount] : 0;
                 next[cur] = nxt;
                 int flags = (writable[i] ? DESC_F_WRITE : 0) | (i + 1 < count ? DESC_F_NEXT : 0);
-                putDesc(desc, cur, addrs[i], lens[i], flags, nxt);
+                putDescriptor(desc, cur, addrs[i], lens[i], flags, nxt);
                 cur = nxt;
             }
         }
@@ -173,14 +173,6 @@ public final class SplitDriverRing implements DriverRing {
         inFlightCount++;
         exposeHead(head);
         return head;
-    }
-
-    private static void putDesc(MemorySegment table, int i, long addr, int len, int flags, int nxt) {
-        long off = (long) i * DESC_SIZE;
-        table.set(LE64, off, addr);
-        table.set(LE32, off + 8, len);
-        table.set(LE16, off + 12, (short) flags);
-        table.set(LE16, off + 14, (short) nxt);
     }
 
     @Override
@@ -331,18 +323,12 @@ public final class SplitDriverRing implements DriverRing {
 
     /** Writes descriptor {@code i} of the descriptor table verbatim. */
     void writeDescriptor(int i, long addr, int len, int flags, int nxt) {
-        putDesc(desc, i, addr, len, flags, nxt);
+        putDescriptor(desc, i, addr, len, flags, nxt);
     }
 
     /** Writes a descriptor into an indirect table at {@code tableGpa} verbatim. */
     void writeIndirect(long tableGpa, int i, long addr, int len, int flags, int nxt) {
-        putDesc(
-                VirtioRing.area(memory, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry"),
-                0,
-                addr,
-                len,
-                flags,
-                nxt);
+        putDescriptor(VirtioRing.indirectEntry(memory, tableGpa, i), 0, addr, len, flags, nxt);
     }
 
     /** Puts {@code head} (any value) in the next available ring entry and publishes the index. */

@@ -136,6 +136,23 @@ public final class VirtioRing {
     static final VarHandle U16 =
             ValueLayout.JAVA_SHORT.withOrder(ByteOrder.LITTLE_ENDIAN).varHandle();
 
+    /**
+     * Driver side: writes descriptor {@code i} of {@code table} (16 bytes): address, length, then two 16-bit fields,
+     * {@code word12} and {@code word14} (split: flags and next; packed: buffer ID and flags), all plain stores.
+     */
+    static void putDescriptor(MemorySegment table, int i, long addr, int len, int word12, int word14) {
+        long off = (long) i * DESC_SIZE;
+        table.set(LE64, off, addr);
+        table.set(LE32, off + 8, len);
+        table.set(LE16, off + 12, (short) word12);
+        table.set(LE16, off + 14, (short) word14);
+    }
+
+    /** Driver side: entry {@code i} of the indirect table at {@code tableGpa} in the driver's own memory. */
+    static MemorySegment indirectEntry(GuestMemory mem, long tableGpa, int i) {
+        return area(mem, tableGpa + (long) i * DESC_SIZE, DESC_SIZE, 1, "indirect entry");
+    }
+
     /** Driver side: translates a ring area of the driver's own memory (a wrong address is a bug, not guest input). */
     static MemorySegment area(GuestMemory mem, long gpa, long bytes, int align, String what) {
         if ((gpa & (align - 1)) != 0) {
