@@ -162,18 +162,9 @@ public final class BlkStats {
                 b);
     }
 
+    /** The counters as {@link Snapshot#toString} writes them. */
     @Override
     public String toString() {
-        return String.format(
-                "reads=%d writes=%d flushes=%d discards=%d read=%dB written=%dB io-errors=%d bad-requests=%d queue-failures=%d",
-                reads.sum(),
-                writes.sum(),
-                flushes.sum(),
-                discards.sum(),
-                bytesRead.sum(),
-                bytesWritten.sum(),
-                ioErrors.sum(),
-                requestErrors.sum(),
-                queueFailures.sum());
+        return snapshot().toString();
     }
 }
