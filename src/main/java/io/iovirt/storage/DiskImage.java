@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage;
 
+import io.iovirt.linux.Errno;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
+import io.iovirt.linux.LinuxException;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
@@ -18,6 +20,24 @@ import java.nio.file.Path;
  * format's metadata needed to find it — is on stable storage.
  */
 public interface DiskImage extends AutoCloseable {
+
+    /**
+     * The check an image makes before it reads or writes {@code len} bytes at {@code offset} of the image at {@code
+     * path}: a write while {@code readOnly} fails with EROFS, a range that is negative or not inside {@code size}
+     * bytes with EINVAL (the call named pwrite or pread).
+     */
+    static void checkRange(Path path, long size, boolean readOnly, long offset, long len, boolean write)
+            throws LinuxException {
+        if (write && readOnly) {
+            throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
+        }
+        if (offset < 0 || len < 0 || offset > size || len > size - offset) {
+            throw new LinuxException(
+                    write ? "pwrite" : "pread",
+                    "range " + offset + "+" + len + " outside the " + size + "-byte image",
+                    Errno.EINVAL);
+        }
+    }
 
     /** The file this image was opened from. */
     Path path();

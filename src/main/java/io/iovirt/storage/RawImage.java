@@ -316,15 +316,18 @@ public final class RawImage implements DiskImage {
         return new Extent(Math.max(1, end - offset), false, false);
     }
 
+    /**
+     * {@link DiskImage#checkRange}; a container file is bounded by nothing but the largest file offset (the format
+     * grows it).
+     */
+    private void checkRange(long offset, long len, boolean write) throws LinuxException {
+        DiskImage.checkRange(path, growable ? Long.MAX_VALUE : size, readOnly, offset, len, write);
+    }
+
     /** Positional read; past the file's end (it shrank) reads as zeros. O_DIRECT images need an aligned {@code dst}. */
     @Override
     public void readAt(long offset, MemorySegment dst) throws IOException {
-        if (offset < 0 || (!growable && (offset > size || dst.byteSize() > size - offset))) {
-            throw new LinuxException(
-                    "pread",
-                    "range " + offset + "+" + dst.byteSize() + " outside the " + size + "-byte image",
-                    Errno.EINVAL);
-        }
+        checkRange(offset, dst.byteSize(), false);
         long got = FileIo.readFully(fd, dst, offset);
         if (got < dst.byteSize()) {
             dst.asSlice(got).fill((byte) 0);
@@ -585,18 +588,6 @@ public final class RawImage implements DiskImage {
                     FileIo.writeFully(fd, b, offset + done);
                 }
                 done += chunk;
-            }
-        }
-
-        private void checkRange(long offset, long len, boolean write) throws LinuxException {
-            if (write && readOnly) {
-                throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
-            }
-            if (offset < 0 || len < 0 || (!growable && (offset > size || len > size - offset))) {
-                throw new LinuxException(
-                        write ? "pwrite" : "pread",
-                        "range " + offset + "+" + len + " outside the " + size + "-byte image",
-                        Errno.EINVAL);
             }
         }
 

@@ -1729,15 +1729,7 @@ public final class Qcow2Image implements DiskImage {
     }
 
     private void checkRange(long offset, long len, boolean write) throws LinuxException {
-        if (write && readOnly) {
-            throw new LinuxException("pwrite", path.toString(), Errno.EROFS);
-        }
-        if (offset < 0 || len < 0 || offset > size || len > size - offset) {
-            throw new LinuxException(
-                    write ? "pwrite" : "pread",
-                    "range " + offset + "+" + len + " outside the " + size + "-byte image",
-                    Errno.EINVAL);
-        }
+        DiskImage.checkRange(path, size, readOnly, offset, len, write);
     }
 
     /** Refuses a metadata change once the image was switched to read-only (metadata lock held). */
