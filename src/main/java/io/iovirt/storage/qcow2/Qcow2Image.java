@@ -279,21 +279,12 @@ public final class Qcow2Image implements DiskImage {
             if (off == 0) {
                 continue;
             }
-            String what = "refcount table entry " + i + " points at " + off;
-            String on = metadataAt(off);
-            if (on != null) {
-                throw damaged(what + ", inside the " + on);
-            }
-            if (off > fileBytes - clusterSize) {
-                throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
-            }
+            checkTablePointer("refcount table entry " + i + " points at " + off, off, fileBytes);
             blocks[n++] = off;
         }
-        Arrays.sort(blocks, 0, n);
-        for (int i = 1; i < n; i++) {
-            if (blocks[i] == blocks[i - 1]) {
-                throw damaged("two refcount table entries point at the same refcount block " + blocks[i]);
-            }
+        long twice = sortAndFindRepeat(blocks, n);
+        if (twice >= 0) {
+            throw damaged("two refcount table entries point at the same refcount block " + twice);
         }
     }
 
@@ -315,33 +306,51 @@ public final class Qcow2Image implements DiskImage {
                 continue;
             }
             String what = "L1 entry " + i + " points at " + off;
-            String on = metadataAt(off);
-            if (on != null) {
-                throw damaged(what + ", inside the " + on);
-            }
+            // (a refcount block is inside the file: checkRefcountLayout has run, so the order of these is free)
+            checkTablePointer(what, off, fileBytes);
             if (Arrays.binarySearch(blocks, off) >= 0) {
                 throw damaged(what + ", a refcount block");
             }
-            if (off > fileBytes - clusterSize) {
-                throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
-            }
             tables[n++] = off;
         }
-        Arrays.sort(tables, 0, n);
-        for (int i = 1; i < n; i++) {
-            if (tables[i] == tables[i - 1]) {
-                int first = -1;
-                for (int k = 0; ; k++) { // which two (the error path only)
-                    if ((l1.get(k) & OFFSET_MASK) == tables[i]) {
-                        if (first >= 0) {
-                            throw damaged("L1 entry " + k + " points at " + tables[i] + ", the same L2 table as L1"
-                                    + " entry " + first);
-                        }
-                        first = k;
+        long twice = sortAndFindRepeat(tables, n);
+        if (twice >= 0) {
+            int first = -1;
+            for (int k = 0; ; k++) { // which two (the error path only)
+                if ((l1.get(k) & OFFSET_MASK) == twice) {
+                    if (first >= 0) {
+                        throw damaged(
+                                "L1 entry " + k + " points at " + twice + ", the same L2 table as L1 entry " + first);
                     }
+                    first = k;
                 }
             }
         }
+    }
+
+    /**
+     * Refuses a table's pointer to a cluster of its own ({@code what} names the entry and {@code off}): one inside
+     * the L1 table or the refcount table, or past the end of the {@code fileBytes}-byte file.
+     */
+    private void checkTablePointer(String what, long off, long fileBytes) throws IOException {
+        String on = metadataAt(off);
+        if (on != null) {
+            throw damaged(what + ", inside the " + on);
+        }
+        if (off > fileBytes - clusterSize) {
+            throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
+        }
+    }
+
+    /** Sorts the first {@code n} offsets (all positive) and returns the smallest that appears twice, or -1. */
+    private static long sortAndFindRepeat(long[] offsets, int n) {
+        Arrays.sort(offsets, 0, n);
+        for (int i = 1; i < n; i++) {
+            if (offsets[i] == offsets[i - 1]) {
+                return offsets[i];
+            }
+        }
+        return -1;
     }
 
     /**
