@@ -1911,14 +1911,7 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, false);
-            long host;
-            try {
-                host = contiguousHost(offset, bytes);
-            } catch (LinuxException e) {
-                throw e;
-            } catch (IOException e) {
-                return false; // the synchronous path reports it
-            }
+            long host = submittableHost(offset);
             if (host < 0 || !raw.submitRead(ring, host, userData)) {
                 return false;
             }
@@ -1932,19 +1925,26 @@ public final class Qcow2Image implements DiskImage {
             if (syncFailure != null) {
                 return false; // the synchronous path reports it
             }
-            long host;
-            try {
-                host = contiguousHost(offset, bytes);
-            } catch (LinuxException e) {
-                throw e;
-            } catch (IOException e) {
-                return false;
-            }
+            long host = submittableHost(offset);
             if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
                 return false; // the synchronous path writes, or reports the damaged entry
             }
             submittedHost = host;
             return true;
+        }
+
+        /**
+         * The host run the request at {@code offset} maps to as {@link #contiguousHost} finds it, or -1: none, or an
+         * error other than a {@link LinuxException}, which the synchronous path reports.
+         */
+        private long submittableHost(long offset) throws LinuxException {
+            try {
+                return contiguousHost(offset, bytes);
+            } catch (LinuxException e) {
+                throw e;
+            } catch (IOException e) {
+                return -1;
+            }
         }
 
         @Override
