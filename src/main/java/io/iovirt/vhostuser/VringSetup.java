@@ -44,22 +44,6 @@ public record VringSetup(
         GuestMemoryHolder memory,
         MemorySegment inflight) {
 
-    /** Without crash-recovery memory. */
-    public VringSetup(
-            int index,
-            int size,
-            long descGpa,
-            long availGpa,
-            long usedGpa,
-            int base,
-            long features,
-            EventFd kick,
-            EventFd call,
-            EventFd err,
-            GuestMemoryHolder memory) {
-        this(index, size, descGpa, availGpa, usedGpa, base, features, kick, call, err, memory, null);
-    }
-
     /** The same queue resuming at {@code newBase} (a device restarting it). */
     public VringSetup withBase(int newBase) {
         return new VringSetup(

@@ -56,7 +56,8 @@ final class ReceivingGuest {
                         null,
                         call,
                         null,
-                        holder));
+                        holder,
+                        null));
         for (int i = 0; i < size; i++) {
             post(i);
         }
