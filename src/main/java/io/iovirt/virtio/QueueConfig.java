@@ -92,44 +92,23 @@ public record QueueConfig(
      */
     public QueueConfig withVringBase(int num) {
         if (!packed) {
-            return new QueueConfig(
-                    index,
-                    size,
-                    false,
-                    descAddr,
-                    driverArea,
-                    deviceArea,
-                    eventIdx,
-                    indirectDesc,
-                    num & 0xffff,
-                    true,
-                    0,
-                    true,
-                    inOrder);
+            return withState(num & 0xffff, true, 0, true, inOrder);
         }
         int avail = num & 0x7fff;
         boolean aWrap = (num & 0x8000) != 0;
         int usedHalf = num >>> 16;
         int used = usedHalf == 0 ? avail : usedHalf & 0x7fff;
         boolean uWrap = usedHalf == 0 ? aWrap : (usedHalf & 0x8000) != 0;
-        return new QueueConfig(
-                index,
-                size,
-                true,
-                descAddr,
-                driverArea,
-                deviceArea,
-                eventIdx,
-                indirectDesc,
-                avail,
-                aWrap,
-                used,
-                uWrap,
-                inOrder);
+        return withState(avail, aWrap, used, uWrap, inOrder);
     }
 
     /** This configuration with VIRTIO_F_IN_ORDER negotiated ({@code true}) or not. */
     public QueueConfig withInOrder(boolean inOrder) {
+        return withState(availIndex, availWrap, usedIndex, usedWrap, inOrder);
+    }
+
+    /** The same ring with other starting positions and in-order setting. */
+    private QueueConfig withState(int availIndex, boolean availWrap, int usedIndex, boolean usedWrap, boolean inOrder) {
         return new QueueConfig(
                 index,
                 size,
