@@ -351,22 +351,7 @@ public final class NvmeController implements AutoCloseable {
     /** Runs one admin command to completion; returns DW0 of the completion. */
     private int adminCommand(String what, int opcode, int nsid, long prp1, long prp2, int cdw10, int cdw11, int cdw12)
             throws VfioException {
-        return execute(admin, adminWaiter, what, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12);
-    }
-
-    private int execute(
-            QueuePair q,
-            CompletionWaiter w,
-            String what,
-            int opcode,
-            int nsid,
-            long prp1,
-            long prp2,
-            int cdw10,
-            int cdw11,
-            int cdw12)
-            throws VfioException {
-        return execute(q, w, what, allocate(q, what), opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12);
+        return execute(admin, adminWaiter, what, allocate(admin, what), opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12);
     }
 
     private int allocate(QueuePair q, String what) throws NvmeException {
@@ -540,7 +525,7 @@ public final class NvmeController implements AutoCloseable {
 
     /** Flush: the controller commits its volatile write cache. */
     public void flush() throws VfioException {
-        execute(io, ioWaiter, "Flush", NvmeRegs.NVM_FLUSH, namespace.nsid(), 0, 0, 0, 0, 0);
+        execute(io, ioWaiter, "Flush", allocate(io, "Flush"), NvmeRegs.NVM_FLUSH, namespace.nsid(), 0, 0, 0, 0, 0);
     }
 
     private void io(int opcode, String name, long lba, int blocks, DmaBuffer buf) throws VfioException {
