@@ -194,27 +194,16 @@ public final class VfioContainer implements IommuBackend, AutoCloseable {
     @Override
     public IommuInfo info() throws VfioException {
         requireIommu("VFIO_IOMMU_GET_INFO");
-        long argsz = VfioAbi.IOMMU_TYPE1_INFO.byteSize();
-        for (int attempt = 0; attempt < 4; attempt++) {
-            try (Arena a = Arena.ofConfined()) {
-                MemorySegment info = a.allocate(argsz, 8);
-                info.set(JAVA_INT, VfioAbi.ARGSZ, (int) argsz);
-                Ioctl.call(fd, VfioAbi.IOMMU_GET_INFO, info);
-                long want = Integer.toUnsignedLong(info.get(JAVA_INT, VfioAbi.ARGSZ));
-                int flags = info.get(JAVA_INT, VfioAbi.FLAGS);
-                if ((flags & VfioAbi.IOMMU_INFO_CAPS) != 0 && want > argsz) {
-                    if (want > 1 << 20) {
-                        throw new VfioException("VFIO_IOMMU_GET_INFO asks for an implausible " + want + "-byte buffer");
-                    }
-                    argsz = want; // capabilities did not fit: ask again with the size the kernel named
-                    continue;
-                }
-                return parseIommuInfo(info, flags);
-            } catch (LinuxException e) {
-                throw new VfioException("VFIO_IOMMU_GET_INFO failed: " + e.getMessage(), e);
-            }
+        try {
+            return InfoCapabilities.query(
+                    VfioAbi.IOMMU_TYPE1_INFO.byteSize(),
+                    VfioAbi.IOMMU_INFO_CAPS,
+                    "VFIO_IOMMU_GET_INFO",
+                    info -> Ioctl.call(fd, VfioAbi.IOMMU_GET_INFO, info),
+                    info -> parseIommuInfo(info, info.get(JAVA_INT, VfioAbi.FLAGS)));
+        } catch (LinuxException e) {
+            throw new VfioException("VFIO_IOMMU_GET_INFO failed: " + e.getMessage(), e);
         }
-        throw new VfioException("VFIO_IOMMU_GET_INFO: the capability buffer size kept changing");
     }
 
     static IommuInfo parseIommuInfo(MemorySegment info, int flags) throws VfioException {

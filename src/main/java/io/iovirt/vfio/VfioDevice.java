@@ -82,33 +82,24 @@ public final class VfioDevice implements AutoCloseable {
         if (index < 0 || index >= info.numRegions()) {
             throw new IllegalArgumentException("region " + index + " outside 0.." + (info.numRegions() - 1));
         }
-        long argsz = VfioAbi.REGION_INFO.byteSize();
-        for (int attempt = 0; attempt < 4; attempt++) {
-            try (Arena a = Arena.ofConfined()) {
-                MemorySegment s = a.allocate(argsz, 8);
-                s.set(JAVA_INT, VfioAbi.ARGSZ, (int) argsz);
-                s.set(JAVA_INT, VfioAbi.REGION_INFO_INDEX, index);
-                Ioctl.call(fd, VfioAbi.DEVICE_GET_REGION_INFO, s);
-                long want = Integer.toUnsignedLong(s.get(JAVA_INT, VfioAbi.ARGSZ));
-                if ((s.get(JAVA_INT, VfioAbi.FLAGS) & VfioAbi.REGION_INFO_FLAG_CAPS) != 0 && want > argsz) {
-                    if (want > 1 << 20) {
-                        throw new VfioException(
-                                "region info for " + name + " asks for an implausible " + want + " bytes");
-                    }
-                    argsz = want;
-                    continue;
-                }
-                return parseRegionInfo(s, index, regionName(index));
-            } catch (LinuxException e) {
-                if (info.pci() && index == VfioAbi.PCI_VGA_REGION_INDEX && e.errno() == Errno.EINVAL) {
-                    // vfio-pci answers EINVAL for the VGA region of a device that is not a VGA controller
-                    return new RegionInfo(index, regionName(index), 0, 0, 0, List.of());
-                }
-                throw new VfioException(
-                        "VFIO_DEVICE_GET_REGION_INFO(" + index + ") for " + name + " failed: " + e.getMessage(), e);
+        try {
+            return InfoCapabilities.query(
+                    VfioAbi.REGION_INFO.byteSize(),
+                    VfioAbi.REGION_INFO_FLAG_CAPS,
+                    "region info for " + name,
+                    s -> {
+                        s.set(JAVA_INT, VfioAbi.REGION_INFO_INDEX, index);
+                        Ioctl.call(fd, VfioAbi.DEVICE_GET_REGION_INFO, s);
+                    },
+                    s -> parseRegionInfo(s, index, regionName(index)));
+        } catch (LinuxException e) {
+            if (info.pci() && index == VfioAbi.PCI_VGA_REGION_INDEX && e.errno() == Errno.EINVAL) {
+                // vfio-pci answers EINVAL for the VGA region of a device that is not a VGA controller
+                return new RegionInfo(index, regionName(index), 0, 0, 0, List.of());
             }
+            throw new VfioException(
+                    "VFIO_DEVICE_GET_REGION_INFO(" + index + ") for " + name + " failed: " + e.getMessage(), e);
         }
-        throw new VfioException("region info for " + name + ": the capability buffer size kept changing");
     }
 
     static RegionInfo parseRegionInfo(MemorySegment s, int index, String name) throws VfioException {
