@@ -85,6 +85,7 @@ public final class PacketIo {
      * @return bytes sent (possibly fewer than {@code length}), or {@link #WOULD_BLOCK}
      */
     public static long send(Fd fd, MemorySegment buf, long offset, long length) throws LinuxException {
+        // transfer's loop, not transfer: send(2) has a fifth argument, and invokeExact needs the call's exact shape
         long address = address(buf, offset, length);
         int f = fd.get();
         Syscalls.PerThread t = Syscalls.perThread();
