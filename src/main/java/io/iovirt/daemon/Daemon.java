@@ -113,19 +113,19 @@ public final class Daemon implements AutoCloseable {
         return switch (method) {
             case "version" -> version(p.allow());
             case "blk.add" -> blkAdd(p.allow(BLK_PARAMS), false);
-            case "blk.remove" -> blkRemove(p.allow("id"));
+            case "blk.remove" -> removed(p.allow("id"), this::removeBlk);
             case "blk.list" -> blkList(p.allow());
             case "blk.info" -> blkInfo(p.allow("id"));
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
             case "net.add" -> netAdd(p.allow(NET_PARAMS), false);
-            case "net.remove" -> netRemove(p.allow("id"));
+            case "net.remove" -> removed(p.allow("id"), this::removeNet);
             case "net.port.add" -> portAdd(p.allow(PORT_ADD_PARAMS), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
             case "net.list" -> netList(p.allow());
             case "net.macs" -> netMacs(p.allow("net"));
             case "nbd.add" -> nbdAdd(p.allow(NBD_PARAMS));
-            case "nbd.remove" -> nbdRemove(p.allow("id"));
+            case "nbd.remove" -> removed(p.allow("id"), this::removeNbd);
             case "nbd.list" -> nbdList(p.allow());
             case "stats" -> stats(p.allow("id"));
             case "libvirt-xml" ->
@@ -135,6 +135,18 @@ public final class Daemon implements AutoCloseable {
                         RpcException.METHOD_NOT_FOUND,
                         "no method '" + Params.printable(method) + "' (methods: " + String.join(", ", METHODS) + ")");
         };
+    }
+
+    /** What blk.remove, nbd.remove and net.remove answer once {@code remove} has removed the entry the id names. */
+    private static Map<String, Object> removed(Params p, Remove remove) throws RpcException {
+        String id = p.id("id");
+        remove.remove(id);
+        return Map.of("id", id, "removed", true);
+    }
+
+    @FunctionalInterface
+    private interface Remove {
+        void remove(String id) throws RpcException;
     }
 
     private Map<String, Object> version(Params p) {
@@ -196,12 +208,6 @@ public final class Daemon implements AutoCloseable {
                             + e.device.ioDescription() + ")");
             return e;
         }
-    }
-
-    private Map<String, Object> blkRemove(Params p) throws RpcException {
-        String id = p.id("id");
-        removeBlk(id);
-        return Map.of("id", id, "removed", true);
     }
 
     void removeBlk(String id) throws RpcException {
@@ -367,12 +373,6 @@ public final class Daemon implements AutoCloseable {
                         + (fromConfig ? " (configuration file)" : ""));
     }
 
-    private Map<String, Object> nbdRemove(Params p) throws RpcException {
-        String id = p.id("id");
-        removeNbd(id);
-        return Map.of("id", id, "removed", true);
-    }
-
     /** Stops an NBD export: its clients are disconnected (their requests in flight complete), its image closed. */
     void removeNbd(String id) throws RpcException {
         synchronized (lock) {
@@ -531,12 +531,6 @@ public final class Daemon implements AutoCloseable {
             LOG.log(System.Logger.Level.INFO, "net " + spec.id() + ": switch added (MTU " + spec.mtu() + ")");
             return n;
         }
-    }
-
-    private Map<String, Object> netRemove(Params p) throws RpcException {
-        String id = p.id("id");
-        removeNet(id);
-        return Map.of("id", id, "removed", true);
     }
 
     void removeNet(String id) throws RpcException {
