@@ -62,7 +62,8 @@ public interface VhostUserBackend {
      * ring, its descriptors or guest memory for it, and every request it took is completed in the used ring. A device
      * that cannot get there within a bound it chooses (a thread stuck in I/O) fails instead: it reports
      * DEVICE_NEEDS_RESET ({@link #deviceStatus}), logs it naming the queue, keeps what that thread uses, and refuses
-     * {@link #queueStarted} for the index until the thread has ended; the position it returns then may still move.
+     * {@link #queueStarted} for the index until the thread has ended. That thread takes no new requests ({@link
+     * io.iovirt.virtio.Virtqueue#servedBy}): the position returned moves on only by a request whose pop was under way.
      *
      * @return split: the next available index; packed: position | wrap counter << 15
      */
