@@ -9,7 +9,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.EventFd;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.GuestFixture;
+import io.iovirt.testing.OpenFiles;
 import java.time.Duration;
+import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -111,6 +113,39 @@ class QueueWorkerStopTest {
             Await.until(TIMEOUT, "reaped once the thread has ended", w::reap);
             assertFalse(w.running());
             assertEquals(1, h.stopped.get());
+        } finally {
+            h.release.countDown();
+        }
+    }
+
+    /**
+     * A worker given up on keeps what it is given ({@link QueueWorker#closeWhenEnded}: the vhost-user ring's kick, call
+     * and err) open while its thread runs and closes it once the thread has ended; given after that, at once. It stops
+     * watching its kick when given up on: the kick's owner points the number at another file, and a registration
+     * left behind would stay keyed to the frontend's file (a shared thread's under a slot another queue gets next).
+     */
+    @ParameterizedTest(name = "shared={0}")
+    @ValueSource(booleans = {false, true})
+    void aQueueGivenUpOnClosesWhatItIsGivenOnlyOnceItsThreadHasEnded(boolean shared) throws Exception {
+        BusyHandler h = new BusyHandler();
+        try (EventFd kick = EventFd.create(true);
+                WorkerGroup g = WorkerGroup.create("stop test", 1);
+                EventFd call = EventFd.create(true);
+                EventFd late = EventFd.create(true)) {
+            QueueWorker w = start(shared, h, kick, g);
+            assertTrue(OpenFiles.watchedByEpoll(kick.fd().get()), "the kick is watched while the queue runs");
+            assertFalse(w.stopAndWait(Duration.ofMillis(300)), "still busy");
+            assertFalse(OpenFiles.watchedByEpoll(kick.fd().get()), "given up on: the kick is no longer watched");
+
+            w.closeWhenEnded(List.of(kick, call));
+            assertTrue(kick.fd().isOpen() && call.fd().isOpen(), "open while the thread may still use them");
+            h.release.countDown();
+            Await.until(TIMEOUT, "the thread has ended", () -> !w.running());
+            assertFalse(kick.fd().isOpen(), "closed when the thread ended");
+            assertFalse(call.fd().isOpen(), "closed when the thread ended");
+            w.closeWhenEnded(List.of(late));
+            assertFalse(late.fd().isOpen(), "the thread had ended: closed at once");
+            assertTrue(w.reap());
         } finally {
             h.release.countDown();
         }
