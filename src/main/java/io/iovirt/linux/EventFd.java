@@ -119,6 +119,19 @@ public final class EventFd implements AutoCloseable {
         return fd;
     }
 
+    /**
+     * A second descriptor for the same eventfd, owned separately, as this one is watched (a peer's) or not. Lets an
+     * owner keep a peer's eventfd while it points this descriptor's number elsewhere ({@link Fd#replaceWith}).
+     */
+    public EventFd duplicate() throws LinuxException {
+        EventFd e = new EventFd(fd.dup(), fromPeer);
+        e.quarantined = quarantined; // the peer made the file blocking once: it may again
+        if (fromPeer) {
+            Watchdog.watch(e);
+        }
+        return e;
+    }
+
     /** Adds 1 to the counter, waking readers. An overflowing counter (EAGAIN) is already signalled: not an error. */
     public void signal() throws LinuxException {
         write(1);

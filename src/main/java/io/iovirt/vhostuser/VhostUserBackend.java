@@ -2,6 +2,7 @@
 package io.iovirt.vhostuser;
 
 import io.iovirt.memory.GuestMemory;
+import io.iovirt.virtio.QueueWorker;
 
 /**
  * A virtio device served over vhost-user. The protocol layer ({@link VhostUserServer}) negotiates, validates every
@@ -61,12 +62,26 @@ public interface VhostUserBackend {
      * Stop processing queue {@code index} and return where to resume: on return the device no longer touches the
      * ring, its descriptors or guest memory for it, and every request it took is completed in the used ring. A device
      * that cannot get there within a bound it chooses (a thread stuck in I/O) fails instead: it reports
-     * DEVICE_NEEDS_RESET ({@link #deviceStatus}), logs it naming the queue, keeps what that thread uses, and refuses
-     * {@link #queueStarted} for the index until the thread has ended; the position it returns then may still move.
+     * DEVICE_NEEDS_RESET ({@link #deviceStatus}), logs it naming the queue, keeps what that thread uses, names the
+     * thread's worker in {@link #stillRunning}, and refuses {@link #queueStarted} for the index until the thread has
+     * ended. That thread takes no new requests ({@link io.iovirt.virtio.Virtqueue#servedBy}): the position returned
+     * moves on only by a request whose pop was under way.
      *
      * @return split: the next available index; packed: position | wrap counter << 15
      */
     int queueStopped(int index);
+
+    /**
+     * Asked right after {@link #queueStopped}: the worker whose thread still runs queue {@code index} because the
+     * device gave up waiting for it, else null (the device let go of the queue). The protocol layer then does not
+     * close the ring's kick, call and err descriptors, which that thread may still use through their numbers: it
+     * points each number at an eventfd of its own (so the frontend's files are no longer reached) and has the worker
+     * close them once its thread has ended ({@link QueueWorker#closeWhenEnded}). The frontend's call and err stay
+     * with the ring for its next start, under new numbers.
+     */
+    default QueueWorker stillRunning(int index) {
+        return null;
+    }
 
     /**
      * The memory table changed; {@code memory} is already installed in every running queue's holder. On return no

@@ -5,9 +5,12 @@ import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryFault;
+import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.VirtioRing;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
 
 /**
  * One virtqueue as the vhost-user protocol sees it: its layout (num, addresses, base), its descriptors (kick, call,
@@ -335,8 +338,71 @@ final class Vring implements AutoCloseable {
         }
         move(State.STARTED);
         base = device.queueStopped(index);
+        QueueWorker still = device.stillRunning(index);
+        if (still != null) {
+            park(still);
+        }
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": stopped queue " + index + " at base " + base);
         return true;
+    }
+
+    /**
+     * The device gave the queue up with its thread still running ({@link VhostUserBackend#stillRunning}): that thread
+     * may still read the kick, or signal call or err once its blocked call returns, through the raw numbers it holds.
+     * Closed here, as a stop closes them, a number could be reused at once by an unrelated open — another guest's
+     * image file or socket — and an 8-byte write of that thread land there. So each number is pointed at a fresh
+     * eventfd of ours (dup3, atomic whatever the thread does meanwhile: a late signal reaches no one's file) and the
+     * worker closes it once its thread has ended. The frontend's call and err stay with this ring under new numbers
+     * (they outlive a stop and a reset), its kick goes (a stop closes it); descriptors the frontend sends from now on
+     * are this ring's alone.
+     */
+    private void park(QueueWorker worker) {
+        List<EventFd> parked = new ArrayList<>(3);
+        if (kick != null) {
+            parked.add(kick);
+            setAside(kick, "kick");
+            kick = null;
+        }
+        if (call != null) {
+            parked.add(call);
+            call = keep(call, "call");
+        }
+        if (err != null) {
+            parked.add(err);
+            err = keep(err, "err");
+        }
+        worker.closeWhenEnded(parked);
+        LOG.log(
+                System.Logger.Level.WARNING,
+                name + ": queue " + index + ": its thread still runs; the descriptor numbers it uses stay open,"
+                        + " pointed at eventfds of ours, until it has ended");
+    }
+
+    /** A new descriptor for {@code e}'s file, for this ring, and {@code e} set aside; null when dup fails. */
+    private EventFd keep(EventFd e, String what) {
+        EventFd kept = null;
+        try {
+            kept = e.duplicate();
+        } catch (LinuxException ex) {
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    name + ": queue " + index + ": cannot keep its " + what + " descriptor (" + ex.getMessage()
+                            + "); the frontend has to send it again");
+        }
+        setAside(e, what);
+        return kept;
+    }
+
+    /** Points {@code e}'s number at a fresh eventfd of ours: the frontend's file is no longer reached through it. */
+    private void setAside(EventFd e, String what) {
+        try (EventFd standIn = EventFd.create(true)) {
+            e.fd().replaceWith(standIn.fd());
+        } catch (LinuxException ex) { // the number stays the frontend's file, and open: no one else's either
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    name + ": queue " + index + ": cannot set its " + what + " descriptor aside (" + ex.getMessage()
+                            + "); the thread still running it may signal it");
+        }
     }
 
     /** GET_VRING_BASE, once the device let go: stopped, its kick closed. */

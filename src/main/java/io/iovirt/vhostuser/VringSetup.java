@@ -13,8 +13,9 @@ import java.lang.foreign.MemorySegment;
  * queue started (the memory table may change later; translate through {@code memory} per batch).
  *
  * <p>The descriptors belong to the protocol layer: the device uses them until {@link VhostUserBackend#queueStopped}
- * returns and never closes them. {@code call}'s descriptor number stays valid while the queue runs even when the
- * frontend replaces the eventfd (the new one is swapped in under the same number).
+ * returns (for a queue it gave up on, until that thread has ended: {@link VhostUserBackend#stillRunning}) and never
+ * closes them. {@code call}'s descriptor number stays valid while the queue runs even when the frontend replaces the
+ * eventfd (the new one is swapped in under the same number).
  *
  * @param index      queue index
  * @param size       number of ring entries (split: a power of two; packed: any value up to 32768)

@@ -335,6 +335,10 @@ public final class QueueWorker {
     volatile boolean started;
     /** Shared mode: descriptors the handler added with {@link #watch} (guarded by itself). */
     final List<Fd> watched = new ArrayList<>();
+    /** What {@link #closeWhenEnded} was given (guarded by parkedLock); null once the thread has ended: closed. */
+    private List<AutoCloseable> parked = new ArrayList<>();
+
+    private final Object parkedLock = new Object();
 
     private QueueWorker(Builder b, Handler handler) throws LinuxException {
         this.name = b.name;
@@ -421,6 +425,7 @@ public final class QueueWorker {
 
     /** The loop thread detached the queue: nothing of it runs any more. */
     void markEnded() {
+        closeParked();
         ended = true;
         detached.countDown();
     }
@@ -548,6 +553,7 @@ public final class QueueWorker {
             } catch (Throwable t) {
                 LOG.log(Level.ERROR, "{0}: cleaning up after the queue stopped: {1}", name, t.toString());
             }
+            closeParked(); // nothing of this thread uses them any more
             ended = true;
         }
     }
@@ -729,6 +735,7 @@ public final class QueueWorker {
         }
         epoll.close();
         stopFd.close();
+        closeParked(); // a thread that never started (its own end closes them otherwise)
         return true;
     }
 
@@ -773,6 +780,7 @@ public final class QueueWorker {
             for (; ; ) {
                 long left = deadline - System.nanoTime();
                 if (left <= 0) {
+                    unwatchKick();
                     return false;
                 }
                 if (stop(Duration.ofNanos(left), false)) {
@@ -788,6 +796,66 @@ public final class QueueWorker {
         } finally {
             if (interrupted) {
                 Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /**
+     * A worker given up on stops watching its kick: its thread does not wait for work any more, and the descriptor's
+     * owner may point the number at another file ({@link Fd#replaceWith}) — epoll keys a registration by file and
+     * number, so the old file's registration would otherwise stay in the set (a shared thread's, under a slot another
+     * queue may get next) for as long as the frontend keeps that file, and wake the thread with its kicks.
+     */
+    private void unwatchKick() {
+        if (kick == null) {
+            return;
+        }
+        if (loop != null) {
+            loop.unwatchKick(this);
+            return;
+        }
+        try {
+            epoll.delete(kick.fd());
+        } catch (LinuxException | RuntimeException e) {
+            // closed by its owner already (the kernel dropped it from the set with its last reference) or not added
+        }
+    }
+
+    /**
+     * For a worker {@link #stopAndWait} gave up on: takes over {@code resources} its thread may still use and closes
+     * them once that thread has ended (or a shared thread has let go of the queue) — at once when it has already. The
+     * vhost-user layer hands over the ring's kick, call and err descriptors this way, each number pointed at an
+     * eventfd of its own first: closed earlier, a number could be reused by an unrelated open (another guest's image
+     * file or socket) while the thread still reads or writes 8 bytes through it.
+     */
+    public void closeWhenEnded(List<? extends AutoCloseable> resources) {
+        synchronized (parkedLock) {
+            if (parked != null) {
+                parked.addAll(resources);
+                return;
+            }
+        }
+        closeAll(resources);
+    }
+
+    /** The thread has ended: what {@link #closeWhenEnded} was given is closed, once. */
+    private void closeParked() {
+        List<AutoCloseable> list;
+        synchronized (parkedLock) {
+            list = parked;
+            parked = null;
+        }
+        if (list != null) {
+            closeAll(list);
+        }
+    }
+
+    private void closeAll(List<? extends AutoCloseable> resources) {
+        for (AutoCloseable r : resources) {
+            try {
+                r.close();
+            } catch (Exception e) {
+                LOG.log(Level.WARNING, "{0}: closing {1} after the queue thread ended: {2}", name, r, e.toString());
             }
         }
     }

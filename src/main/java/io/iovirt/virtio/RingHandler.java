@@ -65,6 +65,7 @@ public final class RingHandler implements QueueWorker.Handler {
     @Override
     public void attached(QueueWorker w) {
         worker = w;
+        vq.servedBy(w); // a stopped worker takes no new requests, whichever way its thread comes back to the ring
     }
 
     public Virtqueue queue() {

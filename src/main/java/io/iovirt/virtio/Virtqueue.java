@@ -96,6 +96,27 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         return maxChain;
     }
 
+    /** The worker whose thread pops this queue, or null ({@link #servedBy}). */
+    private QueueWorker worker;
+
+    /**
+     * The worker whose thread pops this queue (before it starts): once that worker is asked to stop, pops take
+     * nothing more. A stop hands the ring position back to the frontend, and a thread that does not end in time
+     * ({@link QueueWorker#stopAndWait}) is given up on with that position; once its blocked call returns it may only
+     * finish the requests it had taken — whatever path of its loop or handler it comes back through (a shared
+     * thread's round, a look at the ring before sleeping) — or the ring would move on under whoever has it next. A
+     * pop already under way when the stop comes (its reads of guest memory blocked) takes that one request.
+     */
+    public final void servedBy(QueueWorker w) {
+        this.worker = w;
+    }
+
+    /** The serving worker was asked to stop: no new requests are taken. */
+    private boolean stopping() {
+        QueueWorker w = worker;
+        return w != null && w.stopRequested();
+    }
+
     /** Dirty logging: null unless migration asked for it. */
     GuestWriteLog writeLog;
 
@@ -212,7 +233,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * Takes the next available request into {@code chain}, overwriting what it held (left as it was when there is
      * none).
      *
-     * @return false when the driver has made nothing new available
+     * @return false when the driver has made nothing new available, or the queue's worker was asked to stop
+     *         ({@link #servedBy})
      * @throws VirtqueueException when the request or ring breaks the rules; the queue is failed from then on
      */
     public final boolean pop(DescriptorChain chain) throws VirtqueueException {
@@ -220,7 +242,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw new IllegalArgumentException(
                     "chain was created for virtqueue " + chain.queue().index + ", not " + index);
         }
-        return popInto(chain, refresh());
+        return !stopping() && popInto(chain, refresh());
     }
 
     /**
@@ -250,7 +272,8 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * would, against one look at the memory snapshot: the batch is translated through the snapshot current when it
      * starts (pinned, so it stays mapped), and a memory table that changes meanwhile is taken up by the next batch.
      *
-     * @return how many were taken: 0 when the driver has made nothing new available
+     * @return how many were taken: 0 when the driver has made nothing new available; fewer than available once the
+     *         queue's worker was asked to stop ({@link #servedBy})
      * @throws VirtqueueException when a request or the ring breaks the rules; the queue is failed from then on
      */
     public final int pop(DescriptorChain[] chains, int max) throws VirtqueueException {
@@ -263,7 +286,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
                 throw new IllegalArgumentException(
                         "chain was created for virtqueue " + c.queue().index + ", not " + index);
             }
-            if (!popInto(c, mem)) {
+            if (stopping() || !popInto(c, mem)) {
                 break;
             }
             n++;

@@ -280,6 +280,11 @@ public final class WorkerGroup implements AutoCloseable {
             }
         }
 
+        /** A queue given up on ({@link QueueWorker#stopAndWait}) leaves the epoll set with its kick at once. */
+        void unwatchKick(QueueWorker w) {
+            quietDelete(w.kick().fd());
+        }
+
         private int registrations(QueueWorker w) {
             return (w.kick() != null ? 1 : 0) + w.sources.size();
         }

@@ -8,7 +8,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.testing.Await;
+import io.iovirt.testing.GuestFixture;
+import io.iovirt.testing.OpenFiles;
 import java.time.Duration;
+import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -112,6 +115,106 @@ class QueueWorkerStopTest {
             assertEquals(1, h.stopped.get());
         } finally {
             h.release.countDown();
+        }
+    }
+
+    /**
+     * A worker given up on keeps what it is given ({@link QueueWorker#closeWhenEnded}: the vhost-user ring's kick, call
+     * and err) open while its thread runs and closes it once the thread has ended; given after that, at once. It stops
+     * watching its kick when given up on: the kick's owner points the number at another file, and a registration
+     * left behind would stay keyed to the frontend's file (a shared thread's under a slot another queue gets next).
+     */
+    @ParameterizedTest(name = "shared={0}")
+    @ValueSource(booleans = {false, true})
+    void aQueueGivenUpOnClosesWhatItIsGivenOnlyOnceItsThreadHasEnded(boolean shared) throws Exception {
+        BusyHandler h = new BusyHandler();
+        try (EventFd kick = EventFd.create(true);
+                WorkerGroup g = WorkerGroup.create("stop test", 1);
+                EventFd call = EventFd.create(true);
+                EventFd late = EventFd.create(true)) {
+            QueueWorker w = start(shared, h, kick, g);
+            assertTrue(OpenFiles.watchedByEpoll(kick.fd().get()), "the kick is watched while the queue runs");
+            assertFalse(w.stopAndWait(Duration.ofMillis(300)), "still busy");
+            assertFalse(OpenFiles.watchedByEpoll(kick.fd().get()), "given up on: the kick is no longer watched");
+
+            w.closeWhenEnded(List.of(kick, call));
+            assertTrue(kick.fd().isOpen() && call.fd().isOpen(), "open while the thread may still use them");
+            h.release.countDown();
+            Await.until(TIMEOUT, "the thread has ended", () -> !w.running());
+            assertFalse(kick.fd().isOpen(), "closed when the thread ended");
+            assertFalse(call.fd().isOpen(), "closed when the thread ended");
+            w.closeWhenEnded(List.of(late));
+            assertFalse(late.fd().isOpen(), "the thread had ended: closed at once");
+            assertTrue(w.reap());
+        } finally {
+            h.release.countDown();
+        }
+    }
+
+    /**
+     * A worker given up on while its thread was held before it looked at the ring (here in the handler before the
+     * pop; a guest memory access that blocks, or a shared thread held by another queue's batch, get there too) takes
+     * nothing more from the ring once that thread comes back: the position handed back stays, and the request made
+     * available meanwhile is left for whoever takes the ring next. It used to be popped and served.
+     */
+    @ParameterizedTest(name = "shared={0}")
+    @ValueSource(booleans = {false, true})
+    void aQueueGivenUpOnTakesNoNewRequestsWhenItsThreadComesBack(boolean shared) throws Exception {
+        final int size = 16;
+        BusyHandler held = new BusyHandler();
+        try (GuestFixture gf = new GuestFixture();
+                EventFd kick = EventFd.create(true);
+                WorkerGroup g = WorkerGroup.create("stop test", 1)) {
+            SplitDriverRing d =
+                    SplitDriverRing.create(gf.memory, gf.alloc(SplitDriverRing.bytesNeeded(size), 16), size, false);
+            Virtqueue q = Virtqueue.create(d.queueConfig(1, false), gf.holder);
+            AtomicInteger served = new AtomicInteger();
+            RingHandler ring = new RingHandler(q, null, 8, chain -> {
+                served.incrementAndGet();
+                return 0;
+            });
+            QueueWorker.Handler h = new QueueWorker.Handler() {
+                @Override
+                public void attached(QueueWorker w) {
+                    ring.attached(w);
+                }
+
+                @Override
+                public boolean process() throws Exception {
+                    held.process(); // blocks after the kick until released
+                    return ring.process();
+                }
+
+                @Override
+                public boolean prepareToSleep() throws Exception {
+                    return ring.prepareToSleep();
+                }
+
+                @Override
+                public void stopped(boolean failed) {
+                    ring.stopped(failed);
+                }
+            };
+            QueueWorker.Builder b = QueueWorker.builder("stop test").kick(kick);
+            if (shared) {
+                b.group(g);
+            }
+            held.kicked = true; // its first batch holds, before the ring is looked at
+            QueueWorker w = b.start(h);
+            d.add(new long[] {gf.alloc(64, 8)}, new int[] {64}, new boolean[] {false}, 1, DriverRing.NO_INDIRECT);
+            kick.signal();
+            assertTrue(held.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "held before it looked at the ring");
+            assertFalse(w.stopAndWait(Duration.ofMillis(300)), "still held");
+            int base = q.vringBase();
+
+            held.release.countDown();
+            Await.until(TIMEOUT, "the thread has ended", () -> !w.running());
+            assertEquals(0, served.get(), "no request taken after the stop");
+            assertEquals(base, q.vringBase(), "the position handed back stayed");
+            assertEquals(-1, d.pollUsed(), "nothing returned");
+            assertTrue(q.hasAvailable(), "the request is still there for the next owner of the ring");
+        } finally {
+            held.release.countDown();
         }
     }
 

@@ -534,8 +534,9 @@ public final class BlkDevice implements VhostUserBackend {
      * slow disk; a guest's huge requests) is waited for, up to {@link #stopWaitLimit} ({@link
      * QueueWorker#stopAndWait}): until then nothing else may use the ring or take the image. One still running
      * after that is given up on and the device fails: it keeps the queue (a start on the same ring is refused until
-     * that thread has ended) and the image lock, reports NEEDS_RESET and says so in a log line; the position handed
-     * back then may still move.
+     * that thread has ended) and the image lock, reports NEEDS_RESET and says so in a log line; that thread only
+     * finishes the requests it took ({@link Virtqueue#servedBy}), and the protocol layer keeps the ring's descriptors
+     * open for it until it has ended ({@link #stillRunning}).
      */
     @Override
     public int queueStopped(int index) {
@@ -556,7 +557,8 @@ public final class BlkDevice implements VhostUserBackend {
                     Level.ERROR,
                     "blk {0} q{1}: the queue thread did not stop within {2} s; the device keeps the queue (it is not"
                             + " started again on this ring while that thread runs) and the image lock, and reports"
-                            + " NEEDS_RESET; ring position {3} handed back may still move",
+                            + " NEEDS_RESET; ring position {3} handed back (that thread only finishes the requests it"
+                            + " took)",
                     name,
                     index,
                     stopWaitLimit.toSeconds(),
@@ -565,6 +567,14 @@ public final class BlkDevice implements VhostUserBackend {
         }
         forget(index);
         return q.vringBase();
+    }
+
+    /** The worker given up on ({@link #abandoned}) for queue {@code index}, whose thread still runs, or null. */
+    @Override
+    public QueueWorker stillRunning(int index) {
+        synchronized (failed) {
+            return abandoned[index] ? workers[index] : null;
+        }
     }
 
     private boolean isAbandoned(int index) {

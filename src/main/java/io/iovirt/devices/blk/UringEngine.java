@@ -173,6 +173,7 @@ final class UringEngine implements QueueWorker.Handler {
     @Override
     public void attached(QueueWorker w) {
         worker = w;
+        queue.servedBy(w); // a stopped worker takes no new requests (see process), wherever its thread was blocked
     }
 
     @Override

@@ -487,8 +487,9 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     /**
      * A transmit queue's worker is waited for until it has ended, up to {@link #stopWaitLimit} ({@link
      * QueueWorker#stopAndWait}); one still running after that is given up on: the port keeps the queue (a start on
-     * the same ring is refused until that thread has ended), reports NEEDS_RESET and says so in a log line; the
-     * position handed back then may still move.
+     * the same ring is refused until that thread has ended), reports NEEDS_RESET and says so in a log line; that
+     * thread only finishes the requests it took ({@link Virtqueue#servedBy}), and the protocol layer keeps the ring's
+     * descriptors open for it until it has ended ({@link #stillRunning}).
      */
     @Override
     public int queueStopped(int index) {
@@ -513,7 +514,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                     System.Logger.Level.ERROR,
                     "{0} tx{1}: the queue thread did not stop within {2} s; the port keeps the queue (it is not started"
                             + " again on this ring while that thread runs) and reports NEEDS_RESET; ring position {3}"
-                            + " handed back may still move",
+                            + " handed back (that thread only finishes the requests it took)",
                     name(),
                     index,
                     stopWaitLimit.toSeconds(),
@@ -523,6 +524,18 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         txWorkers[pair] = null;
         txRings[pair] = null;
         return vq.vringBase();
+    }
+
+    /** The transmit worker given up on ({@link #txAbandoned}) for queue {@code index}, still running, or null. */
+    @Override
+    public QueueWorker stillRunning(int index) {
+        int pair = index / 2;
+        if (index % 2 == 0 || pair >= txWorkers.length) {
+            return null; // receive queues have no thread of their own
+        }
+        synchronized (txAbandoned) {
+            return txAbandoned[pair] ? txWorkers[pair] : null;
+        }
     }
 
     private boolean isTxAbandoned(int pair) {

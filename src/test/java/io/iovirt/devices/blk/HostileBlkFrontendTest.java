@@ -10,6 +10,7 @@ import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -20,6 +21,8 @@ import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.OpenFiles;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.FrontendMemory;
 import io.iovirt.vhostuser.LogCapture;
@@ -388,6 +391,90 @@ class HostileBlkFrontendTest {
                 assertTrue(log.awaitLine("given up on has stopped").contains("blk stuck q0"));
                 assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "served again");
                 assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET);
+            } finally {
+                img.release.countDown();
+            }
+        }
+    }
+
+    /**
+     * A queue given up on keeps its kick, call and err descriptor numbers open while its thread runs — the thread
+     * reads and signals through them — but no longer pointing at the frontend's files: it signals nothing of the
+     * frontend's (nor, had the numbers been closed and reused, a file or socket of anyone else's) when its FLUSH
+     * returns. Once the thread has ended they are closed; the frontend's call stays with the ring and hears from the
+     * queue started again. GET_VRING_BASE used to close the kick, and the connection's end the call and err, while
+     * the thread still used their numbers.
+     */
+    @Test
+    void aQueueGivenUpOnKeepsItsDescriptorsAwayFromTheFrontendAndClosesThemWhenItsThreadEnds() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        Path disk = image(1 << 20);
+        try (RawImage raw = RawImage.open(disk, false, false);
+                LogCapture log = LogCapture.start("io.iovirt")) {
+            SlowFlushImage img = new SlowFlushImage(raw);
+            BlkDevice dev = new BlkDevice("parked", img, 1, "s", BlkDevice.IoEngine.SYNC);
+            dev.stopWaitLimit(Duration.ofSeconds(1));
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    EventFd err = EventFd.create(true);
+                    Driver d = new Driver(sock, 1 << 20, call, err, () -> {})) {
+                // the backend's number for each of the frontend's eventfds: the one other in this process
+                EventFd[] frontend = {d.kick, call, err};
+                int[] backend = new int[3];
+                for (int i = 0; i < 3; i++) {
+                    long id = OpenFiles.eventfdId(frontend[i].fd().get());
+                    List<Integer> others = new java.util.ArrayList<>(OpenFiles.eventfd(id));
+                    others.remove((Integer) frontend[i].fd().get());
+                    assertEquals(1, others.size(), "the backend holds the frontend's eventfd " + i + " once");
+                    backend[i] = others.get(0);
+                }
+                long st = d.flush();
+                assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH reached the image");
+                assertEquals(1, d.fe.getVringBase(0), "answered after the limit");
+                assertTrue(log.awaitLine("did not stop within").contains("blk parked q0"));
+
+                long[] parked = new long[3];
+                for (int i = 0; i < 3; i++) {
+                    assertEquals(
+                            "anon_inode:[eventfd]",
+                            OpenFiles.kind(backend[i]),
+                            "descriptor " + backend[i] + " stays open while the thread may use it");
+                    parked[i] = OpenFiles.eventfdId(backend[i]);
+                    assertNotEquals(
+                            OpenFiles.eventfdId(frontend[i].fd().get()),
+                            parked[i],
+                            "descriptor " + backend[i] + " no longer reaches the frontend's eventfd " + i);
+                }
+                call.read(); // what the backend signalled so far (the new call descriptor)
+
+                img.release.countDown();
+                assertEquals(S_OK, d.awaitStatus(st), "the FLUSH is answered when the thread ends");
+                Await.until(
+                        TIMEOUT,
+                        "the parked descriptors are closed once the thread has ended",
+                        () -> java.util.Arrays.stream(parked)
+                                .allMatch(id -> OpenFiles.eventfd(id).isEmpty()));
+                assertEquals(0, call.read(), "the thread given up on did not interrupt through the frontend's call");
+                assertEquals(0, err.read(), "nor signal its err");
+
+                Await.until(TIMEOUT, "the queue starts again", () -> {
+                    try {
+                        d.fe.setVringKick(0, d.kick);
+                        return true;
+                    } catch (RequestRejectedException e) {
+                        return false;
+                    } catch (IOException e) {
+                        throw new java.io.UncheckedIOException(e);
+                    }
+                });
+                assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "served again");
+                Await.until(TIMEOUT, "the frontend's call hears from the queue started again", () -> {
+                    try {
+                        return call.read() > 0;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
             } finally {
                 img.release.countDown();
             }

@@ -4,6 +4,7 @@ package io.iovirt.devices.net;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -17,6 +18,7 @@ import io.iovirt.net.PortStats;
 import io.iovirt.net.Switch;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Frames;
+import io.iovirt.testing.OpenFiles;
 import io.iovirt.vhostuser.LogCapture;
 import io.iovirt.vhostuser.RequestRejectedException;
 import io.iovirt.virtio.DeviceStatus;
@@ -27,6 +29,7 @@ import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.HashSet;
+import java.util.List;
 import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
@@ -420,11 +423,21 @@ class VirtioNetPortTest {
         HoldingPort held = sw.addPort(new HoldingPort());
         try (LogCapture log = LogCapture.start("io.iovirt");
                 NetDriver a = new NetDriver(pa.options().socket(), BASE, 1)) {
+            long frontendKick = OpenFiles.eventfdId(a.kickFd(1).fd().get());
+            List<Integer> kicks = new java.util.ArrayList<>(OpenFiles.eventfd(frontendKick));
+            kicks.remove((Integer) a.kickFd(1).fd().get());
+            assertEquals(1, kicks.size(), "the port's number for the frontend's kick");
+            int kick = kicks.get(0);
             a.send(0, frame(Mac.BROADCAST, A, 60));
             assertTrue(held.entered.await(20, TimeUnit.SECONDS), "the frame reached the holding port");
             assertEquals(1, a.fe.getVringBase(1), "answered after the limit");
             assertTrue(log.awaitLine("did not stop within").contains(" tx1"));
             assertEquals(DeviceStatus.DEVICE_NEEDS_RESET, pa.deviceStatus());
+            // the kick's number stays open for the thread still running (GET_VRING_BASE closed it), no longer the
+            // frontend's file; it is closed once the thread has let go
+            assertEquals("anon_inode:[eventfd]", OpenFiles.kind(kick), "kept open while the thread runs");
+            long parked = OpenFiles.eventfdId(kick);
+            assertNotEquals(frontendKick, parked, "no longer the frontend's kick");
             assertThrows(
                     RequestRejectedException.class,
                     () -> a.fe.setVringKick(1, a.kickFd(1)),
@@ -432,6 +445,10 @@ class VirtioNetPortTest {
 
             held.release.countDown();
             a.awaitTxUsed(0, 1); // the held frame is returned when the thread lets go
+            Await.until(
+                    Duration.ofSeconds(20),
+                    "the kick set aside is closed",
+                    () -> OpenFiles.eventfd(parked).isEmpty());
             Await.until(Duration.ofSeconds(20), "the queue starts again", () -> {
                 try {
                     a.fe.setVringKick(1, a.kickFd(1));
