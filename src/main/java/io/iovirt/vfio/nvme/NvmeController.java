@@ -42,7 +42,9 @@ public final class NvmeController implements AutoCloseable {
     /**
      * @param ioQueueDepth entries in the I/O SQ and CQ (at most depth-1 commands in flight)
      * @param dataBytes    DMA memory reserved for {@link #allocateBuffer}
-     * @param iovaBase     where the DMA arena is mapped in the device's address space
+     * @param iovaBase     where the DMA arena is mapped in the device's address space; never 0, so IOVA 0 stays
+     *     unmapped and a device that uses a zero pointer (a PRP2 or metadata pointer left 0) faults in the IOMMU
+     *     instead of writing over the admin submission queue, which is the arena's first page
      */
     public record Options(IrqMode irqMode, int ioQueueDepth, long dataBytes, long iovaBase, Duration commandTimeout) {
         public Options {
@@ -54,6 +56,11 @@ public final class NvmeController implements AutoCloseable {
             }
             if ((iovaBase & 0xfff) != 0) {
                 throw new IllegalArgumentException("IOVA base must be page aligned: 0x" + Long.toHexString(iovaBase));
+            }
+            if (iovaBase == 0) {
+                throw new IllegalArgumentException("IOVA base 0 is refused: the admin submission queue would sit at "
+                        + "IOVA 0, where a controller given a zero data or metadata pointer writes; choose a base "
+                        + "above 0 (the default is 0x100000)");
             }
         }
 
@@ -80,6 +87,7 @@ public final class NvmeController implements AutoCloseable {
 
     static final long PAGE = 4096;
     private static final int ADMIN_DEPTH = 32;
+
     private static final int PCI_COMMAND = 0x04;
     private static final int PCI_COMMAND_MEMORY = 1 << 1;
     private static final int PCI_COMMAND_MASTER = 1 << 2;
@@ -196,6 +204,7 @@ public final class NvmeController implements AutoCloseable {
         maxTransfer = mdts == 0 ? Prp.maxTransfer(PAGE) : Math.min(mdts, Prp.maxTransfer(PAGE));
         int nsid = firstActiveNamespace();
         namespace = identifyNamespace(nsid);
+        requireDataOnly(device.name(), namespace);
 
         // One I/O queue pair: ask for it (Number of Queues is zero-based) and check what was granted.
         int granted = adminCommand(
@@ -484,6 +493,58 @@ public final class NvmeController implements AutoCloseable {
         } catch (IllegalArgumentException e) {
             throw new NvmeException(device.name() + ": " + e.getMessage());
         }
+    }
+
+    /**
+     * Refuses a namespace whose blocks carry metadata or protection information. This driver sends data pointers
+     * only: MPTR 0, no PRINFO, and PRP entries for blocks × block size bytes. On a format with metadata the controller
+     * moves blocks × (block size + metadata size) bytes when the metadata is interleaved (extended LBA) — past the
+     * PRP entries: PRP2 0 sends the excess to IOVA 0, and a buffer that grows from two pages to three makes it read
+     * PRP2, a data page, as a PRP list — or it transfers the separate metadata at MPTR, IOVA 0. Supporting metadata
+     * is not in this driver's scope.
+     */
+    static void requireDataOnly(String device, IdentifyNamespace ns) throws NvmeException {
+        IdentifyNamespace.LbaFormat f = ns.format();
+        if (f.metadataSize() == 0 && ns.protectionType() == 0) {
+            return;
+        }
+        StringBuilder what = new StringBuilder();
+        if (f.metadataSize() != 0) {
+            what.append(String.format(
+                    "%d-byte blocks with %d bytes of metadata each, %s",
+                    f.blockSize(),
+                    f.metadataSize(),
+                    ns.extendedLba()
+                            ? "interleaved with the data (extended LBA)"
+                            : "in a separate buffer (metadata pointer)"));
+        } else {
+            what.append(f.blockSize()).append("-byte blocks without metadata");
+        }
+        if (ns.protectionType() != 0) {
+            what.append(String.format(", with end-to-end protection information type %d", ns.protectionType()));
+        }
+        List<String> plain = new ArrayList<>();
+        for (int i = 0; i < ns.formats().size(); i++) {
+            IdentifyNamespace.LbaFormat g = ns.formats().get(i);
+            if (g.metadataSize() == 0 && g.dataSizeLog2() >= 9 && g.dataSizeLog2() <= 16) {
+                plain.add(i + " (" + g.describe() + ")");
+            }
+        }
+        throw new NvmeException(String.format(
+                "%s: namespace %d uses LBA format %d: %s (FLBAS bit 4 %d, DPS 0x%x) — this driver transfers data only "
+                        + "(no metadata pointer, no protection information) and refuses it; %s, or use the kernel's nvme "
+                        + "driver",
+                device,
+                ns.nsid(),
+                ns.formatIndex(),
+                what,
+                ns.extendedLba() ? 1 : 0,
+                ns.dps(),
+                plain.isEmpty()
+                        ? "the namespace lists no LBA format without metadata"
+                        : "format the namespace (it erases it) to one without metadata and protection — "
+                                + String.join(", ", plain) + " — e.g. from the kernel's driver with nvme-cli: nvme "
+                                + "format /dev/nvmeXnY --lbaf=N --pi=0"));
     }
 
     // ---- public API ---------------------------------------------------------------------------------------------
