@@ -87,6 +87,8 @@ public final class NvmeController implements AutoCloseable {
 
     static final long PAGE = 4096;
     private static final int ADMIN_DEPTH = 32;
+    /** The one I/O queue pair's identifier, the highest queue identifier in use. */
+    private static final int IO_QID = 1;
 
     private static final int PCI_COMMAND = 0x04;
     private static final int PCI_COMMAND_MEMORY = 1 << 1;
@@ -156,6 +158,7 @@ public final class NvmeController implements AutoCloseable {
                     "%s supports memory pages of 2^%d..2^%d bytes; this driver uses 4 KiB",
                     device.name(), cap.minPageShift(), cap.maxPageShift()));
         }
+        NvmeRegs.requireDoorbellsInside(device.name(), cap, IO_QID, bar.size());
         int ioDepth = Math.min(options.ioQueueDepth(), cap.maxQueueEntries());
         int adminDepth = Math.min(ADMIN_DEPTH, cap.maxQueueEntries());
 
@@ -226,7 +229,7 @@ public final class NvmeController implements AutoCloseable {
         for (int i = 0; i < prpLists.length; i++) {
             prpLists[i] = arena.allocate(PAGE, PAGE);
         }
-        io = new QueuePair(1, ioDepth, ioSq, ioCq, bar, cap.doorbellStride(), this::markFailed);
+        io = new QueuePair(IO_QID, ioDepth, ioSq, ioCq, bar, cap.doorbellStride(), this::markFailed);
         int vector = eventfds.size() > 1 ? 1 : 0;
         int ien = irqMode == IrqMode.POLL ? 0 : 2;
         adminCommand(
