@@ -11,10 +11,23 @@ import java.util.List;
 
 /**
  * The fields of Identify Namespace (CNS 00h, NVM Command Set spec 1.0 figure 97) this driver uses: size in logical
- * blocks, and the LBA formats with the one in use, which gives the block size.
+ * blocks, the LBA formats with the one in use, which gives the block size and the metadata size, where that metadata
+ * travels (FLBAS bit 4) and the end-to-end data protection in use (DPS).
+ *
+ * @param extendedLba FLBAS bit 4: each block's metadata travels with its data, as one extended block of block size +
+ *     metadata size bytes; otherwise it travels in a separate buffer the command's metadata pointer names
+ * @param dps         Data Protection Type Settings: bits 2:0 the protection information type (0 none), bit 3 whether
+ *     it sits in the first rather than the last 8 bytes of the metadata
  */
 public record IdentifyNamespace(
-        int nsid, long size, long capacity, long utilization, int formatIndex, List<LbaFormat> formats) {
+        int nsid,
+        long size,
+        long capacity,
+        long utilization,
+        int formatIndex,
+        List<LbaFormat> formats,
+        boolean extendedLba,
+        int dps) {
     public IdentifyNamespace {
         formats = List.copyOf(formats);
     }
@@ -23,6 +36,13 @@ public record IdentifyNamespace(
     public record LbaFormat(int metadataSize, int dataSizeLog2, int relativePerformance) {
         public long blockSize() {
             return 1L << dataSizeLog2;
+        }
+
+        /** "512 B", "4 KiB + 8 B metadata". */
+        public String describe() {
+            long bs = blockSize();
+            String data = bs >= 1024 ? bs / 1024 + " KiB" : bs + " B";
+            return metadataSize == 0 ? data : data + " + " + metadataSize + " B metadata";
         }
     }
 
@@ -62,7 +82,14 @@ public record IdentifyNamespace(
                 d.get(JAVA_LONG_UNALIGNED, 8),
                 d.get(JAVA_LONG_UNALIGNED, 16),
                 index,
-                formats);
+                formats,
+                (flbas & 0x10) != 0,
+                Byte.toUnsignedInt(d.get(JAVA_BYTE, 29)));
+    }
+
+    /** DPS bits 2:0: the end-to-end protection information type in use, 0 for none. */
+    public int protectionType() {
+        return dps & 0x7;
     }
 
     public LbaFormat format() {

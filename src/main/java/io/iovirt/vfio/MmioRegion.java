@@ -14,14 +14,20 @@ import java.util.List;
 /**
  * A device region (a PCI BAR) mapped into this process: register reads and writes become loads and stores.
  *
- * <p>Every access is a single volatile load or store of exactly the register's width, so the JIT neither merges,
- * splits, elides nor reorders them, and a store is ordered after every earlier store to ordinary memory: a driver
- * that fills a DMA descriptor with plain stores and then writes a doorbell here publishes the descriptor first.
- * (That is sufficient on x86_64, whose stores are seen in order; a weakly ordered CPU would need a barrier towards
- * the device as well.) Registers are little-endian, as PCI is; the supported hosts are little-endian too.
+ * <p>Every access to a mapped part is a single volatile load or store of exactly the register's width, so the JIT
+ * neither merges, splits, elides nor reorders them, and a store is ordered after every earlier store to ordinary
+ * memory: a driver that fills a DMA descriptor with plain stores and then writes a doorbell here publishes the
+ * descriptor first. (That is sufficient on x86_64, whose stores are seen in order; a weakly ordered CPU would need a
+ * barrier towards the device as well.) Registers are little-endian, as PCI is; the supported hosts are little-endian
+ * too.
  *
  * <p>Parts of the region that may not be mapped (outside the sparse-mmap areas VFIO reports) are reached through
- * the device descriptor with pread/pwrite instead, transparently and slower.
+ * the device descriptor with pread/pwrite instead, transparently and slower. There a 64-bit access is two 32-bit
+ * accesses, the low half first, then the high half: vfio-pci's read/write path makes no 8-byte access on Linux 6.1
+ * (it splits one into 4-byte accesses itself) and may make one on later kernels, so the split is made here, in one
+ * defined order whatever the kernel. Low then high is the order NVMe allows a host without 64-bit accesses to use for
+ * its 64-bit registers (CAP, ASQ, ACQ), and the one Linux's nvme driver always uses (lo_hi_readq, lo_hi_writeq). The
+ * pair is not atomic: a register that changes between the two reads is read torn.
  */
 public final class MmioRegion implements AutoCloseable {
     private static final VarHandle I32 = JAVA_INT.varHandle();
@@ -33,7 +39,15 @@ public final class MmioRegion implements AutoCloseable {
         }
     }
 
+    /** Reads and writes of the region through the device descriptor (pread/pwrite), for parts not mapped. */
+    interface Descriptor {
+        long read(long offset, int width) throws VfioException;
+
+        void write(long offset, int width, long value) throws VfioException;
+    }
+
     private final VfioDevice device;
+    private final Descriptor descriptor;
     private final RegionInfo region;
     private final Arena arena;
     private final MemorySegment[] areas;
@@ -43,7 +57,29 @@ public final class MmioRegion implements AutoCloseable {
     private final long mainStart;
 
     MmioRegion(VfioDevice device, RegionInfo region, Arena arena, List<MemorySegment> segments, List<Long> starts) {
+        this(device, region, arena, segments, starts, new Descriptor() {
+            @Override
+            public long read(long offset, int width) throws VfioException {
+                return device.readRegion(region, offset, width);
+            }
+
+            @Override
+            public void write(long offset, int width, long value) throws VfioException {
+                device.writeRegion(region, offset, width, value);
+            }
+        });
+    }
+
+    /** {@code device} may be null when {@code descriptor} does not need it (tests). */
+    MmioRegion(
+            VfioDevice device,
+            RegionInfo region,
+            Arena arena,
+            List<MemorySegment> segments,
+            List<Long> starts,
+            Descriptor descriptor) {
         this.device = device;
+        this.descriptor = descriptor;
         this.region = region;
         this.arena = arena;
         this.areas = segments.toArray(MemorySegment[]::new);
@@ -74,7 +110,7 @@ public final class MmioRegion implements AutoCloseable {
             I32.setVolatile(main, rel, value);
             return;
         }
-        slowWrite(offset, 4, value);
+        slowWrite(offset, 4, Integer.toUnsignedLong(value));
     }
 
     public long read64(long offset) {
@@ -102,8 +138,13 @@ public final class MmioRegion implements AutoCloseable {
                     ? Integer.toUnsignedLong((int) I32.getVolatile(seg, 0L))
                     : (long) I64.getVolatile(seg, 0L);
         }
+        if (width == 8) {
+            // low half, then high half (see the class comment); each half mapped or not
+            long low = Integer.toUnsignedLong(read32(offset));
+            return low | (long) read32(offset + 4) << 32;
+        }
         try {
-            return device.readRegion(region, offset, width);
+            return descriptor.read(offset, width);
         } catch (VfioException e) {
             throw new UncheckedIOException(e);
         }
@@ -120,8 +161,14 @@ public final class MmioRegion implements AutoCloseable {
             }
             return;
         }
+        if (width == 8) {
+            // low half, then high half (see the class comment); each half mapped or not
+            write32(offset, (int) value);
+            write32(offset + 4, (int) (value >>> 32));
+            return;
+        }
         try {
-            device.writeRegion(region, offset, width, value);
+            descriptor.write(offset, width, value);
         } catch (VfioException e) {
             throw new UncheckedIOException(e);
         }
@@ -153,6 +200,8 @@ public final class MmioRegion implements AutoCloseable {
                 arena.close();
             }
         }
-        device.forget(this);
+        if (device != null) {
+            device.forget(this);
+        }
     }
 }

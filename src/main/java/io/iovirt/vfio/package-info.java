@@ -7,7 +7,8 @@
  * {@link io.iovirt.vfio.VfioGroup} (viability, attach), {@link io.iovirt.vfio.VfioDevice} (regions, config space,
  * interrupts wired to eventfds) — and {@link io.iovirt.vfio.VfioSession} does it in one call and releases in the
  * safe order: device (vfio-pci resets it), DMA mappings (unmapped before their memory is freed), group, container.
- * Drivers put everything the device may touch in a {@link io.iovirt.vfio.DmaArena} at a chosen IOVA.
+ * Drivers put everything the device may touch in a {@link io.iovirt.vfio.DmaArena} at a chosen IOVA, and hear
+ * through {@link io.iovirt.vfio.DeviceRequest} when the host wants the device back.
  *
  * <p>DMA mappings go through {@link io.iovirt.vfio.IommuBackend}: the type1 container is the backend Linux 6.1 has;
  * iommufd ({@code /dev/iommu}, 6.2+) with VFIO device cdevs (6.6+) is detected by

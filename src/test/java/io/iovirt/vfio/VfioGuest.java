@@ -21,16 +21,39 @@ final class VfioGuest {
 
     /** QEMU arguments: VT-d with interrupt remapping, the controller with {@code serial} over {@code disk}, 9p root. */
     static List<String> qemuArgs(Path disk, String serial) {
-        return List.of(
+        return qemuArgs(disk, serial, null);
+    }
+
+    /**
+     * As {@link #qemuArgs(Path, String)}, with the namespace as an explicit {@code nvme-ns} device (nsid 1) that takes
+     * {@code namespaceOptions} (e.g. {@code ms=8,mset=1}: 8 bytes of metadata per block, interleaved with the data),
+     * or the controller's own namespace when null.
+     */
+    static List<String> qemuArgs(Path disk, String serial, String namespaceOptions) {
+        List<String> args = new ArrayList<>(List.of(
                 "-cpu", "max",
                 "-device", "intel-iommu,intremap=on,caching-mode=on",
                 "-device", "pcie-root-port,id=rp1,chassis=1,slot=1",
-                "-drive", "file=" + QemuGuest.escape(disk.toString()) + ",if=none,id=nvm0,format=raw,cache=none",
-                "-device", "nvme,id=nvme0,serial=" + serial + ",bus=rp1,drive=nvm0",
-                "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
+                "-drive", "file=" + QemuGuest.escape(disk.toString()) + ",if=none,id=nvm0,format=raw,cache=none"));
+        if (namespaceOptions == null) {
+            args.addAll(List.of("-device", "nvme,id=nvme0,serial=" + serial + ",bus=rp1,drive=nvm0"));
+        } else {
+            args.addAll(List.of(
+                    "-device", "nvme,id=nvme0,serial=" + serial + ",bus=rp1",
+                    "-device", "nvme-ns,drive=nvm0,bus=nvme0,nsid=1," + namespaceOptions));
+        }
+        args.addAll(
+                List.of("-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"));
+        return args;
     }
 
     static QemuGuest.Builder builder(GuestImage image, Path workDir, String name, Path disk, String serial) {
+        return builder(image, workDir, name, disk, serial, null);
+    }
+
+    /** A guest whose controller's namespace takes {@code namespaceOptions} (see {@link #qemuArgs(Path, String, String)}). */
+    static QemuGuest.Builder builder(
+            GuestImage image, Path workDir, String name, Path disk, String serial, String namespaceOptions) {
         return QemuGuest.builder(image)
                 .name(name)
                 .workDir(workDir)
@@ -39,7 +62,7 @@ final class VfioGuest {
                 .machineOptions("kernel-irqchip=split")
                 .kernelArgs("intel_iommu=on")
                 .modules("virtio_pci", "9pnet_virtio", "9p", "nvme", "vfio_pci", "vfio_iommu_type1")
-                .args(qemuArgs(disk, serial));
+                .args(qemuArgs(disk, serial, namespaceOptions));
     }
 
     /**

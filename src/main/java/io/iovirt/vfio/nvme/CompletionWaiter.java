@@ -48,7 +48,13 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
         }
     }
 
-    /** Waits on one interrupt vector's eventfd. Owns the epoll instance, not the eventfd. */
+    /**
+     * Waits on one interrupt vector's eventfd. Owns the epoll instance and, once constructed, the eventfd.
+     *
+     * <p>{@link #close()} may run on another thread while one waits (the controller released at the host's request):
+     * it wakes the waiter through the eventfd, and the descriptors are closed by whichever of the two comes last —
+     * never under a thread that may still use their numbers, which another open could reuse at once.
+     */
     static final class Interrupt extends CompletionWaiter {
         private final EventFd eventfd;
         private final Epoll epoll;
@@ -56,6 +62,9 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
         private final String name;
         private boolean fired;
         private long count;
+        private final Object lock = new Object();
+        private int waiting; // threads inside await
+        private boolean closing;
 
         Interrupt(EventFd eventfd, VfioDevice intxDevice, String name) throws VfioException {
             this.eventfd = eventfd;
@@ -81,6 +90,12 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
 
         @Override
         void await(long timeoutNanos) throws VfioException {
+            synchronized (lock) {
+                if (closing) {
+                    throw new VfioException("waiting for the " + name + " interrupt: the controller is closed");
+                }
+                waiting++;
+            }
             int ms = (int) Math.max(1, Math.min(Integer.MAX_VALUE, (timeoutNanos + 999_999) / 1_000_000));
             try {
                 if (epoll.wait(ms) > 0 && eventfd.read() > 0) {
@@ -89,6 +104,12 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
                 }
             } catch (LinuxException e) {
                 throw new VfioException("waiting for the " + name + " interrupt failed: " + e.getMessage(), e);
+            } finally {
+                synchronized (lock) {
+                    if (--waiting == 0 && closing) {
+                        release();
+                    }
+                }
             }
         }
 
@@ -105,9 +126,29 @@ abstract sealed class CompletionWaiter implements AutoCloseable {
             return count;
         }
 
+        /** Closes the epoll instance and the eventfd, or, while a thread waits, wakes it to do so on its way out. */
         @Override
         public void close() {
+            synchronized (lock) {
+                if (closing) {
+                    return;
+                }
+                closing = true;
+                if (waiting == 0) {
+                    release();
+                    return;
+                }
+                try {
+                    eventfd.signal(); // under the lock: the waiter cannot close it meanwhile
+                } catch (LinuxException | RuntimeException e) {
+                    // the waiter still leaves at its timeout, and closes both then
+                }
+            }
+        }
+
+        private void release() {
             epoll.close();
+            eventfd.close();
         }
 
         @Override

@@ -67,8 +67,29 @@ public final class NvmeBench {
 
     private NvmeBench() {}
 
-    /** Runs for {@code seconds} with {@code queueDepth} reads always outstanding, at random 4 KiB-aligned offsets. */
+    /**
+     * Runs for {@code seconds} with {@code queueDepth} reads always outstanding, at random 4 KiB-aligned offsets.
+     * Ends early with an error when the host takes the device back meanwhile.
+     */
     public static Result randomRead(NvmeController c, int queueDepth, double seconds, long seed) throws VfioException {
+        Result r;
+        try {
+            r = run(c, queueDepth, seconds, seed);
+        } catch (VfioException | RuntimeException e) {
+            NvmeException released = c.closedError("benchmark", e);
+            if (released != null) {
+                throw released;
+            }
+            throw e;
+        }
+        NvmeException released = c.quiescing() ? c.closedError("benchmark", null) : null;
+        if (released != null) {
+            throw released; // the reads drained early: no measurement of the time asked for
+        }
+        return r;
+    }
+
+    private static Result run(NvmeController c, int queueDepth, double seconds, long seed) throws VfioException {
         QueuePair q = c.ioQueue();
         if (queueDepth < 1 || queueDepth > q.maxOutstanding()) {
             throw new IllegalArgumentException("queue depth must be 1.." + q.maxOutstanding() + " (the I/O queue holds "
@@ -157,6 +178,10 @@ public final class NvmeBench {
                     throw NvmeException.failed("benchmark read", failedStatus);
                 }
                 long now = System.nanoTime();
+                if (c.shutDown()) {
+                    throw new NvmeException(
+                            "benchmark: the controller was shut down with " + q.outstanding() + " reads in flight");
+                }
                 if (n > 0) {
                     lastProgress = now;
                 } else if (now - lastProgress > timeout) {

@@ -7,6 +7,7 @@ import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.nvme.IdentifyController;
 import io.iovirt.nvme.IdentifyNamespace;
+import io.iovirt.vfio.DeviceRequest;
 import io.iovirt.vfio.DmaArena;
 import io.iovirt.vfio.DmaBuffer;
 import io.iovirt.vfio.IrqInfo;
@@ -14,6 +15,7 @@ import io.iovirt.vfio.MmioRegion;
 import io.iovirt.vfio.VfioDevice;
 import io.iovirt.vfio.VfioException;
 import io.iovirt.vfio.VfioSession;
+import java.lang.System.Logger.Level;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -28,8 +30,14 @@ import java.util.List;
  * {@link #read}/{@link #write} must come from {@link #allocateBuffer}. One thread at a time drives a controller.
  * {@link #close()} shuts the controller down (CC.SHN), disables it and its interrupts, and unmaps BAR0; the DMA
  * arena goes with the {@link VfioSession}.
+ *
+ * <p>When the host asks for the device back (vfio-pci's device request: an unbind from vfio-pci, a removal), the
+ * controller logs it, closes itself and then the whole {@link VfioSession} — the kernel's unbind waits until the
+ * device is closed, and the device can go to another driver once the group and container are closed too. Commands
+ * in flight then, and every later one, fail with that reason.
  */
 public final class NvmeController implements AutoCloseable {
+    private static final System.Logger LOG = System.getLogger(NvmeController.class.getName());
     /** How completions are noticed. AUTO: MSI-X, else MSI, else INTx. */
     public enum IrqMode {
         AUTO,
@@ -42,7 +50,9 @@ public final class NvmeController implements AutoCloseable {
     /**
      * @param ioQueueDepth entries in the I/O SQ and CQ (at most depth-1 commands in flight)
      * @param dataBytes    DMA memory reserved for {@link #allocateBuffer}
-     * @param iovaBase     where the DMA arena is mapped in the device's address space
+     * @param iovaBase     where the DMA arena is mapped in the device's address space; never 0, so IOVA 0 stays
+     *     unmapped and a device that uses a zero pointer (a PRP2 or metadata pointer left 0) faults in the IOMMU
+     *     instead of writing over the admin submission queue, which is the arena's first page
      */
     public record Options(IrqMode irqMode, int ioQueueDepth, long dataBytes, long iovaBase, Duration commandTimeout) {
         public Options {
@@ -54,6 +64,11 @@ public final class NvmeController implements AutoCloseable {
             }
             if ((iovaBase & 0xfff) != 0) {
                 throw new IllegalArgumentException("IOVA base must be page aligned: 0x" + Long.toHexString(iovaBase));
+            }
+            if (iovaBase == 0) {
+                throw new IllegalArgumentException("IOVA base 0 is refused: the admin submission queue would sit at "
+                        + "IOVA 0, where a controller given a zero data or metadata pointer writes; choose a base "
+                        + "above 0 (the default is 0x100000)");
             }
         }
 
@@ -80,6 +95,9 @@ public final class NvmeController implements AutoCloseable {
 
     static final long PAGE = 4096;
     private static final int ADMIN_DEPTH = 32;
+    /** The one I/O queue pair's identifier, the highest queue identifier in use. */
+    private static final int IO_QID = 1;
+
     private static final int PCI_COMMAND = 0x04;
     private static final int PCI_COMMAND_MEMORY = 1 << 1;
     private static final int PCI_COMMAND_MASTER = 1 << 2;
@@ -96,6 +114,10 @@ public final class NvmeController implements AutoCloseable {
     private DmaBuffer scratch;
     private DmaBuffer[] prpLists;
     private final List<EventFd> eventfds = new ArrayList<>();
+    /** Those of {@link #eventfds} no waiter owns yet (a waiter closes its own). */
+    private final List<EventFd> unownedEventfds = new ArrayList<>();
+
+    private DeviceRequest request;
     private CompletionWaiter adminWaiter = CompletionWaiter.polling();
     private CompletionWaiter ioWaiter = CompletionWaiter.polling();
     private IrqMode irqMode = IrqMode.POLL;
@@ -103,7 +125,11 @@ public final class NvmeController implements AutoCloseable {
     private IdentifyNamespace namespace;
     private long maxTransfer;
     private volatile boolean failed;
-    private boolean closed;
+    private volatile boolean closed;
+    /** Why the controller was closed when its owner did not ask for it, or null. */
+    private volatile String closeReason;
+    /** Set by {@link #close()} once the controller is disabled: commands still in flight will never complete. */
+    private volatile boolean shutDown;
     /** Set first by {@link #close()}: I/O loops stop submitting so the commands in flight can drain. */
     private volatile boolean quiescing;
 
@@ -148,6 +174,7 @@ public final class NvmeController implements AutoCloseable {
                     "%s supports memory pages of 2^%d..2^%d bytes; this driver uses 4 KiB",
                     device.name(), cap.minPageShift(), cap.maxPageShift()));
         }
+        NvmeRegs.requireDoorbellsInside(device.name(), cap, IO_QID, bar.size());
         int ioDepth = Math.min(options.ioQueueDepth(), cap.maxQueueEntries());
         int adminDepth = Math.min(ADMIN_DEPTH, cap.maxQueueEntries());
 
@@ -196,6 +223,7 @@ public final class NvmeController implements AutoCloseable {
         maxTransfer = mdts == 0 ? Prp.maxTransfer(PAGE) : Math.min(mdts, Prp.maxTransfer(PAGE));
         int nsid = firstActiveNamespace();
         namespace = identifyNamespace(nsid);
+        requireDataOnly(device.name(), namespace);
 
         // One I/O queue pair: ask for it (Number of Queues is zero-based) and check what was granted.
         int granted = adminCommand(
@@ -217,7 +245,7 @@ public final class NvmeController implements AutoCloseable {
         for (int i = 0; i < prpLists.length; i++) {
             prpLists[i] = arena.allocate(PAGE, PAGE);
         }
-        io = new QueuePair(1, ioDepth, ioSq, ioCq, bar, cap.doorbellStride(), this::markFailed);
+        io = new QueuePair(IO_QID, ioDepth, ioSq, ioCq, bar, cap.doorbellStride(), this::markFailed);
         int vector = eventfds.size() > 1 ? 1 : 0;
         int ien = irqMode == IrqMode.POLL ? 0 : 2;
         adminCommand(
@@ -242,6 +270,18 @@ public final class NvmeController implements AutoCloseable {
         } catch (NvmeException e) {
             adminCommand("Delete I/O Completion Queue", NvmeRegs.ADMIN_DELETE_CQ, 0, 0, 0, 1, 0, 0);
             throw e;
+        }
+        // Last, once the controller is up: a request before this is repeated by the kernel every 10 s.
+        try {
+            request = DeviceRequest.watch(device, this::releaseOnRequest);
+        } catch (VfioException e) {
+            // the driver works without it; only an unbind from vfio-pci then waits for this process to let go
+            LOG.log(
+                    Level.WARNING,
+                    "{0}: cannot listen for the host''s device requests ({1}): an unbind from vfio-pci will wait "
+                            + "until this process closes the device",
+                    device.name(),
+                    e.getMessage());
         }
     }
 
@@ -286,7 +326,9 @@ public final class NvmeController implements AutoCloseable {
         int vectors = mode == IrqMode.INTX ? 1 : Math.min(2, info.count());
         try {
             for (int i = 0; i < vectors; i++) {
-                eventfds.add(EventFd.create(true));
+                EventFd e = EventFd.create(true);
+                eventfds.add(e);
+                unownedEventfds.add(e);
             }
         } catch (LinuxException e) {
             throw new VfioException("cannot create eventfds for interrupts: " + e.getMessage(), e);
@@ -299,9 +341,13 @@ public final class NvmeController implements AutoCloseable {
         }
         VfioDevice intx = mode == IrqMode.INTX ? device : null;
         adminWaiter = new CompletionWaiter.Interrupt(eventfds.get(0), intx, info.name() + " vector 0");
-        ioWaiter = vectors > 1
-                ? new CompletionWaiter.Interrupt(eventfds.get(1), null, info.name() + " vector 1")
-                : adminWaiter;
+        unownedEventfds.remove(eventfds.get(0));
+        if (vectors > 1) {
+            ioWaiter = new CompletionWaiter.Interrupt(eventfds.get(1), null, info.name() + " vector 1");
+            unownedEventfds.remove(eventfds.get(1));
+        } else {
+            ioWaiter = adminWaiter;
+        }
     }
 
     private void disable() throws VfioException {
@@ -356,10 +402,13 @@ public final class NvmeController implements AutoCloseable {
 
     private int allocate(QueuePair q, String what) throws NvmeException {
         if (closed || failed) {
+            String reason = closeReason;
             throw new NvmeException(what + ": the controller is "
-                    + (closed
-                            ? "closed"
-                            : "in an unknown state after " + "an earlier failure; reopen it (which resets it)"));
+                    + (reason != null
+                            ? reason
+                            : closed
+                                    ? "closed"
+                                    : "in an unknown state after an earlier failure; reopen it (which resets it)"));
         }
         int cid = q.allocate();
         if (cid < 0) {
@@ -382,8 +431,16 @@ public final class NvmeController implements AutoCloseable {
             int cdw11,
             int cdw12)
             throws VfioException {
-        q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, 0, 0);
-        awaitCommand(q, w, cid, what, opcode, cdw10, cdw11, cdw12);
+        try {
+            q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, 0, 0);
+            awaitCommand(q, w, cid, what, opcode, cdw10, cdw11, cdw12);
+        } catch (VfioException | RuntimeException e) {
+            NvmeException closedUnder = closedError(describe(q, what, opcode, cdw10, cdw11, cdw12), e);
+            if (closedUnder != null) {
+                throw closedUnder;
+            }
+            throw e;
+        }
         int status = q.lastStatus[cid];
         if (!NvmeStatus.success(status)) {
             throw NvmeException.failed(describe(q, what, opcode, cdw10, cdw11, cdw12), status);
@@ -410,6 +467,10 @@ public final class NvmeController implements AutoCloseable {
             w.afterReap();
             if (q.completed[cid]) {
                 return;
+            }
+            if (shutDown) {
+                throw new NvmeException(describe(q, what, opcode, cdw10, cdw11, cdw12)
+                        + ": the controller was shut down with the command in flight");
             }
             long left = deadline - System.nanoTime();
             if (left <= 0) {
@@ -469,6 +530,58 @@ public final class NvmeController implements AutoCloseable {
         } catch (IllegalArgumentException e) {
             throw new NvmeException(device.name() + ": " + e.getMessage());
         }
+    }
+
+    /**
+     * Refuses a namespace whose blocks carry metadata or protection information. This driver sends data pointers
+     * only: MPTR 0, no PRINFO, and PRP entries for blocks × block size bytes. On a format with metadata the controller
+     * moves blocks × (block size + metadata size) bytes when the metadata is interleaved (extended LBA) — past the
+     * PRP entries: PRP2 0 sends the excess to IOVA 0, and a buffer that grows from two pages to three makes it read
+     * PRP2, a data page, as a PRP list — or it transfers the separate metadata at MPTR, IOVA 0. Supporting metadata
+     * is not in this driver's scope.
+     */
+    static void requireDataOnly(String device, IdentifyNamespace ns) throws NvmeException {
+        IdentifyNamespace.LbaFormat f = ns.format();
+        if (f.metadataSize() == 0 && ns.protectionType() == 0) {
+            return;
+        }
+        StringBuilder what = new StringBuilder();
+        if (f.metadataSize() != 0) {
+            what.append(String.format(
+                    "%d-byte blocks with %d bytes of metadata each, %s",
+                    f.blockSize(),
+                    f.metadataSize(),
+                    ns.extendedLba()
+                            ? "interleaved with the data (extended LBA)"
+                            : "in a separate buffer (metadata pointer)"));
+        } else {
+            what.append(f.blockSize()).append("-byte blocks without metadata");
+        }
+        if (ns.protectionType() != 0) {
+            what.append(String.format(", with end-to-end protection information type %d", ns.protectionType()));
+        }
+        List<String> plain = new ArrayList<>();
+        for (int i = 0; i < ns.formats().size(); i++) {
+            IdentifyNamespace.LbaFormat g = ns.formats().get(i);
+            if (g.metadataSize() == 0 && g.dataSizeLog2() >= 9 && g.dataSizeLog2() <= 16) {
+                plain.add(i + " (" + g.describe() + ")");
+            }
+        }
+        throw new NvmeException(String.format(
+                "%s: namespace %d uses LBA format %d: %s (FLBAS bit 4 %d, DPS 0x%x) — this driver transfers data only "
+                        + "(no metadata pointer, no protection information) and refuses it; %s, or use the kernel's nvme "
+                        + "driver",
+                device,
+                ns.nsid(),
+                ns.formatIndex(),
+                what,
+                ns.extendedLba() ? 1 : 0,
+                ns.dps(),
+                plain.isEmpty()
+                        ? "the namespace lists no LBA format without metadata"
+                        : "format the namespace (it erases it) to one without metadata and protection — "
+                                + String.join(", ", plain) + " — e.g. from the kernel's driver with nvme-cli: nvme "
+                                + "format /dev/nvmeXnY --lbaf=N --pi=0"));
     }
 
     // ---- public API ---------------------------------------------------------------------------------------------
@@ -610,6 +723,65 @@ public final class NvmeController implements AutoCloseable {
         failed = true;
     }
 
+    /** Whether {@link #close()} has disabled the controller: commands still in flight will never complete. */
+    boolean shutDown() {
+        return shutDown;
+    }
+
+    /**
+     * When the controller was closed under a command without its owner asking (the host took the device back), the
+     * error that says so, with {@code cause} (what the command's thread ran into: closed memory, a closed descriptor)
+     * attached; otherwise null.
+     */
+    NvmeException closedError(String what, Throwable cause) {
+        String reason = closeReason;
+        if (reason == null) {
+            return null;
+        }
+        NvmeException e = new NvmeException(what + " did not complete: the controller was " + reason
+                + "; what was in flight may or may not have taken effect — open the controller again once the device "
+                + "is back");
+        e.initCause(cause);
+        return e;
+    }
+
+    private static final String RELEASED_ON_REQUEST = "closed and the device released at the host's request (VFIO "
+            + "device request: the device is being unbound from vfio-pci or removed)";
+
+    /**
+     * The host wants the device back: close the controller (the commands in flight get up to 2 s to complete), then
+     * the session, whose device descriptor the kernel's unbind waits for. Runs on the device request's thread.
+     */
+    private void releaseOnRequest() {
+        LOG.log(
+                Level.WARNING,
+                "{0}: the host asked for the device back (VFIO device request: an unbind from vfio-pci or a removal): "
+                        + "shutting the NVMe controller down and releasing the device; its commands fail from now on",
+                device.name());
+        closeReason = RELEASED_ON_REQUEST;
+        close();
+        // The controller is disabled, so its DMA memory is unmapped and freed before the device is closed: closing
+        // the device lets the kernel's unbind finish, which takes the group out of the container and every mapping
+        // with it, and an unmap after that fails (EINVAL), leaving the memory allocated.
+        try {
+            if (arena != null) {
+                arena.close();
+            }
+        } catch (RuntimeException e) {
+            LOG.log(Level.WARNING, "{0}: releasing the DMA memory: {1}", device.name(), e.getMessage());
+        }
+        try {
+            session.close();
+        } catch (RuntimeException e) {
+            LOG.log(Level.WARNING, "{0}: closing the VFIO session: {1}", device.name(), e.getMessage());
+        }
+        LOG.log(
+                Level.WARNING,
+                "{0}: released at the host''s request ({1}); device, DMA mappings, group and container closed",
+                device.name(),
+                quiesceReport);
+    }
+
     /**
      * Submits one I/O command with the given data pointers and waits for it, without checking them against the DMA
      * mappings: the way to show the IOMMU stops a device that was told a bad address. Returns the 15-bit status.
@@ -666,6 +838,10 @@ public final class NvmeController implements AutoCloseable {
             }
         } finally {
             closed = true;
+            shutDown = true; // a thread still waiting for a command stops waiting
+            if (request != null) {
+                request.close();
+            }
             try {
                 if (!eventfds.isEmpty()) {
                     device.disableIrq(irqIndex());
@@ -673,9 +849,10 @@ public final class NvmeController implements AutoCloseable {
             } catch (VfioException | RuntimeException e) {
                 // closing the device descriptor disables interrupts too
             }
+            // a thread waiting for an interrupt is woken; its waiter closes its eventfd once that thread has left
             adminWaiter.close();
             ioWaiter.close();
-            eventfds.forEach(EventFd::close);
+            unownedEventfds.forEach(EventFd::close);
             if (bar != null) {
                 bar.close();
             }

@@ -79,7 +79,12 @@ final class NvmeRegs {
 
         /** Bytes between consecutive doorbell registers: 4 << CAP.DSTRD. */
         int doorbellStride() {
-            return 4 << (int) ((raw >>> 32) & 0xf);
+            return 4 << doorbellStrideShift();
+        }
+
+        /** CAP.DSTRD itself. */
+        int doorbellStrideShift() {
+            return (int) ((raw >>> 32) & 0xf);
         }
 
         boolean nvmCommandSet() {
@@ -102,6 +107,23 @@ final class NvmeRegs {
 
     static long cqHeadDoorbell(int qid, int stride) {
         return DOORBELLS + (2L * qid + 1) * stride;
+    }
+
+    /**
+     * Refuses a controller whose doorbells for queues 0..{@code maxQid} do not all lie inside BAR0. CAP.DSTRD spaces
+     * them 4 to 128 KiB apart, and a controller may claim a stride its BAR cannot hold: the doorbell writes would then
+     * fail on every command, each after the command took a queue slot.
+     */
+    static void requireDoorbellsInside(String device, Capabilities cap, int maxQid, long barSize) throws NvmeException {
+        long end = cqHeadDoorbell(maxQid, cap.doorbellStride()) + 4;
+        if (end > barSize) {
+            throw new NvmeException(String.format(
+                    "%s: CAP.DSTRD %d spaces the doorbells %d bytes apart, which puts queue %d's completion doorbell "
+                            + "at offset 0x%x, beyond BAR0's %d bytes — the controller's registers contradict its BAR "
+                            + "(faulty firmware or emulation), so it cannot be driven; check the device's firmware or "
+                            + "use another controller",
+                    device, cap.doorbellStrideShift(), cap.doorbellStride(), maxQid, end - 4, barSize));
+        }
     }
 
     static String version(int vs) {

@@ -61,12 +61,12 @@ final class QueuePair {
 
     /** Told once the controller has posted a completion that makes no sense: its owner must stop using it. */
     private final Runnable onConfused;
-    /** Why this queue pair is unusable (a nonsensical completion), or null. */
+    /** Why this queue pair is unusable (a nonsensical completion, a failed doorbell write), or null. */
     private String confusion;
 
     /**
-     * @param onConfused run when the controller posts a completion for a command that is not outstanding: the
-     *     controller's state is unknown from then on, and only a reset makes it usable
+     * @param onConfused run when the controller posts a completion for a command that is not outstanding, or a
+     *     doorbell write fails: the controller's state is unknown from then on, and only a reset makes it usable
      */
     QueuePair(int qid, int depth, DmaBuffer sq, DmaBuffer cq, MmioRegion bar, int doorbellStride, Runnable onConfused) {
         if (depth < 2 || depth > 65536) {
@@ -158,7 +158,11 @@ final class QueuePair {
         Sqe.write(sqMem, sqTail * Sqe.SIZE, opcode, cid, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15);
         inFlight[cid] = true;
         sqTail = sqTail + 1 == depth ? 0 : sqTail + 1;
-        bar.write32(sqDoorbell, sqTail); // volatile store: the entry's plain stores are visible before it
+        try {
+            bar.write32(sqDoorbell, sqTail); // volatile store: the entry's plain stores are visible before it
+        } catch (RuntimeException e) {
+            throw new IllegalStateException(doorbellFailed("SQ tail", sqDoorbell, e), e);
+        }
         PUBLISHED.setRelease(this, outstanding());
     }
 
@@ -208,10 +212,31 @@ final class QueuePair {
             }
         }
         if (n > 0) {
-            bar.write32(cqDoorbell, cqHead);
+            try {
+                bar.write32(cqDoorbell, cqHead);
+            } catch (RuntimeException e) {
+                NvmeException x = new NvmeException(doorbellFailed("CQ head", cqDoorbell, e));
+                x.initCause(e);
+                throw x;
+            }
             PUBLISHED.setRelease(this, outstanding());
         }
         return n;
+    }
+
+    /**
+     * A doorbell write that failed (outside the BAR, an unmapped BAR, a failed pwrite) leaves the controller's view of
+     * this queue unknown — the entry is in the queue and the command counted in flight, or the completions consumed,
+     * and the controller may or may not have seen the write — so this queue pair refuses further use and its owner is
+     * told, instead of each retry taking another slot. Returns the reason.
+     */
+    private String doorbellFailed(String which, long offset, RuntimeException e) {
+        confusion = String.format(
+                "queue %d: writing its %s doorbell at BAR0 offset 0x%x failed (%s) — the controller's state is unknown; "
+                        + "reset it (reopening it does)",
+                qid, which, offset, e.getMessage());
+        onConfused.run();
+        return confusion;
     }
 
     /** The SQ head as last reported by the controller. */

@@ -101,6 +101,28 @@ class NvmeLayoutTest {
     }
 
     @Test
+    void doorbellsOutsideBar0AreRefused() throws Exception {
+        // QEMU 7.2's BAR0 is 16 KiB: DSTRD 0 leaves queue 1's CQ head doorbell at 0x100c
+        NvmeRegs.requireDoorbellsInside("d", new NvmeRegs.Capabilities(0x0040_0020_0f01_07ffL), 1, 16384);
+        // DSTRD 9 (2 KiB apart): 0x2800..0x2803, inside; DSTRD 10 (4 KiB apart): 0x4000, one stride too far
+        NvmeRegs.requireDoorbellsInside("d", new NvmeRegs.Capabilities(9L << 32), 1, 16384);
+        NvmeRegs.requireDoorbellsInside("d", new NvmeRegs.Capabilities(10L << 32), 1, 0x4004);
+        NvmeException e = assertThrows(
+                NvmeException.class,
+                () -> NvmeRegs.requireDoorbellsInside("0000:01:00.0", new NvmeRegs.Capabilities(10L << 32), 1, 16384));
+        assertEquals(
+                "0000:01:00.0: CAP.DSTRD 10 spaces the doorbells 4096 bytes apart, which puts queue 1's completion "
+                        + "doorbell at offset 0x4000, beyond BAR0's 16384 bytes — the controller's registers contradict "
+                        + "its BAR (faulty firmware or emulation), so it cannot be driven; check the device's firmware "
+                        + "or use another controller",
+                e.getMessage());
+        // the largest stride, 128 KiB
+        assertThrows(
+                NvmeException.class,
+                () -> NvmeRegs.requireDoorbellsInside("d", new NvmeRegs.Capabilities(15L << 32), 1, 16384));
+    }
+
+    @Test
     void statusWordsDecodeToNames() {
         int word = (0x4000 | 0x04) << 1 | 1; // DNR, generic, Data Transfer Error, phase 1
         int status = NvmeStatus.fromCqeWord(word);
