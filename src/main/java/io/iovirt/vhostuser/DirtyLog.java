@@ -152,6 +152,43 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
     }
 
     /**
+     * After {@link #retire}: moves every bit still set in this log over guest memory into {@code successor}, so a
+     * mark the frontend has not read survives the swap. The frontend reads a log by clearing what it reads (QEMU's
+     * vhost_dev_sync_region swaps each non-zero word with 0), so what is left here is what it has not seen. That
+     * matters when the frontend synced and freed this log before it sent the next one: QEMU 7.2 does so when it
+     * stops and starts a device during a migration (vhost_dev_stop syncs and frees the log after GET_VRING_BASE;
+     * vhost_dev_start sends SET_FEATURES with LOG_ALL and starts the rings before SET_LOG_BASE, and a vhost-user-net
+     * ring that stayed enabled runs from its kick on), and marks made in between land only here. Moved, not
+     * copied: when the frontend still syncs this log after the reply (a resize), it finds each page once, in one
+     * log or the other (each word is taken with an atomic exchange, as the frontend takes it). Only the words over
+     * {@code memory} are looked at: devices mark nothing else, and a frontend's log may be large and sparse (reading
+     * it all would fault in its file at our expense). Bits beyond the successor's end are for guest memory the
+     * frontend no longer logs, and are dropped.
+     *
+     * @return the pages moved
+     */
+    long carryOver(DirtyLog successor, GuestMemory memory) {
+        long words = Math.min(bitmap.byteSize(), successor.bitmap.byteSize()) >>> 3;
+        long carried = 0;
+        for (MemoryRegion r : memory.regions()) {
+            long first = r.guestPhysAddr() >>> (PAGE_SHIFT + 6);
+            long last = Math.min((r.guestPhysAddr() + r.size() - 1) >>> (PAGE_SHIFT + 6), words - 1);
+            for (long word = first; word <= last; word++) {
+                long offset = word << 3;
+                if ((long) WORD.getOpaque(bitmap, offset) == 0) {
+                    continue;
+                }
+                long bits = (long) WORD.getAndSet(bitmap, offset, 0L);
+                if (((long) WORD.get(successor.bitmap, offset) & bits) != bits) {
+                    WORD.getAndBitwiseOr(successor.bitmap, offset, bits);
+                }
+                carried += Long.bitCount(bits);
+            }
+        }
+        return carried;
+    }
+
+    /**
      * Marks every page of {@code [gpa, gpa + len)} dirty.
      *
      * @return false when part of the range lies beyond the log (counted; logged once)

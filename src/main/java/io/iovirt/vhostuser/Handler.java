@@ -312,10 +312,13 @@ final class Handler implements AutoCloseable {
     }
 
     /**
-     * SET_LOG_BASE: maps the new log, installs it, retires the old one and replies (the frontend waits for it). The
-     * frontend syncs and frees the old log as soon as we reply, while a device thread may be between reading the
-     * old log and marking it: {@link DirtyLog#retire} waits for such marks and forwards any later one to the new
-     * log, so the queues keep running (and a blk export keeps its image lock) across the swap.
+     * SET_LOG_BASE: maps the new log, installs it, retires the old one, moves what is still marked in it to the
+     * new one and replies (the frontend waits for it). The frontend syncs and frees the old log as soon as we
+     * reply, while a device thread may be between reading the old log and marking it: {@link DirtyLog#retire} waits
+     * for such marks and forwards any later one to the new log, so the queues keep running (and a blk export keeps
+     * its image lock) across the swap. The frontend may also have synced and freed the old log long before: QEMU
+     * 7.2 does when it restarts a device during a migration, and the rings it starts before the new log arrives
+     * mark the old one ({@link #publishLog} installs it again with LOG_ALL) — {@link DirtyLog#carryOver}.
      */
     private void setLogBase(Message m, Connection c) throws IOException, BackendException {
         if (!negotiated.hasProtocolFeature(Features.PROTOCOL_LOG_SHMFD)) {
@@ -348,11 +351,18 @@ final class Handler implements AutoCloseable {
         DirtyLog old = dirtyLog;
         dirtyLog = next;
         publishLog();
+        long carried = 0;
         if (old != null) {
             old.retire(next);
+            // What the frontend has not read of the old log moves to the new one: QEMU may have synced and freed
+            // the old log already, with a ring marking it since (see DirtyLog.carryOver).
+            carried = old.carryOver(next, memory.holder().get());
             old.close();
         }
-        LOG.log(System.Logger.Level.INFO, name + ": " + next + (logging() ? " (logging on)" : ""));
+        LOG.log(
+                System.Logger.Level.INFO,
+                name + ": " + next + (logging() ? " (logging on)" : "")
+                        + (carried > 0 ? ", " + carried + " pages still marked in the previous log carried over" : ""));
         c.sendReply(MessageType.SET_LOG_BASE, 0L);
     }
 

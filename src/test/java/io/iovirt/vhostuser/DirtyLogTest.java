@@ -2,6 +2,7 @@
 package io.iovirt.vhostuser;
 
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -9,6 +10,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.MemFd;
+import io.iovirt.memory.GuestMemory;
+import io.iovirt.memory.MemoryRegion;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.concurrent.CountDownLatch;
@@ -87,6 +90,37 @@ class DirtyLogTest {
                 t.join();
             }
             assertEquals(-1L, bitmap.get(java.lang.foreign.ValueLayout.JAVA_LONG, 0));
+        }
+    }
+
+    /**
+     * A log replaced: what is still marked over guest memory moves to the new log (the frontend finds each page in
+     * one of them, never in neither nor in both); words over no guest memory are not read, and what lies beyond the
+     * new log's end stays behind.
+     */
+    @Test
+    void carryOverMovesTheMarksOverGuestMemoryIntoTheNextLog() {
+        try (Arena arena = Arena.ofConfined()) {
+            long word = 64 * 4096L; // guest bytes one 64-bit word of the log covers
+            GuestMemory memory = GuestMemory.of(java.util.List.of(
+                    new MemoryRegion(0, word, 0x1000_0000L, 0, arena.allocate(word, 4096), null),
+                    new MemoryRegion(3 * word, word, 0x2000_0000L, 0, arena.allocate(word, 4096), null)));
+            MemorySegment oldBits = arena.allocate(32, 8); // words 0..3
+            MemorySegment newBits = arena.allocate(24, 8); // words 0..2: the memory at word 3 is no longer logged
+            oldBits.setAtIndex(JAVA_LONG, 0, 0b101L);
+            oldBits.setAtIndex(JAVA_LONG, 1, 0xffL); // over no guest memory
+            oldBits.setAtIndex(JAVA_LONG, 3, 1L << 63);
+            newBits.setAtIndex(JAVA_LONG, 0, 0b10L); // marked in the new log already
+            DirtyLog old = DirtyLog.over("old", oldBits);
+            DirtyLog next = DirtyLog.over("next", newBits);
+            old.retire(next);
+
+            assertEquals(2, old.carryOver(next, memory));
+            assertEquals(0b111L, newBits.getAtIndex(JAVA_LONG, 0));
+            assertEquals(0L, oldBits.getAtIndex(JAVA_LONG, 0), "moved: the frontend finds each page once");
+            assertEquals(0xffL, oldBits.getAtIndex(JAVA_LONG, 1), "not read");
+            assertEquals(0L, newBits.getAtIndex(JAVA_LONG, 1));
+            assertEquals(1L << 63, oldBits.getAtIndex(JAVA_LONG, 3), "beyond the new log");
         }
     }
 

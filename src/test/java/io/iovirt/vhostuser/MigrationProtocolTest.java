@@ -11,6 +11,7 @@ import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.MemFd;
 import io.iovirt.linux.Mmap;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
@@ -114,7 +115,13 @@ class MigrationProtocolTest {
                 assertEquals(ram, (word & (1L << (page & 63))) != 0, "page " + page + " (guest memory: " + ram + ")");
             }
 
-            fe.setLogBase(nextFd, 8192, 0); // the same connection, logging still on: a resize
+            // QEMU's migration thread syncs the log (reading clears it), then guest memory grows: a resize. What the
+            // frontend read is not reported again; only what it had not read would be carried over.
+            try (Arena qemu = Arena.ofConfined()) {
+                assertEquals(
+                        (0xa0000 + (1 << 20)) >> 12, sync(logFd, 4096, qemu).size(), "guest memory's pages");
+            }
+            fe.setLogBase(nextFd, 8192, 0); // the same connection, logging still on
             MemorySegment next =
                     Mmap.map(nextFd, 0, 8192, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
             for (long i = 0; i < 8192; i += 8) {
@@ -188,6 +195,89 @@ class MigrationProtocolTest {
             assertEquals(setup, backend.running.get(0), "the ring kept running");
             assertTrue(backend.events.stream().noneMatch(e -> e.startsWith("queueStopped")), backend.events.toString());
         }
+    }
+
+    /**
+     * QEMU 7.2 stops and starts a vhost-user-net device during a migration (the guest resets its NIC, say). Stop
+     * (vhost_dev_stop, vrings false for net: no SET_VRING_ENABLE 0): GET_VRING_BASE, then QEMU syncs the log and
+     * frees it. Start (vhost_dev_start): SET_FEATURES with LOG_ALL, the ring (its kick starts it: it stayed
+     * enabled), and only then SET_LOG_BASE with a new log. What the device writes from the kick on is marked in the
+     * log installed then — the old one, which QEMU no longer reads. Every page the device reported must reach a log
+     * QEMU reads; before, the page written between the kick and the new log was lost (a stale page on the
+     * destination: a received frame the guest never sees).
+     */
+    @Test
+    void aDeviceRestartedDuringAMigrationLosesNoMark() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2);
+        try (VhostUserServer server = VhostUserServer.start(socket, backend);
+                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
+                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
+                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
+                EventFd err = EventFd.create(true);
+                EventFd kick = EventFd.create(true);
+                EventFd call = EventFd.create(true);
+                Fd oldFd = MemFd.allocate("log", 4096);
+                Fd newFd = MemFd.allocate("log2", 4096);
+                Arena qemu = Arena.ofConfined()) {
+            VhostUserServerTest.initLikeQemu(fe, call, err);
+            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
+            long desc = high.userAddrOf(VhostUserServerTest.DESC);
+            long used = high.userAddrOf(VhostUserServerTest.USED);
+            long avail = high.userAddrOf(VhostUserServerTest.AVAIL);
+            java.util.Set<Long> read = new java.util.TreeSet<>(); // every page QEMU read from a log
+
+            // The migration starts: log, LOG_ALL, the ring's used-ring log.
+            fe.setLogBase(oldFd, 4096, 0);
+            fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
+            fe.setVringAddr(0, desc, used, avail, VhostUserServerTest.USED);
+            deviceWrites(backend, 5);
+            read.addAll(sync(oldFd, 4096, qemu)); // the migration thread's periodic sync
+
+            // vhost_dev_stop: the ring stops; vhost_log_put syncs the log one last time and frees it (QEMU never
+            // reads it again; the backend's own mapping keeps the memory).
+            fe.getVringBase(0);
+            read.addAll(sync(oldFd, 4096, qemu));
+
+            // vhost_dev_start with logging on: the ring runs from its kick, the new log comes last.
+            fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
+            fe.setVringNum(0, 256);
+            fe.setVringBase(0, 0);
+            fe.setVringAddr(0, desc, used, avail, VhostUserServerTest.USED);
+            fe.setVringKick(0, kick);
+            fe.setVringCall(0, call);
+            assertNotNull(backend.running.get(0), "the ring runs again from its kick");
+            deviceWrites(backend, 7); // a frame received before the new log arrived
+            fe.setLogBase(newFd, 4096, 0);
+            deviceWrites(backend, 9);
+            read.addAll(sync(newFd, 4096, qemu));
+
+            assertEquals(java.util.List.of(5L, 7L, 9L), java.util.List.copyOf(read), "pages QEMU read from its logs");
+        }
+    }
+
+    /** A device thread writing guest page {@code page} and reporting it as the queues do (the holder's log). */
+    private static void deviceWrites(RecordingBackend backend, long page) {
+        var log = backend.running.get(0).memory().writeLog();
+        if (log != null) { // logging off: nothing is reported, and the page is missing from what QEMU reads
+            log.written(page << DirtyLog.PAGE_SHIFT, 1);
+        }
+    }
+
+    /** QEMU's vhost_dev_sync_region: reads the log a word at a time, clearing what it read (atomic exchange with 0). */
+    private static java.util.Set<Long> sync(Fd log, long size, Arena arena) throws Exception {
+        MemorySegment bits = Mmap.map(log, 0, size, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED, arena);
+        java.lang.invoke.VarHandle word = ValueLayout.JAVA_LONG.varHandle();
+        java.util.Set<Long> pages = new java.util.TreeSet<>();
+        for (long offset = 0; offset < size; offset += 8) {
+            long w = (long) word.getAndSet(bits, offset, 0L);
+            for (int bit = 0; bit < 64; bit++) {
+                if ((w & (1L << bit)) != 0) {
+                    pages.add(offset * 8 + bit);
+                }
+            }
+        }
+        return pages;
     }
 
     @Test
