@@ -104,6 +104,11 @@ public final class PackedQueue extends Virtqueue {
         return inflight == null ? 0 : inflight.buffers();
     }
 
+    @Override
+    public int resubmitsPending() {
+        return inflight == null ? 0 : inflight.buffers() - resubmitted;
+    }
+
     /** The in-flight record (tests: to stop between its steps as a crash would). */
     InflightPacked inflightForTest() {
         return inflight;

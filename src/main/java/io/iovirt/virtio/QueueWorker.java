@@ -325,6 +325,8 @@ public final class QueueWorker {
     private volatile boolean stopRequested;
     private volatile String failure;
     private volatile boolean ended;
+    /** {@link #stopAndWait} gave up on the thread: the ring went back to the frontend while the thread still runs. */
+    private volatile boolean givenUp;
     // shared mode: the group's thread that serves this queue, and the queue's slot on it (see WorkerGroup.Loop)
     private final WorkerGroup.Loop loop;
     final int slot;
@@ -421,6 +423,14 @@ public final class QueueWorker {
     /** A stop was asked for: a handler stops taking new requests and finishes those it took. */
     public boolean stopRequested() {
         return stopRequested;
+    }
+
+    /**
+     * {@link #stopAndWait} gave up on the thread: the ring position went back to the frontend while the thread still
+     * runs, so it may only finish what it had taken ({@link Virtqueue#servedBy}).
+     */
+    public boolean givenUp() {
+        return givenUp;
     }
 
     /** The loop thread detached the queue: nothing of it runs any more. */
@@ -780,6 +790,7 @@ public final class QueueWorker {
             for (; ; ) {
                 long left = deadline - System.nanoTime();
                 if (left <= 0) {
+                    givenUp = true;
                     unwatchKick();
                     return false;
                 }

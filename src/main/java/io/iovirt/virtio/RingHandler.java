@@ -78,9 +78,14 @@ public final class RingHandler implements QueueWorker.Handler {
             vq.disableNotifications();
             kicksOff = true;
         }
-        int n = vq.pop(chains, chains.length);
+        return serve(chains.length) == chains.length;
+    }
+
+    /** Pops up to {@code max} chains, serves them and returns them: one batch. */
+    private int serve(int max) throws Exception {
+        int n = vq.pop(chains, max);
         if (n == 0) {
-            return false;
+            return 0;
         }
         for (int i = 0; i < n; i++) {
             written[i] = device.process(chains[i]);
@@ -91,7 +96,7 @@ public final class RingHandler implements QueueWorker.Handler {
         if (vq.needsNotification()) {
             worker.signal(call);
         }
-        return n == chains.length;
+        return n;
     }
 
     @Override
@@ -114,9 +119,26 @@ public final class RingHandler implements QueueWorker.Handler {
         worker.recheck(vq, call);
     }
 
+    /**
+     * Before the ring is handed back, the requests the in-flight record still holds for resubmission (a backend
+     * restart, crash recovery) are served: the worker looks at a stop after each batch, so a stop that comes at once
+     * (a migration's switch-over) found more than a batch of them still waiting. The position handed back
+     * ({@link Virtqueue#vringBase}) lies after them, so whoever takes the ring next — a migration's destination —
+     * would never serve them, and the guest would wait for them for ever. Only those: the rest of the ring stays for
+     * whoever takes it next.
+     */
     @Override
     public void stopped(boolean failed) {
-        vq.releaseMemory();
-        device.stopped();
+        try {
+            int left;
+            while (!failed && (left = vq.resubmitsPending()) > 0 && serve(Math.min(left, chains.length)) > 0) {
+                // batch after batch
+            }
+        } catch (Exception | InternalError e) {
+            worker.failed(e); // as a failure in the loop: the device reports it (NEEDS_RESET, the err eventfd)
+        } finally {
+            vq.releaseMemory();
+            device.stopped();
+        }
     }
 }

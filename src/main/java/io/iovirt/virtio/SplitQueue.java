@@ -125,6 +125,11 @@ public final class SplitQueue extends Virtqueue {
     }
 
     @Override
+    public int resubmitsPending() {
+        return resubmit.length - resubmitted;
+    }
+
+    @Override
     boolean popInto(DescriptorChain chain, GuestMemory mem) throws VirtqueueException {
         if (resubmitted < resubmit.length) { // crash recovery: what a previous backend took and never returned
             int head = resubmit[resubmitted++];

@@ -106,15 +106,19 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * finish the requests it had taken — whatever path of its loop or handler it comes back through (a shared
      * thread's round, a look at the ring before sleeping) — or the ring would move on under whoever has it next. A
      * pop already under way when the stop comes (its reads of guest memory blocked) takes that one request.
+     *
+     * <p>Requests of the in-flight record still to be resubmitted ({@link #resubmitsPending}) are taken after a stop
+     * too, until the worker is given up on ({@link QueueWorker#givenUp}): the position handed back counts them as
+     * consumed ({@link #vringBase}), so the stop serves them before the ring goes back.
      */
     public final void servedBy(QueueWorker w) {
         this.worker = w;
     }
 
-    /** The serving worker was asked to stop: no new requests are taken. */
+    /** The serving worker was asked to stop: no new requests are taken (but see {@link #servedBy}). */
     private boolean stopping() {
         QueueWorker w = worker;
-        return w != null && w.stopRequested();
+        return w != null && w.stopRequested() && (resubmitsPending() == 0 || w.givenUp());
     }
 
     /** Dirty logging: null unless migration asked for it. */
@@ -189,6 +193,14 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     /** Requests handed out again from the in-flight record after a backend restart (crash recovery, issue 11). */
     public int resubmitted() {
+        return 0;
+    }
+
+    /**
+     * Requests of the in-flight record that {@link #pop} has not handed out again yet: {@link #pop} takes them first.
+     * {@link #vringBase} counts them as consumed, so a device that stops the queue takes and finishes them first.
+     */
+    public int resubmitsPending() {
         return 0;
     }
 
@@ -470,7 +482,11 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
 
     /**
      * The ring state for VHOST_USER_GET_VRING_BASE (QEMU's encoding, see {@link QueueConfig#withVringBase}). Requests
-     * still in flight count as consumed: drain them first.
+     * still in flight count as consumed: drain them first. So do requests of the in-flight record not yet handed out
+     * again ({@link #resubmitsPending}): the available side resumes after every request the previous backend took,
+     * and one index cannot name the ones among them still to be done (with out-of-order completion they lie anywhere
+     * among the taken ones; a packed ring's slots of completed ones hold used descriptors by now). Take and finish
+     * them before asking.
      */
     public abstract int vringBase();
 

@@ -195,7 +195,12 @@ final class UringEngine implements QueueWorker.Handler {
             queue.disableNotifications();
             kicksOff = true;
         }
-        while (freeCount > 0 && !worker.stopRequested()) { // stopping: the rest stay for whoever takes the ring next
+        // Stopping: the rest stay for whoever takes the ring next. Not the requests the in-flight record still holds
+        // (a backend restart) though: the position handed back (Virtqueue.vringBase) lies after them, so whoever
+        // takes the ring next - a migration's destination - would never serve them and the guest would wait for them
+        // for ever. pop hands them out first and the slots (one per ring entry) hold them all, so the first batch
+        // takes them all even when the stop came before it (the worker always runs one).
+        while (freeCount > 0 && (!worker.stopRequested() || queue.resubmitsPending() > 0)) {
             BlkQueueHandler.Request r = slots[freeSlots[freeCount - 1]];
             if (!queue.pop(r.chain)) {
                 break;
