@@ -401,11 +401,20 @@ class NbdServerTest {
         }
     }
 
+    /**
+     * A read-only export refuses its clients' writes and, while it runs, keeps other writers of its image away (the
+     * shared image lock, which QEMU's image locking sees): its clients never see the data change under them. QEMU
+     * readers of the image are still welcome.
+     */
     @Test
     void readOnlyExportRefusesWrites() throws Exception {
         Path img = dir.resolve("r.qcow2");
         ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "16M");
         try (ChildProcess p = serve(img, "--readonly")) {
+            var written = run("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 4k", img.toString());
+            assertNotEquals(0, written.exit(), written.output());
+            assertTrue(written.output().contains("Failed to get \"write\" lock"), written.output());
+            ok("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0 0 4k", img.toString());
             var r = run("qemu-io", "-f", "raw", "-c", "write 0 4k", uri());
             assertTrue(
                     r.output().contains("Operation not permitted")
