@@ -132,9 +132,10 @@ final class ServeNbdCommand implements Callable<Integer> {
                             + " and has no peer uid to check");
         }
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
-        // A writable export owns its image while it runs, as the daemon's does: QEMU (or another export) writing it
-        // too would corrupt it. Closed after the image (declared first), so the lock outlives the final flush.
-        try (ImageLock lock = readOnly ? null : ImageLock.holdForWriting(image, "serve nbd");
+        // The export holds its image while it runs, as the daemon's do: a writable one owns it (QEMU or another
+        // export writing it too would corrupt it), a read-only one keeps writers away (its clients would see data
+        // change under them). Closed after the image (declared first), so the lock outlives the final flush.
+        try (ImageLock lock = ImageLock.holdForExport(image, readOnly, "serve nbd");
                 DiskImage img = Images.open(image, fmt, readOnly, direct)) {
             NbdExport export = new NbdExport(name, img, readOnly);
             NbdServer server = listen.socket != null

@@ -15,10 +15,12 @@ import java.nio.file.Path;
  * client): its own NBD server on its own UNIX socket, so its accept and connection threads are its own and one
  * export's clients never wait on another's.
  *
- * <p>A writable export owns its image for as long as it runs: it takes the exclusive {@link ImageLock} (the one a
- * vhost-user-blk export takes while its frontend runs, which also conflicts with QEMU's own image locks) before it
- * opens the image, and is refused when another process holds a lock on it; it lets go only after the image is
- * flushed and closed. NBD clients come and go, so unlike a blk export the lock does not follow them.
+ * <p>An export holds its image's {@link ImageLock} (the one a vhost-user-blk export takes while its frontend runs,
+ * which also conflicts with QEMU's own image locks) for as long as it runs, taken before it opens the image and let
+ * go only after the image is flushed and closed: a writable export owns it (exclusive lock; refused when another
+ * process holds a lock on it), a read-only one keeps writers away (shared lock; refused while another process
+ * writes it), so its clients never see data change under them. NBD clients come and go, so unlike a blk export the
+ * lock does not follow them.
  */
 final class NbdExportEntry implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
@@ -31,7 +33,7 @@ final class NbdExportEntry implements AutoCloseable {
     final NbdExport export;
     /** Declared in the configuration file (a reload may remove or replace it), not added through the API. */
     final boolean fromConfig;
-    /** The writable export's hold on its image; null for a read-only export or a file system without OFD locks. */
+    /** The export's hold on its image (shared when read-only); null on a file system without OFD locks. */
     private final ImageLock lock;
 
     private NbdExportEntry(
@@ -45,7 +47,7 @@ final class NbdExportEntry implements AutoCloseable {
     }
 
     static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig) throws IOException {
-        ImageLock lock = spec.readOnly() ? null : ImageLock.holdForWriting(spec.image(), "nbd " + spec.id());
+        ImageLock lock = ImageLock.holdForExport(spec.image(), spec.readOnly(), "nbd " + spec.id());
         try {
             DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
             try {
@@ -71,10 +73,6 @@ final class NbdExportEntry implements AutoCloseable {
         }
     }
 
-    /**
-     * Takes the image for a writable export: the lock, or an IOException naming who holds the image. A file system
-     * without OFD locks is served unlocked, with a warning (as a blk export and QEMU's locking=auto do).
-     */
     /** Stops the server (its connections end), flushes and closes the image, then lets go of the image lock. */
     @Override
     public void close() {

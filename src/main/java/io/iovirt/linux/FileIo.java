@@ -208,9 +208,17 @@ public final class FileIo {
      * @return false when another open file description holds a conflicting lock
      */
     public static boolean ofdLock(Fd fd, short type) throws LinuxException {
+        return ofdLock(fd, type, 0, 0);
+    }
+
+    /**
+     * {@link #ofdLock(Fd, short)} on {@code length} bytes from {@code start} (0: to the end, however the file grows),
+     * e.g. one of the bytes QEMU's image locking uses to say which permissions a user holds or shares.
+     */
+    public static boolean ofdLock(Fd fd, short type, long start, long length) throws LinuxException {
         int f = fd.get();
         try (Arena a = Arena.ofConfined()) {
-            MemorySegment flock = flock(a, type);
+            MemorySegment flock = flock(a, type, start, length);
             int r = Syscalls.fcntl(f, F_OFD_SETLK, flock);
             if (r == -Errno.EAGAIN || r == -Errno.EACCES) {
                 return false;
@@ -227,7 +235,7 @@ public final class FileIo {
     public static void ofdLockWait(Fd fd, short type) throws LinuxException {
         int f = fd.get();
         try (Arena a = Arena.ofConfined()) {
-            MemorySegment flock = flock(a, type);
+            MemorySegment flock = flock(a, type, 0, 0);
             int r = Syscalls.fcntl(f, F_OFD_SETLKW, flock); // retried on EINTR
             Syscalls.check(r, "fcntl", "F_OFD_SETLKW type " + type + ", fd " + f);
         }
@@ -238,21 +246,26 @@ public final class FileIo {
      * whole file ({@link #F_RDLCK} or {@link #F_WRLCK}), or {@link #F_UNLCK} when there is none.
      */
     public static short ofdConflict(Fd fd, short type) throws LinuxException {
+        return ofdConflict(fd, type, 0, 0);
+    }
+
+    /** {@link #ofdConflict(Fd, short)} on {@code length} bytes from {@code start} (0: to the end). */
+    public static short ofdConflict(Fd fd, short type, long start, long length) throws LinuxException {
         int f = fd.get();
         try (Arena a = Arena.ofConfined()) {
-            MemorySegment flock = flock(a, type);
+            MemorySegment flock = flock(a, type, start, length);
             Syscalls.check(Syscalls.fcntl(f, F_OFD_GETLK, flock), "fcntl", "F_OFD_GETLK type " + type + ", fd " + f);
             return flock.get(JAVA_SHORT, 0);
         }
     }
 
-    /** struct flock {short l_type, l_whence; off_t l_start, l_len; pid_t l_pid;}: whole file, l_pid 0 (OFD rule). */
-    private static MemorySegment flock(Arena a, short type) {
+    /** struct flock {short l_type, l_whence; off_t l_start, l_len; pid_t l_pid;}: l_pid 0 (the OFD rule). */
+    private static MemorySegment flock(Arena a, short type, long start, long length) {
         MemorySegment flock = a.allocate(32, 8);
         flock.set(JAVA_SHORT, 0, type);
         flock.set(JAVA_SHORT, 2, (short) 0); // SEEK_SET
-        flock.set(JAVA_LONG, 8, 0);
-        flock.set(JAVA_LONG, 16, 0); // to the end, however the file grows
+        flock.set(JAVA_LONG, 8, start);
+        flock.set(JAVA_LONG, 16, length); // 0: to the end, however the file grows
         return flock;
     }
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.nbd;
 
+import java.nio.ByteBuffer;
+
 /** Protocol constants (NBD doc/proto.md). */
 final class Nbd {
     private Nbd() {}
@@ -91,6 +93,16 @@ final class Nbd {
     // base:allocation flags
     static final int STATE_HOLE = 1;
     static final int STATE_ZERO = 2;
+
+    /** The server's opening of fixed newstyle negotiation: magic, IHAVEOPT and our handshake flags (18 bytes). */
+    static ByteBuffer greeting(ByteBuffer b) {
+        return b.putLong(NBDMAGIC).putLong(IHAVEOPT).putShort((short) (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
+    }
+
+    /** An option reply's header (20 bytes); {@code length} bytes of data follow it. */
+    static ByteBuffer optionReplyHeader(ByteBuffer b, int option, int type, int length) {
+        return b.putLong(OPT_REPLY_MAGIC).putInt(option).putInt(type).putInt(length);
+    }
 
     static final String BASE_ALLOCATION = "base:allocation";
     /** Our id for base:allocation (the only context). */

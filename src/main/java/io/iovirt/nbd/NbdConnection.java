@@ -67,9 +67,6 @@ final class NbdConnection implements Runnable {
     private final GatheringByteChannel out;
 
     private final int id;
-    /** Non-zero: refuse this connection in the handshake, naming the limit. */
-    private final int refuseLimit;
-
     private final ByteBuffer header = ByteBuffer.allocateDirect(32);
     private final ByteBuffer reply = ByteBuffer.allocateDirect(64);
     private volatile boolean transmission;
@@ -152,12 +149,11 @@ final class NbdConnection implements Runnable {
         }
     }
 
-    <C extends ByteChannel & GatheringByteChannel> NbdConnection(NbdServer server, C ch, int id, int refuseLimit) {
+    <C extends ByteChannel & GatheringByteChannel> NbdConnection(NbdServer server, C ch, int id) {
         this.server = server;
         this.ch = ch;
         this.out = ch;
         this.id = id;
-        this.refuseLimit = refuseLimit;
     }
 
     int id() {
@@ -264,14 +260,9 @@ final class NbdConnection implements Runnable {
 
     // ---- handshake ---------------------------------------------------------------------------------------------
 
-    /** @return true to enter transmission, false to close (ABORT, refused) */
+    /** @return true to enter transmission, false to close (ABORT, an unknown EXPORT_NAME) */
     private boolean handshake() throws IOException {
-        ByteBuffer b = reply.clear();
-        b.putLong(NBDMAGIC)
-                .putLong(IHAVEOPT)
-                .putShort((short) (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
-                .flip();
-        writeFully(b);
+        writeFully(Nbd.greeting(reply.clear()).flip());
         int clientFlags = readInt();
         if ((clientFlags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) != 0) {
             throw new ProtocolViolation("unknown client flags 0x" + Integer.toHexString(clientFlags));
@@ -296,20 +287,6 @@ final class NbdConnection implements Runnable {
                 continue;
             }
             ByteBuffer data = readOption((int) len);
-            if (refuseLimit > 0) {
-                if (option == OPT_EXPORT_NAME) {
-                    return false; // no error reply exists for EXPORT_NAME: disconnect
-                }
-                optionReply(
-                        option,
-                        REP_ERR_POLICY,
-                        "too many connections: this server accepts " + refuseLimit
-                                + "; close another connection and retry");
-                if (option == OPT_ABORT) {
-                    return false;
-                }
-                continue;
-            }
             switch (option) {
                 case OPT_EXPORT_NAME -> {
                     String name = string(data, data.remaining());
@@ -539,13 +516,10 @@ final class NbdConnection implements Runnable {
     }
 
     private void optionReply(int option, int type, ByteBuffer data) throws IOException {
-        ByteBuffer h = reply.clear();
-        h.putLong(OPT_REPLY_MAGIC)
-                .putInt(option)
-                .putInt(type)
-                .putInt(data.remaining())
-                .flip();
-        writeFully(h, data);
+        writeFully(
+                Nbd.optionReplyHeader(reply.clear(), option, type, data.remaining())
+                        .flip(),
+                data);
     }
 
     // ---- transmission ------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import java.net.SocketAddress;
 import java.nio.channels.ByteChannel;
 import java.nio.channels.GatheringByteChannel;
 import java.nio.channels.ServerSocketChannel;
-import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Collection;
@@ -35,7 +34,7 @@ import java.util.concurrent.atomic.AtomicInteger;
  * {@link #close} stops accepting, disconnects every client and waits for their threads. A client can only hurt
  * its own connection: malformed or hostile input gets the protocol's error reply or a disconnect, a client that
  * stalls in the handshake is dropped after {@link #HANDSHAKE_TIMEOUT_SECONDS}, and connections beyond the limit
- * are refused in the handshake with an error naming the limit.
+ * are refused in the handshake with an error naming the limit, without a thread of their own ({@link NbdRefusals}).
  */
 public final class NbdServer implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger(NbdServer.class.getName());
@@ -54,6 +53,7 @@ public final class NbdServer implements AutoCloseable {
     private final Set<NbdConnection> connections = ConcurrentHashMap.newKeySet();
     private final AtomicInteger ids = new AtomicInteger();
     private final ScheduledExecutorService timer;
+    private final NbdRefusals refusals;
     private final Acceptor<?> acceptor;
     private volatile boolean closed;
 
@@ -79,10 +79,12 @@ public final class NbdServer implements AutoCloseable {
         // reachable from the queue for the whole timeout.
         t.setRemoveOnCancelPolicy(true);
         this.timer = t;
+        this.refusals = new NbdRefusals(address, maxConnections, t);
         if (tcp != null) {
             this.acceptor = acceptor(
                     Acceptor.builder("nbd " + address, LOG, tcp::accept, () -> closed),
-                    (ch, limit, release) -> serve(ch, limit, release, () -> closeQuietly(ch)));
+                    ch -> NbdRefusals.Peer.of(ch),
+                    (ch, release) -> serve(ch, release, () -> closeQuietly(ch)));
         } else {
             // The same access control as the vhost-user servers: the socket's mode was set before listening, and
             // every peer's uid (SO_PEERCRED) is checked against the allow-list before a byte is exchanged.
@@ -95,34 +97,39 @@ public final class NbdServer implements AutoCloseable {
                                                 + "; see --allow-uid)");
                                 s.close();
                             }),
-                    (s, limit, release) -> {
+                    NbdRefusals.Peer::of,
+                    (s, release) -> {
                         UnixSocketChannel ch = new UnixSocketChannel(s);
-                        serve(ch, limit, release, ch::release);
+                        serve(ch, release, ch::release);
                     });
         }
     }
 
-    /** Serves one accepted connection: {@code refuseLimit} > 0 refuses it in the handshake (over the limit). */
-    private interface Start<S> {
-        void serve(S connection, int refuseLimit, Runnable release);
+    /** An accepted connection seen as a refusal's non-blocking peer. */
+    private interface AsPeer<S> {
+        NbdRefusals.Peer of(S connection) throws IOException;
     }
 
     /**
-     * The accept loop of either listener. Over the limit a connection is still served, only to be refused in the
-     * handshake with an error naming the limit (a client that is merely closed would retry at once); those do not
-     * count against it, and when no thread can be made for one, {@link #serve} has already freed it.
+     * The accept loop of either listener. Over the limit a connection is refused in the handshake with an error
+     * naming the limit (a client that is merely closed would retry at once, and reports a broken server), by
+     * {@link NbdRefusals}, which takes no thread; those do not count against the limit.
      */
-    private <S extends AutoCloseable> Acceptor<S> acceptor(Acceptor.Builder<S> builder, Start<S> start) {
+    private <S extends AutoCloseable> Acceptor<S> acceptor(
+            Acceptor.Builder<S> builder, AsPeer<S> asPeer, Acceptor.Server<S> serve) {
         return builder.threadName("nbd-accept " + address)
                 .daemon(true)
                 .maxConnections(maxConnections, (s, why) -> {
+                    NbdRefusals.Peer peer;
                     try {
-                        start.serve(s, maxConnections, () -> {});
-                    } catch (OutOfMemoryError e) {
-                        // no thread for the refusal: the connection is closed, the server goes on
+                        peer = asPeer.of(s);
+                    } catch (IOException | RuntimeException e) {
+                        closeQuietly(s);
+                        return;
                     }
+                    refusals.refuse(peer);
                 })
-                .build((s, release) -> start.serve(s, 0, release));
+                .build(serve);
     }
 
     /**
@@ -226,13 +233,18 @@ public final class NbdServer implements AutoCloseable {
         return connections.size();
     }
 
+    /** Connections over the limit being refused now (waiting for their client's options). */
+    int pendingRefusals() {
+        return refusals.pending();
+    }
+
     /**
-     * Runs a connection on its own thread; {@code refuseLimit} > 0 refuses it in the handshake (over the limit).
-     * {@code dispose} frees the channel once no thread of the connection can use it any more.
+     * Runs a connection on its own thread. {@code dispose} frees the channel once no thread of the connection can
+     * use it any more.
      */
-    private <C extends ByteChannel & GatheringByteChannel> void serve(
-            C ch, int refuseLimit, Runnable release, Runnable dispose) {
-        NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet(), refuseLimit);
+    private <C extends ByteChannel & GatheringByteChannel> void serve(C ch, Runnable release, Runnable dispose) {
+        refusals.admitted();
+        NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet());
         connections.add(c);
         if (closed) {
             c.close();
@@ -263,10 +275,10 @@ public final class NbdServer implements AutoCloseable {
         }
     }
 
-    private static void closeQuietly(SocketChannel ch) {
+    private static void closeQuietly(AutoCloseable ch) {
         try {
             ch.close();
-        } catch (IOException e) {
+        } catch (Exception e) {
             // gone
         }
     }
@@ -308,6 +320,7 @@ public final class NbdServer implements AutoCloseable {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
+        refusals.close();
         for (NbdConnection c : connections) {
             c.close();
         }

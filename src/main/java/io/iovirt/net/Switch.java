@@ -251,6 +251,11 @@ public final class Switch implements AutoCloseable {
         return index < all.length && all[index] != null ? all[index].name() : "port #" + index;
     }
 
+    /** Ports pinned to one source address ({@link Port#pinnedSource}): each holds one MAC table entry at most. */
+    public int pinnedPorts() {
+        return pins.macs().length;
+    }
+
     /** The ports in number order. */
     public List<Port> ports() {
         List<Port> out = new ArrayList<>();

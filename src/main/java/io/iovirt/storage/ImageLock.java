@@ -19,11 +19,30 @@ import java.util.List;
  * on one writable image at once are refused.
  *
  * <p>The lock lives on a descriptor of its own (an open file description of its own), so it works whatever opens
- * the image for I/O, and the kernel drops it when the process dies, however it dies. An exclusive lock also
- * conflicts with QEMU's own image locks (byte-range OFD locks in the same file), so a QEMU or qemu-img that opens
- * the image with locking on sees it in use, and the other way round.
+ * the image for I/O, and the kernel drops it when the process dies, however it dies. An exclusive lock covers the
+ * whole file, so it also conflicts with QEMU's own image locks (byte-range OFD locks in the same file): a QEMU or
+ * qemu-img that opens the image with locking on sees it in use, and the other way round. A shared lock takes the
+ * bytes of QEMU's scheme a QEMU reader takes (it reads; it lets nobody write or resize), so QEMU writers and
+ * readers see it as QEMU sees one of its own readers: a writer is refused, a reader is not. A whole-file read lock
+ * would do neither: it refuses QEMU's readers and is granted beside a QEMU writer, whose locks are all read locks.
  */
 public final class ImageLock implements AutoCloseable {
+    /*
+     * QEMU's image locking (block/file-posix.c): a user holds a read lock on byte PERM_BASE + p for each permission
+     * p it has, and on SHARED_BASE + p for each it does not let others have; it is refused when another user holds
+     * SHARED_BASE + p for a p it wants, or PERM_BASE + p for a p it does not share. Permissions: 0 consistent read,
+     * 1 write, 2 write unchanged, 3 resize.
+     */
+    private static final long PERM_BASE = 100;
+    private static final long SHARED_BASE = 200;
+    private static final int READ = 0;
+    private static final int WRITE = 1;
+    private static final int RESIZE = 3;
+    /** What a reader holds: it reads, and shares neither writing nor resizing. */
+    private static final long[] READER_HOLDS = {PERM_BASE + READ, SHARED_BASE + WRITE, SHARED_BASE + RESIZE};
+    /** What refuses a reader besides a whole-file write lock: a writer, a resizer, a user that shares no reads. */
+    private static final long[] READER_EXCLUDES = {PERM_BASE + WRITE, PERM_BASE + RESIZE, SHARED_BASE + READ};
+
     private final Path path;
     private final boolean shared;
     private final Fd fd;
@@ -50,17 +69,19 @@ public final class ImageLock implements AutoCloseable {
     }
 
     /**
-     * The exclusive lock of a writer whose clients come and go (an NBD export): taken now and held until closed.
+     * The lock of an export whose clients come and go (an NBD export), taken now and held until closed: exclusive
+     * for a writable export (a second writer would corrupt the image), shared for a read-only one (whose clients
+     * must not be served data another process changes under them).
      *
      * @param who names the export, for the warning and the error
-     * @return the held lock; null when the image cannot be opened for writing (opening it for I/O will say why) or
-     *         its file system has no OFD locks (served unlocked, with a warning)
-     * @throws IOException another process holds a lock on the image (named)
+     * @return the held lock; null when the image cannot be opened (opening it for I/O will say why) or its file
+     *         system has no OFD locks (served unlocked, with a warning)
+     * @throws IOException another process holds the image in a way that conflicts (named)
      */
-    public static ImageLock holdForWriting(Path image, String who) throws IOException {
+    public static ImageLock holdForExport(Path image, boolean readOnly, String who) throws IOException {
         ImageLock lock;
         try {
-            lock = open(image, false);
+            lock = open(image, readOnly);
         } catch (IOException e) {
             return null;
         }
@@ -79,8 +100,12 @@ public final class ImageLock implements AutoCloseable {
             lock.close();
             // "image P is in use by <holders>", without the blk export's explanation (a VM, a migration)
             int vm = why.indexOf(": another VM");
-            throw new IOException((vm < 0 ? why : why.substring(0, vm)) + "; a second writer would corrupt it:"
-                    + " stop the other user of the image first (or export it read-only if it only reads)");
+            throw new IOException((vm < 0 ? why : why.substring(0, vm))
+                    + (readOnly
+                            ? "; a read-only export would serve data that changes under its clients: stop the"
+                                    + " writer first (or export a copy of the image)"
+                            : "; a second writer would corrupt it: stop the other user of the image first (or export"
+                                    + " it read-only if it only reads)"));
         }
         return lock;
     }
@@ -108,12 +133,41 @@ public final class ImageLock implements AutoCloseable {
         if (held) {
             return null;
         }
-        if (FileIo.ofdLock(fd, shared ? FileIo.F_RDLCK : FileIo.F_WRLCK)) {
+        if (shared ? lockForReading() : FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
             held = true;
             return null;
         }
         return "image " + path + " is in use " + (shared ? "for writing " : "") + "by " + holders()
                 + ": another VM runs on it (a migration's source releases it when its queues stop)";
+    }
+
+    /**
+     * Takes a reader's bytes, then looks for a writer: in that order, as QEMU does (it locks, then checks), so of a
+     * reader and a writer starting at once at least one sees the other. False (nothing kept) when refused.
+     */
+    private boolean lockForReading() throws LinuxException {
+        boolean taken = false;
+        try {
+            taken = true;
+            for (long b : READER_HOLDS) {
+                taken = taken && FileIo.ofdLock(fd, FileIo.F_RDLCK, b, 1);
+            }
+            for (long b : READER_EXCLUDES) {
+                taken = taken && FileIo.ofdConflict(fd, FileIo.F_WRLCK, b, 1) == FileIo.F_UNLCK;
+            }
+            return taken;
+        } catch (LinuxException e) {
+            taken = false;
+            throw e;
+        } finally {
+            if (!taken) {
+                try {
+                    FileIo.ofdLock(fd, FileIo.F_UNLCK); // the bytes taken before the refusal
+                } catch (LinuxException e) {
+                    // no lock was taken either (no OFD locks here): the caller hears of the first failure
+                }
+            }
+        }
     }
 
     /** Drops the lock (a no-op when not held). */
@@ -138,9 +192,11 @@ public final class ImageLock implements AutoCloseable {
     }
 
     /**
-     * The processes holding locks on this image's inode. An OFD lock does not name its owner (F_OFD_GETLK and,
-     * since Linux 6.x, /proc/locks report pid -1), but the kernel lists each lock under the descriptor that holds
-     * it in /proc/PID/fdinfo/FD ("lock:" lines): scanned only when a lock is refused, for the error message.
+     * The processes holding locks on this image's inode that conflict with this lock (any lock for an exclusive
+     * one; a write lock or a lock on a writer's byte for a shared one, so a QEMU reader beside the writer is not
+     * named). An OFD lock does not name its owner (F_OFD_GETLK and, since Linux 6.x, /proc/locks report pid -1),
+     * but the kernel lists each lock under the descriptor that holds it in /proc/PID/fdinfo/FD ("lock:" lines):
+     * scanned only when a lock is refused, for the error message.
      */
     String holders() {
         List<String> found = new ArrayList<>();
@@ -152,7 +208,7 @@ public final class ImageLock implements AutoCloseable {
             try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
                 for (Path proc : procs) {
                     long pid = Long.parseLong(proc.getFileName().toString());
-                    String lock = lockLine(proc.resolve("fdinfo"), id);
+                    String lock = lockLine(proc.resolve("fdinfo"), id, shared);
                     if (lock != null) {
                         found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock
                                 + ")");
@@ -165,8 +221,11 @@ public final class ImageLock implements AutoCloseable {
         return found.isEmpty() ? "another process (not visible in /proc here)" : String.join(", ", found);
     }
 
-    /** "ofdlck write" when a descriptor in {@code fdinfo} holds a lock on the inode {@code id}, else null. */
-    private static String lockLine(Path fdinfo, String id) {
+    /**
+     * "ofdlck write" when a descriptor in {@code fdinfo} holds a lock on the inode {@code id} that conflicts with a
+     * lock of ours ({@code shared} or not), else null.
+     */
+    private static String lockLine(Path fdinfo, String id, boolean shared) {
         try (var fds = Files.newDirectoryStream(fdinfo)) {
             for (Path fd : fds) {
                 try {
@@ -174,7 +233,9 @@ public final class ImageLock implements AutoCloseable {
                         // "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:5678 0 EOF"
                         if (line.startsWith("lock:") && (line + " ").contains(id)) {
                             String[] f = line.trim().split("\\s+");
-                            return f.length > 4 ? (f[2] + " " + f[4]).toLowerCase() : "lock";
+                            if (!shared || f.length < 9 || excludesReaders(f[4], f[7], f[8])) {
+                                return f.length > 4 ? (f[2] + " " + f[4]).toLowerCase() : "lock";
+                            }
                         }
                     }
                 } catch (IOException ignored) {
@@ -185,6 +246,25 @@ public final class ImageLock implements AutoCloseable {
             // the process ended, or its descriptors are not ours to see
         }
         return null;
+    }
+
+    /** Whether a lock of {@code type} ("READ", "WRITE") on bytes {@code start..end} ("EOF") refuses a reader. */
+    private static boolean excludesReaders(String type, String start, String end) {
+        if (!type.equals("READ")) {
+            return true;
+        }
+        try {
+            long from = Long.parseLong(start);
+            long to = end.equals("EOF") ? Long.MAX_VALUE : Long.parseLong(end);
+            for (long b : READER_EXCLUDES) {
+                if (from <= b && b <= to) {
+                    return true;
+                }
+            }
+            return false;
+        } catch (NumberFormatException e) {
+            return true; // a line of a form not known here: name its holder rather than hide it
+        }
     }
 
     private static String describe(long pid) {

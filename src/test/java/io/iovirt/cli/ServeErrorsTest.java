@@ -105,6 +105,35 @@ class ServeErrorsTest {
         }
     }
 
+    /** serve nbd --readonly keeps writers away: an image a QEMU writer (qemu-io) holds is refused, naming it. */
+    @Test
+    @org.junit.jupiter.api.Timeout(120) // not an expectation on time: an export that is not refused serves for ever
+    void aReadOnlyNbdExportOfAnImageBeingWrittenIsRefused() throws Exception {
+        Path image = tmp.resolve("disk.raw");
+        Files.write(image, new byte[1 << 20]);
+        Process qemu = io.iovirt.storage.qcow2.QemuTools.writerHolding(image);
+        try {
+            List<String> args = List.of(
+                    "serve",
+                    "nbd",
+                    "--image",
+                    image.toString(),
+                    "--readonly",
+                    "--socket",
+                    tmp.resolve("n.sock").toString());
+            CliRun r = CliRun.run(args);
+            assertEquals(1, r.exit(), args + ": " + r.err());
+            assertTrue(
+                    r.err().contains("is in use for writing by pid " + qemu.pid())
+                            && r.err().contains("qemu-io"),
+                    r.err());
+            assertTrue(r.err().contains("a read-only export would serve data that changes under its clients"), r.err());
+            assertTrue(Files.notExists(tmp.resolve("n.sock")), "nothing listens");
+        } finally {
+            qemu.destroyForcibly().waitFor();
+        }
+    }
+
     @Test
     void aRegularFileWhereTheSocketGoesIsNeverDeleted() throws Exception {
         Path image = tmp.resolve("disk.raw");

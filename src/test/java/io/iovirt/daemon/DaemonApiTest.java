@@ -709,20 +709,8 @@ class DaemonApiTest {
         io.iovirt.storage.qcow2.QemuTools.qemuIoOk(img, "raw", "write -P 0x11 0 4k");
 
         // QEMU holds the image: a writable export is refused, naming it
-        Process qemu = new ProcessBuilder("qemu-io", "-f", "raw", "-c", "sleep 60000", img)
-                .redirectErrorStream(true)
-                .start();
+        Process qemu = io.iovirt.storage.qcow2.QemuTools.writerHolding(Path.of(img));
         try {
-            try (var fd = io.iovirt.linux.FileIo.open(Path.of(img), io.iovirt.linux.FileIo.O_RDONLY)) {
-                io.iovirt.testing.Await.until(Duration.ofSeconds(30), "qemu-io to lock the image", () -> {
-                    try {
-                        return io.iovirt.linux.FileIo.ofdConflict(fd, io.iovirt.linux.FileIo.F_WRLCK)
-                                != io.iovirt.linux.FileIo.F_UNLCK;
-                    } catch (io.iovirt.linux.LinuxException e) {
-                        throw new IllegalStateException(e);
-                    }
-                });
-            }
             RpcClient.RemoteError held = bad(RpcException.FAILED, "nbd.add", "id", "o3", "image", img, "socket", sock1);
             assertTrue(
                     held.getMessage().contains("is in use by pid " + qemu.pid())
@@ -748,6 +736,54 @@ class DaemonApiTest {
         assertTrue(inUse.exit() != 0 && inUse.output().contains("lock"), inUse.output());
         daemon.close(); // stopping the daemon lets go of the image too
         io.iovirt.storage.qcow2.QemuTools.qemuIoOk(img, "raw", "read -P 0x11 0 4k");
+    }
+
+    /**
+     * A read-only NBD export keeps writers away for as long as it runs, so its clients never see the data change:
+     * qemu-io cannot open the image for writing while the export runs (a QEMU reader still can), an image a QEMU
+     * writer holds is refused with the writer named, and writers are welcome again once the export is removed.
+     */
+    @Test
+    void aReadOnlyNbdExportKeepsWritersAway() throws Exception {
+        Path img = image("ro.raw", 1 << 20);
+        String sock = dir.resolve("ro.sock").toString();
+        ok("nbd.add", "id", "ro", "image", img.toString(), "socket", sock, "readonly", true);
+        var written = io.iovirt.storage.qcow2.QemuTools.qemuIo(img, "raw", "write -P 0x22 0 4k");
+        assertTrue(
+                written.exit() != 0 && written.output().contains("Failed to get \"write\" lock"),
+                "QEMU wrote the image a read-only export serves: " + written);
+        io.iovirt.storage.qcow2.QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", img.toString());
+        io.iovirt.storage.qcow2.QemuTools.ok(
+                "qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", "nbd+unix:///ro?socket=" + sock); // and it serves
+        ok("nbd.remove", "id", "ro");
+        io.iovirt.storage.qcow2.QemuTools.qemuIoOk(img, "raw", "write -P 0x11 0 4k");
+
+        Process qemu = io.iovirt.storage.qcow2.QemuTools.writerHolding(img);
+        try {
+            RpcClient.RemoteError held = bad(
+                    RpcException.FAILED,
+                    "nbd.add",
+                    "id",
+                    "ro",
+                    "image",
+                    img.toString(),
+                    "socket",
+                    sock,
+                    "readonly",
+                    true);
+            assertTrue(
+                    held.getMessage().contains("is in use for writing by pid " + qemu.pid())
+                            && held.getMessage().contains("qemu-io")
+                            && held.getMessage().contains("stop the writer first"),
+                    held.getMessage());
+            assertFalse(Files.exists(Path.of(sock)), "the refused export's socket");
+        } finally {
+            qemu.destroyForcibly().waitFor();
+        }
+        ok("nbd.add", "id", "ro", "image", img.toString(), "socket", sock, "readonly", true);
+        String read = io.iovirt.storage.qcow2.QemuTools.ok(
+                "qemu-io", "-r", "-f", "raw", "-c", "read -P 0x11 0 4k", "nbd+unix:///ro?socket=" + sock);
+        assertFalse(read.contains("Pattern verification failed"), read);
     }
 
     /** nbd.add/list/remove with qemu-io (QEMU's own NBD client) as the peer; the data lands in the image. */

@@ -230,6 +230,90 @@ class NbdServerTest {
     }
 
     /**
+     * A flood of connections over the limit costs the server no thread and no lasting descriptor: none gets a
+     * thread, the server closes every one (after its refusal, or at once past the refusals under way), the clients
+     * within the limit go on being served, and a well-behaved client over the limit (qemu-io) gets the error naming
+     * the limit — over a UNIX socket and over TCP.
+     */
+    @Test
+    void aFloodOfConnectionsOverTheLimitCostsNoThreadAndIsClosed() throws Exception {
+        Path img = dir.resolve("f.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("f.sock");
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer unix = NbdServer.startUnix(sock, 2);
+                NbdServer tcp = NbdServer.startTcp("127.0.0.1", 0, 2)) {
+            unix.addExport(new NbdExport("x", image, false));
+            tcp.addExport(new NbdExport("x", image, false));
+            flood(unix, () -> RawClient.unix(sock), "nbd+unix:///x?socket=" + sock);
+            flood(tcp, () -> RawClient.tcp(tcp.port()), "nbd://127.0.0.1:" + tcp.port() + "/x");
+        }
+    }
+
+    private interface Connect {
+        RawClient open() throws IOException;
+    }
+
+    /** The names of the server's connection threads (one per connection; not their workers), sorted. */
+    private static List<String> threads(NbdServer s) {
+        String name = java.util.regex.Pattern.quote("nbd " + s.address() + " #") + "\\d+";
+        return Thread.getAllStackTraces().keySet().stream()
+                .map(Thread::getName)
+                .filter(n -> n.matches(name))
+                .sorted()
+                .toList();
+    }
+
+    private static void flood(NbdServer s, Connect connect, String uri) throws Exception {
+        List<RawClient> held = new ArrayList<>();
+        List<SocketChannel> flood = new ArrayList<>();
+        try {
+            for (int i = 0; i < 2; i++) {
+                held.add(connect.open());
+                held.getLast().go("x");
+            }
+            List<String> before = threads(s);
+            for (int i = 0; i < 200; i++) {
+                SocketChannel ch = s.port() < 0
+                        ? SocketChannel.open(
+                                UnixDomainSocketAddress.of(s.address().substring("unix:".length())))
+                        : SocketChannel.open(new java.net.InetSocketAddress("127.0.0.1", s.port()));
+                flood.add(ch); // never sends a byte
+            }
+            // every one accepted: it got the greeting (a refusal under way) or was closed at once
+            for (SocketChannel ch : flood) {
+                ByteBuffer greeting = ByteBuffer.allocate(18);
+                while (greeting.hasRemaining() && ch.read(greeting) >= 0) {}
+            }
+            assertEquals(before, threads(s), "the server's connection threads: the two within the limit");
+            assertTrue(s.pendingRefusals() <= NbdRefusals.MAX_PENDING, s.pendingRefusals() + " refusals at once");
+            for (SocketChannel ch : flood) { // the server closes each, whatever the client does
+                ByteBuffer b = ByteBuffer.allocate(64);
+                int n;
+                do {
+                    n = ch.read(b.clear());
+                } while (n >= 0);
+            }
+            io.iovirt.testing.Await.until(
+                    Duration.ofSeconds(20), "the refusals to end", () -> s.pendingRefusals() == 0);
+            assertEquals(0, held.getFirst().request(Nbd.CMD_READ, 0, 0, 4096).error, "a client within the limit");
+            var refused = run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", uri);
+            assertNotEquals(0, refused.exit(), refused.output());
+            assertTrue(
+                    refused.output().contains("too many connections: this server accepts 2 at once"), refused.output());
+        } finally {
+            for (SocketChannel ch : flood) {
+                ch.close();
+            }
+            for (RawClient c : held) {
+                c.close();
+            }
+        }
+        awaitNoConnections(s);
+        qemuIoOk(uri, "raw", "read -P 0 0 4k");
+    }
+
+    /**
      * Several requests in flight on one connection: QEMU's client with asynchronous writes and a flush among them,
      * a raw client that pipelines writes, a flush and reads before reading any reply (replies may come in any
      * order; each is matched by its cookie), and a client that sends reads without ever reading the replies — it
@@ -401,11 +485,20 @@ class NbdServerTest {
         }
     }
 
+    /**
+     * A read-only export refuses its clients' writes and, while it runs, keeps other writers of its image away (the
+     * shared image lock, which QEMU's image locking sees): its clients never see the data change under them. QEMU
+     * readers of the image are still welcome.
+     */
     @Test
     void readOnlyExportRefusesWrites() throws Exception {
         Path img = dir.resolve("r.qcow2");
         ok("qemu-img", "create", "-q", "-f", "qcow2", img.toString(), "16M");
         try (ChildProcess p = serve(img, "--readonly")) {
+            var written = run("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 4k", img.toString());
+            assertNotEquals(0, written.exit(), written.output());
+            assertTrue(written.output().contains("Failed to get \"write\" lock"), written.output());
+            ok("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0 0 4k", img.toString());
             var r = run("qemu-io", "-f", "raw", "-c", "write 0 4k", uri());
             assertTrue(
                     r.output().contains("Operation not permitted")

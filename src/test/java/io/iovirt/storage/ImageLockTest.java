@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.FileIo;
+import io.iovirt.storage.qcow2.QemuTools;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import org.junit.jupiter.api.Test;
@@ -50,6 +51,36 @@ class ImageLockTest {
             r2.release();
             assertNull(w.acquire());
             assertTrue(r1.acquire().contains("in use for writing"));
+        }
+    }
+
+    /**
+     * QEMU (qemu-io, its image locking on) sees a shared lock as one of its own readers: a QEMU writer is refused and
+     * refuses it, naming the writer; a QEMU reader shares the image. A whole-file read lock did neither.
+     */
+    @Test
+    void aSharedLockIsAReaderToQemu() throws Exception {
+        Path img = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        try (ImageLock r = ImageLock.open(img, true)) {
+            assertNull(r.acquire());
+            var write = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", img.toString());
+            assertTrue(write.exit() != 0 && write.output().contains("Failed to get \"write\" lock"), write.output());
+            QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", img.toString());
+            r.release();
+            Process writer = QemuTools.writerHolding(img);
+            try {
+                String why = r.acquire();
+                assertTrue(
+                        why != null
+                                && why.contains("in use for writing by pid " + writer.pid() + " 'qemu-io")
+                                && !why.contains(
+                                        "pid " + ProcessHandle.current().pid()),
+                        why);
+                assertTrue(!r.held());
+            } finally {
+                writer.destroyForcibly().waitFor();
+            }
+            assertNull(r.acquire(), "the writer is gone");
         }
     }
 

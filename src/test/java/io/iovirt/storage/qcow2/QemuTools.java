@@ -3,9 +3,13 @@ package io.iovirt.storage.qcow2;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.testing.Await;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -38,7 +42,6 @@ public final class QemuTools {
         return r.output();
     }
 
-    /** qemu-io on an image with the given commands (-c each). */
     /** {@code qemu-img create -f qcow2 [-o OPT]... dir/name size}: the new image's path. */
     public static Path createQcow2(Path dir, String name, String size, String... opts)
             throws IOException, InterruptedException {
@@ -54,9 +57,37 @@ public final class QemuTools {
         return p;
     }
 
+    /** qemu-io on an image with the given commands (-c each). */
     public static Result qemuIo(Path image, String format, String... commands)
             throws IOException, InterruptedException {
         return qemuIo(image.toString(), format, commands);
+    }
+
+    /**
+     * A qemu-io that has {@code image} (raw) open for writing and holds it, as a running QEMU holds its disk: started
+     * and returned once QEMU's image locks are on the file. Destroy it to let go.
+     */
+    public static Process writerHolding(Path image) throws IOException {
+        Process p = new ProcessBuilder("qemu-io", "-f", "raw", "-c", "sleep 600000", image.toString())
+                .redirectErrorStream(true)
+                .start();
+        try (var fd = FileIo.open(image, FileIo.O_RDONLY)) {
+            Await.until(Duration.ofSeconds(30), "qemu-io to lock " + image, () -> {
+                if (!p.isAlive()) {
+                    throw new IllegalStateException(
+                            "qemu-io ended (exit " + p.exitValue() + ") before it locked " + image);
+                }
+                try {
+                    return FileIo.ofdConflict(fd, FileIo.F_WRLCK) != FileIo.F_UNLCK;
+                } catch (LinuxException e) {
+                    throw new IllegalStateException(e);
+                }
+            });
+        } catch (IOException | RuntimeException e) {
+            p.destroyForcibly();
+            throw e;
+        }
+        return p;
     }
 
     /** qemu-io on an image file or an NBD URI. */
