@@ -739,7 +739,15 @@ public final class Daemon implements AutoCloseable {
                 if (nbds.containsKey(id)) {
                     return nbdStats(nbds.get(id));
                 }
-                throw new RpcException(RpcException.NOT_FOUND, "no disk or switch '" + id + "'");
+                List<String> all = new ArrayList<>(blks.keySet());
+                all.addAll(nbds.keySet());
+                all.addAll(nets.keySet());
+                throw new RpcException(
+                        RpcException.NOT_FOUND,
+                        "no disk, NBD export or switch '" + Params.printable(id) + "'"
+                                + (all.isEmpty()
+                                        ? " (there are none; add one with blk.add, nbd.add or net.add)"
+                                        : " (ids: " + String.join(", ", all) + ")"));
             }
             Map<String, Object> m = new LinkedHashMap<>();
             List<Object> b = new ArrayList<>();

@@ -39,6 +39,19 @@ class CtlCommandTest {
         return new Run(exit, out.toString(), err.toString());
     }
 
+    /** ctl --help names every method the daemon has. */
+    @Test
+    void helpNamesEveryMethod() {
+        StringWriter out = new StringWriter();
+        CommandLine cl = Main.commandLine();
+        cl.setOut(new PrintWriter(out));
+        assertEquals(0, cl.execute("ctl", "--help"));
+        String help = out.toString().replaceAll("\\s+", " ");
+        for (String m : Daemon.METHODS) {
+            assertTrue(help.matches("(?s).*[ ,]" + java.util.regex.Pattern.quote(m) + "[,. ].*"), m + ": " + help);
+        }
+    }
+
     @Test
     void tablesJsonAndErrors() throws Exception {
         Run none = ctl("version");

@@ -408,7 +408,8 @@ class DaemonApiTest {
         Map<?, ?> rx0 = (Map<?, ?>) ((List<?>) vm1.get("queues")).get(1);
         assertEquals(Map.of("queue", "rx0", "lost_notifications", 0L, "recheck_interrupts", 0L), rx0);
         assertEquals(null, ((Map<?, ?>) ((List<?>) n.get("ports")).get(1)).get("queues"), "a stream port has none");
-        bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
+        String none = bad(RpcException.NOT_FOUND, "stats", "id", "nothing").getMessage();
+        assertTrue(none.startsWith("no disk, NBD export or switch 'nothing' (ids: "), none);
         String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1")
                 .get("xml");
         assertTrue(xml.contains("<disk type='vhostuser' device='disk' snapshot='no'>"), xml);
