@@ -18,6 +18,7 @@ import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -486,6 +487,285 @@ class DaemonApiTest {
         assertTrue(e.getMessage().contains("'console' is not a valid path"), e.getMessage());
         assertTrue(((List<?>) ok("blk.list").get("list")).isEmpty());
         assertTrue(((List<?>) ok("nbd.list").get("list")).isEmpty());
+    }
+
+    /**
+     * One check across every socket of the daemon — blk, NBD and switch ports — comparing paths as the file system
+     * sees them: a clash is -32002 naming the device that has it (it was -32000 "another process is listening" for
+     * a blk or port socket an NBD export or port had), and an image is the same image through "." or a symbolic link.
+     */
+    @Test
+    void socketsAndImagesAreCheckedAcrossEveryKindAndAsTheFileSystemSeesThem() throws Exception {
+        Path a = image("a.raw", 1 << 20);
+        Path blkSock = dir.resolve("blk.sock");
+        Path nbdSock = dir.resolve("nbd.sock");
+        Path portSock = dir.resolve("port.sock");
+        ok("blk.add", "id", "b", "image", a.toString(), "socket", blkSock.toString());
+        ok("nbd.add", "id", "n", "image", image("n.raw", 1 << 20).toString(), "socket", nbdSock.toString());
+        ok("net.add", "id", "sw");
+        ok("net.port.add", "net", "sw", "id", "p", "kind", "stream", "path", portSock.toString());
+        Path other = image("other.raw", 1 << 20);
+        Path sub = Files.createDirectory(dir.resolve("sub"));
+        Path link = Files.createSymbolicLink(dir.resolve("link"), dir);
+        Map<Path, String> taken = Map.of(blkSock, "blk 'b'", nbdSock, "nbd 'n'", portSock, "port 'p' of switch 'sw'");
+        for (Map.Entry<Path, String> t : taken.entrySet()) {
+            String name = t.getKey().getFileName().toString();
+            for (String path : List.of(
+                    t.getKey().toString(),
+                    dir + "/./" + name,
+                    sub + "/../" + name,
+                    link.resolve(name).toString())) {
+                String why = "socket " + path + " is already served by " + t.getValue();
+                assertTrue(
+                        bad(RpcException.EXISTS, "blk.add", "image", other.toString(), "socket", path)
+                                .getMessage()
+                                .contains("is already served by " + t.getValue()),
+                        why);
+                assertTrue(
+                        bad(RpcException.EXISTS, "nbd.add", "image", other.toString(), "socket", path)
+                                .getMessage()
+                                .contains("is already served by " + t.getValue()),
+                        why);
+                assertTrue(
+                        bad(RpcException.EXISTS, "net.port.add", "net", "sw", "kind", "vhost-user", "path", path)
+                                .getMessage()
+                                .contains("is already served by " + t.getValue()),
+                        why);
+            }
+        }
+        // blk b has a.raw writable: no other export of it, however the path is written; read-only twice is fine
+        for (String path : List.of(
+                dir + "/./a.raw", sub + "/../a.raw", link.resolve("a.raw").toString())) {
+            assertTrue(
+                    bad(
+                                    RpcException.EXISTS,
+                                    "nbd.add",
+                                    "image",
+                                    path,
+                                    "socket",
+                                    dir.resolve("x.sock").toString(),
+                                    "readonly",
+                                    true)
+                            .getMessage()
+                            .contains("is already exported by blk 'b'"),
+                    path);
+        }
+        ok(
+                "nbd.add",
+                "id",
+                "r1",
+                "image",
+                other.toString(),
+                "socket",
+                dir.resolve("r1.sock").toString(),
+                "readonly",
+                true);
+        ok(
+                "blk.add",
+                "id",
+                "r2",
+                "image",
+                link.resolve("other.raw").toString(),
+                "socket",
+                dir.resolve("r2.sock").toString(),
+                "readonly",
+                true);
+        // what was refused left nothing behind
+        assertEquals(2, ((List<?>) ok("blk.list").get("list")).size());
+        assertEquals(2, ((List<?>) ok("nbd.list").get("list")).size());
+        assertEquals(1, ((List<?>) ((Map<?, ?>) ((List<?>) ok("net.list").get("list")).get(0)).get("ports")).size());
+        // a removed device's socket is free again, whatever the path's spelling
+        ok("blk.remove", "id", "b");
+        ok("net.port.add", "net", "sw", "id", "q", "kind", "stream", "path", dir + "/./blk.sock");
+    }
+
+    /**
+     * An image that takes long to open (a FIFO: open(2) waits for a writer, like an image on a file system that
+     * does not answer) delays its own blk.add only: other requests, another add and /metrics are served meanwhile,
+     * and its id and socket are in use until it has failed — then free.
+     */
+    @Test
+    void aSlowAddDelaysOnlyItself() throws Exception {
+        Path fifo = dir.resolve("slow.raw");
+        assertEquals(0, new ProcessBuilder("mkfifo", fifo.toString()).start().waitFor());
+        Path sock = dir.resolve("slow.sock");
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        java.util.concurrent.Future<Object> slow = threads.submit(() -> {
+            try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
+                return c.call(
+                        "blk.add",
+                        p(
+                                "id",
+                                "slow",
+                                "image",
+                                fifo.toString(),
+                                "socket",
+                                sock.toString(),
+                                "readonly",
+                                true,
+                                "format",
+                                "raw"));
+            } catch (RpcClient.RemoteError e) {
+                return e;
+            }
+        });
+        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
+            // the add is opening its image (this daemon runs in this JVM: its request thread is in BlkExport.start)
+            while (Thread.getAllStackTraces().values().stream()
+                    .noneMatch(st -> java.util.Arrays.stream(st)
+                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
+                                    && f.getMethodName().equals("start")))) {
+                assertTrue(!slow.isDone(), "the slow add ended early: " + (slow.isDone() ? slow.get() : ""));
+                Thread.sleep(10);
+            }
+            RpcClient.RemoteError e = assertThrows(
+                    RpcClient.RemoteError.class,
+                    () -> other.call(
+                            "blk.add", p("image", dir.resolve("none.raw").toString(), "socket", sock.toString())));
+            assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
+            assertTrue(e.getMessage().contains("blk 'slow' (being added)"), e.getMessage());
+            e = assertThrows(
+                    RpcClient.RemoteError.class,
+                    () -> other.call(
+                            "blk.add",
+                            p(
+                                    "id",
+                                    "slow",
+                                    "image",
+                                    image("b.raw", 1 << 20).toString(),
+                                    "socket",
+                                    dir.resolve("b.sock").toString())));
+            assertEquals(RpcException.EXISTS, e.code());
+            assertTrue(
+                    e.getMessage().contains("id 'slow' is already in use by blk 'slow' (being added)"), e.getMessage());
+            assertTrue(((List<?>) other.call("blk.list", null)).isEmpty(), "not listed before it runs");
+            other.call("stats", null);
+            other.call(
+                    "blk.add",
+                    p(
+                            "id",
+                            "fast",
+                            "image",
+                            image("c.raw", 1 << 20).toString(),
+                            "socket",
+                            dir.resolve("c.sock").toString()));
+            other.call("blk.remove", p("id", "fast"));
+            String metrics = threads.submit(() -> Metrics.render(daemon)).get(20, TimeUnit.SECONDS);
+            assertTrue(metrics.contains("iovirt_build_info"), metrics);
+            assertTrue(!slow.isDone(), "the slow add ended early: " + (slow.isDone() ? slow.get() : ""));
+        } finally {
+            // a writer (read-write: never waits for a reader): the add's open returns, and it fails
+            new RandomAccessFile(fifo.toFile(), "rw").close();
+            threads.shutdown();
+        }
+        Object r = slow.get(60, TimeUnit.SECONDS);
+        assertTrue(
+                r instanceof RpcClient.RemoteError re
+                        && re.code() == RpcException.FAILED
+                        && re.getMessage().contains("neither a regular file nor a block device"),
+                String.valueOf(r));
+        ok("blk.add", "id", "slow", "image", image("d.raw", 1 << 20).toString(), "socket", sock.toString());
+    }
+
+    /**
+     * A removal that waits on its image (here on FUSE: fuse2fs, stopped, never answers the fsync) delays only itself:
+     * other requests and /metrics are served meanwhile, and the export's id and socket are in use until it has
+     * closed — then free.
+     */
+    @Test
+    @Tag("peer")
+    void aSlowRemoveDelaysOnlyItself() throws Exception {
+        Path fuse2fs = io.iovirt.testing.Require.program("fuse2fs", "apt-get install fuse2fs fuse3");
+        Path mkfs = io.iovirt.testing.Require.program("mkfs.ext4", "apt-get install e2fsprogs");
+        io.iovirt.testing.Require.that(Files.isReadable(Path.of("/dev/fuse")), "/dev/fuse is missing (modprobe fuse)");
+        Path fs = image("fs.img", 16 << 20);
+        assertEquals(
+                0,
+                new ProcessBuilder(mkfs.toString(), "-q", "-F", fs.toString())
+                        .start()
+                        .waitFor());
+        Path mnt = Files.createDirectory(dir.resolve("mnt"));
+        Process fuse = new ProcessBuilder(fuse2fs.toString(), fs.toString(), mnt.toString(), "-f", "-o", "fakeroot")
+                .redirectErrorStream(true)
+                .redirectOutput(dir.resolve("fuse2fs.log").toFile())
+                .start();
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try {
+            for (int i = 0; i < 400 && !fuseMounted(mnt); i++) {
+                assertTrue(fuse.isAlive(), Files.readString(dir.resolve("fuse2fs.log")));
+                Thread.sleep(50);
+            }
+            assertTrue(fuseMounted(mnt), "fuse2fs did not mount " + mnt);
+            Path img = mnt.resolve("disk.raw");
+            try (RandomAccessFile r = new RandomAccessFile(img.toFile(), "rw")) {
+                r.setLength(1 << 20);
+            }
+            Path sock = dir.resolve("slow.sock");
+            ok("blk.add", "id", "slow", "image", img.toString(), "socket", sock.toString());
+            assertEquals(
+                    0,
+                    new ProcessBuilder("kill", "-STOP", Long.toString(fuse.pid()))
+                            .start()
+                            .waitFor());
+            java.util.concurrent.Future<Object> slow = threads.submit(() -> {
+                try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
+                    return c.call("blk.remove", p("id", "slow"));
+                }
+            });
+            try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
+                RpcClient.RemoteError e;
+                do { // until the removal has begun: its socket is then still in use, as being removed
+                    e = assertThrows(
+                            RpcClient.RemoteError.class,
+                            () -> other.call(
+                                    "blk.add",
+                                    p("image", dir.resolve("none.raw").toString(), "socket", sock.toString())));
+                } while (!e.getMessage().contains("being removed") && !slow.isDone());
+                assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
+                assertTrue(e.getMessage().contains("blk 'slow' (being removed"), e.getMessage());
+                e = assertThrows(
+                        RpcClient.RemoteError.class,
+                        () -> other.call(
+                                "blk.add",
+                                p(
+                                        "id",
+                                        "slow",
+                                        "image",
+                                        image("b.raw", 1 << 20).toString(),
+                                        "socket",
+                                        dir.resolve("b.sock").toString())));
+                assertEquals(RpcException.EXISTS, e.code());
+                assertTrue(e.getMessage().contains("id 'slow' is already in use"), e.getMessage());
+                assertTrue(((List<?>) other.call("blk.list", null)).isEmpty(), "no longer listed");
+                other.call("stats", null);
+                other.call("net.add", p("id", "sw"));
+                other.call("net.remove", p("id", "sw"));
+                String metrics = threads.submit(() -> Metrics.render(daemon)).get(20, TimeUnit.SECONDS);
+                assertTrue(metrics.contains("iovirt_build_info"), metrics);
+                assertTrue(!slow.isDone(), "the removal ended early");
+            } finally {
+                new ProcessBuilder("kill", "-CONT", Long.toString(fuse.pid()))
+                        .start()
+                        .waitFor();
+            }
+            assertEquals(true, ((Map<?, ?>) slow.get(60, TimeUnit.SECONDS)).get("removed"));
+            ok("blk.add", "id", "slow", "image", image("c.raw", 1 << 20).toString(), "socket", sock.toString());
+        } finally {
+            new ProcessBuilder("kill", "-CONT", Long.toString(fuse.pid()))
+                    .start()
+                    .waitFor();
+            threads.shutdown();
+            if (fuseMounted(mnt)) {
+                new ProcessBuilder("fusermount3", "-u", mnt.toString()).start().waitFor();
+            }
+            fuse.destroy();
+            fuse.waitFor(10, TimeUnit.SECONDS);
+        }
+    }
+
+    private static boolean fuseMounted(Path mnt) throws java.io.IOException {
+        return Files.readAllLines(Path.of("/proc/self/mountinfo")).stream()
+                .anyMatch(l -> l.contains(" " + mnt + " ") && l.contains(" - fuse"));
     }
 
     @Test
