@@ -1097,9 +1097,14 @@ public final class Daemon implements AutoCloseable {
         }
     }
 
-    List<NetSwitch> switches() {
+    /** Every switch with a copy of its ports, taken under the lock (net.port.add/remove change the maps). */
+    Map<NetSwitch, List<NetSwitch.PortEntry>> switchPorts() {
         synchronized (lock) {
-            return List.copyOf(nets.values());
+            Map<NetSwitch, List<NetSwitch.PortEntry>> m = new LinkedHashMap<>();
+            for (NetSwitch n : nets.values()) {
+                m.put(n, List.copyOf(n.ports.values()));
+            }
+            return m;
         }
     }
 
