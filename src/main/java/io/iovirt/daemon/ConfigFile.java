@@ -261,7 +261,8 @@ final class ConfigFile {
                 }
             }
         }
-        // net
+        // net: a switch that leaves the file or changes is removed (to be recreated with its ports) — not one with
+        // ports added through the API (removeNet refuses): it stays as it runs, and its file ports follow the file
         Map<String, NetSwitch> kept = new LinkedHashMap<>(); // the file's switches that stay as they run
         for (NetSwitch n : now.nets().values()) {
             if (!n.fromConfig) {
@@ -271,17 +272,26 @@ final class ConfigFile {
             if (w == null) {
                 if (run(failed, "net " + n.spec.id(), () -> d.removeNet(n.spec.id(), n))) {
                     removed.add("net " + n.spec.id());
+                } else {
+                    kept.put(n.spec.id(), n);
                 }
             } else if (!w.equals(n.spec)) {
-                // recreated below with its ports
                 if (run(failed, "net " + w.id(), () -> d.removeNet(w.id(), n))) {
                     changed.add("net " + w.id());
+                } else {
+                    kept.put(n.spec.id(), n);
                 }
             } else {
                 kept.put(n.spec.id(), n);
             }
         }
-        for (NetSwitch.Spec w : want.nets().values()) {
+        List<NetSwitch.Spec> switches = new ArrayList<>(want.nets().values());
+        for (NetSwitch n : kept.values()) {
+            if (!want.nets().containsKey(n.spec.id())) {
+                switches.add(n.spec); // gone from the file but kept: its file ports go
+            }
+        }
+        for (NetSwitch.Spec w : switches) {
             NetSwitch sw = kept.get(w.id());
             List<NetSwitch.PortEntry> running =
                     sw == null ? List.of() : now.ports().get(sw);
@@ -300,7 +310,7 @@ final class ConfigFile {
                 }
             }
             NetSwitch n = sw;
-            Map<String, NetSwitch.PortSpec> wantPorts = want.ports().get(w.id());
+            Map<String, NetSwitch.PortSpec> wantPorts = want.ports().getOrDefault(w.id(), Map.of());
             List<String> present = new ArrayList<>();
             for (NetSwitch.PortEntry pe : running) {
                 String what = "port " + w.id() + "/" + pe.spec().id();

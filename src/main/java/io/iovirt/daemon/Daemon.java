@@ -708,8 +708,10 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * Removes switch {@code id} ({@code expected}: only if it is still that one) and closes its ports outside the
-     * lock (each waits for its frontend); the switch's and its ports' claims are let go once they have stopped.
+     * Removes switch {@code id} and closes its ports outside the lock (each waits for its frontend); the switch's and
+     * its ports' claims are let go once they have stopped. {@code expected}: a reload's — only if it is still that
+     * switch, and not while it has ports added through the API, which a reload never touches (their guests would
+     * lose their NICs); null: the API's, whatever it has.
      */
     void removeNet(String id, NetSwitch expected) throws RpcException {
         NetSwitch n;
@@ -717,6 +719,17 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             n = net(id);
             requireExpected(n, expected, "switch '" + id + "'");
+            List<String> api = n.ports.values().stream()
+                    .filter(e -> !e.fromConfig())
+                    .map(e -> e.spec().id())
+                    .toList();
+            if (expected != null && !api.isEmpty()) {
+                throw new RpcException(
+                        RpcException.FAILED,
+                        "switch '" + id + "' has ports added through the API (" + String.join(", ", api)
+                                + "), which a reload never touches, so it keeps running as it is; to apply the"
+                                + " file's change, remove those ports (net.port.remove) and send SIGHUP again");
+            }
             nets.remove(id);
             held.add(removing(id));
             for (String port : n.ports.keySet()) {
