@@ -176,7 +176,8 @@ final class ConfigFile {
 
     /**
      * Makes the running configuration-file devices match {@code want}: removes those no longer listed, replaces
-     * changed ones (a read-only switch alone is applied in place), adds new ones. One entry failing does not stop
+     * changed ones (a disk's read-only state alone is switched in place when its image was opened writable), adds
+     * new ones. One entry failing does not stop
      * the others. It holds the daemon's lock only to look at what runs: every add and remove is the daemon's own
      * (which opens and closes outside the lock), so the API and /metrics are served while a reload waits on a slow
      * image or frontend; one acts only on the device it saw, and a device the API changed meanwhile is reported.
@@ -197,18 +198,14 @@ final class ConfigFile {
                 if (run(failed, "blk " + e.spec.id(), () -> d.removeBlk(e.spec.id(), e))) {
                     removed.add("blk " + e.spec.id());
                 }
-            } else if (!w.equals(e.spec)) {
-                BlkExport.Spec sameButRo = new BlkExport.Spec(
-                        w.id(),
-                        w.image(),
-                        w.socket(),
-                        w.queues(),
-                        e.spec.readOnly(),
-                        w.direct(),
-                        w.serial(),
-                        w.engine(),
-                        w.format());
-                if (sameButRo.equals(e.spec) && !e.spec.readOnly()) {
+            } else {
+                // compared with what runs: blk.set-readonly or an earlier reload may have switched read-only in place
+                boolean ro = e.image.readOnly();
+                if (w.equals(e.spec.withReadOnly(ro))) {
+                    continue;
+                }
+                if (w.withReadOnly(ro).equals(e.spec.withReadOnly(ro)) && (w.readOnly() || !e.spec.readOnly())) {
+                    // only read-only differs, and the image was opened writable: switched in place
                     run(failed, "blk " + w.id(), () -> {
                         try {
                             e.device.setReadOnly(w.readOnly());
@@ -217,6 +214,7 @@ final class ConfigFile {
                         }
                     });
                 } else {
+                    // anything else, or writable for an image opened read-only: reopened (the frontend reconnects)
                     run(failed, "blk " + w.id(), () -> {
                         d.removeBlk(w.id(), e);
                         d.addBlk(w, true);

@@ -768,6 +768,42 @@ class DaemonApiTest {
                 .anyMatch(l -> l.contains(" " + mnt + " ") && l.contains(" - fuse"));
     }
 
+    /**
+     * A file disk's read-only state follows the file both ways and a reload compares it with what runs: rw -> ro is
+     * switched in place, the same file again changes nothing (it was reported as changed on every reload), ro -> rw
+     * is switched back in place (it stuck: the stored entry still said writable, so the file compared equal), and a
+     * disk opened read-only is reopened writable.
+     */
+    @Test
+    void aReloadMakesReadOnlyFollowTheFileBothWays() throws Exception {
+        Path config = dir.resolve("daemon.json");
+        String entry = "{\"id\": \"%s\", \"image\": \"%s\", \"socket\": \"%s\"%s}";
+        String d = entry.formatted("d", image("d.raw", 1 << 20), dir.resolve("d.sock"), "%s");
+        String e = entry.formatted("e", image("e.raw", 1 << 20), dir.resolve("e.sock"), "%s");
+        java.util.function.BiFunction<String, String, ConfigFile.Outcome> reload = (dRo, eRo) -> {
+            try {
+                Files.writeString(config, "{\"blk\": [" + d.formatted(dRo) + ", " + e.formatted(eRo) + "]}");
+                ConfigFile.Outcome o = ConfigFile.apply(daemon, ConfigFile.read(config, daemon));
+                assertEquals(List.of(), o.failed());
+                return o;
+            } catch (java.io.IOException ex) {
+                throw new java.io.UncheckedIOException(ex);
+            }
+        };
+        String ro = ", \"readonly\": true";
+        assertEquals(List.of("blk d", "blk e"), reload.apply("", ro).added());
+        assertEquals(List.of("blk d"), reload.apply(ro, ro).changed());
+        assertEquals(true, ok("blk.info", "id", "d").get("readonly"));
+        assertEquals(List.of(), reload.apply(ro, ro).changed(), "nothing changed");
+        assertEquals(List.of("blk d", "blk e"), reload.apply("", "").changed());
+        assertEquals(false, ok("blk.info", "id", "d").get("readonly"));
+        assertEquals(false, ok("blk.info", "id", "e").get("readonly"), "reopened writable");
+        ok("blk.set-readonly", "id", "d", "readonly", true);
+        assertEquals(List.of("blk d"), reload.apply("", "").changed(), "the file says writable");
+        assertEquals(false, ok("blk.info", "id", "d").get("readonly"));
+        assertEquals(List.of(), reload.apply("", "").changed());
+    }
+
     @Test
     void hostileClientsDoNotHarmTheDaemon() throws Exception {
         // a line longer than the limit: an error, then the connection is dropped
