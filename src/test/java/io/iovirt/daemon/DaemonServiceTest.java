@@ -57,6 +57,67 @@ class DaemonServiceTest {
         }
     }
 
+    /**
+     * The watchdog pings only while the daemon responds: with its registry lock held for ever (a deadlock) or its
+     * control socket no longer accepting, WATCHDOG=1 stops — systemd restarts it — and STATUS= says why; once the
+     * lock is free again the pings resume. It pinged regardless, from a thread of its own.
+     */
+    @Test
+    void theWatchdogPingsOnlyWhileTheDaemonResponds() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+                Daemon d = new Daemon(null);
+                RpcServer rpc = RpcServer.start(dir.resolve("control.sock"), d);
+                Watchdog w = Watchdog.start(SdNotify.of(notify.toString()), 100, d, rpc)) {
+            until(systemd, "WATCHDOG=1");
+            java.util.concurrent.CountDownLatch held = new java.util.concurrent.CountDownLatch(1);
+            java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
+            Thread deadlock = Thread.ofPlatform()
+                    .start(() -> d.locked(() -> {
+                        held.countDown();
+                        try {
+                            release.await();
+                        } catch (InterruptedException e) {
+                            Thread.currentThread().interrupt();
+                        }
+                        return null;
+                    }));
+            try {
+                held.await();
+                String status = untilStartsWith(systemd, "STATUS=not responding: the daemon's device registry lock");
+                assertTrue(status.contains("WATCHDOG=1 withheld"), status);
+                for (int i = 0; i < 3; i++) { // while it is held: reasons, never a ping
+                    String m = systemd.receive();
+                    assertNotNull(m);
+                    assertTrue(m.startsWith("STATUS=not responding"), m);
+                }
+            } finally {
+                release.countDown(); // also when an assertion failed: closing the daemon takes the lock
+            }
+            deadlock.join();
+            until(systemd, "WATCHDOG=1");
+            rpc.close();
+            untilStartsWith(systemd, "STATUS=not responding: the control socket");
+            String m = systemd.receive();
+            assertTrue(m.startsWith("STATUS=not responding"), m);
+        }
+    }
+
+    /** Receives notifications until one starts with {@code prefix}; returns it. */
+    static String untilStartsWith(SdNotify.Listener l, String prefix) throws Exception {
+        List<String> seen = new ArrayList<>();
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        while (System.nanoTime() < deadline) {
+            String m = l.receive();
+            assertNotNull(m, "no notification starting with " + prefix + "; saw " + seen);
+            if (m.startsWith(prefix)) {
+                return m;
+            }
+            seen.add(m);
+        }
+        throw new AssertionError("no notification starting with " + prefix + " within 60 s; saw " + seen);
+    }
+
     /** The daemon as systemd starts it (Type=notify): its readiness and status come to {@code notify}. */
     private ChildProcess startDaemon(Path config, Path control, Path notify) throws IOException {
         return ChildProcess.builder(
