@@ -667,6 +667,40 @@ class DaemonApiTest {
         ok("blk.add", "id", "slow", "image", image("d.raw", 1 << 20).toString(), "socket", sock.toString());
     }
 
+    /** A reload that waits on an image (a FIFO, as above) holds up neither the API nor /metrics. */
+    @Test
+    void aSlowReloadDelaysOnlyItself() throws Exception {
+        Path fifo = dir.resolve("slow.raw");
+        assertEquals(0, new ProcessBuilder("mkfifo", fifo.toString()).start().waitFor());
+        Path config = dir.resolve("daemon.json");
+        Files.writeString(config, """
+                {"blk": [{"id": "slow", "image": "%s", "socket": "%s", "readonly": true, "format": "raw"}]}
+                """.formatted(fifo, dir.resolve("slow.sock")));
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try {
+            java.util.concurrent.Future<ConfigFile.Outcome> reload =
+                    threads.submit(() -> ConfigFile.apply(daemon, ConfigFile.read(config, daemon)));
+            while (Thread.getAllStackTraces().values().stream()
+                    .noneMatch(st -> java.util.Arrays.stream(st)
+                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
+                                    && f.getMethodName().equals("start")))) {
+                assertTrue(!reload.isDone(), "the reload ended early: " + (reload.isDone() ? reload.get() : ""));
+                Thread.sleep(10);
+            }
+            try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
+                other.call("blk.list", null);
+                other.call("net.add", p("id", "sw"));
+            }
+            String metrics = threads.submit(() -> Metrics.render(daemon)).get(20, TimeUnit.SECONDS);
+            assertTrue(metrics.contains("iovirt_build_info"), metrics);
+            assertTrue(!reload.isDone(), "the reload ended early");
+        } finally {
+            new RandomAccessFile(fifo.toFile(), "rw").close(); // a writer: the open returns, the entry fails
+            threads.shutdown();
+        }
+        assertTrue(threads.awaitTermination(60, TimeUnit.SECONDS));
+    }
+
     /**
      * A removal that waits on its image (here on FUSE: fuse2fs, stopped, never answers the fsync) delays only itself:
      * other requests and /metrics are served meanwhile, and the export's id and socket are in use until it has
