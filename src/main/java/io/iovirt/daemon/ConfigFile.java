@@ -177,10 +177,10 @@ final class ConfigFile {
     /**
      * Makes the running configuration-file devices match {@code want}: removes those no longer listed, replaces
      * changed ones (a disk's read-only state alone is switched in place when its image was opened writable), adds
-     * new ones. One entry failing does not stop
-     * the others. It holds the daemon's lock only to look at what runs: every add and remove is the daemon's own
-     * (which opens and closes outside the lock), so the API and /metrics are served while a reload waits on a slow
-     * image or frontend; one acts only on the device it saw, and a device the API changed meanwhile is reported.
+     * new ones. One entry failing does not stop the others. It holds the daemon's lock only to look at what runs:
+     * every add and remove is the daemon's own (which opens and closes outside the lock), so the API and /metrics
+     * are served while a reload waits on a slow image or frontend; each acts only on the device the reload saw, and
+     * one the API replaced meanwhile is reported.
      */
     static Outcome apply(Daemon d, Desired want) {
         List<String> added = new ArrayList<>();
