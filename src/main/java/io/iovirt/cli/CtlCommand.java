@@ -35,7 +35,8 @@ import picocli.CommandLine.Parameters;
         description = {
             "Send one request to a running 'iovirt daemon' and print the answer (a table, or --json).",
             "Methods: version, blk.add, blk.remove, blk.list, blk.info, blk.resize, blk.set-readonly, net.add, net.remove,",
-            "net.port.add, net.port.remove, net.list, net.macs, stats, libvirt-xml (docs/api.md)."
+            "net.port.add, net.port.remove, net.list, net.macs, nbd.add, nbd.remove, nbd.list, stats, libvirt-xml",
+            "(docs/api.md)."
         })
 final class CtlCommand implements Callable<Integer> {
     static final int EXIT_USAGE = Contract.USAGE;
@@ -82,7 +83,9 @@ final class CtlCommand implements Callable<Integer> {
             if (params.containsKey(k)) {
                 throw new CommandLine.ParameterException(spec.commandLine(), "parameter '" + k + "' given twice");
             }
-            params.put(k, value(a.substring(eq + 1)));
+            // sent as the string it is: the daemon converts where it expects a number or a boolean, and only it
+            // knows which (serial=00042 is a string; turned into a number here it became 42)
+            params.put(k, a.substring(eq + 1));
         }
         PrintWriter out = spec.commandLine().getOut();
         Object result;
@@ -108,17 +111,6 @@ final class CtlCommand implements Callable<Integer> {
         }
         out.flush();
         return 0;
-    }
-
-    /** key=value text → the JSON type it plainly is: true/false, an integer, else a string. */
-    static Object value(String v) {
-        if (v.equals("true") || v.equals("false")) {
-            return Boolean.valueOf(v);
-        }
-        if (v.matches("-?[0-9]{1,18}")) {
-            return Long.parseLong(v);
-        }
-        return v;
     }
 
     static void print(PrintWriter out, Object v, String indent) {

@@ -24,7 +24,11 @@ final class BlkExport implements AutoCloseable {
             boolean direct,
             String serial,
             BlkDevice.IoEngine engine,
-            ImageFormat format) {}
+            ImageFormat format) {
+        Spec withReadOnly(boolean ro) {
+            return new Spec(id, image, socket, queues, ro, direct, serial, engine, format);
+        }
+    }
 
     final Spec spec;
     final DiskImage image;

@@ -135,139 +135,187 @@ final class ConfigFile {
         }
     }
 
+    /** What runs, copied under the daemon's lock: a reload works from it without holding the lock. */
+    private record Running(
+            List<BlkExport> blks,
+            List<NbdExportEntry> nbds,
+            Map<String, NetSwitch> nets,
+            Map<NetSwitch, List<NetSwitch.PortEntry>> ports) {
+        static Running of(Daemon d) {
+            return d.locked(() -> {
+                Map<NetSwitch, List<NetSwitch.PortEntry>> ports = new LinkedHashMap<>();
+                for (NetSwitch n : d.netsLocked().values()) {
+                    ports.put(n, List.copyOf(n.ports.values()));
+                }
+                return new Running(
+                        List.copyOf(d.blksLocked().values()),
+                        List.copyOf(d.nbdsLocked().values()),
+                        new LinkedHashMap<>(d.netsLocked()),
+                        ports);
+            });
+        }
+
+        /** True when the API (not the file) has a device with this id. */
+        boolean apiHas(String id) {
+            return blks.stream().anyMatch(e -> e.spec.id().equals(id) && !e.fromConfig)
+                    || nbds.stream().anyMatch(e -> e.spec.id().equals(id) && !e.fromConfig)
+                    || nets.containsKey(id) && !nets.get(id).fromConfig;
+        }
+    }
+
     /**
      * Makes the running configuration-file devices match {@code want}: removes those no longer listed, replaces
-     * changed ones (a read-only switch alone is applied in place), adds new ones. One entry failing does not stop
-     * the others.
+     * changed ones (a disk's read-only state alone is switched in place when its image was opened writable), adds
+     * new ones. One entry failing does not stop the others. It holds the daemon's lock only to look at what runs:
+     * every add and remove is the daemon's own (which opens and closes outside the lock), so the API and /metrics
+     * are served while a reload waits on a slow image or frontend; each acts only on the device the reload saw, and
+     * one the API replaced meanwhile is reported.
      */
     static Outcome apply(Daemon d, Desired want) {
         List<String> added = new ArrayList<>();
         List<String> removed = new ArrayList<>();
         List<String> changed = new ArrayList<>();
         List<String> failed = new ArrayList<>();
-        synchronized (d.lock()) {
-            // blk
-            for (BlkExport e : List.copyOf(d.blksLocked().values())) {
-                BlkExport.Spec w = want.blks().get(e.spec.id());
-                if (!e.fromConfig) {
-                    continue;
-                }
-                if (w == null) {
-                    run(failed, "blk " + e.spec.id(), () -> d.removeBlk(e.spec.id()));
+        Running now = Running.of(d);
+        // blk
+        for (BlkExport e : now.blks()) {
+            BlkExport.Spec w = want.blks().get(e.spec.id());
+            if (!e.fromConfig) {
+                continue;
+            }
+            if (w == null) {
+                if (run(failed, "blk " + e.spec.id(), () -> d.removeBlk(e.spec.id(), e))) {
                     removed.add("blk " + e.spec.id());
-                } else if (!w.equals(e.spec)) {
-                    BlkExport.Spec sameButRo = new BlkExport.Spec(
-                            w.id(),
-                            w.image(),
-                            w.socket(),
-                            w.queues(),
-                            e.spec.readOnly(),
-                            w.direct(),
-                            w.serial(),
-                            w.engine(),
-                            w.format());
-                    if (sameButRo.equals(e.spec) && !e.spec.readOnly()) {
-                        run(failed, "blk " + w.id(), () -> {
-                            try {
-                                e.device.setReadOnly(w.readOnly());
-                            } catch (IOException ex) {
-                                throw new RpcException(RpcException.FAILED, ex.getMessage());
-                            }
-                        });
-                    } else {
-                        run(failed, "blk " + w.id(), () -> {
-                            d.removeBlk(w.id());
-                            d.addBlk(w, true);
-                        });
-                    }
-                    changed.add("blk " + w.id());
                 }
-            }
-            for (BlkExport.Spec w : want.blks().values()) {
-                BlkExport cur = d.blksLocked().get(w.id());
-                if (cur == null && !d.netsLocked().containsKey(w.id())) {
-                    if (run(failed, "blk " + w.id(), () -> d.addBlk(w, true))) {
-                        added.add("blk " + w.id());
-                    }
-                } else if (cur != null && !cur.fromConfig || d.netsLocked().containsKey(w.id())) {
-                    failed.add("blk " + w.id() + ": the id is in use by a device added through the API");
-                }
-            }
-            // nbd: a changed entry is replaced (its clients reconnect, as QEMU's NBD client does)
-            for (NbdExportEntry e : List.copyOf(d.nbdsLocked().values())) {
-                if (!e.fromConfig) {
+            } else {
+                // compared with what runs: blk.set-readonly or an earlier reload may have switched read-only in place
+                boolean ro = e.image.readOnly();
+                if (w.equals(e.spec.withReadOnly(ro))) {
                     continue;
                 }
-                NbdExportEntry.Spec w = want.nbds().get(e.spec.id());
-                if (w == null) {
-                    run(failed, "nbd " + e.spec.id(), () -> d.removeNbd(e.spec.id()));
-                    removed.add("nbd " + e.spec.id());
-                } else if (!w.equals(e.spec)) {
-                    run(failed, "nbd " + w.id(), () -> {
-                        d.removeNbd(w.id());
-                        d.addNbd(w, true);
+                if (w.withReadOnly(ro).equals(e.spec.withReadOnly(ro)) && (w.readOnly() || !e.spec.readOnly())) {
+                    // only read-only differs, and the image was opened writable: switched in place
+                    run(failed, "blk " + w.id(), () -> {
+                        try {
+                            e.device.setReadOnly(w.readOnly());
+                        } catch (IOException ex) {
+                            throw new RpcException(RpcException.FAILED, ex.getMessage());
+                        }
                     });
-                    changed.add("nbd " + w.id());
+                } else {
+                    // anything else, or writable for an image opened read-only: reopened (the frontend reconnects)
+                    run(failed, "blk " + w.id(), () -> {
+                        d.removeBlk(w.id(), e);
+                        d.addBlk(w, true);
+                    });
+                }
+                changed.add("blk " + w.id());
+            }
+        }
+        for (BlkExport.Spec w : want.blks().values()) {
+            if (now.apiHas(w.id())) {
+                failed.add("blk " + w.id() + ": the id is in use by a device added through the API");
+            } else if (now.blks().stream().noneMatch(e -> e.spec.id().equals(w.id()))) {
+                if (run(failed, "blk " + w.id(), () -> d.addBlk(w, true))) {
+                    added.add("blk " + w.id());
                 }
             }
-            for (NbdExportEntry.Spec w : want.nbds().values()) {
-                NbdExportEntry cur = d.nbdsLocked().get(w.id());
-                if (cur == null) {
-                    if (run(failed, "nbd " + w.id(), () -> d.addNbd(w, true))) {
-                        added.add("nbd " + w.id());
-                    }
-                } else if (!cur.fromConfig) {
-                    failed.add("nbd " + w.id() + ": the id is in use by a device added through the API");
+        }
+        // nbd: a changed entry is replaced (its clients reconnect, as QEMU's NBD client does)
+        for (NbdExportEntry e : now.nbds()) {
+            if (!e.fromConfig) {
+                continue;
+            }
+            NbdExportEntry.Spec w = want.nbds().get(e.spec.id());
+            if (w == null) {
+                if (run(failed, "nbd " + e.spec.id(), () -> d.removeNbd(e.spec.id(), e))) {
+                    removed.add("nbd " + e.spec.id());
+                }
+            } else if (!w.equals(e.spec)) {
+                run(failed, "nbd " + w.id(), () -> {
+                    d.removeNbd(w.id(), e);
+                    d.addNbd(w, true);
+                });
+                changed.add("nbd " + w.id());
+            }
+        }
+        for (NbdExportEntry.Spec w : want.nbds().values()) {
+            if (now.apiHas(w.id())) {
+                failed.add("nbd " + w.id() + ": the id is in use by a device added through the API");
+            } else if (now.nbds().stream().noneMatch(e -> e.spec.id().equals(w.id()))) {
+                if (run(failed, "nbd " + w.id(), () -> d.addNbd(w, true))) {
+                    added.add("nbd " + w.id());
                 }
             }
-            // net
-            for (NetSwitch n : List.copyOf(d.netsLocked().values())) {
-                if (!n.fromConfig) {
-                    continue;
-                }
-                NetSwitch.Spec w = want.nets().get(n.spec.id());
-                if (w == null) {
-                    run(failed, "net " + n.spec.id(), () -> d.removeNet(n.spec.id()));
+        }
+        // net: a switch that leaves the file or changes is removed (to be recreated with its ports) — not one with
+        // ports added through the API (removeNet refuses): it stays as it runs, and its file ports follow the file
+        Map<String, NetSwitch> kept = new LinkedHashMap<>(); // the file's switches that stay as they run
+        for (NetSwitch n : now.nets().values()) {
+            if (!n.fromConfig) {
+                continue;
+            }
+            NetSwitch.Spec w = want.nets().get(n.spec.id());
+            if (w == null) {
+                if (run(failed, "net " + n.spec.id(), () -> d.removeNet(n.spec.id(), n))) {
                     removed.add("net " + n.spec.id());
-                } else if (!w.equals(n.spec)) {
-                    run(failed, "net " + w.id(), () -> d.removeNet(w.id())); // recreated below with its ports
-                    changed.add("net " + w.id());
+                } else {
+                    kept.put(n.spec.id(), n);
                 }
+            } else if (!w.equals(n.spec)) {
+                if (run(failed, "net " + w.id(), () -> d.removeNet(w.id(), n))) {
+                    changed.add("net " + w.id());
+                } else {
+                    kept.put(n.spec.id(), n);
+                }
+            } else {
+                kept.put(n.spec.id(), n);
             }
-            for (NetSwitch.Spec w : want.nets().values()) {
-                NetSwitch n = d.netsLocked().get(w.id());
-                if (n == null && !d.blksLocked().containsKey(w.id())) {
-                    if (!run(failed, "net " + w.id(), () -> d.addNet(w, true))) {
-                        continue;
-                    }
-                    n = d.netsLocked().get(w.id());
-                    if (!changed.contains("net " + w.id())) {
-                        added.add("net " + w.id());
-                    }
-                } else if (n == null || !n.fromConfig) {
+        }
+        List<NetSwitch.Spec> switches = new ArrayList<>(want.nets().values());
+        for (NetSwitch n : kept.values()) {
+            if (!want.nets().containsKey(n.spec.id())) {
+                switches.add(n.spec); // gone from the file but kept: its file ports go
+            }
+        }
+        for (NetSwitch.Spec w : switches) {
+            NetSwitch sw = kept.get(w.id());
+            List<NetSwitch.PortEntry> running =
+                    sw == null ? List.of() : now.ports().get(sw);
+            if (sw == null) {
+                if (now.apiHas(w.id())) {
                     failed.add("net " + w.id() + ": the id is in use by a device added through the API");
                     continue;
                 }
-                NetSwitch sw = n;
-                Map<String, NetSwitch.PortSpec> wantPorts = want.ports().get(w.id());
-                for (NetSwitch.PortEntry pe : List.copyOf(sw.ports.values())) {
-                    if (!pe.fromConfig()) {
+                NetSwitch[] made = new NetSwitch[1];
+                if (!run(failed, "net " + w.id(), () -> made[0] = d.addNet(w, true))) {
+                    continue;
+                }
+                sw = made[0];
+                if (!changed.contains("net " + w.id())) {
+                    added.add("net " + w.id());
+                }
+            }
+            NetSwitch n = sw;
+            Map<String, NetSwitch.PortSpec> wantPorts = want.ports().getOrDefault(w.id(), Map.of());
+            List<String> present = new ArrayList<>();
+            for (NetSwitch.PortEntry pe : running) {
+                String what = "port " + w.id() + "/" + pe.spec().id();
+                NetSwitch.PortSpec wp = wantPorts.get(pe.spec().id());
+                if (pe.fromConfig() && (wp == null || !wp.equals(pe.spec()))) {
+                    if (run(failed, what, () -> d.removePort(n, pe.spec().id(), pe))) {
+                        (wp == null ? removed : changed).add(what);
                         continue;
                     }
-                    NetSwitch.PortSpec wp = wantPorts.get(pe.spec().id());
-                    if (wp == null || !wp.equals(pe.spec())) {
-                        sw.removePort(pe.spec().id());
-                        (wp == null ? removed : changed)
-                                .add("port " + w.id() + "/" + pe.spec().id());
-                    }
                 }
-                for (NetSwitch.PortSpec wp : wantPorts.values()) {
-                    if (!sw.ports.containsKey(wp.id())) {
-                        if (run(failed, "port " + w.id() + "/" + wp.id(), () -> d.addPort(sw, wp, true))
-                                && !changed.contains("port " + w.id() + "/" + wp.id())) {
-                            added.add("port " + w.id() + "/" + wp.id());
-                        }
-                    }
+                present.add(pe.spec().id());
+            }
+            for (NetSwitch.PortSpec wp : wantPorts.values()) {
+                String what = "port " + w.id() + "/" + wp.id();
+                if (!present.contains(wp.id())
+                        && run(failed, what, () -> d.addPort(n, wp, true))
+                        && !changed.contains(what)) {
+                    added.add(what);
                 }
             }
         }

@@ -18,9 +18,12 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * The devices one {@code iovirt daemon} hosts, and the control API's methods on them. Control requests are
- * serialized by this object's lock; the data paths never take it (each device has its own threads). A request that
- * fails leaves everything as it was and gets an {@link RpcException} that says what to do.
+ * The devices one {@code iovirt daemon} hosts, and the control API's methods on them. The registry of devices is
+ * guarded by this object's lock, which is held only for quick looks and changes: opening an image, starting or
+ * stopping a device (a flush, a frontend to wait for) happen outside it, so one slow request delays only itself —
+ * not the other requests, a reload or /metrics. Between the two, a device's id, socket and image are claimed
+ * ({@link Claim}). The data paths never take the lock (each device has its own threads). A request that fails
+ * leaves everything as it was and gets an {@link RpcException} that says what to do.
  */
 public final class Daemon implements AutoCloseable {
     public static final String VERSION = "0.1.0";
@@ -113,19 +116,19 @@ public final class Daemon implements AutoCloseable {
         return switch (method) {
             case "version" -> version(p.allow());
             case "blk.add" -> blkAdd(p.allow(BLK_PARAMS), false);
-            case "blk.remove" -> removed(p.allow("id"), this::removeBlk);
+            case "blk.remove" -> removed(p.allow("id"), id -> removeBlk(id, null));
             case "blk.list" -> blkList(p.allow());
             case "blk.info" -> blkInfo(p.allow("id"));
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
             case "net.add" -> netAdd(p.allow(NET_PARAMS), false);
-            case "net.remove" -> removed(p.allow("id"), this::removeNet);
+            case "net.remove" -> removed(p.allow("id"), id -> removeNet(id, null));
             case "net.port.add" -> portAdd(p.allow(PORT_ADD_PARAMS), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
             case "net.list" -> netList(p.allow());
             case "net.macs" -> netMacs(p.allow("net"));
             case "nbd.add" -> nbdAdd(p.allow(NBD_PARAMS));
-            case "nbd.remove" -> removed(p.allow("id"), this::removeNbd);
+            case "nbd.remove" -> removed(p.allow("id"), id -> removeNbd(id, null));
             case "nbd.list" -> nbdList(p.allow());
             case "stats" -> stats(p.allow("id"));
             case "libvirt-xml" ->
@@ -183,39 +186,59 @@ public final class Daemon implements AutoCloseable {
     }
 
     private Map<String, Object> blkAdd(Params p, boolean fromConfig) throws RpcException {
+        BlkExport.Spec spec;
         synchronized (lock) {
-            BlkExport.Spec spec = blkSpec(p, nextId("blk", blks));
-            return Map.of("id", addBlk(spec, fromConfig).spec.id());
+            spec = blkSpec(p, nextId("blk", blks));
         }
+        return Map.of("id", addBlk(spec, fromConfig).spec.id());
     }
 
+    /**
+     * Starts a blk export. The image is opened without the daemon's lock (a slow file system delays only this
+     * request, not the others nor /metrics); its id, socket and image are claimed first, so a concurrent request
+     * for any of them is refused as in use.
+     */
     BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig) throws RpcException {
-        synchronized (lock) {
-            checkOpen();
-            requireFree(spec.id());
-            requireNoBlkOn(spec.socket().toString());
-            requireImageFree(spec.image(), spec.readOnly());
-            BlkExport e;
-            try {
-                e = BlkExport.start(spec, fromConfig, access);
-            } catch (IOException | RuntimeException ex) {
-                throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
-            }
-            blks.put(spec.id(), e);
-            LOG.log(
-                    System.Logger.Level.INFO,
-                    "blk " + spec.id() + ": serving " + spec.image() + " on " + spec.socket() + " ("
-                            + e.device.ioDescription() + ")");
-            return e;
+        Claim c = claim(new Claim(
+                null,
+                spec.id(),
+                "blk '" + spec.id() + "'",
+                socketKey(spec.socket()),
+                imageKey(spec.image()),
+                spec.readOnly()));
+        BlkExport e;
+        try {
+            e = BlkExport.start(spec, fromConfig, access);
+        } catch (IOException | RuntimeException ex) {
+            release(c);
+            throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
         }
+        publish(c, "blk.add " + spec.id(), e, () -> blks.put(spec.id(), e));
+        LOG.log(
+                System.Logger.Level.INFO,
+                "blk " + spec.id() + ": serving " + spec.image() + " on " + spec.socket() + " ("
+                        + e.device.ioDescription() + ")");
+        return e;
     }
 
-    void removeBlk(String id) throws RpcException {
+    /**
+     * Stops the blk export {@code id} ({@code expected}: only if it is still that one; null: whichever it is). It is
+     * taken out under the lock and closed outside it (the frontend's requests in flight, the fsync); its id, socket
+     * and image stay claimed until it is closed, so nothing new takes them while it still runs.
+     */
+    void removeBlk(String id, BlkExport expected) throws RpcException {
         BlkExport e;
+        Claim c;
         synchronized (lock) {
             e = blk(id);
+            requireExpected(e, expected, "blk '" + id + "'");
             blks.remove(id);
-            e.close(); // under the lock: a blk.add of the same socket must not race the shutdown
+            c = removing(id);
+        }
+        try {
+            e.close();
+        } finally {
+            release(c);
         }
         LOG.log(System.Logger.Level.INFO, "blk " + id + ": removed");
     }
@@ -316,12 +339,13 @@ public final class Daemon implements AutoCloseable {
     // ---- nbd ----------------------------------------------------------------------------------------------------
 
     private Map<String, Object> nbdAdd(Params p) throws RpcException {
+        NbdExportEntry.Spec spec;
         synchronized (lock) {
             checkOpen();
-            NbdExportEntry.Spec spec = nbdSpec(p, nextId("nbd", nbds));
-            addNbd(spec, false);
-            return Map.of("id", spec.id());
+            spec = nbdSpec(p, nextId("nbd", nbds));
         }
+        addNbd(spec, false);
+        return Map.of("id", spec.id());
     }
 
     /** The parameters of nbd.add (and of a configuration file's nbd entry) as a spec; nothing is opened yet. */
@@ -347,38 +371,45 @@ public final class Daemon implements AutoCloseable {
         }
     }
 
-    /** Starts an NBD export (lock held): its image opened, its own server listening on its socket. */
+    /**
+     * Starts an NBD export: its image opened, its own server listening on its socket — without the daemon's lock,
+     * after claiming its id, socket and image (as {@link #addBlk}).
+     */
     void addNbd(NbdExportEntry.Spec spec, boolean fromConfig) throws RpcException {
         String id = spec.id();
-        requireFree(id);
-        for (NbdExportEntry e : nbds.values()) {
-            if (e.spec.socket().equals(spec.socket())) {
-                throw new RpcException(
-                        RpcException.EXISTS,
-                        "socket " + spec.socket() + " is already served by nbd '" + e.spec.id() + "'");
-            }
-        }
-        requireNoBlkOn(spec.socket().toString());
-        requireImageFree(spec.image(), spec.readOnly());
+        Claim c = claim(new Claim(
+                null, id, "nbd '" + id + "'", socketKey(spec.socket()), imageKey(spec.image()), spec.readOnly()));
         NbdExportEntry e;
         try {
             e = NbdExportEntry.start(spec, access, fromConfig);
         } catch (IOException | RuntimeException ex) {
+            release(c);
             throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
         }
-        nbds.put(id, e);
+        publish(c, "nbd " + id, e, () -> nbds.put(id, e));
         LOG.log(
                 System.Logger.Level.INFO,
                 "nbd " + id + ": exporting " + spec.image() + " on " + spec.socket()
                         + (fromConfig ? " (configuration file)" : ""));
     }
 
-    /** Stops an NBD export: its clients are disconnected (their requests in flight complete), its image closed. */
-    void removeNbd(String id) throws RpcException {
+    /**
+     * Stops an NBD export: its clients are disconnected (their requests in flight complete), its image closed —
+     * outside the lock, as {@link #removeBlk}.
+     */
+    void removeNbd(String id, NbdExportEntry expected) throws RpcException {
+        NbdExportEntry e;
+        Claim c;
         synchronized (lock) {
-            NbdExportEntry e = existing(nbds, id, "NBD export", "exports", "nbd.add");
+            e = existing(nbds, id, "NBD export", "exports", "nbd.add");
+            requireExpected(e, expected, "nbd '" + id + "'");
             nbds.remove(id);
+            c = removing(id);
+        }
+        try {
             e.close();
+        } finally {
+            release(c);
         }
     }
 
@@ -431,48 +462,186 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * Refuses a second export of an image (blk or NBD, lock held) unless both are read-only: a second writer would
-     * corrupt it, and a reader would see it torn. Another process's exports are refused by the image lock instead
-     * (a writable NBD export takes it at once, a blk export when its frontend starts).
+     * What a device, switch or port holds from the moment its add is accepted until it has stopped: its id (a
+     * port's within its switch), its socket and its image, as {@link #socketKey}/{@link #imageKey}. Every add and
+     * remove is checked against the claims, so a request for an id, socket or image that another one is still
+     * opening or closing (outside the lock) is refused as in use, like one that runs.
      */
-    private void requireImageFree(Path image, boolean readOnly) throws RpcException {
-        for (BlkExport b : blks.values()) {
-            requireImageFree(image, readOnly, b.spec.image(), b.spec.readOnly(), "blk '" + b.spec.id() + "'");
+    private static final class Claim {
+        final String net; // the switch of a port, else null
+        final String id;
+        final String who; // "blk 'a'", "port 'p' of switch 'sw'"
+        final Path socket; // null: none (a switch, a TAP port)
+        final Path image; // null: none
+        final boolean readOnly;
+        State state = State.ADDING; // guarded by lock
+
+        Claim(String net, String id, String who, Path socket, Path image, boolean readOnly) {
+            this.net = net;
+            this.id = id;
+            this.who = who;
+            this.socket = socket;
+            this.image = image;
+            this.readOnly = readOnly;
         }
-        for (NbdExportEntry n : nbds.values()) {
-            requireImageFree(image, readOnly, n.spec.image(), n.spec.readOnly(), "nbd '" + n.spec.id() + "'");
+
+        String key() {
+            return key(net, id);
+        }
+
+        static String key(String net, String id) {
+            return net == null ? id : net + "/" + id; // ids have no '/'
+        }
+
+        String describe() {
+            return who + note();
+        }
+
+        /** What a claim whose device does not run (yet, or any more) adds to a refusal. */
+        String note() {
+            return switch (state) {
+                case ADDING -> " (being added)";
+                case ACTIVE -> "";
+                case REMOVING -> " (being removed; try again once it is gone)";
+            };
         }
     }
 
-    private static void requireImageFree(Path image, boolean readOnly, Path other, boolean otherReadOnly, String by)
-            throws RpcException {
-        if (other.equals(image) && !(otherReadOnly && readOnly)) {
-            throw new RpcException(
-                    RpcException.EXISTS,
-                    "image " + image + " is already exported by " + by
-                            + "; two writers would corrupt it (export it read-only twice, or not at all)");
-        }
+    private enum State {
+        ADDING,
+        ACTIVE,
+        REMOVING
     }
 
-    /** Refuses a socket path a blk export already serves (lock held). */
-    private void requireNoBlkOn(String socket) throws RpcException {
-        for (BlkExport b : blks.values()) {
-            if (b.spec.socket().toString().equals(socket)) {
+    /** Claims by {@link Claim#key}: every device, switch and port that runs or is being added or removed. */
+    private final Map<String, Claim> claims = new LinkedHashMap<>(); // guarded by lock
+
+    /**
+     * Claims an id, socket and image for an add, or refuses (EXISTS) when a claim holds any of them: the id; the
+     * socket (one check across blk, NBD and port sockets); the image, unless both are read-only — a second writer
+     * would corrupt it, and a reader would see it torn. Another process's exports are refused by the image lock
+     * instead (a writable NBD export takes it at once, a blk export when its frontend starts).
+     */
+    private Claim claim(Claim c) throws RpcException {
+        synchronized (lock) {
+            checkOpen();
+            if (c.net == null) {
+                requireFree(c.id);
+            } else if (claims.containsKey(c.key())) {
                 throw new RpcException(
-                        RpcException.EXISTS, "socket " + socket + " is already served by blk '" + b.spec.id() + "'");
+                        RpcException.EXISTS,
+                        "switch '" + c.net + "' already has a port '" + c.id + "'"
+                                + claims.get(c.key()).note() + "; choose another id or remove it first");
+            }
+            for (Claim o : claims.values()) {
+                if (c.socket != null && c.socket.equals(o.socket)) {
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "socket " + c.socket + " is already served by " + o.describe()
+                                    + "; choose another path or remove that one first");
+                }
+                if (c.image != null && c.image.equals(o.image) && !(c.readOnly && o.readOnly)) {
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "image " + c.image + " is already exported by " + o.describe()
+                                    + "; two writers would corrupt it (export it read-only twice, or not at all)");
+                }
+            }
+            claims.put(c.key(), c);
+            return c;
+        }
+    }
+
+    /**
+     * Makes {@code device} visible ({@code put}, under the lock) once its add has started it outside the lock; a
+     * daemon that began stopping meanwhile closes it instead and refuses the add.
+     */
+    private void publish(Claim c, String what, AutoCloseable device, Runnable put) throws RpcException {
+        synchronized (lock) {
+            if (!closed) {
+                put.run();
+                c.state = State.ACTIVE;
+                return;
             }
         }
+        try {
+            device.close();
+        } catch (Exception e) {
+            LOG.log(System.Logger.Level.WARNING, what + ": closing after the daemon began stopping failed", e);
+        } finally {
+            release(c);
+        }
+        throw new RpcException(RpcException.FAILED, what + ": the daemon is stopping");
+    }
+
+    /** The claim of {@code key}, now being removed (lock held). */
+    private Claim removing(String key) {
+        Claim c = claims.get(key);
+        if (c != null) {
+            c.state = State.REMOVING;
+        }
+        return c;
+    }
+
+    /** Lets go of a claim once its device has stopped (or its add failed). */
+    private void release(Claim c) {
+        if (c == null) {
+            return;
+        }
+        synchronized (lock) {
+            claims.remove(c.key(), c);
+            lock.notifyAll(); // close() waits for removals to end
+        }
+    }
+
+    /**
+     * A reload removes only the device it saw ({@code expected}; null: any): one removed and added again through
+     * the API meanwhile is not its own.
+     */
+    private static void requireExpected(Object found, Object expected, String what) throws RpcException {
+        if (expected != null && found != expected) {
+            throw new RpcException(
+                    RpcException.NOT_FOUND,
+                    what + " was replaced through the API while the configuration was applied; it is left as it is");
+        }
+    }
+
+    /** A socket path as compared: absolute, normalised, its directory's symbolic links resolved (or its own). */
+    static Path socketKey(Path socket) {
+        Path abs = socket.toAbsolutePath().normalize();
+        try {
+            return abs.toRealPath();
+        } catch (IOException | SecurityException e) {
+            // not there yet: its directory decides
+        }
+        Path parent = abs.getParent();
+        if (parent != null) {
+            try {
+                return parent.toRealPath().resolve(abs.getFileName());
+            } catch (IOException | SecurityException e) {
+                // the directory is missing too: listening will say so
+            }
+        }
+        return abs;
+    }
+
+    /** An image path as compared: the file itself, with every symbolic link and {@code .}/{@code ..} resolved. */
+    static Path imageKey(Path image) {
+        return socketKey(image);
     }
 
     private boolean taken(String id) {
-        return blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id);
+        return claims.containsKey(id) || blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id);
     }
 
     /** Refuses an id a disk, NBD export or switch already has (ids name all three in one space). */
     private void requireFree(String id) throws RpcException {
         if (taken(id)) {
+            Claim c = claims.get(id);
             throw new RpcException(
-                    RpcException.EXISTS, "id '" + id + "' is already in use; choose another id or remove it first");
+                    RpcException.EXISTS,
+                    "id '" + id + "' is already in use" + (c == null ? "" : " by " + c.describe())
+                            + "; choose another id or remove it first");
         }
     }
 
@@ -510,34 +679,65 @@ public final class Daemon implements AutoCloseable {
     }
 
     private Map<String, Object> netAdd(Params p, boolean fromConfig) throws RpcException {
+        NetSwitch.Spec spec;
         synchronized (lock) {
-            return Map.of(
-                    "id",
-                    addNet(netSpec(p, nextId("net", nets)), fromConfig).spec.id());
+            spec = netSpec(p, nextId("net", nets));
         }
+        return Map.of("id", addNet(spec, fromConfig).spec.id());
     }
 
+    /** A new switch (quick: no file, no socket — its threads start under the lock). */
     NetSwitch addNet(NetSwitch.Spec spec, boolean fromConfig) throws RpcException {
         synchronized (lock) {
-            checkOpen();
-            requireFree(spec.id());
+            Claim c = claim(new Claim(null, spec.id(), "switch '" + spec.id() + "'", null, null, false));
             NetSwitch n;
             try {
                 n = new NetSwitch(spec, fromConfig);
             } catch (RuntimeException | io.iovirt.linux.LinuxException ex) {
+                release(c);
                 throw new RpcException(RpcException.FAILED, "net.add " + spec.id() + ": " + ex.getMessage());
             }
             nets.put(spec.id(), n);
+            c.state = State.ACTIVE;
             LOG.log(System.Logger.Level.INFO, "net " + spec.id() + ": switch added (MTU " + spec.mtu() + ")");
             return n;
         }
     }
 
-    void removeNet(String id) throws RpcException {
+    /**
+     * Removes switch {@code id} and closes its ports outside the lock (each waits for its frontend); the switch's and
+     * its ports' claims are let go once they have stopped. {@code expected}: a reload's — only if it is still that
+     * switch, and not while it has ports added through the API, which a reload never touches (their guests would
+     * lose their NICs); null: the API's, whatever it has.
+     */
+    void removeNet(String id, NetSwitch expected) throws RpcException {
+        NetSwitch n;
+        List<Claim> held = new ArrayList<>();
         synchronized (lock) {
-            NetSwitch n = net(id);
+            n = net(id);
+            requireExpected(n, expected, "switch '" + id + "'");
+            List<String> api = n.ports.values().stream()
+                    .filter(e -> !e.fromConfig())
+                    .map(e -> e.spec().id())
+                    .toList();
+            if (expected != null && !api.isEmpty()) {
+                throw new RpcException(
+                        RpcException.FAILED,
+                        "switch '" + id + "' has ports added through the API (" + String.join(", ", api)
+                                + "), which a reload never touches, so it keeps running as it is; to apply the"
+                                + " file's change, remove those ports (net.port.remove) and send SIGHUP again");
+            }
             nets.remove(id);
+            held.add(removing(id));
+            for (String port : n.ports.keySet()) {
+                held.add(removing(Claim.key(id, port)));
+            }
+            n.ports.clear();
+        }
+        try {
             n.close();
+        } finally {
+            held.forEach(this::release);
         }
         LOG.log(System.Logger.Level.INFO, "net " + id + ": removed");
     }
@@ -594,59 +794,104 @@ public final class Daemon implements AutoCloseable {
     }
 
     private Map<String, Object> portAdd(Params p, boolean fromConfig) throws RpcException {
+        NetSwitch n;
+        NetSwitch.PortSpec ps;
         synchronized (lock) {
-            NetSwitch n = net(p.id("net"));
-            NetSwitch.PortSpec ps = portSpec(p, nextPortId(n));
-            addPort(n, ps, fromConfig);
-            return Map.of("net", n.spec.id(), "id", ps.id());
+            n = net(p.id("net"));
+            ps = portSpec(p, nextPortId(n));
         }
+        addPort(n, ps, fromConfig);
+        return Map.of("net", n.spec.id(), "id", ps.id());
     }
 
+    /**
+     * Adds a port to switch {@code n}: its socket or TAP opened without the daemon's lock, after claiming its id
+     * and socket; it joins {@code n.ports} only if the switch still runs then.
+     */
     void addPort(NetSwitch n, NetSwitch.PortSpec ps, boolean fromConfig) throws RpcException {
+        String what = "net.port.add " + n.spec.id() + "/" + ps.id();
+        Path socket = ps.kind().equals("tap") ? null : socketKey(Path.of(ps.path()));
+        Claim c;
         synchronized (lock) {
-            checkOpen();
-            if (n.ports.containsKey(ps.id())) {
-                throw new RpcException(
-                        RpcException.EXISTS, "switch '" + n.spec.id() + "' already has a port '" + ps.id() + "'");
-            }
-            if (!ps.kind().equals("tap")) {
-                for (NetSwitch other : nets.values()) {
-                    for (NetSwitch.PortEntry e : other.ports.values()) {
-                        if (e.spec().path().equals(ps.path())) {
-                            throw new RpcException(
-                                    RpcException.EXISTS,
-                                    "socket " + ps.path() + " is already port '"
-                                            + e.spec().id() + "' of switch '" + other.spec.id() + "'");
-                        }
-                    }
-                }
-                requireNoBlkOn(ps.path());
-            }
-            try {
-                n.addPort(ps, fromConfig, access);
-            } catch (IOException | RuntimeException ex) {
-                throw new RpcException(
-                        RpcException.FAILED, "net.port.add " + n.spec.id() + "/" + ps.id() + ": " + ex.getMessage());
-            }
-            LOG.log(
-                    System.Logger.Level.INFO,
-                    "net " + n.spec.id() + ": port " + ps.id() + " (" + ps.kind() + " " + ps.path() + ") added");
+            requireSwitch(n);
+            c = claim(new Claim(
+                    n.spec.id(),
+                    ps.id(),
+                    "port '" + ps.id() + "' of switch '" + n.spec.id() + "'",
+                    socket,
+                    null,
+                    false));
         }
+        NetSwitch.PortEntry e;
+        try {
+            e = n.startPort(ps, fromConfig, access);
+        } catch (IOException | RuntimeException ex) {
+            release(c);
+            throw new RpcException(RpcException.FAILED, what + ": " + ex.getMessage());
+        }
+        synchronized (lock) {
+            if (!closed && nets.get(n.spec.id()) == n) {
+                n.ports.put(ps.id(), e);
+                c.state = State.ACTIVE;
+                LOG.log(
+                        System.Logger.Level.INFO,
+                        "net " + n.spec.id() + ": port " + ps.id() + " (" + ps.kind() + " " + ps.path() + ") added");
+                return;
+            }
+        }
+        try {
+            n.stopPort(e); // the switch was removed, or the daemon began stopping, while the port started
+        } finally {
+            release(c);
+        }
+        throw new RpcException(
+                RpcException.FAILED, what + ": the switch was removed or the daemon began stopping meanwhile");
     }
 
     private Map<String, Object> portRemove(Params p) throws RpcException {
+        NetSwitch n;
         synchronized (lock) {
-            NetSwitch n = net(p.id("net"));
-            String id = p.id("id");
-            if (!n.ports.containsKey(id)) {
+            n = net(p.id("net"));
+        }
+        String id = p.id("id");
+        removePort(n, id, null);
+        return Map.of("net", n.spec.id(), "id", id, "removed", true);
+    }
+
+    /**
+     * Removes port {@code id} of switch {@code n} ({@code expected}: only if it is still that one): taken out under
+     * the lock, stopped outside it (its frontend is disconnected, its queues stop), its claim let go after.
+     */
+    void removePort(NetSwitch n, String id, NetSwitch.PortEntry expected) throws RpcException {
+        NetSwitch.PortEntry e;
+        Claim c;
+        synchronized (lock) {
+            requireSwitch(n);
+            e = n.ports.get(id);
+            if (e == null) {
                 throw new RpcException(
                         RpcException.NOT_FOUND,
                         "switch '" + n.spec.id() + "' has no port '" + Params.printable(id) + "' (ports: "
                                 + String.join(", ", n.ports.keySet()) + ")");
             }
-            n.removePort(id);
-            LOG.log(System.Logger.Level.INFO, "net " + n.spec.id() + ": port " + id + " removed");
-            return Map.of("net", n.spec.id(), "id", id, "removed", true);
+            requireExpected(e, expected, "port '" + id + "' of switch '" + n.spec.id() + "'");
+            n.ports.remove(id);
+            c = removing(Claim.key(n.spec.id(), id));
+        }
+        try {
+            n.stopPort(e);
+        } finally {
+            release(c);
+        }
+        LOG.log(System.Logger.Level.INFO, "net " + n.spec.id() + ": port " + id + " removed");
+    }
+
+    /** Refuses a port request for a switch removed (or replaced) since the request looked it up (lock held). */
+    private void requireSwitch(NetSwitch n) throws RpcException {
+        if (nets.get(n.spec.id()) != n) {
+            throw new RpcException(
+                    RpcException.NOT_FOUND,
+                    "switch '" + n.spec.id() + "' was removed meanwhile (net.list shows the switches there are)");
         }
     }
 
@@ -654,7 +899,7 @@ public final class Daemon implements AutoCloseable {
         String id;
         do {
             id = "port" + nextPort++;
-        } while (n.ports.containsKey(id));
+        } while (n.ports.containsKey(id) || claims.containsKey(Claim.key(n.spec.id(), id)));
         return id;
     }
 
@@ -728,7 +973,15 @@ public final class Daemon implements AutoCloseable {
                 if (nbds.containsKey(id)) {
                     return nbdStats(nbds.get(id));
                 }
-                throw new RpcException(RpcException.NOT_FOUND, "no disk or switch '" + id + "'");
+                List<String> all = new ArrayList<>(blks.keySet());
+                all.addAll(nbds.keySet());
+                all.addAll(nets.keySet());
+                throw new RpcException(
+                        RpcException.NOT_FOUND,
+                        "no disk, NBD export or switch '" + Params.printable(id) + "'"
+                                + (all.isEmpty()
+                                        ? " (there are none; add one with blk.add, nbd.add or net.add)"
+                                        : " (ids: " + String.join(", ", all) + ")"));
             }
             Map<String, Object> m = new LinkedHashMap<>();
             List<Object> b = new ArrayList<>();
@@ -854,21 +1107,22 @@ public final class Daemon implements AutoCloseable {
         }
     }
 
-    List<NetSwitch> switches() {
+    /** Every switch with a copy of its ports, taken under the lock (net.port.add/remove change the maps). */
+    Map<NetSwitch, List<NetSwitch.PortEntry>> switchPorts() {
         synchronized (lock) {
-            return List.copyOf(nets.values());
+            Map<NetSwitch, List<NetSwitch.PortEntry>> m = new LinkedHashMap<>();
+            for (NetSwitch n : nets.values()) {
+                m.put(n, List.copyOf(n.ports.values()));
+            }
+            return m;
         }
     }
 
-    /** Runs {@code action} with the device registry locked (config reloads apply a whole difference at once). */
+    /** Runs {@code action} with the device registry locked (a quick look: nothing slow may run under it). */
     <T> T locked(java.util.function.Supplier<T> action) {
         synchronized (lock) {
             return action.get();
         }
-    }
-
-    Object lock() {
-        return lock;
     }
 
     Map<String, BlkExport> blksLocked() {
@@ -881,14 +1135,6 @@ public final class Daemon implements AutoCloseable {
 
     Map<String, NbdExportEntry> nbdsLocked() {
         return nbds;
-    }
-
-    BlkExport findBlk(String id) throws RpcException {
-        return blk(id);
-    }
-
-    NetSwitch findNet(String id) throws RpcException {
-        return net(id);
     }
 
     private String nextId(String prefix, Map<String, ?> taken) {
@@ -913,7 +1159,11 @@ public final class Daemon implements AutoCloseable {
         }
     }
 
-    /** Stops every device: exports finish their in-flight requests and sync, switches close their ports. */
+    /**
+     * Stops every device: exports finish their in-flight requests and sync, switches close their ports; then waits
+     * for removals still under way (their images are being flushed). Adds still under way close what they opened
+     * themselves when they find the daemon stopping.
+     */
     @Override
     public void close() {
         List<BlkExport> b;
@@ -927,6 +1177,10 @@ public final class Daemon implements AutoCloseable {
             n = new ArrayList<>(nets.values());
             blks.clear();
             nets.clear();
+            for (NetSwitch s : n) {
+                s.ports.clear();
+            }
+            claims.values().removeIf(c -> c.state == State.ACTIVE); // closed below
         }
         for (NetSwitch s : n) {
             try {
@@ -948,6 +1202,36 @@ public final class Daemon implements AutoCloseable {
             } catch (RuntimeException ex) {
                 LOG.log(System.Logger.Level.ERROR, "blk " + e.spec.id() + ": closing failed", ex);
             }
+        }
+        awaitRemovals();
+    }
+
+    /** Waits for the removals under way to end (their images are being flushed), naming them every 10 s. */
+    private void awaitRemovals() {
+        boolean interrupted = false;
+        long warnAt = System.nanoTime() + 10_000_000_000L;
+        synchronized (lock) {
+            List<String> left;
+            while (!(left = claims.values().stream()
+                            .filter(c -> c.state == State.REMOVING)
+                            .map(c -> c.who)
+                            .toList())
+                    .isEmpty()) {
+                long wait = warnAt - System.nanoTime();
+                if (wait <= 0) {
+                    LOG.log(System.Logger.Level.WARNING, "stopping: still waiting for the removal of " + left);
+                    warnAt += 10_000_000_000L;
+                    continue;
+                }
+                try {
+                    lock.wait(Math.max(1, wait / 1_000_000));
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
         }
     }
 }

@@ -11,7 +11,7 @@ import sun.misc.Signal;
 /**
  * {@code iovirt daemon}'s life: devices from the configuration file, the control socket, the metrics listener,
  * the service manager told READY=1 once the control socket accepts, SIGHUP re-reading the configuration,
- * WATCHDOG=1 pings when systemd asks for them, and on SIGTERM/SIGINT STOPPING=1 then an orderly stop (every
+ * WATCHDOG=1 pings when systemd asks for them (only while the daemon responds: {@link Watchdog}), and on SIGTERM/SIGINT STOPPING=1 then an orderly stop (every
  * export completes its requests in flight and syncs its image).
  */
 public final class DaemonService {
@@ -46,7 +46,7 @@ public final class DaemonService {
                         notify,
                         "READY=1\nSTATUS=serving; " + where + "\nMAINPID="
                                 + ProcessHandle.current().pid());
-                Thread watchdog = startWatchdog(notify);
+                Watchdog watchdog = startWatchdog(notify, daemon, rpc);
                 try {
                     while (true) {
                         String sig = signals.take();
@@ -61,7 +61,7 @@ public final class DaemonService {
                     }
                 } finally {
                     if (watchdog != null) {
-                        watchdog.interrupt();
+                        watchdog.close();
                     }
                 }
             }
@@ -116,23 +116,13 @@ public final class DaemonService {
         System.err.println("iovirt daemon: " + msg);
     }
 
-    /** WATCHDOG=1 at half the interval systemd set (sd_watchdog_enabled(3)'s advice). */
-    private static Thread startWatchdog(SdNotify notify) {
+    /** WATCHDOG=1 at half the interval systemd set (sd_watchdog_enabled(3)'s advice), while the daemon serves. */
+    private static Watchdog startWatchdog(SdNotify notify, Daemon daemon, RpcServer rpc) {
         long usec = SdNotify.watchdogMicros();
         if (!notify.enabled() || usec == 0) {
             return null;
         }
-        long periodMs = Math.max(1, usec / 2000);
-        return Thread.ofPlatform().daemon().name("sd watchdog").start(() -> {
-            try {
-                while (true) {
-                    send(notify, "WATCHDOG=1");
-                    Thread.sleep(periodMs);
-                }
-            } catch (InterruptedException e) {
-                // stopping
-            }
-        });
+        return Watchdog.start(notify, Math.max(1, usec / 2000), daemon, rpc);
     }
 
     private static void send(SdNotify notify, String state) {

@@ -192,7 +192,7 @@ public final class Metrics implements AutoCloseable {
     static String render(Daemon daemon) {
         List<Family> o = new java.util.ArrayList<>();
         List<BlkExport> blks = daemon.blkExports();
-        List<NetSwitch> nets = daemon.switches();
+        Map<NetSwitch, List<NetSwitch.PortEntry>> nets = daemon.switchPorts(); // copied under the daemon's lock
 
         Family info = new Family(o, "iovirt_build_info", "gauge", "The daemon's version (value is always 1).");
         info.sample(label("version", Daemon.VERSION), 1);
@@ -304,7 +304,7 @@ public final class Metrics implements AutoCloseable {
 
         // ---- net
         Family macs = new Family(o, "iovirt_net_mac_table_entries", "gauge", "Addresses the switch has learned.");
-        for (NetSwitch n : nets) {
+        for (NetSwitch n : nets.keySet()) {
             macs.sample(label("net", n.spec.id()), n.sw.macTable().size());
         }
         Family learned = new Family(o, "iovirt_net_port_learned_macs", "gauge", "Addresses learned on each port.");
@@ -319,12 +319,12 @@ public final class Metrics implements AutoCloseable {
         Family by = new Family(o, "iovirt_net_port_bytes_total", "counter", "Bytes of the frames forwarded.");
         Family dr =
                 new Family(o, "iovirt_net_port_dropped_total", "counter", "Frames dropped, by direction and reason.");
-        for (NetSwitch n : nets) {
+        for (NetSwitch n : nets.keySet()) {
             Map<Integer, Integer> perPort = new HashMap<>();
             for (io.iovirt.net.MacTable.Entry e : n.sw.macTable().entries(n.sw.now())) {
                 perPort.merge(e.port(), 1, Integer::sum);
             }
-            for (NetSwitch.PortEntry pe : n.ports.values()) {
+            for (NetSwitch.PortEntry pe : nets.get(n)) {
                 String l = label("net", n.spec.id()) + ","
                         + label("port", pe.spec().id());
                 learned.sample(l, perPort.getOrDefault(pe.port().index(), 0));
@@ -352,8 +352,8 @@ public final class Metrics implements AutoCloseable {
         }
 
         WorkerFamilies nw = new WorkerFamilies(o, "iovirt_net_port_queue");
-        for (NetSwitch n : nets) {
-            for (NetSwitch.PortEntry pe : n.ports.values()) {
+        for (NetSwitch n : nets.keySet()) {
+            for (NetSwitch.PortEntry pe : nets.get(n)) {
                 if (pe.port() instanceof VirtioNetPort v) {
                     for (int i = 0; i < v.options().queuePairs(); i++) {
                         nw.sample(

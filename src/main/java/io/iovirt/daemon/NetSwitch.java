@@ -15,7 +15,7 @@ import java.util.Map;
 
 /**
  * One switch in the daemon and its ports, by id. Every port owns its threads (see {@link Port}); a port that fails
- * drops its own frames only. Guarded by the daemon's lock.
+ * drops its own frames only. {@link #ports} is guarded by the daemon's lock; starting and stopping ports is not.
  */
 final class NetSwitch implements AutoCloseable {
     /** {@code pollThreads}: shared poll threads for the vhost-user ports' transmit queues (0: a thread per queue). */
@@ -44,7 +44,8 @@ final class NetSwitch implements AutoCloseable {
         sw.startHousekeeping();
     }
 
-    PortEntry addPort(PortSpec ps, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
+    /** Starts a port on the switch; the daemon puts it in {@link #ports} (under its lock) if it keeps it. */
+    PortEntry startPort(PortSpec ps, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
         Port p = switch (ps.kind()) {
             case "vhost-user" ->
                 new VirtioNetPort(VirtioNetPort.Options.defaults(Path.of(ps.path()), ps.queues(), ps.mac()))
@@ -55,22 +56,18 @@ final class NetSwitch implements AutoCloseable {
             default -> throw new IllegalArgumentException("unknown port kind " + ps.kind());
         };
         sw.addPort(p);
-        PortEntry e = new PortEntry(ps, p, fromConfig);
-        ports.put(ps.id(), e);
-        return e;
+        return new PortEntry(ps, p, fromConfig);
     }
 
-    void removePort(String id) {
-        PortEntry e = ports.remove(id);
-        if (e != null) {
-            sw.removePort(e.port());
-        }
+    /** Stops a port the daemon has taken out of {@link #ports}: it waits for the port's threads. */
+    void stopPort(PortEntry e) {
+        sw.removePort(e.port());
     }
 
+    /** Closes every port (each waits for its threads); the daemon empties {@link #ports} under its lock. */
     @Override
     public void close() {
         sw.close();
-        ports.clear();
         if (group != null) {
             group.close(); // after the ports: their queues have left it
         }

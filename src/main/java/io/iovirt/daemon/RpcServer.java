@@ -81,6 +81,11 @@ public final class RpcServer implements AutoCloseable {
         return path;
     }
 
+    /** True while the accept thread runs (the watchdog's check that the control socket still serves). */
+    boolean accepting() {
+        return !closed && acceptor.thread().isAlive();
+    }
+
     /** A client whose uid may control us, within the limit: its own platform thread serves it. */
     private void admit(UnixSocket s, Runnable release) {
         String pid;

@@ -12,7 +12,12 @@ import java.util.Arrays;
 public final class Ingress {
     private final Counters counters;
     private Port[] touched = new Port[8];
-    private boolean[] marked = new boolean[8]; // by port number
+    /**
+     * The port touched, by port number: a number is reused once its port is removed, and a burst that began before
+     * the removal may touch the old and the new port, which both need their {@link Port#flush}.
+     */
+    private Port[] marked = new Port[8];
+
     private int count;
 
     Ingress(Counters counters) {
@@ -29,10 +34,10 @@ public final class Ingress {
         if (i >= marked.length) {
             marked = Arrays.copyOf(marked, Math.max(i + 1, marked.length * 2)); // only when a port is added
         }
-        if (marked[i]) {
+        if (marked[i] == p) {
             return;
         }
-        marked[i] = true;
+        marked[i] = p;
         if (count == touched.length) {
             touched = Arrays.copyOf(touched, touched.length * 2);
         }
@@ -43,7 +48,7 @@ public final class Ingress {
         for (int i = 0; i < count; i++) {
             Port p = touched[i];
             touched[i] = null;
-            marked[p.index()] = false;
+            marked[p.index()] = null;
             p.flush();
         }
         count = 0;

@@ -136,7 +136,7 @@ public abstract class Port implements AutoCloseable {
     protected final void peerGone() {
         Switch s = owner;
         if (s != null) {
-            s.macTable().flushPort(index);
+            s.peerGone(this);
         }
     }
 

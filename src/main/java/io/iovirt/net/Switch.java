@@ -178,12 +178,16 @@ public final class Switch implements AutoCloseable {
             throw new IllegalStateException("switch is closed");
         }
         Port[] cur = ports;
-        for (Port p : cur) {
-            if (p != null && p.name().equals(port.name())) {
+        int number = cur.length; // the lowest free number: a daemon adds and removes ports for as long as it runs
+        for (int i = 0; i < cur.length; i++) {
+            Port p = cur[i];
+            if (p == null) {
+                number = Math.min(number, i);
+            } else if (p.name().equals(port.name())) {
                 throw new IllegalArgumentException("the switch already has a port " + port.name());
             }
         }
-        if (cur.length >= MacTable.MAX_PORTS) {
+        if (number >= MacTable.MAX_PORTS) {
             throw new IllegalStateException("the switch has the maximum of " + MacTable.MAX_PORTS + " ports");
         }
         long pin = port.pinnedSource();
@@ -192,17 +196,17 @@ public final class Switch implements AutoCloseable {
             throw new IllegalArgumentException("port " + cur[pinOwner].name() + " is already pinned to "
                     + Mac.toString(pin) + "; two ports cannot own one address");
         }
-        port.attach(this, cur.length);
-        Port[] next = Arrays.copyOf(cur, cur.length + 1);
-        next[cur.length] = port;
+        port.attach(this, number);
+        Port[] next = Arrays.copyOf(cur, Math.max(cur.length, number + 1));
+        next[number] = port;
         ports = next;
         if (pin != -1) {
             long[] pm = Arrays.copyOf(pins.macs(), pins.macs().length + 1);
             int[] po = Arrays.copyOf(pins.owners(), pins.owners().length + 1);
             pm[pm.length - 1] = pin;
-            po[po.length - 1] = cur.length;
+            po[po.length - 1] = number;
             pins = new Pins(pm, po);
-            macs.learn(pin, cur.length, now); // the address is the pinned port's from the start, not whoever sent first
+            macs.learn(pin, number, now); // the address is the pinned port's from the start, not whoever sent first
         }
         try {
             port.start();
@@ -214,36 +218,57 @@ public final class Switch implements AutoCloseable {
         return port;
     }
 
-    /** Stops a port and forgets its addresses. Its number is not reused. */
+    /**
+     * Stops a port and forgets its addresses; its number goes to the next port added. The addresses are forgotten
+     * again once the port has stopped: a frame its receive thread was forwarding while it was taken out could have
+     * learned one after the first flush, and the next port with this number would get that station's frames.
+     */
     public synchronized void removePort(Port port) {
-        removeSlot(port);
+        boolean ours = removeSlot(port);
         port.close();
+        if (ours) {
+            macs.flushPort(port.index()); // no port has the number yet: adding one takes this switch's lock
+        }
     }
 
-    private void removeSlot(Port port) {
+    /**
+     * Forgets the addresses of {@code port}, whose peer went away. Not when the port was removed already (its
+     * addresses were forgotten then): its number may be another port's now. No lock: it runs on the port's thread,
+     * which {@link #removePort} may be waiting for.
+     */
+    void peerGone(Port port) {
+        if (present(port, ports)) {
+            macs.flushPort(port.index());
+        }
+    }
+
+    /** Takes {@code port} out of the forwarding array and forgets its addresses; false when it is not ours. */
+    private boolean removeSlot(Port port) {
         Port[] next = ports.clone();
         int i = port.index();
-        if (i >= 0 && i < next.length && next[i] == port) {
-            next[i] = null;
-            ports = next;
-            Pins p = pins;
-            int keep = 0;
-            for (int owner : p.owners()) {
-                keep += owner == i ? 0 : 1;
-            }
-            if (keep != p.owners().length) {
-                long[] pm = new long[keep];
-                int[] po = new int[keep];
-                for (int k = 0, j = 0; k < p.owners().length; k++) {
-                    if (p.owners()[k] != i) {
-                        pm[j] = p.macs()[k];
-                        po[j++] = p.owners()[k];
-                    }
-                }
-                pins = new Pins(pm, po);
-            }
-            macs.flushPort(i);
+        if (i < 0 || i >= next.length || next[i] != port) {
+            return false;
         }
+        next[i] = null;
+        ports = next;
+        Pins p = pins;
+        int keep = 0;
+        for (int owner : p.owners()) {
+            keep += owner == i ? 0 : 1;
+        }
+        if (keep != p.owners().length) {
+            long[] pm = new long[keep];
+            int[] po = new int[keep];
+            for (int k = 0, j = 0; k < p.owners().length; k++) {
+                if (p.owners()[k] != i) {
+                    pm[j] = p.macs()[k];
+                    po[j++] = p.owners()[k];
+                }
+            }
+            pins = new Pins(pm, po);
+        }
+        macs.flushPort(i);
+        return true;
     }
 
     private String nameOf(int index) {
@@ -267,6 +292,15 @@ public final class Switch implements AutoCloseable {
         return out;
     }
 
+    /**
+     * Whether {@code in} is still this switch's port: a removed port whose thread still delivers (it is being
+     * stopped, or its stop gave up) is dropped without learning, since its number may already be another port's.
+     */
+    private static boolean present(Port in, Port[] ps) {
+        int i = in.index();
+        return i < ps.length && ps[i] == in;
+    }
+
     /** {@link #classify} outcomes other than a port number: the frame was dropped (counted), or is to be flooded. */
     private static final int DROP = -1;
 
@@ -284,6 +318,9 @@ public final class Switch implements AutoCloseable {
      */
     void forward(Port in, Ingress ingress, Frame frame) {
         Port[] ps = ports;
+        if (!present(in, ps)) {
+            return;
+        }
         int c = classify(in, ingress, frame, now, ps);
         int out = c == DROP ? DROP : c & OUTCOME;
         if (out == FLOOD) {
@@ -313,6 +350,9 @@ public final class Switch implements AutoCloseable {
      */
     void forward(Port in, Ingress ingress, Burst burst) {
         Port[] ps = ports;
+        if (!present(in, ps)) {
+            return;
+        }
         int t = now;
         int n = burst.size();
         Counters rx = ingress.counters();

@@ -39,6 +39,19 @@ class CtlCommandTest {
         return new Run(exit, out.toString(), err.toString());
     }
 
+    /** ctl --help names every method the daemon has. */
+    @Test
+    void helpNamesEveryMethod() {
+        StringWriter out = new StringWriter();
+        CommandLine cl = Main.commandLine();
+        cl.setOut(new PrintWriter(out));
+        assertEquals(0, cl.execute("ctl", "--help"));
+        String help = out.toString().replaceAll("\\s+", " ");
+        for (String m : Daemon.METHODS) {
+            assertTrue(help.matches("(?s).*[ ,]" + java.util.regex.Pattern.quote(m) + "[,. ].*"), m + ": " + help);
+        }
+    }
+
     @Test
     void tablesJsonAndErrors() throws Exception {
         Run none = ctl("version");
@@ -77,6 +90,24 @@ class CtlCommandTest {
             assertTrue(failed.err().startsWith("iovirt ctl: no disk 'nope'"), failed.err());
             assertEquals(2, ctl("blk.grow", "id=blk0").exit());
             assertEquals(2, ctl("blk.list", "oops").exit(), "a parameter without '='");
+            // values are strings: digits stay as written (they were sent as integers, serial=00042 became 42)
+            Path img2 = dir.resolve("e.raw");
+            try (RandomAccessFile f = new RandomAccessFile(img2.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            Run digits = ctl(
+                    "blk.add",
+                    "id=007",
+                    "image=" + img2,
+                    "socket=" + dir.resolve("e.sock"),
+                    "serial=00042",
+                    "queues=1");
+            assertEquals(0, digits.exit(), digits.err());
+            Map<?, ?> info = (Map<?, ?>)
+                    JsonParser.parse(ctl("blk.info", "id=007", "--json").out());
+            assertEquals("007", info.get("id"));
+            assertEquals("00042", info.get("serial"));
+            assertEquals(1L, info.get("queues"));
             Run xml = ctl("libvirt-xml", "blk0");
             assertEquals(0, xml.exit(), xml.err());
             assertTrue(xml.out().startsWith("<domain type='qemu'>"), xml.out());

@@ -18,6 +18,7 @@ import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -408,7 +409,8 @@ class DaemonApiTest {
         Map<?, ?> rx0 = (Map<?, ?>) ((List<?>) vm1.get("queues")).get(1);
         assertEquals(Map.of("queue", "rx0", "lost_notifications", 0L, "recheck_interrupts", 0L), rx0);
         assertEquals(null, ((Map<?, ?>) ((List<?>) n.get("ports")).get(1)).get("queues"), "a stream port has none");
-        bad(RpcException.NOT_FOUND, "stats", "id", "nothing");
+        String none = bad(RpcException.NOT_FOUND, "stats", "id", "nothing").getMessage();
+        assertTrue(none.startsWith("no disk, NBD export or switch 'nothing' (ids: "), none);
         String xml = (String) ok("libvirt-xml", "id", "vm1-disk,sw/vm1,fv,0000:01:00.1", "name", "vm1")
                 .get("xml");
         assertTrue(xml.contains("<disk type='vhostuser' device='disk' snapshot='no'>"), xml);
@@ -485,6 +487,355 @@ class DaemonApiTest {
         assertTrue(e.getMessage().contains("'console' is not a valid path"), e.getMessage());
         assertTrue(((List<?>) ok("blk.list").get("list")).isEmpty());
         assertTrue(((List<?>) ok("nbd.list").get("list")).isEmpty());
+    }
+
+    /**
+     * One check across every socket of the daemon — blk, NBD and switch ports — comparing paths as the file system
+     * sees them: a clash is -32002 naming the device that has it (it was -32000 "another process is listening" for
+     * a blk or port socket an NBD export or port had), and an image is the same image through "." or a symbolic link.
+     */
+    @Test
+    void socketsAndImagesAreCheckedAcrossEveryKindAndAsTheFileSystemSeesThem() throws Exception {
+        Path a = image("a.raw", 1 << 20);
+        Path blkSock = dir.resolve("blk.sock");
+        Path nbdSock = dir.resolve("nbd.sock");
+        Path portSock = dir.resolve("port.sock");
+        ok("blk.add", "id", "b", "image", a.toString(), "socket", blkSock.toString());
+        ok("nbd.add", "id", "n", "image", image("n.raw", 1 << 20).toString(), "socket", nbdSock.toString());
+        ok("net.add", "id", "sw");
+        ok("net.port.add", "net", "sw", "id", "p", "kind", "stream", "path", portSock.toString());
+        Path other = image("other.raw", 1 << 20);
+        Path sub = Files.createDirectory(dir.resolve("sub"));
+        Path link = Files.createSymbolicLink(dir.resolve("link"), dir);
+        Map<Path, String> taken = Map.of(blkSock, "blk 'b'", nbdSock, "nbd 'n'", portSock, "port 'p' of switch 'sw'");
+        for (Map.Entry<Path, String> t : taken.entrySet()) {
+            String name = t.getKey().getFileName().toString();
+            for (String path : List.of(
+                    t.getKey().toString(),
+                    dir + "/./" + name,
+                    sub + "/../" + name,
+                    link.resolve(name).toString())) {
+                String why = "socket " + path + " is already served by " + t.getValue();
+                assertTrue(
+                        bad(RpcException.EXISTS, "blk.add", "image", other.toString(), "socket", path)
+                                .getMessage()
+                                .contains("is already served by " + t.getValue()),
+                        why);
+                assertTrue(
+                        bad(RpcException.EXISTS, "nbd.add", "image", other.toString(), "socket", path)
+                                .getMessage()
+                                .contains("is already served by " + t.getValue()),
+                        why);
+                assertTrue(
+                        bad(RpcException.EXISTS, "net.port.add", "net", "sw", "kind", "vhost-user", "path", path)
+                                .getMessage()
+                                .contains("is already served by " + t.getValue()),
+                        why);
+            }
+        }
+        // blk b has a.raw writable: no other export of it, however the path is written; read-only twice is fine
+        for (String path : List.of(
+                dir + "/./a.raw", sub + "/../a.raw", link.resolve("a.raw").toString())) {
+            assertTrue(
+                    bad(
+                                    RpcException.EXISTS,
+                                    "nbd.add",
+                                    "image",
+                                    path,
+                                    "socket",
+                                    dir.resolve("x.sock").toString(),
+                                    "readonly",
+                                    true)
+                            .getMessage()
+                            .contains("is already exported by blk 'b'"),
+                    path);
+        }
+        ok(
+                "nbd.add",
+                "id",
+                "r1",
+                "image",
+                other.toString(),
+                "socket",
+                dir.resolve("r1.sock").toString(),
+                "readonly",
+                true);
+        ok(
+                "blk.add",
+                "id",
+                "r2",
+                "image",
+                link.resolve("other.raw").toString(),
+                "socket",
+                dir.resolve("r2.sock").toString(),
+                "readonly",
+                true);
+        // what was refused left nothing behind
+        assertEquals(2, ((List<?>) ok("blk.list").get("list")).size());
+        assertEquals(2, ((List<?>) ok("nbd.list").get("list")).size());
+        assertEquals(1, ((List<?>) ((Map<?, ?>) ((List<?>) ok("net.list").get("list")).get(0)).get("ports")).size());
+        // a removed device's socket is free again, whatever the path's spelling
+        ok("blk.remove", "id", "b");
+        ok("net.port.add", "net", "sw", "id", "q", "kind", "stream", "path", dir + "/./blk.sock");
+    }
+
+    /**
+     * An image that takes long to open (a FIFO: open(2) waits for a writer, like an image on a file system that
+     * does not answer) delays its own blk.add only: other requests, another add and /metrics are served meanwhile,
+     * and its id and socket are in use until it has failed — then free.
+     */
+    @Test
+    void aSlowAddDelaysOnlyItself() throws Exception {
+        Path fifo = dir.resolve("slow.raw");
+        assertEquals(0, new ProcessBuilder("mkfifo", fifo.toString()).start().waitFor());
+        Path sock = dir.resolve("slow.sock");
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        java.util.concurrent.Future<Object> slow = threads.submit(() -> {
+            try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
+                return c.call(
+                        "blk.add",
+                        p(
+                                "id",
+                                "slow",
+                                "image",
+                                fifo.toString(),
+                                "socket",
+                                sock.toString(),
+                                "readonly",
+                                true,
+                                "format",
+                                "raw"));
+            } catch (RpcClient.RemoteError e) {
+                return e;
+            }
+        });
+        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
+            // the add is opening its image (this daemon runs in this JVM: its request thread is in BlkExport.start)
+            while (Thread.getAllStackTraces().values().stream()
+                    .noneMatch(st -> java.util.Arrays.stream(st)
+                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
+                                    && f.getMethodName().equals("start")))) {
+                assertTrue(!slow.isDone(), "the slow add ended early: " + (slow.isDone() ? slow.get() : ""));
+                Thread.sleep(10);
+            }
+            RpcClient.RemoteError e = assertThrows(
+                    RpcClient.RemoteError.class,
+                    () -> other.call(
+                            "blk.add", p("image", dir.resolve("none.raw").toString(), "socket", sock.toString())));
+            assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
+            assertTrue(e.getMessage().contains("blk 'slow' (being added)"), e.getMessage());
+            e = assertThrows(
+                    RpcClient.RemoteError.class,
+                    () -> other.call(
+                            "blk.add",
+                            p(
+                                    "id",
+                                    "slow",
+                                    "image",
+                                    image("b.raw", 1 << 20).toString(),
+                                    "socket",
+                                    dir.resolve("b.sock").toString())));
+            assertEquals(RpcException.EXISTS, e.code());
+            assertTrue(
+                    e.getMessage().contains("id 'slow' is already in use by blk 'slow' (being added)"), e.getMessage());
+            assertTrue(((List<?>) other.call("blk.list", null)).isEmpty(), "not listed before it runs");
+            other.call("stats", null);
+            other.call(
+                    "blk.add",
+                    p(
+                            "id",
+                            "fast",
+                            "image",
+                            image("c.raw", 1 << 20).toString(),
+                            "socket",
+                            dir.resolve("c.sock").toString()));
+            other.call("blk.remove", p("id", "fast"));
+            String metrics = threads.submit(() -> Metrics.render(daemon)).get(20, TimeUnit.SECONDS);
+            assertTrue(metrics.contains("iovirt_build_info"), metrics);
+            assertTrue(!slow.isDone(), "the slow add ended early: " + (slow.isDone() ? slow.get() : ""));
+        } finally {
+            // a writer (read-write: never waits for a reader): the add's open returns, and it fails
+            new RandomAccessFile(fifo.toFile(), "rw").close();
+            threads.shutdown();
+        }
+        Object r = slow.get(60, TimeUnit.SECONDS);
+        assertTrue(
+                r instanceof RpcClient.RemoteError re
+                        && re.code() == RpcException.FAILED
+                        && re.getMessage().contains("neither a regular file nor a block device"),
+                String.valueOf(r));
+        ok("blk.add", "id", "slow", "image", image("d.raw", 1 << 20).toString(), "socket", sock.toString());
+    }
+
+    /** A reload that waits on an image (a FIFO, as above) holds up neither the API nor /metrics. */
+    @Test
+    void aSlowReloadDelaysOnlyItself() throws Exception {
+        Path fifo = dir.resolve("slow.raw");
+        assertEquals(0, new ProcessBuilder("mkfifo", fifo.toString()).start().waitFor());
+        Path config = dir.resolve("daemon.json");
+        Files.writeString(config, """
+                {"blk": [{"id": "slow", "image": "%s", "socket": "%s", "readonly": true, "format": "raw"}]}
+                """.formatted(fifo, dir.resolve("slow.sock")));
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try {
+            java.util.concurrent.Future<ConfigFile.Outcome> reload =
+                    threads.submit(() -> ConfigFile.apply(daemon, ConfigFile.read(config, daemon)));
+            while (Thread.getAllStackTraces().values().stream()
+                    .noneMatch(st -> java.util.Arrays.stream(st)
+                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
+                                    && f.getMethodName().equals("start")))) {
+                assertTrue(!reload.isDone(), "the reload ended early: " + (reload.isDone() ? reload.get() : ""));
+                Thread.sleep(10);
+            }
+            try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
+                other.call("blk.list", null);
+                other.call("net.add", p("id", "sw"));
+            }
+            String metrics = threads.submit(() -> Metrics.render(daemon)).get(20, TimeUnit.SECONDS);
+            assertTrue(metrics.contains("iovirt_build_info"), metrics);
+            assertTrue(!reload.isDone(), "the reload ended early");
+        } finally {
+            new RandomAccessFile(fifo.toFile(), "rw").close(); // a writer: the open returns, the entry fails
+            threads.shutdown();
+        }
+        assertTrue(threads.awaitTermination(60, TimeUnit.SECONDS));
+    }
+
+    /**
+     * A removal that waits on its image (here on FUSE: fuse2fs, stopped, never answers the fsync) delays only itself:
+     * other requests and /metrics are served meanwhile, and the export's id and socket are in use until it has
+     * closed — then free.
+     */
+    @Test
+    @Tag("peer")
+    void aSlowRemoveDelaysOnlyItself() throws Exception {
+        Path fuse2fs = io.iovirt.testing.Require.program("fuse2fs", "apt-get install fuse2fs fuse3");
+        Path mkfs = io.iovirt.testing.Require.program("mkfs.ext4", "apt-get install e2fsprogs");
+        io.iovirt.testing.Require.that(Files.isReadable(Path.of("/dev/fuse")), "/dev/fuse is missing (modprobe fuse)");
+        Path fs = image("fs.img", 16 << 20);
+        assertEquals(
+                0,
+                new ProcessBuilder(mkfs.toString(), "-q", "-F", fs.toString())
+                        .start()
+                        .waitFor());
+        Path mnt = Files.createDirectory(dir.resolve("mnt"));
+        Process fuse = new ProcessBuilder(fuse2fs.toString(), fs.toString(), mnt.toString(), "-f", "-o", "fakeroot")
+                .redirectErrorStream(true)
+                .redirectOutput(dir.resolve("fuse2fs.log").toFile())
+                .start();
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try {
+            for (int i = 0; i < 400 && !fuseMounted(mnt); i++) {
+                assertTrue(fuse.isAlive(), Files.readString(dir.resolve("fuse2fs.log")));
+                Thread.sleep(50);
+            }
+            assertTrue(fuseMounted(mnt), "fuse2fs did not mount " + mnt);
+            Path img = mnt.resolve("disk.raw");
+            try (RandomAccessFile r = new RandomAccessFile(img.toFile(), "rw")) {
+                r.setLength(1 << 20);
+            }
+            Path sock = dir.resolve("slow.sock");
+            ok("blk.add", "id", "slow", "image", img.toString(), "socket", sock.toString());
+            assertEquals(
+                    0,
+                    new ProcessBuilder("kill", "-STOP", Long.toString(fuse.pid()))
+                            .start()
+                            .waitFor());
+            java.util.concurrent.Future<Object> slow = threads.submit(() -> {
+                try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
+                    return c.call("blk.remove", p("id", "slow"));
+                }
+            });
+            try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
+                RpcClient.RemoteError e;
+                do { // until the removal has begun: its socket is then still in use, as being removed
+                    e = assertThrows(
+                            RpcClient.RemoteError.class,
+                            () -> other.call(
+                                    "blk.add",
+                                    p("image", dir.resolve("none.raw").toString(), "socket", sock.toString())));
+                } while (!e.getMessage().contains("being removed") && !slow.isDone());
+                assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
+                assertTrue(e.getMessage().contains("blk 'slow' (being removed"), e.getMessage());
+                e = assertThrows(
+                        RpcClient.RemoteError.class,
+                        () -> other.call(
+                                "blk.add",
+                                p(
+                                        "id",
+                                        "slow",
+                                        "image",
+                                        image("b.raw", 1 << 20).toString(),
+                                        "socket",
+                                        dir.resolve("b.sock").toString())));
+                assertEquals(RpcException.EXISTS, e.code());
+                assertTrue(e.getMessage().contains("id 'slow' is already in use"), e.getMessage());
+                assertTrue(((List<?>) other.call("blk.list", null)).isEmpty(), "no longer listed");
+                other.call("stats", null);
+                other.call("net.add", p("id", "sw"));
+                other.call("net.remove", p("id", "sw"));
+                String metrics = threads.submit(() -> Metrics.render(daemon)).get(20, TimeUnit.SECONDS);
+                assertTrue(metrics.contains("iovirt_build_info"), metrics);
+                assertTrue(!slow.isDone(), "the removal ended early");
+            } finally {
+                new ProcessBuilder("kill", "-CONT", Long.toString(fuse.pid()))
+                        .start()
+                        .waitFor();
+            }
+            assertEquals(true, ((Map<?, ?>) slow.get(60, TimeUnit.SECONDS)).get("removed"));
+            ok("blk.add", "id", "slow", "image", image("c.raw", 1 << 20).toString(), "socket", sock.toString());
+        } finally {
+            new ProcessBuilder("kill", "-CONT", Long.toString(fuse.pid()))
+                    .start()
+                    .waitFor();
+            threads.shutdown();
+            if (fuseMounted(mnt)) {
+                new ProcessBuilder("fusermount3", "-u", mnt.toString()).start().waitFor();
+            }
+            fuse.destroy();
+            fuse.waitFor(10, TimeUnit.SECONDS);
+        }
+    }
+
+    private static boolean fuseMounted(Path mnt) throws java.io.IOException {
+        return Files.readAllLines(Path.of("/proc/self/mountinfo")).stream()
+                .anyMatch(l -> l.contains(" " + mnt + " ") && l.contains(" - fuse"));
+    }
+
+    /**
+     * A file disk's read-only state follows the file both ways and a reload compares it with what runs: rw -> ro is
+     * switched in place, the same file again changes nothing (it was reported as changed on every reload), ro -> rw
+     * is switched back in place (it stuck: the stored entry still said writable, so the file compared equal), and a
+     * disk opened read-only is reopened writable.
+     */
+    @Test
+    void aReloadMakesReadOnlyFollowTheFileBothWays() throws Exception {
+        Path config = dir.resolve("daemon.json");
+        String entry = "{\"id\": \"%s\", \"image\": \"%s\", \"socket\": \"%s\"%s}";
+        String d = entry.formatted("d", image("d.raw", 1 << 20), dir.resolve("d.sock"), "%s");
+        String e = entry.formatted("e", image("e.raw", 1 << 20), dir.resolve("e.sock"), "%s");
+        java.util.function.BiFunction<String, String, ConfigFile.Outcome> reload = (dRo, eRo) -> {
+            try {
+                Files.writeString(config, "{\"blk\": [" + d.formatted(dRo) + ", " + e.formatted(eRo) + "]}");
+                ConfigFile.Outcome o = ConfigFile.apply(daemon, ConfigFile.read(config, daemon));
+                assertEquals(List.of(), o.failed());
+                return o;
+            } catch (java.io.IOException ex) {
+                throw new java.io.UncheckedIOException(ex);
+            }
+        };
+        String ro = ", \"readonly\": true";
+        assertEquals(List.of("blk d", "blk e"), reload.apply("", ro).added());
+        assertEquals(List.of("blk d"), reload.apply(ro, ro).changed());
+        assertEquals(true, ok("blk.info", "id", "d").get("readonly"));
+        assertEquals(List.of(), reload.apply(ro, ro).changed(), "nothing changed");
+        assertEquals(List.of("blk d", "blk e"), reload.apply("", "").changed());
+        assertEquals(false, ok("blk.info", "id", "d").get("readonly"));
+        assertEquals(false, ok("blk.info", "id", "e").get("readonly"), "reopened writable");
+        ok("blk.set-readonly", "id", "d", "readonly", true);
+        assertEquals(List.of("blk d"), reload.apply("", "").changed(), "the file says writable");
+        assertEquals(false, ok("blk.info", "id", "d").get("readonly"));
+        assertEquals(List.of(), reload.apply("", "").changed());
     }
 
     @Test

@@ -57,6 +57,67 @@ class DaemonServiceTest {
         }
     }
 
+    /**
+     * The watchdog pings only while the daemon responds: with its registry lock held for ever (a deadlock) or its
+     * control socket no longer accepting, WATCHDOG=1 stops — systemd restarts it — and STATUS= says why; once the
+     * lock is free again the pings resume. It pinged regardless, from a thread of its own.
+     */
+    @Test
+    void theWatchdogPingsOnlyWhileTheDaemonResponds() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+                Daemon d = new Daemon(null);
+                RpcServer rpc = RpcServer.start(dir.resolve("control.sock"), d);
+                Watchdog w = Watchdog.start(SdNotify.of(notify.toString()), 100, d, rpc)) {
+            until(systemd, "WATCHDOG=1");
+            java.util.concurrent.CountDownLatch held = new java.util.concurrent.CountDownLatch(1);
+            java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
+            Thread deadlock = Thread.ofPlatform()
+                    .start(() -> d.locked(() -> {
+                        held.countDown();
+                        try {
+                            release.await();
+                        } catch (InterruptedException e) {
+                            Thread.currentThread().interrupt();
+                        }
+                        return null;
+                    }));
+            try {
+                held.await();
+                String status = untilStartsWith(systemd, "STATUS=not responding: the daemon's device registry lock");
+                assertTrue(status.contains("WATCHDOG=1 withheld"), status);
+                for (int i = 0; i < 3; i++) { // while it is held: reasons, never a ping
+                    String m = systemd.receive();
+                    assertNotNull(m);
+                    assertTrue(m.startsWith("STATUS=not responding"), m);
+                }
+            } finally {
+                release.countDown(); // also when an assertion failed: closing the daemon takes the lock
+            }
+            deadlock.join();
+            until(systemd, "WATCHDOG=1");
+            rpc.close();
+            untilStartsWith(systemd, "STATUS=not responding: the control socket");
+            String m = systemd.receive();
+            assertTrue(m.startsWith("STATUS=not responding"), m);
+        }
+    }
+
+    /** Receives notifications until one starts with {@code prefix}; returns it. */
+    static String untilStartsWith(SdNotify.Listener l, String prefix) throws Exception {
+        List<String> seen = new ArrayList<>();
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        while (System.nanoTime() < deadline) {
+            String m = l.receive();
+            assertNotNull(m, "no notification starting with " + prefix + "; saw " + seen);
+            if (m.startsWith(prefix)) {
+                return m;
+            }
+            seen.add(m);
+        }
+        throw new AssertionError("no notification starting with " + prefix + " within 60 s; saw " + seen);
+    }
+
     /** The daemon as systemd starts it (Type=notify): its readiness and status come to {@code notify}. */
     private ChildProcess startDaemon(Path config, Path control, Path notify) throws IOException {
         return ChildProcess.builder(
@@ -224,6 +285,89 @@ class DaemonServiceTest {
         }
         io.iovirt.storage.qcow2.QemuTools.check(q, false);
         io.iovirt.storage.qcow2.QemuTools.qemuIoOk(q, "qcow2", "read -P 0x6e 1M 256k");
+    }
+
+    /**
+     * A port added through the API to a switch of the file survives reloads that would recreate the switch (its
+     * mtu changed) or remove it: that part is refused and reported, the switch keeps running with the API's port
+     * connected, and the rest of the file — its own ports — is applied. Once the API's port is gone, the next
+     * reload applies the change.
+     */
+    @Test
+    void aReloadKeepsASwitchWithPortsAddedThroughTheApi() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        Path control = dir.resolve("control.sock");
+        Path config = dir.resolve("daemon.json");
+        String port = "{\"id\": \"%s\", \"kind\": \"stream\", \"path\": \"%s\"}";
+        String p1 = port.formatted("p1", dir.resolve("p1.sock"));
+        String p2 = port.formatted("p2", dir.resolve("p2.sock"));
+        String sw = "{\"net\": [{\"id\": \"sw\", \"mtu\": %d, \"ports\": [%s]}]}";
+        Files.writeString(config, sw.formatted(1500, p1));
+        Path apiSock = dir.resolve("api.sock");
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+                ChildProcess daemon = startDaemon(config, control, notify)) {
+            until(systemd, "READY=1");
+            RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30));
+            c.call("net.port.add", Map.of("net", "sw", "id", "api", "kind", "stream", "path", apiSock.toString()));
+            try (java.nio.channels.SocketChannel guest = java.nio.channels.SocketChannel.open(
+                    java.net.UnixDomainSocketAddress.of(apiSock))) { // the API port's guest NIC
+                while (!"up".equals(port(c, "sw", "api").get("link"))) {
+                    Thread.sleep(20);
+                }
+                Files.writeString(config, sw.formatted(9000, p1 + ", " + p2));
+                signal("HUP", daemon.pid());
+                until(systemd, "RELOADING=1");
+                until(systemd, "READY=1");
+                Map<?, ?> net = (Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0);
+                assertEquals(1500L, net.get("mtu"), "not recreated");
+                assertEquals(List.of("p1", "api", "p2"), portIds(net), "the file's new port is added");
+                assertEquals("up", port(c, "sw", "api").get("link"));
+                assertTrue(daemon.log().contains("switch 'sw' has ports added through the API (api)"), daemon.log());
+
+                Files.writeString(config, "{}");
+                signal("HUP", daemon.pid());
+                until(systemd, "RELOADING=1");
+                until(systemd, "READY=1");
+                net = (Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0);
+                assertEquals(List.of("api"), portIds(net), "kept, without the file's ports");
+                assertEquals("up", port(c, "sw", "api").get("link"));
+                guest.configureBlocking(false);
+                assertEquals(0, guest.read(java.nio.ByteBuffer.allocate(64)), "the guest's connection is open");
+            }
+            c.call("net.port.remove", Map.of("net", "sw", "id", "api"));
+            Files.writeString(config, sw.formatted(9000, p1));
+            signal("HUP", daemon.pid());
+            until(systemd, "RELOADING=1");
+            until(systemd, "READY=1");
+            Map<?, ?> net = (Map<?, ?>) ((List<?>) c.call("net.list", null)).get(0);
+            assertEquals(9000L, net.get("mtu"), "recreated now");
+            assertEquals(List.of("p1"), portIds(net));
+            c.close();
+            signal("TERM", daemon.pid());
+            assertTrue(daemon.waitFor(Duration.ofSeconds(60)), "the daemon did not stop");
+            assertEquals(0, daemon.exitValue(), daemon.log());
+        }
+    }
+
+    private static List<String> portIds(Map<?, ?> net) {
+        List<String> ids = new ArrayList<>();
+        for (Object p : (List<?>) net.get("ports")) {
+            ids.add((String) ((Map<?, ?>) p).get("id"));
+        }
+        return ids;
+    }
+
+    private static Map<?, ?> port(RpcClient c, String net, String id) throws Exception {
+        for (Object n : (List<?>) c.call("net.list", null)) {
+            if (((Map<?, ?>) n).get("id").equals(net)) {
+                for (Object p : (List<?>) ((Map<?, ?>) n).get("ports")) {
+                    if (((Map<?, ?>) p).get("id").equals(id)) {
+                        return (Map<?, ?>) p;
+                    }
+                }
+            }
+        }
+        throw new AssertionError("no port " + net + "/" + id);
     }
 
     /**

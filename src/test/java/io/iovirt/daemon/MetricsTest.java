@@ -137,6 +137,63 @@ class MetricsTest {
         }
     }
 
+    /**
+     * A scrape while ports come and go: the switch's port map changes under net.port.add/remove, and a scrape that
+     * walked it without the daemon's lock failed with ConcurrentModificationException.
+     */
+    @Test
+    void scrapesWhilePortsComeAndGo() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            d.call("net.add", Map.of("id", "sw"));
+            for (int i = 0; i < 8; i++) {
+                d.call(
+                        "net.port.add",
+                        Map.of(
+                                "net",
+                                "sw",
+                                "id",
+                                "s" + i,
+                                "kind",
+                                "stream",
+                                "path",
+                                dir.resolve("s" + i + ".sock").toString()));
+            }
+            java.util.concurrent.atomic.AtomicBoolean done = new java.util.concurrent.atomic.AtomicBoolean();
+            Thread churn = Thread.ofPlatform().start(() -> {
+                try {
+                    for (int i = 0; i < 300; i++) {
+                        String id = "c" + (i % 4);
+                        d.call(
+                                "net.port.add",
+                                Map.of(
+                                        "net",
+                                        "sw",
+                                        "id",
+                                        id,
+                                        "kind",
+                                        "stream",
+                                        "path",
+                                        dir.resolve(id + ".sock").toString()));
+                        if (i >= 3) {
+                            d.call("net.port.remove", Map.of("net", "sw", "id", "c" + ((i - 3) % 4)));
+                        }
+                    }
+                } catch (RpcException e) {
+                    throw new AssertionError(e);
+                } finally {
+                    done.set(true);
+                }
+            });
+            int scrapes = 0;
+            while (!done.get() || scrapes == 0) {
+                String text = Metrics.render(d);
+                assertTrue(text.contains("iovirt_net_port_link_up{net=\"sw\",port=\"s7\"} 0"), text);
+                scrapes++;
+            }
+            churn.join();
+        }
+    }
+
     @Test
     void refusesNonLoopbackAndBadAddresses() throws Exception {
         try (Daemon d = new Daemon(null)) {

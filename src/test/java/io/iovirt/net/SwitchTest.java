@@ -340,6 +340,74 @@ class SwitchTest {
         assertEquals(0, pc.takeSent().size(), "a removed port gets nothing");
     }
 
+    /**
+     * A daemon's switch lives as long as the daemon while ports come and go: a removed port's number is the next
+     * port's (the lowest free one), so add/remove cycles never run out of the 65,534 numbers.
+     */
+    @Test
+    void removedPortNumbersAreReused() throws Exception {
+        Switch s = new Switch(Switch.Config.defaults().withMacTable(16, 16)); // a small table: cheap flushes
+        try {
+            TestPort a = assertDoesNotThrowAdd(s, new TestPort("a"));
+            for (int i = 0; i < MacTable.MAX_PORTS + 10; i++) {
+                TestPort p = s.addPort(new TestPort("p" + i));
+                assertEquals(1, p.index());
+                s.removePort(p);
+            }
+            TestPort b = s.addPort(new TestPort("b"));
+            TestPort c = s.addPort(new TestPort("c"));
+            s.removePort(b);
+            TestPort d = s.addPort(new TestPort("d"));
+            assertEquals(List.of(1, 2, 1), List.of(b.index(), c.index(), d.index()), "the lowest free number");
+            assertEquals(List.of(a, d, c), s.ports());
+        } finally {
+            s.close();
+        }
+    }
+
+    /**
+     * A reused number carries nothing of the removed port: its addresses are forgotten (frames to them flood, not
+     * reach the new port as if the station were there), frames its thread still delivers after removal are dropped
+     * unlearned, and its late peerGone does not forget the new port's addresses.
+     */
+    @Test
+    void aReusedNumberCarriesNothingOfTheRemovedPort() throws Exception {
+        pb.inject(Frames.ethernet(BCAST, B, 60));
+        pa.takeSent();
+        pc.takeSent();
+        int number = pb.index();
+        sw.removePort(pb);
+        pb.inject(Frames.ethernet(BCAST, B, 60)); // its receive thread, not yet stopped
+        assertEquals(0, pa.takeSent().size(), "a removed port's frame is not forwarded");
+        TestPort d = sw.addPort(new TestPort("d"));
+        assertEquals(number, d.index());
+        assertEquals(-1, sw.macTable().lookup(Mac.parse(B), sw.now()), "b's address went with b");
+        pa.inject(Frames.ethernet(B, A, 60));
+        assertEquals(1, d.takeSent().size());
+        assertEquals(1, pc.takeSent().size(), "flooded: b's address is unknown");
+        d.inject(Frames.ethernet(BCAST, C.replace("0c", "0d"), 60));
+        pb.peerGone();
+        assertEquals(number, sw.macTable().lookup(Mac.parse(C.replace("0c", "0d")), sw.now()), "d's address stays");
+    }
+
+    /**
+     * A burst that began before a port was removed and its number reused may reach both ports: each gets its flush
+     * (the deferred interrupt), although they share the number.
+     */
+    @Test
+    void aBurstReachingARemovedPortAndItsSuccessorFlushesBoth() throws Exception {
+        Ingress in = new Ingress(Counters.detached());
+        in.touch(pb);
+        sw.removePort(pb);
+        TestPort d = sw.addPort(new TestPort("d"));
+        assertEquals(pb.index(), d.index());
+        in.touch(d);
+        in.touch(d);
+        in.flush();
+        assertEquals(1, pb.flushes);
+        assertEquals(1, d.flushes);
+    }
+
     @Test
     void aPortSprayingSourceAddressesFillsOnlyItsOwnShare() throws Exception {
         Switch s = new Switch(Switch.Config.defaults().withMacTable(64, 8));

@@ -98,6 +98,14 @@ final class TestPort extends Port {
         super.transmit(burst, from, to);
     }
 
+    /** {@link #flush} calls so far: one per sender's burst that reached this port. */
+    volatile int flushes;
+
+    @Override
+    protected void flush() {
+        flushes++;
+    }
+
     synchronized List<byte[]> takeSent() {
         List<byte[]> out = new ArrayList<>(sent);
         sent.clear();
