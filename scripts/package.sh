@@ -6,6 +6,7 @@
 #   target/dist/root/usr/share/man/man1/iovirt*.1.gz         man pages (picocli ManPageGenerator -> asciidoctor)
 #   target/dist/root/usr/share/bash-completion/completions/iovirt, .../zsh/vendor-completions/_iovirt
 #   target/dist/root/lib/systemd/system/                     units from packaging/systemd (daemon, per-export, standby pair)
+#   target/dist/root/etc/default/iovirt                      the units' options (packaging/default/iovirt), a conffile
 #   target/iovirt_<version>_all.deb                          dpkg-deb --build of that tree
 # Options: --install (dpkg -i the package), --prefix DIR (with --install: copy the tree under DIR instead).
 set -euo pipefail
@@ -41,7 +42,7 @@ TREE="$DIST/root"
 rm -rf "$DIST"
 install -d "$TREE/usr/lib/iovirt/lib" "$TREE/usr/bin" "$TREE/usr/share/man/man1" \
   "$TREE/usr/share/bash-completion/completions" "$TREE/usr/share/zsh/vendor-completions" \
-  "$TREE/usr/share/doc/iovirt" "$TREE/lib/systemd/system" "$TREE/DEBIAN"
+  "$TREE/usr/share/doc/iovirt" "$TREE/lib/systemd/system" "$TREE/etc/default" "$TREE/DEBIAN"
 install -m 0644 "$ROOT/target/iovirt.jar" "$TREE/usr/lib/iovirt/"
 install -m 0644 "$ROOT"/target/lib/*.jar "$TREE/usr/lib/iovirt/lib/"
 install -m 0755 "$ROOT/packaging/iovirt.sh" "$TREE/usr/bin/iovirt"
@@ -64,6 +65,11 @@ install -m 0644 "$ROOT/LICENSE" "$TREE/usr/share/doc/iovirt/copyright"
 install -m 0644 "$ROOT"/docs/*.md "$TREE/usr/share/doc/iovirt/"
 find "$ROOT/packaging/systemd" -maxdepth 1 -type f \( -name '*.service' -o -name '*.socket' -o -name '*.path' -o -name '*.target' \) \
   -exec install -m 0644 {} "$TREE/lib/systemd/system/" \;
+
+install -m 0644 "$ROOT/packaging/default/iovirt" "$TREE/etc/default/iovirt"
+# dpkg-deb marks nothing as a conffile by itself (debhelper would): without this list an upgrade would overwrite an
+# administrator's edits, and a purge would leave the files behind.
+(cd "$TREE" && find etc -type f | sort | sed 's|^|/|') > "$TREE/DEBIAN/conffiles"
 
 cat > "$TREE/DEBIAN/control" <<CONTROL
 Package: iovirt
