@@ -79,7 +79,9 @@ class SystemdUnitsLibvirtQemuTest {
         run("chgrp " + unit.one("Group") + " " + run);
         Files.setPosixFilePermissions(run, PosixFilePermissions.fromString("rwxr-x---"));
         Files.copy(
-                Path.of("packaging/default/iovirt"), etcDefault.resolve("iovirt"), StandardCopyOption.REPLACE_EXISTING);
+                Path.of("packaging/etc/default/iovirt"),
+                etcDefault.resolve("iovirt"),
+                StandardCopyOption.REPLACE_EXISTING);
         try (RandomAccessFile f = new RandomAccessFile(state.resolve("vm1.raw").toFile(), "rw")) {
             f.setLength(16L << 20);
         }
