@@ -90,7 +90,8 @@ public final class Daemon implements AutoCloseable {
             "nbd.remove",
             "nbd.list",
             "stats",
-            "libvirt-xml");
+            "libvirt-xml",
+            "reload");
 
     /** Executes one control request. Never throws anything but {@link RpcException} for a bad or failed request. */
     public Object call(String method, Map<String, Object> params) throws RpcException {
@@ -127,11 +128,37 @@ public final class Daemon implements AutoCloseable {
             case "stats" -> stats(p.allow("id"));
             case "libvirt-xml" ->
                 LibvirtXml.forDevice(this, p.allow("id", "memory", "name", "kernel", "initrd", "cmdline", "console"));
+            case "reload" -> reload(p.allow());
             default ->
                 throw new RpcException(
                         RpcException.METHOD_NOT_FOUND,
                         "no method '" + Params.printable(method) + "' (methods: " + String.join(", ", METHODS) + ")");
         };
+    }
+
+    /** What the control API's reload runs (set by {@link DaemonService}; none: the method is refused). */
+    interface Reloader {
+        ConfigFile.Outcome reload() throws RpcException;
+    }
+
+    private volatile Reloader reloader;
+
+    void reloader(Reloader r) {
+        this.reloader = r;
+    }
+
+    /** Not under the lock: applying the file takes it, and a reload may run on another thread (SIGHUP). */
+    private Map<String, Object> reload(Params p) throws RpcException {
+        Reloader r = reloader;
+        if (r == null) {
+            throw new RpcException(RpcException.FAILED, "this daemon has no configuration file to re-read");
+        }
+        ConfigFile.Outcome out = r.reload();
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("added", out.added());
+        m.put("removed", out.removed());
+        m.put("changed", out.changed());
+        return m;
     }
 
     private Map<String, Object> version(Params p) {
