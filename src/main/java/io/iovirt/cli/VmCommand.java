@@ -2,6 +2,7 @@
 package io.iovirt.cli;
 
 import io.iovirt.host.HostPaths;
+import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.net.Mac;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
@@ -152,6 +153,11 @@ final class VmCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             logOptions.apply();
+            try {
+                AssignmentRegistry.checkVmName(name); // before the name is used anywhere
+            } catch (io.iovirt.host.HostConfigException e) {
+                throw usage("NAME: " + e.getMessage());
+            }
             VmSpec vm = new VmSpec(
                     name,
                     parseProfile(),
@@ -167,7 +173,8 @@ final class VmCommand implements Runnable {
             if (stateDir != null) {
                 host = host.withStateDir(stateDir);
             }
-            Path runDir = Files.createTempDirectory("iovirt-vm-" + name + "-");
+            // Not named after the VM: socket paths must fit in 107 bytes whatever the name
+            Path runDir = Files.createTempDirectory("iovirt-vm-");
             try (VmComposer c = VmComposer.compose(vm, runDir, host, decision)) {
                 for (VmComposer.Device d : c.devices()) {
                     System.err.printf("%-7s %s%n", d.technique(), d.description());
