@@ -158,21 +158,28 @@ final class VmCommand implements Runnable {
             } catch (io.iovirt.host.HostConfigException e) {
                 throw usage("NAME: " + e.getMessage());
             }
-            VmSpec vm = new VmSpec(
-                    name,
-                    parseProfile(),
-                    memory,
-                    cpus,
-                    disks.stream().map(this::disk).toList(),
-                    nics.stream().map(this::nic).toList(),
-                    vfio,
-                    vfPools);
+            // Everything that can be refused is checked before a backend starts or a device is assigned.
+            VmSpec vm;
+            try {
+                vm = new VmSpec(
+                        name,
+                        parseProfile(),
+                        memory,
+                        cpus,
+                        disks.stream().map(this::disk).toList(),
+                        nics.stream().map(this::nic).toList(),
+                        vfio,
+                        vfPools);
+            } catch (IllegalArgumentException e) {
+                throw usage(e.getMessage());
+            }
             Accelerator.Decision decision = Accelerator.forMode(parseAccel(accel));
             System.err.println("accelerator: " + decision.describe());
             HostPaths host = HostPaths.system();
             if (stateDir != null) {
                 host = host.withStateDir(stateDir);
             }
+            GuestImage image = libvirtXml || serve ? null : GuestImage.ensure(); // may fail: before the composition
             // Not named after the VM: socket paths must fit in 107 bytes whatever the name
             Path runDir = Files.createTempDirectory("iovirt-vm-");
             try (VmComposer c = VmComposer.compose(vm, runDir, host, decision)) {
@@ -196,7 +203,7 @@ final class VmCommand implements Runnable {
                     Signals.awaitTermination();
                     return 0;
                 }
-                QemuGuest guest = QemuGuest.builder(GuestImage.ensure())
+                QemuGuest guest = QemuGuest.builder(image)
                         .name(name)
                         .accelerator(decision)
                         .memoryMiB(memory)

@@ -41,6 +41,8 @@ import java.util.regex.Pattern;
 public final class QemuGuest {
 
     public static final String PROGRAM = "qemu-system-x86_64";
+    /** The least guest memory the test guest (kernel and initramfs in RAM) is booted with. */
+    public static final int MIN_MEMORY_MIB = 128;
     /**
      * How long a KVM guest in auto mode has to print its first console line. A working KVM guest's kernel reaches
      * the serial console in about a second; the margin is for a loaded host.
@@ -260,8 +262,9 @@ public final class QemuGuest {
         }
 
         public Builder memoryMiB(int memoryMiB) {
-            if (memoryMiB < 128) {
-                throw new IllegalArgumentException("guest memory " + memoryMiB + " MiB is too small (min 128)");
+            if (memoryMiB < MIN_MEMORY_MIB) {
+                throw new IllegalArgumentException(
+                        "guest memory " + memoryMiB + " MiB is too small (min " + MIN_MEMORY_MIB + ")");
             }
             this.memoryMiB = memoryMiB;
             return this;

@@ -58,4 +58,14 @@ class VmRunArgumentsTest {
             assertFalse(r.output().contains("Invalid prefix") || r.output().contains(".sock"), r.output());
         }
     }
+
+    /** --memory below the guest's floor is refused before the --vfio device is assigned (it used to be, then fail). */
+    @Test
+    void tooLittleMemoryIsRefusedBeforeADeviceIsAssigned() throws Exception {
+        Path state = dir.resolve("state");
+        Run r = vmRun("vm1", "--memory", "100", "--vfio", "0000:04:00.0", "--state-dir", state.toString());
+        assertEquals(2, r.exit(), r.output());
+        assertTrue(r.output().contains("memory must be 128 MiB .. 1 TiB, got 100 MiB"), r.output());
+        assertFalse(Files.exists(state), "the registry was touched: " + state);
+    }
 }

@@ -32,7 +32,8 @@ import java.util.Set;
  * Wires a {@link VmSpec} into one QEMU guest: starts the iovirt backends its devices need (a vhost-user-blk
  * server per PV disk, one NBD server exporting every FV disk to QEMU's emulated AHCI, one switch for all NICs with a vhost-user port per PV NIC and a stream port per emulated NIC),
  * checks and records VFIO and SR-IOV assignments in the host registry, and returns the QEMU arguments and guest
- * modules. Closing the composition stops the backends; assignments stay until {@code iovirt host release}.
+ * modules. Closing the composition stops the backends; assignments stay until {@code iovirt host release}. A
+ * composition that fails stops what it started and releases the assignments it made (not those the VM had before).
  */
 public final class VmComposer implements AutoCloseable {
     /** One line per device, for the user. */
@@ -43,6 +44,9 @@ public final class VmComposer implements AutoCloseable {
     private final HostPaths host;
     private final Accelerator.Decision accel;
     private final List<AutoCloseable> backends = new ArrayList<>();
+    /** Devices this composition assigned (not already the VM's): released again if it fails. */
+    private final List<Bdf> claimed = new ArrayList<>();
+
     private final List<String> args = new ArrayList<>();
     private final Set<String> modules = new LinkedHashSet<>();
     private final List<Device> devices = new ArrayList<>();
@@ -74,8 +78,25 @@ public final class VmComposer implements AutoCloseable {
             return c;
         } catch (IOException | RuntimeException e) {
             c.close();
+            c.releaseClaims(e);
             throw e;
         }
+    }
+
+    /** Gives back what this failed composition assigned, so the VM that never ran does not keep devices. */
+    private void releaseClaims(Exception failure) {
+        AssignmentRegistry registry = new AssignmentRegistry(host.stateDir());
+        for (Bdf bdf : claimed) {
+            try {
+                registry.release(bdf, spec.name());
+            } catch (RuntimeException e) {
+                failure.addSuppressed(new HostConfigException(
+                        "could not release " + bdf + " after the failure: " + e.getMessage(),
+                        "release it by hand: iovirt host release " + bdf,
+                        e));
+            }
+        }
+        claimed.clear();
     }
 
     /** The NBD server behind the FV disks, or null when the VM has none. */
@@ -131,7 +152,7 @@ public final class VmComposer implements AutoCloseable {
                             "NVMe disk " + disk.image() + " (" + img.format()
                                     + ") emulated by QEMU, its blocks served by iovirt over NBD"));
                 } else {
-                    if (ahciPort == 6) {
+                    if (ahciPort == VmSpec.AHCI_PORTS) { // VmSpec refuses more; kept for the message
                         throw new IllegalArgumentException(
                                 "disk " + disk.image() + ": QEMU's AHCI controller has 6 ports,"
                                         + " all taken by earlier fv disks; put this one on NVMe (fv:IMAGE,bus=nvme)");
@@ -221,7 +242,9 @@ public final class VmComposer implements AutoCloseable {
                     bdf + " is assigned to VM " + owner.vm(),
                     "release it first: iovirt host release " + bdf + " (one device, one VM)");
         }
-        Assigning.assign(host, bdf, spec.name(), false);
+        if (Assigning.assign(host, bdf, spec.name(), false).created()) {
+            claimed.add(bdf);
+        }
     }
 
     private Bdf claimFreeVf(Bdf pf) {
