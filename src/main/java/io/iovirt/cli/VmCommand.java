@@ -3,6 +3,7 @@ package io.iovirt.cli;
 
 import io.iovirt.host.HostPaths;
 import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.net.Mac;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
@@ -10,8 +11,10 @@ import io.iovirt.vm.GuestResult;
 import io.iovirt.vm.QemuGuest;
 import io.iovirt.vm.compose.VmComposer;
 import io.iovirt.vm.compose.VmSpec;
+import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -122,6 +125,17 @@ final class VmCommand implements Runnable {
         @Option(names = "--serve", description = "Only run the backends and print the QEMU device arguments.")
         boolean serve;
 
+        @CommandLine.Mixin
+        SocketAccessOptions socketAccess;
+
+        @Option(
+                names = "--run-dir",
+                paramLabel = "DIR",
+                description = "Where this run's directory for the backends' sockets is made (removed at exit; default "
+                        + "the temporary directory). QEMU must be able to reach it: for libvirt's QEMU, with "
+                        + "--socket-group and --allow-user.")
+        Path runDir;
+
         @Option(
                 names = "--state-dir",
                 paramLabel = "DIR",
@@ -180,9 +194,9 @@ final class VmCommand implements Runnable {
                 host = host.withStateDir(stateDir);
             }
             GuestImage image = libvirtXml || serve ? null : GuestImage.ensure(); // may fail: before the composition
-            // Not named after the VM: socket paths must fit in 107 bytes whatever the name
-            Path runDir = Files.createTempDirectory("iovirt-vm-");
-            try (VmComposer c = VmComposer.compose(vm, runDir, host, decision)) {
+            SocketAccess access = socketAccess.access();
+            Path dir = runDirectory(access);
+            try (VmComposer c = VmComposer.compose(vm, dir, host, decision, access)) {
                 for (VmComposer.Device d : c.devices()) {
                     System.err.printf("%-7s %s%n", d.technique(), d.description());
                 }
@@ -216,10 +230,55 @@ final class VmCommand implements Runnable {
                 System.out.print(r.output());
                 return r.exitCode() == 0 ? 0 : 1;
             } finally {
-                try (var files = Files.walk(runDir)) {
+                try (var files = Files.walk(dir)) {
                     files.sorted(java.util.Comparator.reverseOrder())
                             .forEach(p -> p.toFile().delete());
                 }
+            }
+        }
+
+        /**
+         * A new directory for this run's sockets under --run-dir (default java.io.tmpdir), removed at exit. With a
+         * socket group it is group-owned and mode 0750, so QEMU running as another user (libvirt's) can reach the
+         * sockets; otherwise 0700. Its name does not carry the VM's, so socket paths stay short.
+         */
+        private Path runDirectory(SocketAccess access) throws IOException {
+            Path parent = runDir != null ? runDir : Path.of(System.getProperty("java.io.tmpdir"));
+            if (!Files.isDirectory(parent)) {
+                throw new io.iovirt.util.ActionableException(
+                        "--run-dir " + parent + " is not a directory", "create it, or choose another with --run-dir");
+            }
+            Path dir = Files.createTempDirectory(parent, "iovirt-vm-");
+            try {
+                // the longest socket name the composer uses, e.g. disk12.sock
+                int longest = dir.resolve("disk" + Math.max(disks.size(), nics.size()) + ".sock")
+                        .toString()
+                        .getBytes(java.nio.charset.StandardCharsets.UTF_8)
+                        .length;
+                if (longest > io.iovirt.vm.UnixSockets.MAX_PATH_BYTES) {
+                    throw new io.iovirt.util.ActionableException(
+                            "--run-dir " + parent + " is too long for UNIX socket paths (" + longest + " bytes in "
+                                    + dir + ", the limit is " + io.iovirt.vm.UnixSockets.MAX_PATH_BYTES + ")",
+                            "choose a shorter directory with --run-dir, e.g. /run/iovirt-vm");
+                }
+                if (access.group() != null) {
+                    Files.setAttribute(
+                            dir,
+                            "posix:group",
+                            dir.getFileSystem()
+                                    .getUserPrincipalLookupService()
+                                    .lookupPrincipalByGroupName(access.group()));
+                    Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-x---"));
+                }
+                return dir;
+            } catch (java.nio.file.attribute.UserPrincipalNotFoundException e) {
+                Files.deleteIfExists(dir);
+                throw new io.iovirt.util.ActionableException(
+                        "--socket-group " + access.group() + ": no such group",
+                        "create it (groupadd " + access.group() + ") and add QEMU's user to it, or name another");
+            } catch (IOException | RuntimeException e) {
+                Files.deleteIfExists(dir);
+                throw e;
             }
         }
 

@@ -7,10 +7,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.daemon.RpcClient;
 import io.iovirt.linux.SdNotify;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.testing.QemuAsUser;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
-import java.io.BufferedReader;
-import java.io.InputStreamReader;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -41,24 +40,15 @@ import org.junit.jupiter.params.provider.ValueSource;
 @Tag("peer") // qemu-system-x86_64 as another user, a real backend process
 @Timeout(600)
 class SystemdUnitsLibvirtQemuTest {
-    static final String QEMU_USER = "libvirt-qemu";
+    static final String QEMU_USER = QemuAsUser.LIBVIRT_QEMU;
     private static final Duration START = Duration.ofSeconds(240);
-    /** The device in query-pci's answer. */
-    static final String VIRTIO_BLK = "\"qdev_id\": \"blk0\"";
 
     @org.junit.jupiter.api.io.TempDir
     Path dir;
 
     @BeforeAll
     static void libvirtQemuUser() throws Exception {
-        assertTrue("root".equals(System.getProperty("user.name")), "creates a user and switches to it: run as root");
-        // What libvirt-daemon-system's postinst does (Debian 12): group kvm, user libvirt-qemu in it, and a group
-        // libvirt-qemu (qemu.conf's default group) with the user as member.
-        run("getent group kvm >/dev/null || groupadd --system kvm");
-        run("id " + QEMU_USER + " >/dev/null 2>&1 || useradd --system --gid kvm --home-dir /var/lib/libvirt"
-                + " --no-create-home --shell /usr/sbin/nologin " + QEMU_USER);
-        run("getent group " + QEMU_USER + " >/dev/null || groupadd --system " + QEMU_USER);
-        run("usermod -aG " + QEMU_USER + " " + QEMU_USER);
+        QemuAsUser.debianLibvirtQemuUser();
     }
 
     /** The directories systemd gives a unit's processes, under the temp dir: state, runtime, /etc/iovirt, /etc/default. */
@@ -164,9 +154,9 @@ class SystemdUnitsLibvirtQemuTest {
             until(systemd, "READY=1", backend);
             // what a unit ordered After= this one (libvirtd, and the guests it autostarts) may now count on
             assertTrue(UnixSocket.listenedOn(socket), unit.name() + " said READY=1 before " + socket + " listened");
-            String qemu = qemuAs(QEMU_USER, socket);
+            String qemu = QemuAsUser.realizeVhostUserBlk(QEMU_USER, socket);
             assertTrue(
-                    qemu.startsWith("{\"return\": [") && qemu.contains(VIRTIO_BLK),
+                    QemuAsUser.realized(qemu),
                     unit.name() + ": QEMU as " + QEMU_USER + " did not realize its vhost-user-blk device:\n" + qemu
                             + "\n--- backend ---\n" + backend.logTail(20));
         }
@@ -276,63 +266,6 @@ class SystemdUnitsLibvirtQemuTest {
                 ids.add((String) ((Map<?, ?>) e).get("id"));
             }
             return ids;
-        }
-    }
-
-    /**
-     * Starts QEMU as {@code user} the way libvirt does (its own group, supplementary groups from the user database)
-     * with a vhost-user-blk device on {@code socket} and QMP on stdio; returns its query-pci answer once QEMU has
-     * realized its devices, or everything QEMU printed before it exited.
-     */
-    static String qemuAs(String user, Path socket) throws Exception {
-        List<String> cmd = List.of(
-                "setpriv",
-                "--reuid=" + user,
-                "--regid=" + user,
-                "--init-groups",
-                "--inh-caps=-all",
-                "--",
-                "qemu-system-x86_64",
-                "-accel",
-                "tcg",
-                "-machine",
-                "q35",
-                "-m",
-                "128",
-                "-object",
-                "memory-backend-memfd,id=mem,size=128M,share=on",
-                "-numa",
-                "node,memdev=mem",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-S",
-                "-chardev",
-                "socket,id=c0,path=" + socket,
-                "-device",
-                "vhost-user-blk-pci,id=blk0,chardev=c0,num-queues=1",
-                "-qmp",
-                "stdio");
-        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
-        try (BufferedReader out =
-                new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
-            // QEMU greets on stdio before it realizes the devices; commands are answered from the main loop, which
-            // runs only once every device is realized (a failed one makes QEMU exit instead).
-            p.getOutputStream()
-                    .write(("{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"query-pci\"}\n")
-                            .getBytes(StandardCharsets.UTF_8));
-            p.getOutputStream().flush();
-            StringBuilder seen = new StringBuilder();
-            for (String line = out.readLine(); line != null; line = out.readLine()) {
-                if (line.startsWith("{\"return\": [")) {
-                    return line;
-                }
-                seen.append(line).append('\n');
-            }
-            return seen.toString();
-        } finally {
-            p.destroyForcibly();
-            p.waitFor(30, TimeUnit.SECONDS);
         }
     }
 

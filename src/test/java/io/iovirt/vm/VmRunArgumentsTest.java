@@ -68,4 +68,22 @@ class VmRunArgumentsTest {
         assertTrue(r.output().contains("memory must be 128 MiB .. 1 TiB, got 100 MiB"), r.output());
         assertFalse(Files.exists(state), "the registry was touched: " + state);
     }
+
+    /** A --run-dir whose socket paths would be too long says so, naming the option, and leaves nothing there. */
+    @Test
+    void aRunDirTooLongForSocketPathsIsNamed() throws Exception {
+        Path deep = Files.createDirectories(dir.resolve("d".repeat(100)));
+        Run r = vmRun(
+                "vm1",
+                "--serve",
+                "--run-dir",
+                deep.toString(),
+                "--state-dir",
+                dir.resolve("state").toString());
+        assertEquals(1, r.exit(), r.output());
+        assertTrue(r.output().contains("--run-dir " + deep + " is too long for UNIX socket paths"), r.output());
+        try (Stream<Path> left = Files.list(deep)) {
+            assertEquals(List.of(), left.toList());
+        }
+    }
 }

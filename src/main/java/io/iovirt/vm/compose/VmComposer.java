@@ -8,6 +8,7 @@ import io.iovirt.host.HostPaths;
 import io.iovirt.host.assign.Assigning;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.host.assign.VfioConfig;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
 import io.iovirt.net.Mac;
@@ -34,6 +35,8 @@ import java.util.Set;
  * checks and records VFIO and SR-IOV assignments in the host registry, and returns the QEMU arguments and guest
  * modules. Closing the composition stops the backends; assignments stay until {@code iovirt host release}. A
  * composition that fails stops what it started and releases the assignments it made (not those the VM had before).
+ * Who may connect to the backends' sockets is a {@link SocketAccess} (owner only by default; QEMU run by libvirt as
+ * another user needs its group and uid).
  */
 public final class VmComposer implements AutoCloseable {
     /** One line per device, for the user. */
@@ -43,6 +46,7 @@ public final class VmComposer implements AutoCloseable {
     private final Path runDir;
     private final HostPaths host;
     private final Accelerator.Decision accel;
+    private final SocketAccess access;
     private final List<AutoCloseable> backends = new ArrayList<>();
     /** Devices this composition assigned (not already the VM's): released again if it fails. */
     private final List<Bdf> claimed = new ArrayList<>();
@@ -53,8 +57,9 @@ public final class VmComposer implements AutoCloseable {
     private Switch netSwitch;
     private NbdServer nbd;
 
-    private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel) {
+    private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel, SocketAccess access) {
         this.accel = accel;
+        this.access = access;
         this.spec = spec;
         this.runDir = runDir;
         this.host = host;
@@ -72,7 +77,14 @@ public final class VmComposer implements AutoCloseable {
     /** As {@link #compose(VmSpec, Path, HostPaths)}, for a guest that will run under {@code accel}. */
     public static VmComposer compose(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel)
             throws IOException {
-        VmComposer c = new VmComposer(spec, runDir, host, accel);
+        return compose(spec, runDir, host, accel, SocketAccess.ownerOnly());
+    }
+
+    /** As {@link #compose(VmSpec, Path, HostPaths, Accelerator.Decision)}, the sockets open to {@code access}. */
+    public static VmComposer compose(
+            VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel, SocketAccess access)
+            throws IOException {
+        VmComposer c = new VmComposer(spec, runDir, host, accel, access);
         try {
             c.wire();
             return c;
@@ -116,7 +128,7 @@ public final class VmComposer implements AutoCloseable {
                 Path sock = runDir.resolve(id + ".sock");
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
-                backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id))));
+                backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id)), access));
                 args.addAll(List.of(
                         "-chardev",
                         "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
@@ -132,7 +144,7 @@ public final class VmComposer implements AutoCloseable {
                 // over NBD, so both paths run through the same image code (qcow2, flush semantics, locking).
                 Path sock = runDir.resolve("nbd.sock");
                 if (nbd == null) {
-                    nbd = NbdServer.startUnix(sock, NbdServer.DEFAULT_MAX_CONNECTIONS);
+                    nbd = NbdServer.startUnix(sock, NbdServer.DEFAULT_MAX_CONNECTIONS, access);
                     backends.add(nbd); // close() stops it before any image it exports is closed
                 }
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
@@ -180,7 +192,7 @@ public final class VmComposer implements AutoCloseable {
                 netSwitch.startHousekeeping();
             }
             if (nic.kind() == VmSpec.Kind.PV) {
-                netSwitch.addPort(new VirtioNetPort(VirtioNetPort.Options.defaults(sock, 1, mac)));
+                netSwitch.addPort(new VirtioNetPort(VirtioNetPort.Options.defaults(sock, 1, mac)).withAccess(access));
                 // vectors=0 under TCG: QEMU 7.2 segfaults in vhost_net_start when vhost-user-net uses MSI-X
                 args.addAll(List.of(
                         "-chardev",
@@ -196,7 +208,7 @@ public final class VmComposer implements AutoCloseable {
                         "virtio-net " + Mac.toString(mac) + " on the iovirt switch (vhost-user"
                                 + (kvm ? ", MSI-X" : ", INTx: QEMU 7.2 TCG cannot do MSI-X here") + ")"));
             } else {
-                netSwitch.addPort(new StreamPort(sock));
+                netSwitch.addPort(new StreamPort(sock, access));
                 args.addAll(List.of(
                         "-netdev",
                         "stream,id=" + id + ",server=off,addr.type=unix,addr.path=" + QemuGuest.escape(sock.toString()),
