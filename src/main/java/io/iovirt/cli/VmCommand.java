@@ -167,12 +167,12 @@ final class VmCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             logOptions.apply();
+            // Everything that can be refused is checked before a backend starts or a device is assigned.
             try {
-                AssignmentRegistry.checkVmName(name); // before the name is used anywhere
+                AssignmentRegistry.checkVmName(name);
             } catch (io.iovirt.host.HostConfigException e) {
                 throw usage("NAME: " + e.getMessage());
             }
-            // Everything that can be refused is checked before a backend starts or a device is assigned.
             VmSpec vm;
             try {
                 vm = new VmSpec(
@@ -193,48 +193,112 @@ final class VmCommand implements Runnable {
             if (stateDir != null) {
                 host = host.withStateDir(stateDir);
             }
-            GuestImage image = libvirtXml || serve ? null : GuestImage.ensure(); // may fail: before the composition
+            boolean guestMode = !libvirtXml && !serve;
+            GuestImage image = guestMode ? GuestImage.ensure() : null;
             SocketAccess access = socketAccess.access();
+            // Caught from here on: the JVM's own handling exits at once (status 143), leaving QEMU's temporary files,
+            // the run directory and images that were never closed (qcow2 metadata not written) behind.
+            Signals.Termination termination = Signals.watch();
             Path dir = runDirectory(access);
-            try (VmComposer c = VmComposer.compose(vm, dir, host, decision, access)) {
-                for (VmComposer.Device d : c.devices()) {
-                    System.err.printf("%-7s %s%n", d.technique(), d.description());
+            try {
+                if (termination.arrived() != null) {
+                    return stopped(termination.arrived(), false);
                 }
-                if (libvirtXml) {
-                    System.out.print(io.iovirt.daemon.LibvirtXml.domain(
-                            new io.iovirt.daemon.LibvirtXml.Domain(name, memory, cpus, null, null, null, null),
-                            io.iovirt.daemon.LibvirtXml.fromQemuArgs(c.qemuArgs())));
-                    System.out.flush();
-                    System.err.println("backends running; stop with Ctrl-C or SIGTERM");
-                    Signals.awaitTermination();
-                    return 0;
-                }
-                if (serve) {
-                    System.out.println("qemu-system-x86_64 -machine q35 -m " + memory
-                            + "M -object memory-backend-memfd,id=mem,size=" + memory
-                            + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
-                    System.err.println("backends running; stop with Ctrl-C or SIGTERM");
-                    Signals.awaitTermination();
-                    return 0;
-                }
-                QemuGuest guest = QemuGuest.builder(image)
-                        .name(name)
-                        .accelerator(decision)
-                        .memoryMiB(memory)
-                        .cpus(cpus)
-                        .modules(c.modules().toArray(String[]::new))
-                        .args(c.qemuArgs())
-                        .payload(command != null ? command : DEFAULT_COMMAND)
-                        .build();
-                GuestResult r = guest.run(Duration.ofSeconds(timeout));
-                System.out.print(r.output());
-                return r.exitCode() == 0 ? 0 : 1;
+                try (VmComposer c = VmComposer.compose(vm, dir, host, decision, access)) {
+                    for (VmComposer.Device d : c.devices()) {
+                        System.err.printf("%-7s %s%n", d.technique(), d.description());
+                    }
+                    if (libvirtXml) {
+                        System.out.print(io.iovirt.daemon.LibvirtXml.domain(
+                                new io.iovirt.daemon.LibvirtXml.Domain(name, memory, cpus, null, null, null, null),
+                                io.iovirt.daemon.LibvirtXml.fromQemuArgs(c.qemuArgs())));
+                        System.out.flush();
+                        System.err.println("backends running; stop with Ctrl-C or SIGTERM");
+                        termination.await();
+                        return 0;
+                    }
+                    if (serve) {
+                        System.out.println("qemu-system-x86_64 -machine q35 -m " + memory
+                                + "M -object memory-backend-memfd,id=mem,size=" + memory
+                                + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
+                        System.err.println("backends running; stop with Ctrl-C or SIGTERM");
+                        termination.await();
+                        return 0;
+                    }
+                    QemuGuest guest = QemuGuest.builder(image)
+                            .name(name)
+                            .accelerator(decision)
+                            .memoryMiB(memory)
+                            .cpus(cpus)
+                            .modules(c.modules().toArray(String[]::new))
+                            .args(c.qemuArgs())
+                            .payload(command != null ? command : DEFAULT_COMMAND)
+                            .build();
+                    return runGuest(guest, termination);
+                } // the backends stop: the images are flushed and closed
             } finally {
                 try (var files = Files.walk(dir)) {
                     files.sorted(java.util.Comparator.reverseOrder())
                             .forEach(p -> p.toFile().delete());
                 }
             }
+        }
+
+        /**
+         * Runs the guest until its payload ends, or until a termination signal: then QEMU is killed (by interrupting
+         * this thread, which every wait of {@link QemuGuest#run} answers by closing the guest and its directory), and
+         * the caller closes the backends and removes the run directory as after any other end.
+         */
+        private int runGuest(QemuGuest guest, Signals.Termination termination) {
+            Thread runner = Thread.currentThread();
+            Object lock = new Object();
+            boolean[] over = {false};
+            Thread watcher = Thread.ofPlatform().daemon().name("vm-run-signals").start(() -> {
+                try {
+                    termination.await();
+                } catch (InterruptedException e) {
+                    return; // the guest ended first
+                }
+                synchronized (lock) {
+                    if (!over[0]) {
+                        runner.interrupt();
+                    }
+                }
+            });
+            try {
+                if (termination.arrived() != null) { // while the backends started: no guest to boot
+                    return stopped(termination.arrived(), false);
+                }
+                GuestResult r = guest.run(Duration.ofSeconds(timeout));
+                System.out.print(r.output());
+                return r.exitCode() == 0 ? 0 : 1;
+            } catch (RuntimeException e) {
+                if (termination.arrived() != null) {
+                    return stopped(termination.arrived(), true);
+                }
+                throw e;
+            } finally {
+                synchronized (lock) {
+                    over[0] = true;
+                }
+                watcher.interrupt();
+                // An interrupt left over would make the images' FileChannels close themselves under the flush that
+                // closing the backends does next.
+                Thread.interrupted();
+            }
+        }
+
+        /** After a termination signal: one line saying what was stopped; the exit status is 128 + the signal. */
+        private int stopped(String signal, boolean guestStarted) {
+            System.err.println("iovirt vm run " + name + ": " + signal + ": "
+                    + (guestStarted ? "guest stopped (QEMU killed); " : "")
+                    + "closing the backends (images flushed) and removing the run's files");
+            return 128
+                    + switch (signal) {
+                        case "SIGHUP" -> 1;
+                        case "SIGINT" -> 2;
+                        default -> 15;
+                    };
         }
 
         /**

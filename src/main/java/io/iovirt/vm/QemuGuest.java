@@ -116,7 +116,7 @@ public final class QemuGuest {
     }
 
     private RunningGuest start(Accelerator.Decision accel, Duration lifetime) {
-        Path dir;
+        Path dir = null;
         try {
             Path parent = b.workDir != null ? b.workDir : Path.of(System.getProperty("java.io.tmpdir"));
             Files.createDirectories(parent);
@@ -134,7 +134,33 @@ public final class QemuGuest {
                     .start();
             return new RunningGuest(b.name, qemu, dir, console, initrd, b.workDir == null, accel);
         } catch (IOException e) {
+            discard(dir);
             throw new UncheckedIOException("cannot prepare guest " + b.name + ": " + e.getMessage(), e);
+        } catch (RuntimeException | Error e) {
+            discard(dir); // e.g. QEMU missing (ChildProcess throws UncheckedIOException): no guest will clean up
+            throw e;
+        }
+    }
+
+    /**
+     * What {@link RunningGuest#close} would have removed of a guest that did not start: its whole directory when it
+     * is a temporary one, else the initrd copy (several MB).
+     */
+    private void discard(Path dir) {
+        if (dir == null) {
+            return;
+        }
+        try {
+            if (b.workDir == null) {
+                try (java.util.stream.Stream<Path> all = Files.walk(dir)) {
+                    all.sorted(java.util.Comparator.reverseOrder())
+                            .forEach(p -> p.toFile().delete());
+                }
+            } else {
+                Files.deleteIfExists(dir.resolve("initrd.cpio"));
+            }
+        } catch (IOException | UncheckedIOException e) {
+            // the failure that brought us here is the one to report
         }
     }
 
