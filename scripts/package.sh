@@ -6,6 +6,9 @@
 #   target/dist/root/usr/share/man/man1/iovirt*.1.gz         man pages (picocli ManPageGenerator -> asciidoctor)
 #   target/dist/root/usr/share/bash-completion/completions/iovirt, .../zsh/vendor-completions/_iovirt
 #   target/dist/root/lib/systemd/system/                     units from packaging/systemd (daemon, per-export, standby pair)
+#   target/dist/root/etc/                                    packaging/etc, conffiles: /etc/default/iovirt (the units'
+#                                                            options), /etc/iovirt/daemon.json (no devices yet)
+#   target/dist/root/DEBIAN/postinst                         packaging/postinst: the units' user and group
 #   target/iovirt_<version>_all.deb                          dpkg-deb --build of that tree
 # Options: --install (dpkg -i the package), --prefix DIR (with --install: copy the tree under DIR instead).
 set -euo pipefail
@@ -65,6 +68,16 @@ install -m 0644 "$ROOT"/docs/*.md "$TREE/usr/share/doc/iovirt/"
 find "$ROOT/packaging/systemd" -maxdepth 1 -type f \( -name '*.service' -o -name '*.socket' -o -name '*.path' -o -name '*.target' \) \
   -exec install -m 0644 {} "$TREE/lib/systemd/system/" \;
 
+# /etc: what the units read. daemon.json must exist: iovirt.service passes --config /etc/iovirt/daemon.json, and a
+# --config that cannot be read stops the daemon (Restart= would loop on a fresh install).
+(cd "$ROOT/packaging/etc" && find . -type f) | while read -r f; do
+  install -D -m 0644 "$ROOT/packaging/etc/$f" "$TREE/etc/$f"
+done
+# dpkg-deb marks nothing as a conffile by itself (debhelper would): without this list an upgrade would overwrite an
+# administrator's edits, and a purge would leave the files behind.
+(cd "$TREE" && find etc -type f | sort | sed 's|^|/|') > "$TREE/DEBIAN/conffiles"
+install -m 0755 "$ROOT/packaging/postinst" "$TREE/DEBIAN/postinst"
+
 cat > "$TREE/DEBIAN/control" <<CONTROL
 Package: iovirt
 Version: $DEB_VERSION
@@ -73,6 +86,7 @@ Maintainer: iovirt developers <iovirt@localhost>
 Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$TREE" | cut -f1)
+Depends: adduser
 Recommends: qemu-system-x86, qemu-utils
 Description: I/O virtualization for KVM/QEMU guests
  vhost-user virtio-blk and virtio-net backends, a virtual switch, VFIO and

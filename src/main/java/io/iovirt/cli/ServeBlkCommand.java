@@ -4,6 +4,7 @@ package io.iovirt.cli;
 import io.iovirt.bench.BlkBench;
 import io.iovirt.bench.BlkBenchOptions;
 import io.iovirt.devices.blk.BlkDevice;
+import io.iovirt.linux.SdNotify;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
@@ -198,11 +199,23 @@ final class ServeBlkCommand implements Callable<Integer> {
             if (jfrSlowMs != null) {
                 device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
             }
-            SocketOwner owner;
             Signals.Termination termination = Signals.watch();
+            // Under systemd (Type=notify): READY=1 once the socket listens, or once a standby stands by behind the
+            // process that serves it, so that units ordered after this one (libvirt) find the socket there.
+            SdNotify notify = SdNotify.fromEnvironment();
+            SocketOwner free;
             if (standby) { // crash recovery (issue 11): everything is ready but the socket
                 warmUp();
+                free = SocketOwner.tryAcquire(socket); // null: another process serves it
+            } else {
+                free = SocketOwner.acquire(socket);
+            }
+            SocketOwner owner;
+            if (free != null) {
+                owner = free;
+            } else {
                 LOG.info("standby for " + socket + ": waiting for the process that serves it to exit");
+                notify(notify, "READY=1\nSTATUS=standing by for " + socket);
                 // Stopped while standing by (systemctl stop of the pair stops both members): nothing to complete or
                 // sync, exit 0 at once; the thread blocked on the lock cannot be interrupted, so the watcher exits.
                 AtomicBoolean waiting = new AtomicBoolean(true);
@@ -223,8 +236,6 @@ final class ServeBlkCommand implements Callable<Integer> {
                     Thread.currentThread().join();
                 }
                 LOG.info("taking over " + socket);
-            } else {
-                owner = SocketOwner.acquire(socket);
             }
             try (owner;
                     VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
@@ -239,15 +250,26 @@ final class ServeBlkCommand implements Callable<Integer> {
                         queues == 1 ? "" : "s",
                         device.ioDescription(),
                         socket));
+                notify(notify, "READY=1\nSTATUS=serving " + image + " on " + socket);
                 Thread stats = statsOptions.start(() -> logStats("counters: ", device, server));
                 String signal = termination.await(); // also one that arrived while it started or stood by
                 LOG.info(signal + ": stopping (in-flight requests complete first)");
+                notify(notify, "STOPPING=1\nSTATUS=stopping (" + signal + ")");
                 StatsOptions.stop(stats);
             } // closing the server stops every queue: requests in flight are completed
             device.flush();
             logStats("stopped; image synced. ", device, null);
         }
         return 0;
+    }
+
+    /** sd_notify(3); a service manager that cannot be told is logged, the export serves anyway. */
+    private static void notify(SdNotify notify, String state) {
+        try {
+            notify.send(state);
+        } catch (io.iovirt.linux.LinuxException e) {
+            LOG.warning("cannot notify the service manager: " + e.getMessage());
+        }
     }
 
     /**

@@ -123,12 +123,10 @@ final class ServeNbdCommand implements Callable<Integer> {
             }
             host = listen.tcp.substring(0, colon).replace("[", "").replace("]", "");
         }
-        if (listen.socket == null
-                && (socketAccess.socketGroup() != null
-                        || !socketAccess.allowUids().isEmpty())) {
+        if (listen.socket == null && (socketAccess.socketGroup() != null || socketAccess.allowsOthers())) {
             throw new picocli.CommandLine.ParameterException(
                     spec.commandLine(),
-                    "--socket-group and --allow-uid apply to a UNIX socket (--socket); a TCP listener is loopback-only"
+                    "--socket-group, --allow-uid and --allow-user apply to a UNIX socket (--socket); a TCP listener is loopback-only"
                             + " and has no peer uid to check");
         }
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);

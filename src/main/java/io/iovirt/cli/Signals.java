@@ -42,6 +42,11 @@ final class Signals {
             latch.countDown();
         }
 
+        /** The one that has arrived, or null (does not wait). */
+        String arrived() {
+            return which;
+        }
+
         /** Blocks until one has arrived; returns its name. */
         String await() throws InterruptedException {
             latch.await();

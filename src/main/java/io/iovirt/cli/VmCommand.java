@@ -2,6 +2,8 @@
 package io.iovirt.cli;
 
 import io.iovirt.host.HostPaths;
+import io.iovirt.host.assign.AssignmentRegistry;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.net.Mac;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
@@ -9,8 +11,10 @@ import io.iovirt.vm.GuestResult;
 import io.iovirt.vm.QemuGuest;
 import io.iovirt.vm.compose.VmComposer;
 import io.iovirt.vm.compose.VmSpec;
+import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -121,6 +125,17 @@ final class VmCommand implements Runnable {
         @Option(names = "--serve", description = "Only run the backends and print the QEMU device arguments.")
         boolean serve;
 
+        @CommandLine.Mixin
+        SocketAccessOptions socketAccess;
+
+        @Option(
+                names = "--run-dir",
+                paramLabel = "DIR",
+                description = "Where this run's directory for the backends' sockets is made (removed at exit; default "
+                        + "the temporary directory). QEMU must be able to reach it: for libvirt's QEMU, with "
+                        + "--socket-group and --allow-user.")
+        Path runDir;
+
         @Option(
                 names = "--state-dir",
                 paramLabel = "DIR",
@@ -152,60 +167,182 @@ final class VmCommand implements Runnable {
         @Override
         public Integer call() throws Exception {
             logOptions.apply();
-            VmSpec vm = new VmSpec(
-                    name,
-                    parseProfile(),
-                    memory,
-                    cpus,
-                    disks.stream().map(this::disk).toList(),
-                    nics.stream().map(this::nic).toList(),
-                    vfio,
-                    vfPools);
+            // Everything that can be refused is checked before a backend starts or a device is assigned.
+            try {
+                AssignmentRegistry.checkVmName(name);
+            } catch (io.iovirt.host.HostConfigException e) {
+                throw usage("NAME: " + e.getMessage());
+            }
+            VmSpec vm;
+            try {
+                vm = new VmSpec(
+                        name,
+                        parseProfile(),
+                        memory,
+                        cpus,
+                        disks.stream().map(this::disk).toList(),
+                        nics.stream().map(this::nic).toList(),
+                        vfio,
+                        vfPools);
+            } catch (IllegalArgumentException e) {
+                throw usage(e.getMessage());
+            }
             Accelerator.Decision decision = Accelerator.forMode(parseAccel(accel));
             System.err.println("accelerator: " + decision.describe());
             HostPaths host = HostPaths.system();
             if (stateDir != null) {
                 host = host.withStateDir(stateDir);
             }
-            Path runDir = Files.createTempDirectory("iovirt-vm-" + name + "-");
-            try (VmComposer c = VmComposer.compose(vm, runDir, host, decision)) {
-                for (VmComposer.Device d : c.devices()) {
-                    System.err.printf("%-7s %s%n", d.technique(), d.description());
+            boolean guestMode = !libvirtXml && !serve;
+            GuestImage image = guestMode ? GuestImage.ensure() : null;
+            SocketAccess access = socketAccess.access();
+            // Caught from here on: the JVM's own handling exits at once (status 143), leaving QEMU's temporary files,
+            // the run directory and images that were never closed (qcow2 metadata not written) behind.
+            Signals.Termination termination = Signals.watch();
+            Path dir = runDirectory(access);
+            try {
+                if (termination.arrived() != null) {
+                    return stopped(termination.arrived(), false);
                 }
-                if (libvirtXml) {
-                    System.out.print(io.iovirt.daemon.LibvirtXml.domain(
-                            new io.iovirt.daemon.LibvirtXml.Domain(name, memory, cpus, null, null, null, null),
-                            io.iovirt.daemon.LibvirtXml.fromQemuArgs(c.qemuArgs())));
-                    System.out.flush();
-                    System.err.println("backends running; stop with Ctrl-C or SIGTERM");
-                    Signals.awaitTermination();
-                    return 0;
-                }
-                if (serve) {
-                    System.out.println("qemu-system-x86_64 -machine q35 -m " + memory
-                            + "M -object memory-backend-memfd,id=mem,size=" + memory
-                            + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
-                    System.err.println("backends running; stop with Ctrl-C or SIGTERM");
-                    Signals.awaitTermination();
-                    return 0;
-                }
-                QemuGuest guest = QemuGuest.builder(GuestImage.ensure())
-                        .name(name)
-                        .accelerator(decision)
-                        .memoryMiB(memory)
-                        .cpus(cpus)
-                        .modules(c.modules().toArray(String[]::new))
-                        .args(c.qemuArgs())
-                        .payload(command != null ? command : DEFAULT_COMMAND)
-                        .build();
-                GuestResult r = guest.run(Duration.ofSeconds(timeout));
-                System.out.print(r.output());
-                return r.exitCode() == 0 ? 0 : 1;
+                try (VmComposer c = VmComposer.compose(vm, dir, host, decision, access)) {
+                    for (VmComposer.Device d : c.devices()) {
+                        System.err.printf("%-7s %s%n", d.technique(), d.description());
+                    }
+                    if (libvirtXml) {
+                        System.out.print(io.iovirt.daemon.LibvirtXml.domain(
+                                new io.iovirt.daemon.LibvirtXml.Domain(name, memory, cpus, null, null, null, null),
+                                io.iovirt.daemon.LibvirtXml.fromQemuArgs(c.qemuArgs())));
+                        System.out.flush();
+                        System.err.println("backends running; stop with Ctrl-C or SIGTERM");
+                        termination.await();
+                        return 0;
+                    }
+                    if (serve) {
+                        System.out.println("qemu-system-x86_64 -machine q35 -m " + memory
+                                + "M -object memory-backend-memfd,id=mem,size=" + memory
+                                + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
+                        System.err.println("backends running; stop with Ctrl-C or SIGTERM");
+                        termination.await();
+                        return 0;
+                    }
+                    QemuGuest guest = QemuGuest.builder(image)
+                            .name(name)
+                            .accelerator(decision)
+                            .memoryMiB(memory)
+                            .cpus(cpus)
+                            .modules(c.modules().toArray(String[]::new))
+                            .args(c.qemuArgs())
+                            .payload(command != null ? command : DEFAULT_COMMAND)
+                            .build();
+                    return runGuest(guest, termination);
+                } // the backends stop: the images are flushed and closed
             } finally {
-                try (var files = Files.walk(runDir)) {
+                try (var files = Files.walk(dir)) {
                     files.sorted(java.util.Comparator.reverseOrder())
                             .forEach(p -> p.toFile().delete());
                 }
+            }
+        }
+
+        /**
+         * Runs the guest until its payload ends, or until a termination signal: then QEMU is killed (by interrupting
+         * this thread, which every wait of {@link QemuGuest#run} answers by closing the guest and its directory), and
+         * the caller closes the backends and removes the run directory as after any other end.
+         */
+        private int runGuest(QemuGuest guest, Signals.Termination termination) {
+            Thread runner = Thread.currentThread();
+            Object lock = new Object();
+            boolean[] over = {false};
+            Thread watcher = Thread.ofPlatform().daemon().name("vm-run-signals").start(() -> {
+                try {
+                    termination.await();
+                } catch (InterruptedException e) {
+                    return; // the guest ended first
+                }
+                synchronized (lock) {
+                    if (!over[0]) {
+                        runner.interrupt();
+                    }
+                }
+            });
+            try {
+                if (termination.arrived() != null) { // while the backends started: no guest to boot
+                    return stopped(termination.arrived(), false);
+                }
+                GuestResult r = guest.run(Duration.ofSeconds(timeout));
+                System.out.print(r.output());
+                return r.exitCode() == 0 ? 0 : 1;
+            } catch (RuntimeException e) {
+                if (termination.arrived() != null) {
+                    return stopped(termination.arrived(), true);
+                }
+                throw e;
+            } finally {
+                synchronized (lock) {
+                    over[0] = true;
+                }
+                watcher.interrupt();
+                // An interrupt left over would make the images' FileChannels close themselves under the flush that
+                // closing the backends does next.
+                Thread.interrupted();
+            }
+        }
+
+        /** After a termination signal: one line saying what was stopped; the exit status is 128 + the signal. */
+        private int stopped(String signal, boolean guestStarted) {
+            System.err.println("iovirt vm run " + name + ": " + signal + ": "
+                    + (guestStarted ? "guest stopped (QEMU killed); " : "")
+                    + "closing the backends (images flushed) and removing the run's files");
+            return 128
+                    + switch (signal) {
+                        case "SIGHUP" -> 1;
+                        case "SIGINT" -> 2;
+                        default -> 15;
+                    };
+        }
+
+        /**
+         * A new directory for this run's sockets under --run-dir (default java.io.tmpdir), removed at exit. With a
+         * socket group it is group-owned and mode 0750, so QEMU running as another user (libvirt's) can reach the
+         * sockets; otherwise 0700. Its name does not carry the VM's, so socket paths stay short.
+         */
+        private Path runDirectory(SocketAccess access) throws IOException {
+            Path parent = runDir != null ? runDir : Path.of(System.getProperty("java.io.tmpdir"));
+            if (!Files.isDirectory(parent)) {
+                throw new io.iovirt.util.ActionableException(
+                        "--run-dir " + parent + " is not a directory", "create it, or choose another with --run-dir");
+            }
+            Path dir = Files.createTempDirectory(parent, "iovirt-vm-");
+            try {
+                // the longest socket name the composer uses, e.g. disk12.sock
+                int longest = dir.resolve("disk" + Math.max(disks.size(), nics.size()) + ".sock")
+                        .toString()
+                        .getBytes(java.nio.charset.StandardCharsets.UTF_8)
+                        .length;
+                if (longest > io.iovirt.vm.UnixSockets.MAX_PATH_BYTES) {
+                    throw new io.iovirt.util.ActionableException(
+                            "--run-dir " + parent + " is too long for UNIX socket paths (" + longest + " bytes in "
+                                    + dir + ", the limit is " + io.iovirt.vm.UnixSockets.MAX_PATH_BYTES + ")",
+                            "choose a shorter directory with --run-dir, e.g. /run/iovirt-vm");
+                }
+                if (access.group() != null) {
+                    Files.setAttribute(
+                            dir,
+                            "posix:group",
+                            dir.getFileSystem()
+                                    .getUserPrincipalLookupService()
+                                    .lookupPrincipalByGroupName(access.group()));
+                    Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-x---"));
+                }
+                return dir;
+            } catch (java.nio.file.attribute.UserPrincipalNotFoundException e) {
+                Files.deleteIfExists(dir);
+                throw new io.iovirt.util.ActionableException(
+                        "--socket-group " + access.group() + ": no such group",
+                        "create it (groupadd " + access.group() + ") and add QEMU's user to it, or name another");
+            } catch (IOException | RuntimeException e) {
+                Files.deleteIfExists(dir);
+                throw e;
             }
         }
 

@@ -34,6 +34,11 @@ final class ConfigFile {
         String text;
         try {
             text = Files.readString(file);
+        } catch (java.nio.file.NoSuchFileException e) {
+            throw new IOException(
+                    "configuration " + file + " does not exist; create it ({} is a configuration with no devices;"
+                            + " the Debian package installs one) or start without --config",
+                    e);
         } catch (IOException e) {
             throw new IOException("cannot read configuration " + file + ": " + e.getMessage(), e);
         }

@@ -93,7 +93,8 @@ public final class Daemon implements AutoCloseable {
             "nbd.remove",
             "nbd.list",
             "stats",
-            "libvirt-xml");
+            "libvirt-xml",
+            "reload");
 
     /** The parameters of blk.add, which a configuration file's blk entries take too. */
     static final String[] BLK_PARAMS = {
@@ -133,6 +134,7 @@ public final class Daemon implements AutoCloseable {
             case "stats" -> stats(p.allow("id"));
             case "libvirt-xml" ->
                 LibvirtXml.forDevice(this, p.allow("id", "memory", "name", "kernel", "initrd", "cmdline", "console"));
+            case "reload" -> reload(p.allow());
             default ->
                 throw new RpcException(
                         RpcException.METHOD_NOT_FOUND,
@@ -150,6 +152,31 @@ public final class Daemon implements AutoCloseable {
     @FunctionalInterface
     private interface Remove {
         void remove(String id) throws RpcException;
+    }
+
+    /** What the control API's reload runs (set by {@link DaemonService}; none: the method is refused). */
+    interface Reloader {
+        ConfigFile.Outcome reload() throws RpcException;
+    }
+
+    private volatile Reloader reloader;
+
+    void reloader(Reloader r) {
+        this.reloader = r;
+    }
+
+    /** Not under the lock: applying the file takes it, and a reload may run on another thread (SIGHUP). */
+    private Map<String, Object> reload(Params p) throws RpcException {
+        Reloader r = reloader;
+        if (r == null) {
+            throw new RpcException(RpcException.FAILED, "this daemon has no configuration file to re-read");
+        }
+        ConfigFile.Outcome out = r.reload();
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("added", out.added());
+        m.put("removed", out.removed());
+        m.put("changed", out.changed());
+        return m;
     }
 
     private Map<String, Object> version(Params p) {

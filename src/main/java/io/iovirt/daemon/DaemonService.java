@@ -17,6 +17,9 @@ import sun.misc.Signal;
 public final class DaemonService {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
+    /** Reloads run one at a time (SIGHUP on the main thread, the control API's reload on a connection's). */
+    private static final Object RELOADS = new Object();
+
     private DaemonService() {}
 
     public record Options(
@@ -30,6 +33,10 @@ public final class DaemonService {
             Signal.handle(new Signal(name), s -> signals.add("SIG" + s.getName()));
         }
         try (Daemon daemon = new Daemon(o.socketGroup(), o.allowUids())) {
+            // The control API's reload: what the unit's ExecReload calls, so that 'systemctl reload' returns once the
+            // file is applied (systemd 252 takes a signal's sender exiting as the end of the reload) and fails when
+            // the file was refused.
+            daemon.reloader(() -> reload(o, daemon, notify));
             if (o.config() != null) {
                 ConfigFile.Outcome out = ConfigFile.apply(daemon, ConfigFile.read(o.config(), daemon));
                 if (!out.failed().isEmpty()) {
@@ -57,7 +64,11 @@ public final class DaemonService {
                                     sig + ": stopping; devices finish their requests in flight");
                             return sig;
                         }
-                        reload(o, daemon, notify);
+                        try {
+                            reload(o, daemon, notify);
+                        } catch (RpcException e) {
+                            // logged by reload; the daemon keeps serving what it had
+                        }
                     }
                 } finally {
                     if (watchdog != null) {
@@ -74,46 +85,79 @@ public final class DaemonService {
         return (h.contains(":") ? "[" + h + "]" : h) + ":" + a.getPort();
     }
 
-    private static void reload(Options o, Daemon daemon, SdNotify notify) {
-        if (o.config() == null) {
-            LOG.log(System.Logger.Level.INFO, "SIGHUP: no --config file to re-read");
-            return;
+    /**
+     * Re-reads the configuration file and applies it (SIGHUP and the control API's reload; one at a time). Tells the
+     * service manager RELOADING=1 with MONOTONIC_USEC (what a systemd 253+ Type=notify-reload unit waits for) and
+     * READY=1 when done, also when there is nothing to re-read.
+     *
+     * @return what changed
+     * @throws RpcException the file was refused (nothing changed), or some entries failed (the others applied):
+     *                      the message says which and why; it is logged and on stderr too
+     */
+    static ConfigFile.Outcome reload(Options o, Daemon daemon, SdNotify notify) throws RpcException {
+        synchronized (RELOADS) {
+            send(
+                    notify,
+                    "RELOADING=1\nSTATUS=reloading " + (o.config() == null ? "(no --config)" : o.config())
+                            + "\nMONOTONIC_USEC="
+                            + java.util.concurrent.TimeUnit.NANOSECONDS.toMicros(System.nanoTime()));
+            try {
+                return reloadLocked(o, daemon);
+            } finally {
+                send(notify, "READY=1\nSTATUS=serving");
+            }
         }
-        send(notify, "RELOADING=1\nSTATUS=reloading " + o.config());
+    }
+
+    private static ConfigFile.Outcome reloadLocked(Options o, Daemon daemon) throws RpcException {
+        if (o.config() == null) {
+            String msg = "reload: the daemon was started without --config, so there is no file to re-read; restart it"
+                    + " with --config FILE to manage devices from a file";
+            LOG.log(System.Logger.Level.INFO, msg);
+            throw new RpcException(RpcException.FAILED, msg);
+        }
         // Nothing a file holds may stop the daemon: a file that cannot be read changes nothing, and a failure while
         // applying one (a bug: each entry's own failure is already caught and reported) keeps the daemon serving.
-        ConfigFile.Desired want = null;
+        ConfigFile.Desired want;
         try {
             want = ConfigFile.read(o.config(), daemon);
         } catch (IOException e) {
-            refused(e.getMessage(), null);
+            throw new RpcException(RpcException.FAILED, refused(e.getMessage(), null));
         } catch (RuntimeException e) {
-            refused("cannot read configuration " + o.config() + ": " + e, e);
+            throw new RpcException(
+                    RpcException.FAILED, refused("cannot read configuration " + o.config() + ": " + e, e));
         }
-        if (want != null) {
-            try {
-                ConfigFile.Outcome out = ConfigFile.apply(daemon, want);
-                System.err.println("iovirt daemon: SIGHUP: " + out);
-            } catch (RuntimeException e) {
-                String msg = "SIGHUP: applying " + o.config() + " stopped partway: " + e + "; the devices it had"
-                        + " changed stay changed, the others run as before; please report this with this log, then"
-                        + " check the devices (iovirt ctl blk.list, nbd.list, net.list) and send SIGHUP again";
-                LOG.log(System.Logger.Level.ERROR, msg, e);
-                System.err.println("iovirt daemon: " + msg);
-            }
+        ConfigFile.Outcome out;
+        try {
+            out = ConfigFile.apply(daemon, want);
+        } catch (RuntimeException e) {
+            String msg = "reload: applying " + o.config() + " stopped partway: " + e + "; the devices it had"
+                    + " changed stay changed, the others run as before; please report this with this log, then"
+                    + " check the devices (iovirt ctl blk.list, nbd.list, net.list) and reload again";
+            LOG.log(System.Logger.Level.ERROR, msg, e);
+            System.err.println("iovirt daemon: " + msg);
+            throw new RpcException(RpcException.FAILED, msg);
         }
-        send(notify, "READY=1\nSTATUS=serving");
+        System.err.println("iovirt daemon: reload: " + out);
+        if (!out.failed().isEmpty()) {
+            throw new RpcException(
+                    RpcException.FAILED,
+                    "reload: " + o.config() + " applied except " + out.failed() + " (" + out
+                            + "); fix those entries and reload again");
+        }
+        return out;
     }
 
-    /** A reload refused before anything changed: why, logged and on stderr. */
-    private static void refused(String why, Throwable internal) {
-        String msg = "SIGHUP: " + why + "; the running configuration is unchanged";
+    /** A reload refused before anything changed: why, logged and on stderr; returns the message. */
+    private static String refused(String why, Throwable internal) {
+        String msg = "reload: " + why + "; the running configuration is unchanged";
         if (internal != null) {
             LOG.log(System.Logger.Level.ERROR, msg, internal);
         } else {
             LOG.log(System.Logger.Level.ERROR, msg);
         }
         System.err.println("iovirt daemon: " + msg);
+        return msg;
     }
 
     /** WATCHDOG=1 at half the interval systemd set (sd_watchdog_enabled(3)'s advice), while the daemon serves. */

@@ -45,6 +45,13 @@ public record SocketAccess(String group, Set<Integer> allowedUids) {
         }
     }
 
+    /** The uid of the user named {@code user} (the system's user database), or -1 when there is no such user. */
+    public static int userId(String user) {
+        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+            return Syscalls.userId(a.allocateFrom(user));
+        }
+    }
+
     public boolean allows(int uid) {
         return allowedUids.contains(uid);
     }

@@ -367,6 +367,7 @@ final class Syscalls {
         static final MethodHandle CHMOD = fn("chmod", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
         static final MethodHandle LCHOWN = fn("lchown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
         static final MethodHandle GETGRNAM = fn("getgrnam", FunctionDescriptor.of(ADDRESS, ADDRESS));
+        static final MethodHandle GETPWNAM = fn("getpwnam", FunctionDescriptor.of(ADDRESS, ADDRESS));
     }
 
     static int chmod(MemorySegment path, int mode) {
@@ -388,6 +389,21 @@ final class Syscalls {
     }
 
     /** The gid of group {@code name}, or -1 when there is none. */
+    /** The uid of user {@code name} (getpwnam), or -1 when there is no such user. */
+    static int userId(MemorySegment name) {
+        PerThread t = perThread();
+        try {
+            MemorySegment u = (MemorySegment) Files.GETPWNAM.invokeExact(t.capture, name);
+            if (u.equals(MemorySegment.NULL)) {
+                return -1;
+            }
+            return u.reinterpret(24)
+                    .get(JAVA_INT, 16); // struct passwd { char *pw_name; char *pw_passwd; uid_t pw_uid; ...}
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
     static int groupId(MemorySegment name) {
         PerThread t = perThread();
         try {

@@ -94,7 +94,7 @@ public final class NbdServer implements AutoCloseable {
                                 LOG.log(
                                         System.Logger.Level.WARNING,
                                         "nbd " + address + ": refused a client " + why + " (allowed: " + access
-                                                + "; see --allow-uid)");
+                                                + "; see --allow-uid and --allow-user)");
                                 s.close();
                             }),
                     NbdRefusals.Peer::of,

@@ -36,12 +36,26 @@ public final class SocketOwner implements AutoCloseable {
      *                     file cannot be opened or locked
      */
     public static SocketOwner acquire(Path socket) throws IOException {
+        SocketOwner owner = tryAcquire(socket);
+        if (owner == null) {
+            throw new IOException("socket " + socket + " is served by another process (it holds " + lockFile(socket)
+                    + "); stop it first, or start this one with --standby to take over when it exits");
+        }
+        return owner;
+    }
+
+    /**
+     * Takes the socket without waiting; null when another process serves it.
+     *
+     * @throws IOException the lock file cannot be opened or locked
+     */
+    public static SocketOwner tryAcquire(Path socket) throws IOException {
         Path lock = lockFile(socket);
         Fd fd = open(lock);
         try {
             if (!FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
-                throw new IOException("socket " + socket + " is served by another process (it holds " + lock
-                        + "); stop it first, or start this one with --standby to take over when it exits");
+                fd.close();
+                return null;
             }
             return new SocketOwner(lock, fd);
         } catch (LinuxException e) {

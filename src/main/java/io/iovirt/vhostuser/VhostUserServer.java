@@ -124,7 +124,7 @@ public final class VhostUserServer implements AutoCloseable {
                     errorLog.log(
                             System.Logger.Level.WARNING,
                             name + ": refusing frontend " + why + " (" + access
-                                    + "; serve with --allow-uid to add it)");
+                                    + "; serve with --allow-uid UID or --allow-user NAME to add it)");
                     s.close();
                 })
                 .build(this::admit);

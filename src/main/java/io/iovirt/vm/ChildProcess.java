@@ -150,10 +150,29 @@ public final class ChildProcess implements AutoCloseable {
         }
     }
 
-    /** SIGKILL to the process and its descendants, then waits until it is gone. */
+    /**
+     * SIGKILL to the process and its descendants, then waits until it is gone — also when this thread is interrupted
+     * (the interrupt is kept for the caller): a kill is how an interrupted wait cleans up, and the process is gone
+     * moments after SIGKILL.
+     */
     public void kill() {
         killNoWait();
-        waitFor(REAP_TIMEOUT);
+        boolean interrupted = false;
+        long deadline = System.nanoTime() + REAP_TIMEOUT.toNanos();
+        while (process.isAlive()) {
+            long left = deadline - System.nanoTime();
+            if (left <= 0) {
+                break;
+            }
+            try {
+                process.waitFor(left, TimeUnit.NANOSECONDS);
+            } catch (InterruptedException e) {
+                interrupted = true;
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
     }
 
     private void killNoWait() {

@@ -41,6 +41,8 @@ import java.util.regex.Pattern;
 public final class QemuGuest {
 
     public static final String PROGRAM = "qemu-system-x86_64";
+    /** The least guest memory the test guest (kernel and initramfs in RAM) is booted with. */
+    public static final int MIN_MEMORY_MIB = 128;
     /**
      * How long a KVM guest in auto mode has to print its first console line. A working KVM guest's kernel reaches
      * the serial console in about a second; the margin is for a loaded host.
@@ -114,7 +116,7 @@ public final class QemuGuest {
     }
 
     private RunningGuest start(Accelerator.Decision accel, Duration lifetime) {
-        Path dir;
+        Path dir = null;
         try {
             Path parent = b.workDir != null ? b.workDir : Path.of(System.getProperty("java.io.tmpdir"));
             Files.createDirectories(parent);
@@ -132,7 +134,33 @@ public final class QemuGuest {
                     .start();
             return new RunningGuest(b.name, qemu, dir, console, initrd, b.workDir == null, accel);
         } catch (IOException e) {
+            discard(dir);
             throw new UncheckedIOException("cannot prepare guest " + b.name + ": " + e.getMessage(), e);
+        } catch (RuntimeException | Error e) {
+            discard(dir); // e.g. QEMU missing (ChildProcess throws UncheckedIOException): no guest will clean up
+            throw e;
+        }
+    }
+
+    /**
+     * What {@link RunningGuest#close} would have removed of a guest that did not start: its whole directory when it
+     * is a temporary one, else the initrd copy (several MB).
+     */
+    private void discard(Path dir) {
+        if (dir == null) {
+            return;
+        }
+        try {
+            if (b.workDir == null) {
+                try (java.util.stream.Stream<Path> all = Files.walk(dir)) {
+                    all.sorted(java.util.Comparator.reverseOrder())
+                            .forEach(p -> p.toFile().delete());
+                }
+            } else {
+                Files.deleteIfExists(dir.resolve("initrd.cpio"));
+            }
+        } catch (IOException | UncheckedIOException e) {
+            // the failure that brought us here is the one to report
         }
     }
 
@@ -260,8 +288,9 @@ public final class QemuGuest {
         }
 
         public Builder memoryMiB(int memoryMiB) {
-            if (memoryMiB < 128) {
-                throw new IllegalArgumentException("guest memory " + memoryMiB + " MiB is too small (min 128)");
+            if (memoryMiB < MIN_MEMORY_MIB) {
+                throw new IllegalArgumentException(
+                        "guest memory " + memoryMiB + " MiB is too small (min " + MIN_MEMORY_MIB + ")");
             }
             this.memoryMiB = memoryMiB;
             return this;

@@ -178,7 +178,14 @@ public final class RunningGuest implements AutoCloseable {
 
     @Override
     public void close() {
-        qemu.close();
+        try {
+            qemu.close();
+        } finally {
+            removeFiles();
+        }
+    }
+
+    private void removeFiles() {
         try {
             if (deleteDir) {
                 try (Stream<Path> all = Files.walk(dir)) {

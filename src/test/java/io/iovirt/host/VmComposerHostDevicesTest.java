@@ -75,6 +75,55 @@ class VmComposerHostDevicesTest {
         assertTrue(taken.getMessage().contains("0000:03:10.2 belongs to vm-a"), taken.getMessage());
     }
 
+    /**
+     * A composition that fails gives back the devices it assigned, not those the VM already had: the second --vfio
+     * (a device the host uses) used to fail after the first was recorded as the VM's, and it stayed so.
+     */
+    @Test
+    void aFailedCompositionReleasesWhatItAssigned() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        AssignmentRegistry registry = new AssignmentRegistry(h.state);
+        Bdf gpu = Bdf.parse("0000:04:00.0");
+        HostConfigException e = assertThrows(
+                HostConfigException.class,
+                () -> VmComposer.compose(
+                        vm("vm-a", List.of("0000:04:00.0", "0000:01:00.0"), List.of()), tmp, h.paths()));
+        assertTrue(e.getMessage().contains("0000:01:00.0"), e.getMessage());
+        assertEquals(null, registry.owner(gpu), "the failed run's assignment is released");
+
+        // a VF pool that has no free VF, after a --vfio device: released too
+        assertThrows(
+                HostConfigException.class,
+                () -> VmComposer.compose(vm("vm-a", List.of("0000:04:00.0"), List.of("0000:03:00.0")), tmp, h.paths()));
+        assertEquals(null, registry.owner(gpu));
+
+        // a device the VM already owned stays its own
+        registry.assign(gpu, "vm-a", List.of());
+        assertThrows(
+                HostConfigException.class,
+                () -> VmComposer.compose(
+                        vm("vm-a", List.of("0000:04:00.0", "0000:01:00.0"), List.of()), tmp, h.paths()));
+        assertEquals("vm-a", registry.owner(gpu).vm());
+    }
+
+    /**
+     * What the guest cannot boot with is refused before any device is assigned: 64..127 MiB used to pass here and
+     * fail in QemuGuest after the composition; a malformed --vfio after the disks' backends had started.
+     */
+    @Test
+    void theSpecRefusesWhatTheGuestWouldBeforeAnythingStarts() {
+        IllegalArgumentException small = assertThrows(
+                IllegalArgumentException.class,
+                () -> new VmSpec(
+                        "vm", VmSpec.Profile.PVHVM, 100, 1, List.of(), List.of(), List.of("0000:04:00.0"), List.of()));
+        assertTrue(small.getMessage().contains("memory must be 128 MiB"), small.getMessage());
+        RuntimeException bdf = assertThrows(
+                RuntimeException.class,
+                () -> new VmSpec(
+                        "vm", VmSpec.Profile.PVHVM, 512, 1, List.of(), List.of(), List.of("04:00"), List.of()));
+        assertTrue(bdf.getMessage().contains("'04:00' is not a PCI address"), bdf.getMessage());
+    }
+
     @Test
     void theHvmProfileRefusesParavirtualDevices() {
         IllegalArgumentException e = assertThrows(

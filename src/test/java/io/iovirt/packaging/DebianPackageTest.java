@@ -4,9 +4,12 @@ package io.iovirt.packaging;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
+import io.iovirt.vm.ChildProcess;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterAll;
@@ -119,6 +122,53 @@ class DebianPackageTest {
         }
         Result dpkg = run(List.of("dpkg", "-L", "iovirt"), 60);
         assertTrue(dpkg.out.contains("/lib/systemd/system/iovirt-blk-standby@.target"), dpkg.out);
+    }
+
+    /**
+     * A fresh install has what iovirt.service needs to start (it used to fail and be restarted in a loop): the user it
+     * runs as, the --config file its ExecStart names and /etc/default/iovirt, both conffiles; and the installed daemon,
+     * run as that user and group with that file, gets ready.
+     */
+    @Test
+    void theDaemonUnitStartsOnAFreshInstall() throws Exception {
+        Result conffiles = run(List.of("dpkg-query", "--showformat=${Conffiles}\n", "--show", "iovirt"), 60);
+        assertTrue(
+                conffiles.out.contains(" /etc/iovirt/daemon.json ") && conffiles.out.contains(" /etc/default/iovirt "),
+                "conffiles: " + conffiles.out);
+        SystemdStandbyPairTest.Unit unit = SystemdStandbyPairTest.Unit.load("iovirt.service", "x");
+        String user = unit.one("User");
+        assertEquals(0, run(List.of("getent", "passwd", user), 30).exit, "the package creates the user " + user);
+        List<String> exec = List.of(unit.one("ExecStart").split("\\s+"));
+        String config = exec.get(exec.indexOf("--config") + 1);
+        assertTrue(Files.isRegularFile(Path.of(config)), config + " (--config of iovirt.service) is not installed");
+        Path dir = Files.createTempDirectory("iovirt-package-");
+        try {
+            run(List.of("chown", user, dir.toString()), 30);
+            Path control = dir.resolve("control");
+            List<String> cmd = List.of(
+                    "setpriv",
+                    "--reuid=" + user,
+                    "--regid=" + unit.one("Group"),
+                    "--init-groups",
+                    "/usr/bin/iovirt",
+                    "daemon",
+                    "--config",
+                    config,
+                    "--control",
+                    control.toString());
+            try (ChildProcess daemon = ChildProcess.builder(cmd)
+                    .name("iovirt daemon")
+                    .log(dir.resolve("daemon.log"))
+                    .start()) {
+                Await.until(
+                        Duration.ofSeconds(240),
+                        "the daemon ready",
+                        daemon,
+                        () -> daemon.log().contains("iovirt daemon: ready"));
+            }
+        } finally {
+            run(List.of("rm", "-rf", dir.toString()), 30);
+        }
     }
 
     private record Result(int exit, String out) {}

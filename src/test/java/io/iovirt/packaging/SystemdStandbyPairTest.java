@@ -161,7 +161,9 @@ class SystemdStandbyPairTest {
                 "/run/" + members.get(0).one("RuntimeDirectory") + "/",
                 run,
                 "/etc/iovirt/",
-                etc);
+                etc,
+                "/etc/default/",
+                Files.createDirectories(dir.resolve("etc-default")));
         try (RandomAccessFile f =
                 new RandomAccessFile(state.resolve(INSTANCE + ".raw").toFile(), "rw")) {
             f.setLength(64L << 20);
@@ -255,10 +257,27 @@ class SystemdStandbyPairTest {
 
     /** Starts a member's ExecStart as systemd would, with the directories mapped into the temp dir. */
     private ChildProcess start(Unit u, Map<String, Path> dirs, int generation) throws IOException {
+        return ChildProcess.builder(IovirtCli.command(arguments(u, dirs)))
+                .name(u.name() + " #" + generation)
+                .log(dir.resolve(u.name() + "-" + generation + ".log"))
+                .start();
+    }
+
+    /**
+     * A unit's ExecStart arguments (after the launcher) as systemd passes them: {@code Environment=} (each setting
+     * one word, or a double-quoted one), then every {@code EnvironmentFile=} in order (whose settings override), then
+     * the expansion; paths under the directories systemd gives the service mapped into the temp dirs of {@code dirs}.
+     */
+    static List<String> arguments(Unit u, Map<String, Path> dirs) throws IOException {
         Map<String, String> env = new LinkedHashMap<>();
         for (String e : u.service().getOrDefault("Environment", List.of())) {
-            int eq = e.indexOf('=');
-            env.put(e.substring(0, eq), e.substring(eq + 1));
+            Matcher m = Pattern.compile("\"([^\"]*)\"|(\\S+)").matcher(e);
+            while (m.find()) {
+                String setting = m.group(1) != null ? m.group(1) : m.group(2);
+                int eq = setting.indexOf('=');
+                assertTrue(eq > 0, u.name() + ": Environment=" + e + " is not KEY=VALUE");
+                env.put(setting.substring(0, eq), setting.substring(eq + 1));
+            }
         }
         for (String file : u.service().getOrDefault("EnvironmentFile", List.of())) {
             boolean optional = file.startsWith("-");
@@ -291,10 +310,7 @@ class SystemdStandbyPairTest {
                     u.name() + ": " + a + " is outside the directories systemd gives the service");
             args.add(m);
         }
-        return ChildProcess.builder(IovirtCli.command(args))
-                .name(u.name() + " #" + generation)
-                .log(dir.resolve(u.name() + "-" + generation + ".log"))
-                .start();
+        return args;
     }
 
     /**
@@ -320,7 +336,7 @@ class SystemdStandbyPairTest {
         return out;
     }
 
-    private static String mapped(String arg, Map<String, Path> dirs) {
+    static String mapped(String arg, Map<String, Path> dirs) {
         for (var e : dirs.entrySet()) {
             if (arg.startsWith(e.getKey())) {
                 return e.getValue().resolve(arg.substring(e.getKey().length())).toString();

@@ -103,4 +103,28 @@ class SocketAccessTest {
             assertEquals("reply 20", connectAsNobody(sock), "an allowed uid gets its GET_FEATURES reply");
         }
     }
+
+    /**
+     * {@code --allow-user}: a user named is served (what the packaged units pass for libvirt's QEMU user), and a user
+     * that does not exist is left out with a warning rather than keeping the server from starting (a unit naming
+     * libvirt's user on a host without libvirt). {@code serve blk} as its own process, the peer as uid nobody.
+     */
+    @Test
+    void allowUserServesANamedUserAndWarnsAboutAMissingOne() throws Exception {
+        Require.that(SocketAccess.ownUid() == 0, "root (the test connects as uid nobody through setpriv)");
+        Require.program("python3", "apt-get install python3");
+        openDir();
+        Path img = dir.resolve("d.raw");
+        Files.write(img, new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (io.iovirt.vm.ChildProcess p = io.iovirt.vm.ChildProcess.builder(io.iovirt.vm.IovirtCli.serveBlk(
+                        img, sock, "--socket-group", "nogroup", "--allow-user", "nobody,iovirt-no-such-user"))
+                .log(dir.resolve("serve.log"))
+                .startListening(sock, Duration.ofSeconds(120))) {
+            assertEquals("reply 20", connectAsNobody(sock), p.log());
+            assertTrue(
+                    p.log().contains("--allow-user iovirt-no-such-user: no such user, left out"),
+                    "the missing user is named:\n" + p.log());
+        }
+    }
 }

@@ -8,6 +8,7 @@ import io.iovirt.host.HostPaths;
 import io.iovirt.host.assign.Assigning;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.host.assign.VfioConfig;
+import io.iovirt.linux.SocketAccess;
 import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
 import io.iovirt.net.Mac;
@@ -32,7 +33,10 @@ import java.util.Set;
  * Wires a {@link VmSpec} into one QEMU guest: starts the iovirt backends its devices need (a vhost-user-blk
  * server per PV disk, one NBD server exporting every FV disk to QEMU's emulated AHCI, one switch for all NICs with a vhost-user port per PV NIC and a stream port per emulated NIC),
  * checks and records VFIO and SR-IOV assignments in the host registry, and returns the QEMU arguments and guest
- * modules. Closing the composition stops the backends; assignments stay until {@code iovirt host release}.
+ * modules. Closing the composition stops the backends; assignments stay until {@code iovirt host release}. A
+ * composition that fails stops what it started and releases the assignments it made (not those the VM had before).
+ * Who may connect to the backends' sockets is a {@link SocketAccess} (owner only by default; QEMU run by libvirt as
+ * another user needs its group and uid).
  */
 public final class VmComposer implements AutoCloseable {
     /** One line per device, for the user. */
@@ -42,15 +46,20 @@ public final class VmComposer implements AutoCloseable {
     private final Path runDir;
     private final HostPaths host;
     private final Accelerator.Decision accel;
+    private final SocketAccess access;
     private final List<AutoCloseable> backends = new ArrayList<>();
+    /** Devices this composition assigned (not already the VM's): released again if it fails. */
+    private final List<Bdf> claimed = new ArrayList<>();
+
     private final List<String> args = new ArrayList<>();
     private final Set<String> modules = new LinkedHashSet<>();
     private final List<Device> devices = new ArrayList<>();
     private Switch netSwitch;
     private NbdServer nbd;
 
-    private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel) {
+    private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel, SocketAccess access) {
         this.accel = accel;
+        this.access = access;
         this.spec = spec;
         this.runDir = runDir;
         this.host = host;
@@ -68,14 +77,38 @@ public final class VmComposer implements AutoCloseable {
     /** As {@link #compose(VmSpec, Path, HostPaths)}, for a guest that will run under {@code accel}. */
     public static VmComposer compose(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel)
             throws IOException {
-        VmComposer c = new VmComposer(spec, runDir, host, accel);
+        return compose(spec, runDir, host, accel, SocketAccess.ownerOnly());
+    }
+
+    /** As {@link #compose(VmSpec, Path, HostPaths, Accelerator.Decision)}, the sockets open to {@code access}. */
+    public static VmComposer compose(
+            VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel, SocketAccess access)
+            throws IOException {
+        VmComposer c = new VmComposer(spec, runDir, host, accel, access);
         try {
             c.wire();
             return c;
         } catch (IOException | RuntimeException e) {
             c.close();
+            c.releaseClaims(e);
             throw e;
         }
+    }
+
+    /** Gives back what this failed composition assigned, so the VM that never ran does not keep devices. */
+    private void releaseClaims(Exception failure) {
+        AssignmentRegistry registry = new AssignmentRegistry(host.stateDir());
+        for (Bdf bdf : claimed) {
+            try {
+                registry.release(bdf, spec.name());
+            } catch (RuntimeException e) {
+                failure.addSuppressed(new HostConfigException(
+                        "could not release " + bdf + " after the failure: " + e.getMessage(),
+                        "release it by hand: iovirt host release " + bdf,
+                        e));
+            }
+        }
+        claimed.clear();
     }
 
     /** The NBD server behind the FV disks, or null when the VM has none. */
@@ -95,7 +128,7 @@ public final class VmComposer implements AutoCloseable {
                 Path sock = runDir.resolve(id + ".sock");
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
-                backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id))));
+                backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id)), access));
                 args.addAll(List.of(
                         "-chardev",
                         "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
@@ -111,7 +144,7 @@ public final class VmComposer implements AutoCloseable {
                 // over NBD, so both paths run through the same image code (qcow2, flush semantics, locking).
                 Path sock = runDir.resolve("nbd.sock");
                 if (nbd == null) {
-                    nbd = NbdServer.startUnix(sock, NbdServer.DEFAULT_MAX_CONNECTIONS);
+                    nbd = NbdServer.startUnix(sock, NbdServer.DEFAULT_MAX_CONNECTIONS, access);
                     backends.add(nbd); // close() stops it before any image it exports is closed
                 }
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
@@ -131,7 +164,7 @@ public final class VmComposer implements AutoCloseable {
                             "NVMe disk " + disk.image() + " (" + img.format()
                                     + ") emulated by QEMU, its blocks served by iovirt over NBD"));
                 } else {
-                    if (ahciPort == 6) {
+                    if (ahciPort == VmSpec.AHCI_PORTS) { // VmSpec refuses more; kept for the message
                         throw new IllegalArgumentException(
                                 "disk " + disk.image() + ": QEMU's AHCI controller has 6 ports,"
                                         + " all taken by earlier fv disks; put this one on NVMe (fv:IMAGE,bus=nvme)");
@@ -159,7 +192,7 @@ public final class VmComposer implements AutoCloseable {
                 netSwitch.startHousekeeping();
             }
             if (nic.kind() == VmSpec.Kind.PV) {
-                netSwitch.addPort(new VirtioNetPort(VirtioNetPort.Options.defaults(sock, 1, mac)));
+                netSwitch.addPort(new VirtioNetPort(VirtioNetPort.Options.defaults(sock, 1, mac)).withAccess(access));
                 // vectors=0 under TCG: QEMU 7.2 segfaults in vhost_net_start when vhost-user-net uses MSI-X
                 args.addAll(List.of(
                         "-chardev",
@@ -175,7 +208,7 @@ public final class VmComposer implements AutoCloseable {
                         "virtio-net " + Mac.toString(mac) + " on the iovirt switch (vhost-user"
                                 + (kvm ? ", MSI-X" : ", INTx: QEMU 7.2 TCG cannot do MSI-X here") + ")"));
             } else {
-                netSwitch.addPort(new StreamPort(sock));
+                netSwitch.addPort(new StreamPort(sock, access));
                 args.addAll(List.of(
                         "-netdev",
                         "stream,id=" + id + ",server=off,addr.type=unix,addr.path=" + QemuGuest.escape(sock.toString()),
@@ -221,7 +254,9 @@ public final class VmComposer implements AutoCloseable {
                     bdf + " is assigned to VM " + owner.vm(),
                     "release it first: iovirt host release " + bdf + " (one device, one VM)");
         }
-        Assigning.assign(host, bdf, spec.name(), false);
+        if (Assigning.assign(host, bdf, spec.name(), false).created()) {
+            claimed.add(bdf);
+        }
     }
 
     private Bdf claimFreeVf(Bdf pf) {

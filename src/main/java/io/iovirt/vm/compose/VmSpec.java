@@ -23,6 +23,11 @@ public record VmSpec(
         List<Nic> nics,
         List<String> vfio,
         List<String> vfPools) {
+    /** The least guest memory: what {@link io.iovirt.vm.QemuGuest} boots its guest with. */
+    public static final int MIN_MEMORY_MIB = io.iovirt.vm.QemuGuest.MIN_MEMORY_MIB;
+    /** Ports of the one AHCI controller the emulated SATA disks share. */
+    public static final int AHCI_PORTS = 6;
+
     public enum Profile {
         HVM,
         PVHVM
@@ -72,11 +77,28 @@ public record VmSpec(
         nics = List.copyOf(nics);
         vfio = List.copyOf(vfio);
         vfPools = List.copyOf(vfPools);
-        if (memoryMiB < 64 || memoryMiB > 1 << 20) {
-            throw new IllegalArgumentException("memory must be 64 MiB .. 1 TiB, got " + memoryMiB + " MiB");
+        // Everything a composition can refuse is checked here, before it starts backends or assigns devices.
+        if (memoryMiB < MIN_MEMORY_MIB || memoryMiB > 1 << 20) {
+            // the floor is the guest's (QemuGuest): 64..127 used to pass here, after backends started and devices
+            // were assigned, and fail there
+            throw new IllegalArgumentException(
+                    "memory must be " + MIN_MEMORY_MIB + " MiB .. 1 TiB, got " + memoryMiB + " MiB");
         }
         if (cpus < 1 || cpus > 64) {
             throw new IllegalArgumentException("cpus must be 1..64, got " + cpus);
+        }
+        for (String text : vfio) {
+            io.iovirt.pci.Bdf.parse(text); // a typo refused now, not after the disks' backends started
+        }
+        for (String text : vfPools) {
+            io.iovirt.pci.Bdf.parse(text);
+        }
+        long ahci = disks.stream()
+                .filter(d -> d.kind() == Kind.FV && d.bus() == Bus.AHCI)
+                .count();
+        if (ahci > AHCI_PORTS) {
+            throw new IllegalArgumentException(ahci + " fv disks on AHCI, but QEMU's AHCI controller has " + AHCI_PORTS
+                    + " ports; put the others on NVMe (fv:IMAGE,bus=nvme)");
         }
         if (profile == Profile.HVM) {
             for (Disk d : disks) {
