@@ -34,9 +34,10 @@ import picocli.CommandLine.Parameters;
         },
         description = {
             "Send one request to a running 'iovirt daemon' and print the answer (a table, or --json).",
-            "Methods: version, blk.add, blk.remove, blk.list, blk.info, blk.resize, blk.set-readonly,",
-            "net.add, net.remove, net.port.add, net.port.remove, net.list, net.macs, nbd.add, nbd.remove, nbd.list,",
-            "stats, libvirt-xml, reload (docs/api.md)."
+            "Methods: version, blk.add, blk.remove, blk.list, blk.info, blk.resize,",
+            "blk.set-readonly, net.add, net.remove, net.port.add, net.port.remove,",
+            "net.list, net.macs, nbd.add, nbd.remove, nbd.list, stats, libvirt-xml,",
+            "reload (docs/api.md)."
         })
 final class CtlCommand implements Callable<Integer> {
     static final int EXIT_USAGE = Contract.USAGE;
