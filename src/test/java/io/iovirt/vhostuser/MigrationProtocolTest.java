@@ -6,7 +6,6 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.iovirt.linux.EventFd;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.MemFd;
@@ -38,15 +37,11 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2);
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-                EventFd err = EventFd.create(true);
-                EventFd kick = EventFd.create(true);
-                EventFd call = EventFd.create(true);
+                VhostUserServerTest.Session q = VhostUserServerTest.session(socket);
                 Fd logFd = MemFd.allocate("log", 4096)) {
-            VhostUserServerTest.initLikeQemu(fe, call, err);
-            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
+            VhostUserFrontend fe = q.fe();
+            VhostUserServerTest.initLikeQemu(fe, q.call(), q.err());
+            VhostUserServerTest.startLikeQemu(fe, q.low(), q.high(), q.kick(), q.call(), VhostUserServerTest.FEATURES);
             VringSetup setup = backend.running.get(0);
             assertNotNull(setup);
             assertNull(setup.memory().writeLog(), "no log before a migration");
@@ -55,12 +50,12 @@ class MigrationProtocolTest {
             assertNull(setup.memory().writeLog(), "a log alone does not turn logging on");
             fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
             assertNotNull(setup.memory().writeLog());
-            long used = high.userAddrOf(VhostUserServerTest.USED);
+            long used = q.high().userAddrOf(VhostUserServerTest.USED);
             fe.setVringAddr(
                     0,
-                    high.userAddrOf(VhostUserServerTest.DESC),
+                    q.high().userAddrOf(VhostUserServerTest.DESC),
                     used,
-                    high.userAddrOf(VhostUserServerTest.AVAIL),
+                    q.high().userAddrOf(VhostUserServerTest.AVAIL),
                     VhostUserServerTest.USED);
             assertEquals(setup, backend.running.get(0), "the ring kept running");
             assertEquals(
@@ -93,16 +88,13 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2);
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-                EventFd err = EventFd.create(true);
-                EventFd kick = EventFd.create(true);
-                EventFd call = EventFd.create(true);
+                VhostUserServerTest.Session q = VhostUserServerTest.session(socket);
                 Fd logFd = MemFd.allocate("log", 4096);
                 Fd nextFd = MemFd.allocate("log2", 8192)) {
-            VhostUserServerTest.initLikeQemu(fe, call, err);
-            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES | LOG_ALL);
+            VhostUserFrontend fe = q.fe();
+            VhostUserServerTest.initLikeQemu(fe, q.call(), q.err());
+            VhostUserServerTest.startLikeQemu(
+                    fe, q.low(), q.high(), q.kick(), q.call(), VhostUserServerTest.FEATURES | LOG_ALL);
             fe.setLogBase(logFd, 4096, 0);
             MemorySegment bits =
                     Mmap.map(logFd, 0, 4096, Mmap.PROT_READ, Mmap.MAP_SHARED, java.lang.foreign.Arena.ofAuto());
@@ -140,16 +132,12 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2);
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-                EventFd err = EventFd.create(true);
-                EventFd kick = EventFd.create(true);
-                EventFd call = EventFd.create(true);
+                VhostUserServerTest.Session q = VhostUserServerTest.session(socket);
                 Fd oldFd = MemFd.allocate("log", 4096);
                 Fd newFd = MemFd.allocate("log2", 8192)) {
-            VhostUserServerTest.initLikeQemu(fe, call, err);
-            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
+            VhostUserFrontend fe = q.fe();
+            VhostUserServerTest.initLikeQemu(fe, q.call(), q.err());
+            VhostUserServerTest.startLikeQemu(fe, q.low(), q.high(), q.kick(), q.call(), VhostUserServerTest.FEATURES);
             VringSetup setup = backend.running.get(0);
             fe.setLogBase(oldFd, 4096, 0);
             fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
@@ -211,20 +199,16 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2);
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-                EventFd err = EventFd.create(true);
-                EventFd kick = EventFd.create(true);
-                EventFd call = EventFd.create(true);
+                VhostUserServerTest.Session q = VhostUserServerTest.session(socket);
                 Fd oldFd = MemFd.allocate("log", 4096);
                 Fd newFd = MemFd.allocate("log2", 4096);
                 Arena qemu = Arena.ofConfined()) {
-            VhostUserServerTest.initLikeQemu(fe, call, err);
-            VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
-            long desc = high.userAddrOf(VhostUserServerTest.DESC);
-            long used = high.userAddrOf(VhostUserServerTest.USED);
-            long avail = high.userAddrOf(VhostUserServerTest.AVAIL);
+            VhostUserFrontend fe = q.fe();
+            VhostUserServerTest.initLikeQemu(fe, q.call(), q.err());
+            VhostUserServerTest.startLikeQemu(fe, q.low(), q.high(), q.kick(), q.call(), VhostUserServerTest.FEATURES);
+            long desc = q.high().userAddrOf(VhostUserServerTest.DESC);
+            long used = q.high().userAddrOf(VhostUserServerTest.USED);
+            long avail = q.high().userAddrOf(VhostUserServerTest.AVAIL);
             java.util.Set<Long> read = new java.util.TreeSet<>(); // every page QEMU read from a log
 
             // The migration starts: log, LOG_ALL, the ring's used-ring log.
@@ -244,8 +228,8 @@ class MigrationProtocolTest {
             fe.setVringNum(0, 256);
             fe.setVringBase(0, 0);
             fe.setVringAddr(0, desc, used, avail, VhostUserServerTest.USED);
-            fe.setVringKick(0, kick);
-            fe.setVringCall(0, call);
+            fe.setVringKick(0, q.kick());
+            fe.setVringCall(0, q.call());
             assertNotNull(backend.running.get(0), "the ring runs again from its kick");
             deviceWrites(backend, 7); // a frame received before the new log arrived
             fe.setLogBase(newFd, 4096, 0);
@@ -285,12 +269,8 @@ class MigrationProtocolTest {
         Path socket = dir.resolve("vub.sock");
         RecordingBackend backend = new RecordingBackend(2, Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD));
         try (VhostUserServer server = VhostUserServer.start(socket, backend);
-                VhostUserFrontend fe = VhostUserFrontend.connect(socket, TIMEOUT);
-                FrontendMemory low = FrontendMemory.allocate(0, 0xa0000);
-                FrontendMemory high = FrontendMemory.allocate(VhostUserServerTest.RING_GPA, 1 << 20);
-                EventFd err = EventFd.create(true);
-                EventFd kick = EventFd.create(true);
-                EventFd call = EventFd.create(true)) {
+                VhostUserServerTest.Session q = VhostUserServerTest.session(socket)) {
+            VhostUserFrontend fe = q.fe();
             fe.getFeatures();
             long pf = fe.getProtocolFeatures();
             assertTrue((pf & Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD)) != 0, Long.toHexString(pf));
@@ -310,7 +290,8 @@ class MigrationProtocolTest {
                         () -> MemFd.truncate(fd, 4096),
                         "the frontend cannot shrink the file under the backend's mapping");
                 fe.setInflightFd(inflight);
-                VhostUserServerTest.startLikeQemu(fe, low, high, kick, call, VhostUserServerTest.FEATURES);
+                VhostUserServerTest.startLikeQemu(
+                        fe, q.low(), q.high(), q.kick(), q.call(), VhostUserServerTest.FEATURES);
                 MemorySegment region = backend.running.get(0).inflight();
                 assertNotNull(region, "the queue got its region");
                 assertEquals(InflightRegion.queueBytes(256), region.byteSize());

@@ -116,8 +116,13 @@ class VhostUserServerTest {
     }
 
     Session session() throws Exception {
+        return session(socket);
+    }
+
+    /** A {@link Session} with the server listening at {@code socket}. */
+    static Session session(Path socket) throws Exception {
         return new Session(
-                connect(),
+                VhostUserFrontend.connect(socket, TIMEOUT),
                 FrontendMemory.allocate(0, 0xa0000),
                 FrontendMemory.allocate(RING_GPA, 1 << 20),
                 EventFd.create(true),
