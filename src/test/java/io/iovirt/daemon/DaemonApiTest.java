@@ -624,18 +624,7 @@ class DaemonApiTest {
                             "blk.add", p("image", dir.resolve("none.raw").toString(), "socket", sock.toString())));
             assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
             assertTrue(e.getMessage().contains("blk 'slow' (being added)"), e.getMessage());
-            e = assertThrows(
-                    RpcClient.RemoteError.class,
-                    () -> other.call(
-                            "blk.add",
-                            p(
-                                    "id",
-                                    "slow",
-                                    "image",
-                                    image("b.raw", 1 << 20).toString(),
-                                    "socket",
-                                    dir.resolve("b.sock").toString())));
-            assertEquals(RpcException.EXISTS, e.code());
+            e = addUnderATakenId(other, "slow");
             assertTrue(
                     e.getMessage().contains("id 'slow' is already in use by blk 'slow' (being added)"), e.getMessage());
             assertTrue(((List<?>) other.call("blk.list", null)).isEmpty(), "not listed before it runs");
@@ -757,18 +746,7 @@ class DaemonApiTest {
                 } while (!e.getMessage().contains("being removed") && !slow.isDone());
                 assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
                 assertTrue(e.getMessage().contains("blk 'slow' (being removed"), e.getMessage());
-                e = assertThrows(
-                        RpcClient.RemoteError.class,
-                        () -> other.call(
-                                "blk.add",
-                                p(
-                                        "id",
-                                        "slow",
-                                        "image",
-                                        image("b.raw", 1 << 20).toString(),
-                                        "socket",
-                                        dir.resolve("b.sock").toString())));
-                assertEquals(RpcException.EXISTS, e.code());
+                e = addUnderATakenId(other, "slow");
                 assertTrue(e.getMessage().contains("id 'slow' is already in use"), e.getMessage());
                 assertTrue(((List<?>) other.call("blk.list", null)).isEmpty(), "no longer listed");
                 other.call("stats", null);
@@ -795,6 +773,23 @@ class DaemonApiTest {
             fuse.destroy();
             fuse.waitFor(10, TimeUnit.SECONDS);
         }
+    }
+
+    /** blk.add of another image and socket under {@code id}, which is taken: refused with EXISTS. */
+    private RpcClient.RemoteError addUnderATakenId(RpcClient c, String id) {
+        RpcClient.RemoteError e = assertThrows(
+                RpcClient.RemoteError.class,
+                () -> c.call(
+                        "blk.add",
+                        p(
+                                "id",
+                                id,
+                                "image",
+                                image("b.raw", 1 << 20).toString(),
+                                "socket",
+                                dir.resolve("b.sock").toString())));
+        assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
+        return e;
     }
 
     private static boolean fuseMounted(Path mnt) throws java.io.IOException {

@@ -346,6 +346,13 @@ class HostileBlkFrontendTest {
         }
     }
 
+    /** A one-queue device on {@code img} that gives up on a queue thread not stopped within a second. */
+    private static BlkDevice givingUpAfterASecond(String id, SlowFlushImage img) {
+        BlkDevice dev = new BlkDevice(id, img, 1, "s", BlkDevice.IoEngine.SYNC);
+        dev.stopWaitLimit(Duration.ofSeconds(1));
+        return dev;
+    }
+
     /**
      * A queue thread that does not stop within the limit is given up on, and the device says so and fails: the
      * position is handed back, NEEDS_RESET, the image stays locked, and the queue is not started again on its ring
@@ -358,8 +365,7 @@ class HostileBlkFrontendTest {
         try (RawImage raw = RawImage.open(disk, false, false);
                 LogCapture log = LogCapture.start("io.iovirt")) {
             SlowFlushImage img = new SlowFlushImage(raw);
-            BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
-            dev.stopWaitLimit(Duration.ofSeconds(1));
+            BlkDevice dev = givingUpAfterASecond("stuck", img);
             try (VhostUserServer server = VhostUserServer.start(sock, dev);
                     EventFd call = EventFd.create(true);
                     Driver d = new Driver(sock, 1 << 20, call);
@@ -412,8 +418,7 @@ class HostileBlkFrontendTest {
         try (RawImage raw = RawImage.open(disk, false, false);
                 LogCapture log = LogCapture.start("io.iovirt")) {
             SlowFlushImage img = new SlowFlushImage(raw);
-            BlkDevice dev = new BlkDevice("parked", img, 1, "s", BlkDevice.IoEngine.SYNC);
-            dev.stopWaitLimit(Duration.ofSeconds(1));
+            BlkDevice dev = givingUpAfterASecond("parked", img);
             try (VhostUserServer server = VhostUserServer.start(sock, dev);
                     EventFd call = EventFd.create(true);
                     EventFd err = EventFd.create(true);
