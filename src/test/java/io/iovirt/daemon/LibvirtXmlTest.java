@@ -4,6 +4,7 @@ package io.iovirt.daemon;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.DaemonCalls;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -69,17 +70,7 @@ class LibvirtXmlTest {
                             2L,
                             "mac",
                             "52:54:00:aa:bb:cc"));
-            d.call(
-                    "net.port.add",
-                    Map.of(
-                            "net",
-                            "sw",
-                            "id",
-                            "fv",
-                            "kind",
-                            "stream",
-                            "path",
-                            dir.resolve("fv.sock").toString()));
+            DaemonCalls.portAdd(d, "sw", "fv", "stream", dir.resolve("fv.sock"));
             for (String id : new String[] {"disk", "pv", "sw/fv", "01:00.1", "disk,pv,fv,0000:3b:02.7"}) {
                 String xml = (String) ((Map<?, ?>) d.call(
                                 "libvirt-xml",

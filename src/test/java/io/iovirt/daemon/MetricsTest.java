@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.DaemonCalls;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.net.URI;
@@ -60,28 +61,8 @@ class MetricsTest {
                             "queues",
                             2L));
             d.call("net.add", Map.of("id", "sw"));
-            d.call(
-                    "net.port.add",
-                    Map.of(
-                            "net",
-                            "sw",
-                            "id",
-                            "p",
-                            "kind",
-                            "stream",
-                            "path",
-                            dir.resolve("p.sock").toString()));
-            d.call(
-                    "net.port.add",
-                    Map.of(
-                            "net",
-                            "sw",
-                            "id",
-                            "v",
-                            "kind",
-                            "vhost-user",
-                            "path",
-                            dir.resolve("v.sock").toString()));
+            DaemonCalls.portAdd(d, "sw", "p", "stream", dir.resolve("p.sock"));
+            DaemonCalls.portAdd(d, "sw", "v", "vhost-user", dir.resolve("v.sock"));
             try (Metrics m = Metrics.start("127.0.0.1:0", d)) {
                 HttpClient c = HttpClient.newBuilder()
                         .proxy(HttpClient.Builder.NO_PROXY)
@@ -146,34 +127,14 @@ class MetricsTest {
         try (Daemon d = new Daemon(null)) {
             d.call("net.add", Map.of("id", "sw"));
             for (int i = 0; i < 8; i++) {
-                d.call(
-                        "net.port.add",
-                        Map.of(
-                                "net",
-                                "sw",
-                                "id",
-                                "s" + i,
-                                "kind",
-                                "stream",
-                                "path",
-                                dir.resolve("s" + i + ".sock").toString()));
+                DaemonCalls.portAdd(d, "sw", "s" + i, "stream", dir.resolve("s" + i + ".sock"));
             }
             java.util.concurrent.atomic.AtomicBoolean done = new java.util.concurrent.atomic.AtomicBoolean();
             Thread churn = Thread.ofPlatform().start(() -> {
                 try {
                     for (int i = 0; i < 300; i++) {
                         String id = "c" + (i % 4);
-                        d.call(
-                                "net.port.add",
-                                Map.of(
-                                        "net",
-                                        "sw",
-                                        "id",
-                                        id,
-                                        "kind",
-                                        "stream",
-                                        "path",
-                                        dir.resolve(id + ".sock").toString()));
+                        DaemonCalls.portAdd(d, "sw", id, "stream", dir.resolve(id + ".sock"));
                         if (i >= 3) {
                             d.call("net.port.remove", Map.of("net", "sw", "id", "c" + ((i - 3) % 4)));
                         }
