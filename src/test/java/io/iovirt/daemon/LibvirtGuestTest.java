@@ -4,6 +4,7 @@ package io.iovirt.daemon;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.QemuAsUser;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
@@ -79,17 +80,8 @@ class LibvirtGuestTest {
 
     /** {@code cmd} as {@code user} (its groups from /etc/group), with a fixed environment. */
     List<String> as(String user, Map<String, String> env, String... cmd) {
-        List<String> c = new ArrayList<>(List.of(
-                "setpriv",
-                "--reuid=" + user,
-                "--regid=" + user,
-                "--init-groups",
-                "--inh-caps=-all",
-                "--",
-                "env",
-                "-i",
-                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                "LANG=C"));
+        List<String> c = new ArrayList<>(QemuAsUser.asUser(user));
+        c.addAll(List.of("env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"));
         env.forEach((k, v) -> c.add(k + "=" + v));
         c.addAll(List.of(cmd));
         return c;

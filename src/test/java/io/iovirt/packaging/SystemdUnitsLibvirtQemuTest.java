@@ -11,7 +11,6 @@ import io.iovirt.testing.QemuAsUser;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
 import java.io.RandomAccessFile;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
@@ -20,12 +19,11 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
-import org.junit.jupiter.params.provider.ValueSource;
+import org.junit.jupiter.params.provider.MethodSource;
 
 /**
  * The shipped units let Debian's libvirt in, unchanged: QEMU as qemu:///system starts it (user libvirt-qemu, group
@@ -76,7 +74,7 @@ class SystemdUnitsLibvirtQemuTest {
                 Files.createDirectories(dir.resolve("etc")),
                 Files.createDirectories(dir.resolve("etc-default")));
         // RuntimeDirectoryMode= and Group=: the directory QEMU must traverse to reach the socket
-        run("chgrp " + unit.one("Group") + " " + d.run());
+        QemuAsUser.run("chgrp " + unit.one("Group") + " " + d.run());
         Files.setPosixFilePermissions(d.run(), permissions(unit.one("RuntimeDirectoryMode")));
         Files.copy(
                 Path.of("packaging/etc/default/iovirt"),
@@ -130,14 +128,17 @@ class SystemdUnitsLibvirtQemuTest {
         }
     }
 
-    @ParameterizedTest
-    @ValueSource(
-            strings = {
+    /** The shipped service templates. */
+    static List<String> services() {
+        return List.of(
                 "iovirt-blk@.service",
                 "iovirt-blk-standby-a@.service",
                 "iovirt-blk-standby-b@.service",
-                "iovirt.service"
-            })
+                "iovirt.service");
+    }
+
+    @ParameterizedTest
+    @MethodSource("services")
     void readyMeansTheSocketListensAndQemuAsLibvirtQemuIsServed(String template) throws Exception {
         SystemdStandbyPairTest.Unit unit = SystemdStandbyPairTest.Unit.load(template, "vm1");
         Dirs d = dirs(unit);
@@ -179,7 +180,7 @@ class SystemdUnitsLibvirtQemuTest {
                 List<String> seen = until(systemdB, "READY=1", pb);
                 assertTrue(String.join("\n", seen).contains("STATUS=standing by for "), seen.toString());
                 for (ChildProcess p : List.of(pa, pb)) {
-                    run("kill -TERM " + p.pid());
+                    QemuAsUser.run("kill -TERM " + p.pid());
                 }
                 until(systemdA, "STOPPING=1", pa);
                 assertTrue(pa.waitFor(START) && pa.exitValue() == 0, pa.logTail(20));
@@ -194,13 +195,7 @@ class SystemdUnitsLibvirtQemuTest {
      * after libvirt's sockets only, so without its own entry a backend stopped while the guests still shut down.
      */
     @ParameterizedTest
-    @ValueSource(
-            strings = {
-                "iovirt-blk@.service",
-                "iovirt-blk-standby-a@.service",
-                "iovirt-blk-standby-b@.service",
-                "iovirt.service"
-            })
+    @MethodSource("services")
     void servicesAreOrderedBeforeLibvirtAndLibvirtGuests(String template) throws Exception {
         SystemdStandbyPairTest.Unit unit = SystemdStandbyPairTest.Unit.load(template, "vm1");
         assertTrue(
@@ -267,13 +262,5 @@ class SystemdUnitsLibvirtQemuTest {
             }
             return ids;
         }
-    }
-
-    static void run(String script) throws Exception {
-        Process p =
-                new ProcessBuilder("sh", "-c", script).redirectErrorStream(true).start();
-        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-        assertTrue(p.waitFor(60, TimeUnit.SECONDS), script + " hung");
-        assertEquals(0, p.exitValue(), script + ":\n" + out);
     }
 }

@@ -8,6 +8,7 @@ import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 
@@ -33,6 +34,14 @@ public final class QemuAsUser {
         run("usermod -aG " + LIBVIRT_QEMU + " " + LIBVIRT_QEMU);
     }
 
+    /**
+     * The start of a command run as {@code user} the way libvirt runs QEMU: its own uid and group, supplementary
+     * groups from the user database, no capabilities inherited.
+     */
+    public static List<String> asUser(String user) {
+        return List.of("setpriv", "--reuid=" + user, "--regid=" + user, "--init-groups", "--inh-caps=-all", "--");
+    }
+
     /** Whether {@link #realizeVhostUserBlk}'s answer says the device was realized. */
     public static boolean realized(String answer) {
         return answer.startsWith("{\"return\": [") && answer.contains("\"qdev_id\": \"blk0\"");
@@ -44,13 +53,8 @@ public final class QemuAsUser {
      * realized its devices, or everything QEMU printed before it exited.
      */
     public static String realizeVhostUserBlk(String user, Path socket) throws Exception {
-        List<String> cmd = List.of(
-                "setpriv",
-                "--reuid=" + user,
-                "--regid=" + user,
-                "--init-groups",
-                "--inh-caps=-all",
-                "--",
+        List<String> cmd = new ArrayList<>(asUser(user));
+        cmd.addAll(List.of(
                 "qemu-system-x86_64",
                 "-accel",
                 "tcg",
@@ -71,7 +75,7 @@ public final class QemuAsUser {
                 "-device",
                 "vhost-user-blk-pci,id=blk0,chardev=c0,num-queues=1",
                 "-qmp",
-                "stdio");
+                "stdio"));
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
         try (BufferedReader out =
                 new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
@@ -95,7 +99,8 @@ public final class QemuAsUser {
         }
     }
 
-    static void run(String script) throws Exception {
+    /** Runs {@code script} with sh -c; fails the test if it does not exit 0 within a minute. */
+    public static void run(String script) throws Exception {
         Process p =
                 new ProcessBuilder("sh", "-c", script).redirectErrorStream(true).start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
