@@ -11,6 +11,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.Tag;
@@ -41,21 +42,7 @@ class VmRunSignalGuestTest {
                 echo written-without-flush
                 sleep 600
                 """;
-        try (ChildProcess vm = ChildProcess.builder(IovirtCli.java(
-                        List.of("-XX:+UseSerialGC", "-Djava.io.tmpdir=" + tmp),
-                        "io.iovirt.cli.Main",
-                        List.of(
-                                "vm",
-                                "run",
-                                "sigterm-test",
-                                "--disk",
-                                "pv:" + img,
-                                "--command",
-                                payload,
-                                "--state-dir",
-                                dir.resolve("state").toString())))
-                .name("iovirt vm run")
-                .log(dir.resolve("vm-run.log"))
+        try (ChildProcess vm = vmRun(tmp, "sigterm-test", "--disk", "pv:" + img, "--command", payload)
                 .start()) {
             Await.until(
                     Duration.ofSeconds(300),
@@ -105,21 +92,7 @@ class VmRunSignalGuestTest {
                 }
             }
         }
-        try (ChildProcess vm = ChildProcess.builder(IovirtCli.java(
-                        List.of("-XX:+UseSerialGC", "-Djava.io.tmpdir=" + tmp),
-                        "io.iovirt.cli.Main",
-                        List.of(
-                                "vm",
-                                "run",
-                                "no-qemu",
-                                "--accel",
-                                "tcg",
-                                "--command",
-                                "true",
-                                "--state-dir",
-                                dir.resolve("state").toString())))
-                .name("iovirt vm run")
-                .log(dir.resolve("vm-run.log"))
+        try (ChildProcess vm = vmRun(tmp, "no-qemu", "--accel", "tcg", "--command", "true")
                 .env("PATH", bin.toString())
                 .start()) {
             assertTrue(vm.waitFor(Duration.ofSeconds(120)), vm.logTail(20));
@@ -129,6 +102,20 @@ class VmRunSignalGuestTest {
                 assertEquals(List.of(), left.toList(), "left in the temporary directory");
             }
         }
+    }
+
+    /**
+     * {@code iovirt vm run ARGS --state-dir DIR/state} in a child JVM whose temporary directory is {@code tmp}, its
+     * output in vm-run.log; not yet started.
+     */
+    private ChildProcess.Builder vmRun(Path tmp, String... args) {
+        List<String> cmd = new ArrayList<>(List.of("vm", "run"));
+        cmd.addAll(List.of(args));
+        cmd.addAll(List.of("--state-dir", dir.resolve("state").toString()));
+        return ChildProcess.builder(IovirtCli.java(
+                        List.of("-XX:+UseSerialGC", "-Djava.io.tmpdir=" + tmp), "io.iovirt.cli.Main", cmd))
+                .name("iovirt vm run")
+                .log(dir.resolve("vm-run.log"));
     }
 
     /** Every guest console under {@code tmp} (the guest's directory is made there). */
