@@ -18,6 +18,7 @@ import io.iovirt.pci.Bdf;
 import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciInventory;
 import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vm.Accelerator;
@@ -146,6 +147,13 @@ public final class VmComposer implements AutoCloseable {
                 if (nbd == null) {
                     nbd = NbdServer.startUnix(sock, NbdServer.DEFAULT_MAX_CONNECTIONS, access);
                     backends.add(nbd); // close() stops it before any image it exports is closed
+                }
+                // As a daemon's or serve nbd's export: the image lock for the VM's life (exclusive, or shared for a
+                // read-only disk), so QEMU or another export cannot write it under the guest — QEMU's NBD client
+                // takes no lock on the file. A PV disk's lock is taken by its device when the frontend starts it.
+                ImageLock lock = ImageLock.holdForExport(disk.image(), disk.readOnly(), "vm " + spec.name() + " " + id);
+                if (lock != null) {
+                    backends.add(lock); // closed after the image (backends close in reverse)
                 }
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
