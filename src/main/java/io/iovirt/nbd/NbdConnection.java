@@ -16,20 +16,18 @@ import java.nio.ByteBuffer;
 import java.nio.channels.ByteChannel;
 import java.nio.channels.ClosedChannelException;
 import java.nio.channels.GatheringByteChannel;
-import java.nio.charset.CharacterCodingException;
-import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
 
 /**
- * One client connection: the fixed newstyle handshake, then transmission with several requests in flight. A reader
- * (this connection's thread) parses each request into a free {@link Slot} — reading a write's payload into the
- * slot's buffer — and hands it to a small fixed set of worker threads; each worker does the image I/O and sends
- * the reply (one gathering write under {@link #writeLock}, so replies never interleave; a structured read reply is
- * one OFFSET_DATA chunk with the DONE flag). Replies may leave in any order, as the protocol allows; the cookie
- * says which request each one answers.
+ * One client connection: its life cycle, the fixed newstyle handshake ({@link NbdHandshake}, on this connection's
+ * thread), then the transmission phase with several requests in flight. A reader (this connection's thread) parses
+ * each request into a free {@link Slot} — reading a write's payload into the slot's buffer — and hands it to a small
+ * fixed set of worker threads; each worker does the image I/O and sends the reply (one gathering write under
+ * {@link #writeLock}, so replies never interleave; a structured read reply is one OFFSET_DATA chunk with the DONE
+ * flag). Replies may leave in any order, as the protocol allows; the cookie says which request each one answers.
  *
  * <p>Bounded memory per connection: {@link #WORKERS} slots, each keeping a buffer of at most {@link #RETAINED}
  * bytes; a larger request (up to {@link #MAX_PAYLOAD}) borrows from a per-connection budget of
@@ -40,7 +38,7 @@ import java.util.concurrent.TimeUnit;
  * after it completed, so a FLUSH covers every write the client saw answered before it sent the FLUSH, which is
  * what the NBD protocol asks (writes still in flight at the same time may or may not be covered).
  *
- * <p>Every length, offset, flag and option field is checked before use; a violation gets the protocol's error
+ * <p>Every length, offset and flag of a request is checked before use; a violation gets the protocol's error
  * reply, or — where the stream can no longer be trusted (a bad magic, a write payload we will not read) — a
  * disconnect of this client only.
  */
@@ -48,10 +46,7 @@ final class NbdConnection implements Runnable {
     private static final System.Logger LOG = System.getLogger(NbdConnection.class.getName());
     /** Largest request payload (the NBD spec's recommended maximum block size). */
     static final int MAX_PAYLOAD = 32 << 20;
-    /** Largest option data we read (export names are at most 4 KiB; the spec's LIST/INFO data are small). */
-    static final int MAX_OPTION = 64 << 10;
 
-    private static final int PREFERRED_BLOCK = 4096;
     private static final int MAX_EXTENTS = 256;
     /**
      * Requests of one connection served at once. QEMU's client keeps up to 16 in flight on one connection; with a
@@ -62,20 +57,21 @@ final class NbdConnection implements Runnable {
     static final int RETAINED = 1 << 20;
 
     private final NbdServer server;
-    private final ByteChannel ch;
-    /** The same channel, for gathering writes (a java.nio SocketChannel, or a {@code linux.UnixSocketChannel}). */
-    private final GatheringByteChannel out;
+    private final NbdChannel ch;
 
     private final int id;
+    /** A request's header, read by the reader. */
     private final ByteBuffer header = ByteBuffer.allocateDirect(32);
-    private final ByteBuffer reply = ByteBuffer.allocateDirect(64);
-    private volatile boolean transmission;
-    private boolean noZeroes;
-    private boolean structured;
-    /** Export name the base:allocation context was set for, or null. */
-    private String metaExport;
 
+    private volatile boolean transmission;
+
+    // What the handshake agreed on (NbdHandshake.Negotiated), set before the workers start.
     private NbdExport export;
+    private boolean structured;
+    /** Whether base:allocation was set for {@link #export}: BLOCK_STATUS is allowed. */
+    private boolean baseAllocation;
+    /** Requests' offsets and lengths must be multiples of this. */
+    private int minimumBlock;
     /** Slots not in use: the reader takes one per request (blocking when all are busy: back-pressure). */
     private ArrayBlockingQueue<Slot> freeSlots;
     /** Parsed requests waiting for a worker. */
@@ -151,8 +147,7 @@ final class NbdConnection implements Runnable {
 
     <C extends ByteChannel & GatheringByteChannel> NbdConnection(NbdServer server, C ch, int id) {
         this.server = server;
-        this.ch = ch;
-        this.out = ch;
+        this.ch = new NbdChannel(ch);
         this.id = id;
     }
 
@@ -171,11 +166,7 @@ final class NbdConnection implements Runnable {
     }
 
     void close() {
-        try {
-            ch.close();
-        } catch (IOException e) {
-            // closing
-        }
+        ch.close();
     }
 
     /** False when a worker may still use the channel (stuck in image I/O at disconnect): then it is never released. */
@@ -189,7 +180,7 @@ final class NbdConnection implements Runnable {
     @Override
     public void run() {
         try {
-            if (handshake()) {
+            if (new NbdHandshake(this, server, ch).negotiate() != null) {
                 transmission();
             }
         } catch (ClosedChannelException e) {
@@ -244,7 +235,7 @@ final class NbdConnection implements Runnable {
         return true;
     }
 
-    private void log(System.Logger.Level level, String msg) {
+    void log(System.Logger.Level level, String msg) {
         LOG.log(
                 level,
                 "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "")
@@ -258,96 +249,17 @@ final class NbdConnection implements Runnable {
         }
     }
 
-    // ---- handshake ---------------------------------------------------------------------------------------------
-
-    /** @return true to enter transmission, false to close (ABORT, an unknown EXPORT_NAME) */
-    private boolean handshake() throws IOException {
-        writeFully(Nbd.greeting(reply.clear()).flip());
-        int clientFlags = readInt();
-        if ((clientFlags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) != 0) {
-            throw new ProtocolViolation("unknown client flags 0x" + Integer.toHexString(clientFlags));
-        }
-        if ((clientFlags & FLAG_FIXED_NEWSTYLE) == 0) {
-            throw new ProtocolViolation("client does not speak fixed newstyle negotiation");
-        }
-        noZeroes = (clientFlags & FLAG_NO_ZEROES) != 0;
-        while (true) {
-            long magic = readLong();
-            if (magic != IHAVEOPT) {
-                throw new ProtocolViolation("option without IHAVEOPT magic");
-            }
-            int option = readInt();
-            long len = Integer.toUnsignedLong(readInt());
-            if (len > MAX_OPTION) {
-                if (len > 16L << 20) {
-                    throw new ProtocolViolation("option " + option + " with " + len + " bytes of data");
-                }
-                skip(len);
-                optionReply(option, REP_ERR_TOO_BIG, "option data of " + len + " bytes is too large");
-                continue;
-            }
-            ByteBuffer data = readOption((int) len);
-            switch (option) {
-                case OPT_EXPORT_NAME -> {
-                    String name = string(data, data.remaining());
-                    NbdExport e = name == null ? null : server.export(name);
-                    if (e == null) {
-                        log(System.Logger.Level.INFO, "EXPORT_NAME for unknown export '" + name + "': disconnecting");
-                        return false;
-                    }
-                    open(e);
-                    ByteBuffer r = reply.clear();
-                    r.putLong(e.image().size())
-                            .putShort((short) e.transmissionFlags(structured))
-                            .flip();
-                    writeFully(r);
-                    if (!noZeroes) {
-                        writeFully(ByteBuffer.allocate(124));
-                    }
-                    return true;
-                }
-                case OPT_ABORT -> {
-                    optionReply(option, REP_ACK, (String) null);
-                    return false;
-                }
-                case OPT_LIST -> {
-                    if (len != 0) {
-                        optionReply(option, REP_ERR_INVALID, "LIST takes no data");
-                        continue;
-                    }
-                    for (NbdExport e : server.exports()) {
-                        byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
-                        ByteBuffer r = ByteBuffer.allocate(4 + n.length)
-                                .putInt(n.length)
-                                .put(n)
-                                .flip();
-                        optionReply(option, REP_SERVER, r);
-                    }
-                    optionReply(option, REP_ACK, (String) null);
-                }
-                case OPT_STRUCTURED_REPLY -> {
-                    if (len != 0) {
-                        optionReply(option, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
-                        continue;
-                    }
-                    structured = true;
-                    optionReply(option, REP_ACK, (String) null);
-                }
-                case OPT_INFO, OPT_GO -> {
-                    if (infoOrGo(option, data)) {
-                        return true;
-                    }
-                }
-                case OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT -> metaContext(option, data);
-                case OPT_STARTTLS ->
-                    optionReply(option, REP_ERR_UNSUP, "TLS is not supported: use a UNIX socket or an SSH tunnel");
-                default -> optionReply(option, REP_ERR_UNSUP, "option " + option + " is not supported");
-            }
-        }
-    }
-
-    private void open(NbdExport e) {
+    /**
+     * The handshake settled on an export (called by {@link NbdHandshake} where that happens, before its last reply
+     * when that reply is EXPORT_NAME's): counts the connection and starts the workers, which find the agreed state
+     * set. From here on the handshake deadline no longer applies.
+     */
+    void open(NbdHandshake.Negotiated agreed) {
+        NbdExport e = agreed.export();
         export = e;
+        structured = agreed.structured();
+        baseAllocation = agreed.baseAllocation();
+        minimumBlock = agreed.minimumBlock();
         e.stats().connections.incrementAndGet();
         e.stats().connectionsTotal.increment();
         slots = new Slot[WORKERS];
@@ -365,161 +277,7 @@ final class NbdConnection implements Runnable {
                     .daemon()
                     .start(this::workerLoop);
         }
-        if (metaExport != null && !metaExport.equals(e.name())) {
-            metaExport = null; // the context was negotiated for another export
-        }
         transmission = true;
-    }
-
-    /** OPT_INFO / OPT_GO. Returns true when GO succeeded (transmission starts). */
-    private boolean infoOrGo(int option, ByteBuffer data) throws IOException {
-        if (data.remaining() < 6) {
-            optionReply(option, REP_ERR_INVALID, "INFO/GO data too short");
-            return false;
-        }
-        long nameLen = Integer.toUnsignedLong(data.getInt());
-        if (nameLen > data.remaining() - 2) {
-            optionReply(option, REP_ERR_INVALID, "export name length " + nameLen + " exceeds the option data");
-            return false;
-        }
-        String name = string(data, (int) nameLen);
-        int requests = Short.toUnsignedInt(data.getShort());
-        if (data.remaining() != requests * 2L) {
-            optionReply(option, REP_ERR_INVALID, requests + " information requests do not match the option data");
-            return false;
-        }
-        if (name == null) {
-            optionReply(option, REP_ERR_INVALID, "export name is not valid UTF-8");
-            return false;
-        }
-        NbdExport e = server.export(name);
-        if (e == null) {
-            optionReply(option, REP_ERR_UNKNOWN, "no export named '" + name + "' (OPT_LIST shows the exports)");
-            return false;
-        }
-        boolean wantName = false, wantDescription = false;
-        for (int i = 0; i < requests; i++) {
-            int t = Short.toUnsignedInt(data.getShort());
-            wantName |= t == INFO_NAME;
-            wantDescription |= t == INFO_DESCRIPTION;
-        }
-        ByteBuffer r = ByteBuffer.allocate(12)
-                .putShort((short) INFO_EXPORT)
-                .putLong(e.image().size())
-                .putShort((short) e.transmissionFlags(structured))
-                .flip();
-        optionReply(option, REP_INFO, r);
-        if (wantName) {
-            byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
-            optionReply(
-                    option,
-                    REP_INFO,
-                    ByteBuffer.allocate(2 + n.length)
-                            .putShort((short) INFO_NAME)
-                            .put(n)
-                            .flip());
-        }
-        if (wantDescription && e.description() != null) {
-            byte[] d = e.description().getBytes(StandardCharsets.UTF_8);
-            int n = Math.min(d.length, 4096);
-            optionReply(
-                    option,
-                    REP_INFO,
-                    ByteBuffer.allocate(2 + n)
-                            .putShort((short) INFO_DESCRIPTION)
-                            .put(d, 0, n)
-                            .flip());
-        }
-        // Block sizes are always sent (allowed even if not requested): minimum, preferred, maximum payload.
-        optionReply(
-                option,
-                REP_INFO,
-                ByteBuffer.allocate(14)
-                        .putShort((short) INFO_BLOCK_SIZE)
-                        .putInt(e.minimumBlock())
-                        .putInt(Math.max(PREFERRED_BLOCK, e.minimumBlock()))
-                        .putInt(MAX_PAYLOAD)
-                        .flip());
-        optionReply(option, REP_ACK, (String) null);
-        if (option == OPT_GO) {
-            open(e);
-            return true;
-        }
-        return false;
-    }
-
-    private void metaContext(int option, ByteBuffer data) throws IOException {
-        if (!structured) {
-            optionReply(
-                    option, REP_ERR_INVALID, "metadata contexts need structured replies (OPT_STRUCTURED_REPLY first)");
-            return;
-        }
-        if (data.remaining() < 8) {
-            optionReply(option, REP_ERR_INVALID, "meta context data too short");
-            return;
-        }
-        long nameLen = Integer.toUnsignedLong(data.getInt());
-        if (nameLen > data.remaining() - 4) {
-            optionReply(option, REP_ERR_INVALID, "export name length exceeds the option data");
-            return;
-        }
-        String name = string(data, (int) nameLen);
-        long queries = Integer.toUnsignedLong(data.getInt());
-        if (name == null || server.export(name) == null) {
-            optionReply(option, REP_ERR_UNKNOWN, "no export named '" + name + "'");
-            return;
-        }
-        boolean match = false;
-        for (long q = 0; q < queries; q++) {
-            if (data.remaining() < 4) {
-                optionReply(option, REP_ERR_INVALID, "query " + q + " runs past the option data");
-                return;
-            }
-            long ql = Integer.toUnsignedLong(data.getInt());
-            if (ql > data.remaining()) {
-                optionReply(option, REP_ERR_INVALID, "query " + q + " runs past the option data");
-                return;
-            }
-            String query = string(data, (int) ql);
-            if (query == null) {
-                optionReply(option, REP_ERR_INVALID, "query is not valid UTF-8");
-                return;
-            }
-            match |= query.equals(BASE_ALLOCATION) || (option == OPT_LIST_META_CONTEXT && query.equals("base:"));
-        }
-        if (data.hasRemaining()) {
-            optionReply(option, REP_ERR_INVALID, "trailing bytes after the queries");
-            return;
-        }
-        if (option == OPT_LIST_META_CONTEXT && queries == 0) {
-            match = true;
-        }
-        if (option == OPT_SET_META_CONTEXT) {
-            metaExport = match ? name : null;
-        }
-        if (match) {
-            byte[] n = BASE_ALLOCATION.getBytes(StandardCharsets.US_ASCII);
-            int ctx = option == OPT_SET_META_CONTEXT ? CONTEXT_ID : 0;
-            optionReply(
-                    option,
-                    REP_META_CONTEXT,
-                    ByteBuffer.allocate(4 + n.length).putInt(ctx).put(n).flip());
-        }
-        optionReply(option, REP_ACK, (String) null);
-    }
-
-    private void optionReply(int option, int type, String message) throws IOException {
-        optionReply(
-                option,
-                type,
-                message == null ? ByteBuffer.allocate(0) : ByteBuffer.wrap(message.getBytes(StandardCharsets.UTF_8)));
-    }
-
-    private void optionReply(int option, int type, ByteBuffer data) throws IOException {
-        writeFully(
-                Nbd.optionReplyHeader(reply.clear(), option, type, data.remaining())
-                        .flip(),
-                data);
     }
 
     // ---- transmission ------------------------------------------------------------------------------------------
@@ -528,7 +286,7 @@ final class NbdConnection implements Runnable {
     private void transmission() throws IOException {
         while (true) {
             ByteBuffer h = header.clear().limit(28);
-            if (!readFully(h, true)) {
+            if (!ch.readFully(h, true)) {
                 drain(TimeUnit.SECONDS.toNanos(60));
                 return; // clean EOF between requests
             }
@@ -567,7 +325,7 @@ final class NbdConnection implements Runnable {
                                 "write payload of " + length + " bytes exceeds the advertised maximum");
                     }
                     ByteBuffer buf = slot.payload((int) length, largeBudget);
-                    if (!readFully(buf, false)) { // EOF in the middle of the payload throws EOFException
+                    if (!ch.readFully(buf, false)) { // EOF in the middle of the payload throws EOFException
                         throw new EOFException("client disconnected in the middle of a write payload");
                     }
                     buf.flip();
@@ -810,7 +568,7 @@ final class NbdConnection implements Runnable {
         long offset = slot.offset;
         long length = slot.length;
         int err = checkFlags(slot.flags, CMD_FLAG_REQ_ONE);
-        if (err == 0 && (!structured || metaExport == null)) {
+        if (err == 0 && (!structured || !baseAllocation)) {
             err = EINVAL; // no metadata context negotiated
         }
         if (err == 0) {
@@ -910,7 +668,7 @@ final class NbdConnection implements Runnable {
         if (Long.compareUnsigned(offset, image.size()) > 0 || length > image.size() - offset) {
             return beyondEnd;
         }
-        int min = export.minimumBlock();
+        int min = minimumBlock;
         if (min > 1 && ((offset | length) & (min - 1)) != 0) {
             return EINVAL;
         }
@@ -943,95 +701,10 @@ final class NbdConnection implements Runnable {
         return EIO;
     }
 
-    // ---- socket helpers ----------------------------------------------------------------------------------------
-
-    private ByteBuffer readOption(int len) throws IOException {
-        ByteBuffer b = ByteBuffer.allocate(len);
-        if (!readFully(b, false)) {
-            throw new EOFException("client disconnected in the middle of an option");
-        }
-        return b.flip();
-    }
-
-    private void skip(long len) throws IOException {
-        ByteBuffer b = ByteBuffer.allocate(64 << 10);
-        while (len > 0) {
-            b.clear().limit((int) Math.min(b.capacity(), len));
-            if (!readFully(b, false)) {
-                throw new EOFException("client disconnected in the middle of an option");
-            }
-            len -= b.limit();
-        }
-    }
-
-    private int readInt() throws IOException {
-        ByteBuffer b = header.clear().limit(4);
-        if (!readFully(b, false)) {
-            throw new EOFException("client disconnected in the handshake");
-        }
-        return b.getInt(0);
-    }
-
-    private long readLong() throws IOException {
-        ByteBuffer b = header.clear().limit(8);
-        if (!readFully(b, true)) {
-            throw new EOFException(null);
-        }
-        return b.getLong(0);
-    }
-
-    /**
-     * Reads until {@code b} is full. Returns false on EOF before the first byte when {@code eofOk}; EOF after a
-     * partial read (a half-sent request) is an {@link EOFException}.
-     */
-    private boolean readFully(ByteBuffer b, boolean eofOk) throws IOException {
-        boolean first = true;
-        while (b.hasRemaining()) {
-            int n = ch.read(b);
-            if (n < 0) {
-                if (first && eofOk) {
-                    return false;
-                }
-                if (first && b.position() == 0) {
-                    return false;
-                }
-                throw new EOFException("client disconnected in the middle of a request (" + b.position() + " of "
-                        + b.limit() + " bytes)");
-            }
-            first = false;
-        }
-        return true;
-    }
-
     /** Sends one reply (header and payload together), from any worker. */
     private void reply(ByteBuffer... bufs) throws IOException {
         synchronized (writeLock) {
-            writeFully(bufs);
-        }
-    }
-
-    private void writeFully(ByteBuffer... bufs) throws IOException {
-        long total = 0;
-        for (ByteBuffer b : bufs) {
-            total += b.remaining();
-        }
-        while (total > 0) {
-            total -= out.write(bufs);
-        }
-    }
-
-    private static String string(ByteBuffer b, int len) {
-        ByteBuffer s = b.slice(b.position(), len);
-        b.position(b.position() + len);
-        try {
-            return StandardCharsets.UTF_8
-                    .newDecoder()
-                    .onMalformedInput(CodingErrorAction.REPORT)
-                    .onUnmappableCharacter(CodingErrorAction.REPORT)
-                    .decode(s)
-                    .toString();
-        } catch (CharacterCodingException e) {
-            return null;
+            ch.writeFully(bufs);
         }
     }
 }

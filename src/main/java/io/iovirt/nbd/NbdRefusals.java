@@ -280,7 +280,7 @@ final class NbdRefusals {
                 long length = Integer.toUnsignedLong(h.getInt());
                 if ((flags & FLAG_FIXED_NEWSTYLE) == 0
                         || magic != IHAVEOPT
-                        || length > NbdConnection.MAX_OPTION
+                        || length > NbdHandshake.MAX_OPTION
                         || option == OPT_EXPORT_NAME
                         || option == OPT_ABORT) {
                     // no error reply can reach this client (or it asked for none): closing is the answer
