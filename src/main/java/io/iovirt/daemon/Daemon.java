@@ -827,15 +827,23 @@ public final class Daemon implements AutoCloseable {
             n = net(p.id("net"));
             ps = portSpec(p, nextPortId(n));
         }
-        addPort(n, ps, fromConfig);
-        return Map.of("net", n.spec.id(), "id", ps.id());
+        String warning = addPort(n, ps, fromConfig);
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("net", n.spec.id());
+        m.put("id", ps.id());
+        if (warning != null) {
+            m.put("mac_table_warning", warning);
+        }
+        return m;
     }
 
     /**
      * Adds a port to switch {@code n}: its socket or TAP opened without the daemon's lock, after claiming its id
-     * and socket; it joins {@code n.ports} only if the switch still runs then.
+     * and socket; it joins {@code n.ports} only if the switch still runs then. Returns the MAC table warning
+     * ({@link io.iovirt.net.Switch#macTableOvercommit()}) when the switch's ports now overcommit it, else null; it is
+     * logged when this port made it so.
      */
-    void addPort(NetSwitch n, NetSwitch.PortSpec ps, boolean fromConfig) throws RpcException {
+    String addPort(NetSwitch n, NetSwitch.PortSpec ps, boolean fromConfig) throws RpcException {
         String what = "net.port.add " + n.spec.id() + "/" + ps.id();
         Path socket = ps.kind().equals("tap") ? null : socketKey(Path.of(ps.path()));
         Claim c;
@@ -863,7 +871,11 @@ public final class Daemon implements AutoCloseable {
                 LOG.log(
                         System.Logger.Level.INFO,
                         "net " + n.spec.id() + ": port " + ps.id() + " (" + ps.kind() + " " + ps.path() + ") added");
-                return;
+                String warning = n.sw.macTableOvercommit();
+                if (n.overcommitted(warning != null)) {
+                    LOG.log(System.Logger.Level.WARNING, "net " + n.spec.id() + ": " + warning);
+                }
+                return warning;
             }
         }
         try {
@@ -910,6 +922,9 @@ public final class Daemon implements AutoCloseable {
         } finally {
             release(c);
         }
+        synchronized (lock) {
+            n.overcommitted(n.sw.macTableOvercommit() != null); // fitting again, the next crossing is warned of
+        }
         LOG.log(System.Logger.Level.INFO, "net " + n.spec.id() + ": port " + id + " removed");
     }
 
@@ -941,6 +956,7 @@ public final class Daemon implements AutoCloseable {
                 m.put("macs_per_port", n.spec.macsPerPort());
                 m.put("poll_threads", n.spec.pollThreads());
                 m.put("macs", n.sw.macTable().size());
+                m.put("mac_table_overcommitted", n.sw.macTableOvercommit() != null);
                 List<Object> ports = new ArrayList<>();
                 for (NetSwitch.PortEntry e : n.ports.values()) {
                     ports.add(portSummary(e));
