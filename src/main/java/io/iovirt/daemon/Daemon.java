@@ -231,6 +231,7 @@ public final class Daemon implements AutoCloseable {
                 spec.id(),
                 "blk '" + spec.id() + "'",
                 socketKey(spec.socket()),
+                null,
                 imageKey(spec.image()),
                 spec.readOnly()));
         BlkExport e;
@@ -405,7 +406,7 @@ public final class Daemon implements AutoCloseable {
     void addNbd(NbdExportEntry.Spec spec, boolean fromConfig) throws RpcException {
         String id = spec.id();
         Claim c = claim(new Claim(
-                null, id, "nbd '" + id + "'", socketKey(spec.socket()), imageKey(spec.image()), spec.readOnly()));
+                null, id, "nbd '" + id + "'", socketKey(spec.socket()), null, imageKey(spec.image()), spec.readOnly()));
         NbdExportEntry e;
         try {
             e = NbdExportEntry.start(spec, access, fromConfig);
@@ -490,7 +491,8 @@ public final class Daemon implements AutoCloseable {
 
     /**
      * What a device, switch or port holds from the moment its add is accepted until it has stopped: its id (a
-     * port's within its switch), its socket and its image, as {@link #socketKey}/{@link #imageKey}. Every add and
+     * port's within its switch), its socket and its image, as {@link #socketKey}/{@link #imageKey}, or a TAP port's
+     * interface name. Every add and
      * remove is checked against the claims, so a request for an id, socket or image that another one is still
      * opening or closing (outside the lock) is refused as in use, like one that runs.
      */
@@ -499,15 +501,17 @@ public final class Daemon implements AutoCloseable {
         final String id;
         final String who; // "blk 'a'", "port 'p' of switch 'sw'"
         final Path socket; // null: none (a switch, a TAP port)
+        final String tap; // a TAP port's interface name as given (the kernel's names are exact), else null
         final Path image; // null: none
         final boolean readOnly;
         State state = State.ADDING; // guarded by lock
 
-        Claim(String net, String id, String who, Path socket, Path image, boolean readOnly) {
+        Claim(String net, String id, String who, Path socket, String tap, Path image, boolean readOnly) {
             this.net = net;
             this.id = id;
             this.who = who;
             this.socket = socket;
+            this.tap = tap;
             this.image = image;
             this.readOnly = readOnly;
         }
@@ -545,7 +549,9 @@ public final class Daemon implements AutoCloseable {
 
     /**
      * Claims an id, socket and image for an add, or refuses (EXISTS) when a claim holds any of them: the id; the
-     * socket (one check across blk, NBD and port sockets); the image, unless both are read-only — a second writer
+     * socket (one check across blk, NBD and port sockets); a TAP port's interface, on any switch — TapPort opens it
+     * single-queue, so the kernel would refuse a second open too (EBUSY), but as if another process held it, and a
+     * port being removed still holds it; the image, unless both are read-only — a second writer
      * would corrupt it, and a reader would see it torn. Another process's exports are refused by the image lock
      * instead (a writable NBD export takes it at once, a blk export when its frontend starts).
      */
@@ -566,6 +572,13 @@ public final class Daemon implements AutoCloseable {
                             RpcException.EXISTS,
                             "socket " + c.socket + " is already served by " + o.describe()
                                     + "; choose another path or remove that one first");
+                }
+                if (c.tap != null && c.tap.equals(o.tap)) {
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "TAP interface " + c.tap + " is already used by " + o.describe()
+                                    + "; each port needs its own interface (one interface on two ports would mix"
+                                    + " their frames): choose another ifname or remove that port first");
                 }
                 if (c.image != null && c.image.equals(o.image) && !(c.readOnly && o.readOnly)) {
                     throw new RpcException(
@@ -716,7 +729,7 @@ public final class Daemon implements AutoCloseable {
     /** A new switch (quick: no file, no socket — its threads start under the lock). */
     NetSwitch addNet(NetSwitch.Spec spec, boolean fromConfig) throws RpcException {
         synchronized (lock) {
-            Claim c = claim(new Claim(null, spec.id(), "switch '" + spec.id() + "'", null, null, false));
+            Claim c = claim(new Claim(null, spec.id(), "switch '" + spec.id() + "'", null, null, null, false));
             NetSwitch n;
             try {
                 n = new NetSwitch(spec, fromConfig);
@@ -839,7 +852,7 @@ public final class Daemon implements AutoCloseable {
 
     /**
      * Adds a port to switch {@code n}: its socket or TAP opened without the daemon's lock, after claiming its id
-     * and socket; it joins {@code n.ports} only if the switch still runs then. Returns the MAC table warning
+     * and socket or TAP interface; it joins {@code n.ports} only if the switch still runs then. Returns the MAC table warning
      * ({@link io.iovirt.net.Switch#macTableOvercommit()}) when the switch's ports now overcommit it, else null; it is
      * logged when this port made it so.
      */
@@ -854,6 +867,7 @@ public final class Daemon implements AutoCloseable {
                     ps.id(),
                     "port '" + ps.id() + "' of switch '" + n.spec.id() + "'",
                     socket,
+                    ps.kind().equals("tap") ? ps.path() : null,
                     null,
                     false));
         }
