@@ -150,10 +150,10 @@ final class ServeNetCommand implements Callable<Integer> {
                 Port p = sw.addPort(created);
                 LOG.info("port " + p.index() + ": " + p.name());
             }
-            String overcommit =
-                    macTableOvercommit(sw.ports().size(), sw.pinnedPorts(), macsPerPort, Switch.DEFAULT_MAC_CAPACITY);
+            String overcommit = sw.macTableOvercommit();
             if (overcommit != null) {
-                LOG.warning(overcommit);
+                LOG.warning(overcommit + "; or pin each guest to its address (vhost-user:PATH,mac=MAC,pin-mac: one"
+                        + " entry)");
             }
             sw.startHousekeeping();
             if (group != null) {
@@ -169,33 +169,6 @@ final class ServeNetCommand implements Callable<Integer> {
             logStats(sw, "final counters");
         }
         return 0;
-    }
-
-    /**
-     * The warning when the ports' shares of the MAC table add up to more than it holds, or null. Each port may hold
-     * {@code perPort} addresses (a pinned one only its own), so that many ports spraying source addresses (a guest
-     * generating them, or bridging a network that has them) fill the table, after which every address new to the
-     * switch goes unlearned and frames to it are flooded to every port: the other guests' traffic to a newcomer
-     * (a guest that just started, a migrated one) reaches everyone.
-     */
-    static String macTableOvercommit(int ports, int pinned, int perPort, int capacity) {
-        int open = ports - pinned;
-        long most = (long) open * perPort + pinned;
-        if (most <= capacity) {
-            return null;
-        }
-        long fill = Math.max(1, ((long) capacity - pinned + perPort - 1) / perPort);
-        long fits = open == 0 ? 0 : ((long) capacity - pinned) / open;
-        String remedy = fits >= 1
-                ? "use --macs-per-port " + fits + " or less (" + (capacity - pinned) + " entries shared by "
-                        + open + (pinned > 0 ? " unpinned" : "") + " ports), or pin each guest to its address"
-                        + " (vhost-user:PATH,mac=MAC,pin-mac: one entry)"
-                : "the ports outnumber the table's entries: split them between switches";
-        return "MAC table overcommitted: " + ports + " ports" + (pinned > 0 ? " (" + pinned + " pinned)" : "")
-                + " may learn up to " + perPort + " source addresses each (--macs-per-port), " + most
-                + " in all, more than the table's " + capacity + ": " + fill + " ports spraying source addresses"
-                + " fill it, and then addresses new to the switch are not learned and frames to them are flooded to"
-                + " every port; " + remedy;
     }
 
     /**

@@ -3,7 +3,6 @@ package io.iovirt.daemon;
 
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.devices.blk.BlkStats;
-import io.iovirt.devices.net.VirtioNetPort;
 import io.iovirt.net.Mac;
 import io.iovirt.net.MacTable;
 import io.iovirt.net.PortStat;
@@ -12,7 +11,6 @@ import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -22,8 +20,9 @@ import java.util.Map;
  * guarded by this object's lock, which is held only for quick looks and changes: opening an image, starting or
  * stopping a device (a flush, a frontend to wait for) happen outside it, so one slow request delays only itself —
  * not the other requests, a reload or /metrics. Between the two, a device's id, socket and image are claimed
- * ({@link Claim}). The data paths never take the lock (each device has its own threads). A request that fails
- * leaves everything as it was and gets an {@link RpcException} that says what to do.
+ * ({@link ClaimRegistry}, guarded by the same lock, so a claim and its device's map entry change in one step). The
+ * data paths never take the lock (each device has its own threads). A request that fails leaves everything as it was
+ * and gets an {@link RpcException} that says what to do. The answers' JSON is shaped by {@link DeviceJson}.
  */
 public final class Daemon implements AutoCloseable {
     public static final String VERSION = "0.1.0";
@@ -36,13 +35,16 @@ public final class Daemon implements AutoCloseable {
     private final Map<String, BlkExport> blks = new LinkedHashMap<>(); // guarded by lock
     private final Map<String, NetSwitch> nets = new LinkedHashMap<>(); // guarded by lock
     private final Map<String, NbdExportEntry> nbds = new LinkedHashMap<>(); // guarded by lock
+    /** What adds and removes under way hold, and whether the daemon still takes new ones; guarded by lock too. */
+    private final ClaimRegistry claims =
+            new ClaimRegistry(lock, id -> blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id));
+
     private final io.iovirt.linux.SocketAccess access;
     private final long startMillis = System.currentTimeMillis();
-    private int nextBlk;
+    private int nextBlk; // the next default ids: guarded by lock
     private int nextNet;
     private int nextPort;
     private int nextNbd;
-    private boolean closed;
 
     public Daemon(String socketGroup) throws IOException {
         this(socketGroup, java.util.Set.of());
@@ -226,21 +228,22 @@ public final class Daemon implements AutoCloseable {
      * for any of them is refused as in use.
      */
     BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig) throws RpcException {
-        Claim c = claim(new Claim(
+        ClaimRegistry.Claim c = claims.claim(new ClaimRegistry.Claim(
                 null,
                 spec.id(),
                 "blk '" + spec.id() + "'",
-                socketKey(spec.socket()),
-                imageKey(spec.image()),
+                ClaimRegistry.socketKey(spec.socket()),
+                null,
+                ClaimRegistry.imageKey(spec.image()),
                 spec.readOnly()));
         BlkExport e;
         try {
             e = BlkExport.start(spec, fromConfig, access);
         } catch (IOException | RuntimeException ex) {
-            release(c);
+            claims.release(c);
             throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
         }
-        publish(c, "blk.add " + spec.id(), e, () -> blks.put(spec.id(), e));
+        claims.publish(c, "blk.add " + spec.id(), e, () -> blks.put(spec.id(), e));
         LOG.log(
                 System.Logger.Level.INFO,
                 "blk " + spec.id() + ": serving " + spec.image() + " on " + spec.socket() + " ("
@@ -255,17 +258,17 @@ public final class Daemon implements AutoCloseable {
      */
     void removeBlk(String id, BlkExport expected) throws RpcException {
         BlkExport e;
-        Claim c;
+        ClaimRegistry.Claim c;
         synchronized (lock) {
             e = blk(id);
             requireExpected(e, expected, "blk '" + id + "'");
             blks.remove(id);
-            c = removing(id);
+            c = claims.removing(id);
         }
         try {
             e.close();
         } finally {
-            release(c);
+            claims.release(c);
         }
         LOG.log(System.Logger.Level.INFO, "blk " + id + ": removed");
     }
@@ -280,42 +283,14 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             List<Object> out = new ArrayList<>();
             for (BlkExport e : blks.values()) {
-                out.add(blkSummary(e));
+                out.add(DeviceJson.blkSummary(e));
             }
             return out;
         }
     }
 
-    private static Map<String, Object> blkSummary(BlkExport e) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec.id());
-        m.put("image", e.spec.image().toString());
-        m.put("socket", e.spec.socket().toString());
-        m.put("format", e.image.format());
-        m.put("size", e.image.size());
-        m.put("queues", e.spec.queues());
-        m.put("readonly", e.image.readOnly());
-        m.put("direct", e.spec.direct());
-        m.put("connected", e.server.connected());
-        m.put("frontend_pid", e.server.frontendPid());
-        return m;
-    }
-
     private Map<String, Object> blkInfo(Params p) throws RpcException {
-        BlkExport e = blk(p.id("id"));
-        Map<String, Object> m = blkSummary(e);
-        m.put("serial", e.spec.serial());
-        m.put("io", e.device.ioDescription());
-        m.put("features_offered", hex(e.device.features()));
-        m.put("features_acked", hex(e.device.ackedFeatures()));
-        m.put("running_queues", e.device.runningQueues());
-        m.put("origin", e.fromConfig ? "config" : "api");
-        m.put("counters", blkCounters(e.device.stats()));
-        return m;
-    }
-
-    private static String hex(long v) {
-        return "0x" + HexFormat.of().toHexDigits(v).replaceFirst("^0+(?=.)", "");
+        return DeviceJson.blkInfo(blk(p.id("id")));
     }
 
     private Map<String, Object> blkResize(Params p) throws RpcException {
@@ -368,7 +343,7 @@ public final class Daemon implements AutoCloseable {
     private Map<String, Object> nbdAdd(Params p) throws RpcException {
         NbdExportEntry.Spec spec;
         synchronized (lock) {
-            checkOpen();
+            claims.checkOpen();
             spec = nbdSpec(p, nextId("nbd", nbds));
         }
         addNbd(spec, false);
@@ -404,16 +379,22 @@ public final class Daemon implements AutoCloseable {
      */
     void addNbd(NbdExportEntry.Spec spec, boolean fromConfig) throws RpcException {
         String id = spec.id();
-        Claim c = claim(new Claim(
-                null, id, "nbd '" + id + "'", socketKey(spec.socket()), imageKey(spec.image()), spec.readOnly()));
+        ClaimRegistry.Claim c = claims.claim(new ClaimRegistry.Claim(
+                null,
+                id,
+                "nbd '" + id + "'",
+                ClaimRegistry.socketKey(spec.socket()),
+                null,
+                ClaimRegistry.imageKey(spec.image()),
+                spec.readOnly()));
         NbdExportEntry e;
         try {
             e = NbdExportEntry.start(spec, access, fromConfig);
         } catch (IOException | RuntimeException ex) {
-            release(c);
+            claims.release(c);
             throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
         }
-        publish(c, "nbd " + id, e, () -> nbds.put(id, e));
+        claims.publish(c, "nbd " + id, e, () -> nbds.put(id, e));
         LOG.log(
                 System.Logger.Level.INFO,
                 "nbd " + id + ": exporting " + spec.image() + " on " + spec.socket()
@@ -426,17 +407,17 @@ public final class Daemon implements AutoCloseable {
      */
     void removeNbd(String id, NbdExportEntry expected) throws RpcException {
         NbdExportEntry e;
-        Claim c;
+        ClaimRegistry.Claim c;
         synchronized (lock) {
             e = existing(nbds, id, "NBD export", "exports", "nbd.add");
             requireExpected(e, expected, "nbd '" + id + "'");
             nbds.remove(id);
-            c = removing(id);
+            c = claims.removing(id);
         }
         try {
             e.close();
         } finally {
-            release(c);
+            claims.release(c);
         }
     }
 
@@ -444,180 +425,15 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             List<Object> out = new ArrayList<>();
             for (NbdExportEntry e : nbds.values()) {
-                Map<String, Object> m = new LinkedHashMap<>();
-                m.put("id", e.spec.id());
-                m.put("image", e.spec.image().toString());
-                m.put("socket", e.spec.socket().toString());
-                m.put("format", e.image.format());
-                m.put("size", e.image.size());
-                m.put("readonly", e.spec.readOnly());
-                m.put("connections", e.server.connectionCount());
-                out.add(m);
+                out.add(DeviceJson.nbdSummary(e));
             }
             return out;
         }
     }
 
-    private static Map<String, Object> nbdStats(NbdExportEntry e) {
-        io.iovirt.nbd.NbdExportStats s = e.export.stats();
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec.id());
-        m.put("kind", "nbd");
-        m.putAll(nbdCounters(s));
-        return m;
-    }
-
-    /** An NBD export's counters, the schema of {@code ctl} and of {@code serve nbd}'s JSON statistics lines. */
-    public static Map<String, Object> nbdCounters(io.iovirt.nbd.NbdExportStats s) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("connections", s.connections.get());
-        m.put("reads", s.reads.sum());
-        m.put("writes", s.writes.sum());
-        m.put("flushes", s.flushes.sum());
-        m.put("trims", s.trims.sum());
-        m.put("write_zeroes", s.writeZeroes.sum());
-        m.put("bytes_read", s.bytesRead.sum());
-        m.put("bytes_written", s.bytesWritten.sum());
-        m.put("errors", s.errors.sum());
-        return m;
-    }
-
     List<NbdExportEntry> nbdExports() {
         synchronized (lock) {
             return List.copyOf(nbds.values());
-        }
-    }
-
-    /**
-     * What a device, switch or port holds from the moment its add is accepted until it has stopped: its id (a
-     * port's within its switch), its socket and its image, as {@link #socketKey}/{@link #imageKey}. Every add and
-     * remove is checked against the claims, so a request for an id, socket or image that another one is still
-     * opening or closing (outside the lock) is refused as in use, like one that runs.
-     */
-    private static final class Claim {
-        final String net; // the switch of a port, else null
-        final String id;
-        final String who; // "blk 'a'", "port 'p' of switch 'sw'"
-        final Path socket; // null: none (a switch, a TAP port)
-        final Path image; // null: none
-        final boolean readOnly;
-        State state = State.ADDING; // guarded by lock
-
-        Claim(String net, String id, String who, Path socket, Path image, boolean readOnly) {
-            this.net = net;
-            this.id = id;
-            this.who = who;
-            this.socket = socket;
-            this.image = image;
-            this.readOnly = readOnly;
-        }
-
-        String key() {
-            return key(net, id);
-        }
-
-        static String key(String net, String id) {
-            return net == null ? id : net + "/" + id; // ids have no '/'
-        }
-
-        String describe() {
-            return who + note();
-        }
-
-        /** What a claim whose device does not run (yet, or any more) adds to a refusal. */
-        String note() {
-            return switch (state) {
-                case ADDING -> " (being added)";
-                case ACTIVE -> "";
-                case REMOVING -> " (being removed; try again once it is gone)";
-            };
-        }
-    }
-
-    private enum State {
-        ADDING,
-        ACTIVE,
-        REMOVING
-    }
-
-    /** Claims by {@link Claim#key}: every device, switch and port that runs or is being added or removed. */
-    private final Map<String, Claim> claims = new LinkedHashMap<>(); // guarded by lock
-
-    /**
-     * Claims an id, socket and image for an add, or refuses (EXISTS) when a claim holds any of them: the id; the
-     * socket (one check across blk, NBD and port sockets); the image, unless both are read-only — a second writer
-     * would corrupt it, and a reader would see it torn. Another process's exports are refused by the image lock
-     * instead (a writable NBD export takes it at once, a blk export when its frontend starts).
-     */
-    private Claim claim(Claim c) throws RpcException {
-        synchronized (lock) {
-            checkOpen();
-            if (c.net == null) {
-                requireFree(c.id);
-            } else if (claims.containsKey(c.key())) {
-                throw new RpcException(
-                        RpcException.EXISTS,
-                        "switch '" + c.net + "' already has a port '" + c.id + "'"
-                                + claims.get(c.key()).note() + "; choose another id or remove it first");
-            }
-            for (Claim o : claims.values()) {
-                if (c.socket != null && c.socket.equals(o.socket)) {
-                    throw new RpcException(
-                            RpcException.EXISTS,
-                            "socket " + c.socket + " is already served by " + o.describe()
-                                    + "; choose another path or remove that one first");
-                }
-                if (c.image != null && c.image.equals(o.image) && !(c.readOnly && o.readOnly)) {
-                    throw new RpcException(
-                            RpcException.EXISTS,
-                            "image " + c.image + " is already exported by " + o.describe()
-                                    + "; two writers would corrupt it (export it read-only twice, or not at all)");
-                }
-            }
-            claims.put(c.key(), c);
-            return c;
-        }
-    }
-
-    /**
-     * Makes {@code device} visible ({@code put}, under the lock) once its add has started it outside the lock; a
-     * daemon that began stopping meanwhile closes it instead and refuses the add.
-     */
-    private void publish(Claim c, String what, AutoCloseable device, Runnable put) throws RpcException {
-        synchronized (lock) {
-            if (!closed) {
-                put.run();
-                c.state = State.ACTIVE;
-                return;
-            }
-        }
-        try {
-            device.close();
-        } catch (Exception e) {
-            LOG.log(System.Logger.Level.WARNING, what + ": closing after the daemon began stopping failed", e);
-        } finally {
-            release(c);
-        }
-        throw new RpcException(RpcException.FAILED, what + ": the daemon is stopping");
-    }
-
-    /** The claim of {@code key}, now being removed (lock held). */
-    private Claim removing(String key) {
-        Claim c = claims.get(key);
-        if (c != null) {
-            c.state = State.REMOVING;
-        }
-        return c;
-    }
-
-    /** Lets go of a claim once its device has stopped (or its add failed). */
-    private void release(Claim c) {
-        if (c == null) {
-            return;
-        }
-        synchronized (lock) {
-            claims.remove(c.key(), c);
-            lock.notifyAll(); // close() waits for removals to end
         }
     }
 
@@ -630,45 +446,6 @@ public final class Daemon implements AutoCloseable {
             throw new RpcException(
                     RpcException.NOT_FOUND,
                     what + " was replaced through the API while the configuration was applied; it is left as it is");
-        }
-    }
-
-    /** A socket path as compared: absolute, normalised, its directory's symbolic links resolved (or its own). */
-    static Path socketKey(Path socket) {
-        Path abs = socket.toAbsolutePath().normalize();
-        try {
-            return abs.toRealPath();
-        } catch (IOException | SecurityException e) {
-            // not there yet: its directory decides
-        }
-        Path parent = abs.getParent();
-        if (parent != null) {
-            try {
-                return parent.toRealPath().resolve(abs.getFileName());
-            } catch (IOException | SecurityException e) {
-                // the directory is missing too: listening will say so
-            }
-        }
-        return abs;
-    }
-
-    /** An image path as compared: the file itself, with every symbolic link and {@code .}/{@code ..} resolved. */
-    static Path imageKey(Path image) {
-        return socketKey(image);
-    }
-
-    private boolean taken(String id) {
-        return claims.containsKey(id) || blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id);
-    }
-
-    /** Refuses an id a disk, NBD export or switch already has (ids name all three in one space). */
-    private void requireFree(String id) throws RpcException {
-        if (taken(id)) {
-            Claim c = claims.get(id);
-            throw new RpcException(
-                    RpcException.EXISTS,
-                    "id '" + id + "' is already in use" + (c == null ? "" : " by " + c.describe())
-                            + "; choose another id or remove it first");
         }
     }
 
@@ -716,16 +493,17 @@ public final class Daemon implements AutoCloseable {
     /** A new switch (quick: no file, no socket — its threads start under the lock). */
     NetSwitch addNet(NetSwitch.Spec spec, boolean fromConfig) throws RpcException {
         synchronized (lock) {
-            Claim c = claim(new Claim(null, spec.id(), "switch '" + spec.id() + "'", null, null, false));
+            ClaimRegistry.Claim c = claims.claim(
+                    new ClaimRegistry.Claim(null, spec.id(), "switch '" + spec.id() + "'", null, null, null, false));
             NetSwitch n;
             try {
                 n = new NetSwitch(spec, fromConfig);
             } catch (RuntimeException | io.iovirt.linux.LinuxException ex) {
-                release(c);
+                claims.release(c);
                 throw new RpcException(RpcException.FAILED, "net.add " + spec.id() + ": " + ex.getMessage());
             }
             nets.put(spec.id(), n);
-            c.state = State.ACTIVE;
+            claims.activate(c);
             LOG.log(System.Logger.Level.INFO, "net " + spec.id() + ": switch added (MTU " + spec.mtu() + ")");
             return n;
         }
@@ -739,7 +517,7 @@ public final class Daemon implements AutoCloseable {
      */
     void removeNet(String id, NetSwitch expected) throws RpcException {
         NetSwitch n;
-        List<Claim> held = new ArrayList<>();
+        List<ClaimRegistry.Claim> held = new ArrayList<>();
         synchronized (lock) {
             n = net(id);
             requireExpected(n, expected, "switch '" + id + "'");
@@ -755,16 +533,16 @@ public final class Daemon implements AutoCloseable {
                                 + " file's change, remove those ports (net.port.remove) and send SIGHUP again");
             }
             nets.remove(id);
-            held.add(removing(id));
+            held.add(claims.removing(id));
             for (String port : n.ports.keySet()) {
-                held.add(removing(Claim.key(id, port)));
+                held.add(claims.removing(ClaimRegistry.Claim.key(id, port)));
             }
             n.ports.clear();
         }
         try {
             n.close();
         } finally {
-            held.forEach(this::release);
+            held.forEach(claims::release);
         }
         LOG.log(System.Logger.Level.INFO, "net " + id + ": removed");
     }
@@ -827,25 +605,34 @@ public final class Daemon implements AutoCloseable {
             n = net(p.id("net"));
             ps = portSpec(p, nextPortId(n));
         }
-        addPort(n, ps, fromConfig);
-        return Map.of("net", n.spec.id(), "id", ps.id());
+        String warning = addPort(n, ps, fromConfig);
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("net", n.spec.id());
+        m.put("id", ps.id());
+        if (warning != null) {
+            m.put("mac_table_warning", warning);
+        }
+        return m;
     }
 
     /**
      * Adds a port to switch {@code n}: its socket or TAP opened without the daemon's lock, after claiming its id
-     * and socket; it joins {@code n.ports} only if the switch still runs then.
+     * and socket or TAP interface; it joins {@code n.ports} only if the switch still runs then. Returns the MAC table warning
+     * ({@link io.iovirt.net.Switch#macTableOvercommit()}) when the switch's ports now overcommit it, else null; it is
+     * logged when this port made it so.
      */
-    void addPort(NetSwitch n, NetSwitch.PortSpec ps, boolean fromConfig) throws RpcException {
+    String addPort(NetSwitch n, NetSwitch.PortSpec ps, boolean fromConfig) throws RpcException {
         String what = "net.port.add " + n.spec.id() + "/" + ps.id();
-        Path socket = ps.kind().equals("tap") ? null : socketKey(Path.of(ps.path()));
-        Claim c;
+        Path socket = ps.kind().equals("tap") ? null : ClaimRegistry.socketKey(Path.of(ps.path()));
+        ClaimRegistry.Claim c;
         synchronized (lock) {
             requireSwitch(n);
-            c = claim(new Claim(
+            c = claims.claim(new ClaimRegistry.Claim(
                     n.spec.id(),
                     ps.id(),
                     "port '" + ps.id() + "' of switch '" + n.spec.id() + "'",
                     socket,
+                    ps.kind().equals("tap") ? ps.path() : null,
                     null,
                     false));
         }
@@ -853,23 +640,27 @@ public final class Daemon implements AutoCloseable {
         try {
             e = n.startPort(ps, fromConfig, access);
         } catch (IOException | RuntimeException ex) {
-            release(c);
+            claims.release(c);
             throw new RpcException(RpcException.FAILED, what + ": " + ex.getMessage());
         }
         synchronized (lock) {
-            if (!closed && nets.get(n.spec.id()) == n) {
+            if (!claims.closed() && nets.get(n.spec.id()) == n) {
                 n.ports.put(ps.id(), e);
-                c.state = State.ACTIVE;
+                claims.activate(c);
                 LOG.log(
                         System.Logger.Level.INFO,
                         "net " + n.spec.id() + ": port " + ps.id() + " (" + ps.kind() + " " + ps.path() + ") added");
-                return;
+                String warning = n.sw.macTableOvercommit();
+                if (n.overcommitted(warning != null)) {
+                    LOG.log(System.Logger.Level.WARNING, "net " + n.spec.id() + ": " + warning);
+                }
+                return warning;
             }
         }
         try {
             n.stopPort(e); // the switch was removed, or the daemon began stopping, while the port started
         } finally {
-            release(c);
+            claims.release(c);
         }
         throw new RpcException(
                 RpcException.FAILED, what + ": the switch was removed or the daemon began stopping meanwhile");
@@ -891,7 +682,7 @@ public final class Daemon implements AutoCloseable {
      */
     void removePort(NetSwitch n, String id, NetSwitch.PortEntry expected) throws RpcException {
         NetSwitch.PortEntry e;
-        Claim c;
+        ClaimRegistry.Claim c;
         synchronized (lock) {
             requireSwitch(n);
             e = n.ports.get(id);
@@ -903,12 +694,15 @@ public final class Daemon implements AutoCloseable {
             }
             requireExpected(e, expected, "port '" + id + "' of switch '" + n.spec.id() + "'");
             n.ports.remove(id);
-            c = removing(Claim.key(n.spec.id(), id));
+            c = claims.removing(ClaimRegistry.Claim.key(n.spec.id(), id));
         }
         try {
             n.stopPort(e);
         } finally {
-            release(c);
+            claims.release(c);
+        }
+        synchronized (lock) {
+            n.overcommitted(n.sw.macTableOvercommit() != null); // fitting again, the next crossing is warned of
         }
         LOG.log(System.Logger.Level.INFO, "net " + n.spec.id() + ": port " + id + " removed");
     }
@@ -926,7 +720,7 @@ public final class Daemon implements AutoCloseable {
         String id;
         do {
             id = "port" + nextPort++;
-        } while (n.ports.containsKey(id) || claims.containsKey(Claim.key(n.spec.id(), id)));
+        } while (n.ports.containsKey(id) || claims.holds(ClaimRegistry.Claim.key(n.spec.id(), id)));
         return id;
     }
 
@@ -934,36 +728,10 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             List<Object> out = new ArrayList<>();
             for (NetSwitch n : nets.values()) {
-                Map<String, Object> m = new LinkedHashMap<>();
-                m.put("id", n.spec.id());
-                m.put("mtu", n.spec.mtu());
-                m.put("mac_aging", n.spec.macAgingSeconds());
-                m.put("macs_per_port", n.spec.macsPerPort());
-                m.put("poll_threads", n.spec.pollThreads());
-                m.put("macs", n.sw.macTable().size());
-                List<Object> ports = new ArrayList<>();
-                for (NetSwitch.PortEntry e : n.ports.values()) {
-                    ports.add(portSummary(e));
-                }
-                m.put("ports", ports);
-                out.add(m);
+                out.add(DeviceJson.netSummary(n));
             }
             return out;
         }
-    }
-
-    private static Map<String, Object> portSummary(NetSwitch.PortEntry e) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec().id());
-        m.put("kind", e.spec().kind());
-        m.put(e.spec().kind().equals("tap") ? "ifname" : "path", e.spec().path());
-        m.put("number", e.port().index());
-        m.put("link", e.port().isLinkUp() ? "up" : "down");
-        if (e.port() instanceof VirtioNetPort v) {
-            m.put("connected", v.connected());
-            m.put("queue_pairs", v.options().queuePairs());
-        }
-        return m;
     }
 
     private List<Object> netMacs(Params p) throws RpcException {
@@ -992,13 +760,13 @@ public final class Daemon implements AutoCloseable {
             if (p.has("id")) {
                 String id = p.id("id");
                 if (blks.containsKey(id)) {
-                    return blkStats(blks.get(id));
+                    return DeviceJson.blkStats(blks.get(id));
                 }
                 if (nets.containsKey(id)) {
-                    return netStats(nets.get(id));
+                    return DeviceJson.netStats(nets.get(id));
                 }
                 if (nbds.containsKey(id)) {
-                    return nbdStats(nbds.get(id));
+                    return DeviceJson.nbdStats(nbds.get(id));
                 }
                 List<String> all = new ArrayList<>(blks.keySet());
                 all.addAll(nbds.keySet());
@@ -1010,59 +778,18 @@ public final class Daemon implements AutoCloseable {
                                         ? " (there are none; add one with blk.add, nbd.add or net.add)"
                                         : " (ids: " + String.join(", ", all) + ")"));
             }
-            Map<String, Object> m = new LinkedHashMap<>();
-            List<Object> b = new ArrayList<>();
-            for (BlkExport e : blks.values()) {
-                b.add(blkStats(e));
-            }
-            List<Object> n = new ArrayList<>();
-            for (NetSwitch s : nets.values()) {
-                n.add(netStats(s));
-            }
-            List<Object> nb = new ArrayList<>();
-            for (NbdExportEntry e : nbds.values()) {
-                nb.add(nbdStats(e));
-            }
-            m.put("blk", b);
-            m.put("net", n);
-            m.put("nbd", nb);
-            return m;
+            return DeviceJson.stats(blks.values(), nets.values(), nbds.values());
         }
     }
 
-    private static Map<String, Object> blkStats(BlkExport e) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec.id());
-        m.put("kind", "blk");
-        m.putAll(blkCounters(e.device.stats()));
-        List<Object> qs = new ArrayList<>();
-        for (int i = 0; i < e.spec.queues(); i++) {
-            Map<String, Object> q = new LinkedHashMap<>();
-            q.put("queue", i);
-            q.putAll(blkCounters(e.device.queueStats(i)));
-            q.put("worker", workerCounters(e.device.workerStats(i)));
-            qs.add(q);
-        }
-        m.put("queues", qs);
-        return m;
+    /** An NBD export's counters, the schema of {@code ctl} and of {@code serve nbd}'s JSON statistics lines. */
+    public static Map<String, Object> nbdCounters(io.iovirt.nbd.NbdExportStats s) {
+        return DeviceJson.nbdCounters(s);
     }
 
     /** A blk device's counters, the schema of {@code ctl} and of {@code serve blk}'s JSON statistics lines. */
     public static Map<String, Object> blkCounters(BlkStats.Snapshot s) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("requests", s.requests());
-        m.put("reads", s.reads());
-        m.put("writes", s.writes());
-        m.put("flushes", s.flushes());
-        m.put("discards", s.discards());
-        m.put("bytes_read", s.bytesRead());
-        m.put("bytes_written", s.bytesWritten());
-        m.put("io_errors", s.ioErrors());
-        m.put("bad_requests", s.badRequests());
-        m.put("unsupported", s.unsupported());
-        m.put("queue_failures", s.queueFailures());
-        m.put("in_flight", s.inFlight());
-        return m;
+        return DeviceJson.blkCounters(s);
     }
 
     /**
@@ -1071,26 +798,7 @@ public final class Daemon implements AutoCloseable {
      * polling), notifications lost to a full call eventfd.
      */
     public static Map<String, Object> workerCounters(QueueWorker.Totals t) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("batches", t.batches());
-        m.put("sleeps", t.sleeps());
-        m.put("spin_hits", t.spinHits());
-        m.put("lost_notifications", t.lostSignals());
-        m.put("recheck_interrupts", t.recheckSignals());
-        return m;
-    }
-
-    private static Map<String, Object> netStats(NetSwitch n) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", n.spec.id());
-        m.put("kind", "net");
-        m.put("macs", n.sw.macTable().size());
-        List<Object> ports = new ArrayList<>();
-        for (NetSwitch.PortEntry e : n.ports.values()) {
-            ports.add(portCounters(e.spec().id(), e.port(), e.port().stats()));
-        }
-        m.put("ports", ports);
-        return m;
+        return DeviceJson.workerCounters(t);
     }
 
     /**
@@ -1100,30 +808,7 @@ public final class Daemon implements AutoCloseable {
      * lost_notifications, recheck_interrupts}}); {@code st} is the snapshot of the port's counters to report.
      */
     public static Map<String, Object> portCounters(String id, io.iovirt.net.Port port, PortStats st) {
-        Map<String, Object> pm = new LinkedHashMap<>();
-        pm.put("port", id);
-        for (PortStat s : PortStat.values()) {
-            pm.put(s.label(), st.get(s));
-        }
-        if (port instanceof VirtioNetPort v) {
-            List<Object> qs = new ArrayList<>();
-            for (int i = 0; i < v.options().queuePairs(); i++) {
-                Map<String, Object> q = new LinkedHashMap<>();
-                q.put("queue", "tx" + i);
-                q.put("worker", workerCounters(v.txWorkerStats(i)));
-                qs.add(q);
-            }
-            for (int i = 0; i < v.options().queuePairs(); i++) {
-                VirtioNetPort.RxQueueTotals t = v.rxQueueTotals(i);
-                Map<String, Object> q = new LinkedHashMap<>();
-                q.put("queue", "rx" + i);
-                q.put("lost_notifications", t.lostSignals());
-                q.put("recheck_interrupts", t.recheckSignals());
-                qs.add(q);
-            }
-            pm.put("queues", qs);
-        }
-        return pm;
+        return DeviceJson.portCounters(id, port, st);
     }
 
     // ---- views for metrics, libvirt and config reloads ----------------------------------------------------------
@@ -1169,7 +854,7 @@ public final class Daemon implements AutoCloseable {
         int n = prefix.equals("blk") ? nextBlk : prefix.equals("net") ? nextNet : nextNbd;
         do {
             id = prefix + n++;
-        } while (taken(id) || taken.containsKey(id));
+        } while (claims.taken(id) || taken.containsKey(id));
         if (prefix.equals("blk")) {
             nextBlk = n;
         } else if (prefix.equals("net")) {
@@ -1178,12 +863,6 @@ public final class Daemon implements AutoCloseable {
             nextNbd = n;
         }
         return id;
-    }
-
-    private void checkOpen() throws RpcException {
-        if (closed) {
-            throw new RpcException(RpcException.FAILED, "the daemon is stopping");
-        }
     }
 
     /**
@@ -1197,7 +876,6 @@ public final class Daemon implements AutoCloseable {
         List<NetSwitch> n;
         List<NbdExportEntry> nb;
         synchronized (lock) {
-            closed = true;
             nb = new ArrayList<>(nbds.values());
             nbds.clear();
             b = new ArrayList<>(blks.values());
@@ -1207,7 +885,7 @@ public final class Daemon implements AutoCloseable {
             for (NetSwitch s : n) {
                 s.ports.clear();
             }
-            claims.values().removeIf(c -> c.state == State.ACTIVE); // closed below
+            claims.close(); // the running devices' claims go: they are closed below
         }
         for (NetSwitch s : n) {
             try {
@@ -1230,35 +908,6 @@ public final class Daemon implements AutoCloseable {
                 LOG.log(System.Logger.Level.ERROR, "blk " + e.spec.id() + ": closing failed", ex);
             }
         }
-        awaitRemovals();
-    }
-
-    /** Waits for the removals under way to end (their images are being flushed), naming them every 10 s. */
-    private void awaitRemovals() {
-        boolean interrupted = false;
-        long warnAt = System.nanoTime() + 10_000_000_000L;
-        synchronized (lock) {
-            List<String> left;
-            while (!(left = claims.values().stream()
-                            .filter(c -> c.state == State.REMOVING)
-                            .map(c -> c.who)
-                            .toList())
-                    .isEmpty()) {
-                long wait = warnAt - System.nanoTime();
-                if (wait <= 0) {
-                    LOG.log(System.Logger.Level.WARNING, "stopping: still waiting for the removal of " + left);
-                    warnAt += 10_000_000_000L;
-                    continue;
-                }
-                try {
-                    lock.wait(Math.max(1, wait / 1_000_000));
-                } catch (InterruptedException e) {
-                    interrupted = true;
-                }
-            }
-        }
-        if (interrupted) {
-            Thread.currentThread().interrupt();
-        }
+        claims.awaitRemovals();
     }
 }

@@ -11,7 +11,8 @@ import sun.misc.Signal;
 /**
  * {@code iovirt daemon}'s life: devices from the configuration file, the control socket, the metrics listener,
  * the service manager told READY=1 once the control socket accepts, SIGHUP re-reading the configuration,
- * WATCHDOG=1 pings when systemd asks for them (only while the daemon responds: {@link Watchdog}), and on SIGTERM/SIGINT STOPPING=1 then an orderly stop (every
+ * WATCHDOG=1 pings when systemd asks for them (only while the daemon responds, its metrics listener included:
+ * {@link Watchdog}), and on SIGTERM/SIGINT STOPPING=1 then an orderly stop (every
  * export completes its requests in flight and syncs its image).
  */
 public final class DaemonService {
@@ -53,7 +54,7 @@ public final class DaemonService {
                         notify,
                         "READY=1\nSTATUS=serving; " + where + "\nMAINPID="
                                 + ProcessHandle.current().pid());
-                Watchdog watchdog = startWatchdog(notify, daemon, rpc);
+                Watchdog watchdog = startWatchdog(notify, daemon, rpc, metrics);
                 try {
                     while (true) {
                         String sig = signals.take();
@@ -161,12 +162,12 @@ public final class DaemonService {
     }
 
     /** WATCHDOG=1 at half the interval systemd set (sd_watchdog_enabled(3)'s advice), while the daemon serves. */
-    private static Watchdog startWatchdog(SdNotify notify, Daemon daemon, RpcServer rpc) {
+    private static Watchdog startWatchdog(SdNotify notify, Daemon daemon, RpcServer rpc, Metrics metrics) {
         long usec = SdNotify.watchdogMicros();
         if (!notify.enabled() || usec == 0) {
             return null;
         }
-        return Watchdog.start(notify, Math.max(1, usec / 2000), daemon, rpc);
+        return Watchdog.start(notify, Math.max(1, usec / 2000), daemon, rpc, metrics);
     }
 
     private static void send(SdNotify notify, String state) {

@@ -21,19 +21,30 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
 
 /**
  * Prometheus text exposition (format 0.0.4) at {@code http://HOST:PORT/metrics}, on a loopback address only: the
  * counters name sockets and images, which are not for the network. Every scrape reads the live counters; nothing
  * is cached. Names follow the Prometheus conventions (base units, {@code _total} counters, one family per name).
+ *
+ * <p>Each connection's exchange runs on a virtual thread of its own: the JDK's server reads a request with blocking
+ * reads on the thread it hands the connection to, and any local user can reach a loopback port, so on one shared
+ * thread a client that sent half a request stalled every scrape after it — and, now that the {@link Watchdog} asks
+ * the listener to answer, would have had systemd restart the daemon. Renders still run one at a time.
  */
 public final class Metrics implements AutoCloseable {
     private final HttpServer server;
     private final Daemon daemon;
+    /** Runs each exchange on a virtual thread of its own (package-private: a test breaks it to wedge the listener). */
+    final java.util.concurrent.ExecutorService exchanges;
+    /** One render at a time, as when one thread served every scrape: concurrent scrapes do not multiply the work. */
+    private final java.util.concurrent.locks.ReentrantLock rendering = new java.util.concurrent.locks.ReentrantLock();
 
-    private Metrics(HttpServer server, Daemon daemon) {
+    private Metrics(HttpServer server, Daemon daemon, java.util.concurrent.ExecutorService exchanges) {
         this.server = server;
         this.daemon = daemon;
+        this.exchanges = exchanges;
     }
 
     /** {@code hostPort}: {@code 127.0.0.1:9400}, {@code [::1]:9400} or {@code localhost:0} (any free port). */
@@ -56,7 +67,11 @@ public final class Metrics implements AutoCloseable {
                             + "images and sockets, so they are served on 127.0.0.1 or ::1 only (put a proxy in front to export them)");
         }
         HttpServer s = HttpServer.create(new InetSocketAddress(addr, port), 8);
-        Metrics m = new Metrics(s, daemon);
+        Metrics m = new Metrics(
+                s,
+                daemon,
+                Executors.newThreadPerTaskExecutor(
+                        Thread.ofVirtual().name("metrics ", 0).factory()));
         s.createContext("/metrics", m::handle);
         s.createContext("/", ex -> {
             byte[] b = "iovirt daemon: metrics are at /metrics\n".getBytes(StandardCharsets.UTF_8);
@@ -65,10 +80,55 @@ public final class Metrics implements AutoCloseable {
                 o.write(b);
             }
         });
-        s.setExecutor(Executors.newSingleThreadExecutor(
-                r -> Thread.ofPlatform().daemon().name("metrics").unstarted(r)));
+        s.setExecutor(m.exchanges);
         s.start();
         return m;
+    }
+
+    /**
+     * Why the listener does not answer now, or null when it does: a request for {@code /} (the short 404, nothing
+     * rendered) must have its status line back within {@code timeoutMillis}. A TCP connect alone proves nothing — the
+     * kernel completes it from the backlog whether or not the server's dispatcher thread still accepts — so this
+     * goes through the dispatcher and an exchange thread. Runs on the caller's thread with the socket's own
+     * timeouts (no thread of its own, nothing left behind); one slow client cannot fail it, since every exchange has
+     * its own thread.
+     */
+    String unanswered(long timeoutMillis) {
+        InetSocketAddress a = server.getAddress();
+        String url = "http://"
+                + (a.getAddress() instanceof java.net.Inet6Address
+                        ? "[" + a.getAddress().getHostAddress() + "]"
+                        : a.getAddress().getHostAddress())
+                + ":" + a.getPort() + "/";
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMillis);
+        try (java.net.Socket sock = new java.net.Socket()) {
+            sock.connect(a, (int) Math.max(1, timeoutMillis));
+            sock.getOutputStream()
+                    .write("GET / HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n"
+                            .getBytes(StandardCharsets.US_ASCII));
+            StringBuilder status = new StringBuilder();
+            java.io.InputStream in = sock.getInputStream();
+            while (status.indexOf("\n") < 0) {
+                long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
+                if (left <= 0) {
+                    throw new java.net.SocketTimeoutException();
+                }
+                sock.setSoTimeout((int) left);
+                int c = in.read();
+                if (c < 0) {
+                    return "the metrics listener " + url + " closed the connection without an answer";
+                }
+                status.append((char) c);
+            }
+            return status.toString().startsWith("HTTP/1.1 404")
+                    ? null
+                    : "the metrics listener " + url + " answered "
+                            + status.toString().strip() + " for /, not 404";
+        } catch (java.net.SocketTimeoutException e) {
+            return "the metrics listener " + url + " did not answer within " + timeoutMillis + " ms";
+        } catch (IOException e) {
+            return "the metrics listener " + url + " no longer answers: " + e.getMessage();
+        }
     }
 
     public InetSocketAddress address() {
@@ -81,7 +141,13 @@ public final class Metrics implements AutoCloseable {
                 ex.sendResponseHeaders(405, -1);
                 return;
             }
-            byte[] body = render(daemon).getBytes(StandardCharsets.UTF_8);
+            byte[] body;
+            rendering.lock();
+            try {
+                body = render(daemon).getBytes(StandardCharsets.UTF_8);
+            } finally {
+                rendering.unlock();
+            }
             ex.getResponseHeaders().set("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
             ex.sendResponseHeaders(200, ex.getRequestMethod().equals("HEAD") ? -1 : body.length);
             if (!ex.getRequestMethod().equals("HEAD")) {
@@ -427,8 +493,10 @@ public final class Metrics implements AutoCloseable {
         return l == null ? 0 : l.length;
     }
 
+    /** Stops listening and closes every connection, then ends the exchange threads (without waiting for them). */
     @Override
     public void close() {
         server.stop(0);
+        exchanges.shutdownNow();
     }
 }

@@ -30,6 +30,8 @@ final class NetSwitch implements AutoCloseable {
     final Switch sw;
     final boolean fromConfig;
     final Map<String, PortEntry> ports = new LinkedHashMap<>();
+    /** Whether the last look found the MAC table overcommitted ({@link #overcommitted}); guarded by the daemon's lock. */
+    private boolean overcommitted;
     /** The shared poll threads ({@link Spec#pollThreads}), or null. */
     private final WorkerGroup group;
 
@@ -57,6 +59,17 @@ final class NetSwitch implements AutoCloseable {
         };
         sw.addPort(p);
         return new PortEntry(ps, p, fromConfig);
+    }
+
+    /**
+     * Records whether the ports' shares overcommit the MAC table now ({@link Switch#macTableOvercommit()}), after a
+     * port came or went (daemon's lock held); true when it has just become so — the daemon warns once per crossing,
+     * not at every further port.
+     */
+    boolean overcommitted(boolean now) {
+        boolean began = now && !overcommitted;
+        overcommitted = now;
+        return began;
     }
 
     /** Stops a port the daemon has taken out of {@link #ports}: it waits for the port's threads. */

@@ -9,10 +9,12 @@ import java.util.concurrent.TimeUnit;
 /**
  * The systemd watchdog (sd_watchdog_enabled(3)): WATCHDOG=1 every period, but only after the daemon has shown that
  * it still serves — its registry lock could be taken within half a period (requests hold it only for quick looks,
- * so a lock held longer is a deadlock or a bug) and the control socket still accepts. A ping sent regardless, from a
- * thread of its own, proved only that this thread ran: a deadlocked daemon was never restarted. When a check fails
- * no ping goes out and STATUS= says why, each period, so {@code systemctl status} shows it until systemd restarts
- * the daemon at WatchdogSec.
+ * so a lock held longer is a deadlock or a bug), the control socket still accepts, and the /metrics listener, when
+ * there is one, answers within a quarter period (a wedged metrics server no longer serves what the daemon was started
+ * for, and a restart brings it back; one slow client cannot fail that check, see {@link Metrics}). A ping sent
+ * regardless, from a thread of its own, proved only that this thread ran: a deadlocked daemon was never restarted.
+ * When a check fails no ping goes out and STATUS= says why, each period, so {@code systemctl status} shows it until
+ * systemd restarts the daemon at WatchdogSec.
  */
 final class Watchdog implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
@@ -21,21 +23,26 @@ final class Watchdog implements AutoCloseable {
     private final long periodMillis;
     private final Daemon daemon;
     private final RpcServer rpc;
+    private final Metrics metrics; // null: none configured
     private final Thread thread;
     /** The last lock probe: while it still waits for the lock, no other is started. */
     private Thread probe;
 
-    private Watchdog(SdNotify notify, long periodMillis, Daemon daemon, RpcServer rpc) {
+    private Watchdog(SdNotify notify, long periodMillis, Daemon daemon, RpcServer rpc, Metrics metrics) {
         this.notify = notify;
         this.periodMillis = periodMillis;
         this.daemon = daemon;
         this.rpc = rpc;
+        this.metrics = metrics;
         this.thread = Thread.ofPlatform().daemon().name("sd watchdog").unstarted(this::run);
     }
 
-    /** Pings every {@code periodMillis} (half of what systemd set, as sd_watchdog_enabled(3) advises). */
-    static Watchdog start(SdNotify notify, long periodMillis, Daemon daemon, RpcServer rpc) {
-        Watchdog w = new Watchdog(notify, periodMillis, daemon, rpc);
+    /**
+     * Pings every {@code periodMillis} (half of what systemd set, as sd_watchdog_enabled(3) advises); {@code metrics}:
+     * the /metrics listener to check too, or null when the daemon has none.
+     */
+    static Watchdog start(SdNotify notify, long periodMillis, Daemon daemon, RpcServer rpc, Metrics metrics) {
+        Watchdog w = new Watchdog(notify, periodMillis, daemon, rpc, metrics);
         w.thread.start();
         return w;
     }
@@ -77,6 +84,17 @@ final class Watchdog implements AutoCloseable {
         if (!rpc.accepting()) {
             return "the control socket " + rpc.path() + " no longer accepts connections";
         }
+        String lock = lockProblem();
+        if (lock != null) {
+            return lock;
+        }
+        // a quarter period: the checks run one after the other, and with the lock's half the ping still goes out
+        // within the period (systemd waits two)
+        return metrics == null ? null : metrics.unanswered(Math.max(1, periodMillis / 4));
+    }
+
+    /** Why the registry lock is not free, or null when it could be taken within half a period. */
+    private String lockProblem() throws InterruptedException {
         long bound = Math.max(1, periodMillis / 2);
         if (probe != null && probe.isAlive()) { // the last probe still waits: no second one
             return probe.join(java.time.Duration.ofMillis(bound))

@@ -276,9 +276,49 @@ public final class Switch implements AutoCloseable {
         return index < all.length && all[index] != null ? all[index].name() : "port #" + index;
     }
 
-    /** Ports pinned to one source address ({@link Port#pinnedSource}): each holds one MAC table entry at most. */
-    public int pinnedPorts() {
-        return pins.macs().length;
+    /**
+     * {@link #macTableOvercommit(int, int, int, int)} for this switch's ports now. No lock: it reads the port array
+     * once (a pinned port counts as such from before it is attached), so a front end may ask while another thread
+     * adds or removes a port — {@link #addPort} holds this switch's lock while the port starts.
+     */
+    public String macTableOvercommit() {
+        int count = 0;
+        int pinned = 0;
+        for (Port p : ports) {
+            if (p != null) {
+                count++;
+                pinned += p.pinnedSource() == -1 ? 0 : 1;
+            }
+        }
+        return macTableOvercommit(count, pinned, config.macsPerPort(), config.macTableCapacity());
+    }
+
+    /**
+     * The warning when the ports' shares of the MAC table add up to more than it holds, or null. Each port may hold
+     * {@code perPort} addresses (a pinned one only its own), so that many ports spraying source addresses (a guest
+     * generating them, or bridging a network that has them) fill the table, after which every address new to the
+     * switch goes unlearned and frames to it are flooded to every port: the other guests' traffic to a newcomer
+     * (a guest that just started, a migrated one) reaches everyone. The remedies it names are the ones every front
+     * end has (the per-port share is {@code macs-per-port} in {@code serve net} and the daemon alike); a front end
+     * that can pin a port to its guest's address adds how.
+     */
+    public static String macTableOvercommit(int ports, int pinned, int perPort, int capacity) {
+        int open = ports - pinned;
+        long most = (long) open * perPort + pinned;
+        if (most <= capacity) {
+            return null;
+        }
+        long fill = Math.max(1, ((long) capacity - pinned + perPort - 1) / perPort);
+        long fits = open == 0 ? 0 : ((long) capacity - pinned) / open;
+        String remedy = fits >= 1
+                ? "set macs-per-port to " + fits + " or less (" + (capacity - pinned) + " entries shared by " + open
+                        + (pinned > 0 ? " unpinned" : "") + " ports), or split the ports between switches"
+                : "the ports outnumber the table's entries: split them between switches";
+        return "MAC table overcommitted: " + ports + " ports" + (pinned > 0 ? " (" + pinned + " pinned)" : "")
+                + " may learn up to " + perPort + " source addresses each (macs-per-port), " + most
+                + " in all, more than the table's " + capacity + ": " + fill + " ports spraying source addresses"
+                + " fill it, and then addresses new to the switch are not learned and frames to them are flooded to"
+                + " every port; " + remedy;
     }
 
     /** The ports in number order. */

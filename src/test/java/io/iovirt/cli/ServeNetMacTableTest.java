@@ -31,20 +31,20 @@ class ServeNetMacTableTest {
         assertEquals(1, warned.size(), warned.toString());
         String w = warned.getFirst();
         assertTrue(
-                w.contains("33 ports may learn up to 256 source addresses each (--macs-per-port), 8448 in all,"
+                w.contains("33 ports may learn up to 256 source addresses each (macs-per-port), 8448 in all,"
                         + " more than the table's 8192: 32 ports spraying source addresses fill it"),
                 w);
         assertTrue(
                 w.contains("addresses new to the switch are not learned and frames to them are flooded to every port"),
                 w);
-        assertTrue(w.contains("use --macs-per-port 248 or less") && w.contains("pin-mac"), w);
+        assertTrue(w.contains("set macs-per-port to 248 or less") && w.contains("pin-mac"), w);
 
         // a pinned port holds one entry: 32 × 256 + 1 is still one too many, 31 × 256 + 2 fits
         List<String> onePinned = warnings(start("pin1", ports, 1));
         assertEquals(1, onePinned.size(), onePinned.toString());
         assertTrue(onePinned.getFirst().contains("33 ports (1 pinned)")
                 && onePinned.getFirst().contains("8193 in all"));
-        assertTrue(onePinned.getFirst().contains("use --macs-per-port 255 or less"), onePinned.getFirst());
+        assertTrue(onePinned.getFirst().contains("set macs-per-port to 255 or less"), onePinned.getFirst());
         assertEquals(List.of(), warnings(start("pin2", ports, 2)));
         assertEquals(List.of(), warnings(start("fits", ports, 0, "--macs-per-port", "248")));
     }

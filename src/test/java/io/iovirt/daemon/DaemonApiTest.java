@@ -242,6 +242,141 @@ class DaemonApiTest {
         assertEquals(1, ((List<?>) ok("blk.list").get("list")).size());
     }
 
+    /**
+     * A switch whose ports' shares of the MAC table (macs-per-port each) add up to more than it holds is warned of,
+     * as serve net warns: a log line naming the switch when a port (through the API or the configuration file) makes
+     * it so — once per crossing, not at every further port — the warning in net.port.add's answer while it lasts,
+     * and mac_table_overcommitted in net.list. The daemon said nothing: 33 guests at the default share could fill
+     * the table and have every newcomer's traffic flooded to all of them unannounced.
+     */
+    @Test
+    void portsOvercommittingTheMacTableAreWarnedOf() throws Exception {
+        try (io.iovirt.vhostuser.LogCapture log = io.iovirt.vhostuser.LogCapture.start("io.iovirt.daemon")) {
+            ok("net.add", "id", "lan", "macs-per-port", 4096);
+            for (String id : List.of("a", "b")) { // 2 × 4096 = 8192: fits
+                Map<String, Object> r = ok(
+                        "net.port.add",
+                        "net",
+                        "lan",
+                        "id",
+                        id,
+                        "kind",
+                        "stream",
+                        "path",
+                        dir.resolve(id).toString());
+                assertFalse(r.containsKey("mac_table_warning"), r.toString());
+            }
+            assertEquals(false, lan().get("mac_table_overcommitted"));
+            Map<String, Object> r = ok(
+                    "net.port.add",
+                    "net",
+                    "lan",
+                    "id",
+                    "c",
+                    "kind",
+                    "stream",
+                    "path",
+                    dir.resolve("c").toString());
+            String w = (String) r.get("mac_table_warning");
+            assertTrue(
+                    w.startsWith("MAC table overcommitted: 3 ports may learn up to 4096 source addresses each"
+                            + " (macs-per-port), 12288 in all, more than the table's 8192: 2 ports spraying source"
+                            + " addresses fill it"),
+                    w);
+            assertTrue(
+                    w.endsWith("set macs-per-port to 2730 or less (8192 entries shared by 3 ports), or split the"
+                            + " ports between switches"),
+                    w);
+            assertEquals("net lan: " + w, log.awaitLine("MAC table overcommitted"));
+            assertEquals(true, lan().get("mac_table_overcommitted"));
+            r = ok(
+                    "net.port.add",
+                    "net",
+                    "lan",
+                    "id",
+                    "d",
+                    "kind",
+                    "stream",
+                    "path",
+                    dir.resolve("d").toString());
+            assertTrue(((String) r.get("mac_table_warning")).contains("4 ports may learn"), r.toString());
+
+            ok("net.port.remove", "net", "lan", "id", "c");
+            ok("net.port.remove", "net", "lan", "id", "d");
+            assertEquals(false, lan().get("mac_table_overcommitted"));
+            ok(
+                    "net.port.add",
+                    "net",
+                    "lan",
+                    "id",
+                    "e",
+                    "kind",
+                    "stream",
+                    "path",
+                    dir.resolve("e").toString());
+            log.awaitLine("net lan: MAC table overcommitted: 3 ports"); // a new crossing is warned of again
+
+            // the configuration file's ports, which take the same path
+            Path config = dir.resolve("daemon.json");
+            Files.writeString(config, """
+                    {"net": [{"id": "wan", "macs-per-port": 8192, "ports": [
+                        {"id": "x", "kind": "stream", "path": "%s"},
+                        {"id": "y", "kind": "stream", "path": "%s"}]}]}
+                    """.formatted(dir.resolve("x"), dir.resolve("y")));
+            assertEquals(
+                    List.of(),
+                    ConfigFile.apply(daemon, ConfigFile.read(config, daemon)).failed());
+            assertTrue(log.awaitLine("net wan: MAC table overcommitted")
+                    .contains("2 ports may learn up to 8192 source addresses each"));
+            assertEquals(
+                    3,
+                    log.all().stream()
+                            .filter(l -> l.contains("MAC table overcommitted"))
+                            .count(),
+                    "one line per crossing, none for port d: " + log.all());
+        }
+    }
+
+    private Map<?, ?> lan() throws Exception {
+        return ((List<?>) ok("net.list").get("list"))
+                .stream()
+                        .map(n -> (Map<?, ?>) n)
+                        .filter(n -> n.get("id").equals("lan"))
+                        .findFirst()
+                        .orElseThrow();
+    }
+
+    /**
+     * Two TAP ports on one host interface are refused by the claim check as two ports on one socket are, on the same
+     * switch or another, naming the port that holds it (it was -32000 from the kernel's EBUSY, worded as if another
+     * process held it); removing that port frees the interface for the next. A real TAP interface.
+     */
+    @Test
+    void aTapInterfaceServesOnePort() throws Exception {
+        io.iovirt.testing.Require.that(Files.exists(Path.of("/dev/net/tun")), "/dev/net/tun is missing (modprobe tun)");
+        String ifname = "iovd" + (ProcessHandle.current().pid() % 100000);
+        ok("net.add", "id", "a");
+        ok("net.add", "id", "b");
+        try {
+            client.call("net.port.add", p("net", "a", "id", "t1", "kind", "tap", "ifname", ifname));
+        } catch (RpcClient.RemoteError e) {
+            io.iovirt.testing.Require.that(
+                    false, "cannot create a TAP interface here (needs CAP_NET_ADMIN): " + e.getMessage());
+        }
+        for (String net : List.of("b", "a")) {
+            String m = bad(RpcException.EXISTS, "net.port.add", "net", net, "id", "t2", "kind", "tap", "ifname", ifname)
+                    .getMessage();
+            assertTrue(m.contains("TAP interface " + ifname + " is already used by port 't1' of switch 'a'"), m);
+        }
+        ok("net.port.remove", "net", "a", "id", "t1");
+        ok("net.port.add", "net", "b", "id", "t2", "kind", "tap", "ifname", ifname);
+        Map<?, ?> t2 =
+                (Map<?, ?>) ((List<?>) ((Map<?, ?>) ((List<?>) ok("net.list").get("list")).get(1)).get("ports"))
+                        .getFirst();
+        assertEquals(ifname, t2.get("ifname"));
+        assertEquals("up", t2.get("link"));
+    }
+
     @Test
     void netLifecycle() throws Exception {
         assertEquals("net0", ok("net.add").get("id"));

@@ -68,7 +68,7 @@ class DaemonServiceTest {
         try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
                 Daemon d = new Daemon(null);
                 RpcServer rpc = RpcServer.start(dir.resolve("control.sock"), d);
-                Watchdog w = Watchdog.start(SdNotify.of(notify.toString()), 100, d, rpc)) {
+                Watchdog w = Watchdog.start(SdNotify.of(notify.toString()), 100, d, rpc, null)) {
             until(systemd, "WATCHDOG=1");
             java.util.concurrent.CountDownLatch held = new java.util.concurrent.CountDownLatch(1);
             java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
@@ -100,6 +100,69 @@ class DaemonServiceTest {
             untilStartsWith(systemd, "STATUS=not responding: the control socket");
             String m = systemd.receive();
             assertTrue(m.startsWith("STATUS=not responding"), m);
+        }
+    }
+
+    /**
+     * With a /metrics listener the watchdog also asks it to answer: one that accepts connections but serves none (its
+     * exchange threads gone: the server resets them) stops the pings, and STATUS= names it. It was not looked at: a wedged metrics server
+     * kept being reported alive.
+     */
+    @Test
+    void aWedgedMetricsListenerStopsThePings() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+                Daemon d = new Daemon(null);
+                RpcServer rpc = RpcServer.start(dir.resolve("control.sock"), d);
+                Metrics m = Metrics.start("127.0.0.1:0", d);
+                Watchdog w = Watchdog.start(SdNotify.of(notify.toString()), 200, d, rpc, m)) {
+            until(systemd, "WATCHDOG=1");
+            m.exchanges.shutdownNow(); // the dispatcher still accepts, but hands the connections to no one
+            String status = untilStartsWith(
+                    systemd,
+                    "STATUS=not responding: the metrics listener http://127.0.0.1:"
+                            + m.address().getPort() + "/");
+            assertTrue(status.contains("WATCHDOG=1 withheld"), status);
+            for (int i = 0; i < 3; i++) {
+                String n = systemd.receive();
+                assertNotNull(n);
+                assertTrue(n.startsWith("STATUS=not responding"), n);
+            }
+        }
+    }
+
+    /**
+     * A local client that sends half a request and stalls (anyone may connect to the loopback port) holds only its
+     * own exchange thread: other scrapes are answered and the watchdog keeps pinging. On the one shared thread it
+     * stalled every scrape after it — and with the watchdog's check it would have had systemd restart the daemon.
+     */
+    @Test
+    void aStalledMetricsClientStallsNeitherScrapesNorThePings() throws Exception {
+        Path notify = dir.resolve("notify.sock");
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, 60_000);
+                Daemon d = new Daemon(null);
+                RpcServer rpc = RpcServer.start(dir.resolve("control.sock"), d);
+                Metrics m = Metrics.start("127.0.0.1:0", d);
+                Watchdog w = Watchdog.start(SdNotify.of(notify.toString()), 1000, d, rpc, m);
+                java.net.Socket stalled =
+                        new java.net.Socket("127.0.0.1", m.address().getPort())) {
+            until(systemd, "WATCHDOG=1");
+            stalled.getOutputStream().write("GET /metr".getBytes(java.nio.charset.StandardCharsets.US_ASCII));
+            stalled.getOutputStream().flush();
+            systemd.receive(); // a period later: the server has long handed the stalled connection to a thread
+            java.net.http.HttpClient c = java.net.http.HttpClient.newBuilder()
+                    .proxy(java.net.http.HttpClient.Builder.NO_PROXY)
+                    .build();
+            java.net.http.HttpResponse<String> r = c.send(
+                    java.net.http.HttpRequest.newBuilder(java.net.URI.create(
+                                    "http://127.0.0.1:" + m.address().getPort() + "/metrics"))
+                            .timeout(Duration.ofSeconds(10))
+                            .build(),
+                    java.net.http.HttpResponse.BodyHandlers.ofString());
+            assertEquals(200, r.statusCode());
+            assertTrue(r.body().contains("iovirt_build_info"), r.body());
+            until(systemd, "WATCHDOG=1");
+            until(systemd, "WATCHDOG=1");
         }
     }
 

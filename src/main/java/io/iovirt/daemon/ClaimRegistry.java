@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.function.Predicate;
+
+/**
+ * The daemon's claims: what each device, switch and port holds from the moment its add is accepted until it has
+ * stopped ({@link Claim}), and whether the daemon still takes new ones. Adds and removes do their slow work (opening
+ * an image, stopping a device) outside the daemon's lock; between the two, the claim is what refuses a request for the
+ * same id, socket, TAP interface or image.
+ *
+ * <p>Locking: every field here, and every claim's {@link Claim#state}, is guarded by the daemon's registry lock — the
+ * object given to the constructor, the one that also guards the daemon's device maps, so that a claim and the map
+ * entry it stands for change in one step. Methods that say "lock held" expect the caller to hold it (they are part of
+ * a larger change under it); the others take it themselves, only for quick looks and changes, except
+ * {@link #awaitRemovals}, which waits on it.
+ */
+final class ClaimRegistry {
+    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
+
+    /**
+     * What a device, switch or port holds from the moment its add is accepted until it has stopped: its id (a
+     * port's within its switch), its socket and its image, as {@link #socketKey}/{@link #imageKey}, or a TAP port's
+     * interface name. Every add and remove is checked against the claims, so a request for an id, socket or image
+     * that another one is still opening or closing (outside the lock) is refused as in use, like one that runs.
+     */
+    static final class Claim {
+        final String net; // the switch of a port, else null
+        final String id;
+        final String who; // "blk 'a'", "port 'p' of switch 'sw'"
+        final Path socket; // null: none (a switch, a TAP port)
+        final String tap; // a TAP port's interface name as given (the kernel's names are exact), else null
+        final Path image; // null: none
+        final boolean readOnly;
+        private State state = State.ADDING; // guarded by the daemon's lock
+
+        Claim(String net, String id, String who, Path socket, String tap, Path image, boolean readOnly) {
+            this.net = net;
+            this.id = id;
+            this.who = who;
+            this.socket = socket;
+            this.tap = tap;
+            this.image = image;
+            this.readOnly = readOnly;
+        }
+
+        String key() {
+            return key(net, id);
+        }
+
+        static String key(String net, String id) {
+            return net == null ? id : net + "/" + id; // ids have no '/'
+        }
+
+        String describe() {
+            return who + note();
+        }
+
+        /** What a claim whose device does not run (yet, or any more) adds to a refusal. */
+        String note() {
+            return switch (state) {
+                case ADDING -> " (being added)";
+                case ACTIVE -> "";
+                case REMOVING -> " (being removed; try again once it is gone)";
+            };
+        }
+    }
+
+    private enum State {
+        ADDING,
+        ACTIVE,
+        REMOVING
+    }
+
+    /** The daemon's registry lock: guards everything here (see the class comment). */
+    private final Object lock;
+    /** Whether the daemon has an entry (disk, NBD export, switch) with this id; asked with the lock held. */
+    private final Predicate<String> hasDevice;
+    /** Claims by {@link Claim#key}: every device, switch and port that runs or is being added or removed. */
+    private final Map<String, Claim> claims = new LinkedHashMap<>(); // guarded by lock
+    /** The daemon began stopping: no new claims, and adds under way close what they opened. */
+    private boolean closed; // guarded by lock
+
+    /**
+     * @param lock      the daemon's registry lock
+     * @param hasDevice whether the daemon has a disk, NBD export or switch with an id (asked with the lock held)
+     */
+    ClaimRegistry(Object lock, Predicate<String> hasDevice) {
+        this.lock = lock;
+        this.hasDevice = hasDevice;
+    }
+
+    /**
+     * Claims an id, socket and image for an add, or refuses (EXISTS) when a claim holds any of them: the id; the
+     * socket (one check across blk, NBD and port sockets); a TAP port's interface, on any switch — TapPort opens it
+     * single-queue, so the kernel would refuse a second open too (EBUSY), but as if another process held it, and a
+     * port being removed still holds it; the image, unless both are read-only — a second writer
+     * would corrupt it, and a reader would see it torn. Another process's exports are refused by the image lock
+     * instead (a writable NBD export takes it at once, a blk export when its frontend starts).
+     */
+    Claim claim(Claim c) throws RpcException {
+        synchronized (lock) {
+            checkOpen();
+            if (c.net == null) {
+                requireFree(c.id);
+            } else if (claims.containsKey(c.key())) {
+                throw new RpcException(
+                        RpcException.EXISTS,
+                        "switch '" + c.net + "' already has a port '" + c.id + "'"
+                                + claims.get(c.key()).note() + "; choose another id or remove it first");
+            }
+            for (Claim o : claims.values()) {
+                if (c.socket != null && c.socket.equals(o.socket)) {
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "socket " + c.socket + " is already served by " + o.describe()
+                                    + "; choose another path or remove that one first");
+                }
+                if (c.tap != null && c.tap.equals(o.tap)) {
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "TAP interface " + c.tap + " is already used by " + o.describe()
+                                    + "; each port needs its own interface (one interface on two ports would mix"
+                                    + " their frames): choose another ifname or remove that port first");
+                }
+                if (c.image != null && c.image.equals(o.image) && !(c.readOnly && o.readOnly)) {
+                    throw new RpcException(
+                            RpcException.EXISTS,
+                            "image " + c.image + " is already exported by " + o.describe()
+                                    + "; two writers would corrupt it (export it read-only twice, or not at all)");
+                }
+            }
+            claims.put(c.key(), c);
+            return c;
+        }
+    }
+
+    /**
+     * Makes {@code device} visible ({@code put}, under the lock) once its add has started it outside the lock; a
+     * daemon that began stopping meanwhile closes it instead and refuses the add.
+     */
+    void publish(Claim c, String what, AutoCloseable device, Runnable put) throws RpcException {
+        synchronized (lock) {
+            if (!closed) {
+                put.run();
+                c.state = State.ACTIVE;
+                return;
+            }
+        }
+        try {
+            device.close();
+        } catch (Exception e) {
+            LOG.log(System.Logger.Level.WARNING, what + ": closing after the daemon began stopping failed", e);
+        } finally {
+            release(c);
+        }
+        throw new RpcException(RpcException.FAILED, what + ": the daemon is stopping");
+    }
+
+    /** The device of {@code c} runs and is in the daemon's maps (lock held; the caller put it there). */
+    void activate(Claim c) {
+        c.state = State.ACTIVE;
+    }
+
+    /** The claim of {@code key}, now being removed (lock held). */
+    Claim removing(String key) {
+        Claim c = claims.get(key);
+        if (c != null) {
+            c.state = State.REMOVING;
+        }
+        return c;
+    }
+
+    /** Lets go of a claim once its device has stopped (or its add failed). */
+    void release(Claim c) {
+        if (c == null) {
+            return;
+        }
+        synchronized (lock) {
+            claims.remove(c.key(), c);
+            lock.notifyAll(); // close() waits for removals to end
+        }
+    }
+
+    /** Whether a claim holds {@code key} (lock held). */
+    boolean holds(String key) {
+        return claims.containsKey(key);
+    }
+
+    /** Whether a claim or an entry of the daemon has {@code id} (lock held). */
+    boolean taken(String id) {
+        return claims.containsKey(id) || hasDevice.test(id);
+    }
+
+    /** Refuses an id a disk, NBD export or switch already has (ids name all three in one space; lock held). */
+    void requireFree(String id) throws RpcException {
+        if (taken(id)) {
+            Claim c = claims.get(id);
+            throw new RpcException(
+                    RpcException.EXISTS,
+                    "id '" + id + "' is already in use" + (c == null ? "" : " by " + c.describe())
+                            + "; choose another id or remove it first");
+        }
+    }
+
+    /** Whether the daemon began stopping (lock held). */
+    boolean closed() {
+        return closed;
+    }
+
+    /** Refuses a request once the daemon began stopping (lock held). */
+    void checkOpen() throws RpcException {
+        if (closed) {
+            throw new RpcException(RpcException.FAILED, "the daemon is stopping");
+        }
+    }
+
+    /**
+     * The daemon begins stopping (lock held; it takes its running devices out of its maps in the same step and
+     * closes them): no new claims, and the claims of running devices go — those being removed stay until their
+     * removal ends ({@link #awaitRemovals}).
+     */
+    void close() {
+        closed = true;
+        claims.values().removeIf(c -> c.state == State.ACTIVE); // the daemon closes them
+    }
+
+    /** Waits for the removals under way to end (their images are being flushed), naming them every 10 s. */
+    void awaitRemovals() {
+        boolean interrupted = false;
+        long warnAt = System.nanoTime() + 10_000_000_000L;
+        synchronized (lock) {
+            List<String> left;
+            while (!(left = claims.values().stream()
+                            .filter(c -> c.state == State.REMOVING)
+                            .map(c -> c.who)
+                            .toList())
+                    .isEmpty()) {
+                long wait = warnAt - System.nanoTime();
+                if (wait <= 0) {
+                    LOG.log(System.Logger.Level.WARNING, "stopping: still waiting for the removal of " + left);
+                    warnAt += 10_000_000_000L;
+                    continue;
+                }
+                try {
+                    lock.wait(Math.max(1, wait / 1_000_000));
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    /** A socket path as compared: absolute, normalised, its directory's symbolic links resolved (or its own). */
+    static Path socketKey(Path socket) {
+        Path abs = socket.toAbsolutePath().normalize();
+        try {
+            return abs.toRealPath();
+        } catch (IOException | SecurityException e) {
+            // not there yet: its directory decides
+        }
+        Path parent = abs.getParent();
+        if (parent != null) {
+            try {
+                return parent.toRealPath().resolve(abs.getFileName());
+            } catch (IOException | SecurityException e) {
+                // the directory is missing too: listening will say so
+            }
+        }
+        return abs;
+    }
+
+    /** An image path as compared: the file itself, with every symbolic link and {@code .}/{@code ..} resolved. */
+    static Path imageKey(Path image) {
+        return socketKey(image);
+    }
+}
