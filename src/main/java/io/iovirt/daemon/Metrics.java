@@ -8,20 +8,28 @@ import io.iovirt.devices.net.VirtioNetPort;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
 import io.iovirt.virtio.QueueWorker;
+import java.io.File;
 import java.io.IOException;
+import java.io.InputStream;
 import java.io.OutputStream;
 import java.lang.management.GarbageCollectorMXBean;
 import java.lang.management.ManagementFactory;
+import java.net.Inet6Address;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
+import java.net.Socket;
+import java.net.SocketTimeoutException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.ReentrantLock;
 
 /**
  * Prometheus text exposition (format 0.0.4) at {@code http://HOST:PORT/metrics}, on a loopback address only: the
@@ -37,11 +45,11 @@ public final class Metrics implements AutoCloseable {
     private final HttpServer server;
     private final Daemon daemon;
     /** Runs each exchange on a virtual thread of its own (package-private: a test breaks it to wedge the listener). */
-    final java.util.concurrent.ExecutorService exchanges;
+    final ExecutorService exchanges;
     /** One render at a time, as when one thread served every scrape: concurrent scrapes do not multiply the work. */
-    private final java.util.concurrent.locks.ReentrantLock rendering = new java.util.concurrent.locks.ReentrantLock();
+    private final ReentrantLock rendering = new ReentrantLock();
 
-    private Metrics(HttpServer server, Daemon daemon, java.util.concurrent.ExecutorService exchanges) {
+    private Metrics(HttpServer server, Daemon daemon, ExecutorService exchanges) {
         this.server = server;
         this.daemon = daemon;
         this.exchanges = exchanges;
@@ -96,22 +104,22 @@ public final class Metrics implements AutoCloseable {
     String unanswered(long timeoutMillis) {
         InetSocketAddress a = server.getAddress();
         String url = "http://"
-                + (a.getAddress() instanceof java.net.Inet6Address
+                + (a.getAddress() instanceof Inet6Address
                         ? "[" + a.getAddress().getHostAddress() + "]"
                         : a.getAddress().getHostAddress())
                 + ":" + a.getPort() + "/";
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMillis);
-        try (java.net.Socket sock = new java.net.Socket()) {
+        try (Socket sock = new Socket()) {
             sock.connect(a, (int) Math.max(1, timeoutMillis));
             sock.getOutputStream()
                     .write("GET / HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n"
                             .getBytes(StandardCharsets.US_ASCII));
             StringBuilder status = new StringBuilder();
-            java.io.InputStream in = sock.getInputStream();
+            InputStream in = sock.getInputStream();
             while (status.indexOf("\n") < 0) {
                 long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
                 if (left <= 0) {
-                    throw new java.net.SocketTimeoutException();
+                    throw new SocketTimeoutException();
                 }
                 sock.setSoTimeout((int) left);
                 int c = in.read();
@@ -124,7 +132,7 @@ public final class Metrics implements AutoCloseable {
                     ? null
                     : "the metrics listener " + url + " answered "
                             + status.toString().strip() + " for /, not 404";
-        } catch (java.net.SocketTimeoutException e) {
+        } catch (SocketTimeoutException e) {
             return "the metrics listener " + url + " did not answer within " + timeoutMillis + " ms";
         } catch (IOException e) {
             return "the metrics listener " + url + " no longer answers: " + e.getMessage();
@@ -256,7 +264,7 @@ public final class Metrics implements AutoCloseable {
 
     /** The whole exposition now. */
     static String render(Daemon daemon) {
-        List<Family> o = new java.util.ArrayList<>();
+        List<Family> o = new ArrayList<>();
         List<BlkExport> blks = daemon.blkExports();
         Map<NetSwitch, List<NetSwitch.PortEntry>> nets = daemon.switchPorts(); // copied under the daemon's lock
 
@@ -489,7 +497,7 @@ public final class Metrics implements AutoCloseable {
     }
 
     private static long openFds() {
-        String[] l = new java.io.File("/proc/self/fd").list();
+        String[] l = new File("/proc/self/fd").list();
         return l == null ? 0 : l.length;
     }
 
