@@ -15,15 +15,11 @@ import io.iovirt.storage.RawImage;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
-import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.atomic.AtomicLongArray;
 import java.util.concurrent.locks.ReentrantLock;
-import java.util.zip.DataFormatException;
-import java.util.zip.Inflater;
 
 /**
  * A qcow2 image (version 3; version 2 read-only): L1/L2 tables, refcounts, cluster allocation, copy-on-write from
@@ -34,7 +30,7 @@ import java.util.zip.Inflater;
  * a lock-free {@link MetaCache} and their entries read with volatile semantics, and the data I/O goes straight to
  * the file (through the caller's io_uring when the request is one host extent). Anything that changes metadata —
  * allocating a cluster (copy-on-write), zeroing, discarding, loading or evicting a table, flushing — runs under one
- * metadata lock.
+ * metadata lock, {@link #meta}: the same lock guards {@link Refcounts} (every method of it requires the lock).
  *
  * <h2>Crash consistency</h2>
  * Metadata is written back, in the order that keeps the image consistent at every instant (a crash leaks clusters
@@ -50,13 +46,28 @@ import java.util.zip.Inflater;
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
  * could not write back may be lost, and a later fdatasync would not say so.
  * Evicting a dirty table runs the same flush first. Lazy refcounts are never used (so the dirty bit is never set by
- * iovirt); an image another program left dirty is repaired when opened for writing ({@link #rebuildRefcounts}).
+ * iovirt); an image another program left dirty is repaired when opened for writing
+ * ({@link Refcounts#rebuildRefcounts}).
+ *
+ * <h2>Where it is implemented</h2>
+ * This class is the image's public face and everything that maps the guest's disk: opening the backing chain, the
+ * L1 and L2 tables (lookup, allocation of L2 tables, growing the L1 on resize), the read, write, zero and discard
+ * paths, the metadata I/O (cache loading, the staging buffer, fdatasync and its failure) and the flush, whose order
+ * above is {@link #flushMetadata}. The rest, in the order QEMU splits qcow2.c:
+ * <ul>
+ * <li>{@link Refcounts} (QEMU's qcow2-refcount.c): the refcount table and blocks, the cluster allocator, the
+ * deferred decrements of rule 3, the new refcount blocks and tables of rule 4, and the repair of a dirty image;</li>
+ * <li>{@link MetadataLayout}: where the image's own metadata lies: the checks an image passes before it is opened
+ * for writing, and the functions of the index of metadata clusters a data write must not land on (the index itself
+ * is {@link #metadataClusters}, read lock-free by the data path);</li>
+ * <li>{@link CompressedClusters}: where a compressed cluster's data lies and its inflation (lock-free);</li>
+ * <li>{@link MetaCache} (QEMU's qcow2-cache.c): the cache of L2 tables and of refcount blocks.</li>
+ * </ul>
  */
 public final class Qcow2Image implements DiskImage {
     /** Default metadata cache: L2 tables covering 32 MiB of table data (256 GiB of disk at 64 KiB clusters). */
     public static final long DEFAULT_L2_CACHE_BYTES = 32L << 20;
 
-    private static final long DEFAULT_REFCOUNT_CACHE_BYTES = 4L << 20;
     private static final int MAX_CHAIN = 32;
     private static final ThreadLocal<int[]> DEPTH = ThreadLocal.withInitial(() -> new int[1]);
 
@@ -77,7 +88,6 @@ public final class Qcow2Image implements DiskImage {
     /** Writes refused now: opened read-only, or switched with {@link #setReadOnly} (changes under the lock). */
     private volatile boolean readOnly;
 
-    private final Qcow2Header header;
     private final int clusterBits;
     private final long clusterSize;
     private final int l2Bits;
@@ -90,15 +100,8 @@ public final class Qcow2Image implements DiskImage {
 
     private int l1DirtyLo = Integer.MAX_VALUE;
     private int l1DirtyHi;
-    private long refTableOffset;
-    private int refTableClusters;
-    private long[] refTable;
-    private final int refcountOrder;
-    private final long refBlockEntries;
-    private final long maxRefcount;
     private final DiskImage backing;
     private final long backingSize;
-    private final int compressedX;
 
     private final ReentrantLock meta = new ReentrantLock();
     private final MetaCache l2Cache;
@@ -108,22 +111,17 @@ public final class Qcow2Image implements DiskImage {
      */
     private volatile java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table> l2ByL1;
 
-    private final MetaCache refCache;
+    /** The refcount table and blocks, the cluster allocator and the deferred decrements (metadata lock held). */
+    private final Refcounts refcounts;
+    /** Where compressed clusters lie and their inflation (lock-free, per-thread buffers). */
+    private final CompressedClusters compressed;
+
     private final Arena arena = Arena.ofShared();
     /** Native staging for metadata I/O and the copy-on-write cluster; used under the metadata lock only. */
     private final MemorySegment staging;
 
     private final MemorySegment cowBuffer;
     private final MemorySegment zeroCluster;
-    private long freeHint;
-    /**
-     * Every cluster from here on is free, whatever a refcount block says: it lies past the end of the file and past
-     * every cluster this image allocated (metadata lock held). The allocator never reads a refcount there, so a
-     * refcount structure claiming clusters the file does not have cannot make it scan beyond what exists.
-     */
-    private long allocEnd;
-    /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
-    private final List<long[]> pendingFree = new ArrayList<>();
 
     private volatile boolean closed;
     /**
@@ -136,23 +134,10 @@ public final class Qcow2Image implements DiskImage {
     /**
      * Sorted cluster indices of every metadata cluster (header, L1 table, refcount table and blocks, L2 tables): a
      * data write whose L2 entry points into one of them is refused, so a crafted or damaged image cannot make a
-     * guest write overwrite the image's own metadata. Copy-on-write under the metadata lock; read lock-free.
+     * guest write overwrite the image's own metadata. Copy-on-write under the metadata lock; read lock-free. Built
+     * and changed by {@link MetadataLayout}'s functions, but kept here: every write to an allocated cluster reads it.
      */
     private volatile long[] metadataClusters = new long[0];
-
-    private final ThreadLocal<Scratch> scratch;
-
-    /** Per-thread decompression state: the last compressed cluster inflated, by its L2 entry. */
-    private static final class Scratch {
-        final Inflater inflater = new Inflater(true);
-        final byte[] out;
-        byte[] in = new byte[0];
-        long key = -1;
-
-        Scratch(int clusterSize) {
-            out = new byte[clusterSize];
-        }
-    }
 
     private Qcow2Image(Path path, RawImage file, boolean readOnly, Qcow2Header h, DiskImage backing, long l2CacheBytes)
             throws IOException {
@@ -163,21 +148,16 @@ public final class Qcow2Image implements DiskImage {
         this.align = direct ? file.blockSize() : 1;
         this.openedReadOnly = readOnly;
         this.readOnly = readOnly;
-        this.header = h;
         this.clusterBits = h.clusterBits();
         this.clusterSize = 1L << clusterBits;
         this.l2Bits = clusterBits - 3;
         this.size = h.size();
         this.backing = backing;
         this.backingSize = backing == null ? 0 : backing.size();
-        this.refcountOrder = h.refcountOrder();
-        this.refBlockEntries = clusterSize * 8 >> refcountOrder;
-        this.maxRefcount = refcountOrder == 6 ? Long.MAX_VALUE : (1L << (1 << refcountOrder)) - 1;
-        this.compressedX = 62 - (clusterBits - 8);
         this.l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
         this.l2Cache = new MetaCache((int) Math.max(4, l2CacheBytes / clusterSize), this::l2Evicted);
-        this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> {});
-        this.scratch = ThreadLocal.withInitial(() -> new Scratch((int) clusterSize));
+        this.refcounts = new Refcounts(this, path, fd, align, h);
+        this.compressed = new CompressedClusters(path, fd, align, clusterBits);
         // L1 and refcount tables are read whole and kept in memory.
         try {
             long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
@@ -191,199 +171,57 @@ public final class Qcow2Image implements DiskImage {
             readMeta(buf, h.l1Offset());
             for (int i = 0; i < h.l1Size(); i++) {
                 long e = buf.get(Qcow2Header.BE64, (long) i * 8);
-                checkTableOffset(e & OFFSET_MASK, "L1 entry " + i);
+                MetadataLayout.checkClusterBoundary(path, clusterSize, e & OFFSET_MASK, "L1 entry " + i);
                 l1.set(i, e);
             }
-            this.refTableOffset = h.refTableOffset();
-            this.refTableClusters = h.refTableClusters();
-            this.refTable = new long[(int) ((long) refTableClusters * clusterSize / 8)];
-            buf = staging.asSlice(0, (long) refTable.length * 8);
-            readMeta(buf, refTableOffset);
-            for (int i = 0; i < refTable.length; i++) {
-                refTable[i] = buf.get(Qcow2Header.BE64, (long) i * 8) & ~511L;
-                checkTableOffset(refTable[i], "refcount table entry " + i);
-            }
+            refcounts.load();
             indexMetadata();
-            this.allocEnd = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
         } catch (Throwable e) { // an OutOfMemoryError too: the arena's native memory is freed only by its close
             closeQuietlyKeepingFile();
             throw e;
         }
     }
 
-    /** (Re)builds {@link #metadataClusters} from the header, L1 and refcount tables. */
-    private void indexMetadata() {
-        java.util.TreeSet<Long> meta = new java.util.TreeSet<>();
-        meta.add(0L);
-        addRange(meta, l1Offset, (long) l1.length() * 8);
-        addRange(meta, refTableOffset, (long) refTableClusters * clusterSize);
-        for (long r : refTable) {
-            if (r != 0) {
-                meta.add(r >>> clusterBits);
-            }
-        }
-        for (int i = 0; i < l1.length(); i++) {
-            long o = l1.get(i) & OFFSET_MASK;
-            if (o != 0) {
-                meta.add(o >>> clusterBits);
-            }
-        }
-        metadataClusters = meta.stream().mapToLong(Long::longValue).toArray();
+    // ---- metadata layout and index (see MetadataLayout) -------------------------------------------------------
+
+    /**
+     * The tables' positions now, to check them or to index them. While opening, or with the metadata lock held.
+     */
+    private MetadataLayout layout() {
+        return new MetadataLayout(
+                path, clusterBits, l1, l1Offset, refcounts.table(), refcounts.tableOffset(), refcounts.tableClusters());
     }
 
-    private void addRange(java.util.Set<Long> set, long offset, long bytes) {
-        for (long c = offset >>> clusterBits; c <= (offset + Math.max(1, bytes) - 1) >>> clusterBits; c++) {
-            set.add(c);
-        }
+    /** (Re)builds {@link #metadataClusters} from the header, L1 and refcount tables (as {@link #layout}). */
+    void indexMetadata() {
+        metadataClusters = layout().clusters();
     }
 
-    /** Records a new metadata cluster (metadata lock held). */
-    private void addMetadataCluster(long offset) {
-        long c = offset >>> clusterBits;
-        long[] old = metadataClusters;
-        int i = Arrays.binarySearch(old, c);
-        if (i >= 0) {
-            return;
-        }
-        int at = -i - 1;
-        long[] n = new long[old.length + 1];
-        System.arraycopy(old, 0, n, 0, at);
-        n[at] = c;
-        System.arraycopy(old, at, n, at + 1, old.length - at);
-        metadataClusters = n;
-    }
-
-    private boolean overlapsMetadata(long host, long len) {
-        long[] m = metadataClusters;
-        for (long c = host >>> clusterBits; c <= (host + len - 1) >>> clusterBits; c++) {
-            if (Arrays.binarySearch(m, c) >= 0) {
-                return true;
-            }
-        }
-        return false;
+    /** Records a new metadata cluster at file offset {@code offset} (metadata lock held). */
+    void addMetadataCluster(long offset) {
+        metadataClusters = MetadataLayout.with(metadataClusters, offset >>> clusterBits);
     }
 
     /**
-     * Refuses, before an image is written, a refcount table that names a refcount block past the end of the file,
-     * the same block twice, or a block on the L1 table or the refcount table itself. Writing through
-     * such a table would count one block for many ranges of clusters, or write refcounts over the image's own
-     * tables; a table of entries all naming one block full of 0xff would make the first allocation scan up to ten
-     * billion clusters under the metadata lock. (Reading needs no refcounts: a read-only open does not check.)
+     * Forgets the {@code clusters} clusters at {@code offset} of a table the header no longer names: free data
+     * clusters from now on (metadata lock held).
      */
-    private void checkRefcountLayout() throws IOException {
-        long fileBytes = FileIo.size(fd);
-        long[] blocks = new long[refTable.length];
-        int n = 0;
-        for (int i = 0; i < refTable.length; i++) {
-            long off = refTable[i];
-            if (off == 0) {
-                continue;
-            }
-            checkTablePointer("refcount table entry " + i + " points at " + off, off, fileBytes);
-            blocks[n++] = off;
-        }
-        long twice = sortAndFindRepeat(blocks, n);
-        if (twice >= 0) {
-            throw damaged("two refcount table entries point at the same refcount block " + twice);
-        }
+    void dropMetadataClusters(long offset, long clusters) {
+        metadataClusters = MetadataLayout.without(metadataClusters, offset >>> clusterBits, clusters);
     }
 
-    /**
-     * Refuses, before an image is written, an L1 table that names an L2 table past the end of the file, the same L2
-     * table twice, or an L2 table on the L1 table, the refcount table or a refcount block. Such an "L2 table" would
-     * be updated and written back by the first write under it, over the L1 table or the refcounts (or, shared, map
-     * two ranges of the disk to one set of clusters). Internal snapshots, whose L1 tables may share L2 tables, are
-     * refused for writing anyway; reading needs none of this, so a read-only open does not check.
-     */
-    private void checkL1Layout() throws IOException {
-        long fileBytes = FileIo.size(fd);
-        long[] blocks = Arrays.stream(refTable).filter(o -> o != 0).sorted().toArray();
-        long[] tables = new long[l1.length()];
-        int n = 0;
-        for (int i = 0; i < l1.length(); i++) {
-            long off = l1.get(i) & OFFSET_MASK;
-            if (off == 0) {
-                continue;
-            }
-            String what = "L1 entry " + i + " points at " + off;
-            // (a refcount block is inside the file: checkRefcountLayout has run, so the order of these is free)
-            checkTablePointer(what, off, fileBytes);
-            if (Arrays.binarySearch(blocks, off) >= 0) {
-                throw damaged(what + ", a refcount block");
-            }
-            tables[n++] = off;
-        }
-        long twice = sortAndFindRepeat(tables, n);
-        if (twice >= 0) {
-            int first = -1;
-            for (int k = 0; ; k++) { // which two (the error path only)
-                if ((l1.get(k) & OFFSET_MASK) == twice) {
-                    if (first >= 0) {
-                        throw damaged(
-                                "L1 entry " + k + " points at " + twice + ", the same L2 table as L1 entry " + first);
-                    }
-                    first = k;
-                }
-            }
-        }
+    /** Whether [host, host+len) touches a metadata cluster. Lock-free. */
+    boolean overlapsMetadata(long host, long len) {
+        return MetadataLayout.firstIn(metadataClusters, host, len, clusterBits) >= 0;
     }
 
-    /**
-     * Refuses a table's pointer to a cluster of its own ({@code what} names the entry and {@code off}): one inside
-     * the L1 table or the refcount table, or past the end of the {@code fileBytes}-byte file.
-     */
-    private void checkTablePointer(String what, long off, long fileBytes) throws IOException {
-        String on = metadataAt(off);
-        if (on != null) {
-            throw damaged(what + ", inside the " + on);
-        }
-        if (off > fileBytes - clusterSize) {
-            throw damaged(what + ", past the end of the file (" + fileBytes + " bytes)");
-        }
-    }
-
-    /** Sorts the first {@code n} offsets (all positive) and returns the smallest that appears twice, or -1. */
-    private static long sortAndFindRepeat(long[] offsets, int n) {
-        Arrays.sort(offsets, 0, n);
-        for (int i = 1; i < n; i++) {
-            if (offsets[i] == offsets[i - 1]) {
-                return offsets[i];
-            }
-        }
-        return -1;
-    }
-
-    /**
-     * Which of the L1 table and the refcount table the cluster at {@code off} lies in, or null. (The header's cluster
-     * cannot be named: a table entry of 0 means none.)
-     */
-    private String metadataAt(long off) {
-        long c = off >>> clusterBits;
-        if (c >= l1Offset >>> clusterBits
-                && c <= (l1Offset + Math.max(1, (long) l1.length() * 8) - 1) >>> clusterBits) {
-            return "L1 table";
-        }
-        if (c >= refTableOffset >>> clusterBits && c < (refTableOffset >>> clusterBits) + refTableClusters) {
-            return "refcount table";
-        }
-        return null;
-    }
-
-    /** The refusal of a damaged image for writing. */
-    private IOException damaged(String what) {
-        return new IOException("qcow2 image " + path + " is damaged: " + what + "; repair it with 'qemu-img check"
-                + " -r all " + path + "' or open it read-only");
-    }
-
-    /** Refuses a data write to [host, host+len) when it touches a metadata cluster. */
+    /** Refuses a data write to [host, host+len) when it touches a metadata cluster. Lock-free. */
     private void checkDataWrite(long guestOffset, long host, long len) throws IOException {
-        long[] m = metadataClusters;
-        for (long c = host >>> clusterBits; c <= (host + len - 1) >>> clusterBits; c++) {
-            if (Arrays.binarySearch(m, c) >= 0) {
-                throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
-                        + " points at metadata cluster " + (c << clusterBits) + "; the write was refused (check the "
-                        + "image with 'qemu-img check " + path + "')");
-            }
+        long c = MetadataLayout.firstIn(metadataClusters, host, len, clusterBits);
+        if (c >= 0) {
+            throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
+                    + " points at metadata cluster " + (c << clusterBits) + "; the write was refused (check the "
+                    + "image with 'qemu-img check " + path + "')");
         }
     }
 
@@ -453,11 +291,11 @@ public final class Qcow2Image implements DiskImage {
             Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
             try {
                 if (!readOnly) {
-                    img.checkRefcountLayout();
-                    img.checkL1Layout();
+                    img.layout().checkForWriting(FileIo.size(file.fd()));
                 }
                 if (!readOnly && (h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
-                    img.rebuildRefcounts(); // the spec: repair refcounts from the L1/L2 tables before accessing it
+                    // the spec: repair refcounts from the L1/L2 tables before accessing it
+                    img.refcounts.rebuildRefcounts();
                 }
                 if (!readOnly && h.autoclear() != 0) {
                     img.clearAutoclear();
@@ -662,7 +500,11 @@ public final class Qcow2Image implements DiskImage {
         return table(l2Cache, offset);
     }
 
-    private MetaCache.Table table(MetaCache cache, long offset) throws IOException {
+    /**
+     * The cached table at {@code offset} in {@code cache} (L2 tables or refcount blocks), loading it; making room may
+     * flush all metadata first. Caller holds the lock.
+     */
+    MetaCache.Table table(MetaCache cache, long offset) throws IOException {
         MetaCache.Table t = cache.get(offset);
         if (t != null) {
             return t;
@@ -675,7 +517,8 @@ public final class Qcow2Image implements DiskImage {
         return cache.put(offset, data);
     }
 
-    private void makeRoom(MetaCache cache) throws IOException {
+    /** Evicts from a full {@code cache}, flushing all metadata first when every table is dirty (lock held). */
+    void makeRoom(MetaCache cache) throws IOException {
         while (cache.full()) {
             if (!cache.evictOne()) {
                 flushMetadata(); // every table is dirty: write them in order, then they can go
@@ -725,7 +568,7 @@ public final class Qcow2Image implements DiskImage {
         long e = l2Entry(guestOffset);
         long in = guestOffset & (clusterSize - 1);
         if ((e & OFLAG_COMPRESSED) != 0) {
-            byte[] c = inflate(e);
+            byte[] c = compressed.inflate(e);
             MemorySegment.copy(MemorySegment.ofArray(c), in, dst, 0, dst.byteSize());
         } else if ((e & OFLAG_ZERO) != 0) {
             dst.fill((byte) 0);
@@ -749,50 +592,6 @@ public final class Qcow2Image implements DiskImage {
         if (fromBacking < n) {
             dst.asSlice(fromBacking).fill((byte) 0);
         }
-    }
-
-    /** Inflates the compressed cluster of L2 entry {@code e} (raw deflate), cached per thread. */
-    private byte[] inflate(long e) throws IOException {
-        Scratch s = scratch.get();
-        if (s.key == e) {
-            return s.out;
-        }
-        long host = e & ((1L << compressedX) - 1);
-        long sectors = ((e & ~OFLAG_COPIED & ~OFLAG_COMPRESSED) >>> compressedX) + 1;
-        int len = (int) (sectors * 512 - (host & 511));
-        if (s.in.length < len) {
-            s.in = new byte[len];
-        }
-        MemorySegment in = MemorySegment.ofArray(s.in).asSlice(0, len);
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment n = a.allocate(len);
-            long got = readFile(fd, n, host, align);
-            MemorySegment.copy(n, 0, in, 0, got);
-            Inflater inf = s.inflater;
-            inf.reset();
-            inf.setInput(s.in, 0, (int) got);
-            int out = 0;
-            while (out < clusterSize) {
-                int k = inf.inflate(s.out, out, (int) clusterSize - out);
-                if (k == 0 && (inf.finished() || inf.needsInput() || inf.needsDictionary())) {
-                    break;
-                }
-                out += k;
-            }
-            if (out < clusterSize) {
-                s.key = -1;
-                throw new IOException("qcow2 image " + path + ": compressed cluster at " + host + " inflates to " + out
-                        + " bytes, not " + clusterSize + " (damaged image: 'qemu-img check " + path + "')");
-            }
-        } catch (DataFormatException ex) {
-            s.key = -1;
-            throw new IOException(
-                    "qcow2 image " + path + ": compressed cluster at " + host + " is not valid deflate data: "
-                            + ex.getMessage(),
-                    ex);
-        }
-        s.key = e;
-        return s.out;
     }
 
     @Override
@@ -840,21 +639,20 @@ public final class Qcow2Image implements DiskImage {
                     && (e & OFFSET_MASK) == 0
                     && ((e & OFLAG_ZERO) != 0 || backing == null || cluster >= backingSize);
             if (zerosBelow && n < clusterSize && !zeroFallocateUnsupported && ((in | n) & (align - 1)) == 0) {
-                long target = allocateCluster();
+                long target = refcounts.allocateCluster();
                 checkDataWrite(cluster, target, clusterSize);
                 if (zeroFill(target)) {
                     src.writeTo(fd, srcPos, n, target + in);
                     t.setEntry(idx, target | OFLAG_COPIED);
                     return;
                 }
-                setRefcount(target >>> clusterBits, 0); // not used after all: the whole-cluster write below takes
-                freeHint = Math.min(freeHint, target >>> clusterBits); // the first free cluster again
+                refcounts.unallocate(target); // not used after all: the whole-cluster write below takes it again
             }
             // Copy-on-write: the cluster's current content, overlaid with the new bytes, goes to a cluster we own.
             MemorySegment buf = cowBuffer;
             if (n < clusterSize) {
                 if ((e & OFLAG_COMPRESSED) != 0) {
-                    MemorySegment.copy(MemorySegment.ofArray(inflate(e)), 0, buf, 0, clusterSize);
+                    MemorySegment.copy(MemorySegment.ofArray(compressed.inflate(e)), 0, buf, 0, clusterSize);
                 } else if ((e & OFLAG_ZERO) != 0) {
                     buf.fill((byte) 0);
                 } else if ((e & OFFSET_MASK) != 0) {
@@ -872,24 +670,18 @@ public final class Qcow2Image implements DiskImage {
                             && (e & OFLAG_COPIED) != 0
                             && (e & OFFSET_MASK) != 0
                     ? e & OFFSET_MASK
-                    : allocateCluster();
+                    : refcounts.allocateCluster();
             checkDataWrite(cluster, target, clusterSize);
             writeFile(fd, buf, target, align);
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
-                pendingFree.add(compressedRange(e));
+                refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
             } else if ((e & OFLAG_ZERO) == 0 && (e & OFFSET_MASK) != 0) {
-                pendingFree.add(new long[] {e & OFFSET_MASK, clusterSize}); // a shared cluster we copied
+                refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize); // a shared cluster we copied
             }
         } finally {
             meta.unlock();
         }
-    }
-
-    private long[] compressedRange(long e) {
-        long host = e & ((1L << compressedX) - 1);
-        long sectors = ((e & ~OFLAG_COPIED & ~OFLAG_COMPRESSED) >>> compressedX) + 1;
-        return new long[] {host, sectors * 512 - (host & 511)};
     }
 
     /** The L2 table covering {@code cluster}, allocating it (zeroed) when absent. Caller holds the lock. */
@@ -904,7 +696,7 @@ public final class Qcow2Image implements DiskImage {
             }
             return l2Table(off);
         }
-        long newOff = allocateCluster();
+        long newOff = refcounts.allocateCluster();
         makeRoom(l2Cache);
         MetaCache.Table t = l2Cache.put(newOff, MetaCache.allocate(clusterSize));
         t.markDirty(0, (int) clusterSize); // written whole at the next flush, before the L1 entry
@@ -983,9 +775,9 @@ public final class Qcow2Image implements DiskImage {
             } else {
                 t.setEntry(idx, OFLAG_ZERO);
                 if ((e & OFLAG_COMPRESSED) != 0) {
-                    pendingFree.add(compressedRange(e));
+                    refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
                 } else if ((e & OFFSET_MASK) != 0 && (e & OFLAG_ZERO) == 0) {
-                    pendingFree.add(new long[] {e & OFFSET_MASK, clusterSize});
+                    refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
                 }
             }
         } finally {
@@ -1060,181 +852,6 @@ public final class Qcow2Image implements DiskImage {
             return 1;
         }
         return (e & OFFSET_MASK) != 0 ? 2 : 0;
-    }
-
-    // ---- refcounts and allocation (metadata lock held) -------------------------------------------------------
-
-    private long refcount(long cluster) throws IOException {
-        long bi = cluster / refBlockEntries;
-        if (bi >= refTable.length || refTable[(int) bi] == 0) {
-            return 0;
-        }
-        MetaCache.Table b = table(refCache, refTable[(int) bi]);
-        return getRef(b.data, cluster % refBlockEntries);
-    }
-
-    private void setRefcount(long cluster, long value) throws IOException {
-        if (value < 0 || value > maxRefcount) {
-            throw new IOException("qcow2 image " + path + ": refcount of cluster " + cluster + " would be " + value);
-        }
-        long bi = cluster / refBlockEntries;
-        ensureRefBlock(bi);
-        MetaCache.Table b = table(refCache, refTable[(int) bi]);
-        long i = cluster % refBlockEntries;
-        setRef(b.data, i, value);
-        int byteLo = (int) ((i << refcountOrder) >>> 3);
-        b.markDirty(byteLo, byteLo + Math.max(1, (1 << refcountOrder) >>> 3));
-    }
-
-    private long getRef(MemorySegment d, long i) {
-        return switch (refcountOrder) {
-            case 6 -> d.get(Qcow2Header.BE64, i * 8);
-            case 5 -> Integer.toUnsignedLong(d.get(Qcow2Header.BE32, i * 4));
-            case 4 ->
-                Short.toUnsignedLong(
-                        d.get(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2));
-            case 3 -> Byte.toUnsignedLong(d.get(ValueLayout.JAVA_BYTE, i));
-            default -> {
-                int bits = 1 << refcountOrder;
-                long bit = i * bits;
-                int b = Byte.toUnsignedInt(d.get(ValueLayout.JAVA_BYTE, bit >>> 3));
-                yield (b >>> (bit & 7)) & ((1 << bits) - 1);
-            }
-        };
-    }
-
-    private void setRef(MemorySegment d, long i, long v) {
-        switch (refcountOrder) {
-            case 6 -> d.set(Qcow2Header.BE64, i * 8, v);
-            case 5 -> d.set(Qcow2Header.BE32, i * 4, (int) v);
-            case 4 ->
-                d.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2, (short) v);
-            case 3 -> d.set(ValueLayout.JAVA_BYTE, i, (byte) v);
-            default -> {
-                int bits = 1 << refcountOrder;
-                long bit = i * bits;
-                int mask = ((1 << bits) - 1) << (bit & 7);
-                int b = Byte.toUnsignedInt(d.get(ValueLayout.JAVA_BYTE, bit >>> 3));
-                d.set(ValueLayout.JAVA_BYTE, bit >>> 3, (byte) ((b & ~mask) | ((int) v << (bit & 7))));
-            }
-        }
-    }
-
-    /** A free cluster, its refcount set to 1 (in memory; written at the next flush, before any reference). */
-    private long allocateCluster() throws IOException {
-        long c = freeHint;
-        while (!isFree(c)) {
-            c++; // ends at allocEnd at the latest: past it only metadata this image placed there is not free
-        }
-        setRefcount(c, 1);
-        freeHint = c + 1;
-        allocEnd = Math.max(allocEnd, c + 1);
-        return c << clusterBits;
-    }
-
-    /**
-     * Whether cluster {@code c} may be handed out, its refcount block made to exist. A metadata cluster whose
-     * refcount says 0 is damage (or a crafted image): handing it out would write an L2 table or guest data over the
-     * header, the L1 or a refcount structure, so it is never free. Past {@link #allocEnd} every other cluster is.
-     */
-    private boolean isFree(long c) throws IOException {
-        if (overlapsMetadata(c << clusterBits, 1) || (c < allocEnd && refcount(c) != 0)) {
-            return false;
-        }
-        ensureRefBlock(c / refBlockEntries); // may place a new refcount block (or table) on c itself
-        return !overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) == 0);
-    }
-
-    /**
-     * Makes refcount block {@code bi} exist. A new block is placed on the first cluster it describes (free: no
-     * block described it, so its refcount was 0) and counts itself; it is written and synced before the refcount
-     * table points to it.
-     */
-    private void ensureRefBlock(long bi) throws IOException {
-        if (bi >= refTable.length) {
-            growRefTable(bi);
-        }
-        if (refTable[(int) bi] != 0) {
-            return;
-        }
-        long cluster = bi * refBlockEntries;
-        long off = cluster << clusterBits;
-        if (overlapsMetadata(off, clusterSize)) {
-            // the block would go over the header or a table: the refcount table lacks a block a consistent image has
-            throw new IOException("qcow2 image " + path + " is damaged: no refcount block covers metadata cluster "
-                    + cluster + "; the write was refused (repair it with 'qemu-img check -r all " + path + "')");
-        }
-        makeRoom(refCache);
-        MemorySegment data = MetaCache.allocate(clusterSize);
-        setRef(data, 0, 1);
-        writeMeta(data, 0, clusterSize, off);
-        sync();
-        refTable[(int) bi] = off;
-        MemorySegment s = staging.asSlice(0, 8);
-        s.set(Qcow2Header.BE64, 0, off);
-        writeFile(fd, s, refTableOffset + bi * 8, align);
-        sync();
-        refCache.put(off, data);
-        addMetadataCluster(off);
-        allocEnd = Math.max(allocEnd, cluster + 1);
-    }
-
-    /**
-     * Grows the refcount table to cover block {@code bi}: a new refcount block and the new table are placed past
-     * every cluster the old table covers (all free), written and synced, then the header is switched to the new
-     * table in one sector write and synced; the old table's clusters are freed.
-     */
-    private void growRefTable(long bi) throws IOException {
-        int oldEntries = refTable.length;
-        long entriesPerCluster = clusterSize / 8;
-        long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
-        if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
-            throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
-                    + " clusters; the image is too large for cluster size " + clusterSize);
-        }
-        long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
-        long blockOff = p << clusterBits;
-        long tableOff = (p + 1) << clusterBits;
-        for (long c = p; c <= p + newClusters; c++) {
-            if (overlapsMetadata(c << clusterBits, 1)) {
-                // a table or block past what the refcount table covers: its refcount was never counted
-                throw new IOException("qcow2 image " + path + " is damaged: metadata cluster " + c + " lies past"
-                        + " what its refcount table covers; the write was refused (repair it with 'qemu-img check"
-                        + " -r all " + path + "')");
-            }
-        }
-        MemorySegment block = MetaCache.allocate(clusterSize);
-        for (long i = 0; i <= newClusters; i++) {
-            setRef(block, i, 1);
-        }
-        writeMeta(block, 0, clusterSize, blockOff);
-        long[] table = Arrays.copyOf(refTable, (int) (newClusters * entriesPerCluster));
-        table[oldEntries] = blockOff;
-        switchRefTable(table, tableOff, newClusters);
-        long oldOff = refTableOffset;
-        int oldClusters = refTableClusters;
-        refTable = table;
-        refTableOffset = tableOff;
-        refTableClusters = (int) newClusters;
-        refCache.put(blockOff, block);
-        addMetadataCluster(blockOff);
-        allocEnd = Math.max(allocEnd, p + 1 + newClusters);
-        for (long i = 0; i < newClusters; i++) {
-            addMetadataCluster(tableOff + i * clusterSize);
-        }
-        long[] m = metadataClusters.clone();
-        for (int i = 0; i < oldClusters; i++) {
-            int k = Arrays.binarySearch(m, (oldOff >>> clusterBits) + i);
-            if (k >= 0) {
-                m[k] = -1; // the old table's clusters become free data clusters
-            }
-        }
-        metadataClusters = Arrays.stream(m).filter(c -> c >= 0).toArray();
-        for (int i = 0; i < oldClusters; i++) {
-            long c = (oldOff >>> clusterBits) + i;
-            setRefcount(c, refcount(c) - 1);
-            freeHint = Math.min(freeHint, c);
-        }
     }
 
     // ---- file access (O_DIRECT-aware) ------------------------------------------------------------------------
@@ -1332,9 +949,7 @@ public final class Qcow2Image implements DiskImage {
             if (entries > l1.length()) {
                 growL1((int) entries);
             }
-            MemorySegment s = staging.asSlice(0, 8);
-            s.set(Qcow2Header.BE64, 0, newSize);
-            writeFile(fd, s, Qcow2Header.OFF_SIZE, align);
+            writeMeta64(Qcow2Header.OFF_SIZE, newSize);
             sync();
             size = newSize;
         } finally {
@@ -1349,7 +964,7 @@ public final class Qcow2Image implements DiskImage {
         long oldClusters = ((long) old.length() * 8 + clusterSize - 1) >>> clusterBits;
         long bytes = ((long) entries * 8 + clusterSize - 1) & -clusterSize;
         int clusters = (int) (bytes >>> clusterBits);
-        long newOff = allocateContiguous(clusters);
+        long newOff = refcounts.allocateContiguous(clusters);
         AtomicLongArray grown = new AtomicLongArray(entries);
         var grownCache = new java.util.concurrent.atomic.AtomicReferenceArray<MetaCache.Table>(entries);
         try (Arena a = Arena.ofConfined()) {
@@ -1376,39 +991,8 @@ public final class Qcow2Image implements DiskImage {
         l2ByL1 = grownCache;
         l1 = grown;
         l1Offset = newOff;
-        long[] m = metadataClusters.clone();
-        for (long i = 0; i < oldClusters; i++) {
-            int k = Arrays.binarySearch(m, (oldOff >>> clusterBits) + i);
-            if (k >= 0) {
-                m[k] = -1; // the old table's clusters become free
-            }
-        }
-        metadataClusters = Arrays.stream(m).filter(c -> c >= 0).toArray();
-        for (long i = 0; i < oldClusters; i++) {
-            long c = (oldOff >>> clusterBits) + i;
-            setRefcount(c, refcount(c) - 1); // the header no longer names them (synced above)
-            freeHint = Math.min(freeHint, c);
-        }
-    }
-
-    /** {@code k} contiguous free clusters, their refcounts set to 1 (in memory). */
-    private long allocateContiguous(int k) throws IOException {
-        long c = freeHint;
-        search:
-        while (true) {
-            for (int i = 0; i < k; i++) {
-                if (!isFree(c + i)) { // as in allocateCluster, so it ends past allocEnd too
-                    c += i + 1;
-                    continue search;
-                }
-            }
-            break;
-        }
-        for (int i = 0; i < k; i++) {
-            setRefcount(c + i, 1);
-        }
-        allocEnd = Math.max(allocEnd, c + k);
-        return c << clusterBits;
+        dropMetadataClusters(oldOff, oldClusters); // the old table's clusters become free
+        refcounts.releaseOldTable(oldOff, oldClusters); // the header no longer names them (synced above)
     }
 
     // ---- flush ---------------------------------------------------------------------------------------------
@@ -1435,7 +1019,7 @@ public final class Qcow2Image implements DiskImage {
     /** Writes dirty metadata in the consistency order; see the class comment. Caller holds the lock. */
     private void flushMetadata() throws IOException {
         checkSynced();
-        for (MetaCache.Table b : refCache.all()) {
+        for (MetaCache.Table b : refcounts.blocks()) {
             writeDirty(b);
         }
         sync(); // data and refcounts before the tables that reference them
@@ -1461,28 +1045,14 @@ public final class Qcow2Image implements DiskImage {
             sync();
         }
         // The dereferences are durable now: their clusters may be counted down (written at the next flush).
-        List<long[]> frees = new ArrayList<>(pendingFree);
-        pendingFree.clear();
-        for (long[] r : frees) {
-            long first = r[0] >>> clusterBits;
-            long last = (r[0] + r[1] - 1) >>> clusterBits;
-            for (long c = first; c <= last; c++) {
-                long rc = refcount(c);
-                if (rc > 0) {
-                    setRefcount(c, rc - 1);
-                    if (rc == 1) {
-                        freeHint = Math.min(freeHint, c);
-                    }
-                }
-            }
-        }
+        refcounts.applyDeferredFrees();
     }
 
     /**
      * fdatasync of the image's file. A failure is kept ({@link #syncFailure}): this and every later flush or write
      * fails with it.
      */
-    private void sync() throws IOException {
+    void sync() throws IOException {
         checkSynced();
         try {
             FileIo.fdatasync(fd);
@@ -1516,13 +1086,27 @@ public final class Qcow2Image implements DiskImage {
         return true;
     }
 
-    private void writeMeta(MemorySegment heap, long from, long len, long fileOffset) throws IOException {
+    /** Writes {@code heap}'s bytes [from, from+len) at {@code fileOffset}, through the staging buffer (lock held). */
+    void writeMeta(MemorySegment heap, long from, long len, long fileOffset) throws IOException {
         MemorySegment s = staging.asSlice(0, len);
         MemorySegment.copy(heap, from, s, 0, len);
         writeFile(fd, s, fileOffset, align);
     }
 
-    private void readMeta(MemorySegment dst, long fileOffset) throws IOException {
+    /** Writes the big-endian 64-bit {@code value} at {@code fileOffset}: a header field, a table entry (lock held). */
+    void writeMeta64(long fileOffset, long value) throws IOException {
+        MemorySegment s = staging.asSlice(0, 8);
+        s.set(Qcow2Header.BE64, 0, value);
+        writeFile(fd, s, fileOffset, align);
+    }
+
+    /** The first {@code bytes} of the native staging buffer for metadata I/O (lock held, or while opening). */
+    MemorySegment staging(long bytes) {
+        return staging.asSlice(0, bytes);
+    }
+
+    /** Reads {@code dst} whole at {@code fileOffset}; metadata past the end of the file is damage. */
+    void readMeta(MemorySegment dst, long fileOffset) throws IOException {
         long got = readFile(fd, dst, fileOffset, align);
         if (got < dst.byteSize()) {
             throw new IOException("qcow2 image " + path + " is truncated: metadata at " + fileOffset + "+"
@@ -1530,160 +1114,21 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
-    private void checkTableOffset(long off, String what) throws IOException {
-        if ((off & (clusterSize - 1)) != 0) {
-            throw new IOException("qcow2 image " + path + " is damaged: " + what + " points at " + off
-                    + ", not a cluster boundary ('qemu-img check " + path + "')");
-        }
-    }
-
     /** Releases what the constructor made, for a failed open (the caller closes the file and the backing chain). */
     private void closeQuietlyKeepingFile() {
         closed = true;
         l2Cache.close();
-        refCache.close();
+        refcounts.close();
         arena.close();
     }
 
-    /**
-     * Memory the dirty-image repair may take for its counts (2 bytes per cluster up to the highest one referenced):
-     * 1 GiB covers 32 TiB of referenced clusters at 64 KiB clusters. A bigger image (or a smaller heap) is sent to
-     * 'qemu-img check -r all' instead of an OutOfMemoryError.
-     */
-    private static final long MAX_REBUILD_COUNT_BYTES = 1L << 30;
-
-    /**
-     * Rebuilds the refcounts of an image whose dirty bit is set (written with lazy refcounts, not closed cleanly):
-     * every cluster the header, the tables and the L2 entries reference is counted; a new refcount table and
-     * blocks describing exactly those (and themselves) are written past the end of the file and synced; then the
-     * header is switched to them in one sector write and synced; then the dirty bit is cleared and synced. A
-     * crash in between leaves the dirty bit set and the old tables in use, so the repair simply runs again. The
-     * old refcount structures become free clusters.
-     *
-     * <p>What it takes is sized by what the metadata references, never by the file's apparent size (a hostile
-     * image can be a 1 KiB header truncated to a terabyte): counts up to the highest referenced cluster, and
-     * refcount blocks only for those and for the new structures (the table's entries for the unreferenced clusters
-     * between them stay 0: no block, refcount 0). Both are bounded, with a clear error beyond the bound.
-     */
-    private void rebuildRefcounts() throws IOException {
-        long fileClusters = Math.max(1, (FileIo.size(fd) + clusterSize - 1) >>> clusterBits);
-        // First pass: the highest referenced cluster, so the counts cover every reference.
-        long[] max = {1}; // the header
-        forEachReference(c -> max[0] = Math.max(max[0], c + 1));
-        if (max[0] > fileClusters) {
-            // A table entry past the end of the file is damage, not a lazy-refcount leftover (data and tables are
-            // written before anything points at them); counting up to it would size the counts by a hostile number.
-            throw new IOException("qcow2 image " + path + " is damaged: a table entry points at cluster " + (max[0] - 1)
-                    + ", past the end of the file (" + fileClusters
-                    + " clusters); its refcounts cannot be rebuilt here: run "
-                    + "'qemu-img check -r all " + path + "'");
-        }
-        long refEnd = max[0];
-        // The new blocks, then the new table, go past the end of the file: nothing the old header names, and
-        // nothing a crash before the switch would need, is overwritten. Blocks: those covering [0, refEnd), and
-        // those covering the new structures themselves (a fixpoint: the structures must describe themselves too).
-        long place = fileClusters;
-        long lowBlocks = (refEnd + refBlockEntries - 1) / refBlockEntries;
-        long blocks = lowBlocks;
-        long tableClusters = 0;
-        long firstHigh = 0;
-        long lastHigh = -1;
-        boolean settled = false;
-        for (int i = 0; i < 64 && !settled; i++) {
-            long newEnd = place + blocks + tableClusters; // exclusive
-            long fh = Math.max(place / refBlockEntries, lowBlocks);
-            long lh = (newEnd - 1) / refBlockEntries;
-            long b = lowBlocks + Math.max(0, lh - fh + 1);
-            long t = ((Math.max(lowBlocks, lh + 1)) * 8 + clusterSize - 1) / clusterSize;
-            settled = b == blocks && t == tableClusters && fh == firstHigh && lh == lastHigh;
-            blocks = b;
-            tableClusters = t;
-            firstHigh = fh;
-            lastHigh = lh;
-        }
-        if (!settled || tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
-            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and is too large to"
-                    + " rebuild its refcounts here: its " + fileClusters + " clusters of " + clusterSize
-                    + " bytes would need a refcount table of more than " + (Qcow2Header.MAX_REFTABLE_BYTES >> 20)
-                    + " MiB; run 'qemu-img check -r all " + path + "'");
-        }
-        if (refEnd * 2 > Math.min(MAX_REBUILD_COUNT_BYTES, Runtime.getRuntime().maxMemory() / 4)) {
-            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and references "
-                    + refEnd + " clusters; rebuilding its refcounts here would take " + (refEnd * 2 >> 20)
-                    + " MiB of memory: run 'qemu-img check -r all " + path + "'");
-        }
-        // Counts up to 65535 in a char each; the rare cluster referenced more often (compressed clusters sharing a
-        // host cluster) continues in a map, so no refcount_order (up to 64 bits) is cut short or wraps around.
-        char[] counts;
-        try {
-            counts = new char[(int) refEnd];
-        } catch (OutOfMemoryError e) {
-            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit); rebuilding its "
-                    + "refcounts needs " + (refEnd * 2 >> 20) + " MiB of memory, which this process does not have"
-                    + " now: run 'qemu-img check -r all " + path + "'");
-        }
-        java.util.Map<Long, Long> many = new java.util.HashMap<>();
-        forEachReference(c -> {
-            int i = (int) c;
-            long n = counts[i] < Character.MAX_VALUE ? ++counts[i] : many.merge(c, 1L, Long::sum) + Character.MAX_VALUE;
-            if (n > maxRefcount) {
-                throw new IOException("qcow2 image " + path + " is damaged: cluster " + c + " is referenced more"
-                        + " than " + maxRefcount + " times (refcount_order " + refcountOrder + "); run"
-                        + " 'qemu-img check -r all " + path + "'");
-            }
-        });
-        long newEnd = place + blocks + tableClusters;
-        long[] table = new long[(int) (tableClusters * clusterSize / 8)];
-        MemorySegment block = MetaCache.allocate(clusterSize);
-        long at = place;
-        for (long b = 0; b <= Math.max(lowBlocks - 1, lastHigh); b++) {
-            if (b >= lowBlocks && b < firstHigh) {
-                continue; // no cluster it describes is referenced or new: no block, every refcount 0
-            }
-            block.fill((byte) 0);
-            long first = b * refBlockEntries;
-            for (long c = first; c < first + refBlockEntries && c < refEnd; c++) {
-                char n = counts[(int) c];
-                if (n != 0) {
-                    setRef(block, c - first, n < Character.MAX_VALUE ? n : n + many.getOrDefault(c, 0L));
-                }
-            }
-            for (long c = Math.max(first, place); c < Math.min(first + refBlockEntries, newEnd); c++) {
-                setRef(block, c - first, 1); // the new blocks and table
-            }
-            long off = at++ << clusterBits;
-            writeMeta(block, 0, clusterSize, off);
-            table[(int) b] = off;
-        }
-        long tableOff = at << clusterBits;
-        switchRefTable(table, tableOff, tableClusters);
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment inc = a.allocate(8);
-            inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
-            writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
-            sync();
-        }
-        refCache.clearAll();
-        refTable = table;
-        refTableOffset = tableOff;
-        refTableClusters = (int) tableClusters;
-        freeHint = 0;
-        allocEnd = Math.max(allocEnd, newEnd);
-        indexMetadata(); // the old refcount table and blocks are free data clusters now
-        System.getLogger(Qcow2Image.class.getName())
-                .log(
-                        System.Logger.Level.WARNING,
-                        "qcow2 image " + path
-                                + " was not closed cleanly (dirty bit, lazy refcounts): refcounts rebuilt from its L1/L2 tables");
-    }
-
     /** What {@link #forEachReference} calls per reference. */
-    private interface ClusterVisitor {
+    interface ClusterVisitor {
         void visit(long cluster) throws IOException;
     }
 
     /** Calls {@code c} once per reference to a cluster: header, L1, L2 tables, data (compressed: each cluster touched). */
-    private void forEachReference(ClusterVisitor c) throws IOException {
+    void forEachReference(ClusterVisitor c) throws IOException {
         c.visit(0);
         for (long x = l1Offset >>> clusterBits; x <= (l1Offset + (long) l1.length() * 8 - 1) >>> clusterBits; x++) {
             c.visit(x);
@@ -1704,8 +1149,8 @@ public final class Qcow2Image implements DiskImage {
             for (long k = 0; k < clusterSize / 8; k++) {
                 long e = s.get(Qcow2Header.BE64, k * 8);
                 if ((e & OFLAG_COMPRESSED) != 0) {
-                    long[] r = compressedRange(e);
-                    for (long x = r[0] >>> clusterBits; x <= (r[0] + r[1] - 1) >>> clusterBits; x++) {
+                    long host = compressed.host(e);
+                    for (long x = host >>> clusterBits; x <= (host + compressed.bytes(e) - 1) >>> clusterBits; x++) {
                         c.visit(x);
                     }
                 } else if ((e & OFFSET_MASK) != 0) {
@@ -1716,9 +1161,7 @@ public final class Qcow2Image implements DiskImage {
     }
 
     private void clearAutoclear() throws IOException {
-        MemorySegment s = staging.asSlice(0, 8);
-        s.set(Qcow2Header.BE64, 0, 0L);
-        writeFile(fd, s, Qcow2Header.OFF_AUTOCLEAR, align);
+        writeMeta64(Qcow2Header.OFF_AUTOCLEAR, 0L);
         sync();
     }
 
@@ -1779,7 +1222,7 @@ public final class Qcow2Image implements DiskImage {
             meta.unlock();
         }
         l2Cache.close();
-        refCache.close();
+        refcounts.close();
         file.close();
         if (backing != null) {
             backing.close();
@@ -1990,27 +1433,6 @@ public final class Qcow2Image implements DiskImage {
         public void close() {
             clear();
             raw.close();
-        }
-    }
-
-    /**
-     * Writes {@code table} as the refcount table at {@code tableOff} ({@code clusters} clusters), syncs it, then
-     * points the header at it in one write and syncs again: a crash leaves the header naming the old table or the
-     * complete new one.
-     */
-    private void switchRefTable(long[] table, long tableOff, long clusters) throws IOException {
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment t = a.allocate(clusters * clusterSize, 4096);
-            for (int i = 0; i < table.length; i++) {
-                t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
-            }
-            writeFile(fd, t, tableOff, align);
-            sync();
-            MemorySegment h = a.allocate(12);
-            h.set(Qcow2Header.BE64, 0, tableOff);
-            h.set(Qcow2Header.BE32, 8, (int) clusters);
-            writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
-            sync();
         }
     }
 }

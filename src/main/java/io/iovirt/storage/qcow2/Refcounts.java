@@ -1,0 +1,517 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage.qcow2;
+
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The refcounts of one {@link Qcow2Image} and the cluster allocator built on them (QEMU's qcow2-refcount.c): the
+ * refcount table (kept whole in memory), the refcount blocks (in their own {@link MetaCache}), the allocation
+ * cursor, the refcount decrements deferred to the next flush, and the rebuild of an image left dirty.
+ *
+ * <p>It keeps two rules of the image's crash-consistency contract (rules 3 and 4 in {@link Qcow2Image}): a refcount
+ * decrement is applied only after the flush that made the dereference durable ({@link #freeAfterFlush},
+ * {@link #applyDeferredFrees}); a new refcount block or refcount table is written and synced before the pointer to
+ * it ({@link #ensureRefBlock}, {@link #growRefTable}, {@link #switchRefTable}). Changed refcounts stay in memory
+ * until the image's flush writes the dirty blocks ({@link #blocks}) first, before the tables that reference what
+ * they count (rule 2; the order itself is {@link Qcow2Image}'s flushMetadata).
+ *
+ * <h2>Locking</h2>
+ * Every method requires the image's metadata lock, or runs while the image is opened (one thread, before it is
+ * shared); {@link #close} runs once the image is marked closed, when nothing calls in any more. Nothing here is read
+ * lock-free: the data path reads neither refcounts nor the refcount table. Loading a refcount block may flush the
+ * whole image to make room in the cache ({@link Qcow2Image#makeRoom}), which comes back here through
+ * {@link #applyDeferredFrees}.
+ */
+final class Refcounts {
+    private static final long DEFAULT_REFCOUNT_CACHE_BYTES = 4L << 20;
+
+    /**
+     * Memory the dirty-image repair may take for its counts (2 bytes per cluster up to the highest one referenced):
+     * 1 GiB covers 32 TiB of referenced clusters at 64 KiB clusters. A bigger image (or a smaller heap) is sent to
+     * 'qemu-img check -r all' instead of an OutOfMemoryError.
+     */
+    private static final long MAX_REBUILD_COUNT_BYTES = 1L << 30;
+
+    private final Qcow2Image img;
+    private final Path path;
+    private final Fd fd;
+    private final int align;
+    private final Qcow2Header header;
+    private final int clusterBits;
+    private final long clusterSize;
+    private final int refcountOrder;
+    /** Refcounts per refcount block. */
+    private final long refBlockEntries;
+
+    private final long maxRefcount;
+    private final MetaCache refCache;
+    private long[] refTable;
+    private long refTableOffset;
+    private int refTableClusters;
+    /** No cluster below it is free, as far as the allocator knows (a lower bound for its scan). */
+    private long freeHint;
+    /**
+     * Every cluster from here on is free, whatever a refcount block says: it lies past the end of the file and past
+     * every cluster this image allocated. The allocator never reads a refcount there, so a refcount structure
+     * claiming clusters the file does not have cannot make it scan beyond what exists.
+     */
+    private long allocEnd;
+    /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
+    private final List<long[]> pendingFree = new ArrayList<>();
+
+    /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
+    Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
+        this.img = img;
+        this.path = path;
+        this.fd = fd;
+        this.align = align;
+        this.header = h;
+        this.clusterBits = h.clusterBits();
+        this.clusterSize = 1L << clusterBits;
+        this.refcountOrder = h.refcountOrder();
+        this.refBlockEntries = clusterSize * 8 >> refcountOrder;
+        this.maxRefcount = refcountOrder == 6 ? Long.MAX_VALUE : (1L << (1 << refcountOrder)) - 1;
+        this.refCache = new MetaCache((int) Math.max(4, DEFAULT_REFCOUNT_CACHE_BYTES / clusterSize), t -> {});
+        this.refTableOffset = h.refTableOffset();
+        this.refTableClusters = h.refTableClusters();
+    }
+
+    /** Reads the refcount table, checking each entry, and places the allocator at the end of the file. */
+    void load() throws IOException {
+        refTable = new long[(int) ((long) refTableClusters * clusterSize / 8)];
+        MemorySegment buf = img.staging((long) refTable.length * 8);
+        img.readMeta(buf, refTableOffset);
+        for (int i = 0; i < refTable.length; i++) {
+            refTable[i] = buf.get(Qcow2Header.BE64, (long) i * 8) & ~511L;
+            MetadataLayout.checkClusterBoundary(path, clusterSize, refTable[i], "refcount table entry " + i);
+        }
+        allocEnd = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
+    }
+
+    /** The refcount table's entries (read-only for the caller: it changes here only). */
+    long[] table() {
+        return refTable;
+    }
+
+    long tableOffset() {
+        return refTableOffset;
+    }
+
+    int tableClusters() {
+        return refTableClusters;
+    }
+
+    /** The cached refcount blocks: a flush writes the dirty ones first, then syncs. */
+    Iterable<MetaCache.Table> blocks() {
+        return refCache.all();
+    }
+
+    /** Drops the cached blocks: the image is closed (its last flush has run) or its open failed. */
+    void close() {
+        refCache.close();
+    }
+
+    // ---- refcounts ---------------------------------------------------------------------------------------------
+
+    private long refcount(long cluster) throws IOException {
+        long bi = cluster / refBlockEntries;
+        if (bi >= refTable.length || refTable[(int) bi] == 0) {
+            return 0;
+        }
+        MetaCache.Table b = img.table(refCache, refTable[(int) bi]);
+        return getRef(b.data, cluster % refBlockEntries);
+    }
+
+    private void setRefcount(long cluster, long value) throws IOException {
+        if (value < 0 || value > maxRefcount) {
+            throw new IOException("qcow2 image " + path + ": refcount of cluster " + cluster + " would be " + value);
+        }
+        long bi = cluster / refBlockEntries;
+        ensureRefBlock(bi);
+        MetaCache.Table b = img.table(refCache, refTable[(int) bi]);
+        long i = cluster % refBlockEntries;
+        setRef(b.data, i, value);
+        int byteLo = (int) ((i << refcountOrder) >>> 3);
+        b.markDirty(byteLo, byteLo + Math.max(1, (1 << refcountOrder) >>> 3));
+    }
+
+    /** Refcount {@code i} of block {@code d}, 1 to 64 bits wide (refcount_order 0 to 6). */
+    private long getRef(MemorySegment d, long i) {
+        return switch (refcountOrder) {
+            case 6 -> d.get(Qcow2Header.BE64, i * 8);
+            case 5 -> Integer.toUnsignedLong(d.get(Qcow2Header.BE32, i * 4));
+            case 4 ->
+                Short.toUnsignedLong(
+                        d.get(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2));
+            case 3 -> Byte.toUnsignedLong(d.get(ValueLayout.JAVA_BYTE, i));
+            default -> {
+                int bits = 1 << refcountOrder;
+                long bit = i * bits;
+                int b = Byte.toUnsignedInt(d.get(ValueLayout.JAVA_BYTE, bit >>> 3));
+                yield (b >>> (bit & 7)) & ((1 << bits) - 1);
+            }
+        };
+    }
+
+    private void setRef(MemorySegment d, long i, long v) {
+        switch (refcountOrder) {
+            case 6 -> d.set(Qcow2Header.BE64, i * 8, v);
+            case 5 -> d.set(Qcow2Header.BE32, i * 4, (int) v);
+            case 4 ->
+                d.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2, (short) v);
+            case 3 -> d.set(ValueLayout.JAVA_BYTE, i, (byte) v);
+            default -> {
+                int bits = 1 << refcountOrder;
+                long bit = i * bits;
+                int mask = ((1 << bits) - 1) << (bit & 7);
+                int b = Byte.toUnsignedInt(d.get(ValueLayout.JAVA_BYTE, bit >>> 3));
+                d.set(ValueLayout.JAVA_BYTE, bit >>> 3, (byte) ((b & ~mask) | ((int) v << (bit & 7))));
+            }
+        }
+    }
+
+    // ---- allocation --------------------------------------------------------------------------------------------
+
+    /**
+     * The file offset of a free cluster, its refcount set to 1 (in memory; written at the next flush, before any
+     * reference to it).
+     */
+    long allocateCluster() throws IOException {
+        long c = freeHint;
+        while (!isFree(c)) {
+            c++; // ends at allocEnd at the latest: past it only metadata this image placed there is not free
+        }
+        setRefcount(c, 1);
+        freeHint = c + 1;
+        allocEnd = Math.max(allocEnd, c + 1);
+        return c << clusterBits;
+    }
+
+    /** The file offset of {@code k} contiguous free clusters, their refcounts set to 1 (in memory). */
+    long allocateContiguous(int k) throws IOException {
+        long c = freeHint;
+        search:
+        while (true) {
+            for (int i = 0; i < k; i++) {
+                if (!isFree(c + i)) { // as in allocateCluster, so it ends past allocEnd too
+                    c += i + 1;
+                    continue search;
+                }
+            }
+            break;
+        }
+        for (int i = 0; i < k; i++) {
+            setRefcount(c + i, 1);
+        }
+        allocEnd = Math.max(allocEnd, c + k);
+        return c << clusterBits;
+    }
+
+    /**
+     * Takes back the cluster at {@code host} that {@link #allocateCluster} handed out and nothing references yet:
+     * its refcount is 0 again at once, and the next allocation may take it.
+     */
+    void unallocate(long host) throws IOException {
+        long c = host >>> clusterBits;
+        setRefcount(c, 0);
+        freeHint = Math.min(freeHint, c);
+    }
+
+    /**
+     * Whether cluster {@code c} may be handed out, its refcount block made to exist. A metadata cluster whose
+     * refcount says 0 is damage (or a crafted image): handing it out would write an L2 table or guest data over the
+     * header, the L1 or a refcount structure, so it is never free. Past {@link #allocEnd} every other cluster is.
+     */
+    private boolean isFree(long c) throws IOException {
+        if (img.overlapsMetadata(c << clusterBits, 1) || (c < allocEnd && refcount(c) != 0)) {
+            return false;
+        }
+        ensureRefBlock(c / refBlockEntries); // may place a new refcount block (or table) on c itself
+        return !img.overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) == 0);
+    }
+
+    // ---- freeing -----------------------------------------------------------------------------------------------
+
+    /**
+     * Counts down, after the next flush, each cluster [host, host+bytes) touches: an L2 entry no longer references
+     * them in memory (a shared or compressed cluster copied out, a cluster discarded), and until that entry is
+     * durable the old one on disk still does.
+     */
+    void freeAfterFlush(long host, long bytes) {
+        pendingFree.add(new long[] {host, bytes});
+    }
+
+    /**
+     * Applies the decrements {@link #freeAfterFlush} deferred. The flush calls it once the dereferences are durable
+     * (its last sync); the changed blocks are written at the next flush.
+     */
+    void applyDeferredFrees() throws IOException {
+        List<long[]> frees = new ArrayList<>(pendingFree);
+        pendingFree.clear();
+        for (long[] r : frees) {
+            long first = r[0] >>> clusterBits;
+            long last = (r[0] + r[1] - 1) >>> clusterBits;
+            for (long c = first; c <= last; c++) {
+                long rc = refcount(c);
+                if (rc > 0) {
+                    setRefcount(c, rc - 1);
+                    if (rc == 1) {
+                        freeHint = Math.min(freeHint, c);
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * Counts down the {@code clusters} clusters at {@code offset} of a table the header no longer names (synced):
+     * an old L1 or refcount table, replaced by a bigger one.
+     */
+    void releaseOldTable(long offset, long clusters) throws IOException {
+        for (long i = 0; i < clusters; i++) {
+            long c = (offset >>> clusterBits) + i;
+            setRefcount(c, refcount(c) - 1);
+            freeHint = Math.min(freeHint, c);
+        }
+    }
+
+    // ---- refcount structures -----------------------------------------------------------------------------------
+
+    /**
+     * Makes refcount block {@code bi} exist. A new block is placed on the first cluster it describes (free: no
+     * block described it, so its refcount was 0) and counts itself; it is written and synced before the refcount
+     * table points to it.
+     */
+    private void ensureRefBlock(long bi) throws IOException {
+        if (bi >= refTable.length) {
+            growRefTable(bi);
+        }
+        if (refTable[(int) bi] != 0) {
+            return;
+        }
+        long cluster = bi * refBlockEntries;
+        long off = cluster << clusterBits;
+        if (img.overlapsMetadata(off, clusterSize)) {
+            // the block would go over the header or a table: the refcount table lacks a block a consistent image has
+            throw new IOException("qcow2 image " + path + " is damaged: no refcount block covers metadata cluster "
+                    + cluster + "; the write was refused (repair it with 'qemu-img check -r all " + path + "')");
+        }
+        img.makeRoom(refCache);
+        MemorySegment data = MetaCache.allocate(clusterSize);
+        setRef(data, 0, 1);
+        img.writeMeta(data, 0, clusterSize, off);
+        img.sync();
+        refTable[(int) bi] = off;
+        img.writeMeta64(refTableOffset + bi * 8, off);
+        img.sync();
+        refCache.put(off, data);
+        img.addMetadataCluster(off);
+        allocEnd = Math.max(allocEnd, cluster + 1);
+    }
+
+    /**
+     * Grows the refcount table to cover block {@code bi}: a new refcount block and the new table are placed past
+     * every cluster the old table covers (all free), written and synced, then the header is switched to the new
+     * table in one sector write and synced; the old table's clusters are freed.
+     */
+    private void growRefTable(long bi) throws IOException {
+        int oldEntries = refTable.length;
+        long entriesPerCluster = clusterSize / 8;
+        long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
+        if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+            throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
+                    + " clusters; the image is too large for cluster size " + clusterSize);
+        }
+        long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
+        long blockOff = p << clusterBits;
+        long tableOff = (p + 1) << clusterBits;
+        for (long c = p; c <= p + newClusters; c++) {
+            if (img.overlapsMetadata(c << clusterBits, 1)) {
+                // a table or block past what the refcount table covers: its refcount was never counted
+                throw new IOException("qcow2 image " + path + " is damaged: metadata cluster " + c + " lies past"
+                        + " what its refcount table covers; the write was refused (repair it with 'qemu-img check"
+                        + " -r all " + path + "')");
+            }
+        }
+        MemorySegment block = MetaCache.allocate(clusterSize);
+        for (long i = 0; i <= newClusters; i++) {
+            setRef(block, i, 1);
+        }
+        img.writeMeta(block, 0, clusterSize, blockOff);
+        long[] table = Arrays.copyOf(refTable, (int) (newClusters * entriesPerCluster));
+        table[oldEntries] = blockOff;
+        switchRefTable(table, tableOff, newClusters);
+        long oldOff = refTableOffset;
+        int oldClusters = refTableClusters;
+        refTable = table;
+        refTableOffset = tableOff;
+        refTableClusters = (int) newClusters;
+        refCache.put(blockOff, block);
+        img.addMetadataCluster(blockOff);
+        allocEnd = Math.max(allocEnd, p + 1 + newClusters);
+        for (long i = 0; i < newClusters; i++) {
+            img.addMetadataCluster(tableOff + i * clusterSize);
+        }
+        img.dropMetadataClusters(oldOff, oldClusters); // the old table's clusters become free data clusters
+        releaseOldTable(oldOff, oldClusters);
+    }
+
+    /**
+     * Writes {@code table} as the refcount table at {@code tableOff} ({@code clusters} clusters), syncs it, then
+     * points the header at it in one write and syncs again: a crash leaves the header naming the old table or the
+     * complete new one.
+     */
+    private void switchRefTable(long[] table, long tableOff, long clusters) throws IOException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment t = a.allocate(clusters * clusterSize, 4096);
+            for (int i = 0; i < table.length; i++) {
+                t.set(Qcow2Header.BE64, (long) i * 8, table[i]);
+            }
+            Qcow2Image.writeFile(fd, t, tableOff, align);
+            img.sync();
+            MemorySegment h = a.allocate(12);
+            h.set(Qcow2Header.BE64, 0, tableOff);
+            h.set(Qcow2Header.BE32, 8, (int) clusters);
+            Qcow2Image.writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
+            img.sync();
+        }
+    }
+
+    // ---- repair ------------------------------------------------------------------------------------------------
+
+    /**
+     * Rebuilds the refcounts of an image whose dirty bit is set (written with lazy refcounts, not closed cleanly):
+     * every cluster the header, the tables and the L2 entries reference is counted; a new refcount table and
+     * blocks describing exactly those (and themselves) are written past the end of the file and synced; then the
+     * header is switched to them in one sector write and synced; then the dirty bit is cleared and synced. A
+     * crash in between leaves the dirty bit set and the old tables in use, so the repair simply runs again. The
+     * old refcount structures become free clusters.
+     *
+     * <p>What it takes is sized by what the metadata references, never by the file's apparent size (a hostile
+     * image can be a 1 KiB header truncated to a terabyte): counts up to the highest referenced cluster, and
+     * refcount blocks only for those and for the new structures (the table's entries for the unreferenced clusters
+     * between them stay 0: no block, refcount 0). Both are bounded, with a clear error beyond the bound.
+     */
+    void rebuildRefcounts() throws IOException {
+        long fileClusters = Math.max(1, (FileIo.size(fd) + clusterSize - 1) >>> clusterBits);
+        // First pass: the highest referenced cluster, so the counts cover every reference.
+        long[] max = {1}; // the header
+        img.forEachReference(c -> max[0] = Math.max(max[0], c + 1));
+        if (max[0] > fileClusters) {
+            // A table entry past the end of the file is damage, not a lazy-refcount leftover (data and tables are
+            // written before anything points at them); counting up to it would size the counts by a hostile number.
+            throw new IOException("qcow2 image " + path + " is damaged: a table entry points at cluster "
+                    + (max[0] - 1) + ", past the end of the file (" + fileClusters
+                    + " clusters); its refcounts cannot be rebuilt here: run "
+                    + "'qemu-img check -r all " + path + "'");
+        }
+        long refEnd = max[0];
+        // The new blocks, then the new table, go past the end of the file: nothing the old header names, and
+        // nothing a crash before the switch would need, is overwritten. Blocks: those covering [0, refEnd), and
+        // those covering the new structures themselves (a fixpoint: the structures must describe themselves too).
+        long place = fileClusters;
+        long lowBlocks = (refEnd + refBlockEntries - 1) / refBlockEntries;
+        long blocks = lowBlocks;
+        long tableClusters = 0;
+        long firstHigh = 0;
+        long lastHigh = -1;
+        boolean settled = false;
+        for (int i = 0; i < 64 && !settled; i++) {
+            long newEnd = place + blocks + tableClusters; // exclusive
+            long fh = Math.max(place / refBlockEntries, lowBlocks);
+            long lh = (newEnd - 1) / refBlockEntries;
+            long b = lowBlocks + Math.max(0, lh - fh + 1);
+            long t = ((Math.max(lowBlocks, lh + 1)) * 8 + clusterSize - 1) / clusterSize;
+            settled = b == blocks && t == tableClusters && fh == firstHigh && lh == lastHigh;
+            blocks = b;
+            tableClusters = t;
+            firstHigh = fh;
+            lastHigh = lh;
+        }
+        if (!settled || tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and is too large to"
+                    + " rebuild its refcounts here: its " + fileClusters + " clusters of " + clusterSize
+                    + " bytes would need a refcount table of more than " + (Qcow2Header.MAX_REFTABLE_BYTES >> 20)
+                    + " MiB; run 'qemu-img check -r all " + path + "'");
+        }
+        if (refEnd * 2 > Math.min(MAX_REBUILD_COUNT_BYTES, Runtime.getRuntime().maxMemory() / 4)) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit) and references "
+                    + refEnd + " clusters; rebuilding its refcounts here would take " + (refEnd * 2 >> 20)
+                    + " MiB of memory: run 'qemu-img check -r all " + path + "'");
+        }
+        // Counts up to 65535 in a char each; the rare cluster referenced more often (compressed clusters sharing a
+        // host cluster) continues in a map, so no refcount_order (up to 64 bits) is cut short or wraps around.
+        char[] counts;
+        try {
+            counts = new char[(int) refEnd];
+        } catch (OutOfMemoryError e) {
+            throw new IOException("qcow2 image " + path + " was not closed cleanly (dirty bit); rebuilding its "
+                    + "refcounts needs " + (refEnd * 2 >> 20) + " MiB of memory, which this process does not have"
+                    + " now: run 'qemu-img check -r all " + path + "'");
+        }
+        Map<Long, Long> many = new HashMap<>();
+        img.forEachReference(c -> {
+            int i = (int) c;
+            long n = counts[i] < Character.MAX_VALUE ? ++counts[i] : many.merge(c, 1L, Long::sum) + Character.MAX_VALUE;
+            if (n > maxRefcount) {
+                throw new IOException("qcow2 image " + path + " is damaged: cluster " + c + " is referenced more"
+                        + " than " + maxRefcount + " times (refcount_order " + refcountOrder + "); run"
+                        + " 'qemu-img check -r all " + path + "'");
+            }
+        });
+        long newEnd = place + blocks + tableClusters;
+        long[] table = new long[(int) (tableClusters * clusterSize / 8)];
+        MemorySegment block = MetaCache.allocate(clusterSize);
+        long at = place;
+        for (long b = 0; b <= Math.max(lowBlocks - 1, lastHigh); b++) {
+            if (b >= lowBlocks && b < firstHigh) {
+                continue; // no cluster it describes is referenced or new: no block, every refcount 0
+            }
+            block.fill((byte) 0);
+            long first = b * refBlockEntries;
+            for (long c = first; c < first + refBlockEntries && c < refEnd; c++) {
+                char n = counts[(int) c];
+                if (n != 0) {
+                    setRef(block, c - first, n < Character.MAX_VALUE ? n : n + many.getOrDefault(c, 0L));
+                }
+            }
+            for (long c = Math.max(first, place); c < Math.min(first + refBlockEntries, newEnd); c++) {
+                setRef(block, c - first, 1); // the new blocks and table
+            }
+            long off = at++ << clusterBits;
+            img.writeMeta(block, 0, clusterSize, off);
+            table[(int) b] = off;
+        }
+        long tableOff = at << clusterBits;
+        switchRefTable(table, tableOff, tableClusters);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment inc = a.allocate(8);
+            inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
+            Qcow2Image.writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
+            img.sync();
+        }
+        refCache.clearAll();
+        refTable = table;
+        refTableOffset = tableOff;
+        refTableClusters = (int) tableClusters;
+        freeHint = 0;
+        allocEnd = Math.max(allocEnd, newEnd);
+        img.indexMetadata(); // the old refcount table and blocks are free data clusters now
+        System.getLogger(Qcow2Image.class.getName())
+                .log(
+                        System.Logger.Level.WARNING,
+                        "qcow2 image " + path
+                                + " was not closed cleanly (dirty bit, lazy refcounts): refcounts rebuilt from its L1/L2 tables");
+    }
+}
