@@ -151,9 +151,7 @@ final class Refcounts {
         return switch (refcountOrder) {
             case 6 -> d.get(Qcow2Header.BE64, i * 8);
             case 5 -> Integer.toUnsignedLong(d.get(Qcow2Header.BE32, i * 4));
-            case 4 ->
-                Short.toUnsignedLong(
-                        d.get(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2));
+            case 4 -> Short.toUnsignedLong(d.get(Qcow2Header.BE16, i * 2));
             case 3 -> Byte.toUnsignedLong(d.get(ValueLayout.JAVA_BYTE, i));
             default -> {
                 int bits = 1 << refcountOrder;
@@ -168,8 +166,7 @@ final class Refcounts {
         switch (refcountOrder) {
             case 6 -> d.set(Qcow2Header.BE64, i * 8, v);
             case 5 -> d.set(Qcow2Header.BE32, i * 4, (int) v);
-            case 4 ->
-                d.set(ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(java.nio.ByteOrder.BIG_ENDIAN), i * 2, (short) v);
+            case 4 -> d.set(Qcow2Header.BE16, i * 2, (short) v);
             case 3 -> d.set(ValueLayout.JAVA_BYTE, i, (byte) v);
             default -> {
                 int bits = 1 << refcountOrder;
