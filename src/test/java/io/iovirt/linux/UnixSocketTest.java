@@ -9,11 +9,11 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.OpenFiles;
 import java.io.EOFException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.net.SocketTimeoutException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
@@ -24,12 +24,6 @@ import org.junit.jupiter.api.io.TempDir;
 
 @Timeout(30)
 class UnixSocketTest {
-    private static int openFdCount() throws Exception {
-        try (var s = Files.list(Path.of("/proc/self/fd"))) {
-            return (int) s.count();
-        }
-    }
-
     private static MemorySegment bytes(Arena a, String s) {
         return a.allocateFrom(s).asSlice(0, s.length());
     }
@@ -69,13 +63,13 @@ class UnixSocketTest {
                 UnixSocket b = p[1];
                 Arena arena = Arena.ofConfined()) {
             EventFd[] e = {EventFd.create(true), EventFd.create(true), EventFd.create(true), EventFd.create(true)};
-            int before = openFdCount();
+            OpenFiles.Snapshot before = OpenFiles.snapshot();
             a.send(bytes(arena, "x"), e[0].fd(), e[1].fd(), e[2].fd(), e[3].fd());
             // Accepting 1: CMSG_SPACE rounding leaves room for 2, so the kernel delivers 2 and truncates the rest.
             TooManyFdsException ex = assertThrows(TooManyFdsException.class, () -> b.recv(arena.allocate(1), 1));
             assertEquals(1, ex.max());
             assertTrue(ex.getMessage().contains("at most 1"), ex.getMessage());
-            assertEquals(before, openFdCount(), "every received descriptor was closed");
+            assertEquals(List.of(), before.openedSince(), "every received descriptor was closed; still open");
             for (EventFd x : e) {
                 x.close();
             }
@@ -89,10 +83,10 @@ class UnixSocketTest {
                 UnixSocket b = p[1];
                 Arena arena = Arena.ofConfined();
                 EventFd e = EventFd.create(true)) {
-            int before = openFdCount();
+            OpenFiles.Snapshot before = OpenFiles.snapshot();
             a.send(bytes(arena, "abcd"), e.fd());
             assertThrows(TooManyFdsException.class, () -> b.recvFully(arena.allocate(4), 0));
-            assertEquals(before, openFdCount());
+            assertEquals(List.of(), before.openedSince(), "the refused descriptors were closed; still open");
         }
     }
 
@@ -104,10 +98,10 @@ class UnixSocketTest {
                 Arena arena = Arena.ofConfined();
                 EventFd e1 = EventFd.create(true);
                 EventFd e2 = EventFd.create(true)) {
-            int before = openFdCount();
+            OpenFiles.Snapshot before = OpenFiles.snapshot();
             a.send(bytes(arena, "y"), e1.fd(), e2.fd()); // exactly fills CMSG_SPACE(4): no MSG_CTRUNC from the kernel
             assertThrows(TooManyFdsException.class, () -> b.recv(arena.allocate(1), 1));
-            assertEquals(before, openFdCount());
+            assertEquals(List.of(), before.openedSince(), "the refused descriptors were closed; still open");
         }
     }
 

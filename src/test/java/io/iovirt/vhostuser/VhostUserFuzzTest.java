@@ -9,6 +9,7 @@ import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.MemFd;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.testing.OpenFiles;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -17,7 +18,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 
@@ -69,7 +69,7 @@ class VhostUserFuzzTest {
     @FuzzTest(maxDuration = "10s")
     void messages(byte[] data) throws Exception {
         int n = Math.min(data.length, MAX_INPUT);
-        long before = openFds();
+        OpenFiles.Snapshot before = OpenFiles.snapshot();
         List<Fd> mine = new ArrayList<>();
         UnixSocket[] pair = UnixSocket.pair();
         try (Arena a = Arena.ofConfined()) {
@@ -119,7 +119,7 @@ class VhostUserFuzzTest {
             pair[1].close();
             Fd.closeAll(mine);
         }
-        assertEquals(before, openFds(), "descriptors left open after the connection ended");
+        assertEquals(List.of(), before.openedSince(), "descriptors left open after the connection ended");
     }
 
     /** One descriptor of each kind in {@link #KINDS}, recorded in {@code mine} to be closed after the input. */
@@ -142,11 +142,5 @@ class VhostUserFuzzTest {
         Fd devNull = FileIo.open(Path.of("/dev/null"), FileIo.O_RDWR | FileIo.O_CLOEXEC);
         mine.add(devNull);
         return new Fd[] {memory, blocking.fd(), nonBlocking.fd(), directory, file, sockets[0].fd(), devNull, small};
-    }
-
-    private static long openFds() throws IOException {
-        try (Stream<Path> s = Files.list(Path.of("/proc/self/fd"))) {
-            return s.count();
-        }
     }
 }

@@ -9,6 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.OpenFiles;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.file.Files;
@@ -16,7 +17,6 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.stream.Stream;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -64,22 +64,16 @@ class Qcow2DamagedImageTest {
         return readLong(p, readLong(p, 40) + 8L * i) & Qcow2Image.OFFSET_MASK;
     }
 
-    static long openFds() throws IOException {
-        try (Stream<Path> s = Files.list(Path.of("/proc/self/fd"))) {
-            return s.count();
-        }
-    }
-
     /** Opens {@code img} for writing twice, expecting the same refusal; asserts no descriptor stays open. */
     static IOException refusedForWriting(Path img) throws IOException {
-        long fds = openFds();
+        OpenFiles.Snapshot fds = OpenFiles.snapshot();
         IOException e = assertThrows(
                 IOException.class, () -> Qcow2Image.open(img, false).close());
         // the second open is refused for the same reason (not "already open"), and nothing was left open
         IOException again = assertThrows(
                 IOException.class, () -> Qcow2Image.open(img, false).close());
         assertEquals(e.getMessage(), again.getMessage());
-        assertEquals(fds, openFds(), "a failed open left a descriptor open");
+        assertEquals(List.of(), fds.openedSince(), "a failed open left descriptors open");
         return e;
     }
 
