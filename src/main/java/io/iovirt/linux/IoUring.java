@@ -8,6 +8,7 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
 import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemoryLayout;
 import java.lang.foreign.MemorySegment;
@@ -30,7 +31,9 @@ import java.util.Objects;
  * {@link #capacity()} operations may be outstanding (prepared and not yet completed), which is the CQ size, and the
  * prepare methods refuse more, so single-shot operations never overflow the CQ. A multishot poll may post more
  * completions than that between two reaps; the kernel (FEAT_NODROP, 5.5) then keeps them aside rather than drop
- * them, and ends the multishot operation, which its owner re-arms.
+ * them, and ends the multishot operation, which its owner re-arms. The CQ head moving does not bring them in: only
+ * an io_uring_enter with GETEVENTS does, which {@link #reap} makes when the SQ ring's flags say some wait
+ * (IORING_SQ_CQ_OVERFLOW), as liburing's peek does.
  *
  * <p>Memory given to an operation (the iovec array and the buffers it points at, or a plain buffer) holds raw
  * addresses in the SQE: the caller keeps it mapped until the operation's completion has been reaped.
@@ -82,6 +85,8 @@ public final class IoUring implements AutoCloseable {
     static final int SETUP_CLAMP = 1 << 4;
     static final int SETUP_COOP_TASKRUN = 1 << 8;
     static final int SETUP_TASKRUN_FLAG = 1 << 9;
+    /** sq_ring->flags: completions the CQ had no room for wait in the kernel for an enter with GETEVENTS. */
+    static final int SQ_CQ_OVERFLOW = 1 << 1;
     /** sq_ring->flags: completions wait as task work for the ring's thread to enter the kernel (TASKRUN_FLAG). */
     static final int SQ_TASKRUN = 1 << 2;
 
@@ -212,6 +217,11 @@ public final class IoUring implements AutoCloseable {
     private int outstanding;
 
     private boolean eventFdRegistered;
+    /**
+     * A multishot operation was prepared: only such an operation posts more completions than are outstanding, so
+     * only then can the CQ overflow and {@link #reap} has to look at the SQ flags (a ring without one pays nothing).
+     */
+    private boolean multishot;
     /** Files registered with {@link #registerFiles}, by index; compared by identity, never by descriptor number. */
     private Fd[] fixedFiles = new Fd[0];
 
@@ -495,6 +505,7 @@ public final class IoUring implements AutoCloseable {
      */
     public void pollMultishot(Fd file, int events, long userData) {
         prep(OP_POLL_ADD, 0, file.get(), 0, 0, POLL_ADD_MULTI, events, userData);
+        multishot = true;
     }
 
     /**
@@ -644,29 +655,57 @@ public final class IoUring implements AutoCloseable {
     // ---- completions -----------------------------------------------------------------------------------------
 
     /**
-     * Passes every completion now in the CQ to {@code handler}, oldest first, without entering the kernel. Each CQ
-     * slot is returned to the kernel before its handler call, so a handler that throws loses nothing else: the
-     * remaining completions wait for the next call.
+     * Passes every completion now in the CQ to {@code handler}, oldest first, without entering the kernel — unless a
+     * multishot operation overflowed the CQ: then the completions the kernel kept aside are brought in too (one
+     * io_uring_enter). Each CQ slot is returned to the kernel before its handler call, so a handler that throws loses
+     * nothing else: the remaining completions wait for the next call.
      *
      * @return completions handled
      */
     public <E extends Exception> int reap(CompletionHandler<E> handler) throws E {
-        int tail = (int) U32.getAcquire(cqRing, cqTail);
         int n = 0;
-        while (localCqHead != tail) {
-            long e = cqes + (localCqHead & cqMask) * CQE_BYTES;
-            long userData = cqRing.get(JAVA_LONG, e + CQE_USER_DATA);
-            int res = cqRing.get(JAVA_INT, e + CQE_RES);
-            int flags = cqRing.get(JAVA_INT, e + CQE_FLAGS);
-            localCqHead++;
-            U32.setRelease(cqRing, cqHead, localCqHead);
-            if ((flags & CQE_F_MORE) == 0) { // a multishot operation stays outstanding until its last completion
-                outstanding--;
+        for (; ; ) {
+            int tail = (int) U32.getAcquire(cqRing, cqTail);
+            while (localCqHead != tail) {
+                long e = cqes + (localCqHead & cqMask) * CQE_BYTES;
+                long userData = cqRing.get(JAVA_LONG, e + CQE_USER_DATA);
+                int res = cqRing.get(JAVA_INT, e + CQE_RES);
+                int flags = cqRing.get(JAVA_INT, e + CQE_FLAGS);
+                localCqHead++;
+                U32.setRelease(cqRing, cqHead, localCqHead);
+                if ((flags & CQE_F_MORE) == 0) { // a multishot operation stays outstanding until its last completion
+                    outstanding--;
+                }
+                n++;
+                handler.complete(userData, res, flags);
             }
-            n++;
-            handler.complete(userData, res, flags);
+            if (!multishot || !flushOverflow()) {
+                return n;
+            }
         }
-        return n;
+    }
+
+    /**
+     * Completions the CQ had no room for (a multishot operation's, its last one among them) wait in the kernel's
+     * overflow list until an io_uring_enter with GETEVENTS moves them into the CQ: the CQ head moving does not. Makes
+     * that call when the SQ flags say some wait; true when completions came in.
+     */
+    private boolean flushOverflow() {
+        if (((int) U32.getAcquire(sqRing, sqFlags) & SQ_CQ_OVERFLOW) == 0) {
+            return false;
+        }
+        int r;
+        do {
+            r = Syscalls.ioUringEnter(fd.get(), 0, 0, ENTER_GETEVENTS); // waits for nothing: min_complete 0
+        } while (r == -Errno.EINTR);
+        if (r == -Errno.EAGAIN || r == -Errno.EBUSY) {
+            return false; // short of memory: they stay in the list, the flags set, for the next reap
+        }
+        if (r < 0) {
+            throw new UncheckedIOException(
+                    new LinuxException("io_uring_enter", "ring " + fd + ", flushing overflowed completions", -r));
+        }
+        return (int) U32.getAcquire(cqRing, cqTail) != localCqHead;
     }
 
     /**

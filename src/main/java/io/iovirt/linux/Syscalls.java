@@ -388,31 +388,42 @@ final class Syscalls {
         }
     }
 
-    /** The gid of group {@code name}, or -1 when there is none. */
+    /**
+     * getpwnam(3) and getgrnam(3) return a pointer to one static struct of libc's, which the next call, from any
+     * thread, overwrites: the struct is read under this lock, else a listener setting up a socket's group read the gid
+     * of the group another thread looked up meanwhile (SocketAccess.apply).
+     */
+    private static final Object USER_DATABASE = new Object();
+
     /** The uid of user {@code name} (getpwnam), or -1 when there is no such user. */
     static int userId(MemorySegment name) {
         PerThread t = perThread();
         try {
-            MemorySegment u = (MemorySegment) Files.GETPWNAM.invokeExact(t.capture, name);
-            if (u.equals(MemorySegment.NULL)) {
-                return -1;
+            synchronized (USER_DATABASE) {
+                MemorySegment u = (MemorySegment) Files.GETPWNAM.invokeExact(t.capture, name);
+                if (u.equals(MemorySegment.NULL)) {
+                    return -1;
+                }
+                // struct passwd { char *pw_name; char *pw_passwd; uid_t pw_uid; ...}
+                return u.reinterpret(24).get(JAVA_INT, 16);
             }
-            return u.reinterpret(24)
-                    .get(JAVA_INT, 16); // struct passwd { char *pw_name; char *pw_passwd; uid_t pw_uid; ...}
         } catch (Throwable e) {
             throw unexpected(e);
         }
     }
 
+    /** The gid of group {@code name} (getgrnam), or -1 when there is none. */
     static int groupId(MemorySegment name) {
         PerThread t = perThread();
         try {
-            MemorySegment g = (MemorySegment) Files.GETGRNAM.invokeExact(t.capture, name);
-            if (g.equals(MemorySegment.NULL)) {
-                return -1;
+            synchronized (USER_DATABASE) {
+                MemorySegment g = (MemorySegment) Files.GETGRNAM.invokeExact(t.capture, name);
+                if (g.equals(MemorySegment.NULL)) {
+                    return -1;
+                }
+                // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ...}
+                return g.reinterpret(24).get(JAVA_INT, 16);
             }
-            return g.reinterpret(24)
-                    .get(JAVA_INT, 16); // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ...}
         } catch (Throwable e) {
             throw unexpected(e);
         }

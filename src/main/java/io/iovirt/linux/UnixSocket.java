@@ -63,6 +63,13 @@ public final class UnixSocket implements AutoCloseable {
     private final Fd fd;
     private final String name;
     private volatile long receiveTimeoutMs;
+    /**
+     * Held by {@link #shutdown}, {@link #peerHungUp} and {@link #close}: the calls other threads make on a socket
+     * (to wake its users, or to look at it) against its owner's close. Without it a shutdown that had read the
+     * descriptor number just before the close reached the kernel after it, on whatever the number had become: a
+     * socket or file opened meanwhile by another thread (another frontend's connection).
+     */
+    private final Object closeLock = new Object();
 
     private UnixSocket(Fd fd, String name) {
         this.fd = fd;
@@ -436,9 +443,12 @@ public final class UnixSocket implements AutoCloseable {
     public boolean peerHungUp() throws LinuxException {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment pfd = a.allocate(8, 4); // struct pollfd {int fd; short events; short revents}
-            pfd.set(JAVA_INT, 0, fd.get());
             pfd.set(JAVA_SHORT, 4, (short) (POLLIN | POLLRDHUP));
-            int n = Syscalls.check(Syscalls.poll(pfd, 1, 0), "poll", name);
+            int n;
+            synchronized (closeLock) { // asked from other threads: the number must still be this socket's
+                pfd.set(JAVA_INT, 0, fd.get());
+                n = Syscalls.check(Syscalls.poll(pfd, 1, 0), "poll", name);
+            }
             return n > 0 && (pfd.get(JAVA_SHORT, 6) & (POLLHUP | POLLRDHUP)) != 0;
         }
     }
@@ -474,21 +484,27 @@ public final class UnixSocket implements AutoCloseable {
 
     /**
      * Shuts down one or both directions. On a connected socket this wakes a thread blocked in recv (it sees EOF);
-     * on a listening socket it wakes a thread blocked in accept (EINVAL). An unconnected socket is not an error.
+     * on a listening socket it wakes a thread blocked in accept (EINVAL). An unconnected socket is not an error, nor
+     * is a socket already closed, by another thread too.
      */
     public void shutdown(int how) throws LinuxException {
-        if (!fd.isOpen()) {
-            return;
-        }
-        int r = Syscalls.shutdown(fd.get(), how);
-        if (r < 0 && r != -Errno.ENOTCONN) {
-            Syscalls.check(r, "shutdown", name);
+        synchronized (closeLock) {
+            if (!fd.isOpen()) {
+                return;
+            }
+            int r = Syscalls.shutdown(fd.get(), how);
+            if (r < 0 && r != -Errno.ENOTCONN) {
+                Syscalls.check(r, "shutdown", name);
+            }
         }
     }
 
+    /** Closes the descriptor; waits for a {@link #shutdown} or {@link #peerHungUp} of another thread under way. */
     @Override
     public void close() {
-        fd.close();
+        synchronized (closeLock) {
+            fd.close();
+        }
     }
 
     @Override

@@ -299,6 +299,50 @@ class IoUringTest {
         }
     }
 
+    /**
+     * More wake-ups than the CQ has room for between two reaps end a multishot poll: the kernel keeps the completion
+     * that did not fit — its last one, without F_MORE — in its overflow list, which only an io_uring_enter with
+     * GETEVENTS empties. reap used to read the CQ alone: the owner saw the two completions that fit, both flagged
+     * F_MORE, never the last one, and took the poll for armed while it was over, so every later wake-up was lost.
+     */
+    @Test
+    void aMultishotPollEndedByAFullCqDeliversItsLastCompletionThroughReap() throws Exception {
+        try (IoUring ring = IoUring.create(1, 2);
+                EventFd ev = EventFd.create(true)) {
+            assertEquals(2, ring.cqEntries());
+            ring.pollMultishot(ev.fd(), Epoll.EPOLLIN, 1);
+            ring.submit();
+            for (int i = 0; i < 4; i++) { // each write is a wake-up; the CQ holds two
+                ev.signal();
+                Thread.sleep(2);
+            }
+            List<long[]> seen = new ArrayList<>();
+            ring.reap((ud, res, flags) -> seen.add(new long[] {ud, res, flags}));
+            assertEquals(3, seen.size(), "the two that fit and the one the kernel kept aside");
+            assertTrue((seen.get(0)[2] & IoUring.CQE_F_MORE) != 0);
+            assertTrue((seen.get(1)[2] & IoUring.CQE_F_MORE) != 0);
+            assertEquals(0, seen.get(2)[2] & IoUring.CQE_F_MORE, "the last one says the poll is over");
+            assertTrue((seen.get(2)[1] & Epoll.EPOLLIN) != 0, "with the ready mask: " + seen.get(2)[1]);
+            assertEquals(0, ring.outstanding());
+
+            // The owner re-arms it, and hears the next wake-up.
+            ev.read();
+            seen.clear();
+            ring.pollMultishot(ev.fd(), Epoll.EPOLLIN, 2);
+            ring.submit();
+            ev.signal();
+            ring.submitAndWait(1);
+            ring.reap((ud, res, flags) -> seen.add(new long[] {ud, res, flags}));
+            assertEquals(1, seen.size());
+            assertEquals(2, seen.get(0)[0]);
+            assertTrue((seen.get(0)[2] & IoUring.CQE_F_MORE) != 0, "armed again");
+            ring.cancel(2, 3);
+            ring.submitAndWait(2);
+            ring.reap((ud, res, flags) -> {});
+            assertEquals(0, ring.outstanding());
+        }
+    }
+
     @Test
     void oneShotPollOfABlockingEventFdAndCancellingWhatIsAlreadyDone() throws Exception {
         try (IoUring ring = IoUring.create(4);

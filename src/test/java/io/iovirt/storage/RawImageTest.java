@@ -143,6 +143,48 @@ class RawImageTest {
         }
     }
 
+    /**
+     * The image file shrinks under the disk (another process truncates it): an io_uring read across the new end
+     * completes short, with the bytes up to it. What the guest gets past the end must be zeros, as a pread past the
+     * end reads (and as QEMU's file driver answers), never what its buffer held before.
+     */
+    @Test
+    void aReadThroughIoUringAcrossTheEndOfAShrunkFileFillsThePastTheEndWithZeros() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path p = image(1 << 20);
+        byte[] data = new byte[16384];
+        new Random(13).nextBytes(data);
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+            f.seek(65536);
+            f.write(data);
+        }
+        try (RawImage img = RawImage.open(p, false, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+                f.setLength(65536 + 6000); // cut in the middle of the range read next
+            }
+            MemorySegment iovMemory = arena.allocate(IoVec.bytes(4), 8);
+            RawImage.IoContext io = img.newContext(IoVec.over(iovMemory), null);
+            MemorySegment guest = arena.allocate(16384, 4096);
+            guest.fill((byte) 0x5a); // stale contents of the guest's buffers
+            io.clear();
+            io.add(guest.asSlice(0, 4096));
+            io.add(guest.asSlice(4096));
+            assertTrue(io.submitRead(ring, 65536, 1));
+            ring.submitAndWait(1);
+            int[] res = new int[1];
+            ring.reap((ud, r, fl) -> res[0] = r);
+            assertEquals(6000, res[0], "the kernel reads up to the new end");
+            io.completed(false, 65536, res[0]);
+            byte[] expected = new byte[16384];
+            System.arraycopy(data, 0, expected, 0, 6000);
+            assertArrayEquals(expected, guest.toArray(ValueLayout.JAVA_BYTE), "the data, then zeros");
+            io.close();
+        }
+    }
+
     @Test
     void outOfRangeAndReadOnlyWritesAreRefused() throws Exception {
         Path p = image(4096);

@@ -309,17 +309,13 @@ final class UringEngine implements QueueWorker.Handler {
         try {
             while (ringRequests > 0) {
                 ring.submitAndWait(1);
-                try {
-                    ring.reap(onCompletion);
-                } catch (VirtqueueException e) {
-                    failed = true; // the ring broke while pushing: drop the rest once their I/O is over
-                }
+                reapWhileStopping();
             }
             if (!failed && queue.needsNotification()) {
                 worker.signal(call);
             }
         } catch (LinuxException | VirtqueueException | RuntimeException e) {
-            // Closing the ring makes the kernel cancel or finish what is left; their pages stay pinned until then.
+            // io_uring_enter itself failed (a bug: EBADF, EFAULT, ...), or interrupting the driver did.
             LOG.log(
                     Level.ERROR,
                     "{0}: cannot wait for {1} requests in flight: {2}",
@@ -327,14 +323,60 @@ final class UringEngine implements QueueWorker.Handler {
                     ringRequests,
                     e.getMessage());
         } finally {
-            ring.close();
+            int abandoned = ringRequests;
+            ring.close(); // the kernel cancels what is left, or lets it finish: in the background either way
             for (BlkQueueHandler.Request r : slots) {
                 r.io.close();
             }
-            slotArena.close();
+            slotArena.close(); // iovec arrays: the kernel copied them when it took the SQEs
             completions.close();
-            queue.releaseMemory();
+            if (abandoned == 0) {
+                queue.releaseMemory();
+            } else {
+                // Unpinned, the memory could be unmapped and its addresses reused while an io-wq worker still
+                // copies a read into them. Leaking the mapping is the lesser harm.
+                LOG.log(
+                        Level.ERROR,
+                        "{0}: {1} requests may still be in the kernel; their guest memory stays mapped until the"
+                                + " process exits",
+                        worker.name(),
+                        abandoned);
+            }
             handler.close();
         }
+    }
+
+    /**
+     * Reaps while stopping. Pushing a completion can fail — the ring broke (a VirtqueueException), the frontend
+     * truncated its memory file under a status byte (a SIGBUS, which HotSpot raises late as an InternalError), a bug
+     * — and that must not end the wait: the kernel still reads and writes guest memory for the other requests in
+     * flight, and nothing would wait for them once the ring is closed and guest memory released. From then on the
+     * queue counts as failed: the rest are dropped, without touching guest memory, as their I/O ends.
+     */
+    private void reapWhileStopping() {
+        try {
+            try {
+                ring.reap(onCompletion);
+                Mmap.surfaceFaults(); // a fault in a status write surfaces here, not in the next wait
+            } catch (Throwable t) {
+                Mmap.surfaceFaults(); // one that sent the push down an error path
+                pushFailed(t);
+            }
+        } catch (InternalError late) {
+            pushFailed(late);
+        }
+    }
+
+    private void pushFailed(Throwable t) {
+        if (!failed) {
+            LOG.log(
+                    Level.ERROR,
+                    "{0}: completing a request while stopping failed: {1}; the other {2} requests in flight are"
+                            + " dropped once the kernel is done with them",
+                    worker.name(),
+                    QueueWorker.describe(t),
+                    ringRequests);
+        }
+        failed = true;
     }
 }

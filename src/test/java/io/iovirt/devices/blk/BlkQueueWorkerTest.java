@@ -6,14 +6,21 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.Epoll;
 import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Fd;
 import io.iovirt.linux.IoUring;
+import io.iovirt.linux.MemFd;
+import io.iovirt.linux.Mmap;
+import io.iovirt.linux.UnixSocket;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ForwardingDiskImage;
 import io.iovirt.storage.RawImage;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
@@ -21,6 +28,7 @@ import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.Virtqueue;
+import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -29,12 +37,16 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -62,6 +74,9 @@ class BlkQueueWorkerTest {
 
     private Arena arena;
     private MemorySegment ram;
+    /** The file behind {@link #ram} when it is a memfd, else null. */
+    private Fd ramFile;
+
     private SplitDriverRing driver;
     private Virtqueue queue;
     private Path imagePath;
@@ -84,12 +99,23 @@ class BlkQueueWorkerTest {
 
     /** Guest memory, ring, image and eventfds, without a worker. */
     private void setUpGuest(boolean direct, boolean async) throws Exception {
+        setUpGuest(direct, async, false);
+    }
+
+    /** As {@link #setUpGuest(boolean, boolean)}; with {@code memFile} guest memory is a memfd, {@link #ramFile}. */
+    private void setUpGuest(boolean direct, boolean async, boolean memFile) throws Exception {
         if (async) {
             String why = IoUring.unavailableReason();
             Require.that(why == null, why);
         }
         arena = Arena.ofShared();
-        ram = arena.allocate(DATA + 4096L * QUEUE_SIZE * 2, 4096);
+        long ramBytes = DATA + 4096L * QUEUE_SIZE * 2;
+        if (memFile) { // as a frontend shares it, which can truncate it under the backend
+            ramFile = MemFd.allocate("guest", ramBytes);
+            ram = Mmap.map(ramFile, 0, ramBytes, Mmap.PROT_READ | Mmap.PROT_WRITE, Mmap.MAP_SHARED, arena);
+        } else {
+            ram = arena.allocate(ramBytes, 4096);
+        }
         GuestMemory mem = GuestMemory.of(List.of(new MemoryRegion(0, ram.byteSize(), 0x7000_0000L, 0, ram, null)));
         holder = new GuestMemoryHolder();
         holder.swap(mem);
@@ -107,6 +133,10 @@ class BlkQueueWorkerTest {
     }
 
     private QueueWorker newWorker(boolean async) throws Exception {
+        return newWorker(image, async);
+    }
+
+    private QueueWorker newWorker(DiskImage image, boolean async) throws Exception {
         BlkQueueHandler handler = new BlkQueueHandler(
                 image, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
         return BlkDevice.newWorker(
@@ -128,7 +158,7 @@ class BlkQueueWorkerTest {
         if (worker != null) {
             worker.stop();
         }
-        for (AutoCloseable c : new AutoCloseable[] {interrupts, kick, call, image}) {
+        for (AutoCloseable c : new AutoCloseable[] {interrupts, kick, call, image, ramFile}) {
             try {
                 if (c != null) {
                     c.close();
@@ -486,5 +516,121 @@ class BlkQueueWorkerTest {
         Await.until(java.time.Duration.ofSeconds(60), "the queue fails", () -> worker.failure() != null);
         assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
         assertEquals(1, stats.queueFailures.sum());
+    }
+
+    /**
+     * A disk whose FLUSHes are reads of sockets into guest memory, each in the kernel until the test writes to its
+     * socket: I/O in flight for as long as the test wants, through the real ring. The n-th FLUSH reads
+     * {@code sockets[n]} into the guest page at {@code guestOffset + 4096 n}.
+     */
+    private static final class SocketFlushImage extends ForwardingDiskImage {
+        private final MemorySegment guest;
+        private final long guestOffset;
+        private final UnixSocket[] sockets;
+        private int next;
+
+        SocketFlushImage(DiskImage image, MemorySegment guest, long guestOffset, UnixSocket... sockets) {
+            super(image);
+            this.guest = guest;
+            this.guestOffset = guestOffset;
+            this.sockets = sockets;
+        }
+
+        @Override
+        public boolean submitFlush(IoUring ring, long userData) {
+            int n = next++;
+            ring.read(sockets[n].fd(), guest, guestOffset + 4096L * n, 4096, 0, userData);
+            return true;
+        }
+
+        @Override
+        public void flushCompleted(int result) throws IOException {
+            IoUring.check(IoUring.OP_READ, result, "flush socket");
+        }
+    }
+
+    /** The kernel thread id of this JVM's thread whose name starts with {@code prefix} (its 15-byte comm), or -1. */
+    private static long taskNamed(String prefix) throws IOException {
+        String comm = prefix.substring(0, Math.min(15, prefix.length()));
+        try (var tasks = Files.list(Path.of("/proc/self/task"))) {
+            for (Path t : tasks.toList()) {
+                try {
+                    if (Files.readString(t.resolve("comm")).strip().equals(comm)) {
+                        return Long.parseLong(t.getFileName().toString());
+                    }
+                } catch (IOException gone) {
+                    // the thread ended meanwhile
+                }
+            }
+        }
+        return -1;
+    }
+
+    /**
+     * The stop of the io_uring engine waits until the kernel is done with every request in flight: their buffers are
+     * guest memory, unpinned (and once the frontend's memory table goes, unmapped, its addresses free for reuse) when
+     * the engine returns. Pushing one of the completions while it waits can fail — here the frontend truncated its
+     * memory file under the status byte of one FLUSH, so writing it raises SIGBUS, which HotSpot turns into an
+     * InternalError. The engine used to catch only a VirtqueueException there: the error ended the wait, the ring was
+     * closed and guest memory released while the kernel still had the other FLUSH's read into guest memory in flight.
+     */
+    @Test
+    void aFaultPushingACompletionDuringTheStopDoesNotEndTheWaitForIoStillInFlight() throws Exception {
+        setUpGuest(false, true, true);
+        UnixSocket[] a = UnixSocket.pair();
+        UnixSocket[] b = UnixSocket.pair();
+        try (Arena scratch = Arena.ofConfined()) {
+            worker = newWorker(new SocketFlushImage(image, ram, data(0), a[1], b[1]), true);
+            int flushA = request(T_FLUSH, 0, new long[0], new int[0], true);
+            long doomed = ram.byteSize() - 4096; // the page the frontend will cut off
+            ram.set(ValueLayout.JAVA_BYTE, doomed, (byte) 0x7f);
+            int header = (int) (HDR + 16L * nextSlot++);
+            ram.set(LE32, header, T_FLUSH);
+            ram.set(LE64, header + 8, 0);
+            driver.add(
+                    new long[] {header, doomed},
+                    new int[] {16, 1},
+                    new boolean[] {false, true},
+                    2,
+                    DriverRing.NO_INDIRECT);
+            worker.start(); // its first batch takes both: two socket reads in the kernel
+            kick();
+            Await.until(java.time.Duration.ofSeconds(20), "both FLUSHes taken", () -> stats.started.sum() == 2);
+
+            MemFd.truncate(ramFile, doomed); // the frontend cuts its memory file short
+            CompletableFuture<Boolean> stop = CompletableFuture.supplyAsync(() -> worker.stop(Duration.ofSeconds(60)));
+            // The queue thread waits for them in io_uring_enter (system call 426 on x86_64 and aarch64).
+            Await.until(java.time.Duration.ofSeconds(20), "the queue thread waits for the ring", () -> {
+                try {
+                    long tid = taskNamed("iovirt blk test q0");
+                    return tid > 0
+                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
+                                    .startsWith("426 ");
+                } catch (IOException gone) {
+                    return false;
+                }
+            });
+
+            MemorySegment one = scratch.allocate(1);
+            b[0].send(one); // FLUSH B completes: its status byte is on the page that is gone
+            assertThrows(
+                    TimeoutException.class,
+                    () -> stop.get(1, TimeUnit.SECONDS),
+                    "the stop still waits: FLUSH A's read into guest memory is in the kernel");
+
+            byte[] late = new byte[4096];
+            new Random(7).nextBytes(late);
+            MemorySegment lateData = scratch.allocate(4096);
+            MemorySegment.copy(late, 0, lateData, ValueLayout.JAVA_BYTE, 0, 4096);
+            a[0].send(lateData);
+            assertTrue(stop.get(30, TimeUnit.SECONDS), "the stop ends once the kernel is done");
+            worker = null;
+            assertArrayEquals(late, guest(data(0), 4096), "the read landed in guest memory before the stop returned");
+            assertEquals(0x7f, status(flushA), "dropped, not pushed: the queue failed while stopping");
+        } finally {
+            for (UnixSocket s : new UnixSocket[] {a[0], a[1], b[0], b[1]}) {
+                s.close();
+            }
+        }
     }
 }
