@@ -156,26 +156,10 @@ public final class FileIo {
         Syscalls.check(Syscalls.fsync(f, true), "fdatasync", fd);
     }
 
-    private static final java.lang.invoke.MethodHandle FTRUNCATE = Syscalls.fn(
-            "ftruncate",
-            java.lang.foreign.FunctionDescriptor.of(
-                    java.lang.foreign.ValueLayout.JAVA_INT,
-                    java.lang.foreign.ValueLayout.JAVA_INT,
-                    java.lang.foreign.ValueLayout.JAVA_LONG));
-
     /** ftruncate(2): sets a regular file's size (growing leaves a hole that reads as zeros). */
     public static void ftruncate(Fd fd, long length) throws LinuxException {
         int f = fd.get();
-        Syscalls.PerThread t = Syscalls.perThread();
-        int r;
-        try {
-            r = (int) FTRUNCATE.invokeExact(t.capture, f, length);
-        } catch (Throwable e) {
-            throw Syscalls.unexpected(e);
-        }
-        if (r < 0) {
-            throw new LinuxException("ftruncate", "fd " + f + " to " + length + " bytes", t.errno());
-        }
+        Syscalls.check(Syscalls.ftruncate(f, length), "ftruncate", "fd " + f + " to " + length + " bytes");
     }
 
     /** fallocate(2): e.g. {@code FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE} for discard. */
