@@ -59,6 +59,19 @@ public final class PackedQueue extends Virtqueue {
     private int unsignalled;
 
     private boolean signalledValid;
+    /**
+     * Ring offset of the flags of the first used descriptor {@link #pushBatched} wrote and left unpublished (-1: none),
+     * and the flags to store there. Its flags are stored last, by {@link #publishUsed}: the driver reads used
+     * descriptors in ring order and stops at the first one not yet used, so the descriptors written after it (their
+     * flags stored at once) become visible with it — a batch, and every buffer of a multi-buffer receive frame
+     * (MRG_RXBUF, VIRTIO 1.2 §5.1.6.4.2: all of a packet's buffers used together, at least num_buffers observed as
+     * used), reach the driver together, as on a split ring. Published one by one, a Linux driver polling meanwhile
+     * took a frame's first buffer, found the rest missing, dropped it (rx_length_errors), and then parsed the
+     * frame's later buffers as frames of their own, their payload bytes read as virtio-net headers.
+     */
+    private long pendingFlagsOff = -1;
+
+    private short pendingFlags;
     // crash recovery (issue 11): the in-flight record, and how many of the buffers it kept were handed out again
     private final InflightPacked inflight;
     private int resubmitted;
@@ -301,7 +314,13 @@ public final class PackedQueue extends Virtqueue {
 
     @Override
     public void publishUsed() {
-        // each used descriptor was published by its own flags store (see writeUsed)
+        long off = pendingFlagsOff;
+        if (off < 0) {
+            return;
+        }
+        pendingFlagsOff = -1;
+        U16.setRelease(ring, off, pendingFlags); // every descriptor written after it is visible before it
+        logged(config.descAddr() + off, 2); // stored after the batch's report (logUsedSince): reported again
     }
 
     @Override
@@ -316,7 +335,14 @@ public final class PackedQueue extends Virtqueue {
         if (len != 0) {
             flags |= DESC_F_WRITE; // §2.8.3: in a used descriptor WRITE says data was written
         }
-        U16.setRelease(ring, off + DESC_FLAGS, (short) flags); // id and len visible before the flags
+        if (!publish && inflight == null && pendingFlagsOff < 0) {
+            // the batch's first: its flags wait for publishUsed (with an in-flight record each entry is published
+            // between the record's two steps, as before)
+            pendingFlagsOff = off + DESC_FLAGS;
+            pendingFlags = (short) flags;
+        } else {
+            U16.setRelease(ring, off + DESC_FLAGS, (short) flags); // id and len visible before the flags
+        }
         if (inflight != null) {
             inflight.afterUsed(id);
         }
@@ -331,6 +357,9 @@ public final class PackedQueue extends Virtqueue {
             usedWrap = !usedWrap;
         }
         usedSinceDecision = Math.min(usedSinceDecision + slots, 2 * size); // two laps or more: always notify
+        if (publish) {
+            publishUsed(); // and the batched ones before it, after it: all together
+        }
     }
 
     @Override
@@ -361,6 +390,7 @@ public final class PackedQueue extends Virtqueue {
     @Override
     public boolean needsNotification() throws VirtqueueException {
         refresh();
+        publishUsed();
         int advanced = usedSinceDecision;
         if (advanced == 0) {
             return false;

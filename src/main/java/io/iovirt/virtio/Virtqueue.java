@@ -272,8 +272,9 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
      * requests (or the several chains of one multi-buffer frame, MRG_RXBUF) reaches the driver with one used-index
      * store, which is what the driver core polls — one cache line transfer per burst instead of one per request.
      * {@link #needsNotification} publishes first, so a batch ends with the usual notification decision; a device that
-     * ends a batch without one calls {@link #publishUsed} itself. (Packed rings and queues with an in-flight record
-     * publish at once: the packed used flags are per descriptor, and crash recovery records each used-index step.)
+     * ends a batch without one calls {@link #publishUsed} itself. (A packed ring stores the flags of the batch's first
+     * used descriptor last, at publication: the driver reads them in ring order, so the rest become visible with it.
+     * Queues with an in-flight record publish at once: crash recovery records each used-index step.)
      */
     public final void pushBatched(DescriptorChain chain, long bytesWritten) throws VirtqueueException {
         pushChain(chain, bytesWritten, false);

@@ -156,6 +156,9 @@ class DirtyLoggingQueueTest {
         }
         assertTrue(log.coversWritten(qc.descAddr() + 16L * 6, 32), "descriptors 6 and 7 written back");
         assertTrue(log.coversWritten(qc.descAddr(), 32), "descriptors 0 and 1 written back");
+        log.written.clear();
+        q.publishUsed(); // the first descriptor's flags, stored last: reported again after the store
+        assertTrue(log.coversWritten(qc.descAddr() + 16L * 6 + 14, 2), "descriptor 6's flags");
         for (int i = 0; i < 4; i++) {
             assertTrue(d.pollUsed() != -1);
         }

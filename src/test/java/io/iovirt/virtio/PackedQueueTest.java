@@ -414,4 +414,46 @@ class PackedQueueTest {
         q.push(c2, 0);
         assertFalse(q.needsNotification(), "the driver has not read position 1 yet: event still at 0");
     }
+
+    /**
+     * A batch reaches the driver whole, as on a split ring: the first used descriptor's flags are stored last, at
+     * publication, and the driver, which reads used descriptors in ring order, sees none of the batch before them —
+     * across the ring's end too. This is what keeps the buffers of one multi-buffer receive frame (MRG_RXBUF) together:
+     * published one by one, a driver polling meanwhile found a frame's first buffer and not the rest. A push that
+     * publishes (or the notification decision) publishes the batch before it too, and nothing is stored twice.
+     */
+    @Test
+    void batchedPushesBecomeVisibleTogether() throws Exception {
+        for (boolean acrossTheEnd : new boolean[] {false, true}) {
+            PackedDriverRing d = acrossTheEnd ? driverAt(SIZE - 1, true, true) : driver(true);
+            Virtqueue q = device(d);
+            int[] ids = new int[4];
+            DescriptorChain[] cs = new DescriptorChain[ids.length];
+            for (int i = 0; i < ids.length; i++) {
+                ids[i] = d.add(addrs(g.alloc(16, 8)), new int[] {16}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+                cs[i] = q.newChain();
+            }
+            assertEquals(ids.length, q.pop(cs, ids.length));
+            q.pushBatched(cs[0], 16); // a frame's first buffer (num_buffers 2) ...
+            assertEquals(-1, d.pollUsed(), "the first buffer is not visible before the batch is published");
+            q.pushBatched(cs[1], 7); // ... and its last
+            assertEquals(-1, d.pollUsed(), "nor with the second written");
+            q.publishUsed();
+            q.publishUsed(); // nothing new
+            long u0 = d.pollUsed();
+            long u1 = d.pollUsed();
+            assertEquals(ids[0], DriverRing.usedId(u0));
+            assertEquals(16, DriverRing.usedLen(u0));
+            assertEquals(ids[1], DriverRing.usedId(u1));
+            assertEquals(7, DriverRing.usedLen(u1));
+            assertEquals(-1, d.pollUsed());
+            q.pushBatched(new DescriptorChain[] {cs[2]}, new long[] {3}, 1);
+            assertEquals(-1, d.pollUsed(), "the array form defers too");
+            q.push(cs[3], 4); // publishes itself and the batched one before it
+            assertEquals(ids[2], DriverRing.usedId(d.pollUsed()));
+            assertEquals(ids[3], DriverRing.usedId(d.pollUsed()));
+            assertEquals(0, q.inFlight());
+            assertTrue(q.needsNotification());
+        }
+    }
 }
