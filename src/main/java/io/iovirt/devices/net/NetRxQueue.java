@@ -58,7 +58,8 @@ import java.util.concurrent.atomic.LongAdder;
  * outer try around both ({@link Mmap#surfaceFaults}): each fault is charged to the guest whose memory it was in.
  *
  * <p>Buffers too small for a frame (without MRG_RXBUF: one chain must hold header and frame; with it, at most
- * {@link #MAX_BUFFERS} chains) are returned to the guest unused (length 0, which Linux counts as a length error
+ * {@link #MAX_BUFFERS} chains of at most {@link #MAX_FRAME_DESCRIPTORS} descriptors in all) are returned to the guest
+ * unused (length 0, which Linux counts as a length error
  * and reposts) and the frame is dropped and counted.
  */
 final class NetRxQueue {
@@ -67,6 +68,17 @@ final class NetRxQueue {
     private static final ValueLayout.OfShort LE16 = JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     /** Most chains one frame may be spread over with MRG_RXBUF (a 64 KiB frame over 1 KiB buffers). */
     static final int MAX_BUFFERS = 64;
+    /**
+     * Most descriptors one frame's chains may hold together (MRG_RXBUF): a frame that needs more is dropped as one
+     * whose buffers are too small. Each chain is bounded on its own ({@link VirtioNetPort#MAX_CHAIN}), but a guest
+     * posting a small first chain and then chains of 256 zero- or one-byte descriptors had every frame sent to it walk
+     * 64 × 256 descriptors on the sender's thread — measured here at ~120-140 µs a frame (a 1500-byte frame normally
+     * costs well under 1 µs), so a 32-frame burst held that thread, and every port sharing it, for about 4 ms. The same
+     * bound as DPDK's vhost library (BUF_VECTOR_MAX, descriptors per packet across its buffers); drivers use one
+     * descriptor per merge buffer (Linux, DPDK), so a 64 KiB frame needs at most {@link #MAX_BUFFERS}. Checked as each
+     * chain is taken: a frame walks at most twice this many.
+     */
+    static final int MAX_FRAME_DESCRIPTORS = VirtioNetPort.MAX_CHAIN;
     /** A sender that never ends its burst still gets the guest interrupted every this many frames. */
     static final int MAX_UNNOTIFIED = 64;
     /** Most chains taken ahead for one burst. */
@@ -573,6 +585,7 @@ final class NetRxQueue {
         Chains.scatter(first, headerSize, f.buffer(), f.offset(), put);
         lengths[0] = headerSize + put;
         int n = 1;
+        int descriptors = first.count();
         while (put < len) {
             if (n == MAX_BUFFERS) {
                 returnUnused(n);
@@ -586,6 +599,12 @@ final class NetRxQueue {
                 return false;
             }
             use[n] = c;
+            descriptors += c.count();
+            if (descriptors > MAX_FRAME_DESCRIPTORS) { // before copying into it: the walk's cost stays bounded
+                returnUnused(n + 1);
+                tx.increment(PortStat.TX_DROPPED_BUFFER_TOO_SMALL);
+                return false;
+            }
             long k = Math.min(c.writableBytes(), len - put);
             Chains.scatter(c, 0, f.buffer(), f.offset() + put, k);
             lengths[n++] = k;

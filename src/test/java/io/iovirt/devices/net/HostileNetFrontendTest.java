@@ -273,6 +273,56 @@ class HostileNetFrontendTest {
         }
     }
 
+    /**
+     * A receiver whose merge buffers are chains of many tiny descriptors costs a sender no more than about two chains'
+     * walk per frame: A posts a 12-byte chain (room for the header only) and then chains of 256 zero-length
+     * descriptors, and a frame from B to A is dropped once its chains hold more than MAX_FRAME_DESCRIPTORS
+     * descriptors — two chains taken, returned unused, counted — instead of walking 64 × 256 descriptors on B's
+     * thread (~130 µs a frame, 4 ms a burst) and dropping it anyway.
+     */
+    @Test
+    void aReceiverPostingChainsOfTinyDescriptorsCostsTheSenderABoundedWalk() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.postRx(0, 2048, 64);
+            c.postRx(0, 2048, 64);
+            int n = VirtioNetPort.MAX_CHAIN;
+            long[] addrs = new long[n];
+            int[] lens = new int[n]; // zero-length: the walk costs, no byte fits
+            boolean[] w = new boolean[n];
+            java.util.Arrays.fill(w, true);
+            long table = a.alloc(16L * n, 16);
+            int chains = 20;
+            a.addRawNoKick(0, new long[] {a.alloc(64, 64)}, new int[] {12}, new boolean[] {true}, -1);
+            for (int k = 1; k < chains; k++) {
+                a.addRawNoKick(0, addrs, lens, w, table); // all share one indirect table
+            }
+            b.send(0, VirtioNetPortTest.frame(A, B, 1500)); // A unknown: flooded to A and C
+            c.drainRx(0);
+            VirtioNetPortTest.await(() -> pa.stats().txDropped() == 1, "the frame to A dropped");
+            int returned = 0;
+            long quiet = System.nanoTime() + Duration.ofMillis(300).toNanos();
+            while (System.nanoTime() < quiet) {
+                long u = a.ring(0).pollUsed();
+                if (u != -1) {
+                    returned++;
+                    assertEquals(0, io.iovirt.virtio.DriverRing.usedLen(u), "returned unused");
+                }
+            }
+            assertEquals(2, returned, "chains taken for the frame (its descriptors: 1 + 256)");
+            assertEquals(1, pa.stats().get(PortStat.TX_DROPPED_BUFFER_TOO_SMALL));
+            assertEquals(0, pa.stats().get(PortStat.TX_DROPPED_NO_BUFFERS), "the rest of A's chains stay posted");
+            assertEquals(0, pa.stats().txPackets());
+            learn(b, B, C);
+            learn(c, C, B);
+            b.drainRx(0);
+            c.drainRx(0);
+            honestTrafficFlows(b, c, 1);
+        }
+    }
+
     /** Heap in use after a full collection: what the process retains, not what it allocated. */
     static long retainedHeap() throws InterruptedException {
         var mem = ManagementFactory.getMemoryMXBean();
