@@ -40,6 +40,11 @@ public enum PortStat {
     TX_DROPPED_NO_BUFFERS("tx_dropped_no_buffers", true),
     /** The peer's receive buffers were too small for the frame. */
     TX_DROPPED_BUFFER_TOO_SMALL("tx_dropped_buffer_too_small", true),
+    /**
+     * Longer than the peer takes: a guest whose MTU (VIRTIO_NET_F_MTU, the frontend's NET_SET_MTU) is below the
+     * switch's gets no frame longer than that MTU plus Ethernet and VLAN headers (VIRTIO 1.2 §5.1.4.2).
+     */
+    TX_DROPPED_OVERSIZE("tx_dropped_oversize", true),
     /** No peer is connected (or its link is down). */
     TX_DROPPED_LINK_DOWN("tx_dropped_link_down", true),
     /** The transport failed while sending (a write error, a broken guest queue). */

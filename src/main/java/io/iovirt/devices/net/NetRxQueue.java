@@ -83,6 +83,8 @@ final class NetRxQueue {
     static final int MAX_UNNOTIFIED = 64;
     /** Most chains taken ahead for one burst. */
     static final int AHEAD = 64;
+    /** {@link #maxFrame} when the guest takes every frame the switch forwards. */
+    static final int NO_LIMIT = Integer.MAX_VALUE;
 
     final Object lock = new Object();
     private final int index;
@@ -113,6 +115,15 @@ final class NetRxQueue {
     private boolean spareUsed;
 
     private int headerSize;
+    /**
+     * The longest frame the guest takes: its MTU plus Ethernet and VLAN headers. The device must pass no longer
+     * frame once VIRTIO_NET_F_MTU is negotiated (VIRTIO 1.2 §5.1.4.2), and a guest may have a lower MTU than the
+     * switch's (QEMU's host_mtu, sent as NET_SET_MTU); a longer frame is dropped as tx_dropped_oversize before it
+     * takes a buffer. {@link #NO_LIMIT} when it is at least the switch's (the usual case: the switch already dropped
+     * longer frames).
+     */
+    private int maxFrame = NO_LIMIT;
+
     private boolean mergeable;
     private boolean running;
     /** Frames delivered since the driver's notification state was last checked. */
@@ -142,7 +153,14 @@ final class NetRxQueue {
         this.tx = tx;
     }
 
-    void start(VirtioNetPort owner, Virtqueue q, EventFd callFd, EventFd errFd, int hdrSize, boolean mrgRxBuf)
+    void start(
+            VirtioNetPort owner,
+            Virtqueue q,
+            EventFd callFd,
+            EventFd errFd,
+            int hdrSize,
+            boolean mrgRxBuf,
+            int maxFrameLength)
             throws VirtqueueException {
         q.limitChain(VirtioNetPort.MAX_CHAIN);
         // Buffers are taken when a frame arrives, never waited for: the driver need not kick when it posts some
@@ -164,7 +182,15 @@ final class NetRxQueue {
             spareUsed = false;
             headerSize = hdrSize;
             mergeable = mrgRxBuf;
+            maxFrame = maxFrameLength;
             running = true;
+        }
+    }
+
+    /** The longest frame from now on (the frontend set the guest's MTU while the queue runs). */
+    void maxFrame(int length) {
+        synchronized (lock) {
+            maxFrame = length;
         }
     }
 
@@ -281,7 +307,7 @@ final class NetRxQueue {
             Throwable failure;
             try {
                 try {
-                    takeAhead(Math.min(to - from, AHEAD));
+                    takeAhead(Math.min(maxFrame == NO_LIMIT ? to - from : fitting(burst, from, to), AHEAD));
                     while (k < to) {
                         int planned = plan(burst, k, to);
                         if (planned > 0) { // the second pass: the guest's memory only
@@ -473,6 +499,18 @@ final class NetRxQueue {
         aheadTaken = vq.pop(ahead, max);
     }
 
+    /**
+     * Frames of the burst no longer than {@link #maxFrame}: the others take no chain, and a chain taken ahead and not
+     * used would stay popped.
+     */
+    private int fitting(Burst burst, int from, int to) {
+        int n = 0;
+        for (int k = from; k < to; k++) {
+            n += burst.selected(k).length() <= maxFrame ? 1 : 0;
+        }
+        return n;
+    }
+
     /** The frame's {@code i}-th chain: the next one taken ahead, or one popped now; null when the ring is empty. */
     private DescriptorChain take(int i) throws VirtqueueException {
         if (aheadNext < aheadTaken) {
@@ -524,8 +562,9 @@ final class NetRxQueue {
         int n = 0;
         for (int k = from; k < to && aheadNext < aheadTaken; k++) {
             DescriptorChain c = ahead[aheadNext];
-            long need = headerSize + (long) burst.selected(k).length();
-            if (c.writableCount() == 0 || c.length(c.readableCount()) < need) {
+            int len = burst.selected(k).length();
+            long need = headerSize + (long) len;
+            if (len > maxFrame || c.writableCount() == 0 || c.length(c.readableCount()) < need) {
                 break;
             }
             aheadNext++;
@@ -556,6 +595,10 @@ final class NetRxQueue {
     /** Returns true when the frame was delivered; counts the drop otherwise. */
     private boolean fill(Frame f) throws VirtqueueException {
         int len = f.length();
+        if (len > maxFrame) {
+            tx.increment(PortStat.TX_DROPPED_OVERSIZE);
+            return false;
+        }
         long need = headerSize + (long) len;
         DescriptorChain first = take(0);
         if (first == null) {

@@ -40,8 +40,9 @@ import java.util.Objects;
  * and packed rings, EVENT_IDX, INDIRECT_DESC, ANY_LAYOUT. Not offered: checksum and segmentation offloads
  * (CSUM, GUEST_CSUM, *_TSO*, *_UFO, *_USO) — the switch passes frames between guests, TAP and QEMU's stream netdev
  * that could not all honour them, so drivers send complete, checksummed frames, and the transmit header is not read
- * ({@link NetTxQueue}). Protocol extras: NET_MTU (the guest may lower its MTU, never raise it above the switch's) and
- * RARP (SEND_RARP broadcasts a RARP frame from the guest's address into the switch). After a frontend reconnects,
+ * ({@link NetTxQueue}). Protocol extras: NET_MTU (the guest may lower its MTU, never raise it above the switch's; it
+ * then receives no longer frame) and RARP (SEND_RARP broadcasts a RARP frame from the guest's address into the
+ * switch). After a frontend reconnects,
  * the port announces the guest's address the same way (the configured MAC, else the last source address the guest
  * used), so the switch and anything behind a TAP learn where it is before the guest speaks.
  *
@@ -446,7 +447,8 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         }
         if (index % 2 == 0) {
             try {
-                rxQueues[pair].start(this, vq, setup.call(), setup.err(), hdr, mrg);
+                int limit = (f & VirtioNet.F_MTU) != 0 ? rxFrameLimit(guestMtu) : NetRxQueue.NO_LIMIT;
+                rxQueues[pair].start(this, vq, setup.call(), setup.err(), hdr, mrg, limit);
             } catch (VirtqueueException e) {
                 vq.releaseMemory();
                 throw new BackendException(name() + ": cannot start receive queue " + index + ": " + e.getMessage());
@@ -613,9 +615,28 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                     + "; start the switch with a larger --mtu or give the guest a smaller one");
         }
         guestMtu = mtu;
+        NetRxQueue[] rqs = rxQueues;
+        long acked;
+        synchronized (control) {
+            acked = ackedFeatures;
+        }
+        if (rqs != null && (acked & VirtioNet.F_MTU) != 0) { // usually sent before the queues start
+            for (NetRxQueue q : rqs) {
+                q.maxFrame(rxFrameLimit(mtu));
+            }
+        }
     }
 
-    /** The MTU the frontend set (NET_SET_MTU), else the switch's. */
+    /** The longest frame a guest of MTU {@code mtu} takes, or NO_LIMIT when that is all the switch forwards. */
+    private int rxFrameLimit(int mtu) {
+        int max = Ethernet.maxFrame(mtu);
+        return max >= maxFrame() ? NetRxQueue.NO_LIMIT : max;
+    }
+
+    /**
+     * The MTU the frontend set (NET_SET_MTU), else the switch's. With VIRTIO_NET_F_MTU negotiated the guest gets no
+     * longer frame (counted as tx_dropped_oversize).
+     */
     public int guestMtu() {
         return guestMtu;
     }

@@ -620,6 +620,62 @@ class VirtioNetPortTest {
         }
     }
 
+    /**
+     * VIRTIO 1.2 §5.1.4.2: with VIRTIO_NET_F_MTU negotiated the device passes no frame longer than the guest's MTU
+     * (plus the Ethernet header). A guest whose frontend set a lower MTU than the switch's (QEMU's host_mtu, sent as
+     * NET_SET_MTU) used to get every frame the switch forwarded, up to the switch's MTU. Now a longer one is dropped
+     * and counted before it takes a buffer, one by one and within a burst, whose other frames still arrive in order;
+     * a guest that did not negotiate the feature still gets them all.
+     */
+    @Test
+    void aGuestWithALowerMtuReceivesNoLongerFrame() throws Exception {
+        sw = new Switch(Switch.Config.defaults().withMtu(9000));
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        VirtioNetPort pb = port("b.sock", 1, -1);
+        VirtioNetPort pc = port("c.sock", 1, -1);
+        long mrg = BASE | VirtioNet.F_MRG_RXBUF;
+        try (NetDriver a = new NetDriver(pa.options().socket(), mrg, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), mrg | VirtioNet.F_MTU, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), mrg, 1)) {
+            assertTrue(b.negotiated(VirtioNet.F_MTU));
+            await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            b.fe.setMtu(1500);
+            c.fe.setMtu(1500); // C did not negotiate VIRTIO_NET_F_MTU: nothing is promised to it
+            a.postRx(0, 2048, 4);
+            b.postRx(0, 2048, 16);
+            c.postRx(0, 2048, 64);
+            byte[] fits = frame(B, A, 1518); // 1500 + Ethernet header + a VLAN tag
+            byte[] tooLong = frame(B, A, 1519);
+            byte[] jumbo = frame(B, A, 9014);
+            byte[] small = frame(B, A, 100);
+            a.send(0, fits);
+            assertArrayEquals(fits, b.receive(0));
+            assertArrayEquals(fits, c.receive(0)); // B unknown so far: flooded
+            a.send(0, tooLong);
+            a.send(0, jumbo);
+            a.send(0, small);
+            assertArrayEquals(small, b.receive(0), "the longer frames did not reach B nor take its buffers");
+            assertEquals(2, pb.stats().get(PortStat.TX_DROPPED_OVERSIZE));
+            assertArrayEquals(tooLong, c.receive(0));
+            assertArrayEquals(jumbo, c.receive(0));
+            assertArrayEquals(small, c.receive(0));
+            b.send(0, frame(A, B, 60)); // the switch learns B: A's next frames go to B alone
+            a.receive(0);
+            for (byte[] fr : List.of(small, tooLong, fits, jumbo, small)) { // one batch: one burst, one big frame
+                a.queue(0, fr);
+            }
+            a.kickTx(0);
+            assertArrayEquals(small, b.receive(0));
+            assertArrayEquals(fits, b.receive(0));
+            assertArrayEquals(small, b.receive(0));
+            assertNull(b.pollRx(0, Duration.ofMillis(300)));
+            assertEquals(4, pb.stats().get(PortStat.TX_DROPPED_OVERSIZE));
+            assertEquals(0, pb.stats().get(PortStat.TX_DROPPED_BUFFER_TOO_SMALL));
+            assertEquals(5, pb.stats().txPackets());
+            assertEquals(16 - 5, b.ring(0).inFlight(), "every buffer taken was returned");
+        }
+    }
+
     @Test
     void multiqueueSpreadsFlowsAndEveryQueueForwards() throws Exception {
         sw = new Switch(Switch.Config.defaults());
