@@ -573,6 +573,13 @@ public final class Switch implements AutoCloseable {
             return FLOOD | GROUP | same;
         }
         int out = macs.lookup(dst, t);
+        if (out < 0 && p.macs().length != 0) {
+            // A pinned address is its port's for as long as the port is there: its entry may have aged out (a guest
+            // that only receives) or gone with the port's peer (a reconnect), and flooding would hand the pinned
+            // guest's unicast to every other port. Its frames go to its port instead (dropped there as link down
+            // while the guest is away). Costs a scan of the pins on a table miss only.
+            out = p.owner(dst);
+        }
         if (out == self) {
             rx.increment(PortStat.RX_FILTERED);
             return DROP; // counted as filtered each time: not reused

@@ -115,6 +115,47 @@ class SwitchTest {
         assertEquals(pa.index(), sw.macTable().lookup(Mac.parse(d), sw.now()), "free once its owner is gone");
     }
 
+    /**
+     * A pinned address stays its port's when the table forgets it — the guest silent for the aging time, or its
+     * peer gone (a frontend reconnecting) — so frames to it go to that port alone (counted there as link down while
+     * its guest is away), never flooded to every other port as they were.
+     */
+    @Test
+    void framesToAPinnedAddressReachOnlyItsPortEvenOnceTheTableForgotIt() throws Exception {
+        String d = "52:54:00:00:00:0d";
+        TestPort pinned = new TestPort("pinned");
+        pinned.pin = Mac.parse(d);
+        sw.addPort(pinned);
+        pb.inject(Frames.ethernet(BCAST, B, 60)); // b known
+        pa.takeSent();
+        pc.takeSent();
+        pinned.takeSent();
+
+        sw.tick(10); // the aging time: the pinned guest sent nothing
+        assertEquals(-1, sw.macTable().lookup(Mac.parse(d), sw.now()), "the table forgot it");
+        byte[] toD = Frames.ethernet(d, B, 60);
+        long flooded = pb.stats().get(PortStat.RX_FLOODED);
+        pb.inject(toD);
+        assertEquals(1, pinned.takeSent().size(), "its port gets it");
+        assertEquals(0, pa.takeSent().size(), "not flooded");
+        assertEquals(0, pc.takeSent().size(), "not flooded");
+        assertEquals(flooded, pb.stats().get(PortStat.RX_FLOODED));
+
+        pinned.link = false;
+        pinned.peerGone(); // its frontend went away
+        pb.injectBurst(toD, toD);
+        assertEquals(0, pa.takeSent().size(), "not flooded while its guest is away");
+        assertEquals(0, pc.takeSent().size());
+        assertEquals(2, pinned.stats().get(PortStat.TX_DROPPED_LINK_DOWN), "dropped at its port");
+
+        pinned.inject(Frames.ethernet(B, d, 60)); // nor does a frame from the address itself get filtered or lost
+        assertEquals(1, pb.takeSent().size());
+        sw.removePort(pinned);
+        pb.inject(toD);
+        assertEquals(1, pa.takeSent().size(), "once the port is gone, an unknown address like any other");
+        assertEquals(1, pc.takeSent().size());
+    }
+
     @Test
     void unknownUnicastFloodsToEveryOtherPortButNeverBack() {
         byte[] f = Frames.ethernet(B, A, 100);
