@@ -3,6 +3,7 @@ package io.iovirt.net;
 
 import java.lang.System.Logger;
 import java.lang.System.Logger.Level;
+import java.util.concurrent.atomic.LongAdder;
 import java.util.function.Supplier;
 
 /**
@@ -12,11 +13,28 @@ import java.util.function.Supplier;
 public final class RateLimitedLog {
     private static final Logger LOG = System.getLogger("io.iovirt.net");
     private final long intervalNanos;
-    private long last = Long.MIN_VALUE;
-    private long suppressed;
+    /** When the last message was logged (System.nanoTime), Long.MIN_VALUE before the first. */
+    private volatile long last = Long.MIN_VALUE;
+    /** Messages not logged since the last one: a LongAdder, since several ports' threads may count at once. */
+    private final LongAdder suppressed = new LongAdder();
 
     public RateLimitedLog(long intervalMillis) {
         this.intervalNanos = intervalMillis * 1_000_000L;
+    }
+
+    /**
+     * Whether a message would be logged now; when not, it is counted as suppressed. No lock and no allocation: a
+     * per-frame caller asks first and builds its message (a string, a capturing lambda) only when this says yes —
+     * {@code if (log.due()) log.warn(...)} — so a peer that sends bad frames at line rate costs no allocation per
+     * frame, and ports sharing one log (the switch's) take no shared lock per frame.
+     */
+    public boolean due() {
+        long l = last;
+        if (l != Long.MIN_VALUE && System.nanoTime() - l < intervalNanos) {
+            suppressed.increment();
+            return false;
+        }
+        return true;
     }
 
     /** Logs {@code message} unless one was logged within the interval. */
@@ -25,16 +43,22 @@ public final class RateLimitedLog {
     }
 
     /** Like {@link #warn(String)}, building the message only when it is logged (for per-frame callers). */
-    public synchronized void warn(Supplier<String> message) {
-        long now = System.nanoTime();
-        if (last != Long.MIN_VALUE && now - last < intervalNanos) {
-            suppressed++;
+    public void warn(Supplier<String> message) {
+        if (!due()) {
             return;
         }
-        String extra = suppressed > 0 ? " (" + suppressed + " similar messages suppressed)" : "";
-        last = now;
-        suppressed = 0;
-        LOG.log(Level.WARNING, message.get() + extra);
+        String text;
+        synchronized (this) { // one logger at a time: the others count as suppressed
+            long now = System.nanoTime();
+            if (last != Long.MIN_VALUE && now - last < intervalNanos) {
+                suppressed.increment();
+                return;
+            }
+            last = now;
+            long n = suppressed.sumThenReset(); // approximate under concurrent counting: a log line's remark
+            text = message.get() + (n > 0 ? " (" + n + " similar messages suppressed)" : "");
+        }
+        LOG.log(Level.WARNING, text);
     }
 
     /** Logs unconditionally (state changes such as connect/disconnect). */

@@ -540,8 +540,10 @@ public final class Switch implements AutoCloseable {
         long pinned = in.pinnedSource();
         if (pinned != -1 && src != pinned) {
             rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
-            spoofLog.warn(() -> in + ": dropped frames from " + Mac.toString(src) + ": the port is pinned to "
-                    + Mac.toString(pinned));
+            if (spoofLog.due()) { // no capturing lambda (an allocation) per spoofed frame
+                spoofLog.warn(() -> in + ": dropped frames from " + Mac.toString(src) + ": the port is pinned to "
+                        + Mac.toString(pinned));
+            }
             return DROP;
         }
         int self = in.index();
@@ -550,8 +552,10 @@ public final class Switch implements AutoCloseable {
             int owner = p.owner(src);
             if (owner >= 0 && owner != self) {
                 rx.increment(PortStat.RX_DROPPED_BAD_SOURCE);
-                spoofLog.warn(() -> in + ": dropped frames from " + Mac.toString(src) + ": that address belongs to "
-                        + "the port pinned to it (" + nameOf(owner) + ")");
+                if (spoofLog.due()) {
+                    spoofLog.warn(() -> in + ": dropped frames from " + Mac.toString(src) + ": that address belongs to "
+                            + "the port pinned to it (" + nameOf(owner) + ")");
+                }
                 return DROP;
             }
         }
@@ -561,11 +565,13 @@ public final class Switch implements AutoCloseable {
         if (learned != MacTable.LEARNED) {
             same = 0;
             rx.increment(PortStat.RX_UNLEARNED);
-            learnLog.warn(() -> in + ": did not learn " + Mac.toString(src) + ": "
-                    + (learned == MacTable.PORT_FULL
-                            ? "the port already holds " + config.macsPerPort() + " addresses (macs-per-port)"
-                            : "the MAC table is full (" + config.macTableCapacity() + " addresses)")
-                    + "; its frames are still forwarded, replies to it are flooded");
+            if (learnLog.due()) { // an honest port's every frame once the table is full: nothing per frame
+                learnLog.warn(() -> in + ": did not learn " + Mac.toString(src) + ": "
+                        + (learned == MacTable.PORT_FULL
+                                ? "the port already holds " + config.macsPerPort() + " addresses (macs-per-port)"
+                                : "the MAC table is full (" + config.macTableCapacity() + " addresses)")
+                        + "; its frames are still forwarded, replies to it are flooded");
+            }
         }
         if (Mac.isMulticast(dst)) {
             rx.increment(PortStat.RX_MULTICAST);

@@ -108,8 +108,10 @@ final class NetTxQueue implements RingHandler.Device {
         long readable = c.readableBytes();
         if (readable < headerSize) {
             rx.counters().increment(PortStat.RX_DROPPED_MALFORMED);
-            log.warn(name + " tx queue " + index + ": a " + readable + "-byte request is shorter than the " + headerSize
-                    + "-byte virtio-net header; dropped");
+            if (log.due()) { // a guest may send these at line rate: the message is built only when logged
+                log.warn(name + " tx queue " + index + ": a " + readable + "-byte request is shorter than the "
+                        + headerSize + "-byte virtio-net header; dropped");
+            }
             return;
         }
         // Usually header and frame share one buffer (Linux and DPDK put the header in the frame's headroom): copy the
