@@ -78,7 +78,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     /**
      * @param socket     where to listen
-     * @param queuePairs receive/transmit queue pairs (1..256: vhost-user queue indices are 8 bits)
+     * @param queuePairs receive/transmit queue pairs (1..128: vhost-user queue indices are 8 bits, two per pair)
      * @param mac        the guest's address if known (offered as VIRTIO_NET_F_MAC and announced), else -1
      * @param pollMicros how long a transmit queue keeps polling after it ran dry (0: sleep at once until kicked);
      *                   with {@code adaptivePoll}, the most it polls
