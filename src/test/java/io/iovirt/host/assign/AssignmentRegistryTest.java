@@ -112,6 +112,28 @@ class AssignmentRegistryTest {
         assertThrows(HostConfigException.class, r::list);
     }
 
+    /**
+     * A table iovirt never writes — one device owned by two VMs — is refused naming both lines, instead of read as
+     * "the first line wins": that made the device vm-a's, and after vm-a released it, vm-b's without an assign.
+     */
+    @Test
+    void aDeviceListedTwiceIsDamageNotTwoOwners() throws Exception {
+        AssignmentRegistry r = new AssignmentRegistry(tmp);
+        r.assign(VF1, "vm-a", List.of());
+        Path file = tmp.resolve("assignments");
+        String row = Files.readAllLines(file).get(1);
+        Files.writeString(file, "iovirt-assignments 1\n" + row + "\n" + row.replace("vm-a", "vm-b") + "\nend 2\n");
+        HostConfigException e = assertThrows(HostConfigException.class, r::list);
+        assertTrue(
+                e.getMessage()
+                        .contains("line 3 is damaged: 0000:03:10.0 is assigned to VM vm-b here and to VM vm-a"
+                                + " on line 2"),
+                e.getMessage());
+        assertTrue(e.remedy().contains("fix or remove that line"), e.remedy());
+        assertThrows(HostConfigException.class, () -> r.release(VF1, "vm-a"));
+        assertEquals(row.replace("vm-a", "vm-b"), Files.readAllLines(file).get(2), "nothing was rewritten");
+    }
+
     @Test
     void assignChecksReadinessUnderTheStateLock() throws Exception {
         FakeHost h = DevicesTest.desktop(tmp.resolve("h"));
