@@ -12,6 +12,7 @@ import io.iovirt.host.binding.DriverBinding;
 import io.iovirt.host.check.HostCheck;
 import io.iovirt.host.sriov.SriovManager;
 import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciSysfs;
 import io.iovirt.pci.SysfsTree;
 import io.iovirt.util.ActionableException;
 import io.iovirt.util.ByteSizes;
@@ -638,6 +639,7 @@ public final class HostCommand implements Runnable {
                     .list().stream()
                             .filter(a -> vm == null || a.vm().equals(vm))
                             .toList();
+            PciSysfs pci = new PciSysfs(opts.paths().sys());
             if (opts.json) {
                 json(all.stream()
                         .map(a -> Map.of(
@@ -646,7 +648,9 @@ public final class HostCommand implements Runnable {
                                 "vm",
                                 a.vm(),
                                 "since",
-                                a.since().toString()))
+                                a.since().toString(),
+                                "present",
+                                pci.exists(a.bdf())))
                         .toList());
                 return 0;
             }
@@ -654,7 +658,14 @@ public final class HostCommand implements Runnable {
                 out().println("No devices are assigned" + (vm == null ? "." : " to VM " + vm + "."));
             }
             for (AssignmentRegistry.Assignment a : all) {
-                out().printf("%s  %-20s since %s%n", a.bdf(), a.vm(), a.since());
+                out().printf(
+                                "%s  %-20s since %s%s%n",
+                                a.bdf(),
+                                a.vm(),
+                                a.since(),
+                                pci.exists(a.bdf())
+                                        ? ""
+                                        : "  (gone: " + GONE + "; iovirt host release " + a.bdf() + ")");
             }
             out().flush();
             return 0;
@@ -711,6 +722,16 @@ public final class HostCommand implements Runnable {
                 throw new HostConfigException(
                         "name the devices or the VM", "iovirt host config --vm NAME, or iovirt host config BDF...");
             }
+            PciSysfs pci = new PciSysfs(opts.paths().sys());
+            for (Bdf b : chosen) {
+                if (!pci.exists(b)) {
+                    // QEMU would only fail later, without the reason: the device behind the address is not there.
+                    throw new HostConfigException(
+                            b + " is assigned to VM " + owner(all, b) + " but does not exist on this host ("
+                                    + pci.deviceDir(b) + " is missing): " + GONE,
+                            "release it (iovirt host release " + b + "), then assign a device that exists");
+                }
+            }
             if (opts.json) {
                 List<Object> list = new ArrayList<>();
                 for (int i = 0; i < chosen.size(); i++) {
@@ -733,6 +754,17 @@ public final class HostCommand implements Runnable {
             out().flush();
             return 0;
         }
+    }
+
+    /** Why an assigned device is not there: what removes devices from under the registry. */
+    static final String GONE = "a VF whose PF's VFs were removed or whose PF's driver let go, or an unplugged device";
+
+    private static String owner(List<AssignmentRegistry.Assignment> all, Bdf b) {
+        return all.stream()
+                .filter(a -> a.bdf().equals(b))
+                .map(AssignmentRegistry.Assignment::vm)
+                .findFirst()
+                .orElse("?");
     }
 
     @Command(
