@@ -137,10 +137,24 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
         return NvmeAdmin.SecondaryController.parseList(admin.identify(NvmeAdmin.CNS_SECONDARY_CTRL_LIST, 0));
     }
 
-    /** Resources per VF: as asked, or an even share of what is free, within the per-secondary maximum. */
+    /**
+     * Resources per VF: as asked, or an even share of what is free, within the per-secondary maximum — and within
+     * the 16 bits of NR (CDW11) and of a secondary's NVQ/NVI when the controller states no maximum (VQFRSM 0).
+     */
     static int perVf(String kind, int asked, long free, int count, int maxPerSecondary, int minimum, PciDevice pf) {
+        String limit = "the controller's limit of " + maxPerSecondary;
+        if (maxPerSecondary <= 0) {
+            maxPerSecondary = 0xffff;
+            limit = "the 16-bit field of the command (the controller states no maximum)";
+        }
         int n;
         if (asked > 0) {
+            if (asked < minimum) {
+                throw new HostConfigException(
+                        asked + " " + kind + " resource(s) per VF are too few: a VF needs at least " + minimum
+                                + (minimum == 2 ? " (its admin queue and one I/O queue)" : ""),
+                        "ask for " + minimum + " or more, or leave it out for an even share");
+            }
             n = asked;
             if ((long) n * count > free) {
                 throw new HostConfigException(
@@ -148,15 +162,11 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
                         "ask for at most " + (free / count) + " per VF, or create fewer VFs");
             }
         } else {
-            n = (int) Math.min(Integer.MAX_VALUE, free / count);
-            if (maxPerSecondary > 0) {
-                n = Math.min(n, maxPerSecondary);
-            }
+            n = (int) Math.min(maxPerSecondary, free / count);
         }
-        if (maxPerSecondary > 0 && n > maxPerSecondary) {
+        if (n > maxPerSecondary) {
             throw new HostConfigException(
-                    n + " " + kind + " resources per VF exceed the controller's limit of " + maxPerSecondary,
-                    "ask for at most " + maxPerSecondary);
+                    n + " " + kind + " resources per VF exceed " + limit, "ask for at most " + maxPerSecondary);
         }
         if (n < minimum) {
             throw new HostConfigException(

@@ -43,6 +43,19 @@ class NvmeVirtualizationTest {
         HostConfigException asked =
                 assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("interrupt", 2, 2, 2, 0, 1, pf));
         assertTrue(asked.getMessage().contains("2 VFs x 2 interrupt resources exceed the 2 free"), asked.getMessage());
+        // Asked for fewer than a VF can go online with: that is what is wrong, not the number of VFs.
+        HostConfigException one =
+                assertThrows(HostConfigException.class, () -> NvmeVirtualization.perVf("queue", 1, 100, 2, 0, 2, pf));
+        assertTrue(
+                one.getMessage().startsWith("1 queue resource(s) per VF are too few: a VF needs at least 2"),
+                one.getMessage());
+        assertTrue(one.remedy().startsWith("ask for 2 or more"), one.remedy());
+        // No stated maximum (VQFRSM 0): NR and NVQ are 16 bits, so a share of 70000 would have been sent as 4464.
+        assertEquals(0xffff, NvmeVirtualization.perVf("queue", 0, 140_000, 2, 0, 2, pf));
+        HostConfigException wide = assertThrows(
+                HostConfigException.class, () -> NvmeVirtualization.perVf("queue", 70_000, 140_000, 2, 0, 2, pf));
+        assertTrue(wide.getMessage().contains("exceed the 16-bit field of the command"), wide.getMessage());
+        assertTrue(wide.remedy().contains("at most 65535"), wide.remedy());
     }
 
     /**
