@@ -19,10 +19,15 @@ import io.iovirt.util.ByteSizes;
 import io.iovirt.util.Json;
 import java.io.IOException;
 import java.io.PrintWriter;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFileAttributeView;
+import java.nio.file.attribute.PosixFileAttributes;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.EnumSet;
@@ -804,14 +809,12 @@ public final class HostCommand implements Runnable {
             Path target = inPlace ? file : output;
             if (target != null && m.changed()) {
                 if (inPlace) {
-                    Files.copy(
-                            file,
+                    replace(
                             file.resolveSibling(file.getFileName() + ".bak"),
-                            StandardCopyOption.REPLACE_EXISTING);
+                            Files.readAllBytes(file),
+                            file.toRealPath());
                 }
-                Path tmp = target.resolveSibling(target.getFileName() + ".iovirt-tmp");
-                Files.writeString(tmp, m.text(), StandardCharsets.UTF_8);
-                Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                replace(target, m.text().getBytes(StandardCharsets.UTF_8), null);
             }
             if (opts.json) {
                 Map<String, Object> doc = new LinkedHashMap<>();
@@ -838,6 +841,52 @@ public final class HostCommand implements Runnable {
             }
             err().flush();
             return 0;
+        }
+
+        /**
+         * Replaces {@code target} (through a symbolic link: the file it points to) with {@code data} as a whole: a
+         * new file beside it, written and fsynced, renamed over it, the directory fsynced — so a crash leaves the old
+         * file or the new one. The new file gets the mode, owner and group of the file it replaces (or of
+         * {@code like}): a domain XML kept 0600 for the secrets in it must not come back 0644 under the umask.
+         */
+        private static void replace(Path target, byte[] data, Path like) throws IOException {
+            Path real = Files.exists(target) ? target.toRealPath() : target.toAbsolutePath();
+            Path model = like != null ? like : Files.exists(real) ? real : null;
+            Path tmp = real.resolveSibling(real.getFileName() + ".iovirt-tmp-"
+                    + ProcessHandle.current().pid() + "-" + System.nanoTime());
+            try {
+                try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)) {
+                    if (model != null) {
+                        PosixFileAttributes a = Files.readAttributes(model, PosixFileAttributes.class);
+                        Files.setPosixFilePermissions(tmp, a.permissions());
+                        PosixFileAttributeView view = Files.getFileAttributeView(tmp, PosixFileAttributeView.class);
+                        try {
+                            if (!view.readAttributes().owner().equals(a.owner())) {
+                                view.setOwner(a.owner());
+                            }
+                            if (!view.readAttributes().group().equals(a.group())) {
+                                view.setGroup(a.group());
+                            }
+                        } catch (IOException e) {
+                            throw new HostConfigException(
+                                    "cannot give the new " + real + " the owner and group of the old (" + a.owner()
+                                            + ":" + a.group() + "): " + SysfsTree.reason(e),
+                                    "run as its owner or as root, or write the result elsewhere with --output");
+                        }
+                    }
+                    ByteBuffer buf = ByteBuffer.wrap(data);
+                    while (buf.hasRemaining()) {
+                        ch.write(buf);
+                    }
+                    ch.force(true);
+                }
+                Files.move(tmp, real, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                try (FileChannel dir = FileChannel.open(real.getParent(), StandardOpenOption.READ)) {
+                    dir.force(true);
+                }
+            } finally {
+                Files.deleteIfExists(tmp);
+            }
         }
     }
 }
