@@ -204,8 +204,20 @@ public final class SriovManager {
                     }
                     return outcome(pfBdf, sriov.numVfs(), writes, notes, state);
                 }
-            } else if (provisionNvme && nvmeRequest.queues() + nvmeRequest.interrupts() > 0) {
-                notes.add("the VFs exist already; to change their resources, remove them first (--count 0)");
+            } else {
+                if (autoprobe != null && sriov.autoprobe() != null && autoprobe != sriov.autoprobe()) {
+                    // Asked for and shown in the outcome: not writing it left "autoprobe: on" after --no-autoprobe.
+                    write(writes, dir + "sriov_drivers_autoprobe", autoprobe ? "1" : "0");
+                    notes.add("drivers autoprobe " + (autoprobe ? "on" : "off") + " applies to VFs created later; the "
+                            + count + " that exist keep the drivers they have");
+                }
+                if (provisionNvme && nvmeRequest.queues() + nvmeRequest.interrupts() > 0) {
+                    notes.add("the VFs exist already; to change their resources, remove them first (--count 0)");
+                }
+            }
+            if (autoprobe != null && sriov.autoprobe() == null) {
+                notes.add("this kernel has no sriov_drivers_autoprobe for " + pfBdf + ": --" + (autoprobe ? "" : "no-")
+                        + "autoprobe had no effect");
             }
             Map<Integer, Map<String, Object>> state = pf.isNvme() && count > 0 ? describeNvme(pf, notes) : Map.of();
             return outcome(pfBdf, sriov.numVfs(), writes, notes, state);

@@ -69,6 +69,24 @@ class SriovManagerTest {
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
     }
 
+    /** --no-autoprobe with the count unchanged still sets it (for VFs made later), and says so. */
+    @Test
+    void autoprobeIsSetWhenTheCountStaysTheSame() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        SriovManager.Outcome o =
+                new SriovManager(h.paths()).setVfs(PF, 2, false, SriovManager.NvmeRequest.DEFAULT, false);
+        assertEquals(
+                List.of(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe") + " <- 0"), o.writes());
+        assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe"));
+        assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "the VFs were left alone");
+        assertEquals(false, o.autoprobe());
+        assertTrue(
+                o.notes()
+                        .contains("drivers autoprobe off applies to VFs created later; the 2 that exist keep the"
+                                + " drivers they have"),
+                o.notes().toString());
+    }
+
     /**
      * Runs {@code change} with sriov_numvfs of the PF turned into a directory (a write to it fails, as the kernel's
      * does when the PF driver refuses) after the change has read the PF: /proc/swaps is a FIFO, so the change's host
