@@ -486,6 +486,9 @@ public final class HostCommand implements Runnable {
             if (vfQueues < 0 || vfInterrupts < 0) {
                 throw Contract.usage(spec, "--vf-queues and --vf-interrupts must not be negative");
             }
+            if (count != null && count < 0) {
+                throw Contract.usage(spec, "--count must be 0 or more (0 removes the VFs), not " + count);
+            }
             SriovManager m = new SriovManager(opts.paths(), dryRun);
             Bdf pfBdf = pf;
             SriovManager.Outcome o = count == null

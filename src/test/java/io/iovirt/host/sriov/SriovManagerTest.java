@@ -260,6 +260,9 @@ class SriovManagerTest {
         HostConfigException many = assertThrows(
                 HostConfigException.class, () -> m.setVfs(PF, 8, null, SriovManager.NvmeRequest.DEFAULT, false));
         assertTrue(many.getMessage().contains("supports at most 7 VFs, not 8"), many.getMessage());
+        CliRun negative = CliRun.host(h, "vfs", PF.toString(), "--count", "-1");
+        assertEquals(2, negative.exit(), "a usage error: " + negative.err());
+        assertTrue(negative.err().contains("--count must be 0 or more (0 removes the VFs), not -1"), negative.err());
         HostConfigException vf = assertThrows(
                 HostConfigException.class,
                 () -> m.setVfs(Bdf.parse("0000:03:10.0"), 1, null, SriovManager.NvmeRequest.DEFAULT, false));
