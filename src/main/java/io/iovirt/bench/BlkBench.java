@@ -69,7 +69,8 @@ public final class BlkBench {
                 driver.stop();
 
                 LatencyHistogram latency = new LatencyHistogram();
-                long ios = 0, verified = 0, allocated = 0;
+                long ios = 0, verified = 0, allocated = 0, clientCpu = 0;
+                double lowestCore = Double.POSITIVE_INFINITY;
                 for (QueueRunner r : runners) {
                     latency.add(r.histogram());
                     ios += r.completed();
@@ -77,6 +78,11 @@ public final class BlkBench {
                     allocated = allocated < 0 || r.allocatedWhileMeasuring() < 0
                             ? -1
                             : allocated + r.allocatedWhileMeasuring();
+                    long cpu = r.cpuWhileMeasuring();
+                    clientCpu = clientCpu < 0 || cpu < 0 ? -1 : clientCpu + cpu;
+                    lowestCore = cpu < 0 || r.wallWhileMeasuring() <= 0
+                            ? Double.NaN
+                            : Math.min(lowestCore, 100.0 * cpu / r.wallWhileMeasuring());
                 }
                 return new BlkBenchResult(
                         o,
@@ -89,6 +95,8 @@ public final class BlkBench {
                         ios,
                         latency,
                         diff(cpu0, cpu1),
+                        clientCpu < 0 ? OptionalLong.empty() : OptionalLong.of(clientCpu),
+                        lowestCore,
                         diff(self0, self1),
                         memory,
                         driver.sharedMemoryBytes(),

@@ -53,6 +53,7 @@ final class QueueRunner implements Runnable {
     private final long[] slotSector;
     private final boolean[] slotRead;
     private final com.sun.management.ThreadMXBean threads;
+    private final java.lang.management.ThreadMXBean cpuClock;
 
     private final LatencyHistogram histogram = new LatencyHistogram();
     private long completedMeasured;
@@ -63,6 +64,13 @@ final class QueueRunner implements Runnable {
     private int idleSpins;
     private long allocatedAtMeasure = -1;
     private long allocatedAtStop = -1;
+    // This thread's CPU clock and the wall clock where its measured window starts and ends (its first batch of
+    // completions in MEASURE, and the moment it sees STOP): the window its completed() counts.
+    private boolean measured;
+    private long cpuAtMeasure = -1;
+    private long cpuAtStop = -1;
+    private long wallAtMeasure;
+    private long wallAtStop;
     private volatile String failure;
 
     /** What the queue does: direction, completion mode, whether data is checked, depth (the order is the sequence's). */
@@ -94,6 +102,8 @@ final class QueueRunner implements Runnable {
                         && t.isThreadAllocatedMemorySupported()
                 ? t
                 : null;
+        java.lang.management.ThreadMXBean clock = ManagementFactory.getThreadMXBean();
+        this.cpuClock = clock.isCurrentThreadCpuTimeSupported() ? clock : null;
         if (workload.write() && !workload.verify()) {
             // something other than zeros, once: a backend must not get away with detecting zero pages
             for (long off = 0; off + 8 <= data.byteSize(); off += 8) {
@@ -134,7 +144,10 @@ final class QueueRunner implements Runnable {
                 continue;
             }
             boolean measuring = p == MEASURE;
-            if (measuring && allocatedAtMeasure < 0) {
+            if (measuring && !measured) {
+                measured = true;
+                wallAtMeasure = System.nanoTime();
+                cpuAtMeasure = cpuNanos();
                 allocatedAtMeasure = allocatedBytes();
             }
             do {
@@ -144,6 +157,8 @@ final class QueueRunner implements Runnable {
             kickIfNeeded();
         }
         allocatedAtStop = allocatedBytes();
+        cpuAtStop = cpuNanos();
+        wallAtStop = System.nanoTime();
         drain();
         if (workload.verify()) {
             verifyWritten();
@@ -293,6 +308,11 @@ final class QueueRunner implements Runnable {
         return threads == null ? -1 : threads.getCurrentThreadAllocatedBytes();
     }
 
+    /** This thread's CPU time (user + system, CLOCK_THREAD_CPUTIME_ID: nanoseconds, not ticks), or -1. */
+    private long cpuNanos() {
+        return cpuClock == null ? -1 : cpuClock.getCurrentThreadCpuTime();
+    }
+
     String failure() {
         return failure;
     }
@@ -308,6 +328,20 @@ final class QueueRunner implements Runnable {
 
     long verifiedBlocks() {
         return verified;
+    }
+
+    /**
+     * CPU time this queue's thread used in its measured window — the client's work for the requests counted by
+     * {@link #completed()}, without the rest of the client process (JIT compiler, GC, the coordinating thread) — or
+     * -1 when the JVM cannot tell or nothing completed while measuring.
+     */
+    long cpuWhileMeasuring() {
+        return cpuAtMeasure < 0 || cpuAtStop < 0 ? -1 : cpuAtStop - cpuAtMeasure;
+    }
+
+    /** Wall-clock length of this thread's measured window in nanoseconds; 0 when nothing completed while measuring. */
+    long wallWhileMeasuring() {
+        return measured ? wallAtStop - wallAtMeasure : 0;
     }
 
     /** Heap bytes this thread allocated between its first measured completion and the stop, or -1 if unknown. */
