@@ -18,6 +18,12 @@ import java.nio.ByteOrder;
  * wrote is read back and compared.
  *
  * <p>The loop allocates nothing: slots, descriptor arrays and the histogram exist before the first request.
+ *
+ * <p>The load is a closed loop: a request is made when a slot frees. Its latency is its own submit to completion,
+ * so at QD > 1 the percentiles suffer from coordinated omission — while the backend stalls, the requests a steady
+ * arrival rate would have made in the meantime are not made, so a stall shows as one long latency per slot and fewer
+ * I/Os, not as the tail of late requests an open-loop client (requests at a fixed rate) would record. At QD 1 the
+ * loop is the workload itself (each request waits for the last), and nothing is omitted.
  */
 final class QueueRunner implements Runnable {
     static final int WARMUP = 0;
