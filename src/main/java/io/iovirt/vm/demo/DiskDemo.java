@@ -7,6 +7,7 @@ import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.Images;
+import io.iovirt.util.Json;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestException;
@@ -21,7 +22,9 @@ import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Random;
 import java.util.function.Consumer;
 import java.util.regex.MatchResult;
@@ -291,34 +294,28 @@ public final class DiskDemo {
         }
     }
 
-    /** Machine-readable form of the report. */
+    /** Machine-readable form of the report (util.Json: strings escaped, an unknown number null). */
     public static String json(Report report) {
-        StringBuilder s = new StringBuilder("{\"platform\":{\"accel\":\"")
-                .append(esc(report.platform().accel()))
-                .append("\",\"clocksource\":\"")
-                .append(esc(report.platform().clocksource()))
-                .append("\"},\"disk\":[");
-        for (int i = 0; i < report.results().size(); i++) {
-            Result r = report.results().get(i);
-            s.append(i == 0 ? "" : ",")
-                    .append(String.format(
-                            java.util.Locale.ROOT,
-                            "{\"path\":\"%s\",\"workload\":\"%s\",\"iops\":%.1f,\"p50_us\":%d,\"p99_us\":%d,\"ios\":%d,"
-                                    + "\"qemu_cpu_ns\":%d,\"iovirt_cpu_ns\":%d,\"cpu_us_per_io\":%.2f}",
-                            esc(r.path()),
-                            esc(r.workload()),
-                            r.iops(),
-                            r.p50Micros(),
-                            r.p99Micros(),
-                            r.ios(),
-                            r.qemuCpuNanos(),
-                            r.iovirtCpuNanos(),
-                            r.cpuMicrosPerIo()));
+        Map<String, Object> platform = new LinkedHashMap<>();
+        platform.put("accel", report.platform().accel());
+        platform.put("clocksource", report.platform().clocksource());
+        List<Object> disk = new ArrayList<>();
+        for (Result r : report.results()) {
+            Map<String, Object> m = new LinkedHashMap<>();
+            m.put("path", r.path());
+            m.put("workload", r.workload());
+            m.put("iops", r.iops());
+            m.put("p50_us", r.p50Micros());
+            m.put("p99_us", r.p99Micros());
+            m.put("ios", r.ios());
+            m.put("qemu_cpu_ns", r.qemuCpuNanos());
+            m.put("iovirt_cpu_ns", r.iovirtCpuNanos());
+            m.put("cpu_us_per_io", r.cpuMicrosPerIo());
+            disk.add(m);
         }
-        return s.append("]}").toString();
-    }
-
-    private static String esc(String s) {
-        return s.replace("\\", "\\\\").replace("\"", "\\\"");
+        Map<String, Object> doc = new LinkedHashMap<>();
+        doc.put("platform", platform);
+        doc.put("disk", disk);
+        return Json.compact(doc);
     }
 }

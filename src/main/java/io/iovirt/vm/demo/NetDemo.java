@@ -6,6 +6,7 @@ import io.iovirt.net.Mac;
 import io.iovirt.net.Port;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
+import io.iovirt.util.Json;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
@@ -15,8 +16,10 @@ import java.io.PrintStream;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.function.Consumer;
 import java.util.regex.MatchResult;
 import java.util.regex.Pattern;
@@ -240,24 +243,21 @@ public final class NetDemo {
                 "  host CPU/packet = (both QEMUs' + iovirt's CPU time during the phase) / packets through the NIC's port.");
     }
 
+    /** Machine-readable form of the results (util.Json: strings escaped, an unknown number null). */
     public static String json(List<Result> results) {
-        StringBuilder s = new StringBuilder("[");
-        for (int i = 0; i < results.size(); i++) {
-            Result r = results.get(i);
-            s.append(i == 0 ? "" : ",")
-                    .append(String.format(
-                            Locale.ROOT,
-                            "{\"path\":\"%s\",\"workload\":\"%s\",\"value\":%.2f,\"unit\":\"%s\",\"packets\":%d,\"bytes\":%d,"
-                                    + "\"cpu_ns\":%d,\"cpu_us_per_packet\":%.2f}",
-                            r.path(),
-                            r.workload(),
-                            r.value(),
-                            r.unit(),
-                            r.packets(),
-                            r.bytes(),
-                            r.cpuNanos(),
-                            r.cpuMicrosPerPacket()));
+        List<Object> out = new ArrayList<>();
+        for (Result r : results) {
+            Map<String, Object> m = new LinkedHashMap<>();
+            m.put("path", r.path());
+            m.put("workload", r.workload());
+            m.put("value", r.value());
+            m.put("unit", r.unit());
+            m.put("packets", r.packets());
+            m.put("bytes", r.bytes());
+            m.put("cpu_ns", r.cpuNanos());
+            m.put("cpu_us_per_packet", r.cpuMicrosPerPacket());
+            out.add(m);
         }
-        return s.append("]").toString();
+        return Json.compact(out);
     }
 }
