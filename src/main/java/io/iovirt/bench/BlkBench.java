@@ -94,10 +94,10 @@ public final class BlkBench {
                         (t1 - t0) / 1e9,
                         ios,
                         latency,
-                        diff(cpu0, cpu1),
+                        BackendProcess.elapsed(cpu0, cpu1),
                         clientCpu < 0 ? OptionalLong.empty() : OptionalLong.of(clientCpu),
                         lowestCore,
-                        diff(self0, self1),
+                        BackendProcess.elapsed(self0, self1),
                         memory,
                         driver.sharedMemoryBytes(),
                         allocated,
@@ -199,9 +199,5 @@ public final class BlkBench {
         if (interrupted) {
             Thread.currentThread().interrupt();
         }
-    }
-
-    private static OptionalLong diff(OptionalLong a, OptionalLong b) {
-        return a.isPresent() && b.isPresent() ? OptionalLong.of(b.getAsLong() - a.getAsLong()) : OptionalLong.empty();
     }
 }

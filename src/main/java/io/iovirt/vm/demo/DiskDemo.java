@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vm.demo;
 
+import io.iovirt.bench.BackendProcess;
 import io.iovirt.daemon.Daemon;
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.nbd.NbdExport;
@@ -25,6 +26,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.OptionalLong;
 import java.util.Random;
 import java.util.function.Consumer;
 import java.util.regex.MatchResult;
@@ -48,7 +50,10 @@ public final class DiskDemo {
         }
     }
 
-    /** One measured phase. {@code iovirtCpuNanos}: iovirt's CPU (vhost-user-blk for PV, the NBD export for FV). */
+    /**
+     * One measured phase. {@code iovirtCpuNanos}: iovirt's CPU (vhost-user-blk for PV, the NBD export for FV); a CPU
+     * time is -1 when /proc did not tell it.
+     */
     public record Result(
             String path,
             String workload,
@@ -59,7 +64,9 @@ public final class DiskDemo {
             long qemuCpuNanos,
             long iovirtCpuNanos) {
         public double cpuMicrosPerIo() {
-            return ios == 0 ? Double.NaN : (qemuCpuNanos + iovirtCpuNanos) / 1000.0 / ios;
+            return ios == 0 || qemuCpuNanos < 0 || iovirtCpuNanos < 0
+                    ? Double.NaN
+                    : (qemuCpuNanos + iovirtCpuNanos) / 1000.0 / ios;
         }
     }
 
@@ -177,6 +184,8 @@ public final class DiskDemo {
         Platform platform = new Platform(
                 g.accelerator().describe(), info.group(1), info.group(2).trim());
         List<Result> results = new ArrayList<>();
+        BackendProcess qemu = new BackendProcess(g.pid());
+        BackendProcess self = new BackendProcess(ProcessHandle.current().pid());
         for (Phase p : phases) {
             String path = p.device().equals("vda") ? PV : FV;
             progress.accept(String.format(
@@ -184,13 +193,13 @@ public final class DiskDemo {
             g.awaitConsole(
                     Pattern.compile("demo-start " + Pattern.quote(p.marker()) + "\\n"),
                     Duration.ofSeconds(seconds + 60L));
-            long q0 = HostCpu.of(g.pid());
-            long s0 = HostCpu.self();
+            OptionalLong q0 = qemu.cpuNanos();
+            OptionalLong s0 = self.cpuNanos();
             MatchResult end = g.awaitConsole(
                     Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"),
                     Duration.ofSeconds(seconds * 3L + 60));
-            long q1 = HostCpu.of(g.pid());
-            long s1 = HostCpu.self();
+            OptionalLong q1 = qemu.cpuNanos();
+            OptionalLong s1 = self.cpuNanos();
             FioTerse r = FioTerse.parse(end.group(1), p.rw().contains("write"), BLOCK);
             results.add(new Result(
                     path,
@@ -199,8 +208,8 @@ public final class DiskDemo {
                     r.p50Micros(),
                     r.p99Micros(),
                     r.ios(),
-                    q1 - q0,
-                    s1 - s0));
+                    BackendProcess.elapsed(q0, q1).orElse(-1),
+                    BackendProcess.elapsed(s0, s1).orElse(-1)));
         }
         g.awaitExit(Duration.ofSeconds(60));
         return new Report(platform, results);
@@ -308,8 +317,8 @@ public final class DiskDemo {
             m.put("p50_us", r.p50Micros());
             m.put("p99_us", r.p99Micros());
             m.put("ios", r.ios());
-            m.put("qemu_cpu_ns", r.qemuCpuNanos());
-            m.put("iovirt_cpu_ns", r.iovirtCpuNanos());
+            m.put("qemu_cpu_ns", r.qemuCpuNanos() < 0 ? null : r.qemuCpuNanos());
+            m.put("iovirt_cpu_ns", r.iovirtCpuNanos() < 0 ? null : r.iovirtCpuNanos());
             m.put("cpu_us_per_io", r.cpuMicrosPerIo());
             disk.add(m);
         }

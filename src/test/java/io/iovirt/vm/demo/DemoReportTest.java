@@ -5,9 +5,11 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.bench.BackendProcess;
 import io.iovirt.bench.StrictJson;
 import java.util.List;
 import java.util.Map;
+import java.util.OptionalLong;
 import org.junit.jupiter.api.Test;
 
 /** The demo's reports without guests: what each number is when it is known, and when it is not. */
@@ -33,6 +35,27 @@ class DemoReportTest {
         assertNull(disk.get(0).get("cpu_us_per_io"), "no I/O: no CPU per I/O");
         assertEquals(5.0, ((Number) disk.get(1).get("cpu_us_per_io")).doubleValue(), 1e-9);
         assertEquals(2000L, disk.get(1).get("ios"));
+    }
+
+    /**
+     * A process whose CPU time could not be read at one end of a phase (-1) leaves the phase's CPU unknown: it was
+     * subtracted and added as if it were a time, giving a CPU per I/O off by the whole other reading.
+     */
+    @Test
+    void anUnreadableCpuTimeIsUnknownNotANumber() {
+        DiskDemo.Result disk = new DiskDemo.Result("PV  x", "randread 4KiB qd1", 1000, 50, 90, 2000, -1, 2_000_000);
+        assertTrue(Double.isNaN(disk.cpuMicrosPerIo()), "CPU per I/O " + disk.cpuMicrosPerIo());
+        @SuppressWarnings("unchecked")
+        Map<String, Object> doc = (Map<String, Object>) StrictJson.parse(
+                DiskDemo.json(new DiskDemo.Report(new DiskDemo.Platform("KVM", "kvm-clock", ""), List.of(disk))));
+        @SuppressWarnings("unchecked")
+        Map<String, Object> row = ((List<Map<String, Object>>) doc.get("disk")).getFirst();
+        assertNull(row.get("qemu_cpu_ns"));
+        assertNull(row.get("cpu_us_per_io"));
+        NetDemo.Result net = new NetDemo.Result(NetDemo.PV, "TCP send 16 MiB", 12.5, "MiB/s", 1000, 16 << 20, -1);
+        assertTrue(Double.isNaN(net.cpuMicrosPerPacket()), "CPU per packet " + net.cpuMicrosPerPacket());
+        assertEquals(OptionalLong.empty(), BackendProcess.elapsed(OptionalLong.of(5), OptionalLong.empty()));
+        assertEquals(OptionalLong.of(3), BackendProcess.elapsed(OptionalLong.of(5), OptionalLong.of(8)));
     }
 
     @Test
