@@ -52,7 +52,8 @@ class DemoReportTest {
         Map<String, Object> row = ((List<Map<String, Object>>) doc.get("disk")).getFirst();
         assertNull(row.get("qemu_cpu_ns"));
         assertNull(row.get("cpu_us_per_io"));
-        NetDemo.Result net = new NetDemo.Result(NetDemo.PV, "TCP send 16 MiB", 12.5, "MiB/s", 1000, 16 << 20, -1);
+        NetDemo.Result net =
+                new NetDemo.Result(NetDemo.PV, "TCP send 16 MiB", 12.5, "MiB/s", 1000, 16 << 20, -1, 1.28, 1.27);
         assertTrue(Double.isNaN(net.cpuMicrosPerPacket()), "CPU per packet " + net.cpuMicrosPerPacket());
         assertEquals(OptionalLong.empty(), BackendProcess.elapsed(OptionalLong.of(5), OptionalLong.empty()));
         assertEquals(OptionalLong.of(3), BackendProcess.elapsed(OptionalLong.of(5), OptionalLong.of(8)));
@@ -61,8 +62,9 @@ class DemoReportTest {
     @Test
     void netJsonIsJsonWhenANumberIsUnknown() {
         List<NetDemo.Result> results = List.of(
-                new NetDemo.Result(NetDemo.PV, "ping RTT avg (min 300)", 532.0, "us", 0, 0, 1_000_000),
-                new NetDemo.Result(NetDemo.FV, "TCP send 16 MiB", 12.5, "MiB/s", 1000, 16 << 20, 2_000_000));
+                new NetDemo.Result(NetDemo.PV, "ping RTT avg (min 300)", 532.0, "us", 0, 0, 1_000_000, 1.2, 1.19),
+                new NetDemo.Result(
+                        NetDemo.FV, "TCP send 16 MiB", 12.5, "MiB/s", 1000, 16 << 20, 2_000_000, 1.28, 1.27));
         @SuppressWarnings("unchecked")
         List<Map<String, Object>> doc = (List<Map<String, Object>>) StrictJson.parse(NetDemo.json(results));
         assertNull(doc.get(0).get("cpu_us_per_packet"));
