@@ -40,7 +40,9 @@ import java.util.regex.Pattern;
  *
  * <p>The guest is a PVHVM profile: a q35 (hardware-virtualized) machine whose PV devices interrupt through MSI-X
  * vectors wired to eventfds, with EVENT_IDX notification suppression both ways; under KVM its clock is kvmclock.
- * Host CPU per I/O is QEMU's plus iovirt's CPU time over the phase, divided by the I/Os fio completed.
+ * Host CPU per I/O is QEMU's plus iovirt's CPU time while fio does I/O, divided by the I/Os fio completed: fio itself
+ * prints "demo-go" and "demo-stop" to the console around its I/O (exec_prerun, exec_postrun), so fio's start-up and
+ * exit are not in the window — from the phase's own start and end markers they were, half a second of a 1 s phase.
  */
 public final class DiskDemo {
     /** One fio job: the guest device, the access pattern and the queue depth. */
@@ -53,6 +55,10 @@ public final class DiskDemo {
     /**
      * One measured phase. {@code iovirtCpuNanos}: iovirt's CPU (vhost-user-blk for PV, the NBD export for FV); a CPU
      * time is -1 when /proc did not tell it.
+     *
+     * @param seconds the window the CPU times cover, from fio's "demo-go" to its "demo-stop" as the host saw them
+     *     (each within the console's 50 ms polling)
+     * @param fioSeconds how long fio did I/O by its own count: what the window should match
      */
     public record Result(
             String path,
@@ -62,7 +68,9 @@ public final class DiskDemo {
             long p99Micros,
             long ios,
             long qemuCpuNanos,
-            long iovirtCpuNanos) {
+            long iovirtCpuNanos,
+            double seconds,
+            double fioSeconds) {
         public double cpuMicrosPerIo() {
             return ios == 0 || qemuCpuNanos < 0 || iovirtCpuNanos < 0
                     ? Double.NaN
@@ -191,15 +199,18 @@ public final class DiskDemo {
             progress.accept(String.format(
                     "running %s %s qd%d for %d s on %s", p.rw(), "4KiB", p.queueDepth(), seconds, path.substring(4)));
             g.awaitConsole(
-                    Pattern.compile("demo-start " + Pattern.quote(p.marker()) + "\\n"),
-                    Duration.ofSeconds(seconds + 60L));
+                    Pattern.compile("demo-go " + Pattern.quote(p.marker()) + "\\n"), Duration.ofSeconds(seconds + 60L));
+            long t0 = System.nanoTime();
             OptionalLong q0 = qemu.cpuNanos();
             OptionalLong s0 = self.cpuNanos();
-            MatchResult end = g.awaitConsole(
-                    Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"),
+            g.awaitConsole(
+                    Pattern.compile("demo-stop " + Pattern.quote(p.marker()) + "\\n"),
                     Duration.ofSeconds(seconds * 3L + 60));
+            long t1 = System.nanoTime();
             OptionalLong q1 = qemu.cpuNanos();
             OptionalLong s1 = self.cpuNanos();
+            MatchResult end = g.awaitConsole(
+                    Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"), Duration.ofSeconds(60));
             FioTerse r = FioTerse.parse(end.group(1), p.rw().contains("write"), BLOCK);
             results.add(new Result(
                     path,
@@ -209,7 +220,9 @@ public final class DiskDemo {
                     r.p99Micros(),
                     r.ios(),
                     BackendProcess.elapsed(q0, q1).orElse(-1),
-                    BackendProcess.elapsed(s0, s1).orElse(-1)));
+                    BackendProcess.elapsed(s0, s1).orElse(-1),
+                    (t1 - t0) / 1e9,
+                    r.runtimeMillis() / 1e3));
         }
         g.awaitExit(Duration.ofSeconds(60));
         return new Report(platform, results);
@@ -236,12 +249,20 @@ public final class DiskDemo {
                     .append(p.queueDepth())
                     .append(" --ioengine=libaio --direct=1 --time_based --runtime=")
                     .append(seconds)
+                    // fio's own markers around its I/O, for the CPU window. fio appends "> demo.prerun.txt 2>&1"
+                    // to the command, so the echo's own redirection to the console is in a shell of its own.
+                    .append(" --exec_prerun='sh -c \"echo demo-go ")
+                    .append(p.marker())
+                    .append(" >/dev/console\"' --exec_postrun='sh -c \"echo demo-stop ")
+                    .append(p.marker())
+                    .append(" >/dev/console\"'")
                     .append(
                             " --norandommap --randrepeat=0 --minimal --percentile_list=50:99 > /tmp/fio.out 2>/tmp/fio.err")
                     .append(" || { echo \"fio failed on ")
                     .append(p.device())
                     .append(":\"; cat /tmp/fio.err; exit 1; }\n");
-            s.append("echo \"demo-end ").append(p.marker()).append(" $(cat /tmp/fio.out)\"\n");
+            // the terse line alone: fio also says where it saved the pre- and post-run commands' output
+            s.append("echo \"demo-end ").append(p.marker()).append(" $(grep '^3;' /tmp/fio.out)\"\n");
         }
         return s.toString();
     }
@@ -294,7 +315,7 @@ public final class DiskDemo {
                     pv.cpuMicrosPerIo() / fv.cpuMicrosPerIo());
         }
         out.println();
-        out.println("  host CPU/IO = (QEMU + iovirt CPU time during the phase) / I/Os completed.");
+        out.println("  host CPU/IO = (QEMU + iovirt CPU time while fio did I/O) / I/Os completed.");
         if (p.accel().startsWith("TCG")) {
             out.println(
                     "  Under TCG QEMU's CPU time is dominated by emulating the guest's own instructions, for both paths;");
@@ -320,6 +341,8 @@ public final class DiskDemo {
             m.put("qemu_cpu_ns", r.qemuCpuNanos() < 0 ? null : r.qemuCpuNanos());
             m.put("iovirt_cpu_ns", r.iovirtCpuNanos() < 0 ? null : r.iovirtCpuNanos());
             m.put("cpu_us_per_io", r.cpuMicrosPerIo());
+            m.put("seconds", r.seconds());
+            m.put("fio_seconds", r.fioSeconds());
             disk.add(m);
         }
         Map<String, Object> doc = new LinkedHashMap<>();

@@ -23,8 +23,9 @@ class DemoReportTest {
         DiskDemo.Report report = new DiskDemo.Report(
                 new DiskDemo.Platform("TCG (\"no\" \\dev\\kvm)", "tsc", ""),
                 List.of(
-                        new DiskDemo.Result("PV  x", "randread 4KiB qd1", 0, 0, 0, 0, 5_000_000, 1_000_000),
-                        new DiskDemo.Result("FV  y", "randread 4KiB qd1", 1000, 50, 90, 2000, 8_000_000, 2_000_000)));
+                        new DiskDemo.Result("PV  x", "randread 4KiB qd1", 0, 0, 0, 0, 5_000_000, 1_000_000, 1.01, 1.0),
+                        new DiskDemo.Result(
+                                "FV  y", "randread 4KiB qd1", 1000, 50, 90, 2000, 8_000_000, 2_000_000, 1.01, 1.0)));
         @SuppressWarnings("unchecked")
         Map<String, Object> doc = (Map<String, Object>) StrictJson.parse(DiskDemo.json(report));
         @SuppressWarnings("unchecked")
@@ -43,7 +44,8 @@ class DemoReportTest {
      */
     @Test
     void anUnreadableCpuTimeIsUnknownNotANumber() {
-        DiskDemo.Result disk = new DiskDemo.Result("PV  x", "randread 4KiB qd1", 1000, 50, 90, 2000, -1, 2_000_000);
+        DiskDemo.Result disk =
+                new DiskDemo.Result("PV  x", "randread 4KiB qd1", 1000, 50, 90, 2000, -1, 2_000_000, 1.01, 1.0);
         assertTrue(Double.isNaN(disk.cpuMicrosPerIo()), "CPU per I/O " + disk.cpuMicrosPerIo());
         @SuppressWarnings("unchecked")
         Map<String, Object> doc = (Map<String, Object>) StrictJson.parse(
