@@ -116,6 +116,6 @@ for r in $(seq 1 "$ROUNDS"); do
     name="$b"; [ "$b" = qsd ] || name="$(basename "$b")"
     jq -r --arg b "$name" --arg r "$r" '[$b, $r, (.iops | floor), (.latency_ns.p50 / 1000 | floor),
       (.latency_ns.p99 / 1000 | floor), ((.backend_cpu_us_per_io * 100 | floor) / 100),
-      (.client_cpu_us_per_io * .iops / 10000 | floor)] | map(tostring) | join(" ")' "$out"
+      ((.client_core_percent // (.client_cpu_us_per_io * .iops / 10000)) | floor)] | map(tostring) | join(" ")' "$out"
   done
 done

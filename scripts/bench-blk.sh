@@ -150,7 +150,7 @@ fi
 
 # ---- report ----------------------------------------------------------------------------------------------------
 q() { jq -r "$2" "$1"; }
-SHARE='.client_cpu_us_per_io * .iops / 1e4 | round' # percent of one core
+SHARE='(.client_core_percent // (.client_cpu_us_per_io * .iops / 1e4)) | round' # the queue thread's share of its core (older JSON: the client process's)
 JAVA_VERSION="unknown JDK"
 for jdk in "${JAVA_HOME:-}" /usr/lib/jvm/*25*; do # the launcher's search order
   if [ -n "$jdk" ] && [ -x "$jdk/bin/java" ] && "$jdk/bin/java" -version 2>&1 | grep -qE 'version "25'; then
@@ -179,7 +179,7 @@ for c in "${CASES[@]}"; do
     "$(q "$a" "$SHARE") / $(q "$b" "$SHARE")"
 done
 echo
-echo "client core %: CPU time of the (busy-polling) client over the measured time, iovirt run / qsd run; well below 100"
+echo "client core %: CPU time of the (busy-polling) client queue thread over its measured time, iovirt run / qsd run; well below 100"
 echo "means other work on this machine took the client's core, and that run's numbers are noise-bound."
 echo
 if [ -f "$DIR/fio-io_uring-randread-qd1.json" ]; then

@@ -179,7 +179,7 @@ echo
 echo "| rw | QD | iovirt IOPS | qsd IOPS | ratio | iovirt p50 µs | qsd p50 µs | iovirt CPU µs/IO | qsd CPU µs/IO | client core % |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 q() { jq -r "$2" "$1"; }
-SHARE='.client_cpu_us_per_io * .iops / 1e4 | round'
+SHARE='(.client_core_percent // (.client_cpu_us_per_io * .iops / 1e4)) | round'
 for rw in randread randwrite; do
   for qd in 1 32; do
     a="$DIR/blk-iovirt-$rw-qd$qd.json"; b="$DIR/blk-qsd-$rw-qd$qd.json"

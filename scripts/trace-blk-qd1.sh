@@ -69,7 +69,7 @@ run() { # tag, trace(0|1)
   fi
   wait "$cl"
   cleanup
-  jq -r --arg t "$1" '"\($t): \(.iops | round) IOPS, p50 \(.latency_ns.p50 / 1000) µs, p99 \(.latency_ns.p99 / 1000) µs, backend CPU \(.backend_cpu_us_per_io * 10 | round / 10) µs/IO, client core \(.client_cpu_us_per_io * .iops / 1e4 | round) %"' "$DIR/client-$1.json"
+  jq -r --arg t "$1" '"\($t): \(.iops | round) IOPS, p50 \(.latency_ns.p50 / 1000) µs, p99 \(.latency_ns.p99 / 1000) µs, backend CPU \(.backend_cpu_us_per_io * 10 | round / 10) µs/IO, client core \((.client_core_percent // (.client_cpu_us_per_io * .iops / 1e4)) | round) %"' "$DIR/client-$1.json"
 }
 echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), boost $BOOST"
 run untraced 0

@@ -9,7 +9,7 @@ import java.util.OptionalLong;
 
 /**
  * The backend process on the other end of the socket, found through SO_PEERCRED, observed through /proc: its CPU
- * time (utime + stime of all its threads) and its memory. Anything unreadable (another user's process without
+ * time (utime + stime of all its threads) and its memory. The demo reads QEMU's and its own CPU time through it too. Anything unreadable (another user's process without
  * privileges, a backend in another PID namespace) is reported as unknown, never guessed.
  */
 public final class BackendProcess {
@@ -51,6 +51,13 @@ public final class BackendProcess {
         } catch (IOException | RuntimeException e) {
             return OptionalLong.empty();
         }
+    }
+
+    /** CPU time between two readings of {@link #cpuNanos}; unknown when either is. */
+    public static OptionalLong elapsed(OptionalLong before, OptionalLong after) {
+        return before.isPresent() && after.isPresent()
+                ? OptionalLong.of(after.getAsLong() - before.getAsLong())
+                : OptionalLong.empty();
     }
 
     /** utime + stime from a /proc/PID/stat line; the command name may contain spaces and parentheses. */

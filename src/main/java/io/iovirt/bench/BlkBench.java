@@ -69,7 +69,8 @@ public final class BlkBench {
                 driver.stop();
 
                 LatencyHistogram latency = new LatencyHistogram();
-                long ios = 0, verified = 0, allocated = 0;
+                long ios = 0, verified = 0, allocated = 0, clientCpu = 0;
+                double lowestCore = Double.POSITIVE_INFINITY;
                 for (QueueRunner r : runners) {
                     latency.add(r.histogram());
                     ios += r.completed();
@@ -77,6 +78,11 @@ public final class BlkBench {
                     allocated = allocated < 0 || r.allocatedWhileMeasuring() < 0
                             ? -1
                             : allocated + r.allocatedWhileMeasuring();
+                    long cpu = r.cpuWhileMeasuring();
+                    clientCpu = clientCpu < 0 || cpu < 0 ? -1 : clientCpu + cpu;
+                    lowestCore = cpu < 0 || r.wallWhileMeasuring() <= 0
+                            ? Double.NaN
+                            : Math.min(lowestCore, 100.0 * cpu / r.wallWhileMeasuring());
                 }
                 return new BlkBenchResult(
                         o,
@@ -88,8 +94,10 @@ public final class BlkBench {
                         (t1 - t0) / 1e9,
                         ios,
                         latency,
-                        diff(cpu0, cpu1),
-                        diff(self0, self1),
+                        BackendProcess.elapsed(cpu0, cpu1),
+                        clientCpu < 0 ? OptionalLong.empty() : OptionalLong.of(clientCpu),
+                        lowestCore,
+                        BackendProcess.elapsed(self0, self1),
                         memory,
                         driver.sharedMemoryBytes(),
                         allocated,
@@ -191,9 +199,5 @@ public final class BlkBench {
         if (interrupted) {
             Thread.currentThread().interrupt();
         }
-    }
-
-    private static OptionalLong diff(OptionalLong a, OptionalLong b) {
-        return a.isPresent() && b.isPresent() ? OptionalLong.of(b.getAsLong() - a.getAsLong()) : OptionalLong.empty();
     }
 }

@@ -15,7 +15,13 @@ import java.util.OptionalLong;
  *
  * @param sameProcess           the backend runs in this JVM: its CPU time and memory include the client's
  * @param backendCpuNanos       backend CPU time during the measured phase; empty when /proc did not tell
- * @param clientCpuNanos        this process's CPU time during the measured phase
+ * @param clientCpuNanos        CPU time of the queue threads (the client's work per request) in their measured windows;
+ *                              empty when the JVM has no thread CPU clock
+ * @param clientCorePercent     the lowest share of a core a queue thread had over its measured window (its CPU time
+ *                              over its wall time): a busy-polling thread below ~95 % lost its core to something
+ *                              else, and the run is noise-bound; NaN when unknown
+ * @param clientProcessCpuNanos this whole process's CPU time during the measured phase: the queue threads plus the
+ *                              JIT compiler, GC and coordinating threads
  * @param backendMemory         at the end of the measured phase; null when /proc did not tell
  * @param sharedMemoryBytes     size of the guest RAM we share (both memfd regions)
  * @param clientAllocatedBytes  heap allocated by the queue threads while measuring; -1 when the JVM cannot tell
@@ -32,6 +38,8 @@ public record BlkBenchResult(
         LatencyHistogram latency,
         OptionalLong backendCpuNanos,
         OptionalLong clientCpuNanos,
+        double clientCorePercent,
+        OptionalLong clientProcessCpuNanos,
         BackendProcess.Memory backendMemory,
         long sharedMemoryBytes,
         long clientAllocatedBytes,
@@ -50,8 +58,13 @@ public record BlkBenchResult(
         return perIo(backendCpuNanos);
     }
 
+    /** CPU microseconds per I/O of the queue threads, or NaN when unknown. */
     public double clientCpuMicrosPerIo() {
         return perIo(clientCpuNanos);
+    }
+
+    public double clientProcessCpuMicrosPerIo() {
+        return perIo(clientProcessCpuNanos);
     }
 
     private double perIo(OptionalLong nanos) {
@@ -102,7 +115,16 @@ public record BlkBenchResult(
                 .append(cpu(backendCpuNanos))
                 .append(sameProcess ? " (includes this client)" : "")
                 .append('\n');
-        b.append("client CPU:  ").append(cpu(clientCpuNanos)).append('\n');
+        b.append("client CPU:  ")
+                .append(cpu(clientCpuNanos))
+                .append(o.queues() > 1 ? " in the queue threads, the lowest at " : " in the queue thread, at ")
+                .append(
+                        Double.isNaN(clientCorePercent)
+                                ? "n/a"
+                                : String.format(Locale.ROOT, "%.1f %%", clientCorePercent))
+                .append(" of its core; the whole client process ")
+                .append(String.format(Locale.ROOT, "%.2f µs/IO", clientProcessCpuMicrosPerIo()))
+                .append('\n');
         if (backendMemory == null) {
             b.append("backend memory: n/a (/proc/").append(backendPid).append(" not readable)\n");
         } else {
@@ -136,7 +158,7 @@ public record BlkBenchResult(
 
     private String cpu(OptionalLong nanos) {
         if (nanos.isEmpty()) {
-            return "n/a (/proc not readable)";
+            return "n/a (not readable)";
         }
         return String.format(
                 Locale.ROOT,
@@ -197,6 +219,8 @@ public record BlkBenchResult(
         m.put("backend_cpu_seconds", backendCpuNanos.isPresent() ? backendCpuNanos.getAsLong() / 1e9 : null);
         m.put("backend_cpu_us_per_io", backendCpuMicrosPerIo());
         m.put("client_cpu_us_per_io", clientCpuMicrosPerIo());
+        m.put("client_core_percent", clientCorePercent);
+        m.put("client_process_cpu_us_per_io", clientProcessCpuMicrosPerIo());
         if (backendMemory == null) {
             m.put("backend_memory", null);
         } else {

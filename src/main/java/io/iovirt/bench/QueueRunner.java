@@ -18,6 +18,12 @@ import java.nio.ByteOrder;
  * wrote is read back and compared.
  *
  * <p>The loop allocates nothing: slots, descriptor arrays and the histogram exist before the first request.
+ *
+ * <p>The load is a closed loop: a request is made when a slot frees. Its latency is its own submit to completion,
+ * so at QD > 1 the percentiles suffer from coordinated omission — while the backend stalls, the requests a steady
+ * arrival rate would have made in the meantime are not made, so a stall shows as one long latency per slot and fewer
+ * I/Os, not as the tail of late requests an open-loop client (requests at a fixed rate) would record. At QD 1 the
+ * loop is the workload itself (each request waits for the last), and nothing is omitted.
  */
 final class QueueRunner implements Runnable {
     static final int WARMUP = 0;
@@ -53,6 +59,7 @@ final class QueueRunner implements Runnable {
     private final long[] slotSector;
     private final boolean[] slotRead;
     private final com.sun.management.ThreadMXBean threads;
+    private final java.lang.management.ThreadMXBean cpuClock;
 
     private final LatencyHistogram histogram = new LatencyHistogram();
     private long completedMeasured;
@@ -63,6 +70,13 @@ final class QueueRunner implements Runnable {
     private int idleSpins;
     private long allocatedAtMeasure = -1;
     private long allocatedAtStop = -1;
+    // This thread's CPU clock and the wall clock where its measured window starts and ends (its first batch of
+    // completions in MEASURE, and the moment it sees STOP): the window its completed() counts.
+    private boolean measured;
+    private long cpuAtMeasure = -1;
+    private long cpuAtStop = -1;
+    private long wallAtMeasure;
+    private long wallAtStop;
     private volatile String failure;
 
     /** What the queue does: direction, completion mode, whether data is checked, depth (the order is the sequence's). */
@@ -94,6 +108,8 @@ final class QueueRunner implements Runnable {
                         && t.isThreadAllocatedMemorySupported()
                 ? t
                 : null;
+        java.lang.management.ThreadMXBean clock = ManagementFactory.getThreadMXBean();
+        this.cpuClock = clock.isCurrentThreadCpuTimeSupported() ? clock : null;
         if (workload.write() && !workload.verify()) {
             // something other than zeros, once: a backend must not get away with detecting zero pages
             for (long off = 0; off + 8 <= data.byteSize(); off += 8) {
@@ -134,7 +150,10 @@ final class QueueRunner implements Runnable {
                 continue;
             }
             boolean measuring = p == MEASURE;
-            if (measuring && allocatedAtMeasure < 0) {
+            if (measuring && !measured) {
+                measured = true;
+                wallAtMeasure = System.nanoTime();
+                cpuAtMeasure = cpuNanos();
                 allocatedAtMeasure = allocatedBytes();
             }
             do {
@@ -144,6 +163,8 @@ final class QueueRunner implements Runnable {
             kickIfNeeded();
         }
         allocatedAtStop = allocatedBytes();
+        cpuAtStop = cpuNanos();
+        wallAtStop = System.nanoTime();
         drain();
         if (workload.verify()) {
             verifyWritten();
@@ -293,6 +314,11 @@ final class QueueRunner implements Runnable {
         return threads == null ? -1 : threads.getCurrentThreadAllocatedBytes();
     }
 
+    /** This thread's CPU time (user + system, CLOCK_THREAD_CPUTIME_ID: nanoseconds, not ticks), or -1. */
+    private long cpuNanos() {
+        return cpuClock == null ? -1 : cpuClock.getCurrentThreadCpuTime();
+    }
+
     String failure() {
         return failure;
     }
@@ -308,6 +334,20 @@ final class QueueRunner implements Runnable {
 
     long verifiedBlocks() {
         return verified;
+    }
+
+    /**
+     * CPU time this queue's thread used in its measured window — the client's work for the requests counted by
+     * {@link #completed()}, without the rest of the client process (JIT compiler, GC, the coordinating thread) — or
+     * -1 when the JVM cannot tell or nothing completed while measuring.
+     */
+    long cpuWhileMeasuring() {
+        return cpuAtMeasure < 0 || cpuAtStop < 0 ? -1 : cpuAtStop - cpuAtMeasure;
+    }
+
+    /** Wall-clock length of this thread's measured window in nanoseconds; 0 when nothing completed while measuring. */
+    long wallWhileMeasuring() {
+        return measured ? wallAtStop - wallAtMeasure : 0;
     }
 
     /** Heap bytes this thread allocated between its first measured completion and the stop, or -1 if unknown. */

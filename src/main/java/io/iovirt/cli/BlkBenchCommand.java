@@ -30,6 +30,9 @@ import picocli.CommandLine.Option;
             "Drive a vhost-user-blk backend directly (no VM) and report IOPS, latency percentiles, the "
                     + "backend's CPU time per I/O and its memory.",
             "The backend is found through the socket's peer credentials; its CPU time and RSS are read from /proc.",
+            "The load is a closed loop (a request is made when one completes): latency is each request's submit to"
+                    + " completion, so above --qd 1 a stall of the backend delays requests instead of being recorded"
+                    + " as a tail of late ones (coordinated omission).",
             "Any request that does not complete with VIRTIO_BLK_S_OK fails the run (exit 1)."
         })
 public final class BlkBenchCommand implements Callable<Integer> {

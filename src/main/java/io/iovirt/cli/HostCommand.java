@@ -12,16 +12,22 @@ import io.iovirt.host.binding.DriverBinding;
 import io.iovirt.host.check.HostCheck;
 import io.iovirt.host.sriov.SriovManager;
 import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciSysfs;
 import io.iovirt.pci.SysfsTree;
 import io.iovirt.util.ActionableException;
 import io.iovirt.util.ByteSizes;
 import io.iovirt.util.Json;
 import java.io.IOException;
 import java.io.PrintWriter;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFileAttributeView;
+import java.nio.file.attribute.PosixFileAttributes;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.EnumSet;
@@ -480,6 +486,9 @@ public final class HostCommand implements Runnable {
             if (vfQueues < 0 || vfInterrupts < 0) {
                 throw Contract.usage(spec, "--vf-queues and --vf-interrupts must not be negative");
             }
+            if (count != null && count < 0) {
+                throw Contract.usage(spec, "--count must be 0 or more (0 removes the VFs), not " + count);
+            }
             SriovManager m = new SriovManager(opts.paths(), dryRun);
             Bdf pfBdf = pf;
             SriovManager.Outcome o = count == null
@@ -638,6 +647,7 @@ public final class HostCommand implements Runnable {
                     .list().stream()
                             .filter(a -> vm == null || a.vm().equals(vm))
                             .toList();
+            PciSysfs pci = new PciSysfs(opts.paths().sys());
             if (opts.json) {
                 json(all.stream()
                         .map(a -> Map.of(
@@ -646,7 +656,9 @@ public final class HostCommand implements Runnable {
                                 "vm",
                                 a.vm(),
                                 "since",
-                                a.since().toString()))
+                                a.since().toString(),
+                                "present",
+                                pci.exists(a.bdf())))
                         .toList());
                 return 0;
             }
@@ -654,7 +666,14 @@ public final class HostCommand implements Runnable {
                 out().println("No devices are assigned" + (vm == null ? "." : " to VM " + vm + "."));
             }
             for (AssignmentRegistry.Assignment a : all) {
-                out().printf("%s  %-20s since %s%n", a.bdf(), a.vm(), a.since());
+                out().printf(
+                                "%s  %-20s since %s%s%n",
+                                a.bdf(),
+                                a.vm(),
+                                a.since(),
+                                pci.exists(a.bdf())
+                                        ? ""
+                                        : "  (gone: " + GONE + "; iovirt host release " + a.bdf() + ")");
             }
             out().flush();
             return 0;
@@ -711,6 +730,16 @@ public final class HostCommand implements Runnable {
                 throw new HostConfigException(
                         "name the devices or the VM", "iovirt host config --vm NAME, or iovirt host config BDF...");
             }
+            PciSysfs pci = new PciSysfs(opts.paths().sys());
+            for (Bdf b : chosen) {
+                if (!pci.exists(b)) {
+                    // QEMU would only fail later, without the reason: the device behind the address is not there.
+                    throw new HostConfigException(
+                            b + " is assigned to VM " + owner(all, b) + " but does not exist on this host ("
+                                    + pci.deviceDir(b) + " is missing): " + GONE,
+                            "release it (iovirt host release " + b + "), then assign a device that exists");
+                }
+            }
             if (opts.json) {
                 List<Object> list = new ArrayList<>();
                 for (int i = 0; i < chosen.size(); i++) {
@@ -733,6 +762,17 @@ public final class HostCommand implements Runnable {
             out().flush();
             return 0;
         }
+    }
+
+    /** Why an assigned device is not there: what removes devices from under the registry. */
+    static final String GONE = "a VF whose PF's VFs were removed or whose PF's driver let go, or an unplugged device";
+
+    private static String owner(List<AssignmentRegistry.Assignment> all, Bdf b) {
+        return all.stream()
+                .filter(a -> a.bdf().equals(b))
+                .map(AssignmentRegistry.Assignment::vm)
+                .findFirst()
+                .orElse("?");
     }
 
     @Command(
@@ -772,14 +812,12 @@ public final class HostCommand implements Runnable {
             Path target = inPlace ? file : output;
             if (target != null && m.changed()) {
                 if (inPlace) {
-                    Files.copy(
-                            file,
+                    replace(
                             file.resolveSibling(file.getFileName() + ".bak"),
-                            StandardCopyOption.REPLACE_EXISTING);
+                            Files.readAllBytes(file),
+                            file.toRealPath());
                 }
-                Path tmp = target.resolveSibling(target.getFileName() + ".iovirt-tmp");
-                Files.writeString(tmp, m.text(), StandardCharsets.UTF_8);
-                Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                replace(target, m.text().getBytes(StandardCharsets.UTF_8), null);
             }
             if (opts.json) {
                 Map<String, Object> doc = new LinkedHashMap<>();
@@ -806,6 +844,52 @@ public final class HostCommand implements Runnable {
             }
             err().flush();
             return 0;
+        }
+
+        /**
+         * Replaces {@code target} (through a symbolic link: the file it points to) with {@code data} as a whole: a
+         * new file beside it, written and fsynced, renamed over it, the directory fsynced — so a crash leaves the old
+         * file or the new one. The new file gets the mode, owner and group of the file it replaces (or of
+         * {@code like}): a domain XML kept 0600 for the secrets in it must not come back 0644 under the umask.
+         */
+        private static void replace(Path target, byte[] data, Path like) throws IOException {
+            Path real = Files.exists(target) ? target.toRealPath() : target.toAbsolutePath();
+            Path model = like != null ? like : Files.exists(real) ? real : null;
+            Path tmp = real.resolveSibling(real.getFileName() + ".iovirt-tmp-"
+                    + ProcessHandle.current().pid() + "-" + System.nanoTime());
+            try {
+                try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)) {
+                    if (model != null) {
+                        PosixFileAttributes a = Files.readAttributes(model, PosixFileAttributes.class);
+                        Files.setPosixFilePermissions(tmp, a.permissions());
+                        PosixFileAttributeView view = Files.getFileAttributeView(tmp, PosixFileAttributeView.class);
+                        try {
+                            if (!view.readAttributes().owner().equals(a.owner())) {
+                                view.setOwner(a.owner());
+                            }
+                            if (!view.readAttributes().group().equals(a.group())) {
+                                view.setGroup(a.group());
+                            }
+                        } catch (IOException e) {
+                            throw new HostConfigException(
+                                    "cannot give the new " + real + " the owner and group of the old (" + a.owner()
+                                            + ":" + a.group() + "): " + SysfsTree.reason(e),
+                                    "run as its owner or as root, or write the result elsewhere with --output");
+                        }
+                    }
+                    ByteBuffer buf = ByteBuffer.wrap(data);
+                    while (buf.hasRemaining()) {
+                        ch.write(buf);
+                    }
+                    ch.force(true);
+                }
+                Files.move(tmp, real, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                try (FileChannel dir = FileChannel.open(real.getParent(), StandardOpenOption.READ)) {
+                    dir.force(true);
+                }
+            } finally {
+                Files.deleteIfExists(tmp);
+            }
         }
     }
 }

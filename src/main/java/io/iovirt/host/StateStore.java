@@ -11,6 +11,7 @@ import java.nio.channels.FileLock;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.AccessDeniedException;
 import java.nio.file.AtomicMoveNotSupportedException;
+import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.NoSuchFileException;
@@ -35,7 +36,8 @@ import java.util.stream.Stream;
  * iovirt's persistent state: small tables of space-separated fields in a state directory, changed only under an
  * exclusive lock (a {@link FileChannel#lock() file lock}, which serializes processes, plus a JVM lock, because file
  * locks are per process) and replaced atomically: write a temporary file, fsync it, rename it over the table, fsync
- * the directory. A reader therefore sees the old table or the new one, never a mix, even after a writer is killed.
+ * the directory (and, when this made the directory, its parent). A reader therefore sees the old table or the new
+ * one, never a mix, even after a writer is killed.
  *
  * <p>File format: a header line {@code iovirt-<name> 1}, one row per line, and a trailer {@code end <rows>} that
  * makes a truncated file (edited by hand, or by a tool that writes in place) detectable.
@@ -200,8 +202,12 @@ public final class StateStore {
     }
 
     private void syncDir() throws IOException {
-        try (FileChannel d = FileChannel.open(dir, StandardOpenOption.READ)) {
-            d.force(true);
+        syncDir(dir);
+    }
+
+    private static void syncDir(Path d) throws IOException {
+        try (FileChannel ch = FileChannel.open(d, StandardOpenOption.READ)) {
+            ch.force(true);
         }
     }
 
@@ -212,8 +218,7 @@ public final class StateStore {
     private void ensureDir() {
         try {
             if (!Files.exists(dir)) {
-                Files.createDirectories(dir);
-                Files.setPosixFilePermissions(dir, DIR_MODE); // createDirectories applies the umask
+                create();
             }
             int uid = (Integer) Files.getAttribute(dir, "unix:uid");
             Set<PosixFilePermission> mode = Files.getPosixFilePermissions(dir);
@@ -245,6 +250,31 @@ public final class StateStore {
                             ? "run as root, or choose another with --state-dir"
                             : "choose another with --state-dir",
                     e);
+        }
+    }
+
+    /**
+     * Creates the directory, mode 0700 from the start (mkdir applies the umask, which can only narrow it: no moment
+     * in which others could put files in it), and makes each directory created durable in its parent — the tables
+     * are fsynced with the directory they are in, but a directory whose own name is not on disk yet can vanish in a
+     * crash with every table in it.
+     */
+    private void create() throws IOException {
+        Path top = dir;
+        while (top.getParent() != null && !Files.exists(top.getParent())) {
+            top = top.getParent();
+        }
+        Files.createDirectories(dir.getParent());
+        try {
+            Files.createDirectory(dir, PosixFilePermissions.asFileAttribute(DIR_MODE));
+        } catch (FileAlreadyExistsException e) {
+            return; // another process made it first, and made it durable
+        }
+        for (Path p = dir; ; p = p.getParent()) {
+            syncDir(p.getParent());
+            if (p.equals(top)) {
+                return;
+            }
         }
     }
 

@@ -17,7 +17,10 @@ public final class LatencyHistogram {
 
     private final long[] counts = new long[BUCKETS];
     private long count;
-    private long sum;
+    // The sum for the mean, 128 bits wide (sumLow unsigned): it is in-flight requests times run time (Little's law),
+    // and 64 queues x 32768 requests over a day pass a long's 292 years of nanoseconds.
+    private long sumLow;
+    private long sumHigh;
     private long min = Long.MAX_VALUE;
     private long max;
 
@@ -26,7 +29,11 @@ public final class LatencyHistogram {
         long v = Math.max(value, 0);
         counts[index(v)]++;
         count++;
-        sum += v;
+        long sum = sumLow + v;
+        if (Long.compareUnsigned(sum, sumLow) < 0) {
+            sumHigh++;
+        }
+        sumLow = sum;
         if (v < min) {
             min = v;
         }
@@ -99,7 +106,8 @@ public final class LatencyHistogram {
     }
 
     public double mean() {
-        return count == 0 ? 0 : (double) sum / count;
+        double low = (double) (sumLow >>> 1) * 2 + (sumLow & 1); // unsigned
+        return count == 0 ? 0 : (sumHigh * 0x1p64 + low) / count;
     }
 
     /** Adds every value of {@code other} to this histogram. */
@@ -108,7 +116,12 @@ public final class LatencyHistogram {
             counts[i] += other.counts[i];
         }
         count += other.count;
-        sum += other.sum;
+        long sum = sumLow + other.sumLow;
+        if (Long.compareUnsigned(sum, sumLow) < 0) {
+            sumHigh++;
+        }
+        sumLow = sum;
+        sumHigh += other.sumHigh;
         min = Math.min(min, other.min);
         max = Math.max(max, other.max);
     }
@@ -116,7 +129,8 @@ public final class LatencyHistogram {
     public void reset() {
         java.util.Arrays.fill(counts, 0);
         count = 0;
-        sum = 0;
+        sumLow = 0;
+        sumHigh = 0;
         min = Long.MAX_VALUE;
         max = 0;
     }

@@ -15,9 +15,10 @@ import picocli.CommandLine;
  * one's stdout, stderr and exit status between markers. Used inside the nested test guest, where starting a JVM
  * under TCG costs tens of seconds: the commands are the same code paths as {@code ./iovirt host ...}.
  *
- * <p>One pseudo-command observes the kernel instead: {@code @wait-nvme BDF} waits (at most 60 s) until the nvme
+ * <p>Two pseudo-commands act on the kernel directly: {@code @wait-nvme BDF} waits (at most 60 s) until the nvme
  * driver has either brought the function's controller to "live" or given up on it (no driver bound any more), and
- * prints {@code nvme-state BDF=live|none|<state>}.
+ * prints {@code nvme-state BDF=live|none|<state>}; {@code @write FILE VALUE} writes VALUE to a sysfs file, as an
+ * administrator or another tool would behind iovirt's back, and prints {@code wrote FILE=VALUE}.
  */
 public final class GuestScriptMain {
     private GuestScriptMain() {}
@@ -25,6 +26,14 @@ public final class GuestScriptMain {
     public static void main(String[] commands) throws Exception {
         for (int i = 0; i < commands.length; i++) {
             String[] args = commands[i].trim().split("\\s+");
+            if (args[0].equals("@write")) {
+                System.out.println("=== BEGIN " + i + ": " + commands[i]);
+                Files.writeString(Path.of(args[1]), args[2]);
+                System.out.println("wrote " + args[1] + "=" + args[2]);
+                System.out.println("=== STDERR " + i);
+                System.out.println("=== END " + i + " rc=0");
+                continue;
+            }
             if (args[0].equals("@wait-nvme")) {
                 System.out.println("=== BEGIN " + i + ": " + commands[i]);
                 System.out.println("nvme-state " + args[1] + "=" + waitNvme(args[1]));

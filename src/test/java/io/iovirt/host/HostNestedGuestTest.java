@@ -68,7 +68,17 @@ class HostNestedGuestTest {
                 "host bind " + VF2 + " --json" + state, // 16 from nvme to vfio-pci
                 "host reset " + VF2 + " --json" + state, // 17
                 "host unbind " + VF2 + " --json" + state, // 18 back to nvme
-                "@wait-nvme " + VF2); // 19
+                "@wait-nvme " + VF2, // 19
+                "host bind " + VF1 + " --json" + state, // 20
+                "host assign " + VF1 + " --vm vm-c --json" + state, // 21
+                "host unbind " + PF + state, // 22 refused: the VFs would vanish with the PF's driver
+                "@write /sys/bus/pci/devices/" + PF + "/sriov_numvfs 0", // 23 VFs destroyed behind iovirt's back
+                "host assignments --json" + state, // 24
+                "host config --vm vm-c" + state, // 25 refused: the device is gone
+                "host vfs " + PF + " --count 2 --autoprobe --json" + state, // 26 a new VF where vm-c's was
+                "host assignments --json" + state, // 27
+                "@wait-nvme " + VF1, // 28
+                "@wait-nvme " + VF2); // 29
         StringBuilder quoted = new StringBuilder();
         for (String c : commands) {
             quoted.append(" '").append(c).append('\'');
@@ -208,6 +218,27 @@ class HostNestedGuestTest {
         assertTrue(s.get(18).out.contains("\"driver_after\": \"nvme\""), s.get(18).out);
         assertTrue(s.get(18).out.contains("\"note\": \"restored to nvme\""), s.get(18).out);
         assertTrue(s.get(19).out.contains("nvme-state " + VF2 + "=live"), s.get(19).out);
+
+        // A PF whose VF a VM owns keeps its driver; when its VFs are destroyed anyway (sriov_numvfs written by hand),
+        // the assignment shows as gone, gets no QEMU configuration, and does not pass to the new VF at that address.
+        s.get(20).assertRc(0);
+        s.get(21).assertRc(0);
+        s.get(22).assertRc(1);
+        assertTrue(s.get(22).err.contains("its VF " + VF1 + " is assigned to VM vm-c"), s.get(22).err);
+        assertTrue(s.get(23).out.contains("wrote "), s.get(23).out);
+        s.get(24).assertRc(0);
+        assertTrue(s.get(24).out.contains("\"present\": false"), s.get(24).out);
+        s.get(25).assertRc(1);
+        assertTrue(
+                s.get(25).err.contains(VF1 + " is assigned to VM vm-c but does not exist on this host"), s.get(25).err);
+        s.get(26).assertRc(0);
+        assertTrue(
+                s.get(26).out.contains("VF " + VF1 + " was assigned to VM vm-c and had been destroyed outside iovirt"),
+                s.get(26).out);
+        s.get(27).assertRc(0);
+        assertEquals("[]", s.get(27).out.strip(), s.get(27).out);
+        assertTrue(s.get(28).out.contains("nvme-state " + VF1 + "=live"), s.get(28).out);
+        assertTrue(s.get(29).out.contains("nvme-state " + VF2 + "=live"), s.get(29).out);
         assertEquals("nvme", r.field("driver_" + VF1), r.output());
         assertEquals("nvme", r.field("driver_" + VF2), r.output());
     }

@@ -11,7 +11,9 @@ import java.time.format.DateTimeParseException;
 import java.time.temporal.ChronoUnit;
 import java.util.ArrayList;
 import java.util.Collection;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.regex.Pattern;
 
 /**
@@ -51,6 +53,7 @@ public final class AssignmentRegistry {
 
     public List<Assignment> list() {
         List<Assignment> out = new ArrayList<>();
+        Map<Bdf, Integer> rowOf = new HashMap<>();
         List<String[]> rows = store.read(TABLE);
         for (int i = 0; i < rows.size(); i++) {
             String[] row = rows.get(i);
@@ -70,6 +73,16 @@ public final class AssignmentRegistry {
                 since = Instant.parse(row[2]);
             } catch (DateTimeParseException e) {
                 throw store.damaged(TABLE, i, "bad time '" + SysfsTree.printable(row[2]) + "'");
+            }
+            Integer earlier = rowOf.putIfAbsent(bdf, i);
+            if (earlier != null) {
+                // One device, one VM: iovirt never writes a device twice, so a second row is an edit, and no owner
+                // can be chosen between the two (taking the first made the second the owner once it was released).
+                throw store.damaged(
+                        TABLE,
+                        i,
+                        bdf + " is assigned to VM " + row[1] + " here and to VM "
+                                + out.get(earlier).vm() + " on line " + (earlier + 2));
             }
             out.add(new Assignment(bdf, row[1], since));
         }

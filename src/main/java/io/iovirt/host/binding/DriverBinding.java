@@ -131,12 +131,17 @@ public final class DriverBinding {
                     problems.add("the host uses it: it " + use);
                 }
                 problems.addAll(vfioUsers(dev));
+                List<String> vfs = vanishingVfs(dev);
+                problems.addAll(vfs);
                 if (!problems.isEmpty()) {
                     throw new HostConfigException(
                             "refusing to unbind " + bdf + ": " + String.join("; ", problems),
                             (owner != null
                                             ? "release it first (iovirt host release " + bdf + "), "
-                                            : "stop using it first, ")
+                                            : !vfs.isEmpty()
+                                                    ? "release its VFs and remove them first (iovirt host vfs " + bdf
+                                                            + " --count 0), "
+                                                    : "stop using it first, ")
                                     + "or pass --force if you are sure");
                 }
             }
@@ -255,9 +260,29 @@ public final class DriverBinding {
                 problems.add("it is assigned to VM " + owner.vm() + "; a host driver must not take it");
             }
         }
-        if (dev.sriov() != null && dev.sriov().numVfs() > 0 && dev.driver() != null) {
-            problems.add("it has " + dev.sriov().numVfs() + " VFs enabled, which vanish when " + dev.driver()
-                    + " lets go (iovirt host vfs " + dev.bdf() + " --count 0 first)");
+        problems.addAll(vanishingVfs(dev));
+        return problems;
+    }
+
+    /**
+     * Why {@code dev}'s driver must not let go of it: it is a PF whose VFs the kernel destroys with the driver — as
+     * a change of sriov_numvfs does, which {@code host vfs} refuses while a VM owns a VF — naming each VM that
+     * would lose its VF.
+     */
+    private List<String> vanishingVfs(PciDevice dev) {
+        if (dev.sriov() == null || dev.sriov().numVfs() == 0 || dev.driver() == null) {
+            return List.of();
+        }
+        List<String> problems = new ArrayList<>();
+        problems.add("it has " + dev.sriov().numVfs() + " VFs enabled, which vanish when " + dev.driver()
+                + " lets go (iovirt host vfs " + dev.bdf() + " --count 0 first)");
+        List<AssignmentRegistry.Assignment> owners = registry.list();
+        for (Bdf vf : dev.sriov().vfs()) {
+            for (AssignmentRegistry.Assignment a : owners) {
+                if (a.bdf().equals(vf)) {
+                    problems.add("its VF " + vf + " is assigned to VM " + a.vm());
+                }
+            }
         }
         return problems;
     }

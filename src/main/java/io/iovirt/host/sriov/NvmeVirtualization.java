@@ -54,10 +54,8 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
             long freeVi = caps.vifrt() - caps.virfap() - caps.virfa() + heldVi;
             int vq = perVf("queue", request.queues(), freeVq, count, caps.vqfrsm(), 2, pf);
             int vi = perVf("interrupt", request.interrupts(), freeVi, count, caps.vifrsm(), 1, pf);
-            for (NvmeAdmin.SecondaryController sc : targets) {
-                admin.virtualizationManagement(NvmeAdmin.ACT_SECONDARY_ASSIGN, NvmeAdmin.RT_VQ, sc.scid(), vq);
-                admin.virtualizationManagement(NvmeAdmin.ACT_SECONDARY_ASSIGN, NvmeAdmin.RT_VI, sc.scid(), vi);
-                admin.virtualizationManagement(NvmeAdmin.ACT_SECONDARY_ONLINE, NvmeAdmin.RT_VQ, sc.scid(), 0);
+            for (Step step : plan(targets, vq, vi)) {
+                admin.virtualizationManagement(step.act(), step.rt(), step.scid(), step.nr());
             }
             notes.add("each VF got " + vq + " queue resources (1 admin + " + (vq - 1) + " I/O queue pairs) and " + vi
                     + " interrupt(s), out of " + caps.vqfrt() + " flexible queues and " + caps.vifrt()
@@ -107,14 +105,56 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
         return out;
     }
 
+    /** One Virtualization Management command: action, resource type, secondary controller, number of resources. */
+    record Step(int act, int rt, int scid, int nr) {}
+
+    /**
+     * The commands that give every (offline) target {@code vq} queue and {@code vi} interrupt resources, then bring
+     * each online. The controller checks each assignment against what is free at that moment (NR is the new total,
+     * so it needs NR minus what the secondary holds): targets that give resources back go first, then those that
+     * take more — in VF order alone, a VF taking its share before a later one gave its surplus back was refused,
+     * though the whole fitted.
+     */
+    static List<Step> plan(List<NvmeAdmin.SecondaryController> targets, int vq, int vi) {
+        List<Step> steps = new ArrayList<>();
+        for (boolean giving : new boolean[] {true, false}) {
+            for (NvmeAdmin.SecondaryController sc : targets) {
+                if (sc.nvq() > vq == giving) {
+                    steps.add(new Step(NvmeAdmin.ACT_SECONDARY_ASSIGN, NvmeAdmin.RT_VQ, sc.scid(), vq));
+                }
+                if (sc.nvi() > vi == giving) {
+                    steps.add(new Step(NvmeAdmin.ACT_SECONDARY_ASSIGN, NvmeAdmin.RT_VI, sc.scid(), vi));
+                }
+            }
+        }
+        for (NvmeAdmin.SecondaryController sc : targets) {
+            steps.add(new Step(NvmeAdmin.ACT_SECONDARY_ONLINE, NvmeAdmin.RT_VQ, sc.scid(), 0));
+        }
+        return steps;
+    }
+
     private static List<NvmeAdmin.SecondaryController> secondaries(NvmeAdmin admin) {
         return NvmeAdmin.SecondaryController.parseList(admin.identify(NvmeAdmin.CNS_SECONDARY_CTRL_LIST, 0));
     }
 
-    /** Resources per VF: as asked, or an even share of what is free, within the per-secondary maximum. */
+    /**
+     * Resources per VF: as asked, or an even share of what is free, within the per-secondary maximum — and within
+     * the 16 bits of NR (CDW11) and of a secondary's NVQ/NVI when the controller states no maximum (VQFRSM 0).
+     */
     static int perVf(String kind, int asked, long free, int count, int maxPerSecondary, int minimum, PciDevice pf) {
+        String limit = "the controller's limit of " + maxPerSecondary;
+        if (maxPerSecondary <= 0) {
+            maxPerSecondary = 0xffff;
+            limit = "the 16-bit field of the command (the controller states no maximum)";
+        }
         int n;
         if (asked > 0) {
+            if (asked < minimum) {
+                throw new HostConfigException(
+                        asked + " " + kind + " resource(s) per VF are too few: a VF needs at least " + minimum
+                                + (minimum == 2 ? " (its admin queue and one I/O queue)" : ""),
+                        "ask for " + minimum + " or more, or leave it out for an even share");
+            }
             n = asked;
             if ((long) n * count > free) {
                 throw new HostConfigException(
@@ -122,15 +162,11 @@ public final class NvmeVirtualization implements SriovManager.NvmeProvisioner {
                         "ask for at most " + (free / count) + " per VF, or create fewer VFs");
             }
         } else {
-            n = (int) Math.min(Integer.MAX_VALUE, free / count);
-            if (maxPerSecondary > 0) {
-                n = Math.min(n, maxPerSecondary);
-            }
+            n = (int) Math.min(maxPerSecondary, free / count);
         }
-        if (maxPerSecondary > 0 && n > maxPerSecondary) {
+        if (n > maxPerSecondary) {
             throw new HostConfigException(
-                    n + " " + kind + " resources per VF exceed the controller's limit of " + maxPerSecondary,
-                    "ask for at most " + maxPerSecondary);
+                    n + " " + kind + " resources per VF exceed " + limit, "ask for at most " + maxPerSecondary);
         }
         if (n < minimum) {
             throw new HostConfigException(

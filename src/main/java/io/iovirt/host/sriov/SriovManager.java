@@ -179,6 +179,7 @@ public final class SriovManager {
                             notes);
                 }
                 PciDevice after = PciInventory.scan(sys).require(pfBdf);
+                forgetStale(inv, after.sriov().vfs(), notes);
                 if (provisionNvme) {
                     Map<Integer, Map<String, Object>> state;
                     try {
@@ -203,8 +204,20 @@ public final class SriovManager {
                     }
                     return outcome(pfBdf, sriov.numVfs(), writes, notes, state);
                 }
-            } else if (provisionNvme && nvmeRequest.queues() + nvmeRequest.interrupts() > 0) {
-                notes.add("the VFs exist already; to change their resources, remove them first (--count 0)");
+            } else {
+                if (autoprobe != null && sriov.autoprobe() != null && autoprobe != sriov.autoprobe()) {
+                    // Asked for and shown in the outcome: not writing it left "autoprobe: on" after --no-autoprobe.
+                    write(writes, dir + "sriov_drivers_autoprobe", autoprobe ? "1" : "0");
+                    notes.add("drivers autoprobe " + (autoprobe ? "on" : "off") + " applies to VFs created later; the "
+                            + count + " that exist keep the drivers they have");
+                }
+                if (provisionNvme && nvmeRequest.queues() + nvmeRequest.interrupts() > 0) {
+                    notes.add("the VFs exist already; to change their resources, remove them first (--count 0)");
+                }
+            }
+            if (autoprobe != null && sriov.autoprobe() == null) {
+                notes.add("this kernel has no sriov_drivers_autoprobe for " + pfBdf + ": --" + (autoprobe ? "" : "no-")
+                        + "autoprobe had no effect");
             }
             Map<Integer, Map<String, Object>> state = pf.isNvme() && count > 0 ? describeNvme(pf, notes) : Map.of();
             return outcome(pfBdf, sriov.numVfs(), writes, notes, state);
@@ -332,6 +345,30 @@ public final class SriovManager {
      * --force destroys an assigned VF). A VF made later at the same address is a new device that nobody owns.
      */
     private void forgetDestroyed(List<Bdf> vfs, List<String> notes) {
+        forget(vfs, notes, "is destroyed", "a VF made at that address later");
+    }
+
+    /**
+     * Forgets what iovirt recorded about addresses where the kernel has just created VFs but where no device was
+     * before the change: the VF recorded there was destroyed outside iovirt (someone lowered sriov_numvfs, or the
+     * PF's driver let go of it), so the VF now at that address is new and nobody's — not the VM the old one was
+     * assigned to, which would otherwise be handed a device it was never given.
+     */
+    private void forgetStale(PciInventory before, List<Bdf> vfsNow, List<String> notes) {
+        List<Bdf> reborn = new ArrayList<>();
+        for (Bdf vf : vfsNow) {
+            if (before.device(vf) == null) {
+                reborn.add(vf);
+            }
+        }
+        forget(
+                reborn,
+                notes,
+                "had been destroyed outside iovirt (its PF's sriov_numvfs was lowered, or the PF's driver let go)",
+                "the VF just made at that address");
+    }
+
+    private void forget(List<Bdf> vfs, List<String> notes, String fate, String successor) {
         if (vfs.isEmpty()) {
             return;
         }
@@ -341,8 +378,8 @@ public final class SriovManager {
             DriverBinding.saveRemembered(store, rows);
         }
         for (AssignmentRegistry.Assignment a : registry.dropGone(vfs)) {
-            notes.add("VF " + a.bdf() + " was assigned to VM " + a.vm() + " and is destroyed: the assignment is "
-                    + "dropped (a VF made at that address later belongs to no VM; assign it again if " + a.vm()
+            notes.add("VF " + a.bdf() + " was assigned to VM " + a.vm() + " and " + fate + ": the assignment is "
+                    + "dropped (" + successor + " belongs to no VM; assign it again if " + a.vm()
                     + " should have it)");
         }
     }

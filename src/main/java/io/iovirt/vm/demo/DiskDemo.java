@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vm.demo;
 
+import io.iovirt.bench.BackendProcess;
 import io.iovirt.daemon.Daemon;
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.Images;
+import io.iovirt.util.Json;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestException;
@@ -21,7 +23,10 @@ import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
+import java.util.OptionalLong;
 import java.util.Random;
 import java.util.function.Consumer;
 import java.util.regex.MatchResult;
@@ -35,7 +40,9 @@ import java.util.regex.Pattern;
  *
  * <p>The guest is a PVHVM profile: a q35 (hardware-virtualized) machine whose PV devices interrupt through MSI-X
  * vectors wired to eventfds, with EVENT_IDX notification suppression both ways; under KVM its clock is kvmclock.
- * Host CPU per I/O is QEMU's plus iovirt's CPU time over the phase, divided by the I/Os fio completed.
+ * Host CPU per I/O is QEMU's plus iovirt's CPU time while fio does I/O, divided by the I/Os fio completed: fio itself
+ * prints "demo-go" and "demo-stop" to the console around its I/O (exec_prerun, exec_postrun), so fio's start-up and
+ * exit are not in the window — from the phase's own start and end markers they were, half a second of a 1 s phase.
  */
 public final class DiskDemo {
     /** One fio job: the guest device, the access pattern and the queue depth. */
@@ -45,7 +52,14 @@ public final class DiskDemo {
         }
     }
 
-    /** One measured phase. {@code iovirtCpuNanos}: iovirt's CPU (vhost-user-blk for PV, the NBD export for FV). */
+    /**
+     * One measured phase. {@code iovirtCpuNanos}: iovirt's CPU (vhost-user-blk for PV, the NBD export for FV); a CPU
+     * time is -1 when /proc did not tell it.
+     *
+     * @param seconds the window the CPU times cover, from fio's "demo-go" to its "demo-stop" as the host saw them
+     *     (each within the console's 50 ms polling)
+     * @param fioSeconds how long fio did I/O by its own count: what the window should match
+     */
     public record Result(
             String path,
             String workload,
@@ -54,9 +68,13 @@ public final class DiskDemo {
             long p99Micros,
             long ios,
             long qemuCpuNanos,
-            long iovirtCpuNanos) {
+            long iovirtCpuNanos,
+            double seconds,
+            double fioSeconds) {
         public double cpuMicrosPerIo() {
-            return ios == 0 ? Double.NaN : (qemuCpuNanos + iovirtCpuNanos) / 1000.0 / ios;
+            return ios == 0 || qemuCpuNanos < 0 || iovirtCpuNanos < 0
+                    ? Double.NaN
+                    : (qemuCpuNanos + iovirtCpuNanos) / 1000.0 / ios;
         }
     }
 
@@ -174,20 +192,25 @@ public final class DiskDemo {
         Platform platform = new Platform(
                 g.accelerator().describe(), info.group(1), info.group(2).trim());
         List<Result> results = new ArrayList<>();
+        BackendProcess qemu = new BackendProcess(g.pid());
+        BackendProcess self = new BackendProcess(ProcessHandle.current().pid());
         for (Phase p : phases) {
             String path = p.device().equals("vda") ? PV : FV;
             progress.accept(String.format(
                     "running %s %s qd%d for %d s on %s", p.rw(), "4KiB", p.queueDepth(), seconds, path.substring(4)));
             g.awaitConsole(
-                    Pattern.compile("demo-start " + Pattern.quote(p.marker()) + "\\n"),
-                    Duration.ofSeconds(seconds + 60L));
-            long q0 = HostCpu.of(g.pid());
-            long s0 = HostCpu.self();
-            MatchResult end = g.awaitConsole(
-                    Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"),
+                    Pattern.compile("demo-go " + Pattern.quote(p.marker()) + "\\n"), Duration.ofSeconds(seconds + 60L));
+            long t0 = System.nanoTime();
+            OptionalLong q0 = qemu.cpuNanos();
+            OptionalLong s0 = self.cpuNanos();
+            g.awaitConsole(
+                    Pattern.compile("demo-stop " + Pattern.quote(p.marker()) + "\\n"),
                     Duration.ofSeconds(seconds * 3L + 60));
-            long q1 = HostCpu.of(g.pid());
-            long s1 = HostCpu.self();
+            long t1 = System.nanoTime();
+            OptionalLong q1 = qemu.cpuNanos();
+            OptionalLong s1 = self.cpuNanos();
+            MatchResult end = g.awaitConsole(
+                    Pattern.compile("demo-end " + Pattern.quote(p.marker()) + " (\\S+)\\n"), Duration.ofSeconds(60));
             FioTerse r = FioTerse.parse(end.group(1), p.rw().contains("write"), BLOCK);
             results.add(new Result(
                     path,
@@ -196,8 +219,10 @@ public final class DiskDemo {
                     r.p50Micros(),
                     r.p99Micros(),
                     r.ios(),
-                    q1 - q0,
-                    s1 - s0));
+                    BackendProcess.elapsed(q0, q1).orElse(-1),
+                    BackendProcess.elapsed(s0, s1).orElse(-1),
+                    (t1 - t0) / 1e9,
+                    r.runtimeMillis() / 1e3));
         }
         g.awaitExit(Duration.ofSeconds(60));
         return new Report(platform, results);
@@ -224,12 +249,20 @@ public final class DiskDemo {
                     .append(p.queueDepth())
                     .append(" --ioengine=libaio --direct=1 --time_based --runtime=")
                     .append(seconds)
+                    // fio's own markers around its I/O, for the CPU window. fio appends "> demo.prerun.txt 2>&1"
+                    // to the command, so the echo's own redirection to the console is in a shell of its own.
+                    .append(" --exec_prerun='sh -c \"echo demo-go ")
+                    .append(p.marker())
+                    .append(" >/dev/console\"' --exec_postrun='sh -c \"echo demo-stop ")
+                    .append(p.marker())
+                    .append(" >/dev/console\"'")
                     .append(
                             " --norandommap --randrepeat=0 --minimal --percentile_list=50:99 > /tmp/fio.out 2>/tmp/fio.err")
                     .append(" || { echo \"fio failed on ")
                     .append(p.device())
                     .append(":\"; cat /tmp/fio.err; exit 1; }\n");
-            s.append("echo \"demo-end ").append(p.marker()).append(" $(cat /tmp/fio.out)\"\n");
+            // the terse line alone: fio also says where it saved the pre- and post-run commands' output
+            s.append("echo \"demo-end ").append(p.marker()).append(" $(grep '^3;' /tmp/fio.out)\"\n");
         }
         return s.toString();
     }
@@ -282,7 +315,7 @@ public final class DiskDemo {
                     pv.cpuMicrosPerIo() / fv.cpuMicrosPerIo());
         }
         out.println();
-        out.println("  host CPU/IO = (QEMU + iovirt CPU time during the phase) / I/Os completed.");
+        out.println("  host CPU/IO = (QEMU + iovirt CPU time while fio did I/O) / I/Os completed.");
         if (p.accel().startsWith("TCG")) {
             out.println(
                     "  Under TCG QEMU's CPU time is dominated by emulating the guest's own instructions, for both paths;");
@@ -291,34 +324,30 @@ public final class DiskDemo {
         }
     }
 
-    /** Machine-readable form of the report. */
+    /** Machine-readable form of the report (util.Json: strings escaped, an unknown number null). */
     public static String json(Report report) {
-        StringBuilder s = new StringBuilder("{\"platform\":{\"accel\":\"")
-                .append(esc(report.platform().accel()))
-                .append("\",\"clocksource\":\"")
-                .append(esc(report.platform().clocksource()))
-                .append("\"},\"disk\":[");
-        for (int i = 0; i < report.results().size(); i++) {
-            Result r = report.results().get(i);
-            s.append(i == 0 ? "" : ",")
-                    .append(String.format(
-                            java.util.Locale.ROOT,
-                            "{\"path\":\"%s\",\"workload\":\"%s\",\"iops\":%.1f,\"p50_us\":%d,\"p99_us\":%d,\"ios\":%d,"
-                                    + "\"qemu_cpu_ns\":%d,\"iovirt_cpu_ns\":%d,\"cpu_us_per_io\":%.2f}",
-                            esc(r.path()),
-                            esc(r.workload()),
-                            r.iops(),
-                            r.p50Micros(),
-                            r.p99Micros(),
-                            r.ios(),
-                            r.qemuCpuNanos(),
-                            r.iovirtCpuNanos(),
-                            r.cpuMicrosPerIo()));
+        Map<String, Object> platform = new LinkedHashMap<>();
+        platform.put("accel", report.platform().accel());
+        platform.put("clocksource", report.platform().clocksource());
+        List<Object> disk = new ArrayList<>();
+        for (Result r : report.results()) {
+            Map<String, Object> m = new LinkedHashMap<>();
+            m.put("path", r.path());
+            m.put("workload", r.workload());
+            m.put("iops", r.iops());
+            m.put("p50_us", r.p50Micros());
+            m.put("p99_us", r.p99Micros());
+            m.put("ios", r.ios());
+            m.put("qemu_cpu_ns", r.qemuCpuNanos() < 0 ? null : r.qemuCpuNanos());
+            m.put("iovirt_cpu_ns", r.iovirtCpuNanos() < 0 ? null : r.iovirtCpuNanos());
+            m.put("cpu_us_per_io", r.cpuMicrosPerIo());
+            m.put("seconds", r.seconds());
+            m.put("fio_seconds", r.fioSeconds());
+            disk.add(m);
         }
-        return s.append("]}").toString();
-    }
-
-    private static String esc(String s) {
-        return s.replace("\\", "\\\\").replace("\"", "\\\"");
+        Map<String, Object> doc = new LinkedHashMap<>();
+        doc.put("platform", platform);
+        doc.put("disk", disk);
+        return Json.compact(doc);
     }
 }

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.vm.demo;
 
+import io.iovirt.bench.BackendProcess;
 import io.iovirt.devices.net.VirtioNetPort;
 import io.iovirt.net.Mac;
 import io.iovirt.net.Port;
 import io.iovirt.net.StreamPort;
 import io.iovirt.net.Switch;
+import io.iovirt.util.Json;
 import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.GuestImage;
 import io.iovirt.vm.QemuGuest;
@@ -15,8 +17,11 @@ import java.io.PrintStream;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
+import java.util.OptionalLong;
 import java.util.function.Consumer;
 import java.util.regex.MatchResult;
 import java.util.regex.Pattern;
@@ -29,14 +34,31 @@ import java.util.regex.Pattern;
  *
  * <p>Throughput and packet counts come from the switch's counters for the NIC's port between the guest's phase
  * markers, so they do not depend on the guest's clock; host CPU per packet is both QEMUs' plus iovirt's CPU time over
- * the phase divided by the packets the NIC's port carried.
+ * the phase divided by the packets the NIC's port carried. The guest says "net-start" and waits half a second, so
+ * that the counters are read before any traffic, then "net-go" right before it starts: the time and the CPU are
+ * measured from "net-go" to "net-end", the traffic itself (from "net-start" they held the half second of sleep —
+ * a TCP send that took 0.1 s was reported at a sixth of its rate).
  */
 public final class NetDemo {
-    /** One measured phase: {@code value} in {@code unit}. */
+    /**
+     * One measured phase: {@code value} in {@code unit}; {@code cpuNanos} -1 when /proc did not tell it.
+     *
+     * @param seconds the phase as the host saw it (the guest's "net-go" to its "net-end", each seen within the
+     *     console's 50 ms polling)
+     * @param guestSeconds the same by the guest's clock (/proc/uptime, 10 ms steps): a check of the host's window
+     */
     public record Result(
-            String path, String workload, double value, String unit, long packets, long bytes, long cpuNanos) {
+            String path,
+            String workload,
+            double value,
+            String unit,
+            long packets,
+            long bytes,
+            long cpuNanos,
+            double seconds,
+            double guestSeconds) {
         public double cpuMicrosPerPacket() {
-            return packets == 0 ? Double.NaN : cpuNanos / 1000.0 / packets;
+            return packets == 0 || cpuNanos < 0 ? Double.NaN : cpuNanos / 1000.0 / packets;
         }
     }
 
@@ -87,29 +109,44 @@ public final class NetDemo {
                                 + " on " + path.substring(4));
                         guest.awaitConsole(
                                 Pattern.compile("net-start " + nic + " " + phase + "\\n"), Duration.ofSeconds(180));
-                        long t0 = System.nanoTime();
-                        long c0 = HostCpu.of(guest.pid()) + HostCpu.of(peer.pid()) + HostCpu.self();
                         long p0 = port.stats().rxPackets() + port.stats().txPackets();
                         long b0 = port.stats().rxBytes();
+                        MatchResult go = guest.awaitConsole(
+                                Pattern.compile("net-go " + nic + " " + phase + " ([0-9.]+)\\n"),
+                                Duration.ofSeconds(180));
+                        long t0 = System.nanoTime();
+                        OptionalLong c0 = cpu(guest, peer);
                         MatchResult end = guest.awaitConsole(
-                                Pattern.compile("net-end " + nic + " " + phase + "(.*)\\n"), Duration.ofSeconds(180));
+                                Pattern.compile("net-end " + nic + " " + phase + " ([0-9.]+)(.*)\\n"),
+                                Duration.ofSeconds(180));
                         long t1 = System.nanoTime();
-                        long c1 = HostCpu.of(guest.pid()) + HostCpu.of(peer.pid()) + HostCpu.self();
+                        double seconds = (t1 - t0) / 1e9;
+                        double guestSeconds = Double.parseDouble(end.group(1)) - Double.parseDouble(go.group(1));
+                        long cpu = BackendProcess.elapsed(c0, cpu(guest, peer)).orElse(-1);
                         long packets = port.stats().rxPackets() + port.stats().txPackets() - p0;
                         long bytes = port.stats().rxBytes() - b0;
                         if (phase.equals("ping")) {
                             results.add(new Result(
                                     path,
-                                    "ping RTT avg (min " + Math.round(minimumRttMicros(end.group(1))) + ")",
-                                    averageRttMicros(end.group(1)),
+                                    "ping RTT avg (min " + Math.round(minimumRttMicros(end.group(2))) + ")",
+                                    averageRttMicros(end.group(2)),
                                     "us",
                                     packets,
                                     bytes,
-                                    c1 - c0));
+                                    cpu,
+                                    seconds,
+                                    guestSeconds));
                         } else {
-                            double mibs = bytes / 1048576.0 / ((t1 - t0) / 1e9);
                             results.add(new Result(
-                                    path, "TCP send " + TCP_MIB + " MiB", mibs, "MiB/s", packets, bytes, c1 - c0));
+                                    path,
+                                    "TCP send " + TCP_MIB + " MiB",
+                                    bytes / 1048576.0 / seconds,
+                                    "MiB/s",
+                                    packets,
+                                    bytes,
+                                    cpu,
+                                    seconds,
+                                    guestSeconds));
                         }
                     }
                 }
@@ -117,6 +154,20 @@ public final class NetDemo {
                 return results;
             }
         }
+    }
+
+    /** Both QEMUs' and this process's CPU time so far; unknown when any of them is. */
+    private static OptionalLong cpu(RunningGuest guest, RunningGuest peer) {
+        long sum = 0;
+        for (long pid :
+                new long[] {guest.pid(), peer.pid(), ProcessHandle.current().pid()}) {
+            OptionalLong t = new BackendProcess(pid).cpuNanos();
+            if (t.isEmpty()) {
+                return OptionalLong.empty();
+            }
+            sum += t.getAsLong();
+        }
+        return OptionalLong.of(sum);
     }
 
     /** busybox ping -q: "round-trip min/avg/max = 0.372/0.532/2.104 ms". */
@@ -184,11 +235,13 @@ public final class NetDemo {
                 for nic in pv fv; do
                   if [ $nic = pv ]; then peer=10.77.1.1; else peer=10.77.2.1; fi
                   echo "net-start $nic ping"; sleep 0.5  # the host samples its counters when it sees the marker
+                  echo "net-go $nic ping $(cut -d' ' -f1 /proc/uptime)"
                   ping -A -q -c 300 $peer > /tmp/ping 2>&1
-                  echo "net-end $nic ping $(grep round-trip /tmp/ping)"
+                  echo "net-end $nic ping $(cut -d' ' -f1 /proc/uptime) $(grep round-trip /tmp/ping)"
                   echo "net-start $nic tcp"; sleep 0.5
+                  echo "net-go $nic tcp $(cut -d' ' -f1 /proc/uptime)"
                   dd if=/dev/zero bs=64k count=%2$d 2>/dev/null | nc $peer 5001
-                  echo "net-end $nic tcp"
+                  echo "net-end $nic tcp $(cut -d' ' -f1 /proc/uptime)"
                 done
                 """.formatted(Mac.toString(PEER_MAC), TCP_MIB * 16);
         return QemuGuest.builder(image)
@@ -240,24 +293,23 @@ public final class NetDemo {
                 "  host CPU/packet = (both QEMUs' + iovirt's CPU time during the phase) / packets through the NIC's port.");
     }
 
+    /** Machine-readable form of the results (util.Json: strings escaped, an unknown number null). */
     public static String json(List<Result> results) {
-        StringBuilder s = new StringBuilder("[");
-        for (int i = 0; i < results.size(); i++) {
-            Result r = results.get(i);
-            s.append(i == 0 ? "" : ",")
-                    .append(String.format(
-                            Locale.ROOT,
-                            "{\"path\":\"%s\",\"workload\":\"%s\",\"value\":%.2f,\"unit\":\"%s\",\"packets\":%d,\"bytes\":%d,"
-                                    + "\"cpu_ns\":%d,\"cpu_us_per_packet\":%.2f}",
-                            r.path(),
-                            r.workload(),
-                            r.value(),
-                            r.unit(),
-                            r.packets(),
-                            r.bytes(),
-                            r.cpuNanos(),
-                            r.cpuMicrosPerPacket()));
+        List<Object> out = new ArrayList<>();
+        for (Result r : results) {
+            Map<String, Object> m = new LinkedHashMap<>();
+            m.put("path", r.path());
+            m.put("workload", r.workload());
+            m.put("value", r.value());
+            m.put("unit", r.unit());
+            m.put("packets", r.packets());
+            m.put("bytes", r.bytes());
+            m.put("cpu_ns", r.cpuNanos() < 0 ? null : r.cpuNanos());
+            m.put("cpu_us_per_packet", r.cpuMicrosPerPacket());
+            m.put("seconds", r.seconds());
+            m.put("guest_seconds", r.guestSeconds());
+            out.add(m);
         }
-        return s.append("]").toString();
+        return Json.compact(out);
     }
 }

@@ -112,6 +112,28 @@ class AssignmentRegistryTest {
         assertThrows(HostConfigException.class, r::list);
     }
 
+    /**
+     * A table iovirt never writes — one device owned by two VMs — is refused naming both lines, instead of read as
+     * "the first line wins": that made the device vm-a's, and after vm-a released it, vm-b's without an assign.
+     */
+    @Test
+    void aDeviceListedTwiceIsDamageNotTwoOwners() throws Exception {
+        AssignmentRegistry r = new AssignmentRegistry(tmp);
+        r.assign(VF1, "vm-a", List.of());
+        Path file = tmp.resolve("assignments");
+        String row = Files.readAllLines(file).get(1);
+        Files.writeString(file, "iovirt-assignments 1\n" + row + "\n" + row.replace("vm-a", "vm-b") + "\nend 2\n");
+        HostConfigException e = assertThrows(HostConfigException.class, r::list);
+        assertTrue(
+                e.getMessage()
+                        .contains("line 3 is damaged: 0000:03:10.0 is assigned to VM vm-b here and to VM vm-a"
+                                + " on line 2"),
+                e.getMessage());
+        assertTrue(e.remedy().contains("fix or remove that line"), e.remedy());
+        assertThrows(HostConfigException.class, () -> r.release(VF1, "vm-a"));
+        assertEquals(row.replace("vm-a", "vm-b"), Files.readAllLines(file).get(2), "nothing was rewritten");
+    }
+
     @Test
     void assignChecksReadinessUnderTheStateLock() throws Exception {
         FakeHost h = DevicesTest.desktop(tmp.resolve("h"));
@@ -163,6 +185,41 @@ class AssignmentRegistryTest {
             }
         }
         throw new AssertionError("the assigner never waited for the state lock: " + Arrays.toString(t.getStackTrace()));
+    }
+
+    /**
+     * A device that vanished after it was assigned (its PF's VFs removed by hand, its PF unbound, unplugged): the list
+     * says so and how to clean up, and no QEMU configuration is printed for an address with no device behind it.
+     */
+    @Test
+    void anAssignedDeviceThatIsGoneIsShownAndGetsNoConfig() {
+        FakeHost h = DevicesTest.desktop(tmp.resolve("h"));
+        AssignmentRegistry r = new AssignmentRegistry(h.state);
+        r.assign(Bdf.parse("0000:04:00.0"), "vm-a", List.of());
+        r.assign(Bdf.parse("0000:03:10.4"), "vm-a", List.of());
+        CliRun list = CliRun.host(h, "assignments");
+        assertEquals(0, list.exit(), list.err());
+        String[] lines = list.out().split("\n");
+        assertFalse(lines[0].contains("gone"), lines[0]);
+        assertTrue(
+                lines[1].startsWith("0000:03:10.4  vm-a")
+                        && lines[1].contains("(gone: a VF whose PF's VFs were removed")
+                        && lines[1].endsWith("; iovirt host release 0000:03:10.4)"),
+                list.out());
+        CliRun json = CliRun.host(h, "assignments", "--json");
+        assertTrue(json.out().contains("\"present\": false"), json.out());
+        assertTrue(json.out().contains("\"present\": true"), json.out());
+        CliRun config = CliRun.host(h, "config", "--vm", "vm-a");
+        assertEquals(1, config.exit(), config.out());
+        assertTrue(
+                config.err().contains("0000:03:10.4 is assigned to VM vm-a but does not exist on this host"),
+                config.err());
+        assertTrue(config.err().contains("release it (iovirt host release 0000:03:10.4)"), config.err());
+        assertEquals("", config.out(), "no arguments for a device that is not there");
+        r.release(Bdf.parse("0000:03:10.4"), "vm-a");
+        assertEquals(
+                "-device vfio-pci,host=0000:04:00.0,id=hostdev0",
+                CliRun.host(h, "config", "--vm", "vm-a").out().strip());
     }
 
     @Test

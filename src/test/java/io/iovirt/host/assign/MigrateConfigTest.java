@@ -11,6 +11,7 @@ import io.iovirt.host.HostConfigException;
 import io.iovirt.pci.Bdf;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -108,6 +109,32 @@ class MigrateConfigTest {
         CliRun again = CliRun.run(List.of("host", "migrate-config", f.toString()));
         assertTrue(again.err().contains("no legacy KVM assignment found"), again.err());
         assertEquals(Files.readString(f), again.out());
+    }
+
+    /**
+     * A domain XML is often 0600 (it can hold VNC and iSCSI secrets): the rewritten file and its backup keep the
+     * original's mode instead of the umask's 0644, a symbolic link stays a link to the rewritten file, and nothing
+     * is left beside them.
+     */
+    @Test
+    void inPlaceKeepsTheModeAndTheLink() throws Exception {
+        Path f = tmp.resolve("vm.xml");
+        Files.writeString(f, LIBVIRT);
+        Files.setPosixFilePermissions(f, PosixFilePermissions.fromString("rw-r-----"));
+        Path link = Files.createSymbolicLink(tmp.resolve("current.xml"), f.getFileName());
+        CliRun r = CliRun.run(List.of("host", "migrate-config", link.toString(), "--in-place"));
+        assertEquals(0, r.exit(), r.err());
+        assertTrue(Files.isSymbolicLink(link), "the link was replaced by a file");
+        assertTrue(Files.readString(f).contains("<driver name='vfio'/>"));
+        assertEquals("rw-r-----", PosixFilePermissions.toString(Files.getPosixFilePermissions(f)));
+        Path bak = tmp.resolve("current.xml.bak");
+        assertEquals(LIBVIRT, Files.readString(bak));
+        assertEquals("rw-r-----", PosixFilePermissions.toString(Files.getPosixFilePermissions(bak)));
+        try (var files = Files.list(tmp)) {
+            assertEquals(
+                    List.of("current.xml", "current.xml.bak", "vm.xml"),
+                    files.map(p -> p.getFileName().toString()).sorted().toList());
+        }
     }
 
     @Test

@@ -290,6 +290,39 @@ class DriverBindingTest {
         assertTrue(e.getMessage().contains("it is assigned to VM gpu-vm"), e.getMessage());
     }
 
+    /**
+     * Unbinding a PF destroys its VFs as lowering sriov_numvfs does: refused while VFs exist, naming the VM that
+     * would lose one — the VF disappeared under its guest, and its assignment stayed behind for a later VF at the
+     * same address.
+     */
+    @Test
+    void unbindRefusesAPfWhoseVfsWouldVanishNamingTheirVms() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        h.device("0000:05:00.0", 0x15b3, 0x1017, 0x020000)
+                .driver("mlx5_core")
+                .group(30)
+                .sriov(8, List.of("0000:05:00.1"));
+        h.device("0000:05:00.1", 0x15b3, 0x1018, 0x020000)
+                .driver("vfio-pci")
+                .group(31)
+                .physfn("0000:05:00.0");
+        new AssignmentRegistry(h.state).assign(Bdf.parse("0000:05:00.1"), "vm-a", List.of());
+        String before = h.read("bus/pci/drivers/mlx5_core/unbind");
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:05:00.0"), false));
+        assertTrue(
+                e.getMessage()
+                        .startsWith("refusing to unbind 0000:05:00.0: it has 1 VFs enabled, which vanish when mlx5_core"
+                                + " lets go"),
+                e.getMessage());
+        assertTrue(e.getMessage().contains("its VF 0000:05:00.1 is assigned to VM vm-a"), e.getMessage());
+        assertTrue(e.remedy().contains("iovirt host vfs 0000:05:00.0 --count 0"), e.remedy());
+        assertEquals(before, h.read("bus/pci/drivers/mlx5_core/unbind"), "nothing was written");
+        HostConfigException bind = assertThrows(
+                HostConfigException.class, () -> binding(h).bind(Bdf.parse("0000:05:00.0"), "vfio-pci", false));
+        assertTrue(bind.getMessage().contains("its VF 0000:05:00.1 is assigned to VM vm-a"), bind.getMessage());
+    }
+
     @Test
     void resetWritesOneAndRefusesWhileAssignedOrHostOwned() {
         FakeHost h = DevicesTest.desktop(tmp);

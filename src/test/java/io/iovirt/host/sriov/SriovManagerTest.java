@@ -15,12 +15,19 @@ import io.iovirt.pci.Bdf;
 import io.iovirt.util.ActionableException;
 import java.io.FileInputStream;
 import java.io.IOException;
+import java.io.InputStream;
 import java.io.OutputStream;
 import java.io.UncheckedIOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
 import java.util.List;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.Supplier;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -62,6 +69,24 @@ class SriovManagerTest {
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
     }
 
+    /** --no-autoprobe with the count unchanged still sets it (for VFs made later), and says so. */
+    @Test
+    void autoprobeIsSetWhenTheCountStaysTheSame() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        SriovManager.Outcome o =
+                new SriovManager(h.paths()).setVfs(PF, 2, false, SriovManager.NvmeRequest.DEFAULT, false);
+        assertEquals(
+                List.of(h.sys.resolve("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe") + " <- 0"), o.writes());
+        assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_drivers_autoprobe"));
+        assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "the VFs were left alone");
+        assertEquals(false, o.autoprobe());
+        assertTrue(
+                o.notes()
+                        .contains("drivers autoprobe off applies to VFs created later; the 2 that exist keep the"
+                                + " drivers they have"),
+                o.notes().toString());
+    }
+
     /**
      * Runs {@code change} with sriov_numvfs of the PF turned into a directory (a write to it fails, as the kernel's
      * does when the PF driver refuses) after the change has read the PF: /proc/swaps is a FIFO, so the change's host
@@ -92,6 +117,98 @@ class SriovManagerTest {
                 new FileInputStream(swaps.toFile()).close(); // release the writer; the assertion above failed
             }
         }
+    }
+
+    /**
+     * Runs {@code change} (which must check the host's usage and then write {@code count} to the PF's sriov_numvfs
+     * once) with the kernel's part played: the VFs {@code vfs} appear, as the kernel creates them, between the write
+     * and the next read of sriov_numvfs. As in {@link #withNumvfsWriteFailing}, the /proc/swaps FIFO stops the change
+     * after its PCI scan; then sriov_numvfs becomes a FIFO, whose write is read here: the VFs are created, and only
+     * then can the change read sriov_numvfs again (a FIFO opened read-write, which Linux opens at once, answers a read
+     * already waiting; a regular file replaces the FIFO for every later one).
+     */
+    private static <T> T withKernelCreatingVfs(FakeHost h, String pf, List<String> vfs, Supplier<T> change)
+            throws Exception {
+        Path swaps = h.proc.resolve("swaps");
+        Files.deleteIfExists(swaps);
+        assertEquals(0, new ProcessBuilder("mkfifo", swaps.toString()).start().waitFor());
+        Path pfDir = h.sys.resolve("devices/pci0000:00/" + pf);
+        Path numvfs = pfDir.resolve("sriov_numvfs");
+        AtomicReference<String> written = new AtomicReference<>();
+        Thread kernel = new Thread(() -> {
+            try {
+                try (OutputStream out = Files.newOutputStream(swaps)) { // returns once the change opens the FIFO
+                    Path fifo = pfDir.resolve("numvfs.fifo");
+                    assertEquals(
+                            0,
+                            new ProcessBuilder("mkfifo", fifo.toString())
+                                    .start()
+                                    .waitFor());
+                    Files.move(fifo, numvfs, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                    Path plain = h.proc.resolve("swaps.plain");
+                    Files.writeString(plain, "Filename\tType\tSize\tUsed\tPriority\n");
+                    Files.move(plain, swaps, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                    out.write("Filename\tType\tSize\tUsed\tPriority\n".getBytes(StandardCharsets.US_ASCII));
+                }
+                try (InputStream in = Files.newInputStream(numvfs)) { // returns once the change opens it to write
+                    written.set(new String(in.readAllBytes(), StandardCharsets.US_ASCII));
+                }
+                for (int i = 0; i < vfs.size(); i++) {
+                    h.device(vfs.get(i), 0x15b3, 0x1018, 0x020000).group(40 + i).physfn(pf);
+                    FakeHost.link(pfDir.resolve("virtfn" + i), "../" + vfs.get(i));
+                }
+                Path plain = pfDir.resolve("numvfs.plain");
+                Files.writeString(plain, vfs.size() + "\n");
+                try (FileChannel answer = FileChannel.open(numvfs, StandardOpenOption.READ, StandardOpenOption.WRITE)) {
+                    answer.write(ByteBuffer.wrap((vfs.size() + "\n").getBytes(StandardCharsets.US_ASCII)));
+                    Files.move(plain, numvfs, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                }
+            } catch (IOException | InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+        });
+        kernel.setDaemon(true);
+        kernel.start();
+        try {
+            return change.get();
+        } finally {
+            kernel.join(30_000);
+            assertEquals(vfs.size() + "", written.get(), "what the change wrote to sriov_numvfs");
+        }
+    }
+
+    /**
+     * A VF assigned to a VM was destroyed outside iovirt (sriov_numvfs lowered by hand, or the PF unbound): when
+     * iovirt creates VFs again, the new VF at that address is not the VM's — it was handed over as if it were.
+     */
+    @Test
+    void aVfDestroyedOutsideIovirtLeavesNoOwnerToItsSuccessor() throws Exception {
+        FakeHost h = new FakeHost(tmp).intelHostWithIommu();
+        h.device("0000:05:00.0", 0x15b3, 0x1017, 0x020000)
+                .driver("mlx5_core")
+                .group(30)
+                .sriov(8, List.of());
+        AssignmentRegistry registry = new AssignmentRegistry(h.state);
+        Bdf vf = Bdf.parse("0000:05:00.2");
+        Bdf unplugged = Bdf.parse("0000:06:00.0"); // not a VF of this PF: kept
+        registry.assign(vf, "vm-a", List.of());
+        registry.assign(unplugged, "vm-b", List.of());
+        SriovManager.Outcome o = withKernelCreatingVfs(
+                h,
+                "0000:05:00.0",
+                List.of("0000:05:00.1", "0000:05:00.2"),
+                () -> new SriovManager(h.paths())
+                        .setVfs(Bdf.parse("0000:05:00.0"), 2, null, SriovManager.NvmeRequest.DEFAULT, false));
+        assertEquals(
+                List.of(Bdf.parse("0000:05:00.1"), vf),
+                o.vfs().stream().map(SriovManager.VfInfo::bdf).toList());
+        assertNull(registry.owner(vf), "the new VF still belongs to vm-a");
+        assertEquals("vm-b", registry.owner(unplugged).vm());
+        assertTrue(
+                o.notes().stream()
+                        .anyMatch(n -> n.startsWith(
+                                "VF 0000:05:00.2 was assigned to VM vm-a and had been destroyed" + " outside iovirt")),
+                o.notes().toString());
     }
 
     @Test
@@ -143,6 +260,9 @@ class SriovManagerTest {
         HostConfigException many = assertThrows(
                 HostConfigException.class, () -> m.setVfs(PF, 8, null, SriovManager.NvmeRequest.DEFAULT, false));
         assertTrue(many.getMessage().contains("supports at most 7 VFs, not 8"), many.getMessage());
+        CliRun negative = CliRun.host(h, "vfs", PF.toString(), "--count", "-1");
+        assertEquals(2, negative.exit(), "a usage error: " + negative.err());
+        assertTrue(negative.err().contains("--count must be 0 or more (0 removes the VFs), not -1"), negative.err());
         HostConfigException vf = assertThrows(
                 HostConfigException.class,
                 () -> m.setVfs(Bdf.parse("0000:03:10.0"), 1, null, SriovManager.NvmeRequest.DEFAULT, false));

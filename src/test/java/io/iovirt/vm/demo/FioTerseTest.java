@@ -20,6 +20,7 @@ class FioTerseTest {
         assertEquals(538384L * 1024 / 4096, r.ios());
         assertEquals(12, r.p50Micros());
         assertEquals(88, r.p99Micros());
+        assertEquals(1002, r.runtimeMillis());
         FioTerse w = FioTerse.parse(READ, true, 4096);
         assertEquals(0, w.ios());
     }
