@@ -45,7 +45,10 @@ final class NbdChannel {
         return true;
     }
 
-    /** Writes all of {@code bufs}. Not synchronized: the transmission phase serializes its replies itself. */
+    /**
+     * Writes all of {@code bufs}. Not synchronized: the transmission phase serializes its replies itself, and passes
+     * each slot's preallocated array (a varargs call makes an array per call: fine in the handshake only).
+     */
     void writeFully(ByteBuffer... bufs) throws IOException {
         long total = 0;
         for (ByteBuffer b : bufs) {

@@ -17,17 +17,23 @@ import java.nio.channels.ByteChannel;
 import java.nio.channels.ClosedChannelException;
 import java.nio.channels.GatheringByteChannel;
 import java.nio.charset.StandardCharsets;
-import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.LockSupport;
 
 /**
  * One client connection: its life cycle, the fixed newstyle handshake ({@link NbdHandshake}, on this connection's
  * thread), then the transmission phase with several requests in flight. A reader (this connection's thread) parses
- * each request into a free {@link Slot} — reading a write's payload into the slot's buffer — and hands it to a small
- * fixed set of worker threads; each worker does the image I/O and sends the reply (one gathering write under
+ * each request into a free {@link Slot} — reading a write's payload into the slot's buffer — and hands it to the
+ * slot's own worker thread; the worker does the image I/O and sends the reply (one gathering write under
  * {@link #writeLock}, so replies never interleave; a structured read reply is one OFFSET_DATA chunk with the DONE
  * flag). Replies may leave in any order, as the protocol allows; the cookie says which request each one answers.
+ *
+ * <p>No allocation per request on the success paths (NbdAllocationTest): a slot holds every buffer and buffer array
+ * its request and reply need, and slots go between the reader and the workers through a bit set and
+ * {@link LockSupport#park}/{@link LockSupport#unpark} rather than a blocking queue, whose condition wait allocates a
+ * node each time a thread waits. Error replies allocate their message (they are rare, and already log it).
  *
  * <p>Bounded memory per connection: {@link #WORKERS} slots, each keeping a buffer of at most {@link #RETAINED}
  * bytes; a larger request (up to {@link #MAX_PAYLOAD}) borrows from a per-connection budget of
@@ -72,23 +78,45 @@ final class NbdConnection implements Runnable {
     private boolean baseAllocation;
     /** Requests' offsets and lengths must be multiples of this. */
     private int minimumBlock;
-    /** Slots not in use: the reader takes one per request (blocking when all are busy: back-pressure). */
-    private ArrayBlockingQueue<Slot> freeSlots;
-    /** Parsed requests waiting for a worker. */
-    private ArrayBlockingQueue<Slot> ready;
+    /**
+     * Slots not in use, one bit each (bit i: {@code slots[i]}): the reader takes one per request, parking when all are
+     * busy (back-pressure); whoever answered a request gives its slot back.
+     */
+    private final AtomicInteger freeSlots = new AtomicInteger();
+    /** Every slot's bit: {@link #freeSlots} when no request is in flight. */
+    private static final int ALL_SLOTS = (1 << WORKERS) - 1;
+    /** The reader (this connection's thread), which parks for a free slot, or for all of them when draining. */
+    private Thread reader;
+    /** Set while the reader is about to park or parked for slots: whoever frees one unparks it. */
+    private volatile boolean readerWaiting;
 
     private Slot[] slots;
+    /** {@code workers[i]} serves {@code slots[i]} only. */
     private Thread[] workers;
     /** Bytes of requests larger than {@link #RETAINED} in flight on this connection. */
     private final Semaphore largeBudget = new Semaphore(MAX_PAYLOAD, true);
 
     private final Object writeLock = new Object();
 
-    /** One request in flight: owned by the reader while it parses the request, then by one worker. */
+    /**
+     * One request in flight: owned by the reader while it parses the request, then by its worker (or still the reader,
+     * when the reader serves it itself).
+     */
     private static final class Slot {
+        /** Its bit in {@link #freeSlots} and its worker in {@link #workers}. */
+        final int index;
+
         final ImageIo io;
         final ByteBuffer reply = ByteBuffer.allocateDirect(64);
-        final ByteBuffer extents = ByteBuffer.allocate(4 + MAX_EXTENTS * 8);
+        /** Direct, as the reply header: a heap buffer would be copied into native memory by the channel. */
+        final ByteBuffer extents = ByteBuffer.allocateDirect(4 + MAX_EXTENTS * 8);
+        /** A reply without data (the gathering write's array: a varargs call would make one per reply). */
+        final ByteBuffer[] header = {reply};
+        /** A reply with data: {@link #reply} and, for the time of the write, its data. */
+        final ByteBuffer[] headerAndData = {reply, null};
+        /** Set by the reader when it hands the slot to its worker; cleared by the worker when it takes it. */
+        volatile boolean ready;
+
         private ByteBuffer retained = ByteBuffer.allocateDirect(64 << 10);
         /** The retained buffer's memory (made once per buffer, not per request). */
         private MemorySegment retainedMemory = MemorySegment.ofBuffer(retained);
@@ -107,7 +135,8 @@ final class NbdConnection implements Runnable {
 
         private int largeBytes;
 
-        Slot(ImageIo io) {
+        Slot(int index, ImageIo io) {
+            this.index = index;
             this.io = io;
         }
 
@@ -262,20 +291,20 @@ final class NbdConnection implements Runnable {
         minimumBlock = agreed.minimumBlock();
         e.stats().connections.incrementAndGet();
         e.stats().connectionsTotal.increment();
+        reader = Thread.currentThread();
         slots = new Slot[WORKERS];
-        freeSlots = new ArrayBlockingQueue<>(WORKERS);
-        ready = new ArrayBlockingQueue<>(WORKERS);
         for (int i = 0; i < WORKERS; i++) {
-            slots[i] = new Slot(e.image().newContext(1, 1 << 20)); // O_DIRECT bounce buffer: 1 MiB chunks
-            freeSlots.add(slots[i]);
+            slots[i] = new Slot(i, e.image().newContext(1, 1 << 20)); // O_DIRECT bounce buffer: 1 MiB chunks
         }
+        freeSlots.set(ALL_SLOTS);
         workers = new Thread[WORKERS];
         for (int i = 0; i < WORKERS; i++) {
+            Slot slot = slots[i];
             // platform threads: image I/O is blocking FFM calls, which would pin a virtual thread's carrier
             workers[i] = Thread.ofPlatform()
                     .name("nbd " + server.name() + " #" + id + " worker " + i)
                     .daemon()
-                    .start(this::workerLoop);
+                    .start(() -> workerLoop(slot));
         }
         transmission = true;
     }
@@ -304,7 +333,7 @@ final class NbdConnection implements Runnable {
                 drain(TimeUnit.SECONDS.toNanos(60)); // answer what is in flight, then close
                 return;
             }
-            Slot slot = take(freeSlots);
+            Slot slot = takeSlot();
             // Until a worker (or serveAndRelease) owns the slot, the reader gives it back on any way out: a slot
             // missing from freeSlots is a request in flight, which the disconnect would wait a minute for.
             boolean handedOver = false;
@@ -330,19 +359,19 @@ final class NbdConnection implements Runnable {
                     }
                     buf.flip();
                 }
-                if (servedByReader(type, flags) && freeSlots.size() == WORKERS - 1 && ready.isEmpty()) {
+                if (servedByReader(type, flags) && freeSlots.get() == (ALL_SLOTS & ~(1 << slot.index))) {
                     // The only request in flight: served here, saving the worker's wake-up and a context switch per
                     // request (qemu-img bench, 4 KiB at QD 1: 2.92 -> 1.62 switches per read).
                     handedOver = true; // serveAndRelease frees the slot whatever happens
                     serveAndRelease(slot, export.image(), export.stats());
                 } else {
-                    ready.add(slot); // never full: it holds at most the WORKERS slots there are
+                    slot.ready = true; // its worker is idle: the slot was free
+                    LockSupport.unpark(workers[slot.index]);
                     handedOver = true;
                 }
             } finally {
                 if (!handedOver) {
-                    slot.release(largeBudget); // a large payload's memory and budget
-                    freeSlots.add(slot);
+                    free(slot); // a large payload's memory and budget too
                 }
             }
         }
@@ -358,50 +387,81 @@ final class NbdConnection implements Runnable {
         return type == CMD_READ || (type == CMD_WRITE && (flags & CMD_FLAG_FUA) == 0);
     }
 
-    private static Slot take(ArrayBlockingQueue<Slot> q) throws InterruptedIOException {
-        try {
-            return q.take();
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new InterruptedIOException("interrupted");
+    /**
+     * The reader takes a free slot, parking until one is freed when all are busy. The reader sets
+     * {@link #readerWaiting} and then looks at {@link #freeSlots} again before it parks; {@link #free} changes
+     * {@link #freeSlots} and then looks at {@link #readerWaiting}: with both volatile, at least one of them sees the
+     * other's write, so a freed slot never leaves the reader parked.
+     */
+    private Slot takeSlot() throws InterruptedIOException {
+        while (true) {
+            int free = freeSlots.get();
+            if (free != 0) {
+                int i = Integer.numberOfTrailingZeros(free);
+                if (freeSlots.compareAndSet(free, free & ~(1 << i))) {
+                    return slots[i];
+                }
+                continue; // a slot came back meanwhile
+            }
+            readerWaiting = true;
+            if (freeSlots.get() == 0) {
+                LockSupport.park(this);
+            }
+            readerWaiting = false;
+            if (Thread.currentThread().isInterrupted()) {
+                throw new InterruptedIOException("interrupted waiting for a request slot");
+            }
         }
     }
 
-    /** Waits until every request handed to the workers has been answered; false if that took longer than allowed. */
+    /** Ends a slot's request (its large buffer goes back to the budget) and gives the slot back to the reader. */
+    private void free(Slot slot) {
+        slot.release(largeBudget);
+        int bit = 1 << slot.index;
+        int free;
+        do {
+            free = freeSlots.get();
+        } while (!freeSlots.compareAndSet(free, free | bit));
+        if (readerWaiting) {
+            LockSupport.unpark(reader);
+        }
+    }
+
+    /**
+     * The reader waits until every request handed to the workers has been answered; false if that took longer than
+     * allowed (or the reader was interrupted).
+     */
     private boolean drain(long timeoutNanos) {
         long deadline = System.nanoTime() + timeoutNanos;
-        Slot[] held = new Slot[WORKERS];
-        int n = 0;
-        try {
-            while (n < WORKERS) {
-                Slot s = freeSlots.poll(Math.max(0, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
-                if (s == null) {
-                    return false;
-                }
-                held[n++] = s;
+        while (freeSlots.get() != ALL_SLOTS) {
+            long left = deadline - System.nanoTime();
+            if (left <= 0 || Thread.currentThread().isInterrupted()) {
+                return false;
             }
-            return true;
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            return false;
-        } finally {
-            for (int i = 0; i < n; i++) {
-                freeSlots.add(held[i]);
+            readerWaiting = true;
+            if (freeSlots.get() != ALL_SLOTS) {
+                LockSupport.parkNanos(this, left);
             }
+            readerWaiting = false;
         }
+        return true;
     }
 
-    /** A worker: serves the slots the reader hands over until interrupted at disconnect. */
-    private void workerLoop() {
+    /**
+     * A worker: serves its slot each time the reader hands it over, until interrupted at disconnect (which comes
+     * after the slots drained, or after the drain gave up on a request stuck in image I/O).
+     */
+    private void workerLoop(Slot slot) {
         DiskImage image = export.image();
         NbdExportStats st = export.stats();
         while (true) {
-            Slot slot;
-            try {
-                slot = ready.take();
-            } catch (InterruptedException e) {
-                return;
+            while (!slot.ready) {
+                LockSupport.park(this);
+                if (Thread.interrupted()) {
+                    return;
+                }
             }
+            slot.ready = false;
             serveAndRelease(slot, image, st);
         }
     }
@@ -420,8 +480,7 @@ final class NbdConnection implements Runnable {
             log(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
             close();
         } finally {
-            slot.release(largeBudget);
-            freeSlots.add(slot);
+            free(slot);
         }
     }
 
@@ -532,7 +591,7 @@ final class NbdConnection implements Runnable {
         } else {
             h.putInt(SIMPLE_REPLY_MAGIC).putInt(0).putLong(slot.cookie).flip();
         }
-        reply(h, buf);
+        reply(slot, buf);
     }
 
     /** A write whose payload the reader already put in the slot. */
@@ -603,7 +662,7 @@ final class NbdConnection implements Runnable {
                 .putLong(slot.cookie)
                 .putInt(ext.remaining())
                 .flip();
-        reply(h, ext);
+        reply(slot, ext);
     }
 
     private static final String[] COMMANDS = {
@@ -626,7 +685,7 @@ final class NbdConnection implements Runnable {
         }
         if (!structured) {
             h.putInt(SIMPLE_REPLY_MAGIC).putInt(err).putLong(slot.cookie).flip();
-            reply(h);
+            reply(slot.header);
         } else if (err == 0) {
             h.putInt(STRUCTURED_REPLY_MAGIC)
                     .putShort((short) REPLY_FLAG_DONE)
@@ -634,8 +693,9 @@ final class NbdConnection implements Runnable {
                     .putLong(slot.cookie)
                     .putInt(0)
                     .flip();
-            reply(h);
+            reply(slot.header);
         } else {
+            // allocates (the message, its bytes, their wrapper): errors are rare, and their message is logged anyway
             byte[] msg = what.getBytes(StandardCharsets.UTF_8);
             int n = Math.min(msg.length, 1024);
             h.putInt(STRUCTURED_REPLY_MAGIC)
@@ -646,7 +706,7 @@ final class NbdConnection implements Runnable {
                     .putInt(err)
                     .putShort((short) n)
                     .flip();
-            reply(h, ByteBuffer.wrap(msg, 0, n));
+            reply(slot, ByteBuffer.wrap(msg, 0, n));
         }
     }
 
@@ -701,8 +761,19 @@ final class NbdConnection implements Runnable {
         return EIO;
     }
 
-    /** Sends one reply (header and payload together), from any worker. */
-    private void reply(ByteBuffer... bufs) throws IOException {
+    /** Sends the slot's reply header and {@code data} together, through the slot's array. */
+    private void reply(Slot slot, ByteBuffer data) throws IOException {
+        ByteBuffer[] bufs = slot.headerAndData;
+        bufs[1] = data;
+        try {
+            reply(bufs);
+        } finally {
+            bufs[1] = null; // a large request's buffer is freed once answered: keep no reference to it
+        }
+    }
+
+    /** Sends one reply (one gathering write), from the reader or any worker. */
+    private void reply(ByteBuffer[] bufs) throws IOException {
         synchronized (writeLock) {
             ch.writeFully(bufs);
         }

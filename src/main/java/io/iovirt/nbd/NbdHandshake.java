@@ -29,6 +29,8 @@ final class NbdHandshake {
     private static final long MAX_SKIPPED = 16L << 20;
 
     private static final int PREFERRED_BLOCK = 4096;
+    /** Longest description sent (NBD_INFO_DESCRIPTION, the LIST reply): the protocol's limit for strings. */
+    private static final int MAX_DESCRIPTION = 4096;
 
     /**
      * What the handshake settled on.
@@ -124,12 +126,7 @@ final class NbdHandshake {
                         continue;
                     }
                     for (NbdExport e : server.exports()) {
-                        byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
-                        ByteBuffer r = ByteBuffer.allocate(4 + n.length)
-                                .putInt(n.length)
-                                .put(n)
-                                .flip();
-                        optionReply(option, REP_SERVER, r);
+                        optionReply(option, REP_SERVER, listEntry(e));
                     }
                     optionReply(option, REP_ACK, (String) null);
                 }
@@ -153,6 +150,23 @@ final class NbdHandshake {
                 default -> optionReply(option, REP_ERR_UNSUP, "option " + option + " is not supported");
             }
         }
+    }
+
+    /**
+     * An NBD_REP_SERVER reply's data: the name, then the description as the free text the protocol allows after it
+     * ("implementation-specific details ... suitable for direct display to a human being"). qemu-nbd's server sends
+     * the description there too, and it is where QEMU's client ({@code qemu-nbd -L}) and {@code nbd-client -l} read
+     * it from: neither asks NBD_OPT_INFO for NBD_INFO_DESCRIPTION. At most {@link #MAX_DESCRIPTION} bytes of it.
+     */
+    private static ByteBuffer listEntry(NbdExport e) {
+        byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
+        byte[] d = e.description() == null ? new byte[0] : e.description().getBytes(StandardCharsets.UTF_8);
+        int dl = Math.min(d.length, MAX_DESCRIPTION);
+        return ByteBuffer.allocate(4 + n.length + dl)
+                .putInt(n.length)
+                .put(n)
+                .put(d, 0, dl)
+                .flip();
     }
 
     /** The client chose {@code e}: what was agreed, handed to the connection to start its transmission phase. */
@@ -213,7 +227,7 @@ final class NbdHandshake {
         }
         if (wantDescription && e.description() != null) {
             byte[] d = e.description().getBytes(StandardCharsets.UTF_8);
-            int n = Math.min(d.length, 4096);
+            int n = Math.min(d.length, MAX_DESCRIPTION);
             optionReply(
                     option,
                     REP_INFO,

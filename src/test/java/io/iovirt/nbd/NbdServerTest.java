@@ -125,7 +125,11 @@ class NbdServerTest {
                 c.option(Nbd.OPT_LIST, new byte[0]);
                 Reply r = c.optionReply();
                 assertEquals(Nbd.REP_SERVER, r.type);
-                assertEquals("one", new String(r.data, 4, r.data.length - 4, StandardCharsets.UTF_8));
+                int nameLength = ByteBuffer.wrap(r.data).getInt();
+                assertEquals("one", new String(r.data, 4, nameLength, StandardCharsets.UTF_8));
+                assertEquals( // the description follows the name
+                        "raw image " + img,
+                        new String(r.data, 4 + nameLength, r.data.length - 4 - nameLength, StandardCharsets.UTF_8));
                 assertEquals(Nbd.REP_ACK, c.optionReply().type);
                 c.option(Nbd.OPT_ABORT, new byte[0]);
                 assertEquals(Nbd.REP_ACK, c.optionReply().type);
