@@ -266,6 +266,10 @@ public final class FileIo {
         if (r == -Errno.ENXIO) {
             return -1;
         }
+        if (r >= 0) {
+            return r;
+        }
+        // the message is built on failure only: SEEK_DATA/SEEK_HOLE run per NBD BLOCK_STATUS request
         return Syscalls.check(r, "lseek", "fd " + f + ", offset " + offset + ", whence " + whence);
     }
 

@@ -261,31 +261,56 @@ public final class UnixSocket implements AutoCloseable {
         }
     }
 
-    /** Scratch for {@link #sendGather}: a msghdr and {@code maxSegments} iovecs, allocated once by the caller. */
+    /**
+     * Scratch for {@link #sendIovecs} and {@link #receiveIovecs}: a msghdr and {@code maxSegments} iovecs, allocated
+     * once by the caller.
+     */
     public static MemorySegment gatherScratch(Arena arena, int maxSegments) {
         return arena.allocate(MSG_SIZE + 16L * maxSegments, 8);
     }
 
     /**
-     * One sendmsg of {@code segs[0..n)} (native memory) as one gathered message, using {@code scratch} from
-     * {@link #gatherScratch} (no allocation): returns the bytes the kernel took (possibly fewer than all). Never
-     * raises SIGPIPE.
+     * Sets iovec {@code i} of {@code scratch} ({@link #gatherScratch}) to {@code length} bytes of native memory at
+     * {@code address}. A raw address, so that a caller with a few long-lived buffers makes no segment per call: it
+     * must keep that memory allocated (and, for a receive, not otherwise in use) until the call using it returned.
      */
-    public long sendGather(MemorySegment scratch, MemorySegment[] segs, int n) throws LinuxException {
-        MemorySegment msg = scratch.asSlice(0, MSG_SIZE);
-        MemorySegment iov = scratch.asSlice(MSG_SIZE);
-        if (iov.byteSize() < 16L * n) {
-            throw new IllegalArgumentException(n + " segments, scratch has room for " + iov.byteSize() / 16);
+    public static void iovec(MemorySegment scratch, int i, long address, long length) {
+        if (address == 0 || length < 0) {
+            throw new IllegalArgumentException(
+                    "iovec " + i + ": " + length + " bytes at 0x" + Long.toHexString(address));
         }
-        msg.fill((byte) 0);
-        for (int i = 0; i < n; i++) {
-            requireNative(segs[i]);
-            iov.set(ADDRESS, 16L * i, segs[i]);
-            iov.set(JAVA_LONG, 16L * i + 8, segs[i].byteSize());
+        scratch.set(JAVA_LONG, MSG_SIZE + 16L * i, address); // out of the scratch's bounds past its iovecs: throws
+        scratch.set(JAVA_LONG, MSG_SIZE + 16L * i + 8, length);
+    }
+
+    /**
+     * One sendmsg of the first {@code n} iovecs of {@code scratch} ({@link #iovec}) as one gathered message: returns
+     * the bytes the kernel took (possibly fewer than all). No allocation. Never raises SIGPIPE.
+     */
+    public long sendIovecs(MemorySegment scratch, int n) throws LinuxException {
+        return Syscalls.check(Syscalls.sendmsg(fd.get(), msghdr(scratch, n), MSG_NOSIGNAL), "sendmsg", name);
+    }
+
+    /**
+     * One recvmsg into the first {@code n} iovecs of {@code scratch} ({@link #iovec}): the bytes read, 0 at end of
+     * stream. No allocation. No descriptors: any that come along are closed by the kernel, as with read(2).
+     */
+    public long receiveIovecs(MemorySegment scratch, int n) throws LinuxException {
+        return Syscalls.check(Syscalls.recvmsg(fd.get(), msghdr(scratch, n), 0), "recvmsg", name);
+    }
+
+    /** The msghdr at the start of {@code scratch}, over its first {@code n} iovecs and without control data. */
+    private static MemorySegment msghdr(MemorySegment scratch, int n) {
+        if (n < 1 || MSG_SIZE + 16L * n > scratch.byteSize()) {
+            throw new IllegalArgumentException(
+                    n + " iovecs, the scratch has room for " + (scratch.byteSize() - MSG_SIZE) / 16);
         }
-        msg.set(ADDRESS, MSG_IOV, iov);
-        msg.set(JAVA_LONG, MSG_IOVLEN, n);
-        return Syscalls.check(Syscalls.sendmsg(fd.get(), msg, MSG_NOSIGNAL), "sendmsg", name);
+        for (long off = 0; off < MSG_SIZE; off += 8) { // name, namelen, control, controllen, flags: none
+            scratch.set(JAVA_LONG, off, 0);
+        }
+        scratch.set(JAVA_LONG, MSG_IOV, scratch.address() + MSG_SIZE);
+        scratch.set(JAVA_LONG, MSG_IOVLEN, n);
+        return scratch;
     }
 
     /** One read(2) into {@code buf} (native): the bytes read, 0 at end of stream. No descriptors. */

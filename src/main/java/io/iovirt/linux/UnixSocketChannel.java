@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.linux;
 
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -13,7 +15,14 @@ import java.nio.channels.GatheringByteChannel;
 /**
  * A connected {@link UnixSocket} as a blocking {@link ByteChannel}, for protocol code written against java.nio
  * channels (the NBD server) whose UNIX listener is ours ({@link SocketPaths#listen}: socket mode set before listen,
- * peer uid checked at accept). A read is one read(2), a gathering write one sendmsg; no buffer or array is allocated per call.
+ * peer uid checked at accept). A read is one recvmsg, a gathering write one sendmsg.
+ *
+ * <p>No allocation per call for direct buffers the channel has seen before (NbdAllocationTest measures it): the
+ * kernel gets raw addresses through preallocated iovecs, and each direction remembers the native memory of the last
+ * {@value #KNOWN} direct buffers it was given — a protocol's few long-lived header and payload buffers — so no
+ * {@link MemorySegment} is made per call. A direct buffer's memory must stay allocated while a call on it runs (for
+ * an arena's buffer: the arena not closed meanwhile); one already freed is refused. Heap buffers (rare: handshake
+ * options, error messages) go through native staging.
  *
  * <p>{@link #close} may come from any thread while another one is blocked in a read or write: it shuts the
  * socket down (the reader sees end-of-stream, a writer EPIPE) and marks the channel closed, but keeps the
@@ -22,16 +31,24 @@ import java.nio.channels.GatheringByteChannel;
  */
 public final class UnixSocketChannel implements ByteChannel, GatheringByteChannel {
     private static final int STAGING = 64 << 10;
+    /** Direct buffers each direction remembers. */
+    static final int KNOWN = 32;
+    /** Buffers one gathering write sends at most (the rest go in the caller's next call). */
+    private static final int GATHER = 16;
 
     private final UnixSocket socket;
     private volatile boolean closed;
-    /** Native copies of heap buffers (rare: handshake options); reads and writes each have their own. */
+    /** Native copies of heap buffers, the iovecs and msghdrs; reads and writes each have their own. */
     private final Arena arena = Arena.ofShared();
 
     private final MemorySegment readStaging = arena.allocate(STAGING, 64);
     private final MemorySegment writeStaging = arena.allocate(STAGING, 64);
-    private final MemorySegment[] segs = new MemorySegment[16];
-    private final MemorySegment gather = UnixSocket.gatherScratch(arena, 16);
+    private final MemorySegment readIov = UnixSocket.gatherScratch(arena, 1);
+    private final MemorySegment writeIov = UnixSocket.gatherScratch(arena, GATHER);
+    /** Reads come from one thread at a time, writes hold the channel's lock: each direction has its own. */
+    private final KnownBuffers readBuffers = new KnownBuffers();
+
+    private final KnownBuffers writeBuffers = new KnownBuffers();
 
     public UnixSocketChannel(UnixSocket socket) {
         this.socket = socket;
@@ -41,18 +58,57 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         return socket;
     }
 
+    /**
+     * The native memory of recently used direct buffers, by identity: a buffer is its memory for its whole life, and
+     * holding the buffer keeps any other object from being mistaken for it. Filled round-robin.
+     */
+    private static final class KnownBuffers {
+        private final ByteBuffer[] buffers = new ByteBuffer[KNOWN];
+        /** {@code buffers[i]}'s memory from index 0 to its capacity. */
+        private final MemorySegment[] memory = new MemorySegment[KNOWN];
+
+        private int next;
+
+        /** The address of {@code b}'s position (b direct); makes a segment only for a buffer not seen recently. */
+        long address(ByteBuffer b) {
+            MemorySegment m = null;
+            for (int i = 0; i < KNOWN; i++) {
+                if (buffers[i] == b) {
+                    m = memory[i];
+                    break;
+                }
+            }
+            if (m == null) {
+                m = MemorySegment.ofBuffer(b.duplicate().clear());
+                buffers[next] = b;
+                memory[next] = m;
+                next = (next + 1) % KNOWN;
+            }
+            if (!m.scope().isAlive()) {
+                throw new IllegalStateException("the buffer's memory was freed (its arena is closed)");
+            }
+            return m.address() + b.position();
+        }
+    }
+
     @Override
     public int read(ByteBuffer dst) throws IOException {
         checkOpen();
+        if (dst.isReadOnly()) {
+            throw new IllegalArgumentException("read into a read-only buffer");
+        }
         if (!dst.hasRemaining()) {
             return 0;
         }
         int len = dst.remaining();
-        MemorySegment target =
-                dst.isDirect() ? MemorySegment.ofBuffer(dst) : readStaging.asSlice(0, Math.min(len, STAGING));
+        if (dst.isDirect()) {
+            UnixSocket.iovec(readIov, 0, readBuffers.address(dst), len);
+        } else {
+            UnixSocket.iovec(readIov, 0, readStaging.address(), Math.min(len, STAGING));
+        }
         long n;
         try {
-            n = socket.read(target);
+            n = socket.receiveIovecs(readIov, 1);
         } catch (LinuxException e) {
             if (closed) {
                 throw new AsynchronousCloseException();
@@ -66,7 +122,7 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
             return -1;
         }
         if (!dst.isDirect()) {
-            MemorySegment.copy(target, 0, MemorySegment.ofBuffer(dst), 0, n);
+            MemorySegment.copy(readStaging, JAVA_BYTE, 0, dst.array(), dst.arrayOffset() + dst.position(), (int) n);
         }
         dst.position(dst.position() + (int) n);
         return (int) n;
@@ -90,26 +146,30 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         return write(srcs, 0, srcs.length);
     }
 
-    /** Writers serialize among themselves (the staging buffer and segment array are shared). */
+    /** Writers serialize among themselves (the staging buffer and the iovecs are shared). */
     @Override
     public synchronized long write(ByteBuffer[] srcs, int offset, int length) throws IOException {
         checkOpen();
         int n = 0;
         long staged = 0;
-        for (int i = offset; i < offset + length && n < segs.length; i++) {
+        for (int i = offset; i < offset + length && n < GATHER; i++) {
             ByteBuffer b = srcs[i];
             if (!b.hasRemaining()) {
                 continue;
             }
             if (b.isDirect()) {
-                segs[n++] = MemorySegment.ofBuffer(b);
+                UnixSocket.iovec(writeIov, n++, writeBuffers.address(b), b.remaining());
             } else {
-                long k = Math.min(b.remaining(), STAGING - staged);
+                int k = (int) Math.min(b.remaining(), STAGING - staged);
                 if (k == 0) {
                     break;
                 }
-                MemorySegment.copy(MemorySegment.ofBuffer(b), 0, writeStaging, staged, k);
-                segs[n++] = writeStaging.asSlice(staged, k);
+                if (b.hasArray()) {
+                    MemorySegment.copy(b.array(), b.arrayOffset() + b.position(), writeStaging, JAVA_BYTE, staged, k);
+                } else { // a read-only heap buffer
+                    MemorySegment.copy(MemorySegment.ofBuffer(b), 0, writeStaging, staged, k);
+                }
+                UnixSocket.iovec(writeIov, n++, writeStaging.address() + staged, k);
                 staged += k;
             }
         }
@@ -118,14 +178,12 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         }
         long sent;
         try {
-            sent = socket.sendGather(gather, segs, n);
+            sent = socket.sendIovecs(writeIov, n);
         } catch (LinuxException e) {
             if (closed) {
                 throw new AsynchronousCloseException();
             }
             throw e;
-        } finally {
-            java.util.Arrays.fill(segs, 0, n, null);
         }
         long left = sent;
         for (int i = offset; i < offset + length && left > 0; i++) {

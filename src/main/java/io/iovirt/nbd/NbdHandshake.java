@@ -117,7 +117,12 @@ final class NbdHandshake {
                     return agreed;
                 }
                 case OPT_ABORT -> {
-                    optionReply(option, REP_ACK, (String) null);
+                    try {
+                        optionReply(option, REP_ACK, (String) null);
+                    } catch (IOException e) {
+                        // The client may close without waiting for the ACK, as the protocol lets it and as
+                        // qemu-nbd -L and nbd-client -l do: not a failure worth a log line (it was an EPIPE one).
+                    }
                     return null;
                 }
                 case OPT_LIST -> {

@@ -11,6 +11,7 @@ import java.io.IOException;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
+import java.net.StandardSocketOptions;
 import java.nio.channels.ByteChannel;
 import java.nio.channels.GatheringByteChannel;
 import java.nio.channels.ServerSocketChannel;
@@ -84,7 +85,13 @@ public final class NbdServer implements AutoCloseable {
             this.acceptor = acceptor(
                     Acceptor.builder("nbd " + address, LOG, tcp::accept, () -> closed),
                     ch -> NbdRefusals.Peer.of(ch),
-                    (ch, release) -> serve(ch, release, () -> closeQuietly(ch)));
+                    (ch, release) -> {
+                        // Without Nagle's algorithm: a reply that leaves while an earlier one is unacknowledged
+                        // would wait for the client's delayed ACK — 40 ms a batch with 8 requests in flight (seen
+                        // in NbdAllocationTest); QEMU's NBD server turns it off too.
+                        ch.setOption(StandardSocketOptions.TCP_NODELAY, true);
+                        serve(ch, release, () -> closeQuietly(ch));
+                    });
         } else {
             // The same access control as the vhost-user servers: the socket's mode was set before listening, and
             // every peer's uid (SO_PEERCRED) is checked against the allow-list before a byte is exchanged.

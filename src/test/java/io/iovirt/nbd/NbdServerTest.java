@@ -519,6 +519,9 @@ class NbdServerTest {
 
     record Reply(int type, int error, byte[] data) {}
 
+    /** A transmission reply: the request's cookie, its error, and a READ's data (a BLOCK_STATUS's descriptors). */
+    record Answer(long cookie, int error, byte[] data) {}
+
     static final class RawClient implements AutoCloseable {
         final SocketChannel ch;
         long cookie;
@@ -539,8 +542,11 @@ class NbdServerTest {
             return new RawClient(ch);
         }
 
+        /** Over TCP, without Nagle's delay: a request header and its payload go in separate writes. */
         static RawClient tcp(int port) throws IOException {
-            return new RawClient(SocketChannel.open(new java.net.InetSocketAddress("127.0.0.1", port)));
+            SocketChannel ch = SocketChannel.open(new java.net.InetSocketAddress("127.0.0.1", port));
+            ch.setOption(java.net.StandardSocketOptions.TCP_NODELAY, true);
+            return new RawClient(ch);
         }
 
         void raw(ByteBuffer b) throws IOException {
@@ -605,6 +611,58 @@ class NbdServerTest {
                     .putInt(q.length)
                     .put(q)
                     .array();
+        }
+
+        /** NBD_OPT_STRUCTURED_REPLY (before GO): replies come as chunks, see {@link #answer}. */
+        void structuredReplies() throws IOException {
+            option(Nbd.OPT_STRUCTURED_REPLY, new byte[0]);
+            assertEquals(Nbd.REP_ACK, optionReply().type, "structured replies refused");
+        }
+
+        /** Sets base:allocation for export {@code name} (after {@link #structuredReplies}, before GO). */
+        void baseAllocation(String name) throws IOException {
+            option(Nbd.OPT_SET_META_CONTEXT, metaContextData(name, Nbd.BASE_ALLOCATION));
+            assertEquals(Nbd.REP_META_CONTEXT, optionReply().type, "base:allocation not set");
+            assertEquals(Nbd.REP_ACK, optionReply().type);
+        }
+
+        /**
+         * Reads one reply: a simple one (followed by {@code readLength} bytes of data when it answers a READ without
+         * error: pass 0 for any other command), or every chunk of a structured one up to the chunk flagged DONE.
+         */
+        Answer answer(boolean structured, int readLength) throws IOException {
+            if (!structured) {
+                ByteBuffer h = read(16);
+                assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
+                int err = h.getInt();
+                long c = h.getLong();
+                return new Answer(
+                        c, err, err == 0 && readLength > 0 ? read(readLength).array() : new byte[0]);
+            }
+            long c = 0;
+            int err = 0;
+            byte[] data = new byte[0];
+            int flags;
+            do {
+                ByteBuffer h = read(20);
+                assertEquals(Nbd.STRUCTURED_REPLY_MAGIC, h.getInt());
+                flags = Short.toUnsignedInt(h.getShort());
+                int type = Short.toUnsignedInt(h.getShort());
+                c = h.getLong();
+                ByteBuffer p = read(h.getInt());
+                switch (type) {
+                    case Nbd.REPLY_TYPE_NONE -> {}
+                    case Nbd.REPLY_TYPE_OFFSET_DATA -> {
+                        p.getLong();
+                        data = new byte[p.remaining()];
+                        p.get(data);
+                    }
+                    case Nbd.REPLY_TYPE_BLOCK_STATUS -> data = p.array();
+                    case Nbd.REPLY_TYPE_ERROR -> err = p.getInt();
+                    default -> throw new AssertionError("unexpected reply chunk type " + type);
+                }
+            } while ((flags & Nbd.REPLY_FLAG_DONE) == 0);
+            return new Answer(c, err, data);
         }
 
         void go(String name) throws IOException {

@@ -53,7 +53,7 @@ import org.junit.jupiter.api.io.TempDir;
  * segment plus less than one more object: a slice or any other per-request object of ours fails. {@link #main}
  * prints the per-case figures (docs/benchmarks.md has the command).
  */
-class BlkAllocationTest {
+public class BlkAllocationTest {
     private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final ValueLayout.OfLong LE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final com.sun.management.ThreadMXBean THREADS =
@@ -69,7 +69,7 @@ class BlkAllocationTest {
     private static final int WARMUP = 3000;
     private static final int MEASURED = 2000;
     /** The JDK's captured-errno segment of the request's one syscall (see the class comment). */
-    static final long JDK_BYTES_PER_SYSCALL = 40;
+    public static final long JDK_BYTES_PER_SYSCALL = 40;
     /** Less than one more object (16 bytes at least) per request. */
     static final double BOUND = JDK_BYTES_PER_SYSCALL + 8;
 
