@@ -10,8 +10,7 @@ import io.iovirt.nbd.NbdServerTest.RawClient;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
-import io.iovirt.vm.ChildProcess;
-import io.iovirt.vm.IovirtCli;
+import io.iovirt.testing.AllocationRun;
 import java.lang.management.ManagementFactory;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -110,23 +109,13 @@ class NbdAllocationTest {
 
     @Test
     void steadyStateRequestsAllocateNothingButTheJdksSyscallSegments() throws Exception {
-        Path log = dir.resolve("alloc.log");
-        try (ChildProcess p = ChildProcess.builder(IovirtCli.java(
-                        List.of("-XX:-DoEscapeAnalysis"),
-                        NbdAllocationTest.class.getName(),
-                        List.of(dir.toString(), "check")))
-                .name("alloc")
-                .log(log)
-                .start()) {
-            assertTrue(p.waitFor(Duration.ofMinutes(15)), "the allocation run did not finish: " + p.logTail(20));
-            String out = Files.readString(log);
-            System.out.print(out);
-            assertEquals(0, p.exitValue(), "requests allocated more than their bound:\n" + out);
-            assertEquals(
-                    cases().size(),
-                    out.lines().filter(l -> l.startsWith("alloc ")).count(),
-                    out);
-        }
+        AllocationRun.check(
+                NbdAllocationTest.class,
+                dir,
+                "check",
+                cases().size(),
+                Duration.ofMinutes(15),
+                "requests allocated more than their bound");
     }
 
     /**

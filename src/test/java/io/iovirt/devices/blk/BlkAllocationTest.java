@@ -13,6 +13,7 @@ import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
+import io.iovirt.testing.AllocationRun;
 import io.iovirt.testing.Require;
 import io.iovirt.virtio.DescriptorChain;
 import io.iovirt.virtio.DriverRing;
@@ -20,7 +21,6 @@ import io.iovirt.virtio.PackedDriverRing;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.Virtqueue;
 import io.iovirt.vm.ChildProcess;
-import io.iovirt.vm.IovirtCli;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -28,7 +28,6 @@ import java.lang.foreign.ValueLayout;
 import java.lang.management.ManagementFactory;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -102,23 +101,13 @@ public class BlkAllocationTest {
 
     @Test
     void steadyStateRequestsAllocateNothingButTheJdksSyscallSegment() throws Exception {
-        Path log = dir.resolve("alloc.log");
-        try (ChildProcess p = ChildProcess.builder(IovirtCli.java(
-                        List.of("-XX:-DoEscapeAnalysis"),
-                        BlkAllocationTest.class.getName(),
-                        List.of(dir.toString(), Double.toString(BOUND))))
-                .name("alloc")
-                .log(log)
-                .start()) {
-            assertTrue(p.waitFor(Duration.ofMinutes(15)), "the allocation run did not finish: " + p.logTail(20));
-            String out = Files.readString(log);
-            System.out.print(out);
-            assertEquals(0, p.exitValue(), "requests allocated more than " + BOUND + " bytes each:\n" + out);
-            assertEquals(
-                    cases().size(),
-                    out.lines().filter(l -> l.startsWith("alloc ")).count(),
-                    out);
-        }
+        AllocationRun.check(
+                BlkAllocationTest.class,
+                dir,
+                Double.toString(BOUND),
+                cases().size(),
+                Duration.ofMinutes(15),
+                "requests allocated more than " + BOUND + " bytes each");
     }
 
     /**

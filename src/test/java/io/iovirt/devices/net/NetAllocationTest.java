@@ -1,22 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.net;
 
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
-
 import io.iovirt.linux.EventFd;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestMemoryHolder;
 import io.iovirt.memory.MemoryRegion;
 import io.iovirt.net.Mac;
 import io.iovirt.net.Switch;
+import io.iovirt.testing.AllocationRun;
 import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.RingHandler;
 import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.virtio.Virtqueue;
-import io.iovirt.vm.ChildProcess;
-import io.iovirt.vm.IovirtCli;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.management.ManagementFactory;
@@ -56,20 +52,13 @@ class NetAllocationTest {
 
     @Test
     void forwardedFramesAllocateNothing() throws Exception {
-        Path log = dir.resolve("alloc.log");
-        try (ChildProcess p = ChildProcess.builder(IovirtCli.java(
-                        List.of("-XX:-DoEscapeAnalysis"),
-                        NetAllocationTest.class.getName(),
-                        List.of(dir.toString(), Double.toString(BOUND))))
-                .name("alloc")
-                .log(log)
-                .start()) {
-            assertTrue(p.waitFor(Duration.ofMinutes(10)), "the allocation run did not finish: " + p.logTail(20));
-            String out = Files.readString(log);
-            System.out.print(out);
-            assertEquals(0, p.exitValue(), "frames allocated more than " + BOUND + " bytes each:\n" + out);
-            assertEquals(9, out.lines().filter(l -> l.startsWith("alloc ")).count(), out);
-        }
+        AllocationRun.check(
+                NetAllocationTest.class,
+                dir,
+                Double.toString(BOUND),
+                9,
+                Duration.ofMinutes(10),
+                "frames allocated more than " + BOUND + " bytes each");
     }
 
     /**
