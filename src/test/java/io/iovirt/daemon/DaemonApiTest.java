@@ -1022,17 +1022,18 @@ class DaemonApiTest {
             many.forEach(RpcClient::close);
         }
         assertTrue(refused >= 2 * RpcServer.MAX_CLIENTS - 2, "refused " + refused);
-        // afterwards the daemon serves as before
-        for (int i = 0; i < 50; i++) {
+        // afterwards the daemon serves new connections as before, once the excess connections' threads have ended
+        Object version = io.iovirt.testing.Await.value(Duration.ofSeconds(60), "a new connection served", () -> {
             try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
-                try {
-                    assertEquals(Daemon.VERSION, ((Map<?, ?>) c.call("version", null)).get("version"));
-                    break;
-                } catch (RpcClient.RemoteError e) {
-                    Thread.sleep(100); // the excess connections' threads are still ending
-                }
+                return java.util.Optional.of(((Map<?, ?>) c.call("version", null)).get("version"));
+            } catch (RpcClient.RemoteError e) {
+                assertEquals(RpcException.LIMIT, e.code(), e.getMessage());
+                return java.util.Optional.empty();
+            } catch (java.io.IOException e) {
+                return java.util.Optional.empty(); // told and closed before the request, as above
             }
-        }
+        });
+        assertEquals(Daemon.VERSION, version);
         assertEquals(Daemon.VERSION, ((Map<?, ?>) client.call("version", null)).get("version"));
     }
 
@@ -1149,12 +1150,15 @@ class DaemonApiTest {
                     io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("b.sock"), Duration.ofSeconds(10))) {
                 assertTrue(fb.getFeatures() != 0);
             }
-        }
-        for (int i = 0; i < 100; i++) {
-            if (!(Boolean) ok("blk.info", "id", "a").get("connected")) {
-                break;
-            }
-            Thread.sleep(50);
+            // while the sender of the garbage still holds its end: the server is what hung up
+            io.iovirt.testing.Await.until(Duration.ofSeconds(30), "a's garbage connection closed by the server", () -> {
+                try {
+                    return !(Boolean) ok("blk.info", "id", "a").get("connected");
+                } catch (Exception e) {
+                    throw new AssertionError(e);
+                }
+            });
+            assertTrue(junk.peerHungUp(), "the server hung up on the garbage");
         }
         try (io.iovirt.vhostuser.VhostUserFrontend fa =
                 io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"), Duration.ofSeconds(10))) {

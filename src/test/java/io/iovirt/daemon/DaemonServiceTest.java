@@ -374,9 +374,13 @@ class DaemonServiceTest {
             c.call("net.port.add", Map.of("net", "sw", "id", "api", "kind", "stream", "path", apiSock.toString()));
             try (java.nio.channels.SocketChannel guest = java.nio.channels.SocketChannel.open(
                     java.net.UnixDomainSocketAddress.of(apiSock))) { // the API port's guest NIC
-                while (!"up".equals(port(c, "sw", "api").get("link"))) {
-                    Thread.sleep(20);
-                }
+                io.iovirt.testing.Await.until(Duration.ofSeconds(60), "the API port's link up", daemon, () -> {
+                    try {
+                        return "up".equals(port(c, "sw", "api").get("link"));
+                    } catch (Exception e) {
+                        throw new AssertionError(e);
+                    }
+                });
                 Files.writeString(config, sw.formatted(9000, p1 + ", " + p2));
                 signal("HUP", daemon.pid());
                 until(systemd, "RELOADING=1");

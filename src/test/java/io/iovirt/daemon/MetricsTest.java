@@ -133,6 +133,9 @@ class MetricsTest {
                 DaemonCalls.portAdd(d, "sw", "s" + i, "stream", dir.resolve("s" + i + ".sock"));
             }
             java.util.concurrent.atomic.AtomicBoolean done = new java.util.concurrent.atomic.AtomicBoolean();
+            java.util.concurrent.atomic.AtomicInteger changes = new java.util.concurrent.atomic.AtomicInteger();
+            java.util.concurrent.atomic.AtomicReference<Throwable> churnFailed =
+                    new java.util.concurrent.atomic.AtomicReference<>();
             Thread churn = Thread.ofPlatform().start(() -> {
                 try {
                     for (int i = 0; i < 300; i++) {
@@ -141,9 +144,10 @@ class MetricsTest {
                         if (i >= 3) {
                             d.call("net.port.remove", Map.of("net", "sw", "id", "c" + ((i - 3) % 4)));
                         }
+                        changes.incrementAndGet();
                     }
-                } catch (RpcException e) {
-                    throw new AssertionError(e);
+                } catch (Throwable e) { // seen below: thrown here, it would end the thread and leave the test green
+                    churnFailed.set(e);
                 } finally {
                     done.set(true);
                 }
@@ -155,6 +159,11 @@ class MetricsTest {
                 scrapes++;
             }
             churn.join();
+            if (churnFailed.get() != null) {
+                throw new AssertionError(
+                        "the ports' churn failed after " + changes.get() + " changes", churnFailed.get());
+            }
+            assertEquals(300, changes.get(), "changes made while scraping");
         }
     }
 

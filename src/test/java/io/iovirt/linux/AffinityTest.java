@@ -13,17 +13,22 @@ import org.junit.jupiter.api.Test;
 class AffinityTest {
     /** Runs {@code body} on a new platform thread (pinning the test runner's own thread would outlive the test). */
     private static void onNewThread(ThrowingRunnable body) throws Exception {
-        Exception[] failed = new Exception[1];
+        // Throwable, not Exception: an assertion failure is an Error, and one that ended the thread unseen would
+        // leave the test green
+        Throwable[] failed = new Throwable[1];
         Thread t = Thread.ofPlatform().start(() -> {
             try {
                 body.run();
-            } catch (Exception e) {
+            } catch (Throwable e) {
                 failed[0] = e;
             }
         });
         t.join();
-        if (failed[0] != null) {
-            throw failed[0];
+        if (failed[0] instanceof Exception e) {
+            throw e;
+        }
+        if (failed[0] instanceof Error e) {
+            throw e;
         }
     }
 

@@ -46,6 +46,7 @@ class UserDatabaseTest {
             throws Exception {
         AtomicInteger wrong = new AtomicInteger();
         AtomicReference<String> example = new AtomicReference<>();
+        AtomicReference<Throwable> failed = new AtomicReference<>();
         List<Thread> threads = new ArrayList<>();
         for (Map.Entry<String, Integer> e : names.entrySet()) {
             threads.add(Thread.ofPlatform().start(() -> {
@@ -58,11 +59,16 @@ class UserDatabaseTest {
                             example.set(e.getKey() + " -> " + id);
                         }
                     }
+                } catch (Throwable t) { // a thread ended by a failed lookup would count no wrong id
+                    failed.set(t);
                 }
             }));
         }
         for (Thread t : threads) {
             t.join();
+        }
+        if (failed.get() != null) {
+            throw new AssertionError("a lookup failed", failed.get());
         }
         assertEquals(0, wrong.get(), "lookups that returned another name's id, e.g. " + example.get());
     }

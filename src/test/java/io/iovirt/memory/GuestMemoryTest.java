@@ -6,12 +6,17 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Accesses;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.List;
+import net.jqwik.api.Arbitrary;
 import net.jqwik.api.ForAll;
 import net.jqwik.api.Property;
+import net.jqwik.api.Provide;
+import net.jqwik.api.Tuple.Tuple2;
+import net.jqwik.api.statistics.Statistics;
 import org.junit.jupiter.api.Test;
 
 class GuestMemoryTest {
@@ -58,15 +63,35 @@ class GuestMemoryTest {
         assertThrows(IllegalArgumentException.class, () -> c.without(0x0, 0x1000, 0x10000));
     }
 
+    /** Through {@link Accesses}: ranges around the region and at its edges, so that translations happen too. */
     @Property(tries = 500)
-    void translationNeverEscapesTheRegion(@ForAll long gpa, @ForAll long len) {
+    void translationNeverEscapesTheRegion(@ForAll("accesses") Tuple2<Long, Long> access) {
         GuestMemory mem = GuestMemory.of(List.of(region(0x4000, 0x4000, 0x100000)));
+        long gpa = access.get1();
+        long len = access.get2();
+        boolean translated;
         try {
             MemorySegment s = mem.translate(gpa, len);
             assertTrue(Long.compareUnsigned(gpa, 0x4000) >= 0 && gpa + len <= 0x8000 && len >= 0);
             assertEquals(len, s.byteSize());
+            if (len > 0) { // the segment starts at gpa: a byte written through it shows at gpa's offset in the region
+                s.set(ValueLayout.JAVA_BYTE, 0, (byte) 0x5a);
+                assertEquals((byte) 0x5a, mem.translate(0x4000, 0x4000).get(ValueLayout.JAVA_BYTE, gpa - 0x4000));
+            }
+            translated = true;
         } catch (GuestMemoryFault expected) {
             assertFalse(gpa >= 0x4000 && len >= 0 && gpa < 0x8000 && len <= 0x8000 - gpa);
+            translated = false;
         }
+        Statistics.collect(translated ? "translated" : "refused");
+        Statistics.coverage(c -> {
+            c.check("translated").percentage(p -> p >= 10);
+            c.check("refused").percentage(p -> p >= 10);
+        });
+    }
+
+    @Provide
+    Arbitrary<Tuple2<Long, Long>> accesses() {
+        return Accesses.around(0x4000, 0x8000);
     }
 }

@@ -8,10 +8,15 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.memory.GuestMemoryFault;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.testing.Accesses;
 import java.lang.foreign.Arena;
 import java.util.List;
+import net.jqwik.api.Arbitrary;
 import net.jqwik.api.ForAll;
 import net.jqwik.api.Property;
+import net.jqwik.api.Provide;
+import net.jqwik.api.Tuple.Tuple2;
+import net.jqwik.api.statistics.Statistics;
 import org.junit.jupiter.api.Test;
 
 class FrontendAddressIndexTest {
@@ -40,15 +45,31 @@ class FrontendAddressIndexTest {
         assertTrue(e.getMessage().contains("overlap in frontend address space"), e.getMessage());
     }
 
+    /** Through {@link Accesses}: ranges around the region and at its edges, so that translations happen too. */
     @Property(tries = 500)
-    void translationNeverEscapesTheRegion(@ForAll long uva, @ForAll long len) {
+    void translationNeverEscapesTheRegion(@ForAll("accesses") Tuple2<Long, Long> access) {
         FrontendAddressIndex index = FrontendAddressIndex.of(List.of(region(0x4000, 0x4000, 0x100000)));
+        long uva = access.get1();
+        long len = access.get2();
+        boolean translated;
         try {
             long gpa = index.toGuestPhys(uva, len);
             assertTrue(uva >= 0x100000 && len >= 0 && uva + len <= 0x104000);
             assertEquals(0x4000 + (uva - 0x100000), gpa);
+            translated = true;
         } catch (GuestMemoryFault expected) {
             assertFalse(uva >= 0x100000 && len >= 0 && uva < 0x104000 && len <= 0x104000 - uva);
+            translated = false;
         }
+        Statistics.collect(translated ? "translated" : "refused");
+        Statistics.coverage(c -> {
+            c.check("translated").percentage(p -> p >= 10);
+            c.check("refused").percentage(p -> p >= 10);
+        });
+    }
+
+    @Provide
+    Arbitrary<Tuple2<Long, Long>> accesses() {
+        return Accesses.around(0x100000, 0x104000);
     }
 }

@@ -6,8 +6,11 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
 import java.io.IOException;
+import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
@@ -38,7 +41,13 @@ class SocketOwnerTest {
                     }
                 },
                 r -> Thread.ofPlatform().start(r));
-        Thread.sleep(200);
+        // The kernel lists a lock request that waits as "-> OFDLCK ..." on the file's inode: the standby has asked
+        // and is held (not merely not started yet, which a fixed pause could not tell apart on a loaded machine).
+        long inode = (Long) Files.getAttribute(SocketOwner.lockFile(sock), "unix:ino");
+        Await.until(
+                Duration.ofSeconds(20),
+                "the standby's lock request waiting on " + SocketOwner.lockFile(sock),
+                () -> !standby.isDone() && waitingLockRequests(inode) > 0);
         assertFalse(standby.isDone(), "the standby waits while the socket is served");
         first.close();
         try (SocketOwner second = standby.get(60, TimeUnit.SECONDS)) {
@@ -46,5 +55,17 @@ class SocketOwnerTest {
             assertThrows(IOException.class, () -> SocketOwner.acquire(sock));
         }
         SocketOwner.acquire(sock).close(); // free again
+    }
+
+    /** Blocked lock requests on inode {@code inode}, from /proc/locks ("N: -> OFDLCK ADVISORY WRITE -1 MAJ:MIN:INODE ..."). */
+    private static long waitingLockRequests(long inode) {
+        try {
+            return Files.readAllLines(Path.of("/proc/locks")).stream()
+                    .map(l -> l.trim().split("\\s+"))
+                    .filter(f -> f.length > 6 && f[1].equals("->") && f[6].endsWith(":" + inode))
+                    .count();
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
     }
 }

@@ -10,6 +10,7 @@ import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
@@ -486,8 +487,14 @@ class HostileBlkFrontendTest {
         }
     }
 
+    /**
+     * SIGTERM while the queue thread's interrupt write is stuck on the frontend's full, blocking call eventfd: the
+     * eventfd watchdog frees the thread, so serve blk stops its queue instead of giving up on it after
+     * QueueWorker.STOP_TIMEOUT (and waiting up to STOP_WAIT_LIMIT), and exits 0 with the image synced. Checked by
+     * what it logs, not by how long it took (the 60 s is a safety net).
+     */
     @Test
-    void sigtermEndsServeBlkWithinFiveSecondsWhileAFrontendHoldsItsQueueHostage() throws Exception {
+    void sigtermEndsServeBlkWithoutGivingUpOnAQueueAFrontendHoldsHostage() throws Exception {
         Path sock = dir.resolve("serve.sock");
         Path img = image(1 << 20);
         try (ChildProcess serve = ChildProcess.builder(IovirtCli.serveBlk(img, sock, "--io-engine", "sync"))
@@ -502,14 +509,15 @@ class HostileBlkFrontendTest {
             for (int i = 0; i < 8; i++) {
                 d.read(d.alloc(4096, 4096), 4096);
             }
-            Thread.sleep(200); // the queue thread is now writing the trap
-            long start = System.nanoTime();
+            Thread.sleep(200); // the queue thread is now writing the trap (the watchdog frees it after 200 ms)
             ProcessHandle.of(serve.pid()).orElseThrow().destroy(); // SIGTERM
             assertTrue(
-                    serve.waitFor(Duration.ofSeconds(5)),
-                    "serve blk did not exit within 5 s of SIGTERM:\n" + serve.logTail(30));
-            assertTrue(System.nanoTime() - start < 5_000_000_000L);
+                    serve.waitFor(Duration.ofSeconds(60)),
+                    "serve blk did not exit after SIGTERM:\n" + serve.logTail(30));
             assertEquals(0, serve.exitValue(), serve.logTail(30));
+            String log = serve.log();
+            assertFalse(log.contains("has not stopped within"), "the queue thread was given up on:\n" + log);
+            assertTrue(log.contains("stopped; image synced."), log);
         }
     }
 }
