@@ -673,7 +673,7 @@ public final class HostCommand implements Runnable {
                                 a.since(),
                                 pci.exists(a.bdf())
                                         ? ""
-                                        : "  (gone: " + GONE + "; iovirt host release " + a.bdf() + ")");
+                                        : "  (gone: " + Assigning.GONE + "; iovirt host release " + a.bdf() + ")");
             }
             out().flush();
             return 0;
@@ -732,13 +732,7 @@ public final class HostCommand implements Runnable {
             }
             PciSysfs pci = new PciSysfs(opts.paths().sys());
             for (Bdf b : chosen) {
-                if (!pci.exists(b)) {
-                    // QEMU would only fail later, without the reason: the device behind the address is not there.
-                    throw new HostConfigException(
-                            b + " is assigned to VM " + owner(all, b) + " but does not exist on this host ("
-                                    + pci.deviceDir(b) + " is missing): " + GONE,
-                            "release it (iovirt host release " + b + "), then assign a device that exists");
-                }
+                Assigning.requirePresent(pci, b, owner(all, b));
             }
             if (opts.json) {
                 List<Object> list = new ArrayList<>();
@@ -763,9 +757,6 @@ public final class HostCommand implements Runnable {
             return 0;
         }
     }
-
-    /** Why an assigned device is not there: what removes devices from under the registry. */
-    static final String GONE = "a VF whose PF's VFs were removed or whose PF's driver let go, or an unplugged device";
 
     private static String owner(List<AssignmentRegistry.Assignment> all, Bdf b) {
         return all.stream()

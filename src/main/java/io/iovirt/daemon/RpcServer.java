@@ -41,6 +41,12 @@ public final class RpcServer implements AutoCloseable {
     public static final int MAX_LINE = 1 << 20;
     public static final int MAX_CLIENTS = 32;
     public static final Duration IDLE_TIMEOUT = Duration.ofSeconds(60);
+    /**
+     * How long {@link #close} waits for the client threads: a disconnected client's thread ends at once, one inside
+     * a call (a blk.add opening a slow image) when the call returns.
+     */
+    static final Duration CLOSE_WAIT = Duration.ofSeconds(10);
+
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
     private final Path path;
@@ -49,6 +55,9 @@ public final class RpcServer implements AutoCloseable {
     private final int ownUid;
     private final Acceptor<UnixSocket> acceptor;
     private final Set<UnixSocket> clients = ConcurrentHashMap.newKeySet();
+    /** The client threads still running (each removes itself once its socket is closed). */
+    private final Set<Thread> handlers = ConcurrentHashMap.newKeySet();
+
     private volatile boolean closed;
 
     private RpcServer(Path path, Daemon daemon, UnixSocket listener, int ownUid) {
@@ -95,9 +104,12 @@ public final class RpcServer implements AutoCloseable {
             pid = "?";
         }
         clients.add(s);
+        Thread t = Thread.ofPlatform().name("control client pid " + pid).unstarted(() -> serve(s, release));
+        handlers.add(t);
         try {
-            Thread.ofPlatform().name("control client pid " + pid).start(() -> serve(s, release));
+            t.start();
         } catch (OutOfMemoryError e) { // no thread could be created
+            handlers.remove(t);
             clients.remove(s);
             throw e; // the acceptor releases and closes
         }
@@ -184,6 +196,7 @@ public final class RpcServer implements AutoCloseable {
             clients.remove(s);
             release.run();
             s.close();
+            handlers.remove(Thread.currentThread());
         }
     }
 
@@ -297,6 +310,39 @@ public final class RpcServer implements AutoCloseable {
         return Json.compact(errorObject(id, code, message));
     }
 
+    /**
+     * Waits for the client threads, woken by the shutdown of their sockets, to end. A thread inside a call ends when
+     * the call returns; one still running at the deadline is named in the log and left (the caller goes on closing).
+     */
+    private void awaitHandlers() {
+        long deadline = System.nanoTime() + CLOSE_WAIT.toNanos();
+        for (Thread t : handlers) {
+            if (t == Thread.currentThread()) {
+                continue; // a client's call closing the server: its thread ends after this returns
+            }
+            try {
+                long left = deadline - System.nanoTime();
+                if (left <= 0 || !t.join(Duration.ofNanos(left))) {
+                    break;
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
+        }
+        List<String> running = handlers.stream()
+                .filter(t -> t != Thread.currentThread())
+                .map(Thread::getName)
+                .toList();
+        if (!running.isEmpty()) {
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    "control socket " + path + ": closing while " + running + " still run after "
+                            + CLOSE_WAIT.toSeconds()
+                            + " s (each inside a call: a thread dump, jcmd PID Thread.print, shows where)");
+        }
+    }
+
     private static void send(UnixSocket s, String line) throws IOException {
         byte[] b = (line + "\n").getBytes(StandardCharsets.UTF_8);
         try (Arena a = Arena.ofConfined()) {
@@ -306,7 +352,11 @@ public final class RpcServer implements AutoCloseable {
         }
     }
 
-    /** Stops accepting, disconnects every client and removes the socket file. */
+    /**
+     * Stops accepting, disconnects every client, waits (up to {@link #CLOSE_WAIT}) for their threads to close their
+     * sockets — so that what the caller closes next (the daemon) is no longer used by a request — and removes the
+     * socket file.
+     */
     @Override
     public void close() {
         closed = true;
@@ -327,6 +377,7 @@ public final class RpcServer implements AutoCloseable {
                 // gone
             }
         }
+        awaitHandlers();
         listener.close();
         try {
             Files.deleteIfExists(path);

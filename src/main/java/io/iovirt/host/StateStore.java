@@ -52,6 +52,10 @@ public final class StateStore {
     public static final String CRASHPOINT_PROPERTY = "iovirt.test.crashpoint";
     private static final ConcurrentHashMap<Path, ReentrantLock> JVM_LOCKS = new ConcurrentHashMap<>();
     private static final AtomicLong TEMP_COUNTER = new AtomicLong();
+    private static final System.Logger LOG = System.getLogger("io.iovirt.host");
+    /** How long a wait for another process's lock stays silent: longer than any quick command holds it. */
+    static final java.time.Duration QUIET_WAIT = java.time.Duration.ofSeconds(1);
+
     private static final int MAX_TABLE_BYTES = 16 * 1024 * 1024;
     private static final Set<PosixFilePermission> DIR_MODE = PosixFilePermissions.fromString("rwx------");
     private static final FileAttribute<Set<PosixFilePermission>> FILE_MODE =
@@ -84,7 +88,7 @@ public final class StateStore {
                             Set.<OpenOption>of(
                                     StandardOpenOption.CREATE, StandardOpenOption.WRITE, LinkOption.NOFOLLOW_LINKS),
                             FILE_MODE);
-                    FileLock ignored = ch.lock()) {
+                    FileLock ignored = lock(ch, lockFile)) {
                 checkOwned(lockFile, false);
                 return action.get();
             } catch (IOException e) {
@@ -92,6 +96,88 @@ public final class StateStore {
             }
         } finally {
             jvmLock.unlock();
+        }
+    }
+
+    /**
+     * Takes the file lock, waiting as long as another process holds it — and saying so once the wait passes
+     * {@link #QUIET_WAIT}: which file, which process (from /proc/locks) and what to do. Waits without a bound: the
+     * holder is another iovirt command, whose sysfs writes can legitimately take long (creating VFs, a driver's
+     * probe, an unbind that waits for the device to be let go), and a bound would fail a healthy command queued
+     * behind them; a holder that is stuck is the user's to end, and the message names it.
+     */
+    private static FileLock lock(FileChannel ch, Path lockFile) throws IOException {
+        long deadline = System.nanoTime() + QUIET_WAIT.toNanos();
+        do {
+            FileLock l = ch.tryLock();
+            if (l != null) {
+                return l;
+            }
+            try {
+                Thread.sleep(10);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new java.nio.channels.FileLockInterruptionException();
+            }
+        } while (System.nanoTime() < deadline);
+        long pid = lockHolder(lockFile);
+        String who = pid <= 0
+                ? "another process holds it (/proc/locks does not show which)"
+                : "process " + pid + " holds it (" + commandLine(pid) + ")";
+        LOG.log(
+                System.Logger.Level.WARNING,
+                "waiting for the state lock " + lockFile + ": " + who + "; iovirt changes host state one command at a"
+                        + " time, so this one goes on when that one is done. If it is stuck, end it"
+                        + (pid > 0 ? " (kill " + pid + ")" : "")
+                        + ": its lock goes with it, and the state tables stay whole (each is replaced atomically)");
+        return ch.lock();
+    }
+
+    /** The pid holding a POSIX lock on {@code file} according to /proc/locks, or -1 when it cannot be told. */
+    static long lockHolder(Path file) {
+        try {
+            long ino = (Long) Files.getAttribute(file, "unix:ino");
+            long dev = (Long) Files.getAttribute(file, "unix:dev");
+            // /proc/locks names the file as MAJOR:MINOR:INODE, the device numbers in hex (glibc's major()/minor())
+            long major = ((dev >>> 8) & 0xfff) | ((dev >>> 32) & ~0xfffL);
+            long minor = (dev & 0xff) | ((dev >>> 12) & ~0xffL);
+            String id = String.format("%02x:%02x:%d", major, minor, ino);
+            for (String line : Files.readAllLines(Path.of("/proc/locks"))) {
+                // "1: POSIX  ADVISORY  WRITE 1234 fe:00:2154503 0 EOF"; "1: -> POSIX ..." is a waiter, not the holder
+                String[] f = line.trim().split("\\s+");
+                if (f.length >= 6 && f[1].equals("POSIX") && f[5].equals(id)) {
+                    return Long.parseLong(f[4]);
+                }
+            }
+        } catch (IOException | RuntimeException e) {
+            // not readable here (no /proc, another file system): the message says so
+        }
+        return -1;
+    }
+
+    /**
+     * A process's command line for a message: for an iovirt JVM the iovirt command ({@code iovirt host vfs ...},
+     * without the JVM's options and class path), other characters than printable ASCII shown as '?', at most 300
+     * characters; or why it cannot be read.
+     */
+    private static String commandLine(long pid) {
+        try {
+            List<String> args = List.of(Files.readString(Path.of("/proc/" + pid + "/cmdline"), StandardCharsets.UTF_8)
+                    .split("\0"));
+            if (args.isEmpty() || args.getFirst().isEmpty()) {
+                return "its command line is empty";
+            }
+            for (int i = 1; i < args.size(); i++) {
+                if (args.get(i).equals("io.iovirt.cli.Main") || args.get(i - 1).equals("-jar")) {
+                    args = new ArrayList<>(args.subList(i, args.size()));
+                    args.set(0, "iovirt");
+                    break;
+                }
+            }
+            String cmd = String.join(" ", args).replaceAll("[^\\x20-\\x7e]", "?");
+            return cmd.length() > 300 ? cmd.substring(0, 300) + "..." : cmd;
+        } catch (IOException e) {
+            return "its command line is not readable: " + SysfsTree.reason(e);
         }
     }
 

@@ -117,12 +117,24 @@ public final class FileIo {
         return done;
     }
 
-    /** Writes all of {@code src}. */
+    /**
+     * Writes all of {@code src}. A pwrite that writes nothing of a non-empty buffer (which POSIX allows, and a FUSE or
+     * device driver can do) is an EIO: retrying it would loop forever, and the caller must not take the data as
+     * written.
+     */
     public static void writeFully(Fd fd, MemorySegment src, long offset) throws LinuxException {
         long done = 0;
         long len = src.byteSize();
         while (done < len) {
-            done += pwrite(fd, src.asSlice(done), offset + done);
+            long n = pwrite(fd, src.asSlice(done), offset + done);
+            if (n == 0) {
+                throw new LinuxException(
+                        "pwrite",
+                        fd + " at offset " + (offset + done) + ": wrote 0 of " + (len - done)
+                                + " bytes, the file took no more",
+                        Errno.EIO);
+            }
+            done += n;
         }
     }
 

@@ -644,10 +644,10 @@ final class NbdConnection implements Runnable {
         long end = offset + length;
         try {
             for (int n = 0; n < max && pos < end; n++) {
-                DiskImage.Extent e = image.extent(pos, Math.min(end - pos, 0xffff_f000L));
-                int state = (e.hole() ? STATE_HOLE : 0) | (e.zero() ? STATE_ZERO : 0);
-                ext.putInt((int) e.length()).putInt(state);
-                pos += e.length();
+                long e = image.extent(pos, Math.min(end - pos, 0xffff_f000L));
+                int state = (DiskImage.Extent.hole(e) ? STATE_HOLE : 0) | (DiskImage.Extent.zero(e) ? STATE_ZERO : 0);
+                ext.putInt((int) DiskImage.Extent.length(e)).putInt(state);
+                pos += DiskImage.Extent.length(e);
             }
         } catch (IOException ex) {
             done(slot, EIO, "block status " + offset + "+" + length + ": " + ex.getMessage());

@@ -9,15 +9,41 @@ import java.nio.charset.StandardCharsets;
  * (or the server closed). {@code readOnly} may narrow a writable image to read-only for NBD clients.
  *
  * @param name        the NBD export name clients ask for (at most 4096 bytes of UTF-8)
- * @param description free text for NBD_INFO_DESCRIPTION, or null
+ * @param description free text for NBD_INFO_DESCRIPTION and the LIST reply, or null; one longer than the protocol's
+ *     {@value #MAX_DESCRIPTION} bytes of UTF-8 is cut to fit, at a character boundary, ending in "…"
  */
 public record NbdExport(String name, DiskImage image, boolean readOnly, String description, NbdExportStats stats) {
+
+    /** Longest description sent: the NBD protocol's limit for strings (doc/proto.md: at most 4096 bytes). */
+    static final int MAX_DESCRIPTION = 4096;
 
     public NbdExport {
         if (name.getBytes(StandardCharsets.UTF_8).length > 4096) {
             throw new IllegalArgumentException("export name longer than 4096 bytes");
         }
         readOnly = readOnly || image.readOnly();
+        description = fit(description);
+    }
+
+    /**
+     * The description cut to {@link #MAX_DESCRIPTION} bytes of UTF-8. Cut, not refused: it is made from the image's
+     * path, which may be longer (PATH_MAX is 4096 too, before the format's words), and is only for display. Cut at a
+     * character boundary: a cut inside a multi-byte character would leave the peer a string that is not UTF-8, which
+     * the protocol requires it to be. The "…" says something is missing.
+     */
+    private static String fit(String description) {
+        if (description == null) {
+            return null;
+        }
+        byte[] b = description.getBytes(StandardCharsets.UTF_8);
+        if (b.length <= MAX_DESCRIPTION) {
+            return description;
+        }
+        int end = MAX_DESCRIPTION - 3; // room for "…" (3 bytes)
+        while ((b[end] & 0xc0) == 0x80) { // b[end] continues the character before it: cut before that character
+            end--;
+        }
+        return new String(b, 0, end, StandardCharsets.UTF_8) + "…";
     }
 
     public NbdExport(String name, DiskImage image, boolean readOnly) {

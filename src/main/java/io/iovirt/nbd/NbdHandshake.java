@@ -29,8 +29,6 @@ final class NbdHandshake {
     private static final long MAX_SKIPPED = 16L << 20;
 
     private static final int PREFERRED_BLOCK = 4096;
-    /** Longest description sent (NBD_INFO_DESCRIPTION, the LIST reply): the protocol's limit for strings. */
-    private static final int MAX_DESCRIPTION = 4096;
 
     /**
      * What the handshake settled on.
@@ -161,16 +159,16 @@ final class NbdHandshake {
      * An NBD_REP_SERVER reply's data: the name, then the description as the free text the protocol allows after it
      * ("implementation-specific details ... suitable for direct display to a human being"). qemu-nbd's server sends
      * the description there too, and it is where QEMU's client ({@code qemu-nbd -L}) and {@code nbd-client -l} read
-     * it from: neither asks NBD_OPT_INFO for NBD_INFO_DESCRIPTION. At most {@link #MAX_DESCRIPTION} bytes of it.
+     * it from: neither asks NBD_OPT_INFO for NBD_INFO_DESCRIPTION. {@link NbdExport} keeps it within the protocol's
+     * 4096 bytes.
      */
     private static ByteBuffer listEntry(NbdExport e) {
         byte[] n = e.name().getBytes(StandardCharsets.UTF_8);
         byte[] d = e.description() == null ? new byte[0] : e.description().getBytes(StandardCharsets.UTF_8);
-        int dl = Math.min(d.length, MAX_DESCRIPTION);
-        return ByteBuffer.allocate(4 + n.length + dl)
+        return ByteBuffer.allocate(4 + n.length + d.length)
                 .putInt(n.length)
                 .put(n)
-                .put(d, 0, dl)
+                .put(d)
                 .flip();
     }
 
@@ -232,13 +230,12 @@ final class NbdHandshake {
         }
         if (wantDescription && e.description() != null) {
             byte[] d = e.description().getBytes(StandardCharsets.UTF_8);
-            int n = Math.min(d.length, MAX_DESCRIPTION);
             optionReply(
                     option,
                     REP_INFO,
-                    ByteBuffer.allocate(2 + n)
+                    ByteBuffer.allocate(2 + d.length)
                             .putShort((short) INFO_DESCRIPTION)
-                            .put(d, 0, n)
+                            .put(d)
                             .flip());
         }
         // Block sizes are always sent (allowed even if not requested): minimum, preferred, maximum payload.

@@ -106,9 +106,9 @@ public interface DiskImage extends AutoCloseable {
     /**
      * Allocation status of the extent starting at {@code offset}: its length (at least 1 byte, at most {@code len},
      * at most to the end of the image) and whether it is a hole (not allocated in this image or its backing chain)
-     * and whether it reads as zeros. Frontends report it as NBD base:allocation.
+     * and whether it reads as zeros, packed into a long ({@link Extent}). Frontends report it as NBD base:allocation.
      */
-    Extent extent(long offset, long len) throws IOException;
+    long extent(long offset, long len) throws IOException;
 
     /**
      * Thread-safe positional read into one buffer, for backing-file reads and tools (not the data path): the range
@@ -150,6 +150,46 @@ public interface DiskImage extends AutoCloseable {
         }
     }
 
-    /** One extent of {@link #extent}. */
-    record Extent(long length, boolean hole, boolean zero) {}
+    /**
+     * An extent's allocation status as {@link #extent} returns it: packed into a long — the length in the low 62
+     * bits, the hole and zero flags in the two above — so that asking allocates nothing (NBD's BLOCK_STATUS asks once
+     * per extent of every request). Made with {@link #of}, read with {@link #length}, {@link #hole}, {@link #zero}.
+     */
+    final class Extent {
+        private static final long HOLE = 1L << 63;
+        private static final long ZERO = 1L << 62;
+        /** The longest extent: 4 EiB, beyond any image's size. */
+        public static final long MAX_LENGTH = ZERO - 1;
+
+        private Extent() {}
+
+        public static long of(long length, boolean hole, boolean zero) {
+            if (length < 1 || length > MAX_LENGTH) {
+                throw new IllegalArgumentException("extent length " + length + " outside 1.." + MAX_LENGTH);
+            }
+            return length | (hole ? HOLE : 0) | (zero ? ZERO : 0);
+        }
+
+        public static long length(long extent) {
+            return extent & MAX_LENGTH;
+        }
+
+        /** Not allocated in the image or its backing chain. */
+        public static boolean hole(long extent) {
+            return (extent & HOLE) != 0;
+        }
+
+        /** Reads as zeros. */
+        public static boolean zero(long extent) {
+            return (extent & ZERO) != 0;
+        }
+
+        /** For messages and test failures: {@code 4096 data}, {@code 65536 hole zero}. */
+        public static String toString(long extent) {
+            return length(extent)
+                    + (hole(extent) ? " hole" : "")
+                    + (zero(extent) ? " zero" : "")
+                    + (hole(extent) || zero(extent) ? "" : " data");
+        }
+    }
 }

@@ -105,7 +105,7 @@ public class ForwardingDiskImage implements DiskImage {
     }
 
     @Override
-    public Extent extent(long offset, long len) throws IOException {
+    public long extent(long offset, long len) throws IOException {
         return delegate.extent(offset, len);
     }
 

@@ -295,25 +295,25 @@ public final class RawImage implements DiskImage {
      * (the kernel has no allocation map for it).
      */
     @Override
-    public Extent extent(long offset, long len) throws IOException {
+    public long extent(long offset, long len) throws IOException {
         if (offset < 0 || len <= 0 || offset >= size) {
             throw new LinuxException(
                     "lseek", "extent " + offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
         }
         long max = Math.min(len, size - offset);
         if (blockDevice) {
-            return new Extent(max, false, false);
+            return Extent.of(max, false, false);
         }
         long data = FileIo.seek(fd, offset, FileIo.SEEK_DATA);
         if (data < 0 || data >= offset + max) {
-            return new Extent(max, true, true); // a hole to the end of the range (or of the file)
+            return Extent.of(max, true, true); // a hole to the end of the range (or of the file)
         }
         if (data > offset) {
-            return new Extent(data - offset, true, true);
+            return Extent.of(data - offset, true, true);
         }
         long hole = FileIo.seek(fd, offset, FileIo.SEEK_HOLE);
         long end = hole < 0 ? offset + max : Math.min(hole, offset + max);
-        return new Extent(Math.max(1, end - offset), false, false);
+        return Extent.of(Math.max(1, end - offset), false, false);
     }
 
     /**

@@ -715,6 +715,53 @@ class DaemonApiTest {
     }
 
     /**
+     * close() waits for the client threads: one inside a call (a blk.add opening a FIFO, which waits for a writer)
+     * ends when the call returns, and only then does close() return — with every client socket closed, so the daemon
+     * closed next is no longer used by a request. It returned at once, the thread still inside the daemon.
+     */
+    @Test
+    void closeWaitsForTheClientsInsideACall() throws Exception {
+        Path fifo = dir.resolve("slow.raw");
+        assertEquals(0, new ProcessBuilder("mkfifo", fifo.toString()).start().waitFor());
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try {
+            threads.submit(() -> {
+                try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
+                    return c.call(
+                            "blk.add",
+                            p(
+                                    "id",
+                                    "slow",
+                                    "image",
+                                    fifo.toString(),
+                                    "socket",
+                                    dir.resolve("s.sock").toString()));
+                }
+            });
+            while (Thread.getAllStackTraces().values().stream()
+                    .noneMatch(st -> java.util.Arrays.stream(st)
+                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
+                                    && f.getMethodName().equals("start")))) {
+                Thread.sleep(10); // until the add is opening its image
+            }
+            java.util.concurrent.Future<?> closing = threads.submit(server::close);
+            assertThrows(
+                    java.util.concurrent.TimeoutException.class,
+                    () -> closing.get(500, TimeUnit.MILLISECONDS),
+                    "close() returned while a client's call was still running");
+            new RandomAccessFile(fifo.toFile(), "rw").close(); // a writer: the open returns, the add fails
+            closing.get(60, TimeUnit.SECONDS);
+            List<String> clients = Thread.getAllStackTraces().keySet().stream()
+                    .filter(t -> t.getName().startsWith("control client"))
+                    .map(Thread::getName)
+                    .toList();
+            assertEquals(List.of(), clients, "client threads still running after close()");
+        } finally {
+            threads.shutdownNow();
+        }
+    }
+
+    /**
      * An image that takes long to open (a FIFO: open(2) waits for a writer, like an image on a file system that
      * does not answer) delays its own blk.add only: other requests, another add and /metrics are served meanwhile,
      * and its id and socket are in use until it has failed — then free.

@@ -44,6 +44,28 @@ class VmComposerHostDevicesTest {
         assertTrue(e.getMessage().contains("vm-a"), e.getMessage());
     }
 
+    /**
+     * A device the VM owns already but that is gone (a VF destroyed since, an unplugged device: the registry keeps its
+     * row until it is released) is refused with the reason and the remedy, as {@code host config} refuses it — it was
+     * taken as it was, and QEMU failed later without saying why.
+     */
+    @Test
+    void aDeviceTheVmOwnsButThatIsGoneIsRefused() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        new AssignmentRegistry(h.state).assign(Bdf.parse("0000:03:10.4"), "vm-a", List.of());
+        HostConfigException e = assertThrows(
+                HostConfigException.class,
+                () -> VmComposer.compose(vm("vm-a", List.of("0000:03:10.4"), List.of()), tmp, h.paths()));
+        assertTrue(
+                e.getMessage().contains("0000:03:10.4 is assigned to VM vm-a but does not exist on this host"),
+                e.getMessage());
+        assertTrue(e.remedy().contains("iovirt host release 0000:03:10.4"), e.remedy());
+        assertEquals(
+                "vm-a",
+                new AssignmentRegistry(h.state).owner(Bdf.parse("0000:03:10.4")).vm(),
+                "left as it was");
+    }
+
     @Test
     void aDeviceTheHostUsesIsNotPassedThrough() {
         FakeHost h = DevicesTest.desktop(tmp);

@@ -35,18 +35,18 @@ import org.junit.jupiter.api.io.TempDir;
  * scalar-replaced and the figure does not depend on what C2 inlined this run. What remains there is the JDK's: one
  * 40-byte captured-errno segment per FFM syscall ({@code BlkAllocationTest}'s class comment) — the image's (preadv,
  * pwritev, fdatasync; two lseeks for a BLOCK_STATUS) and, over the UNIX socket, the recvmsg of the header, the
- * recvmsg of a WRITE's payload and the reply's sendmsg (the JDK's TCP channel makes its syscalls without one). And
- * for a BLOCK_STATUS the {@code DiskImage.Extent} record the image API returns per extent (a 4 KiB block of a raw
- * file is one): the storage layer's, left as it is. Each case's bound is those plus 8 bytes, so one more object of
- * ours per request (16 bytes at least) fails.
+ * recvmsg of a WRITE's payload and the reply's sendmsg (the JDK's TCP channel makes its syscalls without one).
+ * Each case's bound is those plus 8 bytes, so one more object of ours per request (16 bytes at least) fails.
  *
  * <p>Measured, bytes a request with escape analysis off / in the default JVM. Before: TCP READ and WRITE 64 / 24 — the
  * 24 the varargs array of {@code reply(h, buf)}, which escape analysis did not remove — FLUSH 96 / 56 (32 more: the
  * node of the worker queue's condition wait), BLOCK_STATUS 304 / 152 ({@code FileIo.seek} built its error message on
  * success); UNIX 400-720 / 200-440 (segments the channel made per call). After: exactly the JDK's part above with
  * escape analysis off (UNIX 120 READ and FLUSH, 160 WRITE, 184 BLOCK_STATUS; TCP 40, BLOCK_STATUS 104), and in the
- * default JVM 0 for READ, WRITE and FLUSH once C2 compiled the path (24 for BLOCK_STATUS: the Extent). {@link #main}
- * prints the per-case figures.
+ * default JVM 0 for READ, WRITE and FLUSH once C2 compiled the path (24 for BLOCK_STATUS: the 24-byte
+ * {@code DiskImage.Extent} record the image API returned per extent, escape analysis or not). Since the image API
+ * packs an extent into a long ({@code DiskImage.Extent}) BLOCK_STATUS has the same bound as the others: the JDK's
+ * segments alone. {@link #main} prints the per-case figures.
  */
 class NbdAllocationTest {
     private static final com.sun.management.ThreadMXBean THREADS =
@@ -56,8 +56,6 @@ class NbdAllocationTest {
     private static final byte PATTERN = 0x5a;
     private static final int WARMUP = 3000;
     private static final int MEASURED = 2000;
-    /** A {@code DiskImage.Extent} (12-byte header, a long, two booleans): what BLOCK_STATUS's image call returns. */
-    static final long EXTENT_BYTES = 24;
 
     @TempDir
     Path dir;
@@ -72,9 +70,7 @@ class NbdAllocationTest {
 
         /** The JDK's bytes for this request, plus less than one object (8 bytes): see the class comment. */
         double bound() {
-            return syscalls() * BlkAllocationTest.JDK_BYTES_PER_SYSCALL
-                    + (command == Nbd.CMD_BLOCK_STATUS ? EXTENT_BYTES : 0)
-                    + 8;
+            return syscalls() * BlkAllocationTest.JDK_BYTES_PER_SYSCALL + 8;
         }
 
         @Override

@@ -141,6 +141,60 @@ class NbdServerTest {
         assertTrue(e.getMessage().contains("loopback"), e.getMessage());
     }
 
+    /**
+     * A description longer than the protocol's 4096 bytes (it is made from the image's path, which can be that long)
+     * reaches the peer cut at a character boundary, in the LIST reply and in NBD_INFO_DESCRIPTION: the protocol's
+     * strings are UTF-8, and a cut at byte 4096 fell inside a 3-byte character here.
+     */
+    @Test
+    void anOverLongDescriptionIsCutAtACharacterBoundary() throws Exception {
+        Path img = dir.resolve("d.raw");
+        Files.write(img, new byte[MIB]);
+        String description = "€".repeat(1366); // 4098 bytes: byte 4096 is inside the 1366th character
+        String sent = "€".repeat(1364) + "…"; // 4095 bytes
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 4)) {
+            s.addExport(new NbdExport("d", image, false, description, new NbdExportStats()));
+            try (RawClient c = RawClient.tcp(s.port())) {
+                c.option(Nbd.OPT_LIST, new byte[0]);
+                Reply r = c.optionReply();
+                assertEquals(Nbd.REP_SERVER, r.type);
+                int nameLength = ByteBuffer.wrap(r.data).getInt();
+                assertEquals(sent, strictUtf8(r.data, 4 + nameLength, r.data.length - 4 - nameLength));
+                assertEquals(Nbd.REP_ACK, c.optionReply().type);
+                byte[] n = "d".getBytes(StandardCharsets.UTF_8);
+                c.option(
+                        Nbd.OPT_INFO,
+                        ByteBuffer.allocate(8 + n.length)
+                                .putInt(n.length)
+                                .put(n)
+                                .putShort((short) 1)
+                                .putShort((short) Nbd.INFO_DESCRIPTION)
+                                .array());
+                String info = null;
+                for (Reply i = c.optionReply(); i.type != Nbd.REP_ACK; i = c.optionReply()) {
+                    assertEquals(Nbd.REP_INFO, i.type);
+                    if (ByteBuffer.wrap(i.data).getShort() == Nbd.INFO_DESCRIPTION) {
+                        info = strictUtf8(i.data, 2, i.data.length - 2);
+                    }
+                }
+                assertEquals(sent, info);
+                c.option(Nbd.OPT_ABORT, new byte[0]);
+                assertEquals(Nbd.REP_ACK, c.optionReply().type);
+            }
+        }
+    }
+
+    /** Decodes UTF-8, failing on malformed input (String's constructor would replace it). */
+    private static String strictUtf8(byte[] b, int off, int len) throws IOException {
+        return StandardCharsets.UTF_8
+                .newDecoder()
+                .onMalformedInput(java.nio.charset.CodingErrorAction.REPORT)
+                .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPORT)
+                .decode(ByteBuffer.wrap(b, off, len))
+                .toString();
+    }
+
     /** Waits until the server has finished with every earlier connection (their threads end asynchronously). */
     private static void awaitNoConnections(NbdServer s) {
         io.iovirt.testing.Await.until(

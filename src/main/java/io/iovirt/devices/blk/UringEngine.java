@@ -13,6 +13,7 @@ import io.iovirt.virtio.VirtqueueException;
 import java.lang.System.Logger.Level;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.concurrent.locks.LockSupport;
 
 /**
  * Serves a virtio-blk queue through its own io_uring: up to queue-size requests in flight at once. Each in-flight
@@ -309,6 +310,13 @@ final class UringEngine implements QueueWorker.Handler {
         try {
             while (ringRequests > 0) {
                 ring.submitAndWait(1);
+                if (ring.ready() == 0 && !ring.taskWorkPending()) {
+                    // The kernel took nothing and waited for nothing (EAGAIN, EBUSY: short of memory): back off
+                    // instead of spinning on io_uring_enter until it has memory again. 1 ms: far below what a
+                    // stop takes otherwise, far above a system call.
+                    LockSupport.parkNanos(1_000_000);
+                    continue;
+                }
                 reapWhileStopping();
             }
             if (!failed && queue.needsNotification()) {

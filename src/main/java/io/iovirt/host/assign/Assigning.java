@@ -7,12 +7,30 @@ import io.iovirt.host.HostUsage;
 import io.iovirt.pci.Bdf;
 import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciInventory;
+import io.iovirt.pci.PciSysfs;
 import java.util.ArrayList;
 import java.util.List;
 
 /** {@code host assign}: the readiness checks in front of {@link AssignmentRegistry#assign}. */
 public final class Assigning {
+    /** Why an assigned device is not there: what removes devices from under the registry. */
+    public static final String GONE =
+            "a VF whose PF's VFs were removed or whose PF's driver let go, or an unplugged device";
+
     private Assigning() {}
+
+    /**
+     * Refuses a device assigned to {@code vm} that is not on this host (any more): QEMU would only fail later,
+     * without the reason — the device behind the address is not there.
+     */
+    public static void requirePresent(PciSysfs pci, Bdf bdf, String vm) {
+        if (!pci.exists(bdf)) {
+            throw new HostConfigException(
+                    bdf + " is assigned to VM " + vm + " but does not exist on this host (" + pci.deviceDir(bdf)
+                            + " is missing): " + GONE,
+                    "release it (iovirt host release " + bdf + "), then assign a device that exists");
+        }
+    }
 
     /**
      * Assigns {@code bdf} to {@code vm} after checking that it can be handed over now (bound to vfio-pci, group

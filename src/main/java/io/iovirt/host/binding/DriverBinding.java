@@ -167,6 +167,16 @@ public final class DriverBinding {
                 warnings.add(DRY_RUN_NOTE);
                 return new Outcome(bdf, dev.driver(), previous, writes, null, String.join("; ", warnings));
             }
+            if (dev.driver() != null && dev.sriov() != null) {
+                // A PF's driver destroys its VFs as it lets go (only --force gets here with VFs enabled): forget them
+                // now, not at the next 'host vfs', which would show their assignments as gone until then.
+                forgetVfs(
+                        registry,
+                        dev.sriov().vfs(),
+                        warnings,
+                        "was destroyed when " + dev.driver() + " let go of its PF " + bdf,
+                        "a VF made at that address later");
+            }
             String note = null;
             String after = null;
             if (previous != null && !previous.equals(dev.driver())) {
@@ -314,6 +324,31 @@ public final class DriverBinding {
             out.add(new Remembered(bdf, row[1].equals(NONE) ? null : row[1]));
         }
         return out;
+    }
+
+    /**
+     * Forgets destroyed VFs: the drivers they had before iovirt bound them, and the VMs they were assigned to — a VF
+     * made later at the same address is a new device that nobody owns. Each dropped assignment adds a note naming the
+     * VM. Call with the state lock held.
+     *
+     * @param fate      what happened to them, after "VF X was assigned to VM Y and"
+     * @param successor what is at the address now or later, before "belongs to no VM"
+     */
+    public static void forgetVfs(
+            AssignmentRegistry registry, List<Bdf> vfs, List<String> notes, String fate, String successor) {
+        if (vfs.isEmpty()) {
+            return;
+        }
+        StateStore store = registry.store();
+        List<Remembered> rows = new ArrayList<>(remembered(store));
+        if (rows.removeIf(r -> vfs.contains(r.bdf()))) {
+            saveRemembered(store, rows);
+        }
+        for (AssignmentRegistry.Assignment a : registry.dropGone(vfs)) {
+            notes.add("VF " + a.bdf() + " was assigned to VM " + a.vm() + " and " + fate + ": the assignment is "
+                    + "dropped (" + successor + " belongs to no VM; assign it again if " + a.vm()
+                    + " should have it)");
+        }
     }
 
     /** Replaces the drivers table. Call with the state lock held. */

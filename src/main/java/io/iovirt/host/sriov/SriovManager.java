@@ -4,7 +4,6 @@ package io.iovirt.host.sriov;
 import io.iovirt.host.HostConfigException;
 import io.iovirt.host.HostPaths;
 import io.iovirt.host.HostUsage;
-import io.iovirt.host.StateStore;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.host.binding.DriverBinding;
 import io.iovirt.pci.Bdf;
@@ -369,19 +368,7 @@ public final class SriovManager {
     }
 
     private void forget(List<Bdf> vfs, List<String> notes, String fate, String successor) {
-        if (vfs.isEmpty()) {
-            return;
-        }
-        StateStore store = registry.store();
-        List<DriverBinding.Remembered> rows = new ArrayList<>(DriverBinding.remembered(store));
-        if (rows.removeIf(r -> vfs.contains(r.bdf()))) {
-            DriverBinding.saveRemembered(store, rows);
-        }
-        for (AssignmentRegistry.Assignment a : registry.dropGone(vfs)) {
-            notes.add("VF " + a.bdf() + " was assigned to VM " + a.vm() + " and " + fate + ": the assignment is "
-                    + "dropped (" + successor + " belongs to no VM; assign it again if " + a.vm()
-                    + " should have it)");
-        }
+        DriverBinding.forgetVfs(registry, vfs, notes, fate, successor);
     }
 
     private static PciDevice.SriovInfo requireSriov(PciDevice pf) {

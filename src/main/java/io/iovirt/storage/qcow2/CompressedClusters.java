@@ -2,9 +2,11 @@
 package io.iovirt.storage.qcow2;
 
 import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.zip.DataFormatException;
 import java.util.zip.Inflater;
@@ -29,11 +31,17 @@ final class CompressedClusters {
 
     private final ThreadLocal<Scratch> scratch;
 
-    /** Per-thread decompression state: the last compressed cluster inflated, by its L2 entry. */
+    /**
+     * Per-thread decompression state: the last compressed cluster inflated, by its L2 entry, and the native buffer
+     * its compressed bytes are read into (aligned for O_DIRECT; grown, never shrunk, freed with the thread's
+     * scratch by the GC), read by the inflater in place through {@code inView}. A read opened and closed an arena
+     * for that buffer each time.
+     */
     private static final class Scratch {
         final Inflater inflater = new Inflater(true);
         final byte[] out;
-        byte[] in = new byte[0];
+        MemorySegment in = MemorySegment.NULL;
+        ByteBuffer inView;
         long key = -1;
 
         Scratch(int clusterSize) {
@@ -76,17 +84,20 @@ final class CompressedClusters {
         }
         long host = host(e);
         int len = (int) bytes(e);
-        if (s.in.length < len) {
-            s.in = new byte[len];
+        // the whole blocks around the data: an O_DIRECT read starts and ends on block boundaries
+        long lo = host & -align;
+        long window = ((host + len + align - 1) & -align) - lo;
+        if (s.in.byteSize() < window) {
+            s.in = Arena.ofAuto().allocate(window, Math.max(align, FileIo.DIRECT_ALIGNMENT));
+            s.inView = s.in.asByteBuffer();
         }
-        MemorySegment in = MemorySegment.ofArray(s.in).asSlice(0, len);
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment n = a.allocate(len);
-            long got = Qcow2Image.readFile(fd, n, host, align);
-            MemorySegment.copy(n, 0, in, 0, got);
+        try {
+            long n = FileIo.readFully(fd, s.in.asSlice(0, window), lo);
+            int start = (int) (host - lo);
+            int got = (int) Math.max(0, Math.min(len, n - start));
             Inflater inf = s.inflater;
             inf.reset();
-            inf.setInput(s.in, 0, (int) got);
+            inf.setInput(s.inView.clear().limit(start + got).position(start));
             int out = 0;
             while (out < clusterSize) {
                 int k = inf.inflate(s.out, out, (int) clusterSize - out);

@@ -813,7 +813,7 @@ public final class Qcow2Image implements DiskImage {
     // ---- allocation status ---------------------------------------------------------------------------------------
 
     @Override
-    public Extent extent(long offset, long len) throws IOException {
+    public long extent(long offset, long len) throws IOException {
         if (offset < 0 || len <= 0 || offset >= size) {
             throw new LinuxException(
                     "extent", offset + "+" + len + " outside the " + size + "-byte image", Errno.EINVAL);
@@ -824,8 +824,7 @@ public final class Qcow2Image implements DiskImage {
         if (kind == 0 && backing != null && offset < backingSize) {
             long n = Math.min(max, clusterSize - (offset & (clusterSize - 1)));
             n = Math.min(n, backingSize - offset);
-            Extent b = backing.extent(offset, n);
-            return new Extent(b.length(), b.hole(), b.zero());
+            return backing.extent(offset, n);
         }
         long pos = (offset & -clusterSize) + clusterSize;
         while (pos < offset + max && pos - offset < (1L << 30)) {
@@ -838,8 +837,8 @@ public final class Qcow2Image implements DiskImage {
         }
         long n = Math.min(pos - offset, max);
         return switch (kind) {
-            case 0, 1 -> new Extent(n, true, true); // unallocated (nothing beneath) or a zero cluster
-            default -> new Extent(n, false, false);
+            case 0, 1 -> Extent.of(n, true, true); // unallocated (nothing beneath) or a zero cluster
+            default -> Extent.of(n, false, false);
         };
     }
 

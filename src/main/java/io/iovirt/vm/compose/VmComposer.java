@@ -17,6 +17,7 @@ import io.iovirt.net.Switch;
 import io.iovirt.pci.Bdf;
 import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciInventory;
+import io.iovirt.pci.PciSysfs;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
@@ -250,11 +251,16 @@ public final class VmComposer implements AutoCloseable {
         return s.length() <= 20 ? s : s.substring(s.length() - 20);
     }
 
-    /** The device must be on vfio-pci and end up assigned to this VM in the registry (exclusive). */
+    /**
+     * The device must be on vfio-pci and end up assigned to this VM in the registry (exclusive). One the VM owns
+     * already must still be there: a VF destroyed since (its PF's VFs removed, its PF unbound) or an unplugged device
+     * keeps its row until released, and QEMU would fail later without saying why.
+     */
     private void claim(Bdf bdf) {
         AssignmentRegistry registry = new AssignmentRegistry(host.stateDir());
         AssignmentRegistry.Assignment owner = registry.owner(bdf);
         if (owner != null && owner.vm().equals(spec.name())) {
+            Assigning.requirePresent(new PciSysfs(host.sys()), bdf, spec.name());
             return;
         }
         if (owner != null) {

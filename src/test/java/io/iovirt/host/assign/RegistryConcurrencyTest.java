@@ -201,6 +201,55 @@ class RegistryConcurrencyTest {
         }
     }
 
+    /**
+     * A command that waits for another process's lock says so after a short quiet wait — the lock file, the holder's
+     * pid and command line, and what to do — and keeps waiting: it goes on once the holder is gone. It waited
+     * without a word, for as long as the holder held on.
+     */
+    @Test
+    void aWaitForAnotherProcesssLockNamesTheHolder() throws Exception {
+        FakeHost h = hostWithVfs();
+        List<String> args = new ArrayList<>(List.of("host", "assign", "0000:03:10.1", "--vm", "vm-b"));
+        args.addAll(h.cliRoots());
+        // the holder stops for good holding the lock (the crash point is inside a write)
+        Process p = javaWithProperty("-D" + StateStore.CRASHPOINT_PROPERTY + "=state-before-rename", args);
+        java.util.logging.Logger log = java.util.logging.Logger.getLogger("io.iovirt.host");
+        java.util.concurrent.BlockingQueue<String> said = new java.util.concurrent.LinkedBlockingQueue<>();
+        java.util.logging.Handler handler = new java.util.logging.Handler() {
+            @Override
+            public void publish(java.util.logging.LogRecord r) {
+                said.add(r.getMessage());
+            }
+
+            @Override
+            public void flush() {}
+
+            @Override
+            public void close() {}
+        };
+        log.addHandler(handler);
+        java.util.concurrent.ExecutorService waiter = java.util.concurrent.Executors.newSingleThreadExecutor();
+        try {
+            assertEquals("CRASHPOINT state-before-rename", awaitLine(p, "CRASHPOINT"));
+            java.util.concurrent.Future<AssignmentRegistry.Result> assigned = waiter.submit(
+                    () -> new AssignmentRegistry(h.state).assign(Bdf.parse("0000:03:10.0"), "vm-a", List.of()));
+            String m = said.poll(30, TimeUnit.SECONDS);
+            assertTrue(m != null, "nothing said while waiting for the lock");
+            assertTrue(m.contains("waiting for the state lock " + h.state.resolve("lock")), m);
+            assertTrue(m.contains("process " + p.pid() + " holds it (iovirt host assign 0000:03:10.1 --vm vm-b "), m);
+            assertTrue(m.contains("end it (kill " + p.pid() + ")"), m);
+            assertTrue(!assigned.isDone(), "it stopped waiting");
+            p.destroyForcibly();
+            assertEquals("vm-a", assigned.get(60, TimeUnit.SECONDS).assignment().vm());
+            assertTrue(said.isEmpty(), "said more than once: " + said);
+        } finally {
+            log.removeHandler(handler);
+            waiter.shutdownNow();
+            p.destroyForcibly();
+            p.waitFor(60, TimeUnit.SECONDS);
+        }
+    }
+
     @Test
     void writerKilledAtAnArbitraryMomentLeavesAReadableRegistry() throws Exception {
         Path state = tmp.resolve("state");

@@ -231,6 +231,34 @@ class DriverBindingTest {
         assertTrue(e.getMessage().contains("it has 2 VFs enabled, which vanish when igb lets go"), e.getMessage());
     }
 
+    /**
+     * A forced unbind of a PF destroys its VFs (its driver disables SR-IOV as it lets go): their assignments and
+     * remembered drivers are dropped then, with a note naming the VM — they were kept, shown as gone, until the next
+     * {@code host vfs}, and a VF made at that address meanwhile would have looked like the VM's.
+     */
+    @Test
+    void aForcedPfUnbindDropsItsDestroyedVfsAssignments() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        AssignmentRegistry r = new AssignmentRegistry(h.state);
+        r.assign(Bdf.parse("0000:03:10.2"), "vm-a", List.of());
+        r.assign(Bdf.parse("0000:04:00.0"), "vm-b", List.of());
+        new StateStore(h.state)
+                .write(DriverBinding.TABLE, List.<String[]>of(new String[] {"0000:03:10.2", "igbvf"}, new String[] {
+                    "0000:04:00.0", "nouveau"
+                }));
+        DriverBinding.Outcome o = binding(h).unbind(Bdf.parse("0000:03:00.0"), true);
+        assertEquals("0000:03:00.0", h.read("bus/pci/drivers/igb/unbind"));
+        assertTrue(
+                o.note()
+                        .contains("VF 0000:03:10.2 was assigned to VM vm-a and was destroyed when igb let go of its PF"
+                                + " 0000:03:00.0: the assignment is dropped"),
+                o.note());
+        assertNull(r.owner(Bdf.parse("0000:03:10.2")));
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.2")));
+        assertEquals("vm-b", r.owner(Bdf.parse("0000:04:00.0")).vm(), "another device's assignment stays");
+        assertEquals("nouveau", binding(h).previousDriver(Bdf.parse("0000:04:00.0")));
+    }
+
     @Test
     void alreadyBoundIsANoOp() {
         FakeHost h = DevicesTest.desktop(tmp);
