@@ -273,7 +273,12 @@ public final class StateStore {
 
     private static void writeFully(FileChannel ch, ByteBuffer buf) throws IOException {
         while (buf.hasRemaining()) {
-            ch.write(buf);
+            // A regular file's write never returns 0 for a non-empty buffer; if one ever did (a strange
+            // filesystem), looping would spin for ever with the state lock held.
+            if (ch.write(buf) == 0) {
+                throw new IOException("a write to the state file wrote nothing with " + buf.remaining()
+                        + " bytes left (filesystem full or broken?)");
+            }
         }
     }
 
