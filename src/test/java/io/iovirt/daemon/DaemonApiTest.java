@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -793,13 +794,7 @@ class DaemonApiTest {
         });
         try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
             // the add is opening its image (this daemon runs in this JVM: its request thread is in BlkExport.start)
-            while (Thread.getAllStackTraces().values().stream()
-                    .noneMatch(st -> java.util.Arrays.stream(st)
-                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
-                                    && f.getMethodName().equals("start")))) {
-                assertTrue(!slow.isDone(), "the slow add ended early: " + (slow.isDone() ? slow.get() : ""));
-                Thread.sleep(10);
-            }
+            awaitOpeningItsImage(slow, "the slow add");
             RpcClient.RemoteError e = assertThrows(
                     RpcClient.RemoteError.class,
                     () -> other.call(
@@ -838,6 +833,22 @@ class DaemonApiTest {
         ok("blk.add", "id", "slow", "image", image("d.raw", 1 << 20).toString(), "socket", sock.toString());
     }
 
+    /**
+     * Waits until a request thread of this in-process daemon is in {@code BlkExport.start} (opening its image); fails if
+     * {@code request} ends first or the thread never gets there.
+     */
+    private static void awaitOpeningItsImage(java.util.concurrent.Future<?> request, String what) {
+        Await.until(Duration.ofSeconds(60), what + " opening its image", () -> {
+            if (request.isDone()) {
+                throw new AssertionError(what + " ended early: " + request.resultNow());
+            }
+            return Thread.getAllStackTraces().values().stream()
+                    .anyMatch(st -> java.util.Arrays.stream(st)
+                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
+                                    && f.getMethodName().equals("start")));
+        });
+    }
+
     /** A reload that waits on an image (a FIFO, as above) holds up neither the API nor /metrics. */
     @Test
     void aSlowReloadDelaysOnlyItself() throws Exception {
@@ -851,13 +862,7 @@ class DaemonApiTest {
         try {
             java.util.concurrent.Future<ConfigFile.Outcome> reload =
                     threads.submit(() -> ConfigFile.apply(daemon, ConfigFile.read(config, daemon)));
-            while (Thread.getAllStackTraces().values().stream()
-                    .noneMatch(st -> java.util.Arrays.stream(st)
-                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
-                                    && f.getMethodName().equals("start")))) {
-                assertTrue(!reload.isDone(), "the reload ended early: " + (reload.isDone() ? reload.get() : ""));
-                Thread.sleep(10);
-            }
+            awaitOpeningItsImage(reload, "the reload");
             try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
                 other.call("blk.list", null);
                 other.call("net.add", p("id", "sw"));
