@@ -19,10 +19,21 @@ public final class EventFd implements AutoCloseable {
     private final Fd fd;
     /** A peer's eventfd: its writes are watched ({@link #trySignal}). */
     private final boolean fromPeer;
-    /** System.nanoTime() when a watched write ({@link #trySignal}) or read ({@link #consume}) began, 0 when none. */
-    private volatile long opSince;
-    /** Whether that operation is a read. */
+    /**
+     * Watched writes ({@link #trySignal}) and reads ({@link #consume}) begun and ended, counted atomically: several
+     * threads may write one peer's eventfd at once (the senders filling one guest's receive queue), and each blocked
+     * one must stay visible to the {@link Watchdog} until it has returned, whoever else's operation returned meanwhile.
+     */
+    private volatile long opsBegun;
+
+    private volatile long opsEnded;
+    /** Whether the operations are reads (a peer's eventfd is either read, a kick, or written, a call or err). */
     private volatile boolean opIsRead;
+    // The watchdog thread's own: opsEnded when it last saw operations in progress, and since when (0: none seen).
+    private long watchedEnded;
+    private long watchedSince;
+    /** The watchdog's thread that ends a blocked operation is still at it. */
+    private volatile boolean unblocking;
     /** The watchdog had to end a blocked operation (drain the counter for a write, bump it for a read). */
     private volatile boolean stuck;
     /**
@@ -31,6 +42,19 @@ public final class EventFd implements AutoCloseable {
      * interrupt one system call instead of the watchdog's fraction of a second.
      */
     private volatile boolean quarantined;
+
+    private static final java.lang.invoke.VarHandle OPS_BEGUN;
+    private static final java.lang.invoke.VarHandle OPS_ENDED;
+
+    static {
+        try {
+            java.lang.invoke.MethodHandles.Lookup l = java.lang.invoke.MethodHandles.lookup();
+            OPS_BEGUN = l.findVarHandle(EventFd.class, "opsBegun", long.class);
+            OPS_ENDED = l.findVarHandle(EventFd.class, "opsEnded", long.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
+    }
 
     private EventFd(Fd fd) {
         this(fd, false);
@@ -160,9 +184,9 @@ public final class EventFd implements AutoCloseable {
                 return false; // the counter is full: the write would block (or be dropped), the peer's fault
             }
             opIsRead = false;
-            opSince = System.nanoTime() | 1; // never 0
+            OPS_BEGUN.getAndAdd(this, 1L);
             r = Syscalls.write(f, t.scratch, 8);
-            opSince = 0;
+            OPS_ENDED.getAndAdd(this, 1L);
             if (stuck) {
                 stuck = false;
                 quarantined = true;
@@ -210,9 +234,9 @@ public final class EventFd implements AutoCloseable {
         long r;
         if (fromPeer) {
             opIsRead = true;
-            opSince = System.nanoTime() | 1;
+            OPS_BEGUN.getAndAdd(this, 1L);
             r = Syscalls.read(f, t.scratch, 8);
-            opSince = 0;
+            OPS_ENDED.getAndAdd(this, 1L);
             stuck = false;
         } else {
             r = Syscalls.read(f, t.scratch, 8);
@@ -302,26 +326,52 @@ public final class EventFd implements AutoCloseable {
                 } catch (InterruptedException ignored) {
                     // a daemon: keeps watching
                 }
-                long now = System.nanoTime();
+                long now = System.nanoTime() | 1; // never 0, which means "none seen"
                 for (EventFd e : WATCHED) {
-                    long since = e.opSince;
-                    if (since != 0 && now - since > STUCK_NANOS && !e.stuck) {
-                        boolean read = e.opIsRead;
-                        // Late is not blocked: a thread descheduled on a loaded host (or held at a safepoint on its
-                        // way back from the system call) has often finished the write already. Draining then would
-                        // read away a count the peer has not consumed yet — an interrupt QEMU never injects (seen in
-                        // the net demo at load 11-20). Only a counter at its limit (write) or at 0 (read) blocks.
-                        if (!wouldBlock(e, read)) {
-                            continue;
-                        }
-                        e.stuck = true;
-                        Thread.ofPlatform()
-                                .daemon()
-                                .name("iovirt eventfd unblock " + e.fd)
-                                .start(() -> unblock(e, read));
-                    }
+                    look(e, now);
                 }
             }
+        }
+
+        /**
+         * One look at {@code e}: an operation in progress while none has returned for {@link #STUCK_NANOS} (counted
+         * from the first look that saw operations in progress) and that the kernel shows blocked is ended. Counting
+         * operations rather than timing one keeps every blocked operation in view: with several writers of one
+         * eventfd, one that returns does not hide another that is still blocked.
+         */
+        private static void look(EventFd e, long now) {
+            long ended = e.opsEnded; // before opsBegun: never more ended than begun
+            long begun = e.opsBegun;
+            if (begun == ended) {
+                e.watchedSince = 0; // nothing in progress
+                return;
+            }
+            if (e.watchedSince == 0 || ended != e.watchedEnded) { // first seen, or some returned since the last look
+                e.watchedEnded = ended;
+                e.watchedSince = now;
+                return;
+            }
+            if (e.unblocking || now - e.watchedSince <= STUCK_NANOS) {
+                return;
+            }
+            boolean read = e.opIsRead;
+            // Late is not blocked: a thread descheduled on a loaded host (or held at a safepoint on its way back from
+            // the system call) has often finished the write already. Draining then would read away a count the peer
+            // has not consumed yet — an interrupt QEMU never injects (seen in the net demo at load 11-20). Only a
+            // counter at its limit (write) or at 0 (read) blocks.
+            if (!wouldBlock(e, read)) {
+                return;
+            }
+            e.stuck = true;
+            e.unblocking = true;
+            e.watchedSince = now; // an operation the peer blocks again is ended again after as long
+            Thread.ofPlatform().daemon().name("iovirt eventfd unblock " + e.fd).start(() -> {
+                try {
+                    unblock(e, read);
+                } finally {
+                    e.unblocking = false;
+                }
+            });
         }
 
         /** The largest value an eventfd counter holds; a write that would pass it blocks. */

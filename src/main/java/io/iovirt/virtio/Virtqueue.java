@@ -17,9 +17,10 @@ import java.util.Objects;
  *
  * <p>One thread owns a queue (pop, push and the notification calls); nothing here locks. The guest memory snapshot is
  * re-read at each call through the queue's own {@link GuestMemoryHolder.Reader} (one volatile read), which pins it;
- * the ring areas are re-translated only when it changed. The owner unpins with {@link #releaseMemory} when nothing
- * popped is in flight any more (the queue worker does this before it sleeps), so a replaced snapshot is unmapped
- * only once no chain popped from it can still be used.
+ * the ring areas are re-translated only when it changed. A snapshot the queue moved away from is unpinned as soon as
+ * the last chain popped under it is returned, and the owner unpins the current one with {@link #releaseMemory} when
+ * nothing popped is in flight any more (the queue worker does this before it sleeps), so a replaced snapshot is
+ * unmapped once no chain popped from it can still be used, however busy the queue stays.
  *
  * <p>A worker loop that neither loses kicks nor takes needless ones:
  * <pre>{@code
@@ -57,6 +58,16 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
     final boolean[] inFlight;
 
     int inFlightCount;
+    /**
+     * Memory snapshots this queue moved to ({@link #refresh}), and the one each chain in flight was popped under (by
+     * id): a snapshot the queue moved away from stays pinned while a chain popped under it is in flight (its
+     * buffers, which the kernel may be reading or writing, are in that snapshot's mappings), and no longer.
+     */
+    private int snapshotChanges;
+
+    private final int[] poppedUnder;
+    /** Chains in flight that were popped before the last snapshot change; at 0 the older snapshots are unpinned. */
+    private int olderInFlight;
     /** Driver→device notifications wanted; pop keeps the event index current while true. */
     boolean notificationsEnabled = true;
 
@@ -73,6 +84,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw fail(Reason.BAD_CONFIG, "queue size " + size + " is outside 1.." + VirtioRing.MAX_QUEUE_SIZE);
         }
         this.inFlight = new boolean[size];
+        this.poppedUnder = new int[size];
         this.maxChain = VirtioRing.maxChain(size);
         this.ownChain = new DescriptorChain(this, maxChain);
     }
@@ -254,7 +266,11 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             throw new IllegalArgumentException(
                     "chain was created for virtqueue " + chain.queue().index + ", not " + index);
         }
-        return !stopping() && popInto(chain, refresh());
+        if (stopping() || !popInto(chain, refresh())) {
+            return false;
+        }
+        poppedUnder[chain.id] = snapshotChanges;
+        return true;
     }
 
     /**
@@ -302,6 +318,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             if (stopping() || !popInto(c, mem)) {
                 break;
             }
+            poppedUnder[c.id] = snapshotChanges;
             n++;
         }
         return n;
@@ -338,6 +355,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
                 checkReturnable(c, len);
                 inFlight[c.id] = false;
                 inFlightCount--;
+                returned(c.id);
                 done++;
                 if (!coalesce || c.writableBytes != 0) {
                     writeUsed(c.id, (int) len, false, false);
@@ -350,6 +368,7 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
                     last = chains[done].id;
                     inFlight[last] = false;
                     inFlightCount--;
+                    returned(last);
                     done++;
                     run++;
                 }
@@ -450,6 +469,19 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
         writeUsed(id, (int) len, publish, true);
         inFlight[id] = false;
         inFlightCount--;
+        returned(id);
+    }
+
+    /**
+     * Chain {@code id} was returned: when it was the last one in flight popped under an older snapshot, nothing uses
+     * the older snapshots any more, and they are unpinned now rather than when the queue next goes idle — a queue kept
+     * busy (a flooding guest, a hostile frontend's) would otherwise keep every memory table it ever moved away from
+     * mapped, one more with each SET_MEM_TABLE, until the process ran out of address space or mappings.
+     */
+    private void returned(int id) {
+        if (olderInFlight > 0 && poppedUnder[id] != snapshotChanges && --olderInFlight == 0) {
+            memory.quiesce();
+        }
     }
 
     /**
@@ -522,6 +554,11 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
                 throw e;
             }
             mapped = mem;
+            snapshotChanges++;
+            olderInFlight = inFlightCount; // popped under the snapshots before this one
+            if (olderInFlight == 0) {
+                memory.quiesce();
+            }
         }
         return mem;
     }

@@ -70,6 +70,37 @@ class PeerEventFdTest {
         }
     }
 
+    /**
+     * Several threads write one peer's eventfd at once — the senders delivering frames to one guest's receive queue
+     * (other tenants' transmit threads, the recheck thread) — and the peer lets one of them through: the others must
+     * still be freed. The watchdog knew of one write per eventfd (a start time each write overwrote and each cleared
+     * when it returned), so once the write let through had returned, the one still blocked was invisible to it and
+     * held its thread — another tenant's — for good.
+     */
+    @Test
+    void aWriteStillBlockedAfterAnotherOneWentThroughIsEndedToo() throws Exception {
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC | EventFd.EFD_SEMAPHORE);
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
+            peer.write(EventFd.Watchdog.COUNTER_MAX);
+            peer.fd().setNonBlocking(false); // the peer undoes what we did; the counter is full
+            java.util.concurrent.ExecutorService senders = java.util.concurrent.Executors.newFixedThreadPool(
+                    2, Thread.ofPlatform().daemon().name("sender ", 0).factory());
+            try {
+                java.util.concurrent.Future<Boolean> a = senders.submit(ours::trySignal);
+                java.util.concurrent.Future<Boolean> b = senders.submit(ours::trySignal);
+                Thread.sleep(80); // both writes block (the watchdog ends a write after 200 ms)
+                assertEquals(1, peer.read(), "semaphore mode: the counter goes down by one, one write fits");
+                a.get(5, java.util.concurrent.TimeUnit.SECONDS);
+                b.get(5, java.util.concurrent.TimeUnit.SECONDS);
+            } finally {
+                peer.fd().setNonBlocking(true);
+                peer.read(); // room for a write still blocked, should the test have failed: its thread ends
+                peer.read();
+                senders.shutdownNow();
+            }
+        }
+    }
+
     @Test
     void anEmptyBlockingCounterCannotHoldAReader() throws Exception {
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);

@@ -347,6 +347,154 @@ class HostileBlkFrontendTest {
         }
     }
 
+    /**
+     * An image whose flushes each wait until the test lets the oldest one go: on the queue thread (synchronous
+     * engine), or in the io_uring ring as a poll of an eventfd of their own (io_uring engine).
+     */
+    static final class GatedFlushImage extends io.iovirt.storage.ForwardingDiskImage {
+        final java.util.concurrent.Semaphore entered = new java.util.concurrent.Semaphore(0);
+        private final java.util.concurrent.Semaphore onThread = new java.util.concurrent.Semaphore(0);
+        private final List<EventFd> inRing = java.util.Collections.synchronizedList(new java.util.ArrayList<>());
+        private int released;
+
+        GatedFlushImage(io.iovirt.storage.DiskImage d) {
+            super(d);
+        }
+
+        @Override
+        public boolean submitFlush(io.iovirt.linux.IoUring ring, long userData) {
+            try {
+                EventFd gate = EventFd.create(true);
+                inRing.add(gate);
+                ring.poll(gate.fd(), io.iovirt.linux.Epoll.EPOLLIN, userData);
+                entered.release();
+                return true;
+            } catch (io.iovirt.linux.LinuxException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+
+        @Override
+        public void flushCompleted(int result) throws IOException {
+            if (result < 0) {
+                throw new IOException("poll failed: " + result);
+            }
+        }
+
+        @Override
+        public void flush() throws IOException {
+            entered.release();
+            onThread.acquireUninterruptibly();
+        }
+
+        /** Lets the oldest flush still waiting complete. */
+        void releaseOldest() throws IOException {
+            if (inRing.isEmpty()) {
+                onThread.release();
+            } else {
+                inRing.get(released++).signal();
+            }
+        }
+
+        /** Lets every flush go, now and later (the end of a test). */
+        void releaseAll() throws IOException {
+            onThread.release(1000);
+            synchronized (inRing) {
+                for (EventFd gate : inRing) {
+                    gate.signal();
+                }
+            }
+        }
+
+        void closeGates() {
+            inRing.forEach(EventFd::close);
+        }
+    }
+
+    /** Our mappings of the memory file {@code fd} (the frontend's own among them), from /proc/self/maps. */
+    static long mappingsOf(io.iovirt.linux.Fd fd) throws IOException {
+        String inode = java.nio.file.Files.getAttribute(Path.of("/proc/self/fd/" + fd.get()), "unix:ino")
+                .toString();
+        return java.nio.file.Files.readAllLines(Path.of("/proc/self/maps")).stream()
+                .map(l -> l.trim().split("\\s+"))
+                .filter(f -> f.length >= 6 && f[4].equals(inode))
+                .count();
+    }
+
+    /**
+     * A memory table replaced while the queue stays busy is unmapped once no request popped from it is in flight —
+     * not only when the queue thread next goes to sleep. Here each request (a FLUSH held in the image) is still being
+     * served when the frontend sends the same memory again and posts the next request, so the queue never ran dry:
+     * every table it had worked from stayed mapped (one more mapping per SET_MEM_TABLE, 8 here), which a frontend
+     * that keeps its guest's queue busy can repeat until the process runs out of address space or of mappings
+     * (vm.max_map_count), and with it every other tenant's device. With io_uring a request of the newer table
+     * always in flight kept the older ones the same way.
+     */
+    @ParameterizedTest
+    @EnumSource(
+            value = BlkDevice.IoEngine.class,
+            names = {"SYNC", "IO_URING"})
+    void memoryTablesReplacedUnderABusyQueueAreUnmapped(BlkDevice.IoEngine engine) throws Exception {
+        io.iovirt.testing.Require.that(
+                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
+                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage raw = RawImage.open(image(1 << 20), false, false)) {
+            GatedFlushImage img = new GatedFlushImage(raw);
+            try (VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("busy", img, 1, "s", engine));
+                    EventFd call = EventFd.create(true);
+                    Driver d = new Driver(sock, 1 << 20, call)) {
+                try {
+                    busyQueueUnderNewTables(engine, img, d);
+                } finally {
+                    img.releaseAll(); // before the queue stops: it waits for the flush it serves
+                }
+            } finally {
+                img.closeGates();
+            }
+        }
+    }
+
+    /** Each FLUSH still served while the frontend sends the memory again and posts the next one. */
+    private static void busyQueueUnderNewTables(BlkDevice.IoEngine engine, GatedFlushImage img, Driver d)
+            throws Exception {
+        long mapped = mappingsOf(d.ram.fd()); // the frontend's and the backend's
+        long st = d.flush();
+        assertTrue(img.entered.tryAcquire(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the first FLUSH is served");
+        for (int i = 1; i <= 8; i++) {
+            d.fe.setMemTable(List.of(d.ram.descriptor())); // mapped again: a new table
+            long next = d.flush();
+            if (engine == BlkDevice.IoEngine.IO_URING) { // popped from the new table, in flight
+                assertTrue(img.entered.tryAcquire(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "FLUSH " + i);
+            }
+            img.releaseOldest();
+            assertEquals(S_OK, d.awaitStatus(st), "FLUSH " + (i - 1));
+            if (engine == BlkDevice.IoEngine.SYNC) { // popped from the new table, being served
+                assertTrue(img.entered.tryAcquire(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "FLUSH " + i);
+            }
+            st = next;
+        }
+        Await.until(
+                TIMEOUT,
+                () -> {
+                    try {
+                        return "the replaced tables unmapped while the queue is busy: " + mapped
+                                + " mappings at first, " + mappingsOf(d.ram.fd()) + " now";
+                    } catch (IOException e) {
+                        throw new java.io.UncheckedIOException(e);
+                    }
+                },
+                () -> {
+                    try {
+                        return mappingsOf(d.ram.fd()) == mapped;
+                    } catch (IOException e) {
+                        throw new java.io.UncheckedIOException(e);
+                    }
+                });
+        img.releaseOldest();
+        assertEquals(S_OK, d.awaitStatus(st), "the last FLUSH");
+    }
+
     /** A one-queue device on {@code img} that gives up on a queue thread not stopped within a second. */
     private static BlkDevice givingUpAfterASecond(String id, SlowFlushImage img) {
         BlkDevice dev = new BlkDevice(id, img, 1, "s", BlkDevice.IoEngine.SYNC);
