@@ -20,9 +20,10 @@ import picocli.CommandLine.Option;
         },
         description = {
             "Host any number of disks, NBD exports and switches in one process, managed at run time.",
-            "Devices are added through a JSON-RPC control socket (iovirt ctl, docs/api.md). SIGHUP re-reads --config and applies the",
-            "difference; SIGTERM/SIGINT stop every device in order. Under systemd (Type=notify) it reports READY=1 once",
-            "the control socket accepts, STOPPING=1, and WATCHDOG=1 when WatchdogSec= is set."
+            "Devices are added through a JSON-RPC control socket (iovirt ctl, docs/api.md). SIGHUP "
+                    + "re-reads --config and applies the difference; SIGTERM/SIGINT stop every device in order. "
+                    + "Under systemd (Type=notify) it reports READY=1 once the control socket accepts, STOPPING=1, "
+                    + "and WATCHDOG=1 when WatchdogSec= is set."
         })
 final class DaemonCommand implements Callable<Integer> {
     @Option(

@@ -21,9 +21,10 @@ import picocli.CommandLine.Option;
         mixinStandardHelpOptions = true,
         description = {
             "Compare a disk and a NIC QEMU emulates with the ones iovirt serves, in a real guest.",
-            "Boots a guest (Debian kernel + busybox, built and cached on first use) under QEMU and runs the same",
-            "fio workload on a disk QEMU emulates (AHCI, full virtualization) and on a virtio-blk disk iovirt serves",
-            "over vhost-user (paravirtualization); prints throughput, latency and host CPU per I/O of each."
+            "Boots a guest (Debian kernel + busybox, built and cached on first use) under QEMU and runs the same"
+                    + " fio workload on a disk QEMU emulates (AHCI, full virtualization) and on a virtio-blk disk"
+                    + " iovirt serves over vhost-user (paravirtualization); prints throughput, latency and host CPU"
+                    + " per I/O of each."
         })
 final class DemoCommand implements Callable<Integer> {
     @picocli.CommandLine.Spec
@@ -53,9 +54,9 @@ final class DemoCommand implements Callable<Integer> {
             defaultValue = "auto",
             paramLabel = "auto|kvm|tcg",
             description = {
-                "Accelerator (default ${DEFAULT-VALUE}): auto uses KVM only when it can run a stock guest",
-                "(/dev/kvm opens, API 12, KVM_CREATE_VM works, CPU has vmx/svm) and falls back to TCG if a KVM guest",
-                "fails early; kvm refuses to run on an unusable KVM; tcg always emulates."
+                "Accelerator (default ${DEFAULT-VALUE}): auto uses KVM only when it can run a stock guest"
+                        + " (/dev/kvm opens, API 12, KVM_CREATE_VM works, CPU has vmx/svm) and falls back to TCG if a"
+                        + " KVM guest fails early; kvm refuses to run on an unusable KVM; tcg always emulates."
             })
     String accel;
 

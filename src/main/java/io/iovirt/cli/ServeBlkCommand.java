@@ -78,8 +78,9 @@ final class ServeBlkCommand implements Callable<Integer> {
             paramLabel = "auto|sync|io_uring",
             converter = EngineConverter.class,
             description = {
-                "How queues reach the image: io_uring keeps up to queue-size requests in flight per queue;",
-                "sync serves one at a time; auto (default) uses io_uring when the kernel allows it."
+                "How queues reach the image: io_uring keeps up to queue-size requests in flight per "
+                        + "queue; sync serves one at a time; auto (default) uses io_uring when the kernel allows "
+                        + "it."
             })
     BlkDevice.IoEngine ioEngine;
 
@@ -102,9 +103,9 @@ final class ServeBlkCommand implements Callable<Integer> {
             paramLabel = "raw|qcow2",
             converter = FormatConverter.class,
             description = {
-                "The image's format. Without it the header decides: raw and qcow2 are served, an image that",
-                "says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the file's bytes as",
-                "they are, whatever the header says."
+                "The image's format. Without it the header decides: raw and qcow2 are served, an image "
+                        + "that says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the "
+                        + "file's bytes as they are, whatever the header says."
             })
     ImageFormat format;
 
@@ -125,8 +126,8 @@ final class ServeBlkCommand implements Callable<Integer> {
     @Option(
             names = "--allow-partial-sector",
             description = {
-                "Serve an image whose size is not a multiple of 512 bytes, with a warning: the guest sees",
-                "the whole sectors, and the last partial one is neither read nor written."
+                "Serve an image whose size is not a multiple of 512 bytes, with a warning: the guest sees"
+                        + " the whole sectors, and the last partial one is neither read nor written."
             })
     boolean allowPartialSector;
 
@@ -140,9 +141,10 @@ final class ServeBlkCommand implements Callable<Integer> {
             names = "--jfr-slow-ms",
             paramLabel = "MS",
             description = {
-                "Emit the JFR event io.iovirt.blk.SlowRequest for every request taking MS milliseconds or",
-                "longer (0: every request), for a JFR recording to catch, e.g. with JAVA_TOOL_OPTIONS=",
-                "-XX:StartFlightRecording:filename=blk.jfr, or jcmd PID JFR.start (docs/cli.md)."
+                "Emit the JFR event io.iovirt.blk.SlowRequest for every request taking MS milliseconds or"
+                        + " longer (0: every request), for a JFR recording to catch, e.g. with "
+                        + "JAVA_TOOL_OPTIONS=-XX:StartFlightRecording:filename=blk.jfr, or jcmd PID JFR.start "
+                        + "(docs/cli.md)."
             })
     Long jfrSlowMs;
 
@@ -151,10 +153,10 @@ final class ServeBlkCommand implements Callable<Integer> {
             paramLabel = "POLL",
             defaultValue = "adaptive",
             description = {
-                "How long a queue keeps polling its ring and its completions after it ran dry (default",
-                "${DEFAULT-VALUE}): adaptive polls as long as recent wake-ups say is worth it, up to 32 us (as",
-                "QEMU's iothreads), and not at all while the disk is idle; adaptive:US sets the bound, US",
-                "is a fixed time, 0 sleeps at once (a kick per request at low depth, least CPU)."
+                "How long a queue keeps polling its ring and its completions after it ran dry (default"
+                        + " ${DEFAULT-VALUE}): adaptive polls as long as recent wake-ups say is worth it, up to 32 us"
+                        + " (as QEMU's iothreads), and not at all while the disk is idle; adaptive:US sets the bound,"
+                        + " US is a fixed time, 0 sleeps at once (a kick per request at low depth, least CPU)."
             })
     String pollUs;
 

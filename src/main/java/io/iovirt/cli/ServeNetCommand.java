@@ -23,7 +23,8 @@ import picocli.CommandLine.Option;
         footerHeading = "%nExamples:%n",
         footer = {
             "  iovirt serve net --port vhost-user:/run/iovirt/vm1-net.sock,mac=52:54:00:00:00:01 --port tap:iov0",
-            "  iovirt serve net --port stream:/run/iovirt/e1000.sock --port vhost-user:/run/iovirt/vm2.sock --stats-interval 5"
+            "  iovirt serve net --port stream:/run/iovirt/e1000.sock --port vhost-user:/run/iovirt/vm2.sock \\",
+            "      --stats-interval 5"
         },
         mixinStandardHelpOptions = true,
         description = {
@@ -34,17 +35,18 @@ import picocli.CommandLine.Option;
             "               -netdev stream,id=n1,server=off,addr.type=unix,addr.path=PATH",
             "  tap:IFNAME   the host's TAP interface IFNAME (created if missing; needs CAP_NET_ADMIN)",
             "  vhost-user:PATH[,queues=N][,mac=MAC][,pin-mac][,poll-us=US|adaptive[:US]]",
-            "               a virtio-net device served on UNIX socket PATH (QEMU: -chardev socket,id=c0,path=PATH",
-            "               -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,netdev=n0,vectors=0;",
-            "               vectors=0: QEMU 7.2 under TCG crashes with MSI-X on vhost-user-net). queues: queue pairs",
-            "               (default 1); mac: the guest's address, announced when it connects; pin-mac: drop frames",
-            "               from any other source (no spoofing, one MAC table entry), and frames from the",
-            "               guest's address from any other port; poll-us: how long a",
-            "               transmit ring is polled after it ran dry (saves kicks, costs CPU). Default adaptive:",
-            "               as long as the guest's recent gaps between bursts say is worth it, up to 32 us (as",
-            "               QEMU's iothreads), not at all while it is idle; adaptive:US sets the bound, US a fixed",
-            "               time, 0 sleeps at once (on a shared --poll-threads thread the longest bound of its",
-            "               queues is a fixed poll for all of them)"
+            "               a virtio-net device served on UNIX socket PATH (QEMU: -chardev socket,id=c0,",
+            "               path=PATH -netdev vhost-user,id=n0,chardev=c0[,queues=N] -device virtio-net-pci,",
+            "               netdev=n0,vectors=0; vectors=0: QEMU 7.2 under TCG crashes with MSI-X on",
+            "               vhost-user-net). queues: queue pairs (default 1); mac: the guest's address,",
+            "               announced when it connects; pin-mac: drop frames from any other source (no",
+            "               spoofing, one MAC table entry), and frames from the guest's address from any other",
+            "               port; poll-us: how long a transmit ring is polled after it ran dry (saves kicks,",
+            "               costs CPU). Default adaptive: as long as the guest's recent gaps between bursts say",
+            "               is worth it, up to 32 us (as QEMU's iothreads), not at all while it is idle;",
+            "               adaptive:US sets the bound, US a fixed time, 0 sleeps at once (on a shared",
+            "               --poll-threads thread the longest bound of its queues is a fixed poll for all of",
+            "               them)"
         },
         sortOptions = false)
 final class ServeNetCommand implements Callable<Integer> {

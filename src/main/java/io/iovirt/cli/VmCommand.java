@@ -44,18 +44,18 @@ final class VmCommand implements Runnable {
             name = "run",
             footerHeading = "%nExamples:%n",
             footer = {
-                "  iovirt vm run --disk pv:disk.raw --nic pv,mac=52:54:00:00:00:01",
-                "  iovirt vm run --vfio 0000:03:10.0 --command \"lspci\""
+                "  iovirt vm run vm1 --disk pv:disk.raw --nic pv,mac=52:54:00:00:00:01",
+                "  iovirt vm run vm1 --vfio 0000:03:10.0 --command \"lspci\""
             },
             mixinStandardHelpOptions = true,
             description = {
                 "Run one QEMU guest with disks, NICs and host devices wired to iovirt.",
-                "Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt",
-                "(vhost-user), FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO devices and SR-IOV VFs",
-                "passed through after the host registry assigns them to this VM.",
-                "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:",
-                "list what the guest sees). With --serve, starts only the backends, prints the QEMU device",
-                "arguments for your own guest, and runs until SIGINT/SIGTERM."
+                "Wire disks, NICs and host devices into one QEMU guest: PV devices are served by iovirt (vhost-user),"
+                        + " FV devices emulated by QEMU (disks on iovirt's NBD export, NICs on its switch), VFIO devices"
+                        + " and SR-IOV VFs passed through after the host registry assigns them to this VM.",
+                "By default boots iovirt's test guest (Debian kernel + busybox) and runs --command in it (default:"
+                        + " list what the guest sees). With --serve, starts only the backends, prints the QEMU device"
+                        + " arguments for your own guest, and runs until SIGINT/SIGTERM."
             })
     static final class Run implements Callable<Integer> {
         @CommandLine.Mixin
@@ -117,8 +117,8 @@ final class VmCommand implements Runnable {
         @Option(
                 names = "--libvirt-xml",
                 description = {
-                    "Only run the backends and print a libvirt domain (XML) whose devices are them;",
-                    "define it with 'virsh define' while this runs."
+                    "Only run the backends and print a libvirt domain (XML) whose devices are them; "
+                            + "define it with 'virsh define' while this runs."
                 })
         boolean libvirtXml;
 

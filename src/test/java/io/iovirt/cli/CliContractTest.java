@@ -81,6 +81,83 @@ class CliContractTest {
                 }));
     }
 
+    /**
+     * Every example in a help footer parses as it is printed (a line ending in a backslash continues on the next):
+     * a renamed option, a missing required parameter or a help line wrapped mid-example fails here, not for the user
+     * who pastes it. Parsing only, nothing runs.
+     */
+    @TestFactory
+    Stream<DynamicTest> everyHelpExampleParses() {
+        return allCommands().stream()
+                .flatMap(path -> examples(spec(path)).stream())
+                .map(example -> DynamicTest.dynamicTest(example, () -> {
+                    List<String> words = shellWords(example);
+                    assertEquals("iovirt", words.getFirst(), example);
+                    try {
+                        Main.commandLine()
+                                .parseArgs(words.subList(1, words.size()).toArray(String[]::new));
+                    } catch (CommandLine.ParameterException e) {
+                        throw new AssertionError(
+                                "the help example '" + example + "' does not parse: " + e.getMessage());
+                    }
+                }));
+    }
+
+    /** The "  iovirt ..." lines of a command's footer, continuation lines joined. */
+    static List<String> examples(CommandSpec spec) {
+        List<String> out = new ArrayList<>();
+        StringBuilder pending = null;
+        for (String line : String.join("\n", spec.usageMessage().footer()).split("\n|%n")) {
+            if (pending == null && !line.startsWith("  iovirt ")) {
+                continue;
+            }
+            String text = line.strip();
+            boolean continues = text.endsWith("\\");
+            if (continues) {
+                text = text.substring(0, text.length() - 1);
+            }
+            pending = pending == null
+                    ? new StringBuilder(text)
+                    : pending.append(' ').append(text);
+            if (!continues) {
+                out.add(pending.toString());
+                pending = null;
+            }
+        }
+        return out;
+    }
+
+    /** Splits a command line as a POSIX shell would for the quoting the examples use ('...' and "..."). */
+    static List<String> shellWords(String line) {
+        List<String> words = new ArrayList<>();
+        StringBuilder w = null;
+        char quote = 0;
+        for (char c : line.toCharArray()) {
+            if (quote != 0) {
+                if (c == quote) {
+                    quote = 0;
+                } else {
+                    w.append(c);
+                }
+            } else if (c == '\'' || c == '"') {
+                quote = c;
+                w = w == null ? new StringBuilder() : w;
+            } else if (c == ' ') {
+                if (w != null) {
+                    words.add(w.toString());
+                    w = null;
+                }
+            } else {
+                w = w == null ? new StringBuilder() : w;
+                w.append(c);
+            }
+        }
+        if (w != null) {
+            words.add(w.toString());
+        }
+        return words;
+    }
+
     @TestFactory
     Stream<DynamicTest> usageErrorsAreOneLineExit2AndPointAtHelp() {
         return allCommands().stream()
