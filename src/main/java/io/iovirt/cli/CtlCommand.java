@@ -93,13 +93,11 @@ final class CtlCommand implements Callable<Integer> {
         try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(Math.max(1, timeout)))) {
             result = c.call(method, params);
         } catch (RpcClient.RemoteError e) {
-            spec.commandLine().getErr().println("iovirt ctl: " + e.getMessage() + " (error " + e.code() + ")");
-            spec.commandLine().getErr().flush();
-            return e.code() == -32602 || e.code() == -32601 ? EXIT_USAGE : Contract.FAILED;
+            return failed(
+                    e.getMessage() + " (error " + e.code() + ")",
+                    e.code() == -32602 || e.code() == -32601 ? EXIT_USAGE : Contract.FAILED);
         } catch (IOException e) {
-            spec.commandLine().getErr().println("iovirt ctl: " + e.getMessage());
-            spec.commandLine().getErr().flush();
-            return Contract.FAILED;
+            return failed(e.getMessage(), Contract.FAILED);
         }
         if (json) {
             out.println(Json.write(result));
@@ -112,6 +110,19 @@ final class CtlCommand implements Callable<Integer> {
         }
         out.flush();
         return 0;
+    }
+
+    /**
+     * A failed call: the one-line message on stderr and, with --json, the JSON error object on stdout too (docs/cli.md's
+     * contract for every command; ctl handles its errors itself, so the shared handler never sees them).
+     */
+    private int failed(String message, int exit) {
+        spec.commandLine().getErr().println("iovirt ctl: " + message);
+        spec.commandLine().getErr().flush();
+        if (json) {
+            Contract.jsonError(spec.commandLine().getOut(), spec.commandLine(), exit, message, null);
+        }
+        return exit;
     }
 
     static void print(PrintWriter out, Object v, String indent) {

@@ -619,7 +619,7 @@ public final class HostCommand implements Runnable {
         public Integer call() {
             AssignmentRegistry.Assignment a = new AssignmentRegistry(opts.stateDir).release(bdf, vm, dryRun);
             if (opts.json) {
-                json(Map.of("bdf", a.bdf().toString(), "vm", a.vm(), "released", !dryRun, "dry_run", dryRun));
+                json(Json.object("bdf", a.bdf().toString(), "vm", a.vm(), "released", !dryRun, "dry_run", dryRun));
             } else {
                 out().println(a.bdf()
                         + (dryRun ? " would be released from VM " : " released from VM ")
@@ -650,7 +650,7 @@ public final class HostCommand implements Runnable {
             PciSysfs pci = new PciSysfs(opts.paths().sys());
             if (opts.json) {
                 json(all.stream()
-                        .map(a -> Map.of(
+                        .map(a -> Json.object(
                                 "bdf",
                                 a.bdf().toString(),
                                 "vm",
@@ -737,7 +737,7 @@ public final class HostCommand implements Runnable {
             if (opts.json) {
                 List<Object> list = new ArrayList<>();
                 for (int i = 0; i < chosen.size(); i++) {
-                    list.add(Map.of(
+                    list.add(Json.object(
                             "bdf",
                             chosen.get(i).toString(),
                             "qemu",

@@ -7,6 +7,7 @@ import io.iovirt.net.Mac;
 import io.iovirt.net.MacTable;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
+import io.iovirt.util.Json;
 import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.nio.file.Path;
@@ -148,7 +149,7 @@ public final class Daemon implements AutoCloseable {
     private static Map<String, Object> removed(Params p, Remove remove) throws RpcException {
         String id = p.id("id");
         remove.remove(id);
-        return Map.of("id", id, "removed", true);
+        return Json.object("id", id, "removed", true);
     }
 
     @FunctionalInterface
@@ -219,7 +220,7 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             spec = blkSpec(p, nextId("blk", blks));
         }
-        return Map.of("id", addBlk(spec, fromConfig).spec.id());
+        return Json.object("id", addBlk(spec, fromConfig).spec.id());
     }
 
     /**
@@ -328,7 +329,7 @@ public final class Daemon implements AutoCloseable {
         } catch (IOException ex) {
             throw new RpcException(RpcException.FAILED, "blk.set-readonly " + e.spec.id() + ": " + ex.getMessage());
         }
-        return Map.of(
+        return Json.object(
                 "id",
                 e.spec.id(),
                 "readonly",
@@ -347,7 +348,7 @@ public final class Daemon implements AutoCloseable {
             spec = nbdSpec(p, nextId("nbd", nbds));
         }
         addNbd(spec, false);
-        return Map.of("id", spec.id());
+        return Json.object("id", spec.id());
     }
 
     /** The parameters of nbd.add (and of a configuration file's nbd entry) as a spec; nothing is opened yet. */
@@ -487,7 +488,7 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             spec = netSpec(p, nextId("net", nets));
         }
-        return Map.of("id", addNet(spec, fromConfig).spec.id());
+        return Json.object("id", addNet(spec, fromConfig).spec.id());
     }
 
     /** A new switch (quick: no file, no socket — its threads start under the lock). */
@@ -673,7 +674,7 @@ public final class Daemon implements AutoCloseable {
         }
         String id = p.id("id");
         removePort(n, id, null);
-        return Map.of("net", n.spec.id(), "id", id, "removed", true);
+        return Json.object("net", n.spec.id(), "id", id, "removed", true);
     }
 
     /**

@@ -2,6 +2,7 @@
 package io.iovirt.util;
 
 import java.util.Collection;
+import java.util.LinkedHashMap;
 import java.util.Map;
 
 /**
@@ -11,6 +12,25 @@ import java.util.Map;
  */
 public final class Json {
     private Json() {}
+
+    /**
+     * An object whose keys keep the order given ({@code Map.of} iterates in an order that changes from one JVM run to
+     * the next, and --json promises a fixed order): {@code Json.object("id", id, "removed", true)}.
+     */
+    public static Map<String, Object> object(Object... keysAndValues) {
+        if (keysAndValues.length % 2 != 0) {
+            throw new IllegalArgumentException("keys and values come in pairs: " + keysAndValues.length + " given");
+        }
+        Map<String, Object> m = new LinkedHashMap<>();
+        for (int i = 0; i < keysAndValues.length; i += 2) {
+            String key = (String) keysAndValues[i];
+            if (m.containsKey(key)) {
+                throw new IllegalArgumentException("key '" + key + "' given twice");
+            }
+            m.put(key, keysAndValues[i + 1]);
+        }
+        return m;
+    }
 
     public static String write(Object value) {
         StringBuilder b = new StringBuilder();

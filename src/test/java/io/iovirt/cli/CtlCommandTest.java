@@ -88,6 +88,17 @@ class CtlCommandTest {
             Run failed = ctl("blk.remove", "id=nope");
             assertEquals(1, failed.exit());
             assertTrue(failed.err().startsWith("iovirt ctl: no disk 'nope'"), failed.err());
+            assertEquals("", failed.out(), "without --json nothing on stdout");
+            // with --json the error is also one JSON document on stdout (docs/cli.md), usage errors with exit 2
+            Run failedJson = ctl("blk.remove", "id=nope", "--json");
+            assertEquals(1, failedJson.exit());
+            Map<?, ?> error = (Map<?, ?>) ((Map<?, ?>) JsonParser.parse(failedJson.out())).get("error");
+            assertEquals("ctl", error.get("command"));
+            assertEquals(1L, error.get("exit"));
+            assertTrue(((String) error.get("message")).startsWith("no disk 'nope'"), failedJson.out());
+            Run badJson = ctl("blk.add", "image=" + img, "--json");
+            assertEquals(2, badJson.exit());
+            assertEquals(2L, ((Map<?, ?>) ((Map<?, ?>) JsonParser.parse(badJson.out())).get("error")).get("exit"));
             assertEquals(2, ctl("blk.grow", "id=blk0").exit());
             assertEquals(2, ctl("blk.list", "oops").exit(), "a parameter without '='");
             // values are strings: digits stay as written (they were sent as integers, serial=00042 became 42)
@@ -108,6 +119,18 @@ class CtlCommandTest {
             assertEquals("007", info.get("id"));
             assertEquals("00042", info.get("serial"));
             assertEquals(1L, info.get("queues"));
+            // keys in the documented order, the same in every run (Map.of's order changed from one JVM to the next)
+            Run ro = ctl("blk.set-readonly", "id=007", "readonly=true", "--json");
+            assertEquals(0, ro.exit(), ro.err());
+            assertEquals(
+                    List.of("id", "readonly", "notice"),
+                    List.copyOf(((Map<?, ?>) JsonParser.parse(ro.out())).keySet()),
+                    ro.out());
+            Run removed = ctl("blk.remove", "id=007", "--json");
+            assertEquals(
+                    List.of("id", "removed"),
+                    List.copyOf(((Map<?, ?>) JsonParser.parse(removed.out())).keySet()),
+                    removed.out());
             Run xml = ctl("libvirt-xml", "blk0");
             assertEquals(0, xml.exit(), xml.err());
             assertTrue(xml.out().startsWith("<domain type='qemu'>"), xml.out());
