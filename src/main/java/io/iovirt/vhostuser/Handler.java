@@ -272,11 +272,7 @@ final class Handler implements AutoCloseable {
     /** Hands the ring to the device once it is started, enabled (when that applies) and fully described. */
     private void maybeStart(Vring v) throws IOException, BackendException {
         if (v.ready(protocolFeaturesNegotiated())) {
-            v.start(
-                    layout(),
-                    memory,
-                    deviceFeatures(),
-                    inflight == null ? null : inflight.queue(v.index, v.size())); // crash recovery (issue 11)
+            v.start(layout(), memory, deviceFeatures(), inflight); // crash recovery (issue 11)
         }
     }
 

@@ -636,6 +636,68 @@ class HostileBlkFrontendTest {
     }
 
     /**
+     * The in-flight memory of a queue given up on stays mapped until its thread has ended, however the connection
+     * replaces or drops the region meanwhile (here a new GET_INFLIGHT_FD): the thread records the completion of the
+     * request it held in the frontend's memory — which a restarted backend would otherwise resubmit — and the
+     * region is unmapped once it has ended. It used to be unmapped at once, and the thread then failed with an
+     * IllegalStateException when the request completed, leaving it recorded as in flight.
+     */
+    @Test
+    void theInflightMemoryOfAQueueGivenUpOnStaysMappedUntilItsThreadEnds() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage raw = RawImage.open(image(1 << 20), false, false);
+                LogCapture log = LogCapture.start("io.iovirt")) {
+            SlowFlushImage img = new SlowFlushImage(raw);
+            BlkDevice dev = givingUpAfterASecond("inflight", img);
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    Driver d = new Driver(sock, 1 << 20, call);
+                    java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+                int base = d.fe.getVringBase(0); // stopped, to hand it in-flight memory as QEMU does before a start
+                VhostUserFrontend.Inflight inflight = d.fe.getInflightFd(1, QSIZE);
+                java.lang.foreign.MemorySegment region = io.iovirt.linux.Mmap.map(
+                        inflight.fd(),
+                        0,
+                        inflight.mmapSize(),
+                        io.iovirt.linux.Mmap.PROT_READ | io.iovirt.linux.Mmap.PROT_WRITE,
+                        io.iovirt.linux.Mmap.MAP_SHARED,
+                        arena);
+                d.fe.setVringBase(0, base);
+                d.fe.setVringKick(0, d.kick);
+
+                long st = d.flush();
+                assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH reached the image");
+                assertEquals(1, region.get(JAVA_BYTE, 16), "the FLUSH (head 0) is recorded in flight");
+                assertEquals(base + 1, d.fe.getVringBase(0), "answered after the limit");
+                assertTrue(log.awaitLine("did not stop within").contains("blk inflight q0"));
+                d.fe.getInflightFd(1, QSIZE).fd().close(); // the connection's region is replaced
+                assertEquals(2, mappingsOf(inflight.fd()), "the old region stays mapped while the thread runs");
+
+                img.release.countDown();
+                assertEquals(S_OK, d.awaitStatus(st), "the FLUSH is answered when the thread ends");
+                Await.until(TIMEOUT, "the old region is unmapped once the thread has ended", () -> {
+                    try {
+                        return mappingsOf(inflight.fd()) == 1; // the test's own
+                    } catch (IOException e) {
+                        throw new java.io.UncheckedIOException(e);
+                    }
+                });
+                assertEquals(0, region.get(JAVA_BYTE, 16), "its completion is recorded: not resubmitted later");
+                assertEquals(
+                        (short) (base + 1),
+                        region.get(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, 14),
+                        "used_idx");
+                assertFalse(
+                        log.all().stream().anyMatch(l -> l.contains("IllegalStateException")),
+                        String.join("\n", log.all()));
+                inflight.fd().close();
+            } finally {
+                img.release.countDown();
+            }
+        }
+    }
+
+    /**
      * SIGTERM while the queue thread's interrupt write is stuck on the frontend's full, blocking call eventfd: the
      * eventfd watchdog frees the thread, so serve blk stops its queue instead of giving up on it after
      * QueueWorker.STOP_TIMEOUT (and waiting up to STOP_WAIT_LIMIT), and exits 0 with the image synced. Checked by
