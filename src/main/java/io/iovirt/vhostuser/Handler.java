@@ -276,7 +276,14 @@ final class Handler implements AutoCloseable {
         }
     }
 
+    /**
+     * Every ring asked to stop first, then each waited for: queues a frontend holds up (a request stuck in I/O) stop
+     * together within the device's one bound, not one bound each in a row on this connection's thread.
+     */
     private void stopAll() {
+        for (Vring v : vrings) {
+            v.requestStop();
+        }
         for (Vring v : vrings) {
             v.stopDevice();
         }
@@ -520,6 +527,9 @@ final class Handler implements AutoCloseable {
                 backendChannel = null;
             }
         });
+        for (Vring v : vrings) {
+            steps.add(v::requestStop); // all at once, then each waited for (see stopAll)
+        }
         for (Vring v : vrings) {
             steps.add(v::stopDevice);
         }

@@ -333,6 +333,16 @@ final class Vring implements AutoCloseable {
     }
 
     /**
+     * When several rings stop together: asks the device to begin stopping this one without waiting
+     * ({@link VhostUserBackend#queueStopping}); {@link #stopDevice} then waits for it.
+     */
+    void requestStop() {
+        if (state == State.RUNNING) {
+            device.queueStopping(index);
+        }
+    }
+
+    /**
      * Takes the ring from the device, which reports where it stopped (the next base).
      *
      * @return true when the device was running it

@@ -575,6 +575,15 @@ public final class BlkDevice implements VhostUserBackend {
         return q.vringBase();
     }
 
+    /** Asks the queue's worker to stop without waiting: {@link #queueStopped} then waits, from this request on. */
+    @Override
+    public void queueStopping(int index) {
+        QueueWorker w = workers[index];
+        if (w != null && !isAbandoned(index)) {
+            w.requestStop();
+        }
+    }
+
     /** The worker given up on ({@link #abandoned}) for queue {@code index}, whose thread still runs, or null. */
     @Override
     public QueueWorker stillRunning(int index) {
@@ -635,6 +644,9 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public void reset() {
+        for (int i = 0; i < queues; i++) {
+            queueStopping(i); // all at once, then each waited for: one bound for all
+        }
         for (int i = 0; i < queues; i++) {
             queueStopped(i);
         }

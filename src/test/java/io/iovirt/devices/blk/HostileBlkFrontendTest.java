@@ -67,6 +67,7 @@ class HostileBlkFrontendTest {
     static final class Driver implements AutoCloseable {
         final VhostUserFrontend fe;
         final FrontendMemory ram;
+        final GuestMemory mem;
         final SplitDriverRing ring;
         final EventFd kick = EventFd.create(true);
         final EventFd call;
@@ -89,8 +90,7 @@ class HostileBlkFrontendTest {
             this.call = call;
             fe = VhostUserFrontend.connect(socket, TIMEOUT);
             ram = FrontendMemory.allocate(0, ramBytes);
-            GuestMemory mem =
-                    GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
+            mem = GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
             fe.getFeatures();
             fe.setProtocolFeatures(fe.getProtocolFeatures());
             fe.setOwner();
@@ -138,18 +138,23 @@ class HostileBlkFrontendTest {
 
         /** A FLUSH; returns the status GPA. */
         long flush() throws IOException {
+            return flush(ring, kick);
+        }
+
+        /** A FLUSH on the queue of {@code r}, kicked through {@code k}; returns the status GPA. */
+        long flush(SplitDriverRing r, EventFd k) throws IOException {
             long hdr = alloc(HEADER_BYTES, 16);
             ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_FLUSH);
             ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
             long status = alloc(1, 1);
             ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
-            ring.add(
+            r.add(
                     new long[] {hdr, status},
                     new int[] {HEADER_BYTES, 1},
                     new boolean[] {false, true},
                     2,
                     DriverRing.NO_INDIRECT);
-            kick.signal();
+            k.signal();
             return status;
         }
 
@@ -270,11 +275,17 @@ class HostileBlkFrontendTest {
 
     /** An image whose flushes wait until the test lets them go: a request that keeps the queue thread busy. */
     static final class SlowFlushImage extends io.iovirt.storage.ForwardingDiskImage {
-        final java.util.concurrent.CountDownLatch entered = new java.util.concurrent.CountDownLatch(1);
+        final java.util.concurrent.CountDownLatch entered;
         final java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
 
         SlowFlushImage(io.iovirt.storage.DiskImage d) {
+            this(d, 1);
+        }
+
+        /** {@code entered} once {@code flushes} flushes (of any queues) are held. */
+        SlowFlushImage(io.iovirt.storage.DiskImage d, int flushes) {
             super(d);
+            entered = new java.util.concurrent.CountDownLatch(flushes);
         }
 
         @Override
@@ -629,6 +640,63 @@ class HostileBlkFrontendTest {
                         throw new IllegalStateException(e);
                     }
                 });
+            } finally {
+                img.release.countDown();
+            }
+        }
+    }
+
+    /**
+     * Two queues a frontend holds up (each in a FLUSH the image does not answer) when the connection ends: both are
+     * asked to stop at once and given up on together, after one stop bound — not one bound each in a row, which
+     * held the connection's thread (and a SIGTERM's shutdown) N × 30 s for N such queues. Each is still reported on
+     * its own, and the position of each handed back only once it was waited for.
+     */
+    @Test
+    void queuesHeldUpTogetherAreGivenUpOnTogetherWhenTheConnectionEnds() throws Exception {
+        Duration limit = Duration.ofSeconds(4);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage raw = RawImage.open(image(1 << 20), false, false);
+                LogCapture log = LogCapture.start("io.iovirt")) {
+            SlowFlushImage img = new SlowFlushImage(raw, 2);
+            BlkDevice dev = new BlkDevice("two", img, 2, "s", BlkDevice.IoEngine.SYNC);
+            dev.stopWaitLimit(limit);
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    EventFd kick1 = EventFd.create(true)) {
+                Driver d = new Driver(sock, 1 << 20, call);
+                try {
+                    SplitDriverRing ring1 = SplitDriverRing.create(
+                            d.mem, d.alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
+                    d.fe.setVringNum(1, QSIZE);
+                    d.fe.setVringBase(1, 0);
+                    d.fe.setVringAddr(
+                            1,
+                            d.ram.userAddrOf(ring1.descAddr()),
+                            d.ram.userAddrOf(ring1.deviceAreaAddr()),
+                            d.ram.userAddrOf(ring1.driverAreaAddr()));
+                    d.fe.setVringKick(1, kick1);
+                    d.fe.setVringCall(1, call);
+                    d.fe.setVringEnable(1, true);
+                    d.flush();
+                    d.flush(ring1, kick1);
+                    assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "both FLUSHes are held");
+                } finally {
+                    d.close(); // the connection ends
+                }
+                long ended = System.nanoTime();
+                String first = log.awaitLine("did not stop within");
+                String second = log.awaitLine("did not stop within");
+                long took = (System.nanoTime() - ended) / 1_000_000;
+                assertTrue(
+                        first.contains("blk two q0") && second.contains("blk two q1")
+                                || first.contains("blk two q1") && second.contains("blk two q0"),
+                        "each queue reported on its own: " + first + " / " + second);
+                assertTrue(
+                        took < limit.toMillis() * 3 / 2,
+                        "both given up on after one bound of " + limit.toMillis() + " ms, not one each in a row: "
+                                + took + " ms");
+                assertTrue(took >= limit.toMillis() - 500, "each waited for its bound: " + took + " ms");
             } finally {
                 img.release.countDown();
             }
