@@ -384,11 +384,17 @@ public final class EventFd implements AutoCloseable {
          * meanwhile), no.
          */
         static boolean wouldBlock(EventFd e, boolean read) {
+            int f = e.fd.borrow(); // a number closed and reused meanwhile would show another eventfd's counter
+            if (f < 0) {
+                return false;
+            }
             long count;
             try {
-                count = counter(e.fd.get());
-            } catch (IllegalStateException | java.io.IOException | NumberFormatException ex) {
+                count = counter(f);
+            } catch (java.io.IOException | NumberFormatException ex) {
                 return false;
+            } finally {
+                e.fd.giveBack();
             }
             return read ? count == 0 : count == COUNTER_MAX;
         }
@@ -404,19 +410,31 @@ public final class EventFd implements AutoCloseable {
             throw new java.io.IOException("fd " + fd + " is not an eventfd (no eventfd-count in its fdinfo)");
         }
 
-        /** Ends a blocked write by reading the counter to zero, a blocked read by adding 1. */
-        private static void unblock(EventFd e, boolean read) {
+        /**
+         * Ends a blocked write by reading the counter to zero, a blocked read by adding 1. The number is borrowed
+         * ({@link Fd#borrow}) for the three system calls: the owner may close the eventfd meanwhile (a queue stops),
+         * and without the borrow the number could be reused by an unrelated open before our 8-byte read or write
+         * reached it — another guest's image file or socket. The owner's close does not wait for us (the peer could
+         * make our own read block, clearing O_NONBLOCK again); the number is closed when we are done.
+         */
+        static void unblock(EventFd e, boolean read) {
+            int f = e.fd.borrow();
+            if (f < 0) {
+                return; // closed meanwhile: the operation ended anyway
+            }
             try {
-                e.fd.setNonBlocking(true);
+                Fd.setNonBlocking(f, true);
                 Syscalls.PerThread t = Syscalls.perThread();
                 if (read) {
                     t.scratch.set(JAVA_LONG, 0, 1L);
-                    Syscalls.write(e.fd.get(), t.scratch, 8);
+                    Syscalls.write(f, t.scratch, 8);
                 } else {
-                    Syscalls.read(e.fd.get(), t.scratch, 8);
+                    Syscalls.read(f, t.scratch, 8);
                 }
-            } catch (LinuxException | IllegalStateException ignored) {
-                // closed meanwhile: the operation ended anyway
+            } catch (LinuxException ignored) {
+                // the peer's file refused the flag change: the blocked operation is ended by the next look
+            } finally {
+                e.fd.giveBack();
             }
         }
     }

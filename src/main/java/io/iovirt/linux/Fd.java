@@ -13,11 +13,16 @@ import java.lang.invoke.VarHandle;
  */
 public final class Fd implements AutoCloseable {
     private static final int CLOSED = -1;
+    /** In {@link #borrows}: the owner closed the descriptor while borrowed; the last {@link #giveBack} closes it. */
+    private static final int CLOSE_PENDING = 1 << 30;
+
     private static final VarHandle FD;
+    private static final VarHandle BORROWS;
 
     static {
         try {
             FD = MethodHandles.lookup().findVarHandle(Fd.class, "fd", int.class);
+            BORROWS = MethodHandles.lookup().findVarHandle(Fd.class, "borrows", int.class);
         } catch (ReflectiveOperationException e) {
             throw new ExceptionInInitializerError(e);
         }
@@ -33,6 +38,13 @@ public final class Fd implements AutoCloseable {
 
     @SuppressWarnings("unused") // accessed through FD
     private volatile int fd;
+
+    /** {@link #borrow}s in progress, plus {@link #CLOSE_PENDING} once {@link #close} found some. */
+    @SuppressWarnings("unused") // accessed through BORROWS
+    private volatile int borrows;
+
+    /** The number a close found borrowed, closed by the last {@link #giveBack} (published by the BORROWS update). */
+    private int pendingClose = CLOSED;
 
     private Fd(int fd) {
         this.fd = fd;
@@ -55,11 +67,47 @@ public final class Fd implements AutoCloseable {
         return v;
     }
 
+    /**
+     * The raw number, kept from being closed until {@link #giveBack}: a {@link #close} meanwhile returns at once but
+     * leaves the number open — still this file, never reused by an unrelated open — and the last give-back closes
+     * it. For a thread other than the owner's that uses the number without the owner's knowledge (the eventfd
+     * watchdog), whose system calls may block for as long as a peer likes: a lock against close, as
+     * {@link UnixSocket} holds for its shutdown, would hold the owner's close as long. Not for the data path, whose
+     * users the owner stops before it closes. Returns -1 when the descriptor is closed (nothing to give back then).
+     */
+    public int borrow() {
+        for (; ; ) {
+            int b = borrows;
+            if ((b & CLOSE_PENDING) != 0 || fd == CLOSED) {
+                return -1;
+            }
+            if (BORROWS.compareAndSet(this, b, b + 1)) {
+                int v = fd; // after the count: a close from now on sees the borrow and leaves the number open
+                if (v == CLOSED) { // closed (or released) in between
+                    giveBack();
+                    return -1;
+                }
+                return v;
+            }
+        }
+    }
+
+    /** Ends a {@link #borrow} that returned a number; closes the descriptor if its owner closed it meanwhile. */
+    public void giveBack() {
+        int b = (int) BORROWS.getAndAdd(this, -1) - 1;
+        if (b == CLOSE_PENDING) {
+            Syscalls.close(pendingClose);
+        }
+    }
+
     public boolean isOpen() {
         return fd != CLOSED;
     }
 
-    /** Gives up ownership without closing; the caller now owns the returned raw descriptor. */
+    /**
+     * Gives up ownership without closing; the caller now owns the returned raw descriptor. Not for a descriptor that
+     * may be {@link #borrow}ed: the borrower's number would then be the new owner's to close.
+     */
     public int release() {
         int v = (int) FD.getAndSet(this, CLOSED);
         if (v == CLOSED) {
@@ -100,7 +148,11 @@ public final class Fd implements AutoCloseable {
     }
 
     public void setNonBlocking(boolean on) throws LinuxException {
-        int v = get();
+        setNonBlocking(get(), on);
+    }
+
+    /** {@link #setNonBlocking(boolean)} of a raw number (a {@link #borrow}ed one). */
+    static void setNonBlocking(int v, boolean on) throws LinuxException {
         int flags = Syscalls.check(Syscalls.fcntl(v, F_GETFL, 0), "fcntl", "F_GETFL, fd " + v);
         int next = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK;
         if (next != flags) {
@@ -108,12 +160,20 @@ public final class Fd implements AutoCloseable {
         }
     }
 
-    /** Closes once; later calls do nothing. Errors from close(2) are not reported: the descriptor is gone anyway. */
+    /**
+     * Closes once; later calls do nothing. Errors from close(2) are not reported: the descriptor is gone anyway. A
+     * number {@link #borrow}ed at the time stays open until given back (the last give-back closes it); {@link #get}
+     * fails from now on either way.
+     */
     @Override
     public void close() {
         int v = (int) FD.getAndSet(this, CLOSED);
-        if (v != CLOSED) {
-            Syscalls.close(v);
+        if (v == CLOSED) {
+            return;
+        }
+        pendingClose = v;
+        if ((int) BORROWS.getAndAdd(this, CLOSE_PENDING) == 0) {
+            Syscalls.close(v); // not borrowed; no borrow succeeds from now on
         }
     }
 

@@ -272,15 +272,18 @@ final class Handler implements AutoCloseable {
     /** Hands the ring to the device once it is started, enabled (when that applies) and fully described. */
     private void maybeStart(Vring v) throws IOException, BackendException {
         if (v.ready(protocolFeaturesNegotiated())) {
-            v.start(
-                    layout(),
-                    memory,
-                    deviceFeatures(),
-                    inflight == null ? null : inflight.queue(v.index, v.size())); // crash recovery (issue 11)
+            v.start(layout(), memory, deviceFeatures(), inflight); // crash recovery (issue 11)
         }
     }
 
+    /**
+     * Every ring asked to stop first, then each waited for: queues a frontend holds up (a request stuck in I/O) stop
+     * together within the device's one bound, not one bound each in a row on this connection's thread.
+     */
     private void stopAll() {
+        for (Vring v : vrings) {
+            v.requestStop();
+        }
         for (Vring v : vrings) {
             v.stopDevice();
         }
@@ -524,6 +527,9 @@ final class Handler implements AutoCloseable {
                 backendChannel = null;
             }
         });
+        for (Vring v : vrings) {
+            steps.add(v::requestStop); // all at once, then each waited for (see stopAll)
+        }
         for (Vring v : vrings) {
             steps.add(v::stopDevice);
         }

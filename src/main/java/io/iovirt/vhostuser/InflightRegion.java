@@ -25,6 +25,9 @@ final class InflightRegion implements AutoCloseable {
     private final Fd fd;
     private final int queues;
     private final int queueSize;
+    // Guarded by this: the pins of queue threads given up on (see pin), and whether the owner closed the region.
+    private int pins;
+    private boolean closed;
 
     private InflightRegion(Mmap.Mapping mapping, Fd fd, int queues, int queueSize) {
         this.mapping = mapping;
@@ -112,8 +115,45 @@ final class InflightRegion implements AutoCloseable {
         return mapping.segment().asSlice(index * queueBytes(queueSize), queueBytes(queueSize));
     }
 
+    /**
+     * Keeps the region mapped for a queue thread the device gave up on ({@link VhostUserBackend#stillRunning}): that
+     * thread still records the completions of the requests it took in its queue's part, so the frontend, which keeps
+     * the memory, does not resubmit them after a reconnect. Unmapped under it (SET_INFLIGHT_FD, a disconnect), the
+     * thread failed with an IllegalStateException instead. The pin goes with the thread's other parked resources
+     * ({@link io.iovirt.virtio.QueueWorker#closeWhenEnded}); the region is unmapped once it is closed and unpinned.
+     */
+    synchronized AutoCloseable pin() {
+        if (closed) {
+            throw new IllegalStateException(this + " is closed");
+        }
+        pins++;
+        boolean[] once = {false};
+        return () -> {
+            synchronized (this) {
+                if (once[0]) {
+                    return;
+                }
+                once[0] = true;
+                if (--pins == 0 && closed) {
+                    unmap();
+                }
+            }
+        };
+    }
+
+    /** The owner is done with it: unmapped now, or once the last {@link #pin} is closed. */
     @Override
-    public void close() {
+    public synchronized void close() {
+        if (closed) {
+            return;
+        }
+        closed = true;
+        if (pins == 0) {
+            unmap();
+        }
+    }
+
+    private void unmap() {
         mapping.close();
         if (fd != null) {
             fd.close();

@@ -72,6 +72,15 @@ public interface VhostUserBackend {
     int queueStopped(int index);
 
     /**
+     * Begin stopping queue {@code index} without waiting: asked of every running queue before their
+     * {@link #queueStopped} when the protocol layer stops several at once (the connection ended, RESET_DEVICE, a
+     * status of 0), so that their stops overlap and the bound a device chooses counts from here for all of them
+     * together — not once per queue, one after the other. {@link #queueStopped} follows for each, with all its
+     * guarantees. A device that stops at once needs nothing here.
+     */
+    default void queueStopping(int index) {}
+
+    /**
      * Asked right after {@link #queueStopped}: the worker whose thread still runs queue {@code index} because the
      * device gave up waiting for it, else null (the device let go of the queue). The protocol layer then does not
      * close the ring's kick, call and err descriptors, which that thread may still use through their numbers: it

@@ -93,6 +93,8 @@ final class Vring implements AutoCloseable {
     private EventFd kick;
     private EventFd call;
     private EventFd err;
+    /** The in-flight region the device's queue records its requests in while it runs, or null. */
+    private InflightRegion runningInflight;
     /** migration: log_guest_addr of SET_VRING_ADDR when it had VHOST_VRING_F_LOG, else -1. */
     private long usedLogAddr = -1;
 
@@ -264,9 +266,10 @@ final class Vring implements AutoCloseable {
      * and that a packed base points inside the ring.
      *
      * @param features the virtio features the device sees
-     * @param inflight this queue's crash-recovery memory, or null
+     * @param region the connection's crash-recovery memory, or null; the queue gets its part when the region's
+     *     description covers it
      */
-    VringSetup start(Layout layout, MemoryTable memory, long features, MemorySegment inflight)
+    VringSetup start(Layout layout, MemoryTable memory, long features, InflightRegion region)
             throws IOException, BackendException {
         if (size == 0 || !addrSet) {
             throw new ProtocolException(
@@ -300,6 +303,7 @@ final class Vring implements AutoCloseable {
         // Without a call or err eventfd the device still gets one of ours: it may signal freely, and a SET_VRING_CALL
         // or SET_VRING_ERR that comes while the ring runs swaps the frontend's file in behind its number
         // (setNotifier) — the device keeps the descriptor it was started with.
+        MemorySegment inflight = region == null ? null : region.queue(index, size);
         if (call == null) {
             call = EventFd.createStandIn();
         }
@@ -309,6 +313,7 @@ final class Vring implements AutoCloseable {
         VringSetup setup = new VringSetup(
                 index, size, descGpa, driverGpa, deviceGpa, base, features, kick, call, err, memory.holder(), inflight);
         device.queueStarted(index, setup);
+        runningInflight = inflight == null ? null : region;
         move(State.RUNNING);
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": started " + setup);
         return setup;
@@ -328,6 +333,16 @@ final class Vring implements AutoCloseable {
     }
 
     /**
+     * When several rings stop together: asks the device to begin stopping this one without waiting
+     * ({@link VhostUserBackend#queueStopping}); {@link #stopDevice} then waits for it.
+     */
+    void requestStop() {
+        if (state == State.RUNNING) {
+            device.queueStopping(index);
+        }
+    }
+
+    /**
      * Takes the ring from the device, which reports where it stopped (the next base).
      *
      * @return true when the device was running it
@@ -342,6 +357,7 @@ final class Vring implements AutoCloseable {
         if (still != null) {
             park(still);
         }
+        runningInflight = null;
         LOG.log(System.Logger.Level.DEBUG, () -> name + ": stopped queue " + index + " at base " + base);
         return true;
     }
@@ -354,10 +370,14 @@ final class Vring implements AutoCloseable {
      * eventfd of ours (dup3, atomic whatever the thread does meanwhile: a late signal reaches no one's file) and the
      * worker closes it once its thread has ended. The frontend's call and err stay with this ring under new numbers
      * (they outlive a stop and a reset), its kick goes (a stop closes it); descriptors the frontend sends from now on
-     * are this ring's alone.
+     * are this ring's alone. The in-flight region the thread records its requests in stays mapped until then too
+     * ({@link InflightRegion#pin}).
      */
     private void park(QueueWorker worker) {
-        List<EventFd> parked = new ArrayList<>(3);
+        List<AutoCloseable> parked = new ArrayList<>(4);
+        if (runningInflight != null) {
+            parked.add(runningInflight.pin());
+        }
         if (kick != null) {
             parked.add(kick);
             setAside(kick, "kick");

@@ -29,7 +29,8 @@ import java.lang.foreign.MemorySegment;
  * @param call       signal to interrupt the driver; never null (a private eventfd when the frontend gave none)
  * @param err        signal for queue errors, or null
  * @param memory     the device's guest memory, swapped when the memory table changes
- * @param inflight   this queue's region of the frontend-kept in-flight memory (INFLIGHT_SHMFD), or null
+ * @param inflight   this queue's region of the frontend-kept in-flight memory (INFLIGHT_SHMFD), or null; mapped as
+ *                   long as the descriptors are the device's (for a queue given up on, until its thread has ended)
  */
 public record VringSetup(
         int index,

@@ -323,6 +323,9 @@ public final class QueueWorker {
     private final Stats stats;
     private final EventFd kick;
     private volatile boolean stopRequested;
+    /** When a stop was first asked for (System.nanoTime, never 0), 0 before: {@link #stopAndWait} counts from it. */
+    private volatile long stopAskedAt;
+
     private volatile String failure;
     private volatile boolean ended;
     /** {@link #stopAndWait} gave up on the thread: the ring went back to the frontend while the thread still runs. */
@@ -703,17 +706,38 @@ public final class QueueWorker {
         return stop(timeout, true);
     }
 
-    /** {@link #stop(Duration)}, with its log line when the thread did not end only when {@code report}. */
-    private boolean stop(Duration timeout, boolean report) {
+    /**
+     * Asks the loop to stop and returns at once: it ends after its current batch, the handler completing what it
+     * took. For a device that stops several queues together (a disconnect, a reset): it asks each first and then
+     * waits for each with {@link #stopAndWait}, whose bound counts from the first request — so N queues a frontend
+     * holds up cost one bound, not N in a row. Not from the worker's own thread; nothing once the loop has ended.
+     */
+    public void requestStop() {
+        if (stopAskedAt == 0) {
+            stopAskedAt = System.nanoTime() | 1;
+        }
         stopRequested = true;
+        if (!running()) {
+            return;
+        }
         if (loop != null) {
-            return loop.stop(this, timeout, report);
+            loop.requestStop(this);
+            return;
         }
         try {
             stopFd.signal();
         } catch (LinuxException e) {
             LOG.log(Level.WARNING, "{0}: cannot wake the queue thread: {1}", name, e.getMessage());
         }
+    }
+
+    /** {@link #stop(Duration)}, with its log line when the thread did not end only when {@code report}. */
+    private boolean stop(Duration timeout, boolean report) {
+        if (loop != null) {
+            stopRequested = true;
+            return loop.stop(this, timeout, report);
+        }
+        requestStop();
         boolean interrupted = false;
         long deadline = System.nanoTime() + timeout.toNanos();
         try {
@@ -758,8 +782,9 @@ public final class QueueWorker {
      * The stop of a device that hands its ring back when it returns (vhost-user's GET_VRING_BASE): returning while
      * the thread still runs would hand back a ring position that still moves and let a second worker start on the
      * same ring. Stops the loop (it ends after its current batch, and the handler completes what it took) and waits
-     * for the thread: after {@link #STOP_TIMEOUT} with one warning line naming the queue, up to {@code limit} in all.
-     * Not from the worker's own thread.
+     * for the thread: after {@link #STOP_TIMEOUT} with one warning line naming the queue, up to {@code limit} in all,
+     * both counted from the first stop request ({@link #requestStop}: queues stopped together share one bound). Not
+     * from the worker's own thread.
      *
      * @return true when the thread ended: {@link Handler#stopped} has run and nothing of this queue touches the ring
      *         or guest memory any more. False when it still runs after {@code limit}: the caller keeps the queue (no
@@ -771,11 +796,12 @@ public final class QueueWorker {
             throw new IllegalStateException(name + ": a queue thread cannot wait for its own stop");
         }
         boolean interrupted = Thread.interrupted(); // a pending interrupt would end every wait at once
-        long start = System.nanoTime();
+        requestStop();
+        long start = stopAskedAt;
         long deadline = start + limit.toNanos();
         try {
             Duration first = STOP_TIMEOUT.compareTo(limit) < 0 ? STOP_TIMEOUT : limit;
-            if (stop(first, false)) {
+            if (stop(Duration.ofNanos(Math.max(0, start + first.toNanos() - System.nanoTime())), false)) {
                 return true;
             }
             interrupted |= Thread.interrupted();

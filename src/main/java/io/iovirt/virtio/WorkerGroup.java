@@ -362,6 +362,13 @@ public final class WorkerGroup implements AutoCloseable {
             return done;
         }
 
+        /** {@link QueueWorker#requestStop} of a queue on this thread (its stop flag is set): detached next round. */
+        void requestStop(QueueWorker w) {
+            if (w.started) {
+                poke();
+            }
+        }
+
         void shutdown() {
             synchronized (this) {
                 shuttingDown = true;

@@ -449,6 +449,7 @@ public final class BlkDevice implements VhostUserBackend {
                         reason -> markFailed(index));
             } catch (LinuxException | RuntimeException e) {
                 q.releaseMemory();
+                handler.close(); // no worker ran it: its stopped() would have closed it
                 throw e;
             }
             synchronized (failed) {
@@ -466,7 +467,7 @@ public final class BlkDevice implements VhostUserBackend {
 
     /**
      * The worker of one queue, not started: synchronous I/O when {@code ring} is null, else through {@code ring},
-     * which the worker then owns.
+     * which the worker then owns (closed here when the worker cannot be built).
      */
     static QueueWorker newWorker(
             String name,
@@ -495,8 +496,13 @@ public final class BlkDevice implements VhostUserBackend {
             return b.build(new RingHandler(q, call, SYNC_BATCH, new SyncEngine(handler, log)));
         }
         UringEngine engine = new UringEngine(q, handler, call, log, ring);
-        engine.register(b);
-        return b.build(engine);
+        try {
+            engine.register(b);
+            return b.build(engine);
+        } catch (LinuxException | RuntimeException e) {
+            engine.discard(); // no worker owns the ring: closed here, or its descriptors and memory leak
+            throw e;
+        }
     }
 
     /** Requests a synchronous queue pops before it pushes them and decides on one interrupt. */
@@ -569,6 +575,15 @@ public final class BlkDevice implements VhostUserBackend {
         return q.vringBase();
     }
 
+    /** Asks the queue's worker to stop without waiting: {@link #queueStopped} then waits, from this request on. */
+    @Override
+    public void queueStopping(int index) {
+        QueueWorker w = workers[index];
+        if (w != null && !isAbandoned(index)) {
+            w.requestStop();
+        }
+    }
+
     /** The worker given up on ({@link #abandoned}) for queue {@code index}, whose thread still runs, or null. */
     @Override
     public QueueWorker stillRunning(int index) {
@@ -629,6 +644,9 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public void reset() {
+        for (int i = 0; i < queues; i++) {
+            queueStopping(i); // all at once, then each waited for: one bound for all
+        }
         for (int i = 0; i < queues; i++) {
             queueStopped(i);
         }

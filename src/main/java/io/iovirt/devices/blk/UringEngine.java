@@ -146,6 +146,24 @@ final class UringEngine implements QueueWorker.Handler {
         }
     }
 
+    /**
+     * The worker could not be built around this engine (out of descriptors, an epoll that refuses a source): closes
+     * what the engine owns — ring, completion eventfd, slot buffers — as {@link #stopped} would have. No request was
+     * taken, so nothing of the guest's is in the ring.
+     */
+    void discard() {
+        closeRing();
+    }
+
+    private void closeRing() {
+        ring.close();
+        for (BlkQueueHandler.Request r : slots) {
+            r.io.close();
+        }
+        slotArena.close(); // iovec arrays: the kernel copied them when it took the SQEs
+        completions.close();
+    }
+
     /** The source the worker must watch: the ring's completion eventfd. */
     void register(QueueWorker.Builder b) {
         b.source(completions.fd(), Epoll.EPOLLIN, COMPLETIONS);
@@ -332,12 +350,7 @@ final class UringEngine implements QueueWorker.Handler {
                     e.getMessage());
         } finally {
             int abandoned = ringRequests;
-            ring.close(); // the kernel cancels what is left, or lets it finish: in the background either way
-            for (BlkQueueHandler.Request r : slots) {
-                r.io.close();
-            }
-            slotArena.close(); // iovec arrays: the kernel copied them when it took the SQEs
-            completions.close();
+            closeRing(); // the kernel cancels what is left, or lets it finish: in the background either way
             if (abandoned == 0) {
                 queue.releaseMemory();
             } else {

@@ -528,6 +528,19 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         return vq.vringBase();
     }
 
+    /** A transmit queue's worker is asked to stop without waiting: {@link #queueStopped} then waits for it. */
+    @Override
+    public void queueStopping(int index) {
+        int pair = index / 2;
+        if (index % 2 == 0 || pair >= txWorkers.length) {
+            return; // a receive queue has no thread of its own to wait for
+        }
+        QueueWorker w = txWorkers[pair];
+        if (w != null && !isTxAbandoned(pair)) {
+            w.requestStop();
+        }
+    }
+
     /** The transmit worker given up on ({@link #txAbandoned}) for queue {@code index}, still running, or null. */
     @Override
     public QueueWorker stillRunning(int index) {

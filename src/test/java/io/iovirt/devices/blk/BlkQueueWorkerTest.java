@@ -172,6 +172,38 @@ class BlkQueueWorkerTest {
         }
     }
 
+    /**
+     * A worker that cannot be built around its io_uring engine leaves nothing open: the ring, its completion eventfd
+     * and its slot buffers used to leak, one set per failed start. Here epoll refuses the kick (a regular file); in
+     * production the same path is taken when the process is out of descriptors for the worker's epoll set.
+     */
+    @Test
+    void aWorkerThatCannotBeBuiltClosesItsRing() throws Exception {
+        setUpGuest(false, true);
+        kick.close();
+        kick = EventFd.adopt(io.iovirt.linux.FileIo.open(imagePath, io.iovirt.linux.FileIo.O_RDONLY));
+        BlkQueueHandler handler = new BlkQueueHandler(
+                image, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        io.iovirt.testing.OpenFiles.Snapshot before = io.iovirt.testing.OpenFiles.snapshot();
+        io.iovirt.linux.LinuxException e = assertThrows(
+                io.iovirt.linux.LinuxException.class,
+                () -> BlkDevice.newWorker(
+                        "blk test q0",
+                        queue,
+                        handler,
+                        kick,
+                        call,
+                        null,
+                        stats,
+                        IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)),
+                        0,
+                        false,
+                        reason -> {}));
+        assertTrue(e.getMessage().contains("epoll"), e.getMessage());
+        assertEquals(List.of(), before.openedSince(), "the ring and its eventfd are closed");
+        handler.close();
+    }
+
     // ---- a minimal guest driver -------------------------------------------------------------------------------
 
     /** Makes a request available: header, then {@code buffers} (address, length, device-writable), then status. */

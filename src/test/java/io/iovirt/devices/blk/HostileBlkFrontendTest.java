@@ -67,6 +67,7 @@ class HostileBlkFrontendTest {
     static final class Driver implements AutoCloseable {
         final VhostUserFrontend fe;
         final FrontendMemory ram;
+        final GuestMemory mem;
         final SplitDriverRing ring;
         final EventFd kick = EventFd.create(true);
         final EventFd call;
@@ -89,8 +90,7 @@ class HostileBlkFrontendTest {
             this.call = call;
             fe = VhostUserFrontend.connect(socket, TIMEOUT);
             ram = FrontendMemory.allocate(0, ramBytes);
-            GuestMemory mem =
-                    GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
+            mem = GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
             fe.getFeatures();
             fe.setProtocolFeatures(fe.getProtocolFeatures());
             fe.setOwner();
@@ -138,18 +138,23 @@ class HostileBlkFrontendTest {
 
         /** A FLUSH; returns the status GPA. */
         long flush() throws IOException {
+            return flush(ring, kick);
+        }
+
+        /** A FLUSH on the queue of {@code r}, kicked through {@code k}; returns the status GPA. */
+        long flush(SplitDriverRing r, EventFd k) throws IOException {
             long hdr = alloc(HEADER_BYTES, 16);
             ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_FLUSH);
             ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
             long status = alloc(1, 1);
             ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
-            ring.add(
+            r.add(
                     new long[] {hdr, status},
                     new int[] {HEADER_BYTES, 1},
                     new boolean[] {false, true},
                     2,
                     DriverRing.NO_INDIRECT);
-            kick.signal();
+            k.signal();
             return status;
         }
 
@@ -270,11 +275,17 @@ class HostileBlkFrontendTest {
 
     /** An image whose flushes wait until the test lets them go: a request that keeps the queue thread busy. */
     static final class SlowFlushImage extends io.iovirt.storage.ForwardingDiskImage {
-        final java.util.concurrent.CountDownLatch entered = new java.util.concurrent.CountDownLatch(1);
+        final java.util.concurrent.CountDownLatch entered;
         final java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
 
         SlowFlushImage(io.iovirt.storage.DiskImage d) {
+            this(d, 1);
+        }
+
+        /** {@code entered} once {@code flushes} flushes (of any queues) are held. */
+        SlowFlushImage(io.iovirt.storage.DiskImage d, int flushes) {
             super(d);
+            entered = new java.util.concurrent.CountDownLatch(flushes);
         }
 
         @Override
@@ -629,6 +640,125 @@ class HostileBlkFrontendTest {
                         throw new IllegalStateException(e);
                     }
                 });
+            } finally {
+                img.release.countDown();
+            }
+        }
+    }
+
+    /**
+     * Two queues a frontend holds up (each in a FLUSH the image does not answer) when the connection ends: both are
+     * asked to stop at once and given up on together, after one stop bound — not one bound each in a row, which
+     * held the connection's thread (and a SIGTERM's shutdown) N × 30 s for N such queues. Each is still reported on
+     * its own, and the position of each handed back only once it was waited for.
+     */
+    @Test
+    void queuesHeldUpTogetherAreGivenUpOnTogetherWhenTheConnectionEnds() throws Exception {
+        Duration limit = Duration.ofSeconds(4);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage raw = RawImage.open(image(1 << 20), false, false);
+                LogCapture log = LogCapture.start("io.iovirt")) {
+            SlowFlushImage img = new SlowFlushImage(raw, 2);
+            BlkDevice dev = new BlkDevice("two", img, 2, "s", BlkDevice.IoEngine.SYNC);
+            dev.stopWaitLimit(limit);
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    EventFd kick1 = EventFd.create(true)) {
+                Driver d = new Driver(sock, 1 << 20, call);
+                try {
+                    SplitDriverRing ring1 = SplitDriverRing.create(
+                            d.mem, d.alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
+                    d.fe.setVringNum(1, QSIZE);
+                    d.fe.setVringBase(1, 0);
+                    d.fe.setVringAddr(
+                            1,
+                            d.ram.userAddrOf(ring1.descAddr()),
+                            d.ram.userAddrOf(ring1.deviceAreaAddr()),
+                            d.ram.userAddrOf(ring1.driverAreaAddr()));
+                    d.fe.setVringKick(1, kick1);
+                    d.fe.setVringCall(1, call);
+                    d.fe.setVringEnable(1, true);
+                    d.flush();
+                    d.flush(ring1, kick1);
+                    assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "both FLUSHes are held");
+                } finally {
+                    d.close(); // the connection ends
+                }
+                long ended = System.nanoTime();
+                String first = log.awaitLine("did not stop within");
+                String second = log.awaitLine("did not stop within");
+                long took = (System.nanoTime() - ended) / 1_000_000;
+                assertTrue(
+                        first.contains("blk two q0") && second.contains("blk two q1")
+                                || first.contains("blk two q1") && second.contains("blk two q0"),
+                        "each queue reported on its own: " + first + " / " + second);
+                assertTrue(
+                        took < limit.toMillis() * 3 / 2,
+                        "both given up on after one bound of " + limit.toMillis() + " ms, not one each in a row: "
+                                + took + " ms");
+                assertTrue(took >= limit.toMillis() - 500, "each waited for its bound: " + took + " ms");
+            } finally {
+                img.release.countDown();
+            }
+        }
+    }
+
+    /**
+     * The in-flight memory of a queue given up on stays mapped until its thread has ended, however the connection
+     * replaces or drops the region meanwhile (here a new GET_INFLIGHT_FD): the thread records the completion of the
+     * request it held in the frontend's memory — which a restarted backend would otherwise resubmit — and the
+     * region is unmapped once it has ended. It used to be unmapped at once, and the thread then failed with an
+     * IllegalStateException when the request completed, leaving it recorded as in flight.
+     */
+    @Test
+    void theInflightMemoryOfAQueueGivenUpOnStaysMappedUntilItsThreadEnds() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage raw = RawImage.open(image(1 << 20), false, false);
+                LogCapture log = LogCapture.start("io.iovirt")) {
+            SlowFlushImage img = new SlowFlushImage(raw);
+            BlkDevice dev = givingUpAfterASecond("inflight", img);
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    Driver d = new Driver(sock, 1 << 20, call);
+                    java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+                int base = d.fe.getVringBase(0); // stopped, to hand it in-flight memory as QEMU does before a start
+                VhostUserFrontend.Inflight inflight = d.fe.getInflightFd(1, QSIZE);
+                java.lang.foreign.MemorySegment region = io.iovirt.linux.Mmap.map(
+                        inflight.fd(),
+                        0,
+                        inflight.mmapSize(),
+                        io.iovirt.linux.Mmap.PROT_READ | io.iovirt.linux.Mmap.PROT_WRITE,
+                        io.iovirt.linux.Mmap.MAP_SHARED,
+                        arena);
+                d.fe.setVringBase(0, base);
+                d.fe.setVringKick(0, d.kick);
+
+                long st = d.flush();
+                assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH reached the image");
+                assertEquals(1, region.get(JAVA_BYTE, 16), "the FLUSH (head 0) is recorded in flight");
+                assertEquals(base + 1, d.fe.getVringBase(0), "answered after the limit");
+                assertTrue(log.awaitLine("did not stop within").contains("blk inflight q0"));
+                d.fe.getInflightFd(1, QSIZE).fd().close(); // the connection's region is replaced
+                assertEquals(2, mappingsOf(inflight.fd()), "the old region stays mapped while the thread runs");
+
+                img.release.countDown();
+                assertEquals(S_OK, d.awaitStatus(st), "the FLUSH is answered when the thread ends");
+                Await.until(TIMEOUT, "the old region is unmapped once the thread has ended", () -> {
+                    try {
+                        return mappingsOf(inflight.fd()) == 1; // the test's own
+                    } catch (IOException e) {
+                        throw new java.io.UncheckedIOException(e);
+                    }
+                });
+                assertEquals(0, region.get(JAVA_BYTE, 16), "its completion is recorded: not resubmitted later");
+                assertEquals(
+                        (short) (base + 1),
+                        region.get(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, 14),
+                        "used_idx");
+                assertFalse(
+                        log.all().stream().anyMatch(l -> l.contains("IllegalStateException")),
+                        String.join("\n", log.all()));
+                inflight.fd().close();
             } finally {
                 img.release.countDown();
             }
