@@ -584,6 +584,13 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
+    /** The worker of queue {@code index} (running, or given up on), or null: for tests that watch a stop. */
+    QueueWorker worker(int index) {
+        synchronized (failed) {
+            return workers[index];
+        }
+    }
+
     /** The worker given up on ({@link #abandoned}) for queue {@code index}, whose thread still runs, or null. */
     @Override
     public QueueWorker stillRunning(int index) {
