@@ -95,9 +95,10 @@ start_vm() {
     --state-dir "$DIR/state" > "$DIR/backend.out" 2> "$DIR/backend.err" &
   PIDS+=($!)
   BEPID=$!
-  # the run directory is created inside java.io.tmpdir; the sockets appear there
+  # the run directory (iovirt-vm-RANDOM: no VM name, to keep socket paths short) is created inside
+  # java.io.tmpdir, here a fresh one per start; the sockets appear there
   for _ in $(seq 1 6000); do
-    RUNDIR="$(find "$runroot" -maxdepth 1 -name 'iovirt-vm-fp-*' -print -quit)"
+    RUNDIR="$(find "$runroot" -maxdepth 1 -name 'iovirt-vm-*' -print -quit)"
     [ -n "$RUNDIR" ] && break
     kill -0 "$BEPID" 2>/dev/null || { echo "bench-footprint: backend exited:" >&2; cat "$DIR/backend.err" >&2; exit 1; }
     sleep 0.005
