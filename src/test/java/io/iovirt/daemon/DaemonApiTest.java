@@ -726,7 +726,7 @@ class DaemonApiTest {
         assertEquals(0, new ProcessBuilder("mkfifo", fifo.toString()).start().waitFor());
         java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
         try {
-            threads.submit(() -> {
+            java.util.concurrent.Future<Object> slow = threads.submit(() -> {
                 try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
                     return c.call(
                             "blk.add",
@@ -739,12 +739,7 @@ class DaemonApiTest {
                                     dir.resolve("s.sock").toString()));
                 }
             });
-            while (Thread.getAllStackTraces().values().stream()
-                    .noneMatch(st -> java.util.Arrays.stream(st)
-                            .anyMatch(f -> f.getClassName().equals(BlkExport.class.getName())
-                                    && f.getMethodName().equals("start")))) {
-                Thread.sleep(10); // until the add is opening its image
-            }
+            awaitOpeningItsImage(slow, "the slow add");
             java.util.concurrent.Future<?> closing = threads.submit(server::close);
             assertThrows(
                     java.util.concurrent.TimeoutException.class,

@@ -6,6 +6,7 @@ import net.jqwik.api.Arbitrary;
 import net.jqwik.api.RandomDistribution;
 import net.jqwik.api.Tuple;
 import net.jqwik.api.Tuple.Tuple2;
+import net.jqwik.api.statistics.Statistics;
 
 /**
  * Address ranges (start, length) for properties of a range check over one region [start, end). Drawn anywhere in the
@@ -28,6 +29,18 @@ public final class Accesses {
                         Tuple.of(2, uniform(-2, 2).map(d -> end - a + d)),
                         Tuple.of(1, Arbitraries.longs()))
                 .map(len -> Tuple.of(a, len)));
+    }
+
+    /**
+     * Records one try's outcome and requires both outcomes among the tries (each at least 10 %): a property whose
+     * inputs all land on one side of the check tests only that side.
+     */
+    public static void record(boolean translated) {
+        Statistics.collect(translated ? "translated" : "refused");
+        Statistics.coverage(c -> {
+            c.check("translated").percentage(p -> p >= 10);
+            c.check("refused").percentage(p -> p >= 10);
+        });
     }
 
     private static Arbitrary<Long> uniform(long min, long max) {
