@@ -168,14 +168,25 @@ public final class DriverBinding {
                 return new Outcome(bdf, dev.driver(), previous, writes, null, String.join("; ", warnings));
             }
             if (dev.driver() != null && dev.sriov() != null) {
-                // A PF's driver destroys its VFs as it lets go (only --force gets here with VFs enabled): forget them
-                // now, not at the next 'host vfs', which would show their assignments as gone until then.
+                // A PF's driver destroys its VFs as it lets go (only --force gets here with VFs enabled): forget the
+                // ones that are gone now, not at the next 'host vfs', which would show their assignments as gone
+                // until then. Not the ones still there: a driver without a remove callback (pci-pf-stub) leaves SR-IOV
+                // enabled, and their VMs still use them.
+                List<Bdf> gone = new ArrayList<>();
+                List<Bdf> left = new ArrayList<>();
+                for (Bdf vf : dev.sriov().vfs()) {
+                    (sys.isDirectory("bus/pci/devices/" + vf) ? left : gone).add(vf);
+                }
                 forgetVfs(
                         registry,
-                        dev.sriov().vfs(),
+                        gone,
                         warnings,
                         "was destroyed when " + dev.driver() + " let go of its PF " + bdf,
                         "a VF made at that address later");
+                if (!left.isEmpty()) {
+                    warnings.add(dev.driver() + " left SR-IOV enabled on " + bdf + ": VFs " + left + " still exist and"
+                            + " keep their assignments (disable them with 'iovirt host vfs " + bdf + " --count 0')");
+                }
             }
             String note = null;
             String after = null;

@@ -246,6 +246,9 @@ class DriverBindingTest {
                 .write(DriverBinding.TABLE, List.<String[]>of(new String[] {"0000:03:10.2", "igbvf"}, new String[] {
                     "0000:04:00.0", "nouveau"
                 }));
+        // the fake sysfs does not act on writes: the VFs are removed as igb's remove destroys them, before the
+        // unbind write returns (the PF still names them; its virtfn links dangle)
+        goneVfs(h, "0000:03:10.0", "0000:03:10.2");
         DriverBinding.Outcome o = binding(h).unbind(Bdf.parse("0000:03:00.0"), true);
         assertEquals("0000:03:00.0", h.read("bus/pci/drivers/igb/unbind"));
         assertTrue(
@@ -257,6 +260,31 @@ class DriverBindingTest {
         assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.2")));
         assertEquals("vm-b", r.owner(Bdf.parse("0000:04:00.0")).vm(), "another device's assignment stays");
         assertEquals("nouveau", binding(h).previousDriver(Bdf.parse("0000:04:00.0")));
+    }
+
+    /** A PF driver that leaves SR-IOV enabled (pci-pf-stub has no remove callback): its VFs keep their VMs. */
+    @Test
+    void aForcedPfUnbindKeepsTheAssignmentsOfVfsThatSurvive() {
+        FakeHost h = DevicesTest.desktop(tmp);
+        AssignmentRegistry r = new AssignmentRegistry(h.state);
+        r.assign(Bdf.parse("0000:03:10.2"), "vm-a", List.of());
+        DriverBinding.Outcome o = binding(h).unbind(Bdf.parse("0000:03:00.0"), true);
+        assertEquals("vm-a", r.owner(Bdf.parse("0000:03:10.2")).vm(), "the VF still exists: its VM keeps it");
+        assertTrue(
+                o.note()
+                        .contains("igb left SR-IOV enabled on 0000:03:00.0: VFs [0000:03:10.0, 0000:03:10.2] still"
+                                + " exist and keep their assignments"),
+                o.note());
+    }
+
+    private static void goneVfs(FakeHost h, String... vfs) {
+        for (String vf : vfs) {
+            try {
+                Files.delete(h.sys.resolve("bus/pci/devices/" + vf));
+            } catch (java.io.IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        }
     }
 
     @Test
