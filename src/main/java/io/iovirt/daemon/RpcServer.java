@@ -325,6 +325,9 @@ public final class RpcServer implements AutoCloseable {
                 if (left <= 0 || !t.join(Duration.ofNanos(left))) {
                     break;
                 }
+            } catch (IllegalThreadStateException notStarted) {
+                // admitted by an accept thread that has not started it yet (that thread outlived its join): it
+                // serves a socket already shut down, and ends at once when it starts
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 break;
