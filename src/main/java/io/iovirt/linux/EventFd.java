@@ -29,8 +29,9 @@ public final class EventFd implements AutoCloseable {
     private volatile long opsEnded;
     /** Whether the operations are reads (a peer's eventfd is either read, a kick, or written, a call or err). */
     private volatile boolean opIsRead;
-    // The watchdog thread's own: opsEnded when it last saw operations in progress, and since when (0: none seen).
-    private long watchedEnded;
+    // The watchdog thread's own: opsBegun when it first saw the operations in progress it watches, and since when
+    // (0: none seen).
+    private long watchedBegun;
     private long watchedSince;
     /** The watchdog's thread that ends a blocked operation is still at it. */
     private volatile boolean unblocking;
@@ -334,10 +335,10 @@ public final class EventFd implements AutoCloseable {
         }
 
         /**
-         * One look at {@code e}: an operation in progress while none has returned for {@link #STUCK_NANOS} (counted
-         * from the first look that saw operations in progress) and that the kernel shows blocked is ended. Counting
-         * operations rather than timing one keeps every blocked operation in view: with several writers of one
-         * eventfd, one that returns does not hide another that is still blocked.
+         * One look at {@code e}: operations in progress that have not all returned within {@link #STUCK_NANOS} of the
+         * first look that saw them, and that the kernel shows blocked, are ended. Counting operations rather than
+         * timing one keeps every blocked operation in view: with several writers of one eventfd, one that returns does
+         * not hide another that is still blocked, nor does a peer that lets them through one at a time.
          */
         private static void look(EventFd e, long now) {
             long ended = e.opsEnded; // before opsBegun: never more ended than begun
@@ -346,8 +347,11 @@ public final class EventFd implements AutoCloseable {
                 e.watchedSince = 0; // nothing in progress
                 return;
             }
-            if (e.watchedSince == 0 || ended != e.watchedEnded) { // first seen, or some returned since the last look
-                e.watchedEnded = ended;
+            // First seen, or as many operations have returned as had begun when these were first seen: start over.
+            // Not on any progress: a peer that lets one write of several through now and then (a semaphore-mode
+            // counter read every 150 ms) would restart the count for ever while the others stay blocked.
+            if (e.watchedSince == 0 || ended - e.watchedBegun >= 0) {
+                e.watchedBegun = begun;
                 e.watchedSince = now;
                 return;
             }

@@ -6,7 +6,9 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
 import java.nio.file.Path;
+import java.time.Duration;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -97,6 +99,52 @@ class PeerEventFdTest {
                 peer.read(); // room for a write still blocked, should the test have failed: its thread ends
                 peer.read();
                 senders.shutdownNow();
+            }
+        }
+    }
+
+    /**
+     * A peer that lets one blocked write through every 150 ms (a semaphore-mode counter, read once each time) while
+     * six senders keep signalling: each look of the watchdog saw a write return and started its count over, so it
+     * never ended one, and the senders — other tenants' threads — went at the peer's pace for as long as it liked.
+     * Now the count starts over only once as many writes returned as were in progress when it began.
+     */
+    @Test
+    void aPeerLettingWritesThroughOneAtATimeDoesNotHoldTheOthers() throws Exception {
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC | EventFd.EFD_SEMAPHORE);
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
+            peer.write(EventFd.Watchdog.COUNTER_MAX);
+            peer.fd().setNonBlocking(false);
+            java.util.concurrent.atomic.AtomicBoolean done = new java.util.concurrent.atomic.AtomicBoolean();
+            java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newFixedThreadPool(
+                    7, Thread.ofPlatform().daemon().name("paced ", 0).factory());
+            try {
+                for (int i = 0; i < 6; i++) {
+                    threads.submit(() -> {
+                        while (!done.get() && !ours.quarantined()) {
+                            ours.trySignal();
+                        }
+                        return null;
+                    });
+                }
+                threads.submit(() -> {
+                    while (!done.get()) {
+                        Thread.sleep(150);
+                        peer.read(); // one write fits
+                    }
+                    return null;
+                });
+                Await.until(
+                        Duration.ofSeconds(20),
+                        "the watchdog ended a write the peer held while it let one through every 150 ms",
+                        ours::quarantined);
+            } finally {
+                done.set(true);
+                peer.fd().setNonBlocking(true);
+                for (int i = 0; i < 8; i++) {
+                    peer.read(); // room for writes still blocked, should the test have failed: their threads end
+                }
+                threads.shutdownNow();
             }
         }
     }
