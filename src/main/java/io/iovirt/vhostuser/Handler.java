@@ -284,8 +284,22 @@ final class Handler implements AutoCloseable {
         for (Vring v : vrings) {
             v.requestStop();
         }
+        // every ring was asked to stop: each is stopped (its state, position and NEEDS_RESET settled) even when an
+        // earlier one's stop fails, and the first failure is reported after
+        RuntimeException failure = null;
         for (Vring v : vrings) {
-            v.stopDevice();
+            try {
+                v.stopDevice();
+            } catch (RuntimeException e) {
+                if (failure == null) {
+                    failure = e;
+                } else {
+                    failure.addSuppressed(e);
+                }
+            }
+        }
+        if (failure != null) {
+            throw failure;
         }
     }
 
