@@ -185,14 +185,19 @@ class HostileBlkFrontendTest {
         return p;
     }
 
+    /** The engine runs here: io_uring missing fails the test as a missing prerequisite (Require), never skips it. */
+    private static void requireEngine(BlkDevice.IoEngine engine) {
+        io.iovirt.testing.Require.that(
+                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
+                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
+    }
+
     @ParameterizedTest
     @EnumSource(
             value = BlkDevice.IoEngine.class,
             names = {"SYNC", "IO_URING"})
     void aTwoGibDescriptorGetsAnIoErrorAndTheQueueGoesOn(BlkDevice.IoEngine engine) throws Exception {
-        io.iovirt.testing.Require.that(
-                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
-                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
+        requireEngine(engine);
         Path sock = dir.resolve("blk.sock");
         try (RawImage img = RawImage.open(image(1 << 20), false, false);
                 VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s", engine));
@@ -318,9 +323,7 @@ class HostileBlkFrontendTest {
             value = BlkDevice.IoEngine.class,
             names = {"SYNC", "IO_URING"})
     void aStopThatTakesLongIsWaitedForAndTheImageStaysLocked(BlkDevice.IoEngine engine) throws Exception {
-        io.iovirt.testing.Require.that(
-                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
-                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
+        requireEngine(engine);
         Path sock = dir.resolve("blk.sock");
         Path disk = image(1 << 20);
         try (RawImage raw = RawImage.open(disk, false, false);
@@ -446,9 +449,7 @@ class HostileBlkFrontendTest {
             value = BlkDevice.IoEngine.class,
             names = {"SYNC", "IO_URING"})
     void memoryTablesReplacedUnderABusyQueueAreUnmapped(BlkDevice.IoEngine engine) throws Exception {
-        io.iovirt.testing.Require.that(
-                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
-                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
+        requireEngine(engine);
         Path sock = dir.resolve("blk.sock");
         try (RawImage raw = RawImage.open(image(1 << 20), false, false)) {
             GatedFlushImage img = new GatedFlushImage(raw);
