@@ -10,16 +10,20 @@
 #                                                            options), /etc/iovirt/daemon.json (no devices yet)
 #   target/dist/root/DEBIAN/postinst                         packaging/postinst: the units' user and group
 #   target/iovirt_<version>_all.deb                          dpkg-deb --build of that tree
-# Options: --install (dpkg -i the package), --prefix DIR (with --install: copy the tree under DIR instead).
+# Options: --install (dpkg -i the package), --prefix DIR (with --install: copy the tree under DIR instead),
+#          --build-dir DIR (build there instead of target/, e.g. while something runs from target/iovirt.jar: Maven
+#          rewrites that jar in place, and a JVM running from it then fails to load any class it had not loaded yet).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 INSTALL=0
 PREFIX=""
+OUT="$ROOT/target"
 while [ $# -gt 0 ]; do
   case "$1" in
     --install) INSTALL=1 ;;
     --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
-    *) echo "package.sh: unknown argument '$1' — use --install and/or --prefix DIR" >&2; exit 2 ;;
+    --build-dir) OUT="$(realpath -m "${2:?--build-dir needs a directory}")"; shift ;;
+    *) echo "package.sh: unknown argument '$1' — use --install, --prefix DIR and/or --build-dir DIR" >&2; exit 2 ;;
   esac
   shift
 done
@@ -35,27 +39,27 @@ done
 export JAVA_HOME="$JDK"
 
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-(cd "$ROOT" && ./mvnw -B -q -DskipTests -Diovirt.commit="$COMMIT" package) >&2
-VERSION="$(sed -n 's/^version=//p' "$ROOT/target/classes/io/iovirt/cli/version.properties")"
+(cd "$ROOT" && ./mvnw -B -q -DskipTests -Diovirt.commit="$COMMIT" -Diovirt.buildDirectory="$OUT" package) >&2
+VERSION="$(sed -n 's/^version=//p' "$OUT/classes/io/iovirt/cli/version.properties")"
 DEB_VERSION="${VERSION/-SNAPSHOT/~snapshot}+git$COMMIT"
 
-DIST="$ROOT/target/dist"
+DIST="$OUT/dist"
 TREE="$DIST/root"
 rm -rf "$DIST"
 install -d "$TREE/usr/lib/iovirt/lib" "$TREE/usr/bin" "$TREE/usr/share/man/man1" \
   "$TREE/usr/share/bash-completion/completions" "$TREE/usr/share/zsh/vendor-completions" \
   "$TREE/usr/share/doc/iovirt" "$TREE/lib/systemd/system" "$TREE/DEBIAN"
-install -m 0644 "$ROOT/target/iovirt.jar" "$TREE/usr/lib/iovirt/"
-install -m 0644 "$ROOT"/target/lib/*.jar "$TREE/usr/lib/iovirt/lib/"
+install -m 0644 "$OUT/iovirt.jar" "$TREE/usr/lib/iovirt/"
+install -m 0644 "$OUT"/lib/*.jar "$TREE/usr/lib/iovirt/lib/"
 install -m 0755 "$ROOT/packaging/iovirt.sh" "$TREE/usr/bin/iovirt"
 install -m 0644 "$ROOT/packaging/jvm.options" "$ROOT/packaging/backend-jvm.options" "$TREE/usr/lib/iovirt/"
-for adoc in "$ROOT"/target/man/*.adoc; do
+for adoc in "$OUT"/man/*.adoc; do
   asciidoctor -b manpage -a reproducible -D "$DIST/man" "$adoc"
 done
 for page in "$DIST"/man/*.1; do
   gzip -9n -c "$page" > "$TREE/usr/share/man/man1/$(basename "$page").gz"
 done
-install -m 0644 "$ROOT/target/iovirt.bash-completion" "$TREE/usr/share/bash-completion/completions/iovirt"
+install -m 0644 "$OUT/iovirt.bash-completion" "$TREE/usr/share/bash-completion/completions/iovirt"
 cat > "$TREE/usr/share/zsh/vendor-completions/_iovirt" <<'ZSH'
 #compdef iovirt
 # picocli generates a bash completion script; zsh runs it through bashcompinit.
@@ -93,7 +97,7 @@ Description: I/O virtualization for KVM/QEMU guests
  SR-IOV host tooling, and a user-space VFIO NVMe driver. Needs a JDK 25
  (found in /usr/lib/jvm or through JAVA_HOME).
 CONTROL
-DEB="$ROOT/target/iovirt_${DEB_VERSION}_all.deb"
+DEB="$OUT/iovirt_${DEB_VERSION}_all.deb"
 dpkg-deb --root-owner-group -Zxz --build "$TREE" "$DEB" >&2
 echo "$DEB"
 

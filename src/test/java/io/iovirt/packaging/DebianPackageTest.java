@@ -26,14 +26,25 @@ import org.junit.jupiter.api.Test;
 class DebianPackageTest {
     private static final Path ROOT = Path.of("").toAbsolutePath();
     private static Path deb;
+    private static Path buildDir;
 
     @BeforeAll
     static void buildAndInstall() throws Exception {
         assertTrue(
                 "root".equals(System.getProperty("user.name")) && Files.isExecutable(Path.of("/usr/bin/dpkg")),
                 "installing a package needs root and dpkg");
-        Result built = run(List.of(ROOT.resolve("scripts/package.sh").toString()), 1200);
+        // Its own build directory: Failsafe runs this suite from target/iovirt.jar, and a package build in target/
+        // rewrote that jar in place, so every class the suite had not loaded yet failed with NoClassDefFoundError.
+        buildDir = Files.createTempDirectory("iovirt-package-");
+        Path suiteJar = ROOT.resolve("target/iovirt.jar");
+        String before = Files.exists(suiteJar) ? jarIdentity(suiteJar) : "";
+        Result built =
+                run(List.of(ROOT.resolve("scripts/package.sh").toString(), "--build-dir", buildDir.toString()), 1200);
         assertEquals(0, built.exit, built.out);
+        assertEquals(
+                before,
+                Files.exists(suiteJar) ? jarIdentity(suiteJar) : "",
+                "the package build left target/iovirt.jar, which this suite runs from, alone");
         deb = Path.of(built.out.strip().lines().reduce((a, b) -> b).orElseThrow());
         assertTrue(deb.getFileName().toString().matches("iovirt_.*_all\\.deb"), built.out);
         Result info = run(List.of("dpkg-deb", "--info", deb.toString()), 60);
@@ -46,6 +57,9 @@ class DebianPackageTest {
     static void remove() throws Exception {
         if (deb != null) {
             run(List.of("dpkg", "--purge", "iovirt"), 300);
+        }
+        if (buildDir != null) {
+            run(List.of("rm", "-rf", "--", buildDir.toString()), 120);
         }
     }
 
@@ -172,6 +186,11 @@ class DebianPackageTest {
     }
 
     private record Result(int exit, String out) {}
+
+    private static String jarIdentity(Path jar) throws IOException {
+        var attrs = Files.readAttributes(jar, java.nio.file.attribute.BasicFileAttributes.class);
+        return attrs.fileKey() + " " + attrs.size() + " " + attrs.lastModifiedTime();
+    }
 
     private static Result run(List<String> cmd, int seconds) throws IOException, InterruptedException {
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
