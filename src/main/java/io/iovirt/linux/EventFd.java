@@ -225,20 +225,26 @@ public final class EventFd implements AutoCloseable {
     }
 
     /**
-     * Reads and resets the counter of a peer's eventfd (a kick), never blocking for long: 0 when nothing was pending.
-     * Made non-blocking when adopted; should the peer clear the flag and empty the counter between our epoll wake-up
-     * and this read, the watchdog ends the read by adding 1 (a spurious kick, harmless).
+     * Reads and resets the counter of a peer's eventfd (a kick), never blocking: 0 when nothing was pending. The read
+     * is a preadv2 with RWF_NOWAIT, which returns EAGAIN on an empty counter whatever the file's O_NONBLOCK says (the
+     * peer shares the open file description and may clear the flag). On a kernel that refuses RWF_NOWAIT for an
+     * eventfd (before Linux 5.11) it is a plain read, watched: should the peer clear the flag and empty the counter
+     * between our epoll wake-up and the read, the watchdog ends it by adding 1 (a spurious kick, harmless).
      */
     public long consume() throws LinuxException {
         int f = fd.get();
         Syscalls.PerThread t = Syscalls.perThread();
         long r;
         if (fromPeer) {
-            opIsRead = true;
-            OPS_BEGUN.getAndAdd(this, 1L);
-            r = Syscalls.read(f, t.scratch, 8);
-            OPS_ENDED.getAndAdd(this, 1L);
-            stuck = false;
+            r = nowaitReads ? Syscalls.read8NoWait(f) : -Errno.EOPNOTSUPP;
+            if (r == -Errno.EOPNOTSUPP) {
+                nowaitReads = false;
+                opIsRead = true;
+                OPS_BEGUN.getAndAdd(this, 1L);
+                r = Syscalls.read(f, t.scratch, 8);
+                OPS_ENDED.getAndAdd(this, 1L);
+                stuck = false;
+            }
         } else {
             r = Syscalls.read(f, t.scratch, 8);
         }
@@ -250,6 +256,13 @@ public final class EventFd implements AutoCloseable {
         }
         return t.scratch.get(JAVA_LONG, 0);
     }
+
+    /**
+     * Whether this kernel reads an eventfd with preadv2(RWF_NOWAIT) (Linux 5.11 and later): such a read never blocks,
+     * so neither a kick read ({@link #consume}) nor the watchdog's drain of a counter a peer filled can be held by a
+     * peer that clears O_NONBLOCK. False once the kernel refused it (EOPNOTSUPP).
+     */
+    private static volatile boolean nowaitReads = true;
 
     /**
      * Adds {@code value} to the counter. On a non-blocking eventfd whose counter would overflow, the write is
@@ -292,8 +305,10 @@ public final class EventFd implements AutoCloseable {
 
     /**
      * Ends reads and writes of peers' eventfds that block (see {@link #trySignal}). One daemon thread checks the watched
-     * descriptors ten times a second; the check is a volatile read per descriptor. Draining runs on a new daemon
-     * thread each time (only a hostile peer makes that happen), so the watchdog itself never blocks on a peer's fd.
+     * descriptors ten times a second; the check is a volatile read per descriptor. A counter is drained on the
+     * watchdog's thread with a read that cannot block ({@link #drainWithoutWaiting}); only where the kernel has no
+     * such read does ending an operation run on a new daemon thread (only a hostile peer makes that happen), so the
+     * watchdog itself never blocks on a peer's fd.
      */
     static final class Watchdog {
         static final long STUCK_NANOS = 200_000_000L;
@@ -367,8 +382,11 @@ public final class EventFd implements AutoCloseable {
                 return;
             }
             e.stuck = true;
-            e.unblocking = true;
             e.watchedSince = now; // an operation the peer blocks again is ended again after as long
+            if (!read && drainWithoutWaiting(e)) {
+                return;
+            }
+            e.unblocking = true;
             Thread.ofPlatform().daemon().name("iovirt eventfd unblock " + e.fd).start(() -> {
                 try {
                     unblock(e, read);
@@ -415,7 +433,40 @@ public final class EventFd implements AutoCloseable {
         }
 
         /**
-         * Ends a blocked write by reading the counter to zero, a blocked read by adding 1. The number is borrowed
+         * Ends a blocked write here, on the watchdog's thread, by reading the counter to zero with a read that cannot
+         * block (preadv2 RWF_NOWAIT: a peer clearing O_NONBLOCK and emptying the counter first makes it return
+         * EAGAIN — the write has then gone through by itself). False when this kernel refuses such a read for an
+         * eventfd: {@link #unblock} on a thread of its own does it then. The number is borrowed as in {@link
+         * #unblock}.
+         */
+        static boolean drainWithoutWaiting(EventFd e) {
+            if (!nowaitReads) {
+                return false;
+            }
+            int f = e.fd.borrow();
+            if (f < 0) {
+                return true; // closed meanwhile: the operation ended anyway
+            }
+            try {
+                try {
+                    Fd.setNonBlocking(f, true); // for the peer's next write; the drain does not depend on it
+                } catch (LinuxException ignored) {
+                    // the drain below does not need the flag
+                }
+                if (Syscalls.read8NoWait(f) == -Errno.EOPNOTSUPP) {
+                    nowaitReads = false;
+                    return false;
+                }
+                return true;
+            } finally {
+                e.fd.giveBack();
+            }
+        }
+
+        /**
+         * Ends a blocked write by reading the counter to zero, a blocked read by adding 1 — on a thread of its own,
+         * only where {@link #drainWithoutWaiting} cannot be used (a blocked write on a kernel without RWF_NOWAIT
+         * reads of an eventfd; a blocked read, which only such a kernel has). The number is borrowed
          * ({@link Fd#borrow}) for the three system calls: the owner may close the eventfd meanwhile (a queue stops),
          * and without the borrow the number could be reused by an unrelated open before our 8-byte read or write
          * reached it — another guest's image file or socket. The owner's close does not wait for us (the peer could

@@ -45,15 +45,23 @@ final class Syscalls {
         }
     }
 
-    /** Per-thread scratch: the errno capture segment and 64 bytes for small in/out values (eventfd counters). */
+    /**
+     * Per-thread scratch: the errno capture segment and 64 bytes for small in/out values (eventfd counters: bytes
+     * 0..7, a pollfd at 8..15, an iovec at 48..63).
+     */
     static final class PerThread {
         final MemorySegment capture;
         final MemorySegment scratch;
+        /** One iovec (bytes 48..63 of scratch) naming scratch's first 8 bytes: {@link #read8NoWait}'s. */
+        final MemorySegment scratchIov;
 
         private PerThread() {
             Arena arena = Arena.ofAuto();
             this.capture = arena.allocate(CAPTURE_LAYOUT);
             this.scratch = arena.allocate(64, 8);
+            this.scratchIov = scratch.asSlice(48, 16);
+            scratchIov.set(JAVA_LONG, 0, scratch.address());
+            scratchIov.set(JAVA_LONG, 8, 8L);
         }
 
         int errno() {
@@ -356,6 +364,8 @@ final class Syscalls {
                 fn("preadv", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
         static final MethodHandle PWRITEV =
                 fn("pwritev", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG));
+        static final MethodHandle PREADV2 =
+                fn("preadv2", FunctionDescriptor.of(JAVA_LONG, JAVA_INT, ADDRESS, JAVA_INT, JAVA_LONG, JAVA_INT));
         static final MethodHandle FSYNC = fn("fsync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
         static final MethodHandle FDATASYNC = fn("fdatasync", FunctionDescriptor.of(JAVA_INT, JAVA_INT));
         static final MethodHandle FALLOCATE =
@@ -483,6 +493,25 @@ final class Syscalls {
             long r;
             do {
                 r = (long) Files.PREADV.invokeExact(t.capture, fd, iov, iovcnt, offset);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static final int RWF_NOWAIT = 0x8;
+
+    /**
+     * Reads 8 bytes into this thread's scratch (bytes 0..7) with preadv2(RWF_NOWAIT): -EAGAIN instead of waiting,
+     * whatever O_NONBLOCK says; -EOPNOTSUPP from a file the kernel cannot read that way (an eventfd before Linux 5.11).
+     */
+    static long read8NoWait(int fd) {
+        PerThread t = perThread();
+        try {
+            long r;
+            do {
+                r = (long) Files.PREADV2.invokeExact(t.capture, fd, t.scratchIov, 1, -1L, RWF_NOWAIT);
             } while (r < 0 && t.errno() == Errno.EINTR);
             return ret(r, t);
         } catch (Throwable e) {

@@ -154,8 +154,32 @@ class PeerEventFdTest {
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
                 EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "kick")) {
             peer.fd().setNonBlocking(false);
-            ours.consume(); // ended by the watchdog adding 1
+            assertEquals(0, ours.consume(), "nothing pending: returns at once, the file's flags notwithstanding");
+            assertEquals(0, EventFd.Watchdog.counter(ours.fd().get()), "no spurious kick from the watchdog either");
+            peer.write(3);
+            assertEquals(3, ours.consume());
             assertEquals(0, ours.consume(), "nothing pending afterwards, and no block");
+        }
+    }
+
+    /**
+     * The read behind kick reads and the watchdog's drain cannot wait whatever the file's flags are: a peer that clears
+     * O_NONBLOCK and empties the counter just before the watchdog drains it (the write it held having gone through)
+     * would otherwise hold the draining thread until the next signal — for ever, with the borrowed descriptor, if the
+     * eventfd is closed first.
+     */
+    @Test
+    void aDrainOfACounterThePeerEmptiedFirstDoesNotWait() throws Exception {
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
+            peer.fd().setNonBlocking(false);
+            assertEquals(-Errno.EAGAIN, Syscalls.read8NoWait(ours.fd().get()), "an empty counter: EAGAIN, no wait");
+            assertFalse(peer.fd().isNonBlocking(), "without making the file non-blocking");
+            assertTrue(EventFd.Watchdog.drainWithoutWaiting(ours), "this kernel reads eventfds with RWF_NOWAIT");
+            peer.write(EventFd.Watchdog.COUNTER_MAX);
+            peer.fd().setNonBlocking(false);
+            assertTrue(EventFd.Watchdog.drainWithoutWaiting(ours));
+            assertEquals(0, EventFd.Watchdog.counter(ours.fd().get()), "a full counter is drained");
         }
     }
 
