@@ -3,9 +3,12 @@
 # Installs the host packages iovirt's demo and tests use (Debian 12, as root). Idempotent and quiet when done before.
 set -euo pipefail
 # asciidoctor, man-db, fakeroot: the man pages and the Debian package (scripts/package.sh); strace: tests that check
-# which system calls a process makes (StateStoreAccessTest: the state directory is fsynced into its parent)
+# which system calls a process makes (StateStoreAccessTest: the state directory is fsynced into its parent); gdb: the
+# backtrace of a crashed child's core (ChildProcessTest checks it; a crashing QEMU or testpmd reports one);
+# linux-libc-dev: <linux/vfio.h>, which VfioAbiTest parses (a build machine has it, a fresh Debian does not);
+# adduser: the package's Depends and postinst — DebianPackageTest installs it with dpkg -i, which resolves nothing
 PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd pciutils iproute2 procps ethtool jq nbd-client gnuplot-nox
-      asciidoctor man-db fakeroot fuse2fs fuse3 strace)
+      asciidoctor man-db fakeroot fuse2fs fuse3 strace gdb linux-libc-dev adduser)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

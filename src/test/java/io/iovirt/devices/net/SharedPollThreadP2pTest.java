@@ -52,7 +52,7 @@ class SharedPollThreadP2pTest {
                 bin,
                 dir,
                 name,
-                "0@1,1@1",
+                Testpmd.lcoresOnCpu(1),
                 List.of(
                         "net_virtio_user0,path=" + a.options().socket() + ",mac=" + MAC_A,
                         "net_virtio_user1,path=" + b.options().socket() + ",mac=" + MAC_B),

@@ -56,8 +56,23 @@ final class Testpmd implements AutoCloseable {
     }
 
     /**
-     * Starts testpmd on {@code lcores} (e.g. {@code 0@1,1@1}: main and forwarding lcore both on CPU 1) with one
-     * vdev and the given testpmd arguments; waits for its prompt.
+     * testpmd's --lcores for its main and forwarding lcore both on the {@code n}th CPU (from 0) this process may use,
+     * wrapping around when it may use fewer: CPU numbers written into a test ("0@1,1@1") name a CPU that need not be
+     * there, and EAL refuses one outside the cpuset (a CI runner pinned with taskset or a container's cpuset) or past
+     * the last CPU of a one-CPU machine.
+     */
+    static String lcoresOnCpu(int n) throws io.iovirt.linux.LinuxException {
+        java.util.BitSet allowed = io.iovirt.linux.Affinity.ofCurrentThread();
+        int cpu = allowed.nextSetBit(0);
+        for (int i = 0; i < n % allowed.cardinality(); i++) {
+            cpu = allowed.nextSetBit(cpu + 1);
+        }
+        return "0@" + cpu + ",1@" + cpu;
+    }
+
+    /**
+     * Starts testpmd on {@code lcores} (e.g. {@link #lcoresOnCpu}) with one vdev and the given testpmd arguments;
+     * waits for its prompt.
      */
     static Testpmd start(Path binary, Path dir, String name, String lcores, String vdev, String... args)
             throws IOException, InterruptedException {

@@ -275,26 +275,14 @@ public class HostCheckTest {
                 user = "nobody";
                 List<String> cmd = new java.util.ArrayList<>(
                         List.of("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"));
-                // nobody cannot read root's Maven repository: jars are copied next to the fixture
-                List<String> cp = new java.util.ArrayList<>();
-                for (Class<?> c : new Class<?>[] {io.iovirt.cli.Main.class, picocli.CommandLine.class}) {
-                    Path where = Path.of(c.getProtectionDomain()
-                            .getCodeSource()
-                            .getLocation()
-                            .toURI());
-                    if (java.nio.file.Files.isDirectory(where)) {
-                        cp.add(where.toString());
-                    } else {
-                        Path copy = root.resolve(where.getFileName().toString());
-                        java.nio.file.Files.copy(where, copy);
-                        cp.add(copy.toString());
-                    }
-                }
+                // nobody cannot read root's Maven repository, nor target/classes of a checkout under /root
+                String cp = io.iovirt.testing.ClassPathCopy.readableByAll(
+                        root, io.iovirt.cli.Main.class, picocli.CommandLine.class);
                 cmd.addAll(List.of(
                         Path.of(System.getProperty("java.home"), "bin", "java").toString(),
                         "--enable-native-access=ALL-UNNAMED",
                         "-cp",
-                        String.join(":", cp),
+                        cp,
                         "io.iovirt.cli.Main",
                         "host",
                         "check",
