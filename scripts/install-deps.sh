@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "iovirt: installing ${missing[*]} ..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The daemon's tests: libvirt (virt-xml-validate needs xmllint; libvirtd with the QEMU driver, started by the test
@@ -41,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ] || ! command -v promtool >/dev/null; then
   if [ ${#missing[@]} -gt 0 ]; then
     echo "iovirt: installing ${missing[*]} ..." >&2
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
   fi
   if ! command -v promtool >/dev/null; then
     tmp="$(mktemp -d)"

@@ -19,7 +19,7 @@ for p in "${LIBS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-dpdk: installing DPDK runtime libraries (${#missing[@]} packages)..." >&2
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 fi
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && apt-get download -qq dpdk-dev >/dev/null 2>&1) || { apt-get update -qq; (cd "$tmp" && apt-get download -qq dpdk-dev >/dev/null); }

@@ -192,17 +192,28 @@ class DebianPackageTest {
         return attrs.fileKey() + " " + attrs.size() + " " + attrs.lastModifiedTime();
     }
 
+    /**
+     * Runs {@code cmd}, its output read on another thread so that the bound holds even when the command hangs with
+     * its output open (reading to the end first, the bound started only after the command had ended).
+     */
     private static Result run(List<String> cmd, int seconds) throws IOException, InterruptedException {
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
-        byte[] out;
+        var out = new java.io.ByteArrayOutputStream();
+        Thread reader = Thread.ofPlatform().daemon().start(() -> {
+            try (var in = p.getInputStream()) {
+                in.transferTo(out);
+            } catch (IOException ignored) {
+                // the process was destroyed: what was read is kept
+            }
+        });
         try {
-            out = p.getInputStream().readAllBytes();
             if (!p.waitFor(seconds, TimeUnit.SECONDS)) {
-                throw new AssertionError("timed out: " + cmd);
+                throw new AssertionError("timed out after " + seconds + " s: " + cmd + "\n" + out);
             }
         } finally {
             p.destroyForcibly();
         }
-        return new Result(p.exitValue(), new String(out));
+        reader.join(10_000); // a grandchild still holding the pipe does not hold the test
+        return new Result(p.exitValue(), out.toString());
     }
 }
