@@ -675,7 +675,7 @@ final class NetRxQueue {
         }
         header.fill((byte) 0);
         if (headerSize == VirtioNet.HDR_SIZE) {
-            header.set(JAVA_SHORT_UNALIGNED, VirtioNet.HDR_NUM_BUFFERS, (short) numBuffers);
+            header.set(LE16, VirtioNet.HDR_NUM_BUFFERS, (short) numBuffers); // virtio is little-endian
         }
         Chains.scatter(c, 0, header, 0, headerSize);
     }
