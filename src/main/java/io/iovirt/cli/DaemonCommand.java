@@ -16,7 +16,8 @@ import picocli.CommandLine.Option;
         footerHeading = "%nExamples:%n",
         footer = {
             "  iovirt daemon --control /run/iovirt/control --metrics 127.0.0.1:9477",
-            "  iovirt daemon --config /etc/iovirt/daemon.json --control /run/iovirt/control --socket-group kvm"
+            "  iovirt daemon --config /etc/iovirt/daemon.json --control /run/iovirt/control --socket-group kvm",
+            "  iovirt daemon --state /var/lib/iovirt/daemon-state.json --control /run/iovirt/control"
         },
         description = {
             "Host any number of disks, NBD exports and switches in one process, managed at run time.",
@@ -31,6 +32,14 @@ final class DaemonCommand implements Callable<Integer> {
             paramLabel = "FILE",
             description = "Devices to start (JSON; see docs/api.md), re-read on SIGHUP.")
     Path config;
+
+    @Option(
+            names = "--state",
+            paramLabel = "FILE",
+            description = "Keep the devices added through the control API in FILE (written after each change,"
+                    + " atomically) and start them again at the next start. Without it they last only as long as"
+                    + " the process. One daemon per file (FILE.lock).")
+    Path state;
 
     @Option(
             names = "--control",
@@ -58,7 +67,7 @@ final class DaemonCommand implements Callable<Integer> {
             journalFormat(); // the journal adds the time; the line carries its priority
         }
         String signal = DaemonService.run(new DaemonService.Options(
-                config, control, metrics, socketAccess.socketGroup(), socketAccess.allowUids()));
+                config, state, control, metrics, socketAccess.socketGroup(), socketAccess.allowUids()));
         System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
         return 0;
     }

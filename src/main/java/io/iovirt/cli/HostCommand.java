@@ -19,13 +19,9 @@ import io.iovirt.util.ByteSizes;
 import io.iovirt.util.Json;
 import java.io.IOException;
 import java.io.PrintWriter;
-import java.nio.ByteBuffer;
-import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFileAttributeView;
 import java.nio.file.attribute.PosixFileAttributes;
 import java.time.Duration;
@@ -846,41 +842,27 @@ public final class HostCommand implements Runnable {
         private static void replace(Path target, byte[] data, Path like) throws IOException {
             Path real = Files.exists(target) ? target.toRealPath() : target.toAbsolutePath();
             Path model = like != null ? like : Files.exists(real) ? real : null;
-            Path tmp = real.resolveSibling(real.getFileName() + ".iovirt-tmp-"
-                    + ProcessHandle.current().pid() + "-" + System.nanoTime());
-            try {
-                try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)) {
-                    if (model != null) {
-                        PosixFileAttributes a = Files.readAttributes(model, PosixFileAttributes.class);
-                        Files.setPosixFilePermissions(tmp, a.permissions());
-                        PosixFileAttributeView view = Files.getFileAttributeView(tmp, PosixFileAttributeView.class);
-                        try {
-                            if (!view.readAttributes().owner().equals(a.owner())) {
-                                view.setOwner(a.owner());
-                            }
-                            if (!view.readAttributes().group().equals(a.group())) {
-                                view.setGroup(a.group());
-                            }
-                        } catch (IOException e) {
-                            throw new HostConfigException(
-                                    "cannot give the new " + real + " the owner and group of the old (" + a.owner()
-                                            + ":" + a.group() + "): " + SysfsTree.reason(e),
-                                    "run as its owner or as root, or write the result elsewhere with --output");
-                        }
-                    }
-                    ByteBuffer buf = ByteBuffer.wrap(data);
-                    while (buf.hasRemaining()) {
-                        ch.write(buf);
-                    }
-                    ch.force(true);
+            io.iovirt.util.AtomicFile.replace(real, data, tmp -> {
+                if (model == null) {
+                    return;
                 }
-                Files.move(tmp, real, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
-                try (FileChannel dir = FileChannel.open(real.getParent(), StandardOpenOption.READ)) {
-                    dir.force(true);
+                PosixFileAttributes a = Files.readAttributes(model, PosixFileAttributes.class);
+                Files.setPosixFilePermissions(tmp, a.permissions());
+                PosixFileAttributeView view = Files.getFileAttributeView(tmp, PosixFileAttributeView.class);
+                try {
+                    if (!view.readAttributes().owner().equals(a.owner())) {
+                        view.setOwner(a.owner());
+                    }
+                    if (!view.readAttributes().group().equals(a.group())) {
+                        view.setGroup(a.group());
+                    }
+                } catch (IOException e) {
+                    throw new HostConfigException(
+                            "cannot give the new " + real + " the owner and group of the old (" + a.owner() + ":"
+                                    + a.group() + "): " + SysfsTree.reason(e),
+                            "run as its owner or as root, or write the result elsewhere with --output");
                 }
-            } finally {
-                Files.deleteIfExists(tmp);
-            }
+            });
         }
     }
 }

@@ -20,16 +20,21 @@ import java.util.Map;
 final class ConfigFile {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
+    /**
+     * What a file asks for. {@code switchPorts}: the state file's {@code ports} list — ports added through the API
+     * to switches the file does not define (those of the configuration file), by switch id; always empty for a
+     * configuration file.
+     */
     record Desired(
             Map<String, BlkExport.Spec> blks,
             Map<String, NbdExportEntry.Spec> nbds,
             Map<String, NetSwitch.Spec> nets,
-            Map<String, Map<String, NetSwitch.PortSpec>> ports) {}
+            Map<String, Map<String, NetSwitch.PortSpec>> ports,
+            Map<String, Map<String, NetSwitch.PortSpec>> switchPorts) {}
 
     private ConfigFile() {}
 
     /** Reads and checks the whole file; nothing is applied when any entry is invalid. */
-    @SuppressWarnings("unchecked")
     static Desired read(Path file, Daemon d) throws IOException {
         String text;
         try {
@@ -42,31 +47,43 @@ final class ConfigFile {
         } catch (IOException e) {
             throw new IOException("cannot read configuration " + file + ": " + e.getMessage(), e);
         }
+        return parse(text, "configuration", file, d);
+    }
+
+    /**
+     * Checks a whole file's text ({@code kind}: "configuration" or "state file", for the messages). A state file
+     * may also have a top-level {@code ports} list of net.port.add parameters (with {@code net}).
+     */
+    static Desired parse(String text, String kind, Path file, Daemon d) throws IOException {
+        String what = kind + " " + file;
+        boolean state = kind.equals("state file");
         Object root;
         try {
             root = JsonParser.parse(text);
         } catch (JsonParser.JsonException e) {
-            throw new IOException("configuration " + file + " is not valid JSON: " + e.getMessage());
+            throw new IOException(what + " is not valid JSON: " + e.getMessage());
         }
         if (!(root instanceof Map<?, ?> top)) {
-            throw new IOException(
-                    "configuration " + file + ": the top level must be an object with \"blk\" and \"net\" lists");
+            throw new IOException(what + ": the top level must be an object with \"blk\", \"nbd\" and \"net\" lists");
         }
         Map<String, BlkExport.Spec> blks = new LinkedHashMap<>();
         Map<String, NbdExportEntry.Spec> nbds = new LinkedHashMap<>();
         Map<String, NetSwitch.Spec> nets = new LinkedHashMap<>();
         Map<String, Map<String, NetSwitch.PortSpec>> ports = new LinkedHashMap<>();
+        Map<String, Map<String, NetSwitch.PortSpec>> switchPorts = new LinkedHashMap<>();
+        String name = file.toString(); // before each entry's position in its messages
         try {
             for (Object k : top.keySet()) {
-                if (!k.equals("blk") && !k.equals("nbd") && !k.equals("net")) {
+                if (!k.equals("blk") && !k.equals("nbd") && !k.equals("net") && !(state && k.equals("ports"))) {
                     throw new RpcException(
-                            RpcException.INVALID_PARAMS, "unknown top-level key '" + k + "' (known: blk, nbd, net)");
+                            RpcException.INVALID_PARAMS,
+                            "unknown top-level key '" + k + "' (known: blk, nbd, net" + (state ? ", ports)" : ")"));
                 }
             }
             List<Object> blkList = list(top.get("blk"), "blk");
             for (int i = 0; i < blkList.size(); i++) {
                 Map<String, Object> e = object(blkList.get(i), "blk[" + i + "]");
-                Params p = new Params(file + ": blk[" + i + "]", e).allow(Daemon.BLK_PARAMS);
+                Params p = new Params(name + ": blk[" + i + "]", e).allow(Daemon.BLK_PARAMS);
                 p.id("id"); // mandatory in a file: reloads match entries by id
                 BlkExport.Spec s = d.blkSpec(p, null);
                 if (blks.put(s.id(), s) != null) {
@@ -75,7 +92,7 @@ final class ConfigFile {
             }
             List<Object> nbdList = list(top.get("nbd"), "nbd");
             for (int i = 0; i < nbdList.size(); i++) {
-                Params p = new Params(file + ": nbd[" + i + "]", object(nbdList.get(i), "nbd[" + i + "]"))
+                Params p = new Params(name + ": nbd[" + i + "]", object(nbdList.get(i), "nbd[" + i + "]"))
                         .allow(Daemon.NBD_PARAMS);
                 NbdExportEntry.Spec s =
                         d.nbdSpec(p, null); // the id is mandatory in a file: reloads match entries by id
@@ -87,7 +104,7 @@ final class ConfigFile {
             for (int i = 0; i < netList.size(); i++) {
                 Map<String, Object> e = new LinkedHashMap<>(object(netList.get(i), "net[" + i + "]"));
                 Object portsValue = e.remove("ports");
-                Params p = new Params(file + ": net[" + i + "]", e).allow(Daemon.NET_PARAMS);
+                Params p = new Params(name + ": net[" + i + "]", e).allow(Daemon.NET_PARAMS);
                 p.id("id");
                 NetSwitch.Spec s = d.netSpec(p, null);
                 if (nets.put(s.id(), s) != null || blks.containsKey(s.id()) || nbds.containsKey(s.id())) {
@@ -96,7 +113,7 @@ final class ConfigFile {
                 Map<String, NetSwitch.PortSpec> ps = new LinkedHashMap<>();
                 List<Object> pl = list(portsValue, "net[" + i + "].ports");
                 for (int j = 0; j < pl.size(); j++) {
-                    Params pp = new Params(file + ": net[" + i + "].ports[" + j + "]", object(pl.get(j), "port"))
+                    Params pp = new Params(name + ": net[" + i + "].ports[" + j + "]", object(pl.get(j), "port"))
                             .allow(Daemon.PORT_PARAMS);
                     pp.id("id");
                     NetSwitch.PortSpec port = d.portSpec(pp, null);
@@ -108,10 +125,88 @@ final class ConfigFile {
                 }
                 ports.put(s.id(), ps);
             }
+            List<Object> portList = list(top.get("ports"), "ports");
+            for (int j = 0; j < portList.size(); j++) {
+                Params pp = new Params(name + ": ports[" + j + "]", object(portList.get(j), "ports[" + j + "]"))
+                        .allow(Daemon.PORT_ADD_PARAMS);
+                String net = pp.id("net");
+                pp.id("id");
+                NetSwitch.PortSpec port = d.portSpec(pp, null);
+                if (nets.containsKey(net)) {
+                    throw new RpcException(
+                            RpcException.INVALID_PARAMS,
+                            "ports[" + j + "] names switch '" + net + "', which the file defines: list it in that"
+                                    + " switch's ports");
+                }
+                if (switchPorts.computeIfAbsent(net, k -> new LinkedHashMap<>()).put(port.id(), port) != null) {
+                    throw new RpcException(
+                            RpcException.INVALID_PARAMS, "port id '" + port.id() + "' appears twice in switch " + net);
+                }
+            }
         } catch (RpcException e) {
-            throw new IOException("configuration " + file + ": " + e.getMessage());
+            throw new IOException(what + ": " + e.getMessage());
         }
-        return new Desired(blks, nbds, nets, ports);
+        return new Desired(blks, nbds, nets, ports, switchPorts);
+    }
+
+    /** A blk entry of a file (the parameters of blk.add): what a running export is, its read-only state now. */
+    static Map<String, Object> blkEntry(BlkExport.Spec s, boolean readOnly) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("id", s.id());
+        m.put("image", s.image().toString());
+        m.put("socket", s.socket().toString());
+        m.put("queues", s.queues());
+        m.put("readonly", readOnly);
+        m.put("direct", s.direct());
+        m.put("serial", s.serial());
+        m.put("io-engine", s.engine().name().toLowerCase(java.util.Locale.ROOT));
+        m.put("format", s.format() == null ? "auto" : s.format().toString());
+        return m;
+    }
+
+    /** An nbd entry of a file (the parameters of nbd.add). */
+    static Map<String, Object> nbdEntry(NbdExportEntry.Spec s) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("id", s.id());
+        m.put("image", s.image().toString());
+        m.put("socket", s.socket().toString());
+        m.put("readonly", s.readOnly());
+        m.put("format", s.format() == null ? "auto" : s.format().toString());
+        return m;
+    }
+
+    /** A net entry of a file (the parameters of net.add) with its {@code ports}. */
+    static Map<String, Object> netEntry(NetSwitch.Spec s, List<NetSwitch.PortSpec> ports) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("id", s.id());
+        m.put("mtu", s.mtu());
+        m.put("mac-aging", s.macAgingSeconds());
+        m.put("macs-per-port", s.macsPerPort());
+        m.put("poll-threads", s.pollThreads());
+        List<Object> ps = new ArrayList<>();
+        for (NetSwitch.PortSpec p : ports) {
+            ps.add(portEntry(null, p));
+        }
+        m.put("ports", ps);
+        return m;
+    }
+
+    /** A port of a file (the parameters of net.port.add; {@code net}: the switch, for the state file's list). */
+    static Map<String, Object> portEntry(String net, NetSwitch.PortSpec p) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        if (net != null) {
+            m.put("net", net);
+        }
+        m.put("id", p.id());
+        m.put("kind", p.kind());
+        m.put(p.kind().equals("tap") ? "ifname" : "path", p.path());
+        if (p.kind().equals("vhost-user")) {
+            m.put("queues", p.queues());
+            if (p.mac() != -1) {
+                m.put("mac", io.iovirt.net.Mac.toString(p.mac()));
+            }
+        }
+        return m;
     }
 
     private static List<Object> list(Object v, String what) throws RpcException {
@@ -331,11 +426,12 @@ final class ConfigFile {
         return o;
     }
 
-    private interface Action {
+    interface Action {
         void run() throws RpcException;
     }
 
-    private static boolean run(List<String> failed, String what, Action a) {
+    /** Runs one entry's action; a failure is added to {@code failed} with its reason (the other entries go on). */
+    static boolean run(List<String> failed, String what, Action a) {
         try {
             a.run();
             return true;

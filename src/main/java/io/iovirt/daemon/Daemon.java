@@ -110,14 +110,15 @@ public final class Daemon implements AutoCloseable {
     /** The parameters of a port in a configuration file's net entry; net.port.add also names the switch. */
     static final String[] PORT_PARAMS = {"id", "kind", "path", "ifname", "queues", "mac"};
 
-    private static final String[] PORT_ADD_PARAMS = java.util.stream.Stream.concat(
+    /** The parameters of net.port.add, and of an entry of a state file's {@code ports} list. */
+    static final String[] PORT_ADD_PARAMS = java.util.stream.Stream.concat(
                     java.util.stream.Stream.of("net"), java.util.Arrays.stream(PORT_PARAMS))
             .toArray(String[]::new);
 
     /** Executes one control request. Never throws anything but {@link RpcException} for a bad or failed request. */
     public Object call(String method, Map<String, Object> params) throws RpcException {
         Params p = new Params(method, params);
-        return switch (method) {
+        Object result = switch (method) {
             case "version" -> version(p.allow());
             case "blk.add" -> blkAdd(p.allow(BLK_PARAMS), false);
             case "blk.remove" -> removed(p.allow("id"), id -> removeBlk(id, null));
@@ -143,6 +144,97 @@ public final class Daemon implements AutoCloseable {
                         RpcException.METHOD_NOT_FOUND,
                         "no method '" + Params.printable(method) + "' (methods: " + String.join(", ", METHODS) + ")");
         };
+        if (CHANGES.contains(method)) {
+            saved(method, result);
+        }
+        return result;
+    }
+
+    /**
+     * The methods that change the devices, after each of which the state file is written (with --state). Not
+     * blk.resize: a disk's size is its image's, which the resize itself grows and syncs.
+     */
+    private static final java.util.Set<String> CHANGES = java.util.Set.of(
+            "blk.add",
+            "blk.remove",
+            "blk.set-readonly",
+            "net.add",
+            "net.remove",
+            "net.port.add",
+            "net.port.remove",
+            "nbd.add",
+            "nbd.remove");
+
+    /** The state file (--state), or null: devices added through the API are then runtime-only. */
+    private volatile StateFile state;
+
+    void state(StateFile s) {
+        this.state = s;
+    }
+
+    /**
+     * Writes the state file after a successful change (not under the registry lock: the write fsyncs). A failed
+     * write leaves the change in place — a remove cannot be undone, and undoing an add would pull a disk from a guest
+     * that may already use it — and fails the request, saying that it ran but is not saved: the caller must not
+     * believe it persistent. The next successful write (any later change) saves everything that runs.
+     */
+    private void saved(String method, Object result) throws RpcException {
+        StateFile s = state;
+        if (s == null) {
+            return;
+        }
+        try {
+            s.save(this);
+        } catch (IOException | RuntimeException e) {
+            String msg = method + " was done (" + Json.compact(result) + ") but is not saved: " + e.getMessage()
+                    + "; it runs now and would be lost at a restart — fix the cause, then any later change (e.g."
+                    + " blk.set-readonly of a disk to its current value) writes the whole state file again";
+            LOG.log(System.Logger.Level.ERROR, msg);
+            throw new RpcException(RpcException.FAILED, msg);
+        }
+    }
+
+    /**
+     * What the state file holds (lock held): the devices added through the API, each as it runs now (a disk's
+     * read-only state as blk.set-readonly left it), in the configuration file's shape; ports added through the API
+     * to a switch of the configuration file under {@code ports}, with their switch's id.
+     */
+    Map<String, Object> apiDevicesLocked() {
+        List<Object> b = new ArrayList<>();
+        for (BlkExport e : blks.values()) {
+            if (!e.fromConfig) {
+                b.add(ConfigFile.blkEntry(e.spec, e.image.readOnly()));
+            }
+        }
+        List<Object> nb = new ArrayList<>();
+        for (NbdExportEntry e : nbds.values()) {
+            if (!e.fromConfig) {
+                nb.add(ConfigFile.nbdEntry(e.spec));
+            }
+        }
+        List<Object> n = new ArrayList<>();
+        List<Object> ports = new ArrayList<>();
+        for (NetSwitch s : nets.values()) {
+            List<NetSwitch.PortSpec> api = new ArrayList<>();
+            for (NetSwitch.PortEntry pe : s.ports.values()) {
+                if (!pe.fromConfig()) {
+                    api.add(pe.spec());
+                }
+            }
+            if (!s.fromConfig) {
+                n.add(ConfigFile.netEntry(s.spec, api));
+            } else {
+                for (NetSwitch.PortSpec ps : api) {
+                    ports.add(ConfigFile.portEntry(s.spec.id(), ps));
+                }
+            }
+        }
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("blk", b);
+        m.put("nbd", nb);
+        m.put("net", n);
+        m.put("ports", ports);
+        return m;
     }
 
     /** What blk.remove, nbd.remove and net.remove answer once {@code remove} has removed the entry the id names. */

@@ -23,8 +23,14 @@ public final class DaemonService {
 
     private DaemonService() {}
 
+    /** {@code state}: the --state file (null: devices added through the API live only as long as the process). */
     public record Options(
-            Path config, Path control, String metrics, String socketGroup, java.util.Set<Integer> allowUids) {}
+            Path config,
+            Path state,
+            Path control,
+            String metrics,
+            String socketGroup,
+            java.util.Set<Integer> allowUids) {}
 
     /** Runs until SIGTERM or SIGINT; returns the signal's name. */
     public static String run(Options o) throws IOException, InterruptedException {
@@ -33,16 +39,26 @@ public final class DaemonService {
         for (String name : new String[] {"TERM", "INT", "HUP"}) {
             Signal.handle(new Signal(name), s -> signals.add("SIG" + s.getName()));
         }
-        try (Daemon daemon = new Daemon(o.socketGroup(), o.allowUids())) {
+        // The state file's lock first, and let go last (after every device stopped): a second daemon on the same
+        // file is refused before it starts anything, and a successor does not start our devices while they run.
+        try (StateFile state = o.state() == null ? null : StateFile.open(o.state());
+                Daemon daemon = new Daemon(o.socketGroup(), o.allowUids())) {
             // The control API's reload: what the unit's ExecReload calls, so that 'systemctl reload' returns once the
             // file is applied (systemd 252 takes a signal's sender exiting as the end of the reload) and fails when
             // the file was refused.
             daemon.reloader(() -> reload(o, daemon, notify));
+            // read (and checked) before anything starts: a broken state file stops the daemon with nothing done
+            ConfigFile.Desired saved = state == null ? null : state.read(daemon);
             if (o.config() != null) {
                 ConfigFile.Outcome out = ConfigFile.apply(daemon, ConfigFile.read(o.config(), daemon));
                 if (!out.failed().isEmpty()) {
                     LOG.log(System.Logger.Level.WARNING, "some configured devices did not start: " + out.failed());
                 }
+            }
+            if (state != null) {
+                // after the file's devices: the API's ports on the file's switches need them
+                state.restore(daemon, saved);
+                daemon.state(state);
             }
             try (RpcServer rpc = RpcServer.start(o.control(), daemon);
                     Metrics metrics = o.metrics() == null ? null : Metrics.start(o.metrics(), daemon)) {

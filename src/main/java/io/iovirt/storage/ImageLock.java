@@ -196,9 +196,9 @@ public final class ImageLock implements AutoCloseable {
      * one; a write lock or a lock on a writer's byte for a shared one, so a QEMU reader beside the writer is not
      * named). An OFD lock does not name its owner (F_OFD_GETLK and, since Linux 6.x, /proc/locks report pid -1),
      * but the kernel lists each lock under the descriptor that holds it in /proc/PID/fdinfo/FD ("lock:" lines):
-     * scanned only when a lock is refused, for the error message.
+     * scanned only when a lock is refused, for the error message (the daemon's --state lock names its holder so).
      */
-    String holders() {
+    public String holders() {
         List<String> found = new ArrayList<>();
         try {
             long dev = (Long) Files.getAttribute(path, "unix:dev");

@@ -168,6 +168,11 @@ class DebianPackageTest {
                     "daemon",
                     "--config",
                     config,
+                    // the unit's --state, in a directory of the user's own as StateDirectory= gives it: the service
+                    // user takes the state file's lock (FILE.lock, created here) before anything starts
+                    "--state",
+                    dir.resolve(Path.of(exec.get(exec.indexOf("--state") + 1)).getFileName())
+                            .toString(),
                     "--control",
                     control.toString());
             try (ChildProcess daemon = ChildProcess.builder(cmd)
@@ -179,6 +184,7 @@ class DebianPackageTest {
                         "the daemon ready",
                         daemon,
                         () -> daemon.log().contains("iovirt daemon: ready"));
+                assertTrue(Files.exists(dir.resolve("daemon-state.json.lock")), daemon.log());
             }
         } finally {
             run(List.of("rm", "-rf", dir.toString()), 30);

@@ -242,6 +242,50 @@ class SystemdUnitsLibvirtQemuTest {
         }
     }
 
+    /**
+     * iovirt.service keeps what the API adds: run as systemd runs it, a disk added through the control socket is in
+     * the unit's state directory (mode 0600) and, after a SIGKILL (a crash before Restart=on-failure), the same
+     * ExecStart brings it back as a device of the API, its socket served to QEMU as libvirt-qemu.
+     */
+    @org.junit.jupiter.api.Test
+    void apiDevicesSurviveARestartOfTheUnit() throws Exception {
+        SystemdStandbyPairTest.Unit unit = SystemdStandbyPairTest.Unit.load("iovirt.service", "x");
+        Dirs d = dirs(unit);
+        Files.copy(Path.of("packaging/etc/iovirt/daemon.json"), d.etc().resolve("daemon.json"));
+        Path control = d.run().resolve("control");
+        Path socket = d.run().resolve("vm1.sock");
+        Path notify = dir.resolve("notify.sock");
+        try (SdNotify.Listener systemd = new SdNotify.Listener(notify, START.toMillis())) {
+            try (ChildProcess daemon = start(unit, d, notify, "daemon-1.log")) {
+                until(systemd, "READY=1", daemon);
+                try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                    c.call(
+                            "blk.add",
+                            Map.of(
+                                    "id",
+                                    "vm1",
+                                    "image",
+                                    d.state().resolve("vm1.raw").toString(),
+                                    "socket",
+                                    socket.toString()));
+                }
+                Path state = d.state().resolve("daemon-state.json");
+                assertTrue(Files.readString(state).contains("\"vm1\""), Files.readString(state));
+                assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(state)));
+                daemon.kill();
+            }
+            try (ChildProcess daemon = start(unit, d, notify, "daemon-2.log")) {
+                until(systemd, "READY=1", daemon);
+                assertEquals(List.of("vm1"), blkIds(control), daemon.logTail(20));
+                try (RpcClient c = RpcClient.connect(control, Duration.ofSeconds(30))) {
+                    assertEquals("api", ((Map<?, ?>) c.call("blk.info", Map.of("id", "vm1"))).get("origin"));
+                }
+                String qemu = QemuAsUser.realizeVhostUserBlk(QEMU_USER, socket);
+                assertTrue(QemuAsUser.realized(qemu), qemu + "\n--- backend ---\n" + daemon.logTail(20));
+            }
+        }
+    }
+
     /** The unit's ExecReload as systemd runs it ($MAINPID, the directories mapped), not yet started. */
     private ChildProcess.Builder execReload(SystemdStandbyPairTest.Unit unit, Dirs d, ChildProcess main) {
         List<String> argv = new ArrayList<>();

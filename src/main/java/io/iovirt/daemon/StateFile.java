@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.ImageLock;
+import io.iovirt.util.AtomicFile;
+import io.iovirt.util.Json;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.FileAlreadyExistsException;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The daemon's {@code --state} file (docs/api.md, "State file"): the devices added through the control API, so that
+ * they survive a restart (a crash and systemd's Restart=, a watchdog restart, {@code systemctl restart}). It has the
+ * configuration file's shape (an administrator can read it, or move an entry into the configuration), plus a
+ * top-level {@code ports} list for ports added through the API to switches of the configuration file.
+ *
+ * <p>Written after every successful change through the API, as a whole ({@link AtomicFile}: a crash leaves the old
+ * file or the new one), mode 0600. Read once at start, after the configuration file's devices, whose entries are
+ * started as devices of the API. Owned by one daemon: an exclusive OFD lock on {@code FILE.lock} (taken before
+ * anything starts, released by the kernel however the process ends) keeps a second daemon off it — two would
+ * overwrite each other's devices.
+ */
+final class StateFile implements AutoCloseable {
+    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
+    private static final java.util.Set<java.nio.file.attribute.PosixFilePermission> MODE =
+            PosixFilePermissions.fromString("rw-------");
+
+    private final Path file;
+    private final ImageLock lock;
+    /** Serializes writes: each takes its snapshot and writes it in one step, so the last write has the last state. */
+    private final Object writes = new Object();
+    /** The text read at start while some of its entries did not start, kept as FILE.failed at the first write. */
+    private String unstarted; // guarded by writes
+
+    private StateFile(Path file, ImageLock lock) {
+        this.file = file;
+        this.lock = lock;
+    }
+
+    /** Takes the state file's lock (refused, naming the holder, while another daemon has it). */
+    static StateFile open(Path file) throws IOException {
+        Path abs = file.toAbsolutePath().normalize();
+        Path dir = abs.getParent();
+        if (!Files.isDirectory(dir)) {
+            throw new IOException("--state " + file + ": the directory " + dir + " does not exist; create it"
+                    + " (iovirt.service's StateDirectory=iovirt makes /var/lib/iovirt)");
+        }
+        Path lockFile = abs.resolveSibling(abs.getFileName() + ".lock");
+        try {
+            Files.createFile(lockFile, PosixFilePermissions.asFileAttribute(MODE));
+        } catch (FileAlreadyExistsException e) {
+            // left by an earlier daemon: the lock on it is what counts, not the file
+        } catch (IOException e) {
+            throw new IOException("--state " + file + ": cannot create its lock file " + lockFile + ": " + e
+                    + "; the daemon's user must be able to write in " + dir);
+        }
+        ImageLock l = ImageLock.open(lockFile, false);
+        String refused;
+        try {
+            refused = l.acquire();
+        } catch (LinuxException e) {
+            l.close();
+            throw new IOException("--state " + file + ": cannot lock " + lockFile + " (" + e.getMessage()
+                    + "), which keeps a second daemon off the state file; put it on a local file system");
+        }
+        if (refused != null) {
+            String holders = l.holders();
+            l.close();
+            throw new IOException("state file " + file + " is in use by " + holders + ", which holds " + lockFile
+                    + ": two daemons on one state file would overwrite each other's devices; stop the other daemon,"
+                    + " or give this one a --state of its own");
+        }
+        try (var files = Files.list(dir)) {
+            for (Path p : files.filter(p -> AtomicFile.isLeftover(abs, p)).toList()) {
+                Files.deleteIfExists(p); // a write cut short by a crash (we hold the lock: no writer is live)
+            }
+        } catch (IOException e) {
+            LOG.log(System.Logger.Level.WARNING, "state file " + file + ": cannot remove old temporary files: " + e);
+        }
+        return new StateFile(abs, l);
+    }
+
+    Path path() {
+        return file;
+    }
+
+    /**
+     * Reads and checks the whole file: none yet is no devices. A file that cannot be read or is not valid stops the
+     * daemon before it starts anything, and is left as it is (it may be the only record of the guests' disks).
+     */
+    ConfigFile.Desired read(Daemon d) throws IOException {
+        String keep = "; the daemon did not start and left the file as it is: repair it (it has the shape of the"
+                + " configuration file, docs/api.md \"State file\"), or move it away (mv " + file + " " + file
+                + ".broken) to start without the devices it lists";
+        String text;
+        try {
+            text = Files.readString(file);
+        } catch (NoSuchFileException e) {
+            return new ConfigFile.Desired(Map.of(), Map.of(), Map.of(), Map.of(), Map.of());
+        } catch (IOException e) {
+            throw new IOException("cannot read state file " + file + ": " + e + keep, e);
+        }
+        ConfigFile.Desired want;
+        try {
+            want = ConfigFile.parse(text, "state file", file, d);
+        } catch (IOException e) {
+            throw new IOException(e.getMessage() + keep, e);
+        }
+        synchronized (writes) {
+            unstarted = text; // until restore() has seen every entry start
+        }
+        return want;
+    }
+
+    /**
+     * Starts the file's devices as devices of the API (after the configuration file's): one that fails is logged
+     * with its reason and the others still start. The file is not rewritten now: an entry that failed (its image on
+     * a file system not mounted yet, its socket's directory missing) stays in it, so the next start, once the cause
+     * is fixed, brings it back. The first change through the API then writes what runs, keeping this file's content
+     * as FILE.failed first, so that no entry is lost without a copy.
+     *
+     * @return the entries that did not start, each with its reason
+     */
+    List<String> restore(Daemon d, ConfigFile.Desired want) {
+        List<String> failed = new ArrayList<>();
+        List<String> started = new ArrayList<>();
+        for (BlkExport.Spec s : want.blks().values()) {
+            if (ConfigFile.run(failed, "blk " + s.id(), () -> d.addBlk(s, false))) {
+                started.add("blk " + s.id());
+            }
+        }
+        for (NbdExportEntry.Spec s : want.nbds().values()) {
+            if (ConfigFile.run(failed, "nbd " + s.id(), () -> d.addNbd(s, false))) {
+                started.add("nbd " + s.id());
+            }
+        }
+        Map<String, Map<String, NetSwitch.PortSpec>> ports = new LinkedHashMap<>(want.ports());
+        ports.putAll(want.switchPorts());
+        for (Map.Entry<String, Map<String, NetSwitch.PortSpec>> e : ports.entrySet()) {
+            String net = e.getKey();
+            NetSwitch.Spec spec = want.nets().get(net);
+            NetSwitch[] sw = new NetSwitch[1];
+            if (spec != null) {
+                if (!ConfigFile.run(failed, "net " + net, () -> sw[0] = d.addNet(spec, false))) {
+                    for (String port : e.getValue().keySet()) {
+                        failed.add("port " + net + "/" + port + ": its switch did not start");
+                    }
+                    continue;
+                }
+                started.add("net " + net);
+            } else {
+                sw[0] = d.locked(() -> d.netsLocked().get(net));
+                if (sw[0] == null) {
+                    for (String port : e.getValue().keySet()) {
+                        failed.add("port " + net + "/" + port + ": there is no switch '" + net
+                                + "' (the configuration file no longer defines it)");
+                    }
+                    continue;
+                }
+            }
+            for (NetSwitch.PortSpec ps : e.getValue().values()) {
+                if (ConfigFile.run(failed, "port " + net + "/" + ps.id(), () -> d.addPort(sw[0], ps, false))) {
+                    started.add("port " + net + "/" + ps.id());
+                }
+            }
+        }
+        synchronized (writes) {
+            if (failed.isEmpty()) {
+                unstarted = null;
+            }
+        }
+        if (failed.isEmpty()) {
+            LOG.log(System.Logger.Level.INFO, "state file " + file + ": restored " + started);
+        } else {
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    "state file " + file + ": restored " + started + "; did not start: " + failed + ". They stay"
+                            + " in the file for the next start; the first change through the API writes what runs"
+                            + " and keeps the present file as " + failedCopy());
+        }
+        return failed;
+    }
+
+    private Path failedCopy() {
+        return file.resolveSibling(file.getFileName() + ".failed");
+    }
+
+    /** Writes what the API's devices are now (called after each successful change; not under the registry lock). */
+    void save(Daemon d) throws IOException {
+        synchronized (writes) {
+            String text = Json.write(d.locked(d::apiDevicesLocked)) + "\n";
+            try {
+                if (unstarted != null) {
+                    AtomicFile.replace(failedCopy(), unstarted.getBytes(StandardCharsets.UTF_8), StateFile::mode);
+                    LOG.log(
+                            System.Logger.Level.WARNING,
+                            "state file " + file + ": its entries that did not start at the last start are kept in "
+                                    + failedCopy() + " (re-add them through the API once their cause is fixed)");
+                    unstarted = null;
+                }
+                AtomicFile.replace(file, text.getBytes(StandardCharsets.UTF_8), StateFile::mode);
+            } catch (IOException e) {
+                throw new IOException("cannot write state file " + file + ": " + e, e);
+            }
+        }
+    }
+
+    private static void mode(Path temp) throws IOException {
+        Files.setPosixFilePermissions(temp, MODE); // the devices' images and sockets are the daemon's business only
+    }
+
+    /** Lets go of the lock (after the devices stopped: a next daemon must not start them while these still run). */
+    @Override
+    public void close() {
+        lock.close();
+    }
+}
