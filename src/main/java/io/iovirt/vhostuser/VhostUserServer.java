@@ -86,8 +86,10 @@ public final class VhostUserServer implements AutoCloseable {
                         name + ": internal error serving frontend " + peer + "; closing the connection",
                         e);
             } finally {
+                // The frontend sees the hang-up at once, cleanup may take a moment; shut down before saying the
+                // session ended, so that whoever sees it ended (blk.info's "connected") also finds it hung up.
+                connection.shutdown();
                 ended = true;
-                connection.shutdown(); // the frontend sees the hang-up at once, cleanup may take a moment
                 try {
                     handler.close();
                 } catch (RuntimeException | Error e) {
