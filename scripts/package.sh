@@ -28,6 +28,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# It removes and rebuilds DIR/dist: a DIR that holds the sources would lose them.
+if [ "$OUT" = / ] || [[ "$ROOT/" == "$OUT/"* ]]; then
+  echo "package.sh: --build-dir $OUT contains the sources ($ROOT); give a directory of its own, e.g. /tmp/iovirt-build" >&2
+  exit 2
+fi
+
 for tool in asciidoctor dpkg-deb gzip; do
   command -v "$tool" >/dev/null || "$ROOT/scripts/install-deps.sh" >&2
 done

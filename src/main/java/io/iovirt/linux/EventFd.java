@@ -237,8 +237,8 @@ public final class EventFd implements AutoCloseable {
         long r;
         if (fromPeer) {
             r = nowaitReads ? Syscalls.read8NoWait(f) : -Errno.EOPNOTSUPP;
-            if (r == -Errno.EOPNOTSUPP) {
-                nowaitReads = false;
+            if (r < 0 && r != -Errno.EAGAIN) { // refused (or failed): the watched read, which says why if it fails
+                noNowaitReadsIf(r);
                 opIsRead = true;
                 OPS_BEGUN.getAndAdd(this, 1L);
                 r = Syscalls.read(f, t.scratch, 8);
@@ -263,6 +263,23 @@ public final class EventFd implements AutoCloseable {
      * peer that clears O_NONBLOCK. False once the kernel refused it (EOPNOTSUPP).
      */
     private static volatile boolean nowaitReads = true;
+
+    /**
+     * Stops using RWF_NOWAIT reads when {@code r} says the kernel (or a seccomp filter: a container runtime's, a
+     * unit's SystemCallFilter=) refuses them; other errors are the descriptor's and leave the choice alone.
+     */
+    private static void noNowaitReadsIf(long r) {
+        if (r == -Errno.EOPNOTSUPP || r == -Errno.ENOSYS || r == -Errno.EPERM || r == -Errno.EINVAL) {
+            nowaitReads = false;
+        }
+    }
+
+    /** Tests: whether RWF_NOWAIT reads are used; set false to exercise the watched read and the unblock thread. */
+    static boolean nowaitReads(boolean use) {
+        boolean was = nowaitReads;
+        nowaitReads = use;
+        return was;
+    }
 
     /**
      * Adds {@code value} to the counter. On a non-blocking eventfd whose counter would overflow, the write is
@@ -435,8 +452,8 @@ public final class EventFd implements AutoCloseable {
         /**
          * Ends a blocked write here, on the watchdog's thread, by reading the counter to zero with a read that cannot
          * block (preadv2 RWF_NOWAIT: a peer clearing O_NONBLOCK and emptying the counter first makes it return
-         * EAGAIN — the write has then gone through by itself). False when this kernel refuses such a read for an
-         * eventfd: {@link #unblock} on a thread of its own does it then. The number is borrowed as in {@link
+         * EAGAIN — the write has then gone through by itself). False when the read is refused (a kernel without it
+         * for eventfds, a seccomp filter) or fails: {@link #unblock} on a thread of its own does it then. The number is borrowed as in {@link
          * #unblock}.
          */
         static boolean drainWithoutWaiting(EventFd e) {
@@ -453,9 +470,10 @@ public final class EventFd implements AutoCloseable {
                 } catch (LinuxException ignored) {
                     // the drain below does not need the flag
                 }
-                if (Syscalls.read8NoWait(f) == -Errno.EOPNOTSUPP) {
-                    nowaitReads = false;
-                    return false;
+                long r = Syscalls.read8NoWait(f);
+                if (r < 0 && r != -Errno.EAGAIN) {
+                    noNowaitReadsIf(r);
+                    return false; // not drained here: the unblock thread's read does it
                 }
                 return true;
             } finally {
