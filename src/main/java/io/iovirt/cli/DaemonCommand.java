@@ -54,6 +54,17 @@ final class DaemonCommand implements Callable<Integer> {
             description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only).")
     String metrics;
 
+    @Option(
+            names = "--metrics-max-connections",
+            paramLabel = "N",
+            defaultValue = "" + io.iovirt.daemon.Metrics.DEFAULT_MAX_CONNECTIONS,
+            description = "Serve at most N metrics connections at once (default: ${DEFAULT-VALUE}); one more is"
+                    + " answered 503 and closed, and each is closed "
+                    + io.iovirt.daemon.Metrics.CONNECTION_TIMEOUT_SECONDS
+                    + " s after it was accepted. Any local user can"
+                    + " connect to the port: this bounds the descriptors and threads they can make the daemon hold.")
+    int metricsMaxConnections;
+
     @CommandLine.Mixin
     SocketAccessOptions socketAccess;
 
@@ -67,7 +78,13 @@ final class DaemonCommand implements Callable<Integer> {
             journalFormat(); // the journal adds the time; the line carries its priority
         }
         String signal = DaemonService.run(new DaemonService.Options(
-                config, state, control, metrics, socketAccess.socketGroup(), socketAccess.allowUids()));
+                config,
+                state,
+                control,
+                metrics,
+                metricsMaxConnections,
+                socketAccess.socketGroup(),
+                socketAccess.allowUids()));
         System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
         return 0;
     }

@@ -11,8 +11,8 @@ import sun.misc.Signal;
 /**
  * {@code iovirt daemon}'s life: devices from the configuration file, the control socket, the metrics listener,
  * the service manager told READY=1 once the control socket accepts, SIGHUP re-reading the configuration,
- * WATCHDOG=1 pings when systemd asks for them (only while the daemon responds, its metrics listener included:
- * {@link Watchdog}), and on SIGTERM/SIGINT STOPPING=1 then an orderly stop (every
+ * WATCHDOG=1 pings when systemd asks for them (only while the daemon responds, its metrics server included — its
+ * own liveness, not a round trip through a port any local user can fill: {@link Watchdog}), and on SIGTERM/SIGINT STOPPING=1 then an orderly stop (every
  * export completes its requests in flight and syncs its image).
  */
 public final class DaemonService {
@@ -29,6 +29,7 @@ public final class DaemonService {
             Path state,
             Path control,
             String metrics,
+            int metricsMaxConnections,
             String socketGroup,
             java.util.Set<Integer> allowUids) {}
 
@@ -61,7 +62,9 @@ public final class DaemonService {
                 daemon.state(state);
             }
             try (RpcServer rpc = RpcServer.start(o.control(), daemon);
-                    Metrics metrics = o.metrics() == null ? null : Metrics.start(o.metrics(), daemon)) {
+                    Metrics metrics = o.metrics() == null
+                            ? null
+                            : Metrics.start(o.metrics(), o.metricsMaxConnections(), daemon)) {
                 String where = "control socket " + rpc.path()
                         + (metrics == null ? "" : ", metrics http://" + hostPort(metrics) + "/metrics");
                 LOG.log(System.Logger.Level.INFO, "iovirt daemon " + Daemon.VERSION + " ready: " + where);

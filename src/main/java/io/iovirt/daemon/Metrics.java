@@ -1,34 +1,44 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.daemon;
 
-import com.sun.net.httpserver.HttpExchange;
-import com.sun.net.httpserver.HttpServer;
 import io.iovirt.devices.blk.BlkStats;
 import io.iovirt.devices.net.VirtioNetPort;
+import io.iovirt.linux.Acceptor;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
+import io.iovirt.net.RateLimitedLog;
 import io.iovirt.virtio.QueueWorker;
 import java.io.File;
 import java.io.IOException;
-import java.io.InputStream;
-import java.io.OutputStream;
 import java.lang.management.GarbageCollectorMXBean;
 import java.lang.management.ManagementFactory;
-import java.net.Inet6Address;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
-import java.net.Socket;
-import java.net.SocketTimeoutException;
+import java.net.StandardSocketOptions;
+import java.nio.ByteBuffer;
+import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.LongAdder;
 import java.util.concurrent.locks.ReentrantLock;
 
 /**
@@ -36,27 +46,101 @@ import java.util.concurrent.locks.ReentrantLock;
  * counters name sockets and images, which are not for the network. Every scrape reads the live counters; nothing
  * is cached. Names follow the Prometheus conventions (base units, {@code _total} counters, one family per name).
  *
- * <p>Each connection's exchange runs on a virtual thread of its own: the JDK's server reads a request with blocking
- * reads on the thread it hands the connection to, and any local user can reach a loopback port, so on one shared
- * thread a client that sent half a request stalled every scrape after it — and, now that the {@link Watchdog} asks
- * the listener to answer, would have had systemd restart the daemon. Renders still run one at a time.
+ * <p>Any local user can connect to a loopback port, so the listener is bounded: at most {@code maxConnections}
+ * (default {@value #DEFAULT_MAX_CONNECTIONS}) are open at once, each on a virtual thread of its own, and each is
+ * closed {@link #CONNECTION_TIMEOUT} after it was accepted whatever it is doing (an idle client, half a request, a
+ * client that does not read its answer). One more is answered 503 without a thread (a non-blocking write on the
+ * accept thread) and closed, counted in {@code iovirt_metrics_connections_refused_total} and logged at most once a
+ * minute. Unbounded, thousands of idle connections held by one user made the daemon hold thousands of descriptors,
+ * and at RLIMIT_NOFILE every guest's backend in it broke (no vhost-user reconnect accepted, SCM_RIGHTS descriptors
+ * dropped, no image opened). The JDK's HTTP server could not be bounded per server (its limit is a JVM-wide system
+ * property, and a request was read on the exchange thread with no deadline), hence this small HTTP/1.1 server: one
+ * request per connection ({@code Connection: close}), what Prometheus, curl and the JDK's client all handle.
+ *
+ * <p>A full listener is not a wedged one: the {@link Watchdog} asks {@link #unserved} — the accept thread runs and
+ * a scrape can be rendered on a thread of the exchanges' kind — never a round trip through the port, which any
+ * local user can fill (and had systemd restart the daemon, every guest's backend with it).
  */
 public final class Metrics implements AutoCloseable {
-    private final HttpServer server;
+    public static final int DEFAULT_MAX_CONNECTIONS = 32;
+    /**
+     * How long a connection may stay open, from accept to close. A Prometheus scrape of a loopback port takes well
+     * under a second, and an answer was written long before this; a client still holding its slot then is slow or
+     * hostile, and its slot goes to the next scrape.
+     */
+    public static final int CONNECTION_TIMEOUT_SECONDS = 5;
+
+    public static final Duration CONNECTION_TIMEOUT = Duration.ofSeconds(CONNECTION_TIMEOUT_SECONDS);
+    /** The most a request line with its headers may take: ours are a GET of one path. */
+    static final int MAX_REQUEST_HEAD = 8192;
+
+    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
+    private static final byte[] REFUSAL = response(
+            503,
+            "Service Unavailable",
+            "Retry-After: 1\r\n",
+            "iovirt daemon: too many metrics connections open at once; retry later\n"
+                    .getBytes(StandardCharsets.US_ASCII),
+            false);
+
+    private final ServerSocketChannel listener;
+    private final InetSocketAddress address;
+    private final String url;
     private final Daemon daemon;
-    /** Runs each exchange on a virtual thread of its own (package-private: a test breaks it to wedge the listener). */
+    private final int maxConnections;
+    private final Acceptor<SocketChannel> acceptor;
+    /** Runs each connection on a virtual thread of its own (package-private: a test breaks it to wedge the server). */
     final ExecutorService exchanges;
-    /** One render at a time, as when one thread served every scrape: concurrent scrapes do not multiply the work. */
+    /** Closes each connection at its deadline: one platform thread, asleep while no connection is open. */
+    private final ScheduledThreadPoolExecutor deadlines;
+    /** The connections open now (closed by {@link #close}). */
+    private final Set<SocketChannel> open = ConcurrentHashMap.newKeySet();
+    /** One render at a time for the clients: concurrent scrapes do not multiply the work. */
     private final ReentrantLock rendering = new ReentrantLock();
 
-    private Metrics(HttpServer server, Daemon daemon, ExecutorService exchanges) {
-        this.server = server;
+    private final LongAdder refused = new LongAdder();
+    private final LongAdder timedOut = new LongAdder();
+    private final RateLimitedLog refusedLog = new RateLimitedLog(60_000);
+    private final RateLimitedLog timedOutLog = new RateLimitedLog(60_000);
+    /** The refusal, written from the accept thread only (so one buffer serves every refused connection). */
+    private final ByteBuffer refusal = ByteBuffer.wrap(REFUSAL);
+    /** Where the accept thread drains what a refused client already sent. */
+    private final ByteBuffer refusedInput = ByteBuffer.allocate(4096);
+    /** The watchdog's last render: while it still runs, no other is started (the watchdog's thread only). */
+    private Future<?> probe;
+
+    private volatile boolean closed;
+
+    private Metrics(ServerSocketChannel listener, Daemon daemon, int maxConnections) throws IOException {
+        this.listener = listener;
+        this.address = (InetSocketAddress) listener.getLocalAddress();
+        String h = address.getAddress().getHostAddress();
+        this.url = "http://" + (h.contains(":") ? "[" + h + "]" : h) + ":" + address.getPort() + "/metrics";
         this.daemon = daemon;
-        this.exchanges = exchanges;
+        this.maxConnections = maxConnections;
+        this.exchanges = Executors.newThreadPerTaskExecutor(
+                Thread.ofVirtual().name("metrics ", 0).factory());
+        this.deadlines = new ScheduledThreadPoolExecutor(
+                1, Thread.ofPlatform().daemon().name("metrics deadlines").factory());
+        deadlines.setRemoveOnCancelPolicy(true); // a served connection's deadline goes at once, not at its time
+        this.acceptor = Acceptor.builder("metrics listener " + url, LOG, listener::accept, () -> closed)
+                .threadName("metrics accept")
+                .daemon(true)
+                .maxConnections(maxConnections, (s, why) -> refuse(s))
+                .build(this::admit);
     }
 
     /** {@code hostPort}: {@code 127.0.0.1:9400}, {@code [::1]:9400} or {@code localhost:0} (any free port). */
     public static Metrics start(String hostPort, Daemon daemon) throws IOException {
+        return start(hostPort, DEFAULT_MAX_CONNECTIONS, daemon);
+    }
+
+    /** As {@link #start(String, Daemon)}, serving at most {@code maxConnections} connections at once. */
+    public static Metrics start(String hostPort, int maxConnections, Daemon daemon) throws IOException {
+        if (maxConnections < 1) {
+            throw new IOException("--metrics-max-connections " + maxConnections + ": at least 1 is needed to serve"
+                    + " scrapes (the default is " + DEFAULT_MAX_CONNECTIONS + ")");
+        }
         int colon = hostPort.lastIndexOf(':');
         if (colon < 0) {
             throw new IOException("--metrics " + hostPort + ": want HOST:PORT, e.g. 127.0.0.1:9400");
@@ -74,95 +158,250 @@ public final class Metrics implements AutoCloseable {
                     "--metrics " + hostPort + ": " + host + " is not a loopback address; metrics name "
                             + "images and sockets, so they are served on 127.0.0.1 or ::1 only (put a proxy in front to export them)");
         }
-        HttpServer s = HttpServer.create(new InetSocketAddress(addr, port), 8);
-        Metrics m = new Metrics(
-                s,
-                daemon,
-                Executors.newThreadPerTaskExecutor(
-                        Thread.ofVirtual().name("metrics ", 0).factory()));
-        s.createContext("/metrics", m::handle);
-        s.createContext("/", ex -> {
-            byte[] b = "iovirt daemon: metrics are at /metrics\n".getBytes(StandardCharsets.UTF_8);
-            ex.sendResponseHeaders(404, b.length);
-            try (OutputStream o = ex.getResponseBody()) {
-                o.write(b);
-            }
-        });
-        s.setExecutor(m.exchanges);
-        s.start();
+        ServerSocketChannel l = ServerSocketChannel.open();
+        try {
+            l.setOption(StandardSocketOptions.SO_REUSEADDR, true); // a restart binds while old ones are in TIME_WAIT
+            // a short backlog: connections waiting there hold no descriptor of ours, only the kernel's memory
+            l.bind(new InetSocketAddress(addr, port), 16);
+        } catch (IOException e) {
+            l.close();
+            throw new IOException(
+                    "--metrics " + hostPort + ": cannot listen: " + e.getMessage()
+                            + "; choose a free port (another daemon may use this one)",
+                    e);
+        }
+        Metrics m;
+        try {
+            m = new Metrics(l, daemon, maxConnections);
+        } catch (IOException | RuntimeException e) {
+            l.close();
+            throw e;
+        }
+        m.acceptor.start();
         return m;
     }
 
+    public InetSocketAddress address() {
+        return address;
+    }
+
     /**
-     * Why the listener does not answer now, or null when it does: a request for {@code /} (the short 404, nothing
-     * rendered) must have its status line back within {@code timeoutMillis}. A TCP connect alone proves nothing — the
-     * kernel completes it from the backlog whether or not the server's dispatcher thread still accepts — so this
-     * goes through the dispatcher and an exchange thread. Runs on the caller's thread with the socket's own
-     * timeouts (no thread of its own, nothing left behind); one slow client cannot fail it, since every exchange has
-     * its own thread.
+     * Why the server does not serve scrapes now, or null when it does: its accept thread runs and a scrape is
+     * rendered, on a thread started the way each connection's is, within {@code timeoutMillis}. This is the
+     * server's own liveness, not a round trip through its port: any local user can fill the port up to the limit
+     * (then one more connection is refused, which is the server working), and a full server must not have systemd
+     * restart the daemon. Runs on the watchdog's thread; a render still running from the last call is waited for,
+     * not doubled.
      */
-    String unanswered(long timeoutMillis) {
-        InetSocketAddress a = server.getAddress();
-        String url = "http://"
-                + (a.getAddress() instanceof Inet6Address
-                        ? "[" + a.getAddress().getHostAddress() + "]"
-                        : a.getAddress().getHostAddress())
-                + ":" + a.getPort() + "/";
-        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMillis);
-        try (Socket sock = new Socket()) {
-            sock.connect(a, (int) Math.max(1, timeoutMillis));
-            sock.getOutputStream()
-                    .write("GET / HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n"
-                            .getBytes(StandardCharsets.US_ASCII));
-            StringBuilder status = new StringBuilder();
-            InputStream in = sock.getInputStream();
-            while (status.indexOf("\n") < 0) {
-                long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
-                if (left <= 0) {
-                    throw new SocketTimeoutException();
-                }
-                sock.setSoTimeout((int) left);
-                int c = in.read();
-                if (c < 0) {
-                    return "the metrics listener " + url + " closed the connection without an answer";
-                }
-                status.append((char) c);
+    String unserved(long timeoutMillis) throws InterruptedException {
+        if (closed || !listener.isOpen()) {
+            return "the metrics listener " + url + " is closed";
+        }
+        if (!acceptor.thread().isAlive()) {
+            return "the metrics listener " + url + " no longer accepts connections (its accept thread ended)";
+        }
+        if (probe == null || probe.isDone()) {
+            try {
+                probe = exchanges.submit(() -> render(daemon, this).length());
+            } catch (RejectedExecutionException e) {
+                return "the metrics listener " + url + " cannot start a thread to serve a connection: " + e;
             }
-            return status.toString().startsWith("HTTP/1.1 404")
-                    ? null
-                    : "the metrics listener " + url + " answered "
-                            + status.toString().strip() + " for /, not 404";
-        } catch (SocketTimeoutException e) {
-            return "the metrics listener " + url + " did not answer within " + timeoutMillis + " ms";
-        } catch (IOException e) {
-            return "the metrics listener " + url + " no longer answers: " + e.getMessage();
+        }
+        try {
+            probe.get(timeoutMillis, TimeUnit.MILLISECONDS);
+            return null;
+        } catch (TimeoutException e) {
+            return "the metrics listener " + url + " has not rendered a scrape within " + timeoutMillis + " ms";
+        } catch (ExecutionException e) {
+            return "the metrics listener " + url + " cannot render a scrape: " + e.getCause();
         }
     }
 
-    public InetSocketAddress address() {
-        return server.getAddress();
+    /** An accepted connection within the limit: its own virtual thread serves it. */
+    private void admit(SocketChannel s, Runnable release) {
+        open.add(s);
+        try {
+            exchanges.execute(() -> serve(s, release));
+        } catch (RuntimeException e) { // rejected: the acceptor releases, closes and logs
+            open.remove(s);
+            throw e;
+        }
     }
 
-    private void handle(HttpExchange ex) throws IOException {
-        try (ex) {
-            if (!ex.getRequestMethod().equals("GET") && !ex.getRequestMethod().equals("HEAD")) {
-                ex.sendResponseHeaders(405, -1);
-                return;
+    /**
+     * One more than the limit: 503 written without blocking (a fresh connection's send buffer is empty, so it all
+     * goes; a client that never reads costs nothing), what the client already sent drained so that closing sends
+     * it a FIN rather than a reset that could discard the answer, and closed. Runs on the accept thread.
+     */
+    private void refuse(SocketChannel s) {
+        refused.increment();
+        try {
+            s.configureBlocking(false);
+            s.write(refusal.rewind());
+            s.shutdownOutput();
+            for (int i = 0; i < 4 && s.read(refusedInput.clear()) > 0; i++) {
+                // discarded
             }
-            byte[] body;
-            rendering.lock();
-            try {
-                body = render(daemon).getBytes(StandardCharsets.UTF_8);
-            } finally {
-                rendering.unlock();
-            }
-            ex.getResponseHeaders().set("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-            ex.sendResponseHeaders(200, ex.getRequestMethod().equals("HEAD") ? -1 : body.length);
-            if (!ex.getRequestMethod().equals("HEAD")) {
-                try (OutputStream o = ex.getResponseBody()) {
-                    o.write(body);
+        } catch (IOException e) {
+            // the client is gone: nothing to tell
+        } finally {
+            closeQuietly(s);
+        }
+        refusedLog.warn(() -> "metrics listener " + url + ": refused a connection: " + maxConnections
+                + " are open, the most allowed at once (--metrics-max-connections); each is closed "
+                + CONNECTION_TIMEOUT.toSeconds() + " s after it was accepted. Logged at most once a minute;"
+                + " iovirt_metrics_connections_refused_total counts them all");
+    }
+
+    /** A connection's deadline passed before it was answered: it is closed, and its thread ends. */
+    private void expire(SocketChannel s, AtomicBoolean answered) {
+        if (!answered.get()) {
+            timedOut.increment();
+            timedOutLog.warn(() -> "metrics listener " + url + ": closed a connection that was not answered within "
+                    + CONNECTION_TIMEOUT.toSeconds() + " s (an idle client, or half a request). Logged at most once"
+                    + " a minute; iovirt_metrics_connections_timed_out_total counts them all");
+        }
+        closeQuietly(s);
+    }
+
+    /** Reads one request, answers it and closes the connection; everything ends by the connection's deadline. */
+    private void serve(SocketChannel s, Runnable release) {
+        long deadline = System.nanoTime() + CONNECTION_TIMEOUT.toNanos();
+        AtomicBoolean answered = new AtomicBoolean(); // an answered client that lingers did not time out
+        ScheduledFuture<?> expiry = null;
+        try {
+            expiry = deadlines.schedule(() -> expire(s, answered), CONNECTION_TIMEOUT.toNanos(), TimeUnit.NANOSECONDS);
+            ByteBuffer in = ByteBuffer.allocate(MAX_REQUEST_HEAD);
+            byte[] answer = null;
+            int scanned = 0;
+            while (headEnd(in, scanned) < 0) {
+                scanned = Math.max(0, in.position() - 3);
+                if (!in.hasRemaining()) {
+                    answer = response(
+                            431,
+                            "Request Header Fields Too Large",
+                            "",
+                            text("the request's head is longer" + " than " + MAX_REQUEST_HEAD
+                                    + " bytes; ask for GET /metrics"),
+                            false);
+                    break;
+                }
+                if (s.read(in) < 0) {
+                    return; // the client left without a request
                 }
             }
+            if (answer == null) {
+                int lineEnd = 0;
+                while (in.get(lineEnd) != '\n') { // there is one: the head is complete
+                    lineEnd++;
+                }
+                String[] parts = new String(in.array(), 0, lineEnd, StandardCharsets.ISO_8859_1)
+                        .strip()
+                        .split(" ");
+                answer = parts.length == 3 && parts[2].startsWith("HTTP/")
+                        ? answer(parts[0], parts[1], deadline)
+                        : response(
+                                400, "Bad Request", "", text("not an HTTP request line: ask for GET /metrics"), false);
+            }
+            write(s, answer);
+            answered.set(true);
+            // Let the client read the answer and close first: closing with its unread bytes (a body, a pipelined
+            // request) would send a reset, which can discard the answer at the client. Bounded by the deadline.
+            s.shutdownOutput();
+            while (s.read(in.clear()) >= 0) {
+                // discarded
+            }
+        } catch (IOException e) {
+            // closed at its deadline, or by the client
+        } catch (RuntimeException | Error e) {
+            LOG.log(System.Logger.Level.ERROR, "metrics listener " + url + ": internal error; connection closed", e);
+        } finally {
+            if (expiry != null) {
+                expiry.cancel(false);
+            }
+            open.remove(s);
+            closeQuietly(s);
+            release.run();
+        }
+    }
+
+    /** Where the request's head ends (after its blank line), or -1 while it has not all arrived. */
+    private static int headEnd(ByteBuffer in, int from) {
+        for (int i = from; i < in.position(); i++) {
+            if (in.get(i) == '\n'
+                    && ((i >= 1 && in.get(i - 1) == '\n')
+                            || (i >= 2 && in.get(i - 1) == '\r' && in.get(i - 2) == '\n'))) {
+                return i + 1;
+            }
+        }
+        return -1;
+    }
+
+    /** The whole answer to {@code method target}; a render waits for the others only until the deadline. */
+    private byte[] answer(String method, String target, long deadline) {
+        int q = target.indexOf('?');
+        String path = q < 0 ? target : target.substring(0, q);
+        if (!path.equals("/metrics")) {
+            return response(404, "Not Found", "", text("iovirt daemon: metrics are at /metrics"), false);
+        }
+        boolean head = method.equals("HEAD");
+        if (!head && !method.equals("GET")) {
+            return response(405, "Method Not Allowed", "Allow: GET, HEAD\r\n", new byte[0], false);
+        }
+        try {
+            if (!rendering.tryLock(deadline - System.nanoTime(), TimeUnit.NANOSECONDS)) {
+                return response(
+                        503,
+                        "Service Unavailable",
+                        "Retry-After: 1\r\n",
+                        text("other scrapes kept the" + " renderer busy until this connection's deadline; retry"),
+                        head);
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return response(503, "Service Unavailable", "", text("the daemon is stopping"), head);
+        }
+        byte[] body;
+        try {
+            body = render(daemon, this).getBytes(StandardCharsets.UTF_8);
+        } finally {
+            rendering.unlock();
+        }
+        return response(200, "OK", "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n", body, head);
+    }
+
+    private static byte[] text(String s) {
+        return (s + "\n").getBytes(StandardCharsets.UTF_8);
+    }
+
+    /** Status line, headers and (unless {@code head}) body; the connection closes after it. */
+    private static byte[] response(int status, String reason, String headers, byte[] body, boolean head) {
+        boolean typed = headers.startsWith("Content-Type");
+        byte[] h = ("HTTP/1.1 " + status + " " + reason + "\r\n" + headers
+                        + (typed || body.length == 0 ? "" : "Content-Type: text/plain; charset=utf-8\r\n")
+                        + "Content-Length: " + body.length + "\r\nConnection: close\r\n\r\n")
+                .getBytes(StandardCharsets.US_ASCII);
+        if (head) {
+            return h;
+        }
+        byte[] all = new byte[h.length + body.length];
+        System.arraycopy(h, 0, all, 0, h.length);
+        System.arraycopy(body, 0, all, h.length, body.length);
+        return all;
+    }
+
+    private static void write(SocketChannel s, byte[] b) throws IOException {
+        ByteBuffer buf = ByteBuffer.wrap(b);
+        while (buf.hasRemaining()) {
+            s.write(buf);
+        }
+    }
+
+    private static void closeQuietly(SocketChannel s) {
+        try {
+            s.close();
+        } catch (IOException e) {
+            // nothing more to do with it
         }
     }
 
@@ -262,8 +501,13 @@ public final class Metrics implements AutoCloseable {
         return b.append('"').toString();
     }
 
-    /** The whole exposition now. */
+    /** The whole exposition now, without the listener's own families (they are {@link #render(Daemon, Metrics)}'s). */
     static String render(Daemon daemon) {
+        return render(daemon, null);
+    }
+
+    /** The whole exposition now; {@code server}: the listener whose connections are counted too, or null. */
+    static String render(Daemon daemon, Metrics server) {
         List<Family> o = new ArrayList<>();
         List<BlkExport> blks = daemon.blkExports();
         Map<NetSwitch, List<NetSwitch.PortEntry>> nets = daemon.switchPorts(); // copied under the daemon's lock
@@ -446,6 +690,26 @@ public final class Metrics implements AutoCloseable {
             }
         }
 
+        // ---- the metrics listener itself: whether someone keeps it full
+        if (server != null) {
+            new Family(o, "iovirt_metrics_connections", "gauge", "Connections to this listener open now.")
+                    .sample("", server.open.size());
+            new Family(o, "iovirt_metrics_connections_max", "gauge", "The most connections served at once.")
+                    .sample("", server.maxConnections);
+            new Family(
+                            o,
+                            "iovirt_metrics_connections_refused_total",
+                            "counter",
+                            "Connections answered 503 and closed because the most allowed at once were open.")
+                    .sample("", server.refused.sum());
+            new Family(
+                            o,
+                            "iovirt_metrics_connections_timed_out_total",
+                            "counter",
+                            "Connections closed unanswered at their deadline (idle, or a request never completed).")
+                    .sample("", server.timedOut.sum());
+        }
+
         // ---- process
         Family rss = new Family(o, "process_resident_memory_bytes", "gauge", "Resident set size.");
         rss.sample("", residentBytes());
@@ -501,10 +765,24 @@ public final class Metrics implements AutoCloseable {
         return l == null ? 0 : l.length;
     }
 
-    /** Stops listening and closes every connection, then ends the exchange threads (without waiting for them). */
+    /** Stops listening, closes every connection and ends the threads (without waiting for the exchanges). */
     @Override
     public void close() {
-        server.stop(0);
+        closed = true;
+        try {
+            listener.close(); // the accept thread's accept() fails, and it sees closed
+        } catch (IOException e) {
+            // not listening any more
+        }
+        try {
+            acceptor.join(Duration.ofSeconds(10));
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        for (SocketChannel s : open) {
+            closeQuietly(s); // its thread's read or write fails, and it ends
+        }
         exchanges.shutdownNow();
+        deadlines.shutdownNow();
     }
 }

@@ -9,11 +9,17 @@ import java.util.concurrent.TimeUnit;
 /**
  * The systemd watchdog (sd_watchdog_enabled(3)): WATCHDOG=1 every period, but only after the daemon has shown that
  * it still serves — its registry lock could be taken within half a period (requests hold it only for quick looks,
- * so a lock held longer is a deadlock or a bug), the control socket still accepts, and the /metrics listener, when
- * there is one, answers within a quarter period (a wedged metrics server no longer serves what the daemon was started
- * for, and a restart brings it back; one slow client cannot fail that check, see {@link Metrics}). A ping sent
- * regardless, from a thread of its own, proved only that this thread ran: a deadlocked daemon was never restarted.
- * When a check fails no ping goes out and STATUS= says why, each period, so {@code systemctl status} shows it until
+ * so a lock held longer is a deadlock or a bug), the control socket still accepts, and the /metrics server, when
+ * there is one, still accepts and renders a scrape within a quarter period (a wedged metrics server no longer serves
+ * what the daemon was started for, and a restart brings it back). A ping sent regardless, from a thread of its own,
+ * proved only that this thread ran: a deadlocked daemon was never restarted.
+ *
+ * <p>Every check looks at the daemon's own state, never a round trip through a socket other users can reach: any
+ * local user can fill the metrics port up to its connection limit (and even its kernel backlog, so a connect would
+ * wait), and a full port is the limit working, not a wedged daemon; a restart for it would let that user break every
+ * guest's backend ({@link Metrics#unserved}).
+ *
+ * <p>When a check fails no ping goes out and STATUS= says why, each period, so {@code systemctl status} shows it until
  * systemd restarts the daemon at WatchdogSec.
  */
 final class Watchdog implements AutoCloseable {
@@ -39,7 +45,7 @@ final class Watchdog implements AutoCloseable {
 
     /**
      * Pings every {@code periodMillis} (half of what systemd set, as sd_watchdog_enabled(3) advises); {@code metrics}:
-     * the /metrics listener to check too, or null when the daemon has none.
+     * the /metrics server to check too, or null when the daemon has none.
      */
     static Watchdog start(SdNotify notify, long periodMillis, Daemon daemon, RpcServer rpc, Metrics metrics) {
         Watchdog w = new Watchdog(notify, periodMillis, daemon, rpc, metrics);
@@ -90,7 +96,7 @@ final class Watchdog implements AutoCloseable {
         }
         // a quarter period: the checks run one after the other, and with the lock's half the ping still goes out
         // within the period (systemd waits two)
-        return metrics == null ? null : metrics.unanswered(Math.max(1, periodMillis / 4));
+        return metrics == null ? null : metrics.unserved(Math.max(1, periodMillis / 4));
     }
 
     /** Why the registry lock is not free, or null when it could be taken within half a period. */

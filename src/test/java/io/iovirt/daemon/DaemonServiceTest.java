@@ -104,9 +104,9 @@ class DaemonServiceTest {
     }
 
     /**
-     * With a /metrics listener the watchdog also asks it to answer: one that accepts connections but serves none (its
-     * exchange threads gone: the server resets them) stops the pings, and STATUS= names it. It was not looked at: a wedged metrics server
-     * kept being reported alive.
+     * With a /metrics server the watchdog also checks that it serves: one that accepts connections but can serve none
+     * (no thread can be started for them) stops the pings, and STATUS= names it. It was not looked at: a wedged metrics
+     * server kept being reported alive. (A full one is not wedged: MetricsConnectionLimitTest.)
      */
     @Test
     void aWedgedMetricsListenerStopsThePings() throws Exception {

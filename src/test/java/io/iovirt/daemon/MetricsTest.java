@@ -167,6 +167,37 @@ class MetricsTest {
         }
     }
 
+    /** What a raw client gets for {@code request}: the whole answer, up to the server's close. */
+    static String raw(Metrics m, String request) throws IOException {
+        try (java.net.Socket s = new java.net.Socket("127.0.0.1", m.address().getPort())) {
+            s.setSoTimeout(30_000);
+            s.getOutputStream().write(request.getBytes(StandardCharsets.US_ASCII));
+            return new String(s.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        }
+    }
+
+    /**
+     * The small HTTP server's edges: HEAD has the headers of GET and no body, a query string is ignored, a bare-LF
+     * request is understood, a line that is not HTTP gets 400, an endless head gets 431 — each answer closes.
+     */
+    @Test
+    void answersHeadQueriesAndMalformedRequests() throws Exception {
+        try (Daemon d = new Daemon(null);
+                Metrics m = Metrics.start("127.0.0.1:0", d)) {
+            String head = raw(m, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            assertTrue(head.startsWith("HTTP/1.1 200 OK\r\n"), head);
+            assertTrue(head.contains("Content-Length: ") && head.contains("Connection: close\r\n"), head);
+            assertTrue(head.endsWith("\r\n\r\n"), "HEAD answered with a body: " + head);
+            String get = raw(m, "GET /metrics?x=1 HTTP/1.0\n\n");
+            assertTrue(get.startsWith("HTTP/1.1 200 OK") && get.contains("iovirt_build_info"), get);
+            assertTrue(get.contains("iovirt_metrics_connections 1\n"), "this connection is counted: " + get);
+            assertTrue(raw(m, "hello\r\n\r\n").startsWith("HTTP/1.1 400 "));
+            assertTrue(raw(m, "GET /other HTTP/1.1\r\n\r\n").startsWith("HTTP/1.1 404 "));
+            assertTrue(raw(m, "GET / HTTP/1.1\r\nX: " + "a".repeat(Metrics.MAX_REQUEST_HEAD) + "\r\n\r\n")
+                    .startsWith("HTTP/1.1 431 "));
+        }
+    }
+
     @Test
     void refusesNonLoopbackAndBadAddresses() throws Exception {
         try (Daemon d = new Daemon(null)) {
