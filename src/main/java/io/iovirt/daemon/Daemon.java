@@ -184,7 +184,13 @@ public final class Daemon implements AutoCloseable {
             return;
         }
         try {
-            s.save(this);
+            if (!s.save(this)) {
+                String msg = method + " was done (" + Json.compact(result) + ") but is not saved: the daemon was"
+                        + " stopping meanwhile, and its stop is not recorded as removals; the state file lists the"
+                        + " devices as they were before, so check them after the next start";
+                LOG.log(System.Logger.Level.WARNING, msg);
+                throw new RpcException(RpcException.FAILED, msg);
+            }
         } catch (IOException | RuntimeException e) {
             String msg = method + " was done (" + Json.compact(result) + ") but is not saved: " + e.getMessage()
                     + "; it runs now and would be lost at a restart — fix the cause, then any later change (e.g."
@@ -195,11 +201,18 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * What the state file holds (lock held): the devices added through the API, each as it runs now (a disk's
+     * What state file {@code file} holds (lock held): the devices added through the API, each as it runs now (a disk's
      * read-only state as blk.set-readonly left it), in the configuration file's shape; ports added through the API
-     * to a switch of the configuration file under {@code ports}, with their switch's id.
+     * to a switch of the configuration file under {@code ports}, with their switch's id. Null when {@code file} is no
+     * longer this daemon's: {@link #close} lets go of it before it empties the registry, so a request still
+     * finishing then (a remove or set-readonly that outlasted the control socket's wait) cannot record the stop as
+     * the removal of every device — the check and the snapshot are one look under the lock, which the stop cannot
+     * split.
      */
-    Map<String, Object> apiDevicesLocked() {
+    Map<String, Object> apiDevicesLocked(StateFile file) {
+        if (state != file) {
+            return null;
+        }
         List<Object> b = new ArrayList<>();
         for (BlkExport e : blks.values()) {
             if (!e.fromConfig) {
@@ -969,6 +982,7 @@ public final class Daemon implements AutoCloseable {
         List<NetSwitch> n;
         List<NbdExportEntry> nb;
         synchronized (lock) {
+            state = null; // first: stopping is not removing, and a request finishing late must not save empty maps
             nb = new ArrayList<>(nbds.values());
             nbds.clear();
             b = new ArrayList<>(blks.values());

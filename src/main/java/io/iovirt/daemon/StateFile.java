@@ -40,6 +40,8 @@ final class StateFile implements AutoCloseable {
     private final Object writes = new Object();
     /** The text read at start while some of its entries did not start, kept as FILE.failed at the first write. */
     private String unstarted; // guarded by writes
+    /** Set by {@link #close}: once the lock is let go, a successor may own the file, so nothing is written. */
+    private boolean closed; // guarded by writes
 
     private StateFile(Path file, ImageLock lock) {
         this.file = file;
@@ -194,10 +196,23 @@ final class StateFile implements AutoCloseable {
         return file.resolveSibling(file.getFileName() + ".failed");
     }
 
-    /** Writes what the API's devices are now (called after each successful change; not under the registry lock). */
-    void save(Daemon d) throws IOException {
+    /**
+     * Writes what the API's devices are now (called after each successful change; not under the registry lock).
+     * Writes nothing once the daemon is stopping or this file is closed: the stop empties the registry without
+     * removing anything, and after {@link #close} the file may be a successor's.
+     *
+     * @return false when nothing was written for that reason
+     */
+    boolean save(Daemon d) throws IOException {
         synchronized (writes) {
-            String text = Json.write(d.locked(d::apiDevicesLocked)) + "\n";
+            if (closed) {
+                return false;
+            }
+            Map<String, Object> now = d.locked(() -> d.apiDevicesLocked(this));
+            if (now == null) {
+                return false;
+            }
+            String text = Json.write(now) + "\n";
             try {
                 if (unstarted != null) {
                     AtomicFile.replace(failedCopy(), unstarted.getBytes(StandardCharsets.UTF_8), StateFile::mode);
@@ -211,6 +226,7 @@ final class StateFile implements AutoCloseable {
             } catch (IOException e) {
                 throw new IOException("cannot write state file " + file + ": " + e, e);
             }
+            return true;
         }
     }
 
@@ -221,6 +237,9 @@ final class StateFile implements AutoCloseable {
     /** Lets go of the lock (after the devices stopped: a next daemon must not start them while these still run). */
     @Override
     public void close() {
+        synchronized (writes) {
+            closed = true; // under writes: a write under way finishes first, none starts after
+        }
         lock.close();
     }
 }

@@ -365,4 +365,51 @@ class DaemonStateTest {
             assertEquals(List.of("sw"), ids((List<?>) saved.get("net")));
         }
     }
+
+    /**
+     * A request that finishes while the daemon stops (a blk.remove, net.port.remove or blk.set-readonly slower than
+     * the control socket's 10 s wait) writes nothing: the stop empties the registry without removing anything, so
+     * such a write would record every device as removed; and once the file's lock is let go, nothing writes it, not
+     * even a daemon that still runs. Driven step by step in the test's process — the stop, then the late request's
+     * write — as making a real request outlast that wait on purpose takes a stalled file system.
+     */
+    @Test
+    void aRequestFinishingDuringTheStopWritesNothing() throws Exception {
+        Files.createDirectories(state().getParent());
+        Path image = image("d1.raw", 1 << 20);
+        String saved;
+        try (StateFile s = StateFile.open(state());
+                Daemon d = new Daemon(null)) {
+            s.restore(d, s.read(d));
+            d.state(s);
+            d.call(
+                    "blk.add",
+                    Map.of(
+                            "id",
+                            "d1",
+                            "image",
+                            image.toString(),
+                            "socket",
+                            dir.resolve("d1.sock").toString()));
+            saved = Files.readString(state());
+            assertEquals(List.of("d1"), ids((List<?>) ((Map<?, ?>) JsonParser.parse(saved)).get("blk")));
+            d.close(); // the stop: the registry is emptied
+            assertFalse(s.save(d)); // what the late request's write does
+            assertEquals(saved, Files.readString(state()), "the stop was saved as the removal of every device");
+        }
+        try (StateFile s = StateFile.open(state());
+                Daemon d = new Daemon(null)) {
+            s.restore(d, s.read(d));
+            d.state(s);
+            assertEquals(
+                    List.of("d1"), d.blkExports().stream().map(e -> e.spec.id()).toList());
+            s.close(); // the lock is let go: the file may be a successor's now
+            RpcException e = assertThrows(RpcException.class, () -> d.call("blk.remove", Map.of("id", "d1")));
+            assertTrue(
+                    e.getMessage().contains("blk.remove was done")
+                            && e.getMessage().contains("not saved"),
+                    e.getMessage());
+            assertEquals(saved, Files.readString(state()), "written after the lock was let go");
+        }
+    }
 }
