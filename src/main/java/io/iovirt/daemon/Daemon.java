@@ -201,8 +201,9 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * What state file {@code file} holds (lock held): the devices added through the API, each as it runs now (a disk's
-     * read-only state as blk.set-readonly left it), in the configuration file's shape; ports added through the API
+     * What state file {@code file} holds (lock held): the devices added through the API, each as it was added (a
+     * disk's {@code readonly}: how its image was opened) with a disk that blk.set-readonly switched read-only marked
+     * {@code readonly-now}, in the configuration file's shape; ports added through the API
      * to a switch of the configuration file under {@code ports}, with their switch's id. Null when {@code file} is no
      * longer this daemon's: {@link #close} lets go of it before it empties the registry, so a request still
      * finishing then (a remove or set-readonly that outlasted the control socket's wait) cannot record the stop as
@@ -334,6 +335,11 @@ public final class Daemon implements AutoCloseable {
      * for any of them is refused as in use.
      */
     BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig) throws RpcException {
+        return addBlk(spec, fromConfig, false);
+    }
+
+    /** {@link #addBlk(BlkExport.Spec, boolean)}, switched read-only before it serves when {@code readOnlyNow}. */
+    BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig, boolean readOnlyNow) throws RpcException {
         ClaimRegistry.Claim c = claims.claim(new ClaimRegistry.Claim(
                 null,
                 spec.id(),
@@ -344,7 +350,7 @@ public final class Daemon implements AutoCloseable {
                 spec.readOnly()));
         BlkExport e;
         try {
-            e = BlkExport.start(spec, fromConfig, access);
+            e = BlkExport.start(spec, fromConfig, access, readOnlyNow);
         } catch (IOException | RuntimeException ex) {
             claims.release(c);
             throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());

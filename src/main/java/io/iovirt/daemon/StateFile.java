@@ -107,7 +107,7 @@ final class StateFile implements AutoCloseable {
         try {
             text = Files.readString(file);
         } catch (NoSuchFileException e) {
-            return new ConfigFile.Desired(Map.of(), Map.of(), Map.of(), Map.of(), Map.of());
+            return new ConfigFile.Desired(Map.of(), java.util.Set.of(), Map.of(), Map.of(), Map.of(), Map.of());
         } catch (IOException e) {
             throw new IOException("cannot read state file " + file + ": " + e + keep, e);
         }
@@ -136,7 +136,8 @@ final class StateFile implements AutoCloseable {
         List<String> failed = new ArrayList<>();
         List<String> started = new ArrayList<>();
         for (BlkExport.Spec s : want.blks().values()) {
-            if (ConfigFile.run(failed, "blk " + s.id(), () -> d.addBlk(s, false))) {
+            boolean roNow = want.blksReadOnlyNow().contains(s.id());
+            if (ConfigFile.run(failed, "blk " + s.id(), () -> d.addBlk(s, false, roNow))) {
                 started.add("blk " + s.id());
             }
         }

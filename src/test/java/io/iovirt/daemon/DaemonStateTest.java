@@ -173,7 +173,9 @@ class DaemonStateTest {
             // the file: the configuration file's shape, only the API's devices, readable as such
             Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
             assertEquals(List.of("d1", "d2"), ids((List<?>) saved.get("blk")), saved.toString());
-            assertEquals(true, byId((List<?>) saved.get("blk"), "d2").get("readonly"));
+            assertEquals(false, byId((List<?>) saved.get("blk"), "d2").get("readonly"), "opened writable");
+            assertEquals(true, byId((List<?>) saved.get("blk"), "d2").get("readonly-now"), "switched read-only");
+            assertFalse(byId((List<?>) saved.get("blk"), "d1").containsKey("readonly-now"), saved.toString());
             assertEquals(List.of("n1"), ids((List<?>) saved.get("nbd")));
             assertEquals(List.of("sw"), ids((List<?>) saved.get("net")), "not the file's switch lan");
             assertEquals(List.of("api"), ids((List<?>) saved.get("ports")));
@@ -410,6 +412,33 @@ class DaemonStateTest {
                             && e.getMessage().contains("not saved"),
                     e.getMessage());
             assertEquals(saved, Files.readString(state()), "written after the lock was let go");
+        }
+    }
+
+    /**
+     * A disk added writable and switched read-only through the API comes back read-only — and still switchable:
+     * blk.set-readonly false works after the restart, a frontend sees it writable and the image takes a write (a
+     * resize grows it). It is opened as it was added, and switched read-only before its socket serves.
+     */
+    @Test
+    void aDiskSwitchedReadOnlyComesBackSwitchableToWritable() throws Exception {
+        Path d1 = dir.resolve("d1.sock");
+        Path image = image("d1.raw", 1 << 20);
+        try (ChildProcess first = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            call(c, "blk.add", "id", "d1", "image", image.toString(), "socket", d1.toString());
+            call(c, "blk.set-readonly", "id", "d1", "readonly", true);
+            first.kill();
+        }
+        try (ChildProcess second = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertArrayEquals(new long[] {(1 << 20) / 512, 1}, blkAsSeenByAFrontend(d1), "read-only after the restart");
+            call(c, "blk.set-readonly", "id", "d1", "readonly", false);
+            assertArrayEquals(new long[] {(1 << 20) / 512, 0}, blkAsSeenByAFrontend(d1), "writable again");
+            call(c, "blk.resize", "id", "d1", "size", "2M");
+            assertEquals(2 << 20, Files.size(image), "the image took the write");
+            Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
+            assertFalse(byId((List<?>) saved.get("blk"), "d1").containsKey("readonly-now"), saved.toString());
         }
     }
 }
