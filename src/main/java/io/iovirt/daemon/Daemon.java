@@ -121,19 +121,19 @@ public final class Daemon implements AutoCloseable {
         Object result = switch (method) {
             case "version" -> version(p.allow());
             case "blk.add" -> blkAdd(p.allow(BLK_PARAMS), false);
-            case "blk.remove" -> removed(p.allow("id"), id -> removeBlk(id, null));
+            case "blk.remove" -> removed(p.allow("id"), "blk", id -> removeBlk(id, null));
             case "blk.list" -> blkList(p.allow());
             case "blk.info" -> blkInfo(p.allow("id"));
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
             case "net.add" -> netAdd(p.allow(NET_PARAMS), false);
-            case "net.remove" -> removed(p.allow("id"), id -> removeNet(id, null));
+            case "net.remove" -> removed(p.allow("id"), "net", id -> removeNet(id, null));
             case "net.port.add" -> portAdd(p.allow(PORT_ADD_PARAMS), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
             case "net.list" -> netList(p.allow());
             case "net.macs" -> netMacs(p.allow("net"));
             case "nbd.add" -> nbdAdd(p.allow(NBD_PARAMS));
-            case "nbd.remove" -> removed(p.allow("id"), id -> removeNbd(id, null));
+            case "nbd.remove" -> removed(p.allow("id"), "nbd", id -> removeNbd(id, null));
             case "nbd.list" -> nbdList(p.allow());
             case "stats" -> stats(p.allow("id"));
             case "libvirt-xml" ->
@@ -251,11 +251,36 @@ public final class Daemon implements AutoCloseable {
         return m;
     }
 
-    /** What blk.remove, nbd.remove and net.remove answer once {@code remove} has removed the entry the id names. */
-    private static Map<String, Object> removed(Params p, Remove remove) throws RpcException {
+    /**
+     * What blk.remove, nbd.remove and net.remove answer once {@code remove} has removed the entry the id names. With
+     * --state, the state file's carried entry of that id ({@code kind}: "blk", "nbd", "net") goes too; an id that
+     * names no running device but such an entry (it did not start at this daemon's start) is removed from the file.
+     */
+    private Map<String, Object> removed(Params p, String kind, Remove remove) throws RpcException {
         String id = p.id("id");
-        remove.remove(id);
+        StateFile s = state;
+        try {
+            remove.remove(id);
+        } catch (RpcException e) {
+            if (e.code() == RpcException.NOT_FOUND && s != null && s.forget(kind, null, id)) {
+                return notStarted(Json.object("id", id, "removed", true));
+            }
+            throw e;
+        }
+        if (s != null) {
+            s.forget(kind, null, id); // a switch's carried ports, say
+        }
         return Json.object("id", id, "removed", true);
+    }
+
+    /** A remove's answer for an entry only the state file listed (it did not start at this daemon's start). */
+    private static Map<String, Object> notStarted(Map<String, Object> m) {
+        Map<String, Object> out = new LinkedHashMap<>(m);
+        out.put(
+                "notice",
+                "it was not running (it did not start when the daemon started); removed from the state file, so it"
+                        + " does not come back at the next start");
+        return out;
     }
 
     @FunctionalInterface
@@ -778,14 +803,27 @@ public final class Daemon implements AutoCloseable {
                 RpcException.FAILED, what + ": the switch was removed or the daemon began stopping meanwhile");
     }
 
+    /** net.port.remove; a port only the state file lists (as {@link #removed}) is removed from the file. */
     private Map<String, Object> portRemove(Params p) throws RpcException {
-        NetSwitch n;
-        synchronized (lock) {
-            n = net(p.id("net"));
-        }
+        String net = p.id("net");
         String id = p.id("id");
-        removePort(n, id, null);
-        return Json.object("net", n.spec.id(), "id", id, "removed", true);
+        StateFile s = state;
+        try {
+            NetSwitch n;
+            synchronized (lock) {
+                n = net(net);
+            }
+            removePort(n, id, null);
+        } catch (RpcException e) {
+            if (e.code() == RpcException.NOT_FOUND && s != null && s.forget("port", net, id)) {
+                return notStarted(Json.object("net", net, "id", id, "removed", true));
+            }
+            throw e;
+        }
+        if (s != null) {
+            s.forget("port", net, id);
+        }
+        return Json.object("net", net, "id", id, "removed", true);
     }
 
     /**

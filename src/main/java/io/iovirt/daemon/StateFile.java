@@ -38,8 +38,16 @@ final class StateFile implements AutoCloseable {
     private final ImageLock lock;
     /** Serializes writes: each takes its snapshot and writes it in one step, so the last write has the last state. */
     private final Object writes = new Object();
-    /** The text read at start while some of its entries did not start, kept as FILE.failed at the first write. */
-    private String unstarted; // guarded by writes
+    /**
+     * The file's entries that did not start at this daemon's start, as written in the file, by key ("blk:ID",
+     * "nbd:ID", "net:ID" — a switch with its ports —, "port:NET/ID"): every write carries them forward, so an entry
+     * whose cause is fixed later (an image on a file system mounted late) comes back at a next start however many
+     * changes and restarts happened meanwhile. One leaves when the API uses its id (its device wins) or removes it.
+     */
+    private final Map<String, Carried> carried = new LinkedHashMap<>(); // guarded by writes
+
+    /** A carried entry: its kind's list ("blk", "nbd", "net", "ports"), its id, its switch (a port), the entry. */
+    private record Carried(String list, String id, String net, Map<String, Object> entry) {}
     /** Set by {@link #close}: once the lock is let go, a successor may own the file, so nothing is written. */
     private boolean closed; // guarded by writes
 
@@ -117,18 +125,14 @@ final class StateFile implements AutoCloseable {
         } catch (IOException e) {
             throw new IOException(e.getMessage() + keep, e);
         }
-        synchronized (writes) {
-            unstarted = text; // until restore() has seen every entry start
-        }
         return want;
     }
 
     /**
      * Starts the file's devices as devices of the API (after the configuration file's): one that fails is logged
-     * with its reason and the others still start. The file is not rewritten now: an entry that failed (its image on
-     * a file system not mounted yet, its socket's directory missing) stays in it, so the next start, once the cause
-     * is fixed, brings it back. The first change through the API then writes what runs, keeping this file's content
-     * as FILE.failed first, so that no entry is lost without a copy.
+     * with its reason and the others still start. The file is not rewritten now, and an entry that failed (its image
+     * on a file system not mounted yet, its socket's directory missing) is carried forward into every later write
+     * until it starts at a next start, the API adds a device with its id, or the API removes it.
      *
      * @return the entries that did not start, each with its reason
      */
@@ -139,11 +143,15 @@ final class StateFile implements AutoCloseable {
             boolean roNow = want.blksReadOnlyNow().contains(s.id());
             if (ConfigFile.run(failed, "blk " + s.id(), () -> d.addBlk(s, false, roNow))) {
                 started.add("blk " + s.id());
+            } else {
+                carry(new Carried("blk", s.id(), null, ConfigFile.blkEntry(s, roNow)));
             }
         }
         for (NbdExportEntry.Spec s : want.nbds().values()) {
             if (ConfigFile.run(failed, "nbd " + s.id(), () -> d.addNbd(s, false))) {
                 started.add("nbd " + s.id());
+            } else {
+                carry(new Carried("nbd", s.id(), null, ConfigFile.nbdEntry(s)));
             }
         }
         Map<String, Map<String, NetSwitch.PortSpec>> ports = new LinkedHashMap<>(want.ports());
@@ -157,15 +165,21 @@ final class StateFile implements AutoCloseable {
                     for (String port : e.getValue().keySet()) {
                         failed.add("port " + net + "/" + port + ": its switch did not start");
                     }
+                    carry(new Carried(
+                            "net",
+                            net,
+                            null,
+                            ConfigFile.netEntry(spec, List.copyOf(e.getValue().values()))));
                     continue;
                 }
                 started.add("net " + net);
             } else {
                 sw[0] = d.locked(() -> d.netsLocked().get(net));
                 if (sw[0] == null) {
-                    for (String port : e.getValue().keySet()) {
-                        failed.add("port " + net + "/" + port + ": there is no switch '" + net
+                    for (NetSwitch.PortSpec ps : e.getValue().values()) {
+                        failed.add("port " + net + "/" + ps.id() + ": there is no switch '" + net
                                 + "' (the configuration file no longer defines it)");
+                        carry(new Carried("ports", ps.id(), net, ConfigFile.portEntry(net, ps)));
                     }
                     continue;
                 }
@@ -173,12 +187,9 @@ final class StateFile implements AutoCloseable {
             for (NetSwitch.PortSpec ps : e.getValue().values()) {
                 if (ConfigFile.run(failed, "port " + net + "/" + ps.id(), () -> d.addPort(sw[0], ps, false))) {
                     started.add("port " + net + "/" + ps.id());
+                } else {
+                    carry(new Carried("ports", ps.id(), net, ConfigFile.portEntry(net, ps)));
                 }
-            }
-        }
-        synchronized (writes) {
-            if (failed.isEmpty()) {
-                unstarted = null;
             }
         }
         if (failed.isEmpty()) {
@@ -187,14 +198,91 @@ final class StateFile implements AutoCloseable {
             LOG.log(
                     System.Logger.Level.WARNING,
                     "state file " + file + ": restored " + started + "; did not start: " + failed + ". They stay"
-                            + " in the file for the next start; the first change through the API writes what runs"
-                            + " and keeps the present file as " + failedCopy());
+                            + " in the file (every write keeps them) until they start at a next start, or the API"
+                            + " adds a device with their id or removes them");
         }
         return failed;
     }
 
-    private Path failedCopy() {
-        return file.resolveSibling(file.getFileName() + ".failed");
+    private void carry(Carried c) {
+        synchronized (writes) {
+            carried.put(key(c.list(), c.net(), c.id()), c);
+        }
+    }
+
+    private static String key(String list, String net, String id) {
+        return list.equals("ports") ? "port:" + net + "/" + id : list + ":" + id;
+    }
+
+    /**
+     * The API removed {@code what} ("blk", "nbd", "net": by {@code id}; "port": port {@code id} of switch
+     * {@code net}), or tried to and found no such device: the carried entry of that name goes too (a switch's with
+     * its carried ports), so that a remove also takes out what only the file still lists.
+     *
+     * @return true when there was such a carried entry
+     */
+    boolean forget(String what, String net, String id) {
+        synchronized (writes) {
+            if (what.equals("port")) {
+                return carried.remove(key("ports", net, id)) != null;
+            }
+            boolean had = carried.remove(key(what, null, id)) != null;
+            if (what.equals("net")) {
+                had |= carried.values()
+                        .removeIf(c -> c.list().equals("ports") && c.net().equals(id));
+            }
+            return had;
+        }
+    }
+
+    /**
+     * Adds the carried entries to {@code now} (what runs), dropping for good each whose id the API's devices now use
+     * (its device wins): a disk, NBD export or switch by id (one namespace), a port by its switch and id.
+     */
+    @SuppressWarnings("unchecked")
+    private void addCarried(Map<String, Object> now) {
+        java.util.Set<String> ids = new java.util.HashSet<>();
+        Map<String, Map<String, Object>> switches = new LinkedHashMap<>();
+        for (String list : List.of("blk", "nbd", "net")) {
+            for (Object o : (List<Object>) now.get(list)) {
+                Map<String, Object> m = (Map<String, Object>) o;
+                ids.add((String) m.get("id"));
+                if (list.equals("net")) {
+                    switches.put((String) m.get("id"), m);
+                }
+            }
+        }
+        java.util.Set<String> ports = new java.util.HashSet<>();
+        for (Object o : (List<Object>) now.get("ports")) {
+            Map<String, Object> m = (Map<String, Object>) o;
+            ports.add(m.get("net") + "/" + m.get("id"));
+        }
+        for (var it = carried.values().iterator(); it.hasNext(); ) {
+            Carried c = it.next();
+            if (!c.list().equals("ports")) {
+                if (ids.contains(c.id())) {
+                    it.remove();
+                } else {
+                    ((List<Object>) now.get(c.list())).add(c.entry());
+                }
+                continue;
+            }
+            Map<String, Object> sw = switches.get(c.net());
+            if (sw != null) { // a switch of the API now: the port goes in its list, as a port the API added to it
+                List<Object> own = (List<Object>) sw.get("ports");
+                if (own.stream().anyMatch(p -> c.id().equals(((Map<String, Object>) p).get("id")))) {
+                    it.remove();
+                } else {
+                    Map<String, Object> entry = new LinkedHashMap<>(c.entry());
+                    entry.remove("net");
+                    own.add(entry);
+                }
+            } else if (ports.contains(c.net() + "/" + c.id())) {
+                it.remove();
+            } else {
+                ((List<Object>) now.get("ports")).add(c.entry());
+            }
+        }
     }
 
     /**
@@ -213,16 +301,9 @@ final class StateFile implements AutoCloseable {
             if (now == null) {
                 return false;
             }
+            addCarried(now);
             String text = Json.write(now) + "\n";
             try {
-                if (unstarted != null) {
-                    AtomicFile.replace(failedCopy(), unstarted.getBytes(StandardCharsets.UTF_8), StateFile::mode);
-                    LOG.log(
-                            System.Logger.Level.WARNING,
-                            "state file " + file + ": its entries that did not start at the last start are kept in "
-                                    + failedCopy() + " (re-add them through the API once their cause is fixed)");
-                    unstarted = null;
-                }
                 AtomicFile.replace(file, text.getBytes(StandardCharsets.UTF_8), StateFile::mode);
             } catch (IOException e) {
                 throw new IOException("cannot write state file " + file + ": " + e, e);

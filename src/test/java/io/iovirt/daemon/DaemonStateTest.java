@@ -323,36 +323,41 @@ class DaemonStateTest {
         }
     }
 
+    private void addBlk(RpcClient c, String id, Path image) throws Exception {
+        call(
+                c,
+                "blk.add",
+                "id",
+                id,
+                "image",
+                image.toString(),
+                "socket",
+                dir.resolve(id + ".sock").toString());
+    }
+
+    private static List<String> sorted(List<String> l) {
+        return l.stream().sorted().toList();
+    }
+
+    private List<String> savedBlks() throws Exception {
+        return ids((List<?>) ((Map<?, ?>) JsonParser.parse(Files.readString(state()))).get("blk"));
+    }
+
     /**
-     * An entry that cannot start (its image is gone) is reported and the others start; the file keeps it for the
-     * next start, and the first change through the API writes what runs after keeping the file as FILE.failed.
+     * An entry that cannot start (its image is gone) is reported and the others start; the file is not rewritten at
+     * start, and later writes carry the entry forward until its image is back and it starts again.
      */
     @Test
-    void anEntryThatFailsAtStartIsReportedAndKeptInACopy() throws Exception {
+    void anEntryThatFailsAtStartIsReportedAndCarriedForward() throws Exception {
         Path gone = image("gone.raw", 1 << 20);
+        Path moved = dir.resolve("moved.raw");
         try (ChildProcess d = start();
                 RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
-            call(
-                    c,
-                    "blk.add",
-                    "id",
-                    "ok",
-                    "image",
-                    image("ok.raw", 1 << 20).toString(),
-                    "socket",
-                    dir.resolve("ok.sock").toString());
-            call(
-                    c,
-                    "blk.add",
-                    "id",
-                    "gone",
-                    "image",
-                    gone.toString(),
-                    "socket",
-                    dir.resolve("gone.sock").toString());
+            addBlk(c, "ok", image("ok.raw", 1 << 20));
+            addBlk(c, "gone", gone);
             d.kill();
         }
-        Files.delete(gone);
+        Files.move(gone, moved); // an image on a file system not mounted yet
         String before = Files.readString(state());
         try (ChildProcess d = start();
                 RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
@@ -360,11 +365,78 @@ class DaemonStateTest {
             assertTrue(d.log().contains("did not start: [blk gone: "), d.log());
             assertEquals(before, Files.readString(state()), "rewritten at start");
             call(c, "net.add", "id", "sw");
-            Path failed = state().resolveSibling("daemon-state.json.failed");
-            assertEquals(before, Files.readString(failed));
+            assertEquals(List.of("ok", "gone"), savedBlks(), "the entry that did not start is carried forward");
             Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
-            assertEquals(List.of("ok"), ids((List<?>) saved.get("blk")));
             assertEquals(List.of("sw"), ids((List<?>) saved.get("net")));
+            d.stop(Duration.ofSeconds(60));
+        }
+        Files.move(moved, gone);
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("ok", "gone"), ids(list(c, "blk.list")), d.log());
+            assertArrayEquals(new long[] {(1 << 20) / 512, 0}, blkAsSeenByAFrontend(dir.resolve("gone.sock")));
+        }
+    }
+
+    /**
+     * Two restarts, each with a different entry failing, and a change through the API after each: neither entry is
+     * lost — both run once their images are back. An entry only the file carries is removed from it by the API's
+     * remove, and one re-added through the API with its id is the API's.
+     */
+    @Test
+    void entriesFailingAtDifferentStartsAreAllKeptAndCanBeRemovedOrReplaced() throws Exception {
+        Path a = image("a.raw", 1 << 20);
+        Path b = image("b.raw", 1 << 20);
+        Path c3 = image("c.raw", 1 << 20);
+        Path away = dir.resolve("away");
+        Files.createDirectories(away);
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            addBlk(c, "a", a);
+            addBlk(c, "b", b);
+            addBlk(c, "c", c3);
+            d.kill();
+        }
+        Files.move(a, away.resolve("a.raw"));
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("b", "c"), ids(list(c, "blk.list")), d.log());
+            call(c, "net.add", "id", "sw1");
+            d.kill();
+        }
+        Files.move(away.resolve("a.raw"), a);
+        Files.move(b, away.resolve("b.raw"));
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("a", "c"), sorted(ids(list(c, "blk.list"))), d.log());
+            call(c, "net.add", "id", "sw2");
+            assertEquals(List.of("a", "b", "c"), sorted(savedBlks()));
+            d.kill();
+        }
+        Files.move(away.resolve("b.raw"), b);
+        Files.move(c3, away.resolve("c.raw"));
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("a", "b"), sorted(ids(list(c, "blk.list"))), d.log());
+            Map<?, ?> r = call(c, "blk.remove", "id", "c");
+            assertEquals(true, r.get("removed"));
+            assertTrue(((String) r.get("notice")).contains("removed from the state file"), r.toString());
+            assertEquals(List.of("a", "b"), sorted(savedBlks()), "removed from the file");
+            RpcClient.RemoteError e = assertThrows(RpcClient.RemoteError.class, () -> call(c, "blk.remove", "id", "c"));
+            assertEquals((long) RpcException.NOT_FOUND, e.code());
+            // a carried entry replaced by a device the API adds with its id
+            call(c, "blk.remove", "id", "a");
+            Files.move(b, away.resolve("b.raw"));
+            d.kill();
+        }
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of(), ids(list(c, "blk.list")), d.log());
+            Path other = image("other.raw", 2 << 20);
+            addBlk(c, "b", other);
+            Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
+            assertEquals(List.of("b"), ids((List<?>) saved.get("blk")));
+            assertEquals(other.toString(), byId((List<?>) saved.get("blk"), "b").get("image"), "the API's wins");
         }
     }
 
