@@ -239,7 +239,7 @@ public final class Daemon implements AutoCloseable {
                 n.add(ConfigFile.netEntry(s.spec, api));
             } else {
                 for (NetSwitch.PortSpec ps : api) {
-                    ports.add(ConfigFile.portEntry(s.spec.id(), ps));
+                    ports.add(ConfigFile.switchPortEntry(s.spec, ps));
                 }
             }
         }

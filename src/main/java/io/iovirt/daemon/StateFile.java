@@ -115,7 +115,8 @@ final class StateFile implements AutoCloseable {
         try {
             text = Files.readString(file);
         } catch (NoSuchFileException e) {
-            return new ConfigFile.Desired(Map.of(), java.util.Set.of(), Map.of(), Map.of(), Map.of(), Map.of());
+            return new ConfigFile.Desired(
+                    Map.of(), java.util.Set.of(), Map.of(), Map.of(), Map.of(), Map.of(), Map.of());
         } catch (IOException e) {
             throw new IOException("cannot read state file " + file + ": " + e + keep, e);
         }
@@ -175,11 +176,24 @@ final class StateFile implements AutoCloseable {
                 started.add("net " + net);
             } else {
                 sw[0] = d.locked(() -> d.netsLocked().get(net));
+                NetSwitch.Spec recorded = want.portSwitches().get(net);
+                if (sw[0] == null
+                        && recorded != null
+                        && ConfigFile.run(failed, "net " + net, () -> sw[0] = d.addNet(recorded, false))) {
+                    // the configuration file no longer defines it: its API ports keep it, as a switch of the API
+                    started.add("net " + net + " (as its ports' entries recorded it)");
+                }
                 if (sw[0] == null) {
                     for (NetSwitch.PortSpec ps : e.getValue().values()) {
                         failed.add("port " + net + "/" + ps.id() + ": there is no switch '" + net
                                 + "' (the configuration file no longer defines it)");
-                        carry(new Carried("ports", ps.id(), net, ConfigFile.portEntry(net, ps)));
+                        carry(new Carried(
+                                "ports",
+                                ps.id(),
+                                net,
+                                recorded == null
+                                        ? ConfigFile.portEntry(net, ps)
+                                        : ConfigFile.switchPortEntry(recorded, ps)));
                     }
                     continue;
                 }
@@ -188,7 +202,7 @@ final class StateFile implements AutoCloseable {
                 if (ConfigFile.run(failed, "port " + net + "/" + ps.id(), () -> d.addPort(sw[0], ps, false))) {
                     started.add("port " + net + "/" + ps.id());
                 } else {
-                    carry(new Carried("ports", ps.id(), net, ConfigFile.portEntry(net, ps)));
+                    carry(new Carried("ports", ps.id(), net, ConfigFile.switchPortEntry(sw[0].spec, ps)));
                 }
             }
         }
@@ -275,6 +289,7 @@ final class StateFile implements AutoCloseable {
                 } else {
                     Map<String, Object> entry = new LinkedHashMap<>(c.entry());
                     entry.remove("net");
+                    entry.remove(ConfigFile.SWITCH);
                     own.add(entry);
                 }
             } else if (ports.contains(c.net() + "/" + c.id())) {

@@ -513,4 +513,37 @@ class DaemonStateTest {
             assertFalse(byId((List<?>) saved.get("blk"), "d1").containsKey("readonly-now"), saved.toString());
         }
     }
+
+    /**
+     * A port the API added to a switch of the configuration file survives that switch leaving the file: a reload that
+     * drops it keeps it running (it has an API port), and at the next start the switch is created as the port's
+     * entry recorded it — as a switch of the API, its MTU kept — with the port on it.
+     */
+    @Test
+    void apiPortsOnASwitchTheConfigurationNoLongerListsComeBackWithTheirSwitch() throws Exception {
+        Path api = dir.resolve("api.sock");
+        Path config = dir.resolve("daemon.json");
+        Files.writeString(config, """
+                {"net": [{"id": "lan", "mtu": 4000, "ports": [{"id": "cfg", "kind": "stream", "path": "%s"}]}]}
+                """.formatted(dir.resolve("cfg.sock")));
+        try (ChildProcess first = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            call(c, "net.port.add", "net", "lan", "id", "api", "kind", "stream", "path", api.toString());
+            Files.writeString(config, "{}\n");
+            assertThrows(RpcClient.RemoteError.class, () -> call(c, "reload"), "lan has an API port: kept");
+            assertEquals(List.of("api"), ids((List<?>)
+                    byId(list(c, "net.list"), "lan").get("ports")));
+            first.kill();
+        }
+        try (ChildProcess second = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            Map<?, ?> lan = byId(list(c, "net.list"), "lan");
+            assertEquals(List.of("api"), ids((List<?>) lan.get("ports")), second.log());
+            assertEquals(4000L, lan.get("mtu"));
+            call(c, "net.add", "id", "sw");
+            Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
+            assertEquals(List.of("lan", "sw"), ids((List<?>) saved.get("net")), "lan is the API's now");
+            assertEquals(List.of(), saved.get("ports"));
+        }
+    }
 }
