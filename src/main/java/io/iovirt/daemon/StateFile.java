@@ -58,11 +58,11 @@ final class StateFile implements AutoCloseable {
 
     /** Takes the state file's lock (refused, naming the holder, while another daemon has it). */
     static StateFile open(Path file) throws IOException {
-        Path abs = file.toAbsolutePath().normalize();
+        Path abs = realPath(file);
         Path dir = abs.getParent();
-        if (!Files.isDirectory(dir)) {
-            throw new IOException("--state " + file + ": the directory " + dir + " does not exist; create it"
-                    + " (iovirt.service's StateDirectory=iovirt makes /var/lib/iovirt)");
+        if (Files.isDirectory(abs)) {
+            throw new IOException("--state " + file + ": " + abs + " is a directory; give a file in it (e.g. "
+                    + abs.resolve("daemon-state.json") + ")");
         }
         Path lockFile = abs.resolveSibling(abs.getFileName() + ".lock");
         try {
@@ -97,6 +97,41 @@ final class StateFile implements AutoCloseable {
             LOG.log(System.Logger.Level.WARNING, "state file " + file + ": cannot remove old temporary files: " + e);
         }
         return new StateFile(abs, l);
+    }
+
+    /**
+     * The file {@code file} names as the file system sees it: its directory's real path and its own name, symbolic
+     * links to it followed (also to a file not created yet). The lock, the temporary files and their cleanup all
+     * use it, so two daemons given different names for one file (a link, a path through a linked directory) still
+     * meet on one lock.
+     */
+    static Path realPath(Path file) throws IOException {
+        Path p = file.toAbsolutePath();
+        for (int links = 0; ; links++) {
+            Path name = p.getFileName();
+            Path parent = p.getParent();
+            if (name == null
+                    || parent == null
+                    || name.toString().equals(".")
+                    || name.toString().equals("..")) {
+                throw new IOException("--state " + file + ": names a directory, not a file; give a file (e.g."
+                        + " /var/lib/iovirt/daemon-state.json)");
+            }
+            Path real;
+            try {
+                real = parent.toRealPath().resolve(name);
+            } catch (NoSuchFileException e) {
+                throw new IOException("--state " + file + ": the directory " + parent + " does not exist; create it"
+                        + " (iovirt.service's StateDirectory=iovirt makes /var/lib/iovirt)");
+            }
+            if (!Files.isSymbolicLink(real)) {
+                return real;
+            }
+            if (links == 40) {
+                throw new IOException("--state " + file + ": too many levels of symbolic links; point it at the file");
+            }
+            p = real.getParent().resolve(Files.readSymbolicLink(real));
+        }
     }
 
     Path path() {

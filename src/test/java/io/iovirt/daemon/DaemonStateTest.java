@@ -59,6 +59,11 @@ class DaemonStateTest {
 
     /** The daemon with --config (a switch "lan" with one port) and --state, as iovirt.service runs it. */
     private ChildProcess.Builder daemon(Path control) throws Exception {
+        return daemon(control, state());
+    }
+
+    /** The daemon with --state {@code stateArg} (a name for the file {@link #state()}, say). */
+    private ChildProcess.Builder daemon(Path control, Path stateArg) throws Exception {
         Files.createDirectories(state().getParent());
         Path config = dir.resolve("daemon.json");
         if (!Files.exists(config)) {
@@ -71,7 +76,7 @@ class DaemonStateTest {
                         "--config",
                         config.toString(),
                         "--state",
-                        state().toString(),
+                        stateArg.toString(),
                         "--control",
                         control.toString()))
                 .name("iovirt daemon")
@@ -544,6 +549,37 @@ class DaemonStateTest {
             Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
             assertEquals(List.of("lan", "sw"), ids((List<?>) saved.get("net")), "lan is the API's now");
             assertEquals(List.of(), saved.get("ports"));
+        }
+    }
+
+    /**
+     * Two names for one state file — a symbolic link to it, and a path through a linked directory — are one file:
+     * the second daemon is refused, naming the first; and a temporary file a crash left beside the file (not beside
+     * the link) is removed at start.
+     */
+    @Test
+    void aStateFileReachedThroughLinksIsStillOwnedByOneDaemon() throws Exception {
+        Files.createDirectories(state().getParent());
+        Path link = dir.resolve("state-link.json");
+        Files.createSymbolicLink(link, state()); // to a file not created yet
+        Path linkedDir = dir.resolve("lib-link");
+        Files.createSymbolicLink(linkedDir, state().getParent());
+        Path leftover = state().resolveSibling(state().getFileName() + ".iovirt-tmp-1-2");
+        Files.writeString(leftover, "{");
+        try (ChildProcess first = daemon(control(), link).startListening(control(), START);
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertFalse(Files.exists(leftover), "the crash's temporary file beside the file");
+            addBlk(c, "d1", image("d1.raw", 1 << 20));
+            assertTrue(Files.isSymbolicLink(link), "the link was replaced");
+            assertEquals(List.of("d1"), savedBlks());
+            try (ChildProcess second = daemon(dir.resolve("control2.sock"), linkedDir.resolve(state().getFileName()))
+                    .start()) {
+                assertTrue(second.waitFor(START), "a second daemon runs on the same state file");
+                String log = second.log();
+                assertTrue(second.exitValue() != 0, log);
+                assertTrue(log.contains("is in use by pid " + first.pid()), log);
+            }
+            assertEquals(List.of("d1"), ids(list(c, "blk.list")));
         }
     }
 }
