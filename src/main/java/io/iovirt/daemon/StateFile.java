@@ -64,6 +64,18 @@ final class StateFile implements AutoCloseable {
             throw new IOException("--state " + file + ": " + abs + " is a directory; give a file in it (e.g. "
                     + abs.resolve("daemon-state.json") + ")");
         }
+        int owner = (Integer) Files.getAttribute(dir, "unix:uid");
+        java.util.Set<java.nio.file.attribute.PosixFilePermission> mode = Files.getPosixFilePermissions(dir);
+        if (owner != io.iovirt.linux.SocketAccess.ownUid()
+                && (mode.contains(java.nio.file.attribute.PosixFilePermission.GROUP_WRITE)
+                        || mode.contains(java.nio.file.attribute.PosixFilePermission.OTHERS_WRITE))) {
+            throw new IOException("--state " + file + ": its directory " + dir + " is writable by others (mode "
+                    + PosixFilePermissions.toString(mode) + ") and belongs to uid " + owner + ", not to the daemon's"
+                    + " user (uid " + io.iovirt.linux.SocketAccess.ownUid() + "): anyone who can write there could"
+                    + " plant " + abs.getFileName() + " (devices the daemon would start) or its .lock; put the state"
+                    + " file in a directory of the daemon's user that only it can write (iovirt.service's"
+                    + " StateDirectory=iovirt makes /var/lib/iovirt), or chown it to the daemon's user");
+        }
         Path lockFile = abs.resolveSibling(abs.getFileName() + ".lock");
         try {
             Files.createFile(lockFile, PosixFilePermissions.asFileAttribute(MODE));

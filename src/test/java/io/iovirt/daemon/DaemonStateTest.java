@@ -22,6 +22,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -580,6 +581,34 @@ class DaemonStateTest {
                 assertTrue(log.contains("is in use by pid " + first.pid()), log);
             }
             assertEquals(List.of("d1"), ids(list(c, "blk.list")));
+        }
+    }
+
+    /**
+     * A state directory that others can write and that belongs to another user is refused at start, saying why and
+     * what to do ({@code --state /} too, with a message rather than a crash); nothing starts.
+     */
+    @Test
+    void aStateDirectoryOthersCanWriteOrNoFileIsRefused() throws Exception {
+        Assumptions.assumeTrue(io.iovirt.linux.SocketAccess.ownUid() == 0, "chown needs root");
+        Path shared = dir.resolve("shared");
+        Files.createDirectories(shared);
+        Files.setPosixFilePermissions(shared, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
+        Files.setAttribute(shared, "unix:uid", 65534);
+        try (ChildProcess d = daemon(control(), shared.resolve("state.json")).start()) {
+            assertTrue(d.waitFor(START), "the daemon runs on a state directory others can write");
+            String log = d.log();
+            assertTrue(d.exitValue() != 0, log);
+            assertTrue(log.contains("is writable by others (mode rwxrwxrwx) and belongs to uid 65534"), log);
+            assertTrue(log.contains("StateDirectory=iovirt"), log);
+        }
+        assertFalse(Files.exists(shared.resolve("state.json.lock")), "its lock file was made");
+        try (ChildProcess d = daemon(control(), Path.of("/")).start()) {
+            assertTrue(d.waitFor(START), "the daemon runs with --state /");
+            String log = d.log();
+            assertTrue(d.exitValue() != 0, log);
+            assertTrue(log.contains("--state /: names a directory, not a file"), log);
+            assertFalse(log.contains("NullPointerException"), log);
         }
     }
 }
