@@ -46,6 +46,8 @@ public final class Daemon implements AutoCloseable {
     private int nextNet;
     private int nextPort;
     private int nextNbd;
+    /** Counts the registry's changes (guarded by lock): a request that failed after changing it still saves. */
+    private long changes;
 
     public Daemon(String socketGroup) throws IOException {
         this(socketGroup, java.util.Set.of());
@@ -117,8 +119,26 @@ public final class Daemon implements AutoCloseable {
 
     /** Executes one control request. Never throws anything but {@link RpcException} for a bad or failed request. */
     public Object call(String method, Map<String, Object> params) throws RpcException {
+        long before = locked(() -> changes);
+        Object result;
+        try {
+            result = dispatch(method, params);
+        } catch (RpcException | RuntimeException e) {
+            // a remove that failed after its device left the registry (closing it threw): what runs changed
+            if (CHANGES.contains(method) && locked(() -> changes) != before) {
+                savedAfterFailure(method);
+            }
+            throw e;
+        }
+        if (CHANGES.contains(method)) {
+            saved(method, result);
+        }
+        return result;
+    }
+
+    private Object dispatch(String method, Map<String, Object> params) throws RpcException {
         Params p = new Params(method, params);
-        Object result = switch (method) {
+        return switch (method) {
             case "version" -> version(p.allow());
             case "blk.add" -> blkAdd(p.allow(BLK_PARAMS), false);
             case "blk.remove" -> removed(p.allow("id"), "blk", id -> removeBlk(id, null));
@@ -144,10 +164,22 @@ public final class Daemon implements AutoCloseable {
                         RpcException.METHOD_NOT_FOUND,
                         "no method '" + Params.printable(method) + "' (methods: " + String.join(", ", METHODS) + ")");
         };
-        if (CHANGES.contains(method)) {
-            saved(method, result);
+    }
+
+    /** Writes the state file after a request that failed but changed the registry; a failed write is logged. */
+    private void savedAfterFailure(String method) {
+        StateFile s = state;
+        if (s == null) {
+            return;
         }
-        return result;
+        try {
+            s.save(this);
+        } catch (IOException | RuntimeException e) {
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    method + " failed after changing the devices, and the state file could not be written either: "
+                            + e.getMessage() + "; any later change writes the whole state file again");
+        }
     }
 
     /**
@@ -380,7 +412,10 @@ public final class Daemon implements AutoCloseable {
             claims.release(c);
             throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
         }
-        claims.publish(c, "blk.add " + spec.id(), e, () -> blks.put(spec.id(), e));
+        claims.publish(c, "blk.add " + spec.id(), e, () -> {
+            blks.put(spec.id(), e);
+            changes++;
+        });
         LOG.log(
                 System.Logger.Level.INFO,
                 "blk " + spec.id() + ": serving " + spec.image() + " on " + spec.socket() + " ("
@@ -400,6 +435,7 @@ public final class Daemon implements AutoCloseable {
             e = blk(id);
             requireExpected(e, expected, "blk '" + id + "'");
             blks.remove(id);
+            changes++;
             c = claims.removing(id);
         }
         try {
@@ -531,7 +567,10 @@ public final class Daemon implements AutoCloseable {
             claims.release(c);
             throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
         }
-        claims.publish(c, "nbd " + id, e, () -> nbds.put(id, e));
+        claims.publish(c, "nbd " + id, e, () -> {
+            nbds.put(id, e);
+            changes++;
+        });
         LOG.log(
                 System.Logger.Level.INFO,
                 "nbd " + id + ": exporting " + spec.image() + " on " + spec.socket()
@@ -549,6 +588,7 @@ public final class Daemon implements AutoCloseable {
             e = existing(nbds, id, "NBD export", "exports", "nbd.add");
             requireExpected(e, expected, "nbd '" + id + "'");
             nbds.remove(id);
+            changes++;
             c = claims.removing(id);
         }
         try {
@@ -640,6 +680,7 @@ public final class Daemon implements AutoCloseable {
                 throw new RpcException(RpcException.FAILED, "net.add " + spec.id() + ": " + ex.getMessage());
             }
             nets.put(spec.id(), n);
+            changes++;
             claims.activate(c);
             LOG.log(System.Logger.Level.INFO, "net " + spec.id() + ": switch added (MTU " + spec.mtu() + ")");
             return n;
@@ -670,6 +711,7 @@ public final class Daemon implements AutoCloseable {
                                 + " file's change, remove those ports (net.port.remove) and send SIGHUP again");
             }
             nets.remove(id);
+            changes++;
             held.add(claims.removing(id));
             for (String port : n.ports.keySet()) {
                 held.add(claims.removing(ClaimRegistry.Claim.key(id, port)));
@@ -783,6 +825,7 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             if (!claims.closed() && nets.get(n.spec.id()) == n) {
                 n.ports.put(ps.id(), e);
+                changes++;
                 claims.activate(c);
                 LOG.log(
                         System.Logger.Level.INFO,
@@ -844,6 +887,7 @@ public final class Daemon implements AutoCloseable {
             }
             requireExpected(e, expected, "port '" + id + "' of switch '" + n.spec.id() + "'");
             n.ports.remove(id);
+            changes++;
             c = claims.removing(ClaimRegistry.Claim.key(n.spec.id(), id));
         }
         try {
