@@ -45,9 +45,18 @@ final class BlkExport implements AutoCloseable {
         this.fromConfig = fromConfig;
     }
 
-    static BlkExport start(Spec spec, boolean fromConfig, io.iovirt.linux.SocketAccess access) throws IOException {
+    /**
+     * Opens the image as {@code spec} says and serves it. {@code readOnlyNow}: switched read-only (as
+     * blk.set-readonly does) before the socket serves — a state file's disk that blk.set-readonly had switched, opened
+     * writable as added so that blk.set-readonly false still works.
+     */
+    static BlkExport start(Spec spec, boolean fromConfig, io.iovirt.linux.SocketAccess access, boolean readOnlyNow)
+            throws IOException {
         DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), spec.direct());
         try {
+            if (readOnlyNow && !image.readOnly()) {
+                image.setReadOnly(true);
+            }
             BlkDevice device = new BlkDevice(spec.id(), image, spec.queues(), spec.serial(), spec.engine());
             VhostUserServer server = VhostUserServer.start(spec.socket(), device, access);
             return new BlkExport(spec, image, device, server, fromConfig);

@@ -23,14 +23,27 @@ final class ConfigFile {
     /**
      * What a file asks for. {@code switchPorts}: the state file's {@code ports} list — ports added through the API
      * to switches the file does not define (those of the configuration file), by switch id; always empty for a
-     * configuration file.
+     * configuration file. {@code blksReadOnlyNow}: the state file's disks marked {@code readonly-now} (always empty
+     * for a configuration file). {@code portSwitches}: the switches of {@code switchPorts} as their entries recorded
+     * them ({@code switch}), to create as switches of the API when the configuration file no longer defines them.
      */
     record Desired(
             Map<String, BlkExport.Spec> blks,
+            java.util.Set<String> blksReadOnlyNow,
             Map<String, NbdExportEntry.Spec> nbds,
             Map<String, NetSwitch.Spec> nets,
             Map<String, Map<String, NetSwitch.PortSpec>> ports,
-            Map<String, Map<String, NetSwitch.PortSpec>> switchPorts) {}
+            Map<String, Map<String, NetSwitch.PortSpec>> switchPorts,
+            Map<String, NetSwitch.Spec> portSwitches) {}
+
+    /**
+     * A state file's key in a {@code ports} entry: its switch's parameters (those of net.add but the id), so that the
+     * port comes back on a switch of its own when the configuration file no longer defines that switch.
+     */
+    static final String SWITCH = "switch";
+
+    /** A state file's blk key: blk.set-readonly switched the disk, opened writable, read-only ({@link #blkEntry}). */
+    static final String READ_ONLY_NOW = "readonly-now";
 
     private ConfigFile() {}
 
@@ -67,10 +80,12 @@ final class ConfigFile {
             throw new IOException(what + ": the top level must be an object with \"blk\", \"nbd\" and \"net\" lists");
         }
         Map<String, BlkExport.Spec> blks = new LinkedHashMap<>();
+        java.util.Set<String> blksReadOnlyNow = new java.util.LinkedHashSet<>();
         Map<String, NbdExportEntry.Spec> nbds = new LinkedHashMap<>();
         Map<String, NetSwitch.Spec> nets = new LinkedHashMap<>();
         Map<String, Map<String, NetSwitch.PortSpec>> ports = new LinkedHashMap<>();
         Map<String, Map<String, NetSwitch.PortSpec>> switchPorts = new LinkedHashMap<>();
+        Map<String, NetSwitch.Spec> portSwitches = new LinkedHashMap<>();
         String name = file.toString(); // before each entry's position in its messages
         try {
             for (Object k : top.keySet()) {
@@ -82,10 +97,16 @@ final class ConfigFile {
             }
             List<Object> blkList = list(top.get("blk"), "blk");
             for (int i = 0; i < blkList.size(); i++) {
-                Map<String, Object> e = object(blkList.get(i), "blk[" + i + "]");
+                Map<String, Object> e = new LinkedHashMap<>(object(blkList.get(i), "blk[" + i + "]"));
+                Object roNow = state ? e.remove(READ_ONLY_NOW) : null; // a configuration file refuses it as unknown
                 Params p = new Params(name + ": blk[" + i + "]", e).allow(Daemon.BLK_PARAMS);
                 p.id("id"); // mandatory in a file: reloads match entries by id
                 BlkExport.Spec s = d.blkSpec(p, null);
+                if (roNow != null
+                        && new Params(name + ": blk[" + i + "]", Map.of(READ_ONLY_NOW, roNow))
+                                .bool(READ_ONLY_NOW, false)) {
+                    blksReadOnlyNow.add(s.id());
+                }
                 if (blks.put(s.id(), s) != null) {
                     throw new RpcException(RpcException.INVALID_PARAMS, "blk id '" + s.id() + "' appears twice");
                 }
@@ -127,9 +148,22 @@ final class ConfigFile {
             }
             List<Object> portList = list(top.get("ports"), "ports");
             for (int j = 0; j < portList.size(); j++) {
-                Params pp = new Params(name + ": ports[" + j + "]", object(portList.get(j), "ports[" + j + "]"))
-                        .allow(Daemon.PORT_ADD_PARAMS);
+                Map<String, Object> pe = new LinkedHashMap<>(object(portList.get(j), "ports[" + j + "]"));
+                Object swValue = pe.remove(SWITCH);
+                Params pp = new Params(name + ": ports[" + j + "]", pe).allow(Daemon.PORT_ADD_PARAMS);
                 String net = pp.id("net");
+                if (swValue != null) {
+                    Map<String, Object> sw = new LinkedHashMap<>(object(swValue, "ports[" + j + "]." + SWITCH));
+                    sw.put("id", net);
+                    NetSwitch.Spec spec = d.netSpec(
+                            new Params(name + ": ports[" + j + "]." + SWITCH, sw).allow(Daemon.NET_PARAMS), null);
+                    NetSwitch.Spec had = portSwitches.putIfAbsent(net, spec);
+                    if (had != null && !had.equals(spec)) {
+                        throw new RpcException(
+                                RpcException.INVALID_PARAMS,
+                                "ports[" + j + "]." + SWITCH + " differs from an earlier port's of switch " + net);
+                    }
+                }
                 pp.id("id");
                 NetSwitch.PortSpec port = d.portSpec(pp, null);
                 if (nets.containsKey(net)) {
@@ -146,21 +180,28 @@ final class ConfigFile {
         } catch (RpcException e) {
             throw new IOException(what + ": " + e.getMessage());
         }
-        return new Desired(blks, nbds, nets, ports, switchPorts);
+        return new Desired(blks, blksReadOnlyNow, nbds, nets, ports, switchPorts, portSwitches);
     }
 
-    /** A blk entry of a file (the parameters of blk.add): what a running export is, its read-only state now. */
-    static Map<String, Object> blkEntry(BlkExport.Spec s, boolean readOnly) {
+    /**
+     * A state file's blk entry (the parameters of blk.add): {@code readonly} is how the image was opened (as added);
+     * {@code readonly-now: true}, only in a state file and only when blk.set-readonly switched a writable image
+     * read-only, has it switched read-only again at start — so that blk.set-readonly false still works then.
+     */
+    static Map<String, Object> blkEntry(BlkExport.Spec s, boolean readOnlyNow) {
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("id", s.id());
         m.put("image", s.image().toString());
         m.put("socket", s.socket().toString());
         m.put("queues", s.queues());
-        m.put("readonly", readOnly);
+        m.put("readonly", s.readOnly());
         m.put("direct", s.direct());
         m.put("serial", s.serial());
         m.put("io-engine", s.engine().name().toLowerCase(java.util.Locale.ROOT));
         m.put("format", s.format() == null ? "auto" : s.format().toString());
+        if (readOnlyNow && !s.readOnly()) {
+            m.put(READ_ONLY_NOW, true);
+        }
         return m;
     }
 
@@ -188,6 +229,19 @@ final class ConfigFile {
             ps.add(portEntry(null, p));
         }
         m.put("ports", ps);
+        return m;
+    }
+
+    /**
+     * An entry of a state file's {@code ports} list: the port's (with its switch's id) and its switch's parameters
+     * ({@link #SWITCH}).
+     */
+    static Map<String, Object> switchPortEntry(NetSwitch.Spec sw, NetSwitch.PortSpec p) {
+        Map<String, Object> m = portEntry(sw.id(), p);
+        Map<String, Object> s = netEntry(sw, List.of());
+        s.remove("id");
+        s.remove("ports");
+        m.put(SWITCH, s);
         return m;
     }
 

@@ -46,6 +46,8 @@ public final class Daemon implements AutoCloseable {
     private int nextNet;
     private int nextPort;
     private int nextNbd;
+    /** Counts the registry's changes (guarded by lock): a request that failed after changing it still saves. */
+    private long changes;
 
     public Daemon(String socketGroup) throws IOException {
         this(socketGroup, java.util.Set.of());
@@ -117,23 +119,41 @@ public final class Daemon implements AutoCloseable {
 
     /** Executes one control request. Never throws anything but {@link RpcException} for a bad or failed request. */
     public Object call(String method, Map<String, Object> params) throws RpcException {
+        long before = locked(() -> changes);
+        Object result;
+        try {
+            result = dispatch(method, params);
+        } catch (RpcException | RuntimeException e) {
+            // a remove that failed after its device left the registry (closing it threw): what runs changed
+            if (CHANGES.contains(method) && locked(() -> changes) != before) {
+                savedAfterFailure(method);
+            }
+            throw e;
+        }
+        if (CHANGES.contains(method)) {
+            saved(method, result);
+        }
+        return result;
+    }
+
+    private Object dispatch(String method, Map<String, Object> params) throws RpcException {
         Params p = new Params(method, params);
-        Object result = switch (method) {
+        return switch (method) {
             case "version" -> version(p.allow());
             case "blk.add" -> blkAdd(p.allow(BLK_PARAMS), false);
-            case "blk.remove" -> removed(p.allow("id"), id -> removeBlk(id, null));
+            case "blk.remove" -> removed(p.allow("id"), "blk", id -> removeBlk(id, null));
             case "blk.list" -> blkList(p.allow());
             case "blk.info" -> blkInfo(p.allow("id"));
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
             case "net.add" -> netAdd(p.allow(NET_PARAMS), false);
-            case "net.remove" -> removed(p.allow("id"), id -> removeNet(id, null));
+            case "net.remove" -> removed(p.allow("id"), "net", id -> removeNet(id, null));
             case "net.port.add" -> portAdd(p.allow(PORT_ADD_PARAMS), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
             case "net.list" -> netList(p.allow());
             case "net.macs" -> netMacs(p.allow("net"));
             case "nbd.add" -> nbdAdd(p.allow(NBD_PARAMS));
-            case "nbd.remove" -> removed(p.allow("id"), id -> removeNbd(id, null));
+            case "nbd.remove" -> removed(p.allow("id"), "nbd", id -> removeNbd(id, null));
             case "nbd.list" -> nbdList(p.allow());
             case "stats" -> stats(p.allow("id"));
             case "libvirt-xml" ->
@@ -144,10 +164,22 @@ public final class Daemon implements AutoCloseable {
                         RpcException.METHOD_NOT_FOUND,
                         "no method '" + Params.printable(method) + "' (methods: " + String.join(", ", METHODS) + ")");
         };
-        if (CHANGES.contains(method)) {
-            saved(method, result);
+    }
+
+    /** Writes the state file after a request that failed but changed the registry; a failed write is logged. */
+    private void savedAfterFailure(String method) {
+        StateFile s = state;
+        if (s == null) {
+            return;
         }
-        return result;
+        try {
+            s.save(this);
+        } catch (IOException | RuntimeException e) {
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    method + " failed after changing the devices, and the state file could not be written either: "
+                            + e.getMessage() + "; any later change writes the whole state file again");
+        }
     }
 
     /**
@@ -184,7 +216,13 @@ public final class Daemon implements AutoCloseable {
             return;
         }
         try {
-            s.save(this);
+            if (!s.save(this)) {
+                String msg = method + " was done (" + Json.compact(result) + ") but is not saved: the daemon was"
+                        + " stopping meanwhile, and its stop is not recorded as removals; the state file lists the"
+                        + " devices as they were before, so check them after the next start";
+                LOG.log(System.Logger.Level.WARNING, msg);
+                throw new RpcException(RpcException.FAILED, msg);
+            }
         } catch (IOException | RuntimeException e) {
             String msg = method + " was done (" + Json.compact(result) + ") but is not saved: " + e.getMessage()
                     + "; it runs now and would be lost at a restart — fix the cause, then any later change (e.g."
@@ -195,11 +233,19 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * What the state file holds (lock held): the devices added through the API, each as it runs now (a disk's
-     * read-only state as blk.set-readonly left it), in the configuration file's shape; ports added through the API
-     * to a switch of the configuration file under {@code ports}, with their switch's id.
+     * What state file {@code file} holds (lock held): the devices added through the API, each as it was added (a
+     * disk's {@code readonly}: how its image was opened) with a disk that blk.set-readonly switched read-only marked
+     * {@code readonly-now}, in the configuration file's shape; ports added through the API
+     * to a switch of the configuration file under {@code ports}, with their switch's id. Null when {@code file} is no
+     * longer this daemon's: {@link #close} lets go of it before it empties the registry, so a request still
+     * finishing then (a remove or set-readonly that outlasted the control socket's wait) cannot record the stop as
+     * the removal of every device — the check and the snapshot are one look under the lock, which the stop cannot
+     * split.
      */
-    Map<String, Object> apiDevicesLocked() {
+    Map<String, Object> apiDevicesLocked(StateFile file) {
+        if (state != file) {
+            return null;
+        }
         List<Object> b = new ArrayList<>();
         for (BlkExport e : blks.values()) {
             if (!e.fromConfig) {
@@ -225,7 +271,7 @@ public final class Daemon implements AutoCloseable {
                 n.add(ConfigFile.netEntry(s.spec, api));
             } else {
                 for (NetSwitch.PortSpec ps : api) {
-                    ports.add(ConfigFile.portEntry(s.spec.id(), ps));
+                    ports.add(ConfigFile.switchPortEntry(s.spec, ps));
                 }
             }
         }
@@ -237,11 +283,36 @@ public final class Daemon implements AutoCloseable {
         return m;
     }
 
-    /** What blk.remove, nbd.remove and net.remove answer once {@code remove} has removed the entry the id names. */
-    private static Map<String, Object> removed(Params p, Remove remove) throws RpcException {
+    /**
+     * What blk.remove, nbd.remove and net.remove answer once {@code remove} has removed the entry the id names. With
+     * --state, the state file's carried entry of that id ({@code kind}: "blk", "nbd", "net") goes too; an id that
+     * names no running device but such an entry (it did not start at this daemon's start) is removed from the file.
+     */
+    private Map<String, Object> removed(Params p, String kind, Remove remove) throws RpcException {
         String id = p.id("id");
-        remove.remove(id);
+        StateFile s = state;
+        try {
+            remove.remove(id);
+        } catch (RpcException e) {
+            if (e.code() == RpcException.NOT_FOUND && s != null && s.forget(kind, null, id)) {
+                return notStarted(Json.object("id", id, "removed", true));
+            }
+            throw e;
+        }
+        if (s != null) {
+            s.forget(kind, null, id); // a switch's carried ports, say
+        }
         return Json.object("id", id, "removed", true);
+    }
+
+    /** A remove's answer for an entry only the state file listed (it did not start at this daemon's start). */
+    private static Map<String, Object> notStarted(Map<String, Object> m) {
+        Map<String, Object> out = new LinkedHashMap<>(m);
+        out.put(
+                "notice",
+                "it was not running (it did not start when the daemon started); removed from the state file, so it"
+                        + " does not come back at the next start");
+        return out;
     }
 
     @FunctionalInterface
@@ -321,6 +392,11 @@ public final class Daemon implements AutoCloseable {
      * for any of them is refused as in use.
      */
     BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig) throws RpcException {
+        return addBlk(spec, fromConfig, false);
+    }
+
+    /** {@link #addBlk(BlkExport.Spec, boolean)}, switched read-only before it serves when {@code readOnlyNow}. */
+    BlkExport addBlk(BlkExport.Spec spec, boolean fromConfig, boolean readOnlyNow) throws RpcException {
         ClaimRegistry.Claim c = claims.claim(new ClaimRegistry.Claim(
                 null,
                 spec.id(),
@@ -331,12 +407,15 @@ public final class Daemon implements AutoCloseable {
                 spec.readOnly()));
         BlkExport e;
         try {
-            e = BlkExport.start(spec, fromConfig, access);
+            e = BlkExport.start(spec, fromConfig, access, readOnlyNow);
         } catch (IOException | RuntimeException ex) {
             claims.release(c);
             throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
         }
-        claims.publish(c, "blk.add " + spec.id(), e, () -> blks.put(spec.id(), e));
+        claims.publish(c, "blk.add " + spec.id(), e, () -> {
+            blks.put(spec.id(), e);
+            changes++;
+        });
         LOG.log(
                 System.Logger.Level.INFO,
                 "blk " + spec.id() + ": serving " + spec.image() + " on " + spec.socket() + " ("
@@ -356,6 +435,7 @@ public final class Daemon implements AutoCloseable {
             e = blk(id);
             requireExpected(e, expected, "blk '" + id + "'");
             blks.remove(id);
+            changes++;
             c = claims.removing(id);
         }
         try {
@@ -487,7 +567,10 @@ public final class Daemon implements AutoCloseable {
             claims.release(c);
             throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
         }
-        claims.publish(c, "nbd " + id, e, () -> nbds.put(id, e));
+        claims.publish(c, "nbd " + id, e, () -> {
+            nbds.put(id, e);
+            changes++;
+        });
         LOG.log(
                 System.Logger.Level.INFO,
                 "nbd " + id + ": exporting " + spec.image() + " on " + spec.socket()
@@ -505,6 +588,7 @@ public final class Daemon implements AutoCloseable {
             e = existing(nbds, id, "NBD export", "exports", "nbd.add");
             requireExpected(e, expected, "nbd '" + id + "'");
             nbds.remove(id);
+            changes++;
             c = claims.removing(id);
         }
         try {
@@ -596,6 +680,7 @@ public final class Daemon implements AutoCloseable {
                 throw new RpcException(RpcException.FAILED, "net.add " + spec.id() + ": " + ex.getMessage());
             }
             nets.put(spec.id(), n);
+            changes++;
             claims.activate(c);
             LOG.log(System.Logger.Level.INFO, "net " + spec.id() + ": switch added (MTU " + spec.mtu() + ")");
             return n;
@@ -626,6 +711,7 @@ public final class Daemon implements AutoCloseable {
                                 + " file's change, remove those ports (net.port.remove) and send SIGHUP again");
             }
             nets.remove(id);
+            changes++;
             held.add(claims.removing(id));
             for (String port : n.ports.keySet()) {
                 held.add(claims.removing(ClaimRegistry.Claim.key(id, port)));
@@ -739,6 +825,7 @@ public final class Daemon implements AutoCloseable {
         synchronized (lock) {
             if (!claims.closed() && nets.get(n.spec.id()) == n) {
                 n.ports.put(ps.id(), e);
+                changes++;
                 claims.activate(c);
                 LOG.log(
                         System.Logger.Level.INFO,
@@ -759,14 +846,27 @@ public final class Daemon implements AutoCloseable {
                 RpcException.FAILED, what + ": the switch was removed or the daemon began stopping meanwhile");
     }
 
+    /** net.port.remove; a port only the state file lists (as {@link #removed}) is removed from the file. */
     private Map<String, Object> portRemove(Params p) throws RpcException {
-        NetSwitch n;
-        synchronized (lock) {
-            n = net(p.id("net"));
-        }
+        String net = p.id("net");
         String id = p.id("id");
-        removePort(n, id, null);
-        return Json.object("net", n.spec.id(), "id", id, "removed", true);
+        StateFile s = state;
+        try {
+            NetSwitch n;
+            synchronized (lock) {
+                n = net(net);
+            }
+            removePort(n, id, null);
+        } catch (RpcException e) {
+            if (e.code() == RpcException.NOT_FOUND && s != null && s.forget("port", net, id)) {
+                return notStarted(Json.object("net", net, "id", id, "removed", true));
+            }
+            throw e;
+        }
+        if (s != null) {
+            s.forget("port", net, id);
+        }
+        return Json.object("net", net, "id", id, "removed", true);
     }
 
     /**
@@ -787,6 +887,7 @@ public final class Daemon implements AutoCloseable {
             }
             requireExpected(e, expected, "port '" + id + "' of switch '" + n.spec.id() + "'");
             n.ports.remove(id);
+            changes++;
             c = claims.removing(ClaimRegistry.Claim.key(n.spec.id(), id));
         }
         try {
@@ -969,6 +1070,7 @@ public final class Daemon implements AutoCloseable {
         List<NetSwitch> n;
         List<NbdExportEntry> nb;
         synchronized (lock) {
+            state = null; // first: stopping is not removing, and a request finishing late must not save empty maps
             nb = new ArrayList<>(nbds.values());
             nbds.clear();
             b = new ArrayList<>(blks.values());

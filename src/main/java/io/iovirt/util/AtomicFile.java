@@ -16,6 +16,9 @@ import java.nio.file.StandardOpenOption;
  * after a crash: {@code host migrate}'s rewritten files and the daemon's {@code --state} file.
  */
 public final class AtomicFile {
+    /** Between the target's name and the writer's pid and a number: {@code NAME.iovirt-tmp-PID-DIGITS}. */
+    private static final String TEMP = ".iovirt-tmp-";
+
     private AtomicFile() {}
 
     /** What to do to the new file before its data is written (its mode, owner): a failure leaves the old file. */
@@ -32,8 +35,8 @@ public final class AtomicFile {
      */
     public static void replace(Path target, byte[] data, Prepare prepare) throws IOException {
         Path real = Files.exists(target) ? target.toRealPath() : target.toAbsolutePath();
-        Path tmp = real.resolveSibling(
-                real.getFileName() + ".iovirt-tmp-" + ProcessHandle.current().pid() + "-" + System.nanoTime());
+        Path tmp = real.resolveSibling(real.getFileName() + TEMP
+                + ProcessHandle.current().pid() + "-" + Long.toUnsignedString(System.nanoTime()));
         try {
             try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE)) {
                 if (prepare != null) {
@@ -58,8 +61,14 @@ public final class AtomicFile {
         }
     }
 
-    /** True for a temporary file {@link #replace} left beside {@code target} when its process died mid-way. */
+    /**
+     * True for a temporary file {@link #replace} left beside {@code target} when its process died mid-way: exactly
+     * {@code NAME.iovirt-tmp-PID-DIGITS}, so that neither another file's ({@code NAME.failed.iovirt-tmp-...}) nor a
+     * file someone named alike is taken for one.
+     */
     public static boolean isLeftover(Path target, Path file) {
-        return file.getFileName().toString().startsWith(target.getFileName() + ".iovirt-tmp-");
+        String name = file.getFileName().toString();
+        String prefix = target.getFileName() + TEMP;
+        return name.startsWith(prefix) && name.substring(prefix.length()).matches("[0-9]+-[0-9]+");
     }
 }

@@ -22,6 +22,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -59,6 +60,11 @@ class DaemonStateTest {
 
     /** The daemon with --config (a switch "lan" with one port) and --state, as iovirt.service runs it. */
     private ChildProcess.Builder daemon(Path control) throws Exception {
+        return daemon(control, state());
+    }
+
+    /** The daemon with --state {@code stateArg} (a name for the file {@link #state()}, say). */
+    private ChildProcess.Builder daemon(Path control, Path stateArg) throws Exception {
         Files.createDirectories(state().getParent());
         Path config = dir.resolve("daemon.json");
         if (!Files.exists(config)) {
@@ -71,7 +77,7 @@ class DaemonStateTest {
                         "--config",
                         config.toString(),
                         "--state",
-                        state().toString(),
+                        stateArg.toString(),
                         "--control",
                         control.toString()))
                 .name("iovirt daemon")
@@ -173,7 +179,9 @@ class DaemonStateTest {
             // the file: the configuration file's shape, only the API's devices, readable as such
             Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
             assertEquals(List.of("d1", "d2"), ids((List<?>) saved.get("blk")), saved.toString());
-            assertEquals(true, byId((List<?>) saved.get("blk"), "d2").get("readonly"));
+            assertEquals(false, byId((List<?>) saved.get("blk"), "d2").get("readonly"), "opened writable");
+            assertEquals(true, byId((List<?>) saved.get("blk"), "d2").get("readonly-now"), "switched read-only");
+            assertFalse(byId((List<?>) saved.get("blk"), "d1").containsKey("readonly-now"), saved.toString());
             assertEquals(List.of("n1"), ids((List<?>) saved.get("nbd")));
             assertEquals(List.of("sw"), ids((List<?>) saved.get("net")), "not the file's switch lan");
             assertEquals(List.of("api"), ids((List<?>) saved.get("ports")));
@@ -321,36 +329,41 @@ class DaemonStateTest {
         }
     }
 
+    private void addBlk(RpcClient c, String id, Path image) throws Exception {
+        call(
+                c,
+                "blk.add",
+                "id",
+                id,
+                "image",
+                image.toString(),
+                "socket",
+                dir.resolve(id + ".sock").toString());
+    }
+
+    private static List<String> sorted(List<String> l) {
+        return l.stream().sorted().toList();
+    }
+
+    private List<String> savedBlks() throws Exception {
+        return ids((List<?>) ((Map<?, ?>) JsonParser.parse(Files.readString(state()))).get("blk"));
+    }
+
     /**
-     * An entry that cannot start (its image is gone) is reported and the others start; the file keeps it for the
-     * next start, and the first change through the API writes what runs after keeping the file as FILE.failed.
+     * An entry that cannot start (its image is gone) is reported and the others start; the file is not rewritten at
+     * start, and later writes carry the entry forward until its image is back and it starts again.
      */
     @Test
-    void anEntryThatFailsAtStartIsReportedAndKeptInACopy() throws Exception {
+    void anEntryThatFailsAtStartIsReportedAndCarriedForward() throws Exception {
         Path gone = image("gone.raw", 1 << 20);
+        Path moved = dir.resolve("moved.raw");
         try (ChildProcess d = start();
                 RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
-            call(
-                    c,
-                    "blk.add",
-                    "id",
-                    "ok",
-                    "image",
-                    image("ok.raw", 1 << 20).toString(),
-                    "socket",
-                    dir.resolve("ok.sock").toString());
-            call(
-                    c,
-                    "blk.add",
-                    "id",
-                    "gone",
-                    "image",
-                    gone.toString(),
-                    "socket",
-                    dir.resolve("gone.sock").toString());
+            addBlk(c, "ok", image("ok.raw", 1 << 20));
+            addBlk(c, "gone", gone);
             d.kill();
         }
-        Files.delete(gone);
+        Files.move(gone, moved); // an image on a file system not mounted yet
         String before = Files.readString(state());
         try (ChildProcess d = start();
                 RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
@@ -358,11 +371,244 @@ class DaemonStateTest {
             assertTrue(d.log().contains("did not start: [blk gone: "), d.log());
             assertEquals(before, Files.readString(state()), "rewritten at start");
             call(c, "net.add", "id", "sw");
-            Path failed = state().resolveSibling("daemon-state.json.failed");
-            assertEquals(before, Files.readString(failed));
+            assertEquals(List.of("ok", "gone"), savedBlks(), "the entry that did not start is carried forward");
             Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
-            assertEquals(List.of("ok"), ids((List<?>) saved.get("blk")));
             assertEquals(List.of("sw"), ids((List<?>) saved.get("net")));
+            d.stop(Duration.ofSeconds(60));
+        }
+        Files.move(moved, gone);
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("ok", "gone"), ids(list(c, "blk.list")), d.log());
+            assertArrayEquals(new long[] {(1 << 20) / 512, 0}, blkAsSeenByAFrontend(dir.resolve("gone.sock")));
+        }
+    }
+
+    /**
+     * Two restarts, each with a different entry failing, and a change through the API after each: neither entry is
+     * lost — both run once their images are back. An entry only the file carries is removed from it by the API's
+     * remove, and one re-added through the API with its id is the API's.
+     */
+    @Test
+    void entriesFailingAtDifferentStartsAreAllKeptAndCanBeRemovedOrReplaced() throws Exception {
+        Path a = image("a.raw", 1 << 20);
+        Path b = image("b.raw", 1 << 20);
+        Path c3 = image("c.raw", 1 << 20);
+        Path away = dir.resolve("away");
+        Files.createDirectories(away);
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            addBlk(c, "a", a);
+            addBlk(c, "b", b);
+            addBlk(c, "c", c3);
+            d.kill();
+        }
+        Files.move(a, away.resolve("a.raw"));
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("b", "c"), ids(list(c, "blk.list")), d.log());
+            call(c, "net.add", "id", "sw1");
+            d.kill();
+        }
+        Files.move(away.resolve("a.raw"), a);
+        Files.move(b, away.resolve("b.raw"));
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("a", "c"), sorted(ids(list(c, "blk.list"))), d.log());
+            call(c, "net.add", "id", "sw2");
+            assertEquals(List.of("a", "b", "c"), sorted(savedBlks()));
+            d.kill();
+        }
+        Files.move(away.resolve("b.raw"), b);
+        Files.move(c3, away.resolve("c.raw"));
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of("a", "b"), sorted(ids(list(c, "blk.list"))), d.log());
+            Map<?, ?> r = call(c, "blk.remove", "id", "c");
+            assertEquals(true, r.get("removed"));
+            assertTrue(((String) r.get("notice")).contains("removed from the state file"), r.toString());
+            assertEquals(List.of("a", "b"), sorted(savedBlks()), "removed from the file");
+            RpcClient.RemoteError e = assertThrows(RpcClient.RemoteError.class, () -> call(c, "blk.remove", "id", "c"));
+            assertEquals((long) RpcException.NOT_FOUND, e.code());
+            // a carried entry replaced by a device the API adds with its id
+            call(c, "blk.remove", "id", "a");
+            Files.move(b, away.resolve("b.raw"));
+            d.kill();
+        }
+        try (ChildProcess d = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertEquals(List.of(), ids(list(c, "blk.list")), d.log());
+            Path other = image("other.raw", 2 << 20);
+            addBlk(c, "b", other);
+            Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
+            assertEquals(List.of("b"), ids((List<?>) saved.get("blk")));
+            assertEquals(other.toString(), byId((List<?>) saved.get("blk"), "b").get("image"), "the API's wins");
+        }
+    }
+
+    /**
+     * A request that finishes while the daemon stops (a blk.remove, net.port.remove or blk.set-readonly slower than
+     * the control socket's 10 s wait) writes nothing: the stop empties the registry without removing anything, so
+     * such a write would record every device as removed; and once the file's lock is let go, nothing writes it, not
+     * even a daemon that still runs. Driven step by step in the test's process — the stop, then the late request's
+     * write — as making a real request outlast that wait on purpose takes a stalled file system.
+     */
+    @Test
+    void aRequestFinishingDuringTheStopWritesNothing() throws Exception {
+        Files.createDirectories(state().getParent());
+        Path image = image("d1.raw", 1 << 20);
+        String saved;
+        try (StateFile s = StateFile.open(state());
+                Daemon d = new Daemon(null)) {
+            s.restore(d, s.read(d));
+            d.state(s);
+            d.call(
+                    "blk.add",
+                    Map.of(
+                            "id",
+                            "d1",
+                            "image",
+                            image.toString(),
+                            "socket",
+                            dir.resolve("d1.sock").toString()));
+            saved = Files.readString(state());
+            assertEquals(List.of("d1"), ids((List<?>) ((Map<?, ?>) JsonParser.parse(saved)).get("blk")));
+            d.close(); // the stop: the registry is emptied
+            assertFalse(s.save(d)); // what the late request's write does
+            assertEquals(saved, Files.readString(state()), "the stop was saved as the removal of every device");
+        }
+        try (StateFile s = StateFile.open(state());
+                Daemon d = new Daemon(null)) {
+            s.restore(d, s.read(d));
+            d.state(s);
+            assertEquals(
+                    List.of("d1"), d.blkExports().stream().map(e -> e.spec.id()).toList());
+            s.close(); // the lock is let go: the file may be a successor's now
+            RpcException e = assertThrows(RpcException.class, () -> d.call("blk.remove", Map.of("id", "d1")));
+            assertTrue(
+                    e.getMessage().contains("blk.remove was done")
+                            && e.getMessage().contains("not saved"),
+                    e.getMessage());
+            assertEquals(saved, Files.readString(state()), "written after the lock was let go");
+        }
+    }
+
+    /**
+     * A disk added writable and switched read-only through the API comes back read-only — and still switchable:
+     * blk.set-readonly false works after the restart, a frontend sees it writable and the image takes a write (a
+     * resize grows it). It is opened as it was added, and switched read-only before its socket serves.
+     */
+    @Test
+    void aDiskSwitchedReadOnlyComesBackSwitchableToWritable() throws Exception {
+        Path d1 = dir.resolve("d1.sock");
+        Path image = image("d1.raw", 1 << 20);
+        try (ChildProcess first = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            call(c, "blk.add", "id", "d1", "image", image.toString(), "socket", d1.toString());
+            call(c, "blk.set-readonly", "id", "d1", "readonly", true);
+            first.kill();
+        }
+        try (ChildProcess second = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertArrayEquals(new long[] {(1 << 20) / 512, 1}, blkAsSeenByAFrontend(d1), "read-only after the restart");
+            call(c, "blk.set-readonly", "id", "d1", "readonly", false);
+            assertArrayEquals(new long[] {(1 << 20) / 512, 0}, blkAsSeenByAFrontend(d1), "writable again");
+            call(c, "blk.resize", "id", "d1", "size", "2M");
+            assertEquals(2 << 20, Files.size(image), "the image took the write");
+            Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
+            assertFalse(byId((List<?>) saved.get("blk"), "d1").containsKey("readonly-now"), saved.toString());
+        }
+    }
+
+    /**
+     * A port the API added to a switch of the configuration file survives that switch leaving the file: a reload that
+     * drops it keeps it running (it has an API port), and at the next start the switch is created as the port's
+     * entry recorded it — as a switch of the API, its MTU kept — with the port on it.
+     */
+    @Test
+    void apiPortsOnASwitchTheConfigurationNoLongerListsComeBackWithTheirSwitch() throws Exception {
+        Path api = dir.resolve("api.sock");
+        Path config = dir.resolve("daemon.json");
+        Files.writeString(config, """
+                {"net": [{"id": "lan", "mtu": 4000, "ports": [{"id": "cfg", "kind": "stream", "path": "%s"}]}]}
+                """.formatted(dir.resolve("cfg.sock")));
+        try (ChildProcess first = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            call(c, "net.port.add", "net", "lan", "id", "api", "kind", "stream", "path", api.toString());
+            Files.writeString(config, "{}\n");
+            assertThrows(RpcClient.RemoteError.class, () -> call(c, "reload"), "lan has an API port: kept");
+            assertEquals(List.of("api"), ids((List<?>)
+                    byId(list(c, "net.list"), "lan").get("ports")));
+            first.kill();
+        }
+        try (ChildProcess second = start();
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            Map<?, ?> lan = byId(list(c, "net.list"), "lan");
+            assertEquals(List.of("api"), ids((List<?>) lan.get("ports")), second.log());
+            assertEquals(4000L, lan.get("mtu"));
+            call(c, "net.add", "id", "sw");
+            Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(state()));
+            assertEquals(List.of("lan", "sw"), ids((List<?>) saved.get("net")), "lan is the API's now");
+            assertEquals(List.of(), saved.get("ports"));
+        }
+    }
+
+    /**
+     * Two names for one state file — a symbolic link to it, and a path through a linked directory — are one file:
+     * the second daemon is refused, naming the first; and a temporary file a crash left beside the file (not beside
+     * the link) is removed at start.
+     */
+    @Test
+    void aStateFileReachedThroughLinksIsStillOwnedByOneDaemon() throws Exception {
+        Files.createDirectories(state().getParent());
+        Path link = dir.resolve("state-link.json");
+        Files.createSymbolicLink(link, state()); // to a file not created yet
+        Path linkedDir = dir.resolve("lib-link");
+        Files.createSymbolicLink(linkedDir, state().getParent());
+        Path leftover = state().resolveSibling(state().getFileName() + ".iovirt-tmp-1-2");
+        Files.writeString(leftover, "{");
+        try (ChildProcess first = daemon(control(), link).startListening(control(), START);
+                RpcClient c = RpcClient.connect(control(), Duration.ofSeconds(30))) {
+            assertFalse(Files.exists(leftover), "the crash's temporary file beside the file");
+            addBlk(c, "d1", image("d1.raw", 1 << 20));
+            assertTrue(Files.isSymbolicLink(link), "the link was replaced");
+            assertEquals(List.of("d1"), savedBlks());
+            try (ChildProcess second = daemon(dir.resolve("control2.sock"), linkedDir.resolve(state().getFileName()))
+                    .start()) {
+                assertTrue(second.waitFor(START), "a second daemon runs on the same state file");
+                String log = second.log();
+                assertTrue(second.exitValue() != 0, log);
+                assertTrue(log.contains("is in use by pid " + first.pid()), log);
+            }
+            assertEquals(List.of("d1"), ids(list(c, "blk.list")));
+        }
+    }
+
+    /**
+     * A state directory that others can write and that belongs to another user is refused at start, saying why and
+     * what to do ({@code --state /} too, with a message rather than a crash); nothing starts.
+     */
+    @Test
+    void aStateDirectoryOthersCanWriteOrNoFileIsRefused() throws Exception {
+        Assumptions.assumeTrue(io.iovirt.linux.SocketAccess.ownUid() == 0, "chown needs root");
+        Path shared = dir.resolve("shared");
+        Files.createDirectories(shared);
+        Files.setPosixFilePermissions(shared, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
+        Files.setAttribute(shared, "unix:uid", 65534);
+        try (ChildProcess d = daemon(control(), shared.resolve("state.json")).start()) {
+            assertTrue(d.waitFor(START), "the daemon runs on a state directory others can write");
+            String log = d.log();
+            assertTrue(d.exitValue() != 0, log);
+            assertTrue(log.contains("is writable by others (mode rwxrwxrwx) and belongs to uid 65534"), log);
+            assertTrue(log.contains("StateDirectory=iovirt"), log);
+        }
+        assertFalse(Files.exists(shared.resolve("state.json.lock")), "its lock file was made");
+        try (ChildProcess d = daemon(control(), Path.of("/")).start()) {
+            assertTrue(d.waitFor(START), "the daemon runs with --state /");
+            String log = d.log();
+            assertTrue(d.exitValue() != 0, log);
+            assertTrue(log.contains("--state /: names a directory, not a file"), log);
+            assertFalse(log.contains("NullPointerException"), log);
         }
     }
 }
