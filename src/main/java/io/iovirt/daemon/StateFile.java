@@ -65,16 +65,20 @@ final class StateFile implements AutoCloseable {
                     + abs.resolve("daemon-state.json") + ")");
         }
         int owner = (Integer) Files.getAttribute(dir, "unix:uid");
+        int self = io.iovirt.linux.SocketAccess.ownUid();
         java.util.Set<java.nio.file.attribute.PosixFilePermission> mode = Files.getPosixFilePermissions(dir);
-        if (owner != io.iovirt.linux.SocketAccess.ownUid()
-                && (mode.contains(java.nio.file.attribute.PosixFilePermission.GROUP_WRITE)
-                        || mode.contains(java.nio.file.attribute.PosixFilePermission.OTHERS_WRITE))) {
-            throw new IOException("--state " + file + ": its directory " + dir + " is writable by others (mode "
-                    + PosixFilePermissions.toString(mode) + ") and belongs to uid " + owner + ", not to the daemon's"
-                    + " user (uid " + io.iovirt.linux.SocketAccess.ownUid() + "): anyone who can write there could"
-                    + " plant " + abs.getFileName() + " (devices the daemon would start) or its .lock; put the state"
-                    + " file in a directory of the daemon's user that only it can write (iovirt.service's"
-                    + " StateDirectory=iovirt makes /var/lib/iovirt), or chown it to the daemon's user");
+        // Whoever can write in the directory can plant the file (devices the daemon would start, as its user: a disk
+        // of any file it can open, served on a socket of the planter's choosing) or its .lock: only the daemon's user
+        // or root may own it, and nobody else write it — a sticky /tmp included, where the names can be taken first.
+        if ((owner != self && owner != 0)
+                || mode.contains(java.nio.file.attribute.PosixFilePermission.GROUP_WRITE)
+                || mode.contains(java.nio.file.attribute.PosixFilePermission.OTHERS_WRITE)) {
+            throw new IOException("--state " + file + ": its directory " + dir + " (mode "
+                    + PosixFilePermissions.toString(mode) + ", uid " + owner + ") can be written by others than the"
+                    + " daemon's user (uid " + self + ") and root: anyone who can write there could plant "
+                    + abs.getFileName() + " (devices the daemon would start) or its .lock; put the state file in a"
+                    + " directory of the daemon's user that only it can write (iovirt.service's StateDirectory=iovirt"
+                    + " makes /var/lib/iovirt), e.g. chown it to the daemon's user and chmod go-w it");
         }
         Path lockFile = abs.resolveSibling(abs.getFileName() + ".lock");
         try {

@@ -22,7 +22,6 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -590,19 +589,29 @@ class DaemonStateTest {
      */
     @Test
     void aStateDirectoryOthersCanWriteOrNoFileIsRefused() throws Exception {
-        Assumptions.assumeTrue(io.iovirt.linux.SocketAccess.ownUid() == 0, "chown needs root");
+        io.iovirt.testing.Require.that(
+                io.iovirt.linux.SocketAccess.ownUid() == 0, "root (the test chowns a directory)");
         Path shared = dir.resolve("shared");
         Files.createDirectories(shared);
-        Files.setPosixFilePermissions(shared, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
-        Files.setAttribute(shared, "unix:uid", 65534);
-        try (ChildProcess d = daemon(control(), shared.resolve("state.json")).start()) {
-            assertTrue(d.waitFor(START), "the daemon runs on a state directory others can write");
-            String log = d.log();
-            assertTrue(d.exitValue() != 0, log);
-            assertTrue(log.contains("is writable by others (mode rwxrwxrwx) and belongs to uid 65534"), log);
-            assertTrue(log.contains("StateDirectory=iovirt"), log);
+        Files.setAttribute(shared, "unix:mode", 01777); // as /tmp
+        Path foreign = dir.resolve("foreign");
+        Files.createDirectories(foreign);
+        Files.setPosixFilePermissions(foreign, java.nio.file.attribute.PosixFilePermissions.fromString("rwx------"));
+        Files.setAttribute(foreign, "unix:uid", 65534);
+        for (String[] c : new String[][] {
+            {"shared", "(mode rwxrwxrwx, uid 0)"}, // sticky as /tmp: the names can still be taken first
+            {"foreign", "(mode rwx------, uid 65534)"}
+        }) {
+            Path d0 = dir.resolve(c[0]);
+            try (ChildProcess d = daemon(control(), d0.resolve("state.json")).start()) {
+                assertTrue(d.waitFor(START), "the daemon runs on state directory " + c[0]);
+                String log = d.log();
+                assertTrue(d.exitValue() != 0, log);
+                assertTrue(log.contains("its directory " + d0 + " " + c[1] + " can be written by others"), log);
+                assertTrue(log.contains("StateDirectory=iovirt"), log);
+            }
+            assertFalse(Files.exists(d0.resolve("state.json.lock")), "its lock file was made in " + c[0]);
         }
-        assertFalse(Files.exists(shared.resolve("state.json.lock")), "its lock file was made");
         try (ChildProcess d = daemon(control(), Path.of("/")).start()) {
             assertTrue(d.waitFor(START), "the daemon runs with --state /");
             String log = d.log();
