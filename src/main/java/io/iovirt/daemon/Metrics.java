@@ -200,6 +200,11 @@ public final class Metrics implements AutoCloseable {
         if (!acceptor.thread().isAlive()) {
             return "the metrics listener " + url + " no longer accepts connections (its accept thread ended)";
         }
+        long failing = TimeUnit.NANOSECONDS.toMillis(acceptor.failingForNanos());
+        if (failing >= 4 * timeoutMillis) { // a watchdog period: a streak of failed accepts, not one
+            return "the metrics listener " + url + " has failed every accept for " + failing
+                    + " ms (out of descriptors?)";
+        }
         if (probe == null || probe.isDone()) {
             try {
                 probe = exchanges.submit(() -> render(daemon, this).length());
@@ -217,14 +222,25 @@ public final class Metrics implements AutoCloseable {
         }
     }
 
-    /** An accepted connection within the limit: its own virtual thread serves it. */
+    /**
+     * An accepted connection within the limit: its deadline counts from now (on the accept thread, not when its
+     * thread first runs), and its own virtual thread serves it.
+     */
     private void admit(SocketChannel s, Runnable release) {
+        long deadline = System.nanoTime() + CONNECTION_TIMEOUT.toNanos();
+        AtomicBoolean answered = new AtomicBoolean(); // an answered client that lingers did not time out
+        ScheduledFuture<?> expiry = null;
         open.add(s);
         try {
-            exchanges.execute(() -> serve(s, release));
-        } catch (RuntimeException e) { // rejected: the acceptor releases, closes and logs
+            expiry = deadlines.schedule(() -> expire(s, answered), CONNECTION_TIMEOUT.toNanos(), TimeUnit.NANOSECONDS);
+            ScheduledFuture<?> e = expiry;
+            exchanges.execute(() -> serve(s, release, deadline, answered, e));
+        } catch (Throwable t) { // rejected, or no thread (OutOfMemoryError): the acceptor releases, closes and logs
+            if (expiry != null) {
+                expiry.cancel(false);
+            }
             open.remove(s);
-            throw e;
+            throw t;
         }
     }
 
@@ -265,12 +281,9 @@ public final class Metrics implements AutoCloseable {
     }
 
     /** Reads one request, answers it and closes the connection; everything ends by the connection's deadline. */
-    private void serve(SocketChannel s, Runnable release) {
-        long deadline = System.nanoTime() + CONNECTION_TIMEOUT.toNanos();
-        AtomicBoolean answered = new AtomicBoolean(); // an answered client that lingers did not time out
-        ScheduledFuture<?> expiry = null;
+    private void serve(
+            SocketChannel s, Runnable release, long deadline, AtomicBoolean answered, ScheduledFuture<?> expiry) {
         try {
-            expiry = deadlines.schedule(() -> expire(s, answered), CONNECTION_TIMEOUT.toNanos(), TimeUnit.NANOSECONDS);
             ByteBuffer in = ByteBuffer.allocate(MAX_REQUEST_HEAD);
             byte[] answer = null;
             int scanned = 0;
@@ -291,11 +304,15 @@ public final class Metrics implements AutoCloseable {
                 }
             }
             if (answer == null) {
-                int lineEnd = 0;
-                while (in.get(lineEnd) != '\n') { // there is one: the head is complete
+                int lineStart = 0; // empty lines before the request line are ignored (RFC 9112 2.2)
+                while (lineStart < in.position() && (in.get(lineStart) == '\r' || in.get(lineStart) == '\n')) {
+                    lineStart++;
+                }
+                int lineEnd = lineStart;
+                while (lineEnd < in.position() && in.get(lineEnd) != '\n') {
                     lineEnd++;
                 }
-                String[] parts = new String(in.array(), 0, lineEnd, StandardCharsets.ISO_8859_1)
+                String[] parts = new String(in.array(), lineStart, lineEnd - lineStart, StandardCharsets.ISO_8859_1)
                         .strip()
                         .split(" ");
                 answer = parts.length == 3 && parts[2].startsWith("HTTP/")
@@ -316,9 +333,7 @@ public final class Metrics implements AutoCloseable {
         } catch (RuntimeException | Error e) {
             LOG.log(System.Logger.Level.ERROR, "metrics listener " + url + ": internal error; connection closed", e);
         } finally {
-            if (expiry != null) {
-                expiry.cancel(false);
-            }
+            expiry.cancel(false);
             open.remove(s);
             closeQuietly(s);
             release.run();
@@ -339,12 +354,18 @@ public final class Metrics implements AutoCloseable {
 
     /** The whole answer to {@code method target}; a render waits for the others only until the deadline. */
     private byte[] answer(String method, String target, long deadline) {
-        int q = target.indexOf('?');
-        String path = q < 0 ? target : target.substring(0, q);
-        if (!path.equals("/metrics")) {
-            return response(404, "Not Found", "", text("iovirt daemon: metrics are at /metrics"), false);
+        String path = target;
+        int scheme = path.indexOf("://"); // absolute form (RFC 9112 3.2.2): http://host:port/metrics
+        if (scheme > 0 && (path.startsWith("http://") || path.startsWith("https://"))) {
+            int slash = path.indexOf('/', scheme + 3);
+            path = slash < 0 ? "/" : path.substring(slash);
         }
+        int q = path.indexOf('?');
+        path = q < 0 ? path : path.substring(0, q);
         boolean head = method.equals("HEAD");
+        if (!path.equals("/metrics")) {
+            return response(404, "Not Found", "", text("iovirt daemon: metrics are at /metrics"), head);
+        }
         if (!head && !method.equals("GET")) {
             return response(405, "Method Not Allowed", "Allow: GET, HEAD\r\n", new byte[0], false);
         }

@@ -26,6 +26,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
 
 /**
  * The control socket: JSON-RPC 2.0, one request (or batch) per line, over a UNIX stream socket that only the
@@ -90,9 +91,14 @@ public final class RpcServer implements AutoCloseable {
         return path;
     }
 
-    /** True while the accept thread runs (the watchdog's check that the control socket still serves). */
-    boolean accepting() {
-        return !closed && acceptor.thread().isAlive();
+    /**
+     * True while the accept thread runs and its accepts have not all failed for {@code boundMillis} or more (the
+     * watchdog's check that the control socket still serves: out of descriptors, the thread lives and backs off).
+     */
+    boolean accepting(long boundMillis) {
+        return !closed
+                && acceptor.thread().isAlive()
+                && acceptor.failingForNanos() < TimeUnit.MILLISECONDS.toNanos(boundMillis);
     }
 
     /** A client whose uid may control us, within the limit: its own platform thread serves it. */

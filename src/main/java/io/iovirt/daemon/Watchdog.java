@@ -87,8 +87,9 @@ final class Watchdog implements AutoCloseable {
 
     /** Why the daemon does not serve now, or null when it does. */
     String problem() throws InterruptedException {
-        if (!rpc.accepting()) {
-            return "the control socket " + rpc.path() + " no longer accepts connections";
+        if (!rpc.accepting(periodMillis)) {
+            return "the control socket " + rpc.path() + " no longer accepts connections (its accept thread ended, or"
+                    + " every accept has failed for " + periodMillis + " ms: out of descriptors?)";
         }
         String lock = lockProblem();
         if (lock != null) {

@@ -66,6 +66,8 @@ public final class Acceptor<S extends AutoCloseable> {
     private final Thread thread;
     private final AtomicInteger active = new AtomicInteger();
     private long failedAttempts; // acceptor thread only
+    /** When the current streak of failed accepts began (System.nanoTime, never 0), or 0 while accepts succeed. */
+    private volatile long failingSince;
 
     private Acceptor(Builder<S> b, Server<S> server) {
         this.name = b.name;
@@ -173,6 +175,15 @@ public final class Acceptor<S extends AutoCloseable> {
         return thread;
     }
 
+    /**
+     * How long every accept has failed (out of descriptors, out of memory), in nanoseconds; 0 while accepts succeed.
+     * A watchdog reads it: the thread is alive, backing off, yet serves nobody.
+     */
+    public long failingForNanos() {
+        long since = failingSince;
+        return since == 0 ? 0 : Math.max(1, System.nanoTime() - since);
+    }
+
     /** Connections admitted and not yet released. */
     public int active() {
         return active.get();
@@ -191,6 +202,7 @@ public final class Acceptor<S extends AutoCloseable> {
                     return;
                 }
                 if (failedAttempts++ == 0) {
+                    failingSince = System.nanoTime() | 1;
                     log.log(
                             Level.ERROR,
                             name + ": accept failed: " + e.getMessage() + "; backing off (" + backoff
@@ -203,6 +215,7 @@ public final class Acceptor<S extends AutoCloseable> {
             if (failedAttempts > 0) {
                 log.log(Level.WARNING, name + ": accepting again after " + failedAttempts + " failed attempts");
                 failedAttempts = 0;
+                failingSince = 0;
                 backoff = MIN_BACKOFF_MS;
             }
             admit(s);

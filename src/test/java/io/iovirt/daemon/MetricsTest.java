@@ -178,7 +178,8 @@ class MetricsTest {
 
     /**
      * The small HTTP server's edges: HEAD has the headers of GET and no body, a query string is ignored, a bare-LF
-     * request is understood, a line that is not HTTP gets 400, an endless head gets 431 — each answer closes.
+     * request is understood, a line that is not HTTP gets 400, an endless head gets 431 — each answer closes; an
+     * absolute-form target and an empty line before the request line are accepted (RFC 9112 3.2.2, 2.2).
      */
     @Test
     void answersHeadQueriesAndMalformedRequests() throws Exception {
@@ -193,6 +194,12 @@ class MetricsTest {
             assertTrue(get.contains("iovirt_metrics_connections 1\n"), "this connection is counted: " + get);
             assertTrue(raw(m, "hello\r\n\r\n").startsWith("HTTP/1.1 400 "));
             assertTrue(raw(m, "GET /other HTTP/1.1\r\n\r\n").startsWith("HTTP/1.1 404 "));
+            String headOther = raw(m, "HEAD /other HTTP/1.1\r\n\r\n");
+            assertTrue(headOther.startsWith("HTTP/1.1 404 ") && headOther.endsWith("\r\n\r\n"), headOther);
+            String absolute = raw(m, "GET http://127.0.0.1:" + m.address().getPort() + "/metrics HTTP/1.1\r\n\r\n");
+            assertTrue(absolute.startsWith("HTTP/1.1 200 OK") && absolute.contains("iovirt_build_info"), absolute);
+            String blankFirst = raw(m, "\r\nGET /metrics HTTP/1.1\r\n\r\n");
+            assertTrue(blankFirst.startsWith("HTTP/1.1 200 OK"), "an empty line before the request: " + blankFirst);
             assertTrue(raw(m, "GET / HTTP/1.1\r\nX: " + "a".repeat(Metrics.MAX_REQUEST_HEAD) + "\r\n\r\n")
                     .startsWith("HTTP/1.1 431 "));
         }
