@@ -1197,15 +1197,23 @@ class DaemonApiTest {
                     io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("b.sock"), Duration.ofSeconds(10))) {
                 assertTrue(fb.getFeatures() != 0);
             }
-            // while the sender of the garbage still holds its end: the server is what hung up
+            // while the sender of the garbage still holds its end: the server is what hung up. Waited for as such:
+            // "connected: false" alone was also true before a's server had even accepted the garbage connection
+            // (seen on a loaded CI machine), and the hang-up was then looked at too early.
             io.iovirt.testing.Await.until(Duration.ofSeconds(30), "a's garbage connection closed by the server", () -> {
+                try {
+                    return junk.peerHungUp();
+                } catch (Exception e) {
+                    throw new AssertionError(e);
+                }
+            });
+            io.iovirt.testing.Await.until(Duration.ofSeconds(30), "a shown disconnected", () -> {
                 try {
                     return !(Boolean) ok("blk.info", "id", "a").get("connected");
                 } catch (Exception e) {
                     throw new AssertionError(e);
                 }
             });
-            assertTrue(junk.peerHungUp(), "the server hung up on the garbage");
         }
         try (io.iovirt.vhostuser.VhostUserFrontend fa =
                 io.iovirt.vhostuser.VhostUserFrontend.connect(dir.resolve("a.sock"), Duration.ofSeconds(10))) {
