@@ -212,14 +212,14 @@ class DebianPackageTest {
                 // the process was destroyed: what was read is kept
             }
         });
-        try {
-            if (!p.waitFor(seconds, TimeUnit.SECONDS)) {
-                throw new AssertionError("timed out after " + seconds + " s: " + cmd + "\n" + out);
-            }
-        } finally {
+        if (!p.waitFor(seconds, TimeUnit.SECONDS)) {
             p.destroyForcibly();
+            reader.join(10_000);
+            throw new AssertionError("timed out after " + seconds + " s: " + cmd + "\n" + out);
         }
-        reader.join(10_000); // a grandchild still holding the pipe does not hold the test
+        // Not destroyed once it has exited: destroy closes the output stream, which cut off what the reader had
+        // not read yet (an empty `git rev-parse` on CI). A grandchild still holding the pipe does not hold the test.
+        reader.join(10_000);
         return new Result(p.exitValue(), out.toString());
     }
 }
