@@ -49,18 +49,32 @@ class DebianPackageTest {
         assertTrue(deb.getFileName().toString().matches("iovirt_.*_all\\.deb"), built.out);
         Result info = run(List.of("dpkg-deb", "--info", deb.toString()), 60);
         assertTrue(info.out.contains("Package: iovirt"), info.out);
-        Result installed = run(List.of("dpkg", "-i", deb.toString()), 300);
+        // apt-get, not dpkg -i: it waits for the dpkg lock (an unattended upgrade on a fresh CI machine holds it) and
+        // resolves the package's Depends as an administrator's install would
+        Result installed = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
         assertEquals(0, installed.exit, installed.out);
     }
 
     @AfterAll
     static void remove() throws Exception {
         if (deb != null) {
-            run(List.of("dpkg", "--purge", "iovirt"), 300);
+            run(aptGet("purge", "iovirt"), 900);
         }
         if (buildDir != null) {
             run(List.of("rm", "-rf", "--", buildDir.toString()), 120);
         }
+    }
+
+    private static List<String> aptGet(String action, String what) {
+        return List.of(
+                "env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "-y",
+                "-o",
+                "DPkg::Lock::Timeout=600",
+                action,
+                what);
     }
 
     @Test
