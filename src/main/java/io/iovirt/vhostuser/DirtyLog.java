@@ -66,12 +66,13 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
     /**
      * Maps the log of SET_LOG_BASE. The descriptor is consumed.
      *
+     * @param checks the device's share of descriptor checks that may wait at once ({@link PeerFile})
      * @param size   bytes of bitmap (the payload's mmap_size)
      * @param offset where the bitmap starts in the file (mmap_offset)
      * @throws ProtocolException the descriptor is not a shared memory file, or the area is empty, huge, misaligned
      *                           or beyond the end of the file
      */
-    static DirtyLog map(String name, Fd fd, long size, long offset) throws ProtocolException {
+    static DirtyLog map(String name, PeerFile.Quota checks, Fd fd, long size, long offset) throws ProtocolException {
         try (fd) {
             String what = "SET_LOG_BASE (size " + Long.toUnsignedString(size) + ", offset "
                     + Long.toUnsignedString(offset) + ")";
@@ -82,7 +83,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
                 throw new ProtocolException(what + ": the log must start at a non-negative, 8-byte aligned offset");
             }
             PeerFile.requireSharedMemory(
-                    fd, what, offset, size, "the dirty log must be a memfd, or a file on tmpfs or hugetlbfs");
+                    checks, fd, what, offset, size, "the dirty log must be a memfd, or a file on tmpfs or hugetlbfs");
             Mmap.Mapping m = PeerFile.mapShared(fd, what, offset, size, Mmap.MAP_NORESERVE);
             return new DirtyLog(name, m, m.segment(), size);
         }

@@ -42,15 +42,18 @@ final class Handler implements AutoCloseable {
     private final Negotiation negotiated;
     private final Vring[] vrings;
     private final MemoryTable memory;
+    /** The device's share of descriptor checks that may wait at once; its server's, shared by its sessions. */
+    private final PeerFile.Quota checks;
 
     private int status;
     /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
     private BackendChannel backendChannel;
 
-    Handler(VhostUserBackend backend, String name) {
+    Handler(VhostUserBackend backend, String name, PeerFile.Quota checks) {
         this.backend = backend;
         this.name = name;
-        this.memory = new MemoryTable(name, backend::memoryChanged);
+        this.checks = checks;
+        this.memory = new MemoryTable(name, checks, backend::memoryChanged);
         int n = backend.queueCount();
         if (n < 1 || n > MAX_QUEUES) {
             throw new IllegalArgumentException("a vhost-user device has 1.." + MAX_QUEUES + " queues, not " + n);
@@ -346,7 +349,7 @@ final class Handler implements AutoCloseable {
             throw new ProtocolException("SET_LOG_BASE needs a " + Payloads.LOG_SIZE + "-byte log description and one "
                     + "descriptor, got " + p.byteSize() + " bytes and " + m.fdCount());
         }
-        DirtyLog next = DirtyLog.map(name, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
+        DirtyLog next = DirtyLog.map(name, checks, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
         if (!hadLog && logging()) {
             // A migration starts with SET_LOG_BASE, then LOG_ALL. LOG_ALL before this connection's first log is a
             // frontend that (re)connected while a migration runs - after a backend crash or restart. QEMU 7.2 then
@@ -434,8 +437,8 @@ final class Handler implements AutoCloseable {
             throw new ProtocolException("SET_INFLIGHT_FD for " + n + " queues of " + qs + ": the device has "
                     + vrings.length + " queues of at most " + negotiated.maxQueueSize());
         }
-        InflightRegion next =
-                InflightRegion.map(m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
+        InflightRegion next = InflightRegion.map(
+                checks, m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
         replaceInflight(next);
         LOG.log(System.Logger.Level.INFO, name + ": frontend kept " + next);
     }

@@ -68,7 +68,7 @@ final class InflightRegion implements AutoCloseable {
      * @throws ProtocolException the description does not match the layout for its queue count and size, or the fd
      *                           is not a shared memory file that large
      */
-    static InflightRegion map(Fd fd, long mmapSize, long mmapOffset, int queues, int queueSize)
+    static InflightRegion map(PeerFile.Quota checks, Fd fd, long mmapSize, long mmapOffset, int queues, int queueSize)
             throws ProtocolException {
         try (fd) {
             String what = String.format(
@@ -81,6 +81,7 @@ final class InflightRegion implements AutoCloseable {
                 throw new ProtocolException(what + ": the offset must be page aligned");
             }
             PeerFile.requireSharedMemory(
+                    checks,
                     fd,
                     what,
                     mmapOffset,

@@ -37,6 +37,7 @@ final class MemoryTable implements AutoCloseable {
     static final long MAX_MAPPED_BYTES = hostMemory();
 
     private final String name;
+    private final PeerFile.Quota checks;
     private final Consumer<GuestMemory> onChange;
     private final GuestMemoryHolder holder = new GuestMemoryHolder();
     private FrontendAddressIndex addresses = FrontendAddressIndex.EMPTY;
@@ -50,10 +51,12 @@ final class MemoryTable implements AutoCloseable {
 
     /**
      * @param name     the connection, for log lines
+     * @param checks   the device's share of descriptor checks that may wait at once ({@link PeerFile})
      * @param onChange told of every table installed (the device's {@link VhostUserBackend#memoryChanged})
      */
-    MemoryTable(String name, Consumer<GuestMemory> onChange) {
+    MemoryTable(String name, PeerFile.Quota checks, Consumer<GuestMemory> onChange) {
         this.name = name;
+        this.checks = checks;
         this.onChange = onChange;
     }
 
@@ -215,6 +218,7 @@ final class MemoryTable implements AutoCloseable {
             // A file on a disk file system could be truncated by anyone with access to it, and its pages written back
             // to disk; one on FUSE would stall the queue threads on its daemon (PeerFile).
             PeerFile.requireSharedMemory(
+                    checks,
                     fd,
                     desc,
                     offset,

@@ -10,6 +10,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 
@@ -35,13 +36,31 @@ final class PeerFile {
 
     /**
      * Checks running at once, in the whole process. A check left waiting on a file system that never answers keeps
-     * its thread until the file system answers (or its FUSE connection is aborted); a frontend that reconnects and
-     * sends such descriptors again and again would otherwise pile up threads without end. Past this, descriptors
-     * are refused at once, with the reason.
+     * its thread (a stack, a copy of the descriptor) until the file system answers or its FUSE connection is aborted;
+     * a frontend that reconnects and sends such descriptors again and again would otherwise pile up threads without
+     * end. Past this, descriptors are refused at once, with the reason.
      */
-    static final int MAX_CHECKS = 32;
+    static final int MAX_CHECKS = 128;
 
-    private static final java.util.concurrent.Semaphore RUNNING = new java.util.concurrent.Semaphore(MAX_CHECKS);
+    /**
+     * Checks running at once for one device (one socket, whichever of its frontends sent them), so that one tenant's
+     * hanging file system cannot take the whole process's {@link #MAX_CHECKS} and get other tenants' memory tables
+     * refused: it would need {@code MAX_CHECKS / MAX_CHECKS_PER_DEVICE} devices of its own. A frontend whose file
+     * system answers never has a check waiting for more than a moment, so two are plenty.
+     */
+    static final int MAX_CHECKS_PER_DEVICE = 2;
+
+    private static final Semaphore RUNNING = new Semaphore(MAX_CHECKS);
+
+    /** One device's share of the checks ({@link #MAX_CHECKS_PER_DEVICE}); outlives its connections. */
+    static final class Quota {
+        private final Semaphore running = new Semaphore(MAX_CHECKS_PER_DEVICE);
+
+        /** Checks of this device still waiting (a test's view). */
+        int waiting() {
+            return MAX_CHECKS_PER_DEVICE - running.availablePermits();
+        }
+    }
 
     private PeerFile() {}
 
@@ -51,12 +70,13 @@ final class PeerFile {
      * Checks that {@code fd} is a regular file on tmpfs or hugetlbfs holding [offset, offset+size); both are
      * non-negative.
      *
+     * @param quota  the device's share of the checks that may wait at once
      * @param what   names the message and its values, for the error
      * @param remedy what the frontend should send instead, for the error
      */
-    static void requireSharedMemory(Fd fd, String what, long offset, long size, String remedy)
+    static void requireSharedMemory(Quota quota, Fd fd, String what, long offset, long size, String remedy)
             throws ProtocolException {
-        Facts facts = facts(fd, what, remedy);
+        Facts facts = facts(quota, fd, what, remedy);
         FileIo.Stat st = facts.stat();
         if (!st.isRegularFile()) {
             throw new ProtocolException(what + ": the descriptor is not a shared memory file (mode 0"
@@ -72,17 +92,24 @@ final class PeerFile {
     }
 
     /** statx and fstatfs of the file, on a helper thread with its own copy of the descriptor. */
-    private static Facts facts(Fd fd, String what, String remedy) throws ProtocolException {
+    private static Facts facts(Quota quota, Fd fd, String what, String remedy) throws ProtocolException {
+        if (!quota.running.tryAcquire()) {
+            throw new ProtocolException(what + ": " + MAX_CHECKS_PER_DEVICE + " earlier descriptor checks of this"
+                    + " device's frontend are still waiting on file systems that do not answer (FUSE files sent as"
+                    + " shared memory?); " + remedy);
+        }
+        if (!RUNNING.tryAcquire()) {
+            quota.running.release();
+            throw new ProtocolException(what + ": " + MAX_CHECKS + " earlier descriptor checks are still waiting on"
+                    + " file systems that do not answer (FUSE files sent as shared memory?); " + remedy);
+        }
         Fd copy;
         try {
             copy = fd.dup();
         } catch (LinuxException e) {
+            RUNNING.release();
+            quota.running.release();
             throw new ProtocolException(what + ": " + e.getMessage(), e);
-        }
-        if (!RUNNING.tryAcquire()) {
-            copy.close();
-            throw new ProtocolException(what + ": " + MAX_CHECKS + " earlier descriptor checks are still waiting on"
-                    + " file systems that do not answer (FUSE files sent as shared memory?); " + remedy);
         }
         Future<Facts> f;
         try {
@@ -91,10 +118,12 @@ final class PeerFile {
                     return new Facts(FileIo.stat(copy), FileIo.filesystemType(copy));
                 } finally {
                     RUNNING.release();
+                    quota.running.release();
                 }
             });
         } catch (RuntimeException e) { // rejected: cannot start a thread
             RUNNING.release();
+            quota.running.release();
             copy.close();
             throw new ProtocolException(what + ": cannot check the descriptor: " + e, e);
         }

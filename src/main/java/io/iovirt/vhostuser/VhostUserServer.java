@@ -32,6 +32,12 @@ public final class VhostUserServer implements AutoCloseable {
     private final Path path;
     private final String name;
     private final VhostUserBackend backend;
+    /**
+     * The descriptor checks this device's frontends may have waiting at once: one share for every connection, so a
+     * frontend cannot reconnect its way to more.
+     */
+    private final PeerFile.Quota checks = new PeerFile.Quota();
+
     private final UnixSocket listener;
     private final SocketAccess access;
     private final Acceptor<UnixSocket> acceptor;
@@ -62,7 +68,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
 
         private void serve() {
-            Handler handler = new Handler(backend, name);
+            Handler handler = new Handler(backend, name, checks);
             try {
                 Message m;
                 while ((m = connection.receiveRequest()) != null) {
@@ -146,7 +152,10 @@ public final class VhostUserServer implements AutoCloseable {
      */
     public static VhostUserServer start(Path socketPath, VhostUserBackend backend, SocketAccess access)
             throws IOException {
-        new Handler(backend, socketPath.toString()); // validates the device's queue count, sizes and features now
+        new Handler(
+                backend,
+                socketPath.toString(),
+                new PeerFile.Quota()); // validates the device's queue count, sizes and features now
         UnixSocket listener = SocketPaths.listen(socketPath, 4, access, "socket path");
         VhostUserServer server = new VhostUserServer(socketPath, backend, listener, access);
         server.acceptor.start();

@@ -127,11 +127,19 @@ class DirtyLogTest {
     @Test
     void mapChecksTheFrontendsDescription() throws Exception {
         try (Fd f = MemFd.allocate("log", 8192)) {
-            assertThrows(ProtocolException.class, () -> DirtyLog.map("t", f.dup(), 0, 0), "empty");
-            assertThrows(ProtocolException.class, () -> DirtyLog.map("t", f.dup(), 4096, 4), "misaligned");
-            assertThrows(ProtocolException.class, () -> DirtyLog.map("t", f.dup(), 8192, 4096), "past the end");
-            assertThrows(ProtocolException.class, () -> DirtyLog.map("t", f.dup(), -1, 0), "huge");
-            try (DirtyLog log = DirtyLog.map("t", f.dup(), 4096, 4096)) {
+            assertThrows(
+                    ProtocolException.class, () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 0, 0), "empty");
+            assertThrows(
+                    ProtocolException.class,
+                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 4096, 4),
+                    "misaligned");
+            assertThrows(
+                    ProtocolException.class,
+                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 8192, 4096),
+                    "past the end");
+            assertThrows(
+                    ProtocolException.class, () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), -1, 0), "huge");
+            try (DirtyLog log = DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 4096, 4096)) {
                 assertTrue(log.mark(0, 1));
             }
         }

@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.linux.MemFd;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.testing.Require;
 import io.iovirt.virtio.VirtioFeatures;
@@ -116,6 +117,44 @@ class FuseBackedFrontendFileTest {
                 assertEquals(2, next.getQueueNum());
             }
             signal("-CONT"); // before the descriptor is closed: a close on FUSE waits for the daemon too
+        }
+    }
+
+    /**
+     * A frontend of one device keeps sending FUSE files whose daemon never answers. Each leaves a check waiting; past
+     * {@link PeerFile#MAX_CHECKS_PER_DEVICE} the device's next descriptor is refused at once, for that device, and
+     * another device's frontend (another tenant) still gets its shared memory checked and mapped — the process-wide
+     * limit is not one tenant's to use up.
+     */
+    @Test
+    void aDeviceWhoseChecksHangCannotTakeTheChecksOfOtherDevices() throws Exception {
+        Path otherSocket = dir.resolve("other.sock");
+        try (VhostUserServer other = VhostUserServer.start(otherSocket, new RecordingBackend(2))) {
+            Path file = mount.resolve("log");
+            Files.write(file, new byte[4096]);
+            try (Fd fd = FileIo.open(file, FileIo.O_RDWR)) {
+                signal("-STOP");
+                Thread.sleep(1500);
+                for (int i = 0; i < PeerFile.MAX_CHECKS_PER_DEVICE; i++) {
+                    String line = refused(fd);
+                    assertTrue(line.contains("did not answer statx/fstatfs within 5 s"), line);
+                }
+                String line = refused(fd);
+                assertTrue(
+                        line.contains(PeerFile.MAX_CHECKS_PER_DEVICE + " earlier descriptor checks of this device's"
+                                + " frontend are still waiting"),
+                        line);
+                try (VhostUserFrontend fe = VhostUserFrontend.connect(otherSocket, TIMEOUT);
+                        Fd memfd = MemFd.allocate("other-log", 4096)) {
+                    fe.getFeatures();
+                    fe.setProtocolFeatures(fe.getProtocolFeatures());
+                    fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
+                    fe.setLogBase(memfd, 4096, 0);
+                    assertEquals(2, fe.getQueueNum());
+                }
+                signal("-CONT");
+            }
+            assertTrue(other.awaitIdle(TIMEOUT));
         }
     }
 

@@ -102,7 +102,8 @@ class VhostUserFuzzTest {
                             Features.bit(Features.PROTOCOL_RARP)
                                     | Features.bit(Features.PROTOCOL_NET_MTU)
                                     | Features.bit(Features.PROTOCOL_INFLIGHT_SHMFD)),
-                    "fuzz");
+                    "fuzz",
+                    new PeerFile.Quota());
             try {
                 Message m;
                 while ((m = c.receiveRequest()) != null) {

@@ -36,7 +36,7 @@ class VringTest {
     void aRingRunsOnlyOnceStartedEnabledAndDescribedAndIsLaidOutOnlyWhileStopped() throws Exception {
         RecordingBackend device = new RecordingBackend(1);
         try (FrontendMemory ram = FrontendMemory.allocate(GPA, 1 << 20);
-                MemoryTable memory = new MemoryTable("t", m -> {});
+                MemoryTable memory = new MemoryTable("t", new PeerFile.Quota(), m -> {});
                 Vring v = new Vring(0, "t", device)) {
             memory.set(memTable(ram));
             assertEquals(Vring.State.STOPPED, v.state());
@@ -82,7 +82,7 @@ class VringTest {
         // A split ring without EVENT_IDX whose used ring ends exactly at the end of guest memory: the protocol layer
         // accepts it as the queue does (both size it with VirtioRing).
         try (FrontendMemory ram = FrontendMemory.allocate(GPA, 0x2000);
-                MemoryTable memory = new MemoryTable("t", m -> {});
+                MemoryTable memory = new MemoryTable("t", new PeerFile.Quota(), m -> {});
                 Vring v = new Vring(0, "t", new RecordingBackend(1))) {
             memory.set(memTable(ram));
             v.setNum(64, SPLIT);
