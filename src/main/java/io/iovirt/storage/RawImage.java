@@ -291,7 +291,14 @@ public final class RawImage implements DiskImage {
             // UNMAP), so it is allocated again — zeroed blocks, as QEMU's file driver does.
             FileIo.fallocate(fd, FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
             if (!unmap) {
-                FileIo.fallocate(fd, FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
+                try {
+                    FileIo.fallocate(fd, FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
+                } catch (LinuxException e2) {
+                    if (e2.errno() != Errno.EOPNOTSUPP) {
+                        throw e2;
+                    }
+                    // a file system that cannot allocate ahead cannot keep a range provisioned: the zeros stand
+                }
             }
         }
     }
