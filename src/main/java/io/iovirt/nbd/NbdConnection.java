@@ -493,7 +493,9 @@ final class NbdConnection implements Runnable {
             case CMD_READ -> read(slot, image, st);
             case CMD_WRITE -> write(slot, image, st);
             case CMD_FLUSH -> {
-                int err = checkFlags(flags, 0);
+                // FUA is accepted on every command (doc/proto.md: the server MUST accept it when SEND_FUA was
+                // advertised, and clients are known to set it on FLUSH); a flush persists everything anyway.
+                int err = checkFlags(flags, CMD_FLAG_FUA);
                 if (err == 0 && (offset != 0 || length != 0)) {
                     err = EINVAL;
                 }
@@ -626,7 +628,7 @@ final class NbdConnection implements Runnable {
     private void blockStatus(Slot slot, DiskImage image, NbdExportStats st) throws IOException {
         long offset = slot.offset;
         long length = slot.length;
-        int err = checkFlags(slot.flags, CMD_FLAG_REQ_ONE);
+        int err = checkFlags(slot.flags, CMD_FLAG_REQ_ONE | CMD_FLAG_FUA); // FUA: accepted on every command, no-op
         if (err == 0 && (!structured || !baseAllocation)) {
             err = EINVAL; // no metadata context negotiated
         }

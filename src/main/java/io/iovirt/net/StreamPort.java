@@ -41,6 +41,9 @@ public final class StreamPort extends Port {
 
     private static final int PREFIX = 4;
     private static final int RX_BUFFER = 256 * 1024;
+    /** Reads of up to {@link #RX_BUFFER} bytes per readiness event, see {@link #readAvailable}. */
+    private static final int READS_PER_EVENT = 8;
+
     private static final ValueLayout.OfInt LENGTH = JAVA_INT_UNALIGNED.withOrder(ByteOrder.BIG_ENDIAN);
     private static final long LISTENER = 0;
     private static final long CONNECTION = 2;
@@ -182,7 +185,12 @@ public final class StreamPort extends Port {
         RateLimitedLog.info(this + ": peer connected");
     }
 
-    /** Reads until the socket is empty, forwarding each complete frame. */
+    /**
+     * Reads until the socket is empty or {@link #READS_PER_EVENT} reads were made, forwarding each complete frame. The
+     * bound hands the thread back to its loop (level-triggered: a socket still readable is reported again at once),
+     * so a peer that writes faster than the switch forwards cannot keep it from seeing a stop request or the socket
+     * turning writable.
+     */
     private void readAvailable() throws LinuxException {
         UnixSocket c;
         synchronized (txLock) {
@@ -191,7 +199,7 @@ public final class StreamPort extends Port {
         if (c == null) {
             return;
         }
-        for (; ; ) {
+        for (int reads = 0; reads < READS_PER_EVENT; reads++) {
             long n;
             try {
                 n = PacketIo.read(c.fd(), rxBuf, fill, RX_BUFFER - fill);

@@ -22,6 +22,8 @@ import java.lang.foreign.MemorySegment;
 public final class TapPort extends Port {
     private static final int RX_BUFFER = 65536 + 64;
     private static final long TAP = 0;
+    /** Frames read per readiness event, see {@link #readAvailable}. */
+    private static final int FRAMES_PER_EVENT = 256;
 
     private final String ifname;
     private final Object txLock = new Object();
@@ -104,9 +106,14 @@ public final class TapPort extends Port {
         }
     }
 
+    /**
+     * Reads frames until the queue is empty or {@link #FRAMES_PER_EVENT} were read: the bound hands the thread back to
+     * its loop (level-triggered: a queue still readable is reported again at once), so a host that sends faster than
+     * the switch forwards cannot keep it from seeing a stop request.
+     */
     private void readAvailable() throws LinuxException {
         try {
-            for (int n = 1; ; n++) {
+            for (int n = 1; n <= FRAMES_PER_EVENT; n++) {
                 long len = PacketIo.read(tun.fd(), rxBuf, 0, RX_BUFFER);
                 if (len == PacketIo.WOULD_BLOCK) {
                     return;

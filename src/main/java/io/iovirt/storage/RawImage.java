@@ -286,7 +286,20 @@ public final class RawImage implements DiskImage {
             if (e.errno() != Errno.EOPNOTSUPP) {
                 throw e;
             }
+            // No FALLOC_FL_ZERO_RANGE (tmpfs, NFS): a punched hole reads as zeros. Without unmap the caller asked the
+            // range to stay provisioned (NBD's NO_HOLE: "MUST be fully provisioned"; virtio-blk WRITE_ZEROES without
+            // UNMAP), so it is allocated again — zeroed blocks, as QEMU's file driver does.
             FileIo.fallocate(fd, FileIo.FALLOC_FL_PUNCH_HOLE | FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
+            if (!unmap) {
+                try {
+                    FileIo.fallocate(fd, FileIo.FALLOC_FL_KEEP_SIZE, offset, len);
+                } catch (LinuxException e2) {
+                    if (e2.errno() != Errno.EOPNOTSUPP) {
+                        throw e2;
+                    }
+                    // a file system that cannot allocate ahead cannot keep a range provisioned: the zeros stand
+                }
+            }
         }
     }
 

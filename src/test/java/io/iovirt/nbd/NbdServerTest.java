@@ -544,6 +544,44 @@ class NbdServerTest {
     }
 
     /**
+     * NBD_CMD_WRITE_ZEROES with NBD_CMD_FLAG_NO_HOLE (what QEMU's client sends for a write of zeroes that may not
+     * unmap: qemu-io's {@code write -z} without {@code -u}) must leave the range allocated — doc/proto.md: "the area
+     * MUST be fully provisioned". On a file system without FALLOC_FL_ZERO_RANGE (tmpfs, here /dev/shm) a raw image
+     * fell back to punching a hole, so the range lost its blocks. A write of zeroes that may unmap still punches one.
+     */
+    @Test
+    void writeZeroesWithNoHoleKeepsTheRangeAllocatedWhereTheFileSystemCannotZeroARange() throws Exception {
+        Path shm = Path.of("/dev/shm");
+        io.iovirt.testing.Require.that(
+                Files.isDirectory(shm) && Files.isWritable(shm),
+                "a writable tmpfs at /dev/shm (a file system without FALLOC_FL_ZERO_RANGE)");
+        Path img = Files.createTempFile(shm, "iovirt-nohole-", ".raw");
+        try {
+            byte[] data = new byte[4 * MIB];
+            java.util.Arrays.fill(data, (byte) 0x5a);
+            Files.write(img, data);
+            long allocated = io.iovirt.linux.FileIo.stat(img).blocks();
+            try (DiskImage image = Images.open(img, null, false, false);
+                    NbdServer s = NbdServer.startUnix(dir.resolve("z.sock"), 4)) {
+                s.addExport(new NbdExport("z", image, false));
+                String u = "nbd+unix:///z?socket=" + dir.resolve("z.sock");
+                qemuIoOk(u, "raw", "write -z 1M 1M", "read -P 0 1M 1M", "read -P 0x5a 0 1M", "read -P 0x5a 2M 2M");
+                assertEquals(
+                        allocated,
+                        io.iovirt.linux.FileIo.stat(img).blocks(),
+                        "blocks after a write of zeroes with NO_HOLE");
+                qemuIoOk(u, "raw", "write -z -u 2M 1M", "read -P 0 2M 1M");
+                assertTrue(
+                        io.iovirt.linux.FileIo.stat(img).blocks() < allocated,
+                        "a write of zeroes that may unmap punches a hole");
+                assertEquals(0, s.exports().iterator().next().stats().errors.sum());
+            }
+        } finally {
+            Files.deleteIfExists(img);
+        }
+    }
+
+    /**
      * A read-only export refuses its clients' writes and, while it runs, keeps other writers of its image away (the
      * shared image lock, which QEMU's image locking sees): its clients never see the data change under them. QEMU
      * readers of the image are still welcome.

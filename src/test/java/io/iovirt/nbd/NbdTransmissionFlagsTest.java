@@ -53,6 +53,48 @@ class NbdTransmissionFlagsTest {
         }
     }
 
+    /**
+     * NBD_CMD_FLAG_FUA is accepted on every command once NBD_FLAG_SEND_FUA was advertised (doc/proto.md: the server
+     * "MUST accept all commands with this bit set (even by ignoring the bit)"; QEMU 2.x's client set it on every
+     * FLUSH). A FLUSH or BLOCK_STATUS with FUA used to fail with EINVAL.
+     */
+    @Test
+    void fuaIsAcceptedOnEveryCommand() throws Exception {
+        Path img = dir.resolve("u.raw");
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength(1 << 20);
+        }
+        Path sock = dir.resolve("u.sock");
+        try (RawImage image = RawImage.open(img, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 4)) {
+            s.addExport(new NbdExport("u", image, false));
+            try (RawClient c = RawClient.unix(sock)) {
+                c.go("u");
+                assertEquals(0, c.request(Nbd.CMD_FLUSH, Nbd.CMD_FLAG_FUA, 0, 0).error(), "FLUSH with FUA");
+                assertEquals(
+                        0, c.request(Nbd.CMD_READ, Nbd.CMD_FLAG_FUA, 0, 512).error(), "READ with FUA");
+                assertEquals(
+                        0, c.request(Nbd.CMD_TRIM, Nbd.CMD_FLAG_FUA, 0, 4096).error(), "TRIM with FUA");
+            }
+            try (RawClient c = RawClient.unix(sock)) {
+                c.structuredReplies();
+                c.baseAllocation("u");
+                c.go("u");
+                long cookie = c.send(Nbd.CMD_BLOCK_STATUS, Nbd.CMD_FLAG_FUA, 0, 4096, null);
+                NbdServerTest.Answer a = c.answer(true, 0);
+                assertEquals(cookie, a.cookie());
+                assertEquals(0, a.error(), "BLOCK_STATUS with FUA");
+                cookie = c.send(Nbd.CMD_FLUSH, Nbd.CMD_FLAG_FUA, 0, 0, null);
+                a = c.answer(true, 0);
+                assertEquals(0, a.error(), "FLUSH with FUA, structured");
+                assertEquals(cookie, a.cookie());
+            }
+            NbdExportStats st = s.exports().iterator().next().stats();
+            assertEquals(0, st.errors.sum());
+            assertEquals(2, st.flushes.sum());
+        }
+    }
+
     /** The transmission flags one connection is told by {@code option}, after STRUCTURED_REPLY if asked. */
     private static int flags(Path sock, boolean structured, int option) throws IOException {
         try (RawClient c = RawClient.unix(sock)) {

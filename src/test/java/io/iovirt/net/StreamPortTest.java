@@ -240,6 +240,80 @@ class StreamPortTest {
         }
     }
 
+    /**
+     * A peer that writes faster than the switch forwards (here into a destination that takes 10 µs per frame) keeps
+     * the socket readable for good. The port's thread used to read until the socket was empty, so it never went back
+     * to its loop: it never saw a stop request — closing the switch gave up on it after the stop timeout and closed
+     * the connection under the thread still reading it — nor the socket turning writable to finish a partly sent
+     * frame. Now it goes back to its loop after a bounded number of reads, and its thread has ended when the port's
+     * close returns.
+     */
+    @Test
+    void aFloodingPeerDoesNotKeepThePortsThreadFromStopping() throws Exception {
+        other.link = false; // the frames go to the slow port alone
+        SlowPort slow = sw.addPort(new SlowPort());
+        UnixSocket peer = connect();
+        byte[] f = framed(Frames.ethernet(B, A, 60)); // to an unknown address: flooded, i.e. to the slow port
+        Thread writer;
+        try (Arena a = Arena.ofShared()) {
+            MemorySegment burst = a.allocate(f.length * 4096L);
+            for (int i = 0; i < 4096; i++) {
+                MemorySegment.copy(f, 0, burst, JAVA_BYTE, (long) i * f.length, f.length);
+            }
+            writer = Thread.ofPlatform().daemon().name("flooding peer").start(() -> {
+                try {
+                    while (true) {
+                        peer.send(burst, List.of());
+                    }
+                } catch (IOException | RuntimeException e) {
+                    // the port closed the connection
+                }
+            });
+            try {
+                await(() -> slow.frames > 1000, "the flood to arrive");
+                String name = "iovirt " + port + " receive";
+                Thread receiver = Thread.getAllStackTraces().keySet().stream()
+                        .filter(t -> t.getName().equals(name))
+                        .findFirst()
+                        .orElseThrow(() -> new AssertionError("no thread named '" + name + "'"));
+                sw.close(); // the ports stay in the switch while it closes them: forwarding stays as slow
+                assertFalse(receiver.isAlive(), "the port's thread still runs after the port was closed");
+            } finally {
+                peer.close();
+                writer.join(TIMEOUT);
+            }
+        }
+    }
+
+    /** A destination that takes 10 µs per frame (a busy guest's ring, a slow device). */
+    private static final class SlowPort extends Port {
+        volatile long frames;
+
+        SlowPort() {
+            super("slow");
+        }
+
+        @Override
+        public boolean isLinkUp() {
+            return true;
+        }
+
+        @Override
+        protected void transmit(Frame frame) {
+            long until = System.nanoTime() + 10_000;
+            while (System.nanoTime() < until) {
+                Thread.onSpinWait();
+            }
+            frames++;
+        }
+
+        @Override
+        protected void start() {}
+
+        @Override
+        public void close() {}
+    }
+
     @Test
     void aLiveSocketPathIsNotStolenAndAStaleOneIsReused() throws Exception {
         IOException e;
