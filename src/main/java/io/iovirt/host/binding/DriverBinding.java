@@ -96,11 +96,27 @@ public final class DriverBinding {
             }
             List<String> writes = new ArrayList<>();
             String dir = PciDevice.dir(bdf);
-            write(writes, dir + "/driver_override", driver);
-            if (dev.driver() != null) {
-                write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
+            try {
+                write(writes, dir + "/driver_override", driver);
+                if (dev.driver() != null) {
+                    write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
+                }
+                write(writes, "bus/pci/drivers_probe", bdf.toString());
+            } catch (ActionableException e) {
+                // A write the kernel refused part way (an unbind the driver refuses because another bound the device
+                // meanwhile, a probe request it fails): without this, the override stays set, the device may be
+                // left without its driver, and the drivers table names a previous driver for a device iovirt never
+                // moved — which a later unbind would then act on.
+                String now = sys.linkName(dir + "/driver").orElse(null);
+                String rollback = now != null && now.equals(dev.driver())
+                        ? clearOverride(writes, dev, now) // the device never left its driver: do not take it away now
+                        : rollBack(writes, dev, now);
+                throw new HostConfigException(
+                        "binding " + bdf + " to " + driver + " failed: " + e.problem() + " (driver now: "
+                                + (now == null ? "none" : now) + "; " + rollback + ")",
+                        e.remedy(),
+                        e);
             }
-            write(writes, "bus/pci/drivers_probe", bdf.toString());
             if (dryRun) {
                 return new Outcome(bdf, dev.driver(), driver, writes, vfioNode(dev, driver), DRY_RUN_NOTE);
             }
@@ -426,6 +442,17 @@ public final class DriverBinding {
             return dev.driver() == null ? "override cleared" : "override cleared, gave it back to " + dev.driver();
         } catch (ActionableException e) {
             return "rolling back failed too: " + e.problem();
+        }
+    }
+
+    /** Undoes a bind that failed before the device left its driver {@code now}: only the override goes. */
+    private String clearOverride(List<String> writes, PciDevice dev, String now) {
+        try {
+            write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", "\n");
+            forgetPrevious(dev.bdf());
+            return "override cleared, it is still bound to " + now;
+        } catch (ActionableException e) {
+            return "clearing the override failed too: " + e.problem();
         }
     }
 

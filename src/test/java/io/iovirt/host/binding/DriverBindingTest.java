@@ -17,6 +17,12 @@ import io.iovirt.host.assign.Assigning;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.host.assign.DeviceReport;
 import io.iovirt.pci.Bdf;
+import io.iovirt.util.ActionableException;
+import java.io.FileInputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -53,6 +59,75 @@ class DriverBindingTest {
         assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"));
         // A failed bind leaves nothing remembered.
         assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")));
+    }
+
+    /**
+     * The probe request fails (the kernel refuses the write) after the device has left its driver: the override is
+     * cleared, the device goes back to its driver, and nothing stays remembered — it used to stay unbound with
+     * driver_override vfio-pci, and the drivers table named igbvf for a bind that never happened. The kernel's part
+     * (the unbind, the refused probe) is played after the bind's PCI scan: /proc/swaps is a FIFO, which the bind's
+     * host usage scan (after the PCI scan, before any write) waits on until the device has no driver link any more
+     * and drivers_probe refuses writes.
+     */
+    @Test
+    void aFailedProbeWriteGivesTheDeviceBackAndForgetsIt() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path swaps = h.proc.resolve("swaps");
+        Files.deleteIfExists(swaps);
+        assertEquals(0, new ProcessBuilder("mkfifo", swaps.toString()).start().waitFor());
+        Path probe = h.sys.resolve("bus/pci/drivers_probe");
+        Thread kernel = new Thread(() -> {
+            try (OutputStream out = Files.newOutputStream(swaps)) { // returns once the bind opens the FIFO
+                Files.delete(h.sys.resolve("devices/pci0000:00/0000:03:10.0/driver"));
+                Files.delete(h.sys.resolve("bus/pci/drivers/igbvf/0000:03:10.0"));
+                Files.delete(probe);
+                Files.createDirectory(probe); // a write to it fails, as the kernel's does when it refuses
+                out.write("Filename\tType\tSize\tUsed\tPriority\n".getBytes(StandardCharsets.US_ASCII));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        });
+        kernel.setDaemon(true);
+        kernel.start();
+        ActionableException e;
+        try {
+            e = assertThrows(
+                    ActionableException.class, () -> binding(h).bind(Bdf.parse("0000:03:10.0"), "vfio-pci", false));
+        } finally {
+            kernel.join(30_000);
+            if (kernel.isAlive()) {
+                new FileInputStream(swaps.toFile()).close(); // release the writer; the assertion above failed
+            }
+        }
+        assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"), "override cleared");
+        assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/unbind"));
+        assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/bind"), "given back to igbvf");
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
+        assertTrue(
+                e.getMessage()
+                        .startsWith("binding 0000:03:10.0 to vfio-pci failed: writing '0000:03:10.0' to " + probe),
+                e.getMessage());
+        assertTrue(
+                e.getMessage().contains("driver now: none; override cleared, gave it back to igbvf"), e.getMessage());
+    }
+
+    /**
+     * The unbind is refused (the device is still with its driver): only the override is cleared — the device is not
+     * taken from its driver by the rollback — and nothing stays remembered.
+     */
+    @Test
+    void aFailedUnbindWriteClearsTheOverrideAndLeavesTheDriver() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path unbind = h.sys.resolve("bus/pci/drivers/igbvf/unbind");
+        Files.delete(unbind);
+        Files.createDirectory(unbind);
+        ActionableException e = assertThrows(
+                ActionableException.class, () -> binding(h).bind(Bdf.parse("0000:03:10.0"), "vfio-pci", false));
+        assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"), "override cleared");
+        assertEquals("", h.read("bus/pci/drivers_probe"), "no probe after the failed unbind");
+        assertEquals("", h.read("bus/pci/drivers/igbvf/bind"), "not rebound: it never left igbvf");
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
+        assertTrue(e.getMessage().contains("override cleared, it is still bound to igbvf"), e.getMessage());
     }
 
     @Test
