@@ -478,6 +478,19 @@ public final class DriverBinding {
      * state lock every other host command waits for) would hang. Read from /proc/PID/fd links only.
      */
     private List<String> vfioUsers(PciDevice dev) {
+        List<String> users = new ArrayList<>();
+        for (String user : vfioUsers(paths, dev)) {
+            users.add(user + " (a VM uses it: the kernel would wait for it to let go, and the unbind would hang)");
+        }
+        return users;
+    }
+
+    /**
+     * "pid N (command) has /dev/vfio/G open" for each process that has the VFIO group of {@code dev} open while a
+     * VFIO driver holds {@code dev}; empty when none does (or /proc cannot be read). Whatever takes the device from
+     * vfio-pci — an unbind, or its PF's sriov_numvfs going down — waits in the kernel until that process lets go.
+     */
+    public static List<String> vfioUsers(HostPaths paths, PciDevice dev) {
         if (!PciDevice.isVfioDriver(dev.driver())) {
             return List.of();
         }
@@ -494,8 +507,7 @@ public final class DriverBinding {
                 if (!name.chars().allMatch(Character::isDigit) || !holds(pid.resolve("fd"), node)) {
                     continue;
                 }
-                users.add("pid " + name + commandOf(pid) + " has " + node + " open (a VM uses it: the kernel would"
-                        + " wait for it to let go, and the unbind would hang)");
+                users.add("pid " + name + commandOf(pid) + " has " + node + " open");
             }
         } catch (java.io.IOException | java.io.UncheckedIOException e) {
             // no /proc to read: the kernel's own wait is what remains
