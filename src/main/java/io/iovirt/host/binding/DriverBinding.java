@@ -254,6 +254,9 @@ public final class DriverBinding {
                         && !dev.driver().equals("pci-stub")) {
                     problems.add("its host driver " + dev.driver() + " would lose the device's state");
                 }
+                for (String user : vfioUsers(paths, dev)) {
+                    problems.add(user + " (a VM uses it, and would lose the device's state)");
+                }
                 if (!problems.isEmpty()) {
                     throw new HostConfigException(
                             "refusing to reset " + bdf + ": " + String.join("; ", problems),

@@ -470,6 +470,28 @@ class DriverBindingTest {
         assertTrue(vm.getMessage().contains("assigned to VM gpu-vm"), vm.getMessage());
     }
 
+    /**
+     * A device a process has open through VFIO (a QEMU iovirt does not know about) is not reset under it: the sysfs
+     * reset goes ahead whatever vfio-pci's user is doing, and the guest loses the device's state — refused like an
+     * assigned device, naming the process; --force goes ahead.
+     */
+    @Test
+    void resetRefusesADeviceAProcessHasOpenThroughVfio() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path pid = h.proc.resolve("4242");
+        Files.createDirectories(pid.resolve("fd"));
+        Files.createSymbolicLink(pid.resolve("fd/17"), Path.of("/dev/vfio/9"));
+        Files.write(pid.resolve("cmdline"), "qemu-system-x86_64\0-name\0gpu-vm\0".getBytes(StandardCharsets.UTF_8));
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:04:00.0"), false));
+        assertTrue(
+                e.getMessage().contains("pid 4242 (qemu-system-x86_64 -name gpu-vm) has /dev/vfio/9 open"),
+                e.getMessage());
+        assertEquals("", h.read("bus/pci/devices/0000:04:00.0/reset"), "no reset was written");
+        binding(h).reset(Bdf.parse("0000:04:00.0"), true);
+        assertEquals("1", h.read("bus/pci/devices/0000:04:00.0/reset"));
+    }
+
     @Test
     void driverNamesCannotEscapeTheDriversDirectory() {
         FakeHost h = DevicesTest.desktop(tmp);
