@@ -497,20 +497,33 @@ public final class DriverBinding {
         if (!PciDevice.isVfioDriver(dev.driver())) {
             return List.of();
         }
-        int group = dev.iommuGroup();
-        if (group < 0) {
+        // The group node (/dev/vfio/G, the container interface) and, on kernels with VFIO device cdevs (6.6+), the
+        // device's own node (/dev/vfio/devices/vfioX, named in its sysfs vfio-dev directory), which a user on iommufd
+        // (QEMU's iommufd= backend) holds instead of the group.
+        List<String> nodes = new ArrayList<>();
+        if (dev.iommuGroup() >= 0) {
+            nodes.add("/dev/vfio/" + dev.iommuGroup());
+        }
+        for (String cdev : paths.sys().list(PciDevice.dir(dev.bdf()) + "/vfio-dev")) {
+            if (cdev.matches("vfio[0-9]{1,9}")) {
+                nodes.add("/dev/vfio/devices/" + cdev);
+            }
+        }
+        if (nodes.isEmpty()) {
             return List.of();
         }
-        String node = "/dev/vfio/" + group;
         List<String> users = new ArrayList<>();
         java.nio.file.Path proc = paths.procRoot();
         try (var pids = java.nio.file.Files.list(proc)) {
             for (java.nio.file.Path pid : (Iterable<java.nio.file.Path>) pids::iterator) {
                 String name = pid.getFileName().toString();
-                if (!name.chars().allMatch(Character::isDigit) || !holds(pid.resolve("fd"), node)) {
+                if (!name.chars().allMatch(Character::isDigit)) {
                     continue;
                 }
-                users.add("pid " + name + commandOf(pid) + " has " + node + " open");
+                String node = held(pid.resolve("fd"), nodes);
+                if (node != null) {
+                    users.add("pid " + name + commandOf(pid) + " has " + node + " open");
+                }
             }
         } catch (java.io.IOException | java.io.UncheckedIOException e) {
             // no /proc to read: the kernel's own wait is what remains
@@ -518,12 +531,14 @@ public final class DriverBinding {
         return users;
     }
 
-    private static boolean holds(java.nio.file.Path fdDir, String node) {
+    /** The first of {@code nodes} a descriptor in {@code fdDir} links to, or null. */
+    private static String held(java.nio.file.Path fdDir, List<String> nodes) {
         try (var fds = java.nio.file.Files.list(fdDir)) {
             for (java.nio.file.Path fd : (Iterable<java.nio.file.Path>) fds::iterator) {
                 try {
-                    if (java.nio.file.Files.readSymbolicLink(fd).toString().equals(node)) {
-                        return true;
+                    String target = java.nio.file.Files.readSymbolicLink(fd).toString();
+                    if (nodes.contains(target)) {
+                        return target;
                     }
                 } catch (java.io.IOException | UnsupportedOperationException e) {
                     // closed meanwhile, or not a link
@@ -532,7 +547,7 @@ public final class DriverBinding {
         } catch (java.io.IOException | java.io.UncheckedIOException e) {
             // the process ended, or its descriptors are not ours to see
         }
-        return false;
+        return null;
     }
 
     private static String commandOf(java.nio.file.Path pidDir) {

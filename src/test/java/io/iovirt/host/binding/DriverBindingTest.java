@@ -492,6 +492,27 @@ class DriverBindingTest {
         assertEquals("1", h.read("bus/pci/devices/0000:04:00.0/reset"));
     }
 
+    /**
+     * On a kernel with VFIO device cdevs (6.6+), a user on iommufd holds /dev/vfio/devices/vfioX, not the group node:
+     * vfio-pci waits for it just the same, so the unbind is refused, naming it.
+     */
+    @Test
+    void unbindRefusesADeviceAProcessHasOpenThroughItsVfioCdev() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Files.createDirectories(h.sys.resolve("devices/pci0000:00/0000:04:00.0/vfio-dev/vfio3"));
+        Path pid = h.proc.resolve("4243");
+        Files.createDirectories(pid.resolve("fd"));
+        Files.createSymbolicLink(pid.resolve("fd/20"), Path.of("/dev/iommu"));
+        Files.createSymbolicLink(pid.resolve("fd/21"), Path.of("/dev/vfio/devices/vfio3"));
+        Files.write(pid.resolve("cmdline"), "qemu-system-x86_64\0".getBytes(StandardCharsets.UTF_8));
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false));
+        assertTrue(
+                e.getMessage().contains("pid 4243 (qemu-system-x86_64) has /dev/vfio/devices/vfio3 open"),
+                e.getMessage());
+        assertEquals("", h.read("bus/pci/drivers/vfio-pci/unbind"), "nothing was written");
+    }
+
     @Test
     void driverNamesCannotEscapeTheDriversDirectory() {
         FakeHost h = DevicesTest.desktop(tmp);
