@@ -108,8 +108,10 @@ public final class DriverBinding {
                 // left without its driver, and the drivers table names a previous driver for a device iovirt never
                 // moved — which a later unbind would then act on.
                 String now = sys.linkName(dir + "/driver").orElse(null);
-                String rollback = now != null && now.equals(dev.driver())
-                        ? clearOverride(writes, dev, now) // the device never left its driver: do not take it away now
+                // Bound to a driver other than the one asked for — its own (the unbind was refused) or one another
+                // actor bound it to meanwhile (the unbind then fails with ENODEV): it is not taken from that driver.
+                String rollback = now != null && !now.equals(driver)
+                        ? clearOverride(writes, dev, now)
                         : rollBack(writes, dev, now);
                 throw new HostConfigException(
                         "binding " + bdf + " to " + driver + " failed: " + e.problem() + " (driver now: "
@@ -448,12 +450,12 @@ public final class DriverBinding {
         }
     }
 
-    /** Undoes a bind that failed before the device left its driver {@code now}: only the override goes. */
+    /** Undoes a bind that failed with the device on another driver, {@code now}: only the override goes. */
     private String clearOverride(List<String> writes, PciDevice dev, String now) {
         try {
             write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", "\n");
             forgetPrevious(dev.bdf());
-            return "override cleared, it is still bound to " + now;
+            return "override cleared, left bound to " + now;
         } catch (ActionableException e) {
             return "clearing the override failed too: " + e.problem();
         }

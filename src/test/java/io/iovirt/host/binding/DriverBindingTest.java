@@ -72,33 +72,13 @@ class DriverBindingTest {
     @Test
     void aFailedProbeWriteGivesTheDeviceBackAndForgetsIt() throws Exception {
         FakeHost h = DevicesTest.desktop(tmp);
-        Path swaps = h.proc.resolve("swaps");
-        Files.deleteIfExists(swaps);
-        assertEquals(0, new ProcessBuilder("mkfifo", swaps.toString()).start().waitFor());
         Path probe = h.sys.resolve("bus/pci/drivers_probe");
-        Thread kernel = new Thread(() -> {
-            try (OutputStream out = Files.newOutputStream(swaps)) { // returns once the bind opens the FIFO
-                Files.delete(h.sys.resolve("devices/pci0000:00/0000:03:10.0/driver"));
-                Files.delete(h.sys.resolve("bus/pci/drivers/igbvf/0000:03:10.0"));
-                Files.delete(probe);
-                Files.createDirectory(probe); // a write to it fails, as the kernel's does when it refuses
-                out.write("Filename\tType\tSize\tUsed\tPriority\n".getBytes(StandardCharsets.US_ASCII));
-            } catch (IOException e) {
-                throw new UncheckedIOException(e);
-            }
+        ActionableException e = bindWithKernelActing(h, "0000:03:10.0", () -> {
+            Files.delete(h.sys.resolve("devices/pci0000:00/0000:03:10.0/driver"));
+            Files.delete(h.sys.resolve("bus/pci/drivers/igbvf/0000:03:10.0"));
+            Files.delete(probe);
+            Files.createDirectory(probe); // a write to it fails, as the kernel's does when it refuses
         });
-        kernel.setDaemon(true);
-        kernel.start();
-        ActionableException e;
-        try {
-            e = assertThrows(
-                    ActionableException.class, () -> binding(h).bind(Bdf.parse("0000:03:10.0"), "vfio-pci", false));
-        } finally {
-            kernel.join(30_000);
-            if (kernel.isAlive()) {
-                new FileInputStream(swaps.toFile()).close(); // release the writer; the assertion above failed
-            }
-        }
         assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"), "override cleared");
         assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/unbind"));
         assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/bind"), "given back to igbvf");
@@ -109,6 +89,63 @@ class DriverBindingTest {
                 e.getMessage());
         assertTrue(
                 e.getMessage().contains("driver now: none; override cleared, gave it back to igbvf"), e.getMessage());
+    }
+
+    interface KernelPart {
+        void run() throws IOException;
+    }
+
+    /**
+     * Binds {@code bdf} to vfio-pci with the kernel's part ({@code kernel}) played after the bind's PCI scan and
+     * before its first write: /proc/swaps is a FIFO, which the bind's host usage scan waits on until {@code kernel}
+     * has run. Returns what the bind threw.
+     */
+    private ActionableException bindWithKernelActing(FakeHost h, String bdf, KernelPart kernel) throws Exception {
+        Path swaps = h.proc.resolve("swaps");
+        Files.deleteIfExists(swaps);
+        assertEquals(0, new ProcessBuilder("mkfifo", swaps.toString()).start().waitFor());
+        Thread t = new Thread(() -> {
+            try (OutputStream out = Files.newOutputStream(swaps)) { // returns once the bind opens the FIFO
+                kernel.run();
+                out.write("Filename\tType\tSize\tUsed\tPriority\n".getBytes(StandardCharsets.US_ASCII));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        });
+        t.setDaemon(true);
+        t.start();
+        try {
+            return assertThrows(ActionableException.class, () -> binding(h).bind(Bdf.parse(bdf), "vfio-pci", false));
+        } finally {
+            t.join(30_000);
+            if (t.isAlive()) {
+                new FileInputStream(swaps.toFile()).close(); // release the writer; the assertion above failed
+            }
+        }
+    }
+
+    /**
+     * Another actor moved the device to another driver between the bind's scan and its unbind (which then fails, as
+     * the kernel's unbind of a device that driver no longer has does): the device is left with that driver — not
+     * taken from it by a rollback — and only the override is cleared.
+     */
+    @Test
+    void aDeviceAnotherActorMovedMeanwhileIsLeftWhereItIs() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp).driver("ixgbevf");
+        ActionableException e = bindWithKernelActing(h, "0000:03:10.0", () -> {
+            FakeHost.relink(
+                    h.sys.resolve("devices/pci0000:00/0000:03:10.0/driver"), "../../../bus/pci/drivers/ixgbevf");
+            Path unbind = h.sys.resolve("bus/pci/drivers/igbvf/unbind");
+            Files.delete(unbind);
+            Files.createDirectory(unbind);
+        });
+        assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"), "override cleared");
+        assertEquals("", h.read("bus/pci/drivers/ixgbevf/unbind"), "not taken from ixgbevf");
+        assertEquals("", h.read("bus/pci/drivers/igbvf/bind"));
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
+        assertTrue(
+                e.getMessage().contains("driver now: ixgbevf; override cleared, left bound to ixgbevf"),
+                e.getMessage());
     }
 
     /**
@@ -127,7 +164,7 @@ class DriverBindingTest {
         assertEquals("", h.read("bus/pci/drivers_probe"), "no probe after the failed unbind");
         assertEquals("", h.read("bus/pci/drivers/igbvf/bind"), "not rebound: it never left igbvf");
         assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
-        assertTrue(e.getMessage().contains("override cleared, it is still bound to igbvf"), e.getMessage());
+        assertTrue(e.getMessage().contains("override cleared, left bound to igbvf"), e.getMessage());
     }
 
     @Test
