@@ -162,6 +162,16 @@ public record PciDevice(
         return classCode == CLASS_NVME;
     }
 
+    /**
+     * Whether a member of an IOMMU group bound to {@code driver} (null: none) leaves the group viable for VFIO: the
+     * kernel lets a group go to a user only while every member is driverless or bound to a driver that does no DMA
+     * through the kernel's default domain (driver_managed_dma) — vfio-pci and its variants, pci-stub, and pcieport on
+     * bridges. Any other driver does DMA the user would share the IOMMU context with.
+     */
+    public static boolean keepsGroupViable(String driver) {
+        return driver == null || isVfioDriver(driver) || driver.equals("pci-stub") || driver.equals("pcieport");
+    }
+
     /** vfio-pci or one of its vendor variants (mlx5_vfio_pci, hisi_acc_vfio_pci...). */
     public static boolean isVfioDriver(String driver) {
         return driver != null

@@ -9,6 +9,7 @@ import io.iovirt.linux.FileIo;
 import io.iovirt.linux.Ioctl;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.pci.Bdf;
+import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciSysfs;
 import io.iovirt.util.ActionableException;
 import java.lang.foreign.Arena;
@@ -20,8 +21,9 @@ import java.util.Optional;
 
 /**
  * A VFIO group ({@code /dev/vfio/N}): the unit of isolation the IOMMU gives, so the unit of ownership too. A group is
- * usable ("viable") only when every device in it is bound to vfio-pci or has no driver; then it is attached to a
- * container and hands out device descriptors.
+ * usable ("viable") only when every device in it has no driver or one that does no DMA of its own (vfio-pci,
+ * pci-stub, pcieport: {@link PciDevice#keepsGroupViable}); then it is attached to a container and hands out device
+ * descriptors.
  */
 public final class VfioGroup implements AutoCloseable {
     public static final Path DEFAULT_DIR = Path.of("/dev/vfio");
@@ -101,15 +103,15 @@ public final class VfioGroup implements AutoCloseable {
         try {
             for (Bdf m : sysfs.groupMembers(group)) {
                 Optional<String> drv = sysfs.driver(m);
-                if (drv.isPresent() && !drv.get().equals("vfio-pci")) {
+                if (drv.isPresent() && !PciDevice.keepsGroupViable(drv.get())) {
                     blockers.add(m + " (bound to " + drv.get() + ")");
                 }
             }
         } catch (ActionableException e) {
             blockers.add("(members unknown: " + e.getMessage() + ")");
         }
-        return "IOMMU group " + group + " is not viable: every device in it must be bound to vfio-pci or have no "
-                + "driver"
+        return "IOMMU group " + group + " is not viable: every device in it must have no driver or be bound to "
+                + "vfio-pci (or a vendor variant of it), pci-stub, or (a bridge) pcieport"
                 + (blockers.isEmpty()
                         ? ""
                         : ", but " + String.join(", ", blockers) + (blockers.size() == 1 ? " is not" : " are not"))

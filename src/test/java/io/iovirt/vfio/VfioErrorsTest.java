@@ -89,6 +89,31 @@ class VfioErrorsTest {
         assertTrue(m.contains("iovirt host bind"), m);
     }
 
+    /**
+     * The kernel's rule, not "vfio-pci or nothing": members bound to pci-stub, to a vendor variant of vfio-pci, or a
+     * bridge bound to pcieport keep a group viable (those drivers manage no DMA of their own), so naming them sent the
+     * user to bind a root port to vfio-pci — which refuses bridges — while the real culprit was in the list too.
+     */
+    @Test
+    void aNonViableGroupNamesOnlyTheMembersTheKernelObjectsTo() throws Exception {
+        PciSysfs s = fixture();
+        Path sys = tmp.resolve("sys");
+        Path g7 = sys.resolve("kernel/iommu_groups/7/devices");
+        for (String[] d : new String[][] {
+            {"0000:00:1c.0", "pcieport"}, {"0000:03:00.3", "pci-stub"}, {"0000:03:00.4", "mlx5_vfio_pci"}
+        }) {
+            Path dev = Files.createDirectories(sys.resolve("bus/pci/devices").resolve(d[0]));
+            Path drv = Files.createDirectories(sys.resolve("bus/pci/drivers").resolve(d[1]));
+            Files.createSymbolicLink(dev.resolve("driver"), drv);
+            Files.createSymbolicLink(dev.resolve("iommu_group"), sys.resolve("kernel/iommu_groups/7"));
+            Files.createSymbolicLink(g7.resolve(d[0]), dev);
+        }
+        String m = VfioGroup.notViableMessage(7, s);
+        assertTrue(m.contains("0000:03:00.1 (bound to e1000e) is not"), m);
+        assertTrue(!m.contains("0000:00:1c.0 (") && !m.contains("0000:03:00.3 (") && !m.contains("0000:03:00.4 ("), m);
+        assertTrue(m.contains("pci-stub"), "the rule the message states names pci-stub too: " + m);
+    }
+
     @Test
     void aDeviceWithoutIommuGroupSaysToTurnTheIommuOn() throws Exception {
         PciSysfs s = fixture();

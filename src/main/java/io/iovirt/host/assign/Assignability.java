@@ -137,7 +137,6 @@ public record Assignability(Status status, String vm, List<String> reasons) {
     }
 
     private static boolean peerAllowed(PciDevice p) {
-        String d = p.driver();
-        return d == null || PciDevice.isVfioDriver(d) || d.equals("pci-stub") || d.equals("pcieport") || p.isBridge();
+        return PciDevice.keepsGroupViable(p.driver()) || p.isBridge();
     }
 }

@@ -96,11 +96,29 @@ public final class DriverBinding {
             }
             List<String> writes = new ArrayList<>();
             String dir = PciDevice.dir(bdf);
-            write(writes, dir + "/driver_override", driver);
-            if (dev.driver() != null) {
-                write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
+            try {
+                write(writes, dir + "/driver_override", driver);
+                if (dev.driver() != null) {
+                    write(writes, "bus/pci/drivers/" + dev.driver() + "/unbind", bdf.toString());
+                }
+                write(writes, "bus/pci/drivers_probe", bdf.toString());
+            } catch (ActionableException e) {
+                // A write the kernel refused part way (an unbind the driver refuses because another bound the device
+                // meanwhile, a probe request it fails): without this, the override stays set, the device may be
+                // left without its driver, and the drivers table names a previous driver for a device iovirt never
+                // moved — which a later unbind would then act on.
+                String now = sys.linkName(dir + "/driver").orElse(null);
+                // Bound to a driver other than the one asked for — its own (the unbind was refused) or one another
+                // actor bound it to meanwhile (the unbind then fails with ENODEV): it is not taken from that driver.
+                String rollback = now != null && !now.equals(driver)
+                        ? clearOverride(writes, dev, now)
+                        : rollBack(writes, dev, now);
+                throw new HostConfigException(
+                        "binding " + bdf + " to " + driver + " failed: " + e.problem() + " (driver now: "
+                                + (now == null ? "none" : now) + "; " + rollback + ")",
+                        e.remedy(),
+                        e);
             }
-            write(writes, "bus/pci/drivers_probe", bdf.toString());
             if (dryRun) {
                 return new Outcome(bdf, dev.driver(), driver, writes, vfioNode(dev, driver), DRY_RUN_NOTE);
             }
@@ -237,6 +255,9 @@ public final class DriverBinding {
                         && !PciDevice.isVfioDriver(dev.driver())
                         && !dev.driver().equals("pci-stub")) {
                     problems.add("its host driver " + dev.driver() + " would lose the device's state");
+                }
+                for (String user : vfioUsers(paths, dev)) {
+                    problems.add(user + " (a VM uses it, and would lose the device's state)");
                 }
                 if (!problems.isEmpty()) {
                     throw new HostConfigException(
@@ -429,6 +450,17 @@ public final class DriverBinding {
         }
     }
 
+    /** Undoes a bind that failed with the device on another driver, {@code now}: only the override goes. */
+    private String clearOverride(List<String> writes, PciDevice dev, String now) {
+        try {
+            write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", "\n");
+            forgetPrevious(dev.bdf());
+            return "override cleared, left bound to " + now;
+        } catch (ActionableException e) {
+            return "clearing the override failed too: " + e.problem();
+        }
+    }
+
     private String awaitDriver(Bdf bdf, String expected) {
         long deadline = System.nanoTime() + probeWait.toNanos();
         while (true) {
@@ -451,24 +483,49 @@ public final class DriverBinding {
      * state lock every other host command waits for) would hang. Read from /proc/PID/fd links only.
      */
     private List<String> vfioUsers(PciDevice dev) {
+        List<String> users = new ArrayList<>();
+        for (String user : vfioUsers(paths, dev)) {
+            users.add(user + " (a VM uses it: the kernel would wait for it to let go, and the unbind would hang)");
+        }
+        return users;
+    }
+
+    /**
+     * "pid N (command) has /dev/vfio/G open" for each process that has the VFIO group of {@code dev} open while a
+     * VFIO driver holds {@code dev}; empty when none does (or /proc cannot be read). Whatever takes the device from
+     * vfio-pci — an unbind, or its PF's sriov_numvfs going down — waits in the kernel until that process lets go.
+     */
+    public static List<String> vfioUsers(HostPaths paths, PciDevice dev) {
         if (!PciDevice.isVfioDriver(dev.driver())) {
             return List.of();
         }
-        int group = dev.iommuGroup();
-        if (group < 0) {
+        // The group node (/dev/vfio/G, the container interface) and, on kernels with VFIO device cdevs (6.6+), the
+        // device's own node (/dev/vfio/devices/vfioX, named in its sysfs vfio-dev directory), which a user on iommufd
+        // (QEMU's iommufd= backend) holds instead of the group.
+        List<String> nodes = new ArrayList<>();
+        if (dev.iommuGroup() >= 0) {
+            nodes.add("/dev/vfio/" + dev.iommuGroup());
+        }
+        for (String cdev : paths.sys().list(PciDevice.dir(dev.bdf()) + "/vfio-dev")) {
+            if (cdev.matches("vfio[0-9]{1,9}")) {
+                nodes.add("/dev/vfio/devices/" + cdev);
+            }
+        }
+        if (nodes.isEmpty()) {
             return List.of();
         }
-        String node = "/dev/vfio/" + group;
         List<String> users = new ArrayList<>();
         java.nio.file.Path proc = paths.procRoot();
         try (var pids = java.nio.file.Files.list(proc)) {
             for (java.nio.file.Path pid : (Iterable<java.nio.file.Path>) pids::iterator) {
                 String name = pid.getFileName().toString();
-                if (!name.chars().allMatch(Character::isDigit) || !holds(pid.resolve("fd"), node)) {
+                if (!name.chars().allMatch(Character::isDigit)) {
                     continue;
                 }
-                users.add("pid " + name + commandOf(pid) + " has " + node + " open (a VM uses it: the kernel would"
-                        + " wait for it to let go, and the unbind would hang)");
+                String node = held(pid.resolve("fd"), nodes);
+                if (node != null) {
+                    users.add("pid " + name + commandOf(pid) + " has " + node + " open");
+                }
             }
         } catch (java.io.IOException | java.io.UncheckedIOException e) {
             // no /proc to read: the kernel's own wait is what remains
@@ -476,12 +533,14 @@ public final class DriverBinding {
         return users;
     }
 
-    private static boolean holds(java.nio.file.Path fdDir, String node) {
+    /** The first of {@code nodes} a descriptor in {@code fdDir} links to, or null. */
+    private static String held(java.nio.file.Path fdDir, List<String> nodes) {
         try (var fds = java.nio.file.Files.list(fdDir)) {
             for (java.nio.file.Path fd : (Iterable<java.nio.file.Path>) fds::iterator) {
                 try {
-                    if (java.nio.file.Files.readSymbolicLink(fd).toString().equals(node)) {
-                        return true;
+                    String target = java.nio.file.Files.readSymbolicLink(fd).toString();
+                    if (nodes.contains(target)) {
+                        return target;
                     }
                 } catch (java.io.IOException | UnsupportedOperationException e) {
                     // closed meanwhile, or not a link
@@ -490,7 +549,7 @@ public final class DriverBinding {
         } catch (java.io.IOException | java.io.UncheckedIOException e) {
             // the process ended, or its descriptors are not ours to see
         }
-        return false;
+        return null;
     }
 
     private static String commandOf(java.nio.file.Path pidDir) {

@@ -160,8 +160,12 @@ public final class HostCheck {
         boolean ivrs = sys.exists("firmware/acpi/tables/IVRS");
         List<String> iommus = sys.list("class/iommu");
         checkIommuFirmware(dmar, ivrs, iommus, vendor, nestedGuest);
-        checkIommuEnabled(iommus, dmar, ivrs, vendor, cmdline);
-        checkCmdline(vendor, cmdline, iommus);
+        // Which IOMMU there is — and so which kernel switch turns it on — is what the firmware describes, not the
+        // CPU's vendor: a QEMU guest with -device intel-iommu on an AMD host (or under TCG, whose default CPU says
+        // AuthenticAMD) has a VT-d IOMMU that needs intel_iommu=on. The CPU decides only when no table says.
+        Vendor iommuKind = dmar ? Vendor.INTEL : ivrs ? Vendor.AMD : vendor;
+        checkIommuEnabled(iommus, dmar, ivrs, iommuKind, cmdline);
+        checkCmdline(iommuKind, cmdline, iommus);
         checkInterruptRemapping(nestedGuest);
         checkVfio();
         checkMemlock();

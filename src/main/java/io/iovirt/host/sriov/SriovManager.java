@@ -335,6 +335,15 @@ public final class SriovManager {
             for (String use : usage.uses(vf)) {
                 problems.add("the host uses VF " + vf + ": it " + use);
             }
+            PciDevice dev = inv.device(vf);
+            if (dev != null) {
+                for (String user : DriverBinding.vfioUsers(paths, dev)) {
+                    // vfio-pci lets a VF go only once its user closes it: the write to sriov_numvfs would wait for
+                    // that (with the state lock held), and the VM would lose the device under it
+                    problems.add("VF " + vf + " is in use through VFIO: " + user + " (a VM uses it; removing the VFs"
+                            + " would wait until it lets go)");
+                }
+            }
         }
         return problems;
     }

@@ -17,6 +17,12 @@ import io.iovirt.host.assign.Assigning;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.host.assign.DeviceReport;
 import io.iovirt.pci.Bdf;
+import io.iovirt.util.ActionableException;
+import java.io.FileInputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -53,6 +59,112 @@ class DriverBindingTest {
         assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"));
         // A failed bind leaves nothing remembered.
         assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")));
+    }
+
+    /**
+     * The probe request fails (the kernel refuses the write) after the device has left its driver: the override is
+     * cleared, the device goes back to its driver, and nothing stays remembered — it used to stay unbound with
+     * driver_override vfio-pci, and the drivers table named igbvf for a bind that never happened. The kernel's part
+     * (the unbind, the refused probe) is played after the bind's PCI scan: /proc/swaps is a FIFO, which the bind's
+     * host usage scan (after the PCI scan, before any write) waits on until the device has no driver link any more
+     * and drivers_probe refuses writes.
+     */
+    @Test
+    void aFailedProbeWriteGivesTheDeviceBackAndForgetsIt() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path probe = h.sys.resolve("bus/pci/drivers_probe");
+        ActionableException e = bindWithKernelActing(h, "0000:03:10.0", () -> {
+            Files.delete(h.sys.resolve("devices/pci0000:00/0000:03:10.0/driver"));
+            Files.delete(h.sys.resolve("bus/pci/drivers/igbvf/0000:03:10.0"));
+            Files.delete(probe);
+            Files.createDirectory(probe); // a write to it fails, as the kernel's does when it refuses
+        });
+        assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"), "override cleared");
+        assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/unbind"));
+        assertEquals("0000:03:10.0", h.read("bus/pci/drivers/igbvf/bind"), "given back to igbvf");
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
+        assertTrue(
+                e.getMessage()
+                        .startsWith("binding 0000:03:10.0 to vfio-pci failed: writing '0000:03:10.0' to " + probe),
+                e.getMessage());
+        assertTrue(
+                e.getMessage().contains("driver now: none; override cleared, gave it back to igbvf"), e.getMessage());
+    }
+
+    interface KernelPart {
+        void run() throws IOException;
+    }
+
+    /**
+     * Binds {@code bdf} to vfio-pci with the kernel's part ({@code kernel}) played after the bind's PCI scan and
+     * before its first write: /proc/swaps is a FIFO, which the bind's host usage scan waits on until {@code kernel}
+     * has run. Returns what the bind threw.
+     */
+    private ActionableException bindWithKernelActing(FakeHost h, String bdf, KernelPart kernel) throws Exception {
+        Path swaps = h.proc.resolve("swaps");
+        Files.deleteIfExists(swaps);
+        assertEquals(0, new ProcessBuilder("mkfifo", swaps.toString()).start().waitFor());
+        Thread t = new Thread(() -> {
+            try (OutputStream out = Files.newOutputStream(swaps)) { // returns once the bind opens the FIFO
+                kernel.run();
+                out.write("Filename\tType\tSize\tUsed\tPriority\n".getBytes(StandardCharsets.US_ASCII));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        });
+        t.setDaemon(true);
+        t.start();
+        try {
+            return assertThrows(ActionableException.class, () -> binding(h).bind(Bdf.parse(bdf), "vfio-pci", false));
+        } finally {
+            t.join(30_000);
+            if (t.isAlive()) {
+                new FileInputStream(swaps.toFile()).close(); // release the writer; the assertion above failed
+            }
+        }
+    }
+
+    /**
+     * Another actor moved the device to another driver between the bind's scan and its unbind (which then fails, as
+     * the kernel's unbind of a device that driver no longer has does): the device is left with that driver — not
+     * taken from it by a rollback — and only the override is cleared.
+     */
+    @Test
+    void aDeviceAnotherActorMovedMeanwhileIsLeftWhereItIs() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp).driver("ixgbevf");
+        ActionableException e = bindWithKernelActing(h, "0000:03:10.0", () -> {
+            FakeHost.relink(
+                    h.sys.resolve("devices/pci0000:00/0000:03:10.0/driver"), "../../../bus/pci/drivers/ixgbevf");
+            Path unbind = h.sys.resolve("bus/pci/drivers/igbvf/unbind");
+            Files.delete(unbind);
+            Files.createDirectory(unbind);
+        });
+        assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"), "override cleared");
+        assertEquals("", h.read("bus/pci/drivers/ixgbevf/unbind"), "not taken from ixgbevf");
+        assertEquals("", h.read("bus/pci/drivers/igbvf/bind"));
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
+        assertTrue(
+                e.getMessage().contains("driver now: ixgbevf; override cleared, left bound to ixgbevf"),
+                e.getMessage());
+    }
+
+    /**
+     * The unbind is refused (the device is still with its driver): only the override is cleared — the device is not
+     * taken from its driver by the rollback — and nothing stays remembered.
+     */
+    @Test
+    void aFailedUnbindWriteClearsTheOverrideAndLeavesTheDriver() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path unbind = h.sys.resolve("bus/pci/drivers/igbvf/unbind");
+        Files.delete(unbind);
+        Files.createDirectory(unbind);
+        ActionableException e = assertThrows(
+                ActionableException.class, () -> binding(h).bind(Bdf.parse("0000:03:10.0"), "vfio-pci", false));
+        assertEquals("\n", h.read("devices/pci0000:00/0000:03:10.0/driver_override"), "override cleared");
+        assertEquals("", h.read("bus/pci/drivers_probe"), "no probe after the failed unbind");
+        assertEquals("", h.read("bus/pci/drivers/igbvf/bind"), "not rebound: it never left igbvf");
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
+        assertTrue(e.getMessage().contains("override cleared, left bound to igbvf"), e.getMessage());
     }
 
     @Test
@@ -393,6 +505,49 @@ class DriverBindingTest {
         HostConfigException vm =
                 assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:04:00.0"), false));
         assertTrue(vm.getMessage().contains("assigned to VM gpu-vm"), vm.getMessage());
+    }
+
+    /**
+     * A device a process has open through VFIO (a QEMU iovirt does not know about) is not reset under it: the sysfs
+     * reset goes ahead whatever vfio-pci's user is doing, and the guest loses the device's state — refused like an
+     * assigned device, naming the process; --force goes ahead.
+     */
+    @Test
+    void resetRefusesADeviceAProcessHasOpenThroughVfio() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path pid = h.proc.resolve("4242");
+        Files.createDirectories(pid.resolve("fd"));
+        Files.createSymbolicLink(pid.resolve("fd/17"), Path.of("/dev/vfio/9"));
+        Files.write(pid.resolve("cmdline"), "qemu-system-x86_64\0-name\0gpu-vm\0".getBytes(StandardCharsets.UTF_8));
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> binding(h).reset(Bdf.parse("0000:04:00.0"), false));
+        assertTrue(
+                e.getMessage().contains("pid 4242 (qemu-system-x86_64 -name gpu-vm) has /dev/vfio/9 open"),
+                e.getMessage());
+        assertEquals("", h.read("bus/pci/devices/0000:04:00.0/reset"), "no reset was written");
+        binding(h).reset(Bdf.parse("0000:04:00.0"), true);
+        assertEquals("1", h.read("bus/pci/devices/0000:04:00.0/reset"));
+    }
+
+    /**
+     * On a kernel with VFIO device cdevs (6.6+), a user on iommufd holds /dev/vfio/devices/vfioX, not the group node:
+     * vfio-pci waits for it just the same, so the unbind is refused, naming it.
+     */
+    @Test
+    void unbindRefusesADeviceAProcessHasOpenThroughItsVfioCdev() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Files.createDirectories(h.sys.resolve("devices/pci0000:00/0000:04:00.0/vfio-dev/vfio3"));
+        Path pid = h.proc.resolve("4243");
+        Files.createDirectories(pid.resolve("fd"));
+        Files.createSymbolicLink(pid.resolve("fd/20"), Path.of("/dev/iommu"));
+        Files.createSymbolicLink(pid.resolve("fd/21"), Path.of("/dev/vfio/devices/vfio3"));
+        Files.write(pid.resolve("cmdline"), "qemu-system-x86_64\0".getBytes(StandardCharsets.UTF_8));
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> binding(h).unbind(Bdf.parse("0000:04:00.0"), false));
+        assertTrue(
+                e.getMessage().contains("pid 4243 (qemu-system-x86_64) has /dev/vfio/devices/vfio3 open"),
+                e.getMessage());
+        assertEquals("", h.read("bus/pci/drivers/vfio-pci/unbind"), "nothing was written");
     }
 
     @Test

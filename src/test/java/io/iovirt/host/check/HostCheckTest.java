@@ -105,6 +105,36 @@ public class HostCheckTest {
         assertTrue(r.techniques().get(Technique.SRIOV).missing().contains("sriov-devices"));
     }
 
+    /**
+     * A VT-d IOMMU (ACPI DMAR) on an AMD CPU — a QEMU guest with -device intel-iommu on an AMD host, or under TCG,
+     * whose default CPU says AuthenticAMD — without intel_iommu=on: the IOMMU is off, and the remedy is intel_iommu=on.
+     * It used to follow the CPU: "AMD-Vi needs no command-line switch" passed and "remove amd_iommu=off" was advised.
+     */
+    @Test
+    void theIommuKindFollowsTheFirmwareTableNotTheCpu() {
+        FakeHost h = new FakeHost(tmp).amdCpu(true).acpiTable("DMAR").vfio();
+        HostCheck.Report r = HostCheck.run(h.paths(), GIB);
+        assertEquals(Status.FAIL, r.result("iommu-enabled").status());
+        assertTrue(
+                r.result("iommu-enabled").remedy().contains("add intel_iommu=on"),
+                r.result("iommu-enabled").remedy());
+        assertEquals(
+                Status.FAIL,
+                r.result("cmdline-iommu").status(),
+                r.result("cmdline-iommu").toString());
+        assertTrue(
+                r.result("cmdline-iommu").remedy().contains("intel_iommu=on"),
+                r.result("cmdline-iommu").toString());
+        // and the other way round: AMD-Vi (IVRS) on a CPU that does not say AMD (Hygon) needs no switch
+        FakeHost hygon = new FakeHost(tmp.resolve("hygon"))
+                .cpu("HygonGenuine", "fpu svm sse2")
+                .acpiTable("IVRS")
+                .iommu("ivhd0");
+        assertEquals(
+                Status.PASS,
+                HostCheck.run(hygon.paths(), GIB).result("cmdline-iommu").status());
+    }
+
     @Test
     void firmwareOnButKernelOffAsksOnlyForTheCommandLine() {
         FakeHost h = new FakeHost(tmp).intelCpu(true).acpiTable("DMAR").cmdline("root=/dev/sda1 intel_iommu=off");

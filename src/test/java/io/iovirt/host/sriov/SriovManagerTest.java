@@ -293,6 +293,32 @@ class SriovManagerTest {
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
     }
 
+    /**
+     * A VF bound to vfio-pci whose group a process has open (a QEMU started without iovirt host assign): vfio-pci
+     * lets it go only when that process closes it, so the sriov_numvfs write would wait (state lock held) while the
+     * VM loses its device. Refused like an assigned VF, naming the process; --force goes ahead.
+     */
+    @Test
+    void refusesToDestroyVfsAProcessHasOpenThroughVfio() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        h.dev("0000:03:10.2").driver("vfio-pci");
+        Path pid = h.proc.resolve("4242");
+        Files.createDirectories(pid.resolve("fd"));
+        Files.createSymbolicLink(pid.resolve("fd/17"), Path.of("/dev/vfio/22"));
+        Files.write(pid.resolve("cmdline"), "qemu-system-x86_64\0-name\0nic-vm\0".getBytes(StandardCharsets.UTF_8));
+        SriovManager m = new SriovManager(h.paths());
+        HostConfigException e = assertThrows(
+                HostConfigException.class, () -> m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, false));
+        assertTrue(
+                e.getMessage()
+                        .contains("VF 0000:03:10.2 is in use through VFIO: pid 4242 (qemu-system-x86_64 -name nic-vm)"
+                                + " has /dev/vfio/22 open"),
+                e.getMessage());
+        assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "nothing was written");
+        m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, true);
+        assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
+    }
+
     @Test
     void forcedRemovalDropsTheAssignmentsOfTheDestroyedVfs() {
         FakeHost h = DevicesTest.desktop(tmp);
