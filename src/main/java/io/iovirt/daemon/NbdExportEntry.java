@@ -9,6 +9,8 @@ import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.time.Duration;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * An NBD export in the daemon (for QEMU's emulated disks: {@code -drive driver=nbd,server.type=unix,...}, or any NBD
@@ -35,6 +37,8 @@ final class NbdExportEntry implements AutoCloseable {
     final boolean fromConfig;
     /** The export's hold on its image (shared when read-only); null on a file system without OFD locks. */
     private final ImageLock lock;
+    /** Set by the first {@link #close}: the image is closed once, by it or by the thread it hands the image to. */
+    private final AtomicBoolean closing = new AtomicBoolean();
 
     private NbdExportEntry(
             Spec spec, DiskImage image, NbdServer server, NbdExport export, boolean fromConfig, ImageLock lock) {
@@ -73,11 +77,61 @@ final class NbdExportEntry implements AutoCloseable {
         }
     }
 
-    /** Stops the server (its connections end), flushes and closes the image, then lets go of the image lock. */
+    /**
+     * Stops the server (its connections end), flushes and closes the image, then lets go of the image lock — at once
+     * when no request is running any more, which is the rule. A request stuck in image I/O (a hung NFS or FUSE file, a
+     * dying disk) outlives the server's wait for its connection, and its thread may still read, write or flush
+     * through the image's descriptors: closed now, a number could be reused by another open (another tenant's image
+     * or socket) and take this request's writes. Then the image stays open and locked (a second export of it is
+     * refused, naming this process) until every such thread has ended, and a thread of its own closes it; this call
+     * does not wait for that, so a control request, a reload or the daemon's stop is not held up.
+     */
     @Override
     public void close() {
+        if (!closing.compareAndSet(false, true)) {
+            return;
+        }
         try {
             server.close();
+        } finally {
+            if (server.quiescent()) {
+                closeImage();
+            } else {
+                LOG.log(
+                        System.Logger.Level.ERROR,
+                        "nbd " + spec.id() + ": requests of its disconnected clients are still in I/O on "
+                                + spec.image() + " (its file system or disk does not answer): the image stays open"
+                                + " and locked (exporting it again is refused) until they end, then it is flushed and"
+                                + " closed; make that file system or disk answer again (a hung NFS server or FUSE"
+                                + " daemon, a failing disk), or stop the daemon to let go of the image without its"
+                                + " final flush");
+                Thread.ofPlatform().name("nbd " + spec.id() + " close").daemon().start(this::closeWhenQuiescent);
+            }
+        }
+    }
+
+    /** On a thread of its own: waits for the last request to end, then closes the image and lets go of its lock. */
+    private void closeWhenQuiescent() {
+        try {
+            while (!server.awaitQuiescent(Duration.ofMinutes(10))) {
+                // as long as it takes: the image must not be closed under a request
+            }
+        } catch (InterruptedException e) {
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    "nbd " + spec.id() + ": interrupted waiting for its requests to end: " + spec.image()
+                            + " stays open and locked until the daemon stops");
+            return;
+        }
+        closeImage();
+        LOG.log(
+                System.Logger.Level.WARNING,
+                "nbd " + spec.id() + ": its last requests have ended: " + spec.image() + " is flushed, closed and"
+                        + " unlocked now");
+    }
+
+    private void closeImage() {
+        try {
             image.flushAndClose("nbd " + spec.id());
         } finally {
             if (lock != null) {

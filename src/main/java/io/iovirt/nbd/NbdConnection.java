@@ -198,12 +198,72 @@ final class NbdConnection implements Runnable {
         ch.close();
     }
 
-    /** False when a worker may still use the channel (stuck in image I/O at disconnect): then it is never released. */
+    /**
+     * False when a worker may still use the channel and the image (stuck in image I/O at disconnect): then they are
+     * let go of only once its workers have ended ({@link #whenWorkersEnded}).
+     */
     private volatile boolean quiet = true;
 
-    /** Whether no thread of this connection can touch its channel any more (after {@link #run} returned). */
+    /** Set at disconnect, before the workers are interrupted: a worker that finishes its request stops then. */
+    private volatile boolean stopping;
+
+    /** Worker threads started and not yet ended. */
+    private final AtomicInteger workersRunning = new AtomicInteger();
+
+    /** What {@link #whenWorkersEnded} was given, until the last worker ends (guarded by this). */
+    private Runnable afterWorkers;
+
+    /** Whether every worker started has ended (guarded by this). */
+    private boolean workersEnded;
+
+    /**
+     * Whether no thread of this connection can touch its channel or its export's image any more (after {@link #run}
+     * returned); otherwise see {@link #whenWorkersEnded}.
+     */
     boolean quiet() {
         return quiet;
+    }
+
+    /**
+     * For a connection that ended with workers given up on ({@link #quiet()} false): once every worker thread has
+     * ended, closes the slots' image contexts and runs {@code then} (on the last worker's thread; at once, on this
+     * one, when they have ended already). Until then the channel, the contexts and the export's image may still be
+     * used by a worker: closed earlier, a descriptor number could be reused by another open (another export's image,
+     * another client's socket) and take that worker's writes.
+     */
+    void whenWorkersEnded(Runnable then) {
+        Runnable run = () -> {
+            for (Slot sl : slots) {
+                sl.io.close();
+            }
+            log(
+                    System.Logger.Level.WARNING,
+                    "the requests given up on at disconnect have ended: their image contexts and socket are freed");
+            then.run();
+        };
+        synchronized (this) {
+            if (!workersEnded) {
+                afterWorkers = run;
+                return;
+            }
+        }
+        run.run();
+    }
+
+    /** A worker thread ends: the last one runs what {@link #whenWorkersEnded} was given. */
+    private void workerEnded() {
+        if (workersRunning.decrementAndGet() != 0) {
+            return;
+        }
+        Runnable then;
+        synchronized (this) {
+            workersEnded = true;
+            then = afterWorkers;
+            afterWorkers = null;
+        }
+        if (then != null) {
+            then.run();
+        }
     }
 
     @Override
@@ -238,16 +298,21 @@ final class NbdConnection implements Runnable {
     /**
      * After the reader stopped: lets the requests already handed over finish their image I/O (their replies fail
      * on the closed socket), stops the workers and frees the slots' image contexts. A worker stuck in image I/O
-     * for a minute keeps its context (leaked, never freed under it).
+     * for a minute is given up on: false, and the contexts stay until it has ended ({@link #whenWorkersEnded}).
      */
     private boolean stopWorkers() {
         boolean idle = drain(TimeUnit.SECONDS.toNanos(60));
+        stopping = true;
         for (Thread t : workers) {
-            t.interrupt();
+            if (t != null) {
+                t.interrupt();
+            }
         }
         for (Thread t : workers) {
             try {
-                t.join(TimeUnit.SECONDS.toMillis(5));
+                if (t != null) {
+                    t.join(TimeUnit.SECONDS.toMillis(5));
+                }
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
             }
@@ -255,7 +320,8 @@ final class NbdConnection implements Runnable {
         if (!idle) {
             log(
                     System.Logger.Level.WARNING,
-                    "requests still running after 60 s at disconnect: their image contexts are left open");
+                    "requests still in image I/O 60 s after the disconnect: given up on; the connection keeps its"
+                            + " image contexts and socket, and the export its image, until they end");
             return false;
         }
         for (Slot sl : slots) {
@@ -300,11 +366,23 @@ final class NbdConnection implements Runnable {
         workers = new Thread[WORKERS];
         for (int i = 0; i < WORKERS; i++) {
             Slot slot = slots[i];
-            // platform threads: image I/O is blocking FFM calls, which would pin a virtual thread's carrier
-            workers[i] = Thread.ofPlatform()
-                    .name("nbd " + server.name() + " #" + id + " worker " + i)
-                    .daemon()
-                    .start(() -> workerLoop(slot));
+            workersRunning.incrementAndGet();
+            try {
+                // platform threads: image I/O is blocking FFM calls, which would pin a virtual thread's carrier
+                workers[i] = Thread.ofPlatform()
+                        .name("nbd " + server.name() + " #" + id + " worker " + i)
+                        .daemon()
+                        .start(() -> {
+                            try {
+                                workerLoop(slot);
+                            } finally {
+                                workerEnded();
+                            }
+                        });
+            } catch (OutOfMemoryError oom) { // no thread could be created
+                workerEnded();
+                throw oom;
+            }
         }
         transmission = true;
     }
@@ -449,13 +527,17 @@ final class NbdConnection implements Runnable {
 
     /**
      * A worker: serves its slot each time the reader hands it over, until interrupted at disconnect (which comes
-     * after the slots drained, or after the drain gave up on a request stuck in image I/O).
+     * after the slots drained, or after the drain gave up on a request stuck in image I/O: that worker stops once
+     * its request has ended).
      */
     private void workerLoop(Slot slot) {
         DiskImage image = export.image();
         NbdExportStats st = export.stats();
         while (true) {
             while (!slot.ready) {
+                if (stopping) { // a request given up on ended after the disconnect (its interrupt may be gone)
+                    return;
+                }
                 LockSupport.park(this);
                 if (Thread.interrupted()) {
                     return;

@@ -17,6 +17,7 @@ import java.nio.channels.GatheringByteChannel;
 import java.nio.channels.ServerSocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.Collection;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
@@ -32,9 +33,11 @@ import java.util.concurrent.atomic.AtomicInteger;
  *
  * <p>Lifecycle: {@link #start} binds and accepts; {@link #addExport}/{@link #removeExport} change what new
  * connections can open (connections already using a removed export keep it until they disconnect);
- * {@link #close} stops accepting, disconnects every client and waits for their threads. A client can only hurt
- * its own connection: malformed or hostile input gets the protocol's error reply or a disconnect, a client that
- * stalls in the handshake is dropped after {@link #HANDSHAKE_TIMEOUT_SECONDS}, and connections beyond the limit
+ * {@link #close} stops accepting, disconnects every client and waits for their threads for a while;
+ * {@link #quiescent}/{@link #awaitQuiescent} tell when no thread of any connection can touch an export's image any
+ * more (a request stuck in image I/O outlives its connection: the image must not be closed under it). A client can
+ * only hurt its own connection: malformed or hostile input gets the protocol's error reply or a disconnect, a client
+ * that stalls in the handshake is dropped after {@link #HANDSHAKE_TIMEOUT_SECONDS}, and connections beyond the limit
  * are refused in the handshake with an error naming the limit, without a thread of their own ({@link NbdRefusals}).
  */
 public final class NbdServer implements AutoCloseable {
@@ -52,6 +55,14 @@ public final class NbdServer implements AutoCloseable {
     private final int maxConnections;
     private final ConcurrentHashMap<String, NbdExport> exports = new ConcurrentHashMap<>();
     private final Set<NbdConnection> connections = ConcurrentHashMap.newKeySet();
+    /**
+     * Connections that ended with workers given up on, still in image I/O ({@link NbdConnection#quiet()} false):
+     * kept until those threads have ended, for {@link #quiescent}.
+     */
+    private final Set<NbdConnection> lingering = ConcurrentHashMap.newKeySet();
+    /** Notified whenever a connection leaves {@link #connections} or {@link #lingering}. */
+    private final Object ended = new Object();
+
     private final AtomicInteger ids = new AtomicInteger();
     private final ScheduledExecutorService timer;
     private final NbdRefusals refusals;
@@ -240,6 +251,42 @@ public final class NbdServer implements AutoCloseable {
         return connections.size();
     }
 
+    /**
+     * Whether no thread of any connection can touch an export's image any more: no connection is open, and every
+     * worker given up on at a disconnect (a request stuck in image I/O: a hung NFS or FUSE file, a dying disk) has
+     * ended. Only then may the owner of the images close them: a descriptor closed under such a thread could be
+     * reused by another open (another tenant's image or socket) and take that request's writes.
+     */
+    public boolean quiescent() {
+        return connections.isEmpty() && lingering.isEmpty();
+    }
+
+    /** Waits until {@link #quiescent} (after {@link #close}, nothing new starts), at most {@code timeout}. */
+    public boolean awaitQuiescent(Duration timeout) throws InterruptedException {
+        return await(this::quiescent, timeout);
+    }
+
+    private boolean await(java.util.function.BooleanSupplier done, Duration timeout) throws InterruptedException {
+        long deadline = System.nanoTime() + timeout.toNanos();
+        synchronized (ended) {
+            while (!done.getAsBoolean()) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) {
+                    return false;
+                }
+                TimeUnit.NANOSECONDS.timedWait(ended, left);
+            }
+            return true;
+        }
+    }
+
+    /** A connection left {@link #connections} or {@link #lingering}. */
+    private void ended() {
+        synchronized (ended) {
+            ended.notifyAll();
+        }
+    }
+
     /** Connections over the limit being refused now (waiting for their client's options). */
     int pendingRefusals() {
         return refusals.pending();
@@ -256,6 +303,7 @@ public final class NbdServer implements AutoCloseable {
         if (closed) {
             c.close();
             connections.remove(c);
+            ended();
             dispose.run();
             release.run();
             return;
@@ -268,15 +316,26 @@ public final class NbdServer implements AutoCloseable {
                 } finally {
                     deadline.cancel(false);
                     if (c.quiet()) {
-                        dispose.run(); // else a worker stuck in image I/O may still reply: the descriptor stays
+                        dispose.run();
+                    } else {
+                        // A worker stuck in image I/O may still use the image and reply on the socket: both stay
+                        // until it has ended (the socket's descriptor too, or its number could be reused).
+                        lingering.add(c); // before it leaves connections, so quiescent() never misses it
+                        c.whenWorkersEnded(() -> {
+                            dispose.run();
+                            lingering.remove(c);
+                            ended();
+                        });
                     }
                     connections.remove(c);
+                    ended();
                     release.run();
                 }
             });
         } catch (OutOfMemoryError e) { // no thread could be created
             deadline.cancel(false);
             connections.remove(c);
+            ended();
             dispose.run();
             throw e;
         }
@@ -290,19 +349,14 @@ public final class NbdServer implements AutoCloseable {
         }
     }
 
-    private static void sleepQuietly() {
-        try {
-            Thread.sleep(100);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-        }
-    }
-
     String name() {
         return address;
     }
 
-    /** Stops accepting, disconnects every client (their in-flight request completes first) and waits for them. */
+    /**
+     * Stops accepting, disconnects every client (their in-flight request completes first) and waits for them, up to
+     * 10 s. A request stuck in image I/O can outlast that: close the images only once {@link #quiescent}.
+     */
     @Override
     public void close() {
         if (closed) {
@@ -331,9 +385,10 @@ public final class NbdServer implements AutoCloseable {
         for (NbdConnection c : connections) {
             c.close();
         }
-        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
-        while (!connections.isEmpty() && System.nanoTime() < deadline) {
-            sleepQuietly();
+        try {
+            await(connections::isEmpty, Duration.ofSeconds(10));
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
         }
         timer.shutdownNow();
         if (unixListener != null) {
