@@ -260,8 +260,17 @@ public final class BlkDevice implements VhostUserBackend {
         } else {
             f |= bit(F_DISCARD) | bit(F_WRITE_ZEROES);
         }
+        offered.accumulateAndGet(f, (a, b) -> a | b);
         return f;
     }
+
+    /**
+     * Every bit {@link #features} has offered. A frontend acknowledges from the offer it read when it connected
+     * (QEMU reads it once per connection), also after the disk was switched to read-only, which changes the offer
+     * of later connections only: discard and write-zeroes negotiated before the switch come back at every start and
+     * when a migration turns dirty logging on, and stay harmless (requests are checked against the image).
+     */
+    private final java.util.concurrent.atomic.AtomicLong offered = new java.util.concurrent.atomic.AtomicLong();
 
     private static long bit(int n) {
         return 1L << n;
@@ -318,9 +327,10 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public void setFeatures(long acked) throws BackendException {
-        if ((acked & ~features()) != 0) {
+        long known = features() | offered.get();
+        if ((acked & ~known) != 0) {
             throw new BackendException(
-                    String.format("driver acknowledged features 0x%x that were not offered", acked & ~features()));
+                    String.format("driver acknowledged features 0x%x that were not offered", acked & ~known));
         }
         this.acked = acked;
     }
