@@ -104,7 +104,8 @@ final class ServeBlkCommand implements Callable<Integer> {
             converter = FormatConverter.class,
             description = {
                 "The image's format. Without it the header decides: raw and qcow2 are served, an image "
-                        + "that says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the "
+                        + "that says it is another format (VMDK, VHDX, VDI, LUKS...) is refused, and a guest's write "
+                        + "that would give a raw image another format's signature fails; 'raw' serves the "
                         + "file's bytes as they are, whatever the header says."
             })
     ImageFormat format;
