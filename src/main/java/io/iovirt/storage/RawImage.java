@@ -49,6 +49,13 @@ public final class RawImage implements DiskImage {
      * QEMU refuses the same writes to a probed raw image.
      */
     private volatile boolean probed;
+    /**
+     * The failed fdatasync of a buffered image, or null. The kernel reports a failed writeback once and may drop the
+     * pages it could not write: a later fdatasync would succeed for data that never reached the disk. Once set,
+     * every flush fails, as in QEMU (file-posix), until the image is opened again. O_DIRECT writes bypass the page
+     * cache, so a later flush of such an image means what it says.
+     */
+    private volatile LinuxException syncFailure;
 
     private RawImage(
             Path path, Fd fd, boolean readOnly, boolean direct, boolean blockDevice, long size, int directAlign) {
@@ -199,7 +206,7 @@ public final class RawImage implements DiskImage {
                     "image " + path + " was opened read-only; remove the export and add it again without readonly");
         }
         if (ro && !readOnly) {
-            FileIo.fdatasync(fd);
+            sync();
         }
         readOnly = ro;
     }
@@ -276,8 +283,42 @@ public final class RawImage implements DiskImage {
     @Override
     public void flush() throws LinuxException {
         if (!openedReadOnly) {
-            FileIo.fdatasync(fd);
+            sync();
         }
+    }
+
+    /** fdatasync, failing for good once one has failed ({@link #syncFailure}). */
+    private void sync() throws LinuxException {
+        checkSynced();
+        try {
+            FileIo.fdatasync(fd);
+        } catch (LinuxException e) {
+            throw syncFailed(e);
+        }
+    }
+
+    private void checkSynced() throws LinuxException {
+        LinuxException e = syncFailure;
+        if (e != null) {
+            throw failedSync(e.errno());
+        }
+    }
+
+    /** Keeps the failure of a buffered image's fdatasync (see {@link #syncFailure}); returns what to throw. */
+    private LinuxException syncFailed(LinuxException e) {
+        if (direct) {
+            return e;
+        }
+        syncFailure = e;
+        return failedSync(e.errno());
+    }
+
+    private LinuxException failedSync(int errno) {
+        return new LinuxException(
+                "fdatasync",
+                path + ": writing back to the file failed; data written since the last successful flush may be"
+                        + " lost, so every flush fails until the image is opened again",
+                errno);
     }
 
     /**
@@ -286,8 +327,8 @@ public final class RawImage implements DiskImage {
      */
     @Override
     public boolean submitFlush(IoUring ring, long userData) {
-        if (openedReadOnly) {
-            return false; // nothing was ever written through it: flush() returns at once
+        if (openedReadOnly || syncFailure != null) {
+            return false; // nothing was ever written through it, or a sync failed: flush() says so
         }
         ring.fsync(fd, IoUring.FSYNC_DATASYNC, userData);
         return true;
@@ -296,7 +337,9 @@ public final class RawImage implements DiskImage {
     /** Checks the result of a flush queued with {@link #submitFlush}. */
     @Override
     public void flushCompleted(int result) throws LinuxException {
-        IoUring.check(IoUring.OP_FSYNC, result, path.toString());
+        if (result < 0) {
+            throw syncFailed(IoUring.error(IoUring.OP_FSYNC, result, path.toString()));
+        }
     }
 
     /** Deallocates [offset, offset+len): the range then reads as zeros. */
