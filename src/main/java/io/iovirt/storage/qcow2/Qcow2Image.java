@@ -10,6 +10,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.ImageIo;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import io.iovirt.storage.RawImage;
 import java.io.IOException;
@@ -101,6 +102,13 @@ public final class Qcow2Image implements DiskImage {
     private int l1DirtyLo = Integer.MAX_VALUE;
     private int l1DirtyHi;
     private final DiskImage backing;
+    /**
+     * A reader's lock on the backing file (QEMU's scheme, shared with other readers), held while the image is open:
+     * a writer elsewhere (a QEMU, qemu-io, a writable export of this process) would change the data this image's
+     * unallocated clusters show the guest. Null without a backing file, or on a file system without OFD locks.
+     */
+    private ImageLock backingLock;
+
     private final long backingSize;
 
     private final ReentrantLock meta = new ReentrantLock();
@@ -253,6 +261,7 @@ public final class Qcow2Image implements DiskImage {
         RawImage file = RawImage.openContainerFile(path, readOnly, direct);
         int align = direct ? file.blockSize() : 1;
         DiskImage backing = null;
+        ImageLock backingLock = null;
         try {
             Qcow2Header h;
             try (Arena a = Arena.ofConfined()) {
@@ -281,6 +290,7 @@ public final class Qcow2Image implements DiskImage {
                 }
                 depth[0]++;
                 try {
+                    backingLock = ImageLock.holdForExport(bp, true, "backing file of " + path);
                     backing = Images.open(bp, bf, true, false);
                 } catch (IOException e) {
                     throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
@@ -289,6 +299,7 @@ public final class Qcow2Image implements DiskImage {
                 }
             }
             Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
+            img.backingLock = backingLock;
             try {
                 if (!readOnly) {
                     img.layout().checkForWriting(FileIo.size(file.fd()));
@@ -308,6 +319,9 @@ public final class Qcow2Image implements DiskImage {
         } catch (Throwable e) { // whatever failed (an OutOfMemoryError too), the file and the chain are closed
             if (backing != null) {
                 backing.close();
+            }
+            if (backingLock != null) {
+                backingLock.close();
             }
             file.close();
             throw e;
@@ -1225,6 +1239,9 @@ public final class Qcow2Image implements DiskImage {
         file.close();
         if (backing != null) {
             backing.close();
+        }
+        if (backingLock != null) {
+            backingLock.close();
         }
         arena.close();
     }
