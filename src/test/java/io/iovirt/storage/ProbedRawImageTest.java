@@ -26,6 +26,7 @@ import org.junit.jupiter.api.io.TempDir;
  * the guest's qcow2 header naming a host file as backing file would make the next open (a restart detects again)
  * serve that file to the guest.
  */
+@org.junit.jupiter.api.Tag("peer") // qemu-img: Failsafe
 class ProbedRawImageTest {
     @TempDir
     Path dir;
