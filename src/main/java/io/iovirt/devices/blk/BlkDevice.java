@@ -358,6 +358,9 @@ public final class BlkDevice implements VhostUserBackend {
         QueueConfig qc = setup.queueConfig();
         if (!anyRunning()) {
             fenced = takeImage(); // image ownership (issue 11): the first queue takes the image
+            if (fenced == null) {
+                fenced = refreshImage();
+            }
         }
         start(index, setup, qc);
     }
@@ -399,6 +402,25 @@ public final class BlkDevice implements VhostUserBackend {
                     image.path(),
                     e.getMessage());
             return null;
+        }
+    }
+
+    /**
+     * Reads the image again as the backend that had it last left it (a live migration's source wrote it since this
+     * one opened it): null when done, else why this frontend may not use it (logged).
+     */
+    private String refreshImage() {
+        try {
+            image.refresh();
+            return null;
+        } catch (IOException e) {
+            LOG.log(
+                    Level.ERROR,
+                    "blk {0}: cannot read the image again as the backend that had it last left it: {1}. This"
+                            + " frontend''s requests all fail with an I/O error",
+                    name,
+                    e.getMessage());
+            return "cannot read the image again: " + e.getMessage();
         }
     }
 
@@ -633,6 +655,19 @@ public final class BlkDevice implements VhostUserBackend {
         workers[index] = null;
         vqs[index] = null;
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
+            if (fenced == null) {
+                // written back first: the backend that takes the image next (a migration's destination) reads it
+                // from the file, and a qcow2 image's tables for the writes completed here are still in memory
+                try {
+                    image.handOver();
+                } catch (IOException e) {
+                    LOG.log(
+                            Level.ERROR,
+                            "blk {0}: writing the image back when its last queue stopped failed: {1}",
+                            name,
+                            e.getMessage());
+                }
+            }
             if (imageLock != null) {
                 imageLock.release();
             }

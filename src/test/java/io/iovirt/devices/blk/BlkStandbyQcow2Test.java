@@ -18,11 +18,12 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * {@code serve blk --standby} on a qcow2 image: the standby takes over an image the process before it changed. It
- * opened the image when it started, and served from what it read then (the L1 table, the refcount table, the end
- * of the file its allocator starts from): its first write put a new, empty L2 table over the other process's and
- * its new clusters over that process's data clusters, so the disk lost what that process had written (the
- * refcounts stayed consistent: qemu-img check did not notice).
+ * A qcow2 image taken over by a backend process from another that wrote it: a {@code serve blk --standby} taking the
+ * socket over, and a backend taking the image lock from another (a live migration's destination from its source).
+ * The second process opened the image before the first wrote it, and served from what it read then (the L1 table, the
+ * refcount table, the end of the file its allocator starts from), while the first kept its last writes' tables in
+ * memory: the second's first write put a new, empty L2 table and new data clusters over the first's, so the disk
+ * lost what the first had written (qemu-img check found the first's clusters leaked, or nothing at all).
  */
 @org.junit.jupiter.api.Tag("peer") // iovirt serve blk processes, qemu-img
 @Timeout(300)
@@ -70,6 +71,42 @@ class BlkStandbyQcow2Test {
                 changed <= standbyWrites + QUEUE_DEPTH, // the bench does not count those in flight at its end
                 changed + " blocks of 4 KiB changed, but the standby wrote " + standbyWrites + " (+" + QUEUE_DEPTH
                         + " in flight): it lost or moved data the process before it had written");
+    }
+
+    /**
+     * Two backends on one qcow2 image, used one after the other: a live migration's source and destination (the image
+     * lock follows the frontend that runs). The second opened the image before the first wrote it; it must serve it as
+     * the first left it when its queues stopped.
+     */
+    @Test
+    void aBackendThatTakesTheImageFromAnotherServesItAsTheOtherLeftIt() throws Exception {
+        Path disk = QemuTools.createQcow2(dir, "disk.qcow2", "64M");
+        Path a = dir.resolve("a.sock");
+        Path b = dir.resolve("b.sock");
+        Path before = dir.resolve("before.raw");
+        Path after = dir.resolve("after.raw");
+        long secondWrites;
+        try (ChildProcess first = ChildProcess.builder(IovirtCli.serveBlk(disk, a))
+                        .name("iovirt serve blk (source)")
+                        .log(dir.resolve("a.log"))
+                        .startListening(a, Duration.ofSeconds(120));
+                ChildProcess second = ChildProcess.builder(IovirtCli.serveBlk(disk, b))
+                        .name("iovirt serve blk (destination)")
+                        .log(dir.resolve("b.log"))
+                        .startListening(b, Duration.ofSeconds(120))) {
+            writes(a, 1, 0.5); // its queues stop when the bench disconnects: the image lock is free
+            QemuTools.ok("qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", disk.toString(), before.toString());
+            secondWrites = writes(b, 2, 0.05);
+            second.stop(Duration.ofSeconds(60));
+            first.stop(Duration.ofSeconds(60));
+        }
+        QemuTools.check(disk, false);
+        QemuTools.ok("qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk.toString(), after.toString());
+        long changed = changedBlocks(before, after);
+        assertTrue(
+                changed <= secondWrites + QUEUE_DEPTH,
+                changed + " blocks of 4 KiB changed, but the second backend wrote " + secondWrites + " (+" + QUEUE_DEPTH
+                        + " in flight): it lost or moved data the first had written");
     }
 
     private static long writes(Path sock, long seed, double seconds) throws Exception {
