@@ -104,7 +104,8 @@ final class ServeBlkCommand implements Callable<Integer> {
             converter = FormatConverter.class,
             description = {
                 "The image's format. Without it the header decides: raw and qcow2 are served, an image "
-                        + "that says it is another format (VMDK, VHDX, VDI, LUKS...) is refused; 'raw' serves the "
+                        + "that says it is another format (VMDK, VHDX, VDI, LUKS...) is refused, and a guest's write "
+                        + "that would give a raw image another format's signature fails; 'raw' serves the "
                         + "file's bytes as they are, whatever the header says."
             })
     ImageFormat format;
@@ -194,13 +195,11 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
         String id = serial != null ? serial : defaultSerial(image);
         checkFormat(image, format);
-        try (DiskImage img = Images.open(image, format, readOnly, direct)) {
+        // A standby opens the image only to check it (read-only: the process serving it may be writing it) and
+        // opens it for serving once it serves the socket (below).
+        DiskImage img = Images.open(image, format, readOnly || standby, direct);
+        try {
             checkSize(image, img.size(), allowPartialSector);
-            BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
-            device.poll(poll.micros() * 1000L, poll.adaptive());
-            if (jfrSlowMs != null) {
-                device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
-            }
             Signals.Termination termination = Signals.watch();
             // Under systemd (Type=notify): READY=1 once the socket listens, or once a standby stands by behind the
             // process that serves it, so that units ordered after this one (libvirt) find the socket there.
@@ -239,30 +238,63 @@ final class ServeBlkCommand implements Callable<Integer> {
                 }
                 LOG.info("taking over " + socket);
             }
-            try (owner;
-                    VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
-                LOG.info(String.format(
-                        "serving %s (%s, %s%s%s, %d queue%s, %s) on %s",
-                        image,
-                        img.format(),
-                        ByteSizes.human(img.size()),
-                        readOnly ? ", read-only" : "",
-                        direct ? ", O_DIRECT" : "",
-                        queues,
-                        queues == 1 ? "" : "s",
-                        device.ioDescription(),
-                        socket));
-                notify(notify, "READY=1\nSTATUS=serving " + image + " on " + socket);
-                Thread stats = statsOptions.start(() -> logStats("counters: ", device, server));
-                String signal = termination.await(); // also one that arrived while it started or stood by
-                LOG.info(signal + ": stopping (in-flight requests complete first)");
-                notify(notify, "STOPPING=1\nSTATUS=stopping (" + signal + ")");
-                StatsOptions.stop(stats);
-            } // closing the server stops every queue: requests in flight are completed
-            device.flush();
-            logStats("stopped; image synced. ", device, null);
+            if (standby) {
+                // Opened for serving only now: the process that served the socket changed the image meanwhile, and
+                // what a qcow2 image keeps from its open (the L1 and refcount tables, the end of the file the
+                // allocator starts from) would be stale - serving from it lost that process's clusters and
+                // allocated over them. Nor may a standby repair or write a dirty image another process serves.
+                DiskImage checked = img;
+                img = null;
+                checked.close();
+                img = Images.open(image, format, readOnly, direct);
+                checkSize(image, img.size(), allowPartialSector);
+            }
+            BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
+            device.poll(poll.micros() * 1000L, poll.adaptive());
+            if (jfrSlowMs != null) {
+                device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
+            }
+            // The socket (and so the image, to a standby) is handed on only after the image was flushed and closed: a
+            // standby that took over while this process still wrote back a qcow2 image's tables read them as they
+            // were before, and both processes wrote the image.
+            try (owner) {
+                serve(device, img, termination, notify);
+                device.flush();
+                logStats("stopped; image synced. ", device, null);
+                DiskImage served = img;
+                img = null;
+                served.close();
+            }
+        } finally {
+            if (img != null) {
+                img.close();
+            }
         }
         return 0;
+    }
+
+    /** Serves the socket until a termination signal; in-flight requests are completed when it returns. */
+    private void serve(BlkDevice device, DiskImage img, Signals.Termination termination, SdNotify notify)
+            throws Exception {
+        try (VhostUserServer server = VhostUserServer.start(socket, device, socketAccess.access())) {
+            LOG.info(String.format(
+                    "serving %s (%s, %s%s%s, %d queue%s, %s) on %s",
+                    image,
+                    img.format(),
+                    ByteSizes.human(img.size()),
+                    readOnly ? ", read-only" : "",
+                    direct ? ", O_DIRECT" : "",
+                    queues,
+                    queues == 1 ? "" : "s",
+                    device.ioDescription(),
+                    socket));
+            notify(notify, "READY=1\nSTATUS=serving " + image + " on " + socket);
+            Thread stats = statsOptions.start(() -> logStats("counters: ", device, server));
+            String signal = termination.await(); // also one that arrived while it started or stood by
+            LOG.info(signal + ": stopping (in-flight requests complete first)");
+            notify(notify, "STOPPING=1\nSTATUS=stopping (" + signal + ")");
+            StatsOptions.stop(stats);
+        } // closing the server stops every queue: requests in flight are completed
     }
 
     /** sd_notify(3); a service manager that cannot be told is logged, the export serves anyway. */

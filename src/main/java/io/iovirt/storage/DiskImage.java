@@ -126,6 +126,20 @@ public interface DiskImage extends AutoCloseable {
                         + " resize it with qemu-img resize, and add it again");
     }
 
+    /**
+     * Reads again what the image keeps in memory from the file (a qcow2 image's tables), for a backend that takes the
+     * image from another process that wrote it meanwhile (a live migration's source, see the blk device's image
+     * lock). Called with no request in flight. A raw image keeps nothing: the default does nothing.
+     */
+    default void refresh() throws IOException {}
+
+    /**
+     * Writes back what the image keeps in memory and another process reading the file would miss (a qcow2 image's
+     * tables for writes completed since the last flush), for a backend that lets go of the image ({@link #refresh}
+     * is the other side). A raw image keeps nothing: the default does nothing.
+     */
+    default void handOver() throws IOException {}
+
     /** Refuses (true) or accepts again (false) writes from now on (the daemon's blk.set-readonly). */
     default void setReadOnly(boolean readOnly) throws IOException {
         throw new IOException("switching a " + format() + " image to read-only while it is served is not supported");

@@ -40,6 +40,16 @@ public class ForwardingDiskImage implements DiskImage {
     }
 
     @Override
+    public void refresh() throws IOException {
+        delegate.refresh();
+    }
+
+    @Override
+    public void handOver() throws IOException {
+        delegate.handOver();
+    }
+
+    @Override
     public void setReadOnly(boolean readOnly) throws IOException {
         delegate.setReadOnly(readOnly);
     }

@@ -57,7 +57,13 @@ public final class Images {
             f = ImageFormat.RAW; // the raw open reports the missing file with its remedy
         }
         return switch (f) {
-            case RAW -> RawImage.open(path, readOnly, direct);
+            case RAW -> {
+                RawImage raw = RawImage.open(path, readOnly, direct);
+                if (format == null) {
+                    raw.probed(); // a guest may not make its next open detect another format
+                }
+                yield raw;
+            }
             case QCOW2 -> Qcow2Image.open(path, readOnly, direct);
             default ->
                 throw new IOException("image " + path + " is " + f.description() + ": iovirt serves raw and qcow2 "

@@ -10,6 +10,7 @@ import io.iovirt.linux.LinuxException;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.Objects;
@@ -41,6 +42,20 @@ public final class RawImage implements DiskImage {
      * the format checks its own ranges.
      */
     private boolean growable;
+    /**
+     * The format was detected from the header ({@link Images}), not named: a write may not give the first sector
+     * another format's signature. Otherwise a guest could write, say, a qcow2 header naming any host file as its
+     * backing file into its raw disk, and the next open (a restart re-detects) would serve that file to it.
+     * QEMU refuses the same writes to a probed raw image.
+     */
+    private volatile boolean probed;
+    /**
+     * The failed fdatasync of a buffered image, or null. The kernel reports a failed writeback once and may drop the
+     * pages it could not write: a later fdatasync would succeed for data that never reached the disk. Once set,
+     * every flush fails, as in QEMU (file-posix), until the image is opened again. O_DIRECT writes bypass the page
+     * cache, so a later flush of such an image means what it says.
+     */
+    private volatile LinuxException syncFailure;
 
     private RawImage(
             Path path, Fd fd, boolean readOnly, boolean direct, boolean blockDevice, long size, int directAlign) {
@@ -112,6 +127,39 @@ public final class RawImage implements DiskImage {
         return f;
     }
 
+    /** The format was detected, not named ({@link #probed}): writes that would change what it is detected as fail. */
+    void probed() {
+        probed = true;
+    }
+
+    /**
+     * Refuses a write of {@code bytes} bytes from {@code src} at {@code offset} that would make the first
+     * {@value ImageFormat#HEADER_BYTES} bytes of a {@link #probed} image read as another format than raw. Cold: only
+     * writes into that range of a probed image come here.
+     */
+    private void checkHeaderWrite(long offset, long bytes, IoContext src) throws IOException {
+        int n = ImageFormat.HEADER_BYTES;
+        byte[] header = new byte[n];
+        try (Arena a = Arena.ofConfined()) {
+            if (offset > 0 || bytes < n) { // the bytes the write leaves as they are
+                MemorySegment now = direct ? FileIo.directBuffer(a, Math.max(n, directAlign)) : a.allocate(n);
+                long got = FileIo.readFully(fd, now, 0);
+                MemorySegment.copy(now, ValueLayout.JAVA_BYTE, 0, header, 0, (int) Math.min(n, got));
+            }
+        }
+        src.gather(0, header, (int) offset, (int) Math.min(bytes, n - offset));
+        ImageFormat f = ImageFormat.detect(header);
+        if (f != ImageFormat.RAW) {
+            throw new LinuxException(
+                    "pwrite",
+                    "a write to the first sector of " + path + " would make it " + f.description() + "; refused"
+                            + " because its format was detected, not named (its next open would take it for that"
+                            + " format). Serve it with the format named raw (--format raw, format=raw) to allow"
+                            + " such writes",
+                    Errno.EPERM);
+        }
+    }
+
     /** The descriptor, for a container format's metadata I/O. */
     public Fd fd() {
         return fd;
@@ -158,7 +206,7 @@ public final class RawImage implements DiskImage {
                     "image " + path + " was opened read-only; remove the export and add it again without readonly");
         }
         if (ro && !readOnly) {
-            FileIo.fdatasync(fd);
+            sync();
         }
         readOnly = ro;
     }
@@ -235,8 +283,42 @@ public final class RawImage implements DiskImage {
     @Override
     public void flush() throws LinuxException {
         if (!openedReadOnly) {
-            FileIo.fdatasync(fd);
+            sync();
         }
+    }
+
+    /** fdatasync, failing for good once one has failed ({@link #syncFailure}). */
+    private void sync() throws LinuxException {
+        checkSynced();
+        try {
+            FileIo.fdatasync(fd);
+        } catch (LinuxException e) {
+            throw syncFailed(e);
+        }
+    }
+
+    private void checkSynced() throws LinuxException {
+        LinuxException e = syncFailure;
+        if (e != null) {
+            throw failedSync(e.errno());
+        }
+    }
+
+    /** Keeps the failure of a buffered image's fdatasync (see {@link #syncFailure}); returns what to throw. */
+    private LinuxException syncFailed(LinuxException e) {
+        if (direct) {
+            return e;
+        }
+        syncFailure = e;
+        return failedSync(e.errno());
+    }
+
+    private LinuxException failedSync(int errno) {
+        return new LinuxException(
+                "fdatasync",
+                path + ": writing back to the file failed; data written since the last successful flush may be"
+                        + " lost, so every flush fails until the image is opened again",
+                errno);
     }
 
     /**
@@ -245,8 +327,8 @@ public final class RawImage implements DiskImage {
      */
     @Override
     public boolean submitFlush(IoUring ring, long userData) {
-        if (openedReadOnly) {
-            return false; // nothing was ever written through it: flush() returns at once
+        if (openedReadOnly || syncFailure != null) {
+            return false; // nothing was ever written through it, or a sync failed: flush() says so
         }
         ring.fsync(fd, IoUring.FSYNC_DATASYNC, userData);
         return true;
@@ -255,7 +337,9 @@ public final class RawImage implements DiskImage {
     /** Checks the result of a flush queued with {@link #submitFlush}. */
     @Override
     public void flushCompleted(int result) throws LinuxException {
-        IoUring.check(IoUring.OP_FSYNC, result, path.toString());
+        if (result < 0) {
+            throw syncFailed(IoUring.error(IoUring.OP_FSYNC, result, path.toString()));
+        }
     }
 
     /** Deallocates [offset, offset+len): the range then reads as zeros. */
@@ -472,6 +556,9 @@ public final class RawImage implements DiskImage {
             if (count == 0) {
                 return;
             }
+            if (probed && offset < ImageFormat.HEADER_BYTES) {
+                checkHeaderWrite(offset, bytes, this);
+            }
             if (!aligned) {
                 bounced(offset, true);
                 return;
@@ -506,8 +593,8 @@ public final class RawImage implements DiskImage {
         @Override
         public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, true);
-            if (count == 0 || !aligned) {
-                return false;
+            if (count == 0 || !aligned || (probed && offset < ImageFormat.HEADER_BYTES)) {
+                return false; // the synchronous write checks what a write to the first sector of a probed image does
             }
             if (count == 1) {
                 ring.write(fd, maps[0], offs[0], lens[0], offset, userData);
@@ -536,6 +623,23 @@ public final class RawImage implements DiskImage {
             }
             if (result < bytes) {
                 finishShort(offset, result, write);
+            }
+        }
+
+        /** Copies the first {@code len} bytes of the buffers, from {@code pos} into them, to {@code dst[at..]}. */
+        private void gather(long pos, byte[] dst, int at, int len) {
+            long p = 0;
+            for (int i = 0; i < count && len > 0; i++) {
+                long end = p + lens[i];
+                if (end > pos) {
+                    long skip = Math.max(0, pos - p);
+                    int k = (int) Math.min(lens[i] - skip, len);
+                    MemorySegment.copy(maps[i], ValueLayout.JAVA_BYTE, offs[i] + skip, dst, at, k);
+                    at += k;
+                    pos += k;
+                    len -= k;
+                }
+                p = end;
             }
         }
 

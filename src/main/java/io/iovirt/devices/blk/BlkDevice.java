@@ -260,8 +260,17 @@ public final class BlkDevice implements VhostUserBackend {
         } else {
             f |= bit(F_DISCARD) | bit(F_WRITE_ZEROES);
         }
+        offered.accumulateAndGet(f, (a, b) -> a | b);
         return f;
     }
+
+    /**
+     * Every bit {@link #features} has offered. A frontend acknowledges from the offer it read when it connected
+     * (QEMU reads it once per connection), also after the disk was switched to read-only, which changes the offer
+     * of later connections only: discard and write-zeroes negotiated before the switch come back at every start and
+     * when a migration turns dirty logging on, and stay harmless (requests are checked against the image).
+     */
+    private final java.util.concurrent.atomic.AtomicLong offered = new java.util.concurrent.atomic.AtomicLong();
 
     private static long bit(int n) {
         return 1L << n;
@@ -318,9 +327,10 @@ public final class BlkDevice implements VhostUserBackend {
 
     @Override
     public void setFeatures(long acked) throws BackendException {
-        if ((acked & ~features()) != 0) {
+        long known = features() | offered.get();
+        if ((acked & ~known) != 0) {
             throw new BackendException(
-                    String.format("driver acknowledged features 0x%x that were not offered", acked & ~features()));
+                    String.format("driver acknowledged features 0x%x that were not offered", acked & ~known));
         }
         this.acked = acked;
     }
@@ -348,6 +358,9 @@ public final class BlkDevice implements VhostUserBackend {
         QueueConfig qc = setup.queueConfig();
         if (!anyRunning()) {
             fenced = takeImage(); // image ownership (issue 11): the first queue takes the image
+            if (fenced == null) {
+                fenced = refreshImage();
+            }
         }
         start(index, setup, qc);
     }
@@ -389,6 +402,25 @@ public final class BlkDevice implements VhostUserBackend {
                     image.path(),
                     e.getMessage());
             return null;
+        }
+    }
+
+    /**
+     * Reads the image again as the backend that had it last left it (a live migration's source wrote it since this
+     * one opened it): null when done, else why this frontend may not use it (logged).
+     */
+    private String refreshImage() {
+        try {
+            image.refresh();
+            return null;
+        } catch (IOException e) {
+            LOG.log(
+                    Level.ERROR,
+                    "blk {0}: cannot read the image again as the backend that had it last left it: {1}. This"
+                            + " frontend''s requests all fail with an I/O error",
+                    name,
+                    e.getMessage());
+            return "cannot read the image again: " + e.getMessage();
         }
     }
 
@@ -623,6 +655,19 @@ public final class BlkDevice implements VhostUserBackend {
         workers[index] = null;
         vqs[index] = null;
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
+            if (fenced == null) {
+                // written back first: the backend that takes the image next (a migration's destination) reads it
+                // from the file, and a qcow2 image's tables for the writes completed here are still in memory
+                try {
+                    image.handOver();
+                } catch (IOException e) {
+                    LOG.log(
+                            Level.ERROR,
+                            "blk {0}: writing the image back when its last queue stopped failed: {1}",
+                            name,
+                            e.getMessage());
+                }
+            }
             if (imageLock != null) {
                 imageLock.release();
             }

@@ -10,6 +10,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.ImageIo;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import io.iovirt.storage.RawImage;
 import java.io.IOException;
@@ -101,6 +102,13 @@ public final class Qcow2Image implements DiskImage {
     private int l1DirtyLo = Integer.MAX_VALUE;
     private int l1DirtyHi;
     private final DiskImage backing;
+    /**
+     * A reader's lock on the backing file (QEMU's scheme, shared with other readers), held while the image is open:
+     * a writer elsewhere (a QEMU, qemu-io, a writable export of this process) would change the data this image's
+     * unallocated clusters show the guest. Null without a backing file, or on a file system without OFD locks.
+     */
+    private ImageLock backingLock;
+
     private final long backingSize;
 
     private final ReentrantLock meta = new ReentrantLock();
@@ -253,6 +261,7 @@ public final class Qcow2Image implements DiskImage {
         RawImage file = RawImage.openContainerFile(path, readOnly, direct);
         int align = direct ? file.blockSize() : 1;
         DiskImage backing = null;
+        ImageLock backingLock = null;
         try {
             Qcow2Header h;
             try (Arena a = Arena.ofConfined()) {
@@ -281,6 +290,7 @@ public final class Qcow2Image implements DiskImage {
                 }
                 depth[0]++;
                 try {
+                    backingLock = ImageLock.holdForExport(bp, true, "backing file of " + path);
                     backing = Images.open(bp, bf, true, false);
                 } catch (IOException e) {
                     throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
@@ -289,6 +299,7 @@ public final class Qcow2Image implements DiskImage {
                 }
             }
             Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
+            img.backingLock = backingLock;
             try {
                 if (!readOnly) {
                     img.layout().checkForWriting(FileIo.size(file.fd()));
@@ -308,6 +319,9 @@ public final class Qcow2Image implements DiskImage {
         } catch (Throwable e) { // whatever failed (an OutOfMemoryError too), the file and the chain are closed
             if (backing != null) {
                 backing.close();
+            }
+            if (backingLock != null) {
+                backingLock.close();
             }
             file.close();
             throw e;
@@ -392,6 +406,67 @@ public final class Qcow2Image implements DiskImage {
         } finally {
             meta.unlock();
         }
+    }
+
+    /**
+     * Reads the header, the L1 table and the refcount table again and forgets every cached table: another process
+     * (a live migration's source) wrote the image since it was opened, and serving from what was read then would
+     * lose that process's clusters and allocate over them. What this image still had to write back is written
+     * first (nothing, when it wrote back when it last let go of the image). No request may be in flight.
+     */
+    @Override
+    public void refresh() throws IOException {
+        meta.lock();
+        try {
+            checkOpen();
+            if (!openedReadOnly) {
+                flushMetadata();
+                flushMetadata(); // the refcount decrements the first one deferred
+            }
+            Qcow2Header h;
+            try (Arena a = Arena.ofConfined()) {
+                MemorySegment first = a.allocate(65536, 4096);
+                long n = readFile(fd, first, 0, align);
+                h = Qcow2Header.parse(path, first.asSlice(0, n));
+            }
+            long l1Bytes = (long) h.l1Size() * 8;
+            if (h.clusterBits() != clusterBits
+                    || h.refcountOrder() != refcounts.order()
+                    || l1Bytes > staging.byteSize()
+                    || (long) h.refTableClusters() * clusterSize > staging.byteSize()) {
+                throw new IOException("qcow2 image " + path + " was changed by another program since it was opened"
+                        + " (its cluster size, refcount width or tables grew): open it again (remove the export and"
+                        + " add it again)");
+            }
+            MemorySegment buf = staging.asSlice(0, l1Bytes);
+            readMeta(buf, h.l1Offset());
+            AtomicLongArray fresh = new AtomicLongArray(h.l1Size());
+            for (int i = 0; i < h.l1Size(); i++) {
+                long e = buf.get(Qcow2Header.BE64, (long) i * 8);
+                MetadataLayout.checkClusterBoundary(path, clusterSize, e & OFFSET_MASK, "L1 entry " + i);
+                fresh.set(i, e);
+            }
+            l2Cache.clearAll();
+            l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
+            l1 = fresh;
+            l1Offset = h.l1Offset();
+            l1DirtyLo = Integer.MAX_VALUE;
+            l1DirtyHi = 0;
+            refcounts.reload(h);
+            indexMetadata();
+            if (!openedReadOnly) {
+                layout().checkForWriting(FileIo.size(fd));
+            }
+            size = Math.max(size, h.size());
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    /** Writes back the tables (the metadata flush) for the process that takes the image next. */
+    @Override
+    public void handOver() throws IOException {
+        flush();
     }
 
     // ---- accessors ---------------------------------------------------------------------------------------------
@@ -1225,6 +1300,9 @@ public final class Qcow2Image implements DiskImage {
         file.close();
         if (backing != null) {
             backing.close();
+        }
+        if (backingLock != null) {
+            backingLock.close();
         }
         arena.close();
     }

@@ -99,9 +99,27 @@ final class Refcounts {
         allocEnd = (FileIo.size(fd) + clusterSize - 1) >>> clusterBits;
     }
 
+    /**
+     * Forgets what it read and cached, and reads the refcount table {@code h} names (another process changed the
+     * image; metadata lock held, nothing dirty).
+     */
+    void reload(Qcow2Header h) throws IOException {
+        refCache.clearAll();
+        pendingFree.clear();
+        refTableOffset = h.refTableOffset();
+        refTableClusters = h.refTableClusters();
+        freeHint = 0;
+        load();
+    }
+
     /** The refcount table's entries (read-only for the caller: it changes here only). */
     long[] table() {
         return refTable;
+    }
+
+    /** refcount_order: refcounts are 2^order bits wide. */
+    int order() {
+        return refcountOrder;
     }
 
     long tableOffset() {

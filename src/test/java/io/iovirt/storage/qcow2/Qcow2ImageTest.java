@@ -161,6 +161,43 @@ class Qcow2ImageTest {
         assertArrayEquals(baseData, Files.readAllBytes(base), "the backing file changed");
     }
 
+    /**
+     * The backing file is locked as QEMU locks it for a reader while the overlay is open: a writer (qemu-io here; a
+     * QEMU, a writable export) would change what the overlay's unallocated clusters show its guest. Before, nothing
+     * locked it: qemu-io wrote the base under an open overlay, and an overlay opened over a base a writer held.
+     */
+    @Test
+    void theBackingFileIsLockedAgainstWritersWhileTheOverlayIsOpen() throws Exception {
+        Path base = dir.resolve("base.raw");
+        Files.write(base, fill(4 * MIB, 0x11));
+        ok(
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.raw",
+                "-F",
+                "raw",
+                dir.resolve("o.qcow2").toString());
+        Path overlay = dir.resolve("o.qcow2");
+        try (DiskImage q = Images.open(overlay, null, false, false)) {
+            QemuTools.Result w = QemuTools.qemuIo(base, "raw", "write -P 0x22 0 4k");
+            assertTrue(w.exit() != 0 && w.output().contains("Failed to get \"write\" lock"), w.output());
+            ok("qemu-io", "-r", "-f", "raw", "-c", "read -P 0x11 0 4k", base.toString()); // readers share it
+            assertArrayEquals(fill(4096, 0x11), read(q, 0, 4096));
+        }
+        qemuIoOk(base, "raw", "write -P 0x22 0 4k"); // closed: the lock went with it
+        Process writer = QemuTools.writerHolding(base);
+        try {
+            IOException e = assertThrows(IOException.class, () -> Images.open(overlay, null, true, false));
+            assertTrue(e.getMessage().contains("backing file") && e.getMessage().contains("in use"), e.getMessage());
+        } finally {
+            writer.destroyForcibly().waitFor();
+        }
+    }
+
     @Test
     void compressedClustersWrittenByQemuImgConvertRead() throws Exception {
         Path raw = dir.resolve("src.raw");
