@@ -171,6 +171,9 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
                 }
                 UnixSocket.iovec(writeIov, n++, writeStaging.address() + staged, k);
                 staged += k;
+                if (k < b.remaining()) {
+                    break; // the rest of this buffer first: a later one's bytes would count as this one's below
+                }
             }
         }
         if (n == 0) {

@@ -98,6 +98,55 @@ class UnixSocketChannelTest {
         }
     }
 
+    /**
+     * A heap buffer larger than the staging area goes out in part; a buffer after it must then wait for the next
+     * write: gathered behind the part, its bytes were counted as the heap buffer's (which moved past bytes never
+     * sent) and sent again by the next write.
+     */
+    @Test
+    void aHeapBufferLargerThanTheStagingAreaIsNotFollowedByTheNextBuffer() throws Exception {
+        UnixSocket[] p = UnixSocket.pair();
+        UnixSocketChannel a = new UnixSocketChannel(p[0]);
+        UnixSocketChannel b = new UnixSocketChannel(p[1]);
+        try {
+            byte[] big = new byte[70_000]; // more than the 64 KiB staging area
+            for (int i = 0; i < big.length; i++) {
+                big[i] = (byte) (i * 31 + i / 256);
+            }
+            ByteBuffer tail = ByteBuffer.allocateDirect(10);
+            for (int i = 0; i < 10; i++) {
+                tail.put(i, (byte) (0xA0 + i));
+            }
+            ByteBuffer received = ByteBuffer.allocateDirect(big.length + 10);
+            Thread reader = Thread.ofPlatform().start(() -> {
+                try {
+                    readFully(b, received);
+                } catch (Exception e) {
+                    throw new RuntimeException(e);
+                }
+            });
+            ByteBuffer[] gather = {ByteBuffer.wrap(big), tail};
+            long sent = 0;
+            while (sent < big.length + 10) {
+                sent += a.write(gather);
+            }
+            reader.join();
+            assertEquals(big.length, gather[0].position(), "the heap buffer's position");
+            assertEquals(10, tail.position(), "the direct buffer's position");
+            byte[] want = new byte[big.length + 10];
+            System.arraycopy(big, 0, want, 0, big.length);
+            for (int i = 0; i < 10; i++) {
+                want[big.length + i] = (byte) (0xA0 + i);
+            }
+            byte[] have = new byte[want.length];
+            received.get(0, have);
+            assertArrayEquals(want, have, "the bytes in the stream, in the order of the buffers");
+        } finally {
+            a.release();
+            b.release();
+        }
+    }
+
     private static void readFully(UnixSocketChannel ch, ByteBuffer b) throws Exception {
         while (b.hasRemaining()) {
             if (ch.read(b) < 0) {
