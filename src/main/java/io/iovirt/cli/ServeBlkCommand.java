@@ -194,7 +194,9 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
         String id = serial != null ? serial : defaultSerial(image);
         checkFormat(image, format);
-        try (DiskImage img = Images.open(image, format, readOnly, direct)) {
+        DiskImage img = Images.open(image, format, readOnly, direct);
+        boolean closeImage = true; // not under a queue thread still in its I/O: see the end
+        try {
             checkSize(image, img.size(), allowPartialSector);
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);
             device.poll(poll.micros() * 1000L, poll.adaptive());
@@ -259,8 +261,24 @@ final class ServeBlkCommand implements Callable<Integer> {
                 notify(notify, "STOPPING=1\nSTATUS=stopping (" + signal + ")");
                 StatsOptions.stop(stats);
             } // closing the server stops every queue: requests in flight are completed
+            if (!device.quiescent()) {
+                // A queue given up on (a request stuck in image I/O: a hung NFS or FUSE file, a dying disk) may still
+                // use the image's descriptors: closed now, a number could be reused by whatever this process opens
+                // on its way out and take that request's writes; the flush would wait for the same file system.
+                closeImage = false;
+                LOG.severe("a request of the frontend is still in I/O on " + image + " (its file system or disk does"
+                        + " not answer): exiting without the final flush; the image stays open and locked until the"
+                        + " process has exited. Make that file system or disk answer again (a hung NFS server or FUSE"
+                        + " daemon, a failing disk) before the image is used again");
+                logStats("stopped; image not synced. ", device, null);
+                return 1;
+            }
             device.flush();
             logStats("stopped; image synced. ", device, null);
+        } finally {
+            if (closeImage) {
+                img.close();
+            }
         }
         return 0;
     }
