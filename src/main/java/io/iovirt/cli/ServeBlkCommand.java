@@ -259,6 +259,19 @@ final class ServeBlkCommand implements Callable<Integer> {
             // were before, and both processes wrote the image.
             try (owner) {
                 serve(device, img, termination, notify);
+                if (!device.quiescent()) {
+                    // A queue given up on (a request stuck in image I/O: a hung NFS or FUSE file, a dying disk) may
+                    // still use the image's descriptors: closed now, a number could be reused by whatever this
+                    // process opens on its way out and take that request's writes; the flush would wait for the same
+                    // file system. The image stays open (and its lock held) until the process has exited.
+                    img = null;
+                    LOG.severe("a request of the frontend is still in I/O on " + image + " (its file system or disk"
+                            + " does not answer): exiting without the final flush; the image stays open and locked"
+                            + " until the process has exited. Make that file system or disk answer again (a hung NFS"
+                            + " server or FUSE daemon, a failing disk) before the image is used again");
+                    logStats("stopped; image not synced. ", device, null);
+                    return 1;
+                }
                 device.flush();
                 logStats("stopped; image synced. ", device, null);
                 DiskImage served = img;

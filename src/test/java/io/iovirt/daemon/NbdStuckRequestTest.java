@@ -9,15 +9,13 @@ import io.iovirt.linux.FileIo;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.testing.Await;
-import io.iovirt.testing.OpenFiles;
 import io.iovirt.testing.Require;
+import io.iovirt.testing.StoppableFuse;
 import io.iovirt.vhostuser.LogCapture;
 import java.io.IOException;
-import java.io.RandomAccessFile;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
@@ -48,8 +46,7 @@ class NbdStuckRequestTest {
     @TempDir
     Path dir;
 
-    Path mount;
-    Process fuse;
+    StoppableFuse fs;
     Path image;
     Path qemuIo;
     Process client;
@@ -59,42 +56,16 @@ class NbdStuckRequestTest {
 
     @BeforeEach
     void start() throws Exception {
-        Path fuse2fs = Require.program("fuse2fs", "apt-get install fuse2fs fuse3");
-        Path mkfs = Require.program("mkfs.ext4", "apt-get install e2fsprogs");
         qemuIo = Require.program("qemu-io", "apt-get install qemu-utils");
-        Require.program("fusermount3", "apt-get install fuse3");
-        Require.that(Files.isReadable(Path.of("/dev/fuse")), "/dev/fuse is missing (modprobe fuse)");
-        Require.that(
-                Files.isWritable(Path.of("/proc/sys/vm/drop_caches")),
-                "root, to drop the page cache (/proc/sys/vm/drop_caches) so a read reaches the FUSE daemon");
-        Path fs = dir.resolve("fs.img");
-        try (RandomAccessFile f = new RandomAccessFile(fs.toFile(), "rw")) {
-            f.setLength(32 << 20);
-        }
-        run(List.of(mkfs.toString(), "-q", "-F", fs.toString()));
-        mount = Files.createDirectory(dir.resolve("mnt"));
-        fuse = new ProcessBuilder(fuse2fs.toString(), fs.toString(), mount.toString(), "-f", "-o", "fakeroot")
-                .redirectErrorStream(true)
-                .redirectOutput(dir.resolve("fuse2fs.log").toFile())
-                .start();
-        long deadline = System.nanoTime() + TIMEOUT.toNanos();
-        while (!mounted()) {
-            assertTrue(fuse.isAlive(), "fuse2fs exited: " + Files.readString(dir.resolve("fuse2fs.log")));
-            assertTrue(System.nanoTime() < deadline, "fuse2fs did not mount " + mount + " within " + TIMEOUT);
-            Thread.sleep(50);
-        }
-        image = mount.resolve("disk.raw");
-        byte[] data = new byte[4 << 20];
-        java.util.Arrays.fill(data, (byte) 0x5a);
-        Files.write(image, data);
-        image = image.toRealPath();
+        fs = StoppableFuse.mount(dir);
+        image = fs.file("disk.raw", 4 << 20);
         log = LogCapture.start("io.iovirt");
     }
 
     @AfterEach
     void stop() throws Exception {
-        if (fuse != null) {
-            signal("-CONT");
+        if (fs != null) {
+            fs.resume();
         }
         if (client != null) {
             client.destroyForcibly();
@@ -103,7 +74,7 @@ class NbdStuckRequestTest {
         if (entry != null) {
             entry.close(); // a no-op when the test closed it
         }
-        if (fuse != null) {
+        if (fs != null) {
             // the export lets go of the image once its request ended: then the file system can be unmounted
             Await.until(
                     RELEASED, "the export to close " + image, () -> exportFds().isEmpty());
@@ -111,12 +82,8 @@ class NbdStuckRequestTest {
         if (probe != null) {
             probe.close();
         }
-        if (fuse != null) {
-            if (mounted()) {
-                run(List.of("fusermount3", "-u", mount.toString()));
-            }
-            fuse.destroy();
-            fuse.waitFor(10, TimeUnit.SECONDS);
+        if (fs != null) {
+            fs.close();
         }
         if (log != null) {
             log.close();
@@ -155,18 +122,17 @@ class NbdStuckRequestTest {
         probe = FileIo.open(image, FileIo.O_RDONLY);
         assertEquals(FileIo.F_RDLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the export holds a read lock");
         String uri = "nbd+unix:///stuck?socket=" + socket;
-        run(List.of(qemuIo.toString(), "-r", "-f", "raw", uri, "-c", command)); // served while the daemon answers
+        StoppableFuse.run(
+                List.of(qemuIo.toString(), "-r", "-f", "raw", uri, "-c", command)); // served while the daemon answers
 
-        signal("-STOP");
-        Thread.sleep(1500); // libfuse's cached attributes (1 s) time out
-        Files.writeString(Path.of("/proc/sys/vm/drop_caches"), "1"); // the read goes to the daemon, not the cache
+        fs.stop(); // the read goes to the stopped daemon, not the cache
         client = new ProcessBuilder(qemuIo.toString(), "-r", "-f", "raw", uri, "-c", command)
                 .redirectErrorStream(true)
                 .redirectOutput(dir.resolve("qemu-io.log").toFile())
                 .start();
         Await.until(TIMEOUT, "a thread of the export to wait for the stopped daemon on " + fds, () -> {
             assertTrue(client.isAlive(), "qemu-io exited: " + log());
-            return !blockedOn(fds).isEmpty();
+            return !StoppableFuse.blockedOn(fds).isEmpty();
         });
 
         entry.close(); // returns: the control thread is not held up by the request
@@ -190,7 +156,7 @@ class NbdStuckRequestTest {
             }
         }
 
-        signal("-CONT");
+        fs.resume();
         Await.until(
                 RELEASED,
                 () -> "the image to be closed and unlocked once the request ended (open: " + exportFds() + ")",
@@ -205,7 +171,7 @@ class NbdStuckRequestTest {
                 new NbdExportEntry.Spec("again", image, dir.resolve("again.sock"), false, ImageFormat.RAW),
                 SocketAccess.ownerOnly(),
                 false)) {
-            run(List.of(
+            StoppableFuse.run(List.of(
                     qemuIo.toString(),
                     "-f",
                     "raw",
@@ -219,45 +185,12 @@ class NbdStuckRequestTest {
     private void stillHeld(List<Integer> fds) throws Exception {
         assertEquals(fds, exportFds(), "the export's descriptors of " + image + " are still open");
         assertEquals(FileIo.F_RDLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is still held");
-        assertTrue(fuse.isAlive());
+        assertTrue(fs.alive());
     }
 
     /** This process's descriptors of the image, other than the test's probe. */
     private List<Integer> exportFds() {
-        List<Integer> out = new ArrayList<>();
-        for (int n : OpenFiles.numbers()) {
-            if ((probe == null || n != probe.get()) && image.toString().equals(OpenFiles.kind(n))) {
-                out.add(n);
-            }
-        }
-        return out;
-    }
-
-    /**
-     * The threads of this process blocked in a system call whose first argument is one of {@code fds}
-     * (/proc/self/task/TID/syscall: the call's number and arguments in hex, or "running").
-     */
-    private static List<String> blockedOn(List<Integer> fds) {
-        List<String> out = new ArrayList<>();
-        try (var tasks = Files.list(Path.of("/proc/self/task"))) {
-            for (Path t : (Iterable<Path>) tasks::iterator) {
-                String[] f;
-                try {
-                    f = Files.readString(t.resolve("syscall")).strip().split(" ");
-                } catch (IOException e) {
-                    continue; // the thread ended
-                }
-                if (f.length > 1 && !f[0].equals("running") && !f[0].equals("-1")) {
-                    long arg0 = Long.parseUnsignedLong(f[1].substring(2), 16);
-                    if (fds.contains((int) arg0) && arg0 < Integer.MAX_VALUE) {
-                        out.add(t.getFileName() + ": " + String.join(" ", f));
-                    }
-                }
-            }
-        } catch (IOException e) {
-            throw new java.io.UncheckedIOException(e);
-        }
-        return out;
+        return StoppableFuse.descriptorsOf(image, probe == null ? -1 : probe.get());
     }
 
     private String log() {
@@ -266,23 +199,5 @@ class NbdStuckRequestTest {
         } catch (IOException e) {
             return e.toString();
         }
-    }
-
-    private boolean mounted() throws IOException {
-        return Files.readAllLines(Path.of("/proc/self/mountinfo")).stream()
-                .anyMatch(l -> l.contains(" " + mount + " ") && l.contains(" - fuse"));
-    }
-
-    private void signal(String sig) throws Exception {
-        if (fuse.isAlive()) {
-            run(List.of("kill", sig, Long.toString(fuse.pid())));
-        }
-    }
-
-    private static void run(List<String> command) throws Exception {
-        Process p = new ProcessBuilder(command).redirectErrorStream(true).start();
-        String out = new String(p.getInputStream().readAllBytes());
-        assertTrue(p.waitFor(30, TimeUnit.SECONDS), command + " did not finish");
-        assertEquals(0, p.exitValue(), command + ": " + out);
     }
 }

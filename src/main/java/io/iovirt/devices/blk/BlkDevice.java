@@ -76,6 +76,13 @@ public final class BlkDevice implements VhostUserBackend {
      * on its ring) until its thread has ended.
      */
     private final boolean[] abandoned;
+    /**
+     * Queue threads started and not yet ended, those given up on included ({@link #quiescent}); each one counts
+     * itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
+     */
+    private final java.util.concurrent.atomic.AtomicInteger threads = new java.util.concurrent.atomic.AtomicInteger();
+
+    private final Object threadEnded = new Object();
     /** How long {@link #queueStopped} waits in all for a worker still finishing its requests. */
     private volatile java.time.Duration stopWaitLimit = QueueWorker.STOP_WAIT_LIMIT;
     /** Whether queues try io_uring; when one cannot set up its ring it falls back to synchronous I/O. */
@@ -489,6 +496,8 @@ public final class BlkDevice implements VhostUserBackend {
             }
             workers[index] = w;
             vqs[index] = q;
+            threads.incrementAndGet();
+            w.closeWhenEnded(java.util.List.of(this::queueThreadEnded)); // after the thread's last image I/O
             w.start();
         } catch (VirtqueueException e) {
             throw new BackendException("queue " + index + ": " + e.getMessage());
@@ -605,6 +614,66 @@ public final class BlkDevice implements VhostUserBackend {
         }
         forget(index);
         return q.vringBase();
+    }
+
+    /** A queue thread has ended (on that thread, after its handler stopped): it touches the image no more. */
+    private void queueThreadEnded() {
+        threads.decrementAndGet();
+        synchronized (threadEnded) {
+            threadEnded.notifyAll();
+        }
+    }
+
+    /**
+     * Whether no queue thread of this device runs any more — none serving, and none given up on still finishing a
+     * request ({@link #queueStopped}: one stuck in image I/O on a hung NFS or FUSE file or a dying disk). Only then
+     * may the owner of the image close it, after the server has stopped (no new queue starts): a descriptor closed
+     * under such a thread could be reused by another open (another tenant's image or socket) and take that request's
+     * writes. The device keeps the image lock until then too.
+     */
+    public boolean quiescent() {
+        return threads.get() == 0;
+    }
+
+    /** Waits until {@link #quiescent} (once the server has stopped, nothing new starts), at most {@code timeout}. */
+    public boolean awaitQuiescent(java.time.Duration timeout) throws InterruptedException {
+        long deadline = System.nanoTime() + timeout.toNanos();
+        synchronized (threadEnded) {
+            while (!quiescent()) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0) {
+                    return false;
+                }
+                java.util.concurrent.TimeUnit.NANOSECONDS.timedWait(threadEnded, left);
+            }
+            return true;
+        }
+    }
+
+    /**
+     * Lets go of the image for good once the server has stopped and the device is {@link #quiescent}: queues given up
+     * on are forgotten (their threads have ended), the image lock is released and its descriptor closed (it stayed
+     * open for the device's life before, one descriptor per removed export).
+     *
+     * @throws IllegalStateException a queue thread still runs: the image and its lock must stay
+     */
+    public void close() {
+        if (!quiescent()) {
+            throw new IllegalStateException("blk " + name + ": a queue thread still runs; the image lock stays");
+        }
+        for (int i = 0; i < queues; i++) {
+            if (workers[i] != null && isAbandoned(i)) {
+                // its work has ended (quiescent): this joins the thread's last instructions and frees its epoll set
+                workers[i].stop();
+                synchronized (failed) {
+                    abandoned[i] = false;
+                }
+                forget(i);
+            }
+        }
+        if (imageLock != null) {
+            imageLock.close();
+        }
     }
 
     /** Asks the queue's worker to stop without waiting: {@link #queueStopped} then waits, from this request on. */

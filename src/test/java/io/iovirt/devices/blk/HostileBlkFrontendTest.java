@@ -1,14 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.devices.blk;
 
-import static io.iovirt.devices.blk.BlkRequests.HEADER_BYTES;
 import static io.iovirt.devices.blk.BlkRequests.S_IOERR;
 import static io.iovirt.devices.blk.BlkRequests.S_OK;
-import static io.iovirt.devices.blk.BlkRequests.T_FLUSH;
-import static io.iovirt.devices.blk.BlkRequests.T_IN;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
-import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
-import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
@@ -18,23 +13,17 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
-import io.iovirt.memory.GuestMemory;
-import io.iovirt.memory.MemoryRegion;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.OpenFiles;
-import io.iovirt.vhostuser.Features;
-import io.iovirt.vhostuser.FrontendMemory;
 import io.iovirt.vhostuser.LogCapture;
 import io.iovirt.vhostuser.RequestRejectedException;
 import io.iovirt.vhostuser.VhostUserFrontend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.virtio.DeviceStatus;
-import io.iovirt.virtio.DriverRing;
 import io.iovirt.virtio.QueueWorker;
 import io.iovirt.virtio.SplitDriverRing;
-import io.iovirt.virtio.VirtioFeatures;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
 import java.io.IOException;
@@ -63,118 +52,6 @@ class HostileBlkFrontendTest {
     @TempDir
     Path dir;
 
-    /** A minimal driver: one split queue in a (sparse) memfd, requests written by hand. */
-    static final class Driver implements AutoCloseable {
-        final VhostUserFrontend fe;
-        final FrontendMemory ram;
-        final GuestMemory mem;
-        final SplitDriverRing ring;
-        final EventFd kick = EventFd.create(true);
-        final EventFd call;
-        long next = 0x10000;
-
-        /** What a test does to the frontend's descriptors after the backend adopted them, before the queue starts. */
-        @FunctionalInterface
-        interface BeforeStart {
-            void run() throws IOException;
-        }
-
-        Driver(Path socket, long ramBytes, EventFd call) throws IOException {
-            this(socket, ramBytes, call, null, () -> {});
-        }
-
-        /**
-         * With {@code err} (null: none) as the queue's err eventfd, and {@code beforeStart} run before SET_VRING_KICK.
-         */
-        Driver(Path socket, long ramBytes, EventFd call, EventFd err, BeforeStart beforeStart) throws IOException {
-            this.call = call;
-            fe = VhostUserFrontend.connect(socket, TIMEOUT);
-            ram = FrontendMemory.allocate(0, ramBytes);
-            mem = GuestMemory.of(List.of(new MemoryRegion(0, ramBytes, ram.userAddr(), 0, ram.segment(), null)));
-            fe.getFeatures();
-            fe.setProtocolFeatures(fe.getProtocolFeatures());
-            fe.setOwner();
-            fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
-            fe.setMemTable(List.of(ram.descriptor()));
-            ring = SplitDriverRing.create(mem, alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
-            fe.setVringNum(0, QSIZE);
-            fe.setVringBase(0, 0);
-            fe.setVringAddr(
-                    0,
-                    ram.userAddrOf(ring.descAddr()),
-                    ram.userAddrOf(ring.deviceAreaAddr()),
-                    ram.userAddrOf(ring.driverAreaAddr()));
-            if (err != null) {
-                fe.setVringErr(0, err);
-            }
-            beforeStart.run();
-            fe.setVringKick(0, kick);
-            fe.setVringCall(0, call);
-            fe.setVringEnable(0, true);
-        }
-
-        long alloc(long bytes, int align) {
-            long gpa = (next + align - 1) & -align;
-            next = gpa + bytes;
-            return gpa;
-        }
-
-        /** A read of {@code dataLen} bytes at sector 0 into a buffer at {@code dataGpa}; returns the status GPA. */
-        long read(long dataGpa, long dataLen) throws IOException {
-            long hdr = alloc(HEADER_BYTES, 16);
-            ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_IN);
-            ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
-            long status = alloc(1, 1);
-            ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
-            ring.add(
-                    new long[] {hdr, dataGpa, status},
-                    new int[] {HEADER_BYTES, (int) dataLen, 1},
-                    new boolean[] {false, true, true},
-                    3,
-                    DriverRing.NO_INDIRECT);
-            kick.signal();
-            return status;
-        }
-
-        /** A FLUSH; returns the status GPA. */
-        long flush() throws IOException {
-            return flush(ring, kick);
-        }
-
-        /** A FLUSH on the queue of {@code r}, kicked through {@code k}; returns the status GPA. */
-        long flush(SplitDriverRing r, EventFd k) throws IOException {
-            long hdr = alloc(HEADER_BYTES, 16);
-            ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_FLUSH);
-            ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
-            long status = alloc(1, 1);
-            ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
-            r.add(
-                    new long[] {hdr, status},
-                    new int[] {HEADER_BYTES, 1},
-                    new boolean[] {false, true},
-                    2,
-                    DriverRing.NO_INDIRECT);
-            k.signal();
-            return status;
-        }
-
-        byte awaitStatus(long statusGpa) throws InterruptedException {
-            long deadline = System.nanoTime() + TIMEOUT.toNanos();
-            while (ring.pollUsed() == -1) {
-                assertTrue(System.nanoTime() < deadline, "request not completed");
-                Thread.sleep(1);
-            }
-            return ram.segment().get(JAVA_BYTE, statusGpa);
-        }
-
-        @Override
-        public void close() {
-            fe.close();
-            kick.close();
-            ram.close();
-        }
-    }
-
     private Path image(long bytes) throws IOException {
         Path p = dir.resolve("disk.img");
         try (var f = java.nio.channels.FileChannel.open(
@@ -202,7 +79,8 @@ class HostileBlkFrontendTest {
         try (RawImage img = RawImage.open(image(1 << 20), false, false);
                 VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s", engine));
                 EventFd call = EventFd.create(true);
-                Driver d = new Driver(sock, 3L << 30, call)) { // sparse: the 2 GiB buffer lies inside guest memory
+                BlkTestDriver d =
+                        new BlkTestDriver(sock, 3L << 30, call)) { // sparse: the 2 GiB buffer lies inside guest memory
             long big = d.alloc(Integer.MAX_VALUE, 4096);
             assertEquals(S_IOERR, d.awaitStatus(d.read(big, 0x8000_0000L)), "2 GiB segment > size_max: IOERR");
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "the queue still serves");
@@ -218,7 +96,7 @@ class HostileBlkFrontendTest {
                 LogCapture log = LogCapture.start("io.iovirt");
                 VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("hostile", img, 1, "s"));
                 EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
-                Driver d = new Driver(sock, 1 << 20, trap)) {
+                BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, trap)) {
             // the backend signals a new call descriptor once (Vring.setNotifier); then the counter is filled
             assertEquals(1, trap.read());
             trap.write(0xffff_ffff_ffff_fffeL);
@@ -241,7 +119,7 @@ class HostileBlkFrontendTest {
         try (RawImage img = RawImage.open(dir.resolve("disk.img"), false, false);
                 VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("next", img, 1, "s"));
                 EventFd call = EventFd.create(true);
-                Driver d = new Driver(sock, 1 << 20, call)) {
+                BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
         }
     }
@@ -262,7 +140,7 @@ class HostileBlkFrontendTest {
                 EventFd call = EventFd.create(true);
                 EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) {
             assertEquals(null, otherVm.acquire(), "the other VM holds the image");
-            try (Driver d = new Driver(sock, 1 << 20, call, trap, () -> {
+            try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call, trap, () -> {
                 trap.write(0xffff_ffff_ffff_fffeL); // full: one more write blocks
                 trap.fd().setNonBlocking(false); // undo what the backend did to the shared file description
             })) {
@@ -331,7 +209,7 @@ class HostileBlkFrontendTest {
             SlowFlushImage img = new SlowFlushImage(raw);
             try (VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("slow", img, 1, "s", engine));
                     EventFd call = EventFd.create(true);
-                    Driver d = new Driver(sock, 1 << 20, call);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
                     ImageLock otherVm = ImageLock.open(disk, false)) {
                 long st = d.flush();
                 assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH reached the image");
@@ -455,7 +333,7 @@ class HostileBlkFrontendTest {
             GatedFlushImage img = new GatedFlushImage(raw);
             try (VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("busy", img, 1, "s", engine));
                     EventFd call = EventFd.create(true);
-                    Driver d = new Driver(sock, 1 << 20, call)) {
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
                 try {
                     busyQueueUnderNewTables(engine, img, d);
                 } finally {
@@ -468,7 +346,7 @@ class HostileBlkFrontendTest {
     }
 
     /** Each FLUSH still served while the frontend sends the memory again and posts the next one. */
-    private static void busyQueueUnderNewTables(BlkDevice.IoEngine engine, GatedFlushImage img, Driver d)
+    private static void busyQueueUnderNewTables(BlkDevice.IoEngine engine, GatedFlushImage img, BlkTestDriver d)
             throws Exception {
         long mapped = mappingsOf(d.ram.fd()); // the frontend's and the backend's
         long st = d.flush();
@@ -529,7 +407,7 @@ class HostileBlkFrontendTest {
             BlkDevice dev = givingUpAfterASecond("stuck", img);
             try (VhostUserServer server = VhostUserServer.start(sock, dev);
                     EventFd call = EventFd.create(true);
-                    Driver d = new Driver(sock, 1 << 20, call);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
                     ImageLock otherVm = ImageLock.open(disk, false)) {
                 long st = d.flush();
                 assertTrue(img.entered.await(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH reached the image");
@@ -583,7 +461,7 @@ class HostileBlkFrontendTest {
             try (VhostUserServer server = VhostUserServer.start(sock, dev);
                     EventFd call = EventFd.create(true);
                     EventFd err = EventFd.create(true);
-                    Driver d = new Driver(sock, 1 << 20, call, err, () -> {})) {
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call, err, () -> {})) {
                 // the backend's number for each of the frontend's eventfds: the one other in this process
                 EventFd[] frontend = {d.kick, call, err};
                 int[] backend = new int[3];
@@ -668,7 +546,7 @@ class HostileBlkFrontendTest {
             try (VhostUserServer server = VhostUserServer.start(sock, dev);
                     EventFd call = EventFd.create(true);
                     EventFd kick1 = EventFd.create(true)) {
-                Driver d = new Driver(sock, 1 << 20, call);
+                BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
                 try {
                     SplitDriverRing ring1 = SplitDriverRing.create(
                             d.mem, d.alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
@@ -747,7 +625,7 @@ class HostileBlkFrontendTest {
             BlkDevice dev = givingUpAfterASecond("inflight", img);
             try (VhostUserServer server = VhostUserServer.start(sock, dev);
                     EventFd call = EventFd.create(true);
-                    Driver d = new Driver(sock, 1 << 20, call);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
                     java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
                 int base = d.fe.getVringBase(0); // stopped, to hand it in-flight memory as QEMU does before a start
                 VhostUserFrontend.Inflight inflight = d.fe.getInflightFd(1, QSIZE);
@@ -808,7 +686,7 @@ class HostileBlkFrontendTest {
                         .log(dir.resolve("serve.log"))
                         .startListening(sock, TIMEOUT);
                 EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
-                Driver d = new Driver(sock, 1 << 20, trap)) {
+                BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, trap)) {
             assertEquals(1, trap.read()); // the interrupt for the new call descriptor, then the trap is set
             trap.write(0xffff_ffff_ffff_fffeL);
             trap.fd().setNonBlocking(false);
