@@ -85,6 +85,27 @@ class DaemonApiTest {
                 bad(RpcException.METHOD_NOT_FOUND, "blk.explode").getMessage().contains("blk.add"));
     }
 
+    /**
+     * A configuration file that is not UTF-8 (an editor saved it as Latin-1) is refused saying so and where; the
+     * message was "cannot read configuration FILE: Input length = 3".
+     */
+    @Test
+    void aConfigurationThatIsNotUtf8SaysSo() throws Exception {
+        Path config = dir.resolve("daemon.json");
+        byte[] head = "{\"blk\": [{\"id\": \"d\", \"serial\": \"caf".getBytes(StandardCharsets.US_ASCII);
+        java.io.ByteArrayOutputStream text = new java.io.ByteArrayOutputStream();
+        text.write(head);
+        text.write(0xe9); // é in Latin-1
+        text.write("\"}]}".getBytes(StandardCharsets.US_ASCII));
+        Files.write(config, text.toByteArray());
+        String m = assertThrows(java.io.IOException.class, () -> ConfigFile.read(config, daemon))
+                .getMessage();
+        assertTrue(
+                m.contains("configuration " + config + " is not UTF-8 text (its byte " + head.length
+                        + " is not part of a UTF-8 character); JSON files are UTF-8: save it as UTF-8"),
+                m);
+    }
+
     @Test
     void controlSocketIsOwnerOnly() throws Exception {
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(server.path())));
