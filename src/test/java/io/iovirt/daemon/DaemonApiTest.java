@@ -1036,6 +1036,23 @@ class DaemonApiTest {
         assertEquals(List.of(), reload.apply("", "").changed());
     }
 
+    /**
+     * A line of very many small values is refused by count, before they take the heap: 1 MiB of "{}," made half a
+     * million objects (tens of MB for one line), and ten clients sending such lines at once ran the daemon out of
+     * heap. The client is told the limit, and its connection stays usable.
+     */
+    @Test
+    void aLineOfTooManyValuesIsRefusedByCount() throws Exception {
+        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+            c.sendLine("[" + "{},".repeat(RpcServer.MAX_VALUES) + "{}]");
+            String reply = c.readLine();
+            assertTrue(
+                    reply.contains("-32700") && reply.contains("more than " + RpcServer.MAX_VALUES + " values"), reply);
+            c.sendLine("{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"version\"}");
+            assertTrue(c.readLine().contains("\"id\":7,\"result\""));
+        }
+    }
+
     @Test
     void hostileClientsDoNotHarmTheDaemon() throws Exception {
         // a line longer than the limit: an error, then the connection is dropped
