@@ -57,10 +57,28 @@ final class ConfigFile {
                     "configuration " + file + " does not exist; create it ({} is a configuration with no devices;"
                             + " the Debian package installs one) or start without --config",
                     e);
+        } catch (java.nio.charset.MalformedInputException e) {
+            throw new IOException(
+                    "configuration " + file + " is not UTF-8 text (" + notUtf8(file)
+                            + "); JSON files are UTF-8: save it as UTF-8 (iconv -f latin1 -t utf-8 can convert it)",
+                    e);
         } catch (IOException e) {
             throw new IOException("cannot read configuration " + file + ": " + e.getMessage(), e);
         }
         return parse(text, "configuration", file, d);
+    }
+
+    /** Where {@code file}'s first byte that is not UTF-8 is, for the message of a file that is not UTF-8 text. */
+    static String notUtf8(Path file) {
+        try {
+            java.nio.ByteBuffer b = java.nio.ByteBuffer.wrap(Files.readAllBytes(file));
+            java.nio.charset.CoderResult r = java.nio.charset.StandardCharsets.UTF_8
+                    .newDecoder()
+                    .decode(b, java.nio.CharBuffer.allocate(b.remaining()), true);
+            return r.isError() ? "its byte " + b.position() + " is not part of a UTF-8 character" : "it changed";
+        } catch (IOException e) {
+            return "cannot read it again: " + e.getMessage();
+        }
     }
 
     /**

@@ -18,10 +18,13 @@ public final class JsonParser {
     public static final int MAX_DEPTH = 32;
 
     private final String s;
+    private final int maxValues;
     private int pos;
+    private int values;
 
-    private JsonParser(String s) {
+    private JsonParser(String s, int maxValues) {
         this.s = s;
+        this.maxValues = maxValues;
     }
 
     /** A syntax error, with the offset where it was found. */
@@ -32,7 +35,17 @@ public final class JsonParser {
     }
 
     public static Object parse(String text) throws JsonException {
-        JsonParser p = new JsonParser(text);
+        return parse(text, Integer.MAX_VALUE);
+    }
+
+    /**
+     * As {@link #parse(String)}, refusing a text with more than {@code maxValues} values (objects, arrays, strings,
+     * numbers, literals, each counted once): each costs tens of bytes of heap for its two or three of text, so a line
+     * of a million empty objects made a client's request take 60 MB — a few such clients at once, and the daemon ran
+     * out of heap.
+     */
+    public static Object parse(String text, int maxValues) throws JsonException {
+        JsonParser p = new JsonParser(text, maxValues);
         p.ws();
         Object v = p.value(0);
         p.ws();
@@ -59,6 +72,9 @@ public final class JsonParser {
     private Object value(int depth) throws JsonException {
         if (depth > MAX_DEPTH) {
             throw error("nesting deeper than " + MAX_DEPTH + " levels");
+        }
+        if (++values > maxValues) {
+            throw error("more than " + maxValues + " values");
         }
         if (pos >= s.length()) {
             throw error("unexpected end of input");

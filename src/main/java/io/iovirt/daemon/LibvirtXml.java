@@ -388,8 +388,16 @@ public final class LibvirtXml {
                         + " switch port (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
     }
 
+    /**
+     * Text for an attribute value or element content. Tab, newline and carriage return go as character references:
+     * an XML parser turns them, written as they are in an attribute, into spaces (attribute-value normalization), so
+     * libvirt would have connected QEMU to another socket path than the one served.
+     */
     static String esc(String s) {
         return s.replace("&", "&amp;")
+                .replace("\t", "&#9;")
+                .replace("\n", "&#10;")
+                .replace("\r", "&#13;")
                 .replace("<", "&lt;")
                 .replace(">", "&gt;")
                 .replace("'", "&apos;")

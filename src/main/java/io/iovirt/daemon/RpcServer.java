@@ -43,6 +43,17 @@ public final class RpcServer implements AutoCloseable {
     public static final int MAX_CLIENTS = 32;
     public static final Duration IDLE_TIMEOUT = Duration.ofSeconds(60);
     /**
+     * The most JSON values a request line may hold: a batch of 100 requests of 100 values each. A line of the most
+     * values {@link #MAX_LINE} allows (about half a million) took tens of MB of heap to parse.
+     */
+    public static final int MAX_VALUES = 10_000;
+    /**
+     * Lines longer than this are decoded and parsed one at a time across all clients: each takes several times its
+     * length in heap while it is (its bytes, its text, its values), and {@link #MAX_CLIENTS} of {@link #MAX_LINE}
+     * at once would not fit the daemon's heap. Ordinary requests are far shorter and never wait for each other.
+     */
+    static final int LARGE_LINE = 64 * 1024;
+    /**
      * How long {@link #close} waits for the client threads: a disconnected client's thread ends at once, one inside
      * a call (a blk.add opening a slow image) when the call returns.
      */
@@ -56,6 +67,8 @@ public final class RpcServer implements AutoCloseable {
     private final int ownUid;
     private final Acceptor<UnixSocket> acceptor;
     private final Set<UnixSocket> clients = ConcurrentHashMap.newKeySet();
+    /** Held while a line longer than {@link #LARGE_LINE} is decoded and parsed. */
+    private final java.util.concurrent.locks.ReentrantLock largeLine = new java.util.concurrent.locks.ReentrantLock();
     /** The client threads still running (each removes itself once its socket is closed). */
     private final Set<Thread> handlers = ConcurrentHashMap.newKeySet();
 
@@ -208,6 +221,31 @@ public final class RpcServer implements AutoCloseable {
 
     /** One request line → the reply line (null: nothing to send, e.g. a notification or an empty line). */
     String handleLine(byte[] bytes) {
+        Object req;
+        if (bytes.length <= LARGE_LINE) {
+            req = parseLine(bytes);
+        } else {
+            largeLine.lock();
+            try {
+                req = parseLine(bytes);
+            } finally {
+                largeLine.unlock();
+            }
+        }
+        if (req instanceof ParseFailure f) {
+            return f.reply();
+        }
+        if (req == null) {
+            return null;
+        }
+        return handleRequest(req);
+    }
+
+    /** What a line that is no request is answered (a null reply: a blank line, nothing to answer). */
+    private record ParseFailure(String reply) {}
+
+    /** A line → its JSON value, a {@link ParseFailure}, or null for a blank line. */
+    private static Object parseLine(byte[] bytes) {
         String text;
         try {
             text = StandardCharsets.UTF_8
@@ -217,21 +255,25 @@ public final class RpcServer implements AutoCloseable {
                     .decode(ByteBuffer.wrap(bytes))
                     .toString();
         } catch (CharacterCodingException e) {
-            return error(null, RpcException.PARSE_ERROR, "request is not UTF-8 text");
+            return new ParseFailure(error(null, RpcException.PARSE_ERROR, "request is not UTF-8 text"));
         }
         if (text.isBlank()) {
             return null;
         }
-        Object req;
         try {
-            req = JsonParser.parse(text);
+            return JsonParser.parse(text, MAX_VALUES);
         } catch (JsonParser.JsonException e) {
-            return error(
+            return new ParseFailure(error(
                     null,
                     RpcException.PARSE_ERROR,
                     "request is not JSON: " + e.getMessage()
-                            + "; send one JSON-RPC 2.0 object per line, e.g. {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"version\"}");
+                            + "; send one JSON-RPC 2.0 object per line, e.g."
+                            + " {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"version\"}"));
         }
+    }
+
+    /** A parsed request or batch → the reply line (null: nothing to send). */
+    private String handleRequest(Object req) {
         if (req instanceof List<?> batch) {
             if (batch.isEmpty()) {
                 return error(null, RpcException.INVALID_REQUEST, "empty batch");

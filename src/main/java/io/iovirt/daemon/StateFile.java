@@ -168,6 +168,9 @@ final class StateFile implements AutoCloseable {
         } catch (NoSuchFileException e) {
             return new ConfigFile.Desired(
                     Map.of(), java.util.Set.of(), Map.of(), Map.of(), Map.of(), Map.of(), Map.of());
+        } catch (java.nio.charset.MalformedInputException e) {
+            throw new IOException(
+                    "state file " + file + " is not UTF-8 text (" + ConfigFile.notUtf8(file) + ")" + keep, e);
         } catch (IOException e) {
             throw new IOException("cannot read state file " + file + ": " + e + keep, e);
         }

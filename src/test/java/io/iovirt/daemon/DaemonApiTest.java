@@ -85,6 +85,27 @@ class DaemonApiTest {
                 bad(RpcException.METHOD_NOT_FOUND, "blk.explode").getMessage().contains("blk.add"));
     }
 
+    /**
+     * A configuration file that is not UTF-8 (an editor saved it as Latin-1) is refused saying so and where; the
+     * message was "cannot read configuration FILE: Input length = 3".
+     */
+    @Test
+    void aConfigurationThatIsNotUtf8SaysSo() throws Exception {
+        Path config = dir.resolve("daemon.json");
+        byte[] head = "{\"blk\": [{\"id\": \"d\", \"serial\": \"caf".getBytes(StandardCharsets.US_ASCII);
+        java.io.ByteArrayOutputStream text = new java.io.ByteArrayOutputStream();
+        text.write(head);
+        text.write(0xe9); // é in Latin-1
+        text.write("\"}]}".getBytes(StandardCharsets.US_ASCII));
+        Files.write(config, text.toByteArray());
+        String m = assertThrows(java.io.IOException.class, () -> ConfigFile.read(config, daemon))
+                .getMessage();
+        assertTrue(
+                m.contains("configuration " + config + " is not UTF-8 text (its byte " + head.length
+                        + " is not part of a UTF-8 character); JSON files are UTF-8: save it as UTF-8"),
+                m);
+    }
+
     @Test
     void controlSocketIsOwnerOnly() throws Exception {
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(server.path())));
@@ -1013,6 +1034,23 @@ class DaemonApiTest {
         assertEquals(List.of("blk d"), reload.apply("", "").changed(), "the file says writable");
         assertEquals(false, ok("blk.info", "id", "d").get("readonly"));
         assertEquals(List.of(), reload.apply("", "").changed());
+    }
+
+    /**
+     * A line of very many small values is refused by count, before they take the heap: 1 MiB of "{}," made half a
+     * million objects (tens of MB for one line), and ten clients sending such lines at once ran the daemon out of
+     * heap. The client is told the limit, and its connection stays usable.
+     */
+    @Test
+    void aLineOfTooManyValuesIsRefusedByCount() throws Exception {
+        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+            c.sendLine("[" + "{},".repeat(RpcServer.MAX_VALUES) + "{}]");
+            String reply = c.readLine();
+            assertTrue(
+                    reply.contains("-32700") && reply.contains("more than " + RpcServer.MAX_VALUES + " values"), reply);
+            c.sendLine("{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"version\"}");
+            assertTrue(c.readLine().contains("\"id\":7,\"result\""));
+        }
     }
 
     @Test

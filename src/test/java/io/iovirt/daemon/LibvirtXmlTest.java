@@ -91,6 +91,31 @@ class LibvirtXmlTest {
         }
     }
 
+    /**
+     * A socket path with a tab, newline or carriage return reaches libvirt as it is: written raw in an attribute, an
+     * XML parser normalizes each to a space, and QEMU would be pointed at another path.
+     */
+    @Test
+    void whitespaceInAPathSurvivesAnXmlParser() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            Path img = dir.resolve("d.raw");
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            Path sock = dir.resolve("d\tx\ny\r.sock");
+            d.call("blk.add", Map.of("id", "disk", "image", img.toString(), "socket", sock.toString()));
+            String xml = (String) ((Map<?, ?>) d.call("libvirt-xml", Map.of("id", "disk"))).get("xml");
+            org.w3c.dom.Document doc = javax.xml.parsers.DocumentBuilderFactory.newInstance()
+                    .newDocumentBuilder()
+                    .parse(new java.io.ByteArrayInputStream(xml.getBytes(StandardCharsets.UTF_8)));
+            org.w3c.dom.Element source = (org.w3c.dom.Element)
+                    ((org.w3c.dom.Element) doc.getElementsByTagName("disk").item(0))
+                            .getElementsByTagName("source")
+                            .item(0);
+            assertEquals(sock.toString(), source.getAttribute("path"), xml);
+        }
+    }
+
     /** {@code vm run --libvirt-xml}: the composer's devices (PV and FV disks and NICs) as a domain libvirt accepts. */
     @Test
     void composedVmBecomesAValidDomain() throws Exception {
