@@ -173,6 +173,10 @@ final class VmCommand implements Runnable {
             } catch (io.iovirt.host.HostConfigException e) {
                 throw usage("NAME: " + e.getMessage());
             }
+            if (timeout < 1) {
+                // 0 or less booted the guest and then killed it at once ("did not finish within -5 s")
+                throw usage("--timeout must be at least 1 second, got " + timeout);
+            }
             VmSpec vm;
             try {
                 vm = new VmSpec(
