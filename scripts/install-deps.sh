@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Installs the host packages iovirt's demo and tests use (Debian 12, as root). Idempotent and quiet when done before.
+# --demo: only what './iovirt demo' needs (QEMU, and the tools that build its guest), not the test, packaging and
+# daemon-test tools below: the demo used to refuse to start for a user without libvirt, promtool, gdb or asciidoctor
+# ("run as root"), and as root it installed libvirt's daemon on the host.
 set -euo pipefail
+DEMO=0
+case "${1:-}" in
+  --demo) DEMO=1 ;;
+  "") ;;
+  *) echo "install-deps.sh: unknown argument '$1' — use --demo (the demo's packages only) or nothing (all)" >&2; exit 2 ;;
+esac
+DEMO_PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd)
 # asciidoctor, man-db, fakeroot: the man pages and the Debian package (scripts/package.sh); strace: tests that check
 # which system calls a process makes (StateStoreAccessTest: the state directory is fsynced into its parent); gdb: the
 # backtrace of a crashed child's core (ChildProcessTest checks it; a crashing QEMU or testpmd reports one);
@@ -9,6 +19,7 @@ set -euo pipefail
 # adduser: the package's Depends and postinst — DebianPackageTest installs it with dpkg -i, which resolves nothing
 PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd pciutils iproute2 procps ethtool jq nbd-client gnuplot-nox
       asciidoctor man-db fakeroot fuse2fs fuse3 strace gdb linux-libc-dev adduser)
+[ "$DEMO" = 1 ] && PKGS=("${DEMO_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -23,6 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 fi
+[ "$DEMO" = 1 ] && exit 0
 
 # The daemon's tests: libvirt (virt-xml-validate needs xmllint; libvirtd with the QEMU driver, started by the test
 # itself) and promtool. promtool ships only in Debian's 'prometheus' package (19 MB download, 96 MB installed, plus

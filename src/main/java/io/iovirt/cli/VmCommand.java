@@ -173,6 +173,10 @@ final class VmCommand implements Runnable {
             } catch (io.iovirt.host.HostConfigException e) {
                 throw usage("NAME: " + e.getMessage());
             }
+            if (timeout < 1) {
+                // 0 or less booted the guest and then killed it at once ("did not finish within -5 s")
+                throw usage("--timeout must be at least 1 second, got " + timeout);
+            }
             VmSpec vm;
             try {
                 vm = new VmSpec(
@@ -220,7 +224,13 @@ final class VmCommand implements Runnable {
                     if (serve) {
                         System.out.println("qemu-system-x86_64 -machine q35 -m " + memory
                                 + "M -object memory-backend-memfd,id=mem,size=" + memory
-                                + "M,share=on -numa node,memdev=mem " + String.join(" ", c.qemuArgs()) + " ...");
+                                + "M,share=on -numa node,memdev=mem "
+                                + String.join(
+                                        " ",
+                                        c.qemuArgs().stream()
+                                                .map(Run::shellWord)
+                                                .toList())
+                                + " ...");
                         System.err.println("backends running; stop with Ctrl-C or SIGTERM");
                         termination.await();
                         return 0;
@@ -344,6 +354,14 @@ final class VmCommand implements Runnable {
                 Files.deleteIfExists(dir);
                 throw e;
             }
+        }
+
+        /**
+         * {@code arg} as one shell word, for the command line --serve prints to be pasted: the socket paths are
+         * under --run-dir, which may hold a space or any other character the shell would split or expand.
+         */
+        static String shellWord(String arg) {
+            return arg.matches("[A-Za-z0-9_./,:=@%+-]+") ? arg : "'" + arg.replace("'", "'\\''") + "'";
         }
 
         private Accelerator.Mode parseAccel(String text) {

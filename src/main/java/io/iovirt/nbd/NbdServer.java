@@ -181,7 +181,16 @@ public final class NbdServer implements AutoCloseable {
      */
     public static NbdServer startTcp(String host, int port, int maxConnections) throws IOException {
         checkLimit(maxConnections);
-        InetAddress addr = InetAddress.getByName(host);
+        InetAddress addr;
+        try {
+            addr = InetAddress.getByName(host);
+        } catch (java.net.UnknownHostException e) {
+            // the resolver's own words ("nohost: Name or service not known") were the whole error line
+            throw new IOException(
+                    "cannot listen on " + host + ": no such host (it does not resolve); give a loopback"
+                            + " address, e.g. 127.0.0.1, ::1 or localhost",
+                    e);
+        }
         if (!addr.isLoopbackAddress()) {
             throw new IOException("refusing to listen on " + host + ": NBD has no authentication, so iovirt listens on "
                     + "loopback addresses only (127.0.0.1, ::1); use --socket or an SSH tunnel for remote clients");

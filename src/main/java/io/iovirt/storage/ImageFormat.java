@@ -64,6 +64,19 @@ public enum ImageFormat {
                 // a short file has a short header: detect() looks only at what is there
             }
             return detect(Arrays.copyOf(b.array(), b.position()));
+        } catch (java.nio.file.NoSuchFileException e) {
+            throw e; // callers let the image's open report it, with its remedy
+        } catch (IOException e) {
+            // The JDK's own messages were the whole error line of serve blk, serve nbd and vm run: "Is a directory",
+            // or for EACCES the bare path.
+            if (java.nio.file.Files.isDirectory(path)) {
+                throw new IOException("image " + path + " is a directory: name the image file", e);
+            }
+            String why = e instanceof java.nio.file.AccessDeniedException ? "permission denied" : e.getMessage();
+            throw new IOException(
+                    "cannot read image " + path + " to detect its format: " + why
+                            + " (check the path and its permissions, or name the format)",
+                    e);
         }
     }
 

@@ -84,7 +84,18 @@ public final class SocketOwner implements AutoCloseable {
         try {
             return FileIo.open(lock, FileIo.O_RDWR | FileIo.O_CREAT | FileIo.O_CLOEXEC, 0600);
         } catch (LinuxException e) {
-            throw new IOException("cannot open the socket's lock file " + lock + ": " + e.getMessage(), e);
+            // the first file made next to the socket: a missing or unwritable directory shows here first
+            String remedy = switch (e.errnoName()) {
+                case "ENOENT" ->
+                    "its directory " + lock.toAbsolutePath().getParent() + " does not exist: create it"
+                            + " (mkdir -p), or give a socket path in an existing directory";
+                case "EACCES", "EPERM", "EROFS" ->
+                    "this user cannot create files in " + lock.toAbsolutePath().getParent()
+                            + ": give a socket path in a directory it can write";
+                default -> "check the socket's path";
+            };
+            throw new IOException(
+                    "cannot open the socket's lock file " + lock + ": " + e.getMessage() + "; " + remedy, e);
         }
     }
 

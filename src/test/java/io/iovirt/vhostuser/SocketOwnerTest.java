@@ -68,4 +68,19 @@ class SocketOwnerTest {
             throw new java.io.UncheckedIOException(e);
         }
     }
+
+    /**
+     * A socket in a directory that does not exist (a typo, or /run/iovirt-blk before systemd made it) says which
+     * directory and what to do: the errno alone was the whole error line of serve blk, serve net and the daemon.
+     */
+    @Test
+    void aMissingSocketDirectoryIsNamedWithTheRemedy() {
+        Path sock = dir.resolve("no-such-dir/blk.sock");
+        IOException e = assertThrows(IOException.class, () -> SocketOwner.acquire(sock));
+        assertTrue(
+                e.getMessage()
+                        .endsWith("; its directory " + dir.resolve("no-such-dir") + " does not exist: create it"
+                                + " (mkdir -p), or give a socket path in an existing directory"),
+                e.getMessage());
+    }
 }

@@ -86,4 +86,31 @@ class VmRunArgumentsTest {
             assertEquals(List.of(), left.toList());
         }
     }
+
+    /**
+     * A NIC given a group (multicast) or zero MAC is refused as a usage error: the switch drops every frame whose
+     * source is one, so an fv NIC (e1000) was composed, reported and silently dead, and a pv one failed after the
+     * backends started with an error that did not say what to do.
+     */
+    @Test
+    void aNicMacThatCannotSendIsAUsageError() throws Exception {
+        for (String kind : List.of("fv", "pv")) {
+            for (String mac : List.of("01:00:5e:00:00:01", "00:00:00:00:00:00")) {
+                Run r = vmRun("vm1", "--serve", "--nic", kind + ",mac=" + mac);
+                assertEquals(2, r.exit(), r.output());
+                assertTrue(r.output().contains("mac " + mac + " is a group (multicast) or zero address"), r.output());
+                assertTrue(r.output().contains("give a unicast address"), r.output());
+                assertFalse(r.output().contains("backends running"), r.output());
+            }
+        }
+    }
+
+    /** --timeout 0 or less is refused before a guest boots (it booted one, then killed it at once). */
+    @Test
+    void aTimeoutBelowOneSecondIsAUsageError() throws Exception {
+        Run r = vmRun("vm1", "--timeout", "0", "--accel", "tcg", "--command", "true");
+        assertEquals(2, r.exit(), r.output());
+        assertTrue(r.output().contains("--timeout must be at least 1 second, got 0"), r.output());
+        assertFalse(r.output().contains("did not finish"), r.output());
+    }
 }

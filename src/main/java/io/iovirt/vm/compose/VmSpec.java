@@ -69,7 +69,17 @@ public record VmSpec(
         }
     }
 
-    public record Nic(Kind kind, long mac) {}
+    /** @param mac the guest's MAC, or -1 for a random locally administered one */
+    public record Nic(Kind kind, long mac) {
+        public Nic {
+            // the switch drops every frame whose source is a group or zero address: such a NIC would be dead
+            if (mac != -1 && (mac < 0 || mac > io.iovirt.net.Mac.BROADCAST || !io.iovirt.net.Mac.isValidSource(mac))) {
+                throw new IllegalArgumentException("mac " + io.iovirt.net.Mac.toString(mac) + " is a group (multicast)"
+                        + " or zero address, and the switch drops every frame a NIC sends from one: give a unicast"
+                        + " address (first octet even), e.g. 52:54:00:12:34:56, or leave mac= out for a random one");
+            }
+        }
+    }
 
     public VmSpec {
         Objects.requireNonNull(name, "name");
