@@ -11,13 +11,14 @@ case "${1:-}" in
   "") ;;
   *) echo "install-deps.sh: unknown argument '$1' — use --demo (the demo's packages only) or nothing (all)" >&2; exit 2 ;;
 esac
-DEMO_PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd)
+# unzip: ./mvnw fetches Maven as a zip when unzip exists; without it, a tar.gz that fails the wrapper's zip checksum
+DEMO_PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd unzip)
 # asciidoctor, man-db, fakeroot: the man pages and the Debian package (scripts/package.sh); strace: tests that check
 # which system calls a process makes (StateStoreAccessTest: the state directory is fsynced into its parent); gdb: the
 # backtrace of a crashed child's core (ChildProcessTest checks it; a crashing QEMU or testpmd reports one);
 # linux-libc-dev: <linux/vfio.h>, which VfioAbiTest parses (a build machine has it, a fresh Debian does not);
 # adduser: the package's Depends and postinst — DebianPackageTest installs it with dpkg -i, which resolves nothing
-PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd pciutils iproute2 procps ethtool jq nbd-client gnuplot-nox
+PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd unzip pciutils iproute2 procps ethtool jq nbd-client gnuplot-nox
       asciidoctor man-db fakeroot fuse2fs fuse3 strace gdb linux-libc-dev adduser)
 [ "$DEMO" = 1 ] && PKGS=("${DEMO_PKGS[@]}")
 missing=()

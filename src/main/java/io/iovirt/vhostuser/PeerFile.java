@@ -121,7 +121,7 @@ final class PeerFile {
                     quota.running.release();
                 }
             });
-        } catch (RuntimeException e) { // rejected: cannot start a thread
+        } catch (RuntimeException | OutOfMemoryError e) { // rejected, or no thread could be created
             RUNNING.release();
             quota.running.release();
             copy.close();

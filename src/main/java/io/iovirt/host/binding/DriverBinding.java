@@ -91,9 +91,8 @@ public final class DriverBinding {
                             "resolve that first, or pass --force if you are sure");
                 }
             }
-            if (!dryRun) {
-                rememberPrevious(bdf, dev.driver());
-            }
+            // whether this call wrote the row: only such a row is its to forget when the bind fails
+            boolean remembered = !dryRun && rememberPrevious(bdf, dev.driver());
             List<String> writes = new ArrayList<>();
             String dir = PciDevice.dir(bdf);
             try {
@@ -113,6 +112,7 @@ public final class DriverBinding {
                 String rollback = now != null && !now.equals(driver)
                         ? clearOverride(writes, dev, now)
                         : rollBack(writes, dev, now);
+                settleRow(dev.bdf(), driver, remembered);
                 throw new HostConfigException(
                         "binding " + bdf + " to " + driver + " failed: " + e.problem() + " (driver now: "
                                 + (now == null ? "none" : now) + "; " + rollback + ")",
@@ -125,6 +125,7 @@ public final class DriverBinding {
             String now = awaitDriver(bdf, driver);
             if (!driver.equals(now)) {
                 String rollback = rollBack(writes, dev, now);
+                settleRow(dev.bdf(), driver, remembered);
                 throw new HostConfigException(
                         "the kernel did not bind " + bdf + " to " + driver + " (driver now: "
                                 + (now == null ? "none" : now) + "; " + rollback + ")",
@@ -412,15 +413,35 @@ public final class DriverBinding {
         return r == null ? null : r.driver();
     }
 
-    private void rememberPrevious(Bdf bdf, String driver) {
+    /** Remembers {@code driver} as the one {@code bdf} had before iovirt bound it; true when this wrote the row. */
+    private boolean rememberPrevious(Bdf bdf, String driver) {
         List<Remembered> rows = new ArrayList<>(remembered(store));
         for (Remembered r : rows) {
             if (r.bdf().equals(bdf)) {
-                return; // keep the original host driver across vfio-pci ↔ pci-stub moves
+                return false; // keep the original host driver across vfio-pci ↔ pci-stub moves
             }
         }
         rows.add(new Remembered(bdf, driver));
         saveRemembered(store, rows);
+        return true;
+    }
+
+    /**
+     * After a failed bind and its rollback: the row this bind wrote is forgotten unless the device ended up on the
+     * driver asked for after all (then a later unbind needs it) — whether or not the rollback's sysfs writes worked
+     * (a read-only /sys refuses the first write and every later one). A row an earlier bind wrote stays: it names
+     * the device's original host driver.
+     */
+    private void settleRow(Bdf bdf, String driver, boolean remembered) {
+        if (remembered
+                && !driver.equals(sys.linkName(PciDevice.dir(bdf) + "/driver").orElse(null))) {
+            forgetPrevious(bdf);
+        }
+    }
+
+    /** What to write to driver_override to put back the value it had before this bind ("\n" clears it). */
+    private static String previousOverride(PciDevice dev) {
+        return dev.driverOverride() == null ? "\n" : dev.driverOverride();
     }
 
     private void forgetPrevious(Bdf bdf) {
@@ -430,10 +451,10 @@ public final class DriverBinding {
         }
     }
 
-    /** Undoes a failed bind: clear the override and give the device back to its driver. */
+    /** Undoes a failed bind: the override as it was before, the device given back to its driver. */
     private String rollBack(List<String> writes, PciDevice dev, String now) {
         try {
-            write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", "\n");
+            write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", previousOverride(dev));
             if (now != null) {
                 write(writes, "bus/pci/drivers/" + now + "/unbind", dev.bdf().toString());
             }
@@ -443,18 +464,16 @@ public final class DriverBinding {
                         "bus/pci/drivers/" + dev.driver() + "/bind",
                         dev.bdf().toString());
             }
-            forgetPrevious(dev.bdf());
             return dev.driver() == null ? "override cleared" : "override cleared, gave it back to " + dev.driver();
         } catch (ActionableException e) {
             return "rolling back failed too: " + e.problem();
         }
     }
 
-    /** Undoes a bind that failed with the device on another driver, {@code now}: only the override goes. */
+    /** Undoes a bind that failed with the device on another driver, {@code now}: only the override is put back. */
     private String clearOverride(List<String> writes, PciDevice dev, String now) {
         try {
-            write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", "\n");
-            forgetPrevious(dev.bdf());
+            write(writes, PciDevice.dir(dev.bdf()) + "/driver_override", previousOverride(dev));
             return "override cleared, left bound to " + now;
         } catch (ActionableException e) {
             return "clearing the override failed too: " + e.problem();
@@ -505,9 +524,10 @@ public final class DriverBinding {
         List<String> nodes = new ArrayList<>();
         if (dev.iommuGroup() >= 0) {
             nodes.add("/dev/vfio/" + dev.iommuGroup());
+            nodes.add("/dev/vfio/noiommu-" + dev.iommuGroup()); // vfio's no-IOMMU mode (a DPDK host without one)
         }
         for (String cdev : paths.sys().list(PciDevice.dir(dev.bdf()) + "/vfio-dev")) {
-            if (cdev.matches("vfio[0-9]{1,9}")) {
+            if (cdev.matches("(noiommu-)?vfio[0-9]{1,9}")) {
                 nodes.add("/dev/vfio/devices/" + cdev);
             }
         }

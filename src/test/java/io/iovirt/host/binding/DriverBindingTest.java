@@ -167,6 +167,24 @@ class DriverBindingTest {
         assertTrue(e.getMessage().contains("override cleared, left bound to igbvf"), e.getMessage());
     }
 
+    /**
+     * The first write fails (a read-only /sys in a container whose state directory is writable): the device never
+     * moved, so the row naming its previous driver, written just before, must not stay — even though clearing the
+     * override fails the same way.
+     */
+    @Test
+    void aBindWhoseFirstWriteFailsRemembersNothing() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        Path override = h.sys.resolve("devices/pci0000:00/0000:03:10.0/driver_override");
+        ActionableException e = bindWithKernelActing(h, "0000:03:10.0", () -> {
+            Files.delete(override); // after the scan read it: every write to it fails from now on
+            Files.createDirectory(override);
+        });
+        assertTrue(e.getMessage().contains("clearing the override failed too"), e.getMessage());
+        assertNull(binding(h).previousDriver(Bdf.parse("0000:03:10.0")), "nothing remembered");
+        assertFalse(binding(h).boundByIovirt(Bdf.parse("0000:03:10.0")));
+    }
+
     @Test
     void bindOfAnUnboundDeviceWritesOnlyOverrideAndProbe() {
         FakeHost h = DevicesTest.desktop(tmp);
