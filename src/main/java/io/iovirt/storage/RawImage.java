@@ -206,6 +206,7 @@ public final class RawImage implements DiskImage {
                     "image " + path + " was opened read-only; remove the export and add it again without readonly");
         }
         if (ro && !readOnly) {
+            readOnly = true; // first: after a failed writeback, stopping the guest's writes is what is wanted most
             sync();
         }
         readOnly = ro;

@@ -81,6 +81,8 @@ public final class BlkDevice implements VhostUserBackend {
      * itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
      */
     private final java.util.concurrent.atomic.AtomicInteger threads = new java.util.concurrent.atomic.AtomicInteger();
+    /** Set by {@link #close}: the image's owner flushed and closed it, so queues given up on hand nothing over. */
+    private volatile boolean closing;
 
     private final Object threadEnded = new Object();
     /** How long {@link #queueStopped} waits in all for a worker still finishing its requests. */
@@ -498,7 +500,16 @@ public final class BlkDevice implements VhostUserBackend {
             vqs[index] = q;
             threads.incrementAndGet();
             w.closeWhenEnded(java.util.List.of(this::queueThreadEnded)); // after the thread's last image I/O
-            w.start();
+            try {
+                w.start();
+            } catch (RuntimeException | OutOfMemoryError e) { // no thread: nothing will count it out
+                workers[index] = null;
+                vqs[index] = null;
+                queueThreadEnded();
+                q.releaseMemory();
+                handler.close();
+                throw e;
+            }
         } catch (VirtqueueException e) {
             throw new BackendException("queue " + index + ": " + e.getMessage());
         } catch (LinuxException e) {
@@ -661,6 +672,7 @@ public final class BlkDevice implements VhostUserBackend {
         if (!quiescent()) {
             throw new IllegalStateException("blk " + name + ": a queue thread still runs; the image lock stays");
         }
+        closing = true; // the image's owner has flushed and closed it: nothing to hand over
         for (int i = 0; i < queues; i++) {
             if (workers[i] != null && isAbandoned(i)) {
                 // its work has ended (quiescent): this joins the thread's last instructions and frees its epoll set
@@ -724,20 +736,27 @@ public final class BlkDevice implements VhostUserBackend {
         workers[index] = null;
         vqs[index] = null;
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
-            if (fenced == null) {
+            boolean handedOver = true;
+            if (fenced == null && !closing) {
                 // written back first: the backend that takes the image next (a migration's destination) reads it
                 // from the file, and a qcow2 image's tables for the writes completed here are still in memory
                 try {
                     image.handOver();
                 } catch (IOException e) {
+                    // What could not be written stays in memory and would be written later (the next flush, the
+                    // close) over what another backend wrote meanwhile: the lock stays with this device, so no other
+                    // backend takes the image until this one has written it back or is gone.
+                    handedOver = false;
                     LOG.log(
                             Level.ERROR,
-                            "blk {0}: writing the image back when its last queue stopped failed: {1}",
+                            "blk {0}: writing the image back when its last queue stopped failed: {1}. The image lock is"
+                                    + " kept, so another VM (a migration''s destination) cannot take the image until"
+                                    + " this backend has written it back (its next start) or has stopped",
                             name,
                             e.getMessage());
                 }
             }
-            if (imageLock != null) {
+            if (handedOver && imageLock != null) {
                 imageLock.release();
             }
             fenced = null;

@@ -125,8 +125,11 @@ public final class Qcow2Image implements DiskImage {
     private final CompressedClusters compressed;
 
     private final Arena arena = Arena.ofShared();
-    /** Native staging for metadata I/O and the copy-on-write cluster; used under the metadata lock only. */
-    private final MemorySegment staging;
+    /**
+     * Native staging for metadata I/O; used under the metadata lock only. Holds the L1 and refcount tables whole, so
+     * {@link #refresh} makes it larger when another program (or this one, through a resize) grew them.
+     */
+    private MemorySegment staging;
 
     private final MemorySegment cowBuffer;
     private final MemorySegment zeroCluster;
@@ -430,13 +433,17 @@ public final class Qcow2Image implements DiskImage {
                 h = Qcow2Header.parse(path, first.asSlice(0, n));
             }
             long l1Bytes = (long) h.l1Size() * 8;
-            if (h.clusterBits() != clusterBits
-                    || h.refcountOrder() != refcounts.order()
-                    || l1Bytes > staging.byteSize()
-                    || (long) h.refTableClusters() * clusterSize > staging.byteSize()) {
+            if (h.clusterBits() != clusterBits || h.refcountOrder() != refcounts.order() || h.size() < size) {
                 throw new IOException("qcow2 image " + path + " was changed by another program since it was opened"
-                        + " (its cluster size, refcount width or tables grew): open it again (remove the export and"
-                        + " add it again)");
+                        + " (its cluster size or refcount width changed, or it shrank): open it again (remove the"
+                        + " export and add it again)");
+            }
+            // what open checks and repairs, for what the other program left (a dirty bit, internal snapshots...)
+            checkFeatures(path, h, openedReadOnly);
+            long need =
+                    Math.max(((l1Bytes + clusterSize - 1) & -clusterSize), (long) h.refTableClusters() * clusterSize);
+            if (need > staging.byteSize()) { // the tables grew (a resize here or elsewhere): read whole, as at open
+                staging = arena.allocate(need, 4096);
             }
             MemorySegment buf = staging.asSlice(0, l1Bytes);
             readMeta(buf, h.l1Offset());
@@ -456,6 +463,12 @@ public final class Qcow2Image implements DiskImage {
             indexMetadata();
             if (!openedReadOnly) {
                 layout().checkForWriting(FileIo.size(fd));
+                if ((h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+                    refcounts.rebuildRefcounts(); // as at open: the spec's repair before any access
+                }
+                if (h.autoclear() != 0) {
+                    clearAutoclear(); // bitmaps another program keeps would miss this process's writes
+                }
             }
             size = Math.max(size, h.size());
         } finally {
@@ -463,9 +476,15 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
-    /** Writes back the tables (the metadata flush) for the process that takes the image next. */
+    /**
+     * Writes back the tables (the metadata flush) for the process that takes the image next — twice, as
+     * {@link #setReadOnly} does: the first flush defers the refcount decrements of freed clusters (a rewritten
+     * compressed or shared cluster) to the next one, and a decrement left in memory here would be written later,
+     * over the refcount block the next owner has written meanwhile.
+     */
     @Override
     public void handOver() throws IOException {
+        flush();
         flush();
     }
 

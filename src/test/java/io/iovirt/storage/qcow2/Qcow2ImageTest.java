@@ -222,6 +222,48 @@ class Qcow2ImageTest {
         ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), raw.toString());
     }
 
+    /**
+     * The hand-over to the next backend (a live migration's destination) leaves nothing in memory: a rewritten
+     * compressed cluster is freed by a refcount decrement the first metadata flush defers to the next, and a
+     * decrement left here would be written later over the refcount block the next owner has written meanwhile.
+     * qemu-img check, while this image is still open, sees the file complete (no leaked cluster).
+     */
+    @Test
+    void aHandOverWritesBackTheRefcountDecrementsItsFlushDeferred() throws Exception {
+        Path raw = dir.resolve("src.raw");
+        byte[] data = new byte[MIB];
+        Random r = new Random(5);
+        for (int i = 0; i < data.length; i += 4096) {
+            java.util.Arrays.fill(data, i, i + 4096, (byte) r.nextInt(4));
+        }
+        Files.write(raw, data);
+        Path img = dir.resolve("h.qcow2");
+        ok("qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw.toString(), img.toString());
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 100_000, fill(1000, 0x77)); // a compressed cluster rewritten: its old cluster is freed
+            q.handOver();
+            check(img, false); // the next owner reads the file: no leaked cluster, nothing left to write
+        }
+    }
+
+    /**
+     * A resize that grows the L1 table past what the image read at its open (4 KiB clusters: 512 entries for 1 GiB,
+     * 1024 for 2 GiB) does not stop the next take-over: reading the image again (its queues restart) reads the
+     * larger table, where it refused before — the disk was fenced until it was added again.
+     */
+    @Test
+    void aTakeOverAfterTheL1TableGrewReadsTheLargerTable() throws Exception {
+        Path img = create("g.qcow2", "1G", "cluster_size=4096");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            q.resize(2L << 30);
+            write(q, (2L << 30) - 8192, fill(4096, 0x5a));
+            q.handOver();
+            q.refresh();
+            assertArrayEquals(fill(4096, 0x5a), read(q, (2L << 30) - 8192, 4096));
+        }
+        check(img, false);
+    }
+
     @Test
     void zeroAndDiscardBecomeZeroClustersThatQemuImgMapShows() throws Exception {
         Path img = create("z.qcow2", "16M");
