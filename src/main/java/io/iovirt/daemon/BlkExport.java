@@ -8,7 +8,6 @@ import io.iovirt.storage.Images;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.io.IOException;
 import java.nio.file.Path;
-import java.time.Duration;
 import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
@@ -16,7 +15,6 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * accept and session threads, one thread per queue). Nothing here is shared with another export.
  */
 final class BlkExport implements AutoCloseable {
-    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
     /** What the export was made from (the config file's entry or blk.add's parameters). */
     record Spec(
@@ -74,13 +72,8 @@ final class BlkExport implements AutoCloseable {
 
     /**
      * Disconnects the frontend (in-flight requests complete first), syncs and closes the image, then the device lets
-     * go of the image lock — at once when no queue thread runs any more, which is the rule. A request stuck in image
-     * I/O (a hung NFS or FUSE file, a dying disk) outlives the server's stop (its queue is given up on after {@link
-     * io.iovirt.virtio.QueueWorker#STOP_WAIT_LIMIT}), and its thread may still read, write or flush through the
-     * image's descriptors: closed now, a number could be reused by another open (another tenant's image or socket)
-     * and take this request's writes. Then the image stays open and locked (a VM started on it elsewhere is refused
-     * it) until every such thread has ended, and a thread of its own closes it; this call does not wait for that, so
-     * a control request, a reload or the daemon's stop is not held up beyond the server's own stop.
+     * go of the image lock — at once, or once a request stuck in image I/O has ended ({@link ImageRelease}), which
+     * this call does not wait for. A second call does nothing.
      */
     @Override
     public void close() {
@@ -90,40 +83,15 @@ final class BlkExport implements AutoCloseable {
         try {
             server.close();
         } finally {
-            if (device.quiescent()) {
-                closeImage();
-            } else {
-                LOG.log(
-                        System.Logger.Level.ERROR,
-                        "blk " + spec.id() + ": a request of its frontend is still in I/O on " + spec.image()
-                                + " (its file system or disk does not answer): the image stays open and locked (a VM"
-                                + " started on it is refused it) until the request ends, then it is flushed and"
-                                + " closed; make that file system or disk answer again (a hung NFS server or FUSE"
-                                + " daemon, a failing disk), or stop the daemon to let go of the image without its"
-                                + " final flush");
-                Thread.ofPlatform().name("blk " + spec.id() + " close").daemon().start(this::closeWhenQuiescent);
-            }
+            ImageRelease.whenQuiescent(
+                    "blk " + spec.id(),
+                    spec.image(),
+                    "a request of its frontend is",
+                    "a VM started on it is refused it",
+                    device::quiescent,
+                    device::awaitQuiescent,
+                    this::closeImage);
         }
-    }
-
-    /** On a thread of its own: waits for the last queue thread to end, then closes the image and lets go of it. */
-    private void closeWhenQuiescent() {
-        try {
-            while (!device.awaitQuiescent(Duration.ofMinutes(10))) {
-                // as long as it takes: the image must not be closed under a request
-            }
-        } catch (InterruptedException e) {
-            LOG.log(
-                    System.Logger.Level.ERROR,
-                    "blk " + spec.id() + ": interrupted waiting for its requests to end: " + spec.image()
-                            + " stays open and locked until the daemon stops");
-            return;
-        }
-        closeImage();
-        LOG.log(
-                System.Logger.Level.WARNING,
-                "blk " + spec.id() + ": its last requests have ended: " + spec.image() + " is flushed, closed and"
-                        + " unlocked now");
     }
 
     private void closeImage() {

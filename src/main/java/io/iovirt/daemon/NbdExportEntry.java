@@ -9,7 +9,6 @@ import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import java.io.IOException;
 import java.nio.file.Path;
-import java.time.Duration;
 import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
@@ -25,7 +24,6 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * lock does not follow them.
  */
 final class NbdExportEntry implements AutoCloseable {
-    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
     record Spec(String id, Path image, Path socket, boolean readOnly, ImageFormat format) {}
 
@@ -78,13 +76,9 @@ final class NbdExportEntry implements AutoCloseable {
     }
 
     /**
-     * Stops the server (its connections end), flushes and closes the image, then lets go of the image lock — at once
-     * when no request is running any more, which is the rule. A request stuck in image I/O (a hung NFS or FUSE file, a
-     * dying disk) outlives the server's wait for its connection, and its thread may still read, write or flush
-     * through the image's descriptors: closed now, a number could be reused by another open (another tenant's image
-     * or socket) and take this request's writes. Then the image stays open and locked (a second export of it is
-     * refused, naming this process) until every such thread has ended, and a thread of its own closes it; this call
-     * does not wait for that, so a control request, a reload or the daemon's stop is not held up.
+     * Stops the server (its connections end), flushes and closes the image, then lets go of the image lock — at
+     * once, or once a request stuck in image I/O has ended ({@link ImageRelease}), which this call does not wait
+     * for. A second call does nothing.
      */
     @Override
     public void close() {
@@ -94,40 +88,15 @@ final class NbdExportEntry implements AutoCloseable {
         try {
             server.close();
         } finally {
-            if (server.quiescent()) {
-                closeImage();
-            } else {
-                LOG.log(
-                        System.Logger.Level.ERROR,
-                        "nbd " + spec.id() + ": requests of its disconnected clients are still in I/O on "
-                                + spec.image() + " (its file system or disk does not answer): the image stays open"
-                                + " and locked (exporting it again is refused) until they end, then it is flushed and"
-                                + " closed; make that file system or disk answer again (a hung NFS server or FUSE"
-                                + " daemon, a failing disk), or stop the daemon to let go of the image without its"
-                                + " final flush");
-                Thread.ofPlatform().name("nbd " + spec.id() + " close").daemon().start(this::closeWhenQuiescent);
-            }
+            ImageRelease.whenQuiescent(
+                    "nbd " + spec.id(),
+                    spec.image(),
+                    "requests of its disconnected clients are",
+                    "exporting it again is refused",
+                    server::quiescent,
+                    server::awaitQuiescent,
+                    this::closeImage);
         }
-    }
-
-    /** On a thread of its own: waits for the last request to end, then closes the image and lets go of its lock. */
-    private void closeWhenQuiescent() {
-        try {
-            while (!server.awaitQuiescent(Duration.ofMinutes(10))) {
-                // as long as it takes: the image must not be closed under a request
-            }
-        } catch (InterruptedException e) {
-            LOG.log(
-                    System.Logger.Level.ERROR,
-                    "nbd " + spec.id() + ": interrupted waiting for its requests to end: " + spec.image()
-                            + " stays open and locked until the daemon stops");
-            return;
-        }
-        closeImage();
-        LOG.log(
-                System.Logger.Level.WARNING,
-                "nbd " + spec.id() + ": its last requests have ended: " + spec.image() + " is flushed, closed and"
-                        + " unlocked now");
     }
 
     private void closeImage() {
