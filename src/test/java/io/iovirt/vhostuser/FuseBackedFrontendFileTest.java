@@ -9,16 +9,13 @@ import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.MemFd;
 import io.iovirt.linux.UnixSocket;
-import io.iovirt.testing.Require;
+import io.iovirt.testing.StoppableFuse;
 import io.iovirt.virtio.VirtioFeatures;
-import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
-import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
@@ -43,32 +40,13 @@ class FuseBackedFrontendFileTest {
     Path dir;
 
     Path socket;
-    Path mount;
-    Process fuse;
+    StoppableFuse fs;
     VhostUserServer server;
     LogCapture log;
 
     @BeforeEach
     void start() throws Exception {
-        Path fuse2fs = Require.program("fuse2fs", "apt-get install fuse2fs fuse3");
-        Path mkfs = Require.program("mkfs.ext4", "apt-get install e2fsprogs");
-        Require.that(Files.isReadable(Path.of("/dev/fuse")), "/dev/fuse is missing (modprobe fuse)");
-        Path image = dir.resolve("fs.img");
-        try (var f = new java.io.RandomAccessFile(image.toFile(), "rw")) {
-            f.setLength(8 << 20);
-        }
-        run(List.of(mkfs.toString(), "-q", "-F", image.toString()));
-        mount = Files.createDirectory(dir.resolve("mnt"));
-        fuse = new ProcessBuilder(fuse2fs.toString(), image.toString(), mount.toString(), "-f", "-o", "fakeroot")
-                .redirectErrorStream(true)
-                .redirectOutput(dir.resolve("fuse2fs.log").toFile())
-                .start();
-        long deadline = System.nanoTime() + TIMEOUT.toNanos();
-        while (!mounted()) {
-            assertTrue(fuse.isAlive(), "fuse2fs exited: " + Files.readString(dir.resolve("fuse2fs.log")));
-            assertTrue(System.nanoTime() < deadline, "fuse2fs did not mount " + mount + " within " + TIMEOUT);
-            Thread.sleep(50);
-        }
+        fs = StoppableFuse.mount(dir);
         log = LogCapture.start();
         socket = dir.resolve("vub.sock");
         server = VhostUserServer.start(socket, new RecordingBackend(2));
@@ -76,13 +54,8 @@ class FuseBackedFrontendFileTest {
 
     @AfterEach
     void stop() throws Exception {
-        if (fuse != null) {
-            signal("-CONT");
-            if (mounted()) {
-                run(List.of("fusermount3", "-u", mount.toString()));
-            }
-            fuse.destroy();
-            fuse.waitFor(10, TimeUnit.SECONDS);
+        if (fs != null) {
+            fs.close();
         }
         if (server != null) {
             assertTrue(server.awaitIdle(TIMEOUT));
@@ -95,17 +68,14 @@ class FuseBackedFrontendFileTest {
 
     @Test
     void aLogOnFuseIsRefusedAndADaemonThatNeverAnswersHoldsNoSessionThread() throws Exception {
-        Path file = mount.resolve("log");
-        Files.write(file, new byte[4096]);
+        Path file = fs.file("log", 4096);
         try (Fd fd = FileIo.open(file, FileIo.O_RDWR)) {
             assertEquals(FUSE_SUPER_MAGIC, FileIo.filesystemType(fd), "the file is on FUSE");
             // the daemon answers: refused for its file system
             String line = refused(fd);
             assertTrue(line.contains("file system of type 0x65735546, not tmpfs or hugetlbfs"), line);
 
-            // the daemon stops answering; its cached attributes time out (libfuse's default: 1 s)
-            signal("-STOP");
-            Thread.sleep(1500);
+            fs.stop(); // the daemon stops answering (and its cached attributes time out)
             long started = System.nanoTime();
             line = refused(fd);
             long tookMs = (System.nanoTime() - started) / 1_000_000;
@@ -116,7 +86,7 @@ class FuseBackedFrontendFileTest {
                 next.setProtocolFeatures(next.getProtocolFeatures());
                 assertEquals(2, next.getQueueNum());
             }
-            signal("-CONT"); // before the descriptor is closed: a close on FUSE waits for the daemon too
+            fs.resume(); // before the descriptor is closed: a close on FUSE waits for the daemon too
         }
     }
 
@@ -130,11 +100,9 @@ class FuseBackedFrontendFileTest {
     void aDeviceWhoseChecksHangCannotTakeTheChecksOfOtherDevices() throws Exception {
         Path otherSocket = dir.resolve("other.sock");
         try (VhostUserServer other = VhostUserServer.start(otherSocket, new RecordingBackend(2))) {
-            Path file = mount.resolve("log");
-            Files.write(file, new byte[4096]);
+            Path file = fs.file("log", 4096);
             try (Fd fd = FileIo.open(file, FileIo.O_RDWR)) {
-                signal("-STOP");
-                Thread.sleep(1500);
+                fs.stop();
                 for (int i = 0; i < PeerFile.MAX_CHECKS_PER_DEVICE; i++) {
                     String line = refused(fd);
                     assertTrue(line.contains("did not answer statx/fstatfs within 5 s"), line);
@@ -152,7 +120,7 @@ class FuseBackedFrontendFileTest {
                     fe.setLogBase(memfd, 4096, 0);
                     assertEquals(2, fe.getQueueNum());
                 }
-                signal("-CONT");
+                fs.resume();
             }
             assertTrue(other.awaitIdle(TIMEOUT));
         }
@@ -178,23 +146,5 @@ class FuseBackedFrontendFileTest {
         String line = log.awaitLine("protocol error");
         assertTrue(server.awaitIdle(TIMEOUT));
         return line;
-    }
-
-    private boolean mounted() throws IOException {
-        return Files.readAllLines(Path.of("/proc/self/mountinfo")).stream()
-                .anyMatch(l -> l.contains(" " + mount + " ") && l.contains(" - fuse"));
-    }
-
-    private void signal(String sig) throws Exception {
-        if (fuse.isAlive()) {
-            run(List.of("kill", sig, Long.toString(fuse.pid())));
-        }
-    }
-
-    private static void run(List<String> command) throws Exception {
-        Process p = new ProcessBuilder(command).redirectErrorStream(true).start();
-        String out = new String(p.getInputStream().readAllBytes());
-        assertTrue(p.waitFor(30, TimeUnit.SECONDS), command + " did not finish");
-        assertEquals(0, p.exitValue(), command + ": " + out);
     }
 }
