@@ -6,10 +6,8 @@ import io.iovirt.vm.demo.DiskDemo;
 import io.iovirt.vm.demo.NetDemo;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Comparator;
 import java.util.List;
 import java.util.concurrent.Callable;
-import java.util.stream.Stream;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
@@ -82,12 +80,8 @@ final class DemoCommand implements Callable<Integer> {
         Accelerator.Decision decision = Accelerator.forMode(mode);
         progress("accelerator " + decision.describe());
         Path dir = keep != null ? Files.createDirectories(keep) : Files.createTempDirectory("iovirt-demo");
-        // Ctrl-C or SIGTERM ends the JVM at once (QEMU is killed by ChildProcess's hook): without this hook the finally
-        // below never ran and each interrupted demo left its two 256 MiB images and the guest's files behind.
-        Thread cleanup = keep != null ? null : new Thread(() -> deleteTree(dir), "iovirt-demo-cleanup");
-        if (cleanup != null) {
-            Runtime.getRuntime().addShutdownHook(cleanup);
-        }
+        // Ctrl-C or SIGTERM: the directory (two 256 MiB images, the guest's files) is removed all the same.
+        DemoCleanup cleanup = keep != null ? null : DemoCleanup.register(dir, Thread.currentThread());
         try {
             boolean disk = only == null || only.equals("disk");
             boolean net = only == null || only.equals("net");
@@ -107,22 +101,8 @@ final class DemoCommand implements Callable<Integer> {
             return 0;
         } finally {
             if (cleanup != null) {
-                deleteTree(dir);
-                try {
-                    Runtime.getRuntime().removeShutdownHook(cleanup);
-                } catch (IllegalStateException e) {
-                    // the JVM is already shutting down: the hook runs (and finds nothing left)
-                }
+                cleanup.commandEnded();
             }
-        }
-    }
-
-    /** Removes the demo's temporary directory and everything in it, as far as it can (also at JVM shutdown). */
-    private static void deleteTree(Path dir) {
-        try (Stream<Path> all = Files.walk(dir)) {
-            all.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
-        } catch (java.io.IOException | java.io.UncheckedIOException e) {
-            // gone already, or removed under the walk by the other caller
         }
     }
 }

@@ -33,10 +33,21 @@ public final class ChildProcess implements AutoCloseable {
     private static final Duration REAP_TIMEOUT = Duration.ofSeconds(10);
     /** Children still running; a shutdown hook kills them so no QEMU outlives an aborted test run or demo. */
     private static final Set<ChildProcess> LIVE = ConcurrentHashMap.newKeySet();
+    /**
+     * Set by the reaper before it kills: a thread still starting a child during the JVM's shutdown (the demo's thread
+     * runs on after a SIGTERM) kills it itself, since the reaper may have passed already. Written before the reaper
+     * reads {@link #LIVE}, read after a child is added to it: one of the two always sees the child.
+     */
+    private static volatile boolean reaping;
 
     static {
         Runtime.getRuntime()
-                .addShutdownHook(new Thread(() -> LIVE.forEach(ChildProcess::killNoWait), "iovirt-child-reaper"));
+                .addShutdownHook(new Thread(
+                        () -> {
+                            reaping = true;
+                            LIVE.forEach(ChildProcess::killNoWait);
+                        },
+                        "iovirt-child-reaper"));
     }
 
     private final String name;
@@ -277,7 +288,12 @@ public final class ChildProcess implements AutoCloseable {
             }
             pb.environment().putAll(env);
             try {
-                return new ChildProcess(name, command, pb.start(), log, directory, lifetime);
+                ChildProcess child = new ChildProcess(name, command, pb.start(), log, directory, lifetime);
+                if (reaping) {
+                    child.kill();
+                    throw new IllegalStateException("not starting " + name + ": iovirt is shutting down");
+                }
+                return child;
             } catch (IOException e) {
                 throw new UncheckedIOException(
                         "cannot start " + name + " (" + command.getFirst() + "): " + e.getMessage()
