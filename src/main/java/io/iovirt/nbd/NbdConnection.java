@@ -55,6 +55,11 @@ final class NbdConnection implements Runnable {
 
     private static final int MAX_EXTENTS = 256;
     /**
+     * Longest error message sent in a structured error reply (bytes of UTF-8): the protocol's limit for strings is
+     * 4096; a message is a line for a human, and the log has it whole.
+     */
+    static final int MAX_ERROR_MESSAGE = 1024;
+    /**
      * Requests of one connection served at once. QEMU's client keeps up to 16 in flight on one connection; with a
      * few workers a slow request (a qcow2 allocation, a flush) does not hold up reads behind it.
      */
@@ -781,7 +786,7 @@ final class NbdConnection implements Runnable {
         } else {
             // allocates (the message, its bytes, their wrapper): errors are rare, and their message is logged anyway
             byte[] msg = what.getBytes(StandardCharsets.UTF_8);
-            int n = Math.min(msg.length, 1024);
+            int n = Nbd.utf8Prefix(msg, MAX_ERROR_MESSAGE); // a message made from a path may be long, and not ASCII
             h.putInt(STRUCTURED_REPLY_MAGIC)
                     .putShort((short) REPLY_FLAG_DONE)
                     .putShort((short) REPLY_TYPE_ERROR)

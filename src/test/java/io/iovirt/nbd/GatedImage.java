@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.nbd;
+
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.IoVec;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.ImageIo;
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Path;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A real image whose server-side behaviour a test steers where no file system does it on demand: a flush that waits
+ * for the test's go-ahead (a request held in flight for as long as the test needs), an extent look-up that fails with
+ * the test's message. Everything else is the real image's.
+ */
+final class GatedImage implements DiskImage {
+    private final DiskImage image;
+    /** Counted down by a flush once it is waiting for {@link #release}; null when flushes are not held. */
+    private volatile CountDownLatch flushHeld;
+
+    private final CountDownLatch released = new CountDownLatch(1);
+    /** The message {@link #extent} fails with, or null. */
+    volatile String extentFailure;
+
+    GatedImage(DiskImage image) {
+        this.image = image;
+    }
+
+    /** From now on a flush waits until {@link #release}; the latch tells when one is waiting. */
+    CountDownLatch holdFlushes() {
+        CountDownLatch l = new CountDownLatch(1);
+        flushHeld = l;
+        return l;
+    }
+
+    /** Lets held flushes (and later ones) go on. */
+    void release() {
+        released.countDown();
+    }
+
+    @Override
+    public void flush() throws IOException {
+        CountDownLatch l = flushHeld;
+        if (l != null) {
+            l.countDown();
+            try {
+                if (!released.await(60, TimeUnit.SECONDS)) {
+                    throw new IOException("the test never released the held flush");
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IOException("interrupted while held", e);
+            }
+        }
+        image.flush();
+    }
+
+    @Override
+    public long extent(long offset, long len) throws IOException {
+        String f = extentFailure;
+        if (f != null) {
+            throw new IOException(f);
+        }
+        return image.extent(offset, len);
+    }
+
+    @Override
+    public Path path() {
+        return image.path();
+    }
+
+    @Override
+    public String format() {
+        return image.format();
+    }
+
+    @Override
+    public long size() {
+        return image.size();
+    }
+
+    @Override
+    public boolean readOnly() {
+        return image.readOnly();
+    }
+
+    @Override
+    public boolean direct() {
+        return image.direct();
+    }
+
+    @Override
+    public int blockSize() {
+        return image.blockSize();
+    }
+
+    @Override
+    public int zeroGranularity() {
+        return image.zeroGranularity();
+    }
+
+    @Override
+    public ImageIo newContext(int maxSegments, int bounceBytes) {
+        return image.newContext(maxSegments, bounceBytes);
+    }
+
+    @Override
+    public ImageIo newContext(IoVec iov, MemorySegment bounce) {
+        return image.newContext(iov, bounce);
+    }
+
+    @Override
+    public boolean submitFlush(IoUring ring, long userData) {
+        return image.submitFlush(ring, userData);
+    }
+
+    @Override
+    public Fd[] ringFiles() {
+        return image.ringFiles();
+    }
+
+    @Override
+    public void flushCompleted(int result) throws IOException {
+        image.flushCompleted(result);
+    }
+
+    @Override
+    public void discard(long offset, long len) throws IOException {
+        image.discard(offset, len);
+    }
+
+    @Override
+    public void writeZeroes(long offset, long len, boolean unmap) throws IOException {
+        image.writeZeroes(offset, len, unmap);
+    }
+
+    @Override
+    public void readAt(long offset, MemorySegment dst) throws IOException {
+        image.readAt(offset, dst);
+    }
+
+    @Override
+    public void close() {
+        image.close();
+    }
+}
