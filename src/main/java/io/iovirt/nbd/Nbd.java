@@ -38,6 +38,7 @@ final class Nbd {
     static final int REP_ERR_POLICY = 0x80000002;
     static final int REP_ERR_INVALID = 0x80000003;
     static final int REP_ERR_UNKNOWN = 0x80000006;
+    static final int REP_ERR_SHUTDOWN = 0x80000007;
     static final int REP_ERR_TOO_BIG = 0x80000009;
 
     // info types

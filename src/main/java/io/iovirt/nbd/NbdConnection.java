@@ -204,6 +204,64 @@ final class NbdConnection implements Runnable {
     }
 
     /**
+     * Set by {@link #shutdown}: the server is stopping. Requests read from then on are answered with NBD_ESHUTDOWN,
+     * options with NBD_REP_ERR_SHUTDOWN, and the connection is closed once nothing of it is under way.
+     */
+    private volatile boolean shuttingDown;
+
+    /**
+     * Whether this connection's thread is waiting for the client's next option or request, with nothing of the
+     * message before it left to do ({@link #awaiting}); requests handed to workers may still be in flight.
+     */
+    private volatile boolean idle;
+
+    /**
+     * The server is shutting down (doc/proto.md, "Terminating the transmission phase": on a shutdown the server
+     * SHOULD wait for requests in flight to be served before it disconnects, and SHOULD answer requests received
+     * after it with ESHUTDOWN; during the handshake it SHOULD answer options with NBD_REP_ERR_SHUTDOWN). Requests
+     * in flight go on and get their own replies; requests and options read from now on get the shutdown error; the
+     * connection is closed as soon as its thread waits for the client with no request in flight — at once when it
+     * does now. Does not wait: a request stuck in image I/O is the server's to give up on ({@link NbdServer#close}).
+     */
+    void shutdown() {
+        shuttingDown = true;
+        closeIfDone();
+    }
+
+    boolean shuttingDown() {
+        return shuttingDown;
+    }
+
+    /**
+     * Closes the connection if the server is shutting down, this connection's thread waits for the client and no
+     * request is in flight. Each of the three (the shutdown, the thread's wait, the last reply) calls this after its
+     * own volatile write, so whichever comes last sees the other two and closes.
+     */
+    private void closeIfDone() {
+        if (shuttingDown && idle && (!transmission || freeSlots.get() == ALL_SLOTS)) {
+            close();
+        }
+    }
+
+    /**
+     * Called before this connection's thread waits for the client's next option or request: false when the server
+     * is shutting down and nothing is in flight (the connection ends now); otherwise the thread reads on, and
+     * {@link #busy} must follow the read.
+     */
+    boolean awaiting() {
+        idle = true;
+        if (shuttingDown && (!transmission || freeSlots.get() == ALL_SLOTS)) {
+            return false;
+        }
+        return true;
+    }
+
+    /** The client's next message has arrived (or is arriving): the connection is not to be closed under it. */
+    void busy() {
+        idle = false;
+    }
+
+    /**
      * False when a worker may still use the channel and the image (stuck in image I/O at disconnect): then they are
      * let go of only once its workers have ended ({@link #whenWorkersEnded}).
      */
@@ -397,11 +455,15 @@ final class NbdConnection implements Runnable {
     /** The reader: parses requests (and write payloads) and hands them to the workers, until EOF or DISC. */
     private void transmission() throws IOException {
         while (true) {
+            if (!awaiting()) {
+                return; // the server is shutting down and every request has been answered
+            }
             ByteBuffer h = header.clear().limit(28);
             if (!ch.readFully(h, true)) {
                 drain(TimeUnit.SECONDS.toNanos(60));
                 return; // clean EOF between requests
             }
+            busy();
             h.flip();
             int magic = h.getInt();
             if (magic != REQUEST_MAGIC) {
@@ -441,6 +503,12 @@ final class NbdConnection implements Runnable {
                         throw new EOFException("client disconnected in the middle of a write payload");
                     }
                     buf.flip();
+                }
+                if (shuttingDown) {
+                    // Received after the shutdown began: not served (doc/proto.md: such requests SHOULD get
+                    // ESHUTDOWN, upon which the client MUST disconnect). Its slot is freed below.
+                    done(slot, ESHUTDOWN, "the NBD server is shutting down: request not served; reconnect later");
+                    continue;
                 }
                 if (servedByReader(type, flags) && freeSlots.get() == (ALL_SLOTS & ~(1 << slot.index))) {
                     // The only request in flight: served here, saving the worker's wake-up and a context switch per
@@ -507,6 +575,9 @@ final class NbdConnection implements Runnable {
         } while (!freeSlots.compareAndSet(free, free | bit));
         if (readerWaiting) {
             LockSupport.unpark(reader);
+        }
+        if (shuttingDown) { // the last reply of a connection whose server is shutting down closes it
+            closeIfDone();
         }
     }
 
