@@ -192,7 +192,7 @@ final class NbdConnection implements Runnable {
     /** Called by the server's timer: a client still in the handshake after the timeout is dropped. */
     void handshakeDeadline() {
         if (!transmission) {
-            log(
+            event(
                     System.Logger.Level.INFO,
                     "handshake not finished in " + NbdServer.HANDSHAKE_TIMEOUT_SECONDS + " s: disconnecting");
             close();
@@ -339,14 +339,14 @@ final class NbdConnection implements Runnable {
             // closed by the server (shutdown, handshake timeout)
         } catch (EOFException e) {
             if (e.getMessage() != null) {
-                log(System.Logger.Level.INFO, e.getMessage());
+                event(System.Logger.Level.INFO, e.getMessage());
             }
         } catch (ProtocolViolation e) {
-            log(System.Logger.Level.WARNING, "protocol violation, disconnecting: " + e.getMessage());
+            event(System.Logger.Level.WARNING, "protocol violation, disconnecting: " + e.getMessage());
         } catch (IOException e) {
-            log(System.Logger.Level.INFO, "connection ended: " + e.getMessage());
+            event(System.Logger.Level.INFO, "connection ended: " + e.getMessage());
         } catch (RuntimeException e) {
-            log(System.Logger.Level.ERROR, "internal error, disconnecting this client: " + e);
+            event(System.Logger.Level.ERROR, "internal error, disconnecting this client: " + e);
         } finally {
             close();
             if (workers != null) {
@@ -394,10 +394,22 @@ final class NbdConnection implements Runnable {
     }
 
     void log(System.Logger.Level level, String msg) {
-        LOG.log(
-                level,
-                "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "")
-                        + ": " + msg);
+        LOG.log(level, about() + msg);
+    }
+
+    /**
+     * Logs a line about this connection's end (the client gone, a protocol violation, a handshake not finished, an
+     * unknown export, an internal error): a client connecting in a loop causes one per connection, so these go
+     * through the server's {@link NbdServer#connectionLog} — a burst, then one a second, with the count of those
+     * left out — and not straight to the log.
+     */
+    void event(System.Logger.Level level, String msg) {
+        server.connectionLog().log(level, about() + msg);
+    }
+
+    private String about() {
+        return "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "")
+                + ": ";
     }
 
     /** The stream cannot be trusted any more: disconnect. */
@@ -630,12 +642,12 @@ final class NbdConnection implements Runnable {
             serve(slot, image, st);
         } catch (IOException e) {
             if (ch.isOpen()) {
-                log(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
+                event(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
             }
             close(); // the reader sees the closed channel and ends the connection
         } catch (RuntimeException e) {
             // a bug, not a client that went away: say so, as the reader does
-            log(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
+            event(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
             close();
         } finally {
             free(slot);

@@ -116,7 +116,7 @@ final class NbdHandshake {
                     String name = string(data, data.remaining());
                     NbdExport e = name == null ? null : server.export(name);
                     if (e == null) {
-                        connection.log(
+                        connection.event(
                                 System.Logger.Level.INFO,
                                 "EXPORT_NAME for unknown export '" + name + "': disconnecting");
                         return null;

@@ -7,6 +7,7 @@ import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.linux.UnixSocketChannel;
+import io.iovirt.util.LogLimiter;
 import java.io.IOException;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
@@ -69,6 +70,12 @@ public final class NbdServer implements AutoCloseable {
     private final NbdRefusals refusals;
     private final Acceptor<?> acceptor;
     private volatile boolean closed;
+    /**
+     * Lines about connections that a client can cause at will, one per connection (a refused peer, a client gone in
+     * the handshake, a protocol violation...): shared by the server's connections, so a client connecting in a loop
+     * makes a burst of lines, then one a second, each saying how many were left out.
+     */
+    private final LogLimiter connectionLog = new LogLimiter(System.getLogger(NbdConnection.class.getName()));
 
     private NbdServer(
             ServerSocketChannel tcp,
@@ -110,7 +117,7 @@ public final class NbdServer implements AutoCloseable {
             this.acceptor = acceptor(
                     Acceptor.builder("nbd " + address, LOG, unix::accept, () -> closed)
                             .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
-                                LOG.log(
+                                connectionLog.log(
                                         System.Logger.Level.WARNING,
                                         "nbd " + address + ": refused a client " + why + " (allowed: " + access
                                                 + "; see --allow-uid and --allow-user)");
@@ -361,6 +368,11 @@ public final class NbdServer implements AutoCloseable {
 
     String name() {
         return address;
+    }
+
+    /** Where the connections' lines that a client can repeat at will go ({@link NbdConnection#event}). */
+    LogLimiter connectionLog() {
+        return connectionLog;
     }
 
     /** For tests that need longer than {@link #SHUTDOWN_GRACE} before the connections still busy are closed. */
