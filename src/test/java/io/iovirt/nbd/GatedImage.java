@@ -13,14 +13,14 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 
 /**
- * A real image whose server-side behaviour a test steers where no file system does it on demand: a flush that waits
- * for the test's go-ahead (a request held in flight for as long as the test needs), an extent look-up that fails with
- * the test's message. Everything else is the real image's.
+ * A real image whose server-side behaviour a test steers where no file system does it on demand: a flush or a write
+ * of zeroes that waits for the test's go-ahead (a request held in flight for as long as the test needs), an extent
+ * look-up that fails with the test's message. Everything else is the real image's.
  */
 final class GatedImage implements DiskImage {
     private final DiskImage image;
-    /** Counted down by a flush once it is waiting for {@link #release}; null when flushes are not held. */
-    private volatile CountDownLatch flushHeld;
+    /** Counted down by a held request once it waits for {@link #release}; null when requests are not held. */
+    private volatile CountDownLatch held;
 
     private final CountDownLatch released = new CountDownLatch(1);
     /** The message {@link #extent} fails with, or null. */
@@ -30,32 +30,36 @@ final class GatedImage implements DiskImage {
         this.image = image;
     }
 
-    /** From now on a flush waits until {@link #release}; the latch tells when one is waiting. */
-    CountDownLatch holdFlushes() {
+    /** From now on a flush or a write of zeroes waits until {@link #release}; the latch tells when one is waiting. */
+    CountDownLatch hold() {
         CountDownLatch l = new CountDownLatch(1);
-        flushHeld = l;
+        held = l;
         return l;
     }
 
-    /** Lets held flushes (and later ones) go on. */
+    /** Lets held requests (and later ones) go on. */
     void release() {
         released.countDown();
     }
 
-    @Override
-    public void flush() throws IOException {
-        CountDownLatch l = flushHeld;
+    private void waitIfHeld() throws IOException {
+        CountDownLatch l = held;
         if (l != null) {
             l.countDown();
             try {
                 if (!released.await(60, TimeUnit.SECONDS)) {
-                    throw new IOException("the test never released the held flush");
+                    throw new IOException("the test never released the held request");
                 }
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new IOException("interrupted while held", e);
             }
         }
+    }
+
+    @Override
+    public void flush() throws IOException {
+        waitIfHeld();
         image.flush();
     }
 
@@ -135,6 +139,7 @@ final class GatedImage implements DiskImage {
 
     @Override
     public void writeZeroes(long offset, long len, boolean unmap) throws IOException {
+        waitIfHeld();
         image.writeZeroes(offset, len, unmap);
     }
 

@@ -62,7 +62,7 @@ class NbdShutdownTest {
                 }
                 busy.go("s");
                 idle.go("s");
-                CountDownLatch held = image.holdFlushes();
+                CountDownLatch held = image.hold();
                 long flush = busy.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
                 assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
 
