@@ -38,6 +38,7 @@ final class Nbd {
     static final int REP_ERR_POLICY = 0x80000002;
     static final int REP_ERR_INVALID = 0x80000003;
     static final int REP_ERR_UNKNOWN = 0x80000006;
+    static final int REP_ERR_SHUTDOWN = 0x80000007;
     static final int REP_ERR_TOO_BIG = 0x80000009;
 
     // info types
@@ -93,6 +94,24 @@ final class Nbd {
     // base:allocation flags
     static final int STATE_HOLE = 1;
     static final int STATE_ZERO = 2;
+
+    /**
+     * How many bytes of the UTF-8 text {@code utf8} fit in {@code max} bytes without cutting a character in two: all
+     * of it when it fits, else {@code max} or fewer, up to the start of the character the byte at {@code max} belongs
+     * to. The protocol's strings (descriptions, error messages) MUST be UTF-8 (doc/proto.md, "Conventions"), so a
+     * string cut to a length limit is cut here: a cut inside a multi-byte character would leave the peer invalid
+     * UTF-8.
+     */
+    static int utf8Prefix(byte[] utf8, int max) {
+        if (utf8.length <= max) {
+            return utf8.length;
+        }
+        int end = max;
+        while (end > 0 && (utf8[end] & 0xc0) == 0x80) { // utf8[end] continues the character before it
+            end--;
+        }
+        return end;
+    }
 
     /** The server's opening of fixed newstyle negotiation: magic, IHAVEOPT and our handshake flags (18 bytes). */
     static ByteBuffer greeting(ByteBuffer b) {

@@ -55,6 +55,11 @@ final class NbdConnection implements Runnable {
 
     private static final int MAX_EXTENTS = 256;
     /**
+     * Longest error message sent in a structured error reply (bytes of UTF-8): the protocol's limit for strings is
+     * 4096; a message is a line for a human, and the log has it whole.
+     */
+    static final int MAX_ERROR_MESSAGE = 1024;
+    /**
      * Requests of one connection served at once. QEMU's client keeps up to 16 in flight on one connection; with a
      * few workers a slow request (a qcow2 allocation, a flush) does not hold up reads behind it.
      */
@@ -187,7 +192,7 @@ final class NbdConnection implements Runnable {
     /** Called by the server's timer: a client still in the handshake after the timeout is dropped. */
     void handshakeDeadline() {
         if (!transmission) {
-            log(
+            event(
                     System.Logger.Level.INFO,
                     "handshake not finished in " + NbdServer.HANDSHAKE_TIMEOUT_SECONDS + " s: disconnecting");
             close();
@@ -196,6 +201,64 @@ final class NbdConnection implements Runnable {
 
     void close() {
         ch.close();
+    }
+
+    /**
+     * Set by {@link #shutdown}: the server is stopping. Requests read from then on are answered with NBD_ESHUTDOWN,
+     * options with NBD_REP_ERR_SHUTDOWN, and the connection is closed once nothing of it is under way.
+     */
+    private volatile boolean shuttingDown;
+
+    /**
+     * Whether this connection's thread is waiting for the client's next option or request, with nothing of the
+     * message before it left to do ({@link #awaiting}); requests handed to workers may still be in flight.
+     */
+    private volatile boolean idle;
+
+    /**
+     * The server is shutting down (doc/proto.md, "Terminating the transmission phase": on a shutdown the server
+     * SHOULD wait for requests in flight to be served before it disconnects, and SHOULD answer requests received
+     * after it with ESHUTDOWN; during the handshake it SHOULD answer options with NBD_REP_ERR_SHUTDOWN). Requests
+     * in flight go on and get their own replies; requests and options read from now on get the shutdown error; the
+     * connection is closed as soon as its thread waits for the client with no request in flight — at once when it
+     * does now. Does not wait: a request stuck in image I/O is the server's to give up on ({@link NbdServer#close}).
+     */
+    void shutdown() {
+        shuttingDown = true;
+        closeIfDone();
+    }
+
+    boolean shuttingDown() {
+        return shuttingDown;
+    }
+
+    /**
+     * Closes the connection if the server is shutting down, this connection's thread waits for the client and no
+     * request is in flight. Each of the three (the shutdown, the thread's wait, the last reply) calls this after its
+     * own volatile write, so whichever comes last sees the other two and closes.
+     */
+    private void closeIfDone() {
+        if (shuttingDown && idle && (!transmission || freeSlots.get() == ALL_SLOTS)) {
+            close();
+        }
+    }
+
+    /**
+     * Called before this connection's thread waits for the client's next option or request: false when the server
+     * is shutting down and nothing is in flight (the connection ends now); otherwise the thread reads on, and
+     * {@link #busy} must follow the read.
+     */
+    boolean awaiting() {
+        idle = true;
+        if (shuttingDown && (!transmission || freeSlots.get() == ALL_SLOTS)) {
+            return false;
+        }
+        return true;
+    }
+
+    /** The client's next message has arrived (or is arriving): the connection is not to be closed under it. */
+    void busy() {
+        idle = false;
     }
 
     /**
@@ -276,14 +339,14 @@ final class NbdConnection implements Runnable {
             // closed by the server (shutdown, handshake timeout)
         } catch (EOFException e) {
             if (e.getMessage() != null) {
-                log(System.Logger.Level.INFO, e.getMessage());
+                event(System.Logger.Level.INFO, e.getMessage());
             }
         } catch (ProtocolViolation e) {
-            log(System.Logger.Level.WARNING, "protocol violation, disconnecting: " + e.getMessage());
+            event(System.Logger.Level.WARNING, "protocol violation, disconnecting: " + e.getMessage());
         } catch (IOException e) {
-            log(System.Logger.Level.INFO, "connection ended: " + e.getMessage());
+            event(System.Logger.Level.INFO, "connection ended: " + e.getMessage());
         } catch (RuntimeException e) {
-            log(System.Logger.Level.ERROR, "internal error, disconnecting this client: " + e);
+            event(System.Logger.Level.ERROR, "internal error, disconnecting this client: " + e);
         } finally {
             close();
             if (workers != null) {
@@ -331,10 +394,22 @@ final class NbdConnection implements Runnable {
     }
 
     void log(System.Logger.Level level, String msg) {
-        LOG.log(
-                level,
-                "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "")
-                        + ": " + msg);
+        LOG.log(level, about() + msg);
+    }
+
+    /**
+     * Logs a line about this connection's end (the client gone, a protocol violation, a handshake not finished, an
+     * unknown export, an internal error): a client connecting in a loop causes one per connection, so these go
+     * through the server's {@link NbdServer#connectionLog} — a burst, then one a second, with the count of those
+     * left out — and not straight to the log.
+     */
+    void event(System.Logger.Level level, String msg) {
+        server.connectionLog().log(level, about() + msg);
+    }
+
+    private String about() {
+        return "nbd " + server.name() + " client #" + id + (export != null ? " export '" + export.name() + "'" : "")
+                + ": ";
     }
 
     /** The stream cannot be trusted any more: disconnect. */
@@ -392,11 +467,15 @@ final class NbdConnection implements Runnable {
     /** The reader: parses requests (and write payloads) and hands them to the workers, until EOF or DISC. */
     private void transmission() throws IOException {
         while (true) {
+            if (!awaiting()) {
+                return; // the server is shutting down and every request has been answered
+            }
             ByteBuffer h = header.clear().limit(28);
             if (!ch.readFully(h, true)) {
                 drain(TimeUnit.SECONDS.toNanos(60));
                 return; // clean EOF between requests
             }
+            busy();
             h.flip();
             int magic = h.getInt();
             if (magic != REQUEST_MAGIC) {
@@ -436,6 +515,12 @@ final class NbdConnection implements Runnable {
                         throw new EOFException("client disconnected in the middle of a write payload");
                     }
                     buf.flip();
+                }
+                if (shuttingDown) {
+                    // Received after the shutdown began: not served (doc/proto.md: such requests SHOULD get
+                    // ESHUTDOWN, upon which the client MUST disconnect). Its slot is freed below.
+                    done(slot, ESHUTDOWN, "the NBD server is shutting down: request not served; reconnect later");
+                    continue;
                 }
                 if (servedByReader(type, flags) && freeSlots.get() == (ALL_SLOTS & ~(1 << slot.index))) {
                     // The only request in flight: served here, saving the worker's wake-up and a context switch per
@@ -503,6 +588,9 @@ final class NbdConnection implements Runnable {
         if (readerWaiting) {
             LockSupport.unpark(reader);
         }
+        if (shuttingDown) { // the last reply of a connection whose server is shutting down closes it
+            closeIfDone();
+        }
     }
 
     /**
@@ -554,12 +642,12 @@ final class NbdConnection implements Runnable {
             serve(slot, image, st);
         } catch (IOException e) {
             if (ch.isOpen()) {
-                log(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
+                event(System.Logger.Level.INFO, "reply failed, disconnecting: " + e.getMessage());
             }
             close(); // the reader sees the closed channel and ends the connection
         } catch (RuntimeException e) {
             // a bug, not a client that went away: say so, as the reader does
-            log(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
+            event(System.Logger.Level.ERROR, "internal error in a request, disconnecting this client: " + e);
             close();
         } finally {
             free(slot);
@@ -781,7 +869,7 @@ final class NbdConnection implements Runnable {
         } else {
             // allocates (the message, its bytes, their wrapper): errors are rare, and their message is logged anyway
             byte[] msg = what.getBytes(StandardCharsets.UTF_8);
-            int n = Math.min(msg.length, 1024);
+            int n = Nbd.utf8Prefix(msg, MAX_ERROR_MESSAGE); // a message made from a path may be long, and not ASCII
             h.putInt(STRUCTURED_REPLY_MAGIC)
                     .putShort((short) REPLY_FLAG_DONE)
                     .putShort((short) REPLY_TYPE_ERROR)

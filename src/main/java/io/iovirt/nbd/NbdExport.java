@@ -39,10 +39,7 @@ public record NbdExport(String name, DiskImage image, boolean readOnly, String d
         if (b.length <= MAX_DESCRIPTION) {
             return description;
         }
-        int end = MAX_DESCRIPTION - 3; // room for "…" (3 bytes)
-        while ((b[end] & 0xc0) == 0x80) { // b[end] continues the character before it: cut before that character
-            end--;
-        }
+        int end = Nbd.utf8Prefix(b, MAX_DESCRIPTION - 3); // room for "…" (3 bytes)
         return new String(b, 0, end, StandardCharsets.UTF_8) + "…";
     }
 

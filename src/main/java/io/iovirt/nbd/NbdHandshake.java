@@ -69,7 +69,11 @@ final class NbdHandshake {
      */
     Negotiated negotiate() throws IOException {
         ch.writeFully(Nbd.greeting(reply.clear()).flip());
+        if (!connection.awaiting()) {
+            return null; // the server is shutting down
+        }
         int clientFlags = readInt();
+        connection.busy();
         if ((clientFlags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) != 0) {
             throw new ProtocolViolation("unknown client flags 0x" + Integer.toHexString(clientFlags));
         }
@@ -78,7 +82,11 @@ final class NbdHandshake {
         }
         noZeroes = (clientFlags & FLAG_NO_ZEROES) != 0;
         while (true) {
+            if (!connection.awaiting()) {
+                return null; // the server is shutting down: no option under way, close
+            }
             long magic = readLong();
+            connection.busy();
             if (magic != IHAVEOPT) {
                 throw new ProtocolViolation("option without IHAVEOPT magic");
             }
@@ -93,12 +101,22 @@ final class NbdHandshake {
                 continue;
             }
             ByteBuffer data = readOption((int) len);
+            if (connection.shuttingDown() && option != OPT_ABORT) {
+                // doc/proto.md, "Termination of the session during option haggling": a server being shut down
+                // SHOULD answer options other than ABORT with NBD_REP_ERR_SHUTDOWN (the client then MUST end the
+                // session); EXPORT_NAME has no error reply, so its session ends here.
+                if (option == OPT_EXPORT_NAME) {
+                    return null;
+                }
+                optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                continue;
+            }
             switch (option) {
                 case OPT_EXPORT_NAME -> {
                     String name = string(data, data.remaining());
                     NbdExport e = name == null ? null : server.export(name);
                     if (e == null) {
-                        connection.log(
+                        connection.event(
                                 System.Logger.Level.INFO,
                                 "EXPORT_NAME for unknown export '" + name + "': disconnecting");
                         return null;

@@ -7,6 +7,7 @@ import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.linux.UnixSocketChannel;
+import io.iovirt.util.LogLimiter;
 import java.io.IOException;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
@@ -33,7 +34,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  *
  * <p>Lifecycle: {@link #start} binds and accepts; {@link #addExport}/{@link #removeExport} change what new
  * connections can open (connections already using a removed export keep it until they disconnect);
- * {@link #close} stops accepting, disconnects every client and waits for their threads for a while;
+ * {@link #close} stops accepting, lets the requests in flight be answered, answers later ones with NBD_ESHUTDOWN,
+ * disconnects every client and waits for their threads for a while;
  * {@link #quiescent}/{@link #awaitQuiescent} tell when no thread of any connection can touch an export's image any
  * more (a request stuck in image I/O outlives its connection: the image must not be closed under it). A client can
  * only hurt its own connection: malformed or hostile input gets the protocol's error reply or a disconnect, a client
@@ -68,6 +70,12 @@ public final class NbdServer implements AutoCloseable {
     private final NbdRefusals refusals;
     private final Acceptor<?> acceptor;
     private volatile boolean closed;
+    /**
+     * Lines about connections that a client can cause at will, one per connection (a refused peer, a client gone in
+     * the handshake, a protocol violation...): shared by the server's connections, so a client connecting in a loop
+     * makes a burst of lines, then one a second, each saying how many were left out.
+     */
+    private final LogLimiter connectionLog = new LogLimiter(System.getLogger(NbdConnection.class.getName()));
 
     private NbdServer(
             ServerSocketChannel tcp,
@@ -109,7 +117,7 @@ public final class NbdServer implements AutoCloseable {
             this.acceptor = acceptor(
                     Acceptor.builder("nbd " + address, LOG, unix::accept, () -> closed)
                             .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
-                                LOG.log(
+                                connectionLog.log(
                                         System.Logger.Level.WARNING,
                                         "nbd " + address + ": refused a client " + why + " (allowed: " + access
                                                 + "; see --allow-uid and --allow-user)");
@@ -362,9 +370,41 @@ public final class NbdServer implements AutoCloseable {
         return address;
     }
 
+    /** Where the connections' lines that a client can repeat at will go ({@link NbdConnection#event}). */
+    LogLimiter connectionLog() {
+        return connectionLog;
+    }
+
+    /** For tests that need longer than {@link #SHUTDOWN_GRACE} before the connections still busy are closed. */
+    void shutdownGrace(Duration grace) {
+        shutdownGrace = grace;
+    }
+
+    /** Whether {@link #close} has told every connection that the server is shutting down (for tests). */
+    boolean draining() {
+        return draining;
+    }
+
     /**
-     * Stops accepting, disconnects every client (their in-flight request completes first) and waits for them, up to
-     * 10 s. A request stuck in image I/O can outlast that: close the images only once {@link #quiescent}.
+     * How long {@link #close} lets the requests in flight be served (their clients answered) before it disconnects
+     * the connections still busy — and then again how long it waits for those to end.
+     */
+    static final Duration SHUTDOWN_GRACE = Duration.ofSeconds(5);
+
+    /** {@link #SHUTDOWN_GRACE}, or what a test set. */
+    private volatile Duration shutdownGrace = SHUTDOWN_GRACE;
+
+    /** Set once {@link #close} has told every connection that the server is shutting down. */
+    private volatile boolean draining;
+
+    /**
+     * Stops accepting and ends every connection as doc/proto.md asks of a server shutting down: requests in flight
+     * are served and answered, requests (and handshake options) received from now on are answered with
+     * NBD_ESHUTDOWN (NBD_REP_ERR_SHUTDOWN), upon which the client must disconnect, and each connection is closed as
+     * soon as none of its requests is in flight — at once for an idle one ({@link NbdConnection#shutdown}). After
+     * {@link #SHUTDOWN_GRACE} the connections still busy (a request stuck in image I/O, a client slow to send a
+     * write's payload) are disconnected, and their end awaited for as long again: 10 s at most in all. A request
+     * stuck in image I/O can outlast that: close the images only once {@link #quiescent}.
      */
     @Override
     public void close() {
@@ -392,11 +432,20 @@ public final class NbdServer implements AutoCloseable {
         }
         refusals.close();
         for (NbdConnection c : connections) {
-            c.close();
+            c.shutdown();
         }
+        draining = true;
         try {
-            await(connections::isEmpty, Duration.ofSeconds(10));
+            if (!await(connections::isEmpty, shutdownGrace)) {
+                for (NbdConnection c : connections) {
+                    c.close(); // still busy after the grace: disconnected
+                }
+                await(connections::isEmpty, shutdownGrace);
+            }
         } catch (InterruptedException e) {
+            for (NbdConnection c : connections) {
+                c.close();
+            }
             Thread.currentThread().interrupt();
         }
         timer.shutdownNow();

@@ -2,7 +2,8 @@
 /**
  * The one copy of each small helper: {@link io.iovirt.util.Json} (the writer of every {@code --json}),
  * {@link io.iovirt.util.ByteSizes} (formatting and parsing sizes), {@link io.iovirt.util.LatencyHistogram}
- * (allocation-free latency percentiles) and {@link io.iovirt.util.ActionableException} (an error that says what to
+ * (allocation-free latency percentiles), {@link io.iovirt.util.LogLimiter} (log lines a peer can cause at will,
+ * rate-limited) and {@link io.iovirt.util.ActionableException} (an error that says what to
  * do).
  */
 package io.iovirt.util;

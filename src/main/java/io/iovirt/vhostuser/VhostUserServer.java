@@ -6,6 +6,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.util.LogLimiter;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -42,7 +43,7 @@ public final class VhostUserServer implements AutoCloseable {
     private final SocketAccess access;
     private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
-    private final RateLimit errorLog = new RateLimit();
+    private final LogLimiter errorLog = new LogLimiter(LOG);
 
     private final Object lock = new Object();
     private boolean closed; // guarded by lock
@@ -323,31 +324,6 @@ public final class VhostUserServer implements AutoCloseable {
             return !isClosed();
         } finally {
             waiting = false;
-        }
-    }
-
-    /**
-     * A token bucket: bursts of up to {@link #BURST} lines, then one a second; what is dropped is counted and the
-     * count reported with the next line, so a frontend reconnecting in a loop cannot flood the log.
-     */
-    static final class RateLimit {
-        static final int BURST = 20;
-        private double tokens = BURST;
-        private long last = System.nanoTime();
-        private long suppressed;
-
-        synchronized void log(System.Logger.Level level, String message) {
-            long now = System.nanoTime();
-            tokens = Math.min(BURST, tokens + (now - last) / 1e9);
-            last = now;
-            if (tokens < 1) {
-                suppressed++;
-                return;
-            }
-            tokens -= 1;
-            String more = suppressed > 0 ? " (" + suppressed + " similar lines suppressed)" : "";
-            suppressed = 0;
-            LOG.log(level, message + more);
         }
     }
 

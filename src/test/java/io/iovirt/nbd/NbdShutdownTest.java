@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.nbd;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.nbd.NbdServerTest.Answer;
+import io.iovirt.nbd.NbdServerTest.RawClient;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.storage.Images;
+import io.iovirt.testing.Await;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A server shutting down ends its connections as doc/proto.md asks ("Terminating the transmission phase"): a request
+ * in flight is served and answered, requests received after the shutdown began are answered with NBD_ESHUTDOWN, and
+ * the connection is closed once nothing is in flight; an idle connection, in either phase, is closed at once. Before,
+ * {@link NbdServer#close} closed every socket at once: the request in flight lost its reply and later ones got none.
+ */
+@Timeout(value = 120, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
+class NbdShutdownTest {
+    static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+
+    @Test
+    void requestsAfterTheShutdownBeganGetEshutdownAndTheOneInFlightIsAnswered() throws Exception {
+        check(false);
+    }
+
+    @Test
+    void withStructuredRepliesToo() throws Exception {
+        check(true);
+    }
+
+    private void check(boolean structured) throws Exception {
+        Path img = dir.resolve("s.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("s.sock");
+        Thread closer = null;
+        try (DiskImage real = Images.open(img, null, false, false)) {
+            GatedImage image = new GatedImage(real);
+            NbdServer s = NbdServer.startUnix(sock, 8);
+            s.shutdownGrace(Duration.ofSeconds(60)); // the test's steps, however slow the machine, fit in it
+            try (RawClient busy = RawClient.unix(sock);
+                    RawClient idle = RawClient.unix(sock);
+                    RawClient haggling = RawClient.unix(sock)) {
+                s.addExport(new NbdExport("s", image, false));
+                if (structured) {
+                    busy.structuredReplies();
+                }
+                busy.go("s");
+                idle.go("s");
+                CountDownLatch held = image.hold();
+                long flush = busy.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
+
+                closer = Thread.ofPlatform().start(s::close);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+
+                // the connections with nothing in flight are closed at once, in transmission and in the handshake
+                assertTrue(idle.closedByPeer(), "an idle connection is closed");
+                assertTrue(haggling.closedByPeer(), "a connection waiting in the handshake is closed");
+
+                // new requests on the busy connection: ESHUTDOWN, and a write is not written
+                long read = busy.send(Nbd.CMD_READ, 0, 0, 4096, null);
+                Answer r = busy.answer(structured, 4096);
+                assertEquals(read, r.cookie());
+                assertEquals(Nbd.ESHUTDOWN, r.error(), "a read received after the shutdown began");
+                byte[] data = new byte[4096];
+                java.util.Arrays.fill(data, (byte) 0x5a);
+                long write = busy.send(Nbd.CMD_WRITE, 0, 8192, data.length, data);
+                Answer w = busy.answer(structured, 0);
+                assertEquals(write, w.cookie());
+                assertEquals(Nbd.ESHUTDOWN, w.error(), "a write received after the shutdown began");
+                assertTrue(closer.isAlive(), "close() waits for the request in flight");
+
+                // the request in flight ends: it is answered, then the connection is closed
+                image.release();
+                Answer f = busy.answer(structured, 0);
+                assertEquals(flush, f.cookie());
+                assertEquals(0, f.error(), "the flush in flight when the shutdown began is served");
+                assertTrue(busy.closedByPeer(), "the connection is closed once nothing is in flight");
+                closer.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(closer.isAlive(), "close() returned");
+                assertTrue(s.quiescent());
+            } finally {
+                image.release();
+                s.close();
+                if (closer != null) {
+                    closer.join();
+                }
+            }
+            ByteBuffer b = ByteBuffer.allocate(4096);
+            try (var ch = java.nio.channels.FileChannel.open(img)) {
+                ch.read(b, 8192);
+            }
+            assertArrayEquals(new byte[4096], b.array(), "the write refused with ESHUTDOWN changed the image");
+        }
+    }
+
+    /** During the handshake, an option read after the shutdown began is answered with NBD_REP_ERR_SHUTDOWN. */
+    @Test
+    void anOptionUnderWayWhenTheShutdownBeginsGetsErrShutdown() throws Exception {
+        Path img = dir.resolve("h.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("h.sock");
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 8);
+                RawClient c = RawClient.unix(sock)) {
+            s.addExport(new NbdExport("h", image, false));
+            byte[] go = c.goData("h");
+            // the option's header and half its data: the server's thread is reading it, not waiting for the next
+            c.raw(ByteBuffer.allocate(16 + go.length / 2)
+                    .putLong(Nbd.IHAVEOPT)
+                    .putInt(Nbd.OPT_GO)
+                    .putInt(go.length)
+                    .put(go, 0, go.length / 2)
+                    .flip());
+            Thread closer = Thread.ofPlatform().start(s::close);
+            try {
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                c.raw(ByteBuffer.wrap(go, go.length / 2, go.length - go.length / 2));
+                assertEquals(Nbd.REP_ERR_SHUTDOWN, c.optionReply().type());
+                assertTrue(c.closedByPeer(), "closed once the option is answered");
+            } finally {
+                closer.join();
+            }
+        }
+    }
+}
