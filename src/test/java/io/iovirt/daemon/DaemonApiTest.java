@@ -899,6 +899,46 @@ class DaemonApiTest {
     }
 
     /**
+     * A FIFO where an image is expected is refused at once by blk.add and nbd.add, naming the path, what it is and
+     * what to do, and leaves nothing behind. Opening it waited for a writer: the request never returned, and its id,
+     * socket and image stayed in use as being added.
+     */
+    @Test
+    void aFifoImageIsRefusedAtOnce() throws Exception {
+        try (io.iovirt.testing.Fifo fifo = io.iovirt.testing.Fifo.make(dir.resolve("pipe.raw"))) {
+            String what = "image " + fifo.path() + " is a FIFO (named pipe), not a regular file or a block device (an"
+                    + " image is one of those; opening a FIFO would wait for a writer): name the image file or the"
+                    + " disk's block device itself";
+            for (List<Object> opts : List.<List<Object>>of(
+                    List.of(), List.of("readonly", true), List.of("readonly", true, "format", "raw"))) {
+                for (String method : List.of("blk.add", "nbd.add")) {
+                    List<Object> kv = new java.util.ArrayList<>(List.of(
+                            "id",
+                            "f",
+                            "image",
+                            fifo.path().toString(),
+                            "socket",
+                            dir.resolve("f.sock").toString()));
+                    kv.addAll(opts);
+                    RpcClient.RemoteError e = bad(RpcException.FAILED, method, kv.toArray());
+                    String prefix = method.equals("blk.add") ? "blk.add f: " : "nbd f: ";
+                    assertEquals(prefix + what, e.getMessage(), method + " " + opts);
+                }
+            }
+            assertTrue(((List<?>) ok("blk.list").get("list")).isEmpty());
+            assertTrue(((List<?>) ok("nbd.list").get("list")).isEmpty());
+            ok(
+                    "blk.add",
+                    "id",
+                    "f",
+                    "image",
+                    image("f.raw", 1 << 20).toString(),
+                    "socket",
+                    dir.resolve("f.sock").toString());
+        }
+    }
+
+    /**
      * Waits until a request thread of this in-process daemon is opening its image: resolving its path (its id and
      * socket claimed) or in {@code export}'s {@code start}; fails if {@code request} ends first or the thread never
      * gets there.
