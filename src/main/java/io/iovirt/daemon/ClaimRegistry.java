@@ -35,7 +35,7 @@ final class ClaimRegistry {
         final String who; // "blk 'a'", "port 'p' of switch 'sw'"
         final Path socket; // null: none (a switch, a TAP port)
         final String tap; // a TAP port's interface name as given (the kernel's names are exact), else null
-        final Path image; // null: none
+        private Path image; // null: none (yet: see claimImage); guarded by the daemon's lock
         final boolean readOnly;
         private State state = State.ADDING; // guarded by the daemon's lock
 
@@ -128,15 +128,38 @@ final class ClaimRegistry {
                                     + "; each port needs its own interface (one interface on two ports would mix"
                                     + " their frames): choose another ifname or remove that port first");
                 }
-                if (c.image != null && c.image.equals(o.image) && !(c.readOnly && o.readOnly)) {
-                    throw new RpcException(
-                            RpcException.EXISTS,
-                            "image " + c.image + " is already exported by " + o.describe()
-                                    + "; two writers would corrupt it (export it read-only twice, or not at all)");
-                }
+                requireImageFree(c, c.image, o);
             }
             claims.put(c.key(), c);
             return c;
+        }
+    }
+
+    /**
+     * Claims {@code image} (as {@link #imageKey}) for the add that holds {@code c}, or refuses (EXISTS) as
+     * {@link #claim} does; the caller releases {@code c} either way it fails. An add claims its id and socket first
+     * and resolves its image's path only then, outside the lock: on a file system that does not answer (a stopped
+     * FUSE daemon, an unreachable NFS server) resolving it waits, and the add must meanwhile hold its id and socket,
+     * so that a request for them is refused as in use (being added) instead of going ahead beside it.
+     */
+    void claimImage(Claim c, Path image) throws RpcException {
+        synchronized (lock) {
+            for (Claim o : claims.values()) {
+                if (o != c) {
+                    requireImageFree(c, image, o);
+                }
+            }
+            c.image = image;
+        }
+    }
+
+    /** Refuses {@code image} for {@code c} when {@code o} holds it and they are not both read-only (lock held). */
+    private static void requireImageFree(Claim c, Path image, Claim o) throws RpcException {
+        if (image != null && image.equals(o.image) && !(c.readOnly && o.readOnly)) {
+            throw new RpcException(
+                    RpcException.EXISTS,
+                    "image " + image + " is already exported by " + o.describe()
+                            + "; two writers would corrupt it (export it read-only twice, or not at all)");
         }
     }
 

@@ -403,14 +403,18 @@ public final class Daemon implements AutoCloseable {
                 "blk '" + spec.id() + "'",
                 ClaimRegistry.socketKey(spec.socket()),
                 null,
-                ClaimRegistry.imageKey(spec.image()),
+                null,
                 spec.readOnly()));
         BlkExport e;
         try {
+            claims.claimImage(c, ClaimRegistry.imageKey(spec.image())); // may wait on the image's file system
             e = BlkExport.start(spec, fromConfig, access, readOnlyNow);
         } catch (IOException | RuntimeException ex) {
             claims.release(c);
             throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
+        } catch (RpcException ex) {
+            claims.release(c);
+            throw ex;
         }
         claims.publish(c, "blk.add " + spec.id(), e, () -> {
             blks.put(spec.id(), e);
@@ -553,19 +557,17 @@ public final class Daemon implements AutoCloseable {
     void addNbd(NbdExportEntry.Spec spec, boolean fromConfig) throws RpcException {
         String id = spec.id();
         ClaimRegistry.Claim c = claims.claim(new ClaimRegistry.Claim(
-                null,
-                id,
-                "nbd '" + id + "'",
-                ClaimRegistry.socketKey(spec.socket()),
-                null,
-                ClaimRegistry.imageKey(spec.image()),
-                spec.readOnly()));
+                null, id, "nbd '" + id + "'", ClaimRegistry.socketKey(spec.socket()), null, null, spec.readOnly()));
         NbdExportEntry e;
         try {
+            claims.claimImage(c, ClaimRegistry.imageKey(spec.image())); // may wait on the image's file system
             e = NbdExportEntry.start(spec, access, fromConfig);
         } catch (IOException | RuntimeException ex) {
             claims.release(c);
             throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
+        } catch (RpcException ex) {
+            claims.release(c);
+            throw ex;
         }
         claims.publish(c, "nbd " + id, e, () -> {
             nbds.put(id, e);

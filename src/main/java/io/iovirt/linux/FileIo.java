@@ -21,6 +21,7 @@ public final class FileIo {
     public static final int O_RDWR = 2;
     public static final int O_CREAT = 0100;
     public static final int O_EXCL = 0200;
+    public static final int O_NOCTTY = 0400;
     public static final int O_TRUNC = 01000;
     public static final int O_APPEND = 02000;
     public static final int O_NONBLOCK = 04000;
@@ -54,6 +55,10 @@ public final class FileIo {
     private static final int S_IFREG = 0100000;
     private static final int S_IFBLK = 0060000;
     private static final int S_IFSOCK = 0140000;
+    private static final int S_IFDIR = 0040000;
+    private static final int S_IFCHR = 0020000;
+    private static final int S_IFIFO = 0010000;
+    private static final int S_IFLNK = 0120000;
 
     private FileIo() {}
 
@@ -73,6 +78,28 @@ public final class FileIo {
 
         public boolean isSocket() {
             return (mode & S_IFMT) == S_IFSOCK;
+        }
+
+        public boolean isDirectory() {
+            return (mode & S_IFMT) == S_IFDIR;
+        }
+
+        public boolean isFifo() {
+            return (mode & S_IFMT) == S_IFIFO;
+        }
+
+        /** What the file is, for messages: "a regular file", "a FIFO (named pipe)", "a character device"... */
+        public String kind() {
+            return switch (mode & S_IFMT) {
+                case S_IFREG -> "a regular file";
+                case S_IFBLK -> "a block device";
+                case S_IFDIR -> "a directory";
+                case S_IFCHR -> "a character device";
+                case S_IFIFO -> "a FIFO (named pipe)";
+                case S_IFSOCK -> "a UNIX socket";
+                case S_IFLNK -> "a symbolic link";
+                default -> "a file of unknown type (mode " + Integer.toOctalString(mode) + ")";
+            };
         }
     }
 

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage;
 
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
 import java.io.IOException;
-import java.nio.ByteBuffer;
-import java.nio.channels.FileChannel;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
-import java.util.Arrays;
 import java.util.Locale;
 
 /**
@@ -56,26 +59,34 @@ public enum ImageFormat {
         return description;
     }
 
-    /** Reads the first {@value #HEADER_BYTES} bytes of {@code path} (a file or a block device) and detects. */
+    /**
+     * Reads the first {@value #HEADER_BYTES} bytes of {@code path} (a file or a block device) and detects. Anything
+     * else (a FIFO, whose open would wait for a writer, a socket, a directory) is refused before it is read.
+     */
     public static ImageFormat detect(Path path) throws IOException {
-        try (FileChannel ch = FileChannel.open(path, StandardOpenOption.READ)) {
-            ByteBuffer b = ByteBuffer.allocate(HEADER_BYTES);
-            while (b.hasRemaining() && ch.read(b) > 0) {
-                // a short file has a short header: detect() looks only at what is there
+        Fd fd;
+        try {
+            fd = RawImage.openFileOrDevice(path, FileIo.O_RDONLY);
+        } catch (LinuxException e) {
+            if (e.errno() == Errno.ENOENT) {
+                throw new java.nio.file.NoSuchFileException(path.toString()); // the image's open reports it
             }
-            return detect(Arrays.copyOf(b.array(), b.position()));
-        } catch (java.nio.file.NoSuchFileException e) {
-            throw e; // callers let the image's open report it, with its remedy
-        } catch (IOException e) {
-            // The JDK's own messages were the whole error line of serve blk, serve nbd and vm run: "Is a directory",
-            // or for EACCES the bare path.
-            if (java.nio.file.Files.isDirectory(path)) {
-                throw new IOException("image " + path + " is a directory: name the image file", e);
-            }
-            String why = e instanceof java.nio.file.AccessDeniedException ? "permission denied" : e.getMessage();
+            String why = e.errno() == Errno.EACCES || e.errno() == Errno.EPERM ? "permission denied" : e.errnoName();
             throw new IOException(
                     "cannot read image " + path + " to detect its format: " + why
                             + " (check the path and its permissions, or name the format)",
+                    e);
+        }
+        try (fd;
+                Arena a = Arena.ofConfined()) {
+            MemorySegment b = a.allocate(HEADER_BYTES);
+            long n =
+                    FileIo.readFully(fd, b, 0); // a short file has a short header: detect() looks only at what is there
+            return detect(b.asSlice(0, n).toArray(ValueLayout.JAVA_BYTE));
+        } catch (LinuxException e) {
+            throw new IOException(
+                    "cannot read image " + path + " to detect its format: " + e.errnoName()
+                            + " (check the file or device, or name the format)",
                     e);
         }
     }

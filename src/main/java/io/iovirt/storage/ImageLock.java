@@ -62,7 +62,8 @@ public final class ImageLock implements AutoCloseable {
      */
     public static ImageLock open(Path image, boolean shared) throws IOException {
         try {
-            return new ImageLock(image, shared, FileIo.open(image, shared ? FileIo.O_RDONLY : FileIo.O_RDWR));
+            return new ImageLock(
+                    image, shared, RawImage.openFileOrDevice(image, shared ? FileIo.O_RDONLY : FileIo.O_RDWR));
         } catch (LinuxException e) {
             throw new IOException("cannot open " + image + " to lock it: " + e.getMessage(), e);
         }

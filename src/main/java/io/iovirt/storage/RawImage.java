@@ -79,7 +79,7 @@ public final class RawImage implements DiskImage {
         int flags = (readOnly ? FileIo.O_RDONLY : FileIo.O_RDWR) | (direct ? FileIo.O_DIRECT : 0);
         Fd fd;
         try {
-            fd = FileIo.open(path, flags);
+            fd = openFileOrDevice(path, flags);
         } catch (LinuxException e) {
             String hint = switch (e.errnoName()) {
                 case "ENOENT" -> "create it first, e.g. 'truncate -s 1G " + path + "'";
@@ -92,9 +92,6 @@ public final class RawImage implements DiskImage {
         }
         try {
             FileIo.Stat st = FileIo.stat(fd);
-            if (!st.isRegularFile() && !st.isBlockDevice()) {
-                throw new IOException("image " + path + " is neither a regular file nor a block device");
-            }
             long size = st.isBlockDevice() ? FileIo.blockDeviceSize(fd) : st.size();
             int align = 1;
             if (direct) {
@@ -110,6 +107,65 @@ public final class RawImage implements DiskImage {
             fd.close();
             throw e;
         }
+    }
+
+    /**
+     * Opens {@code path} (with {@code flags}, e.g. O_RDWR) as an image's file: a regular file or a block device, and
+     * nothing else. The open itself must not wait: a FIFO's open(2) waits for a writer (forever, for a FIFO put where
+     * an image was meant), and a device's may wait for the device. So it is opened O_NONBLOCK|O_NOCTTY — at once, for
+     * those — and the descriptor, not the path (which another process may change meanwhile), is checked with fstat:
+     * anything but a regular file or a block device is closed and refused, naming what it is and what to do. Then
+     * O_NONBLOCK is cleared: it means nothing to the I/O of a file or a disk, except to io_uring, which would fail a
+     * read with EAGAIN where it should wait. (An open on a file system that does not answer, a stopped FUSE daemon or
+     * an unreachable NFS server, waits all the same: nothing makes that open return.)
+     *
+     * @throws LinuxException the open failed (the caller names the remedy for its errno)
+     * @throws IOException    the path is not a regular file nor a block device
+     */
+    static Fd openFileOrDevice(Path path, int flags) throws IOException {
+        Fd fd;
+        try {
+            fd = FileIo.open(path, flags | FileIo.O_NONBLOCK | FileIo.O_NOCTTY);
+        } catch (LinuxException e) {
+            if (e.errno() != Errno.EAGAIN) {
+                // a UNIX socket (ENXIO), a directory opened for writing (EISDIR), a device without a driver (ENXIO,
+                // ENODEV): say what it is rather than the errno
+                FileIo.Stat st;
+                try {
+                    st = FileIo.stat(path);
+                } catch (LinuxException gone) {
+                    throw e;
+                }
+                if (!st.isRegularFile() && !st.isBlockDevice()) {
+                    throw notFileOrDevice(path, st, e);
+                }
+                throw e;
+            }
+            // a lease on the file, which a non-blocking open does not wait to break: open as any other user would
+            fd = FileIo.open(path, flags | FileIo.O_NOCTTY);
+        }
+        try {
+            FileIo.Stat st = FileIo.stat(fd);
+            if (!st.isRegularFile() && !st.isBlockDevice()) {
+                throw notFileOrDevice(path, st, null);
+            }
+            fd.setNonBlocking(false);
+            return fd;
+        } catch (IOException | RuntimeException e) {
+            fd.close();
+            throw e;
+        }
+    }
+
+    private static IOException notFileOrDevice(Path path, FileIo.Stat st, Throwable cause) {
+        if (st.isDirectory()) {
+            return new IOException("image " + path + " is a directory: name the image file", cause);
+        }
+        return new IOException(
+                "image " + path + " is " + st.kind() + ", not a regular file or a block device (an image is one of"
+                        + " those" + (st.isFifo() ? "; opening a FIFO would wait for a writer" : "")
+                        + "): name the image file or the disk's block device itself",
+                cause);
     }
 
     /**

@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.host.CliRun;
+import io.iovirt.testing.Fifo;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -61,5 +62,35 @@ class ServeBlkImageTest {
     void aFormatOtherThanRawIsAUsageError() {
         CliRun r = CliRun.run(List.of("serve", "blk", "--image", "x", "--socket", "y", "--format", "vmdk"));
         assertEquals(2, r.exit(), r.err());
+    }
+
+    /**
+     * A FIFO as --image is refused at once, before listening, naming the path, what it is and what to do — by serve
+     * blk (with the format detected or named, writable or read-only) and serve nbd. Opening it waited for a writer:
+     * the command hung before it listened, with nothing said.
+     */
+    @Test
+    void aFifoImageIsRefusedAtOnce() throws Exception {
+        try (Fifo fifo = Fifo.make(tmp.resolve("pipe.raw"))) {
+            Path socket = tmp.resolve("blk.sock");
+            for (List<String> extra :
+                    List.of(List.<String>of(), List.of("--readonly"), List.of("--format", "raw", "--readonly"))) {
+                for (String command : List.of("blk", "nbd")) {
+                    List<String> args = new java.util.ArrayList<>(List.of(
+                            "serve", command, "--image", fifo.path().toString(), "--socket", socket.toString()));
+                    args.addAll(extra);
+                    CliRun r = CliRun.run(args);
+                    assertEquals(1, r.exit(), args + ": " + r.err());
+                    assertTrue(
+                            r.err()
+                                    .startsWith("iovirt serve " + command + ": image " + fifo.path()
+                                            + " is a FIFO (named pipe), not a regular file or a block device (an image"
+                                            + " is one of those; opening a FIFO would wait for a writer): name the"
+                                            + " image file or the disk's block device itself"),
+                            args + ": " + r.err());
+                    assertFalse(Files.exists(socket), "refused before listening");
+                }
+            }
+        }
     }
 }
