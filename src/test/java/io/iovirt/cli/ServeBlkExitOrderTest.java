@@ -9,7 +9,10 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.bench.BlkBench;
 import io.iovirt.bench.BlkBenchOptions;
 import io.iovirt.devices.blk.BlkTestDriver;
+import io.iovirt.host.CliRun;
 import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
@@ -24,8 +27,10 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.HashSet;
+import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.CompletableFuture;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -143,6 +148,98 @@ class ServeBlkExitOrderTest {
         }
     }
 
+    /**
+     * An error while a queue was given up on (a request stuck in image I/O): the image stays open and locked, as when
+     * serving ends normally with such a queue, and serve blk says so and exits 1. It closed the image under the
+     * request instead: a descriptor number closed then could be reused by whatever the process opened next and take
+     * that request's I/O, and another VM could take the image while the request still ran.
+     *
+     * <p>In-process, to have serving end in an error: the thread running the command is interrupted while it waits
+     * for a termination signal. The image is read-only, so a close would show at once (no final flush to wait for).
+     */
+    @Test
+    void anErrorWhileARequestIsStuckLeavesTheImageOpenAndLocked() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        try (StoppableFuse fs = StoppableFuse.mount(Files.createDirectory(dir.resolve("fuse")))) {
+            Path image = fs.file("disk.raw", 4 << 20);
+            // the command installs handlers for these signals; this process's own (the JVM's) are put back after
+            Map<sun.misc.Signal, sun.misc.SignalHandler> jvmHandlers = new java.util.HashMap<>();
+            for (String name : new String[] {"INT", "TERM", "HUP"}) {
+                sun.misc.Signal signal = new sun.misc.Signal(name);
+                sun.misc.SignalHandler h = sun.misc.Signal.handle(signal, sun.misc.SignalHandler.SIG_IGN);
+                sun.misc.Signal.handle(signal, h);
+                jvmHandlers.put(signal, h);
+            }
+            CompletableFuture<CliRun> run = new CompletableFuture<>();
+            Thread serving = Thread.ofPlatform()
+                    .name("serve blk")
+                    .start(() -> run.complete(CliRun.run(List.of(
+                            "serve",
+                            "blk",
+                            "--image",
+                            image.toString(),
+                            "--socket",
+                            sock.toString(),
+                            "--readonly",
+                            "--io-engine",
+                            "sync"))));
+            Fd probe = null;
+            try {
+                Await.until(TIMEOUT, "serve blk listening on " + sock, () -> run.isDone() || Files.exists(sock));
+                try (EventFd call = EventFd.create(true);
+                        BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(0, d.awaitStatus(d.read(d.alloc(65536, 4096), 65536)), "served while it answers");
+                    List<Integer> served = StoppableFuse.descriptorsOf(image, -1);
+                    assertEquals(
+                            2, served.size(), "the image's and (a frontend runs) its lock's descriptors: " + served);
+                    probe = FileIo.open(image, FileIo.O_RDONLY);
+                    assertEquals(FileIo.F_RDLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "a read lock is held");
+                    fs.stop();
+                    d.read(d.alloc(65536, 4096), 65536);
+                    Await.until(
+                            TIMEOUT,
+                            "the queue thread to wait for the stopped file system",
+                            () -> !StoppableFuse.blockedOn(served).isEmpty());
+                    serving.interrupt(); // serving ends in an error (InterruptedException), with the request stuck
+                    int except = probe.get();
+                    Await.until(
+                            Duration.ofSeconds(120), // the device gives the queue up after 30 s
+                            "serve blk to return, or to close the image",
+                            () -> run.isDone()
+                                    || !StoppableFuse.descriptorsOf(image, except)
+                                            .equals(served));
+                    assertEquals(
+                            served,
+                            StoppableFuse.descriptorsOf(image, except),
+                            "the image was closed under the stuck request");
+                    assertEquals(
+                            FileIo.F_RDLCK,
+                            FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                            "the image lock was let go of under the stuck request");
+                    CliRun r = run.get();
+                    assertEquals(1, r.exit(), r.err());
+                    fs.resume();
+                    Await.until(
+                            TIMEOUT,
+                            "the stuck request to end",
+                            () -> StoppableFuse.blockedOn(served).isEmpty());
+                }
+            } finally {
+                fs.resume();
+                serving.join(TIMEOUT.toMillis());
+                // serve blk leaves the image to the process's exit; this process goes on: let go of it here (those
+                // numbers still naming the image: one closed meanwhile may have been reused)
+                for (int fd : StoppableFuse.descriptorsOf(image, probe == null ? -1 : probe.get())) {
+                    Fd.adopt(fd).close();
+                }
+                if (probe != null) {
+                    probe.close();
+                }
+                jvmHandlers.forEach(sun.misc.Signal::handle);
+            }
+        }
+    }
+
     /** A loop device over {@code file}; its path. */
     static String attach(Path file) throws Exception {
         QemuTools.Result l = QemuTools.run("losetup", "--find", "--show", file.toString());
@@ -163,8 +260,8 @@ class ServeBlkExitOrderTest {
             "aarch64", Map.of("close", "57", "fsync", "82", "fdatasync", "83"));
 
     /**
-     * Whether a thread of process {@code pid} waits inside one of the system calls {@code names}, uninterruptibly (state
-     * D: for the disk or the file system; a call that merely passes by is not counted).
+     * Whether a thread of process {@code pid} waits inside one of the system calls {@code names}, uninterruptibly
+     * (state D: for the disk or the file system; a call that merely passes by is not counted).
      */
     static boolean blockedIn(long pid, String... names) {
         Map<String, String> numbers = CALLS.get(System.getProperty("os.arch"));
