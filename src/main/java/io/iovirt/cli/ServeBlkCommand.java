@@ -198,23 +198,24 @@ final class ServeBlkCommand implements Callable<Integer> {
         // A standby opens the image only to check it (read-only: the process serving it may be writing it) and
         // opens it for serving once it serves the socket (below).
         DiskImage img = Images.open(image, format, readOnly || standby, direct);
+        // The socket (and so the image, to a standby or the next backend) is let go of only after the image was
+        // flushed and closed, on every way out (a server that cannot start, a failed final flush, an exception): a
+        // standby that took over while this process still wrote back a qcow2 image's tables read them as they were
+        // before, and both processes wrote the image.
+        SocketOwner owner = null;
         try {
             checkSize(image, img.size(), allowPartialSector);
             Signals.Termination termination = Signals.watch();
             // Under systemd (Type=notify): READY=1 once the socket listens, or once a standby stands by behind the
             // process that serves it, so that units ordered after this one (libvirt) find the socket there.
             SdNotify notify = SdNotify.fromEnvironment();
-            SocketOwner free;
             if (standby) { // crash recovery (issue 11): everything is ready but the socket
                 warmUp();
-                free = SocketOwner.tryAcquire(socket); // null: another process serves it
+                owner = SocketOwner.tryAcquire(socket); // null: another process serves it
             } else {
-                free = SocketOwner.acquire(socket);
+                owner = SocketOwner.acquire(socket);
             }
-            SocketOwner owner;
-            if (free != null) {
-                owner = free;
-            } else {
+            if (owner == null) {
                 LOG.info("standby for " + socket + ": waiting for the process that serves it to exit");
                 notify(notify, "READY=1\nSTATUS=standing by for " + socket);
                 // Stopped while standing by (systemctl stop of the pair stops both members): nothing to complete or
@@ -254,33 +255,63 @@ final class ServeBlkCommand implements Callable<Integer> {
             if (jfrSlowMs != null) {
                 device.slowRequestThreshold(java.time.Duration.ofMillis(jfrSlowMs));
             }
-            // The socket (and so the image, to a standby) is handed on only after the image was flushed and closed: a
-            // standby that took over while this process still wrote back a qcow2 image's tables read them as they
-            // were before, and both processes wrote the image.
-            try (owner) {
+            Throwable failure = null;
+            try {
                 serve(device, img, termination, notify);
-                if (!device.quiescent()) {
-                    // A queue given up on (a request stuck in image I/O: a hung NFS or FUSE file, a dying disk) may
-                    // still use the image's descriptors: closed now, a number could be reused by whatever this
-                    // process opens on its way out and take that request's writes; the flush would wait for the same
-                    // file system. The image stays open (and its lock held) until the process has exited.
-                    img = null;
-                    LOG.severe("a request of the frontend is still in I/O on " + image + " (its file system or disk"
-                            + " does not answer): exiting without the final flush; the image stays open and locked"
-                            + " until the process has exited. Make that file system or disk answer again (a hung NFS"
-                            + " server or FUSE daemon, a failing disk) before the image is used again");
-                    logStats("stopped; image not synced. ", device, null);
-                    return 1;
+            } catch (Exception | Error e) {
+                failure = e; // the server has stopped (or never started): the image is dealt with first
+            }
+            if (!device.quiescent()) {
+                // A queue given up on (a request stuck in image I/O: a hung NFS or FUSE file, a dying disk) may
+                // still use the image's descriptors: closed now, a number could be reused by whatever this
+                // process opens on its way out and take that request's writes; the flush would wait for the same
+                // file system. The image stays open (and its lock held) until the process has exited, also when
+                // serving ended in an exception.
+                img = null;
+                LOG.severe("a request of the frontend is still in I/O on " + image + " (its file system or disk"
+                        + " does not answer): exiting without the final flush; the image stays open and locked"
+                        + " until the process has exited. Make that file system or disk answer again (a hung NFS"
+                        + " server or FUSE daemon, a failing disk) before the image is used again");
+                if (failure != null) {
+                    LOG.severe("serving " + image + " ended in an error: " + failure);
                 }
+                logStats("stopped; image not synced. ", device, null);
+                return 1;
+            }
+            // Quiescent: flushed (also after an error: what the guest wrote is made durable if it can be), closed and
+            // unlocked here, and only then is the socket let go of (below).
+            try {
                 device.flush();
-                logStats("stopped; image synced. ", device, null);
+                logStats(failure == null ? "stopped; image synced. " : "image synced. ", device, null);
+            } catch (IOException | RuntimeException e) {
+                if (failure == null) {
+                    failure = e;
+                } else {
+                    failure.addSuppressed(e);
+                }
+            } finally {
                 DiskImage served = img;
                 img = null;
-                served.close();
+                try {
+                    served.close();
+                } finally {
+                    device.close(); // lets go of the image lock a queue kept (its hand-over failed)
+                }
+            }
+            if (failure instanceof Error e) {
+                throw e;
+            } else if (failure != null) {
+                throw (Exception) failure;
             }
         } finally {
-            if (img != null) {
-                img.close();
+            try {
+                if (img != null) {
+                    img.close();
+                }
+            } finally {
+                if (owner != null) {
+                    owner.close(); // last: the image is closed (or, stuck, stays open and locked until the exit)
+                }
             }
         }
         return 0;

@@ -54,6 +54,13 @@ public final class RpcServer implements AutoCloseable {
      */
     static final int LARGE_LINE = 64 * 1024;
     /**
+     * The longest string id echoed in a reply, in characters (numbers are at most 40, {@link JsonParser}): ids name
+     * requests and are short. A longer one is refused with an error whose id is null. Echoed, the ids of up to {@link
+     * #MAX_LINE} bytes of a client that never reads made each reply as long, held for up to {@link #IDLE_TIMEOUT} per
+     * connection.
+     */
+    public static final int MAX_ID = 256;
+    /**
      * How long {@link #close} waits for the client threads: a disconnected client's thread ends at once, one inside
      * a call (a blk.add opening a slow image) when the call returns.
      */
@@ -167,7 +174,7 @@ public final class RpcServer implements AutoCloseable {
             s.setReceiveTimeout(IDLE_TIMEOUT);
             s.setSendTimeout(IDLE_TIMEOUT); // a client that never reads cannot hold this thread forever
             MemorySegment buf = arena.allocate(64 * 1024);
-            ByteArrayOutputStream line = new ByteArrayOutputStream();
+            LineBuffer line = new LineBuffer();
             boolean discarding = false;
             while (!closed) {
                 UnixSocket.Received r = s.recv(buf, 0);
@@ -189,7 +196,7 @@ public final class RpcServer implements AutoCloseable {
                         }
                     }
                     discarding = false;
-                    line.reset();
+                    line.done();
                 }
                 line.write(chunk, start, chunk.length - start);
                 if (line.size() > MAX_LINE) {
@@ -308,6 +315,12 @@ public final class RpcServer implements AutoCloseable {
         if (id != null && !(id instanceof String) && !(id instanceof Long) && !(id instanceof java.math.BigDecimal)) {
             return errorObject(null, RpcException.INVALID_REQUEST, "id must be a string, a number or null");
         }
+        if (id instanceof String text && text.length() > MAX_ID) { // a number's length JsonParser bounds
+            return errorObject(
+                    null,
+                    RpcException.INVALID_REQUEST,
+                    "id is longer than " + MAX_ID + " characters; use a short string or a number to name a request");
+        }
         if (!"2.0".equals(m.get("jsonrpc"))) {
             return errorObject(id, RpcException.INVALID_REQUEST, "\"jsonrpc\": \"2.0\" is missing");
         }
@@ -341,6 +354,33 @@ public final class RpcServer implements AutoCloseable {
         r.put("id", id);
         r.put("result", result);
         return r;
+    }
+
+    /**
+     * A client's request line being received. Once a line is done the buffer is emptied, and when a large line grew it
+     * beyond {@link #LARGE_LINE} it goes back to its normal size: it grows to the longest line (up to {@link
+     * #MAX_LINE}), and kept that for the connection's life, so a client that sent one large line and then idled or
+     * sent short ones pinned it.
+     */
+    static final class LineBuffer extends ByteArrayOutputStream {
+        private static final int NORMAL = 4 * 1024;
+
+        LineBuffer() {
+            super(NORMAL);
+        }
+
+        /** Empties the buffer after a line, back at its normal size if the line was large. */
+        void done() {
+            if (buf.length > LARGE_LINE) {
+                buf = new byte[NORMAL];
+            }
+            reset();
+        }
+
+        /** Bytes the buffer holds on to (tests). */
+        int capacity() {
+            return buf.length;
+        }
     }
 
     private static Map<String, Object> errorObject(Object id, int code, String message) {

@@ -1170,6 +1170,57 @@ class DaemonApiTest {
         }
     }
 
+    /**
+     * An id longer than {@link RpcServer#MAX_ID} characters is refused, and the error does not echo it (its id is
+     * null): a same-uid client sending ids of almost {@link RpcServer#MAX_LINE} bytes and never reading had every
+     * reply as long held for it. An id of the bound is echoed as before; the connection stays usable.
+     */
+    @Test
+    void aLongIdIsRefusedNotEchoed() throws Exception {
+        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+            String ok = "i".repeat(RpcServer.MAX_ID);
+            c.sendLine("{\"jsonrpc\":\"2.0\",\"id\":\"" + ok + "\",\"method\":\"version\"}");
+            assertTrue(c.readLine().contains("\"id\":\"" + ok + "\",\"result\""));
+            for (String id : List.of(
+                    "\"" + "i".repeat(RpcServer.MAX_ID + 1) + "\"",
+                    "\"" + "i".repeat(RpcServer.MAX_LINE - 100) + "\"",
+                    "\"" + "\u00e9".repeat(RpcServer.MAX_ID + 1) + "\"")) {
+                // both a valid request and one that is an error anyway (an unknown method) are refused for the id
+                for (String method : List.of("version", "nope")) {
+                    c.sendLine("{\"jsonrpc\":\"2.0\",\"id\":" + id + ",\"method\":\"" + method + "\"}");
+                    String reply = c.readLine();
+                    assertTrue(reply.length() < 500, "the id was echoed: " + reply.length() + " characters");
+                    assertTrue(
+                            reply.contains("\"id\":null")
+                                    && reply.contains("-32600")
+                                    && reply.contains("id is longer than " + RpcServer.MAX_ID + " characters"),
+                            reply);
+                }
+            }
+            c.sendLine("{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"version\"}");
+            assertTrue(c.readLine().contains("\"id\":7,\"result\""), "the connection stays usable");
+        }
+    }
+
+    /**
+     * A client's line buffer gives back what a large line took once that line is done: it grew to the longest line
+     * (up to {@link RpcServer#MAX_LINE}) and kept it for the connection's life.
+     */
+    @Test
+    void aLineBufferShrinksAfterALargeLine() {
+        RpcServer.LineBuffer line = new RpcServer.LineBuffer();
+        int normal = line.capacity();
+        byte[] large = new byte[RpcServer.MAX_LINE - 1000];
+        line.write(large, 0, large.length);
+        assertTrue(line.capacity() >= large.length);
+        line.done();
+        assertEquals(0, line.size());
+        assertEquals(normal, line.capacity(), "the buffer kept the large line's size");
+        line.write(large, 0, 1000);
+        line.done();
+        assertEquals(normal, line.capacity(), "a short line does not reallocate the buffer");
+    }
+
     @Test
     void hostileClientsDoNotHarmTheDaemon() throws Exception {
         // a line longer than the limit: an error, then the connection is dropped
