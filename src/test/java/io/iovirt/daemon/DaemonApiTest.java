@@ -1018,38 +1018,12 @@ class DaemonApiTest {
     @Test
     @Tag("peer")
     void aSlowRemoveDelaysOnlyItself() throws Exception {
-        Path fuse2fs = io.iovirt.testing.Require.program("fuse2fs", "apt-get install fuse2fs fuse3");
-        Path mkfs = io.iovirt.testing.Require.program("mkfs.ext4", "apt-get install e2fsprogs");
-        io.iovirt.testing.Require.that(Files.isReadable(Path.of("/dev/fuse")), "/dev/fuse is missing (modprobe fuse)");
-        Path fs = image("fs.img", 16 << 20);
-        assertEquals(
-                0,
-                new ProcessBuilder(mkfs.toString(), "-q", "-F", fs.toString())
-                        .start()
-                        .waitFor());
-        Path mnt = Files.createDirectory(dir.resolve("mnt"));
-        Process fuse = new ProcessBuilder(fuse2fs.toString(), fs.toString(), mnt.toString(), "-f", "-o", "fakeroot")
-                .redirectErrorStream(true)
-                .redirectOutput(dir.resolve("fuse2fs.log").toFile())
-                .start();
         java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
-        try {
-            for (int i = 0; i < 400 && !fuseMounted(mnt); i++) {
-                assertTrue(fuse.isAlive(), Files.readString(dir.resolve("fuse2fs.log")));
-                Thread.sleep(50);
-            }
-            assertTrue(fuseMounted(mnt), "fuse2fs did not mount " + mnt);
-            Path img = mnt.resolve("disk.raw");
-            try (RandomAccessFile r = new RandomAccessFile(img.toFile(), "rw")) {
-                r.setLength(1 << 20);
-            }
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path img = fs.file("disk.raw", 1 << 20);
             Path sock = dir.resolve("slow.sock");
             ok("blk.add", "id", "slow", "image", img.toString(), "socket", sock.toString());
-            assertEquals(
-                    0,
-                    new ProcessBuilder("kill", "-STOP", Long.toString(fuse.pid()))
-                            .start()
-                            .waitFor());
+            fs.stop();
             java.util.concurrent.Future<Object> slow = threads.submit(() -> {
                 try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
                     return c.call("blk.remove", p("id", "slow"));
@@ -1076,22 +1050,12 @@ class DaemonApiTest {
                 assertTrue(metrics.contains("iovirt_build_info"), metrics);
                 assertTrue(!slow.isDone(), "the removal ended early");
             } finally {
-                new ProcessBuilder("kill", "-CONT", Long.toString(fuse.pid()))
-                        .start()
-                        .waitFor();
+                fs.resume();
             }
             assertEquals(true, ((Map<?, ?>) slow.get(60, TimeUnit.SECONDS)).get("removed"));
             ok("blk.add", "id", "slow", "image", image("c.raw", 1 << 20).toString(), "socket", sock.toString());
         } finally {
-            new ProcessBuilder("kill", "-CONT", Long.toString(fuse.pid()))
-                    .start()
-                    .waitFor();
             threads.shutdown();
-            if (fuseMounted(mnt)) {
-                new ProcessBuilder("fusermount3", "-u", mnt.toString()).start().waitFor();
-            }
-            fuse.destroy();
-            fuse.waitFor(10, TimeUnit.SECONDS);
         }
     }
 
@@ -1110,11 +1074,6 @@ class DaemonApiTest {
                                 dir.resolve("b.sock").toString())));
         assertEquals(RpcException.EXISTS, e.code(), e.getMessage());
         return e;
-    }
-
-    private static boolean fuseMounted(Path mnt) throws java.io.IOException {
-        return Files.readAllLines(Path.of("/proc/self/mountinfo")).stream()
-                .anyMatch(l -> l.contains(" " + mnt + " ") && l.contains(" - fuse"));
     }
 
     /**

@@ -96,11 +96,23 @@ public final class StoppableFuse implements AutoCloseable {
     @Override
     public void close() throws Exception {
         resume();
-        if (mounted()) {
-            run(List.of("fusermount3", "-u", mount.toString()));
+        try {
+            if (mounted()) {
+                // Busy while the code under test still holds a file of it open (a daemon a test closes after this):
+                // then detached (lazy unmount). Asserting on the first unmount left fuse2fs running and, once it
+                // ended, a dead mount under /tmp for every such test run.
+                Process p = new ProcessBuilder("fusermount3", "-u", mount.toString())
+                        .redirectErrorStream(true)
+                        .start();
+                p.getInputStream().readAllBytes();
+                if (!p.waitFor(30, TimeUnit.SECONDS) || p.exitValue() != 0) {
+                    run(List.of("fusermount3", "-u", "-z", mount.toString()));
+                }
+            }
+        } finally {
+            fuse.destroy();
+            fuse.waitFor(10, TimeUnit.SECONDS);
         }
-        fuse.destroy();
-        fuse.waitFor(10, TimeUnit.SECONDS);
     }
 
     /**
