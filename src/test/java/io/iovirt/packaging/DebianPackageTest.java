@@ -241,7 +241,10 @@ class DebianPackageTest {
             inside(systemd, aptGet("install", upgrade.toString()), 900);
             Map<String, String> upgraded = show(systemd, units);
             for (String unit : units) {
-                assertEquals("active", upgraded.get(unit + " ActiveState"), unit + " after the upgrade: " + upgraded);
+                assertEquals(
+                        "active",
+                        upgraded.get(unit + " ActiveState"),
+                        () -> unit + " after the upgrade: " + upgraded + "\n" + systemd.journal(unit));
                 assertEquals(
                         "no",
                         upgraded.get(unit + " NeedDaemonReload"),
@@ -254,7 +257,10 @@ class DebianPackageTest {
             inside(systemd, aptGet("install", "--reinstall", upgrade.toString()), 900);
             Map<String, String> reinstalled = show(systemd, units);
             for (String unit : units) {
-                assertEquals("active", reinstalled.get(unit + " ActiveState"), unit + ": " + reinstalled);
+                assertEquals(
+                        "active",
+                        reinstalled.get(unit + " ActiveState"),
+                        () -> unit + " after the reinstall: " + reinstalled + "\n" + systemd.journal(unit));
                 assertNotEquals(
                         upgraded.get(unit + " InvocationID"),
                         reinstalled.get(unit + " InvocationID"),
@@ -277,7 +283,10 @@ class DebianPackageTest {
                             "--state=activating,active,deactivating,reloading",
                             "iovirt*"),
                     60);
-            assertEquals("", running.out().strip(), "units of the removed package still running");
+            assertEquals(
+                    "",
+                    running.out().strip(),
+                    () -> "units of the removed package still running\n" + systemd.journal("iovirt*"));
             SystemdNamespace.Result processes =
                     systemd.run(List.of("pgrep", "-af", "/usr/lib/iovirt/|/usr/bin/iovirt"), 60);
             assertEquals("", processes.out().strip(), "processes of the removed package still running");
@@ -329,7 +338,7 @@ class DebianPackageTest {
     /** Runs {@code cmd} in the namespaces of {@code systemd}; it must succeed. */
     private static void inside(SystemdNamespace systemd, List<String> cmd, int seconds) throws Exception {
         SystemdNamespace.Result r = systemd.run(cmd, seconds);
-        assertEquals(0, r.exit(), cmd + ":\n" + r.out() + "\nsystemd's log:\n" + systemd.log());
+        assertEquals(0, r.exit(), cmd + ":\n" + r.out() + "\n" + systemd.journal("iovirt*"));
     }
 
     /** ActiveState, NeedDaemonReload and InvocationID of each unit, as "UNIT PROPERTY" -> value. */

@@ -134,9 +134,21 @@ public final class SystemdNamespace implements AutoCloseable {
         }
     }
 
-    /** The systemd's console log so far, for messages. */
-    public String log() {
-        return unshare.logTail(50);
+    /**
+     * For a failure's message: the journal inside the namespaces of the units matching {@code unitGlob} (their output
+     * and systemd's lines about them), last 80 lines, and what the boot script printed.
+     */
+    public String journal(String unitGlob) {
+        String journal;
+        try {
+            journal = run(List.of("journalctl", "--no-pager", "--lines=80", "--unit=" + unitGlob), 60).out;
+        } catch (IOException | RuntimeException | AssertionError e) {
+            journal = "(journalctl failed: " + e + ")";
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            journal = "(interrupted)";
+        }
+        return "journal of " + unitGlob + ":\n" + journal + "\nboot-systemd.sh printed:\n" + unshare.logTail(20);
     }
 
     /**

@@ -27,8 +27,11 @@ mount -o remount,bind,ro /sys
 mkdir -p /run/systemd/system /run/lock
 cat > /run/systemd/system/idle-for-tests.target <<'UNIT'
 [Unit]
-Description=Nothing: the units a test starts, and what they need
+Description=Nothing but the journal: the units a test starts, and what they need
 DefaultDependencies=no
+# Its log and the units' (journalctl inside the namespaces), kept in this /run only: nothing flushes it to /var.
+Wants=systemd-journald.socket systemd-journald-dev-log.socket
+After=systemd-journald.socket systemd-journald-dev-log.socket
 UNIT
 mask() { [ -e "/run/systemd/system/$1" ] || ln -s /dev/null "/run/systemd/system/$1"; }
 shopt -s nullglob
@@ -54,4 +57,4 @@ for unit in systemd-remount-fs.service systemd-fsck-root.service systemd-tmpfile
   mask "$unit"
 done
 exec env -i container=iovirt-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-  /lib/systemd/systemd --unit=idle-for-tests.target --log-target=console --show-status=no
+  /lib/systemd/systemd --unit=idle-for-tests.target --log-target=journal --show-status=no
