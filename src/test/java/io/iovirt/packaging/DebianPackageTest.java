@@ -210,31 +210,44 @@ class DebianPackageTest {
 
     /**
      * The maintainer scripts under a real systemd ({@link SystemdNamespace}: PID 1 here is not systemd), as an
-     * administrator lives with them: the daemon and an export (a template's instance) started, then an upgrade to a
-     * version whose unit files changed, and the same package installed again, each restarting both on the new files
-     * (postinst: daemon-reload, try-restart); both enabled, then {@code apt-get remove} stops them (prerm: nothing of
+     * administrator lives with them: the daemon, an export (a template's instance) and an export served by a warm
+     * standby pair (a templated target and its two members) started, then an upgrade to a version whose unit files
+     * changed, and the same package installed again, each restarting every running service on the new files
+     * (postinst: daemon-reload, try-restart); all enabled, then {@code apt-get remove} stops them (prerm: nothing of
      * the package left running the program dpkg deleted) and keeps the enablement, as Debian does;
-     * {@code apt-get purge} removes the daemon's state and the enablement links (postrm), and keeps the image.
+     * {@code apt-get purge} removes the daemon's state and the enablement links (postrm), and keeps the images.
      */
     @Test
     void maintainerScriptsManageTheRunningServices(@TempDir Path tmp) throws Exception {
         String export = "iovirt-pkgtest";
-        Path image = Path.of("/var/lib/iovirt", export + ".raw");
-        boolean stateDirWasThere = Files.isDirectory(image.getParent());
+        String pair = "iovirt-pkgpair";
+        List<Path> images =
+                List.of(Path.of("/var/lib/iovirt", export + ".raw"), Path.of("/var/lib/iovirt", pair + ".raw"));
+        Path stateDir = Path.of("/var/lib/iovirt");
+        boolean stateDirWasThere = Files.isDirectory(stateDir);
         Path wants = Path.of("/etc/systemd/system/multi-user.target.wants");
-        List<String> units = List.of("iovirt.service", "iovirt-blk@" + export + ".service");
-        List<String> linksBefore = units.stream()
+        // What an administrator starts and enables, and the services that then run.
+        List<String> started = List.of(
+                "iovirt.service", "iovirt-blk@" + export + ".service", "iovirt-blk-standby@" + pair + ".target");
+        List<String> units = List.of(
+                "iovirt.service",
+                "iovirt-blk@" + export + ".service",
+                "iovirt-blk-standby-a@" + pair + ".service",
+                "iovirt-blk-standby-b@" + pair + ".service");
+        List<String> linksBefore = started.stream()
                 .filter(u -> Files.isSymbolicLink(wants.resolve(u)))
                 .toList();
         Path upgrade = upgradeOf(deb, tmp);
         try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
-            // The export's image, as an administrator puts it where the unit looks for it; the purge must keep it.
-            Files.createDirectories(image.getParent());
-            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            // The exports' images, as an administrator puts them where the units look; the purge must keep them.
+            Files.createDirectories(stateDir);
+            for (Path image : images) {
+                assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            }
             List<String> start = new ArrayList<>(List.of("systemctl", "start"));
-            start.addAll(units);
+            start.addAll(started);
             inside(systemd, start, 300);
             Map<String, String> before = show(systemd, units);
 
@@ -268,7 +281,7 @@ class DebianPackageTest {
             }
 
             List<String> enable = new ArrayList<>(List.of("systemctl", "enable"));
-            enable.addAll(units);
+            enable.addAll(started);
             inside(systemd, enable, 60);
             Path lock = Path.of("/var/lib/iovirt/daemon-state.json.lock");
             assertTrue(Files.exists(lock), "the daemon (--state /var/lib/iovirt/daemon-state.json) took its lock");
@@ -290,26 +303,30 @@ class DebianPackageTest {
             SystemdNamespace.Result processes =
                     systemd.run(List.of("pgrep", "-af", "/usr/lib/iovirt/|/usr/bin/iovirt"), 60);
             assertEquals("", processes.out().strip(), "processes of the removed package still running");
-            for (String unit : units) {
+            for (String unit : started) {
                 assertTrue(Files.isSymbolicLink(wants.resolve(unit)), unit + ": a removal keeps the enablement");
             }
 
             inside(systemd, aptGet("purge", "iovirt"), 900);
             assertFalse(Files.exists(lock), lock + " is left after the purge");
-            for (String unit : units) {
+            for (String unit : started) {
                 assertFalse(Files.isSymbolicLink(wants.resolve(unit)), wants.resolve(unit) + " left after the purge");
             }
             assertFalse(Files.exists(Path.of("/etc/iovirt")), "/etc/iovirt is left after the purge");
-            assertTrue(Files.isRegularFile(image), "the purge removed the administrator's image " + image);
+            for (Path image : images) {
+                assertTrue(Files.isRegularFile(image), "the purge removed the administrator's image " + image);
+            }
         } finally {
-            for (String unit : units) {
+            for (String unit : started) {
                 if (!linksBefore.contains(unit)) {
                     Files.deleteIfExists(wants.resolve(unit));
                 }
             }
-            Files.deleteIfExists(image);
+            for (Path image : images) {
+                Files.deleteIfExists(image);
+            }
             if (!stateDirWasThere) {
-                run(List.of("rm", "-rf", "--", image.getParent().toString()), 60);
+                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
             }
             // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
             run(aptGet("purge", "iovirt"), 900);
