@@ -8,7 +8,8 @@
 #   target/dist/root/lib/systemd/system/                     units from packaging/systemd (daemon, per-export, standby pair)
 #   target/dist/root/etc/                                    packaging/etc, conffiles: /etc/default/iovirt (the units'
 #                                                            options), /etc/iovirt/daemon.json (no devices yet)
-#   target/dist/root/DEBIAN/postinst                         packaging/postinst: the units' user and group
+#   target/dist/root/DEBIAN/{postinst,prerm,postrm}          packaging/*: the units' user and group, daemon-reload,
+#                                                            stop on removal, restart on upgrade, what purge removes
 #   target/iovirt_<version>_all.deb                          dpkg-deb --build of that tree
 # Options: --install (dpkg -i the package), --prefix DIR (with --install: copy the tree under DIR instead),
 #          --build-dir DIR (build there instead of target/, e.g. while something runs from target/iovirt.jar: Maven
@@ -86,7 +87,14 @@ done
 # dpkg-deb marks nothing as a conffile by itself (debhelper would): without this list an upgrade would overwrite an
 # administrator's edits, and a purge would leave the files behind.
 (cd "$TREE" && find etc -type f | sort | sed 's|^|/|') > "$TREE/DEBIAN/conffiles"
-install -m 0755 "$ROOT/packaging/postinst" "$TREE/DEBIAN/postinst"
+# The maintainer scripts (postinst: user and group, daemon-reload, restart of running units on an upgrade; prerm:
+# stop them on removal; postrm: daemon-reload, and what a purge removes), with the package's units in @UNITS@: the
+# unit files installed above, a template as a glob of its instances (iovirt-blk@.service -> iovirt-blk@*.service).
+UNITS="$(cd "$TREE/lib/systemd/system" && ls | sed 's/@\./@*./' | tr '\n' ' ' | sed 's/ $//')"
+for script in postinst prerm postrm; do
+  sed "s|@UNITS@|$UNITS|" "$ROOT/packaging/$script" > "$TREE/DEBIAN/$script"
+  chmod 0755 "$TREE/DEBIAN/$script"
+done
 
 cat > "$TREE/DEBIAN/control" <<CONTROL
 Package: iovirt

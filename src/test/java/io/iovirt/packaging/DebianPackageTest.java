@@ -2,25 +2,33 @@
 package io.iovirt.packaging;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.Await;
+import io.iovirt.testing.SystemdNamespace;
 import io.iovirt.vm.ChildProcess;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * The Debian package as an administrator gets it: scripts/package.sh builds it with dpkg-deb, dpkg installs it on
- * this machine, and the installed command, man page and completion work; it is removed again afterwards. Needs root
- * and dpkg; tagged "peer" (Failsafe, with the real third-party tools it drives: dpkg, man, bash).
+ * this machine, and the installed command, man page and completion work; its maintainer scripts keep a real systemd
+ * (booted in namespaces of its own) in step with it; it is removed again afterwards. Needs root and dpkg; tagged
+ * "peer" (Failsafe, with the real third-party tools it drives: dpkg, apt-get, systemd, man, bash).
  */
 @Tag("peer")
 class DebianPackageTest {
@@ -65,16 +73,11 @@ class DebianPackageTest {
         }
     }
 
-    private static List<String> aptGet(String action, String what) {
-        return List.of(
-                "env",
-                "DEBIAN_FRONTEND=noninteractive",
-                "apt-get",
-                "-y",
-                "-o",
-                "DPkg::Lock::Timeout=600",
-                action,
-                what);
+    private static List<String> aptGet(String... actionAndWhat) {
+        List<String> cmd = new ArrayList<>(
+                List.of("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "-o", "DPkg::Lock::Timeout=600"));
+        cmd.addAll(List.of(actionAndWhat));
+        return cmd;
     }
 
     @Test
@@ -203,6 +206,173 @@ class DebianPackageTest {
         } finally {
             run(List.of("rm", "-rf", dir.toString()), 30);
         }
+    }
+
+    /**
+     * The maintainer scripts under a real systemd ({@link SystemdNamespace}: PID 1 here is not systemd), as an
+     * administrator lives with them: the daemon, an export (a template's instance) and an export served by a warm
+     * standby pair (a templated target and its two members) started, then an upgrade to a version whose unit files
+     * changed, and the same package installed again, each restarting every running service on the new files
+     * (postinst: daemon-reload, try-restart); all enabled, then {@code apt-get remove} stops them (prerm: nothing of
+     * the package left running the program dpkg deleted) and keeps the enablement, as Debian does;
+     * {@code apt-get purge} removes the daemon's state and the enablement links (postrm), and keeps the images.
+     */
+    @Test
+    void maintainerScriptsManageTheRunningServices(@TempDir Path tmp) throws Exception {
+        String export = "iovirt-pkgtest";
+        String pair = "iovirt-pkgpair";
+        List<Path> images =
+                List.of(Path.of("/var/lib/iovirt", export + ".raw"), Path.of("/var/lib/iovirt", pair + ".raw"));
+        Path stateDir = Path.of("/var/lib/iovirt");
+        boolean stateDirWasThere = Files.isDirectory(stateDir);
+        Path wants = Path.of("/etc/systemd/system/multi-user.target.wants");
+        // What an administrator starts and enables, and the services that then run.
+        List<String> started = List.of(
+                "iovirt.service", "iovirt-blk@" + export + ".service", "iovirt-blk-standby@" + pair + ".target");
+        List<String> units = List.of(
+                "iovirt.service",
+                "iovirt-blk@" + export + ".service",
+                "iovirt-blk-standby-a@" + pair + ".service",
+                "iovirt-blk-standby-b@" + pair + ".service");
+        List<String> linksBefore = started.stream()
+                .filter(u -> Files.isSymbolicLink(wants.resolve(u)))
+                .toList();
+        Path upgrade = upgradeOf(deb, tmp);
+        try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            // The exports' images, as an administrator puts them where the units look; the purge must keep them.
+            Files.createDirectories(stateDir);
+            for (Path image : images) {
+                assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            }
+            List<String> start = new ArrayList<>(List.of("systemctl", "start"));
+            start.addAll(started);
+            inside(systemd, start, 300);
+            Map<String, String> before = show(systemd, units);
+
+            inside(systemd, aptGet("install", upgrade.toString()), 900);
+            Map<String, String> upgraded = show(systemd, units);
+            for (String unit : units) {
+                assertEquals(
+                        "active",
+                        upgraded.get(unit + " ActiveState"),
+                        () -> unit + " after the upgrade: " + upgraded + "\n" + systemd.journal(unit));
+                assertEquals(
+                        "no",
+                        upgraded.get(unit + " NeedDaemonReload"),
+                        unit + ": systemd re-read the unit file the upgrade changed: " + upgraded);
+                assertNotEquals(
+                        before.get(unit + " InvocationID"),
+                        upgraded.get(unit + " InvocationID"),
+                        unit + " was running and is restarted by the upgrade: " + upgraded);
+            }
+            inside(systemd, aptGet("install", "--reinstall", upgrade.toString()), 900);
+            Map<String, String> reinstalled = show(systemd, units);
+            for (String unit : units) {
+                assertEquals(
+                        "active",
+                        reinstalled.get(unit + " ActiveState"),
+                        () -> unit + " after the reinstall: " + reinstalled + "\n" + systemd.journal(unit));
+                assertNotEquals(
+                        upgraded.get(unit + " InvocationID"),
+                        reinstalled.get(unit + " InvocationID"),
+                        unit + " was running and is restarted by a reinstall: " + reinstalled);
+            }
+
+            List<String> enable = new ArrayList<>(List.of("systemctl", "enable"));
+            enable.addAll(started);
+            inside(systemd, enable, 60);
+            Path lock = Path.of("/var/lib/iovirt/daemon-state.json.lock");
+            assertTrue(Files.exists(lock), "the daemon (--state /var/lib/iovirt/daemon-state.json) took its lock");
+
+            inside(systemd, aptGet("remove", "iovirt"), 900);
+            SystemdNamespace.Result running = systemd.run(
+                    List.of(
+                            "systemctl",
+                            "list-units",
+                            "--plain",
+                            "--no-legend",
+                            "--state=activating,active,deactivating,reloading",
+                            "iovirt*"),
+                    60);
+            assertEquals(
+                    "",
+                    running.out().strip(),
+                    () -> "units of the removed package still running\n" + systemd.journal("iovirt*"));
+            SystemdNamespace.Result processes =
+                    systemd.run(List.of("pgrep", "-af", "/usr/lib/iovirt/|/usr/bin/iovirt"), 60);
+            assertEquals("", processes.out().strip(), "processes of the removed package still running");
+            for (String unit : started) {
+                assertTrue(Files.isSymbolicLink(wants.resolve(unit)), unit + ": a removal keeps the enablement");
+            }
+
+            inside(systemd, aptGet("purge", "iovirt"), 900);
+            assertFalse(Files.exists(lock), lock + " is left after the purge");
+            for (String unit : started) {
+                assertFalse(Files.isSymbolicLink(wants.resolve(unit)), wants.resolve(unit) + " left after the purge");
+            }
+            assertFalse(Files.exists(Path.of("/etc/iovirt")), "/etc/iovirt is left after the purge");
+            for (Path image : images) {
+                assertTrue(Files.isRegularFile(image), "the purge removed the administrator's image " + image);
+            }
+        } finally {
+            for (String unit : started) {
+                if (!linksBefore.contains(unit)) {
+                    Files.deleteIfExists(wants.resolve(unit));
+                }
+            }
+            for (Path image : images) {
+                Files.deleteIfExists(image);
+            }
+            if (!stateDirWasThere) {
+                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
+            }
+            // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
+            run(aptGet("purge", "iovirt"), 900);
+            Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
+            assertEquals(0, back.exit, back.out);
+        }
+    }
+
+    /** The package as a next version: its version plus "+pkgtest1", and comment lines added to two unit files. */
+    private static Path upgradeOf(Path deb, Path dir) throws Exception {
+        Path tree = dir.resolve("upgrade");
+        Result unpacked = run(List.of("dpkg-deb", "--raw-extract", deb.toString(), tree.toString()), 120);
+        assertEquals(0, unpacked.exit, unpacked.out);
+        Path control = tree.resolve("DEBIAN/control");
+        Files.writeString(control, Files.readString(control).replaceFirst("(?m)^(Version: .*)$", "$1+pkgtest1"));
+        for (String unit : List.of("iovirt.service", "iovirt-blk@.service")) {
+            Path file = tree.resolve("lib/systemd/system").resolve(unit);
+            Files.writeString(file, Files.readString(file) + "# changed by the upgrade\n");
+        }
+        Path out = dir.resolve("iovirt-upgrade.deb");
+        Result built = run(List.of("dpkg-deb", "--root-owner-group", "--build", tree.toString(), out.toString()), 300);
+        assertEquals(0, built.exit, built.out);
+        return out;
+    }
+
+    /** Runs {@code cmd} in the namespaces of {@code systemd}; it must succeed. */
+    private static void inside(SystemdNamespace systemd, List<String> cmd, int seconds) throws Exception {
+        SystemdNamespace.Result r = systemd.run(cmd, seconds);
+        assertEquals(0, r.exit(), cmd + ":\n" + r.out() + "\n" + systemd.journal("iovirt*"));
+    }
+
+    /** ActiveState, NeedDaemonReload and InvocationID of each unit, as "UNIT PROPERTY" -> value. */
+    private static Map<String, String> show(SystemdNamespace systemd, List<String> units) throws Exception {
+        Map<String, String> props = new LinkedHashMap<>();
+        for (String unit : units) {
+            SystemdNamespace.Result r = systemd.run(
+                    List.of("systemctl", "show", "--property=ActiveState,NeedDaemonReload,InvocationID", unit), 60);
+            assertEquals(0, r.exit(), r.out());
+            for (String line : r.out().strip().split("\n")) {
+                int eq = line.indexOf('=');
+                if (eq > 0) {
+                    props.put(unit + " " + line.substring(0, eq), line.substring(eq + 1));
+                }
+            }
+        }
+        return props;
     }
 
     private record Result(int exit, String out) {}
