@@ -187,6 +187,10 @@ public final class RpcServer implements AutoCloseable {
                     if (chunk[i] != '\n') {
                         continue;
                     }
+                    if (line.size() + (i - start) > MAX_LINE) { // also a line whose end came with its newline
+                        refuseLongLine(s);
+                        return;
+                    }
                     line.write(chunk, start, i - start);
                     start = i + 1;
                     if (!discarding) {
@@ -198,17 +202,11 @@ public final class RpcServer implements AutoCloseable {
                     discarding = false;
                     line.done();
                 }
-                line.write(chunk, start, chunk.length - start);
-                if (line.size() > MAX_LINE) {
-                    send(
-                            s,
-                            error(
-                                    null,
-                                    RpcException.LIMIT,
-                                    "request longer than " + MAX_LINE
-                                            + " bytes; requests are one JSON object per line"));
-                    return; // the rest of the line cannot be trusted to be a request: drop the client
+                if (line.size() + (chunk.length - start) > MAX_LINE) {
+                    refuseLongLine(s);
+                    return;
                 }
+                line.write(chunk, start, chunk.length - start);
             }
         } catch (SocketTimeoutException e) {
             // idle client: disconnected
@@ -224,6 +222,20 @@ public final class RpcServer implements AutoCloseable {
             s.close();
             handlers.remove(Thread.currentThread());
         }
+    }
+
+    /**
+     * Tells a client its line is longer than {@link #MAX_LINE} bytes (its newline not counted); the caller then drops
+     * it: the rest of the line cannot be trusted to be a request. Checked before the bytes are kept, wherever in a read
+     * the line ends, so that the limit is exact and the buffer never holds more.
+     */
+    private static void refuseLongLine(UnixSocket s) throws IOException {
+        send(
+                s,
+                error(
+                        null,
+                        RpcException.LIMIT,
+                        "request longer than " + MAX_LINE + " bytes; requests are one JSON object per line"));
     }
 
     /** One request line → the reply line (null: nothing to send, e.g. a notification or an empty line). */

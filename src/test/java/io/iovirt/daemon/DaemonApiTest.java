@@ -1180,6 +1180,38 @@ class DaemonApiTest {
         assertEquals(normal, line.capacity(), "a short line does not reallocate the buffer");
     }
 
+    /**
+     * The line limit is exact, wherever the line's newline falls: a line of {@link RpcServer#MAX_LINE} bytes is served,
+     * one byte more is refused (-32004) and the connection closed. The length was checked only on what was left of a
+     * read after its last newline, so a line whose end arrived in one read with its newline was served up to 64 KiB
+     * past the limit (docs/api.md: "a request line longer than 1 MiB gets error -32004").
+     */
+    @Test
+    void theLineLimitHoldsWhereverTheNewlineFalls() throws Exception {
+        String request = "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"version\"}";
+        for (int length : new int[] {RpcServer.MAX_LINE, RpcServer.MAX_LINE + 1}) {
+            byte[] line = new byte[length + 1];
+            java.util.Arrays.fill(line, (byte) ' ');
+            byte[] r = request.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+            System.arraycopy(r, 0, line, 0, r.length);
+            line[length] = '\n';
+            try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(30))) {
+                try {
+                    c.sendRaw(line);
+                } catch (java.io.IOException e) {
+                    // the daemon may hang up before everything was sent
+                }
+                String reply = c.readLine();
+                if (length <= RpcServer.MAX_LINE) {
+                    assertTrue(reply.contains("\"id\":7,\"result\""), length + " bytes: " + reply);
+                } else {
+                    assertTrue(reply.contains("-32004") && reply.contains("longer than"), length + " bytes: " + reply);
+                    assertThrows(java.io.IOException.class, c::readLine);
+                }
+            }
+        }
+    }
+
     @Test
     void hostileClientsDoNotHarmTheDaemon() throws Exception {
         // a line longer than the limit: an error, then the connection is dropped
