@@ -123,6 +123,17 @@ public final class RawImage implements DiskImage {
      * @throws IOException    the path is not a regular file nor a block device
      */
     static Fd openFileOrDevice(Path path, int flags) throws IOException {
+        // Refused before any open as well: opening some character devices acts (/dev/watchdog arms the host's
+        // watchdog, which reboots it unless it is closed just so). The fstat below still decides for a path swapped
+        // after this look.
+        try {
+            FileIo.Stat before = FileIo.stat(path);
+            if (!before.isRegularFile() && !before.isBlockDevice() && !before.isDirectory()) {
+                throw notFileOrDevice(path, before, null);
+            }
+        } catch (LinuxException e) {
+            // missing or unreadable: the open says why, with the caller's remedy
+        }
         Fd fd;
         try {
             fd = FileIo.open(path, flags | FileIo.O_NONBLOCK | FileIo.O_NOCTTY);

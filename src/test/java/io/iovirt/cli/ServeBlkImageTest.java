@@ -93,4 +93,49 @@ class ServeBlkImageTest {
             }
         }
     }
+
+    /**
+     * A character device as --image is refused before it is opened at all: opening some devices acts
+     * (/dev/watchdog arms the host's watchdog, which reboots the host unless closed just so). A real serve blk
+     * process under strace: no open of the node. It opened it (O_NONBLOCK) and refused it only after fstat.
+     */
+    @Test
+    void aCharacterDeviceImageIsRefusedWithoutBeingOpened() throws Exception {
+        Path strace = io.iovirt.testing.Require.program("strace", "apt-get install strace, or scripts/install-deps.sh");
+        io.iovirt.testing.Require.that("root".equals(System.getProperty("user.name")), "root, to make a device node");
+        Path node = tmp.resolve("watchdog");
+        // the device of /dev/null (1,3): harmless when opened, so whether it was opened can be seen safely
+        assertEquals(
+                0,
+                new ProcessBuilder("mknod", node.toString(), "c", "1", "3")
+                        .start()
+                        .waitFor());
+        Path trace = tmp.resolve("openat.trace");
+        Path out = tmp.resolve("serve.out");
+        List<String> command = new java.util.ArrayList<>(
+                List.of(strace.toString(), "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", trace.toString()));
+        command.addAll(io.iovirt.vm.IovirtCli.java(
+                List.of("-XX:+UseSerialGC"),
+                "io.iovirt.cli.Main",
+                List.of(
+                        "serve",
+                        "blk",
+                        "--image",
+                        node.toString(),
+                        "--socket",
+                        tmp.resolve("c.sock").toString())));
+        Process serve = new ProcessBuilder(command)
+                .redirectErrorStream(true)
+                .redirectOutput(out.toFile())
+                .start();
+        assertTrue(serve.waitFor(120, java.util.concurrent.TimeUnit.SECONDS), "serve blk did not exit");
+        String said = Files.readString(out);
+        assertEquals(1, serve.exitValue(), said);
+        assertTrue(
+                said.contains("image " + node + " is a character device, not a regular file or a block device"), said);
+        List<String> opens = Files.readAllLines(trace).stream()
+                .filter(l -> l.contains("\"" + node + "\""))
+                .toList();
+        assertEquals(List.of(), opens, "the device node was opened");
+    }
 }
