@@ -97,6 +97,10 @@ final class NbdHandshake {
                     throw new ProtocolViolation("option " + option + " with " + len + " bytes of data");
                 }
                 skip(len);
+                if (connection.shuttingDown()) { // as below: the client is told why the session ends
+                    optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                    continue;
+                }
                 optionReply(option, REP_ERR_TOO_BIG, "option data of " + len + " bytes is too large");
                 continue;
             }

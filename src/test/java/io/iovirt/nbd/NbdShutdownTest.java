@@ -139,4 +139,37 @@ class NbdShutdownTest {
             }
         }
     }
+
+    /**
+     * An option too large to read, under way when the shutdown begins, is answered with NBD_REP_ERR_SHUTDOWN too:
+     * the session ends after it, and NBD_REP_ERR_TOO_BIG (what it got before) tells the client to retry smaller, not
+     * that the server is going away.
+     */
+    @Test
+    void anOversizedOptionUnderWayWhenTheShutdownBeginsGetsErrShutdown() throws Exception {
+        Path img = dir.resolve("b.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("b.sock");
+        int len = NbdHandshake.MAX_OPTION + 1; // read past and refused, not read into memory
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 8);
+                RawClient c = RawClient.unix(sock)) {
+            s.addExport(new NbdExport("b", image, false));
+            c.raw(ByteBuffer.allocate(16 + 100)
+                    .putLong(Nbd.IHAVEOPT)
+                    .putInt(Nbd.OPT_GO)
+                    .putInt(len)
+                    .put(new byte[100])
+                    .flip());
+            Thread closer = Thread.ofPlatform().start(s::close);
+            try {
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                c.raw(ByteBuffer.allocate(len - 100));
+                assertEquals(Nbd.REP_ERR_SHUTDOWN, c.optionReply().type());
+                assertTrue(c.closedByPeer(), "closed once the option is answered");
+            } finally {
+                closer.join();
+            }
+        }
+    }
 }
