@@ -479,6 +479,26 @@ public final class UnixSocket implements AutoCloseable {
     }
 
     /**
+     * Whether a read would not block: bytes the peer sent wait to be read, or its end of stream (checked without
+     * blocking or consuming data; false once the socket is closed).
+     */
+    public boolean inputReady() throws LinuxException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment pfd = a.allocate(8, 4); // struct pollfd {int fd; short events; short revents}
+            pfd.set(JAVA_SHORT, 4, POLLIN);
+            int n;
+            synchronized (closeLock) { // asked from other threads: the number must still be this socket's
+                if (!fd.isOpen()) {
+                    return false;
+                }
+                pfd.set(JAVA_INT, 0, fd.get());
+                n = Syscalls.check(Syscalls.poll(pfd, 1, 0), "poll", name);
+            }
+            return n > 0 && (pfd.get(JAVA_SHORT, 6) & POLLIN) != 0;
+        }
+    }
+
+    /**
      * On a listening socket: whether a connection is waiting in the backlog to be accepted, waiting up to
      * {@code timeoutMs} for one (0: just look). Also true once the listener has been shut down, so a caller blocked
      * here wakes up as one blocked in {@link #accept} does.

@@ -209,6 +209,21 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         return !closed;
     }
 
+    /**
+     * Whether the peer sent bytes not read yet (or ended its stream): a read would not block. Looked at without
+     * consuming anything, from any thread; false once the channel is closed.
+     */
+    public boolean inputReady() {
+        if (closed) {
+            return false;
+        }
+        try {
+            return socket.inputReady();
+        } catch (LinuxException | IllegalStateException e) {
+            return false; // gone: nothing more will be read
+        }
+    }
+
     /** Shuts the connection down (waking a blocked reader or writer); the descriptor stays until {@link #release}. */
     @Override
     public void close() {

@@ -95,6 +95,9 @@ final class Nbd {
     static final int STATE_HOLE = 1;
     static final int STATE_ZERO = 2;
 
+    /** Longest string the protocol allows (doc/proto.md, "Conventions": error messages, names, descriptions). */
+    static final int MAX_STRING = 4096;
+
     /**
      * How many bytes of the UTF-8 text {@code utf8} fit in {@code max} bytes without cutting a character in two: all
      * of it when it fits, else {@code max} or fewer, up to the start of the character the byte at {@code max} belongs

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.nbd;
 
+import io.iovirt.linux.UnixSocketChannel;
 import java.io.EOFException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.ByteChannel;
 import java.nio.channels.GatheringByteChannel;
+import java.nio.channels.SocketChannel;
 
 /**
  * One client's socket, as both phases of its connection use it — {@link NbdHandshake}'s option haggling, then
@@ -57,6 +59,25 @@ final class NbdChannel {
         while (total > 0) {
             total -= out.write(bufs);
         }
+    }
+
+    /**
+     * Whether the client sent bytes not read yet (or ended its stream), looked at without blocking or consuming
+     * anything, from any thread: a request or option it sent before it could know the server is shutting down. False
+     * when that cannot be told (a closed channel, a channel of another kind).
+     */
+    boolean inputReady() {
+        try {
+            if (in instanceof UnixSocketChannel u) {
+                return u.inputReady();
+            }
+            if (in instanceof SocketChannel s && s.isOpen()) {
+                return s.socket().getInputStream().available() > 0;
+            }
+        } catch (IOException e) {
+            // closed meanwhile: nothing more will be read
+        }
+        return false;
     }
 
     boolean isOpen() {

@@ -233,24 +233,29 @@ final class NbdConnection implements Runnable {
     }
 
     /**
-     * Closes the connection if the server is shutting down, this connection's thread waits for the client and no
-     * request is in flight. Each of the three (the shutdown, the thread's wait, the last reply) calls this after its
-     * own volatile write, so whichever comes last sees the other two and closes.
+     * Closes the connection if the server is shutting down, this connection's thread waits for the client, no
+     * request is in flight and nothing the client sent waits unread. Each of the three (the shutdown, the thread's
+     * wait, the last reply) calls this after its own volatile write, so whichever comes last sees the other two and
+     * closes — unless the client's bytes wait in the socket: then the thread, woken by them, reads them and answers
+     * with the shutdown error, and its next {@link #awaiting} decides.
      */
     private void closeIfDone() {
-        if (shuttingDown && idle && (!transmission || freeSlots.get() == ALL_SLOTS)) {
+        if (shuttingDown && idle && (!transmission || freeSlots.get() == ALL_SLOTS) && !ch.inputReady()) {
             close();
         }
     }
 
     /**
      * Called before this connection's thread waits for the client's next option or request: false when the server
-     * is shutting down and nothing is in flight (the connection ends now); otherwise the thread reads on, and
-     * {@link #busy} must follow the read.
+     * is shutting down, nothing is in flight and nothing the client sent waits unread (the connection ends now);
+     * otherwise the thread reads on, and {@link #busy} must follow the read. A request or option waiting in the
+     * socket was sent before the client could know of the shutdown (while this thread was busy, e.g. writing a
+     * reply the client had not read yet): it is read and answered with the shutdown error (doc/proto.md: requests
+     * received after the shutdown SHOULD get ESHUTDOWN), not cut off by the close.
      */
     boolean awaiting() {
         idle = true;
-        if (shuttingDown && (!transmission || freeSlots.get() == ALL_SLOTS)) {
+        if (shuttingDown && (!transmission || freeSlots.get() == ALL_SLOTS) && !ch.inputReady()) {
             return false;
         }
         return true;

@@ -97,6 +97,10 @@ final class NbdHandshake {
                     throw new ProtocolViolation("option " + option + " with " + len + " bytes of data");
                 }
                 skip(len);
+                if (connection.shuttingDown()) { // as below: the client is told why the session ends
+                    optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                    continue;
+                }
                 optionReply(option, REP_ERR_TOO_BIG, "option data of " + len + " bytes is too large");
                 continue;
             }
@@ -333,11 +337,18 @@ final class NbdHandshake {
         optionReply(option, REP_ACK, (String) null);
     }
 
+    /**
+     * An option reply whose data is {@code message} (none if null), cut to the protocol's {@link Nbd#MAX_STRING}
+     * bytes at a character boundary: an error message may quote what the client sent (an export name of up to
+     * {@link #MAX_OPTION} bytes), and the client may refuse a string over the limit.
+     */
     private void optionReply(int option, int type, String message) throws IOException {
-        optionReply(
-                option,
-                type,
-                message == null ? ByteBuffer.allocate(0) : ByteBuffer.wrap(message.getBytes(StandardCharsets.UTF_8)));
+        if (message == null) {
+            optionReply(option, type, ByteBuffer.allocate(0));
+            return;
+        }
+        byte[] b = message.getBytes(StandardCharsets.UTF_8);
+        optionReply(option, type, ByteBuffer.wrap(b, 0, Nbd.utf8Prefix(b, Nbd.MAX_STRING)));
     }
 
     private void optionReply(int option, int type, ByteBuffer data) throws IOException {

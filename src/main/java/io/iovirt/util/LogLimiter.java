@@ -20,8 +20,15 @@ public final class LogLimiter {
         this.log = log;
     }
 
-    /** Logs {@code message} at {@code level} if the bucket has a token, else counts it. */
+    /**
+     * Logs {@code message} at {@code level} if the bucket has a token, else counts it. A line the logger would drop
+     * anyway (its level disabled, e.g. INFO under {@code --log-level warn}) takes no token and is not counted: lines
+     * nobody sees must not use up the bucket and silence the ones that are shown.
+     */
     public void log(System.Logger.Level level, String message) {
+        if (!log.isLoggable(level)) {
+            return;
+        }
         String line;
         synchronized (this) {
             long now = System.nanoTime();

@@ -62,6 +62,37 @@ class NbdErrorMessageTest {
         }
     }
 
+    /**
+     * An option's error message quoting what the client sent stays within the protocol's 4096 bytes, whole
+     * characters: a GO for an unknown export named with 4096 bytes (the longest name the protocol allows) was
+     * answered with its name and the words around it, 4142 bytes.
+     */
+    @Test
+    void anOptionErrorQuotingALongExportNameStaysWithinTheProtocolsLimit() throws Exception {
+        Path img = dir.resolve("o.raw");
+        Files.write(img, new byte[1 << 20]);
+        String name = "é".repeat(Nbd.MAX_STRING / 2); // 4096 bytes
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(dir.resolve("o.sock"), 4)) {
+            s.addExport(new NbdExport("o", image, false));
+            try (RawClient c = RawClient.unix(dir.resolve("o.sock"))) {
+                c.option(Nbd.OPT_GO, c.goData(name));
+                NbdServerTest.Reply r = c.optionReply();
+                assertEquals(Nbd.REP_ERR_UNKNOWN, r.type());
+                assertTrue(r.data().length <= Nbd.MAX_STRING, r.data().length + " bytes");
+                String message = StandardCharsets.UTF_8
+                        .newDecoder()
+                        .onMalformedInput(CodingErrorAction.REPORT)
+                        .onUnmappableCharacter(CodingErrorAction.REPORT)
+                        .decode(ByteBuffer.wrap(r.data()))
+                        .toString(); // throws MalformedInputException on a cut inside a character
+                assertTrue(message.startsWith("no export named 'éé"), message.substring(0, 40));
+                // the connection goes on: the client can still choose an export
+                c.go("o");
+            }
+        }
+    }
+
     @Test
     void utf8PrefixNeverEndsInsideACharacter() {
         byte[] b = "a€é😀".getBytes(StandardCharsets.UTF_8); // 1 + 3 + 2 + 4 bytes

@@ -139,4 +139,94 @@ class NbdShutdownTest {
             }
         }
     }
+
+    /**
+     * An option too large to read, under way when the shutdown begins, is answered with NBD_REP_ERR_SHUTDOWN too:
+     * the session ends after it, and NBD_REP_ERR_TOO_BIG (what it got before) tells the client to retry smaller, not
+     * that the server is going away.
+     */
+    @Test
+    void anOversizedOptionUnderWayWhenTheShutdownBeginsGetsErrShutdown() throws Exception {
+        Path img = dir.resolve("b.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("b.sock");
+        int len = NbdHandshake.MAX_OPTION + 1; // read past and refused, not read into memory
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 8);
+                RawClient c = RawClient.unix(sock)) {
+            s.addExport(new NbdExport("b", image, false));
+            c.raw(ByteBuffer.allocate(16 + 100)
+                    .putLong(Nbd.IHAVEOPT)
+                    .putInt(Nbd.OPT_GO)
+                    .putInt(len)
+                    .put(new byte[100])
+                    .flip());
+            Thread closer = Thread.ofPlatform().start(s::close);
+            try {
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                c.raw(ByteBuffer.allocate(len - 100));
+                assertEquals(Nbd.REP_ERR_SHUTDOWN, c.optionReply().type());
+                assertTrue(c.closedByPeer(), "closed once the option is answered");
+            } finally {
+                closer.join();
+            }
+        }
+    }
+
+    /**
+     * A request the client sent while the connection's thread was busy (here: writing a reply the client had not read
+     * yet) waits in the socket; when the shutdown finds nothing in flight it is still answered, with ESHUTDOWN, before
+     * the connection closes. Before, the connection was closed with it unread: a request sent before the shutdown
+     * even began got no reply at all, and the client saw a dropped connection instead of the protocol's ESHUTDOWN.
+     */
+    @Test
+    void aRequestWaitingInTheSocketWhenTheShutdownBeginsGetsEshutdown() throws Exception {
+        waiting(false);
+    }
+
+    @Test
+    void overTcpToo() throws Exception {
+        waiting(true);
+    }
+
+    private void waiting(boolean tcp) throws Exception {
+        // a reply the sockets' buffers cannot hold (loopback TCP's grow to a few MiB): its write waits for the client
+        int size = NbdConnection.MAX_PAYLOAD;
+        Path img = dir.resolve("w.raw");
+        try (var f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength(size);
+        }
+        Path sock = dir.resolve("w.sock");
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = tcp ? NbdServer.startTcp("127.0.0.1", 0, 8) : NbdServer.startUnix(sock, 8)) {
+            s.shutdownGrace(Duration.ofSeconds(60)); // the test's steps, however slow the machine, fit in it
+            s.addExport(new NbdExport("w", image, false));
+            Thread closer = null;
+            try (RawClient c = tcp ? RawClient.tcp(s.port()) : RawClient.unix(sock)) {
+                c.go("w");
+                long big = c.send(Nbd.CMD_READ, 0, 0, size, null);
+                ByteBuffer h = c.read(16); // the reply has begun: the connection's thread is writing it
+                assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
+                assertEquals(0, h.getInt());
+                assertEquals(big, h.getLong());
+                long queued = c.send(Nbd.CMD_READ, 0, 0, 4096, null); // waits in the socket meanwhile
+
+                closer = Thread.ofPlatform().start(s::close);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                c.read(size); // the rest of the reply: the connection's thread has nothing left in flight
+
+                Answer a = c.answer(false, 4096);
+                assertEquals(queued, a.cookie());
+                assertEquals(Nbd.ESHUTDOWN, a.error(), "the request waiting in the socket");
+                assertTrue(c.closedByPeer(), "the connection is closed once nothing is in flight");
+                closer.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(closer.isAlive(), "close() returned");
+            } finally {
+                s.close();
+                if (closer != null) {
+                    closer.join();
+                }
+            }
+        }
+    }
 }
