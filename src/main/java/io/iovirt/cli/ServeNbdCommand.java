@@ -132,15 +132,18 @@ final class ServeNbdCommand implements Callable<Integer> {
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
         // The export holds its image while it runs, as the daemon's do: a writable one owns it (QEMU or another
         // export writing it too would corrupt it), a read-only one keeps writers away (its clients would see data
-        // change under them). Closed after the image (declared first), so the lock outlives the final flush.
-        try (ImageLock lock = ImageLock.holdForExport(image, readOnly, "serve nbd");
-                DiskImage img = Images.open(image, fmt, readOnly, direct)) {
+        // change under them). Closed after the image, so the lock outlives the final flush.
+        ImageLock lock = ImageLock.holdForExport(image, readOnly, "serve nbd");
+        DiskImage img = null;
+        NbdServer server = null;
+        try {
+            img = Images.open(image, fmt, readOnly, direct);
             NbdExport export = new NbdExport(name, img, readOnly);
-            NbdServer server = listen.socket != null
+            server = listen.socket != null
                     ? NbdServer.startUnix(listen.socket, maxConnections, socketAccess.access())
                     : NbdServer.startTcp(host, port, maxConnections);
-            try (server) {
-                server.addExport(export);
+            try (NbdServer serving = server) {
+                serving.addExport(export);
                 LOG.info(String.format(
                         "exporting %s (%s, %s%s%s) as '%s' over NBD on %s",
                         image,
@@ -149,18 +152,45 @@ final class ServeNbdCommand implements Callable<Integer> {
                         export.readOnly() ? ", read-only" : "",
                         img.direct() ? ", O_DIRECT in " + img.blockSize() + "-byte blocks" : "",
                         name,
-                        server.address()));
+                        serving.address()));
                 Thread stats = statsOptions.start(() -> logStats("counters: ", export));
                 String signal = Signals.awaitTermination();
                 LOG.info(signal + ": stopping (clients are disconnected after their current request)");
                 StatsOptions.stop(stats);
             }
+            if (!server.quiescent()) {
+                logStats("stopped; image not synced. ", export);
+                return 1; // the image stays open (below)
+            }
             if (!img.readOnly()) {
                 img.flush();
             }
             logStats("stopped; image synced. ", export);
+        } finally {
+            // A request stuck in image I/O (a hung NFS or FUSE file, a dying disk) may still use the image's
+            // descriptors: closed, a number could be reused by whatever the process opens on its way out and take
+            // that request's writes, and the flush would wait on the same file system. So the image stays open (and
+            // locked) until the process has exited — also when serving ended in an exception.
+            if (server == null || server.quiescent()) {
+                try {
+                    if (img != null) {
+                        img.close();
+                    }
+                } finally {
+                    lock.close();
+                }
+            } else {
+                stuck(image);
+            }
         }
         return 0;
+    }
+
+    private static void stuck(Path image) {
+        LOG.severe("a request of a client is still in I/O on " + image + " (its file system or disk does not"
+                + " answer): exiting without the final flush; the image stays open and locked until the process has"
+                + " exited. Make that file system or disk answer again (a hung NFS server or FUSE daemon, a failing"
+                + " disk) before the image is used again");
     }
 
     /** The export's counters; with --log-format json also as a "stats" object (the counters ctl reports). */
