@@ -133,7 +133,7 @@ final class ServeNbdCommand implements Callable<Integer> {
         // The export holds its image while it runs, as the daemon's do: a writable one owns it (QEMU or another
         // export writing it too would corrupt it), a read-only one keeps writers away (its clients would see data
         // change under them). Closed after the image, so the lock outlives the final flush.
-        ImageLock lock = ImageLock.holdForExport(image, readOnly, "serve nbd");
+        ImageLock lock = ImageLock.holdForExport(image, readOnly, "serve nbd"); // null: nothing to hold (see there)
         DiskImage img = null;
         NbdServer server = null;
         try {
@@ -177,7 +177,9 @@ final class ServeNbdCommand implements Callable<Integer> {
                         img.close();
                     }
                 } finally {
-                    lock.close();
+                    if (lock != null) {
+                        lock.close();
+                    }
                 }
             } else {
                 stuck(image);
