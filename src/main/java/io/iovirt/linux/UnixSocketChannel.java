@@ -6,6 +6,7 @@ import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.ref.WeakReference;
 import java.nio.ByteBuffer;
 import java.nio.channels.AsynchronousCloseException;
 import java.nio.channels.ByteChannel;
@@ -20,9 +21,11 @@ import java.nio.channels.GatheringByteChannel;
  * <p>No allocation per call for direct buffers the channel has seen before (NbdAllocationTest measures it): the
  * kernel gets raw addresses through preallocated iovecs, and each direction remembers the native memory of the last
  * {@value #KNOWN} direct buffers it was given — a protocol's few long-lived header and payload buffers — so no
- * {@link MemorySegment} is made per call. A direct buffer's memory must stay allocated while a call on it runs (for
- * an arena's buffer: the arena not closed meanwhile); one already freed is refused. Heap buffers (rare: handshake
- * options, error messages) go through native staging.
+ * {@link MemorySegment} is made per call. It remembers them weakly: a buffer its owner dropped (a payload buffer
+ * replaced by a larger one, a handshake's buffers) is collected, with its native memory, as if the channel had never
+ * seen it. A direct buffer's memory must stay allocated while a call on it runs (for an arena's buffer: the arena
+ * not closed meanwhile); one already freed is refused. Heap buffers (rare: handshake options, error messages) go
+ * through native staging.
  *
  * <p>{@link #close} may come from any thread while another one is blocked in a read or write: it shuts the
  * socket down (the reader sees end-of-stream, a writer EPIPE) and marks the channel closed, but keeps the
@@ -59,35 +62,40 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
     }
 
     /**
-     * The native memory of recently used direct buffers, by identity: a buffer is its memory for its whole life, and
-     * holding the buffer keeps any other object from being mistaken for it. Filled round-robin.
+     * The native address of recently used direct buffers, by identity: a buffer is its memory for its whole life.
+     * The buffers are held weakly — neither the buffer nor a segment of it (whose scope, for a buffer not made from
+     * an arena, references the buffer) is kept, only its address — so remembering a buffer never keeps it, or its
+     * native memory, alive after its owner dropped it; a collected buffer's reference reads null, so no other object
+     * is mistaken for it. Filled round-robin.
      */
     private static final class KnownBuffers {
-        private final ByteBuffer[] buffers = new ByteBuffer[KNOWN];
-        /** {@code buffers[i]}'s memory from index 0 to its capacity. */
-        private final MemorySegment[] memory = new MemorySegment[KNOWN];
+        private final WeakReference<?>[] buffers = new WeakReference<?>[KNOWN];
+        /** The address of {@code buffers[i]}'s index 0. */
+        private final long[] base = new long[KNOWN];
 
         private int next;
 
-        /** The address of {@code b}'s position (b direct); makes a segment only for a buffer not seen recently. */
+        /**
+         * The address of {@code b}'s position (b direct, with bytes remaining); makes a segment and a reference only
+         * for a buffer not seen recently.
+         */
         long address(ByteBuffer b) {
-            MemorySegment m = null;
+            try {
+                b.get(b.position()); // an arena's buffer checks its arena on access: one closed throws
+            } catch (IllegalStateException e) {
+                throw new IllegalStateException("the buffer's memory was freed (its arena is closed)", e);
+            }
             for (int i = 0; i < KNOWN; i++) {
-                if (buffers[i] == b) {
-                    m = memory[i];
-                    break;
+                WeakReference<?> r = buffers[i];
+                if (r != null && r.get() == b) {
+                    return base[i] + b.position();
                 }
             }
-            if (m == null) {
-                m = MemorySegment.ofBuffer(b.duplicate().clear());
-                buffers[next] = b;
-                memory[next] = m;
-                next = (next + 1) % KNOWN;
-            }
-            if (!m.scope().isAlive()) {
-                throw new IllegalStateException("the buffer's memory was freed (its arena is closed)");
-            }
-            return m.address() + b.position();
+            long a = MemorySegment.ofBuffer(b.duplicate().clear()).address();
+            buffers[next] = new WeakReference<>(b);
+            base[next] = a;
+            next = (next + 1) % KNOWN;
+            return a + b.position();
         }
     }
 

@@ -61,11 +61,6 @@ public final class RateLimitedLog {
         LOG.log(Level.WARNING, text);
     }
 
-    /** Logs unconditionally (state changes such as connect/disconnect). */
-    public static void info(String message) {
-        LOG.log(Level.INFO, message);
-    }
-
     public static void warning(String message) {
         LOG.log(Level.WARNING, message);
     }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.net;
 
+import static java.lang.System.Logger.Level.INFO;
+import static java.lang.System.Logger.Level.WARNING;
 import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 
 import io.iovirt.linux.Epoll;
@@ -10,6 +12,7 @@ import io.iovirt.linux.PacketIo;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
+import io.iovirt.util.LogLimiter;
 import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -55,7 +58,11 @@ public final class StreamPort extends Port {
     private QueueWorker worker;
     private UnixSocket listener;
     private volatile boolean closing;
-    private final RateLimitedLog acceptLog = new RateLimitedLog(5000);
+    /**
+     * A peer's connections and their ends (connected, closed, refused, broken framing): a peer connecting in a loop
+     * makes a burst of lines, then one a second with the count of those left out.
+     */
+    private final LogLimiter connectionLog = new LogLimiter(System.getLogger("io.iovirt.net"));
 
     // receive side: the port thread only
     private MemorySegment rxBuf;
@@ -142,7 +149,7 @@ public final class StreamPort extends Port {
             }
             // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) or a connection that died in the
             // backlog: the port goes on; back off briefly so a level-triggered listener does not spin.
-            acceptLog.warn(this + ": accept failed: " + e.getMessage() + "; retrying");
+            connectionLog.log(WARNING, this + ": accept failed: " + e.getMessage() + "; retrying");
             try {
                 Thread.sleep(50);
             } catch (InterruptedException ie) {
@@ -155,7 +162,7 @@ public final class StreamPort extends Port {
             current = conn;
         }
         if (current != null) {
-            acceptLog.warn(this + ": refused a second connection while a peer is attached");
+            connectionLog.log(WARNING, this + ": refused a second connection while a peer is attached");
             s.close();
             return;
         }
@@ -166,8 +173,10 @@ public final class StreamPort extends Port {
             cred = null;
         }
         if (cred == null || !access.allows(cred.uid())) {
-            acceptLog.warn(this + ": refused a peer with "
-                    + (cred == null ? "unreadable credentials" : "uid " + cred.uid() + " (" + access + ")"));
+            connectionLog.log(
+                    WARNING,
+                    this + ": refused a peer with "
+                            + (cred == null ? "unreadable credentials" : "uid " + cred.uid() + " (" + access + ")"));
             s.close();
             return;
         }
@@ -182,7 +191,7 @@ public final class StreamPort extends Port {
         synchronized (this) {
             connections++;
         }
-        RateLimitedLog.info(this + ": peer connected");
+        connectionLog.log(INFO, this + ": peer connected");
     }
 
     /**
@@ -334,7 +343,7 @@ public final class StreamPort extends Port {
         c.close();
         fill = 0;
         if (why != null) {
-            RateLimitedLog.info(this + ": " + why + "; waiting for the next peer");
+            connectionLog.log(INFO, this + ": " + why + "; waiting for the next peer");
         }
     }
 

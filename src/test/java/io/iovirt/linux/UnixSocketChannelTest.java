@@ -5,8 +5,11 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
+import io.iovirt.testing.Await;
 import java.lang.foreign.Arena;
+import java.lang.ref.WeakReference;
 import java.nio.ByteBuffer;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
@@ -145,6 +148,58 @@ class UnixSocketChannelTest {
             a.release();
             b.release();
         }
+    }
+
+    /**
+     * The channel remembers the direct buffers it was given without keeping them: once their owner drops them they
+     * are collected (with their native memory) while the channel lives on. Before, each direction held the last 32
+     * for the connection's life — NBD's payload buffers replaced by larger ones among them.
+     */
+    @Test
+    void theBuffersItRemembersAreNotKeptReachable() throws Exception {
+        UnixSocket[] p = UnixSocket.pair();
+        UnixSocketChannel a = new UnixSocketChannel(p[0]);
+        UnixSocketChannel b = new UnixSocketChannel(p[1]);
+        try {
+            List<WeakReference<ByteBuffer>> used = exchangeThroughFreshBuffers(a, b);
+            Await.until(Duration.ofSeconds(20), "the dropped buffers to be collected", () -> {
+                System.gc();
+                return used.stream().allMatch(r -> r.get() == null);
+            });
+            ByteBuffer ok = ByteBuffer.allocateDirect(4).putInt(0, 0x5a5a1234);
+            a.write(ok);
+            ByteBuffer r = ByteBuffer.allocateDirect(4);
+            readFully(b, r);
+            assertEquals(0x5a5a1234, r.getInt(0), "the channel still works");
+        } finally {
+            a.release();
+            b.release();
+        }
+    }
+
+    /** Sends and receives through new direct buffers and drops them; returns weak references to them. */
+    private static List<WeakReference<ByteBuffer>> exchangeThroughFreshBuffers(UnixSocketChannel a, UnixSocketChannel b)
+            throws Exception {
+        List<WeakReference<ByteBuffer>> used = new ArrayList<>();
+        for (int i = 0; i < 4; i++) {
+            ByteBuffer out = ByteBuffer.allocateDirect(1 << 16).putInt(0, i);
+            ByteBuffer in = ByteBuffer.allocateDirect(1 << 16);
+            Thread reader = Thread.ofPlatform().start(() -> {
+                try {
+                    readFully(b, in);
+                } catch (Exception e) {
+                    throw new RuntimeException(e);
+                }
+            });
+            while (out.hasRemaining()) {
+                a.write(out);
+            }
+            reader.join();
+            assertEquals(i, in.getInt(0));
+            used.add(new WeakReference<>(out));
+            used.add(new WeakReference<>(in));
+        }
+        return used;
     }
 
     private static void readFully(UnixSocketChannel ch, ByteBuffer b) throws Exception {

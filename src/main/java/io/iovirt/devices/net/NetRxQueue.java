@@ -111,6 +111,18 @@ final class NetRxQueue {
 
     private final long[] doneLengths = new long[AHEAD];
     private int doneCount;
+    /** Frames (and their bytes) whose chains wait in {@link #done}, written but not yet returned to the guest. */
+    private int donePackets;
+
+    private long doneBytes;
+    /**
+     * Frames (and their bytes) returned to the guest but not yet made visible to the driver ({@link
+     * Virtqueue#publishUsed}). A frame counts as sent when its used entry is published; one that a failure kept from
+     * the driver counts as an error instead ({@link #lostToFailure}): each frame is counted once, as what happened.
+     */
+    private long unpublishedPackets;
+
+    private long unpublishedBytes;
     /** The frame being filled took a chain of {@link #spare}. */
     private boolean spareUsed;
 
@@ -222,6 +234,7 @@ final class NetRxQueue {
                     try {
                         q.publishUsed(); // what this burst delivered so far: the frontend reads used.idx when it stops
                         Mmap.surfaceFaults();
+                        published();
                         failure = null;
                     } catch (RuntimeException | Error e) {
                         Mmap.surfaceFaults();
@@ -234,6 +247,7 @@ final class NetRxQueue {
                     log.warn(name + " rx queue " + index + ": publishing the last frames failed: " + failure);
                 }
             }
+            lostToFailure(); // none if they were published
             q.releaseMemory();
             return q.vringBase();
         }
@@ -256,13 +270,13 @@ final class NetRxQueue {
                 return;
             }
             Throwable failure;
+            boolean counted = false; // as delivered (once published) or as a drop
             try {
                 try {
                     aheadTaken = 0; // one frame: its chains are popped as it needs them
                     aheadNext = 0;
-                    if (fill(f)) {
-                        tx.tx(f.length());
-                    }
+                    fill(f);
+                    counted = true;
                     // the interrupt waits for the sender's end of burst (flush), but not for ever
                     if (++unnotified >= MAX_UNNOTIFIED) {
                         toSignal = decideInterrupt();
@@ -277,7 +291,9 @@ final class NetRxQueue {
                 failure = fault;
             }
             if (failure != null) {
-                tx.increment(PortStat.TX_DROPPED_ERROR);
+                if (!counted) {
+                    tx.increment(PortStat.TX_DROPPED_ERROR);
+                }
                 error = failLocked(failure);
             }
         }
@@ -290,7 +306,8 @@ final class NetRxQueue {
      * or counts why not: what {@link #transmit(Frame)} does for each, under one acquisition of the lock, with one
      * running check and one fault check each side (the sender's at entry, this guest's at the end of the try block).
      * A failure fails this queue: the frame that met it counts as an error, the ones after it as link down, as they
-     * would one by one.
+     * would one by one, and the ones before it that were written but not yet shown to the driver as errors too.
+     * Frames count as sent only once their used entries are published ({@link #published}).
      */
     void transmit(Burst burst, int from, int to) {
         Mmap.surfaceFaults(); // a fault still pending from the sender's own memory is the sender's, thrown to it
@@ -302,8 +319,6 @@ final class NetRxQueue {
                 return;
             }
             int k = from;
-            long packets = 0;
-            long bytes = 0;
             Throwable failure;
             try {
                 try {
@@ -313,16 +328,12 @@ final class NetRxQueue {
                         if (planned > 0) { // the second pass: the guest's memory only
                             int c = doneCount - planned; // the planned frames' chains, in their order
                             for (int end = k + planned; k < end; k++) {
-                                bytes += writePlanned(burst.selected(k), done[c++]);
-                                packets++;
+                                doneBytes += writePlanned(burst.selected(k), done[c++]);
+                                donePackets++;
                             }
                             continue;
                         }
-                        Frame f = burst.selected(k); // does not fit one buffer, or no chain was taken ahead for it
-                        if (fill(f)) {
-                            packets++;
-                            bytes += f.length();
-                        }
+                        fill(burst.selected(k)); // does not fit one buffer, or no chain was taken ahead for it
                         k++;
                     }
                     returnDone();
@@ -341,14 +352,12 @@ final class NetRxQueue {
                 failure = fault;
             }
             if (failure != null) {
-                tx.increment(PortStat.TX_DROPPED_ERROR);
-                if (k + 1 < to) {
+                if (k < to) { // frame k met it (frames before it are counted already, the later ones never tried)
+                    tx.increment(PortStat.TX_DROPPED_ERROR);
                     tx.add(PortStat.TX_DROPPED_LINK_DOWN, to - k - 1);
                 }
-                error = failLocked(failure);
+                error = failLocked(failure); // the frames written but never shown to the driver count as errors
             }
-            tx.add(PortStat.TX_PACKETS, packets);
-            tx.add(PortStat.TX_BYTES, bytes);
         }
         signal(interrupt);
         signal(error);
@@ -405,6 +414,7 @@ final class NetRxQueue {
     private EventFd decideInterrupt() throws VirtqueueException {
         unnotified = 0;
         vq.publishUsed(); // the frames delivered since the last time, with one used-index store
+        published();
         if (!recheckScheduled) { // at most one pending per queue: one task per RECHECK_MILLIS while frames flow
             recheckScheduled = true;
             RECHECKS.schedule(this::recheck, io.iovirt.virtio.QueueWorker.RECHECK_MILLIS, TimeUnit.MILLISECONDS);
@@ -442,6 +452,7 @@ final class NetRxQueue {
      */
     private EventFd failLocked(Throwable e) {
         running = false; // the queue stays failed until the frontend restarts it
+        lostToFailure();
         if (vq != null) {
             vq.releaseMemory();
         }
@@ -526,20 +537,29 @@ final class NetRxQueue {
 
     /**
      * The frame's chains {@code use[0..n)} with {@code lengths[0..n)} go back in order: with the burst's other chains
-     * at its end, or now when one of them is a spare (the next frame reuses it).
+     * at its end, or now when one of them is a spare (the next frame reuses it). {@code frameBytes}: the frame's length
+     * when it was written into them (it counts as sent once published), -1 when they go back unused.
      */
-    private void finish(int n) throws VirtqueueException {
+    private void finish(int n, int frameBytes) throws VirtqueueException {
         if (spareUsed) {
             spareUsed = false;
             returnDone();
             for (int i = 0; i < n; i++) {
                 vq.pushBatched(use[i], lengths[i]);
             }
+            if (frameBytes >= 0) {
+                unpublishedPackets++;
+                unpublishedBytes += frameBytes;
+            }
             return;
         }
         for (int i = 0; i < n; i++) {
             done[doneCount] = use[i];
             doneLengths[doneCount++] = lengths[i];
+        }
+        if (frameBytes >= 0) {
+            donePackets++;
+            doneBytes += frameBytes;
         }
     }
 
@@ -550,6 +570,36 @@ final class NetRxQueue {
             doneCount = 0;
             vq.pushBatched(done, doneLengths, n);
         }
+        unpublishedPackets += donePackets;
+        unpublishedBytes += doneBytes;
+        donePackets = 0;
+        doneBytes = 0;
+    }
+
+    /** Under the lock, once the used index was published: the frames returned since the last time count as sent. */
+    private void published() {
+        if (unpublishedPackets > 0) {
+            tx.add(PortStat.TX_PACKETS, unpublishedPackets);
+            tx.add(PortStat.TX_BYTES, unpublishedBytes);
+            unpublishedPackets = 0;
+            unpublishedBytes = 0;
+        }
+    }
+
+    /**
+     * Under the lock, when the queue failed or stopped: the frames written or returned but never published count as
+     * errors (the driver never sees them), not as sent.
+     */
+    private void lostToFailure() {
+        long lost = donePackets + unpublishedPackets;
+        if (lost > 0) {
+            tx.add(PortStat.TX_DROPPED_ERROR, lost);
+        }
+        donePackets = 0;
+        doneBytes = 0;
+        doneCount = 0;
+        unpublishedPackets = 0;
+        unpublishedBytes = 0;
     }
 
     /**
@@ -592,7 +642,10 @@ final class NetRxQueue {
         return len;
     }
 
-    /** Returns true when the frame was delivered; counts the drop otherwise. */
+    /**
+     * Returns true when the frame was written (counted as sent once its used entries are published); counts the drop
+     * otherwise.
+     */
     private boolean fill(Frame f) throws VirtqueueException {
         int len = f.length();
         if (len > maxFrame) {
@@ -616,7 +669,7 @@ final class NetRxQueue {
             writeHeader(first, 1);
             Chains.scatter(first, headerSize, f.buffer(), f.offset(), len);
             lengths[0] = need;
-            finish(1);
+            finish(1, len);
             return true;
         }
         if (cap < headerSize) { // §5.1.6.3.1: every merge buffer holds at least a header
@@ -654,7 +707,7 @@ final class NetRxQueue {
             put += k;
         }
         writeHeader(first, n);
-        finish(n);
+        finish(n, len);
         return true;
     }
 
@@ -663,7 +716,7 @@ final class NetRxQueue {
         for (int i = 0; i < n; i++) {
             lengths[i] = 0;
         }
-        finish(n);
+        finish(n, -1);
     }
 
     /** No offloads are negotiated: flags and GSO type 0, num_buffers as used (§5.1.6.4). */

@@ -195,6 +195,8 @@ class HostileNetFrontendTest {
             a.postRx(0, 4096, 32);
             MemFd.truncate(a.ram.fd(), cut + 2 * 4096);
             long errorsBefore = pa.stats().get(PortStat.TX_DROPPED_ERROR);
+            long sentBefore = pa.stats().txPackets();
+            long countedBefore = sentBefore + pa.stats().txDropped();
             // one batch from B, A and C interleaved (A first): A's share fails A, C's share still arrives
             List<byte[]> toC = new ArrayList<>();
             for (int i = 0; i < 12; i++) {
@@ -216,6 +218,17 @@ class HostileNetFrontendTest {
                 assertArrayEquals(toC.get(i), c.receive(0), "B -> C frame " + i + " of the burst");
             }
             assertTrue(pa.stats().get(PortStat.TX_DROPPED_ERROR) > errorsBefore, "A counted the failed delivery");
+            // Exact counters: each of the 6 frames for A is counted once, and as sent only if A's driver was shown
+            // it (its used entry published). The frames written before the fault never reached A's driver.
+            io.iovirt.testing.Await.until(
+                    BOUND,
+                    () -> "A's 6 frames counted once each: " + pa.stats(),
+                    () -> pa.stats().txPackets() + pa.stats().txDropped() - countedBefore == 6);
+            int shown = 0;
+            while (a.ring(0).pollUsed() != -1) {
+                shown++;
+            }
+            assertEquals(shown, pa.stats().txPackets() - sentBefore, "frames counted as sent to A: " + pa.stats());
             honestTrafficFlows(b, c, 1); // B's thread survived the fault in A's memory
         }
     }
