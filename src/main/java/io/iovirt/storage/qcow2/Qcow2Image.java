@@ -282,15 +282,7 @@ public final class Qcow2Image implements DiskImage {
             checkFeatures(path, h, readOnly);
             if (h.backingFile() != null) {
                 Path bp = resolveBacking(path, h.backingFile());
-                ImageFormat bf = null;
-                if (h.backingFormat() != null) {
-                    try {
-                        bf = ImageFormat.parse(h.backingFormat());
-                    } catch (IllegalArgumentException e) {
-                        throw new IOException("backing file " + bp + " of " + path + " has format '" + h.backingFormat()
-                                + "': iovirt reads raw and qcow2 backing files");
-                    }
-                }
+                ImageFormat bf = backingFormat(path, h, bp);
                 depth[0]++;
                 try {
                     backingLock = ImageLock.holdForExport(bp, true, "backing file of " + path);
@@ -328,6 +320,29 @@ public final class Qcow2Image implements DiskImage {
             }
             file.close();
             throw e;
+        }
+    }
+
+    /**
+     * The format the header records for its backing file {@code bp}. An overlay without one (no backing format
+     * header extension: made by a qemu-img before 6.1 without {@code -F}) is refused rather than detected: a backing
+     * file that was a guest's raw disk holds whatever the guest wrote, a qcow2 header naming a host file (another
+     * tenant's disk, /etc/shadow) as its own backing file too, and detection would take it for qcow2 and serve that
+     * file to the guest. QEMU's qemu-img refuses to create such overlays since 6.1 for this reason.
+     */
+    private static ImageFormat backingFormat(Path path, Qcow2Header h, Path bp) throws IOException {
+        if (h.backingFormat() == null) {
+            throw new IOException("qcow2 image " + path + " names backing file " + bp + " without its format (no"
+                    + " backing format header extension): iovirt does not detect a backing file's format (a raw"
+                    + " backing file may hold a qcow2 header its guest wrote, naming any host file as its backing"
+                    + " file); record the format with 'qemu-img rebase -u -b " + h.backingFile() + " -F raw " + path
+                    + "' (or -F qcow2 if the backing file is a qcow2 image you made)");
+        }
+        try {
+            return ImageFormat.parse(h.backingFormat());
+        } catch (IllegalArgumentException e) {
+            throw new IOException("backing file " + bp + " of " + path + " has format '" + h.backingFormat()
+                    + "': iovirt reads raw and qcow2 backing files");
         }
     }
 

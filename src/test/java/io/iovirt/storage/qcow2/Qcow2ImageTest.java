@@ -162,6 +162,63 @@ class Qcow2ImageTest {
     }
 
     /**
+     * An overlay that does not record its backing file's format is refused: the backing file was a guest's raw disk,
+     * and the guest wrote a qcow2 header naming a host file as its backing file. Before, the backing file's format
+     * was detected: the overlay read as the host file's bytes. qemu-img 7.2 makes no such overlay (neither create
+     * nor rebase without -F), so the backing format header extension of one it made is renamed to an unknown one.
+     */
+    @Test
+    void anOverlayWithoutItsBackingFormatIsRefusedRatherThanProbed() throws Exception {
+        byte[] secret = fill(64 << 10, 's');
+        Path secretFile = dir.resolve("secret");
+        Files.write(secretFile, secret);
+        Path evil = QemuTools.createQcow2(
+                dir, "evil.qcow2", "1M", "backing_file=" + secretFile.toAbsolutePath(), "backing_fmt=raw");
+        byte[] guestDisk = java.util.Arrays.copyOf(Files.readAllBytes(evil), MIB); // what the guest wrote
+        Path base = dir.resolve("base.raw");
+        Files.write(base, guestDisk);
+        Path overlay = dir.resolve("o.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay.toString());
+        byte[] header = Files.readAllBytes(overlay);
+        int ext = indexOf(header, new byte[] {(byte) 0xe2, 0x79, 0x2a, (byte) 0xca});
+        assertTrue(ext >= 104 && ext < 4096, "the backing format header extension at " + ext);
+        try (RandomAccessFile f = new RandomAccessFile(overlay.toFile(), "rw")) {
+            f.seek(ext);
+            f.writeInt(0x10ad0bad); // an extension QEMU and iovirt ignore
+        }
+        String info = ok("qemu-img", "info", "-U", overlay.toString());
+        assertTrue(info.contains("backing file: base.raw") && !info.contains("backing file format"), info);
+
+        IOException e = assertThrows(
+                IOException.class, () -> Images.open(overlay, null, true, false).close());
+        assertTrue(
+                e.getMessage().contains("without its format")
+                        && e.getMessage().contains("qemu-img rebase -u -b base.raw -F raw " + overlay),
+                e.getMessage());
+        assertThrows(
+                IOException.class,
+                () -> Images.open(overlay, null, false, false).close());
+
+        ok("qemu-img", "rebase", "-u", "-b", "base.raw", "-F", "raw", overlay.toString()); // the remedy named
+        try (DiskImage q = Images.open(overlay, null, true, false)) {
+            assertArrayEquals(guestDisk, read(q, 0, MIB), "the guest's bytes, its qcow2 header only data");
+        }
+    }
+
+    private static int indexOf(byte[] hay, byte[] needle) {
+        outer:
+        for (int i = 0; i + needle.length <= hay.length; i++) {
+            for (int j = 0; j < needle.length; j++) {
+                if (hay[i + j] != needle[j]) {
+                    continue outer;
+                }
+            }
+            return i;
+        }
+        return -1;
+    }
+
+    /**
      * The backing file is locked as QEMU locks it for a reader while the overlay is open: a writer (qemu-io here; a
      * QEMU, a writable export) would change what the overlay's unallocated clusters show its guest. Before, nothing
      * locked it: qemu-io wrote the base under an open overlay, and an overlay opened over a base a writer held.
