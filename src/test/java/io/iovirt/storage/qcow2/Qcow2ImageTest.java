@@ -205,6 +205,59 @@ class Qcow2ImageTest {
         }
     }
 
+    /**
+     * A chain of images whose headers ask for the largest tables QEMU allows (a 32 MiB L1 table, an 8 MiB refcount
+     * table) over sparse files: each one opens alone, but the chain's tables are bounded. Before, every image of a
+     * chain (32 at most) took its tables and a 32 MiB L2 cache: about 3 GiB of one open.
+     */
+    @Test
+    void theMemoryOfABackingChainsTablesIsBounded() throws Exception {
+        List<Path> chain = new ArrayList<>();
+        for (int i = 0; i < 3; i++) {
+            Path p = dir.resolve("big" + i + ".qcow2");
+            if (i == 0) {
+                ok("qemu-img", "create", "-q", "-f", "qcow2", p.toString(), "1M");
+            } else {
+                ok(
+                        "qemu-img",
+                        "create",
+                        "-q",
+                        "-u",
+                        "-f",
+                        "qcow2",
+                        "-b",
+                        chain.get(i - 1).getFileName().toString(),
+                        "-F",
+                        "qcow2",
+                        p.toString(),
+                        "1M");
+            }
+            try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+                f.seek(36);
+                f.writeInt(4 << 20); // l1_size: 4M entries, 32 MiB
+                f.writeLong(64L << 20); // l1_table_offset
+                f.writeLong(128L << 20); // refcount_table_offset
+                f.writeInt(128); // refcount_table_clusters: 8 MiB
+                f.setLength((128L + 8) << 20); // sparse: the tables read as zeros
+            }
+            chain.add(p);
+        }
+        try (DiskImage q = Images.open(chain.get(0), null, true, false)) {
+            assertArrayEquals(new byte[4096], read(q, 0, 4096), "one image with the largest tables opens");
+        }
+        try (DiskImage q = Images.open(chain.get(1), null, true, false)) {
+            assertArrayEquals(new byte[4096], read(q, 0, 4096), "and an overlay over it");
+        }
+        IOException e = assertThrows(
+                IOException.class,
+                () -> Images.open(chain.get(2), null, true, false).close());
+        assertTrue(
+                e.getMessage().contains("qcow2 image " + chain.get(0) + " needs up to")
+                        && e.getMessage().contains("limit of 512 MiB for one backing chain")
+                        && e.getMessage().contains("cannot open backing file of " + chain.get(1)),
+                e.getMessage());
+    }
+
     private static int indexOf(byte[] hay, byte[] needle) {
         outer:
         for (int i = 0; i + needle.length <= hay.length; i++) {
