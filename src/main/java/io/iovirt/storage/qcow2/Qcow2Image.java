@@ -849,8 +849,11 @@ public final class Qcow2Image implements DiskImage {
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
                 refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
-            } else if ((e & OFLAG_ZERO) == 0 && (e & OFFSET_MASK) != 0) {
-                refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize); // a shared cluster we copied
+            } else if ((e & OFFSET_MASK) != 0 && target != (e & OFFSET_MASK)) {
+                // a shared cluster we copied, or a zero cluster's host cluster not written in place (no COPIED
+                // flag): either way the entry referenced it and no longer does. (The old entry's cluster is never
+                // the target in a consistent image; in a damaged one where its refcount was 0, it may be.)
+                refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
             }
         } finally {
             meta.unlock();

@@ -258,6 +258,82 @@ class Qcow2ImageTest {
                 e.getMessage());
     }
 
+    /**
+     * A zero cluster that keeps its host cluster (qemu-io's write -z over data) but lacks the COPIED flag (a
+     * damaged image: qemu-img check reports it) is written through a new cluster; its host cluster was referenced
+     * by the entry and is freed. Before, its refcount stayed 1 with nothing referencing it: a leaked cluster.
+     */
+    @Test
+    void aRewrittenZeroClusterNotWrittenInPlaceFreesItsHostCluster() throws Exception {
+        Path img = create("z.qcow2", "4M");
+        qemuIoOk(img, "qcow2", "write -P 0x11 0 128k", "write -z 0 64k");
+        long host;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            f.seek(f.readLong()); // L1 entry 0
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            long e = f.readLong();
+            host = e & Qcow2Image.OFFSET_MASK;
+            assertTrue(
+                    host != 0 && (e & Qcow2Image.OFLAG_ZERO) != 0 && (e & Qcow2Image.OFLAG_COPIED) != 0,
+                    "a zero cluster with its host cluster: " + Long.toHexString(e));
+            f.seek(l2);
+            f.writeLong(e & ~Qcow2Image.OFLAG_COPIED);
+        }
+        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(damaged.output().contains("OFLAG_COPIED data cluster"), damaged.output());
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 4096, fill(4096, 0x22));
+            q.flush();
+            byte[] want = new byte[65536];
+            System.arraycopy(fill(4096, 0x22), 0, want, 4096, 4096);
+            assertArrayEquals(want, read(q, 0, 65536));
+        }
+        check(img, false); // neither the COPIED error nor a leaked cluster
+        String map = ok("qemu-img", "map", "--output=json", img.toString());
+        assertFalse(map.contains("\"offset\": " + host + "}"), "written through a new cluster:\n" + map);
+    }
+
+    /**
+     * A data cluster without the COPIED flag whose refcount is 0 (a damaged image) is where the allocator puts the
+     * copy of its own rewrite; the old cluster's deferred free then counted the new one down to 0 while the entry
+     * referenced it, and the next allocation wrote another guest offset's data over it.
+     */
+    @Test
+    void aCopiedOutClusterThatIsItsOwnCopyIsNotFreed() throws Exception {
+        Path img = create("d.qcow2", "4M");
+        qemuIoOk(img, "qcow2", "write -P 0x11 0 64k");
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            f.seek(f.readLong()); // L1 entry 0
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            long e = f.readLong();
+            long host = e & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            f.writeLong(e & ~Qcow2Image.OFLAG_COPIED);
+            f.seek(48);
+            f.seek(f.readLong()); // refcount table entry 0
+            long block = f.readLong();
+            f.seek(block + (host >>> 16) * 2);
+            f.writeShort(0);
+        }
+        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(damaged.exit() != 0, damaged.output());
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 4096, fill(4096, 0x22));
+            q.flush();
+            write(q, MIB, fill(65536, 0x33)); // a new cluster
+            q.flush();
+            byte[] want = fill(65536, 0x11);
+            System.arraycopy(fill(4096, 0x22), 0, want, 4096, 4096);
+            assertArrayEquals(want, read(q, 0, 65536), "the first cluster was not overwritten");
+            assertArrayEquals(fill(65536, 0x33), read(q, MIB, 65536));
+        }
+        check(img, false);
+    }
+
     private static int indexOf(byte[] hay, byte[] needle) {
         outer:
         for (int i = 0; i + needle.length <= hay.length; i++) {
