@@ -4,8 +4,6 @@ package io.iovirt.storage.qcow2;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.Arrays;
-import java.util.Set;
-import java.util.TreeSet;
 import java.util.concurrent.atomic.AtomicLongArray;
 
 /**
@@ -61,28 +59,50 @@ final class MetadataLayout {
 
     /** Sorted cluster numbers of every metadata cluster: header, L1 table, refcount table and blocks, L2 tables. */
     long[] clusters() {
-        TreeSet<Long> meta = new TreeSet<>();
-        meta.add(0L);
-        addRange(meta, l1Offset, (long) l1.length() * 8);
-        addRange(meta, refTableOffset, (long) refTableClusters * clusterSize);
+        // one long per cluster, sorted and deduplicated in place: a boxed set took about 56 bytes per entry, some
+        // 300 MiB while a crafted image's 4M-entry L1 table was indexed
+        long l1Bytes = (long) l1.length() * 8;
+        long refBytes = (long) refTableClusters * clusterSize;
+        long[] c = new long
+                [Math.toIntExact(1
+                        + rangeClusters(l1Offset, l1Bytes)
+                        + rangeClusters(refTableOffset, refBytes)
+                        + refTable.length
+                        + l1.length())];
+        int n = 0;
+        c[n++] = 0;
+        n = addRange(c, n, l1Offset, l1Bytes);
+        n = addRange(c, n, refTableOffset, refBytes);
         for (long r : refTable) {
             if (r != 0) {
-                meta.add(r >>> clusterBits);
+                c[n++] = r >>> clusterBits;
             }
         }
         for (int i = 0; i < l1.length(); i++) {
             long o = l1.get(i) & Qcow2Image.OFFSET_MASK;
             if (o != 0) {
-                meta.add(o >>> clusterBits);
+                c[n++] = o >>> clusterBits;
             }
         }
-        return meta.stream().mapToLong(Long::longValue).toArray();
+        Arrays.sort(c, 0, n);
+        int m = 0;
+        for (int i = 0; i < n; i++) {
+            if (m == 0 || c[i] != c[m - 1]) {
+                c[m++] = c[i];
+            }
+        }
+        return Arrays.copyOf(c, m);
     }
 
-    private void addRange(Set<Long> set, long offset, long bytes) {
-        for (long c = offset >>> clusterBits; c <= (offset + Math.max(1, bytes) - 1) >>> clusterBits; c++) {
-            set.add(c);
+    private long rangeClusters(long offset, long bytes) {
+        return ((offset + Math.max(1, bytes) - 1) >>> clusterBits) - (offset >>> clusterBits) + 1;
+    }
+
+    private int addRange(long[] c, int n, long offset, long bytes) {
+        for (long x = offset >>> clusterBits; x <= (offset + Math.max(1, bytes) - 1) >>> clusterBits; x++) {
+            c[n++] = x;
         }
+        return n;
     }
 
     /**

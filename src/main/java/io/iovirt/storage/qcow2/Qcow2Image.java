@@ -69,8 +69,29 @@ public final class Qcow2Image implements DiskImage {
     /** Default metadata cache: L2 tables covering 32 MiB of table data (256 GiB of disk at 64 KiB clusters). */
     public static final long DEFAULT_L2_CACHE_BYTES = 32L << 20;
 
+    /**
+     * L2 cache of a backing file: 4 MiB covers 32 GiB of its disk at 64 KiB clusters; a miss re-reads the table
+     * from the page cache (backing files are opened buffered). The 32 MiB of {@link #DEFAULT_L2_CACHE_BYTES} for
+     * each of a chain's 32 images would be 1 GiB.
+     */
+    static final long BACKING_L2_CACHE_BYTES = 4L << 20;
+
     private static final int MAX_CHAIN = 32;
-    private static final ThreadLocal<int[]> DEPTH = ThreadLocal.withInitial(() -> new int[1]);
+
+    /**
+     * Bound on the memory one chain's tables and caches take ({@link #memoryCost}, summed over the image and its
+     * backing files). Any one image within QEMU's table limits fits (under 240 MiB); without the bound, 32
+     * crafted images with 32 MiB L1 tables over sparse files took about 3 GiB of one open.
+     */
+    static final long MAX_CHAIN_MEMORY = 512L << 20;
+
+    /** The chain being opened on this thread: its depth and the {@link #memoryCost} of the images opened so far. */
+    private static final class Chain {
+        int depth;
+        long bytes;
+    }
+
+    private static final ThreadLocal<Chain> CHAIN = ThreadLocal.withInitial(Chain::new);
 
     static final long OFLAG_COPIED = 1L << 63;
     static final long OFLAG_COMPRESSED = 1L << 62;
@@ -256,8 +277,11 @@ public final class Qcow2Image implements DiskImage {
     }
 
     private static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes, boolean direct) throws IOException {
-        int[] depth = DEPTH.get();
-        if (depth[0] >= MAX_CHAIN) {
+        Chain chain = CHAIN.get();
+        if (chain.depth == 0) {
+            chain.bytes = 0; // the top image: a new chain
+        }
+        if (chain.depth >= MAX_CHAIN) {
             throw new IOException("backing chain of " + path + " is deeper than " + MAX_CHAIN
                     + " images (a loop?): check it with 'qemu-img info --backing-chain'");
         }
@@ -280,28 +304,22 @@ public final class Qcow2Image implements DiskImage {
                                 + " with 'qemu-img convert -O qcow2 -o cluster_size=65536'");
             }
             checkFeatures(path, h, readOnly);
+            long cacheBytes = chain.depth == 0 ? l2CacheBytes : Math.min(l2CacheBytes, BACKING_L2_CACHE_BYTES);
+            chargeChain(chain, path, h, cacheBytes, readOnly);
             if (h.backingFile() != null) {
                 Path bp = resolveBacking(path, h.backingFile());
-                ImageFormat bf = null;
-                if (h.backingFormat() != null) {
-                    try {
-                        bf = ImageFormat.parse(h.backingFormat());
-                    } catch (IllegalArgumentException e) {
-                        throw new IOException("backing file " + bp + " of " + path + " has format '" + h.backingFormat()
-                                + "': iovirt reads raw and qcow2 backing files");
-                    }
-                }
-                depth[0]++;
+                ImageFormat bf = backingFormat(path, h, bp);
+                chain.depth++;
                 try {
                     backingLock = ImageLock.holdForExport(bp, true, "backing file of " + path);
                     backing = Images.open(bp, bf, true, false);
                 } catch (IOException e) {
                     throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
                 } finally {
-                    depth[0]--;
+                    chain.depth--;
                 }
             }
-            Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, l2CacheBytes);
+            Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, cacheBytes);
             img.backingLock = backingLock;
             try {
                 if (!readOnly) {
@@ -329,6 +347,67 @@ public final class Qcow2Image implements DiskImage {
             file.close();
             throw e;
         }
+    }
+
+    /**
+     * The format the header records for its backing file {@code bp}. An overlay without one (no backing format
+     * header extension: made by a qemu-img before 6.1 without {@code -F}) is refused rather than detected: a backing
+     * file that was a guest's raw disk holds whatever the guest wrote, a qcow2 header naming a host file (another
+     * tenant's disk, /etc/shadow) as its own backing file too, and detection would take it for qcow2 and serve that
+     * file to the guest. QEMU's qemu-img refuses to create such overlays since 6.1 for this reason.
+     */
+    private static ImageFormat backingFormat(Path path, Qcow2Header h, Path bp) throws IOException {
+        if (h.backingFormat() == null) {
+            throw new IOException("qcow2 image " + path + " names backing file " + bp + " without its format (no"
+                    + " backing format header extension): iovirt does not detect a backing file's format (a raw"
+                    + " backing file may hold a qcow2 header its guest wrote, naming any host file as its backing"
+                    + " file); record the format with 'qemu-img rebase -u -b " + h.backingFile() + " -F raw " + path
+                    + "' (or -F qcow2 if the backing file is a qcow2 image you made)");
+        }
+        try {
+            return ImageFormat.parse(h.backingFormat());
+        } catch (IllegalArgumentException e) {
+            throw new IOException("backing file " + bp + " of " + path + " has format '" + h.backingFormat()
+                    + "': iovirt reads raw and qcow2 backing files");
+        }
+    }
+
+    /**
+     * What opening an image with header {@code h} takes in memory, at most: per L1 entry the table (8 bytes), its
+     * cached-table slot (a reference, 8 bytes at most) and its place in the metadata index (16 while it is built);
+     * per refcount table entry the table and the index (24); the staging buffer (the larger table); the L2 cache's
+     * bound (no more tables than L1 entries); and, when writable, the refcount block cache's (a reader never fills
+     * it). A backing file's tables count in full: all of them are read when it opens.
+     */
+    static long memoryCost(Qcow2Header h, long l2CacheBytes, boolean readOnly) {
+        long cs = 1L << h.clusterBits();
+        long l1Entries = Integer.toUnsignedLong(h.l1Size());
+        long refEntries = (long) h.refTableClusters() * cs / 8;
+        long staging = Math.max(Math.max(cs, refEntries * 8), (l1Entries * 8 + cs - 1) & -cs);
+        long l2Cache = Math.min(Math.max(l1Entries, 1), Math.max(4, l2CacheBytes / cs)) * cs;
+        long refCache = readOnly ? 0 : Math.max(4, Refcounts.DEFAULT_REFCOUNT_CACHE_BYTES / cs) * cs;
+        return l1Entries * 32 + refEntries * 24 + staging + 2 * cs + l2Cache + refCache;
+    }
+
+    /**
+     * Counts the image's {@link #memoryCost} against its chain's {@link #MAX_CHAIN_MEMORY}, before anything of it is
+     * allocated; refuses the image that would cross it.
+     */
+    private static void chargeChain(Chain chain, Path path, Qcow2Header h, long l2CacheBytes, boolean readOnly)
+            throws IOException {
+        long cost = memoryCost(h, l2CacheBytes, readOnly);
+        if (cost > MAX_CHAIN_MEMORY - chain.bytes) {
+            throw new IOException("qcow2 image " + path + " needs up to " + (cost >> 20) + " MiB of memory for its"
+                    + " tables and caches (L1 table of " + Integer.toUnsignedString(h.l1Size()) + " entries, refcount"
+                    + " table of " + h.refTableClusters() + " clusters of " + (1L << h.clusterBits()) + " bytes)"
+                    + (chain.depth == 0
+                            ? ""
+                            : ", the images above it in its backing chain " + (chain.bytes >> 20) + " MiB")
+                    + ": more than iovirt's limit of " + (MAX_CHAIN_MEMORY >> 20) + " MiB for one backing chain"
+                    + " (a damaged or crafted image?); check the chain with 'qemu-img info --backing-chain' and"
+                    + " 'qemu-img check', or make it shorter with 'qemu-img commit' or 'qemu-img convert -O qcow2'");
+        }
+        chain.bytes += cost;
     }
 
     private static void checkFeatures(Path path, Qcow2Header h, boolean readOnly) throws IOException {
@@ -770,8 +849,11 @@ public final class Qcow2Image implements DiskImage {
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
                 refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
-            } else if ((e & OFLAG_ZERO) == 0 && (e & OFFSET_MASK) != 0) {
-                refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize); // a shared cluster we copied
+            } else if ((e & OFFSET_MASK) != 0 && target != (e & OFFSET_MASK)) {
+                // a shared cluster we copied, or a zero cluster's host cluster not written in place (no COPIED
+                // flag): either way the entry referenced it and no longer does. (The old entry's cluster is never
+                // the target in a consistent image; in a damaged one where its refcount was 0, it may be.)
+                refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
             }
         } finally {
             meta.unlock();

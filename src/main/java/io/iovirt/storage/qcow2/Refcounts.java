@@ -34,7 +34,7 @@ import java.util.Map;
  * {@link #applyDeferredFrees}.
  */
 final class Refcounts {
-    private static final long DEFAULT_REFCOUNT_CACHE_BYTES = 4L << 20;
+    static final long DEFAULT_REFCOUNT_CACHE_BYTES = 4L << 20;
 
     /**
      * Memory the dirty-image repair may take for its counts (2 bytes per cluster up to the highest one referenced):

@@ -162,6 +162,192 @@ class Qcow2ImageTest {
     }
 
     /**
+     * An overlay that does not record its backing file's format is refused: the backing file was a guest's raw disk,
+     * and the guest wrote a qcow2 header naming a host file as its backing file. Before, the backing file's format
+     * was detected: the overlay read as the host file's bytes. qemu-img 7.2 makes no such overlay (neither create
+     * nor rebase without -F), so the backing format header extension of one it made is renamed to an unknown one.
+     */
+    @Test
+    void anOverlayWithoutItsBackingFormatIsRefusedRatherThanProbed() throws Exception {
+        byte[] secret = fill(64 << 10, 's');
+        Path secretFile = dir.resolve("secret");
+        Files.write(secretFile, secret);
+        Path evil = QemuTools.createQcow2(
+                dir, "evil.qcow2", "1M", "backing_file=" + secretFile.toAbsolutePath(), "backing_fmt=raw");
+        byte[] guestDisk = java.util.Arrays.copyOf(Files.readAllBytes(evil), MIB); // what the guest wrote
+        Path base = dir.resolve("base.raw");
+        Files.write(base, guestDisk);
+        Path overlay = dir.resolve("o.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay.toString());
+        byte[] header = Files.readAllBytes(overlay);
+        int ext = indexOf(header, new byte[] {(byte) 0xe2, 0x79, 0x2a, (byte) 0xca});
+        assertTrue(ext >= 104 && ext < 4096, "the backing format header extension at " + ext);
+        try (RandomAccessFile f = new RandomAccessFile(overlay.toFile(), "rw")) {
+            f.seek(ext);
+            f.writeInt(0x10ad0bad); // an extension QEMU and iovirt ignore
+        }
+        String info = ok("qemu-img", "info", "-U", overlay.toString());
+        assertTrue(info.contains("backing file: base.raw") && !info.contains("backing file format"), info);
+
+        IOException e = assertThrows(
+                IOException.class, () -> Images.open(overlay, null, true, false).close());
+        assertTrue(
+                e.getMessage().contains("without its format")
+                        && e.getMessage().contains("qemu-img rebase -u -b base.raw -F raw " + overlay),
+                e.getMessage());
+        assertThrows(
+                IOException.class,
+                () -> Images.open(overlay, null, false, false).close());
+
+        ok("qemu-img", "rebase", "-u", "-b", "base.raw", "-F", "raw", overlay.toString()); // the remedy named
+        try (DiskImage q = Images.open(overlay, null, true, false)) {
+            assertArrayEquals(guestDisk, read(q, 0, MIB), "the guest's bytes, its qcow2 header only data");
+        }
+    }
+
+    /**
+     * A chain of images whose headers ask for the largest tables QEMU allows (a 32 MiB L1 table, an 8 MiB refcount
+     * table) over sparse files: each one opens alone, but the chain's tables are bounded. Before, every image of a
+     * chain (32 at most) took its tables and a 32 MiB L2 cache: about 3 GiB of one open.
+     */
+    @Test
+    void theMemoryOfABackingChainsTablesIsBounded() throws Exception {
+        List<Path> chain = new ArrayList<>();
+        for (int i = 0; i < 3; i++) {
+            Path p = dir.resolve("big" + i + ".qcow2");
+            if (i == 0) {
+                ok("qemu-img", "create", "-q", "-f", "qcow2", p.toString(), "1M");
+            } else {
+                ok(
+                        "qemu-img",
+                        "create",
+                        "-q",
+                        "-u",
+                        "-f",
+                        "qcow2",
+                        "-b",
+                        chain.get(i - 1).getFileName().toString(),
+                        "-F",
+                        "qcow2",
+                        p.toString(),
+                        "1M");
+            }
+            try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+                f.seek(36);
+                f.writeInt(4 << 20); // l1_size: 4M entries, 32 MiB
+                f.writeLong(64L << 20); // l1_table_offset
+                f.writeLong(128L << 20); // refcount_table_offset
+                f.writeInt(128); // refcount_table_clusters: 8 MiB
+                f.setLength((128L + 8) << 20); // sparse: the tables read as zeros
+            }
+            chain.add(p);
+        }
+        try (DiskImage q = Images.open(chain.get(0), null, true, false)) {
+            assertArrayEquals(new byte[4096], read(q, 0, 4096), "one image with the largest tables opens");
+        }
+        try (DiskImage q = Images.open(chain.get(1), null, true, false)) {
+            assertArrayEquals(new byte[4096], read(q, 0, 4096), "and an overlay over it");
+        }
+        IOException e = assertThrows(
+                IOException.class,
+                () -> Images.open(chain.get(2), null, true, false).close());
+        assertTrue(
+                e.getMessage().contains("qcow2 image " + chain.get(0) + " needs up to")
+                        && e.getMessage().contains("limit of 512 MiB for one backing chain")
+                        && e.getMessage().contains("cannot open backing file of " + chain.get(1)),
+                e.getMessage());
+    }
+
+    /**
+     * A zero cluster that keeps its host cluster (qemu-io's write -z over data) but lacks the COPIED flag (a
+     * damaged image: qemu-img check reports it) is written through a new cluster; its host cluster was referenced
+     * by the entry and is freed. Before, its refcount stayed 1 with nothing referencing it: a leaked cluster.
+     */
+    @Test
+    void aRewrittenZeroClusterNotWrittenInPlaceFreesItsHostCluster() throws Exception {
+        Path img = create("z.qcow2", "4M");
+        qemuIoOk(img, "qcow2", "write -P 0x11 0 128k", "write -z 0 64k");
+        long host;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            f.seek(f.readLong()); // L1 entry 0
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            long e = f.readLong();
+            host = e & Qcow2Image.OFFSET_MASK;
+            assertTrue(
+                    host != 0 && (e & Qcow2Image.OFLAG_ZERO) != 0 && (e & Qcow2Image.OFLAG_COPIED) != 0,
+                    "a zero cluster with its host cluster: " + Long.toHexString(e));
+            f.seek(l2);
+            f.writeLong(e & ~Qcow2Image.OFLAG_COPIED);
+        }
+        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(damaged.output().contains("OFLAG_COPIED data cluster"), damaged.output());
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 4096, fill(4096, 0x22));
+            q.flush();
+            byte[] want = new byte[65536];
+            System.arraycopy(fill(4096, 0x22), 0, want, 4096, 4096);
+            assertArrayEquals(want, read(q, 0, 65536));
+        }
+        check(img, false); // neither the COPIED error nor a leaked cluster
+        String map = ok("qemu-img", "map", "--output=json", img.toString());
+        assertFalse(map.contains("\"offset\": " + host + "}"), "written through a new cluster:\n" + map);
+    }
+
+    /**
+     * A data cluster without the COPIED flag whose refcount is 0 (a damaged image) is where the allocator puts the
+     * copy of its own rewrite; the old cluster's deferred free then counted the new one down to 0 while the entry
+     * referenced it, and the next allocation wrote another guest offset's data over it.
+     */
+    @Test
+    void aCopiedOutClusterThatIsItsOwnCopyIsNotFreed() throws Exception {
+        Path img = create("d.qcow2", "4M");
+        qemuIoOk(img, "qcow2", "write -P 0x11 0 64k");
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            f.seek(f.readLong()); // L1 entry 0
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            long e = f.readLong();
+            long host = e & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            f.writeLong(e & ~Qcow2Image.OFLAG_COPIED);
+            f.seek(48);
+            f.seek(f.readLong()); // refcount table entry 0
+            long block = f.readLong();
+            f.seek(block + (host >>> 16) * 2);
+            f.writeShort(0);
+        }
+        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(damaged.exit() != 0, damaged.output());
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 4096, fill(4096, 0x22));
+            q.flush();
+            write(q, MIB, fill(65536, 0x33)); // a new cluster
+            q.flush();
+            byte[] want = fill(65536, 0x11);
+            System.arraycopy(fill(4096, 0x22), 0, want, 4096, 4096);
+            assertArrayEquals(want, read(q, 0, 65536), "the first cluster was not overwritten");
+            assertArrayEquals(fill(65536, 0x33), read(q, MIB, 65536));
+        }
+        check(img, false);
+    }
+
+    private static int indexOf(byte[] hay, byte[] needle) {
+        outer:
+        for (int i = 0; i + needle.length <= hay.length; i++) {
+            for (int j = 0; j < needle.length; j++) {
+                if (hay[i + j] != needle[j]) {
+                    continue outer;
+                }
+            }
+            return i;
+        }
+        return -1;
+    }
+
+    /**
      * The backing file is locked as QEMU locks it for a reader while the overlay is open: a writer (qemu-io here; a
      * QEMU, a writable export) would change what the overlay's unallocated clusters show its guest. Before, nothing
      * locked it: qemu-io wrote the base under an open overlay, and an overlay opened over a base a writer held.
