@@ -1,7 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.linux;
 
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
+
 import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Set;
@@ -47,7 +53,7 @@ public record SocketAccess(String group, Set<Integer> allowedUids) {
 
     /** The uid of the user named {@code user} (the system's user database), or -1 when there is no such user. */
     public static int userId(String user) {
-        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+        try (Arena a = Arena.ofConfined()) {
             return Syscalls.userId(a.allocateFrom(user));
         }
     }
@@ -78,7 +84,7 @@ public record SocketAccess(String group, Set<Integer> allowedUids) {
 
     /** As {@link #apply(Fd, Path)}; {@code askKernel} false takes the way used without CAP_NET_ADMIN (tests). */
     void apply(Fd socket, Path path, boolean askKernel) throws LinuxException {
-        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined();
+        try (Arena a = Arena.ofConfined();
                 Fd file = boundFile(a, socket, path, askKernel)) {
             if (group != null) {
                 int gid = Syscalls.groupId(a.allocateFrom(group));
@@ -104,26 +110,24 @@ public record SocketAccess(String group, Set<Integer> allowedUids) {
      * (SIOCUNIXFILE) when we may ask (CAP_NET_ADMIN, i.e. as root: the case where a swap does harm); otherwise
      * {@code path} is opened without following a symlink and must be a socket of ours (which cannot tell our socket
      * from another socket of our user renamed into its place). Either way {@code path} must still name that inode.
-     * A kernel without the ioctl (ENOTTY, EINVAL) or a user without the capability (EPERM) takes the second way.
+     * Any failure of the ioctl (a kernel without it, a user without the capability: EPERM) takes the second way.
      */
-    private static Fd boundFile(java.lang.foreign.Arena a, Fd socket, Path path, boolean askKernel)
-            throws LinuxException {
-        java.lang.foreign.MemorySegment p = a.allocateFrom(path.toString());
-        java.lang.foreign.MemorySegment empty = a.allocateFrom("");
-        java.lang.foreign.MemorySegment atPath = a.allocate(256, 8);
+    private static Fd boundFile(Arena a, Fd socket, Path path, boolean askKernel) throws LinuxException {
+        MemorySegment p = a.allocateFrom(path.toString());
+        MemorySegment empty = a.allocateFrom("");
+        MemorySegment atPath = a.allocate(256, 8);
         int r = askKernel ? Syscalls.ioctl(socket.get(), SIOCUNIXFILE, 0) : -Errno.EPERM;
-        boolean fromKernel = r >= 0;
-        if (!fromKernel) {
+        if (r < 0) {
             r = Syscalls.check(
                     Syscalls.openat(AT_FDCWD, p, O_PATH | FileIo.O_NOFOLLOW | FileIo.O_CLOEXEC, 0), "open", path);
         }
         Fd file = Fd.adopt(r);
         try {
-            java.lang.foreign.MemorySegment st = a.allocate(256, 8);
+            MemorySegment st = a.allocate(256, 8);
             Syscalls.check(Syscalls.statx(file.get(), empty, AT_EMPTY_PATH, STATX_BASIC_STATS, st), "statx", path);
             Syscalls.check(Syscalls.statx(AT_FDCWD, p, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, atPath), "statx", path);
-            int mode = Short.toUnsignedInt(st.get(java.lang.foreign.ValueLayout.JAVA_SHORT, 28));
-            int uid = st.get(java.lang.foreign.ValueLayout.JAVA_INT, 20);
+            int mode = Short.toUnsignedInt(st.get(JAVA_SHORT, 28));
+            int uid = st.get(JAVA_INT, 20);
             if ((mode & S_IFMT) != S_IFSOCK || uid != Syscalls.geteuid() || !sameInode(st, atPath)) {
                 throw new LinuxException(
                         "bind",
@@ -139,12 +143,10 @@ public record SocketAccess(String group, Set<Integer> allowedUids) {
     }
 
     /** statx: stx_ino at 32, stx_dev_major/minor at 136/140. */
-    private static boolean sameInode(java.lang.foreign.MemorySegment x, java.lang.foreign.MemorySegment y) {
-        return x.get(java.lang.foreign.ValueLayout.JAVA_LONG, 32) == y.get(java.lang.foreign.ValueLayout.JAVA_LONG, 32)
-                && x.get(java.lang.foreign.ValueLayout.JAVA_INT, 136)
-                        == y.get(java.lang.foreign.ValueLayout.JAVA_INT, 136)
-                && x.get(java.lang.foreign.ValueLayout.JAVA_INT, 140)
-                        == y.get(java.lang.foreign.ValueLayout.JAVA_INT, 140);
+    private static boolean sameInode(MemorySegment x, MemorySegment y) {
+        return x.get(JAVA_LONG, 32) == y.get(JAVA_LONG, 32)
+                && x.get(JAVA_INT, 136) == y.get(JAVA_INT, 136)
+                && x.get(JAVA_INT, 140) == y.get(JAVA_INT, 140);
     }
 
     @Override

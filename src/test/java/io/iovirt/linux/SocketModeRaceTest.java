@@ -98,6 +98,23 @@ class SocketModeRaceTest {
     }
 
     @Test
+    void anotherSocketOfOursRenamedIntoPlaceIsToldApartAsRoot(@TempDir Path dir) throws Exception {
+        requireRoot(); // SIOCUNIXFILE needs CAP_NET_ADMIN
+        Path path = dir.resolve("s.sock");
+        Path other = dir.resolve("other.sock");
+        try (UnixSocket bound = UnixSocket.listen(path, 4);
+                UnixSocket otherSocket = UnixSocket.listen(other, 4)) {
+            Files.move(other, path, java.nio.file.StandardCopyOption.REPLACE_EXISTING); // a socket, ours, 0600
+            LinuxException e = failure(() -> GROUP.apply(bound.fd(), path, true));
+            assertEquals(
+                    "rw-------",
+                    PosixFilePermissions.toString(Files.getPosixFilePermissions(path, LinkOption.NOFOLLOW_LINKS)),
+                    "the other socket's mode");
+            assertTrue(e.getMessage().contains("replaced by another file after bind"), e.getMessage());
+        }
+    }
+
+    @Test
     void theSocketGetsItsModeAndGroupWhicheverWayTheStepFindsIt(@TempDir Path dir) throws Exception {
         requireRoot();
         for (boolean askKernel : new boolean[] {true, false}) {
