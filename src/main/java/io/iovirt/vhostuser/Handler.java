@@ -50,7 +50,7 @@ final class Handler implements AutoCloseable {
     /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
     private BackendChannel backendChannel;
 
-    /** Requests refused, which a frontend can send in a loop: the server's bucket for such lines, shared by sessions. */
+    /** Refused requests, which a frontend can repeat at will: the server's bucket for them, shared by sessions. */
     private final LogLimiter refusals;
 
     /** A handler logging its refusals through a bucket of its own (tests, and the server's check of a device). */
