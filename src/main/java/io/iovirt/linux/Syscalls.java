@@ -374,25 +374,55 @@ final class Syscalls {
         static final MethodHandle STATX =
                 fn("statx", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS));
         static final MethodHandle FSTATFS = fn("fstatfs", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
-        static final MethodHandle CHMOD = fn("chmod", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT));
-        static final MethodHandle LCHOWN = fn("lchown", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
+        static final MethodHandle OPENAT = fn(
+                "openat",
+                FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT),
+                Linker.Option.firstVariadicArg(3));
+        static final MethodHandle FCHMODAT =
+                fn("fchmodat", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
+        static final MethodHandle FCHOWNAT =
+                fn("fchownat", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, JAVA_INT));
+        static final MethodHandle GETEUID = fn("geteuid", FunctionDescriptor.of(JAVA_INT));
         static final MethodHandle GETGRNAM = fn("getgrnam", FunctionDescriptor.of(ADDRESS, ADDRESS));
         static final MethodHandle GETPWNAM = fn("getpwnam", FunctionDescriptor.of(ADDRESS, ADDRESS));
     }
 
-    static int chmod(MemorySegment path, int mode) {
+    static int openat(int dirfd, MemorySegment path, int flags, int mode) {
         PerThread t = perThread();
         try {
-            return ret((int) Files.CHMOD.invokeExact(t.capture, path, mode), t);
+            int r;
+            do {
+                r = (int) Files.OPENAT.invokeExact(t.capture, dirfd, path, flags, mode);
+            } while (r < 0 && t.errno() == Errno.EINTR);
+            return ret(r, t);
         } catch (Throwable e) {
             throw unexpected(e);
         }
     }
 
-    static int lchown(MemorySegment path, int uid, int gid) {
+    static int fchmodat(int dirfd, MemorySegment path, int mode, int flags) {
         PerThread t = perThread();
         try {
-            return ret((int) Files.LCHOWN.invokeExact(t.capture, path, uid, gid), t);
+            return ret((int) Files.FCHMODAT.invokeExact(t.capture, dirfd, path, mode, flags), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int fchownat(int dirfd, MemorySegment path, int uid, int gid, int flags) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Files.FCHOWNAT.invokeExact(t.capture, dirfd, path, uid, gid, flags), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    /** geteuid(2), which cannot fail. */
+    static int geteuid() {
+        PerThread t = perThread();
+        try {
+            return (int) Files.GETEUID.invokeExact(t.capture);
         } catch (Throwable e) {
             throw unexpected(e);
         }

@@ -103,6 +103,14 @@ public final class UnixSocket implements AutoCloseable {
      * ({@link #peerCredentials}, {@link SocketAccess#allows}).
      */
     public static UnixSocket listen(Path path, int backlog, SocketAccess access) throws LinuxException {
+        return listen(path, backlog, access, () -> {});
+    }
+
+    /**
+     * As {@link #listen(Path, int, SocketAccess)}; {@code afterBind} runs between bind and setting the mode (tests:
+     * what another user who may write the socket's directory could do in that window).
+     */
+    static UnixSocket listen(Path path, int backlog, SocketAccess access, Runnable afterBind) throws LinuxException {
         UnixSocket s = create(path.toString());
         boolean bound = false;
         try (Arena a = Arena.ofConfined()) {
@@ -110,7 +118,8 @@ public final class UnixSocket implements AutoCloseable {
             int f = s.fd.get();
             Syscalls.check(Syscalls.bind(f, addr, (int) addr.byteSize()), "bind", path);
             bound = true;
-            access.apply(path);
+            afterBind.run();
+            access.apply(s.fd, path);
             Syscalls.check(Syscalls.listen(f, backlog), "listen", path);
             return s;
         } catch (LinuxException | RuntimeException e) {

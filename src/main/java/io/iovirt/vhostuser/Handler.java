@@ -5,6 +5,7 @@ import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.util.LogLimiter;
 import io.iovirt.virtio.DeviceStatus;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -49,7 +50,16 @@ final class Handler implements AutoCloseable {
     /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
     private BackendChannel backendChannel;
 
+    /** Refused requests, which a frontend can repeat at will: the server's bucket for them, shared by sessions. */
+    private final LogLimiter refusals;
+
+    /** A handler logging its refusals through a bucket of its own (tests, and the server's check of a device). */
     Handler(VhostUserBackend backend, String name, PeerFile.Quota checks) {
+        this(backend, name, checks, new LogLimiter(LOG));
+    }
+
+    Handler(VhostUserBackend backend, String name, PeerFile.Quota checks, LogLimiter refusals) {
+        this.refusals = refusals;
         this.backend = backend;
         this.name = name;
         this.checks = checks;
@@ -86,7 +96,8 @@ final class Handler implements AutoCloseable {
                     c.sendReply(type, 0);
                 }
             } catch (BackendException e) {
-                LOG.log(System.Logger.Level.WARNING, name + ": " + type.specName() + " refused: " + e.getMessage());
+                refusals.log(
+                        System.Logger.Level.WARNING, name + ": " + type.specName() + " refused: " + e.getMessage());
                 if (type == MessageType.GET_CONFIG) {
                     c.sendReply(type, EMPTY); // an empty reply is GET_CONFIG's failure
                 } else if (!type.hasReplyBody() && m.needReply() && replyAck()) {

@@ -44,6 +44,11 @@ public final class VhostUserServer implements AutoCloseable {
     private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
     private final LogLimiter errorLog = new LogLimiter(LOG);
+    /**
+     * A frontend's connected, disconnected and connection-failed lines, which a frontend connecting in a loop makes at
+     * will: a bucket of their own, so such a loop neither floods the log nor hides protocol errors.
+     */
+    private final LogLimiter connectionLog = new LogLimiter(LOG);
 
     private final Object lock = new Object();
     private boolean closed; // guarded by lock
@@ -69,13 +74,13 @@ public final class VhostUserServer implements AutoCloseable {
         }
 
         private void serve() {
-            Handler handler = new Handler(backend, name, checks);
+            Handler handler = new Handler(backend, name, checks, errorLog);
             try {
                 Message m;
                 while ((m = connection.receiveRequest()) != null) {
                     handler.handle(m, connection);
                 }
-                LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " disconnected");
+                connectionLog.log(System.Logger.Level.INFO, name + ": frontend " + peer + " disconnected");
             } catch (ProtocolException e) {
                 errorLog.log(
                         System.Logger.Level.ERROR,
@@ -83,7 +88,7 @@ public final class VhostUserServer implements AutoCloseable {
                                 + "; closing the connection");
             } catch (IOException e) {
                 if (!isClosed()) {
-                    LOG.log(
+                    connectionLog.log(
                             System.Logger.Level.WARNING,
                             name + ": connection to frontend " + peer + " failed: " + e.getMessage() + "; closing it");
                 }
@@ -258,7 +263,7 @@ public final class VhostUserServer implements AutoCloseable {
                 return;
             }
             current = s;
-            LOG.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
+            connectionLog.log(System.Logger.Level.INFO, name + ": frontend " + peer + " connected");
             s.thread.start();
         }
     }
@@ -299,7 +304,7 @@ public final class VhostUserServer implements AutoCloseable {
                         told = true;
                         waiting = true;
                         waits.incrementAndGet();
-                        LOG.log(
+                        connectionLog.log(
                                 System.Logger.Level.WARNING,
                                 name + ": another frontend is connecting while frontend "
                                         + s.peer

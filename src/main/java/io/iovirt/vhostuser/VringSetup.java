@@ -23,7 +23,8 @@ import java.lang.foreign.MemorySegment;
  * @param availGpa   available ring (split) or driver event suppression area (packed)
  * @param usedGpa    used ring (split) or device event suppression area (packed)
  * @param base       where to resume: split, the next available index to process; packed, bits 0..14 the next
- *                   descriptor ring position and bit 15 its wrap counter (as VHOST_USER_SET_VRING_BASE gave it)
+ *                   descriptor ring position and bit 15 its wrap counter, bits 16..31 the used side the same way
+ *                   (as VHOST_USER_SET_VRING_BASE gave it; see {@link QueueConfig#withVringBase})
  * @param features   the virtio features the driver acknowledged (ring layout, EVENT_IDX, indirect, device bits)
  * @param kick       readable when the driver adds buffers; null when the frontend asked for polling
  * @param call       signal to interrupt the driver; never null (a private eventfd when the frontend gave none)

@@ -86,9 +86,16 @@ public record QueueConfig(
     /**
      * This configuration with the starting state from a VHOST_USER_SET_VRING_BASE value, encoded as QEMU does: split
      * rings carry the last available index in the low 16 bits; packed rings carry the available position in bits
-     * 0-14 and its wrap counter in bit 15, and the used position and wrap counter the same way in bits 16-31. A packed
-     * value with zero upper half (frontends that send only the available half) starts the used side where the
-     * available side is, which is right when nothing was in flight.
+     * 0-14 and its wrap counter in bit 15, and the used position and wrap counter the same way in bits 16-31 (QEMU
+     * always sends both halves; so does the vhost-user spec, and Linux's vhost takes them as they are).
+     *
+     * <p>A zero upper half is used position 0 with wrap counter 0: where the used side is after an odd number of laps,
+     * with the requests in flight at the stop between it and the available side. It is taken as that, except when
+     * the available wrap counter is set: then it would put more than a ring's worth in flight (available position
+     * {@code a > 0}: impossible) or exactly a ring (a = 0), and it is what frontends that send only the available half
+     * send (DPDK's virtio-user starts every packed ring with 0x8000): the used side starts where the available side
+     * is. Reading every zero upper half that way instead made the used side jump over the requests in flight, whose
+     * completions then went to the wrong ring slots with the wrong wrap counter.
      */
     public QueueConfig withVringBase(int num) {
         if (!packed) {
@@ -97,8 +104,9 @@ public record QueueConfig(
         int avail = num & 0x7fff;
         boolean aWrap = (num & 0x8000) != 0;
         int usedHalf = num >>> 16;
-        int used = usedHalf == 0 ? avail : usedHalf & 0x7fff;
-        boolean uWrap = usedHalf == 0 ? aWrap : (usedHalf & 0x8000) != 0;
+        boolean availOnly = usedHalf == 0 && aWrap;
+        int used = availOnly ? avail : usedHalf & 0x7fff;
+        boolean uWrap = availOnly || (usedHalf & 0x8000) != 0;
         return withState(avail, aWrap, used, uWrap, inOrder);
     }
 

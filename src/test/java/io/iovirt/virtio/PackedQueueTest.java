@@ -357,6 +357,55 @@ class PackedQueueTest {
         q.push(c, 0);
     }
 
+    /**
+     * SET_VRING_BASE values for a packed ring and the positions they start at: {num, avail, availWrap, used, usedWrap}
+     * (wraps as 0/1). A zero upper half is used position 0 on wrap counter 0 unless the available wrap counter is set
+     * (then it is what a frontend sending only the available half sends, and the used side starts there too).
+     */
+    private static final int[][] VRING_BASES = {
+        {0x8000_8000, 0, 1, 0, 1}, // QEMU, a fresh ring
+        {0x0000_8000, 0, 1, 0, 1}, // DPDK virtio-user, a fresh ring: the available half only
+        {0x0000_8003, 3, 1, 3, 1}, // the available half only, later: used 0 on wrap 0 would put 11 of 8 in flight
+        {0x0000_0000, 0, 0, 0, 0}, // after a lap, nothing in flight
+        {0x0000_0003, 3, 0, 0, 0}, // after a lap, 3 in flight: the used side must stay at 0
+        {0x0000_0007, 7, 0, 0, 0}, // after a lap, 7 in flight
+        {0x8006_0002, 2, 0, 6, 1}, // used still on the first lap, available past the end: 4 in flight
+        {0x0005_8001, 1, 1, 5, 0}, // used on wrap 0, available on the next lap: 4 in flight
+        {0x8005_8005, 5, 1, 5, 1}, // nothing in flight
+    };
+
+    @Test
+    void vringBaseValuesStartTheRingWhereTheySay() throws Exception {
+        PackedDriverRing d = driver(false);
+        for (int[] row : VRING_BASES) {
+            String what = "SET_VRING_BASE 0x" + Integer.toHexString(row[0]);
+            QueueConfig c = d.queueConfig(0, false).withVringBase(row[0]);
+            assertEquals(row[1], c.availIndex(), what + ": available position");
+            assertEquals(row[2] == 1, c.availWrap(), what + ": available wrap counter");
+            assertEquals(row[3], c.usedIndex(), what + ": used position");
+            assertEquals(row[4] == 1, c.usedWrap(), what + ": used wrap counter");
+        }
+    }
+
+    @Test
+    void requestsInFlightAfterALapSurviveGetAndSetVringBase() throws Exception {
+        PackedDriverRing d = driverAt(0, false, false); // both sides at 0 after one lap: wrap counters 0
+        Virtqueue q = device(d);
+        long buf = g.alloc(8, 8);
+        for (int i = 0; i < 3; i++) {
+            d.add(addrs(buf), new int[] {8}, new boolean[] {true}, 1, DriverRing.NO_INDIRECT);
+        }
+        for (int i = 0; i < 3; i++) {
+            assertTrue(q.pop() != null, "request " + i);
+        }
+        int base = q.vringBase();
+        assertEquals(3, base, "available at 3 and used at 0, both on wrap counter 0: a zero upper half");
+        QueueConfig back = q.config().withVringBase(base);
+        assertEquals(0, back.usedIndex(), "the used side stays before the 3 requests in flight");
+        assertFalse(back.usedWrap());
+        assertEquals(base, Virtqueue.create(back, g.holder).vringBase(), "the ring resumes in the state it stopped");
+    }
+
     // ---- notification suppression ----
 
     @Test

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.vhostuser;
+
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.UnixSocket;
+import io.iovirt.testing.Await;
+import io.iovirt.util.LogLimiter;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A frontend connecting and hanging up in a loop does not flood the log: its "connected" and "disconnected" lines go
+ * through the server's {@link LogLimiter}, so the loop makes a burst of lines, then at most one a second, and a later
+ * line says how many were left out. Before, every connection made two lines. So do requests the device refuses, which
+ * a frontend can repeat on one connection.
+ */
+class VhostUserConnectionLogTest {
+    static final int CONNECTIONS = 300;
+
+    @TempDir
+    Path dir;
+
+    @Test
+    void aFrontendConnectingInALoopMakesABoundedNumberOfLogLines() throws Exception {
+        Path sock = dir.resolve("l.sock");
+        try (VhostUserServer s = VhostUserServer.start(sock, new RecordingBackend(1));
+                LogCapture log = LogCapture.start("io.iovirt.vhostuser")) {
+            long start = System.nanoTime();
+            for (int i = 0; i < CONNECTIONS; i++) {
+                hangUp(sock);
+            }
+            // one frontend at a time, in the order they connected: one answered means all before it were served
+            try (VhostUserFrontend last = VhostUserFrontend.connect(sock, Duration.ofSeconds(60))) {
+                last.getFeatures();
+            }
+            assertTrue(s.awaitIdle(Duration.ofSeconds(60)), "the last frontend's session ends");
+            // the bucket's bound for the time the loop took: its burst, and one line a second since
+            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
+            List<String> lines = connectionLines(log);
+            assertTrue(
+                    lines.size() <= LogLimiter.BURST + seconds,
+                    lines.size() + " lines for " + CONNECTIONS + " connections in " + seconds + " s: " + lines);
+            assertTrue(lines.size() >= 1, "the first connections are logged");
+            // once the bucket has a token again, the next line says how many were left out
+            Await.until(Duration.ofSeconds(60), "a line counting the suppressed ones", () -> {
+                try {
+                    hangUp(sock);
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+                return connectionLines(log).stream().anyMatch(l -> l.contains("similar lines suppressed)"));
+            });
+        }
+    }
+
+    @Test
+    void aFrontendRepeatingARefusedRequestMakesABoundedNumberOfLogLines() throws Exception {
+        Path sock = dir.resolve("r.sock");
+        try (VhostUserServer s = VhostUserServer.start(sock, new RecordingBackend(1));
+                LogCapture log = LogCapture.start("io.iovirt.vhostuser");
+                VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(60))) {
+            fe.getFeatures();
+            fe.setProtocolFeatures(fe.getProtocolFeatures());
+            long start = System.nanoTime();
+            for (int i = 0; i < CONNECTIONS; i++) {
+                assertThrows(RequestRejectedException.class, () -> fe.getConfig(56, 8)); // past the 60-byte space
+            }
+            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
+            List<String> lines = log.all().stream()
+                    .filter(l -> l.contains("GET_CONFIG refused"))
+                    .toList();
+            assertTrue(
+                    lines.size() <= LogLimiter.BURST + seconds,
+                    lines.size() + " lines for " + CONNECTIONS + " refusals in " + seconds + " s: " + lines);
+            assertTrue(lines.size() >= 1, "the first refusals are logged");
+        }
+    }
+
+    /** Connects and closes at once, as a broken frontend in a retry loop does. */
+    private static void hangUp(Path sock) throws IOException {
+        UnixSocket.connect(sock).close();
+    }
+
+    private static List<String> connectionLines(LogCapture log) {
+        return log.all().stream()
+                .filter(l -> l.contains(": frontend pid ") && (l.contains("connected") || l.contains("disconnected")))
+                .toList();
+    }
+}
