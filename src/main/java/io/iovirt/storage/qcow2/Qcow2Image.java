@@ -848,7 +848,20 @@ public final class Qcow2Image implements DiskImage {
             writeFile(fd, buf, target, align);
             t.setEntry(idx, target | OFLAG_COPIED);
             if ((e & OFLAG_COMPRESSED) != 0) {
-                refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
+                // the host clusters the compressed data spans, but never the new one: in a damaged image where the
+                // data's cluster had refcount 0, the allocator may have given it as the target (as below)
+                long lo = compressed.host(e);
+                long hi = lo + compressed.bytes(e);
+                if (target >= hi || target + clusterSize <= lo) {
+                    refcounts.freeAfterFlush(lo, hi - lo);
+                } else {
+                    if (lo < target) {
+                        refcounts.freeAfterFlush(lo, target - lo);
+                    }
+                    if (target + clusterSize < hi) {
+                        refcounts.freeAfterFlush(target + clusterSize, hi - target - clusterSize);
+                    }
+                }
             } else if ((e & OFFSET_MASK) != 0 && target != (e & OFFSET_MASK)) {
                 // a shared cluster we copied, or a zero cluster's host cluster not written in place (no COPIED
                 // flag): either way the entry referenced it and no longer does. (The old entry's cluster is never

@@ -334,6 +334,45 @@ class Qcow2ImageTest {
         check(img, false);
     }
 
+    /**
+     * The compressed counterpart of {@link #aCopiedOutClusterThatIsItsOwnCopyIsNotFreed}: a compressed cluster whose
+     * host cluster's refcount is 0 (a damaged image) is where the allocator puts the copy of its own rewrite; the
+     * deferred free of the compressed data's host range must not count that new cluster down to 0 while the entry
+     * references it, or the next allocation writes another guest offset's data over it.
+     */
+    @Test
+    void aCompressedClusterRewrittenOverItsOwnHostClusterIsNotFreed() throws Exception {
+        Path img = create("dc.qcow2", "4M");
+        qemuIoOk(img, "qcow2", "write -c -P 0x11 0 64k");
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            f.seek(f.readLong()); // L1 entry 0
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            long e = f.readLong();
+            assertTrue((e & Qcow2Image.OFLAG_COMPRESSED) != 0, "a compressed cluster: " + Long.toHexString(e));
+            long host = e & ((1L << 54) - 1); // 64 KiB clusters: the host offset is bits 0..53
+            f.seek(48);
+            f.seek(f.readLong()); // refcount table entry 0
+            long block = f.readLong();
+            f.seek(block + (host >>> 16) * 2);
+            f.writeShort(0);
+        }
+        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(damaged.exit() != 0, damaged.output());
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, 4096, fill(4096, 0x22));
+            q.flush();
+            write(q, MIB, fill(65536, 0x33)); // a new cluster
+            q.flush();
+            byte[] want = fill(65536, 0x11);
+            System.arraycopy(fill(4096, 0x22), 0, want, 4096, 4096);
+            assertArrayEquals(want, read(q, 0, 65536), "the first cluster was not overwritten");
+            assertArrayEquals(fill(65536, 0x33), read(q, MIB, 65536));
+        }
+        check(img, false);
+    }
+
     private static int indexOf(byte[] hay, byte[] needle) {
         outer:
         for (int i = 0; i + needle.length <= hay.length; i++) {
