@@ -50,16 +50,19 @@ final class Handler implements AutoCloseable {
     /** SET_BACKEND_REQ_FD's channel, handed to the device; closed with the connection. */
     private BackendChannel backendChannel;
 
-    /** Refused requests, which a frontend can repeat at will: the server's bucket for them, shared by sessions. */
-    private final LogLimiter refusals;
+    /**
+     * Lines a frontend can repeat at will — refused requests, dirty logging turned on or off, a new dirty log or
+     * in-flight region, a queue stopped while logging: the server's bucket for them, shared by sessions.
+     */
+    private final LogLimiter frontendLines;
 
-    /** A handler logging its refusals through a bucket of its own (tests, and the server's check of a device). */
+    /** A handler logging through a bucket of its own (tests, and the server's check of a device). */
     Handler(VhostUserBackend backend, String name, PeerFile.Quota checks) {
         this(backend, name, checks, new LogLimiter(LOG));
     }
 
-    Handler(VhostUserBackend backend, String name, PeerFile.Quota checks, LogLimiter refusals) {
-        this.refusals = refusals;
+    Handler(VhostUserBackend backend, String name, PeerFile.Quota checks, LogLimiter frontendLines) {
+        this.frontendLines = frontendLines;
         this.backend = backend;
         this.name = name;
         this.checks = checks;
@@ -96,7 +99,7 @@ final class Handler implements AutoCloseable {
                     c.sendReply(type, 0);
                 }
             } catch (BackendException e) {
-                refusals.log(
+                frontendLines.log(
                         System.Logger.Level.WARNING, name + ": " + type.specName() + " refused: " + e.getMessage());
                 if (type == MessageType.GET_CONFIG) {
                     c.sendReply(type, EMPTY); // an empty reply is GET_CONFIG's failure
@@ -176,7 +179,7 @@ final class Handler implements AutoCloseable {
         backend.setFeatures(deviceFeatures());
         publishLog(); // migration (issue 11)
         if (wasLogging != logging()) {
-            LOG.log(
+            frontendLines.log(
                     System.Logger.Level.INFO,
                     name + ": dirty page logging " + (logging() ? "on" : "off")
                             + (dirtyLog == null && logging() ? " (no log yet)" : ""));
@@ -223,7 +226,7 @@ final class Handler implements AutoCloseable {
         Vring v = vring(MessageType.GET_VRING_BASE, Integer.toUnsignedLong(index));
         v.stopDevice();
         if (logging()) { // a migration's switch-over: worth a line with its time
-            LOG.log(
+            frontendLines.log(
                     System.Logger.Level.INFO,
                     name + ": queue " + v.index + " stopped at " + v.base() + " (logging on)");
         }
@@ -372,7 +375,7 @@ final class Handler implements AutoCloseable {
             // sparse), and marking past the guest's RAM would only fault in the frontend's file at the backend's
             // expense.
             long pages = next.markAll(memory.holder().get());
-            LOG.log(
+            frontendLines.log(
                     System.Logger.Level.INFO,
                     name + ": logging was on before this connection's first dirty log (the frontend reconnected "
                             + "during a migration): marked all " + pages + " pages of guest memory dirty, for what "
@@ -390,7 +393,7 @@ final class Handler implements AutoCloseable {
             carried = old.carryOver(next, memory.holder().get());
             old.close();
         }
-        LOG.log(
+        frontendLines.log(
                 System.Logger.Level.INFO,
                 name + ": " + next + (logging() ? " (logging on)" : "")
                         + (carried > 0 ? ", " + carried + " pages still marked in the previous log carried over" : ""));
@@ -451,7 +454,7 @@ final class Handler implements AutoCloseable {
         InflightRegion next = InflightRegion.map(
                 checks, m.takeFd(0), Payloads.Inflight.mmapSize(p), Payloads.Inflight.mmapOffset(p), n, qs);
         replaceInflight(next);
-        LOG.log(System.Logger.Level.INFO, name + ": frontend kept " + next);
+        frontendLines.log(System.Logger.Level.INFO, name + ": frontend kept " + next);
     }
 
     private void replaceInflight(InflightRegion next) throws ProtocolException {

@@ -42,7 +42,7 @@ public final class VhostUserServer implements AutoCloseable {
     private final UnixSocket listener;
     private final SocketAccess access;
     private final Acceptor<UnixSocket> acceptor;
-    /** Protocol errors and refusals a hostile frontend can repeat at will: at most one line a second. */
+    /** Protocol errors, refusals and the handler's lines a hostile frontend can repeat at will: one bucket. */
     private final LogLimiter errorLog = new LogLimiter(LOG);
     /**
      * A frontend's connected, disconnected and connection-failed lines, which a frontend connecting in a loop makes at

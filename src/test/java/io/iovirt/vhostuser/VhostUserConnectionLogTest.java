@@ -83,6 +83,30 @@ class VhostUserConnectionLogTest {
         }
     }
 
+    @Test
+    void aFrontendTogglingDirtyLoggingInALoopMakesABoundedNumberOfLogLines() throws Exception {
+        Path sock = dir.resolve("d.sock");
+        try (VhostUserServer s = VhostUserServer.start(sock, new RecordingBackend(1));
+                LogCapture log = LogCapture.start("io.iovirt.vhostuser");
+                VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(60))) {
+            long features = fe.getFeatures();
+            assertTrue((features & Features.VHOST_F_LOG_ALL) != 0, "the backend offers VHOST_F_LOG_ALL");
+            long start = System.nanoTime();
+            for (int i = 0; i < CONNECTIONS; i++) {
+                fe.setFeatures(i % 2 == 0 ? features : features & ~Features.VHOST_F_LOG_ALL);
+            }
+            fe.getFeatures(); // answered after every SET_FEATURES before it was handled
+            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
+            List<String> lines = log.all().stream()
+                    .filter(l -> l.contains("dirty page logging"))
+                    .toList();
+            assertTrue(
+                    lines.size() <= LogLimiter.BURST + seconds,
+                    lines.size() + " lines for " + CONNECTIONS + " SET_FEATURES in " + seconds + " s: " + lines);
+            assertTrue(lines.size() >= 1, "the first changes are logged");
+        }
+    }
+
     /** Connects and closes at once, as a broken frontend in a retry loop does. */
     private static void hangUp(Path sock) throws IOException {
         UnixSocket.connect(sock).close();
