@@ -162,11 +162,14 @@ class ServeBlkExitOrderTest {
         Path sock = dir.resolve("blk.sock");
         try (StoppableFuse fs = StoppableFuse.mount(Files.createDirectory(dir.resolve("fuse")))) {
             Path image = fs.file("disk.raw", 4 << 20);
-            // the command installs handlers for these signals; this process's own (the JVM's) are put back after
+            // The command installs handlers for these signals; this process's own (the JVM's) are put back after.
+            // Never through SIG_IGN, not even for a moment: HotSpot keeps an ignored INT, TERM or HUP ignored (it
+            // will not install a handler over one, for nohup), and every process this JVM starts afterwards would
+            // inherit it — in CI every later test that stops a child with SIGTERM failed.
             Map<sun.misc.Signal, sun.misc.SignalHandler> jvmHandlers = new java.util.HashMap<>();
             for (String name : new String[] {"INT", "TERM", "HUP"}) {
                 sun.misc.Signal signal = new sun.misc.Signal(name);
-                sun.misc.SignalHandler h = sun.misc.Signal.handle(signal, sun.misc.SignalHandler.SIG_IGN);
+                sun.misc.SignalHandler h = sun.misc.Signal.handle(signal, s -> {});
                 sun.misc.Signal.handle(signal, h);
                 jvmHandlers.put(signal, h);
             }
@@ -237,6 +240,17 @@ class ServeBlkExitOrderTest {
                 }
                 jvmHandlers.forEach(sun.misc.Signal::handle);
             }
+            // what a process started from here on inherits: none of them ignored
+            String ignored = Files.readAllLines(Path.of("/proc/self/status")).stream()
+                    .filter(l -> l.startsWith("SigIgn:"))
+                    .findFirst()
+                    .orElseThrow();
+            long mask =
+                    Long.parseUnsignedLong(ignored.substring("SigIgn:".length()).strip(), 16);
+            assertEquals(
+                    0,
+                    mask & 0x4003L, // bit n-1 for signal n: SIGHUP 1, SIGINT 2, SIGTERM 15
+                    "HUP, INT or TERM ignored: " + ignored);
         }
     }
 
