@@ -335,18 +335,124 @@ class DebianPackageTest {
         }
     }
 
+    /**
+     * A removal that fails once prerm has stopped the services leaves them running again, as they were: dpkg answers a
+     * failed {@code prerm remove} with {@code postinst abort-remove} (Debian Policy 6.6), and postinst starts the units
+     * prerm stopped, template instances included (a stopped instance is unloaded, no glob finds it again), and nothing
+     * that was not running (an enabled export that was stopped stays stopped). The package under test is this build
+     * with one line added at the end of its prerm, after the stop: it fails while {@code fail-prerm} exists, as a prerm
+     * interrupted (Ctrl-C) while the stop completes does. Then, without it, {@code apt-get purge} removes the package.
+     */
+    @Test
+    void anAbortedRemovalStartsAgainTheServicesPrermStopped(@TempDir Path tmp) throws Exception {
+        String export = "iovirt-pkgabort";
+        String idle = "iovirt-pkgidle";
+        Path image = Path.of("/var/lib/iovirt", export + ".raw");
+        Path stateDir = image.getParent();
+        boolean stateDirWasThere = Files.isDirectory(stateDir);
+        Path wants = Path.of("/etc/systemd/system/multi-user.target.wants");
+        List<String> units = List.of("iovirt.service", "iovirt-blk@" + export + ".service");
+        String idleUnit = "iovirt-blk@" + idle + ".service";
+        List<String> enabled = List.of("iovirt.service", "iovirt-blk@" + export + ".service", idleUnit);
+        List<String> linksBefore = enabled.stream()
+                .filter(u -> Files.isSymbolicLink(wants.resolve(u)))
+                .toList();
+        Path fail = tmp.resolve("fail-prerm");
+        Path failing = repack(deb, tmp, "+pkgtest2", tree -> {
+            Path prerm = tree.resolve("DEBIAN/prerm");
+            String text = Files.readString(prerm);
+            int end = text.lastIndexOf("exit 0");
+            assertTrue(end > 0, "prerm ends with exit 0:\n" + text);
+            Files.writeString(
+                    prerm,
+                    text.substring(0, end) + "[ ! -e '" + fail + "' ] || { echo 'prerm fails (test)' >&2; exit 1; }\n"
+                            + text.substring(end));
+        });
+        try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            inside(systemd, aptGet("install", failing.toString()), 900);
+            Files.createDirectories(stateDir);
+            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            List<String> enable = new ArrayList<>(List.of("systemctl", "enable"));
+            enable.addAll(enabled);
+            inside(systemd, enable, 60);
+            List<String> start = new ArrayList<>(List.of("systemctl", "start"));
+            start.addAll(units);
+            inside(systemd, start, 300);
+            Map<String, String> before = show(systemd, units);
+
+            Files.createFile(fail);
+            SystemdNamespace.Result removal = systemd.run(aptGet("remove", "iovirt"), 900);
+            assertNotEquals(0, removal.exit(), "the removal fails in prerm:\n" + removal.out());
+            assertTrue(removal.out().contains("prerm fails (test)"), removal.out());
+            Result status = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
+            assertEquals("installed", status.out.strip(), "postinst abort-remove succeeded: " + removal.out());
+            Map<String, String> after = show(systemd, units);
+            for (String unit : units) {
+                assertEquals(
+                        "active",
+                        after.get(unit + " ActiveState"),
+                        () -> unit + " was running before the aborted removal: " + after + "\n" + removal.out() + "\n"
+                                + systemd.journal("iovirt*"));
+                assertNotEquals(
+                        before.get(unit + " InvocationID"),
+                        after.get(unit + " InvocationID"),
+                        unit + " was stopped by prerm and started again: " + after);
+            }
+            Map<String, String> idleAfter = show(systemd, List.of(idleUnit));
+            assertEquals(
+                    "inactive",
+                    idleAfter.get(idleUnit + " ActiveState"),
+                    idleUnit + " is enabled but was not running, and is not started: " + idleAfter);
+
+            Files.delete(fail);
+            inside(systemd, aptGet("purge", "iovirt"), 900);
+            SystemdNamespace.Result running = systemd.run(
+                    List.of("systemctl", "list-units", "--plain", "--no-legend", "--state=active", "iovirt*"), 60);
+            assertEquals("", running.out().strip(), "units of the purged package still running");
+        } finally {
+            for (String unit : enabled) {
+                if (!linksBefore.contains(unit)) {
+                    Files.deleteIfExists(wants.resolve(unit));
+                }
+            }
+            Files.deleteIfExists(image);
+            if (!stateDirWasThere) {
+                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
+            }
+            // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
+            Files.deleteIfExists(fail);
+            run(aptGet("purge", "iovirt"), 900);
+            Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
+            assertEquals(0, back.exit, back.out);
+        }
+    }
+
+    /** A change to the unpacked package {@code tree} (its DEBIAN/ included). */
+    private interface TreeEdit {
+        void apply(Path tree) throws IOException;
+    }
+
     /** The package as a next version: its version plus "+pkgtest1", and comment lines added to two unit files. */
     private static Path upgradeOf(Path deb, Path dir) throws Exception {
-        Path tree = dir.resolve("upgrade");
+        return repack(deb, dir, "+pkgtest1", tree -> {
+            for (String unit : List.of("iovirt.service", "iovirt-blk@.service")) {
+                Path file = tree.resolve("lib/systemd/system").resolve(unit);
+                Files.writeString(file, Files.readString(file) + "# changed by the upgrade\n");
+            }
+        });
+    }
+
+    /** {@code deb} unpacked in {@code dir}, changed by {@code edit}, its version plus {@code suffix}, built again. */
+    private static Path repack(Path deb, Path dir, String suffix, TreeEdit edit) throws Exception {
+        Path tree = dir.resolve("package" + suffix);
         Result unpacked = run(List.of("dpkg-deb", "--raw-extract", deb.toString(), tree.toString()), 120);
         assertEquals(0, unpacked.exit, unpacked.out);
         Path control = tree.resolve("DEBIAN/control");
-        Files.writeString(control, Files.readString(control).replaceFirst("(?m)^(Version: .*)$", "$1+pkgtest1"));
-        for (String unit : List.of("iovirt.service", "iovirt-blk@.service")) {
-            Path file = tree.resolve("lib/systemd/system").resolve(unit);
-            Files.writeString(file, Files.readString(file) + "# changed by the upgrade\n");
-        }
-        Path out = dir.resolve("iovirt-upgrade.deb");
+        Files.writeString(control, Files.readString(control).replaceFirst("(?m)^(Version: .*)$", "$1" + suffix));
+        edit.apply(tree);
+        Path out = dir.resolve("iovirt" + suffix + ".deb");
         Result built = run(List.of("dpkg-deb", "--root-owner-group", "--build", tree.toString(), out.toString()), 300);
         assertEquals(0, built.exit, built.out);
         return out;
