@@ -14,7 +14,6 @@ import io.iovirt.vm.compose.VmSpec;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -335,15 +334,11 @@ final class VmCommand implements Runnable {
                                     + dir + ", the limit is " + io.iovirt.vm.UnixSockets.MAX_PATH_BYTES + ")",
                             "choose a shorter directory with --run-dir, e.g. /run/iovirt-vm");
                 }
-                if (access.group() != null) {
-                    Files.setAttribute(
-                            dir,
-                            "posix:group",
-                            dir.getFileSystem()
-                                    .getUserPrincipalLookupService()
-                                    .lookupPrincipalByGroupName(access.group()));
-                    Files.setPosixFilePermissions(dir, PosixFilePermissions.fromString("rwxr-x---"));
+                if (access.group() != null) { // fails with a clear message for a group that does not exist
+                    dir.getFileSystem().getUserPrincipalLookupService().lookupPrincipalByGroupName(access.group());
                 }
+                // created 0700; group and mode set on its inode, never by path (a symlink swapped in is refused)
+                access.applyToDirectory(dir);
                 return dir;
             } catch (java.nio.file.attribute.UserPrincipalNotFoundException e) {
                 Files.deleteIfExists(dir);

@@ -142,6 +142,62 @@ public record SocketAccess(String group, Set<Integer> allowedUids) {
         }
     }
 
+    private static final int S_IFDIR = 0040000;
+
+    /**
+     * Gives the directory {@code dir}, just created by us (mode 0700), the access its sockets need: group-owned and
+     * mode 0750 with a group (so that group's QEMU can reach the sockets in it), 0700 otherwise. Done on the inode, as
+     * {@link #apply(Fd, Path)} does for a socket, never by path: whoever may write the parent could swap the directory
+     * for a symlink between its creation and a chmod by path, which would then change whatever the link names. A
+     * symlink at {@code dir} is not followed, and {@code dir} must be a directory of ours still at that path.
+     */
+    public void applyToDirectory(Path dir) throws LinuxException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment p = a.allocateFrom(dir.toString());
+            // O_DIRECTORY with O_NOFOLLOW: a symlink fails (ENOTDIR) rather than being opened or followed
+            Fd file = Fd.adopt(Syscalls.check(
+                    Syscalls.openat(AT_FDCWD, p, O_PATH | FileIo.O_DIRECTORY | FileIo.O_NOFOLLOW | FileIo.O_CLOEXEC, 0),
+                    "open",
+                    dir + " (not a directory, or a symlink: the run directory must be one we created)"));
+            try (file) {
+                MemorySegment st = a.allocate(256, 8);
+                MemorySegment atPath = a.allocate(256, 8);
+                MemorySegment empty = a.allocateFrom("");
+                Syscalls.check(Syscalls.statx(file.get(), empty, AT_EMPTY_PATH, STATX_BASIC_STATS, st), "statx", dir);
+                Syscalls.check(
+                        Syscalls.statx(AT_FDCWD, p, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, atPath), "statx", dir);
+                int mode = Short.toUnsignedInt(st.get(JAVA_SHORT, 28));
+                if ((mode & S_IFMT) != S_IFDIR
+                        || st.get(JAVA_INT, 20) != Syscalls.geteuid()
+                        || !sameInode(st, atPath)) {
+                    throw new LinuxException(
+                            "mkdir",
+                            dir + " (the directory was replaced after it was created: its parent is writable by"
+                                    + " another user; use a parent only our user can write)",
+                            Errno.EEXIST);
+                }
+                if (group != null) {
+                    int gid = Syscalls.groupId(a.allocateFrom(group));
+                    if (gid < 0) {
+                        throw new LinuxException("getgrnam", "group '" + group + "' does not exist", Errno.ENOENT);
+                    }
+                    Syscalls.check(
+                            Syscalls.fchownat(file.get(), empty, -1, gid, AT_EMPTY_PATH),
+                            "fchownat",
+                            dir + " to group " + group);
+                }
+                Syscalls.check(
+                        Syscalls.fchmodat(
+                                AT_FDCWD,
+                                a.allocateFrom("/proc/self/fd/" + file.get()),
+                                group != null ? 0750 : 0700,
+                                0),
+                        "chmod",
+                        dir);
+            }
+        }
+    }
+
     /** statx: stx_ino at 32, stx_dev_major/minor at 136/140. */
     private static boolean sameInode(MemorySegment x, MemorySegment y) {
         return x.get(JAVA_LONG, 32) == y.get(JAVA_LONG, 32)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.nbd;
 
+import io.iovirt.linux.UnixSocket;
 import io.iovirt.linux.UnixSocketChannel;
 import java.io.EOFException;
 import java.io.IOException;
@@ -18,10 +19,77 @@ final class NbdChannel {
     private final ByteChannel in;
     /** The same channel, for gathering writes (a java.nio SocketChannel, or a {@code linux.UnixSocketChannel}). */
     private final GatheringByteChannel out;
+    /** What a shutdown needs of the socket besides reads and writes. */
+    private final Input input;
+
+    /**
+     * The receiving side of the socket, as the server's shutdown needs it: whether the client's bytes wait unread, and
+     * stopping the reception (the client's stream ends there for the reader) without closing the socket.
+     */
+    interface Input {
+        /** Whether the client sent bytes not read yet (or ended its stream); false when that cannot be told. */
+        boolean ready();
+
+        /**
+         * Ends reception: a read blocked on the socket, and every later one, sees the end of the stream (once the
+         * bytes already received are read, for a UNIX socket); replies can still be sent.
+         */
+        void stop() throws IOException;
+    }
 
     <C extends ByteChannel & GatheringByteChannel> NbdChannel(C ch) {
+        this(ch, inputOf(ch));
+    }
+
+    /** With {@code input} for {@link #inputReady} and {@link #stopInput} (a test's channel). */
+    <C extends ByteChannel & GatheringByteChannel> NbdChannel(C ch, Input input) {
         this.in = ch;
         this.out = ch;
+        this.input = input;
+    }
+
+    private static Input inputOf(ByteChannel ch) {
+        if (ch instanceof UnixSocketChannel u) {
+            return new Input() {
+                @Override
+                public boolean ready() {
+                    return u.inputReady();
+                }
+
+                @Override
+                public void stop() throws IOException {
+                    u.socket().shutdown(UnixSocket.SHUT_RD);
+                }
+            };
+        }
+        if (ch instanceof SocketChannel s) {
+            return new Input() {
+                @Override
+                public boolean ready() {
+                    try {
+                        return s.isOpen() && s.socket().getInputStream().available() > 0;
+                    } catch (IOException e) {
+                        return false; // closed, or input stopped: nothing more will be read
+                    }
+                }
+
+                @Override
+                public void stop() throws IOException {
+                    s.shutdownInput();
+                }
+            };
+        }
+        return new Input() {
+            @Override
+            public boolean ready() {
+                return false;
+            }
+
+            @Override
+            public void stop() throws IOException {
+                ch.close(); // nothing finer to do
+            }
+        };
     }
 
     /**
@@ -67,17 +135,21 @@ final class NbdChannel {
      * when that cannot be told (a closed channel, a channel of another kind).
      */
     boolean inputReady() {
+        return input.ready();
+    }
+
+    /**
+     * Stops reading from the client without closing the socket (SHUT_RD): the reader, blocked or not, sees the end of
+     * the client's stream — after the bytes already received, on a UNIX socket — while replies still go out. Unlike
+     * {@link #close}, it cannot cut off a request the reader has already taken from the socket: the reader answers
+     * it, and closes the connection itself. Failing (the socket is gone) is harmless.
+     */
+    void stopInput() {
         try {
-            if (in instanceof UnixSocketChannel u) {
-                return u.inputReady();
-            }
-            if (in instanceof SocketChannel s && s.isOpen()) {
-                return s.socket().getInputStream().available() > 0;
-            }
-        } catch (IOException e) {
-            // closed meanwhile: nothing more will be read
+            input.stop();
+        } catch (IOException | RuntimeException e) {
+            // closed meanwhile
         }
-        return false;
     }
 
     boolean isOpen() {

@@ -180,8 +180,13 @@ final class NbdConnection implements Runnable {
     }
 
     <C extends ByteChannel & GatheringByteChannel> NbdConnection(NbdServer server, C ch, int id) {
+        this(server, new NbdChannel(ch), id);
+    }
+
+    /** Over a channel made by the caller (a test's, whose reads it steers). */
+    NbdConnection(NbdServer server, NbdChannel ch, int id) {
         this.server = server;
-        this.ch = new NbdChannel(ch);
+        this.ch = ch;
         this.id = id;
     }
 
@@ -233,15 +238,21 @@ final class NbdConnection implements Runnable {
     }
 
     /**
-     * Closes the connection if the server is shutting down, this connection's thread waits for the client, no
+     * Ends the connection if the server is shutting down, this connection's thread waits for the client, no
      * request is in flight and nothing the client sent waits unread. Each of the three (the shutdown, the thread's
      * wait, the last reply) calls this after its own volatile write, so whichever comes last sees the other two and
-     * closes — unless the client's bytes wait in the socket: then the thread, woken by them, reads them and answers
+     * ends it — unless the client's bytes wait in the socket: then the thread, woken by them, reads them and answers
      * with the shutdown error, and its next {@link #awaiting} decides.
+     *
+     * <p>It stops the socket's input ({@link NbdChannel#stopInput}) rather than closing it: {@link #idle} is still
+     * set while the thread's read returns a request it has just taken from the socket (between the read and
+     * {@link #busy}), when nothing waits unread any more. A close there cut that request off, unanswered; with the
+     * input stopped the thread reads the end of the stream after it, or answers it (with the shutdown error), and
+     * then sees the end, and closes the connection itself. The reader's path pays nothing for this.
      */
     private void closeIfDone() {
         if (shuttingDown && idle && (!transmission || freeSlots.get() == ALL_SLOTS) && !ch.inputReady()) {
-            close();
+            ch.stopInput();
         }
     }
 
@@ -343,7 +354,7 @@ final class NbdConnection implements Runnable {
         } catch (ClosedChannelException e) {
             // closed by the server (shutdown, handshake timeout)
         } catch (EOFException e) {
-            if (e.getMessage() != null) {
+            if (e.getMessage() != null && !shuttingDown) { // when shutting down: the input stopped (closeIfDone)
                 event(System.Logger.Level.INFO, e.getMessage());
             }
         } catch (ProtocolViolation e) {
@@ -516,15 +527,19 @@ final class NbdConnection implements Runnable {
                                 "write payload of " + length + " bytes exceeds the advertised maximum");
                     }
                     ByteBuffer buf = slot.payload((int) length, largeBudget);
-                    if (!ch.readFully(buf, false)) { // EOF in the middle of the payload throws EOFException
-                        throw new EOFException("client disconnected in the middle of a write payload");
+                    if (!readPayload(buf)) {
+                        // The shutdown stopped the input between this write's header and its payload: received
+                        // after the shutdown began, it gets ESHUTDOWN (the client must disconnect), and the
+                        // connection ends, its stream cut in the middle of a request.
+                        done(slot, ESHUTDOWN, SHUTTING_DOWN);
+                        return;
                     }
                     buf.flip();
                 }
                 if (shuttingDown) {
                     // Received after the shutdown began: not served (doc/proto.md: such requests SHOULD get
                     // ESHUTDOWN, upon which the client MUST disconnect). Its slot is freed below.
-                    done(slot, ESHUTDOWN, "the NBD server is shutting down: request not served; reconnect later");
+                    done(slot, ESHUTDOWN, SHUTTING_DOWN);
                     continue;
                 }
                 if (servedByReader(type, flags) && freeSlots.get() == (ALL_SLOTS & ~(1 << slot.index))) {
@@ -543,6 +558,29 @@ final class NbdConnection implements Runnable {
                 }
             }
         }
+    }
+
+    private static final String SHUTTING_DOWN = "the NBD server is shutting down: request not served; reconnect later";
+
+    /**
+     * Reads a write's payload: false when its stream ended in it because the server's shutdown stopped the input
+     * ({@link #closeIfDone}); a client gone in the middle of it is an {@link EOFException}.
+     */
+    private boolean readPayload(ByteBuffer buf) throws IOException {
+        try {
+            if (ch.readFully(buf, false)) {
+                return true;
+            }
+        } catch (EOFException e) {
+            if (shuttingDown) {
+                return false;
+            }
+            throw e;
+        }
+        if (shuttingDown) {
+            return false;
+        }
+        throw new EOFException("client disconnected in the middle of a write payload");
     }
 
     /**

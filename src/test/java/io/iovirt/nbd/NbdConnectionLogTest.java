@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.nbd;
 
-import static org.junit.jupiter.api.Assertions.assertTrue;
-
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.Images;
 import io.iovirt.testing.Await;
@@ -14,7 +12,7 @@ import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.List;
+import java.util.function.Predicate;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -44,22 +42,8 @@ class NbdConnectionLogTest {
                 hangUp(sock);
             }
             Await.until(Duration.ofSeconds(60), "the connections to end", () -> s.connectionCount() == 0);
-            // the bucket's bound for the time the loop took: its burst, and one line a second since
-            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
-            List<String> lines = clientLines(log);
-            assertTrue(
-                    lines.size() <= LogLimiter.BURST + seconds,
-                    lines.size() + " lines for " + CONNECTIONS + " connections in " + seconds + " s: " + lines);
-            assertTrue(lines.size() >= 1, "the first connections are logged");
-            // once the bucket has a token again, the next line says how many were left out
-            Await.until(Duration.ofSeconds(60), "a line counting the suppressed ones", () -> {
-                try {
-                    hangUp(sock);
-                } catch (java.io.IOException e) {
-                    throw new java.io.UncheckedIOException(e);
-                }
-                return clientLines(log).stream().anyMatch(l -> l.contains("similar lines suppressed)"));
-            });
+            log.assertLimited(CLIENT_LINE, start, CONNECTIONS, "connections");
+            log.awaitSuppressedCount(CLIENT_LINE, () -> hangUp(sock));
         }
     }
 
@@ -70,7 +54,6 @@ class NbdConnectionLogTest {
         }
     }
 
-    private static List<String> clientLines(LogCapture log) {
-        return log.all().stream().filter(l -> l.contains(" client #")).toList();
-    }
+    /** A line about one client connection. */
+    private static final Predicate<String> CLIENT_LINE = l -> l.contains(" client #");
 }

@@ -10,6 +10,7 @@ import io.iovirt.vhostuser.LogCapture;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
+import java.util.function.Predicate;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -35,23 +36,11 @@ class StreamPortLogTest {
             for (int i = 1; i <= CONNECTIONS; i++) {
                 connectAndHangUp(port, i);
             }
-            // the bucket's bound for the time the loop took: its burst, and one line a second since
-            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
-            List<String> lines = connectionLines(log, port);
-            assertTrue(
-                    lines.size() <= LogLimiter.BURST + seconds,
-                    lines.size() + " lines for " + CONNECTIONS + " connections in " + seconds + " s: " + lines);
-            assertTrue(lines.stream().anyMatch(l -> l.contains("peer connected")), "the first connection is logged");
-            // once the bucket has a token again, the next line says how many were left out
+            Predicate<String> lines = l -> l.startsWith(port.name());
+            List<String> logged = log.assertLimited(lines, start, CONNECTIONS, "connections");
+            assertTrue(logged.stream().anyMatch(l -> l.contains("peer connected")), "the first connection is logged");
             int[] n = {CONNECTIONS};
-            Await.until(Duration.ofSeconds(60), "a line counting the suppressed ones", () -> {
-                try {
-                    connectAndHangUp(port, ++n[0]);
-                } catch (Exception e) {
-                    throw new IllegalStateException(e);
-                }
-                return connectionLines(log, port).stream().anyMatch(l -> l.contains("similar lines suppressed)"));
-            });
+            log.awaitSuppressedCount(lines, () -> connectAndHangUp(port, ++n[0]));
         }
     }
 
@@ -61,9 +50,5 @@ class StreamPortLogTest {
             Await.until(Duration.ofSeconds(20), "connection " + nth + " accepted", () -> port.connections() == nth);
         }
         Await.until(Duration.ofSeconds(20), "connection " + nth + " ended", () -> !port.isLinkUp());
-    }
-
-    private static List<String> connectionLines(LogCapture log, StreamPort port) {
-        return log.all().stream().filter(l -> l.startsWith(port.name())).toList();
     }
 }

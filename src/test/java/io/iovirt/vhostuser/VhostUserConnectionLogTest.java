@@ -5,13 +5,11 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.UnixSocket;
-import io.iovirt.testing.Await;
 import io.iovirt.util.LogLimiter;
 import java.io.IOException;
-import java.io.UncheckedIOException;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.List;
+import java.util.function.Predicate;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -41,22 +39,8 @@ class VhostUserConnectionLogTest {
                 last.getFeatures();
             }
             assertTrue(s.awaitIdle(Duration.ofSeconds(60)), "the last frontend's session ends");
-            // the bucket's bound for the time the loop took: its burst, and one line a second since
-            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
-            List<String> lines = connectionLines(log);
-            assertTrue(
-                    lines.size() <= LogLimiter.BURST + seconds,
-                    lines.size() + " lines for " + CONNECTIONS + " connections in " + seconds + " s: " + lines);
-            assertTrue(lines.size() >= 1, "the first connections are logged");
-            // once the bucket has a token again, the next line says how many were left out
-            Await.until(Duration.ofSeconds(60), "a line counting the suppressed ones", () -> {
-                try {
-                    hangUp(sock);
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
-                return connectionLines(log).stream().anyMatch(l -> l.contains("similar lines suppressed)"));
-            });
+            log.assertLimited(CONNECTION_LINE, start, CONNECTIONS, "connections");
+            log.awaitSuppressedCount(CONNECTION_LINE, () -> hangUp(sock));
         }
     }
 
@@ -72,14 +56,7 @@ class VhostUserConnectionLogTest {
             for (int i = 0; i < CONNECTIONS; i++) {
                 assertThrows(RequestRejectedException.class, () -> fe.getConfig(56, 8)); // past the 60-byte space
             }
-            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
-            List<String> lines = log.all().stream()
-                    .filter(l -> l.contains("GET_CONFIG refused"))
-                    .toList();
-            assertTrue(
-                    lines.size() <= LogLimiter.BURST + seconds,
-                    lines.size() + " lines for " + CONNECTIONS + " refusals in " + seconds + " s: " + lines);
-            assertTrue(lines.size() >= 1, "the first refusals are logged");
+            log.assertLimited(l -> l.contains("GET_CONFIG refused"), start, CONNECTIONS, "refusals");
         }
     }
 
@@ -96,14 +73,7 @@ class VhostUserConnectionLogTest {
                 fe.setFeatures(i % 2 == 0 ? features : features & ~Features.VHOST_F_LOG_ALL);
             }
             fe.getFeatures(); // answered after every SET_FEATURES before it was handled
-            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
-            List<String> lines = log.all().stream()
-                    .filter(l -> l.contains("dirty page logging"))
-                    .toList();
-            assertTrue(
-                    lines.size() <= LogLimiter.BURST + seconds,
-                    lines.size() + " lines for " + CONNECTIONS + " SET_FEATURES in " + seconds + " s: " + lines);
-            assertTrue(lines.size() >= 1, "the first changes are logged");
+            log.assertLimited(l -> l.contains("dirty page logging"), start, CONNECTIONS, "SET_FEATURES");
         }
     }
 
@@ -112,9 +82,7 @@ class VhostUserConnectionLogTest {
         UnixSocket.connect(sock).close();
     }
 
-    private static List<String> connectionLines(LogCapture log) {
-        return log.all().stream()
-                .filter(l -> l.contains(": frontend pid ") && (l.contains("connected") || l.contains("disconnected")))
-                .toList();
-    }
+    /** A "connected" or "disconnected" line about a frontend. */
+    private static final Predicate<String> CONNECTION_LINE =
+            l -> l.contains(": frontend pid ") && (l.contains("connected") || l.contains("disconnected"));
 }

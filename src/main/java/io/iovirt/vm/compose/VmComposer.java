@@ -26,6 +26,7 @@ import io.iovirt.vm.Accelerator;
 import io.iovirt.vm.QemuGuest;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashSet;
 import java.util.List;
@@ -58,6 +59,16 @@ public final class VmComposer implements AutoCloseable {
     private final List<Device> devices = new ArrayList<>();
     private Switch netSwitch;
     private NbdServer nbd;
+    /**
+     * The images the NBD server exports and their locks ({@link #backends} too): let go of only once no thread of the
+     * server can touch them ({@link #close}).
+     */
+    private final List<AutoCloseable> nbdHeld = new ArrayList<>();
+
+    private static final System.Logger LOG = System.getLogger(VmComposer.class.getName());
+
+    /** How long {@link #close} waits, after the NBD server's own stop, for requests stuck in image I/O. */
+    static final Duration NBD_QUIESCE = Duration.ofSeconds(5);
 
     private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel, SocketAccess access) {
         this.accel = accel;
@@ -155,9 +166,11 @@ public final class VmComposer implements AutoCloseable {
                 ImageLock lock = ImageLock.holdForExport(disk.image(), disk.readOnly(), "vm " + spec.name() + " " + id);
                 if (lock != null) {
                     backends.add(lock); // closed after the image (backends close in reverse)
+                    nbdHeld.add(lock);
                 }
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
+                nbdHeld.add(img);
                 nbd.addExport(new NbdExport(id, img, disk.readOnly()));
                 args.addAll(List.of(
                         "-drive",
@@ -327,18 +340,52 @@ public final class VmComposer implements AutoCloseable {
         return netSwitch;
     }
 
+    /**
+     * Stops the backends. The NBD server goes first and in the order {@code serve nbd} exits in: it stops accepting,
+     * its requests in flight are served and answered (later ones get ESHUTDOWN) and QEMU's clients are disconnected
+     * ({@link NbdServer#close}); once no thread of it can touch an image ({@link NbdServer#awaitQuiescent}, at most
+     * {@link #NBD_QUIESCE} more), each exported image is flushed — a write QEMU was told had succeeded is then on
+     * disk, not only in the page cache — and closed, then its lock let go of. A request still stuck in image I/O (a
+     * hung NFS or FUSE file, a dying disk) keeps its image open and locked until the process exits: closed under it,
+     * the descriptor's number could be reused by another open and take that request's writes.
+     */
     @Override
     public void close() {
+        boolean nbdQuiet = true;
         if (nbd != null) {
-            nbd.close(); // disconnects QEMU's NBD clients before the images they use are closed
+            nbd.close(); // disconnects QEMU's NBD clients before the images they use are flushed and closed
+            try {
+                nbdQuiet = nbd.awaitQuiescent(NBD_QUIESCE);
+            } catch (InterruptedException e) {
+                nbdQuiet = nbd.quiescent();
+                Thread.currentThread().interrupt();
+            }
+            if (!nbdQuiet) {
+                LOG.log(
+                        System.Logger.Level.ERROR,
+                        "vm " + spec.name() + ": a request of QEMU's NBD client is still in I/O on an FV disk's image"
+                                + " (its file system or disk does not answer): the FV disks' images stay open,"
+                                + " unflushed and locked until this process exits; make that file system or disk"
+                                + " answer again before the images are used again");
+            }
         }
         for (int i = backends.size() - 1; i >= 0; i--) {
+            AutoCloseable b = backends.get(i);
+            boolean exported = nbdHeld.contains(b);
+            if (exported && !nbdQuiet) {
+                continue; // a thread of the NBD server may still use it
+            }
             try {
-                backends.get(i).close();
+                if (exported && b instanceof DiskImage img) {
+                    img.flushAndClose("vm " + spec.name() + " FV disk " + img.path());
+                } else {
+                    b.close();
+                }
             } catch (Exception e) {
                 // stopping a backend at teardown: nothing left to do with the error
             }
         }
         backends.clear();
+        nbdHeld.clear();
     }
 }
