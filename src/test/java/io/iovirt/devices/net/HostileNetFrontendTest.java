@@ -144,6 +144,59 @@ class HostileNetFrontendTest {
         }
     }
 
+    /**
+     * A frontend sends a fresh call eventfd for its receive queue whose counter is full, then makes it blocking again
+     * (it shares the open file with us). The threads that would interrupt its guest are other tenants': B's transmit
+     * thread delivering into A's queue, and the receive recheck thread all ports share. None of them may block on it,
+     * not even once: the eventfd is never written (the counter the frontend left is still there, no watchdog drained
+     * it), and B and C keep exchanging frames. Before, the first write to each new eventfd blocked until the watchdog
+     * drained the counter, a fraction of a second of a shared thread per eventfd the frontend sent.
+     */
+    @Test
+    void aFreshBlockingFullCallEventfdIsNeverWrittenByASharedThread() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            a.postRx(0, 2048, 200);
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            learn(a, A, B);
+            learn(b, B, C);
+            learn(c, C, B);
+            a.drainRx(0);
+            b.drainRx(0);
+            c.drainRx(0);
+            long[] lost = {pa.rxQueueTotals(0).lostSignals()};
+            for (int round = 0; round < 3; round++) { // each round a new eventfd
+                try (EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) {
+                    trap.write(0xffff_ffff_ffff_fffeL); // the largest count: a write of 1 would block
+                    a.replaceCall(0, trap);
+                    a.fe.getFeatures(); // answered after SET_VRING_CALL was handled (made non-blocking then)
+                    trap.fd().setNonBlocking(false); // the frontend undoes that on the file it shares with us
+                    for (int i = 0; i < 20; i++) {
+                        b.send(0, VirtioNetPortTest.frame(A, B, 60 + i));
+                    }
+                    b.awaitTxUsed(0, 20);
+                    honestTrafficFlows(b, c, round);
+                    VirtioNetPortTest.await(
+                            () -> pa.rxQueueTotals(0).lostSignals() > lost[0],
+                            "round " + round + ": an interrupt for A's guest was tried and dropped");
+                    lost[0] = pa.rxQueueTotals(0).lostSignals();
+                    trap.fd().setNonBlocking(true);
+                    assertEquals(
+                            0xffff_ffff_ffff_fffeL,
+                            trap.read(),
+                            "round " + round + ": the full eventfd was never written (no thread blocked on it, "
+                                    + "no watchdog drained it)");
+                    a.drainRx(0); // A's driver takes its frames: the next ones are worth an interrupt again
+                }
+            }
+            assertTrue(pa.rxQueueTotals(0).lostSignals() >= 3, "counted: " + pa.rxQueueTotals(0));
+            assertEquals(0, pb.rxQueueTotals(0).lostSignals(), "B's own interrupts were not lost");
+        }
+    }
+
     @Test
     void aFrontendThatTruncatesItsMemoryFailsOnlyItsOwnQueueEvenOnAnotherPortsThread() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
