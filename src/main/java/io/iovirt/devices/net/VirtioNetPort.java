@@ -143,7 +143,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     private Ingress announceIngress;
     private Frame announceFrame;
     private VhostUserServer server;
-    /** Lines this port's frontend can cause at will (a queue it broke), however often it repeats that. */
+    /** Lines this port's frontend can cause at will (a queue it broke, rx or tx), however often it repeats that. */
     private final LogLimiter frontendLines = new LogLimiter(LOG);
 
     private volatile long guestMac;
@@ -477,6 +477,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                         .stats(txWorkerStats[pair])
                         .pollEvery(setup.kick() == null ? 1 : -1)
                         .onFailure(why -> needsReset = true)
+                        .failureLog(frontendLines)
                         .group(workers)
                         .build(new RingHandler(vq, setup.call(), NetTxQueue.BATCH, tq));
                 txWorkers[pair] = w;

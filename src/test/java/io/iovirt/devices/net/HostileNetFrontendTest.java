@@ -197,6 +197,53 @@ class HostileNetFrontendTest {
         }
     }
 
+    /**
+     * A frontend breaks its transmit ring (a buffer outside guest memory) and restarts it, again and again: each
+     * failure's line goes through the port's bucket for lines a frontend can repeat at will. Before, every failure of
+     * every new queue worker made an ERROR line, without bound.
+     */
+    @Test
+    void aFrontendBreakingAndRestartingItsTransmitQueueMakesABoundedNumberOfLogLines() throws Exception {
+        int failures = 60;
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+                EventFd err = EventFd.create(true)) {
+            VirtioNetPortTest.await(pa::isLinkUp, "link up");
+            a.fe.setVringErr(1, err);
+            a.addRaw(
+                    1,
+                    new long[] {NetDriver.RAM_SIZE + 4096},
+                    new int[] {64},
+                    new boolean[] {false},
+                    io.iovirt.virtio.DriverRing.NO_INDIRECT);
+            long start = System.nanoTime();
+            for (int i = 0; i < failures; i++) {
+                if (i > 0) { // restart the failed ring where it stopped: the broken request is taken again
+                    int base = a.fe.getVringBase(1);
+                    a.fe.setVringBase(1, base);
+                    a.fe.setVringKick(1, a.kickFd(1));
+                    a.kickQueue(1);
+                }
+                int round = i;
+                io.iovirt.testing.Await.until(BOUND, "failure " + round + " signalled on the err eventfd", () -> {
+                    try {
+                        return err.read() > 0;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
+            List<String> lines = log.all().stream()
+                    .filter(l -> l.contains("queue stopped until the driver resets the device"))
+                    .filter(l -> l.contains(pa.name()))
+                    .toList();
+            assertTrue(
+                    lines.size() <= io.iovirt.util.LogLimiter.BURST + seconds,
+                    lines.size() + " lines for " + failures + " failures in " + seconds + " s");
+            assertTrue(lines.size() >= 1, "the first failures are logged");
+        }
+    }
+
     @Test
     void aFrontendThatTruncatesItsMemoryFailsOnlyItsOwnQueueEvenOnAnotherPortsThread() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
