@@ -244,6 +244,39 @@ class HostileNetFrontendTest {
         }
     }
 
+    /**
+     * A frontend restarts its packed receive ring at a SET_VRING_BASE whose used side is more than a ring behind the
+     * available side (no state a ring can be in): the port refuses to start the queue with a line naming why, the
+     * connection and the backend carry on, and the ring restarted at its real base moves frames again.
+     */
+    @Test
+    void aPackedRingRestartedAtAnImpossibleBaseIsRefused() throws Exception {
+        long packed = BASE | VirtioFeatures.VIRTIO_F_RING_PACKED;
+        try (NetDriver a = new NetDriver(pa.options().socket(), packed, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), packed, 1)) {
+            assertTrue(a.negotiated(VirtioFeatures.VIRTIO_F_RING_PACKED));
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp(), "links up");
+            int base = a.fe.getVringBase(0); // stopped: a fresh ring, 0x8000_8000
+            assertEquals(0x8000_8000, base);
+            // available at 5 on wrap 1, used at 3 on wrap 0: 258 slots in flight in a ring of 256
+            a.fe.setVringBase(0, 0x0003_8005);
+            org.junit.jupiter.api.Assertions.assertThrows(
+                    io.iovirt.vhostuser.RequestRejectedException.class,
+                    () -> a.fe.setVringKick(0, a.kickFd(0)), // enabled: starts on the kick, refused
+                    "the port refuses to start the queue");
+            String line = log.awaitLine("slots behind the available side");
+            assertTrue(line.contains(pa.name()) && line.contains("BAD_CONFIG"), line);
+            a.fe.getVringBase(0); // the connection carries on; the ring is stopped again to get a new base
+            a.fe.setVringBase(0, base);
+            a.fe.setVringKick(0, a.kickFd(0));
+            a.postRx(0, 2048, 16);
+            learn(a, A, B);
+            byte[] f = VirtioNetPortTest.frame(A, B, 80);
+            b.send(0, f);
+            assertArrayEquals(f, a.receive(0), "the ring restarted at its real base moves frames");
+        }
+    }
+
     @Test
     void aFrontendThatTruncatesItsMemoryFailsOnlyItsOwnQueueEvenOnAnotherPortsThread() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
