@@ -38,9 +38,8 @@ public final class EventFd implements AutoCloseable {
     /** The watchdog had to end a blocked operation (drain the counter for a write, bump it for a read). */
     private volatile boolean stuck;
     /**
-     * A write of ours to this peer's eventfd blocked once (the peer cleared O_NONBLOCK and filled the counter): from
-     * then on every {@link #trySignal} first asks poll whether a write would go through, so the peer costs each later
-     * interrupt one system call instead of the watchdog's fraction of a second.
+     * A write of ours to this peer's eventfd blocked once (the peer filled the counter between {@link #trySignal}'s
+     * look and its write, with O_NONBLOCK cleared), and the watchdog had to end it.
      */
     private volatile boolean quarantined;
 
@@ -163,17 +162,19 @@ public final class EventFd implements AutoCloseable {
     }
 
     /**
-     * Adds 1 without blocking for long: false when the write would block (the counter is full) — the peer's fault,
-     * which the caller reports (the queue fails).
+     * Adds 1 without waiting on the peer: false when the write would block (the counter is full) — the peer's fault,
+     * which the caller reports (counts, or fails the queue).
      *
      * <p>A peer's descriptor was made non-blocking when adopted, but the peer shares the open file description and
-     * may clear the flag again, and then fill the counter: the write would block until somebody reads. A watchdog
-     * thread ({@link Watchdog}) sees a peer write that has not returned within {@link Watchdog#STUCK_NANOS} and
-     * drains the counter from a throw-away thread, which ends the write; this call then returns false. So no thread
-     * of ours is held by a peer's eventfd for longer than a fraction of a second, whoever's thread it is — and only
-     * once: after that the eventfd is quarantined, and each later call first polls whether the write can go through
-     * (a full counter: false at once), so a peer cannot stall other tenants' threads a fraction of a second per
-     * interrupt for ever.
+     * may clear the flag again at any time, and fill the counter: a write would then block until somebody reads. The
+     * threads that write a peer's eventfd serve other tenants too (the senders delivering into a guest's receive
+     * queue, the shared receive recheck thread, shared poll threads), so each write to a peer's eventfd first asks
+     * poll, without waiting, whether it would go through: a full counter is seen before the write and the call
+     * returns false at once, however fresh the eventfd. Checking only after a first write had blocked (as before)
+     * let a frontend cost a shared thread the watchdog's fraction of a second per new eventfd it sent, as often as
+     * it liked. What is left is a peer filling the counter in the instant between the look and the write: a
+     * watchdog thread ({@link Watchdog}) sees a peer write that has not returned within {@link Watchdog#STUCK_NANOS}
+     * and drains the counter, which ends the write; this call then returns false.
      */
     public boolean trySignal() throws LinuxException {
         int f = fd.get();
@@ -181,7 +182,7 @@ public final class EventFd implements AutoCloseable {
         t.scratch.set(JAVA_LONG, 0, 1L);
         long r;
         if (fromPeer) {
-            if (quarantined && !writable(f, t)) {
+            if ((lookFirst || quarantined) && !writable(f, t)) {
                 return false; // the counter is full: the write would block (or be dropped), the peer's fault
             }
             opIsRead = false;
@@ -212,11 +213,24 @@ public final class EventFd implements AutoCloseable {
      * its limit). The peer could still fill the counter between this look and the write; the watchdog covers that.
      */
     private static boolean writable(int f, Syscalls.PerThread t) {
-        MemorySegment pfd = t.scratch.asSlice(8, 8); // struct pollfd; the value to write stays in bytes 0..7
+        MemorySegment pfd = t.scratchPollFd; // the value to write stays in bytes 0..7 of the scratch
         pfd.set(JAVA_INT, 0, f);
         pfd.set(JAVA_SHORT, 4, POLLOUT);
         pfd.set(JAVA_SHORT, 6, (short) 0);
         return Syscalls.poll(pfd, 1, 0) == 1 && (pfd.get(JAVA_SHORT, 6) & POLLOUT) != 0;
+    }
+
+    /**
+     * Whether {@link #trySignal} looks before writing a peer's eventfd; tests set it false to make the peer's race
+     * (the counter filled between the look and the write) happen every time and exercise the watchdog.
+     */
+    private static volatile boolean lookFirst = true;
+
+    /** Tests: see {@link #lookFirst}; returns the previous setting. */
+    static boolean lookFirst(boolean look) {
+        boolean was = lookFirst;
+        lookFirst = look;
+        return was;
     }
 
     /** Whether a write of ours to this peer's eventfd ever blocked (see {@link #trySignal}). */

@@ -54,12 +54,15 @@ final class Syscalls {
         final MemorySegment scratch;
         /** One iovec (bytes 48..63 of scratch) naming scratch's first 8 bytes: {@link #read8NoWait}'s. */
         final MemorySegment scratchIov;
+        /** One struct pollfd (bytes 8..15 of scratch): a look at one descriptor without allocating. */
+        final MemorySegment scratchPollFd;
 
         private PerThread() {
             Arena arena = Arena.ofAuto();
             this.capture = arena.allocate(CAPTURE_LAYOUT);
             this.scratch = arena.allocate(64, 8);
             this.scratchIov = scratch.asSlice(48, 16);
+            this.scratchPollFd = scratch.asSlice(8, 8);
             scratchIov.set(JAVA_LONG, 0, scratch.address());
             scratchIov.set(JAVA_LONG, 8, 8L);
         }

@@ -6,6 +6,7 @@ import io.iovirt.linux.Mmap;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.GuestWriteLog;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.util.LogLimiter;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
@@ -50,13 +51,19 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
     private final long pages;
 
     private final AtomicLong outOfRange = new AtomicLong();
+    /**
+     * Where the line about the first write this log cannot cover goes: the connection's bucket for lines a frontend
+     * can repeat at will (a frontend sending a too-small log again and again gets one line per log otherwise).
+     */
+    private final LogLimiter lines;
     // The log swap (SET_LOG_BASE while logging): marks in progress, and where marks go once this log is retired.
     private final AtomicLong marking = new AtomicLong();
     private volatile boolean retired;
     private volatile DirtyLog successor;
 
-    private DirtyLog(String name, Mmap.Mapping mapping, MemorySegment bitmap, long size) {
+    private DirtyLog(String name, Mmap.Mapping mapping, MemorySegment bitmap, long size, LogLimiter lines) {
         this.name = name;
+        this.lines = lines;
         this.mapping = mapping;
         this.size = size;
         this.bitmap = bitmap.asSlice(0, size & ~7L);
@@ -69,10 +76,12 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
      * @param checks the device's share of descriptor checks that may wait at once ({@link PeerFile})
      * @param size   bytes of bitmap (the payload's mmap_size)
      * @param offset where the bitmap starts in the file (mmap_offset)
+     * @param lines  the bucket for lines the frontend can repeat at will (the handler's)
      * @throws ProtocolException the descriptor is not a shared memory file, or the area is empty, huge, misaligned
      *                           or beyond the end of the file
      */
-    static DirtyLog map(String name, PeerFile.Quota checks, Fd fd, long size, long offset) throws ProtocolException {
+    static DirtyLog map(String name, PeerFile.Quota checks, Fd fd, long size, long offset, LogLimiter lines)
+            throws ProtocolException {
         try (fd) {
             String what = "SET_LOG_BASE (size " + Long.toUnsignedString(size) + ", offset "
                     + Long.toUnsignedString(offset) + ")";
@@ -85,7 +94,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
             PeerFile.requireSharedMemory(
                     checks, fd, what, offset, size, "the dirty log must be a memfd, or a file on tmpfs or hugetlbfs");
             Mmap.Mapping m = PeerFile.mapShared(fd, what, offset, size, Mmap.MAP_NORESERVE);
-            return new DirtyLog(name, m, m.segment(), size);
+            return new DirtyLog(name, m, m.segment(), size, lines);
         }
     }
 
@@ -94,7 +103,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
         if (bitmap.address() % 8 != 0) {
             throw new IllegalArgumentException("the bitmap must be 8-byte aligned");
         }
-        return new DirtyLog(name, null, bitmap, bitmap.byteSize());
+        return new DirtyLog(name, null, bitmap, bitmap.byteSize(), new LogLimiter(LOG));
     }
 
     /** The log's size in bytes, as the frontend gave it. */
@@ -242,7 +251,7 @@ public final class DirtyLog implements GuestWriteLog, AutoCloseable {
 
     private void outOfRange(long gpa, long len) {
         if (outOfRange.getAndIncrement() == 0) {
-            LOG.log(
+            lines.log(
                     System.Logger.Level.ERROR,
                     String.format(
                             "%s: the device wrote guest memory 0x%x+0x%x, beyond the "

@@ -363,7 +363,8 @@ final class Handler implements AutoCloseable {
             throw new ProtocolException("SET_LOG_BASE needs a " + Payloads.LOG_SIZE + "-byte log description and one "
                     + "descriptor, got " + p.byteSize() + " bytes and " + m.fdCount());
         }
-        DirtyLog next = DirtyLog.map(name, checks, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p));
+        DirtyLog next =
+                DirtyLog.map(name, checks, m.takeFd(0), Payloads.Log.size(p), Payloads.Log.offset(p), frontendLines);
         if (!hadLog && logging()) {
             // A migration starts with SET_LOG_BASE, then LOG_ALL. LOG_ALL before this connection's first log is a
             // frontend that (re)connected while a migration runs - after a backend crash or restart. QEMU 7.2 then

@@ -87,6 +87,17 @@ public final class PackedQueue extends Virtqueue {
                     "starting positions avail " + config.availIndex() + " / used " + config.usedIndex()
                             + " are outside the ring of " + size);
         }
+        int inFlightAtStart =
+                slotsBetween(config.usedIndex(), config.usedWrap(), config.availIndex(), config.availWrap(), size);
+        if (inFlightAtStart > size) {
+            throw fail(
+                    Reason.BAD_CONFIG,
+                    "starting positions avail " + config.availIndex() + " (wrap " + (config.availWrap() ? 1 : 0)
+                            + ") / used " + config.usedIndex() + " (wrap " + (config.usedWrap() ? 1 : 0)
+                            + ") put the used side " + inFlightAtStart + " slots behind the available side,"
+                            + " more than the ring of " + size + " holds: not a state a ring can be in (the used"
+                            + " position and wrap counter are bits 16-31 of SET_VRING_BASE)");
+        }
         this.indirectDesc = config.indirectDesc();
         this.slotsById = new int[size];
         this.nextAvail = config.availIndex();
@@ -459,6 +470,19 @@ public final class PackedQueue extends Virtqueue {
             event -= 2 * size; // not reached yet in this lap: its last occurrence was two laps back
         }
         return event >= newPos - advanced;
+    }
+
+    /**
+     * How many slots position {@code to} (with wrap counter {@code toWrap}) is ahead of {@code from}, 0 to {@code 2 *
+     * size - 1}: a (position, wrap counter) pair recurs every two laps, the counter starting at 1 on the first lap.
+     * The used side trails the available side by the slots of the buffers in flight, at most a ring's worth; more is
+     * no state a ring can be in (the used side would be a lap behind, or ahead of the available side).
+     */
+    static int slotsBetween(int from, boolean fromWrap, int to, boolean toWrap, int size) {
+        int a = to + (toWrap ? 0 : size);
+        int b = from + (fromWrap ? 0 : size);
+        int d = a - b;
+        return d < 0 ? d + 2 * size : d;
     }
 
     private void writeDeviceEventPosition() {

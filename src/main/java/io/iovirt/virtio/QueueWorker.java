@@ -6,6 +6,7 @@ import io.iovirt.linux.EventFd;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.Mmap;
+import io.iovirt.util.LogLimiter;
 import java.lang.System.Logger.Level;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -189,6 +190,7 @@ public final class QueueWorker {
         private boolean adaptive;
         private int pollMillis = -1;
         private FailureListener onFailure = reason -> {};
+        private LogLimiter failureLog;
         private final List<Object[]> sources = new ArrayList<>();
         private WorkerGroup group;
         private Stats stats;
@@ -256,6 +258,16 @@ public final class QueueWorker {
             return this;
         }
 
+        /**
+         * Log the queue's failure through {@code lines}, the device's bucket for lines its frontend can repeat at will
+         * (a frontend that breaks its ring and restarts it in a loop: one failure, one line, per worker), instead of
+         * unconditionally.
+         */
+        public Builder failureLog(LogLimiter lines) {
+            this.failureLog = Objects.requireNonNull(lines);
+            return this;
+        }
+
         /** Count into {@code s} (kept by the device across this queue's workers) instead of a new {@link Stats}. */
         public Builder stats(Stats s) {
             this.stats = Objects.requireNonNull(s);
@@ -317,6 +329,9 @@ public final class QueueWorker {
 
     private final int pollMillis;
     private final FailureListener onFailure;
+    /** The device's bucket for the failure line, or null: logged unconditionally. */
+    private final LogLimiter failureLog;
+
     private final EventFd stopFd;
     private final Epoll epoll;
     private final Thread thread;
@@ -355,6 +370,7 @@ public final class QueueWorker {
         this.pollMillis = b.pollMillis;
         this.kick = b.kick;
         this.onFailure = b.onFailure;
+        this.failureLog = b.failureLog;
         this.sources = List.copyOf(b.sources);
         if (b.group != null) {
             // shared: no thread, epoll set or stop eventfd of its own; the group registers kick and sources now
@@ -655,7 +671,11 @@ public final class QueueWorker {
     /** Fails the queue (any thread may call it for the worker's queue, e.g. a device that noticed a broken ring). */
     private void fail(Throwable t) {
         String why = describe(t);
-        LOG.log(Level.ERROR, "{0}: {1}; queue stopped until the driver resets the device", name, why);
+        if (failureLog != null) {
+            failureLog.log(Level.ERROR, name + ": " + why + "; queue stopped until the driver resets the device");
+        } else {
+            LOG.log(Level.ERROR, "{0}: {1}; queue stopped until the driver resets the device", name, why);
+        }
         if (!(t instanceof VirtqueueException) && !(t instanceof LinuxException) && !(t instanceof InternalError)) {
             LOG.log(Level.DEBUG, name + ": failure", t);
         }

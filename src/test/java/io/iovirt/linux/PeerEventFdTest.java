@@ -47,8 +47,34 @@ class PeerEventFdTest {
         }
     }
 
+    /**
+     * A fresh peer eventfd whose counter the peer filled and made blocking again is seen full before the write: the
+     * write is never tried, so no thread of ours blocks on it even once (before, the first write to each new eventfd
+     * blocked until the watchdog drained the counter).
+     */
+    @Test
+    void aFreshFullBlockingCounterIsNeverWritten() throws Exception {
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
+            peer.write(EventFd.Watchdog.COUNTER_MAX);
+            peer.fd().setNonBlocking(false); // the peer undoes what we did
+            assertFalse(ours.trySignal(), "the counter is full");
+            assertFalse(ours.quarantined(), "no write blocked");
+            assertEquals(
+                    EventFd.Watchdog.COUNTER_MAX,
+                    EventFd.Watchdog.counter(ours.fd().get()),
+                    "no rescue happened: the write was never tried");
+            peer.fd().setNonBlocking(true);
+            assertEquals(EventFd.Watchdog.COUNTER_MAX, peer.read());
+            assertTrue(ours.trySignal(), "with room in the counter the interrupt goes through");
+            assertEquals(1, peer.read());
+        }
+    }
+
+    /** The peer fills the counter between the look and the write (forced here): the watchdog ends the write. */
     @Test
     void aFullBlockingCounterCannotHoldAWriter() throws Exception {
+        boolean look = EventFd.lookFirst(false);
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
                 EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
             peer.write(0xffff_ffff_ffff_fffeL);
@@ -67,6 +93,8 @@ class PeerEventFdTest {
             assertEquals(EventFd.Watchdog.COUNTER_MAX, peer.read());
             assertTrue(ours.trySignal(), "with room in the counter the interrupt goes through");
             assertEquals(1, peer.read());
+        } finally {
+            EventFd.lookFirst(look);
         }
     }
 
@@ -79,6 +107,7 @@ class PeerEventFdTest {
      */
     @Test
     void aWriteStillBlockedAfterAnotherOneWentThroughIsEndedToo() throws Exception {
+        boolean look = EventFd.lookFirst(false); // both writes won the race against the look
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC | EventFd.EFD_SEMAPHORE);
                 EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
             peer.write(EventFd.Watchdog.COUNTER_MAX);
@@ -98,6 +127,8 @@ class PeerEventFdTest {
                 peer.read();
                 senders.shutdownNow();
             }
+        } finally {
+            EventFd.lookFirst(look);
         }
     }
 
@@ -109,6 +140,7 @@ class PeerEventFdTest {
      */
     @Test
     void aPeerLettingWritesThroughOneAtATimeDoesNotHoldTheOthers() throws Exception {
+        boolean look = EventFd.lookFirst(false); // the writes won the race against the look
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC | EventFd.EFD_SEMAPHORE);
                 EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
             peer.write(EventFd.Watchdog.COUNTER_MAX);
@@ -144,6 +176,8 @@ class PeerEventFdTest {
                 }
                 threads.shutdownNow();
             }
+        } finally {
+            EventFd.lookFirst(look);
         }
     }
 
@@ -167,6 +201,7 @@ class PeerEventFdTest {
     @Test
     void withoutNowaitReadsTheWatchdogStillEndsBlockedReadsAndWrites() throws Exception {
         boolean was = EventFd.nowaitReads(false);
+        boolean look = EventFd.lookFirst(false); // the write below won the race against the look
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
                 EventFd kick = EventFd.adoptFromPeer(peer.fd().dup(), "kick");
                 EventFd call = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
@@ -180,6 +215,7 @@ class PeerEventFdTest {
             assertEquals(1, peer.read(), "the counter was drained, then our write went through");
         } finally {
             EventFd.nowaitReads(was);
+            EventFd.lookFirst(look);
         }
     }
 

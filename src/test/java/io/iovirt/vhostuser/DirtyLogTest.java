@@ -12,6 +12,7 @@ import io.iovirt.linux.Fd;
 import io.iovirt.linux.MemFd;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.memory.MemoryRegion;
+import io.iovirt.util.LogLimiter;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.concurrent.CountDownLatch;
@@ -124,22 +125,28 @@ class DirtyLogTest {
         }
     }
 
+    private static final LogLimiter LINES = new LogLimiter(System.getLogger("io.iovirt.vhostuser"));
+
     @Test
     void mapChecksTheFrontendsDescription() throws Exception {
         try (Fd f = MemFd.allocate("log", 8192)) {
             assertThrows(
-                    ProtocolException.class, () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 0, 0), "empty");
+                    ProtocolException.class,
+                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 0, 0, LINES),
+                    "empty");
             assertThrows(
                     ProtocolException.class,
-                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 4096, 4),
+                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 4096, 4, LINES),
                     "misaligned");
             assertThrows(
                     ProtocolException.class,
-                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 8192, 4096),
+                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 8192, 4096, LINES),
                     "past the end");
             assertThrows(
-                    ProtocolException.class, () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), -1, 0), "huge");
-            try (DirtyLog log = DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 4096, 4096)) {
+                    ProtocolException.class,
+                    () -> DirtyLog.map("t", new PeerFile.Quota(), f.dup(), -1, 0, LINES),
+                    "huge");
+            try (DirtyLog log = DirtyLog.map("t", new PeerFile.Quota(), f.dup(), 4096, 4096, LINES)) {
                 assertTrue(log.mark(0, 1));
             }
         }

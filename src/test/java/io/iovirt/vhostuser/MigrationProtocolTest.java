@@ -240,6 +240,41 @@ class MigrationProtocolTest {
         }
     }
 
+    /**
+     * A frontend sending a dirty log too small for the device's writes again and again: each log's "cannot be
+     * reported" line goes through the connection's bucket for lines a frontend can repeat at will. Before, each new
+     * log made one ERROR line of its own, without bound.
+     */
+    @Test
+    void aFrontendSendingTooSmallLogsInALoopMakesABoundedNumberOfLogLines() throws Exception {
+        Path socket = dir.resolve("vub.sock");
+        RecordingBackend backend = new RecordingBackend(2);
+        int logs = 100;
+        try (VhostUserServer server = VhostUserServer.start(socket, backend);
+                LogCapture log = LogCapture.start("io.iovirt.vhostuser");
+                VhostUserServerTest.Session q = VhostUserServerTest.session(socket)) {
+            VhostUserFrontend fe = q.fe();
+            VhostUserServerTest.initLikeQemu(fe, q.call(), q.err());
+            VhostUserServerTest.startLikeQemu(fe, q.low(), q.high(), q.kick(), q.call(), VhostUserServerTest.FEATURES);
+            fe.setFeatures(VhostUserServerTest.FEATURES | LOG_ALL);
+            long start = System.nanoTime();
+            for (int i = 0; i < logs; i++) {
+                try (Fd logFd = MemFd.allocate("log", 4096)) {
+                    fe.setLogBase(logFd, 8, 0); // 64 pages
+                }
+                deviceWrites(backend, 1 << 20); // 4 GiB in: beyond what the log covers
+            }
+            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
+            java.util.List<String> lines = log.all().stream()
+                    .filter(l -> l.contains("dirty log covers"))
+                    .toList();
+            assertTrue(
+                    lines.size() <= io.iovirt.util.LogLimiter.BURST + seconds,
+                    lines.size() + " lines for " + logs + " logs in " + seconds + " s");
+            assertTrue(lines.size() >= 1, "the first one is logged");
+        }
+    }
+
     /** A device thread writing guest page {@code page} and reporting it as the queues do (the holder's log). */
     private static void deviceWrites(RecordingBackend backend, long page) {
         var log = backend.running.get(0).memory().writeLog();

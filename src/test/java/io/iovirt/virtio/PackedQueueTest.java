@@ -387,6 +387,36 @@ class PackedQueueTest {
         }
     }
 
+    /**
+     * SET_VRING_BASE values no ring can be in: the used side more than a ring behind the available side (equivalently,
+     * ahead of it). Each fails the queue as bad configuration; the device writes nothing. Before, the queue started,
+     * and its used descriptors went to slots ahead of the available side: over buffers the driver had made available
+     * and the device had not read yet.
+     */
+    private static final int[] IMPOSSIBLE_VRING_BASES = {
+        0x0003_8005, // available at 5 on wrap 1, used at 3 on wrap 0: 10 of 8 in flight
+        0x8005_8003, // available at 3, used at 5, both on wrap 1: the used side ahead (14 of 8 in flight)
+        0x0007_0002, // available at 2, used at 7, both on wrap 0: the used side ahead (11 of 8 in flight)
+        0x8001_8000, // available at 0, used at 1, both on wrap 1: the used side ahead (15 of 8 in flight)
+    };
+
+    @Test
+    void vringBasesWithTheUsedSideMoreThanARingBehindAreRefused() throws Exception {
+        PackedDriverRing d = driver(false);
+        for (int num : IMPOSSIBLE_VRING_BASES) {
+            QueueConfig c = d.queueConfig(0, false).withVringBase(num);
+            VirtqueueException e = assertCreateFails(c, g, Reason.BAD_CONFIG);
+            assertTrue(e.getMessage().contains("slots behind the available side"), e.getMessage());
+        }
+        for (int[] row : VRING_BASES) { // every state a ring can be in starts
+            Virtqueue.create(d.queueConfig(0, false).withVringBase(row[0]), g.holder);
+        }
+        // A full ring in flight (available at 3 on wrap 1, used at 3 on wrap 0) and 7 in flight across the end are
+        // states a ring can be in.
+        Virtqueue.create(d.queueConfig(0, false).withVringBase(0x0003_8003), g.holder);
+        Virtqueue.create(d.queueConfig(0, false).withVringBase(0x8001_0000), g.holder);
+    }
+
     @Test
     void requestsInFlightAfterALapSurviveGetAndSetVringBase() throws Exception {
         PackedDriverRing d = driverAt(0, false, false); // both sides at 0 after one lap: wrap counters 0

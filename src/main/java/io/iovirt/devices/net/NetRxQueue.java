@@ -47,15 +47,15 @@ import java.util.concurrent.atomic.LongAdder;
  * frame that does not fit its first buffer goes through {@link #fill} on its own, in its place.
  *
  * <p>The guest's call eventfd is never written under the lock: the decision to interrupt is made under it, the write
- * happens after it is released (a frontend that makes its eventfd blocking and full holds the sending thread only
- * until the eventfd watchdog drains it, and never holds other senders). Stopping waits for such writes, so the
- * descriptor is not closed under them. Anything that goes wrong with this guest's ring or memory on the sender's
- * thread — a broken ring, a SIGBUS (InternalError) because the frontend truncated its memory file — fails this
- * receive queue (NEEDS_RESET, one log line), never the sending port. HotSpot delivers a SIGBUS's InternalError
+ * happens after it is released (a frontend that makes its eventfd blocking and full has it seen full before the write,
+ * {@link EventFd#trySignal}: it holds neither the sending thread nor the shared recheck thread). Stopping waits for
+ * such writes, so the descriptor is not closed under them. Anything that goes wrong with this guest's ring or memory on
+ * the sender's thread — a broken ring, a SIGBUS (InternalError) because the frontend truncated its memory file — fails
+ * this receive queue (NEEDS_RESET, one log line), never the sending port. HotSpot delivers a SIGBUS's InternalError
  * late (at the thread's next safepoint poll), so each method that touches the guest's memory first surfaces a fault
  * still pending from the sender's own memory (thrown to the sender), and surfaces its own at the end of its try block
- * and again first thing in its catch block (the faulting load may have sent the code down an error path), with an
- * outer try around both ({@link Mmap#surfaceFaults}): each fault is charged to the guest whose memory it was in.
+ * and again first thing in its catch block (the faulting load may have sent the code down an error path), with an outer
+ * try around both ({@link Mmap#surfaceFaults}): each fault is charged to the guest whose memory it was in.
  *
  * <p>Buffers too small for a frame (without MRG_RXBUF: one chain must hold header and frame; with it, at most
  * {@link #MAX_BUFFERS} chains of at most {@link #MAX_FRAME_DESCRIPTORS} descriptors in all) are returned to the guest

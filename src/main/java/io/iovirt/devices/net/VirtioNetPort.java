@@ -10,7 +10,7 @@ import io.iovirt.net.Ingress;
 import io.iovirt.net.Mac;
 import io.iovirt.net.Port;
 import io.iovirt.net.PortStat;
-import io.iovirt.net.RateLimitedLog;
+import io.iovirt.util.LogLimiter;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
@@ -143,6 +143,9 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     private Ingress announceIngress;
     private Frame announceFrame;
     private VhostUserServer server;
+    /** Lines this port's frontend can cause at will (a queue it broke, rx or tx), however often it repeats that. */
+    private final LogLimiter frontendLines = new LogLimiter(LOG);
+
     private volatile long guestMac;
     private volatile boolean needsReset;
     private volatile int guestMtu;
@@ -348,10 +351,15 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         }
     }
 
-    /** A queue failed (its worker or, for a receive queue, a sender's thread already logged why): NEEDS_RESET. */
+    /**
+     * A receive queue failed (the guest's fault, found on whatever thread touched its ring): NEEDS_RESET and a line,
+     * through {@link #frontendLines}: a frontend that breaks its ring, resets and restarts it in a loop gets a burst of
+     * lines, then one a second with the count of the ones left out.
+     */
     void queueFailed(int index, String why) {
         needsReset = true;
-        RateLimitedLog.warning(
+        frontendLines.log(
+                System.Logger.Level.WARNING,
                 name() + " queue " + index + ": " + why + "; queue stopped until the driver resets the device");
     }
 
@@ -469,6 +477,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
                         .stats(txWorkerStats[pair])
                         .pollEvery(setup.kick() == null ? 1 : -1)
                         .onFailure(why -> needsReset = true)
+                        .failureLog(frontendLines)
                         .group(workers)
                         .build(new RingHandler(vq, setup.call(), NetTxQueue.BATCH, tq));
                 txWorkers[pair] = w;

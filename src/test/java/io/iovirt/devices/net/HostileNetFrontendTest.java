@@ -144,6 +144,139 @@ class HostileNetFrontendTest {
         }
     }
 
+    /**
+     * A frontend sends a fresh call eventfd for its receive queue whose counter is full, then makes it blocking again
+     * (it shares the open file with us). The threads that would interrupt its guest are other tenants': B's transmit
+     * thread delivering into A's queue, and the receive recheck thread all ports share. None of them may block on it,
+     * not even once: the eventfd is never written (the counter the frontend left is still there, no watchdog drained
+     * it), and B and C keep exchanging frames. Before, the first write to each new eventfd blocked until the watchdog
+     * drained the counter, a fraction of a second of a shared thread per eventfd the frontend sent.
+     */
+    @Test
+    void aFreshBlockingFullCallEventfdIsNeverWrittenByASharedThread() throws Exception {
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
+                NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+            a.postRx(0, 2048, 200);
+            b.postRx(0, 2048, 128);
+            c.postRx(0, 2048, 128);
+            learn(a, A, B);
+            learn(b, B, C);
+            learn(c, C, B);
+            a.drainRx(0);
+            b.drainRx(0);
+            c.drainRx(0);
+            long[] lost = {pa.rxQueueTotals(0).lostSignals()};
+            for (int round = 0; round < 3; round++) { // each round a new eventfd
+                try (EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) {
+                    trap.write(0xffff_ffff_ffff_fffeL); // the largest count: a write of 1 would block
+                    a.replaceCall(0, trap);
+                    a.fe.getFeatures(); // answered after SET_VRING_CALL was handled (made non-blocking then)
+                    trap.fd().setNonBlocking(false); // the frontend undoes that on the file it shares with us
+                    for (int i = 0; i < 20; i++) {
+                        b.send(0, VirtioNetPortTest.frame(A, B, 60 + i));
+                    }
+                    b.awaitTxUsed(0, 20);
+                    honestTrafficFlows(b, c, round);
+                    VirtioNetPortTest.await(
+                            () -> pa.rxQueueTotals(0).lostSignals() > lost[0],
+                            "round " + round + ": an interrupt for A's guest was tried and dropped");
+                    lost[0] = pa.rxQueueTotals(0).lostSignals();
+                    trap.fd().setNonBlocking(true);
+                    assertEquals(
+                            0xffff_ffff_ffff_fffeL,
+                            trap.read(),
+                            "round " + round + ": the full eventfd was never written (no thread blocked on it, "
+                                    + "no watchdog drained it)");
+                    a.drainRx(0); // A's driver takes its frames: the next ones are worth an interrupt again
+                }
+            }
+            assertTrue(pa.rxQueueTotals(0).lostSignals() >= 3, "counted: " + pa.rxQueueTotals(0));
+            assertEquals(0, pb.rxQueueTotals(0).lostSignals(), "B's own interrupts were not lost");
+        }
+    }
+
+    /**
+     * A frontend breaks its transmit ring (a buffer outside guest memory) and restarts it, again and again: each
+     * failure's line goes through the port's bucket for lines a frontend can repeat at will. Before, every failure of
+     * every new queue worker made an ERROR line, without bound.
+     */
+    @Test
+    void aFrontendBreakingAndRestartingItsTransmitQueueMakesABoundedNumberOfLogLines() throws Exception {
+        int failures = 60;
+        try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
+                EventFd err = EventFd.create(true)) {
+            VirtioNetPortTest.await(pa::isLinkUp, "link up");
+            a.fe.setVringErr(1, err);
+            a.addRaw(
+                    1,
+                    new long[] {NetDriver.RAM_SIZE + 4096},
+                    new int[] {64},
+                    new boolean[] {false},
+                    io.iovirt.virtio.DriverRing.NO_INDIRECT);
+            long start = System.nanoTime();
+            for (int i = 0; i < failures; i++) {
+                if (i > 0) { // restart the failed ring where it stopped: the broken request is taken again
+                    int base = a.fe.getVringBase(1);
+                    a.fe.setVringBase(1, base);
+                    a.fe.setVringKick(1, a.kickFd(1));
+                    a.kickQueue(1);
+                }
+                int round = i;
+                io.iovirt.testing.Await.until(BOUND, "failure " + round + " signalled on the err eventfd", () -> {
+                    try {
+                        return err.read() > 0;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
+            List<String> lines = log.all().stream()
+                    .filter(l -> l.contains("queue stopped until the driver resets the device"))
+                    .filter(l -> l.contains(pa.name()))
+                    .toList();
+            assertTrue(
+                    lines.size() <= io.iovirt.util.LogLimiter.BURST + seconds,
+                    lines.size() + " lines for " + failures + " failures in " + seconds + " s");
+            assertTrue(lines.size() >= 1, "the first failures are logged");
+        }
+    }
+
+    /**
+     * A frontend restarts its packed receive ring at a SET_VRING_BASE whose used side is more than a ring behind the
+     * available side (no state a ring can be in): the port refuses to start the queue with a line naming why, the
+     * connection and the backend carry on, and the ring restarted at its real base moves frames again.
+     */
+    @Test
+    void aPackedRingRestartedAtAnImpossibleBaseIsRefused() throws Exception {
+        long packed = BASE | VirtioFeatures.VIRTIO_F_RING_PACKED;
+        try (NetDriver a = new NetDriver(pa.options().socket(), packed, 1);
+                NetDriver b = new NetDriver(pb.options().socket(), packed, 1)) {
+            assertTrue(a.negotiated(VirtioFeatures.VIRTIO_F_RING_PACKED));
+            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp(), "links up");
+            int base = a.fe.getVringBase(0); // stopped: a fresh ring, 0x8000_8000
+            assertEquals(0x8000_8000, base);
+            // available at 5 on wrap 1, used at 3 on wrap 0: 258 slots in flight in a ring of 256
+            a.fe.setVringBase(0, 0x0003_8005);
+            org.junit.jupiter.api.Assertions.assertThrows(
+                    io.iovirt.vhostuser.RequestRejectedException.class,
+                    () -> a.fe.setVringKick(0, a.kickFd(0)), // enabled: starts on the kick, refused
+                    "the port refuses to start the queue");
+            String line = log.awaitLine("slots behind the available side");
+            assertTrue(line.contains(pa.name()) && line.contains("BAD_CONFIG"), line);
+            a.fe.getVringBase(0); // the connection carries on; the ring is stopped again to get a new base
+            a.fe.setVringBase(0, base);
+            a.fe.setVringKick(0, a.kickFd(0));
+            a.postRx(0, 2048, 16);
+            learn(a, A, B);
+            byte[] f = VirtioNetPortTest.frame(A, B, 80);
+            b.send(0, f);
+            assertArrayEquals(f, a.receive(0), "the ring restarted at its real base moves frames");
+        }
+    }
+
     @Test
     void aFrontendThatTruncatesItsMemoryFailsOnlyItsOwnQueueEvenOnAnotherPortsThread() throws Exception {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);

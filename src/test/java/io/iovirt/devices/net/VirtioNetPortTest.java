@@ -122,6 +122,33 @@ class VirtioNetPortTest {
      * looking at the ring again — what a driver with reordered ring accesses does) is sent once the queue has been
      * quiet for QueueWorker.RECHECK_MILLIS; no other frame is needed to trigger it.
      */
+    /**
+     * A frontend that breaks its receive ring, resets and restarts it in a loop: each failure's line goes through the
+     * port's bucket for lines a frontend can repeat at will (a burst, then one a second). Before, every failure made a
+     * line, without bound.
+     */
+    @Test
+    void receiveQueueFailuresAFrontendRepeatsMakeABoundedNumberOfLogLines() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort p = port("a.sock", 1, -1);
+        int failures = 300;
+        try (LogCapture log = LogCapture.start("io.iovirt")) {
+            long start = System.nanoTime();
+            for (int i = 0; i < failures; i++) {
+                p.queueFailed(0, "virtqueue 0: buffer ID 300 at ring position 4, queue size is 256 (ID_OUT_OF_RANGE)");
+            }
+            long seconds = (System.nanoTime() - start) / 1_000_000_000L + 1;
+            List<String> lines = log.all().stream()
+                    .filter(l -> l.contains(p.name() + " queue 0: virtqueue 0: buffer ID 300"))
+                    .toList();
+            assertTrue(
+                    lines.size() <= io.iovirt.util.LogLimiter.BURST + seconds,
+                    lines.size() + " lines for " + failures + " failures in " + seconds + " s");
+            assertTrue(lines.size() >= 1, "the first failures are logged");
+            assertTrue(lines.get(0).contains("queue stopped until the driver resets the device"), lines.get(0));
+        }
+    }
+
     @Test
     void aReceiveInterruptTheDriverMissedIsSentAgain() throws Exception {
         sw = new Switch(Switch.Config.defaults());
