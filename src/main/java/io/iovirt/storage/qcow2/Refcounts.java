@@ -341,13 +341,31 @@ final class Refcounts {
      * table in one sector write and synced; the old table's clusters are freed.
      */
     private void growRefTable(long bi) throws IOException {
-        int oldEntries = refTable.length;
         long entriesPerCluster = clusterSize / 8;
         long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
         if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
             throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
                     + " clusters; the image is too large for cluster size " + clusterSize);
         }
+        long wasCharged = img.chargeTables(
+                img.l1Entries(),
+                newClusters,
+                "growing its refcount table to " + newClusters + " clusters (for a cluster a write allocates; the"
+                        + " write was refused)");
+        long[] old = refTable;
+        try {
+            growRefTableCharged(newClusters);
+        } finally {
+            if (refTable == old) { // failed before the switch: the old table stays in use
+                img.restoreCharge(wasCharged);
+            }
+        }
+    }
+
+    /** {@link #growRefTable} to {@code newClusters} clusters, charged already. */
+    private void growRefTableCharged(long newClusters) throws IOException {
+        int oldEntries = refTable.length;
+        long entriesPerCluster = clusterSize / 8;
         long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
         long blockOff = p << clusterBits;
         long tableOff = (p + 1) << clusterBits;
@@ -465,6 +483,25 @@ final class Refcounts {
                     + refEnd + " clusters; rebuilding its refcounts here would take " + (refEnd * 2 >> 20)
                     + " MiB of memory: run 'qemu-img check -r all " + path + "'");
         }
+        long wasCharged = img.chargeTables(
+                img.l1Entries(),
+                tableClusters,
+                "rebuilding its refcounts (it was not closed cleanly: dirty bit) into a refcount table of "
+                        + tableClusters + " clusters (or run 'qemu-img check -r all " + path + "')");
+        long[] old = refTable;
+        try {
+            rebuildRefcountsCharged(refEnd, place, lowBlocks, blocks, tableClusters, firstHigh, lastHigh);
+        } finally {
+            if (refTable == old) {
+                img.restoreCharge(wasCharged); // failed before the switch: the old table stays in use
+            }
+        }
+    }
+
+    /** {@link #rebuildRefcounts} once the new refcount table is sized and charged. */
+    private void rebuildRefcountsCharged(
+            long refEnd, long place, long lowBlocks, long blocks, long tableClusters, long firstHigh, long lastHigh)
+            throws IOException {
         // Counts up to 65535 in a char each; the rare cluster referenced more often (compressed clusters sharing a
         // host cluster) continues in a map, so no refcount_order (up to 64 bits) is cut short or wraps around.
         char[] counts;

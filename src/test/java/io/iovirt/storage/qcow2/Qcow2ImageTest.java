@@ -582,6 +582,91 @@ class Qcow2ImageTest {
     }
 
     /**
+     * An L1 table that grows after the open (a resize, a refresh after another program grew it) is charged to the
+     * chain's memory bound as the tables read at the open are; the bound is lowered here to what the image took at
+     * its open plus 1 MiB. Growing to 1 TiB (2048 L1 entries, and the L2 cache they let fill: about 32 MiB more) is
+     * refused with the bound in the error and changes nothing; growing to 2 GiB goes through; a refresh after
+     * qemu-img grew the image to 1 TiB is refused too; closing gives the charge back. Before, only the open was
+     * charged: both grew past the bound.
+     */
+    @Test
+    void anL1TableGrowingAfterTheOpenIsChargedToTheChainsMemoryBound() throws Exception {
+        Path img = create("mem.qcow2", "1G"); // 64 KiB clusters: 2 L1 entries
+        long atOpen;
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            atOpen = q.chainBytes();
+        }
+        Qcow2Image q = Qcow2Image.open(img, false, Qcow2Image.DEFAULT_L2_CACHE_BYTES, false, atOpen + MIB);
+        try (q) {
+            assertEquals(atOpen, q.chainBytes());
+            write(q, 0, fill(65536, 0x11));
+            IOException e = assertThrows(IOException.class, () -> q.resize(1L << 40));
+            assertTrue(
+                    e.getMessage().contains("growing its L1 table to 2048 entries (a resize)")
+                            && e.getMessage().contains("limit of " + (atOpen + MIB) + " bytes for one backing chain"),
+                    e.getMessage());
+            assertEquals(1L << 30, q.size(), "the refused resize changed nothing");
+            assertEquals(atOpen, q.chainBytes(), "and charged nothing");
+            q.resize(2L << 30); // 4 L1 entries: within the bound
+            assertTrue(q.chainBytes() > atOpen, "the grown table is charged: " + q.chainBytes());
+            write(q, (2L << 30) - 65536, fill(65536, 0x22));
+            q.handOver();
+            ok("qemu-img", "resize", "-q", "-f", "qcow2", img.toString(), "1T");
+            long before = q.chainBytes();
+            e = assertThrows(IOException.class, q::refresh);
+            assertTrue(e.getMessage().contains("reading it again"), e.getMessage());
+            assertEquals(before, q.chainBytes(), "the refused refresh charged nothing");
+        }
+        assertEquals(0, q.chainBytes(), "closing gave the charge back");
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x11 0 64k", "read -P 0x22 " + ((2L << 30) - 65536) + " 64k");
+    }
+
+    /**
+     * The refcount table growing as the image grows is charged to the chain's memory bound: with the bound lowered
+     * to what the image took at its open plus 1 KiB (less than the 64 entries a second table cluster adds), the
+     * write that needs the table to grow fails with the bound in the error, and what was written before reads
+     * back; qemu-img check is clean; opened again with the default bound the table grows and the write goes
+     * through. Before, the table grew past the bound.
+     */
+    @Test
+    void theRefcountTableGrowingAfterTheOpenIsChargedToTheChainsMemoryBound() throws Exception {
+        // 512-byte clusters, 64-bit refcounts: a refcount block covers 32 KiB, the first table 64 blocks (2 MiB)
+        Path img = create("memref.qcow2", "8M", "cluster_size=512", "refcount_bits=64");
+        long atOpen;
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            atOpen = q.chainBytes();
+        }
+        long written = 0;
+        try (Qcow2Image q = Qcow2Image.open(img, false, Qcow2Image.DEFAULT_L2_CACHE_BYTES, false, atOpen + 1024)) {
+            IOException e = null;
+            for (; written < 4 * MIB && e == null; written += 65536) {
+                try {
+                    write(q, written, fill(65536, 0x42));
+                } catch (IOException x) {
+                    e = x;
+                }
+            }
+            written -= 65536; // the refused chunk
+            assertTrue(e != null, "the refcount table grew past the bound");
+            assertTrue(
+                    e.getMessage().contains("growing its refcount table to 2 clusters")
+                            && e.getMessage().contains("the write was refused")
+                            && e.getMessage().contains("limit of " + (atOpen + 1024) + " bytes"),
+                    e.getMessage());
+            assertTrue(written >= MIB, "the writes before it went through: " + written);
+            assertEquals(atOpen, q.chainBytes(), "the refused growth charged nothing");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x42 0 " + written);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, written, fill(65536, 0x43));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x42 0 " + written, "read -P 0x43 " + written + " 64k");
+    }
+
+    /**
      * blk.resize on qcow2: growing within the L1 table's reach (64 KiB clusters), and past it with 512-byte clusters
      * (an L1 entry covers 32 KiB: 1 MiB -> 64 MiB needs 2048 entries in 32 new contiguous clusters) while data is
      * written before and after; qemu-img info shows the new size, qemu-img check is clean, qemu-io reads it all.
