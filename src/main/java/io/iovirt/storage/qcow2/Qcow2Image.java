@@ -166,6 +166,10 @@ public final class Qcow2Image implements DiskImage {
     private final Chain chain;
     /** What this image's tables and caches are charged to {@link #chain} now (metadata lock held, or opening). */
     private long charged;
+    /** The L1 entries and refcount table clusters {@link #charged} was computed for. */
+    private long chargedL1;
+
+    private long chargedRef;
     /** The L2 cache's bound it was opened with, for {@link #memoryCost}. */
     private final long l2CacheBytes;
 
@@ -222,6 +226,8 @@ public final class Qcow2Image implements DiskImage {
             throws IOException {
         this.chain = chain;
         this.charged = charged; // given back by a failed open's closeQuietlyKeepingFile, or by close
+        this.chargedL1 = Integer.toUnsignedLong(h.l1Size());
+        this.chargedRef = h.refTableClusters();
         this.l2CacheBytes = l2CacheBytes;
         this.path = path;
         this.file = file;
@@ -498,16 +504,14 @@ public final class Qcow2Image implements DiskImage {
      * Charges this image's tables at new sizes (an L1 table of {@code l1Entries} entries, a refcount table of
      * {@code refTableClusters} clusters) to its chain's bound in place of its charge now, before they are allocated:
      * tables that grow after the open (a resize, the refcount table as the image grows, a refresh, a refcount
-     * rebuild) are bounded as the tables read at the open are. Smaller tables give memory back. Returns the charge
-     * it replaced, for {@link #restoreCharge} when the change fails before it takes effect. Metadata lock held, or
-     * opening.
+     * rebuild) are bounded as the tables read at the open are. Smaller tables give memory back. A change that fails
+     * before it takes effect puts the sizes it replaced back with {@link #setCharge}. Metadata lock held, or opening.
      *
      * @param what the change and what is refused with it, for the error ("growing its refcount table ...")
      */
-    long chargeTables(long l1Entries, long refTableClusters, String what) throws IOException {
+    void chargeTables(long l1Entries, long refTableClusters, String what) throws IOException {
         long cost = memoryCost(clusterBits, l1Entries, refTableClusters, l2CacheBytes, openedReadOnly);
-        long was = charged;
-        if (!chain.recharge(was, cost)) {
+        if (!chain.recharge(charged, cost)) {
             throw new IOException("qcow2 image " + path + ": " + what + " would make its tables and caches (an L1"
                     + " table of " + l1Entries + " entries, a refcount table of " + refTableClusters + " clusters of "
                     + clusterSize + " bytes) take up to " + ((cost + (1 << 20) - 1) >> 20)
@@ -517,18 +521,32 @@ public final class Qcow2Image implements DiskImage {
                     + " qcow2 -o cluster_size=2M')");
         }
         charged = cost;
-        return was;
+        chargedL1 = l1Entries;
+        chargedRef = refTableClusters;
     }
 
-    /** Puts back the charge {@link #chargeTables} replaced: the change it was for failed before taking effect. */
-    void restoreCharge(long was) {
-        chain.adjust(charged, was);
-        charged = was;
+    /** {@link #chargeTables} of a new refcount table size, the L1 table's charged size unchanged. */
+    void chargeRefTable(long refTableClusters, String what) throws IOException {
+        chargeTables(chargedL1, refTableClusters, what);
     }
 
-    /** Entries of the L1 table now (metadata lock held, or opening). */
-    int l1Entries() {
-        return l1.length();
+    /** Charges the tables at these sizes whatever the bound: they are in use (a change that failed kept them). */
+    void setCharge(long l1Entries, long refTableClusters) {
+        long cost = memoryCost(clusterBits, l1Entries, refTableClusters, l2CacheBytes, openedReadOnly);
+        chain.adjust(charged, cost);
+        charged = cost;
+        chargedL1 = l1Entries;
+        chargedRef = refTableClusters;
+    }
+
+    /** {@link #setCharge} of a refcount table size, the L1 table's charged size unchanged. */
+    void chargeRefTableAnyway(long refTableClusters) {
+        setCharge(chargedL1, refTableClusters);
+    }
+
+    /** The refcount table clusters the charge is for now. */
+    long chargedRefTable() {
+        return chargedRef;
     }
 
     /** What this image's chain is charged now, for the tests. */
@@ -645,7 +663,9 @@ public final class Qcow2Image implements DiskImage {
             }
             // what open checks and repairs, for what the other program left (a dirty bit, internal snapshots...)
             checkFeatures(path, h, openedReadOnly);
-            long wasCharged = chargeTables(
+            long oldL1 = chargedL1;
+            long oldRef = chargedRef;
+            chargeTables(
                     Integer.toUnsignedLong(h.l1Size()),
                     h.refTableClusters(),
                     "reading it again (another program changed its tables to these sizes)");
@@ -654,8 +674,8 @@ public final class Qcow2Image implements DiskImage {
                 refreshTables(h, l1Bytes);
                 switched = true;
             } finally {
-                if (!switched) {
-                    restoreCharge(wasCharged);
+                if (!switched) { // the old tables stay in use
+                    setCharge(oldL1, oldRef);
                 }
             }
             refcounts.reload(h);
@@ -1300,13 +1320,13 @@ public final class Qcow2Image implements DiskImage {
 
     /** Replaces the L1 table by one of {@code entries} entries (metadata lock held, metadata flushed). */
     private void growL1(int entries) throws IOException {
-        long wasCharged = chargeTables(
-                entries, refcounts.tableClusters(), "growing its L1 table to " + entries + " entries (a resize)");
+        long oldL1 = chargedL1;
+        chargeTables(entries, chargedRef, "growing its L1 table to " + entries + " entries (a resize)");
         try {
-            growL1Charged(entries);
+            growL1Charged(entries); // may grow the refcount table too, charged with the new L1 size
         } finally {
             if (l1.length() != entries) { // failed before the switch: the old table stays in use
-                restoreCharge(wasCharged);
+                setCharge(oldL1, chargedRef);
             }
         }
     }

@@ -347,8 +347,8 @@ final class Refcounts {
             throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
                     + " clusters; the image is too large for cluster size " + clusterSize);
         }
-        long wasCharged = img.chargeTables(
-                img.l1Entries(),
+        long oldCharged = img.chargedRefTable();
+        img.chargeRefTable(
                 newClusters,
                 "growing its refcount table to " + newClusters + " clusters (for a cluster a write allocates; the"
                         + " write was refused)");
@@ -357,7 +357,7 @@ final class Refcounts {
             growRefTableCharged(newClusters);
         } finally {
             if (refTable == old) { // failed before the switch: the old table stays in use
-                img.restoreCharge(wasCharged);
+                img.chargeRefTableAnyway(oldCharged);
             }
         }
     }
@@ -483,8 +483,8 @@ final class Refcounts {
                     + refEnd + " clusters; rebuilding its refcounts here would take " + (refEnd * 2 >> 20)
                     + " MiB of memory: run 'qemu-img check -r all " + path + "'");
         }
-        long wasCharged = img.chargeTables(
-                img.l1Entries(),
+        long oldCharged = img.chargedRefTable();
+        img.chargeRefTable(
                 tableClusters,
                 "rebuilding its refcounts (it was not closed cleanly: dirty bit) into a refcount table of "
                         + tableClusters + " clusters (or run 'qemu-img check -r all " + path + "')");
@@ -493,7 +493,7 @@ final class Refcounts {
             rebuildRefcountsCharged(refEnd, place, lowBlocks, blocks, tableClusters, firstHigh, lastHigh);
         } finally {
             if (refTable == old) {
-                img.restoreCharge(wasCharged); // failed before the switch: the old table stays in use
+                img.chargeRefTableAnyway(oldCharged); // failed before the switch: the old table stays in use
             }
         }
     }

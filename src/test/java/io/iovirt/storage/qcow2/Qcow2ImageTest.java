@@ -623,6 +623,38 @@ class Qcow2ImageTest {
     }
 
     /**
+     * A resize whose new L1 table needs the refcount table to grow (512-byte clusters, 64-bit refcounts: the first
+     * refcount table covers 2 MiB of file, which data fills to a few clusters short of it; a 126 MiB disk needs a
+     * 63-cluster L1 table) charges both at their new sizes: the refcount table's growth, made while the L1 table is
+     * being replaced, is charged with the new L1 size, so the chain's charge is what the two tables take after.
+     */
+    @Test
+    void aResizeThatGrowsBothTablesChargesBothAtTheirNewSizes() throws Exception {
+        Path img = create("both.qcow2", "4M", "cluster_size=512", "refcount_bits=64");
+        long charged;
+        long written = 0;
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            while (Files.size(img) < (2 * MIB) - 16 * 512) {
+                write(q, written, fill(4096, 0x5a));
+                written += 4096;
+            }
+            q.resize(126L * MIB);
+            charged = q.chainBytes();
+        }
+        int refTableClusters;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "r")) {
+            f.seek(56);
+            refTableClusters = f.readInt();
+        }
+        assertTrue(refTableClusters > 1, "the refcount table grew: " + refTableClusters);
+        assertEquals(
+                Qcow2Image.memoryCost(9, 126 * 32, refTableClusters, Qcow2Image.DEFAULT_L2_CACHE_BYTES, false),
+                charged);
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x5a 0 " + written);
+    }
+
+    /**
      * The refcount table growing as the image grows is charged to the chain's memory bound: with the bound lowered
      * to what the image took at its open plus 1 KiB (less than the 64 entries a second table cluster adds), the
      * write that needs the table to grow fails with the bound in the error, and what was written before reads
