@@ -80,8 +80,9 @@ public final class Qcow2Image implements DiskImage {
 
     /**
      * Bound on the memory one chain's tables and caches take ({@link #memoryCost}, summed over the image and its
-     * backing files). Any one image within QEMU's table limits fits (under 240 MiB); without the bound, 32
-     * crafted images with 32 MiB L1 tables over sparse files took about 3 GiB of one open.
+     * backing files), at the open and whenever a table grows after it ({@link #chargeTables}). Any one image within
+     * QEMU's table limits fits (under 240 MiB); without the bound, 32 crafted images with 32 MiB L1 tables over
+     * sparse files took about 3 GiB of one open.
      */
     static final long MAX_CHAIN_MEMORY = 512L << 20;
 
