@@ -40,8 +40,10 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>cluster data is written before any L2 entry points at it (data writes happen at allocation);</li>
  * <li>a flush writes the dirty refcount blocks, fdatasync (which also makes the data durable), then the dirty L2
  * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
- * <li>a refcount decrement (a compressed cluster rewritten) is applied only after the flush that made the
- * dereference durable;</li>
+ * <li>a refcount decrement (a compressed cluster rewritten, a cluster discarded) is applied only after the flush
+ * that made the dereference durable; a discarded cluster's, also only once no lock-free write that found the
+ * cluster before the discard can still be in flight ({@link #noLockFreeWrites}), since the allocator may hand it
+ * out again;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
@@ -214,6 +216,16 @@ public final class Qcow2Image implements DiskImage {
      * and changed by {@link MetadataLayout}'s functions, but kept here: every write to an allocated cluster reads it.
      */
     private volatile long[] metadataClusters = new long[0];
+
+    /**
+     * Every open request context, so that a cluster a discard freed is not handed out again while a lock-free write
+     * that found it before the discard may still land on it ({@link #noLockFreeWrites}).
+     */
+    private final java.util.concurrent.CopyOnWriteArrayList<Qcow2Io> contexts =
+            new java.util.concurrent.CopyOnWriteArrayList<>();
+    /** Lock-free writes in flight outside a context: the zeros of {@link #writeZeroes}' partial clusters. */
+    private final java.util.concurrent.atomic.AtomicInteger looseWrites =
+            new java.util.concurrent.atomic.AtomicInteger();
 
     private Qcow2Image(
             Path path,
@@ -1085,9 +1097,12 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Whole clusters become zero clusters (metadata only; with {@code unmap} their host space is punched out but
-     * stays allocated to the cluster, so a concurrent request never sees it reused). Partial clusters are written
-     * with zeros (write-zeroes) or left alone (discard is advisory).
+     * Whole clusters become zero clusters (metadata only). Write-zeroes keeps a cluster's host cluster (with
+     * {@code unmap} its space is punched out): the cluster stays preallocated. Discard, as QEMU's, gives it up: the
+     * zero entry has no host cluster and the host cluster's refcount is counted down once the entry is durable
+     * and no lock-free write that found the cluster before the discard can still be in flight
+     * ({@link Refcounts#freeDiscarded}); its space is punched out at once. Partial clusters are written with zeros
+     * (write-zeroes) or left alone (discard is advisory).
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
@@ -1098,9 +1113,14 @@ public final class Qcow2Image implements DiskImage {
             long cluster = pos & -clusterSize;
             long n = Math.min(end, cluster + clusterSize) - pos;
             if (n == clusterSize) {
-                zeroCluster(cluster, unmap);
+                zeroCluster(cluster, unmap, !mustZero);
             } else if (mustZero && !readsZero(pos, n)) {
-                writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
+                looseWrites.incrementAndGet(); // before its lookup: it may write to a cluster it finds allocated
+                try {
+                    writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
+                } finally {
+                    looseWrites.decrementAndGet();
+                }
             }
             pos += n;
         }
@@ -1114,7 +1134,7 @@ public final class Qcow2Image implements DiskImage {
         return (e & OFLAG_ZERO) != 0 || ((e & OFFSET_MASK) == 0 && (backing == null || pos >= backingSize));
     }
 
-    private void zeroCluster(long cluster, boolean unmap) throws IOException {
+    private void zeroCluster(long cluster, boolean unmap, boolean discard) throws IOException {
         meta.lock();
         try {
             checkOpen();
@@ -1130,7 +1150,11 @@ public final class Qcow2Image implements DiskImage {
             int idx = l2Index(cluster);
             e = t.entry(idx);
             long host = ownedHost(e);
-            if (host >= 0) {
+            if (host >= 0 && discard) {
+                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the discard's free (a backing file stays hidden)
+                punch(host);
+                refcounts.freeDiscarded(host);
+            } else if (host >= 0) {
                 t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
                 if (unmap) {
                     punch(host);
@@ -1538,6 +1562,24 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
+    /**
+     * Whether no lock-free data write can be in flight now: none of the contexts is between the lookup of a write's
+     * host clusters and its completion, nor a partial write-zeroes outside them. A writer sets its flag before its
+     * lookup and the discard changed the L2 entry before this is asked (both volatile): a write not seen here
+     * looks up the entry after the change and never finds the discarded cluster. Metadata lock held.
+     */
+    boolean noLockFreeWrites() {
+        if (looseWrites.get() != 0) {
+            return false;
+        }
+        for (Qcow2Io c : contexts) {
+            if (c.writing) {
+                return false;
+            }
+        }
+        return true;
+    }
+
     private void clearAutoclear() throws IOException {
         writeMeta64(Qcow2Header.OFF_AUTOCLEAR, 0L);
         sync();
@@ -1654,9 +1696,15 @@ public final class Qcow2Image implements DiskImage {
         private long bytes;
         /** Host offset of the transfer queued by submitRead/submitWrite. */
         private long submittedHost;
+        /**
+         * Set from before a write looks up its host clusters until it completed: a cluster a discard freed is not
+         * handed out again while a write that may have found it before the discard can still land on it.
+         */
+        private volatile boolean writing;
 
         private Qcow2Io(RawImage.IoContext raw) {
             this.raw = raw;
+            contexts.add(this);
         }
 
         @Override
@@ -1720,18 +1768,23 @@ public final class Qcow2Image implements DiskImage {
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
             checkSynced();
-            long host = contiguousHost(offset, bytes);
-            if (host >= 0) {
-                checkDataWrite(offset, host, bytes);
-                raw.write(host);
-                return;
-            }
-            long pos = 0;
-            while (pos < bytes) {
-                long g = offset + pos;
-                long n = Math.min(bytes - pos, clusterSize - (g & (clusterSize - 1)));
-                writePiece(g, this, pos, n);
-                pos += n;
+            writing = true;
+            try {
+                long host = contiguousHost(offset, bytes);
+                if (host >= 0) {
+                    checkDataWrite(offset, host, bytes);
+                    raw.write(host);
+                    return;
+                }
+                long pos = 0;
+                while (pos < bytes) {
+                    long g = offset + pos;
+                    long n = Math.min(bytes - pos, clusterSize - (g & (clusterSize - 1)));
+                    writePiece(g, this, pos, n);
+                    pos += n;
+                }
+            } finally {
+                writing = false;
             }
         }
 
@@ -1752,12 +1805,21 @@ public final class Qcow2Image implements DiskImage {
             if (syncFailure != null) {
                 return false; // the synchronous path reports it
             }
-            long host = submittableHost(offset);
-            if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
-                return false; // the synchronous path writes, or reports the damaged entry
+            writing = true; // until completed(): the write is in flight on the host clusters it finds
+            boolean queued = false;
+            try {
+                long host = submittableHost(offset);
+                if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
+                    return false; // the synchronous path writes, or reports the damaged entry
+                }
+                submittedHost = host;
+                queued = true;
+                return true;
+            } finally {
+                if (!queued) {
+                    writing = false;
+                }
             }
-            submittedHost = host;
-            return true;
         }
 
         /**
@@ -1776,7 +1838,13 @@ public final class Qcow2Image implements DiskImage {
 
         @Override
         public void completed(boolean write, long offset, int result) throws IOException {
-            raw.completed(write, submittedHost, result);
+            try {
+                raw.completed(write, submittedHost, result);
+            } finally {
+                if (write) {
+                    writing = false;
+                }
+            }
         }
 
         @Override
@@ -1815,6 +1883,7 @@ public final class Qcow2Image implements DiskImage {
 
         @Override
         public void close() {
+            contexts.remove(this);
             clear();
             raw.close();
         }

@@ -69,6 +69,11 @@ final class Refcounts {
     private long allocEnd;
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
+    /**
+     * Host clusters a discard dereferenced: freed as {@link #pendingFree}'s, and only at a flush when no lock-free
+     * write that found them before the discard can still be in flight ({@link Qcow2Image#noLockFreeWrites}).
+     */
+    private final List<long[]> pendingDiscard = new ArrayList<>();
 
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
@@ -106,6 +111,7 @@ final class Refcounts {
     void reload(Qcow2Header h) throws IOException {
         refCache.clearAll();
         pendingFree.clear();
+        pendingDiscard.clear();
         refTableOffset = h.refTableOffset();
         refTableClusters = h.refTableClusters();
         freeHint = 0;
@@ -268,10 +274,24 @@ final class Refcounts {
     }
 
     /**
+     * Counts down the host cluster at {@code host}, which a discard just dereferenced (its entry is a zero cluster
+     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write that
+     * looked the cluster up before the discard may still be in flight: it would land on the cluster once it is
+     * handed out again (another guest offset's data, or a table). Such frees wait for a later flush.
+     */
+    void freeDiscarded(long host) {
+        pendingDiscard.add(new long[] {host, clusterSize});
+    }
+
+    /**
      * Applies the decrements {@link #freeAfterFlush} deferred. The flush calls it once the dereferences are durable
      * (its last sync); the changed blocks are written at the next flush.
      */
     void applyDeferredFrees() throws IOException {
+        if (!pendingDiscard.isEmpty() && img.noLockFreeWrites()) {
+            pendingFree.addAll(pendingDiscard); // their entries are durable: every one was changed before this flush
+            pendingDiscard.clear();
+        }
         List<long[]> frees = new ArrayList<>(pendingFree);
         pendingFree.clear();
         for (long[] r : frees) {

@@ -11,10 +11,12 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.Errno;
+import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.Images;
+import io.iovirt.testing.Require;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
@@ -518,6 +520,73 @@ class Qcow2ImageTest {
                 "read -P 0x33 2M 1M",
                 "read -P 0 100 1000",
                 "read -P 0x33 1100 4096");
+    }
+
+    /**
+     * A discarded cluster gives up its host cluster, as QEMU's discard does: its entry becomes a zero cluster
+     * without host cluster and, once that is durable, the host cluster's refcount is counted down, so a later
+     * allocation takes it again and the file does not grow. qemu-img check finds no leak, map shows the zeros and
+     * compare finds the guest's data. Before, the discarded host cluster stayed allocated to its zero cluster.
+     */
+    @Test
+    void aDiscardedClusterIsFreedAndALaterAllocationTakesItAgain() throws Exception {
+        Path img = create("disc.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        long fileSize = Files.size(img);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            q.discard(MIB, MIB);
+            q.handOver(); // the zero entries durable, then the refcounts counted down and written
+            write(q, 8 * MIB, fill(MIB, 0x44));
+            assertArrayEquals(new byte[MIB], read(q, MIB, MIB));
+        }
+        assertTrue(Files.size(img) <= fileSize, "the new clusters took the discarded ones: " + Files.size(img));
+        check(img, false);
+        String map = ok("qemu-img", "map", "--output=json", "-f", "qcow2", img.toString());
+        assertTrue(
+                map.matches("(?s).*\"start\": 1048576, \"length\": 1048576,.*\"zero\": true, \"data\": false.*"), map);
+        Path raw = dir.resolve("disc.raw");
+        ok("qemu-img", "create", "-q", "-f", "raw", raw.toString(), "16M");
+        qemuIoOk(raw, "raw", "write -P 0x33 0 4M", "write -z 1M 1M", "write -P 0x44 8M 1M");
+        ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), raw.toString());
+    }
+
+    /**
+     * A cluster a discard freed is not handed out again while a write that found it before the discard is still in
+     * flight (queued on an io_uring, not completed): the next allocation goes elsewhere, and that write cannot land
+     * on another guest offset's data. Once it completed, the next flush frees the cluster and an allocation takes
+     * it. Without the wait, the new cluster at 9 MiB was the discarded one and the late write overwrote its data.
+     */
+    @Test
+    void aDiscardedClusterIsNotReusedWhileAWriteThatFoundItIsInFlight() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("discfly.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            MemorySegment buf = arena.allocate(65536, 4096);
+            buf.fill((byte) 0x55);
+            io.add(buf);
+            assertTrue(io.submitWrite(ring, 2 * MIB, 1), "queued: a write to an allocated cluster");
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the discarded cluster was handed out while a write to it was in flight");
+            ring.submitAndWait(1);
+            int[] res = new int[1];
+            assertEquals(1, ring.reap((ud, r, f) -> res[0] = r));
+            io.completed(true, 2 * MIB, res[0]);
+            q.handOver(); // nothing in flight now: the discarded cluster is freed
+            write(q, 10 * MIB, fill(65536, 0x77));
+            assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
     }
 
     @Test
