@@ -40,8 +40,10 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>cluster data is written before any L2 entry points at it (data writes happen at allocation);</li>
  * <li>a flush writes the dirty refcount blocks, fdatasync (which also makes the data durable), then the dirty L2
  * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
- * <li>a refcount decrement (a compressed cluster rewritten) is applied only after the flush that made the
- * dereference durable;</li>
+ * <li>a refcount decrement (a compressed cluster rewritten, a cluster discarded) is applied only after the flush
+ * that made the dereference durable; a discarded cluster's, also only once no lock-free write that found the
+ * cluster before the discard can still be in flight ({@link #noLockFreeWrites}), since the allocator may hand it
+ * out again;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
@@ -80,18 +82,48 @@ public final class Qcow2Image implements DiskImage {
 
     /**
      * Bound on the memory one chain's tables and caches take ({@link #memoryCost}, summed over the image and its
-     * backing files). Any one image within QEMU's table limits fits (under 240 MiB); without the bound, 32
-     * crafted images with 32 MiB L1 tables over sparse files took about 3 GiB of one open.
+     * backing files), at the open and whenever a table grows after it ({@link #chargeTables}). Any one image within
+     * QEMU's table limits fits (under 240 MiB); without the bound, 32 crafted images with 32 MiB L1 tables over
+     * sparse files took about 3 GiB of one open.
      */
     static final long MAX_CHAIN_MEMORY = 512L << 20;
 
-    /** The chain being opened on this thread: its depth and the {@link #memoryCost} of the images opened so far. */
-    private static final class Chain {
+    /**
+     * The memory bound one backing chain shares: the {@link #memoryCost} of each of its images, charged while the
+     * chain opens (before anything of an image is allocated) and again whenever an image's tables change size after
+     * ({@link #chargeTables}); an image gives its charge back when it closes. While the chain opens, {@link #depth}
+     * is the depth of the image being opened.
+     */
+    static final class Chain {
+        final long limit;
         int depth;
-        long bytes;
+        private long bytes;
+
+        Chain(long limit) {
+            this.limit = limit;
+        }
+
+        /** Replaces a charge of {@code old} bytes by {@code cost}; false, changing nothing, past the limit. */
+        synchronized boolean recharge(long old, long cost) {
+            if (cost > old && cost - old > limit - bytes) {
+                return false;
+            }
+            bytes += cost - old;
+            return true;
+        }
+
+        /** Replaces a charge of {@code old} bytes by {@code cost} whatever the limit: to undo, or to give back. */
+        synchronized void adjust(long old, long cost) {
+            bytes += cost - old;
+        }
+
+        synchronized long bytes() {
+            return bytes;
+        }
     }
 
-    private static final ThreadLocal<Chain> CHAIN = ThreadLocal.withInitial(Chain::new);
+    /** The chain being opened on this thread (its top image's open set it), or null. */
+    private static final ThreadLocal<Chain> OPENING = new ThreadLocal<>();
 
     static final long OFLAG_COPIED = 1L << 63;
     static final long OFLAG_COMPRESSED = 1L << 62;
@@ -133,6 +165,17 @@ public final class Qcow2Image implements DiskImage {
     private final long backingSize;
 
     private final ReentrantLock meta = new ReentrantLock();
+    /** The memory bound this image shares with the rest of its backing chain. */
+    private final Chain chain;
+    /** What this image's tables and caches are charged to {@link #chain} now (metadata lock held, or opening). */
+    private long charged;
+    /** The L1 entries and refcount table clusters {@link #charged} was computed for. */
+    private long chargedL1;
+
+    private long chargedRef;
+    /** The L2 cache's bound it was opened with, for {@link #memoryCost}. */
+    private final long l2CacheBytes;
+
     private final MetaCache l2Cache;
     /**
      * The cached L2 table of each L1 entry: the lock-free lookup of the data path (an array index, no boxing or
@@ -148,9 +191,12 @@ public final class Qcow2Image implements DiskImage {
     private final Arena arena = Arena.ofShared();
     /**
      * Native staging for metadata I/O; used under the metadata lock only. Holds the L1 and refcount tables whole, so
-     * {@link #refresh} makes it larger when another program (or this one, through a resize) grew them.
+     * {@link #refresh} replaces it when another program (or this one, through a resize) changed their sizes; it has
+     * an arena of its own, so the one it replaces is freed (and it stays what {@link #memoryCost} counts).
      */
     private MemorySegment staging;
+
+    private Arena stagingArena = Arena.ofShared();
 
     private final MemorySegment cowBuffer;
     private final MemorySegment zeroCluster;
@@ -171,8 +217,31 @@ public final class Qcow2Image implements DiskImage {
      */
     private volatile long[] metadataClusters = new long[0];
 
-    private Qcow2Image(Path path, RawImage file, boolean readOnly, Qcow2Header h, DiskImage backing, long l2CacheBytes)
+    /**
+     * Every open request context, so that a cluster a discard freed is not handed out again while a lock-free write
+     * that found it before the discard may still land on it ({@link #noLockFreeWrites}).
+     */
+    private final java.util.concurrent.CopyOnWriteArrayList<Qcow2Io> contexts =
+            new java.util.concurrent.CopyOnWriteArrayList<>();
+    /** Lock-free writes in flight outside a context: the zeros of {@link #writeZeroes}' partial clusters. */
+    private final java.util.concurrent.atomic.AtomicInteger looseWrites =
+            new java.util.concurrent.atomic.AtomicInteger();
+
+    private Qcow2Image(
+            Path path,
+            RawImage file,
+            boolean readOnly,
+            Qcow2Header h,
+            DiskImage backing,
+            long l2CacheBytes,
+            Chain chain,
+            long charged)
             throws IOException {
+        this.chain = chain;
+        this.charged = charged; // given back by a failed open's closeQuietlyKeepingFile, or by close
+        this.chargedL1 = Integer.toUnsignedLong(h.l1Size());
+        this.chargedRef = h.refTableClusters();
+        this.l2CacheBytes = l2CacheBytes;
         this.path = path;
         this.file = file;
         this.fd = file.fd();
@@ -193,7 +262,7 @@ public final class Qcow2Image implements DiskImage {
         // L1 and refcount tables are read whole and kept in memory.
         try {
             long tableBytes = Math.max(clusterSize, (long) h.refTableClusters() * clusterSize);
-            this.staging = arena.allocate(
+            this.staging = stagingArena.allocate(
                     Math.max(tableBytes, ((long) h.l1Size() * 8 + clusterSize - 1) & -clusterSize), 4096);
             this.cowBuffer = arena.allocate(clusterSize, 4096);
             this.zeroCluster = arena.allocate(clusterSize, 4096);
@@ -277,10 +346,30 @@ public final class Qcow2Image implements DiskImage {
     }
 
     private static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes, boolean direct) throws IOException {
-        Chain chain = CHAIN.get();
-        if (chain.depth == 0) {
-            chain.bytes = 0; // the top image: a new chain
+        return open(path, readOnly, l2CacheBytes, direct, MAX_CHAIN_MEMORY);
+    }
+
+    /**
+     * @param chainMemory the memory bound of the chain this image is the top of ({@link #MAX_CHAIN_MEMORY}; tests
+     *                    lower it); an image opened as a backing file shares the bound of the chain it is part of
+     */
+    static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes, boolean direct, long chainMemory)
+            throws IOException {
+        Chain opening = OPENING.get();
+        if (opening != null) {
+            return openIn(opening, path, readOnly, l2CacheBytes, direct);
         }
+        Chain chain = new Chain(chainMemory); // the top image: a new chain
+        OPENING.set(chain);
+        try {
+            return openIn(chain, path, readOnly, l2CacheBytes, direct);
+        } finally {
+            OPENING.remove();
+        }
+    }
+
+    private static Qcow2Image openIn(Chain chain, Path path, boolean readOnly, long l2CacheBytes, boolean direct)
+            throws IOException {
         if (chain.depth >= MAX_CHAIN) {
             throw new IOException("backing chain of " + path + " is deeper than " + MAX_CHAIN
                     + " images (a loop?): check it with 'qemu-img info --backing-chain'");
@@ -289,6 +378,7 @@ public final class Qcow2Image implements DiskImage {
         int align = direct ? file.blockSize() : 1;
         DiskImage backing = null;
         ImageLock backingLock = null;
+        long unowned = 0; // charged to the chain and not yet handed to an image (which gives it back when closed)
         try {
             Qcow2Header h;
             try (Arena a = Arena.ofConfined()) {
@@ -305,7 +395,7 @@ public final class Qcow2Image implements DiskImage {
             }
             checkFeatures(path, h, readOnly);
             long cacheBytes = chain.depth == 0 ? l2CacheBytes : Math.min(l2CacheBytes, BACKING_L2_CACHE_BYTES);
-            chargeChain(chain, path, h, cacheBytes, readOnly);
+            unowned = chargeChain(chain, path, h, cacheBytes, readOnly);
             if (h.backingFile() != null) {
                 Path bp = resolveBacking(path, h.backingFile());
                 ImageFormat bf = backingFormat(path, h, bp);
@@ -319,7 +409,9 @@ public final class Qcow2Image implements DiskImage {
                     chain.depth--;
                 }
             }
-            Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, cacheBytes);
+            long cost = unowned;
+            unowned = 0;
+            Qcow2Image img = new Qcow2Image(path, file, readOnly, h, backing, cacheBytes, chain, cost);
             img.backingLock = backingLock;
             try {
                 if (!readOnly) {
@@ -338,6 +430,7 @@ public final class Qcow2Image implements DiskImage {
             }
             return img;
         } catch (Throwable e) { // whatever failed (an OutOfMemoryError too), the file and the chain are closed
+            chain.adjust(unowned, 0);
             if (backing != null) {
                 backing.close();
             }
@@ -380,9 +473,15 @@ public final class Qcow2Image implements DiskImage {
      * it). A backing file's tables count in full: all of them are read when it opens.
      */
     static long memoryCost(Qcow2Header h, long l2CacheBytes, boolean readOnly) {
-        long cs = 1L << h.clusterBits();
-        long l1Entries = Integer.toUnsignedLong(h.l1Size());
-        long refEntries = (long) h.refTableClusters() * cs / 8;
+        return memoryCost(
+                h.clusterBits(), Integer.toUnsignedLong(h.l1Size()), h.refTableClusters(), l2CacheBytes, readOnly);
+    }
+
+    /** {@link #memoryCost(Qcow2Header, long, boolean)} of an image whose tables have these sizes. */
+    static long memoryCost(
+            int clusterBits, long l1Entries, long refTableClusters, long l2CacheBytes, boolean readOnly) {
+        long cs = 1L << clusterBits;
+        long refEntries = refTableClusters * cs / 8;
         long staging = Math.max(Math.max(cs, refEntries * 8), (l1Entries * 8 + cs - 1) & -cs);
         long l2Cache = Math.min(Math.max(l1Entries, 1), Math.max(4, l2CacheBytes / cs)) * cs;
         long refCache = readOnly ? 0 : Math.max(4, Refcounts.DEFAULT_REFCOUNT_CACHE_BYTES / cs) * cs;
@@ -390,24 +489,82 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Counts the image's {@link #memoryCost} against its chain's {@link #MAX_CHAIN_MEMORY}, before anything of it is
-     * allocated; refuses the image that would cross it.
+     * Counts the image's {@link #memoryCost} against its chain's bound ({@link #MAX_CHAIN_MEMORY}), before anything
+     * of it is allocated; refuses the image that would cross it. Returns what it charged.
      */
-    private static void chargeChain(Chain chain, Path path, Qcow2Header h, long l2CacheBytes, boolean readOnly)
+    private static long chargeChain(Chain chain, Path path, Qcow2Header h, long l2CacheBytes, boolean readOnly)
             throws IOException {
         long cost = memoryCost(h, l2CacheBytes, readOnly);
-        if (cost > MAX_CHAIN_MEMORY - chain.bytes) {
+        long above = chain.bytes();
+        if (!chain.recharge(0, cost)) {
             throw new IOException("qcow2 image " + path + " needs up to " + (cost >> 20) + " MiB of memory for its"
                     + " tables and caches (L1 table of " + Integer.toUnsignedString(h.l1Size()) + " entries, refcount"
                     + " table of " + h.refTableClusters() + " clusters of " + (1L << h.clusterBits()) + " bytes)"
-                    + (chain.depth == 0
-                            ? ""
-                            : ", the images above it in its backing chain " + (chain.bytes >> 20) + " MiB")
-                    + ": more than iovirt's limit of " + (MAX_CHAIN_MEMORY >> 20) + " MiB for one backing chain"
+                    + (chain.depth == 0 ? "" : ", the images above it in its backing chain " + (above >> 20) + " MiB")
+                    + ": more than iovirt's limit of " + mib(chain.limit) + " for one backing chain"
                     + " (a damaged or crafted image?); check the chain with 'qemu-img info --backing-chain' and"
                     + " 'qemu-img check', or make it shorter with 'qemu-img commit' or 'qemu-img convert -O qcow2'");
         }
-        chain.bytes += cost;
+        return cost;
+    }
+
+    /** A bound for a message: in MiB when it is a whole number of them (it is, but where a test lowers it). */
+    private static String mib(long bytes) {
+        return (bytes & ((1 << 20) - 1)) == 0 ? (bytes >> 20) + " MiB" : bytes + " bytes";
+    }
+
+    /**
+     * Charges this image's tables at new sizes (an L1 table of {@code l1Entries} entries, a refcount table of
+     * {@code refTableClusters} clusters) to its chain's bound in place of its charge now, before they are allocated:
+     * tables that grow after the open (a resize, the refcount table as the image grows, a refresh, a refcount
+     * rebuild) are bounded as the tables read at the open are. Smaller tables give memory back. A change that fails
+     * before it takes effect puts the sizes it replaced back with {@link #setCharge}. Metadata lock held, or opening.
+     *
+     * @param what the change and what is refused with it, for the error ("growing its refcount table ...")
+     */
+    void chargeTables(long l1Entries, long refTableClusters, String what) throws IOException {
+        long cost = memoryCost(clusterBits, l1Entries, refTableClusters, l2CacheBytes, openedReadOnly);
+        if (!chain.recharge(charged, cost)) {
+            throw new IOException("qcow2 image " + path + ": " + what + " would make its tables and caches (an L1"
+                    + " table of " + l1Entries + " entries, a refcount table of " + refTableClusters + " clusters of "
+                    + clusterSize + " bytes) take up to " + ((cost + (1 << 20) - 1) >> 20)
+                    + " MiB, and its backing chain more than iovirt's"
+                    + " limit of " + mib(chain.limit) + " for one backing chain: refused (make the chain shorter"
+                    + " with 'qemu-img commit', or convert the image to larger clusters with 'qemu-img convert -O"
+                    + " qcow2 -o cluster_size=2M')");
+        }
+        charged = cost;
+        chargedL1 = l1Entries;
+        chargedRef = refTableClusters;
+    }
+
+    /** {@link #chargeTables} of a new refcount table size, the L1 table's charged size unchanged. */
+    void chargeRefTable(long refTableClusters, String what) throws IOException {
+        chargeTables(chargedL1, refTableClusters, what);
+    }
+
+    /** Charges the tables at these sizes whatever the bound: they are in use (a change that failed kept them). */
+    void setCharge(long l1Entries, long refTableClusters) {
+        long cost = memoryCost(clusterBits, l1Entries, refTableClusters, l2CacheBytes, openedReadOnly);
+        chain.adjust(charged, cost);
+        charged = cost;
+        chargedL1 = l1Entries;
+        chargedRef = refTableClusters;
+    }
+
+    /** {@link #setCharge} of a refcount table size, the L1 table's charged size unchanged. */
+    void chargeRefTableAnyway(long refTableClusters) {
+        setCharge(chargedL1, refTableClusters);
+    }
+
+    /** The refcount table clusters the charge is for now. */
+    long chargedRefTable() {
+        return chargedRef;
+    }
+
+    /** What this image's chain is charged now, for the tests. */
+    long chainBytes() {
+        return chain.bytes();
     }
 
     private static void checkFeatures(Path path, Qcow2Header h, boolean readOnly) throws IOException {
@@ -519,25 +676,21 @@ public final class Qcow2Image implements DiskImage {
             }
             // what open checks and repairs, for what the other program left (a dirty bit, internal snapshots...)
             checkFeatures(path, h, openedReadOnly);
-            long need =
-                    Math.max(((l1Bytes + clusterSize - 1) & -clusterSize), (long) h.refTableClusters() * clusterSize);
-            if (need > staging.byteSize()) { // the tables grew (a resize here or elsewhere): read whole, as at open
-                staging = arena.allocate(need, 4096);
+            long oldL1 = chargedL1;
+            long oldRef = chargedRef;
+            chargeTables(
+                    Integer.toUnsignedLong(h.l1Size()),
+                    h.refTableClusters(),
+                    "reading it again (another program changed its tables to these sizes)");
+            boolean switched = false;
+            try {
+                refreshTables(h, l1Bytes);
+                switched = true;
+            } finally {
+                if (!switched) { // the old tables stay in use
+                    setCharge(oldL1, oldRef);
+                }
             }
-            MemorySegment buf = staging.asSlice(0, l1Bytes);
-            readMeta(buf, h.l1Offset());
-            AtomicLongArray fresh = new AtomicLongArray(h.l1Size());
-            for (int i = 0; i < h.l1Size(); i++) {
-                long e = buf.get(Qcow2Header.BE64, (long) i * 8);
-                MetadataLayout.checkClusterBoundary(path, clusterSize, e & OFFSET_MASK, "L1 entry " + i);
-                fresh.set(i, e);
-            }
-            l2Cache.clearAll();
-            l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
-            l1 = fresh;
-            l1Offset = h.l1Offset();
-            l1DirtyLo = Integer.MAX_VALUE;
-            l1DirtyHi = 0;
             refcounts.reload(h);
             indexMetadata();
             if (!openedReadOnly) {
@@ -553,6 +706,39 @@ public final class Qcow2Image implements DiskImage {
         } finally {
             meta.unlock();
         }
+    }
+
+    /**
+     * {@link #refresh}'s new staging buffer and L1 table, from header {@code h} (metadata lock held, the new sizes
+     * charged). The staging buffer holds the tables whole, as at open; the one it replaces is freed.
+     */
+    private void refreshTables(Qcow2Header h, long l1Bytes) throws IOException {
+        long need = Math.max(((l1Bytes + clusterSize - 1) & -clusterSize), (long) h.refTableClusters() * clusterSize);
+        if (need != staging.byteSize()) {
+            Arena a = Arena.ofShared();
+            try {
+                staging = a.allocate(need, 4096);
+            } catch (Throwable e) {
+                a.close();
+                throw e;
+            }
+            stagingArena.close(); // used under the metadata lock only: nothing reads the old one now
+            stagingArena = a;
+        }
+        MemorySegment buf = staging.asSlice(0, l1Bytes);
+        readMeta(buf, h.l1Offset());
+        AtomicLongArray fresh = new AtomicLongArray(h.l1Size());
+        for (int i = 0; i < h.l1Size(); i++) {
+            long e = buf.get(Qcow2Header.BE64, (long) i * 8);
+            MetadataLayout.checkClusterBoundary(path, clusterSize, e & OFFSET_MASK, "L1 entry " + i);
+            fresh.set(i, e);
+        }
+        l2Cache.clearAll();
+        l2ByL1 = new java.util.concurrent.atomic.AtomicReferenceArray<>(h.l1Size());
+        l1 = fresh;
+        l1Offset = h.l1Offset();
+        l1DirtyLo = Integer.MAX_VALUE;
+        l1DirtyHi = 0;
     }
 
     /**
@@ -911,9 +1097,12 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Whole clusters become zero clusters (metadata only; with {@code unmap} their host space is punched out but
-     * stays allocated to the cluster, so a concurrent request never sees it reused). Partial clusters are written
-     * with zeros (write-zeroes) or left alone (discard is advisory).
+     * Whole clusters become zero clusters (metadata only). Write-zeroes keeps a cluster's host cluster (with
+     * {@code unmap} its space is punched out): the cluster stays preallocated. Discard, as QEMU's, gives it up: the
+     * zero entry has no host cluster and the host cluster's refcount is counted down once the entry is durable
+     * and no lock-free write that found the cluster before the discard can still be in flight
+     * ({@link Refcounts#freeDiscarded}); its space is punched out at once. Partial clusters are written with zeros
+     * (write-zeroes) or left alone (discard is advisory).
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
@@ -924,9 +1113,14 @@ public final class Qcow2Image implements DiskImage {
             long cluster = pos & -clusterSize;
             long n = Math.min(end, cluster + clusterSize) - pos;
             if (n == clusterSize) {
-                zeroCluster(cluster, unmap);
+                zeroCluster(cluster, unmap, !mustZero);
             } else if (mustZero && !readsZero(pos, n)) {
-                writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
+                looseWrites.incrementAndGet(); // before its lookup: it may write to a cluster it finds allocated
+                try {
+                    writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
+                } finally {
+                    looseWrites.decrementAndGet();
+                }
             }
             pos += n;
         }
@@ -940,7 +1134,7 @@ public final class Qcow2Image implements DiskImage {
         return (e & OFLAG_ZERO) != 0 || ((e & OFFSET_MASK) == 0 && (backing == null || pos >= backingSize));
     }
 
-    private void zeroCluster(long cluster, boolean unmap) throws IOException {
+    private void zeroCluster(long cluster, boolean unmap, boolean discard) throws IOException {
         meta.lock();
         try {
             checkOpen();
@@ -956,7 +1150,11 @@ public final class Qcow2Image implements DiskImage {
             int idx = l2Index(cluster);
             e = t.entry(idx);
             long host = ownedHost(e);
-            if (host >= 0) {
+            if (host >= 0 && discard) {
+                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the discard's free (a backing file stays hidden)
+                punch(host);
+                refcounts.freeDiscarded(host);
+            } else if (host >= 0) {
                 t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
                 if (unmap) {
                     punch(host);
@@ -1147,6 +1345,19 @@ public final class Qcow2Image implements DiskImage {
 
     /** Replaces the L1 table by one of {@code entries} entries (metadata lock held, metadata flushed). */
     private void growL1(int entries) throws IOException {
+        long oldL1 = chargedL1;
+        chargeTables(entries, chargedRef, "growing its L1 table to " + entries + " entries (a resize)");
+        try {
+            growL1Charged(entries); // may grow the refcount table too, charged with the new L1 size
+        } finally {
+            if (l1.length() != entries) { // failed before the switch: the old table stays in use
+                setCharge(oldL1, chargedRef);
+            }
+        }
+    }
+
+    /** {@link #growL1} once the new table is charged. */
+    private void growL1Charged(int entries) throws IOException {
         AtomicLongArray old = l1;
         long oldOff = l1Offset;
         long oldClusters = ((long) old.length() * 8 + clusterSize - 1) >>> clusterBits;
@@ -1308,6 +1519,9 @@ public final class Qcow2Image implements DiskImage {
         l2Cache.close();
         refcounts.close();
         arena.close();
+        stagingArena.close();
+        chain.adjust(charged, 0);
+        charged = 0;
     }
 
     /** What {@link #forEachReference} calls per reference. */
@@ -1346,6 +1560,24 @@ public final class Qcow2Image implements DiskImage {
                 }
             }
         }
+    }
+
+    /**
+     * Whether no lock-free data write can be in flight now: none of the contexts is between the lookup of a write's
+     * host clusters and its completion, nor a partial write-zeroes outside them. A writer sets its flag before its
+     * lookup and the discard changed the L2 entry before this is asked (both volatile): a write not seen here
+     * looks up the entry after the change and never finds the discarded cluster. Metadata lock held.
+     */
+    boolean noLockFreeWrites() {
+        if (looseWrites.get() != 0) {
+            return false;
+        }
+        for (Qcow2Io c : contexts) {
+            if (c.writing) {
+                return false;
+            }
+        }
+        return true;
     }
 
     private void clearAutoclear() throws IOException {
@@ -1419,6 +1651,9 @@ public final class Qcow2Image implements DiskImage {
             backingLock.close();
         }
         arena.close();
+        stagingArena.close();
+        chain.adjust(charged, 0); // closed: no table of it is used any more
+        charged = 0;
     }
 
     // ---- sources of written bytes ----------------------------------------------------------------------------
@@ -1461,9 +1696,15 @@ public final class Qcow2Image implements DiskImage {
         private long bytes;
         /** Host offset of the transfer queued by submitRead/submitWrite. */
         private long submittedHost;
+        /**
+         * Set from before a write looks up its host clusters until it completed: a cluster a discard freed is not
+         * handed out again while a write that may have found it before the discard can still land on it.
+         */
+        private volatile boolean writing;
 
         private Qcow2Io(RawImage.IoContext raw) {
             this.raw = raw;
+            contexts.add(this);
         }
 
         @Override
@@ -1527,18 +1768,23 @@ public final class Qcow2Image implements DiskImage {
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
             checkSynced();
-            long host = contiguousHost(offset, bytes);
-            if (host >= 0) {
-                checkDataWrite(offset, host, bytes);
-                raw.write(host);
-                return;
-            }
-            long pos = 0;
-            while (pos < bytes) {
-                long g = offset + pos;
-                long n = Math.min(bytes - pos, clusterSize - (g & (clusterSize - 1)));
-                writePiece(g, this, pos, n);
-                pos += n;
+            writing = true;
+            try {
+                long host = contiguousHost(offset, bytes);
+                if (host >= 0) {
+                    checkDataWrite(offset, host, bytes);
+                    raw.write(host);
+                    return;
+                }
+                long pos = 0;
+                while (pos < bytes) {
+                    long g = offset + pos;
+                    long n = Math.min(bytes - pos, clusterSize - (g & (clusterSize - 1)));
+                    writePiece(g, this, pos, n);
+                    pos += n;
+                }
+            } finally {
+                writing = false;
             }
         }
 
@@ -1559,12 +1805,21 @@ public final class Qcow2Image implements DiskImage {
             if (syncFailure != null) {
                 return false; // the synchronous path reports it
             }
-            long host = submittableHost(offset);
-            if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
-                return false; // the synchronous path writes, or reports the damaged entry
+            writing = true; // until completed(): the write is in flight on the host clusters it finds
+            boolean queued = false;
+            try {
+                long host = submittableHost(offset);
+                if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
+                    return false; // the synchronous path writes, or reports the damaged entry
+                }
+                submittedHost = host;
+                queued = true;
+                return true;
+            } finally {
+                if (!queued) {
+                    writing = false;
+                }
             }
-            submittedHost = host;
-            return true;
         }
 
         /**
@@ -1583,7 +1838,13 @@ public final class Qcow2Image implements DiskImage {
 
         @Override
         public void completed(boolean write, long offset, int result) throws IOException {
-            raw.completed(write, submittedHost, result);
+            try {
+                raw.completed(write, submittedHost, result);
+            } finally {
+                if (write) {
+                    writing = false;
+                }
+            }
         }
 
         @Override
@@ -1622,6 +1883,7 @@ public final class Qcow2Image implements DiskImage {
 
         @Override
         public void close() {
+            contexts.remove(this);
             clear();
             raw.close();
         }

@@ -69,6 +69,11 @@ final class Refcounts {
     private long allocEnd;
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
+    /**
+     * Host clusters a discard dereferenced: freed as {@link #pendingFree}'s, and only at a flush when no lock-free
+     * write that found them before the discard can still be in flight ({@link Qcow2Image#noLockFreeWrites}).
+     */
+    private final List<long[]> pendingDiscard = new ArrayList<>();
 
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
@@ -106,6 +111,7 @@ final class Refcounts {
     void reload(Qcow2Header h) throws IOException {
         refCache.clearAll();
         pendingFree.clear();
+        pendingDiscard.clear();
         refTableOffset = h.refTableOffset();
         refTableClusters = h.refTableClusters();
         freeHint = 0;
@@ -268,10 +274,24 @@ final class Refcounts {
     }
 
     /**
+     * Counts down the host cluster at {@code host}, which a discard just dereferenced (its entry is a zero cluster
+     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write that
+     * looked the cluster up before the discard may still be in flight: it would land on the cluster once it is
+     * handed out again (another guest offset's data, or a table). Such frees wait for a later flush.
+     */
+    void freeDiscarded(long host) {
+        pendingDiscard.add(new long[] {host, clusterSize});
+    }
+
+    /**
      * Applies the decrements {@link #freeAfterFlush} deferred. The flush calls it once the dereferences are durable
      * (its last sync); the changed blocks are written at the next flush.
      */
     void applyDeferredFrees() throws IOException {
+        if (!pendingDiscard.isEmpty() && img.noLockFreeWrites()) {
+            pendingFree.addAll(pendingDiscard); // their entries are durable: every one was changed before this flush
+            pendingDiscard.clear();
+        }
         List<long[]> frees = new ArrayList<>(pendingFree);
         pendingFree.clear();
         for (long[] r : frees) {
@@ -341,13 +361,31 @@ final class Refcounts {
      * table in one sector write and synced; the old table's clusters are freed.
      */
     private void growRefTable(long bi) throws IOException {
-        int oldEntries = refTable.length;
         long entriesPerCluster = clusterSize / 8;
         long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
         if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
             throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
                     + " clusters; the image is too large for cluster size " + clusterSize);
         }
+        long oldCharged = img.chargedRefTable();
+        img.chargeRefTable(
+                newClusters,
+                "growing its refcount table to " + newClusters + " clusters (for a cluster a write allocates; the"
+                        + " write was refused)");
+        long[] old = refTable;
+        try {
+            growRefTableCharged(newClusters);
+        } finally {
+            if (refTable == old) { // failed before the switch: the old table stays in use
+                img.chargeRefTableAnyway(oldCharged);
+            }
+        }
+    }
+
+    /** {@link #growRefTable} to {@code newClusters} clusters, charged already. */
+    private void growRefTableCharged(long newClusters) throws IOException {
+        int oldEntries = refTable.length;
+        long entriesPerCluster = clusterSize / 8;
         long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
         long blockOff = p << clusterBits;
         long tableOff = (p + 1) << clusterBits;
@@ -465,6 +503,25 @@ final class Refcounts {
                     + refEnd + " clusters; rebuilding its refcounts here would take " + (refEnd * 2 >> 20)
                     + " MiB of memory: run 'qemu-img check -r all " + path + "'");
         }
+        long oldCharged = img.chargedRefTable();
+        img.chargeRefTable(
+                tableClusters,
+                "rebuilding its refcounts (it was not closed cleanly: dirty bit) into a refcount table of "
+                        + tableClusters + " clusters (or run 'qemu-img check -r all " + path + "')");
+        long[] old = refTable;
+        try {
+            rebuildRefcountsCharged(refEnd, place, lowBlocks, blocks, tableClusters, firstHigh, lastHigh);
+        } finally {
+            if (refTable == old) {
+                img.chargeRefTableAnyway(oldCharged); // failed before the switch: the old table stays in use
+            }
+        }
+    }
+
+    /** {@link #rebuildRefcounts} once the new refcount table is sized and charged. */
+    private void rebuildRefcountsCharged(
+            long refEnd, long place, long lowBlocks, long blocks, long tableClusters, long firstHigh, long lastHigh)
+            throws IOException {
         // Counts up to 65535 in a char each; the rare cluster referenced more often (compressed clusters sharing a
         // host cluster) continues in a map, so no refcount_order (up to 64 bits) is cut short or wraps around.
         char[] counts;

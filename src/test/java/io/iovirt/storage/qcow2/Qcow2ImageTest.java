@@ -11,10 +11,12 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.Errno;
+import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.Images;
+import io.iovirt.testing.Require;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.lang.foreign.Arena;
@@ -304,34 +306,18 @@ class Qcow2ImageTest {
     void aCopiedOutClusterThatIsItsOwnCopyIsNotFreed() throws Exception {
         Path img = create("d.qcow2", "4M");
         qemuIoOk(img, "qcow2", "write -P 0x11 0 64k");
+        long host;
         try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
             f.seek(40);
             f.seek(f.readLong()); // L1 entry 0
             long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
             f.seek(l2);
             long e = f.readLong();
-            long host = e & Qcow2Image.OFFSET_MASK;
+            host = e & Qcow2Image.OFFSET_MASK;
             f.seek(l2);
             f.writeLong(e & ~Qcow2Image.OFLAG_COPIED);
-            f.seek(48);
-            f.seek(f.readLong()); // refcount table entry 0
-            long block = f.readLong();
-            f.seek(block + (host >>> 16) * 2);
-            f.writeShort(0);
         }
-        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
-        assertTrue(damaged.exit() != 0, damaged.output());
-        try (DiskImage q = Images.open(img, null, false, false)) {
-            write(q, 4096, fill(4096, 0x22));
-            q.flush();
-            write(q, MIB, fill(65536, 0x33)); // a new cluster
-            q.flush();
-            byte[] want = fill(65536, 0x11);
-            System.arraycopy(fill(4096, 0x22), 0, want, 4096, 4096);
-            assertArrayEquals(want, read(q, 0, 65536), "the first cluster was not overwritten");
-            assertArrayEquals(fill(65536, 0x33), read(q, MIB, 65536));
-        }
-        check(img, false);
+        zeroRefcountRewriteAndCompare(img, host);
     }
 
     /**
@@ -344,6 +330,7 @@ class Qcow2ImageTest {
     void aCompressedClusterRewrittenOverItsOwnHostClusterIsNotFreed() throws Exception {
         Path img = create("dc.qcow2", "4M");
         qemuIoOk(img, "qcow2", "write -c -P 0x11 0 64k");
+        long host;
         try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
             f.seek(40);
             f.seek(f.readLong()); // L1 entry 0
@@ -351,7 +338,19 @@ class Qcow2ImageTest {
             f.seek(l2);
             long e = f.readLong();
             assertTrue((e & Qcow2Image.OFLAG_COMPRESSED) != 0, "a compressed cluster: " + Long.toHexString(e));
-            long host = e & ((1L << 54) - 1); // 64 KiB clusters: the host offset is bits 0..53
+            host = e & ((1L << 54) - 1); // 64 KiB clusters: the host offset is bits 0..53
+        }
+        zeroRefcountRewriteAndCompare(img, host);
+    }
+
+    /**
+     * The fault both own-copy tests make and what they check after it: the refcount of {@code host} (the host
+     * cluster of guest cluster 0, filled with 0x11 and 64 KiB clusters) is set to 0, a damage qemu-img check reports;
+     * then 4 KiB of guest cluster 0 are rewritten (its copy lands on {@code host}) and a new cluster is written, and
+     * both must read back as written and the image must check clean (the new cluster did not go over the copy).
+     */
+    private static void zeroRefcountRewriteAndCompare(Path img, long host) throws Exception {
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
             f.seek(48);
             f.seek(f.readLong()); // refcount table entry 0
             long block = f.readLong();
@@ -523,6 +522,73 @@ class Qcow2ImageTest {
                 "read -P 0x33 1100 4096");
     }
 
+    /**
+     * A discarded cluster gives up its host cluster, as QEMU's discard does: its entry becomes a zero cluster
+     * without host cluster and, once that is durable, the host cluster's refcount is counted down, so a later
+     * allocation takes it again and the file does not grow. qemu-img check finds no leak, map shows the zeros and
+     * compare finds the guest's data. Before, the discarded host cluster stayed allocated to its zero cluster.
+     */
+    @Test
+    void aDiscardedClusterIsFreedAndALaterAllocationTakesItAgain() throws Exception {
+        Path img = create("disc.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        long fileSize = Files.size(img);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            q.discard(MIB, MIB);
+            q.handOver(); // the zero entries durable, then the refcounts counted down and written
+            write(q, 8 * MIB, fill(MIB, 0x44));
+            assertArrayEquals(new byte[MIB], read(q, MIB, MIB));
+        }
+        assertTrue(Files.size(img) <= fileSize, "the new clusters took the discarded ones: " + Files.size(img));
+        check(img, false);
+        String map = ok("qemu-img", "map", "--output=json", "-f", "qcow2", img.toString());
+        assertTrue(
+                map.matches("(?s).*\"start\": 1048576, \"length\": 1048576,.*\"zero\": true, \"data\": false.*"), map);
+        Path raw = dir.resolve("disc.raw");
+        ok("qemu-img", "create", "-q", "-f", "raw", raw.toString(), "16M");
+        qemuIoOk(raw, "raw", "write -P 0x33 0 4M", "write -z 1M 1M", "write -P 0x44 8M 1M");
+        ok("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img.toString(), raw.toString());
+    }
+
+    /**
+     * A cluster a discard freed is not handed out again while a write that found it before the discard is still in
+     * flight (queued on an io_uring, not completed): the next allocation goes elsewhere, and that write cannot land
+     * on another guest offset's data. Once it completed, the next flush frees the cluster and an allocation takes
+     * it. Without the wait, the new cluster at 9 MiB was the discarded one and the late write overwrote its data.
+     */
+    @Test
+    void aDiscardedClusterIsNotReusedWhileAWriteThatFoundItIsInFlight() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("discfly.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            MemorySegment buf = arena.allocate(65536, 4096);
+            buf.fill((byte) 0x55);
+            io.add(buf);
+            assertTrue(io.submitWrite(ring, 2 * MIB, 1), "queued: a write to an allocated cluster");
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the discarded cluster was handed out while a write to it was in flight");
+            ring.submitAndWait(1);
+            int[] res = new int[1];
+            assertEquals(1, ring.reap((ud, r, f) -> res[0] = r));
+            io.completed(true, 2 * MIB, res[0]);
+            q.handOver(); // nothing in flight now: the discarded cluster is freed
+            write(q, 10 * MIB, fill(65536, 0x77));
+            assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
+    }
+
     @Test
     void concurrentWritersOnManyThreadsStayConsistent() throws Exception {
         Path img = create("mt.qcow2", "64M");
@@ -582,6 +648,123 @@ class Qcow2ImageTest {
         }
         check(img, false);
         qemuIoOk(img, "qcow2", "read -P 0x42 0 4M");
+    }
+
+    /**
+     * An L1 table that grows after the open (a resize, a refresh after another program grew it) is charged to the
+     * chain's memory bound as the tables read at the open are; the bound is lowered here to what the image took at
+     * its open plus 1 MiB. Growing to 1 TiB (2048 L1 entries, and the L2 cache they let fill: about 32 MiB more) is
+     * refused with the bound in the error and changes nothing; growing to 2 GiB goes through; a refresh after
+     * qemu-img grew the image to 1 TiB is refused too; closing gives the charge back. Before, only the open was
+     * charged: both grew past the bound.
+     */
+    @Test
+    void anL1TableGrowingAfterTheOpenIsChargedToTheChainsMemoryBound() throws Exception {
+        Path img = create("mem.qcow2", "1G"); // 64 KiB clusters: 2 L1 entries
+        long atOpen;
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            atOpen = q.chainBytes();
+        }
+        Qcow2Image q = Qcow2Image.open(img, false, Qcow2Image.DEFAULT_L2_CACHE_BYTES, false, atOpen + MIB);
+        try (q) {
+            assertEquals(atOpen, q.chainBytes());
+            write(q, 0, fill(65536, 0x11));
+            IOException e = assertThrows(IOException.class, () -> q.resize(1L << 40));
+            assertTrue(
+                    e.getMessage().contains("growing its L1 table to 2048 entries (a resize)")
+                            && e.getMessage().contains("limit of " + (atOpen + MIB) + " bytes for one backing chain"),
+                    e.getMessage());
+            assertEquals(1L << 30, q.size(), "the refused resize changed nothing");
+            assertEquals(atOpen, q.chainBytes(), "and charged nothing");
+            q.resize(2L << 30); // 4 L1 entries: within the bound
+            assertTrue(q.chainBytes() > atOpen, "the grown table is charged: " + q.chainBytes());
+            write(q, (2L << 30) - 65536, fill(65536, 0x22));
+            q.handOver();
+            ok("qemu-img", "resize", "-q", "-f", "qcow2", img.toString(), "1T");
+            long before = q.chainBytes();
+            e = assertThrows(IOException.class, q::refresh);
+            assertTrue(e.getMessage().contains("reading it again"), e.getMessage());
+            assertEquals(before, q.chainBytes(), "the refused refresh charged nothing");
+        }
+        assertEquals(0, q.chainBytes(), "closing gave the charge back");
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x11 0 64k", "read -P 0x22 " + ((2L << 30) - 65536) + " 64k");
+    }
+
+    /**
+     * A resize whose new L1 table needs the refcount table to grow (512-byte clusters, 64-bit refcounts: the first
+     * refcount table covers 2 MiB of file, which data fills to a few clusters short of it; a 126 MiB disk needs a
+     * 63-cluster L1 table) charges both at their new sizes: the refcount table's growth, made while the L1 table is
+     * being replaced, is charged with the new L1 size, so the chain's charge is what the two tables take after.
+     */
+    @Test
+    void aResizeThatGrowsBothTablesChargesBothAtTheirNewSizes() throws Exception {
+        Path img = create("both.qcow2", "4M", "cluster_size=512", "refcount_bits=64");
+        long charged;
+        long written = 0;
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            while (Files.size(img) < (2 * MIB) - 16 * 512) {
+                write(q, written, fill(4096, 0x5a));
+                written += 4096;
+            }
+            q.resize(126L * MIB);
+            charged = q.chainBytes();
+        }
+        int refTableClusters;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "r")) {
+            f.seek(56);
+            refTableClusters = f.readInt();
+        }
+        assertTrue(refTableClusters > 1, "the refcount table grew: " + refTableClusters);
+        assertEquals(
+                Qcow2Image.memoryCost(9, 126 * 32, refTableClusters, Qcow2Image.DEFAULT_L2_CACHE_BYTES, false),
+                charged);
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x5a 0 " + written);
+    }
+
+    /**
+     * The refcount table growing as the image grows is charged to the chain's memory bound: with the bound lowered
+     * to what the image took at its open plus 1 KiB (less than the 64 entries a second table cluster adds), the
+     * write that needs the table to grow fails with the bound in the error, and what was written before reads
+     * back; qemu-img check is clean; opened again with the default bound the table grows and the write goes
+     * through. Before, the table grew past the bound.
+     */
+    @Test
+    void theRefcountTableGrowingAfterTheOpenIsChargedToTheChainsMemoryBound() throws Exception {
+        // 512-byte clusters, 64-bit refcounts: a refcount block covers 32 KiB, the first table 64 blocks (2 MiB)
+        Path img = create("memref.qcow2", "8M", "cluster_size=512", "refcount_bits=64");
+        long atOpen;
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            atOpen = q.chainBytes();
+        }
+        long written = 0;
+        try (Qcow2Image q = Qcow2Image.open(img, false, Qcow2Image.DEFAULT_L2_CACHE_BYTES, false, atOpen + 1024)) {
+            IOException e = null;
+            for (; written < 4 * MIB && e == null; written += 65536) {
+                try {
+                    write(q, written, fill(65536, 0x42));
+                } catch (IOException x) {
+                    e = x;
+                }
+            }
+            written -= 65536; // the refused chunk
+            assertTrue(e != null, "the refcount table grew past the bound");
+            assertTrue(
+                    e.getMessage().contains("growing its refcount table to 2 clusters")
+                            && e.getMessage().contains("the write was refused")
+                            && e.getMessage().contains("limit of " + (atOpen + 1024) + " bytes"),
+                    e.getMessage());
+            assertTrue(written >= MIB, "the writes before it went through: " + written);
+            assertEquals(atOpen, q.chainBytes(), "the refused growth charged nothing");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x42 0 " + written);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, written, fill(65536, 0x43));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x42 0 " + written, "read -P 0x43 " + written + " 64k");
     }
 
     /**
