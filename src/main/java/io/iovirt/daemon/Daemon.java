@@ -11,6 +11,7 @@ import io.iovirt.util.Json;
 import io.iovirt.virtio.QueueWorker;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -39,6 +40,9 @@ public final class Daemon implements AutoCloseable {
     /** What adds and removes under way hold, and whether the daemon still takes new ones; guarded by lock too. */
     private final ClaimRegistry claims =
             new ClaimRegistry(lock, id -> blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id));
+
+    /** Where adds open their images: bounded in number and in how long a request waits for one. */
+    private final ImageOpens opens = new ImageOpens();
 
     private final io.iovirt.linux.SocketAccess access;
     private final long startMillis = System.currentTimeMillis();
@@ -71,6 +75,11 @@ public final class Daemon implements AutoCloseable {
             }
         }
         this.access = io.iovirt.linux.SocketAccess.of(socketGroup, allowUids);
+    }
+
+    /** How long an add waits for its image's open before it fails (tests; {@link ImageOpens#WAIT}). */
+    void openWait(Duration d) {
+        opens.waitFor(d);
     }
 
     io.iovirt.linux.SocketAccess access() {
@@ -407,14 +416,16 @@ public final class Daemon implements AutoCloseable {
                 spec.readOnly()));
         BlkExport e;
         try {
-            claims.claimImage(c, ClaimRegistry.imageKey(spec.image())); // may wait on the image's file system
-            e = BlkExport.start(spec, fromConfig, access, readOnlyNow);
-        } catch (IOException | RuntimeException ex) {
-            claims.release(c);
+            e = opens.run( // a bounded wait: the image's file system may not answer (ImageOpens)
+                    "blk.add " + spec.id(),
+                    spec.image(),
+                    () -> {
+                        claims.claimImage(c, ClaimRegistry.imageKey(spec.image()));
+                        return BlkExport.start(spec, fromConfig, access, readOnlyNow);
+                    },
+                    () -> claims.release(c));
+        } catch (IOException | RuntimeException ex) { // the claim is released (or will be: ImageOpens)
             throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
-        } catch (RpcException ex) {
-            claims.release(c);
-            throw ex;
         }
         claims.publish(c, "blk.add " + spec.id(), e, () -> {
             blks.put(spec.id(), e);
@@ -560,14 +571,16 @@ public final class Daemon implements AutoCloseable {
                 null, id, "nbd '" + id + "'", ClaimRegistry.socketKey(spec.socket()), null, null, spec.readOnly()));
         NbdExportEntry e;
         try {
-            claims.claimImage(c, ClaimRegistry.imageKey(spec.image())); // may wait on the image's file system
-            e = NbdExportEntry.start(spec, access, fromConfig);
-        } catch (IOException | RuntimeException ex) {
-            claims.release(c);
+            e = opens.run( // a bounded wait, as addBlk's
+                    "nbd.add " + id,
+                    spec.image(),
+                    () -> {
+                        claims.claimImage(c, ClaimRegistry.imageKey(spec.image()));
+                        return NbdExportEntry.start(spec, access, fromConfig);
+                    },
+                    () -> claims.release(c));
+        } catch (IOException | RuntimeException ex) { // the claim is released (or will be: ImageOpens)
             throw new RpcException(RpcException.FAILED, "nbd " + id + ": " + ex.getMessage());
-        } catch (RpcException ex) {
-            claims.release(c);
-            throw ex;
         }
         claims.publish(c, "nbd " + id, e, () -> {
             nbds.put(id, e);

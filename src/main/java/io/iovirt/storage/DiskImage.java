@@ -42,6 +42,13 @@ public interface DiskImage extends AutoCloseable {
     /** The file this image was opened from. */
     Path path();
 
+    /**
+     * A descriptor of its own (close-on-exec, the caller closes it) of the file this image was opened from, sharing
+     * the image's open file description (dup): for what needs the file without opening {@link #path} again, which
+     * waits when its file system does not answer (the blk device's image lock).
+     */
+    Fd dupFile() throws LinuxException;
+
     /** "raw" or "qcow2". */
     String format();
 

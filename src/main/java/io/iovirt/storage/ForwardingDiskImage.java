@@ -4,6 +4,7 @@ package io.iovirt.storage;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
+import io.iovirt.linux.LinuxException;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
@@ -22,6 +23,11 @@ public class ForwardingDiskImage implements DiskImage {
     @Override
     public Path path() {
         return delegate.path();
+    }
+
+    @Override
+    public Fd dupFile() throws LinuxException {
+        return delegate.dupFile();
     }
 
     @Override

@@ -18,13 +18,15 @@ import java.util.List;
  * migration the source's backend hands the image to the destination's at the switch-over, while two VMs running
  * on one writable image at once are refused.
  *
- * <p>The lock lives on a descriptor of its own (an open file description of its own), so it works whatever opens
- * the image for I/O, and the kernel drops it when the process dies, however it dies. An exclusive lock covers the
- * whole file, so it also conflicts with QEMU's own image locks (byte-range OFD locks in the same file): a QEMU or
- * qemu-img that opens the image with locking on sees it in use, and the other way round. A shared lock takes the
- * bytes of QEMU's scheme a QEMU reader takes (it reads; it lets nobody write or resize), so QEMU writers and
- * readers see it as QEMU sees one of its own readers: a writer is refused, a reader is not. A whole-file read lock
- * would do neither: it refuses QEMU's readers and is granted beside a QEMU writer, whose locks are all read locks.
+ * <p>The lock lives on a descriptor of its own — an open file description of its own ({@link #open}), or a dup of
+ * the one an export reads and writes the image through ({@link #on}), which takes no OFD locks itself — so it works
+ * whatever opens the image for I/O, and the kernel drops it when the process dies, however it dies. An exclusive
+ * lock covers the whole file, so it also conflicts with QEMU's own image locks (byte-range OFD locks in the same
+ * file): a QEMU or qemu-img that opens the image with locking on sees it in use, and the other way round. A shared
+ * lock takes the bytes of QEMU's scheme a QEMU reader takes (it reads; it lets nobody write or resize), so QEMU
+ * writers and readers see it as QEMU sees one of its own readers: a writer is refused, a reader is not. A whole-file
+ * read lock would do neither: it refuses QEMU's readers and is granted beside a QEMU writer, whose locks are all
+ * read locks.
  */
 public final class ImageLock implements AutoCloseable {
     /*
@@ -67,6 +69,19 @@ public final class ImageLock implements AutoCloseable {
         } catch (LinuxException e) {
             throw new IOException("cannot open " + image + " to lock it: " + e.getMessage(), e);
         }
+    }
+
+    /**
+     * Locks through {@code fd} (taken over: closed with the lock), a descriptor of {@code image} already open — a dup
+     * of the descriptor an export opened it with ({@link DiskImage#dupFile}): nothing is opened, so taking the lock
+     * does not wait for a file system that does not answer to look the path up and open it again. Its open file
+     * description is the export's own, which takes no OFD locks itself, so the lock is this one alone.
+     *
+     * @param shared true for a read-only export (read locks share; they exclude writers); false needs {@code fd}
+     *               open for writing
+     */
+    public static ImageLock on(Path image, boolean shared, Fd fd) {
+        return new ImageLock(image, shared, fd);
     }
 
     /**

@@ -233,6 +233,11 @@ public final class RawImage implements DiskImage {
     }
 
     @Override
+    public Fd dupFile() throws LinuxException {
+        return fd.dup();
+    }
+
+    @Override
     public Fd[] ringFiles() {
         return new Fd[] {fd};
     }

@@ -157,6 +157,43 @@ class BlkStuckRequestTest {
         }
     }
 
+    /**
+     * A frontend that starts its queue while the image's file system does not answer is answered and its queue
+     * started, the image lock taken: the device locks through a dup of the descriptor it opened the image with. It
+     * opened the image's path again for the lock, on the vhost-user session's thread, which then waited for the
+     * file system: the frontend's SET_VRING_KICK went unanswered, and removing the export waited for that thread.
+     */
+    @Test
+    void aFrontendStartingWhileTheFileSystemHangsIsAnswered() throws Exception {
+        Path socket = dir.resolve("blk.sock");
+        export = BlkExport.start(
+                new BlkExport.Spec(
+                        "hung", image, socket, 1, true, false, "hung", BlkDevice.IoEngine.SYNC, ImageFormat.RAW),
+                false,
+                SocketAccess.ownerOnly(),
+                false);
+        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it now would wait too
+        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "no frontend yet: no lock");
+        fs.stop();
+        try (EventFd call = EventFd.create(true)) {
+            CompletableFuture<BlkTestDriver> started = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return new BlkTestDriver(socket, 1 << 20, call);
+                } catch (java.io.IOException e) {
+                    throw new java.io.UncheckedIOException(e);
+                }
+            });
+            try (BlkTestDriver d = started.get(60, TimeUnit.SECONDS)) {
+                assertEquals(
+                        FileIo.F_RDLCK,
+                        FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                        "the device took its read lock while the file system does not answer");
+            } finally {
+                fs.resume();
+            }
+        }
+    }
+
     /** The export's image descriptors are all still open, and its lock still keeps writers away. */
     private void stillHeld(List<Integer> fds) throws Exception {
         assertEquals(fds, exportFds(), "the export's descriptors of " + image + " are still open");

@@ -3,6 +3,7 @@ package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -28,6 +29,12 @@ import org.junit.jupiter.api.io.TempDir;
 class DaemonApiTest {
     @TempDir
     Path dir;
+
+    /**
+     * An add's wait for its image ({@link Daemon#openWait}) for the tests whose add waits until the file system is
+     * resumed: longer than any of them.
+     */
+    static final Duration UNTIL_RESUMED = Duration.ofMinutes(10);
 
     Daemon daemon;
     RpcServer server;
@@ -746,6 +753,7 @@ class DaemonApiTest {
     @Test
     @Tag("peer")
     void closeWaitsForTheClientsInsideACall() throws Exception {
+        daemon.openWait(UNTIL_RESUMED);
         java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
         try (StoppableFuse fs = StoppableFuse.mount(dir)) {
             Path img = fs.file("slow.raw", 1 << 20);
@@ -798,6 +806,7 @@ class DaemonApiTest {
     @Test
     @Tag("peer")
     void aSlowAddDelaysOnlyItself() throws Exception {
+        daemon.openWait(UNTIL_RESUMED);
         Path sock = dir.resolve("slow.sock");
         java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
         try (StoppableFuse fs = StoppableFuse.mount(dir)) {
@@ -899,6 +908,185 @@ class DaemonApiTest {
     }
 
     /**
+     * Adds whose images are on a file system that does not answer (fuse2fs, stopped, as a hung NFS server or FUSE
+     * daemon) never make the daemon unmanageable: of 33 such blk.add and nbd.add, each on a connection of its own, at
+     * most {@link ImageOpens#MAX_OPENS} wait for their opens and the others are refused at once, naming the images
+     * still being opened; list, remove and version still answer on new connections meanwhile. Each add held its
+     * client's thread, and so one of the control socket's 32 places, until its open returned: the 33rd was refused
+     * as one client too many, and so was every request after it.
+     */
+    @Test
+    @Tag("peer")
+    void hungAddsLeaveTheDaemonManageable() throws Exception {
+        daemon.openWait(UNTIL_RESUMED);
+        int adds = RpcServer.MAX_CLIENTS + 1;
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path img = fs.file("hung.raw", 1 << 20);
+            ok("blk.add", "id", "keep", "image", image("k.raw", 1 << 20).toString(), "socket", sock("k"));
+            fs.stop();
+            List<java.util.concurrent.Future<Object>> calls = new java.util.ArrayList<>();
+            try {
+                // one at a time, each until it waits for its open or is answered: never more clients at once than
+                // the adds waiting and one
+                for (int i = 0; i < adds; i++) {
+                    String method = method(i);
+                    String id = "hung" + i;
+                    java.util.concurrent.Future<Object> f = threads.submit(() -> {
+                        try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(600))) {
+                            return c.call(
+                                    method,
+                                    p(
+                                            "id",
+                                            id,
+                                            "image",
+                                            img.toString(),
+                                            "socket",
+                                            sock(id),
+                                            "readonly",
+                                            true,
+                                            "format",
+                                            "raw"));
+                        } catch (RpcClient.RemoteError e) {
+                            return e;
+                        }
+                    });
+                    calls.add(f);
+                    Await.until(
+                            Duration.ofSeconds(60),
+                            () -> method + " " + id + " answered or waiting for its open; its answer: " + answer(f)
+                                    + "; opens under way: " + opensUnderWay(),
+                            () -> f.isDone()
+                                    || opensUnderWay()
+                                            == calls.stream()
+                                                    .filter(c -> !c.isDone())
+                                                    .count());
+                }
+                // the symptom: the daemon still answers new clients
+                try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(20))) {
+                    assertEquals(1, ((List<?>) other.call("blk.list", null)).size());
+                    assertTrue(((List<?>) other.call("nbd.list", null)).isEmpty());
+                    other.call("blk.remove", p("id", "keep"));
+                    other.call("version", null);
+                }
+                assertEquals(ImageOpens.MAX_OPENS, opensUnderWay(), "image opens under way");
+                for (int i = 0; i < adds; i++) {
+                    if (i < ImageOpens.MAX_OPENS) {
+                        assertFalse(calls.get(i).isDone(), "add " + i + " answered while its open is under way");
+                        continue;
+                    }
+                    RpcClient.RemoteError e = assertInstanceOf(
+                            RpcClient.RemoteError.class, calls.get(i).resultNow());
+                    assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+                    assertTrue(
+                            e.getMessage()
+                                            .startsWith(method(i) + " hung" + i + ": " + ImageOpens.MAX_OPENS
+                                                    + " images are still being opened")
+                                    && e.getMessage().contains(img.toString())
+                                    && e.getMessage().contains("do not answer"),
+                            e.getMessage());
+                }
+            } finally {
+                fs.resume(); // the opens return; the adds still waiting go through
+            }
+            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) { // closed before the file system is unmounted
+                assertEquals("hung" + i, ((Map<?, ?>) calls.get(i).get(60, TimeUnit.SECONDS)).get("id"));
+                ok(method(i).equals("blk.add") ? "blk.remove" : "nbd.remove", "id", "hung" + i);
+            }
+        } finally {
+            threads.shutdownNow();
+        }
+    }
+
+    /**
+     * An add whose image's open does not return (its file system does not answer, as above) fails after the wait
+     * ({@link Daemon#openWait}), saying so; its id and socket stay in use ("being added") until the open returns,
+     * then they are free again and nothing was added. The request waited for as long as the file system did.
+     */
+    @Test
+    @Tag("peer")
+    void aHungAddFailsAfterItsWaitAndReleasesOnceTheOpenReturns() throws Exception {
+        daemon.openWait(Duration.ofMillis(500));
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path img = fs.file("hung.raw", 1 << 20);
+            fs.stop();
+            try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
+                RpcClient.RemoteError e;
+                for (String method : List.of("blk.add", "nbd.add")) {
+                    String id = method.equals("blk.add") ? "hung" : "hung-nbd";
+                    e = assertThrows(
+                            RpcClient.RemoteError.class,
+                            () -> c.call(
+                                    method,
+                                    p("id", id, "image", img.toString(), "socket", sock(id), "readonly", true)));
+                    assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+                    assertTrue(
+                            e.getMessage().startsWith(method + " " + id + ": image " + img + " did not open within")
+                                    && e.getMessage().contains("its file system does not answer")
+                                    && e.getMessage().contains("the id and socket stay in use"),
+                            e.getMessage());
+                }
+                e = addUnderATakenId(c, "hung");
+                assertTrue(e.getMessage().contains("blk 'hung' (being added)"), e.getMessage());
+                assertTrue(((List<?>) c.call("blk.list", null)).isEmpty());
+                assertTrue(((List<?>) c.call("nbd.list", null)).isEmpty());
+            } finally {
+                fs.resume();
+            }
+            Path local = image("l.raw", 1 << 20);
+            for (String method : List.of("blk.add", "nbd.add")) {
+                String id = method.equals("blk.add") ? "hung" : "hung-nbd";
+                Await.until(Duration.ofSeconds(60), id + "'s claim released once its open returned", () -> {
+                    try {
+                        ok(method, "id", id, "image", local.toString(), "socket", sock(id), "readonly", true);
+                        return true;
+                    } catch (Exception e) {
+                        assertTrue(e.getMessage().contains("being added"), e.getMessage());
+                        return false;
+                    }
+                });
+            }
+            List<?> disks = (List<?>) ok("blk.list").get("list"); // the first adds added nothing
+            assertEquals(1, disks.size(), disks.toString());
+            assertEquals(local.toString(), ((Map<?, ?>) disks.get(0)).get("image"));
+            ok("blk.remove", "id", "hung");
+            ok("nbd.remove", "id", "hung-nbd");
+        }
+    }
+
+    /** What a request's future holds: its answer, its failure, or "none yet". */
+    private static Object answer(java.util.concurrent.Future<?> f) {
+        return switch (f.state()) {
+            case SUCCESS -> f.resultNow();
+            case FAILED -> f.exceptionNow();
+            default -> "none yet";
+        };
+    }
+
+    private static String method(int i) {
+        return i % 2 == 0 ? "blk.add" : "nbd.add";
+    }
+
+    /**
+     * The threads of this in-process daemon opening an image for an add: resolving its path or in an export's
+     * {@code start}.
+     */
+    private static long opensUnderWay() {
+        return Thread.getAllStackTraces().values().stream()
+                .filter(st -> java.util.Arrays.stream(st)
+                        .anyMatch(f -> (f.getClassName().equals(BlkExport.class.getName())
+                                                || f.getClassName().equals(NbdExportEntry.class.getName()))
+                                        && f.getMethodName().equals("start")
+                                || f.getClassName().equals(ClaimRegistry.class.getName())
+                                        && f.getMethodName().equals("imageKey")))
+                .count();
+    }
+
+    private String sock(String id) {
+        return dir.resolve(id + ".sock").toString();
+    }
+
+    /**
      * A FIFO where an image is expected is refused at once by blk.add and nbd.add, naming the path, what it is and
      * what to do, and leaves nothing behind. Opening it waited for a writer: the request never returned, and its id,
      * socket and image stayed in use as being added.
@@ -947,7 +1135,8 @@ class DaemonApiTest {
         java.util.function.Supplier<String> where = () -> what + " opening its image; the request threads are at "
                 + Thread.getAllStackTraces().entrySet().stream()
                         .filter(t -> t.getKey().getName().startsWith("control client")
-                                || t.getKey().getName().startsWith("pool-"))
+                                || t.getKey().getName().startsWith("pool-")
+                                || t.getKey().getName().startsWith("image open"))
                         .map(t -> t.getKey().getName() + ": "
                                 + java.util.Arrays.stream(t.getValue())
                                         .limit(12)
@@ -969,7 +1158,8 @@ class DaemonApiTest {
                                                     && f.getMethodName().equals("imageKey"))
                                     && st.stream()
                                             .anyMatch(f -> f.getClassName().equals(Daemon.class.getName())
-                                                    && f.getMethodName().equals(add)));
+                                                    && (f.getMethodName().equals(add)
+                                                            || f.getMethodName().startsWith("lambda$" + add))));
         });
     }
 
@@ -980,6 +1170,7 @@ class DaemonApiTest {
     @Test
     @Tag("peer")
     void aSlowReloadDelaysOnlyItself() throws Exception {
+        daemon.openWait(UNTIL_RESUMED);
         java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
         try (StoppableFuse fs = StoppableFuse.mount(dir)) {
             Path img = fs.file("slow.raw", 1 << 20);

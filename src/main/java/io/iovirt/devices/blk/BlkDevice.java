@@ -390,7 +390,10 @@ public final class BlkDevice implements VhostUserBackend {
     private String takeImage() {
         try {
             if (imageLock == null) {
-                imageLock = ImageLock.open(image.path(), image.readOnly());
+                // on the descriptor the image was opened with: this is the vhost-user session's thread, and opening
+                // the path again waited for its file system, which may not answer (a stopped FUSE daemon, a hung NFS
+                // server), with the frontend's messages unanswered and removing the export waiting for this thread
+                imageLock = ImageLock.on(image.path(), image.readOnly(), image.dupFile());
             }
             String why = imageLock.acquire();
             if (why != null) {

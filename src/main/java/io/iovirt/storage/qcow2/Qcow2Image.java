@@ -761,6 +761,11 @@ public final class Qcow2Image implements DiskImage {
     }
 
     @Override
+    public Fd dupFile() throws LinuxException {
+        return fd.dup();
+    }
+
+    @Override
     public String format() {
         return "qcow2";
     }

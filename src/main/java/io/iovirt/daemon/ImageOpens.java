@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Where an add opens its image: on a platform thread of its own, which the request waits for at most {@link #wait}.
+ * An open on a file system that does not answer (a stopped FUSE daemon, an unreachable NFS server) does not return
+ * until the file system answers, if ever, and no thread can be made to leave it; a control client's thread held there
+ * held one of the control socket's {@link RpcServer#MAX_CLIENTS} places, so that 32 such adds left the daemon
+ * unmanageable (not even list, remove or shutdown got an answer).
+ *
+ * <p>Now the request gets an error after the wait while the open goes on; the add's claim (its id, socket and image)
+ * stays until the open returns, then what it opened is closed, the claim released and both logged: the request
+ * failed, so the add never takes effect behind its caller's back. At most {@link #MAX_OPENS} opens run at once; one
+ * more is refused at once, naming the images still being opened, so the threads stuck in a file system are bounded
+ * too and most of the control socket's places stay free.
+ */
+final class ImageOpens {
+    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
+
+    /** How many images may be being opened at once (each on its own thread). */
+    static final int MAX_OPENS = 8;
+    /** How long a request waits for its image's open: well within {@code iovirt ctl}'s default 30 s. */
+    static final Duration WAIT = Duration.ofSeconds(10);
+
+    /** An image's open: what the add does outside the daemon's lock (claiming the image, opening, starting). */
+    interface Open<T extends AutoCloseable> {
+        T open() throws IOException, RpcException;
+    }
+
+    /** One open under way: its thread's result, and whether its request stopped waiting (guarded by itself). */
+    private static final class Pending {
+        final String what;
+        final Path image;
+        final long since = System.nanoTime();
+        AutoCloseable result;
+        Throwable failure;
+        boolean done;
+        boolean abandoned;
+
+        Pending(String what, Path image) {
+            this.what = what;
+            this.image = image;
+        }
+    }
+
+    private final Map<Pending, Boolean> running = new LinkedHashMap<>(); // guarded by this
+    private volatile Duration wait = WAIT;
+
+    /** Sets how long requests wait for an open (tests). */
+    void waitFor(Duration d) {
+        wait = d;
+    }
+
+    /**
+     * Runs {@code open} on a thread of its own and returns what it opened, or throws what it threw; after the wait
+     * throws FAILED, and the open goes on. {@code release} (letting go of the add's claim) runs exactly once whenever
+     * this does not return: before it throws, or — when the wait ran out — once the open has returned (what it
+     * opened closed first).
+     *
+     * @param what  the request, for messages ("blk.add vm1")
+     * @param image the image as given
+     * @throws RpcException FAILED when {@link #MAX_OPENS} opens still run or this one did not return in time, or what
+     *                      {@code open} threw
+     * @throws IOException  what {@code open} threw
+     */
+    @SuppressWarnings("unchecked")
+    <T extends AutoCloseable> T run(String what, Path image, Open<T> open, Runnable release)
+            throws RpcException, IOException {
+        Pending p = new Pending(what, image);
+        synchronized (this) {
+            if (running.size() >= MAX_OPENS) {
+                release.run();
+                throw new RpcException(
+                        RpcException.FAILED,
+                        what + ": " + MAX_OPENS + " images are still being opened (" + describe()
+                                + "): their file systems do not answer (a stopped FUSE daemon, an unreachable NFS"
+                                + " server?), so this add is refused rather than wait with them; make those file"
+                                + " systems answer (or unmount them: umount -l) and retry");
+            }
+            running.put(p, Boolean.TRUE);
+        }
+        Thread t = Thread.ofPlatform()
+                .name("image open " + image)
+                .daemon(true) // one stuck in a file system must not keep the JVM from exiting
+                .unstarted(() -> openOn(p, open, release));
+        try {
+            t.start();
+        } catch (OutOfMemoryError e) { // no thread could be created
+            synchronized (this) {
+                running.remove(p);
+            }
+            release.run();
+            throw e;
+        }
+        Duration d = wait;
+        long deadline = System.nanoTime() + d.toNanos();
+        boolean interrupted = false;
+        synchronized (p) {
+            while (!p.done) {
+                long left = deadline - System.nanoTime();
+                if (left <= 0 || interrupted) {
+                    p.abandoned = true;
+                    break;
+                }
+                try {
+                    p.wait(Math.max(1, left / 1_000_000));
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
+        }
+        if (p.abandoned) {
+            throw new RpcException(
+                    RpcException.FAILED,
+                    what + ": image " + image + " did not open within " + seconds(d) + ": its file system does not"
+                            + " answer (a stopped FUSE daemon, an unreachable NFS server?). Nothing was added; the id"
+                            + " and socket stay in use until the open returns (then they are released, and the log"
+                            + " says so); make the file system answer and retry");
+        }
+        if (p.failure != null) {
+            release.run();
+        }
+        if (p.failure instanceof IOException e) {
+            throw e;
+        } else if (p.failure instanceof RpcException e) {
+            throw e;
+        } else if (p.failure instanceof RuntimeException e) {
+            throw e;
+        } else if (p.failure instanceof Error e) {
+            throw e;
+        }
+        return (T) p.result;
+    }
+
+    /** The open thread: runs it, then hands the outcome to the request, or undoes it when the request gave up. */
+    private void openOn(Pending p, Open<?> open, Runnable release) {
+        AutoCloseable r = null;
+        Throwable failure = null;
+        try {
+            r = open.open();
+        } catch (Throwable e) { // handed to the request, or logged below
+            failure = e;
+        }
+        boolean abandoned;
+        synchronized (this) {
+            running.remove(p);
+        }
+        synchronized (p) {
+            p.result = r;
+            p.failure = failure;
+            p.done = true;
+            abandoned = p.abandoned;
+            p.notifyAll();
+        }
+        if (!abandoned) {
+            return;
+        }
+        long after = System.nanoTime() - p.since;
+        try {
+            if (r != null) {
+                r.close();
+            }
+        } catch (Exception | Error e) {
+            LOG.log(System.Logger.Level.WARNING, p.what + ": closing what the late open of " + p.image + " made", e);
+        } finally {
+            release.run();
+        }
+        LOG.log(
+                System.Logger.Level.WARNING,
+                p.what + ": the open of image " + p.image + " returned after " + seconds(Duration.ofNanos(after))
+                        + ", its request having failed already"
+                        + (failure != null
+                                ? " (the open failed too: " + failure.getMessage() + ")"
+                                : " (what it opened is closed again: nothing was added)")
+                        + "; its id and socket are free again: add it again if it is still wanted");
+    }
+
+    /** The images being opened, with their requests and how long they have waited (lock held). */
+    private String describe() {
+        List<String> out = new ArrayList<>();
+        long now = System.nanoTime();
+        for (Pending p : running.keySet()) {
+            out.add(p.image + " (" + p.what + ", " + seconds(Duration.ofNanos(now - p.since)) + ")");
+        }
+        return String.join(", ", out);
+    }
+
+    private static String seconds(Duration d) {
+        return d.toMillis() < 10_000 ? d.toMillis() / 100 / 10.0 + " s" : d.toSeconds() + " s";
+    }
+}
