@@ -22,7 +22,8 @@ import java.util.List;
  * flushed — shows as dirty pages until writeback (by default some 30 s later) or an fsync. For tests of "a write
  * acknowledged before X is on disk after X". Asked with cachestat(2) (Linux 6.5: dirty pages and pages under
  * writeback); on a kernel without it (Debian 12's 6.1) or where a seccomp filter refuses it, from the dirty pages
- * /proc/self/smaps counts in a mapping of the file ({@link #dirtyMapped}).
+ * /proc/self/smaps counts in a mapping of the file ({@link #dirtyMapped}). The file must be on a disk file system, not
+ * a tmpfs.
  */
 public final class PageCache {
     /** cachestat's number, the same on x86_64 and aarch64 (the generic table). */
@@ -53,6 +54,12 @@ public final class PageCache {
                     "open",
                     file);
             try (Fd f = Fd.adopt(fd)) {
+                if (FileIo.filesystemType(f) == FileIo.TMPFS_MAGIC) {
+                    // its pages are never written back (cachestat counts none dirty, smaps all of them): a test
+                    // would pass, or fail, whatever was flushed
+                    throw new IllegalArgumentException(file + " is on a tmpfs, whose pages have no disk to be"
+                            + " written to: put it on a disk file system (@TempDir(factory = DiskTempDir.class))");
+                }
                 MemorySegment range = a.allocate(16, 8); // whole file: offset 0, length 0
                 MemorySegment stat = a.allocate(40, 8); // nr_cache, nr_dirty, nr_writeback, nr_evicted, ...
                 MemorySegment state = a.allocate(Linker.Option.captureStateLayout());
