@@ -28,8 +28,10 @@ import java.io.IOException;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.IdentityHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 
 /**
@@ -64,10 +66,18 @@ public final class VmComposer implements AutoCloseable {
      * server can touch them ({@link #close}).
      */
     private final List<AutoCloseable> nbdHeld = new ArrayList<>();
+    /**
+     * The PV disks' images ({@link #backends} too) and the devices serving them: an image is flushed and closed only
+     * once its device has no queue thread left that could touch it ({@link #close}).
+     */
+    private final Map<DiskImage, BlkDevice> pvDevices = new IdentityHashMap<>();
 
     private static final System.Logger LOG = System.getLogger(VmComposer.class.getName());
 
-    /** How long {@link #close} waits, after the NBD server's own stop, for requests stuck in image I/O. */
+    /**
+     * How long {@link #close} waits, after the NBD server's (or a PV disk's server's) own stop, for requests stuck in
+     * image I/O.
+     */
     static final Duration NBD_QUIESCE = Duration.ofSeconds(5);
 
     private VmComposer(VmSpec spec, Path runDir, HostPaths host, Accelerator.Decision accel, SocketAccess access) {
@@ -141,7 +151,10 @@ public final class VmComposer implements AutoCloseable {
                 Path sock = runDir.resolve(id + ".sock");
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
-                backends.add(VhostUserServer.start(sock, new BlkDevice(sock.toString(), img, 1, serial(id)), access));
+                BlkDevice device = new BlkDevice(sock.toString(), img, 1, serial(id));
+                pvDevices.put(img, device);
+                backends.add(VhostUserServer.start(sock, device, access)); // closed before the image
+
                 args.addAll(List.of(
                         "-chardev",
                         "socket,id=" + id + ",path=" + QemuGuest.escape(sock.toString()),
@@ -347,7 +360,8 @@ public final class VmComposer implements AutoCloseable {
      * {@link #NBD_QUIESCE} more), each exported image is flushed — a write QEMU was told had succeeded is then on
      * disk, not only in the page cache — and closed, then its lock let go of. A request still stuck in image I/O (a
      * hung NFS or FUSE file, a dying disk) keeps its image open and locked until the process exits: closed under it,
-     * the descriptor's number could be reused by another open and take that request's writes.
+     * the descriptor's number could be reused by another open and take that request's writes. A PV disk's image goes
+     * the same way after its vhost-user server has stopped ({@link #closePvImage}).
      */
     @Override
     public void close() {
@@ -375,6 +389,10 @@ public final class VmComposer implements AutoCloseable {
             if (exported && !nbdQuiet) {
                 continue; // a thread of the NBD server may still use it
             }
+            if (b instanceof DiskImage img && pvDevices.containsKey(img)) {
+                closePvImage(img, pvDevices.get(img)); // its server, after it in backends, has stopped
+                continue;
+            }
             try {
                 if (exported && b instanceof DiskImage img) {
                     img.flushAndClose("vm " + spec.name() + " FV disk " + img.path());
@@ -387,5 +405,38 @@ public final class VmComposer implements AutoCloseable {
         }
         backends.clear();
         nbdHeld.clear();
+        pvDevices.clear();
+    }
+
+    /**
+     * A PV disk's image once its vhost-user server has stopped: flushed — a write the guest was told had completed
+     * is then on disk, not only in the page cache — and closed, then the device lets go of its image lock; but only
+     * once no queue thread of the device can touch the image ({@link BlkDevice#awaitQuiescent}, at most
+     * {@link #NBD_QUIESCE}). A request stuck in image I/O keeps the image open and locked until the process exits, as
+     * an FV disk's does.
+     */
+    private void closePvImage(DiskImage img, BlkDevice device) {
+        boolean quiet;
+        try {
+            quiet = device.awaitQuiescent(NBD_QUIESCE);
+        } catch (InterruptedException e) {
+            quiet = device.quiescent();
+            Thread.currentThread().interrupt();
+        }
+        if (!quiet) {
+            LOG.log(
+                    System.Logger.Level.ERROR,
+                    "vm " + spec.name() + ": a request of the guest is still in I/O on the PV disk's image "
+                            + img.path()
+                            + " (its file system or disk does not answer): the image stays open, unflushed and locked"
+                            + " until this process exits; make that file system or disk answer again before the image"
+                            + " is used again");
+            return;
+        }
+        try {
+            img.flushAndClose("vm " + spec.name() + " PV disk " + img.path());
+        } finally {
+            device.close(); // its image lock, taken when the frontend started it
+        }
     }
 }

@@ -4,6 +4,7 @@ package io.iovirt.devices.blk;
 import static io.iovirt.devices.blk.BlkRequests.HEADER_BYTES;
 import static io.iovirt.devices.blk.BlkRequests.T_FLUSH;
 import static io.iovirt.devices.blk.BlkRequests.T_IN;
+import static io.iovirt.devices.blk.BlkRequests.T_OUT;
 import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED;
 import static java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED;
@@ -99,6 +100,23 @@ public final class BlkTestDriver implements AutoCloseable {
                 new long[] {hdr, dataGpa, status},
                 new int[] {HEADER_BYTES, (int) dataLen, 1},
                 new boolean[] {false, true, true},
+                3,
+                DriverRing.NO_INDIRECT);
+        kick.signal();
+        return status;
+    }
+
+    /** A write of the {@code dataLen} bytes at {@code dataGpa} to sector 0; returns the status GPA. */
+    public long write(long dataGpa, long dataLen) throws IOException {
+        long hdr = alloc(HEADER_BYTES, 16);
+        ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_OUT);
+        ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
+        long status = alloc(1, 1);
+        ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
+        ring.add(
+                new long[] {hdr, dataGpa, status},
+                new int[] {HEADER_BYTES, (int) dataLen, 1},
+                new boolean[] {false, false, true},
                 3,
                 DriverRing.NO_INDIRECT);
         kick.signal();
