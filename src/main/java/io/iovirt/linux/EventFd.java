@@ -172,9 +172,12 @@ public final class EventFd implements AutoCloseable {
      * poll, without waiting, whether it would go through: a full counter is seen before the write and the call
      * returns false at once, however fresh the eventfd. Checking only after a first write had blocked (as before)
      * let a frontend cost a shared thread the watchdog's fraction of a second per new eventfd it sent, as often as
-     * it liked. What is left is a peer filling the counter in the instant between the look and the write: a
-     * watchdog thread ({@link Watchdog}) sees a peer write that has not returned within {@link Watchdog#STUCK_NANOS}
-     * and drains the counter, which ends the write; this call then returns false.
+     * it liked. What is left: the counter filled between the look and the write — by the peer, in that instant, or
+     * by another of our threads writing the same eventfd at once (the senders into one receive queue; any of our
+     * threads writing a descriptor the peer sent for several queues), which a peer arranges without any timing by
+     * leaving its counter one write short of full: the look is not atomic with the write. A watchdog thread
+     * ({@link Watchdog}) sees a peer write that has not returned within {@link Watchdog#STUCK_NANOS} and drains the
+     * counter, which ends the write; this call then returns false.
      */
     public boolean trySignal() throws LinuxException {
         int f = fd.get();

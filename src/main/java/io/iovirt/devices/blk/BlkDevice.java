@@ -9,6 +9,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.memory.GuestMemory;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageLock;
+import io.iovirt.util.LogLimiter;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserBackend;
@@ -55,6 +56,11 @@ public final class BlkDevice implements VhostUserBackend {
     private final BlkLimits limits = BlkLimits.defaults();
     private final BlkConfig config;
     private final byte[] serial;
+    /**
+     * Lines this device's frontend can cause at will (a queue it broke, then started again, in a loop): a burst, then
+     * one a second with the count of the ones left out.
+     */
+    private final LogLimiter frontendLines = new LogLimiter(LOG);
     /** One per queue, so queue threads never share counter cells; {@link #stats()} sums them. */
     private final BlkStats[] queueStats;
     /** The frontend's backend channel while one is connected (resize notifications). */
@@ -490,7 +496,8 @@ public final class BlkDevice implements VhostUserBackend {
                         ioUring ? newRing(queueName, q.size()) : null,
                         pollNanos,
                         adaptivePoll,
-                        reason -> markFailed(index));
+                        reason -> markFailed(index),
+                        frontendLines);
             } catch (LinuxException | RuntimeException e) {
                 q.releaseMemory();
                 handler.close(); // no worker ran it: its stopped() would have closed it
@@ -522,7 +529,8 @@ public final class BlkDevice implements VhostUserBackend {
 
     /**
      * The worker of one queue, not started: synchronous I/O when {@code ring} is null, else through {@code ring},
-     * which the worker then owns (closed here when the worker cannot be built).
+     * which the worker then owns (closed here when the worker cannot be built). Its failure line goes through
+     * {@code failureLines}, the device's bucket for lines its frontend can repeat at will.
      */
     static QueueWorker newWorker(
             String name,
@@ -535,9 +543,11 @@ public final class BlkDevice implements VhostUserBackend {
             IoUring ring,
             long pollNanos,
             boolean adaptivePoll,
-            QueueWorker.FailureListener onFailure)
+            QueueWorker.FailureListener onFailure,
+            LogLimiter failureLines)
             throws LinuxException {
         QueueWorker.Builder b = QueueWorker.builder(name)
+                .failureLog(failureLines)
                 .kick(kick)
                 .err(err)
                 .stats(stats.worker)

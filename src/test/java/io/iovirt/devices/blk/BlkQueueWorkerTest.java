@@ -60,6 +60,8 @@ import org.junit.jupiter.params.provider.ValueSource;
  */
 @Timeout(120)
 class BlkQueueWorkerTest {
+    private static final io.iovirt.util.LogLimiter LINES =
+            new io.iovirt.util.LogLimiter(System.getLogger(BlkQueueWorkerTest.class.getName()));
     private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final ValueLayout.OfLong LE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final int QUEUE_SIZE = 128;
@@ -150,7 +152,8 @@ class BlkQueueWorkerTest {
                 async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null,
                 0,
                 false, // sleeps at once: these tests count kicks and wake-ups
-                reason -> {});
+                reason -> {},
+                LINES);
     }
 
     @AfterEach
@@ -198,7 +201,8 @@ class BlkQueueWorkerTest {
                         IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)),
                         0,
                         false,
-                        reason -> {}));
+                        reason -> {},
+                        LINES));
         assertTrue(e.getMessage().contains("epoll"), e.getMessage());
         assertEquals(List.of(), before.openedSince(), "the ring and its eventfd are closed");
         handler.close();

@@ -60,6 +60,9 @@ import org.junit.jupiter.params.provider.ValueSource;
  */
 @Timeout(60)
 class BlkResubmitStopTest {
+    private static final io.iovirt.util.LogLimiter LINES =
+            new io.iovirt.util.LogLimiter(System.getLogger(BlkResubmitStopTest.class.getName()));
+
     private static final ValueLayout.OfInt LE32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final ValueLayout.OfLong LE64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final int QUEUE_SIZE = 128; // 3 descriptors a request
@@ -138,7 +141,7 @@ class BlkResubmitStopTest {
             BlkQueueHandler handler = new BlkQueueHandler(
                     image, BlkLimits.defaults(), "resubmit-test".getBytes(StandardCharsets.US_ASCII), stats);
             QueueWorker worker = BlkDevice.newWorker(
-                    "blk test q0", queue, handler, kick, call, null, stats, null, 0, false, reason -> {});
+                    "blk test q0", queue, handler, kick, call, null, stats, null, 0, false, reason -> {}, LINES);
             worker.start();
             image.entered.await(); // the first batch taken, its first request (a FLUSH) held in the image
             try {

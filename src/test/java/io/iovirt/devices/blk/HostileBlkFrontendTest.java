@@ -27,6 +27,7 @@ import io.iovirt.virtio.SplitDriverRing;
 import io.iovirt.vm.ChildProcess;
 import io.iovirt.vm.IovirtCli;
 import java.io.IOException;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
@@ -121,6 +122,55 @@ class HostileBlkFrontendTest {
                 EventFd call = EventFd.create(true);
                 BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
             assertEquals(S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+        }
+    }
+
+    /**
+     * A frontend that breaks its ring and starts the queue again, in a loop: each failure's line goes through the
+     * device's bucket for lines a frontend can repeat at will (a burst, then one a second, with the count left out).
+     * Before, every failure made an ERROR line of its own, without bound (as a network port's did).
+     */
+    @Test
+    void queueFailuresAFrontendRepeatsMakeABoundedNumberOfLogLines() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        int failures = 3 * io.iovirt.util.LogLimiter.BURST;
+        try (RawImage img = RawImage.open(image(1 << 20), false, false);
+                LogCapture log = LogCapture.start("io.iovirt");
+                VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("looping", img, 1, "s"));
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true);
+                BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call, err, () -> {})) {
+            // the available index says 1000 buffers in a ring of 64: the queue fails at its first look
+            d.ram.segment().set(ValueLayout.JAVA_SHORT_UNALIGNED, d.ring.driverAreaAddr() + 2, (short) 1000);
+            long start = System.nanoTime();
+            for (int i = 0; i < failures; i++) {
+                d.kick.signal();
+                Await.until(TIMEOUT, "queue failure " + (i + 1) + " signalled", () -> signalled(err));
+                int base = d.fe.getVringBase(0); // stopped; started again where it was, as a frontend may
+                d.fe.setVringNum(0, BlkTestDriver.QSIZE);
+                d.fe.setVringBase(0, base);
+                d.fe.setVringAddr(
+                        0,
+                        d.ram.userAddrOf(d.ring.descAddr()),
+                        d.ram.userAddrOf(d.ring.deviceAreaAddr()),
+                        d.ram.userAddrOf(d.ring.driverAreaAddr()));
+                d.fe.setVringKick(0, d.kick);
+                d.fe.setVringCall(0, call);
+            }
+            log.assertLimited(
+                    l -> l.contains("blk looping q0") && l.contains("queue stopped until the driver resets"),
+                    start,
+                    failures,
+                    "queue failures");
+        }
+    }
+
+    /** Whether {@code e} was signalled since the last look (its counter read and reset). */
+    private static boolean signalled(EventFd e) {
+        try {
+            return e.read() != 0;
+        } catch (io.iovirt.linux.LinuxException x) {
+            throw new IllegalStateException(x);
         }
     }
 

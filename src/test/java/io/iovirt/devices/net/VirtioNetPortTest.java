@@ -118,11 +118,6 @@ class VirtioNetPortTest {
     }
 
     /**
-     * A receive interrupt the driver missed (it asked for none while the frame arrived, then asked for one without
-     * looking at the ring again — what a driver with reordered ring accesses does) is sent once the queue has been
-     * quiet for QueueWorker.RECHECK_MILLIS; no other frame is needed to trigger it.
-     */
-    /**
      * A frontend that breaks its receive ring, resets and restarts it in a loop: each failure's line goes through the
      * port's bucket for lines a frontend can repeat at will (a burst, then one a second). Before, every failure made a
      * line, without bound.
@@ -149,6 +144,11 @@ class VirtioNetPortTest {
         }
     }
 
+    /**
+     * A receive interrupt the driver missed (it asked for none while the frame arrived, then asked for one without
+     * looking at the ring again — what a driver with reordered ring accesses does) is sent once the queue has been
+     * quiet for QueueWorker.RECHECK_MILLIS; no other frame is needed to trigger it.
+     */
     @Test
     void aReceiveInterruptTheDriverMissedIsSentAgain() throws Exception {
         sw = new Switch(Switch.Config.defaults());
