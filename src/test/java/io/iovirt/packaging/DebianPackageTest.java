@@ -429,6 +429,49 @@ class DebianPackageTest {
         }
     }
 
+    /**
+     * A removal goes on when prerm cannot write down the units it stops (a full or read-only /run): the write failed
+     * under {@code set -e}, prerm ended there, before the stop, and no removal could succeed until /run had room again.
+     * Here the write fails as it does on a full /run: {@code /run/iovirt.dpkg-stopped.new} is a directory (in the /run
+     * of the systemd namespaces). The removal succeeds, stops the running export, and its warning names the unit to
+     * start by hand, with the backslash of an escaped instance name ({@code systemd-escape}: "-" is "\x2d") kept.
+     */
+    @Test
+    void aRemovalGoesOnWhenPrermCannotWriteDownTheUnitsItStops(@TempDir Path tmp) throws Exception {
+        String export = "pkg\\x2dnorun";
+        String unit = "iovirt-blk@" + export + ".service";
+        Path image = Path.of("/var/lib/iovirt", export + ".raw");
+        Path stateDir = image.getParent();
+        boolean stateDirWasThere = Files.isDirectory(stateDir);
+        try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            Files.createDirectories(stateDir);
+            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            inside(systemd, List.of("systemctl", "start", unit), 300);
+            inside(systemd, List.of("mkdir", "/run/iovirt.dpkg-stopped.new"), 30);
+
+            SystemdNamespace.Result removal = systemd.run(aptGet("remove", "iovirt"), 900);
+            assertEquals(0, removal.exit(), () -> "the removal goes on without the list:\n" + removal.out());
+            assertTrue(
+                    removal.out().contains("cannot write the units it stops")
+                            && removal.out().contains("systemctl start " + unit),
+                    removal.out());
+            SystemdNamespace.Result running = systemd.run(
+                    List.of("systemctl", "list-units", "--plain", "--no-legend", "--state=active", "iovirt*"), 60);
+            assertEquals("", running.out().strip(), "units of the removed package still running");
+        } finally {
+            Files.deleteIfExists(image);
+            if (!stateDirWasThere) {
+                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
+            }
+            // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
+            run(aptGet("purge", "iovirt"), 900);
+            Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
+            assertEquals(0, back.exit, back.out);
+        }
+    }
+
     /** A change to the unpacked package {@code tree} (its DEBIAN/ included). */
     private interface TreeEdit {
         void apply(Path tree) throws IOException;
