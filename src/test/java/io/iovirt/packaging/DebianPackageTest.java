@@ -339,13 +339,14 @@ class DebianPackageTest {
      * A removal that fails once prerm has stopped the services leaves them running again, as they were: dpkg answers a
      * failed {@code prerm remove} with {@code postinst abort-remove} (Debian Policy 6.6), and postinst starts the units
      * prerm stopped, template instances included (a stopped instance is unloaded, no glob finds it again), and nothing
-     * that was not running (an enabled export that was stopped stays stopped). The package under test is this build
+     * that was not running (an enabled export that was stopped stays stopped); an instance name with a backslash, as
+     * systemd-escape writes one, goes through the list as it is. The package under test is this build
      * with one line added at the end of its prerm, after the stop: it fails while {@code fail-prerm} exists, as a prerm
      * interrupted (Ctrl-C) while the stop completes does. Then, without it, {@code apt-get purge} removes the package.
      */
     @Test
     void anAbortedRemovalStartsAgainTheServicesPrermStopped(@TempDir Path tmp) throws Exception {
-        String export = "iovirt-pkgabort";
+        String export = "pkg\\x2dabort"; // an escaped instance name (systemd-escape pkg-abort): its backslash kept
         String idle = "iovirt-pkgidle";
         Path image = Path.of("/var/lib/iovirt", export + ".raw");
         Path stateDir = image.getParent();
