@@ -340,7 +340,9 @@ class DebianPackageTest {
      * failed {@code prerm remove} with {@code postinst abort-remove} (Debian Policy 6.6), and postinst starts the units
      * prerm stopped, template instances included (a stopped instance is unloaded, no glob finds it again), and nothing
      * that was not running (an enabled export that was stopped stays stopped); an instance name with a backslash, as
-     * systemd-escape writes one, goes through the list as it is. The package under test is this build
+     * systemd-escape writes one, goes through the list as it is; of a warm standby pair whose member B an administrator
+     * stopped, the target and member A run again and member B stays stopped (the target's Wants= would start it). The
+     * package under test is this build
      * with one line added at the end of its prerm, after the stop: it fails while {@code fail-prerm} exists, as a prerm
      * interrupted (Ctrl-C) while the stop completes does. Then, without it, {@code apt-get purge} removes the package.
      */
@@ -348,11 +350,18 @@ class DebianPackageTest {
     void anAbortedRemovalStartsAgainTheServicesPrermStopped(@TempDir Path tmp) throws Exception {
         String export = "pkg\\x2dabort"; // an escaped instance name (systemd-escape pkg-abort): its backslash kept
         String idle = "iovirt-pkgidle";
-        Path image = Path.of("/var/lib/iovirt", export + ".raw");
-        Path stateDir = image.getParent();
+        String pair = "iovirt-pkgabpair";
+        List<Path> images =
+                List.of(Path.of("/var/lib/iovirt", export + ".raw"), Path.of("/var/lib/iovirt", pair + ".raw"));
+        Path stateDir = Path.of("/var/lib/iovirt");
         boolean stateDirWasThere = Files.isDirectory(stateDir);
         Path wants = Path.of("/etc/systemd/system/multi-user.target.wants");
-        List<String> units = List.of("iovirt.service", "iovirt-blk@" + export + ".service");
+        List<String> units = List.of(
+                "iovirt.service",
+                "iovirt-blk@" + export + ".service",
+                "iovirt-blk-standby@" + pair + ".target",
+                "iovirt-blk-standby-a@" + pair + ".service");
+        String memberB = "iovirt-blk-standby-b@" + pair + ".service";
         String idleUnit = "iovirt-blk@" + idle + ".service";
         List<String> enabled = List.of("iovirt.service", "iovirt-blk@" + export + ".service", idleUnit);
         List<String> linksBefore = enabled.stream()
@@ -372,15 +381,18 @@ class DebianPackageTest {
         try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
             inside(systemd, aptGet("install", failing.toString()), 900);
             Files.createDirectories(stateDir);
-            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            for (Path image : images) {
+                assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            }
             List<String> enable = new ArrayList<>(List.of("systemctl", "enable"));
             enable.addAll(enabled);
             inside(systemd, enable, 60);
             List<String> start = new ArrayList<>(List.of("systemctl", "start"));
             start.addAll(units);
             inside(systemd, start, 300);
+            inside(systemd, List.of("systemctl", "stop", memberB), 120); // the pair's target still runs
             Map<String, String> before = show(systemd, units);
 
             Files.createFile(fail);
@@ -401,11 +413,15 @@ class DebianPackageTest {
                         after.get(unit + " InvocationID"),
                         unit + " was stopped by prerm and started again: " + after);
             }
-            Map<String, String> idleAfter = show(systemd, List.of(idleUnit));
+            Map<String, String> idleAfter = show(systemd, List.of(idleUnit, memberB));
             assertEquals(
                     "inactive",
                     idleAfter.get(idleUnit + " ActiveState"),
                     idleUnit + " is enabled but was not running, and is not started: " + idleAfter);
+            assertEquals(
+                    "inactive",
+                    idleAfter.get(memberB + " ActiveState"),
+                    memberB + " was stopped while its pair's target ran, and is not started: " + idleAfter);
 
             Files.delete(fail);
             inside(systemd, aptGet("purge", "iovirt"), 900);
@@ -418,7 +434,9 @@ class DebianPackageTest {
                     Files.deleteIfExists(wants.resolve(unit));
                 }
             }
-            Files.deleteIfExists(image);
+            for (Path image : images) {
+                Files.deleteIfExists(image);
+            }
             if (!stateDirWasThere) {
                 run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
             }
