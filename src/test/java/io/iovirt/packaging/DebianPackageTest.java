@@ -339,19 +339,29 @@ class DebianPackageTest {
      * A removal that fails once prerm has stopped the services leaves them running again, as they were: dpkg answers a
      * failed {@code prerm remove} with {@code postinst abort-remove} (Debian Policy 6.6), and postinst starts the units
      * prerm stopped, template instances included (a stopped instance is unloaded, no glob finds it again), and nothing
-     * that was not running (an enabled export that was stopped stays stopped). The package under test is this build
+     * that was not running (an enabled export that was stopped stays stopped); an instance name with a backslash, as
+     * systemd-escape writes one, goes through the list as it is; of a warm standby pair whose member B an administrator
+     * stopped, the target and member A run again and member B stays stopped (the target's Wants= would start it). The
+     * package under test is this build
      * with one line added at the end of its prerm, after the stop: it fails while {@code fail-prerm} exists, as a prerm
      * interrupted (Ctrl-C) while the stop completes does. Then, without it, {@code apt-get purge} removes the package.
      */
     @Test
     void anAbortedRemovalStartsAgainTheServicesPrermStopped(@TempDir Path tmp) throws Exception {
-        String export = "iovirt-pkgabort";
+        String export = "pkg\\x2dabort"; // an escaped instance name (systemd-escape pkg-abort): its backslash kept
         String idle = "iovirt-pkgidle";
-        Path image = Path.of("/var/lib/iovirt", export + ".raw");
-        Path stateDir = image.getParent();
+        String pair = "iovirt-pkgabpair";
+        List<Path> images =
+                List.of(Path.of("/var/lib/iovirt", export + ".raw"), Path.of("/var/lib/iovirt", pair + ".raw"));
+        Path stateDir = Path.of("/var/lib/iovirt");
         boolean stateDirWasThere = Files.isDirectory(stateDir);
         Path wants = Path.of("/etc/systemd/system/multi-user.target.wants");
-        List<String> units = List.of("iovirt.service", "iovirt-blk@" + export + ".service");
+        List<String> units = List.of(
+                "iovirt.service",
+                "iovirt-blk@" + export + ".service",
+                "iovirt-blk-standby@" + pair + ".target",
+                "iovirt-blk-standby-a@" + pair + ".service");
+        String memberB = "iovirt-blk-standby-b@" + pair + ".service";
         String idleUnit = "iovirt-blk@" + idle + ".service";
         List<String> enabled = List.of("iovirt.service", "iovirt-blk@" + export + ".service", idleUnit);
         List<String> linksBefore = enabled.stream()
@@ -371,15 +381,18 @@ class DebianPackageTest {
         try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
             inside(systemd, aptGet("install", failing.toString()), 900);
             Files.createDirectories(stateDir);
-            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            for (Path image : images) {
+                assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+                assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            }
             List<String> enable = new ArrayList<>(List.of("systemctl", "enable"));
             enable.addAll(enabled);
             inside(systemd, enable, 60);
             List<String> start = new ArrayList<>(List.of("systemctl", "start"));
             start.addAll(units);
             inside(systemd, start, 300);
+            inside(systemd, List.of("systemctl", "stop", memberB), 120); // the pair's target still runs
             Map<String, String> before = show(systemd, units);
 
             Files.createFile(fail);
@@ -400,11 +413,15 @@ class DebianPackageTest {
                         after.get(unit + " InvocationID"),
                         unit + " was stopped by prerm and started again: " + after);
             }
-            Map<String, String> idleAfter = show(systemd, List.of(idleUnit));
+            Map<String, String> idleAfter = show(systemd, List.of(idleUnit, memberB));
             assertEquals(
                     "inactive",
                     idleAfter.get(idleUnit + " ActiveState"),
                     idleUnit + " is enabled but was not running, and is not started: " + idleAfter);
+            assertEquals(
+                    "inactive",
+                    idleAfter.get(memberB + " ActiveState"),
+                    memberB + " was stopped while its pair's target ran, and is not started: " + idleAfter);
 
             Files.delete(fail);
             inside(systemd, aptGet("purge", "iovirt"), 900);
@@ -417,12 +434,57 @@ class DebianPackageTest {
                     Files.deleteIfExists(wants.resolve(unit));
                 }
             }
-            Files.deleteIfExists(image);
+            for (Path image : images) {
+                Files.deleteIfExists(image);
+            }
             if (!stateDirWasThere) {
                 run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
             }
             // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
             Files.deleteIfExists(fail);
+            run(aptGet("purge", "iovirt"), 900);
+            Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
+            assertEquals(0, back.exit, back.out);
+        }
+    }
+
+    /**
+     * A removal goes on when prerm cannot write down the units it stops (a full or read-only /run): the write failed
+     * under {@code set -e}, prerm ended there, before the stop, and no removal could succeed until /run had room again.
+     * Here the write fails as it does on a full /run: {@code /run/iovirt.dpkg-stopped.new} is a directory (in the /run
+     * of the systemd namespaces). The removal succeeds, stops the running export, and its warning names the unit to
+     * start by hand, with the backslash of an escaped instance name ({@code systemd-escape}: "-" is "\x2d") kept.
+     */
+    @Test
+    void aRemovalGoesOnWhenPrermCannotWriteDownTheUnitsItStops(@TempDir Path tmp) throws Exception {
+        String export = "pkg\\x2dnorun";
+        String unit = "iovirt-blk@" + export + ".service";
+        Path image = Path.of("/var/lib/iovirt", export + ".raw");
+        Path stateDir = image.getParent();
+        boolean stateDirWasThere = Files.isDirectory(stateDir);
+        try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            Files.createDirectories(stateDir);
+            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            inside(systemd, List.of("systemctl", "start", unit), 300);
+            inside(systemd, List.of("mkdir", "/run/iovirt.dpkg-stopped.new"), 30);
+
+            SystemdNamespace.Result removal = systemd.run(aptGet("remove", "iovirt"), 900);
+            assertEquals(0, removal.exit(), () -> "the removal goes on without the list:\n" + removal.out());
+            assertTrue(
+                    removal.out().contains("cannot write the units it stops")
+                            && removal.out().contains("systemctl start " + unit),
+                    removal.out());
+            SystemdNamespace.Result running = systemd.run(
+                    List.of("systemctl", "list-units", "--plain", "--no-legend", "--state=active", "iovirt*"), 60);
+            assertEquals("", running.out().strip(), "units of the removed package still running");
+        } finally {
+            Files.deleteIfExists(image);
+            if (!stateDirWasThere) {
+                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
+            }
+            // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
             run(aptGet("purge", "iovirt"), 900);
             Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
             assertEquals(0, back.exit, back.out);
