@@ -1097,6 +1097,7 @@ public final class Daemon implements AutoCloseable {
             }
             claims.close(); // the running devices' claims go: they are closed below
         }
+        opens.close(); // not waited for: named in the log
         for (NetSwitch s : n) {
             try {
                 s.close();

@@ -121,6 +121,14 @@ final class ImageOpens {
             Thread.currentThread().interrupt();
         }
         if (p.abandoned) {
+            // logged too: the request's answer goes to its client only, and the open may never return to say more
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    what + ": the open of image " + image + " has not returned after " + seconds(d) + " (thread '"
+                            + t.getName() + "' waits in its file system, which does not answer: a stopped FUSE"
+                            + " daemon, an unreachable NFS server?); the request failed, and its id and socket stay"
+                            + " in use until the open returns; make the file system answer (or unmount it:"
+                            + " umount -l)");
             throw new RpcException(
                     RpcException.FAILED,
                     what + ": image " + image + " did not open within " + seconds(d) + ": its file system does not"
@@ -184,6 +192,26 @@ final class ImageOpens {
                                 ? " (the open failed too: " + failure.getMessage() + ")"
                                 : " (what it opened is closed again: nothing was added)")
                         + "; its id and socket are free again: add it again if it is still wanted");
+    }
+
+    /**
+     * The daemon stops: the opens still under way cannot be called off, nor waited for (their file systems may never
+     * answer), so they are named in the log. Each closes what it opened if it returns before the process has exited
+     * (its request failed already, or finds the daemon stopping), and nothing of them was added.
+     */
+    void close() {
+        String left;
+        synchronized (this) {
+            if (running.isEmpty()) {
+                return;
+            }
+            left = describe();
+        }
+        LOG.log(
+                System.Logger.Level.WARNING,
+                "stopping while image opens have not returned: " + left + ". Their file systems do not answer (a"
+                        + " stopped FUSE daemon, an unreachable NFS server?); nothing of them was added, and what one"
+                        + " opens if it returns before the process has exited is closed again");
     }
 
     /** The images being opened, with their requests and how long they have waited (lock held). */
