@@ -32,7 +32,29 @@ final class ImageOpens {
 
     /** An image's open: what the add does outside the daemon's lock (claiming the image, opening, starting). */
     interface Open<T extends AutoCloseable> {
-        T open() throws IOException, RpcException;
+        /**
+         * @param wanted asked once the image is open, before anything others would see is started (the export's
+         *               socket): an open that returns after its request gave up starts nothing
+         */
+        T open(Wanted wanted) throws IOException, RpcException;
+    }
+
+    /** Whether the request still waits for its open ({@link Open#open}). */
+    interface Wanted {
+        /** For an open no request gives up on (tests that start an export directly). */
+        Wanted ALWAYS = () -> {};
+
+        /**
+         * @throws GivenUp the request gave up on this open: it closes what it opened and starts nothing
+         */
+        void check() throws GivenUp;
+    }
+
+    /** An open that returned after its request had given up, and so started nothing ({@link Wanted#check}). */
+    static final class GivenUp extends IOException {
+        GivenUp() {
+            super("its request had given up on it, so it started nothing");
+        }
     }
 
     /** One open under way: its thread's result, and whether its request stopped waiting (guarded by itself). */
@@ -156,7 +178,13 @@ final class ImageOpens {
         AutoCloseable r = null;
         Throwable failure = null;
         try {
-            r = open.open();
+            r = open.open(() -> {
+                synchronized (p) {
+                    if (p.abandoned) {
+                        throw new GivenUp();
+                    }
+                }
+            });
         } catch (Throwable e) { // handed to the request, or logged below
             failure = e;
         }
@@ -188,9 +216,11 @@ final class ImageOpens {
                 System.Logger.Level.WARNING,
                 p.what + ": the open of image " + p.image + " returned after " + seconds(Duration.ofNanos(after))
                         + ", its request having failed already"
-                        + (failure != null
-                                ? " (the open failed too: " + failure.getMessage() + ")"
-                                : " (what it opened is closed again: nothing was added)")
+                        + (failure instanceof GivenUp
+                                ? " (the image is closed again: its export was not started, nothing was added)"
+                                : failure != null
+                                        ? " (the open failed too: " + failure.getMessage() + ")"
+                                        : " (what it opened is closed again: nothing was added)")
                         + "; its id and socket are free again: add it again if it is still wanted");
     }
 

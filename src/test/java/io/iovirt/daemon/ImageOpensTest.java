@@ -18,7 +18,8 @@ import org.junit.jupiter.api.Test;
 /**
  * An open that has not returned (its file system does not answer) is in the daemon's log, not only in its failed
  * request's answer: when its request gives up on it, and when the daemon stops while it is still under way. Neither
- * was logged: the daemon's log said nothing of an add whose open never returns.
+ * was logged: the daemon's log said nothing of an add whose open never returns. And an open that returns after its
+ * request gave up hears so ({@link ImageOpens.Wanted}) before it starts anything.
  */
 class ImageOpensTest {
     private static final Path IMAGE = Path.of("/hung/disk.raw");
@@ -30,6 +31,8 @@ class ImageOpensTest {
         opens.waitFor(Duration.ofMillis(100));
         CountDownLatch answer = new CountDownLatch(1);
         AtomicBoolean closed = new AtomicBoolean();
+        AtomicBoolean checked = new AtomicBoolean();
+        AtomicBoolean started = new AtomicBoolean();
         AtomicInteger released = new AtomicInteger();
         try (LogCapture log = LogCapture.start("io.iovirt.daemon")) {
             RpcException e = assertThrows(
@@ -37,12 +40,15 @@ class ImageOpensTest {
                     () -> opens.run(
                             "blk.add vm1",
                             IMAGE,
-                            () -> {
+                            wanted -> {
                                 try {
                                     answer.await();
                                 } catch (InterruptedException ie) {
                                     throw new java.io.InterruptedIOException("the test ended");
                                 }
+                                checked.set(true);
+                                wanted.check(); // given up on: throws, so nothing is started
+                                started.set(true);
                                 return () -> closed.set(true);
                             },
                             released::incrementAndGet));
@@ -61,10 +67,10 @@ class ImageOpensTest {
                                     && l.contains("blk.add vm1")),
                     "the daemon stopped with an open under way, and did not say so: " + log.all());
 
-            answer.countDown(); // the open returns late: what it opened is closed, the claim released once
+            answer.countDown(); // the open returns late: it hears it was given up on, the claim is released once
             Await.until(Duration.ofSeconds(60), "the late open's claim released", () -> released.get() == 1);
-            assertTrue(closed.get(), "what the late open made is closed");
-            log.awaitLine("its id and socket are free again");
+            assertTrue(checked.get() && !started.get() && !closed.get(), "the late open started nothing");
+            assertTrue(log.awaitLine("its id and socket are free again").contains("its export was not started"));
             assertEquals(1, released.get());
         }
     }
