@@ -62,8 +62,8 @@ final class BlkExport implements AutoCloseable {
     /**
      * As {@link #start(Spec, boolean, io.iovirt.linux.SocketAccess, boolean)} for an add's open ({@link ImageOpens}):
      * once the image is open, {@code wanted} says whether the add still waits for it; if not (its file system
-     * answered only after the add had failed), the image is closed and no socket ever listens — a frontend
-     * (reconnecting) was served by a disk its operator had been told was not added, until the export was closed again.
+     * answered only after the add had failed), the image is closed and no socket listens: else a frontend reconnecting
+     * to it would be served, for a while, by a disk its operator had been told was not added.
      */
     static BlkExport start(
             Spec spec,
