@@ -56,8 +56,25 @@ final class BlkExport implements AutoCloseable {
      */
     static BlkExport start(Spec spec, boolean fromConfig, io.iovirt.linux.SocketAccess access, boolean readOnlyNow)
             throws IOException {
+        return start(spec, fromConfig, access, readOnlyNow, ImageOpens.Wanted.ALWAYS);
+    }
+
+    /**
+     * As {@link #start(Spec, boolean, io.iovirt.linux.SocketAccess, boolean)} for an add's open ({@link ImageOpens}):
+     * once the image is open, {@code wanted} says whether the add still waits for it; if not (its file system
+     * answered only after the add had failed), the image is closed and no socket listens: else a frontend reconnecting
+     * to it would be served, for a while, by a disk its operator had been told was not added.
+     */
+    static BlkExport start(
+            Spec spec,
+            boolean fromConfig,
+            io.iovirt.linux.SocketAccess access,
+            boolean readOnlyNow,
+            ImageOpens.Wanted wanted)
+            throws IOException {
         DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), spec.direct());
         try {
+            wanted.check();
             if (readOnlyNow && !image.readOnly()) {
                 image.setReadOnly(true);
             }

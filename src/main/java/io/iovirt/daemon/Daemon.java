@@ -419,9 +419,9 @@ public final class Daemon implements AutoCloseable {
             e = opens.run( // a bounded wait: the image's file system may not answer (ImageOpens)
                     "blk.add " + spec.id(),
                     spec.image(),
-                    () -> {
+                    wanted -> {
                         claims.claimImage(c, ClaimRegistry.imageKey(spec.image()));
-                        return BlkExport.start(spec, fromConfig, access, readOnlyNow);
+                        return BlkExport.start(spec, fromConfig, access, readOnlyNow, wanted);
                     },
                     () -> claims.release(c));
         } catch (IOException | RuntimeException ex) { // the claim is released (or will be: ImageOpens)
@@ -574,9 +574,9 @@ public final class Daemon implements AutoCloseable {
             e = opens.run( // a bounded wait, as addBlk's
                     "nbd.add " + id,
                     spec.image(),
-                    () -> {
+                    wanted -> {
                         claims.claimImage(c, ClaimRegistry.imageKey(spec.image()));
-                        return NbdExportEntry.start(spec, access, fromConfig);
+                        return NbdExportEntry.start(spec, access, fromConfig, wanted);
                     },
                     () -> claims.release(c));
         } catch (IOException | RuntimeException ex) { // the claim is released (or will be: ImageOpens)
@@ -1097,6 +1097,7 @@ public final class Daemon implements AutoCloseable {
             }
             claims.close(); // the running devices' claims go: they are closed below
         }
+        opens.close(); // not waited for: named in the log
         for (NetSwitch s : n) {
             try {
                 s.close();

@@ -32,7 +32,29 @@ final class ImageOpens {
 
     /** An image's open: what the add does outside the daemon's lock (claiming the image, opening, starting). */
     interface Open<T extends AutoCloseable> {
-        T open() throws IOException, RpcException;
+        /**
+         * @param wanted asked once the image is open, before anything others would see is started (the export's
+         *               socket): an open that returns after its request gave up starts nothing
+         */
+        T open(Wanted wanted) throws IOException, RpcException;
+    }
+
+    /** Whether the request still waits for its open ({@link Open#open}). */
+    interface Wanted {
+        /** For an open no request gives up on (tests that start an export directly). */
+        Wanted ALWAYS = () -> {};
+
+        /**
+         * @throws GivenUp the request gave up on this open: it closes what it opened and starts nothing
+         */
+        void check() throws GivenUp;
+    }
+
+    /** An open that returned after its request had given up, and so started nothing ({@link Wanted#check}). */
+    static final class GivenUp extends IOException {
+        GivenUp() {
+            super("its request had given up on it, so it started nothing");
+        }
     }
 
     /** One open under way: its thread's result, and whether its request stopped waiting (guarded by itself). */
@@ -121,6 +143,14 @@ final class ImageOpens {
             Thread.currentThread().interrupt();
         }
         if (p.abandoned) {
+            // logged too: the request's answer goes to its client only, and the open may never return to say more
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    what + ": the open of image " + image + " has not returned after " + seconds(d) + " (thread '"
+                            + t.getName() + "' waits in its file system, which does not answer: a stopped FUSE"
+                            + " daemon, an unreachable NFS server?); the request failed, and its id and socket stay"
+                            + " in use until the open returns; make the file system answer (or unmount it:"
+                            + " umount -l)");
             throw new RpcException(
                     RpcException.FAILED,
                     what + ": image " + image + " did not open within " + seconds(d) + ": its file system does not"
@@ -148,7 +178,13 @@ final class ImageOpens {
         AutoCloseable r = null;
         Throwable failure = null;
         try {
-            r = open.open();
+            r = open.open(() -> {
+                synchronized (p) {
+                    if (p.abandoned) {
+                        throw new GivenUp();
+                    }
+                }
+            });
         } catch (Throwable e) { // handed to the request, or logged below
             failure = e;
         }
@@ -180,10 +216,32 @@ final class ImageOpens {
                 System.Logger.Level.WARNING,
                 p.what + ": the open of image " + p.image + " returned after " + seconds(Duration.ofNanos(after))
                         + ", its request having failed already"
-                        + (failure != null
-                                ? " (the open failed too: " + failure.getMessage() + ")"
-                                : " (what it opened is closed again: nothing was added)")
+                        + (failure instanceof GivenUp
+                                ? " (the image is closed again: its export was not started, nothing was added)"
+                                : failure != null
+                                        ? " (the open failed too: " + failure.getMessage() + ")"
+                                        : " (what it opened is closed again: nothing was added)")
                         + "; its id and socket are free again: add it again if it is still wanted");
+    }
+
+    /**
+     * The daemon stops: the opens still under way cannot be called off, nor waited for (their file systems may never
+     * answer), so they are named in the log. Each closes what it opened if it returns before the process has exited
+     * (its request failed already, or finds the daemon stopping), and nothing of them was added.
+     */
+    void close() {
+        String left;
+        synchronized (this) {
+            if (running.isEmpty()) {
+                return;
+            }
+            left = describe();
+        }
+        LOG.log(
+                System.Logger.Level.WARNING,
+                "stopping while image opens have not returned: " + left + ". Their file systems do not answer (a"
+                        + " stopped FUSE daemon, an unreachable NFS server?); nothing of them was added, and what one"
+                        + " opens if it returns before the process has exited is closed again");
     }
 
     /** The images being opened, with their requests and how long they have waited (lock held). */

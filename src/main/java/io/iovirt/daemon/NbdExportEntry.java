@@ -49,10 +49,21 @@ final class NbdExportEntry implements AutoCloseable {
     }
 
     static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig) throws IOException {
+        return start(spec, access, fromConfig, ImageOpens.Wanted.ALWAYS);
+    }
+
+    /**
+     * As {@link #start(Spec, io.iovirt.linux.SocketAccess, boolean)} for an add's open ({@link ImageOpens}): an add
+     * that no longer waits for it ({@code wanted}) closes the image and lock and starts no server, as a blk export's.
+     */
+    static NbdExportEntry start(
+            Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig, ImageOpens.Wanted wanted)
+            throws IOException {
         ImageLock lock = ImageLock.holdForExport(spec.image(), spec.readOnly(), "nbd " + spec.id());
         try {
             DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
             try {
+                wanted.check();
                 // the daemon's --socket-group/--allow-uid: mode set before listening, peer uids checked at accept
                 NbdServer server = NbdServer.startUnix(spec.socket(), NbdServer.DEFAULT_MAX_CONNECTIONS, access);
                 try {

@@ -201,9 +201,14 @@ public final class ImageLock implements AutoCloseable {
         }
     }
 
+    /**
+     * Drops the lock and closes its descriptor. Unlocked first: closing a descriptor drops an OFD lock only when it
+     * is the last one of its open file description, and the descriptor of a lock taken {@link #on} a dup shares the
+     * export's, which stays open while the image is (and while an io_uring ring that had it registered is torn down).
+     */
     @Override
     public synchronized void close() {
-        held = false;
+        release();
         fd.close();
     }
 

@@ -1007,7 +1007,8 @@ class DaemonApiTest {
     @Tag("peer")
     void aHungAddFailsAfterItsWaitAndReleasesOnceTheOpenReturns() throws Exception {
         daemon.openWait(Duration.ofMillis(500));
-        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+        try (StoppableFuse fs = StoppableFuse.mount(dir);
+                io.iovirt.vhostuser.LogCapture log = io.iovirt.vhostuser.LogCapture.start("io.iovirt")) {
             Path img = fs.file("hung.raw", 1 << 20);
             fs.stop();
             try (RpcClient c = RpcClient.connect(server.path(), Duration.ofSeconds(120))) {
@@ -1033,6 +1034,23 @@ class DaemonApiTest {
             } finally {
                 fs.resume();
             }
+            // the late opens closed their images and started nothing: no socket listened for a failed add (a
+            // reconnecting frontend was served by the disk its operator had been told was not added, for a while)
+            for (String id : List.of("hung", "hung-nbd")) {
+                Await.until(
+                        Duration.ofSeconds(60),
+                        () -> id + "'s late open logged; the log: " + log.all(),
+                        () -> log.all().stream()
+                                .anyMatch(
+                                        l -> l.contains(" " + id + ": the open of image " + img + " returned after")));
+            }
+            assertTrue(
+                    log.all().stream().noneMatch(l -> l.contains(sock("hung") + ": listening")),
+                    "the failed blk.add's socket listened: " + log.all());
+            List<String> late = log.all(l -> l.contains("its request having failed already"));
+            assertTrue(
+                    late.size() == 2 && late.stream().allMatch(l -> l.contains("its export was not started")),
+                    late.toString());
             Path local = image("l.raw", 1 << 20);
             for (String method : List.of("blk.add", "nbd.add")) {
                 String id = method.equals("blk.add") ? "hung" : "hung-nbd";

@@ -98,4 +98,22 @@ class ImageLockTest {
             }
         }
     }
+
+    /**
+     * A lock taken through a dup of an image's descriptor ({@link ImageLock#on}, the blk device's) is gone once it is
+     * closed, though the image, which shares its open file description, stays open: closing the dup alone left the
+     * lock on that description, so the image stayed locked against every other user until the image was closed too.
+     */
+    @Test
+    void closingALockOnADupDropsItWhileTheImageStaysOpen() throws Exception {
+        Path path = Files.write(dir.resolve("disk.raw"), new byte[4096]);
+        try (RawImage img = RawImage.open(path, false, false);
+                ImageLock other = ImageLock.open(path, false)) {
+            ImageLock a = ImageLock.on(path, false, img.dupFile());
+            assertNull(a.acquire());
+            assertTrue(other.acquire() != null, "held through the dup");
+            a.close();
+            assertNull(other.acquire(), "closed: the lock is gone, the image still open");
+        }
+    }
 }

@@ -391,16 +391,32 @@ public final class BlkDevice implements VhostUserBackend {
 
     /**
      * Takes the image for this frontend: null when it may use it, else why not (logged with the holder). A file
-     * system without OFD locks is served unlocked, with a warning (as QEMU's locking=auto does).
+     * system without OFD locks is served unlocked, with a warning (as QEMU's locking=auto does); a lock that cannot
+     * be tried (no descriptor for it) refuses the image, as one another VM holds.
      */
     private String takeImage() {
-        try {
-            if (imageLock == null) {
-                // on the descriptor the image was opened with: this is the vhost-user session's thread, and opening
-                // the path again waited for its file system, which may not answer (a stopped FUSE daemon, a hung NFS
-                // server), with the frontend's messages unanswered and removing the export waiting for this thread
+        if (imageLock == null) {
+            // on the descriptor the image was opened with: this is the vhost-user session's thread, and opening
+            // the path again waited for its file system, which may not answer (a stopped FUSE daemon, a hung NFS
+            // server), with the frontend's messages unanswered and removing the export waiting for this thread
+            try {
                 imageLock = ImageLock.on(image.path(), image.readOnly(), image.dupFile());
+            } catch (LinuxException e) {
+                // not a file system without locks (served unlocked, below): the process is out of descriptors, and
+                // serving unlocked would let a second VM write the image beside this one
+                String why = "the image lock of " + image.path() + " cannot be taken: " + e.getMessage();
+                LOG.log(
+                        Level.ERROR,
+                        "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device reports"
+                                + " NEEDS_RESET until it stops its queues. Too many open files: raise the process''s"
+                                + " limit (LimitNOFILE=) or remove unused exports, then reset the device (reboot the"
+                                + " guest, or detach and attach the disk)",
+                        name,
+                        why);
+                return why;
             }
+        }
+        try {
             String why = imageLock.acquire();
             if (why != null) {
                 LOG.log(

@@ -206,6 +206,44 @@ class HostileBlkFrontendTest {
         }
     }
 
+    /**
+     * A device that cannot get a descriptor for its image lock (the process is out of descriptors: EMFILE) refuses
+     * the image to its frontend, as when another VM holds it: it served the image without the lock, as on a file
+     * system without locks, so a second VM on the image was not kept from writing it beside this one.
+     */
+    @Test
+    void aLockThatCannotBeTriedFencesTheFrontend() throws Exception {
+        Path sock = dir.resolve("blk.sock");
+        Path disk = image(1 << 20);
+        try (RawImage raw = RawImage.open(disk, false, false);
+                LogCapture log = LogCapture.start("io.iovirt");
+                VhostUserServer server = VhostUserServer.start(
+                        sock,
+                        new BlkDevice(
+                                "no-fds",
+                                new io.iovirt.storage.ForwardingDiskImage(raw) {
+                                    @Override
+                                    public io.iovirt.linux.Fd dupFile() throws io.iovirt.linux.LinuxException {
+                                        throw new io.iovirt.linux.LinuxException(
+                                                "fcntl", "F_DUPFD_CLOEXEC", io.iovirt.linux.Errno.EMFILE);
+                                    }
+                                },
+                                1,
+                                "s"));
+                EventFd call = EventFd.create(true);
+                BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+            assertEquals(S_IOERR, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "no lock: I/O error");
+            assertEquals(
+                    DeviceStatus.DEVICE_NEEDS_RESET,
+                    d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
+                    "the device needs a reset");
+            assertTrue(log.awaitLine("cannot be taken").contains(disk.toString()));
+            try (ImageLock other = ImageLock.open(disk, false)) {
+                assertEquals(null, other.acquire(), "nothing of this device holds the image");
+            }
+        }
+    }
+
     /** An image whose flushes wait until the test lets them go: a request that keeps the queue thread busy. */
     static final class SlowFlushImage extends io.iovirt.storage.ForwardingDiskImage {
         final java.util.concurrent.CountDownLatch entered;
