@@ -56,13 +56,25 @@ final class Handler implements AutoCloseable {
      */
     private final LogLimiter frontendLines;
 
+    /**
+     * What the device's frontends did to the eventfds they sent — its server's, shared by sessions: a frontend that
+     * once made a write of ours block has every eventfd looked at before each write, also after a reconnect.
+     */
+    private final EventFd.PeerConduct eventFds;
+
     /** A handler logging through a bucket of its own (tests, and the server's check of a device). */
     Handler(VhostUserBackend backend, String name, PeerFile.Quota checks) {
-        this(backend, name, checks, new LogLimiter(LOG));
+        this(backend, name, checks, new LogLimiter(LOG), new EventFd.PeerConduct());
     }
 
-    Handler(VhostUserBackend backend, String name, PeerFile.Quota checks, LogLimiter frontendLines) {
+    Handler(
+            VhostUserBackend backend,
+            String name,
+            PeerFile.Quota checks,
+            LogLimiter frontendLines,
+            EventFd.PeerConduct eventFds) {
         this.frontendLines = frontendLines;
+        this.eventFds = eventFds;
         this.backend = backend;
         this.name = name;
         this.checks = checks;
@@ -74,7 +86,7 @@ final class Handler implements AutoCloseable {
         this.negotiated = new Negotiation(backend);
         this.vrings = new Vring[n];
         for (int i = 0; i < n; i++) {
-            vrings[i] = new Vring(i, name, backend);
+            vrings[i] = new Vring(i, name, backend, eventFds);
         }
     }
 
@@ -257,9 +269,9 @@ final class Handler implements AutoCloseable {
      * blocking eventfd it pre-filled. Anything but an eventfd is a protocol error; the eventfd is made non-blocking
      * (see {@link EventFd#adoptFromPeer} for why that alone is not relied on).
      */
-    private static EventFd peerEventFd(Message m, String what, int queue) throws ProtocolException {
+    private EventFd peerEventFd(Message m, String what, int queue) throws ProtocolException {
         try {
-            return EventFd.adoptFromPeer(m.takeFd(0), what + " descriptor of queue " + queue);
+            return EventFd.adoptFromPeer(m.takeFd(0), what + " descriptor of queue " + queue, eventFds);
         } catch (EventFd.NotAnEventFd e) {
             throw new ProtocolException(e.getMessage() + " (kick, call and err descriptors must be eventfds)");
         } catch (LinuxException e) {

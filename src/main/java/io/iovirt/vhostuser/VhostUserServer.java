@@ -2,6 +2,7 @@
 package io.iovirt.vhostuser;
 
 import io.iovirt.linux.Acceptor;
+import io.iovirt.linux.EventFd;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.SocketPaths;
@@ -38,6 +39,8 @@ public final class VhostUserServer implements AutoCloseable {
      * frontend cannot reconnect its way to more.
      */
     private final PeerFile.Quota checks = new PeerFile.Quota();
+    /** What this device's frontends did to the eventfds they sent, kept across their reconnects. */
+    private final EventFd.PeerConduct eventFds = new EventFd.PeerConduct();
 
     private final UnixSocket listener;
     private final SocketAccess access;
@@ -74,7 +77,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
 
         private void serve() {
-            Handler handler = new Handler(backend, name, checks, errorLog);
+            Handler handler = new Handler(backend, name, checks, errorLog, eventFds);
             try {
                 Message m;
                 while ((m = connection.receiveRequest()) != null) {

@@ -98,10 +98,21 @@ final class Vring implements AutoCloseable {
     /** migration: log_guest_addr of SET_VRING_ADDR when it had VHOST_VRING_F_LOG, else -1. */
     private long usedLogAddr = -1;
 
+    /**
+     * What this device's frontends did to the eventfds they sent ({@link EventFd.PeerConduct}); the stand-ins the
+     * device signals until the frontend's call and err eventfds are swapped in behind them share it.
+     */
+    private final EventFd.PeerConduct eventFds;
+
     Vring(int index, String name, VhostUserBackend device) {
+        this(index, name, device, new EventFd.PeerConduct());
+    }
+
+    Vring(int index, String name, VhostUserBackend device, EventFd.PeerConduct eventFds) {
         this.index = index;
         this.name = name;
         this.device = device;
+        this.eventFds = eventFds;
     }
 
     State state() {
@@ -305,10 +316,10 @@ final class Vring implements AutoCloseable {
         // (setNotifier) — the device keeps the descriptor it was started with.
         MemorySegment inflight = region == null ? null : region.queue(index, size);
         if (call == null) {
-            call = EventFd.createStandIn();
+            call = EventFd.createStandIn(eventFds);
         }
         if (err == null) {
-            err = EventFd.createStandIn();
+            err = EventFd.createStandIn(eventFds);
         }
         VringSetup setup = new VringSetup(
                 index, size, descGpa, driverGpa, deviceGpa, base, features, kick, call, err, memory.holder(), inflight);

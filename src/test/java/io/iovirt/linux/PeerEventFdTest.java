@@ -47,34 +47,8 @@ class PeerEventFdTest {
         }
     }
 
-    /**
-     * A fresh peer eventfd whose counter the peer filled and made blocking again is seen full before the write: the
-     * write is never tried, so no thread of ours blocks on it even once (before, the first write to each new eventfd
-     * blocked until the watchdog drained the counter).
-     */
-    @Test
-    void aFreshFullBlockingCounterIsNeverWritten() throws Exception {
-        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
-                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
-            peer.write(EventFd.Watchdog.COUNTER_MAX);
-            peer.fd().setNonBlocking(false); // the peer undoes what we did
-            assertFalse(ours.trySignal(), "the counter is full");
-            assertFalse(ours.quarantined(), "no write blocked");
-            assertEquals(
-                    EventFd.Watchdog.COUNTER_MAX,
-                    EventFd.Watchdog.counter(ours.fd().get()),
-                    "no rescue happened: the write was never tried");
-            peer.fd().setNonBlocking(true);
-            assertEquals(EventFd.Watchdog.COUNTER_MAX, peer.read());
-            assertTrue(ours.trySignal(), "with room in the counter the interrupt goes through");
-            assertEquals(1, peer.read());
-        }
-    }
-
-    /** The peer fills the counter between the look and the write (forced here): the watchdog ends the write. */
     @Test
     void aFullBlockingCounterCannotHoldAWriter() throws Exception {
-        boolean look = EventFd.lookFirst(false);
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
                 EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
             peer.write(0xffff_ffff_ffff_fffeL);
@@ -93,9 +67,52 @@ class PeerEventFdTest {
             assertEquals(EventFd.Watchdog.COUNTER_MAX, peer.read());
             assertTrue(ours.trySignal(), "with room in the counter the interrupt goes through");
             assertEquals(1, peer.read());
-        } finally {
-            EventFd.lookFirst(look);
         }
+    }
+
+    /**
+     * A peer that made one write of ours block has every eventfd it sent — an earlier one, a stand-in, and a fresh one
+     * it sends later — looked at before each write: a fresh full blocking counter is then never written, so sending
+     * new eventfds costs shared threads no more blocked writes. Another peer's eventfds are untouched by it.
+     */
+    @Test
+    void aPeerWhoseWriteBlockedOnceHasAllItsEventfdsLookedAt() throws Exception {
+        EventFd.PeerConduct conduct = new EventFd.PeerConduct();
+        try (EventFd first = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                EventFd other = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                EventFd earlier = EventFd.adoptFromPeer(other.fd().dup(), "call", conduct);
+                EventFd standIn = EventFd.createStandIn(conduct);
+                EventFd ours = EventFd.adoptFromPeer(first.fd().dup(), "call", conduct)) {
+            first.write(0xffff_ffff_ffff_fffeL);
+            first.fd().setNonBlocking(false);
+            assertFalse(ours.trySignal(), "a write that blocked is the peer's fault"); // @Timeout bounds it
+            assertTrue(conduct.blockedAWrite(), "the peer's record is marked");
+            assertEquals(1, first.read(), "the rescue drained the counter, then our write went through");
+
+            for (int round = 0; round < 3; round++) {
+                try (EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                        EventFd fresh = EventFd.adoptFromPeer(trap.fd().dup(), "call", conduct)) {
+                    trap.write(EventFd.Watchdog.COUNTER_MAX);
+                    trap.fd().setNonBlocking(false); // made blocking again after we adopted it
+                    assertFalse(fresh.trySignal(), "round " + round + ": the counter is full");
+                    assertFalse(fresh.quarantined(), "round " + round + ": no write blocked");
+                    assertEquals(
+                            EventFd.Watchdog.COUNTER_MAX,
+                            EventFd.Watchdog.counter(trap.fd().get()),
+                            "round " + round + ": no rescue happened: the write was never tried");
+                }
+            }
+            other.write(EventFd.Watchdog.COUNTER_MAX); // the eventfd adopted before the mark
+            other.fd().setNonBlocking(false);
+            assertFalse(earlier.trySignal(), "the earlier eventfd's full counter is seen before the write");
+            assertFalse(earlier.quarantined(), "no write to the earlier eventfd blocked");
+            assertEquals(
+                    EventFd.Watchdog.COUNTER_MAX,
+                    EventFd.Watchdog.counter(other.fd().get()),
+                    "never written");
+            assertTrue(standIn.trySignal(), "a stand-in with room is written");
+        }
+        assertFalse(new EventFd.PeerConduct().blockedAWrite(), "another peer starts unmarked");
     }
 
     /**
@@ -107,7 +124,6 @@ class PeerEventFdTest {
      */
     @Test
     void aWriteStillBlockedAfterAnotherOneWentThroughIsEndedToo() throws Exception {
-        boolean look = EventFd.lookFirst(false); // both writes won the race against the look
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC | EventFd.EFD_SEMAPHORE);
                 EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
             peer.write(EventFd.Watchdog.COUNTER_MAX);
@@ -127,8 +143,6 @@ class PeerEventFdTest {
                 peer.read();
                 senders.shutdownNow();
             }
-        } finally {
-            EventFd.lookFirst(look);
         }
     }
 
@@ -140,7 +154,6 @@ class PeerEventFdTest {
      */
     @Test
     void aPeerLettingWritesThroughOneAtATimeDoesNotHoldTheOthers() throws Exception {
-        boolean look = EventFd.lookFirst(false); // the writes won the race against the look
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC | EventFd.EFD_SEMAPHORE);
                 EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
             peer.write(EventFd.Watchdog.COUNTER_MAX);
@@ -176,8 +189,6 @@ class PeerEventFdTest {
                 }
                 threads.shutdownNow();
             }
-        } finally {
-            EventFd.lookFirst(look);
         }
     }
 
@@ -201,7 +212,6 @@ class PeerEventFdTest {
     @Test
     void withoutNowaitReadsTheWatchdogStillEndsBlockedReadsAndWrites() throws Exception {
         boolean was = EventFd.nowaitReads(false);
-        boolean look = EventFd.lookFirst(false); // the write below won the race against the look
         try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
                 EventFd kick = EventFd.adoptFromPeer(peer.fd().dup(), "kick");
                 EventFd call = EventFd.adoptFromPeer(peer.fd().dup(), "call")) {
@@ -215,7 +225,6 @@ class PeerEventFdTest {
             assertEquals(1, peer.read(), "the counter was drained, then our write went through");
         } finally {
             EventFd.nowaitReads(was);
-            EventFd.lookFirst(look);
         }
     }
 

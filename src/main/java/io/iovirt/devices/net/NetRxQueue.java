@@ -47,9 +47,10 @@ import java.util.concurrent.atomic.LongAdder;
  * frame that does not fit its first buffer goes through {@link #fill} on its own, in its place.
  *
  * <p>The guest's call eventfd is never written under the lock: the decision to interrupt is made under it, the write
- * happens after it is released (a frontend that makes its eventfd blocking and full has it seen full before the write,
- * {@link EventFd#trySignal}; two senders writing it at once can still fill it between that look and one's write,
- * which the eventfd watchdog ends within a fraction of a second, and never holds other senders). Stopping waits for
+ * happens after it is released (a frontend that makes its eventfd blocking and full costs the writing thread one
+ * write the eventfd watchdog ends within a fraction of a second, and from then on has each of its eventfds looked at
+ * before each write, {@link EventFd#trySignal}; two senders writing one at once can still fill it between that look
+ * and one's write, which the watchdog ends too; other senders are never held). Stopping waits for
  * such writes, so the descriptor is not closed under them. Anything that goes wrong with this guest's ring or memory on
  * the sender's thread — a broken ring, a SIGBUS (InternalError) because the frontend truncated its memory file — fails
  * this receive queue (NEEDS_RESET, one log line), never the sending port. HotSpot delivers a SIGBUS's InternalError
