@@ -41,9 +41,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>a flush writes the dirty refcount blocks, fdatasync (which also makes the data durable), then the dirty L2
  * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
  * <li>a refcount decrement (a compressed cluster rewritten, a cluster discarded) is applied only after the flush
- * that made the dereference durable; a discarded cluster's, also only once no lock-free write that found the
- * cluster before the discard can still be in flight ({@link #noLockFreeWrites}), since the allocator may hand it
- * out again;</li>
+ * that made the dereference durable; a discarded cluster's, also only once every lock-free write in flight when
+ * that flush ran has completed ({@link #writersNow}), since the allocator may hand it out again;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
@@ -219,13 +218,10 @@ public final class Qcow2Image implements DiskImage {
 
     /**
      * Every open request context, so that a cluster a discard freed is not handed out again while a lock-free write
-     * that found it before the discard may still land on it ({@link #noLockFreeWrites}).
+     * that found it before the discard may still land on it ({@link #writersNow}).
      */
     private final java.util.concurrent.CopyOnWriteArrayList<Qcow2Io> contexts =
             new java.util.concurrent.CopyOnWriteArrayList<>();
-    /** Lock-free writes in flight outside a context: the zeros of {@link #writeZeroes}' partial clusters. */
-    private final java.util.concurrent.atomic.AtomicInteger looseWrites =
-            new java.util.concurrent.atomic.AtomicInteger();
 
     private Qcow2Image(
             Path path,
@@ -1120,11 +1116,13 @@ public final class Qcow2Image implements DiskImage {
             if (n == clusterSize) {
                 zeroCluster(cluster, unmap, !mustZero);
             } else if (mustZero && !readsZero(pos, n)) {
-                looseWrites.incrementAndGet(); // before its lookup: it may write to a cluster it finds allocated
+                // Under the metadata lock, lookup and write both: no context's write count covers this write, and
+                // a discard (which takes the lock) cannot free the cluster it finds before its zeros landed.
+                meta.lock();
                 try {
                     writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
                 } finally {
-                    looseWrites.decrementAndGet();
+                    meta.unlock();
                 }
             }
             pos += n;
@@ -1568,21 +1566,42 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Whether no lock-free data write can be in flight now: none of the contexts is between the lookup of a write's
-     * host clusters and its completion, nor a partial write-zeroes outside them. A writer sets its flag before its
-     * lookup and the discard changed the L2 entry before this is asked (both volatile): a write not seen here
-     * looks up the entry after the change and never finds the discarded cluster. Metadata lock held.
+     * The lock-free data writes in flight now: each context between the lookup of a write's host clusters and its
+     * completion (its write count odd), with its count. A writer counts up before its lookup and the discard changed
+     * the L2 entry before this is asked (both volatile): a write not seen here looks up the entry after the change
+     * and never finds the discarded cluster, and one seen here is over once its context's count moved on
+     * ({@link Writers#over}). Per write, not a moment with no write anywhere, which a busy disk never has. Metadata
+     * lock held.
      */
-    boolean noLockFreeWrites() {
-        if (looseWrites.get() != 0) {
-            return false;
-        }
+    Writers writersNow() {
+        Qcow2Io[] writing = new Qcow2Io[4];
+        long[] counts = new long[4];
+        int n = 0;
         for (Qcow2Io c : contexts) {
-            if (c.writing) {
-                return false;
+            long w = c.writes;
+            if ((w & 1) != 0) {
+                if (n == writing.length) {
+                    writing = Arrays.copyOf(writing, n * 2);
+                    counts = Arrays.copyOf(counts, n * 2);
+                }
+                writing[n] = c;
+                counts[n++] = w;
             }
         }
-        return true;
+        return new Writers(Arrays.copyOf(writing, n), Arrays.copyOf(counts, n));
+    }
+
+    /** The writes {@link #writersNow} found in flight: each context's, while its write count is still this one. */
+    record Writers(Qcow2Io[] contexts, long[] counts) {
+        /** Whether every one of these writes completed (its context counted on, or was closed). */
+        boolean over() {
+            for (int i = 0; i < contexts.length; i++) {
+                if (contexts[i].writes == counts[i]) {
+                    return false;
+                }
+            }
+            return true;
+        }
     }
 
     private void clearAutoclear() throws IOException {
@@ -1702,10 +1721,11 @@ public final class Qcow2Image implements DiskImage {
         /** Host offset of the transfer queued by submitRead/submitWrite. */
         private long submittedHost;
         /**
-         * Set from before a write looks up its host clusters until it completed: a cluster a discard freed is not
-         * handed out again while a write that may have found it before the discard can still land on it.
+         * Counts up when a write starts (before it looks up its host clusters) and when it completed: odd while one
+         * is in flight. A cluster a discard freed is not handed out again while a write that may have found it
+         * before the discard can still land on it ({@link #writersNow}). Written by the context's own thread only.
          */
-        private volatile boolean writing;
+        private volatile long writes;
 
         private Qcow2Io(RawImage.IoContext raw) {
             this.raw = raw;
@@ -1773,7 +1793,7 @@ public final class Qcow2Image implements DiskImage {
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
             checkSynced();
-            writing = true;
+            startWrite();
             try {
                 long host = contiguousHost(offset, bytes);
                 if (host >= 0) {
@@ -1789,7 +1809,20 @@ public final class Qcow2Image implements DiskImage {
                     pos += n;
                 }
             } finally {
-                writing = false;
+                endWrite();
+            }
+        }
+
+        /** A write starts: before it looks up its host clusters (a volatile write, then the lookup's reads). */
+        private void startWrite() {
+            writes = writes + 1; // odd; only this context's thread writes it
+        }
+
+        /** The write started last is over (nothing if none is in flight: the count stays even). */
+        private void endWrite() {
+            long w = writes;
+            if ((w & 1) != 0) {
+                writes = w + 1;
             }
         }
 
@@ -1810,7 +1843,7 @@ public final class Qcow2Image implements DiskImage {
             if (syncFailure != null) {
                 return false; // the synchronous path reports it
             }
-            writing = true; // until completed(): the write is in flight on the host clusters it finds
+            startWrite(); // until completed(): the write is in flight on the host clusters it finds
             boolean queued = false;
             try {
                 long host = submittableHost(offset);
@@ -1822,7 +1855,7 @@ public final class Qcow2Image implements DiskImage {
                 return true;
             } finally {
                 if (!queued) {
-                    writing = false;
+                    endWrite();
                 }
             }
         }
@@ -1847,7 +1880,7 @@ public final class Qcow2Image implements DiskImage {
                 raw.completed(write, submittedHost, result);
             } finally {
                 if (write) {
-                    writing = false;
+                    endWrite();
                 }
             }
         }
@@ -1889,6 +1922,7 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void close() {
             contexts.remove(this);
+            endWrite(); // closed: its requests are over (a discard that saw one in flight may free its clusters)
             clear();
             raw.close();
         }

@@ -70,10 +70,15 @@ final class Refcounts {
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
     /**
-     * Host clusters a discard dereferenced: freed as {@link #pendingFree}'s, and only at a flush when no lock-free
-     * write that found them before the discard can still be in flight ({@link Qcow2Image#noLockFreeWrites}).
+     * Host clusters a discard dereferenced since the last flush: freed as {@link #pendingFree}'s, once the lock-free
+     * writes in flight at the flush that made the dereference durable completed ({@link #discardedWaiting}).
      */
     private final List<long[]> pendingDiscard = new ArrayList<>();
+    /** Discarded clusters whose dereference is durable, each batch with the writes it waits for. */
+    private final java.util.ArrayDeque<Discarded> discardedWaiting = new java.util.ArrayDeque<>();
+
+    /** Discarded host clusters (offset, bytes) and the writes in flight when their flush ran. */
+    private record Discarded(List<long[]> clusters, Qcow2Image.Writers writers) {}
 
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
@@ -112,6 +117,7 @@ final class Refcounts {
         refCache.clearAll();
         pendingFree.clear();
         pendingDiscard.clear();
+        discardedWaiting.clear();
         refTableOffset = h.refTableOffset();
         refTableClusters = h.refTableClusters();
         freeHint = 0;
@@ -288,9 +294,16 @@ final class Refcounts {
      * (its last sync); the changed blocks are written at the next flush.
      */
     void applyDeferredFrees() throws IOException {
-        if (!pendingDiscard.isEmpty() && img.noLockFreeWrites()) {
-            pendingFree.addAll(pendingDiscard); // their entries are durable: every one was changed before this flush
+        if (!pendingDiscard.isEmpty()) { // their entries are durable: every one was changed before this flush
+            discardedWaiting.add(new Discarded(new ArrayList<>(pendingDiscard), img.writersNow()));
             pendingDiscard.clear();
+        }
+        for (java.util.Iterator<Discarded> it = discardedWaiting.iterator(); it.hasNext(); ) {
+            Discarded d = it.next();
+            if (d.writers().over()) {
+                pendingFree.addAll(d.clusters());
+                it.remove();
+            }
         }
         List<long[]> frees = new ArrayList<>(pendingFree);
         pendingFree.clear();

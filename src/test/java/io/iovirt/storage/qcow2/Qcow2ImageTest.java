@@ -589,6 +589,55 @@ class Qcow2ImageTest {
         qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
     }
 
+    /**
+     * Discarded clusters are freed on a busy disk too, where some write is in flight at every flush: two request
+     * contexts take turns keeping an io_uring write to guest cluster 0 in flight, each completed after the next flush,
+     * while guest cluster 2 MiB is discarded, the discard flushed and the cluster written again, 24 times. A discard
+     * waits only for the writes in flight when its flush ran, so each freed cluster is taken by the next rewrite and
+     * the file does not grow. Before, it waited for a flush with no write in flight anywhere, which never came: every
+     * rewrite took a new cluster and the file grew by one per round (and would until the disk filled).
+     */
+    @Test
+    void discardedClustersAreFreedWhileOtherWritesAreAlwaysInFlight() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("discbusy.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        long fileSize = Files.size(img);
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io a = q.newContext(8, 0);
+                Qcow2Image.Qcow2Io b = q.newContext(8, 0)) {
+            MemorySegment buf = arena.allocate(65536, 4096);
+            buf.fill((byte) 0x55);
+            a.add(buf);
+            b.add(buf);
+            Qcow2Image.Qcow2Io[] ios = {a, b};
+            Qcow2Image.Qcow2Io inFlight = null;
+            for (int round = 0; round < 24; round++) {
+                Qcow2Image.Qcow2Io next = ios[round & 1];
+                assertTrue(next.submitWrite(ring, 0, round & 1), "queued: a write to an allocated cluster");
+                ring.submitAndWait(1); // its completion is handed to the context in the next round
+                assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+                if (inFlight != null) { // the previous round's write completes once the next one is in flight
+                    inFlight.completed(true, 0, 65536);
+                }
+                inFlight = next;
+                q.discard(2 * MIB, 65536);
+                q.flush();
+                write(q, 2 * MIB, fill(65536, 0x40 + round));
+            }
+            inFlight.completed(true, 0, 65536);
+            assertTrue(
+                    Files.size(img) <= fileSize + 2 * 65536,
+                    "discarded clusters were freed and taken again: the file grew from " + fileSize + " to "
+                            + Files.size(img));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x55 0 64k", "read -P 0x33 64k 1984k", "read -P 0x57 2M 64k");
+    }
+
     @Test
     void concurrentWritersOnManyThreadsStayConsistent() throws Exception {
         Path img = create("mt.qcow2", "64M");
