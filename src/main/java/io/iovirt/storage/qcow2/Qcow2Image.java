@@ -41,8 +41,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>a flush writes the dirty refcount blocks, fdatasync (which also makes the data durable), then the dirty L2
  * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
  * <li>a refcount decrement (a compressed cluster rewritten, a cluster discarded) is applied only after the flush
- * that made the dereference durable; a discarded cluster's, also only once every lock-free write in flight when
- * that flush ran has completed ({@link #writersNow}), since the allocator may hand it out again;</li>
+ * that made the dereference durable; a discarded cluster's, also only once every lock-free read or write in flight
+ * when that flush ran has completed ({@link #requestsNow}), since the allocator may hand it out again;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
@@ -218,7 +218,7 @@ public final class Qcow2Image implements DiskImage {
 
     /**
      * Every open request context, so that a cluster a discard freed is not handed out again while a lock-free write
-     * that found it before the discard may still land on it ({@link #writersNow}).
+     * that found it before the discard may still land on it, or a read still read it ({@link #requestsNow}).
      */
     private final java.util.concurrent.CopyOnWriteArrayList<Qcow2Io> contexts =
             new java.util.concurrent.CopyOnWriteArrayList<>();
@@ -1116,7 +1116,7 @@ public final class Qcow2Image implements DiskImage {
             if (n == clusterSize) {
                 zeroCluster(cluster, unmap, !mustZero);
             } else if (mustZero && !readsZero(pos, n)) {
-                // Under the metadata lock, lookup and write both: no context's write count covers this write, and
+                // Under the metadata lock, lookup and write both: no context's request count covers this write, and
                 // a discard (which takes the lock) cannot free the cluster it finds before its zeros landed.
                 meta.lock();
                 try {
@@ -1566,37 +1566,37 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * The lock-free data writes in flight now: each context between the lookup of a write's host clusters and its
-     * completion (its write count odd), with its count. A writer counts up before its lookup and the discard changed
-     * the L2 entry before this is asked (both volatile): a write not seen here looks up the entry after the change
-     * and never finds the discarded cluster, and one seen here is over once its context's count moved on
-     * ({@link Writers#over}). Per write, not a moment with no write anywhere, which a busy disk never has. Metadata
-     * lock held.
+     * The lock-free data reads and writes in flight now: each context between the lookup of a request's host
+     * clusters and its completion (its request count odd), with its count. A request counts up before its lookup
+     * and the discard changed the L2 entry before this is asked (both volatile): a request not seen here looks up the
+     * entry after the change and never finds the discarded cluster, and one seen here is over once its context's
+     * count moved on ({@link InFlight#over}). Per request, not a moment with none anywhere, which a busy disk never
+     * has. Metadata lock held.
      */
-    Writers writersNow() {
-        Qcow2Io[] writing = new Qcow2Io[4];
+    InFlight requestsNow() {
+        Qcow2Io[] busy = new Qcow2Io[4];
         long[] counts = new long[4];
         int n = 0;
         for (Qcow2Io c : contexts) {
-            long w = c.writes;
+            long w = c.requests;
             if ((w & 1) != 0) {
-                if (n == writing.length) {
-                    writing = Arrays.copyOf(writing, n * 2);
+                if (n == busy.length) {
+                    busy = Arrays.copyOf(busy, n * 2);
                     counts = Arrays.copyOf(counts, n * 2);
                 }
-                writing[n] = c;
+                busy[n] = c;
                 counts[n++] = w;
             }
         }
-        return new Writers(Arrays.copyOf(writing, n), Arrays.copyOf(counts, n));
+        return new InFlight(Arrays.copyOf(busy, n), Arrays.copyOf(counts, n));
     }
 
-    /** The writes {@link #writersNow} found in flight: each context's, while its write count is still this one. */
-    record Writers(Qcow2Io[] contexts, long[] counts) {
-        /** Whether every one of these writes completed (its context counted on, or was closed). */
+    /** The requests {@link #requestsNow} found in flight: each context's, while its count is still this one. */
+    record InFlight(Qcow2Io[] contexts, long[] counts) {
+        /** Whether every one of these requests completed (its context counted on, or was closed). */
         boolean over() {
             for (int i = 0; i < contexts.length; i++) {
-                if (contexts[i].writes == counts[i]) {
+                if (contexts[i].requests == counts[i]) {
                     return false;
                 }
             }
@@ -1721,11 +1721,12 @@ public final class Qcow2Image implements DiskImage {
         /** Host offset of the transfer queued by submitRead/submitWrite. */
         private long submittedHost;
         /**
-         * Counts up when a write starts (before it looks up its host clusters) and when it completed: odd while one
-         * is in flight. A cluster a discard freed is not handed out again while a write that may have found it
-         * before the discard can still land on it ({@link #writersNow}). Written by the context's own thread only.
+         * Counts up when a read or write starts (before it looks up its host clusters) and when it completed: odd
+         * while one is in flight. A cluster a discard freed is not handed out again while a write that may have found
+         * it before the discard can still land on it, or a read still read it (another guest offset's data once
+         * the cluster is written again) ({@link #requestsNow}). Written by the context's own thread only.
          */
-        private volatile long writes;
+        private volatile long requests;
 
         private Qcow2Io(RawImage.IoContext raw) {
             this.raw = raw;
@@ -1769,6 +1770,15 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void read(long offset) throws IOException {
             checkRange(offset, bytes, false);
+            start();
+            try {
+                readPieces(offset);
+            } finally {
+                end();
+            }
+        }
+
+        private void readPieces(long offset) throws IOException {
             long host = contiguousHost(offset, bytes);
             if (host >= 0) {
                 raw.read(host);
@@ -1793,7 +1803,7 @@ public final class Qcow2Image implements DiskImage {
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
             checkSynced();
-            startWrite();
+            start();
             try {
                 long host = contiguousHost(offset, bytes);
                 if (host >= 0) {
@@ -1809,32 +1819,41 @@ public final class Qcow2Image implements DiskImage {
                     pos += n;
                 }
             } finally {
-                endWrite();
+                end();
             }
         }
 
-        /** A write starts: before it looks up its host clusters (a volatile write, then the lookup's reads). */
-        private void startWrite() {
-            writes = writes + 1; // odd; only this context's thread writes it
+        /** A request starts: before it looks up its host clusters (a volatile write, then the lookup's reads). */
+        private void start() {
+            requests = requests + 1; // odd; only this context's thread writes it
         }
 
-        /** The write started last is over (nothing if none is in flight: the count stays even). */
-        private void endWrite() {
-            long w = writes;
+        /** The request started last is over (nothing if none is in flight: the count stays even). */
+        private void end() {
+            long w = requests;
             if ((w & 1) != 0) {
-                writes = w + 1;
+                requests = w + 1;
             }
         }
 
         @Override
         public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, false);
-            long host = submittableHost(offset);
-            if (host < 0 || !raw.submitRead(ring, host, userData)) {
-                return false;
+            start(); // until completed(): the read is in flight on the host clusters it finds
+            boolean queued = false;
+            try {
+                long host = submittableHost(offset);
+                if (host < 0 || !raw.submitRead(ring, host, userData)) {
+                    return false;
+                }
+                submittedHost = host;
+                queued = true;
+                return true;
+            } finally {
+                if (!queued) {
+                    end();
+                }
             }
-            submittedHost = host;
-            return true;
         }
 
         @Override
@@ -1843,7 +1862,7 @@ public final class Qcow2Image implements DiskImage {
             if (syncFailure != null) {
                 return false; // the synchronous path reports it
             }
-            startWrite(); // until completed(): the write is in flight on the host clusters it finds
+            start(); // until completed(): the write is in flight on the host clusters it finds
             boolean queued = false;
             try {
                 long host = submittableHost(offset);
@@ -1855,7 +1874,7 @@ public final class Qcow2Image implements DiskImage {
                 return true;
             } finally {
                 if (!queued) {
-                    endWrite();
+                    end();
                 }
             }
         }
@@ -1879,9 +1898,7 @@ public final class Qcow2Image implements DiskImage {
             try {
                 raw.completed(write, submittedHost, result);
             } finally {
-                if (write) {
-                    endWrite();
-                }
+                end();
             }
         }
 
@@ -1922,7 +1939,7 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void close() {
             contexts.remove(this);
-            endWrite(); // closed: its requests are over (a discard that saw one in flight may free its clusters)
+            end(); // closed: its requests are over (a discard that saw one in flight may free its clusters)
             clear();
             raw.close();
         }

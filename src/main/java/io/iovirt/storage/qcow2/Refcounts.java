@@ -71,14 +71,14 @@ final class Refcounts {
     private final List<long[]> pendingFree = new ArrayList<>();
     /**
      * Host clusters a discard dereferenced since the last flush: freed as {@link #pendingFree}'s, once the lock-free
-     * writes in flight at the flush that made the dereference durable completed ({@link #discardedWaiting}).
+     * reads and writes in flight at the flush that made the dereference durable completed ({@link #discardedWaiting}).
      */
     private final List<long[]> pendingDiscard = new ArrayList<>();
-    /** Discarded clusters whose dereference is durable, each batch with the writes it waits for. */
+    /** Discarded clusters whose dereference is durable, each batch with the requests it waits for. */
     private final java.util.ArrayDeque<Discarded> discardedWaiting = new java.util.ArrayDeque<>();
 
-    /** Discarded host clusters (offset, bytes) and the writes in flight when their flush ran. */
-    private record Discarded(List<long[]> clusters, Qcow2Image.Writers writers) {}
+    /** Discarded host clusters (offset, bytes) and the requests in flight when their flush ran. */
+    private record Discarded(List<long[]> clusters, Qcow2Image.InFlight inFlight) {}
 
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
@@ -281,9 +281,10 @@ final class Refcounts {
 
     /**
      * Counts down the host cluster at {@code host}, which a discard just dereferenced (its entry is a zero cluster
-     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write that
-     * looked the cluster up before the discard may still be in flight: it would land on the cluster once it is
-     * handed out again (another guest offset's data, or a table). Such frees wait for a later flush.
+     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write or read
+     * that looked the cluster up before the discard may still be in flight: the write would land on the cluster once
+     * it is handed out again (another guest offset's data, or a table), the read return what was written there. Such
+     * frees wait for a later flush.
      */
     void freeDiscarded(long host) {
         pendingDiscard.add(new long[] {host, clusterSize});
@@ -295,12 +296,12 @@ final class Refcounts {
      */
     void applyDeferredFrees() throws IOException {
         if (!pendingDiscard.isEmpty()) { // their entries are durable: every one was changed before this flush
-            discardedWaiting.add(new Discarded(new ArrayList<>(pendingDiscard), img.writersNow()));
+            discardedWaiting.add(new Discarded(new ArrayList<>(pendingDiscard), img.requestsNow()));
             pendingDiscard.clear();
         }
         for (java.util.Iterator<Discarded> it = discardedWaiting.iterator(); it.hasNext(); ) {
             Discarded d = it.next();
-            if (d.writers().over()) {
+            if (d.inFlight().over()) {
                 pendingFree.addAll(d.clusters());
                 it.remove();
             }
