@@ -41,9 +41,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>a flush writes the dirty refcount blocks, fdatasync (which also makes the data durable), then the dirty L2
  * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
  * <li>a refcount decrement (a compressed cluster rewritten, a cluster discarded) is applied only after the flush
- * that made the dereference durable; a discarded cluster's, also only once no lock-free write that found the
- * cluster before the discard can still be in flight ({@link #noLockFreeWrites}), since the allocator may hand it
- * out again;</li>
+ * that made the dereference durable; a discarded cluster's, also only once every lock-free read or write in flight
+ * when that flush ran has completed ({@link #requestsNow}), since the allocator may hand it out again;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
@@ -219,13 +218,10 @@ public final class Qcow2Image implements DiskImage {
 
     /**
      * Every open request context, so that a cluster a discard freed is not handed out again while a lock-free write
-     * that found it before the discard may still land on it ({@link #noLockFreeWrites}).
+     * that found it before the discard may still land on it, or a read still read it ({@link #requestsNow}).
      */
     private final java.util.concurrent.CopyOnWriteArrayList<Qcow2Io> contexts =
             new java.util.concurrent.CopyOnWriteArrayList<>();
-    /** Lock-free writes in flight outside a context: the zeros of {@link #writeZeroes}' partial clusters. */
-    private final java.util.concurrent.atomic.AtomicInteger looseWrites =
-            new java.util.concurrent.atomic.AtomicInteger();
 
     private Qcow2Image(
             Path path,
@@ -1120,11 +1116,13 @@ public final class Qcow2Image implements DiskImage {
             if (n == clusterSize) {
                 zeroCluster(cluster, unmap, !mustZero);
             } else if (mustZero && !readsZero(pos, n)) {
-                looseWrites.incrementAndGet(); // before its lookup: it may write to a cluster it finds allocated
+                // Under the metadata lock, lookup and write both: no context's request count covers this write, and
+                // a discard (which takes the lock) cannot free the cluster it finds before its zeros landed.
+                meta.lock();
                 try {
                     writePiece(pos, Source.zeroes(zeroCluster, align), 0, n);
                 } finally {
-                    looseWrites.decrementAndGet();
+                    meta.unlock();
                 }
             }
             pos += n;
@@ -1568,21 +1566,42 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Whether no lock-free data write can be in flight now: none of the contexts is between the lookup of a write's
-     * host clusters and its completion, nor a partial write-zeroes outside them. A writer sets its flag before its
-     * lookup and the discard changed the L2 entry before this is asked (both volatile): a write not seen here
-     * looks up the entry after the change and never finds the discarded cluster. Metadata lock held.
+     * The lock-free data reads and writes in flight now: each context between the lookup of a request's host
+     * clusters and its completion (its request count odd), with its count. A request counts up before its lookup
+     * and the discard changed the L2 entry before this is asked (both volatile): a request not seen here looks up the
+     * entry after the change and never finds the discarded cluster, and one seen here is over once its context's
+     * count moved on ({@link InFlight#over}). Per request, not a moment with none anywhere, which a busy disk never
+     * has. Metadata lock held.
      */
-    boolean noLockFreeWrites() {
-        if (looseWrites.get() != 0) {
-            return false;
-        }
+    InFlight requestsNow() {
+        Qcow2Io[] busy = new Qcow2Io[4];
+        long[] counts = new long[4];
+        int n = 0;
         for (Qcow2Io c : contexts) {
-            if (c.writing) {
-                return false;
+            long w = c.requests;
+            if ((w & 1) != 0) {
+                if (n == busy.length) {
+                    busy = Arrays.copyOf(busy, n * 2);
+                    counts = Arrays.copyOf(counts, n * 2);
+                }
+                busy[n] = c;
+                counts[n++] = w;
             }
         }
-        return true;
+        return new InFlight(Arrays.copyOf(busy, n), Arrays.copyOf(counts, n));
+    }
+
+    /** The requests {@link #requestsNow} found in flight: each context's, while its count is still this one. */
+    record InFlight(Qcow2Io[] contexts, long[] counts) {
+        /** Whether every one of these requests completed (its context counted on, or was closed). */
+        boolean over() {
+            for (int i = 0; i < contexts.length; i++) {
+                if (contexts[i].requests == counts[i]) {
+                    return false;
+                }
+            }
+            return true;
+        }
     }
 
     private void clearAutoclear() throws IOException {
@@ -1702,10 +1721,12 @@ public final class Qcow2Image implements DiskImage {
         /** Host offset of the transfer queued by submitRead/submitWrite. */
         private long submittedHost;
         /**
-         * Set from before a write looks up its host clusters until it completed: a cluster a discard freed is not
-         * handed out again while a write that may have found it before the discard can still land on it.
+         * Counts up when a read or write starts (before it looks up its host clusters) and when it completed: odd
+         * while one is in flight. A cluster a discard freed is not handed out again while a write that may have found
+         * it before the discard can still land on it, or a read still read it (another guest offset's data once
+         * the cluster is written again) ({@link #requestsNow}). Written by the context's own thread only.
          */
-        private volatile boolean writing;
+        private volatile long requests;
 
         private Qcow2Io(RawImage.IoContext raw) {
             this.raw = raw;
@@ -1749,6 +1770,15 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void read(long offset) throws IOException {
             checkRange(offset, bytes, false);
+            start();
+            try {
+                readPieces(offset);
+            } finally {
+                end();
+            }
+        }
+
+        private void readPieces(long offset) throws IOException {
             long host = contiguousHost(offset, bytes);
             if (host >= 0) {
                 raw.read(host);
@@ -1773,7 +1803,7 @@ public final class Qcow2Image implements DiskImage {
         public void write(long offset) throws IOException {
             checkRange(offset, bytes, true);
             checkSynced();
-            writing = true;
+            start();
             try {
                 long host = contiguousHost(offset, bytes);
                 if (host >= 0) {
@@ -1789,19 +1819,41 @@ public final class Qcow2Image implements DiskImage {
                     pos += n;
                 }
             } finally {
-                writing = false;
+                end();
+            }
+        }
+
+        /** A request starts: before it looks up its host clusters (a volatile write, then the lookup's reads). */
+        private void start() {
+            requests = requests + 1; // odd; only this context's thread writes it
+        }
+
+        /** The request started last is over (nothing if none is in flight: the count stays even). */
+        private void end() {
+            long w = requests;
+            if ((w & 1) != 0) {
+                requests = w + 1;
             }
         }
 
         @Override
         public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, false);
-            long host = submittableHost(offset);
-            if (host < 0 || !raw.submitRead(ring, host, userData)) {
-                return false;
+            start(); // until completed(): the read is in flight on the host clusters it finds
+            boolean queued = false;
+            try {
+                long host = submittableHost(offset);
+                if (host < 0 || !raw.submitRead(ring, host, userData)) {
+                    return false;
+                }
+                submittedHost = host;
+                queued = true;
+                return true;
+            } finally {
+                if (!queued) {
+                    end();
+                }
             }
-            submittedHost = host;
-            return true;
         }
 
         @Override
@@ -1810,7 +1862,7 @@ public final class Qcow2Image implements DiskImage {
             if (syncFailure != null) {
                 return false; // the synchronous path reports it
             }
-            writing = true; // until completed(): the write is in flight on the host clusters it finds
+            start(); // until completed(): the write is in flight on the host clusters it finds
             boolean queued = false;
             try {
                 long host = submittableHost(offset);
@@ -1822,7 +1874,7 @@ public final class Qcow2Image implements DiskImage {
                 return true;
             } finally {
                 if (!queued) {
-                    writing = false;
+                    end();
                 }
             }
         }
@@ -1846,9 +1898,7 @@ public final class Qcow2Image implements DiskImage {
             try {
                 raw.completed(write, submittedHost, result);
             } finally {
-                if (write) {
-                    writing = false;
-                }
+                end();
             }
         }
 
@@ -1889,6 +1939,7 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public void close() {
             contexts.remove(this);
+            end(); // closed: its requests are over (a discard that saw one in flight may free its clusters)
             clear();
             raw.close();
         }

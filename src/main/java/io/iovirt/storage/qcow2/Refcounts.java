@@ -70,10 +70,15 @@ final class Refcounts {
     /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
     private final List<long[]> pendingFree = new ArrayList<>();
     /**
-     * Host clusters a discard dereferenced: freed as {@link #pendingFree}'s, and only at a flush when no lock-free
-     * write that found them before the discard can still be in flight ({@link Qcow2Image#noLockFreeWrites}).
+     * Host clusters a discard dereferenced since the last flush: freed as {@link #pendingFree}'s, once the lock-free
+     * reads and writes in flight at the flush that made the dereference durable completed ({@link #discardedWaiting}).
      */
     private final List<long[]> pendingDiscard = new ArrayList<>();
+    /** Discarded clusters whose dereference is durable, each batch with the requests it waits for. */
+    private final java.util.ArrayDeque<Discarded> discardedWaiting = new java.util.ArrayDeque<>();
+
+    /** Discarded host clusters (offset, bytes) and the requests in flight when their flush ran. */
+    private record Discarded(List<long[]> clusters, Qcow2Image.InFlight inFlight) {}
 
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
@@ -112,6 +117,7 @@ final class Refcounts {
         refCache.clearAll();
         pendingFree.clear();
         pendingDiscard.clear();
+        discardedWaiting.clear();
         refTableOffset = h.refTableOffset();
         refTableClusters = h.refTableClusters();
         freeHint = 0;
@@ -275,9 +281,10 @@ final class Refcounts {
 
     /**
      * Counts down the host cluster at {@code host}, which a discard just dereferenced (its entry is a zero cluster
-     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write that
-     * looked the cluster up before the discard may still be in flight: it would land on the cluster once it is
-     * handed out again (another guest offset's data, or a table). Such frees wait for a later flush.
+     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write or read
+     * that looked the cluster up before the discard may still be in flight: the write would land on the cluster once
+     * it is handed out again (another guest offset's data, or a table), the read return what was written there. Such
+     * frees wait for a later flush.
      */
     void freeDiscarded(long host) {
         pendingDiscard.add(new long[] {host, clusterSize});
@@ -288,9 +295,16 @@ final class Refcounts {
      * (its last sync); the changed blocks are written at the next flush.
      */
     void applyDeferredFrees() throws IOException {
-        if (!pendingDiscard.isEmpty() && img.noLockFreeWrites()) {
-            pendingFree.addAll(pendingDiscard); // their entries are durable: every one was changed before this flush
+        if (!pendingDiscard.isEmpty()) { // their entries are durable: every one was changed before this flush
+            discardedWaiting.add(new Discarded(new ArrayList<>(pendingDiscard), img.requestsNow()));
             pendingDiscard.clear();
+        }
+        for (java.util.Iterator<Discarded> it = discardedWaiting.iterator(); it.hasNext(); ) {
+            Discarded d = it.next();
+            if (d.inFlight().over()) {
+                pendingFree.addAll(d.clusters());
+                it.remove();
+            }
         }
         List<long[]> frees = new ArrayList<>(pendingFree);
         pendingFree.clear();

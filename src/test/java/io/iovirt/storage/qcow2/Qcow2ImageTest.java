@@ -589,6 +589,96 @@ class Qcow2ImageTest {
         qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
     }
 
+    /**
+     * A cluster a discard freed is not handed out again while a read that found it before the discard is in flight
+     * (queued on an io_uring, not yet done): the read must return the cluster's data or zeros, never another guest
+     * offset's data the next allocation wrote there. Before, reads were not counted: the new cluster at 9 MiB was
+     * the discarded one and the read of 2 MiB returned its 0x66 bytes.
+     */
+    @Test
+    void aDiscardedClusterIsNotReusedWhileAReadThatFoundItIsInFlight() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("discread.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            MemorySegment buf = arena.allocate(65536, 4096);
+            io.add(buf);
+            assertTrue(io.submitRead(ring, 2 * MIB, 1), "queued: a read of an allocated cluster");
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the discarded cluster was handed out while a read of it was in flight");
+            ring.submitAndWait(1);
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            io.completed(false, 2 * MIB, 65536);
+            byte[] got = buf.toArray(ValueLayout.JAVA_BYTE);
+            assertTrue(
+                    java.util.Arrays.equals(got, new byte[65536]) || java.util.Arrays.equals(got, fill(65536, 0x33)),
+                    "the read returned the discarded cluster's data or zeros, not another offset's");
+            q.handOver(); // nothing in flight now: the discarded cluster is freed
+            write(q, 10 * MIB, fill(65536, 0x77));
+            assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
+    }
+
+    /**
+     * Discarded clusters are freed on a busy disk too, where some write is in flight at every flush: two request
+     * contexts take turns keeping an io_uring write to guest cluster 0 in flight, each completed after the next flush,
+     * while guest cluster 2 MiB is discarded, the discard flushed and the cluster written again, 24 times. A discard
+     * waits only for the writes in flight when its flush ran, so each freed cluster is taken by the next rewrite and
+     * the file does not grow. Before, it waited for a flush with no write in flight anywhere, which never came: every
+     * rewrite took a new cluster and the file grew by one per round (and would until the disk filled).
+     */
+    @Test
+    void discardedClustersAreFreedWhileOtherWritesAreAlwaysInFlight() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("discbusy.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        long fileSize = Files.size(img);
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io a = q.newContext(8, 0);
+                Qcow2Image.Qcow2Io b = q.newContext(8, 0)) {
+            MemorySegment buf = arena.allocate(65536, 4096);
+            buf.fill((byte) 0x55);
+            a.add(buf);
+            b.add(buf);
+            Qcow2Image.Qcow2Io[] ios = {a, b};
+            Qcow2Image.Qcow2Io inFlight = null;
+            for (int round = 0; round < 24; round++) {
+                Qcow2Image.Qcow2Io next = ios[round & 1];
+                assertTrue(next.submitWrite(ring, 0, round & 1), "queued: a write to an allocated cluster");
+                ring.submitAndWait(1); // its completion is handed to the context in the next round
+                assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+                if (inFlight != null) { // the previous round's write completes once the next one is in flight
+                    inFlight.completed(true, 0, 65536);
+                }
+                inFlight = next;
+                q.discard(2 * MIB, 65536);
+                q.flush();
+                write(q, 2 * MIB, fill(65536, 0x40 + round));
+            }
+            inFlight.completed(true, 0, 65536);
+            assertTrue(
+                    Files.size(img) <= fileSize + 2 * 65536,
+                    "discarded clusters were freed and taken again: the file grew from " + fileSize + " to "
+                            + Files.size(img));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x55 0 64k", "read -P 0x33 64k 1984k", "read -P 0x57 2M 64k");
+    }
+
     @Test
     void concurrentWritersOnManyThreadsStayConsistent() throws Exception {
         Path img = create("mt.qcow2", "64M");
