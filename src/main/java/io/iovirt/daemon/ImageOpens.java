@@ -18,9 +18,13 @@ import java.util.Map;
  *
  * <p>Now the request gets an error after the wait while the open goes on; the add's claim (its id, socket and image)
  * stays until the open returns, then what it opened is closed, the claim released and both logged: the request
- * failed, so the add never takes effect behind its caller's back. At most {@link #MAX_OPENS} opens run at once; one
- * more is refused at once, naming the images still being opened, so the threads stuck in a file system are bounded
- * too and most of the control socket's places stay free.
+ * failed, so the add never takes effect behind its caller's back. At most {@link #MAX_OPENS} opens run at once, so
+ * the threads stuck in a file system are bounded too. One more add waits for one of them to return, within its own
+ * wait (waiting for a place and opening share it): opens merely under way (a host starting many VMs at once, each
+ * adding its disks) are no reason to fail. It is refused at once only when every place is held by an open whose
+ * request already gave up on it (so hung: its file system does not answer), naming those images, so that adds on
+ * such file systems leave most of the control socket's places free. Each add was refused at once as soon as
+ * {@link #MAX_OPENS} opens were under way, healthy or not, saying their file systems did not answer.
  */
 final class ImageOpens {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
@@ -57,7 +61,10 @@ final class ImageOpens {
         }
     }
 
-    /** One open under way: its thread's result, and whether its request stopped waiting (guarded by itself). */
+    /**
+     * One open under way: its thread's result, and whether its request stopped waiting (guarded by itself;
+     * {@link #abandoned} is also read under the {@link ImageOpens}' lock, by adds waiting for a place).
+     */
     private static final class Pending {
         final String what;
         final Path image;
@@ -65,7 +72,7 @@ final class ImageOpens {
         AutoCloseable result;
         Throwable failure;
         boolean done;
-        boolean abandoned;
+        volatile boolean abandoned;
 
         Pending(String what, Path image) {
             this.what = what;
@@ -82,32 +89,29 @@ final class ImageOpens {
     }
 
     /**
-     * Runs {@code open} on a thread of its own and returns what it opened, or throws what it threw; after the wait
-     * throws FAILED, and the open goes on. {@code release} (letting go of the add's claim) runs exactly once whenever
-     * this does not return: before it throws, or — when the wait ran out — once the open has returned (what it
-     * opened closed first).
+     * Runs {@code open} on a thread of its own, once fewer than {@link #MAX_OPENS} opens run, and returns what it
+     * opened, or throws what it threw; after the wait (for a place, then for the open) throws FAILED, and an open
+     * started goes on. {@code release} (letting go of the add's claim) runs exactly once whenever this does not
+     * return: before it throws, or — when the wait ran out after the open started — once the open has returned (what
+     * it opened closed first).
      *
      * @param what  the request, for messages ("blk.add vm1")
      * @param image the image as given
-     * @throws RpcException FAILED when {@link #MAX_OPENS} opens still run or this one did not return in time, or what
-     *                      {@code open} threw
+     * @throws RpcException FAILED when every place is held by an open given up on, no place was free within the wait
+     *                      or this open did not return in it, or what {@code open} threw
      * @throws IOException  what {@code open} threw
      */
     @SuppressWarnings("unchecked")
     <T extends AutoCloseable> T run(String what, Path image, Open<T> open, Runnable release)
             throws RpcException, IOException {
-        Pending p = new Pending(what, image);
-        synchronized (this) {
-            if (running.size() >= MAX_OPENS) {
-                release.run();
-                throw new RpcException(
-                        RpcException.FAILED,
-                        what + ": " + MAX_OPENS + " images are still being opened (" + describe()
-                                + "): their file systems do not answer (a stopped FUSE daemon, an unreachable NFS"
-                                + " server?), so this add is refused rather than wait with them; make those file"
-                                + " systems answer (or unmount them: umount -l) and retry");
-            }
-            running.put(p, Boolean.TRUE);
+        Duration d = wait;
+        long deadline = System.nanoTime() + d.toNanos();
+        Pending p;
+        try {
+            p = place(what, image, d, deadline);
+        } catch (RpcException e) {
+            release.run();
+            throw e;
         }
         Thread t = Thread.ofPlatform()
                 .name("image open " + image)
@@ -118,12 +122,11 @@ final class ImageOpens {
         } catch (OutOfMemoryError e) { // no thread could be created
             synchronized (this) {
                 running.remove(p);
+                notifyAll(); // its place is free again
             }
             release.run();
             throw e;
         }
-        Duration d = wait;
-        long deadline = System.nanoTime() + d.toNanos();
         boolean interrupted = false;
         synchronized (p) {
             while (!p.done) {
@@ -143,17 +146,21 @@ final class ImageOpens {
             Thread.currentThread().interrupt();
         }
         if (p.abandoned) {
+            Duration waited = Duration.ofNanos(System.nanoTime() - p.since); // the wait less that for a place
+            synchronized (this) {
+                notifyAll(); // adds waiting for a place: every place may now be held by an open given up on
+            }
             // logged too: the request's answer goes to its client only, and the open may never return to say more
             LOG.log(
                     System.Logger.Level.WARNING,
-                    what + ": the open of image " + image + " has not returned after " + seconds(d) + " (thread '"
+                    what + ": the open of image " + image + " has not returned after " + seconds(waited) + " (thread '"
                             + t.getName() + "' waits in its file system, which does not answer: a stopped FUSE"
                             + " daemon, an unreachable NFS server?); the request failed, and its id and socket stay"
                             + " in use until the open returns; make the file system answer (or unmount it:"
                             + " umount -l)");
             throw new RpcException(
                     RpcException.FAILED,
-                    what + ": image " + image + " did not open within " + seconds(d) + ": its file system does not"
+                    what + ": image " + image + " did not open within " + seconds(waited) + ": its file system does not"
                             + " answer (a stopped FUSE daemon, an unreachable NFS server?). Nothing was added; the id"
                             + " and socket stay in use until the open returns (then they are released, and the log"
                             + " says so); make the file system answer and retry");
@@ -191,6 +198,7 @@ final class ImageOpens {
         boolean abandoned;
         synchronized (this) {
             running.remove(p);
+            notifyAll(); // a place is free for an add waiting for one
         }
         synchronized (p) {
             p.result = r;
@@ -222,6 +230,47 @@ final class ImageOpens {
                                         ? " (the open failed too: " + failure.getMessage() + ")"
                                         : " (what it opened is closed again: nothing was added)")
                         + "; its id and socket are free again: add it again if it is still wanted");
+    }
+
+    /**
+     * Waits until fewer than {@link #MAX_OPENS} opens run, then counts a new one among them.
+     *
+     * @throws RpcException FAILED, at once when every place is held by an open whose request gave up on it (hung);
+     *                      else when {@code deadline} passes first, or the request's thread is interrupted
+     */
+    private synchronized Pending place(String what, Path image, Duration d, long deadline) throws RpcException {
+        while (running.size() >= MAX_OPENS) {
+            if (running.keySet().stream().allMatch(o -> o.abandoned)) {
+                throw new RpcException(
+                        RpcException.FAILED,
+                        what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and their"
+                                + " requests all gave up on them: their file systems do not answer (a stopped FUSE"
+                                + " daemon, an unreachable NFS server?), so this add is refused rather than wait"
+                                + " with them; make those file systems answer (or unmount them: umount -l) and"
+                                + " retry");
+            }
+            long left = deadline - System.nanoTime();
+            String why = "within this add's wait of " + seconds(d);
+            if (left > 0) {
+                try {
+                    wait(Math.max(1, left / 1_000_000));
+                    continue;
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    why = "before this request was interrupted (the daemon stops?)";
+                }
+            }
+            throw new RpcException(
+                    RpcException.FAILED,
+                    what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and none"
+                            + " returned " + why + ": their file systems are slow or do not answer (a stopped FUSE"
+                            + " daemon, an unreachable NFS server?). Nothing was added, and the id and socket are"
+                            + " free again; retry once those opens have returned (or make their file systems"
+                            + " answer, or unmount them: umount -l)");
+        }
+        Pending p = new Pending(what, image);
+        running.put(p, Boolean.TRUE);
+        return p;
     }
 
     /**

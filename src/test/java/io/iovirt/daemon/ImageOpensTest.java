@@ -3,6 +3,7 @@ package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -10,7 +11,14 @@ import io.iovirt.testing.Await;
 import io.iovirt.vhostuser.LogCapture;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.junit.jupiter.api.Test;
@@ -84,5 +92,216 @@ class ImageOpensTest {
                     log.all().stream().anyMatch(l -> l.contains("image opens")),
                     log.all().toString());
         }
+    }
+
+    /** Long enough that no request gives up in a test: the opens return when the test lets them (latches). */
+    private static final Duration UNTIL_LET = Duration.ofMinutes(10);
+
+    /**
+     * {@link ImageOpens#MAX_OPENS} opens under way, none given up on: one more add waits for a place, and opens once
+     * one of them has returned; never more than {@link ImageOpens#MAX_OPENS} opens at once. It was refused at once,
+     * saying the file systems did not answer.
+     */
+    @Test
+    void anAddWaitsForAPlaceWhileTheOpensUnderWayAreNotGivenUpOn() throws Exception {
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(UNTIL_LET);
+        CountDownLatch[] let = new CountDownLatch[ImageOpens.MAX_OPENS + 1];
+        Arrays.setAll(let, i -> new CountDownLatch(1));
+        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
+        AtomicInteger atOnce = new AtomicInteger();
+        AtomicInteger most = new AtomicInteger();
+        AtomicInteger released = new AtomicInteger();
+        ExecutorService requests = Executors.newCachedThreadPool();
+        try {
+            List<Future<AutoCloseable>> adds = new ArrayList<>();
+            for (int i = 0; i <= ImageOpens.MAX_OPENS; i++) {
+                int n = i;
+                adds.add(requests.submit(() -> opens.run(
+                        "blk.add vm" + n,
+                        Path.of("/local/disk" + n + ".raw"),
+                        wanted -> {
+                            most.accumulateAndGet(atOnce.incrementAndGet(), Math::max);
+                            entered.countDown();
+                            try {
+                                await(let[n]);
+                            } finally {
+                                atOnce.decrementAndGet();
+                            }
+                            wanted.check();
+                            return () -> {};
+                        },
+                        released::incrementAndGet)));
+                if (i == ImageOpens.MAX_OPENS - 1) {
+                    assertTrue(entered.await(60, TimeUnit.SECONDS), "the first opens did not start");
+                }
+            }
+            Future<AutoCloseable> last = adds.get(ImageOpens.MAX_OPENS);
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "the last add waiting for a place, or answered: " + answer(last),
+                    () -> last.isDone() || waitingForAPlace());
+            assertFalse(last.isDone(), "refused while the opens under way were not given up on: " + answer(last));
+            assertEquals(ImageOpens.MAX_OPENS, atOnce.get(), "opens under way");
+
+            let[0].countDown(); // one open returns: the last add takes its place
+            assertNotNull(adds.get(0).get(60, TimeUnit.SECONDS));
+            let[ImageOpens.MAX_OPENS].countDown();
+            assertNotNull(last.get(60, TimeUnit.SECONDS), "the last add opened its image");
+            for (CountDownLatch l : let) {
+                l.countDown();
+            }
+            for (Future<AutoCloseable> f : adds) {
+                f.get(60, TimeUnit.SECONDS);
+            }
+            assertEquals(ImageOpens.MAX_OPENS, most.get(), "more opens at once than places");
+            assertEquals(0, released.get(), "a claim released although its add succeeded");
+        } finally {
+            for (CountDownLatch l : let) {
+                l.countDown();
+            }
+            requests.shutdownNow();
+        }
+    }
+
+    /**
+     * An add still waiting for a place when its wait runs out fails, naming the images still being opened, and lets
+     * go of its claim at once: its open never started.
+     */
+    @Test
+    void anAddWhoseWaitForAPlaceRunsOutFailsNamingTheOpens() throws Exception {
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(UNTIL_LET);
+        CountDownLatch let = new CountDownLatch(1);
+        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
+        ExecutorService requests = Executors.newCachedThreadPool();
+        try {
+            List<Future<AutoCloseable>> adds = new ArrayList<>();
+            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
+                adds.add(requests.submit(() -> opens.run(
+                        "blk.add slow",
+                        IMAGE,
+                        wanted -> {
+                            entered.countDown();
+                            await(let);
+                            return () -> {};
+                        },
+                        () -> {})));
+            }
+            assertTrue(entered.await(60, TimeUnit.SECONDS), "the opens did not start");
+            opens.waitFor(Duration.ofMillis(100)); // the next add's wait runs out while they are under way
+            AtomicBoolean opened = new AtomicBoolean();
+            AtomicInteger released = new AtomicInteger();
+            RpcException e = assertThrows(
+                    RpcException.class,
+                    () -> opens.run(
+                            "nbd.add vm9",
+                            Path.of("/local/vm9.raw"),
+                            wanted -> {
+                                opened.set(true);
+                                return () -> {};
+                            },
+                            released::incrementAndGet));
+            assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+            assertTrue(
+                    e.getMessage()
+                                    .startsWith("nbd.add vm9: " + ImageOpens.MAX_OPENS + " images are still being"
+                                            + " opened (" + IMAGE + " (blk.add slow, ")
+                            && e.getMessage().contains("none returned within this add's wait")
+                            && e.getMessage().contains("the id and socket are free again"),
+                    e.getMessage());
+            assertFalse(opened.get(), "opened without a place");
+            assertEquals(1, released.get(), "its claim");
+            let.countDown();
+            for (Future<AutoCloseable> f : adds) {
+                f.get(60, TimeUnit.SECONDS);
+            }
+        } finally {
+            let.countDown();
+            requests.shutdownNow();
+        }
+    }
+
+    /**
+     * {@link ImageOpens#MAX_OPENS} opens whose requests all gave up on them (hung: their file systems do not answer):
+     * one more add is refused at once, not made to wait with them, naming them; once they return, adds open again.
+     */
+    @Test
+    void anAddIsRefusedAtOnceWhenEveryPlaceIsHeldByAnOpenGivenUpOn() throws Exception {
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(Duration.ofMillis(100)); // the requests give up first: the opens return when the test lets them
+        CountDownLatch let = new CountDownLatch(1);
+        AtomicInteger released = new AtomicInteger();
+        try (LogCapture log = LogCapture.start("io.iovirt.daemon")) {
+            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
+                RpcException e = assertThrows(
+                        RpcException.class,
+                        () -> opens.run(
+                                "blk.add hung",
+                                IMAGE,
+                                wanted -> {
+                                    await(let);
+                                    wanted.check();
+                                    return () -> {};
+                                },
+                                released::incrementAndGet));
+                assertTrue(e.getMessage().contains("did not open within"), e.getMessage());
+            }
+            opens.waitFor(UNTIL_LET); // refused at once, or this request would wait until the test lets them
+            AtomicBoolean opened = new AtomicBoolean();
+            RpcException e = assertThrows(
+                    RpcException.class,
+                    () -> opens.run(
+                            "nbd.add vm9",
+                            Path.of("/local/vm9.raw"),
+                            wanted -> {
+                                opened.set(true);
+                                return () -> {};
+                            },
+                            released::incrementAndGet));
+            assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+            assertTrue(
+                    e.getMessage()
+                                    .startsWith("nbd.add vm9: " + ImageOpens.MAX_OPENS + " images are still being"
+                                            + " opened (" + IMAGE + " (blk.add hung, ")
+                            && e.getMessage().contains("their requests all gave up on them")
+                            && e.getMessage().contains("do not answer"),
+                    e.getMessage());
+            assertFalse(opened.get(), "opened without a place");
+            assertEquals(1, released.get(), "only the refused add's claim is released: the hung ones stay");
+
+            let.countDown(); // the hung opens return: their claims are released, their places free
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "the late opens' claims released: " + released.get(),
+                    () -> released.get() == ImageOpens.MAX_OPENS + 1);
+            AutoCloseable r = opens.run("nbd.add vm9", Path.of("/local/vm9.raw"), wanted -> () -> {}, () -> {});
+            assertTrue(r != null, "no place once the hung opens returned");
+        }
+    }
+
+    /** What an open blocked in a file system until the test lets it does. */
+    private static void await(CountDownLatch let) throws java.io.InterruptedIOException {
+        try {
+            let.await();
+        } catch (InterruptedException e) {
+            throw new java.io.InterruptedIOException("the test ended");
+        }
+    }
+
+    /** Whether a thread waits for a place among the opens ({@link ImageOpens}'s place). */
+    private static boolean waitingForAPlace() {
+        return Thread.getAllStackTraces().values().stream()
+                .anyMatch(st -> Arrays.stream(st)
+                        .anyMatch(f -> f.getClassName().equals(ImageOpens.class.getName())
+                                && f.getMethodName().equals("place")));
+    }
+
+    private static Object answer(Future<?> f) {
+        return switch (f.state()) {
+            case SUCCESS -> f.resultNow();
+            case FAILED -> f.exceptionNow();
+            default -> "none yet";
+        };
     }
 }
