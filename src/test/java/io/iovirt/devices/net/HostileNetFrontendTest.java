@@ -96,6 +96,25 @@ class HostileNetFrontendTest {
         }
     }
 
+    /**
+     * Waits for A, B and C's links, posts receive buffers ({@code aBuffers} for A, 128 for B and C), lets the switch
+     * learn each address, and takes the frames that left in the drivers' receive rings (A's too when {@code drainA}).
+     */
+    private void linkAndLearn(NetDriver a, NetDriver b, NetDriver c, int aBuffers, boolean drainA) throws Exception {
+        VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+        a.postRx(0, 2048, aBuffers);
+        b.postRx(0, 2048, 128);
+        c.postRx(0, 2048, 128);
+        learn(a, A, B);
+        learn(b, B, C);
+        learn(c, C, B);
+        if (drainA) {
+            a.drainRx(0);
+        }
+        b.drainRx(0);
+        c.drainRx(0);
+    }
+
     private static void learn(NetDriver d, long src, long dst) throws Exception {
         d.send(0, VirtioNetPortTest.frame(dst, src, 60)); // the switch learns src on that port
     }
@@ -106,16 +125,7 @@ class HostileNetFrontendTest {
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
                 EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) { // blocking
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            a.postRx(0, 2048, 128);
-            b.postRx(0, 2048, 128);
-            c.postRx(0, 2048, 128);
-            learn(a, A, B);
-            learn(b, B, C);
-            learn(c, C, B);
-            a.drainRx(0);
-            b.drainRx(0);
-            c.drainRx(0);
+            linkAndLearn(a, b, c, 128, true);
             // A's rx call descriptor: a blocking eventfd whose counter is full. The backend makes it non-blocking
             // when it arrives; A clears the flag again (they share the open file) — the attack in the issue.
             trap.write(0xffff_ffff_ffff_fffeL);
@@ -158,16 +168,7 @@ class HostileNetFrontendTest {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            a.postRx(0, 2048, 200);
-            b.postRx(0, 2048, 128);
-            c.postRx(0, 2048, 128);
-            learn(a, A, B);
-            learn(b, B, C);
-            learn(c, C, B);
-            a.drainRx(0);
-            b.drainRx(0);
-            c.drainRx(0);
+            linkAndLearn(a, b, c, 200, true);
             long[] lost = {pa.rxQueueTotals(0).lostSignals()};
             for (int round = 0; round < 4; round++) { // each round a new eventfd
                 try (EventFd trap = EventFd.create(0, EventFd.EFD_CLOEXEC)) {
@@ -288,15 +289,7 @@ class HostileNetFrontendTest {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            a.postRx(0, 2048, 64);
-            b.postRx(0, 2048, 128);
-            c.postRx(0, 2048, 128);
-            learn(a, A, B);
-            learn(b, B, C);
-            learn(c, C, B);
-            b.drainRx(0);
-            c.drainRx(0);
+            linkAndLearn(a, b, c, 64, false);
             // A truncates the memory file it shared: the backend's next access to A's rx buffers is a SIGBUS,
             // on B's transmit thread.
             MemFd.truncate(a.ram.fd(), 4096);
