@@ -46,7 +46,11 @@ public final class ImageLock implements AutoCloseable {
     private static final long[] READER_EXCLUDES = {PERM_BASE + WRITE, PERM_BASE + RESIZE, SHARED_BASE + READ};
 
     private final Path path;
-    private final boolean shared;
+    /** The type taken by {@link #acquire}: changed by {@link #retype}. */
+    private boolean shared;
+    /** The type held while {@link #held}: exclusive from a shared lock's conversion on, until released. */
+    private boolean heldShared;
+
     private final Fd fd;
     private boolean held;
 
@@ -130,8 +134,9 @@ public final class ImageLock implements AutoCloseable {
         return path;
     }
 
-    public boolean shared() {
-        return shared;
+    /** Whether {@link #acquire} takes a shared lock (while held: whether the lock held is shared). */
+    public synchronized boolean shared() {
+        return held ? heldShared : shared;
     }
 
     /** True while this export holds the lock. */
@@ -151,6 +156,7 @@ public final class ImageLock implements AutoCloseable {
         }
         if (shared ? lockForReading() : FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
             held = true;
+            heldShared = shared;
             return null;
         }
         return "image " + path + " is in use " + (shared ? "for writing " : "") + "by " + holders()
@@ -184,6 +190,32 @@ public final class ImageLock implements AutoCloseable {
                 }
             }
         }
+    }
+
+    /**
+     * Changes the type of this lock, as its export is switched read-only or writable while served (the daemon's
+     * blk.set-readonly): {@link #acquire} takes the new type from now on. A shared lock held is
+     * converted to an exclusive one in place: one F_OFD_SETLK of a write lock over the whole file, on the open file
+     * description that holds the reader's bytes, replaces them at once if no other open file description holds a lock
+     * on the file, and changes nothing if one does, so there is no moment in which the image is unlocked or written
+     * under a shared lock. An exclusive lock held stays exclusive until released: a switch to read-only does not wait
+     * for the writes that passed their checks before it, and a reader let in now could see them land (QEMU drains the
+     * disk before it drops its write permission; the export's next frontend takes the shared lock).
+     *
+     * @param shared the type wanted: true for a read-only export, false for a writable one (the descriptor must then
+     *               be open for writing)
+     * @return null when done; otherwise (nothing changed) why not, naming the other users of the image
+     * @throws LinuxException the lock call itself failed (EBADF: the descriptor is open for reading only)
+     */
+    public synchronized String retype(boolean shared) throws LinuxException {
+        if (held && heldShared && !shared) {
+            if (!FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
+                return "image " + path + " is in use by " + holders(false, true);
+            }
+            heldShared = false;
+        }
+        this.shared = shared;
+        return null;
     }
 
     /** Drops the lock (a no-op when not held). */
@@ -220,6 +252,19 @@ public final class ImageLock implements AutoCloseable {
      * scanned only when a lock is refused, for the error message (the daemon's --state lock names its holder so).
      */
     public String holders() {
+        boolean ofShared;
+        synchronized (this) {
+            ofShared = shared;
+        }
+        return holders(ofShared, false);
+    }
+
+    /**
+     * {@link #holders()} of a lock of the type {@code ofShared}; {@code notOurReaderBytes}: for the conversion of the
+     * shared lock this one holds, which this process's descriptors of the image list too, a lock of this process on
+     * one of a reader's bytes is not named (this one's, or one alike that cannot be told from it).
+     */
+    private String holders(boolean ofShared, boolean notOurReaderBytes) {
         List<String> found = new ArrayList<>();
         try {
             long dev = (Long) Files.getAttribute(path, "unix:dev");
@@ -229,7 +274,7 @@ public final class ImageLock implements AutoCloseable {
             try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
                 for (Path proc : procs) {
                     long pid = Long.parseLong(proc.getFileName().toString());
-                    String lock = lockLine(proc.resolve("fdinfo"), id, shared);
+                    String lock = lockLine(proc.resolve("fdinfo"), id, ofShared, notOurReaderBytes && pid == self);
                     if (lock != null) {
                         found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock
                                 + ")");
@@ -244,9 +289,9 @@ public final class ImageLock implements AutoCloseable {
 
     /**
      * "ofdlck write" when a descriptor in {@code fdinfo} holds a lock on the inode {@code id} that conflicts with a
-     * lock of ours ({@code shared} or not), else null.
+     * lock of ours ({@code shared} or not), else null; {@code notReaderBytes}: not one on a reader's byte.
      */
-    private static String lockLine(Path fdinfo, String id, boolean shared) {
+    private static String lockLine(Path fdinfo, String id, boolean shared, boolean notReaderBytes) {
         try (var fds = Files.newDirectoryStream(fdinfo)) {
             for (Path fd : fds) {
                 try {
@@ -254,6 +299,9 @@ public final class ImageLock implements AutoCloseable {
                         // "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:5678 0 EOF"
                         if (line.startsWith("lock:") && (line + " ").contains(id)) {
                             String[] f = line.trim().split("\\s+");
+                            if (notReaderBytes && f.length >= 9 && onReaderByte(f[4], f[7], f[8])) {
+                                continue;
+                            }
                             if (!shared || f.length < 9 || excludesReaders(f[4], f[7], f[8])) {
                                 return f.length > 4 ? (f[2] + " " + f[4]).toLowerCase() : "lock";
                             }
@@ -288,6 +336,16 @@ public final class ImageLock implements AutoCloseable {
         }
     }
 
+    /** Whether a lock of {@code type} on bytes {@code start..end} is one a reader ({@link #READER_HOLDS}) takes. */
+    private static boolean onReaderByte(String type, String start, String end) {
+        for (long b : READER_HOLDS) {
+            if (type.equals("READ") && start.equals(Long.toString(b)) && end.equals(Long.toString(b))) {
+                return true;
+            }
+        }
+        return false;
+    }
+
     private static String describe(long pid) {
         try {
             byte[] raw = Files.readAllBytes(Path.of("/proc", Long.toString(pid), "cmdline"));
@@ -312,6 +370,6 @@ public final class ImageLock implements AutoCloseable {
 
     @Override
     public String toString() {
-        return (shared ? "shared" : "exclusive") + " lock on " + path + (held ? " (held)" : "");
+        return (shared() ? "shared" : "exclusive") + " lock on " + path + (held() ? " (held)" : "");
     }
 }

@@ -70,8 +70,18 @@ public final class BlkDevice implements VhostUserBackend {
     private final Virtqueue[] vqs;
 
     // ---- image ownership (issue 11): the image lock follows the active frontend ----
-    /** Opened when a frontend first starts a queue. */
+    /** Opened when a frontend first starts a queue; set, and its type changed, under {@link #lockType}. */
     private ImageLock imageLock;
+    /**
+     * Guards {@link #imageLock}'s creation, its taking and its type, and {@link #lockShared}: a frontend's start
+     * ({@link #takeImage}) and a switch to writable ({@link #setReadOnly}) do not interleave, so no frontend takes
+     * a shared lock on a disk switched writable. Nothing under it waits for the image's file system.
+     */
+    private final Object lockType = new Object();
+    /** The type of image lock a frontend starting now takes: shared while the disk is read-only. */
+    private boolean lockShared;
+    /** One blk.set-readonly at a time. */
+    private final Object switching = new Object();
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
 
@@ -122,6 +132,7 @@ public final class BlkDevice implements VhostUserBackend {
         }
         this.name = name;
         this.image = image;
+        this.lockShared = image.readOnly();
         this.queues = queues;
         this.serial = java.util.Arrays.copyOf(id, ID_BYTES); // NUL-padded, as the spec allows
         this.config = new BlkConfig(
@@ -254,9 +265,66 @@ public final class BlkDevice implements VhostUserBackend {
     /**
      * Refuses guest writes from now on (or accepts them again). The guest's driver keeps the read-only flag it
      * negotiated until it resets: writes it still sends get an I/O error.
+     *
+     * <p>The image lock follows (issue 11): a disk switched writable while a frontend runs first turns its shared
+     * lock into an exclusive one ({@link ImageLock#retype}), and stays read-only when another process holds the image
+     * (a reader, which a shared lock let in and a writer must not change the data under). A disk switched read-only
+     * keeps an exclusive lock held until its frontend stops its queues (writes that passed their checks before the
+     * switch may still land); the next frontend takes a shared one.
+     *
+     * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
+     *                     it (named)
      */
-    public void setReadOnly(boolean readOnly) throws java.io.IOException {
-        image.setReadOnly(readOnly);
+    public void setReadOnly(boolean readOnly) throws IOException {
+        synchronized (switching) {
+            if (readOnly) {
+                image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
+                synchronized (lockType) {
+                    lockShared = true;
+                    retypeLock(true);
+                }
+                return;
+            }
+            synchronized (lockType) {
+                retypeLock(false); // exclusive first: no write under a shared lock
+                lockShared = false;
+            }
+            try {
+                image.setReadOnly(false);
+            } catch (IOException | RuntimeException e) {
+                synchronized (lockType) {
+                    lockShared = image.readOnly();
+                    if (lockShared) {
+                        retypeLock(true); // the next frontend takes a shared lock again (a held one stays as it is)
+                    }
+                }
+                throw e;
+            }
+        }
+    }
+
+    /** Changes the image lock's type (under {@link #lockType}); refused with the reason when another user holds it. */
+    private void retypeLock(boolean shared) throws IOException {
+        if (imageLock == null) {
+            return; // no frontend has started yet: the first one takes the lock of the type the disk has then
+        }
+        String why;
+        try {
+            why = imageLock.retype(shared);
+        } catch (LinuxException e) {
+            if (e.errno() == io.iovirt.linux.Errno.EBADF) {
+                throw new IOException("image " + image.path() + " was opened read-only; remove the export and add it"
+                        + " again without readonly");
+            }
+            throw new IOException(
+                    "the image lock of " + image.path() + " cannot be made exclusive: " + e.getMessage()
+                            + "; the disk stays read-only",
+                    e);
+        }
+        if (why != null) {
+            throw new IOException(why + ": writing would change the data under it, so the disk stays read-only."
+                    + " Stop that process (or have it close the image) first, then switch the disk writable again");
+        }
     }
 
     @Override
@@ -395,12 +463,18 @@ public final class BlkDevice implements VhostUserBackend {
      * be tried (no descriptor for it) refuses the image, as one another VM holds.
      */
     private String takeImage() {
+        synchronized (lockType) {
+            return takeImageLocked();
+        }
+    }
+
+    private String takeImageLocked() {
         if (imageLock == null) {
             // on the descriptor the image was opened with: this is the vhost-user session's thread, and opening
             // the path again waited for its file system, which may not answer (a stopped FUSE daemon, a hung NFS
             // server), with the frontend's messages unanswered and removing the export waiting for this thread
             try {
-                imageLock = ImageLock.on(image.path(), image.readOnly(), image.dupFile());
+                imageLock = ImageLock.on(image.path(), lockShared, image.dupFile());
             } catch (LinuxException e) {
                 // not a file system without locks (served unlocked, below): the process is out of descriptors, and
                 // serving unlocked would let a second VM write the image beside this one

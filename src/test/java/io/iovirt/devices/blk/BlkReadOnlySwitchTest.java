@@ -9,12 +9,18 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.RawImage;
+import io.iovirt.storage.qcow2.QemuTools;
+import io.iovirt.testing.Await;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserFrontend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.virtio.VirtioFeatures;
+import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -24,7 +30,8 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * A disk switched to read-only while a frontend is connected (blk.set-readonly): the frontend's offer does not change
- * with it, so what it acknowledges from that offer is still accepted.
+ * with it, so what it acknowledges from that offer is still accepted. The image lock follows the switch: no write
+ * under a shared lock, with qemu-io (QEMU's image locking) as the other user of the image.
  */
 @Timeout(60)
 class BlkReadOnlySwitchTest {
@@ -62,6 +69,124 @@ class BlkReadOnlySwitchTest {
                 // what no connection was ever offered is still refused
                 assertThrows(BackendException.class, () -> dev.setFeatures(guest | 1L << 50));
             }
+        }
+    }
+
+    /**
+     * A disk served read-only holds a shared lock, which lets a QEMU reader in. Switched writable while its frontend
+     * ran, it wrote under that shared lock, the reader reading data changed under it, and a reader started afterwards
+     * was let in too. Now the switch first makes the lock exclusive: refused, naming the reader, while one holds the
+     * image (the disk stays read-only); done once it is gone; and later readers are kept out.
+     */
+    @Test
+    void aDiskSwitchedWritableUnderAFrontendTakesTheImageForWriting() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false)) {
+            img.setReadOnly(
+                    true); // opened writable, served read-only (a blk.set-readonly, a state file's readonly-now)
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            Process reader = QemuTools.readerHolding(p);
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()), "served beside the QEMU reader");
+
+                IOException refused = assertThrows(IOException.class, () -> dev.setReadOnly(false));
+                String why = refused.getMessage();
+                assertTrue(
+                        why.contains("in use by pid " + reader.pid() + " 'qemu-io")
+                                && why.contains("stays read-only")
+                                && !why.contains(
+                                        "pid " + ProcessHandle.current().pid()),
+                        why);
+                assertTrue(img.readOnly(), "the disk stays read-only");
+                assertEquals(BlkRequests.S_IOERR, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+
+                reader.destroyForcibly().waitFor();
+                dev.setReadOnly(false);
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "writable now");
+                assertReadersRefused(p);
+            } finally {
+                reader.destroyForcibly().waitFor();
+            }
+        }
+    }
+
+    /**
+     * The lock a frontend takes is of the type the disk has when it starts, however the disk was switched while no
+     * frontend ran (no lock is held then, so such a switch always works, also before the first frontend): the device
+     * took the lock of the type its first frontend had found for every later one — shared for a disk switched
+     * writable since (written under a shared lock), exclusive for one switched read-only (QEMU readers refused).
+     */
+    @Test
+    void eachFrontendTakesTheLockOfTheDisksTypeThen() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false);
+                EventFd call = EventFd.create(true)) {
+            img.setReadOnly(true);
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()));
+                    QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                }
+                awaitUnlocked(p);
+                dev.setReadOnly(false);
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    assertReadersRefused(p);
+                }
+                awaitUnlocked(p);
+                dev.setReadOnly(true);
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()));
+                    QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                }
+            }
+        }
+    }
+
+    /** A disk switched writable before its first frontend started: that frontend takes the image for writing. */
+    @Test
+    void aSwitchBeforeTheFirstFrontendWorks() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false);
+                EventFd call = EventFd.create(true)) {
+            img.setReadOnly(true);
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            Process reader = QemuTools.readerHolding(p);
+            try {
+                dev.setReadOnly(false); // nothing held yet: a reader does not stop it (the frontend's start would)
+            } finally {
+                reader.destroyForcibly().waitFor();
+            }
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                assertReadersRefused(p);
+            }
+        }
+    }
+
+    /** A QEMU reader started now is refused the image (a writer holds it). */
+    private static void assertReadersRefused(Path p) throws IOException, InterruptedException {
+        var late = QemuTools.run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+        assertTrue(late.exit() != 0 && late.output().contains("lock"), "a QEMU reader beside a writer: " + late);
+    }
+
+    /** Until the frontend's queues have stopped and the device has let go of the image. */
+    private static void awaitUnlocked(Path p) throws IOException {
+        try (var probe = FileIo.open(p, FileIo.O_RDONLY)) {
+            Await.until(Duration.ofSeconds(20), "the device to release the image lock", () -> {
+                try {
+                    return FileIo.ofdConflict(probe, FileIo.F_WRLCK) == FileIo.F_UNLCK;
+                } catch (LinuxException e) {
+                    throw new IllegalStateException(e);
+                }
+            });
         }
     }
 }

@@ -68,9 +68,24 @@ public final class QemuTools {
      * and returned once QEMU's image locks are on the file. Destroy it to let go.
      */
     public static Process writerHolding(Path image) throws IOException {
-        Process p = new ProcessBuilder("qemu-io", "-f", "raw", "-c", "sleep 600000", image.toString())
-                .redirectErrorStream(true)
-                .start();
+        return holding(image, false);
+    }
+
+    /**
+     * A qemu-io that has {@code image} (raw) open read-only ({@code -r}) and holds it, as a QEMU with a read-only disk
+     * does: its image locks let other readers in and keep writers out. Destroy it to let go.
+     */
+    public static Process readerHolding(Path image) throws IOException {
+        return holding(image, true);
+    }
+
+    private static Process holding(Path image, boolean readOnly) throws IOException {
+        List<String> cmd = new ArrayList<>(List.of("qemu-io", "-f", "raw", "-c", "sleep 600000"));
+        if (readOnly) {
+            cmd.add(1, "-r");
+        }
+        cmd.add(image.toString());
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
         try (var fd = FileIo.open(image, FileIo.O_RDONLY)) {
             Await.until(Duration.ofSeconds(30), "qemu-io to lock " + image, () -> {
                 if (!p.isAlive()) {
