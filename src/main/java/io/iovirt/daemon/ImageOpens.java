@@ -22,7 +22,9 @@ import java.util.Map;
  * the threads stuck in a file system are bounded too. One more add waits for one of them to return, within its own
  * wait (waiting for a place and opening share it): opens merely under way (a host starting many VMs at once, each
  * adding its disks) are no reason to fail. It is refused at once only when every place is held by an open whose
- * request already gave up on it (so hung: its file system does not answer), naming those images, so that adds on
+ * request already gave up on it and that has been under way for that request's whole wait (so hung: its file system
+ * does not answer; one given up on sooner because its add spent most of its wait for a place is merely slow), naming
+ * those images, so that adds on
  * such file systems leave most of the control socket's places free. Each add was refused at once as soon as
  * {@link #MAX_OPENS} opens were under way, healthy or not, saying their file systems did not answer.
  */
@@ -69,14 +71,26 @@ final class ImageOpens {
         final String what;
         final Path image;
         final long since = System.nanoTime();
+        /** Its request's whole wait (for a place, then for this open): an open under way longer is hung. */
+        final long waitNanos;
+
         AutoCloseable result;
         Throwable failure;
         boolean done;
         volatile boolean abandoned;
 
-        Pending(String what, Path image) {
+        Pending(String what, Path image, Duration wait) {
             this.what = what;
             this.image = image;
+            this.waitNanos = wait.toNanos();
+        }
+
+        /**
+         * Given up on and under way for a whole wait: its file system does not answer. An open its request gave up on
+         * sooner, having spent most of the wait for a place, is merely under way (a slow but healthy file system).
+         */
+        boolean hung(long now) {
+            return abandoned && now - since >= waitNanos;
         }
     }
 
@@ -147,6 +161,12 @@ final class ImageOpens {
         }
         if (p.abandoned) {
             Duration waited = Duration.ofNanos(System.nanoTime() - p.since); // the wait less that for a place
+            long queued = p.since - (deadline - d.toNanos());
+            String after = queued < 1_000_000_000L
+                    ? ""
+                    : " (what was left of this add's wait of " + seconds(d) + " after "
+                            + seconds(Duration.ofNanos(queued)) + " waiting for one of the " + MAX_OPENS
+                            + " opens under way to return)";
             synchronized (this) {
                 notifyAll(); // adds waiting for a place: every place may now be held by an open given up on
             }
@@ -160,8 +180,9 @@ final class ImageOpens {
                             + " umount -l)");
             throw new RpcException(
                     RpcException.FAILED,
-                    what + ": image " + image + " did not open within " + seconds(waited) + ": its file system does not"
-                            + " answer (a stopped FUSE daemon, an unreachable NFS server?). Nothing was added; the id"
+                    what + ": image " + image + " did not open within " + seconds(waited) + after + ": its file system"
+                            + (after.isEmpty() ? " does not answer" : " is slow or does not answer")
+                            + " (a stopped FUSE daemon, an unreachable NFS server?). Nothing was added; the id"
                             + " and socket stay in use until the open returns (then they are released, and the log"
                             + " says so); make the file system answer and retry");
         }
@@ -235,12 +256,14 @@ final class ImageOpens {
     /**
      * Waits until fewer than {@link #MAX_OPENS} opens run, then counts a new one among them.
      *
-     * @throws RpcException FAILED, at once when every place is held by an open whose request gave up on it (hung);
-     *                      else when {@code deadline} passes first, or the request's thread is interrupted
+     * @throws RpcException FAILED, at once when every place is held by a hung open ({@link Pending#hung}: given up on,
+     *                      and under way for its request's whole wait); else when {@code deadline} passes first, or
+     *                      the request's thread is interrupted
      */
     private synchronized Pending place(String what, Path image, Duration d, long deadline) throws RpcException {
         while (running.size() >= MAX_OPENS) {
-            if (running.keySet().stream().allMatch(o -> o.abandoned)) {
+            long now = System.nanoTime();
+            if (running.keySet().stream().allMatch(o -> o.hung(now))) {
                 throw new RpcException(
                         RpcException.FAILED,
                         what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and their"
@@ -249,11 +272,20 @@ final class ImageOpens {
                                 + " with them; make those file systems answer (or unmount them: umount -l) and"
                                 + " retry");
             }
-            long left = deadline - System.nanoTime();
+            long left = deadline - now;
             String why = "within this add's wait of " + seconds(d);
             if (left > 0) {
+                // woken when a place frees or a request gives up on its open; an open given up on early turns hung
+                // only once under way for its whole wait, which nobody signals: look again then
+                long look = left;
+                for (Pending o : running.keySet()) {
+                    long toHung = o.since + o.waitNanos - now;
+                    if (toHung > 0) {
+                        look = Math.min(look, toHung);
+                    }
+                }
                 try {
-                    wait(Math.max(1, left / 1_000_000));
+                    wait(Math.max(1, look / 1_000_000));
                     continue;
                 } catch (InterruptedException e) {
                     Thread.currentThread().interrupt();
@@ -268,7 +300,7 @@ final class ImageOpens {
                             + " free again; retry once those opens have returned (or make their file systems"
                             + " answer, or unmount them: umount -l)");
         }
-        Pending p = new Pending(what, image);
+        Pending p = new Pending(what, image, d);
         running.put(p, Boolean.TRUE);
         return p;
     }
