@@ -3,6 +3,7 @@ package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -363,6 +364,69 @@ class ImageOpensTest {
         } finally {
             letFirst.countDown();
             letLate.countDown();
+            requests.shutdownNow();
+        }
+    }
+
+    /**
+     * {@link ImageOpens#MAX_OPENS} opens under way and {@link ImageOpens#MAX_WAITING} adds waiting for a place: one
+     * more is refused at once, saying why, and lets go of its claim; the others go through once the opens return.
+     * Every add waited, so a burst of {@link RpcServer#MAX_CLIENTS} adds (or adds on a file system that answers only
+     * after most of the wait) held every control client for up to the wait, and list, remove and shutdown were
+     * turned away as one client too many.
+     */
+    @Test
+    void onlySoManyAddsWaitForAPlaceThatListAndRemoveStillGetAControlClient() throws Exception {
+        assertTrue(
+                ImageOpens.MAX_OPENS + ImageOpens.MAX_WAITING < RpcServer.MAX_CLIENTS,
+                "adds could hold every control client");
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(UNTIL_LET);
+        CountDownLatch let = new CountDownLatch(1);
+        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
+        ExecutorService requests = Executors.newCachedThreadPool();
+        try {
+            List<Future<AutoCloseable>> adds = new ArrayList<>();
+            for (int i = 0; i < ImageOpens.MAX_OPENS + ImageOpens.MAX_WAITING; i++) {
+                adds.add(requests.submit(() -> opens.run(
+                        "blk.add many",
+                        IMAGE,
+                        wanted -> {
+                            entered.countDown();
+                            await(let);
+                            return () -> {};
+                        },
+                        () -> {})));
+            }
+            assertTrue(entered.await(60, TimeUnit.SECONDS), "the opens did not start");
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "the other adds waiting for a place: " + waitingForAPlaceCount(),
+                    () -> waitingForAPlaceCount() == ImageOpens.MAX_WAITING);
+            AtomicInteger released = new AtomicInteger();
+            Future<AutoCloseable> more = requests.submit(() -> opens.run(
+                    "nbd.add one-more", Path.of("/local/more.raw"), wanted -> () -> {}, released::incrementAndGet));
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "one more add answered, or waiting: " + answer(more),
+                    () -> more.isDone() || waitingForAPlaceCount() > ImageOpens.MAX_WAITING);
+            assertTrue(more.isDone(), "one more add waits too, holding one more control client");
+            RpcException e = assertInstanceOf(RpcException.class, more.exceptionNow());
+            assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+            assertTrue(
+                    e.getMessage()
+                                    .startsWith("nbd.add one-more: " + ImageOpens.MAX_OPENS + " images are being opened"
+                                            + " (" + IMAGE + " (blk.add many, ")
+                            && e.getMessage().contains(ImageOpens.MAX_WAITING + " more adds already wait")
+                            && e.getMessage().contains("control socket's " + RpcServer.MAX_CLIENTS + " clients"),
+                    e.getMessage());
+            assertEquals(1, released.get(), "its claim");
+            let.countDown();
+            for (Future<AutoCloseable> f : adds) {
+                assertNotNull(f.get(60, TimeUnit.SECONDS), "an add that waited opened its image");
+            }
+        } finally {
+            let.countDown();
             requests.shutdownNow();
         }
     }
