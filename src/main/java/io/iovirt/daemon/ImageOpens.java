@@ -21,8 +21,11 @@ import java.util.Map;
  * failed, so the add never takes effect behind its caller's back. At most {@link #MAX_OPENS} opens run at once, so
  * the threads stuck in a file system are bounded too. One more add waits for one of them to return, within its own
  * wait (waiting for a place and opening share it): opens merely under way (a host starting many VMs at once, each
- * adding its disks) are no reason to fail. It is refused at once only when every place is held by an open whose
- * request already gave up on it (so hung: its file system does not answer), naming those images, so that adds on
+ * adding its disks) are no reason to fail. At most {@link #MAX_WAITING} adds wait so, each holding a control client
+ * meanwhile; one more is refused at once, so that adds never hold all of the control socket's clients. It is refused at once only when every place is held by an open whose
+ * request already gave up on it and that has been under way for that request's whole wait (so hung: its file system
+ * does not answer; one given up on sooner because its add spent most of its wait for a place is merely slow), naming
+ * those images, so that adds on
  * such file systems leave most of the control socket's places free. Each add was refused at once as soon as
  * {@link #MAX_OPENS} opens were under way, healthy or not, saying their file systems did not answer.
  */
@@ -31,6 +34,11 @@ final class ImageOpens {
 
     /** How many images may be being opened at once (each on its own thread). */
     static final int MAX_OPENS = 8;
+    /**
+     * How many adds may wait for a place at once: with the {@link #MAX_OPENS} opening, adds hold at most 24 of the
+     * control socket's {@link RpcServer#MAX_CLIENTS} clients, so list, remove and shutdown still get one.
+     */
+    static final int MAX_WAITING = RpcServer.MAX_CLIENTS - 2 * MAX_OPENS;
     /** How long a request waits for its image's open: well within {@code iovirt ctl}'s default 30 s. */
     static final Duration WAIT = Duration.ofSeconds(10);
 
@@ -69,18 +77,33 @@ final class ImageOpens {
         final String what;
         final Path image;
         final long since = System.nanoTime();
+        /** Its request's whole wait (for a place, then for this open): an open under way longer is hung. */
+        final long waitNanos;
+
         AutoCloseable result;
         Throwable failure;
         boolean done;
         volatile boolean abandoned;
 
-        Pending(String what, Path image) {
+        Pending(String what, Path image, Duration wait) {
             this.what = what;
             this.image = image;
+            this.waitNanos = wait.toNanos();
+        }
+
+        /**
+         * Given up on and under way for a whole wait: its file system does not answer. An open its request gave up on
+         * sooner, having spent most of the wait for a place, is merely under way (a slow but healthy file system).
+         */
+        boolean hung(long now) {
+            return abandoned && now - since >= waitNanos;
         }
     }
 
     private final Map<Pending, Boolean> running = new LinkedHashMap<>(); // guarded by this
+    /** Adds waiting for a place (guarded by this): each holds a control client's thread meanwhile. */
+    private int waiting;
+
     private volatile Duration wait = WAIT;
 
     /** Sets how long requests wait for an open (tests). */
@@ -147,6 +170,12 @@ final class ImageOpens {
         }
         if (p.abandoned) {
             Duration waited = Duration.ofNanos(System.nanoTime() - p.since); // the wait less that for a place
+            long queued = p.since - (deadline - d.toNanos());
+            String after = queued < 1_000_000_000L
+                    ? ""
+                    : " (what was left of this add's wait of " + seconds(d) + " after "
+                            + seconds(Duration.ofNanos(queued)) + " waiting for one of the " + MAX_OPENS
+                            + " opens under way to return)";
             synchronized (this) {
                 notifyAll(); // adds waiting for a place: every place may now be held by an open given up on
             }
@@ -160,8 +189,9 @@ final class ImageOpens {
                             + " umount -l)");
             throw new RpcException(
                     RpcException.FAILED,
-                    what + ": image " + image + " did not open within " + seconds(waited) + ": its file system does not"
-                            + " answer (a stopped FUSE daemon, an unreachable NFS server?). Nothing was added; the id"
+                    what + ": image " + image + " did not open within " + seconds(waited) + after + ": its file system"
+                            + (after.isEmpty() ? " does not answer" : " is slow or does not answer")
+                            + " (a stopped FUSE daemon, an unreachable NFS server?). Nothing was added; the id"
                             + " and socket stay in use until the open returns (then they are released, and the log"
                             + " says so); make the file system answer and retry");
         }
@@ -235,40 +265,72 @@ final class ImageOpens {
     /**
      * Waits until fewer than {@link #MAX_OPENS} opens run, then counts a new one among them.
      *
-     * @throws RpcException FAILED, at once when every place is held by an open whose request gave up on it (hung);
+     * @throws RpcException FAILED, at once when every place is held by a hung open ({@link Pending#hung}: given up on,
+     *                      and under way for its request's whole wait) or {@link #MAX_WAITING} adds wait already;
      *                      else when {@code deadline} passes first, or the request's thread is interrupted
      */
     private synchronized Pending place(String what, Path image, Duration d, long deadline) throws RpcException {
-        while (running.size() >= MAX_OPENS) {
-            if (running.keySet().stream().allMatch(o -> o.abandoned)) {
+        boolean counted = false; // among the adds waiting for a place
+        try {
+            while (running.size() >= MAX_OPENS) {
+                long now = System.nanoTime();
+                if (running.keySet().stream().allMatch(o -> o.hung(now))) {
+                    throw new RpcException(
+                            RpcException.FAILED,
+                            what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and their"
+                                    + " requests all gave up on them: their file systems do not answer (a stopped"
+                                    + " FUSE daemon, an unreachable NFS server?), so this add is refused rather than"
+                                    + " wait with them; make those file systems answer (or unmount them: umount -l)"
+                                    + " and retry");
+                }
+                if (!counted) {
+                    if (waiting >= MAX_WAITING) {
+                        throw new RpcException(
+                                RpcException.FAILED,
+                                what + ": " + MAX_OPENS + " images are being opened (" + describe() + ") and "
+                                        + MAX_WAITING + " more adds already wait for one of them to return, so this"
+                                        + " add is refused rather than hold one more of the control socket's "
+                                        + RpcServer.MAX_CLIENTS + " clients (list, remove and shutdown need some);"
+                                        + " nothing was added, and the id and socket are free again; retry once"
+                                        + " those adds have been answered");
+                    }
+                    waiting++;
+                    counted = true;
+                }
+                long left = deadline - now;
+                String why = "within this add's wait of " + seconds(d);
+                if (left > 0) {
+                    // woken when a place frees or a request gives up on its open; an open given up on early turns
+                    // hung only once under way for its whole wait, which nobody signals: look again then
+                    long look = left;
+                    for (Pending o : running.keySet()) {
+                        long toHung = o.since + o.waitNanos - now;
+                        if (toHung > 0) {
+                            look = Math.min(look, toHung);
+                        }
+                    }
+                    try {
+                        wait(Math.max(1, look / 1_000_000));
+                        continue;
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                        why = "before this request was interrupted (the daemon stops?)";
+                    }
+                }
                 throw new RpcException(
                         RpcException.FAILED,
-                        what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and their"
-                                + " requests all gave up on them: their file systems do not answer (a stopped FUSE"
-                                + " daemon, an unreachable NFS server?), so this add is refused rather than wait"
-                                + " with them; make those file systems answer (or unmount them: umount -l) and"
-                                + " retry");
+                        what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and none"
+                                + " returned " + why + ": their file systems are slow or do not answer (a stopped"
+                                + " FUSE daemon, an unreachable NFS server?). Nothing was added, and the id and"
+                                + " socket are free again; retry once those opens have returned (or make their file"
+                                + " systems answer, or unmount them: umount -l)");
             }
-            long left = deadline - System.nanoTime();
-            String why = "within this add's wait of " + seconds(d);
-            if (left > 0) {
-                try {
-                    wait(Math.max(1, left / 1_000_000));
-                    continue;
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    why = "before this request was interrupted (the daemon stops?)";
-                }
+        } finally {
+            if (counted) {
+                waiting--;
             }
-            throw new RpcException(
-                    RpcException.FAILED,
-                    what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and none"
-                            + " returned " + why + ": their file systems are slow or do not answer (a stopped FUSE"
-                            + " daemon, an unreachable NFS server?). Nothing was added, and the id and socket are"
-                            + " free again; retry once those opens have returned (or make their file systems"
-                            + " answer, or unmount them: umount -l)");
         }
-        Pending p = new Pending(what, image);
+        Pending p = new Pending(what, image, d);
         running.put(p, Boolean.TRUE);
         return p;
     }

@@ -37,7 +37,10 @@ public final class EventFd implements AutoCloseable {
     private volatile boolean unblocking;
     /** The watchdog had to end a blocked operation (drain the counter for a write, bump it for a read). */
     private volatile boolean stuck;
-    /** A write of ours to this peer's eventfd blocked once (O_NONBLOCK cleared, the counter full) until the watchdog ended it. */
+    /**
+     * A write of ours to this peer's eventfd blocked once (O_NONBLOCK cleared, the counter full): the watchdog ended
+     * it, or one of its looks saw it blocked.
+     */
     private volatile boolean quarantined;
     /** The record of the peer that sent this eventfd (null: ours), marked when a write to it blocked. */
     private final PeerConduct conduct;
@@ -201,8 +204,10 @@ public final class EventFd implements AutoCloseable {
      * threads that write a peer's eventfd serve other tenants too (the senders delivering into a guest's receive
      * queue, the shared receive recheck thread, shared poll threads). A watchdog thread ({@link Watchdog}) sees a
      * peer write that has not returned within {@link Watchdog#STUCK_NANOS} and drains the counter, which ends the
-     * write; this call then returns false, and the peer's record ({@link PeerConduct}) is marked: from then on each
-     * write to any eventfd of that peer first asks poll, without waiting, whether it would go through, and a full
+     * write; this call then returns false, and the peer's record ({@link PeerConduct}) is marked (as it is by a write
+     * any look of the watchdog sees blocked, whoever ends it: a peer letting each write through itself just before
+     * the watchdog would is marked as well, not left to hold our threads one short hold after another): from then on
+     * each write to any eventfd of that peer first asks poll, without waiting, whether it would go through, and a full
      * counter returns false at once. What is left after that: the counter filled between the look and the write —
      * by the peer in that instant, or by another of our threads writing the same eventfd at once (the senders into
      * one receive queue; a descriptor the peer sent for several queues), which a peer arranges by leaving its counter
@@ -412,6 +417,13 @@ public final class EventFd implements AutoCloseable {
             if (begun == ended) {
                 e.watchedSince = 0; // nothing in progress
                 return;
+            }
+            // A write caught blocked by any look marks the peer, whoever ends it: a peer that lets each blocked write
+            // through itself before STUCK_NANOS was never marked, and held a shared thread almost for good (a look
+            // every 100 ms catches a peer holding writes h ms each after about 100/h of them: ~100 ms in all).
+            if (!e.opIsRead && !e.conduct.blockedAWrite && wouldBlock(e, false)) {
+                e.quarantined = true;
+                e.conduct.blockedAWrite = true;
             }
             // First seen, or as many operations have returned as had begun when these were first seen: start over.
             // Not on any progress: a peer that lets one write of several through now and then (a semaphore-mode

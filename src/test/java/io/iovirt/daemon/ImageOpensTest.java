@@ -3,6 +3,7 @@ package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -280,6 +281,156 @@ class ImageOpensTest {
         }
     }
 
+    /**
+     * Adds that spent most of their wait for a place (a burst on a slow but healthy file system) give up on their
+     * opens soon after those started: that does not make the opens hung. One more add waits for them rather than being
+     * refused at once as if their file systems did not answer, and opens once they return. Each open given up on
+     * counted as hung, so the burst itself turned the next adds away with "their file systems do not answer".
+     */
+    @Test
+    void opensGivenUpOnBecauseTheirAddsWaitedForAPlaceAreNotTakenForHung() throws Exception {
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(UNTIL_LET);
+        CountDownLatch letFirst = new CountDownLatch(1);
+        CountDownLatch letLate = new CountDownLatch(1);
+        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
+        AtomicInteger released = new AtomicInteger();
+        ExecutorService requests = Executors.newCachedThreadPool();
+        try {
+            List<Future<AutoCloseable>> first = new ArrayList<>();
+            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
+                first.add(requests.submit(() -> opens.run(
+                        "blk.add first",
+                        IMAGE,
+                        wanted -> {
+                            entered.countDown();
+                            await(letFirst);
+                            return () -> {};
+                        },
+                        released::incrementAndGet)));
+            }
+            assertTrue(entered.await(60, TimeUnit.SECONDS), "the first opens did not start");
+            opens.waitFor(Duration.ofSeconds(10)); // the late adds spend most of it waiting for a place
+            List<Future<AutoCloseable>> late = new ArrayList<>();
+            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
+                int n = i;
+                late.add(requests.submit(() -> opens.run(
+                        "blk.add late" + n,
+                        Path.of("/local/late" + n + ".raw"),
+                        wanted -> {
+                            await(letLate);
+                            wanted.check();
+                            return () -> {};
+                        },
+                        released::incrementAndGet)));
+            }
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "the late adds waiting for a place: " + waitingForAPlaceCount(),
+                    () -> waitingForAPlaceCount() == ImageOpens.MAX_OPENS);
+            Thread.sleep(7_000); // most of the late adds' wait goes by before a place frees
+            letFirst.countDown();
+            for (Future<AutoCloseable> f : first) {
+                assertNotNull(f.get(60, TimeUnit.SECONDS));
+            }
+            for (Future<AutoCloseable> f : late) { // they give up on their opens, some 3 s after those started
+                java.util.concurrent.ExecutionException e =
+                        assertThrows(java.util.concurrent.ExecutionException.class, () -> f.get(60, TimeUnit.SECONDS));
+                assertTrue(
+                        e.getCause() instanceof RpcException r
+                                && r.getMessage().contains("did not open within")
+                                && r.getMessage().contains("waiting for one of the " + ImageOpens.MAX_OPENS)
+                                && r.getMessage().contains("is slow or does not answer"),
+                        String.valueOf(e.getCause()));
+            }
+
+            opens.waitFor(UNTIL_LET);
+            Future<AutoCloseable> next = requests.submit(() -> opens.run(
+                    "nbd.add vm17", Path.of("/local/vm17.raw"), wanted -> () -> {}, released::incrementAndGet));
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "the next add waiting for a place, or answered: " + answer(next),
+                    () -> next.isDone() || waitingForAPlace());
+            assertFalse(
+                    next.isDone(),
+                    "refused at once although the opens given up on were under way for less than a wait: "
+                            + answer(next));
+            letLate.countDown(); // the late opens return: their places are free, their claims released
+            assertNotNull(next.get(60, TimeUnit.SECONDS), "the next add opened its image");
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "the late opens' claims released: " + released.get(),
+                    () -> released.get() == ImageOpens.MAX_OPENS);
+        } finally {
+            letFirst.countDown();
+            letLate.countDown();
+            requests.shutdownNow();
+        }
+    }
+
+    /**
+     * {@link ImageOpens#MAX_OPENS} opens under way and {@link ImageOpens#MAX_WAITING} adds waiting for a place: one
+     * more is refused at once, saying why, and lets go of its claim; the others go through once the opens return.
+     * Every add waited, so a burst of {@link RpcServer#MAX_CLIENTS} adds (or adds on a file system that answers only
+     * after most of the wait) held every control client for up to the wait, and list, remove and shutdown were
+     * turned away as one client too many.
+     */
+    @Test
+    void onlySoManyAddsWaitForAPlaceThatListAndRemoveStillGetAControlClient() throws Exception {
+        assertTrue(
+                ImageOpens.MAX_OPENS + ImageOpens.MAX_WAITING < RpcServer.MAX_CLIENTS,
+                "adds could hold every control client");
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(UNTIL_LET);
+        CountDownLatch let = new CountDownLatch(1);
+        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
+        ExecutorService requests = Executors.newCachedThreadPool();
+        try {
+            List<Future<AutoCloseable>> adds = new ArrayList<>();
+            for (int i = 0; i < ImageOpens.MAX_OPENS + ImageOpens.MAX_WAITING; i++) {
+                adds.add(requests.submit(() -> opens.run(
+                        "blk.add many",
+                        IMAGE,
+                        wanted -> {
+                            entered.countDown();
+                            await(let);
+                            return () -> {};
+                        },
+                        () -> {})));
+            }
+            assertTrue(entered.await(60, TimeUnit.SECONDS), "the opens did not start");
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "the other adds waiting for a place: " + waitingForAPlaceCount(),
+                    () -> waitingForAPlaceCount() == ImageOpens.MAX_WAITING);
+            AtomicInteger released = new AtomicInteger();
+            Future<AutoCloseable> more = requests.submit(() -> opens.run(
+                    "nbd.add one-more", Path.of("/local/more.raw"), wanted -> () -> {}, released::incrementAndGet));
+            Await.until(
+                    Duration.ofSeconds(60),
+                    () -> "one more add answered, or waiting: " + answer(more),
+                    () -> more.isDone() || waitingForAPlaceCount() > ImageOpens.MAX_WAITING);
+            assertTrue(more.isDone(), "one more add waits too, holding one more control client");
+            RpcException e = assertInstanceOf(RpcException.class, more.exceptionNow());
+            assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+            assertTrue(
+                    e.getMessage()
+                                    .startsWith("nbd.add one-more: " + ImageOpens.MAX_OPENS + " images are being opened"
+                                            + " (" + IMAGE + " (blk.add many, ")
+                            && e.getMessage().contains(ImageOpens.MAX_WAITING + " more adds already wait")
+                            && e.getMessage().contains("control socket's " + RpcServer.MAX_CLIENTS + " clients"),
+                    e.getMessage());
+            assertEquals(1, released.get(), "its claim");
+            let.countDown();
+            for (Future<AutoCloseable> f : adds) {
+                assertNotNull(f.get(60, TimeUnit.SECONDS), "an add that waited opened its image");
+            }
+        } finally {
+            let.countDown();
+            requests.shutdownNow();
+        }
+    }
+
     /** What an open blocked in a file system until the test lets it does. */
     private static void await(CountDownLatch let) throws java.io.InterruptedIOException {
         try {
@@ -291,10 +442,16 @@ class ImageOpensTest {
 
     /** Whether a thread waits for a place among the opens ({@link ImageOpens}'s place). */
     private static boolean waitingForAPlace() {
+        return waitingForAPlaceCount() > 0;
+    }
+
+    /** How many threads wait for a place among the opens. */
+    private static long waitingForAPlaceCount() {
         return Thread.getAllStackTraces().values().stream()
-                .anyMatch(st -> Arrays.stream(st)
+                .filter(st -> Arrays.stream(st)
                         .anyMatch(f -> f.getClassName().equals(ImageOpens.class.getName())
-                                && f.getMethodName().equals("place")));
+                                && f.getMethodName().equals("place")))
+                .count();
     }
 
     private static Object answer(Future<?> f) {

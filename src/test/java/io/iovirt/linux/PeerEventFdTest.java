@@ -116,6 +116,43 @@ class PeerEventFdTest {
     }
 
     /**
+     * A peer that lets each write of ours it blocked through itself, well before the watchdog would end it (here after
+     * about 20 ms each time), is marked too: only a write the watchdog ended marked it, so such a peer was never
+     * looked at and held the threads writing its eventfds (other tenants' senders, shared poll threads) for as long
+     * as it liked, one short hold after another. Now a write the watchdog's look sees blocked marks it.
+     */
+    @Test
+    void aPeerThatReleasesItsBlockedWritesBeforeTheWatchdogIsMarkedToo() throws Exception {
+        EventFd.PeerConduct conduct = new EventFd.PeerConduct();
+        java.util.concurrent.ExecutorService writer = java.util.concurrent.Executors.newSingleThreadExecutor(
+                Thread.ofPlatform().daemon().name("held writer").factory());
+        try (EventFd peer = EventFd.create(0, EventFd.EFD_CLOEXEC);
+                EventFd ours = EventFd.adoptFromPeer(peer.fd().dup(), "call", conduct)) {
+            peer.fd().setNonBlocking(false);
+            int held = 0;
+            for (int round = 0; round < 300 && !conduct.blockedAWrite(); round++) {
+                peer.write(EventFd.Watchdog.COUNTER_MAX);
+                java.util.concurrent.Future<Boolean> w = writer.submit(ours::trySignal);
+                Thread.sleep(20); // the peer holds our write, then lets it through: never as long as STUCK_NANOS
+                peer.read();
+                if (w.get(60, java.util.concurrent.TimeUnit.SECONDS)) {
+                    held++;
+                }
+                peer.fd().setNonBlocking(true);
+                peer.read(); // our write's 1, if it went through
+                peer.fd().setNonBlocking(false);
+            }
+            assertTrue(
+                    conduct.blockedAWrite(),
+                    "the peer held " + held + " writes of ours, each released before the watchdog ended it, and"
+                            + " is still not looked at");
+            assertTrue(ours.quarantined(), "the eventfd whose write was seen blocked");
+        } finally {
+            writer.shutdownNow();
+        }
+    }
+
+    /**
      * Several threads write one peer's eventfd at once — the senders delivering frames to one guest's receive queue
      * (other tenants' transmit threads, the recheck thread) — and the peer lets one of them through: the others must
      * still be freed. The watchdog knew of one write per eventfd (a start time each write overwrote and each cleared
