@@ -81,6 +81,9 @@ public final class EventFd implements AutoCloseable {
     private EventFd(Fd fd, boolean fromPeer, PeerConduct conduct) {
         this.fd = fd;
         this.fromPeer = fromPeer;
+        if (fromPeer && conduct == null) { // the shared watchdog marks it: a null would end the watchdog for all
+            throw new NullPointerException("a peer's eventfd needs its peer's record");
+        }
         this.conduct = conduct;
     }
 
