@@ -267,9 +267,7 @@ public final class ImageLock implements AutoCloseable {
     private String holders(boolean ofShared, boolean notOurReaderBytes) {
         List<String> found = new ArrayList<>();
         try {
-            long dev = (Long) Files.getAttribute(path, "unix:dev");
-            long ino = (Long) Files.getAttribute(path, "unix:ino");
-            String id = String.format(" %02x:%02x:%d ", major(dev), minor(dev), ino);
+            String id = inodeId();
             long self = ProcessHandle.current().pid();
             try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
                 for (Path proc : procs) {
@@ -285,6 +283,41 @@ public final class ImageLock implements AutoCloseable {
             return "another process (its pid is not visible here: " + e.getMessage() + ")";
         }
         return found.isEmpty() ? "another process (not visible in /proc here)" : String.join(", ", found);
+    }
+
+    /**
+     * The image's inode as lock lines name it (" fe:00:5678 "), from procfs alone: this process's fdinfo of the lock's
+     * descriptor (its mount and inode number) and its mountinfo (the mount's device). A stat of the path, or of the
+     * descriptor, asks the image's file system, which may not answer (a stopped FUSE daemon, a hung NFS server): the
+     * callers hold this lock's monitor, and a device's lock for the type of the lock its frontends take, so a refusal
+     * waited for that file system with the vhost-user session's thread (a frontend starting) and the daemon's control
+     * thread (blk.set-readonly) waiting behind it. A kernel older than 5.14 (no "ino:" in fdinfo) stats the path.
+     */
+    private String inodeId() throws IOException {
+        long mount = -1;
+        long ino = -1;
+        for (String line : Files.readAllLines(Path.of("/proc/self/fdinfo", Integer.toString(fd.get())))) {
+            if (line.startsWith("mnt_id:")) {
+                mount = Long.parseLong(line.substring("mnt_id:".length()).strip());
+            } else if (line.startsWith("ino:")) {
+                ino = Long.parseLong(line.substring("ino:".length()).strip());
+            }
+        }
+        if (ino < 0) {
+            long dev = (Long) Files.getAttribute(path, "unix:dev");
+            long inode = (Long) Files.getAttribute(path, "unix:ino");
+            return String.format(" %02x:%02x:%d ", major(dev), minor(dev), inode);
+        }
+        // "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw": major:minor is the superblock's device,
+        // which lock lines name (a btrfs subvolume's stat reports a device of its own)
+        for (String line : Files.readAllLines(Path.of("/proc/self/mountinfo"))) {
+            String[] f = line.split(" ", 4);
+            if (f.length > 2 && f[0].equals(Long.toString(mount))) {
+                String[] dev = f[2].split(":");
+                return String.format(" %02x:%02x:%d ", Long.parseLong(dev[0]), Long.parseLong(dev[1]), ino);
+            }
+        }
+        throw new IOException("mount " + mount + " of " + path + " is not in /proc/self/mountinfo");
     }
 
     /**
