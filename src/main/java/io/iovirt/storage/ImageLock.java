@@ -45,6 +45,14 @@ public final class ImageLock implements AutoCloseable {
     /** What refuses a reader besides a whole-file write lock: a writer, a resizer, a user that shares no reads. */
     private static final long[] READER_EXCLUDES = {PERM_BASE + WRITE, PERM_BASE + RESIZE, SHARED_BASE + READ};
 
+    /**
+     * A byte no QEMU user locks, apart from (not adjacent to, so not merged with) the reader's bytes: a lock held on
+     * it marks the open file description whose holders are being looked for ({@link #holdersBesideOurReaderBytes}).
+     */
+    private static final long MARK = 0;
+    /** One mark at a time in this process: another lock's mark would hide its holder's lines. */
+    private static final Object MARKING = new Object();
+
     private final Path path;
     /** The type taken by {@link #acquire}: changed by {@link #retype}. */
     private boolean shared;
@@ -210,7 +218,7 @@ public final class ImageLock implements AutoCloseable {
     public synchronized String retype(boolean shared) throws LinuxException {
         if (held && heldShared && !shared) {
             if (!FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
-                return "image " + path + " is in use by " + holders(false, true);
+                return "image " + path + " is in use by " + holdersBesideOurReaderBytes();
             }
             heldShared = false;
         }
@@ -260,11 +268,38 @@ public final class ImageLock implements AutoCloseable {
     }
 
     /**
-     * {@link #holders()} of a lock of the type {@code ofShared}; {@code notOurReaderBytes}: for the conversion of the
-     * shared lock this one holds, which this process's descriptors of the image list too, a lock of this process on
-     * one of a reader's bytes is not named (this one's, or one alike that cannot be told from it).
+     * {@link #holders()} that conflict with the exclusive lock this shared one was refused conversion to, without this
+     * one's own reader bytes. Every descriptor of its open file description lists them (the export's own too), and
+     * another export of this process holding a reader's bytes lists the very same lines, which filtering reader bytes
+     * by pid hid: such a refusal named "another process (not visible in /proc here)". So this one first marks its open
+     * file description with a read lock on {@link #MARK} (a byte no QEMU user locks, and a read lock, which refuses
+     * no one a shared lock did not refuse already): the descriptors of this process that list it are this lock's.
+     */
+    private String holdersBesideOurReaderBytes() throws LinuxException {
+        synchronized (MARKING) {
+            if (!FileIo.ofdLock(fd, FileIo.F_RDLCK, MARK, 1)) {
+                return holders(false, true); // cannot happen while held shared: as well as the bytes tell
+            }
+            try {
+                return holders(false, false);
+            } finally {
+                FileIo.ofdLock(fd, FileIo.F_UNLCK, MARK, 1);
+            }
+        }
+    }
+
+    /**
+     * {@link #holders()} of a lock of the type {@code ofShared}, not naming this lock itself: the descriptors of this
+     * process that list a lock on {@link #MARK} (this one's, marked by {@link #holdersBesideOurReaderBytes}); with
+     * {@code notOurReaderBytes}, none of this process's locks on a reader's bytes (when the mark could not be taken).
      */
     private String holders(boolean ofShared, boolean notOurReaderBytes) {
+        synchronized (MARKING) { // no other lock of this process marked meanwhile, whose holder would go unnamed
+            return scan(ofShared, notOurReaderBytes);
+        }
+    }
+
+    private String scan(boolean ofShared, boolean notOurReaderBytes) {
         List<String> found = new ArrayList<>();
         try {
             String id = inodeId();
@@ -272,7 +307,7 @@ public final class ImageLock implements AutoCloseable {
             try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
                 for (Path proc : procs) {
                     long pid = Long.parseLong(proc.getFileName().toString());
-                    String lock = lockLine(proc.resolve("fdinfo"), id, ofShared, notOurReaderBytes && pid == self);
+                    String lock = lockLine(proc.resolve("fdinfo"), id, ofShared, pid == self, notOurReaderBytes);
                     if (lock != null) {
                         found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock
                                 + ")");
@@ -322,13 +357,20 @@ public final class ImageLock implements AutoCloseable {
 
     /**
      * "ofdlck write" when a descriptor in {@code fdinfo} holds a lock on the inode {@code id} that conflicts with a
-     * lock of ours ({@code shared} or not), else null; {@code notReaderBytes}: not one on a reader's byte.
+     * lock of ours ({@code shared} or not), else null. In this process ({@code self}): not a descriptor that holds
+     * the mark ({@link #holdersBesideOurReaderBytes}), nor, with {@code notOurReaderBytes}, a lock on a reader's
+     * byte.
      */
-    private static String lockLine(Path fdinfo, String id, boolean shared, boolean notReaderBytes) {
+    private static String lockLine(Path fdinfo, String id, boolean shared, boolean self, boolean notOurReaderBytes) {
+        boolean notReaderBytes = self && notOurReaderBytes;
         try (var fds = Files.newDirectoryStream(fdinfo)) {
             for (Path fd : fds) {
                 try {
-                    for (String line : Files.readAllLines(fd)) {
+                    List<String> lines = Files.readAllLines(fd);
+                    if (self && lines.stream().anyMatch(l -> isMark(l, id))) {
+                        continue; // a descriptor of this lock's own open file description, marked
+                    }
+                    for (String line : lines) {
                         // "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:5678 0 EOF"
                         if (line.startsWith("lock:") && (line + " ").contains(id)) {
                             String[] f = line.trim().split("\\s+");
@@ -367,6 +409,18 @@ public final class ImageLock implements AutoCloseable {
         } catch (NumberFormatException e) {
             return true; // a line of a form not known here: name its holder rather than hide it
         }
+    }
+
+    /** Whether {@code line} of an fdinfo is a read lock on {@link #MARK} of the inode {@code id}. */
+    private static boolean isMark(String line, String id) {
+        String[] f = line.trim().split("\\s+");
+        String mark = Long.toString(MARK);
+        return line.startsWith("lock:")
+                && (line + " ").contains(id)
+                && f.length >= 9
+                && f[4].equals("READ")
+                && f[7].equals(mark)
+                && f[8].equals(mark);
     }
 
     /** Whether a lock of {@code type} on bytes {@code start..end} is one a reader ({@link #READER_HOLDS}) takes. */

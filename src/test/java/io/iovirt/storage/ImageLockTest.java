@@ -164,4 +164,32 @@ class ImageLockTest {
             }
         }
     }
+
+    /**
+     * A shared lock made exclusive ({@link ImageLock#retype}) while another export of this process reads the image
+     * (a second shared lock, on an open file description of its own): refused, naming this process, and the reader's
+     * bytes are kept (a QEMU writer is still refused). The refusal said "another process (not visible in /proc
+     * here)": this process's locks on a reader's bytes were all taken for the converting lock's own.
+     */
+    @Test
+    void aConversionRefusedByAnotherLockOfThisProcessNamesIt() throws Exception {
+        Path img = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        try (ImageLock ours = ImageLock.on(img, true, FileIo.open(img, FileIo.O_RDWR));
+                ImageLock other = ImageLock.open(img, true)) {
+            assertNull(ours.acquire());
+            assertNull(other.acquire());
+            String why = ours.retype(false);
+            assertTrue(
+                    why != null
+                            && why.contains(
+                                    "in use by pid " + ProcessHandle.current().pid() + " (this process)"),
+                    why);
+            assertTrue(ours.shared() && ours.held(), "nothing changed");
+            other.close();
+            var write = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", img.toString());
+            assertTrue(write.exit() != 0 && write.output().contains("lock"), "the reader's bytes are kept: " + write);
+            assertNull(ours.retype(false), "the other reader is gone");
+            assertTrue(!ours.shared() && ours.held());
+        }
+    }
 }

@@ -323,7 +323,11 @@ public final class BlkDevice implements VhostUserBackend {
         }
         if (why != null) {
             throw new IOException(why + ": writing would change the data under it, so the disk stays read-only."
-                    + " Stop that process (or have it close the image) first, then switch the disk writable again");
+                    + (why.contains("(this process)")
+                            ? " Stop that process (or have it close the image), or remove this process's other export"
+                                    + " of the image, first"
+                            : " Stop that process (or have it close the image) first")
+                    + ", then switch the disk writable again");
         }
     }
 

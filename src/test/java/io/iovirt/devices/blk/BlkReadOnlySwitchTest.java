@@ -12,6 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
@@ -109,6 +110,39 @@ class BlkReadOnlySwitchTest {
                 assertReadersRefused(p);
             } finally {
                 reader.destroyForcibly().waitFor();
+            }
+        }
+    }
+
+    /**
+     * Another export of this daemon reads the image (an NBD export's shared lock, on an open file description of its
+     * own): switching the disk writable is refused naming this process, with what to do about it — the refusal said
+     * "another process (not visible in /proc here)" and to stop it. Once that export is gone the switch works.
+     */
+    @Test
+    void aSwitchRefusedByAnotherExportOfThisProcessNamesIt() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false)) {
+            img.setReadOnly(true);
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            ImageLock nbd = ImageLock.holdForExport(p, true, "nbd export");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()), "served beside the NBD export");
+                String why = assertThrows(IOException.class, () -> dev.setReadOnly(false))
+                        .getMessage();
+                assertTrue(
+                        why.contains("in use by pid " + ProcessHandle.current().pid() + " (this process)")
+                                && why.contains("remove this process's other export of the image"),
+                        why);
+                assertTrue(img.readOnly(), "the disk stays read-only");
+                nbd.close();
+                dev.setReadOnly(false);
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "writable now");
+            } finally {
+                nbd.close();
             }
         }
     }
