@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -10,6 +11,7 @@ import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.StoppableFuse;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
@@ -174,7 +176,9 @@ class ImageLockTest {
     @Test
     void aConversionRefusedByAnotherLockOfThisProcessNamesIt() throws Exception {
         Path img = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        try (ImageLock ours = ImageLock.on(img, true, FileIo.open(img, FileIo.O_RDWR));
+        var fd = FileIo.open(img, FileIo.O_RDWR);
+        int n = fd.get();
+        try (ImageLock ours = ImageLock.on(img, true, fd);
                 ImageLock other = ImageLock.open(img, true)) {
             assertNull(ours.acquire());
             assertNull(other.acquire());
@@ -190,6 +194,24 @@ class ImageLockTest {
             assertTrue(write.exit() != 0 && write.output().contains("lock"), "the reader's bytes are kept: " + write);
             assertNull(ours.retype(false), "the other reader is gone");
             assertTrue(!ours.shared() && ours.held());
+            // what a fresh exclusive lock is: one write lock over the whole file, the reader's bytes replaced
+            assertEquals(List.of("WRITE 0 EOF"), locks(n));
+            var read = QemuTools.run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", img.toString());
+            assertTrue(read.exit() != 0 && read.output().contains("lock"), "a QEMU reader is refused: " + read);
+            ours.release();
+            assertEquals(List.of(), locks(n), "released: nothing of the reader's bytes is left");
+            QemuTools.ok("qemu-io", "-f", "raw", "-c", "write 0 4k", img.toString());
         }
+    }
+
+    /** The OFD locks descriptor {@code n} of this process lists: "TYPE START END". */
+    private static List<String> locks(int n) throws Exception {
+        return Files.readAllLines(Path.of("/proc/self/fdinfo", Integer.toString(n))).stream()
+                .filter(l -> l.startsWith("lock:"))
+                .map(l -> {
+                    String[] f = l.trim().split("\\s+");
+                    return f[4] + " " + f[7] + " " + f[8];
+                })
+                .toList();
     }
 }
