@@ -148,6 +148,31 @@ class BlkReadOnlySwitchTest {
     }
 
     /**
+     * A switch to read-only whose write-back fails is refused, but leaves the disk read-only (a raw image stops the
+     * guest's writes first, as what matters most then): the next frontend takes a shared lock, as for any read-only
+     * disk, so a QEMU reader is let in. The device kept its lock type writable then, and a frontend took the image
+     * exclusively while it could not write it.
+     */
+    @Test
+    void aSwitchToReadOnlyWhoseWriteBackFailedLetsTheNextFrontendShare() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            assertThrows(IOException.class, () -> img.flushCompleted(-io.iovirt.linux.Errno.EIO));
+            IOException failed = assertThrows(IOException.class, () -> dev.setReadOnly(true));
+            assertTrue(failed.getMessage().contains("fdatasync"), failed.getMessage());
+            assertTrue(img.readOnly(), "read-only, though its write-back failed");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_IOERR, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+            }
+        }
+    }
+
+    /**
      * The lock a frontend takes is of the type the disk has when it starts, however the disk was switched while no
      * frontend ran (no lock is held then, so such a switch always works, also before the first frontend): the device
      * took the lock of the type its first frontend had found for every later one — shared for a disk switched
