@@ -264,7 +264,7 @@ public final class ImageLock implements AutoCloseable {
         synchronized (this) {
             ofShared = shared;
         }
-        return holders(ofShared, false);
+        return holders(ofShared);
     }
 
     /**
@@ -276,48 +276,79 @@ public final class ImageLock implements AutoCloseable {
      * no one a shared lock did not refuse already): the descriptors of this process that list it are this lock's.
      */
     private String holdersBesideOurReaderBytes() throws LinuxException {
-        synchronized (MARKING) {
-            if (!FileIo.ofdLock(fd, FileIo.F_RDLCK, MARK, 1)) {
-                return holders(false, true); // cannot happen while held shared: as well as the bytes tell
-            }
-            try {
-                return holders(false, false);
-            } finally {
-                FileIo.ofdLock(fd, FileIo.F_UNLCK, MARK, 1);
-            }
-        }
-    }
-
-    /**
-     * {@link #holders()} of a lock of the type {@code ofShared}, not naming this lock itself: the descriptors of this
-     * process that list a lock on {@link #MARK} (this one's, marked by {@link #holdersBesideOurReaderBytes}); with
-     * {@code notOurReaderBytes}, none of this process's locks on a reader's bytes (when the mark could not be taken).
-     */
-    private String holders(boolean ofShared, boolean notOurReaderBytes) {
-        synchronized (MARKING) { // no other lock of this process marked meanwhile, whose holder would go unnamed
-            return scan(ofShared, notOurReaderBytes);
-        }
-    }
-
-    private String scan(boolean ofShared, boolean notOurReaderBytes) {
-        List<String> found = new ArrayList<>();
+        String id;
         try {
-            String id = inodeId();
-            long self = ProcessHandle.current().pid();
-            try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
-                for (Path proc : procs) {
-                    long pid = Long.parseLong(proc.getFileName().toString());
-                    String lock = lockLine(proc.resolve("fdinfo"), id, ofShared, pid == self, notOurReaderBytes);
-                    if (lock != null) {
-                        found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock
-                                + ")");
-                    }
+            id = inodeId();
+        } catch (IOException | RuntimeException e) {
+            return invisible(e);
+        }
+        List<Holder> found;
+        synchronized (MARKING) {
+            boolean marked = FileIo.ofdLock(fd, FileIo.F_RDLCK, MARK, 1); // refused: cannot be while held shared
+            try {
+                found = scan(id, false, !marked);
+            } catch (IOException | RuntimeException e) {
+                return invisible(e);
+            } finally {
+                if (marked) {
+                    FileIo.ofdLock(fd, FileIo.F_UNLCK, MARK, 1);
                 }
             }
-        } catch (IOException | RuntimeException e) {
-            return "another process (its pid is not visible here: " + e.getMessage() + ")";
         }
-        return found.isEmpty() ? "another process (not visible in /proc here)" : String.join(", ", found);
+        return name(found);
+    }
+
+    /** {@link #holders()} of a lock of the type {@code ofShared}. */
+    private String holders(boolean ofShared) {
+        List<Holder> found;
+        try {
+            String id = inodeId();
+            synchronized (MARKING) { // no lock of this process marked meanwhile, whose holder would go unnamed
+                found = scan(id, ofShared, false);
+            }
+        } catch (IOException | RuntimeException e) {
+            return invisible(e);
+        }
+        return name(found);
+    }
+
+    /** A process holding a lock on the image, and its lock ("ofdlck read"). */
+    private record Holder(long pid, String lock) {}
+
+    /**
+     * The processes whose descriptors list a lock on the inode {@code id} conflicting with one of type
+     * {@code ofShared}: /proc's fdinfo files alone, read under {@link #MARKING} (no process's command line, whose
+     * read waits for that process's memory map). Not this lock: in this process, no descriptor that lists a lock on
+     * {@link #MARK} (marked by {@link #holdersBesideOurReaderBytes}), nor, with {@code notOurReaderBytes}, a lock on a
+     * reader's byte (when the mark could not be taken).
+     */
+    private static List<Holder> scan(String id, boolean ofShared, boolean notOurReaderBytes) throws IOException {
+        List<Holder> found = new ArrayList<>();
+        long self = ProcessHandle.current().pid();
+        try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
+            for (Path proc : procs) {
+                long pid = Long.parseLong(proc.getFileName().toString());
+                String lock = lockLine(proc.resolve("fdinfo"), id, ofShared, pid == self, notOurReaderBytes);
+                if (lock != null) {
+                    found.add(new Holder(pid, lock));
+                }
+            }
+        }
+        return found;
+    }
+
+    private static String name(List<Holder> found) {
+        long self = ProcessHandle.current().pid();
+        List<String> names = new ArrayList<>();
+        for (Holder h : found) {
+            names.add("pid " + h.pid() + (h.pid() == self ? " (this process)" : "") + describe(h.pid()) + " ("
+                    + h.lock() + ")");
+        }
+        return names.isEmpty() ? "another process (not visible in /proc here)" : String.join(", ", names);
+    }
+
+    private static String invisible(Exception e) {
+        return "another process (its pid is not visible here: " + e.getMessage() + ")";
     }
 
     /**
