@@ -45,6 +45,14 @@ public final class ImageLock implements AutoCloseable {
     /** What refuses a reader besides a whole-file write lock: a writer, a resizer, a user that shares no reads. */
     private static final long[] READER_EXCLUDES = {PERM_BASE + WRITE, PERM_BASE + RESIZE, SHARED_BASE + READ};
 
+    /**
+     * A byte no QEMU user locks, apart from (not adjacent to, so not merged with) the reader's bytes: a lock held on
+     * it marks the open file description whose holders are being looked for ({@link #holdersBesideOurReaderBytes}).
+     */
+    private static final long MARK = 0;
+    /** One mark at a time in this process: another lock's mark would hide its holder's lines. */
+    private static final Object MARKING = new Object();
+
     private final Path path;
     /** The type taken by {@link #acquire}: changed by {@link #retype}. */
     private boolean shared;
@@ -210,7 +218,7 @@ public final class ImageLock implements AutoCloseable {
     public synchronized String retype(boolean shared) throws LinuxException {
         if (held && heldShared && !shared) {
             if (!FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
-                return "image " + path + " is in use by " + holders(false, true);
+                return "image " + path + " is in use by " + holdersBesideOurReaderBytes();
             }
             heldShared = false;
         }
@@ -256,46 +264,144 @@ public final class ImageLock implements AutoCloseable {
         synchronized (this) {
             ofShared = shared;
         }
-        return holders(ofShared, false);
+        return holders(ofShared);
     }
 
     /**
-     * {@link #holders()} of a lock of the type {@code ofShared}; {@code notOurReaderBytes}: for the conversion of the
-     * shared lock this one holds, which this process's descriptors of the image list too, a lock of this process on
-     * one of a reader's bytes is not named (this one's, or one alike that cannot be told from it).
+     * {@link #holders()} that conflict with the exclusive lock this shared one was refused conversion to, without this
+     * one's own reader bytes. Every descriptor of its open file description lists them (the export's own too), and
+     * another export of this process holding a reader's bytes lists the very same lines, which filtering reader bytes
+     * by pid hid: such a refusal named "another process (not visible in /proc here)". So this one first marks its open
+     * file description with a read lock on {@link #MARK} (a byte no QEMU user locks, and a read lock, which refuses
+     * no one a shared lock did not refuse already): the descriptors of this process that list it are this lock's.
      */
-    private String holders(boolean ofShared, boolean notOurReaderBytes) {
-        List<String> found = new ArrayList<>();
+    private String holdersBesideOurReaderBytes() throws LinuxException {
+        String id;
         try {
-            long dev = (Long) Files.getAttribute(path, "unix:dev");
-            long ino = (Long) Files.getAttribute(path, "unix:ino");
-            String id = String.format(" %02x:%02x:%d ", major(dev), minor(dev), ino);
-            long self = ProcessHandle.current().pid();
-            try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
-                for (Path proc : procs) {
-                    long pid = Long.parseLong(proc.getFileName().toString());
-                    String lock = lockLine(proc.resolve("fdinfo"), id, ofShared, notOurReaderBytes && pid == self);
-                    if (lock != null) {
-                        found.add("pid " + pid + (pid == self ? " (this process)" : "") + describe(pid) + " (" + lock
-                                + ")");
-                    }
+            id = inodeId();
+        } catch (IOException | RuntimeException e) {
+            return invisible(e);
+        }
+        List<Holder> found;
+        synchronized (MARKING) {
+            boolean marked = FileIo.ofdLock(fd, FileIo.F_RDLCK, MARK, 1); // refused: cannot be while held shared
+            try {
+                found = scan(id, false, !marked);
+            } catch (IOException | RuntimeException e) {
+                return invisible(e);
+            } finally {
+                if (marked) {
+                    FileIo.ofdLock(fd, FileIo.F_UNLCK, MARK, 1);
                 }
             }
-        } catch (IOException | RuntimeException e) {
-            return "another process (its pid is not visible here: " + e.getMessage() + ")";
         }
-        return found.isEmpty() ? "another process (not visible in /proc here)" : String.join(", ", found);
+        return name(found);
+    }
+
+    /** {@link #holders()} of a lock of the type {@code ofShared}. */
+    private String holders(boolean ofShared) {
+        List<Holder> found;
+        try {
+            String id = inodeId();
+            synchronized (MARKING) { // no lock of this process marked meanwhile, whose holder would go unnamed
+                found = scan(id, ofShared, false);
+            }
+        } catch (IOException | RuntimeException e) {
+            return invisible(e);
+        }
+        return name(found);
+    }
+
+    /** A process holding a lock on the image, and its lock ("ofdlck read"). */
+    private record Holder(long pid, String lock) {}
+
+    /**
+     * The processes whose descriptors list a lock on the inode {@code id} conflicting with one of type
+     * {@code ofShared}: /proc's fdinfo files alone, read under {@link #MARKING} (no process's command line, whose
+     * read waits for that process's memory map). Not this lock: in this process, no descriptor that lists a lock on
+     * {@link #MARK} (marked by {@link #holdersBesideOurReaderBytes}), nor, with {@code notOurReaderBytes}, a lock on a
+     * reader's byte (when the mark could not be taken).
+     */
+    private static List<Holder> scan(String id, boolean ofShared, boolean notOurReaderBytes) throws IOException {
+        List<Holder> found = new ArrayList<>();
+        long self = ProcessHandle.current().pid();
+        try (var procs = Files.newDirectoryStream(Path.of("/proc"), "[0-9]*")) {
+            for (Path proc : procs) {
+                long pid = Long.parseLong(proc.getFileName().toString());
+                String lock = lockLine(proc.resolve("fdinfo"), id, ofShared, pid == self, notOurReaderBytes);
+                if (lock != null) {
+                    found.add(new Holder(pid, lock));
+                }
+            }
+        }
+        return found;
+    }
+
+    private static String name(List<Holder> found) {
+        long self = ProcessHandle.current().pid();
+        List<String> names = new ArrayList<>();
+        for (Holder h : found) {
+            names.add("pid " + h.pid() + (h.pid() == self ? " (this process)" : "") + describe(h.pid()) + " ("
+                    + h.lock() + ")");
+        }
+        return names.isEmpty() ? "another process (not visible in /proc here)" : String.join(", ", names);
+    }
+
+    private static String invisible(Exception e) {
+        return "another process (its pid is not visible here: " + e.getMessage() + ")";
+    }
+
+    /**
+     * The image's inode as lock lines name it (" fe:00:5678 "), from procfs alone: this process's fdinfo of the lock's
+     * descriptor (its mount and inode number) and its mountinfo (the mount's device). A stat of the path, or of the
+     * descriptor, asks the image's file system, which may not answer (a stopped FUSE daemon, a hung NFS server): the
+     * callers hold this lock's monitor, and a device's lock for the type of the lock its frontends take, so a refusal
+     * waited for that file system with the vhost-user session's thread (a frontend starting) and the daemon's control
+     * thread (blk.set-readonly) waiting behind it. A kernel older than 5.14 (no "ino:" in fdinfo) stats the path.
+     */
+    private String inodeId() throws IOException {
+        long mount = -1;
+        long ino = -1;
+        for (String line : Files.readAllLines(Path.of("/proc/self/fdinfo", Integer.toString(fd.get())))) {
+            if (line.startsWith("mnt_id:")) {
+                mount = Long.parseLong(line.substring("mnt_id:".length()).strip());
+            } else if (line.startsWith("ino:")) {
+                ino = Long.parseLong(line.substring("ino:".length()).strip());
+            }
+        }
+        if (ino < 0) {
+            long dev = (Long) Files.getAttribute(path, "unix:dev");
+            long inode = (Long) Files.getAttribute(path, "unix:ino");
+            return String.format(" %02x:%02x:%d ", major(dev), minor(dev), inode);
+        }
+        // "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw": major:minor is the superblock's device,
+        // which lock lines name (a btrfs subvolume's stat reports a device of its own)
+        for (String line : Files.readAllLines(Path.of("/proc/self/mountinfo"))) {
+            String[] f = line.split(" ", 4);
+            if (f.length > 2 && f[0].equals(Long.toString(mount))) {
+                String[] dev = f[2].split(":");
+                return String.format(" %02x:%02x:%d ", Long.parseLong(dev[0]), Long.parseLong(dev[1]), ino);
+            }
+        }
+        throw new IOException("mount " + mount + " of " + path + " is not in /proc/self/mountinfo");
     }
 
     /**
      * "ofdlck write" when a descriptor in {@code fdinfo} holds a lock on the inode {@code id} that conflicts with a
-     * lock of ours ({@code shared} or not), else null; {@code notReaderBytes}: not one on a reader's byte.
+     * lock of ours ({@code shared} or not), else null. In this process ({@code self}): not a descriptor that holds
+     * the mark ({@link #holdersBesideOurReaderBytes}), nor, with {@code notOurReaderBytes}, a lock on a reader's
+     * byte.
      */
-    private static String lockLine(Path fdinfo, String id, boolean shared, boolean notReaderBytes) {
+    private static String lockLine(Path fdinfo, String id, boolean shared, boolean self, boolean notOurReaderBytes) {
+        boolean notReaderBytes = self && notOurReaderBytes;
         try (var fds = Files.newDirectoryStream(fdinfo)) {
             for (Path fd : fds) {
                 try {
-                    for (String line : Files.readAllLines(fd)) {
+                    List<String> lines = Files.readAllLines(fd);
+                    if (self && lines.stream().anyMatch(l -> isMark(l, id))) {
+                        continue; // a descriptor of this lock's own open file description, marked
+                    }
+                    for (String line : lines) {
                         // "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:5678 0 EOF"
                         if (line.startsWith("lock:") && (line + " ").contains(id)) {
                             String[] f = line.trim().split("\\s+");
@@ -334,6 +440,18 @@ public final class ImageLock implements AutoCloseable {
         } catch (NumberFormatException e) {
             return true; // a line of a form not known here: name its holder rather than hide it
         }
+    }
+
+    /** Whether {@code line} of an fdinfo is a read lock on {@link #MARK} of the inode {@code id}. */
+    private static boolean isMark(String line, String id) {
+        String[] f = line.trim().split("\\s+");
+        String mark = Long.toString(MARK);
+        return line.startsWith("lock:")
+                && (line + " ").contains(id)
+                && f.length >= 9
+                && f[4].equals("READ")
+                && f[7].equals(mark)
+                && f[8].equals(mark);
     }
 
     /** Whether a lock of {@code type} on bytes {@code start..end} is one a reader ({@link #READER_HOLDS}) takes. */

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -8,6 +9,7 @@ import io.iovirt.linux.FileIo;
 import io.iovirt.storage.qcow2.QemuTools;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -115,5 +117,53 @@ class ImageLockTest {
             a.close();
             assertNull(other.acquire(), "closed: the lock is gone, the image still open");
         }
+    }
+
+    /**
+     * A shared lock made exclusive ({@link ImageLock#retype}) while another export of this process reads the image
+     * (a second shared lock, on an open file description of its own): refused, naming this process, and the reader's
+     * bytes are kept (a QEMU writer is still refused). The refusal said "another process (not visible in /proc
+     * here)": this process's locks on a reader's bytes were all taken for the converting lock's own.
+     */
+    @Test
+    void aConversionRefusedByAnotherLockOfThisProcessNamesIt() throws Exception {
+        Path img = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        var fd = FileIo.open(img, FileIo.O_RDWR);
+        int n = fd.get();
+        try (ImageLock ours = ImageLock.on(img, true, fd);
+                ImageLock other = ImageLock.open(img, true)) {
+            assertNull(ours.acquire());
+            assertNull(other.acquire());
+            String why = ours.retype(false);
+            assertTrue(
+                    why != null
+                            && why.contains(
+                                    "in use by pid " + ProcessHandle.current().pid() + " (this process)"),
+                    why);
+            assertTrue(ours.shared() && ours.held(), "nothing changed");
+            other.close();
+            var write = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", img.toString());
+            assertTrue(write.exit() != 0 && write.output().contains("lock"), "the reader's bytes are kept: " + write);
+            assertNull(ours.retype(false), "the other reader is gone");
+            assertTrue(!ours.shared() && ours.held());
+            // what a fresh exclusive lock is: one write lock over the whole file, the reader's bytes replaced
+            assertEquals(List.of("WRITE 0 EOF"), locks(n));
+            var read = QemuTools.run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", img.toString());
+            assertTrue(read.exit() != 0 && read.output().contains("lock"), "a QEMU reader is refused: " + read);
+            ours.release();
+            assertEquals(List.of(), locks(n), "released: nothing of the reader's bytes is left");
+            QemuTools.ok("qemu-io", "-f", "raw", "-c", "write 0 4k", img.toString());
+        }
+    }
+
+    /** The OFD locks descriptor {@code n} of this process lists: "TYPE START END". */
+    private static List<String> locks(int n) throws Exception {
+        return Files.readAllLines(Path.of("/proc/self/fdinfo", Integer.toString(n))).stream()
+                .filter(l -> l.startsWith("lock:"))
+                .map(l -> {
+                    String[] f = l.trim().split("\\s+");
+                    return f[4] + " " + f[7] + " " + f[8];
+                })
+                .toList();
     }
 }

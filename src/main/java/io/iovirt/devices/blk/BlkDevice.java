@@ -273,15 +273,22 @@ public final class BlkDevice implements VhostUserBackend {
      * switch may still land); the next frontend takes a shared one.
      *
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
-     *                     it (named)
+     *                     it (named); or switching read-only, its write-back failed (a raw image is read-only then)
      */
     public void setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
             if (readOnly) {
-                image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
-                synchronized (lockType) {
-                    lockShared = true;
-                    retypeLock(true);
+                try {
+                    image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
+                } finally {
+                    // also when the write-back failed: a raw image is read-only then all the same (it stops the
+                    // guest's writes first), and its next frontend takes a shared lock, as for any read-only disk
+                    synchronized (lockType) {
+                        lockShared = image.readOnly();
+                        if (lockShared) {
+                            retypeLock(true); // changes no lock held: never refused
+                        }
+                    }
                 }
                 return;
             }
@@ -323,7 +330,11 @@ public final class BlkDevice implements VhostUserBackend {
         }
         if (why != null) {
             throw new IOException(why + ": writing would change the data under it, so the disk stays read-only."
-                    + " Stop that process (or have it close the image) first, then switch the disk writable again");
+                    + (why.contains("(this process)")
+                            ? " Stop that process (or have it close the image), or remove this process's other export"
+                                    + " of the image, first"
+                            : " Stop that process (or have it close the image) first")
+                    + ", then switch the disk writable again");
         }
     }
 

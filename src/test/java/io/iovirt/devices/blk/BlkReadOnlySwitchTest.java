@@ -12,6 +12,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
@@ -109,6 +110,64 @@ class BlkReadOnlySwitchTest {
                 assertReadersRefused(p);
             } finally {
                 reader.destroyForcibly().waitFor();
+            }
+        }
+    }
+
+    /**
+     * Another export of this daemon reads the image (an NBD export's shared lock, on an open file description of its
+     * own): switching the disk writable is refused naming this process, with what to do about it — the refusal said
+     * "another process (not visible in /proc here)" and to stop it. Once that export is gone the switch works.
+     */
+    @Test
+    void aSwitchRefusedByAnotherExportOfThisProcessNamesIt() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false)) {
+            img.setReadOnly(true);
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            ImageLock nbd = ImageLock.holdForExport(p, true, "nbd export");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    EventFd call = EventFd.create(true);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()), "served beside the NBD export");
+                String why = assertThrows(IOException.class, () -> dev.setReadOnly(false))
+                        .getMessage();
+                assertTrue(
+                        why.contains("in use by pid " + ProcessHandle.current().pid() + " (this process)")
+                                && why.contains("remove this process's other export of the image"),
+                        why);
+                assertTrue(img.readOnly(), "the disk stays read-only");
+                nbd.close();
+                dev.setReadOnly(false);
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "writable now");
+            } finally {
+                nbd.close();
+            }
+        }
+    }
+
+    /**
+     * A switch to read-only whose write-back fails is refused, but leaves the disk read-only (a raw image stops the
+     * guest's writes first, as what matters most then): the next frontend takes a shared lock, as for any read-only
+     * disk, so a QEMU reader is let in. The device kept its lock type writable then, and a frontend took the image
+     * exclusively while it could not write it.
+     */
+    @Test
+    void aSwitchToReadOnlyWhoseWriteBackFailedLetsTheNextFrontendShare() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            assertThrows(IOException.class, () -> img.flushCompleted(-io.iovirt.linux.Errno.EIO));
+            IOException failed = assertThrows(IOException.class, () -> dev.setReadOnly(true));
+            assertTrue(failed.getMessage().contains("fdatasync"), failed.getMessage());
+            assertTrue(img.readOnly(), "read-only, though its write-back failed");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_IOERR, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
             }
         }
     }
