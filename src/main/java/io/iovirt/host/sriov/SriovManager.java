@@ -295,12 +295,9 @@ public final class SriovManager {
             res.put("interrupts_in_use", irqs.size());
         }
         for (String iface : usage.netInterfaces(vf.bdf())) {
-            long rx = sys.list("class/net/" + iface + "/queues").stream()
-                    .filter(q -> q.startsWith("rx-"))
-                    .count();
-            long tx = sys.list("class/net/" + iface + "/queues").stream()
-                    .filter(q -> q.startsWith("tx-"))
-                    .count();
+            List<String> queues = sys.list("class/net/" + iface + "/queues");
+            long rx = queues.stream().filter(q -> q.startsWith("rx-")).count();
+            long tx = queues.stream().filter(q -> q.startsWith("tx-")).count();
             res.put("interface", iface);
             res.put("rx_queues", rx);
             res.put("tx_queues", tx);
