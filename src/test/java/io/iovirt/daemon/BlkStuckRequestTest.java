@@ -91,15 +91,9 @@ class BlkStuckRequestTest {
 
     @Test
     void aQueueThreadStuckInImageIoKeepsTheImageOpenAndLockedUntilItEnds() throws Exception {
-        Path socket = dir.resolve("blk.sock");
         // read-only: its flush is a no-op, so a close under the request would show at once (the number goes from
         // /proc/self/fd even while close(2) waits for the stopped daemon's FUSE_FLUSH)
-        export = BlkExport.start(
-                new BlkExport.Spec(
-                        "stuck", image, socket, 1, true, false, "stuck", BlkDevice.IoEngine.SYNC, ImageFormat.RAW),
-                false,
-                SocketAccess.ownerOnly(),
-                false);
+        Path socket = startReadOnlyExport("stuck");
         try (EventFd call = EventFd.create(true);
                 BlkTestDriver d = new BlkTestDriver(socket, 1 << 20, call)) {
             assertEquals(
@@ -165,13 +159,7 @@ class BlkStuckRequestTest {
      */
     @Test
     void aFrontendStartingWhileTheFileSystemHangsIsAnswered() throws Exception {
-        Path socket = dir.resolve("blk.sock");
-        export = BlkExport.start(
-                new BlkExport.Spec(
-                        "hung", image, socket, 1, true, false, "hung", BlkDevice.IoEngine.SYNC, ImageFormat.RAW),
-                false,
-                SocketAccess.ownerOnly(),
-                false);
+        Path socket = startReadOnlyExport("hung");
         probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it now would wait too
         assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "no frontend yet: no lock");
         fs.stop();
@@ -192,6 +180,20 @@ class BlkStuckRequestTest {
                 fs.resume();
             }
         }
+    }
+
+    /**
+     * Starts {@link #export}: a read-only raw export of the image with one queue and synchronous I/O, {@code name} its
+     * id and serial; returns its socket.
+     */
+    private Path startReadOnlyExport(String name) throws java.io.IOException {
+        Path socket = dir.resolve("blk.sock");
+        export = BlkExport.start(
+                new BlkExport.Spec(name, image, socket, 1, true, false, name, BlkDevice.IoEngine.SYNC, ImageFormat.RAW),
+                false,
+                SocketAccess.ownerOnly(),
+                false);
+        return socket;
     }
 
     /** The export's image descriptors are all still open, and its lock still keeps writers away. */

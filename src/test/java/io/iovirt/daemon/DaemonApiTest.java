@@ -988,15 +988,7 @@ class DaemonApiTest {
                 String method = method(i);
                 String id = "hung" + i;
                 Path local = image(id + ".raw", 1 << 20);
-                Await.until(Duration.ofSeconds(60), id + "'s claim released once its open returned", () -> {
-                    try {
-                        ok(method, "id", id, "image", local.toString(), "socket", sock(id), "readonly", true);
-                        return true;
-                    } catch (Exception e) {
-                        assertTrue(e.getMessage().contains("being added"), e.getMessage());
-                        return false;
-                    }
-                });
+                addOnceItsClaimIsReleased(method, id, local);
                 ok(method.equals("blk.add") ? "blk.remove" : "nbd.remove", "id", id);
             }
         } finally {
@@ -1060,15 +1052,7 @@ class DaemonApiTest {
             Path local = image("l.raw", 1 << 20);
             for (String method : List.of("blk.add", "nbd.add")) {
                 String id = method.equals("blk.add") ? "hung" : "hung-nbd";
-                Await.until(Duration.ofSeconds(60), id + "'s claim released once its open returned", () -> {
-                    try {
-                        ok(method, "id", id, "image", local.toString(), "socket", sock(id), "readonly", true);
-                        return true;
-                    } catch (Exception e) {
-                        assertTrue(e.getMessage().contains("being added"), e.getMessage());
-                        return false;
-                    }
-                });
+                addOnceItsClaimIsReleased(method, id, local);
             }
             List<?> disks = (List<?>) ok("blk.list").get("list"); // the first adds added nothing
             assertEquals(1, disks.size(), disks.toString());
@@ -1104,6 +1088,22 @@ class DaemonApiTest {
                                 || f.getClassName().equals(ClaimRegistry.class.getName())
                                         && f.getMethodName().equals("imageKey")))
                 .count();
+    }
+
+    /**
+     * Adds {@code id} read-only on {@code image} through {@code method} once the claim of its earlier add, whose open
+     * hung, is let go: until that open returns, each try is refused as "being added".
+     */
+    private void addOnceItsClaimIsReleased(String method, String id, Path image) {
+        Await.until(Duration.ofSeconds(60), id + "'s claim released once its open returned", () -> {
+            try {
+                ok(method, "id", id, "image", image.toString(), "socket", sock(id), "readonly", true);
+                return true;
+            } catch (Exception e) {
+                assertTrue(e.getMessage().contains("being added"), e.getMessage());
+                return false;
+            }
+        });
     }
 
     private String sock(String id) {

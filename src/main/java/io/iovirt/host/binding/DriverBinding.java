@@ -12,7 +12,6 @@ import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciInventory;
 import io.iovirt.pci.SysfsTree;
 import io.iovirt.util.ActionableException;
-import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -257,7 +256,7 @@ public final class DriverBinding {
                         && !dev.driver().equals("pci-stub")) {
                     problems.add("its host driver " + dev.driver() + " would lose the device's state");
                 }
-                for (String user : vfioUsers(paths, dev)) {
+                for (String user : new VfioHolders(paths).users(dev)) {
                     problems.add(user + " (a VM uses it, and would lose the device's state)");
                 }
                 if (!problems.isEmpty()) {
@@ -503,87 +502,10 @@ public final class DriverBinding {
      */
     private List<String> vfioUsers(PciDevice dev) {
         List<String> users = new ArrayList<>();
-        for (String user : vfioUsers(paths, dev)) {
+        for (String user : new VfioHolders(paths).users(dev)) {
             users.add(user + " (a VM uses it: the kernel would wait for it to let go, and the unbind would hang)");
         }
         return users;
-    }
-
-    /**
-     * "pid N (command) has /dev/vfio/G open" for each process that has the VFIO group of {@code dev} open while a
-     * VFIO driver holds {@code dev}; empty when none does (or /proc cannot be read). Whatever takes the device from
-     * vfio-pci — an unbind, or its PF's sriov_numvfs going down — waits in the kernel until that process lets go.
-     */
-    public static List<String> vfioUsers(HostPaths paths, PciDevice dev) {
-        if (!PciDevice.isVfioDriver(dev.driver())) {
-            return List.of();
-        }
-        // The group node (/dev/vfio/G, the container interface) and, on kernels with VFIO device cdevs (6.6+), the
-        // device's own node (/dev/vfio/devices/vfioX, named in its sysfs vfio-dev directory), which a user on iommufd
-        // (QEMU's iommufd= backend) holds instead of the group.
-        List<String> nodes = new ArrayList<>();
-        if (dev.iommuGroup() >= 0) {
-            nodes.add("/dev/vfio/" + dev.iommuGroup());
-            nodes.add("/dev/vfio/noiommu-" + dev.iommuGroup()); // vfio's no-IOMMU mode (a DPDK host without one)
-        }
-        for (String cdev : paths.sys().list(PciDevice.dir(dev.bdf()) + "/vfio-dev")) {
-            if (cdev.matches("(noiommu-)?vfio[0-9]{1,9}")) {
-                nodes.add("/dev/vfio/devices/" + cdev);
-            }
-        }
-        if (nodes.isEmpty()) {
-            return List.of();
-        }
-        List<String> users = new ArrayList<>();
-        java.nio.file.Path proc = paths.procRoot();
-        try (var pids = java.nio.file.Files.list(proc)) {
-            for (java.nio.file.Path pid : (Iterable<java.nio.file.Path>) pids::iterator) {
-                String name = pid.getFileName().toString();
-                if (!name.chars().allMatch(Character::isDigit)) {
-                    continue;
-                }
-                String node = held(pid.resolve("fd"), nodes);
-                if (node != null) {
-                    users.add("pid " + name + commandOf(pid) + " has " + node + " open");
-                }
-            }
-        } catch (java.io.IOException | java.io.UncheckedIOException e) {
-            // no /proc to read: the kernel's own wait is what remains
-        }
-        return users;
-    }
-
-    /** The first of {@code nodes} a descriptor in {@code fdDir} links to, or null. */
-    private static String held(java.nio.file.Path fdDir, List<String> nodes) {
-        try (var fds = java.nio.file.Files.list(fdDir)) {
-            for (java.nio.file.Path fd : (Iterable<java.nio.file.Path>) fds::iterator) {
-                try {
-                    String target = java.nio.file.Files.readSymbolicLink(fd).toString();
-                    if (nodes.contains(target)) {
-                        return target;
-                    }
-                } catch (java.io.IOException | UnsupportedOperationException e) {
-                    // closed meanwhile, or not a link
-                }
-            }
-        } catch (java.io.IOException | java.io.UncheckedIOException e) {
-            // the process ended, or its descriptors are not ours to see
-        }
-        return null;
-    }
-
-    private static String commandOf(java.nio.file.Path pidDir) {
-        try {
-            String cmd = new String(java.nio.file.Files.readAllBytes(pidDir.resolve("cmdline")), StandardCharsets.UTF_8)
-                    .replace('\0', ' ')
-                    .strip();
-            if (cmd.length() > 120) {
-                cmd = cmd.substring(0, 120) + " ...";
-            }
-            return cmd.isEmpty() ? "" : " (" + cmd + ")";
-        } catch (java.io.IOException e) {
-            return "";
-        }
     }
 
     private String vfioNode(PciDevice dev, String driver) {

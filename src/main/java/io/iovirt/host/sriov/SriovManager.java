@@ -6,6 +6,7 @@ import io.iovirt.host.HostPaths;
 import io.iovirt.host.HostUsage;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.host.binding.DriverBinding;
+import io.iovirt.host.binding.VfioHolders;
 import io.iovirt.pci.Bdf;
 import io.iovirt.pci.PciDevice;
 import io.iovirt.pci.PciInventory;
@@ -294,12 +295,9 @@ public final class SriovManager {
             res.put("interrupts_in_use", irqs.size());
         }
         for (String iface : usage.netInterfaces(vf.bdf())) {
-            long rx = sys.list("class/net/" + iface + "/queues").stream()
-                    .filter(q -> q.startsWith("rx-"))
-                    .count();
-            long tx = sys.list("class/net/" + iface + "/queues").stream()
-                    .filter(q -> q.startsWith("tx-"))
-                    .count();
+            List<String> queues = sys.list("class/net/" + iface + "/queues");
+            long rx = queues.stream().filter(q -> q.startsWith("rx-")).count();
+            long tx = queues.stream().filter(q -> q.startsWith("tx-")).count();
             res.put("interface", iface);
             res.put("rx_queues", rx);
             res.put("tx_queues", tx);
@@ -327,6 +325,7 @@ public final class SriovManager {
     private List<String> removalProblems(PciInventory inv, List<Bdf> vfs) {
         List<String> problems = new ArrayList<>();
         HostUsage usage = HostUsage.scan(sys, paths.proc(), paths.dev());
+        VfioHolders vfio = new VfioHolders(paths); // /proc read once for all the VFs, not once per VF
         for (Bdf vf : vfs) {
             AssignmentRegistry.Assignment owner = registry.owner(vf);
             if (owner != null) {
@@ -337,7 +336,7 @@ public final class SriovManager {
             }
             PciDevice dev = inv.device(vf);
             if (dev != null) {
-                for (String user : DriverBinding.vfioUsers(paths, dev)) {
+                for (String user : vfio.users(dev)) {
                     // vfio-pci lets a VF go only once its user closes it: the write to sriov_numvfs would wait for
                     // that (with the state lock held), and the VM would lose the device under it
                     problems.add("VF " + vf + " is in use through VFIO: " + user + " (a VM uses it; removing the VFs"

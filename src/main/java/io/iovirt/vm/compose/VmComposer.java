@@ -33,6 +33,7 @@ import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import java.util.function.BooleanSupplier;
 
 /**
  * Wires a {@link VmSpec} into one QEMU guest: starts the iovirt backends its devices need (a vhost-user-blk
@@ -368,12 +369,7 @@ public final class VmComposer implements AutoCloseable {
         boolean nbdQuiet = true;
         if (nbd != null) {
             nbd.close(); // disconnects QEMU's NBD clients before the images they use are flushed and closed
-            try {
-                nbdQuiet = nbd.awaitQuiescent(NBD_QUIESCE);
-            } catch (InterruptedException e) {
-                nbdQuiet = nbd.quiescent();
-                Thread.currentThread().interrupt();
-            }
+            nbdQuiet = awaitQuiescent(nbd::awaitQuiescent, nbd::quiescent);
             if (!nbdQuiet) {
                 LOG.log(
                         System.Logger.Level.ERROR,
@@ -408,6 +404,26 @@ public final class VmComposer implements AutoCloseable {
         pvDevices.clear();
     }
 
+    /** Waits at most a timeout until no thread of a stopped server can touch its images; whether none can. */
+    private interface QuiescentWait {
+        boolean await(Duration timeout) throws InterruptedException;
+    }
+
+    /**
+     * Whether no thread of a stopped server (the NBD server, a PV disk's device) can touch its images, once {@code
+     * wait} has waited at most {@link #NBD_QUIESCE}; interrupted, what {@code now} says at once, and the interrupt
+     * is kept for the caller.
+     */
+    private static boolean awaitQuiescent(QuiescentWait wait, BooleanSupplier now) {
+        try {
+            return wait.await(NBD_QUIESCE);
+        } catch (InterruptedException e) {
+            boolean quiet = now.getAsBoolean();
+            Thread.currentThread().interrupt();
+            return quiet;
+        }
+    }
+
     /**
      * A PV disk's image once its vhost-user server has stopped: flushed — a write the guest was told had completed
      * is then on disk, not only in the page cache — and closed, then the device lets go of its image lock; but only
@@ -416,14 +432,7 @@ public final class VmComposer implements AutoCloseable {
      * an FV disk's does.
      */
     private void closePvImage(DiskImage img, BlkDevice device) {
-        boolean quiet;
-        try {
-            quiet = device.awaitQuiescent(NBD_QUIESCE);
-        } catch (InterruptedException e) {
-            quiet = device.quiescent();
-            Thread.currentThread().interrupt();
-        }
-        if (!quiet) {
+        if (!awaitQuiescent(device::awaitQuiescent, device::quiescent)) {
             LOG.log(
                     System.Logger.Level.ERROR,
                     "vm " + spec.name() + ": a request of the guest is still in I/O on the PV disk's image "

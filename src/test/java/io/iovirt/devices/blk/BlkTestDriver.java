@@ -91,36 +91,12 @@ public final class BlkTestDriver implements AutoCloseable {
 
     /** A read of {@code dataLen} bytes at sector 0 into a buffer at {@code dataGpa}; returns the status GPA. */
     public long read(long dataGpa, long dataLen) throws IOException {
-        long hdr = alloc(HEADER_BYTES, 16);
-        ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_IN);
-        ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
-        long status = alloc(1, 1);
-        ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
-        ring.add(
-                new long[] {hdr, dataGpa, status},
-                new int[] {HEADER_BYTES, (int) dataLen, 1},
-                new boolean[] {false, true, true},
-                3,
-                DriverRing.NO_INDIRECT);
-        kick.signal();
-        return status;
+        return dataRequest(T_IN, dataGpa, dataLen, true);
     }
 
     /** A write of the {@code dataLen} bytes at {@code dataGpa} to sector 0; returns the status GPA. */
     public long write(long dataGpa, long dataLen) throws IOException {
-        long hdr = alloc(HEADER_BYTES, 16);
-        ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_OUT);
-        ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
-        long status = alloc(1, 1);
-        ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
-        ring.add(
-                new long[] {hdr, dataGpa, status},
-                new int[] {HEADER_BYTES, (int) dataLen, 1},
-                new boolean[] {false, false, true},
-                3,
-                DriverRing.NO_INDIRECT);
-        kick.signal();
-        return status;
+        return dataRequest(T_OUT, dataGpa, dataLen, false);
     }
 
     /** A FLUSH; returns the status GPA. */
@@ -130,11 +106,8 @@ public final class BlkTestDriver implements AutoCloseable {
 
     /** A FLUSH on the queue of {@code r}, kicked through {@code k}; returns the status GPA. */
     public long flush(SplitDriverRing r, EventFd k) throws IOException {
-        long hdr = alloc(HEADER_BYTES, 16);
-        ram.segment().set(JAVA_INT_UNALIGNED, hdr, T_FLUSH);
-        ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
-        long status = alloc(1, 1);
-        ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
+        long hdr = header(T_FLUSH);
+        long status = status();
         r.add(
                 new long[] {hdr, status},
                 new int[] {HEADER_BYTES, 1},
@@ -142,6 +115,38 @@ public final class BlkTestDriver implements AutoCloseable {
                 2,
                 DriverRing.NO_INDIRECT);
         k.signal();
+        return status;
+    }
+
+    /**
+     * A request of {@code type} at sector 0 with one data buffer, which the device writes when {@code deviceWrites}
+     * (a read); returns the status GPA.
+     */
+    private long dataRequest(int type, long dataGpa, long dataLen, boolean deviceWrites) throws IOException {
+        long hdr = header(type);
+        long status = status();
+        ring.add(
+                new long[] {hdr, dataGpa, status},
+                new int[] {HEADER_BYTES, (int) dataLen, 1},
+                new boolean[] {false, deviceWrites, true},
+                3,
+                DriverRing.NO_INDIRECT);
+        kick.signal();
+        return status;
+    }
+
+    /** A request header of {@code type} for sector 0; returns its GPA. */
+    private long header(int type) {
+        long hdr = alloc(HEADER_BYTES, 16);
+        ram.segment().set(JAVA_INT_UNALIGNED, hdr, type);
+        ram.segment().set(JAVA_LONG_UNALIGNED, hdr + 8, 0);
+        return hdr;
+    }
+
+    /** A status byte set to 0x7f (no status the device writes), so that a request left unanswered shows. */
+    private long status() {
+        long status = alloc(1, 1);
+        ram.segment().set(JAVA_BYTE, status, (byte) 0x7f);
         return status;
     }
 

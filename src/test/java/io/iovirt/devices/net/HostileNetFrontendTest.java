@@ -101,18 +101,38 @@ class HostileNetFrontendTest {
      * learn each address, and takes the frames that left in the drivers' receive rings (A's too when {@code drainA}).
      */
     private void linkAndLearn(NetDriver a, NetDriver b, NetDriver c, int aBuffers, boolean drainA) throws Exception {
-        VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+        linksUp(b, c, 128);
         a.postRx(0, 2048, aBuffers);
-        b.postRx(0, 2048, 128);
-        c.postRx(0, 2048, 128);
         learn(a, A, B);
-        learn(b, B, C);
-        learn(c, C, B);
+        learnBAndC(b, c);
         if (drainA) {
             a.drainRx(0);
         }
+    }
+
+    /** Waits for A, B and C's links and posts {@code buffers} receive buffers for B and for C. */
+    private void linksUp(NetDriver b, NetDriver c, int buffers) throws Exception {
+        VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
+        b.postRx(0, 2048, buffers);
+        c.postRx(0, 2048, buffers);
+    }
+
+    /** Lets the switch learn B's and C's addresses, and takes the frames that left in their receive rings. */
+    private static void learnBAndC(NetDriver b, NetDriver c) throws Exception {
+        learn(b, B, C);
+        learn(c, C, B);
         b.drainRx(0);
         c.drainRx(0);
+    }
+
+    /** A's receive queue failed on a fault in A's memory: a line names A's port, and A's device needs a reset. */
+    private void aFailedOnAMemoryFault(NetDriver a) throws Exception {
+        String line = log.awaitLine("queue 0: guest memory access faulted");
+        assertTrue(line.contains(pa.name()), line);
+        assertEquals(
+                DeviceStatus.DEVICE_NEEDS_RESET,
+                a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
+                "A's device needs a reset");
     }
 
     private static void learn(NetDriver d, long src, long dst) throws Exception {
@@ -297,12 +317,7 @@ class HostileNetFrontendTest {
                 b.send(0, VirtioNetPortTest.frame(A, B, 60 + i));
             }
             b.awaitTxUsed(0, 10);
-            String line = log.awaitLine("queue 0: guest memory access faulted");
-            assertTrue(line.contains(pa.name()), line);
-            assertEquals(
-                    DeviceStatus.DEVICE_NEEDS_RESET,
-                    a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
-                    "A's device needs a reset");
+            aFailedOnAMemoryFault(a);
             honestTrafficFlows(b, c, 1); // B's thread survived the fault in A's memory
             assertTrue(pb.stats().get(PortStat.RX_DROPPED_MALFORMED) == 0);
         }
@@ -313,14 +328,9 @@ class HostileNetFrontendTest {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1, false);
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            b.postRx(0, 2048, 128);
-            c.postRx(0, 2048, 128);
+            linksUp(b, c, 128);
             learn(a, A, B);
-            learn(b, B, C);
-            learn(c, C, B);
-            b.drainRx(0);
-            c.drainRx(0);
+            learnBAndC(b, c);
             // A's receive buffers, one page each from a page boundary; A truncates its memory after the second:
             // the first two frames to A fit, the third faults — in the middle of A's share of B's burst.
             long cut = a.alloc(0, 4096);
@@ -340,12 +350,7 @@ class HostileNetFrontendTest {
             }
             b.kickTx(0);
             b.awaitTxUsed(0, 12);
-            String line = log.awaitLine("queue 0: guest memory access faulted");
-            assertTrue(line.contains(pa.name()), line);
-            assertEquals(
-                    DeviceStatus.DEVICE_NEEDS_RESET,
-                    a.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET,
-                    "A's device needs a reset");
+            aFailedOnAMemoryFault(a);
             for (int i = 0; i < toC.size(); i++) {
                 assertArrayEquals(toC.get(i), c.receive(0), "B -> C frame " + i + " of the burst");
             }
@@ -370,9 +375,7 @@ class HostileNetFrontendTest {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            b.postRx(0, 2048, 128);
-            c.postRx(0, 2048, 128);
+            linksUp(b, c, 128);
             long before = retainedHeap();
             // 64 heads, each the longest chain the device accepts: 256 one-byte buffers (a runt frame each).
             int n = VirtioNetPort.MAX_CHAIN;
@@ -410,10 +413,7 @@ class HostileNetFrontendTest {
                         }
                     },
                     "NEEDS_RESET");
-            learn(b, B, C);
-            learn(c, C, B);
-            b.drainRx(0);
-            c.drainRx(0);
+            learnBAndC(b, c);
             honestTrafficFlows(b, c, 1);
         }
     }
@@ -430,9 +430,7 @@ class HostileNetFrontendTest {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            b.postRx(0, 2048, 64);
-            c.postRx(0, 2048, 64);
+            linksUp(b, c, 64);
             int n = VirtioNetPort.MAX_CHAIN;
             long[] addrs = new long[n];
             int[] lens = new int[n]; // zero-length: the walk costs, no byte fits
@@ -460,10 +458,7 @@ class HostileNetFrontendTest {
             assertEquals(1, pa.stats().get(PortStat.TX_DROPPED_BUFFER_TOO_SMALL));
             assertEquals(0, pa.stats().get(PortStat.TX_DROPPED_NO_BUFFERS), "the rest of A's chains stay posted");
             assertEquals(0, pa.stats().txPackets());
-            learn(b, B, C);
-            learn(c, C, B);
-            b.drainRx(0);
-            c.drainRx(0);
+            learnBAndC(b, c);
             honestTrafficFlows(b, c, 1);
         }
     }
@@ -487,9 +482,7 @@ class HostileNetFrontendTest {
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1);
                 io.iovirt.linux.Fd file = io.iovirt.linux.FileIo.open(
                         dir.resolve("regular"), io.iovirt.linux.FileIo.O_RDWR | io.iovirt.linux.FileIo.O_CREAT, 0600)) {
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            b.postRx(0, 2048, 64);
-            c.postRx(0, 2048, 64);
+            linksUp(b, c, 64);
             // a regular file posing as the call eventfd: refused, the connection closed
             org.junit.jupiter.api.Assertions.assertThrows(
                     IOException.class, () -> a.fe.setVringCall(1, EventFd.adopt(file.dup())));
@@ -497,10 +490,7 @@ class HostileNetFrontendTest {
             assertTrue(
                     line.contains("SET_VRING_CALL descriptor of queue 1 is /") && line.contains("not an eventfd"),
                     line);
-            learn(b, B, C);
-            learn(c, C, B);
-            b.drainRx(0);
-            c.drainRx(0);
+            learnBAndC(b, c);
             honestTrafficFlows(b, c, 1);
             // the next frontend on A's socket is served
             VirtioNetPortTest.await(() -> !pa.connected(), "A disconnected");
@@ -521,13 +511,8 @@ class HostileNetFrontendTest {
         try (NetDriver a = new NetDriver(pa.options().socket(), BASE, 1);
                 NetDriver b = new NetDriver(pb.options().socket(), BASE, 1);
                 NetDriver c = new NetDriver(pc.options().socket(), BASE, 1)) {
-            VirtioNetPortTest.await(() -> pa.isLinkUp() && pb.isLinkUp() && pc.isLinkUp(), "links up");
-            b.postRx(0, 2048, 128);
-            c.postRx(0, 2048, 128);
-            learn(b, B, C);
-            learn(c, C, B);
-            b.drainRx(0);
-            c.drainRx(0);
+            linksUp(b, c, 128);
+            learnBAndC(b, c);
             int before = sw.macTable().size();
             // A claims to be B (to steal B's traffic) and then floods 200 made-up sources.
             a.send(0, VirtioNetPortTest.frame(C, B, 60));

@@ -10,8 +10,10 @@ import io.iovirt.host.CliRun;
 import io.iovirt.host.DevicesTest;
 import io.iovirt.host.FakeHost;
 import io.iovirt.host.HostConfigException;
+import io.iovirt.host.HostPaths;
 import io.iovirt.host.assign.AssignmentRegistry;
 import io.iovirt.pci.Bdf;
+import io.iovirt.testing.DirectoryReads;
 import io.iovirt.util.ActionableException;
 import java.io.FileInputStream;
 import java.io.IOException;
@@ -302,10 +304,7 @@ class SriovManagerTest {
     void refusesToDestroyVfsAProcessHasOpenThroughVfio() throws Exception {
         FakeHost h = DevicesTest.desktop(tmp);
         h.dev("0000:03:10.2").driver("vfio-pci");
-        Path pid = h.proc.resolve("4242");
-        Files.createDirectories(pid.resolve("fd"));
-        Files.createSymbolicLink(pid.resolve("fd/17"), Path.of("/dev/vfio/22"));
-        Files.write(pid.resolve("cmdline"), "qemu-system-x86_64\0-name\0nic-vm\0".getBytes(StandardCharsets.UTF_8));
+        holds(h, 4242, "/dev/vfio/22", "nic-vm");
         SriovManager m = new SriovManager(h.paths());
         HostConfigException e = assertThrows(
                 HostConfigException.class, () -> m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, false));
@@ -317,6 +316,48 @@ class SriovManagerTest {
         assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "nothing was written");
         m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, true);
         assertEquals("0", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"));
+    }
+
+    /**
+     * Who holds each VF through VFIO is found from one read of /proc for all the VFs: it listed every process's
+     * descriptors once per VF on vfio-pci, O(VFs × processes) for one {@code host vfs --count}. Each process is still
+     * named with the VF whose node it holds, and another read of /proc is made for each change asked for.
+     */
+    @Test
+    void theVfioHoldersOfAllVfsComeFromOneReadOfProc() throws Exception {
+        FakeHost h = DevicesTest.desktop(tmp);
+        h.dev("0000:03:10.0").driver("vfio-pci");
+        h.dev("0000:03:10.2").driver("vfio-pci");
+        holds(h, 4242, "/dev/vfio/21", "nic-vm");
+        holds(h, 4243, "/dev/vfio/22", "other-vm");
+        DirectoryReads proc = DirectoryReads.of(h.proc);
+        HostPaths paths = h.paths();
+        SriovManager m = new SriovManager(new HostPaths(
+                paths.sysRoot(), proc.root(), paths.devRoot(), paths.stateDir(), paths.pciIds(), paths.binPath()));
+        for (int change = 1; change <= 2; change++) {
+            HostConfigException e = assertThrows(
+                    HostConfigException.class, () -> m.setVfs(PF, 0, null, SriovManager.NvmeRequest.DEFAULT, false));
+            assertTrue(
+                    e.getMessage()
+                                    .contains("VF 0000:03:10.0 is in use through VFIO: pid 4242 (qemu-system-x86_64"
+                                            + " -name nic-vm) has /dev/vfio/21 open")
+                            && e.getMessage()
+                                    .contains("VF 0000:03:10.2 is in use through VFIO: pid 4243 (qemu-system-x86_64"
+                                            + " -name other-vm) has /dev/vfio/22 open"),
+                    e.getMessage());
+            assertEquals(change, proc.listings(""), "reads of /proc after " + change + " changes of the VFs");
+            assertEquals(change, proc.listings("4242/fd"), "reads of pid 4242's descriptors");
+        }
+        assertEquals("2\n", h.read("bus/pci/devices/0000:03:00.0/sriov_numvfs"), "nothing was written");
+    }
+
+    /** A process {@code pid} (QEMU of VM {@code vm}) with {@code node} open. */
+    private static void holds(FakeHost h, int pid, String node, String vm) throws IOException {
+        Path dir = h.proc.resolve(Integer.toString(pid));
+        Files.createDirectories(dir.resolve("fd"));
+        Files.createSymbolicLink(dir.resolve("fd/17"), Path.of(node));
+        Files.write(
+                dir.resolve("cmdline"), ("qemu-system-x86_64\0-name\0" + vm + "\0").getBytes(StandardCharsets.UTF_8));
     }
 
     @Test
