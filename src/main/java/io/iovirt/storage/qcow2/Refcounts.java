@@ -20,7 +20,8 @@ import java.util.Map;
  * cursor, the refcount decrements deferred to the next flush, and the rebuild of an image left dirty.
  *
  * <p>It keeps two rules of the image's crash-consistency contract (rules 3 and 4 in {@link Qcow2Image}): a refcount
- * decrement is applied only after the flush that made the dereference durable ({@link #freeAfterFlush},
+ * decrement is applied only after the flush that made the dereference durable, and once the requests in flight
+ * then completed ({@link #freeAfterFlush},
  * {@link #applyDeferredFrees}); a new refcount block or refcount table is written and synced before the pointer to
  * it ({@link #ensureRefBlock}, {@link #growRefTable}, {@link #switchRefTable}). Changed refcounts stay in memory
  * until the image's flush writes the dirty blocks ({@link #blocks}) first, before the tables that reference what
@@ -67,18 +68,24 @@ final class Refcounts {
      * claiming clusters the file does not have cannot make it scan beyond what exists.
      */
     private long allocEnd;
-    /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
+    /** Host ranges (offset, bytes) whose decrement is due now: applied by the next {@link #applyDeferredFrees}. */
     private final List<long[]> pendingFree = new ArrayList<>();
     /**
-     * Host clusters a discard dereferenced since the last flush: freed as {@link #pendingFree}'s, once the lock-free
-     * reads and writes in flight at the flush that made the dereference durable completed ({@link #discardedWaiting}).
+     * Host ranges (offset, bytes) an L2 entry stopped referencing since the last flush (a discard, a compressed or
+     * shared cluster copied out): freed as {@link #pendingFree}'s, once the lock-free reads and writes in flight at
+     * the flush that made the dereference durable completed ({@link #waiting}).
      */
-    private final List<long[]> pendingDiscard = new ArrayList<>();
-    /** Discarded clusters whose dereference is durable, each batch with the requests it waits for. */
-    private final java.util.ArrayDeque<Discarded> discardedWaiting = new java.util.ArrayDeque<>();
+    private final List<long[]> dereferenced = new ArrayList<>();
+    /** Dereferenced ranges whose dereference is durable, each batch with the requests it waits for. */
+    private final java.util.ArrayDeque<Dereferenced> waiting = new java.util.ArrayDeque<>();
+    /**
+     * Batches {@link #freeForReadOnly} freed before their requests completed: taken again by {@link #retakeForWrites}
+     * if the image becomes writable while one of them is still in flight.
+     */
+    private final List<Dereferenced> freedEarly = new ArrayList<>();
 
-    /** Discarded host clusters (offset, bytes) and the requests in flight when their flush ran. */
-    private record Discarded(List<long[]> clusters, Qcow2Image.InFlight inFlight) {}
+    /** Dereferenced host ranges (offset, bytes) and the requests in flight when their flush ran. */
+    private record Dereferenced(List<long[]> ranges, Qcow2Image.InFlight inFlight) {}
 
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
@@ -116,8 +123,9 @@ final class Refcounts {
     void reload(Qcow2Header h) throws IOException {
         refCache.clearAll();
         pendingFree.clear();
-        pendingDiscard.clear();
-        discardedWaiting.clear();
+        dereferenced.clear();
+        waiting.clear();
+        freedEarly.clear(); // no request is in flight at a refresh
         refTableOffset = h.refTableOffset();
         refTableClusters = h.refTableClusters();
         freeHint = 0;
@@ -271,41 +279,79 @@ final class Refcounts {
     // ---- freeing -----------------------------------------------------------------------------------------------
 
     /**
-     * Counts down, after the next flush, each cluster [host, host+bytes) touches: an L2 entry no longer references
-     * them in memory (a shared or compressed cluster copied out, a cluster discarded), and until that entry is
-     * durable the old one on disk still does.
+     * Counts down each cluster [host, host+bytes) touches, which an L2 entry stopped referencing in memory (a
+     * cluster discarded, a compressed or shared cluster copied out): after the flush that makes that entry durable
+     * (until then the old one on disk still references them), and not while a lock-free data read or write that
+     * looked the entry up before the change may still be in flight. Such a request would read or write the clusters
+     * once the allocator handed them out again: a read would return another guest offset's data (or a table), a
+     * write would land on it. One mechanism for every such free: the decrement waits for a later flush
+     * ({@link #applyDeferredFrees}).
      */
     void freeAfterFlush(long host, long bytes) {
-        pendingFree.add(new long[] {host, bytes});
+        dereferenced.add(new long[] {host, bytes});
     }
 
     /**
-     * Counts down the host cluster at {@code host}, which a discard just dereferenced (its entry is a zero cluster
-     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write or read
-     * that looked the cluster up before the discard may still be in flight: the write would land on the cluster once
-     * it is handed out again (another guest offset's data, or a table), the read return what was written there. Such
-     * frees wait for a later flush.
-     */
-    void freeDiscarded(long host) {
-        pendingDiscard.add(new long[] {host, clusterSize});
-    }
-
-    /**
-     * Applies the decrements {@link #freeAfterFlush} deferred. The flush calls it once the dereferences are durable
-     * (its last sync); the changed blocks are written at the next flush.
+     * Applies the decrements {@link #freeAfterFlush} deferred whose requests are over. The flush calls it once the
+     * dereferences are durable (its last sync); the changed blocks are written at the next flush.
      */
     void applyDeferredFrees() throws IOException {
-        if (!pendingDiscard.isEmpty()) { // their entries are durable: every one was changed before this flush
-            discardedWaiting.add(new Discarded(new ArrayList<>(pendingDiscard), img.requestsNow()));
-            pendingDiscard.clear();
+        // Ordering: every entry in dereferenced was changed (volatile) before this flush began, so a request that
+        // starts after requestsNow() looks the new entry up and never finds these clusters; requestsNow() is taken
+        // after the flush's syncs, so the batch also waits for every request that could have found the old entry.
+        if (!dereferenced.isEmpty()) {
+            waiting.add(new Dereferenced(new ArrayList<>(dereferenced), img.requestsNow()));
+            dereferenced.clear();
         }
-        for (java.util.Iterator<Discarded> it = discardedWaiting.iterator(); it.hasNext(); ) {
-            Discarded d = it.next();
+        for (java.util.Iterator<Dereferenced> it = waiting.iterator(); it.hasNext(); ) {
+            Dereferenced d = it.next();
             if (d.inFlight().over()) {
-                pendingFree.addAll(d.clusters());
+                pendingFree.addAll(d.ranges());
                 it.remove();
             }
         }
+        decrement();
+    }
+
+    /**
+     * The image becomes read-only (its flush made every dereference durable and moved it to {@link #waiting}): the
+     * batches still waiting for requests in flight are freed now, so that the file the switch leaves for other
+     * programs has no leaked clusters. Freeing them early is safe while the image is read-only: nothing allocates
+     * (every allocation re-checks writability under the metadata lock), so no cluster is handed out while a request
+     * is still on it. The decrements land at the next flush (the switch runs two). Metadata lock held.
+     */
+    void freeForReadOnly() {
+        for (Dereferenced d : waiting) {
+            pendingFree.addAll(d.ranges());
+            freedEarly.add(d);
+        }
+        waiting.clear();
+    }
+
+    /**
+     * The image becomes writable again: a batch {@link #freeForReadOnly} freed while requests were in flight, whose
+     * requests still are, is counted up again and waits as before, since the allocator runs again. Free ones are
+     * forgotten. Metadata lock held; the increments are written at the next flush (a crash before leaves the
+     * clusters free, which nothing references).
+     */
+    void retakeForWrites() throws IOException {
+        for (Dereferenced d : freedEarly) {
+            if (d.inFlight().over()) {
+                continue;
+            }
+            for (long[] r : d.ranges()) {
+                long last = (r[0] + r[1] - 1) >>> clusterBits;
+                for (long c = r[0] >>> clusterBits; c <= last; c++) {
+                    setRefcount(c, refcount(c) + 1);
+                }
+            }
+            waiting.add(d);
+        }
+        freedEarly.clear();
+    }
+
+    /** Counts down the clusters of {@link #pendingFree} (in memory; the next flush writes them). */
+    private void decrement() throws IOException {
         List<long[]> frees = new ArrayList<>(pendingFree);
         pendingFree.clear();
         for (long[] r : frees) {
