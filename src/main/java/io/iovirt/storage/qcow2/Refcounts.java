@@ -233,24 +233,64 @@ final class Refcounts {
         return c << clusterBits;
     }
 
-    /** The file offset of {@code k} contiguous free clusters, their refcounts set to 1 (in memory). */
+    /**
+     * The file offset of {@code k} contiguous free clusters, their refcounts set to 1 (in memory). The run is found
+     * first, without making refcount blocks (a cluster no block describes has refcount 0), then reserved while its
+     * refcounts are set: a refcount block or table those need goes past it ({@link #reservedLo}), as in QEMU. Making
+     * the blocks while searching, as {@link #allocateCluster} does, put a block on the first cluster of each block's
+     * range, inside any run longer than that range: with 512-byte clusters and 16-bit refcounts (256 clusters per
+     * block) no L1 table of more than 255 clusters could be placed, and the search grew the refcount table until it
+     * could not grow ("refcount table cannot grow") on a resize to 32 GiB.
+     */
     long allocateContiguous(int k) throws IOException {
         long c = freeHint;
         search:
         while (true) {
             for (int i = 0; i < k; i++) {
-                if (!isFree(c + i)) { // as in allocateCluster, so it ends past allocEnd too
+                if (!isFreeNow(c + i)) { // ends past allocEnd, where every cluster but metadata is free
                     c += i + 1;
                     continue search;
                 }
             }
             break;
         }
-        for (int i = 0; i < k; i++) {
-            setRefcount(c + i, 1);
+        reservedLo = c;
+        reservedHi = c + k;
+        try {
+            for (int i = 0; i < k; i++) {
+                setRefcount(c + i, 1); // may make blocks (and a bigger table): past reservedHi
+            }
+        } finally {
+            reservedLo = 0;
+            reservedHi = 0;
         }
         allocEnd = Math.max(allocEnd, c + k);
         return c << clusterBits;
+    }
+
+    /**
+     * Clusters [reservedLo, reservedHi): a run {@link #allocateContiguous} is counting, where no refcount block or
+     * table may go. Empty (0, 0) otherwise. Grows past the run as blocks are placed after it, so that each lands on a
+     * cluster of its own.
+     */
+    private long reservedLo;
+
+    private long reservedHi;
+
+    /** Whether cluster {@code c} is free as the refcounts are now, making no refcount block. */
+    private boolean isFreeNow(long c) throws IOException {
+        return !img.overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) == 0);
+    }
+
+    /** Whether a refcount block describes cluster {@code c}. */
+    private boolean hasBlock(long c) {
+        long bi = c / refBlockEntries;
+        return bi < refTable.length && refTable[(int) bi] != 0;
+    }
+
+    /** Whether {@code c} lies in the run {@link #allocateContiguous} is counting. */
+    private boolean isReserved(long c) {
+        return c >= reservedLo && c < reservedHi;
     }
 
     /**
@@ -396,6 +436,10 @@ final class Refcounts {
             return;
         }
         long cluster = bi * refBlockEntries;
+        if (isReserved(cluster)) {
+            placeRefBlockAfterReserved(bi);
+            return;
+        }
         long off = cluster << clusterBits;
         if (img.overlapsMetadata(off, clusterSize)) {
             // the block would go over the header or a table: the refcount table lacks a block a consistent image has
@@ -416,6 +460,42 @@ final class Refcounts {
     }
 
     /**
+     * Makes refcount block {@code bi}, whose first cluster lies in the run {@link #allocateContiguous} is counting,
+     * on the first free cluster past the run (as QEMU places a new block anywhere free). When that cluster lies in
+     * the block's own range the block counts itself; otherwise the block that describes it counts it, and is written
+     * and synced first. Either way the block's own refcount is durable before the table points at it (rule 4).
+     */
+    private void placeRefBlockAfterReserved(long bi) throws IOException {
+        long q = reservedHi;
+        // not the first cluster of a range without a block (other than bi's): that block would be placed there
+        while (!isFreeNow(q) || (q / refBlockEntries != bi && q % refBlockEntries == 0 && !hasBlock(q))) {
+            q++;
+        }
+        reservedHi = q + 1; // a block the one describing q needs goes past q too
+        long off = q << clusterBits;
+        MemorySegment data = MetaCache.allocate(clusterSize);
+        if (q / refBlockEntries == bi) {
+            setRef(data, q % refBlockEntries, 1);
+        } else {
+            // Ordering: the describing block (made first if need be, after the run too) holds q's refcount before
+            // this block is written; it is written now, so q's refcount is on disk before the table names q.
+            setRefcount(q, 1);
+            MetaCache.Table b = img.table(refCache, refTable[(int) (q / refBlockEntries)]);
+            img.writeMeta(b.data, 0, clusterSize, b.offset);
+            b.clean(); // what else it held is safe early: increments leak at worst, decrements are due already
+        }
+        img.makeRoom(refCache);
+        img.writeMeta(data, 0, clusterSize, off);
+        img.sync(); // the block (and the one counting it) before the table points at it
+        refTable[(int) bi] = off;
+        img.writeMeta64(refTableOffset + bi * 8, off);
+        img.sync();
+        refCache.put(off, data);
+        img.addMetadataCluster(off);
+        allocEnd = Math.max(allocEnd, q + 1);
+    }
+
+    /**
      * Grows the refcount table to cover block {@code bi}: a new refcount block and the new table are placed past
      * every cluster the old table covers (all free), written and synced, then the header is switched to the new
      * table in one sector write and synced; the old table's clusters are freed.
@@ -423,7 +503,15 @@ final class Refcounts {
     private void growRefTable(long bi) throws IOException {
         long entriesPerCluster = clusterSize / 8;
         long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
-        if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+        long p = newRefStructures(newClusters);
+        // the table covers its own block too (which lies past the run allocateContiguous is counting, if any)
+        for (int i = 0; i < 4 && (p / refBlockEntries + 1) > newClusters * entriesPerCluster; i++) {
+            newClusters = Math.max(newClusters, (p / refBlockEntries + 1 + entriesPerCluster - 1) / entriesPerCluster);
+            p = newRefStructures(newClusters);
+        }
+        if ((p / refBlockEntries + 1) > newClusters * entriesPerCluster
+                || newClusters + 1 > refBlockEntries
+                || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
             throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
                     + " clusters; the image is too large for cluster size " + clusterSize);
         }
@@ -434,7 +522,7 @@ final class Refcounts {
                         + " write was refused)");
         long[] old = refTable;
         try {
-            growRefTableCharged(newClusters);
+            growRefTableCharged(newClusters, p);
         } finally {
             if (refTable == old) { // failed before the switch: the old table stays in use
                 img.chargeRefTableAnyway(oldCharged);
@@ -442,11 +530,28 @@ final class Refcounts {
         }
     }
 
-    /** {@link #growRefTable} to {@code newClusters} clusters, charged already. */
-    private void growRefTableCharged(long newClusters) throws IOException {
+    /**
+     * Where {@link #growRefTable} places a new refcount block and, after it, a new table of {@code newClusters}
+     * clusters: the first cluster the old table does not cover (all free: no block counts them), or past the run
+     * {@link #allocateContiguous} is counting when that lies there, at the start of a block's range if the block
+     * could not count itself and the table otherwise.
+     */
+    private long newRefStructures(long newClusters) {
+        long p = (long) refTable.length * refBlockEntries; // first cluster the old table does not cover
+        if (reservedHi > p && reservedLo <= p + newClusters) {
+            p = reservedHi;
+            if (p % refBlockEntries + newClusters + 1 > refBlockEntries) {
+                p = (p / refBlockEntries + 1) * refBlockEntries;
+            }
+        }
+        return p;
+    }
+
+    /** {@link #growRefTable} to {@code newClusters} clusters at cluster {@code p}, charged already. */
+    private void growRefTableCharged(long newClusters, long p) throws IOException {
         int oldEntries = refTable.length;
         long entriesPerCluster = clusterSize / 8;
-        long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
+        long first = p % refBlockEntries; // the block's index of p: 0 unless placed past a reserved run
         long blockOff = p << clusterBits;
         long tableOff = (p + 1) << clusterBits;
         for (long c = p; c <= p + newClusters; c++) {
@@ -459,11 +564,11 @@ final class Refcounts {
         }
         MemorySegment block = MetaCache.allocate(clusterSize);
         for (long i = 0; i <= newClusters; i++) {
-            setRef(block, i, 1);
+            setRef(block, first + i, 1);
         }
         img.writeMeta(block, 0, clusterSize, blockOff);
         long[] table = Arrays.copyOf(refTable, (int) (newClusters * entriesPerCluster));
-        table[oldEntries] = blockOff;
+        table[(int) (p / refBlockEntries)] = blockOff;
         switchRefTable(table, tableOff, newClusters);
         long oldOff = refTableOffset;
         int oldClusters = refTableClusters;
@@ -473,6 +578,9 @@ final class Refcounts {
         refCache.put(blockOff, block);
         img.addMetadataCluster(blockOff);
         allocEnd = Math.max(allocEnd, p + 1 + newClusters);
+        if (reservedHi > reservedLo) {
+            reservedHi = Math.max(reservedHi, p + 1 + newClusters); // later blocks go past these too
+        }
         for (long i = 0; i < newClusters; i++) {
             img.addMetadataCluster(tableOff + i * clusterSize);
         }

@@ -1029,6 +1029,37 @@ class Qcow2ImageTest {
         qemuIoOk(img, "qcow2", "read -P 0x11 0 4k");
     }
 
+    /**
+     * A resize of an image with 512-byte clusters and 16-bit refcounts (one refcount block covers 256 clusters) from
+     * 1 MiB to 32 GiB, which qemu-img resize does: its L1 table of 2^20 entries is 16384 contiguous clusters, and the
+     * refcount blocks describing them go past them. Before, the search for the run put a refcount block on the first
+     * cluster of every block's range, so no run of more than 255 clusters was ever free: the search grew the refcount
+     * table until it could not ("refcount table cannot grow") and the resize failed. 64-bit refcounts (64 clusters
+     * per block) make the run cross the refcount table's reach several times.
+     */
+    @ParameterizedTest
+    @ValueSource(ints = {16, 64})
+    void aResizeOfA512ByteClusterImageGrowsItsL1TableAcrossManyRefcountBlocks(int refcountBits) throws Exception {
+        Path img = create("rs512.qcow2", "1M", "cluster_size=512", "refcount_bits=" + refcountBits);
+        qemuIoOk(img, "qcow2", "write -P 0x31 0 64k");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            q.resize(32L << 30);
+            assertEquals(32L << 30, q.size());
+            write(q, (32L << 30) - 65536, fill(65536, 0x32));
+            write(q, 16L << 30, fill(4096, 0x33));
+            q.flush();
+        }
+        assertTrue(ok("qemu-img", "info", "--output=json", img.toString()).contains("\"virtual-size\": 34359738368"));
+        check(img, false);
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0x31 0 64k",
+                "read -P 0x32 " + ((32L << 30) - 65536) + " 64k",
+                "read -P 0x33 16G 4k",
+                "read -P 0 1G 64k");
+    }
+
     @Test
     void resizeGrowsTheVirtualSizeAndTheL1TableAsTheFormatSpecifies() throws Exception {
         Path big = create("resize64k.qcow2", "64M");
