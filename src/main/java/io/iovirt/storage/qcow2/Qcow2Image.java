@@ -40,9 +40,9 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>cluster data is written before any L2 entry points at it (data writes happen at allocation);</li>
  * <li>a flush writes the dirty refcount blocks, fdatasync (which also makes the data durable), then the dirty L2
  * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
- * <li>a refcount decrement (a compressed cluster rewritten, a cluster discarded) is applied only after the flush
- * that made the dereference durable; a discarded cluster's, also only once every lock-free read or write in flight
- * when that flush ran has completed ({@link #requestsNow}), since the allocator may hand it out again;</li>
+ * <li>a refcount decrement (a compressed or shared cluster rewritten, a cluster discarded) is applied only after the
+ * flush that made the dereference durable, and only once every lock-free read or write in flight when that flush ran
+ * has completed ({@link #requestsNow}), since the allocator may hand the cluster out again;</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
@@ -618,8 +618,10 @@ public final class Qcow2Image implements DiskImage {
     /**
      * Refuses (true) or accepts again (false) writes from now on, while the image is served (the daemon's
      * blk.set-readonly, a config reload). Switching to read-only flushes the data and every dirty metadata table in
-     * the consistency order, twice so that refcount decrements deferred by the first flush land too: the file is then
-     * a clean, complete qcow2 image another program may open. iovirt never sets the dirty bit (no lazy refcounts) and
+     * the consistency order, then again so that refcount decrements deferred by the first flush land too — also
+     * those still waiting for a request in flight, freed early since nothing allocates while read-only (taken again
+     * when the image becomes writable before the request completed): the file is then a clean, complete qcow2 image
+     * without leaks another program may open. iovirt never sets the dirty bit (no lazy refcounts) and
      * repairs an image left dirty when it opens it for writing, so there is no dirty bit to clear here. A write
      * that passed its checks before the switch may still complete (as for a raw image); allocations and zeroing
      * re-check under the metadata lock and are refused. An image opened read-only cannot be made writable.
@@ -634,8 +636,18 @@ public final class Qcow2Image implements DiskImage {
                         + " was opened read-only; remove the export and add it again without readonly");
             }
             if (ro && !readOnly) {
+                // Ordering: the first flush makes every dereference durable and queues its free behind the requests
+                // in flight; those still waiting are then freed at once (nothing allocates once read-only, and the
+                // lock is held until readOnly is set, so no allocation comes in between); the second flush counts
+                // them down and the third writes the blocks: the file is left without leaks for other programs.
+                flushMetadata();
+                refcounts.freeForReadOnly();
                 flushMetadata();
                 flushMetadata();
+            } else if (!ro && readOnly) {
+                // before readOnly is cleared (under the same lock): a cluster freed early by the switch to read-only
+                // whose request is still in flight is taken again before the allocator can run
+                refcounts.retakeForWrites();
             }
             readOnly = ro;
         } finally {
@@ -925,7 +937,14 @@ public final class Qcow2Image implements DiskImage {
 
     /** Reads guest bytes [guestOffset, +dst.byteSize()) — within one cluster — into {@code dst}. */
     private void readPiece(long guestOffset, MemorySegment dst) throws IOException {
-        long e = l2Entry(guestOffset);
+        readPiece(l2Entry(guestOffset), guestOffset, dst);
+    }
+
+    /**
+     * Reads guest bytes [guestOffset, +dst.byteSize()) — within one cluster — into {@code dst}, as L2 entry {@code e}
+     * looked up for it (before, maybe long before: a lock-free read may be preempted between the two).
+     */
+    void readPiece(long e, long guestOffset, MemorySegment dst) throws IOException {
         long in = guestOffset & (clusterSize - 1);
         if ((e & OFLAG_COMPRESSED) != 0) {
             byte[] c = compressed.inflate(e);
@@ -1102,8 +1121,9 @@ public final class Qcow2Image implements DiskImage {
      * {@code unmap} its space is punched out): the cluster stays preallocated. Discard, as QEMU's, gives it up: the
      * zero entry has no host cluster and the host cluster's refcount is counted down once the entry is durable
      * and no lock-free write that found the cluster before the discard can still be in flight
-     * ({@link Refcounts#freeDiscarded}); its space is punched out at once. Partial clusters are written with zeros
-     * (write-zeroes) or left alone (discard is advisory).
+     * ({@link Refcounts#freeAfterFlush}); its space is punched out at once. A preallocated zero cluster (zero flag
+     * and a host cluster) gives its host cluster up the same way, as QEMU's discard does. Partial clusters are
+     * written with zeros (write-zeroes) or left alone (discard is advisory).
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
@@ -1143,8 +1163,8 @@ public final class Qcow2Image implements DiskImage {
             checkOpen();
             checkWritable();
             long e = l2Entry(cluster);
-            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0) {
-                return; // already zero
+            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (!discard || (e & OFFSET_MASK) == 0)) {
+                return; // already zero (a discard of a preallocated one still frees its host cluster, below)
             }
             if (e == 0 && (backing == null || cluster >= backingSize)) {
                 return; // unallocated with nothing underneath reads as zeros
@@ -1156,7 +1176,7 @@ public final class Qcow2Image implements DiskImage {
             if (host >= 0 && discard) {
                 t.setEntry(idx, OFLAG_ZERO); // zeros, as before the discard's free (a backing file stays hidden)
                 punch(host);
-                refcounts.freeDiscarded(host);
+                refcounts.freeAfterFlush(host, clusterSize);
             } else if (host >= 0) {
                 t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
                 if (unmap) {
@@ -1166,7 +1186,9 @@ public final class Qcow2Image implements DiskImage {
                 t.setEntry(idx, OFLAG_ZERO);
                 if ((e & OFLAG_COMPRESSED) != 0) {
                     refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
-                } else if ((e & OFFSET_MASK) != 0 && (e & OFLAG_ZERO) == 0) {
+                } else if ((e & OFFSET_MASK) != 0) {
+                    // a shared cluster, or the host cluster of a preallocated zero cluster a discard gives up (a
+                    // write-zeroes returned above: it keeps a zero cluster as it is, preallocated or not)
                     refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
                 }
             }
@@ -1824,12 +1846,12 @@ public final class Qcow2Image implements DiskImage {
         }
 
         /** A request starts: before it looks up its host clusters (a volatile write, then the lookup's reads). */
-        private void start() {
+        void start() {
             requests = requests + 1; // odd; only this context's thread writes it
         }
 
         /** The request started last is over (nothing if none is in flight: the count stays even). */
-        private void end() {
+        void end() {
             long w = requests;
             if ((w & 1) != 0) {
                 requests = w + 1;
@@ -1839,21 +1861,7 @@ public final class Qcow2Image implements DiskImage {
         @Override
         public boolean submitRead(IoUring ring, long offset, long userData) throws LinuxException {
             checkRange(offset, bytes, false);
-            start(); // until completed(): the read is in flight on the host clusters it finds
-            boolean queued = false;
-            try {
-                long host = submittableHost(offset);
-                if (host < 0 || !raw.submitRead(ring, host, userData)) {
-                    return false;
-                }
-                submittedHost = host;
-                queued = true;
-                return true;
-            } finally {
-                if (!queued) {
-                    end();
-                }
-            }
+            return submit(ring, offset, userData, false);
         }
 
         @Override
@@ -1862,12 +1870,24 @@ public final class Qcow2Image implements DiskImage {
             if (syncFailure != null) {
                 return false; // the synchronous path reports it
             }
-            start(); // until completed(): the write is in flight on the host clusters it finds
+            return submit(ring, offset, userData, true);
+        }
+
+        /**
+         * Queues the request on {@code ring} when it maps to one host run, counted in flight from before its lookup
+         * until {@link #completed} (the lookup must follow the count: a discard's free waits only for requests
+         * counted when its flush ran); false, the count back to even, when it is not queued: the synchronous path
+         * then reads, writes, or reports the damaged entry (a write onto metadata).
+         */
+        private boolean submit(IoUring ring, long offset, long userData, boolean write) throws LinuxException {
+            start(); // until completed(): the request is in flight on the host clusters it finds
             boolean queued = false;
             try {
                 long host = submittableHost(offset);
-                if (host < 0 || overlapsMetadata(host, bytes) || !raw.submitWrite(ring, host, userData)) {
-                    return false; // the synchronous path writes, or reports the damaged entry
+                if (host < 0
+                        || (write && overlapsMetadata(host, bytes))
+                        || !(write ? raw.submitWrite(ring, host, userData) : raw.submitRead(ring, host, userData))) {
+                    return false;
                 }
                 submittedHost = host;
                 queued = true;

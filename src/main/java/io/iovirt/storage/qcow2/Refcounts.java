@@ -20,7 +20,8 @@ import java.util.Map;
  * cursor, the refcount decrements deferred to the next flush, and the rebuild of an image left dirty.
  *
  * <p>It keeps two rules of the image's crash-consistency contract (rules 3 and 4 in {@link Qcow2Image}): a refcount
- * decrement is applied only after the flush that made the dereference durable ({@link #freeAfterFlush},
+ * decrement is applied only after the flush that made the dereference durable, and once the requests in flight
+ * then completed ({@link #freeAfterFlush},
  * {@link #applyDeferredFrees}); a new refcount block or refcount table is written and synced before the pointer to
  * it ({@link #ensureRefBlock}, {@link #growRefTable}, {@link #switchRefTable}). Changed refcounts stay in memory
  * until the image's flush writes the dirty blocks ({@link #blocks}) first, before the tables that reference what
@@ -67,18 +68,24 @@ final class Refcounts {
      * claiming clusters the file does not have cannot make it scan beyond what exists.
      */
     private long allocEnd;
-    /** Host ranges (offset, bytes) whose references are gone in memory; decremented after the next flush. */
+    /** Host ranges (offset, bytes) whose decrement is due now: applied by the next {@link #applyDeferredFrees}. */
     private final List<long[]> pendingFree = new ArrayList<>();
     /**
-     * Host clusters a discard dereferenced since the last flush: freed as {@link #pendingFree}'s, once the lock-free
-     * reads and writes in flight at the flush that made the dereference durable completed ({@link #discardedWaiting}).
+     * Host ranges (offset, bytes) an L2 entry stopped referencing since the last flush (a discard, a compressed or
+     * shared cluster copied out): freed as {@link #pendingFree}'s, once the lock-free reads and writes in flight at
+     * the flush that made the dereference durable completed ({@link #waiting}).
      */
-    private final List<long[]> pendingDiscard = new ArrayList<>();
-    /** Discarded clusters whose dereference is durable, each batch with the requests it waits for. */
-    private final java.util.ArrayDeque<Discarded> discardedWaiting = new java.util.ArrayDeque<>();
+    private final List<long[]> dereferenced = new ArrayList<>();
+    /** Dereferenced ranges whose dereference is durable, each batch with the requests it waits for. */
+    private final java.util.ArrayDeque<Dereferenced> waiting = new java.util.ArrayDeque<>();
+    /**
+     * Batches {@link #freeForReadOnly} freed before their requests completed: taken again by {@link #retakeForWrites}
+     * if the image becomes writable while one of them is still in flight.
+     */
+    private final List<Dereferenced> freedEarly = new ArrayList<>();
 
-    /** Discarded host clusters (offset, bytes) and the requests in flight when their flush ran. */
-    private record Discarded(List<long[]> clusters, Qcow2Image.InFlight inFlight) {}
+    /** Dereferenced host ranges (offset, bytes) and the requests in flight when their flush ran. */
+    private record Dereferenced(List<long[]> ranges, Qcow2Image.InFlight inFlight) {}
 
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
@@ -116,8 +123,9 @@ final class Refcounts {
     void reload(Qcow2Header h) throws IOException {
         refCache.clearAll();
         pendingFree.clear();
-        pendingDiscard.clear();
-        discardedWaiting.clear();
+        dereferenced.clear();
+        waiting.clear();
+        freedEarly.clear(); // no request is in flight at a refresh
         refTableOffset = h.refTableOffset();
         refTableClusters = h.refTableClusters();
         freeHint = 0;
@@ -225,24 +233,64 @@ final class Refcounts {
         return c << clusterBits;
     }
 
-    /** The file offset of {@code k} contiguous free clusters, their refcounts set to 1 (in memory). */
+    /**
+     * The file offset of {@code k} contiguous free clusters, their refcounts set to 1 (in memory). The run is found
+     * first, without making refcount blocks (a cluster no block describes has refcount 0), then reserved while its
+     * refcounts are set: a refcount block or table those need goes past it ({@link #reservedLo}), as in QEMU. Making
+     * the blocks while searching, as {@link #allocateCluster} does, put a block on the first cluster of each block's
+     * range, inside any run longer than that range: with 512-byte clusters and 16-bit refcounts (256 clusters per
+     * block) no L1 table of more than 255 clusters could be placed, and the search grew the refcount table until it
+     * could not grow ("refcount table cannot grow") on a resize to 32 GiB.
+     */
     long allocateContiguous(int k) throws IOException {
         long c = freeHint;
         search:
         while (true) {
             for (int i = 0; i < k; i++) {
-                if (!isFree(c + i)) { // as in allocateCluster, so it ends past allocEnd too
+                if (!isFreeNow(c + i)) { // ends past allocEnd, where every cluster but metadata is free
                     c += i + 1;
                     continue search;
                 }
             }
             break;
         }
-        for (int i = 0; i < k; i++) {
-            setRefcount(c + i, 1);
+        reservedLo = c;
+        reservedHi = c + k;
+        try {
+            for (int i = 0; i < k; i++) {
+                setRefcount(c + i, 1); // may make blocks (and a bigger table): past reservedHi
+            }
+        } finally {
+            reservedLo = 0;
+            reservedHi = 0;
         }
         allocEnd = Math.max(allocEnd, c + k);
         return c << clusterBits;
+    }
+
+    /**
+     * Clusters [reservedLo, reservedHi): a run {@link #allocateContiguous} is counting, where no refcount block or
+     * table may go. Empty (0, 0) otherwise. Grows past the run as blocks are placed after it, so that each lands on a
+     * cluster of its own.
+     */
+    private long reservedLo;
+
+    private long reservedHi;
+
+    /** Whether cluster {@code c} is free as the refcounts are now, making no refcount block. */
+    private boolean isFreeNow(long c) throws IOException {
+        return !img.overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) == 0);
+    }
+
+    /** Whether a refcount block describes cluster {@code c}. */
+    private boolean hasBlock(long c) {
+        long bi = c / refBlockEntries;
+        return bi < refTable.length && refTable[(int) bi] != 0;
+    }
+
+    /** Whether {@code c} lies in the run {@link #allocateContiguous} is counting. */
+    private boolean isReserved(long c) {
+        return c >= reservedLo && c < reservedHi;
     }
 
     /**
@@ -271,41 +319,79 @@ final class Refcounts {
     // ---- freeing -----------------------------------------------------------------------------------------------
 
     /**
-     * Counts down, after the next flush, each cluster [host, host+bytes) touches: an L2 entry no longer references
-     * them in memory (a shared or compressed cluster copied out, a cluster discarded), and until that entry is
-     * durable the old one on disk still does.
+     * Counts down each cluster [host, host+bytes) touches, which an L2 entry stopped referencing in memory (a
+     * cluster discarded, a compressed or shared cluster copied out): after the flush that makes that entry durable
+     * (until then the old one on disk still references them), and not while a lock-free data read or write that
+     * looked the entry up before the change may still be in flight. Such a request would read or write the clusters
+     * once the allocator handed them out again: a read would return another guest offset's data (or a table), a
+     * write would land on it. One mechanism for every such free: the decrement waits for a later flush
+     * ({@link #applyDeferredFrees}).
      */
     void freeAfterFlush(long host, long bytes) {
-        pendingFree.add(new long[] {host, bytes});
+        dereferenced.add(new long[] {host, bytes});
     }
 
     /**
-     * Counts down the host cluster at {@code host}, which a discard just dereferenced (its entry is a zero cluster
-     * without host cluster in memory), as {@link #freeAfterFlush} does, but not while a lock-free data write or read
-     * that looked the cluster up before the discard may still be in flight: the write would land on the cluster once
-     * it is handed out again (another guest offset's data, or a table), the read return what was written there. Such
-     * frees wait for a later flush.
-     */
-    void freeDiscarded(long host) {
-        pendingDiscard.add(new long[] {host, clusterSize});
-    }
-
-    /**
-     * Applies the decrements {@link #freeAfterFlush} deferred. The flush calls it once the dereferences are durable
-     * (its last sync); the changed blocks are written at the next flush.
+     * Applies the decrements {@link #freeAfterFlush} deferred whose requests are over. The flush calls it once the
+     * dereferences are durable (its last sync); the changed blocks are written at the next flush.
      */
     void applyDeferredFrees() throws IOException {
-        if (!pendingDiscard.isEmpty()) { // their entries are durable: every one was changed before this flush
-            discardedWaiting.add(new Discarded(new ArrayList<>(pendingDiscard), img.requestsNow()));
-            pendingDiscard.clear();
+        // Ordering: every entry in dereferenced was changed (volatile) before this flush began, so a request that
+        // starts after requestsNow() looks the new entry up and never finds these clusters; requestsNow() is taken
+        // after the flush's syncs, so the batch also waits for every request that could have found the old entry.
+        if (!dereferenced.isEmpty()) {
+            waiting.add(new Dereferenced(new ArrayList<>(dereferenced), img.requestsNow()));
+            dereferenced.clear();
         }
-        for (java.util.Iterator<Discarded> it = discardedWaiting.iterator(); it.hasNext(); ) {
-            Discarded d = it.next();
+        for (java.util.Iterator<Dereferenced> it = waiting.iterator(); it.hasNext(); ) {
+            Dereferenced d = it.next();
             if (d.inFlight().over()) {
-                pendingFree.addAll(d.clusters());
+                pendingFree.addAll(d.ranges());
                 it.remove();
             }
         }
+        decrement();
+    }
+
+    /**
+     * The image becomes read-only (its flush made every dereference durable and moved it to {@link #waiting}): the
+     * batches still waiting for requests in flight are freed now, so that the file the switch leaves for other
+     * programs has no leaked clusters. Freeing them early is safe while the image is read-only: nothing allocates
+     * (every allocation re-checks writability under the metadata lock), so no cluster is handed out while a request
+     * is still on it. The decrements land at the next flush (the switch runs two). Metadata lock held.
+     */
+    void freeForReadOnly() {
+        for (Dereferenced d : waiting) {
+            pendingFree.addAll(d.ranges());
+            freedEarly.add(d);
+        }
+        waiting.clear();
+    }
+
+    /**
+     * The image becomes writable again: a batch {@link #freeForReadOnly} freed while requests were in flight, whose
+     * requests still are, is counted up again and waits as before, since the allocator runs again. Free ones are
+     * forgotten. Metadata lock held; the increments are written at the next flush (a crash before leaves the
+     * clusters free, which nothing references).
+     */
+    void retakeForWrites() throws IOException {
+        for (Dereferenced d : freedEarly) {
+            if (d.inFlight().over()) {
+                continue;
+            }
+            for (long[] r : d.ranges()) {
+                long last = (r[0] + r[1] - 1) >>> clusterBits;
+                for (long c = r[0] >>> clusterBits; c <= last; c++) {
+                    setRefcount(c, refcount(c) + 1);
+                }
+            }
+            waiting.add(d);
+        }
+        freedEarly.clear();
+    }
+
+    /** Counts down the clusters of {@link #pendingFree} (in memory; the next flush writes them). */
+    private void decrement() throws IOException {
         List<long[]> frees = new ArrayList<>(pendingFree);
         pendingFree.clear();
         for (long[] r : frees) {
@@ -350,6 +436,10 @@ final class Refcounts {
             return;
         }
         long cluster = bi * refBlockEntries;
+        if (isReserved(cluster)) {
+            placeRefBlockAfterReserved(bi);
+            return;
+        }
         long off = cluster << clusterBits;
         if (img.overlapsMetadata(off, clusterSize)) {
             // the block would go over the header or a table: the refcount table lacks a block a consistent image has
@@ -370,6 +460,42 @@ final class Refcounts {
     }
 
     /**
+     * Makes refcount block {@code bi}, whose first cluster lies in the run {@link #allocateContiguous} is counting,
+     * on the first free cluster past the run (as QEMU places a new block anywhere free). When that cluster lies in
+     * the block's own range the block counts itself; otherwise the block that describes it counts it, and is written
+     * and synced first. Either way the block's own refcount is durable before the table points at it (rule 4).
+     */
+    private void placeRefBlockAfterReserved(long bi) throws IOException {
+        long q = reservedHi;
+        // not the first cluster of a range without a block (other than bi's): that block would be placed there
+        while (!isFreeNow(q) || (q / refBlockEntries != bi && q % refBlockEntries == 0 && !hasBlock(q))) {
+            q++;
+        }
+        reservedHi = q + 1; // a block the one describing q needs goes past q too
+        long off = q << clusterBits;
+        MemorySegment data = MetaCache.allocate(clusterSize);
+        if (q / refBlockEntries == bi) {
+            setRef(data, q % refBlockEntries, 1);
+        } else {
+            // Ordering: the describing block (made first if need be, after the run too) holds q's refcount before
+            // this block is written; it is written now, so q's refcount is on disk before the table names q.
+            setRefcount(q, 1);
+            MetaCache.Table b = img.table(refCache, refTable[(int) (q / refBlockEntries)]);
+            img.writeMeta(b.data, 0, clusterSize, b.offset);
+            b.clean(); // what else it held is safe early: increments leak at worst, decrements are due already
+        }
+        img.makeRoom(refCache);
+        img.writeMeta(data, 0, clusterSize, off);
+        img.sync(); // the block (and the one counting it) before the table points at it
+        refTable[(int) bi] = off;
+        img.writeMeta64(refTableOffset + bi * 8, off);
+        img.sync();
+        refCache.put(off, data);
+        img.addMetadataCluster(off);
+        allocEnd = Math.max(allocEnd, q + 1);
+    }
+
+    /**
      * Grows the refcount table to cover block {@code bi}: a new refcount block and the new table are placed past
      * every cluster the old table covers (all free), written and synced, then the header is switched to the new
      * table in one sector write and synced; the old table's clusters are freed.
@@ -377,7 +503,15 @@ final class Refcounts {
     private void growRefTable(long bi) throws IOException {
         long entriesPerCluster = clusterSize / 8;
         long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
-        if (newClusters + 1 > refBlockEntries || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+        long p = newRefStructures(newClusters);
+        // the table covers its own block too (which lies past the run allocateContiguous is counting, if any)
+        for (int i = 0; i < 4 && (p / refBlockEntries + 1) > newClusters * entriesPerCluster; i++) {
+            newClusters = Math.max(newClusters, (p / refBlockEntries + 1 + entriesPerCluster - 1) / entriesPerCluster);
+            p = newRefStructures(newClusters);
+        }
+        if ((p / refBlockEntries + 1) > newClusters * entriesPerCluster
+                || newClusters + 1 > refBlockEntries
+                || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
             throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
                     + " clusters; the image is too large for cluster size " + clusterSize);
         }
@@ -388,7 +522,7 @@ final class Refcounts {
                         + " write was refused)");
         long[] old = refTable;
         try {
-            growRefTableCharged(newClusters);
+            growRefTableCharged(newClusters, p);
         } finally {
             if (refTable == old) { // failed before the switch: the old table stays in use
                 img.chargeRefTableAnyway(oldCharged);
@@ -396,11 +530,28 @@ final class Refcounts {
         }
     }
 
-    /** {@link #growRefTable} to {@code newClusters} clusters, charged already. */
-    private void growRefTableCharged(long newClusters) throws IOException {
+    /**
+     * Where {@link #growRefTable} places a new refcount block and, after it, a new table of {@code newClusters}
+     * clusters: the first cluster the old table does not cover (all free: no block counts them), or past the run
+     * {@link #allocateContiguous} is counting when that lies there, at the start of a block's range if the block
+     * could not count itself and the table otherwise.
+     */
+    private long newRefStructures(long newClusters) {
+        long p = (long) refTable.length * refBlockEntries; // first cluster the old table does not cover
+        if (reservedHi > p && reservedLo <= p + newClusters) {
+            p = reservedHi;
+            if (p % refBlockEntries + newClusters + 1 > refBlockEntries) {
+                p = (p / refBlockEntries + 1) * refBlockEntries;
+            }
+        }
+        return p;
+    }
+
+    /** {@link #growRefTable} to {@code newClusters} clusters at cluster {@code p}, charged already. */
+    private void growRefTableCharged(long newClusters, long p) throws IOException {
         int oldEntries = refTable.length;
         long entriesPerCluster = clusterSize / 8;
-        long p = (long) oldEntries * refBlockEntries; // first cluster the old table does not cover
+        long first = p % refBlockEntries; // the block's index of p: 0 unless placed past a reserved run
         long blockOff = p << clusterBits;
         long tableOff = (p + 1) << clusterBits;
         for (long c = p; c <= p + newClusters; c++) {
@@ -413,11 +564,11 @@ final class Refcounts {
         }
         MemorySegment block = MetaCache.allocate(clusterSize);
         for (long i = 0; i <= newClusters; i++) {
-            setRef(block, i, 1);
+            setRef(block, first + i, 1);
         }
         img.writeMeta(block, 0, clusterSize, blockOff);
         long[] table = Arrays.copyOf(refTable, (int) (newClusters * entriesPerCluster));
-        table[oldEntries] = blockOff;
+        table[(int) (p / refBlockEntries)] = blockOff;
         switchRefTable(table, tableOff, newClusters);
         long oldOff = refTableOffset;
         int oldClusters = refTableClusters;
@@ -427,6 +578,9 @@ final class Refcounts {
         refCache.put(blockOff, block);
         img.addMetadataCluster(blockOff);
         allocEnd = Math.max(allocEnd, p + 1 + newClusters);
+        if (reservedHi > reservedLo) {
+            reservedHi = Math.max(reservedHi, p + 1 + newClusters); // later blocks go past these too
+        }
         for (long i = 0; i < newClusters; i++) {
             img.addMetadataCluster(tableOff + i * clusterSize);
         }

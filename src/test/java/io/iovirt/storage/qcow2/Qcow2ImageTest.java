@@ -558,35 +558,7 @@ class Qcow2ImageTest {
      */
     @Test
     void aDiscardedClusterIsNotReusedWhileAWriteThatFoundItIsInFlight() throws Exception {
-        String why = IoUring.unavailableReason();
-        Require.that(why == null, why);
-        Path img = create("discfly.qcow2", "16M");
-        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
-        try (Qcow2Image q = Qcow2Image.open(img, false);
-                Arena arena = Arena.ofConfined();
-                IoUring ring = IoUring.create(4);
-                Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
-            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            MemorySegment buf = arena.allocate(65536, 4096);
-            buf.fill((byte) 0x55);
-            io.add(buf);
-            assertTrue(io.submitWrite(ring, 2 * MIB, 1), "queued: a write to an allocated cluster");
-            q.discard(2 * MIB, 65536);
-            q.handOver();
-            write(q, 9 * MIB, fill(65536, 0x66));
-            assertTrue(
-                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
-                    "the discarded cluster was handed out while a write to it was in flight");
-            ring.submitAndWait(1);
-            int[] res = new int[1];
-            assertEquals(1, ring.reap((ud, r, f) -> res[0] = r));
-            io.completed(true, 2 * MIB, res[0]);
-            q.handOver(); // nothing in flight now: the discarded cluster is freed
-            write(q, 10 * MIB, fill(65536, 0x77));
-            assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
-        }
-        check(img, false);
-        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
+        aDiscardedClusterIsNotReusedWhileARequestIsInFlight("discfly.qcow2", true);
     }
 
     /**
@@ -597,9 +569,99 @@ class Qcow2ImageTest {
      */
     @Test
     void aDiscardedClusterIsNotReusedWhileAReadThatFoundItIsInFlight() throws Exception {
+        aDiscardedClusterIsNotReusedWhileARequestIsInFlight("discread.qcow2", false);
+    }
+
+    /**
+     * Queues a write of 0x55 bytes ({@code write}) or a read of guest cluster 2 MiB on an io_uring, discards the
+     * cluster, hands the image over and allocates guest cluster 9 MiB while the request is in flight: the discarded
+     * cluster must not be the new one. Once the request completed (a read returned the old data or zeros) and a
+     * flush ran, the next allocation takes it.
+     */
+    private void aDiscardedClusterIsNotReusedWhileARequestIsInFlight(String name, boolean write) throws Exception {
         String why = IoUring.unavailableReason();
         Require.that(why == null, why);
-        Path img = create("discread.qcow2", "16M");
+        Path img = create(name, "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            MemorySegment buf = arena.allocate(65536, 4096);
+            buf.fill((byte) 0x55);
+            io.add(buf);
+            String what = write ? "write to" : "read of";
+            assertTrue(
+                    write ? io.submitWrite(ring, 2 * MIB, 1) : io.submitRead(ring, 2 * MIB, 1),
+                    "queued: a " + what + " an allocated cluster");
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the discarded cluster was handed out while a " + what + " it was in flight");
+            ring.submitAndWait(1);
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            io.completed(write, 2 * MIB, 65536);
+            if (!write) {
+                byte[] got = buf.toArray(ValueLayout.JAVA_BYTE);
+                assertTrue(
+                        java.util.Arrays.equals(got, new byte[65536])
+                                || java.util.Arrays.equals(got, fill(65536, 0x33)),
+                        "the read returned the discarded cluster's data or zeros, not another offset's");
+            }
+            q.handOver(); // nothing in flight now: the discarded cluster is freed
+            write(q, 10 * MIB, fill(65536, 0x77));
+            assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
+    }
+
+    /**
+     * The host range of a compressed cluster a write copied out is not handed out again while a read that found
+     * the compressed entry is in flight: the read's lookup and its read of the compressed bytes are run apart, as on
+     * a queue thread preempted between the two, and the rewrite, a hand-over and a new allocation come in between.
+     * Before, the compressed range was freed by the flush alone: the new cluster at 9 MiB was its host cluster, and
+     * the read inflated the 0x66 bytes written there (not deflate data: an error) instead of the 0x33 ones.
+     */
+    @Test
+    void aCompressedClustersHostRangeIsNotReusedWhileAReadThatFoundItIsInFlight() throws Exception {
+        Path img = create("cmpread.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -c -P 0x33 2M 64k");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
+            io.start(); // a read of guest cluster 2 MiB starts,
+            long e = q.l2Entry(2 * MIB); // looks its entry up, and its thread is preempted here
+            assertTrue((e & Qcow2Image.OFLAG_COMPRESSED) != 0, "qemu-io wrote a compressed cluster");
+            write(q, 2 * MIB, fill(65536, 0x44)); // copied out: the compressed range is dereferenced
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66)); // the first free cluster, unless the read still holds it
+            MemorySegment dst = arena.allocate(65536);
+            q.readPiece(e, 2 * MIB, dst); // the read resumes
+            io.end();
+            assertArrayEquals(fill(65536, 0x33), dst.toArray(ValueLayout.JAVA_BYTE), "the read of 2 MiB");
+            q.handOver(); // the read is over: the compressed range is freed and its cluster taken again
+            write(q, 10 * MIB, fill(65536, 0x77));
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x44 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
+    }
+
+    /**
+     * A switch to read-only with a read of a discarded cluster in flight leaves no leak: the discard's free, which
+     * waits for the read, is applied at the switch (nothing allocates while read-only). Switched back to writable
+     * while the read is still in flight, the cluster is taken again so the allocator does not hand it out under the
+     * read; once the read completed and a flush ran, it is free. Before, the free kept waiting past the switch and
+     * 'qemu-img check' of the switched image found the discarded cluster leaked.
+     */
+    @Test
+    void aSwitchToReadOnlyWithARequestInFlightLeavesNoLeak() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("roflight.qcow2", "16M");
         qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Arena arena = Arena.ofConfined();
@@ -610,24 +672,46 @@ class Qcow2ImageTest {
             io.add(buf);
             assertTrue(io.submitRead(ring, 2 * MIB, 1), "queued: a read of an allocated cluster");
             q.discard(2 * MIB, 65536);
-            q.handOver();
+            q.setReadOnly(true);
+            QemuTools.Result r = QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString());
+            assertEquals(0, r.exit(), "qemu-img check of the image switched to read-only: " + r.output());
+            q.setReadOnly(false); // the read is still in flight
             write(q, 9 * MIB, fill(65536, 0x66));
             assertTrue(
                     (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
                     "the discarded cluster was handed out while a read of it was in flight");
             ring.submitAndWait(1);
-            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
             io.completed(false, 2 * MIB, 65536);
-            byte[] got = buf.toArray(ValueLayout.JAVA_BYTE);
-            assertTrue(
-                    java.util.Arrays.equals(got, new byte[65536]) || java.util.Arrays.equals(got, fill(65536, 0x33)),
-                    "the read returned the discarded cluster's data or zeros, not another offset's");
             q.handOver(); // nothing in flight now: the discarded cluster is freed
             write(q, 10 * MIB, fill(65536, 0x77));
             assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
         }
         check(img, false);
         qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
+    }
+
+    /**
+     * A discard of a preallocated zero cluster (zero flag and a host cluster, as qemu-io's write -z leaves it) gives
+     * the host cluster up, as QEMU's discard does: the entry keeps no host offset and the next allocation takes the
+     * cluster. Before, the discard saw a zero cluster and changed nothing: the host cluster stayed allocated.
+     */
+    @Test
+    void aDiscardOfAPreallocatedZeroClusterFreesItsHostCluster() throws Exception {
+        Path img = create("prezero.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M", "write -z 2M 64k");
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            long e = q.l2Entry(2 * MIB);
+            long host = e & Qcow2Image.OFFSET_MASK;
+            assertTrue((e & Qcow2Image.OFLAG_ZERO) != 0 && host != 0, "qemu-io left a preallocated zero cluster");
+            q.discard(2 * MIB, 65536);
+            assertEquals(Qcow2Image.OFLAG_ZERO, q.l2Entry(2 * MIB), "a zero cluster without host cluster");
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertEquals(host, q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK, "the freed cluster is taken again");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 0 2M", "read -P 0x66 9M 64k");
     }
 
     /**
@@ -943,6 +1027,37 @@ class Qcow2ImageTest {
         r.close();
         r.flush(); // opened read-only: nothing to do, not even to look
         qemuIoOk(img, "qcow2", "read -P 0x11 0 4k");
+    }
+
+    /**
+     * A resize of an image with 512-byte clusters and 16-bit refcounts (one refcount block covers 256 clusters) from
+     * 1 MiB to 32 GiB, which qemu-img resize does: its L1 table of 2^20 entries is 16384 contiguous clusters, and the
+     * refcount blocks describing them go past them. Before, the search for the run put a refcount block on the first
+     * cluster of every block's range, so no run of more than 255 clusters was ever free: the search grew the refcount
+     * table until it could not ("refcount table cannot grow") and the resize failed. 64-bit refcounts (64 clusters
+     * per block) make the run cross the refcount table's reach several times.
+     */
+    @ParameterizedTest
+    @ValueSource(ints = {16, 64})
+    void aResizeOfA512ByteClusterImageGrowsItsL1TableAcrossManyRefcountBlocks(int refcountBits) throws Exception {
+        Path img = create("rs512.qcow2", "1M", "cluster_size=512", "refcount_bits=" + refcountBits);
+        qemuIoOk(img, "qcow2", "write -P 0x31 0 64k");
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            q.resize(32L << 30);
+            assertEquals(32L << 30, q.size());
+            write(q, (32L << 30) - 65536, fill(65536, 0x32));
+            write(q, 16L << 30, fill(4096, 0x33));
+            q.flush();
+        }
+        assertTrue(ok("qemu-img", "info", "--output=json", img.toString()).contains("\"virtual-size\": 34359738368"));
+        check(img, false);
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0x31 0 64k",
+                "read -P 0x32 " + ((32L << 30) - 65536) + " 64k",
+                "read -P 0x33 16G 4k",
+                "read -P 0 1G 64k");
     }
 
     @Test
