@@ -6,6 +6,8 @@ import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
 import java.lang.reflect.Proxy;
 import java.net.URI;
+import java.nio.channels.AsynchronousFileChannel;
+import java.nio.channels.FileChannel;
 import java.nio.channels.SeekableByteChannel;
 import java.nio.file.AccessMode;
 import java.nio.file.CopyOption;
@@ -30,12 +32,14 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutorService;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * A fixture directory seen through a file system that counts how often each of its directories is listed, for a test
  * that shows how many times code reads a tree (a fixture /proc scanned once per command, not once per device). Hand
- * {@link #root()} to the code in place of the directory; every operation goes through to the real files.
+ * {@link #root()} to the code in place of the directory; every operation but a watch service goes through to the real
+ * files, and a path of the view equals only paths of the same view.
  */
 public final class DirectoryReads {
     private final Path realRoot;
@@ -87,8 +91,8 @@ public final class DirectoryReads {
             switch (m.getName()) {
                 case "getFileSystem":
                     return fs;
-                case "equals":
-                    return args[0] instanceof Path p && real.equals(unwrap(p));
+                case "equals": // as Path.equals: a path of another file system (the real one too) is another path
+                    return args[0] instanceof Path p && p.getFileSystem() == fs && real.equals(unwrap(p));
                 case "iterator": {
                     List<Path> names = new ArrayList<>();
                     real.iterator().forEachRemaining(n -> names.add(wrap(n)));
@@ -210,6 +214,19 @@ public final class DirectoryReads {
         }
 
         @Override
+        public FileChannel newFileChannel(Path path, Set<? extends OpenOption> options, FileAttribute<?>... attrs)
+                throws IOException {
+            return FileChannel.open(unwrap(path), options, attrs);
+        }
+
+        @Override
+        public AsynchronousFileChannel newAsynchronousFileChannel(
+                Path path, Set<? extends OpenOption> options, ExecutorService executor, FileAttribute<?>... attrs)
+                throws IOException {
+            return AsynchronousFileChannel.open(unwrap(path), options, executor, attrs);
+        }
+
+        @Override
         public DirectoryStream<Path> newDirectoryStream(Path dir, DirectoryStream.Filter<? super Path> filter)
                 throws IOException {
             Path real = unwrap(dir);
@@ -248,6 +265,11 @@ public final class DirectoryReads {
         @Override
         public void createSymbolicLink(Path link, Path target, FileAttribute<?>... attrs) throws IOException {
             Files.createSymbolicLink(unwrap(link), unwrap(target), attrs);
+        }
+
+        @Override
+        public void createLink(Path link, Path existing) throws IOException {
+            Files.createLink(unwrap(link), unwrap(existing));
         }
 
         @Override

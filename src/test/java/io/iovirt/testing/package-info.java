@@ -7,7 +7,8 @@
  * {@link io.iovirt.testing.Frames} (Ethernet frames) and {@link io.iovirt.testing.Accesses} (address ranges around a
  * region, for properties of range checks), {@link io.iovirt.testing.ClassPathCopy} (this build's code where a child JVM
  * run as another user can read it), {@link io.iovirt.testing.Fifo} (a FIFO where an image is expected: a test that
- * an open does not wait on it). Real-guest and real-peer tests carry {@code @Tag("guest")} or
+ * an open does not wait on it), {@link io.iovirt.testing.DirectoryReads} (a fixture directory whose listings are
+ * counted: how often code reads a tree). Real-guest and real-peer tests carry {@code @Tag("guest")} or
  * {@code @Tag("peer")} and run in Failsafe (see the pom).
  */
 package io.iovirt.testing;
