@@ -11,6 +11,7 @@ import io.iovirt.testing.SystemdNamespace;
 import io.iovirt.vm.ChildProcess;
 import java.io.IOException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -221,11 +222,7 @@ class DebianPackageTest {
     void maintainerScriptsManageTheRunningServices(@TempDir Path tmp) throws Exception {
         String export = "iovirt-pkgtest";
         String pair = "iovirt-pkgpair";
-        List<Path> images =
-                List.of(Path.of("/var/lib/iovirt", export + ".raw"), Path.of("/var/lib/iovirt", pair + ".raw"));
-        Path stateDir = Path.of("/var/lib/iovirt");
-        boolean stateDirWasThere = Files.isDirectory(stateDir);
-        Path wants = Path.of("/etc/systemd/system/multi-user.target.wants");
+        Path wants = AdminChanges.WANTS;
         // What an administrator starts and enables, and the services that then run.
         List<String> started = List.of(
                 "iovirt.service", "iovirt-blk@" + export + ".service", "iovirt-blk-standby@" + pair + ".target");
@@ -234,18 +231,13 @@ class DebianPackageTest {
                 "iovirt-blk@" + export + ".service",
                 "iovirt-blk-standby-a@" + pair + ".service",
                 "iovirt-blk-standby-b@" + pair + ".service");
-        List<String> linksBefore = started.stream()
-                .filter(u -> Files.isSymbolicLink(wants.resolve(u)))
-                .toList();
         Path upgrade = upgradeOf(deb, tmp);
-        try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+        try (AdminChanges admin = new AdminChanges(started);
+                SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            // An administrator's policy-rc.d that allows every action: this machine's own may forbid starts.
+            policyRcD(systemd, tmp, ALLOW_ALL);
             // The exports' images, as an administrator puts them where the units look; the purge must keep them.
-            Files.createDirectories(stateDir);
-            for (Path image : images) {
-                assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
-                assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
-                assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
-            }
+            List<Path> images = List.of(admin.image(export), admin.image(pair));
             List<String> start = new ArrayList<>(List.of("systemctl", "start"));
             start.addAll(started);
             inside(systemd, start, 300);
@@ -316,22 +308,6 @@ class DebianPackageTest {
             for (Path image : images) {
                 assertTrue(Files.isRegularFile(image), "the purge removed the administrator's image " + image);
             }
-        } finally {
-            for (String unit : started) {
-                if (!linksBefore.contains(unit)) {
-                    Files.deleteIfExists(wants.resolve(unit));
-                }
-            }
-            for (Path image : images) {
-                Files.deleteIfExists(image);
-            }
-            if (!stateDirWasThere) {
-                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
-            }
-            // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
-            run(aptGet("purge", "iovirt"), 900);
-            Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
-            assertEquals(0, back.exit, back.out);
         }
     }
 
@@ -351,11 +327,6 @@ class DebianPackageTest {
         String export = "pkg\\x2dabort"; // an escaped instance name (systemd-escape pkg-abort): its backslash kept
         String idle = "iovirt-pkgidle";
         String pair = "iovirt-pkgabpair";
-        List<Path> images =
-                List.of(Path.of("/var/lib/iovirt", export + ".raw"), Path.of("/var/lib/iovirt", pair + ".raw"));
-        Path stateDir = Path.of("/var/lib/iovirt");
-        boolean stateDirWasThere = Files.isDirectory(stateDir);
-        Path wants = Path.of("/etc/systemd/system/multi-user.target.wants");
         List<String> units = List.of(
                 "iovirt.service",
                 "iovirt-blk@" + export + ".service",
@@ -364,28 +335,15 @@ class DebianPackageTest {
         String memberB = "iovirt-blk-standby-b@" + pair + ".service";
         String idleUnit = "iovirt-blk@" + idle + ".service";
         List<String> enabled = List.of("iovirt.service", "iovirt-blk@" + export + ".service", idleUnit);
-        List<String> linksBefore = enabled.stream()
-                .filter(u -> Files.isSymbolicLink(wants.resolve(u)))
-                .toList();
         Path fail = tmp.resolve("fail-prerm");
-        Path failing = repack(deb, tmp, "+pkgtest2", tree -> {
-            Path prerm = tree.resolve("DEBIAN/prerm");
-            String text = Files.readString(prerm);
-            int end = text.lastIndexOf("exit 0");
-            assertTrue(end > 0, "prerm ends with exit 0:\n" + text);
-            Files.writeString(
-                    prerm,
-                    text.substring(0, end) + "[ ! -e '" + fail + "' ] || { echo 'prerm fails (test)' >&2; exit 1; }\n"
-                            + text.substring(end));
-        });
-        try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+        Path failing = withFailingPrerm(deb, tmp, fail);
+        try (AdminChanges admin = new AdminChanges(enabled);
+                SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            admin.deleteFirst(fail);
+            policyRcD(systemd, tmp, ALLOW_ALL);
             inside(systemd, aptGet("install", failing.toString()), 900);
-            Files.createDirectories(stateDir);
-            for (Path image : images) {
-                assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
-                assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
-                assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
-            }
+            admin.image(export);
+            admin.image(pair);
             List<String> enable = new ArrayList<>(List.of("systemctl", "enable"));
             enable.addAll(enabled);
             inside(systemd, enable, 60);
@@ -428,23 +386,6 @@ class DebianPackageTest {
             SystemdNamespace.Result running = systemd.run(
                     List.of("systemctl", "list-units", "--plain", "--no-legend", "--state=active", "iovirt*"), 60);
             assertEquals("", running.out().strip(), "units of the purged package still running");
-        } finally {
-            for (String unit : enabled) {
-                if (!linksBefore.contains(unit)) {
-                    Files.deleteIfExists(wants.resolve(unit));
-                }
-            }
-            for (Path image : images) {
-                Files.deleteIfExists(image);
-            }
-            if (!stateDirWasThere) {
-                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
-            }
-            // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
-            Files.deleteIfExists(fail);
-            run(aptGet("purge", "iovirt"), 900);
-            Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
-            assertEquals(0, back.exit, back.out);
         }
     }
 
@@ -459,14 +400,10 @@ class DebianPackageTest {
     void aRemovalGoesOnWhenPrermCannotWriteDownTheUnitsItStops(@TempDir Path tmp) throws Exception {
         String export = "pkg\\x2dnorun";
         String unit = "iovirt-blk@" + export + ".service";
-        Path image = Path.of("/var/lib/iovirt", export + ".raw");
-        Path stateDir = image.getParent();
-        boolean stateDirWasThere = Files.isDirectory(stateDir);
-        try (SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
-            Files.createDirectories(stateDir);
-            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
-            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+        try (AdminChanges admin = new AdminChanges(List.of());
+                SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            policyRcD(systemd, tmp, ALLOW_ALL);
+            admin.image(export);
             inside(systemd, List.of("systemctl", "start", unit), 300);
             inside(systemd, List.of("mkdir", "/run/iovirt.dpkg-stopped.new"), 30);
 
@@ -479,16 +416,249 @@ class DebianPackageTest {
             SystemdNamespace.Result running = systemd.run(
                     List.of("systemctl", "list-units", "--plain", "--no-legend", "--state=active", "iovirt*"), 60);
             assertEquals("", running.out().strip(), "units of the removed package still running");
+        }
+    }
+
+    /**
+     * A local policy-rc.d that forbids starting units (exit 101, as in containers and build chroots: invoke-rc.d(8)) is
+     * obeyed: the maintainer scripts ran systemctl themselves, and started and restarted what it forbade. With one that
+     * lets units stop and forbids every other action, a reinstall (postinst configure of the version installed: the
+     * running units' restart) succeeds and leaves the running export as it was, and a removal that fails once prerm
+     * has stopped it (postinst abort-remove: the start of what prerm stopped) leaves it stopped and the package
+     * installed; policy-rc.d was asked each time.
+     */
+    @Test
+    void aPolicyRcDThatForbidsStartsIsObeyed(@TempDir Path tmp) throws Exception {
+        String export = "iovirt-pkgpolicy";
+        String unit = "iovirt-blk@" + export + ".service";
+        Path fail = tmp.resolve("fail-prerm");
+        Path failing = withFailingPrerm(deb, tmp, fail);
+        try (AdminChanges admin = new AdminChanges(List.of());
+                SystemdNamespace systemd = SystemdNamespace.boot(tmp)) {
+            admin.deleteFirst(fail);
+            policyRcD(systemd, tmp, ALLOW_ALL);
+            inside(systemd, aptGet("install", failing.toString()), 900);
+            admin.image(export);
+            inside(systemd, List.of("systemctl", "start", unit), 300);
+            Map<String, String> before = show(systemd, List.of(unit));
+            policyRcD(systemd, tmp, FORBID_ALL_BUT_STOP);
+
+            SystemdNamespace.Result reinstall = systemd.run(aptGet("install", "--reinstall", failing.toString()), 900);
+            assertEquals(0, reinstall.exit(), () -> "the reinstall succeeds:\n" + reinstall.out());
+            Map<String, String> reinstalled = show(systemd, List.of(unit));
+            assertEquals("active", reinstalled.get(unit + " ActiveState"), () -> reinstalled + "\n" + reinstall.out());
+            assertEquals(
+                    before.get(unit + " InvocationID"),
+                    reinstalled.get(unit + " InvocationID"),
+                    () -> unit + " was restarted, which policy-rc.d forbids:\n" + reinstall.out());
+            String asked = policyLog(systemd);
+            assertTrue(asked.contains(unit + " try-restart"), "policy-rc.d asked about the restart:\n" + asked);
+
+            Files.createFile(fail);
+            SystemdNamespace.Result removal = systemd.run(aptGet("remove", "iovirt"), 900);
+            assertNotEquals(0, removal.exit(), "the removal fails in prerm:\n" + removal.out());
+            Result status = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
+            assertEquals("installed", status.out.strip(), "postinst abort-remove succeeded: " + removal.out());
+            Map<String, String> after = show(systemd, List.of(unit));
+            assertEquals(
+                    "inactive",
+                    after.get(unit + " ActiveState"),
+                    () -> unit + " was started again, which policy-rc.d forbids:\n" + removal.out());
+            String askedAgain = policyLog(systemd);
+            assertTrue(askedAgain.contains(unit + " start"), "policy-rc.d asked about the start:\n" + askedAgain);
+        }
+    }
+
+    /**
+     * A chrootless install into another root ({@code dpkg --root} with {@code --force-script-chrootless}, as an image
+     * is built: the maintainer scripts run here, with DPKG_ROOT naming that root) changes that root, not this machine.
+     * The scripts looked at this machine: postinst found its user iovirt with getent and gave the image none, and a
+     * purge removed this machine's daemon state and enablement links and left the image's.
+     */
+    @Test
+    void aChrootlessInstallChangesItsRootOnly(@TempDir Path tmp) throws Exception {
+        Path root = tmp.resolve("root");
+        for (String dir : List.of("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log")) {
+            Files.createDirectories(root.resolve(dir));
+        }
+        Files.writeString(root.resolve("var/lib/dpkg/status"), "");
+        Files.createDirectories(root.resolve("etc"));
+        Files.writeString(root.resolve("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n");
+        Files.writeString(root.resolve("etc/group"), "root:x:0:\n");
+        Files.writeString(root.resolve("etc/shadow"), "root:*:20000:0:99999:7:::\n");
+        Files.writeString(root.resolve("etc/gshadow"), "root:*::\n");
+        List<String> dpkg = List.of("env", "-u", "DPKG_ROOT", "dpkg", "--root=" + root, "--force-script-chrootless");
+        // What a purge removes, in the image, and on this machine, where it must stay (created there if absent).
+        String link = "etc/systemd/system/multi-user.target.wants/iovirt-blk@pkgroot.service";
+        String state = "var/lib/iovirt/daemon-state.json";
+        List<Path> created = new ArrayList<>();
+        try {
+            Path hostLink = createIfAbsent(Path.of("/").resolve(link), created);
+            Path hostState = createIfAbsent(Path.of("/").resolve(state), created);
+            List<String> install = new ArrayList<>(dpkg);
+            // adduser: this machine's, which postinst must not use here (Depends are the image's, which has none)
+            install.addAll(List.of("--force-depends", "--install", deb.toString()));
+            Result installed = run(install, 300);
+            assertEquals(0, installed.exit, installed.out);
+            assertTrue(
+                    Files.readString(root.resolve("etc/passwd")).contains("\niovirt:"),
+                    "the image's user iovirt:\n" + Files.readString(root.resolve("etc/passwd")) + installed.out);
+            String groups = Files.readString(root.resolve("etc/group"));
+            assertTrue(groups.contains("\nkvm:") && groups.contains("\niovirt:"), "the image's groups:\n" + groups);
+            assertTrue(
+                    Files.isRegularFile(
+                            root.resolve("var/lib/systemd/deb-systemd-helper-enabled/iovirt.service.dsh-also")),
+                    "deb-systemd-helper recorded the image's iovirt.service links");
+
+            Files.createDirectories(root.resolve(link).getParent());
+            Files.createSymbolicLink(root.resolve(link), Path.of("/lib/systemd/system/iovirt-blk@.service"));
+            Files.createDirectories(root.resolve(state).getParent());
+            Files.writeString(root.resolve(state), "{}");
+            List<String> purge = new ArrayList<>(dpkg);
+            purge.addAll(List.of("--purge", "iovirt"));
+            Result purged = run(purge, 300);
+            assertEquals(0, purged.exit, purged.out);
+            assertFalse(Files.exists(root.resolve(link), LinkOption.NOFOLLOW_LINKS), "the image's link: " + purged.out);
+            assertFalse(Files.exists(root.resolve(state)), "the image's daemon state: " + purged.out);
+            assertTrue(Files.isSymbolicLink(hostLink), hostLink + " on this machine, removed by the image's purge");
+            assertTrue(Files.exists(hostState), hostState + " on this machine, removed by the image's purge");
         } finally {
-            Files.deleteIfExists(image);
-            if (!stateDirWasThere) {
-                run(List.of("rm", "-rf", "--", stateDir.toString()), 60);
+            for (Path path : created.reversed()) {
+                Files.deleteIfExists(path);
             }
-            // Back to what the other tests expect: this build installed (without systemd here, as @BeforeAll did).
+        }
+    }
+
+    /**
+     * {@code path} on this machine, a link to the unit file or an empty file like the daemon's state, if it is not
+     * there; what was created, its directories first, goes into {@code created}.
+     */
+    private static Path createIfAbsent(Path path, List<Path> created) throws IOException {
+        if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
+            return path;
+        }
+        List<Path> dirs = new ArrayList<>();
+        for (Path dir = path.getParent(); !Files.isDirectory(dir); dir = dir.getParent()) {
+            dirs.addFirst(dir);
+        }
+        for (Path dir : dirs) {
+            Files.createDirectory(dir);
+            created.add(dir);
+        }
+        if (path.toString().endsWith(".service")) {
+            Files.createSymbolicLink(path, Path.of("/lib/systemd/system/iovirt-blk@.service"));
+        } else {
+            Files.writeString(path, "{}");
+        }
+        created.add(path);
+        return path;
+    }
+
+    /** policy-rc.d: logs what it is asked, allows everything. */
+    private static final String ALLOW_ALL = "#!/bin/sh\necho \"$*\" >>/run/policy-rc.d.log\nexit 0\n";
+
+    /** policy-rc.d: logs what it is asked, allows stop and forbids every other action (101). */
+    private static final String FORBID_ALL_BUT_STOP =
+            "#!/bin/sh\necho \"$*\" >>/run/policy-rc.d.log\ncase \"$2\" in stop) exit 0 ;; *) exit 101 ;; esac\n";
+
+    /**
+     * {@code script} as /usr/sbin/policy-rc.d in the namespaces of {@code systemd} only: an overlay on /usr/sbin there
+     * (its upper layer in {@code tmp}), so this machine's own policy-rc.d (a container's forbids every start) decides
+     * nothing in the test, and is left as it is.
+     */
+    private static void policyRcD(SystemdNamespace systemd, Path tmp, String script) throws Exception {
+        Path upper = tmp.resolve("usr-sbin-upper");
+        if (!Files.isDirectory(upper)) {
+            Path work = tmp.resolve("usr-sbin-work");
+            Files.createDirectories(upper);
+            Files.createDirectories(work);
+            String layers = "lowerdir=/usr/sbin,upperdir=" + upper + ",workdir=" + work;
+            inside(systemd, List.of("mount", "-t", "overlay", "overlay", "-o", layers, "/usr/sbin"), 60);
+        }
+        inside(
+                systemd,
+                List.of(
+                        "sh",
+                        "-c",
+                        "printf '%s' \"$1\" >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d",
+                        "sh",
+                        script),
+                30);
+    }
+
+    /** What policy-rc.d was asked in the namespaces of {@code systemd} ("UNIT ACTION" lines). */
+    private static String policyLog(SystemdNamespace systemd) throws Exception {
+        return systemd.run(List.of("cat", "/run/policy-rc.d.log"), 30).out();
+    }
+
+    /**
+     * What a test under systemd changes on this machine as an administrator would, undone by {@link #close}: export
+     * images in /var/lib/iovirt (the directory too, when it was not there), the enablement links of the units it
+     * names that were not there before, other files; then this build is installed again, as the other tests expect
+     * it (without systemd here, as {@link #buildAndInstall} did).
+     */
+    private static final class AdminChanges implements AutoCloseable {
+        static final Path WANTS = Path.of("/etc/systemd/system/multi-user.target.wants");
+        private static final Path STATE_DIR = Path.of("/var/lib/iovirt");
+        private final boolean stateDirWasThere = Files.isDirectory(STATE_DIR);
+        private final List<String> newLinks;
+        private final List<Path> files = new ArrayList<>();
+
+        /** {@code enabled}: the units the test enables. */
+        AdminChanges(List<String> enabled) {
+            newLinks = enabled.stream()
+                    .filter(u -> !Files.isSymbolicLink(WANTS.resolve(u)))
+                    .toList();
+        }
+
+        /** The image of export {@code name} where its unit looks: 64 MiB, the service user's. */
+        Path image(String name) throws Exception {
+            Path image = STATE_DIR.resolve(name + ".raw");
+            files.add(image);
+            Files.createDirectories(STATE_DIR);
+            assertEquals(0, run(List.of("truncate", "-s", "64M", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chown", "iovirt:kvm", image.toString()), 30).exit);
+            assertEquals(0, run(List.of("chmod", "0660", image.toString()), 30).exit);
+            return image;
+        }
+
+        /** {@code file} is deleted before the package is purged (a file the package's scripts look for). */
+        void deleteFirst(Path file) {
+            files.add(file);
+        }
+
+        @Override
+        public void close() throws Exception {
+            for (Path file : files) {
+                Files.deleteIfExists(file);
+            }
+            for (String unit : newLinks) {
+                Files.deleteIfExists(WANTS.resolve(unit));
+            }
+            if (!stateDirWasThere) {
+                run(List.of("rm", "-rf", "--", STATE_DIR.toString()), 60);
+            }
             run(aptGet("purge", "iovirt"), 900);
             Result back = run(aptGet("install", deb.toAbsolutePath().toString()), 900);
             assertEquals(0, back.exit, back.out);
         }
+    }
+
+    /**
+     * This build as the version "+pkgtest2", with one line added at the end of its prerm, after the stop: it fails
+     * while {@code fail} exists, as a prerm interrupted (Ctrl-C) while the stop completes does.
+     */
+    private static Path withFailingPrerm(Path deb, Path dir, Path fail) throws Exception {
+        return repack(deb, dir, "+pkgtest2", tree -> {
+            Path prerm = tree.resolve("DEBIAN/prerm");
+            String text = Files.readString(prerm);
+            int end = text.lastIndexOf("exit 0");
+            assertTrue(end > 0, "prerm ends with exit 0:\n" + text);
+            Files.writeString(
+                    prerm,
+                    text.substring(0, end) + "[ ! -e '" + fail + "' ] || { echo 'prerm fails (test)' >&2; exit 1; }\n"
+                            + text.substring(end));
+        });
     }
 
     /** A change to the unpacked package {@code tree} (its DEBIAN/ included). */
