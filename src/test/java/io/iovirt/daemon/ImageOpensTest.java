@@ -166,6 +166,79 @@ class ImageOpensTest {
     }
 
     /**
+     * Adds waiting for a place get one in the order they came: each place that frees goes to the add that has waited
+     * longest. Every waiting add was woken to race for it, and whichever the scheduler ran first took it, so an add
+     * could be passed over until its wait ran out while later ones went through.
+     */
+    @Test
+    void addsWaitingForAPlaceGetOneInTheOrderTheyCame() throws Exception {
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(UNTIL_LET);
+        int waiters = ImageOpens.MAX_WAITING;
+        CountDownLatch[] let = new CountDownLatch[ImageOpens.MAX_OPENS];
+        Arrays.setAll(let, i -> new CountDownLatch(1));
+        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
+        List<Integer> order = java.util.Collections.synchronizedList(new ArrayList<>());
+        ExecutorService requests = Executors.newCachedThreadPool();
+        try {
+            List<Future<AutoCloseable>> adds = new ArrayList<>();
+            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
+                int n = i;
+                adds.add(requests.submit(() -> opens.run(
+                        "blk.add first",
+                        IMAGE,
+                        wanted -> {
+                            entered.countDown();
+                            await(let[n]);
+                            return () -> {};
+                        },
+                        () -> {})));
+            }
+            assertTrue(entered.await(60, TimeUnit.SECONDS), "the first opens did not start");
+            List<Future<AutoCloseable>> waiting = new ArrayList<>();
+            for (int i = 0; i < waiters; i++) {
+                int n = i;
+                waiting.add(requests.submit(() -> opens.run(
+                        "blk.add vm" + n,
+                        Path.of("/local/disk" + n + ".raw"),
+                        wanted -> {
+                            order.add(n);
+                            return () -> {};
+                        },
+                        () -> {})));
+                // the next one comes once this one waits
+                Await.until(
+                        Duration.ofSeconds(60),
+                        () -> "add " + n + " waiting for a place: " + waitingForAPlaceCount(),
+                        () -> waitingForAPlaceCount() == n + 1);
+            }
+            // One open returns: its place goes to an add, whose open returns at once and hands the place on, and so
+            // on, while the other opens hold theirs: the waiting adds' opens start one after the other, in the order
+            // their adds got the place.
+            let[0].countDown();
+            for (Future<AutoCloseable> f : waiting) {
+                assertNotNull(f.get(60, TimeUnit.SECONDS));
+            }
+            List<Integer> arrival = new ArrayList<>();
+            for (int i = 0; i < waiters; i++) {
+                arrival.add(i);
+            }
+            assertEquals(arrival, order, "the waiting adds' opens, in the order they started");
+            for (CountDownLatch l : let) {
+                l.countDown();
+            }
+            for (Future<AutoCloseable> f : adds) {
+                assertNotNull(f.get(60, TimeUnit.SECONDS));
+            }
+        } finally {
+            for (CountDownLatch l : let) {
+                l.countDown();
+            }
+            requests.shutdownNow();
+        }
+    }
+
+    /**
      * An add still waiting for a place when its wait runs out fails, naming the images still being opened, and lets
      * go of its claim at once: its open never started.
      */
