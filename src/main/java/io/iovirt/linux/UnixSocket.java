@@ -199,18 +199,14 @@ public final class UnixSocket implements AutoCloseable {
             throw new IllegalArgumentException("TCP port out of range: " + port);
         }
         boolean v6 = host instanceof Inet6Address;
-        String name = "tcp:" + host.getHostAddress() + ":" + port;
-        UnixSocket s = new UnixSocket(
-                Fd.adopt(Syscalls.check(
-                        Syscalls.socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0),
-                        "socket(AF_INET)",
-                        name)),
-                name);
+        String asked = "tcp:" + host.getHostAddress() + ":" + port;
+        Fd fd = Fd.adopt(Syscalls.check(
+                Syscalls.socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket(AF_INET)", asked));
         try (Arena a = Arena.ofConfined()) {
-            int f = s.fd.get();
+            int f = fd.get();
             MemorySegment one = a.allocate(JAVA_INT);
             one.set(JAVA_INT, 0, 1);
-            Syscalls.check(Syscalls.setsockopt(f, SOL_SOCKET, SO_REUSEADDR, one, 4), "setsockopt(SO_REUSEADDR)", name);
+            Syscalls.check(Syscalls.setsockopt(f, SOL_SOCKET, SO_REUSEADDR, one, 4), "setsockopt(SO_REUSEADDR)", asked);
             MemorySegment addr = a.allocate(SOCKADDR_IN6, 8); // zeroed: flowinfo, sin_zero
             byte[] ip = host.getAddress();
             addr.set(JAVA_SHORT, 0, (short) (v6 ? AF_INET6 : AF_INET));
@@ -221,11 +217,12 @@ public final class UnixSocket implements AutoCloseable {
             } else {
                 MemorySegment.copy(ip, 0, addr, JAVA_BYTE, 4, 4);
             }
-            Syscalls.check(Syscalls.bind(f, addr, v6 ? (int) SOCKADDR_IN6 : SOCKADDR_IN), "bind", name);
-            Syscalls.check(Syscalls.listen(f, backlog), "listen", name);
-            return s;
+            Syscalls.check(Syscalls.bind(f, addr, v6 ? (int) SOCKADDR_IN6 : SOCKADDR_IN), "bind", asked);
+            Syscalls.check(Syscalls.listen(f, backlog), "listen", asked);
+            // named with the port bound (the kernel's pick when 0 was asked for): its accepted connections too
+            return new UnixSocket(fd, "tcp:" + host.getHostAddress() + ":" + localPort(fd, asked));
         } catch (LinuxException | RuntimeException e) {
-            s.close();
+            fd.close();
             throw e;
         }
     }
@@ -237,6 +234,10 @@ public final class UnixSocket implements AutoCloseable {
 
     /** The port of a TCP socket ({@link #listenTcp}, or a connection it accepted), as getsockname gives it. */
     public int localPort() throws LinuxException {
+        return localPort(fd, name);
+    }
+
+    private static int localPort(Fd fd, String name) throws LinuxException {
         try (Arena a = Arena.ofConfined()) {
             MemorySegment addr = a.allocate(SOCKADDR_IN6, 8);
             MemorySegment len = a.allocate(JAVA_INT);
