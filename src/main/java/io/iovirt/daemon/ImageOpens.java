@@ -4,6 +4,7 @@ package io.iovirt.daemon;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -21,13 +22,15 @@ import java.util.Map;
  * failed, so the add never takes effect behind its caller's back. At most {@link #MAX_OPENS} opens run at once, so
  * the threads stuck in a file system are bounded too. One more add waits for one of them to return, within its own
  * wait (waiting for a place and opening share it): opens merely under way (a host starting many VMs at once, each
- * adding its disks) are no reason to fail. At most {@link #MAX_WAITING} adds wait so, each holding a control client
- * meanwhile; one more is refused at once, so that adds never hold all of the control socket's clients. It is refused at once only when every place is held by an open whose
- * request already gave up on it and that has been under way for that request's whole wait (so hung: its file system
- * does not answer; one given up on sooner because its add spent most of its wait for a place is merely slow), naming
- * those images, so that adds on
- * such file systems leave most of the control socket's places free. Each add was refused at once as soon as
- * {@link #MAX_OPENS} opens were under way, healthy or not, saying their file systems did not answer.
+ * adding its disks) are no reason to fail. The adds waiting get the places that free in the order they came (each
+ * goes to the add that has waited longest, and an add that comes while others wait queues behind them). At most
+ * {@link #MAX_WAITING} adds wait so, each holding a control client meanwhile; one more is refused at once, so that
+ * adds never hold all of the control socket's clients. An add is also refused at once when every place is held by an
+ * open whose request already gave up on it and that has been under way for that request's whole wait (so hung: its
+ * file system does not answer; one given up on sooner because its add spent most of its wait for a place is merely
+ * slow), naming those images, so that adds on such file systems leave most of the control socket's places free.
+ * Each add was refused at once as soon as {@link #MAX_OPENS} opens were under way, healthy or not, saying their file
+ * systems did not answer.
  */
 final class ImageOpens {
     private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
@@ -103,6 +106,20 @@ final class ImageOpens {
     private final Map<Pending, Boolean> running = new LinkedHashMap<>(); // guarded by this
     /** Adds waiting for a place (guarded by this): each holds a control client's thread meanwhile. */
     private int waiting;
+    /**
+     * The adds waiting for a place and not yet given one, in arrival order (guarded by this). A place that frees goes
+     * to the first ({@link #handOn}), and an add that arrives while any wait takes none: with every waiting add
+     * woken to race for the place, as before, the one that got it was whichever the scheduler ran first — an add
+     * could be passed over again and again until its wait ran out, while later ones went through.
+     */
+    private final ArrayDeque<Turn> queue = new ArrayDeque<>();
+    /** Places handed to a waiting add that has not taken it yet ({@link #running} does not count them yet). */
+    private int handedOn;
+
+    /** A waiting add's turn: set when a place is handed to it (guarded by the {@link ImageOpens}' lock). */
+    private static final class Turn {
+        boolean given;
+    }
 
     private volatile Duration wait = WAIT;
 
@@ -145,7 +162,7 @@ final class ImageOpens {
         } catch (OutOfMemoryError e) { // no thread could be created
             synchronized (this) {
                 running.remove(p);
-                notifyAll(); // its place is free again
+                handOn(); // its place is free again
             }
             release.run();
             throw e;
@@ -228,7 +245,7 @@ final class ImageOpens {
         boolean abandoned;
         synchronized (this) {
             running.remove(p);
-            notifyAll(); // a place is free for an add waiting for one
+            handOn(); // a place is free: the add that has waited longest gets it
         }
         synchronized (p) {
             p.result = r;
@@ -263,45 +280,40 @@ final class ImageOpens {
     }
 
     /**
-     * Waits until fewer than {@link #MAX_OPENS} opens run, then counts a new one among them.
+     * Takes a place among the {@link #MAX_OPENS} opens: at once when one is free and no add waits for one, else in
+     * arrival order — the add that has waited longest gets the next place that frees ({@link #handOn}).
      *
      * @throws RpcException FAILED, at once when every place is held by a hung open ({@link Pending#hung}: given up on,
      *                      and under way for its request's whole wait) or {@link #MAX_WAITING} adds wait already;
      *                      else when {@code deadline} passes first, or the request's thread is interrupted
      */
     private synchronized Pending place(String what, Path image, Duration d, long deadline) throws RpcException {
-        boolean counted = false; // among the adds waiting for a place
+        if (queue.isEmpty() && running.size() + handedOn < MAX_OPENS) {
+            return take(what, image, d);
+        }
+        refuseIfHung(what);
+        if (waiting >= MAX_WAITING) {
+            throw new RpcException(
+                    RpcException.FAILED,
+                    what + ": " + MAX_OPENS + " images are being opened (" + describe() + ") and " + MAX_WAITING
+                            + " more adds already wait for one of them to return, so this add is refused rather than"
+                            + " hold one more of the control socket's " + RpcServer.MAX_CLIENTS + " clients (list,"
+                            + " remove and shutdown need some); nothing was added, and the id and socket are free"
+                            + " again; retry once those adds have been answered");
+        }
+        Turn turn = new Turn();
+        queue.addLast(turn);
+        waiting++;
+        boolean taken = false;
         try {
-            while (running.size() >= MAX_OPENS) {
+            while (!turn.given) {
                 long now = System.nanoTime();
-                if (running.keySet().stream().allMatch(o -> o.hung(now))) {
-                    throw new RpcException(
-                            RpcException.FAILED,
-                            what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and their"
-                                    + " requests all gave up on them: their file systems do not answer (a stopped"
-                                    + " FUSE daemon, an unreachable NFS server?), so this add is refused rather than"
-                                    + " wait with them; make those file systems answer (or unmount them: umount -l)"
-                                    + " and retry");
-                }
-                if (!counted) {
-                    if (waiting >= MAX_WAITING) {
-                        throw new RpcException(
-                                RpcException.FAILED,
-                                what + ": " + MAX_OPENS + " images are being opened (" + describe() + ") and "
-                                        + MAX_WAITING + " more adds already wait for one of them to return, so this"
-                                        + " add is refused rather than hold one more of the control socket's "
-                                        + RpcServer.MAX_CLIENTS + " clients (list, remove and shutdown need some);"
-                                        + " nothing was added, and the id and socket are free again; retry once"
-                                        + " those adds have been answered");
-                    }
-                    waiting++;
-                    counted = true;
-                }
+                refuseIfHung(what);
                 long left = deadline - now;
                 String why = "within this add's wait of " + seconds(d);
                 if (left > 0) {
-                    // woken when a place frees or a request gives up on its open; an open given up on early turns
-                    // hung only once under way for its whole wait, which nobody signals: look again then
+                    // woken when a place is handed on or a request gives up on its open; an open given up on early
+                    // turns hung only once under way for its whole wait, which nobody signals: look again then
                     long look = left;
                     for (Pending o : running.keySet()) {
                         long toHung = o.since + o.waitNanos - now;
@@ -325,14 +337,57 @@ final class ImageOpens {
                                 + " socket are free again; retry once those opens have returned (or make their file"
                                 + " systems answer, or unmount them: umount -l)");
             }
+            handedOn--;
+            taken = true;
+            return take(what, image, d);
         } finally {
-            if (counted) {
-                waiting--;
+            waiting--;
+            if (!taken) {
+                if (turn.given) { // handed a place as it was interrupted: the next add gets it
+                    handedOn--;
+                    handOn();
+                } else {
+                    queue.remove(turn);
+                }
             }
         }
+    }
+
+    /** Counts a new open among the places (lock held). */
+    private Pending take(String what, Path image, Duration d) {
         Pending p = new Pending(what, image, d);
         running.put(p, Boolean.TRUE);
         return p;
+    }
+
+    /**
+     * A place may have freed (lock held): hands each free one to the add that has waited longest, and wakes the
+     * waiting adds (the one handed a place takes it; the others wait on).
+     */
+    private void handOn() {
+        while (!queue.isEmpty() && running.size() + handedOn < MAX_OPENS) {
+            queue.removeFirst().given = true;
+            handedOn++;
+        }
+        notifyAll();
+    }
+
+    /**
+     * Refuses the add when every place is held by a hung open ({@link Pending#hung}; lock held): none handed on to a
+     * waiting add, all {@link #MAX_OPENS} running and hung.
+     */
+    private void refuseIfHung(String what) throws RpcException {
+        long now = System.nanoTime();
+        if (handedOn == 0
+                && running.size() >= MAX_OPENS
+                && running.keySet().stream().allMatch(o -> o.hung(now))) {
+            throw new RpcException(
+                    RpcException.FAILED,
+                    what + ": " + MAX_OPENS + " images are still being opened (" + describe() + ") and their"
+                            + " requests all gave up on them: their file systems do not answer (a stopped FUSE"
+                            + " daemon, an unreachable NFS server?), so this add is refused rather than wait with"
+                            + " them; make those file systems answer (or unmount them: umount -l) and retry");
+        }
     }
 
     /**

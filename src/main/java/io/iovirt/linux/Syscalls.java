@@ -631,6 +631,8 @@ final class Syscalls {
                 fn("setsockopt", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT));
         static final MethodHandle GETSOCKOPT =
                 fn("getsockopt", FunctionDescriptor.of(JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS));
+        static final MethodHandle GETSOCKNAME =
+                fn("getsockname", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS, ADDRESS));
     }
 
     static int socket(int domain, int type, int protocol) {
@@ -740,6 +742,15 @@ final class Syscalls {
         PerThread t = perThread();
         try {
             return ret((int) Sockets.GETSOCKOPT.invokeExact(t.capture, fd, level, name, value, len), t);
+        } catch (Throwable e) {
+            throw unexpected(e);
+        }
+    }
+
+    static int getsockname(int fd, MemorySegment addr, MemorySegment len) {
+        PerThread t = perThread();
+        try {
+            return ret((int) Sockets.GETSOCKNAME.invokeExact(t.capture, fd, addr, len), t);
         } catch (Throwable e) {
             throw unexpected(e);
         }

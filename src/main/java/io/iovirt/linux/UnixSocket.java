@@ -11,7 +11,10 @@ import java.io.EOFException;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.net.Inet6Address;
+import java.net.InetAddress;
 import java.net.SocketTimeoutException;
+import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -22,6 +25,10 @@ import java.util.List;
  * An AF_UNIX SOCK_STREAM socket done entirely through FFM (never mixed with the JDK's channels, which drop
  * SCM_RIGHTS descriptors), with file descriptor passing. Received descriptors are close-on-exec and owned by the
  * caller as {@link Fd}s; a message with more descriptors than the caller accepts closes them all and fails.
+ *
+ * <p>The NBD server's loopback TCP listener is one too ({@link #listenTcp}): accept, the stream calls, shutdown and
+ * poll are the same system calls on a TCP socket, and a TCP connection then has the kernel's semantics of each — a
+ * SHUT_RD whose reader still gets the bytes already received, which java.nio's {@code shutdownInput} throws away.
  *
  * <p>Buffers passed in must be native segments. Sending and receiving may happen on different threads; two threads
  * must not receive (or send) on one socket at the same time.
@@ -34,6 +41,12 @@ public final class UnixSocket implements AutoCloseable {
     public static final int MAX_FDS_PER_MESSAGE = 253;
 
     private static final int AF_UNIX = 1;
+    private static final int AF_INET = 2;
+    private static final int AF_INET6 = 10;
+    private static final int SO_REUSEADDR = 2;
+    private static final int IPPROTO_TCP = 6;
+    private static final int TCP_NODELAY = 1;
+    private static final int MSG_DONTWAIT = 0x40;
     private static final int SOCK_STREAM = 1;
     private static final int SOCK_CLOEXEC = 02000000;
     private static final int SOCK_NONBLOCK = 04000;
@@ -172,6 +185,79 @@ public final class UnixSocket implements AutoCloseable {
                 }
                 throw e;
             }
+        }
+    }
+
+    /**
+     * A TCP socket listening on {@code host}:{@code port} (0: a port the kernel picks, see {@link #localPort}), with
+     * SO_REUSEADDR as java.nio sets it (a restarted server can listen again while old connections linger in
+     * TIME_WAIT). Its {@link #accept}ed connections are TCP sockets seen through this class's stream calls; what
+     * is AF_UNIX only (descriptor passing, peer credentials) does not apply to them.
+     */
+    public static UnixSocket listenTcp(InetAddress host, int port, int backlog) throws LinuxException {
+        if (port < 0 || port > 0xffff) {
+            throw new IllegalArgumentException("TCP port out of range: " + port);
+        }
+        boolean v6 = host instanceof Inet6Address;
+        String asked = "tcp:" + host.getHostAddress() + ":" + port;
+        Fd fd = Fd.adopt(Syscalls.check(
+                Syscalls.socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket(AF_INET)", asked));
+        try (Arena a = Arena.ofConfined()) {
+            int f = fd.get();
+            MemorySegment one = a.allocate(JAVA_INT);
+            one.set(JAVA_INT, 0, 1);
+            Syscalls.check(Syscalls.setsockopt(f, SOL_SOCKET, SO_REUSEADDR, one, 4), "setsockopt(SO_REUSEADDR)", asked);
+            MemorySegment addr = a.allocate(SOCKADDR_IN6, 8); // zeroed: flowinfo, sin_zero
+            byte[] ip = host.getAddress();
+            addr.set(JAVA_SHORT, 0, (short) (v6 ? AF_INET6 : AF_INET));
+            addr.set(JAVA_SHORT.withOrder(ByteOrder.BIG_ENDIAN), 2, (short) port);
+            if (v6) {
+                MemorySegment.copy(ip, 0, addr, JAVA_BYTE, 8, 16);
+                addr.set(JAVA_INT, 24, ((Inet6Address) host).getScopeId());
+            } else {
+                MemorySegment.copy(ip, 0, addr, JAVA_BYTE, 4, 4);
+            }
+            Syscalls.check(Syscalls.bind(f, addr, v6 ? (int) SOCKADDR_IN6 : SOCKADDR_IN), "bind", asked);
+            Syscalls.check(Syscalls.listen(f, backlog), "listen", asked);
+            // named with the port bound (the kernel's pick when 0 was asked for): its accepted connections too
+            return new UnixSocket(fd, "tcp:" + host.getHostAddress() + ":" + localPort(fd, asked));
+        } catch (LinuxException | RuntimeException e) {
+            fd.close();
+            throw e;
+        }
+    }
+
+    /** sizeof(struct sockaddr_in): family, port, address, padding. */
+    private static final int SOCKADDR_IN = 16;
+    /** sizeof(struct sockaddr_in6): family, port, flowinfo, address, scope id. */
+    private static final long SOCKADDR_IN6 = 28;
+
+    /** The port of a TCP socket ({@link #listenTcp}, or a connection it accepted), as getsockname gives it. */
+    public int localPort() throws LinuxException {
+        return localPort(fd, name);
+    }
+
+    private static int localPort(Fd fd, String name) throws LinuxException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment addr = a.allocate(SOCKADDR_IN6, 8);
+            MemorySegment len = a.allocate(JAVA_INT);
+            len.set(JAVA_INT, 0, (int) SOCKADDR_IN6);
+            Syscalls.check(Syscalls.getsockname(fd.get(), addr, len), "getsockname", name);
+            short family = addr.get(JAVA_SHORT, 0);
+            if (family != AF_INET && family != AF_INET6) {
+                throw new IllegalStateException(name + " is not a TCP socket (address family " + family + ")");
+            }
+            return Short.toUnsignedInt(addr.get(JAVA_SHORT.withOrder(ByteOrder.BIG_ENDIAN), 2));
+        }
+    }
+
+    /** On a TCP connection: sends each write at once, without waiting for the ACK of the last (TCP_NODELAY). */
+    public void setNoDelay() throws LinuxException {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment one = a.allocate(JAVA_INT);
+            one.set(JAVA_INT, 0, 1);
+            Syscalls.check(
+                    Syscalls.setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, one, 4), "setsockopt(TCP_NODELAY)", name);
         }
     }
 
@@ -320,6 +406,30 @@ public final class UnixSocket implements AutoCloseable {
         scratch.set(JAVA_LONG, MSG_IOV, scratch.address() + MSG_SIZE);
         scratch.set(JAVA_LONG, MSG_IOVLEN, n);
         return scratch;
+    }
+
+    /**
+     * Reads and drops what the peer sent and nobody read, without waiting, through the first iovec of
+     * {@code scratch} ({@link #iovec}), {@code max} bytes at most: the bytes dropped. Before closing a TCP socket: a
+     * close with unread bytes received makes the kernel send a reset instead of the end of the stream, and discard
+     * what it had not sent yet — the replies the peer was still to read among them (Linux; an AF_UNIX peer just sees
+     * the end). Stops at the end of the stream, when nothing more waits, or on an error.
+     */
+    public long discardUnread(MemorySegment scratch, long max) {
+        long total = 0;
+        while (total < max) {
+            long n;
+            try {
+                n = Syscalls.recvmsg(fd.get(), msghdr(scratch, 1), MSG_DONTWAIT);
+            } catch (IllegalStateException e) {
+                break; // closed
+            }
+            if (n <= 0) {
+                break;
+            }
+            total += n;
+        }
+        return total;
     }
 
     /** One read(2) into {@code buf} (native): the bytes read, 0 at end of stream. No descriptors. */

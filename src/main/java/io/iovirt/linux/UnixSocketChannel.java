@@ -38,6 +38,8 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
     static final int KNOWN = 32;
     /** Buffers one gathering write sends at most (the rest go in the caller's next call). */
     private static final int GATHER = 16;
+    /** Unread bytes {@link #release} drops at most before it closes (a TCP receive buffer's worth). */
+    static final long DISCARD_MAX = 8 << 20;
 
     private final UnixSocket socket;
     private volatile boolean closed;
@@ -243,9 +245,16 @@ public final class UnixSocketChannel implements ByteChannel, GatheringByteChanne
         }
     }
 
-    /** Closes the descriptor and frees the buffers: no thread may use the channel any more. */
+    /**
+     * Closes the descriptor and frees the buffers: no thread may use the channel any more. What the peer sent and
+     * nobody read is dropped first ({@link UnixSocket#discardUnread}, up to {@value #DISCARD_MAX} bytes): on a TCP
+     * connection the close then ends the peer's stream after the replies, rather than resetting it and discarding
+     * those it had not read.
+     */
     public void release() {
         close();
+        UnixSocket.iovec(readIov, 0, readStaging.address(), STAGING);
+        socket.discardUnread(readIov, DISCARD_MAX);
         socket.close();
         arena.close();
     }

@@ -8,7 +8,6 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.ByteChannel;
 import java.nio.channels.GatheringByteChannel;
-import java.nio.channels.SocketChannel;
 
 /**
  * One client's socket, as both phases of its connection use it — {@link NbdHandshake}'s option haggling, then
@@ -17,7 +16,7 @@ import java.nio.channels.SocketChannel;
  */
 final class NbdChannel {
     private final ByteChannel in;
-    /** The same channel, for gathering writes (a java.nio SocketChannel, or a {@code linux.UnixSocketChannel}). */
+    /** The same channel, for gathering writes (a {@code linux.UnixSocketChannel}: UNIX or TCP, both through FFM). */
     private final GatheringByteChannel out;
     /** What a shutdown needs of the socket besides reads and writes. */
     private final Input input;
@@ -31,8 +30,8 @@ final class NbdChannel {
         boolean ready();
 
         /**
-         * Ends reception: a read blocked on the socket, and every later one, sees the end of the stream (once the
-         * bytes already received are read, for a UNIX socket); replies can still be sent.
+         * Ends reception: a read blocked on the socket, and every later one, sees the end of the stream once the
+         * bytes already received are read; replies can still be sent.
          */
         void stop() throws IOException;
     }
@@ -48,7 +47,15 @@ final class NbdChannel {
         this.input = input;
     }
 
-    private static Input inputOf(ByteChannel ch) {
+    /**
+     * The kernel's shutdown(SHUT_RD) for the server's sockets, UNIX and TCP alike: a read returns the bytes received
+     * before it (a request that arrived after the last readiness check, the rest of a half-read header), then the
+     * end of the stream. (java.nio's {@code SocketChannel.shutdownInput} makes every later read return the end at
+     * once, dropping those bytes: the server's TCP connections are FFM sockets for that reason.) A TCP peer may
+     * still send after it — Linux queues those bytes, where an AF_UNIX peer gets EPIPE — and
+     * {@link UnixSocketChannel#release} drops them, so the close ends the client's stream cleanly.
+     */
+    static Input inputOf(ByteChannel ch) {
         if (ch instanceof UnixSocketChannel u) {
             return new Input() {
                 @Override
@@ -59,23 +66,6 @@ final class NbdChannel {
                 @Override
                 public void stop() throws IOException {
                     u.socket().shutdown(UnixSocket.SHUT_RD);
-                }
-            };
-        }
-        if (ch instanceof SocketChannel s) {
-            return new Input() {
-                @Override
-                public boolean ready() {
-                    try {
-                        return s.isOpen() && s.socket().getInputStream().available() > 0;
-                    } catch (IOException e) {
-                        return false; // closed, or input stopped: nothing more will be read
-                    }
-                }
-
-                @Override
-                public void stop() throws IOException {
-                    s.shutdownInput();
                 }
             };
         }
@@ -140,7 +130,7 @@ final class NbdChannel {
 
     /**
      * Stops reading from the client without closing the socket (SHUT_RD): the reader, blocked or not, sees the end of
-     * the client's stream — after the bytes already received, on a UNIX socket — while replies still go out. Unlike
+     * the client's stream after the bytes already received, while replies still go out. Unlike
      * {@link #close}, it cannot cut off a request the reader has already taken from the socket: the reader answers
      * it, and closes the connection itself. Failing (the socket is gone) is harmless.
      */

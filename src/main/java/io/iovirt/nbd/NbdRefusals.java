@@ -9,7 +9,6 @@ import io.iovirt.linux.UnixSocket;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
-import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.HashSet;
@@ -57,33 +56,6 @@ final class NbdRefusals {
         void write(ByteBuffer src) throws IOException;
 
         void close();
-
-        static Peer of(SocketChannel ch) throws IOException {
-            ch.configureBlocking(false);
-            return new Peer() {
-                @Override
-                public int read(ByteBuffer dst) throws IOException {
-                    return ch.read(dst);
-                }
-
-                @Override
-                public void write(ByteBuffer src) throws IOException {
-                    ch.write(src);
-                    if (src.hasRemaining()) {
-                        throw new IOException("the client's receive buffer is full");
-                    }
-                }
-
-                @Override
-                public void close() {
-                    try {
-                        ch.close();
-                    } catch (IOException e) {
-                        // gone
-                    }
-                }
-            };
-        }
 
         /** {@code s}, made non-blocking; the buffers passed to it must be direct. */
         static Peer of(UnixSocket s) throws IOException {

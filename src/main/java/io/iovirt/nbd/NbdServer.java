@@ -10,12 +10,8 @@ import io.iovirt.linux.UnixSocketChannel;
 import io.iovirt.util.LogLimiter;
 import java.io.IOException;
 import java.net.InetAddress;
-import java.net.InetSocketAddress;
-import java.net.SocketAddress;
-import java.net.StandardSocketOptions;
 import java.nio.channels.ByteChannel;
 import java.nio.channels.GatheringByteChannel;
-import java.nio.channels.ServerSocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -47,8 +43,12 @@ public final class NbdServer implements AutoCloseable {
     public static final int DEFAULT_MAX_CONNECTIONS = 16;
     static final int HANDSHAKE_TIMEOUT_SECONDS = 10;
 
-    /** The TCP listener, or null. */
-    private final ServerSocketChannel tcpListener;
+    /**
+     * The TCP listener, or null: made through FFM like the UNIX one, not a java.nio channel, so that its connections
+     * stop their input with the kernel's SHUT_RD (their reader still gets the bytes already received), which
+     * java.nio's {@code shutdownInput} does not give ({@link NbdChannel#stopInput}).
+     */
+    private final UnixSocket tcpListener;
     /** The UNIX listener (mode set before listen, peers checked at accept), or null. */
     private final UnixSocket unixListener;
 
@@ -78,12 +78,7 @@ public final class NbdServer implements AutoCloseable {
     private final LogLimiter connectionLog = new LogLimiter(System.getLogger(NbdConnection.class.getName()));
 
     private NbdServer(
-            ServerSocketChannel tcp,
-            UnixSocket unix,
-            SocketAccess access,
-            String address,
-            Path socketPath,
-            int maxConnections) {
+            UnixSocket tcp, UnixSocket unix, SocketAccess access, String address, Path socketPath, int maxConnections) {
         this.tcpListener = tcp;
         this.unixListener = unix;
         this.address = address;
@@ -103,13 +98,14 @@ public final class NbdServer implements AutoCloseable {
         if (tcp != null) {
             this.acceptor = acceptor(
                     Acceptor.builder("nbd " + address, LOG, tcp::accept, () -> closed),
-                    ch -> NbdRefusals.Peer.of(ch),
-                    (ch, release) -> {
+                    NbdRefusals.Peer::of,
+                    (s, release) -> {
                         // Without Nagle's algorithm: a reply that leaves while an earlier one is unacknowledged
                         // would wait for the client's delayed ACK — 40 ms a batch with 8 requests in flight (seen
                         // in NbdAllocationTest); QEMU's NBD server turns it off too.
-                        ch.setOption(StandardSocketOptions.TCP_NODELAY, true);
-                        serve(ch, release, () -> closeQuietly(ch));
+                        s.setNoDelay(); // failing: the acceptor releases the place and closes the socket
+                        UnixSocketChannel ch = new UnixSocketChannel(s);
+                        serve(ch, release, ch::release);
                     });
         } else {
             // The same access control as the vhost-user servers: the socket's mode was set before listening, and
@@ -203,22 +199,22 @@ public final class NbdServer implements AutoCloseable {
             throw new IOException("refusing to listen on " + host + ": NBD has no authentication, so iovirt listens on "
                     + "loopback addresses only (127.0.0.1, ::1); use --socket or an SSH tunnel for remote clients");
         }
-        ServerSocketChannel ch = ServerSocketChannel.open();
+        UnixSocket l;
+        int bound;
         try {
-            ch.bind(new InetSocketAddress(addr, port), 64);
-        } catch (IOException e) {
-            ch.close();
+            l = UnixSocket.listenTcp(addr, port, 64);
+        } catch (LinuxException | IllegalArgumentException e) {
             throw new IOException("cannot listen on " + host + ":" + port + ": " + e.getMessage(), e);
         }
-        NbdServer s = new NbdServer(
-                ch,
-                null,
-                null,
-                "tcp:" + host + ":" + ((InetSocketAddress) ch.getLocalAddress()).getPort(),
-                null,
-                maxConnections);
-        s.acceptor.start();
-        return s;
+        try {
+            bound = l.localPort();
+            NbdServer s = new NbdServer(l, null, null, "tcp:" + host + ":" + bound, null, maxConnections);
+            s.acceptor.start();
+            return s;
+        } catch (IOException | RuntimeException | Error e) {
+            l.close();
+            throw e;
+        }
     }
 
     private static void checkLimit(int maxConnections) {
@@ -238,10 +234,9 @@ public final class NbdServer implements AutoCloseable {
             return -1;
         }
         try {
-            SocketAddress a = tcpListener.getLocalAddress();
-            return a instanceof InetSocketAddress i ? i.getPort() : -1;
-        } catch (IOException e) {
-            return -1;
+            return tcpListener.localPort();
+        } catch (LinuxException | IllegalStateException e) {
+            return -1; // closed
         }
     }
 
@@ -412,18 +407,11 @@ public final class NbdServer implements AutoCloseable {
             return;
         }
         closed = true;
-        if (tcpListener != null) {
-            try {
-                tcpListener.close();
-            } catch (IOException e) {
-                // closing
-            }
-        } else {
-            try {
-                unixListener.shutdown(UnixSocket.SHUT_RDWR); // wakes the acceptor (EINVAL), then it is closed
-            } catch (LinuxException e) {
-                // not listening any more
-            }
+        UnixSocket listener = tcpListener != null ? tcpListener : unixListener;
+        try {
+            listener.shutdown(UnixSocket.SHUT_RDWR); // wakes the acceptor (EINVAL), then it is closed
+        } catch (LinuxException e) {
+            // not listening any more
         }
         try {
             acceptor.join(java.time.Duration.ofSeconds(5));
@@ -449,9 +437,7 @@ public final class NbdServer implements AutoCloseable {
             Thread.currentThread().interrupt();
         }
         timer.shutdownNow();
-        if (unixListener != null) {
-            unixListener.close();
-        }
+        listener.close();
         if (socketPath != null) {
             try {
                 Files.deleteIfExists(socketPath);

@@ -149,18 +149,63 @@ class ImageOpensTest {
             assertNotNull(adds.get(0).get(60, TimeUnit.SECONDS));
             let[ImageOpens.MAX_OPENS].countDown();
             assertNotNull(last.get(60, TimeUnit.SECONDS), "the last add opened its image");
-            for (CountDownLatch l : let) {
-                l.countDown();
-            }
-            for (Future<AutoCloseable> f : adds) {
-                f.get(60, TimeUnit.SECONDS);
-            }
+            letAll(let);
+            allOpened(adds);
             assertEquals(ImageOpens.MAX_OPENS, most.get(), "more opens at once than places");
             assertEquals(0, released.get(), "a claim released although its add succeeded");
         } finally {
-            for (CountDownLatch l : let) {
-                l.countDown();
+            letAll(let);
+            requests.shutdownNow();
+        }
+    }
+
+    /**
+     * Adds waiting for a place get one in the order they came: each place that frees goes to the add that has waited
+     * longest. Every waiting add was woken to race for it, and whichever the scheduler ran first took it, so an add
+     * could be passed over until its wait ran out while later ones went through.
+     */
+    @Test
+    void addsWaitingForAPlaceGetOneInTheOrderTheyCame() throws Exception {
+        ImageOpens opens = new ImageOpens();
+        opens.waitFor(UNTIL_LET);
+        int waiters = ImageOpens.MAX_WAITING;
+        CountDownLatch[] let = new CountDownLatch[ImageOpens.MAX_OPENS];
+        Arrays.setAll(let, i -> new CountDownLatch(1));
+        List<Integer> order = java.util.Collections.synchronizedList(new ArrayList<>());
+        ExecutorService requests = Executors.newCachedThreadPool();
+        try {
+            List<Future<AutoCloseable>> adds = holdEveryPlace(opens, requests, "blk.add first", i -> let[i], () -> {});
+            List<Future<AutoCloseable>> waiting = new ArrayList<>();
+            for (int i = 0; i < waiters; i++) {
+                int n = i;
+                waiting.add(requests.submit(() -> opens.run(
+                        "blk.add vm" + n,
+                        Path.of("/local/disk" + n + ".raw"),
+                        wanted -> {
+                            order.add(n);
+                            return () -> {};
+                        },
+                        () -> {})));
+                // the next one comes once this one waits
+                Await.until(
+                        Duration.ofSeconds(60),
+                        () -> "add " + n + " waiting for a place: " + waitingForAPlaceCount(),
+                        () -> waitingForAPlaceCount() == n + 1);
             }
+            // One open returns: its place goes to an add, whose open returns at once and hands the place on, and so
+            // on, while the other opens hold theirs: the waiting adds' opens start one after the other, in the order
+            // their adds got the place.
+            let[0].countDown();
+            allOpened(waiting);
+            List<Integer> arrival = new ArrayList<>();
+            for (int i = 0; i < waiters; i++) {
+                arrival.add(i);
+            }
+            assertEquals(arrival, order, "the waiting adds' opens, in the order they started");
+            letAll(let);
+            allOpened(adds);
+        } finally {
+            letAll(let);
             requests.shutdownNow();
         }
     }
@@ -174,44 +219,16 @@ class ImageOpensTest {
         ImageOpens opens = new ImageOpens();
         opens.waitFor(UNTIL_LET);
         CountDownLatch let = new CountDownLatch(1);
-        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
         ExecutorService requests = Executors.newCachedThreadPool();
         try {
-            List<Future<AutoCloseable>> adds = new ArrayList<>();
-            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
-                adds.add(requests.submit(() -> opens.run(
-                        "blk.add slow",
-                        IMAGE,
-                        wanted -> {
-                            entered.countDown();
-                            await(let);
-                            return () -> {};
-                        },
-                        () -> {})));
-            }
-            assertTrue(entered.await(60, TimeUnit.SECONDS), "the opens did not start");
+            List<Future<AutoCloseable>> adds = holdEveryPlace(opens, requests, "blk.add slow", i -> let, () -> {});
             opens.waitFor(Duration.ofMillis(100)); // the next add's wait runs out while they are under way
-            AtomicBoolean opened = new AtomicBoolean();
             AtomicInteger released = new AtomicInteger();
-            RpcException e = assertThrows(
-                    RpcException.class,
-                    () -> opens.run(
-                            "nbd.add vm9",
-                            Path.of("/local/vm9.raw"),
-                            wanted -> {
-                                opened.set(true);
-                                return () -> {};
-                            },
-                            released::incrementAndGet));
-            assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+            RpcException e = refusedWithoutOpening(opens, released, "blk.add slow");
             assertTrue(
-                    e.getMessage()
-                                    .startsWith("nbd.add vm9: " + ImageOpens.MAX_OPENS + " images are still being"
-                                            + " opened (" + IMAGE + " (blk.add slow, ")
-                            && e.getMessage().contains("none returned within this add's wait")
+                    e.getMessage().contains("none returned within this add's wait")
                             && e.getMessage().contains("the id and socket are free again"),
                     e.getMessage());
-            assertFalse(opened.get(), "opened without a place");
             assertEquals(1, released.get(), "its claim");
             let.countDown();
             for (Future<AutoCloseable> f : adds) {
@@ -249,26 +266,11 @@ class ImageOpensTest {
                 assertTrue(e.getMessage().contains("did not open within"), e.getMessage());
             }
             opens.waitFor(UNTIL_LET); // refused at once, or this request would wait until the test lets them
-            AtomicBoolean opened = new AtomicBoolean();
-            RpcException e = assertThrows(
-                    RpcException.class,
-                    () -> opens.run(
-                            "nbd.add vm9",
-                            Path.of("/local/vm9.raw"),
-                            wanted -> {
-                                opened.set(true);
-                                return () -> {};
-                            },
-                            released::incrementAndGet));
-            assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+            RpcException e = refusedWithoutOpening(opens, released, "blk.add hung");
             assertTrue(
-                    e.getMessage()
-                                    .startsWith("nbd.add vm9: " + ImageOpens.MAX_OPENS + " images are still being"
-                                            + " opened (" + IMAGE + " (blk.add hung, ")
-                            && e.getMessage().contains("their requests all gave up on them")
+                    e.getMessage().contains("their requests all gave up on them")
                             && e.getMessage().contains("do not answer"),
                     e.getMessage());
-            assertFalse(opened.get(), "opened without a place");
             assertEquals(1, released.get(), "only the refused add's claim is released: the hung ones stay");
 
             let.countDown(); // the hung opens return: their claims are released, their places free
@@ -293,23 +295,11 @@ class ImageOpensTest {
         opens.waitFor(UNTIL_LET);
         CountDownLatch letFirst = new CountDownLatch(1);
         CountDownLatch letLate = new CountDownLatch(1);
-        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
         AtomicInteger released = new AtomicInteger();
         ExecutorService requests = Executors.newCachedThreadPool();
         try {
-            List<Future<AutoCloseable>> first = new ArrayList<>();
-            for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
-                first.add(requests.submit(() -> opens.run(
-                        "blk.add first",
-                        IMAGE,
-                        wanted -> {
-                            entered.countDown();
-                            await(letFirst);
-                            return () -> {};
-                        },
-                        released::incrementAndGet)));
-            }
-            assertTrue(entered.await(60, TimeUnit.SECONDS), "the first opens did not start");
+            List<Future<AutoCloseable>> first =
+                    holdEveryPlace(opens, requests, "blk.add first", i -> letFirst, released::incrementAndGet);
             opens.waitFor(Duration.ofSeconds(10)); // the late adds spend most of it waiting for a place
             List<Future<AutoCloseable>> late = new ArrayList<>();
             for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
@@ -428,6 +418,76 @@ class ImageOpensTest {
         } finally {
             let.countDown();
             requests.shutdownNow();
+        }
+    }
+
+    /**
+     * One more add ("nbd.add vm9") while every place is held by opens of {@link #IMAGE} for {@code holders}: it must
+     * fail without opening its image, naming those opens; its error is returned for the caller's checks of why.
+     */
+    private static RpcException refusedWithoutOpening(ImageOpens opens, AtomicInteger released, String holders) {
+        AtomicBoolean opened = new AtomicBoolean();
+        RpcException e = assertThrows(
+                RpcException.class,
+                () -> opens.run(
+                        "nbd.add vm9",
+                        Path.of("/local/vm9.raw"),
+                        wanted -> {
+                            opened.set(true);
+                            return () -> {};
+                        },
+                        released::incrementAndGet));
+        assertEquals(RpcException.FAILED, e.code(), e.getMessage());
+        assertTrue(
+                e.getMessage()
+                        .startsWith("nbd.add vm9: " + ImageOpens.MAX_OPENS + " images are still being opened (" + IMAGE
+                                + " (" + holders + ", "),
+                e.getMessage());
+        assertFalse(opened.get(), "opened without a place");
+        return e;
+    }
+
+    /**
+     * Starts {@link ImageOpens#MAX_OPENS} adds of {@link #IMAGE} for {@code what}, add i's open returning once
+     * {@code let(i)} is counted down, and waits until every one has started: they hold every place. {@code release}
+     * is each add's claim.
+     */
+    private static List<Future<AutoCloseable>> holdEveryPlace(
+            ImageOpens opens,
+            ExecutorService requests,
+            String what,
+            java.util.function.IntFunction<CountDownLatch> let,
+            Runnable release)
+            throws InterruptedException {
+        CountDownLatch entered = new CountDownLatch(ImageOpens.MAX_OPENS);
+        List<Future<AutoCloseable>> adds = new ArrayList<>();
+        for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
+            CountDownLatch l = let.apply(i);
+            adds.add(requests.submit(() -> opens.run(
+                    what,
+                    IMAGE,
+                    wanted -> {
+                        entered.countDown();
+                        await(l);
+                        return () -> {};
+                    },
+                    release)));
+        }
+        assertTrue(entered.await(60, TimeUnit.SECONDS), "the opens holding every place did not start");
+        return adds;
+    }
+
+    /** Lets every open held by one of {@code let} return. */
+    private static void letAll(CountDownLatch[] let) {
+        for (CountDownLatch l : let) {
+            l.countDown();
+        }
+    }
+
+    /** Each of {@code adds} returns what it opened. */
+    private static void allOpened(List<Future<AutoCloseable>> adds) throws Exception {
+        for (Future<AutoCloseable> f : adds) {
+            assertNotNull(f.get(60, TimeUnit.SECONDS), "an add did not open its image");
         }
     }
 

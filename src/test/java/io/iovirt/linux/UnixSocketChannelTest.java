@@ -4,11 +4,16 @@ package io.iovirt.linux;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.Await;
 import java.lang.foreign.Arena;
 import java.lang.ref.WeakReference;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
+import java.net.StandardSocketOptions;
 import java.nio.ByteBuffer;
+import java.nio.channels.SocketChannel;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -22,6 +27,41 @@ import org.junit.jupiter.api.Timeout;
  */
 @Timeout(30)
 class UnixSocketChannelTest {
+
+    /**
+     * A TCP connection released with bytes of the client's still unread (a request sent after the server stopped
+     * reading), and its replies not all sent yet (the client reads slowly): Linux answers such a close with a reset
+     * and throws away what it had not sent — the client got part of the replies, then "Connection reset". With the
+     * unread bytes dropped first, the close ends the stream after all of them.
+     */
+    @Test
+    void aTcpConnectionReleasedWithUnreadBytesEndsTheClientsStreamAfterTheReplies() throws Exception {
+        int reply = 32 << 10;
+        try (UnixSocket l = UnixSocket.listenTcp(InetAddress.getLoopbackAddress(), 0, 1);
+                SocketChannel client = SocketChannel.open()) {
+            client.setOption(StandardSocketOptions.SO_RCVBUF, 4096); // the replies wait in the server's socket
+            client.connect(new InetSocketAddress(InetAddress.getLoopbackAddress(), l.localPort()));
+            UnixSocketChannel server = new UnixSocketChannel(l.accept());
+            try {
+                client.write(ByteBuffer.wrap(new byte[100])); // never read by the server
+                while (!server.inputReady()) { // loopback: arrived at once
+                    Thread.onSpinWait();
+                }
+                ByteBuffer out = ByteBuffer.allocateDirect(reply);
+                while (out.hasRemaining()) {
+                    server.write(out);
+                }
+                server.close();
+            } finally {
+                server.release();
+            }
+            ByteBuffer got = ByteBuffer.allocate(reply + 1);
+            while (got.position() < reply) {
+                assertTrue(client.read(got) > 0, "the stream ended after " + got.position() + " bytes of the replies");
+            }
+            assertEquals(-1, client.read(got), "the stream ends after the replies, without a reset");
+        }
+    }
 
     @Test
     void readsAndGatheringWritesHonourEachBuffersPositionPastTheRememberedOnes() throws Exception {

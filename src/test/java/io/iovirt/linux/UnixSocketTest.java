@@ -279,4 +279,39 @@ class UnixSocketTest {
             assertEquals(Errno.EPIPE, e.errno());
         }
     }
+
+    /**
+     * A TCP listener on each loopback address (IPv4 and IPv6): the port the kernel picked, a connection from a JDK
+     * client accepted and carrying bytes both ways, and the socket named with that port.
+     */
+    @Test
+    void aTcpListenerOnEitherLoopbackAddressAcceptsAndCarriesBytes() throws Exception {
+        for (java.net.InetAddress host :
+                List.of(java.net.InetAddress.getByName("127.0.0.1"), java.net.InetAddress.getByName("::1"))) {
+            try (UnixSocket l = UnixSocket.listenTcp(host, 0, 1);
+                    java.nio.channels.SocketChannel c =
+                            java.nio.channels.SocketChannel.open(new java.net.InetSocketAddress(host, l.localPort()));
+                    UnixSocket s = l.accept();
+                    Arena arena = Arena.ofConfined()) {
+                assertTrue(l.localPort() > 0, host + ": " + l.localPort());
+                assertEquals(l.localPort(), s.localPort(), host + ": the connection's port");
+                assertTrue(l.toString().contains(":" + l.localPort() + "("), l.toString());
+                c.write(java.nio.ByteBuffer.wrap(new byte[] {1, 2, 3}));
+                MemorySegment in = arena.allocate(3);
+                for (long got = 0; got < 3; ) {
+                    long n = s.read(in.asSlice(got));
+                    assertTrue(n > 0, host + ": the stream ended");
+                    got += n;
+                }
+                assertArrayEquals(new byte[] {1, 2, 3}, in.toArray(JAVA_BYTE));
+                s.setNoDelay();
+                s.send(bytes(arena, "ok"), List.of());
+                java.nio.ByteBuffer got = java.nio.ByteBuffer.allocate(2);
+                while (got.hasRemaining()) {
+                    assertTrue(c.read(got) > 0, host + ": the stream ended");
+                }
+                assertEquals("ok", new String(got.array(), java.nio.charset.StandardCharsets.US_ASCII));
+            }
+        }
+    }
 }

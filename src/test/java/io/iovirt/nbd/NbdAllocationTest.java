@@ -23,7 +23,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Pins "no allocation per request" on the NBD transmission phase: an in-process {@link NbdServer} on a UNIX socket
- * (iovirt's {@code linux.UnixSocketChannel}) and on loopback TCP (the JDK's SocketChannel), a raw file export, and a
+ * and on loopback TCP (both iovirt's {@code linux.UnixSocketChannel}), a raw file export, and a
  * client in this JVM ({@link RawClient}) sending 4 KiB READs, WRITEs, FLUSHes and BLOCK_STATUSes one at a time and
  * 8 at a time (more than the connection's {@value NbdConnection#WORKERS} slots: the reader parks for free slots,
  * requests go through the workers), with simple and with structured replies. The heap bytes the server allocates are
@@ -34,8 +34,9 @@ import org.junit.jupiter.api.io.TempDir;
  * <p>As {@code BlkAllocationTest} it runs in a child JVM with {@code -XX:-DoEscapeAnalysis}, so nothing is
  * scalar-replaced and the figure does not depend on what C2 inlined this run. What remains there is the JDK's: one
  * 40-byte captured-errno segment per FFM syscall ({@code BlkAllocationTest}'s class comment) — the image's (preadv,
- * pwritev, fdatasync; two lseeks for a BLOCK_STATUS) and, over the UNIX socket, the recvmsg of the header, the
- * recvmsg of a WRITE's payload and the reply's sendmsg (the JDK's TCP channel makes its syscalls without one).
+ * pwritev, fdatasync; two lseeks for a BLOCK_STATUS) and, over either socket, the recvmsg of the header, the
+ * recvmsg of a WRITE's payload and the reply's sendmsg. (TCP connections were the JDK's SocketChannel, which makes
+ * its syscalls without one, until they became FFM sockets for the kernel's SHUT_RD: {@code NbdChannel#inputOf}.)
  * Each case's bound is those plus 8 bytes, so one more object of ours per request (16 bytes at least) fails.
  *
  * <p>Measured, bytes a request with escape analysis off / in the default JVM. Before: TCP READ and WRITE 64 / 24 — the
@@ -64,7 +65,7 @@ class NbdAllocationTest {
         /** The FFM syscalls the server makes for one request (see the class comment). */
         int syscalls() {
             int image = command == Nbd.CMD_BLOCK_STATUS ? 2 : 1; // SEEK_DATA and SEEK_HOLE in a data block
-            int socket = unix ? 2 + (command == Nbd.CMD_WRITE ? 1 : 0) : 0;
+            int socket = 2 + (command == Nbd.CMD_WRITE ? 1 : 0); // UNIX and TCP: both UnixSocketChannels
             return image + socket;
         }
 

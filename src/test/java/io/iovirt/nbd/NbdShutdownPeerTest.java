@@ -17,9 +17,10 @@ import java.time.Duration;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Tag;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * QEMU's NBD client (an interactive qemu-io) across a server shutdown: its request in flight when the shutdown
@@ -34,8 +35,10 @@ class NbdShutdownPeerTest {
     @TempDir
     Path dir;
 
-    @Test
-    void qemuIoGetsEshutdownForARequestSentAfterTheShutdownBegan() throws Exception {
+    /** Over a UNIX socket, and over loopback TCP (whose connections stop their input as UNIX ones do). */
+    @ParameterizedTest(name = "tcp={0}")
+    @ValueSource(booleans = {false, true})
+    void qemuIoGetsEshutdownForARequestSentAfterTheShutdownBegan(boolean tcp) throws Exception {
         Path qemuIo = Require.program("qemu-io", "apt-get install qemu-utils");
         Path img = dir.resolve("q.raw");
         Files.write(img, new byte[1 << 20]);
@@ -45,11 +48,12 @@ class NbdShutdownPeerTest {
         Thread closer = null;
         try (DiskImage real = Images.open(img, null, false, false)) {
             GatedImage image = new GatedImage(real);
-            NbdServer s = NbdServer.startUnix(sock, 4);
+            NbdServer s = tcp ? NbdServer.startTcp("127.0.0.1", 0, 4) : NbdServer.startUnix(sock, 4);
             s.shutdownGrace(Duration.ofSeconds(60)); // the test's steps, however slow the machine, fit in it
             try {
                 s.addExport(new NbdExport("q", image, false));
-                p = new ProcessBuilder(qemuIo.toString(), "-f", "raw", "nbd+unix:///q?socket=" + sock)
+                String uri = tcp ? "nbd://127.0.0.1:" + s.port() + "/q" : "nbd+unix:///q?socket=" + sock;
+                p = new ProcessBuilder(qemuIo.toString(), "-f", "raw", uri)
                         .redirectErrorStream(true)
                         .start();
                 InputStream in = p.getInputStream();
