@@ -425,7 +425,8 @@ class DebianPackageTest {
      * lets units stop and forbids every other action, a reinstall (postinst configure of the version installed: the
      * running units' restart) succeeds and leaves the running export as it was, and a removal that fails once prerm
      * has stopped it (postinst abort-remove: the start of what prerm stopped) leaves it stopped and the package
-     * installed; policy-rc.d was asked each time.
+     * installed; policy-rc.d was asked each time. So does one that answers 106 (not allowed, do this instead): the
+     * start it forbids is not made, and its fallback is named, not run.
      */
     @Test
     void aPolicyRcDThatForbidsStartsIsObeyed(@TempDir Path tmp) throws Exception {
@@ -466,6 +467,23 @@ class DebianPackageTest {
                     () -> unit + " was started again, which policy-rc.d forbids:\n" + removal.out());
             String askedAgain = policyLog(systemd);
             assertTrue(askedAgain.contains(unit + " start"), "policy-rc.d asked about the start:\n" + askedAgain);
+
+            // 106: the start is not allowed either, and policy-rc.d names what to do instead (README.policy-rc.d).
+            // The scripts took every answer but 101 as "run" and started what it forbade.
+            inside(systemd, List.of("systemctl", "start", unit), 300);
+            policyRcD(systemd, tmp, STOP_INSTEAD_OF_ALL_BUT_STOP);
+            SystemdNamespace.Result again = systemd.run(aptGet("remove", "iovirt"), 900);
+            assertNotEquals(0, again.exit(), "the removal fails in prerm:\n" + again.out());
+            Result statusAgain = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
+            assertEquals("installed", statusAgain.out.strip(), "postinst abort-remove succeeded: " + again.out());
+            Map<String, String> afterFallback = show(systemd, List.of(unit));
+            assertEquals(
+                    "inactive",
+                    afterFallback.get(unit + " ActiveState"),
+                    () -> unit + " was started again, which policy-rc.d (106) forbids:\n" + again.out());
+            assertTrue(
+                    again.out().contains("fallback \"stop\""),
+                    () -> "postinst names the fallback it did not run:\n" + again.out());
         }
     }
 
@@ -560,6 +578,13 @@ class DebianPackageTest {
     /** policy-rc.d: logs what it is asked, allows stop and forbids every other action (101). */
     private static final String FORBID_ALL_BUT_STOP =
             "#!/bin/sh\necho \"$*\" >>/run/policy-rc.d.log\ncase \"$2\" in stop) exit 0 ;; *) exit 101 ;; esac\n";
+
+    /**
+     * policy-rc.d: logs what it is asked, allows stop; every other action is not allowed and "stop" is its fallback
+     * (106).
+     */
+    private static final String STOP_INSTEAD_OF_ALL_BUT_STOP = "#!/bin/sh\necho \"$*\" >>/run/policy-rc.d.log\n"
+            + "case \"$2\" in stop) exit 0 ;; *) echo stop; exit 106 ;; esac\n";
 
     /**
      * {@code script} as /usr/sbin/policy-rc.d in the namespaces of {@code systemd} only: an overlay on /usr/sbin there
