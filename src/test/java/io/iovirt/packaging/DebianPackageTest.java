@@ -491,11 +491,13 @@ class DebianPackageTest {
      * A chrootless install into another root ({@code dpkg --root} with {@code --force-script-chrootless}, as an image
      * is built: the maintainer scripts run here, with DPKG_ROOT naming that root) changes that root, not this machine.
      * The scripts looked at this machine: postinst found its user iovirt with getent and gave the image none, and a
-     * purge removed this machine's daemon state and enablement links and left the image's.
+     * purge removed this machine's daemon state and enablement links and left the image's. The root's name has a
+     * blank, which the purge must keep inside the path.
      */
     @Test
     void aChrootlessInstallChangesItsRootOnly(@TempDir Path tmp) throws Exception {
-        Path root = tmp.resolve("root");
+        // A blank in its name: postrm's purge split DPKG_ROOT there and left the image's instance links.
+        Path root = tmp.resolve("image root");
         for (String dir : List.of("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log")) {
             Files.createDirectories(root.resolve(dir));
         }
