@@ -595,22 +595,26 @@ class DebianPackageTest {
      */
     private static void policyRcD(SystemdNamespace systemd, Path tmp, String script) throws Exception {
         Path upper = tmp.resolve("usr-sbin-upper");
-        if (!Files.isDirectory(upper)) {
-            Path work = tmp.resolve("usr-sbin-work");
-            Files.createDirectories(upper);
-            Files.createDirectories(work);
-            String layers = "lowerdir=/usr/sbin,upperdir=" + upper + ",workdir=" + work;
-            inside(systemd, List.of("mount", "-t", "overlay", "overlay", "-o", layers, "/usr/sbin"), 60);
-        }
+        Path work = tmp.resolve("usr-sbin-work");
+        Files.createDirectories(upper);
+        Files.createDirectories(work);
+        // Whether the overlay is mounted is asked in the namespaces, not of tmp: it was mounted only when its upper
+        // layer was new, and a second systemd booted on the same tmp then wrote this machine's policy-rc.d. The file
+        // is written only once /usr/sbin there is this overlay.
+        String ours = "findmnt -n -o OPTIONS --mountpoint /usr/sbin | grep -qF \"upperdir=$2,\"";
+        String mount = "mount -t overlay overlay -o \"lowerdir=/usr/sbin,upperdir=$2,workdir=$3\" /usr/sbin";
+        String write = "printf '%s' \"$1\" >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d";
         inside(
                 systemd,
                 List.of(
                         "sh",
                         "-c",
-                        "printf '%s' \"$1\" >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d",
+                        ours + " || " + mount + "; " + ours + " && " + write,
                         "sh",
-                        script),
-                30);
+                        script,
+                        upper.toString(),
+                        work.toString()),
+                60);
     }
 
     /** What policy-rc.d was asked in the namespaces of {@code systemd} ("UNIT ACTION" lines). */
