@@ -425,7 +425,8 @@ class DebianPackageTest {
      * lets units stop and forbids every other action, a reinstall (postinst configure of the version installed: the
      * running units' restart) succeeds and leaves the running export as it was, and a removal that fails once prerm
      * has stopped it (postinst abort-remove: the start of what prerm stopped) leaves it stopped and the package
-     * installed; policy-rc.d was asked each time.
+     * installed; policy-rc.d was asked each time. So does one that answers 106 (not allowed, do this instead): the
+     * start it forbids is not made, and its fallback is named, not run.
      */
     @Test
     void aPolicyRcDThatForbidsStartsIsObeyed(@TempDir Path tmp) throws Exception {
@@ -466,6 +467,23 @@ class DebianPackageTest {
                     () -> unit + " was started again, which policy-rc.d forbids:\n" + removal.out());
             String askedAgain = policyLog(systemd);
             assertTrue(askedAgain.contains(unit + " start"), "policy-rc.d asked about the start:\n" + askedAgain);
+
+            // 106: the start is not allowed either, and policy-rc.d names what to do instead (README.policy-rc.d).
+            // The scripts took every answer but 101 as "run" and started what it forbade.
+            inside(systemd, List.of("systemctl", "start", unit), 300);
+            policyRcD(systemd, tmp, STOP_INSTEAD_OF_ALL_BUT_STOP);
+            SystemdNamespace.Result again = systemd.run(aptGet("remove", "iovirt"), 900);
+            assertNotEquals(0, again.exit(), "the removal fails in prerm:\n" + again.out());
+            Result statusAgain = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
+            assertEquals("installed", statusAgain.out.strip(), "postinst abort-remove succeeded: " + again.out());
+            Map<String, String> afterFallback = show(systemd, List.of(unit));
+            assertEquals(
+                    "inactive",
+                    afterFallback.get(unit + " ActiveState"),
+                    () -> unit + " was started again, which policy-rc.d (106) forbids:\n" + again.out());
+            assertTrue(
+                    again.out().contains("fallback \"stop\""),
+                    () -> "postinst names the fallback it did not run:\n" + again.out());
         }
     }
 
@@ -473,11 +491,13 @@ class DebianPackageTest {
      * A chrootless install into another root ({@code dpkg --root} with {@code --force-script-chrootless}, as an image
      * is built: the maintainer scripts run here, with DPKG_ROOT naming that root) changes that root, not this machine.
      * The scripts looked at this machine: postinst found its user iovirt with getent and gave the image none, and a
-     * purge removed this machine's daemon state and enablement links and left the image's.
+     * purge removed this machine's daemon state and enablement links and left the image's. The root's name has a
+     * blank, which the purge must keep inside the path.
      */
     @Test
     void aChrootlessInstallChangesItsRootOnly(@TempDir Path tmp) throws Exception {
-        Path root = tmp.resolve("root");
+        // A blank in its name: postrm's purge split DPKG_ROOT there and left the image's instance links.
+        Path root = tmp.resolve("image root");
         for (String dir : List.of("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log")) {
             Files.createDirectories(root.resolve(dir));
         }
@@ -562,28 +582,39 @@ class DebianPackageTest {
             "#!/bin/sh\necho \"$*\" >>/run/policy-rc.d.log\ncase \"$2\" in stop) exit 0 ;; *) exit 101 ;; esac\n";
 
     /**
+     * policy-rc.d: logs what it is asked, allows stop; every other action is not allowed and "stop" is its fallback
+     * (106).
+     */
+    private static final String STOP_INSTEAD_OF_ALL_BUT_STOP = "#!/bin/sh\necho \"$*\" >>/run/policy-rc.d.log\n"
+            + "case \"$2\" in stop) exit 0 ;; *) echo stop; exit 106 ;; esac\n";
+
+    /**
      * {@code script} as /usr/sbin/policy-rc.d in the namespaces of {@code systemd} only: an overlay on /usr/sbin there
      * (its upper layer in {@code tmp}), so this machine's own policy-rc.d (a container's forbids every start) decides
      * nothing in the test, and is left as it is.
      */
     private static void policyRcD(SystemdNamespace systemd, Path tmp, String script) throws Exception {
         Path upper = tmp.resolve("usr-sbin-upper");
-        if (!Files.isDirectory(upper)) {
-            Path work = tmp.resolve("usr-sbin-work");
-            Files.createDirectories(upper);
-            Files.createDirectories(work);
-            String layers = "lowerdir=/usr/sbin,upperdir=" + upper + ",workdir=" + work;
-            inside(systemd, List.of("mount", "-t", "overlay", "overlay", "-o", layers, "/usr/sbin"), 60);
-        }
+        Path work = tmp.resolve("usr-sbin-work");
+        Files.createDirectories(upper);
+        Files.createDirectories(work);
+        // Whether the overlay is mounted is asked in the namespaces, not of tmp: it was mounted only when its upper
+        // layer was new, and a second systemd booted on the same tmp then wrote this machine's policy-rc.d. The file
+        // is written only once /usr/sbin there is this overlay.
+        String ours = "findmnt -n -o OPTIONS --mountpoint /usr/sbin | grep -qF \"upperdir=$2,\"";
+        String mount = "mount -t overlay overlay -o \"lowerdir=/usr/sbin,upperdir=$2,workdir=$3\" /usr/sbin";
+        String write = "printf '%s' \"$1\" >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d";
         inside(
                 systemd,
                 List.of(
                         "sh",
                         "-c",
-                        "printf '%s' \"$1\" >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d",
+                        ours + " || " + mount + "; " + ours + " && " + write,
                         "sh",
-                        script),
-                30);
+                        script,
+                        upper.toString(),
+                        work.toString()),
+                60);
     }
 
     /** What policy-rc.d was asked in the namespaces of {@code systemd} ("UNIT ACTION" lines). */
