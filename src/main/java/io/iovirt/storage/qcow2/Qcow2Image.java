@@ -558,6 +558,11 @@ public final class Qcow2Image implements DiskImage {
         return chargedRef;
     }
 
+    /** The metadata lock, for the tests (to hold an operation between its checks and its lock). */
+    ReentrantLock metadataLock() {
+        return meta;
+    }
+
     /** What this image's chain is charged now, for the tests. */
     long chainBytes() {
         return chain.bytes();
@@ -1339,6 +1344,11 @@ public final class Qcow2Image implements DiskImage {
         meta.lock();
         try {
             checkOpen();
+            if (readOnly) {
+                // again under the lock: a switch to read-only may have run since the check above, and it freed the
+                // clusters of requests still in flight at once (nothing may allocate while read-only)
+                throw new LinuxException("resize", path + " is read-only now", Errno.EROFS);
+            }
             if (newSize < size) {
                 throw new IOException("shrinking qcow2 image " + path + " from " + size + " to " + newSize
                         + " bytes is not supported (the guest may have data there)");
