@@ -629,7 +629,9 @@ public final class Qcow2Image implements DiskImage {
      * without leaks another program may open. iovirt never sets the dirty bit (no lazy refcounts) and
      * repairs an image left dirty when it opens it for writing, so there is no dirty bit to clear here. A write
      * that passed its checks before the switch may still complete (as for a raw image); allocations and zeroing
-     * re-check under the metadata lock and are refused. An image opened read-only cannot be made writable.
+     * re-check under the metadata lock and are refused. An image opened read-only cannot be made writable. A failed
+     * first flush leaves the image writable; a later one leaves it read-only (the early frees need it), as a raw image
+     * is after a failed write-back.
      */
     @Override
     public void setReadOnly(boolean ro) throws IOException {
@@ -647,6 +649,9 @@ public final class Qcow2Image implements DiskImage {
                 // them down and the third writes the blocks: the file is left without leaks for other programs.
                 flushMetadata();
                 refcounts.freeForReadOnly();
+                // From here on the early frees need the image read-only: when a write-back below fails, it stays
+                // read-only (as a raw image does), else the allocator would hand out a cluster a request is still on.
+                readOnly = true;
                 flushMetadata();
                 flushMetadata();
             } else if (!ro && readOnly) {
