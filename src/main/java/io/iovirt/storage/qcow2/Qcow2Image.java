@@ -558,6 +558,11 @@ public final class Qcow2Image implements DiskImage {
         return chargedRef;
     }
 
+    /** The metadata lock, for the tests (to hold an operation between its checks and its lock). */
+    ReentrantLock metadataLock() {
+        return meta;
+    }
+
     /** What this image's chain is charged now, for the tests. */
     long chainBytes() {
         return chain.bytes();
@@ -624,7 +629,9 @@ public final class Qcow2Image implements DiskImage {
      * without leaks another program may open. iovirt never sets the dirty bit (no lazy refcounts) and
      * repairs an image left dirty when it opens it for writing, so there is no dirty bit to clear here. A write
      * that passed its checks before the switch may still complete (as for a raw image); allocations and zeroing
-     * re-check under the metadata lock and are refused. An image opened read-only cannot be made writable.
+     * re-check under the metadata lock and are refused. An image opened read-only cannot be made writable. A failed
+     * first flush leaves the image writable; a later one leaves it read-only (the early frees need it), as a raw image
+     * is after a failed write-back.
      */
     @Override
     public void setReadOnly(boolean ro) throws IOException {
@@ -642,6 +649,9 @@ public final class Qcow2Image implements DiskImage {
                 // them down and the third writes the blocks: the file is left without leaks for other programs.
                 flushMetadata();
                 refcounts.freeForReadOnly();
+                // From here on the early frees need the image read-only: when a write-back below fails, it stays
+                // read-only (as a raw image does), else the allocator would hand out a cluster a request is still on.
+                readOnly = true;
                 flushMetadata();
                 flushMetadata();
             } else if (!ro && readOnly) {
@@ -1339,6 +1349,11 @@ public final class Qcow2Image implements DiskImage {
         meta.lock();
         try {
             checkOpen();
+            if (readOnly) {
+                // again under the lock: a switch to read-only may have run since the check above, and it freed the
+                // clusters of requests still in flight at once (nothing may allocate while read-only)
+                throw new LinuxException("resize", path + " is read-only now", Errno.EROFS);
+            }
             if (newSize < size) {
                 throw new IOException("shrinking qcow2 image " + path + " from " + size + " to " + newSize
                         + " bytes is not supported (the guest may have data there)");

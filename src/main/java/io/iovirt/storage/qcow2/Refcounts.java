@@ -371,12 +371,18 @@ final class Refcounts {
     /**
      * The image becomes writable again: a batch {@link #freeForReadOnly} freed while requests were in flight, whose
      * requests still are, is counted up again and waits as before, since the allocator runs again. Free ones are
-     * forgotten. Metadata lock held; the increments are written at the next flush (a crash before leaves the
-     * clusters free, which nothing references).
+     * forgotten. A batch not counted down yet (the switch's write-back failed before it) is taken out of
+     * {@link #pendingFree} instead. Metadata lock held; the increments are written at the next flush (a crash before
+     * leaves the clusters free, which nothing references).
      */
     void retakeForWrites() throws IOException {
         for (Dereferenced d : freedEarly) {
             if (d.inFlight().over()) {
+                continue;
+            }
+            // the same arrays freeForReadOnly added: equals is identity, and decrement takes them all at once
+            if (pendingFree.removeAll(d.ranges())) {
+                waiting.add(d);
                 continue;
             }
             for (long[] r : d.ranges()) {

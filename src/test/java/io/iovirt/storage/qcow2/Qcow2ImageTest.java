@@ -16,6 +16,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.Images;
+import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
 import java.io.IOException;
 import java.io.RandomAccessFile;
@@ -689,6 +690,66 @@ class Qcow2ImageTest {
         }
         check(img, false);
         qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
+    }
+
+    /**
+     * A resize that passed its read-only check just before a switch to read-only, and waited for the metadata lock
+     * the switch held, is refused once it has the lock. The switch freed a discarded cluster a read still in flight
+     * reads (nothing allocates while read-only): before, the resize went on, placed its new L1 table on that very
+     * cluster (the read would return the table) and wrote the header of an image switched to read-only.
+     */
+    @Test
+    void aResizeThatRacedASwitchToReadOnlyIsRefused() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("roresize.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        ExecutorService pool = Executors.newSingleThreadExecutor();
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            MemorySegment buf = arena.allocate(65536, 4096);
+            io.add(buf);
+            assertTrue(io.submitRead(ring, 2 * MIB, 1), "queued: a read of an allocated cluster");
+            q.discard(2 * MIB, 65536);
+            java.util.concurrent.locks.ReentrantLock lock = q.metadataLock();
+            Future<Void> resize;
+            lock.lock();
+            try {
+                resize = pool.submit(() -> {
+                    q.resize(1L << 40); // a bigger L1 table: one new cluster
+                    return null;
+                });
+                Await.until(
+                        java.time.Duration.ofSeconds(30),
+                        "the resize to wait for the metadata lock",
+                        () -> lock.hasQueuedThreads());
+                q.setReadOnly(true); // between the resize's check and its lock
+            } finally {
+                lock.unlock();
+            }
+            java.util.concurrent.ExecutionException e = assertThrows(
+                    java.util.concurrent.ExecutionException.class,
+                    () -> resize.get(30, java.util.concurrent.TimeUnit.SECONDS));
+            assertTrue(
+                    e.getCause() instanceof LinuxException le && le.errno() == Errno.EROFS,
+                    "the resize of an image switched to read-only: " + e.getCause());
+            assertEquals(16L * MIB, q.size());
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "r")) {
+                f.seek(40); // l1_table_offset
+                assertTrue(f.readLong() != host, "the new L1 table went on the cluster the read in flight reads");
+            }
+            ring.submitAndWait(1);
+            assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
+            io.completed(false, 2 * MIB, 65536);
+        } finally {
+            pool.shutdownNow();
+        }
+        check(img, false);
+        assertTrue(ok("qemu-img", "info", "--output=json", img.toString()).contains("\"virtual-size\": 16777216"));
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 0 2M");
     }
 
     /**

@@ -1,21 +1,34 @@
 // SPDX-License-Identifier: Apache-2.0
 package io.iovirt.storage.qcow2;
 
+import static io.iovirt.storage.qcow2.QemuTools.check;
 import static io.iovirt.storage.qcow2.QemuTools.ok;
+import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.linux.Errno;
+import io.iovirt.linux.IoUring;
+import io.iovirt.linux.LinuxException;
 import io.iovirt.testing.Require;
 import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * A disk that fails writeback: the image lives on a loop device whose backing file is on a 1 MiB tmpfs, so the
  * kernel's writeback of the image's pages fails (ENOSPC from the backing file, an I/O error on the loop device) and
- * fdatasync reports it — once. Then the tmpfs grows, as a disk that recovers.
+ * fdatasync reports it — once. Then the tmpfs grows, as a disk that recovers. Or the image lives on a small tmpfs
+ * itself, filled up: a metadata write to a page it does not have fails at once (ENOSPC from pwrite).
  */
 @org.junit.jupiter.api.Tag("peer") // qemu-img: Failsafe
 class Qcow2WritebackErrorTest {
@@ -61,6 +74,129 @@ class Qcow2WritebackErrorTest {
                 QemuTools.run("losetup", "-d", loop);
             }
             QemuTools.run("umount", small.toString());
+        }
+    }
+
+    /**
+     * A switch to read-only whose write-back fails after it freed, at once, a discarded cluster a read still in
+     * flight reads leaves the image read-only: the allocator must not hand that cluster out while the read is on it.
+     * The image lives on a small tmpfs: its cached refcount block is punched out of the file and the tmpfs filled, so
+     * that the write of that block fails with ENOSPC. It fails at the switch's third flush, which writes the block
+     * the cluster was counted down in ({@code atSecondFlush} false); or at its second, which writes the block another
+     * discarded cluster, whose read completed, was counted down in (true) — the early free is then not counted down
+     * yet, with 1-bit refcounts. Before, the image stayed writable with the cluster free: once there was space again,
+     * the next allocation took the cluster the read was still reading. Switched back to writable, the cluster is
+     * taken again until the read is over; when its free was not counted down yet, it is not counted up either (it
+     * was: refcount 2, more than 1-bit refcounts hold, and the switch back failed).
+     */
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void aSwitchToReadOnlyWhoseWriteBackFailsStaysReadOnly(boolean atSecondFlush) throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        int mib = 1 << 20;
+        Path small = Files.createDirectory(dir.resolve("small"));
+        QemuTools.Result mount = QemuTools.run("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", small.toString());
+        Require.that(
+                mount.exit() == 0, "mounting a tmpfs (root): " + mount.output().trim());
+        try {
+            Path file = small.resolve("rofail.qcow2");
+            ok(
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-o",
+                    "refcount_bits=" + (atSecondFlush ? 1 : 16),
+                    file.toString(),
+                    "16M");
+            qemuIoOk(file, "qcow2", "write -P 0x33 0 4M");
+            long block;
+            try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "r")) {
+                f.seek(48); // refcount_table_offset
+                f.seek(f.readLong());
+                block = f.readLong(); // refcount block 0: counts every cluster of this image
+            }
+            byte[] saved = new byte[65536];
+            Path filler = small.resolve("filler");
+            try (Qcow2Image q = Qcow2Image.open(file, false);
+                    Arena arena = Arena.ofConfined();
+                    IoUring ring = IoUring.create(4);
+                    Qcow2Image.Qcow2Io io = q.newContext(8, 0);
+                    Qcow2Image.Qcow2Io other = q.newContext(8, 0)) {
+                long host = q.l2Entry(2 * mib) & Qcow2Image.OFFSET_MASK;
+                Qcow2ImageTest.write(q, 8 * mib, Qcow2ImageTest.fill(65536, 0x44)); // the refcount block is cached
+                q.flush();
+                MemorySegment buf = arena.allocate(65536, 4096);
+                if (atSecondFlush) {
+                    // a discarded cluster whose free waits for a read that completes before the switch: the switch's
+                    // first flush counts it down, its second writes that
+                    other.add(buf);
+                    assertTrue(other.submitRead(ring, mib, 2), "queued: a read of an allocated cluster");
+                    q.discard(mib, 65536);
+                    q.flush();
+                    ring.submitAndWait(1);
+                    assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
+                    other.completed(false, mib, 65536);
+                }
+                io.add(buf);
+                assertTrue(io.submitRead(ring, 2 * mib, 1), "queued: a read of an allocated cluster");
+                q.discard(2 * mib, 65536);
+                try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "r")) {
+                    f.seek(block);
+                    f.readFully(saved);
+                }
+                ok("fallocate", "--punch-hole", "--offset", Long.toString(block), "--length", "65536", file.toString());
+                fill(filler);
+                assertThrows(IOException.class, () -> q.setReadOnly(true), "the refcount block's write failed");
+                assertTrue(q.readOnly(), "the cluster the read is on was freed: the image must stay read-only");
+                Files.delete(filler); // space again: the block as it was on disk, then what iovirt writes over it
+                try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "rw")) {
+                    f.seek(block);
+                    f.write(saved);
+                }
+                LinuxException e = assertThrows(
+                        LinuxException.class, () -> Qcow2ImageTest.write(q, 9 * mib, Qcow2ImageTest.fill(65536, 0x66)));
+                assertEquals(Errno.EROFS, e.errno());
+                q.setReadOnly(false); // the read is still in flight
+                assertFalse(q.readOnly());
+                Qcow2ImageTest.write(q, 9 * mib, Qcow2ImageTest.fill(65536, 0x66));
+                assertTrue(
+                        (q.l2Entry(9 * mib) & Qcow2Image.OFFSET_MASK) != host,
+                        "the discarded cluster was handed out while a read of it was in flight");
+                ring.submitAndWait(1);
+                assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
+                io.completed(false, 2 * mib, 65536);
+                q.handOver(); // nothing in flight now: the discarded cluster is freed
+                Qcow2ImageTest.write(q, 10 * mib, Qcow2ImageTest.fill(65536, 0x77));
+                assertEquals(host, q.l2Entry(10 * mib) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+            }
+            check(file, false);
+            qemuIoOk(
+                    file,
+                    "qcow2",
+                    "read -P 0x33 0 1M",
+                    "read -P 0 2M 64k",
+                    "read -P 0x44 8M 64k",
+                    "read -P 0x66 9M 64k",
+                    "read -P 0x77 10M 64k");
+        } finally {
+            QemuTools.run("umount", small.toString());
+        }
+    }
+
+    /** Writes {@code filler} until its file system is full. */
+    private static void fill(Path filler) throws IOException {
+        byte[] page = new byte[4096];
+        java.util.Arrays.fill(page, (byte) 1);
+        try (var out = Files.newOutputStream(filler)) {
+            while (true) {
+                out.write(page);
+                out.flush();
+            }
+        } catch (IOException full) {
+            // ENOSPC: no page left for the punched-out refcount block
         }
     }
 }
