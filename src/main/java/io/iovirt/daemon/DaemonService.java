@@ -101,8 +101,7 @@ public final class DaemonService {
 
     private static String hostPort(Metrics m) {
         java.net.InetSocketAddress a = m.address();
-        String h = a.getAddress().getHostAddress();
-        return (h.contains(":") ? "[" + h + "]" : h) + ":" + a.getPort();
+        return io.iovirt.util.HostPort.format(a.getAddress(), a.getPort());
     }
 
     /**

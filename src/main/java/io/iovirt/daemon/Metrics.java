@@ -7,6 +7,7 @@ import io.iovirt.linux.Acceptor;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
 import io.iovirt.net.RateLimitedLog;
+import io.iovirt.util.HostPort;
 import io.iovirt.virtio.QueueWorker;
 import java.io.File;
 import java.io.IOException;
@@ -114,8 +115,7 @@ public final class Metrics implements AutoCloseable {
     private Metrics(ServerSocketChannel listener, Daemon daemon, int maxConnections) throws IOException {
         this.listener = listener;
         this.address = (InetSocketAddress) listener.getLocalAddress();
-        String h = address.getAddress().getHostAddress();
-        this.url = "http://" + (h.contains(":") ? "[" + h + "]" : h) + ":" + address.getPort() + "/metrics";
+        this.url = "http://" + HostPort.format(address.getAddress(), address.getPort()) + "/metrics";
         this.daemon = daemon;
         this.maxConnections = maxConnections;
         this.exchanges = Executors.newThreadPerTaskExecutor(

@@ -7,6 +7,7 @@ import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
+import io.iovirt.util.HostPort;
 import java.io.EOFException;
 import java.io.IOException;
 import java.lang.foreign.Arena;
@@ -199,9 +200,11 @@ public final class UnixSocket implements AutoCloseable {
             throw new IllegalArgumentException("TCP port out of range: " + port);
         }
         boolean v6 = host instanceof Inet6Address;
-        String asked = "tcp:" + host.getHostAddress() + ":" + port;
+        String asked = "tcp:" + HostPort.format(host, port);
         Fd fd = Fd.adopt(Syscalls.check(
-                Syscalls.socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket(AF_INET)", asked));
+                Syscalls.socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0),
+                v6 ? "socket(AF_INET6)" : "socket(AF_INET)",
+                asked));
         try (Arena a = Arena.ofConfined()) {
             int f = fd.get();
             MemorySegment one = a.allocate(JAVA_INT);
@@ -220,7 +223,7 @@ public final class UnixSocket implements AutoCloseable {
             Syscalls.check(Syscalls.bind(f, addr, v6 ? (int) SOCKADDR_IN6 : SOCKADDR_IN), "bind", asked);
             Syscalls.check(Syscalls.listen(f, backlog), "listen", asked);
             // named with the port bound (the kernel's pick when 0 was asked for): its accepted connections too
-            return new UnixSocket(fd, "tcp:" + host.getHostAddress() + ":" + localPort(fd, asked));
+            return new UnixSocket(fd, "tcp:" + HostPort.format(host, localPort(fd, asked)));
         } catch (LinuxException | RuntimeException e) {
             fd.close();
             throw e;

@@ -15,8 +15,9 @@ import java.nio.channels.GatheringByteChannel;
 
 /**
  * A connected {@link UnixSocket} as a blocking {@link ByteChannel}, for protocol code written against java.nio
- * channels (the NBD server) whose UNIX listener is ours ({@link SocketPaths#listen}: socket mode set before listen,
- * peer uid checked at accept). A read is one recvmsg, a gathering write one sendmsg.
+ * channels (the NBD server) whose listener is ours: a UNIX one ({@link SocketPaths#listen}: socket mode set before
+ * listen, peer uid checked at accept) or a loopback TCP one ({@link UnixSocket#listenTcp}). A read is one recvmsg, a
+ * gathering write one sendmsg.
  *
  * <p>No allocation per call for direct buffers the channel has seen before (NbdAllocationTest measures it): the
  * kernel gets raw addresses through preallocated iovecs, and each direction remembers the native memory of the last

@@ -208,7 +208,8 @@ public final class NbdServer implements AutoCloseable {
         }
         try {
             bound = l.localPort();
-            NbdServer s = new NbdServer(l, null, null, "tcp:" + host + ":" + bound, null, maxConnections);
+            NbdServer s = new NbdServer(
+                    l, null, null, "tcp:" + io.iovirt.util.HostPort.format(addr, bound), null, maxConnections);
             s.acceptor.start();
             return s;
         } catch (IOException | RuntimeException | Error e) {
@@ -223,7 +224,7 @@ public final class NbdServer implements AutoCloseable {
         }
     }
 
-    /** "unix:/path" or "tcp:host:port" (the real port when 0 was asked for). */
+    /** "unix:/path" or "tcp:host:port", an IPv6 host in brackets (the real port when 0 was asked for). */
     public String address() {
         return address;
     }
