@@ -68,6 +68,13 @@ public final class BlkDevice implements VhostUserBackend {
 
     private final QueueWorker[] workers;
     private final Virtqueue[] vqs;
+    /**
+     * The request handler of each queue whose thread runs (given up on included), for a switch to read-only that
+     * waits for the writes in flight ({@link BlkQueueHandler#mutationsEnded}); set before the thread starts, with
+     * volatile semantics, so a switch that reads it after setting read-only sees every queue that can have let a write
+     * through before.
+     */
+    private final java.util.concurrent.atomic.AtomicReferenceArray<BlkQueueHandler> handlers;
 
     // ---- image ownership (issue 11): the image lock follows the active frontend ----
     /** Opened when a frontend first starts a queue; set, and its type changed, under {@link #lockType}. */
@@ -80,6 +87,13 @@ public final class BlkDevice implements VhostUserBackend {
     private final Object lockType = new Object();
     /** The type of image lock a frontend starting now takes: shared while the disk is read-only. */
     private boolean lockShared;
+    /**
+     * Counts the switches ({@link #setReadOnly}), under {@link #lockType}: a lock made shared later for a switch to
+     * read-only ({@link #shareWhenDrained}) is made so only while no switch came after it.
+     */
+    private long switches;
+    /** How long a switch to read-only waits for its lock to become shared before it answers ({@link #setReadOnly}). */
+    private volatile java.time.Duration shareWaitLimit = java.time.Duration.ofSeconds(5);
     /** One blk.set-readonly at a time. */
     private final Object switching = new Object();
     /** Why this frontend may not use the image (another VM holds it), or null. */
@@ -93,8 +107,9 @@ public final class BlkDevice implements VhostUserBackend {
      */
     private final boolean[] abandoned;
     /**
-     * Queue threads started and not yet ended, those given up on included ({@link #quiescent}); each one counts
-     * itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
+     * Queue threads started and not yet ended, those given up on included, and a thread making the image lock shared
+     * after a switch to read-only ({@link #shareLockWhenDrained}: it may flush the image) ({@link #quiescent}); each
+     * one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
      */
     private final java.util.concurrent.atomic.AtomicInteger threads = new java.util.concurrent.atomic.AtomicInteger();
     /** Set by {@link #close}: the image's owner flushed and closed it, so queues given up on hand nothing over. */
@@ -149,6 +164,7 @@ public final class BlkDevice implements VhostUserBackend {
             queueStats[i] = new BlkStats();
         }
         this.vqs = new Virtqueue[queues];
+        this.handlers = new java.util.concurrent.atomic.AtomicReferenceArray<>(queues);
         this.failed = new boolean[queues];
         this.abandoned = new boolean[queues];
         String unavailable = engine == IoEngine.SYNC ? null : IoUring.unavailableReason();
@@ -269,32 +285,43 @@ public final class BlkDevice implements VhostUserBackend {
      * <p>The image lock follows (issue 11): a disk switched writable while a frontend runs first turns its shared
      * lock into an exclusive one ({@link ImageLock#retype}), and stays read-only when another process holds the image
      * (a reader, which a shared lock let in and a writer must not change the data under). A disk switched read-only
-     * keeps an exclusive lock held until its frontend stops its queues (writes that passed their checks before the
-     * switch may still land); the next frontend takes a shared one.
+     * while a frontend runs keeps its exclusive lock until every write, write-zeroes and discard that passed its check
+     * before the switch has ended (each queue counts its own, {@link BlkQueueHandler#mutationsEnded}) and a flush
+     * after them has succeeded: then the lock becomes shared in place ({@link ImageLock#share}), and readers are let
+     * in. This call waits for that up to {@link #shareWaitLimit}; writes still in flight then (a file system that
+     * does not answer) do not hold the switch up: the disk is read-only all the same and the lock becomes shared when
+     * they have ended, by itself (a thread of the device's, counted in {@link #quiescent}). The next frontend takes a
+     * shared lock.
      *
+     * @return null when no lock is held exclusively any more (or none was); otherwise why the lock is still exclusive
+     *         (the writes in flight, to be shared when they end; or a failed flush, shared never: until the
+     *         frontend stops its queues), for the operator
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
      *                     it (named); or switching read-only, its write-back failed (a raw image is read-only then)
      */
-    public void setReadOnly(boolean readOnly) throws IOException {
+    public String setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
             if (readOnly) {
+                long generation;
                 try {
                     image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
                 } finally {
                     // also when the write-back failed: a raw image is read-only then all the same (it stops the
                     // guest's writes first), and its next frontend takes a shared lock, as for any read-only disk
                     synchronized (lockType) {
+                        generation = ++switches;
                         lockShared = image.readOnly();
                         if (lockShared) {
                             retypeLock(true); // changes no lock held: never refused
                         }
                     }
                 }
-                return;
+                return shareLockWhenDrained(generation);
             }
             synchronized (lockType) {
                 retypeLock(false); // exclusive first: no write under a shared lock
                 lockShared = false;
+                switches++; // a lock still to be made shared for an earlier switch to read-only stays exclusive
             }
             try {
                 image.setReadOnly(false);
@@ -307,7 +334,121 @@ public final class BlkDevice implements VhostUserBackend {
                 }
                 throw e;
             }
+            return null;
         }
+    }
+
+    /**
+     * After the switch to read-only number {@code generation}: makes the exclusive lock a running frontend holds shared
+     * once the writes in flight across the switch have ended and are flushed, on a thread of its own (it may wait for
+     * a file system that does not answer; no queue thread waits for it or for this one), waiting for that up to
+     * {@link #shareWaitLimit}. Returns what {@link #setReadOnly} returns.
+     */
+    private String shareLockWhenDrained(long generation) {
+        if (!shareWanted(generation)) {
+            return null; // no frontend holds the lock, or holds it shared
+        }
+        // read after the switch set read-only: every queue that can have let a write through before is here
+        java.util.List<BlkQueueHandler> inFlight = new java.util.ArrayList<>(queues);
+        for (int i = 0; i < queues; i++) {
+            BlkQueueHandler h = handlers.get(i);
+            if (h != null) {
+                inFlight.add(h);
+            }
+        }
+        java.util.concurrent.CompletableFuture<String> shared = new java.util.concurrent.CompletableFuture<>();
+        threads.incrementAndGet(); // it may flush the image: not closed under it
+        try {
+            Thread.ofPlatform().name("blk " + name + " lock").daemon().start(() -> {
+                try {
+                    shared.complete(shareWhenDrained(inFlight, generation));
+                } catch (RuntimeException | Error e) {
+                    shared.complete("the image lock stays exclusive: making it shared failed: " + e);
+                    throw e;
+                } finally {
+                    queueThreadEnded();
+                }
+            });
+        } catch (RuntimeException | OutOfMemoryError e) {
+            queueThreadEnded();
+            return "the image lock stays exclusive until the frontend stops its queues: no thread to wait for the"
+                    + " writes in flight (" + e + ")";
+        }
+        try {
+            return shared.get(shareWaitLimit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
+            return "the image lock stays exclusive until the writes the guest sent before the switch have completed"
+                    + " and are flushed (still in flight after " + shareWaitLimit.toMillis() + " ms: a slow or hung"
+                    + " disk or file system); then it becomes shared by itself, and a log line says so";
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return "the image lock stays exclusive until the writes sent before the switch have completed and are"
+                    + " flushed; then it becomes shared by itself";
+        }
+    }
+
+    /**
+     * Waits (polling; the queues only count) until no handler of {@code inFlight} has a write that passed its check
+     * before the switch {@code generation} still in flight, flushes the image and makes the lock shared, as long as
+     * that is still wanted. Returns null when shared or no longer wanted, else why it stays exclusive.
+     */
+    private String shareWhenDrained(java.util.List<BlkQueueHandler> inFlight, long generation) {
+        long pause = 1;
+        for (BlkQueueHandler h : inFlight) {
+            while (!h.mutationsEnded()) {
+                if (!shareWanted(generation)) {
+                    return null; // switched writable again, or the frontend let go of the image
+                }
+                try {
+                    Thread.sleep(pause);
+                } catch (InterruptedException e) {
+                    return "interrupted waiting for the writes in flight: it stays so until the frontend stops";
+                }
+                pause = Math.min(pause * 2, 50);
+            }
+        }
+        if (!shareWanted(generation)) {
+            return null;
+        }
+        try {
+            image.flush(); // the writes that ended are durable before a reader can see them
+        } catch (IOException e) {
+            String why = "the image lock stays exclusive until the frontend stops its queues: flushing the writes sent"
+                    + " before the switch to read-only failed: " + e.getMessage();
+            LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+            return why;
+        }
+        synchronized (lockType) {
+            if (!shareWanted(generation)) {
+                return null;
+            }
+            try {
+                imageLock.share();
+            } catch (LinuxException e) {
+                String why = "the image lock stays exclusive: it cannot be made shared: " + e.getMessage();
+                LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+                return why;
+            }
+        }
+        LOG.log(
+                Level.INFO,
+                "blk {0}: the image lock of {1} is shared now: the writes sent before the switch to read-only have"
+                        + " ended and are flushed",
+                name,
+                image.path());
+        return null;
+    }
+
+    /** Whether the lock held is still to be made shared for the switch to read-only {@code generation}. */
+    private boolean shareWanted(long generation) {
+        synchronized (lockType) {
+            return generation == switches && lockShared && imageLock != null && imageLock.held() && !imageLock.shared();
+        }
+    }
+
+    /** Changes how long {@link #setReadOnly} waits for the lock to become shared (tests). */
+    void shareWaitLimit(java.time.Duration limit) {
+        this.shareWaitLimit = limit;
     }
 
     /** Changes the image lock's type (under {@link #lockType}); refused with the reason when another user holds it. */
@@ -609,6 +750,7 @@ public final class BlkDevice implements VhostUserBackend {
             }
             workers[index] = w;
             vqs[index] = q;
+            handlers.set(index, handler); // before the thread starts: see handlers
             threads.incrementAndGet();
             w.closeWhenEnded(java.util.List.of(this::queueThreadEnded)); // after the thread's last image I/O
             try {
@@ -616,6 +758,7 @@ public final class BlkDevice implements VhostUserBackend {
             } catch (RuntimeException | OutOfMemoryError e) { // no thread: nothing will count it out
                 workers[index] = null;
                 vqs[index] = null;
+                handlers.set(index, null);
                 queueThreadEnded();
                 q.releaseMemory();
                 handler.close();
@@ -849,6 +992,7 @@ public final class BlkDevice implements VhostUserBackend {
     private void forget(int index) {
         workers[index] = null;
         vqs[index] = null;
+        handlers.set(index, null);
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
             boolean handedOver = true;
             if (fenced == null && !closing) {
