@@ -388,9 +388,10 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     /**
-     * Waits (polling; the queues only count) until no handler of {@code inFlight} has a write that passed its check
-     * before the switch {@code generation} still in flight, flushes the image and makes the lock shared, as long as
-     * that is still wanted. Returns null when shared or no longer wanted, else why it stays exclusive.
+     * Waits (polling, and woken when a queue thread ends; the queues only count) until no handler of {@code inFlight}
+     * has a write that passed its check before the switch {@code generation} still in flight, flushes the image and
+     * makes the lock shared, as long as that is still wanted. Returns null when shared or no longer wanted, else why
+     * it stays exclusive.
      */
     private String shareWhenDrained(java.util.List<BlkQueueHandler> inFlight, long generation) {
         long pause = 1;
@@ -400,7 +401,9 @@ public final class BlkDevice implements VhostUserBackend {
                     return null; // switched writable again, or the frontend let go of the image
                 }
                 try {
-                    Thread.sleep(pause);
+                    synchronized (threadEnded) { // woken at once when a queue thread ends (its frontend stops)
+                        threadEnded.wait(pause);
+                    }
                 } catch (InterruptedException e) {
                     return "interrupted waiting for the writes in flight: it stays so until the frontend stops";
                 }
