@@ -288,10 +288,11 @@ public final class BlkDevice implements VhostUserBackend {
      * while a frontend runs keeps its exclusive lock until every write, write-zeroes and discard that passed its check
      * before the switch has ended (each queue counts its own, {@link BlkQueueHandler#mutationsEnded}) and a flush
      * after them has succeeded: then the lock becomes shared in place ({@link ImageLock#share}), and readers are let
-     * in. This call waits for that up to {@link #shareWaitLimit}; writes still in flight then (a file system that
-     * does not answer) do not hold the switch up: the disk is read-only all the same and the lock becomes shared when
-     * they have ended, by itself (a thread of the device's, counted in {@link #quiescent}). The next frontend takes a
-     * shared lock.
+     * in. This call waits for that, and for the image's own write-back, up to {@link #shareWaitLimit}; writes still
+     * in flight then, or a write-back still under way (a file system that does not answer), do not hold the answer
+     * up once the image refuses writes: the disk is read-only all the same and the lock becomes shared when they have
+     * ended, by itself (a thread of the device's, counted in {@link #quiescent}; see {@link #switchReadOnly}). The
+     * next frontend takes a shared lock.
      *
      * @return null when no lock is held exclusively any more (or none was); otherwise why the lock is still exclusive
      *         (the writes in flight, to be shared when they end; or a failed flush, shared never: until the
@@ -302,21 +303,7 @@ public final class BlkDevice implements VhostUserBackend {
     public String setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
             if (readOnly) {
-                long generation;
-                try {
-                    image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
-                } finally {
-                    // also when the write-back failed: a raw image is read-only then all the same (it stops the
-                    // guest's writes first), and its next frontend takes a shared lock, as for any read-only disk
-                    synchronized (lockType) {
-                        generation = ++switches;
-                        lockShared = image.readOnly();
-                        if (lockShared) {
-                            retypeLock(true); // changes no lock held: never refused
-                        }
-                    }
-                }
-                return shareLockWhenDrained(generation);
+                return switchReadOnly();
             }
             synchronized (lockType) {
                 retypeLock(false); // exclusive first: no write under a shared lock
@@ -324,7 +311,7 @@ public final class BlkDevice implements VhostUserBackend {
                 switches++; // a lock still to be made shared for an earlier switch to read-only stays exclusive
             }
             try {
-                image.setReadOnly(false);
+                image.setReadOnly(false); // after a switch to read-only's write-back still under way, if any
             } catch (IOException | RuntimeException e) {
                 synchronized (lockType) {
                     lockShared = image.readOnly();
@@ -339,12 +326,118 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     /**
-     * After the switch to read-only number {@code generation}: makes the exclusive lock a running frontend holds shared
-     * once the writes in flight across the switch have ended and are flushed, on a thread of its own (it may wait for
-     * a file system that does not answer; no queue thread waits for it or for this one), waiting for that up to
-     * {@link #shareWaitLimit}. Returns what {@link #setReadOnly} returns.
+     * Switches the image read-only and, when a frontend holds the lock exclusively, makes it shared once the writes in
+     * flight across the switch have ended and are flushed — all on a thread of its own (counted in {@link
+     * #quiescent}: it writes the image back and flushes it; no queue thread waits for it), waited for up to {@link
+     * #shareWaitLimit}. A write-back still under way then (a file system that does not answer) does not hold the
+     * answer up once the image refuses writes (a raw image does so before it writes back); a format that refuses them
+     * only once written back (qcow2) is waited for as long as that takes, as before.
      */
-    private String shareLockWhenDrained(long generation) {
+    private String switchReadOnly() throws IOException {
+        long generation;
+        synchronized (lockType) {
+            generation = ++switches;
+        }
+        java.util.concurrent.CompletableFuture<Void> switched = new java.util.concurrent.CompletableFuture<>();
+        java.util.concurrent.CompletableFuture<String> shared = new java.util.concurrent.CompletableFuture<>();
+        java.util.concurrent.atomic.AtomicBoolean answered = new java.util.concurrent.atomic.AtomicBoolean();
+        threads.incrementAndGet(); // it writes the image back and flushes it: not closed under it
+        try {
+            Thread.ofPlatform().name("blk " + name + " read-only").daemon().start(() -> {
+                try {
+                    shared.complete(switchAndShare(generation, switched, answered));
+                } catch (RuntimeException | Error e) {
+                    switched.completeExceptionally(e); // no-op when switched
+                    shared.complete("the image lock stays exclusive: making it shared failed: " + e);
+                    throw e;
+                } finally {
+                    queueThreadEnded();
+                }
+            });
+        } catch (RuntimeException | OutOfMemoryError e) {
+            queueThreadEnded();
+            throw new IOException("cannot start the thread that switches the disk (nothing changed): " + e, e);
+        }
+        long limit = shareWaitLimit.toNanos();
+        long deadline = System.nanoTime() + limit;
+        try {
+            try {
+                switched.get(limit, java.util.concurrent.TimeUnit.NANOSECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                answered.set(true); // a write-back that fails from now on is logged (see switchAndShare)
+                if (!image.readOnly() || switched.isDone()) {
+                    switched.get(); // it takes writes until written back: the switch is not done before
+                } else {
+                    return "the image's write-back (fsync) is still under way after " + shareWaitLimit.toMillis()
+                            + " ms (a slow or hung disk or file system); the image lock stays exclusive until it and"
+                            + " the writes the guest sent before the switch have completed, then it becomes shared by"
+                            + " itself";
+                }
+            }
+            return shared.get(Math.max(0, deadline - System.nanoTime()), java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.ExecutionException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof IOException io) {
+                throw io; // its write-back failed: read-only all the same (see switchAndShare)
+            }
+            if (cause instanceof RuntimeException r) {
+                throw r;
+            }
+            throw new IOException("switching the disk read-only failed: " + cause, cause);
+        } catch (java.util.concurrent.TimeoutException e) {
+            return "the image lock stays exclusive until the writes the guest sent before the switch have completed"
+                    + " and are flushed (still in flight after " + shareWaitLimit.toMillis() + " ms: a slow or hung"
+                    + " disk or file system); then it becomes shared by itself, and a log line says so";
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return "interrupted: the switch to read-only goes on, and the image lock becomes shared once the writes"
+                    + " sent before it have completed and are flushed";
+        }
+    }
+
+    /**
+     * On the switching thread ({@link #switchReadOnly}): switches the image read-only (completing {@code switched}),
+     * then makes the lock shared when wanted ({@link #shareWhenDrained}). Returns what {@link #setReadOnly} returns.
+     * A write-back that fails once the caller has {@code answered} is logged.
+     */
+    private String switchAndShare(
+            long generation,
+            java.util.concurrent.CompletableFuture<Void> switched,
+            java.util.concurrent.atomic.AtomicBoolean answered) {
+        Exception failure = null;
+        try {
+            image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
+        } catch (IOException | RuntimeException e) {
+            failure = e;
+        }
+        // also when the write-back failed: a raw image is read-only then all the same (it stops the guest's writes
+        // first), and its next frontend takes a shared lock, as for any read-only disk. Not when another switch came
+        // meanwhile (this one's write-back took long): that one decided.
+        synchronized (lockType) {
+            if (generation == switches) {
+                lockShared = image.readOnly();
+                if (lockShared) {
+                    try {
+                        retypeLock(true); // changes no lock held: never refused, no lock call
+                    } catch (IOException e) {
+                        throw new IllegalStateException(e);
+                    }
+                }
+            }
+        }
+        if (failure != null) { // after lockShared: the caller, told, may start a frontend at once
+            switched.completeExceptionally(failure);
+            if (answered.get()) { // the caller answered before: nobody else reports it
+                LOG.log(
+                        Level.ERROR,
+                        "blk {0}: the write-back of the switch to read-only failed: {1}. The disk is read-only; the"
+                                + " image lock stays exclusive until the frontend stops its queues",
+                        name,
+                        failure.getMessage());
+            }
+            return null;
+        }
+        switched.complete(null);
         if (!shareWanted(generation)) {
             return null; // no frontend holds the lock, or holds it shared
         }
@@ -356,35 +449,7 @@ public final class BlkDevice implements VhostUserBackend {
                 inFlight.add(h);
             }
         }
-        java.util.concurrent.CompletableFuture<String> shared = new java.util.concurrent.CompletableFuture<>();
-        threads.incrementAndGet(); // it may flush the image: not closed under it
-        try {
-            Thread.ofPlatform().name("blk " + name + " lock").daemon().start(() -> {
-                try {
-                    shared.complete(shareWhenDrained(inFlight, generation));
-                } catch (RuntimeException | Error e) {
-                    shared.complete("the image lock stays exclusive: making it shared failed: " + e);
-                    throw e;
-                } finally {
-                    queueThreadEnded();
-                }
-            });
-        } catch (RuntimeException | OutOfMemoryError e) {
-            queueThreadEnded();
-            return "the image lock stays exclusive until the frontend stops its queues: no thread to wait for the"
-                    + " writes in flight (" + e + ")";
-        }
-        try {
-            return shared.get(shareWaitLimit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
-        } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
-            return "the image lock stays exclusive until the writes the guest sent before the switch have completed"
-                    + " and are flushed (still in flight after " + shareWaitLimit.toMillis() + " ms: a slow or hung"
-                    + " disk or file system); then it becomes shared by itself, and a log line says so";
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            return "the image lock stays exclusive until the writes sent before the switch have completed and are"
-                    + " flushed; then it becomes shared by itself";
-        }
+        return shareWhenDrained(inFlight, generation);
     }
 
     /**

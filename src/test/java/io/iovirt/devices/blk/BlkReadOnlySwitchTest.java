@@ -20,6 +20,7 @@ import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
+import io.iovirt.testing.StoppableFuse;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserFrontend;
@@ -32,6 +33,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -311,6 +313,57 @@ class BlkReadOnlySwitchTest {
                         throw new IllegalStateException(e);
                     }
                 });
+            }
+        }
+    }
+
+    /**
+     * A guest write stuck in the kernel across the switch (the image's FUSE file system stopped: {@link
+     * StoppableFuse}, a peer test: root, fuse2fs): blk.set-readonly answers all the same — the image refuses writes
+     * from the start of the switch, its write-back waits for the file system — saying the lock stays exclusive, and it
+     * does while the write is stuck. Once the file system answers and the write has completed, the lock becomes
+     * shared by itself and a QEMU reader is let in. The switch waited for the file system (its write-back on the
+     * control thread), and the lock stayed exclusive until the frontend stopped.
+     */
+    @Test
+    @Tag("peer")
+    void aWriteStuckInTheKernelAcrossTheSwitchKeepsTheLockExclusiveUntilItCompletes() throws Exception {
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path p = fs.file("disk.raw", 4 << 20);
+            Path sock = dir.resolve("blk.sock");
+            try (RawImage img = RawImage.open(p, false, false);
+                    EventFd call = EventFd.create(true);
+                    var probe = FileIo.open(p, FileIo.O_RDONLY)) { // before the stop: opening it then would wait
+                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
+                dev.shareWaitLimit(Duration.ofMillis(500));
+                try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                        BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+                        AutoCloseable resumed = fs::resume) { // before the device stops its queue
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    var fds = StoppableFuse.descriptorsOf(p, probe.get());
+                    fs.stop();
+                    long write = d.write(d.alloc(65536, 4096), 65536);
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "the queue thread to wait for the stopped file system on " + fds,
+                            () -> !StoppableFuse.blockedOn(fds).isEmpty());
+
+                    String pending = dev.setReadOnly(true);
+                    assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+                    assertTrue(img.readOnly(), "read-only now, the write still stuck");
+                    assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "still exclusive");
+
+                    fs.resume();
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
+                    Await.until(Duration.ofSeconds(20), "the lock to become shared", () -> {
+                        try {
+                            return FileIo.ofdConflict(probe, FileIo.F_WRLCK) == FileIo.F_RDLCK;
+                        } catch (LinuxException e) {
+                            throw new IllegalStateException(e);
+                        }
+                    });
+                    QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                }
             }
         }
     }
