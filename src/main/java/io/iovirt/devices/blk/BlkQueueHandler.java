@@ -88,9 +88,9 @@ final class BlkQueueHandler implements AutoCloseable {
      * This queue's writes, write-zeroes and discards from just before their read-only check until they have ended
      * (their I/O completed or failed, or the request was dropped), for a switch to read-only that waits for those
      * that passed their check before it ({@link #mutationsEnded}). Written by the queue thread alone (no other queue
-     * touches it), read by the control thread: each counted before the check reads {@link DiskImage#readOnly}, both
-     * volatile, so either the switching thread, which sets read-only first, sees the count or the request sees the
-     * switch and fails its check.
+     * touches it), read by the device's thread switching the disk read-only (BlkDevice.switchReadOnly): each counted
+     * before the check reads {@link DiskImage#readOnly}, both volatile, so either the switching thread, which sets
+     * read-only first, sees the count or the request sees the switch and fails its check.
      */
     private volatile int mutating;
     /** Set when the handler is closed: its queue thread has ended or never ran, so nothing of it is in flight. */
@@ -132,7 +132,7 @@ final class BlkQueueHandler implements AutoCloseable {
 
     /**
      * Whether every write, write-zeroes and discard of this queue that passed its read-only check before the disk
-     * was switched read-only has ended. Read by the switching control thread after the switch: true once none of
+     * was switched read-only has ended. Read by the switching thread after the switch: true once none of
      * this queue's is between its check and its end, or the handler is closed. A request checked after the switch
      * (it fails at once) may be seen for a moment: the caller looks again.
      */
