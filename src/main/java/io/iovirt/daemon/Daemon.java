@@ -511,8 +511,9 @@ public final class Daemon implements AutoCloseable {
             throw RpcException.params("blk.set-readonly: missing parameter 'readonly' (true or false)");
         }
         boolean ro = p.bool("readonly", true);
+        String lockExclusive;
         try {
-            e.device.setReadOnly(ro);
+            lockExclusive = e.device.setReadOnly(ro);
         } catch (IOException ex) {
             throw new RpcException(RpcException.FAILED, "blk.set-readonly " + e.spec.id() + ": " + ex.getMessage());
         }
@@ -521,9 +522,12 @@ public final class Daemon implements AutoCloseable {
                 e.spec.id(),
                 "readonly",
                 ro,
+                "lock_pending",
+                lockExclusive != null,
                 "notice",
                 "writes are " + (ro ? "refused" : "accepted") + " from now on; the guest's driver sees the"
-                        + " read-only flag change after its next reset");
+                        + " read-only flag change after its next reset"
+                        + (lockExclusive == null ? "" : "; " + lockExclusive));
     }
 
     // ---- nbd ----------------------------------------------------------------------------------------------------

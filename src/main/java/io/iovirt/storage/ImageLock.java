@@ -206,9 +206,10 @@ public final class ImageLock implements AutoCloseable {
      * converted to an exclusive one in place: one F_OFD_SETLK of a write lock over the whole file, on the open file
      * description that holds the reader's bytes, replaces them at once if no other open file description holds a lock
      * on the file, and changes nothing if one does, so there is no moment in which the image is unlocked or written
-     * under a shared lock. An exclusive lock held stays exclusive until released: a switch to read-only does not wait
-     * for the writes that passed their checks before it, and a reader let in now could see them land (QEMU drains the
-     * disk before it drops its write permission; the export's next frontend takes the shared lock).
+     * under a shared lock. An exclusive lock held stays exclusive here: a switch to read-only does not wait for the
+     * writes that passed their checks before it, and a reader let in now could see them land (QEMU drains the disk
+     * before it drops its write permission). Its owner converts it with {@link #share} once they have ended and are
+     * flushed; the export's next frontend takes the shared lock.
      *
      * @param shared the type wanted: true for a read-only export, false for a writable one (the descriptor must then
      *               be open for writing)
@@ -224,6 +225,42 @@ public final class ImageLock implements AutoCloseable {
         }
         this.shared = shared;
         return null;
+    }
+
+    /**
+     * Turns the exclusive lock held into the shared one in place, once the export it guards no longer writes (its
+     * switch to read-only has drained and flushed the writes sent before it): from then on readers (a QEMU reader,
+     * another read-only export) are let in, and {@link #acquire} takes a shared lock. Each step is one F_OFD_SETLK on
+     * this open file description: first the reader's bytes become read locks (the write lock held over them makes
+     * that a conversion no other user can be in the way of), then the rest of the file is unlocked piece by piece.
+     * The bytes that keep writers out ({@link #READER_HOLDS}) stay locked throughout, so no writer gets in between. A
+     * no-op when not held or already shared.
+     *
+     * @throws LinuxException a lock call failed (ENOLCK): the lock is then made whole-file exclusive again when it
+     *                        can be, and stays so
+     */
+    public synchronized void share() throws LinuxException {
+        shared = true;
+        if (!held || heldShared) {
+            return;
+        }
+        try {
+            for (long b : READER_HOLDS) {
+                FileIo.ofdLock(fd, FileIo.F_RDLCK, b, 1);
+            }
+        } catch (LinuxException e) {
+            FileIo.ofdLock(fd, FileIo.F_WRLCK); // back to what it was; nobody else can hold the bytes in between
+            throw e;
+        }
+        long from = 0;
+        for (long b : READER_HOLDS) { // ascending
+            if (b > from) {
+                FileIo.ofdLock(fd, FileIo.F_UNLCK, from, b - from);
+            }
+            from = b + 1;
+        }
+        FileIo.ofdLock(fd, FileIo.F_UNLCK, from, 0); // to the end, however the file grows
+        heldShared = true;
     }
 
     /** Drops the lock (a no-op when not held). */

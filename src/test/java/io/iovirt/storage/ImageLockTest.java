@@ -156,6 +156,45 @@ class ImageLockTest {
         }
     }
 
+    /**
+     * An exclusive lock made shared in place ({@link ImageLock#share}, a disk switched read-only once its writes have
+     * ended): it then holds exactly what a shared lock taken anew holds, so QEMU and iovirt readers are let in and
+     * writers still refused, and it converts back to exclusive as any shared lock does. There was no way down: an
+     * exclusive lock stayed so until released.
+     */
+    @Test
+    void anExclusiveLockMadeSharedIsAReaderLikeAFreshOne() throws Exception {
+        Path img = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        var fd = FileIo.open(img, FileIo.O_RDWR);
+        var freshFd = FileIo.open(img, FileIo.O_RDWR);
+        try (ImageLock ours = ImageLock.on(img, false, fd);
+                ImageLock fresh = ImageLock.on(img, true, freshFd);
+                ImageLock reader = ImageLock.open(img, true);
+                ImageLock writer = ImageLock.open(img, false)) {
+            assertNull(fresh.acquire());
+            List<String> readerLocks = locks(freshFd.get());
+            fresh.release();
+            assertNull(ours.acquire());
+            assertEquals(List.of("WRITE 0 EOF"), locks(fd.get()));
+
+            ours.share();
+            assertTrue(ours.shared() && ours.held());
+            assertEquals(readerLocks, locks(fd.get()), "what a shared lock taken anew holds");
+            QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", img.toString());
+            var write = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", img.toString());
+            assertTrue(write.exit() != 0 && write.output().contains("lock"), "a QEMU writer: " + write);
+            assertNull(reader.acquire(), "another export reading the image");
+            assertTrue(writer.acquire() != null, "an export writing it");
+
+            assertTrue(ours.retype(false) != null, "not exclusive again while the other reader holds the image");
+            reader.release();
+            assertNull(ours.retype(false));
+            assertEquals(List.of("WRITE 0 EOF"), locks(fd.get()));
+            ours.release();
+            assertNull(writer.acquire());
+        }
+    }
+
     /** The OFD locks descriptor {@code n} of this process lists: "TYPE START END". */
     private static List<String> locks(int n) throws Exception {
         return Files.readAllLines(Path.of("/proc/self/fdinfo", Integer.toString(n))).stream()

@@ -68,6 +68,13 @@ public final class BlkDevice implements VhostUserBackend {
 
     private final QueueWorker[] workers;
     private final Virtqueue[] vqs;
+    /**
+     * The request handler of each queue whose thread runs (given up on included), for a switch to read-only that
+     * waits for the writes in flight ({@link BlkQueueHandler#mutationsEnded}); set before the thread starts, with
+     * volatile semantics, so a switch that reads it after setting read-only sees every queue that can have let a write
+     * through before.
+     */
+    private final java.util.concurrent.atomic.AtomicReferenceArray<BlkQueueHandler> handlers;
 
     // ---- image ownership (issue 11): the image lock follows the active frontend ----
     /** Opened when a frontend first starts a queue; set, and its type changed, under {@link #lockType}. */
@@ -80,6 +87,13 @@ public final class BlkDevice implements VhostUserBackend {
     private final Object lockType = new Object();
     /** The type of image lock a frontend starting now takes: shared while the disk is read-only. */
     private boolean lockShared;
+    /**
+     * Counts the switches ({@link #setReadOnly}), under {@link #lockType}: a lock made shared later for a switch to
+     * read-only ({@link #shareWhenDrained}) is made so only while no switch came after it.
+     */
+    private long switches;
+    /** How long a switch to read-only waits for its lock to become shared before it answers ({@link #setReadOnly}). */
+    private volatile java.time.Duration shareWaitLimit = java.time.Duration.ofSeconds(5);
     /** One blk.set-readonly at a time. */
     private final Object switching = new Object();
     /** Why this frontend may not use the image (another VM holds it), or null. */
@@ -93,8 +107,9 @@ public final class BlkDevice implements VhostUserBackend {
      */
     private final boolean[] abandoned;
     /**
-     * Queue threads started and not yet ended, those given up on included ({@link #quiescent}); each one counts
-     * itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
+     * Queue threads started and not yet ended, those given up on included, and a thread making the image lock shared
+     * after a switch to read-only ({@link #shareLockWhenDrained}: it may flush the image) ({@link #quiescent}); each
+     * one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
      */
     private final java.util.concurrent.atomic.AtomicInteger threads = new java.util.concurrent.atomic.AtomicInteger();
     /** Set by {@link #close}: the image's owner flushed and closed it, so queues given up on hand nothing over. */
@@ -149,6 +164,7 @@ public final class BlkDevice implements VhostUserBackend {
             queueStats[i] = new BlkStats();
         }
         this.vqs = new Virtqueue[queues];
+        this.handlers = new java.util.concurrent.atomic.AtomicReferenceArray<>(queues);
         this.failed = new boolean[queues];
         this.abandoned = new boolean[queues];
         String unavailable = engine == IoEngine.SYNC ? null : IoUring.unavailableReason();
@@ -269,35 +285,33 @@ public final class BlkDevice implements VhostUserBackend {
      * <p>The image lock follows (issue 11): a disk switched writable while a frontend runs first turns its shared
      * lock into an exclusive one ({@link ImageLock#retype}), and stays read-only when another process holds the image
      * (a reader, which a shared lock let in and a writer must not change the data under). A disk switched read-only
-     * keeps an exclusive lock held until its frontend stops its queues (writes that passed their checks before the
-     * switch may still land); the next frontend takes a shared one.
+     * while a frontend runs keeps its exclusive lock until every write, write-zeroes and discard that passed its check
+     * before the switch has ended (each queue counts its own, {@link BlkQueueHandler#mutationsEnded}) and a flush
+     * after them has succeeded: then the lock becomes shared in place ({@link ImageLock#share}), and readers are let
+     * in. This call waits for that, and for the image's own write-back, up to {@link #shareWaitLimit}; writes still
+     * in flight then, or a write-back still under way (a file system that does not answer), do not hold the answer
+     * up once the image refuses writes: the disk is read-only all the same and the lock becomes shared when they have
+     * ended, by itself (a thread of the device's, counted in {@link #quiescent}; see {@link #switchReadOnly}). The
+     * next frontend takes a shared lock.
      *
+     * @return null when no lock is held exclusively any more (or none was); otherwise why the lock is still exclusive
+     *         (the writes in flight, to be shared when they end; or a failed flush, shared never: until the
+     *         frontend stops its queues), for the operator
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
      *                     it (named); or switching read-only, its write-back failed (a raw image is read-only then)
      */
-    public void setReadOnly(boolean readOnly) throws IOException {
+    public String setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
             if (readOnly) {
-                try {
-                    image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
-                } finally {
-                    // also when the write-back failed: a raw image is read-only then all the same (it stops the
-                    // guest's writes first), and its next frontend takes a shared lock, as for any read-only disk
-                    synchronized (lockType) {
-                        lockShared = image.readOnly();
-                        if (lockShared) {
-                            retypeLock(true); // changes no lock held: never refused
-                        }
-                    }
-                }
-                return;
+                return switchReadOnly();
             }
             synchronized (lockType) {
                 retypeLock(false); // exclusive first: no write under a shared lock
                 lockShared = false;
+                switches++; // a lock still to be made shared for an earlier switch to read-only stays exclusive
             }
             try {
-                image.setReadOnly(false);
+                image.setReadOnly(false); // after a switch to read-only's write-back still under way, if any
             } catch (IOException | RuntimeException e) {
                 synchronized (lockType) {
                     lockShared = image.readOnly();
@@ -307,7 +321,202 @@ public final class BlkDevice implements VhostUserBackend {
                 }
                 throw e;
             }
+            return null;
         }
+    }
+
+    /**
+     * Switches the image read-only and, when a frontend holds the lock exclusively, makes it shared once the writes in
+     * flight across the switch have ended and are flushed — all on a thread of its own (counted in {@link
+     * #quiescent}: it writes the image back and flushes it; no queue thread waits for it), waited for up to {@link
+     * #shareWaitLimit}. A write-back still under way then (a file system that does not answer) does not hold the
+     * answer up once the image refuses writes (a raw image does so before it writes back); a format that refuses them
+     * only once written back (qcow2) is waited for as long as that takes, as before.
+     */
+    private String switchReadOnly() throws IOException {
+        long generation;
+        synchronized (lockType) {
+            generation = ++switches;
+        }
+        java.util.concurrent.CompletableFuture<Void> switched = new java.util.concurrent.CompletableFuture<>();
+        java.util.concurrent.CompletableFuture<String> shared = new java.util.concurrent.CompletableFuture<>();
+        java.util.concurrent.atomic.AtomicBoolean answered = new java.util.concurrent.atomic.AtomicBoolean();
+        threads.incrementAndGet(); // it writes the image back and flushes it: not closed under it
+        try {
+            Thread.ofPlatform().name("blk " + name + " read-only").daemon().start(() -> {
+                try {
+                    shared.complete(switchAndShare(generation, switched, answered));
+                } catch (RuntimeException | Error e) {
+                    switched.completeExceptionally(e); // no-op when switched
+                    shared.complete("the image lock stays exclusive: making it shared failed: " + e);
+                    throw e;
+                } finally {
+                    queueThreadEnded();
+                }
+            });
+        } catch (RuntimeException | OutOfMemoryError e) {
+            queueThreadEnded();
+            throw new IOException("cannot start the thread that switches the disk (nothing changed): " + e, e);
+        }
+        long limit = shareWaitLimit.toNanos();
+        long deadline = System.nanoTime() + limit;
+        try {
+            try {
+                switched.get(limit, java.util.concurrent.TimeUnit.NANOSECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                answered.set(true); // a write-back that fails from now on is logged (see switchAndShare)
+                if (!image.readOnly() || switched.isDone()) {
+                    switched.get(); // it takes writes until written back: the switch is not done before
+                } else {
+                    return "the image's write-back (fsync) is still under way after " + shareWaitLimit.toMillis()
+                            + " ms (a slow or hung disk or file system); the image lock stays exclusive until it and"
+                            + " the writes the guest sent before the switch have completed, then it becomes shared by"
+                            + " itself";
+                }
+            }
+            return shared.get(Math.max(0, deadline - System.nanoTime()), java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.ExecutionException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof IOException io) {
+                throw io; // its write-back failed: read-only all the same (see switchAndShare)
+            }
+            if (cause instanceof RuntimeException r) {
+                throw r;
+            }
+            throw new IOException("switching the disk read-only failed: " + cause, cause);
+        } catch (java.util.concurrent.TimeoutException e) {
+            return "the image lock stays exclusive until the writes the guest sent before the switch have completed"
+                    + " and are flushed (still in flight after " + shareWaitLimit.toMillis() + " ms: a slow or hung"
+                    + " disk or file system); then it becomes shared by itself, and a log line says so";
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return "interrupted: the switch to read-only goes on, and the image lock becomes shared once the writes"
+                    + " sent before it have completed and are flushed";
+        }
+    }
+
+    /**
+     * On the switching thread ({@link #switchReadOnly}): switches the image read-only (completing {@code switched}),
+     * then makes the lock shared when wanted ({@link #shareWhenDrained}). Returns what {@link #setReadOnly} returns.
+     * A write-back that fails once the caller has {@code answered} is logged.
+     */
+    private String switchAndShare(
+            long generation,
+            java.util.concurrent.CompletableFuture<Void> switched,
+            java.util.concurrent.atomic.AtomicBoolean answered) {
+        Exception failure = null;
+        try {
+            image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
+        } catch (IOException | RuntimeException e) {
+            failure = e;
+        }
+        // also when the write-back failed: a raw image is read-only then all the same (it stops the guest's writes
+        // first), and its next frontend takes a shared lock, as for any read-only disk. Not when another switch came
+        // meanwhile (this one's write-back took long): that one decided.
+        synchronized (lockType) {
+            if (generation == switches) {
+                lockShared = image.readOnly();
+                if (lockShared) {
+                    try {
+                        retypeLock(true); // changes no lock held: never refused, no lock call
+                    } catch (IOException e) {
+                        throw new IllegalStateException(e);
+                    }
+                }
+            }
+        }
+        if (failure != null) { // after lockShared: the caller, told, may start a frontend at once
+            switched.completeExceptionally(failure);
+            if (answered.get()) { // the caller answered before: nobody else reports it
+                LOG.log(
+                        Level.ERROR,
+                        "blk {0}: the write-back of the switch to read-only failed: {1}. The disk is read-only; the"
+                                + " image lock stays exclusive until the frontend stops its queues",
+                        name,
+                        failure.getMessage());
+            }
+            return null;
+        }
+        switched.complete(null);
+        if (!shareWanted(generation)) {
+            return null; // no frontend holds the lock, or holds it shared
+        }
+        // read after the switch set read-only: every queue that can have let a write through before is here
+        java.util.List<BlkQueueHandler> inFlight = new java.util.ArrayList<>(queues);
+        for (int i = 0; i < queues; i++) {
+            BlkQueueHandler h = handlers.get(i);
+            if (h != null) {
+                inFlight.add(h);
+            }
+        }
+        return shareWhenDrained(inFlight, generation);
+    }
+
+    /**
+     * Waits (polling, and woken when a queue thread ends; the queues only count) until no handler of {@code inFlight}
+     * has a write that passed its check before the switch {@code generation} still in flight, flushes the image and
+     * makes the lock shared, as long as that is still wanted. Returns null when shared or no longer wanted, else why
+     * it stays exclusive.
+     */
+    private String shareWhenDrained(java.util.List<BlkQueueHandler> inFlight, long generation) {
+        long pause = 1;
+        for (BlkQueueHandler h : inFlight) {
+            while (!h.mutationsEnded()) {
+                if (!shareWanted(generation)) {
+                    return null; // switched writable again, or the frontend let go of the image
+                }
+                try {
+                    synchronized (threadEnded) { // woken at once when a queue thread ends (its frontend stops)
+                        threadEnded.wait(pause);
+                    }
+                } catch (InterruptedException e) {
+                    return "interrupted waiting for the writes in flight: it stays so until the frontend stops";
+                }
+                pause = Math.min(pause * 2, 50);
+            }
+        }
+        if (!shareWanted(generation)) {
+            return null;
+        }
+        try {
+            image.flush(); // the writes that ended are durable before a reader can see them
+        } catch (IOException e) {
+            String why = "the image lock stays exclusive until the frontend stops its queues: flushing the writes sent"
+                    + " before the switch to read-only failed: " + e.getMessage();
+            LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+            return why;
+        }
+        synchronized (lockType) {
+            if (!shareWanted(generation)) {
+                return null;
+            }
+            try {
+                imageLock.share();
+            } catch (LinuxException e) {
+                String why = "the image lock stays exclusive: it cannot be made shared: " + e.getMessage();
+                LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+                return why;
+            }
+        }
+        LOG.log(
+                Level.INFO,
+                "blk {0}: the image lock of {1} is shared now: the writes sent before the switch to read-only have"
+                        + " ended and are flushed",
+                name,
+                image.path());
+        return null;
+    }
+
+    /** Whether the lock held is still to be made shared for the switch to read-only {@code generation}. */
+    private boolean shareWanted(long generation) {
+        synchronized (lockType) {
+            return generation == switches && lockShared && imageLock != null && imageLock.held() && !imageLock.shared();
+        }
+    }
+
+    /** Changes how long {@link #setReadOnly} waits for the lock to become shared (tests). */
+    void shareWaitLimit(java.time.Duration limit) {
+        this.shareWaitLimit = limit;
     }
 
     /** Changes the image lock's type (under {@link #lockType}); refused with the reason when another user holds it. */
@@ -609,6 +818,7 @@ public final class BlkDevice implements VhostUserBackend {
             }
             workers[index] = w;
             vqs[index] = q;
+            handlers.set(index, handler); // before the thread starts: see handlers
             threads.incrementAndGet();
             w.closeWhenEnded(java.util.List.of(this::queueThreadEnded)); // after the thread's last image I/O
             try {
@@ -616,6 +826,7 @@ public final class BlkDevice implements VhostUserBackend {
             } catch (RuntimeException | OutOfMemoryError e) { // no thread: nothing will count it out
                 workers[index] = null;
                 vqs[index] = null;
+                handlers.set(index, null);
                 queueThreadEnded();
                 q.releaseMemory();
                 handler.close();
@@ -849,6 +1060,7 @@ public final class BlkDevice implements VhostUserBackend {
     private void forget(int index) {
         workers[index] = null;
         vqs[index] = null;
+        handlers.set(index, null);
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
             boolean handedOver = true;
             if (fenced == null && !closing) {

@@ -60,6 +60,8 @@ final class BlkQueueHandler implements AutoCloseable {
         String error;
         /** System.nanoTime() when the request was taken from the ring (latency histogram, in-flight gauge). */
         long startNanos;
+        /** A write, write-zeroes or discard counted in {@link #mutating} until it ends. */
+        boolean mutating;
 
         Request(int slot, DescriptorChain chain, ImageIo io) {
             this.slot = slot;
@@ -82,6 +84,17 @@ final class BlkQueueHandler implements AutoCloseable {
     private volatile String fenced;
     /** The synchronous path's request, made on first use: a queue served through io_uring never needs it. */
     private Request syncRequest;
+    /**
+     * This queue's writes, write-zeroes and discards from just before their read-only check until they have ended
+     * (their I/O completed or failed, or the request was dropped), for a switch to read-only that waits for those
+     * that passed their check before it ({@link #mutationsEnded}). Written by the queue thread alone (no other queue
+     * touches it), read by the device's thread switching the disk read-only (BlkDevice.switchReadOnly): each counted
+     * before the check reads {@link DiskImage#readOnly}, both volatile, so either the switching thread, which sets
+     * read-only first, sees the count or the request sees the switch and fails its check.
+     */
+    private volatile int mutating;
+    /** Set when the handler is closed: its queue thread has ended or never ran, so nothing of it is in flight. */
+    private volatile boolean closed;
 
     /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
     BlkQueueHandler(DiskImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
@@ -115,6 +128,35 @@ final class BlkQueueHandler implements AutoCloseable {
 
     BlkLimits limits() {
         return limits;
+    }
+
+    /**
+     * Whether every write, write-zeroes and discard of this queue that passed its read-only check before the disk
+     * was switched read-only has ended. Read by the switching thread after the switch: true once none of
+     * this queue's is between its check and its end, or the handler is closed. A request checked after the switch
+     * (it fails at once) may be seen for a moment: the caller looks again.
+     */
+    boolean mutationsEnded() {
+        return closed || mutating == 0;
+    }
+
+    /** Counts a request that may change the image, before its read-only check (see {@link #mutating}). */
+    private void mutationStarts(Request r) {
+        r.mutating = true;
+        mutating = mutating + 1; // single writer: this queue's thread
+    }
+
+    private void mutationEnded(Request r) {
+        if (r.mutating) {
+            r.mutating = false;
+            mutating = mutating - 1;
+        }
+    }
+
+    /** A request dropped once its I/O is over (a failed queue cannot push it): only forgets its guest buffers. */
+    void dropped(Request r) {
+        r.io.clear();
+        mutationEnded(r);
     }
 
     /** The reason of the last failed {@link #process} request (null after a successful one). */
@@ -158,6 +200,7 @@ final class BlkQueueHandler implements AutoCloseable {
         r.dataWritten = 0;
         r.status = S_OK;
         r.kind = DONE;
+        mutationEnded(r); // not counted any more (one that ended without finish, on a path that threw)
         String fence = fenced;
         if (fence != null) { // image ownership (issue 11): not one byte of the image through this frontend
             r.status = S_IOERR;
@@ -253,6 +296,7 @@ final class BlkQueueHandler implements AutoCloseable {
      * @return bytes written into the chain's writable buffers (data + status), for the used ring
      */
     long finish(Request r) {
+        mutationEnded(r); // its I/O is over
         long data = r.status == S_OK ? r.dataWritten : 0;
         long nanos = System.nanoTime() - r.startNanos;
         stats.finished(r.status == S_UNSUPP, nanos);
@@ -318,6 +362,7 @@ final class BlkQueueHandler implements AutoCloseable {
     }
 
     private void startWrite(Request r, long sector) {
+        mutationStarts(r); // before the check: see mutating
         if (image.readOnly()) {
             fail(r, "write to a read-only disk");
             return;
@@ -351,6 +396,7 @@ final class BlkQueueHandler implements AutoCloseable {
     }
 
     private void discardOrZero(Request r, boolean zeroes) throws IOException {
+        mutationStarts(r); // before the check: see mutating
         if (image.readOnly()) {
             fail(r, (zeroes ? "write-zeroes" : "discard") + " on a read-only disk");
             return;
@@ -442,6 +488,7 @@ final class BlkQueueHandler implements AutoCloseable {
 
     @Override
     public void close() {
+        closed = true;
         if (syncRequest != null) {
             syncRequest.io.close();
         }

@@ -302,7 +302,7 @@ final class UringEngine implements QueueWorker.Handler {
         BlkQueueHandler.Request r = slots[(int) userData];
         ringRequests--;
         if (failed) { // a failed queue cannot push: the request is dropped once its I/O is over
-            r.io.clear();
+            handler.dropped(r);
             return;
         }
         handler.completed(r, result);

@@ -6,25 +6,34 @@ import static io.iovirt.devices.blk.BlkRequests.F_FLUSH;
 import static io.iovirt.devices.blk.BlkRequests.F_RO;
 import static io.iovirt.devices.blk.BlkRequests.F_WRITE_ZEROES;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
 import io.iovirt.linux.FileIo;
+import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.ForwardingDiskImage;
+import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
+import io.iovirt.testing.StoppableFuse;
 import io.iovirt.vhostuser.BackendException;
 import io.iovirt.vhostuser.Features;
 import io.iovirt.vhostuser.VhostUserFrontend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
+import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -227,6 +236,204 @@ class BlkReadOnlySwitchTest {
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
                 assertReadersRefused(p);
             }
+        }
+    }
+
+    /**
+     * A disk switched read-only under a running frontend lets readers in once it no longer writes: its exclusive lock
+     * becomes the shared one in place (qemu-io -r and qemu-img info, with QEMU's locking, take the image), while a
+     * writer is still kept out. The lock stayed exclusive until the frontend stopped its queues, refusing every reader
+     * of an image nothing wrote any more.
+     */
+    @Test
+    void aDiskSwitchedReadOnlyUnderAFrontendLetsReadersIn() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("switch", img, 2, "s");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                assertReadersRefused(p);
+
+                assertNull(dev.setReadOnly(true), "no write in flight: the lock is shared when the switch returns");
+                QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                QemuTools.ok("qemu-img", "info", "-f", "raw", p.toString());
+                var writer = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", p.toString());
+                assertTrue(writer.exit() != 0 && writer.output().contains("lock"), "a QEMU writer: " + writer);
+                assertEquals(BlkRequests.S_IOERR, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+
+                // and back: exclusive again, the readers refused
+                assertNull(dev.setReadOnly(false));
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "writable now");
+                assertReadersRefused(p);
+            }
+        }
+    }
+
+    /**
+     * A write that passed its check before the switch to read-only and is still in flight (held after its data went
+     * to the image, before it completes) keeps the lock exclusive: a reader let in now could see the data change. The
+     * switch answers all the same, saying so; once the write has completed (and a flush after it succeeded) the lock
+     * becomes shared by itself and a reader is let in.
+     */
+    @Test
+    void aWriteInFlightAcrossTheSwitchKeepsTheLockExclusiveUntilItCompletes() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage raw = RawImage.open(p, false, false);
+                EventFd call = EventFd.create(true)) {
+            HeldWrites img = new HeldWrites(raw);
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s", BlkDevice.IoEngine.SYNC);
+            dev.shareWaitLimit(Duration.ofMillis(200)); // the switch answers while the write is held
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+                    AutoCloseable released = img.release::countDown) { // before the device stops its queue
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()));
+                long write = d.write(d.alloc(4096, 4096), 4096);
+                assertTrue(img.held.await(20, TimeUnit.SECONDS), "the write is held in flight");
+
+                String pending = dev.setReadOnly(true);
+                assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+                assertTrue(img.readOnly(), "read-only now, the write still in flight");
+                assertReadersRefused(p);
+
+                img.release.countDown();
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
+                Await.until(Duration.ofSeconds(20), "a QEMU reader to be let in once the write completed", () -> {
+                    try {
+                        return QemuTools.run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString())
+                                        .exit()
+                                == 0;
+                    } catch (IOException e) {
+                        throw new java.io.UncheckedIOException(e);
+                    } catch (InterruptedException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+        }
+    }
+
+    /**
+     * A guest write stuck in the kernel across the switch (the image's FUSE file system stopped: {@link
+     * StoppableFuse}, a peer test: root, fuse2fs): blk.set-readonly answers all the same — the image refuses writes
+     * from the start of the switch, its write-back waits for the file system — saying the lock stays exclusive, and it
+     * does while the write is stuck. Once the file system answers and the write has completed, the lock becomes
+     * shared by itself and a QEMU reader is let in. The switch waited for the file system (its write-back on the
+     * control thread), and the lock stayed exclusive until the frontend stopped.
+     */
+    @Test
+    @Tag("peer")
+    void aWriteStuckInTheKernelAcrossTheSwitchKeepsTheLockExclusiveUntilItCompletes() throws Exception {
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path p = fs.file("disk.raw", 4 << 20);
+            Path sock = dir.resolve("blk.sock");
+            try (RawImage img = RawImage.open(p, false, false);
+                    EventFd call = EventFd.create(true);
+                    var probe = FileIo.open(p, FileIo.O_RDONLY)) { // before the stop: opening it then would wait
+                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
+                dev.shareWaitLimit(Duration.ofMillis(500));
+                try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                        BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+                        AutoCloseable resumed = fs::resume) { // before the device stops its queue
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    var fds = StoppableFuse.descriptorsOf(p, probe.get());
+                    fs.stop();
+                    long write = d.write(d.alloc(65536, 4096), 65536);
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "the queue thread to wait for the stopped file system on " + fds,
+                            () -> !StoppableFuse.blockedOn(fds).isEmpty());
+
+                    String pending = dev.setReadOnly(true);
+                    assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+                    assertTrue(img.readOnly(), "read-only now, the write still stuck");
+                    assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "still exclusive");
+
+                    fs.resume();
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
+                    Await.until(Duration.ofSeconds(20), "the lock to become shared", () -> {
+                        try {
+                            return FileIo.ofdConflict(probe, FileIo.F_WRLCK) == FileIo.F_RDLCK;
+                        } catch (LinuxException e) {
+                            throw new IllegalStateException(e);
+                        }
+                    });
+                    QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                }
+            }
+        }
+    }
+
+    /** A raw image whose first guest write is held after its data went to the file, until the test releases it. */
+    private static final class HeldWrites extends ForwardingDiskImage {
+        final CountDownLatch held = new CountDownLatch(1);
+        final CountDownLatch release = new CountDownLatch(1);
+
+        HeldWrites(RawImage raw) {
+            super(raw);
+        }
+
+        @Override
+        public ImageIo newContext(int maxSegments, int bounceBytes) {
+            ImageIo io = delegate.newContext(maxSegments, bounceBytes);
+            return new ImageIo() {
+                @Override
+                public void clear() {
+                    io.clear();
+                }
+
+                @Override
+                public boolean add(MemorySegment memory, long offset, long length) {
+                    return io.add(memory, offset, length);
+                }
+
+                @Override
+                public long bytes() {
+                    return io.bytes();
+                }
+
+                @Override
+                public void read(long offset) throws IOException {
+                    io.read(offset);
+                }
+
+                @Override
+                public void write(long offset) throws IOException {
+                    io.write(offset);
+                    if (held.getCount() > 0) {
+                        held.countDown();
+                        try {
+                            release.await();
+                        } catch (InterruptedException e) {
+                            throw new java.io.InterruptedIOException();
+                        }
+                    }
+                }
+
+                @Override
+                public boolean submitRead(IoUring ring, long offset, long userData) {
+                    return false;
+                }
+
+                @Override
+                public boolean submitWrite(IoUring ring, long offset, long userData) {
+                    return false;
+                }
+
+                @Override
+                public void completed(boolean write, long offset, int result) throws IOException {
+                    io.completed(write, offset, result);
+                }
+
+                @Override
+                public void close() {
+                    io.close();
+                }
+            };
         }
     }
 
