@@ -24,6 +24,27 @@ final class ImageRelease {
     private ImageRelease() {}
 
     /**
+     * An export's close: runs {@code stop} (its server's close: no new request, its connections end), then — even if
+     * {@code stop} threw — {@link #whenQuiescent}, so the image is let go of in every case, and never before the
+     * server has stopped.
+     */
+    static void afterStop(
+            Runnable stop,
+            String who,
+            Path image,
+            String stuck,
+            String refused,
+            BooleanSupplier quiescent,
+            Await await,
+            Runnable close) {
+        try {
+            stop.run();
+        } finally {
+            whenQuiescent(who, image, stuck, refused, quiescent, await, close);
+        }
+    }
+
+    /**
      * Runs {@code close} (flush, close, unlock) now if {@code quiescent} — no thread of the export (its queue threads,
      * or its NBD connections and workers) can touch the image — else logs one error line and runs it on a daemon
      * thread once {@code await} says so.
@@ -32,7 +53,7 @@ final class ImageRelease {
      * @param stuck   what is still in I/O, e.g. "a request of its frontend"
      * @param refused what the lock kept meanwhile refuses, e.g. "exporting it again is refused"
      */
-    static void whenQuiescent(
+    private static void whenQuiescent(
             String who,
             Path image,
             String stuck,
