@@ -14,7 +14,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * One vhost-user-blk export in the daemon: its image, device and server, with their own threads (the server's
  * accept and session threads, one thread per queue). Nothing here is shared with another export.
  */
-final class BlkExport implements AutoCloseable {
+final class BlkExport implements Daemon.Export {
 
     /** What the export was made from (the config file's entry or blk.add's parameters). */
     record Spec(
@@ -97,18 +97,15 @@ final class BlkExport implements AutoCloseable {
         if (!closing.compareAndSet(false, true)) {
             return;
         }
-        try {
-            server.close();
-        } finally {
-            ImageRelease.whenQuiescent(
-                    "blk " + spec.id(),
-                    spec.image(),
-                    "a request of its frontend is",
-                    "a VM started on it is refused it",
-                    device::quiescent,
-                    device::awaitQuiescent,
-                    this::closeImage);
-        }
+        ImageRelease.afterStop(
+                server::close,
+                "blk " + spec.id(),
+                spec.image(),
+                "a request of its frontend is",
+                "a VM started on it is refused it",
+                device::quiescent,
+                device::awaitQuiescent,
+                this::closeImage);
     }
 
     private void closeImage() {

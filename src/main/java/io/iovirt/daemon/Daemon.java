@@ -444,12 +444,31 @@ public final class Daemon implements AutoCloseable {
      * and image stay claimed until it is closed, so nothing new takes them while it still runs.
      */
     void removeBlk(String id, BlkExport expected) throws RpcException {
-        BlkExport e;
+        removeExport(blks, id, expected, "disk", "disks", "blk.add", "blk '" + id + "'");
+        LOG.log(System.Logger.Level.INFO, "blk " + id + ": removed");
+    }
+
+    /** What {@link #removeExport} takes out and closes: a blk or NBD export, whose close throws nothing. */
+    interface Export extends AutoCloseable {
+        @Override
+        void close();
+    }
+
+    /**
+     * Takes the export {@code id} out of {@code map} under the lock ({@code expected}: only if it is still that one;
+     * null: whichever it is; {@code what}, {@code plural}, {@code add}: as {@link #existing}; {@code name}: as
+     * {@link #requireExpected}) and closes it outside the lock; its claim (id, socket, image) is let go of only once
+     * it is closed, so nothing new takes them while it still runs.
+     */
+    private <E extends Export> void removeExport(
+            Map<String, E> map, String id, E expected, String what, String plural, String add, String name)
+            throws RpcException {
+        E e;
         ClaimRegistry.Claim c;
         synchronized (lock) {
-            e = blk(id);
-            requireExpected(e, expected, "blk '" + id + "'");
-            blks.remove(id);
+            e = existing(map, id, what, plural, add);
+            requireExpected(e, expected, name);
+            map.remove(id);
             changes++;
             c = claims.removing(id);
         }
@@ -458,7 +477,6 @@ public final class Daemon implements AutoCloseable {
         } finally {
             claims.release(c);
         }
-        LOG.log(System.Logger.Level.INFO, "blk " + id + ": removed");
     }
 
     private BlkExport blk(String id) throws RpcException {
@@ -601,20 +619,7 @@ public final class Daemon implements AutoCloseable {
      * outside the lock, as {@link #removeBlk}.
      */
     void removeNbd(String id, NbdExportEntry expected) throws RpcException {
-        NbdExportEntry e;
-        ClaimRegistry.Claim c;
-        synchronized (lock) {
-            e = existing(nbds, id, "NBD export", "exports", "nbd.add");
-            requireExpected(e, expected, "nbd '" + id + "'");
-            nbds.remove(id);
-            changes++;
-            c = claims.removing(id);
-        }
-        try {
-            e.close();
-        } finally {
-            claims.release(c);
-        }
+        removeExport(nbds, id, expected, "NBD export", "exports", "nbd.add", "nbd '" + id + "'");
     }
 
     private List<Object> nbdList(Params p) {

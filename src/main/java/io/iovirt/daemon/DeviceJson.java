@@ -5,7 +5,10 @@ import io.iovirt.devices.blk.BlkStats;
 import io.iovirt.devices.net.VirtioNetPort;
 import io.iovirt.net.PortStat;
 import io.iovirt.net.PortStats;
+import io.iovirt.storage.DiskImage;
+import io.iovirt.util.Json;
 import io.iovirt.virtio.QueueWorker;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Collection;
 import java.util.HexFormat;
@@ -27,12 +30,7 @@ final class DeviceJson {
 
     /** A blk.list entry. */
     static Map<String, Object> blkSummary(BlkExport e) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec.id());
-        m.put("image", e.spec.image().toString());
-        m.put("socket", e.spec.socket().toString());
-        m.put("format", e.image.format());
-        m.put("size", e.image.size());
+        Map<String, Object> m = exportSummary(e.spec.id(), e.spec.image(), e.spec.socket(), e.image);
         m.put("queues", e.spec.queues());
         m.put("readonly", e.image.readOnly());
         m.put("direct", e.spec.direct());
@@ -60,14 +58,20 @@ final class DeviceJson {
 
     /** An nbd.list entry. */
     static Map<String, Object> nbdSummary(NbdExportEntry e) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec.id());
-        m.put("image", e.spec.image().toString());
-        m.put("socket", e.spec.socket().toString());
-        m.put("format", e.image.format());
-        m.put("size", e.image.size());
+        Map<String, Object> m = exportSummary(e.spec.id(), e.spec.image(), e.spec.socket(), e.image);
         m.put("readonly", e.spec.readOnly());
         m.put("connections", e.server.connectionCount());
+        return m;
+    }
+
+    /** The first fields of a blk.list and an nbd.list entry, the same in both: what is exported, where, how big. */
+    private static Map<String, Object> exportSummary(String id, Path image, Path socket, DiskImage disk) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("id", id);
+        m.put("image", image.toString());
+        m.put("socket", socket.toString());
+        m.put("format", disk.format());
+        m.put("size", disk.size());
         return m;
     }
 
@@ -128,9 +132,7 @@ final class DeviceJson {
 
     /** A disk's stats: its counters, and each queue's with its worker's. */
     static Map<String, Object> blkStats(BlkExport e) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec.id());
-        m.put("kind", "blk");
+        Map<String, Object> m = Json.object("id", e.spec.id(), "kind", "blk");
         m.putAll(blkCounters(e.device.stats()));
         List<Object> qs = new ArrayList<>();
         for (int i = 0; i < e.spec.queues(); i++) {
@@ -146,9 +148,7 @@ final class DeviceJson {
 
     /** A switch's stats: its MAC table's size and each port's counters (daemon's lock held: it reads its ports). */
     static Map<String, Object> netStats(NetSwitch n) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", n.spec.id());
-        m.put("kind", "net");
+        Map<String, Object> m = Json.object("id", n.spec.id(), "kind", "net");
         m.put("macs", n.sw.macTable().size());
         List<Object> ports = new ArrayList<>();
         for (NetSwitch.PortEntry e : n.ports.values()) {
@@ -161,9 +161,7 @@ final class DeviceJson {
     /** An NBD export's stats: its counters. */
     static Map<String, Object> nbdStats(NbdExportEntry e) {
         io.iovirt.nbd.NbdExportStats s = e.export.stats();
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("id", e.spec.id());
-        m.put("kind", "nbd");
+        Map<String, Object> m = Json.object("id", e.spec.id(), "kind", "nbd");
         m.putAll(nbdCounters(s));
         return m;
     }

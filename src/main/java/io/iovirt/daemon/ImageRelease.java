@@ -24,15 +24,18 @@ final class ImageRelease {
     private ImageRelease() {}
 
     /**
-     * Runs {@code close} (flush, close, unlock) now if {@code quiescent} — no thread of the export (its queue threads,
-     * or its NBD connections and workers) can touch the image — else logs one error line and runs it on a daemon
-     * thread once {@code await} says so.
+     * An export's close: runs {@code stop} (its server's close: no new request, its connections end); then — even if
+     * {@code stop} threw — runs {@code close} (flush, close, unlock) now if {@code quiescent} — no thread of the export
+     * (its queue threads, or its NBD connections and workers) can touch the image — else logs one error line and runs
+     * it on a daemon thread once {@code await} says so. So the image is let go of in every case, and never before the
+     * server has stopped.
      *
      * @param who     "blk ID" or "nbd ID", for log lines and the thread's name
      * @param stuck   what is still in I/O, e.g. "a request of its frontend"
      * @param refused what the lock kept meanwhile refuses, e.g. "exporting it again is refused"
      */
-    static void whenQuiescent(
+    static void afterStop(
+            Runnable stop,
             String who,
             Path image,
             String stuck,
@@ -40,10 +43,18 @@ final class ImageRelease {
             BooleanSupplier quiescent,
             Await await,
             Runnable close) {
-        if (quiescent.getAsBoolean()) {
-            close.run();
-            return;
+        try {
+            stop.run();
+        } finally {
+            if (quiescent.getAsBoolean()) {
+                close.run();
+            } else {
+                closeLater(who, image, stuck, refused, await, close);
+            }
         }
+    }
+
+    private static void closeLater(String who, Path image, String stuck, String refused, Await await, Runnable close) {
         LOG.log(
                 System.Logger.Level.ERROR,
                 who + ": " + stuck + " still in I/O on " + image + " (its file system or disk does not answer): the"

@@ -23,7 +23,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * writes it), so its clients never see data change under them. NBD clients come and go, so unlike a blk export the
  * lock does not follow them.
  */
-final class NbdExportEntry implements AutoCloseable {
+final class NbdExportEntry implements Daemon.Export {
 
     record Spec(String id, Path image, Path socket, boolean readOnly, ImageFormat format) {}
 
@@ -96,18 +96,15 @@ final class NbdExportEntry implements AutoCloseable {
         if (!closing.compareAndSet(false, true)) {
             return;
         }
-        try {
-            server.close();
-        } finally {
-            ImageRelease.whenQuiescent(
-                    "nbd " + spec.id(),
-                    spec.image(),
-                    "requests of its disconnected clients are",
-                    "exporting it again is refused",
-                    server::quiescent,
-                    server::awaitQuiescent,
-                    this::closeImage);
-        }
+        ImageRelease.afterStop(
+                server::close,
+                "nbd " + spec.id(),
+                spec.image(),
+                "requests of its disconnected clients are",
+                "exporting it again is refused",
+                server::quiescent,
+                server::awaitQuiescent,
+                this::closeImage);
     }
 
     private void closeImage() {
