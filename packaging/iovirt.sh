@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # The installed iovirt launcher: finds a JDK 25 and runs the installed jar. IOVIRT_JAVA_OPTS is appended last.
 set -eu
-LIB="$(dirname "$(readlink -f "$0")")/../lib/iovirt"
+LIB="$(dirname "$(readlink -f "$0")")/../share/iovirt"
 for cand in "${JAVA_HOME:-}" /usr/lib/jvm/*25*; do
   if [ -n "$cand" ] && [ -x "$cand/bin/java" ] && "$cand/bin/java" -version 2>&1 | grep -q 'version "25'; then
     # The same JVM options as the development launcher: jvm.options (it says why each), two malloc arenas.

@@ -19,9 +19,9 @@ DEMO_PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd
 # linux-libc-dev: <linux/vfio.h>, which VfioAbiTest parses (a build machine has it, a fresh Debian does not);
 # adduser: the package's Depends and postinst — DebianPackageTest installs it with dpkg -i, which resolves nothing
 # systemd: DebianPackageTest boots it as PID 1 of its own namespaces to run the maintainer scripts against a real
-# service manager (a container's PID 1 is not systemd)
+# service manager (a container's PID 1 is not systemd); lintian: DebianPackageTest checks the package with it
 PKGS=(qemu-system-x86 qemu-utils busybox-static fio cpio kmod xz-utils zstd unzip pciutils iproute2 procps ethtool jq nbd-client gnuplot-nox
-      asciidoctor man-db fakeroot fuse2fs fuse3 strace gdb linux-libc-dev adduser systemd)
+      asciidoctor man-db fakeroot fuse2fs fuse3 strace gdb linux-libc-dev adduser systemd lintian)
 [ "$DEMO" = 1 ] && PKGS=("${DEMO_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Builds a self-contained iovirt install tree and a Debian package from it, with Debian's own tools:
-#   target/dist/root/usr/lib/iovirt/{iovirt.jar,lib/*.jar}   the jar and its dependencies
+#   target/dist/root/usr/share/iovirt/{iovirt.jar,lib/*.jar} the jar and its dependencies (architecture-independent)
 #   target/dist/root/usr/bin/iovirt                          the launcher (finds a JDK 25)
 #   target/dist/root/usr/share/man/man1/iovirt*.1.gz         man pages (picocli ManPageGenerator -> asciidoctor)
 #   target/dist/root/usr/share/bash-completion/completions/iovirt, .../zsh/vendor-completions/_iovirt
+#   target/dist/root/usr/share/doc/iovirt/{copyright,changelog.gz,*.md}  copyright: packaging/copyright (DEP-5)
+#   target/dist/root/usr/share/lintian/overrides/iovirt     packaging/lintian-overrides: the tags that are wrong here
 #   target/dist/root/lib/systemd/system/                     units from packaging/systemd (daemon, per-export, standby pair)
 #   target/dist/root/etc/                                    packaging/etc, conffiles: /etc/default/iovirt (the units'
 #                                                            options), /etc/iovirt/daemon.json (no devices yet)
@@ -53,27 +55,61 @@ DEB_VERSION="${VERSION/-SNAPSHOT/~snapshot}+git$COMMIT"
 DIST="$OUT/dist"
 TREE="$DIST/root"
 rm -rf "$DIST"
-install -d "$TREE/usr/lib/iovirt/lib" "$TREE/usr/bin" "$TREE/usr/share/man/man1" \
+# The jars and the JVM options are the same on every architecture (Architecture: all): /usr/share, where Debian's Java
+# policy puts a program's private jars; packaging/iovirt.sh finds them relative to itself.
+install -d "$TREE/usr/share/iovirt/lib" "$TREE/usr/bin" "$TREE/usr/share/man/man1" \
   "$TREE/usr/share/bash-completion/completions" "$TREE/usr/share/zsh/vendor-completions" \
-  "$TREE/usr/share/doc/iovirt" "$TREE/lib/systemd/system" "$TREE/DEBIAN"
-install -m 0644 "$OUT/iovirt.jar" "$TREE/usr/lib/iovirt/"
-install -m 0644 "$OUT"/lib/*.jar "$TREE/usr/lib/iovirt/lib/"
+  "$TREE/usr/share/doc/iovirt" "$TREE/usr/share/lintian/overrides" "$TREE/lib/systemd/system" "$TREE/DEBIAN"
+install -m 0644 "$OUT/iovirt.jar" "$TREE/usr/share/iovirt/"
+install -m 0644 "$OUT"/lib/*.jar "$TREE/usr/share/iovirt/lib/"
 install -m 0755 "$ROOT/packaging/iovirt.sh" "$TREE/usr/bin/iovirt"
-install -m 0644 "$ROOT/packaging/jvm.options" "$ROOT/packaging/backend-jvm.options" "$TREE/usr/lib/iovirt/"
+install -m 0644 "$ROOT/packaging/jvm.options" "$ROOT/packaging/backend-jvm.options" "$TREE/usr/share/iovirt/"
 for adoc in "$OUT"/man/*.adoc; do
   asciidoctor -b manpage -a reproducible -D "$DIST/man" "$adoc"
 done
 for page in "$DIST"/man/*.1; do
   gzip -9n -c "$page" > "$TREE/usr/share/man/man1/$(basename "$page").gz"
 done
-install -m 0644 "$OUT/iovirt.bash-completion" "$TREE/usr/share/bash-completion/completions/iovirt"
+# Without picocli's #! line: bash-completion sources the file, it is not run (a #! there suggests it can be).
+sed '1{/^#!/d}' "$OUT/iovirt.bash-completion" > "$TREE/usr/share/bash-completion/completions/iovirt"
+chmod 0644 "$TREE/usr/share/bash-completion/completions/iovirt"
 cat > "$TREE/usr/share/zsh/vendor-completions/_iovirt" <<'ZSH'
 #compdef iovirt
 # picocli generates a bash completion script; zsh runs it through bashcompinit.
 autoload -U +X bashcompinit && bashcompinit
 source /usr/share/bash-completion/completions/iovirt
 ZSH
-install -m 0644 "$ROOT/LICENSE" "$TREE/usr/share/doc/iovirt/copyright"
+# The package's contact (Maintainer, the changelog's trailer, the copyright's Upstream-Contact): the address the
+# project's own commits carry, its only one; lintian takes no host without a domain (iovirt@localhost was an error).
+MAINTAINER="iovirt maintainers <maintainers@users.noreply.r-seed-1b9482a8.example>"
+# Every bundled jar needs its own Files: paragraph in packaging/copyright (its authors and licence); a new dependency
+# without one stops the build here rather than shipping under the wrong notice.
+for jar in "$OUT"/lib/*.jar; do
+  covered=0
+  while read -r pattern; do
+    # shellcheck disable=SC2053 # the Files: value is a glob, matched as one
+    [[ "usr/share/iovirt/lib/$(basename "$jar")" == $pattern ]] && covered=1
+  done < <(sed -n 's/^Files: //p' "$ROOT/packaging/copyright" | tr ' ' '\n' | grep -vx '\*')
+  if [ "$covered" != 1 ]; then
+    echo "package.sh: $(basename "$jar") has no Files: paragraph in packaging/copyright — add its authors and licence" >&2
+    exit 1
+  fi
+done
+# DEP-5, the licence named and not copied: Debian ships its text as /usr/share/common-licenses/Apache-2.0.
+sed "s|@MAINTAINER@|$MAINTAINER|" "$ROOT/packaging/copyright" > "$TREE/usr/share/doc/iovirt/copyright"
+chmod 0644 "$TREE/usr/share/doc/iovirt/copyright"
+install -m 0644 "$ROOT/packaging/lintian-overrides" "$TREE/usr/share/lintian/overrides/iovirt"
+# A native package's changelog (no Debian revision in the version): one entry for this build, dated by its commit so
+# that the same commit gives the same file.
+COMMIT_DATE="$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)"
+{
+  echo "iovirt ($DEB_VERSION) unstable; urgency=medium"
+  echo
+  echo "  * Built by scripts/package.sh from commit $COMMIT."
+  echo
+  echo " -- $MAINTAINER  $(LC_ALL=C date -u -R -d "@$COMMIT_DATE")"
+} | gzip -9n > "$TREE/usr/share/doc/iovirt/changelog.gz"
+chmod 0644 "$TREE/usr/share/doc/iovirt/changelog.gz"
 # The guides the units' Documentation= lines and the man pages point to.
 install -m 0644 "$ROOT"/docs/*.md "$TREE/usr/share/doc/iovirt/"
 find "$ROOT/packaging/systemd" -maxdepth 1 -type f \( -name '*.service' -o -name '*.socket' -o -name '*.path' -o -name '*.target' \) \
@@ -100,7 +136,7 @@ cat > "$TREE/DEBIAN/control" <<CONTROL
 Package: iovirt
 Version: $DEB_VERSION
 Architecture: all
-Maintainer: iovirt developers <iovirt@localhost>
+Maintainer: $MAINTAINER
 Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$TREE" | cut -f1)
