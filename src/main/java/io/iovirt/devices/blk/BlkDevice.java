@@ -465,6 +465,13 @@ public final class BlkDevice implements VhostUserBackend {
                 if (!shareWanted(generation)) {
                     return null; // switched writable again, or the frontend let go of the image
                 }
+                if (h.mutationsAbandoned()) { // its queue could not wait for its ring: such a write may land any time
+                    String why = "the image lock stays exclusive until the frontend stops its queues: a write sent"
+                            + " before the switch to read-only was given up on in the kernel (its queue could not"
+                            + " wait for its io_uring, see the log) and may still land";
+                    LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+                    return why;
+                }
                 try {
                     synchronized (threadEnded) { // woken at once when a queue thread ends (its frontend stops)
                         threadEnded.wait(pause);

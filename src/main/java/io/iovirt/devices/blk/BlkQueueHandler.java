@@ -93,8 +93,16 @@ final class BlkQueueHandler implements AutoCloseable {
      * read-only first, sees the count or the request sees the switch and fails its check.
      */
     private volatile int mutating;
-    /** Set when the handler is closed: its queue thread has ended or never ran, so nothing of it is in flight. */
+    /**
+     * Set when the handler is closed with none of its requests left in the kernel: its queue thread has ended or
+     * never ran, so nothing of it is in flight.
+     */
     private volatile boolean closed;
+    /**
+     * Set (before {@link #close}) when the queue's engine gave up on requests still in the kernel
+     * ({@link #abandonInKernel}): their I/O may land at any time, so the handler never counts as drained.
+     */
+    private volatile boolean abandonedInKernel;
 
     /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
     BlkQueueHandler(DiskImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
@@ -133,11 +141,29 @@ final class BlkQueueHandler implements AutoCloseable {
     /**
      * Whether every write, write-zeroes and discard of this queue that passed its read-only check before the disk
      * was switched read-only has ended. Read by the switching thread after the switch: true once none of
-     * this queue's is between its check and its end, or the handler is closed. A request checked after the switch
-     * (it fails at once) may be seen for a moment: the caller looks again.
+     * this queue's is between its check and its end, or the handler is closed with nothing left in the kernel. A
+     * request checked after the switch (it fails at once) may be seen for a moment: the caller looks again.
      */
     boolean mutationsEnded() {
         return closed || mutating == 0;
+    }
+
+    /**
+     * Whether a write, write-zeroes or discard of this queue was given up on while still in the kernel (the engine
+     * could not wait for its ring, {@link #abandonInKernel}): it may land at any time, and {@link #mutationsEnded}
+     * never says so.
+     */
+    boolean mutationsAbandoned() {
+        return abandonedInKernel && mutating != 0;
+    }
+
+    /**
+     * The queue's engine gives up on requests still in the kernel (io_uring_enter failed while it waited for them,
+     * and it closes the ring): the writes among them stay counted, and the {@link #close} that follows does not
+     * count the queue as drained. Queue thread, before close.
+     */
+    void abandonInKernel() {
+        abandonedInKernel = true;
     }
 
     /** Counts a request that may change the image, before its read-only check (see {@link #mutating}). */
@@ -488,7 +514,9 @@ final class BlkQueueHandler implements AutoCloseable {
 
     @Override
     public void close() {
-        closed = true;
+        if (!abandonedInKernel) { // else a write given up on in the kernel may still land: never drained
+            closed = true;
+        }
         if (syncRequest != null) {
             syncRequest.io.close();
         }
