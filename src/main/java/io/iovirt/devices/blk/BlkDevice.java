@@ -107,9 +107,10 @@ public final class BlkDevice implements VhostUserBackend {
      */
     private final boolean[] abandoned;
     /**
-     * Queue threads started and not yet ended, those given up on included, and a thread making the image lock shared
-     * after a switch to read-only ({@link #shareLockWhenDrained}: it may flush the image) ({@link #quiescent}); each
-     * one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
+     * Queue threads started and not yet ended, those given up on included, and a thread switching the disk read-only
+     * and making the image lock shared after it ({@link #switchReadOnly}: it writes the image back and flushes it)
+     * ({@link #quiescent}); each one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then
+     * {@link #threadEnded} is notified.
      */
     private final java.util.concurrent.atomic.AtomicInteger threads = new java.util.concurrent.atomic.AtomicInteger();
     /** Set by {@link #close}: the image's owner flushed and closed it, so queues given up on hand nothing over. */
@@ -298,7 +299,10 @@ public final class BlkDevice implements VhostUserBackend {
      *         (the writes in flight, to be shared when they end; or a failed flush, shared never: until the
      *         frontend stops its queues), for the operator
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
-     *                     it (named); or switching read-only, its write-back failed (a raw image is read-only then)
+     *                     it (named); or switching read-only, its write-back failed: a raw image is read-only then
+     *                     all the same, and so is a qcow2 image whose tables' first write-back succeeded (a later one
+     *                     failed: the clusters it freed early need it read-only); its lock stays exclusive until
+     *                     the frontend stops its queues
      */
     public String setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
@@ -411,8 +415,9 @@ public final class BlkDevice implements VhostUserBackend {
             failure = e;
         }
         // also when the write-back failed: a raw image is read-only then all the same (it stops the guest's writes
-        // first), and its next frontend takes a shared lock, as for any read-only disk. Not when another switch came
-        // meanwhile (this one's write-back took long): that one decided.
+        // first), as is a qcow2 image whose first table write-back succeeded, and its next frontend takes a shared
+        // lock, as for any read-only disk (a qcow2 image still writable takes an exclusive one). Not when another
+        // switch came meanwhile (this one's write-back took long): that one decided.
         synchronized (lockType) {
             if (generation == switches) {
                 lockShared = image.readOnly();
@@ -430,10 +435,13 @@ public final class BlkDevice implements VhostUserBackend {
             if (answered.get()) { // the caller answered before: nobody else reports it
                 LOG.log(
                         Level.ERROR,
-                        "blk {0}: the write-back of the switch to read-only failed: {1}. The disk is read-only; the"
-                                + " image lock stays exclusive until the frontend stops its queues",
+                        "blk {0}: the write-back of the switch to read-only failed: {1}. {2}",
                         name,
-                        failure.getMessage());
+                        failure.getMessage(),
+                        image.readOnly() // a qcow2 image whose first write-back failed stays writable
+                                ? "The disk is read-only; the image lock stays exclusive until the frontend stops"
+                                        + " its queues"
+                                : "The disk stays writable");
             }
             return null;
         }
