@@ -115,6 +115,11 @@ public final class BlkDevice implements VhostUserBackend {
     private final java.util.concurrent.atomic.AtomicInteger threads = new java.util.concurrent.atomic.AtomicInteger();
     /** Set by {@link #close}: the image's owner flushed and closed it, so queues given up on hand nothing over. */
     private volatile boolean closing;
+    /**
+     * Set by {@link #retire} (the export is being removed): from then on no switch to read-only starts its thread, so
+     * once {@link #quiescent} the image may be closed and no thread of the device's touches it or its lock any more.
+     */
+    private volatile boolean retired;
 
     private final Object threadEnded = new Object();
     /** How long {@link #queueStopped} waits in all for a worker still finishing its requests. */
@@ -346,6 +351,12 @@ public final class BlkDevice implements VhostUserBackend {
         java.util.concurrent.CompletableFuture<String> shared = new java.util.concurrent.CompletableFuture<>();
         java.util.concurrent.atomic.AtomicBoolean answered = new java.util.concurrent.atomic.AtomicBoolean();
         threads.incrementAndGet(); // it writes the image back and flushes it: not closed under it
+        // after the count (both volatile, as retire's store and quiescent's load): either the owner closing the image
+        // sees this thread counted and waits for it, or this switch sees the device retired and starts nothing
+        if (retired) {
+            queueThreadEnded();
+            throw new IOException("blk " + name + " is being removed: the disk was not switched");
+        }
         try {
             Thread.ofPlatform().name("blk " + name + " read-only").daemon().start(() -> {
                 try {
@@ -999,6 +1010,16 @@ public final class BlkDevice implements VhostUserBackend {
             }
             return true;
         }
+    }
+
+    /**
+     * The export is being removed: from now on {@link #setReadOnly} refuses to switch the disk read-only (it would
+     * start a thread that writes the image back and flushes it, {@link #switchReadOnly}), so that once {@link
+     * #quiescent} no thread of the device's touches the image or its lock and the owner may close them. Called before
+     * the owner looks at {@link #quiescent}.
+     */
+    public void retire() {
+        retired = true;
     }
 
     /**

@@ -274,6 +274,26 @@ class BlkReadOnlySwitchTest {
     }
 
     /**
+     * A switch to read-only that comes while its export is being removed (blk.set-readonly and blk.remove from two
+     * control clients) starts no thread and changes nothing: the remove closes the image and the lock once the device
+     * is quiescent, and a switching thread started after that check would write back and flush a closed image (and
+     * device.close, finding it running, threw and left the lock's descriptor open).
+     */
+    @Test
+    void aSwitchWhileTheExportIsRemovedStartsNoThreadOnTheImage() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        try (RawImage img = RawImage.open(p, false, false)) {
+            BlkDevice dev = new BlkDevice("removed", img, 1, "s");
+            dev.retire();
+            IOException e = assertThrows(IOException.class, () -> dev.setReadOnly(true));
+            assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+            assertTrue(dev.quiescent(), "no thread of the device's runs");
+            assertTrue(!img.readOnly(), "nothing changed");
+            dev.close();
+        }
+    }
+
+    /**
      * A raw disk switched read-only is not grown: its image lock is shared once the switch returns, and the readers
      * it lets in (qemu-io -r) let nobody resize the image. blk.resize truncated the file under them all the same (a
      * qcow2 image refuses it, EROFS).
