@@ -519,7 +519,10 @@ public final class BlkDevice implements VhostUserBackend {
             try {
                 imageLock.share();
             } catch (LinuxException e) {
-                String why = "the image lock stays exclusive: it cannot be made shared: " + e.getMessage();
+                String why = (imageLock.shared()
+                                ? "the image lock is shared, but parts of it stay write-locked: "
+                                : "the image lock stays exclusive: it cannot be made shared: ")
+                        + e.getMessage();
                 LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
                 return why;
             }
