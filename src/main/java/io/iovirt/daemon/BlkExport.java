@@ -97,6 +97,7 @@ final class BlkExport implements Daemon.Export {
         if (!closing.compareAndSet(false, true)) {
             return;
         }
+        device.retire(); // no blk.set-readonly racing with this starts a thread on the image closed below
         ImageRelease.afterStop(
                 server::close,
                 "blk " + spec.id(),

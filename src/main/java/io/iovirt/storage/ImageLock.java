@@ -236,8 +236,9 @@ public final class ImageLock implements AutoCloseable {
      * The bytes that keep writers out ({@link #READER_HOLDS}) stay locked throughout, so no writer gets in between. A
      * no-op when not held or already shared.
      *
-     * @throws LinuxException a lock call failed (ENOLCK): the lock is then made whole-file exclusive again when it
-     *                        can be, and stays so
+     * @throws LinuxException a lock call failed (ENOLCK): before the reader's bytes are taken, the lock is made
+     *                        whole-file exclusive again and stays so; after, it counts as shared (readers may be let
+     *                        in), some of the rest perhaps still write-locked
      */
     public synchronized void share() throws LinuxException {
         shared = true;
@@ -252,6 +253,11 @@ public final class ImageLock implements AutoCloseable {
             FileIo.ofdLock(fd, FileIo.F_WRLCK); // back to what it was; nobody else can hold the bytes in between
             throw e;
         }
+        // A reader's lock from here on, whatever follows: once a piece below is unlocked a reader may get in, and a
+        // failed unlock after that (ENOLCK) must not leave it counted exclusive, or retype(false) would skip the
+        // whole-file write lock that refuses while a reader holds the image, and writing would start beside it. The
+        // pieces still write-locked after such a failure only refuse more users.
+        heldShared = true;
         long from = 0;
         for (long b : READER_HOLDS) { // ascending
             if (b > from) {
@@ -260,7 +266,6 @@ public final class ImageLock implements AutoCloseable {
             from = b + 1;
         }
         FileIo.ofdLock(fd, FileIo.F_UNLCK, from, 0); // to the end, however the file grows
-        heldShared = true;
     }
 
     /** Drops the lock (a no-op when not held). */

@@ -286,7 +286,8 @@ public final class RawImage implements DiskImage {
 
     /**
      * Grows a regular-file image to {@code newSize} bytes (the new part reads as zeros). Shrinking is refused: a
-     * guest may have data there. A block device cannot be resized here: grow the device, then it is re-read.
+     * guest may have data there, and so is growing an image switched read-only (as a qcow2 image refuses it). A block
+     * device cannot be resized here: grow the device, then it is re-read.
      */
     @Override
     public synchronized void resize(long newSize) throws IOException {
@@ -309,6 +310,12 @@ public final class RawImage implements DiskImage {
         }
         if (openedReadOnly) {
             throw new IOException("image " + path + " was opened read-only and cannot be grown");
+        }
+        if (readOnly) {
+            // switched read-only (blk.set-readonly): its lock may be shared by now, with readers that let nobody
+            // resize the image; under this monitor, so a switch cannot come between the check and the truncate
+            throw new IOException("image " + path
+                    + " is read-only now (blk.set-readonly) and cannot be grown; switch it" + " writable first");
         }
         FileIo.ftruncate(fd, newSize);
         FileIo.fsync(fd); // the new size survives a crash before the guest is told about it

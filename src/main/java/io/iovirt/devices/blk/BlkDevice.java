@@ -107,13 +107,19 @@ public final class BlkDevice implements VhostUserBackend {
      */
     private final boolean[] abandoned;
     /**
-     * Queue threads started and not yet ended, those given up on included, and a thread making the image lock shared
-     * after a switch to read-only ({@link #shareLockWhenDrained}: it may flush the image) ({@link #quiescent}); each
-     * one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then {@link #threadEnded} is notified.
+     * Queue threads started and not yet ended, those given up on included, and a thread switching the disk read-only
+     * and making the image lock shared after it ({@link #switchReadOnly}: it writes the image back and flushes it)
+     * ({@link #quiescent}); each one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then
+     * {@link #threadEnded} is notified.
      */
     private final java.util.concurrent.atomic.AtomicInteger threads = new java.util.concurrent.atomic.AtomicInteger();
     /** Set by {@link #close}: the image's owner flushed and closed it, so queues given up on hand nothing over. */
     private volatile boolean closing;
+    /**
+     * Set by {@link #retire} (the export is being removed): from then on no switch to read-only starts its thread, so
+     * once {@link #quiescent} the image may be closed and no thread of the device's touches it or its lock any more.
+     */
+    private volatile boolean retired;
 
     private final Object threadEnded = new Object();
     /** How long {@link #queueStopped} waits in all for a worker still finishing its requests. */
@@ -298,7 +304,10 @@ public final class BlkDevice implements VhostUserBackend {
      *         (the writes in flight, to be shared when they end; or a failed flush, shared never: until the
      *         frontend stops its queues), for the operator
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
-     *                     it (named); or switching read-only, its write-back failed (a raw image is read-only then)
+     *                     it (named); or switching read-only, its write-back failed: a raw image is read-only then
+     *                     all the same, and so is a qcow2 image whose tables' first write-back succeeded (a later one
+     *                     failed: the clusters it freed early need it read-only); its lock stays exclusive until
+     *                     the frontend stops its queues
      */
     public String setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
@@ -342,6 +351,12 @@ public final class BlkDevice implements VhostUserBackend {
         java.util.concurrent.CompletableFuture<String> shared = new java.util.concurrent.CompletableFuture<>();
         java.util.concurrent.atomic.AtomicBoolean answered = new java.util.concurrent.atomic.AtomicBoolean();
         threads.incrementAndGet(); // it writes the image back and flushes it: not closed under it
+        // after the count (both volatile, as retire's store and quiescent's load): either the owner closing the image
+        // sees this thread counted and waits for it, or this switch sees the device retired and starts nothing
+        if (retired) {
+            queueThreadEnded();
+            throw new IOException("blk " + name + " is being removed: the disk was not switched");
+        }
         try {
             Thread.ofPlatform().name("blk " + name + " read-only").daemon().start(() -> {
                 try {
@@ -411,8 +426,9 @@ public final class BlkDevice implements VhostUserBackend {
             failure = e;
         }
         // also when the write-back failed: a raw image is read-only then all the same (it stops the guest's writes
-        // first), and its next frontend takes a shared lock, as for any read-only disk. Not when another switch came
-        // meanwhile (this one's write-back took long): that one decided.
+        // first), as is a qcow2 image whose first table write-back succeeded, and its next frontend takes a shared
+        // lock, as for any read-only disk (a qcow2 image still writable takes an exclusive one). Not when another
+        // switch came meanwhile (this one's write-back took long): that one decided.
         synchronized (lockType) {
             if (generation == switches) {
                 lockShared = image.readOnly();
@@ -430,10 +446,13 @@ public final class BlkDevice implements VhostUserBackend {
             if (answered.get()) { // the caller answered before: nobody else reports it
                 LOG.log(
                         Level.ERROR,
-                        "blk {0}: the write-back of the switch to read-only failed: {1}. The disk is read-only; the"
-                                + " image lock stays exclusive until the frontend stops its queues",
+                        "blk {0}: the write-back of the switch to read-only failed: {1}. {2}",
                         name,
-                        failure.getMessage());
+                        failure.getMessage(),
+                        image.readOnly() // a qcow2 image whose first write-back failed stays writable
+                                ? "The disk is read-only; the image lock stays exclusive until the frontend stops"
+                                        + " its queues"
+                                : "The disk stays writable");
             }
             return null;
         }
@@ -465,6 +484,13 @@ public final class BlkDevice implements VhostUserBackend {
                 if (!shareWanted(generation)) {
                     return null; // switched writable again, or the frontend let go of the image
                 }
+                if (h.mutationsAbandoned()) { // its queue could not wait for its ring: such a write may land any time
+                    String why = "the image lock stays exclusive until the frontend stops its queues: a write sent"
+                            + " before the switch to read-only was given up on in the kernel (its queue could not"
+                            + " wait for its io_uring, see the log) and may still land";
+                    LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+                    return why;
+                }
                 try {
                     synchronized (threadEnded) { // woken at once when a queue thread ends (its frontend stops)
                         threadEnded.wait(pause);
@@ -493,7 +519,10 @@ public final class BlkDevice implements VhostUserBackend {
             try {
                 imageLock.share();
             } catch (LinuxException e) {
-                String why = "the image lock stays exclusive: it cannot be made shared: " + e.getMessage();
+                String why = (imageLock.shared()
+                                ? "the image lock is shared, but parts of it stay write-locked: "
+                                : "the image lock stays exclusive: it cannot be made shared: ")
+                        + e.getMessage();
                 LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
                 return why;
             }
@@ -984,6 +1013,16 @@ public final class BlkDevice implements VhostUserBackend {
             }
             return true;
         }
+    }
+
+    /**
+     * The export is being removed: from now on {@link #setReadOnly} refuses to switch the disk read-only (it would
+     * start a thread that writes the image back and flushes it, {@link #switchReadOnly}), so that once {@link
+     * #quiescent} no thread of the device's touches the image or its lock and the owner may close them. Called before
+     * the owner looks at {@link #quiescent}.
+     */
+    public void retire() {
+        retired = true;
     }
 
     /**

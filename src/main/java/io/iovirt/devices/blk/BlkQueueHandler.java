@@ -88,13 +88,42 @@ final class BlkQueueHandler implements AutoCloseable {
      * This queue's writes, write-zeroes and discards from just before their read-only check until they have ended
      * (their I/O completed or failed, or the request was dropped), for a switch to read-only that waits for those
      * that passed their check before it ({@link #mutationsEnded}). Written by the queue thread alone (no other queue
-     * touches it), read by the device's thread switching the disk read-only (BlkDevice.switchReadOnly): each counted
-     * before the check reads {@link DiskImage#readOnly}, both volatile, so either the switching thread, which sets
-     * read-only first, sees the count or the request sees the switch and fails its check.
+     * touches it), read by the device's thread switching the disk read-only (BlkDevice.switchReadOnly).
+     *
+     * <p>Ordering. The increment is a volatile write followed by the check's volatile read of {@link
+     * DiskImage#readOnly}; the switching thread volatile-writes read-only, then volatile-reads this count. That is
+     * Dekker's pattern (store A, load B against store B, load A): either the switching thread sees the count or the
+     * request sees the switch and fails its check. It needs a StoreLoad barrier on both sides, so the increment cannot
+     * be a release store (setRelease/getAcquire order a store only after earlier accesses: the queue thread could
+     * read the old read-only flag before its increment is visible, and the switching thread read 0 meanwhile — a write
+     * under a lock already shared). The decrement needs no such barrier: it only publishes that the request's I/O is
+     * over, so it is a release store ({@link #MUTATING}.setRelease, a plain store on x86): the switching thread, whose
+     * volatile read sees it, also sees everything before it, and flushes after. One fence per mutating request, not
+     * two.
      */
     private volatile int mutating;
-    /** Set when the handler is closed: its queue thread has ended or never ran, so nothing of it is in flight. */
+
+    private static final java.lang.invoke.VarHandle MUTATING;
+
+    static {
+        try {
+            MUTATING =
+                    java.lang.invoke.MethodHandles.lookup().findVarHandle(BlkQueueHandler.class, "mutating", int.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
+    }
+
+    /**
+     * Set when the handler is closed with none of its requests left in the kernel: its queue thread has ended or
+     * never ran, so nothing of it is in flight.
+     */
     private volatile boolean closed;
+    /**
+     * Set (before {@link #close}) when the queue's engine gave up on requests still in the kernel
+     * ({@link #abandonInKernel}): their I/O may land at any time, so the handler never counts as drained.
+     */
+    private volatile boolean abandonedInKernel;
 
     /** @param serial the GET_ID answer: NUL-padded or cut to 20 bytes */
     BlkQueueHandler(DiskImage image, BlkLimits limits, byte[] serial, BlkStats stats) {
@@ -133,23 +162,41 @@ final class BlkQueueHandler implements AutoCloseable {
     /**
      * Whether every write, write-zeroes and discard of this queue that passed its read-only check before the disk
      * was switched read-only has ended. Read by the switching thread after the switch: true once none of
-     * this queue's is between its check and its end, or the handler is closed. A request checked after the switch
-     * (it fails at once) may be seen for a moment: the caller looks again.
+     * this queue's is between its check and its end, or the handler is closed with nothing left in the kernel. A
+     * request checked after the switch (it fails at once) may be seen for a moment: the caller looks again.
      */
     boolean mutationsEnded() {
         return closed || mutating == 0;
     }
 
+    /**
+     * Whether a write, write-zeroes or discard of this queue was given up on while still in the kernel (the engine
+     * could not wait for its ring, {@link #abandonInKernel}): it may land at any time, and {@link #mutationsEnded}
+     * never says so.
+     */
+    boolean mutationsAbandoned() {
+        return abandonedInKernel && mutating != 0;
+    }
+
+    /**
+     * The queue's engine gives up on requests still in the kernel (io_uring_enter failed while it waited for them,
+     * and it closes the ring): the writes among them stay counted, and the {@link #close} that follows does not
+     * count the queue as drained. Queue thread, before close.
+     */
+    void abandonInKernel() {
+        abandonedInKernel = true;
+    }
+
     /** Counts a request that may change the image, before its read-only check (see {@link #mutating}). */
     private void mutationStarts(Request r) {
         r.mutating = true;
-        mutating = mutating + 1; // single writer: this queue's thread
+        mutating = (int) MUTATING.get(this) + 1; // single writer; volatile: the StoreLoad before the check
     }
 
     private void mutationEnded(Request r) {
         if (r.mutating) {
             r.mutating = false;
-            mutating = mutating - 1;
+            MUTATING.setRelease(this, (int) MUTATING.get(this) - 1); // single writer; see mutating
         }
     }
 
@@ -488,7 +535,9 @@ final class BlkQueueHandler implements AutoCloseable {
 
     @Override
     public void close() {
-        closed = true;
+        if (!abandonedInKernel) { // else a write given up on in the kernel may still land: never drained
+            closed = true;
+        }
         if (syncRequest != null) {
             syncRequest.io.close();
         }

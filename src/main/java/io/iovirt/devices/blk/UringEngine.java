@@ -350,6 +350,11 @@ final class UringEngine implements QueueWorker.Handler {
                     e.getMessage());
         } finally {
             int abandoned = ringRequests;
+            if (abandoned > 0) {
+                // before the close: a write among them may land after it, so the queue must not count as drained
+                // for a switch to read-only waiting to make the image lock shared
+                handler.abandonInKernel();
+            }
             closeRing(); // the kernel cancels what is left, or lets it finish: in the background either way
             if (abandoned == 0) {
                 queue.releaseMemory();

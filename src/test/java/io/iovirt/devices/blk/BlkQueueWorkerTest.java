@@ -555,6 +555,98 @@ class BlkQueueWorkerTest {
     }
 
     /**
+     * A queue whose engine gives up on writes still in the kernel (io_uring_enter fails while its stop waits for them,
+     * and it closes the ring: the kernel may still carry them out) must not count as drained for a switch to
+     * read-only, which makes the image lock shared once the writes in flight have ended: such a write may land under
+     * the shared lock. Its handler was closed all the same, and a closed handler counted as drained. Here the ring is
+     * told nothing of the two writes (their submit only says queued), so the stop's wait on the ring fails as a
+     * failing io_uring_enter would.
+     */
+    @Test
+    void writesGivenUpOnInTheKernelNeverCountAsDrained() throws Exception {
+        setUpGuest(false, true);
+        DiskImage lost = new ForwardingDiskImage(image) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                io.iovirt.storage.ImageIo io = delegate.newContext(iov, bounce);
+                return new io.iovirt.storage.ImageIo() {
+                    @Override
+                    public void clear() {
+                        io.clear();
+                    }
+
+                    @Override
+                    public boolean add(MemorySegment memory, long offset, long length) {
+                        return io.add(memory, offset, length);
+                    }
+
+                    @Override
+                    public long bytes() {
+                        return io.bytes();
+                    }
+
+                    @Override
+                    public void read(long offset) throws IOException {
+                        io.read(offset);
+                    }
+
+                    @Override
+                    public void write(long offset) throws IOException {
+                        io.write(offset);
+                    }
+
+                    @Override
+                    public boolean submitRead(IoUring ring, long offset, long userData)
+                            throws io.iovirt.linux.LinuxException {
+                        return io.submitRead(ring, offset, userData);
+                    }
+
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData) {
+                        return true; // "in the kernel", as far as the engine knows
+                    }
+
+                    @Override
+                    public void completed(boolean write, long offset, int result) throws IOException {
+                        io.completed(write, offset, result);
+                    }
+
+                    @Override
+                    public void close() {
+                        io.close();
+                    }
+                };
+            }
+        };
+        BlkQueueHandler handler = new BlkQueueHandler(
+                lost, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        worker = BlkDevice.newWorker(
+                "blk test q0",
+                queue,
+                handler,
+                kick,
+                call,
+                null,
+                stats,
+                IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)),
+                0,
+                false,
+                reason -> {},
+                LINES);
+        write(0, 0, 4096);
+        write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
+        worker.start();
+        kick();
+        Await.until(Duration.ofSeconds(20), "both writes taken", () -> stats.started.sum() == 2);
+        assertFalse(handler.mutationsEnded(), "two writes in flight");
+
+        assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
+        worker = null;
+        assertFalse(handler.mutationsEnded(), "writes given up on in the kernel may still land: never drained");
+        assertTrue(handler.mutationsAbandoned(), "the switch is told, to say why the lock stays exclusive");
+    }
+
+    /**
      * A disk whose FLUSHes are reads of sockets into guest memory, each in the kernel until the test writes to its
      * socket: I/O in flight for as long as the test wants, through the real ring. The n-th FLUSH reads
      * {@code sockets[n]} into the guest page at {@code guestOffset + 4096 n}.

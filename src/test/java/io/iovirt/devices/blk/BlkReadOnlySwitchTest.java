@@ -274,6 +274,55 @@ class BlkReadOnlySwitchTest {
     }
 
     /**
+     * A switch to read-only that comes while its export is being removed (blk.set-readonly and blk.remove from two
+     * control clients) starts no thread and changes nothing: the remove closes the image and the lock once the device
+     * is quiescent, and a switching thread started after that check would write back and flush a closed image (and
+     * device.close, finding it running, threw and left the lock's descriptor open).
+     */
+    @Test
+    void aSwitchWhileTheExportIsRemovedStartsNoThreadOnTheImage() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        try (RawImage img = RawImage.open(p, false, false)) {
+            BlkDevice dev = new BlkDevice("removed", img, 1, "s");
+            dev.retire();
+            IOException e = assertThrows(IOException.class, () -> dev.setReadOnly(true));
+            assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+            assertTrue(dev.quiescent(), "no thread of the device's runs");
+            assertTrue(!img.readOnly(), "nothing changed");
+            dev.close();
+        }
+    }
+
+    /**
+     * A raw disk switched read-only is not grown: its image lock is shared once the switch returns, and the readers
+     * it lets in (qemu-io -r) let nobody resize the image. blk.resize truncated the file under them all the same (a
+     * qcow2 image refuses it, EROFS).
+     */
+    @Test
+    void aRawDiskSwitchedReadOnlyIsNotGrownUnderItsSharedLock() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage img = RawImage.open(p, false, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("switch", img, 1, "s");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                assertNull(dev.setReadOnly(true), "the lock is shared when the switch returns");
+
+                IOException e = assertThrows(IOException.class, () -> dev.resize(2 << 20));
+                assertTrue(e.getMessage().contains("read-only"), e.getMessage());
+                assertEquals(1 << 20, Files.size(p), "the file was not grown under the shared lock");
+                assertEquals(1 << 20, img.size());
+
+                assertNull(dev.setReadOnly(false));
+                dev.resize(2 << 20);
+                assertEquals(2 << 20, Files.size(p), "writable again: grown");
+            }
+        }
+    }
+
+    /**
      * A write that passed its check before the switch to read-only and is still in flight (held after its data went
      * to the image, before it completes) keeps the lock exclusive: a reader let in now could see the data change. The
      * switch answers all the same, saying so; once the write has completed (and a flush after it succeeded) the lock
