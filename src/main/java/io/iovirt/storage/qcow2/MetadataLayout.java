@@ -132,6 +132,24 @@ final class MetadataLayout {
         return n;
     }
 
+    /**
+     * A new array: {@code index} with clusters [first, first+n) added (a new table or a run of refcount blocks), in
+     * one pass: adding them one by one copied the whole index once per cluster.
+     */
+    static long[] withRange(long[] index, long first, long n) {
+        int lo = Arrays.binarySearch(index, first);
+        lo = lo < 0 ? -lo - 1 : lo;
+        int hi = Arrays.binarySearch(index, first + n);
+        hi = hi < 0 ? -hi - 1 : hi; // [lo, hi): those already there, replaced by the range
+        long[] m = new long[Math.toIntExact(lo + n + index.length - hi)];
+        System.arraycopy(index, 0, m, 0, lo);
+        for (int i = 0; i < n; i++) {
+            m[lo + i] = first + i;
+        }
+        System.arraycopy(index, hi, m, (int) (lo + n), index.length - hi);
+        return m;
+    }
+
     /** A new array: {@code index} without clusters [first, first+n) (an old table's, free data clusters now). */
     static long[] without(long[] index, long first, long n) {
         long[] m = index.clone();

@@ -299,6 +299,11 @@ public final class Qcow2Image implements DiskImage {
         metadataClusters = MetadataLayout.with(metadataClusters, offset >>> clusterBits);
     }
 
+    /** Records the {@code clusters} new metadata clusters at file offset {@code offset} (metadata lock held). */
+    void addMetadataClusters(long offset, long clusters) {
+        metadataClusters = MetadataLayout.withRange(metadataClusters, offset >>> clusterBits, clusters);
+    }
+
     /**
      * Forgets the {@code clusters} clusters at {@code offset} of a table the header no longer names: free data
      * clusters from now on (metadata lock held).
@@ -1424,9 +1429,7 @@ public final class Qcow2Image implements DiskImage {
             writeFile(fd, h, Qcow2Header.OFF_L1_SIZE, align);
             sync();
         }
-        for (int i = 0; i < clusters; i++) {
-            addMetadataCluster(newOff + ((long) i << clusterBits));
-        }
+        addMetadataClusters(newOff, clusters);
         l2ByL1 = grownCache;
         l1 = grown;
         l1Offset = newOff;

@@ -502,33 +502,49 @@ final class Refcounts {
     }
 
     /**
-     * Grows the refcount table to cover block {@code bi}: a new refcount block and the new table are placed past
-     * every cluster the old table covers (all free), written and synced, then the header is switched to the new
-     * table in one sector write and synced; the old table's clusters are freed.
+     * Grows the refcount table to cover block {@code bi}. The new table and the new refcount blocks that count it go
+     * in one run of free clusters past every cluster the old table covers (or past the run {@link #allocateContiguous}
+     * is counting, {@link #newRefStructures}): first the blocks, one for each block range the run touches, then the
+     * table. The run describes itself (each of its clusters is counted by the new block of its range), as qcow2
+     * allows a refcount block anywhere, so nothing the old table names changes before the switch and no size of the
+     * table is too big for the blocks that count it. The blocks and the table are written and synced, then the header
+     * is switched to the new table in one sector write and synced; the old table's clusters are freed. A crash before
+     * the switch leaves the run where no block of the old table counts it: not referenced, not counted.
      */
     private void growRefTable(long bi) throws IOException {
         long entriesPerCluster = clusterSize / 8;
-        long newClusters = Math.max(2L * refTableClusters, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
-        long p = newRefStructures(newClusters);
-        // the table covers its own block too (which lies past the run allocateContiguous is counting, if any)
-        for (int i = 0; i < 4 && (p / refBlockEntries + 1) > newClusters * entriesPerCluster; i++) {
-            newClusters = Math.max(newClusters, (p / refBlockEntries + 1 + entriesPerCluster - 1) / entriesPerCluster);
-            p = newRefStructures(newClusters);
-        }
-        if ((p / refBlockEntries + 1) > newClusters * entriesPerCluster
-                || newClusters + 1 > refBlockEntries
-                || newClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
-            throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + newClusters
-                    + " clusters; the image is too large for cluster size " + clusterSize);
+        long doubled = Math.min(2L * refTableClusters, Qcow2Header.MAX_REFTABLE_BYTES / clusterSize); // not past it
+        long tableClusters = Math.max(doubled, (bi + 2 + entriesPerCluster - 1) / entriesPerCluster);
+        long blocks = 1;
+        long p = newRefStructures(blocks + tableClusters);
+        // A fixpoint: the blocks count the run, the table names the blocks, the run avoids the reserved one. Each
+        // value only grows (a spare block counts a range past the run, all 0), so it settles within a few rounds.
+        for (int round = 0; ; round++) {
+            if (tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES || round == 64) {
+                throw new IOException("qcow2 image " + path + ": refcount table cannot grow to " + tableClusters
+                        + " clusters (more than " + (Qcow2Header.MAX_REFTABLE_BYTES >> 20) + " MiB, QEMU's limit"
+                        + " too); the image is too large for cluster size " + clusterSize + " and refcount_bits "
+                        + (1 << refcountOrder) + " (convert it with a bigger cluster_size or a smaller"
+                        + " refcount_bits)");
+            }
+            long b = Math.max(blocks, (p + blocks + tableClusters - 1) / refBlockEntries - p / refBlockEntries + 1);
+            long t = Math.max(tableClusters, (p / refBlockEntries + b + entriesPerCluster - 1) / entriesPerCluster);
+            long q = Math.max(p, newRefStructures(b + t));
+            if (b == blocks && t == tableClusters && q == p) {
+                break;
+            }
+            blocks = b;
+            tableClusters = t;
+            p = q;
         }
         long oldCharged = img.chargedRefTable();
         img.chargeRefTable(
-                newClusters,
-                "growing its refcount table to " + newClusters + " clusters (for a cluster a write allocates; the"
+                tableClusters,
+                "growing its refcount table to " + tableClusters + " clusters (for a cluster a write allocates; the"
                         + " write was refused)");
         long[] old = refTable;
         try {
-            growRefTableCharged(newClusters, p);
+            growRefTableCharged(tableClusters, blocks, p);
         } finally {
             if (refTable == old) { // failed before the switch: the old table stays in use
                 img.chargeRefTableAnyway(oldCharged);
@@ -537,30 +553,28 @@ final class Refcounts {
     }
 
     /**
-     * Where {@link #growRefTable} places a new refcount block and, after it, a new table of {@code newClusters}
-     * clusters: the first cluster the old table does not cover (all free: no block counts them), or past the run
-     * {@link #allocateContiguous} is counting when that lies there, at the start of a block's range if the block
-     * could not count itself and the table otherwise.
+     * Where {@link #growRefTable} places its run of {@code clusters} clusters (new refcount blocks, then the new
+     * table): the first cluster the old table does not cover (all free: no block counts them), or past the run
+     * {@link #allocateContiguous} is counting when the two would overlap.
      */
-    private long newRefStructures(long newClusters) {
+    private long newRefStructures(long clusters) {
         long p = (long) refTable.length * refBlockEntries; // first cluster the old table does not cover
-        if (reservedHi > p && reservedLo <= p + newClusters) {
+        if (reservedHi > p && reservedLo < p + clusters) {
             p = reservedHi;
-            if (p % refBlockEntries + newClusters + 1 > refBlockEntries) {
-                p = (p / refBlockEntries + 1) * refBlockEntries;
-            }
         }
         return p;
     }
 
-    /** {@link #growRefTable} to {@code newClusters} clusters at cluster {@code p}, charged already. */
-    private void growRefTableCharged(long newClusters, long p) throws IOException {
-        int oldEntries = refTable.length;
+    /**
+     * {@link #growRefTable} to {@code tableClusters} clusters, charged already: {@code blocks} refcount blocks at
+     * cluster {@code p}, the table after them. Block {@code j} describes block range {@code p / refBlockEntries + j}.
+     */
+    private void growRefTableCharged(long tableClusters, long blocks, long p) throws IOException {
         long entriesPerCluster = clusterSize / 8;
-        long first = p % refBlockEntries; // the block's index of p: 0 unless placed past a reserved run
-        long blockOff = p << clusterBits;
-        long tableOff = (p + 1) << clusterBits;
-        for (long c = p; c <= p + newClusters; c++) {
+        long end = p + blocks + tableClusters; // exclusive
+        long firstRange = p / refBlockEntries;
+        long tableOff = (p + blocks) << clusterBits;
+        for (long c = p; c < end; c++) {
             if (img.overlapsMetadata(c << clusterBits, 1)) {
                 // a table or block past what the refcount table covers: its refcount was never counted
                 throw new IOException("qcow2 image " + path + " is damaged: metadata cluster " + c + " lies past"
@@ -568,27 +582,32 @@ final class Refcounts {
                         + " -r all " + path + "')");
             }
         }
-        MemorySegment block = MetaCache.allocate(clusterSize);
-        for (long i = 0; i <= newClusters; i++) {
-            setRef(block, first + i, 1);
+        MemorySegment[] made = new MemorySegment[(int) blocks];
+        long[] table = Arrays.copyOf(refTable, (int) (tableClusters * entriesPerCluster));
+        for (int j = 0; j < blocks; j++) {
+            MemorySegment block = MetaCache.allocate(clusterSize);
+            long lo = (firstRange + j) * refBlockEntries;
+            for (long c = Math.max(p, lo); c < Math.min(end, lo + refBlockEntries); c++) {
+                setRef(block, c - lo, 1); // the run's clusters in this block's range: blocks and table
+            }
+            long off = (p + j) << clusterBits;
+            img.writeMeta(block, 0, clusterSize, off);
+            table[(int) (firstRange + j)] = off;
+            made[j] = block;
         }
-        img.writeMeta(block, 0, clusterSize, blockOff);
-        long[] table = Arrays.copyOf(refTable, (int) (newClusters * entriesPerCluster));
-        table[(int) (p / refBlockEntries)] = blockOff;
-        switchRefTable(table, tableOff, newClusters);
+        switchRefTable(table, tableOff, tableClusters); // syncs the blocks and the table before the header names it
         long oldOff = refTableOffset;
         int oldClusters = refTableClusters;
         refTable = table;
         refTableOffset = tableOff;
-        refTableClusters = (int) newClusters;
-        refCache.put(blockOff, block);
-        img.addMetadataCluster(blockOff);
-        allocEnd = Math.max(allocEnd, p + 1 + newClusters);
-        if (reservedHi > reservedLo) {
-            reservedHi = Math.max(reservedHi, p + 1 + newClusters); // later blocks go past these too
+        refTableClusters = (int) tableClusters;
+        for (int j = 0; j < blocks && !refCache.full(); j++) {
+            refCache.put((p + j) << clusterBits, made[j]); // others are read when needed (none is cached already)
         }
-        for (long i = 0; i < newClusters; i++) {
-            img.addMetadataCluster(tableOff + i * clusterSize);
+        img.addMetadataClusters(p << clusterBits, end - p); // the blocks and the table
+        allocEnd = Math.max(allocEnd, end);
+        if (reservedHi > reservedLo) {
+            reservedHi = Math.max(reservedHi, end); // later blocks go past these too
         }
         img.dropMetadataClusters(oldOff, oldClusters); // the old table's clusters become free data clusters
         releaseOldTable(oldOff, oldClusters);

@@ -945,11 +945,7 @@ class Qcow2ImageTest {
             q.resize(126L * MIB);
             charged = q.chainBytes();
         }
-        int refTableClusters;
-        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "r")) {
-            f.seek(56);
-            refTableClusters = f.readInt();
-        }
+        int refTableClusters = refTableClusters(img);
         assertTrue(refTableClusters > 1, "the refcount table grew: " + refTableClusters);
         assertEquals(
                 Qcow2Image.memoryCost(9, 126 * 32, refTableClusters, Qcow2Image.DEFAULT_L2_CACHE_BYTES, false),
@@ -1119,6 +1115,84 @@ class Qcow2ImageTest {
                 "read -P 0x32 " + ((32L << 30) - 65536) + " 64k",
                 "read -P 0x33 16G 4k",
                 "read -P 0 1G 64k");
+    }
+
+    /**
+     * The refcount table grows past what one new refcount block can describe. With 512-byte clusters a refcount
+     * block holds 64 refcounts at refcount_bits=64 (128 at 32), and a refcount table cluster names 64 blocks: the
+     * table reached 63 (127) clusters, 126 MiB (508 MiB) of file, when its growth had to place the new table and the
+     * block counting it in one block's range. qemu-img fills the image to 32 MiB short of that (convert: fast, where
+     * qemu-io writes 512-byte clusters at a few MiB/s; its table may reach further already). iovirt resizes it to
+     * 4 GiB, writes at 1 GiB until the file ends 1 MiB short of what the table covers, then resizes it to 32 GiB:
+     * the new 8 MiB L1 table crosses that end, so the refcount table grows while the L1 table's run is reserved, and
+     * its new table and blocks go past that run. Then 32 MiB more and the last 64 KiB. Before, the growth failed
+     * ("refcount table cannot grow ... too large for cluster size 512"); QEMU handles such images up to its 8 MiB
+     * refcount table (32 GiB of file). qemu-img check is clean (no leak, no corruption) and qemu-io reads back what
+     * was written, also after a reopen.
+     */
+    @ParameterizedTest
+    @ValueSource(ints = {64, 32})
+    void theRefcountTableGrowsPastWhatOneNewRefcountBlockCanDescribe(int refcountBits) throws Exception {
+        long perBlock = 512 * 8 / refcountBits;
+        long oldReach = (perBlock - 1) * 64 * perBlock * 512;
+        Path raw = dir.resolve("zero.raw");
+        try (RandomAccessFile f = new RandomAccessFile(raw.toFile(), "rw")) {
+            f.setLength(oldReach - 32 * MIB);
+        }
+        Path img = dir.resolve("wide.qcow2");
+        String opts = "cluster_size=512,refcount_bits=" + refcountBits;
+        ok("qemu-img", "convert", "-S", "0", "-f", "raw", "-O", "qcow2", "-o", opts, raw.toString(), img.toString());
+        Files.delete(raw);
+        int before = refTableClusters(img);
+        long reach = before * 64 * perBlock * 512;
+        long end = 32L << 30;
+        int chunks = 0;
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            q.resize(4L << 30);
+            for (; Files.size(img) < reach - MIB; chunks++) {
+                write(q, (1L << 30) + (long) chunks * MIB, fill(MIB, chunks % 250 + 1));
+            }
+            assertEquals(before, refTableClusters(img), "no growth yet");
+            q.resize(end);
+            for (int i = 0; i < 32; i++, chunks++) {
+                write(q, (1L << 30) + (long) chunks * MIB, fill(MIB, chunks % 250 + 1));
+            }
+            write(q, end - 65536, fill(65536, 0xfe));
+            q.flush();
+        }
+        assertTrue(Files.size(img) > oldReach, "the file outgrew the old reach: " + Files.size(img));
+        int after = refTableClusters(img);
+        assertTrue(
+                after > before && after >= perBlock, "the table grew past the old reach: " + before + " -> " + after);
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "r")) {
+            f.seek(40);
+            long l1 = f.readLong();
+            long refTable = f.readLong();
+            assertTrue(refTable > l1 + 8 * MIB, "the new refcount table " + refTable + " lies past the L1 table " + l1);
+        }
+        check(img, false);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            write(q, (2L << 30), fill(4 * MIB, 0xfd));
+        }
+        check(img, false);
+        List<String> reads = new ArrayList<>();
+        for (int i = 0; i < chunks; i += 7) {
+            reads.add("read -P " + (i % 250 + 1) + " " + ((1L << 30) + (long) i * MIB) + " 1M");
+        }
+        reads.add("read -P " + ((chunks - 1) % 250 + 1) + " " + ((1L << 30) + (chunks - 1L) * MIB) + " 1M");
+        reads.add("read -P 0xfe " + (end - 65536) + " 64k");
+        reads.add("read -P 0xfd 2G 4M");
+        reads.add("read -P 0 " + (oldReach - 33 * MIB) + " 1M");
+        reads.add("read -P 0 16G 64k");
+        qemuIoOk(img, "qcow2", reads.toArray(String[]::new));
+    }
+
+    /** The refcount table's size in clusters, as the header of {@code img} names it. */
+    private static int refTableClusters(Path img) throws IOException {
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "r")) {
+            f.seek(56);
+            return f.readInt();
+        }
     }
 
     @Test
