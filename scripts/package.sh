@@ -48,7 +48,13 @@ done
 export JAVA_HOME="$JDK"
 
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-(cd "$ROOT" && ./mvnw -B -q -DskipTests -Diovirt.commit="$COMMIT" -Diovirt.buildDirectory="$OUT" package) >&2
+# The same commit gives the same .deb, byte for byte: every time in it is the commit's (SOURCE_DATE_EPOCH, unless the
+# caller set one) — the jar's entries (Maven's outputTimestamp), the changelog's date, and every file's mtime and the
+# ar members' dates, which dpkg-deb clamps to SOURCE_DATE_EPOCH; otherwise each build stamps them with its own clock.
+SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)}"
+export SOURCE_DATE_EPOCH
+(cd "$ROOT" && ./mvnw -B -q -DskipTests -Diovirt.commit="$COMMIT" -Diovirt.buildDirectory="$OUT" \
+  -Dproject.build.outputTimestamp="$SOURCE_DATE_EPOCH" package) >&2
 VERSION="$(sed -n 's/^version=//p' "$OUT/classes/io/iovirt/cli/version.properties")"
 DEB_VERSION="${VERSION/-SNAPSHOT/~snapshot}+git$COMMIT"
 
@@ -99,15 +105,14 @@ done
 sed "s|@MAINTAINER@|$MAINTAINER|" "$ROOT/packaging/copyright" > "$TREE/usr/share/doc/iovirt/copyright"
 chmod 0644 "$TREE/usr/share/doc/iovirt/copyright"
 install -m 0644 "$ROOT/packaging/lintian-overrides" "$TREE/usr/share/lintian/overrides/iovirt"
-# A native package's changelog (no Debian revision in the version): one entry for this build, dated by its commit so
-# that the same commit gives the same file.
-COMMIT_DATE="$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)"
+# A native package's changelog (no Debian revision in the version): one entry for this build, dated by its commit
+# (SOURCE_DATE_EPOCH above) so that the same commit gives the same file.
 {
   echo "iovirt ($DEB_VERSION) unstable; urgency=medium"
   echo
   echo "  * Built by scripts/package.sh from commit $COMMIT."
   echo
-  echo " -- $MAINTAINER  $(LC_ALL=C date -u -R -d "@$COMMIT_DATE")"
+  echo " -- $MAINTAINER  $(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")"
 } | gzip -9n > "$TREE/usr/share/doc/iovirt/changelog.gz"
 chmod 0644 "$TREE/usr/share/doc/iovirt/changelog.gz"
 # The guides the units' Documentation= lines and the man pages point to.

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertSame;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+
+/** An export's close: the image is let go of after the server's stop, even when that stop throws. */
+class ImageReleaseTest {
+    private static final Path IMAGE = Path.of("/nonexistent/disk.raw");
+
+    @Test
+    void stopThatThrowsStillClosesTheImageAndItsExceptionReachesTheCaller() {
+        List<String> steps = new ArrayList<>();
+        IllegalStateException broken = new IllegalStateException("server close failed");
+        IllegalStateException thrown = assertThrows(
+                IllegalStateException.class,
+                () -> ImageRelease.afterStop(
+                        () -> {
+                            steps.add("stop");
+                            throw broken;
+                        },
+                        "blk t",
+                        IMAGE,
+                        "a request is",
+                        "reuse is refused",
+                        () -> true,
+                        timeout -> true,
+                        () -> steps.add("close")));
+        assertSame(broken, thrown);
+        assertEquals(List.of("stop", "close"), steps, "the image is closed after the stop, though the stop threw");
+    }
+
+    @Test
+    void stopThatThrowsWithRequestsStillInIoClosesTheImageOnlyOnceTheyEnd() throws Exception {
+        CountDownLatch requestsEnded = new CountDownLatch(1);
+        CountDownLatch closed = new CountDownLatch(1);
+        assertThrows(
+                IllegalStateException.class,
+                () -> ImageRelease.afterStop(
+                        () -> {
+                            throw new IllegalStateException("server close failed");
+                        },
+                        "nbd t",
+                        IMAGE,
+                        "requests are",
+                        "reuse is refused",
+                        () -> false,
+                        timeout -> requestsEnded.await(timeout.toMillis(), TimeUnit.MILLISECONDS),
+                        closed::countDown));
+        assertEquals(1, closed.getCount(), "the image is not closed under a request still in I/O");
+        requestsEnded.countDown();
+        assertTrue(closed.await(1, TimeUnit.MINUTES), "the image is closed once the last request has ended");
+    }
+}
