@@ -139,8 +139,16 @@ class BlkQueueWorkerTest {
     }
 
     private QueueWorker newWorker(DiskImage image, boolean async) throws Exception {
-        BlkQueueHandler handler = new BlkQueueHandler(
+        return newWorker(newHandler(image), async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null);
+    }
+
+    private BlkQueueHandler newHandler(DiskImage image) {
+        return new BlkQueueHandler(
                 image, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+    }
+
+    /** The queue's worker on this handler, and on this ring if not null. */
+    private QueueWorker newWorker(BlkQueueHandler handler, IoUring ring) throws Exception {
         return BlkDevice.newWorker(
                 "blk test q0",
                 queue,
@@ -149,7 +157,7 @@ class BlkQueueWorkerTest {
                 call,
                 null,
                 stats,
-                async ? IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)) : null,
+                ring,
                 0,
                 false, // sleeps at once: these tests count kicks and wake-ups
                 reason -> {},
@@ -185,24 +193,11 @@ class BlkQueueWorkerTest {
         setUpGuest(false, true);
         kick.close();
         kick = EventFd.adopt(io.iovirt.linux.FileIo.open(imagePath, io.iovirt.linux.FileIo.O_RDONLY));
-        BlkQueueHandler handler = new BlkQueueHandler(
-                image, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        BlkQueueHandler handler = newHandler(image);
         io.iovirt.testing.OpenFiles.Snapshot before = io.iovirt.testing.OpenFiles.snapshot();
         io.iovirt.linux.LinuxException e = assertThrows(
                 io.iovirt.linux.LinuxException.class,
-                () -> BlkDevice.newWorker(
-                        "blk test q0",
-                        queue,
-                        handler,
-                        kick,
-                        call,
-                        null,
-                        stats,
-                        IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)),
-                        0,
-                        false,
-                        reason -> {},
-                        LINES));
+                () -> newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE))));
         assertTrue(e.getMessage().contains("epoll"), e.getMessage());
         assertEquals(List.of(), before.openedSince(), "the ring and its eventfd are closed");
         handler.close();
@@ -519,8 +514,7 @@ class BlkQueueWorkerTest {
     void sqEntriesTheKernelHasNotTakenAreWorkNotASleep() throws Exception {
         setUpGuest(false, true);
         IoUring ring = IoUring.create(UringEngine.ringEntries(QUEUE_SIZE));
-        BlkQueueHandler handler = new BlkQueueHandler(
-                image, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
+        BlkQueueHandler handler = newHandler(image);
         UringEngine engine = new UringEngine(queue, handler, call, new RequestLog("blk test q0"), ring);
         worker = QueueWorker.builder("blk test q0").build(engine); // attached, not started: this thread asks
         try {
@@ -568,71 +562,16 @@ class BlkQueueWorkerTest {
         DiskImage lost = new ForwardingDiskImage(image) {
             @Override
             public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
-                io.iovirt.storage.ImageIo io = delegate.newContext(iov, bounce);
-                return new io.iovirt.storage.ImageIo() {
-                    @Override
-                    public void clear() {
-                        io.clear();
-                    }
-
-                    @Override
-                    public boolean add(MemorySegment memory, long offset, long length) {
-                        return io.add(memory, offset, length);
-                    }
-
-                    @Override
-                    public long bytes() {
-                        return io.bytes();
-                    }
-
-                    @Override
-                    public void read(long offset) throws IOException {
-                        io.read(offset);
-                    }
-
-                    @Override
-                    public void write(long offset) throws IOException {
-                        io.write(offset);
-                    }
-
-                    @Override
-                    public boolean submitRead(IoUring ring, long offset, long userData)
-                            throws io.iovirt.linux.LinuxException {
-                        return io.submitRead(ring, offset, userData);
-                    }
-
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
                     @Override
                     public boolean submitWrite(IoUring ring, long offset, long userData) {
                         return true; // "in the kernel", as far as the engine knows
                     }
-
-                    @Override
-                    public void completed(boolean write, long offset, int result) throws IOException {
-                        io.completed(write, offset, result);
-                    }
-
-                    @Override
-                    public void close() {
-                        io.close();
-                    }
                 };
             }
         };
-        BlkQueueHandler handler = new BlkQueueHandler(
-                lost, BlkLimits.defaults(), "worker-test".getBytes(StandardCharsets.US_ASCII), stats);
-        worker = BlkDevice.newWorker(
-                "blk test q0",
-                queue,
-                handler,
-                kick,
-                call,
-                null,
-                stats,
-                IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)),
-                0,
-                false,
-                reason -> {},
-                LINES);
+        BlkQueueHandler handler = newHandler(lost);
+        worker = newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)));
         write(0, 0, 4096);
         write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
         worker.start();

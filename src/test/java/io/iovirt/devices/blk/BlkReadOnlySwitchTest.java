@@ -27,7 +27,6 @@ import io.iovirt.vhostuser.VhostUserFrontend;
 import io.iovirt.vhostuser.VhostUserServer;
 import io.iovirt.virtio.VirtioFeatures;
 import java.io.IOException;
-import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -428,28 +427,7 @@ class BlkReadOnlySwitchTest {
 
         @Override
         public ImageIo newContext(int maxSegments, int bounceBytes) {
-            ImageIo io = delegate.newContext(maxSegments, bounceBytes);
-            return new ImageIo() {
-                @Override
-                public void clear() {
-                    io.clear();
-                }
-
-                @Override
-                public boolean add(MemorySegment memory, long offset, long length) {
-                    return io.add(memory, offset, length);
-                }
-
-                @Override
-                public long bytes() {
-                    return io.bytes();
-                }
-
-                @Override
-                public void read(long offset) throws IOException {
-                    io.read(offset);
-                }
-
+            return new ForwardingImageIo(delegate.newContext(maxSegments, bounceBytes)) {
                 @Override
                 public void write(long offset) throws IOException {
                     io.write(offset);
@@ -471,16 +449,6 @@ class BlkReadOnlySwitchTest {
                 @Override
                 public boolean submitWrite(IoUring ring, long offset, long userData) {
                     return false;
-                }
-
-                @Override
-                public void completed(boolean write, long offset, int result) throws IOException {
-                    io.completed(write, offset, result);
-                }
-
-                @Override
-                public void close() {
-                    io.close();
                 }
             };
         }

@@ -35,21 +35,8 @@ class Qcow2CrashTest {
         byte[] b = new byte[32 * MIB];
         new Random(11).nextBytes(b);
         Files.write(base, b);
-        Path img = dir.resolve("crash.qcow2");
-        ok(
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                "cluster_size=65536",
-                "-b",
-                "base.raw",
-                "-F",
-                "raw",
-                img.toString(),
-                "64M");
+        Path img = QemuTools.createQcow2(
+                dir, "crash.qcow2", "64M", "cluster_size=65536", "backing_file=base.raw", "backing_fmt=raw");
         Path sock = dir.resolve("c.sock");
         String uri = "nbd+unix:///?socket=" + sock;
         Random r = new Random(Long.getLong("iovirt.crash.seed", System.nanoTime()));

@@ -72,6 +72,35 @@ class Qcow2ImageTest {
         }
     }
 
+    /**
+     * Queues a read of the allocated cluster at 2 MiB into {@code buf} on {@code ring} (user data 1), then discards
+     * that cluster: its free waits for the read.
+     */
+    static void discardUnderARead(Qcow2Image q, Qcow2Image.Qcow2Io io, IoUring ring, MemorySegment buf)
+            throws IOException {
+        io.add(buf);
+        assertTrue(io.submitRead(ring, 2 * MIB, 1), "queued: a read of an allocated cluster");
+        q.discard(2 * MIB, 65536);
+    }
+
+    /**
+     * After {@link #discardUnderARead} on a writable image: the discarded cluster at {@code host} is not handed out
+     * while the read is in flight, and is the next allocation once the read completed and the image was handed over.
+     */
+    static void assertFreedOnlyOnceTheReadCompleted(Qcow2Image q, Qcow2Image.Qcow2Io io, IoUring ring, long host)
+            throws IOException {
+        write(q, 9 * MIB, fill(65536, 0x66));
+        assertTrue(
+                (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                "the discarded cluster was handed out while a read of it was in flight");
+        ring.submitAndWait(1);
+        assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
+        io.completed(false, 2 * MIB, 65536);
+        q.handOver(); // nothing in flight now: the discarded cluster is freed
+        write(q, 10 * MIB, fill(65536, 0x77));
+        assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+    }
+
     static byte[] fill(int len, int value) {
         byte[] b = new byte[len];
         java.util.Arrays.fill(b, (byte) value);
@@ -651,6 +680,23 @@ class Qcow2ImageTest {
         qemuIoOk(img, "qcow2", "read -P 0x44 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
     }
 
+    /** A 16 MiB image {@code name} whose first 4 MiB qemu-io wrote (0x33); io_uring is required. */
+    private Path writtenForUring(String name) throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create(name, "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        return img;
+    }
+
+    /** {@link #discardUnderARead} into a new buffer of {@code arena}: the host offset the cluster had. */
+    private static long discardUnderARead(Qcow2Image q, Qcow2Image.Qcow2Io io, IoUring ring, Arena arena)
+            throws IOException {
+        long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+        discardUnderARead(q, io, ring, arena.allocate(65536, 4096));
+        return host;
+    }
+
     /**
      * A switch to read-only with a read of a discarded cluster in flight leaves no leak: the discard's free, which
      * waits for the read, is applied at the switch (nothing allocates while read-only). Switched back to writable
@@ -660,33 +706,17 @@ class Qcow2ImageTest {
      */
     @Test
     void aSwitchToReadOnlyWithARequestInFlightLeavesNoLeak() throws Exception {
-        String why = IoUring.unavailableReason();
-        Require.that(why == null, why);
-        Path img = create("roflight.qcow2", "16M");
-        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        Path img = writtenForUring("roflight.qcow2");
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4);
                 Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
-            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            MemorySegment buf = arena.allocate(65536, 4096);
-            io.add(buf);
-            assertTrue(io.submitRead(ring, 2 * MIB, 1), "queued: a read of an allocated cluster");
-            q.discard(2 * MIB, 65536);
+            long host = discardUnderARead(q, io, ring, arena);
             q.setReadOnly(true);
             QemuTools.Result r = QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString());
             assertEquals(0, r.exit(), "qemu-img check of the image switched to read-only: " + r.output());
             q.setReadOnly(false); // the read is still in flight
-            write(q, 9 * MIB, fill(65536, 0x66));
-            assertTrue(
-                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
-                    "the discarded cluster was handed out while a read of it was in flight");
-            ring.submitAndWait(1);
-            assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
-            io.completed(false, 2 * MIB, 65536);
-            q.handOver(); // nothing in flight now: the discarded cluster is freed
-            write(q, 10 * MIB, fill(65536, 0x77));
-            assertEquals(host, q.l2Entry(10 * MIB) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+            assertFreedOnlyOnceTheReadCompleted(q, io, ring, host);
         }
         check(img, false);
         qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k", "read -P 0x77 10M 64k");
@@ -700,20 +730,13 @@ class Qcow2ImageTest {
      */
     @Test
     void aResizeThatRacedASwitchToReadOnlyIsRefused() throws Exception {
-        String why = IoUring.unavailableReason();
-        Require.that(why == null, why);
-        Path img = create("roresize.qcow2", "16M");
-        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        Path img = writtenForUring("roresize.qcow2");
         ExecutorService pool = Executors.newSingleThreadExecutor();
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4);
                 Qcow2Image.Qcow2Io io = q.newContext(8, 0)) {
-            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            MemorySegment buf = arena.allocate(65536, 4096);
-            io.add(buf);
-            assertTrue(io.submitRead(ring, 2 * MIB, 1), "queued: a read of an allocated cluster");
-            q.discard(2 * MIB, 65536);
+            long host = discardUnderARead(q, io, ring, arena);
             java.util.concurrent.locks.ReentrantLock lock = q.metadataLock();
             Future<Void> resize;
             lock.lock();

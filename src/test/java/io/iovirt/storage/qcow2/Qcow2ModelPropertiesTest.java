@@ -60,21 +60,13 @@ class Qcow2ModelPropertiesTest {
             Arrays.fill(model, SIZE / 2, SIZE, (byte) 0); // the backing file covers half the disk
             Path base = dir.resolve("base.raw");
             Files.write(base, Arrays.copyOf(model, SIZE / 2));
-            Path img = dir.resolve("p.qcow2");
-            QemuTools.ok(
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
+            Path img = QemuTools.createQcow2(
+                    dir,
+                    "p.qcow2",
+                    Integer.toString(SIZE),
                     "cluster_size=" + (1 << clusterBits),
-                    "-b",
-                    "base.raw",
-                    "-F",
-                    "raw",
-                    img.toString(),
-                    Integer.toString(SIZE));
+                    "backing_file=base.raw",
+                    "backing_fmt=raw");
             DiskImage q = Qcow2Image.open(img, false, 4L << clusterBits);
             try {
                 for (Op op : ops) {

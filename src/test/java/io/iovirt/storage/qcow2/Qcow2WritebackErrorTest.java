@@ -100,17 +100,8 @@ class Qcow2WritebackErrorTest {
         Require.that(
                 mount.exit() == 0, "mounting a tmpfs (root): " + mount.output().trim());
         try {
-            Path file = small.resolve("rofail.qcow2");
-            ok(
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    "refcount_bits=" + (atSecondFlush ? 1 : 16),
-                    file.toString(),
-                    "16M");
+            Path file =
+                    QemuTools.createQcow2(small, "rofail.qcow2", "16M", "refcount_bits=" + (atSecondFlush ? 1 : 16));
             qemuIoOk(file, "qcow2", "write -P 0x33 0 4M");
             long block;
             try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "r")) {
@@ -140,9 +131,7 @@ class Qcow2WritebackErrorTest {
                     assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
                     other.completed(false, mib, 65536);
                 }
-                io.add(buf);
-                assertTrue(io.submitRead(ring, 2 * mib, 1), "queued: a read of an allocated cluster");
-                q.discard(2 * mib, 65536);
+                Qcow2ImageTest.discardUnderARead(q, io, ring, buf);
                 try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "r")) {
                     f.seek(block);
                     f.readFully(saved);
@@ -161,16 +150,7 @@ class Qcow2WritebackErrorTest {
                 assertEquals(Errno.EROFS, e.errno());
                 q.setReadOnly(false); // the read is still in flight
                 assertFalse(q.readOnly());
-                Qcow2ImageTest.write(q, 9 * mib, Qcow2ImageTest.fill(65536, 0x66));
-                assertTrue(
-                        (q.l2Entry(9 * mib) & Qcow2Image.OFFSET_MASK) != host,
-                        "the discarded cluster was handed out while a read of it was in flight");
-                ring.submitAndWait(1);
-                assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
-                io.completed(false, 2 * mib, 65536);
-                q.handOver(); // nothing in flight now: the discarded cluster is freed
-                Qcow2ImageTest.write(q, 10 * mib, Qcow2ImageTest.fill(65536, 0x77));
-                assertEquals(host, q.l2Entry(10 * mib) & Qcow2Image.OFFSET_MASK, "and taken by the next allocation");
+                Qcow2ImageTest.assertFreedOnlyOnceTheReadCompleted(q, io, ring, host);
             }
             check(file, false);
             qemuIoOk(
