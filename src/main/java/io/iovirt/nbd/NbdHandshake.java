@@ -99,6 +99,9 @@ final class NbdHandshake {
                 skip(len);
                 if (connection.shuttingDown()) { // as below: the client is told why the session ends
                     optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                    if (!connection.shutdownAnswered()) {
+                        return null;
+                    }
                     continue;
                 }
                 optionReply(option, REP_ERR_TOO_BIG, "option data of " + len + " bytes is too large");
@@ -113,6 +116,9 @@ final class NbdHandshake {
                     return null;
                 }
                 optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                if (!connection.shutdownAnswered()) {
+                    return null; // the client goes on after being told: the session ends
+                }
                 continue;
             }
             switch (option) {

@@ -229,4 +229,80 @@ class NbdShutdownTest {
             }
         }
     }
+
+    /**
+     * A client that goes on sending requests after it was answered ESHUTDOWN (doc/proto.md: it MUST disconnect) is
+     * disconnected once the request in flight before the shutdown is answered, after {@link
+     * 256} ESHUTDOWN replies at most. Before, each request of the flood got its ESHUTDOWN
+     * reply for the whole shutdown grace (5 s; here 10 min), and close() waited for it.
+     */
+    @Test
+    void aClientThatGoesOnSendingAfterEshutdownIsDisconnected() throws Exception {
+        Path img = dir.resolve("f.raw");
+        Files.write(img, new byte[MIB]);
+        Thread closer = null;
+        Thread flood = null;
+        try (DiskImage real = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8)) {
+            GatedImage image = new GatedImage(real);
+            s.shutdownGrace(Duration.ofMinutes(10)); // the flood is not ended by the grace
+            s.addExport(new NbdExport("f", image, false));
+            try (RawClient c = RawClient.tcp(s.port())) {
+                c.go("f");
+                CountDownLatch held = image.hold();
+                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
+                closer = Thread.ofPlatform().start(s::close);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                flood = Thread.ofPlatform().start(() -> {
+                    try {
+                        while (true) {
+                            c.send(Nbd.CMD_READ, 0, 0, 4096, null);
+                        }
+                    } catch (java.io.IOException e) {
+                        // disconnected
+                    }
+                });
+                int refused = 0;
+                boolean flushed = false;
+                try {
+                    while (true) {
+                        ByteBuffer h = c.read(16); // simple replies: no READ of the flood is served (no data)
+                        assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
+                        int error = h.getInt();
+                        if (h.getLong() == flush) {
+                            assertEquals(0, error, "the flush in flight when the shutdown began is served");
+                            flushed = true;
+                            continue;
+                        }
+                        assertEquals(Nbd.ESHUTDOWN, error, "a request received after the shutdown began");
+                        refused++;
+                        assertTrue(
+                                refused <= NbdConnection.SHUTDOWN_ANSWERS,
+                                "the server went on answering a client that does not disconnect");
+                        if (refused == 8) {
+                            image.release(); // the request in flight ends while the flood goes on
+                        }
+                    }
+                } catch (java.io.IOException e) {
+                    // the end of the stream (EOF, or a reset once the server closed with the flood still coming)
+                }
+                assertTrue(flushed, "the flush in flight was answered before the disconnect");
+                assertTrue(refused >= 8, "requests of the flood were answered with ESHUTDOWN: " + refused);
+                flood.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(flood.isAlive(), "the flooding client was disconnected");
+                closer.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(closer.isAlive(), "close() returned");
+            } finally {
+                image.release();
+                s.close();
+                if (closer != null) {
+                    closer.join();
+                }
+                if (flood != null) {
+                    flood.join();
+                }
+            }
+        }
+    }
 }
