@@ -8,6 +8,8 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 
 /**
  * The daemon's configuration file (docs/api.md, "Configuration file"): a JSON object with {@code blk} (exports,
@@ -349,7 +351,9 @@ final class ConfigFile {
         List<String> changed = new ArrayList<>();
         List<String> failed = new ArrayList<>();
         Running now = Running.of(d);
-        // blk
+        // blk: the disks switched read-only or writable in place, each on its own thread (a switch waits up to
+        // BlkDevice's share limit for its disk's writes and write-back: N stuck disks would hold the reload N times)
+        List<Switch> inPlace = new ArrayList<>();
         for (BlkExport e : now.blks()) {
             BlkExport.Spec w = want.blks().get(e.spec.id());
             if (!e.fromConfig) {
@@ -367,13 +371,7 @@ final class ConfigFile {
                 }
                 if (w.withReadOnly(ro).equals(e.spec.withReadOnly(ro)) && (w.readOnly() || !e.spec.readOnly())) {
                     // only read-only differs, and the image was opened writable: switched in place
-                    run(failed, "blk " + w.id(), () -> {
-                        try {
-                            e.device.setReadOnly(w.readOnly());
-                        } catch (IOException ex) {
-                            throw new RpcException(RpcException.FAILED, ex.getMessage());
-                        }
-                    });
+                    inPlace.add(Switch.start(e, w.readOnly()));
                 } else {
                     // anything else, or writable for an image opened read-only: reopened (the frontend reconnects)
                     run(failed, "blk " + w.id(), () -> {
@@ -392,6 +390,9 @@ final class ConfigFile {
                     added.add("blk " + w.id());
                 }
             }
+        }
+        for (Switch sw : inPlace) {
+            sw.await(failed);
         }
         // nbd: a changed entry is replaced (its clients reconnect, as QEMU's NBD client does)
         for (NbdExportEntry e : now.nbds()) {
@@ -500,6 +501,58 @@ final class ConfigFile {
 
     interface Action {
         void run() throws RpcException;
+    }
+
+    /**
+     * A disk's switch to read-only or writable in place, under way on a thread of its own, so that the switches of
+     * one reload wait for their disks at the same time: the reload waits about as long as the slowest one (up to
+     * BlkDevice's share limit, 5 s, each), not the sum of them.
+     */
+    private record Switch(BlkExport export, boolean readOnly, CompletableFuture<String> outcome) {
+        static Switch start(BlkExport e, boolean readOnly) {
+            CompletableFuture<String> f = new CompletableFuture<>();
+            try {
+                Thread.ofPlatform()
+                        .name("reload blk " + e.spec.id() + (readOnly ? " read-only" : " writable"))
+                        .daemon()
+                        .start(() -> {
+                            try {
+                                f.complete(e.device.setReadOnly(readOnly));
+                            } catch (IOException | RuntimeException | Error ex) {
+                                f.completeExceptionally(ex);
+                            }
+                        });
+            } catch (RuntimeException | OutOfMemoryError ex) { // no thread: the disk is as it was
+                f.completeExceptionally(
+                        new IOException("cannot start the thread that switches the disk (nothing changed): " + ex, ex));
+            }
+            return new Switch(e, readOnly, f);
+        }
+
+        /** Waits for the switch's end; logs its outcome by the disk's name, a failure added to {@code failed}. */
+        void await(List<String> failed) {
+            String what = "blk " + export.spec.id();
+            String lockPending;
+            try {
+                lockPending = outcome.get();
+            } catch (ExecutionException ex) {
+                Throwable c = ex.getCause();
+                failed.add(what + ": " + c.getMessage());
+                LOG.log(
+                        System.Logger.Level.WARNING,
+                        what + ": not switched " + (readOnly ? "read-only" : "writable") + " by the reload: "
+                                + c.getMessage());
+                return;
+            } catch (InterruptedException ex) {
+                Thread.currentThread().interrupt();
+                failed.add(what + ": the reload was interrupted while the disk switched; blk.list shows its state");
+                return;
+            }
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    what + ": switched " + (readOnly ? "read-only" : "writable") + " by the reload"
+                            + (lockPending == null ? "" : "; " + lockPending));
+        }
     }
 
     /** Runs one entry's action; a failure is added to {@code failed} with its reason (the other entries go on). */

@@ -1188,6 +1188,66 @@ class DaemonApiTest {
     }
 
     /**
+     * A reload that switches several disks read-only in place switches them at the same time: each switch waits for
+     * its disk's write-back (here on FUSE: fuse2fs, stopped, never answers the fsync) up to BlkDevice's share limit
+     * (5 s), and the switches are waited for together, not one after another (N stuck disks held the reload N times
+     * 5 s). Seen on the threads: both disks' switches wait at once. Each disk's outcome is reported by its name.
+     */
+    @Test
+    @Tag("peer")
+    void aReloadSwitchesItsDisksAtTheSameTime() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path a = fs.file("a.raw", 1 << 20);
+            Path b = fs.file("b.raw", 1 << 20);
+            Path config = dir.resolve("daemon.json");
+            String entries = """
+                    {"blk": [{"id": "a", "image": "%s", "socket": "%s", "readonly": %s, "format": "raw"},
+                             {"id": "b", "image": "%s", "socket": "%s", "readonly": %s, "format": "raw"}]}
+                    """;
+            Files.writeString(
+                    config, entries.formatted(a, dir.resolve("a.sock"), false, b, dir.resolve("b.sock"), false));
+            assertEquals(
+                    List.of("blk a", "blk b"),
+                    ConfigFile.apply(daemon, ConfigFile.read(config, daemon)).added());
+            Files.writeString(
+                    config, entries.formatted(a, dir.resolve("a.sock"), true, b, dir.resolve("b.sock"), true));
+            ConfigFile.Desired want = ConfigFile.read(config, daemon);
+            fs.stop();
+            java.util.concurrent.Future<ConfigFile.Outcome> reload;
+            try {
+                reload = threads.submit(() -> ConfigFile.apply(daemon, want));
+                Await.until(Duration.ofSeconds(20), "both disks' switches to wait at the same time", () -> {
+                    int waiting = 0;
+                    for (StackTraceElement[] st : Thread.getAllStackTraces().values()) {
+                        for (StackTraceElement f : st) {
+                            if (f.getClassName().equals(io.iovirt.devices.blk.BlkDevice.class.getName())
+                                    && f.getMethodName().equals("switchReadOnly")) {
+                                waiting++;
+                                break;
+                            }
+                        }
+                    }
+                    return waiting == 2;
+                });
+            } finally {
+                fs.resume(); // the write-backs end
+            }
+            ConfigFile.Outcome o = reload.get(60, TimeUnit.SECONDS);
+            assertEquals(List.of(), o.failed());
+            assertEquals(List.of("blk a", "blk b"), o.changed());
+            for (String id : List.of("a", "b")) {
+                assertTrue(
+                        daemon.locked(() -> daemon.blksLocked().get(id)).image.readOnly(),
+                        "disk " + id + " switched read-only");
+                daemon.removeBlk(id, null); // its image, on the file system, is closed before it is unmounted
+            }
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
      * A reload that waits on an image (on a file system that does not answer, as above) holds up neither the API nor
      * /metrics.
      */
