@@ -305,4 +305,69 @@ class NbdShutdownTest {
             }
         }
     }
+
+    /**
+     * Writes received after the shutdown have their payload read (to answer them with ESHUTDOWN) up to {@link
+     * NbdConnection#SHUTDOWN_PAYLOAD} bytes in all: a write past that is answered without its payload being taken,
+     * and the connection ends once the request in flight before the shutdown is answered. Before, every such write's
+     * payload (up to 32 MiB each) was read for the whole shutdown grace.
+     */
+    @Test
+    void writesAfterTheShutdownHaveTheirPayloadReadUpToABudget() throws Exception {
+        Path img = dir.resolve("p.raw");
+        try (var f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength(NbdConnection.MAX_PAYLOAD);
+        }
+        Thread closer = null;
+        Thread writer = null;
+        try (DiskImage real = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8)) {
+            GatedImage image = new GatedImage(real);
+            s.shutdownGrace(Duration.ofMinutes(10));
+            s.addExport(new NbdExport("p", image, false));
+            try (RawClient c = RawClient.tcp(s.port())) {
+                c.go("p");
+                CountDownLatch held = image.hold();
+                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
+                closer = Thread.ofPlatform().start(s::close);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                byte[] data = new byte[NbdConnection.MAX_PAYLOAD];
+                long first = c.send(Nbd.CMD_WRITE, 0, 0, data.length, data); // within the budget: read, answered
+                Answer a = c.answer(false, 0);
+                assertEquals(first, a.cookie());
+                assertEquals(Nbd.ESHUTDOWN, a.error());
+                java.util.concurrent.CompletableFuture<Throwable> sent = new java.util.concurrent.CompletableFuture<>();
+                writer = Thread.ofPlatform().start(() -> {
+                    try {
+                        c.send(Nbd.CMD_WRITE, 0, 0, data.length, data); // past the budget
+                        sent.complete(null);
+                    } catch (java.io.IOException e) {
+                        sent.complete(e);
+                    }
+                });
+                Answer b = c.answer(false, 0);
+                assertEquals(Nbd.ESHUTDOWN, b.error(), "the write past the budget");
+                image.release();
+                Answer fl = c.answer(false, 0);
+                assertEquals(flush, fl.cookie());
+                assertEquals(0, fl.error(), "the flush in flight when the shutdown began is served");
+                assertTrue(c.closedByPeer(), "the connection ends");
+                assertTrue(
+                        sent.get(60, TimeUnit.SECONDS) instanceof java.io.IOException,
+                        "the payload past the budget was not taken: its sending fails at the close");
+                closer.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(closer.isAlive(), "close() returned");
+            } finally {
+                image.release();
+                s.close();
+                if (closer != null) {
+                    closer.join();
+                }
+                if (writer != null) {
+                    writer.join();
+                }
+            }
+        }
+    }
 }
