@@ -452,9 +452,19 @@ final class Refcounts {
             throw new IOException("qcow2 image " + path + " is damaged: no refcount block covers metadata cluster "
                     + cluster + "; the write was refused (repair it with 'qemu-img check -r all " + path + "')");
         }
-        img.makeRoom(refCache);
         MemorySegment data = MetaCache.allocate(clusterSize);
         setRef(data, 0, 1);
+        installRefBlock(bi, data, cluster);
+    }
+
+    /**
+     * Puts the new refcount block {@code data} (its own refcount set already, or held by the block that describes
+     * it) on {@code cluster} as block {@code bi}: written and synced before the refcount table points at it (rule 4),
+     * then the table's entry written and synced, and the block cached.
+     */
+    private void installRefBlock(long bi, MemorySegment data, long cluster) throws IOException {
+        long off = cluster << clusterBits;
+        img.makeRoom(refCache);
         img.writeMeta(data, 0, clusterSize, off);
         img.sync();
         refTable[(int) bi] = off;
@@ -478,7 +488,6 @@ final class Refcounts {
             q++;
         }
         reservedHi = q + 1; // a block the one describing q needs goes past q too
-        long off = q << clusterBits;
         MemorySegment data = MetaCache.allocate(clusterSize);
         if (q / refBlockEntries == bi) {
             setRef(data, q % refBlockEntries, 1);
@@ -490,15 +499,7 @@ final class Refcounts {
             img.writeMeta(b.data, 0, clusterSize, b.offset);
             b.clean(); // what else it held is safe early: increments leak at worst, decrements are due already
         }
-        img.makeRoom(refCache);
-        img.writeMeta(data, 0, clusterSize, off);
-        img.sync(); // the block (and the one counting it) before the table points at it
-        refTable[(int) bi] = off;
-        img.writeMeta64(refTableOffset + bi * 8, off);
-        img.sync();
-        refCache.put(off, data);
-        img.addMetadataCluster(off);
-        allocEnd = Math.max(allocEnd, q + 1);
+        installRefBlock(bi, data, q); // its sync: the one counting it too, before the table points at it
     }
 
     /**
