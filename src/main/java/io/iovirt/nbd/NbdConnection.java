@@ -248,16 +248,25 @@ final class NbdConnection implements Runnable {
     static final int SHUTDOWN_ANSWERS = 256;
 
     /**
-     * Write payload bytes received after the shutdown began that the reader reads (to answer their write with
-     * ESHUTDOWN) at most: a write past that is answered without its payload, and the connection ends there.
+     * Write payload bytes (and handshake option data read past) received after the shutdown began that the reader
+     * reads (to answer their message with the shutdown error) at most: a message past that is answered without its
+     * data being read, and the connection ends there.
      */
     static final long SHUTDOWN_PAYLOAD = MAX_PAYLOAD;
 
     /** Messages answered with the shutdown error so far (this connection's thread only). */
     private int shutdownAnswers;
 
-    /** Write payload bytes read after the shutdown began (this connection's thread only). */
+    /** Write payload and option data bytes received after the shutdown began (this connection's thread only). */
     private long shutdownPayload;
+
+    /**
+     * Counts {@code bytes} of a message's data received after the shutdown began: false once that makes more than
+     * {@link #SHUTDOWN_PAYLOAD} (they are not to be read: the message is answered, and the connection ends).
+     */
+    boolean shutdownPayload(long bytes) {
+        return (shutdownPayload += bytes) <= SHUTDOWN_PAYLOAD;
+    }
 
     /**
      * Counts one message answered with the shutdown error: false once {@link #SHUTDOWN_ANSWERS} have been (the
@@ -563,7 +572,7 @@ final class NbdConnection implements Runnable {
                         throw new ProtocolViolation(
                                 "write payload of " + length + " bytes exceeds the advertised maximum");
                     }
-                    if (shuttingDown && (shutdownPayload += length) > SHUTDOWN_PAYLOAD) {
+                    if (shuttingDown && !shutdownPayload(length)) {
                         // a client that goes on sending writes after the shutdown: not read any further (what
                         // follows is dropped at the close), answered, and disconnected
                         done(slot, ESHUTDOWN, SHUTTING_DOWN);

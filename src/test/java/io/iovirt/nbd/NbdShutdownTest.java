@@ -174,6 +174,79 @@ class NbdShutdownTest {
     }
 
     /**
+     * Option data read past after the shutdown began counts against {@link NbdConnection#SHUTDOWN_PAYLOAD} as write
+     * payload does: a client that goes on sending large options (16 MiB each, read past and refused) is answered
+     * without its option being read once that is spent, and the session ends. Before, each got its
+     * NBD_REP_ERR_SHUTDOWN after 16 MiB read, 256 times (4 GiB), for as long as the shutdown's grace.
+     */
+    @Test
+    void largeOptionsAfterTheShutdownAreReadUpToTheBudget() throws Exception {
+        Path img = dir.resolve("l.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("l.sock");
+        int len = NbdHandshake.MAX_OPTION + 1;
+        int big = 16 << 20; // the most an option's data is read past
+        int options = 8;
+        Thread writer = null;
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 8);
+                RawClient c = RawClient.unix(sock)) {
+            s.addExport(new NbdExport("l", image, false));
+            c.raw(ByteBuffer.allocate(16 + 100)
+                    .putLong(Nbd.IHAVEOPT)
+                    .putInt(Nbd.OPT_GO)
+                    .putInt(len)
+                    .put(new byte[100])
+                    .flip());
+            Thread closer = Thread.ofPlatform().start(s::close);
+            try {
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                // each option's data goes with the next one's header, so that the next option waits in the socket
+                // whenever one is answered (the session would end there otherwise)
+                writer = Thread.ofPlatform().start(() -> {
+                    try {
+                        ByteBuffer next = ByteBuffer.allocate(16)
+                                .putLong(Nbd.IHAVEOPT)
+                                .putInt(Nbd.OPT_GO)
+                                .putInt(big)
+                                .flip();
+                        c.raw(ByteBuffer.allocate(len - 100 + 16)
+                                .position(len - 100)
+                                .put(next.duplicate())
+                                .flip());
+                        ByteBuffer data = ByteBuffer.allocate(big + 16)
+                                .position(big)
+                                .put(next)
+                                .flip();
+                        for (int i = 0; i < options; i++) {
+                            c.raw(data.clear().limit(i < options - 1 ? big + 16 : big));
+                        }
+                    } catch (java.io.IOException e) {
+                        // the server ended the session
+                    }
+                });
+                int answered = 0;
+                try {
+                    while (true) {
+                        assertEquals(Nbd.REP_ERR_SHUTDOWN, c.optionReply().type());
+                        answered++;
+                    }
+                } catch (java.io.IOException e) {
+                    // the end of the session
+                }
+                // the first (under way when the shutdown began), those of 16 MiB the budget covers, and the one
+                // past it answered unread
+                assertEquals(2 + (int) (NbdConnection.SHUTDOWN_PAYLOAD / big), answered, "options answered");
+            } finally {
+                if (writer != null) {
+                    writer.join();
+                }
+                closer.join();
+            }
+        }
+    }
+
+    /**
      * A request the client sent while the connection's thread was busy (here: writing a reply the client had not read
      * yet) waits in the socket; when the shutdown finds nothing in flight it is still answered, with ESHUTDOWN, before
      * the connection closes. Before, the connection was closed with it unread: a request sent before the shutdown
