@@ -8,6 +8,10 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 
 /**
  * The daemon's configuration file (docs/api.md, "Configuration file"): a JSON object with {@code blk} (exports,
@@ -349,7 +353,9 @@ final class ConfigFile {
         List<String> changed = new ArrayList<>();
         List<String> failed = new ArrayList<>();
         Running now = Running.of(d);
-        // blk
+        // blk: the disks switched read-only or writable in place, each on its own thread (a switch waits up to
+        // BlkDevice's share limit for its disk's writes and write-back: N stuck disks would hold the reload N times)
+        List<Switch> inPlace = new ArrayList<>();
         for (BlkExport e : now.blks()) {
             BlkExport.Spec w = want.blks().get(e.spec.id());
             if (!e.fromConfig) {
@@ -367,13 +373,7 @@ final class ConfigFile {
                 }
                 if (w.withReadOnly(ro).equals(e.spec.withReadOnly(ro)) && (w.readOnly() || !e.spec.readOnly())) {
                     // only read-only differs, and the image was opened writable: switched in place
-                    run(failed, "blk " + w.id(), () -> {
-                        try {
-                            e.device.setReadOnly(w.readOnly());
-                        } catch (IOException ex) {
-                            throw new RpcException(RpcException.FAILED, ex.getMessage());
-                        }
-                    });
+                    inPlace.add(Switch.start(e, w.readOnly()));
                 } else {
                     // anything else, or writable for an image opened read-only: reopened (the frontend reconnects)
                     run(failed, "blk " + w.id(), () -> {
@@ -392,6 +392,10 @@ final class ConfigFile {
                     added.add("blk " + w.id());
                 }
             }
+        }
+        long switchDeadline = System.nanoTime() + SWITCH_WAIT.toNanos();
+        for (Switch sw : inPlace) {
+            sw.await(failed, switchDeadline);
         }
         // nbd: a changed entry is replaced (its clients reconnect, as QEMU's NBD client does)
         for (NbdExportEntry e : now.nbds()) {
@@ -500,6 +504,98 @@ final class ConfigFile {
 
     interface Action {
         void run() throws RpcException;
+    }
+
+    /**
+     * How long a reload waits for its disks' switches in place, all together: BlkDevice's share limit (5 s) and some.
+     * A switch can take longer than that limit: one to writable waits for an earlier switch's write-back still under
+     * way (a file system that does not answer), a qcow2 image's switch to read-only for its tables' write-back. The
+     * reload waited for such a switch for as long as it took, if ever: a SIGHUP reload, applied by the thread that
+     * also takes SIGTERM, left the daemon deaf to SIGTERM.
+     */
+    static final java.time.Duration SWITCH_WAIT = java.time.Duration.ofSeconds(10);
+
+    /**
+     * The switches still under way that a reload stopped waiting for, by disk: a later reload starts no second one
+     * for the same disk (its thread would only queue behind the first, one more per reload).
+     */
+    private static final Map<BlkExport, CompletableFuture<String>> LATE_SWITCHES =
+            new java.util.concurrent.ConcurrentHashMap<>();
+
+    /**
+     * A disk's switch to read-only or writable in place, under way on a thread of its own, so that the switches of
+     * one reload wait for their disks at the same time: the reload waits about as long as the slowest one (up to
+     * BlkDevice's share limit, 5 s, each), not the sum of them, and {@link #SWITCH_WAIT} at most.
+     */
+    private record Switch(BlkExport export, boolean readOnly, CompletableFuture<String> outcome) {
+        static Switch start(BlkExport e, boolean readOnly) {
+            CompletableFuture<String> f = new CompletableFuture<>();
+            if (LATE_SWITCHES.containsKey(e)) {
+                f.completeExceptionally(new IOException("a switch an earlier reload asked for is still under way"
+                        + " (its image's file system does not answer?): not switched again; reload once it has"
+                        + " ended (logged), and see blk.list"));
+                return new Switch(e, readOnly, f);
+            }
+            try {
+                Thread.ofPlatform()
+                        .name("reload blk " + e.spec.id() + (readOnly ? " read-only" : " writable"))
+                        .daemon()
+                        .start(() -> {
+                            try {
+                                f.complete(e.device.setReadOnly(readOnly));
+                            } catch (IOException | RuntimeException | Error ex) {
+                                f.completeExceptionally(ex);
+                            }
+                        });
+            } catch (RuntimeException | OutOfMemoryError ex) { // no thread: the disk is as it was
+                f.completeExceptionally(
+                        new IOException("cannot start the thread that switches the disk (nothing changed): " + ex, ex));
+            }
+            return new Switch(e, readOnly, f);
+        }
+
+        /**
+         * Waits for the switch's end, until {@code deadline} (System.nanoTime) at most; logs its outcome by the disk's
+         * name, a failure added to {@code failed}. One still under way then is reported as failed, and goes on: its
+         * outcome is logged when it ends.
+         */
+        void await(List<String> failed, long deadline) {
+            String what = "blk " + export.spec.id();
+            String lockPending;
+            try {
+                lockPending = outcome.get(Math.max(0, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
+            } catch (TimeoutException ex) {
+                String to = readOnly ? "read-only" : "writable";
+                failed.add(what + ": still switching " + to + " after " + SWITCH_WAIT.toSeconds() + " s (its image's"
+                        + " file system does not answer?); it goes on, and a log line tells its end; see blk.list");
+                LATE_SWITCHES.put(export, outcome);
+                outcome.whenComplete((r, err) -> {
+                    LATE_SWITCHES.remove(export, outcome);
+                    LOG.log(
+                            err == null ? System.Logger.Level.INFO : System.Logger.Level.WARNING,
+                            what + ": " + (err == null ? "switched " : "not switched ") + to + " by an earlier"
+                                    + " reload, which stopped waiting for it"
+                                    + (err != null ? ": " + err.getMessage() : r == null ? "" : "; " + r));
+                });
+                return;
+            } catch (ExecutionException ex) {
+                Throwable c = ex.getCause();
+                failed.add(what + ": " + c.getMessage());
+                LOG.log(
+                        System.Logger.Level.WARNING,
+                        what + ": not switched " + (readOnly ? "read-only" : "writable") + " by the reload: "
+                                + c.getMessage());
+                return;
+            } catch (InterruptedException ex) {
+                Thread.currentThread().interrupt();
+                failed.add(what + ": the reload was interrupted while the disk switched; blk.list shows its state");
+                return;
+            }
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    what + ": switched " + (readOnly ? "read-only" : "writable") + " by the reload"
+                            + (lockPending == null ? "" : "; " + lockPending));
+        }
     }
 
     /** Runs one entry's action; a failure is added to {@code failed} with its reason (the other entries go on). */

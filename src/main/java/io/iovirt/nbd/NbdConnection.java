@@ -238,6 +238,52 @@ final class NbdConnection implements Runnable {
     }
 
     /**
+     * Messages (requests, options) received after the shutdown began that a connection answers with the shutdown
+     * error at most; the next one ends it. doc/proto.md: a client told ESHUTDOWN (NBD_REP_ERR_SHUTDOWN) MUST
+     * disconnect, and either side MAY hard-disconnect a peer that breaks a MUST. What a client sent before it could
+     * read the first such reply is answered — QEMU's client keeps 16 requests in flight, the kernel's up to its queue
+     * depth of 128 — but one that goes on sending is not answered for the whole {@link NbdServer#SHUTDOWN_GRACE}:
+     * its connection ends as soon as the requests in flight before the shutdown are answered.
+     */
+    static final int SHUTDOWN_ANSWERS = 256;
+
+    /**
+     * Write payload bytes (and handshake option data read past) received after the shutdown began that the reader
+     * reads (to answer their message with the shutdown error) at most: a message past that is answered without its
+     * data being read, and the connection ends there.
+     */
+    static final long SHUTDOWN_PAYLOAD = MAX_PAYLOAD;
+
+    /** Messages answered with the shutdown error so far (this connection's thread only). */
+    private int shutdownAnswers;
+
+    /** Write payload and option data bytes received after the shutdown began (this connection's thread only). */
+    private long shutdownPayload;
+
+    /**
+     * Counts {@code bytes} of a message's data received after the shutdown began: false once that makes more than
+     * {@link #SHUTDOWN_PAYLOAD} (they are not to be read: the message is answered, and the connection ends).
+     */
+    boolean shutdownPayload(long bytes) {
+        return (shutdownPayload += bytes) <= SHUTDOWN_PAYLOAD;
+    }
+
+    /**
+     * Counts one message answered with the shutdown error: false once {@link #SHUTDOWN_ANSWERS} have been (the
+     * client goes on sending after being told to disconnect: the connection is to end now).
+     */
+    boolean shutdownAnswered() {
+        if (++shutdownAnswers < SHUTDOWN_ANSWERS) {
+            return true;
+        }
+        event(
+                System.Logger.Level.INFO,
+                "the client went on sending after " + SHUTDOWN_ANSWERS + " replies telling it the server is shutting"
+                        + " down (it must disconnect): disconnecting");
+        return false;
+    }
+
+    /**
      * Ends the connection if the server is shutting down, this connection's thread waits for the client, no
      * request is in flight and nothing the client sent waits unread. Each of the three (the shutdown, the thread's
      * wait, the last reply) calls this after its own volatile write, so whichever comes last sees the other two and
@@ -526,6 +572,16 @@ final class NbdConnection implements Runnable {
                         throw new ProtocolViolation(
                                 "write payload of " + length + " bytes exceeds the advertised maximum");
                     }
+                    if (shuttingDown && !shutdownPayload(length)) {
+                        // a client that goes on sending writes after the shutdown: not read any further (what
+                        // follows is dropped at the close), answered, and disconnected
+                        done(slot, ESHUTDOWN, SHUTTING_DOWN);
+                        shutdownAnswered();
+                        handedOver = true;
+                        free(slot);
+                        drain(TimeUnit.SECONDS.toNanos(60)); // the requests in flight are answered, then it ends
+                        return;
+                    }
                     ByteBuffer buf = slot.payload((int) length, largeBudget);
                     if (!readPayload(buf)) {
                         // The shutdown stopped the input between this write's header and its payload: received
@@ -540,6 +596,12 @@ final class NbdConnection implements Runnable {
                     // Received after the shutdown began: not served (doc/proto.md: such requests SHOULD get
                     // ESHUTDOWN, upon which the client MUST disconnect). Its slot is freed below.
                     done(slot, ESHUTDOWN, SHUTTING_DOWN);
+                    if (!shutdownAnswered()) {
+                        handedOver = true;
+                        free(slot);
+                        drain(TimeUnit.SECONDS.toNanos(60)); // the requests in flight are answered, then it ends
+                        return;
+                    }
                     continue;
                 }
                 if (servedByReader(type, flags) && freeSlots.get() == (ALL_SLOTS & ~(1 << slot.index))) {

@@ -96,9 +96,19 @@ final class NbdHandshake {
                 if (len > MAX_SKIPPED) {
                     throw new ProtocolViolation("option " + option + " with " + len + " bytes of data");
                 }
+                if (connection.shuttingDown() && !connection.shutdownPayload(len)) {
+                    // a client that goes on sending large options after the shutdown: not read past (the rest is
+                    // dropped at the close), answered, and the session ends
+                    optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                    connection.shutdownAnswered();
+                    return null;
+                }
                 skip(len);
                 if (connection.shuttingDown()) { // as below: the client is told why the session ends
                     optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                    if (!connection.shutdownAnswered()) {
+                        return null;
+                    }
                     continue;
                 }
                 optionReply(option, REP_ERR_TOO_BIG, "option data of " + len + " bytes is too large");
@@ -113,6 +123,9 @@ final class NbdHandshake {
                     return null;
                 }
                 optionReply(option, REP_ERR_SHUTDOWN, "the NBD server is shutting down; reconnect later");
+                if (!connection.shutdownAnswered()) {
+                    return null; // the client goes on after being told: the session ends
+                }
                 continue;
             }
             switch (option) {

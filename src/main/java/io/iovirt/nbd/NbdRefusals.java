@@ -26,10 +26,18 @@ import java.util.concurrent.TimeUnit;
  * ({@code NBD_OPT_ABORT}, or it closes); then the connection is closed. {@code NBD_OPT_EXPORT_NAME} has no error
  * reply: that client is only closed.
  *
+ * <p>Every refusal ends in an orderly close: the server ends its side of the stream (SHUT_WR: the client reads the
+ * replies, then the end of the stream) and reads and drops what the client still sends, until the client closes or
+ * for at most {@link #LINGER_MILLIS} and {@link #DISCARD_MAX} bytes, before it closes the socket. A TCP socket
+ * closed with bytes of its peer unread sends a reset instead of the end of the stream, and drops what it had not
+ * sent yet: a client whose handshake data (an EXPORT_NAME's name, an option the refusal did not read) was still
+ * unread saw ECONNRESET — maybe before the refusal's error — instead of the error and a clean end.
+ *
  * <p>What a refusal costs is bounded whatever the clients do: no thread, its descriptor for at most
- * {@link #WAIT_MILLIS} and {@link #MAX_OPTIONS} options, and at most {@link #MAX_PENDING} refusals at once per
- * server; past that, connections are closed at once, unanswered, so a flood of connections costs the server only
- * the accepts.
+ * {@link #WAIT_MILLIS} and {@link #MAX_OPTIONS} options, then {@link #LINGER_MILLIS} and {@link #DISCARD_MAX} bytes,
+ * and at most {@link #MAX_PENDING} refusals at once per server; past that, connections are closed at once,
+ * unanswered — after a SHUT_WR and one non-blocking read of what they already sent, {@link #DISCARD_MAX} bytes at
+ * most — so a flood of connections costs the server only the accepts and a few system calls each.
  */
 final class NbdRefusals {
     private static final System.Logger LOG = System.getLogger(NbdRefusals.class.getName());
@@ -42,6 +50,15 @@ final class NbdRefusals {
     static final long WAIT_MILLIS = 2000;
     /** Options a refusal answers before it closes the connection (a client asks a handful at most). */
     static final int MAX_OPTIONS = 8;
+    /**
+     * How long a refusal that ended its side of the stream waits for the client's end at most, reading and dropping
+     * what it sends: a client reads the error, or the end of the stream, and closes within a round trip.
+     */
+    static final long LINGER_MILLIS = 500;
+
+    /** Bytes of a refused client dropped at most before the close (a client sends a few options: some bytes). */
+    static final int DISCARD_MAX = 64 << 10;
+
     /** Polls of a refusal start this soon and back off, doubling, to {@link #MAX_POLL_MILLIS}. */
     private static final long FIRST_POLL_MILLIS = 1;
 
@@ -54,6 +71,9 @@ final class NbdRefusals {
 
         /** Writes all of {@code src} without waiting, or throws (a refusal's few bytes fit an idle socket's buffer). */
         void write(ByteBuffer src) throws IOException;
+
+        /** Ends the stream towards the client (SHUT_WR): it reads what was sent, then the end. */
+        void endOutput() throws IOException;
 
         void close();
 
@@ -86,6 +106,11 @@ final class NbdRefusals {
                 }
 
                 @Override
+                public void endOutput() throws IOException {
+                    s.shutdown(UnixSocket.SHUT_WR);
+                }
+
+                @Override
                 public void close() {
                     s.close();
                 }
@@ -98,6 +123,9 @@ final class NbdRefusals {
     private final ScheduledExecutorService timer;
     /** The timer thread's scratch for every refusal's I/O (direct: a UNIX socket reads into native memory). */
     private final ByteBuffer scratch = ByteBuffer.allocateDirect(4096);
+
+    /** The accept thread's, for what a connection closed unanswered already sent ({@link #refuse}). */
+    private final ByteBuffer acceptScratch = ByteBuffer.allocateDirect(4096);
 
     private final byte[] message;
     private final Set<Refusal> pending = new HashSet<>();
@@ -129,7 +157,7 @@ final class NbdRefusals {
             }
             if (closed || pending.size() >= MAX_PENDING) {
                 unanswered++;
-                peer.close();
+                closeNow(peer, acceptScratch);
                 return;
             }
             pending.add(r);
@@ -152,6 +180,40 @@ final class NbdRefusals {
         for (Refusal r : all) {
             r.finish();
         }
+    }
+
+    /**
+     * Closes a refused connection without waiting for its client, as orderly as that allows: the end of the stream
+     * first, and what the client already sent dropped ({@link #DISCARD_MAX} bytes at most, without waiting), so the
+     * close is not a reset for a client that sent its handshake without waiting for the greeting.
+     */
+    private static void closeNow(Peer peer, ByteBuffer scratch) {
+        try {
+            peer.endOutput();
+            discard(peer, scratch, DISCARD_MAX);
+        } catch (IOException | RuntimeException e) {
+            // gone: closed below
+        }
+        peer.close();
+    }
+
+    /**
+     * Reads and drops what the client sent, without waiting, {@code max} bytes at most: the bytes dropped, or -1 at
+     * the end of the client's stream.
+     */
+    private static long discard(Peer peer, ByteBuffer scratch, long max) throws IOException {
+        long total = 0;
+        while (total < max) {
+            int n = peer.read(scratch.clear().limit((int) Math.min(scratch.capacity(), max - total)));
+            if (n < 0) {
+                return -1;
+            }
+            if (n == 0) {
+                break;
+            }
+            total += n;
+        }
+        return total;
     }
 
     private void poll(Refusal r, long delayMillis) {
@@ -185,7 +247,7 @@ final class NbdRefusals {
     /** One refused connection: its progress through the handshake, touched by the timer thread only. */
     private final class Refusal {
         private final Peer peer;
-        private final long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(WAIT_MILLIS);
+        private long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(WAIT_MILLIS);
         /** The client's flags (4 bytes) and its current option's header (16 bytes), as far as they came. */
         private final byte[] head = new byte[20];
 
@@ -200,6 +262,12 @@ final class NbdRefusals {
         private boolean done;
         private boolean closed;
 
+        /** Set once the refusal has ended its side of the stream: it drops what the client sends until its end. */
+        private boolean ending;
+
+        /** Bytes dropped since {@link #ending}. */
+        private long discarded;
+
         Refusal(Peer peer) {
             this.peer = peer;
         }
@@ -212,16 +280,20 @@ final class NbdRefusals {
                     return;
                 }
                 try {
-                    progress = advance();
+                    progress = ending ? linger() : advance();
+                    if (!done && !ending && System.nanoTime() - deadline > 0) {
+                        end(); // no option in time: not answered, but closed in order
+                        progress = linger();
+                    }
                 } catch (IOException | RuntimeException e) {
                     progress = false;
-                    done = true; // the client went, or sent what no NBD client sends
+                    done = true; // the client went (a reset), or the socket failed: closed now
                 }
             }
             if (done) {
                 finish();
-            } else if (System.nanoTime() - deadline > 0) {
-                finish(); // no option in time: closed unanswered
+            } else if (ending && System.nanoTime() - deadline > 0) {
+                finish(); // the client neither closed nor stopped sending in time
             } else {
                 poll(this, progress ? FIRST_POLL_MILLIS : Math.min(MAX_POLL_MILLIS, Math.max(1, lastDelay * 2)));
             }
@@ -255,9 +327,10 @@ final class NbdRefusals {
                         || length > NbdHandshake.MAX_OPTION
                         || option == OPT_EXPORT_NAME
                         || option == OPT_ABORT) {
-                    // no error reply can reach this client (or it asked for none): closing is the answer
-                    done = true;
-                    return progress;
+                    // no error reply can reach this client (or it asked for none): closing is the answer — in
+                    // order, its option's data (an EXPORT_NAME's name) read and dropped rather than reset
+                    end();
+                    return linger() || progress;
                 }
                 if (skip < 0) {
                     skip = length;
@@ -280,13 +353,41 @@ final class NbdRefusals {
                 // STRUCTURED_REPLY to GO, and reports the limit only when GO is refused. So every option gets
                 // the answer, up to a few, until the client gives up (ABORT, or it closes).
                 if (++answered == MAX_OPTIONS) {
-                    done = true;
+                    end();
+                    linger();
                     return true;
                 }
                 got = 4; // the client's flags stay
                 skip = -1;
                 progress = true;
             }
+        }
+
+        /**
+         * Ends the server's side of the stream (the client reads what was sent, then the end) and starts dropping what
+         * the client sends, for {@link #LINGER_MILLIS} at most.
+         */
+        private void end() throws IOException {
+            ending = true;
+            deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(LINGER_MILLIS);
+            peer.endOutput();
+        }
+
+        /**
+         * Drops what the client sent: whether bytes moved; sets {@link #done} at the client's end of the stream, or
+         * once {@link #DISCARD_MAX} bytes were dropped (a client that goes on sending is closed on, reset or not).
+         */
+        private boolean linger() throws IOException {
+            long n = discard(peer, scratch, DISCARD_MAX - discarded);
+            if (n < 0) {
+                done = true;
+                return false;
+            }
+            discarded += n;
+            if (discarded >= DISCARD_MAX) {
+                done = true;
+            }
+            return n > 0;
         }
 
         /** Closes the connection (once) and gives its place back. */

@@ -397,7 +397,9 @@ public final class NbdServer implements AutoCloseable {
      * Stops accepting and ends every connection as doc/proto.md asks of a server shutting down: requests in flight
      * are served and answered, requests (and handshake options) received from now on are answered with
      * NBD_ESHUTDOWN (NBD_REP_ERR_SHUTDOWN), upon which the client must disconnect, and each connection is closed as
-     * soon as none of its requests is in flight — at once for an idle one ({@link NbdConnection#shutdown}). After
+     * soon as none of its requests is in flight — at once for an idle one ({@link NbdConnection#shutdown}); a client
+     * that goes on sending after being told is answered {@link NbdConnection#SHUTDOWN_ANSWERS} times at most, then
+     * disconnected once its requests in flight are answered. After
      * {@link #SHUTDOWN_GRACE} the connections still busy (a request stuck in image I/O, a client slow to send a
      * write's payload) are disconnected, and their end awaited for as long again: 10 s at most in all. A request
      * stuck in image I/O can outlast that: close the images only once {@link #quiescent}.

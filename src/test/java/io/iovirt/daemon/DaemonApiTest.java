@@ -1245,6 +1245,124 @@ class DaemonApiTest {
     }
 
     /**
+     * A reload that switches several disks read-only in place switches them at the same time: each switch waits for
+     * its disk's write-back (here on FUSE: fuse2fs, stopped, never answers the fsync) up to BlkDevice's share limit
+     * (5 s), and the switches are waited for together, not one after another (N stuck disks held the reload N times
+     * 5 s). Seen on the threads: both disks' switches wait at once. Each disk's outcome is reported by its name.
+     */
+    @Test
+    @Tag("peer")
+    void aReloadSwitchesItsDisksAtTheSameTime() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path a = fs.file("a.raw", 1 << 20);
+            Path b = fs.file("b.raw", 1 << 20);
+            Path config = dir.resolve("daemon.json");
+            String entries = """
+                    {"blk": [{"id": "a", "image": "%s", "socket": "%s", "readonly": %s, "format": "raw"},
+                             {"id": "b", "image": "%s", "socket": "%s", "readonly": %s, "format": "raw"}]}
+                    """;
+            Files.writeString(
+                    config, entries.formatted(a, dir.resolve("a.sock"), false, b, dir.resolve("b.sock"), false));
+            assertEquals(
+                    List.of("blk a", "blk b"),
+                    ConfigFile.apply(daemon, ConfigFile.read(config, daemon)).added());
+            Files.writeString(
+                    config, entries.formatted(a, dir.resolve("a.sock"), true, b, dir.resolve("b.sock"), true));
+            ConfigFile.Desired want = ConfigFile.read(config, daemon);
+            fs.stop();
+            java.util.concurrent.Future<ConfigFile.Outcome> reload;
+            try {
+                reload = threads.submit(() -> ConfigFile.apply(daemon, want));
+                Await.until(Duration.ofSeconds(20), "both disks' switches to wait at the same time", () -> {
+                    int waiting = 0;
+                    for (StackTraceElement[] st : Thread.getAllStackTraces().values()) {
+                        for (StackTraceElement f : st) {
+                            if (f.getClassName().equals(io.iovirt.devices.blk.BlkDevice.class.getName())
+                                    && f.getMethodName().equals("switchReadOnly")) {
+                                waiting++;
+                                break;
+                            }
+                        }
+                    }
+                    return waiting == 2;
+                });
+            } finally {
+                fs.resume(); // the write-backs end
+            }
+            ConfigFile.Outcome o = reload.get(60, TimeUnit.SECONDS);
+            assertEquals(List.of(), o.failed());
+            assertEquals(List.of("blk a", "blk b"), o.changed());
+            for (String id : List.of("a", "b")) {
+                assertTrue(
+                        daemon.locked(() -> daemon.blksLocked().get(id)).image.readOnly(),
+                        "disk " + id + " switched read-only");
+                daemon.removeBlk(id, null); // its image, on the file system, is closed before it is unmounted
+            }
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
+     * A switch in place that does not end (here to writable, behind an earlier switch's write-back that a stopped
+     * fuse2fs never answers, holding the image) holds the reload {@link ConfigFile#SWITCH_WAIT} at most: the disk is
+     * reported as still switching, its switch goes on, and a later reload starts no second one for it. Before, the
+     * reload waited for it for as long as the file system did not answer — on SIGHUP, on the thread that also takes
+     * SIGTERM.
+     */
+    @Test
+    @Tag("peer")
+    void aSwitchThatDoesNotEndHoldsTheReloadABoundedTime() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path a = fs.file("a.raw", 1 << 20);
+            Path config = dir.resolve("daemon.json");
+            String entry = """
+                    {"blk": [{"id": "a", "image": "%s", "socket": "%s", "readonly": %s, "format": "raw"}]}
+                    """;
+            Files.writeString(config, entry.formatted(a, dir.resolve("a.sock"), false));
+            assertEquals(
+                    List.of("blk a"),
+                    ConfigFile.apply(daemon, ConfigFile.read(config, daemon)).added());
+            Files.writeString(config, entry.formatted(a, dir.resolve("a.sock"), true));
+            ConfigFile.Desired readOnly = ConfigFile.read(config, daemon);
+            Files.writeString(config, entry.formatted(a, dir.resolve("a.sock"), false));
+            ConfigFile.Desired writable = ConfigFile.read(config, daemon);
+            fs.stop();
+            try {
+                // read-only at once; its write-back (fsync) waits for the file system, holding the image
+                ConfigFile.Outcome ro =
+                        threads.submit(() -> ConfigFile.apply(daemon, readOnly)).get(60, TimeUnit.SECONDS);
+                assertEquals(List.of(), ro.failed());
+                ConfigFile.Outcome rw =
+                        threads.submit(() -> ConfigFile.apply(daemon, writable)).get(60, TimeUnit.SECONDS);
+                assertEquals(1, rw.failed().size(), rw.toString());
+                assertTrue(rw.failed().getFirst().startsWith("blk a: still switching writable"), rw.toString());
+                ConfigFile.Outcome again =
+                        threads.submit(() -> ConfigFile.apply(daemon, writable)).get(60, TimeUnit.SECONDS);
+                assertEquals(1, again.failed().size(), again.toString());
+                assertTrue(again.failed().getFirst().contains("still under way"), again.toString());
+                long switching = Thread.getAllStackTraces().keySet().stream()
+                        .filter(t -> t.getName().equals("reload blk a writable"))
+                        .count();
+                assertEquals(1, switching, "one thread switches the disk, not one per reload");
+            } finally {
+                fs.resume(); // the write-back ends, and the switch to writable after it
+            }
+            Await.until(
+                    Duration.ofSeconds(30),
+                    "the switch the reload stopped waiting for to end",
+                    () -> !daemon.locked(() -> daemon.blksLocked().get("a"))
+                            .image
+                            .readOnly());
+            daemon.removeBlk("a", null);
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
      * A reload that waits on an image (on a file system that does not answer, as above) holds up neither the API nor
      * /metrics.
      */

@@ -174,6 +174,79 @@ class NbdShutdownTest {
     }
 
     /**
+     * Option data read past after the shutdown began counts against {@link NbdConnection#SHUTDOWN_PAYLOAD} as write
+     * payload does: a client that goes on sending large options (16 MiB each, read past and refused) is answered
+     * without its option being read once that is spent, and the session ends. Before, each got its
+     * NBD_REP_ERR_SHUTDOWN after 16 MiB read, 256 times (4 GiB), for as long as the shutdown's grace.
+     */
+    @Test
+    void largeOptionsAfterTheShutdownAreReadUpToTheBudget() throws Exception {
+        Path img = dir.resolve("l.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("l.sock");
+        int len = NbdHandshake.MAX_OPTION + 1;
+        int big = 16 << 20; // the most an option's data is read past
+        int options = 8;
+        Thread writer = null;
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 8);
+                RawClient c = RawClient.unix(sock)) {
+            s.addExport(new NbdExport("l", image, false));
+            c.raw(ByteBuffer.allocate(16 + 100)
+                    .putLong(Nbd.IHAVEOPT)
+                    .putInt(Nbd.OPT_GO)
+                    .putInt(len)
+                    .put(new byte[100])
+                    .flip());
+            Thread closer = Thread.ofPlatform().start(s::close);
+            try {
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                // each option's data goes with the next one's header, so that the next option waits in the socket
+                // whenever one is answered (the session would end there otherwise)
+                writer = Thread.ofPlatform().start(() -> {
+                    try {
+                        ByteBuffer next = ByteBuffer.allocate(16)
+                                .putLong(Nbd.IHAVEOPT)
+                                .putInt(Nbd.OPT_GO)
+                                .putInt(big)
+                                .flip();
+                        c.raw(ByteBuffer.allocate(len - 100 + 16)
+                                .position(len - 100)
+                                .put(next.duplicate())
+                                .flip());
+                        ByteBuffer data = ByteBuffer.allocate(big + 16)
+                                .position(big)
+                                .put(next)
+                                .flip();
+                        for (int i = 0; i < options; i++) {
+                            c.raw(data.clear().limit(i < options - 1 ? big + 16 : big));
+                        }
+                    } catch (java.io.IOException e) {
+                        // the server ended the session
+                    }
+                });
+                int answered = 0;
+                try {
+                    while (true) {
+                        assertEquals(Nbd.REP_ERR_SHUTDOWN, c.optionReply().type());
+                        answered++;
+                    }
+                } catch (java.io.IOException e) {
+                    // the end of the session
+                }
+                // the first (under way when the shutdown began), those of 16 MiB the budget covers, and the one
+                // past it answered unread
+                assertEquals(2 + (int) (NbdConnection.SHUTDOWN_PAYLOAD / big), answered, "options answered");
+            } finally {
+                if (writer != null) {
+                    writer.join();
+                }
+                closer.join();
+            }
+        }
+    }
+
+    /**
      * A request the client sent while the connection's thread was busy (here: writing a reply the client had not read
      * yet) waits in the socket; when the shutdown finds nothing in flight it is still answered, with ESHUTDOWN, before
      * the connection closes. Before, the connection was closed with it unread: a request sent before the shutdown
@@ -225,6 +298,147 @@ class NbdShutdownTest {
                 s.close();
                 if (closer != null) {
                     closer.join();
+                }
+            }
+        }
+    }
+
+    /**
+     * A client that goes on sending requests after it was answered ESHUTDOWN (doc/proto.md: it MUST disconnect) is
+     * disconnected once the request in flight before the shutdown is answered, after {@link
+     * 256} ESHUTDOWN replies at most. Before, each request of the flood got its ESHUTDOWN
+     * reply for the whole shutdown grace (5 s; here 10 min), and close() waited for it.
+     */
+    @Test
+    void aClientThatGoesOnSendingAfterEshutdownIsDisconnected() throws Exception {
+        Path img = dir.resolve("f.raw");
+        Files.write(img, new byte[MIB]);
+        Thread closer = null;
+        Thread flood = null;
+        try (DiskImage real = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8)) {
+            GatedImage image = new GatedImage(real);
+            s.shutdownGrace(Duration.ofMinutes(10)); // the flood is not ended by the grace
+            s.addExport(new NbdExport("f", image, false));
+            try (RawClient c = RawClient.tcp(s.port())) {
+                c.go("f");
+                CountDownLatch held = image.hold();
+                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
+                closer = Thread.ofPlatform().start(s::close);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                flood = Thread.ofPlatform().start(() -> {
+                    try {
+                        while (true) {
+                            c.send(Nbd.CMD_READ, 0, 0, 4096, null);
+                        }
+                    } catch (java.io.IOException e) {
+                        // disconnected
+                    }
+                });
+                int refused = 0;
+                boolean flushed = false;
+                try {
+                    while (true) {
+                        ByteBuffer h = c.read(16); // simple replies: no READ of the flood is served (no data)
+                        assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
+                        int error = h.getInt();
+                        if (h.getLong() == flush) {
+                            assertEquals(0, error, "the flush in flight when the shutdown began is served");
+                            flushed = true;
+                            continue;
+                        }
+                        assertEquals(Nbd.ESHUTDOWN, error, "a request received after the shutdown began");
+                        refused++;
+                        assertTrue(
+                                refused <= NbdConnection.SHUTDOWN_ANSWERS,
+                                "the server went on answering a client that does not disconnect");
+                        if (refused == 8) {
+                            image.release(); // the request in flight ends while the flood goes on
+                        }
+                    }
+                } catch (java.io.IOException e) {
+                    // the end of the stream (EOF, or a reset once the server closed with the flood still coming)
+                }
+                assertTrue(flushed, "the flush in flight was answered before the disconnect");
+                assertTrue(refused >= 8, "requests of the flood were answered with ESHUTDOWN: " + refused);
+                flood.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(flood.isAlive(), "the flooding client was disconnected");
+                closer.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(closer.isAlive(), "close() returned");
+            } finally {
+                image.release();
+                s.close();
+                if (closer != null) {
+                    closer.join();
+                }
+                if (flood != null) {
+                    flood.join();
+                }
+            }
+        }
+    }
+
+    /**
+     * Writes received after the shutdown have their payload read (to answer them with ESHUTDOWN) up to {@link
+     * NbdConnection#SHUTDOWN_PAYLOAD} bytes in all: a write past that is answered without its payload being taken,
+     * and the connection ends once the request in flight before the shutdown is answered. Before, every such write's
+     * payload (up to 32 MiB each) was read for the whole shutdown grace.
+     */
+    @Test
+    void writesAfterTheShutdownHaveTheirPayloadReadUpToABudget() throws Exception {
+        Path img = dir.resolve("p.raw");
+        try (var f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength(NbdConnection.MAX_PAYLOAD);
+        }
+        Thread closer = null;
+        Thread writer = null;
+        try (DiskImage real = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8)) {
+            GatedImage image = new GatedImage(real);
+            s.shutdownGrace(Duration.ofMinutes(10));
+            s.addExport(new NbdExport("p", image, false));
+            try (RawClient c = RawClient.tcp(s.port())) {
+                c.go("p");
+                CountDownLatch held = image.hold();
+                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
+                closer = Thread.ofPlatform().start(s::close);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                byte[] data = new byte[NbdConnection.MAX_PAYLOAD];
+                long first = c.send(Nbd.CMD_WRITE, 0, 0, data.length, data); // within the budget: read, answered
+                Answer a = c.answer(false, 0);
+                assertEquals(first, a.cookie());
+                assertEquals(Nbd.ESHUTDOWN, a.error());
+                java.util.concurrent.CompletableFuture<Throwable> sent = new java.util.concurrent.CompletableFuture<>();
+                writer = Thread.ofPlatform().start(() -> {
+                    try {
+                        c.send(Nbd.CMD_WRITE, 0, 0, data.length, data); // past the budget
+                        sent.complete(null);
+                    } catch (java.io.IOException e) {
+                        sent.complete(e);
+                    }
+                });
+                Answer b = c.answer(false, 0);
+                assertEquals(Nbd.ESHUTDOWN, b.error(), "the write past the budget");
+                image.release();
+                Answer fl = c.answer(false, 0);
+                assertEquals(flush, fl.cookie());
+                assertEquals(0, fl.error(), "the flush in flight when the shutdown began is served");
+                assertTrue(c.closedByPeer(), "the connection ends");
+                assertTrue(
+                        sent.get(60, TimeUnit.SECONDS) instanceof java.io.IOException,
+                        "the payload past the budget was not taken: its sending fails at the close");
+                closer.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(closer.isAlive(), "close() returned");
+            } finally {
+                image.release();
+                s.close();
+                if (closer != null) {
+                    closer.join();
+                }
+                if (writer != null) {
+                    writer.join();
                 }
             }
         }
