@@ -265,7 +265,14 @@ final class NbdConnection implements Runnable {
      * {@link #SHUTDOWN_PAYLOAD} (they are not to be read: the message is answered, and the connection ends).
      */
     boolean shutdownPayload(long bytes) {
-        return (shutdownPayload += bytes) <= SHUTDOWN_PAYLOAD;
+        if ((shutdownPayload += bytes) <= SHUTDOWN_PAYLOAD) {
+            return true;
+        }
+        event(
+                System.Logger.Level.INFO,
+                "the client sent more than " + SHUTDOWN_PAYLOAD + " bytes of data after the server began shutting"
+                        + " down (it was told to disconnect): disconnecting without reading the rest");
+        return false;
     }
 
     /**

@@ -394,7 +394,8 @@ class NbdShutdownTest {
         Thread closer = null;
         Thread writer = null;
         try (DiskImage real = Images.open(img, null, false, false);
-                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8)) {
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8);
+                io.iovirt.vhostuser.LogCapture log = io.iovirt.vhostuser.LogCapture.start("io.iovirt.nbd")) {
             GatedImage image = new GatedImage(real);
             s.shutdownGrace(Duration.ofMinutes(10));
             s.addExport(new NbdExport("p", image, false));
@@ -421,6 +422,7 @@ class NbdShutdownTest {
                 });
                 Answer b = c.answer(false, 0);
                 assertEquals(Nbd.ESHUTDOWN, b.error(), "the write past the budget");
+                log.awaitLine("bytes of data after the server began shutting down"); // the operator is told why
                 image.release();
                 Answer fl = c.answer(false, 0);
                 assertEquals(flush, fl.cookie());
