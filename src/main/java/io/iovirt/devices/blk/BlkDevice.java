@@ -107,6 +107,15 @@ public final class BlkDevice implements VhostUserBackend {
      */
     private final boolean[] abandoned;
     /**
+     * Set for good once a queue stopped with a write, write-zeroes or discard given up on while still in the kernel
+     * ({@link BlkQueueHandler#mutationsAbandoned}: its engine could not wait for its io_uring and closed it): such a
+     * write may land any time, through the image's open file description, which the kernel keeps open for it. So the
+     * image lock is never let go of by this device while the image is open — not when the last queue stops
+     * ({@link #forget}), not made shared for a switch to read-only — and {@link #close} leaves it to the kernel,
+     * which drops it once that request has completed ({@link ImageLock#closeLeavingLockToKernel}).
+     */
+    private volatile boolean writesLeftInKernel;
+    /**
      * Queue threads started and not yet ended, those given up on included, and a thread switching the disk read-only
      * and making the image lock shared after it ({@link #switchReadOnly}: it writes the image back and flushes it)
      * ({@link #quiescent}); each one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then
@@ -478,6 +487,13 @@ public final class BlkDevice implements VhostUserBackend {
      * it stays exclusive.
      */
     private String shareWhenDrained(java.util.List<BlkQueueHandler> inFlight, long generation) {
+        if (writesLeftInKernel) { // an earlier frontend's queue: it is not among inFlight any more
+            String why = "the image lock stays exclusive until the export is removed: a write an earlier frontend"
+                    + " sent was given up on in the kernel (its queue could not wait for its io_uring, see the log)"
+                    + " and may still land";
+            LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+            return why;
+        }
         long pause = 1;
         for (BlkQueueHandler h : inFlight) {
             while (!h.mutationsEnded()) {
@@ -485,7 +501,7 @@ public final class BlkDevice implements VhostUserBackend {
                     return null; // switched writable again, or the frontend let go of the image
                 }
                 if (h.mutationsAbandoned()) { // its queue could not wait for its ring: such a write may land any time
-                    String why = "the image lock stays exclusive until the frontend stops its queues: a write sent"
+                    String why = "the image lock stays exclusive until the export is removed: a write sent"
                             + " before the switch to read-only was given up on in the kernel (its queue could not"
                             + " wait for its io_uring, see the log) and may still land";
                     LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
@@ -1047,7 +1063,20 @@ public final class BlkDevice implements VhostUserBackend {
                 forget(i);
             }
         }
-        if (imageLock != null) {
+        if (imageLock == null) {
+            return;
+        }
+        if (writesLeftInKernel && imageLock.held()) {
+            // the image's own descriptor is closed by now: what keeps its open file description, and so the lock,
+            // is the kernel's reference for each request still in it, dropped as each completes
+            imageLock.closeLeavingLockToKernel();
+            LOG.log(
+                    Level.WARNING,
+                    "blk {0}: the image lock of {1} is left to the kernel: a write given up on in the kernel may still"
+                            + " land; the kernel unlocks the image once it has completed",
+                    name,
+                    image.path());
+        } else {
             imageLock.close();
         }
     }
@@ -1097,6 +1126,10 @@ public final class BlkDevice implements VhostUserBackend {
 
     /** The queue's worker has ended: the queue is free, and the last one hands the image back. */
     private void forget(int index) {
+        BlkQueueHandler h = handlers.get(index);
+        if (h != null && h.mutationsAbandoned()) { // its thread has ended: the flag and count are final
+            writesLeftInKernel = true;
+        }
         workers[index] = null;
         vqs[index] = null;
         handlers.set(index, null);
@@ -1121,7 +1154,17 @@ public final class BlkDevice implements VhostUserBackend {
                             e.getMessage());
                 }
             }
-            if (handedOver && imageLock != null) {
+            if (writesLeftInKernel && imageLock != null && imageLock.held()) {
+                LOG.log(
+                        Level.ERROR,
+                        "blk {0}: the last queue stopped, but the image lock of {1} is kept: a write a queue gave up"
+                                + " on in the kernel (it could not wait for its io_uring, see the log) may still land,"
+                                + " so another VM (a migration''s destination) or program (qemu-img) is refused the"
+                                + " image. Remove the export (blk.remove) to let go of it: the kernel drops the lock"
+                                + " once that write has completed (or when the daemon exits)",
+                        name,
+                        image.path());
+            } else if (handedOver && imageLock != null) {
                 imageLock.release();
             }
             fenced = null;

@@ -416,6 +416,155 @@ class BlkReadOnlySwitchTest {
         }
     }
 
+    /**
+     * A queue that stops with writes it gave up on in the kernel (its engine could not wait for its io_uring, and
+     * closed it: the kernel may still carry them out) keeps the image locked: the device released the lock when that
+     * last queue stopped, and a QEMU writer (or a migration's destination) could take the image while such a write
+     * could still land. Here the ring is told nothing of the write (its submit only says queued), so the stop's wait
+     * on the ring fails as a failing io_uring_enter would. The next frontend of the export does not make it shared on
+     * a switch to read-only either; removing the export leaves the lock to the kernel, which drops it once nothing of
+     * the image's open file description is in flight (nothing is, here).
+     */
+    @Test
+    void writesGivenUpOnInTheKernelKeepTheImageLockedAfterTheFrontendStops() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        RawImage raw = RawImage.open(p, false, false);
+        try (EventFd call = EventFd.create(true);
+                var probe = FileIo.open(p, FileIo.O_RDONLY)) {
+            LostWrites img = new LostWrites(raw);
+            BlkDevice dev = new BlkDevice("lost", img, 1, "s", BlkDevice.IoEngine.IO_URING);
+            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    d.write(d.alloc(4096, 4096), 4096);
+                    assertTrue(img.lost.await(20, TimeUnit.SECONDS), "the write is \"in the kernel\"");
+                }
+                Await.until(Duration.ofSeconds(20), "the frontend's queue to stop", () -> dev.worker(0) == null);
+                assertEquals(
+                        FileIo.F_WRLCK,
+                        FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                        "the write given up on may still land: the image stays locked");
+                var writer = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", p.toString());
+                assertTrue(writer.exit() != 0 && writer.output().contains("lock"), "a QEMU writer: " + writer);
+
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()), "the export's next frontend is served");
+                    String pending = dev.setReadOnly(true);
+                    assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+                    assertReadersRefused(p);
+                }
+            }
+            raw.close(); // as the export's close does, before the device's
+            dev.close();
+            awaitUnlocked(p); // nothing of the image's open file description is in the kernel here
+        } finally {
+            raw.close();
+        }
+    }
+
+    /**
+     * An export removed while a write it gave up on is still in the kernel (stuck on a stopped FUSE file system,
+     * {@link StoppableFuse}; a peer test: root, fuse2fs) keeps the image locked until that write has completed: the
+     * device unlocked the image explicitly when it closed, so another writer could take it while the write could still
+     * land. The write runs on a ring of the test's, which the engine knows nothing of — as a ring the engine closed
+     * while its wait failed would be: the kernel carries it out all the same. Once the file system answers and that
+     * ring is torn down the kernel drops the lock.
+     */
+    @Test
+    @Tag("peer")
+    void anExportRemovedWithAWriteStuckInTheKernelKeepsTheImageLockedUntilItCompletes() throws Exception {
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path p = fs.file("disk.raw", 4 << 20);
+            Path sock = dir.resolve("blk.sock");
+            RawImage raw = RawImage.open(p, false, false);
+            IoUring kernel = IoUring.create(8);
+            try (EventFd call = EventFd.create(true);
+                    var probe = FileIo.open(p, FileIo.O_RDONLY); // before the stop: opening it then would wait
+                    AutoCloseable resumed = fs::resume) {
+                LostWrites img = new LostWrites(raw, kernel);
+                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.IO_URING);
+                try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                    try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                        fs.stop();
+                        d.write(d.alloc(4096, 4096), 4096);
+                        assertTrue(img.lost.await(20, TimeUnit.SECONDS), "the write is handed on");
+                        var ringFd = java.util.List.of(kernel.fd().get());
+                        Await.until(
+                                Duration.ofSeconds(20),
+                                "the write to wait in the kernel for the stopped file system",
+                                () -> !StoppableFuse.blockedOn(ringFd).isEmpty());
+                    }
+                    Await.until(Duration.ofSeconds(20), "the frontend's queue to stop", () -> dev.worker(0) == null);
+                }
+                raw.close(); // as the export's close does (its final flush would wait for the file system)
+                dev.close();
+                assertEquals(
+                        FileIo.F_WRLCK,
+                        FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                        "the write still in the kernel may land: the image stays locked");
+
+                fs.resume();
+                img.submitter.join();
+                kernel.close(); // torn down once the write has completed: the last reference to the image goes
+                awaitUnlocked(p);
+            } finally {
+                raw.close();
+                kernel.close();
+            }
+        }
+    }
+
+    /**
+     * A raw image whose ring writes are never handed to the kernel, though the engine is told they were (a lost
+     * submission): the stop's wait on the ring fails, as a failing io_uring_enter would. Reported as direct I/O, so a
+     * lone write goes to the ring too.
+     */
+    private static final class LostWrites extends ForwardingDiskImage {
+        final CountDownLatch lost = new CountDownLatch(1);
+        /** Where the writes really go, or null: a ring the engine knows nothing of, as one it closed would be. */
+        private final IoUring elsewhere;
+        /** The thread that enters {@link #elsewhere}: it may wait in the kernel for the write. */
+        volatile Thread submitter;
+
+        LostWrites(RawImage raw) {
+            this(raw, null);
+        }
+
+        LostWrites(RawImage raw, IoUring elsewhere) {
+            super(raw);
+            this.elsewhere = elsewhere;
+        }
+
+        @Override
+        public boolean direct() {
+            return true;
+        }
+
+        @Override
+        public ImageIo newContext(io.iovirt.linux.IoVec iov, java.lang.foreign.MemorySegment bounce) {
+            return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                @Override
+                public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
+                    if (elsewhere != null) { // handed to the kernel by a thread of its own: its entry may wait
+                        assertTrue(io.submitWrite(elsewhere, offset, userData), "a write for the ring");
+                        submitter = Thread.ofPlatform()
+                                .daemon()
+                                .name("lost write")
+                                .start(() -> {
+                                    try {
+                                        elsewhere.submit();
+                                    } catch (LinuxException e) {
+                                        throw new IllegalStateException(e);
+                                    }
+                                });
+                    }
+                    lost.countDown();
+                    return true;
+                }
+            };
+        }
+    }
+
     /** A raw image whose first guest write is held after its data went to the file, until the test releases it. */
     private static final class HeldWrites extends ForwardingDiskImage {
         final CountDownLatch held = new CountDownLatch(1);
