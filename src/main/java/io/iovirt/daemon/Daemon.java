@@ -529,9 +529,9 @@ public final class Daemon implements AutoCloseable {
             throw RpcException.params("blk.set-readonly: missing parameter 'readonly' (true or false)");
         }
         boolean ro = p.bool("readonly", true);
-        String lockExclusive;
+        String pending; // read-only: why the lock is still exclusive; writable: why the disk is still read-only
         try {
-            lockExclusive = e.device.setReadOnly(ro);
+            pending = e.device.setReadOnly(ro);
         } catch (IOException ex) {
             throw new RpcException(RpcException.FAILED, "blk.set-readonly " + e.spec.id() + ": " + ex.getMessage());
         }
@@ -541,11 +541,15 @@ public final class Daemon implements AutoCloseable {
                 "readonly",
                 ro,
                 "lock_pending",
-                lockExclusive != null,
+                ro && pending != null,
+                "writable_pending",
+                !ro && pending != null,
                 "notice",
-                "writes are " + (ro ? "refused" : "accepted") + " from now on; the guest's driver sees the"
-                        + " read-only flag change after its next reset"
-                        + (lockExclusive == null ? "" : "; " + lockExclusive));
+                (!ro && pending != null
+                                ? "writes are accepted once the disk is writable"
+                                : "writes are " + (ro ? "refused" : "accepted") + " from now on")
+                        + "; the guest's driver sees the read-only flag change after its next reset"
+                        + (pending == null ? "" : "; " + pending));
     }
 
     // ---- nbd ----------------------------------------------------------------------------------------------------

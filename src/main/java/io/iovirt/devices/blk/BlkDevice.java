@@ -96,6 +96,13 @@ public final class BlkDevice implements VhostUserBackend {
     private volatile java.time.Duration shareWaitLimit = java.time.Duration.ofSeconds(5);
     /** One blk.set-readonly at a time. */
     private final Object switching = new Object();
+    /**
+     * Held while a switch's thread changes the image ({@link #applySwitch}), which may wait for the image's file
+     * system; {@link #appliedSwitch}, the last switch applied, under it.
+     */
+    private final java.util.concurrent.locks.ReentrantLock imageSwitch = new java.util.concurrent.locks.ReentrantLock();
+
+    private long appliedSwitch;
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
 
@@ -320,26 +327,147 @@ public final class BlkDevice implements VhostUserBackend {
      */
     public String setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
-            if (readOnly) {
-                return switchReadOnly();
+            return readOnly ? switchReadOnly() : switchWritable();
+        }
+    }
+
+    /**
+     * Makes the lock exclusive (on this thread: lock calls only), then the image writable on a thread of its own
+     * (counted in {@link #quiescent}), waited for up to {@link #shareWaitLimit}: the image's switch waits for what
+     * holds it (a switch to read-only's write-back still under way, which a file system that does not answer holds
+     * for ever), and the control thread must not. Returns null when writable, else what is still pending; the disk
+     * becomes writable by itself when that ends (an INFO line says so), unless a later switch came meanwhile.
+     */
+    private String switchWritable() throws IOException {
+        java.util.concurrent.CompletableFuture<Void> done = new java.util.concurrent.CompletableFuture<>();
+        java.util.concurrent.atomic.AtomicBoolean answered = new java.util.concurrent.atomic.AtomicBoolean();
+        threads.incrementAndGet(); // it changes the image (a qcow2 image takes back what it freed early)
+        boolean started = false;
+        try {
+            if (retired) { // after the count: see switchReadOnly
+                throw new IOException("blk " + name + " is being removed: the disk was not switched");
             }
+            long generation;
             synchronized (lockType) {
                 retypeLock(false); // exclusive first: no write under a shared lock
                 lockShared = false;
-                switches++; // a lock still to be made shared for an earlier switch to read-only stays exclusive
+                generation = ++switches; // a lock still to be made shared for an earlier switch stays exclusive
             }
             try {
-                image.setReadOnly(false); // after a switch to read-only's write-back still under way, if any
-            } catch (IOException | RuntimeException e) {
-                synchronized (lockType) {
-                    lockShared = image.readOnly();
-                    if (lockShared) {
-                        retypeLock(true); // the next frontend takes a shared lock again (a held one stays as it is)
+                Thread.ofPlatform().name("blk " + name + " writable").daemon().start(() -> {
+                    // completed before answered is read, as the caller sets answered before it looks at done:
+                    // either the caller reports how the switch ended or this thread logs it
+                    try {
+                        boolean applied = writable(generation);
+                        done.complete(null);
+                        if (applied && answered.get()) {
+                            LOG.log(Level.INFO, "blk {0}: the disk is writable now: the image is no longer busy", name);
+                        }
+                    } catch (IOException | RuntimeException e) {
+                        done.completeExceptionally(e);
+                        if (answered.get()) {
+                            LOG.log(
+                                    Level.ERROR,
+                                    "blk {0}: the switch to writable failed: {1}. The disk stays read-only",
+                                    name,
+                                    e.getMessage());
+                        }
+                    } catch (Error e) {
+                        done.completeExceptionally(e);
+                        throw e;
+                    } finally {
+                        queueThreadEnded();
                     }
+                });
+                started = true;
+            } catch (RuntimeException | OutOfMemoryError e) {
+                readOnlyAgain(generation);
+                throw new IOException("cannot start the thread that switches the disk (it stays read-only): " + e, e);
+            }
+        } finally {
+            if (!started) {
+                queueThreadEnded();
+            }
+        }
+        try {
+            try {
+                done.get(shareWaitLimit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                answered.set(true); // from now on the thread logs how it ended
+                if (done.isDone()) {
+                    done.get(); // it ended meanwhile, before it saw answered: reported here
+                    return null;
                 }
-                throw e;
+                return "the disk is still read-only: the image is busy after " + shareWaitLimit.toMillis() + " ms (the"
+                        + " write-back of an earlier switch to read-only, or another change of the image, waits for a slow"
+                        + " or hung disk or file system); it becomes writable by itself once that has completed (an INFO"
+                        + " log line says so; an ERROR line if it fails), and guest writes fail until then. The image lock"
+                        + " is exclusive already. Make the disk or file system answer again, or switch it read-only"
+                        + " (blk.set-readonly true) to cancel";
             }
             return null;
+        } catch (java.util.concurrent.ExecutionException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof IOException io) {
+                throw io;
+            }
+            if (cause instanceof RuntimeException r) {
+                throw r;
+            }
+            throw new IOException("switching the disk writable failed: " + cause, cause);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return "interrupted: the disk becomes writable once the image's earlier write-back has completed";
+        }
+    }
+
+    /**
+     * On the thread of {@link #switchWritable}: the image's part of the switch {@code generation}; false when a later
+     * switch had changed the image already (it decides).
+     */
+    private boolean writable(long generation) throws IOException {
+        try {
+            return applySwitch(generation, false);
+        } catch (IOException | RuntimeException e) {
+            readOnlyAgain(generation);
+            throw e;
+        }
+    }
+
+    /** A switch to writable {@code generation} failed: the next frontend takes a shared lock again. */
+    private void readOnlyAgain(long generation) {
+        synchronized (lockType) {
+            if (generation != switches) {
+                return; // a later switch decided
+            }
+            lockShared = image.readOnly();
+            if (lockShared) {
+                try {
+                    retypeLock(true); // changes no lock held: never refused, no lock call
+                } catch (IOException e) {
+                    throw new IllegalStateException(e);
+                }
+            }
+        }
+    }
+
+    /**
+     * Changes the image for the switch {@code generation} ({@link #setReadOnly}), in the order of the switches: the
+     * image's change may wait (a write-back of a file system that does not answer), and the switches' threads may
+     * come to it in any order. Skipped when a later switch has changed the image already (that one decides); false
+     * then.
+     */
+    private boolean applySwitch(long generation, boolean readOnly) throws IOException {
+        imageSwitch.lock();
+        try {
+            if (generation < appliedSwitch) {
+                return false;
+            }
+            appliedSwitch = generation;
+            image.setReadOnly(readOnly);
+            return true;
+        } finally {
+            imageSwitch.unlock();
         }
     }
 
@@ -430,7 +558,11 @@ public final class BlkDevice implements VhostUserBackend {
             java.util.concurrent.atomic.AtomicBoolean answered) {
         Exception failure = null;
         try {
-            image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
+            // may write back (not under lockType: a frontend's start does not wait)
+            if (!applySwitch(generation, true)) {
+                switched.complete(null);
+                return null; // a later switch has changed the image already: it decides
+            }
         } catch (IOException | RuntimeException e) {
             failure = e;
         }

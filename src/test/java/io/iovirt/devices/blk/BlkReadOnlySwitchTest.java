@@ -565,6 +565,68 @@ class BlkReadOnlySwitchTest {
         }
     }
 
+    /**
+     * A switch back to writable while the switch to read-only's write-back waits for a stopped file system ({@link
+     * StoppableFuse}; a peer test) answers within its bound, as the switch to read-only does: the disk still read-only,
+     * saying what is pending and what to do, the lock exclusive already. It waited on the control thread for the
+     * image, which that write-back held, for as long as the file system did not answer. Once it answers the disk
+     * becomes writable by itself.
+     */
+    @Test
+    @Tag("peer")
+    void aSwitchBackToWritableAnswersWhileTheWriteBackWaitsForAStoppedFileSystem() throws Exception {
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path p = fs.file("disk.raw", 4 << 20);
+            Path sock = dir.resolve("blk.sock");
+            try (RawImage img = RawImage.open(p, false, false);
+                    EventFd call = EventFd.create(true);
+                    var probe = FileIo.open(p, FileIo.O_RDONLY)) { // before the stop: opening it then would wait
+                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
+                dev.shareWaitLimit(Duration.ofMillis(500));
+                try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                        BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+                        AutoCloseable resumed = fs::resume) { // before the device stops its queue
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    var fds = StoppableFuse.descriptorsOf(p, probe.get());
+                    fs.stop();
+                    long write = d.write(d.alloc(65536, 4096), 65536);
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "the queue thread to wait for the stopped file system on " + fds,
+                            () -> !StoppableFuse.blockedOn(fds).isEmpty());
+                    String pending = dev.setReadOnly(true);
+                    assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+
+                    var back = java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+                        try {
+                            return dev.setReadOnly(false);
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    });
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "the switch back to writable to answer while the file system is stopped",
+                            back::isDone);
+                    String answer = back.get();
+                    assertTrue(
+                            answer != null
+                                    && answer.contains("still read-only")
+                                    && answer.contains("blk.set-readonly true"),
+                            String.valueOf(answer));
+                    assertTrue(img.readOnly(), "read-only until the write-back has completed");
+                    assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "exclusive already");
+
+                    fs.resume();
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
+                    Await.until(Duration.ofSeconds(20), "the disk to become writable by itself", () -> !img.readOnly());
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "writable");
+                    assertReadersRefused(p);
+                }
+            }
+        }
+    }
+
     /** A raw image whose first guest write is held after its data went to the file, until the test releases it. */
     private static final class HeldWrites extends ForwardingDiskImage {
         final CountDownLatch held = new CountDownLatch(1);
