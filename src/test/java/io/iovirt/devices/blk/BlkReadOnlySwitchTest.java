@@ -18,6 +18,7 @@ import io.iovirt.storage.ForwardingDiskImage;
 import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
+import io.iovirt.storage.qcow2.Qcow2Image;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.StoppableFuse;
@@ -624,6 +625,59 @@ class BlkReadOnlySwitchTest {
                     assertReadersRefused(p);
                 }
             }
+        }
+    }
+
+    /**
+     * A qcow2 disk switched read-only whose next frontend finds a dirty bit and an autoclear bit another program left
+     * meanwhile (qemu-io that died with lazy refcounts, after qemu-img added a persistent bitmap) reads the image
+     * again without writing it: its lock is shared, and a QEMU reader holds the image beside it. The refresh repaired
+     * the refcounts and cleared the autoclear bits, writing under the shared lock. As QEMU does for a read-only open,
+     * the image is served as it is; the repair is done when the disk is switched writable.
+     */
+    @Test
+    void aQcow2ReadAgainUnderASharedLockWritesNothing() throws Exception {
+        Path p = QemuTools.createQcow2(dir, "disk.qcow2", "16M", "lazy_refcounts=on");
+        Path sock = dir.resolve("blk.sock");
+        try (Qcow2Image img = Qcow2Image.open(p, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("q", img, 1, "s");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    assertNull(dev.setReadOnly(true), "the lock is shared when the switch returns");
+                }
+                awaitUnlocked(p);
+                // another program, between two frontends
+                QemuTools.ok("qemu-img", "bitmap", "--add", p.toString(), "b0");
+                QemuTools.qemuIo(p, "qcow2", "write -P 0x31 1M 64k", "abort");
+                assertEquals(1, header(p, 72) & 1, "qemu-io left a dirty bit");
+                assertEquals(1, header(p, 88) & 1, "qemu-img left an autoclear bit");
+                byte[] before = Files.readAllBytes(p);
+
+                Process reader = QemuTools.readerHolding(p, "qcow2");
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+                    assertTrue(reader.isAlive(), "the QEMU reader shares the image");
+                    assertTrue(java.util.Arrays.equals(before, Files.readAllBytes(p)), "written under a shared lock");
+                } finally {
+                    reader.destroyForcibly().waitFor();
+                }
+                awaitUnlocked(p);
+                assertNull(dev.setReadOnly(false));
+                assertEquals(0, header(p, 72) & 1, "repaired once writable");
+                assertEquals(0, header(p, 88), "autoclear bits cleared once writable");
+                QemuTools.check(p, false);
+                QemuTools.qemuIoOk(p, "qcow2", "read -P 0x31 1M 64k");
+            }
+        }
+    }
+
+    /** The big-endian 64-bit field at {@code offset} of the image's header. */
+    private static long header(Path p, long offset) throws IOException {
+        try (var f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+            f.seek(offset);
+            return f.readLong();
         }
     }
 
