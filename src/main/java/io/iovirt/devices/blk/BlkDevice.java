@@ -316,9 +316,11 @@ public final class BlkDevice implements VhostUserBackend {
      * ended, by itself (a thread of the device's, counted in {@link #quiescent}; see {@link #switchReadOnly}). The
      * next frontend takes a shared lock.
      *
-     * @return null when no lock is held exclusively any more (or none was); otherwise why the lock is still exclusive
-     *         (the writes in flight, to be shared when they end; or a failed flush, shared never: until the
-     *         frontend stops its queues), for the operator
+     * @return switching read-only: null when no lock is held exclusively any more (or none was); otherwise why the
+     *         lock is still exclusive (the writes in flight, to be shared when they end; or a failed flush, shared
+     *         never: until the frontend stops its queues), for the operator. Switching writable: null when writable;
+     *         otherwise why the disk is still read-only (the image busy past {@link #shareWaitLimit}: it becomes
+     *         writable by itself) and what to do ({@link #switchWritable})
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
      *                     it (named); or switching read-only, its write-back failed: a raw image is read-only then
      *                     all the same, and so is a qcow2 image whose tables' first write-back succeeded (a later one
@@ -398,12 +400,12 @@ public final class BlkDevice implements VhostUserBackend {
                     done.get(); // it ended meanwhile, before it saw answered: reported here
                     return null;
                 }
-                return "the disk is still read-only: the image is busy after " + shareWaitLimit.toMillis() + " ms (the"
-                        + " write-back of an earlier switch to read-only, or another change of the image, waits for a slow"
-                        + " or hung disk or file system); it becomes writable by itself once that has completed (an INFO"
-                        + " log line says so; an ERROR line if it fails), and guest writes fail until then. The image lock"
-                        + " is exclusive already. Make the disk or file system answer again, or switch it read-only"
-                        + " (blk.set-readonly true) to cancel";
+                return "the disk is still read-only: the image is busy after " + shareWaitLimit.toMillis()
+                        + " ms (the write-back of an earlier switch to read-only, or another change of the image,"
+                        + " waits for a slow or hung disk or file system); it becomes writable by itself once that"
+                        + " has completed (an INFO log line says so; an ERROR line if it fails), and guest writes"
+                        + " fail until then. The image lock is exclusive already. Make the disk or file system"
+                        + " answer again, or switch it read-only (blk.set-readonly true) to cancel";
             }
             return null;
         } catch (java.util.concurrent.ExecutionException e) {
