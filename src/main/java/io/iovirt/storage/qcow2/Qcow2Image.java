@@ -144,7 +144,8 @@ public final class Qcow2Image implements DiskImage {
      * The header a {@link #refresh} read while the image was switched read-only, whose checks and repairs for writing
      * (a dirty bit's refcount rebuild, the autoclear bits' clearing) it left undone: no write while read-only, since
      * its image lock may be shared with readers. Done by the switch to writable, under the exclusive lock, before
-     * the first write; null when none is due. Metadata lock held.
+     * the first write; null when none is due, and forgotten when the image is handed over ({@link #handOver}: the
+     * next start reads it again). Metadata lock held.
      */
     private Qcow2Header writeChecksDue;
 
@@ -821,9 +822,21 @@ public final class Qcow2Image implements DiskImage {
      * {@link #setReadOnly} does: the first flush defers the refcount decrements of freed clusters (a rewritten
      * compressed or shared cluster) to the next one, and a decrement left in memory here would be written later,
      * over the refcount block the next owner has written meanwhile.
+     *
+     * <p>Also forgets the repairs a {@link #refresh} while read-only left due ({@link #writeChecksDue}): from now on
+     * the image lock is not held, and another program may change the image (repair it itself, allocate past the end
+     * of the file read then). Done by a switch to writable meanwhile, they would write the refcounts rebuilt from the
+     * tables read before, past the end of the file known then, with no lock: a corrupt image. The next user's start
+     * reads the image again (refresh) and repairs what it finds then.
      */
     @Override
     public void handOver() throws IOException {
+        meta.lock();
+        try {
+            writeChecksDue = null;
+        } finally {
+            meta.unlock();
+        }
         flush();
         flush();
     }

@@ -633,7 +633,7 @@ class BlkReadOnlySwitchTest {
      * meanwhile (qemu-io that died with lazy refcounts, after qemu-img added a persistent bitmap) reads the image
      * again without writing it: its lock is shared, and a QEMU reader holds the image beside it. The refresh repaired
      * the refcounts and cleared the autoclear bits, writing under the shared lock. As QEMU does for a read-only open,
-     * the image is served as it is; the repair is done when the disk is switched writable.
+     * the image is served as it is; the repair is done by the first start once the disk is switched writable.
      */
     @Test
     void aQcow2ReadAgainUnderASharedLockWritesNothing() throws Exception {
@@ -665,11 +665,90 @@ class BlkReadOnlySwitchTest {
                 }
                 awaitUnlocked(p);
                 assertNull(dev.setReadOnly(false));
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) { // the next start, locked exclusive
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                }
+                awaitUnlocked(p);
                 assertEquals(0, header(p, 72) & 1, "repaired once writable");
                 assertEquals(0, header(p, 88), "autoclear bits cleared once writable");
                 QemuTools.check(p, false);
                 QemuTools.qemuIoOk(p, "qcow2", "read -P 0x31 1M 64k");
             }
+        }
+    }
+
+    /**
+     * A qcow2 disk read again while read-only (its repair left for the switch to writable), whose frontend then
+     * stopped, is switched writable with no frontend: the device holds no image lock then, and another program may
+     * have changed the image meanwhile (here qemu-io, which repaired the dirty bit itself and allocated a cluster past
+     * what this process read). The switch rebuilt the refcounts from the tables it had read, wrote them past the end
+     * of the file it knew (over that cluster) and cleared the dirty bit, unlocked: the image was corrupt. The repair
+     * is the next frontend's start's, which reads the image again under its exclusive lock.
+     */
+    @Test
+    void aQcow2SwitchedWritableWithNoFrontendWritesNothingItReadBefore() throws Exception {
+        Path p = QemuTools.createQcow2(dir, "disk.qcow2", "16M", "lazy_refcounts=on");
+        Path sock = dir.resolve("blk.sock");
+        try (Qcow2Image img = Qcow2Image.open(p, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("q", img, 1, "s");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    assertNull(dev.setReadOnly(true), "the lock is shared when the switch returns");
+                }
+                awaitUnlocked(p);
+                QemuTools.qemuIo(p, "qcow2", "write -P 0x31 1M 64k", "abort");
+                assertEquals(1, header(p, 72) & 1, "qemu-io left a dirty bit");
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+                }
+                awaitUnlocked(p);
+                // another program, with no frontend running: it repairs the dirty bit and allocates past the end
+                QemuTools.qemuIoOk(p, "qcow2", "write -P 0x42 4M 64k");
+                assertEquals(0, header(p, 72) & 1, "qemu-io repaired the image");
+                byte[] before = Files.readAllBytes(p);
+
+                assertNull(dev.setReadOnly(false));
+                assertTrue(java.util.Arrays.equals(before, Files.readAllBytes(p)), "written with no image lock");
+                QemuTools.check(p, false);
+
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    assertEquals(0, header(p, 72) & 1, "repaired by the start, under the exclusive lock");
+                }
+                awaitUnlocked(p);
+                QemuTools.check(p, false);
+                QemuTools.qemuIoOk(p, "qcow2", "read -P 0x31 1M 64k", "read -P 0x42 4M 64k");
+            }
+        }
+    }
+
+    /**
+     * A qcow2 disk read again while read-only, switched writable while that frontend still runs (its lock made
+     * exclusive first): the switch repairs what the refresh left before the first write.
+     */
+    @Test
+    void aQcow2SwitchedWritableUnderItsFrontendIsRepairedAtOnce() throws Exception {
+        Path p = QemuTools.createQcow2(dir, "disk.qcow2", "16M", "lazy_refcounts=on");
+        Path sock = dir.resolve("blk.sock");
+        try (Qcow2Image img = Qcow2Image.open(p, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("q", img, 1, "s");
+            assertNull(dev.setReadOnly(true));
+            QemuTools.qemuIo(p, "qcow2", "write -P 0x31 1M 64k", "abort");
+            assertEquals(1, header(p, 72) & 1, "qemu-io left a dirty bit");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+                assertEquals(1, header(p, 72) & 1, "read-only: served as it is");
+                assertNull(dev.setReadOnly(false));
+                assertEquals(0, header(p, 72) & 1, "repaired by the switch, under the exclusive lock");
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+            }
+            awaitUnlocked(p);
+            QemuTools.check(p, false);
+            QemuTools.qemuIoOk(p, "qcow2", "read -P 0x31 1M 64k");
         }
     }
 
