@@ -103,6 +103,11 @@ public final class BlkDevice implements VhostUserBackend {
     private final java.util.concurrent.locks.ReentrantLock imageSwitch = new java.util.concurrent.locks.ReentrantLock();
 
     private long appliedSwitch;
+    /**
+     * Run on the switch's thread when a switch to writable that answered with the disk still read-only has made it
+     * writable ({@link #switchWritable}): what its answer reported (a daemon's state file) is out of date then.
+     */
+    private volatile Runnable switchEndedLate = () -> {};
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
 
@@ -364,6 +369,11 @@ public final class BlkDevice implements VhostUserBackend {
                         done.complete(null);
                         if (applied && answered.get()) {
                             LOG.log(Level.INFO, "blk {0}: the disk is writable now: the image is no longer busy", name);
+                            try {
+                                switchEndedLate.run();
+                            } catch (RuntimeException e) {
+                                LOG.log(Level.ERROR, "blk {0}: recording the switch to writable failed: {1}", name, e);
+                            }
                         }
                     } catch (IOException | RuntimeException e) {
                         done.completeExceptionally(e);
@@ -691,6 +701,14 @@ public final class BlkDevice implements VhostUserBackend {
         synchronized (lockType) {
             return generation == switches && lockShared && imageLock != null && imageLock.held() && !imageLock.shared();
         }
+    }
+
+    /**
+     * {@code r} runs (on a thread of the device's) when a switch to writable whose {@link #setReadOnly} returned with
+     * the disk still read-only has made it writable, so that what was recorded from that answer is written again.
+     */
+    public void onSwitchEndedLate(Runnable r) {
+        switchEndedLate = r;
     }
 
     /** Changes how long {@link #setReadOnly} waits for the lock to become shared (tests). */
