@@ -1313,7 +1313,7 @@ public final class BlkDevice implements VhostUserBackend {
                                 + " on in the kernel (it could not wait for its io_uring, see the log) may still land,"
                                 + " so another VM (a migration''s destination) or program (qemu-img) is refused the"
                                 + " image. Remove the export (blk.remove) to let go of it: the kernel drops the lock"
-                                + " once that write has completed (or when the daemon exits)",
+                                + " once that write has completed (not before, even if the daemon exits)",
                         name,
                         image.path());
             } else if (handedOver && imageLock != null) {
