@@ -429,7 +429,17 @@ public final class BlkDevice implements VhostUserBackend {
             throw new IOException("switching the disk writable failed: " + cause, cause);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            return "interrupted: the disk becomes writable once the image's earlier write-back has completed";
+            answered.set(true); // as after the limit: from now on the thread reports how it ended
+            if (!done.isDone()) {
+                return "interrupted: the disk becomes writable once the image's earlier write-back has completed";
+            }
+            if (!done.isCompletedExceptionally()) {
+                return null; // it ended meanwhile, before it saw answered: reported here
+            }
+            Throwable cause = done.exceptionNow();
+            throw cause instanceof IOException io
+                    ? io
+                    : new IOException("switching the disk writable failed: " + cause, cause);
         }
     }
 
@@ -554,6 +564,7 @@ public final class BlkDevice implements VhostUserBackend {
                     + " disk or file system); then it becomes shared by itself, and a log line says so";
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
+            answered.set(true); // as after the limit: a write-back that fails from now on is logged
             return "interrupted: the switch to read-only goes on, and the image lock becomes shared once the writes"
                     + " sent before it have completed and are flushed";
         }

@@ -752,6 +752,54 @@ class BlkReadOnlySwitchTest {
         }
     }
 
+    /**
+     * A switch to writable whose caller is interrupted while the image is busy answers that it is pending, as after
+     * its wait's limit, and its end is reported all the same: the INFO line and the callback that has the daemon
+     * write its state file again. The interrupted caller left the switch's thread believing it would report the end
+     * itself, so nothing did: the state file kept the disk read-only.
+     */
+    @Test
+    void aSwitchToWritableWhoseCallerIsInterruptedStillReportsItsEnd() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        try (RawImage raw = RawImage.open(p, false, false)) {
+            CountDownLatch busy = new CountDownLatch(1);
+            CountDownLatch release = new CountDownLatch(1);
+            ForwardingDiskImage img = new ForwardingDiskImage(raw) {
+                @Override
+                public void setReadOnly(boolean readOnly) throws IOException {
+                    if (!readOnly) { // the image busy: an earlier write-back on a slow file system
+                        busy.countDown();
+                        try {
+                            release.await();
+                        } catch (InterruptedException e) {
+                            throw new IllegalStateException(e);
+                        }
+                    }
+                    super.setReadOnly(readOnly);
+                }
+            };
+            BlkDevice dev = new BlkDevice("i", img, 1, "s");
+            assertNull(dev.setReadOnly(true));
+            java.util.concurrent.atomic.AtomicInteger ended = new java.util.concurrent.atomic.AtomicInteger();
+            dev.onSwitchEndedLate(ended::incrementAndGet);
+            java.util.concurrent.CompletableFuture<String> answer = new java.util.concurrent.CompletableFuture<>();
+            Thread caller = Thread.ofPlatform().start(() -> {
+                try {
+                    answer.complete(dev.setReadOnly(false));
+                } catch (IOException | RuntimeException e) {
+                    answer.completeExceptionally(e);
+                }
+            });
+            assertTrue(busy.await(20, TimeUnit.SECONDS), "the switch's thread to reach the image");
+            caller.interrupt();
+            String pending = answer.get(20, TimeUnit.SECONDS);
+            assertTrue(pending != null && pending.startsWith("interrupted"), String.valueOf(pending));
+            release.countDown();
+            Await.until(Duration.ofSeconds(20), "the switch's end to be reported", () -> ended.get() == 1);
+            assertTrue(!img.readOnly(), "writable");
+        }
+    }
+
     /** The big-endian 64-bit field at {@code offset} of the image's header. */
     private static long header(Path p, long offset) throws IOException {
         try (var f = new java.io.RandomAccessFile(p.toFile(), "r")) {
