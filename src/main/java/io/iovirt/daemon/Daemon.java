@@ -135,7 +135,7 @@ public final class Daemon implements AutoCloseable {
         } catch (RpcException | RuntimeException e) {
             // a remove that failed after its device left the registry (closing it threw): what runs changed
             if (CHANGES.contains(method) && locked(() -> changes) != before) {
-                savedAfterFailure(method);
+                savedAfterFailure(method + " failed after changing the devices");
             }
             throw e;
         }
@@ -175,8 +175,11 @@ public final class Daemon implements AutoCloseable {
         };
     }
 
-    /** Writes the state file after a request that failed but changed the registry; a failed write is logged. */
-    private void savedAfterFailure(String method) {
+    /**
+     * Writes the state file after a change no request's answer saves ({@code what} happened): a request that failed
+     * but changed the registry, or a switch that ended after it answered; a failed write is logged.
+     */
+    private void savedAfterFailure(String what) {
         StateFile s = state;
         if (s == null) {
             return;
@@ -186,8 +189,8 @@ public final class Daemon implements AutoCloseable {
         } catch (IOException | RuntimeException e) {
             LOG.log(
                     System.Logger.Level.ERROR,
-                    method + " failed after changing the devices, and the state file could not be written either: "
-                            + e.getMessage() + "; any later change writes the whole state file again");
+                    what + ", and the state file could not be written: " + e.getMessage()
+                            + "; any later change writes the whole state file again");
         }
     }
 
@@ -427,6 +430,10 @@ public final class Daemon implements AutoCloseable {
         } catch (IOException | RuntimeException ex) { // the claim is released (or will be: ImageOpens)
             throw new RpcException(RpcException.FAILED, "blk.add " + spec.id() + ": " + ex.getMessage());
         }
+        // a blk.set-readonly false answered with the disk still read-only (writable_pending) saved it read-only: saved
+        // again once the disk has become writable, or the next start would serve it read-only
+        e.device.onSwitchEndedLate(
+                () -> savedAfterFailure("blk " + spec.id() + " became writable after its blk.set-readonly answered"));
         claims.publish(c, "blk.add " + spec.id(), e, () -> {
             blks.put(spec.id(), e);
             changes++;
@@ -527,9 +534,9 @@ public final class Daemon implements AutoCloseable {
             throw RpcException.params("blk.set-readonly: missing parameter 'readonly' (true or false)");
         }
         boolean ro = p.bool("readonly", true);
-        String lockExclusive;
+        String pending; // read-only: why the lock is still exclusive; writable: why the disk is still read-only
         try {
-            lockExclusive = e.device.setReadOnly(ro);
+            pending = e.device.setReadOnly(ro);
         } catch (IOException ex) {
             throw new RpcException(RpcException.FAILED, "blk.set-readonly " + e.spec.id() + ": " + ex.getMessage());
         }
@@ -539,11 +546,15 @@ public final class Daemon implements AutoCloseable {
                 "readonly",
                 ro,
                 "lock_pending",
-                lockExclusive != null,
+                ro && pending != null,
+                "writable_pending",
+                !ro && pending != null,
                 "notice",
-                "writes are " + (ro ? "refused" : "accepted") + " from now on; the guest's driver sees the"
-                        + " read-only flag change after its next reset"
-                        + (lockExclusive == null ? "" : "; " + lockExclusive));
+                (!ro && pending != null
+                                ? "writes are accepted once the disk is writable"
+                                : "writes are " + (ro ? "refused" : "accepted") + " from now on")
+                        + "; the guest's driver sees the read-only flag change after its next reset"
+                        + (pending == null ? "" : "; " + pending));
     }
 
     // ---- nbd ----------------------------------------------------------------------------------------------------

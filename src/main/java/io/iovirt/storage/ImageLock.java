@@ -295,6 +295,18 @@ public final class ImageLock implements AutoCloseable {
     }
 
     /**
+     * Closes the lock's descriptor without unlocking, for an export that gave up on writes still in the kernel (an
+     * io_uring it could not wait for): the kernel drops an OFD lock only when the last reference to its open file
+     * description goes, and each such request holds one until it has completed. So once the export has closed its
+     * own descriptors, the lock is held exactly as long as such a write may still land, however long that is; an
+     * unlock here would let another writer in under it.
+     */
+    public synchronized void closeLeavingLockToKernel() {
+        held = false;
+        fd.close();
+    }
+
+    /**
      * The processes holding locks on this image's inode that conflict with this lock (any lock for an exclusive
      * one; a write lock or a lock on a writer's byte for a shared one, so a QEMU reader beside the writer is not
      * named). An OFD lock does not name its owner (F_OFD_GETLK and, since Linux 6.x, /proc/locks report pid -1),

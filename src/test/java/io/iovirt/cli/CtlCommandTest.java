@@ -123,7 +123,7 @@ class CtlCommandTest {
             Run ro = ctl("blk.set-readonly", "id=007", "readonly=true", "--json");
             assertEquals(0, ro.exit(), ro.err());
             assertEquals(
-                    List.of("id", "readonly", "lock_pending", "notice"),
+                    List.of("id", "readonly", "lock_pending", "writable_pending", "notice"),
                     List.copyOf(((Map<?, ?>) JsonParser.parse(ro.out())).keySet()),
                     ro.out());
             Run removed = ctl("blk.remove", "id=007", "--json");

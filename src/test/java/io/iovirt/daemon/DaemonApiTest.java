@@ -1984,4 +1984,66 @@ class DaemonApiTest {
         assertFalse(Files.exists(sock));
         bad(RpcException.NOT_FOUND, "nbd.remove", "id", "nbd0");
     }
+
+    /**
+     * blk.set-readonly false that answers with the disk still read-only (writable_pending: the write-back of the
+     * switch to read-only before it waits for a stopped file system, {@link StoppableFuse}; a peer test), then
+     * becomes writable by itself: the state file is written again then. It said {@code readonly-now} for good, as
+     * the answer found it, so the daemon's next start served read-only a disk that had been switched writable.
+     */
+    @Test
+    @Tag("peer")
+    void aSwitchToWritableThatEndsAfterItsAnswerIsSaved() throws Exception {
+        Path stateFile = Files.createDirectories(dir.resolve("lib")).resolve("state.json");
+        daemon.state(StateFile.open(stateFile));
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path img = fs.file("disk.raw", 4 << 20);
+            Path sock = dir.resolve("blk.sock");
+            ok("blk.add", "id", "d", "image", img.toString(), "socket", sock.toString(), "io-engine", "sync");
+            try (io.iovirt.linux.EventFd call = io.iovirt.linux.EventFd.create(true);
+                    io.iovirt.devices.blk.BlkTestDriver d =
+                            new io.iovirt.devices.blk.BlkTestDriver(sock, 1 << 20, call);
+                    AutoCloseable resumed = fs::resume) {
+                assertEquals(0, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "served");
+                var fds = StoppableFuse.descriptorsOf(img, -1);
+                fs.stop();
+                long write = d.write(d.alloc(4096, 4096), 4096);
+                Await.until(
+                        Duration.ofSeconds(20),
+                        "the queue thread to wait for the stopped file system on " + fds,
+                        () -> !StoppableFuse.blockedOn(fds).isEmpty());
+                assertEquals(
+                        true,
+                        ok("blk.set-readonly", "id", "d", "readonly", true).get("lock_pending"));
+                Map<String, Object> back = ok("blk.set-readonly", "id", "d", "readonly", false);
+                assertEquals(true, back.get("writable_pending"), back.toString());
+                assertEquals(true, savedEntry(stateFile).get("readonly-now"), "read-only when it answered");
+
+                fs.resume();
+                assertEquals(0, d.awaitStatus(write), "the write that passed its check completes");
+                Await.until(Duration.ofSeconds(20), "the disk to become writable by itself", () -> {
+                    try {
+                        return !(Boolean) ok("blk.info", "id", "d").get("readonly");
+                    } catch (Exception e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+                Await.until(
+                        Duration.ofSeconds(20),
+                        () -> "the state file to say writable: " + savedEntry(stateFile),
+                        () -> !savedEntry(stateFile).containsKey("readonly-now"));
+            }
+            ok("blk.remove", "id", "d");
+        }
+    }
+
+    /** The blk entry "d" of the state file {@code f}. */
+    private static Map<?, ?> savedEntry(Path f) {
+        try {
+            Map<?, ?> saved = (Map<?, ?>) JsonParser.parse(Files.readString(f));
+            return (Map<?, ?>) ((List<?>) saved.get("blk")).get(0);
+        } catch (java.io.IOException | JsonParser.JsonException e) {
+            throw new IllegalStateException(e);
+        }
+    }
 }

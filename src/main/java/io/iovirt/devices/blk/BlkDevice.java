@@ -96,6 +96,18 @@ public final class BlkDevice implements VhostUserBackend {
     private volatile java.time.Duration shareWaitLimit = java.time.Duration.ofSeconds(5);
     /** One blk.set-readonly at a time. */
     private final Object switching = new Object();
+    /**
+     * Held while a switch's thread changes the image ({@link #applySwitch}), which may wait for the image's file
+     * system; {@link #appliedSwitch}, the last switch applied, under it.
+     */
+    private final java.util.concurrent.locks.ReentrantLock imageSwitch = new java.util.concurrent.locks.ReentrantLock();
+
+    private long appliedSwitch;
+    /**
+     * Run on the switch's thread when a switch to writable that answered with the disk still read-only has made it
+     * writable ({@link #switchWritable}): what its answer reported (a daemon's state file) is out of date then.
+     */
+    private volatile Runnable switchEndedLate = () -> {};
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
 
@@ -106,6 +118,15 @@ public final class BlkDevice implements VhostUserBackend {
      * on its ring) until its thread has ended.
      */
     private final boolean[] abandoned;
+    /**
+     * Set for good once a queue stopped with a write, write-zeroes or discard given up on while still in the kernel
+     * ({@link BlkQueueHandler#mutationsAbandoned}: its engine could not wait for its io_uring and closed it): such a
+     * write may land any time, through the image's open file description, which the kernel keeps open for it. So the
+     * image lock is never let go of by this device while the image is open — not when the last queue stops
+     * ({@link #forget}), not made shared for a switch to read-only — and {@link #close} leaves it to the kernel,
+     * which drops it once that request has completed ({@link ImageLock#closeLeavingLockToKernel}).
+     */
+    private volatile boolean writesLeftInKernel;
     /**
      * Queue threads started and not yet ended, those given up on included, and a thread switching the disk read-only
      * and making the image lock shared after it ({@link #switchReadOnly}: it writes the image back and flushes it)
@@ -300,9 +321,11 @@ public final class BlkDevice implements VhostUserBackend {
      * ended, by itself (a thread of the device's, counted in {@link #quiescent}; see {@link #switchReadOnly}). The
      * next frontend takes a shared lock.
      *
-     * @return null when no lock is held exclusively any more (or none was); otherwise why the lock is still exclusive
-     *         (the writes in flight, to be shared when they end; or a failed flush, shared never: until the
-     *         frontend stops its queues), for the operator
+     * @return switching read-only: null when no lock is held exclusively any more (or none was); otherwise why the
+     *         lock is still exclusive (the writes in flight, to be shared when they end; or a failed flush, shared
+     *         never: until the frontend stops its queues), for the operator. Switching writable: null when writable;
+     *         otherwise why the disk is still read-only (the image busy past {@link #shareWaitLimit}: it becomes
+     *         writable by itself) and what to do ({@link #switchWritable})
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
      *                     it (named); or switching read-only, its write-back failed: a raw image is read-only then
      *                     all the same, and so is a qcow2 image whose tables' first write-back succeeded (a later one
@@ -311,26 +334,162 @@ public final class BlkDevice implements VhostUserBackend {
      */
     public String setReadOnly(boolean readOnly) throws IOException {
         synchronized (switching) {
-            if (readOnly) {
-                return switchReadOnly();
+            return readOnly ? switchReadOnly() : switchWritable();
+        }
+    }
+
+    /**
+     * Makes the lock exclusive (on this thread: lock calls only), then the image writable on a thread of its own
+     * (counted in {@link #quiescent}), waited for up to {@link #shareWaitLimit}: the image's switch waits for what
+     * holds it (a switch to read-only's write-back still under way, which a file system that does not answer holds
+     * for ever), and the control thread must not. Returns null when writable, else what is still pending; the disk
+     * becomes writable by itself when that ends (an INFO line says so), unless a later switch came meanwhile.
+     */
+    private String switchWritable() throws IOException {
+        java.util.concurrent.CompletableFuture<Void> done = new java.util.concurrent.CompletableFuture<>();
+        java.util.concurrent.atomic.AtomicBoolean answered = new java.util.concurrent.atomic.AtomicBoolean();
+        threads.incrementAndGet(); // it changes the image (a qcow2 image takes back what it freed early)
+        boolean started = false;
+        try {
+            if (retired) { // after the count: see switchReadOnly
+                throw new IOException("blk " + name + " is being removed: the disk was not switched");
             }
+            long generation;
             synchronized (lockType) {
                 retypeLock(false); // exclusive first: no write under a shared lock
                 lockShared = false;
-                switches++; // a lock still to be made shared for an earlier switch to read-only stays exclusive
+                generation = ++switches; // a lock still to be made shared for an earlier switch stays exclusive
             }
             try {
-                image.setReadOnly(false); // after a switch to read-only's write-back still under way, if any
-            } catch (IOException | RuntimeException e) {
-                synchronized (lockType) {
-                    lockShared = image.readOnly();
-                    if (lockShared) {
-                        retypeLock(true); // the next frontend takes a shared lock again (a held one stays as it is)
+                Thread.ofPlatform().name("blk " + name + " writable").daemon().start(() -> {
+                    // completed before answered is read, as the caller sets answered before it looks at done:
+                    // either the caller reports how the switch ended or this thread logs it
+                    try {
+                        boolean applied = writable(generation);
+                        done.complete(null);
+                        if (applied && answered.get()) {
+                            LOG.log(Level.INFO, "blk {0}: the disk is writable now: the image is no longer busy", name);
+                            try {
+                                switchEndedLate.run();
+                            } catch (RuntimeException e) {
+                                LOG.log(Level.ERROR, "blk {0}: recording the switch to writable failed: {1}", name, e);
+                            }
+                        }
+                    } catch (IOException | RuntimeException e) {
+                        done.completeExceptionally(e);
+                        if (answered.get()) {
+                            LOG.log(
+                                    Level.ERROR,
+                                    "blk {0}: the switch to writable failed: {1}. The disk stays read-only",
+                                    name,
+                                    e.getMessage());
+                        }
+                    } catch (Error e) {
+                        done.completeExceptionally(e);
+                        throw e;
+                    } finally {
+                        queueThreadEnded();
                     }
+                });
+                started = true;
+            } catch (RuntimeException | OutOfMemoryError e) {
+                readOnlyAgain(generation);
+                throw new IOException("cannot start the thread that switches the disk (it stays read-only): " + e, e);
+            }
+        } finally {
+            if (!started) {
+                queueThreadEnded();
+            }
+        }
+        try {
+            try {
+                done.get(shareWaitLimit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                answered.set(true); // from now on the thread logs how it ended
+                if (done.isDone()) {
+                    done.get(); // it ended meanwhile, before it saw answered: reported here
+                    return null;
                 }
-                throw e;
+                return "the disk is still read-only: the image is busy after " + shareWaitLimit.toMillis()
+                        + " ms (the write-back of an earlier switch to read-only, or another change of the image,"
+                        + " waits for a slow or hung disk or file system); it becomes writable by itself once that"
+                        + " has completed (an INFO log line says so; an ERROR line if it fails), and guest writes"
+                        + " fail until then. The image lock is exclusive already. Make the disk or file system"
+                        + " answer again, or switch it read-only (blk.set-readonly true) to cancel";
             }
             return null;
+        } catch (java.util.concurrent.ExecutionException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof IOException io) {
+                throw io;
+            }
+            if (cause instanceof RuntimeException r) {
+                throw r;
+            }
+            throw new IOException("switching the disk writable failed: " + cause, cause);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            answered.set(true); // as after the limit: from now on the thread reports how it ended
+            if (!done.isDone()) {
+                return "interrupted: the disk becomes writable once the image's earlier write-back has completed";
+            }
+            if (!done.isCompletedExceptionally()) {
+                return null; // it ended meanwhile, before it saw answered: reported here
+            }
+            Throwable cause = done.exceptionNow();
+            throw cause instanceof IOException io
+                    ? io
+                    : new IOException("switching the disk writable failed: " + cause, cause);
+        }
+    }
+
+    /**
+     * On the thread of {@link #switchWritable}: the image's part of the switch {@code generation}; false when a later
+     * switch had changed the image already (it decides).
+     */
+    private boolean writable(long generation) throws IOException {
+        try {
+            return applySwitch(generation, false);
+        } catch (IOException | RuntimeException e) {
+            readOnlyAgain(generation);
+            throw e;
+        }
+    }
+
+    /** A switch to writable {@code generation} failed: the next frontend takes a shared lock again. */
+    private void readOnlyAgain(long generation) {
+        synchronized (lockType) {
+            if (generation != switches) {
+                return; // a later switch decided
+            }
+            lockShared = image.readOnly();
+            if (lockShared) {
+                try {
+                    retypeLock(true); // changes no lock held: never refused, no lock call
+                } catch (IOException e) {
+                    throw new IllegalStateException(e);
+                }
+            }
+        }
+    }
+
+    /**
+     * Changes the image for the switch {@code generation} ({@link #setReadOnly}), in the order of the switches: the
+     * image's change may wait (a write-back of a file system that does not answer), and the switches' threads may
+     * come to it in any order. Skipped when a later switch has changed the image already (that one decides); false
+     * then.
+     */
+    private boolean applySwitch(long generation, boolean readOnly) throws IOException {
+        imageSwitch.lock();
+        try {
+            if (generation < appliedSwitch) {
+                return false;
+            }
+            appliedSwitch = generation;
+            image.setReadOnly(readOnly);
+            return true;
+        } finally {
+            imageSwitch.unlock();
         }
     }
 
@@ -405,6 +564,7 @@ public final class BlkDevice implements VhostUserBackend {
                     + " disk or file system); then it becomes shared by itself, and a log line says so";
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
+            answered.set(true); // as after the limit: a write-back that fails from now on is logged
             return "interrupted: the switch to read-only goes on, and the image lock becomes shared once the writes"
                     + " sent before it have completed and are flushed";
         }
@@ -421,7 +581,11 @@ public final class BlkDevice implements VhostUserBackend {
             java.util.concurrent.atomic.AtomicBoolean answered) {
         Exception failure = null;
         try {
-            image.setReadOnly(true); // may write back (not under lockType: a frontend's start does not wait)
+            // may write back (not under lockType: a frontend's start does not wait)
+            if (!applySwitch(generation, true)) {
+                switched.complete(null);
+                return null; // a later switch has changed the image already: it decides
+            }
         } catch (IOException | RuntimeException e) {
             failure = e;
         }
@@ -478,6 +642,13 @@ public final class BlkDevice implements VhostUserBackend {
      * it stays exclusive.
      */
     private String shareWhenDrained(java.util.List<BlkQueueHandler> inFlight, long generation) {
+        if (writesLeftInKernel) { // an earlier frontend's queue: it is not among inFlight any more
+            String why = "the image lock stays exclusive until the export is removed: a write an earlier frontend"
+                    + " sent was given up on in the kernel (its queue could not wait for its io_uring, see the log)"
+                    + " and may still land";
+            LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
+            return why;
+        }
         long pause = 1;
         for (BlkQueueHandler h : inFlight) {
             while (!h.mutationsEnded()) {
@@ -485,7 +656,7 @@ public final class BlkDevice implements VhostUserBackend {
                     return null; // switched writable again, or the frontend let go of the image
                 }
                 if (h.mutationsAbandoned()) { // its queue could not wait for its ring: such a write may land any time
-                    String why = "the image lock stays exclusive until the frontend stops its queues: a write sent"
+                    String why = "the image lock stays exclusive until the export is removed: a write sent"
                             + " before the switch to read-only was given up on in the kernel (its queue could not"
                             + " wait for its io_uring, see the log) and may still land";
                     LOG.log(Level.ERROR, "blk {0}: {1}", name, why);
@@ -541,6 +712,14 @@ public final class BlkDevice implements VhostUserBackend {
         synchronized (lockType) {
             return generation == switches && lockShared && imageLock != null && imageLock.held() && !imageLock.shared();
         }
+    }
+
+    /**
+     * {@code r} runs (on a thread of the device's) when a switch to writable whose {@link #setReadOnly} returned with
+     * the disk still read-only has made it writable, so that what was recorded from that answer is written again.
+     */
+    public void onSwitchEndedLate(Runnable r) {
+        switchEndedLate = r;
     }
 
     /** Changes how long {@link #setReadOnly} waits for the lock to become shared (tests). */
@@ -1047,7 +1226,20 @@ public final class BlkDevice implements VhostUserBackend {
                 forget(i);
             }
         }
-        if (imageLock != null) {
+        if (imageLock == null) {
+            return;
+        }
+        if (writesLeftInKernel && imageLock.held()) {
+            // the image's own descriptor is closed by now: what keeps its open file description, and so the lock,
+            // is the kernel's reference for each request still in it, dropped as each completes
+            imageLock.closeLeavingLockToKernel();
+            LOG.log(
+                    Level.WARNING,
+                    "blk {0}: the image lock of {1} is left to the kernel: a write given up on in the kernel may still"
+                            + " land; the kernel unlocks the image once it has completed",
+                    name,
+                    image.path());
+        } else {
             imageLock.close();
         }
     }
@@ -1097,6 +1289,10 @@ public final class BlkDevice implements VhostUserBackend {
 
     /** The queue's worker has ended: the queue is free, and the last one hands the image back. */
     private void forget(int index) {
+        BlkQueueHandler h = handlers.get(index);
+        if (h != null && h.mutationsAbandoned()) { // its thread has ended: the flag and count are final
+            writesLeftInKernel = true;
+        }
         workers[index] = null;
         vqs[index] = null;
         handlers.set(index, null);
@@ -1121,7 +1317,17 @@ public final class BlkDevice implements VhostUserBackend {
                             e.getMessage());
                 }
             }
-            if (handedOver && imageLock != null) {
+            if (writesLeftInKernel && imageLock != null && imageLock.held()) {
+                LOG.log(
+                        Level.ERROR,
+                        "blk {0}: the last queue stopped, but the image lock of {1} is kept: a write a queue gave up"
+                                + " on in the kernel (it could not wait for its io_uring, see the log) may still land,"
+                                + " so another VM (a migration''s destination) or program (qemu-img) is refused the"
+                                + " image. Remove the export (blk.remove) to let go of it: the kernel drops the lock"
+                                + " once that write has completed (not before, even if the daemon exits)",
+                        name,
+                        image.path());
+            } else if (handedOver && imageLock != null) {
                 imageLock.release();
             }
             fenced = null;

@@ -140,6 +140,14 @@ public final class Qcow2Image implements DiskImage {
     private final boolean openedReadOnly;
     /** Writes refused now: opened read-only, or switched with {@link #setReadOnly} (changes under the lock). */
     private volatile boolean readOnly;
+    /**
+     * The header a {@link #refresh} read while the image was switched read-only, whose checks and repairs for writing
+     * (a dirty bit's refcount rebuild, the autoclear bits' clearing) it left undone: no write while read-only, since
+     * its image lock may be shared with readers. Done by the switch to writable, under the exclusive lock, before
+     * the first write; null when none is due, and forgotten when the image is handed over ({@link #handOver}: the
+     * next start reads it again). Metadata lock held.
+     */
+    private Qcow2Header writeChecksDue;
 
     private final int clusterBits;
     private final long clusterSize;
@@ -663,6 +671,10 @@ public final class Qcow2Image implements DiskImage {
                 // before readOnly is cleared (under the same lock): a cluster freed early by the switch to read-only
                 // whose request is still in flight is taken again before the allocator can run
                 refcounts.retakeForWrites();
+                if (writeChecksDue != null) { // a refresh while read-only left them (see refresh): before any write
+                    prepareForWriting(writeChecksDue); // refused: stays read-only, with the reason
+                    writeChecksDue = null;
+                }
             }
             readOnly = ro;
         } finally {
@@ -681,9 +693,19 @@ public final class Qcow2Image implements DiskImage {
         meta.lock();
         try {
             checkOpen();
-            if (!openedReadOnly) {
+            // Writes only while writable: an image switched read-only (blk.set-readonly) may be under a shared lock,
+            // with readers of other programs let in. Then, as QEMU does for an image opened read-only, a dirty bit
+            // and autoclear bits another program left stay as they are (reading needs neither consistent refcounts
+            // nor a clean header) until the switch to writable (writeChecksDue).
+            boolean writes = !openedReadOnly && !readOnly;
+            if (writes) {
                 flushMetadata();
                 flushMetadata(); // the refcount decrements the first one deferred
+            } else if (!openedReadOnly && metadataUnwritten()) {
+                throw new IOException("qcow2 image " + path + " has table changes not written back yet (an earlier"
+                        + " write-back failed), and reading it again would drop them; they are written only while"
+                        + " the disk is writable: switch it writable (blk.set-readonly false) so that a flush writes"
+                        + " them back, or remove the export and check the image with 'qemu-img check'");
             }
             Qcow2Header h;
             try (Arena a = Arena.ofConfined()) {
@@ -698,7 +720,7 @@ public final class Qcow2Image implements DiskImage {
                         + " export and add it again)");
             }
             // what open checks and repairs, for what the other program left (a dirty bit, internal snapshots...)
-            checkFeatures(path, h, openedReadOnly);
+            checkFeatures(path, h, !writes);
             long oldL1 = chargedL1;
             long oldRef = chargedRef;
             chargeTables(
@@ -716,19 +738,50 @@ public final class Qcow2Image implements DiskImage {
             }
             refcounts.reload(h);
             indexMetadata();
-            if (!openedReadOnly) {
-                layout().checkForWriting(FileIo.size(fd));
-                if ((h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
-                    refcounts.rebuildRefcounts(); // as at open: the spec's repair before any access
-                }
-                if (h.autoclear() != 0) {
-                    clearAutoclear(); // bitmaps another program keeps would miss this process's writes
-                }
+            if (writes) {
+                prepareForWriting(h);
+                writeChecksDue = null;
+            } else if (!openedReadOnly) {
+                writeChecksDue = h;
             }
             size = Math.max(size, h.size());
         } finally {
             meta.unlock();
         }
+    }
+
+    /**
+     * What a writable image needs of the header {@code h} (read by {@link #refresh}) before its first write: the
+     * checks for writing, the repair of a dirty image and the clearing of autoclear bits. Metadata lock held, the
+     * tables of {@code h} loaded; under an exclusive image lock (the image is writable).
+     */
+    private void prepareForWriting(Qcow2Header h) throws IOException {
+        checkFeatures(path, h, false);
+        layout().checkForWriting(FileIo.size(fd));
+        if ((h.incompatible() & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+            refcounts.rebuildRefcounts(); // as at open: the spec's repair before any access
+        }
+        if (h.autoclear() != 0) {
+            clearAutoclear(); // bitmaps another program keeps would miss this process's writes
+        }
+    }
+
+    /** Whether tables changed in memory are still to be written back (metadata lock held). */
+    private boolean metadataUnwritten() {
+        if (l1DirtyLo < l1DirtyHi) {
+            return true;
+        }
+        for (MetaCache.Table b : refcounts.blocks()) {
+            if (b.dirty()) {
+                return true;
+            }
+        }
+        for (MetaCache.Table t : l2Cache.all()) {
+            if (t.dirty()) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /**
@@ -769,9 +822,21 @@ public final class Qcow2Image implements DiskImage {
      * {@link #setReadOnly} does: the first flush defers the refcount decrements of freed clusters (a rewritten
      * compressed or shared cluster) to the next one, and a decrement left in memory here would be written later,
      * over the refcount block the next owner has written meanwhile.
+     *
+     * <p>Also forgets the repairs a {@link #refresh} while read-only left due ({@link #writeChecksDue}): from now on
+     * the image lock is not held, and another program may change the image (repair it itself, allocate past the end
+     * of the file read then). Done by a switch to writable meanwhile, they would write the refcounts rebuilt from the
+     * tables read before, past the end of the file known then, with no lock: a corrupt image. The next user's start
+     * reads the image again (refresh) and repairs what it finds then.
      */
     @Override
     public void handOver() throws IOException {
+        meta.lock();
+        try {
+            writeChecksDue = null;
+        } finally {
+            meta.unlock();
+        }
         flush();
         flush();
     }

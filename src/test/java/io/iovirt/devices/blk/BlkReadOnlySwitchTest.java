@@ -18,6 +18,7 @@ import io.iovirt.storage.ForwardingDiskImage;
 import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.RawImage;
+import io.iovirt.storage.qcow2.Qcow2Image;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.StoppableFuse;
@@ -399,6 +400,397 @@ class BlkReadOnlySwitchTest {
                     assertReaderLetIn(p);
                 }
             }
+        }
+    }
+
+    /**
+     * A queue that stops with writes it gave up on in the kernel (its engine could not wait for its io_uring, and
+     * closed it: the kernel may still carry them out) keeps the image locked: the device released the lock when that
+     * last queue stopped, and a QEMU writer (or a migration's destination) could take the image while such a write
+     * could still land. Here the ring is told nothing of the write (its submit only says queued), so the stop's wait
+     * on the ring fails as a failing io_uring_enter would. The next frontend of the export does not make it shared on
+     * a switch to read-only either; removing the export leaves the lock to the kernel, which drops it once nothing of
+     * the image's open file description is in flight (nothing is, here).
+     */
+    @Test
+    void writesGivenUpOnInTheKernelKeepTheImageLockedAfterTheFrontendStops() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path sock = dir.resolve("blk.sock");
+        RawImage raw = RawImage.open(p, false, false);
+        try (EventFd call = EventFd.create(true);
+                var probe = FileIo.open(p, FileIo.O_RDONLY)) {
+            LostWrites img = new LostWrites(raw);
+            BlkDevice dev = new BlkDevice("lost", img, 1, "s", BlkDevice.IoEngine.IO_URING);
+            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    d.write(d.alloc(4096, 4096), 4096);
+                    assertTrue(img.lost.await(20, TimeUnit.SECONDS), "the write is \"in the kernel\"");
+                }
+                Await.until(Duration.ofSeconds(20), "the frontend's queue to stop", () -> dev.worker(0) == null);
+                assertEquals(
+                        FileIo.F_WRLCK,
+                        FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                        "the write given up on may still land: the image stays locked");
+                var writer = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", p.toString());
+                assertTrue(writer.exit() != 0 && writer.output().contains("lock"), "a QEMU writer: " + writer);
+
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()), "the export's next frontend is served");
+                    String pending = dev.setReadOnly(true);
+                    assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+                    assertReadersRefused(p);
+                }
+            }
+            raw.close(); // as the export's close does, before the device's
+            dev.close();
+            awaitUnlocked(p); // nothing of the image's open file description is in the kernel here
+        } finally {
+            raw.close();
+        }
+    }
+
+    /**
+     * An export removed while a write it gave up on is still in the kernel (stuck on a stopped FUSE file system,
+     * {@link StoppableFuse}; a peer test: root, fuse2fs) keeps the image locked until that write has completed: the
+     * device unlocked the image explicitly when it closed, so another writer could take it while the write could still
+     * land. The write runs on a ring of the test's, which the engine knows nothing of — as a ring the engine closed
+     * while its wait failed would be: the kernel carries it out all the same. Once the file system answers and that
+     * ring is torn down the kernel drops the lock.
+     */
+    @Test
+    @Tag("peer")
+    void anExportRemovedWithAWriteStuckInTheKernelKeepsTheImageLockedUntilItCompletes() throws Exception {
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path p = fs.file("disk.raw", 4 << 20);
+            Path sock = dir.resolve("blk.sock");
+            RawImage raw = RawImage.open(p, false, false);
+            IoUring kernel = IoUring.create(8);
+            try (EventFd call = EventFd.create(true);
+                    var probe = FileIo.open(p, FileIo.O_RDONLY); // before the stop: opening it then would wait
+                    AutoCloseable resumed = fs::resume) {
+                LostWrites img = new LostWrites(raw, kernel);
+                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.IO_URING);
+                try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                    try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                        fs.stop();
+                        d.write(d.alloc(4096, 4096), 4096);
+                        assertTrue(img.lost.await(20, TimeUnit.SECONDS), "the write is handed on");
+                        var ringFd = java.util.List.of(kernel.fd().get());
+                        Await.until(
+                                Duration.ofSeconds(20),
+                                "the write to wait in the kernel for the stopped file system",
+                                () -> !StoppableFuse.blockedOn(ringFd).isEmpty());
+                    }
+                    Await.until(Duration.ofSeconds(20), "the frontend's queue to stop", () -> dev.worker(0) == null);
+                }
+                raw.close(); // as the export's close does (its final flush would wait for the file system)
+                dev.close();
+                assertEquals(
+                        FileIo.F_WRLCK,
+                        FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                        "the write still in the kernel may land: the image stays locked");
+
+                fs.resume();
+                img.submitter.join();
+                kernel.close(); // torn down once the write has completed: the last reference to the image goes
+                awaitUnlocked(p);
+            } finally {
+                raw.close();
+                kernel.close();
+            }
+        }
+    }
+
+    /**
+     * A raw image whose ring writes are never handed to the kernel, though the engine is told they were (a lost
+     * submission): the stop's wait on the ring fails, as a failing io_uring_enter would. Reported as direct I/O, so a
+     * lone write goes to the ring too.
+     */
+    private static final class LostWrites extends ForwardingDiskImage {
+        final CountDownLatch lost = new CountDownLatch(1);
+        /** Where the writes really go, or null: a ring the engine knows nothing of, as one it closed would be. */
+        private final IoUring elsewhere;
+        /** The thread that enters {@link #elsewhere}: it may wait in the kernel for the write. */
+        volatile Thread submitter;
+
+        LostWrites(RawImage raw) {
+            this(raw, null);
+        }
+
+        LostWrites(RawImage raw, IoUring elsewhere) {
+            super(raw);
+            this.elsewhere = elsewhere;
+        }
+
+        @Override
+        public boolean direct() {
+            return true;
+        }
+
+        @Override
+        public ImageIo newContext(io.iovirt.linux.IoVec iov, java.lang.foreign.MemorySegment bounce) {
+            return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                @Override
+                public boolean submitWrite(IoUring ring, long offset, long userData) throws LinuxException {
+                    if (elsewhere != null) { // handed to the kernel by a thread of its own: its entry may wait
+                        assertTrue(io.submitWrite(elsewhere, offset, userData), "a write for the ring");
+                        submitter = Thread.ofPlatform()
+                                .daemon()
+                                .name("lost write")
+                                .start(() -> {
+                                    try {
+                                        elsewhere.submit();
+                                    } catch (LinuxException e) {
+                                        throw new IllegalStateException(e);
+                                    }
+                                });
+                    }
+                    lost.countDown();
+                    return true;
+                }
+            };
+        }
+    }
+
+    /**
+     * A switch back to writable while the switch to read-only's write-back waits for a stopped file system ({@link
+     * StoppableFuse}; a peer test) answers within its bound, as the switch to read-only does: the disk still read-only,
+     * saying what is pending and what to do, the lock exclusive already. It waited on the control thread for the
+     * image, which that write-back held, for as long as the file system did not answer. Once it answers the disk
+     * becomes writable by itself.
+     */
+    @Test
+    @Tag("peer")
+    void aSwitchBackToWritableAnswersWhileTheWriteBackWaitsForAStoppedFileSystem() throws Exception {
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path p = fs.file("disk.raw", 4 << 20);
+            Path sock = dir.resolve("blk.sock");
+            try (RawImage img = RawImage.open(p, false, false);
+                    EventFd call = EventFd.create(true);
+                    var probe = FileIo.open(p, FileIo.O_RDONLY)) { // before the stop: opening it then would wait
+                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
+                dev.shareWaitLimit(Duration.ofMillis(500));
+                try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                        BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+                        AutoCloseable resumed = fs::resume) { // before the device stops its queue
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    var fds = StoppableFuse.descriptorsOf(p, probe.get());
+                    fs.stop();
+                    long write = d.write(d.alloc(65536, 4096), 65536);
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "the queue thread to wait for the stopped file system on " + fds,
+                            () -> !StoppableFuse.blockedOn(fds).isEmpty());
+                    String pending = dev.setReadOnly(true);
+                    assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+
+                    var back = java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+                        try {
+                            return dev.setReadOnly(false);
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    });
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "the switch back to writable to answer while the file system is stopped",
+                            back::isDone);
+                    String answer = back.get();
+                    assertTrue(
+                            answer != null
+                                    && answer.contains("still read-only")
+                                    && answer.contains("blk.set-readonly true"),
+                            String.valueOf(answer));
+                    assertTrue(img.readOnly(), "read-only until the write-back has completed");
+                    assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "exclusive already");
+
+                    fs.resume();
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
+                    Await.until(Duration.ofSeconds(20), "the disk to become writable by itself", () -> !img.readOnly());
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "writable");
+                    assertReadersRefused(p);
+                }
+            }
+        }
+    }
+
+    /**
+     * A qcow2 disk switched read-only whose next frontend finds a dirty bit and an autoclear bit another program left
+     * meanwhile (qemu-io that died with lazy refcounts, after qemu-img added a persistent bitmap) reads the image
+     * again without writing it: its lock is shared, and a QEMU reader holds the image beside it. The refresh repaired
+     * the refcounts and cleared the autoclear bits, writing under the shared lock. As QEMU does for a read-only open,
+     * the image is served as it is; the repair is done by the first start once the disk is switched writable.
+     */
+    @Test
+    void aQcow2ReadAgainUnderASharedLockWritesNothing() throws Exception {
+        Path p = QemuTools.createQcow2(dir, "disk.qcow2", "16M", "lazy_refcounts=on");
+        Path sock = dir.resolve("blk.sock");
+        try (Qcow2Image img = Qcow2Image.open(p, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("q", img, 1, "s");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    assertNull(dev.setReadOnly(true), "the lock is shared when the switch returns");
+                }
+                awaitUnlocked(p);
+                // another program, between two frontends
+                QemuTools.ok("qemu-img", "bitmap", "--add", p.toString(), "b0");
+                QemuTools.qemuIo(p, "qcow2", "write -P 0x31 1M 64k", "abort");
+                assertEquals(1, header(p, 72) & 1, "qemu-io left a dirty bit");
+                assertEquals(1, header(p, 88) & 1, "qemu-img left an autoclear bit");
+                byte[] before = Files.readAllBytes(p);
+
+                Process reader = QemuTools.readerHolding(p, "qcow2");
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+                    assertTrue(reader.isAlive(), "the QEMU reader shares the image");
+                    assertTrue(java.util.Arrays.equals(before, Files.readAllBytes(p)), "written under a shared lock");
+                } finally {
+                    reader.destroyForcibly().waitFor();
+                }
+                awaitUnlocked(p);
+                assertNull(dev.setReadOnly(false));
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) { // the next start, locked exclusive
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                }
+                awaitUnlocked(p);
+                assertEquals(0, header(p, 72) & 1, "repaired once writable");
+                assertEquals(0, header(p, 88), "autoclear bits cleared once writable");
+                QemuTools.check(p, false);
+                QemuTools.qemuIoOk(p, "qcow2", "read -P 0x31 1M 64k");
+            }
+        }
+    }
+
+    /**
+     * A qcow2 disk read again while read-only (its repair left for the switch to writable), whose frontend then
+     * stopped, is switched writable with no frontend: the device holds no image lock then, and another program may
+     * have changed the image meanwhile (here qemu-io, which repaired the dirty bit itself and allocated a cluster past
+     * what this process read). The switch rebuilt the refcounts from the tables it had read, wrote them past the end
+     * of the file it knew (over that cluster) and cleared the dirty bit, unlocked: the image was corrupt. The repair
+     * is the next frontend's start's, which reads the image again under its exclusive lock.
+     */
+    @Test
+    void aQcow2SwitchedWritableWithNoFrontendWritesNothingItReadBefore() throws Exception {
+        Path p = QemuTools.createQcow2(dir, "disk.qcow2", "16M", "lazy_refcounts=on");
+        Path sock = dir.resolve("blk.sock");
+        try (Qcow2Image img = Qcow2Image.open(p, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("q", img, 1, "s");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    assertNull(dev.setReadOnly(true), "the lock is shared when the switch returns");
+                }
+                awaitUnlocked(p);
+                QemuTools.qemuIo(p, "qcow2", "write -P 0x31 1M 64k", "abort");
+                assertEquals(1, header(p, 72) & 1, "qemu-io left a dirty bit");
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+                }
+                awaitUnlocked(p);
+                // another program, with no frontend running: it repairs the dirty bit and allocates past the end
+                QemuTools.qemuIoOk(p, "qcow2", "write -P 0x42 4M 64k");
+                assertEquals(0, header(p, 72) & 1, "qemu-io repaired the image");
+                byte[] before = Files.readAllBytes(p);
+
+                assertNull(dev.setReadOnly(false));
+                assertTrue(java.util.Arrays.equals(before, Files.readAllBytes(p)), "written with no image lock");
+                QemuTools.check(p, false);
+
+                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+                    assertEquals(0, header(p, 72) & 1, "repaired by the start, under the exclusive lock");
+                }
+                awaitUnlocked(p);
+                QemuTools.check(p, false);
+                QemuTools.qemuIoOk(p, "qcow2", "read -P 0x31 1M 64k", "read -P 0x42 4M 64k");
+            }
+        }
+    }
+
+    /**
+     * A qcow2 disk read again while read-only, switched writable while that frontend still runs (its lock made
+     * exclusive first): the switch repairs what the refresh left before the first write.
+     */
+    @Test
+    void aQcow2SwitchedWritableUnderItsFrontendIsRepairedAtOnce() throws Exception {
+        Path p = QemuTools.createQcow2(dir, "disk.qcow2", "16M", "lazy_refcounts=on");
+        Path sock = dir.resolve("blk.sock");
+        try (Qcow2Image img = Qcow2Image.open(p, false);
+                EventFd call = EventFd.create(true)) {
+            BlkDevice dev = new BlkDevice("q", img, 1, "s");
+            assertNull(dev.setReadOnly(true));
+            QemuTools.qemuIo(p, "qcow2", "write -P 0x31 1M 64k", "abort");
+            assertEquals(1, header(p, 72) & 1, "qemu-io left a dirty bit");
+            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)));
+                assertEquals(1, header(p, 72) & 1, "read-only: served as it is");
+                assertNull(dev.setReadOnly(false));
+                assertEquals(0, header(p, 72) & 1, "repaired by the switch, under the exclusive lock");
+                assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
+            }
+            awaitUnlocked(p);
+            QemuTools.check(p, false);
+            QemuTools.qemuIoOk(p, "qcow2", "read -P 0x31 1M 64k");
+        }
+    }
+
+    /**
+     * A switch to writable whose caller is interrupted while the image is busy answers that it is pending, as after
+     * its wait's limit, and its end is reported all the same: the INFO line and the callback that has the daemon
+     * write its state file again. The interrupted caller left the switch's thread believing it would report the end
+     * itself, so nothing did: the state file kept the disk read-only.
+     */
+    @Test
+    void aSwitchToWritableWhoseCallerIsInterruptedStillReportsItsEnd() throws Exception {
+        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        try (RawImage raw = RawImage.open(p, false, false)) {
+            CountDownLatch busy = new CountDownLatch(1);
+            CountDownLatch release = new CountDownLatch(1);
+            ForwardingDiskImage img = new ForwardingDiskImage(raw) {
+                @Override
+                public void setReadOnly(boolean readOnly) throws IOException {
+                    if (!readOnly) { // the image busy: an earlier write-back on a slow file system
+                        busy.countDown();
+                        try {
+                            release.await();
+                        } catch (InterruptedException e) {
+                            throw new IllegalStateException(e);
+                        }
+                    }
+                    super.setReadOnly(readOnly);
+                }
+            };
+            BlkDevice dev = new BlkDevice("i", img, 1, "s");
+            assertNull(dev.setReadOnly(true));
+            java.util.concurrent.atomic.AtomicInteger ended = new java.util.concurrent.atomic.AtomicInteger();
+            dev.onSwitchEndedLate(ended::incrementAndGet);
+            java.util.concurrent.CompletableFuture<String> answer = new java.util.concurrent.CompletableFuture<>();
+            Thread caller = Thread.ofPlatform().start(() -> {
+                try {
+                    answer.complete(dev.setReadOnly(false));
+                } catch (IOException | RuntimeException e) {
+                    answer.completeExceptionally(e);
+                }
+            });
+            assertTrue(busy.await(20, TimeUnit.SECONDS), "the switch's thread to reach the image");
+            caller.interrupt();
+            String pending = answer.get(20, TimeUnit.SECONDS);
+            assertTrue(pending != null && pending.startsWith("interrupted"), String.valueOf(pending));
+            release.countDown();
+            Await.until(Duration.ofSeconds(20), "the switch's end to be reported", () -> ended.get() == 1);
+            assertTrue(!img.readOnly(), "writable");
+        }
+    }
+
+    /** The big-endian 64-bit field at {@code offset} of the image's header. */
+    private static long header(Path p, long offset) throws IOException {
+        try (var f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+            f.seek(offset);
+            return f.readLong();
         }
     }
 

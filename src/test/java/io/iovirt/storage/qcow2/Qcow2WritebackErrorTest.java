@@ -87,7 +87,8 @@ class Qcow2WritebackErrorTest {
      * yet, with 1-bit refcounts. Before, the image stayed writable with the cluster free: once there was space again,
      * the next allocation took the cluster the read was still reading. Switched back to writable, the cluster is
      * taken again until the read is over; when its free was not counted down yet, it is not counted up either (it
-     * was: refcount 2, more than 1-bit refcounts hold, and the switch back failed).
+     * was: refcount 2, more than 1-bit refcounts hold, and the switch back failed). While read-only, reading the image
+     * again (a next frontend's start, under a shared lock) refuses rather than write the tables left dirty.
      */
     @ParameterizedTest
     @ValueSource(booleans = {false, true})
@@ -148,6 +149,13 @@ class Qcow2WritebackErrorTest {
                 LinuxException e = assertThrows(
                         LinuxException.class, () -> Qcow2ImageTest.write(q, 9 * mib, Qcow2ImageTest.fill(65536, 0x66)));
                 assertEquals(Errno.EROFS, e.errno());
+                // a next frontend's start reads the image again (refresh) under the shared lock of a read-only disk:
+                // it wrote the tables left dirty there, readers let in; it refuses now, writing nothing (refused
+                // before it reads anything: the read still in flight is not in its way)
+                byte[] before = Files.readAllBytes(file);
+                IOException refused = assertThrows(IOException.class, q::refresh, "tables left dirty, read-only");
+                assertTrue(refused.getMessage().contains("not written back"), refused.getMessage());
+                assertTrue(java.util.Arrays.equals(before, Files.readAllBytes(file)), "written while read-only");
                 q.setReadOnly(false); // the read is still in flight
                 assertFalse(q.readOnly());
                 Qcow2ImageTest.assertFreedOnlyOnceTheReadCompleted(q, io, ring, host);

@@ -79,8 +79,17 @@ public final class QemuTools {
         return holding(image, true);
     }
 
+    /** {@link #readerHolding(Path)} of an image in {@code format} ("qcow2"). */
+    public static Process readerHolding(Path image, String format) throws IOException {
+        return holding(image, format, true);
+    }
+
     private static Process holding(Path image, boolean readOnly) throws IOException {
-        List<String> cmd = new ArrayList<>(List.of("qemu-io", "-f", "raw", "-c", "sleep 600000"));
+        return holding(image, "raw", readOnly);
+    }
+
+    private static Process holding(Path image, String format, boolean readOnly) throws IOException {
+        List<String> cmd = new ArrayList<>(List.of("qemu-io", "-f", format, "-c", "sleep 600000"));
         if (readOnly) {
             cmd.add(1, "-r");
         }
