@@ -591,9 +591,11 @@ final class ConfigFile {
                 failed.add(what + ": the reload was interrupted while the disk switched; blk.list shows its state");
                 return;
             }
+            // switching writable, a non-null answer means still read-only (the image busy: writable by itself later)
             LOG.log(
                     System.Logger.Level.INFO,
-                    what + ": switched " + (readOnly ? "read-only" : "writable") + " by the reload"
+                    what + (readOnly || lockPending == null ? ": switched " : ": switching ")
+                            + (readOnly ? "read-only" : "writable") + " by the reload"
                             + (lockPending == null ? "" : "; " + lockPending));
         }
     }
