@@ -926,6 +926,18 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
+     * Host offset of a preallocated zero cluster this image owns (zero flag, COPIED and a host cluster), or -1. In a
+     * compressed entry bit 0 belongs to the host offset, not the zero flag: such an entry is never one.
+     */
+    private static long preallocatedZeroHost(long e) {
+        if ((e & OFLAG_COMPRESSED) != 0 || (e & OFLAG_ZERO) == 0 || (e & OFLAG_COPIED) == 0) {
+            return -1;
+        }
+        long h = e & OFFSET_MASK;
+        return h == 0 ? -1 : h;
+    }
+
+    /**
      * The host offset where [offset, offset+len) is stored as one contiguous run of allocated data clusters, or -1
      * (some cluster is unallocated, zero, compressed, or the run is not contiguous). For writes the clusters must
      * also be exclusively owned (COPIED).
@@ -1059,12 +1071,8 @@ public final class Qcow2Image implements DiskImage {
             src.copyTo(srcPos, buf, in, n);
             // A preallocated zero cluster is written in place. In a compressed entry bit 0 belongs to the host
             // offset, not the zero flag: such an entry (with a COPIED bit a damaged image may carry) is copied out.
-            long target = (e & OFLAG_COMPRESSED) == 0
-                            && (e & OFLAG_ZERO) != 0
-                            && (e & OFLAG_COPIED) != 0
-                            && (e & OFFSET_MASK) != 0
-                    ? e & OFFSET_MASK
-                    : refcounts.allocateCluster();
+            long prealloc = preallocatedZeroHost(e);
+            long target = prealloc >= 0 ? prealloc : refcounts.allocateCluster();
             checkDataWrite(cluster, target, clusterSize);
             writeFile(fd, buf, target, align);
             t.setEntry(idx, target | OFLAG_COPIED);
@@ -1188,10 +1196,14 @@ public final class Qcow2Image implements DiskImage {
             int idx = l2Index(cluster);
             e = t.entry(idx);
             long host = ownedHost(e);
-            if (host >= 0 && discard) {
+            long prealloc = preallocatedZeroHost(e);
+            if (discard && (host >= 0 || prealloc >= 0)) {
+                // a normal cluster, or a preallocated zero cluster (its host cluster holds whatever was there
+                // before the zeroing): this image owns it (COPIED), so nothing else reads it and it is punched out
+                long h = host >= 0 ? host : prealloc;
                 t.setEntry(idx, OFLAG_ZERO); // zeros, as before the discard's free (a backing file stays hidden)
-                punch(host);
-                refcounts.freeAfterFlush(host, clusterSize);
+                punch(h);
+                refcounts.freeAfterFlush(h, clusterSize);
             } else if (host >= 0) {
                 t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
                 if (unmap) {
@@ -1202,8 +1214,9 @@ public final class Qcow2Image implements DiskImage {
                 if ((e & OFLAG_COMPRESSED) != 0) {
                     refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
                 } else if ((e & OFFSET_MASK) != 0) {
-                    // a shared cluster, or the host cluster of a preallocated zero cluster a discard gives up (a
-                    // write-zeroes returned above: it keeps a zero cluster as it is, preallocated or not)
+                    // a shared cluster, or the host cluster of a preallocated zero cluster without COPIED a discard
+                    // gives up: another reference may still read it, so it is not punched (a write-zeroes returned
+                    // above: it keeps a zero cluster as it is, preallocated or not)
                     refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
                 }
             }

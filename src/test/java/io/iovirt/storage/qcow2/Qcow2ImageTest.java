@@ -11,6 +11,8 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.Errno;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
@@ -778,18 +780,27 @@ class Qcow2ImageTest {
     /**
      * A discard of a preallocated zero cluster (zero flag and a host cluster, as qemu-io's write -z leaves it) gives
      * the host cluster up, as QEMU's discard does: the entry keeps no host offset and the next allocation takes the
-     * cluster. Before, the discard saw a zero cluster and changed nothing: the host cluster stayed allocated.
+     * cluster. Before, the discard saw a zero cluster and changed nothing: the host cluster stayed allocated. Its
+     * space is punched out at once, as a normal cluster's is (qemu-io's write -z left the old bytes there): before,
+     * the file kept those 64 KiB of blocks until the cluster was taken again.
      */
     @Test
     void aDiscardOfAPreallocatedZeroClusterFreesItsHostCluster() throws Exception {
         Path img = create("prezero.qcow2", "16M");
         qemuIoOk(img, "qcow2", "write -P 0x33 0 4M", "write -z 2M 64k");
-        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Fd fd = FileIo.open(img, FileIo.O_RDONLY)) {
             long e = q.l2Entry(2 * MIB);
             long host = e & Qcow2Image.OFFSET_MASK;
             assertTrue((e & Qcow2Image.OFLAG_ZERO) != 0 && host != 0, "qemu-io left a preallocated zero cluster");
+            assertEquals(host, FileIo.seek(fd, host, FileIo.SEEK_DATA), "allocated");
+            long blocks = FileIo.stat(fd).blocks();
             q.discard(2 * MIB, 65536);
             assertEquals(Qcow2Image.OFLAG_ZERO, q.l2Entry(2 * MIB), "a zero cluster without host cluster");
+            long data = FileIo.seek(fd, host, FileIo.SEEK_DATA);
+            assertTrue(data < 0 || data >= host + 65536, "the host cluster was punched out: data at " + data);
+            long after = FileIo.stat(fd).blocks();
+            assertTrue(after <= blocks - 65536 / 512, "64 KiB of blocks given back: " + blocks + " -> " + after);
             q.handOver();
             write(q, 9 * MIB, fill(65536, 0x66));
             assertEquals(host, q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK, "the freed cluster is taken again");
