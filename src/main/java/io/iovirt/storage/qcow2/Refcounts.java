@@ -452,17 +452,9 @@ final class Refcounts {
             throw new IOException("qcow2 image " + path + " is damaged: no refcount block covers metadata cluster "
                     + cluster + "; the write was refused (repair it with 'qemu-img check -r all " + path + "')");
         }
-        img.makeRoom(refCache);
         MemorySegment data = MetaCache.allocate(clusterSize);
         setRef(data, 0, 1);
-        img.writeMeta(data, 0, clusterSize, off);
-        img.sync();
-        refTable[(int) bi] = off;
-        img.writeMeta64(refTableOffset + bi * 8, off);
-        img.sync();
-        refCache.put(off, data);
-        img.addMetadataCluster(off);
-        allocEnd = Math.max(allocEnd, cluster + 1);
+        publishRefBlock(bi, off, data);
     }
 
     /**
@@ -490,6 +482,15 @@ final class Refcounts {
             img.writeMeta(b.data, 0, clusterSize, b.offset);
             b.clean(); // what else it held is safe early: increments leak at worst, decrements are due already
         }
+        publishRefBlock(bi, off, data);
+    }
+
+    /**
+     * The tail {@link #ensureRefBlock} and {@link #placeRefBlockAfterReserved} share: writes the new refcount block
+     * {@code data} at {@code off} and syncs it (with whatever block counting it was written before), then points
+     * refcount table entry {@code bi} at it and syncs again (rule 4), then caches it and indexes it as metadata.
+     */
+    private void publishRefBlock(long bi, long off, MemorySegment data) throws IOException {
         img.makeRoom(refCache);
         img.writeMeta(data, 0, clusterSize, off);
         img.sync(); // the block (and the one counting it) before the table points at it
@@ -498,7 +499,7 @@ final class Refcounts {
         img.sync();
         refCache.put(off, data);
         img.addMetadataCluster(off);
-        allocEnd = Math.max(allocEnd, q + 1);
+        allocEnd = Math.max(allocEnd, (off >>> clusterBits) + 1);
     }
 
     /**
