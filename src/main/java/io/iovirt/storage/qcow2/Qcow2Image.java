@@ -46,7 +46,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
- * could not write back may be lost, and a later fdatasync would not say so.
+ * could not write back may be lost, and a later fdatasync would not say so. So does a failed write of a pointer
+ * that publishes new metadata (rule 4's pointer, the header switched to a new table: {@link #publish}).
  * Evicting a dirty table runs the same flush first. Lazy refcounts are never used (so the dirty bit is never set by
  * iovirt); an image another program left dirty is repaired when opened for writing
  * ({@link Refcounts#rebuildRefcounts}).
@@ -1439,8 +1440,7 @@ public final class Qcow2Image implements DiskImage {
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE32, 0, entries);
             h.set(Qcow2Header.BE64, 4, newOff);
-            writeFile(fd, h, Qcow2Header.OFF_L1_SIZE, align);
-            sync();
+            publish(h, Qcow2Header.OFF_L1_SIZE);
         }
         addMetadataClusters(newOff, clusters);
         l2ByL1 = grownCache;
@@ -1512,14 +1512,36 @@ public final class Qcow2Image implements DiskImage {
         try {
             FileIo.fdatasync(fd);
         } catch (IOException e) {
-            syncFailure = new IOException(
-                    "qcow2 image " + path + ": writing back to its file failed (" + e.getMessage() + "): data and"
-                            + " metadata written since its last successful flush may be lost and its tables may be"
-                            + " inconsistent, so every write and flush is refused until it is opened again; check"
-                            + " it with 'qemu-img check -r all " + path + "' before using it",
-                    e);
-            throw syncFailure;
+            throw writeBackFailed(e);
         }
+    }
+
+    /**
+     * Writes {@code src} at {@code fileOffset}, then syncs: a pointer that publishes metadata written and synced
+     * before it (a refcount table entry naming a new refcount block, the header naming a new refcount or L1 table).
+     * A failed write is kept as a failed fdatasync is ({@link #syncFailure}): the pointer on disk may be the old one
+     * or the new one (a partial block written under O_DIRECT), so every later write and flush is refused until the
+     * image is opened again and reads whichever the disk has. The caller changes its in-memory state only after.
+     */
+    void publish(MemorySegment src, long fileOffset) throws IOException {
+        checkSynced();
+        try {
+            writeFile(fd, src, fileOffset, align);
+        } catch (IOException e) {
+            throw writeBackFailed(e);
+        }
+        sync();
+    }
+
+    /** Keeps {@code e}, a failed write-back, in {@link #syncFailure} and returns what it became. */
+    private IOException writeBackFailed(IOException e) {
+        syncFailure = new IOException(
+                "qcow2 image " + path + ": writing back to its file failed (" + e.getMessage() + "): data and"
+                        + " metadata written since its last successful flush may be lost and its tables may be"
+                        + " inconsistent, so every write and flush is refused until it is opened again; check"
+                        + " it with 'qemu-img check -r all " + path + "' before using it",
+                e);
+        return syncFailure;
     }
 
     /** Fails when an fdatasync of the image's file failed since it was opened. */

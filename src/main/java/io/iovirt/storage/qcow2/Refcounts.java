@@ -489,14 +489,18 @@ final class Refcounts {
      * The tail {@link #ensureRefBlock} and {@link #placeRefBlockAfterReserved} share: writes the new refcount block
      * {@code data} at {@code off} and syncs it (with whatever block counting it was written before), then points
      * refcount table entry {@code bi} at it and syncs again (rule 4), then caches it and indexes it as metadata.
+     * The in-memory entry names the block only once the disk's does: when the entry's write fails, the image refuses
+     * every later write ({@link Qcow2Image#publish}), and before that nothing may be counted in a block the table on
+     * disk does not name (or the block's cluster, not indexed as metadata yet, taken for data).
      */
     private void publishRefBlock(long bi, long off, MemorySegment data) throws IOException {
         img.makeRoom(refCache);
         img.writeMeta(data, 0, clusterSize, off);
         img.sync(); // the block (and the one counting it) before the table points at it
+        MemorySegment entry = img.staging(8);
+        entry.set(Qcow2Header.BE64, 0, off);
+        img.publish(entry, refTableOffset + bi * 8);
         refTable[(int) bi] = off;
-        img.writeMeta64(refTableOffset + bi * 8, off);
-        img.sync();
         refCache.put(off, data);
         img.addMetadataCluster(off);
         allocEnd = Math.max(allocEnd, (off >>> clusterBits) + 1);
@@ -617,7 +621,9 @@ final class Refcounts {
     /**
      * Writes {@code table} as the refcount table at {@code tableOff} ({@code clusters} clusters), syncs it, then
      * points the header at it in one write and syncs again: a crash leaves the header naming the old table or the
-     * complete new one.
+     * complete new one. When the header's write fails, the caller keeps the old table in memory and the image
+     * refuses every later write ({@link Qcow2Image#publish}): the header on disk may name either table, and a table
+     * entry or a growth written next to the old one would be missing from, or written over, the new one.
      */
     private void switchRefTable(long[] table, long tableOff, long clusters) throws IOException {
         try (Arena a = Arena.ofConfined()) {
@@ -630,8 +636,7 @@ final class Refcounts {
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) clusters);
-            Qcow2Image.writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
-            img.sync();
+            img.publish(h, Qcow2Header.OFF_REFTABLE); // a failure: no later write (the header may name either)
         }
     }
 
