@@ -444,7 +444,7 @@ public final class Daemon implements AutoCloseable {
      * and image stay claimed until it is closed, so nothing new takes them while it still runs.
      */
     void removeBlk(String id, BlkExport expected) throws RpcException {
-        removeExport(blks, id, expected, "disk", "disks", "blk.add", "blk '" + id + "'");
+        removeExport(blks, id, expected, Kind.BLK);
         LOG.log(System.Logger.Level.INFO, "blk " + id + ": removed");
     }
 
@@ -455,19 +455,17 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * Takes the export {@code id} out of {@code map} under the lock ({@code expected}: only if it is still that one;
-     * null: whichever it is; {@code what}, {@code plural}, {@code add}: as {@link #existing}; {@code name}: as
-     * {@link #requireExpected}) and closes it outside the lock; its claim (id, socket, image) is let go of only once
-     * it is closed, so nothing new takes them while it still runs.
+     * Takes the export {@code id} of {@code kind} out of {@code map} under the lock ({@code expected}: only if it is
+     * still that one; null: whichever it is) and closes it outside the lock; its claim (id, socket, image) is let go
+     * of only once it is closed, so nothing new takes them while it still runs.
      */
-    private <E extends Export> void removeExport(
-            Map<String, E> map, String id, E expected, String what, String plural, String add, String name)
+    private <E extends Export> void removeExport(Map<String, E> map, String id, E expected, Kind kind)
             throws RpcException {
         E e;
         ClaimRegistry.Claim c;
         synchronized (lock) {
-            e = existing(map, id, what, plural, add);
-            requireExpected(e, expected, name);
+            e = existing(map, id, kind);
+            requireExpected(e, expected, kind.name(id));
             map.remove(id);
             changes++;
             c = claims.removing(id);
@@ -481,7 +479,7 @@ public final class Daemon implements AutoCloseable {
 
     private BlkExport blk(String id) throws RpcException {
         synchronized (lock) {
-            return existing(blks, id, "disk", "disks", "blk.add");
+            return existing(blks, id, Kind.BLK);
         }
     }
 
@@ -619,7 +617,7 @@ public final class Daemon implements AutoCloseable {
      * outside the lock, as {@link #removeBlk}.
      */
     void removeNbd(String id, NbdExportEntry expected) throws RpcException {
-        removeExport(nbds, id, expected, "NBD export", "exports", "nbd.add", "nbd '" + id + "'");
+        removeExport(nbds, id, expected, Kind.NBD);
     }
 
     private List<Object> nbdList(Params p) {
@@ -651,19 +649,34 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * The entry {@code id} of {@code map}; otherwise NOT_FOUND, naming the entries there are or the method that adds
-     * one ({@code what}: "disk", {@code plural}: "disks", {@code add}: "blk.add").
+     * A kind of entry the daemon keeps by id, as its messages name it: one ({@code one}: "disk"), several
+     * ({@code many}: "disks"), the method that adds one ({@code add}: "blk.add") and the label of one entry
+     * ({@code label}: "blk", as in "blk 'vm1'").
      */
-    private static <T> T existing(Map<String, T> map, String id, String what, String plural, String add)
-            throws RpcException {
+    private record Kind(String one, String many, String add, String label) {
+        static final Kind BLK = new Kind("disk", "disks", "blk.add", "blk");
+        static final Kind NBD = new Kind("NBD export", "exports", "nbd.add", "nbd");
+        static final Kind NET = new Kind("switch", "switches", "net.add", "switch");
+
+        /** Entry {@code id} in a message: "blk 'vm1'". */
+        String name(String id) {
+            return label + " '" + id + "'";
+        }
+    }
+
+    /**
+     * The entry {@code id} of {@code map}, of {@code kind}; otherwise NOT_FOUND, naming the entries there are or the
+     * method that adds one.
+     */
+    private static <T> T existing(Map<String, T> map, String id, Kind kind) throws RpcException {
         T e = map.get(id);
         if (e == null) {
             throw new RpcException(
                     RpcException.NOT_FOUND,
-                    "no " + what + " '" + Params.printable(id) + "'"
+                    "no " + kind.one() + " '" + Params.printable(id) + "'"
                             + (map.isEmpty()
-                                    ? " (there are none; add one with " + add + ")"
-                                    : " (" + plural + ": " + String.join(", ", map.keySet()) + ")"));
+                                    ? " (there are none; add one with " + kind.add() + ")"
+                                    : " (" + kind.many() + ": " + String.join(", ", map.keySet()) + ")"));
         }
         return e;
     }
@@ -722,7 +735,7 @@ public final class Daemon implements AutoCloseable {
         List<ClaimRegistry.Claim> held = new ArrayList<>();
         synchronized (lock) {
             n = net(id);
-            requireExpected(n, expected, "switch '" + id + "'");
+            requireExpected(n, expected, Kind.NET.name(id));
             List<String> api = n.ports.values().stream()
                     .filter(e -> !e.fromConfig())
                     .map(e -> e.spec().id())
@@ -752,7 +765,7 @@ public final class Daemon implements AutoCloseable {
 
     private NetSwitch net(String id) throws RpcException {
         synchronized (lock) {
-            return existing(nets, id, "switch", "switches", "net.add");
+            return existing(nets, id, Kind.NET);
         }
     }
 

@@ -119,6 +119,63 @@ class DaemonApiTest {
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(server.path())));
     }
 
+    /**
+     * A remove names what is not there, by kind: the entries there are, or the method that adds one; and a reload's
+     * remove of an entry that was removed and added again through the API meanwhile is refused, naming it.
+     */
+    @Test
+    void aRemoveNamesWhatIsNotThereAndWhatWasReplaced() throws Exception {
+        assertEquals(
+                "no disk 'x' (there are none; add one with blk.add)",
+                bad(RpcException.NOT_FOUND, "blk.remove", "id", "x").getMessage());
+        assertEquals(
+                "no NBD export 'x' (there are none; add one with nbd.add)",
+                bad(RpcException.NOT_FOUND, "nbd.remove", "id", "x").getMessage());
+        assertEquals(
+                "no switch 'x' (there are none; add one with net.add)",
+                bad(RpcException.NOT_FOUND, "net.remove", "id", "x").getMessage());
+        Object[] blk = {"id", "d", "image", image("d.raw", 1 << 20).toString(), "socket", dir + "/d.sock"};
+        Object[] nbd = {"id", "e", "image", image("e.raw", 1 << 20).toString(), "socket", dir + "/e.sock"};
+        ok("blk.add", blk);
+        ok("nbd.add", nbd);
+        ok("net.add", "id", "n");
+        assertEquals(
+                "no disk 'x' (disks: d)",
+                bad(RpcException.NOT_FOUND, "blk.remove", "id", "x").getMessage());
+        assertEquals(
+                "no NBD export 'x' (exports: e)",
+                bad(RpcException.NOT_FOUND, "nbd.remove", "id", "x").getMessage());
+        assertEquals(
+                "no switch 'x' (switches: n)",
+                bad(RpcException.NOT_FOUND, "net.remove", "id", "x").getMessage());
+
+        BlkExport oldBlk = daemon.locked(() -> daemon.blksLocked().get("d"));
+        NbdExportEntry oldNbd = daemon.locked(() -> daemon.nbdsLocked().get("e"));
+        NetSwitch oldNet = daemon.locked(() -> daemon.netsLocked().get("n"));
+        ok("blk.remove", "id", "d");
+        ok("nbd.remove", "id", "e");
+        ok("net.remove", "id", "n");
+        ok("blk.add", blk);
+        ok("nbd.add", nbd);
+        ok("net.add", "id", "n");
+        String replaced = " was replaced through the API while the configuration was applied; it is left as it is";
+        assertEquals(
+                "blk 'd'" + replaced,
+                assertThrows(RpcException.class, () -> daemon.removeBlk("d", oldBlk))
+                        .getMessage());
+        assertEquals(
+                "nbd 'e'" + replaced,
+                assertThrows(RpcException.class, () -> daemon.removeNbd("e", oldNbd))
+                        .getMessage());
+        assertEquals(
+                "switch 'n'" + replaced,
+                assertThrows(RpcException.class, () -> daemon.removeNet("n", oldNet))
+                        .getMessage());
+        ok("blk.remove", "id", "d");
+        ok("nbd.remove", "id", "e");
+        ok("net.remove", "id", "n");
+    }
+
     /** blk.resize of a qcow2 export: the virtual size grows (the L1 table with it); qemu-img agrees and checks clean. */
     @Test
     void blkResizeOfAQcow2Image() throws Exception {

@@ -373,11 +373,8 @@ class DebianPackageTest {
             Map<String, String> before = show(systemd, units);
 
             Files.createFile(fail);
-            SystemdNamespace.Result removal = systemd.run(aptGet("remove", "iovirt"), 900);
-            assertNotEquals(0, removal.exit(), "the removal fails in prerm:\n" + removal.out());
+            SystemdNamespace.Result removal = abortedRemoval(systemd);
             assertTrue(removal.out().contains("prerm fails (test)"), removal.out());
-            Result status = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
-            assertEquals("installed", status.out.strip(), "postinst abort-remove succeeded: " + removal.out());
             Map<String, String> after = show(systemd, units);
             for (String unit : units) {
                 assertEquals(
@@ -475,15 +472,7 @@ class DebianPackageTest {
             assertTrue(asked.contains(unit + " try-restart"), "policy-rc.d asked about the restart:\n" + asked);
 
             Files.createFile(fail);
-            SystemdNamespace.Result removal = systemd.run(aptGet("remove", "iovirt"), 900);
-            assertNotEquals(0, removal.exit(), "the removal fails in prerm:\n" + removal.out());
-            Result status = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
-            assertEquals("installed", status.out.strip(), "postinst abort-remove succeeded: " + removal.out());
-            Map<String, String> after = show(systemd, List.of(unit));
-            assertEquals(
-                    "inactive",
-                    after.get(unit + " ActiveState"),
-                    () -> unit + " was started again, which policy-rc.d forbids:\n" + removal.out());
+            abortedRemovalLeavesStopped(systemd, unit, "policy-rc.d");
             String askedAgain = policyLog(systemd);
             assertTrue(askedAgain.contains(unit + " start"), "policy-rc.d asked about the start:\n" + askedAgain);
 
@@ -491,15 +480,7 @@ class DebianPackageTest {
             // The scripts took every answer but 101 as "run" and started what it forbade.
             inside(systemd, List.of("systemctl", "start", unit), 300);
             policyRcD(systemd, tmp, STOP_INSTEAD_OF_ALL_BUT_STOP);
-            SystemdNamespace.Result again = systemd.run(aptGet("remove", "iovirt"), 900);
-            assertNotEquals(0, again.exit(), "the removal fails in prerm:\n" + again.out());
-            Result statusAgain = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
-            assertEquals("installed", statusAgain.out.strip(), "postinst abort-remove succeeded: " + again.out());
-            Map<String, String> afterFallback = show(systemd, List.of(unit));
-            assertEquals(
-                    "inactive",
-                    afterFallback.get(unit + " ActiveState"),
-                    () -> unit + " was started again, which policy-rc.d (106) forbids:\n" + again.out());
+            SystemdNamespace.Result again = abortedRemovalLeavesStopped(systemd, unit, "policy-rc.d (106)");
             assertTrue(
                     again.out().contains("fallback \"stop\""),
                     () -> "postinst names the fallback it did not run:\n" + again.out());
@@ -634,6 +615,34 @@ class DebianPackageTest {
                         upper.toString(),
                         work.toString()),
                 60);
+    }
+
+    /**
+     * {@code apt-get remove} in the namespaces of {@code systemd} while prerm fails (its {@code fail-prerm} exists):
+     * the removal fails, dpkg answers with {@code postinst abort-remove}, which succeeds, and the package stays
+     * installed.
+     */
+    private static SystemdNamespace.Result abortedRemoval(SystemdNamespace systemd) throws Exception {
+        SystemdNamespace.Result removal = systemd.run(aptGet("remove", "iovirt"), 900);
+        assertNotEquals(0, removal.exit(), "the removal fails in prerm:\n" + removal.out());
+        Result status = run(List.of("dpkg-query", "--showformat=${db:Status-Status}", "--show", "iovirt"), 60);
+        assertEquals("installed", status.out.strip(), "postinst abort-remove succeeded: " + removal.out());
+        return removal;
+    }
+
+    /**
+     * {@link #abortedRemoval} under a policy-rc.d that forbids starts ({@code policy}, as the failure names it):
+     * {@code unit}, which prerm stopped, is not started again by postinst abort-remove.
+     */
+    private static SystemdNamespace.Result abortedRemovalLeavesStopped(
+            SystemdNamespace systemd, String unit, String policy) throws Exception {
+        SystemdNamespace.Result removal = abortedRemoval(systemd);
+        Map<String, String> after = show(systemd, List.of(unit));
+        assertEquals(
+                "inactive",
+                after.get(unit + " ActiveState"),
+                () -> unit + " was started again, which " + policy + " forbids:\n" + removal.out());
+        return removal;
     }
 
     /** What policy-rc.d was asked in the namespaces of {@code systemd} ("UNIT ACTION" lines). */

@@ -55,13 +55,10 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void featuresOfTheConnectionsOfferAreAcceptedAfterASwitchToReadOnly() throws Exception {
-        Path p = dir.resolve("disk.raw");
-        Files.write(p, new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
-        try (RawImage img = RawImage.open(p, false, false)) {
+        try (RawImage img = RawImage.open(disk(), false, false)) {
             BlkDevice dev = new BlkDevice("switch", img, 1, "s");
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                    VhostUserFrontend fe = VhostUserFrontend.connect(sock, Duration.ofSeconds(20))) {
+            try (VhostUserServer server = serve(dev);
+                    VhostUserFrontend fe = VhostUserFrontend.connect(socket(), Duration.ofSeconds(20))) {
                 long offered = fe.getFeatures();
                 long guest = VirtioFeatures.VIRTIO_F_VERSION_1 | 1L << F_FLUSH | 1L << F_DISCARD | 1L << F_WRITE_ZEROES;
                 assertEquals(guest, offered & guest, "a writable disk offers discard and write-zeroes");
@@ -89,16 +86,15 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void aDiskSwitchedWritableUnderAFrontendTakesTheImageForWriting() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false)) {
             img.setReadOnly(
                     true); // opened writable, served read-only (a blk.set-readonly, a state file's readonly-now)
             BlkDevice dev = new BlkDevice("switch", img, 1, "s");
             Process reader = QemuTools.readerHolding(p);
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+            try (VhostUserServer server = serve(dev);
                     EventFd call = EventFd.create(true);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    BlkTestDriver d = frontend(call)) {
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()), "served beside the QEMU reader");
 
                 IOException refused = assertThrows(IOException.class, () -> dev.setReadOnly(false));
@@ -129,15 +125,14 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void aSwitchRefusedByAnotherExportOfThisProcessNamesIt() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false)) {
             img.setReadOnly(true);
             BlkDevice dev = new BlkDevice("switch", img, 1, "s");
             ImageLock nbd = ImageLock.holdForExport(p, true, "nbd export");
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
+            try (VhostUserServer server = serve(dev);
                     EventFd call = EventFd.create(true);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                    BlkTestDriver d = frontend(call)) {
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()), "served beside the NBD export");
                 String why = assertThrows(IOException.class, () -> dev.setReadOnly(false))
                         .getMessage();
@@ -163,8 +158,7 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void aSwitchToReadOnlyWhoseWriteBackFailedLetsTheNextFrontendShare() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false);
                 EventFd call = EventFd.create(true)) {
             BlkDevice dev = new BlkDevice("switch", img, 1, "s");
@@ -172,10 +166,10 @@ class BlkReadOnlySwitchTest {
             IOException failed = assertThrows(IOException.class, () -> dev.setReadOnly(true));
             assertTrue(failed.getMessage().contains("fdatasync"), failed.getMessage());
             assertTrue(img.readOnly(), "read-only, though its write-back failed");
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+            try (VhostUserServer server = serve(dev);
+                    BlkTestDriver d = frontend(call)) {
                 assertEquals(BlkRequests.S_IOERR, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
-                QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                assertReaderLetIn(p);
             }
         }
     }
@@ -188,28 +182,27 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void eachFrontendTakesTheLockOfTheDisksTypeThen() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false);
                 EventFd call = EventFd.create(true)) {
             img.setReadOnly(true);
             BlkDevice dev = new BlkDevice("switch", img, 1, "s");
-            try (VhostUserServer server = VhostUserServer.start(sock, dev)) {
-                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+            try (VhostUserServer server = serve(dev)) {
+                try (BlkTestDriver d = frontend(call)) {
                     assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()));
-                    QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                    assertReaderLetIn(p);
                 }
                 awaitUnlocked(p);
                 dev.setReadOnly(false);
-                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                try (BlkTestDriver d = frontend(call)) {
                     assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
                     assertReadersRefused(p);
                 }
                 awaitUnlocked(p);
                 dev.setReadOnly(true);
-                try (BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+                try (BlkTestDriver d = frontend(call)) {
                     assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()));
-                    QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                    assertReaderLetIn(p);
                 }
             }
         }
@@ -218,8 +211,7 @@ class BlkReadOnlySwitchTest {
     /** A disk switched writable before its first frontend started: that frontend takes the image for writing. */
     @Test
     void aSwitchBeforeTheFirstFrontendWorks() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false);
                 EventFd call = EventFd.create(true)) {
             img.setReadOnly(true);
@@ -230,8 +222,8 @@ class BlkReadOnlySwitchTest {
             } finally {
                 reader.destroyForcibly().waitFor();
             }
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+            try (VhostUserServer server = serve(dev);
+                    BlkTestDriver d = frontend(call)) {
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
                 assertReadersRefused(p);
             }
@@ -246,18 +238,17 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void aDiskSwitchedReadOnlyUnderAFrontendLetsReadersIn() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false);
                 EventFd call = EventFd.create(true)) {
             BlkDevice dev = new BlkDevice("switch", img, 2, "s");
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+            try (VhostUserServer server = serve(dev);
+                    BlkTestDriver d = frontend(call)) {
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
                 assertReadersRefused(p);
 
                 assertNull(dev.setReadOnly(true), "no write in flight: the lock is shared when the switch returns");
-                QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                assertReaderLetIn(p);
                 QemuTools.ok("qemu-img", "info", "-f", "raw", p.toString());
                 var writer = QemuTools.run("qemu-io", "-f", "raw", "-c", "write 0 4k", p.toString());
                 assertTrue(writer.exit() != 0 && writer.output().contains("lock"), "a QEMU writer: " + writer);
@@ -280,7 +271,7 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void aSwitchWhileTheExportIsRemovedStartsNoThreadOnTheImage() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false)) {
             BlkDevice dev = new BlkDevice("removed", img, 1, "s");
             dev.retire();
@@ -299,13 +290,12 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void aRawDiskSwitchedReadOnlyIsNotGrownUnderItsSharedLock() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage img = RawImage.open(p, false, false);
                 EventFd call = EventFd.create(true)) {
             BlkDevice dev = new BlkDevice("switch", img, 1, "s");
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
+            try (VhostUserServer server = serve(dev);
+                    BlkTestDriver d = frontend(call)) {
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
                 assertNull(dev.setReadOnly(true), "the lock is shared when the switch returns");
 
@@ -329,15 +319,14 @@ class BlkReadOnlySwitchTest {
      */
     @Test
     void aWriteInFlightAcrossTheSwitchKeepsTheLockExclusiveUntilItCompletes() throws Exception {
-        Path p = Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
-        Path sock = dir.resolve("blk.sock");
+        Path p = disk();
         try (RawImage raw = RawImage.open(p, false, false);
                 EventFd call = EventFd.create(true)) {
             HeldWrites img = new HeldWrites(raw);
             BlkDevice dev = new BlkDevice("switch", img, 1, "s", BlkDevice.IoEngine.SYNC);
             dev.shareWaitLimit(Duration.ofMillis(200)); // the switch answers while the write is held
-            try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+            try (VhostUserServer server = serve(dev);
+                    BlkTestDriver d = frontend(call);
                     AutoCloseable released = img.release::countDown) { // before the device stops its queue
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(d.flush()));
                 long write = d.write(d.alloc(4096, 4096), 4096);
@@ -352,9 +341,7 @@ class BlkReadOnlySwitchTest {
                 assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
                 Await.until(Duration.ofSeconds(20), "a QEMU reader to be let in once the write completed", () -> {
                     try {
-                        return QemuTools.run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString())
-                                        .exit()
-                                == 0;
+                        return QemuTools.run(qemuReader(p)).exit() == 0;
                     } catch (IOException e) {
                         throw new java.io.UncheckedIOException(e);
                     } catch (InterruptedException e) {
@@ -378,14 +365,13 @@ class BlkReadOnlySwitchTest {
     void aWriteStuckInTheKernelAcrossTheSwitchKeepsTheLockExclusiveUntilItCompletes() throws Exception {
         try (StoppableFuse fs = StoppableFuse.mount(dir)) {
             Path p = fs.file("disk.raw", 4 << 20);
-            Path sock = dir.resolve("blk.sock");
             try (RawImage img = RawImage.open(p, false, false);
                     EventFd call = EventFd.create(true);
                     var probe = FileIo.open(p, FileIo.O_RDONLY)) { // before the stop: opening it then would wait
                 BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
                 dev.shareWaitLimit(Duration.ofMillis(500));
-                try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                        BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+                try (VhostUserServer server = serve(dev);
+                        BlkTestDriver d = frontend(call);
                         AutoCloseable resumed = fs::resume) { // before the device stops its queue
                     assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
                     var fds = StoppableFuse.descriptorsOf(p, probe.get());
@@ -410,7 +396,7 @@ class BlkReadOnlySwitchTest {
                             throw new IllegalStateException(e);
                         }
                     });
-                    QemuTools.ok("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+                    assertReaderLetIn(p);
                 }
             }
         }
@@ -454,9 +440,39 @@ class BlkReadOnlySwitchTest {
         }
     }
 
+    /** A 1 MiB raw image, disk.raw in {@link #dir}, all zeroes. */
+    private Path disk() throws IOException {
+        return Files.write(dir.resolve("disk.raw"), new byte[1 << 20]);
+    }
+
+    /** Where {@link #serve} listens. */
+    private Path socket() {
+        return dir.resolve("blk.sock");
+    }
+
+    /** {@code dev} served on {@link #socket}. */
+    private VhostUserServer serve(BlkDevice dev) throws IOException {
+        return VhostUserServer.start(socket(), dev);
+    }
+
+    /** A frontend of the device {@link #serve} serves: a driver with 1 MiB of guest RAM, interrupts on {@code call}. */
+    private BlkTestDriver frontend(EventFd call) throws IOException {
+        return new BlkTestDriver(socket(), 1 << 20, call);
+    }
+
+    /** qemu-io reading the first 4 KiB of raw image {@code p} with -r, taking QEMU's shared image lock. */
+    private static String[] qemuReader(Path p) {
+        return new String[] {"qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString()};
+    }
+
+    /** A QEMU reader started now is let in (reads the image). */
+    private static void assertReaderLetIn(Path p) throws IOException, InterruptedException {
+        QemuTools.ok(qemuReader(p));
+    }
+
     /** A QEMU reader started now is refused the image (a writer holds it). */
     private static void assertReadersRefused(Path p) throws IOException, InterruptedException {
-        var late = QemuTools.run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", p.toString());
+        var late = QemuTools.run(qemuReader(p));
         assertTrue(late.exit() != 0 && late.output().contains("lock"), "a QEMU reader beside a writer: " + late);
     }
 
