@@ -320,11 +320,16 @@ public final class Qcow2Image implements DiskImage {
 
     /** Refuses a data write to [host, host+len) when it touches a metadata cluster. Lock-free. */
     private void checkDataWrite(long guestOffset, long host, long len) throws IOException {
+        checkDataWrite(guestOffset, host, len, "write");
+    }
+
+    /** {@link #checkDataWrite} for a {@code request} (a write, a discard...) that changes [host, host+len). */
+    private void checkDataWrite(long guestOffset, long host, long len, String request) throws IOException {
         long c = MetadataLayout.firstIn(metadataClusters, host, len, clusterBits);
         if (c >= 0) {
             throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
-                    + " points at metadata cluster " + (c << clusterBits) + "; the write was refused (check the "
-                    + "image with 'qemu-img check " + path + "')");
+                    + " points at metadata cluster " + (c << clusterBits) + "; the " + request + " was refused (check"
+                    + " the image with 'qemu-img check " + path + "')");
         }
     }
 
@@ -1196,6 +1201,11 @@ public final class Qcow2Image implements DiskImage {
             MetaCache.Table t = l2ForWrite(cluster);
             int idx = l2Index(cluster);
             e = t.entry(idx);
+            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFFSET_MASK) != 0) {
+                // its host cluster is punched out or counted down below: never a table's (a damaged image), which
+                // would lose its bytes on disk; refused before the entry changes, as a write there is
+                checkDataWrite(cluster, e & OFFSET_MASK, clusterSize, discard ? "discard" : "write-zeroes");
+            }
             long host = ownedHost(e);
             long prealloc = preallocatedZeroHost(e);
             if (discard && (host >= 0 || prealloc >= 0)) {

@@ -1393,6 +1393,47 @@ class Qcow2ImageTest {
                 "the L1 table was overwritten");
     }
 
+    /**
+     * A discard (or write-zeroes with unmap) of a cluster a crafted L2 entry "stores" on the L1 table: as a write
+     * there is refused, so is the discard, and the table keeps its bytes. Before, the discard punched the host
+     * cluster out (a normal entry's, and since the discard of a preallocated zero cluster punches too, that one's):
+     * the L1 table on disk became zeros, and reopened, every guest cluster read as unallocated.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"normal", "preallocated zero"})
+    void aDiscardOfAClusterStoredOnMetadataOfACraftedImageIsRefused(String kind) throws Exception {
+        Path img = create("evil-discard.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 1 0 64k", "write -P 2 1M 64k");
+        long l1Offset;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            l1Offset = f.readLong();
+            f.seek(l1Offset);
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            long flags =
+                    kind.equals("normal") ? Qcow2Image.OFLAG_COPIED : Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO;
+            f.writeLong(flags | l1Offset); // guest cluster 0 on the L1 table
+        }
+        byte[] before = Files.readAllBytes(img);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            IOException e = assertThrows(IOException.class, () -> q.discard(0, 65536));
+            assertTrue(e.getMessage().contains("points at metadata"), e.getMessage());
+            if (kind.equals("normal")) { // a write-zeroes keeps a zero cluster as it is: nothing to refuse
+                e = assertThrows(IOException.class, () -> q.writeZeroes(0, 65536, true));
+                assertTrue(e.getMessage().contains("points at metadata"), e.getMessage());
+            } else {
+                q.writeZeroes(0, 65536, true);
+            }
+            q.flush();
+        }
+        assertArrayEquals(
+                java.util.Arrays.copyOfRange(before, (int) l1Offset, (int) l1Offset + 65536),
+                java.util.Arrays.copyOfRange(Files.readAllBytes(img), (int) l1Offset, (int) l1Offset + 65536),
+                "the L1 table was punched out or changed");
+        qemuIoOk(img, "qcow2", "read -P 2 1M 64k"); // the L1 table still names the L2 table
+    }
+
     @Test
     void lazyRefcountImagesAreWrittenWithExactRefcountsAndStayClean() throws Exception {
         Path img = create("lazy.qcow2", "16M", "lazy_refcounts=on");
