@@ -40,7 +40,8 @@ public final class QemuTools {
             } finally {
                 p.destroyForcibly();
             }
-            return new Result(p.exitValue(), Files.readString(log, StandardCharsets.UTF_8));
+            // decoded leniently (Files.readString throws on bytes that are not UTF-8)
+            return new Result(p.exitValue(), new String(Files.readAllBytes(log), StandardCharsets.UTF_8));
         } finally {
             Files.deleteIfExists(log);
         }
