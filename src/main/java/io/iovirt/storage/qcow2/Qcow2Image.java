@@ -320,11 +320,21 @@ public final class Qcow2Image implements DiskImage {
 
     /** Refuses a data write to [host, host+len) when it touches a metadata cluster. Lock-free. */
     private void checkDataWrite(long guestOffset, long host, long len) throws IOException {
+        checkNotMetadata(guestOffset, host, len, "write");
+    }
+
+    /**
+     * Refuses {@code what} (a data write, or a zeroing or discard that would punch or free the host range) when the
+     * L2 entry of {@code guestOffset} names host bytes [host, host+len) that touch a metadata cluster: only a damaged
+     * or crafted image has such an entry, and the request would overwrite, punch out or count down the image's own
+     * metadata. Lock-free.
+     */
+    private void checkNotMetadata(long guestOffset, long host, long len, String what) throws IOException {
         long c = MetadataLayout.firstIn(metadataClusters, host, len, clusterBits);
         if (c >= 0) {
             throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
-                    + " points at metadata cluster " + (c << clusterBits) + "; the write was refused (check the "
-                    + "image with 'qemu-img check " + path + "')");
+                    + " points at metadata cluster " + (c << clusterBits) + "; the " + what + " was refused (repair"
+                    + " it with 'qemu-img check -r all " + path + "')");
         }
     }
 
@@ -1196,6 +1206,13 @@ public final class Qcow2Image implements DiskImage {
             MetaCache.Table t = l2ForWrite(cluster);
             int idx = l2Index(cluster);
             e = t.entry(idx);
+            // Every host range the entry names is punched out or counted down below (or kept as a preallocated zero
+            // cluster a later write lands on): one that is metadata refuses the request before anything changes.
+            if ((e & OFLAG_COMPRESSED) != 0) {
+                checkNotMetadata(cluster, compressed.host(e), compressed.bytes(e), discard ? "discard" : "zeroing");
+            } else if ((e & OFFSET_MASK) != 0) {
+                checkNotMetadata(cluster, e & OFFSET_MASK, clusterSize, discard ? "discard" : "zeroing");
+            }
             long host = ownedHost(e);
             long prealloc = preallocatedZeroHost(e);
             if (discard && (host >= 0 || prealloc >= 0)) {
