@@ -1151,13 +1151,14 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Whole clusters become zero clusters (metadata only). Write-zeroes keeps a cluster's host cluster (with
-     * {@code unmap} its space is punched out): the cluster stays preallocated. Discard, as QEMU's, gives it up: the
-     * zero entry has no host cluster and the host cluster's refcount is counted down once the entry is durable
-     * and no lock-free write that found the cluster before the discard can still be in flight
-     * ({@link Refcounts#freeAfterFlush}); its space is punched out at once. A preallocated zero cluster (zero flag
-     * and a host cluster) gives its host cluster up the same way, as QEMU's discard does. Partial clusters are
-     * written with zeros (write-zeroes) or left alone (discard is advisory).
+     * Whole clusters become zero clusters (metadata only). Write-zeroes without {@code unmap} keeps a cluster's host
+     * cluster: the cluster stays preallocated. Discard and write-zeroes with {@code unmap} give it up, as QEMU's do
+     * (without its discard-no-unref option): the zero entry has no host cluster and the host cluster's refcount is
+     * counted down once the entry is durable and no lock-free write that found the cluster before the discard can
+     * still be in flight ({@link Refcounts#freeAfterFlush}); its space is punched out at once. A preallocated zero
+     * cluster (zero flag and a host cluster) gives its host cluster up the same way: what it held before it was
+     * zeroed does not stay in the file. Partial clusters are written with zeros (write-zeroes) or left alone
+     * (discard is advisory).
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
@@ -1168,7 +1169,7 @@ public final class Qcow2Image implements DiskImage {
             long cluster = pos & -clusterSize;
             long n = Math.min(end, cluster + clusterSize) - pos;
             if (n == clusterSize) {
-                zeroCluster(cluster, unmap, !mustZero);
+                zeroCluster(cluster, unmap, mustZero ? "zeroing" : "discard");
             } else if (mustZero && !readsZero(pos, n)) {
                 // Under the metadata lock, lookup and write both: no context's request count covers this write, and
                 // a discard (which takes the lock) cannot free the cluster it finds before its zeros landed.
@@ -1191,14 +1192,15 @@ public final class Qcow2Image implements DiskImage {
         return (e & OFLAG_ZERO) != 0 || ((e & OFFSET_MASK) == 0 && (backing == null || pos >= backingSize));
     }
 
-    private void zeroCluster(long cluster, boolean unmap, boolean discard) throws IOException {
+    /** @param what the request, for its error: "discard" or "zeroing" */
+    private void zeroCluster(long cluster, boolean unmap, String what) throws IOException {
         meta.lock();
         try {
             checkOpen();
             checkWritable();
             long e = l2Entry(cluster);
-            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (!discard || (e & OFFSET_MASK) == 0)) {
-                return; // already zero (a discard of a preallocated one still frees its host cluster, below)
+            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (!unmap || (e & OFFSET_MASK) == 0)) {
+                return; // already zero (with unmap a preallocated one still gives its host cluster up, below)
             }
             if (e == 0 && (backing == null || cluster >= backingSize)) {
                 return; // unallocated with nothing underneath reads as zeros
@@ -1209,32 +1211,29 @@ public final class Qcow2Image implements DiskImage {
             // Every host range the entry names is punched out or counted down below (or kept as a preallocated zero
             // cluster a later write lands on): one that is metadata refuses the request before anything changes.
             if ((e & OFLAG_COMPRESSED) != 0) {
-                checkNotMetadata(cluster, compressed.host(e), compressed.bytes(e), discard ? "discard" : "zeroing");
+                checkNotMetadata(cluster, compressed.host(e), compressed.bytes(e), what);
             } else if ((e & OFFSET_MASK) != 0) {
-                checkNotMetadata(cluster, e & OFFSET_MASK, clusterSize, discard ? "discard" : "zeroing");
+                checkNotMetadata(cluster, e & OFFSET_MASK, clusterSize, what);
             }
             long host = ownedHost(e);
             long prealloc = preallocatedZeroHost(e);
-            if (discard && (host >= 0 || prealloc >= 0)) {
+            if (unmap && (host >= 0 || prealloc >= 0)) {
                 // a normal cluster, or a preallocated zero cluster (its host cluster holds whatever was there
                 // before the zeroing): this image owns it (COPIED), so nothing else reads it and it is punched out
                 long h = host >= 0 ? host : prealloc;
-                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the discard's free (a backing file stays hidden)
+                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the free (a backing file stays hidden)
                 punch(h);
                 refcounts.freeAfterFlush(h, clusterSize);
             } else if (host >= 0) {
-                t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
-                if (unmap) {
-                    punch(host);
-                }
+                t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO); // write-zeroes without unmap: preallocated
             } else {
                 t.setEntry(idx, OFLAG_ZERO);
                 if ((e & OFLAG_COMPRESSED) != 0) {
                     refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
                 } else if ((e & OFFSET_MASK) != 0) {
-                    // a shared cluster, or the host cluster of a preallocated zero cluster without COPIED a discard
-                    // gives up: another reference may still read it, so it is not punched (a write-zeroes returned
-                    // above: it keeps a zero cluster as it is, preallocated or not)
+                    // a shared cluster, or the host cluster of a preallocated zero cluster without COPIED an unmap
+                    // gives up: another reference may still read it, so it is not punched (a write-zeroes without
+                    // unmap returned above: it keeps a zero cluster as it is, preallocated or not)
                     refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
                 }
             }
