@@ -1208,33 +1208,37 @@ public final class Qcow2Image implements DiskImage {
             MetaCache.Table t = l2ForWrite(cluster);
             int idx = l2Index(cluster);
             e = t.entry(idx);
-            // Every host range the entry names is punched out or counted down below (or kept as a preallocated zero
-            // cluster a later write lands on): one that is metadata refuses the request before anything changes.
-            if ((e & OFLAG_COMPRESSED) != 0) {
-                checkNotMetadata(cluster, compressed.host(e), compressed.bytes(e), what);
-            } else if ((e & OFFSET_MASK) != 0) {
-                checkNotMetadata(cluster, e & OFFSET_MASK, clusterSize, what);
+            // The host range the entry names (the compressed data's span, or the cluster) is punched out or counted
+            // down below, or kept as a preallocated zero cluster a later write lands on. Damage is found first,
+            // before anything changes: a range on metadata refuses the request, and one the refcounts already count
+            // free (refcount 0) is dropped without a count-down, which would land on what the allocator put there.
+            boolean compressedEntry = (e & OFLAG_COMPRESSED) != 0;
+            long lo = compressedEntry ? compressed.host(e) : e & OFFSET_MASK;
+            long bytes = compressedEntry ? compressed.bytes(e) : clusterSize;
+            boolean counted = false;
+            if (compressedEntry || lo != 0) {
+                checkNotMetadata(cluster, lo, bytes, what);
+                counted = refcounts.counted(lo, bytes);
             }
             long host = ownedHost(e);
             long prealloc = preallocatedZeroHost(e);
             if (unmap && (host >= 0 || prealloc >= 0)) {
                 // a normal cluster, or a preallocated zero cluster (its host cluster holds whatever was there
                 // before the zeroing): this image owns it (COPIED), so nothing else reads it and it is punched out
-                long h = host >= 0 ? host : prealloc;
                 t.setEntry(idx, OFLAG_ZERO); // zeros, as before the free (a backing file stays hidden)
-                punch(h);
-                refcounts.freeAfterFlush(h, clusterSize);
+                punch(lo);
+                if (counted) {
+                    refcounts.freeAfterFlush(lo, clusterSize);
+                }
             } else if (host >= 0) {
                 t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO); // write-zeroes without unmap: preallocated
             } else {
                 t.setEntry(idx, OFLAG_ZERO);
-                if ((e & OFLAG_COMPRESSED) != 0) {
-                    refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
-                } else if ((e & OFFSET_MASK) != 0) {
-                    // a shared cluster, or the host cluster of a preallocated zero cluster without COPIED an unmap
-                    // gives up: another reference may still read it, so it is not punched (a write-zeroes without
-                    // unmap returned above: it keeps a zero cluster as it is, preallocated or not)
-                    refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
+                if (counted) {
+                    // a compressed cluster's data, a shared cluster, or the host cluster of a preallocated zero
+                    // cluster without COPIED an unmap gives up: another reference may still read it, so it is not
+                    // punched (a write-zeroes without unmap returned above: it keeps a zero cluster as it is)
+                    refcounts.freeAfterFlush(lo, bytes);
                 }
             }
         } finally {

@@ -281,6 +281,47 @@ class Qcow2DamagedImageTest {
         }
     }
 
+    /**
+     * A discarded (or zeroed with unmap) cluster whose refcount is already 0 (a damaged image: qemu-img check finds
+     * 'refcount=0 reference=1') is dropped without a count-down. The allocator may hand it out as soon as the entry
+     * dropped it; before, the count-down deferred to the flush then landed on the guest data written there, which
+     * the next allocation overwrote (qemu-io: pattern verification failed at 1 MiB; 'refcount=1 reference=2').
+     */
+    @Test
+    void aDroppedClusterWhoseRefcountIsZeroIsNotCountedDownOverItsNextUse() throws Exception {
+        for (boolean discard : new boolean[] {true, false}) {
+            Path img = create("refcount-zero-" + discard + ".qcow2", "64M");
+            qemuIoOk(img, "qcow2", "write -P 0x61 0 128k");
+            long host = readLong(img, l2Table(img, 0) + 8) & Qcow2Image.OFFSET_MASK; // guest cluster 1
+            long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.seek(block + 2 * (host >>> 16));
+                f.writeShort(0);
+            }
+            QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+            assertTrue(damaged.output().contains("refcount=0 reference=1"), damaged.output());
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                if (discard) {
+                    q.discard(65536, 65536);
+                } else {
+                    q.writeZeroes(65536, 65536, true);
+                }
+                Qcow2ImageTest.write(q, MIB, Qcow2ImageTest.fill(65536, 0x62));
+                q.flush();
+                q.flush(); // the deferred count-downs land
+                Qcow2ImageTest.write(q, 2 * MIB, Qcow2ImageTest.fill(65536, 0x63));
+            }
+            check(img, false);
+            qemuIoOk(
+                    img,
+                    "qcow2",
+                    "read -P 0x61 0 64k",
+                    "read -P 0 64k 64k",
+                    "read -P 0x62 1M 64k",
+                    "read -P 0x63 2M 64k");
+        }
+    }
+
     @Test
     void l1EntriesThatShareAnL2TableOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
         // An L1 entry naming the L1 table's own cluster: a write under it (guest offset 512 MiB + 128 KiB) used the L1
