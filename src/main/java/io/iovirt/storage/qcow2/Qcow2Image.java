@@ -320,16 +320,21 @@ public final class Qcow2Image implements DiskImage {
 
     /** Refuses a data write to [host, host+len) when it touches a metadata cluster. Lock-free. */
     private void checkDataWrite(long guestOffset, long host, long len) throws IOException {
-        checkDataWrite(guestOffset, host, len, "write");
+        checkNotMetadata(guestOffset, host, len, "write");
     }
 
-    /** {@link #checkDataWrite} for a {@code request} (a write, a discard...) that changes [host, host+len). */
-    private void checkDataWrite(long guestOffset, long host, long len, String request) throws IOException {
+    /**
+     * Refuses {@code what} (a data write, or a zeroing or discard that would punch or free the host range) when the
+     * L2 entry of {@code guestOffset} names host bytes [host, host+len) that touch a metadata cluster: only a damaged
+     * or crafted image has such an entry, and the request would overwrite, punch out or count down the image's own
+     * metadata. Lock-free.
+     */
+    private void checkNotMetadata(long guestOffset, long host, long len, String what) throws IOException {
         long c = MetadataLayout.firstIn(metadataClusters, host, len, clusterBits);
         if (c >= 0) {
             throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
-                    + " points at metadata cluster " + (c << clusterBits) + "; the " + request + " was refused (check"
-                    + " the image with 'qemu-img check " + path + "')");
+                    + " points at metadata cluster " + (c << clusterBits) + "; the " + what + " was refused (repair"
+                    + " it with 'qemu-img check -r all " + path + "')");
         }
     }
 
@@ -1146,13 +1151,14 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Whole clusters become zero clusters (metadata only). Write-zeroes keeps a cluster's host cluster (with
-     * {@code unmap} its space is punched out): the cluster stays preallocated. Discard, as QEMU's, gives it up: the
-     * zero entry has no host cluster and the host cluster's refcount is counted down once the entry is durable
-     * and no lock-free write that found the cluster before the discard can still be in flight
-     * ({@link Refcounts#freeAfterFlush}); its space is punched out at once. A preallocated zero cluster (zero flag
-     * and a host cluster) gives its host cluster up the same way, as QEMU's discard does. Partial clusters are
-     * written with zeros (write-zeroes) or left alone (discard is advisory).
+     * Whole clusters become zero clusters (metadata only). Write-zeroes without {@code unmap} keeps a cluster's host
+     * cluster: the cluster stays preallocated. Discard and write-zeroes with {@code unmap} give it up, as QEMU's do
+     * (without its discard-no-unref option): the zero entry has no host cluster and the host cluster's refcount is
+     * counted down once the entry is durable and no lock-free write that found the cluster before the discard can
+     * still be in flight ({@link Refcounts#freeAfterFlush}); its space is punched out at once. A preallocated zero
+     * cluster (zero flag and a host cluster) gives its host cluster up the same way: what it held before it was
+     * zeroed does not stay in the file. Partial clusters are written with zeros (write-zeroes) or left alone
+     * (discard is advisory).
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
@@ -1163,7 +1169,7 @@ public final class Qcow2Image implements DiskImage {
             long cluster = pos & -clusterSize;
             long n = Math.min(end, cluster + clusterSize) - pos;
             if (n == clusterSize) {
-                zeroCluster(cluster, unmap, !mustZero);
+                zeroCluster(cluster, unmap, mustZero ? "zeroing" : "discard");
             } else if (mustZero && !readsZero(pos, n)) {
                 // Under the metadata lock, lookup and write both: no context's request count covers this write, and
                 // a discard (which takes the lock) cannot free the cluster it finds before its zeros landed.
@@ -1186,14 +1192,15 @@ public final class Qcow2Image implements DiskImage {
         return (e & OFLAG_ZERO) != 0 || ((e & OFFSET_MASK) == 0 && (backing == null || pos >= backingSize));
     }
 
-    private void zeroCluster(long cluster, boolean unmap, boolean discard) throws IOException {
+    /** @param what the request, for its error: "discard" or "zeroing" */
+    private void zeroCluster(long cluster, boolean unmap, String what) throws IOException {
         meta.lock();
         try {
             checkOpen();
             checkWritable();
             long e = l2Entry(cluster);
-            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (!discard || (e & OFFSET_MASK) == 0)) {
-                return; // already zero (a discard of a preallocated one still frees its host cluster, below)
+            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (!unmap || (e & OFFSET_MASK) == 0)) {
+                return; // already zero (with unmap a preallocated one still gives its host cluster up, below)
             }
             if (e == 0 && (backing == null || cluster >= backingSize)) {
                 return; // unallocated with nothing underneath reads as zeros
@@ -1201,34 +1208,37 @@ public final class Qcow2Image implements DiskImage {
             MetaCache.Table t = l2ForWrite(cluster);
             int idx = l2Index(cluster);
             e = t.entry(idx);
-            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFFSET_MASK) != 0) {
-                // its host cluster is punched out or counted down below: never a table's (a damaged image), which
-                // would lose its bytes on disk; refused before the entry changes, as a write there is
-                checkDataWrite(cluster, e & OFFSET_MASK, clusterSize, discard ? "discard" : "write-zeroes");
+            // The host range the entry names (the compressed data's span, or the cluster) is punched out or counted
+            // down below, or kept as a preallocated zero cluster a later write lands on. Damage is found first,
+            // before anything changes: a range on metadata refuses the request, and one the refcounts already count
+            // free (refcount 0) is dropped without a count-down, which would land on what the allocator put there.
+            boolean compressedEntry = (e & OFLAG_COMPRESSED) != 0;
+            long lo = compressedEntry ? compressed.host(e) : e & OFFSET_MASK;
+            long bytes = compressedEntry ? compressed.bytes(e) : clusterSize;
+            boolean counted = false;
+            if (compressedEntry || lo != 0) {
+                checkNotMetadata(cluster, lo, bytes, what);
+                counted = refcounts.counted(lo, bytes);
             }
             long host = ownedHost(e);
             long prealloc = preallocatedZeroHost(e);
-            if (discard && (host >= 0 || prealloc >= 0)) {
+            if (unmap && (host >= 0 || prealloc >= 0)) {
                 // a normal cluster, or a preallocated zero cluster (its host cluster holds whatever was there
                 // before the zeroing): this image owns it (COPIED), so nothing else reads it and it is punched out
-                long h = host >= 0 ? host : prealloc;
-                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the discard's free (a backing file stays hidden)
-                punch(h);
-                refcounts.freeAfterFlush(h, clusterSize);
-            } else if (host >= 0) {
-                t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
-                if (unmap) {
-                    punch(host);
+                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the free (a backing file stays hidden)
+                punch(lo);
+                if (counted) {
+                    refcounts.freeAfterFlush(lo, clusterSize);
                 }
+            } else if (host >= 0) {
+                t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO); // write-zeroes without unmap: preallocated
             } else {
                 t.setEntry(idx, OFLAG_ZERO);
-                if ((e & OFLAG_COMPRESSED) != 0) {
-                    refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
-                } else if ((e & OFFSET_MASK) != 0) {
-                    // a shared cluster, or the host cluster of a preallocated zero cluster without COPIED a discard
-                    // gives up: another reference may still read it, so it is not punched (a write-zeroes returned
-                    // above: it keeps a zero cluster as it is, preallocated or not)
-                    refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
+                if (counted) {
+                    // a compressed cluster's data, a shared cluster, or the host cluster of a preallocated zero
+                    // cluster without COPIED an unmap gives up: another reference may still read it, so it is not
+                    // punched (a write-zeroes without unmap returned above: it keeps a zero cluster as it is)
+                    refcounts.freeAfterFlush(lo, bytes);
                 }
             }
         } finally {

@@ -319,6 +319,23 @@ final class Refcounts {
     // ---- freeing -----------------------------------------------------------------------------------------------
 
     /**
+     * Whether every cluster [host, host+bytes) touches is counted in use (refcount above 0, inside the file), so that
+     * an L2 entry that stops referencing it may count it down ({@link #freeAfterFlush}). In a damaged image a
+     * referenced cluster may have refcount 0: the allocator may hand it out at any time, and a decrement deferred to
+     * a later flush would then count down whatever it was given to (another guest offset's data or a table), which
+     * the next allocation would overwrite. There is nothing to count down: QEMU leaves such a refcount at 0 too.
+     */
+    boolean counted(long host, long bytes) throws IOException {
+        long last = (host + bytes - 1) >>> clusterBits;
+        for (long c = host >>> clusterBits; c <= last; c++) {
+            if (c >= allocEnd || refcount(c) == 0) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /**
      * Counts down each cluster [host, host+bytes) touches, which an L2 entry stopped referencing in memory (a
      * cluster discarded, a compressed or shared cluster copied out): after the flush that makes that entry durable
      * (until then the old one on disk still references them), and not while a lock-free data read or write that

@@ -223,6 +223,105 @@ class Qcow2DamagedImageTest {
         }
     }
 
+    /**
+     * An L2 entry naming the L1 table, the refcount table, the refcount block or its own L2 table, as a normal,
+     * preallocated zero, shared (no COPIED) or compressed cluster: a discard or write-zeroes of that guest cluster is
+     * refused, as a data write there is, and changes nothing. Before, the discard and the write-zeroes with unmap
+     * punched the table out of the file (it read as zeros) and the shared and compressed entries' clusters were
+     * counted down (a metadata cluster at refcount 0).
+     */
+    @Test
+    void aDiscardOrZeroingOfAnL2EntryPointingAtMetadataIsRefusedAndChangesNothing() throws Exception {
+        long[] flags = {
+            Qcow2Image.OFLAG_COPIED,
+            Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO,
+            0,
+            Qcow2Image.OFLAG_COMPRESSED // host offset in bits 0-53, no additional sectors: 512 bytes at the target
+        };
+        String[] requests = {"discard", "write-zeroes with unmap", "write-zeroes"};
+        int n = 0;
+        for (int target = 0; target < 4; target++) {
+            for (long flag : flags) {
+                for (String request : requests) {
+                    if (flag == (Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO) && request.equals("write-zeroes")) {
+                        continue; // already zero and kept as it is: neither punched nor freed
+                    }
+                    Path img = refcountImage("punch-" + n++ + ".qcow2");
+                    qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+                    long l2 = l2Table(img, 0);
+                    long at = new long[] {readLong(img, 40), 0x10000, 0x20000, l2}[target];
+                    writeLong(img, l2 + 8, flag | at); // guest cluster 1 (64 KiB) "stored" on the table
+                    String what = request + " of an entry " + Long.toHexString(flag | at);
+                    QemuTools.Result checkBefore = QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString());
+                    byte[] before = Files.readAllBytes(img);
+                    IOException e = assertThrows(
+                            IOException.class,
+                            () -> {
+                                try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                                    switch (request) {
+                                        case "discard" -> q.discard(65536, 65536);
+                                        case "write-zeroes with unmap" -> q.writeZeroes(65536, 65536, true);
+                                        default -> q.writeZeroes(65536, 65536, false);
+                                    }
+                                }
+                            },
+                            what);
+                    assertTrue(
+                            e.getMessage().contains("qcow2 image " + img + " is damaged")
+                                    && e.getMessage().contains("guest offset 65536 points at metadata cluster " + at)
+                                    && e.getMessage().contains("repair it with 'qemu-img check -r all " + img + "'"),
+                            what + ": " + e.getMessage());
+                    assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
+                    assertEquals(
+                            checkBefore,
+                            QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString()),
+                            what + " changed what qemu-img check finds");
+                }
+            }
+        }
+    }
+
+    /**
+     * A discarded (or zeroed with unmap) cluster whose refcount is already 0 (a damaged image: qemu-img check finds
+     * 'refcount=0 reference=1') is dropped without a count-down. The allocator may hand it out as soon as the entry
+     * dropped it; before, the count-down deferred to the flush then landed on the guest data written there, which
+     * the next allocation overwrote (qemu-io: pattern verification failed at 1 MiB; 'refcount=1 reference=2').
+     */
+    @Test
+    void aDroppedClusterWhoseRefcountIsZeroIsNotCountedDownOverItsNextUse() throws Exception {
+        for (boolean discard : new boolean[] {true, false}) {
+            Path img = create("refcount-zero-" + discard + ".qcow2", "64M");
+            qemuIoOk(img, "qcow2", "write -P 0x61 0 128k");
+            long host = readLong(img, l2Table(img, 0) + 8) & Qcow2Image.OFFSET_MASK; // guest cluster 1
+            long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.seek(block + 2 * (host >>> 16));
+                f.writeShort(0);
+            }
+            QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+            assertTrue(damaged.output().contains("refcount=0 reference=1"), damaged.output());
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                if (discard) {
+                    q.discard(65536, 65536);
+                } else {
+                    q.writeZeroes(65536, 65536, true);
+                }
+                Qcow2ImageTest.write(q, MIB, Qcow2ImageTest.fill(65536, 0x62));
+                q.flush();
+                q.flush(); // the deferred count-downs land
+                Qcow2ImageTest.write(q, 2 * MIB, Qcow2ImageTest.fill(65536, 0x63));
+            }
+            check(img, false);
+            qemuIoOk(
+                    img,
+                    "qcow2",
+                    "read -P 0x61 0 64k",
+                    "read -P 0 64k 64k",
+                    "read -P 0x62 1M 64k",
+                    "read -P 0x63 2M 64k");
+        }
+    }
+
     @Test
     void l1EntriesThatShareAnL2TableOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
         // An L1 entry naming the L1 table's own cluster: a write under it (guest offset 512 MiB + 128 KiB) used the L1

@@ -810,6 +810,44 @@ class Qcow2ImageTest {
     }
 
     /**
+     * Write-zeroes with unmap gives a cluster's host cluster up as a discard does, and as QEMU's write-zeroes with
+     * unmap does (qemu-io's write -z -u turns a preallocated zero cluster, and a normal one, into a zero cluster
+     * without host cluster and punches it): a preallocated zero cluster (qemu-io's write -z over data leaves the old
+     * bytes in its host cluster) and a normal one. Before, the preallocated zero cluster was taken as already zero
+     * and kept its host cluster with the old bytes in the file, and the normal one was punched but kept as a
+     * preallocated zero cluster.
+     */
+    @ParameterizedTest
+    @ValueSource(booleans = {true, false})
+    void aWriteZeroesWithUnmapFreesTheHostClusterOfAPreallocatedZeroOrANormalCluster(boolean preallocated)
+            throws Exception {
+        Path img = create("wzunmap.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        if (preallocated) {
+            qemuIoOk(img, "qcow2", "write -z 2M 64k");
+        }
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Fd fd = FileIo.open(img, FileIo.O_RDONLY)) {
+            long e = q.l2Entry(2 * MIB);
+            long host = e & Qcow2Image.OFFSET_MASK;
+            assertTrue(host != 0 && ((e & Qcow2Image.OFLAG_ZERO) != 0) == preallocated, Long.toHexString(e));
+            assertEquals(host, FileIo.seek(fd, host, FileIo.SEEK_DATA), "allocated");
+            long blocks = FileIo.stat(fd).blocks();
+            q.writeZeroes(2 * MIB, 65536, true);
+            assertEquals(Qcow2Image.OFLAG_ZERO, q.l2Entry(2 * MIB), "a zero cluster without host cluster");
+            long data = FileIo.seek(fd, host, FileIo.SEEK_DATA);
+            assertTrue(data < 0 || data >= host + 65536, "the host cluster was punched out: data at " + data);
+            long after = FileIo.stat(fd).blocks();
+            assertTrue(after <= blocks - 65536 / 512, "64 KiB of blocks given back: " + blocks + " -> " + after);
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertEquals(host, q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK, "the freed cluster is taken again");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 0 2M", "read -P 0x66 9M 64k");
+    }
+
+    /**
      * Discarded clusters are freed on a busy disk too, where some write is in flight at every flush: two request
      * contexts take turns keeping an io_uring write to guest cluster 0 in flight, each completed after the next flush,
      * while guest cluster 2 MiB is discarded, the discard flushed and the cluster written again, 24 times. A discard
