@@ -338,6 +338,26 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
+    /**
+     * Checks the host range L2 entry {@code e} of {@code guestOffset} names (the compressed data's span, or the
+     * cluster) before {@code what} changes the entry and punches the range, counts it down or writes it in place:
+     * one on metadata refuses the request before anything changes (the image's own tables would be punched out,
+     * counted down to 0 or overwritten), and the answer is whether the refcounts count the whole range in use
+     * ({@link Refcounts#counted}). Only then may a count-down follow: in a damaged image a cluster at refcount 0 may
+     * be handed out by the allocator before the deferred count-down lands, which would then count down its new user.
+     * An entry that names no host range is neither checked nor counted. Metadata lock held.
+     */
+    private boolean checkDrop(long guestOffset, long e, String what) throws IOException {
+        boolean compressedEntry = (e & OFLAG_COMPRESSED) != 0;
+        long lo = compressedEntry ? compressed.host(e) : e & OFFSET_MASK;
+        if (!compressedEntry && lo == 0) {
+            return false;
+        }
+        long bytes = compressedEntry ? compressed.bytes(e) : clusterSize;
+        checkNotMetadata(guestOffset, lo, bytes, what);
+        return refcounts.counted(lo, bytes);
+    }
+
     /** Opens {@code path} as qcow2 with the default metadata cache; its backing chain opens read-only. */
     public static Qcow2Image open(Path path, boolean readOnly) throws IOException {
         return open(path, readOnly, DEFAULT_L2_CACHE_BYTES, false);
@@ -1048,6 +1068,10 @@ public final class Qcow2Image implements DiskImage {
                 src.writeTo(fd, srcPos, n, h + in);
                 return;
             }
+            // The host range the old entry names (a shared or compressed cluster copied out below and counted down,
+            // or a preallocated zero cluster written in place): on metadata the write is refused before anything
+            // changes, and one the refcounts count free is not counted down (see checkDrop).
+            boolean counted = checkDrop(cluster, e, "write");
             // A new cluster under which everything reads as zeros (unallocated with no backing data there, or a
             // zero cluster without a host cluster): zero the new cluster with one fallocate and write only the new
             // bytes, as QEMU does, instead of writing a whole cluster of mostly zeros from the queue thread.
@@ -1087,9 +1111,12 @@ public final class Qcow2Image implements DiskImage {
             checkDataWrite(cluster, target, clusterSize);
             writeFile(fd, buf, target, align);
             t.setEntry(idx, target | OFLAG_COPIED);
-            if ((e & OFLAG_COMPRESSED) != 0) {
-                // the host clusters the compressed data spans, but never the new one: in a damaged image where the
-                // data's cluster had refcount 0, the allocator may have given it as the target (as below)
+            // Only a range counted in use is counted down (checkDrop): in a damaged image one at refcount 0 may be
+            // the allocator's next cluster, and is left alone
+            if (counted && (e & OFLAG_COMPRESSED) != 0) {
+                // the host clusters the compressed data spans, but never the new one: in a damaged image with fewer
+                // refcounts than references, a count-down a flush applied during the allocation may have brought the
+                // data's cluster to 0 and the allocator given it as the target (as below)
                 long lo = compressed.host(e);
                 long hi = lo + compressed.bytes(e);
                 if (target >= hi || target + clusterSize <= lo) {
@@ -1102,10 +1129,10 @@ public final class Qcow2Image implements DiskImage {
                         refcounts.freeAfterFlush(target + clusterSize, hi - target - clusterSize);
                     }
                 }
-            } else if ((e & OFFSET_MASK) != 0 && target != (e & OFFSET_MASK)) {
+            } else if (counted && target != (e & OFFSET_MASK)) {
                 // a shared cluster we copied, or a zero cluster's host cluster not written in place (no COPIED
                 // flag): either way the entry referenced it and no longer does. (The old entry's cluster is never
-                // the target in a consistent image; in a damaged one where its refcount was 0, it may be.)
+                // the target in a consistent image; in a damaged one, as above, it may be.)
                 refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
             }
         } finally {
@@ -1212,14 +1239,10 @@ public final class Qcow2Image implements DiskImage {
             // down below, or kept as a preallocated zero cluster a later write lands on. Damage is found first,
             // before anything changes: a range on metadata refuses the request, and one the refcounts already count
             // free (refcount 0) is dropped without a count-down, which would land on what the allocator put there.
+            boolean counted = checkDrop(cluster, e, what);
             boolean compressedEntry = (e & OFLAG_COMPRESSED) != 0;
             long lo = compressedEntry ? compressed.host(e) : e & OFFSET_MASK;
             long bytes = compressedEntry ? compressed.bytes(e) : clusterSize;
-            boolean counted = false;
-            if (compressedEntry || lo != 0) {
-                checkNotMetadata(cluster, lo, bytes, what);
-                counted = refcounts.counted(lo, bytes);
-            }
             long host = ownedHost(e);
             long prealloc = preallocatedZeroHost(e);
             if (unmap && (host >= 0 || prealloc >= 0)) {

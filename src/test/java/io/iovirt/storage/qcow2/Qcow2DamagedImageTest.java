@@ -322,6 +322,92 @@ class Qcow2DamagedImageTest {
         }
     }
 
+    /**
+     * A guest write into a cluster whose L2 entry is shared (no COPIED), compressed or a preallocated zero cluster
+     * this image does not own, naming the L1 table, the refcount table, the refcount block or its own L2 table: the
+     * write copies the cluster out and drops the old entry's host range, so it is refused before anything changes,
+     * as a discard of that entry is. Before, one 4 KiB write counted the table down (refcount_bits=1: to 0) and
+     * qemu-img check found it at 'refcount=0 reference=1', a table the allocator could hand out.
+     */
+    @Test
+    void aWriteThatCopiesOutAnL2EntryPointingAtMetadataIsRefusedAndChangesNothing() throws Exception {
+        long[] flags = {0, Qcow2Image.OFLAG_ZERO, Qcow2Image.OFLAG_COMPRESSED};
+        int n = 0;
+        for (int target = 0; target < 4; target++) {
+            for (long flag : flags) {
+                Path img = refcountImage("copy-out-" + n++ + ".qcow2");
+                qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+                long l2 = l2Table(img, 0);
+                long at = new long[] {readLong(img, 40), 0x10000, 0x20000, l2}[target];
+                writeLong(img, l2 + 8, flag | at); // guest cluster 1 (64 KiB) "stored" on the table
+                String what = "a write into an entry " + Long.toHexString(flag | at);
+                QemuTools.Result checkBefore = QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString());
+                byte[] before = Files.readAllBytes(img);
+                IOException e = assertThrows(
+                        IOException.class,
+                        () -> {
+                            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                                Qcow2ImageTest.write(q, 65536 + 4096, Qcow2ImageTest.fill(4096, 0x62));
+                                q.flush();
+                                q.flush();
+                            }
+                        },
+                        what);
+                assertTrue(
+                        e.getMessage().contains("qcow2 image " + img + " is damaged")
+                                && e.getMessage().contains("guest offset 65536 points at metadata cluster " + at)
+                                && e.getMessage().contains("the write was refused"),
+                        what + ": " + e.getMessage());
+                assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
+                assertEquals(
+                        checkBefore,
+                        QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString()),
+                        what + " changed what qemu-img check finds");
+            }
+        }
+    }
+
+    /**
+     * A write into a shared cluster (no COPIED) whose refcount is already 0 (a damaged image) copies it out without
+     * counting it down: the allocator may hand the old cluster out as soon as the entry dropped it, and the
+     * count-down deferred to the flush then landed on the guest data written there, which the next allocation
+     * overwrote (qemu-io: pattern verification failed at 1 MiB; qemu-img check 'refcount=1 reference=2').
+     */
+    @Test
+    void aCopiedOutClusterWhoseRefcountIsZeroIsNotCountedDownOverItsNextUse() throws Exception {
+        Path img = create("copy-out-refcount-zero.qcow2", "64M");
+        qemuIoOk(img, "qcow2", "write -P 0x61 0 128k");
+        long entry = l2Table(img, 0) + 8; // guest cluster 1
+        long host = readLong(img, entry) & Qcow2Image.OFFSET_MASK;
+        writeLong(img, entry, host); // shared: no COPIED
+        long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(block + 2 * (host >>> 16));
+            f.writeShort(0);
+        }
+        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(damaged.output().contains("refcount=0 reference=1"), damaged.output());
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            q.discard(0, 65536); // guest cluster 0's host cluster becomes the allocator's first free one
+            q.flush();
+            q.flush();
+            Qcow2ImageTest.write(q, 65536, Qcow2ImageTest.fill(4096, 0x62)); // copied out to that cluster
+            Qcow2ImageTest.write(q, MIB, Qcow2ImageTest.fill(65536, 0x63)); // given guest cluster 1's old one
+            q.flush();
+            q.flush(); // the deferred count-downs land
+            Qcow2ImageTest.write(q, 2 * MIB, Qcow2ImageTest.fill(65536, 0x64));
+        }
+        check(img, false);
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0 0 64k",
+                "read -P 0x62 64k 4k",
+                "read -P 0x61 68k 60k",
+                "read -P 0x63 1M 64k",
+                "read -P 0x64 2M 64k");
+    }
+
     @Test
     void l1EntriesThatShareAnL2TableOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
         // An L1 entry naming the L1 table's own cluster: a write under it (guest offset 512 MiB + 128 KiB) used the L1
