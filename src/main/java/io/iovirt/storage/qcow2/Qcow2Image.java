@@ -340,10 +340,13 @@ public final class Qcow2Image implements DiskImage {
 
     /**
      * Checks the host range L2 entry {@code e} of {@code guestOffset} names (the compressed data's span, or the
-     * cluster) before {@code what} changes the entry and punches the range, counts it down or writes it in place:
-     * one on metadata refuses the request before anything changes (the image's own tables would be punched out,
-     * counted down to 0 or overwritten), and the answer is whether the refcounts count the whole range in use
-     * ({@link Refcounts#counted}). Only then may a count-down follow: in a damaged image a cluster at refcount 0 may
+     * cluster) before {@code what} changes the entry and punches the range, counts it down or writes it in place.
+     * One on metadata refuses the request before anything changes when the image's own tables would be punched out
+     * or overwritten (an owned entry: COPIED, not compressed) or counted down to 0 (a shared or compressed entry whose
+     * metadata cluster's refcount does not also count this reference, {@link Refcounts#countedBeyondMetadata}). A
+     * shared entry whose reference the refcount counts (what 'qemu-img check -r all' makes of such an entry) is
+     * dropped and counted down as QEMU does. The answer is whether the refcounts count the whole range in use
+     * ({@link Refcounts#counted}); only then may a count-down follow: in a damaged image a cluster at refcount 0 may
      * be handed out by the allocator before the deferred count-down lands, which would then count down its new user.
      * An entry that names no host range is neither checked nor counted. Metadata lock held.
      */
@@ -354,7 +357,10 @@ public final class Qcow2Image implements DiskImage {
             return false;
         }
         long bytes = compressedEntry ? compressed.bytes(e) : clusterSize;
-        checkNotMetadata(guestOffset, lo, bytes, what);
+        boolean owned = !compressedEntry && (e & OFLAG_COPIED) != 0;
+        if (owned || !refcounts.countedBeyondMetadata(lo, bytes)) {
+            checkNotMetadata(guestOffset, lo, bytes, what);
+        }
         return refcounts.counted(lo, bytes);
     }
 

@@ -336,6 +336,22 @@ final class Refcounts {
     }
 
     /**
+     * Whether every metadata cluster (header, L1, L2 or refcount table or block) [host, host+bytes) touches has a
+     * refcount above 1, so that an L2 entry naming it as data may stop referencing it and count it down without the
+     * table reaching refcount 0. That is a damaged image 'qemu-img check -r all' repaired: it counts the entry's
+     * reference as a second one (and clears COPIED), and QEMU then copies such a cluster out and counts it down.
+     */
+    boolean countedBeyondMetadata(long host, long bytes) throws IOException {
+        long last = (host + bytes - 1) >>> clusterBits;
+        for (long c = host >>> clusterBits; c <= last; c++) {
+            if (img.overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) < 2)) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /**
      * Counts down each cluster [host, host+bytes) touches, which an L2 entry stopped referencing in memory (a
      * cluster discarded, a compressed or shared cluster copied out): after the flush that makes that entry durable
      * (until then the old one on disk still references them), and not while a lock-free data read or write that

@@ -368,6 +368,42 @@ class Qcow2DamagedImageTest {
     }
 
     /**
+     * The repair the refusals above advise works: 'qemu-img check -r all' turns an owned entry naming the L1 table
+     * into a shared one (no COPIED; the table's refcount 2 counts both references), which QEMU copies out on a write
+     * and counts down on a discard. iovirt does the same: the table keeps refcount 1 and the image stays clean.
+     * Before, the write and the discard were refused with the same advice, whatever the repair had done.
+     */
+    @Test
+    void aSharedEntryOnMetadataThatTheRefcountsCountIsDroppedAfterTheAdvisedRepair() throws Exception {
+        String[] requests = {"write", "discard", "write-zeroes with unmap", "write-zeroes"};
+        for (String request : requests) {
+            Path img = create("repaired-" + request.replace(' ', '-') + ".qcow2", "64M"); // 16-bit refcounts
+            qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+            long l1 = readLong(img, 40);
+            writeLong(img, l2Table(img, 0) + 8, Qcow2Image.OFLAG_COPIED | l1); // guest cluster 1 on the L1 table
+            QemuTools.Result repair = QemuTools.run("qemu-img", "check", "-r", "all", img.toString());
+            assertEquals(0, repair.exit(), repair.output());
+            assertEquals(l1, readLong(img, l2Table(img, 0) + 8), "the repair left the entry, shared");
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                switch (request) {
+                    case "write" -> Qcow2ImageTest.write(q, 65536 + 4096, Qcow2ImageTest.fill(4096, 0x62));
+                    case "discard" -> q.discard(65536, 65536);
+                    case "write-zeroes with unmap" -> q.writeZeroes(65536, 65536, true);
+                    default -> q.writeZeroes(65536, 65536, false);
+                }
+                q.flush();
+                q.flush(); // the deferred count-down lands
+            }
+            check(img, false);
+            qemuIoOk(
+                    img,
+                    "qcow2",
+                    "read -P 0x61 0 64k",
+                    request.equals("write") ? "read -P 0x62 68k 4k" : "read -P 0 64k 64k");
+        }
+    }
+
+    /**
      * A write into a shared cluster (no COPIED) whose refcount is already 0 (a damaged image) copies it out without
      * counting it down: the allocator may hand the old cluster out as soon as the entry dropped it, and the
      * count-down deferred to the flush then landed on the guest data written there, which the next allocation
