@@ -340,15 +340,37 @@ final class Refcounts {
      * refcount above 1, so that an L2 entry naming it as data may stop referencing it and count it down without the
      * table reaching refcount 0. That is a damaged image 'qemu-img check -r all' repaired: it counts the entry's
      * reference as a second one (and clears COPIED), and QEMU then copies such a cluster out and counts it down.
+     * The count-downs still deferred are taken off first: two entries naming a table whose refcount counts only one
+     * of them would bring it to 0 together. Only a range on metadata pays for that scan: a damaged image's.
      */
     boolean countedBeyondMetadata(long host, long bytes) throws IOException {
         long last = (host + bytes - 1) >>> clusterBits;
         for (long c = host >>> clusterBits; c <= last; c++) {
-            if (img.overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) < 2)) {
+            if (img.overlapsMetadata(c << clusterBits, 1)
+                    && (c >= allocEnd || refcount(c) - deferredCountDowns(c) < 2)) {
                 return false;
             }
         }
         return true;
+    }
+
+    /** How many count-downs of cluster {@code c} are deferred (not yet applied to its refcount). */
+    private long deferredCountDowns(long c) {
+        long n = covering(dereferenced, c) + covering(pendingFree, c);
+        for (Dereferenced d : waiting) {
+            n += covering(d.ranges(), c);
+        }
+        return n;
+    }
+
+    private long covering(List<long[]> ranges, long c) {
+        long n = 0;
+        for (long[] r : ranges) {
+            if (c >= r[0] >>> clusterBits && c <= (r[0] + r[1] - 1) >>> clusterBits) {
+                n++;
+            }
+        }
+        return n;
     }
 
     /**

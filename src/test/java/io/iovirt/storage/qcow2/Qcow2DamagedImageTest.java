@@ -404,6 +404,39 @@ class Qcow2DamagedImageTest {
     }
 
     /**
+     * Two shared entries naming the L1 table whose refcount (2) counts only one of them besides the table's own: the
+     * first discard counts the table down to 1, the second is refused, the count-down still deferred taken into
+     * account. Before, both were dropped and the table reached refcount 0 (qemu-img check: 'refcount=0').
+     */
+    @Test
+    void twoSharedEntriesOnMetadataCountTheTableDownOnlyAsFarAsItsRefcountCountsThem() throws Exception {
+        Path img = create("two-on-l1.qcow2", "64M"); // 16-bit refcounts
+        qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+        long l1 = readLong(img, 40);
+        long l2 = l2Table(img, 0);
+        writeLong(img, l2 + 8, l1); // guest clusters 1 and 2, shared, on the L1 table
+        writeLong(img, l2 + 16, l1);
+        long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE));
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(block + 2 * (l1 >>> 16));
+            f.writeShort(2);
+        }
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            q.discard(65536, 65536);
+            IOException e = assertThrows(IOException.class, () -> q.discard(2 * 65536, 65536));
+            assertTrue(
+                    e.getMessage().contains("guest offset 131072 points at metadata cluster " + l1)
+                            && e.getMessage().contains("the discard was refused"),
+                    e.getMessage());
+            q.flush();
+            q.flush(); // the deferred count-down lands
+        }
+        QemuTools.Result r = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(r.output().contains("ERROR cluster " + (l1 >>> 16) + " refcount=1 reference=2"), r.output());
+        qemuIoOk(img, "qcow2", "read -P 0x61 0 64k", "read -P 0 64k 64k");
+    }
+
+    /**
      * A write into a shared cluster (no COPIED) whose refcount is already 0 (a damaged image) copies it out without
      * counting it down: the allocator may hand the old cluster out as soon as the entry dropped it, and the
      * count-down deferred to the flush then landed on the guest data written there, which the next allocation
