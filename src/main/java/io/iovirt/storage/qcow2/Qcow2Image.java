@@ -46,7 +46,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
- * could not write back may be lost, and a later fdatasync would not say so.
+ * could not write back may be lost, and a later fdatasync would not say so. So does a failed write of a pointer
+ * that publishes new metadata (rule 4's pointer, the header switched to a new table: {@link #publish}).
  * Evicting a dirty table runs the same flush first. Lazy refcounts are never used (so the dirty bit is never set by
  * iovirt); an image another program left dirty is repaired when opened for writing
  * ({@link Refcounts#rebuildRefcounts}).
@@ -327,12 +328,48 @@ public final class Qcow2Image implements DiskImage {
 
     /** Refuses a data write to [host, host+len) when it touches a metadata cluster. Lock-free. */
     private void checkDataWrite(long guestOffset, long host, long len) throws IOException {
+        checkNotMetadata(guestOffset, host, len, "write");
+    }
+
+    /**
+     * Refuses {@code what} (a data write, or a zeroing or discard that would punch or free the host range) when the
+     * L2 entry of {@code guestOffset} names host bytes [host, host+len) that touch a metadata cluster: only a damaged
+     * or crafted image has such an entry, and the request would overwrite, punch out or count down the image's own
+     * metadata. Lock-free.
+     */
+    private void checkNotMetadata(long guestOffset, long host, long len, String what) throws IOException {
         long c = MetadataLayout.firstIn(metadataClusters, host, len, clusterBits);
         if (c >= 0) {
             throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
-                    + " points at metadata cluster " + (c << clusterBits) + "; the write was refused (check the "
-                    + "image with 'qemu-img check " + path + "')");
+                    + " points at metadata cluster " + (c << clusterBits) + "; the " + what + " was refused (repair"
+                    + " it with 'qemu-img check -r all " + path + "')");
         }
+    }
+
+    /**
+     * Checks the host range L2 entry {@code e} of {@code guestOffset} names (the compressed data's span, or the
+     * cluster) before {@code what} changes the entry and punches the range, counts it down or writes it in place.
+     * One on metadata refuses the request before anything changes when the image's own tables would be punched out
+     * or overwritten (an owned entry: COPIED, not compressed) or counted down to 0 (a shared or compressed entry whose
+     * metadata cluster's refcount does not also count this reference, {@link Refcounts#countedBeyondMetadata}). A
+     * shared entry whose reference the refcount counts (what 'qemu-img check -r all' makes of such an entry) is
+     * dropped and counted down as QEMU does. The answer is whether the refcounts count the whole range in use
+     * ({@link Refcounts#counted}); only then may a count-down follow: in a damaged image a cluster at refcount 0 may
+     * be handed out by the allocator before the deferred count-down lands, which would then count down its new user.
+     * An entry that names no host range is neither checked nor counted. Metadata lock held.
+     */
+    private boolean checkDrop(long guestOffset, long e, String what) throws IOException {
+        boolean compressedEntry = (e & OFLAG_COMPRESSED) != 0;
+        long lo = compressedEntry ? compressed.host(e) : e & OFFSET_MASK;
+        if (!compressedEntry && lo == 0) {
+            return false;
+        }
+        long bytes = compressedEntry ? compressed.bytes(e) : clusterSize;
+        boolean owned = !compressedEntry && (e & OFLAG_COPIED) != 0;
+        if (owned || !refcounts.countedBeyondMetadata(lo, bytes)) {
+            checkNotMetadata(guestOffset, lo, bytes, what);
+        }
+        return refcounts.counted(lo, bytes);
     }
 
     /** Opens {@code path} as qcow2 with the default metadata cache; its backing chain opens read-only. */
@@ -991,6 +1028,18 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
+     * Host offset of a preallocated zero cluster this image owns (zero flag, COPIED and a host cluster), or -1. In a
+     * compressed entry bit 0 belongs to the host offset, not the zero flag: such an entry is never one.
+     */
+    private static long preallocatedZeroHost(long e) {
+        if ((e & OFLAG_COMPRESSED) != 0 || (e & OFLAG_ZERO) == 0 || (e & OFLAG_COPIED) == 0) {
+            return -1;
+        }
+        long h = e & OFFSET_MASK;
+        return h == 0 ? -1 : h;
+    }
+
+    /**
      * The host offset where [offset, offset+len) is stored as one contiguous run of allocated data clusters, or -1
      * (some cluster is unallocated, zero, compressed, or the run is not contiguous). For writes the clusters must
      * also be exclusively owned (COPIED).
@@ -1090,6 +1139,10 @@ public final class Qcow2Image implements DiskImage {
                 src.writeTo(fd, srcPos, n, h + in);
                 return;
             }
+            // The host range the old entry names (a shared or compressed cluster copied out below and counted down,
+            // or a preallocated zero cluster written in place): on metadata the write is refused before anything
+            // changes, and one the refcounts count free is not counted down (see checkDrop).
+            boolean counted = checkDrop(cluster, e, "write");
             // A new cluster under which everything reads as zeros (unallocated with no backing data there, or a
             // zero cluster without a host cluster): zero the new cluster with one fallocate and write only the new
             // bytes, as QEMU does, instead of writing a whole cluster of mostly zeros from the queue thread.
@@ -1124,18 +1177,17 @@ public final class Qcow2Image implements DiskImage {
             src.copyTo(srcPos, buf, in, n);
             // A preallocated zero cluster is written in place. In a compressed entry bit 0 belongs to the host
             // offset, not the zero flag: such an entry (with a COPIED bit a damaged image may carry) is copied out.
-            long target = (e & OFLAG_COMPRESSED) == 0
-                            && (e & OFLAG_ZERO) != 0
-                            && (e & OFLAG_COPIED) != 0
-                            && (e & OFFSET_MASK) != 0
-                    ? e & OFFSET_MASK
-                    : refcounts.allocateCluster();
+            long prealloc = preallocatedZeroHost(e);
+            long target = prealloc >= 0 ? prealloc : refcounts.allocateCluster();
             checkDataWrite(cluster, target, clusterSize);
             writeFile(fd, buf, target, align);
             t.setEntry(idx, target | OFLAG_COPIED);
-            if ((e & OFLAG_COMPRESSED) != 0) {
-                // the host clusters the compressed data spans, but never the new one: in a damaged image where the
-                // data's cluster had refcount 0, the allocator may have given it as the target (as below)
+            // Only a range counted in use is counted down (checkDrop): in a damaged image one at refcount 0 may be
+            // the allocator's next cluster, and is left alone
+            if (counted && (e & OFLAG_COMPRESSED) != 0) {
+                // the host clusters the compressed data spans, but never the new one: in a damaged image with fewer
+                // refcounts than references, a count-down a flush applied during the allocation may have brought the
+                // data's cluster to 0 and the allocator given it as the target (as below)
                 long lo = compressed.host(e);
                 long hi = lo + compressed.bytes(e);
                 if (target >= hi || target + clusterSize <= lo) {
@@ -1148,10 +1200,10 @@ public final class Qcow2Image implements DiskImage {
                         refcounts.freeAfterFlush(target + clusterSize, hi - target - clusterSize);
                     }
                 }
-            } else if ((e & OFFSET_MASK) != 0 && target != (e & OFFSET_MASK)) {
+            } else if (counted && target != (e & OFFSET_MASK)) {
                 // a shared cluster we copied, or a zero cluster's host cluster not written in place (no COPIED
                 // flag): either way the entry referenced it and no longer does. (The old entry's cluster is never
-                // the target in a consistent image; in a damaged one where its refcount was 0, it may be.)
+                // the target in a consistent image; in a damaged one, as above, it may be.)
                 refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
             }
         } finally {
@@ -1197,13 +1249,14 @@ public final class Qcow2Image implements DiskImage {
     }
 
     /**
-     * Whole clusters become zero clusters (metadata only). Write-zeroes keeps a cluster's host cluster (with
-     * {@code unmap} its space is punched out): the cluster stays preallocated. Discard, as QEMU's, gives it up: the
-     * zero entry has no host cluster and the host cluster's refcount is counted down once the entry is durable
-     * and no lock-free write that found the cluster before the discard can still be in flight
-     * ({@link Refcounts#freeAfterFlush}); its space is punched out at once. A preallocated zero cluster (zero flag
-     * and a host cluster) gives its host cluster up the same way, as QEMU's discard does. Partial clusters are
-     * written with zeros (write-zeroes) or left alone (discard is advisory).
+     * Whole clusters become zero clusters (metadata only). Write-zeroes without {@code unmap} keeps a cluster's host
+     * cluster: the cluster stays preallocated. Discard and write-zeroes with {@code unmap} give it up, as QEMU's do
+     * (without its discard-no-unref option): the zero entry has no host cluster and the host cluster's refcount is
+     * counted down once the entry is durable and no lock-free write that found the cluster before the discard can
+     * still be in flight ({@link Refcounts#freeAfterFlush}); its space is punched out at once. A preallocated zero
+     * cluster (zero flag and a host cluster) gives its host cluster up the same way: what it held before it was
+     * zeroed does not stay in the file. Partial clusters are written with zeros (write-zeroes) or left alone
+     * (discard is advisory).
      */
     private void zeroRange(long offset, long len, boolean unmap, boolean mustZero) throws IOException {
         checkRange(offset, len, true);
@@ -1214,7 +1267,7 @@ public final class Qcow2Image implements DiskImage {
             long cluster = pos & -clusterSize;
             long n = Math.min(end, cluster + clusterSize) - pos;
             if (n == clusterSize) {
-                zeroCluster(cluster, unmap, !mustZero);
+                zeroCluster(cluster, unmap, mustZero ? "zeroing" : "discard");
             } else if (mustZero && !readsZero(pos, n)) {
                 // Under the metadata lock, lookup and write both: no context's request count covers this write, and
                 // a discard (which takes the lock) cannot free the cluster it finds before its zeros landed.
@@ -1237,14 +1290,15 @@ public final class Qcow2Image implements DiskImage {
         return (e & OFLAG_ZERO) != 0 || ((e & OFFSET_MASK) == 0 && (backing == null || pos >= backingSize));
     }
 
-    private void zeroCluster(long cluster, boolean unmap, boolean discard) throws IOException {
+    /** @param what the request, for its error: "discard" or "zeroing" */
+    private void zeroCluster(long cluster, boolean unmap, String what) throws IOException {
         meta.lock();
         try {
             checkOpen();
             checkWritable();
             long e = l2Entry(cluster);
-            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (!discard || (e & OFFSET_MASK) == 0)) {
-                return; // already zero (a discard of a preallocated one still frees its host cluster, below)
+            if ((e & OFLAG_COMPRESSED) == 0 && (e & OFLAG_ZERO) != 0 && (!unmap || (e & OFFSET_MASK) == 0)) {
+                return; // already zero (with unmap a preallocated one still gives its host cluster up, below)
             }
             if (e == 0 && (backing == null || cluster >= backingSize)) {
                 return; // unallocated with nothing underneath reads as zeros
@@ -1252,24 +1306,33 @@ public final class Qcow2Image implements DiskImage {
             MetaCache.Table t = l2ForWrite(cluster);
             int idx = l2Index(cluster);
             e = t.entry(idx);
+            // The host range the entry names (the compressed data's span, or the cluster) is punched out or counted
+            // down below, or kept as a preallocated zero cluster a later write lands on. Damage is found first,
+            // before anything changes: a range on metadata refuses the request, and one the refcounts already count
+            // free (refcount 0) is dropped without a count-down, which would land on what the allocator put there.
+            boolean counted = checkDrop(cluster, e, what);
+            boolean compressedEntry = (e & OFLAG_COMPRESSED) != 0;
+            long lo = compressedEntry ? compressed.host(e) : e & OFFSET_MASK;
+            long bytes = compressedEntry ? compressed.bytes(e) : clusterSize;
             long host = ownedHost(e);
-            if (host >= 0 && discard) {
-                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the discard's free (a backing file stays hidden)
-                punch(host);
-                refcounts.freeAfterFlush(host, clusterSize);
-            } else if (host >= 0) {
-                t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO);
-                if (unmap) {
-                    punch(host);
+            long prealloc = preallocatedZeroHost(e);
+            if (unmap && (host >= 0 || prealloc >= 0)) {
+                // a normal cluster, or a preallocated zero cluster (its host cluster holds whatever was there
+                // before the zeroing): this image owns it (COPIED), so nothing else reads it and it is punched out
+                t.setEntry(idx, OFLAG_ZERO); // zeros, as before the free (a backing file stays hidden)
+                punch(lo);
+                if (counted) {
+                    refcounts.freeAfterFlush(lo, clusterSize);
                 }
+            } else if (host >= 0) {
+                t.setEntry(idx, host | OFLAG_COPIED | OFLAG_ZERO); // write-zeroes without unmap: preallocated
             } else {
                 t.setEntry(idx, OFLAG_ZERO);
-                if ((e & OFLAG_COMPRESSED) != 0) {
-                    refcounts.freeAfterFlush(compressed.host(e), compressed.bytes(e));
-                } else if ((e & OFFSET_MASK) != 0) {
-                    // a shared cluster, or the host cluster of a preallocated zero cluster a discard gives up (a
-                    // write-zeroes returned above: it keeps a zero cluster as it is, preallocated or not)
-                    refcounts.freeAfterFlush(e & OFFSET_MASK, clusterSize);
+                if (counted) {
+                    // a compressed cluster's data, a shared cluster, or the host cluster of a preallocated zero
+                    // cluster without COPIED an unmap gives up: another reference may still read it, so it is not
+                    // punched (a write-zeroes without unmap returned above: it keeps a zero cluster as it is)
+                    refcounts.freeAfterFlush(lo, bytes);
                 }
             }
         } finally {
@@ -1491,8 +1554,7 @@ public final class Qcow2Image implements DiskImage {
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE32, 0, entries);
             h.set(Qcow2Header.BE64, 4, newOff);
-            writeFile(fd, h, Qcow2Header.OFF_L1_SIZE, align);
-            sync();
+            publish(h, Qcow2Header.OFF_L1_SIZE);
         }
         addMetadataClusters(newOff, clusters);
         l2ByL1 = grownCache;
@@ -1564,14 +1626,36 @@ public final class Qcow2Image implements DiskImage {
         try {
             FileIo.fdatasync(fd);
         } catch (IOException e) {
-            syncFailure = new IOException(
-                    "qcow2 image " + path + ": writing back to its file failed (" + e.getMessage() + "): data and"
-                            + " metadata written since its last successful flush may be lost and its tables may be"
-                            + " inconsistent, so every write and flush is refused until it is opened again; check"
-                            + " it with 'qemu-img check -r all " + path + "' before using it",
-                    e);
-            throw syncFailure;
+            throw writeBackFailed(e);
         }
+    }
+
+    /**
+     * Writes {@code src} at {@code fileOffset}, then syncs: a pointer that publishes metadata written and synced
+     * before it (a refcount table entry naming a new refcount block, the header naming a new refcount or L1 table).
+     * A failed write is kept as a failed fdatasync is ({@link #syncFailure}): the pointer on disk may be the old one
+     * or the new one (a partial block written under O_DIRECT), so every later write and flush is refused until the
+     * image is opened again and reads whichever the disk has. The caller changes its in-memory state only after.
+     */
+    void publish(MemorySegment src, long fileOffset) throws IOException {
+        checkSynced();
+        try {
+            writeFile(fd, src, fileOffset, align);
+        } catch (IOException e) {
+            throw writeBackFailed(e);
+        }
+        sync();
+    }
+
+    /** Keeps {@code e}, a failed write-back, in {@link #syncFailure} and returns what it became. */
+    private IOException writeBackFailed(IOException e) {
+        syncFailure = new IOException(
+                "qcow2 image " + path + ": writing back to its file failed (" + e.getMessage() + "): data and"
+                        + " metadata written since its last successful flush may be lost and its tables may be"
+                        + " inconsistent, so every write and flush is refused until it is opened again; check"
+                        + " it with 'qemu-img check -r all " + path + "' before using it",
+                e);
+        return syncFailure;
     }
 
     /** Fails when an fdatasync of the image's file failed since it was opened. */

@@ -319,6 +319,61 @@ final class Refcounts {
     // ---- freeing -----------------------------------------------------------------------------------------------
 
     /**
+     * Whether every cluster [host, host+bytes) touches is counted in use (refcount above 0, inside the file), so that
+     * an L2 entry that stops referencing it may count it down ({@link #freeAfterFlush}). In a damaged image a
+     * referenced cluster may have refcount 0: the allocator may hand it out at any time, and a decrement deferred to
+     * a later flush would then count down whatever it was given to (another guest offset's data or a table), which
+     * the next allocation would overwrite. There is nothing to count down: QEMU leaves such a refcount at 0 too.
+     */
+    boolean counted(long host, long bytes) throws IOException {
+        long last = (host + bytes - 1) >>> clusterBits;
+        for (long c = host >>> clusterBits; c <= last; c++) {
+            if (c >= allocEnd || refcount(c) == 0) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /**
+     * Whether every metadata cluster (header, L1, L2 or refcount table or block) [host, host+bytes) touches has a
+     * refcount above 1, so that an L2 entry naming it as data may stop referencing it and count it down without the
+     * table reaching refcount 0. That is a damaged image 'qemu-img check -r all' repaired: it counts the entry's
+     * reference as a second one (and clears COPIED), and QEMU then copies such a cluster out and counts it down.
+     * The count-downs still deferred are taken off first: two entries naming a table whose refcount counts only one
+     * of them would bring it to 0 together. Only a range on metadata pays for that scan: a damaged image's.
+     */
+    boolean countedBeyondMetadata(long host, long bytes) throws IOException {
+        long last = (host + bytes - 1) >>> clusterBits;
+        for (long c = host >>> clusterBits; c <= last; c++) {
+            if (img.overlapsMetadata(c << clusterBits, 1)
+                    && (c >= allocEnd || refcount(c) - deferredCountDowns(c) < 2)) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** How many count-downs of cluster {@code c} are deferred (not yet applied to its refcount). */
+    private long deferredCountDowns(long c) {
+        long n = covering(dereferenced, c) + covering(pendingFree, c);
+        for (Dereferenced d : waiting) {
+            n += covering(d.ranges(), c);
+        }
+        return n;
+    }
+
+    private long covering(List<long[]> ranges, long c) {
+        long n = 0;
+        for (long[] r : ranges) {
+            if (c >= r[0] >>> clusterBits && c <= (r[0] + r[1] - 1) >>> clusterBits) {
+                n++;
+            }
+        }
+        return n;
+    }
+
+    /**
      * Counts down each cluster [host, host+bytes) touches, which an L2 entry stopped referencing in memory (a
      * cluster discarded, a compressed or shared cluster copied out): after the flush that makes that entry durable
      * (until then the old one on disk still references them), and not while a lock-free data read or write that
@@ -454,25 +509,7 @@ final class Refcounts {
         }
         MemorySegment data = MetaCache.allocate(clusterSize);
         setRef(data, 0, 1);
-        installRefBlock(bi, data, cluster);
-    }
-
-    /**
-     * Puts the new refcount block {@code data} (its own refcount set already, or held by the block that describes
-     * it) on {@code cluster} as block {@code bi}: written and synced before the refcount table points at it (rule 4),
-     * then the table's entry written and synced, and the block cached.
-     */
-    private void installRefBlock(long bi, MemorySegment data, long cluster) throws IOException {
-        long off = cluster << clusterBits;
-        img.makeRoom(refCache);
-        img.writeMeta(data, 0, clusterSize, off);
-        img.sync();
-        refTable[(int) bi] = off;
-        img.writeMeta64(refTableOffset + bi * 8, off);
-        img.sync();
-        refCache.put(off, data);
-        img.addMetadataCluster(off);
-        allocEnd = Math.max(allocEnd, cluster + 1);
+        publishRefBlock(bi, off, data);
     }
 
     /**
@@ -488,6 +525,7 @@ final class Refcounts {
             q++;
         }
         reservedHi = q + 1; // a block the one describing q needs goes past q too
+        long off = q << clusterBits;
         MemorySegment data = MetaCache.allocate(clusterSize);
         if (q / refBlockEntries == bi) {
             setRef(data, q % refBlockEntries, 1);
@@ -499,7 +537,28 @@ final class Refcounts {
             img.writeMeta(b.data, 0, clusterSize, b.offset);
             b.clean(); // what else it held is safe early: increments leak at worst, decrements are due already
         }
-        installRefBlock(bi, data, q); // its sync: the one counting it too, before the table points at it
+        publishRefBlock(bi, off, data);
+    }
+
+    /**
+     * The tail {@link #ensureRefBlock} and {@link #placeRefBlockAfterReserved} share: writes the new refcount block
+     * {@code data} at {@code off} and syncs it (with whatever block counting it was written before), then points
+     * refcount table entry {@code bi} at it and syncs again (rule 4), then caches it and indexes it as metadata.
+     * The in-memory entry names the block only once the disk's does: when the entry's write fails, the image refuses
+     * every later write ({@link Qcow2Image#publish}), and before that nothing may be counted in a block the table on
+     * disk does not name (or the block's cluster, not indexed as metadata yet, taken for data).
+     */
+    private void publishRefBlock(long bi, long off, MemorySegment data) throws IOException {
+        img.makeRoom(refCache);
+        img.writeMeta(data, 0, clusterSize, off);
+        img.sync(); // the block (and the one counting it) before the table points at it
+        MemorySegment entry = img.staging(8);
+        entry.set(Qcow2Header.BE64, 0, off);
+        img.publish(entry, refTableOffset + bi * 8);
+        refTable[(int) bi] = off;
+        refCache.put(off, data);
+        img.addMetadataCluster(off);
+        allocEnd = Math.max(allocEnd, (off >>> clusterBits) + 1);
     }
 
     /**
@@ -617,7 +676,9 @@ final class Refcounts {
     /**
      * Writes {@code table} as the refcount table at {@code tableOff} ({@code clusters} clusters), syncs it, then
      * points the header at it in one write and syncs again: a crash leaves the header naming the old table or the
-     * complete new one.
+     * complete new one. When the header's write fails, the caller keeps the old table in memory and the image
+     * refuses every later write ({@link Qcow2Image#publish}): the header on disk may name either table, and a table
+     * entry or a growth written next to the old one would be missing from, or written over, the new one.
      */
     private void switchRefTable(long[] table, long tableOff, long clusters) throws IOException {
         try (Arena a = Arena.ofConfined()) {
@@ -630,8 +691,7 @@ final class Refcounts {
             MemorySegment h = a.allocate(12);
             h.set(Qcow2Header.BE64, 0, tableOff);
             h.set(Qcow2Header.BE32, 8, (int) clusters);
-            Qcow2Image.writeFile(fd, h, Qcow2Header.OFF_REFTABLE, align);
-            img.sync();
+            img.publish(h, Qcow2Header.OFF_REFTABLE); // a failure: no later write (the header may name either)
         }
     }
 

@@ -223,6 +223,260 @@ class Qcow2DamagedImageTest {
         }
     }
 
+    /**
+     * An L2 entry naming the L1 table, the refcount table, the refcount block or its own L2 table, as a normal,
+     * preallocated zero, shared (no COPIED) or compressed cluster: a discard or write-zeroes of that guest cluster is
+     * refused, as a data write there is, and changes nothing. Before, the discard and the write-zeroes with unmap
+     * punched the table out of the file (it read as zeros) and the shared and compressed entries' clusters were
+     * counted down (a metadata cluster at refcount 0).
+     */
+    @Test
+    void aDiscardOrZeroingOfAnL2EntryPointingAtMetadataIsRefusedAndChangesNothing() throws Exception {
+        long[] flags = {
+            Qcow2Image.OFLAG_COPIED,
+            Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO,
+            0,
+            Qcow2Image.OFLAG_COMPRESSED // host offset in bits 0-53, no additional sectors: 512 bytes at the target
+        };
+        String[] requests = {"discard", "write-zeroes with unmap", "write-zeroes"};
+        int n = 0;
+        for (int target = 0; target < 4; target++) {
+            for (long flag : flags) {
+                for (String request : requests) {
+                    if (flag == (Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO) && request.equals("write-zeroes")) {
+                        continue; // already zero and kept as it is: neither punched nor freed
+                    }
+                    Path img = refcountImage("punch-" + n++ + ".qcow2");
+                    qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+                    long l2 = l2Table(img, 0);
+                    long at = new long[] {readLong(img, 40), 0x10000, 0x20000, l2}[target];
+                    writeLong(img, l2 + 8, flag | at); // guest cluster 1 (64 KiB) "stored" on the table
+                    String what = request + " of an entry " + Long.toHexString(flag | at);
+                    QemuTools.Result checkBefore = QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString());
+                    byte[] before = Files.readAllBytes(img);
+                    IOException e = assertThrows(
+                            IOException.class,
+                            () -> {
+                                try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                                    switch (request) {
+                                        case "discard" -> q.discard(65536, 65536);
+                                        case "write-zeroes with unmap" -> q.writeZeroes(65536, 65536, true);
+                                        default -> q.writeZeroes(65536, 65536, false);
+                                    }
+                                }
+                            },
+                            what);
+                    assertTrue(
+                            e.getMessage().contains("qcow2 image " + img + " is damaged")
+                                    && e.getMessage().contains("guest offset 65536 points at metadata cluster " + at)
+                                    && e.getMessage().contains("repair it with 'qemu-img check -r all " + img + "'"),
+                            what + ": " + e.getMessage());
+                    assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
+                    assertEquals(
+                            checkBefore,
+                            QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString()),
+                            what + " changed what qemu-img check finds");
+                }
+            }
+        }
+    }
+
+    /**
+     * A discarded (or zeroed with unmap) cluster whose refcount is already 0 (a damaged image: qemu-img check finds
+     * 'refcount=0 reference=1') is dropped without a count-down. The allocator may hand it out as soon as the entry
+     * dropped it; before, the count-down deferred to the flush then landed on the guest data written there, which
+     * the next allocation overwrote (qemu-io: pattern verification failed at 1 MiB; 'refcount=1 reference=2').
+     */
+    @Test
+    void aDroppedClusterWhoseRefcountIsZeroIsNotCountedDownOverItsNextUse() throws Exception {
+        for (boolean discard : new boolean[] {true, false}) {
+            Path img = create("refcount-zero-" + discard + ".qcow2", "64M");
+            qemuIoOk(img, "qcow2", "write -P 0x61 0 128k");
+            long host = readLong(img, l2Table(img, 0) + 8) & Qcow2Image.OFFSET_MASK; // guest cluster 1
+            long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.seek(block + 2 * (host >>> 16));
+                f.writeShort(0);
+            }
+            QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+            assertTrue(damaged.output().contains("refcount=0 reference=1"), damaged.output());
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                if (discard) {
+                    q.discard(65536, 65536);
+                } else {
+                    q.writeZeroes(65536, 65536, true);
+                }
+                Qcow2ImageTest.write(q, MIB, Qcow2ImageTest.fill(65536, 0x62));
+                q.flush();
+                q.flush(); // the deferred count-downs land
+                Qcow2ImageTest.write(q, 2 * MIB, Qcow2ImageTest.fill(65536, 0x63));
+            }
+            check(img, false);
+            qemuIoOk(
+                    img,
+                    "qcow2",
+                    "read -P 0x61 0 64k",
+                    "read -P 0 64k 64k",
+                    "read -P 0x62 1M 64k",
+                    "read -P 0x63 2M 64k");
+        }
+    }
+
+    /**
+     * A guest write into a cluster whose L2 entry is shared (no COPIED), compressed or a preallocated zero cluster
+     * this image does not own, naming the L1 table, the refcount table, the refcount block or its own L2 table: the
+     * write copies the cluster out and drops the old entry's host range, so it is refused before anything changes,
+     * as a discard of that entry is. Before, one 4 KiB write counted the table down (refcount_bits=1: to 0) and
+     * qemu-img check found it at 'refcount=0 reference=1', a table the allocator could hand out.
+     */
+    @Test
+    void aWriteThatCopiesOutAnL2EntryPointingAtMetadataIsRefusedAndChangesNothing() throws Exception {
+        long[] flags = {0, Qcow2Image.OFLAG_ZERO, Qcow2Image.OFLAG_COMPRESSED};
+        int n = 0;
+        for (int target = 0; target < 4; target++) {
+            for (long flag : flags) {
+                Path img = refcountImage("copy-out-" + n++ + ".qcow2");
+                qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+                long l2 = l2Table(img, 0);
+                long at = new long[] {readLong(img, 40), 0x10000, 0x20000, l2}[target];
+                writeLong(img, l2 + 8, flag | at); // guest cluster 1 (64 KiB) "stored" on the table
+                String what = "a write into an entry " + Long.toHexString(flag | at);
+                QemuTools.Result checkBefore = QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString());
+                byte[] before = Files.readAllBytes(img);
+                IOException e = assertThrows(
+                        IOException.class,
+                        () -> {
+                            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                                Qcow2ImageTest.write(q, 65536 + 4096, Qcow2ImageTest.fill(4096, 0x62));
+                                q.flush();
+                                q.flush();
+                            }
+                        },
+                        what);
+                assertTrue(
+                        e.getMessage().contains("qcow2 image " + img + " is damaged")
+                                && e.getMessage().contains("guest offset 65536 points at metadata cluster " + at)
+                                && e.getMessage().contains("the write was refused"),
+                        what + ": " + e.getMessage());
+                assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
+                assertEquals(
+                        checkBefore,
+                        QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString()),
+                        what + " changed what qemu-img check finds");
+            }
+        }
+    }
+
+    /**
+     * The repair the refusals above advise works: 'qemu-img check -r all' turns an owned entry naming the L1 table
+     * into a shared one (no COPIED; the table's refcount 2 counts both references), which QEMU copies out on a write
+     * and counts down on a discard. iovirt does the same: the table keeps refcount 1 and the image stays clean.
+     * Before, the write and the discard were refused with the same advice, whatever the repair had done.
+     */
+    @Test
+    void aSharedEntryOnMetadataThatTheRefcountsCountIsDroppedAfterTheAdvisedRepair() throws Exception {
+        String[] requests = {"write", "discard", "write-zeroes with unmap", "write-zeroes"};
+        for (String request : requests) {
+            Path img = create("repaired-" + request.replace(' ', '-') + ".qcow2", "64M"); // 16-bit refcounts
+            qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+            long l1 = readLong(img, 40);
+            writeLong(img, l2Table(img, 0) + 8, Qcow2Image.OFLAG_COPIED | l1); // guest cluster 1 on the L1 table
+            QemuTools.Result repair = QemuTools.run("qemu-img", "check", "-r", "all", img.toString());
+            assertEquals(0, repair.exit(), repair.output());
+            assertEquals(l1, readLong(img, l2Table(img, 0) + 8), "the repair left the entry, shared");
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                switch (request) {
+                    case "write" -> Qcow2ImageTest.write(q, 65536 + 4096, Qcow2ImageTest.fill(4096, 0x62));
+                    case "discard" -> q.discard(65536, 65536);
+                    case "write-zeroes with unmap" -> q.writeZeroes(65536, 65536, true);
+                    default -> q.writeZeroes(65536, 65536, false);
+                }
+                q.flush();
+                q.flush(); // the deferred count-down lands
+            }
+            check(img, false);
+            qemuIoOk(
+                    img,
+                    "qcow2",
+                    "read -P 0x61 0 64k",
+                    request.equals("write") ? "read -P 0x62 68k 4k" : "read -P 0 64k 64k");
+        }
+    }
+
+    /**
+     * Two shared entries naming the L1 table whose refcount (2) counts only one of them besides the table's own: the
+     * first discard counts the table down to 1, the second is refused, the count-down still deferred taken into
+     * account. Before, both were dropped and the table reached refcount 0 (qemu-img check: 'refcount=0').
+     */
+    @Test
+    void twoSharedEntriesOnMetadataCountTheTableDownOnlyAsFarAsItsRefcountCountsThem() throws Exception {
+        Path img = create("two-on-l1.qcow2", "64M"); // 16-bit refcounts
+        qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+        long l1 = readLong(img, 40);
+        long l2 = l2Table(img, 0);
+        writeLong(img, l2 + 8, l1); // guest clusters 1 and 2, shared, on the L1 table
+        writeLong(img, l2 + 16, l1);
+        long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE));
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(block + 2 * (l1 >>> 16));
+            f.writeShort(2);
+        }
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            q.discard(65536, 65536);
+            IOException e = assertThrows(IOException.class, () -> q.discard(2 * 65536, 65536));
+            assertTrue(
+                    e.getMessage().contains("guest offset 131072 points at metadata cluster " + l1)
+                            && e.getMessage().contains("the discard was refused"),
+                    e.getMessage());
+            q.flush();
+            q.flush(); // the deferred count-down lands
+        }
+        QemuTools.Result r = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(r.output().contains("ERROR cluster " + (l1 >>> 16) + " refcount=1 reference=2"), r.output());
+        qemuIoOk(img, "qcow2", "read -P 0x61 0 64k", "read -P 0 64k 64k");
+    }
+
+    /**
+     * A write into a shared cluster (no COPIED) whose refcount is already 0 (a damaged image) copies it out without
+     * counting it down: the allocator may hand the old cluster out as soon as the entry dropped it, and the
+     * count-down deferred to the flush then landed on the guest data written there, which the next allocation
+     * overwrote (qemu-io: pattern verification failed at 1 MiB; qemu-img check 'refcount=1 reference=2').
+     */
+    @Test
+    void aCopiedOutClusterWhoseRefcountIsZeroIsNotCountedDownOverItsNextUse() throws Exception {
+        Path img = create("copy-out-refcount-zero.qcow2", "64M");
+        qemuIoOk(img, "qcow2", "write -P 0x61 0 128k");
+        long entry = l2Table(img, 0) + 8; // guest cluster 1
+        long host = readLong(img, entry) & Qcow2Image.OFFSET_MASK;
+        writeLong(img, entry, host); // shared: no COPIED
+        long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(block + 2 * (host >>> 16));
+            f.writeShort(0);
+        }
+        QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
+        assertTrue(damaged.output().contains("refcount=0 reference=1"), damaged.output());
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            q.discard(0, 65536); // guest cluster 0's host cluster becomes the allocator's first free one
+            q.flush();
+            q.flush();
+            Qcow2ImageTest.write(q, 65536, Qcow2ImageTest.fill(4096, 0x62)); // copied out to that cluster
+            Qcow2ImageTest.write(q, MIB, Qcow2ImageTest.fill(65536, 0x63)); // given guest cluster 1's old one
+            q.flush();
+            q.flush(); // the deferred count-downs land
+            Qcow2ImageTest.write(q, 2 * MIB, Qcow2ImageTest.fill(65536, 0x64));
+        }
+        check(img, false);
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0 0 64k",
+                "read -P 0x62 64k 4k",
+                "read -P 0x61 68k 60k",
+                "read -P 0x63 1M 64k",
+                "read -P 0x64 2M 64k");
+    }
+
     @Test
     void l1EntriesThatShareAnL2TableOrPointAtTablesOrPastTheEndAreRefusedForWriting() throws Exception {
         // An L1 entry naming the L1 table's own cluster: a write under it (guest offset 512 MiB + 128 KiB) used the L1

@@ -11,6 +11,8 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.Errno;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
 import io.iovirt.storage.DiskImage;
@@ -778,18 +780,65 @@ class Qcow2ImageTest {
     /**
      * A discard of a preallocated zero cluster (zero flag and a host cluster, as qemu-io's write -z leaves it) gives
      * the host cluster up, as QEMU's discard does: the entry keeps no host offset and the next allocation takes the
-     * cluster. Before, the discard saw a zero cluster and changed nothing: the host cluster stayed allocated.
+     * cluster. Before, the discard saw a zero cluster and changed nothing: the host cluster stayed allocated. Its
+     * space is punched out at once, as a normal cluster's is (qemu-io's write -z left the old bytes there): before,
+     * the file kept those 64 KiB of blocks until the cluster was taken again.
      */
     @Test
     void aDiscardOfAPreallocatedZeroClusterFreesItsHostCluster() throws Exception {
         Path img = create("prezero.qcow2", "16M");
         qemuIoOk(img, "qcow2", "write -P 0x33 0 4M", "write -z 2M 64k");
-        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Fd fd = FileIo.open(img, FileIo.O_RDONLY)) {
             long e = q.l2Entry(2 * MIB);
             long host = e & Qcow2Image.OFFSET_MASK;
             assertTrue((e & Qcow2Image.OFLAG_ZERO) != 0 && host != 0, "qemu-io left a preallocated zero cluster");
+            assertEquals(host, FileIo.seek(fd, host, FileIo.SEEK_DATA), "allocated");
+            long blocks = FileIo.stat(fd).blocks();
             q.discard(2 * MIB, 65536);
             assertEquals(Qcow2Image.OFLAG_ZERO, q.l2Entry(2 * MIB), "a zero cluster without host cluster");
+            long data = FileIo.seek(fd, host, FileIo.SEEK_DATA);
+            assertTrue(data < 0 || data >= host + 65536, "the host cluster was punched out: data at " + data);
+            long after = FileIo.stat(fd).blocks();
+            assertTrue(after <= blocks - 65536 / 512, "64 KiB of blocks given back: " + blocks + " -> " + after);
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertEquals(host, q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK, "the freed cluster is taken again");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 0 2M", "read -P 0x66 9M 64k");
+    }
+
+    /**
+     * Write-zeroes with unmap gives a cluster's host cluster up as a discard does, and as QEMU's write-zeroes with
+     * unmap does (qemu-io's write -z -u turns a preallocated zero cluster, and a normal one, into a zero cluster
+     * without host cluster and punches it): a preallocated zero cluster (qemu-io's write -z over data leaves the old
+     * bytes in its host cluster) and a normal one. Before, the preallocated zero cluster was taken as already zero
+     * and kept its host cluster with the old bytes in the file, and the normal one was punched but kept as a
+     * preallocated zero cluster.
+     */
+    @ParameterizedTest
+    @ValueSource(booleans = {true, false})
+    void aWriteZeroesWithUnmapFreesTheHostClusterOfAPreallocatedZeroOrANormalCluster(boolean preallocated)
+            throws Exception {
+        Path img = create("wzunmap.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        if (preallocated) {
+            qemuIoOk(img, "qcow2", "write -z 2M 64k");
+        }
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Fd fd = FileIo.open(img, FileIo.O_RDONLY)) {
+            long e = q.l2Entry(2 * MIB);
+            long host = e & Qcow2Image.OFFSET_MASK;
+            assertTrue(host != 0 && ((e & Qcow2Image.OFLAG_ZERO) != 0) == preallocated, Long.toHexString(e));
+            assertEquals(host, FileIo.seek(fd, host, FileIo.SEEK_DATA), "allocated");
+            long blocks = FileIo.stat(fd).blocks();
+            q.writeZeroes(2 * MIB, 65536, true);
+            assertEquals(Qcow2Image.OFLAG_ZERO, q.l2Entry(2 * MIB), "a zero cluster without host cluster");
+            long data = FileIo.seek(fd, host, FileIo.SEEK_DATA);
+            assertTrue(data < 0 || data >= host + 65536, "the host cluster was punched out: data at " + data);
+            long after = FileIo.stat(fd).blocks();
+            assertTrue(after <= blocks - 65536 / 512, "64 KiB of blocks given back: " + blocks + " -> " + after);
             q.handOver();
             write(q, 9 * MIB, fill(65536, 0x66));
             assertEquals(host, q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK, "the freed cluster is taken again");
@@ -1380,6 +1429,44 @@ class Qcow2ImageTest {
                 java.util.Arrays.copyOfRange(before, (int) l1Offset, (int) l1Offset + 65536),
                 java.util.Arrays.copyOfRange(Files.readAllBytes(img), (int) l1Offset, (int) l1Offset + 65536),
                 "the L1 table was overwritten");
+    }
+
+    /**
+     * A discard (or write-zeroes with unmap) of a cluster a crafted L2 entry "stores" on the L1 table: as a write
+     * there is refused, so is the discard, and the table keeps its bytes. Before, the discard punched the host
+     * cluster out (a normal entry's, and since the discard of a preallocated zero cluster punches too, that one's):
+     * the L1 table on disk became zeros, and reopened, every guest cluster read as unallocated.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"normal", "preallocated zero"})
+    void aDiscardOfAClusterStoredOnMetadataOfACraftedImageIsRefused(String kind) throws Exception {
+        Path img = create("evil-discard.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 1 0 64k", "write -P 2 1M 64k");
+        long l1Offset;
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            l1Offset = f.readLong();
+            f.seek(l1Offset);
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            long flags =
+                    kind.equals("normal") ? Qcow2Image.OFLAG_COPIED : Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO;
+            f.writeLong(flags | l1Offset); // guest cluster 0 on the L1 table
+        }
+        byte[] before = Files.readAllBytes(img);
+        try (DiskImage q = Images.open(img, null, false, false)) {
+            IOException e = assertThrows(IOException.class, () -> q.discard(0, 65536));
+            assertTrue(e.getMessage().contains("points at metadata"), e.getMessage());
+            // a write-zeroes with unmap gives the host cluster up as a discard does (a preallocated zero one's too)
+            e = assertThrows(IOException.class, () -> q.writeZeroes(0, 65536, true));
+            assertTrue(e.getMessage().contains("points at metadata"), e.getMessage());
+            q.flush();
+        }
+        assertArrayEquals(
+                java.util.Arrays.copyOfRange(before, (int) l1Offset, (int) l1Offset + 65536),
+                java.util.Arrays.copyOfRange(Files.readAllBytes(img), (int) l1Offset, (int) l1Offset + 65536),
+                "the L1 table was punched out or changed");
+        qemuIoOk(img, "qcow2", "read -P 2 1M 64k"); // the L1 table still names the L2 table
     }
 
     @Test

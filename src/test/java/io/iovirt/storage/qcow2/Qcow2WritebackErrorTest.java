@@ -174,6 +174,83 @@ class Qcow2WritebackErrorTest {
         }
     }
 
+    /**
+     * A new refcount block whose refcount table entry cannot be written. 4 KiB clusters with 64-bit refcounts: a
+     * block counts 2 MiB of file, and the image ends short of that, so a write that allocates past it makes block 1
+     * (at 2 MiB), syncs it, then writes table entry 1. The image lives on a small tmpfs: the file's pages up to
+     * 3 MiB are allocated beforehand (the data and the block are written), the refcount table's page is punched out
+     * and the tmpfs filled, so that the entry's write fails with ENOSPC. Before, the in-memory table named block 1
+     * already and the image stayed writable: once there was space again, every cluster allocated after it was counted
+     * in a block the table on disk does not name (qemu-img check: refcount 0 for referenced clusters, corruption).
+     * Now the failure is kept as a failed fdatasync is: every later write and flush is refused until the image is
+     * opened again, which reads the table the disk has; the image is then consistent and writes go on.
+     */
+    @Test
+    void aRefcountTableEntryWriteThatFailsLeavesNoBlockTheDiskDoesNotName() throws Exception {
+        int kib = 1024;
+        Path small = Files.createDirectory(dir.resolve("small"));
+        QemuTools.Result mount = QemuTools.run("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", small.toString());
+        Require.that(
+                mount.exit() == 0, "mounting a tmpfs (root): " + mount.output().trim());
+        try {
+            Path file = QemuTools.createQcow2(small, "entry.qcow2", "16M", "cluster_size=4096", "refcount_bits=64");
+            qemuIoOk(file, "qcow2", "write -P 0x33 0 1900k");
+            long end = Files.size(file);
+            assertTrue(end < 2 << 20, "the file ends before block 1's range: " + end);
+            ok("fallocate", "-n", "-o", Long.toString(end), "-l", Long.toString((3 << 20) - end), file.toString());
+            long table;
+            try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "r")) {
+                f.seek(48); // refcount_table_offset
+                table = f.readLong();
+            }
+            byte[] saved = new byte[4096];
+            try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "r")) {
+                f.seek(table);
+                f.readFully(saved);
+            }
+            Path filler = small.resolve("filler");
+            int written = 0;
+            boolean refused = false;
+            try (Qcow2Image q = Qcow2Image.open(file, false)) {
+                ok("fallocate", "--punch-hole", "--offset", Long.toString(table), "--length", "4096", file.toString());
+                fill(filler);
+                IOException failed = null;
+                for (; written < 148 && failed == null; written++) {
+                    try {
+                        Qcow2ImageTest.write(q, (1900L + 4 * written) * kib, Qcow2ImageTest.fill(4096, 0x40));
+                    } catch (IOException e) {
+                        failed = e;
+                    }
+                }
+                assertTrue(failed != null, "no write failed: the table entry's write should have");
+                Files.delete(filler); // space again, and the table as it is on disk
+                try (RandomAccessFile f = new RandomAccessFile(file.toFile(), "rw")) {
+                    f.seek(table);
+                    f.write(saved);
+                }
+                try {
+                    for (int i = written - 1; i < 148; i++) {
+                        Qcow2ImageTest.write(q, (1900L + 4 * i) * kib, Qcow2ImageTest.fill(4096, 0x41));
+                    }
+                    q.flush();
+                } catch (IOException e) {
+                    refused = e.getMessage().contains("until it is opened again");
+                }
+            }
+            check(file, true);
+            assertTrue(refused, "the image took writes after a table entry it could not write");
+            try (Qcow2Image q = Qcow2Image.open(file, false)) {
+                Qcow2ImageTest.write(q, 1900L * kib, Qcow2ImageTest.fill(148 * 4096, 0x42));
+                Qcow2ImageTest.write(q, 8L << 20, Qcow2ImageTest.fill(1 << 20, 0x43));
+                q.flush();
+            }
+            check(file, true);
+            qemuIoOk(file, "qcow2", "read -P 0x33 0 1900k", "read -P 0x42 1900k 592k", "read -P 0x43 8M 1M");
+        } finally {
+            QemuTools.run("umount", small.toString());
+        }
+    }
+
     /** Writes {@code filler} until its file system is full. */
     private static void fill(Path filler) throws IOException {
         byte[] page = new byte[4096];

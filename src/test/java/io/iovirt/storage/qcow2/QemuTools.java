@@ -8,6 +8,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.testing.Await;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -20,19 +21,30 @@ public final class QemuTools {
 
     public record Result(int exit, String output) {}
 
-    /** Runs {@code cmd}, returning its exit code and combined output; fails after 120 s. */
+    /**
+     * Runs {@code cmd}, returning its exit code and combined output; fails after 120 s. The output goes to a file
+     * while it runs: read from a pipe only after the exit, a long one (qemu-img check of a corrupted image prints a
+     * line per cluster) filled the pipe and the command never finished.
+     */
     public static Result run(String... cmd) throws IOException, InterruptedException {
-        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
-        byte[] out;
+        Path log = Files.createTempFile("qemutools", ".out");
         try {
-            if (!p.waitFor(120, TimeUnit.SECONDS)) {
-                throw new IOException(String.join(" ", cmd) + " did not finish in 120 s");
+            Process p = new ProcessBuilder(cmd)
+                    .redirectErrorStream(true)
+                    .redirectOutput(log.toFile())
+                    .start();
+            try {
+                if (!p.waitFor(120, TimeUnit.SECONDS)) {
+                    throw new IOException(String.join(" ", cmd) + " did not finish in 120 s");
+                }
+            } finally {
+                p.destroyForcibly();
             }
-            out = p.getInputStream().readAllBytes();
+            // decoded leniently (Files.readString throws on bytes that are not UTF-8)
+            return new Result(p.exitValue(), new String(Files.readAllBytes(log), StandardCharsets.UTF_8));
         } finally {
-            p.destroyForcibly();
+            Files.deleteIfExists(log);
         }
-        return new Result(p.exitValue(), new String(out, StandardCharsets.UTF_8));
     }
 
     /** Runs {@code cmd} and asserts it succeeded; returns its output. */
@@ -148,7 +160,12 @@ public final class QemuTools {
         // exit 0 clean, 2 corruption, 3 leaks only
         boolean fine = r.exit() == 0 || (leaksOk && r.exit() == 3);
         if (!fine) {
-            throw new AssertionError("qemu-img check " + image + " exit " + r.exit() + ":\n" + r.output());
+            List<String> lines = r.output().lines().toList();
+            String shown = lines.size() <= 60
+                    ? r.output()
+                    : String.join("\n", lines.subList(0, 40)) + "\n[" + (lines.size() - 50) + " lines left out]\n"
+                            + String.join("\n", lines.subList(lines.size() - 10, lines.size()));
+            throw new AssertionError("qemu-img check " + image + " exit " + r.exit() + ":\n" + shown);
         }
         return r.output();
     }
