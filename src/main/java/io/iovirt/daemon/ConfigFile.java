@@ -591,11 +591,14 @@ final class ConfigFile {
                 failed.add(what + ": the reload was interrupted while the disk switched; blk.list shows its state");
                 return;
             }
-            // switching writable, a non-null answer means still read-only (the image busy: writable by itself later)
+            if (!readOnly && lockPending != null) { // still read-only: the image busy, writable by itself later
+                failed.add(what + ": still switching writable: " + lockPending);
+                LOG.log(System.Logger.Level.WARNING, what + ": still switching writable by the reload: " + lockPending);
+                return;
+            }
             LOG.log(
                     System.Logger.Level.INFO,
-                    what + (readOnly || lockPending == null ? ": switched " : ": switching ")
-                            + (readOnly ? "read-only" : "writable") + " by the reload"
+                    what + ": switched " + (readOnly ? "read-only" : "writable") + " by the reload"
                             + (lockPending == null ? "" : "; " + lockPending));
         }
     }

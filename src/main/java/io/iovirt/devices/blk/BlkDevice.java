@@ -108,6 +108,18 @@ public final class BlkDevice implements VhostUserBackend {
      * writable ({@link #switchWritable}): what its answer reported (a daemon's state file) is out of date then.
      */
     private volatile Runnable switchEndedLate = () -> {};
+    /**
+     * The last switch to writable whose thread was started ({@link #switchWritable}), under {@link #switching}: a
+     * later call while it is still under way (its image busy) waits for it instead of starting one more thread that
+     * would only queue behind it — one per retry or reload while a file system does not answer.
+     */
+    private PendingWritable pendingWritable;
+
+    /** A switch to writable's thread: its generation, its end, and whether its caller has answered. */
+    private record PendingWritable(
+            long generation,
+            java.util.concurrent.CompletableFuture<Void> done,
+            java.util.concurrent.atomic.AtomicBoolean answered) {}
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
 
@@ -346,6 +358,16 @@ public final class BlkDevice implements VhostUserBackend {
      * becomes writable by itself when that ends (an INFO line says so), unless a later switch came meanwhile.
      */
     private String switchWritable() throws IOException {
+        PendingWritable under = pendingWritable;
+        if (under != null && !under.done.isDone()) {
+            boolean latest;
+            synchronized (lockType) {
+                latest = under.generation == switches; // no switch to read-only came after it
+            }
+            if (latest) {
+                return awaitWritable(under.done, under.answered);
+            }
+        }
         java.util.concurrent.CompletableFuture<Void> done = new java.util.concurrent.CompletableFuture<>();
         java.util.concurrent.atomic.AtomicBoolean answered = new java.util.concurrent.atomic.AtomicBoolean();
         threads.incrementAndGet(); // it changes the image (a qcow2 image takes back what it freed early)
@@ -392,6 +414,7 @@ public final class BlkDevice implements VhostUserBackend {
                     }
                 });
                 started = true;
+                pendingWritable = new PendingWritable(generation, done, answered);
             } catch (RuntimeException | OutOfMemoryError e) {
                 readOnlyAgain(generation);
                 throw new IOException("cannot start the thread that switches the disk (it stays read-only): " + e, e);
@@ -401,6 +424,16 @@ public final class BlkDevice implements VhostUserBackend {
                 queueThreadEnded();
             }
         }
+        return awaitWritable(done, answered);
+    }
+
+    /**
+     * Waits up to {@link #shareWaitLimit} for the switch to writable whose thread completes {@code done}; after that
+     * its thread reports how it ended ({@code answered}). Returns null when writable, else what is still pending.
+     */
+    private String awaitWritable(
+            java.util.concurrent.CompletableFuture<Void> done, java.util.concurrent.atomic.AtomicBoolean answered)
+            throws IOException {
         try {
             try {
                 done.get(shareWaitLimit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
