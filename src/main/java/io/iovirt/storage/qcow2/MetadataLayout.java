@@ -287,6 +287,34 @@ final class MetadataLayout {
         return null;
     }
 
+    /**
+     * What the metadata cluster at host offset {@code off} is, for an error: the image header, the L1 table, the
+     * refcount table, a refcount block (its table entry), an L2 table (its L1 entry), or "metadata" when none of those
+     * names it now (a table another thread just replaced: the error path reads the tables without the lock).
+     */
+    String describe(long off) {
+        long c = off >>> clusterBits;
+        if (c == 0) {
+            return "the image header";
+        }
+        String on = metadataAt(off);
+        if (on != null) {
+            return "the " + on;
+        }
+        for (int i = 0; i < refTable.length; i++) {
+            if (refTable[i] != 0 && refTable[i] >>> clusterBits == c) {
+                return "a refcount block (refcount table entry " + i + ")";
+            }
+        }
+        for (int i = 0; i < l1.length(); i++) {
+            long t = l1.get(i) & Qcow2Image.OFFSET_MASK;
+            if (t != 0 && t >>> clusterBits == c) {
+                return "an L2 table (L1 entry " + i + ")";
+            }
+        }
+        return "metadata";
+    }
+
     /** The refusal of a damaged image for writing. */
     private IOException damaged(String what) {
         return new IOException("qcow2 image " + path + " is damaged: " + what + "; repair it with 'qemu-img check"

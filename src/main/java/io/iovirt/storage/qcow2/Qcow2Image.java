@@ -341,7 +341,8 @@ public final class Qcow2Image implements DiskImage {
         long c = MetadataLayout.firstIn(metadataClusters, host, len, clusterBits);
         if (c >= 0) {
             throw new IOException("qcow2 image " + path + " is damaged: the L2 entry of guest offset " + guestOffset
-                    + " points at metadata cluster " + (c << clusterBits) + "; the " + what + " was refused (repair"
+                    + " points at host offset 0x" + Long.toHexString(c << clusterBits) + ", inside "
+                    + layout().describe(c << clusterBits) + "; the " + what + " was refused (repair"
                     + " it with 'qemu-img check -r all " + path + "')");
         }
     }

@@ -821,12 +821,8 @@ final class Refcounts {
         }
         long tableOff = at << clusterBits;
         switchRefTable(table, tableOff, tableClusters);
-        try (Arena a = Arena.ofConfined()) {
-            MemorySegment inc = a.allocate(8);
-            inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
-            Qcow2Image.writeFile(fd, inc, Qcow2Header.OFF_INCOMPATIBLE, align);
-            img.sync();
-        }
+        // The header names the new table now: memory follows at once, before anything else can fail, so that memory
+        // and disk never name different tables (a later allocation counted in the old one would be lost).
         refCache.clearAll();
         refTable = table;
         refTableOffset = tableOff;
@@ -834,6 +830,12 @@ final class Refcounts {
         freeHint = 0;
         allocEnd = Math.max(allocEnd, newEnd);
         img.indexMetadata(); // the old refcount table and blocks are free data clusters now
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment inc = a.allocate(8);
+            inc.set(Qcow2Header.BE64, 0, header.incompatible() & ~Qcow2Header.INCOMPAT_DIRTY);
+            // a failure: no later write (the dirty bit may be set or clear on disk; a reopen repairs again if set)
+            img.publish(inc, Qcow2Header.OFF_INCOMPATIBLE);
+        }
         System.getLogger(Qcow2Image.class.getName())
                 .log(
                         System.Logger.Level.WARNING,

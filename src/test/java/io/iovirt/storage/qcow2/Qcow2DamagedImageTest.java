@@ -268,7 +268,7 @@ class Qcow2DamagedImageTest {
                             what);
                     assertTrue(
                             e.getMessage().contains("qcow2 image " + img + " is damaged")
-                                    && e.getMessage().contains("guest offset 65536 points at metadata cluster " + at)
+                                    && e.getMessage().contains("guest offset 65536 points at " + inside(at, target))
                                     && e.getMessage().contains("repair it with 'qemu-img check -r all " + img + "'"),
                             what + ": " + e.getMessage());
                     assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
@@ -355,7 +355,7 @@ class Qcow2DamagedImageTest {
                         what);
                 assertTrue(
                         e.getMessage().contains("qcow2 image " + img + " is damaged")
-                                && e.getMessage().contains("guest offset 65536 points at metadata cluster " + at)
+                                && e.getMessage().contains("guest offset 65536 points at " + inside(at, target))
                                 && e.getMessage().contains("the write was refused"),
                         what + ": " + e.getMessage());
                 assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
@@ -425,7 +425,7 @@ class Qcow2DamagedImageTest {
             q.discard(65536, 65536);
             IOException e = assertThrows(IOException.class, () -> q.discard(2 * 65536, 65536));
             assertTrue(
-                    e.getMessage().contains("guest offset 131072 points at metadata cluster " + l1)
+                    e.getMessage().contains("guest offset 131072 points at " + inside(l1, 0))
                             && e.getMessage().contains("the discard was refused"),
                     e.getMessage());
             q.flush();
@@ -511,5 +511,16 @@ class Qcow2DamagedImageTest {
                 assertArrayEquals(Qcow2ImageTest.fill(4096, 0x61), Qcow2ImageTest.read(q, 0, 4096));
             }
         }
+    }
+
+    /** How a refused request names the metadata at {@code at}: target 0-3 as the tests' {L1, refcount table, block, L2}. */
+    private static String inside(long at, int target) {
+        String[] names = {
+            "the L1 table",
+            "the refcount table",
+            "a refcount block (refcount table entry 0)",
+            "an L2 table (L1 entry 0)"
+        };
+        return "host offset 0x" + Long.toHexString(at) + ", inside " + names[target];
     }
 }
