@@ -15,6 +15,8 @@ import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
@@ -147,30 +149,12 @@ class NbdShutdownTest {
      */
     @Test
     void anOversizedOptionUnderWayWhenTheShutdownBeginsGetsErrShutdown() throws Exception {
-        Path img = dir.resolve("b.raw");
-        Files.write(img, new byte[MIB]);
-        Path sock = dir.resolve("b.sock");
         int len = NbdHandshake.MAX_OPTION + 1; // read past and refused, not read into memory
-        try (DiskImage image = Images.open(img, null, false, false);
-                NbdServer s = NbdServer.startUnix(sock, 8);
-                RawClient c = RawClient.unix(sock)) {
-            s.addExport(new NbdExport("b", image, false));
-            c.raw(ByteBuffer.allocate(16 + 100)
-                    .putLong(Nbd.IHAVEOPT)
-                    .putInt(Nbd.OPT_GO)
-                    .putInt(len)
-                    .put(new byte[100])
-                    .flip());
-            Thread closer = Thread.ofPlatform().start(s::close);
-            try {
-                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
-                c.raw(ByteBuffer.allocate(len - 100));
-                assertEquals(Nbd.REP_ERR_SHUTDOWN, c.optionReply().type());
-                assertTrue(c.closedByPeer(), "closed once the option is answered");
-            } finally {
-                closer.join();
-            }
-        }
+        withAnOptionUnderWayWhenTheShutdownBegins("b", len, c -> {
+            c.raw(ByteBuffer.allocate(len - 100));
+            assertEquals(Nbd.REP_ERR_SHUTDOWN, c.optionReply().type());
+            assertTrue(c.closedByPeer(), "closed once the option is answered");
+        });
     }
 
     /**
@@ -181,26 +165,12 @@ class NbdShutdownTest {
      */
     @Test
     void largeOptionsAfterTheShutdownAreReadUpToTheBudget() throws Exception {
-        Path img = dir.resolve("l.raw");
-        Files.write(img, new byte[MIB]);
-        Path sock = dir.resolve("l.sock");
         int len = NbdHandshake.MAX_OPTION + 1;
         int big = 16 << 20; // the most an option's data is read past
         int options = 8;
-        Thread writer = null;
-        try (DiskImage image = Images.open(img, null, false, false);
-                NbdServer s = NbdServer.startUnix(sock, 8);
-                RawClient c = RawClient.unix(sock)) {
-            s.addExport(new NbdExport("l", image, false));
-            c.raw(ByteBuffer.allocate(16 + 100)
-                    .putLong(Nbd.IHAVEOPT)
-                    .putInt(Nbd.OPT_GO)
-                    .putInt(len)
-                    .put(new byte[100])
-                    .flip());
-            Thread closer = Thread.ofPlatform().start(s::close);
+        withAnOptionUnderWayWhenTheShutdownBegins("l", len, c -> {
+            Thread writer = null;
             try {
-                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
                 // each option's data goes with the next one's header, so that the next option waits in the socket
                 // whenever one is answered (the session would end there otherwise)
                 writer = Thread.ofPlatform().start(() -> {
@@ -241,6 +211,39 @@ class NbdShutdownTest {
                 if (writer != null) {
                     writer.join();
                 }
+            }
+        });
+    }
+
+    /** What the steps of {@link #withAnOptionUnderWayWhenTheShutdownBegins} do with the client. */
+    private interface ClientSteps {
+        void run(RawClient c) throws Exception;
+    }
+
+    /**
+     * Serves a 1 MiB image as {@code export} over a Unix socket; a client sends the header of an NBD_OPT_GO of {@code
+     * len} bytes of data and the first 100 of them, the server begins its shutdown, and {@code steps} run. Then the
+     * server's close() is joined.
+     */
+    private void withAnOptionUnderWayWhenTheShutdownBegins(String export, int len, ClientSteps steps) throws Exception {
+        Path img = dir.resolve(export + ".raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve(export + ".sock");
+        try (DiskImage image = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startUnix(sock, 8);
+                RawClient c = RawClient.unix(sock)) {
+            s.addExport(new NbdExport(export, image, false));
+            c.raw(ByteBuffer.allocate(16 + 100)
+                    .putLong(Nbd.IHAVEOPT)
+                    .putInt(Nbd.OPT_GO)
+                    .putInt(len)
+                    .put(new byte[100])
+                    .flip());
+            Thread closer = Thread.ofPlatform().start(s::close);
+            try {
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                steps.run(c);
+            } finally {
                 closer.join();
             }
         }
@@ -313,70 +316,46 @@ class NbdShutdownTest {
     void aClientThatGoesOnSendingAfterEshutdownIsDisconnected() throws Exception {
         Path img = dir.resolve("f.raw");
         Files.write(img, new byte[MIB]);
-        Thread closer = null;
-        Thread flood = null;
-        try (DiskImage real = Images.open(img, null, false, false);
-                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8)) {
-            GatedImage image = new GatedImage(real);
-            s.shutdownGrace(Duration.ofMinutes(10)); // the flood is not ended by the grace
-            s.addExport(new NbdExport("f", image, false));
-            try (RawClient c = RawClient.tcp(s.port())) {
-                c.go("f");
-                CountDownLatch held = image.hold();
-                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
-                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
-                closer = Thread.ofPlatform().start(s::close);
-                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
-                flood = Thread.ofPlatform().start(() -> {
-                    try {
-                        while (true) {
-                            c.send(Nbd.CMD_READ, 0, 0, 4096, null);
-                        }
-                    } catch (java.io.IOException e) {
-                        // disconnected
-                    }
-                });
-                int refused = 0;
-                boolean flushed = false;
+        // the flood is not ended by the grace
+        withAFlushInFlightWhileShuttingDown(img, "f", Duration.ofMinutes(10), d -> {
+            RawClient c = d.client();
+            d.start(() -> {
                 try {
                     while (true) {
-                        ByteBuffer h = c.read(16); // simple replies: no READ of the flood is served (no data)
-                        assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
-                        int error = h.getInt();
-                        if (h.getLong() == flush) {
-                            assertEquals(0, error, "the flush in flight when the shutdown began is served");
-                            flushed = true;
-                            continue;
-                        }
-                        assertEquals(Nbd.ESHUTDOWN, error, "a request received after the shutdown began");
-                        refused++;
-                        assertTrue(
-                                refused <= NbdConnection.SHUTDOWN_ANSWERS,
-                                "the server went on answering a client that does not disconnect");
-                        if (refused == 8) {
-                            image.release(); // the request in flight ends while the flood goes on
-                        }
+                        c.send(Nbd.CMD_READ, 0, 0, 4096, null);
                     }
                 } catch (java.io.IOException e) {
-                    // the end of the stream (EOF, or a reset once the server closed with the flood still coming)
+                    // disconnected
                 }
-                assertTrue(flushed, "the flush in flight was answered before the disconnect");
-                assertTrue(refused >= 8, "requests of the flood were answered with ESHUTDOWN: " + refused);
-                flood.join(TimeUnit.SECONDS.toMillis(30));
-                assertFalse(flood.isAlive(), "the flooding client was disconnected");
-                closer.join(TimeUnit.SECONDS.toMillis(30));
-                assertFalse(closer.isAlive(), "close() returned");
-            } finally {
-                image.release();
-                s.close();
-                if (closer != null) {
-                    closer.join();
+            });
+            int refused = 0;
+            boolean flushed = false;
+            try {
+                while (true) {
+                    ByteBuffer h = c.read(16); // simple replies: no READ of the flood is served (no data)
+                    assertEquals(Nbd.SIMPLE_REPLY_MAGIC, h.getInt());
+                    int error = h.getInt();
+                    if (h.getLong() == d.flush()) {
+                        assertEquals(0, error, "the flush in flight when the shutdown began is served");
+                        flushed = true;
+                        continue;
+                    }
+                    assertEquals(Nbd.ESHUTDOWN, error, "a request received after the shutdown began");
+                    refused++;
+                    assertTrue(
+                            refused <= NbdConnection.SHUTDOWN_ANSWERS,
+                            "the server went on answering a client that does not disconnect");
+                    if (refused == 8) {
+                        d.image().release(); // the request in flight ends while the flood goes on
+                    }
                 }
-                if (flood != null) {
-                    flood.join();
-                }
+            } catch (java.io.IOException e) {
+                // the end of the stream (EOF, or a reset once the server closed with the flood still coming)
             }
-        }
+            assertTrue(flushed, "the flush in flight was answered before the disconnect");
+            assertTrue(refused >= 8, "requests of the flood were answered with ESHUTDOWN: " + refused);
+            d.joined("the flooding client was disconnected");
+        });
     }
 
     /**
@@ -391,28 +370,16 @@ class NbdShutdownTest {
         try (var f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
             f.setLength(NbdConnection.MAX_PAYLOAD);
         }
-        Thread closer = null;
-        Thread writer = null;
-        try (DiskImage real = Images.open(img, null, false, false);
-                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8);
-                io.iovirt.vhostuser.LogCapture log = io.iovirt.vhostuser.LogCapture.start("io.iovirt.nbd")) {
-            GatedImage image = new GatedImage(real);
-            s.shutdownGrace(Duration.ofMinutes(10));
-            s.addExport(new NbdExport("p", image, false));
-            try (RawClient c = RawClient.tcp(s.port())) {
-                c.go("p");
-                CountDownLatch held = image.hold();
-                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
-                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
-                closer = Thread.ofPlatform().start(s::close);
-                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+        try (io.iovirt.vhostuser.LogCapture log = io.iovirt.vhostuser.LogCapture.start("io.iovirt.nbd")) {
+            withAFlushInFlightWhileShuttingDown(img, "p", Duration.ofMinutes(10), d -> {
+                RawClient c = d.client();
                 byte[] data = new byte[NbdConnection.MAX_PAYLOAD];
                 long first = c.send(Nbd.CMD_WRITE, 0, 0, data.length, data); // within the budget: read, answered
                 Answer a = c.answer(false, 0);
                 assertEquals(first, a.cookie());
                 assertEquals(Nbd.ESHUTDOWN, a.error());
                 java.util.concurrent.CompletableFuture<Throwable> sent = new java.util.concurrent.CompletableFuture<>();
-                writer = Thread.ofPlatform().start(() -> {
+                d.start(() -> {
                     try {
                         c.send(Nbd.CMD_WRITE, 0, 0, data.length, data); // past the budget
                         sent.complete(null);
@@ -423,24 +390,77 @@ class NbdShutdownTest {
                 Answer b = c.answer(false, 0);
                 assertEquals(Nbd.ESHUTDOWN, b.error(), "the write past the budget");
                 log.awaitLine("bytes of data after the server began shutting down"); // the operator is told why
-                image.release();
+                d.image().release();
                 Answer fl = c.answer(false, 0);
-                assertEquals(flush, fl.cookie());
+                assertEquals(d.flush(), fl.cookie());
                 assertEquals(0, fl.error(), "the flush in flight when the shutdown began is served");
                 assertTrue(c.closedByPeer(), "the connection ends");
                 assertTrue(
                         sent.get(60, TimeUnit.SECONDS) instanceof java.io.IOException,
                         "the payload past the budget was not taken: its sending fails at the close");
-                closer.join(TimeUnit.SECONDS.toMillis(30));
-                assertFalse(closer.isAlive(), "close() returned");
+                d.closed();
+            });
+        }
+    }
+
+    /** What the steps of {@link #withAFlushInFlightWhileShuttingDown} get. */
+    private interface Steps {
+        void run(Draining d) throws Exception;
+    }
+
+    /**
+     * A server shutting down with a client's flush held in flight: the image holding it, the client, the flush's
+     * cookie, and the threads the steps start (joined once the server is closed, as the shutdown's {@code closer}).
+     */
+    private record Draining(GatedImage image, RawClient client, long flush, Thread closer, List<Thread> threads) {
+        /** Starts {@code task} on a thread joined at the end. */
+        void start(Runnable task) {
+            threads.add(Thread.ofPlatform().start(task));
+        }
+
+        /** Asserts that the threads {@link #start} started ended ({@code why}), then that close() returned. */
+        void joined(String why) throws InterruptedException {
+            for (Thread t : threads.subList(1, threads.size())) {
+                t.join(TimeUnit.SECONDS.toMillis(30));
+                assertFalse(t.isAlive(), why);
+            }
+            closed();
+        }
+
+        /** Asserts that the server's close() returned. */
+        void closed() throws InterruptedException {
+            closer.join(TimeUnit.SECONDS.toMillis(30));
+            assertFalse(closer.isAlive(), "close() returned");
+        }
+    }
+
+    /**
+     * Serves {@code img} over TCP as {@code export} (through a {@link GatedImage}) with the shutdown grace {@code
+     * grace}; a client holds a flush in the image, the server begins its shutdown, and {@code steps} run. Then the
+     * image is released, the server closed and every thread started joined.
+     */
+    private static void withAFlushInFlightWhileShuttingDown(Path img, String export, Duration grace, Steps steps)
+            throws Exception {
+        List<Thread> threads = new ArrayList<>();
+        try (DiskImage real = Images.open(img, null, false, false);
+                NbdServer s = NbdServer.startTcp("127.0.0.1", 0, 8)) {
+            GatedImage image = new GatedImage(real);
+            s.shutdownGrace(grace);
+            s.addExport(new NbdExport(export, image, false));
+            try (RawClient c = RawClient.tcp(s.port())) {
+                c.go(export);
+                CountDownLatch held = image.hold();
+                long flush = c.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
+                Thread closer = Thread.ofPlatform().start(s::close);
+                threads.add(closer);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                steps.run(new Draining(image, c, flush, closer, threads));
             } finally {
                 image.release();
                 s.close();
-                if (closer != null) {
-                    closer.join();
-                }
-                if (writer != null) {
-                    writer.join();
+                for (Thread t : threads) {
+                    t.join();
                 }
             }
         }

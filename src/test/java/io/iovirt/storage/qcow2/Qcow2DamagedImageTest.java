@@ -246,36 +246,19 @@ class Qcow2DamagedImageTest {
                     if (flag == (Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO) && request.equals("write-zeroes")) {
                         continue; // already zero and kept as it is: neither punched nor freed
                     }
-                    Path img = refcountImage("punch-" + n++ + ".qcow2");
-                    qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
-                    long l2 = l2Table(img, 0);
-                    long at = new long[] {readLong(img, 40), 0x10000, 0x20000, l2}[target];
-                    writeLong(img, l2 + 8, flag | at); // guest cluster 1 (64 KiB) "stored" on the table
-                    String what = request + " of an entry " + Long.toHexString(flag | at);
-                    QemuTools.Result checkBefore = QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString());
-                    byte[] before = Files.readAllBytes(img);
-                    IOException e = assertThrows(
-                            IOException.class,
-                            () -> {
-                                try (Qcow2Image q = Qcow2Image.open(img, false)) {
-                                    switch (request) {
-                                        case "discard" -> q.discard(65536, 65536);
-                                        case "write-zeroes with unmap" -> q.writeZeroes(65536, 65536, true);
-                                        default -> q.writeZeroes(65536, 65536, false);
-                                    }
+                    assertRefusedOnMetadataChangingNothing(
+                            "punch-" + n++ + ".qcow2",
+                            target,
+                            flag,
+                            request + " of",
+                            img -> "repair it with 'qemu-img check -r all " + img + "'",
+                            q -> {
+                                switch (request) {
+                                    case "discard" -> q.discard(65536, 65536);
+                                    case "write-zeroes with unmap" -> q.writeZeroes(65536, 65536, true);
+                                    default -> q.writeZeroes(65536, 65536, false);
                                 }
-                            },
-                            what);
-                    assertTrue(
-                            e.getMessage().contains("qcow2 image " + img + " is damaged")
-                                    && e.getMessage().contains("guest offset 65536 points at " + inside(at, target))
-                                    && e.getMessage().contains("repair it with 'qemu-img check -r all " + img + "'"),
-                            what + ": " + e.getMessage());
-                    assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
-                    assertEquals(
-                            checkBefore,
-                            QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString()),
-                            what + " changed what qemu-img check finds");
+                            });
                 }
             }
         }
@@ -293,11 +276,7 @@ class Qcow2DamagedImageTest {
             Path img = create("refcount-zero-" + discard + ".qcow2", "64M");
             qemuIoOk(img, "qcow2", "write -P 0x61 0 128k");
             long host = readLong(img, l2Table(img, 0) + 8) & Qcow2Image.OFFSET_MASK; // guest cluster 1
-            long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
-            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-                f.seek(block + 2 * (host >>> 16));
-                f.writeShort(0);
-            }
+            setRefcount(img, host, 0);
             QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
             assertTrue(damaged.output().contains("refcount=0 reference=1"), damaged.output());
             try (Qcow2Image q = Qcow2Image.open(img, false)) {
@@ -335,34 +314,17 @@ class Qcow2DamagedImageTest {
         int n = 0;
         for (int target = 0; target < 4; target++) {
             for (long flag : flags) {
-                Path img = refcountImage("copy-out-" + n++ + ".qcow2");
-                qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
-                long l2 = l2Table(img, 0);
-                long at = new long[] {readLong(img, 40), 0x10000, 0x20000, l2}[target];
-                writeLong(img, l2 + 8, flag | at); // guest cluster 1 (64 KiB) "stored" on the table
-                String what = "a write into an entry " + Long.toHexString(flag | at);
-                QemuTools.Result checkBefore = QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString());
-                byte[] before = Files.readAllBytes(img);
-                IOException e = assertThrows(
-                        IOException.class,
-                        () -> {
-                            try (Qcow2Image q = Qcow2Image.open(img, false)) {
-                                Qcow2ImageTest.write(q, 65536 + 4096, Qcow2ImageTest.fill(4096, 0x62));
-                                q.flush();
-                                q.flush();
-                            }
-                        },
-                        what);
-                assertTrue(
-                        e.getMessage().contains("qcow2 image " + img + " is damaged")
-                                && e.getMessage().contains("guest offset 65536 points at " + inside(at, target))
-                                && e.getMessage().contains("the write was refused"),
-                        what + ": " + e.getMessage());
-                assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
-                assertEquals(
-                        checkBefore,
-                        QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString()),
-                        what + " changed what qemu-img check finds");
+                assertRefusedOnMetadataChangingNothing(
+                        "copy-out-" + n++ + ".qcow2",
+                        target,
+                        flag,
+                        "a write into",
+                        img -> "the write was refused",
+                        q -> {
+                            Qcow2ImageTest.write(q, 65536 + 4096, Qcow2ImageTest.fill(4096, 0x62));
+                            q.flush();
+                            q.flush();
+                        });
             }
         }
     }
@@ -416,11 +378,7 @@ class Qcow2DamagedImageTest {
         long l2 = l2Table(img, 0);
         writeLong(img, l2 + 8, l1); // guest clusters 1 and 2, shared, on the L1 table
         writeLong(img, l2 + 16, l1);
-        long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE));
-        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-            f.seek(block + 2 * (l1 >>> 16));
-            f.writeShort(2);
-        }
+        setRefcount(img, l1, 2);
         try (Qcow2Image q = Qcow2Image.open(img, false)) {
             q.discard(65536, 65536);
             IOException e = assertThrows(IOException.class, () -> q.discard(2 * 65536, 65536));
@@ -449,11 +407,7 @@ class Qcow2DamagedImageTest {
         long entry = l2Table(img, 0) + 8; // guest cluster 1
         long host = readLong(img, entry) & Qcow2Image.OFFSET_MASK;
         writeLong(img, entry, host); // shared: no COPIED
-        long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
-        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-            f.seek(block + 2 * (host >>> 16));
-            f.writeShort(0);
-        }
+        setRefcount(img, host, 0);
         QemuTools.Result damaged = QemuTools.run("qemu-img", "check", img.toString());
         assertTrue(damaged.output().contains("refcount=0 reference=1"), damaged.output());
         try (Qcow2Image q = Qcow2Image.open(img, false)) {
@@ -510,6 +464,56 @@ class Qcow2DamagedImageTest {
             try (Qcow2Image q = Qcow2Image.open(img, true)) {
                 assertArrayEquals(Qcow2ImageTest.fill(4096, 0x61), Qcow2ImageTest.read(q, 0, 4096));
             }
+        }
+    }
+
+    /**
+     * An image whose guest cluster 1 (64 KiB) has an L2 entry {@code flag} "stored" on metadata (target 0-3 as {@link
+     * #inside}): {@code request} on it is refused with an error naming the damage, the metadata and {@code refusal}
+     * (of the image's path), and changes neither the file nor what qemu-img check finds.
+     */
+    private void assertRefusedOnMetadataChangingNothing(
+            String name,
+            int target,
+            long flag,
+            String request,
+            java.util.function.Function<Path, String> refusal,
+            Qcow2ImageTest.Request on)
+            throws Exception {
+        Path img = refcountImage(name);
+        qemuIoOk(img, "qcow2", "write -P 0x61 0 64k");
+        long l2 = l2Table(img, 0);
+        long at = new long[] {readLong(img, 40), 0x10000, 0x20000, l2}[target];
+        writeLong(img, l2 + 8, flag | at); // guest cluster 1 (64 KiB) "stored" on the table
+        String what = request + " an entry " + Long.toHexString(flag | at);
+        QemuTools.Result checkBefore = QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString());
+        byte[] before = Files.readAllBytes(img);
+        IOException e = assertThrows(
+                IOException.class,
+                () -> {
+                    try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                        on.on(q);
+                    }
+                },
+                what);
+        assertTrue(
+                e.getMessage().contains("qcow2 image " + img + " is damaged")
+                        && e.getMessage().contains("guest offset 65536 points at " + inside(at, target))
+                        && e.getMessage().contains(refusal.apply(img)),
+                what + ": " + e.getMessage());
+        assertArrayEquals(before, Files.readAllBytes(img), what + " changed the file");
+        assertEquals(
+                checkBefore,
+                QemuTools.run("qemu-img", "check", "-f", "qcow2", img.toString()),
+                what + " changed what qemu-img check finds");
+    }
+
+    /** Sets the 16-bit refcount of the cluster at {@code host} in the first refcount block. */
+    private static void setRefcount(Path img, long host, int refcount) throws IOException {
+        long block = readLong(img, readLong(img, Qcow2Header.OFF_REFTABLE)); // 16-bit refcounts
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(block + 2 * (host >>> 16));
+            f.writeShort(refcount);
         }
     }
 

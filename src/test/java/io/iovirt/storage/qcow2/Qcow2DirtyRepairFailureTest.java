@@ -2,19 +2,15 @@
 package io.iovirt.storage.qcow2;
 
 import static io.iovirt.storage.qcow2.QemuTools.check;
-import static io.iovirt.storage.qcow2.QemuTools.ok;
 import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.Require;
-import io.iovirt.vm.IovirtCli;
-import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
@@ -51,7 +47,7 @@ class Qcow2DirtyRepairFailureTest {
         List<String> cmd =
                 new ArrayList<>(List.of(strace.toString(), "-f", "-qq", "--seccomp-bpf", "-e", "trace=pwrite64,write"));
         cmd.addAll(List.of("-o", trace.toString()));
-        Run r = run(cmd, dry, "dry");
+        TracedChild.Run r = run(cmd, dry, "dry");
         assertEquals(0, r.exit(), "the traced run failed:\n" + r.output());
         assertTrue(r.output().contains("writes accepted") && !r.output().contains("refresh failed"), r.output());
         check(dry, false);
@@ -84,7 +80,7 @@ class Qcow2DirtyRepairFailureTest {
         List<String> fail = new ArrayList<>(List.of(strace.toString(), "-f", "-qq"));
         fail.addAll(List.of("-e", "trace=pwrite64", "-e", "inject=pwrite64:error=ENOSPC:when=" + when));
         fail.addAll(List.of("-o", "/dev/null"));
-        Run f = run(fail, img, "failed");
+        TracedChild.Run f = run(fail, img, "failed");
         assertEquals(0, f.exit(), "the run with the failed write ended badly:\n" + f.output());
         assertTrue(
                 f.output().contains("refresh failed") && f.output().contains("No space left"),
@@ -103,33 +99,11 @@ class Qcow2DirtyRepairFailureTest {
         qemuIoOk(img, "qcow2", "read -P 0x11 0 1M", "read -P 0x66 8M 4M");
     }
 
-    private record Run(int exit, String output) {}
-
-    /** Runs {@link DirtyRepairMain} on {@code img} under {@code prefix} (strace); its output, within 120 s. */
-    private Run run(List<String> prefix, Path img, String name) throws IOException, InterruptedException {
-        List<String> cmd = new ArrayList<>(prefix);
-        cmd.addAll(IovirtCli.java(
-                List.of("-XX:+UseSerialGC", "-XX:-UsePerfData"),
-                DirtyRepairMain.class.getName(),
-                List.of(img.toString())));
-        Path log = dir.resolve(name + ".log");
-        Process p = new ProcessBuilder(cmd)
-                .redirectErrorStream(true)
-                .redirectOutput(log.toFile())
-                .start();
-        try {
-            assertTrue(p.waitFor(120, TimeUnit.SECONDS), name + " did not end in 120 s: " + Files.readString(log));
-        } finally {
-            p.descendants().forEach(ProcessHandle::destroyForcibly);
-            p.destroyForcibly();
-        }
-        return new Run(p.exitValue(), Files.readString(log));
+    private TracedChild.Run run(List<String> prefix, Path img, String name) throws Exception {
+        return TracedChild.run(dir, DirtyRepairMain.class, prefix, img, name);
     }
 
-    /** A sparse copy of {@code base}. */
-    private Path copy(Path base, String name) throws IOException, InterruptedException {
-        Path p = dir.resolve(name);
-        ok("cp", "--sparse=always", base.toString(), p.toString());
-        return p;
+    private Path copy(Path base, String name) throws Exception {
+        return TracedChild.copy(dir, base, name);
     }
 }

@@ -788,25 +788,7 @@ class Qcow2ImageTest {
     void aDiscardOfAPreallocatedZeroClusterFreesItsHostCluster() throws Exception {
         Path img = create("prezero.qcow2", "16M");
         qemuIoOk(img, "qcow2", "write -P 0x33 0 4M", "write -z 2M 64k");
-        try (Qcow2Image q = Qcow2Image.open(img, false);
-                Fd fd = FileIo.open(img, FileIo.O_RDONLY)) {
-            long e = q.l2Entry(2 * MIB);
-            long host = e & Qcow2Image.OFFSET_MASK;
-            assertTrue((e & Qcow2Image.OFLAG_ZERO) != 0 && host != 0, "qemu-io left a preallocated zero cluster");
-            assertEquals(host, FileIo.seek(fd, host, FileIo.SEEK_DATA), "allocated");
-            long blocks = FileIo.stat(fd).blocks();
-            q.discard(2 * MIB, 65536);
-            assertEquals(Qcow2Image.OFLAG_ZERO, q.l2Entry(2 * MIB), "a zero cluster without host cluster");
-            long data = FileIo.seek(fd, host, FileIo.SEEK_DATA);
-            assertTrue(data < 0 || data >= host + 65536, "the host cluster was punched out: data at " + data);
-            long after = FileIo.stat(fd).blocks();
-            assertTrue(after <= blocks - 65536 / 512, "64 KiB of blocks given back: " + blocks + " -> " + after);
-            q.handOver();
-            write(q, 9 * MIB, fill(65536, 0x66));
-            assertEquals(host, q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK, "the freed cluster is taken again");
-        }
-        check(img, false);
-        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 0 2M", "read -P 0x66 9M 64k");
+        assertTheDropGivesTheHostClusterUp(img, true, q -> q.discard(2 * MIB, 65536));
     }
 
     /**
@@ -826,14 +808,33 @@ class Qcow2ImageTest {
         if (preallocated) {
             qemuIoOk(img, "qcow2", "write -z 2M 64k");
         }
+        assertTheDropGivesTheHostClusterUp(img, preallocated, q -> q.writeZeroes(2 * MIB, 65536, true));
+    }
+
+    /** A request on an open image, for the tests that run the same steps around different requests. */
+    interface Request {
+        void on(Qcow2Image q) throws IOException;
+    }
+
+    /**
+     * {@code drop} (a discard, or a write-zeroes with unmap) of guest cluster 2 MiB of {@code img}, allocated (a
+     * preallocated zero cluster, or a normal one) over 0x33 in 0-4 MiB, gives its host cluster up: the entry is a zero
+     * cluster without host cluster, the host cluster is punched out (64 KiB of blocks given back) and the next
+     * allocation takes it; the image is clean and reads as zeros there.
+     */
+    private static void assertTheDropGivesTheHostClusterUp(Path img, boolean preallocated, Request drop)
+            throws Exception {
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Fd fd = FileIo.open(img, FileIo.O_RDONLY)) {
             long e = q.l2Entry(2 * MIB);
             long host = e & Qcow2Image.OFFSET_MASK;
-            assertTrue(host != 0 && ((e & Qcow2Image.OFLAG_ZERO) != 0) == preallocated, Long.toHexString(e));
+            assertTrue(
+                    host != 0 && ((e & Qcow2Image.OFLAG_ZERO) != 0) == preallocated,
+                    "qemu-io left a " + (preallocated ? "preallocated zero" : "normal") + " cluster: "
+                            + Long.toHexString(e));
             assertEquals(host, FileIo.seek(fd, host, FileIo.SEEK_DATA), "allocated");
             long blocks = FileIo.stat(fd).blocks();
-            q.writeZeroes(2 * MIB, 65536, true);
+            drop.on(q);
             assertEquals(Qcow2Image.OFLAG_ZERO, q.l2Entry(2 * MIB), "a zero cluster without host cluster");
             long data = FileIo.seek(fd, host, FileIo.SEEK_DATA);
             assertTrue(data < 0 || data >= host + 65536, "the host cluster was punched out: data at " + data);
@@ -1411,15 +1412,7 @@ class Qcow2ImageTest {
     void aDataWriteIntoMetadataOfACraftedImageIsRefused() throws Exception {
         Path img = create("evil.qcow2", "16M");
         qemuIoOk(img, "qcow2", "write -P 1 0 64k");
-        long l1Offset;
-        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-            f.seek(40);
-            l1Offset = f.readLong();
-            f.seek(l1Offset);
-            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
-            f.seek(l2);
-            f.writeLong(Qcow2Image.OFLAG_COPIED | l1Offset); // guest cluster 0 "stored" on the L1 table
-        }
+        long l1Offset = storeClusterZeroOnTheL1Table(img, Qcow2Image.OFLAG_COPIED); // "stored" there
         byte[] before = Files.readAllBytes(img);
         try (DiskImage q = Images.open(img, null, false, false)) {
             IOException e = assertThrows(IOException.class, () -> write(q, 0, fill(4096, 0x66)));
@@ -1442,17 +1435,8 @@ class Qcow2ImageTest {
     void aDiscardOfAClusterStoredOnMetadataOfACraftedImageIsRefused(String kind) throws Exception {
         Path img = create("evil-discard.qcow2", "16M");
         qemuIoOk(img, "qcow2", "write -P 1 0 64k", "write -P 2 1M 64k");
-        long l1Offset;
-        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-            f.seek(40);
-            l1Offset = f.readLong();
-            f.seek(l1Offset);
-            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
-            f.seek(l2);
-            long flags =
-                    kind.equals("normal") ? Qcow2Image.OFLAG_COPIED : Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO;
-            f.writeLong(flags | l1Offset); // guest cluster 0 on the L1 table
-        }
+        long flags = kind.equals("normal") ? Qcow2Image.OFLAG_COPIED : Qcow2Image.OFLAG_COPIED | Qcow2Image.OFLAG_ZERO;
+        long l1Offset = storeClusterZeroOnTheL1Table(img, flags);
         byte[] before = Files.readAllBytes(img);
         try (DiskImage q = Images.open(img, null, false, false)) {
             IOException e = assertThrows(IOException.class, () -> q.discard(0, 65536));
@@ -1467,6 +1451,22 @@ class Qcow2ImageTest {
                 java.util.Arrays.copyOfRange(Files.readAllBytes(img), (int) l1Offset, (int) l1Offset + 65536),
                 "the L1 table was punched out or changed");
         qemuIoOk(img, "qcow2", "read -P 2 1M 64k"); // the L1 table still names the L2 table
+    }
+
+    /**
+     * Crafts the L2 entry of guest cluster 0 of {@code img} to name the L1 table's cluster, with {@code flags}; the
+     * L1 table's offset.
+     */
+    private static long storeClusterZeroOnTheL1Table(Path img, long flags) throws IOException {
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(40);
+            long l1Offset = f.readLong();
+            f.seek(l1Offset);
+            long l2 = f.readLong() & Qcow2Image.OFFSET_MASK;
+            f.seek(l2);
+            f.writeLong(flags | l1Offset);
+            return l1Offset;
+        }
     }
 
     @Test

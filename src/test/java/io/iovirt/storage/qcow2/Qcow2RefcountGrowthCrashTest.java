@@ -2,14 +2,12 @@
 package io.iovirt.storage.qcow2;
 
 import static io.iovirt.storage.qcow2.QemuTools.check;
-import static io.iovirt.storage.qcow2.QemuTools.ok;
 import static io.iovirt.storage.qcow2.QemuTools.qemuIoOk;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.Require;
-import io.iovirt.vm.IovirtCli;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.file.Files;
@@ -17,7 +15,6 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.TreeSet;
-import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -58,7 +55,7 @@ class Qcow2RefcountGrowthCrashTest {
         List<String> cmd = new ArrayList<>(
                 List.of(strace.toString(), "-f", "-qq", "--seccomp-bpf", "-e", "trace=fdatasync,write"));
         cmd.addAll(List.of("-o", trace.toString()));
-        Run r = run(cmd, dry, "dry");
+        TracedChild.Run r = run(cmd, dry, "dry");
         assertEquals(0, r.exit(), "the untraced run failed:\n" + r.output());
         assertTrue(r.output().contains("done"), r.output());
         assertTrue(refTableClusters(dry) > tableClusters, "the refcount table did not grow");
@@ -100,7 +97,7 @@ class Qcow2RefcountGrowthCrashTest {
             List<String> kill = new ArrayList<>(List.of(strace.toString(), "-f", "-qq"));
             kill.addAll(List.of("-e", "trace=fdatasync", "-e", "inject=fdatasync:signal=SIGKILL:when=" + when));
             kill.addAll(List.of("-o", "/dev/null"));
-            Run k = run(kill, img, "kill" + when);
+            TracedChild.Run k = run(kill, img, "kill" + when);
             // strace ends as its tracee did: killed by SIGKILL (128 + 9), not an exit of the child's own (an
             // exception before the kill point would leave the image untouched and pass every check below)
             assertEquals(128 + 9, k.exit(), "not killed at fdatasync " + when + ":\n" + k.output());
@@ -122,35 +119,12 @@ class Qcow2RefcountGrowthCrashTest {
                 + " left leaks, none corruption");
     }
 
-    private record Run(int exit, String output) {}
-
-    /** Runs {@link RefcountGrowthMain} on {@code img} under {@code prefix} (strace); its output, within 120 s. */
-    private Run run(List<String> prefix, Path img, String name) throws IOException, InterruptedException {
-        List<String> cmd = new ArrayList<>(prefix);
-        cmd.addAll(IovirtCli.java(
-                List.of("-XX:+UseSerialGC", "-XX:-UsePerfData"),
-                RefcountGrowthMain.class.getName(),
-                List.of(img.toString())));
-        Path log = dir.resolve(name + ".log");
-        Process p = new ProcessBuilder(cmd)
-                .redirectErrorStream(true)
-                .redirectOutput(log.toFile())
-                .start();
-        try {
-            assertTrue(p.waitFor(120, TimeUnit.SECONDS), name + " did not end in 120 s: " + Files.readString(log));
-        } finally {
-            // the traced JVM too: strace killed on a timeout detaches it, and it would go on writing the image
-            p.descendants().forEach(ProcessHandle::destroyForcibly);
-            p.destroyForcibly();
-        }
-        return new Run(p.exitValue(), Files.readString(log));
+    private TracedChild.Run run(List<String> prefix, Path img, String name) throws Exception {
+        return TracedChild.run(dir, RefcountGrowthMain.class, prefix, img, name);
     }
 
-    /** A sparse copy of {@code base}. */
-    private Path copy(Path base, String name) throws IOException, InterruptedException {
-        Path p = dir.resolve(name);
-        ok("cp", "--sparse=always", base.toString(), p.toString());
-        return p;
+    private Path copy(Path base, String name) throws Exception {
+        return TracedChild.copy(dir, base, name);
     }
 
     private static int refTableClusters(Path img) throws IOException {
