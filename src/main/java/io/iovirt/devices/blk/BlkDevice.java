@@ -94,8 +94,12 @@ public final class BlkDevice implements VhostUserBackend {
     private long switches;
     /** How long a switch to read-only waits for its lock to become shared before it answers ({@link #setReadOnly}). */
     private volatile java.time.Duration shareWaitLimit = java.time.Duration.ofSeconds(5);
-    /** One blk.set-readonly at a time. */
-    private final Object switching = new Object();
+    /**
+     * One blk.set-readonly at a time; a later one waits for it {@link #shareWaitLimit} at most ({@link #setReadOnly}):
+     * a qcow2 switch to read-only waits for its tables' first write-back, which a file system that does not answer
+     * holds for ever.
+     */
+    private final java.util.concurrent.locks.ReentrantLock switching = new java.util.concurrent.locks.ReentrantLock();
     /**
      * Held while a switch's thread changes the image ({@link #applySwitch}), which may wait for the image's file
      * system; {@link #appliedSwitch}, the last switch applied, under it.
@@ -327,14 +331,28 @@ public final class BlkDevice implements VhostUserBackend {
      *         otherwise why the disk is still read-only (the image busy past {@link #shareWaitLimit}: it becomes
      *         writable by itself) and what to do ({@link #switchWritable})
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
-     *                     it (named); or switching read-only, its write-back failed: a raw image is read-only then
+     *                     it (named), or an earlier call still runs after {@link #shareWaitLimit}; or switching read-only, its write-back failed: a raw image is read-only then
      *                     all the same, and so is a qcow2 image whose tables' first write-back succeeded (a later one
      *                     failed: the clusters it freed early need it read-only); its lock stays exclusive until
      *                     the frontend stops its queues
      */
     public String setReadOnly(boolean readOnly) throws IOException {
-        synchronized (switching) {
+        try {
+            if (!switching.tryLock(shareWaitLimit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS)) {
+                throw new IOException("an earlier blk.set-readonly of blk " + name + " is still under way after "
+                        + shareWaitLimit.toMillis() + " ms (its image's write-back waits for a slow or hung disk or"
+                        + " file system): nothing was changed. Make the disk or file system answer again, then call"
+                        + " blk.set-readonly again once the earlier call has answered");
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted waiting for an earlier blk.set-readonly of blk " + name
+                    + " to end: nothing was changed");
+        }
+        try {
             return readOnly ? switchReadOnly() : switchWritable();
+        } finally {
+            switching.unlock();
         }
     }
 
