@@ -1363,6 +1363,89 @@ class DaemonApiTest {
     }
 
     /**
+     * blk.remove of a disk whose file system does not answer ({@link StoppableFuse} stopped; a peer test) answers
+     * within its bound: removed, with a notice that its image is still being flushed and closed. The final flush ran
+     * on the control thread and its fsync held it for as long as the file system did not answer. Until that flush has
+     * ended the image stays locked (the frontend's exclusive lock) and claimed: an add of the same image is refused,
+     * naming the removal; once the file system answers the image is closed and unlocked, and the add goes through.
+     */
+    @Test
+    @Tag("peer")
+    void aRemoveWhoseFinalFlushDoesNotEndAnswersAndKeepsTheImage() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir);
+                io.iovirt.linux.EventFd call = io.iovirt.linux.EventFd.create(true)) {
+            Path a = fs.file("a.raw", 1 << 20);
+            ok("blk.add", "id", "a", "image", a.toString(), "socket", sock("a"), "format", "raw");
+            try (var probe = io.iovirt.linux.FileIo.open(a, io.iovirt.linux.FileIo.O_RDONLY); // before the stop
+                    var d = new io.iovirt.devices.blk.BlkTestDriver(Path.of(sock("a")), 1 << 20, call)) {
+                assertEquals(0, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "the frontend writes");
+                assertEquals(
+                        io.iovirt.linux.FileIo.F_WRLCK,
+                        io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                        "the frontend holds the image exclusively");
+                fs.stop();
+                try {
+                    var removal = threads.submit(
+                            () -> { // a client of its own: each is used by one thread
+                                try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
+                                    return (Map<?, ?>) other.call("blk.remove", p("id", "a"));
+                                }
+                            });
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "blk.remove to answer while the image's final flush waits for the file system",
+                            removal::isDone);
+                    Map<?, ?> removed = removal.get();
+                    assertEquals(true, removed.get("removed"), removed.toString());
+                    assertTrue(
+                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
+                            removed.toString());
+                    assertEquals(
+                            io.iovirt.linux.FileIo.F_WRLCK,
+                            io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                            "the image stays locked while its final flush may still write");
+                    String refused = bad(
+                                    RpcException.EXISTS,
+                                    "blk.add",
+                                    "id",
+                                    "b",
+                                    "image",
+                                    a.toString(),
+                                    "socket",
+                                    sock("b"),
+                                    "format",
+                                    "raw")
+                            .getMessage();
+                    assertTrue(refused.contains("blk 'a' (being removed"), refused);
+                } finally {
+                    fs.resume(); // the final flush ends
+                }
+                Await.until(Duration.ofSeconds(20), "the image to be unlocked once flushed and closed", () -> {
+                    try {
+                        return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
+                                == io.iovirt.linux.FileIo.F_UNLCK;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+            Await.until(Duration.ofSeconds(20), "the claim of the removed disk to go", () -> {
+                try {
+                    ok("blk.add", "id", "b", "image", a.toString(), "socket", sock("b"), "format", "raw");
+                    return true;
+                } catch (Exception e) {
+                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+                    return false;
+                }
+            });
+            assertFalse(ok("blk.remove", "id", "b").containsKey("notice"), "flushed and closed at once");
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
      * A reload that waits on an image (on a file system that does not answer, as above) holds up neither the API nor
      * /metrics.
      */

@@ -142,7 +142,9 @@ public final class BlkDevice implements VhostUserBackend {
     private volatile boolean closing;
     /**
      * Set by {@link #retire} (the export is being removed): from then on no switch to read-only starts its thread, so
-     * once {@link #quiescent} the image may be closed and no thread of the device's touches it or its lock any more.
+     * once {@link #quiescent} the image may be closed and no thread of the device's touches it or its lock any more;
+     * and the last queue's stop keeps the image lock ({@link #forget}): {@link #close} lets go of it once the owner's
+     * final flush of the image has ended.
      */
     private volatile boolean retired;
 
@@ -1345,7 +1347,9 @@ public final class BlkDevice implements VhostUserBackend {
                                 + " once that write has completed (not before, even if the daemon exits)",
                         name,
                         image.path());
-            } else if (handedOver && imageLock != null) {
+            } else if (handedOver && imageLock != null && !retired) {
+                // not for an export being removed: its image's final flush comes after this stop, and the lock goes
+                // only once it has ended (close), so no other VM or program takes the image while it may still write
                 imageLock.release();
             }
             fenced = null;
