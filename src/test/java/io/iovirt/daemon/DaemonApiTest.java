@@ -1446,6 +1446,60 @@ class DaemonApiTest {
     }
 
     /**
+     * As above, for a qcow2 disk whose frontend is still connected when it is removed: the removal stops the
+     * frontend's queues, and the last one's stop wrote the image's tables back and flushed them (its hand-over to a
+     * next backend) on the session thread the removal waits for, before any bound: with its file system not
+     * answering, blk.remove did not answer at all. The export being removed hands the image to no one: its final flush
+     * and close, on the close thread, write it back instead.
+     */
+    @Test
+    @Tag("peer")
+    void aRemoveOfAQcow2DiskWithItsFrontendConnectedAnswersThoughItsFileSystemDoesNot() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir);
+                io.iovirt.linux.EventFd call = io.iovirt.linux.EventFd.create(true)) {
+            Path a = io.iovirt.storage.qcow2.QemuTools.createQcow2(
+                    fs.file("first", 4096).getParent(), "a.qcow2", "1M");
+            ok("blk.add", "id", "a", "image", a.toString(), "socket", sock("a"), "format", "qcow2");
+            try (var d = new io.iovirt.devices.blk.BlkTestDriver(Path.of(sock("a")), 1 << 20, call)) {
+                assertEquals(0, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "the frontend writes");
+                fs.stop();
+                try {
+                    var removal = threads.submit(() -> {
+                        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
+                            return (Map<?, ?>) other.call("blk.remove", p("id", "a"));
+                        }
+                    });
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "blk.remove to answer while the qcow2 image's write-back waits for the file system",
+                            removal::isDone);
+                    Map<?, ?> removed = removal.get();
+                    assertEquals(true, removed.get("removed"), removed.toString());
+                    assertTrue(
+                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
+                            removed.toString());
+                } finally {
+                    fs.resume();
+                }
+            }
+            Await.until(Duration.ofSeconds(20), "the claim of the removed disk to go", () -> {
+                try {
+                    ok("blk.add", "id", "b", "image", a.toString(), "socket", sock("b"), "format", "qcow2");
+                    return true;
+                } catch (Exception e) {
+                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+                    return false;
+                }
+            });
+            ok("blk.remove", "id", "b");
+            io.iovirt.storage.qcow2.QemuTools.check(a, false); // written back by the final flush and close
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
      * A reload that waits on an image (on a file system that does not answer, as above) holds up neither the API nor
      * /metrics.
      */

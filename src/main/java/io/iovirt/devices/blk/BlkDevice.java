@@ -1318,9 +1318,12 @@ public final class BlkDevice implements VhostUserBackend {
         handlers.set(index, null);
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
             boolean handedOver = true;
-            if (fenced == null && !closing) {
+            if (fenced == null && !closing && !retired) {
                 // written back first: the backend that takes the image next (a migration's destination) reads it
-                // from the file, and a qcow2 image's tables for the writes completed here are still in memory
+                // from the file, and a qcow2 image's tables for the writes completed here are still in memory. Not
+                // for an export being removed: this runs on the session thread its server's close waits for, with
+                // no bound (a file system that does not answer would hold the removal's answer); the owner's final
+                // flush and close write the image back instead, on a thread of their own, the lock kept until then
                 try {
                     image.handOver();
                 } catch (IOException e) {
