@@ -333,10 +333,10 @@ public final class BlkDevice implements VhostUserBackend {
      *         otherwise why the disk is still read-only (the image busy past {@link #shareWaitLimit}: it becomes
      *         writable by itself) and what to do ({@link #switchWritable})
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
-     *                     it (named), or an earlier call still runs after {@link #shareWaitLimit}; or switching read-only, its write-back failed: a raw image is read-only then
-     *                     all the same, and so is a qcow2 image whose tables' first write-back succeeded (a later one
-     *                     failed: the clusters it freed early need it read-only); its lock stays exclusive until
-     *                     the frontend stops its queues
+     *                     it (named), or an earlier call still runs after {@link #shareWaitLimit}; or switching
+     *                     read-only, its write-back failed: a raw image is read-only then all the same, and so is a
+     *                     qcow2 image whose tables' first write-back succeeded (a later one failed: the clusters it
+     *                     freed early need it read-only); its lock stays exclusive until the frontend stops its queues
      */
     public String setReadOnly(boolean readOnly) throws IOException {
         try {
