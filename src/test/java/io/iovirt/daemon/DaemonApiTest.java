@@ -1500,6 +1500,80 @@ class DaemonApiTest {
     }
 
     /**
+     * nbd.remove of an export whose file system does not answer, as blk.remove above: it answers within its bound,
+     * with a notice; the export's exclusive lock and its claim stay until its final flush has ended.
+     */
+    @Test
+    @Tag("peer")
+    void anNbdRemoveWhoseFinalFlushDoesNotEndAnswersAndKeepsTheImage() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path a = fs.file("n.raw", 1 << 20);
+            ok("nbd.add", "id", "n", "image", a.toString(), "socket", sock("n"));
+            try (var probe = io.iovirt.linux.FileIo.open(a, io.iovirt.linux.FileIo.O_RDONLY)) {
+                assertEquals(
+                        io.iovirt.linux.FileIo.F_WRLCK,
+                        io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                        "the export holds the image exclusively");
+                fs.stop();
+                try {
+                    var removal = threads.submit(() -> {
+                        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
+                            return (Map<?, ?>) other.call("nbd.remove", p("id", "n"));
+                        }
+                    });
+                    Await.until(
+                            Duration.ofSeconds(30),
+                            "nbd.remove to answer while the image's final flush waits for the file system",
+                            removal::isDone);
+                    Map<?, ?> removed = removal.get();
+                    assertEquals(true, removed.get("removed"), removed.toString());
+                    assertTrue(
+                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
+                            removed.toString());
+                    assertEquals(
+                            io.iovirt.linux.FileIo.F_WRLCK,
+                            io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                            "the image stays locked while its final flush may still write");
+                    String refused = bad(
+                                    RpcException.EXISTS,
+                                    "nbd.add",
+                                    "id",
+                                    "m",
+                                    "image",
+                                    a.toString(),
+                                    "socket",
+                                    sock("m"))
+                            .getMessage();
+                    assertTrue(refused.contains("nbd 'n' (being removed"), refused);
+                } finally {
+                    fs.resume();
+                }
+                Await.until(Duration.ofSeconds(20), "the image to be unlocked once flushed and closed", () -> {
+                    try {
+                        return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
+                                == io.iovirt.linux.FileIo.F_UNLCK;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+            Await.until(Duration.ofSeconds(20), "the claim of the removed export to go", () -> {
+                try {
+                    ok("nbd.add", "id", "m", "image", a.toString(), "socket", sock("m"));
+                    return true;
+                } catch (Exception e) {
+                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+                    return false;
+                }
+            });
+            assertFalse(ok("nbd.remove", "id", "m").containsKey("notice"), "flushed and closed at once");
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
      * A reload that waits on an image (on a file system that does not answer, as above) holds up neither the API nor
      * /metrics.
      */
