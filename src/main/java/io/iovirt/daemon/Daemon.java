@@ -465,9 +465,7 @@ public final class Daemon implements AutoCloseable {
      * and image stay claimed until it is closed, so nothing new takes them while it still runs.
      */
     String removeBlk(String id, BlkExport expected) throws RpcException {
-        String notice = removeExport(blks, id, expected, Kind.BLK);
-        LOG.log(System.Logger.Level.INFO, "blk " + id + ": removed" + (notice == null ? "" : ": " + notice));
-        return notice;
+        return removeExport(blks, id, expected, Kind.BLK);
     }
 
     /**
@@ -520,7 +518,14 @@ public final class Daemon implements AutoCloseable {
         }
         // the claim goes with the image's close (its lock let go after its final flush), not with this answer
         closing.flushed.whenComplete((flushed, failure) -> claims.release(c));
-        return closing.await(CLOSE_WAIT);
+        String notice = closing.await(CLOSE_WAIT);
+        // logged for every caller: a reload's removal answers with none of it
+        if (notice == null) {
+            LOG.log(System.Logger.Level.INFO, closing.who + ": removed");
+        } else {
+            LOG.log(System.Logger.Level.WARNING, closing.who + ": removed: " + notice);
+        }
+        return notice;
     }
 
     private BlkExport blk(String id) throws RpcException {

@@ -1574,6 +1574,56 @@ class DaemonApiTest {
     }
 
     /**
+     * A reload that removes an NBD export whose file system does not answer says so in the log when its removal
+     * answers (as a blk removal does): the reload's answer lists it as removed, and its image stays open and locked
+     * until its final flush has ended. No line said it before the close ended: removeNbd dropped the notice.
+     */
+    @Test
+    @Tag("peer")
+    void aReloadRemovingAnNbdExportWhoseFlushDoesNotEndLogsIt() throws Exception {
+        java.util.logging.Logger logger = java.util.logging.Logger.getLogger("io.iovirt.daemon");
+        List<String> lines = java.util.Collections.synchronizedList(new java.util.ArrayList<>());
+        java.util.logging.Handler h = new java.util.logging.Handler() {
+            @Override
+            public void publish(java.util.logging.LogRecord r) {
+                if (r.getLevel().intValue() >= java.util.logging.Level.WARNING.intValue()) {
+                    lines.add(String.valueOf(r.getMessage()));
+                }
+            }
+
+            @Override
+            public void flush() {}
+
+            @Override
+            public void close() {}
+        };
+        logger.addHandler(h);
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path img = fs.file("n.raw", 1 << 20);
+            Path config = dir.resolve("daemon.json");
+            Files.writeString(config, """
+                    {"nbd": [{"id": "n", "image": "%s", "socket": "%s"}]}
+                    """.formatted(img, sock("n")));
+            assertEquals(
+                    List.of("nbd n"),
+                    ConfigFile.apply(daemon, ConfigFile.read(config, daemon)).added());
+            Files.writeString(config, "{\"nbd\": []}");
+            ConfigFile.Desired none = ConfigFile.read(config, daemon);
+            fs.stop();
+            try {
+                assertEquals(List.of("nbd n"), ConfigFile.apply(daemon, none).removed());
+                assertTrue(
+                        lines.stream().anyMatch(l -> l.contains("nbd n") && l.contains("still being flushed")),
+                        lines.toString());
+            } finally {
+                fs.resume();
+            }
+        } finally {
+            logger.removeHandler(h);
+        }
+    }
+
+    /**
      * A reload that waits on an image (on a file system that does not answer, as above) holds up neither the API nor
      * /metrics.
      */
