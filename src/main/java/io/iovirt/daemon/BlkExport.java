@@ -8,13 +8,13 @@ import io.iovirt.storage.Images;
 import io.iovirt.vhostuser.VhostUserServer;
 import java.io.IOException;
 import java.nio.file.Path;
-import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * One vhost-user-blk export in the daemon: its image, device and server, with their own threads (the server's
  * accept and session threads, one thread per queue). Nothing here is shared with another export.
  */
 final class BlkExport implements Daemon.Export {
+    private static final System.Logger LOG = System.getLogger("io.iovirt.daemon");
 
     /** What the export was made from (the config file's entry or blk.add's parameters). */
     record Spec(
@@ -38,8 +38,8 @@ final class BlkExport implements Daemon.Export {
     final VhostUserServer server;
     /** True when the configuration file declared it (SIGHUP may remove it); false when added through the API. */
     final boolean fromConfig;
-    /** Set by the first {@link #close}: the image is closed once, by it or by the thread it hands the image to. */
-    private final AtomicBoolean closing = new AtomicBoolean();
+    /** Set by the first {@link #closeAsync}: the image is closed once, on the thread it hands the image to. */
+    private ImageRelease.Closing closing; // guarded by this
 
     private BlkExport(Spec spec, DiskImage image, BlkDevice device, VhostUserServer server, boolean fromConfig) {
         this.spec = spec;
@@ -88,30 +88,39 @@ final class BlkExport implements Daemon.Export {
     }
 
     /**
-     * Disconnects the frontend (in-flight requests complete first), syncs and closes the image, then the device lets
-     * go of the image lock — at once, or once a request stuck in image I/O has ended ({@link ImageRelease}), which
-     * this call does not wait for. A second call does nothing.
+     * Disconnects the frontend (in-flight requests complete first), then syncs and closes the image and lets the
+     * device go of the image lock, in that order, on a thread of its own — at once, or once a request stuck in image
+     * I/O has ended ({@link ImageRelease}). Returns that close, which the caller waits for as long as it chooses: a
+     * final flush on a file system that does not answer does not end. A second call returns the same close.
      */
     @Override
-    public void close() {
-        if (!closing.compareAndSet(false, true)) {
-            return;
+    public synchronized ImageRelease.Closing closeAsync() {
+        if (closing != null) {
+            return closing;
         }
+        closing = new ImageRelease.Closing("blk " + spec.id(), spec.image());
         device.retire(); // no blk.set-readonly racing with this starts a thread on the image closed below
-        ImageRelease.afterStop(
-                server::close,
-                "blk " + spec.id(),
-                spec.image(),
-                "a request of its frontend is",
-                "a VM started on it is refused it",
-                device::quiescent,
-                device::awaitQuiescent,
-                this::closeImage);
+        try {
+            ImageRelease.afterStop(
+                    server::close,
+                    "blk " + spec.id(),
+                    spec.image(),
+                    "a request of its frontend is",
+                    "a VM started on it is refused it",
+                    device::quiescent,
+                    device::awaitQuiescent,
+                    this::closeImage,
+                    closing);
+        } catch (RuntimeException e) { // the image's close has started all the same
+            LOG.log(System.Logger.Level.ERROR, "blk " + spec.id() + ": stopping its server failed", e);
+        }
+        return closing;
     }
 
-    private void closeImage() {
+    /** The image's final flush and close, then the device lets go of its lock (not before). Whether it flushed. */
+    private boolean closeImage() {
         try {
-            image.flushAndClose("blk " + spec.id());
+            return image.flushAndClose("blk " + spec.id());
         } finally {
             device.close();
         }

@@ -153,6 +153,24 @@ final class ClaimRegistry {
         }
     }
 
+    /**
+     * Refuses (EXISTS), before its path is resolved, an add of {@code image} named by the very path a claim holds (as
+     * given, made absolute and normalised): resolving it waits on a file system that does not answer, as a removal's
+     * final flush still under way may (its claim stays until that flush has ended), and the add would then wait for
+     * its open's bound to say only that the file system does not answer. {@link #claimImage} still decides for the
+     * other spellings of the path.
+     */
+    void requireImagePathFree(Claim c, Path image) throws RpcException {
+        Path given = image.toAbsolutePath().normalize();
+        synchronized (lock) {
+            for (Claim o : claims.values()) {
+                if (o != c) {
+                    requireImageFree(c, given, o);
+                }
+            }
+        }
+    }
+
     /** Refuses {@code image} for {@code c} when {@code o} holds it and they are not both read-only (lock held). */
     private static void requireImageFree(Claim c, Path image, Claim o) throws RpcException {
         if (image != null && image.equals(o.image) && !(c.readOnly && o.readOnly)) {
@@ -167,7 +185,7 @@ final class ClaimRegistry {
      * Makes {@code device} visible ({@code put}, under the lock) once its add has started it outside the lock; a
      * daemon that began stopping meanwhile closes it instead and refuses the add.
      */
-    void publish(Claim c, String what, AutoCloseable device, Runnable put) throws RpcException {
+    void publish(Claim c, String what, Daemon.Export device, Runnable put) throws RpcException {
         synchronized (lock) {
             if (!closed) {
                 put.run();
@@ -176,10 +194,10 @@ final class ClaimRegistry {
             }
         }
         try {
-            device.close();
-        } catch (Exception e) {
+            // the claim goes once its image is closed (after its final flush), as a removal's
+            device.closeAsync().flushed.whenComplete((flushed, failure) -> release(c));
+        } catch (RuntimeException e) {
             LOG.log(System.Logger.Level.WARNING, what + ": closing after the daemon began stopping failed", e);
-        } finally {
             release(c);
         }
         throw new RpcException(RpcException.FAILED, what + ": the daemon is stopping");
@@ -253,8 +271,12 @@ final class ClaimRegistry {
         claims.values().removeIf(c -> c.state == State.ACTIVE); // the daemon closes them
     }
 
-    /** Waits for the removals under way to end (their images are being flushed), naming them every 10 s. */
-    void awaitRemovals() {
+    /**
+     * Waits for the removals under way to end (their images are being flushed and closed), naming them every 10 s,
+     * until {@code deadline} ({@link System#nanoTime}) at most: then an ERROR line names those left (a file system or
+     * disk that does not answer) and the daemon stops without their final flush.
+     */
+    void awaitRemovals(long deadline) {
         boolean interrupted = false;
         long warnAt = System.nanoTime() + 10_000_000_000L;
         synchronized (lock) {
@@ -264,8 +286,17 @@ final class ClaimRegistry {
                             .map(c -> c.who)
                             .toList())
                     .isEmpty()) {
-                long wait = warnAt - System.nanoTime();
-                if (wait <= 0) {
+                long now = System.nanoTime();
+                if (now - deadline >= 0) {
+                    LOG.log(
+                            System.Logger.Level.ERROR,
+                            "stopping without waiting longer for the removal of " + left + ": their images are"
+                                    + " still being flushed and closed (a file system or disk that does not answer);"
+                                    + " writes acknowledged before may not be on disk");
+                    break;
+                }
+                long wait = Math.min(warnAt, deadline) - now;
+                if (warnAt - now <= 0) {
                     LOG.log(System.Logger.Level.WARNING, "stopping: still waiting for the removal of " + left);
                     warnAt += 10_000_000_000L;
                     continue;

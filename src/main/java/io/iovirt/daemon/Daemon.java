@@ -156,7 +156,11 @@ public final class Daemon implements AutoCloseable {
             case "blk.resize" -> blkResize(p.allow("id", "size"));
             case "blk.set-readonly" -> blkSetReadOnly(p.allow("id", "readonly"));
             case "net.add" -> netAdd(p.allow(NET_PARAMS), false);
-            case "net.remove" -> removed(p.allow("id"), "net", id -> removeNet(id, null));
+            case "net.remove" ->
+                removed(p.allow("id"), "net", id -> {
+                    removeNet(id, null);
+                    return null;
+                });
             case "net.port.add" -> portAdd(p.allow(PORT_ADD_PARAMS), false);
             case "net.port.remove" -> portRemove(p.allow("net", "id"));
             case "net.list" -> netList(p.allow());
@@ -303,8 +307,9 @@ public final class Daemon implements AutoCloseable {
     private Map<String, Object> removed(Params p, String kind, Remove remove) throws RpcException {
         String id = p.id("id");
         StateFile s = state;
+        String notice;
         try {
-            remove.remove(id);
+            notice = remove.remove(id);
         } catch (RpcException e) {
             if (e.code() == RpcException.NOT_FOUND && s != null && s.forget(kind, null, id)) {
                 return notStarted(Json.object("id", id, "removed", true));
@@ -314,7 +319,9 @@ public final class Daemon implements AutoCloseable {
         if (s != null) {
             s.forget(kind, null, id); // a switch's carried ports, say
         }
-        return Json.object("id", id, "removed", true);
+        return notice == null
+                ? Json.object("id", id, "removed", true)
+                : Json.object("id", id, "removed", true, "notice", notice);
     }
 
     /** A remove's answer for an entry only the state file listed (it did not start at this daemon's start). */
@@ -329,7 +336,8 @@ public final class Daemon implements AutoCloseable {
 
     @FunctionalInterface
     private interface Remove {
-        void remove(String id) throws RpcException;
+        /** Removes {@code id}; null, or what the answer adds as its notice (an image still being closed). */
+        String remove(String id) throws RpcException;
     }
 
     /** What the control API's reload runs (set by {@link DaemonService}; none: the method is refused). */
@@ -419,6 +427,12 @@ public final class Daemon implements AutoCloseable {
                 spec.readOnly()));
         BlkExport e;
         try {
+            claims.requireImagePathFree(c, spec.image());
+        } catch (RpcException ex) {
+            claims.release(c);
+            throw ex;
+        }
+        try {
             e = opens.run( // a bounded wait: the image's file system may not answer (ImageOpens)
                     "blk.add " + spec.id(),
                     spec.image(),
@@ -450,15 +464,33 @@ public final class Daemon implements AutoCloseable {
      * taken out under the lock and closed outside it (the frontend's requests in flight, the fsync); its id, socket
      * and image stay claimed until it is closed, so nothing new takes them while it still runs.
      */
-    void removeBlk(String id, BlkExport expected) throws RpcException {
-        removeExport(blks, id, expected, Kind.BLK);
-        LOG.log(System.Logger.Level.INFO, "blk " + id + ": removed");
+    String removeBlk(String id, BlkExport expected) throws RpcException {
+        return removeExport(blks, id, expected, Kind.BLK);
     }
+
+    /**
+     * How long a removal waits for its export's image to be flushed and closed ({@link #removeExport}) before it
+     * answers that the image is still being closed: a final flush on a file system that does not answer does not end,
+     * and must not hold the control thread.
+     */
+    static final java.time.Duration CLOSE_WAIT = java.time.Duration.ofSeconds(5);
+
+    /**
+     * How long the daemon's stop waits in all for its exports' images to be flushed and closed ({@link #close}):
+     * below the systemd unit's TimeoutStopSec (60 s), so that the images still being flushed are named in the log.
+     */
+    static final java.time.Duration STOP_CLOSE_WAIT = java.time.Duration.ofSeconds(45);
 
     /** What {@link #removeExport} takes out and closes: a blk or NBD export, whose close throws nothing. */
     interface Export extends AutoCloseable {
+        /** Starts the close (once): the server stops on this thread, the image is flushed and closed on its own. */
+        ImageRelease.Closing closeAsync();
+
+        /** Starts the close and does not wait for the image's ({@link #closeAsync}). */
         @Override
-        void close();
+        default void close() {
+            closeAsync();
+        }
     }
 
     /**
@@ -466,7 +498,7 @@ public final class Daemon implements AutoCloseable {
      * still that one; null: whichever it is) and closes it outside the lock; its claim (id, socket, image) is let go
      * of only once it is closed, so nothing new takes them while it still runs.
      */
-    private <E extends Export> void removeExport(Map<String, E> map, String id, E expected, Kind kind)
+    private <E extends Export> String removeExport(Map<String, E> map, String id, E expected, Kind kind)
             throws RpcException {
         E e;
         ClaimRegistry.Claim c;
@@ -477,11 +509,23 @@ public final class Daemon implements AutoCloseable {
             changes++;
             c = claims.removing(id);
         }
+        ImageRelease.Closing closing;
         try {
-            e.close();
-        } finally {
+            closing = e.closeAsync();
+        } catch (RuntimeException ex) {
             claims.release(c);
+            throw ex;
         }
+        // the claim goes with the image's close (its lock let go after its final flush), not with this answer
+        closing.flushed.whenComplete((flushed, failure) -> claims.release(c));
+        String notice = closing.await(CLOSE_WAIT);
+        // logged for every caller: a reload's removal answers with none of it
+        if (notice == null) {
+            LOG.log(System.Logger.Level.INFO, closing.who + ": removed");
+        } else {
+            LOG.log(System.Logger.Level.WARNING, closing.who + ": removed: " + notice);
+        }
+        return notice;
     }
 
     private BlkExport blk(String id) throws RpcException {
@@ -602,6 +646,12 @@ public final class Daemon implements AutoCloseable {
                 null, id, "nbd '" + id + "'", ClaimRegistry.socketKey(spec.socket()), null, null, spec.readOnly()));
         NbdExportEntry e;
         try {
+            claims.requireImagePathFree(c, spec.image());
+        } catch (RpcException ex) {
+            claims.release(c);
+            throw ex;
+        }
+        try {
             e = opens.run( // a bounded wait, as addBlk's
                     "nbd.add " + id,
                     spec.image(),
@@ -627,8 +677,8 @@ public final class Daemon implements AutoCloseable {
      * Stops an NBD export: its clients are disconnected (their requests in flight complete), its image closed —
      * outside the lock, as {@link #removeBlk}.
      */
-    void removeNbd(String id, NbdExportEntry expected) throws RpcException {
-        removeExport(nbds, id, expected, Kind.NBD);
+    String removeNbd(String id, NbdExportEntry expected) throws RpcException {
+        return removeExport(nbds, id, expected, Kind.NBD);
     }
 
     private List<Object> nbdList(Params p) {
@@ -1138,20 +1188,24 @@ public final class Daemon implements AutoCloseable {
                 LOG.log(System.Logger.Level.ERROR, "net " + s.spec.id() + ": closing failed", e);
             }
         }
-        for (NbdExportEntry e : nb) {
-            try {
-                e.close();
-            } catch (RuntimeException ex) {
-                LOG.log(System.Logger.Level.ERROR, "nbd " + e.spec.id() + ": closing failed", ex);
+        // every export's close starts (their images are flushed and closed on threads of their own), then the stop
+        // waits for them together, STOP_CLOSE_WAIT at most: a final flush on a file system that does not answer
+        // does not end
+        List<ImageRelease.Closing> closings = new ArrayList<>();
+        for (Export e : nb) {
+            closings.add(e.closeAsync());
+        }
+        for (Export e : b) {
+            closings.add(e.closeAsync());
+        }
+        long deadline = System.nanoTime() + STOP_CLOSE_WAIT.toNanos();
+        for (ImageRelease.Closing c : closings) {
+            long left = Math.max(0, deadline - System.nanoTime());
+            String notice = c.await(java.time.Duration.ofNanos(left));
+            if (notice != null) {
+                LOG.log(System.Logger.Level.ERROR, c.who + ": stopping: " + notice);
             }
         }
-        for (BlkExport e : b) {
-            try {
-                e.close();
-            } catch (RuntimeException ex) {
-                LOG.log(System.Logger.Level.ERROR, "blk " + e.spec.id() + ": closing failed", ex);
-            }
-        }
-        claims.awaitRemovals();
+        claims.awaitRemovals(deadline);
     }
 }

@@ -24,11 +24,76 @@ final class ImageRelease {
     private ImageRelease() {}
 
     /**
+     * The close of one export's image, as {@link #afterStop} runs it on a thread of its own: {@link #flushed}
+     * completes once the image is flushed, closed and its lock let go of — true when the final flush succeeded, false
+     * when it failed (logged as an ERROR naming the image: writes acknowledged before may not be on disk).
+     */
+    static final class Closing {
+        final String who;
+        final Path image;
+        final java.util.concurrent.CompletableFuture<Boolean> flushed = new java.util.concurrent.CompletableFuture<>();
+
+        /** @param who "blk ID" or "nbd ID" */
+        Closing(String who, Path image) {
+            this.who = who;
+            this.image = image;
+        }
+
+        /**
+         * Waits for the close up to {@code limit}: null when it ended with its final flush; otherwise, for the caller's
+         * answer, that the final flush failed or that the image is still being flushed and closed (a file system or
+         * disk that does not answer) — then how it ends is logged when it does.
+         */
+        String await(Duration limit) {
+            try {
+                return outcome(flushed.get(limit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS));
+            } catch (java.util.concurrent.TimeoutException e) {
+                flushed.whenComplete(this::logEnd);
+                return "the export is removed, but its image " + image + " is still being flushed and closed after "
+                        + limit.toMillis() + " ms (its file system or disk does not answer): it stays open and"
+                        + " locked, and its id, socket and image stay taken (adding it again is refused) until"
+                        + " that has ended; a log line says how it ended (an ERROR line if its final flush failed:"
+                        + " writes acknowledged before may then not be on disk). Make the file system or disk"
+                        + " answer again";
+            } catch (java.util.concurrent.ExecutionException e) {
+                return "the export is removed, but closing its image " + image + " failed: " + e.getCause();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                flushed.whenComplete(this::logEnd);
+                return "interrupted: the export is removed, its image " + image + " is still being flushed and"
+                        + " closed; a log line says how it ended";
+            }
+        }
+
+        private String outcome(boolean ok) {
+            return ok
+                    ? null
+                    : "the export is removed, but the final flush of its image " + image + " failed (see the log):"
+                            + " writes acknowledged before may not be on disk";
+        }
+
+        private void logEnd(Boolean ok, Throwable failure) {
+            if (failure != null) {
+                LOG.log(System.Logger.Level.ERROR, who + ": closing " + image + " failed: " + failure);
+            } else if (ok) {
+                LOG.log(System.Logger.Level.INFO, who + ": " + image + " is flushed, closed and unlocked now");
+            } else {
+                LOG.log(
+                        System.Logger.Level.ERROR,
+                        who + ": " + image + " is closed and unlocked now, but its final flush failed: writes"
+                                + " acknowledged before its removal may not be on disk");
+            }
+        }
+    }
+
+    /**
      * An export's close: runs {@code stop} (its server's close: no new request, its connections end); then — even if
-     * {@code stop} threw — runs {@code close} (flush, close, unlock) now if {@code quiescent} — no thread of the export
-     * (its queue threads, or its NBD connections and workers) can touch the image — else logs one error line and runs
-     * it on a daemon thread once {@code await} says so. So the image is let go of in every case, and never before the
-     * server has stopped.
+     * {@code stop} threw — runs {@code close} (flush, close, unlock; whether the flush succeeded) on a thread of its
+     * own, at once if {@code quiescent} — no thread of the export (its queue threads, or its NBD connections and
+     * workers) can touch the image — else, after one error line, once {@code await} says so; it completes {@code
+     * closing}. So the image is let go of in every case, never before the server has stopped, and never before its
+     * final flush has ended; the caller waits for it as long as it chooses ({@link Closing#await}): a flush on a
+     * file system that does not answer does not end.
      *
      * @param who     "blk ID" or "nbd ID", for log lines and the thread's name
      * @param stuck   what is still in I/O, e.g. "a request of its frontend"
@@ -42,19 +107,35 @@ final class ImageRelease {
             String refused,
             BooleanSupplier quiescent,
             Await await,
-            Runnable close) {
+            BooleanSupplier close,
+            Closing closing) {
         try {
             stop.run();
         } finally {
             if (quiescent.getAsBoolean()) {
-                close.run();
+                try {
+                    Thread.ofPlatform().name(who + " close").daemon().start(() -> finish(close, closing));
+                } catch (RuntimeException | OutOfMemoryError e) {
+                    finish(close, closing); // no thread: here, as before
+                }
             } else {
-                closeLater(who, image, stuck, refused, await, close);
+                closeLater(who, image, stuck, refused, await, close, closing);
             }
         }
     }
 
-    private static void closeLater(String who, Path image, String stuck, String refused, Await await, Runnable close) {
+    /** Runs {@code close} and completes {@code closing} with its outcome. */
+    private static void finish(BooleanSupplier close, Closing closing) {
+        try {
+            closing.flushed.complete(close.getAsBoolean());
+        } catch (RuntimeException | Error e) {
+            closing.flushed.completeExceptionally(e);
+            throw e;
+        }
+    }
+
+    private static void closeLater(
+            String who, Path image, String stuck, String refused, Await await, BooleanSupplier close, Closing closing) {
         LOG.log(
                 System.Logger.Level.ERROR,
                 who + ": " + stuck + " still in I/O on " + image + " (its file system or disk does not answer): the"
@@ -71,9 +152,10 @@ final class ImageRelease {
                         System.Logger.Level.ERROR,
                         who + ": interrupted waiting for its requests to end: " + image
                                 + " stays open and locked until the daemon stops");
+                closing.flushed.completeExceptionally(e);
                 return;
             }
-            close.run();
+            finish(close, closing);
             LOG.log(
                     System.Logger.Level.WARNING,
                     who + ": its last requests have ended: " + image + " is flushed, closed and unlocked now");

@@ -9,7 +9,6 @@ import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import java.io.IOException;
 import java.nio.file.Path;
-import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * An NBD export in the daemon (for QEMU's emulated disks: {@code -drive driver=nbd,server.type=unix,...}, or any NBD
@@ -36,7 +35,7 @@ final class NbdExportEntry implements Daemon.Export {
     /** The export's hold on its image (shared when read-only); null on a file system without OFD locks. */
     private final ImageLock lock;
     /** Set by the first {@link #close}: the image is closed once, by it or by the thread it hands the image to. */
-    private final AtomicBoolean closing = new AtomicBoolean();
+    private ImageRelease.Closing closing; // guarded by this; set by the first closeAsync
 
     private NbdExportEntry(
             Spec spec, DiskImage image, NbdServer server, NbdExport export, boolean fromConfig, ImageLock lock) {
@@ -87,29 +86,39 @@ final class NbdExportEntry implements Daemon.Export {
     }
 
     /**
-     * Stops the server (its connections end), flushes and closes the image, then lets go of the image lock — at
-     * once, or once a request stuck in image I/O has ended ({@link ImageRelease}), which this call does not wait
-     * for. A second call does nothing.
+     * Stops the server (its connections end), then flushes and closes the image and lets go of the image lock, in
+     * that order, on a thread of its own — at once, or once a request stuck in image I/O has ended ({@link
+     * ImageRelease}). Returns that close, which the caller waits for as long as it chooses. A second call returns the
+     * same close.
      */
     @Override
-    public void close() {
-        if (!closing.compareAndSet(false, true)) {
-            return;
+    public synchronized ImageRelease.Closing closeAsync() {
+        if (closing != null) {
+            return closing;
         }
-        ImageRelease.afterStop(
-                server::close,
-                "nbd " + spec.id(),
-                spec.image(),
-                "requests of its disconnected clients are",
-                "exporting it again is refused",
-                server::quiescent,
-                server::awaitQuiescent,
-                this::closeImage);
+        closing = new ImageRelease.Closing("nbd " + spec.id(), spec.image());
+        try {
+            ImageRelease.afterStop(
+                    server::close,
+                    "nbd " + spec.id(),
+                    spec.image(),
+                    "requests of its disconnected clients are",
+                    "exporting it again is refused",
+                    server::quiescent,
+                    server::awaitQuiescent,
+                    this::closeImage,
+                    closing);
+        } catch (RuntimeException e) { // the image's close has started all the same
+            System.getLogger("io.iovirt.daemon")
+                    .log(System.Logger.Level.ERROR, "nbd " + spec.id() + ": stopping its server failed", e);
+        }
+        return closing;
     }
 
-    private void closeImage() {
+    /** The image's final flush and close, then its lock goes (not before). Whether it flushed. */
+    private boolean closeImage() {
         try {
-            image.flushAndClose("nbd " + spec.id());
+            return image.flushAndClose("nbd " + spec.id());
         } finally {
             if (lock != null) {
                 lock.close();

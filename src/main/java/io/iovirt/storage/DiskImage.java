@@ -158,14 +158,19 @@ public interface DiskImage extends AutoCloseable {
     /**
      * Flushes (a no-op for an image opened read-only, see {@link #flush()}), then closes whatever the flush did. For a
      * caller that is shutting down and has no one to hand a failed flush to: it is logged naming {@code owner} (e.g.
-     * "blk vm1").
+     * "blk vm1"). Returns whether the flush succeeded.
      */
-    default void flushAndClose(String owner) {
+    default boolean flushAndClose(String owner) {
         try {
             flush();
+            return true;
         } catch (IOException e) {
             System.getLogger(DiskImage.class.getName())
-                    .log(System.Logger.Level.ERROR, owner + ": final flush failed: " + e.getMessage());
+                    .log(
+                            System.Logger.Level.ERROR,
+                            owner + ": the final flush of " + path() + " failed: " + e.getMessage()
+                                    + "; writes acknowledged before it may not be on disk");
+            return false;
         } finally {
             close();
         }

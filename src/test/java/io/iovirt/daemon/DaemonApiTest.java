@@ -1363,6 +1363,267 @@ class DaemonApiTest {
     }
 
     /**
+     * blk.remove of a disk whose file system does not answer ({@link StoppableFuse} stopped; a peer test) answers
+     * within its bound: removed, with a notice that its image is still being flushed and closed. The final flush ran
+     * on the control thread and its fsync held it for as long as the file system did not answer. Until that flush has
+     * ended the image stays locked (the frontend's exclusive lock) and claimed: an add of the same image is refused,
+     * naming the removal; once the file system answers the image is closed and unlocked, and the add goes through.
+     */
+    @Test
+    @Tag("peer")
+    void aRemoveWhoseFinalFlushDoesNotEndAnswersAndKeepsTheImage() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir);
+                io.iovirt.linux.EventFd call = io.iovirt.linux.EventFd.create(true)) {
+            Path a = fs.file("a.raw", 1 << 20);
+            ok("blk.add", "id", "a", "image", a.toString(), "socket", sock("a"), "format", "raw");
+            try (var probe = io.iovirt.linux.FileIo.open(a, io.iovirt.linux.FileIo.O_RDONLY); // before the stop
+                    var d = new io.iovirt.devices.blk.BlkTestDriver(Path.of(sock("a")), 1 << 20, call)) {
+                assertEquals(0, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "the frontend writes");
+                assertEquals(
+                        io.iovirt.linux.FileIo.F_WRLCK,
+                        io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                        "the frontend holds the image exclusively");
+                fs.stop();
+                try {
+                    var removal = threads.submit(
+                            () -> { // a client of its own: each is used by one thread
+                                try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
+                                    return (Map<?, ?>) other.call("blk.remove", p("id", "a"));
+                                }
+                            });
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "blk.remove to answer while the image's final flush waits for the file system",
+                            removal::isDone);
+                    Map<?, ?> removed = removal.get();
+                    assertEquals(true, removed.get("removed"), removed.toString());
+                    assertTrue(
+                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
+                            removed.toString());
+                    assertEquals(
+                            io.iovirt.linux.FileIo.F_WRLCK,
+                            io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                            "the image stays locked while its final flush may still write");
+                    String refused = bad(
+                                    RpcException.EXISTS,
+                                    "blk.add",
+                                    "id",
+                                    "b",
+                                    "image",
+                                    a.toString(),
+                                    "socket",
+                                    sock("b"),
+                                    "format",
+                                    "raw")
+                            .getMessage();
+                    assertTrue(refused.contains("blk 'a' (being removed"), refused);
+                } finally {
+                    fs.resume(); // the final flush ends
+                }
+                Await.until(Duration.ofSeconds(20), "the image to be unlocked once flushed and closed", () -> {
+                    try {
+                        return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
+                                == io.iovirt.linux.FileIo.F_UNLCK;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+            Await.until(Duration.ofSeconds(20), "the claim of the removed disk to go", () -> {
+                try {
+                    ok("blk.add", "id", "b", "image", a.toString(), "socket", sock("b"), "format", "raw");
+                    return true;
+                } catch (Exception e) {
+                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+                    return false;
+                }
+            });
+            assertFalse(ok("blk.remove", "id", "b").containsKey("notice"), "flushed and closed at once");
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
+     * As above, for a qcow2 disk whose frontend is still connected when it is removed: the removal stops the
+     * frontend's queues, and the last one's stop wrote the image's tables back and flushed them (its hand-over to a
+     * next backend) on the session thread the removal waits for, before any bound: with its file system not
+     * answering, blk.remove did not answer at all. The export being removed hands the image to no one: its final flush
+     * and close, on the close thread, write it back instead.
+     */
+    @Test
+    @Tag("peer")
+    void aRemoveOfAQcow2DiskWithItsFrontendConnectedAnswersThoughItsFileSystemDoesNot() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir);
+                io.iovirt.linux.EventFd call = io.iovirt.linux.EventFd.create(true)) {
+            Path a = io.iovirt.storage.qcow2.QemuTools.createQcow2(
+                    fs.file("first", 4096).getParent(), "a.qcow2", "1M");
+            ok("blk.add", "id", "a", "image", a.toString(), "socket", sock("a"), "format", "qcow2");
+            try (var d = new io.iovirt.devices.blk.BlkTestDriver(Path.of(sock("a")), 1 << 20, call)) {
+                assertEquals(0, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "the frontend writes");
+                fs.stop();
+                try {
+                    var removal = threads.submit(() -> {
+                        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
+                            return (Map<?, ?>) other.call("blk.remove", p("id", "a"));
+                        }
+                    });
+                    Await.until(
+                            Duration.ofSeconds(20),
+                            "blk.remove to answer while the qcow2 image's write-back waits for the file system",
+                            removal::isDone);
+                    Map<?, ?> removed = removal.get();
+                    assertEquals(true, removed.get("removed"), removed.toString());
+                    assertTrue(
+                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
+                            removed.toString());
+                } finally {
+                    fs.resume();
+                }
+            }
+            Await.until(Duration.ofSeconds(20), "the claim of the removed disk to go", () -> {
+                try {
+                    ok("blk.add", "id", "b", "image", a.toString(), "socket", sock("b"), "format", "qcow2");
+                    return true;
+                } catch (Exception e) {
+                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+                    return false;
+                }
+            });
+            ok("blk.remove", "id", "b");
+            io.iovirt.storage.qcow2.QemuTools.check(a, false); // written back by the final flush and close
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
+     * nbd.remove of an export whose file system does not answer, as blk.remove above: it answers within its bound,
+     * with a notice; the export's exclusive lock and its claim stay until its final flush has ended.
+     */
+    @Test
+    @Tag("peer")
+    void anNbdRemoveWhoseFinalFlushDoesNotEndAnswersAndKeepsTheImage() throws Exception {
+        java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path a = fs.file("n.raw", 1 << 20);
+            ok("nbd.add", "id", "n", "image", a.toString(), "socket", sock("n"));
+            try (var probe = io.iovirt.linux.FileIo.open(a, io.iovirt.linux.FileIo.O_RDONLY)) {
+                assertEquals(
+                        io.iovirt.linux.FileIo.F_WRLCK,
+                        io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                        "the export holds the image exclusively");
+                fs.stop();
+                try {
+                    var removal = threads.submit(() -> {
+                        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
+                            return (Map<?, ?>) other.call("nbd.remove", p("id", "n"));
+                        }
+                    });
+                    Await.until(
+                            Duration.ofSeconds(30),
+                            "nbd.remove to answer while the image's final flush waits for the file system",
+                            removal::isDone);
+                    Map<?, ?> removed = removal.get();
+                    assertEquals(true, removed.get("removed"), removed.toString());
+                    assertTrue(
+                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
+                            removed.toString());
+                    assertEquals(
+                            io.iovirt.linux.FileIo.F_WRLCK,
+                            io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                            "the image stays locked while its final flush may still write");
+                    String refused = bad(
+                                    RpcException.EXISTS,
+                                    "nbd.add",
+                                    "id",
+                                    "m",
+                                    "image",
+                                    a.toString(),
+                                    "socket",
+                                    sock("m"))
+                            .getMessage();
+                    assertTrue(refused.contains("nbd 'n' (being removed"), refused);
+                } finally {
+                    fs.resume();
+                }
+                Await.until(Duration.ofSeconds(20), "the image to be unlocked once flushed and closed", () -> {
+                    try {
+                        return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
+                                == io.iovirt.linux.FileIo.F_UNLCK;
+                    } catch (io.iovirt.linux.LinuxException e) {
+                        throw new IllegalStateException(e);
+                    }
+                });
+            }
+            Await.until(Duration.ofSeconds(20), "the claim of the removed export to go", () -> {
+                try {
+                    ok("nbd.add", "id", "m", "image", a.toString(), "socket", sock("m"));
+                    return true;
+                } catch (Exception e) {
+                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
+                    return false;
+                }
+            });
+            assertFalse(ok("nbd.remove", "id", "m").containsKey("notice"), "flushed and closed at once");
+        } finally {
+            threads.shutdown();
+        }
+    }
+
+    /**
+     * A reload that removes an NBD export whose file system does not answer says so in the log when its removal
+     * answers (as a blk removal does): the reload's answer lists it as removed, and its image stays open and locked
+     * until its final flush has ended. No line said it before the close ended: removeNbd dropped the notice.
+     */
+    @Test
+    @Tag("peer")
+    void aReloadRemovingAnNbdExportWhoseFlushDoesNotEndLogsIt() throws Exception {
+        java.util.logging.Logger logger = java.util.logging.Logger.getLogger("io.iovirt.daemon");
+        List<String> lines = java.util.Collections.synchronizedList(new java.util.ArrayList<>());
+        java.util.logging.Handler h = new java.util.logging.Handler() {
+            @Override
+            public void publish(java.util.logging.LogRecord r) {
+                if (r.getLevel().intValue() >= java.util.logging.Level.WARNING.intValue()) {
+                    lines.add(String.valueOf(r.getMessage()));
+                }
+            }
+
+            @Override
+            public void flush() {}
+
+            @Override
+            public void close() {}
+        };
+        logger.addHandler(h);
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path img = fs.file("n.raw", 1 << 20);
+            Path config = dir.resolve("daemon.json");
+            Files.writeString(config, """
+                    {"nbd": [{"id": "n", "image": "%s", "socket": "%s"}]}
+                    """.formatted(img, sock("n")));
+            assertEquals(
+                    List.of("nbd n"),
+                    ConfigFile.apply(daemon, ConfigFile.read(config, daemon)).added());
+            Files.writeString(config, "{\"nbd\": []}");
+            ConfigFile.Desired none = ConfigFile.read(config, daemon);
+            fs.stop();
+            try {
+                assertEquals(List.of("nbd n"), ConfigFile.apply(daemon, none).removed());
+                assertTrue(
+                        lines.stream().anyMatch(l -> l.contains("nbd n") && l.contains("still being flushed")),
+                        lines.toString());
+            } finally {
+                fs.resume();
+            }
+        } finally {
+            logger.removeHandler(h);
+        }
+    }
+
+    /**
      * A reload that waits on an image (on a file system that does not answer, as above) holds up neither the API nor
      * /metrics.
      */

@@ -18,8 +18,9 @@ class ImageReleaseTest {
     private static final Path IMAGE = Path.of("/nonexistent/disk.raw");
 
     @Test
-    void stopThatThrowsStillClosesTheImageAndItsExceptionReachesTheCaller() {
-        List<String> steps = new ArrayList<>();
+    void stopThatThrowsStillClosesTheImageAndItsExceptionReachesTheCaller() throws Exception {
+        List<String> steps = java.util.Collections.synchronizedList(new ArrayList<>());
+        ImageRelease.Closing closing = new ImageRelease.Closing("blk t", IMAGE);
         IllegalStateException broken = new IllegalStateException("server close failed");
         IllegalStateException thrown = assertThrows(
                 IllegalStateException.class,
@@ -34,8 +35,10 @@ class ImageReleaseTest {
                         "reuse is refused",
                         () -> true,
                         timeout -> true,
-                        () -> steps.add("close")));
+                        () -> steps.add("close"),
+                        closing));
         assertSame(broken, thrown);
+        assertTrue(closing.flushed.get(1, TimeUnit.MINUTES), "the close ran, on its own thread");
         assertEquals(List.of("stop", "close"), steps, "the image is closed after the stop, though the stop threw");
     }
 
@@ -43,6 +46,7 @@ class ImageReleaseTest {
     void stopThatThrowsWithRequestsStillInIoClosesTheImageOnlyOnceTheyEnd() throws Exception {
         CountDownLatch requestsEnded = new CountDownLatch(1);
         CountDownLatch closed = new CountDownLatch(1);
+        ImageRelease.Closing closing = new ImageRelease.Closing("nbd t", IMAGE);
         assertThrows(
                 IllegalStateException.class,
                 () -> ImageRelease.afterStop(
@@ -55,7 +59,11 @@ class ImageReleaseTest {
                         "reuse is refused",
                         () -> false,
                         timeout -> requestsEnded.await(timeout.toMillis(), TimeUnit.MILLISECONDS),
-                        closed::countDown));
+                        () -> {
+                            closed.countDown();
+                            return true;
+                        },
+                        closing));
         assertEquals(1, closed.getCount(), "the image is not closed under a request still in I/O");
         requestsEnded.countDown();
         assertTrue(closed.await(1, TimeUnit.MINUTES), "the image is closed once the last request has ended");

@@ -94,8 +94,12 @@ public final class BlkDevice implements VhostUserBackend {
     private long switches;
     /** How long a switch to read-only waits for its lock to become shared before it answers ({@link #setReadOnly}). */
     private volatile java.time.Duration shareWaitLimit = java.time.Duration.ofSeconds(5);
-    /** One blk.set-readonly at a time. */
-    private final Object switching = new Object();
+    /**
+     * One blk.set-readonly at a time; a later one waits for it {@link #shareWaitLimit} at most ({@link #setReadOnly}):
+     * a qcow2 switch to read-only waits for its tables' first write-back, which a file system that does not answer
+     * holds for ever.
+     */
+    private final java.util.concurrent.locks.ReentrantLock switching = new java.util.concurrent.locks.ReentrantLock();
     /**
      * Held while a switch's thread changes the image ({@link #applySwitch}), which may wait for the image's file
      * system; {@link #appliedSwitch}, the last switch applied, under it.
@@ -150,7 +154,9 @@ public final class BlkDevice implements VhostUserBackend {
     private volatile boolean closing;
     /**
      * Set by {@link #retire} (the export is being removed): from then on no switch to read-only starts its thread, so
-     * once {@link #quiescent} the image may be closed and no thread of the device's touches it or its lock any more.
+     * once {@link #quiescent} the image may be closed and no thread of the device's touches it or its lock any more;
+     * and the last queue's stop keeps the image lock ({@link #forget}): {@link #close} lets go of it once the owner's
+     * final flush of the image has ended.
      */
     private volatile boolean retired;
 
@@ -339,14 +345,28 @@ public final class BlkDevice implements VhostUserBackend {
      *         otherwise why the disk is still read-only (the image busy past {@link #shareWaitLimit}: it becomes
      *         writable by itself) and what to do ({@link #switchWritable})
      * @throws IOException refused (the disk is as it was): the image was opened read-only, or another process holds
-     *                     it (named); or switching read-only, its write-back failed: a raw image is read-only then
-     *                     all the same, and so is a qcow2 image whose tables' first write-back succeeded (a later one
-     *                     failed: the clusters it freed early need it read-only); its lock stays exclusive until
-     *                     the frontend stops its queues
+     *                     it (named), or an earlier call still runs after {@link #shareWaitLimit}; or switching
+     *                     read-only, its write-back failed: a raw image is read-only then all the same, and so is a
+     *                     qcow2 image whose tables' first write-back succeeded (a later one failed: the clusters it
+     *                     freed early need it read-only); its lock stays exclusive until the frontend stops its queues
      */
     public String setReadOnly(boolean readOnly) throws IOException {
-        synchronized (switching) {
+        try {
+            if (!switching.tryLock(shareWaitLimit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS)) {
+                throw new IOException("an earlier blk.set-readonly of blk " + name + " is still under way after "
+                        + shareWaitLimit.toMillis() + " ms (its image's write-back waits for a slow or hung disk or"
+                        + " file system): nothing was changed. Make the disk or file system answer again, then call"
+                        + " blk.set-readonly again once the earlier call has answered");
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted waiting for an earlier blk.set-readonly of blk " + name
+                    + " to end: nothing was changed");
+        }
+        try {
             return readOnly ? switchReadOnly() : switchWritable();
+        } finally {
+            switching.unlock();
         }
     }
 
@@ -1331,9 +1351,12 @@ public final class BlkDevice implements VhostUserBackend {
         handlers.set(index, null);
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
             boolean handedOver = true;
-            if (fenced == null && !closing) {
+            if (fenced == null && !closing && !retired) {
                 // written back first: the backend that takes the image next (a migration's destination) reads it
-                // from the file, and a qcow2 image's tables for the writes completed here are still in memory
+                // from the file, and a qcow2 image's tables for the writes completed here are still in memory. Not
+                // for an export being removed: this runs on the session thread its server's close waits for, with
+                // no bound (a file system that does not answer would hold the removal's answer); the owner's final
+                // flush and close write the image back instead, on a thread of their own, the lock kept until then
                 try {
                     image.handOver();
                 } catch (IOException e) {
@@ -1360,7 +1383,9 @@ public final class BlkDevice implements VhostUserBackend {
                                 + " once that write has completed (not before, even if the daemon exits)",
                         name,
                         image.path());
-            } else if (handedOver && imageLock != null) {
+            } else if (handedOver && imageLock != null && !retired) {
+                // not for an export being removed: its image's final flush comes after this stop, and the lock goes
+                // only once it has ended (close), so no other VM or program takes the image while it may still write
                 imageLock.release();
             }
             fenced = null;

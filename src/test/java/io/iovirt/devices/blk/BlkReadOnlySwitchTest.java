@@ -615,6 +615,61 @@ class BlkReadOnlySwitchTest {
     }
 
     /**
+     * A qcow2 switch to read-only whose tables' first write-back waits for a stopped file system ({@link
+     * StoppableFuse}; a peer test) holds its call until the write-back ends (the image takes writes until then); a
+     * later blk.set-readonly answers within its bound all the same, refused, saying that the earlier one is still
+     * under way and what to do. It waited behind the first for as long as the file system did not answer.
+     */
+    @Test
+    @Tag("peer")
+    void aSwitchAfterAQcow2SwitchWhoseWriteBackHangsAnswers() throws Exception {
+        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
+            Path p = QemuTools.createQcow2(fs.file("first", 4096).getParent(), "disk.qcow2", "16M");
+            try (Qcow2Image img = Qcow2Image.open(p, false);
+                    AutoCloseable resumed = fs::resume) { // before the image is closed
+                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
+                dev.shareWaitLimit(Duration.ofMillis(500));
+                var fds = StoppableFuse.descriptorsOf(p, -1);
+                fs.stop();
+                var first = switchAsync(dev, true);
+                Await.until(
+                        Duration.ofSeconds(20),
+                        "the switch to read-only to wait for the stopped file system on " + fds,
+                        () -> !StoppableFuse.blockedOn(fds).isEmpty());
+                var second = switchAsync(dev, false);
+                Await.until(
+                        Duration.ofSeconds(20),
+                        "the next blk.set-readonly to answer while the first one's write-back waits",
+                        second::isDone);
+                var refused = assertThrows(java.util.concurrent.ExecutionException.class, second::get);
+                String why = refused.getCause().getMessage();
+                assertTrue(
+                        why.contains("earlier blk.set-readonly")
+                                && why.contains("still under way")
+                                && why.contains("nothing was changed"),
+                        why);
+                assertTrue(!first.isDone(), "the first switch still waits for its write-back");
+
+                fs.resume();
+                first.get(20, TimeUnit.SECONDS); // answers once written back, not refused
+                assertTrue(img.readOnly());
+                assertNull(dev.setReadOnly(false), "switches again once the first has answered");
+            }
+        }
+    }
+
+    /** {@code dev.setReadOnly(readOnly)} on a thread of its own. */
+    private static java.util.concurrent.CompletableFuture<String> switchAsync(BlkDevice dev, boolean readOnly) {
+        return java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+            try {
+                return dev.setReadOnly(readOnly);
+            } catch (IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        });
+    }
+
+    /**
      * A qcow2 disk switched read-only whose next frontend finds a dirty bit and an autoclear bit another program left
      * meanwhile (qemu-io that died with lazy refcounts, after qemu-img added a persistent bitmap) reads the image
      * again without writing it: its lock is shared, and a QEMU reader holds the image beside it. The refresh repaired
