@@ -476,8 +476,9 @@ public final class Daemon implements AutoCloseable {
     static final java.time.Duration CLOSE_WAIT = java.time.Duration.ofSeconds(5);
 
     /**
-     * How long the daemon's stop waits in all for its exports' images to be flushed and closed ({@link #close}):
-     * below the systemd unit's TimeoutStopSec (60 s), so that the images still being flushed are named in the log.
+     * How long the daemon's stop waits in all, from its start, for its exports to stop and their images to be flushed
+     * and closed ({@link #close}): below the systemd unit's TimeoutStopSec (60 s), so that the images still being
+     * flushed are named in the log.
      */
     static final java.time.Duration STOP_CLOSE_WAIT = java.time.Duration.ofSeconds(45);
 
@@ -1164,6 +1165,9 @@ public final class Daemon implements AutoCloseable {
      */
     @Override
     public void close() {
+        // one deadline for the whole stop, taken first: the exports' server stops below (each can wait for a stuck
+        // queue) count against it too, so that the stop stays within the unit's TimeoutStopSec
+        long deadline = System.nanoTime() + STOP_CLOSE_WAIT.toNanos();
         List<BlkExport> b;
         List<NetSwitch> n;
         List<NbdExportEntry> nb;
@@ -1198,7 +1202,6 @@ public final class Daemon implements AutoCloseable {
         for (Export e : b) {
             closings.add(e.closeAsync());
         }
-        long deadline = System.nanoTime() + STOP_CLOSE_WAIT.toNanos();
         for (ImageRelease.Closing c : closings) {
             long left = Math.max(0, deadline - System.nanoTime());
             String notice = c.await(java.time.Duration.ofNanos(left));
