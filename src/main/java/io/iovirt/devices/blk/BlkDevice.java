@@ -436,7 +436,7 @@ public final class BlkDevice implements VhostUserBackend {
                 started = true;
                 pendingWritable = new PendingWritable(generation, done, answered);
             } catch (RuntimeException | OutOfMemoryError e) {
-                readOnlyAgain(generation);
+                lockFollowsImage(generation);
                 throw new IOException("cannot start the thread that switches the disk (it stays read-only): " + e, e);
             }
         } finally {
@@ -504,13 +504,16 @@ public final class BlkDevice implements VhostUserBackend {
         try {
             return applySwitch(generation, false);
         } catch (IOException | RuntimeException e) {
-            readOnlyAgain(generation);
+            lockFollowsImage(generation);
             throw e;
         }
     }
 
-    /** A switch to writable {@code generation} failed: the next frontend takes a shared lock again. */
-    private void readOnlyAgain(long generation) {
+    /**
+     * After switch {@code generation}'s image part (a switch to writable that failed, a switch to read-only): the
+     * next frontend takes a shared lock when the image is read-only — unless a later switch came, which decides.
+     */
+    private void lockFollowsImage(long generation) {
         synchronized (lockType) {
             if (generation != switches) {
                 return; // a later switch decided
@@ -646,18 +649,7 @@ public final class BlkDevice implements VhostUserBackend {
         // first), as is a qcow2 image whose first table write-back succeeded, and its next frontend takes a shared
         // lock, as for any read-only disk (a qcow2 image still writable takes an exclusive one). Not when another
         // switch came meanwhile (this one's write-back took long): that one decided.
-        synchronized (lockType) {
-            if (generation == switches) {
-                lockShared = image.readOnly();
-                if (lockShared) {
-                    try {
-                        retypeLock(true); // changes no lock held: never refused, no lock call
-                    } catch (IOException e) {
-                        throw new IllegalStateException(e);
-                    }
-                }
-            }
-        }
+        lockFollowsImage(generation);
         if (failure != null) { // after lockShared: the caller, told, may start a frontend at once
             switched.completeExceptionally(failure);
             if (answered.get()) { // the caller answered before: nobody else reports it
