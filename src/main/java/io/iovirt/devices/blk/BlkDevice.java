@@ -597,6 +597,9 @@ public final class BlkDevice implements VhostUserBackend {
                 answered.set(true); // a write-back that fails from now on is logged (see switchAndShare)
                 if (!image.readOnly() || switched.isDone()) {
                     switched.get(); // it takes writes until written back: the switch is not done before
+                    // the lock's part gets its own limit after a write-back that took longer: with no time left, a
+                    // lock about to be shared (or none held) would be reported as still exclusive
+                    deadline = System.nanoTime() + limit;
                 } else {
                     return "the image's write-back (fsync) is still under way after " + shareWaitLimit.toMillis()
                             + " ms (a slow or hung disk or file system); the image lock stays exclusive until it and"

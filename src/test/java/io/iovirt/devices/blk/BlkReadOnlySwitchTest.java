@@ -651,7 +651,8 @@ class BlkReadOnlySwitchTest {
                 assertTrue(!first.isDone(), "the first switch still waits for its write-back");
 
                 fs.resume();
-                first.get(20, TimeUnit.SECONDS); // answers once written back, not refused
+                // answers once written back, not refused; no frontend holds a lock: nothing stays exclusive
+                assertNull(first.get(20, TimeUnit.SECONDS), "no lock to report after the late write-back");
                 assertTrue(img.readOnly());
                 assertNull(dev.setReadOnly(false), "switches again once the first has answered");
             }
