@@ -1363,6 +1363,28 @@ class DaemonApiTest {
     }
 
     /**
+     * Calls {@code method} (blk.remove, nbd.remove) for {@code id} on a client of its own (each is used by one thread)
+     * while the image's file system does not answer: it answers within its bound, removed, with a notice that the
+     * image is still being flushed and closed.
+     */
+    private void removedWhileTheFlushWaits(java.util.concurrent.ExecutorService threads, String method, String id)
+            throws Exception {
+        var removal = threads.submit(() -> {
+            try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
+                return (Map<?, ?>) other.call(method, p("id", id));
+            }
+        });
+        Await.until(
+                Duration.ofSeconds(30),
+                method + " to answer while the image's final flush waits for the file system",
+                removal::isDone);
+        Map<?, ?> removed = removal.get();
+        assertEquals(true, removed.get("removed"), removed.toString());
+        assertTrue(
+                String.valueOf(removed.get("notice")).contains("still being flushed and closed"), removed.toString());
+    }
+
+    /**
      * blk.remove of a disk whose file system does not answer ({@link StoppableFuse} stopped; a peer test) answers
      * within its bound: removed, with a notice that its image is still being flushed and closed. The final flush ran
      * on the control thread and its fsync held it for as long as the file system did not answer. Until that flush has
@@ -1386,21 +1408,7 @@ class DaemonApiTest {
                         "the frontend holds the image exclusively");
                 fs.stop();
                 try {
-                    var removal = threads.submit(
-                            () -> { // a client of its own: each is used by one thread
-                                try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
-                                    return (Map<?, ?>) other.call("blk.remove", p("id", "a"));
-                                }
-                            });
-                    Await.until(
-                            Duration.ofSeconds(20),
-                            "blk.remove to answer while the image's final flush waits for the file system",
-                            removal::isDone);
-                    Map<?, ?> removed = removal.get();
-                    assertEquals(true, removed.get("removed"), removed.toString());
-                    assertTrue(
-                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
-                            removed.toString());
+                    removedWhileTheFlushWaits(threads, "blk.remove", "a");
                     assertEquals(
                             io.iovirt.linux.FileIo.F_WRLCK,
                             io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
@@ -1465,20 +1473,7 @@ class DaemonApiTest {
                 assertEquals(0, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "the frontend writes");
                 fs.stop();
                 try {
-                    var removal = threads.submit(() -> {
-                        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
-                            return (Map<?, ?>) other.call("blk.remove", p("id", "a"));
-                        }
-                    });
-                    Await.until(
-                            Duration.ofSeconds(20),
-                            "blk.remove to answer while the qcow2 image's write-back waits for the file system",
-                            removal::isDone);
-                    Map<?, ?> removed = removal.get();
-                    assertEquals(true, removed.get("removed"), removed.toString());
-                    assertTrue(
-                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
-                            removed.toString());
+                    removedWhileTheFlushWaits(threads, "blk.remove", "a");
                 } finally {
                     fs.resume();
                 }
@@ -1517,20 +1512,7 @@ class DaemonApiTest {
                         "the export holds the image exclusively");
                 fs.stop();
                 try {
-                    var removal = threads.submit(() -> {
-                        try (RpcClient other = RpcClient.connect(server.path(), Duration.ofSeconds(60))) {
-                            return (Map<?, ?>) other.call("nbd.remove", p("id", "n"));
-                        }
-                    });
-                    Await.until(
-                            Duration.ofSeconds(30),
-                            "nbd.remove to answer while the image's final flush waits for the file system",
-                            removal::isDone);
-                    Map<?, ?> removed = removal.get();
-                    assertEquals(true, removed.get("removed"), removed.toString());
-                    assertTrue(
-                            String.valueOf(removed.get("notice")).contains("still being flushed and closed"),
-                            removed.toString());
+                    removedWhileTheFlushWaits(threads, "nbd.remove", "n");
                     assertEquals(
                             io.iovirt.linux.FileIo.F_WRLCK,
                             io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
