@@ -1045,7 +1045,8 @@ class DaemonApiTest {
                 String method = method(i);
                 String id = "hung" + i;
                 Path local = image(id + ".raw", 1 << 20);
-                addOnceItsClaimIsReleased(method, id, local);
+                Object[] readOnly = {"id", id, "image", local.toString(), "socket", sock(id), "readonly", true};
+                addOnceTheClaimIsReleased("being added", method, readOnly);
                 ok(method.equals("blk.add") ? "blk.remove" : "nbd.remove", "id", id);
             }
         } finally {
@@ -1109,7 +1110,8 @@ class DaemonApiTest {
             Path local = image("l.raw", 1 << 20);
             for (String method : List.of("blk.add", "nbd.add")) {
                 String id = method.equals("blk.add") ? "hung" : "hung-nbd";
-                addOnceItsClaimIsReleased(method, id, local);
+                Object[] readOnly = {"id", id, "image", local.toString(), "socket", sock(id), "readonly", true};
+                addOnceTheClaimIsReleased("being added", method, readOnly);
             }
             List<?> disks = (List<?>) ok("blk.list").get("list"); // the first adds added nothing
             assertEquals(1, disks.size(), disks.toString());
@@ -1148,16 +1150,17 @@ class DaemonApiTest {
     }
 
     /**
-     * Adds {@code id} read-only on {@code image} through {@code method} once the claim of its earlier add, whose open
-     * hung, is let go: until that open returns, each try is refused as "being added".
+     * Calls {@code method}, an add, with {@code kv} until it goes through: while an earlier export still claims its
+     * id, socket or image, each try is refused as {@code refusedAs} — "being added" until that export's hung open
+     * returns, "being removed" until its final flush has ended.
      */
-    private void addOnceItsClaimIsReleased(String method, String id, Path image) {
-        Await.until(Duration.ofSeconds(60), id + "'s claim released once its open returned", () -> {
+    private void addOnceTheClaimIsReleased(String refusedAs, String method, Object... kv) {
+        Await.until(Duration.ofSeconds(60), "the claim of the export " + refusedAs + " to go", () -> {
             try {
-                ok(method, "id", id, "image", image.toString(), "socket", sock(id), "readonly", true);
+                ok(method, kv);
                 return true;
             } catch (Exception e) {
-                assertTrue(e.getMessage().contains("being added"), e.getMessage());
+                assertTrue(e.getMessage().contains(refusedAs), e.getMessage());
                 return false;
             }
         });
@@ -1385,6 +1388,46 @@ class DaemonApiTest {
     }
 
     /**
+     * Stops {@code fs} and removes {@code id}, a {@code kind} ("blk", "nbd") export that holds an image on it
+     * exclusively (as {@code probe} sees it), as {@link #removedWhileTheFlushWaits}; until its final flush has ended
+     * the image stays locked and claimed: an add of it ({@code kind}.add with {@code add}) is refused, naming the
+     * removal. Then resumes {@code fs} and waits until the image is flushed, closed and unlocked.
+     */
+    private void removalKeepsTheImageUntilFlushed(
+            java.util.concurrent.ExecutorService threads,
+            StoppableFuse fs,
+            io.iovirt.linux.Fd probe,
+            String kind,
+            String id,
+            Object... add)
+            throws Exception {
+        assertEquals(
+                io.iovirt.linux.FileIo.F_WRLCK,
+                io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                kind + " '" + id + "' holds the image exclusively");
+        fs.stop();
+        try {
+            removedWhileTheFlushWaits(threads, kind + ".remove", id);
+            assertEquals(
+                    io.iovirt.linux.FileIo.F_WRLCK,
+                    io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
+                    "the image stays locked while its final flush may still write");
+            String refused = bad(RpcException.EXISTS, kind + ".add", add).getMessage();
+            assertTrue(refused.contains(kind + " '" + id + "' (being removed"), refused);
+        } finally {
+            fs.resume(); // the final flush ends
+        }
+        Await.until(Duration.ofSeconds(20), "the image to be unlocked once flushed and closed", () -> {
+            try {
+                return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
+                        == io.iovirt.linux.FileIo.F_UNLCK;
+            } catch (io.iovirt.linux.LinuxException e) {
+                throw new IllegalStateException(e);
+            }
+        });
+    }
+
+    /**
      * blk.remove of a disk whose file system does not answer ({@link StoppableFuse} stopped; a peer test) answers
      * within its bound: removed, with a notice that its image is still being flushed and closed. The final flush ran
      * on the control thread and its fsync held it for as long as the file system did not answer. Until that flush has
@@ -1398,55 +1441,14 @@ class DaemonApiTest {
         try (StoppableFuse fs = StoppableFuse.mount(dir);
                 io.iovirt.linux.EventFd call = io.iovirt.linux.EventFd.create(true)) {
             Path a = fs.file("a.raw", 1 << 20);
+            Object[] again = {"id", "b", "image", a.toString(), "socket", sock("b"), "format", "raw"}; // its image
             ok("blk.add", "id", "a", "image", a.toString(), "socket", sock("a"), "format", "raw");
             try (var probe = io.iovirt.linux.FileIo.open(a, io.iovirt.linux.FileIo.O_RDONLY); // before the stop
                     var d = new io.iovirt.devices.blk.BlkTestDriver(Path.of(sock("a")), 1 << 20, call)) {
                 assertEquals(0, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "the frontend writes");
-                assertEquals(
-                        io.iovirt.linux.FileIo.F_WRLCK,
-                        io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
-                        "the frontend holds the image exclusively");
-                fs.stop();
-                try {
-                    removedWhileTheFlushWaits(threads, "blk.remove", "a");
-                    assertEquals(
-                            io.iovirt.linux.FileIo.F_WRLCK,
-                            io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
-                            "the image stays locked while its final flush may still write");
-                    String refused = bad(
-                                    RpcException.EXISTS,
-                                    "blk.add",
-                                    "id",
-                                    "b",
-                                    "image",
-                                    a.toString(),
-                                    "socket",
-                                    sock("b"),
-                                    "format",
-                                    "raw")
-                            .getMessage();
-                    assertTrue(refused.contains("blk 'a' (being removed"), refused);
-                } finally {
-                    fs.resume(); // the final flush ends
-                }
-                Await.until(Duration.ofSeconds(20), "the image to be unlocked once flushed and closed", () -> {
-                    try {
-                        return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
-                                == io.iovirt.linux.FileIo.F_UNLCK;
-                    } catch (io.iovirt.linux.LinuxException e) {
-                        throw new IllegalStateException(e);
-                    }
-                });
+                removalKeepsTheImageUntilFlushed(threads, fs, probe, "blk", "a", again);
             }
-            Await.until(Duration.ofSeconds(20), "the claim of the removed disk to go", () -> {
-                try {
-                    ok("blk.add", "id", "b", "image", a.toString(), "socket", sock("b"), "format", "raw");
-                    return true;
-                } catch (Exception e) {
-                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
-                    return false;
-                }
-            });
+            addOnceTheClaimIsReleased("being removed", "blk.add", again);
             assertFalse(ok("blk.remove", "id", "b").containsKey("notice"), "flushed and closed at once");
         } finally {
             threads.shutdown();
@@ -1478,15 +1480,8 @@ class DaemonApiTest {
                     fs.resume();
                 }
             }
-            Await.until(Duration.ofSeconds(20), "the claim of the removed disk to go", () -> {
-                try {
-                    ok("blk.add", "id", "b", "image", a.toString(), "socket", sock("b"), "format", "qcow2");
-                    return true;
-                } catch (Exception e) {
-                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
-                    return false;
-                }
-            });
+            Object[] again = {"id", "b", "image", a.toString(), "socket", sock("b"), "format", "qcow2"}; // its image
+            addOnceTheClaimIsReleased("being removed", "blk.add", again);
             ok("blk.remove", "id", "b");
             io.iovirt.storage.qcow2.QemuTools.check(a, false); // written back by the final flush and close
         } finally {
@@ -1504,51 +1499,12 @@ class DaemonApiTest {
         java.util.concurrent.ExecutorService threads = java.util.concurrent.Executors.newCachedThreadPool();
         try (StoppableFuse fs = StoppableFuse.mount(dir)) {
             Path a = fs.file("n.raw", 1 << 20);
+            Object[] again = {"id", "m", "image", a.toString(), "socket", sock("m")}; // an export of its image
             ok("nbd.add", "id", "n", "image", a.toString(), "socket", sock("n"));
             try (var probe = io.iovirt.linux.FileIo.open(a, io.iovirt.linux.FileIo.O_RDONLY)) {
-                assertEquals(
-                        io.iovirt.linux.FileIo.F_WRLCK,
-                        io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
-                        "the export holds the image exclusively");
-                fs.stop();
-                try {
-                    removedWhileTheFlushWaits(threads, "nbd.remove", "n");
-                    assertEquals(
-                            io.iovirt.linux.FileIo.F_WRLCK,
-                            io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK),
-                            "the image stays locked while its final flush may still write");
-                    String refused = bad(
-                                    RpcException.EXISTS,
-                                    "nbd.add",
-                                    "id",
-                                    "m",
-                                    "image",
-                                    a.toString(),
-                                    "socket",
-                                    sock("m"))
-                            .getMessage();
-                    assertTrue(refused.contains("nbd 'n' (being removed"), refused);
-                } finally {
-                    fs.resume();
-                }
-                Await.until(Duration.ofSeconds(20), "the image to be unlocked once flushed and closed", () -> {
-                    try {
-                        return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
-                                == io.iovirt.linux.FileIo.F_UNLCK;
-                    } catch (io.iovirt.linux.LinuxException e) {
-                        throw new IllegalStateException(e);
-                    }
-                });
+                removalKeepsTheImageUntilFlushed(threads, fs, probe, "nbd", "n", again);
             }
-            Await.until(Duration.ofSeconds(20), "the claim of the removed export to go", () -> {
-                try {
-                    ok("nbd.add", "id", "m", "image", a.toString(), "socket", sock("m"));
-                    return true;
-                } catch (Exception e) {
-                    assertTrue(e.getMessage().contains("being removed"), e.getMessage());
-                    return false;
-                }
-            });
+            addOnceTheClaimIsReleased("being removed", "nbd.add", again);
             assertFalse(ok("nbd.remove", "id", "m").containsKey("notice"), "flushed and closed at once");
         } finally {
             threads.shutdown();

@@ -11,6 +11,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.LinuxException;
@@ -364,6 +365,28 @@ class BlkReadOnlySwitchTest {
     @Test
     @Tag("peer")
     void aWriteStuckInTheKernelAcrossTheSwitchKeepsTheLockExclusiveUntilItCompletes() throws Exception {
+        switchedReadOnlyOverAStuckWrite(s -> {
+            assertTrue(s.img().readOnly(), "read-only now, the write still stuck");
+            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(s.probe(), FileIo.F_WRLCK), "still exclusive");
+
+            s.resume();
+            Await.until(Duration.ofSeconds(20), "the lock to become shared", () -> {
+                try {
+                    return FileIo.ofdConflict(s.probe(), FileIo.F_WRLCK) == FileIo.F_RDLCK;
+                } catch (LinuxException e) {
+                    throw new IllegalStateException(e);
+                }
+            });
+            assertReaderLetIn(s.path());
+        });
+    }
+
+    /**
+     * A raw disk on a {@link StoppableFuse} file system (a peer test) with a frontend whose guest write is stuck in
+     * the kernel (the file system stopped, the queue thread waiting for it), switched to read-only: the switch answers
+     * that the lock stays exclusive. Then {@code then} runs; the file system is resumed when it returns, at the latest.
+     */
+    private void switchedReadOnlyOverAStuckWrite(WhileStuck then) throws Exception {
         try (StoppableFuse fs = StoppableFuse.mount(dir)) {
             Path p = fs.file("disk.raw", 4 << 20);
             try (RawImage img = RawImage.open(p, false, false);
@@ -378,29 +401,41 @@ class BlkReadOnlySwitchTest {
                     var fds = StoppableFuse.descriptorsOf(p, probe.get());
                     fs.stop();
                     long write = d.write(d.alloc(65536, 4096), 65536);
-                    Await.until(
-                            Duration.ofSeconds(20),
-                            "the queue thread to wait for the stopped file system on " + fds,
-                            () -> !StoppableFuse.blockedOn(fds).isEmpty());
+                    awaitBlockedOn(fds, "the queue thread");
 
                     String pending = dev.setReadOnly(true);
                     assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
-                    assertTrue(img.readOnly(), "read-only now, the write still stuck");
-                    assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "still exclusive");
-
-                    fs.resume();
-                    assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
-                    Await.until(Duration.ofSeconds(20), "the lock to become shared", () -> {
-                        try {
-                            return FileIo.ofdConflict(probe, FileIo.F_WRLCK) == FileIo.F_RDLCK;
-                        } catch (LinuxException e) {
-                            throw new IllegalStateException(e);
-                        }
-                    });
-                    assertReaderLetIn(p);
+                    then.run(new StuckWrite(fs, p, img, dev, d, probe, write));
                 }
             }
         }
+    }
+
+    /**
+     * What {@link #switchedReadOnlyOverAStuckWrite} hands on: the disk's image at {@code path}, opened as {@code img}
+     * and served by {@code dev} to the frontend {@code d}, whose request {@code write} is stuck; {@code probe}, an
+     * open file description of the image of the test's own, to see its lock.
+     */
+    private record StuckWrite(
+            StoppableFuse fs, Path path, RawImage img, BlkDevice dev, BlkTestDriver d, Fd probe, long write) {
+        /** Resumes the file system: the stuck write completes. */
+        void resume() throws Exception {
+            fs.resume();
+            assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
+        }
+    }
+
+    /** The steps of a test of {@link #switchedReadOnlyOverAStuckWrite}. */
+    private interface WhileStuck {
+        void run(StuckWrite s) throws Exception;
+    }
+
+    /** Until a thread waits in the kernel for the stopped file system on one of {@code fds}. */
+    private static void awaitBlockedOn(java.util.List<Integer> fds, String who) {
+        Await.until(
+                Duration.ofSeconds(20),
+                who + " to wait for the stopped file system on " + fds,
+                () -> !StoppableFuse.blockedOn(fds).isEmpty());
     }
 
     /**
@@ -475,11 +510,7 @@ class BlkReadOnlySwitchTest {
                         fs.stop();
                         d.write(d.alloc(4096, 4096), 4096);
                         assertTrue(img.lost.await(20, TimeUnit.SECONDS), "the write is handed on");
-                        var ringFd = java.util.List.of(kernel.fd().get());
-                        Await.until(
-                                Duration.ofSeconds(20),
-                                "the write to wait in the kernel for the stopped file system",
-                                () -> !StoppableFuse.blockedOn(ringFd).isEmpty());
+                        awaitBlockedOn(java.util.List.of(kernel.fd().get()), "the write on the test's ring");
                     }
                     Await.until(Duration.ofSeconds(20), "the frontend's queue to stop", () -> dev.worker(0) == null);
                 }
@@ -562,56 +593,25 @@ class BlkReadOnlySwitchTest {
     @Test
     @Tag("peer")
     void aSwitchBackToWritableAnswersWhileTheWriteBackWaitsForAStoppedFileSystem() throws Exception {
-        try (StoppableFuse fs = StoppableFuse.mount(dir)) {
-            Path p = fs.file("disk.raw", 4 << 20);
-            Path sock = dir.resolve("blk.sock");
-            try (RawImage img = RawImage.open(p, false, false);
-                    EventFd call = EventFd.create(true);
-                    var probe = FileIo.open(p, FileIo.O_RDONLY)) { // before the stop: opening it then would wait
-                BlkDevice dev = new BlkDevice("stuck", img, 1, "s", BlkDevice.IoEngine.SYNC);
-                dev.shareWaitLimit(Duration.ofMillis(500));
-                try (VhostUserServer server = VhostUserServer.start(sock, dev);
-                        BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
-                        AutoCloseable resumed = fs::resume) { // before the device stops its queue
-                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)));
-                    var fds = StoppableFuse.descriptorsOf(p, probe.get());
-                    fs.stop();
-                    long write = d.write(d.alloc(65536, 4096), 65536);
-                    Await.until(
-                            Duration.ofSeconds(20),
-                            "the queue thread to wait for the stopped file system on " + fds,
-                            () -> !StoppableFuse.blockedOn(fds).isEmpty());
-                    String pending = dev.setReadOnly(true);
-                    assertTrue(pending != null && pending.contains("stays exclusive"), String.valueOf(pending));
+        switchedReadOnlyOverAStuckWrite(s -> {
+            String answer = answered(
+                            switchAsync(s.dev(), false),
+                            "the switch back to writable to answer while the file system is stopped")
+                    .get();
+            assertTrue(
+                    answer != null && answer.contains("still read-only") && answer.contains("blk.set-readonly true"),
+                    String.valueOf(answer));
+            assertTrue(s.img().readOnly(), "read-only until the write-back has completed");
+            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(s.probe(), FileIo.F_WRLCK), "exclusive already");
 
-                    var back = java.util.concurrent.CompletableFuture.supplyAsync(() -> {
-                        try {
-                            return dev.setReadOnly(false);
-                        } catch (IOException e) {
-                            throw new java.io.UncheckedIOException(e);
-                        }
-                    });
-                    Await.until(
-                            Duration.ofSeconds(20),
-                            "the switch back to writable to answer while the file system is stopped",
-                            back::isDone);
-                    String answer = back.get();
-                    assertTrue(
-                            answer != null
-                                    && answer.contains("still read-only")
-                                    && answer.contains("blk.set-readonly true"),
-                            String.valueOf(answer));
-                    assertTrue(img.readOnly(), "read-only until the write-back has completed");
-                    assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "exclusive already");
-
-                    fs.resume();
-                    assertEquals(BlkRequests.S_OK, d.awaitStatus(write), "the write that passed its check completes");
-                    Await.until(Duration.ofSeconds(20), "the disk to become writable by itself", () -> !img.readOnly());
-                    assertEquals(BlkRequests.S_OK, d.awaitStatus(d.write(d.alloc(4096, 4096), 4096)), "writable");
-                    assertReadersRefused(p);
-                }
-            }
-        }
+            s.resume();
+            Await.until(
+                    Duration.ofSeconds(20),
+                    "the disk to become writable by itself",
+                    () -> !s.img().readOnly());
+            assertEquals(BlkRequests.S_OK, s.d().awaitStatus(s.d().write(s.d().alloc(4096, 4096), 4096)), "writable");
+            assertReadersRefused(s.path());
+        });
     }
 
     /**
@@ -632,15 +632,10 @@ class BlkReadOnlySwitchTest {
                 var fds = StoppableFuse.descriptorsOf(p, -1);
                 fs.stop();
                 var first = switchAsync(dev, true);
-                Await.until(
-                        Duration.ofSeconds(20),
-                        "the switch to read-only to wait for the stopped file system on " + fds,
-                        () -> !StoppableFuse.blockedOn(fds).isEmpty());
-                var second = switchAsync(dev, false);
-                Await.until(
-                        Duration.ofSeconds(20),
-                        "the next blk.set-readonly to answer while the first one's write-back waits",
-                        second::isDone);
+                awaitBlockedOn(fds, "the switch to read-only");
+                var second = answered(
+                        switchAsync(dev, false),
+                        "the next blk.set-readonly to answer while the first one's write-back waits");
                 var refused = assertThrows(java.util.concurrent.ExecutionException.class, second::get);
                 String why = refused.getCause().getMessage();
                 assertTrue(
@@ -657,6 +652,13 @@ class BlkReadOnlySwitchTest {
                 assertNull(dev.setReadOnly(false), "switches again once the first has answered");
             }
         }
+    }
+
+    /** {@code call}, once it has answered: {@code what} is what the wait for it is for. */
+    private static <T> java.util.concurrent.CompletableFuture<T> answered(
+            java.util.concurrent.CompletableFuture<T> call, String what) {
+        Await.until(Duration.ofSeconds(20), what, call::isDone);
+        return call;
     }
 
     /** {@code dev.setReadOnly(readOnly)} on a thread of its own. */
