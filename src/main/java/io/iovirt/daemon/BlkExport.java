@@ -105,7 +105,7 @@ final class BlkExport implements Daemon.Export {
                     server::close,
                     "blk " + spec.id(),
                     spec.image(),
-                    "a request of its frontend is",
+                    "a request of its frontend (or the reading of the image again its queues started) is",
                     "a VM started on it is refused it",
                     device::quiescent,
                     device::awaitQuiescent,

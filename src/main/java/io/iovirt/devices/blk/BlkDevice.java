@@ -126,6 +126,25 @@ public final class BlkDevice implements VhostUserBackend {
             java.util.concurrent.atomic.AtomicBoolean answered) {}
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
+    /**
+     * How long a queue start waits for the image to be read again ({@link #refreshImage}). The reading runs on a
+     * thread of its own, as it reads (a writable qcow2 image: first writes back) the image's file, which a file system
+     * that does not answer (a stopped FUSE daemon, a hung NFS server) holds for ever; the thread waiting is the
+     * vhost-user session's, whose frontend waits for its reply to the message that started the queue and which
+     * removing the export joins. A few seconds: far longer than reading a header and tables takes on a healthy disk,
+     * and well short of what a frontend waits for a reply before it gives the backend up.
+     */
+    static final java.time.Duration REFRESH_WAIT_LIMIT = java.time.Duration.ofSeconds(5);
+    /**
+     * The last reading of the image again ({@link #refreshImage}): completed, on its thread, with null or why it
+     * failed; guarded by {@link #refreshGuard}. One still under way is joined, never started twice: it holds the
+     * image's metadata lock, and a thread started per retry would only queue behind it.
+     */
+    private java.util.concurrent.CompletableFuture<String> refreshing;
+
+    private final Object refreshGuard = new Object();
+    /** Whether the start waiting for {@link #refreshing} gave it up (under {@link #refreshGuard}). */
+    private boolean refreshGivenUp;
 
     private final boolean[] failed;
     /**
@@ -991,9 +1010,109 @@ public final class BlkDevice implements VhostUserBackend {
 
     /**
      * Reads the image again as the backend that had it last left it (a live migration's source wrote it since this
-     * one opened it): null when done, else why this frontend may not use it (logged).
+     * one opened it): null when done, else why this frontend may not use it (logged). On a thread of its own (counted
+     * in {@link #quiescent}, so the image is not closed under it), waited for up to {@link #REFRESH_WAIT_LIMIT}; one
+     * still under way from an earlier start is joined instead. After the limit the queues are fenced, and the reading
+     * goes on: it holds the image's metadata lock, so nothing else reads or changes the tables meanwhile (a switch,
+     * a flush, the close wait for it), and the image lock stays taken until it has ended ({@link #forget}): a
+     * writable image is written back first. The next start after it ended reads the image again.
      */
     private String refreshImage() {
+        java.util.concurrent.CompletableFuture<String> done;
+        boolean joined;
+        synchronized (refreshGuard) {
+            done = refreshing;
+            joined = done != null && !done.isDone();
+            if (!joined) {
+                java.util.concurrent.CompletableFuture<String> d = new java.util.concurrent.CompletableFuture<>();
+                threads.incrementAndGet(); // it reads, and may write, the image: not closed under it
+                try {
+                    Thread.ofPlatform()
+                            .name("blk " + name + " refresh")
+                            .daemon()
+                            .start(() -> {
+                                try {
+                                    String why = readImageAgain();
+                                    boolean late;
+                                    synchronized (refreshGuard) { // as the waiter gives up: one of them reports it
+                                        d.complete(why);
+                                        late = refreshGivenUp;
+                                    }
+                                    if (late && why == null) {
+                                        LOG.log(
+                                                Level.INFO,
+                                                "blk {0}: {1} has been read again now (its file system answers):"
+                                                        + " the next start of the queues serves it",
+                                                name,
+                                                image.path());
+                                    }
+                                } catch (RuntimeException | Error e) {
+                                    d.complete("reading the image again failed: " + e);
+                                    throw e;
+                                } finally {
+                                    queueThreadEnded();
+                                }
+                            });
+                } catch (RuntimeException | OutOfMemoryError e) {
+                    queueThreadEnded();
+                    String why = "cannot start the thread that reads the image again: " + e;
+                    LOG.log(
+                            Level.ERROR,
+                            "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device reports"
+                                    + " NEEDS_RESET until it stops its queues; reset the device (reboot the guest, or"
+                                    + " detach and attach the disk) to try again",
+                            name,
+                            why);
+                    return why;
+                }
+                refreshing = d;
+                refreshGivenUp = false;
+                done = d;
+            }
+        }
+        try {
+            return done.get(REFRESH_WAIT_LIMIT.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.TimeoutException e) {
+            synchronized (refreshGuard) {
+                if (done.isDone()) { // it ended meanwhile, before it could see it was given up on: not fenced
+                    return done.join();
+                }
+                refreshGivenUp = true;
+            }
+            String why = (joined
+                            ? "reading the image again (" + image.path() + "), started by an earlier start of the"
+                                    + " queues, has still not ended"
+                            : "reading the image again (" + image.path() + ") has not ended within "
+                                    + REFRESH_WAIT_LIMIT.toMillis() + " ms")
+                    + ": its file system or disk does not answer";
+            LOG.log(
+                    Level.ERROR,
+                    "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device reports"
+                            + " NEEDS_RESET until it stops its queues; the image lock of {2} stays taken until the"
+                            + " reading has ended. Make the file system answer again (a stopped FUSE daemon, a hung"
+                            + " NFS server, a failing disk), then reset the device (reboot the guest, or detach and"
+                            + " attach the disk), or remove the export",
+                    name,
+                    why,
+                    image.path());
+            return why;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return "interrupted while reading the image again";
+        } catch (java.util.concurrent.ExecutionException e) { // completed normally only: not reached
+            return "reading the image again failed: " + e.getCause();
+        }
+    }
+
+    /** Whether a reading of the image again ({@link #refreshImage}) is still under way. */
+    private boolean refreshUnderWay() {
+        synchronized (refreshGuard) {
+            return refreshing != null && !refreshing.isDone();
+        }
+    }
+
+    /** {@link #refreshImage}'s work, on its own thread: null when done, else why not (logged). */
+    private String readImageAgain() {
         try {
             image.refresh();
             return null;
@@ -1376,6 +1495,18 @@ public final class BlkDevice implements VhostUserBackend {
                                 + " so another VM (a migration''s destination) or program (qemu-img) is refused the"
                                 + " image. Remove the export (blk.remove) to let go of it: the kernel drops the lock"
                                 + " once that write has completed (not before, even if the daemon exits)",
+                        name,
+                        image.path());
+            } else if (handedOver && imageLock != null && !retired && refreshUnderWay()) {
+                // the reading the queues' start gave up on still runs: a writable image writes its tables back
+                // first, and reads them then, so another backend that took the image now would have them written
+                // over, or read half written
+                LOG.log(
+                        Level.ERROR,
+                        "blk {0}: the last queue stopped, but the image lock of {1} is kept: reading the image again"
+                                + " (started with the queues) has not ended, and it may still write the image. The"
+                                + " next start of the queues takes the image once it has; remove the export"
+                                + " (blk.remove) to let go of it",
                         name,
                         image.path());
             } else if (handedOver && imageLock != null && !retired) {

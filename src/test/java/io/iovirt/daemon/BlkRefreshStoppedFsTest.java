@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.daemon;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.devices.blk.BlkDevice;
+import io.iovirt.devices.blk.BlkTestDriver;
+import io.iovirt.linux.EventFd;
+import io.iovirt.linux.Fd;
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.SocketAccess;
+import io.iovirt.storage.ImageFormat;
+import io.iovirt.storage.qcow2.QemuTools;
+import io.iovirt.testing.Await;
+import io.iovirt.testing.StoppableFuse;
+import io.iovirt.vhostuser.LogCapture;
+import io.iovirt.virtio.DeviceStatus;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A qcow2 export whose image's file system stops answering after the export was added and before its frontend starts
+ * its queues — a real one: fuse2fs serving an ext4 image, stopped with SIGSTOP, and a real vhost-user frontend
+ * ({@link BlkTestDriver}). The first queue's start reads the image again (its header and tables: another backend may
+ * have written it); that read, on the vhost-user session's thread, waited for the file system for ever: the frontend
+ * got no reply to SET_VRING_KICK and removing the export waited for that thread. Now the read runs on a thread of its
+ * own, given up on after a limit: the frontend is answered, its requests fail with an I/O error and the device reports
+ * NEEDS_RESET; a restart of the queues meanwhile joins the read under way (no second thread), the image lock stays
+ * taken while it runs, and once the file system answers again a new start serves the image.
+ */
+@Tag("peer")
+@Timeout(value = 300, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
+class BlkRefreshStoppedFsTest {
+    static final Duration TIMEOUT = Duration.ofSeconds(60);
+    /** Long enough for the read given up on to end once the file system answers, and the image to be closed. */
+    static final Duration RELEASED = Duration.ofSeconds(120);
+
+    static final byte VIRTIO_BLK_S_OK = 0;
+    static final byte VIRTIO_BLK_S_IOERR = 1;
+
+    @TempDir
+    Path dir;
+
+    StoppableFuse fs;
+    Path image;
+    Fd probe;
+    LogCapture log;
+    final List<BlkExport> exports = new ArrayList<>();
+
+    @BeforeEach
+    void start() throws Exception {
+        fs = StoppableFuse.mount(dir);
+        image = fs.file("disk.qcow2", 0).toRealPath();
+        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", image.toString(), "16M");
+        QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", image.toString());
+        log = LogCapture.start("io.iovirt");
+    }
+
+    @AfterEach
+    void stop() throws Exception {
+        if (fs != null) {
+            fs.resume();
+        }
+        for (BlkExport e : exports) {
+            e.close();
+        }
+        if (fs != null && image != null) {
+            Await.until(
+                    RELEASED, "the export to close " + image, () -> imageFds().isEmpty());
+        }
+        if (probe != null) {
+            probe.close();
+        }
+        if (fs != null) {
+            fs.close();
+        }
+        if (log != null) {
+            log.close();
+        }
+    }
+
+    @Test
+    void aQueueStartWhoseImageReadHangsIsAnsweredAndFencedAndServesOnceTheFileSystemAnswers() throws Exception {
+        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
+        Path other = dir.resolve("other.raw");
+        java.nio.file.Files.write(other, new byte[1 << 20]);
+        Path otherSocket = startExport("other", other, ImageFormat.RAW, true);
+        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it then would wait too
+        fs.stop();
+
+        try (EventFd call = EventFd.create(true)) {
+            // the start is answered (SET_VRING_KICK and SET_VRING_ENABLE are acknowledged: REPLY_ACK)
+            try (BlkTestDriver d = connect(socket, call)) {
+                assertEquals(
+                        VIRTIO_BLK_S_IOERR,
+                        d.awaitStatus(d.read(d.alloc(65536, 4096), 65536)),
+                        "a request fails with an I/O error while the image could not be read again");
+                assertNotEquals(
+                        0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "the device reports NEEDS_RESET");
+                assertTrue(
+                        log.all().stream()
+                                .anyMatch(l -> l.contains("blk q:")
+                                        && l.contains("reading the image again")
+                                        && l.contains(image.toString())
+                                        && l.contains("reset the device")),
+                        "an error line names the export, the image and what to do: " + log.all());
+                assertEquals(1, refreshThreads(), "one thread reads the image again");
+            }
+            // another export, on another file system, still serves
+            try (EventFd otherCall = EventFd.create(true);
+                    BlkTestDriver o = connect(otherSocket, otherCall)) {
+                assertEquals(VIRTIO_BLK_S_OK, o.awaitStatus(o.read(o.alloc(4096, 4096), 4096)), "the other export");
+            }
+            // the first frontend's queue stopped while the read still runs: the image lock stays taken, as that read
+            // writes a writable image back first
+            log.awaitLine("the image lock of " + image + " is kept");
+            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+
+            // a restart of the queues meanwhile is answered too, and joins the read under way
+            try (BlkTestDriver d = connect(socket, call)) {
+                assertEquals(VIRTIO_BLK_S_IOERR, d.awaitStatus(d.read(d.alloc(65536, 4096), 65536)), "still fenced");
+                assertTrue(
+                        log.all().stream().anyMatch(l -> l.contains("started by an earlier start of the queues")),
+                        "the restart joined the read under way: " + log.all());
+                assertEquals(1, refreshThreads(), "no second thread reads the image again");
+            }
+
+            fs.resume();
+            Await.until(
+                    RELEASED, "the read of the image to end once the file system answers", () -> refreshThreads() == 0);
+            try (BlkTestDriver d = connect(socket, call)) {
+                long buf = d.alloc(65536, 4096);
+                assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.read(buf, 65536)), "served once the file system answers");
+                for (long i = 0; i < 65536; i++) {
+                    assertEquals((byte) 0x5a, d.ram.segment().get(ValueLayout.JAVA_BYTE, buf + i), "byte " + i);
+                }
+                assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET");
+            }
+        }
+    }
+
+    /**
+     * Removing the export while the read given up on still runs returns (the session thread is free), and the image
+     * is not closed under that read: it stays open and locked until the read has ended, then is flushed, closed and
+     * unlocked.
+     */
+    @Test
+    void removingTheExportWhileTheReadHangsReturnsAndClosesTheImageOnceTheReadEnded() throws Exception {
+        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
+        probe = FileIo.open(image, FileIo.O_RDONLY);
+        fs.stop();
+        List<Integer> fds;
+        try (EventFd call = EventFd.create(true);
+                BlkTestDriver d = connect(socket, call)) {
+            assertEquals(VIRTIO_BLK_S_IOERR, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "fenced");
+            fds = imageFds();
+            CompletableFuture<String> removed = CompletableFuture.supplyAsync(
+                    () -> exports.getFirst().closeAsync().await(Duration.ofSeconds(1)));
+            String answer = removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+            assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
+            assertEquals(fds, imageFds(), "the image stays open under the read");
+            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+            assertEquals(1, refreshThreads(), "the read still runs");
+        }
+        fs.resume();
+        Await.until(
+                RELEASED,
+                () -> "the image to be closed once the read ended (open: " + imageFds() + ")",
+                () -> imageFds().isEmpty());
+        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
+        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
+        assertEquals(0, check.exit(), "a clean image: " + check.output());
+    }
+
+    /** A frontend of {@code socket}, connected and its queue started on another thread, waited for. */
+    private static BlkTestDriver connect(Path socket, EventFd call) throws Exception {
+        return CompletableFuture.supplyAsync(() -> {
+                    try {
+                        return new BlkTestDriver(socket, 1 << 20, call);
+                    } catch (IOException e) {
+                        throw new UncheckedIOException(e);
+                    }
+                })
+                .get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+    }
+
+    private Path startExport(String id, Path img, ImageFormat format, boolean readOnly) throws IOException {
+        Path socket = dir.resolve(id + ".sock");
+        exports.add(BlkExport.start(
+                new BlkExport.Spec(id, img, socket, 1, readOnly, false, id, BlkDevice.IoEngine.SYNC, format),
+                false,
+                SocketAccess.ownerOnly(),
+                false));
+        return socket;
+    }
+
+    /** Threads of export "q" reading its image again. */
+    private static long refreshThreads() {
+        return Thread.getAllStackTraces().keySet().stream()
+                .filter(t -> t.isAlive() && t.getName().equals("blk q refresh"))
+                .count();
+    }
+
+    /** This process's descriptors of the image, other than the test's probe. */
+    private List<Integer> imageFds() {
+        return StoppableFuse.descriptorsOf(image, probe == null ? -1 : probe.get());
+    }
+}
