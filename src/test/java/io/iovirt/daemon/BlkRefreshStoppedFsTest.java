@@ -41,7 +41,8 @@ import org.junit.jupiter.api.io.TempDir;
  * got no reply to SET_VRING_KICK and removing the export waited for that thread. Now the read runs on a thread of its
  * own, given up on after a limit: the frontend is answered, its requests fail with an I/O error and the device reports
  * NEEDS_RESET; a restart of the queues meanwhile joins the read under way (no second thread), the image lock stays
- * taken while it runs, and once the file system answers again a new start serves the image.
+ * taken while it runs and is let go when it ends (the queues stopped), and once the file system answers again a new
+ * start serves the image.
  */
 @Tag("peer")
 @Timeout(value = 300, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
@@ -143,6 +144,15 @@ class BlkRefreshStoppedFsTest {
             fs.resume();
             Await.until(
                     RELEASED, "the read of the image to end once the file system answers", () -> refreshThreads() == 0);
+            // no queue runs: the lock kept for the read goes with it (not at the next start, or the removal), so
+            // another VM (a migration's destination) may take the image now
+            assertEquals(
+                    FileIo.F_UNLCK,
+                    FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                    "the image lock is let go once the read has ended: " + log.all());
+            assertTrue(
+                    log.all().stream().anyMatch(l -> l.contains("blk q:") && l.contains("image lock is let go now")),
+                    "a line says the lock is let go: " + log.all());
             try (BlkTestDriver d = connect(socket, call)) {
                 long buf = d.alloc(65536, 4096);
                 assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.read(buf, 65536)), "served once the file system answers");

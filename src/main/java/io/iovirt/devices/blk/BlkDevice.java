@@ -145,6 +145,13 @@ public final class BlkDevice implements VhostUserBackend {
     private final Object refreshGuard = new Object();
     /** Whether the start waiting for {@link #refreshing} gave it up (under {@link #refreshGuard}). */
     private boolean refreshGivenUp;
+    /**
+     * Whether the last queue stopped while {@link #refreshing} still ran, keeping the image lock for it (under {@link
+     * #refreshGuard}): the reading's thread lets go of the lock when it ends, unless a queue started meanwhile (which
+     * clears this, {@link #takeImageLocked}); else the lock stayed taken with no frontend served, and another VM (a
+     * migration's destination) was refused the image until this export's next start or its removal.
+     */
+    private boolean releaseWhenRefreshed;
 
     private final boolean[] failed;
     /**
@@ -964,6 +971,9 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     private String takeImageLocked() {
+        synchronized (refreshGuard) { // the image is this start's now: a reading still under way keeps it
+            releaseWhenRefreshed = false;
+        }
         if (imageLock == null) {
             // on the descriptor the image was opened with: this is the vhost-user session's thread, and opening
             // the path again waited for its file system, which may not answer (a stopped FUSE daemon, a hung NFS
@@ -1034,11 +1044,42 @@ public final class BlkDevice implements VhostUserBackend {
                                 try {
                                     String why = readImageAgain();
                                     boolean late;
-                                    synchronized (refreshGuard) { // as the waiter gives up: one of them reports it
-                                        d.complete(why);
-                                        late = refreshGivenUp;
+                                    boolean release;
+                                    boolean kept;
+                                    // under lockType too: a start taking the image (takeImageLocked) comes before
+                                    // (and clears releaseWhenRefreshed) or after this, never between check and release
+                                    synchronized (lockType) {
+                                        synchronized (refreshGuard) { // as the waiter gives up: one of them reports it
+                                            d.complete(why);
+                                            late = refreshGivenUp;
+                                            // not after a failure: what it could not write back stays in memory,
+                                            // written later over what another backend wrote (as a failed handOver)
+                                            kept = releaseWhenRefreshed && !retired && why != null;
+                                            release = releaseWhenRefreshed && !retired && why == null;
+                                            releaseWhenRefreshed = false;
+                                        }
+                                        if (release) {
+                                            imageLock.release();
+                                        }
                                     }
-                                    if (late && why == null) {
+                                    if (release) {
+                                        LOG.log(
+                                                Level.INFO,
+                                                "blk {0}: {1} has been read again now; its queues are stopped, so its"
+                                                        + " image lock is let go now",
+                                                name,
+                                                image.path());
+                                    } else if (kept) {
+                                        LOG.log(
+                                                Level.ERROR,
+                                                "blk {0}: reading {1} again failed ({2}), and its image lock stays"
+                                                        + " taken: what it could not write back is still in memory."
+                                                        + " The next start of the queues tries again; remove the"
+                                                        + " export (blk.remove) to let go of the image",
+                                                name,
+                                                image.path(),
+                                                why);
+                                    } else if (late && why == null) {
                                         LOG.log(
                                                 Level.INFO,
                                                 "blk {0}: {1} has been read again now (its file system answers):"
@@ -1104,10 +1145,15 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
-    /** Whether a reading of the image again ({@link #refreshImage}) is still under way. */
-    private boolean refreshUnderWay() {
+    /**
+     * Whether a reading of the image again ({@link #refreshImage}) is still under way, for the last queue's stop; if
+     * so, its thread lets go of the image lock when it ends ({@link #releaseWhenRefreshed}).
+     */
+    private boolean keepLockForRefresh() {
         synchronized (refreshGuard) {
-            return refreshing != null && !refreshing.isDone();
+            boolean underWay = refreshing != null && !refreshing.isDone();
+            releaseWhenRefreshed = underWay;
+            return underWay;
         }
     }
 
@@ -1497,16 +1543,17 @@ public final class BlkDevice implements VhostUserBackend {
                                 + " once that write has completed (not before, even if the daemon exits)",
                         name,
                         image.path());
-            } else if (handedOver && imageLock != null && !retired && refreshUnderWay()) {
+            } else if (handedOver && imageLock != null && !retired && keepLockForRefresh()) {
                 // the reading the queues' start gave up on still runs: a writable image writes its tables back
                 // first, and reads them then, so another backend that took the image now would have them written
                 // over, or read half written
                 LOG.log(
                         Level.ERROR,
                         "blk {0}: the last queue stopped, but the image lock of {1} is kept: reading the image again"
-                                + " (started with the queues) has not ended, and it may still write the image. The"
-                                + " next start of the queues takes the image once it has; remove the export"
-                                + " (blk.remove) to let go of it",
+                                + " (started with the queues) has not ended, and it may still write the image. It is"
+                                + " let go once the reading has ended well (a line says so), which needs the image''s"
+                                + " file system to answer again; until then another VM (a migration''s destination) is"
+                                + " refused the image",
                         name,
                         image.path());
             } else if (handedOver && imageLock != null && !retired) {
