@@ -32,6 +32,13 @@ final class BlkExport implements Daemon.Export {
         }
     }
 
+    /**
+     * How long {@link #closeAsync} waits for the server to stop — its frontend's session to end, the device reset —
+     * before it names what is stuck and leaves the rest of the stop to the close thread: a removal's whole wait
+     * ({@link Daemon#CLOSE_WAIT}), so that it answers within it.
+     */
+    static final java.time.Duration SERVER_STOP_WAIT = Daemon.CLOSE_WAIT;
+
     final Spec spec;
     final DiskImage image;
     final BlkDevice device;
@@ -102,7 +109,7 @@ final class BlkExport implements Daemon.Export {
         device.retire(); // no blk.set-readonly racing with this starts a thread on the image closed below
         try {
             ImageRelease.afterStop(
-                    server::close,
+                    new ImageRelease.ServerStop(() -> server.stopWithin(SERVER_STOP_WAIT), server::finishStop),
                     "blk " + spec.id(),
                     spec.image(),
                     "a request of its frontend (or the reading of the image again its queues started) is",

@@ -82,6 +82,11 @@ public final class Daemon implements AutoCloseable {
         opens.waitFor(d);
     }
 
+    /** How long the daemon's stop waits in all for its exports (tests; {@link #STOP_CLOSE_WAIT}). */
+    void stopWait(Duration d) {
+        stopWait = d;
+    }
+
     io.iovirt.linux.SocketAccess access() {
         return access;
     }
@@ -469,9 +474,10 @@ public final class Daemon implements AutoCloseable {
     }
 
     /**
-     * How long a removal waits for its export's image to be flushed and closed ({@link #removeExport}) before it
-     * answers that the image is still being closed: a final flush on a file system that does not answer does not end,
-     * and must not hold the control thread.
+     * How long a removal waits in all for its export to stop and its image to be flushed and closed ({@link
+     * #removeExport}) before it answers that the export is still stopping or its image still being closed: a final
+     * flush on a file system that does not answer does not end, nor does a device callback waiting on one, and
+     * neither must hold the control thread.
      */
     static final java.time.Duration CLOSE_WAIT = java.time.Duration.ofSeconds(5);
 
@@ -482,9 +488,14 @@ public final class Daemon implements AutoCloseable {
      */
     static final java.time.Duration STOP_CLOSE_WAIT = java.time.Duration.ofSeconds(45);
 
+    private volatile java.time.Duration stopWait = STOP_CLOSE_WAIT;
+
     /** What {@link #removeExport} takes out and closes: a blk or NBD export, whose close throws nothing. */
     interface Export extends AutoCloseable {
-        /** Starts the close (once): the server stops on this thread, the image is flushed and closed on its own. */
+        /**
+         * Starts the close (once): the server stops on this thread, waiting a bounded time (a stop that outlasts it
+         * ends on the close thread: {@link ImageRelease#afterStop}); the image is flushed and closed on that thread.
+         */
         ImageRelease.Closing closeAsync();
 
         /** Starts the close and does not wait for the image's ({@link #closeAsync}). */
@@ -510,6 +521,9 @@ public final class Daemon implements AutoCloseable {
             changes++;
             c = claims.removing(id);
         }
+        // one bound for the whole removal, its server's stop included (a blk export's waits for its frontend's
+        // session, which a device callback stuck on a file system that does not answer can hold: BlkExport)
+        long deadline = System.nanoTime() + CLOSE_WAIT.toNanos();
         ImageRelease.Closing closing;
         try {
             closing = e.closeAsync();
@@ -519,7 +533,7 @@ public final class Daemon implements AutoCloseable {
         }
         // the claim goes with the image's close (its lock let go after its final flush), not with this answer
         closing.flushed.whenComplete((flushed, failure) -> claims.release(c));
-        String notice = closing.await(CLOSE_WAIT);
+        String notice = closing.await(java.time.Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
         // logged for every caller: a reload's removal answers with none of it
         if (notice == null) {
             LOG.log(System.Logger.Level.INFO, closing.who + ": removed");
@@ -1167,7 +1181,7 @@ public final class Daemon implements AutoCloseable {
     public void close() {
         // one deadline for the whole stop, taken first: the exports' server stops below (each can wait for a stuck
         // queue) count against it too, so that the stop stays within the unit's TimeoutStopSec
-        long deadline = System.nanoTime() + STOP_CLOSE_WAIT.toNanos();
+        long deadline = System.nanoTime() + stopWait.toNanos();
         List<BlkExport> b;
         List<NetSwitch> n;
         List<NbdExportEntry> nb;
@@ -1192,23 +1206,62 @@ public final class Daemon implements AutoCloseable {
                 LOG.log(System.Logger.Level.ERROR, "net " + s.spec.id() + ": closing failed", e);
             }
         }
-        // every export's close starts (their images are flushed and closed on threads of their own), then the stop
-        // waits for them together, STOP_CLOSE_WAIT at most: a final flush on a file system that does not answer
-        // does not end
-        List<ImageRelease.Closing> closings = new ArrayList<>();
-        for (Export e : nb) {
-            closings.add(e.closeAsync());
+        // every export's close starts at once, each on a thread of its own (its server's stop waits a bounded time
+        // for a stuck frontend session: one after another, several such would add up past the deadline; its image is
+        // flushed and closed on a thread of its own too), then the stop waits for them together until the deadline:
+        // a final flush on a file system that does not answer does not end
+        Map<String, java.util.concurrent.CompletableFuture<ImageRelease.Closing>> closings = new LinkedHashMap<>();
+        for (NbdExportEntry e : nb) {
+            closings.put("nbd " + e.spec.id(), closeOnItsThread("nbd " + e.spec.id(), e));
         }
-        for (Export e : b) {
-            closings.add(e.closeAsync());
+        for (BlkExport e : b) {
+            closings.put("blk " + e.spec.id(), closeOnItsThread("blk " + e.spec.id(), e));
         }
-        for (ImageRelease.Closing c : closings) {
-            long left = Math.max(0, deadline - System.nanoTime());
-            String notice = c.await(java.time.Duration.ofNanos(left));
+        for (Map.Entry<String, java.util.concurrent.CompletableFuture<ImageRelease.Closing>> c : closings.entrySet()) {
+            String notice = awaitClose(c.getValue(), deadline);
             if (notice != null) {
-                LOG.log(System.Logger.Level.ERROR, c.who + ": stopping: " + notice);
+                LOG.log(System.Logger.Level.ERROR, c.getKey() + ": stopping: " + notice);
             }
         }
         claims.awaitRemovals(deadline);
+    }
+
+    /** Starts {@code e}'s close ({@link Export#closeAsync}) on a thread of its own; here if none can be started. */
+    private static java.util.concurrent.CompletableFuture<ImageRelease.Closing> closeOnItsThread(String who, Export e) {
+        var started = new java.util.concurrent.CompletableFuture<ImageRelease.Closing>();
+        Runnable close = () -> {
+            try {
+                started.complete(e.closeAsync());
+            } catch (RuntimeException | Error ex) {
+                started.completeExceptionally(ex);
+            }
+        };
+        try {
+            Thread.ofPlatform().name(who + " stop").daemon().start(close);
+        } catch (RuntimeException | OutOfMemoryError ex) {
+            close.run();
+        }
+        return started;
+    }
+
+    /**
+     * Waits until {@code deadline} ({@link System#nanoTime}) for an export's close begun by {@link #closeOnItsThread}:
+     * its server's stop, then its image's close. Null when it ended with its final flush; else what is left, as
+     * {@link ImageRelease.Closing#await} says.
+     */
+    private static String awaitClose(
+            java.util.concurrent.CompletableFuture<ImageRelease.Closing> started, long deadline) {
+        ImageRelease.Closing c;
+        try {
+            c = started.get(Math.max(0, deadline - System.nanoTime()), java.util.concurrent.TimeUnit.NANOSECONDS);
+        } catch (java.util.concurrent.TimeoutException e) {
+            return "its server has not stopped (see the lines above): its image stays open and is not flushed";
+        } catch (java.util.concurrent.ExecutionException e) {
+            return "stopping its server failed: " + e.getCause();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return "interrupted while its server stops";
+        }
+        return c.await(java.time.Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
     }
 }

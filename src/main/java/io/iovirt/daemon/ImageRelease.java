@@ -21,6 +21,27 @@ final class ImageRelease {
         boolean awaitQuiescent(Duration timeout) throws InterruptedException;
     }
 
+    /**
+     * An export's server stop ({@link #afterStop}), bounded for its caller — a control request, a reload, the daemon's
+     * stop — even when a thread of the server is stuck (a vhost-user session inside a device callback that waits on a
+     * file system that does not answer); the rest of it is then ended on the export's close thread.
+     *
+     * @param stopWithin stops the server, waiting a bounded time: null once it has stopped; otherwise what of it still
+     *                   runs (a phrase, for the log and the removal's answer), and {@code finish} ends the stop
+     * @param finish     ends the stop {@code stopWithin} left under way, as long as that takes (on the close thread)
+     */
+    record ServerStop(java.util.function.Supplier<String> stopWithin, Runnable finish) {
+        /** A server whose close bounds its own wait: it has stopped once {@code close} returns. */
+        static ServerStop bounded(Runnable close) {
+            return new ServerStop(
+                    () -> {
+                        close.run();
+                        return null;
+                    },
+                    () -> {});
+        }
+    }
+
     private ImageRelease() {}
 
     /**
@@ -32,6 +53,14 @@ final class ImageRelease {
         final String who;
         final Path image;
         final java.util.concurrent.CompletableFuture<Boolean> flushed = new java.util.concurrent.CompletableFuture<>();
+        /**
+         * What of the export's server still runs after its bounded stop ({@link ServerStop#stopWithin}); null once it
+         * has stopped (or when it stopped within its bound).
+         */
+        private volatile String serverStopping;
+
+        /** When the close began ({@link System#nanoTime}), for the answer that says how long it was waited for. */
+        private final long started = System.nanoTime();
 
         /** @param who "blk ID" or "nbd ID" */
         Closing(String who, Path image) {
@@ -49,8 +78,18 @@ final class ImageRelease {
                 return outcome(flushed.get(limit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS));
             } catch (java.util.concurrent.TimeoutException e) {
                 flushed.whenComplete(this::logEnd);
+                String server = serverStopping;
+                if (server != null) {
+                    return "the export is removed, but its server has not stopped after "
+                            + (System.nanoTime() - started) / 1_000_000 + " ms: " + server + " (a device"
+                            + " callback that waits, e.g. on a file system or disk that does not answer): its image "
+                            + image + " stays open and locked, and its id, socket and image stay taken (adding it"
+                            + " again is refused) until that has ended and the image is flushed and closed; a log line"
+                            + " says how it ended. Make the file system or disk answer again";
+                }
                 return "the export is removed, but its image " + image + " is still being flushed and closed after "
-                        + limit.toMillis() + " ms (its file system or disk does not answer): it stays open and"
+                        + (System.nanoTime() - started) / 1_000_000
+                        + " ms (its file system or disk does not answer): it stays open and"
                         + " locked, and its id, socket and image stay taken (adding it again is refused) until"
                         + " that has ended; a log line says how it ended (an ERROR line if its final flush failed:"
                         + " writes acknowledged before may then not be on disk). Make the file system or disk"
@@ -87,20 +126,22 @@ final class ImageRelease {
     }
 
     /**
-     * An export's close: runs {@code stop} (its server's close: no new request, its connections end); then — even if
-     * {@code stop} threw — runs {@code close} (flush, close, unlock; whether the flush succeeded) on a thread of its
-     * own, at once if {@code quiescent} — no thread of the export (its queue threads, or its NBD connections and
-     * workers) can touch the image — else, after one error line, once {@code await} says so; it completes {@code
-     * closing}. So the image is let go of in every case, never before the server has stopped, and never before its
-     * final flush has ended; the caller waits for it as long as it chooses ({@link Closing#await}): a flush on a
-     * file system that does not answer does not end.
+     * An export's close: stops its server ({@code stop}: no new request, its connections end), waiting a bounded time;
+     * then — even if that threw — runs {@code close} (flush, close, unlock; whether the flush succeeded) on a thread
+     * of its own, at once if {@code quiescent} — no thread of the export (its queue threads, or its NBD connections
+     * and workers) can touch the image — else, after one error line, once {@code await} says so; it completes {@code
+     * closing}. A server that has not stopped within its bound (a thread of it stuck in a device callback, which may
+     * still use the image) is named in an error line and its stop ended on that thread first. So the image is let
+     * go of in every case, never before the server has stopped, and never before its final flush has ended; the
+     * caller waits for it as long as it chooses ({@link Closing#await}): a flush on a file system that does not answer
+     * does not end.
      *
      * @param who     "blk ID" or "nbd ID", for log lines and the thread's name
      * @param stuck   what is still in I/O, e.g. "a request of its frontend"
      * @param refused what the lock kept meanwhile refuses, e.g. "exporting it again is refused"
      */
     static void afterStop(
-            Runnable stop,
+            ServerStop stop,
             String who,
             Path image,
             String stuck,
@@ -109,19 +150,53 @@ final class ImageRelease {
             Await await,
             BooleanSupplier close,
             Closing closing) {
+        String running = null;
         try {
-            stop.run();
+            running = stop.stopWithin().get();
         } finally {
-            if (quiescent.getAsBoolean()) {
+            if (running != null) {
+                closing.serverStopping = running;
+                LOG.log(
+                        System.Logger.Level.ERROR,
+                        who + ": its server has not stopped yet: " + running + ". Until it has, the image stays open"
+                                + " and locked (" + refused + ") and the export's id, socket and image stay taken"
+                                + " (adding it again is refused); then " + image + " is flushed and closed. Make that"
+                                + " file system or disk answer again (a hung NFS server or FUSE daemon, a failing"
+                                + " disk), or stop the daemon to let go of the image without its final flush");
+                start(who, () -> {
+                    try {
+                        stop.finish().run();
+                    } catch (RuntimeException | Error e) { // it is not waited for any more: the image goes all the same
+                        LOG.log(System.Logger.Level.ERROR, who + ": ending its server's stop failed", e);
+                    }
+                    closing.serverStopping = null;
+                    if (quiescent.getAsBoolean()) {
+                        finish(close, closing);
+                        LOG.log(
+                                System.Logger.Level.WARNING,
+                                who + ": its server has stopped: " + image + " is flushed, closed and unlocked now");
+                    } else {
+                        LOG.log(System.Logger.Level.WARNING, who + ": its server has stopped");
+                        logStuck(who, image, stuck, refused);
+                        awaitThenFinish(who, image, await, close, closing);
+                    }
+                });
+            } else if (quiescent.getAsBoolean()) {
                 try {
-                    Thread.ofPlatform().name(who + " close").daemon().start(() -> finish(close, closing));
+                    start(who, () -> finish(close, closing));
                 } catch (RuntimeException | OutOfMemoryError e) {
                     finish(close, closing); // no thread: here, as before
                 }
             } else {
-                closeLater(who, image, stuck, refused, await, close, closing);
+                logStuck(who, image, stuck, refused);
+                start(who, () -> awaitThenFinish(who, image, await, close, closing));
             }
         }
+    }
+
+    /** Starts the export's close thread, running {@code close}. */
+    private static void start(String who, Runnable close) {
+        Thread.ofPlatform().name(who + " close").daemon().start(close);
     }
 
     /** Runs {@code close} and completes {@code closing} with its outcome. */
@@ -134,31 +209,32 @@ final class ImageRelease {
         }
     }
 
-    private static void closeLater(
-            String who, Path image, String stuck, String refused, Await await, BooleanSupplier close, Closing closing) {
+    private static void logStuck(String who, Path image, String stuck, String refused) {
         LOG.log(
                 System.Logger.Level.ERROR,
                 who + ": " + stuck + " still in I/O on " + image + " (its file system or disk does not answer): the"
                         + " image stays open and locked (" + refused + ") until that ends, then it is flushed and"
                         + " closed; make that file system or disk answer again (a hung NFS server or FUSE daemon, a"
                         + " failing disk), or stop the daemon to let go of the image without its final flush");
-        Thread.ofPlatform().name(who + " close").daemon().start(() -> {
-            try {
-                while (!await.awaitQuiescent(Duration.ofMinutes(10))) {
-                    // as long as it takes: the image must not be closed under a request
-                }
-            } catch (InterruptedException e) {
-                LOG.log(
-                        System.Logger.Level.ERROR,
-                        who + ": interrupted waiting for its requests to end: " + image
-                                + " stays open and locked until the daemon stops");
-                closing.flushed.completeExceptionally(e);
-                return;
+    }
+
+    /** Waits (on the close thread) until no thread of the export can touch the image, then closes it. */
+    private static void awaitThenFinish(String who, Path image, Await await, BooleanSupplier close, Closing closing) {
+        try {
+            while (!await.awaitQuiescent(Duration.ofMinutes(10))) {
+                // as long as it takes: the image must not be closed under a request
             }
-            finish(close, closing);
+        } catch (InterruptedException e) {
             LOG.log(
-                    System.Logger.Level.WARNING,
-                    who + ": its last requests have ended: " + image + " is flushed, closed and unlocked now");
-        });
+                    System.Logger.Level.ERROR,
+                    who + ": interrupted waiting for its requests to end: " + image
+                            + " stays open and locked until the daemon stops");
+            closing.flushed.completeExceptionally(e);
+            return;
+        }
+        finish(close, closing);
+        LOG.log(
+                System.Logger.Level.WARNING,
+                who + ": its last requests have ended: " + image + " is flushed, closed and unlocked now");
     }
 }

@@ -99,7 +99,7 @@ final class NbdExportEntry implements Daemon.Export {
         closing = new ImageRelease.Closing("nbd " + spec.id(), spec.image());
         try {
             ImageRelease.afterStop(
-                    server::close,
+                    ImageRelease.ServerStop.bounded(server::close), // its close waits a bounded time itself
                     "nbd " + spec.id(),
                     spec.image(),
                     "requests of its disconnected clients are",

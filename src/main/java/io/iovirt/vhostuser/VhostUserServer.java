@@ -25,7 +25,9 @@ import java.time.Duration;
  *
  * <p>Threads: one platform thread accepts, one serves the current connection with blocking receives. A protocol
  * violation closes only that connection, logged in one line with the socket path. {@link #close()} wakes both
- * threads through socket shutdown (interrupts cannot break a blocked native call) and waits for them.
+ * threads through socket shutdown (interrupts cannot break a blocked native call) and waits for them; {@link
+ * #stopWithin} waits a bounded time (a session thread may be stuck in a device callback) and leaves the rest, socket
+ * file included, to {@link #finishStop}.
  */
 public final class VhostUserServer implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.vhostuser");
@@ -55,6 +57,9 @@ public final class VhostUserServer implements AutoCloseable {
 
     private final Object lock = new Object();
     private boolean closed; // guarded by lock
+    /** The stop has ended: the session thread too, the listener closed and the socket file removed. */
+    private boolean stopped; // guarded by lock
+
     private Session current; // guarded by lock
     /** A connection is waiting in the backlog while {@link #current} is served. */
     private volatile boolean waiting;
@@ -68,6 +73,14 @@ public final class VhostUserServer implements AutoCloseable {
         volatile boolean ended;
 
         final Runnable release;
+        /**
+         * The request the session thread handles (a device callback may wait, e.g. a queue's stop for requests stuck
+         * on a file system that does not answer); null while it waits for the next one. With {@link #resetting}, for
+         * the line that names a stop still waiting.
+         */
+        volatile MessageType handling;
+        /** The connection has ended and the session thread resets the device (its queues stop). */
+        volatile boolean resetting;
 
         Session(UnixSocket socket, String peer, Runnable release) {
             this.connection = new Connection(socket, Connection.Role.BACKEND, name);
@@ -81,7 +94,9 @@ public final class VhostUserServer implements AutoCloseable {
             try {
                 Message m;
                 while ((m = connection.receiveRequest()) != null) {
+                    handling = m.type();
                     handler.handle(m, connection);
+                    handling = null;
                 }
                 connectionLog.log(System.Logger.Level.INFO, name + ": frontend " + peer + " disconnected");
             } catch (ProtocolException e) {
@@ -105,6 +120,7 @@ public final class VhostUserServer implements AutoCloseable {
                 // session ended, so that whoever sees it ended (blk.info's "connected") also finds it hung up.
                 connection.shutdown();
                 ended = true;
+                resetting = true;
                 try {
                     handler.close();
                 } catch (RuntimeException | Error e) {
@@ -114,6 +130,14 @@ public final class VhostUserServer implements AutoCloseable {
                     release.run();
                 }
             }
+        }
+
+        /** What the session thread is in, for the line that names a stop still waiting for it. */
+        String doing() {
+            MessageType m = handling;
+            return resetting
+                    ? "the device's reset after the disconnect (each queue's stop waits for the requests it took)"
+                    : m != null ? "the device's handling of " + m.specName() : "the device";
         }
 
         /** True when this session is over or its frontend has gone (the session thread may not have noticed yet). */
@@ -328,36 +352,104 @@ public final class VhostUserServer implements AutoCloseable {
                     System.Logger.Level.ERROR,
                     name + ": polling the listener failed: " + e.getMessage() + "; waiting for frontend " + s.peer
                             + " to disconnect");
-            joinQuietly(s.thread);
+            // as long as the session lasts, but no longer than the server: close() must not wait for this thread
+            // on top of the session's
+            while (s.thread.isAlive() && !isClosed()) {
+                try {
+                    s.thread.join(Duration.ofMillis(500));
+                } catch (InterruptedException ie) {
+                    Thread.currentThread().interrupt();
+                    return false;
+                }
+            }
             return !isClosed();
         } finally {
             waiting = false;
         }
     }
 
-    /** Stops accepting, disconnects the frontend (its queues stop, memory is unmapped, the device reset) and removes the socket file. */
+    /**
+     * Stops accepting, disconnects the frontend (its queues stop, memory is unmapped, the device reset) and removes the
+     * socket file; waits for all of that as long as it takes (a WARNING every 30 s names what it waits for). A caller
+     * that must answer within a bound uses {@link #stopWithin} instead.
+     */
     @Override
     public void close() {
-        Session s;
-        synchronized (lock) {
-            if (closed) {
-                return;
-            }
-            closed = true;
-            s = current;
+        if (stopWithin(STOP_WAIT) != null) {
+            finishStop();
         }
-        try {
-            listener.shutdown(UnixSocket.SHUT_RDWR); // wakes accept with EINVAL
-        } catch (LinuxException e) {
-            LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
+    }
+
+    /**
+     * Begins the stop as {@link #close} does — the listener and the frontend's connection are shut down at once — and
+     * waits at most {@code limit} for the frontend's session to end. Returns null when the server has stopped (as
+     * {@link #close} leaves it: the socket file is gone). Otherwise the session thread is still inside a device
+     * callback (say a queue's stop, waiting for requests stuck on a file system or disk that does not answer): that
+     * is logged as a WARNING naming the socket and what the thread is in, and returned as a phrase for the caller's
+     * own line; nothing is accepted any more, but the listener stays open and its socket file in place until
+     * {@link #finishStop} — which the caller must run, on a thread of its own — has seen that thread end. So the path
+     * is never free (nor removed under a new server on it) while the old session still runs.
+     */
+    public String stopWithin(Duration limit) {
+        long deadline = System.nanoTime() + limit.toNanos();
+        if (!beginStop()) {
+            return null;
+        }
+        String left;
+        if (!joinUntil(acceptor.thread(), deadline)) {
+            left = "its accept thread has not ended";
+        } else {
+            Session s;
+            synchronized (lock) {
+                s = current; // the acceptor may have started one more before it saw the shutdown
+            }
+            if (s == null) {
+                left = null;
+            } else {
+                s.connection.shutdown();
+                if (joinUntil(s.thread, deadline)) {
+                    left = null;
+                } else {
+                    left = "the session of frontend " + s.peer + " has not ended: its thread (" + s.thread.getName()
+                            + ") is still in " + s.doing();
+                }
+            }
+        }
+        if (left == null) {
+            finishStop();
+            return null;
+        }
+        LOG.log(
+                System.Logger.Level.WARNING,
+                name + ": stopping: after " + limit.toMillis() + " ms, " + left + " — a device callback that waits,"
+                        + " e.g. a queue's stop for requests on a file system or disk that does not answer. The"
+                        + " frontend is disconnected and no other is accepted, but the socket file stays until that"
+                        + " thread has ended");
+        return left;
+    }
+
+    /**
+     * Ends a stop that {@link #stopWithin} left under way: waits for the session thread as long as it takes (a WARNING
+     * every 30 s), then closes the listener and removes the socket file, in that order. Nothing when already done.
+     */
+    public void finishStop() {
+        if (!beginStop()) {
+            return;
         }
         joinQuietly(acceptor.thread());
+        Session s;
         synchronized (lock) {
-            s = current; // the acceptor may have started one more before it saw the shutdown
+            s = current;
         }
         if (s != null) {
             s.connection.shutdown();
             joinQuietly(s.thread);
+        }
+        synchronized (lock) {
+            if (stopped) {
+                return; // a concurrent stop ended it
+            }
+            stopped = true;
         }
         listener.close();
         try {
@@ -366,6 +458,50 @@ public final class VhostUserServer implements AutoCloseable {
             LOG.log(System.Logger.Level.WARNING, name + ": could not remove the socket file: " + e.getMessage());
         }
         LOG.log(System.Logger.Level.INFO, name + ": stopped");
+    }
+
+    /**
+     * Nothing is accepted from now on: the first call shuts the listener down (which wakes the accept thread). False
+     * when the stop has already ended.
+     */
+    private boolean beginStop() {
+        synchronized (lock) {
+            if (stopped) {
+                return false;
+            }
+            if (closed) {
+                return true;
+            }
+            closed = true;
+        }
+        LOG.log(System.Logger.Level.INFO, name + ": stopping");
+        try {
+            listener.shutdown(UnixSocket.SHUT_RDWR); // wakes accept with EINVAL
+        } catch (LinuxException e) {
+            LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
+        }
+        return true;
+    }
+
+    /** Waits for {@code t} until {@code deadline} ({@link System#nanoTime}); whether it has ended. */
+    private static boolean joinUntil(Thread t, long deadline) {
+        if (t == Thread.currentThread()) {
+            return true;
+        }
+        boolean interrupted = false;
+        try {
+            while (true) {
+                try {
+                    return t.join(Duration.ofNanos(Math.max(1, deadline - System.nanoTime())));
+                } catch (InterruptedException e) {
+                    interrupted = true; // the stop's bound still holds: an interrupt does not shorten it
+                }
+            }
+        } finally {
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
     }
 
     private void joinQuietly(Thread t) {

@@ -25,10 +25,10 @@ class ImageReleaseTest {
         IllegalStateException thrown = assertThrows(
                 IllegalStateException.class,
                 () -> ImageRelease.afterStop(
-                        () -> {
+                        ImageRelease.ServerStop.bounded(() -> {
                             steps.add("stop");
                             throw broken;
-                        },
+                        }),
                         "blk t",
                         IMAGE,
                         "a request is",
@@ -50,9 +50,9 @@ class ImageReleaseTest {
         assertThrows(
                 IllegalStateException.class,
                 () -> ImageRelease.afterStop(
-                        () -> {
+                        ImageRelease.ServerStop.bounded(() -> {
                             throw new IllegalStateException("server close failed");
-                        },
+                        }),
                         "nbd t",
                         IMAGE,
                         "requests are",
@@ -67,5 +67,45 @@ class ImageReleaseTest {
         assertEquals(1, closed.getCount(), "the image is not closed under a request still in I/O");
         requestsEnded.countDown();
         assertTrue(closed.await(1, TimeUnit.MINUTES), "the image is closed once the last request has ended");
+    }
+
+    /**
+     * A server stop that outlasts its bound (a vhost-user session stuck in a device callback) is ended on the close
+     * thread, and only then is the image closed — even though no request is in image I/O: the stuck thread may still
+     * use the image. Meanwhile the caller's wait names the server, not the image's flush.
+     */
+    @Test
+    void aStopThatOutlastsItsBoundEndsOnTheCloseThreadBeforeTheImageCloses() throws Exception {
+        List<String> steps = java.util.Collections.synchronizedList(new ArrayList<>());
+        CountDownLatch sessionEnds = new CountDownLatch(1);
+        ImageRelease.Closing closing = new ImageRelease.Closing("blk t", IMAGE);
+        ImageRelease.afterStop(
+                new ImageRelease.ServerStop(
+                        () -> {
+                            steps.add("stop");
+                            return "its session is stuck";
+                        },
+                        () -> {
+                            try {
+                                sessionEnds.await();
+                            } catch (InterruptedException e) {
+                                throw new IllegalStateException(e);
+                            }
+                            steps.add("stop ended");
+                        }),
+                "blk t",
+                IMAGE,
+                "a request is",
+                "reuse is refused",
+                () -> true,
+                timeout -> true,
+                () -> steps.add("close"),
+                closing);
+        String notice = closing.await(java.time.Duration.ofMillis(200));
+        assertTrue(notice.contains("its server has not stopped") && notice.contains("its session is stuck"), notice);
+        assertEquals(List.of("stop"), steps, "the image is not closed while its server's stop is under way");
+        sessionEnds.countDown();
+        assertTrue(closing.flushed.get(1, TimeUnit.MINUTES), "closed once the stop has ended");
+        assertEquals(List.of("stop", "stop ended", "close"), steps);
     }
 }

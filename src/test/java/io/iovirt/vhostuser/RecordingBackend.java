@@ -36,6 +36,9 @@ final class RecordingBackend implements VhostUserBackend {
     volatile int failStopOf = -1;
 
     volatile int status;
+    /** When set, {@link #reset} waits for it first (a device callback that does not return: a stuck stop). */
+    volatile java.util.concurrent.CountDownLatch resetWaitsFor;
+
     private final int queues;
     private final long extraProtocol;
 
@@ -152,6 +155,14 @@ final class RecordingBackend implements VhostUserBackend {
 
     @Override
     public void reset() {
+        java.util.concurrent.CountDownLatch wait = resetWaitsFor;
+        if (wait != null) {
+            try {
+                wait.await();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
         config[32] = 1;
         record("reset");
     }

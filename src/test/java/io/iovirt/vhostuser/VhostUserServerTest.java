@@ -571,6 +571,42 @@ class VhostUserServerTest {
         server.close(); // idempotent
     }
 
+    /**
+     * A stop whose frontend's session is stuck in a device callback (here the device's reset) returns after its
+     * bound, naming what the session is in, with the frontend already disconnected; the socket file stays — the path
+     * is not free while the old session runs — until finishStop has seen the session end. close() waited for that
+     * session without bound: whoever removed the device waited with it.
+     */
+    @Test
+    void aStopWithinItsBoundLeavesASessionStuckInTheDeviceToFinishStop() throws Exception {
+        java.util.concurrent.CountDownLatch resetMayEnd = new java.util.concurrent.CountDownLatch(1);
+        backend.resetWaitsFor = resetMayEnd;
+        VhostUserFrontend fe = connect();
+        try (fe;
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            String left = server.stopWithin(Duration.ofMillis(200));
+            assertNotNull(left, "the session is stuck in the device's reset");
+            assertTrue(left.contains("the device's reset"), left);
+            assertThrows(IOException.class, fe::getFeatures, "the frontend is disconnected at once");
+            assertTrue(Files.exists(socket), "the socket file stays while the old session runs");
+            assertTrue(
+                    log.all().stream().anyMatch(l -> l.startsWith("vhost-user " + socket + ": stopping: after")),
+                    "a line names the socket and what its session is in: " + log.all());
+            java.util.concurrent.CompletableFuture<Void> finish =
+                    java.util.concurrent.CompletableFuture.runAsync(server::finishStop);
+            assertFalse(finish.isDone(), "finishStop waits for the session");
+            resetMayEnd.countDown();
+            finish.get(TIMEOUT.toSeconds(), java.util.concurrent.TimeUnit.SECONDS);
+        } finally {
+            resetMayEnd.countDown();
+        }
+        assertFalse(Files.exists(socket), "removed once the session has ended");
+        assertTrue(backend.snapshot().contains("reset"));
+        assertNull(server.stopWithin(Duration.ofMillis(200)), "stopped: nothing left");
+    }
+
     @Test
     void aStaleSocketFileIsReplacedButALiveOneOrAFileIsNot() throws Exception {
         Path stale = dir.resolve("stale.sock");
