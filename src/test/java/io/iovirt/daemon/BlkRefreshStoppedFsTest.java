@@ -202,24 +202,12 @@ class BlkRefreshStoppedFsTest {
      */
     @Test
     void aQueueStopWhoseWriteBackHangsIsAnsweredKeepsTheLockAndWritesBackOnceTheFileSystemAnswers() throws Exception {
-        // an image with nothing allocated: the frontend's write allocates a cluster, so its tables change in memory
-        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", image.toString(), "16M");
-        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
+        Path socket = writtenThenStoppedWhileTheFileSystemHangs();
         Path other = dir.resolve("other.raw");
         java.nio.file.Files.write(other, new byte[1 << 20]);
         Path otherSocket = startExport("other", other, ImageFormat.RAW, true);
-        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it then would wait too
 
         try (EventFd call = EventFd.create(true)) {
-            try (BlkTestDriver d = connect(socket, call)) {
-                long buf = d.alloc(65536, 4096);
-                d.ram.segment().asSlice(buf, 65536).fill((byte) 0xa5);
-                assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.write(buf, 65536)), "the write (no flush after it)");
-                fs.stop();
-                // the frontend stops its queue (a migration's source, a guest's reset): its reply comes (it would
-                // throw after its reply timeout)
-                assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position");
-            }
             assertTrue(
                     log.all().stream()
                             .anyMatch(l -> l.contains("blk q:")
@@ -272,6 +260,56 @@ class BlkRefreshStoppedFsTest {
         assertEquals(0, check.exit(), "a clean image: " + check.output());
         String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", image.toString());
         assertFalse(read.contains("verification failed"), "the data written is in the image: " + read);
+    }
+
+    /**
+     * Removing the export while the last queue's write-back still runs returns (the session thread is free), and the
+     * image is not closed under the write-back: it stays open and locked until the write-back has ended, then is
+     * flushed, closed and unlocked, with the data written in it.
+     */
+    @Test
+    void removingTheExportWhileTheWriteBackHangsReturnsAndClosesTheImageOnceItEnded() throws Exception {
+        writtenThenStoppedWhileTheFileSystemHangs();
+        List<Integer> fds = imageFds();
+        CompletableFuture<String> removed = CompletableFuture.supplyAsync(
+                () -> exports.getFirst().closeAsync().await(Duration.ofSeconds(1)));
+        String answer = removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+        assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
+        assertEquals(fds, imageFds(), "the image stays open under the write-back");
+        assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+        assertEquals(1, imageThreads("hand-over"), "the write-back still runs");
+
+        fs.resume();
+        Await.until(
+                RELEASED,
+                () -> "the image to be closed once the write-back ended (open: " + imageFds() + ")",
+                () -> imageFds().isEmpty());
+        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
+        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
+        assertEquals(0, check.exit(), "a clean image: " + check.output());
+        String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", image.toString());
+        assertFalse(read.contains("verification failed"), "the data written is in the image: " + read);
+    }
+
+    /**
+     * Export "q" of a fresh qcow2 image, to which a frontend writes 64 KiB of 0xa5 (allocating a cluster: its tables
+     * change in memory, and no flush follows); then the file system stops and the frontend stops its queue
+     * (GET_VRING_BASE: a migration's source, a guest's reset), whose reply comes — without the fix it throws after
+     * the frontend's reply timeout — and disconnects. Returns the export's socket.
+     */
+    private Path writtenThenStoppedWhileTheFileSystemHangs() throws Exception {
+        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", image.toString(), "16M");
+        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
+        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it then would wait too
+        try (EventFd call = EventFd.create(true);
+                BlkTestDriver d = connect(socket, call)) {
+            long buf = d.alloc(65536, 4096);
+            d.ram.segment().asSlice(buf, 65536).fill((byte) 0xa5);
+            assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.write(buf, 65536)), "the write (no flush after it)");
+            fs.stop();
+            assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position");
+        }
+        return socket;
     }
 
     /** A frontend of {@code socket}, connected and its queue started on another thread, waited for. */
