@@ -312,6 +312,16 @@ class BlkRefreshStoppedFsTest {
                 () -> "the image to be closed once the write-back ended (open: " + imageFds() + ")",
                 () -> imageFds().isEmpty());
         assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
+        // the line saying the write-back has ended says the image goes, not that a next start serves it
+        assertTrue(
+                log.all().stream()
+                        .anyMatch(l -> l.contains("blk q:")
+                                && l.contains("has been written back now")
+                                && l.contains("the export is being removed")),
+                "a line says the write-back has ended and the image goes: " + log.all());
+        assertFalse(
+                log.all().stream().anyMatch(l -> l.contains("the next start of the queues serves it")),
+                "no line promises a start of an export being removed: " + log.all());
         QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
         assertEquals(0, check.exit(), "a clean image: " + check.output());
         String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", image.toString());

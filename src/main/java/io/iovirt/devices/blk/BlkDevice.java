@@ -1232,6 +1232,13 @@ public final class BlkDevice implements VhostUserBackend {
                                         p.kind.doing,
                                         image.path(),
                                         why);
+                            } else if (late && why == null && retired) { // not served again: it goes now
+                                LOG.log(
+                                        Level.INFO,
+                                        "blk {0}: {1} " + p.kind.ended + "; the export is being removed, so the image"
+                                                + " is flushed, closed and unlocked now",
+                                        name,
+                                        image.path());
                             } else if (late && why == null) {
                                 LOG.log(Level.INFO, "blk {0}: {1} " + p.kind.endedLate, name, image.path());
                             }
