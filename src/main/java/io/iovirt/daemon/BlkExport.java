@@ -112,7 +112,8 @@ final class BlkExport implements Daemon.Export {
                     new ImageRelease.ServerStop(() -> server.stopWithin(SERVER_STOP_WAIT), server::finishStop),
                     "blk " + spec.id(),
                     spec.image(),
-                    "a request of its frontend (or the reading of the image again its queues started) is",
+                    "a request of its frontend (or reading the image again or writing it back, as its queues started or"
+                            + " stopped) is",
                     "a VM started on it is refused it",
                     device::quiescent,
                     device::awaitQuiescent,

@@ -2,6 +2,7 @@
 package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -43,6 +44,12 @@ import org.junit.jupiter.api.io.TempDir;
  * NEEDS_RESET; a restart of the queues meanwhile joins the read under way (no second thread), the image lock stays
  * taken while it runs and is let go when it ends (the queues stopped), and once the file system answers again a new
  * start serves the image.
+ *
+ * <p>The same at the other end: the last queue's stop writes the image back (a qcow2 image's tables, changed in memory
+ * by the frontend's writes, for the backend that takes the image next), on the session's thread it was, and a file
+ * system that stopped answering while the queues ran held the frontend's GET_VRING_BASE for ever. Now the write-back
+ * runs on a thread of its own too: the frontend is answered, the image lock is kept until it has landed and is let go
+ * then (the queues stopped).
  */
 @Tag("peer")
 @Timeout(value = 300, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
@@ -120,7 +127,7 @@ class BlkRefreshStoppedFsTest {
                                         && l.contains(image.toString())
                                         && l.contains("reset the device")),
                         "an error line names the export, the image and what to do: " + log.all());
-                assertEquals(1, refreshThreads(), "one thread reads the image again");
+                assertEquals(1, imageThreads("refresh"), "one thread reads the image again");
             }
             // another export, on another file system, still serves
             try (EventFd otherCall = EventFd.create(true);
@@ -136,14 +143,18 @@ class BlkRefreshStoppedFsTest {
             try (BlkTestDriver d = connect(socket, call)) {
                 assertEquals(VIRTIO_BLK_S_IOERR, d.awaitStatus(d.read(d.alloc(65536, 4096), 65536)), "still fenced");
                 assertTrue(
-                        log.all().stream().anyMatch(l -> l.contains("started by an earlier start of the queues")),
+                        log.all().stream()
+                                .anyMatch(l ->
+                                        l.contains("started by an earlier start of the queues, has still not ended")),
                         "the restart joined the read under way: " + log.all());
-                assertEquals(1, refreshThreads(), "no second thread reads the image again");
+                assertEquals(1, imageThreads("refresh"), "no second thread reads the image again");
             }
 
             fs.resume();
             Await.until(
-                    RELEASED, "the read of the image to end once the file system answers", () -> refreshThreads() == 0);
+                    RELEASED,
+                    "the read of the image to end once the file system answers",
+                    () -> imageThreads("refresh") == 0);
             // no queue runs: the lock kept for the read goes with it (not at the next start, or the removal), so
             // another VM (a migration's destination) may take the image now
             assertEquals(
@@ -185,7 +196,7 @@ class BlkRefreshStoppedFsTest {
             assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
             assertEquals(fds, imageFds(), "the image stays open under the read");
             assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
-            assertEquals(1, refreshThreads(), "the read still runs");
+            assertEquals(1, imageThreads("refresh"), "the read still runs");
         }
         fs.resume();
         Await.until(
@@ -195,6 +206,147 @@ class BlkRefreshStoppedFsTest {
         assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
         QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
         assertEquals(0, check.exit(), "a clean image: " + check.output());
+    }
+
+    /**
+     * The last queue's stop writes the image back (its tables, changed by the frontend's write and not yet flushed) on
+     * a file system that stopped answering while the queue ran: the frontend's GET_VRING_BASE is answered, the image
+     * lock is kept while the write-back runs (a migration's destination must not take the image before it has
+     * landed), another export still serves, a start meanwhile is answered and fenced, and once the file system
+     * answers the write-back lands, a new frontend reads the data and the image checks clean after the removal.
+     */
+    @Test
+    void aQueueStopWhoseWriteBackHangsIsAnsweredKeepsTheLockAndWritesBackOnceTheFileSystemAnswers() throws Exception {
+        Path socket = writtenThenStoppedWhileTheFileSystemHangs();
+        Path other = dir.resolve("other.raw");
+        java.nio.file.Files.write(other, new byte[1 << 20]);
+        Path otherSocket = startExport("other", other, ImageFormat.RAW, true);
+
+        try (EventFd call = EventFd.create(true)) {
+            assertTrue(
+                    log.all().stream()
+                            .anyMatch(l -> l.contains("blk q:")
+                                    && l.contains("writing the image back")
+                                    && l.contains(image.toString())
+                                    && l.contains("is kept")
+                                    && l.contains("Make the file system answer again")),
+                    "an error line names the export, the image, why and what to do: " + log.all());
+            assertEquals(1, imageThreads("hand-over"), "one thread writes the image back");
+            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+            // another export, on another file system, still serves
+            try (EventFd otherCall = EventFd.create(true);
+                    BlkTestDriver o = connect(otherSocket, otherCall)) {
+                assertEquals(VIRTIO_BLK_S_OK, o.awaitStatus(o.read(o.alloc(4096, 4096), 4096)), "the other export");
+            }
+            // a start while the write-back still runs is answered, waits for it (no reading again beside it) and is
+            // fenced saying so
+            try (BlkTestDriver d = connect(socket, call)) {
+                assertEquals(VIRTIO_BLK_S_IOERR, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "fenced");
+                assertNotEquals(
+                        0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "the device reports NEEDS_RESET");
+                assertTrue(
+                        log.all().stream()
+                                .anyMatch(l -> l.contains("blk q:")
+                                        && l.contains("writing the image back (" + image + "), started when the queues"
+                                                + " last stopped, has still not ended")
+                                        && l.contains("reset the device")),
+                        "the start says what it waits for: " + log.all());
+                assertEquals(0, imageThreads("refresh"), "no reading of the image again beside the write-back");
+                assertEquals(1, imageThreads("hand-over"), "no second write-back");
+            }
+            log.awaitLine("the image lock of " + image + " is kept: writing the image back");
+            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+
+            fs.resume();
+            log.awaitLine(image + " has been written back now");
+            Await.until(RELEASED, "the write-back's thread to end", () -> imageThreads("hand-over") == 0);
+            // no queue runs: the lock kept for the write-back goes with it (not at the next start, or the removal),
+            // so another VM (a migration's destination) may take the image now
+            assertEquals(
+                    FileIo.F_UNLCK,
+                    FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                    "the image lock is let go once the write-back has ended: " + log.all());
+            assertTrue(
+                    log.all().stream()
+                            .anyMatch(l -> l.contains("blk q:")
+                                    && l.contains("has been written back now")
+                                    && l.contains("image lock is let go now")),
+                    "a line says the lock is let go: " + log.all());
+            try (BlkTestDriver d = connect(socket, call)) {
+                long buf = d.alloc(65536, 4096);
+                assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.read(buf, 65536)), "served once the file system answers");
+                for (long i = 0; i < 65536; i++) {
+                    assertEquals((byte) 0xa5, d.ram.segment().get(ValueLayout.JAVA_BYTE, buf + i), "byte " + i);
+                }
+                assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET");
+            }
+        }
+        assertEquals(null, exports.getFirst().closeAsync().await(TIMEOUT), "the export is removed");
+        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
+        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
+        assertEquals(0, check.exit(), "a clean image: " + check.output());
+        String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", image.toString());
+        assertFalse(read.contains("verification failed"), "the data written is in the image: " + read);
+    }
+
+    /**
+     * Removing the export while the last queue's write-back still runs returns (the session thread is free), and the
+     * image is not closed under the write-back: it stays open and locked until the write-back has ended, then is
+     * flushed, closed and unlocked, with the data written in it.
+     */
+    @Test
+    void removingTheExportWhileTheWriteBackHangsReturnsAndClosesTheImageOnceItEnded() throws Exception {
+        writtenThenStoppedWhileTheFileSystemHangs();
+        List<Integer> fds = imageFds();
+        CompletableFuture<String> removed = CompletableFuture.supplyAsync(
+                () -> exports.getFirst().closeAsync().await(Duration.ofSeconds(1)));
+        String answer = removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+        assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
+        assertEquals(fds, imageFds(), "the image stays open under the write-back");
+        assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+        assertEquals(1, imageThreads("hand-over"), "the write-back still runs");
+
+        fs.resume();
+        Await.until(
+                RELEASED,
+                () -> "the image to be closed once the write-back ended (open: " + imageFds() + ")",
+                () -> imageFds().isEmpty());
+        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
+        // the line saying the write-back has ended says the image goes, not that a next start serves it
+        assertTrue(
+                log.all().stream()
+                        .anyMatch(l -> l.contains("blk q:")
+                                && l.contains("has been written back now")
+                                && l.contains("the export is being removed")),
+                "a line says the write-back has ended and the image goes: " + log.all());
+        assertFalse(
+                log.all().stream().anyMatch(l -> l.contains("the next start of the queues serves it")),
+                "no line promises a start of an export being removed: " + log.all());
+        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
+        assertEquals(0, check.exit(), "a clean image: " + check.output());
+        String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", image.toString());
+        assertFalse(read.contains("verification failed"), "the data written is in the image: " + read);
+    }
+
+    /**
+     * Export "q" of a fresh qcow2 image, to which a frontend writes 64 KiB of 0xa5 (allocating a cluster: its tables
+     * change in memory, and no flush follows); then the file system stops and the frontend stops its queue
+     * (GET_VRING_BASE: a migration's source, a guest's reset), whose reply comes — without the fix it throws after
+     * the frontend's reply timeout — and disconnects. Returns the export's socket.
+     */
+    private Path writtenThenStoppedWhileTheFileSystemHangs() throws Exception {
+        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", image.toString(), "16M");
+        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
+        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it then would wait too
+        try (EventFd call = EventFd.create(true);
+                BlkTestDriver d = connect(socket, call)) {
+            long buf = d.alloc(65536, 4096);
+            d.ram.segment().asSlice(buf, 65536).fill((byte) 0xa5);
+            assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.write(buf, 65536)), "the write (no flush after it)");
+            fs.stop();
+            assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position");
+        }
+        return socket;
     }
 
     /** A frontend of {@code socket}, connected and its queue started on another thread, waited for. */
@@ -219,10 +371,10 @@ class BlkRefreshStoppedFsTest {
         return socket;
     }
 
-    /** Threads of export "q" reading its image again. */
-    private static long refreshThreads() {
+    /** Threads of export "q" doing {@code work} on its image ("refresh": reading it again, "hand-over"). */
+    private static long imageThreads(String work) {
         return Thread.getAllStackTraces().keySet().stream()
-                .filter(t -> t.isAlive() && t.getName().equals("blk q refresh"))
+                .filter(t -> t.isAlive() && t.getName().equals("blk q " + work))
                 .count();
     }
 

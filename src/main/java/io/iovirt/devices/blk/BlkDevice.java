@@ -127,31 +127,109 @@ public final class BlkDevice implements VhostUserBackend {
     /** Why this frontend may not use the image (another VM holds it), or null. */
     private volatile String fenced;
     /**
-     * How long a queue start waits for the image to be read again ({@link #refreshImage}). The reading runs on a
-     * thread of its own, as it reads (a writable qcow2 image: first writes back) the image's file, which a file system
-     * that does not answer (a stopped FUSE daemon, a hung NFS server) holds for ever; the thread waiting is the
-     * vhost-user session's, whose frontend waits for its reply to the message that started the queue and which
-     * removing the export joins. A few seconds: far longer than reading a header and tables takes on a healthy disk,
-     * and well short of what a frontend waits for a reply before it gives the backend up.
+     * How long the vhost-user session's thread waits for image work on a thread of its own ({@link #onImageThread}):
+     * reading the image again at a queue start, writing it back when the last queue stops. Both read or write (and
+     * fsync) the image's file, which a file system that does not answer (a stopped FUSE daemon, a hung NFS server)
+     * holds for ever; the thread waiting is the vhost-user session's, whose frontend waits for its reply to the message
+     * that started or stopped the queue and which removing the export joins. A few seconds: far longer than reading or
+     * writing a header and tables takes on a healthy disk, and well short of what a frontend waits for a reply before
+     * it gives the backend up.
      */
-    static final java.time.Duration REFRESH_WAIT_LIMIT = java.time.Duration.ofSeconds(5);
-    /**
-     * The last reading of the image again ({@link #refreshImage}): completed, on its thread, with null or why it
-     * failed; guarded by {@link #refreshGuard}. One still under way is joined, never started twice: it holds the
-     * image's metadata lock, and a thread started per retry would only queue behind it.
-     */
-    private java.util.concurrent.CompletableFuture<String> refreshing;
+    static final java.time.Duration IMAGE_WORK_WAIT_LIMIT = java.time.Duration.ofSeconds(5);
 
-    private final Object refreshGuard = new Object();
-    /** Whether the start waiting for {@link #refreshing} gave it up (under {@link #refreshGuard}). */
-    private boolean refreshGivenUp;
     /**
-     * Whether the last queue stopped while {@link #refreshing} still ran, keeping the image lock for it (under {@link
-     * #refreshGuard}): the reading's thread lets go of the lock when it ends, unless a queue started meanwhile (which
+     * Image work on a thread of its own ({@link #onImageThread}), and its texts: what it does, for log lines and the
+     * reasons a frontend is fenced with; what it means once given up on (the second part of an ERROR line: {2} is the
+     * image's path); what it means when its thread cannot be started; and the INFO line's end once it has ended late.
+     */
+    private enum ImageWork {
+        REFRESH(
+                "refresh",
+                "reading the image again",
+                "started by an earlier start of the queues",
+                "This frontend''s requests all fail with an I/O error and the device reports NEEDS_RESET until it stops"
+                        + " its queues; the image lock of {2} stays taken until that has ended. Make the file system"
+                        + " answer again (a stopped FUSE daemon, a hung NFS server, a failing disk), then reset the"
+                        + " device (reboot the guest, or detach and attach the disk), or remove the export",
+                "This frontend''s requests all fail with an I/O error and the device reports NEEDS_RESET until it stops"
+                        + " its queues; reset the device (reboot the guest, or detach and attach the disk) to try"
+                        + " again",
+                "has been read again now (its file system answers): the next start of the queues serves it",
+                "has been read again now"),
+        HAND_OVER(
+                "hand-over",
+                "writing the image back",
+                "started when the queues last stopped",
+                "The frontend is answered, but the image lock of {2} is kept: the write-back goes on and may still"
+                        + " land, so another VM (a migration''s destination) or program (qemu-img) that took the image"
+                        + " now would have its tables written over; it is refused the image. Make the file system"
+                        + " answer again (a stopped FUSE daemon, a hung NFS server, a failing disk): an INFO line says"
+                        + " when the write-back has ended, and the image lock is let go then if it ended well and no"
+                        + " queue started meanwhile; the next start of the queues here waits for it, and removing the"
+                        + " export (blk.remove) lets go of the image once it has ended",
+                "The image lock of {2} is kept, so another VM (a migration''s destination) cannot take the image until"
+                        + " this backend has written it back (its next start) or has stopped",
+                "has been written back now (its file system answers): the next start of the queues serves it",
+                "has been written back now");
+
+        /** The end of its thread's name, "blk ID " + this. */
+        final String thread;
+
+        final String doing;
+        /** Where one still under way came from, for the start or stop that finds it. */
+        final String startedBy;
+
+        final String givenUp;
+        final String noThread;
+        final String endedLate;
+        /** The INFO line's middle once it has ended well with the lock kept for it: a line says it is let go. */
+        final String ended;
+
+        ImageWork(
+                String thread,
+                String doing,
+                String startedBy,
+                String givenUp,
+                String noThread,
+                String endedLate,
+                String ended) {
+            this.thread = thread;
+            this.doing = doing;
+            this.startedBy = startedBy;
+            this.givenUp = givenUp;
+            this.noThread = noThread;
+            this.endedLate = endedLate;
+            this.ended = ended;
+        }
+    }
+
+    /** Image work started ({@link #onImageThread}): its kind, and its end with null or why it failed. */
+    private static final class PendingImageWork {
+        final ImageWork kind;
+        final java.util.concurrent.CompletableFuture<String> done = new java.util.concurrent.CompletableFuture<>();
+        /** Whether a thread waiting for it gave it up (under {@link #imageWorkGuard}). */
+        boolean givenUp;
+
+        PendingImageWork(ImageWork kind) {
+            this.kind = kind;
+        }
+    }
+
+    /**
+     * The last image work started ({@link #onImageThread}), guarded by {@link #imageWorkGuard}. One still under way is
+     * waited for, never run beside: it holds the image's metadata lock, and a thread started per retry would only
+     * queue behind it.
+     */
+    private PendingImageWork imageWork;
+
+    private final Object imageWorkGuard = new Object();
+    /**
+     * Whether the last queue stopped while {@link #imageWork} still ran, keeping the image lock for it (under {@link
+     * #imageWorkGuard}): its thread lets go of the lock when it ends well, unless a queue started meanwhile (which
      * clears this, {@link #takeImageLocked}); else the lock stayed taken with no frontend served, and another VM (a
      * migration's destination) was refused the image until this export's next start or its removal.
      */
-    private boolean releaseWhenRefreshed;
+    private boolean releaseWhenDone;
 
     private final boolean[] failed;
     /**
@@ -171,7 +249,8 @@ public final class BlkDevice implements VhostUserBackend {
     private volatile boolean writesLeftInKernel;
     /**
      * Queue threads started and not yet ended, those given up on included, and a thread switching the disk read-only
-     * and making the image lock shared after it ({@link #switchReadOnly}: it writes the image back and flushes it)
+     * and making the image lock shared after it ({@link #switchReadOnly}: it writes the image back and flushes it),
+     * and image work on a thread of its own ({@link #onImageThread}: reading the image again, writing it back)
      * ({@link #quiescent}); each one counts itself out when it ends ({@link QueueWorker#closeWhenEnded}), then
      * {@link #threadEnded} is notified.
      */
@@ -971,8 +1050,8 @@ public final class BlkDevice implements VhostUserBackend {
     }
 
     private String takeImageLocked() {
-        synchronized (refreshGuard) { // the image is this start's now: a reading still under way keeps it
-            releaseWhenRefreshed = false;
+        synchronized (imageWorkGuard) { // the image is this start's now: image work still under way keeps it
+            releaseWhenDone = false;
         }
         if (imageLock == null) {
             // on the descriptor the image was opened with: this is the vhost-user session's thread, and opening
@@ -1020,140 +1099,179 @@ public final class BlkDevice implements VhostUserBackend {
 
     /**
      * Reads the image again as the backend that had it last left it (a live migration's source wrote it since this
-     * one opened it): null when done, else why this frontend may not use it (logged). On a thread of its own (counted
-     * in {@link #quiescent}, so the image is not closed under it), waited for up to {@link #REFRESH_WAIT_LIMIT}; one
-     * still under way from an earlier start is joined instead. After the limit the queues are fenced, and the reading
-     * goes on: it holds the image's metadata lock, so nothing else reads or changes the tables meanwhile (a switch,
-     * a flush, the close wait for it), and the image lock stays taken until it has ended ({@link #forget}): a
+     * one opened it): null when done, else why this frontend may not use it (logged). On a thread of its own
+     * ({@link #onImageThread}); one still under way from an earlier start is joined instead, and a write-back still
+     * under way from the last stop ({@link #forget}) is waited for first. After the limit the queues are fenced, and
+     * the work goes on: it holds the image's metadata lock, so nothing else reads or changes the tables meanwhile (a
+     * switch, a flush, the close wait for it), and the image lock stays taken until it has ended ({@link #forget}): a
      * writable image is written back first. The next start after it ended reads the image again.
      */
     private String refreshImage() {
-        java.util.concurrent.CompletableFuture<String> done;
-        boolean joined;
-        synchronized (refreshGuard) {
-            done = refreshing;
-            joined = done != null && !done.isDone();
-            if (!joined) {
-                java.util.concurrent.CompletableFuture<String> d = new java.util.concurrent.CompletableFuture<>();
-                threads.incrementAndGet(); // it reads, and may write, the image: not closed under it
-                try {
-                    Thread.ofPlatform()
-                            .name("blk " + name + " refresh")
-                            .daemon()
-                            .start(() -> {
-                                try {
-                                    String why = readImageAgain();
-                                    boolean late;
-                                    boolean release;
-                                    boolean kept;
-                                    // under lockType too: a start taking the image (takeImageLocked) comes before
-                                    // (and clears releaseWhenRefreshed) or after this, never between check and release
-                                    synchronized (lockType) {
-                                        synchronized (refreshGuard) { // as the waiter gives up: one of them reports it
-                                            d.complete(why);
-                                            late = refreshGivenUp;
-                                            // not after a failure: what it could not write back stays in memory,
-                                            // written later over what another backend wrote (as a failed handOver)
-                                            kept = releaseWhenRefreshed && !retired && why != null;
-                                            release = releaseWhenRefreshed && !retired && why == null;
-                                            releaseWhenRefreshed = false;
-                                        }
-                                        if (release) {
-                                            imageLock.release();
-                                        }
-                                    }
-                                    if (release) {
-                                        LOG.log(
-                                                Level.INFO,
-                                                "blk {0}: {1} has been read again now; its queues are stopped, so its"
-                                                        + " image lock is let go now",
-                                                name,
-                                                image.path());
-                                    } else if (kept) {
-                                        LOG.log(
-                                                Level.ERROR,
-                                                "blk {0}: reading {1} again failed ({2}), and its image lock stays"
-                                                        + " taken: what it could not write back is still in memory."
-                                                        + " The next start of the queues tries again; remove the"
-                                                        + " export (blk.remove) to let go of the image",
-                                                name,
-                                                image.path(),
-                                                why);
-                                    } else if (late && why == null) {
-                                        LOG.log(
-                                                Level.INFO,
-                                                "blk {0}: {1} has been read again now (its file system answers):"
-                                                        + " the next start of the queues serves it",
-                                                name,
-                                                image.path());
-                                    }
-                                } catch (RuntimeException | Error e) {
-                                    d.complete("reading the image again failed: " + e);
-                                    throw e;
-                                } finally {
-                                    queueThreadEnded();
-                                }
-                            });
-                } catch (RuntimeException | OutOfMemoryError e) {
-                    queueThreadEnded();
-                    String why = "cannot start the thread that reads the image again: " + e;
-                    LOG.log(
-                            Level.ERROR,
-                            "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device reports"
-                                    + " NEEDS_RESET until it stops its queues; reset the device (reboot the guest, or"
-                                    + " detach and attach the disk) to try again",
-                            name,
-                            why);
-                    return why;
-                }
-                refreshing = d;
-                refreshGivenUp = false;
-                done = d;
-            }
-        }
-        try {
-            return done.get(REFRESH_WAIT_LIMIT.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
-        } catch (java.util.concurrent.TimeoutException e) {
-            synchronized (refreshGuard) {
-                if (done.isDone()) { // it ended meanwhile, before it could see it was given up on: not fenced
-                    return done.join();
-                }
-                refreshGivenUp = true;
-            }
-            String why = (joined
-                            ? "reading the image again (" + image.path() + "), started by an earlier start of the"
-                                    + " queues, has still not ended"
-                            : "reading the image again (" + image.path() + ") has not ended within "
-                                    + REFRESH_WAIT_LIMIT.toMillis() + " ms")
-                    + ": its file system or disk does not answer";
-            LOG.log(
-                    Level.ERROR,
-                    "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device reports"
-                            + " NEEDS_RESET until it stops its queues; the image lock of {2} stays taken until the"
-                            + " reading has ended. Make the file system answer again (a stopped FUSE daemon, a hung"
-                            + " NFS server, a failing disk), then reset the device (reboot the guest, or detach and"
-                            + " attach the disk), or remove the export",
-                    name,
-                    why,
-                    image.path());
-            return why;
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            return "interrupted while reading the image again";
-        } catch (java.util.concurrent.ExecutionException e) { // completed normally only: not reached
-            return "reading the image again failed: " + e.getCause();
-        }
+        return onImageThread(ImageWork.REFRESH, this::readImageAgain);
     }
 
     /**
-     * Whether a reading of the image again ({@link #refreshImage}) is still under way, for the last queue's stop; if
-     * so, its thread lets go of the image lock when it ends ({@link #releaseWhenRefreshed}).
+     * Runs {@code work} (null when done, else why not, logged by it) — image work that waits for the image's file
+     * system — on a platform thread of its own, "blk ID " + {@code kind.thread}, counted in {@link #quiescent} (so the
+     * image is not closed under it: the owner's close waits for it, and then closes the image), and waits for it up to
+     * {@link #IMAGE_WORK_WAIT_LIMIT}: the caller is the vhost-user session's thread. Image work still under way from an
+     * earlier call is waited for first, within the same limit, and never run beside: work of the same kind is joined
+     * (its outcome returned, no second thread), work of the other kind is let end, then this one starts. Returns null
+     * when done, else why not: past the limit that it has not ended (logged as an ERROR with {@code kind.givenUp}; it
+     * goes on, an INFO line says when it has ended).
      */
-    private boolean keepLockForRefresh() {
-        synchronized (refreshGuard) {
-            boolean underWay = refreshing != null && !refreshing.isDone();
-            releaseWhenRefreshed = underWay;
-            return underWay;
+    private String onImageThread(ImageWork kind, java.util.function.Supplier<String> work) {
+        return runOnImageThread(kind, work).why();
+    }
+
+    /**
+     * {@link #onImageThread}'s outcome: null when done, else why not; and the work waited for last (whose end a caller
+     * given back "not ended" may look at later), or null when none was started.
+     */
+    private record ImageWorkOutcome(String why, PendingImageWork work) {}
+
+    /** {@link #onImageThread}, which see; also gives the work waited for last. */
+    private ImageWorkOutcome runOnImageThread(ImageWork kind, java.util.function.Supplier<String> work) {
+        long deadline = System.nanoTime() + IMAGE_WORK_WAIT_LIMIT.toNanos();
+        while (true) {
+            PendingImageWork p;
+            boolean joined;
+            synchronized (imageWorkGuard) {
+                p = imageWork;
+                joined = p != null && !p.done.isDone();
+                if (!joined) {
+                    p = new PendingImageWork(kind);
+                    String why = startImageWork(p, work);
+                    if (why != null) {
+                        return new ImageWorkOutcome(why, null);
+                    }
+                    imageWork = p;
+                }
+            }
+            String why;
+            try {
+                why = p.done.get(deadline - System.nanoTime(), java.util.concurrent.TimeUnit.NANOSECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                boolean ended;
+                synchronized (imageWorkGuard) {
+                    ended = p.done.isDone(); // it ended meanwhile, before it could see it was given up on
+                    if (!ended) {
+                        p.givenUp = true;
+                    }
+                }
+                if (!ended) {
+                    String late = (joined
+                                    ? p.kind.doing + " (" + image.path() + "), " + p.kind.startedBy
+                                            + ", has still not ended"
+                                    : p.kind.doing + " (" + image.path() + ") has not ended within "
+                                            + IMAGE_WORK_WAIT_LIMIT.toMillis() + " ms")
+                            + ": its file system or disk does not answer";
+                    LOG.log(Level.ERROR, "blk {0}: {1}. " + kind.givenUp, name, late, image.path());
+                    return new ImageWorkOutcome(late, p);
+                }
+                why = p.done.join();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return new ImageWorkOutcome("interrupted while waiting for " + p.kind.doing, p);
+            } catch (java.util.concurrent.ExecutionException e) { // completed normally only: not reached
+                return new ImageWorkOutcome(p.kind.doing + " failed: " + e.getCause(), p);
+            }
+            if (!joined || p.kind == kind) {
+                return new ImageWorkOutcome(why, p);
+            }
+            // the other kind's work, started earlier, has ended (a failed write-back's tables are written by the
+            // reading again first): now this one
+        }
+    }
+
+    /** Starts {@code p}'s thread (under {@link #imageWorkGuard}): null when started, else why not (logged). */
+    private String startImageWork(PendingImageWork p, java.util.function.Supplier<String> work) {
+        threads.incrementAndGet(); // it reads, and may write, the image: not closed under it
+        try {
+            Thread.ofPlatform()
+                    .name("blk " + name + " " + p.kind.thread)
+                    .daemon()
+                    .start(() -> {
+                        try {
+                            String why = work.get();
+                            boolean late;
+                            boolean release;
+                            boolean kept;
+                            // under lockType too: a start taking the image (takeImageLocked) comes before (and
+                            // clears releaseWhenDone) or after this, never between the check and the release
+                            synchronized (lockType) {
+                                synchronized (imageWorkGuard) { // as a waiter gives up: one of them reports it
+                                    p.done.complete(why);
+                                    late = p.givenUp;
+                                    // not after a failure: what it could not write back stays in memory, written
+                                    // later over what another backend wrote
+                                    boolean keptForIt = releaseWhenDone && !retired;
+                                    kept = keptForIt && why != null;
+                                    release = keptForIt && why == null;
+                                    releaseWhenDone = false;
+                                }
+                                if (release) {
+                                    imageLock.release();
+                                }
+                            }
+                            if (release) {
+                                LOG.log(
+                                        Level.INFO,
+                                        "blk {0}: {1} " + p.kind.ended + "; its queues are stopped, so its image lock"
+                                                + " is let go now",
+                                        name,
+                                        image.path());
+                            } else if (kept) {
+                                LOG.log(
+                                        Level.ERROR,
+                                        "blk {0}: {1} ({2}) failed ({3}), and its image lock stays taken: what could"
+                                                + " not be written back is still in memory. The next start of the"
+                                                + " queues tries again; remove the export (blk.remove) to let go of"
+                                                + " the image",
+                                        name,
+                                        p.kind.doing,
+                                        image.path(),
+                                        why);
+                            } else if (late && why == null && retired) { // not served again: it goes now
+                                LOG.log(
+                                        Level.INFO,
+                                        "blk {0}: {1} " + p.kind.ended + "; the export is being removed, so the image"
+                                                + " is flushed, closed and unlocked now",
+                                        name,
+                                        image.path());
+                            } else if (late && why == null) {
+                                LOG.log(Level.INFO, "blk {0}: {1} " + p.kind.endedLate, name, image.path());
+                            }
+                        } catch (RuntimeException | Error e) {
+                            p.done.complete(p.kind.doing + " failed: " + e);
+                            throw e;
+                        } finally {
+                            queueThreadEnded();
+                        }
+                    });
+            return null;
+        } catch (RuntimeException | OutOfMemoryError e) {
+            queueThreadEnded();
+            String why = "cannot start the thread for " + p.kind.doing + ": " + e;
+            LOG.log(Level.ERROR, "blk {0}: {1}. " + p.kind.noThread, name, why, image.path());
+            return why;
+        }
+    }
+
+    /** Whether {@code p}, work of {@code kind}, has ended well ({@link #onImageThread}). */
+    private static boolean endedWell(PendingImageWork p, ImageWork kind) {
+        return p != null && p.kind == kind && p.done.isDone() && p.done.join() == null;
+    }
+
+    /**
+     * The image work ({@link #onImageThread}) still under way, or null, for the last queue's stop, which keeps the
+     * image lock for it: its thread lets go of the lock when it ends well ({@link #releaseWhenDone}).
+     */
+    private ImageWork keepLockForImageWork() {
+        synchronized (imageWorkGuard) {
+            boolean underWay = imageWork != null && !imageWork.done.isDone();
+            releaseWhenDone = underWay;
+            return underWay ? imageWork.kind : null;
         }
     }
 
@@ -1170,6 +1288,26 @@ public final class BlkDevice implements VhostUserBackend {
                     name,
                     e.getMessage());
             return "cannot read the image again: " + e.getMessage();
+        }
+    }
+
+    /** {@link #forget}'s write-back of the image, on its own thread ({@link #onImageThread}): null when done. */
+    private String writeImageBack() {
+        try {
+            image.handOver();
+            return null;
+        } catch (IOException e) {
+            // What could not be written stays in memory and would be written later (the next flush, the close)
+            // over what another backend wrote meanwhile: the lock stays with this device, so no other backend takes
+            // the image until this one has written it back or is gone.
+            LOG.log(
+                    Level.ERROR,
+                    "blk {0}: writing the image back when its last queue stopped failed: {1}. The image lock is"
+                            + " kept, so another VM (a migration''s destination) cannot take the image until"
+                            + " this backend has written it back (its next start) or has stopped",
+                    name,
+                    e.getMessage());
+            return "writing the image back failed: " + e.getMessage();
         }
     }
 
@@ -1510,29 +1648,25 @@ public final class BlkDevice implements VhostUserBackend {
         vqs[index] = null;
         handlers.set(index, null);
         if (!anyRunning()) { // image ownership (issue 11): the last queue hands the image back
-            boolean handedOver = true;
+            String handOver = null; // why the image was not written back, or null
+            PendingImageWork handOverWork = null;
             if (fenced == null && !closing && !retired) {
                 // written back first: the backend that takes the image next (a migration's destination) reads it
                 // from the file, and a qcow2 image's tables for the writes completed here are still in memory. Not
                 // for an export being removed: this runs on the session thread its server's close waits for, with
                 // no bound (a file system that does not answer would hold the removal's answer); the owner's final
-                // flush and close write the image back instead, on a thread of their own, the lock kept until then
-                try {
-                    image.handOver();
-                } catch (IOException e) {
-                    // What could not be written stays in memory and would be written later (the next flush, the
-                    // close) over what another backend wrote meanwhile: the lock stays with this device, so no other
-                    // backend takes the image until this one has written it back or is gone.
-                    handedOver = false;
-                    LOG.log(
-                            Level.ERROR,
-                            "blk {0}: writing the image back when its last queue stopped failed: {1}. The image lock is"
-                                    + " kept, so another VM (a migration''s destination) cannot take the image until"
-                                    + " this backend has written it back (its next start) or has stopped",
-                            name,
-                            e.getMessage());
-                }
+                // flush and close write the image back instead, on a thread of their own, the lock kept until then.
+                // On a thread of its own, waited for with a limit: this is the session's thread, and the frontend
+                // waits for its reply (GET_VRING_BASE) — a migration's source cannot complete without it. Past the
+                // limit the lock is kept: the destination must not take the image before this write-back has landed,
+                // or the source's late tables would overwrite what it wrote; it is refused the image (fenced) instead,
+                // and the write-back goes on, its thread letting go of the lock once it has ended well with no queue
+                // started meanwhile (keepLockForImageWork), or the export's removal once it has ended.
+                ImageWorkOutcome o = runOnImageThread(ImageWork.HAND_OVER, this::writeImageBack);
+                handOver = o.why();
+                handOverWork = o.work();
             }
+            ImageWork underWay;
             if (writesLeftInKernel && imageLock != null && imageLock.held()) {
                 LOG.log(
                         Level.ERROR,
@@ -1543,22 +1677,28 @@ public final class BlkDevice implements VhostUserBackend {
                                 + " once that write has completed (not before, even if the daemon exits)",
                         name,
                         image.path());
-            } else if (handedOver && imageLock != null && !retired && keepLockForRefresh()) {
-                // the reading the queues' start gave up on still runs: a writable image writes its tables back
-                // first, and reads them then, so another backend that took the image now would have them written
-                // over, or read half written
-                LOG.log(
-                        Level.ERROR,
-                        "blk {0}: the last queue stopped, but the image lock of {1} is kept: reading the image again"
-                                + " (started with the queues) has not ended, and it may still write the image. It is"
-                                + " let go once the reading has ended well (a line says so), which needs the image''s"
-                                + " file system to answer again; until then another VM (a migration''s destination) is"
-                                + " refused the image",
-                        name,
-                        image.path());
-            } else if (handedOver && imageLock != null && !retired) {
+            } else if (imageLock != null && !retired && (underWay = keepLockForImageWork()) != null) {
+                // image work given up on still runs (a reading again the queues' start gave up on, or a write-back
+                // of their last stop): it may write the image's tables, and a reading again reads them then, so
+                // another backend that took the image now would have them written over, or read half written
+                if (handOver == null) { // else the write-back given up on just now said so
+                    LOG.log(
+                            Level.ERROR,
+                            "blk {0}: the last queue stopped, but the image lock of {1} is kept: {2} ({3}) has not"
+                                    + " ended, and it may still write the image. It is let go once that has ended well"
+                                    + " (a line says so), which needs the image''s file system to answer again; until"
+                                    + " then another VM (a migration''s destination) is refused the image",
+                            name,
+                            image.path(),
+                            underWay.doing,
+                            underWay.startedBy);
+                }
+            } else if ((handOver == null || endedWell(handOverWork, ImageWork.HAND_OVER))
+                    && imageLock != null
+                    && !retired) {
                 // not for an export being removed: its image's final flush comes after this stop, and the lock goes
-                // only once it has ended (close), so no other VM or program takes the image while it may still write
+                // only once it has ended (close), so no other VM or program takes the image while it may still write.
+                // Also when the write-back given up on has ended well since (before it could be kept for)
                 imageLock.release();
             }
             fenced = null;
