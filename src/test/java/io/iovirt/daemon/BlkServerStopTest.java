@@ -130,15 +130,7 @@ class BlkServerStopTest {
         assertTrue(sameSocket.getMessage().contains("blk 'a' (being removed"), sameSocket.getMessage());
 
         fs.resume(); // the read ends, the queue stops, the session ends
-        Await.until(TIMEOUT, "a's re-add once its old session has ended", () -> {
-            try {
-                add("a", other, socket);
-                return true;
-            } catch (RpcException e) {
-                assertTrue(e.getMessage().contains("being removed"), e.getMessage());
-                return false;
-            }
-        });
+        ReAdd.onceTheClaimGoes("being removed", () -> add("a", other, socket));
         List<String> lines = log.all();
         assertTrue(
                 lines.indexOf(stopped) >= 0
