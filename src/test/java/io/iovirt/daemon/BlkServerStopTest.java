@@ -177,6 +177,13 @@ class BlkServerStopTest {
             assertTrue(
                     lines.stream().anyMatch(l -> l.startsWith("blk " + id + ": its server has not stopped yet")),
                     "blk " + id + " is named as still stopping: " + lines);
+            // the stop's own line says what the daemon exits without, not (as a removal's answer) that it ends later
+            String left = lines.stream()
+                    .filter(l -> l.startsWith("blk " + id + ": stopping: "))
+                    .findFirst()
+                    .orElseThrow(() -> new AssertionError("the stop names what blk " + id + " left: " + lines));
+            assertTrue(left.contains("the daemon exits without the final flush of"), left);
+            assertFalse(left.contains("adding it again is refused") || left.contains("is removed"), left);
         }
     }
 
