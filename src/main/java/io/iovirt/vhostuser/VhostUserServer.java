@@ -9,7 +9,6 @@ import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.util.LogLimiter;
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 
@@ -45,6 +44,9 @@ public final class VhostUserServer implements AutoCloseable {
     private final EventFd.PeerConduct eventFds = new EventFd.PeerConduct();
 
     private final UnixSocket listener;
+    /** The socket file this server made ({@link SocketPaths#fileKey}): the one its stop removes, and no other. */
+    private final Object socketFile;
+
     private final SocketAccess access;
     private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors, refusals and the handler's lines a hostile frontend can repeat at will: one bucket. */
@@ -158,6 +160,7 @@ public final class VhostUserServer implements AutoCloseable {
         this.name = "vhost-user " + path;
         this.backend = backend;
         this.listener = listener;
+        this.socketFile = SocketPaths.fileKey(path);
         this.access = access;
         this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, this::isClosed)
                 .threadName("vhost-user accept " + path)
@@ -387,8 +390,10 @@ public final class VhostUserServer implements AutoCloseable {
      * callback (say a queue's stop, waiting for requests stuck on a file system or disk that does not answer): that
      * is logged as a WARNING naming the socket and what the thread is in, and returned as a phrase for the caller's
      * own line; nothing is accepted any more, but the listener stays open and its socket file in place until
-     * {@link #finishStop} — which the caller must run, on a thread of its own — has seen that thread end. So the path
-     * is never free (nor removed under a new server on it) while the old session still runs.
+     * {@link #finishStop} — which the caller must run, on a thread of its own — has seen that thread end. The listener,
+     * shut down, refuses connections, so to another process the path looks free meanwhile ({@link
+     * SocketPaths#listen}): the caller keeps it taken in its own process (the daemon's claims), and a server that took
+     * it over all the same keeps its socket file ({@link #finishStop} removes only the one this server made).
      */
     public String stopWithin(Duration limit) {
         long deadline = System.nanoTime() + limit.toNanos();
@@ -430,7 +435,8 @@ public final class VhostUserServer implements AutoCloseable {
 
     /**
      * Ends a stop that {@link #stopWithin} left under way: waits for the session thread as long as it takes (a WARNING
-     * every 30 s), then closes the listener and removes the socket file, in that order. Nothing when already done.
+     * every 30 s), then closes the listener and removes the socket file — if it is still the one this server made —
+     * in that order. Nothing when already done.
      */
     public void finishStop() {
         if (!beginStop()) {
@@ -453,9 +459,18 @@ public final class VhostUserServer implements AutoCloseable {
         }
         listener.close();
         try {
-            Files.deleteIfExists(path);
+            if (!SocketPaths.removeIfSame(path, socketFile)) {
+                // its listener, shut down while the session ran, refused connections: the path looked free
+                LOG.log(
+                        System.Logger.Level.INFO,
+                        name + ": another server took the path over while this one was stopping; its socket file"
+                                + " stays");
+            }
         } catch (IOException e) {
-            LOG.log(System.Logger.Level.WARNING, name + ": could not remove the socket file: " + e.getMessage());
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    name + ": could not remove the socket file: " + e.getMessage() + "; a server started on the path"
+                            + " replaces it (nothing listens on it)");
         }
         LOG.log(System.Logger.Level.INFO, name + ": stopped");
     }

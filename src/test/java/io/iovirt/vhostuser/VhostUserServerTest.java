@@ -607,6 +607,41 @@ class VhostUserServerTest {
         assertNull(server.stopWithin(Duration.ofMillis(200)), "stopped: nothing left");
     }
 
+    /**
+     * While a stop waits for a session stuck in the device, the shut-down listener refuses connections, so the path
+     * looks free to another process's server (a standalone {@code serve blk}, another daemon), which replaces the
+     * socket file with its own. The old server's late finishStop removed whatever file was at the path — the new
+     * server's: it went on listening on a file no frontend could find, and QEMU's reconnect failed. Now the old
+     * server removes only the socket file it made.
+     */
+    @Test
+    void aLateFinishStopLeavesTheSocketFileOfANewServerOnThePath() throws Exception {
+        java.util.concurrent.CountDownLatch resetMayEnd = new java.util.concurrent.CountDownLatch(1);
+        backend.resetWaitsFor = resetMayEnd;
+        VhostUserServer next = null;
+        try (VhostUserFrontend fe = connect();
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            assertNotNull(server.stopWithin(Duration.ofMillis(200)), "the session is stuck in the device's reset");
+            next = VhostUserServer.start(socket, new RecordingBackend(2)); // the path looks free: it is taken over
+            resetMayEnd.countDown();
+            server.finishStop();
+            assertTrue(Files.exists(socket), "the new server's socket file stays: " + log.all());
+            try (VhostUserFrontend again = connect();
+                    EventFd call2 = EventFd.create(true);
+                    EventFd err2 = EventFd.create(true)) {
+                initLikeQemu(again, call2, err2); // served by the new server
+            }
+        } finally {
+            resetMayEnd.countDown();
+            if (next != null) {
+                next.close();
+            }
+        }
+        assertFalse(Files.exists(socket), "the new server removes its own file when it stops");
+    }
+
     @Test
     void aStaleSocketFileIsReplacedButALiveOneOrAFileIsNot() throws Exception {
         Path stale = dir.resolve("stale.sock");
