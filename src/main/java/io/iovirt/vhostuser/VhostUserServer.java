@@ -31,6 +31,8 @@ import java.time.Duration;
 public final class VhostUserServer implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.vhostuser");
     private static final Duration STOP_WAIT = Duration.ofSeconds(30);
+    /** How often {@link #finishStop} names the session it still waits for ({@link #STOP_WAIT}; tests shorten it). */
+    private volatile Duration stopWarnEvery = STOP_WAIT;
 
     private final Path path;
     private final String name;
@@ -449,7 +451,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
         if (s != null) {
             s.connection.shutdown();
-            joinQuietly(s.thread);
+            awaitSession(s);
         }
         synchronized (lock) {
             if (stopped) {
@@ -496,6 +498,44 @@ public final class VhostUserServer implements AutoCloseable {
             LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
         }
         return true;
+    }
+
+    /**
+     * Waits for the session's thread as long as it takes (the stop's rest, {@link #finishStop}), naming every {@link
+     * #stopWarnEvery} what it is still in, why the socket file is still there and what to do.
+     */
+    private void awaitSession(Session s) {
+        if (s.thread == Thread.currentThread()) {
+            return;
+        }
+        boolean interrupted = false;
+        try {
+            while (true) {
+                try {
+                    if (s.thread.join(stopWarnEvery)) {
+                        return;
+                    }
+                    LOG.log(
+                            System.Logger.Level.WARNING,
+                            name + ": stopping: still waiting for the session of frontend " + s.peer + ": its thread ("
+                                    + s.thread.getName() + ") is still in " + s.doing() + ". The socket file stays"
+                                    + " until it has ended. A device callback waits so on a file system or disk that"
+                                    + " does not answer: make it answer again (a hung NFS server or FUSE daemon, a"
+                                    + " failing disk)");
+                } catch (InterruptedException e) {
+                    interrupted = true; // the session must still be waited for: the device may still use the image
+                }
+            }
+        } finally {
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /** How often {@link #finishStop} names the session it still waits for (tests). */
+    void stopWarnEvery(Duration d) {
+        stopWarnEvery = d;
     }
 
     /** Waits for {@code t} until {@code deadline} ({@link System#nanoTime}); whether it has ended. */
