@@ -519,9 +519,9 @@ public final class VhostUserServer implements AutoCloseable {
                             System.Logger.Level.WARNING,
                             name + ": stopping: still waiting for the session of frontend " + s.peer + ": its thread ("
                                     + s.thread.getName() + ") is still in " + s.doing() + ". The socket file stays"
-                                    + " until it has ended. A device callback waits so on a file system or disk that"
-                                    + " does not answer: make it answer again (a hung NFS server or FUSE daemon, a"
-                                    + " failing disk)");
+                                    + " until it has ended. Such a wait is on a file system or disk that does not"
+                                    + " answer: make it answer again (a hung NFS server or FUSE daemon, a failing"
+                                    + " disk)");
                 } catch (InterruptedException e) {
                     interrupted = true; // the session must still be waited for: the device may still use the image
                 }
