@@ -1247,7 +1247,7 @@ public final class Daemon implements AutoCloseable {
     /**
      * Waits until {@code deadline} ({@link System#nanoTime}) for an export's close begun by {@link #closeOnItsThread}:
      * its server's stop, then its image's close. Null when it ended with its final flush; else what is left, as
-     * {@link ImageRelease.Closing#await} says.
+     * {@link ImageRelease.Closing#awaitBeforeExit} says.
      */
     private static String awaitClose(
             java.util.concurrent.CompletableFuture<ImageRelease.Closing> started, long deadline) {
@@ -1255,13 +1255,14 @@ public final class Daemon implements AutoCloseable {
         try {
             c = started.get(Math.max(0, deadline - System.nanoTime()), java.util.concurrent.TimeUnit.NANOSECONDS);
         } catch (java.util.concurrent.TimeoutException e) {
-            return "its server has not stopped (see the lines above): its image stays open and is not flushed";
+            return "its server has not stopped (see the lines above): the daemon exits without the final flush of"
+                    + " its image (its lock goes with the process): writes acknowledged before may not be on disk";
         } catch (java.util.concurrent.ExecutionException e) {
             return "stopping its server failed: " + e.getCause();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             return "interrupted while its server stops";
         }
-        return c.await(java.time.Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
+        return c.awaitBeforeExit(java.time.Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
     }
 }

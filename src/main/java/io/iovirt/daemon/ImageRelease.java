@@ -74,22 +74,44 @@ final class ImageRelease {
          * disk that does not answer) — then how it ends is logged when it does.
          */
         String await(Duration limit) {
+            return await(limit, false);
+        }
+
+        /**
+         * As {@link #await}, for the daemon's stop, which exits once it has waited: what is left then is not waited for
+         * and does not happen in this process. Null when the close ended with its final flush; otherwise what the
+         * daemon exits without — not, as {@link #await} says to a removal, that it ends later.
+         */
+        String awaitBeforeExit(Duration limit) {
+            return await(limit, true);
+        }
+
+        private String await(Duration limit, boolean exiting) {
             try {
                 return outcome(flushed.get(limit.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS));
             } catch (java.util.concurrent.TimeoutException e) {
                 flushed.whenComplete(this::logEnd);
+                long waited = (System.nanoTime() - started) / 1_000_000;
                 String server = serverStopping;
+                if (exiting) {
+                    String what = server != null
+                            ? "its server has not stopped after " + waited + " ms: " + server + " (a device callback"
+                                    + " that waits, e.g. on a file system or disk that does not answer)"
+                            : "its image " + image + " is still being flushed and closed after " + waited + " ms (its"
+                                    + " file system or disk does not answer)";
+                    return what + ": the daemon exits without the final flush of " + image + " (its lock goes with"
+                            + " the process): writes acknowledged before may not be on disk. Make the file system or"
+                            + " disk answer again before the image is used again";
+                }
                 if (server != null) {
-                    return "the export is removed, but its server has not stopped after "
-                            + (System.nanoTime() - started) / 1_000_000 + " ms: " + server + " (a device"
-                            + " callback that waits, e.g. on a file system or disk that does not answer): its image "
-                            + image + " stays open and locked, and its id, socket and image stay taken (adding it"
-                            + " again is refused) until that has ended and the image is flushed and closed; a log line"
-                            + " says how it ended. Make the file system or disk answer again";
+                    return "the export is removed, but its server has not stopped after " + waited + " ms: " + server
+                            + " (a device callback that waits, e.g. on a file system or disk that does not answer): its"
+                            + " image " + image + " stays open and locked, and its id, socket and image stay taken"
+                            + " (adding it again is refused) until that has ended and the image is flushed and closed;"
+                            + " a log line says how it ended. Make the file system or disk answer again";
                 }
                 return "the export is removed, but its image " + image + " is still being flushed and closed after "
-                        + (System.nanoTime() - started) / 1_000_000
-                        + " ms (its file system or disk does not answer): it stays open and"
+                        + waited + " ms (its file system or disk does not answer): it stays open and"
                         + " locked, and its id, socket and image stay taken (adding it again is refused) until"
                         + " that has ended; a log line says how it ended (an ERROR line if its final flush failed:"
                         + " writes acknowledged before may then not be on disk). Make the file system or disk"

@@ -55,4 +55,31 @@ public final class SocketPaths {
             throw new IOException("cannot listen on " + path + ": " + e.getMessage(), e);
         }
     }
+
+    /**
+     * Which file is at {@code path} now — its device and inode ({@link BasicFileAttributes#fileKey}) — to tell later
+     * whether it is still the socket file a server made ({@link #removeIfSame}); null when it cannot be read.
+     */
+    public static Object fileKey(Path path) {
+        try {
+            return Files.readAttributes(path, BasicFileAttributes.class, LinkOption.NOFOLLOW_LINKS)
+                    .fileKey();
+        } catch (IOException | SecurityException e) {
+            return null;
+        }
+    }
+
+    /**
+     * Removes the socket file at {@code path} if it is still the one {@code key} ({@link #fileKey}, taken once the
+     * server listened) names: a server's listener shut down refuses connections, so while it stops the path looks
+     * free, and another server may have replaced the file with its own — which is not removed. Returns false when
+     * another file is there now; nothing is there: true. A null {@code key} removes whatever is there.
+     */
+    public static boolean removeIfSame(Path path, Object key) throws IOException {
+        if (key != null && !key.equals(fileKey(path))) {
+            return !Files.exists(path, LinkOption.NOFOLLOW_LINKS); // gone already, or another file there now
+        }
+        Files.deleteIfExists(path);
+        return true;
+    }
 }

@@ -12,7 +12,6 @@ import java.io.IOException;
 import java.net.InetAddress;
 import java.nio.channels.ByteChannel;
 import java.nio.channels.GatheringByteChannel;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Collection;
@@ -54,6 +53,9 @@ public final class NbdServer implements AutoCloseable {
 
     private final String address;
     private final Path socketPath;
+    /** The socket file this server made ({@link SocketPaths#fileKey}): the one its close removes, and no other. */
+    private final Object socketFile;
+
     private final int maxConnections;
     private final ConcurrentHashMap<String, NbdExport> exports = new ConcurrentHashMap<>();
     private final Set<NbdConnection> connections = ConcurrentHashMap.newKeySet();
@@ -83,6 +85,7 @@ public final class NbdServer implements AutoCloseable {
         this.unixListener = unix;
         this.address = address;
         this.socketPath = socketPath;
+        this.socketFile = socketPath == null ? null : SocketPaths.fileKey(socketPath);
         this.maxConnections = maxConnections;
         ScheduledThreadPoolExecutor t = new ScheduledThreadPoolExecutor(1, r -> {
             Thread th = new Thread(r, "nbd-timer " + address);
@@ -443,7 +446,9 @@ public final class NbdServer implements AutoCloseable {
         listener.close();
         if (socketPath != null) {
             try {
-                Files.deleteIfExists(socketPath);
+                // not another server's: the listener, shut down while the connections drained, refused connections,
+                // so the path looked free to another process meanwhile
+                SocketPaths.removeIfSame(socketPath, socketFile);
             } catch (IOException e) {
                 // best effort
             }

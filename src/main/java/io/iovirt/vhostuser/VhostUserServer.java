@@ -9,7 +9,6 @@ import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.util.LogLimiter;
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 
@@ -32,6 +31,8 @@ import java.time.Duration;
 public final class VhostUserServer implements AutoCloseable {
     private static final System.Logger LOG = System.getLogger("io.iovirt.vhostuser");
     private static final Duration STOP_WAIT = Duration.ofSeconds(30);
+    /** How often {@link #finishStop} names the session it still waits for ({@link #STOP_WAIT}; tests shorten it). */
+    private volatile Duration stopWarnEvery = STOP_WAIT;
 
     private final Path path;
     private final String name;
@@ -45,6 +46,9 @@ public final class VhostUserServer implements AutoCloseable {
     private final EventFd.PeerConduct eventFds = new EventFd.PeerConduct();
 
     private final UnixSocket listener;
+    /** The socket file this server made ({@link SocketPaths#fileKey}): the one its stop removes, and no other. */
+    private final Object socketFile;
+
     private final SocketAccess access;
     private final Acceptor<UnixSocket> acceptor;
     /** Protocol errors, refusals and the handler's lines a hostile frontend can repeat at will: one bucket. */
@@ -158,6 +162,7 @@ public final class VhostUserServer implements AutoCloseable {
         this.name = "vhost-user " + path;
         this.backend = backend;
         this.listener = listener;
+        this.socketFile = SocketPaths.fileKey(path);
         this.access = access;
         this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, this::isClosed)
                 .threadName("vhost-user accept " + path)
@@ -387,8 +392,10 @@ public final class VhostUserServer implements AutoCloseable {
      * callback (say a queue's stop, waiting for requests stuck on a file system or disk that does not answer): that
      * is logged as a WARNING naming the socket and what the thread is in, and returned as a phrase for the caller's
      * own line; nothing is accepted any more, but the listener stays open and its socket file in place until
-     * {@link #finishStop} — which the caller must run, on a thread of its own — has seen that thread end. So the path
-     * is never free (nor removed under a new server on it) while the old session still runs.
+     * {@link #finishStop} — which the caller must run, on a thread of its own — has seen that thread end. The listener,
+     * shut down, refuses connections, so to another process the path looks free meanwhile ({@link
+     * SocketPaths#listen}): the caller keeps it taken in its own process (the daemon's claims), and a server that took
+     * it over all the same keeps its socket file ({@link #finishStop} removes only the one this server made).
      */
     public String stopWithin(Duration limit) {
         long deadline = System.nanoTime() + limit.toNanos();
@@ -430,7 +437,8 @@ public final class VhostUserServer implements AutoCloseable {
 
     /**
      * Ends a stop that {@link #stopWithin} left under way: waits for the session thread as long as it takes (a WARNING
-     * every 30 s), then closes the listener and removes the socket file, in that order. Nothing when already done.
+     * every 30 s), then closes the listener and removes the socket file — if it is still the one this server made —
+     * in that order. Nothing when already done.
      */
     public void finishStop() {
         if (!beginStop()) {
@@ -443,7 +451,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
         if (s != null) {
             s.connection.shutdown();
-            joinQuietly(s.thread);
+            awaitSession(s);
         }
         synchronized (lock) {
             if (stopped) {
@@ -453,9 +461,18 @@ public final class VhostUserServer implements AutoCloseable {
         }
         listener.close();
         try {
-            Files.deleteIfExists(path);
+            if (!SocketPaths.removeIfSame(path, socketFile)) {
+                // its listener, shut down while the session ran, refused connections: the path looked free
+                LOG.log(
+                        System.Logger.Level.INFO,
+                        name + ": another server took the path over while this one was stopping; its socket file"
+                                + " stays");
+            }
         } catch (IOException e) {
-            LOG.log(System.Logger.Level.WARNING, name + ": could not remove the socket file: " + e.getMessage());
+            LOG.log(
+                    System.Logger.Level.WARNING,
+                    name + ": could not remove the socket file: " + e.getMessage() + "; a server started on the path"
+                            + " replaces it (nothing listens on it)");
         }
         LOG.log(System.Logger.Level.INFO, name + ": stopped");
     }
@@ -481,6 +498,44 @@ public final class VhostUserServer implements AutoCloseable {
             LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
         }
         return true;
+    }
+
+    /**
+     * Waits for the session's thread as long as it takes (the stop's rest, {@link #finishStop}), naming every {@link
+     * #stopWarnEvery} what it is still in, why the socket file is still there and what to do.
+     */
+    private void awaitSession(Session s) {
+        if (s.thread == Thread.currentThread()) {
+            return;
+        }
+        boolean interrupted = false;
+        try {
+            while (true) {
+                try {
+                    if (s.thread.join(stopWarnEvery)) {
+                        return;
+                    }
+                    LOG.log(
+                            System.Logger.Level.WARNING,
+                            name + ": stopping: still waiting for the session of frontend " + s.peer + ": its thread ("
+                                    + s.thread.getName() + ") is still in " + s.doing() + ". The socket file stays"
+                                    + " until it has ended. Such a wait is on a file system or disk that does not"
+                                    + " answer: make it answer again (a hung NFS server or FUSE daemon, a failing"
+                                    + " disk)");
+                } catch (InterruptedException e) {
+                    interrupted = true; // the session must still be waited for: the device may still use the image
+                }
+            }
+        } finally {
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /** How often {@link #finishStop} names the session it still waits for (tests). */
+    void stopWarnEvery(Duration d) {
+        stopWarnEvery = d;
     }
 
     /** Waits for {@code t} until {@code deadline} ({@link System#nanoTime}); whether it has ended. */

@@ -130,15 +130,7 @@ class BlkServerStopTest {
         assertTrue(sameSocket.getMessage().contains("blk 'a' (being removed"), sameSocket.getMessage());
 
         fs.resume(); // the read ends, the queue stops, the session ends
-        Await.until(TIMEOUT, "a's re-add once its old session has ended", () -> {
-            try {
-                add("a", other, socket);
-                return true;
-            } catch (RpcException e) {
-                assertTrue(e.getMessage().contains("being removed"), e.getMessage());
-                return false;
-            }
-        });
+        ReAdd.onceTheClaimGoes("being removed", () -> add("a", other, socket));
         List<String> lines = log.all();
         assertTrue(
                 lines.indexOf(stopped) >= 0
@@ -185,6 +177,13 @@ class BlkServerStopTest {
             assertTrue(
                     lines.stream().anyMatch(l -> l.startsWith("blk " + id + ": its server has not stopped yet")),
                     "blk " + id + " is named as still stopping: " + lines);
+            // the stop's own line says what the daemon exits without, not (as a removal's answer) that it ends later
+            String left = lines.stream()
+                    .filter(l -> l.startsWith("blk " + id + ": stopping: "))
+                    .findFirst()
+                    .orElseThrow(() -> new AssertionError("the stop names what blk " + id + " left: " + lines));
+            assertTrue(left.contains("the daemon exits without the final flush of"), left);
+            assertFalse(left.contains("adding it again is refused") || left.contains("is removed"), left);
         }
     }
 

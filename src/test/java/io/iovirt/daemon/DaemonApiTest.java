@@ -1155,15 +1155,7 @@ class DaemonApiTest {
      * returns, "being removed" until its final flush has ended.
      */
     private void addOnceTheClaimIsReleased(String refusedAs, String method, Object... kv) {
-        Await.until(Duration.ofSeconds(60), "the claim of the export " + refusedAs + " to go", () -> {
-            try {
-                ok(method, kv);
-                return true;
-            } catch (Exception e) {
-                assertTrue(e.getMessage().contains(refusedAs), e.getMessage());
-                return false;
-            }
-        });
+        ReAdd.onceTheClaimGoes(refusedAs, () -> ok(method, kv));
     }
 
     private String sock(String id) {

@@ -108,4 +108,61 @@ class ImageReleaseTest {
         assertTrue(closing.flushed.get(1, TimeUnit.MINUTES), "closed once the stop has ended");
         assertEquals(List.of("stop", "stop ended", "close"), steps);
     }
+
+    /**
+     * The daemon's stop, which exits once it has waited, is told what it exits without — the final flush — whether
+     * the server or the flush is what is still under way; a removal is told instead that its close ends later and
+     * its id, socket and image stay taken until then. The stop logged the removal's text: that adding the export
+     * again is refused until a log line says how it ended, in a process about to exit without either.
+     */
+    @Test
+    void theStopIsToldWhatItExitsWithoutNotThatItEndsLater() throws Exception {
+        CountDownLatch ends = new CountDownLatch(1);
+        try {
+            ImageRelease.Closing stuckServer = new ImageRelease.Closing("blk t", IMAGE);
+            ImageRelease.afterStop(
+                    new ImageRelease.ServerStop(() -> "its session is stuck", () -> await(ends)),
+                    "blk t",
+                    IMAGE,
+                    "a request is",
+                    "reuse is refused",
+                    () -> true,
+                    timeout -> true,
+                    () -> true,
+                    stuckServer);
+            ImageRelease.Closing stuckFlush = new ImageRelease.Closing("nbd t", IMAGE);
+            ImageRelease.afterStop(
+                    ImageRelease.ServerStop.bounded(() -> {}),
+                    "nbd t",
+                    IMAGE,
+                    "requests are",
+                    "reuse is refused",
+                    () -> true,
+                    timeout -> true,
+                    () -> {
+                        await(ends);
+                        return true;
+                    },
+                    stuckFlush);
+            for (ImageRelease.Closing c : List.of(stuckServer, stuckFlush)) {
+                String removal = c.await(java.time.Duration.ofMillis(100));
+                assertTrue(removal.contains("adding it again is refused"), removal);
+                String stop = c.awaitBeforeExit(java.time.Duration.ofMillis(100));
+                assertTrue(stop.contains("the daemon exits without the final flush of " + IMAGE), stop);
+                assertTrue(!stop.contains("adding it again is refused") && !stop.contains("a log line says"), stop);
+            }
+            assertTrue(stuckServer.awaitBeforeExit(java.time.Duration.ZERO).contains("its session is stuck"));
+            assertTrue(stuckFlush.awaitBeforeExit(java.time.Duration.ZERO).contains("still being flushed"));
+        } finally {
+            ends.countDown();
+        }
+    }
+
+    private static void await(CountDownLatch l) {
+        try {
+            l.await();
+        } catch (InterruptedException e) {
+            throw new IllegalStateException(e);
+        }
+    }
 }

@@ -112,6 +112,45 @@ class NbdShutdownTest {
         }
     }
 
+    /**
+     * While the shutdown waits for a request in flight, the listener, shut down, refuses connections: the path looks
+     * free, and another server (another process's) takes it over. The close that ends afterwards removed whatever file
+     * was at the path — the new server's, which then listened on a file no client could find. It removes only its own.
+     */
+    @Test
+    void aCloseThatEndsAfterAnotherServerTookThePathOverLeavesItsSocketFile() throws Exception {
+        Path img = dir.resolve("t.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("t.sock");
+        Thread closer = null;
+        try (DiskImage real = Images.open(img, null, false, false)) {
+            GatedImage image = new GatedImage(real);
+            NbdServer s = NbdServer.startUnix(sock, 8);
+            s.shutdownGrace(Duration.ofSeconds(60)); // the test's steps, however slow the machine, fit in it
+            try (RawClient busy = RawClient.unix(sock)) {
+                s.addExport(new NbdExport("t", image, false));
+                busy.go("t");
+                CountDownLatch held = image.hold();
+                busy.send(Nbd.CMD_FLUSH, 0, 0, 0, null);
+                assertTrue(held.await(20, TimeUnit.SECONDS), "the flush did not reach the image");
+                closer = Thread.ofPlatform().start(s::close);
+                Await.until(Duration.ofSeconds(20), "the server to begin its shutdown", s::draining);
+                try (io.iovirt.linux.UnixSocket next = io.iovirt.linux.SocketPaths.listen(sock)) {
+                    image.release();
+                    closer.join(TimeUnit.SECONDS.toMillis(60));
+                    assertFalse(closer.isAlive(), "close() returned");
+                    assertTrue(Files.exists(sock), "the socket file of the server that took the path over stays");
+                }
+            } finally {
+                image.release();
+                s.close();
+                if (closer != null) {
+                    closer.join();
+                }
+            }
+        }
+    }
+
     /** During the handshake, an option read after the shutdown began is answered with NBD_REP_ERR_SHUTDOWN. */
     @Test
     void anOptionUnderWayWhenTheShutdownBeginsGetsErrShutdown() throws Exception {

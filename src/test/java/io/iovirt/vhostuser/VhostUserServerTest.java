@@ -607,6 +607,76 @@ class VhostUserServerTest {
         assertNull(server.stopWithin(Duration.ofMillis(200)), "stopped: nothing left");
     }
 
+    /**
+     * The rest of a stop, waiting for a session stuck in the device as long as it takes, names now and then which
+     * frontend's session, what its thread is in, why the socket file is still there and what to do. It said only
+     * "still waiting for vhost-user PATH to finish", for as long as the file system did not answer.
+     */
+    @Test
+    void finishStopNamesWhatTheSessionItWaitsForIsIn() throws Exception {
+        java.util.concurrent.CountDownLatch resetMayEnd = new java.util.concurrent.CountDownLatch(1);
+        backend.resetWaitsFor = resetMayEnd;
+        try (VhostUserFrontend fe = connect();
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            assertNotNull(server.stopWithin(Duration.ofMillis(200)), "the session is stuck in the device's reset");
+            server.stopWarnEvery(Duration.ofMillis(100));
+            java.util.concurrent.CompletableFuture<Void> finish =
+                    java.util.concurrent.CompletableFuture.runAsync(server::finishStop);
+            String line = io.iovirt.testing.Await.value(
+                    TIMEOUT,
+                    () -> "a line naming the session finishStop waits for: " + log.all(),
+                    () -> log.all().stream()
+                            .filter(l -> l.startsWith("vhost-user " + socket + ": stopping: still waiting for the"
+                                    + " session of frontend pid "))
+                            .findFirst());
+            assertTrue(line.contains("is still in the device's reset"), line);
+            assertTrue(line.contains("The socket file stays until it has ended"), line);
+            assertTrue(line.contains("make it answer again"), line);
+            resetMayEnd.countDown();
+            finish.get(TIMEOUT.toSeconds(), java.util.concurrent.TimeUnit.SECONDS);
+        } finally {
+            resetMayEnd.countDown();
+        }
+        assertFalse(Files.exists(socket), "removed once the session has ended");
+    }
+
+    /**
+     * While a stop waits for a session stuck in the device, the shut-down listener refuses connections, so the path
+     * looks free to another process's server (a standalone {@code serve blk}, another daemon), which replaces the
+     * socket file with its own. The old server's late finishStop removed whatever file was at the path — the new
+     * server's: it went on listening on a file no frontend could find, and QEMU's reconnect failed. Now the old
+     * server removes only the socket file it made.
+     */
+    @Test
+    void aLateFinishStopLeavesTheSocketFileOfANewServerOnThePath() throws Exception {
+        java.util.concurrent.CountDownLatch resetMayEnd = new java.util.concurrent.CountDownLatch(1);
+        backend.resetWaitsFor = resetMayEnd;
+        VhostUserServer next = null;
+        try (VhostUserFrontend fe = connect();
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err);
+            assertNotNull(server.stopWithin(Duration.ofMillis(200)), "the session is stuck in the device's reset");
+            next = VhostUserServer.start(socket, new RecordingBackend(2)); // the path looks free: it is taken over
+            resetMayEnd.countDown();
+            server.finishStop();
+            assertTrue(Files.exists(socket), "the new server's socket file stays: " + log.all());
+            try (VhostUserFrontend again = connect();
+                    EventFd call2 = EventFd.create(true);
+                    EventFd err2 = EventFd.create(true)) {
+                initLikeQemu(again, call2, err2); // served by the new server
+            }
+        } finally {
+            resetMayEnd.countDown();
+            if (next != null) {
+                next.close();
+            }
+        }
+        assertFalse(Files.exists(socket), "the new server removes its own file when it stops");
+    }
+
     @Test
     void aStaleSocketFileIsReplacedButALiveOneOrAFileIsNot() throws Exception {
         Path stale = dir.resolve("stale.sock");
