@@ -9,14 +9,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.devices.blk.BlkTestDriver;
 import io.iovirt.linux.EventFd;
-import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Await;
-import io.iovirt.testing.StoppableFuse;
-import io.iovirt.vhostuser.LogCapture;
 import io.iovirt.virtio.DeviceStatus;
 import java.io.IOException;
 import java.io.UncheckedIOException;
@@ -55,8 +52,6 @@ import org.junit.jupiter.api.io.TempDir;
 @Timeout(value = 300, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
 class BlkRefreshStoppedFsTest {
     static final Duration TIMEOUT = Duration.ofSeconds(60);
-    /** Long enough for the read given up on to end once the file system answers, and the image to be closed. */
-    static final Duration RELEASED = Duration.ofSeconds(120);
 
     static final byte VIRTIO_BLK_S_OK = 0;
     static final byte VIRTIO_BLK_S_IOERR = 1;
@@ -64,52 +59,29 @@ class BlkRefreshStoppedFsTest {
     @TempDir
     Path dir;
 
-    StoppableFuse fs;
-    Path image;
-    Fd probe;
-    LogCapture log;
+    StoppedFsImage fx;
     final List<BlkExport> exports = new ArrayList<>();
 
     @BeforeEach
     void start() throws Exception {
-        fs = StoppableFuse.mount(dir);
-        image = fs.file("disk.qcow2", 0).toRealPath();
-        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", image.toString(), "16M");
-        QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", image.toString());
-        log = LogCapture.start("io.iovirt");
+        fx = StoppedFsImage.mount(dir, "disk.qcow2", 0);
+        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", fx.image.toString(), "16M");
+        QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", fx.image.toString());
     }
 
     @AfterEach
     void stop() throws Exception {
-        if (fs != null) {
-            fs.resume();
-        }
-        for (BlkExport e : exports) {
-            e.close();
-        }
-        if (fs != null && image != null) {
-            Await.until(
-                    RELEASED, "the export to close " + image, () -> imageFds().isEmpty());
-        }
-        if (probe != null) {
-            probe.close();
-        }
-        if (fs != null) {
-            fs.close();
-        }
-        if (log != null) {
-            log.close();
+        if (fx != null) {
+            fx.close(); // closes the exports first
         }
     }
 
     @Test
     void aQueueStartWhoseImageReadHangsIsAnsweredAndFencedAndServesOnceTheFileSystemAnswers() throws Exception {
-        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
-        Path other = dir.resolve("other.raw");
-        java.nio.file.Files.write(other, new byte[1 << 20]);
-        Path otherSocket = startExport("other", other, ImageFormat.RAW, true);
-        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it then would wait too
-        fs.stop();
+        Path socket = startExport("q", fx.image, ImageFormat.QCOW2, false);
+        Path otherSocket = startOtherExport();
+        fx.openProbe(); // before the stop: opening it then would wait too
+        fx.fs.stop();
 
         try (EventFd call = EventFd.create(true)) {
             // the start is answered (SET_VRING_KICK and SET_VRING_ENABLE are acknowledged: REPLY_ACK)
@@ -120,58 +92,42 @@ class BlkRefreshStoppedFsTest {
                         "a request fails with an I/O error while the image could not be read again");
                 assertNotEquals(
                         0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "the device reports NEEDS_RESET");
-                assertTrue(
-                        log.all().stream()
-                                .anyMatch(l -> l.contains("blk q:")
-                                        && l.contains("reading the image again")
-                                        && l.contains(image.toString())
-                                        && l.contains("reset the device")),
-                        "an error line names the export, the image and what to do: " + log.all());
+                fx.assertLine(
+                        "an error line names the export, the image and what to do",
+                        "blk q:",
+                        "reading the image again",
+                        fx.image.toString(),
+                        "reset the device");
                 assertEquals(1, imageThreads("refresh"), "one thread reads the image again");
             }
-            // another export, on another file system, still serves
-            try (EventFd otherCall = EventFd.create(true);
-                    BlkTestDriver o = connect(otherSocket, otherCall)) {
-                assertEquals(VIRTIO_BLK_S_OK, o.awaitStatus(o.read(o.alloc(4096, 4096), 4096)), "the other export");
-            }
+            otherServes(otherSocket);
             // the first frontend's queue stopped while the read still runs: the image lock stays taken, as that read
             // writes a writable image back first
-            log.awaitLine("the image lock of " + image + " is kept");
-            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+            fx.log.awaitLine("the image lock of " + fx.image + " is kept");
+            assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
 
             // a restart of the queues meanwhile is answered too, and joins the read under way
             try (BlkTestDriver d = connect(socket, call)) {
                 assertEquals(VIRTIO_BLK_S_IOERR, d.awaitStatus(d.read(d.alloc(65536, 4096), 65536)), "still fenced");
-                assertTrue(
-                        log.all().stream()
-                                .anyMatch(l ->
-                                        l.contains("started by an earlier start of the queues, has still not ended")),
-                        "the restart joined the read under way: " + log.all());
+                fx.assertLine(
+                        "the restart joined the read under way",
+                        "started by an earlier start of the queues, has still not ended");
                 assertEquals(1, imageThreads("refresh"), "no second thread reads the image again");
             }
 
-            fs.resume();
+            fx.fs.resume();
             Await.until(
-                    RELEASED,
+                    StoppedFsImage.RELEASED,
                     "the read of the image to end once the file system answers",
                     () -> imageThreads("refresh") == 0);
             // no queue runs: the lock kept for the read goes with it (not at the next start, or the removal), so
             // another VM (a migration's destination) may take the image now
             assertEquals(
                     FileIo.F_UNLCK,
-                    FileIo.ofdConflict(probe, FileIo.F_WRLCK),
-                    "the image lock is let go once the read has ended: " + log.all());
-            assertTrue(
-                    log.all().stream().anyMatch(l -> l.contains("blk q:") && l.contains("image lock is let go now")),
-                    "a line says the lock is let go: " + log.all());
-            try (BlkTestDriver d = connect(socket, call)) {
-                long buf = d.alloc(65536, 4096);
-                assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.read(buf, 65536)), "served once the file system answers");
-                for (long i = 0; i < 65536; i++) {
-                    assertEquals((byte) 0x5a, d.ram.segment().get(ValueLayout.JAVA_BYTE, buf + i), "byte " + i);
-                }
-                assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET");
-            }
+                    fx.conflict(FileIo.F_WRLCK),
+                    "the image lock is let go once the read has ended: " + fx.log.all());
+            fx.assertLine("a line says the lock is let go", "blk q:", "image lock is let go now");
+            servesOnceTheFileSystemAnswers(socket, call, (byte) 0x5a);
         }
     }
 
@@ -182,30 +138,16 @@ class BlkRefreshStoppedFsTest {
      */
     @Test
     void removingTheExportWhileTheReadHangsReturnsAndClosesTheImageOnceTheReadEnded() throws Exception {
-        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
-        probe = FileIo.open(image, FileIo.O_RDONLY);
-        fs.stop();
-        List<Integer> fds;
+        Path socket = startExport("q", fx.image, ImageFormat.QCOW2, false);
+        fx.openProbe();
+        fx.fs.stop();
         try (EventFd call = EventFd.create(true);
                 BlkTestDriver d = connect(socket, call)) {
             assertEquals(VIRTIO_BLK_S_IOERR, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "fenced");
-            fds = imageFds();
-            CompletableFuture<String> removed = CompletableFuture.supplyAsync(
-                    () -> exports.getFirst().closeAsync().await(Duration.ofSeconds(1)));
-            String answer = removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
-            assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
-            assertEquals(fds, imageFds(), "the image stays open under the read");
-            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
-            assertEquals(1, imageThreads("refresh"), "the read still runs");
+            removalReturnsWhileTheImageStaysOpen("refresh", "the read");
         }
-        fs.resume();
-        Await.until(
-                RELEASED,
-                () -> "the image to be closed once the read ended (open: " + imageFds() + ")",
-                () -> imageFds().isEmpty());
-        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
-        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
-        assertEquals(0, check.exit(), "a clean image: " + check.output());
+        fx.resumeAndAwaitRelease("the read");
+        assertCleanImage();
     }
 
     /**
@@ -218,75 +160,58 @@ class BlkRefreshStoppedFsTest {
     @Test
     void aQueueStopWhoseWriteBackHangsIsAnsweredKeepsTheLockAndWritesBackOnceTheFileSystemAnswers() throws Exception {
         Path socket = writtenThenStoppedWhileTheFileSystemHangs();
-        Path other = dir.resolve("other.raw");
-        java.nio.file.Files.write(other, new byte[1 << 20]);
-        Path otherSocket = startExport("other", other, ImageFormat.RAW, true);
+        Path otherSocket = startOtherExport();
 
         try (EventFd call = EventFd.create(true)) {
-            assertTrue(
-                    log.all().stream()
-                            .anyMatch(l -> l.contains("blk q:")
-                                    && l.contains("writing the image back")
-                                    && l.contains(image.toString())
-                                    && l.contains("is kept")
-                                    && l.contains("Make the file system answer again")),
-                    "an error line names the export, the image, why and what to do: " + log.all());
+            fx.assertLine(
+                    "an error line names the export, the image, why and what to do",
+                    "blk q:",
+                    "writing the image back",
+                    fx.image.toString(),
+                    "is kept",
+                    "Make the file system answer again");
             assertEquals(1, imageThreads("hand-over"), "one thread writes the image back");
-            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
-            // another export, on another file system, still serves
-            try (EventFd otherCall = EventFd.create(true);
-                    BlkTestDriver o = connect(otherSocket, otherCall)) {
-                assertEquals(VIRTIO_BLK_S_OK, o.awaitStatus(o.read(o.alloc(4096, 4096), 4096)), "the other export");
-            }
+            assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
+            otherServes(otherSocket);
             // a start while the write-back still runs is answered, waits for it (no reading again beside it) and is
             // fenced saying so
             try (BlkTestDriver d = connect(socket, call)) {
                 assertEquals(VIRTIO_BLK_S_IOERR, d.awaitStatus(d.read(d.alloc(4096, 4096), 4096)), "fenced");
                 assertNotEquals(
                         0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "the device reports NEEDS_RESET");
-                assertTrue(
-                        log.all().stream()
-                                .anyMatch(l -> l.contains("blk q:")
-                                        && l.contains("writing the image back (" + image + "), started when the queues"
-                                                + " last stopped, has still not ended")
-                                        && l.contains("reset the device")),
-                        "the start says what it waits for: " + log.all());
+                fx.assertLine(
+                        "the start says what it waits for",
+                        "blk q:",
+                        "writing the image back (" + fx.image + "), started when the queues last stopped, has still"
+                                + " not ended",
+                        "reset the device");
                 assertEquals(0, imageThreads("refresh"), "no reading of the image again beside the write-back");
                 assertEquals(1, imageThreads("hand-over"), "no second write-back");
             }
-            log.awaitLine("the image lock of " + image + " is kept: writing the image back");
-            assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
+            fx.log.awaitLine("the image lock of " + fx.image + " is kept: writing the image back");
+            assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
 
-            fs.resume();
-            log.awaitLine(image + " has been written back now");
-            Await.until(RELEASED, "the write-back's thread to end", () -> imageThreads("hand-over") == 0);
+            fx.fs.resume();
+            fx.log.awaitLine(fx.image + " has been written back now");
+            Await.until(
+                    StoppedFsImage.RELEASED, "the write-back's thread to end", () -> imageThreads("hand-over") == 0);
             // no queue runs: the lock kept for the write-back goes with it (not at the next start, or the removal),
             // so another VM (a migration's destination) may take the image now
             assertEquals(
                     FileIo.F_UNLCK,
-                    FileIo.ofdConflict(probe, FileIo.F_WRLCK),
-                    "the image lock is let go once the write-back has ended: " + log.all());
-            assertTrue(
-                    log.all().stream()
-                            .anyMatch(l -> l.contains("blk q:")
-                                    && l.contains("has been written back now")
-                                    && l.contains("image lock is let go now")),
-                    "a line says the lock is let go: " + log.all());
-            try (BlkTestDriver d = connect(socket, call)) {
-                long buf = d.alloc(65536, 4096);
-                assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.read(buf, 65536)), "served once the file system answers");
-                for (long i = 0; i < 65536; i++) {
-                    assertEquals((byte) 0xa5, d.ram.segment().get(ValueLayout.JAVA_BYTE, buf + i), "byte " + i);
-                }
-                assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET");
-            }
+                    fx.conflict(FileIo.F_WRLCK),
+                    "the image lock is let go once the write-back has ended: " + fx.log.all());
+            fx.assertLine(
+                    "a line says the lock is let go",
+                    "blk q:",
+                    "has been written back now",
+                    "image lock is let go now");
+            servesOnceTheFileSystemAnswers(socket, call, (byte) 0xa5);
         }
         assertEquals(null, exports.getFirst().closeAsync().await(TIMEOUT), "the export is removed");
-        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
-        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
-        assertEquals(0, check.exit(), "a clean image: " + check.output());
-        String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", image.toString());
-        assertFalse(read.contains("verification failed"), "the data written is in the image: " + read);
+        assertEquals(FileIo.F_UNLCK, fx.conflict(FileIo.F_WRLCK), "the image lock is let go");
+        assertCleanImage();
+        assertWritten();
     }
 
     /**
@@ -297,35 +222,20 @@ class BlkRefreshStoppedFsTest {
     @Test
     void removingTheExportWhileTheWriteBackHangsReturnsAndClosesTheImageOnceItEnded() throws Exception {
         writtenThenStoppedWhileTheFileSystemHangs();
-        List<Integer> fds = imageFds();
-        CompletableFuture<String> removed = CompletableFuture.supplyAsync(
-                () -> exports.getFirst().closeAsync().await(Duration.ofSeconds(1)));
-        String answer = removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
-        assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
-        assertEquals(fds, imageFds(), "the image stays open under the write-back");
-        assertEquals(FileIo.F_WRLCK, FileIo.ofdConflict(probe, FileIo.F_RDLCK), "the image lock is still held");
-        assertEquals(1, imageThreads("hand-over"), "the write-back still runs");
+        removalReturnsWhileTheImageStaysOpen("hand-over", "the write-back");
 
-        fs.resume();
-        Await.until(
-                RELEASED,
-                () -> "the image to be closed once the write-back ended (open: " + imageFds() + ")",
-                () -> imageFds().isEmpty());
-        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
+        fx.resumeAndAwaitRelease("the write-back");
         // the line saying the write-back has ended says the image goes, not that a next start serves it
-        assertTrue(
-                log.all().stream()
-                        .anyMatch(l -> l.contains("blk q:")
-                                && l.contains("has been written back now")
-                                && l.contains("the export is being removed")),
-                "a line says the write-back has ended and the image goes: " + log.all());
+        fx.assertLine(
+                "a line says the write-back has ended and the image goes",
+                "blk q:",
+                "has been written back now",
+                "the export is being removed");
         assertFalse(
-                log.all().stream().anyMatch(l -> l.contains("the next start of the queues serves it")),
-                "no line promises a start of an export being removed: " + log.all());
-        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", image.toString());
-        assertEquals(0, check.exit(), "a clean image: " + check.output());
-        String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", image.toString());
-        assertFalse(read.contains("verification failed"), "the data written is in the image: " + read);
+                fx.log.all().stream().anyMatch(l -> l.contains("the next start of the queues serves it")),
+                "no line promises a start of an export being removed: " + fx.log.all());
+        assertCleanImage();
+        assertWritten();
     }
 
     /**
@@ -335,18 +245,72 @@ class BlkRefreshStoppedFsTest {
      * the frontend's reply timeout — and disconnects. Returns the export's socket.
      */
     private Path writtenThenStoppedWhileTheFileSystemHangs() throws Exception {
-        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", image.toString(), "16M");
-        Path socket = startExport("q", image, ImageFormat.QCOW2, false);
-        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it then would wait too
+        QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", fx.image.toString(), "16M");
+        Path socket = startExport("q", fx.image, ImageFormat.QCOW2, false);
+        fx.openProbe(); // before the stop: opening it then would wait too
         try (EventFd call = EventFd.create(true);
                 BlkTestDriver d = connect(socket, call)) {
             long buf = d.alloc(65536, 4096);
             d.ram.segment().asSlice(buf, 65536).fill((byte) 0xa5);
             assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.write(buf, 65536)), "the write (no flush after it)");
-            fs.stop();
+            fx.fs.stop();
             assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position");
         }
         return socket;
+    }
+
+    /**
+     * Removing export "q" while its thread doing {@code work} ("refresh", "hand-over": {@code what}) still runs
+     * returns (the session thread is free), saying the image is still being flushed and closed; the image stays open
+     * and locked under that thread.
+     */
+    private void removalReturnsWhileTheImageStaysOpen(String work, String what) throws Exception {
+        List<Integer> fds = fx.imageFds();
+        CompletableFuture<String> removed = CompletableFuture.supplyAsync(
+                () -> exports.getFirst().closeAsync().await(Duration.ofSeconds(1)));
+        String answer = removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+        assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
+        assertEquals(fds, fx.imageFds(), "the image stays open under " + what);
+        assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
+        assertEquals(1, imageThreads(work), what + " still runs");
+    }
+
+    /** A new frontend of {@code socket} reads the first 64 KiB of the image, all {@code pattern}, unfenced. */
+    private static void servesOnceTheFileSystemAnswers(Path socket, EventFd call, byte pattern) throws Exception {
+        try (BlkTestDriver d = connect(socket, call)) {
+            long buf = d.alloc(65536, 4096);
+            assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.read(buf, 65536)), "served once the file system answers");
+            for (long i = 0; i < 65536; i++) {
+                assertEquals(pattern, d.ram.segment().get(ValueLayout.JAVA_BYTE, buf + i), "byte " + i);
+            }
+            assertEquals(0, d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, "no NEEDS_RESET");
+        }
+    }
+
+    /** Starts export "other": a read-only raw image of 1 MiB on another file system (the test's directory). */
+    private Path startOtherExport() throws IOException {
+        Path other = dir.resolve("other.raw");
+        java.nio.file.Files.write(other, new byte[1 << 20]);
+        return startExport("other", other, ImageFormat.RAW, true);
+    }
+
+    /** Another export, on another file system, still serves. */
+    private static void otherServes(Path otherSocket) throws Exception {
+        try (EventFd otherCall = EventFd.create(true);
+                BlkTestDriver o = connect(otherSocket, otherCall)) {
+            assertEquals(VIRTIO_BLK_S_OK, o.awaitStatus(o.read(o.alloc(4096, 4096), 4096)), "the other export");
+        }
+    }
+
+    private void assertCleanImage() throws Exception {
+        QemuTools.Result check = QemuTools.run("qemu-img", "check", "-f", "qcow2", fx.image.toString());
+        assertEquals(0, check.exit(), "a clean image: " + check.output());
+    }
+
+    /** The 64 KiB of 0xa5 the frontend wrote are in the image. */
+    private void assertWritten() throws Exception {
+        String read = QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "read -P 0xa5 0 64k", fx.image.toString());
+        assertFalse(read.contains("verification failed"), "the data written is in the image: " + read);
     }
 
     /** A frontend of {@code socket}, connected and its queue started on another thread, waited for. */
@@ -363,11 +327,11 @@ class BlkRefreshStoppedFsTest {
 
     private Path startExport(String id, Path img, ImageFormat format, boolean readOnly) throws IOException {
         Path socket = dir.resolve(id + ".sock");
-        exports.add(BlkExport.start(
+        exports.add(fx.closeFirst(BlkExport.start(
                 new BlkExport.Spec(id, img, socket, 1, readOnly, false, id, BlkDevice.IoEngine.SYNC, format),
                 false,
                 SocketAccess.ownerOnly(),
-                false));
+                false)));
         return socket;
     }
 
@@ -376,10 +340,5 @@ class BlkRefreshStoppedFsTest {
         return Thread.getAllStackTraces().keySet().stream()
                 .filter(t -> t.isAlive() && t.getName().equals("blk q " + work))
                 .count();
-    }
-
-    /** This process's descriptors of the image, other than the test's probe. */
-    private List<Integer> imageFds() {
-        return StoppableFuse.descriptorsOf(image, probe == null ? -1 : probe.get());
     }
 }

@@ -3,19 +3,16 @@ package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.devices.blk.BlkTestDriver;
 import io.iovirt.linux.EventFd;
-import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.StoppableFuse;
-import io.iovirt.vhostuser.LogCapture;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
@@ -46,46 +43,22 @@ class BlkStuckRequestTest {
     static final Duration TIMEOUT = Duration.ofSeconds(20);
     /** The device's stop wait (30 s) and then some: how long removing the export may take. */
     static final Duration REMOVED = Duration.ofSeconds(90);
-    /** Long enough for the request to end and the image to be flushed and closed. */
-    static final Duration RELEASED = Duration.ofSeconds(120);
 
     @TempDir
     Path dir;
 
-    StoppableFuse fs;
-    Path image;
+    StoppedFsImage fx;
     BlkExport export;
-    Fd probe;
-    LogCapture log;
 
     @BeforeEach
     void start() throws Exception {
-        fs = StoppableFuse.mount(dir);
-        image = fs.file("disk.raw", 4 << 20);
-        log = LogCapture.start("io.iovirt");
+        fx = StoppedFsImage.mount(dir, "disk.raw", 4 << 20);
     }
 
     @AfterEach
     void stop() throws Exception {
-        if (fs != null) {
-            fs.resume();
-        }
-        if (export != null) {
-            export.close(); // a no-op when the test closed it
-        }
-        if (fs != null) {
-            // the export lets go of the image once its request ended: then the file system can be unmounted
-            Await.until(
-                    RELEASED, "the export to close " + image, () -> exportFds().isEmpty());
-        }
-        if (probe != null) {
-            probe.close();
-        }
-        if (fs != null) {
-            fs.close();
-        }
-        if (log != null) {
-            log.close();
+        if (fx != null) {
+            fx.close(); // closes the export first: a no-op when the test closed it
         }
     }
 
@@ -100,12 +73,12 @@ class BlkStuckRequestTest {
                     0 /* S_OK */,
                     d.awaitStatus(d.read(d.alloc(65536, 4096), 65536)),
                     "served while the daemon answers");
-            List<Integer> fds = exportFds();
+            List<Integer> fds = fx.imageFds();
             assertEquals(2, fds.size(), "the export's image and (its frontend runs) lock descriptors: " + fds);
-            probe = FileIo.open(image, FileIo.O_RDONLY);
-            assertEquals(FileIo.F_RDLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the device holds a read lock");
+            fx.openProbe();
+            assertEquals(FileIo.F_RDLCK, fx.conflict(FileIo.F_WRLCK), "the device holds a read lock");
 
-            fs.stop();
+            fx.fs.stop();
             d.read(d.alloc(65536, 4096), 65536);
             Await.until(
                     TIMEOUT,
@@ -119,34 +92,21 @@ class BlkStuckRequestTest {
             Await.until(
                     REMOVED,
                     "closing the export to return",
-                    () -> removed.isDone() || !exportFds().equals(fds));
-            stillHeld(fds);
+                    () -> removed.isDone() || !fx.imageFds().equals(fds));
+            fx.stillHeld(fds);
             removed.get(); // returned, without an exception
-            assertTrue(
-                    log.all().stream()
-                            .anyMatch(l -> l.contains("blk stuck")
-                                    && l.contains("the image stays open and locked")
-                                    && l.contains(image.toString())),
-                    "an error line says the image stays open: " + log.all());
-            long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(2); // a close under it would follow at once
-            while (System.nanoTime() < until) {
-                stillHeld(fds);
-                Thread.sleep(50);
-            }
+            fx.assertLine(
+                    "an error line says the image stays open",
+                    "blk stuck",
+                    "the image stays open and locked",
+                    fx.image.toString());
+            fx.staysHeld(fds);
 
-            fs.resume();
-            Await.until(
-                    RELEASED,
-                    () -> "the image to be closed and unlocked once the request ended (open: " + exportFds() + ")",
-                    () -> exportFds().isEmpty());
-            assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
-            Await.until(
-                    TIMEOUT,
-                    "a line saying the image is closed now",
-                    () -> log.all().stream().anyMatch(l -> l.contains("is flushed, closed and unlocked now")));
+            fx.resumeAndAwaitRelease("the request");
+            fx.log.awaitLine("is flushed, closed and unlocked now");
         }
         // and a writer (another VM) can take the image: nobody holds it any more
-        try (ImageLock writer = ImageLock.open(image, false)) {
+        try (ImageLock writer = ImageLock.open(fx.image, false)) {
             assertNull(writer.acquire(), "the image is free for a writer");
         }
     }
@@ -160,9 +120,9 @@ class BlkStuckRequestTest {
     @Test
     void aFrontendStartingWhileTheFileSystemHangsIsAnswered() throws Exception {
         Path socket = startReadOnlyExport("hung");
-        probe = FileIo.open(image, FileIo.O_RDONLY); // before the stop: opening it now would wait too
-        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "no frontend yet: no lock");
-        fs.stop();
+        fx.openProbe(); // before the stop: opening it now would wait too
+        assertEquals(FileIo.F_UNLCK, fx.conflict(FileIo.F_WRLCK), "no frontend yet: no lock");
+        fx.fs.stop();
         try (EventFd call = EventFd.create(true)) {
             CompletableFuture<BlkTestDriver> started = CompletableFuture.supplyAsync(() -> {
                 try {
@@ -174,10 +134,10 @@ class BlkStuckRequestTest {
             try (BlkTestDriver d = started.get(60, TimeUnit.SECONDS)) {
                 assertEquals(
                         FileIo.F_RDLCK,
-                        FileIo.ofdConflict(probe, FileIo.F_WRLCK),
+                        fx.conflict(FileIo.F_WRLCK),
                         "the device took its read lock while the file system does not answer");
             } finally {
-                fs.resume();
+                fx.fs.resume();
             }
         }
     }
@@ -188,23 +148,12 @@ class BlkStuckRequestTest {
      */
     private Path startReadOnlyExport(String name) throws java.io.IOException {
         Path socket = dir.resolve("blk.sock");
-        export = BlkExport.start(
-                new BlkExport.Spec(name, image, socket, 1, true, false, name, BlkDevice.IoEngine.SYNC, ImageFormat.RAW),
+        export = fx.closeFirst(BlkExport.start(
+                new BlkExport.Spec(
+                        name, fx.image, socket, 1, true, false, name, BlkDevice.IoEngine.SYNC, ImageFormat.RAW),
                 false,
                 SocketAccess.ownerOnly(),
-                false);
+                false));
         return socket;
-    }
-
-    /** The export's image descriptors are all still open, and its lock still keeps writers away. */
-    private void stillHeld(List<Integer> fds) throws Exception {
-        assertEquals(fds, exportFds(), "the export's descriptors of " + image + " are still open");
-        assertEquals(FileIo.F_RDLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is still held");
-        assertTrue(fs.alive());
-    }
-
-    /** This process's descriptors of the image, other than the test's probe. */
-    private List<Integer> exportFds() {
-        return StoppableFuse.descriptorsOf(image, probe == null ? -1 : probe.get());
     }
 }

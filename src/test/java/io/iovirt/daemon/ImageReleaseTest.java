@@ -11,6 +11,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.function.BooleanSupplier;
 import org.junit.jupiter.api.Test;
 
 /** An export's close: the image is let go of after the server's stop, even when that stop throws. */
@@ -20,25 +21,16 @@ class ImageReleaseTest {
     @Test
     void stopThatThrowsStillClosesTheImageAndItsExceptionReachesTheCaller() throws Exception {
         List<String> steps = java.util.Collections.synchronizedList(new ArrayList<>());
-        ImageRelease.Closing closing = new ImageRelease.Closing("blk t", IMAGE);
+        Release release = Release.blk().close(() -> steps.add("close"));
         IllegalStateException broken = new IllegalStateException("server close failed");
         IllegalStateException thrown = assertThrows(
                 IllegalStateException.class,
-                () -> ImageRelease.afterStop(
-                        ImageRelease.ServerStop.bounded(() -> {
-                            steps.add("stop");
-                            throw broken;
-                        }),
-                        "blk t",
-                        IMAGE,
-                        "a request is",
-                        "reuse is refused",
-                        () -> true,
-                        timeout -> true,
-                        () -> steps.add("close"),
-                        closing));
+                () -> release.afterStop(ImageRelease.ServerStop.bounded(() -> {
+                    steps.add("stop");
+                    throw broken;
+                })));
         assertSame(broken, thrown);
-        assertTrue(closing.flushed.get(1, TimeUnit.MINUTES), "the close ran, on its own thread");
+        assertTrue(release.closing.flushed.get(1, TimeUnit.MINUTES), "the close ran, on its own thread");
         assertEquals(List.of("stop", "close"), steps, "the image is closed after the stop, though the stop threw");
     }
 
@@ -46,24 +38,18 @@ class ImageReleaseTest {
     void stopThatThrowsWithRequestsStillInIoClosesTheImageOnlyOnceTheyEnd() throws Exception {
         CountDownLatch requestsEnded = new CountDownLatch(1);
         CountDownLatch closed = new CountDownLatch(1);
-        ImageRelease.Closing closing = new ImageRelease.Closing("nbd t", IMAGE);
+        Release release = Release.nbd()
+                .quiescent(() -> false)
+                .await(timeout -> requestsEnded.await(timeout.toMillis(), TimeUnit.MILLISECONDS))
+                .close(() -> {
+                    closed.countDown();
+                    return true;
+                });
         assertThrows(
                 IllegalStateException.class,
-                () -> ImageRelease.afterStop(
-                        ImageRelease.ServerStop.bounded(() -> {
-                            throw new IllegalStateException("server close failed");
-                        }),
-                        "nbd t",
-                        IMAGE,
-                        "requests are",
-                        "reuse is refused",
-                        () -> false,
-                        timeout -> requestsEnded.await(timeout.toMillis(), TimeUnit.MILLISECONDS),
-                        () -> {
-                            closed.countDown();
-                            return true;
-                        },
-                        closing));
+                () -> release.afterStop(ImageRelease.ServerStop.bounded(() -> {
+                    throw new IllegalStateException("server close failed");
+                })));
         assertEquals(1, closed.getCount(), "the image is not closed under a request still in I/O");
         requestsEnded.countDown();
         assertTrue(closed.await(1, TimeUnit.MINUTES), "the image is closed once the last request has ended");
@@ -78,29 +64,17 @@ class ImageReleaseTest {
     void aStopThatOutlastsItsBoundEndsOnTheCloseThreadBeforeTheImageCloses() throws Exception {
         List<String> steps = java.util.Collections.synchronizedList(new ArrayList<>());
         CountDownLatch sessionEnds = new CountDownLatch(1);
-        ImageRelease.Closing closing = new ImageRelease.Closing("blk t", IMAGE);
-        ImageRelease.afterStop(
-                new ImageRelease.ServerStop(
+        ImageRelease.Closing closing = Release.blk()
+                .close(() -> steps.add("close"))
+                .afterStop(new ImageRelease.ServerStop(
                         () -> {
                             steps.add("stop");
                             return "its session is stuck";
                         },
                         () -> {
-                            try {
-                                sessionEnds.await();
-                            } catch (InterruptedException e) {
-                                throw new IllegalStateException(e);
-                            }
+                            await(sessionEnds);
                             steps.add("stop ended");
-                        }),
-                "blk t",
-                IMAGE,
-                "a request is",
-                "reuse is refused",
-                () -> true,
-                timeout -> true,
-                () -> steps.add("close"),
-                closing);
+                        }));
         String notice = closing.await(java.time.Duration.ofMillis(200));
         assertTrue(notice.contains("its server has not stopped") && notice.contains("its session is stuck"), notice);
         assertEquals(List.of("stop"), steps, "the image is not closed while its server's stop is under way");
@@ -119,31 +93,14 @@ class ImageReleaseTest {
     void theStopIsToldWhatItExitsWithoutNotThatItEndsLater() throws Exception {
         CountDownLatch ends = new CountDownLatch(1);
         try {
-            ImageRelease.Closing stuckServer = new ImageRelease.Closing("blk t", IMAGE);
-            ImageRelease.afterStop(
-                    new ImageRelease.ServerStop(() -> "its session is stuck", () -> await(ends)),
-                    "blk t",
-                    IMAGE,
-                    "a request is",
-                    "reuse is refused",
-                    () -> true,
-                    timeout -> true,
-                    () -> true,
-                    stuckServer);
-            ImageRelease.Closing stuckFlush = new ImageRelease.Closing("nbd t", IMAGE);
-            ImageRelease.afterStop(
-                    ImageRelease.ServerStop.bounded(() -> {}),
-                    "nbd t",
-                    IMAGE,
-                    "requests are",
-                    "reuse is refused",
-                    () -> true,
-                    timeout -> true,
-                    () -> {
+            ImageRelease.Closing stuckServer = Release.blk()
+                    .afterStop(new ImageRelease.ServerStop(() -> "its session is stuck", () -> await(ends)));
+            ImageRelease.Closing stuckFlush = Release.nbd()
+                    .close(() -> {
                         await(ends);
                         return true;
-                    },
-                    stuckFlush);
+                    })
+                    .afterStop(ImageRelease.ServerStop.bounded(() -> {}));
             for (ImageRelease.Closing c : List.of(stuckServer, stuckFlush)) {
                 String removal = c.await(java.time.Duration.ofMillis(100));
                 assertTrue(removal.contains("adding it again is refused"), removal);
@@ -155,6 +112,54 @@ class ImageReleaseTest {
             assertTrue(stuckFlush.awaitBeforeExit(java.time.Duration.ZERO).contains("still being flushed"));
         } finally {
             ends.countDown();
+        }
+    }
+
+    /**
+     * {@link ImageRelease#afterStop} of {@link #IMAGE} by export "blk t" or "nbd t", reuse refused until it ends: by
+     * default no request is in image I/O and the image's close succeeds at once.
+     */
+    private static final class Release {
+        private final String who;
+        private final String stuck;
+        final ImageRelease.Closing closing;
+        private BooleanSupplier quiescent = () -> true;
+        private ImageRelease.Await await = timeout -> true;
+        private BooleanSupplier close = () -> true;
+
+        private Release(String who, String stuck) {
+            this.who = who;
+            this.stuck = stuck;
+            this.closing = new ImageRelease.Closing(who, IMAGE);
+        }
+
+        static Release blk() {
+            return new Release("blk t", "a request is");
+        }
+
+        static Release nbd() {
+            return new Release("nbd t", "requests are");
+        }
+
+        Release quiescent(BooleanSupplier q) {
+            quiescent = q;
+            return this;
+        }
+
+        Release await(ImageRelease.Await a) {
+            await = a;
+            return this;
+        }
+
+        Release close(BooleanSupplier c) {
+            close = c;
+            return this;
+        }
+
+        /** Releases the image after {@code stop}; returns its closing. */
+        ImageRelease.Closing afterStop(ImageRelease.ServerStop stop) {
+            ImageRelease.afterStop(stop, who, IMAGE, stuck, "reuse is refused", quiescent, await, close, closing);
+            return closing;
         }
     }
 

@@ -4,14 +4,12 @@ package io.iovirt.daemon;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.SocketAccess;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.testing.Await;
 import io.iovirt.testing.Require;
 import io.iovirt.testing.StoppableFuse;
-import io.iovirt.vhostuser.LogCapture;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -40,53 +38,25 @@ import org.junit.jupiter.api.io.TempDir;
 @Timeout(value = 240, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
 class NbdStuckRequestTest {
     static final Duration TIMEOUT = Duration.ofSeconds(20);
-    /** Long enough for the request to end, the connection to go and the image to be flushed and closed. */
-    static final Duration RELEASED = Duration.ofSeconds(120);
 
     @TempDir
     Path dir;
 
-    StoppableFuse fs;
-    Path image;
+    StoppedFsImage fx;
     Path qemuIo;
     Process client;
     NbdExportEntry entry;
-    Fd probe;
-    LogCapture log;
 
     @BeforeEach
     void start() throws Exception {
         qemuIo = Require.program("qemu-io", "apt-get install qemu-utils");
-        fs = StoppableFuse.mount(dir);
-        image = fs.file("disk.raw", 4 << 20);
-        log = LogCapture.start("io.iovirt");
+        fx = StoppedFsImage.mount(dir, "disk.raw", 4 << 20);
     }
 
     @AfterEach
     void stop() throws Exception {
-        if (fs != null) {
-            fs.resume();
-        }
-        if (client != null) {
-            client.destroyForcibly();
-            client.waitFor(10, TimeUnit.SECONDS);
-        }
-        if (entry != null) {
-            entry.close(); // a no-op when the test closed it
-        }
-        if (fs != null) {
-            // the export lets go of the image once its request ended: then the file system can be unmounted
-            Await.until(
-                    RELEASED, "the export to close " + image, () -> exportFds().isEmpty());
-        }
-        if (probe != null) {
-            probe.close();
-        }
-        if (fs != null) {
-            fs.close();
-        }
-        if (log != null) {
-            log.close();
+        if (fx != null) {
+            fx.close(); // ends the client, then closes the export: a no-op when the test closed it
         }
     }
 
@@ -113,62 +83,53 @@ class NbdStuckRequestTest {
         Path socket = dir.resolve("nbd.sock");
         // read-only: its flush is a no-op, so a close under the request would show at once (the number goes from
         // /proc/self/fd even while close(2) waits for the stopped daemon's FUSE_FLUSH)
-        entry = NbdExportEntry.start(
-                new NbdExportEntry.Spec("stuck", image, socket, true, ImageFormat.RAW),
+        entry = fx.closeFirst(NbdExportEntry.start(
+                new NbdExportEntry.Spec("stuck", fx.image, socket, true, ImageFormat.RAW),
                 SocketAccess.ownerOnly(),
-                false);
-        List<Integer> fds = exportFds();
+                false));
+        List<Integer> fds = fx.imageFds();
         assertEquals(2, fds.size(), "the export's lock and image descriptors: " + fds);
-        probe = FileIo.open(image, FileIo.O_RDONLY);
-        assertEquals(FileIo.F_RDLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the export holds a read lock");
+        fx.openProbe();
+        assertEquals(FileIo.F_RDLCK, fx.conflict(FileIo.F_WRLCK), "the export holds a read lock");
         String uri = "nbd+unix:///stuck?socket=" + socket;
         StoppableFuse.run(
                 List.of(qemuIo.toString(), "-r", "-f", "raw", uri, "-c", command)); // served while the daemon answers
 
-        fs.stop(); // the read goes to the stopped daemon, not the cache
+        fx.fs.stop(); // the read goes to the stopped daemon, not the cache
         client = new ProcessBuilder(qemuIo.toString(), "-r", "-f", "raw", uri, "-c", command)
                 .redirectErrorStream(true)
                 .redirectOutput(dir.resolve("qemu-io.log").toFile())
                 .start();
+        fx.closeFirst(() -> {
+            client.destroyForcibly();
+            client.waitFor(10, TimeUnit.SECONDS);
+        });
         Await.until(TIMEOUT, "a thread of the export to wait for the stopped daemon on " + fds, () -> {
             assertTrue(client.isAlive(), "qemu-io exited: " + log());
             return !StoppableFuse.blockedOn(fds).isEmpty();
         });
 
         entry.close(); // returns: the control thread is not held up by the request
-        stillHeld(fds);
-        assertTrue(
-                log.all().stream()
-                        .anyMatch(l -> l.contains("nbd stuck")
-                                && l.contains("the image stays open and locked")
-                                && l.contains(image.toString())),
-                "an error line says the image stays open: " + log.all());
+        fx.stillHeld(fds);
+        fx.assertLine(
+                "an error line says the image stays open",
+                "nbd stuck",
+                "the image stays open and locked",
+                fx.image.toString());
         if (!reader) {
             // the connection gives up on its worker (after a minute); the image must stay open under it
             Await.until(
                     Duration.ofSeconds(90),
                     "the connection to give its worker up",
-                    () -> log.all().stream().anyMatch(l -> l.contains("requests still in image I/O 60 s after")));
-            long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(2); // a close under it would follow at once
-            while (System.nanoTime() < until) {
-                stillHeld(fds);
-                Thread.sleep(50);
-            }
+                    () -> fx.log.all().stream().anyMatch(l -> l.contains("requests still in image I/O 60 s after")));
+            fx.staysHeld(fds);
         }
 
-        fs.resume();
-        Await.until(
-                RELEASED,
-                () -> "the image to be closed and unlocked once the request ended (open: " + exportFds() + ")",
-                () -> exportFds().isEmpty());
-        assertEquals(FileIo.F_UNLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is let go");
-        Await.until(
-                TIMEOUT,
-                "a line saying the image is closed now",
-                () -> log.all().stream().anyMatch(l -> l.contains("is flushed, closed and unlocked now")));
+        fx.resumeAndAwaitRelease("the request");
+        fx.log.awaitLine("is flushed, closed and unlocked now");
         // and the image can be exported again, writable: nobody holds it any more
         try (NbdExportEntry again = NbdExportEntry.start(
-                new NbdExportEntry.Spec("again", image, dir.resolve("again.sock"), false, ImageFormat.RAW),
+                new NbdExportEntry.Spec("again", fx.image, dir.resolve("again.sock"), false, ImageFormat.RAW),
                 SocketAccess.ownerOnly(),
                 false)) {
             StoppableFuse.run(List.of(
@@ -179,18 +140,6 @@ class NbdStuckRequestTest {
                     "-c",
                     "read -P 0x5a 0 64k"));
         }
-    }
-
-    /** The export's image descriptors are all still open, and its lock still keeps writers away. */
-    private void stillHeld(List<Integer> fds) throws Exception {
-        assertEquals(fds, exportFds(), "the export's descriptors of " + image + " are still open");
-        assertEquals(FileIo.F_RDLCK, FileIo.ofdConflict(probe, FileIo.F_WRLCK), "the image lock is still held");
-        assertTrue(fs.alive());
-    }
-
-    /** This process's descriptors of the image, other than the test's probe. */
-    private List<Integer> exportFds() {
-        return StoppableFuse.descriptorsOf(image, probe == null ? -1 : probe.get());
     }
 
     private String log() {
