@@ -2,6 +2,7 @@
 package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.Await;
@@ -38,11 +39,7 @@ class DaemonStopDeadlineTest {
     @Test
     void theStopsDeadlineCountsFromWhereTheStopStarted() throws Exception {
         Path image = dir.resolve("disk.raw");
-        try (var f = java.nio.channels.FileChannel.open(
-                image, java.nio.file.StandardOpenOption.CREATE_NEW, java.nio.file.StandardOpenOption.WRITE)) {
-            f.truncate(1 << 20);
-            f.write(ByteBuffer.allocate(1), (1 << 20) - 1);
-        }
+        java.nio.file.Files.write(image, new byte[1 << 20]);
         Path socket = dir.resolve("nbd.sock");
         try (LogCapture log = LogCapture.start("io.iovirt");
                 Daemon daemon = new Daemon(null)) {
@@ -63,6 +60,53 @@ class DaemonStopDeadlineTest {
                                         && l.contains("the daemon exits without the final flush")),
                         "an ERROR line names the export the stop exits without: " + log.all());
             }
+        }
+    }
+
+    /**
+     * A switch whose close does not end (here: its switch's lock held by the test, as by a port that does not let go)
+     * holds neither the exports' closes nor the stop past its deadline: the export is closed meanwhile, and the stop
+     * names the switch it exits without. The switches were closed one after another, without a bound, before any
+     * export's close had begun: the stop waited for that switch for ever, and the export was never closed.
+     */
+    @Test
+    void aSwitchWhoseCloseHangsHoldsNeitherTheExportsNorTheStop() throws Exception {
+        Path image = dir.resolve("disk.raw");
+        java.nio.file.Files.write(image, new byte[1 << 20]);
+        try (LogCapture log = LogCapture.start("io.iovirt");
+                io.iovirt.linux.Fd probe = io.iovirt.linux.FileIo.open(image, io.iovirt.linux.FileIo.O_RDONLY)) {
+            Daemon daemon = new Daemon(null);
+            daemon.stopWait(Duration.ofSeconds(2));
+            daemon.call("net.add", new LinkedHashMap<>(Map.of("id", "lan")));
+            Map<String, Object> add = new LinkedHashMap<>();
+            add.put("id", "n");
+            add.put("image", image.toString());
+            add.put("socket", dir.resolve("nbd.sock").toString());
+            daemon.call("nbd.add", add);
+            NetSwitch lan = daemon.locked(() -> daemon.netsLocked().get("lan"));
+            assertFalse(unlocked(probe), "the export holds its image's lock");
+            java.util.concurrent.CompletableFuture<Void> stop;
+            synchronized (lan.sw) { // the switch's close waits for this
+                stop = java.util.concurrent.CompletableFuture.runAsync(daemon::close);
+                Await.until(
+                        Duration.ofSeconds(30),
+                        () -> "the export's image to be closed and unlocked while the switch's close waits",
+                        () -> unlocked(probe));
+                stop.get(30, java.util.concurrent.TimeUnit.SECONDS); // the stop ends at its deadline
+            }
+            assertTrue(
+                    log.all().stream().anyMatch(l -> l.startsWith("net lan: stopping: its ports have not all stopped")),
+                    "an ERROR line names the switch the stop exits without: " + log.all());
+        }
+    }
+
+    /** Whether nobody holds a lock on the image {@code probe} is open on (the export let go of it). */
+    private static boolean unlocked(io.iovirt.linux.Fd probe) {
+        try {
+            return io.iovirt.linux.FileIo.ofdConflict(probe, io.iovirt.linux.FileIo.F_WRLCK)
+                    == io.iovirt.linux.FileIo.F_UNLCK;
+        } catch (io.iovirt.linux.LinuxException e) {
+            throw new AssertionError("F_OFD_GETLK on the image failed", e);
         }
     }
 
