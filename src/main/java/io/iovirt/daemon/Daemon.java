@@ -490,6 +490,21 @@ public final class Daemon implements AutoCloseable {
 
     private volatile java.time.Duration stopWait = STOP_CLOSE_WAIT;
 
+    /** The stop's deadline ({@link System#nanoTime}), taken once by {@link #stopStarts}; null until then. */
+    private final java.util.concurrent.atomic.AtomicReference<Long> stopDeadline =
+            new java.util.concurrent.atomic.AtomicReference<>();
+
+    /**
+     * The daemon's stop begins now (SIGTERM or SIGINT, before the control socket and /metrics are closed, each of
+     * which can wait 10 s): its one deadline — {@link #STOP_CLOSE_WAIT} from now, below the unit's TimeoutStopSec —
+     * is taken here, so that everything the stop does counts against it, {@link #close} included. The first call
+     * takes it; returns it ({@link System#nanoTime}).
+     */
+    long stopStarts() {
+        stopDeadline.compareAndSet(null, System.nanoTime() + stopWait.toNanos());
+        return stopDeadline.get();
+    }
+
     /** What {@link #removeExport} takes out and closes: a blk or NBD export, whose close throws nothing. */
     interface Export extends AutoCloseable {
         /**
@@ -1179,9 +1194,10 @@ public final class Daemon implements AutoCloseable {
      */
     @Override
     public void close() {
-        // one deadline for the whole stop, taken first: the exports' server stops below (each can wait for a stuck
-        // queue) count against it too, so that the stop stays within the unit's TimeoutStopSec
-        long deadline = System.nanoTime() + stopWait.toNanos();
+        // one deadline for the whole stop, taken where it began (the signal: stopStarts), else now: the control
+        // socket's and /metrics' close before this, and the exports' and switches' stops below (each can wait for a
+        // stuck queue or port) count against it, so that the stop stays within the unit's TimeoutStopSec
+        long deadline = stopStarts();
         List<BlkExport> b;
         List<NetSwitch> n;
         List<NbdExportEntry> nb;
@@ -1199,13 +1215,6 @@ public final class Daemon implements AutoCloseable {
             claims.close(); // the running devices' claims go: they are closed below
         }
         opens.close(); // not waited for: named in the log
-        for (NetSwitch s : n) {
-            try {
-                s.close();
-            } catch (RuntimeException e) {
-                LOG.log(System.Logger.Level.ERROR, "net " + s.spec.id() + ": closing failed", e);
-            }
-        }
         // every export's close starts at once, each on a thread of its own (its server's stop waits a bounded time
         // for a stuck frontend session: one after another, several such would add up past the deadline; its image is
         // flushed and closed on a thread of its own too), then the stop waits for them together until the deadline:
@@ -1217,6 +1226,18 @@ public final class Daemon implements AutoCloseable {
         for (BlkExport e : b) {
             closings.put("blk " + e.spec.id(), closeOnItsThread("blk " + e.spec.id(), e));
         }
+        // the switches' closes too, each on a thread of its own (a port's close waits for its threads), along with the
+        // exports', and waited for against the same deadline
+        Map<String, java.util.concurrent.CompletableFuture<Void>> switches = new LinkedHashMap<>();
+        for (NetSwitch s : n) {
+            switches.put("net " + s.spec.id(), runOnItsThread("net " + s.spec.id() + " stop", s::close));
+        }
+        for (Map.Entry<String, java.util.concurrent.CompletableFuture<Void>> c : switches.entrySet()) {
+            String left = awaitSwitch(c.getValue(), deadline);
+            if (left != null) {
+                LOG.log(System.Logger.Level.ERROR, c.getKey() + ": stopping: " + left);
+            }
+        }
         for (Map.Entry<String, java.util.concurrent.CompletableFuture<ImageRelease.Closing>> c : closings.entrySet()) {
             String notice = awaitClose(c.getValue(), deadline);
             if (notice != null) {
@@ -1224,6 +1245,45 @@ public final class Daemon implements AutoCloseable {
             }
         }
         claims.awaitRemovals(deadline);
+    }
+
+    /** Runs {@code task} on a thread of its own (here if none can be started); completes when it has ended. */
+    private static java.util.concurrent.CompletableFuture<Void> runOnItsThread(String name, Runnable task) {
+        var done = new java.util.concurrent.CompletableFuture<Void>();
+        Runnable run = () -> {
+            try {
+                task.run();
+                done.complete(null);
+            } catch (RuntimeException | Error ex) {
+                done.completeExceptionally(ex);
+            }
+        };
+        try {
+            Thread.ofPlatform().name(name).daemon().start(run);
+        } catch (RuntimeException | OutOfMemoryError ex) {
+            run.run();
+        }
+        return done;
+    }
+
+    /**
+     * Waits until {@code deadline} ({@link System#nanoTime}) for a switch's close begun by {@link #runOnItsThread}:
+     * null when it ended; else what the daemon exits without.
+     */
+    private static String awaitSwitch(java.util.concurrent.CompletableFuture<Void> closed, long deadline) {
+        try {
+            closed.get(Math.max(0, deadline - System.nanoTime()), java.util.concurrent.TimeUnit.NANOSECONDS);
+            return null;
+        } catch (java.util.concurrent.TimeoutException e) {
+            return "its ports have not all stopped by the stop's deadline (a port's thread that does not end): the"
+                    + " daemon exits without waiting for them; their frontends and TAP devices are let go of with the"
+                    + " process";
+        } catch (java.util.concurrent.ExecutionException e) {
+            return "closing failed: " + e.getCause();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return "interrupted while its ports stop";
+        }
     }
 
     /** Starts {@code e}'s close ({@link Export#closeAsync}) on a thread of its own; here if none can be started. */

@@ -78,6 +78,8 @@ public final class DaemonService {
                     while (true) {
                         String sig = signals.take();
                         if (!sig.equals("SIGHUP")) {
+                            // the stop's one deadline starts here, not after the control socket and /metrics close
+                            daemon.stopStarts();
                             send(notify, "STOPPING=1\nSTATUS=stopping (" + sig + ")");
                             LOG.log(
                                     System.Logger.Level.INFO,

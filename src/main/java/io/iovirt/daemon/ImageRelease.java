@@ -29,8 +29,23 @@ final class ImageRelease {
      * @param stopWithin stops the server, waiting a bounded time: null once it has stopped; otherwise what of it still
      *                   runs (a phrase, for the log and the removal's answer), and {@code finish} ends the stop
      * @param finish     ends the stop {@code stopWithin} left under way, as long as that takes (on the close thread)
+     * @param cause      what a stop still under way means, after the phrase (" (a device callback that waits...)"),
+     *                   or ""
+     * @param remedy     what to do about it, a sentence for the log and the removal's answer, or ""
      */
-    record ServerStop(java.util.function.Supplier<String> stopWithin, Runnable finish) {
+    record ServerStop(java.util.function.Supplier<String> stopWithin, Runnable finish, String cause, String remedy) {
+        /**
+         * A vhost-user server's stop, whose part left under way is a session thread inside a device callback: one
+         * that waits on a file system or disk that does not answer.
+         */
+        ServerStop(java.util.function.Supplier<String> stopWithin, Runnable finish) {
+            this(
+                    stopWithin,
+                    finish,
+                    " (a device callback that waits, e.g. on a file system or disk that does not answer)",
+                    "Make the file system or disk answer again");
+        }
+
         /** A server whose close bounds its own wait: it has stopped once {@code close} returns. */
         static ServerStop bounded(Runnable close) {
             return new ServerStop(
@@ -38,7 +53,9 @@ final class ImageRelease {
                         close.run();
                         return null;
                     },
-                    () -> {});
+                    () -> {},
+                    "",
+                    "");
         }
     }
 
@@ -58,6 +75,9 @@ final class ImageRelease {
          * has stopped (or when it stopped within its bound).
          */
         private volatile String serverStopping;
+
+        /** The server stop {@link #afterStop} ran, for what {@link #serverStopping} means; set with it. */
+        private volatile ServerStop stop;
 
         /** When the close began ({@link System#nanoTime}), for the answer that says how long it was waited for. */
         private final long started = System.nanoTime();
@@ -95,8 +115,7 @@ final class ImageRelease {
                 String server = serverStopping;
                 if (exiting) {
                     String what = server != null
-                            ? "its server has not stopped after " + waited + " ms: " + server + " (a device callback"
-                                    + " that waits, e.g. on a file system or disk that does not answer)"
+                            ? "its server has not stopped after " + waited + " ms: " + server + stop.cause()
                             : "its image " + image + " is still being flushed and closed after " + waited + " ms (its"
                                     + " file system or disk does not answer)";
                     return what + ": the daemon exits without the final flush of " + image + " (its lock goes with"
@@ -105,10 +124,10 @@ final class ImageRelease {
                 }
                 if (server != null) {
                     return "the export is removed, but its server has not stopped after " + waited + " ms: " + server
-                            + " (a device callback that waits, e.g. on a file system or disk that does not answer): its"
-                            + " image " + image + " stays open and locked, and its id, socket and image stay taken"
-                            + " (adding it again is refused) until that has ended and the image is flushed and closed;"
-                            + " a log line says how it ended. Make the file system or disk answer again";
+                            + stop.cause() + ": its image " + image + " stays open and locked, and its id, socket and"
+                            + " image stay taken (adding it again is refused) until that has ended and the image is"
+                            + " flushed and closed; a log line says how it ended"
+                            + (stop.remedy().isEmpty() ? "" : ". " + stop.remedy());
                 }
                 return "the export is removed, but its image " + image + " is still being flushed and closed after "
                         + waited + " ms (its file system or disk does not answer): it stays open and"
@@ -177,14 +196,18 @@ final class ImageRelease {
             running = stop.stopWithin().get();
         } finally {
             if (running != null) {
+                closing.stop = stop;
                 closing.serverStopping = running;
                 LOG.log(
                         System.Logger.Level.ERROR,
-                        who + ": its server has not stopped yet: " + running + ". Until it has, the image stays open"
-                                + " and locked (" + refused + ") and the export's id, socket and image stay taken"
-                                + " (adding it again is refused); then " + image + " is flushed and closed. Make that"
-                                + " file system or disk answer again (a hung NFS server or FUSE daemon, a failing"
-                                + " disk), or stop the daemon to let go of the image without its final flush");
+                        who + ": its server has not stopped yet: " + running + stop.cause() + ". Until it has, the"
+                                + " image stays open and locked (" + refused + ") and the export's id, socket and image"
+                                + " stay taken (adding it again is refused); then " + image + " is flushed and closed."
+                                + (stop.remedy().isEmpty()
+                                        ? " Stopping the daemon lets go of the image without its final flush"
+                                        : " " + stop.remedy() + " (a hung NFS server or FUSE daemon, a failing disk),"
+                                                + " or stop the daemon to let go of the image without its final"
+                                                + " flush"));
                 start(who, () -> {
                     try {
                         stop.finish().run();

@@ -86,7 +86,8 @@ final class NbdExportEntry implements Daemon.Export {
     }
 
     /**
-     * Stops the server (its connections end), then flushes and closes the image and lets go of the image lock, in
+     * Stops the server (its connections end: requests in flight are answered, within the caller's bound or after it
+     * on the close thread), then flushes and closes the image and lets go of the image lock, in
      * that order, on a thread of its own — at once, or once a request stuck in image I/O has ended ({@link
      * ImageRelease}). Returns that close, which the caller waits for as long as it chooses. A second call returns the
      * same close.
@@ -99,7 +100,10 @@ final class NbdExportEntry implements Daemon.Export {
         closing = new ImageRelease.Closing("nbd " + spec.id(), spec.image());
         try {
             ImageRelease.afterStop(
-                    ImageRelease.ServerStop.bounded(server::close), // its close waits a bounded time itself
+                    // its clients' requests in flight are answered within the removal's limit or on the close
+                    // thread, before the image's close
+                    new ImageRelease.ServerStop(
+                            () -> server.stopWithin(BlkExport.SERVER_STOP_WAIT), server::finishStop, "", ""),
                     "nbd " + spec.id(),
                     spec.image(),
                     "requests of its disconnected clients are",

@@ -404,33 +404,95 @@ public final class NbdServer implements AutoCloseable {
      * that goes on sending after being told is answered {@link NbdConnection#SHUTDOWN_ANSWERS} times at most, then
      * disconnected once its requests in flight are answered. After
      * {@link #SHUTDOWN_GRACE} the connections still busy (a request stuck in image I/O, a client slow to send a
-     * write's payload) are disconnected, and their end awaited for as long again: 10 s at most in all. A request
-     * stuck in image I/O can outlast that: close the images only once {@link #quiescent}.
+     * write's payload) are disconnected, and their end awaited for as long again: 10 s at most in all, and up to 5 s
+     * before that for the accept thread. A request stuck in image I/O can outlast that: close the images only once
+     * {@link #quiescent}. A caller that must answer within a bound uses {@link #stopWithin} instead.
      */
     @Override
     public void close() {
-        if (closed) {
+        if (stopWithin(shutdownGrace) != null) {
+            finishStop();
+        }
+    }
+
+    /** How long a stop waits for the accept thread, in {@link #finishStop} (it has been woken: it ends at once). */
+    private static final Duration ACCEPTOR_JOIN = Duration.ofSeconds(5);
+
+    /** Guards {@link #stopped}, and {@link #drainStarted}'s first setting. */
+    private final Object stopLock = new Object();
+
+    /** Set once a stop has ended: the listener is closed and the socket file removed. */
+    private boolean stopped; // guarded by stopLock
+
+    /** When the connections were told that the server is shutting down ({@link System#nanoTime}), for the grace. */
+    private long drainStarted; // guarded by stopLock
+
+    /**
+     * Begins the stop as {@link #close} does — nothing is accepted any more, every connection is told that the server
+     * is shutting down — and waits at most {@code limit} for the connections to end. Returns null when the server has
+     * stopped (as {@link #close} leaves it: the socket file is gone). Otherwise returns what is still under way, a
+     * phrase for the caller's answer (how many connections are still finishing their requests in flight); then
+     * {@link #finishStop} — which the caller must run, on a thread of its own — ends the stop as {@link #close} would
+     * have: the grace, the disconnect of the connections still busy, the socket file's removal.
+     */
+    public String stopWithin(Duration limit) {
+        long deadline = System.nanoTime() + limit.toNanos();
+        if (!beginStop()) {
+            return null;
+        }
+        boolean acceptorEnded;
+        try {
+            acceptorEnded = acceptor.join(Duration.ofNanos(Math.max(1, deadline - System.nanoTime())));
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            acceptorEnded = false;
+        }
+        tellConnections(); // again: one the acceptor admitted meanwhile
+        boolean drained;
+        try {
+            drained = await(connections::isEmpty, Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            drained = false;
+        }
+        if (acceptorEnded && drained) {
+            endStop();
+            return null;
+        }
+        int busy = connections.size();
+        if (busy == 0) {
+            return "its accept thread has not ended";
+        }
+        return busy
+                + (busy == 1
+                        ? " client connection is still finishing the requests it had in flight"
+                        : " client connections are still finishing the requests they had in flight")
+                + " (each is answered, then its client is disconnected; those still busy after "
+                + shutdownGrace.toSeconds() + " s are disconnected)";
+    }
+
+    /**
+     * Ends a stop that {@link #stopWithin} left under way, as {@link #close} would: waits for the accept thread, lets
+     * the connections still busy finish their requests until {@link #SHUTDOWN_GRACE} after they were told, then
+     * disconnects those left and waits for them as long again; closes the listener and removes the socket file if it
+     * is still the one this server made. Nothing when already done.
+     */
+    public void finishStop() {
+        if (!beginStop()) {
             return;
         }
-        closed = true;
-        UnixSocket listener = tcpListener != null ? tcpListener : unixListener;
         try {
-            listener.shutdown(UnixSocket.SHUT_RDWR); // wakes the acceptor (EINVAL), then it is closed
-        } catch (LinuxException e) {
-            // not listening any more
-        }
-        try {
-            acceptor.join(java.time.Duration.ofSeconds(5));
+            acceptor.join(ACCEPTOR_JOIN);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
-        refusals.close();
-        for (NbdConnection c : connections) {
-            c.shutdown();
+        tellConnections();
+        long graceEnds;
+        synchronized (stopLock) {
+            graceEnds = drainStarted + shutdownGrace.toNanos();
         }
-        draining = true;
         try {
-            if (!await(connections::isEmpty, shutdownGrace)) {
+            if (!await(connections::isEmpty, Duration.ofNanos(Math.max(0, graceEnds - System.nanoTime())))) {
                 for (NbdConnection c : connections) {
                     c.close(); // still busy after the grace: disconnected
                 }
@@ -442,8 +504,55 @@ public final class NbdServer implements AutoCloseable {
             }
             Thread.currentThread().interrupt();
         }
+        endStop();
+    }
+
+    /**
+     * Nothing is accepted from now on: the first call shuts the listener down (which wakes the acceptor). False when
+     * the stop has already ended.
+     */
+    private boolean beginStop() {
+        synchronized (stopLock) {
+            if (stopped) {
+                return false;
+            }
+            if (closed) {
+                return true;
+            }
+            closed = true;
+        }
+        try {
+            listener().shutdown(UnixSocket.SHUT_RDWR); // wakes the acceptor (EINVAL), then it is closed
+        } catch (LinuxException e) {
+            // not listening any more
+        }
+        return true;
+    }
+
+    /** Tells every connection that the server is shutting down (a second time changes nothing for one). */
+    private void tellConnections() {
+        refusals.close();
+        for (NbdConnection c : connections) {
+            c.shutdown();
+        }
+        synchronized (stopLock) {
+            if (!draining) {
+                drainStarted = System.nanoTime();
+            }
+        }
+        draining = true;
+    }
+
+    /** The stop's end: the timer stops, the listener is closed and the socket file removed, once. */
+    private void endStop() {
+        synchronized (stopLock) {
+            if (stopped) {
+                return;
+            }
+            stopped = true;
+        }
         timer.shutdownNow();
-        listener.close();
+        listener().close();
         if (socketPath != null) {
             try {
                 // not another server's: the listener, shut down while the connections drained, refused connections,
@@ -453,5 +562,9 @@ public final class NbdServer implements AutoCloseable {
                 // best effort
             }
         }
+    }
+
+    private UnixSocket listener() {
+        return tcpListener != null ? tcpListener : unixListener;
     }
 }

@@ -305,6 +305,14 @@ public final class VhostUserServer implements AutoCloseable {
      * backlog (logged once when it appears) and is accepted when the first has disconnected and been cleaned up.
      */
     private UnixSocket acceptWhenFree() throws IOException {
+        java.util.concurrent.CountDownLatch hold = acceptHeldBy;
+        if (hold != null) {
+            try {
+                hold.await();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
         Session s;
         synchronized (lock) {
             s = current;
@@ -402,25 +410,23 @@ public final class VhostUserServer implements AutoCloseable {
         if (!beginStop()) {
             return null;
         }
+        // No session starts once beginStop has set closed (admit checks it under the lock it sets current under):
+        // the one there now is the last, and its connection is shut down whether or not the accept thread ends in time.
+        Session s;
+        synchronized (lock) {
+            s = current;
+        }
+        if (s != null) {
+            s.connection.shutdown();
+        }
         String left;
         if (!joinUntil(acceptor.thread(), deadline)) {
             left = "its accept thread has not ended";
+        } else if (s == null || joinUntil(s.thread, deadline)) {
+            left = null;
         } else {
-            Session s;
-            synchronized (lock) {
-                s = current; // the acceptor may have started one more before it saw the shutdown
-            }
-            if (s == null) {
-                left = null;
-            } else {
-                s.connection.shutdown();
-                if (joinUntil(s.thread, deadline)) {
-                    left = null;
-                } else {
-                    left = "the session of frontend " + s.peer + " has not ended: its thread (" + s.thread.getName()
-                            + ") is still in " + s.doing();
-                }
-            }
+            left = "the session of frontend " + s.peer + " has not ended: its thread (" + s.thread.getName()
+                    + ") is still in " + s.doing();
         }
         if (left == null) {
             finishStop();
@@ -429,9 +435,11 @@ public final class VhostUserServer implements AutoCloseable {
         LOG.log(
                 System.Logger.Level.WARNING,
                 name + ": stopping: after " + limit.toMillis() + " ms, " + left + " — a device callback that waits,"
-                        + " e.g. a queue's stop for requests on a file system or disk that does not answer. The"
-                        + " frontend is disconnected and no other is accepted, but the socket file stays until that"
-                        + " thread has ended");
+                        + " e.g. a queue's stop for requests on a file system or disk that does not answer. "
+                        + (s != null
+                                ? "The connection of frontend " + s.peer + " is shut down"
+                                : "No frontend was" + " connected")
+                        + " and no other is accepted, but the socket file stays until that thread has ended");
         return left;
     }
 
@@ -531,6 +539,14 @@ public final class VhostUserServer implements AutoCloseable {
                 Thread.currentThread().interrupt();
             }
         }
+    }
+
+    /** Tests: the accept thread waits for this latch before each accept (a thread slow to see the stop). */
+    private volatile java.util.concurrent.CountDownLatch acceptHeldBy;
+
+    /** Tests: holds the accept thread before its next accept until {@code latch} is counted down. */
+    void holdAcceptThread(java.util.concurrent.CountDownLatch latch) {
+        acceptHeldBy = latch;
     }
 
     /** How often {@link #finishStop} names the session it still waits for (tests). */

@@ -109,7 +109,16 @@ class NbdStuckRequestTest {
             return !StoppableFuse.blockedOn(fds).isEmpty();
         });
 
-        entry.close(); // returns: the control thread is not held up by the request
+        // returns within its bound: the control thread is not held up by the request
+        String notice = entry.closeAsync().await(Duration.ZERO); // as nbd.remove answers once its 5 s are over
+        // what is under way is said as it is: the server still lets its client's request finish (the image's close has
+        // not begun). It said the image was still being flushed "(its file system or disk does not answer)", after the
+        // server's close had taken up to 15 s, before that close had even started.
+        assertTrue(notice != null && notice.contains("its server has not stopped after "), "notice: " + notice);
+        assertTrue(
+                notice.contains("1 client connection is still finishing the requests it had in flight"),
+                "notice: " + notice);
+        assertTrue(!notice.contains("still being flushed"), "notice: " + notice);
         fx.stillHeld(fds);
         fx.assertLine(
                 "an error line says the image stays open",

@@ -608,6 +608,33 @@ class VhostUserServerTest {
     }
 
     /**
+     * A stop whose bound ends before the accept thread has (held here before its next accept) shuts the frontend's
+     * connection down all the same. It shut the connection down only once the accept thread had ended, so the frontend
+     * went on being served while the WARNING said it was disconnected.
+     */
+    @Test
+    void aStopWhoseBoundEndsBeforeTheAcceptThreadStillShutsTheConnectionDown() throws Exception {
+        java.util.concurrent.CountDownLatch acceptMayGoOn = new java.util.concurrent.CountDownLatch(1);
+        server.holdAcceptThread(acceptMayGoOn);
+        try (VhostUserFrontend fe = connect();
+                EventFd call = EventFd.create(true);
+                EventFd err = EventFd.create(true)) {
+            initLikeQemu(fe, call, err); // served: the accept thread is back before its next accept, held there
+            String left = server.stopWithin(Duration.ofMillis(200));
+            assertEquals("its accept thread has not ended", left);
+            assertThrows(IOException.class, fe::getFeatures, "the frontend's connection is shut down");
+            assertTrue(
+                    log.all().stream().anyMatch(l -> l.contains("is shut down and no other is accepted")),
+                    "the WARNING says what the stop did: " + log.all());
+            acceptMayGoOn.countDown();
+            server.finishStop();
+        } finally {
+            acceptMayGoOn.countDown();
+        }
+        assertFalse(Files.exists(socket), "removed once the session has ended");
+    }
+
+    /**
      * The rest of a stop, waiting for a session stuck in the device as long as it takes, names now and then which
      * frontend's session, what its thread is in, why the socket file is still there and what to do. It said only
      * "still waiting for vhost-user PATH to finish", for as long as the file system did not answer.
