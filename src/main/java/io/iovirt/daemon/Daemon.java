@@ -501,7 +501,15 @@ public final class Daemon implements AutoCloseable {
      * takes it; returns it ({@link System#nanoTime}).
      */
     long stopStarts() {
-        stopDeadline.compareAndSet(null, System.nanoTime() + stopWait.toNanos());
+        return stopStarts(System.nanoTime());
+    }
+
+    /**
+     * As {@link #stopStarts()}, for a stop that began at {@code at} ({@link System#nanoTime}): when the signal
+     * arrived, which can be before it is handled (a reload the signal waited for).
+     */
+    long stopStarts(long at) {
+        stopDeadline.compareAndSet(null, at + stopWait.toNanos());
         return stopDeadline.get();
     }
 

@@ -33,12 +33,17 @@ public final class DaemonService {
             String socketGroup,
             java.util.Set<Integer> allowUids) {}
 
+    /** A signal the daemon handles, and when it arrived ({@link System#nanoTime}). */
+    private record Signalled(String name, long at) {}
+
     /** Runs until SIGTERM or SIGINT; returns the signal's name. */
     public static String run(Options o) throws IOException, InterruptedException {
         SdNotify notify = SdNotify.fromEnvironment();
-        LinkedBlockingQueue<String> signals = new LinkedBlockingQueue<>();
+        // each signal with when it came ({@link System#nanoTime}): a SIGTERM that arrives while a reload runs on the
+        // loop below is taken only once that has ended, and the stop's deadline counts from its arrival all the same
+        LinkedBlockingQueue<Signalled> signals = new LinkedBlockingQueue<>();
         for (String name : new String[] {"TERM", "INT", "HUP"}) {
-            Signal.handle(new Signal(name), s -> signals.add("SIG" + s.getName()));
+            Signal.handle(new Signal(name), s -> signals.add(new Signalled("SIG" + s.getName(), System.nanoTime())));
         }
         // The state file's lock first, and let go last (after every device stopped): a second daemon on the same
         // file is refused before it starts anything, and a successor does not start our devices while they run.
@@ -76,10 +81,12 @@ public final class DaemonService {
                 Watchdog watchdog = startWatchdog(notify, daemon, rpc, metrics);
                 try {
                     while (true) {
-                        String sig = signals.take();
+                        Signalled signalled = signals.take();
+                        String sig = signalled.name();
                         if (!sig.equals("SIGHUP")) {
-                            // the stop's one deadline starts here, not after the control socket and /metrics close
-                            daemon.stopStarts();
+                            // the stop's one deadline counts from the signal's arrival: not from after a reload that
+                            // ran meanwhile, nor after the control socket's and /metrics' closes
+                            daemon.stopStarts(signalled.at());
                             send(notify, "STOPPING=1\nSTATUS=stopping (" + sig + ")");
                             LOG.log(
                                     System.Logger.Level.INFO,

@@ -64,6 +64,39 @@ class DaemonStopDeadlineTest {
     }
 
     /**
+     * A SIGTERM that arrived while a reload ran is handled only once that reload has ended: the stop's deadline counts
+     * from its arrival, not from when it was handled. Here it arrived a whole stop's time ago, so the close does not
+     * wait for the NBD export whose client is still sending a write's payload: it names it as what the daemon exits
+     * without. With the deadline taken when the signal is handled, the close waited for it and the export closed.
+     */
+    @Test
+    void aSignalHandledLateCountsFromItsArrival() throws Exception {
+        Path image = dir.resolve("disk.raw");
+        java.nio.file.Files.write(image, new byte[1 << 20]);
+        Path socket = dir.resolve("nbd.sock");
+        try (LogCapture log = LogCapture.start("io.iovirt");
+                Daemon daemon = new Daemon(null)) {
+            Duration stopWait = Duration.ofSeconds(10); // longer than the NBD server's grace for its client (5 s)
+            daemon.stopWait(stopWait);
+            Map<String, Object> add = new LinkedHashMap<>();
+            add.put("id", "n");
+            add.put("image", image.toString());
+            add.put("socket", socket.toString());
+            daemon.call("nbd.add", add);
+            try (SocketChannel client = SocketChannel.open(UnixDomainSocketAddress.of(socket))) {
+                writeInFlight(client, "n");
+                daemon.stopStarts(System.nanoTime() - stopWait.toNanos()); // the signal arrived a stop's time ago
+                daemon.close();
+                assertTrue(
+                        log.all().stream()
+                                .anyMatch(l -> l.startsWith("nbd n: stopping: ")
+                                        && l.contains("the daemon exits without the final flush")),
+                        "an ERROR line names the export the stop exits without: " + log.all());
+            }
+        }
+    }
+
+    /**
      * A switch whose close does not end (here: its switch's lock held by the test, as by a port that does not let go)
      * holds neither the exports' closes nor the stop past its deadline: the export is closed meanwhile, and the stop
      * names the switch it exits without. The switches were closed one after another, without a bound, before any
