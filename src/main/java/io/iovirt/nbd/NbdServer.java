@@ -440,6 +440,7 @@ public final class NbdServer implements AutoCloseable {
         if (!beginStop()) {
             return null;
         }
+        tellConnections(); // before any wait: the grace for their requests counts from here
         boolean acceptorEnded;
         try {
             acceptorEnded = acceptor.join(Duration.ofNanos(Math.max(1, deadline - System.nanoTime())));
@@ -455,11 +456,11 @@ public final class NbdServer implements AutoCloseable {
             Thread.currentThread().interrupt();
             drained = false;
         }
-        if (acceptorEnded && drained) {
+        int busy = connections.size();
+        if (acceptorEnded && (drained || busy == 0)) { // the last one may have left just after the wait ended
             endStop();
             return null;
         }
-        int busy = connections.size();
         if (busy == 0) {
             return "its accept thread has not ended";
         }
@@ -536,11 +537,11 @@ public final class NbdServer implements AutoCloseable {
             c.shutdown();
         }
         synchronized (stopLock) {
-            if (!draining) {
+            if (!draining) { // the first telling starts the grace; a later one (or a concurrent stop) keeps it
                 drainStarted = System.nanoTime();
+                draining = true;
             }
         }
-        draining = true;
     }
 
     /** The stop's end: the timer stops, the listener is closed and the socket file removed, once. */
