@@ -77,7 +77,7 @@ final class DaemonCommand implements Callable<Integer> {
         if (System.getenv("JOURNAL_STREAM") != null && logOptions.text()) {
             journalFormat(); // the journal adds the time; the line carries its priority
         }
-        String signal = DaemonService.run(new DaemonService.Options(
+        DaemonService.Stopped stopped = DaemonService.run(new DaemonService.Options(
                 config,
                 state,
                 control,
@@ -85,7 +85,15 @@ final class DaemonCommand implements Callable<Integer> {
                 metricsMaxConnections,
                 socketAccess.socketGroup(),
                 socketAccess.allowUids()));
-        System.err.println("iovirt daemon: " + signal + ": stopped; every image synced");
+        if (stopped.leftBehind().isEmpty()) {
+            System.err.println("iovirt daemon: " + stopped.signal() + ": stopped; every image synced");
+        } else {
+            // not "every image synced": the stop's deadline passed first (a file system or disk that did not answer)
+            System.err.println("iovirt daemon: " + stopped.signal() + ": stopped without waiting longer for "
+                    + String.join(", ", stopped.leftBehind()) + " (see the ERROR lines above): writes their guests"
+                    + " had acknowledged may not be on disk; make the file system or disk answer, then check the"
+                    + " images (qemu-img check) before a VM uses them again");
+        }
         return 0;
     }
 

@@ -274,13 +274,14 @@ final class ClaimRegistry {
     /**
      * Waits for the removals under way to end (their images are being flushed and closed), naming them every 10 s,
      * until {@code deadline} ({@link System#nanoTime}) at most: then an ERROR line names those left (a file system or
-     * disk that does not answer) and the daemon stops without their final flush.
+     * disk that does not answer) and the daemon stops without their final flush. Returns those left (empty when
+     * every removal ended).
      */
-    void awaitRemovals(long deadline) {
+    List<String> awaitRemovals(long deadline) {
         boolean interrupted = false;
         long warnAt = System.nanoTime() + 10_000_000_000L;
+        List<String> left;
         synchronized (lock) {
-            List<String> left;
             while (!(left = claims.values().stream()
                             .filter(c -> c.state == State.REMOVING)
                             .map(c -> c.who)
@@ -311,6 +312,7 @@ final class ClaimRegistry {
         if (interrupted) {
             Thread.currentThread().interrupt();
         }
+        return left;
     }
 
     /** A socket path as compared: absolute, normalised, its directory's symbolic links resolved (or its own). */

@@ -41,6 +41,9 @@ public final class Daemon implements AutoCloseable {
     private final ClaimRegistry claims =
             new ClaimRegistry(lock, id -> blks.containsKey(id) || nets.containsKey(id) || nbds.containsKey(id));
 
+    /** What the stop exited without waiting for: {@link #leftAtStop}. */
+    private final List<String> leftAtStop = new java.util.concurrent.CopyOnWriteArrayList<>();
+
     /** Where adds open their images: bounded in number and in how long a request waits for one. */
     private final ImageOpens opens = new ImageOpens();
 
@@ -1241,18 +1244,29 @@ public final class Daemon implements AutoCloseable {
             switches.put("net " + s.spec.id(), runOnItsThread("net " + s.spec.id() + " stop", s::close));
         }
         for (Map.Entry<String, java.util.concurrent.CompletableFuture<Void>> c : switches.entrySet()) {
-            String left = awaitSwitch(c.getValue(), deadline);
+            String left = awaitSwitch(c.getKey(), c.getValue(), deadline);
             if (left != null) {
                 LOG.log(System.Logger.Level.ERROR, c.getKey() + ": stopping: " + left);
+                leftAtStop.add(c.getKey());
             }
         }
         for (Map.Entry<String, java.util.concurrent.CompletableFuture<ImageRelease.Closing>> c : closings.entrySet()) {
             String notice = awaitClose(c.getValue(), deadline);
             if (notice != null) {
                 LOG.log(System.Logger.Level.ERROR, c.getKey() + ": stopping: " + notice);
+                leftAtStop.add(c.getKey());
             }
         }
-        claims.awaitRemovals(deadline);
+        leftAtStop.addAll(claims.awaitRemovals(deadline));
+    }
+
+    /**
+     * What the stop ({@link #close}) exited without waiting for — devices whose close had not ended by its deadline,
+     * each named by an ERROR line; empty when every device stopped and every image was flushed and closed. What the
+     * daemon's last words say (not "every image synced" when this is not empty).
+     */
+    public List<String> leftAtStop() {
+        return List.copyOf(leftAtStop);
     }
 
     /** Runs {@code task} on a thread of its own (here if none can be started); completes when it has ended. */
@@ -1278,7 +1292,7 @@ public final class Daemon implements AutoCloseable {
      * Waits until {@code deadline} ({@link System#nanoTime}) for a switch's close begun by {@link #runOnItsThread}:
      * null when it ended; else what the daemon exits without.
      */
-    private static String awaitSwitch(java.util.concurrent.CompletableFuture<Void> closed, long deadline) {
+    private static String awaitSwitch(String who, java.util.concurrent.CompletableFuture<Void> closed, long deadline) {
         try {
             closed.get(Math.max(0, deadline - System.nanoTime()), java.util.concurrent.TimeUnit.NANOSECONDS);
             return null;
@@ -1287,7 +1301,9 @@ public final class Daemon implements AutoCloseable {
                     + " daemon exits without waiting for them; their frontends and TAP devices are let go of with the"
                     + " process";
         } catch (java.util.concurrent.ExecutionException e) {
-            return "closing failed: " + e.getCause();
+            LOG.log(System.Logger.Level.ERROR, who + ": closing failed", e.getCause());
+            return "closing failed (" + e.getCause() + ", trace above): its ports' frontends and TAP devices are let"
+                    + " go of with the process";
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             return "interrupted while its ports stop";

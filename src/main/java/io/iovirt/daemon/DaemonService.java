@@ -5,6 +5,7 @@ import io.iovirt.linux.LinuxException;
 import io.iovirt.linux.SdNotify;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.concurrent.LinkedBlockingQueue;
 import sun.misc.Signal;
 
@@ -36,8 +37,22 @@ public final class DaemonService {
     /** A signal the daemon handles, and when it arrived ({@link System#nanoTime}). */
     private record Signalled(String name, long at) {}
 
-    /** Runs until SIGTERM or SIGINT; returns the signal's name. */
-    public static String run(Options o) throws IOException, InterruptedException {
+    /**
+     * How the daemon stopped: the signal's name, and what the stop exited without waiting for ({@link
+     * Daemon#leftAtStop}: empty when every device stopped and every image was flushed and closed).
+     */
+    public record Stopped(String signal, List<String> leftBehind) {}
+
+    /** Runs until SIGTERM or SIGINT; returns how it stopped. */
+    public static Stopped run(Options o) throws IOException, InterruptedException {
+        var made = new java.util.concurrent.atomic.AtomicReference<Daemon>();
+        String signal = serve(o, made);
+        Daemon d = made.get(); // closed by now (serve's try-with-resources)
+        return new Stopped(signal, d == null ? List.of() : d.leftAtStop());
+    }
+
+    private static String serve(Options o, java.util.concurrent.atomic.AtomicReference<Daemon> made)
+            throws IOException, InterruptedException {
         SdNotify notify = SdNotify.fromEnvironment();
         // each signal with when it came ({@link System#nanoTime}): a SIGTERM that arrives while a reload runs on the
         // loop below is taken only once that has ended, and the stop's deadline counts from its arrival all the same
@@ -49,6 +64,7 @@ public final class DaemonService {
         // file is refused before it starts anything, and a successor does not start our devices while they run.
         try (StateFile state = o.state() == null ? null : StateFile.open(o.state());
                 Daemon daemon = new Daemon(o.socketGroup(), o.allowUids())) {
+            made.set(daemon);
             // The control API's reload: what the unit's ExecReload calls, so that 'systemctl reload' returns once the
             // file is applied (systemd 252 takes a signal's sender exiting as the end of the reload) and fails when
             // the file was refused.

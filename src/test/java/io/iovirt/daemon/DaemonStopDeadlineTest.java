@@ -59,6 +59,8 @@ class DaemonStopDeadlineTest {
                                 .anyMatch(l -> l.startsWith("nbd n: stopping: ")
                                         && l.contains("the daemon exits without the final flush")),
                         "an ERROR line names the export the stop exits without: " + log.all());
+                // and the daemon's last words do not say "every image synced"
+                assertEquals(java.util.List.of("nbd n"), daemon.leftAtStop());
             }
         }
     }
@@ -92,6 +94,8 @@ class DaemonStopDeadlineTest {
                                 .anyMatch(l -> l.startsWith("nbd n: stopping: ")
                                         && l.contains("the daemon exits without the final flush")),
                         "an ERROR line names the export the stop exits without: " + log.all());
+                // and the daemon's last words do not say "every image synced"
+                assertEquals(java.util.List.of("nbd n"), daemon.leftAtStop());
             }
         }
     }
@@ -130,6 +134,7 @@ class DaemonStopDeadlineTest {
             assertTrue(
                     log.all().stream().anyMatch(l -> l.startsWith("net lan: stopping: its ports have not all stopped")),
                     "an ERROR line names the switch the stop exits without: " + log.all());
+            assertEquals(java.util.List.of("net lan"), daemon.leftAtStop(), "the export was closed, the switch not");
         }
     }
 
