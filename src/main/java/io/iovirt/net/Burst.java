@@ -151,6 +151,23 @@ public final class Burst {
         return frame(order[k]);
     }
 
+    /**
+     * The length of the {@code k}-th frame of the grouped order ({@link #selected}), without re-pointing the view: a
+     * destination's per-frame loop stores nothing of its own between the frames' copies.
+     */
+    public int selectedLength(int k) {
+        int i = order[k];
+        Objects.checkIndex(i, count);
+        return lengths[i];
+    }
+
+    /** Where in {@link #memory} the {@code k}-th frame of the grouped order starts ({@link #selectedLength}). */
+    public long selectedOffset(int k) {
+        int i = order[k];
+        Objects.checkIndex(i, count);
+        return (long) i * stride;
+    }
+
     /** Empties the burst (its memory is reused) and forgets the switch's per-burst state. */
     public void clear() {
         for (int i = 0; i < count; i++) { // a loop the JIT inlines (no Arrays.fill call), usually all null already

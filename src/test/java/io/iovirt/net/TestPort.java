@@ -95,6 +95,14 @@ final class TestPort extends Port {
     @Override
     protected synchronized void transmit(Burst burst, int from, int to) {
         burstCalls++;
+        for (int k = from; k < to; k++) { // the view-free accessors a destination's loop uses name the same frame
+            Frame f = burst.selected(k);
+            if (burst.selectedLength(k) != f.length() || burst.selectedOffset(k) != f.offset()) {
+                throw new AssertionError("frame " + k + " of the burst: selectedLength/selectedOffset give "
+                        + burst.selectedLength(k) + " bytes at " + burst.selectedOffset(k) + ", selected() "
+                        + f.length() + " at " + f.offset());
+            }
+        }
         super.transmit(burst, from, to);
     }
 
