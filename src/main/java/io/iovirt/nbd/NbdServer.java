@@ -8,6 +8,7 @@ import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.linux.UnixSocketChannel;
 import io.iovirt.util.LogLimiter;
+import io.iovirt.util.StopOnce;
 import java.io.IOException;
 import java.net.InetAddress;
 import java.nio.channels.ByteChannel;
@@ -71,7 +72,11 @@ public final class NbdServer implements AutoCloseable {
     private final ScheduledExecutorService timer;
     private final NbdRefusals refusals;
     private final Acceptor<?> acceptor;
-    private volatile boolean closed;
+    /**
+     * Begun: nothing is accepted (the listener shut down). Ended: the timer stopped, the listener closed and the
+     * socket file removed.
+     */
+    private final StopOnce stop = new StopOnce(this::shutDownListener, this::closeListener);
     /**
      * Lines about connections that a client can cause at will, one per connection (a refused peer, a client gone in
      * the handshake, a protocol violation...): shared by the server's connections, so a client connecting in a loop
@@ -100,7 +105,7 @@ public final class NbdServer implements AutoCloseable {
         this.refusals = new NbdRefusals(address, maxConnections, t);
         if (tcp != null) {
             this.acceptor = acceptor(
-                    Acceptor.builder("nbd " + address, LOG, tcp::accept, () -> closed),
+                    Acceptor.builder("nbd " + address, LOG, tcp::accept, stop::begun),
                     NbdRefusals.Peer::of,
                     (s, release) -> {
                         // Without Nagle's algorithm: a reply that leaves while an earlier one is unacknowledged
@@ -114,7 +119,7 @@ public final class NbdServer implements AutoCloseable {
             // The same access control as the vhost-user servers: the socket's mode was set before listening, and
             // every peer's uid (SO_PEERCRED) is checked against the allow-list before a byte is exchanged.
             this.acceptor = acceptor(
-                    Acceptor.builder("nbd " + address, LOG, unix::accept, () -> closed)
+                    Acceptor.builder("nbd " + address, LOG, unix::accept, stop::begun)
                             .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
                                 connectionLog.log(
                                         System.Logger.Level.WARNING,
@@ -316,7 +321,7 @@ public final class NbdServer implements AutoCloseable {
         refusals.admitted();
         NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet());
         connections.add(c);
-        if (closed) {
+        if (stop.begun()) {
             c.close();
             connections.remove(c);
             ended();
@@ -418,14 +423,11 @@ public final class NbdServer implements AutoCloseable {
     /** How long a stop waits for the accept thread, in {@link #finishStop} (it has been woken: it ends at once). */
     private static final Duration ACCEPTOR_JOIN = Duration.ofSeconds(5);
 
-    /** Guards {@link #stopped}, and {@link #drainStarted}'s first setting. */
-    private final Object stopLock = new Object();
-
-    /** Set once a stop has ended: the listener is closed and the socket file removed. */
-    private boolean stopped; // guarded by stopLock
+    /** Guards {@link #drainStarted}'s first setting. */
+    private final Object drainLock = new Object();
 
     /** When the connections were told that the server is shutting down ({@link System#nanoTime}), for the grace. */
-    private long drainStarted; // guarded by stopLock
+    private long drainStarted; // guarded by drainLock
 
     /**
      * Begins the stop as {@link #close} does — nothing is accepted any more, every connection is told that the server
@@ -437,7 +439,7 @@ public final class NbdServer implements AutoCloseable {
      */
     public String stopWithin(Duration limit) {
         long deadline = System.nanoTime() + limit.toNanos();
-        if (!beginStop()) {
+        if (!stop.begin()) {
             return null;
         }
         tellConnections(); // before any wait: the grace for their requests counts from here
@@ -458,7 +460,7 @@ public final class NbdServer implements AutoCloseable {
         }
         int busy = connections.size();
         if (acceptorEnded && (drained || busy == 0)) { // the last one may have left just after the wait ended
-            endStop();
+            stop.end();
             return null;
         }
         if (busy == 0) {
@@ -479,7 +481,7 @@ public final class NbdServer implements AutoCloseable {
      * is still the one this server made. Nothing when already done.
      */
     public void finishStop() {
-        if (!beginStop()) {
+        if (!stop.begin()) {
             return;
         }
         try {
@@ -489,7 +491,7 @@ public final class NbdServer implements AutoCloseable {
         }
         tellConnections();
         long graceEnds;
-        synchronized (stopLock) {
+        synchronized (drainLock) {
             graceEnds = drainStarted + shutdownGrace.toNanos();
         }
         try {
@@ -505,29 +507,16 @@ public final class NbdServer implements AutoCloseable {
             }
             Thread.currentThread().interrupt();
         }
-        endStop();
+        stop.end();
     }
 
-    /**
-     * Nothing is accepted from now on: the first call shuts the listener down (which wakes the acceptor). False when
-     * the stop has already ended.
-     */
-    private boolean beginStop() {
-        synchronized (stopLock) {
-            if (stopped) {
-                return false;
-            }
-            if (closed) {
-                return true;
-            }
-            closed = true;
-        }
+    /** The stop's first step ({@link #stop}): nothing is accepted from now on; wakes the acceptor. */
+    private void shutDownListener() {
         try {
             listener().shutdown(UnixSocket.SHUT_RDWR); // wakes the acceptor (EINVAL), then it is closed
         } catch (LinuxException e) {
             // not listening any more
         }
-        return true;
     }
 
     /** Tells every connection that the server is shutting down (a second time changes nothing for one). */
@@ -536,7 +525,7 @@ public final class NbdServer implements AutoCloseable {
         for (NbdConnection c : connections) {
             c.shutdown();
         }
-        synchronized (stopLock) {
+        synchronized (drainLock) {
             if (!draining) { // the first telling starts the grace; a later one (or a concurrent stop) keeps it
                 drainStarted = System.nanoTime();
                 draining = true;
@@ -544,14 +533,8 @@ public final class NbdServer implements AutoCloseable {
         }
     }
 
-    /** The stop's end: the timer stops, the listener is closed and the socket file removed, once. */
-    private void endStop() {
-        synchronized (stopLock) {
-            if (stopped) {
-                return;
-            }
-            stopped = true;
-        }
+    /** The stop's last step ({@link #stop}): the timer stops, the listener is closed and the socket file removed. */
+    private void closeListener() {
         timer.shutdownNow();
         listener().close();
         if (socketPath != null) {

@@ -8,6 +8,7 @@ import io.iovirt.linux.SocketAccess;
 import io.iovirt.linux.SocketPaths;
 import io.iovirt.linux.UnixSocket;
 import io.iovirt.util.LogLimiter;
+import io.iovirt.util.StopOnce;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -60,9 +61,11 @@ public final class VhostUserServer implements AutoCloseable {
     private final LogLimiter connectionLog = new LogLimiter(LOG);
 
     private final Object lock = new Object();
-    private boolean closed; // guarded by lock
-    /** The stop has ended: the session thread too, the listener closed and the socket file removed. */
-    private boolean stopped; // guarded by lock
+    /**
+     * Begun: nothing is accepted (the listener shut down). Ended: the session thread too, the listener closed and the
+     * socket file removed.
+     */
+    private final StopOnce stop = new StopOnce(this::shutDownListener, this::closeListener);
 
     private Session current; // guarded by lock
     /** A connection is waiting in the backlog while {@link #current} is served. */
@@ -109,7 +112,7 @@ public final class VhostUserServer implements AutoCloseable {
                         name + ": protocol error from frontend " + peer + ": " + e.getMessage()
                                 + "; closing the connection");
             } catch (IOException e) {
-                if (!isClosed()) {
+                if (!stop.begun()) {
                     connectionLog.log(
                             System.Logger.Level.WARNING,
                             name + ": connection to frontend " + peer + " failed: " + e.getMessage() + "; closing it");
@@ -164,7 +167,7 @@ public final class VhostUserServer implements AutoCloseable {
         this.listener = listener;
         this.socketFile = SocketPaths.fileKey(path);
         this.access = access;
-        this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, this::isClosed)
+        this.acceptor = Acceptor.builder(name, LOG, this::acceptWhenFree, stop::begun)
                 .threadName("vhost-user accept " + path)
                 .peerCheck(Acceptor.peerCheck(access), (s, why) -> {
                     errorLog.log(
@@ -259,12 +262,6 @@ public final class VhostUserServer implements AutoCloseable {
         return s == null || s.thread.join(timeout);
     }
 
-    private boolean isClosed() {
-        synchronized (lock) {
-            return closed;
-        }
-    }
-
     /** Serves an accepted frontend whose uid is allowed (on the acceptor thread). */
     private void admit(UnixSocket socket, Runnable release) {
         String peer;
@@ -276,7 +273,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
         Session previous;
         synchronized (lock) {
-            if (closed) {
+            if (stop.begun()) {
                 release.run();
                 socket.close();
                 return;
@@ -289,7 +286,7 @@ public final class VhostUserServer implements AutoCloseable {
         }
         Session s = new Session(socket, peer, release);
         synchronized (lock) {
-            if (closed) {
+            if (stop.begun()) {
                 release.run();
                 socket.close();
                 return;
@@ -331,12 +328,12 @@ public final class VhostUserServer implements AutoCloseable {
         boolean told = false;
         try {
             while (s.thread.isAlive()) {
-                if (isClosed()) {
+                if (stop.begun()) {
                     return false;
                 }
                 if (!told) {
                     // Sleeps in poll until a connection arrives (or 500 ms pass, to notice the session's end).
-                    if (listener.connectionPending(500) && !isClosed()) {
+                    if (listener.connectionPending(500) && !stop.begun()) {
                         if (s.finishing()) { // a frontend reconnecting: served once the old session is cleaned up
                             s.thread.join(Duration.ofMillis(500));
                             continue;
@@ -356,7 +353,7 @@ public final class VhostUserServer implements AutoCloseable {
                     waiting = listener.connectionPending(0); // it may have given up
                 }
             }
-            return !isClosed();
+            return !stop.begun();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             return false;
@@ -367,7 +364,7 @@ public final class VhostUserServer implements AutoCloseable {
                             + " to disconnect");
             // as long as the session lasts, but no longer than the server: close() must not wait for this thread
             // on top of the session's
-            while (s.thread.isAlive() && !isClosed()) {
+            while (s.thread.isAlive() && !stop.begun()) {
                 try {
                     s.thread.join(Duration.ofMillis(500));
                 } catch (InterruptedException ie) {
@@ -375,7 +372,7 @@ public final class VhostUserServer implements AutoCloseable {
                     return false;
                 }
             }
-            return !isClosed();
+            return !stop.begun();
         } finally {
             waiting = false;
         }
@@ -407,10 +404,10 @@ public final class VhostUserServer implements AutoCloseable {
      */
     public String stopWithin(Duration limit) {
         long deadline = System.nanoTime() + limit.toNanos();
-        if (!beginStop()) {
+        if (!stop.begin()) {
             return null;
         }
-        // No session starts once beginStop has set closed (admit checks it under the lock it sets current under):
+        // No session starts once the stop has begun (admit checks it under the lock it sets current under):
         // the one there now is the last, and its connection is shut down whether or not the accept thread ends in time.
         Session s;
         synchronized (lock) {
@@ -429,7 +426,7 @@ public final class VhostUserServer implements AutoCloseable {
                     + ") is still in " + s.doing();
         }
         if (left == null) {
-            finishStop();
+            stop.end();
             return null;
         }
         LOG.log(
@@ -449,7 +446,7 @@ public final class VhostUserServer implements AutoCloseable {
      * in that order. Nothing when already done.
      */
     public void finishStop() {
-        if (!beginStop()) {
+        if (!stop.begin()) {
             return;
         }
         joinQuietly(acceptor.thread());
@@ -461,12 +458,11 @@ public final class VhostUserServer implements AutoCloseable {
             s.connection.shutdown();
             awaitSession(s);
         }
-        synchronized (lock) {
-            if (stopped) {
-                return; // a concurrent stop ended it
-            }
-            stopped = true;
-        }
+        stop.end(); // once: a concurrent stop may have ended it
+    }
+
+    /** The stop's last step ({@link #stop}): the listener closed, the socket file removed if it is this server's. */
+    private void closeListener() {
         listener.close();
         try {
             if (!SocketPaths.removeIfSame(path, socketFile)) {
@@ -485,27 +481,14 @@ public final class VhostUserServer implements AutoCloseable {
         LOG.log(System.Logger.Level.INFO, name + ": stopped");
     }
 
-    /**
-     * Nothing is accepted from now on: the first call shuts the listener down (which wakes the accept thread). False
-     * when the stop has already ended.
-     */
-    private boolean beginStop() {
-        synchronized (lock) {
-            if (stopped) {
-                return false;
-            }
-            if (closed) {
-                return true;
-            }
-            closed = true;
-        }
+    /** The stop's first step ({@link #stop}): nothing is accepted from now on; wakes the accept thread. */
+    private void shutDownListener() {
         LOG.log(System.Logger.Level.INFO, name + ": stopping");
         try {
             listener.shutdown(UnixSocket.SHUT_RDWR); // wakes accept with EINVAL
         } catch (LinuxException e) {
             LOG.log(System.Logger.Level.WARNING, name + ": shutting down the listener: " + e.getMessage());
         }
-        return true;
     }
 
     /**
