@@ -17,6 +17,12 @@ import org.junit.jupiter.api.Test;
  * neither runs a step again nor waits for the one under way — and a stop that has ended is not begun again.
  */
 class StopOnceTest {
+    /**
+     * A platform thread per task: the common pool may have one worker on a 2-core machine, and a task of an earlier
+     * test still blocked there would leave this one queued behind it.
+     */
+    private static final java.util.concurrent.Executor OWN_THREAD =
+            r -> Thread.ofPlatform().daemon().start(r);
 
     @Test
     void theFirstStepRunsOnceAndAConcurrentBeginDoesNotWaitForIt() throws Exception {
@@ -31,7 +37,7 @@ class StopOnceTest {
                 },
                 () -> {});
         assertFalse(stop.begun());
-        CompletableFuture<Boolean> first = CompletableFuture.supplyAsync(stop::begin);
+        CompletableFuture<Boolean> first = CompletableFuture.supplyAsync(stop::begin, OWN_THREAD);
         assertTrue(inFirst.await(10, TimeUnit.SECONDS), "the first begin runs the first step");
         assertTrue(stop.begun(), "begun as soon as the first call has changed the state");
         assertTrue(stop.begin(), "a second begin: the stop is under way");
@@ -54,7 +60,7 @@ class StopOnceTest {
             await(release);
         });
         assertTrue(stop.begin());
-        CompletableFuture<Void> ending = CompletableFuture.runAsync(stop::end);
+        CompletableFuture<Void> ending = CompletableFuture.runAsync(stop::end, OWN_THREAD);
         assertTrue(inLast.await(10, TimeUnit.SECONDS), "the first end runs the last step");
         stop.end(); // returns at once: a concurrent stop is ending it
         assertFalse(stop.begin(), "ended: a later stopWithin or finishStop has nothing left to do");
