@@ -239,12 +239,88 @@ class BlkRefreshStoppedFsTest {
     }
 
     /**
+     * Removing the export while the session's thread still waits for the last queue's write-back (the frontend's
+     * GET_VRING_BASE not answered yet) ends that wait at once: the removal's server stop, which waits for that thread,
+     * and the write-back's wait, bounded alike, raced, and a removal that lost the race said in an ERROR line and its
+     * answer that the server had not stopped. Now the server stops; what is left is the write-back, which the answer
+     * names, and the image is closed once it has ended.
+     */
+    @Test
+    void removingTheExportWhileTheQueueStopWaitsForTheWriteBackEndsThatWait() throws Exception {
+        writtenWhileTheFileSystemHangs(d -> {
+            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return d.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+            });
+            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+
+            String answer = exports.getFirst().closeAsync().await(Duration.ofSeconds(1));
+            assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
+            assertFalse(answer.contains("server has not stopped"), "the server has stopped: " + answer);
+            fx.assertLine(
+                    "a line says the write-back is not waited for any more",
+                    "blk q:",
+                    "writing the image back (" + fx.image + ") is not waited for any more: the export is being"
+                            + " removed");
+            assertFalse(
+                    fx.log.all().stream()
+                            .anyMatch(l -> l.contains("has not ended within") || l.contains("has not stopped")),
+                    "the session did not wait out the write-back's limit, and its server stopped: " + fx.log.all());
+            assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
+            assertEquals(1, imageThreads("hand-over"), "the write-back still runs");
+            stopped.handle((base, failure) -> null).get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+        });
+        fx.resumeAndAwaitRelease("the write-back");
+        fx.assertLine(
+                "a line says the write-back has ended and the image goes",
+                "blk q:",
+                "has been written back now",
+                "the export is being removed");
+        assertCleanImage();
+        assertWritten();
+    }
+
+    /**
+     * A write-back given up on, the image lock kept for it, that then fails (its file system's daemon dies): one ERROR
+     * line says what failed, that the lock stays taken and what to do — not one line of the write-back's own and a
+     * second one of the lock's.
+     */
+    @Test
+    void aLateWriteBackThatFailsSaysSoInOneLine() throws Exception {
+        writtenThenStoppedWhileTheFileSystemHangs();
+        fx.log.awaitLine("the image lock of " + fx.image + " is kept");
+        fx.fs.kill();
+        fx.log.awaitLine("Its image lock stays taken");
+        Await.until(TIMEOUT, "the write-back's thread to end", () -> imageThreads("hand-over") == 0);
+        List<String> failed = fx.log.all().stream()
+                .filter(l -> l.contains("writing the image back") && l.contains("failed:"))
+                .toList();
+        assertEquals(1, failed.size(), "one line says the write-back failed: " + fx.log.all());
+        for (String part : List.of("blk q:", fx.image.toString(), "Its image lock stays taken", "blk.remove")) {
+            assertTrue(failed.getFirst().contains(part), part + ": " + failed.getFirst());
+        }
+        assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
+    }
+
+    /**
      * Export "q" of a fresh qcow2 image, to which a frontend writes 64 KiB of 0xa5 (allocating a cluster: its tables
      * change in memory, and no flush follows); then the file system stops and the frontend stops its queue
      * (GET_VRING_BASE: a migration's source, a guest's reset), whose reply comes — without the fix it throws after
      * the frontend's reply timeout — and disconnects. Returns the export's socket.
      */
     private Path writtenThenStoppedWhileTheFileSystemHangs() throws Exception {
+        return writtenWhileTheFileSystemHangs(
+                d -> assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position"));
+    }
+
+    /**
+     * Export "q" of a fresh qcow2 image, to which a frontend writes 64 KiB of 0xa5 (no flush after it); then the file
+     * system stops and {@code then} runs with that frontend, which disconnects after it. Returns the export's socket.
+     */
+    private Path writtenWhileTheFileSystemHangs(FrontendStep then) throws Exception {
         QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", fx.image.toString(), "16M");
         Path socket = startExport("q", fx.image, ImageFormat.QCOW2, false);
         fx.openProbe(); // before the stop: opening it then would wait too
@@ -254,9 +330,15 @@ class BlkRefreshStoppedFsTest {
             d.ram.segment().asSlice(buf, 65536).fill((byte) 0xa5);
             assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.write(buf, 65536)), "the write (no flush after it)");
             fx.fs.stop();
-            assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position");
+            then.run(d);
         }
         return socket;
+    }
+
+    /** What a test does with a connected frontend. */
+    @FunctionalInterface
+    private interface FrontendStep {
+        void run(BlkTestDriver d) throws Exception;
     }
 
     /**
