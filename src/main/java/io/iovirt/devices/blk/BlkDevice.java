@@ -1104,9 +1104,9 @@ public final class BlkDevice implements VhostUserBackend {
             if (why != null) {
                 LOG.log(
                         Level.ERROR,
-                        "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device "
-                                + "reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate instead "
-                                + "of starting a second one)",
+                        "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device"
+                                + " reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate"
+                                + " instead of starting a second one)",
                         name,
                         why);
             }
