@@ -299,8 +299,9 @@ final class ImageRelease {
             try {
                 String why = "its close thread cannot be started (" + e + "), and " + holder + ": a thread may still"
                         + " use its image " + closing.image + ", so it is not closed: it stays open and locked ("
-                        + refused + ") until the daemon stops, which lets go of it without its final flush. Free"
-                        + " memory (or raise the thread limit), then stop the daemon to let go of the image";
+                        + refused + ") until the daemon stops, which lets go of it without its final flush, and"
+                        + " its id, socket and image stay taken until then (adding it again is refused). Free memory"
+                        + " (or raise the thread limit), then stop the daemon to let go of the image";
                 LOG.log(System.Logger.Level.ERROR, who + ": " + why);
                 closing.flushed.completeExceptionally(new LeftOpen(why, e));
             } finally {

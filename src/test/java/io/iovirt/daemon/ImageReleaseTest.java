@@ -118,8 +118,8 @@ class ImageReleaseTest {
     /**
      * A close thread that cannot be started (no memory, a thread limit) while a thread may still use the image — a
      * server whose stop is under way, a request still in I/O — leaves the image open (not closed under that thread)
-     * and still ends the close: its callers are answered, and the claim that waits for it goes. It was never
-     * completed: a removal's claim (id, socket, image) stayed taken for good, and the error reached the caller.
+     * and still ends the close: its callers are answered (the removal's claim stays: ClaimRegistryTest). It was never
+     * completed: a removal waited for it, and the error reached the caller.
      */
     @Test
     void aCloseThreadThatCannotStartEndsTheCloseAndLeavesTheImageOpen() throws Exception {
