@@ -284,6 +284,36 @@ class BlkRefreshStoppedFsTest {
     }
 
     /**
+     * A write-back the removal no longer waits for that then fails (its file system's daemon dies) says so in one
+     * ERROR line that says the export is being removed — not that the image lock is kept until this backend writes the
+     * image back at its next start, which an export being removed does not have.
+     */
+    @Test
+    void aWriteBackTheRemovalNoLongerWaitsForThatFailsSaysTheExportIsBeingRemoved() throws Exception {
+        writtenWhileTheFileSystemHangs(d -> {
+            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return d.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+            });
+            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+            exports.getFirst().closeAsync();
+            fx.log.awaitLine("is not waited for any more: the export is being removed");
+            stopped.handle((base, failure) -> null).get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+        });
+        fx.fs.kill();
+        Await.until(TIMEOUT, "the write-back's thread to end", () -> imageThreads("hand-over") == 0);
+        List<String> failed = fx.log.all().stream()
+                .filter(l -> l.contains("writing the image back") && l.contains("failed:"))
+                .toList();
+        assertEquals(1, failed.size(), "one line says the write-back failed: " + fx.log.all());
+        assertTrue(failed.getFirst().contains("The export is being removed"), failed.getFirst());
+        assertFalse(failed.getFirst().contains("next start"), "no next start comes: " + failed.getFirst());
+    }
+
+    /**
      * A write-back given up on, the image lock kept for it, that then fails (its file system's daemon dies): one ERROR
      * line says what failed, that the lock stays taken and what to do — not one line of the write-back's own and a
      * second one of the lock's.

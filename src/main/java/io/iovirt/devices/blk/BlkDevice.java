@@ -190,7 +190,8 @@ public final class BlkDevice implements VhostUserBackend {
         final String failed;
         /**
          * The ERROR line that says it failed ({0}: the export's id, {1}: the error's message) when the image lock was
-         * not kept for it; one kept for it says so in the same line instead ({@link #startImageWork}).
+         * not kept for it; one kept for it, or of an export being removed, says so in a line of its own instead
+         * ({@link #startImageWork}).
          */
         final String failedLine;
         /** Where one still under way came from, for the start or stop that finds it. */
@@ -1288,6 +1289,15 @@ public final class BlkDevice implements VhostUserBackend {
                                                 + " migration''s destination) that took the image now would have its"
                                                 + " tables written over. The next start of the queues tries again;"
                                                 + " remove the export (blk.remove) to let go of the image",
+                                        name,
+                                        p.kind.doing,
+                                        image.path(),
+                                        error);
+                            } else if (why != null && retired) { // not served again: no next start tries again
+                                LOG.log(
+                                        Level.ERROR,
+                                        "blk {0}: {1} ({2}) failed: {3}. The export is being removed: the image is"
+                                                + " flushed, closed and unlocked once nothing else of it runs",
                                         name,
                                         p.kind.doing,
                                         image.path(),
