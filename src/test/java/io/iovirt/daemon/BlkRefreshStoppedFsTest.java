@@ -4,6 +4,7 @@ package io.iovirt.daemon;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.devices.blk.BlkDevice;
@@ -257,7 +258,7 @@ class BlkRefreshStoppedFsTest {
             });
             Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
 
-            String answer = exports.getFirst().closeAsync().await(Duration.ofSeconds(1));
+            String answer = exports.getFirst().closeAsync().await(Duration.ofSeconds(3));
             assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
             assertFalse(answer.contains("server has not stopped"), "the server has stopped: " + answer);
             fx.assertLine(
@@ -279,6 +280,51 @@ class BlkRefreshStoppedFsTest {
                 "blk q:",
                 "has been written back now",
                 "the export is being removed");
+        assertCleanImage();
+        assertWritten();
+    }
+
+    /**
+     * A write-back under way when the export's removal begins, which ends a moment later (its file system answers
+     * again just after the removal's server stop has begun): the session's thread still waits that moment for it
+     * ({@code BlkDevice.RETIRED_IMAGE_WORK_GRACE}), so the image is written back as at any queue stop, the removal ends
+     * with its final flush, and nothing is logged as not waited for or stuck. Ending that wait
+     * at the removal's first step instead gave the write-back up (an INFO line) however soon it was to end, and the
+     * close could then find its thread still in its flush and say in an ERROR line that the file system did not
+     * answer.
+     */
+    @Test
+    void aWriteBackThatEndsJustAfterTheRemovalBeganIsWaitedFor() throws Exception {
+        writtenWhileTheFileSystemHangs(d -> {
+            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return d.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+            });
+            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+            CompletableFuture<String> removed = new CompletableFuture<>(); // not the common pool: GET_VRING_BASE
+            Thread.ofPlatform()
+                    .daemon()
+                    .start(
+                            () -> { // may hold its one worker on a 2-core machine
+                                try {
+                                    removed.complete(
+                                            exports.getFirst().closeAsync().await(TIMEOUT));
+                                } catch (RuntimeException | Error e) {
+                                    removed.completeExceptionally(e);
+                                }
+                            });
+            fx.log.awaitLine("q.sock: stopping"); // the removal has retired the device and begun its server stop
+            fx.fs.resume();
+            assertNull(removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the removal ends with its final flush");
+            stopped.handle((base, failure) -> null)
+                    .get(TIMEOUT.toSeconds(), TimeUnit.SECONDS); // its connection is shut
+        });
+        List<String> stuck = fx.log.all(
+                l -> l.contains("SEVERE") || l.contains("still in I/O") || l.contains("is not waited for any more"));
+        assertEquals(List.of(), stuck, "the write-back was waited for: " + fx.log.all());
         assertCleanImage();
         assertWritten();
     }

@@ -131,11 +131,19 @@ public final class BlkDevice implements VhostUserBackend {
      * reading the image again at a queue start, writing it back when the last queue stops. Both read or write (and
      * fsync) the image's file, which a file system that does not answer (a stopped FUSE daemon, a hung NFS server)
      * holds for ever; the thread waiting is the vhost-user session's, whose frontend waits for its reply to the message
-     * that started or stopped the queue and which removing the export joins (it ends this wait: {@link #retire}). A
+     * that started or stopped the queue and which removing the export joins (it cuts this wait short: {@link #retire}). A
      * few seconds: far longer than reading or writing a header and tables takes on a healthy disk, and well short of
      * what a frontend waits for a reply before it gives the backend up.
      */
     static final java.time.Duration IMAGE_WORK_WAIT_LIMIT = java.time.Duration.ofSeconds(5);
+
+    /**
+     * How long the session's thread still waits for image work once the export is being removed ({@link #retire}):
+     * long enough for a healthy disk to end a write-back (a flush and an fsync: milliseconds), so that removing a
+     * served export hands the image over as a queue stop does and its close finds no thread of it still in I/O; far
+     * short of the removal's server stop ({@link #IMAGE_WORK_WAIT_LIMIT} alike), so that wait no longer races this one.
+     */
+    static final java.time.Duration RETIRED_IMAGE_WORK_GRACE = java.time.Duration.ofSeconds(1);
 
     /**
      * Image work on a thread of its own ({@link #onImageThread}), and its texts: what it does, for log lines and the
@@ -1150,8 +1158,8 @@ public final class BlkDevice implements VhostUserBackend {
      * earlier call is waited for first, within the same limit, and never run beside: work of the same kind is joined
      * (its outcome returned, no second thread), work of the other kind is let end, then this one starts. Returns null
      * when done, else why not: past the limit that it has not ended (logged as an ERROR with {@code kind.givenUp}; it
-     * goes on, an INFO line says when it has ended). The export's removal ({@link #retire}) ends the wait at once: its
-     * close waits for the work all the same ({@link #quiescent}), and the session's thread, which the removal's server
+     * goes on, an INFO line says when it has ended). The export's removal ({@link #retire}) cuts the wait to {@link
+     * #RETIRED_IMAGE_WORK_GRACE}: its close waits for the work all the same ({@link #quiescent}), and the session's thread, which the removal's server
      * stop waits for, is then not held by it — that wait and this one would race, each bounded alike.
      */
     private String onImageThread(ImageWork kind, ImageTask work) {
@@ -1187,6 +1195,15 @@ public final class BlkDevice implements VhostUserBackend {
                 // its end, or the export's removal (retire), whichever comes first
                 java.util.concurrent.CompletableFuture.anyOf(p.done, retiring)
                         .get(deadline - System.nanoTime(), java.util.concurrent.TimeUnit.NANOSECONDS);
+                if (!p.done.isDone()) { // the removal: a moment more, in which a healthy disk ends the work
+                    try {
+                        p.done.get(
+                                Math.min(RETIRED_IMAGE_WORK_GRACE.toNanos(), deadline - System.nanoTime()),
+                                java.util.concurrent.TimeUnit.NANOSECONDS);
+                    } catch (java.util.concurrent.TimeoutException late) {
+                        // given up on below: the removal's close waits for it
+                    }
+                }
                 if (giveUp(p)) {
                     String left = p.kind.doing + " (" + image.path() + ") is not waited for any more: the export is"
                             + " being removed";
@@ -1585,8 +1602,9 @@ public final class BlkDevice implements VhostUserBackend {
      * The export is being removed: from now on {@link #setReadOnly} refuses to switch the disk read-only (it would
      * start a thread that writes the image back and flushes it, {@link #switchReadOnly}), so that once {@link
      * #quiescent} no thread of the device's touches the image or its lock and the owner may close them. Called before
-     * the owner looks at {@link #quiescent}. A wait of the session's thread for image work ends now ({@link
-     * #onImageThread}): the owner's server stop waits for that thread, and its close for the work.
+     * the owner looks at {@link #quiescent}. A wait of the session's thread for image work ends within {@link
+     * #RETIRED_IMAGE_WORK_GRACE} ({@link #onImageThread}): the owner's server stop waits for that thread, and its
+     * close for the work.
      */
     public void retire() {
         retired = true;
