@@ -35,7 +35,9 @@ final class BlkExport implements Daemon.Export {
     /**
      * How long {@link #closeAsync} waits for the server to stop — its frontend's session to end, the device reset —
      * before it names what is stuck and leaves the rest of the stop to the close thread: a removal's whole wait
-     * ({@link Daemon#CLOSE_WAIT}), so that it answers within it.
+     * ({@link Daemon#CLOSE_WAIT}), so that it answers within it. Image work the session's thread waits for (reading
+     * the image again, writing it back) does not use it up: the device cuts that wait to a moment when it is
+     * retired, first ({@link BlkDevice#retire}), and the image's close waits for the work instead.
      */
     static final java.time.Duration SERVER_STOP_WAIT = Daemon.CLOSE_WAIT;
 

@@ -67,6 +67,9 @@ final class ClaimRegistry {
                 case ADDING -> " (being added)";
                 case ACTIVE -> "";
                 case REMOVING -> " (being removed; try again once it is gone)";
+                case LEFT_OPEN ->
+                    " (removed, but its image was left open and locked: its close could not be run, see the log; it"
+                            + " stays taken until the daemon stops)";
             };
         }
     }
@@ -74,7 +77,12 @@ final class ClaimRegistry {
     private enum State {
         ADDING,
         ACTIVE,
-        REMOVING
+        REMOVING,
+        /**
+         * Removed, but its image was left open and locked ({@link ImageRelease.LeftOpen}): a thread of it may still
+         * use the image, so its id, socket and image stay taken until the daemon stops, which does not wait for it.
+         */
+        LEFT_OPEN
     }
 
     /** The daemon's registry lock: guards everything here (see the class comment). */
@@ -195,7 +203,7 @@ final class ClaimRegistry {
         }
         try {
             // the claim goes once its image is closed (after its final flush), as a removal's
-            device.closeAsync().flushed.whenComplete((flushed, failure) -> release(c));
+            releaseWhenClosed(c, device.closeAsync());
         } catch (RuntimeException e) {
             LOG.log(System.Logger.Level.WARNING, what + ": closing after the daemon began stopping failed", e);
             release(c);
@@ -215,6 +223,37 @@ final class ClaimRegistry {
             c.state = State.REMOVING;
         }
         return c;
+    }
+
+    /**
+     * Lets go of {@code c} once {@code closing} has ended — its image flushed and closed, or its close failed — but not
+     * when the close could not be run and the image was left open and locked ({@link ImageRelease.LeftOpen}): a thread
+     * of the export may still use the image, and its server's socket may still be there, so its id, socket and image
+     * stay taken until the daemon stops (an add of any of them is refused, saying so). The daemon's stop does not wait
+     * for such a claim, and names it among what it exits without ({@link #awaitRemovals}).
+     */
+    void releaseWhenClosed(Claim c, ImageRelease.Closing closing) {
+        closing.flushed.whenComplete((flushed, failure) -> {
+            Throwable cause = failure instanceof java.util.concurrent.CompletionException ce ? ce.getCause() : failure;
+            if (cause instanceof ImageRelease.LeftOpen) {
+                leftOpen(c);
+            } else {
+                release(c);
+            }
+        });
+    }
+
+    /** {@code c}'s image was left open ({@link #releaseWhenClosed}): its claim stays, not waited for by the stop. */
+    private void leftOpen(Claim c) {
+        if (c == null) {
+            return;
+        }
+        synchronized (lock) {
+            if (claims.get(c.key()) == c) {
+                c.state = State.LEFT_OPEN;
+            }
+            lock.notifyAll(); // close() waits for removals to end: this one will not
+        }
     }
 
     /** Lets go of a claim once its device has stopped (or its add failed). */
@@ -274,7 +313,8 @@ final class ClaimRegistry {
     /**
      * Waits for the removals under way to end (their images are being flushed and closed), naming them every 10 s,
      * until {@code deadline} ({@link System#nanoTime}) at most: then an ERROR line names those left (a file system or
-     * disk that does not answer) and the daemon stops without their final flush. Returns those left (empty when
+     * disk that does not answer) and the daemon stops without their final flush. Removals whose image was left open
+     * ({@link #releaseWhenClosed}) are not waited for: an ERROR line names them too. Returns those left (empty when
      * every removal ended).
      */
     List<String> awaitRemovals(long deadline) {
@@ -307,6 +347,19 @@ final class ClaimRegistry {
                 } catch (InterruptedException e) {
                     interrupted = true;
                 }
+            }
+            List<String> open = claims.values().stream()
+                    .filter(c -> c.state == State.LEFT_OPEN)
+                    .map(c -> c.who)
+                    .toList();
+            if (!open.isEmpty()) {
+                LOG.log(
+                        System.Logger.Level.ERROR,
+                        "stopping without the final flush of the images of " + open + ": they were left open and"
+                                + " locked when they were removed (their close could not be run, see the log); writes"
+                                + " acknowledged before may not be on disk");
+                left = java.util.stream.Stream.concat(left.stream(), open.stream())
+                        .toList();
             }
         }
         if (interrupted) {

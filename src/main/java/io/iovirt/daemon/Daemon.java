@@ -557,8 +557,9 @@ public final class Daemon implements AutoCloseable {
             claims.release(c);
             throw ex;
         }
-        // the claim goes with the image's close (its lock let go after its final flush), not with this answer
-        closing.flushed.whenComplete((flushed, failure) -> claims.release(c));
+        // the claim goes with the image's close (its lock let go after its final flush), not with this answer; it
+        // stays while the image is left open (its close could not be run)
+        claims.releaseWhenClosed(c, closing);
         String notice = closing.await(java.time.Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
         // logged for every caller: a reload's removal answers with none of it
         if (notice == null) {

@@ -64,7 +64,8 @@ final class ImageRelease {
     /**
      * The close of one export's image, as {@link #afterStop} runs it on a thread of its own: {@link #flushed}
      * completes once the image is flushed, closed and its lock let go of — true when the final flush succeeded, false
-     * when it failed (logged as an ERROR naming the image: writes acknowledged before may not be on disk).
+     * when it failed (logged as an ERROR naming the image: writes acknowledged before may not be on disk). It completes
+     * exceptionally when the close threw, or with a {@link LeftOpen} when it could not be run and the image stays open.
      */
     static final class Closing {
         final String who;
@@ -136,6 +137,9 @@ final class ImageRelease {
                         + " writes acknowledged before may then not be on disk). Make the file system or disk"
                         + " answer again";
             } catch (java.util.concurrent.ExecutionException e) {
+                if (e.getCause() instanceof LeftOpen l) {
+                    return exiting ? l.getMessage() : "the export is removed, but " + l.getMessage();
+                }
                 return "the export is removed, but closing its image " + image + " failed: " + e.getCause();
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
@@ -177,8 +181,13 @@ final class ImageRelease {
      * caller waits for it as long as it chooses ({@link Closing#await}): a flush on a file system that does not answer
      * does not end.
      *
+     * <p>When the close thread cannot be started (no memory, a thread limit), {@code closing} is completed all the
+     * same, so no caller waits for it: the close runs here if no thread can touch the image, which is safe; else the
+     * image stays open and locked until the daemon stops, and {@code closing} completes with a {@link LeftOpen} that
+     * says so (logged as an ERROR).
+     *
      * @param who     "blk ID" or "nbd ID", for log lines and the thread's name
-     * @param stuck   what is still in I/O, e.g. "a request of its frontend"
+     * @param stuck   what is still in I/O, e.g. "a request of its frontend is"
      * @param refused what the lock kept meanwhile refuses, e.g. "exporting it again is refused"
      */
     static void afterStop(
@@ -191,6 +200,27 @@ final class ImageRelease {
             Await await,
             BooleanSupplier close,
             Closing closing) {
+        afterStop(stop, who, image, stuck, refused, quiescent, await, close, closing, ImageRelease::start);
+    }
+
+    /** Starts an export's close thread, named for {@code who}, running {@code close}; throws when it cannot. */
+    @FunctionalInterface
+    interface CloseThread {
+        void start(String who, Runnable close);
+    }
+
+    /** As the other {@code afterStop}, its close thread started by {@code threads} (tests: one that cannot start). */
+    static void afterStop(
+            ServerStop stop,
+            String who,
+            Path image,
+            String stuck,
+            String refused,
+            BooleanSupplier quiescent,
+            Await await,
+            BooleanSupplier close,
+            Closing closing,
+            CloseThread threads) {
         String running = null;
         try {
             running = stop.stopWithin().get();
@@ -208,7 +238,7 @@ final class ImageRelease {
                                         : " " + stop.remedy() + " (a hung NFS server or FUSE daemon, a failing disk),"
                                                 + " or stop the daemon to let go of the image without its final"
                                                 + " flush"));
-                start(who, () -> {
+                startOrLeaveOpen(threads, who, closing, refused, "its server has not stopped (" + running + ")", () -> {
                     try {
                         stop.finish().run();
                     } catch (RuntimeException | Error e) { // it is not waited for any more: the image goes all the same
@@ -228,19 +258,60 @@ final class ImageRelease {
                 });
             } else if (quiescent.getAsBoolean()) {
                 try {
-                    start(who, () -> finish(close, closing));
+                    threads.start(who, () -> finish(close, closing));
                 } catch (RuntimeException | OutOfMemoryError e) {
                     finish(close, closing); // no thread: here, as before
                 }
             } else {
                 logStuck(who, image, stuck, refused);
-                start(who, () -> awaitThenFinish(who, image, await, close, closing));
+                startOrLeaveOpen(
+                        threads,
+                        who,
+                        closing,
+                        refused,
+                        stuck + " still in I/O",
+                        () -> awaitThenFinish(who, image, await, close, closing));
             }
         }
     }
 
-    /** Starts the export's close thread, running {@code close}. */
-    private static void start(String who, Runnable close) {
+    /**
+     * The close could not be run, as a thread may still use the image (its message, a sentence's rest after "the
+     * export is removed, but", says why and what to do): the image stays open and locked until the daemon stops.
+     */
+    static final class LeftOpen extends Exception {
+        LeftOpen(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    /**
+     * Starts the close thread running {@code close}, which waits for what may still use the image ({@code holder}:
+     * "its server has not stopped (...)"); when it cannot be started, the image is left open and locked, and
+     * {@code closing} is completed with a {@link LeftOpen} saying so (logged as an ERROR): its callers are not left
+     * waiting for a close that will not come.
+     */
+    private static void startOrLeaveOpen(
+            CloseThread threads, String who, Closing closing, String refused, String holder, Runnable close) {
+        try {
+            threads.start(who, close);
+        } catch (RuntimeException | OutOfMemoryError e) {
+            try {
+                String why = "its close thread cannot be started (" + e + "), and " + holder + ": a thread may still"
+                        + " use its image " + closing.image + ", so it is not closed: it stays open and locked ("
+                        + refused + ") until the daemon stops, which lets go of it without its final flush, and"
+                        + " its id, socket and image stay taken until then (adding it again is refused). Free memory"
+                        + " (or raise the thread limit), then stop the daemon to let go of the image";
+                LOG.log(System.Logger.Level.ERROR, who + ": " + why);
+                closing.flushed.completeExceptionally(new LeftOpen(why, e));
+            } finally {
+                closing.flushed.completeExceptionally(e); // what failed, if even that could not be said
+            }
+        }
+    }
+
+    /** Starts the export's close thread, running {@code close}: the {@link CloseThread} {@link #afterStop} uses. */
+    static void start(String who, Runnable close) {
         Thread.ofPlatform().name(who + " close").daemon().start(close);
     }
 

@@ -4,6 +4,7 @@ package io.iovirt.daemon;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.devices.blk.BlkDevice;
@@ -239,12 +240,163 @@ class BlkRefreshStoppedFsTest {
     }
 
     /**
+     * Removing the export while the session's thread still waits for the last queue's write-back (the frontend's
+     * GET_VRING_BASE not answered yet) ends that wait at once: the removal's server stop, which waits for that thread,
+     * and the write-back's wait, bounded alike, raced, and a removal that lost the race said in an ERROR line and its
+     * answer that the server had not stopped. Now the server stops; what is left is the write-back, which the answer
+     * names, and the image is closed once it has ended.
+     */
+    @Test
+    void removingTheExportWhileTheQueueStopWaitsForTheWriteBackEndsThatWait() throws Exception {
+        writtenWhileTheFileSystemHangs(d -> {
+            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return d.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+            });
+            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+
+            String answer = exports.getFirst().closeAsync().await(Duration.ofSeconds(3));
+            assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
+            assertFalse(answer.contains("server has not stopped"), "the server has stopped: " + answer);
+            fx.assertLine(
+                    "a line says the write-back is not waited for any more",
+                    "blk q:",
+                    "writing the image back (" + fx.image + ") is not waited for any more: the export is being"
+                            + " removed");
+            assertFalse(
+                    fx.log.all().stream()
+                            .anyMatch(l -> l.contains("has not ended within") || l.contains("has not stopped")),
+                    "the session did not wait out the write-back's limit, and its server stopped: " + fx.log.all());
+            assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
+            assertEquals(1, imageThreads("hand-over"), "the write-back still runs");
+            stopped.handle((base, failure) -> null).get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+        });
+        fx.resumeAndAwaitRelease("the write-back");
+        fx.assertLine(
+                "a line says the write-back has ended and the image goes",
+                "blk q:",
+                "has been written back now",
+                "the export is being removed");
+        assertCleanImage();
+        assertWritten();
+    }
+
+    /**
+     * A write-back under way when the export's removal begins, which ends a moment later (its file system answers
+     * again just after the removal's server stop has begun): the session's thread still waits that moment for it
+     * ({@code BlkDevice.RETIRED_IMAGE_WORK_GRACE}), so the image is written back as at any queue stop, the removal ends
+     * with its final flush, and nothing is logged as not waited for or stuck. Ending that wait
+     * at the removal's first step instead gave the write-back up (an INFO line) however soon it was to end, and the
+     * close could then find its thread still in its flush and say in an ERROR line that the file system did not
+     * answer.
+     */
+    @Test
+    void aWriteBackThatEndsJustAfterTheRemovalBeganIsWaitedFor() throws Exception {
+        writtenWhileTheFileSystemHangs(d -> {
+            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return d.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+            });
+            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+            CompletableFuture<String> removed = new CompletableFuture<>(); // not the common pool: GET_VRING_BASE
+            Thread.ofPlatform()
+                    .daemon()
+                    .start(
+                            () -> { // may hold its one worker on a 2-core machine
+                                try {
+                                    removed.complete(
+                                            exports.getFirst().closeAsync().await(TIMEOUT));
+                                } catch (RuntimeException | Error e) {
+                                    removed.completeExceptionally(e);
+                                }
+                            });
+            fx.log.awaitLine("q.sock: stopping"); // the removal has retired the device and begun its server stop
+            fx.fs.resume();
+            assertNull(removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the removal ends with its final flush");
+            stopped.handle((base, failure) -> null)
+                    .get(TIMEOUT.toSeconds(), TimeUnit.SECONDS); // its connection is shut
+        });
+        List<String> stuck = fx.log.all(
+                l -> l.contains("SEVERE") || l.contains("still in I/O") || l.contains("is not waited for any more"));
+        assertEquals(List.of(), stuck, "the write-back was waited for: " + fx.log.all());
+        assertCleanImage();
+        assertWritten();
+    }
+
+    /**
+     * A write-back the removal no longer waits for that then fails (its file system's daemon dies) says so in one
+     * ERROR line that says the export is being removed — not that the image lock is kept until this backend writes the
+     * image back at its next start, which an export being removed does not have.
+     */
+    @Test
+    void aWriteBackTheRemovalNoLongerWaitsForThatFailsSaysTheExportIsBeingRemoved() throws Exception {
+        writtenWhileTheFileSystemHangs(d -> {
+            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
+                try {
+                    return d.fe.getVringBase(0);
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+            });
+            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+            exports.getFirst().closeAsync();
+            fx.log.awaitLine("is not waited for any more: the export is being removed");
+            stopped.handle((base, failure) -> null).get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+        });
+        fx.fs.kill();
+        Await.until(TIMEOUT, "the write-back's thread to end", () -> imageThreads("hand-over") == 0);
+        List<String> failed = fx.log.all().stream()
+                .filter(l -> l.contains("writing the image back") && l.contains("failed:"))
+                .toList();
+        assertEquals(1, failed.size(), "one line says the write-back failed: " + fx.log.all());
+        assertTrue(failed.getFirst().contains("The export is being removed"), failed.getFirst());
+        assertFalse(failed.getFirst().contains("next start"), "no next start comes: " + failed.getFirst());
+    }
+
+    /**
+     * A write-back given up on, the image lock kept for it, that then fails (its file system's daemon dies): one ERROR
+     * line says what failed, that the lock stays taken and what to do — not one line of the write-back's own and a
+     * second one of the lock's.
+     */
+    @Test
+    void aLateWriteBackThatFailsSaysSoInOneLine() throws Exception {
+        writtenThenStoppedWhileTheFileSystemHangs();
+        fx.log.awaitLine("the image lock of " + fx.image + " is kept");
+        fx.fs.kill();
+        fx.log.awaitLine("Its image lock stays taken");
+        Await.until(TIMEOUT, "the write-back's thread to end", () -> imageThreads("hand-over") == 0);
+        List<String> failed = fx.log.all().stream()
+                .filter(l -> l.contains("writing the image back") && l.contains("failed:"))
+                .toList();
+        assertEquals(1, failed.size(), "one line says the write-back failed: " + fx.log.all());
+        for (String part : List.of("blk q:", fx.image.toString(), "Its image lock stays taken", "blk.remove")) {
+            assertTrue(failed.getFirst().contains(part), part + ": " + failed.getFirst());
+        }
+        assertEquals(FileIo.F_WRLCK, fx.conflict(FileIo.F_RDLCK), "the image lock is still held");
+    }
+
+    /**
      * Export "q" of a fresh qcow2 image, to which a frontend writes 64 KiB of 0xa5 (allocating a cluster: its tables
      * change in memory, and no flush follows); then the file system stops and the frontend stops its queue
      * (GET_VRING_BASE: a migration's source, a guest's reset), whose reply comes — without the fix it throws after
      * the frontend's reply timeout — and disconnects. Returns the export's socket.
      */
     private Path writtenThenStoppedWhileTheFileSystemHangs() throws Exception {
+        return writtenWhileTheFileSystemHangs(
+                d -> assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position"));
+    }
+
+    /**
+     * Export "q" of a fresh qcow2 image, to which a frontend writes 64 KiB of 0xa5 (no flush after it); then the file
+     * system stops and {@code then} runs with that frontend, which disconnects after it. Returns the export's socket.
+     */
+    private Path writtenWhileTheFileSystemHangs(FrontendStep then) throws Exception {
         QemuTools.ok("qemu-img", "create", "-q", "-f", "qcow2", fx.image.toString(), "16M");
         Path socket = startExport("q", fx.image, ImageFormat.QCOW2, false);
         fx.openProbe(); // before the stop: opening it then would wait too
@@ -254,9 +406,15 @@ class BlkRefreshStoppedFsTest {
             d.ram.segment().asSlice(buf, 65536).fill((byte) 0xa5);
             assertEquals(VIRTIO_BLK_S_OK, d.awaitStatus(d.write(buf, 65536)), "the write (no flush after it)");
             fx.fs.stop();
-            assertEquals(1, d.fe.getVringBase(0), "GET_VRING_BASE is answered with the queue's position");
+            then.run(d);
         }
         return socket;
+    }
+
+    /** What a test does with a connected frontend. */
+    @FunctionalInterface
+    private interface FrontendStep {
+        void run(BlkTestDriver d) throws Exception;
     }
 
     /**

@@ -116,6 +116,51 @@ class ImageReleaseTest {
     }
 
     /**
+     * A close thread that cannot be started (no memory, a thread limit) while a thread may still use the image — a
+     * server whose stop is under way, a request still in I/O — leaves the image open (not closed under that thread)
+     * and still ends the close: its callers are answered (the removal's claim stays: ClaimRegistryTest). It was never
+     * completed: a removal waited for it, and the error reached the caller.
+     */
+    @Test
+    void aCloseThreadThatCannotStartEndsTheCloseAndLeavesTheImageOpen() throws Exception {
+        CountDownLatch never = new CountDownLatch(1);
+        try {
+            assertLeftOpen(
+                    Release.blk(), new ImageRelease.ServerStop(() -> "its session is stuck", () -> await(never)));
+            assertLeftOpen(Release.nbd().quiescent(() -> false), ImageRelease.ServerStop.bounded(() -> {}));
+        } finally {
+            never.countDown();
+        }
+        // no thread can use the image: it is closed here instead, as before
+        List<String> steps = java.util.Collections.synchronizedList(new ArrayList<>());
+        ImageRelease.Closing quiet = Release.blk()
+                .close(() -> steps.add("close"))
+                .noThread()
+                .afterStop(ImageRelease.ServerStop.bounded(() -> {}));
+        assertTrue(quiet.flushed.getNow(false), "closed without a thread");
+        assertEquals(List.of("close"), steps);
+    }
+
+    /** {@code r}'s close after {@code stop}, with no close thread, ends leaving the image open and saying so. */
+    private static void assertLeftOpen(Release r, ImageRelease.ServerStop stop) {
+        List<String> steps = java.util.Collections.synchronizedList(new ArrayList<>());
+        try (io.iovirt.vhostuser.LogCapture log = io.iovirt.vhostuser.LogCapture.start("io.iovirt.daemon")) {
+            ImageRelease.Closing c =
+                    r.close(() -> steps.add("close")).noThread().afterStop(stop);
+            assertTrue(c.flushed.isCompletedExceptionally(), c.who + ": the close has ended");
+            assertEquals(List.of(), steps, c.who + ": the image is not closed under a thread that may use it");
+            String answer = c.await(java.time.Duration.ZERO);
+            assertTrue(answer.startsWith("the export is removed, but its close thread cannot be started"), answer);
+            assertTrue(answer.contains("stays open and locked") && answer.contains(IMAGE.toString()), answer);
+            String exit = c.awaitBeforeExit(java.time.Duration.ZERO);
+            assertTrue(exit.startsWith("its close thread cannot be started"), exit);
+            assertTrue(
+                    log.all().stream().anyMatch(l -> l.startsWith(c.who + ": its close thread cannot be started")),
+                    "an ERROR line says so: " + log.all());
+        }
+    }
+
+    /**
      * {@link ImageRelease#afterStop} of {@link #IMAGE} by export "blk t" or "nbd t", reuse refused until it ends: by
      * default no request is in image I/O and the image's close succeeds at once.
      */
@@ -126,6 +171,7 @@ class ImageReleaseTest {
         private BooleanSupplier quiescent = () -> true;
         private ImageRelease.Await await = timeout -> true;
         private BooleanSupplier close = () -> true;
+        private ImageRelease.CloseThread threads = ImageRelease::start;
 
         private Release(String who, String stuck) {
             this.who = who;
@@ -156,9 +202,18 @@ class ImageReleaseTest {
             return this;
         }
 
+        /** Its close thread cannot be started (as when the process is out of memory or threads). */
+        Release noThread() {
+            threads = (name, c) -> {
+                throw new OutOfMemoryError("unable to create native thread: possibly out of memory (test)");
+            };
+            return this;
+        }
+
         /** Releases the image after {@code stop}; returns its closing. */
         ImageRelease.Closing afterStop(ImageRelease.ServerStop stop) {
-            ImageRelease.afterStop(stop, who, IMAGE, stuck, "reuse is refused", quiescent, await, close, closing);
+            ImageRelease.afterStop(
+                    stop, who, IMAGE, stuck, "reuse is refused", quiescent, await, close, closing, threads);
             return closing;
         }
     }

@@ -87,6 +87,15 @@ public final class StoppableFuse implements AutoCloseable {
         signal("-CONT");
     }
 
+    /**
+     * Kills the daemon (SIGKILL, stopped or not), as a FUSE daemon that crashed: the kernel then fails every request
+     * to the file system, those it waits on included, with an error (ECONNABORTED, then ENOTCONN).
+     */
+    public void kill() throws InterruptedException {
+        fuse.destroyForcibly();
+        assertTrue(fuse.waitFor(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "fuse2fs did not end on SIGKILL");
+    }
+
     /** Whether the daemon still runs (stopped or not). */
     public boolean alive() {
         return fuse.isAlive();

@@ -131,21 +131,33 @@ public final class BlkDevice implements VhostUserBackend {
      * reading the image again at a queue start, writing it back when the last queue stops. Both read or write (and
      * fsync) the image's file, which a file system that does not answer (a stopped FUSE daemon, a hung NFS server)
      * holds for ever; the thread waiting is the vhost-user session's, whose frontend waits for its reply to the message
-     * that started or stopped the queue and which removing the export joins. A few seconds: far longer than reading or
-     * writing a header and tables takes on a healthy disk, and well short of what a frontend waits for a reply before
-     * it gives the backend up.
+     * that started or stopped the queue and which removing the export joins (it cuts this wait short: {@link #retire}). A
+     * few seconds: far longer than reading or writing a header and tables takes on a healthy disk, and well short of
+     * what a frontend waits for a reply before it gives the backend up.
      */
     static final java.time.Duration IMAGE_WORK_WAIT_LIMIT = java.time.Duration.ofSeconds(5);
 
     /**
+     * How long the session's thread still waits for image work once the export is being removed ({@link #retire}):
+     * long enough for a healthy disk to end a write-back (a flush and an fsync: milliseconds), so that removing a
+     * served export hands the image over as a queue stop does and its close finds no thread of it still in I/O; far
+     * short of the removal's server stop ({@link #IMAGE_WORK_WAIT_LIMIT} alike), so that wait no longer races this one.
+     */
+    static final java.time.Duration RETIRED_IMAGE_WORK_GRACE = java.time.Duration.ofSeconds(1);
+
+    /**
      * Image work on a thread of its own ({@link #onImageThread}), and its texts: what it does, for log lines and the
      * reasons a frontend is fenced with; what it means once given up on (the second part of an ERROR line: {2} is the
-     * image's path); what it means when its thread cannot be started; and the INFO line's end once it has ended late.
+     * image's path); what it means when its thread cannot be started; the INFO line's end once it has ended late; and,
+     * when it fails, the reason its caller is given and the ERROR line that says so.
      */
     private enum ImageWork {
         REFRESH(
                 "refresh",
                 "reading the image again",
+                "cannot read the image again",
+                "blk {0}: cannot read the image again as the backend that had it last left it: {1}. This frontend''s"
+                        + " requests all fail with an I/O error",
                 "started by an earlier start of the queues",
                 "This frontend''s requests all fail with an I/O error and the device reports NEEDS_RESET until it stops"
                         + " its queues; the image lock of {2} stays taken until that has ended. Make the file system"
@@ -159,6 +171,12 @@ public final class BlkDevice implements VhostUserBackend {
         HAND_OVER(
                 "hand-over",
                 "writing the image back",
+                "writing the image back failed",
+                // what could not be written stays in memory and would be written later (the next flush, the close)
+                // over what another backend wrote meanwhile: the lock stays with this device
+                "blk {0}: writing the image back when its last queue stopped failed: {1}. The image lock is kept, so"
+                        + " another VM (a migration''s destination) cannot take the image until this backend has"
+                        + " written it back (its next start) or has stopped",
                 "started when the queues last stopped",
                 "The frontend is answered, but the image lock of {2} is kept: the write-back goes on and may still"
                         + " land, so another VM (a migration''s destination) or program (qemu-img) that took the image"
@@ -176,6 +194,14 @@ public final class BlkDevice implements VhostUserBackend {
         final String thread;
 
         final String doing;
+        /** Why it did not end well, before ": " and the error's message: the reason its caller is given. */
+        final String failed;
+        /**
+         * The ERROR line that says it failed ({0}: the export's id, {1}: the error's message) when the image lock was
+         * not kept for it; one kept for it, or of an export being removed, says so in a line of its own instead
+         * ({@link #startImageWork}).
+         */
+        final String failedLine;
         /** Where one still under way came from, for the start or stop that finds it. */
         final String startedBy;
 
@@ -188,6 +214,8 @@ public final class BlkDevice implements VhostUserBackend {
         ImageWork(
                 String thread,
                 String doing,
+                String failed,
+                String failedLine,
                 String startedBy,
                 String givenUp,
                 String noThread,
@@ -195,6 +223,8 @@ public final class BlkDevice implements VhostUserBackend {
                 String ended) {
             this.thread = thread;
             this.doing = doing;
+            this.failed = failed;
+            this.failedLine = failedLine;
             this.startedBy = startedBy;
             this.givenUp = givenUp;
             this.noThread = noThread;
@@ -264,6 +294,10 @@ public final class BlkDevice implements VhostUserBackend {
      * final flush of the image has ended.
      */
     private volatile boolean retired;
+
+    /** Completed by {@link #retire}, after {@link #retired}: ends a wait for image work ({@link #onImageThread}). */
+    private final java.util.concurrent.CompletableFuture<Void> retiring =
+            new java.util.concurrent.CompletableFuture<>();
 
     private final Object threadEnded = new Object();
     /** How long {@link #queueStopped} waits in all for a worker still finishing its requests. */
@@ -1079,9 +1113,9 @@ public final class BlkDevice implements VhostUserBackend {
             if (why != null) {
                 LOG.log(
                         Level.ERROR,
-                        "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device "
-                                + "reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate instead "
-                                + "of starting a second one)",
+                        "blk {0}: {1}. This frontend''s requests all fail with an I/O error and the device"
+                                + " reports NEEDS_RESET until it stops its queues; stop the other VM first (or migrate"
+                                + " instead of starting a second one)",
                         name,
                         why);
             }
@@ -1107,20 +1141,28 @@ public final class BlkDevice implements VhostUserBackend {
      * writable image is written back first. The next start after it ended reads the image again.
      */
     private String refreshImage() {
-        return onImageThread(ImageWork.REFRESH, this::readImageAgain);
+        return onImageThread(ImageWork.REFRESH, image::refresh);
+    }
+
+    /** Image work ({@link #onImageThread}): reads or writes the image's file, which may not answer. */
+    @FunctionalInterface
+    private interface ImageTask {
+        void run() throws IOException;
     }
 
     /**
-     * Runs {@code work} (null when done, else why not, logged by it) — image work that waits for the image's file
-     * system — on a platform thread of its own, "blk ID " + {@code kind.thread}, counted in {@link #quiescent} (so the
-     * image is not closed under it: the owner's close waits for it, and then closes the image), and waits for it up to
-     * {@link #IMAGE_WORK_WAIT_LIMIT}: the caller is the vhost-user session's thread. Image work still under way from an
+     * Runs {@code work} — image work that waits for the image's file system; a failure is logged once, as an ERROR —
+     * on a platform thread of its own, "blk ID " + {@code kind.thread}, counted in {@link #quiescent} (so the image is
+     * not closed under it: the owner's close waits for it, and then closes the image), and waits for it up to {@link
+     * #IMAGE_WORK_WAIT_LIMIT}: the caller is the vhost-user session's thread. Image work still under way from an
      * earlier call is waited for first, within the same limit, and never run beside: work of the same kind is joined
      * (its outcome returned, no second thread), work of the other kind is let end, then this one starts. Returns null
      * when done, else why not: past the limit that it has not ended (logged as an ERROR with {@code kind.givenUp}; it
-     * goes on, an INFO line says when it has ended).
+     * goes on, an INFO line says when it has ended). The export's removal ({@link #retire}) cuts the wait to {@link
+     * #RETIRED_IMAGE_WORK_GRACE}: its close waits for the work all the same ({@link #quiescent}), and the session's thread, which the removal's server
+     * stop waits for, is then not held by it — that wait and this one would race, each bounded alike.
      */
-    private String onImageThread(ImageWork kind, java.util.function.Supplier<String> work) {
+    private String onImageThread(ImageWork kind, ImageTask work) {
         return runOnImageThread(kind, work).why();
     }
 
@@ -1131,7 +1173,7 @@ public final class BlkDevice implements VhostUserBackend {
     private record ImageWorkOutcome(String why, PendingImageWork work) {}
 
     /** {@link #onImageThread}, which see; also gives the work waited for last. */
-    private ImageWorkOutcome runOnImageThread(ImageWork kind, java.util.function.Supplier<String> work) {
+    private ImageWorkOutcome runOnImageThread(ImageWork kind, ImageTask work) {
         long deadline = System.nanoTime() + IMAGE_WORK_WAIT_LIMIT.toNanos();
         while (true) {
             PendingImageWork p;
@@ -1150,16 +1192,31 @@ public final class BlkDevice implements VhostUserBackend {
             }
             String why;
             try {
-                why = p.done.get(deadline - System.nanoTime(), java.util.concurrent.TimeUnit.NANOSECONDS);
-            } catch (java.util.concurrent.TimeoutException e) {
-                boolean ended;
-                synchronized (imageWorkGuard) {
-                    ended = p.done.isDone(); // it ended meanwhile, before it could see it was given up on
-                    if (!ended) {
-                        p.givenUp = true;
+                // its end, or the export's removal (retire), whichever comes first
+                java.util.concurrent.CompletableFuture.anyOf(p.done, retiring)
+                        .get(deadline - System.nanoTime(), java.util.concurrent.TimeUnit.NANOSECONDS);
+                if (!p.done.isDone()) { // the removal: a moment more, in which a healthy disk ends the work
+                    try {
+                        p.done.get(
+                                Math.min(RETIRED_IMAGE_WORK_GRACE.toNanos(), deadline - System.nanoTime()),
+                                java.util.concurrent.TimeUnit.NANOSECONDS);
+                    } catch (java.util.concurrent.TimeoutException late) {
+                        // given up on below: the removal's close waits for it
                     }
                 }
-                if (!ended) {
+                if (giveUp(p)) {
+                    String left = p.kind.doing + " (" + image.path() + ") is not waited for any more: the export is"
+                            + " being removed";
+                    LOG.log(
+                            Level.INFO,
+                            "blk {0}: {1}; the removal flushes, closes and unlocks the image once it has ended",
+                            name,
+                            left);
+                    return new ImageWorkOutcome(left, p);
+                }
+                why = p.done.join();
+            } catch (java.util.concurrent.TimeoutException e) {
+                if (giveUp(p)) {
                     String late = (joined
                                     ? p.kind.doing + " (" + image.path() + "), " + p.kind.startedBy
                                             + ", has still not ended"
@@ -1184,8 +1241,22 @@ public final class BlkDevice implements VhostUserBackend {
         }
     }
 
+    /**
+     * The caller stops waiting for {@code p}: whether it had not ended (then its thread reports its end, else the
+     * caller takes its outcome).
+     */
+    private boolean giveUp(PendingImageWork p) {
+        synchronized (imageWorkGuard) {
+            if (p.done.isDone()) { // it ended meanwhile, before it could see it was given up on
+                return false;
+            }
+            p.givenUp = true;
+            return true;
+        }
+    }
+
     /** Starts {@code p}'s thread (under {@link #imageWorkGuard}): null when started, else why not (logged). */
-    private String startImageWork(PendingImageWork p, java.util.function.Supplier<String> work) {
+    private String startImageWork(PendingImageWork p, ImageTask work) {
         threads.incrementAndGet(); // it reads, and may write, the image: not closed under it
         try {
             Thread.ofPlatform()
@@ -1193,7 +1264,13 @@ public final class BlkDevice implements VhostUserBackend {
                     .daemon()
                     .start(() -> {
                         try {
-                            String why = work.get();
+                            String error = null; // why it failed, or null
+                            try {
+                                work.run();
+                            } catch (IOException e) {
+                                error = e.getMessage();
+                            }
+                            String why = error == null ? null : p.kind.failed + ": " + error;
                             boolean late;
                             boolean release;
                             boolean kept;
@@ -1221,25 +1298,37 @@ public final class BlkDevice implements VhostUserBackend {
                                                 + " is let go now",
                                         name,
                                         image.path());
-                            } else if (kept) {
+                            } else if (kept) { // one line: what failed, and that the lock stays taken for it
                                 LOG.log(
                                         Level.ERROR,
-                                        "blk {0}: {1} ({2}) failed ({3}), and its image lock stays taken: what could"
-                                                + " not be written back is still in memory. The next start of the"
-                                                + " queues tries again; remove the export (blk.remove) to let go of"
-                                                + " the image",
+                                        "blk {0}: {1} ({2}) failed: {3}. Its image lock stays taken: what could not"
+                                                + " be written back is still in memory, and another VM (a"
+                                                + " migration''s destination) that took the image now would have its"
+                                                + " tables written over. The next start of the queues tries again;"
+                                                + " remove the export (blk.remove) to let go of the image",
                                         name,
                                         p.kind.doing,
                                         image.path(),
-                                        why);
-                            } else if (late && why == null && retired) { // not served again: it goes now
+                                        error);
+                            } else if (why != null && retired) { // not served again: no next start tries again
+                                LOG.log(
+                                        Level.ERROR,
+                                        "blk {0}: {1} ({2}) failed: {3}. The export is being removed: the image is"
+                                                + " flushed, closed and unlocked once nothing else of it runs",
+                                        name,
+                                        p.kind.doing,
+                                        image.path(),
+                                        error);
+                            } else if (why != null) {
+                                LOG.log(Level.ERROR, p.kind.failedLine, name, error);
+                            } else if (late && retired) { // not served again: it goes now
                                 LOG.log(
                                         Level.INFO,
                                         "blk {0}: {1} " + p.kind.ended + "; the export is being removed, so the image"
                                                 + " is flushed, closed and unlocked now",
                                         name,
                                         image.path());
-                            } else if (late && why == null) {
+                            } else if (late) {
                                 LOG.log(Level.INFO, "blk {0}: {1} " + p.kind.endedLate, name, image.path());
                             }
                         } catch (RuntimeException | Error e) {
@@ -1272,42 +1361,6 @@ public final class BlkDevice implements VhostUserBackend {
             boolean underWay = imageWork != null && !imageWork.done.isDone();
             releaseWhenDone = underWay;
             return underWay ? imageWork.kind : null;
-        }
-    }
-
-    /** {@link #refreshImage}'s work, on its own thread: null when done, else why not (logged). */
-    private String readImageAgain() {
-        try {
-            image.refresh();
-            return null;
-        } catch (IOException e) {
-            LOG.log(
-                    Level.ERROR,
-                    "blk {0}: cannot read the image again as the backend that had it last left it: {1}. This"
-                            + " frontend''s requests all fail with an I/O error",
-                    name,
-                    e.getMessage());
-            return "cannot read the image again: " + e.getMessage();
-        }
-    }
-
-    /** {@link #forget}'s write-back of the image, on its own thread ({@link #onImageThread}): null when done. */
-    private String writeImageBack() {
-        try {
-            image.handOver();
-            return null;
-        } catch (IOException e) {
-            // What could not be written stays in memory and would be written later (the next flush, the close)
-            // over what another backend wrote meanwhile: the lock stays with this device, so no other backend takes
-            // the image until this one has written it back or is gone.
-            LOG.log(
-                    Level.ERROR,
-                    "blk {0}: writing the image back when its last queue stopped failed: {1}. The image lock is"
-                            + " kept, so another VM (a migration''s destination) cannot take the image until"
-                            + " this backend has written it back (its next start) or has stopped",
-                    name,
-                    e.getMessage());
-            return "writing the image back failed: " + e.getMessage();
         }
     }
 
@@ -1549,10 +1602,13 @@ public final class BlkDevice implements VhostUserBackend {
      * The export is being removed: from now on {@link #setReadOnly} refuses to switch the disk read-only (it would
      * start a thread that writes the image back and flushes it, {@link #switchReadOnly}), so that once {@link
      * #quiescent} no thread of the device's touches the image or its lock and the owner may close them. Called before
-     * the owner looks at {@link #quiescent}.
+     * the owner looks at {@link #quiescent}. A wait of the session's thread for image work ends within {@link
+     * #RETIRED_IMAGE_WORK_GRACE} ({@link #onImageThread}): the owner's server stop waits for that thread, and its
+     * close for the work.
      */
     public void retire() {
         retired = true;
+        retiring.complete(null);
     }
 
     /**
@@ -1662,7 +1718,7 @@ public final class BlkDevice implements VhostUserBackend {
                 // or the source's late tables would overwrite what it wrote; it is refused the image (fenced) instead,
                 // and the write-back goes on, its thread letting go of the lock once it has ended well with no queue
                 // started meanwhile (keepLockForImageWork), or the export's removal once it has ended.
-                ImageWorkOutcome o = runOnImageThread(ImageWork.HAND_OVER, this::writeImageBack);
+                ImageWorkOutcome o = runOnImageThread(ImageWork.HAND_OVER, image::handOver);
                 handOver = o.why();
                 handOverWork = o.work();
             }
