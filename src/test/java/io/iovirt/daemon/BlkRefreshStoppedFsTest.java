@@ -249,14 +249,7 @@ class BlkRefreshStoppedFsTest {
     @Test
     void removingTheExportWhileTheQueueStopWaitsForTheWriteBackEndsThatWait() throws Exception {
         writtenWhileTheFileSystemHangs(d -> {
-            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
-                try {
-                    return d.fe.getVringBase(0);
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
-            });
-            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+            CompletableFuture<Integer> stopped = stopQueueWhileTheWriteBackHangs(d);
 
             String answer = exports.getFirst().closeAsync().await(Duration.ofSeconds(3));
             assertTrue(answer != null && answer.contains("still being flushed and closed"), "removal: " + answer);
@@ -296,26 +289,13 @@ class BlkRefreshStoppedFsTest {
     @Test
     void aWriteBackThatEndsJustAfterTheRemovalBeganIsWaitedFor() throws Exception {
         writtenWhileTheFileSystemHangs(d -> {
-            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
-                try {
-                    return d.fe.getVringBase(0);
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
-            });
-            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
-            CompletableFuture<String> removed = new CompletableFuture<>(); // not the common pool: GET_VRING_BASE
+            CompletableFuture<Integer> stopped = stopQueueWhileTheWriteBackHangs(d);
+            // the removal on a thread of its own, not the common pool, whose one worker (2 cores) GET_VRING_BASE holds
+            CompletableFuture<String> removed = new CompletableFuture<>();
             Thread.ofPlatform()
                     .daemon()
-                    .start(
-                            () -> { // may hold its one worker on a 2-core machine
-                                try {
-                                    removed.complete(
-                                            exports.getFirst().closeAsync().await(TIMEOUT));
-                                } catch (RuntimeException | Error e) {
-                                    removed.completeExceptionally(e);
-                                }
-                            });
+                    .start(() ->
+                            removed.complete(exports.getFirst().closeAsync().await(TIMEOUT)));
             fx.log.awaitLine("q.sock: stopping"); // the removal has retired the device and begun its server stop
             fx.fs.resume();
             assertNull(removed.get(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the removal ends with its final flush");
@@ -337,14 +317,7 @@ class BlkRefreshStoppedFsTest {
     @Test
     void aWriteBackTheRemovalNoLongerWaitsForThatFailsSaysTheExportIsBeingRemoved() throws Exception {
         writtenWhileTheFileSystemHangs(d -> {
-            CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
-                try {
-                    return d.fe.getVringBase(0);
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
-            });
-            Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+            CompletableFuture<Integer> stopped = stopQueueWhileTheWriteBackHangs(d);
             exports.getFirst().closeAsync();
             fx.log.awaitLine("is not waited for any more: the export is being removed");
             stopped.handle((base, failure) -> null).get(TIMEOUT.toSeconds(), TimeUnit.SECONDS);
@@ -409,6 +382,22 @@ class BlkRefreshStoppedFsTest {
             then.run(d);
         }
         return socket;
+    }
+
+    /**
+     * The frontend stops its queue (GET_VRING_BASE) on another thread, as the file system does not answer; returns that
+     * stop once the last queue's write-back it started runs.
+     */
+    private static CompletableFuture<Integer> stopQueueWhileTheWriteBackHangs(BlkTestDriver d) throws Exception {
+        CompletableFuture<Integer> stopped = CompletableFuture.supplyAsync(() -> {
+            try {
+                return d.fe.getVringBase(0);
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+        });
+        Await.until(TIMEOUT, "the last queue's write-back to start", () -> imageThreads("hand-over") == 1);
+        return stopped;
     }
 
     /** What a test does with a connected frontend. */
