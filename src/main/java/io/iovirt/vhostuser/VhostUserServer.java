@@ -302,17 +302,17 @@ public final class VhostUserServer implements AutoCloseable {
      * backlog (logged once when it appears) and is accepted when the first has disconnected and been cleaned up.
      */
     private UnixSocket acceptWhenFree() throws IOException {
+        Session s;
+        synchronized (lock) {
+            s = current;
+        }
         java.util.concurrent.CountDownLatch hold = acceptHeldBy;
-        if (hold != null) {
+        if (hold != null && s != null) {
             try {
                 hold.await();
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
             }
-        }
-        Session s;
-        synchronized (lock) {
-            s = current;
         }
         if (s != null && !serveUntilDisconnected(s)) {
             throw new IOException("closing");
@@ -524,10 +524,14 @@ public final class VhostUserServer implements AutoCloseable {
         }
     }
 
-    /** Tests: the accept thread waits for this latch before each accept (a thread slow to see the stop). */
+    /**
+     * Tests: once a frontend has been admitted, the accept thread waits for this latch before each further accept (a
+     * thread slow to see the stop). Never before the first: the accept thread may not have reached its first accept
+     * when a test sets this, and a hold there left the test's frontend unserved.
+     */
     private volatile java.util.concurrent.CountDownLatch acceptHeldBy;
 
-    /** Tests: holds the accept thread before its next accept until {@code latch} is counted down. */
+    /** Tests: holds the accept thread before its next accept after a frontend's, until {@code latch} counts down. */
     void holdAcceptThread(java.util.concurrent.CountDownLatch latch) {
         acceptHeldBy = latch;
     }
