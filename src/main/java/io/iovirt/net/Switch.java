@@ -261,6 +261,7 @@ public final class Switch implements AutoCloseable {
                 synchronized (this) {
                     macs.flushPort(port.index()); // no port has the number yet: it was reserved until now
                     closing.remove(port.index());
+                    notifyAll(); // a close of the switch waits for the removals under way
                 }
             }
         }
@@ -651,7 +652,10 @@ public final class Switch implements AutoCloseable {
         return out;
     }
 
-    /** Closes every port. */
+    /**
+     * Closes every port, and returns once the removals under way have closed theirs too: what the caller tears
+     * down next (a worker group the ports' queues use) is no longer used by any of them.
+     */
     @Override
     public void close() {
         Port[] ps;
@@ -669,6 +673,19 @@ public final class Switch implements AutoCloseable {
             if (p != null) {
                 p.close();
             }
+        }
+        boolean interrupted = false;
+        synchronized (this) {
+            while (!closing.isEmpty()) { // each port's close is bounded (its threads' stop limit)
+                try {
+                    wait();
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
         }
     }
 }
