@@ -18,6 +18,7 @@ import java.time.Duration;
 import java.util.Collection;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
@@ -322,14 +323,20 @@ public final class NbdServer implements AutoCloseable {
         NbdConnection c = new NbdConnection(this, ch, ids.incrementAndGet());
         connections.add(c);
         if (stop.begun()) {
-            c.close();
-            connections.remove(c);
-            ended();
-            dispose.run();
-            release.run();
+            unadmit(c, release, dispose);
             return;
         }
-        ScheduledFuture<?> deadline = timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+        holdAdmission();
+        ScheduledFuture<?> deadline;
+        try {
+            deadline = timer.schedule(c::handshakeDeadline, HANDSHAKE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+        } catch (RejectedExecutionException e) {
+            // The stop ended (its timer shut down) while this thread was between the check above and here: a stop
+            // gives up on the accept thread after ACCEPTOR_JOIN. Serving now would leave the connection counted with
+            // nobody to end it, and the images that wait for the count to reach zero would never close.
+            unadmit(c, release, dispose);
+            return;
+        }
         try {
             Thread.ofPlatform().name("nbd " + address + " #" + c.id()).daemon().start(() -> {
                 try {
@@ -359,6 +366,47 @@ public final class NbdServer implements AutoCloseable {
             ended();
             dispose.run();
             throw e;
+        }
+    }
+
+    /** Undoes {@link #serve}'s admission of {@code c}, which is not served: its socket is closed, its place freed. */
+    private void unadmit(NbdConnection c, Runnable release, Runnable dispose) {
+        c.close();
+        connections.remove(c);
+        ended();
+        dispose.run();
+        release.run();
+    }
+
+    /**
+     * Tests: the accept thread, admitting a connection past the stop's check, counts {@code [0]} down and waits for
+     * {@code [1]} before it goes on (a thread slow to get there while a stop gives up on it).
+     */
+    private volatile java.util.concurrent.CountDownLatch[] admissionHeldBy;
+
+    /** Tests: holds the accept thread in its next admission (see {@link #admissionHeldBy}). */
+    void holdAdmission(java.util.concurrent.CountDownLatch reached, java.util.concurrent.CountDownLatch mayGoOn) {
+        admissionHeldBy = new java.util.concurrent.CountDownLatch[] {reached, mayGoOn};
+    }
+
+    private void holdAdmission() {
+        java.util.concurrent.CountDownLatch[] h = admissionHeldBy;
+        if (h == null) {
+            return;
+        }
+        admissionHeldBy = null;
+        h[0].countDown();
+        boolean interrupted = false;
+        while (true) {
+            try {
+                h[1].await();
+                break;
+            } catch (InterruptedException e) {
+                interrupted = true;
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
         }
     }
 

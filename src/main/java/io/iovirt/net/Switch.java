@@ -4,7 +4,9 @@ package io.iovirt.net;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 
 /**
@@ -113,6 +115,13 @@ public final class Switch implements AutoCloseable {
     private final long startNanos = System.nanoTime();
     private volatile boolean closed;
     private Thread housekeeper;
+    /**
+     * Ports {@link #removePort} took out whose close has not returned yet, by number (guarded by this switch). Their
+     * numbers and names stay reserved meanwhile: a frame the port's receive thread was forwarding as it was taken
+     * out may still learn an address under its number, forgotten only once the port has stopped; and a port with
+     * the same name is the same transport (a vhost-user socket path, a TAP device) still held by the closing port.
+     */
+    private final Map<Integer, Port> closing = new HashMap<>();
 
     public Switch(Config config) {
         this.config = Objects.requireNonNull(config);
@@ -182,9 +191,17 @@ public final class Switch implements AutoCloseable {
         for (int i = 0; i < cur.length; i++) {
             Port p = cur[i];
             if (p == null) {
-                number = Math.min(number, i);
+                if (!closing.containsKey(i)) {
+                    number = Math.min(number, i);
+                }
             } else if (p.name().equals(port.name())) {
                 throw new IllegalArgumentException("the switch already has a port " + port.name());
+            }
+        }
+        for (Port p : closing.values()) {
+            if (p.name().equals(port.name())) {
+                throw new IllegalArgumentException("port " + port.name() + " is still being removed (its threads are"
+                        + " stopping and it still holds its transport); add it again once its removal has returned");
             }
         }
         if (number >= MacTable.MAX_PORTS) {
@@ -219,15 +236,34 @@ public final class Switch implements AutoCloseable {
     }
 
     /**
-     * Stops a port and forgets its addresses; its number goes to the next port added. The addresses are forgotten
-     * again once the port has stopped: a frame its receive thread was forwarding while it was taken out could have
-     * learned one after the first flush, and the next port with this number would get that station's frames.
+     * Stops a port and forgets its addresses; its number goes to the next port added once it has stopped. It is
+     * taken out under this switch's lock (no frame is forwarded to it after that) and closed outside it: a port's
+     * close may wait for its threads (a vhost-user port up to its transmit workers' stop limit), and the other
+     * ports' adds and removals do not wait for that. Until the close has returned the port's number and name stay
+     * reserved ({@link #closing}): adding a port with that name is refused, saying so, rather than handing it the
+     * transport the old one still holds. The addresses are forgotten again once the port has stopped: a frame its
+     * receive thread was forwarding while it was taken out could have learned one after the first flush, and the
+     * next port with this number would get that station's frames. A second removal of a port being removed closes
+     * it again (a port's close is idempotent) and leaves the reservation to the first.
      */
-    public synchronized void removePort(Port port) {
-        boolean ours = removeSlot(port);
-        port.close();
-        if (ours) {
-            macs.flushPort(port.index()); // no port has the number yet: adding one takes this switch's lock
+    public void removePort(Port port) {
+        boolean ours;
+        synchronized (this) {
+            ours = removeSlot(port);
+            if (ours) {
+                closing.put(port.index(), port);
+            }
+        }
+        try {
+            port.close();
+        } finally {
+            if (ours) {
+                synchronized (this) {
+                    macs.flushPort(port.index()); // no port has the number yet: it was reserved until now
+                    closing.remove(port.index());
+                    notifyAll(); // a close of the switch waits for the removals under way
+                }
+            }
         }
     }
 
@@ -616,7 +652,10 @@ public final class Switch implements AutoCloseable {
         return out;
     }
 
-    /** Closes every port. */
+    /**
+     * Closes every port, and returns once the removals under way have closed theirs too: what the caller tears
+     * down next (a worker group the ports' queues use) is no longer used by any of them.
+     */
     @Override
     public void close() {
         Port[] ps;
@@ -634,6 +673,19 @@ public final class Switch implements AutoCloseable {
             if (p != null) {
                 p.close();
             }
+        }
+        boolean interrupted = false;
+        synchronized (this) {
+            while (!closing.isEmpty()) { // each port's close is bounded (its threads' stop limit)
+                try {
+                    wait();
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
         }
     }
 }

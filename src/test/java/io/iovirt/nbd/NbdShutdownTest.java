@@ -36,6 +36,44 @@ class NbdShutdownTest {
     @TempDir
     Path dir;
 
+    /**
+     * An accept thread held while admitting a connection, past the stop's check, until the stop has given up on it
+     * (after 5 s) and ended: the connection is then not served, its socket is closed and it no longer counts, so the
+     * server becomes quiescent and the image can close. The thread's handshake deadline was refused by the timer the
+     * stop had shut down, and the connection stayed counted for good: an export's images were never closed.
+     */
+    @Test
+    void aConnectionAdmittedAsTheStopEndsIsClosedAndNotCounted() throws Exception {
+        Path img = dir.resolve("a.raw");
+        Files.write(img, new byte[MIB]);
+        Path sock = dir.resolve("a.sock");
+        CountDownLatch reached = new CountDownLatch(1);
+        CountDownLatch mayGoOn = new CountDownLatch(1);
+        try (DiskImage image = Images.open(img, null, false, false)) {
+            NbdServer s = NbdServer.startUnix(sock, 8);
+            try {
+                s.addExport(new NbdExport("a", image, false));
+                s.shutdownGrace(Duration.ofMillis(200));
+                s.holdAdmission(reached, mayGoOn);
+                // a plain connect: the server's greeting never comes, since the accept thread is held before it
+                try (java.nio.channels.SocketChannel late =
+                        java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(sock))) {
+                    assertTrue(reached.await(20, TimeUnit.SECONDS), "the accept thread is admitting the client");
+                    assertEquals(1, s.connectionCount());
+                    assertTrue(s.stopWithin(Duration.ofMillis(100)) != null, "the accept thread has not ended");
+                    s.finishStop(); // gives up on the accept thread, then stops the timer
+                    mayGoOn.countDown();
+                    assertTrue(s.awaitQuiescent(Duration.ofSeconds(20)), "the connection is not left counted");
+                    assertEquals(0, s.connectionCount());
+                    assertEquals(-1, late.read(ByteBuffer.allocate(64)), "the client's connection is closed unserved");
+                }
+            } finally {
+                mayGoOn.countDown();
+                s.close();
+            }
+        }
+    }
+
     @Test
     void requestsAfterTheShutdownBeganGetEshutdownAndTheOneInFlightIsAnswered() throws Exception {
         check(false);

@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.iovirt.testing.Await;
 import io.iovirt.testing.Frames;
 import java.lang.management.ManagementFactory;
 import java.util.List;
@@ -429,6 +430,58 @@ class SwitchTest {
         d.inject(Frames.ethernet(BCAST, C.replace("0c", "0d"), 60));
         pb.peerGone();
         assertEquals(number, sw.macTable().lookup(Mac.parse(C.replace("0c", "0d")), sw.now()), "d's address stays");
+    }
+
+    /** A port whose close waits until the test lets it go (a port whose threads are slow to stop). */
+    static final class SlowClosingPort extends TestPort {
+        final java.util.concurrent.CountDownLatch closing = new java.util.concurrent.CountDownLatch(1);
+        final java.util.concurrent.CountDownLatch mayEnd = new java.util.concurrent.CountDownLatch(1);
+
+        SlowClosingPort(String name) {
+            super(name);
+        }
+
+        @Override
+        public void close() {
+            super.close();
+            closing.countDown();
+            try {
+                mayEnd.await();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /**
+     * A removal under way (the port's close outside the switch's lock) is waited for by the switch's close: what the
+     * owner tears down after the switch (a worker group the port's queues use) is no longer in use by it.
+     */
+    @Test
+    void closingTheSwitchWaitsForARemovalUnderWay() throws Exception {
+        SlowClosingPort slow = sw.addPort(new SlowClosingPort("slow"));
+        java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
+        java.util.concurrent.CountDownLatch closed = new java.util.concurrent.CountDownLatch(1);
+        try {
+            Thread.ofPlatform().daemon().start(() -> {
+                sw.removePort(slow);
+                removed.countDown();
+            });
+            assertTrue(slow.closing.await(20, java.util.concurrent.TimeUnit.SECONDS), "the removal is closing it");
+            TestPort d = sw.addPort(new TestPort("d")); // another port comes meanwhile
+            assertTrue(d.index() != slow.index(), "the number stays reserved while the port closes");
+            Thread.ofPlatform().daemon().start(() -> {
+                sw.close();
+                closed.countDown();
+            });
+            Await.until(java.time.Duration.ofSeconds(20), "the other ports closed", () -> !pa.link && !d.link);
+            assertEquals(1, closed.getCount(), "the switch's close waits for the removal");
+            slow.mayEnd.countDown();
+            assertTrue(closed.await(20, java.util.concurrent.TimeUnit.SECONDS), "then it returns");
+            assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS));
+        } finally {
+            slow.mayEnd.countDown();
+        }
     }
 
     /**

@@ -10,7 +10,7 @@ import java.util.List;
  * An in-process port for switch unit tests: frames injected from the test thread go into the switch as if received
  * from a peer; frames the switch transmits are recorded (or only counted, for the allocation test).
  */
-final class TestPort extends Port {
+class TestPort extends Port {
     private final boolean record;
     private final List<byte[]> sent = new ArrayList<>();
     volatile boolean link = true;

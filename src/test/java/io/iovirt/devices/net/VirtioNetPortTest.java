@@ -557,6 +557,81 @@ class VirtioNetPortTest {
         }
     }
 
+    /** Runs {@code call} on a platform thread of its own (a switch call that may wait). */
+    private static <T> CompletableFuture<T> onThread(java.util.concurrent.Callable<T> call) {
+        CompletableFuture<T> f = new CompletableFuture<>();
+        Thread.ofPlatform().daemon().start(() -> {
+            try {
+                f.complete(call.call());
+            } catch (Throwable t) {
+                f.completeExceptionally(t);
+            }
+        });
+        return f;
+    }
+
+    /**
+     * A port whose removal waits for its transmit worker (held here by a frame a port holds) holds up no other
+     * tenant of the switch: another port is added and removed meanwhile, a second removal of the same port returns,
+     * and the removed port's name and number stay reserved (re-adding it is refused, saying why) until its close has
+     * returned; then it can be added again and forwards. The removal used to close the port under the switch's lock,
+     * so every add and removal on the switch waited up to the worker's 30 s stop limit.
+     */
+    @Test
+    void aPortThatStopsSlowlyHoldsUpNoOtherPortOfTheSwitch() throws Exception {
+        sw = new Switch(Switch.Config.defaults());
+        VirtioNetPort pa = port("a.sock", 1, -1);
+        pa.stopWaitLimit(Duration.ofMinutes(10)); // its close waits for the held worker until the test lets it go
+        HoldingPort held = sw.addPort(new HoldingPort());
+        CompletableFuture<Boolean> removal = null;
+        try (LogCapture log = LogCapture.start("io.iovirt");
+                NetDriver a = new NetDriver(pa.options().socket(), BASE, 1)) {
+            a.send(0, frame(Mac.BROADCAST, A, 60));
+            assertTrue(held.entered.await(20, TimeUnit.SECONDS), "the frame reached the holding port");
+            removal = onThread(() -> {
+                sw.removePort(pa);
+                return true;
+            });
+            assertTrue(log.awaitLine("has not stopped within").contains(" tx1"), "the removal waits for tx1");
+            assertFalse(sw.ports().contains(pa), "taken out before its close");
+
+            VirtioNetPort pb = onThread(() -> port("b.sock", 1, -1)).get(20, TimeUnit.SECONDS);
+            assertNotEquals(pa.index(), pb.index(), "a's number is not reused while a closes");
+            onThread(() -> {
+                        sw.removePort(pa); // a second removal of the port being removed
+                        return true;
+                    })
+                    .get(20, TimeUnit.SECONDS);
+            var again = onThread(() -> port("a.sock", 1, -1));
+            var refused =
+                    assertThrows(java.util.concurrent.ExecutionException.class, () -> again.get(20, TimeUnit.SECONDS));
+            assertTrue(
+                    refused.getCause() instanceof IllegalArgumentException,
+                    refused.getCause().toString());
+            assertTrue(
+                    refused.getCause().getMessage().contains("still being removed"),
+                    refused.getCause().getMessage());
+            onThread(() -> {
+                        sw.removePort(pb);
+                        return true;
+                    })
+                    .get(20, TimeUnit.SECONDS);
+            assertFalse(removal.isDone(), "a's close was still waiting for its worker all along");
+
+            held.release.countDown();
+            assertTrue(removal.get(20, TimeUnit.SECONDS));
+        } finally {
+            held.release.countDown();
+        }
+        VirtioNetPort pa2 = port("a.sock", 1, -1);
+        assertEquals(pa.index(), pa2.index(), "the number is free again");
+        try (NetDriver a = new NetDriver(pa2.options().socket(), BASE, 1)) {
+            a.send(0, frame(Mac.BROADCAST, A, 60));
+            a.awaitTxUsed(0, 1);
+            await(() -> pa2.stats().rxPackets() == 1, "the new port forwards");
+        }
+    }
+
     @Test
     void transmitWorkerCountersRunOnAcrossReconnects() throws Exception {
         sw = new Switch(Switch.Config.defaults());
