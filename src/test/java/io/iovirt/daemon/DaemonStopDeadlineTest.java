@@ -103,7 +103,9 @@ class DaemonStopDeadlineTest {
         try (LogCapture log = LogCapture.start("io.iovirt");
                 io.iovirt.linux.Fd probe = io.iovirt.linux.FileIo.open(image, io.iovirt.linux.FileIo.O_RDONLY)) {
             Daemon daemon = new Daemon(null);
-            daemon.stopWait(Duration.ofSeconds(2));
+            // the bound the export's close must meet (its image flushed, closed and unlocked) while the switch's close
+            // runs it out: 2 s was met on an idle machine only; a loaded one took longer and the stop named the export
+            daemon.stopWait(Duration.ofSeconds(10));
             daemon.call("net.add", new LinkedHashMap<>(Map.of("id", "lan")));
             Map<String, Object> add = new LinkedHashMap<>();
             add.put("id", "n");

@@ -38,6 +38,8 @@ final class RecordingBackend implements VhostUserBackend {
     volatile int status;
     /** When set, {@link #reset} waits for it first (a device callback that does not return: a stuck stop). */
     volatile java.util.concurrent.CountDownLatch resetWaitsFor;
+    /** Counted down when {@link #reset} begins (the session thread is in the device's reset). */
+    final java.util.concurrent.CountDownLatch resetEntered = new java.util.concurrent.CountDownLatch(1);
 
     private final int queues;
     private final long extraProtocol;
@@ -155,6 +157,7 @@ final class RecordingBackend implements VhostUserBackend {
 
     @Override
     public void reset() {
+        resetEntered.countDown();
         java.util.concurrent.CountDownLatch wait = resetWaitsFor;
         if (wait != null) {
             try {

@@ -137,6 +137,9 @@ class HostileNetFrontendTest {
 
     private static void learn(NetDriver d, long src, long dst) throws Exception {
         d.send(0, VirtioNetPortTest.frame(dst, src, 60)); // the switch learns src on that port
+        // forwarded: in every ring it went to, before a drain looks (a drain's quiet moment alone let a frame a loaded
+        // machine delivered later through, and a test then received it in place of its own)
+        d.awaitTxDone(0);
     }
 
     @Test
@@ -443,6 +446,7 @@ class HostileNetFrontendTest {
                 a.addRawNoKick(0, addrs, lens, w, table); // all share one indirect table
             }
             b.send(0, VirtioNetPortTest.frame(A, B, 1500)); // A unknown: flooded to A and C
+            b.awaitTxDone(0); // forwarded: A's chains returned and C's copy delivered before B's request
             c.drainRx(0);
             VirtioNetPortTest.await(() -> pa.stats().txDropped() == 1, "the frame to A dropped");
             int returned = 0;

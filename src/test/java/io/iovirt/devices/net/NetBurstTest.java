@@ -73,6 +73,9 @@ class NetBurstTest {
         a.send(0, VirtioNetPortTest.frame(B, A, 60));
         b.send(0, VirtioNetPortTest.frame(C, B, 60));
         c.send(0, VirtioNetPortTest.frame(B, C, 60));
+        for (NetDriver d : List.of(a, b, c)) {
+            d.awaitTxDone(0); // forwarded: in every ring it went to before the drains look
+        }
         a.drainRx(0);
         b.drainRx(0);
         c.drainRx(0);

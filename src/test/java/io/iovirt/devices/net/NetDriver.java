@@ -283,6 +283,18 @@ final class NetDriver implements AutoCloseable {
         }
     }
 
+    /**
+     * Waits until the device has returned every tx request made available on pair {@code pair}: each frame sent is
+     * then in every receive ring it went to (a port publishes those before the sender's tx used entries).
+     */
+    void awaitTxDone(int pair) throws InterruptedException {
+        int q = 2 * pair + 1;
+        int left = buffers.get(q).size();
+        if (left > 0) {
+            awaitTxUsed(pair, left);
+        }
+    }
+
     /** A used receive buffer: the length the device reported and the bytes it wrote (across the chain). */
     record Rx(int id, int length, byte[] data) {
         int numBuffers() {
