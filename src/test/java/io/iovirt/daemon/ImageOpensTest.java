@@ -302,6 +302,7 @@ class ImageOpensTest {
                     holdEveryPlace(opens, requests, "blk.add first", i -> letFirst, released::incrementAndGet);
             opens.waitFor(Duration.ofSeconds(10)); // the late adds spend most of it waiting for a place
             List<Future<AutoCloseable>> late = new ArrayList<>();
+            long lateStart = System.nanoTime();
             for (int i = 0; i < ImageOpens.MAX_OPENS; i++) {
                 int n = i;
                 late.add(requests.submit(() -> opens.run(
@@ -318,7 +319,12 @@ class ImageOpensTest {
                     Duration.ofSeconds(60),
                     () -> "the late adds waiting for a place: " + waitingForAPlaceCount(),
                     () -> waitingForAPlaceCount() == ImageOpens.MAX_OPENS);
-            Thread.sleep(7_000); // most of the late adds' wait goes by before a place frees
+            // most of the late adds' wait goes by before a place frees, timed from their start: a fixed 7 s after they
+            // were all seen waiting left too little of the 10 s on a loaded machine that was slow to start them
+            long left = Duration.ofSeconds(6).toNanos() - (System.nanoTime() - lateStart);
+            if (left > 0) {
+                Thread.sleep(Duration.ofNanos(left));
+            }
             letFirst.countDown();
             for (Future<AutoCloseable> f : first) {
                 assertNotNull(f.get(60, TimeUnit.SECONDS));

@@ -661,15 +661,20 @@ class BlkReadOnlySwitchTest {
         return call;
     }
 
-    /** {@code dev.setReadOnly(readOnly)} on a thread of its own. */
+    /**
+     * {@code dev.setReadOnly(readOnly)} on a platform thread of its own: not on the common pool, which may have one
+     * worker on 2 cores, where a second switch could wait behind a first one blocked on its write-back.
+     */
     private static java.util.concurrent.CompletableFuture<String> switchAsync(BlkDevice dev, boolean readOnly) {
-        return java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+        var call = new java.util.concurrent.CompletableFuture<String>();
+        Thread.ofPlatform().daemon().name("set-readonly " + readOnly).start(() -> {
             try {
-                return dev.setReadOnly(readOnly);
-            } catch (IOException e) {
-                throw new java.io.UncheckedIOException(e);
+                call.complete(dev.setReadOnly(readOnly));
+            } catch (IOException | RuntimeException e) {
+                call.completeExceptionally(e);
             }
         });
+        return call;
     }
 
     /**
