@@ -615,11 +615,13 @@ public final class Switch implements AutoCloseable {
             return FLOOD | GROUP | same;
         }
         int out = macs.lookup(dst, t);
-        if (out < 0 && p.macs().length != 0) {
+        if (p.macs().length != 0 && (out < 0 || out >= ps.length || ps[out] == null)) {
             // A pinned address is its port's for as long as the port is there: its entry may have aged out (a guest
-            // that only receives) or gone with the port's peer (a reconnect), and flooding would hand the pinned
-            // guest's unicast to every other port. Its frames go to its port instead (dropped there as link down
-            // while the guest is away). Costs a scan of the pins on a table miss only.
+            // that only receives), gone with the port's peer (a reconnect), or name a port no longer there (a port
+            // being removed, pinned to it before, whose receive thread was still forwarding that port's frames when
+            // it was taken out and learned it again after the address's new port took it), and flooding would hand
+            // the pinned guest's unicast to every other port. Its frames go to its port instead (dropped there as
+            // link down while the guest is away). Costs a scan of the pins on a miss only.
             out = p.owner(dst);
         }
         if (out == self) {

@@ -433,7 +433,7 @@ class SwitchTest {
     }
 
     /** A port whose close waits until the test lets it go (a port whose threads are slow to stop). */
-    static final class SlowClosingPort extends TestPort {
+    static class SlowClosingPort extends TestPort {
         final java.util.concurrent.CountDownLatch closing = new java.util.concurrent.CountDownLatch(1);
         final java.util.concurrent.CountDownLatch mayEnd = new java.util.concurrent.CountDownLatch(1);
 
@@ -481,6 +481,77 @@ class SwitchTest {
             assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS));
         } finally {
             slow.mayEnd.countDown();
+        }
+    }
+
+    /** A pinned port whose next frame's forwarding stops, once armed, until the test lets it go on. */
+    static final class StallingPort extends SlowClosingPort {
+        final java.util.concurrent.CountDownLatch stalled = new java.util.concurrent.CountDownLatch(1);
+        final java.util.concurrent.CountDownLatch goOn = new java.util.concurrent.CountDownLatch(1);
+        volatile boolean armed;
+
+        StallingPort(String name, long pin) {
+            super(name);
+            this.pin = pin;
+        }
+
+        @Override
+        protected long pinnedSource() { // the switch asks while it checks a frame, before it learns the source
+            if (armed && Thread.currentThread().getName().equals("stalling sender")) {
+                armed = false;
+                stalled.countDown();
+                try {
+                    goOn.await();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
+            return pin;
+        }
+    }
+
+    /**
+     * A port taken out while its receive thread was forwarding a frame learns that frame's source (its pinned
+     * address) under its number after the removal forgot it; meanwhile, its close still under way, another port
+     * pinned to that address is added. Frames to the address go to that port alone, not flooded to every other
+     * port (its number's slot being empty) until the old port's close has returned.
+     */
+    @Test
+    void aPortStillForwardingAsItIsRemovedCannotMakeThePinnedAddressOfItsSuccessorFlood() throws Exception {
+        String d = "52:54:00:00:00:0d";
+        StallingPort old = sw.addPort(new StallingPort("old", Mac.parse(d)));
+        Thread remover = null;
+        try {
+            old.armed = true;
+            Thread sender = Thread.ofPlatform()
+                    .daemon()
+                    .name("stalling sender")
+                    .start(() -> old.inject(Frames.ethernet(B, d, 60)));
+            assertTrue(old.stalled.await(20, java.util.concurrent.TimeUnit.SECONDS), "the frame is being checked");
+            remover = Thread.ofPlatform().daemon().start(() -> sw.removePort(old));
+            assertTrue(old.closing.await(20, java.util.concurrent.TimeUnit.SECONDS), "the removal is closing it");
+            TestPort successor = new TestPort("successor");
+            successor.pin = Mac.parse(d);
+            sw.addPort(successor); // the address is free again: its owner was taken out
+            old.goOn.countDown();
+            sender.join(20_000);
+            assertTrue(!sender.isAlive(), "the old port's frame was forwarded");
+            pa.takeSent();
+            pb.takeSent();
+            pc.takeSent();
+            successor.takeSent();
+
+            byte[] toD = Frames.ethernet(d, B, 60);
+            pb.inject(toD);
+            assertEquals(1, successor.takeSent().size(), "the address's port gets it");
+            assertEquals(0, pa.takeSent().size(), "not flooded");
+            assertEquals(0, pc.takeSent().size(), "not flooded");
+        } finally {
+            old.goOn.countDown();
+            old.mayEnd.countDown();
+            if (remover != null) {
+                remover.join(20_000);
+            }
         }
     }
 
