@@ -243,8 +243,9 @@ public final class Switch implements AutoCloseable {
      * reserved ({@link #closing}): adding a port with that name is refused, saying so, rather than handing it the
      * transport the old one still holds. The addresses are forgotten again once the port has stopped: a frame its
      * receive thread was forwarding while it was taken out could have learned one after the first flush, and the
-     * next port with this number would get that station's frames. A second removal of a port being removed closes
-     * it again (a port's close is idempotent) and leaves the reservation to the first.
+     * next port with this number would get that station's frames. A second removal of a port being removed returns
+     * when the first has: a caller that releases what the port held once this returns (the daemon frees its socket
+     * path and TAP name) does not release it while the port still holds it.
      */
     public void removePort(Port port) {
         boolean ours;
@@ -252,6 +253,9 @@ public final class Switch implements AutoCloseable {
             ours = removeSlot(port);
             if (ours) {
                 closing.put(port.index(), port);
+            } else if (closing.get(port.index()) == port) {
+                awaitRemoved(port);
+                return;
             }
         }
         try {
@@ -264,6 +268,21 @@ public final class Switch implements AutoCloseable {
                     notifyAll(); // a close of the switch waits for the removals under way
                 }
             }
+        }
+    }
+
+    /** Waits, holding this switch's lock (released while waiting), until the removal of {@code port} has returned. */
+    private void awaitRemoved(Port port) {
+        boolean interrupted = false;
+        while (closing.get(port.index()) == port) { // the first removal's close is bounded (its threads' stop limit)
+            try {
+                wait();
+            } catch (InterruptedException e) {
+                interrupted = true;
+            }
+        }
+        if (interrupted) {
+            Thread.currentThread().interrupt();
         }
     }
 

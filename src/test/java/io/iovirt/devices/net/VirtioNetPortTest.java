@@ -597,11 +597,16 @@ class VirtioNetPortTest {
 
             VirtioNetPort pb = onThread(() -> port("b.sock", 1, -1)).get(20, TimeUnit.SECONDS);
             assertNotEquals(pa.index(), pb.index(), "a's number is not reused while a closes");
-            onThread(() -> {
-                        sw.removePort(pa); // a second removal of the port being removed
-                        return true;
-                    })
-                    .get(20, TimeUnit.SECONDS);
+            CompletableFuture<Boolean> second = new CompletableFuture<>();
+            Thread secondRemover = Thread.ofPlatform().daemon().start(() -> {
+                sw.removePort(pa); // a second removal of the port being removed
+                second.complete(true);
+            });
+            io.iovirt.testing.Await.until(
+                    Duration.ofSeconds(20),
+                    "the second removal to wait for the first, or to return",
+                    () -> second.isDone() || secondRemover.getState() == Thread.State.WAITING);
+            assertFalse(second.isDone(), "a second removal returns only when the first has (the port still holds a)");
             var again = onThread(() -> port("a.sock", 1, -1));
             var refused =
                     assertThrows(java.util.concurrent.ExecutionException.class, () -> again.get(20, TimeUnit.SECONDS));
@@ -620,6 +625,7 @@ class VirtioNetPortTest {
 
             held.release.countDown();
             assertTrue(removal.get(20, TimeUnit.SECONDS));
+            assertTrue(second.get(20, TimeUnit.SECONDS), "the second removal returns with the first");
         } finally {
             held.release.countDown();
         }
