@@ -254,7 +254,7 @@ public final class Switch implements AutoCloseable {
             if (ours) {
                 closing.put(port.index(), port);
             } else if (closing.get(port.index()) == port) {
-                awaitRemoved(port);
+                awaitRemovals(() -> closing.get(port.index()) != port);
                 return;
             }
         }
@@ -271,10 +271,13 @@ public final class Switch implements AutoCloseable {
         }
     }
 
-    /** Waits, holding this switch's lock (released while waiting), until the removal of {@code port} has returned. */
-    private void awaitRemoved(Port port) {
+    /**
+     * Waits, holding this switch's lock (released while waiting), until {@code done} says the removals it waits for
+     * have returned; each removal's close is bounded (its threads' stop limit). An interrupt is kept for the caller.
+     */
+    private void awaitRemovals(java.util.function.BooleanSupplier done) {
         boolean interrupted = false;
-        while (closing.get(port.index()) == port) { // the first removal's close is bounded (its threads' stop limit)
+        while (!done.getAsBoolean()) {
             try {
                 wait();
             } catch (InterruptedException e) {
@@ -695,18 +698,8 @@ public final class Switch implements AutoCloseable {
                 p.close();
             }
         }
-        boolean interrupted = false;
         synchronized (this) {
-            while (!closing.isEmpty()) { // each port's close is bounded (its threads' stop limit)
-                try {
-                    wait();
-                } catch (InterruptedException e) {
-                    interrupted = true;
-                }
-            }
-        }
-        if (interrupted) {
-            Thread.currentThread().interrupt();
+            awaitRemovals(closing::isEmpty);
         }
     }
 }
