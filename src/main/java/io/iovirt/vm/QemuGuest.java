@@ -44,8 +44,8 @@ public final class QemuGuest {
     /** The least guest memory the test guest (kernel and initramfs in RAM) is booted with. */
     public static final int MIN_MEMORY_MIB = 128;
     /**
-     * How long a KVM guest in auto mode has to print its first console line. A working KVM guest's kernel reaches
-     * the serial console in about a second; the margin is for a loaded host.
+     * How long a KVM guest in auto mode has to print its init line. A working KVM guest's kernel reaches its init in
+     * about a second; the margin is for a loaded host.
      */
     static final Duration KVM_FIRST_OUTPUT = Duration.ofSeconds(60);
     /**

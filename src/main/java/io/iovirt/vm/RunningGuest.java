@@ -55,15 +55,19 @@ public final class RunningGuest implements AutoCloseable {
     }
 
     /**
-     * For a KVM guest in auto mode: waits until the console shows its first line. Returns null when it did, or why
-     * KVM failed (QEMU's KVM error line, or silence for {@code timeout}); null also when QEMU exited without a KVM
-     * error, which the caller then reports as usual. QEMU does not exit on a KVM
-     * internal error (the vCPU stops), so its log is watched too.
+     * For a KVM guest in auto mode: waits until the console shows the guest's init line ({@link GuestResult#INIT}):
+     * its kernel has run under KVM up to user space. Returns null when it did, or why KVM failed (QEMU's KVM error
+     * line, or no init line within {@code timeout}); null also when QEMU exited without a KVM error, which the caller
+     * then reports as usual. QEMU does not exit on a KVM internal error (the vCPU stops), so its log is watched too.
+     * The firmware's lines do not count: SeaBIOS writes its banner to the serial console (-nographic) before the
+     * kernel runs, and on a PVM host whose KVM now sets up -cpu host's vCPUs (QEMU aborted there before) the kernel
+     * then stops with a KVM internal error, or hangs without one: taking the banner for a running guest left it hung
+     * until the caller's timeout (CI, 2026-12-07).
      */
     String awaitFirstOutputUnderKvm(Duration timeout) {
         long deadline = System.nanoTime() + timeout.toNanos();
         while (true) {
-            if (console().indexOf('\n') >= 0) {
+            if (GuestResult.INIT.matcher(console()).find()) {
                 return null;
             }
             String error = Accelerator.earlyKvmFailure(qemu.log());
@@ -77,7 +81,7 @@ public final class RunningGuest implements AutoCloseable {
                 return exitError == null ? null : "QEMU exited with status " + qemu.exitValue() + ": " + exitError;
             }
             if (System.nanoTime() > deadline) {
-                return "the guest printed nothing on its console within " + timeout.toSeconds() + " s";
+                return "the guest's kernel did not reach its init within " + timeout.toSeconds() + " s";
             }
             sleep();
         }
