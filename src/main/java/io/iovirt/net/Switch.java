@@ -116,10 +116,11 @@ public final class Switch implements AutoCloseable {
     private volatile boolean closed;
     private Thread housekeeper;
     /**
-     * Ports {@link #removePort} took out whose close has not returned yet, by number (guarded by this switch). Their
-     * numbers and names stay reserved meanwhile: a frame the port's receive thread was forwarding as it was taken
-     * out may still learn an address under its number, forgotten only once the port has stopped; and a port with
-     * the same name is the same transport (a vhost-user socket path, a TAP device) still held by the closing port.
+     * Ports {@link #removePort} took out, or {@link #close} is closing, whose close has not returned yet, by number
+     * (guarded by this switch). Their numbers and names stay reserved meanwhile: a frame the port's receive thread
+     * was forwarding as it was taken out may still learn an address under its number, forgotten only once the port
+     * has stopped; and a port with the same name is the same transport (a vhost-user socket path, a TAP device)
+     * still held by the closing port. A removal of a port here returns when its close has.
      */
     private final Map<Integer, Port> closing = new HashMap<>();
 
@@ -243,19 +244,21 @@ public final class Switch implements AutoCloseable {
      * reserved ({@link #closing}): adding a port with that name is refused, saying so, rather than handing it the
      * transport the old one still holds. The addresses are forgotten again once the port has stopped: a frame its
      * receive thread was forwarding while it was taken out could have learned one after the first flush, and the
-     * next port with this number would get that station's frames. A second removal of a port being removed returns
-     * when the first has: a caller that releases what the port held once this returns (the daemon frees its socket
-     * path and TAP name) does not release it while the port still holds it.
+     * next port with this number would get that station's frames. A removal of a port being removed, or being
+     * closed by {@link #close} (a port's removal racing its switch's), returns when that close has: a caller that
+     * releases what the port held once this returns (the daemon frees its socket path and TAP name) does not release
+     * it while the port still holds it (a port's second close returns at once).
      */
     public void removePort(Port port) {
         boolean ours;
         synchronized (this) {
+            if (closing.get(port.index()) == port) { // first: one the switch's close is closing is still in the table
+                awaitRemovals(() -> closing.get(port.index()) != port);
+                return;
+            }
             ours = removeSlot(port);
             if (ours) {
                 closing.put(port.index(), port);
-            } else if (closing.get(port.index()) == port) {
-                awaitRemovals(() -> closing.get(port.index()) != port);
-                return;
             }
         }
         try {
@@ -678,7 +681,8 @@ public final class Switch implements AutoCloseable {
 
     /**
      * Closes every port, and returns once the removals under way have closed theirs too: what the caller tears
-     * down next (a worker group the ports' queues use) is no longer used by any of them.
+     * down next (a worker group the ports' queues use) is no longer used by any of them. Each port is in
+     * {@link #closing} until its close here has returned, so a removal of it meanwhile waits for that close.
      */
     @Override
     public void close() {
@@ -689,17 +693,38 @@ public final class Switch implements AutoCloseable {
             }
             closed = true;
             ps = ports;
+            for (Port p : ps) {
+                if (p != null) {
+                    closing.put(p.index(), p); // no removal has it: a number is in the table or being removed
+                }
+            }
             if (housekeeper != null) {
                 housekeeper.interrupt();
             }
         }
-        for (Port p : ps) {
-            if (p != null) {
-                p.close();
+        try {
+            for (Port p : ps) {
+                if (p != null) {
+                    p.close();
+                    closed(p);
+                }
+            }
+        } finally {
+            for (Port p : ps) { // those left when a close threw: their removals must not wait for ever
+                if (p != null) {
+                    closed(p);
+                }
             }
         }
         synchronized (this) {
             awaitRemovals(closing::isEmpty);
+        }
+    }
+
+    /** {@link #close} has closed {@code p}: a removal of it waiting for that returns. */
+    private synchronized void closed(Port p) {
+        if (closing.remove(p.index(), p)) {
+            notifyAll();
         }
     }
 }

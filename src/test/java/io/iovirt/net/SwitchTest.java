@@ -484,6 +484,51 @@ class SwitchTest {
         }
     }
 
+    /** A slow-closing port whose close returns at once when one has begun already, as a real port's does. */
+    static final class OnceClosingPort extends SlowClosingPort {
+        private final java.util.concurrent.atomic.AtomicBoolean closeBegan =
+                new java.util.concurrent.atomic.AtomicBoolean();
+
+        OnceClosingPort(String name) {
+            super(name);
+        }
+
+        @Override
+        public void close() {
+            if (closeBegan.compareAndSet(false, true)) {
+                super.close();
+            }
+        }
+    }
+
+    /**
+     * A removal of a port the switch's close is closing (the daemon's port removal racing its switch's: the switch's
+     * close took the port first) returns when that close has, not at once with the port's second close: the caller
+     * frees what the port holds (its socket path, its TAP name) once the removal returns.
+     */
+    @Test
+    void aRemovalOfAPortTheSwitchIsClosingReturnsWhenThatCloseHas() throws Exception {
+        OnceClosingPort slow = sw.addPort(new OnceClosingPort("slow"));
+        java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
+        try {
+            Thread.ofPlatform().daemon().start(sw::close);
+            assertTrue(slow.closing.await(20, java.util.concurrent.TimeUnit.SECONDS), "the switch is closing it");
+            Thread remover = Thread.ofPlatform().daemon().start(() -> {
+                sw.removePort(slow);
+                removed.countDown();
+            });
+            Await.until(
+                    java.time.Duration.ofSeconds(20),
+                    "the removal to wait for the switch's close of the port, or to return",
+                    () -> removed.getCount() == 0 || remover.getState() == Thread.State.WAITING);
+            assertEquals(1, removed.getCount(), "the removal returns only when the port's close has");
+            slow.mayEnd.countDown();
+            assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS), "then it returns");
+        } finally {
+            slow.mayEnd.countDown();
+        }
+    }
+
     /** A pinned port whose next frame's forwarding stops, once armed, until the test lets it go on. */
     static final class StallingPort extends SlowClosingPort {
         final java.util.concurrent.CountDownLatch stalled = new java.util.concurrent.CountDownLatch(1);

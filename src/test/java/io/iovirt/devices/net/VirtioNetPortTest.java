@@ -572,10 +572,11 @@ class VirtioNetPortTest {
 
     /**
      * A port whose removal waits for its transmit worker (held here by a frame a port holds) holds up no other
-     * tenant of the switch: another port is added and removed meanwhile, a second removal of the same port returns,
-     * and the removed port's name and number stay reserved (re-adding it is refused, saying why) until its close has
-     * returned; then it can be added again and forwards. The removal used to close the port under the switch's lock,
-     * so every add and removal on the switch waited up to the worker's 30 s stop limit.
+     * tenant of the switch: another port is added and removed meanwhile, a second removal of the same port waits
+     * for the first and returns with it, and the removed port's name and number stay reserved (re-adding it is
+     * refused, saying why) until its close has returned; then it can be added again and forwards. The removal used
+     * to close the port under the switch's lock, so every add and removal on the switch waited up to the worker's
+     * 30 s stop limit.
      */
     @Test
     void aPortThatStopsSlowlyHoldsUpNoOtherPortOfTheSwitch() throws Exception {
