@@ -26,7 +26,9 @@ import java.util.regex.Pattern;
  * <p>Guest RAM is a shared memfd bound to a NUMA node, which vhost-user backends need to map it. The accelerator
  * is {@link Accelerator#system()} (KVM only when it can run a stock guest; {@code IOVIRT_ACCEL} overrides) unless the
  * builder is given one. In auto mode a KVM guest that fails early (QEMU reports a KVM internal error or emulation
- * failure, or the console stays silent) is killed and booted again under TCG, with one line to the notice sink.
+ * failure, or its init line does not show within 60 s: the firmware's banner does not count) is killed and booted
+ * again under TCG, with one line to the notice sink. A migration destination ({@code -incoming}) is not: it runs no
+ * code until it is migrated to.
  *
  * <pre>{@code
  * GuestResult r = QemuGuest.builder(GuestImage.ensure())
@@ -94,8 +96,8 @@ public final class QemuGuest {
     public RunningGuest start(Duration lifetime) {
         Accelerator.Decision accel = accelerator();
         RunningGuest guest = start(accel, lifetime);
-        if (!accel.mayFallBack()) {
-            return guest;
+        if (!accel.mayFallBack() || b.args.contains("-incoming")) {
+            return guest; // a destination prints nothing before the migration, which starts after this returns
         }
         String why;
         try {

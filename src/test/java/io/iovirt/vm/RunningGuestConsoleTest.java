@@ -44,4 +44,33 @@ class RunningGuestConsoleTest {
                     g.awaitConsole(md5, Duration.ofSeconds(5)).group(1));
         }
     }
+
+    /**
+     * A KVM guest in auto mode runs once its init line shows, not when the firmware's banner does: SeaBIOS writes it
+     * to the serial console before the kernel runs, and on a PVM host the kernel then stopped under KVM. The banner
+     * was taken for a running guest, which then hung instead of being booted again under TCG.
+     */
+    @Test
+    void aKvmGuestRunsOnceItsInitLineShowsNotTheFirmwaresBanner() throws Exception {
+        Path console = dir.resolve("console.log");
+        ChildProcess sleeper = ChildProcess.builder("sleep", "60")
+                .name("stand-in")
+                .log(dir.resolve("qemu.log"))
+                .directory(dir)
+                .start();
+        Accelerator.Decision kvm =
+                Accelerator.decide(Accelerator.Mode.AUTO, new Accelerator.KvmStatus(true, "forced by the test", ""));
+        try (RunningGuest g =
+                new RunningGuest("console-test", sleeper, dir, console, dir.resolve("initrd"), false, kvm)) {
+            Files.writeString(
+                    console,
+                    "\u001bc\u001b[2JSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\nBooting from ROM...\r\n",
+                    StandardCharsets.US_ASCII);
+            String why = g.awaitFirstOutputUnderKvm(Duration.ofMillis(300));
+            assertTrue(why != null && why.contains("did not reach its init"), String.valueOf(why));
+            Files.writeString(
+                    console, "iovirt-guest: init 0.91s\r\n", StandardCharsets.US_ASCII, StandardOpenOption.APPEND);
+            assertEquals(null, g.awaitFirstOutputUnderKvm(Duration.ofSeconds(5)));
+        }
+    }
 }
