@@ -107,6 +107,11 @@ public final class QemuTools {
         }
         cmd.add(image.toString());
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        // QEMU's lock bytes: 100 + a permission's bit while it holds that permission (consistent read is bit 0, write
+        // bit 1). QEMU takes them one at a time, so the first lock seen on the file was not enough: a test that went
+        // on then found no writer (CI, ImageLockTest.aSharedLockIsAReaderToQemu). Wait for the permission that makes
+        // the role: a writer's write, a reader's consistent read.
+        long role = readOnly ? 100 : 101;
         try (var fd = FileIo.open(image, FileIo.O_RDONLY)) {
             Await.until(Duration.ofSeconds(30), "qemu-io to lock " + image, () -> {
                 if (!p.isAlive()) {
@@ -114,7 +119,7 @@ public final class QemuTools {
                             "qemu-io ended (exit " + p.exitValue() + ") before it locked " + image);
                 }
                 try {
-                    return FileIo.ofdConflict(fd, FileIo.F_WRLCK) != FileIo.F_UNLCK;
+                    return FileIo.ofdConflict(fd, FileIo.F_WRLCK, role, 1) != FileIo.F_UNLCK;
                 } catch (LinuxException e) {
                     throw new IllegalStateException(e);
                 }
