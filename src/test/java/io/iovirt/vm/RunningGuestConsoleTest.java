@@ -22,18 +22,22 @@ class RunningGuestConsoleTest {
     @TempDir
     Path dir;
 
-    @Test
-    void aLineStillBeingWrittenIsNotMatchedUntilItEnds() throws Exception {
-        Path console = dir.resolve("console.log");
+    /** A guest whose "QEMU" is a sleeping child process and whose console is {@code console}. */
+    private RunningGuest standIn(Path console, Accelerator.Decision accel) throws Exception {
         ChildProcess sleeper = ChildProcess.builder("sleep", "60")
                 .name("stand-in")
                 .log(dir.resolve("qemu.log"))
                 .directory(dir)
                 .start();
+        return new RunningGuest("console-test", sleeper, dir, console, dir.resolve("initrd"), false, accel);
+    }
+
+    @Test
+    void aLineStillBeingWrittenIsNotMatchedUntilItEnds() throws Exception {
+        Path console = dir.resolve("console.log");
         Accelerator.Decision tcg = new Accelerator.Decision(
                 Accelerator.Kind.TCG, Accelerator.Mode.TCG, "test", new Accelerator.KvmStatus(false, "test", "none"));
-        try (RunningGuest g =
-                new RunningGuest("console-test", sleeper, dir, console, dir.resolve("initrd"), false, tcg)) {
+        try (RunningGuest g = standIn(console, tcg)) {
             Pattern md5 = Pattern.compile("(?m)^NET SENDING(.*)$");
             Files.writeString(console, "booting\nNET SENDING 61a5aecb92ef6774a2754f7ed5", StandardCharsets.US_ASCII);
             GuestException e = assertThrows(GuestException.class, () -> g.awaitConsole(md5, Duration.ofMillis(300)));
@@ -53,15 +57,9 @@ class RunningGuestConsoleTest {
     @Test
     void aKvmGuestRunsOnceItsInitLineShowsNotTheFirmwaresBanner() throws Exception {
         Path console = dir.resolve("console.log");
-        ChildProcess sleeper = ChildProcess.builder("sleep", "60")
-                .name("stand-in")
-                .log(dir.resolve("qemu.log"))
-                .directory(dir)
-                .start();
         Accelerator.Decision kvm =
                 Accelerator.decide(Accelerator.Mode.AUTO, new Accelerator.KvmStatus(true, "forced by the test", ""));
-        try (RunningGuest g =
-                new RunningGuest("console-test", sleeper, dir, console, dir.resolve("initrd"), false, kvm)) {
+        try (RunningGuest g = standIn(console, kvm)) {
             Files.writeString(
                     console,
                     "\u001bc\u001b[2JSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\nBooting from ROM...\r\n",
