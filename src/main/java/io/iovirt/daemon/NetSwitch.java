@@ -80,9 +80,12 @@ final class NetSwitch implements AutoCloseable {
     /** Closes every port (each waits for its threads); the daemon empties {@link #ports} under its lock. */
     @Override
     public void close() {
-        sw.close();
-        if (group != null) {
-            group.close(); // after the ports: their queues have left it
+        try {
+            sw.close();
+        } finally {
+            if (group != null) {
+                group.close(); // after the ports, even when one's close failed: their queues have left it
+            }
         }
     }
 }

@@ -4,10 +4,13 @@ package io.iovirt.net;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.HashMap;
+import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.Set;
 
 /**
  * An L2 learning switch: frames are forwarded by destination MAC to the port that address was learned on, flooded
@@ -123,6 +126,12 @@ public final class Switch implements AutoCloseable {
      * still held by the closing port. A removal of a port here returns when its close has.
      */
     private final Map<Integer, Port> closing = new HashMap<>();
+    /**
+     * Ports {@link #addPort} has published and is starting outside this switch's lock (guarded by it). The switch's
+     * close leaves them to their add, which takes each out and closes it once its start has returned, and waits
+     * for that: a port's close never runs concurrently with its start.
+     */
+    private final Set<Port> starting = Collections.newSetFromMap(new IdentityHashMap<>());
 
     public Switch(Config config) {
         this.config = Objects.requireNonNull(config);
@@ -179,11 +188,62 @@ public final class Switch implements AutoCloseable {
     }
 
     /**
-     * Adds and starts a port.
+     * Adds and starts a port. It takes its number, name and pinned address under this switch's lock and starts
+     * outside it ({@link #starting}): a start reaches the file system (a socket path, a TAP device) the caller chose,
+     * and the other ports' adds and removals do not wait for that. A port whose start fails, or whose switch was
+     * closed meanwhile, is taken out and closed again before this throws.
      *
      * @throws IOException the port could not start (its socket path is taken, its TAP cannot be opened...)
+     * @throws IllegalStateException the switch is closed, or was closed while the port started
      */
-    public synchronized <P extends Port> P addPort(P port) throws IOException {
+    public <P extends Port> P addPort(P port) throws IOException {
+        synchronized (this) {
+            reserve(port);
+        }
+        Throwable failed = null;
+        try {
+            port.start();
+        } catch (IOException | RuntimeException | Error e) {
+            failed = e;
+        }
+        boolean fails;
+        boolean ours;
+        synchronized (this) {
+            starting.remove(port);
+            fails = failed != null || closed;
+            ours = fails && takeOut(port); // in one step: a close waiting for both sees the port in one of them
+            notifyAll();
+        }
+        if (!fails) {
+            return port;
+        }
+        try {
+            port.close();
+        } catch (RuntimeException | Error e) {
+            if (failed != null) {
+                failed.addSuppressed(e);
+            } else {
+                failed = e;
+            }
+        } finally {
+            if (ours) {
+                removed(port);
+            }
+        }
+        if (failed == null) {
+            throw new IllegalStateException("the switch was closed while port " + port.name() + " started");
+        }
+        if (failed instanceof IOException e) {
+            throw e;
+        }
+        if (failed instanceof RuntimeException e) {
+            throw e;
+        }
+        throw (Error) failed;
+    }
+
+    /** Checks {@code port} can join and publishes it with its number, as {@link #starting}; guarded by this switch. */
+    private void reserve(Port port) {
         if (closed) {
             throw new IllegalStateException("switch is closed");
         }
@@ -226,14 +286,7 @@ public final class Switch implements AutoCloseable {
             pins = new Pins(pm, po);
             macs.learn(pin, number, now); // the address is the pinned port's from the start, not whoever sent first
         }
-        try {
-            port.start();
-        } catch (IOException | RuntimeException e) {
-            removeSlot(port);
-            port.close();
-            throw e;
-        }
-        return port;
+        starting.add(port);
     }
 
     /**
@@ -256,22 +309,34 @@ public final class Switch implements AutoCloseable {
                 awaitRemovals(() -> closing.get(port.index()) != port);
                 return;
             }
-            ours = removeSlot(port);
-            if (ours) {
-                closing.put(port.index(), port);
-            }
+            ours = takeOut(port);
         }
         try {
             port.close();
         } finally {
             if (ours) {
-                synchronized (this) {
-                    macs.flushPort(port.index()); // no port has the number yet: it was reserved until now
-                    closing.remove(port.index());
-                    notifyAll(); // a close of the switch waits for the removals under way
-                }
+                removed(port);
             }
         }
+    }
+
+    /**
+     * Takes {@code port} out of the table (no frame is forwarded to it after that) and reserves its number and name
+     * in {@link #closing} until {@link #removed}; false when it is not in the table. Guarded by this switch.
+     */
+    private boolean takeOut(Port port) {
+        boolean ours = removeSlot(port);
+        if (ours) {
+            closing.put(port.index(), port);
+        }
+        return ours;
+    }
+
+    /** The close of a port {@link #takeOut} took out has returned: its number and name are free again. */
+    private synchronized void removed(Port port) {
+        macs.flushPort(port.index()); // no port has the number yet: it was reserved until now
+        closing.remove(port.index());
+        notifyAll(); // a close of the switch waits for the removals under way
     }
 
     /**
@@ -340,7 +405,7 @@ public final class Switch implements AutoCloseable {
     /**
      * {@link #macTableOvercommit(int, int, int, int)} for this switch's ports now. No lock: it reads the port array
      * once (a pinned port counts as such from before it is attached), so a front end may ask while another thread
-     * adds or removes a port — {@link #addPort} holds this switch's lock while the port starts.
+     * adds or removes a port.
      */
     public String macTableOvercommit() {
         int count = 0;
@@ -692,9 +757,12 @@ public final class Switch implements AutoCloseable {
                 return;
             }
             closed = true;
-            ps = ports;
-            for (Port p : ps) {
-                if (p != null) {
+            ps = ports.clone();
+            for (int i = 0; i < ps.length; i++) {
+                Port p = ps[i];
+                if (p != null && starting.contains(p)) {
+                    ps[i] = null; // its add closes it once its start has returned
+                } else if (p != null) {
                     closing.put(p.index(), p); // no removal has it: a number is in the table or being removed
                 }
             }
@@ -702,22 +770,31 @@ public final class Switch implements AutoCloseable {
                 housekeeper.interrupt();
             }
         }
-        try {
-            for (Port p : ps) {
-                if (p != null) {
-                    p.close();
-                    closed(p);
-                }
+        Throwable failed = null; // the first, thrown once every port is closed; the others suppressed in it
+        for (Port p : ps) {
+            if (p == null) {
+                continue;
             }
-        } finally {
-            for (Port p : ps) { // those left when a close threw: their removals must not wait for ever
-                if (p != null) {
-                    closed(p);
+            try {
+                p.close(); // each in its own try: one port's failing close does not leave the others open
+            } catch (RuntimeException | Error e) {
+                if (failed == null) {
+                    failed = e;
+                } else {
+                    failed.addSuppressed(e);
                 }
+            } finally {
+                closed(p); // a removal waiting for it returns (a close that threw does not go on for ever)
             }
         }
         synchronized (this) {
-            awaitRemovals(closing::isEmpty);
+            awaitRemovals(() -> closing.isEmpty() && starting.isEmpty());
+        }
+        if (failed instanceof RuntimeException e) {
+            throw e;
+        }
+        if (failed instanceof Error e) {
+            throw e;
         }
     }
 

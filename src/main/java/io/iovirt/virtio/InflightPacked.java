@@ -215,6 +215,8 @@ public final class InflightPacked {
         }
         Arrays.sort(heads, 0, pending, (a, b) -> Long.compareUnsigned(counters[a], counters[b]));
         int[] nums = new int[pending];
+        int[] lasts = new int[pending]; // each checked value is kept: the frontend shares the region and may rewrite it
+        int[] headIds = new int[pending];
         boolean[] ids = new boolean[size];
         int slots = 0;
         long max = 0;
@@ -251,6 +253,8 @@ public final class InflightPacked {
             }
             ids[id] = true;
             nums[k] = num;
+            lasts[k] = last;
+            headIds[k] = id;
             slots += num;
             max = Math.max(max, counters[head]);
         }
@@ -275,10 +279,10 @@ public final class InflightPacked {
                 rId[j] = u16(d + D_ID);
                 j++;
             }
-            int id = rId[j - 1];
+            int id = headIds[k];
             headById[id] = heads[k];
-            lastById[id] = u16(desc(heads[k]) + D_LAST);
-            rId[j - 1] = id; // the checked value
+            lastById[id] = lasts[k];
+            rId[j - 1] = id; // the checked value, not the one just read again
         }
         resubmitStart[pending] = j;
         for (int i = 0; i < size; i++) {

@@ -3,6 +3,7 @@ package io.iovirt.net;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -481,6 +482,132 @@ class SwitchTest {
             assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS));
         } finally {
             slow.mayEnd.countDown();
+        }
+    }
+
+    /**
+     * One port whose close fails does not leave the ports after it open: the switch closes every port, then throws
+     * the failure (the daemon then still closes the worker group and frees what the other ports held, which must be
+     * closed by then).
+     */
+    @Test
+    void aPortWhoseCloseFailsDoesNotLeaveTheOthersOpen() throws Exception {
+        sw.removePort(pa); // its number 0 goes to the failing port: closed before b and c
+        TestPort bad = sw.addPort(new TestPort("bad") {
+            @Override
+            public void close() {
+                super.close();
+                throw new IllegalStateException("this port's close fails");
+            }
+        });
+        assertEquals(0, bad.index());
+        IllegalStateException e = assertThrows(IllegalStateException.class, sw::close);
+        assertEquals("this port's close fails", e.getMessage());
+        assertFalse(pb.link, "b closed");
+        assertFalse(pc.link, "c closed");
+    }
+
+    /** A port whose start waits until the test lets it go (a socket path or TAP on a file system that is slow). */
+    static final class SlowStartingPort extends TestPort {
+        final java.util.concurrent.CountDownLatch starting = new java.util.concurrent.CountDownLatch(1);
+        final java.util.concurrent.CountDownLatch mayStart = new java.util.concurrent.CountDownLatch(1);
+        volatile boolean started;
+        volatile boolean closedBeforeStarted;
+
+        SlowStartingPort(String name) {
+            super(name);
+        }
+
+        @Override
+        protected void start() {
+            starting.countDown();
+            try {
+                mayStart.await();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            super.start();
+            started = true;
+        }
+
+        @Override
+        public void close() {
+            closedBeforeStarted |= !started;
+            super.close();
+        }
+    }
+
+    /** Runs {@code add} on a thread of its own; the result is the port, or what the add threw. */
+    private static java.util.concurrent.CompletableFuture<Object> addOnThread(Switch s, Port p) {
+        java.util.concurrent.CompletableFuture<Object> f = new java.util.concurrent.CompletableFuture<>();
+        Thread.ofPlatform().daemon().start(() -> {
+            try {
+                f.complete(s.addPort(p));
+            } catch (Throwable t) {
+                f.complete(t);
+            }
+        });
+        return f;
+    }
+
+    /**
+     * A port's start runs outside the switch's lock: while one port is slow to start, another port is added and
+     * another removed (a tenant's socket path on a file system that does not answer holds up no other tenant).
+     */
+    @Test
+    void aPortSlowToStartHoldsUpNoOtherPortsAddOrRemoval() throws Exception {
+        SlowStartingPort slow = new SlowStartingPort("slow");
+        try {
+            java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
+            assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
+            java.util.concurrent.CompletableFuture<Object> other = addOnThread(sw, new TestPort("d"));
+            Object d = other.get(20, java.util.concurrent.TimeUnit.SECONDS);
+            assertTrue(d instanceof TestPort, "another port was added meanwhile: " + d);
+            assertTrue(((TestPort) d).index() != slow.index(), "the starting port's number is taken");
+            assertThrows(
+                    IllegalArgumentException.class,
+                    () -> sw.addPort(new TestPort("slow")),
+                    "the starting port's name is taken");
+            java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
+            Thread.ofPlatform().daemon().start(() -> {
+                sw.removePort(pb);
+                removed.countDown();
+            });
+            assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS), "another port was removed meanwhile");
+            assertFalse(added.isDone(), "the slow port is still starting");
+            slow.mayStart.countDown();
+            assertEquals(slow, added.get(20, java.util.concurrent.TimeUnit.SECONDS));
+        } finally {
+            slow.mayStart.countDown();
+        }
+    }
+
+    /**
+     * A switch closed while a port starts closes the others at once, leaves that port to its add, which closes it
+     * once its start has returned (never during it) and throws; the switch's close returns after that.
+     */
+    @Test
+    void aSwitchClosedWhileAPortStartsClosesItOnceItHasStarted() throws Exception {
+        SlowStartingPort slow = new SlowStartingPort("slow");
+        try {
+            java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
+            assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
+            java.util.concurrent.CountDownLatch closed = new java.util.concurrent.CountDownLatch(1);
+            Thread.ofPlatform().daemon().start(() -> {
+                sw.close();
+                closed.countDown();
+            });
+            Await.until(java.time.Duration.ofSeconds(20), "the other ports closed", () -> !pa.link && !pc.link);
+            assertEquals(1, closed.getCount(), "the switch's close waits for the port that is starting");
+            assertTrue(slow.link, "not closed while it starts");
+            slow.mayStart.countDown();
+            Object result = added.get(20, java.util.concurrent.TimeUnit.SECONDS);
+            assertTrue(result instanceof IllegalStateException, "the add fails: " + result);
+            assertTrue(closed.await(20, java.util.concurrent.TimeUnit.SECONDS), "then the switch's close returns");
+            assertFalse(slow.link, "the port was closed");
+            assertFalse(slow.closedBeforeStarted, "after its start had returned");
+        } finally {
+            slow.mayStart.countDown();
         }
     }
 

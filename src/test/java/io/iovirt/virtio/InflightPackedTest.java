@@ -18,6 +18,7 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
+import java.util.concurrent.atomic.AtomicBoolean;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
@@ -311,6 +312,60 @@ class InflightPackedTest {
             again.releaseMemory();
         }
         assertTrue(failed > 0, "some corruptions must be detected");
+    }
+
+    /**
+     * The record is shared with the frontend, which can rewrite it while a backend attaches: here a thread flips an
+     * in-flight buffer's ID between its own value and one beyond the queue, 20000 attaches long. Attaching uses the
+     * values it checked, never one read again: it fails the queue with BAD_CONFIG or resumes the buffer under its own
+     * ID, and nothing else is thrown (before, the ID was read a second time and indexed a table with it).
+     */
+    @Test
+    void aRecordRewrittenWhileAttachingIsUsedAsChecked() throws Exception {
+        try (Arena shared = Arena.ofShared()) {
+            MemorySegment live = shared.allocate(InflightPacked.bytes(SIZE), 64);
+            PackedDriverRing d = driver();
+            Virtqueue q = Virtqueue.create(d.queueConfig(0, true), g.holder, live);
+            int id = add(d, 1, 1);
+            assertTrue(q.pop() != null);
+            long idOff = -1;
+            for (int e = 0; e < SIZE; e++) {
+                long at = InflightPacked.HEADER + (long) e * InflightPacked.DESC;
+                if (live.get(ValueLayout.JAVA_BYTE, at) != 0 && live.get(U16, at + 16) == id) {
+                    idOff = at + 16;
+                }
+            }
+            assertTrue(idOff > 0, "the in-flight entry of buffer " + id);
+            MemorySegment valid = arena.allocate(live.byteSize());
+            valid.copyFrom(live);
+            long flipAt = idOff;
+            AtomicBoolean stop = new AtomicBoolean();
+            Thread flipper = Thread.ofPlatform().daemon().start(() -> {
+                while (!stop.get()) {
+                    live.set(U16, flipAt, (short) 0xffff);
+                    live.set(U16, flipAt, (short) id);
+                }
+            });
+            try {
+                for (int i = 0; i < 20_000; i++) {
+                    live.copyFrom(valid);
+                    Virtqueue again;
+                    try {
+                        again = Virtqueue.create(d.queueConfig(0, true), g.holder, live);
+                    } catch (VirtqueueException e) {
+                        assertEquals(Reason.BAD_CONFIG, e.reason(), e.toString());
+                        continue;
+                    }
+                    DescriptorChain r = again.newChain();
+                    assertTrue(again.pop(r));
+                    assertEquals(id, r.id(), "the ID attach checked");
+                    again.releaseMemory();
+                }
+            } finally {
+                stop.set(true);
+                flipper.join();
+            }
+        }
     }
 
     @Test
