@@ -300,11 +300,14 @@ public final class Switch implements AutoCloseable {
      * next port with this number would get that station's frames. A removal of a port being removed, or being
      * closed by {@link #close} (a port's removal racing its switch's), returns when that close has: a caller that
      * releases what the port held once this returns (the daemon frees its socket path and TAP name) does not release
-     * it while the port still holds it (a port's second close returns at once).
+     * it while the port still holds it (a port's second close returns at once). A removal of a port still starting
+     * ({@link #addPort} published it) waits for the start to return first: its close must not run during it.
      */
     public void removePort(Port port) {
         boolean ours;
         synchronized (this) {
+            // A port still starting is left to its add (its close must not run during its start): wait for that.
+            awaitRemovals(() -> !starting.contains(port));
             if (closing.get(port.index()) == port) { // first: one the switch's close is closing is still in the table
                 awaitRemovals(() -> closing.get(port.index()) != port);
                 return;

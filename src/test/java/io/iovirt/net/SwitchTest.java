@@ -583,6 +583,38 @@ class SwitchTest {
     }
 
     /**
+     * A removal of a port still starting (the caller found it in {@link Switch#ports}) waits for its start to return
+     * before it closes it: a close during the start would miss what the start opens after it.
+     */
+    @Test
+    void aRemovalOfAPortStillStartingClosesItOnceItHasStarted() throws Exception {
+        SlowStartingPort slow = new SlowStartingPort("slow");
+        try {
+            java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
+            assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
+            java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
+            Thread remover = Thread.ofPlatform().daemon().start(() -> {
+                sw.removePort(slow);
+                removed.countDown();
+            });
+            Await.until(
+                    java.time.Duration.ofSeconds(20),
+                    "the removal to wait for the start, or to return",
+                    () -> removed.getCount() == 0 || remover.getState() == Thread.State.WAITING);
+            assertEquals(1, removed.getCount(), "the removal waits while the port starts");
+            assertTrue(slow.link, "not closed while it starts");
+            slow.mayStart.countDown();
+            assertEquals(slow, added.get(20, java.util.concurrent.TimeUnit.SECONDS), "its add returns it");
+            assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS), "then the removal returns");
+            assertFalse(slow.link, "the port was closed");
+            assertFalse(slow.closedBeforeStarted, "after its start had returned");
+            assertFalse(sw.ports().contains(slow), "and is out of the switch");
+        } finally {
+            slow.mayStart.countDown();
+        }
+    }
+
+    /**
      * A switch closed while a port starts closes the others at once, leaves that port to its add, which closes it
      * once its start has returned (never during it) and throws; the switch's close returns after that.
      */

@@ -316,9 +316,11 @@ class InflightPackedTest {
 
     /**
      * The record is shared with the frontend, which can rewrite it while a backend attaches: here a thread flips an
-     * in-flight buffer's ID between its own value and one beyond the queue, 20000 attaches long. Attaching uses the
-     * values it checked, never one read again: it fails the queue with BAD_CONFIG or resumes the buffer under its own
-     * ID, and nothing else is thrown (before, the ID was read a second time and indexed a table with it).
+     * in-flight buffer's ID between its own value and one beyond the queue. Attaching uses the values it checked,
+     * never one read again: it fails the queue with BAD_CONFIG or resumes the buffer under its own ID, and nothing
+     * else is thrown (before, the ID was read a second time and indexed a table with it). It runs until 2000
+     * attaches overlapped the flipping (the flipper's count moved during them: both threads were on a core), so a
+     * busy machine that runs the two in turn does not make it pass without ever racing; at most a million attaches.
      */
     @Test
     void aRecordRewrittenWhileAttachingIsUsedAsChecked() throws Exception {
@@ -340,21 +342,27 @@ class InflightPackedTest {
             valid.copyFrom(live);
             long flipAt = idOff;
             AtomicBoolean stop = new AtomicBoolean();
+            java.util.concurrent.atomic.AtomicLong flips = new java.util.concurrent.atomic.AtomicLong();
             Thread flipper = Thread.ofPlatform().daemon().start(() -> {
                 while (!stop.get()) {
                     live.set(U16, flipAt, (short) 0xffff);
                     live.set(U16, flipAt, (short) id);
+                    flips.lazySet(flips.get() + 1); // one writer
                 }
             });
             try {
-                for (int i = 0; i < 20_000; i++) {
+                int overlapped = 0;
+                for (int i = 0; i < 1_000_000 && overlapped < 2000; i++) {
                     live.copyFrom(valid);
+                    long before = flips.get();
                     Virtqueue again;
                     try {
                         again = Virtqueue.create(d.queueConfig(0, true), g.holder, live);
                     } catch (VirtqueueException e) {
                         assertEquals(Reason.BAD_CONFIG, e.reason(), e.toString());
                         continue;
+                    } finally {
+                        overlapped += flips.get() - before >= 2 ? 1 : 0;
                     }
                     DescriptorChain r = again.newChain();
                     assertTrue(again.pop(r));
