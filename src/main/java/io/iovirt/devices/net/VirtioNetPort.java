@@ -124,7 +124,13 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     private final Options options;
     private final Object control = new Object();
-    private NetRxQueue[] rxQueues;
+    /**
+     * Made with the port, not at its start: the switch publishes a port (a pinned one is a unicast destination from
+     * then on) before it starts it, and other ports' threads send to these queues from that moment. Final, so those
+     * threads see them whole; a queue not running counts what it is sent as dropped, link down.
+     */
+    private final NetRxQueue[] rxQueues;
+
     private final QueueWorker[] txWorkers;
     /** Each transmit queue's worker counters, kept across connections (the workers are made per connection). */
     private final QueueWorker.Stats[] txWorkerStats;
@@ -166,6 +172,10 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         this.txRings = new Virtqueue[options.queuePairs()];
         this.txAbandoned = new boolean[options.queuePairs()];
         this.guestMac = options.mac();
+        this.rxQueues = new NetRxQueue[options.queuePairs()];
+        for (int i = 0; i < rxQueues.length; i++) {
+            rxQueues[i] = new NetRxQueue(2 * i, name(), newCounters());
+        }
     }
 
     public VirtioNetPort(Path socket) {
@@ -222,11 +232,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     @Override
     public boolean isLinkUp() {
-        NetRxQueue[] rqs = rxQueues;
-        if (rqs == null) {
-            return false;
-        }
-        for (NetRxQueue q : rqs) {
+        for (NetRxQueue q : rxQueues) {
             if (q.running()) {
                 return true;
             }
@@ -258,19 +264,15 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
 
     /** Receive queue {@code pair}'s interrupts so far (all connections), zeros before the port started. */
     public RxQueueTotals rxQueueTotals(int pair) {
-        NetRxQueue[] rqs = rxQueues;
-        return rqs == null ? new RxQueueTotals(0, 0) : rqs[pair].totals();
+        return rxQueues[pair].totals();
     }
 
     /** Receive queues the frontend has enabled and the device is filling (MQ: the guest's active queue pairs). */
     public int activeQueuePairs() {
-        NetRxQueue[] rqs = rxQueues;
         int n = 0;
-        if (rqs != null) {
-            for (NetRxQueue q : rqs) {
-                if (q.running()) {
-                    n++;
-                }
+        for (NetRxQueue q : rxQueues) {
+            if (q.running()) {
+                n++;
             }
         }
         return n;
@@ -279,15 +281,12 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
     @Override
     protected void start() throws IOException {
         int pairs = options.queuePairs();
-        NetRxQueue[] rqs = new NetRxQueue[pairs];
         txIngress = new Ingress[pairs];
         for (int i = 0; i < pairs; i++) {
-            rqs[i] = new NetRxQueue(2 * i, name(), newCounters());
             txIngress[i] = newIngress();
         }
         announceIngress = newDetachedIngress(); // announcements are ours, not the guest's: not in its counters
         announceFrame = new Frame(Arena.ofAuto().allocate(Ethernet.MIN_FRAME, 8));
-        rxQueues = rqs;
         guestMtu = mtu();
         server = VhostUserServer.start(options.socket(), this, access);
     }
@@ -642,7 +641,7 @@ public final class VirtioNetPort extends Port implements VhostUserBackend {
         synchronized (control) {
             acked = ackedFeatures;
         }
-        if (rqs != null && (acked & VirtioNet.F_MTU) != 0) { // usually sent before the queues start
+        if ((acked & VirtioNet.F_MTU) != 0) { // usually sent before the queues start
             for (NetRxQueue q : rqs) {
                 q.maxFrame(rxFrameLimit(mtu));
             }

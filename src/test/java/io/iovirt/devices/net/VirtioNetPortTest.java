@@ -122,6 +122,25 @@ class VirtioNetPortTest {
      * port's bucket for lines a frontend can repeat at will (a burst, then one a second). Before, every failure made a
      * line, without bound.
      */
+    /**
+     * The switch publishes a port before it starts it, and a pinned one is a unicast destination from then on: a
+     * frame sent to a port whose start has not made its queues yet is dropped as link down (a NullPointerException
+     * on the sender's thread before, which failed the sender's transmit queue).
+     */
+    @Test
+    void aFrameForAPortNotStartedYetIsDroppedAsLinkDown() {
+        VirtioNetPort p = new VirtioNetPort(dir.resolve("early.sock"));
+        byte[] bytes = Frames.ethernet("52:54:00:00:00:0b", "52:54:00:00:00:0a", 60);
+        java.lang.foreign.MemorySegment buf = java.lang.foreign.Arena.ofAuto().allocate(bytes.length);
+        buf.copyFrom(java.lang.foreign.MemorySegment.ofArray(bytes));
+        p.transmit(new Frame(buf).set(0, bytes.length));
+        p.flush();
+        assertFalse(p.isLinkUp());
+        assertEquals(0, p.activeQueuePairs());
+        assertEquals(1, p.stats().get(PortStat.TX_DROPPED_LINK_DOWN));
+        p.close();
+    }
+
     @Test
     void receiveQueueFailuresAFrontendRepeatsMakeABoundedNumberOfLogLines() throws Exception {
         sw = new Switch(Switch.Config.defaults());
