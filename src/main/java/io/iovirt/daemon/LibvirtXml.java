@@ -71,7 +71,8 @@ public final class LibvirtXml {
                         b.spec.socket().toString(), b.spec.queues(), b.image.readOnly(), b.spec.serial()));
                 continue;
             }
-            NetSwitch.PortSpec ps = findPort(d, id).spec();
+            FoundPort port = findPort(d, id);
+            NetSwitch.PortSpec ps = port.entry().spec();
             devices.add(
                     switch (ps.kind()) {
                         case "vhost-user" -> new VhostUserNic(ps.path(), ps.queues(), ps.mac());
@@ -360,32 +361,35 @@ public final class LibvirtXml {
         return x.toString();
     }
 
-    private static NetSwitch.PortEntry findPort(Daemon d, String id) throws RpcException {
-        return d.locked(() -> {
-                            int slash = id.indexOf('/');
-                            List<NetSwitch.PortEntry> found = new ArrayList<>();
-                            for (NetSwitch n : d.netsLocked().values()) {
-                                if (slash >= 0) {
-                                    if (n.spec.id().equals(id.substring(0, slash))
-                                            && n.ports.containsKey(id.substring(slash + 1))) {
-                                        found.add(n.ports.get(id.substring(slash + 1)));
-                                    }
-                                } else if (n.ports.containsKey(id)) {
-                                    found.add(n.ports.get(id));
-                                }
-                            }
-                            return found.size() == 1 ? found.get(0) : null;
-                        })
-                        instanceof NetSwitch.PortEntry e
-                ? e
-                : throwNotFound(id);
-    }
+    /** A switch port and the id of its switch. */
+    private record FoundPort(String net, NetSwitch.PortEntry entry) {}
 
-    private static NetSwitch.PortEntry throwNotFound(String id) throws RpcException {
+    /** {@code id}: NET/PORT, or a port id that only one switch has. */
+    private static FoundPort findPort(Daemon d, String id) throws RpcException {
+        int slash = id.indexOf('/');
+        String portId = id.substring(slash + 1);
+        List<FoundPort> found = d.locked(() -> {
+            List<FoundPort> f = new ArrayList<>();
+            for (NetSwitch n : d.netsLocked().values()) {
+                if ((slash < 0 || n.spec.id().equals(id.substring(0, slash))) && n.ports.containsKey(portId)) {
+                    f.add(new FoundPort(n.spec.id(), n.ports.get(portId)));
+                }
+            }
+            return f;
+        });
+        if (found.size() == 1) {
+            return found.getFirst();
+        }
+        if (found.size() > 1) {
+            throw RpcException.params("libvirt-xml: port '" + Params.printable(id) + "' is ambiguous: switches "
+                    + String.join(", ", found.stream().map(FoundPort::net).toList())
+                    + " each have one; name it as NET/PORT, e.g. "
+                    + found.getFirst().net() + "/" + portId);
+        }
         throw new RpcException(
                 RpcException.NOT_FOUND,
-                "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, a"
-                        + " switch port (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
+                "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, a switch port"
+                        + " (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
     }
 
     /**

@@ -2,6 +2,7 @@
 package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.DaemonCalls;
@@ -88,6 +89,26 @@ class LibvirtXmlTest {
                 assertTrue(xml.contains("memAccess='shared'"), xml);
                 assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
             }
+        }
+    }
+
+    /** A port id two switches have is ambiguous, not missing: the answer says to name it as NET/PORT. */
+    @Test
+    void aPortIdTwoSwitchesHaveIsAmbiguous() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            for (String net : List.of("a", "b")) {
+                d.call("net.add", Map.of("id", net));
+                DaemonCalls.portAdd(d, net, "p", "stream", dir.resolve(net + ".sock"));
+            }
+            RpcException e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", "p")));
+            assertEquals(RpcException.INVALID_PARAMS, e.code(), e.getMessage());
+            assertTrue(
+                    e.getMessage().contains("'p' is ambiguous: switches a, b")
+                            && e.getMessage().contains("NET/PORT"),
+                    e.getMessage());
+            validate(dir, (String) ((Map<?, ?>) d.call("libvirt-xml", Map.of("id", "b/p"))).get("xml"));
+            e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", "q")));
+            assertEquals(RpcException.NOT_FOUND, e.code(), e.getMessage());
         }
     }
 
