@@ -10,11 +10,11 @@ import java.util.regex.Pattern;
 
 /**
  * libvirt domain XML for devices the daemon serves, so a libvirt-managed guest can use them:
- * {@code <disk type='vhostuser'>} for an export, {@code <interface type='vhostuser'>} for a vhost-user switch port,
- * an emulated e1000 on {@code -netdev stream} (QEMU command-line passthrough: libvirt 9.0 has no element for it) for
- * a stream port, and {@code <hostdev>} for a VFIO PCI function given by its address. vhost-user needs guest RAM that
- * the backend can map: {@code <memoryBacking>} with a memfd source and shared access, plus a NUMA cell with
- * {@code memAccess='shared'}.
+ * {@code <disk type='vhostuser'>} for a disk, {@code <interface type='vhostuser'>} for a vhost-user switch port, an
+ * emulated e1000 on {@code -netdev stream} (QEMU command-line passthrough: libvirt 9.0 has no element for it) for a
+ * stream port, and {@code <hostdev>} for a VFIO PCI function given by its address. A TAP port is refused: it is the
+ * switch's uplink to the host, which the daemon holds. vhost-user needs guest RAM that the backend can map:
+ * {@code <memoryBacking>} with a memfd source and shared access, plus a NUMA cell with {@code memAccess='shared'}.
  */
 public final class LibvirtXml {
     private static final Pattern BDF =
@@ -33,9 +33,6 @@ public final class LibvirtXml {
 
     /** An emulated e1000 on {@code -netdev stream} (QEMU passthrough: libvirt 9.0 has no element for it). */
     public record StreamNic(String socket, long mac) implements Device {}
-
-    /** An unmanaged TAP interface. */
-    public record TapNic(String ifname) implements Device {}
 
     /** A raw image on QEMU's emulated AHCI ({@code <disk type='file'>}, SATA bus). */
     public record EmulatedDisk(String image, boolean readOnly) implements Device {}
@@ -77,7 +74,14 @@ public final class LibvirtXml {
                     switch (ps.kind()) {
                         case "vhost-user" -> new VhostUserNic(ps.path(), ps.queues(), ps.mac());
                         case "stream" -> new StreamNic(ps.path(), -1);
-                        default -> new TapNic(ps.path());
+                        // The daemon holds the TAP itself (single-queue: libvirt's open of it fails with EBUSY),
+                        // and a guest on it would reach the host's network stack, not the switch.
+                        default ->
+                            throw RpcException.params("libvirt-xml: port '" + port.net() + "/" + ps.id()
+                                    + "' is a TAP port, the switch's uplink to the host's network (interface "
+                                    + ps.path() + "), not a guest's NIC: give the guest a vhost-user port of the"
+                                    + " switch (net.port.add net=" + port.net() + " kind=vhost-user path=SOCKET)"
+                                    + " and pass that port's id");
                     });
         }
         String console = p.has("console") ? p.path("console").toString() : null;
@@ -285,13 +289,6 @@ public final class LibvirtXml {
                     qemuArgs.add("-device");
                     qemuArgs.add("e1000,netdev=" + nid + (s.mac() != -1 ? ",mac=" + Mac.toString(s.mac()) : ""));
                 }
-                case TapNic t ->
-                    dev.append("    <interface type='ethernet'>\n")
-                            .append("      <target dev='")
-                            .append(esc(t.ifname()))
-                            .append("' managed='no'/>\n")
-                            .append("      <model type='virtio'/>\n")
-                            .append("    </interface>\n");
             }
         }
         StringBuilder x = new StringBuilder();

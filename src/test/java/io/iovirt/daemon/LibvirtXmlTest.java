@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.DaemonCalls;
+import io.iovirt.testing.Require;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -88,6 +89,33 @@ class LibvirtXmlTest {
                 validate(dir, xml);
                 assertTrue(xml.contains("memAccess='shared'"), xml);
                 assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
+            }
+        }
+    }
+
+    /**
+     * A TAP port is the switch's uplink to the host's network, held by the daemon: refused, naming what to use
+     * instead. It was written as {@code <interface type='ethernet'>} on that TAP, which libvirt cannot open (the
+     * daemon holds its one queue: EBUSY) and which would connect a guest to the host, not to the switch. A real TAP.
+     */
+    @Test
+    void aTapPortIsRefusedAsTheSwitchsUplink() throws Exception {
+        Require.that(Files.exists(Path.of("/dev/net/tun")), "/dev/net/tun is missing (modprobe tun)");
+        String ifname = "iovx" + (ProcessHandle.current().pid() % 100000);
+        try (Daemon d = new Daemon(null)) {
+            d.call("net.add", Map.of("id", "sw"));
+            try {
+                d.call("net.port.add", Map.of("net", "sw", "id", "up", "kind", "tap", "ifname", ifname));
+            } catch (RpcException e) {
+                Require.that(false, "cannot create a TAP interface here (needs CAP_NET_ADMIN): " + e.getMessage());
+            }
+            for (String id : List.of("up", "sw/up")) {
+                RpcException e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", id)));
+                assertEquals(RpcException.INVALID_PARAMS, e.code(), e.getMessage());
+                assertTrue(
+                        e.getMessage().contains("'sw/up' is a TAP port, the switch's uplink")
+                                && e.getMessage().contains("vhost-user port"),
+                        e.getMessage());
             }
         }
     }
