@@ -10,11 +10,12 @@ import java.util.regex.Pattern;
 
 /**
  * libvirt domain XML for devices the daemon serves, so a libvirt-managed guest can use them:
- * {@code <disk type='vhostuser'>} for a disk, {@code <interface type='vhostuser'>} for a vhost-user switch port, an
- * emulated e1000 on {@code -netdev stream} (QEMU command-line passthrough: libvirt 9.0 has no element for it) for a
- * stream port, and {@code <hostdev>} for a VFIO PCI function given by its address. A TAP port is refused: it is the
- * switch's uplink to the host, which the daemon holds. vhost-user needs guest RAM that the backend can map:
- * {@code <memoryBacking>} with a memfd source and shared access, plus a NUMA cell with {@code memAccess='shared'}.
+ * {@code <disk type='vhostuser'>} for a disk, a SATA {@code <disk type='network'>} (protocol nbd over its UNIX
+ * socket) for an NBD export, {@code <interface type='vhostuser'>} for a vhost-user switch port, an emulated e1000 on
+ * {@code -netdev stream} (QEMU command-line passthrough: libvirt 9.0 has no element for it) for a stream port, and
+ * {@code <hostdev>} for a VFIO PCI function given by its address. A TAP port is refused: it is the switch's uplink
+ * to the host, which the daemon holds. vhost-user needs guest RAM that the backend can map: {@code <memoryBacking>}
+ * with a memfd source and shared access, plus a NUMA cell with {@code memAccess='shared'}.
  */
 public final class LibvirtXml {
     private static final Pattern BDF =
@@ -47,7 +48,10 @@ public final class LibvirtXml {
     public record Domain(
             String name, long memoryMiB, int cpus, String kernel, String initrd, String cmdline, String console) {}
 
-    /** {@code id}: comma-separated disks, ports ({@code net/port} or a port id unique across switches) or PCI addresses. */
+    /**
+     * {@code id}: comma-separated disks, NBD exports, ports ({@code net/port} or a port id unique across switches) or
+     * PCI addresses.
+     */
     static Map<String, Object> forDevice(Daemon d, Params p) throws RpcException {
         String ids = p.string("id");
         String name = p.string("name", "iovirt-guest");
@@ -66,6 +70,16 @@ public final class LibvirtXml {
             if (b != null) {
                 devices.add(new VhostUserDisk(
                         b.spec.socket().toString(), b.spec.queues(), b.image.readOnly(), b.spec.serial()));
+                continue;
+            }
+            NbdExportEntry nbd = d.locked(() -> d.nbdsLocked().get(id));
+            if (nbd != null) {
+                if (nbd.spec.readOnly()) { // QEMU 7.2 refuses it at start, as VmSpec.Disk says
+                    throw RpcException.params("libvirt-xml: NBD export '" + id + "' is read-only, and QEMU's"
+                            + " emulated SATA disk (ide-hd) cannot be: export the image writable, or serve it"
+                            + " read-only as a vhost-user disk (blk.add readonly=true)");
+                }
+                devices.add(new NbdDisk(nbd.spec.socket().toString(), nbd.spec.id(), false));
                 continue;
             }
             FoundPort port = findPort(d, id);
@@ -385,7 +399,7 @@ public final class LibvirtXml {
         }
         throw new RpcException(
                 RpcException.NOT_FOUND,
-                "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, a switch port"
+                "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, an NBD export, a switch port"
                         + " (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
     }
 

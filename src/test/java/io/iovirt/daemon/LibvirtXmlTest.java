@@ -73,7 +73,13 @@ class LibvirtXmlTest {
                             "mac",
                             "52:54:00:aa:bb:cc"));
             DaemonCalls.portAdd(d, "sw", "fv", "stream", dir.resolve("fv.sock"));
-            for (String id : new String[] {"disk", "pv", "sw/fv", "01:00.1", "disk,pv,fv,0000:3b:02.7"}) {
+            Path nbdImg = dir.resolve("e.raw");
+            try (RandomAccessFile f = new RandomAccessFile(nbdImg.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            Path nbdSock = dir.resolve("e.sock");
+            d.call("nbd.add", Map.of("id", "exp", "image", nbdImg.toString(), "socket", nbdSock.toString()));
+            for (String id : new String[] {"disk", "exp", "pv", "sw/fv", "01:00.1", "disk,exp,pv,fv,0000:3b:02.7"}) {
                 String xml = (String) ((Map<?, ?>) d.call(
                                 "libvirt-xml",
                                 Map.of(
@@ -89,7 +95,41 @@ class LibvirtXmlTest {
                 validate(dir, xml);
                 assertTrue(xml.contains("memAccess='shared'"), xml);
                 assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
+                if (id.contains("exp")) {
+                    assertTrue(
+                            xml.contains("<source protocol='nbd' name='exp'>\n        <host transport='unix' socket='"
+                                    + nbdSock + "'/>"),
+                            xml);
+                }
             }
+        }
+    }
+
+    /**
+     * An NBD export QEMU's emulated SATA disk cannot use is refused, saying why: a read-only one (QEMU refuses a
+     * read-only ide-hd at start).
+     */
+    @Test
+    void aReadOnlyNbdExportIsRefused() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            Path img = dir.resolve("e.raw");
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            d.call(
+                    "nbd.add",
+                    Map.of(
+                            "id",
+                            "exp",
+                            "image",
+                            img.toString(),
+                            "socket",
+                            dir.resolve("e.sock").toString(),
+                            "readonly",
+                            true));
+            RpcException e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", "exp")));
+            assertEquals(RpcException.INVALID_PARAMS, e.code(), e.getMessage());
+            assertTrue(e.getMessage().contains("is read-only") && e.getMessage().contains("blk.add"), e.getMessage());
         }
     }
 
