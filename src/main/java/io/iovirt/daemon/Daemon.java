@@ -355,6 +355,10 @@ public final class Daemon implements AutoCloseable {
 
     private volatile Reloader reloader;
 
+    /** A reload's answer when there is no file to re-read. */
+    static final String NO_CONFIG = "reload: the daemon was started without --config, so there is no file to re-read;"
+            + " restart it with --config FILE to manage devices from a file";
+
     void reloader(Reloader r) {
         this.reloader = r;
     }
@@ -363,7 +367,7 @@ public final class Daemon implements AutoCloseable {
     private Map<String, Object> reload(Params p) throws RpcException {
         Reloader r = reloader;
         if (r == null) {
-            throw new RpcException(RpcException.FAILED, "this daemon has no configuration file to re-read");
+            throw new RpcException(RpcException.FAILED, NO_CONFIG);
         }
         ConfigFile.Outcome out = r.reload();
         Map<String, Object> m = new LinkedHashMap<>();

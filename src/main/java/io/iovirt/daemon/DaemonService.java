@@ -155,10 +155,8 @@ public final class DaemonService {
 
     private static ConfigFile.Outcome reloadLocked(Options o, Daemon daemon) throws RpcException {
         if (o.config() == null) {
-            String msg = "reload: the daemon was started without --config, so there is no file to re-read; restart it"
-                    + " with --config FILE to manage devices from a file";
-            LOG.log(System.Logger.Level.INFO, msg);
-            throw new RpcException(RpcException.FAILED, msg);
+            LOG.log(System.Logger.Level.INFO, Daemon.NO_CONFIG);
+            throw new RpcException(RpcException.FAILED, Daemon.NO_CONFIG);
         }
         // Nothing a file holds may stop the daemon: a file that cannot be read changes nothing, and a failure while
         // applying one (a bug: each entry's own failure is already caught and reported) keeps the daemon serving.

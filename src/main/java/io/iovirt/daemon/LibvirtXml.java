@@ -10,11 +10,12 @@ import java.util.regex.Pattern;
 
 /**
  * libvirt domain XML for devices the daemon serves, so a libvirt-managed guest can use them:
- * {@code <disk type='vhostuser'>} for an export, {@code <interface type='vhostuser'>} for a vhost-user switch port,
- * an emulated e1000 on {@code -netdev stream} (QEMU command-line passthrough: libvirt 9.0 has no element for it) for
- * a stream port, and {@code <hostdev>} for a VFIO PCI function given by its address. vhost-user needs guest RAM that
- * the backend can map: {@code <memoryBacking>} with a memfd source and shared access, plus a NUMA cell with
- * {@code memAccess='shared'}.
+ * {@code <disk type='vhostuser'>} for a disk, a SATA {@code <disk type='network'>} (protocol nbd over its UNIX
+ * socket) for an NBD export, {@code <interface type='vhostuser'>} for a vhost-user switch port, an emulated e1000 on
+ * {@code -netdev stream} (QEMU command-line passthrough: libvirt 9.0 has no element for it) for a stream port, and
+ * {@code <hostdev>} for a VFIO PCI function given by its address. A TAP port is refused: it is the switch's uplink
+ * to the host, which the daemon holds. vhost-user needs guest RAM that the backend can map: {@code <memoryBacking>}
+ * with a memfd source and shared access, plus a NUMA cell with {@code memAccess='shared'}.
  */
 public final class LibvirtXml {
     private static final Pattern BDF =
@@ -34,9 +35,6 @@ public final class LibvirtXml {
     /** An emulated e1000 on {@code -netdev stream} (QEMU passthrough: libvirt 9.0 has no element for it). */
     public record StreamNic(String socket, long mac) implements Device {}
 
-    /** An unmanaged TAP interface. */
-    public record TapNic(String ifname) implements Device {}
-
     /** A raw image on QEMU's emulated AHCI ({@code <disk type='file'>}, SATA bus). */
     public record EmulatedDisk(String image, boolean readOnly) implements Device {}
 
@@ -50,7 +48,10 @@ public final class LibvirtXml {
     public record Domain(
             String name, long memoryMiB, int cpus, String kernel, String initrd, String cmdline, String console) {}
 
-    /** {@code id}: comma-separated disks, ports ({@code net/port} or a port id unique across switches) or PCI addresses. */
+    /**
+     * {@code id}: comma-separated disks, NBD exports, ports ({@code net/port} or a port id unique across switches) or
+     * PCI addresses.
+     */
     static Map<String, Object> forDevice(Daemon d, Params p) throws RpcException {
         String ids = p.string("id");
         String name = p.string("name", "iovirt-guest");
@@ -71,12 +72,30 @@ public final class LibvirtXml {
                         b.spec.socket().toString(), b.spec.queues(), b.image.readOnly(), b.spec.serial()));
                 continue;
             }
-            NetSwitch.PortSpec ps = findPort(d, id).spec();
+            NbdExportEntry nbd = d.locked(() -> d.nbdsLocked().get(id));
+            if (nbd != null) {
+                if (nbd.spec.readOnly()) { // QEMU 7.2 refuses it at start, as VmSpec.Disk says
+                    throw RpcException.params("libvirt-xml: NBD export '" + id + "' is read-only, and QEMU's"
+                            + " emulated SATA disk (ide-hd) cannot be: export the image writable, or serve it"
+                            + " read-only as a vhost-user disk (blk.add readonly=true)");
+                }
+                devices.add(new NbdDisk(nbd.spec.socket().toString(), nbd.spec.id(), false));
+                continue;
+            }
+            FoundPort port = findPort(d, id);
+            NetSwitch.PortSpec ps = port.entry().spec();
             devices.add(
                     switch (ps.kind()) {
                         case "vhost-user" -> new VhostUserNic(ps.path(), ps.queues(), ps.mac());
                         case "stream" -> new StreamNic(ps.path(), -1);
-                        default -> new TapNic(ps.path());
+                        // The daemon holds the TAP itself (single-queue: libvirt's open of it fails with EBUSY),
+                        // and a guest on it would reach the host's network stack, not the switch.
+                        default ->
+                            throw RpcException.params("libvirt-xml: port '" + port.net() + "/" + ps.id()
+                                    + "' is a TAP port, the switch's uplink to the host's network (interface "
+                                    + ps.path() + "), not a guest's NIC: give the guest a vhost-user port of the"
+                                    + " switch (net.port.add net=" + port.net() + " kind=vhost-user path=SOCKET)"
+                                    + " and pass that port's id");
                     });
         }
         String console = p.has("console") ? p.path("console").toString() : null;
@@ -284,13 +303,6 @@ public final class LibvirtXml {
                     qemuArgs.add("-device");
                     qemuArgs.add("e1000,netdev=" + nid + (s.mac() != -1 ? ",mac=" + Mac.toString(s.mac()) : ""));
                 }
-                case TapNic t ->
-                    dev.append("    <interface type='ethernet'>\n")
-                            .append("      <target dev='")
-                            .append(esc(t.ifname()))
-                            .append("' managed='no'/>\n")
-                            .append("      <model type='virtio'/>\n")
-                            .append("    </interface>\n");
             }
         }
         StringBuilder x = new StringBuilder();
@@ -360,32 +372,35 @@ public final class LibvirtXml {
         return x.toString();
     }
 
-    private static NetSwitch.PortEntry findPort(Daemon d, String id) throws RpcException {
-        return d.locked(() -> {
-                            int slash = id.indexOf('/');
-                            List<NetSwitch.PortEntry> found = new ArrayList<>();
-                            for (NetSwitch n : d.netsLocked().values()) {
-                                if (slash >= 0) {
-                                    if (n.spec.id().equals(id.substring(0, slash))
-                                            && n.ports.containsKey(id.substring(slash + 1))) {
-                                        found.add(n.ports.get(id.substring(slash + 1)));
-                                    }
-                                } else if (n.ports.containsKey(id)) {
-                                    found.add(n.ports.get(id));
-                                }
-                            }
-                            return found.size() == 1 ? found.get(0) : null;
-                        })
-                        instanceof NetSwitch.PortEntry e
-                ? e
-                : throwNotFound(id);
-    }
+    /** A switch port and the id of its switch. */
+    private record FoundPort(String net, NetSwitch.PortEntry entry) {}
 
-    private static NetSwitch.PortEntry throwNotFound(String id) throws RpcException {
+    /** {@code id}: NET/PORT, or a port id that only one switch has. */
+    private static FoundPort findPort(Daemon d, String id) throws RpcException {
+        int slash = id.indexOf('/');
+        String portId = id.substring(slash + 1);
+        List<FoundPort> found = d.locked(() -> {
+            List<FoundPort> f = new ArrayList<>();
+            for (NetSwitch n : d.netsLocked().values()) {
+                if ((slash < 0 || n.spec.id().equals(id.substring(0, slash))) && n.ports.containsKey(portId)) {
+                    f.add(new FoundPort(n.spec.id(), n.ports.get(portId)));
+                }
+            }
+            return f;
+        });
+        if (found.size() == 1) {
+            return found.getFirst();
+        }
+        if (found.size() > 1) {
+            throw RpcException.params("libvirt-xml: port '" + Params.printable(id) + "' is ambiguous: switches "
+                    + String.join(", ", found.stream().map(FoundPort::net).toList())
+                    + " each have one; name it as NET/PORT, e.g. "
+                    + found.getFirst().net() + "/" + portId);
+        }
         throw new RpcException(
                 RpcException.NOT_FOUND,
-                "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, a"
-                        + " switch port (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
+                "libvirt-xml: '" + Params.printable(id) + "' is neither a disk, an NBD export, a switch port"
+                        + " (NET/PORT, or a port id that only one switch has) nor a PCI address (0000:01:00.1)");
     }
 
     /**

@@ -81,13 +81,7 @@ public final class RawImage implements DiskImage {
         try {
             fd = openFileOrDevice(path, flags);
         } catch (LinuxException e) {
-            String hint = switch (e.errnoName()) {
-                case "ENOENT" -> "create it first, e.g. 'truncate -s 1G " + path + "'";
-                case "EACCES", "EPERM", "EROFS" ->
-                    readOnly ? "check its permissions" : "check its permissions or use --readonly";
-                case "EINVAL" -> direct ? "the file system does not support O_DIRECT: drop --direct" : "check the path";
-                default -> "check the path";
-            };
+            String hint = openHint(e, path, readOnly, direct);
             throw new IOException("cannot open image " + path + ": " + e.errnoName() + " (" + hint + ")", e);
         }
         try {
@@ -107,6 +101,32 @@ public final class RawImage implements DiskImage {
             fd.close();
             throw e;
         }
+    }
+
+    /**
+     * What to do about a failed open of image {@code path}, worded for the command line and the daemon alike (each
+     * has its own way to ask for read-only or O_DIRECT). The packaged systemd units sandbox the daemon: outside its
+     * ReadWritePaths= every file system is read-only to it (ProtectSystem=strict: EROFS), and PrivateDevices=yes
+     * leaves no block device in its /dev (ENOENT) — so neither errno means what it would in a shell.
+     */
+    private static String openHint(LinuxException e, Path path, boolean readOnly, boolean direct) {
+        boolean device = path.toAbsolutePath().normalize().startsWith("/dev");
+        return switch (e.errnoName()) {
+            case "ENOENT" ->
+                device
+                        ? "the device does not exist here: check the path; under the packaged systemd unit,"
+                                + " PrivateDevices=yes hides block devices: give the unit PrivateDevices=no and"
+                                + " DeviceAllow=" + path + " rw"
+                        : "create it first, e.g. 'truncate -s 1G " + path + "'";
+            case "EROFS" ->
+                "its file system is read-only to this process: open the image read-only, or make it writable;"
+                        + " under the packaged systemd unit (ProtectSystem=strict), add its directory to"
+                        + " ReadWritePaths=";
+            case "EACCES", "EPERM" -> readOnly ? "check its permissions" : "check its permissions or open it read-only";
+            case "EINVAL" ->
+                direct ? "the file system does not support O_DIRECT: open it without direct I/O" : "check the path";
+            default -> "check the path";
+        };
     }
 
     /**

@@ -119,6 +119,13 @@ class DaemonApiTest {
         assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(server.path())));
     }
 
+    /** A reload with no file to re-read says how to have one (it said only that there was none). */
+    @Test
+    void aReloadWithoutAConfigurationFileSaysHowToHaveOne() {
+        String m = bad(RpcException.FAILED, "reload").getMessage();
+        assertTrue(m.contains("started without --config") && m.contains("with --config FILE"), m);
+    }
+
     /**
      * A remove names what is not there, by kind: the entries there are, or the method that adds one; and a reload's
      * remove of an entry that was removed and added again through the API meanwhile is refused, naming it.

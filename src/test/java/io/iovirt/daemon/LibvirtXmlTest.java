@@ -2,9 +2,11 @@
 package io.iovirt.daemon;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.DaemonCalls;
+import io.iovirt.testing.Require;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -71,7 +73,13 @@ class LibvirtXmlTest {
                             "mac",
                             "52:54:00:aa:bb:cc"));
             DaemonCalls.portAdd(d, "sw", "fv", "stream", dir.resolve("fv.sock"));
-            for (String id : new String[] {"disk", "pv", "sw/fv", "01:00.1", "disk,pv,fv,0000:3b:02.7"}) {
+            Path nbdImg = dir.resolve("e.raw");
+            try (RandomAccessFile f = new RandomAccessFile(nbdImg.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            Path nbdSock = dir.resolve("e.sock");
+            d.call("nbd.add", Map.of("id", "exp", "image", nbdImg.toString(), "socket", nbdSock.toString()));
+            for (String id : new String[] {"disk", "exp", "pv", "sw/fv", "01:00.1", "disk,exp,pv,fv,0000:3b:02.7"}) {
                 String xml = (String) ((Map<?, ?>) d.call(
                                 "libvirt-xml",
                                 Map.of(
@@ -87,7 +95,88 @@ class LibvirtXmlTest {
                 validate(dir, xml);
                 assertTrue(xml.contains("memAccess='shared'"), xml);
                 assertTrue(xml.contains("console=ttyS0 &lt;&amp;&gt;"), xml);
+                if (id.contains("exp")) {
+                    assertTrue(
+                            xml.contains("<source protocol='nbd' name='exp'>\n        <host transport='unix' socket='"
+                                    + nbdSock + "'/>"),
+                            xml);
+                }
             }
+        }
+    }
+
+    /**
+     * An NBD export QEMU's emulated SATA disk cannot use is refused, saying why: a read-only one (QEMU refuses a
+     * read-only ide-hd at start).
+     */
+    @Test
+    void aReadOnlyNbdExportIsRefused() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            Path img = dir.resolve("e.raw");
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.setLength(1 << 20);
+            }
+            d.call(
+                    "nbd.add",
+                    Map.of(
+                            "id",
+                            "exp",
+                            "image",
+                            img.toString(),
+                            "socket",
+                            dir.resolve("e.sock").toString(),
+                            "readonly",
+                            true));
+            RpcException e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", "exp")));
+            assertEquals(RpcException.INVALID_PARAMS, e.code(), e.getMessage());
+            assertTrue(e.getMessage().contains("is read-only") && e.getMessage().contains("blk.add"), e.getMessage());
+        }
+    }
+
+    /**
+     * A TAP port is the switch's uplink to the host's network, held by the daemon: refused, naming what to use
+     * instead. It was written as {@code <interface type='ethernet'>} on that TAP, which libvirt cannot open (the
+     * daemon holds its one queue: EBUSY) and which would connect a guest to the host, not to the switch. A real TAP.
+     */
+    @Test
+    void aTapPortIsRefusedAsTheSwitchsUplink() throws Exception {
+        Require.that(Files.exists(Path.of("/dev/net/tun")), "/dev/net/tun is missing (modprobe tun)");
+        String ifname = "iovx" + (ProcessHandle.current().pid() % 100000);
+        try (Daemon d = new Daemon(null)) {
+            d.call("net.add", Map.of("id", "sw"));
+            try {
+                d.call("net.port.add", Map.of("net", "sw", "id", "up", "kind", "tap", "ifname", ifname));
+            } catch (RpcException e) {
+                Require.that(false, "cannot create a TAP interface here (needs CAP_NET_ADMIN): " + e.getMessage());
+            }
+            for (String id : List.of("up", "sw/up")) {
+                RpcException e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", id)));
+                assertEquals(RpcException.INVALID_PARAMS, e.code(), e.getMessage());
+                assertTrue(
+                        e.getMessage().contains("'sw/up' is a TAP port, the switch's uplink")
+                                && e.getMessage().contains("vhost-user port"),
+                        e.getMessage());
+            }
+        }
+    }
+
+    /** A port id two switches have is ambiguous, not missing: the answer says to name it as NET/PORT. */
+    @Test
+    void aPortIdTwoSwitchesHaveIsAmbiguous() throws Exception {
+        try (Daemon d = new Daemon(null)) {
+            for (String net : List.of("a", "b")) {
+                d.call("net.add", Map.of("id", net));
+                DaemonCalls.portAdd(d, net, "p", "stream", dir.resolve(net + ".sock"));
+            }
+            RpcException e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", "p")));
+            assertEquals(RpcException.INVALID_PARAMS, e.code(), e.getMessage());
+            assertTrue(
+                    e.getMessage().contains("'p' is ambiguous: switches a, b")
+                            && e.getMessage().contains("NET/PORT"),
+                    e.getMessage());
+            validate(dir, (String) ((Map<?, ?>) d.call("libvirt-xml", Map.of("id", "b/p"))).get("xml"));
+            e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", "q")));
+            assertEquals(RpcException.NOT_FOUND, e.code(), e.getMessage());
         }
     }
 

@@ -10,6 +10,7 @@ import io.iovirt.linux.Errno;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.qcow2.QemuTools;
 import io.iovirt.testing.Require;
 import java.io.IOException;
 import java.io.RandomAccessFile;
@@ -222,5 +223,47 @@ class RawImageTest {
     void missingImageSaysHowToCreateIt() {
         IOException e = assertThrows(IOException.class, () -> RawImage.open(dir.resolve("nope.raw"), false, false));
         assertTrue(e.getMessage().contains("truncate -s"), e.getMessage());
+    }
+
+    /**
+     * A missing path under /dev is a device that is not there (or that the packaged unit's PrivateDevices=yes hides),
+     * not a file to create: no truncate advice (it said "create it first, e.g. 'truncate -s 1G /dev/...'").
+     */
+    @Test
+    void aMissingDeviceSaysWhatHidesIt() {
+        Path dev = Path.of("/dev/iovirt-missing-" + ProcessHandle.current().pid());
+        IOException e = assertThrows(IOException.class, () -> RawImage.open(dev, false, false));
+        assertTrue(e.getMessage().contains("ENOENT"), e.getMessage());
+        assertTrue(
+                e.getMessage().contains("PrivateDevices=yes") && !e.getMessage().contains("truncate"), e.getMessage());
+    }
+
+    /**
+     * EROFS is a read-only file system, not a permission (under the packaged unit's ProtectSystem=strict, anything
+     * outside ReadWritePaths=): the answer says so, and names no command-line option, since the daemon opens images
+     * too (it said "check its permissions or use --readonly"). A real read-only mount: a tmpfs remounted ro (root).
+     */
+    @Test
+    void anImageOnAReadOnlyFileSystemSaysSo() throws Exception {
+        Path ro = Files.createDirectory(dir.resolve("ro"));
+        QemuTools.Result mount = QemuTools.run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", ro.toString());
+        Require.that(
+                mount.exit() == 0, "mounting a tmpfs (root): " + mount.output().trim());
+        try {
+            Path img = ro.resolve("disk.raw");
+            Files.write(img, new byte[4096]);
+            QemuTools.ok("mount", "-o", "remount,ro", ro.toString());
+            IOException e = assertThrows(IOException.class, () -> RawImage.open(img, false, false));
+            assertTrue(e.getMessage().contains("EROFS"), e.getMessage());
+            assertTrue(
+                    e.getMessage().contains("ReadWritePaths=")
+                            && !e.getMessage().contains("--readonly"),
+                    e.getMessage());
+            try (RawImage readable = RawImage.open(img, true, false)) {
+                assertEquals(4096, readable.size(), "read-only, it opens");
+            }
+        } finally {
+            QemuTools.run("umount", ro.toString());
+        }
     }
 }
