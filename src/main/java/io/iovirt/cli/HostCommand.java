@@ -83,7 +83,8 @@ public final class HostCommand implements Runnable {
         @Option(
                 names = "--state-dir",
                 paramLabel = "DIR",
-                description = "where assignments and remembered drivers are kept (default: /var/lib/iovirt)")
+                description = "where assignments and remembered drivers are kept (default: "
+                        + HostPaths.DEFAULT_STATE_DIR_NAME + ")")
         Path stateDir = HostPaths.DEFAULT_STATE_DIR;
 
         @Option(

@@ -138,7 +138,7 @@ final class VmCommand implements Runnable {
         @Option(
                 names = "--state-dir",
                 paramLabel = "DIR",
-                description = "Assignment registry (default /var/lib/iovirt).")
+                description = "Assignment registry (default " + HostPaths.DEFAULT_STATE_DIR_NAME + ").")
         Path stateDir;
 
         @Option(

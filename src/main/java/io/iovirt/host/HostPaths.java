@@ -9,14 +9,21 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * Where the host's kernel interfaces and iovirt's state live. On a real host /sys, /proc, /dev and /var/lib/iovirt;
- * in tests, fixture trees under a temporary directory.
+ * Where the host's kernel interfaces and iovirt's state live. On a real host /sys, /proc, /dev and
+ * /var/lib/iovirt-host; in tests, fixture trees under a temporary directory.
  *
  * @param pciIds the pci.ids database, or null when none is installed (names are then omitted)
  * @param binPath directories searched for QEMU (the PATH)
  */
 public record HostPaths(Path sysRoot, Path procRoot, Path devRoot, Path stateDir, Path pciIds, List<Path> binPath) {
-    public static final Path DEFAULT_STATE_DIR = Path.of("/var/lib/iovirt");
+    /**
+     * The default state directory of the root host commands (assignments, remembered drivers): their own, not the
+     * services' /var/lib/iovirt, which systemd gives to the units' User=iovirt (StateDirectory=iovirt) at each start
+     * and {@link StateStore} would then refuse to root. A constant, for the options' help texts.
+     */
+    public static final String DEFAULT_STATE_DIR_NAME = "/var/lib/iovirt-host";
+
+    public static final Path DEFAULT_STATE_DIR = Path.of(DEFAULT_STATE_DIR_NAME);
     static final List<Path> PCI_IDS_LOCATIONS = List.of(
             Path.of("/usr/share/misc/pci.ids"), Path.of("/usr/share/hwdata/pci.ids"), Path.of("/usr/share/pci.ids"));
 

@@ -322,8 +322,11 @@ public final class StateStore {
                 throw new HostConfigException(
                         "the state directory " + dir + " belongs to uid " + uid + ", not to us (uid "
                                 + SocketAccess.ownUid() + "): its tables decide which drivers iovirt binds",
-                        "run iovirt as uid " + uid + ", or chown it to uid " + SocketAccess.ownUid()
-                                + " and chmod 0700 (if you trust its contents), or choose another with --state-dir");
+                        "use a directory of your own with --state-dir (never a service's StateDirectory= such as"
+                                + " /var/lib/iovirt: systemd gives that to the unit's User= at every start; the host"
+                                + " commands' default is " + HostPaths.DEFAULT_STATE_DIR_NAME + "), or run iovirt as"
+                                + " uid " + uid + ", or chown it to uid " + SocketAccess.ownUid()
+                                + " and chmod 0700 (if you trust its contents)");
             }
             if (mode.stream().anyMatch(WRITABLE_BY_OTHERS::contains)) {
                 throw new HostConfigException(

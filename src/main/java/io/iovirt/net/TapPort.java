@@ -78,6 +78,14 @@ public final class TapPort extends Port {
                                     + " — run as root or with CAP_NET_ADMIN",
                             e);
                 }
+                if (e.errno() == Errno.ENOENT || e.errno() == Errno.ENODEV) {
+                    throw new IOException(
+                            "cannot open TAP interface " + ifname + ": " + e.getMessage()
+                                    + " — /dev/net/tun is missing or has no driver: load the tun module (modprobe"
+                                    + " tun); under systemd, PrivateDevices=yes hides it: set PrivateDevices=no and"
+                                    + " DeviceAllow=/dev/net/tun rw (systemctl edit iovirt)",
+                            e);
+                }
                 if (e.errno() == Errno.EBUSY) {
                     throw new IOException(
                             "TAP interface " + ifname + " is in use by another process: " + e.getMessage(), e);

@@ -41,7 +41,9 @@ public final class AssignmentRegistry {
         return store;
     }
 
-    /** Checks a VM name: letters, digits and _.+:@- (no blanks), at most 64 characters. */
+    /**
+     * Checks a VM name: letters, digits and _.+:@- (no blanks), the first a letter or digit, at most 64 characters.
+     */
     public static String checkVmName(String vm) {
         if (vm == null || !VM_NAME.matcher(vm).matches()) {
             throw new HostConfigException(
