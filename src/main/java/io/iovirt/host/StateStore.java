@@ -63,10 +63,25 @@ public final class StateStore {
     private static final Set<PosixFilePermission> WRITABLE_BY_OTHERS =
             EnumSet.of(PosixFilePermission.GROUP_WRITE, PosixFilePermission.OTHERS_WRITE);
 
+    /** Where the root host commands kept their tables until they had {@link HostPaths#DEFAULT_STATE_DIR}. */
+    static final Path LEGACY_DIR = Path.of("/var/lib/iovirt");
+    /** The host commands' tables (assignments, remembered drivers): what an upgrade brings from the legacy place. */
+    static final List<String> HOST_TABLES = List.of("assignments", "drivers");
+    /** State directories this JVM has brought the legacy tables into (once per process, under the lock). */
+    private static final Set<Path> ADOPTED = ConcurrentHashMap.newKeySet();
+
     private final Path dir;
+    /** Where tables of an older version may still be, or null. */
+    private final Path legacyDir;
 
     public StateStore(Path dir) {
+        this(dir, dir.toAbsolutePath().normalize().equals(HostPaths.DEFAULT_STATE_DIR) ? LEGACY_DIR : null);
+    }
+
+    /** A store that first moves the host tables an older version left in {@code legacyDir} (null: none) into it. */
+    StateStore(Path dir, Path legacyDir) {
         this.dir = dir.toAbsolutePath().normalize();
+        this.legacyDir = legacyDir;
     }
 
     public Path dir() {
@@ -307,6 +322,68 @@ public final class StateStore {
      * use, not once: another process may have changed it since.
      */
     private void ensureDir() {
+        checkDir();
+        if (legacyDir != null && ADOPTED.add(dir)) {
+            try {
+                locked(() -> {
+                    adoptLegacyTables();
+                    return null;
+                });
+            } catch (RuntimeException e) {
+                ADOPTED.remove(dir);
+                throw e;
+            }
+        }
+    }
+
+    /**
+     * Moves the host tables an older version kept in {@link #legacyDir} (systemd now gives that directory to the
+     * services' user at each start) into this directory, with the lock held: an upgraded host keeps its assignments
+     * (a device owned by a VM must not look free) and remembered drivers. A table there that is not ours alone (the
+     * services' user owns what systemd re-owned) or that this directory has too is not moved: the command stops and
+     * says what to check and do, rather than go on without it.
+     */
+    private void adoptLegacyTables() {
+        for (String name : HOST_TABLES) {
+            Path old = legacyDir.resolve(name);
+            Path target = dir.resolve(name);
+            try {
+                if (!Files.exists(old, LinkOption.NOFOLLOW_LINKS)) {
+                    continue;
+                }
+                String how = "the host commands kept their tables in " + legacyDir + " before they had " + dir;
+                if (Files.exists(target, LinkOption.NOFOLLOW_LINKS)) {
+                    throw new HostConfigException(
+                            "the table " + name + " is in both " + old + " and " + target + " (" + how + ")",
+                            "compare them, keep the current one as " + target + " and remove " + old);
+                }
+                int uid = (Integer) Files.getAttribute(old, "unix:uid", LinkOption.NOFOLLOW_LINKS);
+                Set<PosixFilePermission> mode = Files.getPosixFilePermissions(old, LinkOption.NOFOLLOW_LINKS);
+                if (!Files.isRegularFile(old, LinkOption.NOFOLLOW_LINKS)
+                        || uid != SocketAccess.ownUid()
+                        || mode.stream().anyMatch(WRITABLE_BY_OTHERS::contains)) {
+                    throw new HostConfigException(
+                            old + " is not ours alone to move (uid " + uid + ", mode "
+                                    + PosixFilePermissions.toString(mode) + "): " + how + ", and systemd gives "
+                                    + legacyDir + " to the services' user at each start",
+                            "check its rows, then chown " + SocketAccess.ownUid() + " " + old + ", chmod 0600 " + old
+                                    + " and mv " + old + " " + target);
+                }
+                Files.move(old, target, StandardCopyOption.ATOMIC_MOVE);
+                syncDir(dir);
+                syncDir(legacyDir);
+                LOG.log(System.Logger.Level.INFO, "moved " + old + " to " + target + " (" + how + ")");
+            } catch (IOException e) {
+                throw new HostConfigException(
+                        "cannot move " + old + " to " + target + ": " + SysfsTree.reason(e),
+                        "move it by hand (mv " + old + " " + target + ")",
+                        e);
+            }
+        }
+    }
+
+    /** {@link #ensureDir} without the legacy tables. */
+    private void checkDir() {
         try {
             if (!Files.exists(dir)) {
                 create();

@@ -164,4 +164,70 @@ class StateStoreAccessTest {
         assertTrue(e.getMessage().contains("belongs to uid 65534, not to us (uid 0)"), e.getMessage());
         assertTrue(e.remedy().contains("run iovirt as uid 65534"), e.remedy());
     }
+
+    /**
+     * An upgraded host keeps its host tables: those the root host commands kept in the services' directory (the
+     * legacy place) move into their own directory on first use, and the assignments read there are the old ones.
+     */
+    @Test
+    void theTablesAnOlderVersionLeftAreMovedIntoTheDirectoryOnFirstUse() throws Exception {
+        assertEquals(
+                List.of(io.iovirt.host.assign.AssignmentRegistry.TABLE, io.iovirt.host.binding.DriverBinding.TABLE),
+                StateStore.HOST_TABLES);
+        Path legacy = tmp.resolve("legacy");
+        StateStore old = new StateStore(legacy, null);
+        old.locked(() -> {
+            old.write("assignments", List.<String[]>of(new String[] {"0000:03:10.0", "vm1", "2026-12-01T00:00:00Z"}));
+            return null;
+        });
+        Path dir = tmp.resolve("host");
+        List<String[]> rows = new StateStore(dir, legacy).read("assignments");
+        assertEquals(1, rows.size());
+        assertEquals("vm1", rows.get(0)[1]);
+        assertTrue(Files.exists(dir.resolve("assignments")));
+        assertTrue(!Files.exists(legacy.resolve("assignments")), "moved, not copied");
+        assertEquals("rw-------", mode(dir.resolve("assignments")));
+    }
+
+    /**
+     * A legacy table someone else owns (systemd re-owns the services' directory to their user at each start) is not
+     * taken as ours: the command stops and says what to check and do; once that is done, it is moved.
+     */
+    @Test
+    void aLegacyTableNotOursAloneStopsTheCommandWithTheRemedy() throws Exception {
+        Require.that(io.iovirt.linux.SocketAccess.ownUid() == 0, "root, to give a file another owner");
+        Path legacy = tmp.resolve("legacy2");
+        StateStore old = new StateStore(legacy, null);
+        old.locked(() -> {
+            old.write("drivers", rows());
+            return null;
+        });
+        Path table = legacy.resolve("drivers");
+        Files.setAttribute(table, "unix:uid", 64123);
+        Path dir = tmp.resolve("host2");
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> new StateStore(dir, legacy).read("drivers"));
+        assertTrue(e.getMessage().contains("not ours alone"), e.getMessage());
+        assertTrue(Files.exists(table), "left where it was");
+        Files.setAttribute(table, "unix:uid", 0);
+        assertEquals(1, new StateStore(dir, legacy).read("drivers").size(), "moved once it is ours");
+    }
+
+    /** A table both places have is left to the administrator: the command stops and says which to keep. */
+    @Test
+    void aTableInBothPlacesStopsTheCommand() throws Exception {
+        Path legacy = tmp.resolve("legacy3");
+        Path dir = tmp.resolve("host3");
+        for (Path d : List.of(legacy, dir)) {
+            StateStore s = new StateStore(d, null);
+            s.locked(() -> {
+                s.write("drivers", rows());
+                return null;
+            });
+        }
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> new StateStore(dir, legacy).read("drivers"));
+        assertTrue(e.getMessage().contains("in both"), e.getMessage());
+        assertTrue(Files.exists(legacy.resolve("drivers")) && Files.exists(dir.resolve("drivers")), "both left");
+    }
 }

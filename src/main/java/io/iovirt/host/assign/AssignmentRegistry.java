@@ -22,7 +22,7 @@ import java.util.regex.Pattern;
  * serialized by the state directory's lock and survive a crash mid-write (see {@link StateStore}).
  */
 public final class AssignmentRegistry {
-    static final String TABLE = "assignments";
+    public static final String TABLE = "assignments";
     private static final Pattern VM_NAME = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_.+:@-]{0,63}");
 
     /** One entry: {@code bdf} belongs to {@code vm} since {@code since}. */
