@@ -75,7 +75,9 @@ public final class TapPort extends Port {
                 if (e.errno() == Errno.EPERM || e.errno() == Errno.EACCES) {
                     throw new IOException(
                             "cannot open TAP interface " + ifname + ": " + e.getMessage()
-                                    + " — run as root or with CAP_NET_ADMIN",
+                                    + " — run as root or with CAP_NET_ADMIN; under systemd, a unit with device rules"
+                                    + " (DeviceAllow=, or ProtectClock=yes, which implies one) also needs"
+                                    + " DeviceAllow=/dev/net/tun rw (systemctl edit iovirt)",
                             e);
                 }
                 if (e.errno() == Errno.ENOENT || e.errno() == Errno.ENODEV) {

@@ -107,22 +107,33 @@ public final class RawImage implements DiskImage {
      * What to do about a failed open of image {@code path}, worded for the command line and the daemon alike (each
      * has its own way to ask for read-only or O_DIRECT). The packaged systemd units sandbox the daemon: outside its
      * ReadWritePaths= every file system is read-only to it (ProtectSystem=strict: EROFS), and PrivateDevices=yes
-     * leaves no block device in its /dev (ENOENT) — so neither errno means what it would in a shell.
+     * leaves no block device in its /dev (ENOENT), PrivateTmp=yes gives it a /tmp of its own (ENOENT) and
+     * ProtectHome=yes makes /home, /root and /run/user inaccessible (EACCES) — so none of these errnos means what it
+     * would in a shell.
      */
     private static String openHint(LinuxException e, Path path, boolean readOnly, boolean direct) {
-        boolean device = path.toAbsolutePath().normalize().startsWith("/dev");
+        Path abs = path.toAbsolutePath().normalize();
+        boolean device = abs.startsWith("/dev");
+        String unit = abs.startsWith("/tmp") || abs.startsWith("/var/tmp")
+                ? "; under the packaged systemd unit, PrivateTmp=yes gives the daemon a /tmp and /var/tmp of its"
+                        + " own: keep images in its ReadWritePaths= (/var/lib/iovirt)"
+                : abs.startsWith("/home") || abs.startsWith("/root") || abs.startsWith("/run/user")
+                        ? "; under the packaged systemd unit, ProtectHome=yes makes this directory inaccessible: keep"
+                                + " images in its ReadWritePaths= (/var/lib/iovirt)"
+                        : "";
         return switch (e.errnoName()) {
             case "ENOENT" ->
                 device
                         ? "the device does not exist here: check the path; under the packaged systemd unit,"
                                 + " PrivateDevices=yes hides block devices: give the unit PrivateDevices=no and"
                                 + " DeviceAllow=" + path + " rw"
-                        : "create it first, e.g. 'truncate -s 1G " + path + "'";
+                        : "create it first, e.g. 'truncate -s 1G " + path + "'" + unit;
             case "EROFS" ->
                 "its file system is read-only to this process: open the image read-only, or make it writable;"
                         + " under the packaged systemd unit (ProtectSystem=strict), add its directory to"
                         + " ReadWritePaths=";
-            case "EACCES", "EPERM" -> readOnly ? "check its permissions" : "check its permissions or open it read-only";
+            case "EACCES", "EPERM" ->
+                (readOnly ? "check its permissions" : "check its permissions or open it read-only") + unit;
             case "EINVAL" ->
                 direct ? "the file system does not support O_DIRECT: open it without direct I/O" : "check the path";
             default -> "check the path";

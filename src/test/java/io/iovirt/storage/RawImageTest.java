@@ -239,6 +239,18 @@ class RawImageTest {
     }
 
     /**
+     * A missing image under /tmp may only be missing from the daemon's view: the packaged unit's PrivateTmp=yes gives
+     * it a /tmp of its own, and the answer says so beside the truncate advice (which, in the host's /tmp, would not
+     * help the daemon).
+     */
+    @Test
+    void aMissingImageUnderTmpNamesTheUnitsPrivateTmp() {
+        Path missing = Path.of("/tmp/iovirt-missing-" + ProcessHandle.current().pid() + ".raw");
+        IOException e = assertThrows(IOException.class, () -> RawImage.open(missing, false, false));
+        assertTrue(e.getMessage().contains("PrivateTmp=yes"), e.getMessage());
+    }
+
+    /**
      * EROFS is a read-only file system, not a permission (under the packaged unit's ProtectSystem=strict, anything
      * outside ReadWritePaths=): the answer says so, and names no command-line option, since the daemon opens images
      * too (it said "check its permissions or use --readonly"). A real read-only mount: a tmpfs remounted ro (root).
