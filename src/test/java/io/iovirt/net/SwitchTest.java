@@ -550,6 +550,16 @@ class SwitchTest {
         return f;
     }
 
+    /** Runs {@code action} on a thread of its own; the latch opens when it has returned. */
+    private static java.util.concurrent.CountDownLatch onThread(Runnable action) {
+        java.util.concurrent.CountDownLatch done = new java.util.concurrent.CountDownLatch(1);
+        Thread.ofPlatform().daemon().start(() -> {
+            action.run();
+            done.countDown();
+        });
+        return done;
+    }
+
     /**
      * A port's start runs outside the switch's lock: while one port is slow to start, another port is added and
      * another removed (a tenant's socket path on a file system that does not answer holds up no other tenant).
@@ -568,11 +578,7 @@ class SwitchTest {
                     IllegalArgumentException.class,
                     () -> sw.addPort(new TestPort("slow")),
                     "the starting port's name is taken");
-            java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
-            Thread.ofPlatform().daemon().start(() -> {
-                sw.removePort(pb);
-                removed.countDown();
-            });
+            java.util.concurrent.CountDownLatch removed = onThread(() -> sw.removePort(pb));
             assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS), "another port was removed meanwhile");
             assertFalse(added.isDone(), "the slow port is still starting");
             slow.mayStart.countDown();
@@ -624,11 +630,7 @@ class SwitchTest {
         try {
             java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
             assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
-            java.util.concurrent.CountDownLatch closed = new java.util.concurrent.CountDownLatch(1);
-            Thread.ofPlatform().daemon().start(() -> {
-                sw.close();
-                closed.countDown();
-            });
+            java.util.concurrent.CountDownLatch closed = onThread(sw::close);
             Await.until(java.time.Duration.ofSeconds(20), "the other ports closed", () -> !pa.link && !pc.link);
             assertEquals(1, closed.getCount(), "the switch's close waits for the port that is starting");
             assertTrue(slow.link, "not closed while it starts");
