@@ -69,6 +69,8 @@ public final class StateStore {
     static final List<String> HOST_TABLES = List.of("assignments", "drivers");
     /** State directories this JVM has brought the legacy tables into (once per process, under the lock). */
     private static final Set<Path> ADOPTED = ConcurrentHashMap.newKeySet();
+    /** This thread is adopting (its {@link #locked} calls {@link #ensureDir} again). */
+    private static final ThreadLocal<Boolean> ADOPTING = ThreadLocal.withInitial(() -> false);
 
     private final Path dir;
     /** Where tables of an older version may still be, or null. */
@@ -199,6 +201,11 @@ public final class StateStore {
     /** The rows of a table (each split on single spaces); empty when it was never written. */
     public List<String[]> read(String name) {
         ensureDir();
+        return readTable(name);
+    }
+
+    /** {@link #read} without the directory's checks: the table file's own (ours alone, the format). */
+    private List<String[]> readTable(String name) {
         Path file = dir.resolve(name);
         byte[] data;
         try {
@@ -323,63 +330,106 @@ public final class StateStore {
      */
     private void ensureDir() {
         checkDir();
-        if (legacyDir != null && ADOPTED.add(dir)) {
+        if (legacyDir != null && !ADOPTED.contains(dir) && !ADOPTING.get()) {
+            ADOPTING.set(true); // the lock's own ensureDir, on this thread, must not adopt again
             try {
                 locked(() -> {
                     adoptLegacyTables();
                     return null;
                 });
-            } catch (RuntimeException e) {
-                ADOPTED.remove(dir);
-                throw e;
+                ADOPTED.add(dir); // only now: another thread of this JVM adopts (or finds nothing) under the lock
+            } finally {
+                ADOPTING.set(false);
             }
         }
     }
 
     /**
-     * Moves the host tables an older version kept in {@link #legacyDir} (systemd now gives that directory to the
-     * services' user at each start) into this directory, with the lock held: an upgraded host keeps its assignments
-     * (a device owned by a VM must not look free) and remembered drivers. A table there that is not ours alone (the
-     * services' user owns what systemd re-owned) or that this directory has too is not moved: the command stops and
-     * says what to check and do, rather than go on without it.
+     * Brings the host tables an older version kept in {@link #legacyDir} (systemd now gives that directory to the
+     * services' user at each start) into this directory, with this directory's lock held and, when the older
+     * version's lock file is there, that lock too (a command of the older version still running must not find the
+     * table gone and start a new one): an upgraded host keeps its assignments (a device owned by a VM must not look
+     * free) and remembered drivers. Each table is read as a table — ours alone, the format's header and trailer — and
+     * written here atomically and durably before the old file is removed, so another file system, a crash between
+     * the two steps (the same rows both places: the old file is removed) or a file that is no table of ours (left
+     * where it is, the command stops) loses nothing. A table both places have with different rows is left to the
+     * administrator: the command stops and says what to check and do.
      */
     private void adoptLegacyTables() {
+        StateStore legacy = new StateStore(legacyDir, null);
         for (String name : HOST_TABLES) {
             Path old = legacyDir.resolve(name);
+            if (!Files.exists(old, LinkOption.NOFOLLOW_LINKS)) {
+                continue;
+            }
             Path target = dir.resolve(name);
+            String how = "older versions of the host commands kept their tables in " + legacyDir + ", now in " + dir;
+            List<String[]> rows;
             try {
-                if (!Files.exists(old, LinkOption.NOFOLLOW_LINKS)) {
-                    continue;
-                }
-                String how = "the host commands kept their tables in " + legacyDir + " before they had " + dir;
-                if (Files.exists(target, LinkOption.NOFOLLOW_LINKS)) {
-                    throw new HostConfigException(
-                            "the table " + name + " is in both " + old + " and " + target + " (" + how + ")",
-                            "compare them, keep the current one as " + target + " and remove " + old);
-                }
-                int uid = (Integer) Files.getAttribute(old, "unix:uid", LinkOption.NOFOLLOW_LINKS);
-                Set<PosixFilePermission> mode = Files.getPosixFilePermissions(old, LinkOption.NOFOLLOW_LINKS);
-                if (!Files.isRegularFile(old, LinkOption.NOFOLLOW_LINKS)
-                        || uid != SocketAccess.ownUid()
-                        || mode.stream().anyMatch(WRITABLE_BY_OTHERS::contains)) {
-                    throw new HostConfigException(
-                            old + " is not ours alone to move (uid " + uid + ", mode "
-                                    + PosixFilePermissions.toString(mode) + "): " + how + ", and systemd gives "
-                                    + legacyDir + " to the services' user at each start",
-                            "check its rows, then chown " + SocketAccess.ownUid() + " " + old + ", chmod 0600 " + old
-                                    + " and mv " + old + " " + target);
-                }
-                Files.move(old, target, StandardCopyOption.ATOMIC_MOVE);
-                syncDir(dir);
-                syncDir(legacyDir);
-                LOG.log(System.Logger.Level.INFO, "moved " + old + " to " + target + " (" + how + ")");
-            } catch (IOException e) {
+                rows = legacy.lockedIfPresent(() -> legacy.readTable(name));
+            } catch (HostConfigException e) {
                 throw new HostConfigException(
-                        "cannot move " + old + " to " + target + ": " + SysfsTree.reason(e),
-                        "move it by hand (mv " + old + " " + target + ")",
+                        "cannot bring " + old + " into " + dir + " (" + how + "): " + e.problem(),
+                        e.remedy() + "; then run the command again, or move the table by hand (chown 0 " + old
+                                + ", chmod 0600 " + old + ", mv " + old + " " + target + ")",
                         e);
             }
+            List<String[]> here = readTable(name);
+            if (Files.exists(target, LinkOption.NOFOLLOW_LINKS) && !sameRows(here, rows)) {
+                throw new HostConfigException(
+                        "the table " + name + " is in both " + old + " and " + target + ", with other rows (" + how
+                                + ")",
+                        "compare them, keep the current one as " + target + " and remove " + old);
+            }
+            if (!Files.exists(target, LinkOption.NOFOLLOW_LINKS)) {
+                write(name, rows);
+            }
+            try {
+                Files.delete(old);
+                syncDir(legacyDir);
+            } catch (IOException e) {
+                throw new HostConfigException(
+                        "copied " + old + " to " + target + " but cannot remove it: " + SysfsTree.reason(e),
+                        "remove " + old + " (" + target + " has its rows)",
+                        e);
+            }
+            LOG.log(System.Logger.Level.INFO, "moved " + old + " to " + target + " (" + how + ")");
         }
+    }
+
+    /** Runs {@code action} holding this directory's lock file when there is one of ours, else without it. */
+    private <T> T lockedIfPresent(Supplier<T> action) {
+        Path lockFile = dir.resolve("lock");
+        try {
+            boolean ours;
+            try {
+                ours = checkOwned(lockFile, true);
+            } catch (HostConfigException e) {
+                ours = false; // re-owned (systemd): an older version's command refuses that lock file, so runs none
+            }
+            if (!ours) {
+                return action.get();
+            }
+            try (FileChannel ch = FileChannel.open(
+                            lockFile, Set.<OpenOption>of(StandardOpenOption.WRITE, LinkOption.NOFOLLOW_LINKS));
+                    FileLock ignored = lock(ch, lockFile)) {
+                return action.get();
+            }
+        } catch (IOException e) {
+            throw new HostConfigException("cannot lock " + lockFile + ": " + SysfsTree.reason(e), remedy(e), e);
+        }
+    }
+
+    private static boolean sameRows(List<String[]> a, List<String[]> b) {
+        if (a.size() != b.size()) {
+            return false;
+        }
+        for (int i = 0; i < a.size(); i++) {
+            if (!java.util.Arrays.equals(a.get(i), b.get(i))) {
+                return false;
+            }
+        }
+        return true;
     }
 
     /** {@link #ensureDir} without the legacy tables. */

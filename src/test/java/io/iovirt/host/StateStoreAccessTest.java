@@ -207,27 +207,53 @@ class StateStoreAccessTest {
         Path dir = tmp.resolve("host2");
         HostConfigException e =
                 assertThrows(HostConfigException.class, () -> new StateStore(dir, legacy).read("drivers"));
-        assertTrue(e.getMessage().contains("not ours alone"), e.getMessage());
+        assertTrue(
+                e.getMessage().contains("belongs to uid 64123")
+                        && e.getMessage().contains("mv "),
+                e.getMessage());
         assertTrue(Files.exists(table), "left where it was");
         Files.setAttribute(table, "unix:uid", 0);
         assertEquals(1, new StateStore(dir, legacy).read("drivers").size(), "moved once it is ours");
     }
 
-    /** A table both places have is left to the administrator: the command stops and says which to keep. */
+    /**
+     * A table both places have with other rows is left to the administrator: the command stops and says which to
+     * keep. With the same rows (a crash between the copy and the removal), the old file is removed.
+     */
     @Test
-    void aTableInBothPlacesStopsTheCommand() throws Exception {
+    void aTableInBothPlacesStopsTheCommandUnlessItHasTheSameRows() throws Exception {
         Path legacy = tmp.resolve("legacy3");
         Path dir = tmp.resolve("host3");
-        for (Path d : List.of(legacy, dir)) {
-            StateStore s = new StateStore(d, null);
-            s.locked(() -> {
-                s.write("drivers", rows());
-                return null;
-            });
-        }
+        writeTable(legacy, "drivers", List.<String[]>of(new String[] {"0000:03:10.1", "ixgbevf"}));
+        writeTable(dir, "drivers", rows());
         HostConfigException e =
                 assertThrows(HostConfigException.class, () -> new StateStore(dir, legacy).read("drivers"));
         assertTrue(e.getMessage().contains("in both"), e.getMessage());
         assertTrue(Files.exists(legacy.resolve("drivers")) && Files.exists(dir.resolve("drivers")), "both left");
+        writeTable(legacy, "drivers", rows());
+        assertEquals(1, new StateStore(dir, legacy).read("drivers").size());
+        assertTrue(!Files.exists(legacy.resolve("drivers")), "the copy's leftover removed");
+    }
+
+    /** A file of that name which is no table of ours is not taken: it stays where it is, and the command stops. */
+    @Test
+    void aLegacyFileThatIsNoTableStaysWhereItIs() throws Exception {
+        Path legacy = tmp.resolve("legacy4");
+        Files.createDirectories(legacy);
+        Files.writeString(legacy.resolve("assignments"), "someone's notes\n");
+        Path dir = tmp.resolve("host4");
+        HostConfigException e =
+                assertThrows(HostConfigException.class, () -> new StateStore(dir, legacy).read("assignments"));
+        assertTrue(e.getMessage().contains("cannot bring"), e.getMessage());
+        assertEquals("someone's notes\n", Files.readString(legacy.resolve("assignments")));
+        assertTrue(!Files.exists(dir.resolve("assignments")));
+    }
+
+    private static void writeTable(Path dir, String name, List<String[]> rows) {
+        StateStore s = new StateStore(dir, null);
+        s.locked(() -> {
+            s.write(name, rows);
+            return null;
+        });
     }
 }
