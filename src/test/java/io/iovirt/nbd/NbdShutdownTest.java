@@ -243,7 +243,10 @@ class NbdShutdownTest {
     @Test
     void largeOptionsAfterTheShutdownAreReadUpToTheBudget() throws Exception {
         int len = NbdHandshake.MAX_OPTION + 1;
-        int big = 16 << 20; // the most an option's data is read past
+        // Under the most an option's data is read past (16 MiB) by the first option's length: whether the server read
+        // that option's header before the shutdown began (its data not counted) or after (counted) is a race the test
+        // does not decide, and two of these fit the budget either way, three in neither (the count was 3 or 4).
+        int big = (16 << 20) - (64 << 10);
         int options = 8;
         withAnOptionUnderWayWhenTheShutdownBegins("l", len, c -> {
             Thread writer = null;
