@@ -586,6 +586,65 @@ class BlkQueueWorkerTest {
     }
 
     /**
+     * The writes a stop gives up on in the kernel may land on a qcow2 image's host clusters at any time: a cluster a
+     * discard freed under them must never be handed out again while the image is open. The stop closed their
+     * contexts, which counted them as over: the next flushes freed the cluster, the next allocation took it, and the
+     * late writes would put the guest's 0x55 bytes into another guest offset's data. Here the contexts queue the
+     * writes on a second ring, which the stop does not know of (it gives up as when io_uring_enter fails): the next
+     * allocation must grow the file instead of taking the discarded cluster.
+     */
+    @Test
+    @org.junit.jupiter.api.Tag("peer") // qemu-img makes the image
+    void aQcow2ClusterUnderWritesGivenUpOnInTheKernelIsNeverReused() throws Exception {
+        setUpGuest(false, true);
+        Path path = io.iovirt.storage.qcow2.QemuTools.createQcow2(dir, "disk.qcow2", "16M");
+        try (io.iovirt.storage.qcow2.Qcow2Image q = io.iovirt.storage.qcow2.Qcow2Image.open(path, false);
+                IoUring late = IoUring.create(4)) {
+            writeImage(q, 0, 0x33); // guest cluster 0 allocated: the writes below go to the ring
+            DiskImage lost = new ForwardingDiskImage(q) {
+                @Override
+                public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                    return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                        @Override
+                        public boolean submitWrite(IoUring ring, long offset, long userData)
+                                throws io.iovirt.linux.LinuxException {
+                            return super.submitWrite(late, offset, userData); // "in the kernel", for the engine
+                        }
+                    };
+                }
+            };
+            BlkQueueHandler handler = newHandler(lost);
+            worker = newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)));
+            write(0, 0, 4096);
+            write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
+            worker.start();
+            kick();
+            Await.until(Duration.ofSeconds(20), "both writes taken", () -> stats.started.sum() == 2);
+            assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
+            worker = null;
+
+            q.discard(0, 65536);
+            q.handOver(); // two flushes: a free deferred to the first lands at the second
+            long before = Files.size(path);
+            writeImage(q, 9L << 20, 0x66); // in the same L2 table: a cluster freed meanwhile would be taken
+            assertTrue(
+                    Files.size(path) > before,
+                    "the cluster the writes given up on may land on was handed out again (the file did not grow)");
+        } // the second ring closes with the writes never entered: their iovecs went with the stopped queue
+    }
+
+    /** Writes one 64 KiB cluster of {@code value} bytes at {@code offset}, synchronously. */
+    private static void writeImage(DiskImage img, long offset, int value) throws IOException {
+        try (Arena a = Arena.ofConfined();
+                io.iovirt.storage.ImageIo io = img.newContext(8, 0)) {
+            MemorySegment b = a.allocate(65536);
+            b.fill((byte) value);
+            io.add(b);
+            io.write(offset);
+        }
+    }
+
+    /**
      * A disk whose FLUSHes are reads of sockets into guest memory, each in the kernel until the test writes to its
      * socket: I/O in flight for as long as the test wants, through the real ring. The n-th FLUSH reads
      * {@code sockets[n]} into the guest page at {@code guestOffset + 4096 n}.
