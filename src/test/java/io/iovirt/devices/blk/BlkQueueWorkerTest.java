@@ -549,6 +549,50 @@ class BlkQueueWorkerTest {
     }
 
     /**
+     * A request the kernel still holds when its queue fails is dropped, unanswered, once the kernel is done with it:
+     * it is not in flight any more. It stayed counted in the in-flight gauge for good (started, never finished), so a
+     * guest that fails its queue on purpose, again and again, raised the gauge as it liked. Here a FLUSH is a socket
+     * read in the kernel when a request whose buffer lies outside guest memory fails the queue.
+     */
+    @Test
+    void aRequestAFailedQueueDropsLeavesTheInFlightGauge() throws Exception {
+        setUpGuest(false, true);
+        UnixSocket[] a = UnixSocket.pair();
+        try (Arena scratch = Arena.ofConfined()) {
+            worker = newWorker(new SocketFlushImage(image, ram, data(0), a[1]), true);
+            int flush = request(T_FLUSH, 0, new long[0], new int[0], true);
+            worker.start();
+            kick();
+            Await.until(Duration.ofSeconds(20), "the FLUSH taken", () -> stats.started.sum() == 1);
+            assertEquals(1, stats.snapshot().inFlight(), "the FLUSH is in flight");
+
+            request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
+            kick();
+            // The failed queue waits for the FLUSH in io_uring_enter (system call 426 on x86_64 and aarch64).
+            Await.until(Duration.ofSeconds(20), "the failed queue waits for the ring", () -> {
+                try {
+                    long tid = taskNamed("iovirt blk test q0");
+                    return worker.failure() != null
+                            && tid > 0
+                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
+                                    .startsWith("426 ");
+                } catch (IOException gone) {
+                    return false;
+                }
+            });
+            a[0].send(scratch.allocate(4096)); // the FLUSH's read ends: the failed queue drops it
+            assertTrue(worker.stop(Duration.ofSeconds(30)), "the failed queue's thread ends once the FLUSH is over");
+            assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
+            worker = null;
+            assertEquals(0x7f, status(flush), "dropped, not answered");
+            assertEquals(0, stats.snapshot().inFlight(), "nothing is in flight once the queue failed");
+        } finally {
+            a[0].close();
+            a[1].close();
+        }
+    }
+
+    /**
      * A queue whose engine gives up on writes still in the kernel (io_uring_enter fails while its stop waits for them,
      * and it closes the ring: the kernel may still carry them out) must not count as drained for a switch to
      * read-only, which makes the image lock shared once the writes in flight have ended: such a write may land under
