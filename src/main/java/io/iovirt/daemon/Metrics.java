@@ -567,7 +567,11 @@ public final class Metrics implements AutoCloseable {
                 "counter",
                 "Failed requests by reason (io: the image failed; bad_request: malformed or out of range; unsupported: unknown type; queue_failure: the queue broke the ring rules and was stopped).");
         Family infl = new Family(
-                o, "iovirt_blk_in_flight_requests", "gauge", "Requests taken from the ring and not yet completed.");
+                o,
+                "iovirt_blk_in_flight_requests",
+                "gauge",
+                "Requests taken from the ring and not yet completed; requests a stopped queue gave up on in the kernel"
+                        + " stay counted (they may still run), those a failed queue dropped once done do not.");
         Family lat = new Family(
                 o,
                 "iovirt_blk_request_duration_seconds",

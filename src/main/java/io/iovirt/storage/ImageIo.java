@@ -55,6 +55,13 @@ public interface ImageIo extends AutoCloseable {
     /** Finishes a transfer queued by {@link #submitRead}/{@link #submitWrite} from its completion result. */
     void completed(boolean write, long offset, int result) throws IOException;
 
+    /**
+     * The transfer queued last is given up on in the kernel: its ring is closed before its completion came, so it may
+     * still read or write at any time. Called before {@link #close}, which then keeps whatever the context guards for
+     * a request in flight (a qcow2 image's freed clusters) guarded for as long as the image is open.
+     */
+    default void abandon() {}
+
     @Override
     void close();
 }

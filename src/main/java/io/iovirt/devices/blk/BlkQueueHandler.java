@@ -204,6 +204,7 @@ final class BlkQueueHandler implements AutoCloseable {
     void dropped(Request r) {
         r.io.clear();
         mutationEnded(r);
+        stats.dropped(); // not in flight any more, though never answered
     }
 
     /** The reason of the last failed {@link #process} request (null after a successful one). */

@@ -44,6 +44,9 @@ public final class BlkStats {
     final LongAdder queueFailures = new LongAdder();
     final LongAdder started = new LongAdder();
     final LongAdder completed = new LongAdder();
+    /** Started requests a failed queue dropped, unanswered, once the kernel was done with them: not in flight. */
+    final LongAdder dropped = new LongAdder();
+
     final LongAdder latencySumNanos = new LongAdder();
     final LongAdder[] latencyBuckets = new LongAdder[LATENCY_BOUNDS_NANOS.length + 1];
     /** What the queue's worker did (batches, sleeps, spin hits), across the workers of every connection. */
@@ -57,6 +60,10 @@ public final class BlkStats {
 
     void started() {
         started.increment();
+    }
+
+    void dropped() {
+        dropped.increment();
     }
 
     void finished(boolean unsupportedRequest, long nanos) {
@@ -143,8 +150,10 @@ public final class BlkStats {
             b[i] = latencyBuckets[i].sum();
         }
         long done = completed.sum();
-        // started is read after completed: a request finishing in between is not counted as negative in-flight
-        long inFlight = Math.max(0, started.sum() - done);
+        // started is read after completed and dropped: a request ending in between is not counted as negative
+        // in-flight. Requests a stopped queue gave up on in the kernel stay counted: they may still run.
+        long ended = done + dropped.sum();
+        long inFlight = Math.max(0, started.sum() - ended);
         return new Snapshot(
                 reads.sum(),
                 writes.sum(),

@@ -303,6 +303,7 @@ final class UringEngine implements QueueWorker.Handler {
         ringRequests--;
         if (failed) { // a failed queue cannot push: the request is dropped once its I/O is over
             handler.dropped(r);
+            freeSlots[freeCount++] = r.slot; // out of the kernel (see stopped); a stopping queue pops nothing more
             return;
         }
         handler.completed(r, result);
@@ -354,6 +355,7 @@ final class UringEngine implements QueueWorker.Handler {
                 // before the close: a write among them may land after it, so the queue must not count as drained
                 // for a switch to read-only waiting to make the image lock shared
                 handler.abandonInKernel();
+                abandonBusySlots();
             }
             closeRing(); // the kernel cancels what is left, or lets it finish: in the background either way
             if (abandoned == 0) {
@@ -369,6 +371,22 @@ final class UringEngine implements QueueWorker.Handler {
                         abandoned);
             }
             handler.close();
+        }
+    }
+
+    /**
+     * The slots not free when the stop gives up hold the requests the kernel may still carry out: their contexts are
+     * told before the ring and they are closed ({@link io.iovirt.storage.ImageIo#abandon}).
+     */
+    private void abandonBusySlots() {
+        boolean[] free = new boolean[slots.length];
+        for (int i = 0; i < freeCount; i++) {
+            free[freeSlots[i]] = true;
+        }
+        for (BlkQueueHandler.Request r : slots) {
+            if (!free[r.slot]) {
+                r.io.abandon();
+            }
         }
     }
 

@@ -1918,6 +1918,9 @@ public final class Qcow2Image implements DiskImage {
          */
         private volatile long requests;
 
+        /** Its request in flight was given up on in the kernel ({@link #abandon}): it counts in flight for ever. */
+        private boolean abandoned;
+
         private Qcow2Io(RawImage.IoContext raw) {
             this.raw = raw;
             contexts.add(this);
@@ -2125,9 +2128,19 @@ public final class Qcow2Image implements DiskImage {
         }
 
         @Override
+        public void abandon() {
+            abandoned = (requests & 1) != 0;
+        }
+
+        @Override
         public void close() {
-            contexts.remove(this);
-            end(); // closed: its requests are over (a discard that saw one in flight may free its clusters)
+            if (!abandoned) {
+                contexts.remove(this);
+                end(); // closed: its requests are over (a discard that saw one in flight may free its clusters)
+            }
+            // Abandoned: a write the kernel still holds may land on the host clusters it found at any time, so the
+            // context stays registered with its count odd, and no cluster freed since is handed out again while the
+            // image is open (each later batch of frees waits for it: they stay allocated, a leak, not a corruption).
             clear();
             raw.close();
         }

@@ -549,6 +549,50 @@ class BlkQueueWorkerTest {
     }
 
     /**
+     * A request the kernel still holds when its queue fails is dropped, unanswered, once the kernel is done with it:
+     * it is not in flight any more. It stayed counted in the in-flight gauge for good (started, never finished), so a
+     * guest that fails its queue on purpose, again and again, raised the gauge as it liked. Here a FLUSH is a socket
+     * read in the kernel when a request whose buffer lies outside guest memory fails the queue.
+     */
+    @Test
+    void aRequestAFailedQueueDropsLeavesTheInFlightGauge() throws Exception {
+        setUpGuest(false, true);
+        UnixSocket[] a = UnixSocket.pair();
+        try (Arena scratch = Arena.ofConfined()) {
+            worker = newWorker(new SocketFlushImage(image, ram, data(0), a[1]), true);
+            int flush = request(T_FLUSH, 0, new long[0], new int[0], true);
+            worker.start();
+            kick();
+            Await.until(Duration.ofSeconds(20), "the FLUSH taken", () -> stats.started.sum() == 1);
+            assertEquals(1, stats.snapshot().inFlight(), "the FLUSH is in flight");
+
+            request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
+            kick();
+            // The failed queue waits for the FLUSH in io_uring_enter (system call 426 on x86_64 and aarch64).
+            Await.until(Duration.ofSeconds(20), "the failed queue waits for the ring", () -> {
+                try {
+                    long tid = taskNamed("iovirt blk test q0");
+                    return worker.failure() != null
+                            && tid > 0
+                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
+                                    .startsWith("426 ");
+                } catch (IOException gone) {
+                    return false;
+                }
+            });
+            a[0].send(scratch.allocate(4096)); // the FLUSH's read ends: the failed queue drops it
+            assertTrue(worker.stop(Duration.ofSeconds(30)), "the failed queue's thread ends once the FLUSH is over");
+            assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
+            worker = null;
+            assertEquals(0x7f, status(flush), "dropped, not answered");
+            assertEquals(0, stats.snapshot().inFlight(), "nothing is in flight once the queue failed");
+        } finally {
+            a[0].close();
+            a[1].close();
+        }
+    }
+
+    /**
      * A queue whose engine gives up on writes still in the kernel (io_uring_enter fails while its stop waits for them,
      * and it closes the ring: the kernel may still carry them out) must not count as drained for a switch to
      * read-only, which makes the image lock shared once the writes in flight have ended: such a write may land under
@@ -583,6 +627,65 @@ class BlkQueueWorkerTest {
         worker = null;
         assertFalse(handler.mutationsEnded(), "writes given up on in the kernel may still land: never drained");
         assertTrue(handler.mutationsAbandoned(), "the switch is told, to say why the lock stays exclusive");
+    }
+
+    /**
+     * The writes a stop gives up on in the kernel may land on a qcow2 image's host clusters at any time: a cluster a
+     * discard freed under them must never be handed out again while the image is open. The stop closed their
+     * contexts, which counted them as over: the next flushes freed the cluster, the next allocation took it, and the
+     * late writes would put the guest's 0x55 bytes into another guest offset's data. Here the contexts queue the
+     * writes on a second ring, which the stop does not know of (it gives up as when io_uring_enter fails): the next
+     * allocation must grow the file instead of taking the discarded cluster.
+     */
+    @Test
+    @org.junit.jupiter.api.Tag("peer") // qemu-img makes the image
+    void aQcow2ClusterUnderWritesGivenUpOnInTheKernelIsNeverReused() throws Exception {
+        setUpGuest(false, true);
+        Path path = io.iovirt.storage.qcow2.QemuTools.createQcow2(dir, "disk.qcow2", "16M");
+        try (io.iovirt.storage.qcow2.Qcow2Image q = io.iovirt.storage.qcow2.Qcow2Image.open(path, false);
+                IoUring late = IoUring.create(4)) {
+            writeImage(q, 0, 0x33); // guest cluster 0 allocated: the writes below go to the ring
+            DiskImage lost = new ForwardingDiskImage(q) {
+                @Override
+                public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                    return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                        @Override
+                        public boolean submitWrite(IoUring ring, long offset, long userData)
+                                throws io.iovirt.linux.LinuxException {
+                            return super.submitWrite(late, offset, userData); // "in the kernel", for the engine
+                        }
+                    };
+                }
+            };
+            BlkQueueHandler handler = newHandler(lost);
+            worker = newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)));
+            write(0, 0, 4096);
+            write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
+            worker.start();
+            kick();
+            Await.until(Duration.ofSeconds(20), "both writes taken", () -> stats.started.sum() == 2);
+            assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
+            worker = null;
+
+            q.discard(0, 65536);
+            q.handOver(); // two flushes: a free deferred to the first lands at the second
+            long before = Files.size(path);
+            writeImage(q, 9L << 20, 0x66); // in the same L2 table: a cluster freed meanwhile would be taken
+            assertTrue(
+                    Files.size(path) > before,
+                    "the cluster the writes given up on may land on was handed out again (the file did not grow)");
+        } // the second ring closes with the writes never entered: their iovecs went with the stopped queue
+    }
+
+    /** Writes one 64 KiB cluster of {@code value} bytes at {@code offset}, synchronously. */
+    private static void writeImage(DiskImage img, long offset, int value) throws IOException {
+        try (Arena a = Arena.ofConfined();
+                io.iovirt.storage.ImageIo io = img.newContext(8, 0)) {
+            MemorySegment b = a.allocate(65536);
+            b.fill((byte) value);
+            io.add(b);
+            io.write(offset);
+        }
     }
 
     /**

@@ -56,6 +56,11 @@ class ForwardingImageIo implements ImageIo {
     }
 
     @Override
+    public void abandon() {
+        io.abandon();
+    }
+
+    @Override
     public void close() {
         io.close();
     }

@@ -652,6 +652,40 @@ class Qcow2ImageTest {
     }
 
     /**
+     * A write given up on in the kernel (its engine could not wait for its ring and closed it and its context) may
+     * still land at any time: the cluster a discard freed under it must not be handed out again while the image is
+     * open. Before, closing the context counted its request as over: the next hand-over freed the cluster, the next
+     * allocation (9 MiB) took it, and the late write put its 0x55 bytes into guest cluster 9 MiB. Here the write
+     * waits in a second ring's submission queue, and enters the kernel after the allocation.
+     */
+    @Test
+    void aClusterAWriteGivenUpOnInTheKernelFoundIsNeverReusedWhileTheImageIsOpen() throws Exception {
+        Path img = writtenForUring("abandoned.qcow2");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            MemorySegment buf = arena.allocate(65536, 4096);
+            buf.fill((byte) 0x55);
+            Qcow2Image.Qcow2Io io = q.newContext(8, 0);
+            io.add(buf);
+            assertTrue(io.submitWrite(ring, 2 * MIB, 1), "queued: a write to an allocated cluster");
+            io.abandon(); // what the engine does before it closes the ring it could not wait for
+            io.close();
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the discarded cluster was handed out while a write given up on may still land on it");
+            ring.submitAndWait(1); // the write lands late
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+        }
+    }
+
+    /**
      * The host range of a compressed cluster a write copied out is not handed out again while a read that found
      * the compressed entry is in flight: the read's lookup and its read of the compressed bytes are run apart, as on
      * a queue thread preempted between the two, and the rewrite, a hand-over and a new allocation come in between.
