@@ -62,6 +62,19 @@ public final class QemuGuest {
 
     private static final Pattern KERNEL_ARG = Pattern.compile("[A-Za-z0-9_.,:/=+@-]+");
 
+    /**
+     * Kernel arguments this class sets itself, and what sets them: a caller's {@link Builder#kernelArgs} value would
+     * silently conflict with ours (the kernel takes the last console= and panic=, /init sees one of two modules=)
+     * or be ignored (init= under an initramfs, whose /init runs the payload), so it is refused.
+     */
+    private static final Map<String, String> OWN_KERNEL_ARGS = Map.of(
+            "console",
+                    "QemuGuest sets console=ttyS0 itself: the serial console is the console log it reads results from",
+            "init", "QemuGuest boots its own /init, which runs the script given to payload(): use payload()",
+            "rdinit", "QemuGuest boots its own /init, which runs the script given to payload(): use payload()",
+            "modules", "modules() sets it: use modules()",
+            "panic", "QemuGuest sets panic=-1 itself: a panicking guest powers off, which ends the run");
+
     private final Builder b;
 
     private QemuGuest(Builder b) {
@@ -356,12 +369,20 @@ public final class QemuGuest {
             return this;
         }
 
-        /** Kernel command-line words; {@code key=value} words reach /init and the payload as environment. */
+        /**
+         * Kernel command-line words; {@code key=value} words reach /init and the payload as environment. Words this
+         * class sets itself (console=, init=, rdinit=, modules=, panic=) are refused, naming what sets them.
+         */
         public Builder kernelArgs(String... words) {
             for (String w : words) {
                 if (!KERNEL_ARG.matcher(w).matches()) {
                     throw new IllegalArgumentException("kernel argument '" + w + "' has characters the kernel would "
                             + "split or quote; pass data as a payload file instead");
+                }
+                int eq = w.indexOf('=');
+                String own = OWN_KERNEL_ARGS.get(eq < 0 ? w : w.substring(0, eq));
+                if (own != null) {
+                    throw new IllegalArgumentException("kernel argument '" + w + "' is not the caller's: " + own);
                 }
                 kernelArgs.add(w);
             }
