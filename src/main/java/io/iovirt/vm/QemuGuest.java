@@ -27,8 +27,9 @@ import java.util.regex.Pattern;
  * is {@link Accelerator#system()} (KVM only when it can run a stock guest; {@code IOVIRT_ACCEL} overrides) unless the
  * builder is given one. In auto mode a KVM guest that fails early (QEMU reports a KVM internal error or emulation
  * failure, or its init line does not show within 60 s: the firmware's banner does not count) is killed and booted
- * again under TCG, with one line to the notice sink. A migration destination ({@code -incoming}) is not: it runs no
- * code until it is migrated to.
+ * again under TCG, with one line to the notice sink. A migration destination ({@link Builder#incoming}) is not: it runs
+ * no code until it is migrated to, and it runs under the accelerator its source ended up with, fallback included
+ * (QEMU cannot migrate between KVM and TCG: the CPU models differ).
  *
  * <pre>{@code
  * GuestResult r = QemuGuest.builder(GuestImage.ensure())
@@ -109,7 +110,7 @@ public final class QemuGuest {
     public RunningGuest start(Duration lifetime) {
         Accelerator.Decision accel = accelerator();
         RunningGuest guest = start(accel, lifetime);
-        if (!accel.mayFallBack() || b.args.contains("-incoming")) {
+        if (!accel.mayFallBack() || b.incoming != null) {
             return guest; // a destination prints nothing before the migration, which starts after this returns
         }
         String why;
@@ -211,6 +212,9 @@ public final class QemuGuest {
             cmd.add("-no-reboot");
         }
         cmd.addAll(b.args);
+        if (b.incoming != null) {
+            cmd.addAll(List.of("-incoming", b.incoming));
+        }
         return cmd;
     }
 
@@ -286,6 +290,9 @@ public final class QemuGuest {
         private Path workDir;
         private String payload;
         private Accelerator.Decision accelerator;
+        /** The migration URI of a destination, or null. */
+        private String incoming;
+
         private java.util.function.Consumer<String> notice = line -> System.err.println("iovirt: " + line);
         private final List<String> modules = new ArrayList<>();
         private final List<String> kernelArgs = new ArrayList<>();
@@ -343,6 +350,23 @@ public final class QemuGuest {
         /** The accelerator to use instead of {@link Accelerator#system()} (e.g. from an --accel option). */
         public Builder accelerator(Accelerator.Decision accelerator) {
             this.accelerator = Objects.requireNonNull(accelerator);
+            return this;
+        }
+
+        /**
+         * Makes this guest the destination of a migration from {@code source}: QEMU waits on {@code uri}
+         * ({@code -incoming}) and runs under the accelerator the source ended up with (KVM, or TCG when KVM was
+         * unusable or the source fell back to it), since a KVM guest cannot be migrated into TCG or back. Everything
+         * else must match the source's builder (memory, devices, initrd); this does not check it.
+         */
+        public Builder incoming(String uri, RunningGuest source) {
+            return incoming(uri, source.accelerator());
+        }
+
+        /** {@link #incoming(String, RunningGuest)} from a source that ran under {@code sourceAccelerator}. */
+        Builder incoming(String uri, Accelerator.Decision sourceAccelerator) {
+            this.incoming = Objects.requireNonNull(uri);
+            this.accelerator = Objects.requireNonNull(sourceAccelerator);
             return this;
         }
 
@@ -420,6 +444,10 @@ public final class QemuGuest {
         public QemuGuest build() {
             if (payload == null) {
                 throw new IllegalStateException("a guest needs a payload script");
+            }
+            if (args.contains("-incoming")) {
+                throw new IllegalStateException("a migration destination is made with incoming(uri, source), which"
+                        + " gives it the source's accelerator; not with -incoming in args()");
             }
             return new QemuGuest(this);
         }
