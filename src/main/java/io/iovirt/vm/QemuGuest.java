@@ -27,8 +27,9 @@ import java.util.regex.Pattern;
  * is {@link Accelerator#system()} (KVM only when it can run a stock guest; {@code IOVIRT_ACCEL} overrides) unless the
  * builder is given one. In auto mode a KVM guest that fails early (QEMU reports a KVM internal error or emulation
  * failure, or its init line does not show within 60 s: the firmware's banner does not count) is killed and booted
- * again under TCG, with one line to the notice sink. A migration destination ({@code -incoming}) is not: it runs no
- * code until it is migrated to.
+ * again under TCG, with one line to the notice sink. A migration destination ({@link Builder#incoming}) is not: it runs
+ * no code until it is migrated to, and it runs under the accelerator its source ended up with, fallback included
+ * (QEMU cannot migrate between KVM and TCG: the CPU models differ).
  *
  * <pre>{@code
  * GuestResult r = QemuGuest.builder(GuestImage.ensure())
@@ -61,6 +62,19 @@ public final class QemuGuest {
     private static final List<String> RESERVED = List.of("/proc", "/sys", "/dev", "/tmp", "/run", "/init", "/run.sh");
 
     private static final Pattern KERNEL_ARG = Pattern.compile("[A-Za-z0-9_.,:/=+@-]+");
+
+    /**
+     * Kernel arguments this class sets itself, and what sets them: a caller's {@link Builder#kernelArgs} value would
+     * silently conflict with ours (the kernel takes the last console= and panic=, /init sees one of two modules=)
+     * or be ignored (init= under an initramfs, whose /init runs the payload), so it is refused.
+     */
+    private static final Map<String, String> OWN_KERNEL_ARGS = Map.of(
+            "console",
+                    "QemuGuest sets console=ttyS0 itself: the serial console is the console log it reads results from",
+            "init", "QemuGuest boots its own /init, which runs the script given to payload(): use payload()",
+            "rdinit", "QemuGuest boots its own /init, which runs the script given to payload(): use payload()",
+            "modules", "modules() sets it: use modules()",
+            "panic", "QemuGuest sets panic=-1 itself: a panicking guest powers off, which ends the run");
 
     private final Builder b;
 
@@ -96,7 +110,7 @@ public final class QemuGuest {
     public RunningGuest start(Duration lifetime) {
         Accelerator.Decision accel = accelerator();
         RunningGuest guest = start(accel, lifetime);
-        if (!accel.mayFallBack() || b.args.contains("-incoming")) {
+        if (!accel.mayFallBack() || b.incoming != null) {
             return guest; // a destination prints nothing before the migration, which starts after this returns
         }
         String why;
@@ -198,6 +212,9 @@ public final class QemuGuest {
             cmd.add("-no-reboot");
         }
         cmd.addAll(b.args);
+        if (b.incoming != null) {
+            cmd.addAll(List.of("-incoming", b.incoming));
+        }
         return cmd;
     }
 
@@ -273,6 +290,9 @@ public final class QemuGuest {
         private Path workDir;
         private String payload;
         private Accelerator.Decision accelerator;
+        /** The migration URI of a destination, or null. */
+        private String incoming;
+
         private java.util.function.Consumer<String> notice = line -> System.err.println("iovirt: " + line);
         private final List<String> modules = new ArrayList<>();
         private final List<String> kernelArgs = new ArrayList<>();
@@ -333,6 +353,23 @@ public final class QemuGuest {
             return this;
         }
 
+        /**
+         * Makes this guest the destination of a migration from {@code source}: QEMU waits on {@code uri}
+         * ({@code -incoming}) and runs under the accelerator the source ended up with (KVM, or TCG when KVM was
+         * unusable or the source fell back to it), since a KVM guest cannot be migrated into TCG or back. Everything
+         * else must match the source's builder (memory, devices, initrd); this does not check it.
+         */
+        public Builder incoming(String uri, RunningGuest source) {
+            return incoming(uri, source.accelerator());
+        }
+
+        /** {@link #incoming(String, RunningGuest)} from a source that ran under {@code sourceAccelerator}. */
+        Builder incoming(String uri, Accelerator.Decision sourceAccelerator) {
+            this.incoming = Objects.requireNonNull(uri);
+            this.accelerator = Objects.requireNonNull(sourceAccelerator);
+            return this;
+        }
+
         /** Where the one-line notice of a KVM-to-TCG fallback goes (default: standard error). */
         public Builder notice(java.util.function.Consumer<String> notice) {
             this.notice = Objects.requireNonNull(notice);
@@ -356,12 +393,20 @@ public final class QemuGuest {
             return this;
         }
 
-        /** Kernel command-line words; {@code key=value} words reach /init and the payload as environment. */
+        /**
+         * Kernel command-line words; {@code key=value} words reach /init and the payload as environment. Words this
+         * class sets itself (console=, init=, rdinit=, modules=, panic=) are refused, naming what sets them.
+         */
         public Builder kernelArgs(String... words) {
             for (String w : words) {
                 if (!KERNEL_ARG.matcher(w).matches()) {
                     throw new IllegalArgumentException("kernel argument '" + w + "' has characters the kernel would "
                             + "split or quote; pass data as a payload file instead");
+                }
+                int eq = w.indexOf('=');
+                String own = OWN_KERNEL_ARGS.get(eq < 0 ? w : w.substring(0, eq));
+                if (own != null) {
+                    throw new IllegalArgumentException("kernel argument '" + w + "' is not the caller's: " + own);
                 }
                 kernelArgs.add(w);
             }
@@ -399,6 +444,10 @@ public final class QemuGuest {
         public QemuGuest build() {
             if (payload == null) {
                 throw new IllegalStateException("a guest needs a payload script");
+            }
+            if (args.contains("-incoming")) {
+                throw new IllegalStateException("a migration destination is made with incoming(uri, source), which"
+                        + " gives it the source's accelerator; not with -incoming in args()");
             }
             return new QemuGuest(this);
         }

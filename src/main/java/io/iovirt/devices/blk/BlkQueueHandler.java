@@ -62,6 +62,13 @@ final class BlkQueueHandler implements AutoCloseable {
         long startNanos;
         /** A write, write-zeroes or discard counted in {@link #mutating} until it ends. */
         boolean mutating;
+        /**
+         * Counted in the in-flight gauge: from {@link #start}'s stats.started() until {@link #finish} or {@link
+         * #dropped} ends it, whichever comes first, so a request is never taken out twice.
+         */
+        boolean counted;
+        /** Its I/O is in the engine's io_uring (submitted or queued, not yet reaped): see UringEngine. */
+        boolean inRing;
 
         Request(int slot, DescriptorChain chain, ImageIo io) {
             this.slot = slot;
@@ -200,11 +207,18 @@ final class BlkQueueHandler implements AutoCloseable {
         }
     }
 
-    /** A request dropped once its I/O is over (a failed queue cannot push it): only forgets its guest buffers. */
+    /**
+     * A request dropped once its I/O is over (a failed queue cannot push it), or whose handling threw before it was
+     * finished (its queue failed with it): forgets its guest buffers and takes it out of the in-flight gauge, unless
+     * {@link #finish} already did. Safe to call again.
+     */
     void dropped(Request r) {
         r.io.clear();
         mutationEnded(r);
-        stats.dropped(); // not in flight any more, though never answered
+        if (r.counted) {
+            r.counted = false;
+            stats.dropped(); // not in flight any more, though never answered
+        }
     }
 
     /** The reason of the last failed {@link #process} request (null after a successful one). */
@@ -243,12 +257,16 @@ final class BlkQueueHandler implements AutoCloseable {
         }
         r.writable = writable;
         r.startNanos = System.nanoTime();
-        stats.started();
+        mutationEnded(r); // not counted any more (one that ended without finish, on a path that threw)
+        if (r.counted) {
+            dropped(r); // the same, in the in-flight gauge
+        }
+        stats.started(); // whatever throws from here on leaves r counted, for the engine's stop to drop (dropped)
+        r.counted = true;
         r.error = null;
         r.dataWritten = 0;
         r.status = S_OK;
         r.kind = DONE;
-        mutationEnded(r); // not counted any more (one that ended without finish, on a path that threw)
         String fence = fenced;
         if (fence != null) { // image ownership (issue 11): not one byte of the image through this frontend
             r.status = S_IOERR;
@@ -347,6 +365,7 @@ final class BlkQueueHandler implements AutoCloseable {
         mutationEnded(r); // its I/O is over
         long data = r.status == S_OK ? r.dataWritten : 0;
         long nanos = System.nanoTime() - r.startNanos;
+        r.counted = false; // before the status byte, which may fault: dropped must not count it again
         stats.finished(r.status == S_UNSUPP, nanos);
         if (nanos >= slowNanos) {
             SlowRequestEvent.emit(
@@ -540,6 +559,7 @@ final class BlkQueueHandler implements AutoCloseable {
             closed = true;
         }
         if (syncRequest != null) {
+            dropped(syncRequest); // one whose handling threw: its queue failed and it is not in flight any more
             syncRequest.io.close();
         }
         arena.close();

@@ -235,6 +235,7 @@ final class UringEngine implements QueueWorker.Handler {
                 handler.runSync(r); // the only request: pwritev here beats the io-wq round trip (see inlineLoneWrites)
                 complete(r);
             } else if (handler.submit(r, ring)) {
+                r.inRing = true;
                 ringRequests++;
                 if (ring.unsubmitted() >= submitAt) { // O_DIRECT: the device starts on the first ones now
                     ring.submit();
@@ -300,6 +301,7 @@ final class UringEngine implements QueueWorker.Handler {
 
     private void completion(long userData, int result, int flags) throws VirtqueueException {
         BlkQueueHandler.Request r = slots[(int) userData];
+        r.inRing = false;
         ringRequests--;
         if (failed) { // a failed queue cannot push: the request is dropped once its I/O is over
             handler.dropped(r);
@@ -350,6 +352,7 @@ final class UringEngine implements QueueWorker.Handler {
                     ringRequests,
                     e.getMessage());
         } finally {
+            dropStranded();
             int abandoned = ringRequests;
             if (abandoned > 0) {
                 // before the close: a write among them may land after it, so the queue must not count as drained
@@ -371,6 +374,19 @@ final class UringEngine implements QueueWorker.Handler {
                         abandoned);
             }
             handler.close();
+        }
+    }
+
+    /**
+     * Requests taken from the ring whose handling threw before they were finished or queued (the queue failed with
+     * them: a frontend truncated the memory file under a header, a late fault, a bug): none is in the kernel, none
+     * will be answered, so none is in flight any more. Those the kernel may still hold stay counted.
+     */
+    private void dropStranded() {
+        for (BlkQueueHandler.Request r : slots) {
+            if (r.counted && !r.inRing) {
+                handler.dropped(r);
+            }
         }
     }
 

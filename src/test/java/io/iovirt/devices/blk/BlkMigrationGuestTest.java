@@ -183,7 +183,7 @@ abstract class BlkMigrationGuestTest {
         ChildProcess b = startBackend(disk, sockB, queues, "b");
         toClose.push(b);
 
-        RunningGuest src = guest(name + "-src", sockA, qmpSrc, queues, packed, restartSource, null)
+        RunningGuest src = guest(name + "-src", sockA, qmpSrc, queues, packed, restartSource, null, null)
                 .start(TIMEOUT.multipliedBy(3));
         toClose.push(src);
         awaitPass(src, 2);
@@ -202,7 +202,7 @@ abstract class BlkMigrationGuestTest {
                 at = lastPass(src.console());
                 awaitPass(src, at + 1);
             }
-            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, false, "unix:" + mig)
+            RunningGuest dst = guest(name + "-dst", sockB, qmpDst, queues, packed, false, src, "unix:" + mig)
                     .start(TIMEOUT.multipliedBy(3));
             toClose.push(dst);
             try (Qmp qd = Qmp.connect(qmpDst, Duration.ofSeconds(30))) {
@@ -346,10 +346,17 @@ abstract class BlkMigrationGuestTest {
 
     /**
      * Identical for source and destination (the initrd, hence the ROM and RAM layout, must match), except for the
-     * socket paths and {@code -incoming}.
+     * socket paths and {@code -incoming}; a destination ({@code source} not null) runs under its source's accelerator.
      */
     private QemuGuest guest(
-            String name, Path socket, Path qmp, int queues, boolean packed, boolean reconnect, String incoming) {
+            String name,
+            Path socket,
+            Path qmp,
+            int queues,
+            boolean packed,
+            boolean reconnect,
+            RunningGuest source,
+            String incoming) {
         QemuGuest.Builder b = QemuGuest.builder(image)
                 .name(backendName() + "/" + name)
                 .workDir(dir)
@@ -384,8 +391,8 @@ abstract class BlkMigrationGuestTest {
                             [ $rc -eq 0 ] || cat /root/verify.log
                         done
                         """);
-        if (incoming != null) {
-            b.args("-incoming", incoming);
+        if (source != null) {
+            b.incoming(incoming, source);
         }
         return b.build();
     }

@@ -593,6 +593,44 @@ class BlkQueueWorkerTest {
     }
 
     /**
+     * A request whose handling throws after it was counted as started (its queue fails with it) is not in flight any
+     * more once the queue has stopped: nothing answers it and nothing of it is in the kernel. It stayed in the
+     * in-flight gauge for good: only finishing a request, or dropping one the kernel returned, took it out. Here the
+     * frontend truncated its memory file under the request's header, so reading the header raises SIGBUS, which
+     * HotSpot turns into an InternalError; both engines.
+     */
+    @ParameterizedTest
+    @ValueSource(booleans = {false, true})
+    void aRequestWhoseHandlingThrowsLeavesTheInFlightGauge(boolean async) throws Exception {
+        setUpGuest(false, async, true);
+        worker = newWorker(async);
+        long doomed = ram.byteSize() - 4096; // the page the frontend will cut off: the request's header
+        ram.set(LE32, doomed, T_IN);
+        ram.set(LE64, doomed + 8, 0);
+        int k = nextSlot++;
+        ram.set(ValueLayout.JAVA_BYTE, STATUS + k, (byte) 0x7f);
+        int head = driver.add(
+                new long[] {doomed, data(k), STATUS + k},
+                new int[] {16, 4096, 1},
+                new boolean[] {false, true, true},
+                3,
+                DriverRing.NO_INDIRECT);
+        slotOfHead.put(head, k);
+        MemFd.truncate(ramFile, doomed); // the frontend cuts its memory file short
+        worker.start();
+        kick();
+        Await.until(Duration.ofSeconds(20), "the queue fails", () -> worker.failure() != null);
+        assertTrue(worker.stop(Duration.ofSeconds(30)), "the failed queue's thread ends");
+        String failure = worker.failure();
+        worker = null;
+        assertTrue(failure.contains("fault"), failure);
+        assertEquals(1, stats.started.sum(), "the request was taken and counted");
+        assertEquals(0x7f, status(head), "never answered");
+        assertEquals(0, stats.snapshot().inFlight(), "nothing is in flight once the queue failed");
+        assertEquals(0, stats.dropped.sum() + stats.completed.sum() - 1, "taken out of the gauge once");
+    }
+
+    /**
      * A queue whose engine gives up on writes still in the kernel (io_uring_enter fails while its stop waits for them,
      * and it closes the ring: the kernel may still carry them out) must not count as drained for a switch to
      * read-only, which makes the image lock shared once the writes in flight have ended: such a write may land under

@@ -58,6 +58,7 @@ class NetMigrationGuestTest {
                     ping -i 0.2 10.0.0.1 > /dev/null 2>&1 &
                     sleep 3600
                     """)
+                    .build()
                     .start(TIMEOUT.multipliedBy(4));
             open.add(peer);
             String body = """
@@ -67,6 +68,7 @@ class NetMigrationGuestTest {
             Path qmpSrc = dir.resolve("src.qmp");
             Path qmpDst = dir.resolve("dst.qmp");
             RunningGuest src = guest("m-src", image, sockA, MAC_M, "10.0.0.1", MAC_P, "10.0.0.2", qmpSrc, body)
+                    .build()
                     .start(TIMEOUT.multipliedBy(4));
             open.add(src);
             peer.awaitConsole(Pattern.compile("iovirt-test: peer up"), TIMEOUT);
@@ -77,18 +79,9 @@ class NetMigrationGuestTest {
                     () -> sw.macTable().lookup(MAC_M, sw.now()) == portA.index(),
                     "the switch learnt the guest at its first port");
 
-            RunningGuest dst = guest(
-                            "m-dst",
-                            image,
-                            sockB,
-                            MAC_M,
-                            "10.0.0.1",
-                            MAC_P,
-                            "10.0.0.2",
-                            qmpDst,
-                            body,
-                            "-incoming",
-                            "unix:" + dir.resolve("mig.sock"))
+            RunningGuest dst = guest("m-dst", image, sockB, MAC_M, "10.0.0.1", MAC_P, "10.0.0.2", qmpDst, body)
+                    .incoming("unix:" + dir.resolve("mig.sock"), src)
+                    .build()
                     .start(TIMEOUT.multipliedBy(4));
             open.add(dst);
             Map<String, Object> done;
@@ -167,7 +160,7 @@ class NetMigrationGuestTest {
     }
 
     /** A virtio-net guest (INTx: vectors=0, see NetGuest) with a static ARP entry for its peer. */
-    private QemuGuest guest(
+    private QemuGuest.Builder guest(
             String name,
             GuestImage image,
             Path socket,
@@ -176,8 +169,7 @@ class NetMigrationGuestTest {
             long peerMac,
             String peerIp,
             Path qmp,
-            String body,
-            String... extra) {
+            String body) {
         List<String> args = new ArrayList<>(List.of(
                 "-chardev", "socket,id=c0,path=" + QemuGuest.escape(socket.toString()),
                 "-netdev", "vhost-user,id=n0,chardev=c0",
@@ -185,7 +177,6 @@ class NetMigrationGuestTest {
         if (qmp != null) {
             args.addAll(List.of("-qmp", "unix:" + QemuGuest.escape(qmp.toString()) + ",server=on,wait=off"));
         }
-        args.addAll(List.of(extra));
         return QemuGuest.builder(image)
                 .name("net-migration/" + name)
                 .workDir(dir)
@@ -202,7 +193,6 @@ class NetMigrationGuestTest {
                         for i in $(seq 200); do [ "$(cat /sys/class/net/$IF/operstate)" = up ] && break; sleep 0.1; done
                         arping -U -c 1 -I $IF %s >/dev/null 2>&1 || true
                         %s
-                        """.formatted(ip, peerIp, Mac.toString(peerMac), ip, body))
-                .build();
+                        """.formatted(ip, peerIp, Mac.toString(peerMac), ip, body));
     }
 }
