@@ -714,6 +714,71 @@ class BlkQueueWorkerTest {
         worker = null;
     }
 
+    /**
+     * A request a failed queue dropped once the kernel was done with it is out of the kernel: when the stop then
+     * gives up on the requests still there, its context is not told it was given up on (a qcow2 context would
+     * quarantine the host clusters its last request found, leaked if freed while the image is open). The engine
+     * knows which slots are still in the kernel by the free list, where a dropped request's slot goes back. Here a
+     * FLUSH is a socket read in the kernel (the real ring) when a request outside guest memory fails the queue; the
+     * write next to it is queued on no ring, so that once the FLUSH was dropped the stop's wait fails as a failing
+     * io_uring_enter would, and the stop gives up on the write.
+     */
+    @Test
+    void aRequestAFailedQueueDroppedIsNotGivenUpOnInTheKernel() throws Exception {
+        setUpGuest(false, true);
+        UnixSocket[] a = UnixSocket.pair();
+        java.util.concurrent.atomic.AtomicInteger givenUp = new java.util.concurrent.atomic.AtomicInteger();
+        DiskImage disk = new ForwardingDiskImage(new SocketFlushImage(image, ram, data(4), a[1])) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData) {
+                        return true; // "in the kernel", as far as the engine knows
+                    }
+
+                    @Override
+                    public void abandon() {
+                        givenUp.incrementAndGet();
+                        super.abandon();
+                    }
+                };
+            }
+        };
+        try (Arena scratch = Arena.ofConfined()) {
+            worker = newWorker(disk, true);
+            write(0, 0, 4096);
+            int flush = request(T_FLUSH, 0, new long[0], new int[0], true);
+            worker.start();
+            kick();
+            Await.until(Duration.ofSeconds(20), "the write and the FLUSH taken", () -> stats.started.sum() == 2);
+
+            request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
+            kick();
+            // The failed queue waits for the FLUSH in io_uring_enter (system call 426 on x86_64 and aarch64).
+            Await.until(Duration.ofSeconds(20), "the failed queue waits for the ring", () -> {
+                try {
+                    long tid = taskNamed("iovirt blk test q0");
+                    return worker.failure() != null
+                            && tid > 0
+                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
+                                    .startsWith("426 ");
+                } catch (IOException gone) {
+                    return false;
+                }
+            });
+            a[0].send(scratch.allocate(4096)); // the FLUSH's read ends: the failed queue drops it
+            assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the write and ends");
+            assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
+            worker = null;
+            assertEquals(0x7f, status(flush), "dropped, not answered");
+            assertEquals(1, givenUp.get(), "given up on in the kernel: the write alone, not the dropped FLUSH");
+        } finally {
+            a[0].close();
+            a[1].close();
+        }
+    }
+
     /** Writes one 64 KiB cluster of {@code value} bytes at {@code offset}, synchronously. */
     private static void writeImage(DiskImage img, long offset, int value) throws IOException {
         try (Arena a = Arena.ofConfined();
