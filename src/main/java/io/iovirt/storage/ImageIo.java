@@ -57,8 +57,9 @@ public interface ImageIo extends AutoCloseable {
 
     /**
      * The transfer queued last is given up on in the kernel: its ring is closed before its completion came, so it may
-     * still read or write at any time. Called before {@link #close}, which then keeps whatever the context guards for
-     * a request in flight (a qcow2 image's freed clusters) guarded for as long as the image is open.
+     * still read or write at any time. Called before {@link #close}: what the transfer may still write or read is
+     * kept from other uses for as long as the image is open (a qcow2 image quarantines its host clusters: never
+     * handed out again, left allocated if freed), and the close then lets the context go as any other.
      */
     default void abandon() {}
 

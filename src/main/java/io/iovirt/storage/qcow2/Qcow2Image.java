@@ -42,7 +42,9 @@ import java.util.concurrent.locks.ReentrantLock;
  * tables, fdatasync, then the dirty L1 entries, fdatasync;</li>
  * <li>a refcount decrement (a compressed or shared cluster rewritten, a cluster discarded) is applied only after the
  * flush that made the dereference durable, and only once every lock-free read or write in flight when that flush ran
- * has completed ({@link #requestsNow}), since the allocator may hand the cluster out again;</li>
+ * has completed ({@link #requestsNow}), since the allocator may hand the cluster out again; a request given up on in
+ * the kernel never completes: its host clusters are quarantined instead, never handed out or freed while the image
+ * is open ({@link #quarantine});</li>
  * <li>a new refcount block or refcount table is written and synced before the pointer to it.</li>
  * </ol>
  * A failed fdatasync fails that flush and every later flush and write until the image is opened again: what it
@@ -677,12 +679,13 @@ public final class Qcow2Image implements DiskImage {
      * the consistency order, then again so that refcount decrements deferred by the first flush land too — also
      * those still waiting for a request in flight, freed early since nothing allocates while read-only (taken again
      * when the image becomes writable before the request completed): the file is then a clean, complete qcow2 image
-     * without leaks another program may open. iovirt never sets the dirty bit (no lazy refcounts) and
-     * repairs an image left dirty when it opens it for writing, so there is no dirty bit to clear here. A write
-     * that passed its checks before the switch may still complete (as for a raw image); allocations and zeroing
-     * re-check under the metadata lock and are refused. An image opened read-only cannot be made writable. A failed
-     * first flush leaves the image writable; a later one leaves it read-only (the early frees need it), as a raw image
-     * is after a failed write-back.
+     * without leaks another program may open, but for the clusters a request given up on in the kernel may still
+     * write, which a free leaves allocated ({@link #quarantine}). iovirt never sets the dirty bit (no lazy
+     * refcounts) and repairs an image left dirty when it opens it for writing, so there is no dirty bit to clear
+     * here. A write that passed its checks before the switch may still complete (as for a raw image); allocations
+     * and zeroing re-check under the metadata lock and are refused. An image opened read-only cannot be made
+     * writable. A failed first flush leaves the image writable; a later one leaves it read-only (the early frees need
+     * it), as a raw image is after a failed write-back.
      */
     @Override
     public void setReadOnly(boolean ro) throws IOException {
@@ -1794,6 +1797,55 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
+    /**
+     * Quarantines host bytes [host, host+bytes), which a request given up on in the kernel (its ring closed before
+     * its completion came) may still write or read at any time: while the image is open the allocator never hands
+     * their clusters out again and a free of one is held back, so the cluster stays allocated with nothing
+     * referencing it, a leak (for a read too: it would read another guest offset's data or a table into guest
+     * memory). Neither is undone at close: the kernel may carry the request out after it, and the next program to
+     * open the image would hand the cluster out; 'qemu-img check -r leaks' reclaims the leak once this process has
+     * exited. Called before the request's context is closed, so before its count moves on: a free waiting for the
+     * request is applied only after, and held back. Takes the metadata lock; nothing to do once the image is closed.
+     */
+    void quarantine(long host, long bytes) {
+        meta.lock();
+        try {
+            if (closed) {
+                return;
+            }
+            long all = refcounts.quarantine(host, bytes);
+            System.getLogger(Qcow2Image.class.getName())
+                    .log(
+                            System.Logger.Level.WARNING,
+                            "qcow2 image " + path + ": the " + bytes + " bytes at host offset 0x"
+                                    + Long.toHexString(host) + " a request given up on in the kernel may still write"
+                                    + " are quarantined: never handed out again, and left allocated (leaked) if freed,"
+                                    + " while the image is open (" + all + " clusters quarantined in all)");
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    /** How many clusters are quarantined ({@link #quarantine}). */
+    long quarantinedClusters() {
+        meta.lock();
+        try {
+            return refcounts.quarantinedClusters();
+        } finally {
+            meta.unlock();
+        }
+    }
+
+    /** How many quarantined clusters were freed and stay allocated, referenced by nothing: leaked on purpose. */
+    long quarantineLeaks() {
+        meta.lock();
+        try {
+            return refcounts.leaked();
+        } finally {
+            meta.unlock();
+        }
+    }
+
     private void clearAutoclear() throws IOException {
         writeMeta64(Qcow2Header.OFF_AUTOCLEAR, 0L);
         sync();
@@ -1850,6 +1902,14 @@ public final class Qcow2Image implements DiskImage {
                                     "qcow2 image " + path + ": metadata flush at close failed: " + e.getMessage()
                                             + " (data written since the last guest flush may be lost; run 'qemu-img check')");
                 }
+            }
+            if (refcounts.leaked() > 0) {
+                System.getLogger(Qcow2Image.class.getName())
+                        .log(
+                                System.Logger.Level.WARNING,
+                                "qcow2 image " + path + ": " + refcounts.leaked() + " freed clusters stay allocated"
+                                        + " (leaked): a request given up on in the kernel may still write them;"
+                                        + " reclaim them with 'qemu-img check -r leaks' once this process has exited");
             }
             closed = true;
         } finally {
@@ -1910,6 +1970,8 @@ public final class Qcow2Image implements DiskImage {
         private long bytes;
         /** Host offset of the transfer queued by submitRead/submitWrite. */
         private long submittedHost;
+        /** Its length: the host bytes [submittedHost, +submittedBytes) the kernel reads or writes for it. */
+        private long submittedBytes;
         /**
          * Counts up when a read or write starts (before it looks up its host clusters) and when it completed: odd
          * while one is in flight. A cluster a discard freed is not handed out again while a write that may have found
@@ -1918,7 +1980,10 @@ public final class Qcow2Image implements DiskImage {
          */
         private volatile long requests;
 
-        /** Its request in flight was given up on in the kernel ({@link #abandon}): it counts in flight for ever. */
+        /**
+         * Its request in flight was given up on in the kernel ({@link #abandon}) and its host clusters could not be
+         * quarantined: it counts in flight for ever.
+         */
         private boolean abandoned;
 
         private Qcow2Io(RawImage.IoContext raw) {
@@ -2061,6 +2126,7 @@ public final class Qcow2Image implements DiskImage {
                     return false;
                 }
                 submittedHost = host;
+                submittedBytes = bytes;
                 queued = true;
                 return true;
             } finally {
@@ -2127,9 +2193,25 @@ public final class Qcow2Image implements DiskImage {
             }
         }
 
+        /**
+         * The request queued last is given up on in the kernel: the host clusters it found, where a write may land (or
+         * a read still read) at any time, are quarantined while the image is open ({@link Qcow2Image#quarantine}):
+         * never handed out again, never freed. Then the context goes as any other at its {@link #close}, and the
+         * frees that wait for the requests in flight no longer wait for this one, which never completes: before,
+         * every later free waited for it, and a guest that wrote, discarded and flushed in a loop grew the file and
+         * its leaked clusters for as long as the image stayed open. The leak is now these clusters: at most the
+         * requests in flight of the queue given up on (queue size × request size). Nothing to do when no request is
+         * in flight (the count is even) or none was queued. A request a failed queue dropped once its I/O ended keeps
+         * its count odd until the close, but is out of the kernel: the engine does not give it up (its slot is free).
+         */
         @Override
         public void abandon() {
-            abandoned = (requests & 1) != 0;
+            if ((requests & 1) == 0 || submittedBytes == 0) {
+                return;
+            }
+            abandoned = true; // stays in flight for ever if the quarantine fails (out of memory): a leak at worst
+            quarantine(submittedHost, submittedBytes);
+            abandoned = false;
         }
 
         @Override
@@ -2138,9 +2220,9 @@ public final class Qcow2Image implements DiskImage {
                 contexts.remove(this);
                 end(); // closed: its requests are over (a discard that saw one in flight may free its clusters)
             }
-            // Abandoned: a write the kernel still holds may land on the host clusters it found at any time, so the
-            // context stays registered with its count odd, and no cluster freed since is handed out again while the
-            // image is open (each later batch of frees waits for it: they stay allocated, a leak, not a corruption).
+            // Abandoned and not quarantined: a write the kernel still holds may land on the host clusters it found at
+            // any time, so the context stays registered with its count odd, and no cluster freed since is handed out
+            // again while the image is open (each later batch of frees waits for it: a leak, not a corruption).
             clear();
             raw.close();
         }

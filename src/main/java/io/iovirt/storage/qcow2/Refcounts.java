@@ -17,7 +17,8 @@ import java.util.Map;
 /**
  * The refcounts of one {@link Qcow2Image} and the cluster allocator built on them (QEMU's qcow2-refcount.c): the
  * refcount table (kept whole in memory), the refcount blocks (in their own {@link MetaCache}), the allocation
- * cursor, the refcount decrements deferred to the next flush, and the rebuild of an image left dirty.
+ * cursor, the refcount decrements deferred to the next flush, the quarantine of the clusters a request given up on
+ * in the kernel may still write ({@link #quarantine}), and the rebuild of an image left dirty.
  *
  * <p>It keeps two rules of the image's crash-consistency contract (rules 3 and 4 in {@link Qcow2Image}): a refcount
  * decrement is applied only after the flush that made the dereference durable, and once the requests in flight
@@ -87,6 +88,21 @@ final class Refcounts {
     /** Dereferenced host ranges (offset, bytes) and the requests in flight when their flush ran. */
     private record Dereferenced(List<long[]> ranges, Qcow2Image.InFlight inFlight) {}
 
+    /**
+     * Sorted indices of the clusters a request given up on in the kernel may still write or read at any time
+     * ({@link #quarantine}): never handed out by the allocator while the image is open, and never counted down to 0
+     * ({@link #held}). Only grows; kept across a {@link #reload}, since the kernel may still carry the request out.
+     */
+    private long[] quarantined = new long[0];
+
+    /**
+     * The count-downs to 0 of quarantined clusters that were due, per cluster, held back: each such cluster stays
+     * allocated with nothing referencing it, a leak on purpose ({@link #leaked}). Not applied at close either: the
+     * kernel may carry the request out after the image closed, and the next program to open it would hand the
+     * cluster out. 'qemu-img check -r leaks' reclaims them once this process has exited.
+     */
+    private final Map<Long, Long> held = new HashMap<>();
+
     /** The refcounts of {@code img}, as its header {@code h} describes them; {@link #load} reads the table. */
     Refcounts(Qcow2Image img, Path path, Fd fd, int align, Qcow2Header h) {
         this.img = img;
@@ -126,6 +142,7 @@ final class Refcounts {
         dereferenced.clear();
         waiting.clear();
         freedEarly.clear(); // no request is in flight at a refresh
+        held.clear(); // the refcounts are read again: what this image held back is on disk as it was (allocated)
         refTableOffset = h.refTableOffset();
         refTableClusters = h.refTableClusters();
         freeHint = 0;
@@ -279,7 +296,7 @@ final class Refcounts {
 
     /** Whether cluster {@code c} is free as the refcounts are now, making no refcount block. */
     private boolean isFreeNow(long c) throws IOException {
-        return !img.overlapsMetadata(c << clusterBits, 1) && (c >= allocEnd || refcount(c) == 0);
+        return !img.overlapsMetadata(c << clusterBits, 1) && !isQuarantined(c) && (c >= allocEnd || refcount(c) == 0);
     }
 
     /** Whether a refcount block describes cluster {@code c}. */
@@ -309,7 +326,7 @@ final class Refcounts {
      * header, the L1 or a refcount structure, so it is never free. Past {@link #allocEnd} every other cluster is.
      */
     private boolean isFree(long c) throws IOException {
-        if (img.overlapsMetadata(c << clusterBits, 1) || (c < allocEnd && refcount(c) != 0)) {
+        if (img.overlapsMetadata(c << clusterBits, 1) || isQuarantined(c) || (c < allocEnd && refcount(c) != 0)) {
             return false;
         }
         ensureRefBlock(c / refBlockEntries); // may place a new refcount block (or table) on c itself
@@ -411,9 +428,10 @@ final class Refcounts {
     /**
      * The image becomes read-only (its flush made every dereference durable and moved it to {@link #waiting}): the
      * batches still waiting for requests in flight are freed now, so that the file the switch leaves for other
-     * programs has no leaked clusters. Freeing them early is safe while the image is read-only: nothing allocates
-     * (every allocation re-checks writability under the metadata lock), so no cluster is handed out while a request
-     * is still on it. The decrements land at the next flush (the switch runs two). Metadata lock held.
+     * programs has no leaked clusters but the quarantined ones ({@link #hold}). Freeing them early is safe while the
+     * image is read-only: nothing allocates (every allocation re-checks writability under the metadata lock), so no
+     * cluster is handed out while a request is still on it. The decrements land at the next flush (the switch runs
+     * two). Metadata lock held.
      */
     void freeForReadOnly() {
         for (Dereferenced d : waiting) {
@@ -443,7 +461,11 @@ final class Refcounts {
             for (long[] r : d.ranges()) {
                 long last = (r[0] + r[1] - 1) >>> clusterBits;
                 for (long c = r[0] >>> clusterBits; c <= last; c++) {
-                    setRefcount(c, refcount(c) + 1);
+                    // a count-down held back (hold) was never applied: nothing to take back (with 1-bit
+                    // refcounts, refcount_order 0, an increment to 2 would fail the switch)
+                    if (!unhold(c)) {
+                        setRefcount(c, refcount(c) + 1);
+                    }
                 }
             }
             waiting.add(d);
@@ -460,7 +482,7 @@ final class Refcounts {
             long last = (r[0] + r[1] - 1) >>> clusterBits;
             for (long c = first; c <= last; c++) {
                 long rc = refcount(c);
-                if (rc > 0) {
+                if (rc > 0 && !hold(c, rc)) {
                     setRefcount(c, rc - 1);
                     if (rc == 1) {
                         freeHint = Math.min(freeHint, c);
@@ -477,9 +499,67 @@ final class Refcounts {
     void releaseOldTable(long offset, long clusters) throws IOException {
         for (long i = 0; i < clusters; i++) {
             long c = (offset >>> clusterBits) + i;
-            setRefcount(c, refcount(c) - 1);
-            freeHint = Math.min(freeHint, c);
+            long rc = refcount(c);
+            if (!hold(c, rc)) { // a damaged image's L2 entry may have named the table as data a request read
+                setRefcount(c, rc - 1);
+                freeHint = Math.min(freeHint, c);
+            }
         }
+    }
+
+    // ---- quarantine --------------------------------------------------------------------------------------------
+
+    /**
+     * Quarantines the clusters host bytes [host, host+bytes) touch: a request given up on in the kernel may still
+     * write (or read) them at any time. From now on the allocator never hands them out, and a count-down that would
+     * free one is held back ({@link #hold}), while the image is open. Returns how many clusters are quarantined in
+     * all.
+     */
+    long quarantine(long host, long bytes) {
+        long first = host >>> clusterBits;
+        long last = (host + bytes - 1) >>> clusterBits;
+        quarantined = MetadataLayout.withRange(quarantined, first, last - first + 1);
+        return quarantined.length;
+    }
+
+    private boolean isQuarantined(long c) {
+        return quarantined.length != 0 && Arrays.binarySearch(quarantined, c) >= 0;
+    }
+
+    /**
+     * Whether the count-down of cluster {@code c} from refcount {@code rc} is held back: it would free a quarantined
+     * cluster, which then stays allocated (counted in {@link #held}).
+     */
+    private boolean hold(long c, long rc) {
+        if (rc != 1 || !isQuarantined(c)) {
+            return false;
+        }
+        held.merge(c, 1L, Long::sum);
+        return true;
+    }
+
+    /** Forgets one count-down of {@code c} {@link #hold} held back, if there is one: true then. */
+    private boolean unhold(long c) {
+        Long n = held.get(c);
+        if (n == null) {
+            return false;
+        }
+        if (n == 1) {
+            held.remove(c);
+        } else {
+            held.put(c, n - 1);
+        }
+        return true;
+    }
+
+    /** How many clusters are quarantined ({@link #quarantine}). */
+    long quarantinedClusters() {
+        return quarantined.length;
+    }
+
+    /** How many quarantined clusters stay allocated with nothing referencing them: leaked on purpose. */
+    long leaked() {
+        return held.size();
     }
 
     // ---- refcount structures -----------------------------------------------------------------------------------

@@ -682,28 +682,7 @@ class BlkQueueWorkerTest {
         Path path = io.iovirt.storage.qcow2.QemuTools.createQcow2(dir, "disk.qcow2", "16M");
         try (io.iovirt.storage.qcow2.Qcow2Image q = io.iovirt.storage.qcow2.Qcow2Image.open(path, false);
                 IoUring late = IoUring.create(4)) {
-            writeImage(q, 0, 0x33); // guest cluster 0 allocated: the writes below go to the ring
-            DiskImage lost = new ForwardingDiskImage(q) {
-                @Override
-                public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
-                    return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
-                        @Override
-                        public boolean submitWrite(IoUring ring, long offset, long userData)
-                                throws io.iovirt.linux.LinuxException {
-                            return super.submitWrite(late, offset, userData); // "in the kernel", for the engine
-                        }
-                    };
-                }
-            };
-            BlkQueueHandler handler = newHandler(lost);
-            worker = newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)));
-            write(0, 0, 4096);
-            write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
-            worker.start();
-            kick();
-            Await.until(Duration.ofSeconds(20), "both writes taken", () -> stats.started.sum() == 2);
-            assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
-            worker = null;
+            giveUpOnTwoWrites(q, late);
 
             q.discard(0, 65536);
             q.handOver(); // two flushes: a free deferred to the first lands at the second
@@ -713,6 +692,129 @@ class BlkQueueWorkerTest {
                     Files.size(path) > before,
                     "the cluster the writes given up on may land on was handed out again (the file did not grow)");
         } // the second ring closes with the writes never entered: their iovecs went with the stopped queue
+    }
+
+    /**
+     * The writes a stop gave up on in the kernel leak the qcow2 clusters they may land on, no more: their contexts
+     * quarantine those and then go as any other. Before, the contexts stayed counted in flight for ever and every
+     * later free waited for them: each round of a guest's write, discard and FLUSH took a new cluster at the end of
+     * the file, leaked, for as long as the image stayed open.
+     */
+    @Test
+    @org.junit.jupiter.api.Tag("peer") // qemu-img makes the image
+    void writesGivenUpOnInTheKernelNoLongerHoldUpLaterQcow2Frees() throws Exception {
+        setUpGuest(false, true);
+        Path path = io.iovirt.storage.qcow2.QemuTools.createQcow2(dir, "disk.qcow2", "16M");
+        try (io.iovirt.storage.qcow2.Qcow2Image q = io.iovirt.storage.qcow2.Qcow2Image.open(path, false);
+                IoUring late = IoUring.create(4)) {
+            giveUpOnTwoWrites(q, late);
+            q.discard(0, 65536); // the cluster the writes may land on: it stays allocated
+            writeImage(q, 9L << 20, 0x66);
+            long size = Files.size(path);
+            for (int i = 0; i < 16; i++) {
+                q.discard(9L << 20, 65536);
+                q.flush(); // the guest's FLUSH: its discard's free is applied, the cluster taken again below
+                writeImage(q, 9L << 20, i);
+            }
+            assertEquals(size, Files.size(path), "the rounds grew the file: the frees waited for the writes");
+        } // the second ring closes with the writes never entered: their iovecs went with the stopped queue
+        String out = io.iovirt.storage.qcow2.QemuTools.check(path, true);
+        assertTrue(out.contains("1 leaked clusters were found"), "the writes' cluster alone:\n" + out);
+    }
+
+    /**
+     * Writes guest cluster 0 of {@code q}, then serves two writes into it on a queue whose contexts queue them on
+     * {@code late}, which the stop does not know of: it gives up on them as when io_uring_enter fails, and they stay
+     * in {@code late}'s submission queue, never entered unless the caller does.
+     */
+    private void giveUpOnTwoWrites(io.iovirt.storage.qcow2.Qcow2Image q, IoUring late) throws Exception {
+        writeImage(q, 0, 0x33); // guest cluster 0 allocated: the writes below go to the ring
+        DiskImage lost = new ForwardingDiskImage(q) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData)
+                            throws io.iovirt.linux.LinuxException {
+                        return super.submitWrite(late, offset, userData); // "in the kernel", for the engine
+                    }
+                };
+            }
+        };
+        BlkQueueHandler handler = newHandler(lost);
+        worker = newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)));
+        write(0, 0, 4096);
+        write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
+        worker.start();
+        kick();
+        Await.until(Duration.ofSeconds(20), "both writes taken", () -> stats.started.sum() == 2);
+        assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
+        worker = null;
+    }
+
+    /**
+     * A request a failed queue dropped once the kernel was done with it is out of the kernel: when the stop then
+     * gives up on the requests still there, its context is not told it was given up on (a qcow2 context would
+     * quarantine the host clusters its last request found, leaked if freed while the image is open). The engine
+     * knows which slots are still in the kernel by the free list, where a dropped request's slot goes back. Here a
+     * FLUSH is a socket read in the kernel (the real ring) when a request outside guest memory fails the queue; the
+     * write next to it is queued on no ring, so that once the FLUSH was dropped the stop's wait fails as a failing
+     * io_uring_enter would, and the stop gives up on the write.
+     */
+    @Test
+    void aRequestAFailedQueueDroppedIsNotGivenUpOnInTheKernel() throws Exception {
+        setUpGuest(false, true);
+        UnixSocket[] a = UnixSocket.pair();
+        java.util.concurrent.atomic.AtomicInteger givenUp = new java.util.concurrent.atomic.AtomicInteger();
+        DiskImage disk = new ForwardingDiskImage(new SocketFlushImage(image, ram, data(4), a[1])) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData) {
+                        return true; // "in the kernel", as far as the engine knows
+                    }
+
+                    @Override
+                    public void abandon() {
+                        givenUp.incrementAndGet();
+                        super.abandon();
+                    }
+                };
+            }
+        };
+        try (Arena scratch = Arena.ofConfined()) {
+            worker = newWorker(disk, true);
+            write(0, 0, 4096);
+            int flush = request(T_FLUSH, 0, new long[0], new int[0], true);
+            worker.start();
+            kick();
+            Await.until(Duration.ofSeconds(20), "the write and the FLUSH taken", () -> stats.started.sum() == 2);
+
+            request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
+            kick();
+            // The failed queue waits for the FLUSH in io_uring_enter (system call 426 on x86_64 and aarch64).
+            Await.until(Duration.ofSeconds(20), "the failed queue waits for the ring", () -> {
+                try {
+                    long tid = taskNamed("iovirt blk test q0");
+                    return worker.failure() != null
+                            && tid > 0
+                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
+                                    .startsWith("426 ");
+                } catch (IOException gone) {
+                    return false;
+                }
+            });
+            a[0].send(scratch.allocate(4096)); // the FLUSH's read ends: the failed queue drops it
+            assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the write and ends");
+            assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
+            worker = null;
+            assertEquals(0x7f, status(flush), "dropped, not answered");
+            assertEquals(1, givenUp.get(), "given up on in the kernel: the write alone, not the dropped FLUSH");
+        } finally {
+            a[0].close();
+            a[1].close();
+        }
     }
 
     /** Writes one 64 KiB cluster of {@code value} bytes at {@code offset}, synchronously. */

@@ -686,6 +686,203 @@ class Qcow2ImageTest {
     }
 
     /**
+     * A request given up on in the kernel leaks its own host cluster at most, not every cluster freed after it: its
+     * context quarantines the cluster and then goes as any other. Before, the context stayed counted in flight for
+     * ever and every later free waited for it: each round of a guest's write, discard and FLUSH took a new cluster
+     * at the end of the file and left it leaked, for as long as the image stayed open.
+     */
+    @Test
+    void aRequestGivenUpOnInTheKernelLeaksOnlyItsOwnClusters() throws Exception {
+        Path img = writtenForUring("bounded.qcow2");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, 2 * MIB, 0x55);
+            io.abandon(); // what the engine does before it closes the ring it could not wait for
+            io.close();
+            q.discard(2 * MIB, 65536); // the cluster the write may still land on is freed: it stays allocated
+            write(q, 9 * MIB, fill(65536, 0x66));
+            long cluster = q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK;
+            long size = Files.size(img);
+            for (int i = 0; i < 32; i++) {
+                q.discard(9 * MIB, 65536);
+                q.flush(); // the guest's FLUSH: nothing else is in flight, so the discard's free is applied
+                write(q, 9 * MIB, fill(65536, i));
+                assertEquals(
+                        cluster,
+                        q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK,
+                        "round " + i + " did not take the cluster the round before freed");
+            }
+            assertEquals(size, Files.size(img), "the rounds grew the file");
+            assertEquals(1, q.quarantinedClusters());
+            assertEquals(1, q.quarantineLeaks(), "the discarded cluster the write may land on stays allocated");
+            ring.submitAndWait(1); // the write lands late, on its quarantined cluster
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            assertArrayEquals(fill(65536, 31), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+        }
+        String out = check(img, true);
+        assertTrue(out.contains("1 leaked clusters were found"), "the quarantined cluster alone:\n" + out);
+        QemuTools.run("qemu-img", "check", "-r", "leaks", "-f", "qcow2", img.toString()); // once the process exited
+        check(img, false);
+        qemuIoOk(
+                img,
+                "qcow2",
+                "read -P 0x33 0 2M",
+                "read -P 0 2M 64k",
+                "read -P 0x33 2112k 1984k",
+                "read -P 0x1f 9M 64k");
+    }
+
+    /**
+     * The clusters of requests given up on in the kernel are never handed out again while the image is open, whether
+     * the discard that frees one came before the request was given up on (its free waited for the request) or after;
+     * a free of another cluster in between is applied as usual, and that cluster is the next allocation. Before, the
+     * requests' contexts stayed counted in flight for ever: the other cluster's free waited for them too, and the
+     * next allocation grew the file.
+     */
+    @Test
+    void theClustersOfRequestsGivenUpOnAreNeverReusedWhileOtherFreesAreApplied() throws Exception {
+        Path img = writtenForUring("quarantine.qcow2");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            long before = q.l2Entry(MIB) & Qcow2Image.OFFSET_MASK;
+            long after = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            long other = q.l2Entry(3 * MIB) & Qcow2Image.OFFSET_MASK;
+            assertTrue(before < other && after < other, "qemu-io allocated the clusters in guest order");
+            Qcow2Image.Qcow2Io first = queuedWrite(q, ring, arena, MIB, 0x55);
+            Qcow2Image.Qcow2Io second = queuedWrite(q, ring, arena, 2 * MIB, 0x56);
+            q.discard(MIB, 65536);
+            q.flush(); // its free waits for the requests in flight: the two writes
+            first.abandon(); // the engine gives up on both
+            second.abandon();
+            first.close();
+            second.close();
+            q.discard(2 * MIB, 65536);
+            q.discard(3 * MIB, 65536);
+            q.flush(); // every free is due now: the two quarantined clusters' are held back
+            for (int i = 0; i < 4; i++) {
+                write(q, (9 + i) * MIB, fill(65536, 0x70 + i));
+                long h = q.l2Entry((9 + i) * MIB) & Qcow2Image.OFFSET_MASK;
+                assertTrue(h != before && h != after, "a quarantined cluster was handed out at round " + i);
+                if (i == 0) {
+                    assertEquals(other, h, "the free of the cluster no request holds was not applied");
+                }
+            }
+            q.handOver();
+            write(q, 13 * MIB, fill(65536, 0x74));
+            long h = q.l2Entry(13 * MIB) & Qcow2Image.OFFSET_MASK;
+            assertTrue(h != before && h != after, "a quarantined cluster was handed out after a hand-over");
+            assertEquals(2, q.quarantinedClusters());
+            assertEquals(2, q.quarantineLeaks());
+            ring.submitAndWait(2); // the writes land late, on their quarantined clusters
+            assertEquals(2, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            for (int i = 0; i < 5; i++) {
+                assertArrayEquals(fill(65536, 0x70 + i), read(q, (9 + i) * MIB, 65536), "the late writes hit " + i);
+            }
+        }
+        String out = check(img, true);
+        assertTrue(out.contains("2 leaked clusters were found"), "the quarantined clusters alone:\n" + out);
+        qemuIoOk(img, "qcow2", "read -P 0 1M 64k", "read -P 0 2M 64k", "read -P 0 3M 64k", "read -P 0x70 9M 64k");
+    }
+
+    /**
+     * A switch to read-only frees at once the clusters whose frees wait for requests in flight, to leave other
+     * programs a file without leaks: but not a cluster a request given up on in the kernel may still write, which
+     * another program could take (or this one, after a close). Before, the switch freed it. Switched back to writable
+     * while a read the free waited for is still in flight, the free is taken back without counting the quarantined
+     * cluster up: it was never counted down, and with 1-bit refcounts a count of 2 would fail the switch.
+     */
+    @Test
+    void aSwitchToReadOnlyLeavesAQuarantinedClusterAllocated() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("roquarantine.qcow2", "16M", "refcount_bits=1");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 4M");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring late = IoUring.create(4);
+                IoUring ring = IoUring.create(4);
+                Qcow2Image.Qcow2Io reader = q.newContext(8, 0)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            Qcow2Image.Qcow2Io w = queuedWrite(q, late, arena, 2 * MIB, 0x55);
+            reader.add(arena.allocate(65536, 4096));
+            assertTrue(reader.submitRead(ring, 3 * MIB, 1), "queued: a read, in flight, not given up on");
+            w.abandon();
+            w.close();
+            q.discard(2 * MIB, 65536);
+            q.setReadOnly(true);
+            QemuTools.Result r = QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString());
+            assertEquals(3, r.exit(), "qemu-img check of the image switched to read-only: " + r.output());
+            assertTrue(r.output().contains("1 leaked clusters were found"), r.output());
+            q.setReadOnly(false); // the read is still in flight: the free waits for it again
+            ring.submitAndWait(1);
+            assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
+            reader.completed(false, 3 * MIB, 65536);
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the quarantined cluster was handed out after the switches");
+            late.submitAndWait(1); // the write lands late
+            assertEquals(1, late.reap((ud, res, f) -> assertEquals(65536, res)));
+            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+        }
+        String out = check(img, true);
+        assertTrue(out.contains("1 leaked clusters were found"), "the quarantined cluster alone:\n" + out);
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 3M 64k", "read -P 0x66 9M 64k");
+    }
+
+    /**
+     * A quarantined cluster another program freed while this one had handed the image over ('qemu-img check -r leaks'
+     * too early, a repair of the refcounts) is still not handed out once the image is read again: the quarantine is
+     * this process's, not the file's. Without it, the refcount read again said free and the next allocation took it.
+     */
+    @Test
+    void aQuarantinedClusterAnotherProgramFreedIsNotTakenAfterARefresh() throws Exception {
+        Path img = writtenForUring("refreshquarantine.qcow2");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, 2 * MIB, 0x55);
+            io.abandon();
+            io.close();
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            check(img, true); // the quarantined cluster is leaked on disk
+            QemuTools.run("qemu-img", "check", "-r", "leaks", "-f", "qcow2", img.toString());
+            check(img, false);
+            q.refresh(); // this process takes the image again
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the quarantined cluster was handed out after the image was read again");
+            ring.submitAndWait(1); // the write lands late
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+        }
+        check(img, false); // the cluster was free on disk, and nothing referenced it since
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k");
+    }
+
+    /**
+     * A write of 64 KiB of {@code value} bytes at {@code offset} (an allocated cluster), queued on {@code ring} but not
+     * entered: in flight for the image, in the kernel once the caller enters it, which may come after the caller gave
+     * it up (abandon) and closed its context, as when an engine closed a ring it could not wait for. The buffer is
+     * {@code arena}'s.
+     */
+    private static Qcow2Image.Qcow2Io queuedWrite(Qcow2Image q, IoUring ring, Arena arena, long offset, int value)
+            throws IOException {
+        MemorySegment buf = arena.allocate(65536, 4096);
+        buf.fill((byte) value);
+        Qcow2Image.Qcow2Io io = q.newContext(8, 0);
+        io.add(buf);
+        assertTrue(io.submitWrite(ring, offset, 1), "queued: a write to an allocated cluster");
+        return io;
+    }
+
+    /**
      * The host range of a compressed cluster a write copied out is not handed out again while a read that found
      * the compressed entry is in flight: the read's lookup and its read of the compressed bytes are run apart, as on
      * a queue thread preempted between the two, and the rewrite, a hand-over and a new allocation come in between.
