@@ -30,6 +30,7 @@ import org.junit.jupiter.api.io.TempDir;
  * down the chain, a device), before the backing file is locked; chains inside the policy open and read as before.
  * Before, iovirt opened whatever the header named, as QEMU does.
  */
+@org.junit.jupiter.api.Tag("peer") // qemu-img, qemu-io: Failsafe
 class BackingPolicyTest {
     private static final int MIB = 1 << 20;
 
