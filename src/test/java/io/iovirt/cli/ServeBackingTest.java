@@ -57,7 +57,7 @@ class ServeBackingTest {
     }
 
     @Test
-    void anImageWhoseBackingFileIsOutsideIsRefusedBeforeAnythingServes() {
+    void anImageWhoseBackingFileIsOutsideIsRefusedBeforeAnythingServes() throws Exception {
         Path sock = dir.resolve("s.sock");
         for (String kind : List.of("blk", "nbd")) {
             CliRun r = CliRun.run(List.of(
@@ -78,6 +78,31 @@ class ServeBackingTest {
                     kind + ": " + r.err());
             assertTrue(r.noStackTrace(), r.err());
             assertFalse(Files.exists(sock), "nothing was served");
+        }
+        // --backing-devices lets a device through the policy (a character device is then refused by the open: an
+        // image is a regular file or a block device)
+        Path onNull = dir.resolve("tenant/null.qcow2");
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/dev/null", "-F", "raw", onNull.toString(), "1M");
+        for (boolean devices : new boolean[] {false, true}) {
+            List<String> args = new java.util.ArrayList<>(List.of(
+                    "serve",
+                    "nbd",
+                    "--image",
+                    onNull.toString(),
+                    "--socket",
+                    sock.toString(),
+                    "--backing-dir",
+                    "/dev"));
+            if (devices) {
+                args.add("--backing-devices");
+            }
+            CliRun r = CliRun.run(args);
+            assertEquals(1, r.exit(), r.err());
+            assertEquals(
+                    !devices,
+                    r.err().contains("is a character device, and backing devices are not allowed"),
+                    devices + ": " + r.err());
+            assertEquals(devices, r.err().contains("not a regular file or a block device"), devices + ": " + r.err());
         }
         // a directory that does not exist is the operator's mistake: a usage error
         CliRun r = CliRun.run(List.of(
