@@ -5,6 +5,7 @@ import io.iovirt.bench.BlkBench;
 import io.iovirt.bench.BlkBenchOptions;
 import io.iovirt.devices.blk.BlkDevice;
 import io.iovirt.linux.SdNotify;
+import io.iovirt.storage.BackingPolicy;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
@@ -170,6 +171,10 @@ final class ServeBlkCommand implements Callable<Integer> {
     @CommandLine.Mixin
     SocketAccessOptions socketAccess;
 
+    /** --backing-dir / --backing-devices: where a qcow2 image's backing files may be. */
+    @CommandLine.Mixin
+    BackingOptions backingOptions;
+
     @Option(
             names = "--standby",
             description = "Warm standby: start up, open the image, then wait while another serve blk serves --socket, "
@@ -195,9 +200,10 @@ final class ServeBlkCommand implements Callable<Integer> {
         }
         String id = serial != null ? serial : defaultSerial(image);
         checkFormat(image, format);
+        BackingPolicy backing = backingOptions.policy(spec);
         // A standby opens the image only to check it (read-only: the process serving it may be writing it) and
         // opens it for serving once it serves the socket (below).
-        DiskImage img = Images.open(image, format, readOnly || standby, direct);
+        DiskImage img = Images.open(image, format, readOnly || standby, direct, backing);
         // The socket (and so the image, to a standby or the next backend) is let go of only after the image was
         // flushed and closed, on every way out (a server that cannot start, a failed final flush, an exception): a
         // standby that took over while this process still wrote back a qcow2 image's tables read them as they were
@@ -247,7 +253,7 @@ final class ServeBlkCommand implements Callable<Integer> {
                 DiskImage checked = img;
                 img = null;
                 checked.close();
-                img = Images.open(image, format, readOnly, direct);
+                img = Images.open(image, format, readOnly, direct, backing);
                 checkSize(image, img.size(), allowPartialSector);
             }
             BlkDevice device = new BlkDevice(socket.toString(), img, queues, id, ioEngine);

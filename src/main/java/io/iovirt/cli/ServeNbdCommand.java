@@ -50,6 +50,10 @@ final class ServeNbdCommand implements Callable<Integer> {
     @picocli.CommandLine.Mixin
     SocketAccessOptions socketAccess;
 
+    /** --backing-dir / --backing-devices, as for serve blk. */
+    @picocli.CommandLine.Mixin
+    BackingOptions backingOptions;
+
     @Option(
             names = "--image",
             required = true,
@@ -130,6 +134,7 @@ final class ServeNbdCommand implements Callable<Integer> {
                             + " and has no peer uid to check");
         }
         ImageFormat fmt = format == null ? null : ImageFormat.parse(format);
+        io.iovirt.storage.BackingPolicy backing = backingOptions.policy(spec);
         // The export holds its image while it runs, as the daemon's do: a writable one owns it (QEMU or another
         // export writing it too would corrupt it), a read-only one keeps writers away (its clients would see data
         // change under them). Closed after the image, so the lock outlives the final flush.
@@ -137,7 +142,7 @@ final class ServeNbdCommand implements Callable<Integer> {
         DiskImage img = null;
         NbdServer server = null;
         try {
-            img = Images.open(image, fmt, readOnly, direct);
+            img = Images.open(image, fmt, readOnly, direct, backing);
             NbdExport export = new NbdExport(name, img, readOnly);
             server = listen.socket != null
                     ? NbdServer.startUnix(listen.socket, maxConnections, socketAccess.access())

@@ -2,6 +2,7 @@
 package io.iovirt.daemon;
 
 import io.iovirt.devices.blk.BlkDevice;
+import io.iovirt.storage.BackingPolicy;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.Images;
@@ -65,23 +66,25 @@ final class BlkExport implements Daemon.Export {
      */
     static BlkExport start(Spec spec, boolean fromConfig, io.iovirt.linux.SocketAccess access, boolean readOnlyNow)
             throws IOException {
-        return start(spec, fromConfig, access, readOnlyNow, ImageOpens.Wanted.ALWAYS);
+        return start(spec, fromConfig, access, readOnlyNow, ImageOpens.Wanted.ALWAYS, BackingPolicy.UNRESTRICTED);
     }
 
     /**
      * As {@link #start(Spec, boolean, io.iovirt.linux.SocketAccess, boolean)} for an add's open ({@link ImageOpens}):
      * once the image is open, {@code wanted} says whether the add still waits for it; if not (its file system
      * answered only after the add had failed), the image is closed and no socket listens: else a frontend reconnecting
-     * to it would be served, for a while, by a disk its operator had been told was not added.
+     * to it would be served, for a while, by a disk its operator had been told was not added. {@code backing}: where
+     * the image's backing files may be (the daemon's, from its configuration file).
      */
     static BlkExport start(
             Spec spec,
             boolean fromConfig,
             io.iovirt.linux.SocketAccess access,
             boolean readOnlyNow,
-            ImageOpens.Wanted wanted)
+            ImageOpens.Wanted wanted,
+            BackingPolicy backing)
             throws IOException {
-        DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), spec.direct());
+        DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), spec.direct(), backing);
         try {
             wanted.check();
             if (readOnlyNow && !image.readOnly()) {

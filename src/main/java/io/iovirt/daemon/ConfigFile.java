@@ -38,7 +38,16 @@ final class ConfigFile {
             Map<String, NetSwitch.Spec> nets,
             Map<String, Map<String, NetSwitch.PortSpec>> ports,
             Map<String, Map<String, NetSwitch.PortSpec>> switchPorts,
-            Map<String, NetSwitch.Spec> portSwitches) {}
+            Map<String, NetSwitch.Spec> portSwitches,
+            io.iovirt.storage.BackingPolicy backing) {}
+
+    /**
+     * The configuration file's daemon-wide key {@code backing} ({@link #backing}): where the backing files of the
+     * images the daemon opens may be. Its keys: {@code dirs}, {@code devices}.
+     */
+    static final String BACKING = "backing";
+
+    static final String[] BACKING_PARAMS = {"dirs", "devices"};
 
     /**
      * A state file's key in a {@code ports} entry: its switch's parameters (those of net.add but the id), so that the
@@ -109,14 +118,22 @@ final class ConfigFile {
         Map<String, Map<String, NetSwitch.PortSpec>> switchPorts = new LinkedHashMap<>();
         Map<String, NetSwitch.Spec> portSwitches = new LinkedHashMap<>();
         String name = file.toString(); // before each entry's position in its messages
+        io.iovirt.storage.BackingPolicy backing;
         try {
             for (Object k : top.keySet()) {
-                if (!k.equals("blk") && !k.equals("nbd") && !k.equals("net") && !(state && k.equals("ports"))) {
+                if (!k.equals("blk")
+                        && !k.equals("nbd")
+                        && !k.equals("net")
+                        && !(state && k.equals("ports"))
+                        && !(!state && k.equals(BACKING))) {
                     throw new RpcException(
                             RpcException.INVALID_PARAMS,
-                            "unknown top-level key '" + k + "' (known: blk, nbd, net" + (state ? ", ports)" : ")"));
+                            "unknown top-level key '" + k + "' (known: blk, nbd, net"
+                                    + (state ? ", ports)" : ", " + BACKING + ")"));
                 }
             }
+            // a state file records devices, not the operator's policy: it keeps the configuration file's (null)
+            backing = state ? null : backing(top.get(BACKING), name);
             List<Object> blkList = list(top.get("blk"), "blk");
             for (int i = 0; i < blkList.size(); i++) {
                 Map<String, Object> e = new LinkedHashMap<>(object(blkList.get(i), "blk[" + i + "]"));
@@ -202,7 +219,49 @@ final class ConfigFile {
         } catch (RpcException e) {
             throw new IOException(what + ": " + e.getMessage());
         }
-        return new Desired(blks, blksReadOnlyNow, nbds, nets, ports, switchPorts, portSwitches);
+        return new Desired(blks, blksReadOnlyNow, nbds, nets, ports, switchPorts, portSwitches, backing);
+    }
+
+    /**
+     * The {@code backing} object of a configuration file: {@code dirs}, the absolute directories backing files must be
+     * under (each must exist; an empty list allows no backing file; without it, anywhere), and {@code devices}, whether
+     * block devices may be backing files (default false). Without the key: {@link
+     * io.iovirt.storage.BackingPolicy#UNRESTRICTED}, QEMU's behaviour.
+     */
+    static io.iovirt.storage.BackingPolicy backing(Object v, String name) throws RpcException {
+        if (v == null) {
+            return io.iovirt.storage.BackingPolicy.UNRESTRICTED;
+        }
+        Params p = new Params(name + ": " + BACKING, object(v, BACKING)).allow(BACKING_PARAMS);
+        boolean devices = p.bool("devices", false);
+        List<Path> dirs = null;
+        if (p.has("dirs")) {
+            dirs = new ArrayList<>();
+            List<Object> l = list(object(v, BACKING).get("dirs"), BACKING + ".dirs");
+            for (int i = 0; i < l.size(); i++) {
+                String what = name + ": " + BACKING + ".dirs[" + i + "]";
+                if (!(l.get(i) instanceof String s) || s.isEmpty()) {
+                    throw RpcException.params(what + " must be a directory's absolute path (a string)");
+                }
+                Path d;
+                try {
+                    d = Path.of(s);
+                } catch (java.nio.file.InvalidPathException e) {
+                    throw RpcException.params(
+                            what + " is not a valid path (" + e.getReason() + "): '" + Params.printable(s) + "'");
+                }
+                if (!d.isAbsolute()) {
+                    throw RpcException.params(
+                            what + " '" + s + "' is relative: name the directory by its absolute" + " path");
+                }
+                dirs.add(d);
+            }
+        }
+        try {
+            return io.iovirt.storage.BackingPolicy.of(dirs, devices);
+        } catch (IOException e) {
+            throw RpcException.params(name + ": " + BACKING + ": " + e.getMessage());
+        }
     }
 
     /**
@@ -352,6 +411,19 @@ final class ConfigFile {
         List<String> removed = new ArrayList<>();
         List<String> changed = new ArrayList<>();
         List<String> failed = new ArrayList<>();
+        // daemon-wide, before any open below: the images this apply opens (new or changed entries) take the file's
+        // policy; those already open keep their chains (their files are open; the next open of each is checked)
+        if (want.backing() != null && !want.backing().equals(d.backing())) {
+            d.backing(want.backing());
+            changed.add(BACKING);
+            LOG.log(
+                    System.Logger.Level.INFO,
+                    "backing files of images opened from now on: "
+                            + (want.backing().unrestricted()
+                                    ? "unrestricted"
+                                    : "under " + want.backing().describe()
+                                            + (want.backing().devices() ? ", block devices allowed" : "")));
+        }
         Running now = Running.of(d);
         // blk: the disks switched read-only or writable in place, each on its own thread (a switch waits up to
         // BlkDevice's share limit for its disk's writes and write-back: N stuck disks would hold the reload N times)

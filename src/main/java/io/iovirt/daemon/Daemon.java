@@ -94,6 +94,21 @@ public final class Daemon implements AutoCloseable {
         return access;
     }
 
+    /**
+     * Where the backing files of the images the daemon opens from now on may be: the configuration file's
+     * {@code backing} (UNRESTRICTED without one). Set at start and by each reload, before its adds; images already
+     * open keep the chains they opened (their files are open: a tighter policy applies to the next open).
+     */
+    private volatile io.iovirt.storage.BackingPolicy backing = io.iovirt.storage.BackingPolicy.UNRESTRICTED;
+
+    void backing(io.iovirt.storage.BackingPolicy policy) {
+        backing = policy;
+    }
+
+    io.iovirt.storage.BackingPolicy backing() {
+        return backing;
+    }
+
     // ---- dispatch -----------------------------------------------------------------------------------------------
 
     /** The methods, for the documentation test and {@code ctl} help. */
@@ -450,7 +465,7 @@ public final class Daemon implements AutoCloseable {
                     spec.image(),
                     wanted -> {
                         claims.claimImage(c, ClaimRegistry.imageKey(spec.image()));
-                        return BlkExport.start(spec, fromConfig, access, readOnlyNow, wanted);
+                        return BlkExport.start(spec, fromConfig, access, readOnlyNow, wanted, backing);
                     },
                     () -> claims.release(c));
         } catch (IOException | RuntimeException ex) { // the claim is released (or will be: ImageOpens)
@@ -703,7 +718,7 @@ public final class Daemon implements AutoCloseable {
                     spec.image(),
                     wanted -> {
                         claims.claimImage(c, ClaimRegistry.imageKey(spec.image()));
-                        return NbdExportEntry.start(spec, access, fromConfig, wanted);
+                        return NbdExportEntry.start(spec, access, fromConfig, wanted, backing);
                     },
                     () -> claims.release(c));
         } catch (IOException | RuntimeException ex) { // the claim is released (or will be: ImageOpens)

@@ -3,6 +3,7 @@ package io.iovirt.daemon;
 
 import io.iovirt.nbd.NbdExport;
 import io.iovirt.nbd.NbdServer;
+import io.iovirt.storage.BackingPolicy;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.ImageLock;
@@ -48,19 +49,24 @@ final class NbdExportEntry implements Daemon.Export {
     }
 
     static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig) throws IOException {
-        return start(spec, access, fromConfig, ImageOpens.Wanted.ALWAYS);
+        return start(spec, access, fromConfig, ImageOpens.Wanted.ALWAYS, BackingPolicy.UNRESTRICTED);
     }
 
     /**
      * As {@link #start(Spec, io.iovirt.linux.SocketAccess, boolean)} for an add's open ({@link ImageOpens}): an add
      * that no longer waits for it ({@code wanted}) closes the image and lock and starts no server, as a blk export's.
+     * {@code backing}: where the image's backing files may be (the daemon's).
      */
     static NbdExportEntry start(
-            Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig, ImageOpens.Wanted wanted)
+            Spec spec,
+            io.iovirt.linux.SocketAccess access,
+            boolean fromConfig,
+            ImageOpens.Wanted wanted,
+            BackingPolicy backing)
             throws IOException {
         ImageLock lock = ImageLock.holdForExport(spec.image(), spec.readOnly(), "nbd " + spec.id());
         try {
-            DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false);
+            DiskImage image = Images.open(spec.image(), spec.format(), spec.readOnly(), false, backing);
             try {
                 wanted.check();
                 // the daemon's --socket-group/--allow-uid: mode set before listening, peer uids checked at accept

@@ -167,7 +167,7 @@ final class StateFile implements AutoCloseable {
             text = Files.readString(file);
         } catch (NoSuchFileException e) {
             return new ConfigFile.Desired(
-                    Map.of(), java.util.Set.of(), Map.of(), Map.of(), Map.of(), Map.of(), Map.of());
+                    Map.of(), java.util.Set.of(), Map.of(), Map.of(), Map.of(), Map.of(), Map.of(), null);
         } catch (java.nio.charset.MalformedInputException e) {
             throw new IOException(
                     "state file " + file + " is not UTF-8 text (" + ConfigFile.notUtf8(file) + ")" + keep, e);

@@ -10,7 +10,7 @@ import java.util.concurrent.ConcurrentHashMap;
 /**
  * The one place images are opened, by every frontend (vhost-user-blk, NBD, the composer) and for every backing
  * file of a chain — so policies that apply to opening an image (format detection, read-only backing files, image
- * locking) live here.
+ * locking, where backing files may be: {@link BackingPolicy}) live here.
  */
 public final class Images {
     /** Files open for writing in this process: a second writer (two caches of one qcow2) would corrupt it. */
@@ -27,8 +27,17 @@ public final class Images {
      * @throws IOException naming the image, what is wrong and what to do
      */
     public static DiskImage open(Path path, ImageFormat format, boolean readOnly, boolean direct) throws IOException {
+        return open(path, format, readOnly, direct, BackingPolicy.UNRESTRICTED);
+    }
+
+    /**
+     * As {@link #open(Path, ImageFormat, boolean, boolean)}, with the backing files of a qcow2 chain confined by
+     * {@code backing} (the image {@code path} itself is the operator's choice and is not checked).
+     */
+    public static DiskImage open(Path path, ImageFormat format, boolean readOnly, boolean direct, BackingPolicy backing)
+            throws IOException {
         if (readOnly) {
-            return openFormat(path, format, true, direct);
+            return openFormat(path, format, true, direct, backing);
         }
         Path real;
         try {
@@ -41,15 +50,15 @@ public final class Images {
                     + "corrupt it): give each disk its own image, or open one of them read-only");
         }
         try {
-            return new Exclusive(openFormat(path, format, false, direct), real);
+            return new Exclusive(openFormat(path, format, false, direct, backing), real);
         } catch (IOException | RuntimeException e) {
             WRITABLE.remove(real);
             throw e;
         }
     }
 
-    private static DiskImage openFormat(Path path, ImageFormat format, boolean readOnly, boolean direct)
-            throws IOException {
+    private static DiskImage openFormat(
+            Path path, ImageFormat format, boolean readOnly, boolean direct, BackingPolicy backing) throws IOException {
         ImageFormat f;
         try {
             f = format != null ? format : ImageFormat.detect(path);
@@ -64,7 +73,7 @@ public final class Images {
                 }
                 yield raw;
             }
-            case QCOW2 -> Qcow2Image.open(path, readOnly, direct);
+            case QCOW2 -> Qcow2Image.open(path, readOnly, direct, backing);
             default ->
                 throw new IOException("image " + path + " is " + f.description() + ": iovirt serves raw and qcow2 "
                         + "images only — convert it with 'qemu-img convert -O qcow2 " + path + " NEW.qcow2', or pass "

@@ -7,6 +7,7 @@ import io.iovirt.linux.FileIo;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.BackingPolicy;
 import io.iovirt.storage.DiskImage;
 import io.iovirt.storage.ImageFormat;
 import io.iovirt.storage.ImageIo;
@@ -98,11 +99,15 @@ public final class Qcow2Image implements DiskImage {
      */
     static final class Chain {
         final long limit;
+        /** Where the chain's backing files may be: every level below the top is checked. */
+        final BackingPolicy backing;
+
         int depth;
         private long bytes;
 
-        Chain(long limit) {
+        Chain(long limit, BackingPolicy backing) {
             this.limit = limit;
+            this.backing = backing;
         }
 
         /** Replaces a charge of {@code old} bytes by {@code cost}; false, changing nothing, past the limit. */
@@ -389,6 +394,16 @@ public final class Qcow2Image implements DiskImage {
         return open(path, readOnly, DEFAULT_L2_CACHE_BYTES, direct);
     }
 
+    /**
+     * As {@link #open(Path, boolean, boolean)}, with every backing file of the chain checked against {@code backing}
+     * before it is locked or opened, and again on the descriptor it was opened as. An image opened as a backing file
+     * (within a chain's open) takes the policy of its chain.
+     */
+    public static Qcow2Image open(Path path, boolean readOnly, boolean direct, BackingPolicy backing)
+            throws IOException {
+        return open(path, readOnly, DEFAULT_L2_CACHE_BYTES, direct, MAX_CHAIN_MEMORY, backing);
+    }
+
     /** @param l2CacheBytes bound on the L2 table cache (at least 4 tables are kept) */
     public static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes) throws IOException {
         return open(path, readOnly, l2CacheBytes, false);
@@ -404,11 +419,17 @@ public final class Qcow2Image implements DiskImage {
      */
     static Qcow2Image open(Path path, boolean readOnly, long l2CacheBytes, boolean direct, long chainMemory)
             throws IOException {
+        return open(path, readOnly, l2CacheBytes, direct, chainMemory, BackingPolicy.UNRESTRICTED);
+    }
+
+    private static Qcow2Image open(
+            Path path, boolean readOnly, long l2CacheBytes, boolean direct, long chainMemory, BackingPolicy backing)
+            throws IOException {
         Chain opening = OPENING.get();
         if (opening != null) {
             return openIn(opening, path, readOnly, l2CacheBytes, direct);
         }
-        Chain chain = new Chain(chainMemory); // the top image: a new chain
+        Chain chain = new Chain(chainMemory, backing); // the top image: a new chain
         OPENING.set(chain);
         try {
             return openIn(chain, path, readOnly, l2CacheBytes, direct);
@@ -448,10 +469,16 @@ public final class Qcow2Image implements DiskImage {
             if (h.backingFile() != null) {
                 Path bp = resolveBacking(path, h.backingFile());
                 ImageFormat bf = backingFormat(path, h, bp);
+                // the policy by path before the lock and the open touch the file, then on the descriptor opened (a
+                // path swapped meanwhile is caught before anything of it is served)
+                chain.backing.checkPath(path, bp);
                 chain.depth++;
                 try {
                     backingLock = ImageLock.holdForExport(bp, true, "backing file of " + path);
                     backing = Images.open(bp, bf, true, false);
+                    try (Fd opened = backing.dupFile()) {
+                        chain.backing.checkOpened(path, bp, opened);
+                    }
                 } catch (IOException e) {
                     throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
                 } finally {

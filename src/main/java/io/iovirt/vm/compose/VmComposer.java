@@ -150,6 +150,8 @@ public final class VmComposer implements AutoCloseable {
             String ro = disk.readOnly() ? ",readonly=on" : "";
             if (disk.kind() == VmSpec.Kind.PV) {
                 Path sock = runDir.resolve(id + ".sock");
+                // backing files unconfined (BackingPolicy.UNRESTRICTED, QEMU's behaviour): vm run's user is the
+                // operator, who names these images and runs the VM with their own rights, not a tenant's backend
                 DiskImage img = Images.open(disk.image(), null, disk.readOnly(), false);
                 backends.add(img);
                 BlkDevice device = new BlkDevice(sock.toString(), img, 1, serial(id));

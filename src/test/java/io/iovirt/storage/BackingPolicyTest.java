@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: Apache-2.0
+package io.iovirt.storage;
+
+import static io.iovirt.storage.qcow2.QemuTools.ok;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import io.iovirt.linux.FileIo;
+import io.iovirt.linux.LinuxException;
+import io.iovirt.storage.qcow2.QemuTools;
+import io.iovirt.testing.Require;
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * A tenant's qcow2 image (made by qemu-img, the real peer) naming a backing file outside the operator's
+ * {@link BackingPolicy} is refused, whatever way it names it (absolute, a symbolic link, {@code ..}, a level further
+ * down the chain, a device), before the backing file is locked; chains inside the policy open and read as before.
+ * Before, iovirt opened whatever the header named, as QEMU does.
+ */
+@org.junit.jupiter.api.Tag("peer") // qemu-img, qemu-io: Failsafe
+class BackingPolicyTest {
+    private static final int MIB = 1 << 20;
+
+    @TempDir
+    Path dir;
+
+    private Path tenant;
+    private Path bases;
+    private Path secret;
+    private byte[] secretData;
+
+    @BeforeEach
+    void layout() throws IOException {
+        Require.program("qemu-img", "apt-get install qemu-utils");
+        tenant = Files.createDirectories(dir.resolve("tenant1"));
+        bases = Files.createDirectories(dir.resolve("bases"));
+        Path outside = Files.createDirectories(dir.resolve("outside"));
+        secret = outside.resolve("secret.raw");
+        secretData = new byte[MIB];
+        new Random(7).nextBytes(secretData);
+        Files.write(secret, secretData);
+    }
+
+    private BackingPolicy basesOnly() throws IOException {
+        return BackingPolicy.of(List.of(bases), false);
+    }
+
+    /** {@code qemu-img create -f qcow2 -u -b BACKING -F FMT OVERLAY 1M} (-u: the backing file is not opened). */
+    private static Path overlay(Path overlay, String backing, String fmt) throws Exception {
+        ok("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", fmt, overlay.toString(), "1M");
+        return overlay;
+    }
+
+    private static IOException refused(Path image, BackingPolicy policy) {
+        return assertThrows(IOException.class, () -> {
+            try (DiskImage d = Images.open(image, null, true, false, policy)) {
+                // opened: the assertion fails
+            }
+        });
+    }
+
+    static byte[] read(DiskImage img, long off, int len) throws IOException {
+        try (Arena a = Arena.ofConfined();
+                ImageIo io = img.newContext(8, 0)) {
+            MemorySegment b = a.allocate(len);
+            io.add(b);
+            io.read(off);
+            return b.toArray(ValueLayout.JAVA_BYTE);
+        }
+    }
+
+    @Test
+    void aBackingFileOutsideTheAllowedDirectoriesIsRefusedBeforeItIsLocked() throws Exception {
+        Path top = overlay(tenant.resolve("disk.qcow2"), secret.toString(), "raw");
+        try (DiskImage d = Images.open(top, null, true, false)) { // QEMU's behaviour, still the default
+            assertArrayEquals(secretData, read(d, 0, MIB));
+        }
+        IOException e = refused(top, basesOnly());
+        String m = e.getMessage();
+        assertTrue(
+                m.contains("backing file " + secret + " of " + top + " is outside the allowed backing directories "
+                                + bases.toRealPath())
+                        && m.contains("qemu-img convert")
+                        && m.contains("--backing-dir"),
+                m);
+        // refused before the lock: a writer holding the file (another tenant's VM) is not even looked at; without a
+        // policy the shared lock is tried, and conflicts with it
+        Process writer = QemuTools.writerHolding(secret);
+        try {
+            IOException held = refused(top, BackingPolicy.UNRESTRICTED);
+            assertTrue(held.getMessage().contains("in use"), held.getMessage());
+            IOException policy = refused(top, basesOnly());
+            assertTrue(policy.getMessage().contains("outside the allowed backing directories"), policy.getMessage());
+        } finally {
+            writer.destroyForcibly().waitFor();
+        }
+    }
+
+    @Test
+    void aSymbolicLinkInsideAnAllowedDirectoryPointingOutsideIsRefused() throws Exception {
+        Path link = Files.createSymbolicLink(bases.resolve("base.raw"), secret);
+        Path top = overlay(tenant.resolve("disk.qcow2"), link.toString(), "raw");
+        String m = refused(top, basesOnly()).getMessage();
+        assertTrue(m.contains(link + " (" + secret.toRealPath() + ")") && m.contains("outside"), m);
+    }
+
+    @Test
+    void dotDotEscapesAreRefused() throws Exception {
+        // lexically outside
+        Path top = overlay(tenant.resolve("a.qcow2"), bases + "/../outside/secret.raw", "raw");
+        assertTrue(refused(top, basesOnly()).getMessage().contains("outside the allowed"));
+        // lexically inside (bases/secret.raw), but the kernel resolves '..' after the link: outside/secret.raw
+        Path inner = Files.createDirectories(secret.getParent().resolve("inner"));
+        Files.createSymbolicLink(bases.resolve("lnk"), inner);
+        Files.write(bases.resolve("secret.raw"), new byte[MIB]); // a decoy the lexical reading would take
+        Path sneaky = overlay(tenant.resolve("b.qcow2"), bases + "/lnk/../secret.raw", "raw");
+        String m = refused(sneaky, basesOnly()).getMessage();
+        assertTrue(m.contains(secret.toRealPath().toString()) && m.contains("outside the allowed"), m);
+        // relative, from the overlay's directory
+        Path relative = overlay(tenant.resolve("c.qcow2"), "../outside/secret.raw", "raw");
+        assertTrue(refused(relative, basesOnly()).getMessage().contains("outside the allowed"));
+    }
+
+    /**
+     * The second check decides on what was opened, not on the path: a path that was inside when looked at and
+     * swapped for a link to a file outside before the open is refused on the descriptor's real path.
+     */
+    @Test
+    void theOpenedDescriptorIsCheckedNotThePath() throws Exception {
+        Path named = bases.resolve("base.raw");
+        Files.write(named, new byte[MIB]);
+        Path top = tenant.resolve("disk.qcow2");
+        basesOnly().checkPath(top, named); // inside when looked at
+        Files.delete(named);
+        Files.createSymbolicLink(named, secret); // swapped before the open
+        try (var fd = FileIo.open(named, FileIo.O_RDONLY)) {
+            IOException e = assertThrows(IOException.class, () -> basesOnly().checkOpened(top, named, fd));
+            assertTrue(
+                    e.getMessage().contains(named + " (" + secret.toRealPath() + ") of " + top + " is outside"),
+                    e.getMessage());
+        }
+        try (var fd = FileIo.open(Path.of("/dev/null"), FileIo.O_RDONLY)) {
+            IOException e = assertThrows(
+                    IOException.class, () -> BackingPolicy.of(null, false).checkOpened(top, named, fd));
+            assertTrue(e.getMessage().contains("is a character device"), e.getMessage());
+        }
+    }
+
+    @Test
+    void aChainWhoseBottomIsOutsideIsRefusedThoughItsMiddleIsAllowed() throws Exception {
+        Path mid = overlay(bases.resolve("mid.qcow2"), secret.toString(), "raw");
+        Path top = overlay(tenant.resolve("disk.qcow2"), mid.toString(), "qcow2");
+        String m = refused(top, basesOnly()).getMessage();
+        assertTrue(m.contains("backing file " + secret + " of " + mid + " is outside"), m);
+    }
+
+    @Test
+    void devicesAreRefusedUnlessAllowed() throws Exception {
+        Path dev = Path.of("/dev").toRealPath();
+        // a character device, whose open acts or waits: refused by the policy before any open
+        Path top = overlay(tenant.resolve("null.qcow2"), "/dev/null", "raw");
+        String m = refused(top, BackingPolicy.of(List.of(bases, dev), false)).getMessage();
+        assertTrue(
+                m.contains("/dev/null of " + top + " is a character device, and backing devices are not allowed"), m);
+        // without a directory list too
+        m = refused(top, BackingPolicy.of(null, false)).getMessage();
+        assertTrue(m.contains("backing devices are not allowed"), m);
+        // allowed by the policy: the open refuses it all the same (an image is a regular file or a block device)
+        m = refused(top, BackingPolicy.of(List.of(dev), true)).getMessage();
+        assertTrue(m.contains("character device, not a regular file or a block device"), m);
+        assertFalse(m.contains("not allowed"), m);
+        // a block device (only looked at: refused before anything opens it)
+        Path block;
+        try (Stream<Path> s = Files.list(dev)) {
+            block = s.filter(p -> {
+                        try {
+                            return FileIo.stat(p).isBlockDevice();
+                        } catch (LinuxException e) {
+                            return false;
+                        }
+                    })
+                    .findFirst()
+                    .orElse(null);
+        }
+        Require.that(block != null, "a block device in /dev");
+        Path onDevice = overlay(tenant.resolve("dev.qcow2"), block.toString(), "raw");
+        m = refused(onDevice, BackingPolicy.of(List.of(dev), false)).getMessage();
+        assertTrue(m.contains("is a block device, and backing devices are not allowed"), m);
+    }
+
+    @Test
+    void chainsInsideTheAllowedDirectoriesOpenAndRead() throws Exception {
+        Path base = bases.resolve("base.raw");
+        byte[] data = new byte[2 * MIB];
+        new Random(3).nextBytes(data);
+        Files.write(base, data);
+        Path sub = Files.createDirectories(bases.resolve("sub"));
+        Files.createSymbolicLink(sub.resolve("base-link.raw"), base); // a link that stays inside is fine
+        Path mid = overlay(sub.resolve("mid.qcow2"), "base-link.raw", "raw");
+        QemuTools.ok("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 64k 64k", mid.toString());
+        Path top = overlay(tenant.resolve("disk.qcow2"), mid.toString(), "qcow2");
+        byte[] expected = data.clone();
+        java.util.Arrays.fill(expected, 65536, 2 * 65536, (byte) 0x5a);
+        for (BackingPolicy p :
+                List.of(basesOnly(), BackingPolicy.of(List.of(sub, bases), false), BackingPolicy.of(null, false))) {
+            try (DiskImage d = Images.open(top, null, false, false, p)) {
+                assertArrayEquals(java.util.Arrays.copyOf(expected, MIB), read(d, 0, MIB), p.toString());
+            }
+        }
+        // the allowed directory named through a link of its own
+        Path alias = Files.createSymbolicLink(dir.resolve("alias"), bases);
+        try (DiskImage d = Images.open(top, null, true, false, BackingPolicy.of(List.of(alias), false))) {
+            assertArrayEquals(java.util.Arrays.copyOf(expected, MIB), read(d, 0, MIB));
+        }
+        // an empty list allows no backing file
+        String m = refused(top, BackingPolicy.of(List.of(), false)).getMessage();
+        assertTrue(m.contains("no backing file is allowed"), m);
+        // the directory must exist
+        IOException e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(dir.resolve("missing")), false));
+        assertTrue(e.getMessage().contains("does not exist"), e.getMessage());
+    }
+}
