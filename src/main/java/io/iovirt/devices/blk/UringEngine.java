@@ -234,9 +234,7 @@ final class UringEngine implements QueueWorker.Handler {
                     && !queue.hasAvailable()) {
                 handler.runSync(r); // the only request: pwritev here beats the io-wq round trip (see inlineLoneWrites)
                 complete(r);
-            } else if (handler.submit(r, ring)) {
-                r.inRing = true;
-                ringRequests++;
+            } else if (submitToRing(r)) {
                 if (ring.unsubmitted() >= submitAt) { // O_DIRECT: the device starts on the first ones now
                     ring.submit();
                     submitAt = Math.min(submitAt * 2, MAX_SUBMIT_STEP);
@@ -375,6 +373,36 @@ final class UringEngine implements QueueWorker.Handler {
             }
             handler.close();
         }
+    }
+
+    /**
+     * Queues {@code r}'s I/O on the ring; true when it is there. A request whose entry is prepared counts as in the
+     * ring even when something throws after the preparation, so that the stop waits for it (or gives up on it) and
+     * never takes it for one the kernel does not hold ({@link #dropStranded}) while guest memory is released under
+     * it. The likeliest such throw is a late {@link InternalError} for a SIGBUS in this request's guest memory (a
+     * frontend that truncated its memory file), which HotSpot delivers at a later safepoint poll, possibly a return
+     * inside the submit after the entry is prepared: it is surfaced first, while nothing is prepared.
+     */
+    private boolean submitToRing(BlkQueueHandler.Request r) {
+        Mmap.surfaceFaults();
+        int before = ring.unsubmitted();
+        try {
+            if (!handler.submit(r, ring)) {
+                return false; // nothing prepared: it ran synchronously
+            }
+        } catch (Throwable t) {
+            if (ring.unsubmitted() != before) {
+                inRing(r);
+            }
+            throw t;
+        }
+        inRing(r);
+        return true;
+    }
+
+    private void inRing(BlkQueueHandler.Request r) {
+        r.inRing = true;
+        ringRequests++;
     }
 
     /**
