@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.iovirt.testing.DaemonCalls;
 import io.iovirt.testing.Require;
+import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -38,24 +39,32 @@ class LibvirtXmlTest {
         assertTrue(out.contains("validates"), out);
     }
 
+    /** A 1 MiB raw image {@code name} in {@link #dir}. */
+    private Path image(String name) throws IOException {
+        Path img = dir.resolve(name);
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength(1 << 20);
+        }
+        return img;
+    }
+
+    /** The parameters of blk.add or nbd.add for {@code id}: a new {@link #image} served read-only on {@code socket}. */
+    private Map<String, Object> readOnly(String id, String image, String socket) throws IOException {
+        return Map.of(
+                "id",
+                id,
+                "image",
+                image(image).toString(),
+                "socket",
+                dir.resolve(socket).toString(),
+                "readonly",
+                true);
+    }
+
     @Test
     void eachDeviceKindValidates() throws Exception {
         try (Daemon d = new Daemon(null)) {
-            Path img = dir.resolve("d.raw");
-            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-                f.setLength(1 << 20);
-            }
-            d.call(
-                    "blk.add",
-                    Map.of(
-                            "id",
-                            "disk",
-                            "image",
-                            img.toString(),
-                            "socket",
-                            dir.resolve("d.sock").toString(),
-                            "readonly",
-                            true));
+            d.call("blk.add", readOnly("disk", "d.raw", "d.sock"));
             d.call("net.add", Map.of("id", "sw"));
             d.call(
                     "net.port.add",
@@ -73,10 +82,7 @@ class LibvirtXmlTest {
                             "mac",
                             "52:54:00:aa:bb:cc"));
             DaemonCalls.portAdd(d, "sw", "fv", "stream", dir.resolve("fv.sock"));
-            Path nbdImg = dir.resolve("e.raw");
-            try (RandomAccessFile f = new RandomAccessFile(nbdImg.toFile(), "rw")) {
-                f.setLength(1 << 20);
-            }
+            Path nbdImg = image("e.raw");
             Path nbdSock = dir.resolve("e.sock");
             d.call("nbd.add", Map.of("id", "exp", "image", nbdImg.toString(), "socket", nbdSock.toString()));
             for (String id : new String[] {"disk", "exp", "pv", "sw/fv", "01:00.1", "disk,exp,pv,fv,0000:3b:02.7"}) {
@@ -112,21 +118,7 @@ class LibvirtXmlTest {
     @Test
     void aReadOnlyNbdExportIsRefused() throws Exception {
         try (Daemon d = new Daemon(null)) {
-            Path img = dir.resolve("e.raw");
-            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-                f.setLength(1 << 20);
-            }
-            d.call(
-                    "nbd.add",
-                    Map.of(
-                            "id",
-                            "exp",
-                            "image",
-                            img.toString(),
-                            "socket",
-                            dir.resolve("e.sock").toString(),
-                            "readonly",
-                            true));
+            d.call("nbd.add", readOnly("exp", "e.raw", "e.sock"));
             RpcException e = assertThrows(RpcException.class, () -> d.call("libvirt-xml", Map.of("id", "exp")));
             assertEquals(RpcException.INVALID_PARAMS, e.code(), e.getMessage());
             assertTrue(e.getMessage().contains("is read-only") && e.getMessage().contains("blk.add"), e.getMessage());
@@ -187,10 +179,7 @@ class LibvirtXmlTest {
     @Test
     void whitespaceInAPathSurvivesAnXmlParser() throws Exception {
         try (Daemon d = new Daemon(null)) {
-            Path img = dir.resolve("d.raw");
-            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
-                f.setLength(1 << 20);
-            }
+            Path img = image("d.raw");
             Path sock = dir.resolve("d\tx\ny\r.sock");
             d.call("blk.add", Map.of("id", "disk", "image", img.toString(), "socket", sock.toString()));
             String xml = (String) ((Map<?, ?>) d.call("libvirt-xml", Map.of("id", "disk"))).get("xml");
@@ -208,13 +197,8 @@ class LibvirtXmlTest {
     /** {@code vm run --libvirt-xml}: the composer's devices (PV and FV disks and NICs) as a domain libvirt accepts. */
     @Test
     void composedVmBecomesAValidDomain() throws Exception {
-        Path a = dir.resolve("a.raw");
-        Path b = dir.resolve("b.raw");
-        for (Path p : List.of(a, b)) {
-            try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
-                f.setLength(1 << 20);
-            }
-        }
+        Path a = image("a.raw");
+        Path b = image("b.raw");
         io.iovirt.vm.compose.VmSpec spec = new io.iovirt.vm.compose.VmSpec(
                 "vm1",
                 io.iovirt.vm.compose.VmSpec.Profile.PVHVM,

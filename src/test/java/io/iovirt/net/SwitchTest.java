@@ -560,6 +560,31 @@ class SwitchTest {
         return done;
     }
 
+    /** Adds {@code slow} on a thread of its own ({@link #addOnThread}) and waits until its start has begun. */
+    private java.util.concurrent.CompletableFuture<Object> addUntilStarting(SlowStartingPort slow)
+            throws InterruptedException {
+        java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
+        assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
+        return added;
+    }
+
+    /**
+     * Removes {@code p} on a thread of its own and waits until that removal waits, or has returned ({@code what});
+     * the latch opens when it has returned.
+     */
+    private java.util.concurrent.CountDownLatch removeUntilItWaits(Port p, String what) {
+        java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
+        Thread remover = Thread.ofPlatform().daemon().start(() -> {
+            sw.removePort(p);
+            removed.countDown();
+        });
+        Await.until(
+                java.time.Duration.ofSeconds(20),
+                what,
+                () -> removed.getCount() == 0 || remover.getState() == Thread.State.WAITING);
+        return removed;
+    }
+
     /**
      * A port's start runs outside the switch's lock: while one port is slow to start, another port is added and
      * another removed (a tenant's socket path on a file system that does not answer holds up no other tenant).
@@ -568,8 +593,7 @@ class SwitchTest {
     void aPortSlowToStartHoldsUpNoOtherPortsAddOrRemoval() throws Exception {
         SlowStartingPort slow = new SlowStartingPort("slow");
         try {
-            java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
-            assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
+            java.util.concurrent.CompletableFuture<Object> added = addUntilStarting(slow);
             java.util.concurrent.CompletableFuture<Object> other = addOnThread(sw, new TestPort("d"));
             Object d = other.get(20, java.util.concurrent.TimeUnit.SECONDS);
             assertTrue(d instanceof TestPort, "another port was added meanwhile: " + d);
@@ -596,17 +620,9 @@ class SwitchTest {
     void aRemovalOfAPortStillStartingClosesItOnceItHasStarted() throws Exception {
         SlowStartingPort slow = new SlowStartingPort("slow");
         try {
-            java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
-            assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
-            java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
-            Thread remover = Thread.ofPlatform().daemon().start(() -> {
-                sw.removePort(slow);
-                removed.countDown();
-            });
-            Await.until(
-                    java.time.Duration.ofSeconds(20),
-                    "the removal to wait for the start, or to return",
-                    () -> removed.getCount() == 0 || remover.getState() == Thread.State.WAITING);
+            java.util.concurrent.CompletableFuture<Object> added = addUntilStarting(slow);
+            java.util.concurrent.CountDownLatch removed =
+                    removeUntilItWaits(slow, "the removal to wait for the start, or to return");
             assertEquals(1, removed.getCount(), "the removal waits while the port starts");
             assertTrue(slow.link, "not closed while it starts");
             slow.mayStart.countDown();
@@ -628,8 +644,7 @@ class SwitchTest {
     void aSwitchClosedWhileAPortStartsClosesItOnceItHasStarted() throws Exception {
         SlowStartingPort slow = new SlowStartingPort("slow");
         try {
-            java.util.concurrent.CompletableFuture<Object> added = addOnThread(sw, slow);
-            assertTrue(slow.starting.await(20, java.util.concurrent.TimeUnit.SECONDS), "the port is starting");
+            java.util.concurrent.CompletableFuture<Object> added = addUntilStarting(slow);
             java.util.concurrent.CountDownLatch closed = onThread(sw::close);
             Await.until(java.time.Duration.ofSeconds(20), "the other ports closed", () -> !pa.link && !pc.link);
             assertEquals(1, closed.getCount(), "the switch's close waits for the port that is starting");
@@ -670,18 +685,11 @@ class SwitchTest {
     @Test
     void aRemovalOfAPortTheSwitchIsClosingReturnsWhenThatCloseHas() throws Exception {
         OnceClosingPort slow = sw.addPort(new OnceClosingPort("slow"));
-        java.util.concurrent.CountDownLatch removed = new java.util.concurrent.CountDownLatch(1);
         try {
             Thread.ofPlatform().daemon().start(sw::close);
             assertTrue(slow.closing.await(20, java.util.concurrent.TimeUnit.SECONDS), "the switch is closing it");
-            Thread remover = Thread.ofPlatform().daemon().start(() -> {
-                sw.removePort(slow);
-                removed.countDown();
-            });
-            Await.until(
-                    java.time.Duration.ofSeconds(20),
-                    "the removal to wait for the switch's close of the port, or to return",
-                    () -> removed.getCount() == 0 || remover.getState() == Thread.State.WAITING);
+            java.util.concurrent.CountDownLatch removed =
+                    removeUntilItWaits(slow, "the removal to wait for the switch's close of the port, or to return");
             assertEquals(1, removed.getCount(), "the removal returns only when the port's close has");
             slow.mayEnd.countDown();
             assertTrue(removed.await(20, java.util.concurrent.TimeUnit.SECONDS), "then it returns");

@@ -558,7 +558,7 @@ class BlkQueueWorkerTest {
     void aRequestAFailedQueueDropsLeavesTheInFlightGauge() throws Exception {
         setUpGuest(false, true);
         UnixSocket[] a = UnixSocket.pair();
-        try (Arena scratch = Arena.ofConfined()) {
+        try {
             worker = newWorker(new SocketFlushImage(image, ram, data(0), a[1]), true);
             int flush = request(T_FLUSH, 0, new long[0], new int[0], true);
             worker.start();
@@ -566,25 +566,7 @@ class BlkQueueWorkerTest {
             Await.until(Duration.ofSeconds(20), "the FLUSH taken", () -> stats.started.sum() == 1);
             assertEquals(1, stats.snapshot().inFlight(), "the FLUSH is in flight");
 
-            request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
-            kick();
-            // The failed queue waits for the FLUSH in io_uring_enter (system call 426 on x86_64 and aarch64).
-            Await.until(Duration.ofSeconds(20), "the failed queue waits for the ring", () -> {
-                try {
-                    long tid = taskNamed("iovirt blk test q0");
-                    return worker.failure() != null
-                            && tid > 0
-                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
-                                    .startsWith("426 ");
-                } catch (IOException gone) {
-                    return false;
-                }
-            });
-            a[0].send(scratch.allocate(4096)); // the FLUSH's read ends: the failed queue drops it
-            assertTrue(worker.stop(Duration.ofSeconds(30)), "the failed queue's thread ends once the FLUSH is over");
-            assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
-            worker = null;
-            assertEquals(0x7f, status(flush), "dropped, not answered");
+            failTheQueueUnderTheFlush(a[0], flush, "the failed queue's thread ends once the FLUSH is over");
             assertEquals(0, stats.snapshot().inFlight(), "nothing is in flight once the queue failed");
         } finally {
             a[0].close();
@@ -641,24 +623,7 @@ class BlkQueueWorkerTest {
     @Test
     void writesGivenUpOnInTheKernelNeverCountAsDrained() throws Exception {
         setUpGuest(false, true);
-        DiskImage lost = new ForwardingDiskImage(image) {
-            @Override
-            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
-                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
-                    @Override
-                    public boolean submitWrite(IoUring ring, long offset, long userData) {
-                        return true; // "in the kernel", as far as the engine knows
-                    }
-                };
-            }
-        };
-        BlkQueueHandler handler = newHandler(lost);
-        worker = newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)));
-        write(0, 0, 4096);
-        write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
-        worker.start();
-        kick();
-        Await.until(Duration.ofSeconds(20), "both writes taken", () -> stats.started.sum() == 2);
+        BlkQueueHandler handler = takeTwoWrites(writesQueuedOnNoRing(image, () -> {}));
         assertFalse(handler.mutationsEnded(), "two writes in flight");
 
         assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
@@ -741,15 +706,84 @@ class BlkQueueWorkerTest {
                 };
             }
         };
-        BlkQueueHandler handler = newHandler(lost);
+        takeTwoWrites(lost);
+        assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
+        worker = null;
+    }
+
+    /**
+     * Starts a worker with the io_uring engine on {@code disk} and waits until it has taken two writes at once (the
+     * first is not a lone write run on the queue thread); returns its handler.
+     */
+    private BlkQueueHandler takeTwoWrites(DiskImage disk) throws Exception {
+        BlkQueueHandler handler = newHandler(disk);
         worker = newWorker(handler, IoUring.create(UringEngine.ringEntries(QUEUE_SIZE)));
         write(0, 0, 4096);
-        write(8, 1, 4096); // two at once: the first is not a lone write run on the queue thread
+        write(8, 1, 4096);
         worker.start();
         kick();
         Await.until(Duration.ofSeconds(20), "both writes taken", () -> stats.started.sum() == 2);
-        assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the ring and ends");
+        return handler;
+    }
+
+    /**
+     * {@code image}, whose writes are queued on no ring: "in the kernel", as far as the engine knows, for good. Each
+     * of its contexts runs {@code abandoned} when it is told it was given up on in the kernel.
+     */
+    private static DiskImage writesQueuedOnNoRing(DiskImage image, Runnable abandoned) {
+        return new ForwardingDiskImage(image) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData) {
+                        return true;
+                    }
+
+                    @Override
+                    public void abandon() {
+                        abandoned.run();
+                        super.abandon();
+                    }
+                };
+            }
+        };
+    }
+
+    /**
+     * With a FLUSH, {@code flush}, a socket read in the kernel: fails the queue by a request whose buffer lies outside
+     * guest memory, waits until the failed queue waits for the ring, ends the read through {@code peer} (the failed
+     * queue drops the FLUSH) and stops the worker, which must end ({@code stopped}).
+     */
+    private void failTheQueueUnderTheFlush(UnixSocket peer, int flush, String stopped) throws Exception {
+        request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
+        kick();
+        awaitTheQueueThreadInTheRing("the failed queue waits for the ring", () -> worker.failure() != null);
+        try (Arena scratch = Arena.ofConfined()) {
+            peer.send(scratch.allocate(4096));
+        }
+        assertTrue(worker.stop(Duration.ofSeconds(30)), stopped);
+        assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
         worker = null;
+        assertEquals(0x7f, status(flush), "dropped, not answered");
+    }
+
+    /**
+     * Waits until the queue thread waits in io_uring_enter (system call 426 on x86_64 and aarch64) while {@code also}
+     * holds.
+     */
+    private static void awaitTheQueueThreadInTheRing(String what, java.util.function.BooleanSupplier also) {
+        Await.until(Duration.ofSeconds(20), what, () -> {
+            try {
+                long tid = taskNamed("iovirt blk test q0");
+                return also.getAsBoolean()
+                        && tid > 0
+                        && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
+                                .startsWith("426 ");
+            } catch (IOException gone) {
+                return false;
+            }
+        });
     }
 
     /**
@@ -766,24 +800,9 @@ class BlkQueueWorkerTest {
         setUpGuest(false, true);
         UnixSocket[] a = UnixSocket.pair();
         java.util.concurrent.atomic.AtomicInteger givenUp = new java.util.concurrent.atomic.AtomicInteger();
-        DiskImage disk = new ForwardingDiskImage(new SocketFlushImage(image, ram, data(4), a[1])) {
-            @Override
-            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
-                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
-                    @Override
-                    public boolean submitWrite(IoUring ring, long offset, long userData) {
-                        return true; // "in the kernel", as far as the engine knows
-                    }
-
-                    @Override
-                    public void abandon() {
-                        givenUp.incrementAndGet();
-                        super.abandon();
-                    }
-                };
-            }
-        };
-        try (Arena scratch = Arena.ofConfined()) {
+        DiskImage disk =
+                writesQueuedOnNoRing(new SocketFlushImage(image, ram, data(4), a[1]), givenUp::incrementAndGet);
+        try {
             worker = newWorker(disk, true);
             write(0, 0, 4096);
             int flush = request(T_FLUSH, 0, new long[0], new int[0], true);
@@ -791,25 +810,7 @@ class BlkQueueWorkerTest {
             kick();
             Await.until(Duration.ofSeconds(20), "the write and the FLUSH taken", () -> stats.started.sum() == 2);
 
-            request(T_IN, 0, new long[] {ram.byteSize() + 4096}, new int[] {4096}, false);
-            kick();
-            // The failed queue waits for the FLUSH in io_uring_enter (system call 426 on x86_64 and aarch64).
-            Await.until(Duration.ofSeconds(20), "the failed queue waits for the ring", () -> {
-                try {
-                    long tid = taskNamed("iovirt blk test q0");
-                    return worker.failure() != null
-                            && tid > 0
-                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
-                                    .startsWith("426 ");
-                } catch (IOException gone) {
-                    return false;
-                }
-            });
-            a[0].send(scratch.allocate(4096)); // the FLUSH's read ends: the failed queue drops it
-            assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the write and ends");
-            assertTrue(worker.failure().contains("outside guest memory"), worker.failure());
-            worker = null;
-            assertEquals(0x7f, status(flush), "dropped, not answered");
+            failTheQueueUnderTheFlush(a[0], flush, "the stop gives up on the write and ends");
             assertEquals(1, givenUp.get(), "given up on in the kernel: the write alone, not the dropped FLUSH");
         } finally {
             a[0].close();
@@ -909,17 +910,7 @@ class BlkQueueWorkerTest {
 
             MemFd.truncate(ramFile, doomed); // the frontend cuts its memory file short
             CompletableFuture<Boolean> stop = CompletableFuture.supplyAsync(() -> worker.stop(Duration.ofSeconds(60)));
-            // The queue thread waits for them in io_uring_enter (system call 426 on x86_64 and aarch64).
-            Await.until(java.time.Duration.ofSeconds(20), "the queue thread waits for the ring", () -> {
-                try {
-                    long tid = taskNamed("iovirt blk test q0");
-                    return tid > 0
-                            && Files.readString(Path.of("/proc/self/task/" + tid + "/syscall"))
-                                    .startsWith("426 ");
-                } catch (IOException gone) {
-                    return false;
-                }
-            });
+            awaitTheQueueThreadInTheRing("the queue thread waits for the ring", () -> true); // for both FLUSHes
 
             MemorySegment one = scratch.allocate(1);
             b[0].send(one); // FLUSH B completes: its status byte is on the page that is gone

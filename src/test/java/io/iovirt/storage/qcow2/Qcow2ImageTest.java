@@ -665,23 +665,15 @@ class Qcow2ImageTest {
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4)) {
             long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            MemorySegment buf = arena.allocate(65536, 4096);
-            buf.fill((byte) 0x55);
-            Qcow2Image.Qcow2Io io = q.newContext(8, 0);
-            io.add(buf);
-            assertTrue(io.submitWrite(ring, 2 * MIB, 1), "queued: a write to an allocated cluster");
-            io.abandon(); // what the engine does before it closes the ring it could not wait for
-            io.close();
+            writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
             q.discard(2 * MIB, 65536);
             q.handOver();
             q.handOver();
-            write(q, 9 * MIB, fill(65536, 0x66));
-            assertTrue(
-                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+            assertTheNextAllocationMissesTheLateWrite(
+                    q,
+                    ring,
+                    host,
                     "the discarded cluster was handed out while a write given up on may still land on it");
-            ring.submitAndWait(1); // the write lands late
-            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
-            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
         }
     }
 
@@ -697,9 +689,7 @@ class Qcow2ImageTest {
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4)) {
-            Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, 2 * MIB, 0x55);
-            io.abandon(); // what the engine does before it closes the ring it could not wait for
-            io.close();
+            writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
             q.discard(2 * MIB, 65536); // the cluster the write may still land on is freed: it stays allocated
             write(q, 9 * MIB, fill(65536, 0x66));
             long cluster = q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK;
@@ -820,13 +810,8 @@ class Qcow2ImageTest {
             assertEquals(1, ring.reap((ud, res, f) -> assertEquals(65536, res)));
             reader.completed(false, 3 * MIB, 65536);
             q.handOver();
-            write(q, 9 * MIB, fill(65536, 0x66));
-            assertTrue(
-                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
-                    "the quarantined cluster was handed out after the switches");
-            late.submitAndWait(1); // the write lands late
-            assertEquals(1, late.reap((ud, res, f) -> assertEquals(65536, res)));
-            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+            assertTheNextAllocationMissesTheLateWrite(
+                    q, late, host, "the quarantined cluster was handed out after the switches");
         }
         String out = check(img, true);
         assertTrue(out.contains("1 leaked clusters were found"), "the quarantined cluster alone:\n" + out);
@@ -845,22 +830,15 @@ class Qcow2ImageTest {
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4)) {
             long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, 2 * MIB, 0x55);
-            io.abandon();
-            io.close();
+            writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
             q.discard(2 * MIB, 65536);
             q.handOver();
             check(img, true); // the quarantined cluster is leaked on disk
             QemuTools.run("qemu-img", "check", "-r", "leaks", "-f", "qcow2", img.toString());
             check(img, false);
             q.refresh(); // this process takes the image again
-            write(q, 9 * MIB, fill(65536, 0x66));
-            assertTrue(
-                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
-                    "the quarantined cluster was handed out after the image was read again");
-            ring.submitAndWait(1); // the write lands late
-            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
-            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+            assertTheNextAllocationMissesTheLateWrite(
+                    q, ring, host, "the quarantined cluster was handed out after the image was read again");
         }
         check(img, false); // the cluster was free on disk, and nothing referenced it since
         qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k");
@@ -880,6 +858,31 @@ class Qcow2ImageTest {
         io.add(buf);
         assertTrue(io.submitWrite(ring, offset, 1), "queued: a write to an allocated cluster");
         return io;
+    }
+
+    /**
+     * {@link #queuedWrite}, then given up on and its context closed: what an engine does before it closes the ring it
+     * could not wait for. The write enters the kernel once the caller enters {@code ring}.
+     */
+    private static void writeGivenUpOn(Qcow2Image q, IoUring ring, Arena arena, long offset, int value)
+            throws IOException {
+        Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, offset, value);
+        io.abandon();
+        io.close();
+    }
+
+    /**
+     * Allocates guest cluster 9 MiB (0x66 bytes), which must not take {@code host}, the cluster a write given up on
+     * may still land on ({@code handedOut} says so otherwise); then that write, queued on {@code late}, lands, and
+     * must leave 9 MiB alone.
+     */
+    private static void assertTheNextAllocationMissesTheLateWrite(
+            Qcow2Image q, IoUring late, long host, String handedOut) throws IOException {
+        write(q, 9 * MIB, fill(65536, 0x66));
+        assertTrue((q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host, handedOut);
+        late.submitAndWait(1); // the write lands late
+        assertEquals(1, late.reap((ud, r, f) -> assertEquals(65536, r)));
+        assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
     }
 
     /**
