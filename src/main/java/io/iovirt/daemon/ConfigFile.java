@@ -251,14 +251,14 @@ final class ConfigFile {
                             what + " is not a valid path (" + e.getReason() + "): '" + Params.printable(s) + "'");
                 }
                 if (!d.isAbsolute()) {
-                    throw RpcException.params(
-                            what + " '" + s + "' is relative: name the directory by its absolute" + " path");
+                    throw RpcException.params(what + " '" + Params.printable(s)
+                            + "' is relative: name the directory by its absolute path");
                 }
                 dirs.add(d);
             }
         }
         try {
-            return io.iovirt.storage.BackingPolicy.of(dirs, devices);
+            return io.iovirt.storage.BackingPolicy.of(dirs, devices, true);
         } catch (IOException e) {
             throw RpcException.params(name + ": " + BACKING + ": " + e.getMessage());
         }

@@ -125,6 +125,8 @@ class DaemonBackingTest {
                     failed.contains("backing file " + outside.resolve("secret.raw") + " of " + evil
                             + " is outside the allowed backing directories " + bases.toRealPath()),
                     failed);
+            // the daemon has no --backing-dir: its remedy names the configuration key
+            assertTrue(failed.contains("backing.dirs") && !failed.contains("--backing"), failed);
         }
         RpcClient.RemoteError e = assertThrows(RpcClient.RemoteError.class, () -> nbdAdd("api", evil));
         assertTrue(e.getMessage().contains("outside the allowed backing directories"), e.getMessage());
