@@ -171,24 +171,22 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
         boolean namedItself = dirs != null && dirs.contains(real);
         if (!st.isRegularFile() && !st.isBlockDevice()) {
             throw new IOException(
-                    "backing file " + of + " is " + st.kind() + ", not a regular file or block" + " device: " + refuse);
+                    "backing file " + of + " is " + st.kind() + ", not a regular file or block device: " + refuse);
         }
         if (st.isBlockDevice() && !devices && !namedItself) {
             throw new IOException("backing file " + of + " is a block device, and backing devices are not allowed: "
                     + refuse + "; if the image and the device are yours, allow the device itself with "
                     + (config
-                            ? "\"backing\": {\"dirs\": [\"" + real + "\"]} in the configuration file"
-                            : "--backing-dir " + real)
+                            ? "\"backing\": {\"dirs\": [\"" + printable(real) + "\"]} in the configuration file"
+                            : "--backing-dir " + printable(real))
                     + " (never all of /dev)");
         }
         if (dirs != null && !namedItself && dirs.stream().noneMatch(real::startsWith)) {
-            Path parent = real.getParent();
             throw new IOException("backing file " + of + " is outside the allowed backing directories "
                     + (dirs.isEmpty() ? "(none: no backing file is allowed)" : describe()) + ": " + refuse
                     + "; if the image and " + named + " are yours, allow its directory"
-                    + (config
-                            ? " in the configuration file's backing.dirs"
-                            : " with --backing-dir " + (parent == null ? real : printable(parent))));
+                    + (config ? " in the configuration file's backing.dirs" : " with --backing-dir")
+                    + " (one only you can write, holding no tenant's images)");
         }
     }
 
