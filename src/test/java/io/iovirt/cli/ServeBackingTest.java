@@ -122,6 +122,7 @@ class ServeBackingTest {
                 bases.toString()));
         assertEquals(2, r.exit(), r.err());
         assertTrue(r.err().contains("--backing-dir: backing directory " + dir.resolve("missing")), r.err());
+        assertFalse(r.err().contains("Exception"), r.err()); // a plain message, not the exception's toString
     }
 
     @Test

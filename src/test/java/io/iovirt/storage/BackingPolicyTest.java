@@ -111,6 +111,16 @@ class BackingPolicyTest {
         }
     }
 
+    /** The name a tenant's header chose reaches logs: no newline or ESC of it does. */
+    @Test
+    void aBackingFileNameIsPrintedWithoutItsControlCharacters() throws Exception {
+        Path odd = Files.write(secret.resolveSibling("x\nFORGED \u001b[31m.raw"), new byte[4096]);
+        Path top = overlay(tenant.resolve("disk.qcow2"), odd.toString(), "raw");
+        String m = refused(top, basesOnly()).getMessage();
+        assertTrue(m.contains("x\\x0aFORGED \\x1b[31m.raw") && m.contains("outside the allowed"), m);
+        assertFalse(m.contains("\n") || m.contains("\u001b"), m);
+    }
+
     @Test
     void aSymbolicLinkInsideAnAllowedDirectoryPointingOutsideIsRefused() throws Exception {
         Path link = Files.createSymbolicLink(bases.resolve("base.raw"), secret);
