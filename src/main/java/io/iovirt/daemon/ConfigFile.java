@@ -224,7 +224,8 @@ final class ConfigFile {
 
     /**
      * The {@code backing} object of a configuration file: {@code dirs}, the absolute directories backing files must be
-     * under (each must exist; an empty list allows no backing file; without it, anywhere), and {@code devices}, whether
+     * under, or block devices allowed themselves (each must exist; an empty list allows no backing file; without it,
+     * anywhere), and {@code devices}, whether
      * block devices may be backing files (default false). Without the key: {@link
      * io.iovirt.storage.BackingPolicy#UNRESTRICTED}, QEMU's behaviour.
      */

@@ -171,7 +171,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
         boolean namedItself = dirs != null && dirs.contains(real);
         if (!st.isRegularFile() && !st.isBlockDevice()) {
             throw new IOException(
-                    "backing file " + of + " is " + st.kind() + ", not a regular file or block device: " + refuse);
+                    "backing file " + of + " is " + st.kind() + ", not a regular file or a block device: " + refuse);
         }
         if (st.isBlockDevice() && !devices && !namedItself) {
             throw new IOException("backing file " + of + " is a block device, and backing devices are not allowed: "

@@ -104,7 +104,7 @@ class ServeBackingTest {
             CliRun r = CliRun.run(args);
             assertEquals(1, r.exit(), r.err());
             assertTrue(
-                    r.err().contains("is a character device, not a regular file or block device"),
+                    r.err().contains("is a character device, not a regular file or a block device"),
                     devices + ": " + r.err());
             assertFalse(r.err().contains("backing devices are not allowed"), devices + ": " + r.err());
         }

@@ -252,14 +252,14 @@ class BackingPolicyTest {
                 BackingPolicy.of(List.of(bases), true))) {
             String m = refused(top, p).getMessage();
             assertTrue(
-                    m.contains("/dev/null of " + top + " is a character device, not a regular file or block device"),
+                    m.contains("/dev/null of " + top + " is a character device, not a regular file or a block device"),
                     p + ": " + m);
             assertFalse(m.contains("--backing-devices") || m.contains("not allowed"), p + ": " + m);
         }
         Path dirAsBacking = overlay(tenant.resolve("dir.qcow2"), bases.toString(), "raw");
         String m = refused(dirAsBacking, BackingPolicy.of(List.of(bases.getParent()), true))
                 .getMessage();
-        assertTrue(m.contains("is a directory, not a regular file or block device"), m);
+        assertTrue(m.contains("is a directory, not a regular file or a block device"), m);
         // block devices (only looked at by path: nothing opens them)
         List<Path> blocks;
         try (Stream<Path> s = Files.list(Path.of("/dev"))) {
