@@ -18,15 +18,18 @@ public final class BackingOptions {
     @Option(
             names = "--backing-dir",
             paramLabel = "DIR",
-            description = "Open qcow2 backing files only from under DIR (repeatable; each file of the chain is checked "
-                    + "on its real path, symbolic links and '..' resolved). Set it when an image comes from someone "
-                    + "you do not trust: its header may name any file as its backing file (default: anywhere).")
+            description = "Open qcow2 backing files only from under DIR, or only the block device DIR itself "
+                    + "(repeatable; each file of the chain is checked on its real path, symbolic links and '..' "
+                    + "resolved). Set it when an image comes from someone you do not trust: its header may name any "
+                    + "file as its backing file (default: anywhere). DIR and its parents must be writable by you "
+                    + "alone and hold no tenant's images: every image may name any file in it. Never /dev.")
     List<Path> dirs = new ArrayList<>();
 
     @Option(
             names = "--backing-devices",
             description = "Allow block devices as backing files (their real path, e.g. /dev/dm-3, must be under a "
-                    + "--backing-dir too). Default: allowed without --backing-dir, refused with it.")
+                    + "--backing-dir too; a device named itself with --backing-dir is allowed without this). "
+                    + "Default: allowed without --backing-dir, refused with it.")
     boolean devices;
 
     /** The policy asked for; a directory that does not exist is a usage error of {@code spec}'s command. */

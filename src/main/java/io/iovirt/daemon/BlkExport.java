@@ -62,19 +62,12 @@ final class BlkExport implements Daemon.Export {
     /**
      * Opens the image as {@code spec} says and serves it. {@code readOnlyNow}: switched read-only (as
      * blk.set-readonly does) before the socket serves — a state file's disk that blk.set-readonly had switched, opened
-     * writable as added so that blk.set-readonly false still works.
-     */
-    static BlkExport start(Spec spec, boolean fromConfig, io.iovirt.linux.SocketAccess access, boolean readOnlyNow)
-            throws IOException {
-        return start(spec, fromConfig, access, readOnlyNow, ImageOpens.Wanted.ALWAYS, BackingPolicy.UNRESTRICTED);
-    }
-
-    /**
-     * As {@link #start(Spec, boolean, io.iovirt.linux.SocketAccess, boolean)} for an add's open ({@link ImageOpens}):
+     * writable as added so that blk.set-readonly false still works. For an add's open ({@link ImageOpens}):
      * once the image is open, {@code wanted} says whether the add still waits for it; if not (its file system
      * answered only after the add had failed), the image is closed and no socket listens: else a frontend reconnecting
      * to it would be served, for a while, by a disk its operator had been told was not added. {@code backing}: where
-     * the image's backing files may be (the daemon's, from its configuration file).
+     * the image's backing files may be (the daemon's, from its configuration file; there is deliberately no overload
+     * without it, which would serve any backing file a tenant's image names).
      */
     static BlkExport start(
             Spec spec,

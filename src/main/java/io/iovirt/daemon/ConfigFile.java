@@ -224,7 +224,8 @@ final class ConfigFile {
 
     /**
      * The {@code backing} object of a configuration file: {@code dirs}, the absolute directories backing files must be
-     * under (each must exist; an empty list allows no backing file; without it, anywhere), and {@code devices}, whether
+     * under, or block devices allowed themselves (each must exist; an empty list allows no backing file; without it,
+     * anywhere), and {@code devices}, whether
      * block devices may be backing files (default false). Without the key: {@link
      * io.iovirt.storage.BackingPolicy#UNRESTRICTED}, QEMU's behaviour.
      */
@@ -251,14 +252,14 @@ final class ConfigFile {
                             what + " is not a valid path (" + e.getReason() + "): '" + Params.printable(s) + "'");
                 }
                 if (!d.isAbsolute()) {
-                    throw RpcException.params(
-                            what + " '" + s + "' is relative: name the directory by its absolute" + " path");
+                    throw RpcException.params(what + " '" + Params.printable(s)
+                            + "' is relative: name the directory by its absolute path");
                 }
                 dirs.add(d);
             }
         }
         try {
-            return io.iovirt.storage.BackingPolicy.of(dirs, devices);
+            return io.iovirt.storage.BackingPolicy.of(dirs, devices, true);
         } catch (IOException e) {
             throw RpcException.params(name + ": " + BACKING + ": " + e.getMessage());
         }

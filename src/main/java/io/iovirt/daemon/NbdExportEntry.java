@@ -48,14 +48,11 @@ final class NbdExportEntry implements Daemon.Export {
         this.lock = lock;
     }
 
-    static NbdExportEntry start(Spec spec, io.iovirt.linux.SocketAccess access, boolean fromConfig) throws IOException {
-        return start(spec, access, fromConfig, ImageOpens.Wanted.ALWAYS, BackingPolicy.UNRESTRICTED);
-    }
-
     /**
-     * As {@link #start(Spec, io.iovirt.linux.SocketAccess, boolean)} for an add's open ({@link ImageOpens}): an add
-     * that no longer waits for it ({@code wanted}) closes the image and lock and starts no server, as a blk export's.
-     * {@code backing}: where the image's backing files may be (the daemon's).
+     * Opens the image as {@code spec} says and serves it. For an add's open ({@link ImageOpens}): an add that no
+     * longer waits for it ({@code wanted}) closes the image and lock and starts no server, as a blk export's.
+     * {@code backing}: where the image's backing files may be (the daemon's; there is deliberately no overload
+     * without it, which would serve any backing file a tenant's image names).
      */
     static NbdExportEntry start(
             Spec spec,

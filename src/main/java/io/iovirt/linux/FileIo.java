@@ -64,10 +64,24 @@ public final class FileIo {
 
     /**
      * What statx(2) reports about an open file. {@code directIoMemoryAlign}/{@code directIoOffsetAlign} are 0 when
-     * the kernel or file system does not say (before Linux 6.1, or no O_DIRECT support).
+     * the kernel or file system does not say (before Linux 6.1, or no O_DIRECT support). {@code dev} and {@code ino}
+     * name the inode, {@code rdev} the device a device node is (both: major in the high 32 bits, minor in the low).
      */
     public record Stat(
-            int mode, long size, int blockSize, long blocks, int directIoMemoryAlign, int directIoOffsetAlign) {
+            int mode,
+            long size,
+            int blockSize,
+            long blocks,
+            int directIoMemoryAlign,
+            int directIoOffsetAlign,
+            long dev,
+            long ino,
+            long rdev) {
+        /** Whether {@code other} is the very same inode (same file system and inode number). */
+        public boolean sameFile(Stat other) {
+            return dev == other.dev && ino == other.ino;
+        }
+
         public boolean isRegularFile() {
             return (mode & S_IFMT) == S_IFREG;
         }
@@ -328,7 +342,10 @@ public final class FileIo {
                     buf.get(JAVA_INT, 4),
                     buf.get(JAVA_LONG, 48),
                     dio ? buf.get(JAVA_INT, 152) : 0,
-                    dio ? buf.get(JAVA_INT, 156) : 0);
+                    dio ? buf.get(JAVA_INT, 156) : 0,
+                    device(buf, 136),
+                    buf.get(JAVA_LONG, 32),
+                    device(buf, 128));
         }
     }
 
@@ -360,8 +377,17 @@ public final class FileIo {
                     buf.get(JAVA_INT, 4),
                     buf.get(JAVA_LONG, 48),
                     0,
-                    0);
+                    0,
+                    device(buf, 136),
+                    buf.get(JAVA_LONG, 32),
+                    device(buf, 128));
         }
+    }
+
+    /** A statx major/minor pair (two u32 at {@code off}): major in the high 32 bits, minor in the low. */
+    private static long device(MemorySegment statx, long off) {
+        return (Integer.toUnsignedLong(statx.get(JAVA_INT, off)) << 32)
+                | Integer.toUnsignedLong(statx.get(JAVA_INT, off + 4));
     }
 
     /** Size in bytes of a regular file or a block device. */

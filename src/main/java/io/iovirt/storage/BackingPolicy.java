@@ -18,22 +18,29 @@ import java.util.stream.Collectors;
  * fences that file's writers.
  *
  * <p>Every file below the top of a chain is checked, level by level, on its real path (symbolic links and {@code ..}
- * resolved, so neither escapes): once by path before it is locked or opened ({@link #checkPath}), and again on the
- * descriptor it was opened as ({@link #checkOpened}: the kernel's name for it and fstat's type), so that a path
- * swapped between the two is caught before anything of it is served. The image named by the operator (the top) is
- * never checked: the operator chose it.
+ * resolved, so neither escapes): once by path before it is opened ({@link #checkPath}), and again on the descriptor
+ * it was opened as ({@link #checkOpened}: the kernel's name for it, which must still name that very inode, and
+ * fstat's type), so that a path swapped between the two is caught before anything of it is served or locked. The
+ * image named by the operator (the top) is never checked: the operator chose it.
+ *
+ * <p>The policy is about paths, and daemon-wide: every tenant may name any file under every allowed directory, so the
+ * allowed directories (and their parents) must be writable by the operator alone and hold no tenant's images (a hard
+ * link, bind mount or device node put inside one is allowed like any file there).
  *
  * <p>{@link #UNRESTRICTED} is QEMU's behaviour and the default: any regular file or block device (a base image on an
  * LVM volume is an ordinary setup, and an existing host's chains keep opening). Other file types (character
- * devices, FIFOs, sockets) are refused whatever the policy, by the open itself ({@link RawImage}).
+ * devices, directories, FIFOs, sockets) are refused whatever the policy.
  *
- * @param dirs    the directories (real paths) backing files must be under; null: anywhere; empty: no backing file
+ * @param dirs    the directories (real paths) backing files must be under, or block devices (real paths) that may be
+ *                backing files themselves; null: anywhere; empty: no backing file
  * @param devices block devices may be backing files (a device's real path, /dev/dm-3 say, must still be under one of
- *                {@code dirs} unless that is null)
+ *                {@code dirs} unless that is null); a device named itself in {@code dirs} is allowed either way
+ * @param config  named by the daemon's configuration file (its messages name the keys {@code backing.dirs} and
+ *                {@code backing.devices}), not by the options {@code --backing-dir} and {@code --backing-devices}
  */
-public record BackingPolicy(List<Path> dirs, boolean devices) {
+public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
     /** QEMU's behaviour: any regular file or block device the backend can read. */
-    public static final BackingPolicy UNRESTRICTED = new BackingPolicy(null, true);
+    public static final BackingPolicy UNRESTRICTED = new BackingPolicy(null, true, false);
 
     public BackingPolicy {
         dirs = dirs == null ? null : List.copyOf(dirs);
@@ -44,11 +51,17 @@ public record BackingPolicy(List<Path> dirs, boolean devices) {
      * devices may back images. No directory list and devices allowed is {@link #UNRESTRICTED}.
      *
      * @param dirs null: anywhere; empty: no backing file at all
-     * @throws IOException a directory does not exist or is not a directory, naming it and what to do
+     * @throws IOException a directory does not exist or is not a directory (nor a block device), naming it and what
+     *                     to do
      */
     public static BackingPolicy of(List<Path> dirs, boolean devices) throws IOException {
+        return of(dirs, devices, false);
+    }
+
+    /** {@link #of(List, boolean)} of the daemon's configuration file ({@code config}) or of the options. */
+    public static BackingPolicy of(List<Path> dirs, boolean devices, boolean config) throws IOException {
         if (dirs == null) {
-            return devices ? UNRESTRICTED : new BackingPolicy(null, false);
+            return devices ? UNRESTRICTED : new BackingPolicy(null, false, config);
         }
         List<Path> real = new ArrayList<>();
         for (Path d : dirs) {
@@ -56,16 +69,26 @@ public record BackingPolicy(List<Path> dirs, boolean devices) {
             try {
                 r = d.toRealPath();
             } catch (IOException e) {
-                throw new IOException("backing directory " + d + " does not exist or cannot be resolved (" + e
-                        + "): create it, or name the directory the base images are in");
+                throw new IOException("backing directory " + printable(d) + " does not exist or cannot be resolved:"
+                        + " create it, or name the directory the base images are in");
             }
-            if (!java.nio.file.Files.isDirectory(r)) {
-                throw new IOException("backing directory " + d + " is not a directory: name the directory the base"
-                        + " images are in");
+            boolean device;
+            try {
+                device = FileIo.stat(r).isBlockDevice();
+            } catch (LinuxException e) {
+                device = false;
+            }
+            if (!device && !java.nio.file.Files.isDirectory(r)) {
+                throw new IOException("backing directory " + printable(d) + " is not a directory (nor a block"
+                        + " device): name the directory the base images are in, or the block device itself");
+            }
+            if (r.startsWith("/proc")) {
+                throw new IOException("backing directory " + printable(d) + " is under /proc (" + r + "), whose"
+                        + " files name other processes' files: name the directory the base images are in");
             }
             real.add(r);
         }
-        return new BackingPolicy(real, devices);
+        return new BackingPolicy(real, devices, config);
     }
 
     /** True for QEMU's behaviour: nothing is checked. */
@@ -74,8 +97,9 @@ public record BackingPolicy(List<Path> dirs, boolean devices) {
     }
 
     /**
-     * Refuses backing file {@code backing} of {@code overlay} by its path, before anything opens or locks it. A file
-     * that does not exist (yet) passes: its open says it is missing, and {@link #checkOpened} decides if it appears.
+     * Refuses backing file {@code backing} of {@code overlay} by its path, before anything opens or locks it: also one
+     * that does not exist (the image named it, so the open's remedy for a missing image, to create it, is not the
+     * answer). One that cannot be looked at passes: its open says why, and {@link #checkOpened} decides.
      *
      * @throws IOException the backing file's real path or type is not allowed: what, why and what to do
      */
@@ -88,15 +112,21 @@ public record BackingPolicy(List<Path> dirs, boolean devices) {
         try {
             real = backing.toRealPath();
             st = FileIo.stat(real);
+        } catch (java.nio.file.NoSuchFileException e) {
+            // not the open's remedy for a missing image (create it): the image, not the operator, named this file
+            throw new IOException("qcow2 image " + printable(overlay) + " names a backing file that does not exist: "
+                    + printable(backing) + " (or a link on its path is dangling)");
         } catch (IOException e) {
-            return; // missing or unreadable: the open reports it with its remedy; nothing is opened here
+            return; // unreadable: the open reports it with its remedy; nothing is opened here
         }
         check(overlay, backing, real, st);
     }
 
     /**
      * Refuses backing file {@code backing} of {@code overlay} as it was opened ({@code fd}): its real path is the
-     * kernel's (/proc/self/fd), its type fstat's — not the path's, which may have changed since {@link #checkPath}.
+     * kernel's (/proc/self/fd), which must name the very inode opened now (stat of it and fstat of {@code fd} agree:
+     * not a file deleted or renamed since, nor a path of another mount namespace that only looks like an allowed
+     * one), its type fstat's — not the path's, which may have changed since {@link #checkPath}.
      *
      * @throws IOException not allowed, or the descriptor cannot be looked at: what, why and what to do
      */
@@ -111,28 +141,68 @@ public record BackingPolicy(List<Path> dirs, boolean devices) {
             st = FileIo.stat(fd);
         } catch (LinuxException | java.nio.file.InvalidPathException e) {
             throw new IOException(
-                    "cannot check backing file " + backing + " of " + overlay + " against the allowed"
-                            + " backing directories: " + e.getMessage() + "; mount /proc",
+                    "cannot check backing file " + printable(backing) + " of " + printable(overlay) + " against the"
+                            + " allowed backing directories: " + e.getMessage() + "; mount /proc",
                     e);
+        }
+        FileIo.Stat there;
+        try {
+            there = real.isAbsolute() ? FileIo.stat(real) : null;
+        } catch (LinuxException e) {
+            there = null;
+        }
+        if (there == null || !there.sameFile(st)) {
+            throw new IOException("backing file " + printable(backing) + " of " + printable(overlay) + " changed"
+                    + " while it was opened (the file opened is no longer at " + printable(real) + "): open the"
+                    + " image again once nothing renames or replaces its backing files");
         }
         check(overlay, backing, real, st);
     }
 
     private void check(Path overlay, Path backing, Path real, FileIo.Stat st) throws IOException {
-        String named = real.equals(backing) ? backing.toString() : backing + " (" + real + ")";
-        if (!st.isRegularFile() && !devices) {
-            throw new IOException("backing file " + named + " of " + overlay + " is " + st.kind() + ", and backing"
-                    + " devices are not allowed: convert the image with 'qemu-img convert -O qcow2 " + overlay
-                    + " NEW.qcow2' (no backing file), or allow block devices as backing files with"
-                    + " --backing-devices (daemon configuration: \"backing\": {\"devices\": true})");
+        String named = real.equals(backing) ? printable(backing) : printable(backing) + " (" + printable(real) + ")";
+        String of = named + " of " + printable(overlay);
+        String refuse = "an image from someone you do not trust must not name it: refuse the image (converting it"
+                + " would copy " + named + "'s data into the copy)";
+        if (real.startsWith("/proc")) {
+            throw new IOException("backing file " + of + " is under /proc, whose files name other processes' (and"
+                    + " other mount namespaces') files: " + refuse);
         }
-        if (dirs != null && dirs.stream().noneMatch(real::startsWith)) {
-            throw new IOException("backing file " + named + " of " + overlay + " is outside the allowed backing"
-                    + " directories " + (dirs.isEmpty() ? "(none: no backing file is allowed)" : describe()) + ":"
-                    + " convert the image with 'qemu-img convert -O qcow2 " + overlay + " NEW.qcow2' (no backing"
-                    + " file), or add the directory with --backing-dir (daemon configuration: \"backing\": {\"dirs\":"
-                    + " [...]})");
+        boolean namedItself = dirs != null && dirs.contains(real);
+        if (!st.isRegularFile() && !st.isBlockDevice()) {
+            throw new IOException(
+                    "backing file " + of + " is " + st.kind() + ", not a regular file or a block device: " + refuse);
         }
+        if (st.isBlockDevice() && !devices && !namedItself) {
+            throw new IOException("backing file " + of + " is a block device, and backing devices are not allowed: "
+                    + refuse + "; if the image and the device are yours, allow the device itself with "
+                    + (config
+                            ? "\"backing\": {\"dirs\": [\"" + printable(real) + "\"]} in the configuration file"
+                            : "--backing-dir " + printable(real))
+                    + " (never all of /dev)");
+        }
+        if (dirs != null && !namedItself && dirs.stream().noneMatch(real::startsWith)) {
+            throw new IOException("backing file " + of + " is outside the allowed backing directories "
+                    + (dirs.isEmpty() ? "(none: no backing file is allowed)" : describe()) + ": " + refuse
+                    + "; if the image and " + named + " are yours, allow its directory"
+                    + (config ? " in the configuration file's backing.dirs" : " with --backing-dir")
+                    + " (one only you can write, holding no tenant's images)");
+        }
+    }
+
+    /** A path as tenants may spell it, safe for one line of a log: control characters escaped. */
+    private static String printable(Path p) {
+        String s = p.toString();
+        StringBuilder b = new StringBuilder();
+        for (int i = 0; i < s.length(); i++) {
+            char c = s.charAt(i);
+            if (c < 0x20 || c == 0x7f) {
+                b.append(String.format("\\x%02x", (int) c));
+            } else {
+                b.append(c);
+            }
+        }
+        return b.toString();
     }
 
     /** The allowed directories, for messages. */
@@ -140,6 +210,6 @@ public record BackingPolicy(List<Path> dirs, boolean devices) {
         if (dirs == null) {
             return "any directory";
         }
-        return dirs.stream().map(Path::toString).collect(Collectors.joining(", "));
+        return dirs.stream().map(BackingPolicy::printable).collect(Collectors.joining(", "));
     }
 }

@@ -113,6 +113,23 @@ public final class ImageLock implements AutoCloseable {
         } catch (IOException e) {
             return null;
         }
+        return hold(lock, image, readOnly, who);
+    }
+
+    /**
+     * {@link #holdForExport} through {@code fd} (taken over, closed with the lock, or now when refused): a dup of the
+     * descriptor the image was opened and checked as, so the lock is on that very file — not on whatever the path
+     * names by the time a second open looks it up (a backing file a policy allowed, swapped meanwhile for a link to
+     * another tenant's disk, whose writers a lock on it would fence) — and nothing is opened that could fail.
+     *
+     * @return the held lock; null when the file system has no OFD locks (served unlocked, with a warning)
+     * @throws IOException another process holds the image in a way that conflicts (named)
+     */
+    public static ImageLock holdForExport(Path image, Fd fd, boolean readOnly, String who) throws IOException {
+        return hold(on(image, readOnly, fd), image, readOnly, who);
+    }
+
+    private static ImageLock hold(ImageLock lock, Path image, boolean readOnly, String who) throws IOException {
         String why;
         try {
             why = lock.acquire();

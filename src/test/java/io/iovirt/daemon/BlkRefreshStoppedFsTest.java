@@ -478,7 +478,9 @@ class BlkRefreshStoppedFsTest {
                 new BlkExport.Spec(id, img, socket, 1, readOnly, false, id, BlkDevice.IoEngine.SYNC, format),
                 false,
                 SocketAccess.ownerOnly(),
-                false)));
+                false,
+                ImageOpens.Wanted.ALWAYS,
+                io.iovirt.storage.BackingPolicy.UNRESTRICTED)));
         return socket;
     }
 

@@ -153,7 +153,9 @@ class BlkStuckRequestTest {
                         name, fx.image, socket, 1, true, false, name, BlkDevice.IoEngine.SYNC, ImageFormat.RAW),
                 false,
                 SocketAccess.ownerOnly(),
-                false));
+                false,
+                ImageOpens.Wanted.ALWAYS,
+                io.iovirt.storage.BackingPolicy.UNRESTRICTED));
         return socket;
     }
 }

@@ -125,6 +125,8 @@ class DaemonBackingTest {
                     failed.contains("backing file " + outside.resolve("secret.raw") + " of " + evil
                             + " is outside the allowed backing directories " + bases.toRealPath()),
                     failed);
+            // the daemon has no --backing-dir: its remedy names the configuration key
+            assertTrue(failed.contains("backing.dirs") && !failed.contains("--backing"), failed);
         }
         RpcClient.RemoteError e = assertThrows(RpcClient.RemoteError.class, () -> nbdAdd("api", evil));
         assertTrue(e.getMessage().contains("outside the allowed backing directories"), e.getMessage());
@@ -153,6 +155,7 @@ class DaemonBackingTest {
         Map<String, String> bad = new LinkedHashMap<>();
         bad.put("{\"dir\": [\"/\"]}", "unknown parameter 'dir' (known: devices, dirs)");
         bad.put("{\"dirs\": [\"relative/dir\"]}", "backing.dirs[0] 'relative/dir' is relative");
+        bad.put("{\"dirs\": [\"rel\\nFORGED\"]}", "backing.dirs[0] 'rel?FORGED' is relative"); // not a new line
         bad.put("{\"dirs\": [\"" + dir.resolve("missing") + "\"]}", "does not exist");
         bad.put("{\"dirs\": [\"" + evil + "\"]}", "is not a directory");
         bad.put("{\"dirs\": \"/srv\"}", "\"backing.dirs\" must be a list");

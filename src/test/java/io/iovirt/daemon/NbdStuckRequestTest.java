@@ -86,7 +86,9 @@ class NbdStuckRequestTest {
         entry = fx.closeFirst(NbdExportEntry.start(
                 new NbdExportEntry.Spec("stuck", fx.image, socket, true, ImageFormat.RAW),
                 SocketAccess.ownerOnly(),
-                false));
+                false,
+                ImageOpens.Wanted.ALWAYS,
+                io.iovirt.storage.BackingPolicy.UNRESTRICTED));
         List<Integer> fds = fx.imageFds();
         assertEquals(2, fds.size(), "the export's lock and image descriptors: " + fds);
         fx.openProbe();
@@ -140,7 +142,9 @@ class NbdStuckRequestTest {
         try (NbdExportEntry again = NbdExportEntry.start(
                 new NbdExportEntry.Spec("again", fx.image, dir.resolve("again.sock"), false, ImageFormat.RAW),
                 SocketAccess.ownerOnly(),
-                false)) {
+                false,
+                ImageOpens.Wanted.ALWAYS,
+                io.iovirt.storage.BackingPolicy.UNRESTRICTED)) {
             StoppableFuse.run(List.of(
                     qemuIo.toString(),
                     "-f",

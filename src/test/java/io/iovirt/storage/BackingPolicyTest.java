@@ -93,9 +93,11 @@ class BackingPolicyTest {
         assertTrue(
                 m.contains("backing file " + secret + " of " + top + " is outside the allowed backing directories "
                                 + bases.toRealPath())
-                        && m.contains("qemu-img convert")
-                        && m.contains("--backing-dir"),
+                        && m.contains("refuse the image (converting it would copy " + secret + "'s data")
+                        && m.contains("if the image and " + secret + " are yours, allow its directory with"
+                                + " --backing-dir (one only you can write"),
                 m);
+        assertFalse(m.contains("qemu-img convert"), m); // a hostile image's remedy is not to copy the file it names
         // refused before the lock: a writer holding the file (another tenant's VM) is not even looked at; without a
         // policy the shared lock is tried, and conflicts with it
         Process writer = QemuTools.writerHolding(secret);
@@ -107,6 +109,16 @@ class BackingPolicyTest {
         } finally {
             writer.destroyForcibly().waitFor();
         }
+    }
+
+    /** The name a tenant's header chose reaches logs: no newline or ESC of it does. */
+    @Test
+    void aBackingFileNameIsPrintedWithoutItsControlCharacters() throws Exception {
+        Path odd = Files.write(secret.resolveSibling("x\nFORGED \u001b[31m.raw"), new byte[4096]);
+        Path top = overlay(tenant.resolve("disk.qcow2"), odd.toString(), "raw");
+        String m = refused(top, basesOnly()).getMessage();
+        assertTrue(m.contains("x\\x0aFORGED \\x1b[31m.raw") && m.contains("outside the allowed"), m);
+        assertFalse(m.contains("\n") || m.contains("\u001b"), m);
     }
 
     @Test
@@ -159,6 +171,69 @@ class BackingPolicyTest {
         }
     }
 
+    /**
+     * The kernel's name for the descriptor is only a name: the file opened must still be at that path. One deleted
+     * after the open (its name "PATH (deleted)"), with a decoy of exactly that name put in an allowed directory, or
+     * a bind mount of another mount namespace posing as an allowed path, is refused.
+     */
+    @Test
+    void theKernelsNameForTheDescriptorMustStillNameTheFileOpened() throws Exception {
+        Path top = tenant.resolve("disk.qcow2");
+        Path named = bases.resolve("base.raw");
+        Files.write(named, new byte[4096]);
+        try (var fd = FileIo.open(named, FileIo.O_RDONLY)) {
+            basesOnly().checkOpened(top, named, fd); // still there: fine
+            Files.delete(named);
+            IOException e = assertThrows(IOException.class, () -> basesOnly().checkOpened(top, named, fd));
+            assertTrue(e.getMessage().contains("changed while it was opened"), e.getMessage());
+            Files.write(bases.resolve("base.raw (deleted)"), new byte[4096]); // a decoy with the kernel's name
+            e = assertThrows(IOException.class, () -> basesOnly().checkOpened(top, named, fd));
+            assertTrue(e.getMessage().contains("changed while it was opened"), e.getMessage());
+        }
+    }
+
+    /**
+     * The backing file's shared lock is taken through the descriptor it was opened and checked as, not by a second
+     * open of its path (which a swap could point at another tenant's disk, or make fail and leave the file served
+     * unlocked): while the image is open, a writer of the backing file is refused, of a decoy beside it is not.
+     */
+    @Test
+    void theBackingFilesLockIsOnTheFileOpened() throws Exception {
+        Require.program("qemu-io", "apt-get install qemu-utils");
+        Path base = bases.resolve("base.raw");
+        Files.write(base, new byte[MIB]);
+        Path decoy = bases.resolve("decoy.raw");
+        Files.write(decoy, new byte[MIB]);
+        Path top = overlay(tenant.resolve("disk.qcow2"), base.toString(), "raw");
+        try (DiskImage d = Images.open(top, null, true, false, basesOnly())) {
+            QemuTools.Result w = QemuTools.qemuIo(base.toString(), "raw", "write 0 512");
+            assertTrue(w.exit() != 0 && w.output().contains("lock"), w.output());
+            QemuTools.Result ok = QemuTools.qemuIo(decoy.toString(), "raw", "write 0 512");
+            assertTrue(ok.exit() == 0, ok.output());
+            assertArrayEquals(new byte[4096], read(d, 0, 4096));
+            // one open file description: every descriptor this process has on the base (the one it is read through
+            // too) lists the lock; a lock taken by an open of its own would be listed under that descriptor alone
+            int onBase = 0;
+            try (Stream<Path> fds = Files.list(Path.of("/proc/self/fd"))) {
+                for (Path fd : fds.toList()) {
+                    Path target;
+                    try {
+                        target = Files.readSymbolicLink(fd);
+                    } catch (IOException gone) {
+                        continue; // the listing's own descriptor, closed by now
+                    }
+                    if (target.equals(base.toRealPath())) {
+                        onBase++;
+                        String info = Files.readString(
+                                Path.of("/proc/self/fdinfo", fd.getFileName().toString()));
+                        assertTrue(info.contains("lock:"), fd + " on the base holds no lock: " + info);
+                    }
+                }
+            }
+            assertTrue(onBase >= 2, "the base read through and locked through a dup: " + onBase);
+        }
+    }
+
     @Test
     void aChainWhoseBottomIsOutsideIsRefusedThoughItsMiddleIsAllowed() throws Exception {
         Path mid = overlay(bases.resolve("mid.qcow2"), secret.toString(), "raw");
@@ -168,37 +243,67 @@ class BackingPolicyTest {
     }
 
     @Test
-    void devicesAreRefusedUnlessAllowed() throws Exception {
-        Path dev = Path.of("/dev").toRealPath();
-        // a character device, whose open acts or waits: refused by the policy before any open
+    void devicesAreRefusedUnlessAllowedAndAnAllowedDeviceIsNamedItself() throws Exception {
+        // neither a regular file nor a block device: refused whatever the policy, with no hint to allow devices
         Path top = overlay(tenant.resolve("null.qcow2"), "/dev/null", "raw");
-        String m = refused(top, BackingPolicy.of(List.of(bases, dev), false)).getMessage();
-        assertTrue(
-                m.contains("/dev/null of " + top + " is a character device, and backing devices are not allowed"), m);
-        // without a directory list too
-        m = refused(top, BackingPolicy.of(null, false)).getMessage();
-        assertTrue(m.contains("backing devices are not allowed"), m);
-        // allowed by the policy: the open refuses it all the same (an image is a regular file or a block device)
-        m = refused(top, BackingPolicy.of(List.of(dev), true)).getMessage();
-        assertTrue(m.contains("character device, not a regular file or a block device"), m);
-        assertFalse(m.contains("not allowed"), m);
-        // a block device (only looked at: refused before anything opens it)
-        Path block;
-        try (Stream<Path> s = Files.list(dev)) {
-            block = s.filter(p -> {
+        for (BackingPolicy p : List.of(
+                BackingPolicy.of(List.of(bases), false),
+                BackingPolicy.of(null, false),
+                BackingPolicy.of(List.of(bases), true))) {
+            String m = refused(top, p).getMessage();
+            assertTrue(
+                    m.contains("/dev/null of " + top + " is a character device, not a regular file or a block device"),
+                    p + ": " + m);
+            assertFalse(m.contains("--backing-devices") || m.contains("not allowed"), p + ": " + m);
+        }
+        Path dirAsBacking = overlay(tenant.resolve("dir.qcow2"), bases.toString(), "raw");
+        String m = refused(dirAsBacking, BackingPolicy.of(List.of(bases.getParent()), true))
+                .getMessage();
+        assertTrue(m.contains("is a directory, not a regular file or a block device"), m);
+        // block devices (only looked at by path: nothing opens them)
+        List<Path> blocks;
+        try (Stream<Path> s = Files.list(Path.of("/dev"))) {
+            blocks = s.filter(p -> {
                         try {
-                            return FileIo.stat(p).isBlockDevice();
+                            return !Files.isSymbolicLink(p) && FileIo.stat(p).isBlockDevice();
                         } catch (LinuxException e) {
                             return false;
                         }
                     })
-                    .findFirst()
-                    .orElse(null);
+                    .limit(2)
+                    .toList();
         }
-        Require.that(block != null, "a block device in /dev");
-        Path onDevice = overlay(tenant.resolve("dev.qcow2"), block.toString(), "raw");
-        m = refused(onDevice, BackingPolicy.of(List.of(dev), false)).getMessage();
-        assertTrue(m.contains("is a block device, and backing devices are not allowed"), m);
+        Require.that(!blocks.isEmpty(), "a block device in /dev");
+        Path block = blocks.get(0).toRealPath();
+        IOException e = assertThrows(IOException.class, () -> basesOnly().checkPath(top, block));
+        assertTrue(
+                e.getMessage()
+                        .contains(
+                                block + " of " + top + " is a block device, and backing devices are not" + " allowed"),
+                e.getMessage());
+        assertTrue(e.getMessage().contains("allow the device itself with --backing-dir " + block), e.getMessage());
+        // a device named itself is allowed, without all of /dev: not another device, nor a file beside it
+        BackingPolicy thatDevice = BackingPolicy.of(List.of(block), false);
+        thatDevice.checkPath(top, block);
+        if (blocks.size() > 1) {
+            Path other = blocks.get(1).toRealPath();
+            e = assertThrows(IOException.class, () -> thatDevice.checkPath(top, other));
+            assertTrue(
+                    e.getMessage().contains("is a block device, and backing devices are not allowed"), e.getMessage());
+            e = assertThrows(
+                    IOException.class,
+                    () -> BackingPolicy.of(List.of(block), true).checkPath(top, other));
+            assertTrue(e.getMessage().contains("outside the allowed backing directories " + block), e.getMessage());
+        }
+        // the daemon's messages name its configuration key, not the serve commands' option
+        e = assertThrows(
+                IOException.class,
+                () -> BackingPolicy.of(List.of(bases), false, true).checkPath(top, block));
+        assertTrue(e.getMessage().contains("\"backing\": {\"dirs\": [\"" + block + "\"]}"), e.getMessage());
+        assertFalse(e.getMessage().contains("--backing"), e.getMessage());
+        // /proc names other processes' files: not a directory to allow
+        e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(Path.of("/proc/self/fd")), false));
+        assertTrue(e.getMessage().contains("is under /proc"), e.getMessage());
     }
 
     @Test
@@ -225,8 +330,14 @@ class BackingPolicyTest {
         try (DiskImage d = Images.open(top, null, true, false, BackingPolicy.of(List.of(alias), false))) {
             assertArrayEquals(java.util.Arrays.copyOf(expected, MIB), read(d, 0, MIB));
         }
+        // a backing file that does not exist: the image named it, so not the open's remedy for a missing image
+        Path missing = overlay(
+                tenant.resolve("missing.qcow2"), bases.resolve("gone.raw").toString(), "raw");
+        String m = refused(missing, basesOnly()).getMessage();
+        assertTrue(m.contains("names a backing file that does not exist: " + bases.resolve("gone.raw")), m);
+        assertFalse(m.contains("truncate"), m);
         // an empty list allows no backing file
-        String m = refused(top, BackingPolicy.of(List.of(), false)).getMessage();
+        m = refused(top, BackingPolicy.of(List.of(), false)).getMessage();
         assertTrue(m.contains("no backing file is allowed"), m);
         // the directory must exist
         IOException e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(dir.resolve("missing")), false));

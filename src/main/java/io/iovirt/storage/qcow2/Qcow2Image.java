@@ -469,16 +469,18 @@ public final class Qcow2Image implements DiskImage {
             if (h.backingFile() != null) {
                 Path bp = resolveBacking(path, h.backingFile());
                 ImageFormat bf = backingFormat(path, h, bp);
-                // the policy by path before the lock and the open touch the file, then on the descriptor opened (a
-                // path swapped meanwhile is caught before anything of it is served)
+                // the policy by path before the open touches the file, then on the descriptor opened (a path
+                // swapped meanwhile is caught before anything of it is served); the lock is taken last, through that
+                // descriptor, so it is on the very file checked and served (a second open by path could lock, and
+                // fence the writers of, whatever the path named by then)
                 chain.backing.checkPath(path, bp);
                 chain.depth++;
                 try {
-                    backingLock = ImageLock.holdForExport(bp, true, "backing file of " + path);
                     backing = Images.open(bp, bf, true, false);
                     try (Fd opened = backing.dupFile()) {
                         chain.backing.checkOpened(path, bp, opened);
                     }
+                    backingLock = ImageLock.holdForExport(bp, backing.dupFile(), true, "backing file of " + path);
                 } catch (IOException e) {
                     throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
                 } finally {
