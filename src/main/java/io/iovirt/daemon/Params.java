@@ -156,14 +156,6 @@ final class Params {
     }
 
     static String printable(String s) {
-        StringBuilder b = new StringBuilder();
-        for (int i = 0; i < s.length() && i < 80; i++) {
-            char c = s.charAt(i);
-            b.append(c >= 0x20 && c < 0x7f ? c : '?');
-        }
-        if (s.length() > 80) {
-            b.append("...");
-        }
-        return b.toString();
+        return io.iovirt.util.Printable.of(s, 80);
     }
 }

@@ -240,22 +240,8 @@ public final class SysfsTree {
         return m == null ? e.getClass().getSimpleName() : m;
     }
 
-    /** Text safe to echo in a one-line message: control and non-ASCII bytes escaped, at most 60 characters. */
+    /** Text safe to echo in a one-line message ({@link io.iovirt.util.Printable}), at most 60 characters. */
     public static String printable(String s) {
-        StringBuilder b = new StringBuilder();
-        for (int i = 0; i < s.length() && b.length() < 60; i++) {
-            char c = s.charAt(i);
-            if (c >= 0x20 && c < 0x7f) {
-                b.append(c);
-            } else if (c == '\n') {
-                b.append("\\n");
-            } else {
-                b.append(String.format("\\x%02x", (int) c & 0xff));
-            }
-        }
-        if (b.length() >= 60) {
-            b.append("...");
-        }
-        return b.toString();
+        return io.iovirt.util.Printable.ofBytes(s, 60);
     }
 }

@@ -192,17 +192,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
 
     /** A path as tenants may spell it, safe for one line of a log: control characters escaped. */
     private static String printable(Path p) {
-        String s = p.toString();
-        StringBuilder b = new StringBuilder();
-        for (int i = 0; i < s.length(); i++) {
-            char c = s.charAt(i);
-            if (c < 0x20 || c == 0x7f) {
-                b.append(String.format("\\x%02x", (int) c));
-            } else {
-                b.append(c);
-            }
-        }
-        return b.toString();
+        return io.iovirt.util.Printable.of(p.toString());
     }
 
     /** The allowed directories, for messages. */

@@ -83,8 +83,6 @@ public final class ByteSizes {
     }
 
     private static String printable(String s) {
-        StringBuilder b = new StringBuilder();
-        s.codePoints().limit(64).forEach(c -> b.append(c < 0x20 || c == 0x7f ? '?' : (char) c));
-        return b.toString();
+        return Printable.of(s, 64);
     }
 }
