@@ -527,6 +527,16 @@ final class Refcounts {
     }
 
     /**
+     * The end (exclusive) of the last quarantined cluster in clusters [lo, hi), or -1 when none of them is
+     * quarantined.
+     */
+    private long quarantinedEnd(long lo, long hi) {
+        int i = Arrays.binarySearch(quarantined, hi - 1);
+        i = i >= 0 ? i : -i - 2; // the last index at or below hi - 1
+        return i >= 0 && quarantined[i] >= lo ? quarantined[i] + 1 : -1;
+    }
+
+    /**
      * Whether the count-down of cluster {@code c} from refcount {@code rc} is held back: it would free a quarantined
      * cluster, which then stays allocated (counted in {@link #held}).
      */
@@ -567,7 +577,7 @@ final class Refcounts {
     /**
      * Makes refcount block {@code bi} exist. A new block is placed on the first cluster it describes (free: no
      * block described it, so its refcount was 0) and counts itself; it is written and synced before the refcount
-     * table points to it.
+     * table points to it. Past that cluster when it is reserved or quarantined ({@link #placeRefBlockAfterReserved}).
      */
     private void ensureRefBlock(long bi) throws IOException {
         if (bi >= refTable.length) {
@@ -579,6 +589,23 @@ final class Refcounts {
         long cluster = bi * refBlockEntries;
         if (isReserved(cluster)) {
             placeRefBlockAfterReserved(bi);
+            return;
+        }
+        if (isQuarantined(cluster)) {
+            // A request given up on in the kernel may still write it (a refcount rebuild left its range without a
+            // block): the block goes past it, as past a reserved run, where that late write cannot land.
+            if (reservedHi > reservedLo) {
+                placeRefBlockAfterReserved(bi); // allocateContiguous's run is reserved: past it too
+                return;
+            }
+            reservedLo = cluster;
+            reservedHi = cluster + 1;
+            try {
+                placeRefBlockAfterReserved(bi);
+            } finally {
+                reservedLo = 0;
+                reservedHi = 0;
+            }
             return;
         }
         long off = cluster << clusterBits;
@@ -699,10 +726,18 @@ final class Refcounts {
      */
     private long newRefStructures(long clusters) {
         long p = (long) refTable.length * refBlockEntries; // first cluster the old table does not cover
-        if (reservedHi > p && reservedLo < p + clusters) {
-            p = reservedHi;
+        while (true) {
+            if (reservedHi > p && reservedLo < p + clusters) {
+                p = reservedHi;
+                continue;
+            }
+            // nor over a quarantined cluster (one a refcount rebuild left past what its table covers)
+            long q = quarantinedEnd(p, p + clusters);
+            if (q < 0) {
+                return p;
+            }
+            p = q;
         }
-        return p;
     }
 
     /**

@@ -867,6 +867,79 @@ class Qcow2ImageTest {
     }
 
     /**
+     * A refcount block is never placed on a quarantined cluster. A refcount rebuild (a dirty bit another program left
+     * while this one had handed the image over) leaves the range of a quarantined cluster that nothing references
+     * without a block; when the quarantined cluster is the range's first, the allocator's next cluster in the range
+     * needs the block, placed on the range's first cluster. Before, that was the quarantined cluster: the late write
+     * landed on the refcount block. 512-byte clusters with 64-bit refcounts: 64 clusters per refcount block.
+     */
+    @Test
+    void aRefcountBlockIsNeverPlacedOnAQuarantinedCluster() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("qrefblock.qcow2", "1M", "cluster_size=512", "refcount_bits=64");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 29k"); // one L2 table, its guest range not full
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            write(q, 29 * 1024, fill(512, 0x41));
+            write(q, 29 * 1024 + 512, fill(512, 0x42)); // its refcount block goes on cluster 64, the range's first
+            long keep = q.l2Entry(29 * 1024 + 512) & Qcow2Image.OFFSET_MASK;
+            assertEquals(1, keep / 512 / 64, "the second write is in refcount range 1");
+            rebuildOnRefresh(q, img, 128); // range 1's block moves past the file's end; cluster 64 is free
+            long c = -1;
+            long at = 30 * 1024 - 512;
+            while (c != 64 * 512 && at < 34 * 1024) {
+                at += 512;
+                write(q, at, fill(512, 0x50));
+                c = q.l2Entry(at) & Qcow2Image.OFFSET_MASK;
+            }
+            assertEquals(64 * 512, c, "a guest cluster was allocated on the first cluster of refcount range 1");
+            MemorySegment buf = arena.allocate(512, 4096);
+            buf.fill((byte) 0x55);
+            Qcow2Image.Qcow2Io w = q.newContext(8, 0);
+            w.add(buf);
+            assertTrue(w.submitWrite(ring, at, 1), "queued: a write to an allocated cluster");
+            w.abandon(); // the engine gives up on it: cluster 64 is quarantined
+            w.close();
+            q.discard(at, 512); // held back: cluster 64 stays allocated
+            q.discard(29 * 1024 + 512, 512); // range 1 holds nothing referenced now
+            q.flush();
+            rebuildOnRefresh(q, img, 0); // range 1 has no block now; cluster 64 is free on disk
+            for (int i = 0; i < 4; i++) {
+                write(q, 33 * 1024 + i * 512, fill(512, 0x60 + i)); // cluster 65 first: range 1 needs a block
+            }
+            q.flush(); // nothing left to write back at the close, after the late write
+            ring.submitAndWait(1); // the write lands late, on cluster 64
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(512, r)));
+            for (int i = 0; i < 4; i++) {
+                assertArrayEquals(fill(512, 0x60 + i), read(q, 33 * 1024 + i * 512, 512), "the late write hit " + i);
+            }
+        }
+        check(img, false); // cluster 64 is free on disk (the rebuild found it referenced by nothing)
+        qemuIoOk(img, "qcow2", "read -P 0x41 29k 512", "read -P 0x60 33k 512", "read -P 0x63 34.5k 512");
+    }
+
+    /**
+     * Hands {@code q} over, sets the dirty bit as a program with lazy refcounts would leave it and, when
+     * {@code clusters} is above 0, makes the file that long, then reads the image again: the refresh rebuilds the
+     * refcounts, with the new structures past the file's end.
+     */
+    private static void rebuildOnRefresh(Qcow2Image q, Path img, long clusters) throws IOException {
+        q.handOver();
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(72);
+            long inc = f.readLong();
+            f.seek(72);
+            f.writeLong(inc | 1);
+            if (clusters * 512 > f.length()) {
+                f.setLength(clusters * 512);
+            }
+        }
+        q.refresh();
+    }
+
+    /**
      * A write of 64 KiB of {@code value} bytes at {@code offset} (an allocated cluster), queued on {@code ring} but not
      * entered: in flight for the image, in the kernel once the caller enters it, which may come after the caller gave
      * it up (abandon) and closed its context, as when an engine closed a ring it could not wait for. The buffer is
