@@ -512,14 +512,42 @@ final class Refcounts {
     /**
      * Quarantines the clusters host bytes [host, host+bytes) touch: a request given up on in the kernel may still
      * write (or read) them at any time. From now on the allocator never hands them out, and a count-down that would
-     * free one is held back ({@link #hold}), while the image is open. Returns how many clusters are quarantined in
-     * all.
+     * free one is held back ({@link #hold}), while the image is open. A {@code write}'s cluster that a switch to
+     * read-only freed already ({@link #freeForReadOnly}: its free waited for this request) is counted up to 1
+     * again, held as if its count-down had come now (so {@link #retakeForWrites} does not count it up twice): left
+     * free, it would be free on disk after the close while the write may still land on it, for the next program to
+     * hand out. Returns how many such clusters were counted up: their refcounts are to be written. Nothing is
+     * recorded when reading a refcount fails.
      */
-    long quarantine(long host, long bytes) {
+    int quarantine(long host, long bytes, boolean write) throws IOException {
         long first = host >>> clusterBits;
         long last = (host + bytes - 1) >>> clusterBits;
+        List<Long> retake = new ArrayList<>();
+        if (write && !freedEarly.isEmpty()) {
+            for (long c = first; c <= last; c++) {
+                if (!isQuarantined(c) && c < allocEnd && hasBlock(c) && refcount(c) == 0 && freedEarly(c)) {
+                    retake.add(c);
+                }
+            }
+        }
         quarantined = MetadataLayout.withRange(quarantined, first, last - first + 1);
-        return quarantined.length;
+        for (long c : retake) {
+            setRefcount(c, 1); // its block is cached: refcount(c) just read it
+            held.merge(c, 1L, Long::sum);
+        }
+        return retake.size();
+    }
+
+    /** Whether cluster {@code c} lies in a batch {@link #freeForReadOnly} freed early. */
+    private boolean freedEarly(long c) {
+        for (Dereferenced d : freedEarly) {
+            for (long[] r : d.ranges()) {
+                if (c >= r[0] >>> clusterBits && c <= (r[0] + r[1] - 1) >>> clusterBits) {
+                    return true;
+                }
+            }
+        }
+        return false;
     }
 
     private boolean isQuarantined(long c) {

@@ -834,6 +834,45 @@ class Qcow2ImageTest {
     }
 
     /**
+     * A switch to read-only frees at once a cluster whose free waits for a write in flight; when that write is given
+     * up on in the kernel after the switch, the cluster is counted up again and written: the write may still land on
+     * it after the close. Before, the quarantine found it free and held nothing: the image closed with the cluster
+     * free on disk, the next program to open it took it for a new write, and the late write landed in that one.
+     */
+    @Test
+    void aWriteGivenUpOnAfterASwitchToReadOnlyFreedItsClusterLeavesItAllocated() throws Exception {
+        Path img = writtenForUring("roearly.qcow2");
+        try (Arena arena = Arena.ofConfined();
+                IoUring late = IoUring.create(4)) {
+            long host;
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+                Qcow2Image.Qcow2Io w = queuedWrite(q, late, arena, 2 * MIB, 0x55);
+                q.discard(2 * MIB, 65536); // its free waits for the write
+                q.setReadOnly(true); // freed early: nothing allocates while read-only
+                w.abandon(); // then the engine gives the write up
+                w.close();
+                QemuTools.Result r = QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString());
+                assertEquals(3, r.exit(), "the cluster the write may land on is not allocated on disk: " + r.output());
+                assertTrue(r.output().contains("1 leaked clusters were found"), r.output());
+                assertEquals(1, q.quarantineLeaks());
+            }
+            String out = check(img, true);
+            assertTrue(out.contains("1 leaked clusters were found"), "the quarantined cluster alone:\n" + out);
+            try (Qcow2Image next = Qcow2Image.open(img, false)) { // the next program to open the image
+                write(next, 9 * MIB, fill(65536, 0x66));
+                assertTrue(
+                        (next.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                        "the cluster a write given up on may still land on was handed out after the close");
+                late.submitAndWait(1); // the write lands late
+                assertEquals(1, late.reap((ud, res, f) -> assertEquals(65536, res)));
+                assertArrayEquals(fill(65536, 0x66), read(next, 9 * MIB, 65536), "the late write left 9 MiB alone");
+            }
+        }
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 3M 64k", "read -P 0x66 9M 64k");
+    }
+
+    /**
      * A quarantined cluster another program freed while this one had handed the image over ('qemu-img check -r leaks'
      * too early, a repair of the refcounts) is still not handed out once the image is read again: the quarantine is
      * this process's, not the file's. Without it, the refcount read again said free and the next allocation took it.
