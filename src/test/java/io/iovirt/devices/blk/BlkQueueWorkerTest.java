@@ -864,6 +864,47 @@ class BlkQueueWorkerTest {
         assertEquals(1, givenUp.get(), "given up on in the kernel: the first write alone, not the stranded one");
     }
 
+    /**
+     * A context whose abandon throws (out of memory while a qcow2 image records its quarantine) does not end the
+     * stop: the other requests in the kernel are given up on too, and the ring is closed. Before, the throw left the
+     * stop at once: the second context was never told, and the ring, the guest memory and the handler were left as
+     * they were. Both writes are "in the kernel" as far as the engine knows, queued on no ring, so that the stop's
+     * wait fails as a failing io_uring_enter would.
+     */
+    @Test
+    void aContextWhoseAbandonThrowsDoesNotEndTheStop() throws Exception {
+        setUpGuest(false, true);
+        java.util.concurrent.atomic.AtomicInteger givenUp = new java.util.concurrent.atomic.AtomicInteger();
+        DiskImage disk = new ForwardingDiskImage(image) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData) {
+                        return true; // "in the kernel", as far as the engine knows
+                    }
+
+                    @Override
+                    public void abandon() {
+                        if (givenUp.getAndIncrement() == 0) {
+                            throw new OutOfMemoryError("no memory to record the quarantine (a test)");
+                        }
+                        super.abandon();
+                    }
+                };
+            }
+        };
+        worker = newWorker(disk, true);
+        write(0, 0, 4096);
+        write(8, 1, 4096);
+        worker.start();
+        kick();
+        Await.until(Duration.ofSeconds(20), "both writes in the kernel", () -> stats.started.sum() == 2);
+        assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on both writes and ends");
+        worker = null;
+        assertEquals(2, givenUp.get(), "the second write was given up on too");
+    }
+
     /** Writes one 64 KiB cluster of {@code value} bytes at {@code offset}, synchronously. */
     private static void writeImage(DiskImage img, long offset, int value) throws IOException {
         try (Arena a = Arena.ofConfined();
