@@ -1834,10 +1834,22 @@ public final class Qcow2Image implements DiskImage {
      * exited. Called before the request's context is closed, so before its count moves on: a free waiting for the
      * request is applied only after, and held back; a {@code write}'s free a switch to read-only applied early is
      * taken back and written at once ({@link Refcounts#quarantine}). Takes the metadata lock; nothing to do once the
-     * image is closed. Throws when a refcount cannot be read: nothing is quarantined then.
+     * image is closed. Throws when a refcount cannot be read, or when the lock is not free within
+     * {@link #QUARANTINE_LOCK_WAIT_SECONDS} (another thread holds it in a write-back on a file system that does not
+     * answer, and this one may be a loop other devices share): nothing is quarantined then.
      */
     void quarantine(long host, long bytes, boolean write) throws IOException {
-        meta.lock();
+        boolean locked;
+        try {
+            locked = meta.tryLock(QUARANTINE_LOCK_WAIT_SECONDS, java.util.concurrent.TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            locked = false;
+        }
+        if (!locked) {
+            throw new IOException("its metadata lock stayed busy for " + QUARANTINE_LOCK_WAIT_SECONDS
+                    + " seconds (a metadata write-back that does not end?)");
+        }
         try {
             if (closed) {
                 return;
@@ -1869,6 +1881,13 @@ public final class Qcow2Image implements DiskImage {
             meta.unlock();
         }
     }
+
+    /**
+     * How long {@link #quarantine} waits for the metadata lock, on a queue's stop: a few seconds, more than a
+     * write-back on a file system that answers takes, and not long enough to stall the other devices a shared loop
+     * serves for long.
+     */
+    static final long QUARANTINE_LOCK_WAIT_SECONDS = 5;
 
     /** How many clusters are quarantined ({@link #quarantine}). */
     long quarantinedClusters() {

@@ -873,6 +873,60 @@ class Qcow2ImageTest {
     }
 
     /**
+     * Giving up on a request does not wait without end for the metadata lock (held by another thread in a metadata
+     * write-back on a file system that does not answer): the stop that gives up may run on a loop other devices
+     * share. After a bounded wait the context stays in flight for as long as the image is open, as before the
+     * quarantine: no cluster freed since is handed out again. Before, the abandon waited for the lock for ever.
+     */
+    @Test
+    void givingUpOnARequestDoesNotWaitForeverForTheMetadataLock() throws Exception {
+        Path img = writtenForUring("busylock.qcow2");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, 2 * MIB, 0x55);
+            java.util.concurrent.CountDownLatch held = new java.util.concurrent.CountDownLatch(1);
+            java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
+            Thread holder = Thread.ofPlatform().daemon().start(() -> {
+                q.metadataLock().lock(); // a write-back that does not end
+                try {
+                    held.countDown();
+                    release.await();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                } finally {
+                    q.metadataLock().unlock();
+                }
+            });
+            held.await();
+            Thread stop = Thread.ofPlatform().daemon().start(io::abandon);
+            try {
+                Await.until(
+                        java.time.Duration.ofSeconds(60),
+                        "the abandon ends while the metadata lock is held",
+                        () -> !stop.isAlive());
+            } finally {
+                release.countDown();
+                holder.join();
+                stop.join();
+            }
+            io.close();
+            assertEquals(0, q.quarantinedClusters(), "nothing quarantined: the context stays in flight instead");
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the discarded cluster was handed out while a write given up on may still land on it");
+            ring.submitAndWait(1); // the write lands late
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+        }
+    }
+
+    /**
      * A quarantined cluster another program freed while this one had handed the image over ('qemu-img check -r leaks'
      * too early, a repair of the refcounts) is still not handed out once the image is read again: the quarantine is
      * this process's, not the file's. Without it, the refcount read again said free and the next allocation took it.
