@@ -3,6 +3,7 @@ package io.iovirt.storage.qcow2;
 
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
+import io.iovirt.memory.AddressRanges;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -89,11 +90,19 @@ final class Refcounts {
     private record Dereferenced(List<long[]> ranges, Qcow2Image.InFlight inFlight) {}
 
     /**
-     * Sorted indices of the clusters a request given up on in the kernel may still write or read at any time
-     * ({@link #quarantine}): never handed out by the allocator while the image is open, and never counted down to 0
-     * ({@link #held}). Only grows; kept across a {@link #reload}, since the kernel may still carry the request out.
+     * The clusters a request given up on in the kernel may still write or read at any time ({@link #quarantine}):
+     * never handed out by the allocator while the image is open, and never counted down to 0 ({@link #held}). Sorted,
+     * merged runs: run {@code i} is clusters [quarantinedFirst[i], quarantinedLast[i]], with a gap between runs; one
+     * request's run is one entry, whatever its length (with 512-byte clusters a request of 1022 segments of 1 MiB
+     * spans two million clusters). Only grows; kept across a {@link #reload}, since the kernel may still carry the
+     * request out.
      */
-    private long[] quarantined = new long[0];
+    private long[] quarantinedFirst = new long[0];
+
+    private long[] quarantinedLast = new long[0];
+
+    /** How many clusters the runs hold. */
+    private long quarantinedCount;
 
     /**
      * The count-downs to 0 of quarantined clusters that were due, per cluster, held back: each such cluster stays
@@ -530,7 +539,7 @@ final class Refcounts {
                 }
             }
         }
-        quarantined = MetadataLayout.withRange(quarantined, first, last - first + 1);
+        addQuarantined(first, last);
         for (long c : retake) {
             setRefcount(c, 1); // its block is cached: refcount(c) just read it
             held.merge(c, 1L, Long::sum);
@@ -550,8 +559,43 @@ final class Refcounts {
         return false;
     }
 
+    /**
+     * Adds clusters [first, last] to the quarantined runs, merged with those they overlap or touch: a copy of the
+     * run arrays (as many entries as runs), not of the clusters.
+     */
+    private void addQuarantined(long first, long last) {
+        int n = quarantinedFirst.length;
+        int lo = AddressRanges.floor(quarantinedFirst, first); // the last run starting at or below first
+        if (lo < 0 || quarantinedLast[lo] < first - 1) {
+            lo++; // that one ends before, with a gap: not merged
+        }
+        int hi = AddressRanges.floor(quarantinedFirst, last + 1) + 1; // runs [lo, hi) overlap or touch
+        long f = first;
+        long l = last;
+        long merged = 0;
+        if (lo < hi) {
+            f = Math.min(first, quarantinedFirst[lo]);
+            l = Math.max(last, quarantinedLast[hi - 1]);
+            for (int i = lo; i < hi; i++) {
+                merged += quarantinedLast[i] - quarantinedFirst[i] + 1;
+            }
+        }
+        long[] nf = new long[n - (hi - lo) + 1];
+        long[] nl = new long[nf.length];
+        System.arraycopy(quarantinedFirst, 0, nf, 0, lo);
+        System.arraycopy(quarantinedLast, 0, nl, 0, lo);
+        nf[lo] = f;
+        nl[lo] = l;
+        System.arraycopy(quarantinedFirst, hi, nf, lo + 1, n - hi);
+        System.arraycopy(quarantinedLast, hi, nl, lo + 1, n - hi);
+        quarantinedFirst = nf;
+        quarantinedLast = nl;
+        quarantinedCount += l - f + 1 - merged;
+    }
+
     private boolean isQuarantined(long c) {
-        return quarantined.length != 0 && Arrays.binarySearch(quarantined, c) >= 0;
+        int i = AddressRanges.floor(quarantinedFirst, c);
+        return i >= 0 && quarantinedLast[i] >= c;
     }
 
     /**
@@ -559,9 +603,8 @@ final class Refcounts {
      * quarantined.
      */
     private long quarantinedEnd(long lo, long hi) {
-        int i = Arrays.binarySearch(quarantined, hi - 1);
-        i = i >= 0 ? i : -i - 2; // the last index at or below hi - 1
-        return i >= 0 && quarantined[i] >= lo ? quarantined[i] + 1 : -1;
+        int i = AddressRanges.floor(quarantinedFirst, hi - 1); // the last run starting at or below hi - 1
+        return i >= 0 && quarantinedLast[i] >= lo ? Math.min(quarantinedLast[i], hi - 1) + 1 : -1;
     }
 
     /**
@@ -592,7 +635,7 @@ final class Refcounts {
 
     /** How many clusters are quarantined ({@link #quarantine}). */
     long quarantinedClusters() {
-        return quarantined.length;
+        return quarantinedCount;
     }
 
     /** How many quarantined clusters stay allocated with nothing referencing them: leaked on purpose. */

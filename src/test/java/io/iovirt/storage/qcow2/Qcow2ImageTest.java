@@ -927,6 +927,40 @@ class Qcow2ImageTest {
     }
 
     /**
+     * The quarantine keeps runs, not clusters: with 512-byte clusters a request of 1022 segments of 1 MiB spans two
+     * million clusters, and a queue of them given up on quarantines one run each. Before, it kept one entry per
+     * cluster and copied them all at each request (64 such requests: gigabytes of copies), and a run of more than
+     * 2^31 clusters overflowed the array. Runs that overlap or touch merge; a cluster next to a run is handed out.
+     */
+    @Test
+    void theQuarantineKeepsRunsNotClusters() throws Exception {
+        Path img = create("qruns.qcow2", "16M", "cluster_size=512");
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            long request = 1022L * MIB; // two million clusters
+            long base = 1L << 40; // far past the file: nothing allocates there
+            long huge = 1L << 41; // more clusters than an array has entries: one run all the same
+            q.quarantine(base + (1L << 42), huge, true);
+            assertEquals(huge / 512, q.quarantinedClusters());
+            for (int i = 0; i < 64; i++) {
+                q.quarantine(base + 2 * i * request, request, true);
+            }
+            assertEquals((huge + 64 * request) / 512, q.quarantinedClusters());
+            q.quarantine(base + request - 512, 1024, true); // the last cluster of the first run and the next one
+            q.quarantine(base + request + 512, request - 512, true); // the rest of the gap: the first two runs merge
+            assertEquals((huge + 65 * request) / 512, q.quarantinedClusters());
+            write(q, 0, fill(512, 0x41));
+            long host = q.l2Entry(0) & Qcow2Image.OFFSET_MASK;
+            q.quarantine(host + 512, 512, false); // the next cluster, which the next write would have taken
+            write(q, 512, fill(512, 0x42));
+            assertEquals(host + 1024, q.l2Entry(512) & Qcow2Image.OFFSET_MASK, "the quarantined cluster was skipped");
+            write(q, 1024, fill(512, 0x43));
+            assertEquals(host + 1536, q.l2Entry(1024) & Qcow2Image.OFFSET_MASK, "the one after the run was not");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x41 0 512", "read -P 0x42 512 512", "read -P 0x43 1k 512");
+    }
+
+    /**
      * A quarantined cluster another program freed while this one had handed the image over ('qemu-img check -r leaks'
      * too early, a repair of the refcounts) is still not handed out once the image is read again: the quarantine is
      * this process's, not the file's. Without it, the refcount read again said free and the next allocation took it.
