@@ -419,8 +419,12 @@ final class UringEngine implements QueueWorker.Handler {
     }
 
     /**
-     * The slots not free when the stop gives up hold the requests the kernel may still carry out: their contexts are
-     * told before the ring and they are closed ({@link io.iovirt.storage.ImageIo#abandon}).
+     * The slots not free when the stop gives up whose requests are in the ring hold the requests the kernel may
+     * still carry out: their contexts are told before the ring and they are closed
+     * ({@link io.iovirt.storage.ImageIo#abandon}). A stranded request ({@link #dropStranded}) is not in the kernel:
+     * its context is not told (a qcow2 context would quarantine clusters nothing may write). A context whose abandon
+     * throws (out of memory while it records what it keeps) is logged and the stop goes on with the others, the ring's
+     * close and the rest: that context keeps its request in flight for as long as the image is open.
      */
     private void abandonBusySlots() {
         boolean[] free = new boolean[slots.length];
@@ -428,8 +432,18 @@ final class UringEngine implements QueueWorker.Handler {
             free[freeSlots[i]] = true;
         }
         for (BlkQueueHandler.Request r : slots) {
-            if (!free[r.slot]) {
-                r.io.abandon();
+            if (!free[r.slot] && r.inRing) {
+                try {
+                    r.io.abandon();
+                } catch (RuntimeException | Error e) {
+                    LOG.log(
+                            Level.ERROR,
+                            "{0}: giving up on request slot {1} in the kernel failed: {2}; it counts in flight for as"
+                                    + " long as the image is open",
+                            worker.name(),
+                            r.slot,
+                            String.valueOf(e));
+                }
             }
         }
     }

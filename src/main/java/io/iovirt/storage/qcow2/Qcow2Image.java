@@ -1834,26 +1834,62 @@ public final class Qcow2Image implements DiskImage {
      * memory). Neither is undone at close: the kernel may carry the request out after it, and the next program to
      * open the image would hand the cluster out; 'qemu-img check -r leaks' reclaims the leak once this process has
      * exited. Called before the request's context is closed, so before its count moves on: a free waiting for the
-     * request is applied only after, and held back. Takes the metadata lock; nothing to do once the image is closed.
+     * request is applied only after, and held back; a {@code write}'s free a switch to read-only applied early is
+     * taken back and written at once ({@link Refcounts#quarantine}). Takes the metadata lock; nothing to do once the
+     * image is closed. Throws when a refcount cannot be read, or when the lock is not free within
+     * {@link #QUARANTINE_LOCK_WAIT_SECONDS} (another thread holds it in a write-back on a file system that does not
+     * answer, and this one may be a loop other devices share): nothing is quarantined then.
      */
-    void quarantine(long host, long bytes) {
-        meta.lock();
+    void quarantine(long host, long bytes, boolean write) throws IOException {
+        boolean locked;
+        try {
+            locked = meta.tryLock(QUARANTINE_LOCK_WAIT_SECONDS, java.util.concurrent.TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            locked = false;
+        }
+        if (!locked) {
+            throw new IOException("its metadata lock stayed busy for " + QUARANTINE_LOCK_WAIT_SECONDS
+                    + " seconds (a metadata write-back that does not end?)");
+        }
         try {
             if (closed) {
                 return;
             }
-            long all = refcounts.quarantine(host, bytes);
+            if (refcounts.quarantine(host, bytes, write) > 0) {
+                // A switch to read-only freed a cluster the write may still land on (its free waited for the
+                // request): counted up again, and written at once in the consistency order, so that neither another
+                // program opening the file now nor the next one after the close hands it out.
+                try {
+                    flushMetadata();
+                } catch (IOException e) {
+                    System.getLogger(Qcow2Image.class.getName())
+                            .log(
+                                    System.Logger.Level.ERROR,
+                                    "qcow2 image " + path + ": cannot write the refcounts of clusters a request"
+                                            + " given up on in the kernel may still write: " + e.getMessage()
+                                            + " (the close tries again)");
+                }
+            }
             System.getLogger(Qcow2Image.class.getName())
                     .log(
                             System.Logger.Level.WARNING,
                             "qcow2 image " + path + ": the " + bytes + " bytes at host offset 0x"
                                     + Long.toHexString(host) + " a request given up on in the kernel may still write"
                                     + " are quarantined: never handed out again, and left allocated (leaked) if freed,"
-                                    + " while the image is open (" + all + " clusters quarantined in all)");
+                                    + " while the image is open (" + refcounts.quarantinedClusters()
+                                    + " clusters quarantined in all)");
         } finally {
             meta.unlock();
         }
     }
+
+    /**
+     * How long {@link #quarantine} waits for the metadata lock, on a queue's stop: a few seconds, more than a
+     * write-back on a file system that answers takes, and not long enough to stall the other devices a shared loop
+     * serves for long.
+     */
+    static final long QUARANTINE_LOCK_WAIT_SECONDS = 5;
 
     /** How many clusters are quarantined ({@link #quarantine}). */
     long quarantinedClusters() {
@@ -2001,6 +2037,8 @@ public final class Qcow2Image implements DiskImage {
         private long submittedHost;
         /** Its length: the host bytes [submittedHost, +submittedBytes) the kernel reads or writes for it. */
         private long submittedBytes;
+        /** Whether that transfer writes: given up on in the kernel, it may still change the file. */
+        private boolean submittedWrite;
         /**
          * Counts up when a read or write starts (before it looks up its host clusters) and when it completed: odd
          * while one is in flight. A cluster a discard freed is not handed out again while a write that may have found
@@ -2156,6 +2194,7 @@ public final class Qcow2Image implements DiskImage {
                 }
                 submittedHost = host;
                 submittedBytes = bytes;
+                submittedWrite = write;
                 queued = true;
                 return true;
             } finally {
@@ -2239,7 +2278,17 @@ public final class Qcow2Image implements DiskImage {
                 return;
             }
             abandoned = true; // stays in flight for ever if the quarantine fails (out of memory): a leak at worst
-            quarantine(submittedHost, submittedBytes);
+            try {
+                quarantine(submittedHost, submittedBytes, submittedWrite);
+            } catch (IOException e) {
+                System.getLogger(Qcow2Image.class.getName())
+                        .log(
+                                System.Logger.Level.ERROR,
+                                "qcow2 image " + path + ": cannot quarantine the host clusters of a request given up"
+                                        + " on in the kernel (" + e.getMessage() + "): it counts in flight for as"
+                                        + " long as the image is open, and no cluster freed since is handed out again");
+                return;
+            }
             abandoned = false;
         }
 

@@ -3,6 +3,7 @@ package io.iovirt.storage.qcow2;
 
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
+import io.iovirt.memory.AddressRanges;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -89,11 +90,19 @@ final class Refcounts {
     private record Dereferenced(List<long[]> ranges, Qcow2Image.InFlight inFlight) {}
 
     /**
-     * Sorted indices of the clusters a request given up on in the kernel may still write or read at any time
-     * ({@link #quarantine}): never handed out by the allocator while the image is open, and never counted down to 0
-     * ({@link #held}). Only grows; kept across a {@link #reload}, since the kernel may still carry the request out.
+     * The clusters a request given up on in the kernel may still write or read at any time ({@link #quarantine}):
+     * never handed out by the allocator while the image is open, and never counted down to 0 ({@link #held}). Sorted,
+     * merged runs: run {@code i} is clusters [quarantinedFirst[i], quarantinedLast[i]], with a gap between runs; one
+     * request's run is one entry, whatever its length (with 512-byte clusters a request of 1022 segments of 1 MiB
+     * spans two million clusters). Only grows; kept across a {@link #reload}, since the kernel may still carry the
+     * request out.
      */
-    private long[] quarantined = new long[0];
+    private long[] quarantinedFirst = new long[0];
+
+    private long[] quarantinedLast = new long[0];
+
+    /** How many clusters the runs hold. */
+    private long quarantinedCount;
 
     /**
      * The count-downs to 0 of quarantined clusters that were due, per cluster, held back: each such cluster stays
@@ -512,18 +521,90 @@ final class Refcounts {
     /**
      * Quarantines the clusters host bytes [host, host+bytes) touch: a request given up on in the kernel may still
      * write (or read) them at any time. From now on the allocator never hands them out, and a count-down that would
-     * free one is held back ({@link #hold}), while the image is open. Returns how many clusters are quarantined in
-     * all.
+     * free one is held back ({@link #hold}), while the image is open. A {@code write}'s cluster that a switch to
+     * read-only freed already ({@link #freeForReadOnly}: its free waited for this request) is counted up to 1
+     * again, held as if its count-down had come now (so {@link #retakeForWrites} does not count it up twice): left
+     * free, it would be free on disk after the close while the write may still land on it, for the next program to
+     * hand out. Returns how many such clusters were counted up: their refcounts are to be written. Nothing is
+     * recorded when reading a refcount fails.
      */
-    long quarantine(long host, long bytes) {
+    int quarantine(long host, long bytes, boolean write) throws IOException {
         long first = host >>> clusterBits;
         long last = (host + bytes - 1) >>> clusterBits;
-        quarantined = MetadataLayout.withRange(quarantined, first, last - first + 1);
-        return quarantined.length;
+        List<Long> retake = new ArrayList<>();
+        if (write && !freedEarly.isEmpty()) {
+            for (long c = first; c <= last; c++) {
+                if (!isQuarantined(c) && c < allocEnd && hasBlock(c) && refcount(c) == 0 && freedEarly(c)) {
+                    retake.add(c);
+                }
+            }
+        }
+        addQuarantined(first, last);
+        for (long c : retake) {
+            setRefcount(c, 1); // its block is cached: refcount(c) just read it
+            held.merge(c, 1L, Long::sum);
+        }
+        return retake.size();
+    }
+
+    /** Whether cluster {@code c} lies in a batch {@link #freeForReadOnly} freed early. */
+    private boolean freedEarly(long c) {
+        for (Dereferenced d : freedEarly) {
+            for (long[] r : d.ranges()) {
+                if (c >= r[0] >>> clusterBits && c <= (r[0] + r[1] - 1) >>> clusterBits) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    /**
+     * Adds clusters [first, last] to the quarantined runs, merged with those they overlap or touch: a copy of the
+     * run arrays (as many entries as runs), not of the clusters.
+     */
+    private void addQuarantined(long first, long last) {
+        int n = quarantinedFirst.length;
+        int lo = AddressRanges.floor(quarantinedFirst, first); // the last run starting at or below first
+        if (lo < 0 || quarantinedLast[lo] < first - 1) {
+            lo++; // that one ends before, with a gap: not merged
+        }
+        int hi = AddressRanges.floor(quarantinedFirst, last + 1) + 1; // runs [lo, hi) overlap or touch
+        long f = first;
+        long l = last;
+        long merged = 0;
+        if (lo < hi) {
+            f = Math.min(first, quarantinedFirst[lo]);
+            l = Math.max(last, quarantinedLast[hi - 1]);
+            for (int i = lo; i < hi; i++) {
+                merged += quarantinedLast[i] - quarantinedFirst[i] + 1;
+            }
+        }
+        long[] nf = new long[n - (hi - lo) + 1];
+        long[] nl = new long[nf.length];
+        System.arraycopy(quarantinedFirst, 0, nf, 0, lo);
+        System.arraycopy(quarantinedLast, 0, nl, 0, lo);
+        nf[lo] = f;
+        nl[lo] = l;
+        System.arraycopy(quarantinedFirst, hi, nf, lo + 1, n - hi);
+        System.arraycopy(quarantinedLast, hi, nl, lo + 1, n - hi);
+        quarantinedFirst = nf;
+        quarantinedLast = nl;
+        quarantinedCount += l - f + 1 - merged;
     }
 
     private boolean isQuarantined(long c) {
-        return quarantined.length != 0 && Arrays.binarySearch(quarantined, c) >= 0;
+        int i = AddressRanges.floor(quarantinedFirst, c);
+        return i >= 0 && quarantinedLast[i] >= c;
+    }
+
+    /**
+     * The end (exclusive) of the last quarantined cluster in clusters [lo, hi), or -1 when none of them is
+     * quarantined.
+     */
+    private long quarantinedEnd(long lo, long hi) {
+        int i = AddressRanges.floor(quarantinedFirst, hi - 1); // the last run starting at or below hi - 1
+        return i >= 0 && quarantinedLast[i] >= lo ? Math.min(quarantinedLast[i], hi - 1) + 1 : -1;
     }
 
     /**
@@ -554,7 +635,7 @@ final class Refcounts {
 
     /** How many clusters are quarantined ({@link #quarantine}). */
     long quarantinedClusters() {
-        return quarantined.length;
+        return quarantinedCount;
     }
 
     /** How many quarantined clusters stay allocated with nothing referencing them: leaked on purpose. */
@@ -567,7 +648,7 @@ final class Refcounts {
     /**
      * Makes refcount block {@code bi} exist. A new block is placed on the first cluster it describes (free: no
      * block described it, so its refcount was 0) and counts itself; it is written and synced before the refcount
-     * table points to it.
+     * table points to it. Past that cluster when it is reserved or quarantined ({@link #placeRefBlockAfterReserved}).
      */
     private void ensureRefBlock(long bi) throws IOException {
         if (bi >= refTable.length) {
@@ -579,6 +660,23 @@ final class Refcounts {
         long cluster = bi * refBlockEntries;
         if (isReserved(cluster)) {
             placeRefBlockAfterReserved(bi);
+            return;
+        }
+        if (isQuarantined(cluster)) {
+            // A request given up on in the kernel may still write it (a refcount rebuild left its range without a
+            // block): the block goes past it, as past a reserved run, where that late write cannot land.
+            if (reservedHi > reservedLo) {
+                placeRefBlockAfterReserved(bi); // allocateContiguous's run is reserved: past it too
+                return;
+            }
+            reservedLo = cluster;
+            reservedHi = cluster + 1;
+            try {
+                placeRefBlockAfterReserved(bi);
+            } finally {
+                reservedLo = 0;
+                reservedHi = 0;
+            }
             return;
         }
         long off = cluster << clusterBits;
@@ -699,10 +797,18 @@ final class Refcounts {
      */
     private long newRefStructures(long clusters) {
         long p = (long) refTable.length * refBlockEntries; // first cluster the old table does not cover
-        if (reservedHi > p && reservedLo < p + clusters) {
-            p = reservedHi;
+        while (true) {
+            if (reservedHi > p && reservedLo < p + clusters) {
+                p = reservedHi;
+                continue;
+            }
+            // nor over a quarantined cluster (one a refcount rebuild left past what its table covers)
+            long q = quarantinedEnd(p, p + clusters);
+            if (q < 0) {
+                return p;
+            }
+            p = q;
         }
-        return p;
     }
 
     /**

@@ -818,6 +818,94 @@ class BlkQueueWorkerTest {
         }
     }
 
+    /**
+     * A request stranded by a failed queue (its handling threw before it was queued on the ring) is not in the
+     * kernel: when the stop gives up on the requests that are, its context is not told it was given up on (a qcow2
+     * context would quarantine the host clusters its request found, leaked if freed while the image is open).
+     * Before, every slot not free was given up on, the stranded one too. Here the first write is "in the kernel" as
+     * far as the engine knows, queued on no ring, so that the stop's wait fails as a failing io_uring_enter would;
+     * the second write's submit throws (a bug) and fails the queue.
+     */
+    @Test
+    void aRequestStrandedByAFailedQueueIsNotGivenUpOnInTheKernel() throws Exception {
+        setUpGuest(false, true);
+        java.util.concurrent.atomic.AtomicInteger submits = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.atomic.AtomicInteger givenUp = new java.util.concurrent.atomic.AtomicInteger();
+        DiskImage disk = new ForwardingDiskImage(image) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData) {
+                        if (submits.getAndIncrement() == 0) {
+                            return true; // "in the kernel", as far as the engine knows
+                        }
+                        throw new IllegalStateException("a bug in the second write's submit");
+                    }
+
+                    @Override
+                    public void abandon() {
+                        givenUp.incrementAndGet();
+                        super.abandon();
+                    }
+                };
+            }
+        };
+        worker = newWorker(disk, true);
+        int first = write(0, 0, 4096);
+        int second = write(8, 1, 4096);
+        worker.start();
+        kick();
+        Await.until(Duration.ofSeconds(20), "the second write fails the queue", () -> worker.failure() != null);
+        assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on the first write and ends");
+        assertTrue(worker.failure().contains("a bug in the second write's submit"), worker.failure());
+        worker = null;
+        assertEquals(0x7f, status(first), "not answered");
+        assertEquals(0x7f, status(second), "dropped, not answered");
+        assertEquals(1, givenUp.get(), "given up on in the kernel: the first write alone, not the stranded one");
+    }
+
+    /**
+     * A context whose abandon throws (out of memory while a qcow2 image records its quarantine) does not end the
+     * stop: the other requests in the kernel are given up on too, and the ring is closed. Before, the throw left the
+     * stop at once: the second context was never told, and the ring, the guest memory and the handler were left as
+     * they were. Both writes are "in the kernel" as far as the engine knows, queued on no ring, so that the stop's
+     * wait fails as a failing io_uring_enter would.
+     */
+    @Test
+    void aContextWhoseAbandonThrowsDoesNotEndTheStop() throws Exception {
+        setUpGuest(false, true);
+        java.util.concurrent.atomic.AtomicInteger givenUp = new java.util.concurrent.atomic.AtomicInteger();
+        DiskImage disk = new ForwardingDiskImage(image) {
+            @Override
+            public io.iovirt.storage.ImageIo newContext(io.iovirt.linux.IoVec iov, MemorySegment bounce) {
+                return new ForwardingImageIo(delegate.newContext(iov, bounce)) {
+                    @Override
+                    public boolean submitWrite(IoUring ring, long offset, long userData) {
+                        return true; // "in the kernel", as far as the engine knows
+                    }
+
+                    @Override
+                    public void abandon() {
+                        if (givenUp.getAndIncrement() == 0) {
+                            throw new OutOfMemoryError("no memory to record the quarantine (a test)");
+                        }
+                        super.abandon();
+                    }
+                };
+            }
+        };
+        worker = newWorker(disk, true);
+        write(0, 0, 4096);
+        write(8, 1, 4096);
+        worker.start();
+        kick();
+        Await.until(Duration.ofSeconds(20), "both writes in the kernel", () -> stats.started.sum() == 2);
+        assertTrue(worker.stop(Duration.ofSeconds(30)), "the stop gives up on both writes and ends");
+        worker = null;
+        assertEquals(2, givenUp.get(), "the second write was given up on too");
+    }
+
     /** Writes one 64 KiB cluster of {@code value} bytes at {@code offset}, synchronously. */
     private static void writeImage(DiskImage img, long offset, int value) throws IOException {
         try (Arena a = Arena.ofConfined();

@@ -819,6 +819,133 @@ class Qcow2ImageTest {
     }
 
     /**
+     * A switch to read-only frees at once a cluster whose free waits for a write in flight; when that write is given
+     * up on in the kernel after the switch, the cluster is counted up again and written: the write may still land on
+     * it after the close. Before, the quarantine found it free and held nothing: the image closed with the cluster
+     * free on disk, the next program to open it took it for a new write, and the late write landed in that one.
+     */
+    @Test
+    void aWriteGivenUpOnAfterASwitchToReadOnlyFreedItsClusterLeavesItAllocated() throws Exception {
+        Path img = writtenForUring("roearly.qcow2");
+        try (Arena arena = Arena.ofConfined();
+                IoUring late = IoUring.create(4)) {
+            long host;
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+                Qcow2Image.Qcow2Io w = queuedWrite(q, late, arena, 2 * MIB, 0x55);
+                q.discard(2 * MIB, 65536); // its free waits for the write
+                q.setReadOnly(true); // freed early: nothing allocates while read-only
+                w.abandon(); // then the engine gives the write up
+                w.close();
+                QemuTools.Result r = QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString());
+                assertEquals(3, r.exit(), "the cluster the write may land on is not allocated on disk: " + r.output());
+                assertTrue(r.output().contains("1 leaked clusters were found"), r.output());
+                assertEquals(1, q.quarantineLeaks());
+            }
+            String out = check(img, true);
+            assertTrue(out.contains("1 leaked clusters were found"), "the quarantined cluster alone:\n" + out);
+            try (Qcow2Image next = Qcow2Image.open(img, false)) { // the next program to open the image
+                write(next, 9 * MIB, fill(65536, 0x66));
+                assertTrue(
+                        (next.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                        "the cluster a write given up on may still land on was handed out after the close");
+                late.submitAndWait(1); // the write lands late
+                assertEquals(1, late.reap((ud, res, f) -> assertEquals(65536, res)));
+                assertArrayEquals(fill(65536, 0x66), read(next, 9 * MIB, 65536), "the late write left 9 MiB alone");
+            }
+        }
+        qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x33 3M 64k", "read -P 0x66 9M 64k");
+    }
+
+    /**
+     * Giving up on a request does not wait without end for the metadata lock (held by another thread in a metadata
+     * write-back on a file system that does not answer): the stop that gives up may run on a loop other devices
+     * share. After a bounded wait the context stays in flight for as long as the image is open, as before the
+     * quarantine: no cluster freed since is handed out again. Before, the abandon waited for the lock for ever.
+     */
+    @Test
+    void givingUpOnARequestDoesNotWaitForeverForTheMetadataLock() throws Exception {
+        Path img = writtenForUring("busylock.qcow2");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, 2 * MIB, 0x55);
+            java.util.concurrent.CountDownLatch held = new java.util.concurrent.CountDownLatch(1);
+            java.util.concurrent.CountDownLatch release = new java.util.concurrent.CountDownLatch(1);
+            Thread holder = Thread.ofPlatform().daemon().start(() -> {
+                q.metadataLock().lock(); // a write-back that does not end
+                try {
+                    held.countDown();
+                    release.await();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                } finally {
+                    q.metadataLock().unlock();
+                }
+            });
+            held.await();
+            Thread stop = Thread.ofPlatform().daemon().start(io::abandon);
+            try {
+                Await.until(
+                        java.time.Duration.ofSeconds(60),
+                        "the abandon ends while the metadata lock is held",
+                        () -> !stop.isAlive());
+            } finally {
+                release.countDown();
+                holder.join();
+                stop.join();
+            }
+            io.close();
+            assertEquals(0, q.quarantinedClusters(), "nothing quarantined: the context stays in flight instead");
+            q.discard(2 * MIB, 65536);
+            q.handOver();
+            q.handOver();
+            write(q, 9 * MIB, fill(65536, 0x66));
+            assertTrue(
+                    (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
+                    "the discarded cluster was handed out while a write given up on may still land on it");
+            ring.submitAndWait(1); // the write lands late
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
+        }
+    }
+
+    /**
+     * The quarantine keeps runs, not clusters: with 512-byte clusters a request of 1022 segments of 1 MiB spans two
+     * million clusters, and a queue of them given up on quarantines one run each. Before, it kept one entry per
+     * cluster and copied them all at each request (64 such requests: gigabytes of copies), and a run of more than
+     * 2^31 clusters overflowed the array. Runs that overlap or touch merge; a cluster next to a run is handed out.
+     */
+    @Test
+    void theQuarantineKeepsRunsNotClusters() throws Exception {
+        Path img = create("qruns.qcow2", "16M", "cluster_size=512");
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            long request = 1022L * MIB; // two million clusters
+            long base = 1L << 40; // far past the file: nothing allocates there
+            long huge = 1L << 41; // more clusters than an array has entries: one run all the same
+            q.quarantine(base + (1L << 42), huge, true);
+            assertEquals(huge / 512, q.quarantinedClusters());
+            for (int i = 0; i < 64; i++) {
+                q.quarantine(base + 2 * i * request, request, true);
+            }
+            assertEquals((huge + 64 * request) / 512, q.quarantinedClusters());
+            q.quarantine(base + request - 512, 1024, true); // the last cluster of the first run and the next one
+            q.quarantine(base + request + 512, request - 512, true); // the rest of the gap: the first two runs merge
+            assertEquals((huge + 65 * request) / 512, q.quarantinedClusters());
+            write(q, 0, fill(512, 0x41));
+            long host = q.l2Entry(0) & Qcow2Image.OFFSET_MASK;
+            q.quarantine(host + 512, 512, false); // the next cluster, which the next write would have taken
+            write(q, 512, fill(512, 0x42));
+            assertEquals(host + 1024, q.l2Entry(512) & Qcow2Image.OFFSET_MASK, "the quarantined cluster was skipped");
+            write(q, 1024, fill(512, 0x43));
+            assertEquals(host + 1536, q.l2Entry(1024) & Qcow2Image.OFFSET_MASK, "the one after the run was not");
+        }
+        check(img, false);
+        qemuIoOk(img, "qcow2", "read -P 0x41 0 512", "read -P 0x42 512 512", "read -P 0x43 1k 512");
+    }
+
+    /**
      * A quarantined cluster another program freed while this one had handed the image over ('qemu-img check -r leaks'
      * too early, a repair of the refcounts) is still not handed out once the image is read again: the quarantine is
      * this process's, not the file's. Without it, the refcount read again said free and the next allocation took it.
@@ -842,6 +969,79 @@ class Qcow2ImageTest {
         }
         check(img, false); // the cluster was free on disk, and nothing referenced it since
         qemuIoOk(img, "qcow2", "read -P 0 2M 64k", "read -P 0x66 9M 64k");
+    }
+
+    /**
+     * A refcount block is never placed on a quarantined cluster. A refcount rebuild (a dirty bit another program left
+     * while this one had handed the image over) leaves the range of a quarantined cluster that nothing references
+     * without a block; when the quarantined cluster is the range's first, the allocator's next cluster in the range
+     * needs the block, placed on the range's first cluster. Before, that was the quarantined cluster: the late write
+     * landed on the refcount block. 512-byte clusters with 64-bit refcounts: 64 clusters per refcount block.
+     */
+    @Test
+    void aRefcountBlockIsNeverPlacedOnAQuarantinedCluster() throws Exception {
+        String why = IoUring.unavailableReason();
+        Require.that(why == null, why);
+        Path img = create("qrefblock.qcow2", "1M", "cluster_size=512", "refcount_bits=64");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 29k"); // one L2 table, its guest range not full
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            write(q, 29 * 1024, fill(512, 0x41));
+            write(q, 29 * 1024 + 512, fill(512, 0x42)); // its refcount block goes on cluster 64, the range's first
+            long keep = q.l2Entry(29 * 1024 + 512) & Qcow2Image.OFFSET_MASK;
+            assertEquals(1, keep / 512 / 64, "the second write is in refcount range 1");
+            rebuildOnRefresh(q, img, 128); // range 1's block moves past the file's end; cluster 64 is free
+            long c = -1;
+            long at = 30 * 1024 - 512;
+            while (c != 64 * 512 && at < 34 * 1024) {
+                at += 512;
+                write(q, at, fill(512, 0x50));
+                c = q.l2Entry(at) & Qcow2Image.OFFSET_MASK;
+            }
+            assertEquals(64 * 512, c, "a guest cluster was allocated on the first cluster of refcount range 1");
+            MemorySegment buf = arena.allocate(512, 4096);
+            buf.fill((byte) 0x55);
+            Qcow2Image.Qcow2Io w = q.newContext(8, 0);
+            w.add(buf);
+            assertTrue(w.submitWrite(ring, at, 1), "queued: a write to an allocated cluster");
+            w.abandon(); // the engine gives up on it: cluster 64 is quarantined
+            w.close();
+            q.discard(at, 512); // held back: cluster 64 stays allocated
+            q.discard(29 * 1024 + 512, 512); // range 1 holds nothing referenced now
+            q.flush();
+            rebuildOnRefresh(q, img, 0); // range 1 has no block now; cluster 64 is free on disk
+            for (int i = 0; i < 4; i++) {
+                write(q, 33 * 1024 + i * 512, fill(512, 0x60 + i)); // cluster 65 first: range 1 needs a block
+            }
+            q.flush(); // nothing left to write back at the close, after the late write
+            ring.submitAndWait(1); // the write lands late, on cluster 64
+            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(512, r)));
+            for (int i = 0; i < 4; i++) {
+                assertArrayEquals(fill(512, 0x60 + i), read(q, 33 * 1024 + i * 512, 512), "the late write hit " + i);
+            }
+        }
+        check(img, false); // cluster 64 is free on disk (the rebuild found it referenced by nothing)
+        qemuIoOk(img, "qcow2", "read -P 0x41 29k 512", "read -P 0x60 33k 512", "read -P 0x63 34.5k 512");
+    }
+
+    /**
+     * Hands {@code q} over, sets the dirty bit as a program with lazy refcounts would leave it and, when
+     * {@code clusters} is above 0, makes the file that long, then reads the image again: the refresh rebuilds the
+     * refcounts, with the new structures past the file's end.
+     */
+    private static void rebuildOnRefresh(Qcow2Image q, Path img, long clusters) throws IOException {
+        q.handOver();
+        try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+            f.seek(72);
+            long inc = f.readLong();
+            f.seek(72);
+            f.writeLong(inc | 1);
+            if (clusters * 512 > f.length()) {
+                f.setLength(clusters * 512);
+            }
+        }
+        q.refresh();
     }
 
     /**
