@@ -155,7 +155,7 @@ class DaemonBackingTest {
         Map<String, String> bad = new LinkedHashMap<>();
         bad.put("{\"dir\": [\"/\"]}", "unknown parameter 'dir' (known: devices, dirs)");
         bad.put("{\"dirs\": [\"relative/dir\"]}", "backing.dirs[0] 'relative/dir' is relative");
-        bad.put("{\"dirs\": [\"rel\\nFORGED\"]}", "backing.dirs[0] 'rel?FORGED' is relative"); // not a new line
+        bad.put("{\"dirs\": [\"rel\\nFORGED\"]}", "backing.dirs[0] 'rel\\nFORGED' is relative"); // not a new line
         bad.put("{\"dirs\": [\"" + dir.resolve("missing") + "\"]}", "does not exist");
         bad.put("{\"dirs\": [\"" + evil + "\"]}", "is not a directory");
         bad.put("{\"dirs\": \"/srv\"}", "\"backing.dirs\" must be a list");
