@@ -3,46 +3,65 @@ package io.iovirt.util;
 
 /**
  * Text someone else chose (a guest, a frontend, a tenant's image header, a config file, sysfs) made safe for one line
- * of a message or a log: control characters (C0, DEL, C1) are escaped, so a name cannot start a forged log line or
- * move the terminal's cursor, and a long text is cut.
+ * of a message or a log: control characters (C0, DEL, C1) and the invisible characters that change how a line reads
+ * (bidirectional overrides, zero-width characters, line and paragraph separators, lone surrogates) are escaped, so a
+ * name cannot start a forged log line, move a terminal's cursor or show itself reversed; a backslash is escaped too,
+ * so an escape cannot be forged either; a long text is cut.
  */
 public final class Printable {
     private Printable() {}
 
-    /** {@code s} with control characters escaped, whole. */
+    /** {@code s} escaped, whole. */
     public static String of(String s) {
         return of(s, Integer.MAX_VALUE);
     }
 
-    /** {@code s} with control characters escaped ({@code \n}, {@code \xNN}), cut after {@code max} of its characters. */
+    /** {@code s} escaped ({@code \n}, {@code \\}, {@code \xNN}, {@code \\uNNNN}), cut after {@code max} characters. */
     public static String of(String s, int max) {
-        return escaped(s, max, 0x9f);
+        return escaped(s, max, false);
     }
 
     /**
-     * Bytes read as ISO-8859-1 (a sysfs attribute, a header field): every byte outside printable ASCII escaped
-     * ({@code \xNN}), since such bytes are junk rather than text; cut after {@code max} bytes.
+     * Bytes read as ISO-8859-1 (a sysfs attribute, a header field), or any text treated as such: everything outside
+     * printable ASCII escaped, since such bytes are junk rather than text; cut after {@code max} characters.
      */
     public static String ofBytes(String latin1, int max) {
-        return escaped(latin1, max, 0xff);
+        return escaped(latin1, max, true);
     }
 
-    private static String escaped(String s, int max, int lastEscaped) {
-        StringBuilder b = new StringBuilder(Math.min(s.length(), max) + 8);
+    private static String escaped(String s, int max, boolean asciiOnly) {
         int n = Math.min(s.length(), max);
+        if (n < s.length() && n > 0 && Character.isHighSurrogate(s.charAt(n - 1))) {
+            n--; // not half a pair
+        }
+        StringBuilder b = new StringBuilder(n + 8);
         for (int i = 0; i < n; i++) {
             char c = s.charAt(i);
             if (c == '\n') {
                 b.append("\\n");
-            } else if (c < 0x20 || (c >= 0x7f && c <= lastEscaped)) {
-                b.append(String.format("\\x%02x", (int) c));
+            } else if (c == '\\') {
+                b.append("\\\\");
+            } else if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || (asciiOnly && c > 0x7e)) {
+                b.append(c <= 0xff ? String.format("\\x%02x", (int) c) : String.format("\\u%04x", (int) c));
+            } else if (Character.isSurrogate(c)) {
+                boolean paired = Character.isHighSurrogate(c)
+                        ? i + 1 < n && Character.isLowSurrogate(s.charAt(i + 1))
+                        : i > 0 && Character.isHighSurrogate(s.charAt(i - 1));
+                b.append(paired ? String.valueOf(c) : String.format("\\u%04x", (int) c));
+            } else if (invisible(c)) {
+                b.append(String.format("\\u%04x", (int) c));
             } else {
                 b.append(c);
             }
         }
-        if (s.length() > max) {
+        if (n < s.length()) {
             b.append("...");
         }
         return b.toString();
+    }
+
+    private static boolean invisible(char c) {
+        int t = Character.getType(c);
+        return t == Character.FORMAT || t == Character.LINE_SEPARATOR || t == Character.PARAGRAPH_SEPARATOR;
     }
 }

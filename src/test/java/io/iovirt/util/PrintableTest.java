@@ -12,14 +12,27 @@ class PrintableTest {
     }
 
     @Test
+    void charactersThatChangeHowALineReadsAreEscaped() {
+        // a right-to-left override would show "disk.qcow2" as "2woqc.ksid"; zero-width, separators, a lone surrogate
+        assertEquals("x\\u202edisk\\u200b\\u2028\\ufeff\\ud800y", Printable.of("x\u202edisk\u200b\u2028\ufeff\ud800y"));
+        assertEquals("😀", Printable.of("😀")); // a whole pair is text
+    }
+
+    @Test
+    void aBackslashCannotForgeAnEscape() {
+        assertEquals("a\\\\x0ab", Printable.of("a\\x0ab"));
+    }
+
+    @Test
     void aLongTextIsCutAfterItsLimitAndSaysSo() {
         assertEquals("abc...", Printable.of("abcdef", 3));
         assertEquals("abc", Printable.of("abc", 3));
         assertEquals("\\n...", Printable.of("\n\n", 1)); // the limit counts the text's characters, not the escapes
+        assertEquals("a...", Printable.of("a😀", 2)); // never half a surrogate pair
     }
 
     @Test
     void bytesOutsidePrintableAsciiAreEscapedAsBytes() {
-        assertEquals("\\x00\\xffok\\n", Printable.ofBytes("\u0000\u00ffok\n", 60));
+        assertEquals("\\x00\\xffok\\n\\u0100", Printable.ofBytes("\u0000\u00ffok\n\u0100", 60));
     }
 }
