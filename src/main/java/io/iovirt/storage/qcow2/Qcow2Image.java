@@ -1842,15 +1842,23 @@ public final class Qcow2Image implements DiskImage {
      */
     void quarantine(long host, long bytes, boolean write) throws IOException {
         boolean locked;
+        boolean waits = !quarantineLockStuck; // once a wait timed out, the next ones do not wait until one gets it
         try {
-            locked = meta.tryLock(QUARANTINE_LOCK_WAIT_SECONDS, java.util.concurrent.TimeUnit.SECONDS);
+            if (waits) {
+                quarantineLockWaits.incrementAndGet();
+                locked = meta.tryLock(QUARANTINE_LOCK_WAIT_SECONDS, java.util.concurrent.TimeUnit.SECONDS);
+            } else {
+                locked = meta.tryLock();
+            }
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             locked = false;
         }
+        quarantineLockStuck = !locked;
         if (!locked) {
-            throw new IOException("its metadata lock stayed busy for " + QUARANTINE_LOCK_WAIT_SECONDS
-                    + " seconds (a metadata write-back that does not end?)");
+            throw new IOException("its metadata lock stayed busy"
+                    + (waits ? " for " + QUARANTINE_LOCK_WAIT_SECONDS + " seconds" : ", as at an earlier give-up")
+                    + " (a metadata write-back that does not end?)");
         }
         try {
             if (closed) {
@@ -1890,6 +1898,21 @@ public final class Qcow2Image implements DiskImage {
      * serves for long.
      */
     static final long QUARANTINE_LOCK_WAIT_SECONDS = 5;
+
+    /**
+     * A {@link #quarantine}'s wait for the metadata lock timed out, and none has got it since: the next ones only try
+     * it, so a stop giving up on a whole queue of requests waits once, not once per request (a queue of 128: over ten
+     * minutes of a loop other devices may share).
+     */
+    private volatile boolean quarantineLockStuck;
+
+    /** How many {@link #quarantine}s waited for the metadata lock (tests). */
+    private final java.util.concurrent.atomic.AtomicInteger quarantineLockWaits =
+            new java.util.concurrent.atomic.AtomicInteger();
+
+    int quarantineLockWaits() {
+        return quarantineLockWaits.get();
+    }
 
     /** How many clusters are quarantined ({@link #quarantine}). */
     long quarantinedClusters() {

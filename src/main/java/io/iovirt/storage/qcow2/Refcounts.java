@@ -533,8 +533,10 @@ final class Refcounts {
         long last = (host + bytes - 1) >>> clusterBits;
         List<Long> retake = new ArrayList<>();
         if (write && !freedEarly.isEmpty()) {
+            // Also a cluster a read given up on quarantined already: a later free is held back, so one at 0 that a
+            // switch to read-only freed was freed before any quarantine, and the write may land on it.
             for (long c = first; c <= last; c++) {
-                if (!isQuarantined(c) && c < allocEnd && hasBlock(c) && refcount(c) == 0 && freedEarly(c)) {
+                if (c < allocEnd && hasBlock(c) && refcount(c) == 0 && freedEarly(c)) {
                     retake.add(c);
                 }
             }

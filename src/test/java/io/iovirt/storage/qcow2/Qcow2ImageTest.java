@@ -858,6 +858,37 @@ class Qcow2ImageTest {
     }
 
     /**
+     * As above, with a read of the same cluster given up on first (another queue's, or the same stop's earlier slot):
+     * the read quarantines the cluster without counting it up (a late read harms nothing), and the write given up on
+     * after it must still count up the cluster the switch to read-only freed. Before, the write skipped a cluster
+     * already quarantined, and the image closed with it free on disk under the write.
+     */
+    @Test
+    void aWriteGivenUpOnAfterAReadOfItsClusterStillLeavesItAllocated() throws Exception {
+        Path img = writtenForUring("roearly2.qcow2");
+        try (Arena arena = Arena.ofConfined();
+                IoUring late = IoUring.create(4)) {
+            try (Qcow2Image q = Qcow2Image.open(img, false)) {
+                Qcow2Image.Qcow2Io w = queuedWrite(q, late, arena, 2 * MIB, 0x55);
+                Qcow2Image.Qcow2Io r = queuedRead(q, late, arena, 2 * MIB);
+                q.discard(2 * MIB, 65536); // its free waits for both
+                q.setReadOnly(true); // freed early
+                r.abandon(); // the read is given up on first
+                r.close();
+                w.abandon();
+                w.close();
+                QemuTools.Result c = QemuTools.run("qemu-img", "check", "-U", "-f", "qcow2", img.toString());
+                assertEquals(3, c.exit(), "the cluster the write may land on is not allocated on disk: " + c.output());
+                assertTrue(c.output().contains("1 leaked clusters were found"), c.output());
+            }
+            String out = check(img, true);
+            assertTrue(out.contains("1 leaked clusters were found"), "the quarantined cluster alone:\n" + out);
+            late.submitAndWait(2); // the image's descriptor is closed by now: they end there (EBADF)
+            assertEquals(2, late.reap((ud, res, f) -> {}));
+        }
+    }
+
+    /**
      * Giving up on a request does not wait without end for the metadata lock (held by another thread in a metadata
      * write-back on a file system that does not answer): the stop that gives up may run on a loop other devices
      * share. After a bounded wait the context stays in flight for as long as the image is open, as before the
@@ -885,17 +916,23 @@ class Qcow2ImageTest {
                 }
             });
             held.await();
-            Thread stop = Thread.ofPlatform().daemon().start(io::abandon);
+            Qcow2Image.Qcow2Io second = queuedRead(q, ring, arena, 3 * MIB);
+            Thread stop = Thread.ofPlatform().daemon().start(() -> {
+                io.abandon();
+                second.abandon(); // the same stop, its next request: the lock is still held
+            });
             try {
                 Await.until(
                         java.time.Duration.ofSeconds(60),
-                        "the abandon ends while the metadata lock is held",
+                        "the abandons end while the metadata lock is held",
                         () -> !stop.isAlive());
             } finally {
                 release.countDown();
                 holder.join();
                 stop.join();
             }
+            assertEquals(1, q.quarantineLockWaits(), "a stop waits for a stuck lock once, not once per request");
+            second.close();
             io.close();
             assertEquals(0, q.quarantinedClusters(), "nothing quarantined: the context stays in flight instead");
             q.discard(2 * MIB, 65536);
@@ -905,8 +942,8 @@ class Qcow2ImageTest {
             assertTrue(
                     (q.l2Entry(9 * MIB) & Qcow2Image.OFFSET_MASK) != host,
                     "the discarded cluster was handed out while a write given up on may still land on it");
-            ring.submitAndWait(1); // the write lands late
-            assertEquals(1, ring.reap((ud, r, f) -> assertEquals(65536, r)));
+            ring.submitAndWait(2); // the write lands late, and the read
+            assertEquals(2, ring.reap((ud, r, f) -> assertEquals(65536, r)));
             assertArrayEquals(fill(65536, 0x66), read(q, 9 * MIB, 65536), "the late write left 9 MiB alone");
         }
     }
@@ -1057,6 +1094,14 @@ class Qcow2ImageTest {
         Qcow2Image.Qcow2Io io = q.newContext(8, 0);
         io.add(buf);
         assertTrue(io.submitWrite(ring, offset, 1), "queued: a write to an allocated cluster");
+        return io;
+    }
+
+    private static Qcow2Image.Qcow2Io queuedRead(Qcow2Image q, IoUring ring, Arena arena, long offset)
+            throws IOException {
+        Qcow2Image.Qcow2Io io = q.newContext(8, 0);
+        io.add(arena.allocate(65536, 4096));
+        assertTrue(io.submitRead(ring, offset, 2), "queued: a read of an allocated cluster");
         return io;
     }
 
