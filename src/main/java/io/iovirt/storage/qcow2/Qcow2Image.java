@@ -103,6 +103,9 @@ public final class Qcow2Image implements DiskImage {
         final BackingPolicy backing;
 
         int depth;
+        /** While a backing file opens ({@link #depth} > 0): the image naming it, for the policy's check and messages. */
+        Path parent;
+
         private long bytes;
 
         Chain(long limit, BackingPolicy backing) {
@@ -128,6 +131,9 @@ public final class Qcow2Image implements DiskImage {
             return bytes;
         }
     }
+
+    /** Tests only: run between a backing file's check by path and its open (to swap the path there). */
+    static volatile Runnable beforeBackingOpen;
 
     /** The chain being opened on this thread (its top image's open set it), or null. */
     private static final ThreadLocal<Chain> OPENING = new ThreadLocal<>();
@@ -445,6 +451,16 @@ public final class Qcow2Image implements DiskImage {
                     + " images (a loop?): check it with 'qemu-img info --backing-chain'");
         }
         RawImage file = RawImage.openContainerFile(path, readOnly, direct);
+        if (chain.depth > 0) {
+            // a backing file is checked as opened before anything of it is read: one swapped in since its path was
+            // checked (a file the tenant may not read) must not be parsed, its backing files opened, nor described
+            try {
+                chain.backing.checkOpened(chain.parent, path, file.fd());
+            } catch (Throwable e) {
+                file.close();
+                throw e;
+            }
+        }
         int align = direct ? file.blockSize() : 1;
         DiskImage backing = null;
         ImageLock backingLock = null;
@@ -474,8 +490,14 @@ public final class Qcow2Image implements DiskImage {
                 // descriptor, so it is on the very file checked and served (a second open by path could lock, and
                 // fence the writers of, whatever the path named by then)
                 chain.backing.checkPath(path, bp);
+                Path parent = chain.parent;
+                chain.parent = path;
                 chain.depth++;
                 try {
+                    Runnable hook = beforeBackingOpen;
+                    if (hook != null) {
+                        hook.run();
+                    }
                     backing = Images.open(bp, bf, true, false);
                     try (Fd opened = backing.dupFile()) {
                         chain.backing.checkOpened(path, bp, opened);
@@ -485,6 +507,7 @@ public final class Qcow2Image implements DiskImage {
                     throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
                 } finally {
                     chain.depth--;
+                    chain.parent = parent;
                 }
             }
             long cost = unowned;
