@@ -103,7 +103,7 @@ public final class Qcow2Image implements DiskImage {
         final BackingPolicy backing;
 
         int depth;
-        /** While a backing file opens ({@link #depth} > 0): the image naming it, for the policy's check and messages. */
+        /** While a backing file opens ({@link #depth} > 0): the image naming it, for the policy's check. */
         Path parent;
 
         private long bytes;
