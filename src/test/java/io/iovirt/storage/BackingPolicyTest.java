@@ -121,6 +121,44 @@ class BackingPolicyTest {
         assertFalse(m.contains("\n") || m.contains("\u001b"), m);
     }
 
+    /**
+     * An overlay naming a file outside without its format is refused by the policy first: the format's remedy (a
+     * rebase naming the tenant's choice) is not offered for a file the image must not name at all.
+     */
+    @Test
+    void thePolicyDecidesBeforeTheMissingFormatsRemedy() throws Exception {
+        Path top = overlay(tenant.resolve("disk.qcow2"), secret.toString(), "raw");
+        byte[] header = Files.readAllBytes(top);
+        int ext = -1;
+        for (int i = 104; i < 4096 && ext < 0; i += 1) {
+            if ((header[i] & 0xff) == 0xe2
+                    && header[i + 1] == 0x79
+                    && header[i + 2] == 0x2a
+                    && (header[i + 3] & 0xff) == 0xca) {
+                ext = i;
+            }
+        }
+        assertTrue(ext > 0, "the backing format header extension");
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(top.toFile(), "rw")) {
+            f.seek(ext);
+            f.writeInt(0x10ad0bad); // an extension QEMU and iovirt ignore: no backing format
+        }
+        String m = refused(top, basesOnly()).getMessage();
+        assertTrue(m.contains("outside the allowed backing directories"), m);
+        assertFalse(m.contains("rebase") || m.contains("without its format"), m);
+    }
+
+    /** Without a policy too, the name a header chose reaches the messages of every refusal escaped. */
+    @Test
+    void aBackingFileNameIsPrintedEscapedByEveryRefusal() throws Exception {
+        for (String name : List.of("/nonexistent/x\nFORGED.raw", "json:{\"x\nFORGED\": 1}")) {
+            Path top = overlay(tenant.resolve("n" + name.length() + ".qcow2"), name, "raw");
+            String m = refused(top, BackingPolicy.UNRESTRICTED).getMessage();
+            assertTrue(m.contains("x\\nFORGED"), m);
+            assertFalse(m.contains("\n"), m);
+        }
+    }
+
     @Test
     void aSymbolicLinkInsideAnAllowedDirectoryPointingOutsideIsRefused() throws Exception {
         Path link = Files.createSymbolicLink(bases.resolve("base.raw"), secret);
