@@ -8,7 +8,9 @@ import io.iovirt.linux.LinuxException;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.stream.Collectors;
 
 /**
@@ -37,13 +39,22 @@ import java.util.stream.Collectors;
  *                {@code dirs} unless that is null); a device named itself in {@code dirs} is allowed either way
  * @param config  named by the daemon's configuration file (its messages name the keys {@code backing.dirs} and
  *                {@code backing.devices}), not by the options {@code --backing-dir} and {@code --backing-devices}
+ * @param numbers the device number ({@code st_rdev}) of each block device named in {@code dirs}, as it was when
+ *                named: a device is allowed as itself only while its path still names that device (device-mapper
+ *                and loop numbers are reused, and their nodes renamed, as volumes come and go)
  */
-public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
+public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Map<Path, Long> numbers) {
     /** QEMU's behaviour: any regular file or block device the backend can read. */
     public static final BackingPolicy UNRESTRICTED = new BackingPolicy(null, true, false);
 
     public BackingPolicy {
         dirs = dirs == null ? null : List.copyOf(dirs);
+        numbers = numbers == null ? Map.of() : Map.copyOf(numbers);
+    }
+
+    /** A policy naming no block device in {@code dirs}. */
+    public BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
+        this(dirs, devices, config, Map.of());
     }
 
     /**
@@ -64,6 +75,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
             return devices ? UNRESTRICTED : new BackingPolicy(null, false, config);
         }
         List<Path> real = new ArrayList<>();
+        Map<Path, Long> numbers = new HashMap<>();
         for (Path d : dirs) {
             Path r;
             try {
@@ -74,7 +86,11 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
             }
             boolean device;
             try {
-                device = FileIo.stat(r).isBlockDevice();
+                FileIo.Stat st = FileIo.stat(r);
+                device = st.isBlockDevice();
+                if (device) {
+                    numbers.put(r, st.rdev());
+                }
             } catch (LinuxException e) {
                 device = false;
             }
@@ -88,7 +104,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
             }
             real.add(r);
         }
-        return new BackingPolicy(real, devices, config);
+        return new BackingPolicy(real, devices, config, numbers);
     }
 
     /** True for QEMU's behaviour: nothing is checked. */
@@ -168,6 +184,15 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
             throw new IOException("backing file " + of + " is under /proc, whose files name other processes' (and"
                     + " other mount namespaces') files: " + refuse);
         }
+        Long number = numbers.get(real);
+        if (number != null && (!st.isBlockDevice() || st.rdev() != number)) {
+            throw new IOException("backing file " + of + " is no longer the block device allowed as "
+                    + printable(real) + " (device " + majorMinor(number) + " when allowed, "
+                    + (st.isBlockDevice() ? "device " + majorMinor(st.rdev()) : st.kind()) + " now: its number was"
+                    + " reused, or the node replaced): " + refuse + "; if the image and the device are yours, name"
+                    + " the device again (" + (config ? "reload the configuration file" : "restart with --backing-dir")
+                    + ")");
+        }
         boolean namedItself = dirs != null && dirs.contains(real);
         if (!st.isRegularFile() && !st.isBlockDevice()) {
             throw new IOException(
@@ -188,6 +213,11 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
                     + (config ? " in the configuration file's backing.dirs" : " with --backing-dir")
                     + " (one only you can write, holding no tenant's images)");
         }
+    }
+
+    /** A device number as ls -l shows it: major, minor. */
+    private static String majorMinor(long rdev) {
+        return (rdev >>> 32) + ":" + (rdev & 0xffffffffL);
     }
 
     /** A path as tenants may spell it, safe for one line of a log: control characters escaped. */

@@ -159,6 +159,35 @@ class BackingPolicyTest {
         }
     }
 
+    /**
+     * A block device allowed as itself is allowed while its path names that device: a node of that name made for
+     * another device since (device-mapper and loop numbers are reused) is refused, naming both numbers.
+     */
+    @Test
+    void aDeviceAllowedAsItselfIsMatchedByItsNumberNotOnlyItsPath() throws Exception {
+        Path node = dir.resolve("dm-x");
+        Require.that(mknod(node, 7, 200), "mknod of a block device node (CAP_MKNOD)");
+        BackingPolicy policy = BackingPolicy.of(List.of(node), false);
+        Path top = tenant.resolve("disk.qcow2");
+        policy.checkPath(top, node); // the device named: allowed
+        Files.delete(node);
+        assertTrue(mknod(node, 7, 201)); // another device now has that name
+        IOException e = assertThrows(IOException.class, () -> policy.checkPath(top, node));
+        assertTrue(
+                e.getMessage()
+                        .contains("is no longer the block device allowed as " + node.toRealPath()
+                                + " (device 7:200 when allowed, device 7:201 now"),
+                e.getMessage());
+    }
+
+    private static boolean mknod(Path node, int major, int minor) throws Exception {
+        Process p = new ProcessBuilder("mknod", node.toString(), "b", "" + major, "" + minor)
+                .redirectErrorStream(true)
+                .start();
+        p.getInputStream().readAllBytes();
+        return p.waitFor() == 0;
+    }
+
     @Test
     void aSymbolicLinkInsideAnAllowedDirectoryPointingOutsideIsRefused() throws Exception {
         Path link = Files.createSymbolicLink(bases.resolve("base.raw"), secret);
