@@ -200,11 +200,18 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         }
         if (st.isBlockDevice() && !devices && !namedItself) {
             throw new IOException("backing file " + of + " is a block device, and backing devices are not allowed: "
-                    + refuse + "; if the image and the device are yours, allow the device itself with "
-                    + (config
-                            ? "\"backing\": {\"dirs\": [\"" + printable(real) + "\"]} in the configuration file"
-                            : "--backing-dir " + printable(real))
-                    + " (never all of /dev)");
+                    + refuse + "; if the image and the device are yours, "
+                    + (dirs == null // naming it in dirs would refuse every other backing file
+                            ? "allow backing devices with "
+                                    + (config
+                                            ? "\"backing\": {\"devices\": true} in the configuration file"
+                                            : "--backing-devices")
+                            : "allow the device itself with "
+                                    + (config
+                                            ? "\"backing\": {\"dirs\": [\"" + printable(real)
+                                                    + "\"]} in the configuration file"
+                                            : "--backing-dir " + printable(real))
+                                    + " (never all of /dev)"));
         }
         if (dirs != null && !namedItself && dirs.stream().noneMatch(real::startsWith)) {
             throw new IOException("backing file " + of + " is outside the allowed backing directories "

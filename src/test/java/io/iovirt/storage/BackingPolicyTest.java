@@ -180,6 +180,34 @@ class BackingPolicyTest {
                 e.getMessage());
     }
 
+    /**
+     * With no directory list, a refused block device's remedy is to allow devices, not to name it in a list (which
+     * would then refuse every other backing file).
+     */
+    @Test
+    void aDeviceRefusedWithoutADirectoryListIsAllowedByAllowingDevices() throws Exception {
+        Path node = dir.resolve("disk-dev");
+        Require.that(mknod(node, 7, 200), "mknod of a block device node (CAP_MKNOD)");
+        Path top = tenant.resolve("disk.qcow2");
+        String cli = assertThrows(
+                        IOException.class, () -> BackingPolicy.of(null, false).checkPath(top, node))
+                .getMessage();
+        assertTrue(
+                cli.contains("is a block device") && cli.contains("allow backing devices with --backing-devices"), cli);
+        assertFalse(cli.contains("--backing-dir"), cli);
+        String config = assertThrows(
+                        IOException.class,
+                        () -> BackingPolicy.of(null, false, true).checkPath(top, node))
+                .getMessage();
+        assertTrue(config.contains("\"backing\": {\"devices\": true}"), config);
+        assertFalse(config.contains("dirs"), config);
+        String listed = assertThrows(
+                        IOException.class,
+                        () -> BackingPolicy.of(List.of(bases), false).checkPath(top, node))
+                .getMessage();
+        assertTrue(listed.contains("--backing-dir " + node.toRealPath()), listed); // a list: the device itself
+    }
+
     private static boolean mknod(Path node, int major, int minor) throws Exception {
         Process p = new ProcessBuilder("mknod", node.toString(), "b", "" + major, "" + minor)
                 .redirectErrorStream(true)
