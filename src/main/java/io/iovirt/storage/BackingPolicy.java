@@ -98,6 +98,15 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
                 throw new IOException("backing directory " + printable(d) + " is not a directory (nor a block"
                         + " device): name the directory the base images are in, or the block device itself");
             }
+            if (r.getNameCount() == 0) {
+                throw new IOException("backing directory " + printable(d) + " is the root directory (" + r + "),"
+                        + " which would allow every file of the host: name the directory the base images are in");
+            }
+            if (!device && worldWritable(r)) {
+                throw new IOException("backing directory " + printable(d) + " (" + printable(r) + ") is writable by"
+                        + " every user, as /tmp and /dev/shm are: anyone could put there a file or link for an image"
+                        + " to name; name a directory only you can write, the one the base images are in");
+            }
             if (r.startsWith("/proc")) {
                 throw new IOException("backing directory " + printable(d) + " is under /proc (" + r + "), whose"
                         + " files name other processes' files: name the directory the base images are in");
@@ -105,6 +114,14 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             real.add(r);
         }
         return new BackingPolicy(real, devices, config, numbers);
+    }
+
+    private static boolean worldWritable(Path dir) throws IOException {
+        try {
+            return (FileIo.stat(dir).mode() & 02) != 0;
+        } catch (LinuxException e) {
+            return false; // cannot be looked at: every backing file's check under it says why
+        }
     }
 
     /** True for QEMU's behaviour: nothing is checked. */
@@ -131,7 +148,9 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         } catch (java.nio.file.NoSuchFileException e) {
             // not the open's remedy for a missing image (create it): the image, not the operator, named this file
             throw new IOException("qcow2 image " + printable(overlay) + " names a backing file that does not exist: "
-                    + printable(backing) + " (or a link on its path is dangling)");
+                    + printable(backing) + " (or a link on its path is dangling): refuse the image; if it is yours,"
+                    + " restore its base image there, or rebase it onto the base with 'qemu-img rebase -u -b BASE -F"
+                    + " FORMAT'");
         } catch (IOException e) {
             return; // unreadable: the open reports it with its remedy; nothing is opened here
         }
@@ -155,10 +174,17 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         try {
             real = Path.of(EventFd.kindOf(fd));
             st = FileIo.stat(fd);
-        } catch (LinuxException | java.nio.file.InvalidPathException e) {
+        } catch (LinuxException e) {
             throw new IOException(
                     "cannot check backing file " + printable(backing) + " of " + printable(overlay) + " against the"
-                            + " allowed backing directories: " + e.getMessage() + "; mount /proc",
+                            + " allowed backing directories: " + printable(e.getMessage()) + "; mount /proc",
+                    e);
+        } catch (java.nio.file.InvalidPathException e) {
+            // the kernel's name for it is no path (a NUL in it): nothing to mount; refused as not checkable
+            throw new IOException(
+                    "cannot check backing file " + printable(backing) + " of " + printable(overlay) + " against the"
+                            + " allowed backing directories: the kernel's name for the file opened is not a valid"
+                            + " path (" + printable(e.getReason()) + "): refuse the image",
                     e);
         }
         FileIo.Stat there;
@@ -230,6 +256,10 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
     /** A path as tenants may spell it, safe for one line of a log: control characters escaped. */
     private static String printable(Path p) {
         return io.iovirt.util.Printable.of(p.toString());
+    }
+
+    private static String printable(String s) {
+        return io.iovirt.util.Printable.of(s);
     }
 
     /** The allowed directories, for messages. */

@@ -431,11 +431,19 @@ class BackingPolicyTest {
         String m = refused(missing, basesOnly()).getMessage();
         assertTrue(m.contains("names a backing file that does not exist: " + bases.resolve("gone.raw")), m);
         assertFalse(m.contains("truncate"), m);
+        assertTrue(m.contains(": refuse the image; if it is yours, restore its base image there, or rebase it"), m);
         // an empty list allows no backing file
         m = refused(top, BackingPolicy.of(List.of(), false)).getMessage();
         assertTrue(m.contains("no backing file is allowed"), m);
         // the directory must exist
         IOException e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(dir.resolve("missing")), false));
         assertTrue(e.getMessage().contains("does not exist"), e.getMessage());
+        // nor be one every user can write (where anyone may put a file for an image to name), nor the root
+        Path open = Files.createDirectories(dir.resolve("open"));
+        Files.setPosixFilePermissions(open, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
+        e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(open), false));
+        assertTrue(e.getMessage().contains("is writable by every user, as /tmp and /dev/shm are"), e.getMessage());
+        e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(Path.of("/")), false));
+        assertTrue(e.getMessage().contains("is the root directory"), e.getMessage());
     }
 }
