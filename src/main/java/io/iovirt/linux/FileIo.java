@@ -29,6 +29,8 @@ public final class FileIo {
     public static final int O_SYNC = 04010000;
     public static final int O_NOATIME = 01000000;
     public static final int O_CLOEXEC = 02000000;
+    /** A descriptor that only names a file: no read or write, and the open does not reach its driver (nor waits). */
+    public static final int O_PATH = 010000000;
     /** Differs between x86_64 (040000) and aarch64 (0200000). */
     public static final int O_DIRECT = Syscalls.X86_64 ? 040000 : 0200000;
 

@@ -8,7 +8,9 @@ import io.iovirt.linux.LinuxException;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.stream.Collectors;
 
 /**
@@ -37,13 +39,22 @@ import java.util.stream.Collectors;
  *                {@code dirs} unless that is null); a device named itself in {@code dirs} is allowed either way
  * @param config  named by the daemon's configuration file (its messages name the keys {@code backing.dirs} and
  *                {@code backing.devices}), not by the options {@code --backing-dir} and {@code --backing-devices}
+ * @param numbers the device number ({@code st_rdev}) of each block device named in {@code dirs}, as it was when
+ *                named: a device is allowed as itself only while its path still names that device (device-mapper
+ *                and loop numbers are reused, and their nodes renamed, as volumes come and go)
  */
-public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
+public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Map<Path, Long> numbers) {
     /** QEMU's behaviour: any regular file or block device the backend can read. */
     public static final BackingPolicy UNRESTRICTED = new BackingPolicy(null, true, false);
 
     public BackingPolicy {
         dirs = dirs == null ? null : List.copyOf(dirs);
+        numbers = numbers == null ? Map.of() : Map.copyOf(numbers);
+    }
+
+    /** A policy naming no block device in {@code dirs}. */
+    public BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
+        this(dirs, devices, config, Map.of());
     }
 
     /**
@@ -64,6 +75,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
             return devices ? UNRESTRICTED : new BackingPolicy(null, false, config);
         }
         List<Path> real = new ArrayList<>();
+        Map<Path, Long> numbers = new HashMap<>();
         for (Path d : dirs) {
             Path r;
             try {
@@ -74,7 +86,11 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
             }
             boolean device;
             try {
-                device = FileIo.stat(r).isBlockDevice();
+                FileIo.Stat st = FileIo.stat(r);
+                device = st.isBlockDevice();
+                if (device) {
+                    numbers.put(r, st.rdev());
+                }
             } catch (LinuxException e) {
                 device = false;
             }
@@ -82,13 +98,30 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
                 throw new IOException("backing directory " + printable(d) + " is not a directory (nor a block"
                         + " device): name the directory the base images are in, or the block device itself");
             }
+            if (r.getNameCount() == 0) {
+                throw new IOException("backing directory " + printable(d) + " is the root directory (" + r + "),"
+                        + " which would allow every file of the host: name the directory the base images are in");
+            }
+            if (!device && worldWritable(r)) {
+                throw new IOException("backing directory " + printable(d) + " (" + printable(r) + ") is writable by"
+                        + " every user, as /tmp and /dev/shm are: anyone could put there a file or link for an image"
+                        + " to name; name a directory only you can write, the one the base images are in");
+            }
             if (r.startsWith("/proc")) {
                 throw new IOException("backing directory " + printable(d) + " is under /proc (" + r + "), whose"
                         + " files name other processes' files: name the directory the base images are in");
             }
             real.add(r);
         }
-        return new BackingPolicy(real, devices, config);
+        return new BackingPolicy(real, devices, config, numbers);
+    }
+
+    private static boolean worldWritable(Path dir) throws IOException {
+        try {
+            return (FileIo.stat(dir).mode() & 02) != 0;
+        } catch (LinuxException e) {
+            return false; // cannot be looked at: every backing file's check under it says why
+        }
     }
 
     /** True for QEMU's behaviour: nothing is checked. */
@@ -115,7 +148,9 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
         } catch (java.nio.file.NoSuchFileException e) {
             // not the open's remedy for a missing image (create it): the image, not the operator, named this file
             throw new IOException("qcow2 image " + printable(overlay) + " names a backing file that does not exist: "
-                    + printable(backing) + " (or a link on its path is dangling)");
+                    + printable(backing) + " (or a link on its path is dangling): refuse the image; if it is yours,"
+                    + " restore its base image there, or rebase it onto the base with 'qemu-img rebase -u -b BASE -F"
+                    + " FORMAT'");
         } catch (IOException e) {
             return; // unreadable: the open reports it with its remedy; nothing is opened here
         }
@@ -139,10 +174,17 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
         try {
             real = Path.of(EventFd.kindOf(fd));
             st = FileIo.stat(fd);
-        } catch (LinuxException | java.nio.file.InvalidPathException e) {
+        } catch (LinuxException e) {
             throw new IOException(
                     "cannot check backing file " + printable(backing) + " of " + printable(overlay) + " against the"
-                            + " allowed backing directories: " + e.getMessage() + "; mount /proc",
+                            + " allowed backing directories: " + printable(e.getMessage()) + "; mount /proc",
+                    e);
+        } catch (java.nio.file.InvalidPathException e) {
+            // the kernel's name for it is no path (a NUL in it): nothing to mount; refused as not checkable
+            throw new IOException(
+                    "cannot check backing file " + printable(backing) + " of " + printable(overlay) + " against the"
+                            + " allowed backing directories: the kernel's name for the file opened is not a valid"
+                            + " path (" + printable(e.getReason()) + "): refuse the image",
                     e);
         }
         FileIo.Stat there;
@@ -168,6 +210,15 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
             throw new IOException("backing file " + of + " is under /proc, whose files name other processes' (and"
                     + " other mount namespaces') files: " + refuse);
         }
+        Long number = numbers.get(real);
+        if (number != null && (!st.isBlockDevice() || st.rdev() != number)) {
+            throw new IOException("backing file " + of + " is no longer the block device allowed as "
+                    + printable(real) + " (device " + majorMinor(number) + " when allowed, "
+                    + (st.isBlockDevice() ? "device " + majorMinor(st.rdev()) : st.kind()) + " now: its number was"
+                    + " reused, or the node replaced): " + refuse + "; if the image and the device are yours, name"
+                    + " the device again (" + (config ? "reload the configuration file" : "restart with --backing-dir")
+                    + ")");
+        }
         boolean namedItself = dirs != null && dirs.contains(real);
         if (!st.isRegularFile() && !st.isBlockDevice()) {
             throw new IOException(
@@ -175,11 +226,18 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
         }
         if (st.isBlockDevice() && !devices && !namedItself) {
             throw new IOException("backing file " + of + " is a block device, and backing devices are not allowed: "
-                    + refuse + "; if the image and the device are yours, allow the device itself with "
-                    + (config
-                            ? "\"backing\": {\"dirs\": [\"" + printable(real) + "\"]} in the configuration file"
-                            : "--backing-dir " + printable(real))
-                    + " (never all of /dev)");
+                    + refuse + "; if the image and the device are yours, "
+                    + (dirs == null // naming it in dirs would refuse every other backing file
+                            ? "allow backing devices with "
+                                    + (config
+                                            ? "\"backing\": {\"devices\": true} in the configuration file"
+                                            : "--backing-devices")
+                            : "allow the device itself with "
+                                    + (config
+                                            ? "\"backing\": {\"dirs\": [\"" + printable(real)
+                                                    + "\"]} in the configuration file"
+                                            : "--backing-dir " + printable(real))
+                                    + " (never all of /dev)"));
         }
         if (dirs != null && !namedItself && dirs.stream().noneMatch(real::startsWith)) {
             throw new IOException("backing file " + of + " is outside the allowed backing directories "
@@ -190,9 +248,18 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config) {
         }
     }
 
+    /** A device number as ls -l shows it: major, minor. */
+    private static String majorMinor(long rdev) {
+        return (rdev >>> 32) + ":" + (rdev & 0xffffffffL);
+    }
+
     /** A path as tenants may spell it, safe for one line of a log: control characters escaped. */
     private static String printable(Path p) {
         return io.iovirt.util.Printable.of(p.toString());
+    }
+
+    private static String printable(String s) {
+        return io.iovirt.util.Printable.of(s);
     }
 
     /** The allowed directories, for messages. */

@@ -79,7 +79,10 @@ public final class ImageLock implements AutoCloseable {
             return new ImageLock(
                     image, shared, RawImage.openFileOrDevice(image, shared ? FileIo.O_RDONLY : FileIo.O_RDWR));
         } catch (LinuxException e) {
-            throw new IOException("cannot open " + image + " to lock it: " + e.getMessage(), e);
+            throw new IOException(
+                    "cannot open " + io.iovirt.util.Printable.of(image.toString()) + " to lock it: "
+                            + io.iovirt.util.Printable.of(e.getMessage()),
+                    e);
         }
     }
 
@@ -184,8 +187,8 @@ public final class ImageLock implements AutoCloseable {
             heldShared = shared;
             return null;
         }
-        return "image " + path + " is in use " + (shared ? "for writing " : "") + "by " + holders()
-                + ": another VM runs on it (a migration's source releases it when its queues stop)";
+        return "image " + io.iovirt.util.Printable.of(path.toString()) + " is in use " + (shared ? "for writing " : "")
+                + "by " + holders() + ": another VM runs on it (a migration's source releases it when its queues stop)";
     }
 
     /**
@@ -236,7 +239,8 @@ public final class ImageLock implements AutoCloseable {
     public synchronized String retype(boolean shared) throws LinuxException {
         if (held && heldShared && !shared) {
             if (!FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
-                return "image " + path + " is in use by " + holdersBesideOurReaderBytes();
+                return "image " + io.iovirt.util.Printable.of(path.toString()) + " is in use by "
+                        + holdersBesideOurReaderBytes();
             }
             heldShared = false;
         }

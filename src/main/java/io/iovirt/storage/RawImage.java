@@ -82,7 +82,7 @@ public final class RawImage implements DiskImage {
             fd = openFileOrDevice(path, flags);
         } catch (LinuxException e) {
             String hint = openHint(e, path, readOnly, direct);
-            throw new IOException("cannot open image " + path + ": " + e.errnoName() + " (" + hint + ")", e);
+            throw new IOException("cannot open image " + printable(path) + ": " + e.errnoName() + " (" + hint + ")", e);
         }
         try {
             FileIo.Stat st = FileIo.stat(fd);
@@ -93,8 +93,8 @@ public final class RawImage implements DiskImage {
                 align = Math.max(512, Math.max(logical, Math.max(st.directIoOffsetAlign(), st.directIoMemoryAlign())));
             }
             if (size < 512) {
-                throw new IOException(
-                        "image " + path + " is " + size + " bytes: a disk needs at least one 512-byte sector");
+                throw new IOException("image " + printable(path) + " is " + size
+                        + " bytes: a disk needs at least one 512-byte sector");
             }
             return new RawImage(path, fd, readOnly, direct, st.isBlockDevice(), size, align);
         } catch (IOException | RuntimeException e) {
@@ -126,8 +126,8 @@ public final class RawImage implements DiskImage {
                 device
                         ? "the device does not exist here: check the path; under the packaged systemd unit,"
                                 + " PrivateDevices=yes hides block devices: give the unit PrivateDevices=no and"
-                                + " DeviceAllow=" + path + " rw"
-                        : "create it first, e.g. 'truncate -s 1G " + path + "'" + unit;
+                                + " DeviceAllow=" + printable(path) + " rw"
+                        : "create it first, e.g. 'truncate -s 1G " + printable(path) + "'" + unit;
             case "EROFS" ->
                 "its file system is read-only to this process: open the image read-only, or make it writable;"
                         + " under the packaged systemd unit (ProtectSystem=strict), add its directory to"
@@ -142,69 +142,73 @@ public final class RawImage implements DiskImage {
 
     /**
      * Opens {@code path} (with {@code flags}, e.g. O_RDWR) as an image's file: a regular file or a block device, and
-     * nothing else. The open itself must not wait: a FIFO's open(2) waits for a writer (forever, for a FIFO put where
-     * an image was meant), and a device's may wait for the device. So it is opened O_NONBLOCK|O_NOCTTY — at once, for
-     * those — and the descriptor, not the path (which another process may change meanwhile), is checked with fstat:
-     * anything but a regular file or a block device is closed and refused, naming what it is and what to do. Then
-     * O_NONBLOCK is cleared: it means nothing to the I/O of a file or a disk, except to io_uring, which would fail a
-     * read with EAGAIN where it should wait. (An open on a file system that does not answer, a stopped FUSE daemon or
-     * an unreachable NFS server, waits all the same: nothing makes that open return.)
+     * nothing else. The path is looked up once, by an O_PATH open, which neither reaches a device's driver (opening
+     * some character devices acts: /dev/watchdog arms the host's watchdog) nor waits (a FIFO's open(2) waits for a
+     * writer); that descriptor's fstat decides, and anything but a regular file or a block device is refused, naming
+     * what it is and what to do. Only then is the very file it names opened for I/O, through /proc/self/fd (no second
+     * look-up of the path, which another process may have changed meanwhile), O_NONBLOCK|O_NOCTTY; O_NONBLOCK is then
+     * cleared: it means nothing to the I/O of a file or a disk, except to io_uring, which would fail a read with
+     * EAGAIN where it should wait. (An open on a file system that does not answer, a stopped FUSE daemon or an
+     * unreachable NFS server, waits all the same: nothing makes that open return.)
      *
      * @throws LinuxException the open failed (the caller names the remedy for its errno)
      * @throws IOException    the path is not a regular file nor a block device
      */
     static Fd openFileOrDevice(Path path, int flags) throws IOException {
-        // Refused before any open as well: opening some character devices acts (/dev/watchdog arms the host's
-        // watchdog, which reboots it unless it is closed just so). The fstat below still decides for a path swapped
-        // after this look.
-        try {
-            FileIo.Stat before = FileIo.stat(path);
-            if (!before.isRegularFile() && !before.isBlockDevice() && !before.isDirectory()) {
-                throw notFileOrDevice(path, before, null);
-            }
-        } catch (LinuxException e) {
-            // missing or unreadable: the open says why, with the caller's remedy
-        }
-        Fd fd;
-        try {
-            fd = FileIo.open(path, flags | FileIo.O_NONBLOCK | FileIo.O_NOCTTY);
-        } catch (LinuxException e) {
-            if (e.errno() != Errno.EAGAIN) {
-                // a UNIX socket (ENXIO), a directory opened for writing (EISDIR), a device without a driver (ENXIO,
-                // ENODEV): say what it is rather than the errno
-                FileIo.Stat st;
-                try {
-                    st = FileIo.stat(path);
-                } catch (LinuxException gone) {
-                    throw e;
-                }
-                if (!st.isRegularFile() && !st.isBlockDevice()) {
-                    throw notFileOrDevice(path, st, e);
-                }
-                throw e;
-            }
-            // a lease on the file, which a non-blocking open does not wait to break: open as any other user would
-            fd = FileIo.open(path, flags | FileIo.O_NOCTTY);
-        }
-        try {
-            FileIo.Stat st = FileIo.stat(fd);
+        try (Fd named = FileIo.open(path, FileIo.O_PATH)) {
+            FileIo.Stat st = FileIo.stat(named);
             if (!st.isRegularFile() && !st.isBlockDevice()) {
                 throw notFileOrDevice(path, st, null);
             }
-            fd.setNonBlocking(false);
-            return fd;
-        } catch (IOException | RuntimeException e) {
-            fd.close();
-            throw e;
+            Path same = Path.of("/proc/self/fd/" + named.get());
+            Fd fd;
+            try {
+                try {
+                    fd = FileIo.open(same, flags | FileIo.O_NONBLOCK | FileIo.O_NOCTTY);
+                } catch (LinuxException e) {
+                    if (e.errno() != Errno.EAGAIN || !st.isRegularFile()) {
+                        throw e;
+                    }
+                    // a lease on the file, which a non-blocking open does not wait to break: open as any other user
+                    // would, and wait for its holder to give it up (bounded by the kernel's lease-break-time). The
+                    // same inode, known to be a regular file: not a FIFO's open, which could wait forever
+                    fd = FileIo.open(same, flags | FileIo.O_NOCTTY);
+                }
+            } catch (LinuxException e) {
+                if (e.errno() == Errno.ENOENT && !java.nio.file.Files.isDirectory(Path.of("/proc/self/fd"))) {
+                    throw new IOException(
+                            "cannot open image " + printable(path) + " through /proc/self/fd (iovirt opens the"
+                                    + " file it checked by its descriptor, not by its path again): mount /proc",
+                            e);
+                }
+                throw new LinuxException("open", path.toString(), e.errno()); // the path named, not the fd's
+            }
+            try {
+                FileIo.Stat opened = FileIo.stat(fd);
+                if (!opened.sameFile(st)) { // cannot be: the descriptor named this file; checked all the same
+                    throw new IOException("image " + printable(path) + " changed while it was opened: open it again");
+                }
+                fd.setNonBlocking(false);
+                return fd;
+            } catch (IOException | RuntimeException e) {
+                fd.close();
+                throw e;
+            }
         }
+    }
+
+    /** A path as someone else (a tenant's qcow2 header) may have spelled it, for one line of a log. */
+    private static String printable(Path p) {
+        return io.iovirt.util.Printable.of(p.toString());
     }
 
     private static IOException notFileOrDevice(Path path, FileIo.Stat st, Throwable cause) {
         if (st.isDirectory()) {
-            return new IOException("image " + path + " is a directory: name the image file", cause);
+            return new IOException("image " + printable(path) + " is a directory: name the image file", cause);
         }
         return new IOException(
-                "image " + path + " is " + st.kind() + ", not a regular file or a block device (an image is one of"
+                "image " + printable(path) + " is " + st.kind()
+                        + ", not a regular file or a block device (an image is one of"
                         + " those" + (st.isFifo() ? "; opening a FIFO would wait for a writer" : "")
                         + "): name the image file or the disk's block device itself",
                 cause);

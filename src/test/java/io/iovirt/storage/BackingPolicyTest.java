@@ -121,6 +121,101 @@ class BackingPolicyTest {
         assertFalse(m.contains("\n") || m.contains("\u001b"), m);
     }
 
+    /**
+     * An overlay naming a file outside without its format is refused by the policy first: the format's remedy (a
+     * rebase naming the tenant's choice) is not offered for a file the image must not name at all.
+     */
+    @Test
+    void thePolicyDecidesBeforeTheMissingFormatsRemedy() throws Exception {
+        Path top = overlay(tenant.resolve("disk.qcow2"), secret.toString(), "raw");
+        byte[] header = Files.readAllBytes(top);
+        int ext = -1;
+        for (int i = 104; i < 4096 && ext < 0; i += 1) {
+            if ((header[i] & 0xff) == 0xe2
+                    && header[i + 1] == 0x79
+                    && header[i + 2] == 0x2a
+                    && (header[i + 3] & 0xff) == 0xca) {
+                ext = i;
+            }
+        }
+        assertTrue(ext > 0, "the backing format header extension");
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(top.toFile(), "rw")) {
+            f.seek(ext);
+            f.writeInt(0x10ad0bad); // an extension QEMU and iovirt ignore: no backing format
+        }
+        String m = refused(top, basesOnly()).getMessage();
+        assertTrue(m.contains("outside the allowed backing directories"), m);
+        assertFalse(m.contains("rebase") || m.contains("without its format"), m);
+    }
+
+    /** Without a policy too, the name a header chose reaches the messages of every refusal escaped. */
+    @Test
+    void aBackingFileNameIsPrintedEscapedByEveryRefusal() throws Exception {
+        for (String name : List.of("/nonexistent/x\nFORGED.raw", "json:{\"x\nFORGED\": 1}")) {
+            Path top = overlay(tenant.resolve("n" + name.length() + ".qcow2"), name, "raw");
+            String m = refused(top, BackingPolicy.UNRESTRICTED).getMessage();
+            assertTrue(m.contains("x\\nFORGED"), m);
+            assertFalse(m.contains("\n"), m);
+        }
+    }
+
+    /**
+     * A block device allowed as itself is allowed while its path names that device: a node of that name made for
+     * another device since (device-mapper and loop numbers are reused) is refused, naming both numbers.
+     */
+    @Test
+    void aDeviceAllowedAsItselfIsMatchedByItsNumberNotOnlyItsPath() throws Exception {
+        Path node = dir.resolve("dm-x");
+        Require.that(mknod(node, 7, 200), "mknod of a block device node (CAP_MKNOD)");
+        BackingPolicy policy = BackingPolicy.of(List.of(node), false);
+        Path top = tenant.resolve("disk.qcow2");
+        policy.checkPath(top, node); // the device named: allowed
+        Files.delete(node);
+        assertTrue(mknod(node, 7, 201)); // another device now has that name
+        IOException e = assertThrows(IOException.class, () -> policy.checkPath(top, node));
+        assertTrue(
+                e.getMessage()
+                        .contains("is no longer the block device allowed as " + node.toRealPath()
+                                + " (device 7:200 when allowed, device 7:201 now"),
+                e.getMessage());
+    }
+
+    /**
+     * With no directory list, a refused block device's remedy is to allow devices, not to name it in a list (which
+     * would then refuse every other backing file).
+     */
+    @Test
+    void aDeviceRefusedWithoutADirectoryListIsAllowedByAllowingDevices() throws Exception {
+        Path node = dir.resolve("disk-dev");
+        Require.that(mknod(node, 7, 200), "mknod of a block device node (CAP_MKNOD)");
+        Path top = tenant.resolve("disk.qcow2");
+        String cli = assertThrows(
+                        IOException.class, () -> BackingPolicy.of(null, false).checkPath(top, node))
+                .getMessage();
+        assertTrue(
+                cli.contains("is a block device") && cli.contains("allow backing devices with --backing-devices"), cli);
+        assertFalse(cli.contains("--backing-dir"), cli);
+        String config = assertThrows(
+                        IOException.class,
+                        () -> BackingPolicy.of(null, false, true).checkPath(top, node))
+                .getMessage();
+        assertTrue(config.contains("\"backing\": {\"devices\": true}"), config);
+        assertFalse(config.contains("dirs"), config);
+        String listed = assertThrows(
+                        IOException.class,
+                        () -> BackingPolicy.of(List.of(bases), false).checkPath(top, node))
+                .getMessage();
+        assertTrue(listed.contains("--backing-dir " + node.toRealPath()), listed); // a list: the device itself
+    }
+
+    private static boolean mknod(Path node, int major, int minor) throws Exception {
+        Process p = new ProcessBuilder("mknod", node.toString(), "b", "" + major, "" + minor)
+                .redirectErrorStream(true)
+                .start();
+        p.getInputStream().readAllBytes();
+        return p.waitFor() == 0;
+    }
+
     @Test
     void aSymbolicLinkInsideAnAllowedDirectoryPointingOutsideIsRefused() throws Exception {
         Path link = Files.createSymbolicLink(bases.resolve("base.raw"), secret);
@@ -336,11 +431,19 @@ class BackingPolicyTest {
         String m = refused(missing, basesOnly()).getMessage();
         assertTrue(m.contains("names a backing file that does not exist: " + bases.resolve("gone.raw")), m);
         assertFalse(m.contains("truncate"), m);
+        assertTrue(m.contains(": refuse the image; if it is yours, restore its base image there, or rebase it"), m);
         // an empty list allows no backing file
         m = refused(top, BackingPolicy.of(List.of(), false)).getMessage();
         assertTrue(m.contains("no backing file is allowed"), m);
         // the directory must exist
         IOException e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(dir.resolve("missing")), false));
         assertTrue(e.getMessage().contains("does not exist"), e.getMessage());
+        // nor be one every user can write (where anyone may put a file for an image to name), nor the root
+        Path open = Files.createDirectories(dir.resolve("open"));
+        Files.setPosixFilePermissions(open, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
+        e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(open), false));
+        assertTrue(e.getMessage().contains("is writable by every user, as /tmp and /dev/shm are"), e.getMessage());
+        e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(Path.of("/")), false));
+        assertTrue(e.getMessage().contains("is the root directory"), e.getMessage());
     }
 }

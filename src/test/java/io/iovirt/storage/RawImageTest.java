@@ -278,4 +278,35 @@ class RawImageTest {
             QemuTools.run("umount", ro.toString());
         }
     }
+    /**
+     * A lease on the image (a file server's, here python's fcntl F_SETLEASE) makes the non-blocking open fail with
+     * EAGAIN: the open is retried as any other user's would be, on the very file checked (its /proc/self/fd name), and
+     * waits for the holder to give the lease up — it is not refused.
+     */
+    @Test
+    void anImageUnderALeaseOpensOnceItsHolderGivesItUp() throws Exception {
+        Require.program("python3", "apt-get install python3");
+        Path img = Files.write(dir.resolve("leased.raw"), new byte[4096]);
+        String holder = "import fcntl, os, signal, sys, time\n"
+                + "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                + "def release(sig, frame):\n"
+                + "    fcntl.fcntl(fd, 1024, 2)\n" // F_SETLEASE, F_UNLCK
+                + "    print('released', flush=True)\n"
+                + "signal.signal(signal.SIGIO, release)\n"
+                + "fcntl.fcntl(fd, 1024, 1)\n" // F_SETLEASE, F_WRLCK
+                + "print('held', flush=True)\n"
+                + "time.sleep(600)\n";
+        Process p = new ProcessBuilder("python3", "-c", holder, img.toString())
+                .redirectErrorStream(true)
+                .start();
+        try (var out = new java.io.BufferedReader(new java.io.InputStreamReader(p.getInputStream()))) {
+            assertEquals("held", out.readLine());
+            try (RawImage r = RawImage.open(img, true, false)) {
+                assertEquals(4096, r.size());
+            }
+            assertEquals("released", out.readLine()); // the open broke the lease, and waited for it
+        } finally {
+            p.destroyForcibly().waitFor();
+        }
+    }
 }

@@ -103,6 +103,9 @@ public final class Qcow2Image implements DiskImage {
         final BackingPolicy backing;
 
         int depth;
+        /** While a backing file opens ({@link #depth} > 0): the image naming it, for the policy's check. */
+        Path parent;
+
         private long bytes;
 
         Chain(long limit, BackingPolicy backing) {
@@ -128,6 +131,9 @@ public final class Qcow2Image implements DiskImage {
             return bytes;
         }
     }
+
+    /** Tests only: run between a backing file's check by path and its open (to swap the path there). */
+    static volatile Runnable beforeBackingOpen;
 
     /** The chain being opened on this thread (its top image's open set it), or null. */
     private static final ThreadLocal<Chain> OPENING = new ThreadLocal<>();
@@ -441,10 +447,20 @@ public final class Qcow2Image implements DiskImage {
     private static Qcow2Image openIn(Chain chain, Path path, boolean readOnly, long l2CacheBytes, boolean direct)
             throws IOException {
         if (chain.depth >= MAX_CHAIN) {
-            throw new IOException("backing chain of " + path + " is deeper than " + MAX_CHAIN
+            throw new IOException("backing chain of " + p(path) + " is deeper than " + MAX_CHAIN
                     + " images (a loop?): check it with 'qemu-img info --backing-chain'");
         }
         RawImage file = RawImage.openContainerFile(path, readOnly, direct);
+        if (chain.depth > 0) {
+            // a backing file is checked as opened before anything of it is read: one swapped in since its path was
+            // checked (a file the tenant may not read) must not be parsed, its backing files opened, nor described
+            try {
+                chain.backing.checkOpened(chain.parent, path, file.fd());
+            } catch (Throwable e) {
+                file.close();
+                throw e;
+            }
+        }
         int align = direct ? file.blockSize() : 1;
         DiskImage backing = null;
         ImageLock backingLock = null;
@@ -468,23 +484,31 @@ public final class Qcow2Image implements DiskImage {
             unowned = chargeChain(chain, path, h, cacheBytes, readOnly);
             if (h.backingFile() != null) {
                 Path bp = resolveBacking(path, h.backingFile());
-                ImageFormat bf = backingFormat(path, h, bp);
-                // the policy by path before the open touches the file, then on the descriptor opened (a path
-                // swapped meanwhile is caught before anything of it is served); the lock is taken last, through that
-                // descriptor, so it is on the very file checked and served (a second open by path could lock, and
-                // fence the writers of, whatever the path named by then)
+                // the policy by path before the open touches the file (and before the format's remedy, which names
+                // it), then on the descriptor opened (a path swapped meanwhile is caught before anything of it is
+                // read); the lock is taken last, through that descriptor, so it is on the very file checked and
+                // served (a second open by path could lock, and fence the writers of, whatever the path named by
+                // then)
                 chain.backing.checkPath(path, bp);
+                ImageFormat bf = backingFormat(path, h, bp);
+                Path parent = chain.parent;
+                chain.parent = path;
                 chain.depth++;
                 try {
+                    Runnable hook = beforeBackingOpen;
+                    if (hook != null) {
+                        hook.run();
+                    }
                     backing = Images.open(bp, bf, true, false);
                     try (Fd opened = backing.dupFile()) {
                         chain.backing.checkOpened(path, bp, opened);
                     }
                     backingLock = ImageLock.holdForExport(bp, backing.dupFile(), true, "backing file of " + path);
                 } catch (IOException e) {
-                    throw new IOException("cannot open backing file of " + path + ": " + e.getMessage(), e);
+                    throw new IOException("cannot open backing file of " + p(path) + ": " + e.getMessage(), e);
                 } finally {
                     chain.depth--;
+                    chain.parent = parent;
                 }
             }
             long cost = unowned;
@@ -529,16 +553,17 @@ public final class Qcow2Image implements DiskImage {
      */
     private static ImageFormat backingFormat(Path path, Qcow2Header h, Path bp) throws IOException {
         if (h.backingFormat() == null) {
-            throw new IOException("qcow2 image " + path + " names backing file " + bp + " without its format (no"
-                    + " backing format header extension): iovirt does not detect a backing file's format (a raw"
+            throw new IOException("qcow2 image " + p(path) + " names backing file " + p(bp) + " without its format"
+                    + " (no backing format header extension): iovirt does not detect a backing file's format (a raw"
                     + " backing file may hold a qcow2 header its guest wrote, naming any host file as its backing"
-                    + " file); record the format with 'qemu-img rebase -u -b " + h.backingFile() + " -F raw " + path
-                    + "' (or -F qcow2 if the backing file is a qcow2 image you made)");
+                    + " file); if the image is yours, record the format with 'qemu-img rebase -u -b "
+                    + p(h.backingFile()) + " -F raw " + p(path) + "' (or -F qcow2 if the backing file is a qcow2 image"
+                    + " you made); otherwise refuse it");
         }
         try {
             return ImageFormat.parse(h.backingFormat());
         } catch (IllegalArgumentException e) {
-            throw new IOException("backing file " + bp + " of " + path + " has format '" + h.backingFormat()
+            throw new IOException("backing file " + p(bp) + " of " + p(path) + " has format '" + p(h.backingFormat())
                     + "': iovirt reads raw and qcow2 backing files");
         }
     }
@@ -681,10 +706,15 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
+    /** A name or path someone else (a tenant's header) may have chosen, for one line of a log. */
+    private static String p(Object nameOrPath) {
+        return io.iovirt.util.Printable.of(String.valueOf(nameOrPath));
+    }
+
     /** QEMU's rule: a relative backing file name is relative to the directory of the image naming it. */
     static Path resolveBacking(Path overlay, String name) throws IOException {
         if (name.startsWith("json:") || name.matches("^[a-zA-Z][a-zA-Z0-9+.-]*://.*")) {
-            throw new IOException("backing file '" + name + "' of " + overlay
+            throw new IOException("backing file '" + p(name) + "' of " + p(overlay)
                     + " is a protocol or json: name: iovirt opens local files only");
         }
         Path p;
@@ -692,8 +722,8 @@ public final class Qcow2Image implements DiskImage {
             p = Path.of(name);
         } catch (java.nio.file.InvalidPathException e) {
             // the header's bytes name no file (a NUL, say): a damaged or hostile image, not a crash
-            throw new IOException("backing file name of " + overlay + " is not a valid path (" + e.getReason()
-                    + " at byte " + e.getIndex() + "): check the image with 'qemu-img info " + overlay + "'");
+            throw new IOException("backing file name of " + p(overlay) + " is not a valid path (" + p(e.getReason())
+                    + " at byte " + e.getIndex() + "): check the image with 'qemu-img info " + p(overlay) + "'");
         }
         if (p.isAbsolute()) {
             return p;

@@ -227,7 +227,10 @@ class Qcow2ImageTest {
                 IOException.class, () -> Images.open(overlay, null, true, false).close());
         assertTrue(
                 e.getMessage().contains("without its format")
-                        && e.getMessage().contains("qemu-img rebase -u -b base.raw -F raw " + overlay),
+                        && e.getMessage()
+                                .contains("if the image is yours, record the format with 'qemu-img rebase"
+                                        + " -u -b base.raw -F raw " + overlay)
+                        && e.getMessage().contains("otherwise refuse it"),
                 e.getMessage());
         assertThrows(
                 IOException.class,
