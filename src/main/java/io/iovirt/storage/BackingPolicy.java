@@ -39,11 +39,16 @@ import java.util.stream.Collectors;
  *                {@code dirs} unless that is null); a device named itself in {@code dirs} is allowed either way
  * @param config  named by the daemon's configuration file (its messages name the keys {@code backing.dirs} and
  *                {@code backing.devices}), not by the options {@code --backing-dir} and {@code --backing-devices}
- * @param numbers the device number ({@code st_rdev}) of each block device named in {@code dirs}, as it was when
- *                named: a device is allowed as itself only while its path still names that device (device-mapper
- *                and loop numbers are reused, and their nodes renamed, as volumes come and go)
+ * @param numbers each block device named in {@code dirs} (by its real path): the name the operator gave it and its
+ *                device number ({@code st_rdev}) when named. A device is allowed as itself only while that name
+ *                still resolves to it and it still has that number: device-mapper and loop nodes are named after
+ *                their numbers, and the numbers are reused as volumes come and go, so /dev/dm-3 may be another
+ *                volume now; the operator's /dev/mapper/vg-base is what says which volume was meant
  */
-public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Map<Path, Long> numbers) {
+public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Map<Path, Named> numbers) {
+    /** A block device the operator allowed by naming it: the name given ({@code /dev/mapper/vg-base}) and number. */
+    public record Named(Path name, long rdev) {}
+
     /** QEMU's behaviour: any regular file or block device the backend can read. */
     public static final BackingPolicy UNRESTRICTED = new BackingPolicy(null, true, false);
 
@@ -75,7 +80,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             return devices ? UNRESTRICTED : new BackingPolicy(null, false, config);
         }
         List<Path> real = new ArrayList<>();
-        Map<Path, Long> numbers = new HashMap<>();
+        Map<Path, Named> numbers = new HashMap<>();
         for (Path d : dirs) {
             Path r;
             try {
@@ -89,7 +94,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
                 FileIo.Stat st = FileIo.stat(r);
                 device = st.isBlockDevice();
                 if (device) {
-                    numbers.put(r, st.rdev());
+                    numbers.put(r, new Named(d.toAbsolutePath(), st.rdev()));
                 }
             } catch (LinuxException e) {
                 device = false;
@@ -114,6 +119,14 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             real.add(r);
         }
         return new BackingPolicy(real, devices, config, numbers);
+    }
+
+    private static Path realPathOrNull(Path p) {
+        try {
+            return p.toRealPath();
+        } catch (IOException e) {
+            return null;
+        }
     }
 
     private static boolean worldWritable(Path dir) throws IOException {
@@ -210,8 +223,20 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             throw new IOException("backing file " + of + " is under /proc, whose files name other processes' (and"
                     + " other mount namespaces') files: " + refuse);
         }
-        Long number = numbers.get(real);
-        if (number != null && (!st.isBlockDevice() || st.rdev() != number)) {
+        Named allowed = numbers.get(real);
+        if (allowed != null && !real.equals(realPathOrNull(allowed.name()))) {
+            throw new IOException("backing file " + of + " is the block device allowed as " + printable(allowed.name())
+                    + ", but that name "
+                    + (realPathOrNull(allowed.name()) == null
+                            ? "no longer exists"
+                            : "now names " + printable(realPathOrNull(allowed.name())))
+                    + " (the volume was removed or renamed, and its"
+                    + " device number may now be another volume's): " + refuse + "; if the image and the device are"
+                    + " yours, name the device again ("
+                    + (config ? "reload the configuration file" : "restart with" + " --backing-dir") + ")");
+        }
+        long number = allowed == null ? 0 : allowed.rdev();
+        if (allowed != null && (!st.isBlockDevice() || st.rdev() != number)) {
             throw new IOException("backing file " + of + " is no longer the block device allowed as "
                     + printable(real) + " (device " + majorMinor(number) + " when allowed, "
                     + (st.isBlockDevice() ? "device " + majorMinor(st.rdev()) : st.kind()) + " now: its number was"

@@ -181,7 +181,10 @@ public final class RawImage implements DiskImage {
                                     + " file it checked by its descriptor, not by its path again): mount /proc",
                             e);
                 }
-                throw new LinuxException("open", path.toString(), e.errno()); // the path named, not the fd's
+                LinuxException byPath =
+                        new LinuxException("open", path.toString(), e.errno()); // the path, not the fd's
+                byPath.initCause(e);
+                throw byPath;
             }
             try {
                 FileIo.Stat opened = FileIo.stat(fd);

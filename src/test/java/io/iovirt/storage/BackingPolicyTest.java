@@ -181,6 +181,26 @@ class BackingPolicyTest {
     }
 
     /**
+     * A device allowed by the operator's name for it (/dev/mapper/vg-base, a link to the node named after its number)
+     * is refused once that name is gone, even though the node, and its number, now belong to another volume a tenant
+     * names (/dev/mapper/vg-tenant): device-mapper reuses numbers, so the number alone cannot tell the volumes apart.
+     */
+    @Test
+    void aDeviceAllowedByItsNameIsRefusedOnceTheNameIsGoneThoughItsNumberWasReused() throws Exception {
+        Path node = dir.resolve("dm-x");
+        Require.that(mknod(node, 7, 200), "mknod of a block device node (CAP_MKNOD)");
+        Path mapper = Files.createDirectories(dir.resolve("mapper"));
+        Path base = Files.createSymbolicLink(mapper.resolve("vg-base"), node);
+        BackingPolicy policy = BackingPolicy.of(List.of(base), false);
+        Path top = tenant.resolve("disk.qcow2");
+        policy.checkPath(top, base); // allowed by its name
+        Files.delete(base); // the volume is removed; another one gets its number, and so its node
+        Path other = Files.createSymbolicLink(mapper.resolve("vg-tenant"), node);
+        IOException e = assertThrows(IOException.class, () -> policy.checkPath(top, other));
+        assertTrue(e.getMessage().contains("that name no longer exists"), e.getMessage());
+    }
+
+    /**
      * With no directory list, a refused block device's remedy is to allow devices, not to name it in a list (which
      * would then refuse every other backing file).
      */
