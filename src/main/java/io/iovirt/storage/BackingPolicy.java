@@ -224,12 +224,11 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
                     + " other mount namespaces') files: " + refuse);
         }
         Named allowed = numbers.get(real);
-        if (allowed != null && !real.equals(realPathOrNull(allowed.name()))) {
+        Path now = allowed == null ? null : realPathOrNull(allowed.name()); // looked up once
+        if (allowed != null && !real.equals(now)) {
             throw new IOException("backing file " + of + " is the block device allowed as " + printable(allowed.name())
                     + ", but that name "
-                    + (realPathOrNull(allowed.name()) == null
-                            ? "no longer exists"
-                            : "now names " + printable(realPathOrNull(allowed.name())))
+                    + (now == null ? "no longer exists" : "now names " + printable(now))
                     + " (the volume was removed or renamed, and its"
                     + " device number may now be another volume's): " + refuse + "; if the image and the device are"
                     + " yours, name the device again ("
@@ -238,7 +237,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         long number = allowed == null ? 0 : allowed.rdev();
         if (allowed != null && (!st.isBlockDevice() || st.rdev() != number)) {
             throw new IOException("backing file " + of + " is no longer the block device allowed as "
-                    + printable(real) + " (device " + majorMinor(number) + " when allowed, "
+                    + printable(allowed.name()) + " (device " + majorMinor(number) + " when allowed, "
                     + (st.isBlockDevice() ? "device " + majorMinor(st.rdev()) : st.kind()) + " now: its number was"
                     + " reused, or the node replaced): " + refuse + "; if the image and the device are yours, name"
                     + " the device again (" + (config ? "reload the configuration file" : "restart with --backing-dir")
@@ -250,6 +249,16 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
                     "backing file " + of + " is " + st.kind() + ", not a regular file or a block device: " + refuse);
         }
         if (st.isBlockDevice() && !devices && !namedItself) {
+            // a name that says which volume (a /dev/mapper or by-id link), not the node named after a reusable number
+            String name = backing.equals(real) ? null : printable(backing);
+            String allowIt = name != null
+                    ? "allow the device itself with "
+                            + (config
+                                    ? "\"backing\": {\"dirs\": [\"" + name + "\"]} in the configuration file"
+                                    : "--backing-dir " + name)
+                    : "allow the device itself by a name that says which volume (under /dev/mapper or"
+                            + " /dev/disk/by-id, not " + printable(real) + ", a node named after a number that is"
+                            + " reused) in " + (config ? "the configuration file's backing.dirs" : "--backing-dir");
             throw new IOException("backing file " + of + " is a block device, and backing devices are not allowed: "
                     + refuse + "; if the image and the device are yours, "
                     + (dirs == null // naming it in dirs would refuse every other backing file
@@ -257,12 +266,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
                                     + (config
                                             ? "\"backing\": {\"devices\": true} in the configuration file"
                                             : "--backing-devices")
-                            : "allow the device itself with "
-                                    + (config
-                                            ? "\"backing\": {\"dirs\": [\"" + printable(real)
-                                                    + "\"]} in the configuration file"
-                                            : "--backing-dir " + printable(real))
-                                    + " (never all of /dev)"));
+                            : allowIt + " (never all of /dev)"));
         }
         if (dirs != null && !namedItself && dirs.stream().noneMatch(real::startsWith)) {
             throw new IOException("backing file " + of + " is outside the allowed backing directories "

@@ -31,37 +31,39 @@ public final class Printable {
 
     private static String escaped(String s, int max, boolean asciiOnly) {
         int n = Math.min(s.length(), max);
-        if (n < s.length() && n > 0 && Character.isHighSurrogate(s.charAt(n - 1))) {
-            n--; // not half a pair
-        }
         StringBuilder b = new StringBuilder(n + 8);
-        for (int i = 0; i < n; i++) {
-            char c = s.charAt(i);
+        int i = 0;
+        while (i < n) {
+            int c = s.codePointAt(i); // a lone surrogate is its own code point
+            int len = Character.charCount(c);
+            if (i + len > n) {
+                break; // not half a pair
+            }
             if (c == '\n') {
                 b.append("\\n");
             } else if (c == '\\') {
                 b.append("\\\\");
             } else if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || (asciiOnly && c > 0x7e)) {
-                b.append(c <= 0xff ? String.format("\\x%02x", (int) c) : String.format("\\u%04x", (int) c));
-            } else if (Character.isSurrogate(c)) {
-                boolean paired = Character.isHighSurrogate(c)
-                        ? i + 1 < n && Character.isLowSurrogate(s.charAt(i + 1))
-                        : i > 0 && Character.isHighSurrogate(s.charAt(i - 1));
-                b.append(paired ? String.valueOf(c) : String.format("\\u%04x", (int) c));
+                b.append(c <= 0xff ? String.format("\\x%02x", c) : String.format("\\u%04x", c));
             } else if (invisible(c)) {
-                b.append(String.format("\\u%04x", (int) c));
+                b.append(String.format("\\u%04x", c));
             } else {
-                b.append(c);
+                b.appendCodePoint(c);
             }
+            i += len;
         }
-        if (n < s.length()) {
+        if (i < s.length()) {
             b.append("...");
         }
         return b.toString();
     }
 
-    private static boolean invisible(char c) {
+    /** Format characters (bidi controls, zero-width, tags), line and paragraph separators, lone surrogates. */
+    private static boolean invisible(int c) {
         int t = Character.getType(c);
-        return t == Character.FORMAT || t == Character.LINE_SEPARATOR || t == Character.PARAGRAPH_SEPARATOR;
+        return t == Character.FORMAT
+                || t == Character.LINE_SEPARATOR
+                || t == Character.PARAGRAPH_SEPARATOR
+                || t == Character.SURROGATE;
     }
 }

@@ -225,7 +225,17 @@ class BackingPolicyTest {
                         IOException.class,
                         () -> BackingPolicy.of(List.of(bases), false).checkPath(top, node))
                 .getMessage();
-        assertTrue(listed.contains("--backing-dir " + node.toRealPath()), listed); // a list: the device itself
+        // a list: the device itself, by a name that says which volume, never the node named after its number
+        assertTrue(
+                listed.contains("by a name that says which volume (under /dev/mapper or /dev/disk/by-id, not "
+                        + node.toRealPath() + ", a node named after a number that is reused) in --backing-dir"),
+                listed);
+        Path link = Files.createSymbolicLink(dir.resolve("vg-disk"), node);
+        String byLink = assertThrows(
+                        IOException.class,
+                        () -> BackingPolicy.of(List.of(bases), false).checkPath(top, link))
+                .getMessage();
+        assertTrue(byLink.contains("--backing-dir " + link + " (never all of /dev)"), byLink);
     }
 
     private static boolean mknod(Path node, int major, int minor) throws Exception {
@@ -396,7 +406,13 @@ class BackingPolicyTest {
                         .contains(
                                 block + " of " + top + " is a block device, and backing devices are not" + " allowed"),
                 e.getMessage());
-        assertTrue(e.getMessage().contains("allow the device itself with --backing-dir " + block), e.getMessage());
+        assertTrue(
+                e.getMessage()
+                        .contains("allow the device itself by a name that says which volume (under /dev/mapper"
+                                + " or /dev/disk/by-id, not " + block
+                                + ", a node named after a number that is reused) in"
+                                + " --backing-dir"),
+                e.getMessage());
         // a device named itself is allowed, without all of /dev: not another device, nor a file beside it
         BackingPolicy thatDevice = BackingPolicy.of(List.of(block), false);
         thatDevice.checkPath(top, block);
@@ -414,7 +430,7 @@ class BackingPolicyTest {
         e = assertThrows(
                 IOException.class,
                 () -> BackingPolicy.of(List.of(bases), false, true).checkPath(top, block));
-        assertTrue(e.getMessage().contains("\"backing\": {\"dirs\": [\"" + block + "\"]}"), e.getMessage());
+        assertTrue(e.getMessage().contains("the configuration file's backing.dirs"), e.getMessage());
         assertFalse(e.getMessage().contains("--backing"), e.getMessage());
         // /proc names other processes' files: not a directory to allow
         e = assertThrows(IOException.class, () -> BackingPolicy.of(List.of(Path.of("/proc/self/fd")), false));

@@ -16,6 +16,7 @@ class PrintableTest {
         // a right-to-left override would show "disk.qcow2" as "2woqc.ksid"; zero-width, separators, a lone surrogate
         assertEquals("x\\u202edisk\\u200b\\u2028\\ufeff\\ud800y", Printable.of("x\u202edisk\u200b\u2028\ufeff\ud800y"));
         assertEquals("😀", Printable.of("😀")); // a whole pair is text
+        assertEquals("a\\ue0041b", Printable.of("a\udb40\udc41b")); // a tag character: hidden text beyond the BMP
     }
 
     @Test

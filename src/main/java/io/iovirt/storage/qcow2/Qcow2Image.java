@@ -1872,11 +1872,17 @@ public final class Qcow2Image implements DiskImage {
      */
     void quarantine(long host, long bytes, boolean write) throws IOException {
         boolean locked;
-        boolean waits = !quarantineLockStuck; // once a wait timed out, the next ones do not wait until one gets it
+        // a wait that timed out makes the next ones in its window only try: one stop giving up on a queue of requests
+        // waits once, and a later stop (another stall, or ordinary contention) waits again
+        boolean waits = System.nanoTime() - quarantineLockStuckUntil >= 0;
         try {
             if (waits) {
                 quarantineLockWaits.incrementAndGet();
                 locked = meta.tryLock(QUARANTINE_LOCK_WAIT_SECONDS, java.util.concurrent.TimeUnit.SECONDS);
+                if (!locked) {
+                    quarantineLockStuckUntil = System.nanoTime()
+                            + java.util.concurrent.TimeUnit.SECONDS.toNanos(QUARANTINE_LOCK_WAIT_SECONDS);
+                }
             } else {
                 locked = meta.tryLock();
             }
@@ -1884,7 +1890,6 @@ public final class Qcow2Image implements DiskImage {
             Thread.currentThread().interrupt();
             locked = false;
         }
-        quarantineLockStuck = !locked;
         if (!locked) {
             throw new IOException("its metadata lock stayed busy"
                     + (waits ? " for " + QUARANTINE_LOCK_WAIT_SECONDS + " seconds" : ", as at an earlier give-up")
@@ -1930,11 +1935,11 @@ public final class Qcow2Image implements DiskImage {
     static final long QUARANTINE_LOCK_WAIT_SECONDS = 5;
 
     /**
-     * A {@link #quarantine}'s wait for the metadata lock timed out, and none has got it since: the next ones only try
-     * it, so a stop giving up on a whole queue of requests waits once, not once per request (a queue of 128: over ten
-     * minutes of a loop other devices may share).
+     * Until when (System.nanoTime) a {@link #quarantine} only tries the metadata lock, since one's wait for it timed
+     * out: a stop giving up on a whole queue of requests waits once, not once per request (a queue of 128: over ten
+     * minutes of a loop other devices may share). A wait's length later, the next give-up waits again.
      */
-    private volatile boolean quarantineLockStuck;
+    private volatile long quarantineLockStuckUntil = System.nanoTime();
 
     /** How many {@link #quarantine}s waited for the metadata lock (tests). */
     private final java.util.concurrent.atomic.AtomicInteger quarantineLockWaits =
@@ -2238,20 +2243,21 @@ public final class Qcow2Image implements DiskImage {
         private boolean submit(IoUring ring, long offset, long userData, boolean write) throws LinuxException {
             start(); // until completed(): the request is in flight on the host clusters it finds
             boolean queued = false;
+            int before = ring.unsubmitted();
             try {
                 long host = submittableHost(offset);
-                if (host < 0
-                        || (write && overlapsMetadata(host, bytes))
-                        || !(write ? raw.submitWrite(ring, host, userData) : raw.submitRead(ring, host, userData))) {
+                if (host < 0 || (write && overlapsMetadata(host, bytes))) {
                     return false;
                 }
-                submittedHost = host;
+                submittedHost = host; // meaningful while the count is odd: for abandon()
                 submittedBytes = bytes;
                 submittedWrite = write;
-                queued = true;
-                return true;
+                queued = write ? raw.submitWrite(ring, host, userData) : raw.submitRead(ring, host, userData);
+                return queued;
             } finally {
-                if (!queued) {
+                // an entry prepared is in flight even when something threw after its preparation (the engine counts
+                // it in its ring too): its clusters stay counted, and quarantined if it is given up on
+                if (!queued && ring.unsubmitted() == before) {
                     end();
                 }
             }
