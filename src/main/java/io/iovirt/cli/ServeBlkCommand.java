@@ -44,6 +44,9 @@ import picocli.CommandLine.Option;
 final class ServeBlkCommand implements Callable<Integer> {
     private static final java.util.logging.Logger LOG = java.util.logging.Logger.getLogger("iovirt.serve.blk");
 
+    /** How long a server that took the socket's lock waits for the previous holder's listener to go (it is exiting). */
+    private static final java.time.Duration PREVIOUS_LISTENER_WAIT = java.time.Duration.ofSeconds(5);
+
     @picocli.CommandLine.Spec
     picocli.CommandLine.Model.CommandSpec spec;
 
@@ -245,6 +248,8 @@ final class ServeBlkCommand implements Callable<Integer> {
                 }
                 LOG.info("taking over " + socket);
             }
+            // the server that held the socket before (killed, or crashed) may still be exiting: its listener goes last
+            owner.awaitNoListener(socket, PREVIOUS_LISTENER_WAIT);
             if (standby) {
                 // Opened for serving only now: the process that served the socket changed the image meanwhile, and
                 // what a qcow2 image keeps from its open (the L1 and refcount tables, the end of the file the

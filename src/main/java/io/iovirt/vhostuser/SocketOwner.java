@@ -103,6 +103,32 @@ public final class SocketOwner implements AutoCloseable {
         return lockFile;
     }
 
+    /**
+     * Waits, up to {@code limit}, until nothing listens on {@code socket} any more, and returns whether that came.
+     * Holding the lock, a listener there can only be the process that held it before, still exiting: the kernel
+     * releases a dying process's files one by one, and its lock file's may go before its listening socket's (seen:
+     * a standby that took over from a SIGKILLed server found the socket still listened on, refused to listen, and
+     * exited, leaving the guest without a backend). A listener still there after the limit is another server's.
+     */
+    public boolean awaitNoListener(Path socket, java.time.Duration limit) throws InterruptedException {
+        long deadline = System.nanoTime() + limit.toNanos();
+        while (true) {
+            boolean listened;
+            try {
+                listened = io.iovirt.linux.UnixSocket.listenedOn(socket);
+            } catch (LinuxException e) {
+                return true; // the listen says what is wrong with the path
+            }
+            if (!listened) {
+                return true;
+            }
+            if (System.nanoTime() - deadline >= 0) {
+                return false;
+            }
+            Thread.sleep(10);
+        }
+    }
+
     @Override
     public void close() {
         fd.close();

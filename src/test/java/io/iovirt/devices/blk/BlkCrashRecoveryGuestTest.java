@@ -161,10 +161,15 @@ class BlkCrashRecoveryGuestTest {
                 }
                 ChildProcess now = backend;
                 Pattern connected = Pattern.compile(Pattern.quote(sock.toString()) + ": frontend .* connected");
-                Await.until(
-                        TIMEOUT,
-                        "the restarted backend's frontend connection",
-                        () -> connected.matcher(now.log()).find());
+                try {
+                    Await.until(
+                            TIMEOUT,
+                            "the restarted backend's frontend connection",
+                            () -> connected.matcher(now.log()).find());
+                } catch (AssertionError e) {
+                    System.out.println("kill " + k + ": the backend that was to take over logged:\n" + now.log());
+                    throw e;
+                }
                 reconnects.add((System.nanoTime() - killedAt) / 1e9);
                 int at = lastPass(guest.console());
                 // progress again before the next kill: a request in flight at each kill had to be recovered
