@@ -139,6 +139,9 @@ public final class SysfsTree {
         }
         try {
             return Optional.of(Files.readSymbolicLink(p));
+        } catch (java.nio.file.NoSuchFileException e) {
+            // gone since it was seen: the kernel unbinds and binds drivers under us (a VF it is still probing)
+            return Optional.empty();
         } catch (IOException e) {
             throw new ActionableException("cannot read link " + p + ": " + reason(e), damagedRemedy(), e);
         }
