@@ -550,7 +550,14 @@ public abstract sealed class Virtqueue permits SplitQueue, PackedQueue {
             try {
                 mapRings(mem);
             } catch (VirtqueueException e) {
-                memory.leave(); // a failed queue touches guest memory no more
+                // A failed queue touches guest memory no more, but a chain popped before may still be in the kernel
+                // (an io_uring read an io-wq worker copies into): its snapshots stay pinned until the owner, which
+                // knows when nothing is, releases them (releaseMemory at its stop) or leaks them on purpose.
+                // Unpinned now, the memory table's replacement could unmap them, and the kernel would write into
+                // whatever is mapped at those addresses next (another tenant's memory).
+                if (inFlightCount == 0) {
+                    memory.leave();
+                }
                 throw e;
             }
             mapped = mem;

@@ -433,6 +433,60 @@ class HostileBlkFrontendTest {
         }
     }
 
+    /**
+     * A queue that fails on a memory table not covering its ring (NEEDS_RESET) keeps the table it popped a request
+     * under mapped while that request is still in the kernel, and unmaps it once the request is over. Before, the
+     * failure unpinned every table at once: the replacement had let go of the old one already, so it was unmapped
+     * while an io_uring request (an io-wq worker's copy of a read) could still write into it — into whatever the
+     * process mapped at those addresses next, another tenant's memory among them.
+     */
+    @Test
+    void aQueueFailingOnANewTableKeepsTheOldOneMappedWhileARequestIsInTheKernel() throws Exception {
+        requireEngine(BlkDevice.IoEngine.IO_URING);
+        Path sock = dir.resolve("blk.sock");
+        try (RawImage raw = RawImage.open(image(1 << 20), false, false)) {
+            GatedFlushImage img = new GatedFlushImage(raw);
+            try (VhostUserServer server = VhostUserServer.start(
+                            sock, new BlkDevice("moved", img, 1, "s", BlkDevice.IoEngine.IO_URING));
+                    EventFd call = EventFd.create(true);
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call);
+                    io.iovirt.vhostuser.FrontendMemory elsewhere =
+                            io.iovirt.vhostuser.FrontendMemory.allocate(1L << 32, 1 << 20)) {
+                try {
+                    long mapped = mappingsOf(d.ram.fd()); // the frontend's and the backend's
+                    d.flush();
+                    assertTrue(
+                            img.entered.tryAcquire(TIMEOUT.toSeconds(), TimeUnit.SECONDS), "the FLUSH is in the ring");
+                    d.fe.setMemTable(List.of(elsewhere.descriptor())); // the ring is not in it
+                    d.kick.signal();
+                    Await.until(TIMEOUT, () -> "the queue failed on the table without its ring", () -> {
+                        try {
+                            return (d.fe.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET) != 0;
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    });
+                    assertEquals(
+                            mapped,
+                            mappingsOf(d.ram.fd()),
+                            "the table the FLUSH was popped under stays mapped while the FLUSH is in the kernel");
+                    img.releaseAll();
+                    Await.until(TIMEOUT, () -> "the old table unmapped once the FLUSH is over", () -> {
+                        try {
+                            return mappingsOf(d.ram.fd()) == mapped - 1;
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    });
+                } finally {
+                    img.releaseAll();
+                }
+            } finally {
+                img.closeGates();
+            }
+        }
+    }
+
     /** Each FLUSH still served while the frontend sends the memory again and posts the next one. */
     private static void busyQueueUnderNewTables(BlkDevice.IoEngine engine, GatedFlushImage img, BlkTestDriver d)
             throws Exception {
