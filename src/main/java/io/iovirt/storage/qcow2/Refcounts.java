@@ -911,11 +911,18 @@ final class Refcounts {
                     + " clusters); its refcounts cannot be rebuilt here: run "
                     + "'qemu-img check -r all " + path + "'");
         }
-        long refEnd = max[0];
+        // A quarantined cluster stays allocated even when nothing references it (see hold): a request given up on
+        // in the kernel may still write it. The rebuild counts it 1 then, or it would be free on disk, for the next
+        // program to hand out under that late write (what hold held back was on disk as allocated, and the refresh
+        // before the rebuild forgot it). Quarantined clusters past the end of the file (allocated, their write
+        // given up on before it extended the file) are counted too, so the new structures go past them: landing
+        // late, the write would overwrite a refcount block placed there.
+        int runs = quarantinedLast.length;
+        long refEnd = Math.max(max[0], runs == 0 ? 0 : quarantinedLast[runs - 1] + 1);
         // The new blocks, then the new table, go past the end of the file: nothing the old header names, and
         // nothing a crash before the switch would need, is overwritten. Blocks: those covering [0, refEnd), and
         // those covering the new structures themselves (a fixpoint: the structures must describe themselves too).
-        long place = fileClusters;
+        long place = Math.max(fileClusters, refEnd);
         long lowBlocks = (refEnd + refBlockEntries - 1) / refBlockEntries;
         long blocks = lowBlocks;
         long tableClusters = 0;
@@ -984,6 +991,13 @@ final class Refcounts {
                         + " 'qemu-img check -r all " + path + "'");
             }
         });
+        for (int r = 0; r < quarantinedFirst.length; r++) {
+            for (long c = quarantinedFirst[r]; c <= quarantinedLast[r]; c++) {
+                if (counts[(int) c] == 0) {
+                    counts[(int) c] = 1; // allocated, referenced by nothing: leaked on purpose, as hold leaves it
+                }
+            }
+        }
         long newEnd = place + blocks + tableClusters;
         long[] table = new long[(int) (tableClusters * clusterSize / 8)];
         MemorySegment block = MetaCache.allocate(clusterSize);

@@ -1012,11 +1012,13 @@ class Qcow2ImageTest {
     }
 
     /**
-     * A refcount block is never placed on a quarantined cluster. A refcount rebuild (a dirty bit another program left
-     * while this one had handed the image over) leaves the range of a quarantined cluster that nothing references
-     * without a block; when the quarantined cluster is the range's first, the allocator's next cluster in the range
-     * needs the block, placed on the range's first cluster. Before, that was the quarantined cluster: the late write
-     * landed on the refcount block. 512-byte clusters with 64-bit refcounts: 64 clusters per refcount block.
+     * A refcount block is never placed on a quarantined cluster, and a refcount rebuild (a dirty bit another program
+     * left while this one had handed the image over) keeps a quarantined cluster that nothing references allocated,
+     * as the quarantine left it. Here the quarantined cluster is the first of its refcount range (where a new block
+     * of that range would go) and the only thing in the range. Before, the rebuild counted references only: the
+     * cluster was free on disk (the next program to open the image would hand it out under the late write), its range
+     * had no block, and the block the allocator then needed went on the range's first cluster, the quarantined one,
+     * where the late write landed. 512-byte clusters with 64-bit refcounts: 64 clusters per refcount block.
      */
     @Test
     void aRefcountBlockIsNeverPlacedOnAQuarantinedCluster() throws Exception {
@@ -1050,9 +1052,9 @@ class Qcow2ImageTest {
             q.discard(at, 512); // held back: cluster 64 stays allocated
             q.discard(29 * 1024 + 512, 512); // range 1 holds nothing referenced now
             q.flush();
-            rebuildOnRefresh(q, img, 0); // range 1 has no block now; cluster 64 is free on disk
+            rebuildOnRefresh(q, img, 0); // cluster 64 is referenced by nothing, and still counted
             for (int i = 0; i < 4; i++) {
-                write(q, 33 * 1024 + i * 512, fill(512, 0x60 + i)); // cluster 65 first: range 1 needs a block
+                write(q, 33 * 1024 + i * 512, fill(512, 0x60 + i)); // cluster 65 first: in range 1
             }
             q.flush(); // nothing left to write back at the close, after the late write
             ring.submitAndWait(1); // the write lands late, on cluster 64
@@ -1061,8 +1063,63 @@ class Qcow2ImageTest {
                 assertArrayEquals(fill(512, 0x60 + i), read(q, 33 * 1024 + i * 512, 512), "the late write hit " + i);
             }
         }
-        check(img, false); // cluster 64 is free on disk (the rebuild found it referenced by nothing)
+        String out = check(img, true);
+        assertTrue(out.contains("1 leaked clusters were found"), "cluster 64 stays allocated on disk:\n" + out);
         qemuIoOk(img, "qcow2", "read -P 0x41 29k 512", "read -P 0x60 33k 512", "read -P 0x63 34.5k 512");
+    }
+
+    /**
+     * A refcount rebuild puts its new structures past every quarantined cluster, not only past the end of the file: a
+     * write given up on in the kernel may be on a cluster allocated past the file's end, and landing late it would
+     * overwrite a refcount block placed there; they stay allocated on disk, for the next program not to hand them out
+     * under that write. Before, the new blocks and table went at the file's end.
+     */
+    @Test
+    void aRefcountRebuildPlacesNothingOnAQuarantinedClusterPastTheFilesEnd() throws Exception {
+        Path img = create("qpastend.qcow2", "16M");
+        qemuIoOk(img, "qcow2", "write -P 0x33 0 1M");
+        long end = Files.size(img);
+        try (Qcow2Image q = Qcow2Image.open(img, false)) {
+            q.quarantine(end, 4 * 65536, true); // a write given up on, on clusters allocated past the end
+            rebuildOnRefresh(q, img, 0);
+            q.flush();
+            // the late write lands
+            try (RandomAccessFile f = new RandomAccessFile(img.toFile(), "rw")) {
+                f.seek(end);
+                f.write(fill(4 * 65536, 0x55));
+            }
+            write(q, 2 * MIB, fill(65536, 0x44));
+            q.flush();
+            assertArrayEquals(fill(65536, 0x33), read(q, 0, 65536));
+        }
+        String out = check(img, true);
+        assertTrue(out.contains("4 leaked clusters were found"), "the quarantined clusters stay allocated:\n" + out);
+        qemuIoOk(img, "qcow2", "read -P 0x33 0 1M", "read -P 0x44 2M 64k");
+    }
+
+    /**
+     * A quarantined cluster a count-down was held back on stays allocated through a refcount rebuild, and the image
+     * closes with it leaked on disk: the kernel may still carry out the request given up on after the close. Before,
+     * the rebuild counted it 0 and the image closed with it free for the next program to hand out.
+     */
+    @Test
+    void aHeldClusterStaysAllocatedThroughARefcountRebuild() throws Exception {
+        Path img = writtenForUring("heldrebuild.qcow2");
+        try (Qcow2Image q = Qcow2Image.open(img, false);
+                Arena arena = Arena.ofConfined();
+                IoUring ring = IoUring.create(4)) {
+            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+            writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
+            q.discard(2 * MIB, 65536);
+            q.flush();
+            q.flush(); // the count-down is due: held back
+            assertEquals(1, q.quarantineLeaks());
+            rebuildOnRefresh(q, img, 0);
+            assertTheNextAllocationMissesTheLateWrite(
+                    q, ring, host, "the quarantined cluster was handed out after a refcount rebuild");
+        }
+        String out = check(img, true);
+        assertTrue(out.contains("1 leaked clusters were found"), "the held cluster alone:\n" + out);
     }
 
     /**
