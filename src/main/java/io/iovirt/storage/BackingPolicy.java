@@ -5,6 +5,7 @@ import io.iovirt.linux.EventFd;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.util.Printable;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -27,7 +28,8 @@ import java.util.stream.Collectors;
  *
  * <p>The policy is about paths, and daemon-wide: every tenant may name any file under every allowed directory, so the
  * allowed directories (and their parents) must be writable by the operator alone and hold no tenant's images (a hard
- * link, bind mount or device node put inside one is allowed like any file there).
+ * link, bind mount or device node put inside one is allowed like any file there). A backing file in a directory every
+ * user can write (a shared drop directory inside an allowed one, or an allowed one made so since) is refused.
  *
  * <p>{@link #UNRESTRICTED} is QEMU's behaviour and the default: any regular file or block device (a base image on an
  * LVM volume is an ordinary setup, and an existing host's chains keep opening). Other file types (character
@@ -86,7 +88,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             try {
                 r = d.toRealPath();
             } catch (IOException e) {
-                throw new IOException("backing directory " + printable(d) + " does not exist or cannot be resolved:"
+                throw new IOException("backing directory " + Printable.of(d) + " does not exist or cannot be resolved:"
                         + " create it, or name the directory the base images are in");
             }
             boolean device;
@@ -100,20 +102,21 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
                 device = false;
             }
             if (!device && !java.nio.file.Files.isDirectory(r)) {
-                throw new IOException("backing directory " + printable(d) + " is not a directory (nor a block"
+                throw new IOException("backing directory " + Printable.of(d) + " is not a directory (nor a block"
                         + " device): name the directory the base images are in, or the block device itself");
             }
             if (r.getNameCount() == 0) {
-                throw new IOException("backing directory " + printable(d) + " is the root directory (" + r + "),"
+                throw new IOException("backing directory " + Printable.of(d) + " is the root directory (" + r + "),"
                         + " which would allow every file of the host: name the directory the base images are in");
             }
             if (!device && worldWritable(r)) {
-                throw new IOException("backing directory " + printable(d) + " (" + printable(r) + ") is writable by"
-                        + " every user, as /tmp and /dev/shm are: anyone could put there a file or link for an image"
-                        + " to name; name a directory only you can write, the one the base images are in");
+                throw new IOException(
+                        "backing directory " + Printable.of(d) + " (" + Printable.of(r) + ") is writable by"
+                                + " every user, as /tmp and /dev/shm are: anyone could put there a file or link for an"
+                                + " image to name; name a directory only you can write, the one the base images are in");
             }
             if (r.startsWith("/proc")) {
-                throw new IOException("backing directory " + printable(d) + " is under /proc (" + r + "), whose"
+                throw new IOException("backing directory " + Printable.of(d) + " is under /proc (" + r + "), whose"
                         + " files name other processes' files: name the directory the base images are in");
             }
             real.add(r);
@@ -160,8 +163,8 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             st = FileIo.stat(real);
         } catch (java.nio.file.NoSuchFileException e) {
             // not the open's remedy for a missing image (create it): the image, not the operator, named this file
-            throw new IOException("qcow2 image " + printable(overlay) + " names a backing file that does not exist: "
-                    + printable(backing) + " (or a link on its path is dangling): refuse the image; if it is yours,"
+            throw new IOException("qcow2 image " + Printable.of(overlay) + " names a backing file that does not exist: "
+                    + Printable.of(backing) + " (or a link on its path is dangling): refuse the image; if it is yours,"
                     + " restore its base image there, or rebase it onto the base with 'qemu-img rebase -u -b BASE -F"
                     + " FORMAT'");
         } catch (IOException e) {
@@ -189,15 +192,17 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             st = FileIo.stat(fd);
         } catch (LinuxException e) {
             throw new IOException(
-                    "cannot check backing file " + printable(backing) + " of " + printable(overlay) + " against the"
-                            + " allowed backing directories: " + printable(e.getMessage()) + "; mount /proc",
+                    "cannot check backing file " + Printable.of(backing) + " of " + Printable.of(overlay)
+                            + " against the" + " allowed backing directories: " + Printable.of(e.getMessage())
+                            + "; mount /proc",
                     e);
         } catch (java.nio.file.InvalidPathException e) {
             // the kernel's name for it is no path (a NUL in it): nothing to mount; refused as not checkable
             throw new IOException(
-                    "cannot check backing file " + printable(backing) + " of " + printable(overlay) + " against the"
+                    "cannot check backing file " + Printable.of(backing) + " of " + Printable.of(overlay)
+                            + " against the"
                             + " allowed backing directories: the kernel's name for the file opened is not a valid"
-                            + " path (" + printable(e.getReason()) + "): refuse the image",
+                            + " path (" + Printable.of(e.getReason()) + "): refuse the image",
                     e);
         }
         FileIo.Stat there;
@@ -207,16 +212,17 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
             there = null;
         }
         if (there == null || !there.sameFile(st)) {
-            throw new IOException("backing file " + printable(backing) + " of " + printable(overlay) + " changed"
-                    + " while it was opened (the file opened is no longer at " + printable(real) + "): open the"
+            throw new IOException("backing file " + Printable.of(backing) + " of " + Printable.of(overlay) + " changed"
+                    + " while it was opened (the file opened is no longer at " + Printable.of(real) + "): open the"
                     + " image again once nothing renames or replaces its backing files");
         }
         check(overlay, backing, real, st);
     }
 
     private void check(Path overlay, Path backing, Path real, FileIo.Stat st) throws IOException {
-        String named = real.equals(backing) ? printable(backing) : printable(backing) + " (" + printable(real) + ")";
-        String of = named + " of " + printable(overlay);
+        String named =
+                real.equals(backing) ? Printable.of(backing) : Printable.of(backing) + " (" + Printable.of(real) + ")";
+        String of = named + " of " + Printable.of(overlay);
         String refuse = "an image from someone you do not trust must not name it: refuse the image (converting it"
                 + " would copy " + named + "'s data into the copy)";
         if (real.startsWith("/proc")) {
@@ -226,9 +232,10 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         Named allowed = numbers.get(real);
         Path now = allowed == null ? null : realPathOrNull(allowed.name()); // looked up once
         if (allowed != null && !real.equals(now)) {
-            throw new IOException("backing file " + of + " is the block device allowed as " + printable(allowed.name())
+            throw new IOException("backing file " + of + " is the block device allowed as "
+                    + Printable.of(allowed.name())
                     + ", but that name "
-                    + (now == null ? "no longer exists" : "now names " + printable(now))
+                    + (now == null ? "no longer exists" : "now names " + Printable.of(now))
                     + " (the volume was removed or renamed, and its"
                     + " device number may now be another volume's): " + refuse + "; if the image and the device are"
                     + " yours, name the device again ("
@@ -237,7 +244,7 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         long number = allowed == null ? 0 : allowed.rdev();
         if (allowed != null && (!st.isBlockDevice() || st.rdev() != number)) {
             throw new IOException("backing file " + of + " is no longer the block device allowed as "
-                    + printable(allowed.name()) + " (device " + majorMinor(number) + " when allowed, "
+                    + Printable.of(allowed.name()) + " (device " + majorMinor(number) + " when allowed, "
                     + (st.isBlockDevice() ? "device " + majorMinor(st.rdev()) : st.kind()) + " now: its number was"
                     + " reused, or the node replaced): " + refuse + "; if the image and the device are yours, name"
                     + " the device again (" + (config ? "reload the configuration file" : "restart with --backing-dir")
@@ -250,14 +257,14 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         }
         if (st.isBlockDevice() && !devices && !namedItself) {
             // a name that says which volume (a /dev/mapper or by-id link), not the node named after a reusable number
-            String name = backing.equals(real) ? null : printable(backing);
+            String name = backing.equals(real) ? null : Printable.of(backing);
             String allowIt = name != null
                     ? "allow the device itself with "
                             + (config
                                     ? "\"backing\": {\"dirs\": [\"" + name + "\"]} in the configuration file"
                                     : "--backing-dir " + name)
                     : "allow the device itself by a name that says which volume (under /dev/mapper or"
-                            + " /dev/disk/by-id, not " + printable(real) + ", a node named after a number that is"
+                            + " /dev/disk/by-id, not " + Printable.of(real) + ", a node named after a number that is"
                             + " reused) in " + (config ? "the configuration file's backing.dirs" : "--backing-dir");
             throw new IOException("backing file " + of + " is a block device, and backing devices are not allowed: "
                     + refuse + "; if the image and the device are yours, "
@@ -275,6 +282,35 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
                     + (config ? " in the configuration file's backing.dirs" : " with --backing-dir")
                     + " (one only you can write, holding no tenant's images)");
         }
+        if (dirs != null && !namedItself) {
+            refuseWorldWritableOnTheWay(real, of, refuse);
+        }
+    }
+
+    /**
+     * Refuses {@code real} when a directory between it and the allowed directory it is under (that one included:
+     * its mode may have changed since the policy was made) is writable by every user, as a shared drop directory
+     * inside the allowed ones would be: anyone could put there a file or link for an image to name, and the policy
+     * would allow it as the operator's.
+     */
+    private void refuseWorldWritableOnTheWay(Path real, String of, String refuse) throws IOException {
+        Path top = null; // the innermost allowed directory holding it: the fewest directories to look at
+        for (Path d : dirs) {
+            if (real.startsWith(d) && (top == null || d.getNameCount() > top.getNameCount())) {
+                top = d;
+            }
+        }
+        for (Path d = real.getParent(); top != null && d != null && d.startsWith(top); d = d.getParent()) {
+            if (worldWritable(d)) {
+                throw new IOException("backing file " + of + " is in " + Printable.of(d) + ", "
+                        + (d.equals(top)
+                                ? "an allowed backing directory"
+                                : "a directory under the allowed " + Printable.of(top))
+                        + " that every user can write (as /tmp): anyone could put a file or link there for an image"
+                        + " to name: " + refuse + "; if the image is yours, make the directory writable by you alone"
+                        + " ('chmod o-w " + Printable.of(d) + "') or move its base image out of it");
+            }
+        }
     }
 
     /** A device number as ls -l shows it: major, minor. */
@@ -282,20 +318,11 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
         return (rdev >>> 32) + ":" + (rdev & 0xffffffffL);
     }
 
-    /** A path as tenants may spell it, safe for one line of a log: control characters escaped. */
-    private static String printable(Path p) {
-        return io.iovirt.util.Printable.of(p.toString());
-    }
-
-    private static String printable(String s) {
-        return io.iovirt.util.Printable.of(s);
-    }
-
     /** The allowed directories, for messages. */
     public String describe() {
         if (dirs == null) {
             return "any directory";
         }
-        return dirs.stream().map(BackingPolicy::printable).collect(Collectors.joining(", "));
+        return dirs.stream().map(Printable::of).collect(Collectors.joining(", "));
     }
 }

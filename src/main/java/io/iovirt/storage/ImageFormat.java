@@ -5,6 +5,7 @@ import io.iovirt.linux.Errno;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.util.Printable;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -73,7 +74,7 @@ public enum ImageFormat {
             }
             String why = e.errno() == Errno.EACCES || e.errno() == Errno.EPERM ? "permission denied" : e.errnoName();
             throw new IOException(
-                    "cannot read image " + path + " to detect its format: " + why
+                    "cannot read image " + Printable.of(path) + " to detect its format: " + why
                             + " (check the path and its permissions, or name the format)",
                     e);
         }
@@ -85,7 +86,7 @@ public enum ImageFormat {
             return detect(b.asSlice(0, n).toArray(ValueLayout.JAVA_BYTE));
         } catch (LinuxException e) {
             throw new IOException(
-                    "cannot read image " + path + " to detect its format: " + e.errnoName()
+                    "cannot read image " + Printable.of(path) + " to detect its format: " + e.errnoName()
                             + " (check the file or device, or name the format)",
                     e);
         }

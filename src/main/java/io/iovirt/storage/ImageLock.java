@@ -4,6 +4,7 @@ package io.iovirt.storage;
 import io.iovirt.linux.Fd;
 import io.iovirt.linux.FileIo;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.util.Printable;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -80,9 +81,7 @@ public final class ImageLock implements AutoCloseable {
                     image, shared, RawImage.openFileOrDevice(image, shared ? FileIo.O_RDONLY : FileIo.O_RDWR));
         } catch (LinuxException e) {
             throw new IOException(
-                    "cannot open " + io.iovirt.util.Printable.of(image.toString()) + " to lock it: "
-                            + io.iovirt.util.Printable.of(e.getMessage()),
-                    e);
+                    "cannot open " + Printable.of(image) + " to lock it: " + Printable.of(e.getMessage()), e);
         }
     }
 
@@ -187,8 +186,8 @@ public final class ImageLock implements AutoCloseable {
             heldShared = shared;
             return null;
         }
-        return "image " + io.iovirt.util.Printable.of(path.toString()) + " is in use " + (shared ? "for writing " : "")
-                + "by " + holders() + ": another VM runs on it (a migration's source releases it when its queues stop)";
+        return "image " + Printable.of(path) + " is in use " + (shared ? "for writing " : "") + "by " + holders()
+                + ": another VM runs on it (a migration's source releases it when its queues stop)";
     }
 
     /**
@@ -239,8 +238,7 @@ public final class ImageLock implements AutoCloseable {
     public synchronized String retype(boolean shared) throws LinuxException {
         if (held && heldShared && !shared) {
             if (!FileIo.ofdLock(fd, FileIo.F_WRLCK)) {
-                return "image " + io.iovirt.util.Printable.of(path.toString()) + " is in use by "
-                        + holdersBesideOurReaderBytes();
+                return "image " + Printable.of(path) + " is in use by " + holdersBesideOurReaderBytes();
             }
             heldShared = false;
         }

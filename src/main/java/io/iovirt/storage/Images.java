@@ -2,6 +2,7 @@
 package io.iovirt.storage;
 
 import io.iovirt.storage.qcow2.Qcow2Image;
+import io.iovirt.util.Printable;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.Set;
@@ -46,8 +47,9 @@ public final class Images {
             real = path.toAbsolutePath().normalize(); // the format's open reports the missing file with the remedy
         }
         if (!WRITABLE.add(real)) {
-            throw new IOException("image " + path + " is already open for writing in this process (two writers would "
-                    + "corrupt it): give each disk its own image, or open one of them read-only");
+            throw new IOException(
+                    "image " + Printable.of(path) + " is already open for writing in this process (two writers would "
+                            + "corrupt it): give each disk its own image, or open one of them read-only");
         }
         try {
             return new Exclusive(openFormat(path, format, false, direct, backing), real);
@@ -75,9 +77,11 @@ public final class Images {
             }
             case QCOW2 -> Qcow2Image.open(path, readOnly, direct, backing);
             default ->
-                throw new IOException("image " + path + " is " + f.description() + ": iovirt serves raw and qcow2 "
-                        + "images only — convert it with 'qemu-img convert -O qcow2 " + path + " NEW.qcow2', or pass "
-                        + "--format raw to serve its bytes as they are");
+                throw new IOException(
+                        "image " + Printable.of(path) + " is " + f.description() + ": iovirt serves raw and qcow2 "
+                                + "images only — convert it with 'qemu-img convert -O qcow2 " + Printable.of(path)
+                                + " NEW.qcow2', or pass "
+                                + "--format raw to serve its bytes as they are");
         };
     }
 

@@ -7,6 +7,7 @@ import io.iovirt.linux.FileIo;
 import io.iovirt.linux.IoUring;
 import io.iovirt.linux.IoVec;
 import io.iovirt.linux.LinuxException;
+import io.iovirt.util.Printable;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -82,7 +83,8 @@ public final class RawImage implements DiskImage {
             fd = openFileOrDevice(path, flags);
         } catch (LinuxException e) {
             String hint = openHint(e, path, readOnly, direct);
-            throw new IOException("cannot open image " + printable(path) + ": " + e.errnoName() + " (" + hint + ")", e);
+            throw new IOException(
+                    "cannot open image " + Printable.of(path) + ": " + e.errnoName() + " (" + hint + ")", e);
         }
         try {
             FileIo.Stat st = FileIo.stat(fd);
@@ -93,7 +95,7 @@ public final class RawImage implements DiskImage {
                 align = Math.max(512, Math.max(logical, Math.max(st.directIoOffsetAlign(), st.directIoMemoryAlign())));
             }
             if (size < 512) {
-                throw new IOException("image " + printable(path) + " is " + size
+                throw new IOException("image " + Printable.of(path) + " is " + size
                         + " bytes: a disk needs at least one 512-byte sector");
             }
             return new RawImage(path, fd, readOnly, direct, st.isBlockDevice(), size, align);
@@ -126,8 +128,8 @@ public final class RawImage implements DiskImage {
                 device
                         ? "the device does not exist here: check the path; under the packaged systemd unit,"
                                 + " PrivateDevices=yes hides block devices: give the unit PrivateDevices=no and"
-                                + " DeviceAllow=" + printable(path) + " rw"
-                        : "create it first, e.g. 'truncate -s 1G " + printable(path) + "'" + unit;
+                                + " DeviceAllow=" + Printable.of(path) + " rw"
+                        : "create it first, e.g. 'truncate -s 1G " + Printable.of(path) + "'" + unit;
             case "EROFS" ->
                 "its file system is read-only to this process: open the image read-only, or make it writable;"
                         + " under the packaged systemd unit (ProtectSystem=strict), add its directory to"
@@ -177,7 +179,7 @@ public final class RawImage implements DiskImage {
             } catch (LinuxException e) {
                 if (e.errno() == Errno.ENOENT && !java.nio.file.Files.isDirectory(Path.of("/proc/self/fd"))) {
                     throw new IOException(
-                            "cannot open image " + printable(path) + " through /proc/self/fd (iovirt opens the"
+                            "cannot open image " + Printable.of(path) + " through /proc/self/fd (iovirt opens the"
                                     + " file it checked by its descriptor, not by its path again): mount /proc",
                             e);
                 }
@@ -189,7 +191,8 @@ public final class RawImage implements DiskImage {
             try {
                 FileIo.Stat opened = FileIo.stat(fd);
                 if (!opened.sameFile(st)) { // cannot be: the descriptor named this file; checked all the same
-                    throw new IOException("image " + printable(path) + " changed while it was opened: open it again");
+                    throw new IOException(
+                            "image " + Printable.of(path) + " changed while it was opened: open it again");
                 }
                 fd.setNonBlocking(false);
                 return fd;
@@ -200,17 +203,12 @@ public final class RawImage implements DiskImage {
         }
     }
 
-    /** A path as someone else (a tenant's qcow2 header) may have spelled it, for one line of a log. */
-    private static String printable(Path p) {
-        return io.iovirt.util.Printable.of(p.toString());
-    }
-
     private static IOException notFileOrDevice(Path path, FileIo.Stat st, Throwable cause) {
         if (st.isDirectory()) {
-            return new IOException("image " + printable(path) + " is a directory: name the image file", cause);
+            return new IOException("image " + Printable.of(path) + " is a directory: name the image file", cause);
         }
         return new IOException(
-                "image " + printable(path) + " is " + st.kind()
+                "image " + Printable.of(path) + " is " + st.kind()
                         + ", not a regular file or a block device (an image is one of"
                         + " those" + (st.isFifo() ? "; opening a FIFO would wait for a writer" : "")
                         + "): name the image file or the disk's block device itself",

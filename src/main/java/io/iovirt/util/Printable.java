@@ -16,6 +16,11 @@ public final class Printable {
         return of(s, Integer.MAX_VALUE);
     }
 
+    /** {@code o}'s text (a path someone else spelled, say) escaped, whole; "null" for null. */
+    public static String of(Object o) {
+        return of(String.valueOf(o));
+    }
+
     /** {@code s} escaped ({@code \n}, {@code \\}, {@code \xNN}, {@code \\uNNNN}), cut after {@code max} characters. */
     public static String of(String s, int max) {
         return escaped(s, max, false);

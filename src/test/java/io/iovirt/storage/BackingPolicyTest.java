@@ -254,6 +254,32 @@ class BackingPolicyTest {
         assertTrue(m.contains(link + " (" + secret.toRealPath() + ")") && m.contains("outside"), m);
     }
 
+    /**
+     * A directory inside an allowed one that every user can write (a drop directory, as /tmp) would let
+     * anyone put a file there for an image to name: refused, and so is an allowed directory made so after the policy.
+     */
+    @Test
+    void aBackingFileInADirectoryEveryUserCanWriteIsRefused() throws Exception {
+        Path drop = Files.createDirectories(bases.resolve("team/drop"));
+        Path base = Files.write(drop.resolve("base.raw"), new byte[MIB]);
+        Path top = overlay(tenant.resolve("disk.qcow2"), base.toString(), "raw");
+        BackingPolicy policy = basesOnly();
+        try (DiskImage d = Images.open(top, null, true, false, policy)) {
+            assertArrayEquals(new byte[4096], read(d, 0, 4096)); // allowed while only its owner can write there
+        }
+        Files.setPosixFilePermissions(drop, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
+        String m = refused(top, policy).getMessage();
+        assertTrue(
+                m.contains("is in " + drop.toRealPath() + ", a directory under the allowed " + bases.toRealPath()
+                                + " that every user can write")
+                        && m.contains("chmod o-w " + drop.toRealPath()),
+                m);
+        Files.setPosixFilePermissions(drop, java.nio.file.attribute.PosixFilePermissions.fromString("rwxr-xr-x"));
+        Files.setPosixFilePermissions(bases, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
+        m = refused(top, policy).getMessage(); // the allowed directory itself, made so after the policy was made
+        assertTrue(m.contains("is in " + bases.toRealPath() + ", an allowed backing directory that every user"), m);
+    }
+
     @Test
     void dotDotEscapesAreRefused() throws Exception {
         // lexically outside

@@ -14,6 +14,7 @@ import io.iovirt.storage.ImageIo;
 import io.iovirt.storage.ImageLock;
 import io.iovirt.storage.Images;
 import io.iovirt.storage.RawImage;
+import io.iovirt.util.Printable;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -447,7 +448,7 @@ public final class Qcow2Image implements DiskImage {
     private static Qcow2Image openIn(Chain chain, Path path, boolean readOnly, long l2CacheBytes, boolean direct)
             throws IOException {
         if (chain.depth >= MAX_CHAIN) {
-            throw new IOException("backing chain of " + p(path) + " is deeper than " + MAX_CHAIN
+            throw new IOException("backing chain of " + Printable.of(path) + " is deeper than " + MAX_CHAIN
                     + " images (a loop?): check it with 'qemu-img info --backing-chain'");
         }
         RawImage file = RawImage.openContainerFile(path, readOnly, direct);
@@ -505,7 +506,8 @@ public final class Qcow2Image implements DiskImage {
                     }
                     backingLock = ImageLock.holdForExport(bp, backing.dupFile(), true, "backing file of " + path);
                 } catch (IOException e) {
-                    throw new IOException("cannot open backing file of " + p(path) + ": " + e.getMessage(), e);
+                    throw new IOException(
+                            "cannot open backing file of " + Printable.of(path) + ": " + e.getMessage(), e);
                 } finally {
                     chain.depth--;
                     chain.parent = parent;
@@ -553,18 +555,20 @@ public final class Qcow2Image implements DiskImage {
      */
     private static ImageFormat backingFormat(Path path, Qcow2Header h, Path bp) throws IOException {
         if (h.backingFormat() == null) {
-            throw new IOException("qcow2 image " + p(path) + " names backing file " + p(bp) + " without its format"
+            throw new IOException("qcow2 image " + Printable.of(path) + " names backing file " + Printable.of(bp)
+                    + " without its format"
                     + " (no backing format header extension): iovirt does not detect a backing file's format (a raw"
                     + " backing file may hold a qcow2 header its guest wrote, naming any host file as its backing"
                     + " file); if the image is yours, record the format with 'qemu-img rebase -u -b "
-                    + p(h.backingFile()) + " -F raw " + p(path) + "' (or -F qcow2 if the backing file is a qcow2 image"
+                    + Printable.of(h.backingFile()) + " -F raw " + Printable.of(path)
+                    + "' (or -F qcow2 if the backing file is a qcow2 image"
                     + " you made); otherwise refuse it");
         }
         try {
             return ImageFormat.parse(h.backingFormat());
         } catch (IllegalArgumentException e) {
-            throw new IOException("backing file " + p(bp) + " of " + p(path) + " has format '" + p(h.backingFormat())
-                    + "': iovirt reads raw and qcow2 backing files");
+            throw new IOException("backing file " + Printable.of(bp) + " of " + Printable.of(path) + " has format '"
+                    + Printable.of(h.backingFormat()) + "': iovirt reads raw and qcow2 backing files");
         }
     }
 
@@ -706,15 +710,10 @@ public final class Qcow2Image implements DiskImage {
         }
     }
 
-    /** A name or path someone else (a tenant's header) may have chosen, for one line of a log. */
-    private static String p(Object nameOrPath) {
-        return io.iovirt.util.Printable.of(String.valueOf(nameOrPath));
-    }
-
     /** QEMU's rule: a relative backing file name is relative to the directory of the image naming it. */
     static Path resolveBacking(Path overlay, String name) throws IOException {
         if (name.startsWith("json:") || name.matches("^[a-zA-Z][a-zA-Z0-9+.-]*://.*")) {
-            throw new IOException("backing file '" + p(name) + "' of " + p(overlay)
+            throw new IOException("backing file '" + Printable.of(name) + "' of " + Printable.of(overlay)
                     + " is a protocol or json: name: iovirt opens local files only");
         }
         Path p;
@@ -722,8 +721,9 @@ public final class Qcow2Image implements DiskImage {
             p = Path.of(name);
         } catch (java.nio.file.InvalidPathException e) {
             // the header's bytes name no file (a NUL, say): a damaged or hostile image, not a crash
-            throw new IOException("backing file name of " + p(overlay) + " is not a valid path (" + p(e.getReason())
-                    + " at byte " + e.getIndex() + "): check the image with 'qemu-img info " + p(overlay) + "'");
+            throw new IOException("backing file name of " + Printable.of(overlay) + " is not a valid path ("
+                    + Printable.of(e.getReason()) + " at byte " + e.getIndex()
+                    + "): check the image with 'qemu-img info " + Printable.of(overlay) + "'");
         }
         if (p.isAbsolute()) {
             return p;
