@@ -667,9 +667,7 @@ class Qcow2ImageTest {
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4)) {
-            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
-            q.discard(2 * MIB, 65536);
+            long host = discardedUnderAWriteGivenUpOn(q, ring, arena);
             q.handOver();
             q.handOver();
             assertTheNextAllocationMissesTheLateWrite(
@@ -996,9 +994,7 @@ class Qcow2ImageTest {
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4)) {
-            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
-            q.discard(2 * MIB, 65536);
+            long host = discardedUnderAWriteGivenUpOn(q, ring, arena);
             q.handOver();
             check(img, true); // the quarantined cluster is leaked on disk
             QemuTools.run("qemu-img", "check", "-r", "leaks", "-f", "qcow2", img.toString());
@@ -1108,9 +1104,7 @@ class Qcow2ImageTest {
         try (Qcow2Image q = Qcow2Image.open(img, false);
                 Arena arena = Arena.ofConfined();
                 IoUring ring = IoUring.create(4)) {
-            long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
-            writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
-            q.discard(2 * MIB, 65536);
+            long host = discardedUnderAWriteGivenUpOn(q, ring, arena);
             q.flush();
             q.flush(); // the count-down is due: held back
             assertEquals(1, q.quarantineLeaks());
@@ -1174,6 +1168,17 @@ class Qcow2ImageTest {
         Qcow2Image.Qcow2Io io = queuedWrite(q, ring, arena, offset, value);
         io.abandon();
         io.close();
+    }
+
+    /**
+     * A write of guest cluster 2 MiB given up on ({@link #writeGivenUpOn}, queued on {@code ring}), then the cluster
+     * discarded: its free is held back. Returns the host offset the cluster had, where the write may still land.
+     */
+    private static long discardedUnderAWriteGivenUpOn(Qcow2Image q, IoUring ring, Arena arena) throws IOException {
+        long host = q.l2Entry(2 * MIB) & Qcow2Image.OFFSET_MASK;
+        writeGivenUpOn(q, ring, arena, 2 * MIB, 0x55);
+        q.discard(2 * MIB, 65536);
+        return host;
     }
 
     /**
