@@ -1397,6 +1397,7 @@ public final class BlkDevice implements VhostUserBackend {
             }
             BlkStats stats = queueStats[index];
             BlkQueueHandler handler = new BlkQueueHandler(image, limits, serial, stats);
+            handler.writeThrough((acked & bit(F_FLUSH)) == 0); // a driver that cannot ask for durability
             if (slowNanos != Long.MAX_VALUE) {
                 handler.reportSlow(name, index, slowNanos);
             }

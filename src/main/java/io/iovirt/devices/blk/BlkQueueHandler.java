@@ -150,6 +150,19 @@ final class BlkQueueHandler implements AutoCloseable {
     private String device = "";
     private int queue;
 
+    /**
+     * Makes every write, discard and write-zeroes durable (flushed as a FLUSH is) before its status is written: for a
+     * driver that did not negotiate VIRTIO_BLK_F_FLUSH (firmware such as SeaBIOS, which acknowledges only a few
+     * features), which cannot ask for durability, so the spec has the device write through: "the device MUST ensure
+     * that stable writes are committed to it, before reporting completion of the write". Synchronous on the queue
+     * thread: such drivers issue one request at a time. Linux's driver negotiates FLUSH, so this costs it nothing.
+     */
+    private boolean writeThrough;
+
+    void writeThrough(boolean on) {
+        writeThrough = on;
+    }
+
     /** Reports requests that take {@code thresholdNanos} or longer as JFR events naming the device and queue. */
     void reportSlow(String device, int queue, long thresholdNanos) {
         this.device = device;
@@ -388,13 +401,16 @@ final class BlkQueueHandler implements AutoCloseable {
         return data + 1;
     }
 
-    private void succeeded(Request r) {
+    private void succeeded(Request r) throws IOException {
         switch (r.kind) {
             case READ -> {
                 stats.reads.increment();
                 stats.bytesRead.add(r.dataWritten);
             }
             case WRITE -> {
+                if (writeThrough) {
+                    image.flush(); // a failure: the write is not durable, I/O error (see writeThrough)
+                }
                 stats.writes.increment();
                 stats.bytesWritten.add(r.io.bytes());
             }
@@ -512,6 +528,9 @@ final class BlkQueueHandler implements AutoCloseable {
                     }
                 }
             }
+        }
+        if (writeThrough) {
+            image.flush(); // see writeThrough
         }
         stats.discards.increment();
     }

@@ -57,6 +57,15 @@ public final class BlkTestDriver implements AutoCloseable {
      */
     public BlkTestDriver(Path socket, long ramBytes, EventFd call, EventFd err, BeforeStart beforeStart)
             throws IOException {
+        this(socket, ramBytes, call, err, beforeStart, true);
+    }
+
+    /**
+     * As above; {@code flush}: negotiates VIRTIO_BLK_F_FLUSH, as Linux's driver does (false: as firmware that does
+     * not, whose writes the device must make durable itself).
+     */
+    public BlkTestDriver(Path socket, long ramBytes, EventFd call, EventFd err, BeforeStart beforeStart, boolean flush)
+            throws IOException {
         this.call = call;
         fe = VhostUserFrontend.connect(socket, TIMEOUT);
         ram = FrontendMemory.allocate(0, ramBytes);
@@ -64,7 +73,9 @@ public final class BlkTestDriver implements AutoCloseable {
         fe.getFeatures();
         fe.setProtocolFeatures(fe.getProtocolFeatures());
         fe.setOwner();
-        fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1 | Features.VHOST_USER_F_PROTOCOL_FEATURES);
+        fe.setFeatures(VirtioFeatures.VIRTIO_F_VERSION_1
+                | Features.VHOST_USER_F_PROTOCOL_FEATURES
+                | (flush ? 1L << BlkRequests.F_FLUSH : 0));
         fe.setMemTable(List.of(ram.descriptor()));
         ring = SplitDriverRing.create(mem, alloc(SplitDriverRing.bytesNeeded(QSIZE), 4096), QSIZE, false);
         fe.setVringNum(0, QSIZE);
