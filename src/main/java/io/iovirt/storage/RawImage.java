@@ -354,7 +354,15 @@ public final class RawImage implements DiskImage {
                     + " is read-only now (blk.set-readonly) and cannot be grown; switch it" + " writable first");
         }
         FileIo.ftruncate(fd, newSize);
-        FileIo.fsync(fd); // the new size survives a crash before the guest is told about it
+        // The new size survives a crash before the guest is told about it. A failure is kept as a flush's is: the
+        // kernel reports a failed writeback once per open file, and this fsync may be the one that hears of the
+        // guest's writes lost, so without it the guest's next FLUSH would be answered OK (see syncFailure).
+        checkSynced();
+        try {
+            FileIo.fsync(fd);
+        } catch (LinuxException e) {
+            throw syncFailed(e);
+        }
         size = newSize;
     }
 
