@@ -470,6 +470,9 @@ public final class RawImage implements DiskImage {
     @Override
     public void discard(long offset, long len) throws LinuxException {
         checkWritable();
+        if (len == 0) {
+            return; // nothing asked for (a guest's segment of no sectors); fallocate and BLKDISCARD refuse a length 0
+        }
         if (blockDevice) {
             FileIo.blockDiscard(fd, offset, len);
         } else {
@@ -481,6 +484,9 @@ public final class RawImage implements DiskImage {
     @Override
     public void writeZeroes(long offset, long len, boolean unmap) throws LinuxException {
         checkWritable();
+        if (len == 0) {
+            return; // as discard
+        }
         if (blockDevice) {
             FileIo.blockZeroOut(fd, offset, len);
             return;

@@ -187,6 +187,24 @@ class BlkQueueHandlerTest {
     }
 
     /**
+     * A discard or write-zeroes segment of no sectors asks for nothing and gets OK, as from a qcow2 disk (and QEMU).
+     * Before, a raw image handed fallocate a length of 0, whose EINVAL answered the guest IOERR.
+     */
+    @Test
+    void aSegmentOfNoSectorsIsAnsweredOk() throws Exception {
+        for (int type : new int[] {T_DISCARD, T_WRITE_ZEROES}) {
+            header(type, 0);
+            ram.set(LE64, DATA, 8);
+            ram.set(LE32, DATA + 8, 0);
+            ram.set(LE32, DATA + 12, 0);
+            assertEquals(
+                    S_OK,
+                    run(new long[] {HDR, DATA, STATUS}, new int[] {16, 16, 1}, new boolean[] {false, false, true})[0],
+                    "type " + type);
+        }
+    }
+
+    /**
      * A real I/O error from the kernel, not a simulated one: the image is a sparse file on a 1 MiB tmpfs, so writing
      * past what the file system can hold fails with ENOSPC. The guest gets IOERR; the queue keeps serving.
      */
