@@ -496,7 +496,9 @@ final class BlkQueueHandler implements AutoCloseable {
             return;
         }
         // Validate every segment before touching the image: a request is all or nothing where we can make it so.
-        for (int pass = 0; pass < 2; pass++) {
+        // Pass 0 looks at the flags alone: an unknown flag anywhere is UNSUPP whatever else is wrong (the spec's
+        // MUST); pass 1 checks the rest; pass 2 checks again (guest memory may change) and acts.
+        for (int pass = 0; pass < 3; pass++) {
             for (long k = 0; k < segments; k++) {
                 chain.copyFromReadable(HEADER_BYTES + k * DISCARD_SEGMENT_BYTES, discardSegment);
                 long sector = discardSegment.get(LE64, 0);
@@ -508,6 +510,9 @@ final class BlkQueueHandler implements AutoCloseable {
                     r.error = "discard/write-zeroes segment flags 0x" + Integer.toHexString(flags) + " not supported";
                     return;
                 }
+                if (pass == 0) {
+                    continue;
+                }
                 if (sectors > limits.maxDiscardSectors()) {
                     fail(
                             r,
@@ -518,7 +523,7 @@ final class BlkQueueHandler implements AutoCloseable {
                 if (!checkData(r, sector, sectors << SECTOR_SHIFT, zeroes ? "write-zeroes" : "discard")) {
                     return;
                 }
-                if (pass == 1) {
+                if (pass == 2) {
                     long off = sector << SECTOR_SHIFT;
                     long n = sectors << SECTOR_SHIFT;
                     if (zeroes) {

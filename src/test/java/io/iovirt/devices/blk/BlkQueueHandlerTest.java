@@ -187,6 +187,25 @@ class BlkQueueHandlerTest {
     }
 
     /**
+     * An unknown segment flag is UNSUPP even when an earlier segment is also out of range: the spec's "MUST set the
+     * status byte to VIRTIO_BLK_S_UNSUPP ... if any unknown flag is set". Before, the earlier segment's range check
+     * answered IOERR first.
+     */
+    @Test
+    void anUnknownFlagInAnySegmentIsUnsupportedBeforeOtherErrors() throws Exception {
+        header(T_WRITE_ZEROES, 0);
+        ram.set(LE64, DATA, (1 << 20) / 512); // past the end
+        ram.set(LE32, DATA + 8, 8);
+        ram.set(LE32, DATA + 12, 0);
+        ram.set(LE64, DATA + 16, 0);
+        ram.set(LE32, DATA + 24, 8);
+        ram.set(LE32, DATA + 28, 0x2); // unknown
+        assertEquals(
+                S_UNSUPP,
+                run(new long[] {HDR, DATA, STATUS}, new int[] {16, 32, 1}, new boolean[] {false, false, true})[0]);
+    }
+
+    /**
      * A discard or write-zeroes segment of no sectors asks for nothing and gets OK, as from a qcow2 disk (and QEMU).
      * Before, a raw image handed fallocate a length of 0, whose EINVAL answered the guest IOERR.
      */
