@@ -288,15 +288,17 @@ public record BackingPolicy(List<Path> dirs, boolean devices, boolean config, Ma
     }
 
     /**
-     * Refuses {@code real} when a directory between it and the allowed directory it is under (that one included:
-     * its mode may have changed since the policy was made) is writable by every user, as a shared drop directory
+     * Refuses {@code real} when a directory between it and the outermost allowed directory it is under (that one
+     * included: its mode may have changed since the policy was made) is writable by every user, as a shared drop directory
      * inside the allowed ones would be: anyone could put there a file or link for an image to name, and the policy
      * would allow it as the operator's.
      */
     private void refuseWorldWritableOnTheWay(Path real, String of, String refuse) throws IOException {
-        Path top = null; // the innermost allowed directory holding it: the fewest directories to look at
+        // The outermost allowed directory holding it: with allowed directories nested, an outer one made writable by
+        // every user lets anyone replace the inner one with their own.
+        Path top = null;
         for (Path d : dirs) {
-            if (real.startsWith(d) && (top == null || d.getNameCount() > top.getNameCount())) {
+            if (real.startsWith(d) && (top == null || d.getNameCount() < top.getNameCount())) {
                 top = d;
             }
         }

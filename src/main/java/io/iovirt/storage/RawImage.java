@@ -353,11 +353,11 @@ public final class RawImage implements DiskImage {
             throw new IOException("image " + path
                     + " is read-only now (blk.set-readonly) and cannot be grown; switch it" + " writable first");
         }
+        checkSynced(); // a writeback failed already: refused before the file grows (it could not be told safely)
         FileIo.ftruncate(fd, newSize);
         // The new size survives a crash before the guest is told about it. A failure is kept as a flush's is: the
         // kernel reports a failed writeback once per open file, and this fsync may be the one that hears of the
         // guest's writes lost, so without it the guest's next FLUSH would be answered OK (see syncFailure).
-        checkSynced();
         try {
             FileIo.fsync(fd);
         } catch (LinuxException e) {

@@ -264,7 +264,8 @@ class BackingPolicyTest {
         Path base = Files.write(drop.resolve("base.raw"), new byte[MIB]);
         Path top = overlay(tenant.resolve("disk.qcow2"), base.toString(), "raw");
         BackingPolicy policy = basesOnly();
-        try (DiskImage d = Images.open(top, null, true, false, policy)) {
+        BackingPolicy nested = BackingPolicy.of(List.of(bases, bases.resolve("team")), false);
+        try (DiskImage d = Images.open(top, null, true, false, nested)) {
             assertArrayEquals(new byte[4096], read(d, 0, 4096)); // allowed while only its owner can write there
         }
         Files.setPosixFilePermissions(drop, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
@@ -277,6 +278,9 @@ class BackingPolicyTest {
         Files.setPosixFilePermissions(drop, java.nio.file.attribute.PosixFilePermissions.fromString("rwxr-xr-x"));
         Files.setPosixFilePermissions(bases, java.nio.file.attribute.PosixFilePermissions.fromString("rwxrwxrwx"));
         m = refused(top, policy).getMessage(); // the allowed directory itself, made so after the policy was made
+        assertTrue(m.contains("is in " + bases.toRealPath() + ", an allowed backing directory that every user"), m);
+        // allowed directories nested: the outer one is looked at too (anyone could replace the inner one)
+        m = refused(top, nested).getMessage();
         assertTrue(m.contains("is in " + bases.toRealPath() + ", an allowed backing directory that every user"), m);
     }
 

@@ -69,7 +69,7 @@ class RawImageWritebackErrorTest {
      * A resize's fsync that finds the writeback failed keeps the failure for every later flush, as a flush's own
      * fdatasync does: the kernel reports a failed writeback once per open file, so a resize (blk.resize) between the
      * guest's writes and its FLUSH consumed the report, and the FLUSH was answered OK for data the kernel had dropped.
-     * A real failing disk under a real file system: ext2 on a loop device over a file on a 4 MiB tmpfs, which then
+     * A real failing disk under a real file system: ext2 on a loop device over a file on a 1 MiB tmpfs, which then
      * grows (the disk recovers).
      */
     @Test
