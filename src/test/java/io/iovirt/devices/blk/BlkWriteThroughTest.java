@@ -48,11 +48,16 @@ class BlkWriteThroughTest {
         }
     }
 
-    @ParameterizedTest
-    @EnumSource(
-            value = BlkDevice.IoEngine.class,
-            names = {"SYNC", "IO_URING"})
-    void aWriteOfADriverWithoutFlushIsFlushedBeforeItIsAnswered(BlkDevice.IoEngine engine) throws Exception {
+    /** What a test does with a served device: its driver {@code d}, its image {@code img}. */
+    private interface OnDevice {
+        void run(BlkTestDriver d, HeldFlushImage img) throws Exception;
+    }
+
+    /**
+     * Serves a 1 MiB raw image on {@code engine} to a {@link BlkTestDriver} that negotiates FLUSH or not, and runs
+     * {@code body}; every flush still held is let go after it.
+     */
+    private void served(BlkDevice.IoEngine engine, boolean flush, OnDevice body) throws Exception {
         io.iovirt.testing.Require.that(
                 engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
                 "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
@@ -62,15 +67,8 @@ class BlkWriteThroughTest {
             HeldFlushImage img = new HeldFlushImage(raw);
             try (VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("wt", img, 1, "s", engine));
                     EventFd call = EventFd.create(true);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call, null, () -> {}, false)) {
-                long data = d.alloc(4096, 4096);
-                long st = d.write(data, 4096);
-                assertTrue(
-                        img.entered.tryAcquire(BlkTestDriver.TIMEOUT.toSeconds(), TimeUnit.SECONDS),
-                        "the write is flushed before it is answered");
-                assertEquals((byte) 0x7f, d.ram.segment().get(JAVA_BYTE, st), "answered while its flush runs");
-                img.go.release();
-                assertEquals(S_OK, d.awaitStatus(st));
+                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call, null, () -> {}, flush)) {
+                body.run(d, img);
             } finally {
                 img.go.release(100);
             }
@@ -81,22 +79,29 @@ class BlkWriteThroughTest {
     @EnumSource(
             value = BlkDevice.IoEngine.class,
             names = {"SYNC", "IO_URING"})
+    void aWriteOfADriverWithoutFlushIsFlushedBeforeItIsAnswered(BlkDevice.IoEngine engine) throws Exception {
+        served(engine, false, (d, img) -> {
+            long data = d.alloc(4096, 4096);
+            long st = d.write(data, 4096);
+            assertTrue(
+                    img.entered.tryAcquire(BlkTestDriver.TIMEOUT.toSeconds(), TimeUnit.SECONDS),
+                    "the write is flushed before it is answered");
+            assertEquals((byte) 0x7f, d.ram.segment().get(JAVA_BYTE, st), "answered while its flush runs");
+            img.go.release();
+            assertEquals(S_OK, d.awaitStatus(st));
+        });
+    }
+
+    @ParameterizedTest
+    @EnumSource(
+            value = BlkDevice.IoEngine.class,
+            names = {"SYNC", "IO_URING"})
     void aDriverThatNegotiatedFlushGetsNoFlushItDidNotAskFor(BlkDevice.IoEngine engine) throws Exception {
-        io.iovirt.testing.Require.that(
-                engine == BlkDevice.IoEngine.SYNC || io.iovirt.linux.IoUring.available(),
-                "io_uring (kernel 5.6 or later, not disabled by kernel.io_uring_disabled)");
-        Path sock = dir.resolve("blk.sock");
-        Path disk = Files.write(dir.resolve("disk.img"), new byte[1 << 20]);
-        try (RawImage raw = RawImage.open(disk, false, false)) {
-            HeldFlushImage img = new HeldFlushImage(raw);
-            img.go.release(100);
-            try (VhostUserServer server = VhostUserServer.start(sock, new BlkDevice("wb", img, 1, "s", engine));
-                    EventFd call = EventFd.create(true);
-                    BlkTestDriver d = new BlkTestDriver(sock, 1 << 20, call)) {
-                long data = d.alloc(4096, 4096);
-                assertEquals(S_OK, d.awaitStatus(d.write(data, 4096)));
-                assertFalse(img.entered.tryAcquire(), "a write-back driver's write was flushed");
-            }
-        }
+        served(engine, true, (d, img) -> {
+            img.go.release(100); // a flush, if one came, would not hold the write up
+            long data = d.alloc(4096, 4096);
+            assertEquals(S_OK, d.awaitStatus(d.write(data, 4096)));
+            assertFalse(img.entered.tryAcquire(), "a write-back driver's write was flushed");
+        });
     }
 }
